@@ -1,0 +1,98 @@
+# Skiff build. `make run` and `make test` are all a new machine needs (see README.md).
+#
+# Two build flavours share one source list:
+#   build/rel   optimised, what `make run` starts
+#   build/asan  AddressSanitizer + UndefinedBehaviorSanitizer, what the tests run
+# Every folder under src/ is a component; its .c files go into libskiff.a, except main.c,
+# which makes the component a program (daemon -> skiffd, router -> skiff-router, cli -> skiff).
+
+PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libseccomp libnats libpq
+LLHTTP   := /usr/share/llhttp
+CC       ?= cc
+
+BASE_CFLAGS := -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla \
+               -D_GNU_SOURCE -Isrc -I/usr/share/include/llhttp -g -MMD -MP
+REL_CFLAGS  := -O2
+ASAN_CFLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+PKG_CFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcap -lpthread -lm
+
+LIB_SRCS  := $(filter-out %/main.c,$(wildcard src/*/*.c))
+MAIN_SRCS := src/daemon/main.c src/router/main.c src/cli/main.c
+PROGRAMS  := skiffd skiff-router skiff
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+
+REL  := build/rel
+ASAN := build/asan
+
+.PHONY: all deps build asan run test unit e2e fuzz fuzz-build bench format clean
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps $(addprefix $(REL)/,$(PROGRAMS))
+asan:  deps $(addprefix $(ASAN)/,$(PROGRAMS)) $(patsubst tests/unit/%.c,$(ASAN)/tests/%,$(UNIT_SRCS))
+
+# ---- objects, per flavour -------------------------------------------------------------
+define flavour
+$(1)/obj/%.o: src/%.c
+	@mkdir -p $$(@D)
+	$$(CC) $$(BASE_CFLAGS) $(2) $$(PKG_CFLAGS) -c $$< -o $$@
+
+$(1)/obj/llhttp/%.o: $(LLHTTP)/%.c
+	@mkdir -p $$(@D)
+	$$(CC) -O2 -g -I/usr/share/include/llhttp $(2) -w -c $$< -o $$@
+
+$(1)/libskiff.a: $(patsubst src/%.c,$(1)/obj/%.o,$(LIB_SRCS)) $(1)/obj/llhttp/llhttp.o $(1)/obj/llhttp/api.o $(1)/obj/llhttp/http.o
+	@rm -f $$@
+	ar rcs $$@ $$^
+
+$(1)/skiffd: $(1)/obj/daemon/main.o $(1)/libskiff.a
+	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
+$(1)/skiff-router: $(1)/obj/router/main.o $(1)/libskiff.a
+	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
+$(1)/skiff: $(1)/obj/cli/main.o $(1)/libskiff.a
+	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
+
+$(1)/tests/%: tests/unit/%.c $(1)/libskiff.a
+	@mkdir -p $$(@D)
+	$$(CC) $$(BASE_CFLAGS) $(2) $$(PKG_CFLAGS) -o $$@ $$< $(1)/libskiff.a $$(PKG_LIBS) -lcmocka
+endef
+$(eval $(call flavour,$(REL),$(REL_CFLAGS)))
+$(eval $(call flavour,$(ASAN),$(ASAN_CFLAGS)))
+
+-include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- running ---------------------------------------------------------------------------
+run: build
+	@bash scripts/run.sh
+
+# ---- tests -----------------------------------------------------------------------------
+test: asan build fuzz-build
+	@bash scripts/test.sh
+
+unit: asan
+	@bash scripts/test.sh unit
+
+e2e: asan build
+	@bash scripts/test.sh e2e
+
+# libFuzzer targets (clang); `make fuzz` runs each for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 30
+build/fuzz/%: tests/fuzz/%.c $(filter-out %/main.c,$(wildcard src/router/*.c src/common/*.c)) $(wildcard $(LLHTTP)/*.c)
+	@mkdir -p $(@D)
+	clang $(filter-out -MMD -MP,$(BASE_CFLAGS)) -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -w -o $@ $^ $(PKG_LIBS)
+fuzz-build: deps $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
+fuzz: fuzz-build
+	@bash scripts/test.sh fuzz
+
+bench: build
+	@bash bench/run.sh
+
+format:
+	clang-format -i $$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c' 'sdk/*.c' 'sdk/*.h')
+
+clean:
+	rm -rf build

@@ -1,0 +1,31 @@
+/* buf: a growable byte buffer.
+ *
+ * A zeroed `struct buf` is an empty buffer; the caller owns it and releases it with
+ * buf_free(). `data` is always NUL-terminated after any append, so a buffer of text can be
+ * passed where a C string is expected. Out of memory aborts (see util.h: xmalloc). */
+#ifndef SKIFF_BUF_H
+#define SKIFF_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+void buf_reserve(struct buf *b, size_t extra);
+void buf_append(struct buf *b, const void *data, size_t len);
+void buf_puts(struct buf *b, const char *s);
+void buf_putc(struct buf *b, char c);
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
+/* Drops the first n bytes (a consumer that has used the front of the buffer). */
+void buf_consume(struct buf *b, size_t n);
+void buf_reset(struct buf *b);
+/* Hands the data to the caller (free() it) and leaves the buffer empty. */
+char *buf_steal(struct buf *b);
+void buf_free(struct buf *b);
+
+#endif

@@ -1,0 +1,47 @@
+/* util: small helpers every component uses: memory that cannot fail, files, paths, ids, time.
+ *
+ * The x* allocators abort on out-of-memory (the only failure they have); everything else
+ * returns 0 on success or a negative errno value, and never aborts on bad input. */
+#ifndef SKIFF_UTIL_H
+#define SKIFF_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t n);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Creates a directory and its parents (mode 0755 unless given); an existing one is fine. */
+int mkdir_p(const char *path, unsigned mode);
+/* Removes a tree like `rm -rf`; a missing path is fine. Never follows symlinks. */
+int rm_rf(const char *path);
+/* Reads a whole file into a NUL-terminated heap string (caller frees); *len may be NULL. */
+int file_read(const char *path, char **out, size_t *len);
+/* Writes a file atomically (temp file, fsync, rename) with the given mode. */
+int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+
+/* A random version-4 UUID, 36 characters plus NUL. */
+void uuid_generate_v4(char out[37]);
+/* `n` random bytes as 2n lowercase hex characters plus NUL. */
+void random_hex(char *out, size_t n);
+
+/* Wall clock in milliseconds and nanoseconds since the epoch; monotonic milliseconds. */
+int64_t time_now_ms(void);
+int64_t time_now_ns(void);
+int64_t time_mono_ms(void);
+/* RFC 3339 UTC time with milliseconds, e.g. 2026-11-27T11:09:56.123Z; out >= 32 bytes. */
+void time_format_rfc3339(int64_t ms, char *out, size_t size);
+
+/* Expands a leading "~/" with $HOME. Caller frees. */
+char *path_expand_home(const char *path);
+bool str_has_prefix(const char *s, const char *prefix);
+bool str_has_suffix(const char *s, const char *suffix);
+
+#endif

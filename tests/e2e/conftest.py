@@ -1,0 +1,186 @@
+"""Shared fixtures for end-to-end tests: a real skiffd with its own home and free ports,
+and the real skiff CLI pointed at it. Tests use the platform as a user does.
+
+    def test_something(platform):
+        r = platform.cli("apps")            # runs `skiff apps`, returns CompletedProcess
+        assert r.returncode == 0
+        platform.wait_for(lambda: ..., timeout=10, what="app running")
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN_DIR = os.environ.get("SKIFF_BIN_DIR", os.path.join(ROOT, "build", "asan"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout=10.0, what="condition", interval=0.02):
+    """Polls cond() until it returns a truthy value, which is returned; fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except Exception as e:  # the condition may raise while the thing is coming up
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Platform:
+    def __init__(self, home=None, extra_env=None, extra_args=()):
+        self.home = home or tempfile.mkdtemp(prefix="skiff-e2e-")
+        self.api_port = free_port()
+        self.router_port = free_port()
+        self.router_admin_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.router_url = f"http://127.0.0.1:{self.router_port}"
+        self.extra_env = dict(extra_env or {})
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.log_path = os.path.join(self.home, "skiffd.out")
+
+    def env(self):
+        env = dict(os.environ)
+        env.update({
+            "SKIFF_HOME": self.home,
+            "SKIFF_API_ADDR": f"127.0.0.1:{self.api_port}",
+            "SKIFF_ROUTER_ADDR": f"127.0.0.1:{self.router_port}",
+            "SKIFF_ROUTER_ADMIN_ADDR": f"127.0.0.1:{self.router_admin_port}",
+            "HOME": self.home,  # the CLI keeps its login under $HOME/.skiff: keep it per test
+        })
+        env.pop("SKIFF_API", None)
+        env.pop("SKIFF_TOKEN", None)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout=20):
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([os.path.join(BIN_DIR, "skiffd"), *self.extra_args],
+                                     env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        out.close()
+        wait_for(lambda: self.proc.poll() is not None or self.info(), timeout,
+                 "skiffd to answer /v1/info")
+        assert self.proc.poll() is None, "skiffd exited at start:\n" + self.output()
+        return self
+
+    def info(self):
+        with urllib.request.urlopen(self.api_url + "/v1/info", timeout=2) as r:
+            return json.load(r)
+
+    @property
+    def token(self):
+        with open(os.path.join(self.home, "api.json")) as f:
+            return json.load(f)["token"]
+
+    def api(self, method, path, body=None, token=True, headers=None, raw=None):
+        """Calls the API directly; returns (status, parsed JSON or text)."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.api_url + path, data=data, method=method)
+        if token:
+            req.add_header("Authorization", "Bearer " + (token if isinstance(token, str) else self.token))
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, text = r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def cli(self, *args, input=None, timeout=120, check=False):
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=self.env(), input=input,
+                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        if check and r.returncode != 0:
+            raise AssertionError(f"skiff {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def output(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-20000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError("skiffd did not exit on SIGTERM within %ss" % timeout)
+
+    def kill_all(self):
+        """Last-resort cleanup: whatever skiffd started in its session (router, instances)."""
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # instances and routers may run in sessions of their own; they record pids here
+        run = os.path.join(self.home, "run")
+        if os.path.isdir(run):
+            for name in os.listdir(run):
+                if name.endswith(".pid"):
+                    try:
+                        pid = int(open(os.path.join(run, name)).read().strip())
+                        os.killpg(pid, signal.SIGKILL)
+                    except (ValueError, OSError):
+                        pass
+
+    wait_for = staticmethod(wait_for)
+
+
+@pytest.fixture
+def platform():
+    p = Platform().start()
+    try:
+        yield p
+    finally:
+        try:
+            p.stop()
+        finally:
+            p.kill_all()
+            if p.proc and p.proc.returncode not in (0, None):
+                print(p.output())
+            shutil.rmtree(p.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_platform():
+    """One daemon for a whole test module, for tests that do not disturb each other."""
+    p = Platform().start()
+    try:
+        yield p
+    finally:
+        try:
+            p.stop()
+        finally:
+            p.kill_all()
+            shutil.rmtree(p.home, ignore_errors=True)
