@@ -1,0 +1,98 @@
+/* executor: runs instances and tells the caller what happens to them.
+ *
+ * An instance is a supervised process group running one process of a staged app. The
+ * executor starts it with the environment it is given, captures stdout and stderr line by
+ * line, runs its health check, and reports state changes. It never restarts anything itself:
+ * what to do about a crash is the scheduler's decision (see daemon/).
+ *
+ * The executor is driven from one libuv loop and is not thread-safe. Callbacks run on that
+ * loop. A `struct instance` is owned by the executor; the caller's pointer stays valid until
+ * the on_state callback reports INSTANCE_DOWN or INSTANCE_CRASHED, after which it is freed as
+ * soon as the callback returns.
+ *
+ * Drivers: the first driver runs plain process groups (with cgroup v2 limits where
+ * available); a container driver (namespaces, seccomp) plugs in behind the same calls. */
+#ifndef SKIFF_EXECUTOR_H
+#define SKIFF_EXECUTOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct executor;
+struct instance;
+
+enum instance_state {
+    INSTANCE_STARTING, /* process running, health check not yet passed */
+    INSTANCE_RUNNING,  /* healthy: may take traffic */
+    INSTANCE_STOPPING, /* SIGTERM sent */
+    INSTANCE_DOWN,     /* stopped on request (final) */
+    INSTANCE_CRASHED,  /* exited or was killed without being asked to stop (final) */
+};
+
+enum health_check_type { HEALTH_PORT, HEALTH_HTTP, HEALTH_PROCESS };
+
+struct instance_exit {
+    int exit_status;      /* -1 when killed by a signal */
+    int term_signal;      /* 0 when it exited */
+    const char *reason;   /* "exited", "start timeout", "health check failed", "out of memory" */
+};
+
+struct executor_config {
+    const char *home;     /* $SKIFF_HOME: instance scratch lives under home/instances */
+    int port_min;         /* instance ports are taken from [port_min, port_max] */
+    int port_max;
+    int grace_ms;         /* SIGTERM -> SIGKILL; default 10000 */
+};
+
+struct instance_spec {
+    const char *app_guid;
+    const char *app_name;
+    const char *process_type; /* "web", or a function's name */
+    int index;
+    const char *instance_guid;
+    const char *app_dir;      /* the staged app (droplet's app/ folder); the working directory */
+    const char *command;      /* run with /bin/sh -c */
+    char *const *env;         /* NULL-terminated KEY=VALUE list, complete (PORT included) */
+    int port;                 /* from executor_port_allocate */
+    int memory_mb;            /* 0: no limit */
+    int disk_mb;
+    int pids_max;             /* 0: a safe default */
+    enum health_check_type health;
+    const char *health_endpoint; /* for HEALTH_HTTP */
+    int start_timeout_s;      /* default 60 */
+};
+
+typedef void (*instance_output_cb)(void *ctx, struct instance *inst, int stream /* 1, 2 */,
+                                   const char *line, size_t len);
+typedef void (*instance_state_cb)(void *ctx, struct instance *inst, enum instance_state state,
+                                  const struct instance_exit *exit /* final states only */);
+
+int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_output_cb on_output,
+                 instance_state_cb on_state, void *ctx, struct executor **out);
+/* Stops every instance (SIGTERM, SIGKILL after the grace period), then calls done. */
+void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg);
+void executor_free(struct executor *ex);
+
+/* A free port for a new instance, or a negative errno when the range is exhausted. */
+int executor_port_allocate(struct executor *ex);
+
+/* Starts an instance. On error nothing was started, no callback will come, and the port is
+ * released. The spec is copied. */
+int executor_start(struct executor *ex, const struct instance_spec *spec, struct instance **out);
+/* SIGTERM, then SIGKILL after the grace period; ends with INSTANCE_DOWN. Idempotent. */
+void executor_stop(struct instance *inst);
+
+enum instance_state instance_state(const struct instance *inst);
+const char *instance_state_name(enum instance_state state);
+const char *instance_guid(const struct instance *inst);
+int instance_port(const struct instance *inst);
+int instance_pid(const struct instance *inst);
+/* Time of the last state change, milliseconds since the epoch. */
+int64_t instance_since_ms(const struct instance *inst);
+/* CPU use (fraction of one core over the last sample) and resident memory in bytes. */
+void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_bytes);
+void *instance_user_data(const struct instance *inst);
+void instance_set_user_data(struct instance *inst, void *data);
+
+#endif
