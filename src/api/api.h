@@ -1,0 +1,167 @@
+/* api: the HTTP/1.1 server of skiffd (docs/api.md), with routing, auth and JSON helpers.
+ *
+ * One `struct api` listens on one address on the caller's libuv loop. Components add their
+ * endpoints with api_route_add() before or after api_listen(); a handler is called once per
+ * request whose method and path match, after the bearer token was checked against the
+ * route's auth level and the whole body was received.
+ *
+ * Patterns are absolute paths whose segments are matched one by one: a literal segment
+ * matches itself, `*` matches exactly one non-empty segment (available to the handler with
+ * api_request_param). "/v1/topics/*\/events:batch" is literal "events:batch" after the
+ * wildcard. When several patterns match, the one registered first wins.
+ *
+ * Request lifetime: the handler owns the request from the call on and must finish it exactly
+ * once, with one of api_respond*() or api_stream_end(), now or later from any callback on the
+ * loop. The pointer stays valid until then, even when the client went away meanwhile (the
+ * response is then dropped). api_request_on_abort() tells a handler that is waiting or
+ * streaming that the client is gone, so it can stop early (it must still finish the request).
+ *
+ * Bodies: up to API_BODY_MEMORY_MAX bytes are kept in memory (api_request_body). Routes added
+ * with API_BODY_FILE have their body streamed to a temporary file instead (any size up to the
+ * API's upload limit; api_request_body_path), deleted when the request finishes. A body over
+ * the limit is refused with 413 `too_large` before the handler runs.
+ *
+ * Errors: every error response has the body {"error": {"code": "...", "message": "..."}}
+ * (api_respond_error). The API never aborts on input. */
+#ifndef SKIFF_API_H
+#define SKIFF_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct api;
+struct api_request;
+
+#define API_BODY_MEMORY_MAX (8u << 20)
+
+/* Who may call a route. */
+enum api_auth {
+    API_AUTH_NONE = 0,     /* anybody (GET /v1/info) */
+    API_AUTH_ADMIN = 1,    /* the admin token only (the default) */
+    API_AUTH_INSTANCE = 2, /* the admin token or an instance token (SKIFF_EVENTS_TOKEN) */
+};
+
+/* Flags for api_route_add. */
+#define API_ROUTE_AUTH_MASK 0x3
+#define API_BODY_FILE 0x100 /* stream the body to a temporary file (uploads) */
+
+typedef void (*api_handler_fn)(struct api_request *req, void *ctx);
+
+struct api_config {
+    const char *home;        /* $SKIFF_HOME: temp files under home/tmp, keys under home */
+    const char *addr;        /* "127.0.0.1:8090" */
+    const char *admin_token; /* the bearer token that may do everything */
+    uint64_t upload_max;     /* largest API_BODY_FILE body; 0: 1 GiB */
+};
+
+int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out);
+/* Binds and listens. A negative errno (e.g. -EADDRINUSE) and a message in err on failure. */
+int api_listen(struct api *api, char *err, size_t errsize);
+/* Stops accepting, closes every connection (aborting requests in flight); close_cb (may be
+ * NULL) is called once everything is closed and api_free may be called. */
+void api_close(struct api *api, void (*close_cb)(void *arg), void *arg);
+void api_free(struct api *api);
+uv_loop_t *api_loop(struct api *api);
+/* The base URL clients use, e.g. "http://127.0.0.1:8090" (valid for the api's life). */
+const char *api_url(struct api *api);
+
+/* Adds an endpoint. flags: an enum api_auth value (API_AUTH_ADMIN when 0 is not meant:
+ * pass API_AUTH_NONE explicitly for public routes), or'ed with API_BODY_FILE. The pattern
+ * is copied. Returns 0 or -EINVAL for a malformed pattern or method. */
+int api_route_add(struct api *api, const char *method, const char *pattern, int flags,
+                  api_handler_fn handler, void *ctx);
+
+/* ---- instance tokens --------------------------------------------------------------------- */
+
+/* The token given to an app's instances as SKIFF_EVENTS_TOKEN: lets them call
+ * API_AUTH_INSTANCE routes and identifies the app. Written into out (size >= 160). */
+void api_instance_token(struct api *api, const char *app_guid, char *out, size_t size);
+
+/* ---- requests ---------------------------------------------------------------------------- */
+
+const char *api_request_method(const struct api_request *req);
+/* The path without the query string, percent-decoded. */
+const char *api_request_path(const struct api_request *req);
+/* The n-th `*` of the matched pattern (0-based), percent-decoded; NULL when out of range. */
+const char *api_request_param(const struct api_request *req, unsigned n);
+/* A query parameter's decoded value ("" for `?flag`), NULL when absent. */
+const char *api_request_query(const struct api_request *req, const char *name);
+/* A request header by case-insensitive name (the first one), NULL when absent. */
+const char *api_request_header(const struct api_request *req, const char *name);
+/* Calls fn for every header in order; for CloudEvents binary mode (ce-* headers). */
+void api_request_headers_each(const struct api_request *req,
+                              void (*fn)(void *ctx, const char *name, const char *value),
+                              void *ctx);
+/* The body in memory (NUL-terminated; "" with len 0 when there is none). NULL for routes
+ * registered with API_BODY_FILE. */
+const char *api_request_body(const struct api_request *req, size_t *len);
+/* The temporary file holding the body of an API_BODY_FILE route (NULL when empty). The
+ * handler may rename() it away to keep it; otherwise it is deleted when the request ends. */
+const char *api_request_body_path(const struct api_request *req);
+uint64_t api_request_body_size(const struct api_request *req);
+/* The guid of the app whose instance token authorised the request; NULL for the admin. */
+const char *api_request_caller_app(const struct api_request *req);
+/* The client's address as "ip:port". */
+const char *api_request_peer(const struct api_request *req);
+
+/* Called once if the client disconnects before the request is finished. */
+void api_request_on_abort(struct api_request *req, void (*fn)(void *ctx), void *ctx);
+bool api_request_aborted(const struct api_request *req);
+
+/* Parses the body as a JSON object. On failure answers 400 `invalid_json` (saying where)
+ * itself, finishing the request, and returns NULL; on success the caller owns the reference. */
+json_t *api_request_json_object(struct api_request *req);
+/* Checks that every key of obj is in the NULL-terminated list allowed. On an unknown key
+ * answers 400 `unknown_field` naming it (finishing the request) and returns false. */
+bool api_json_check_fields(struct api_request *req, json_t *obj, const char *const *allowed);
+
+/* ---- responses --------------------------------------------------------------------------- */
+
+/* Adds a response header (before the response starts). Both strings are copied. */
+void api_response_header(struct api_request *req, const char *name, const char *value);
+/* A whole response. The body is copied; content_type may be NULL with no body. */
+void api_respond(struct api_request *req, int status, const char *content_type, const void *body,
+                 size_t len);
+/* A JSON response; takes the reference to body (may be NULL: no body). */
+void api_respond_json(struct api_request *req, int status, json_t *body);
+/* {"error": {"code": code, "message": formatted}} with the given status. */
+void api_respond_error(struct api_request *req, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Chunked streaming: begin once, write any number of times, end once (which finishes the
+ * request). api_stream_write returns 0, or -EPIPE when the client is gone (keep calling
+ * api_stream_end regardless). api_stream_pending says how many bytes wait to be sent, so a
+ * producer can slow down. */
+void api_stream_begin(struct api_request *req, int status, const char *content_type);
+int api_stream_write(struct api_request *req, const void *data, size_t len);
+size_t api_stream_pending(const struct api_request *req);
+void api_stream_end(struct api_request *req);
+
+/* ---- components that plug into skiffd ----------------------------------------------------- */
+
+struct store;
+struct scheduler;
+struct logs;
+
+/* What skiffd hands to the components it hosts. Everything lives until they are stopped. */
+struct api_services {
+    uv_loop_t *loop;
+    const char *home;            /* $SKIFF_HOME */
+    const char *api_url;         /* what SKIFF_EVENTS_URL is built from */
+    struct api *api;             /* add routes with api_route_add */
+    struct store *store;         /* src/store/store.h (documents: store_doc_*) */
+    struct scheduler *scheduler; /* src/scheduler/scheduler.h */
+    struct logs *logs;           /* src/logs/logs.h */
+};
+
+/* The events component (src/api/events.c) implements these; skiffd calls events_start once
+ * the API, store and scheduler exist (before api_listen), and events_stop at shutdown before
+ * they are freed; events_stop calls done (on the loop) when everything it owns is closed.
+ * A negative errno from events_start stops skiffd with the message in err. */
+int api_events_start(const struct api_services *svc, char *err, size_t errsize);
+void api_events_stop(void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,162 @@
+/* scheduler: keeps the instances that run (actual) equal to what the store says (desired).
+ *
+ * For every STARTED app with a droplet, each process type gets `instances` instances through
+ * the executor (src/executor/executor.h); STOPPED apps get none. The scheduler decides about
+ * crashes (Diego's rules, scheduler_crash_delay_ms), builds each instance's environment
+ * (scheduler_instance_env), tells the bus which instances are ready (only RUNNING ones take
+ * traffic) and tells subscribers what happens (platform events).
+ *
+ * Apps are named by name or guid wherever a `const char *app` is taken. Every call runs on
+ * the scheduler's libuv loop and is not thread-safe; callbacks run on that loop. Errors are
+ * negative errno values: -ENOENT unknown app or process type, -EPERM app is STOPPED,
+ * -ENODATA app has no droplet. */
+#ifndef SKIFF_SCHEDULER_H
+#define SKIFF_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct scheduler;
+struct store;
+struct logs;
+struct executor;
+
+struct scheduler_config {
+    const char *home;    /* $SKIFF_HOME: droplets and instance scratch live below */
+    const char *api_url; /* SKIFF_EVENTS_URL = api_url + "/v1" */
+    /* Makes the SKIFF_EVENTS_TOKEN of an app's instances (api_instance_token). */
+    void (*make_instance_token)(void *ctx, const char *app_guid, char *out, size_t size);
+    void *token_ctx;
+};
+
+/* ---- platform events ----------------------------------------------------------------------- */
+
+enum scheduler_event_type {
+    SCHEDULER_INSTANCE_READY, /* an instance became RUNNING: it may take traffic */
+    SCHEDULER_INSTANCE_GONE,  /* an instance left RUNNING (stopping, down or crashed) */
+    SCHEDULER_APP_STARTED,    /* the app was started (desired state STARTED) */
+    SCHEDULER_APP_STOPPED,    /* the app was stopped (desired state STOPPED) */
+    SCHEDULER_APP_CRASHED,    /* an instance crashed (exited without being asked) */
+    SCHEDULER_APP_SCALED,     /* the desired instance count of a process changed */
+    SCHEDULER_APP_STAGED,     /* a new droplet was recorded */
+};
+
+struct scheduler_event {
+    enum scheduler_event_type type;
+    const char *app_guid;
+    const char *app_name;
+    const char *process_type;  /* NULL for app-wide events (started, stopped, staged) */
+    int index;                 /* instance events and crashed; -1 otherwise */
+    const char *instance_guid; /* instance events and crashed; NULL otherwise */
+    const char *addr;          /* "127.0.0.1:PORT" for READY; NULL otherwise */
+    int instances;             /* SCALED: the new desired count */
+    int exit_status;           /* CRASHED: exit code, -1 when killed by a signal */
+    int exit_signal;           /* CRASHED: signal number, 0 when it exited */
+    const char *reason;        /* CRASHED: "exited", "health check failed", ... */
+    int crash_count;           /* CRASHED: crashes in a row of this instance index */
+};
+
+typedef void (*scheduler_event_cb)(void *ctx, const struct scheduler_event *ev);
+
+/* Subscribes to every event. Returns an id > 0 for scheduler_unsubscribe. The strings of an
+ * event live only during the callback. A callback may call the scheduler. */
+int scheduler_subscribe(struct scheduler *s, scheduler_event_cb cb, void *ctx);
+void scheduler_unsubscribe(struct scheduler *s, int id);
+
+/* ---- life ---------------------------------------------------------------------------------- */
+
+int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg, struct store *store,
+                  struct logs *logs, struct executor *ex, struct scheduler **out);
+/* Starts what the store wants running, and kills instances left over by a predecessor that
+ * was killed (their pids are recorded under home/run/instances). */
+int scheduler_reconcile_all(struct scheduler *s);
+/* Stops every instance gracefully; done is called when all are down. */
+void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg);
+void scheduler_free(struct scheduler *s);
+
+/* ---- what the API asks ------------------------------------------------------------------- */
+
+/* Re-reads the app from the store and converges (after any change to its desired state:
+ * start, stop, scale, new droplet, env). A deleted app's instances are stopped. */
+int scheduler_app_changed(struct scheduler *s, const char *app);
+/* Stops then starts every instance of the app (one by one when rolling is true, each new
+ * one RUNNING before the next old one stops). */
+int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling);
+/* Stops everything of an app that is being deleted; its guid is forgotten. */
+void scheduler_app_deleted(struct scheduler *s, const char *app_guid);
+
+/* ---- what functions need (events component) ---------------------------------------------- */
+
+/* Makes sure at least n instances of the process are desired (scale from zero); never
+ * scales down. Persists the new count; a no-op when already >= n. */
+int scheduler_ensure_instances(struct scheduler *s, const char *app, const char *process_type,
+                               int n);
+/* Sets the desired count to exactly n (0: scale to zero), persisted. */
+int scheduler_scale(struct scheduler *s, const char *app, const char *process_type, int n);
+
+struct scheduler_instance_info {
+    char guid[37];
+    char addr[64]; /* "127.0.0.1:PORT" */
+    int index;
+    int port;
+    char state[16]; /* STARTING RUNNING CRASHED STOPPING DOWN */
+    int64_t since_ms;
+    double cpu;
+    uint64_t memory_bytes;
+    int exit_status; /* of the last crash at this index, -1 if none */
+    int exit_signal; /* 0 if none */
+    int crash_count;
+    char process_type[64];
+};
+
+/* Fills out (at most max) with the RUNNING instances of the process (all process types when
+ * process_type is NULL); returns how many there are in total (may exceed max) or an error. */
+int scheduler_ready_instances(struct scheduler *s, const char *app, const char *process_type,
+                              struct scheduler_instance_info *out, size_t max);
+/* Every instance slot of the app (running or not, index order), for `skiff app`. */
+int scheduler_app_instances(struct scheduler *s, const char *app,
+                            struct scheduler_instance_info *out, size_t max);
+/* How many instances of an app are RUNNING. */
+int scheduler_running_count(struct scheduler *s, const char *app_guid);
+
+/* Calls fn for every RUNNING instance of every app (the route table's backends). */
+void scheduler_each_ready(struct scheduler *s,
+                          void (*fn)(void *ctx, const char *app_guid, const char *process_type,
+                                     const struct scheduler_instance_info *inst),
+                          void *ctx);
+
+/* ---- pure parts (unit-tested) ------------------------------------------------------------ */
+
+/* Diego's restart delay for the n-th crash in a row (1-based): 0 for the first 3, then 30 s
+ * doubling up to 16 minutes. */
+int64_t scheduler_crash_delay_ms(int crash_count);
+/* The crash count after a crash at now_ms, given the previous count and when the instance
+ * last became healthy (0: never): 5 minutes healthy resets it. */
+int scheduler_crash_count_next(int previous, int64_t healthy_since_ms, int64_t now_ms);
+
+struct scheduler_env_input {
+    const char *app_guid;
+    const char *app_name;
+    const char *instance_guid;
+    int index;
+    int port;
+    int memory_mb;
+    int disk_mb;
+    const char *home; /* the instance's HOME (the app dir) */
+    const char *tmpdir;
+    const char *const *uris; /* NULL-terminated routes */
+    const char *events_url;
+    const char *events_token;
+    const char *const *user_env;    /* NULL-terminated KEY, VALUE, KEY, VALUE, ... */
+    const char *vcap_services_json; /* NULL: "{}" */
+};
+
+/* The complete environment of an instance as a NULL-terminated KEY=VALUE array (free with
+ * scheduler_env_free). User variables come last and may not override PORT, CF_INSTANCE_*,
+ * VCAP_APPLICATION or SKIFF_EVENTS_*. */
+char **scheduler_instance_env(const struct scheduler_env_input *in);
+void scheduler_env_free(char **env);
+
+#endif
