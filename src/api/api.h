@@ -7,8 +7,9 @@
  *
  * Patterns are absolute paths whose segments are matched one by one: a literal segment
  * matches itself, `*` matches exactly one non-empty segment (available to the handler with
- * api_request_param). "/v1/topics/*\/events:batch" is literal "events:batch" after the
- * wildcard. When several patterns match, the one registered first wins.
+ * api_request_param); in "/v1/topics/ * /events:batch" (written without the spaces), the
+ * last segment is the literal "events:batch". When several patterns match, the one registered first
+ * wins.
  *
  * Request lifetime: the handler owns the request from the call on and must finish it exactly
  * once, with one of api_respond*() or api_stream_end(), now or later from any callback on the
