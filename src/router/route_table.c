@@ -1,0 +1,438 @@
+#include "router/route_table.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+/* All routes of one host, longest path first. */
+struct route_host {
+    const char *host;
+    size_t host_len;
+    struct route **routes;
+    size_t count;
+};
+
+struct route_table {
+    int refs; /* atomic */
+    int64_t version;
+    struct route *routes;
+    size_t route_count;
+    struct route_host *slots; /* open addressing, power-of-two size, NULL host = empty */
+    size_t slot_mask;
+};
+
+#define ATOMIC_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
+
+static uint64_t hash_host(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: short keys, good spread, no setup */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void route_free_fields(struct route *r)
+{
+    free(r->host);
+    free(r->path);
+    free(r->app_guid);
+    free(r->app_name);
+    free(r->process);
+    for (size_t i = 0; i < r->backend_count; i++) {
+        free(r->backends[i].addr_text);
+        free(r->backends[i].instance_guid);
+    }
+    free(r->backends);
+}
+
+static void table_free(struct route_table *t)
+{
+    for (size_t i = 0; i < t->route_count; i++)
+        route_free_fields(&t->routes[i]);
+    free(t->routes);
+    if (t->slots)
+        for (size_t i = 0; i <= t->slot_mask; i++)
+            free(t->slots[i].routes);
+    free(t->slots);
+    free(t);
+}
+
+struct route_table *route_table_ref(struct route_table *t)
+{
+    ATOMIC_ADD(&t->refs, 1);
+    return t;
+}
+
+void route_table_unref(struct route_table *t)
+{
+    if (t && ATOMIC_ADD(&t->refs, -1) == 0)
+        table_free(t);
+}
+
+int64_t route_table_version(const struct route_table *t)
+{
+    return t->version;
+}
+size_t route_table_route_count(const struct route_table *t)
+{
+    return t->route_count;
+}
+const struct route *route_table_route_at(const struct route_table *t, size_t i)
+{
+    return i < t->route_count ? &t->routes[i] : NULL;
+}
+
+/* Parses "1.2.3.4:80" or "[::1]:80". */
+static int parse_backend_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[64];
+    const char *colon = strrchr(text, ':');
+    if (!colon || colon == text)
+        return -EINVAL;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535 || colon[1] == '\0')
+        return -EINVAL;
+    const char *h = text;
+    size_t hl = (size_t)(colon - text);
+    if (h[0] == '[') {
+        if (hl < 2 || h[hl - 1] != ']')
+            return -EINVAL;
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        *len = sizeof(*in4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(*in6);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* A host as stored: lowercase, without a trailing dot; NULL when not a plausible host name. */
+static char *normalize_host(const char *s)
+{
+    size_t n = strlen(s);
+    if (n && s[n - 1] == '.')
+        n--;
+    if (n == 0 || n > 253)
+        return NULL;
+    char *out = xmalloc(n + 1);
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+                  c == '_' || (c == '*' && i == 0 && n > 2 && s[1] == '.');
+        if (!ok) {
+            free(out);
+            return NULL;
+        }
+        out[i] = c;
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/* A path as stored: "" for the root, else starting with '/' and without a trailing '/'. */
+static char *normalize_path(const char *s)
+{
+    if (!s)
+        return xstrdup("");
+    size_t n = strlen(s);
+    if (n && s[0] != '/')
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= ' ' || s[i] == '?' || s[i] == '#' || s[i] == 0x7f)
+            return NULL;
+    while (n && s[n - 1] == '/')
+        n--;
+    return xstrndup(s, n);
+}
+
+static const char *json_str(json_t *obj, const char *key, const char *fallback)
+{
+    json_t *v = json_object_get(obj, key);
+    return json_is_string(v) ? json_string_value(v) : fallback;
+}
+
+static bool route_from_json(json_t *jr, struct route *r, int *skipped)
+{
+    memset(r, 0, sizeof(*r));
+    const char *host = json_str(jr, "host", NULL);
+    if (!json_is_object(jr) || !host || !(r->host = normalize_host(host)))
+        goto fail;
+    if (!(r->path = normalize_path(json_str(jr, "path", NULL))))
+        goto fail;
+    r->path_len = strlen(r->path);
+    r->app_guid = xstrdup(json_str(jr, "app_guid", ""));
+    r->app_name = xstrdup(json_str(jr, "app_name", ""));
+    r->process = xstrdup(json_str(jr, "process", "web"));
+    const char *balance = json_str(jr, "balance", "round-robin");
+    r->balance = strcmp(balance, "least-connection") == 0 ? ROUTE_BALANCE_LEAST_CONNECTION
+                                                          : ROUTE_BALANCE_ROUND_ROBIN;
+    r->scale_from_zero = json_is_true(json_object_get(jr, "scale_from_zero"));
+    json_t *jb = json_object_get(jr, "backends");
+    size_t nb = json_is_array(jb) ? json_array_size(jb) : 0;
+    r->backends = nb ? xcalloc(nb, sizeof(*r->backends)) : NULL;
+    for (size_t i = 0; i < nb; i++) {
+        json_t *b = json_array_get(jb, i);
+        const char *addr = json_str(b, "addr", NULL);
+        struct route_backend *rb = &r->backends[r->backend_count];
+        if (!addr || parse_backend_addr(addr, &rb->addr, &rb->addr_len) < 0) {
+            (*skipped)++;
+            continue;
+        }
+        rb->addr_text = xstrdup(addr);
+        rb->instance_guid = xstrdup(json_str(b, "instance_guid", ""));
+        json_t *idx = json_object_get(b, "index");
+        rb->index = json_is_integer(idx) ? (int)json_integer_value(idx) : (int)i;
+        r->backend_count++;
+    }
+    return true;
+fail:
+    route_free_fields(r);
+    memset(r, 0, sizeof(*r));
+    (*skipped)++;
+    return false;
+}
+
+static struct route_host *slot_find(const struct route_table *t, const char *host, size_t len)
+{
+    if (!t->slots)
+        return NULL;
+    size_t i = hash_host(host, len) & t->slot_mask;
+    for (;;) {
+        struct route_host *s = &t->slots[i];
+        if (!s->host)
+            return NULL;
+        if (s->host_len == len && memcmp(s->host, host, len) == 0)
+            return s;
+        i = (i + 1) & t->slot_mask;
+    }
+}
+
+static int cmp_path_len_desc(const void *a, const void *b)
+{
+    const struct route *ra = *(struct route *const *)a, *rb = *(struct route *const *)b;
+    return ra->path_len < rb->path_len ? 1 : ra->path_len > rb->path_len ? -1 : 0;
+}
+
+static void table_index(struct route_table *t)
+{
+    size_t size = 8;
+    while (size < t->route_count * 2)
+        size *= 2;
+    t->slots = xcalloc(size, sizeof(*t->slots));
+    t->slot_mask = size - 1;
+    for (size_t k = 0; k < t->route_count; k++) {
+        struct route *r = &t->routes[k];
+        size_t len = strlen(r->host);
+        struct route_host *s = slot_find(t, r->host, len);
+        if (!s) {
+            size_t i = hash_host(r->host, len) & t->slot_mask;
+            while (t->slots[i].host)
+                i = (i + 1) & t->slot_mask;
+            s = &t->slots[i];
+            s->host = r->host;
+            s->host_len = len;
+        }
+        bool duplicate = false; /* the first route for a host and path wins */
+        for (size_t j = 0; j < s->count; j++)
+            duplicate |= strcmp(s->routes[j]->path, r->path) == 0;
+        if (duplicate)
+            continue;
+        s->routes = xrealloc(s->routes, (s->count + 1) * sizeof(*s->routes));
+        s->routes[s->count++] = r;
+    }
+    for (size_t i = 0; i <= t->slot_mask; i++)
+        if (t->slots[i].count > 1)
+            qsort(t->slots[i].routes, t->slots[i].count, sizeof(struct route *), cmp_path_len_desc);
+}
+
+struct route_table *route_table_new_empty(void)
+{
+    struct route_table *t = xcalloc(1, sizeof(*t));
+    t->refs = 1;
+    return t;
+}
+
+int route_table_parse(const char *json, size_t len, struct route_table **out, char *err,
+                      size_t err_size, int *skipped)
+{
+    int skipped_local = 0;
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        snprintf(err, err_size, "routes message is not JSON: %s (line %d)", jerr.text, jerr.line);
+        return -EINVAL;
+    }
+    json_t *routes = json_object_get(root, "routes");
+    if (!json_is_object(root) || !json_is_array(routes)) {
+        snprintf(err, err_size, "routes message has no \"routes\" array");
+        json_decref(root);
+        return -EINVAL;
+    }
+    struct route_table *t = route_table_new_empty();
+    json_t *ver = json_object_get(root, "version");
+    t->version = json_is_integer(ver) ? json_integer_value(ver) : 0;
+    size_t n = json_array_size(routes);
+    t->routes = n ? xcalloc(n, sizeof(*t->routes)) : NULL;
+    for (size_t i = 0; i < n; i++)
+        if (route_from_json(json_array_get(routes, i), &t->routes[t->route_count], &skipped_local))
+            t->route_count++;
+    json_decref(root);
+    table_index(t);
+    if (skipped)
+        *skipped = skipped_local;
+    *out = t;
+    return 0;
+}
+
+static bool path_matches(const struct route *r, const char *path, size_t path_len)
+{
+    if (r->path_len == 0)
+        return true;
+    if (path_len < r->path_len || memcmp(path, r->path, r->path_len) != 0)
+        return false;
+    if (path_len == r->path_len)
+        return true;
+    char next = path[r->path_len];
+    return next == '/' || next == '?' || next == '#';
+}
+
+static struct route *host_match(const struct route_host *s, const char *path, size_t path_len)
+{
+    for (size_t i = 0; s && i < s->count; i++)
+        if (path_matches(s->routes[i], path, path_len))
+            return s->routes[i];
+    return NULL;
+}
+
+struct route *route_table_lookup(const struct route_table *t, const char *host, size_t host_len,
+                                 const char *path, size_t path_len)
+{
+    char key[256];
+    size_t n = 0;
+    /* "[::1]:8080" keeps its brackets; otherwise the port goes */
+    for (size_t i = 0; i < host_len; i++) {
+        char c = host[i];
+        if (c == ':' && host[0] != '[')
+            break;
+        if (n >= sizeof(key) - 2)
+            return NULL;
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        key[n++] = c;
+        if (c == ']')
+            break;
+    }
+    if (n && key[n - 1] == '.')
+        n--;
+    if (n == 0 || !t->slots)
+        return NULL;
+    struct route *r = host_match(slot_find(t, key, n), path, path_len);
+    if (r)
+        return r;
+    /* wildcards: for a.b.c try *.b.c, then *.c */
+    for (size_t i = 0; i < n; i++) {
+        if (key[i] != '.')
+            continue;
+        size_t rest = n - i;
+        char wild[sizeof(key) + 1];
+        wild[0] = '*';
+        memcpy(wild + 1, key + i, rest);
+        if ((r = host_match(slot_find(t, wild, rest + 1), path, path_len)))
+            return r;
+    }
+    return NULL;
+}
+
+struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
+                                         size_t skip_count)
+{
+    size_t n = r->backend_count;
+    if (n == 0)
+        return NULL;
+    struct route_backend *best = NULL;
+    size_t start = r->balance == ROUTE_BALANCE_ROUND_ROBIN
+                       ? __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED) % n
+                       : 0;
+    for (size_t k = 0; k < n; k++) {
+        struct route_backend *b = &r->backends[(start + k) % n];
+        bool tried = false;
+        for (size_t j = 0; j < skip_count; j++)
+            tried |= skip[j] == b;
+        if (tried)
+            continue;
+        if (r->balance == ROUTE_BALANCE_ROUND_ROBIN)
+            return b;
+        if (!best || __atomic_load_n(&b->active, __ATOMIC_RELAXED) <
+                         __atomic_load_n(&best->active, __ATOMIC_RELAXED))
+            best = b;
+    }
+    return best;
+}
+
+/* ---- the current table ------------------------------------------------------------------ */
+
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct route_table *current_table;
+static uint64_t current_generation;
+
+void route_table_publish(struct route_table *t)
+{
+    pthread_mutex_lock(&current_lock);
+    struct route_table *old = current_table;
+    current_table = t;
+    __atomic_add_fetch(&current_generation, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&current_lock);
+    route_table_unref(old);
+}
+
+struct route_table *route_table_current(void)
+{
+    pthread_mutex_lock(&current_lock);
+    if (!current_table)
+        current_table = route_table_new_empty();
+    struct route_table *t = route_table_ref(current_table);
+    pthread_mutex_unlock(&current_lock);
+    return t;
+}
+
+uint64_t route_table_current_generation(void)
+{
+    return __atomic_load_n(&current_generation, __ATOMIC_ACQUIRE);
+}
+
+void route_table_clear_current(void)
+{
+    pthread_mutex_lock(&current_lock);
+    struct route_table *old = current_table;
+    current_table = NULL;
+    pthread_mutex_unlock(&current_lock);
+    route_table_unref(old);
+}

@@ -1,0 +1,92 @@
+/* route_table: the router's immutable route table and its lookup.
+ *
+ * A table is built once from the bus message `{"type": "routes", "version": N, "routes": [...]}`
+ * (docs/bus.md) and never changes afterwards, so any number of worker threads may read it
+ * without locks. It is reference counted: whoever holds a pointer holds a reference, taken
+ * with route_table_ref() and dropped with route_table_unref(); the last unref frees it.
+ *
+ * The process-wide "current" table is swapped atomically by route_table_publish(); workers
+ * pick up the new one with route_table_current() when route_table_current_version() moves,
+ * so an update never blocks a request and a request in flight keeps the table it started with.
+ *
+ * Lookup rules: the Host is matched case-insensitively with its port ignored; an exact host
+ * wins over a wildcard (`*.example.test` matches `a.example.test` and `a.b.example.test`, the
+ * closest wildcard first); among the routes of a host the longest path prefix wins, where a
+ * prefix matches only at a segment boundary (`/v1` matches `/v1`, `/v1/x`, `/v1?q` but not
+ * `/v10`). */
+#ifndef SKIFF_ROUTE_TABLE_H
+#define SKIFF_ROUTE_TABLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum route_balance {
+    ROUTE_BALANCE_ROUND_ROBIN = 0,
+    ROUTE_BALANCE_LEAST_CONNECTION,
+};
+
+struct route_backend {
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    char *addr_text;     /* "127.0.0.1:61001" as sent by skiffd */
+    char *instance_guid; /* may be "" */
+    int index;
+    int active; /* requests in flight, all workers (atomic); used by least-connection */
+};
+
+struct route {
+    char *host; /* lowercase, no port; may start with "*." */
+    char *path; /* "" for the whole host, else "/x" without a trailing slash */
+    size_t path_len;
+    char *app_guid;
+    char *app_name;
+    char *process;
+    enum route_balance balance;
+    bool scale_from_zero;
+    struct route_backend *backends;
+    size_t backend_count;
+    unsigned next; /* round-robin cursor (atomic) */
+};
+
+struct route_table;
+
+/* Parses a routes message. Returns 0 and a table with one reference, or a negative errno
+ * value with a message in err (for the log: the message is skiffd's, not a user's). Routes
+ * or backends that are individually invalid are skipped and counted in *skipped when it is
+ * not NULL; a message that is not a routes object at all is an error. */
+int route_table_parse(const char *json, size_t len, struct route_table **out, char *err,
+                      size_t err_size, int *skipped);
+/* An empty table (every lookup misses), with one reference. */
+struct route_table *route_table_new_empty(void);
+
+struct route_table *route_table_ref(struct route_table *t);
+void route_table_unref(struct route_table *t);
+
+int64_t route_table_version(const struct route_table *t);
+size_t route_table_route_count(const struct route_table *t);
+const struct route *route_table_route_at(const struct route_table *t, size_t i);
+
+/* Finds the route for a Host header value (any case, port allowed) and a request target
+ * (path, with or without a query). NULL when nothing matches. The route lives as long as the
+ * caller's reference on the table. */
+struct route *route_table_lookup(const struct route_table *t, const char *host, size_t host_len,
+                                 const char *path, size_t path_len);
+
+/* Chooses a backend by the route's balance, skipping the `skip_count` backends in `skip`
+ * (those already tried for this request). NULL when none is left. */
+struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
+                                         size_t skip_count);
+
+/* The process-wide current table. publish takes over the caller's reference. */
+void route_table_publish(struct route_table *t);
+/* A new reference to the current table (never NULL once route_table_publish ran; an empty
+ * table before). */
+struct route_table *route_table_current(void);
+/* Cheap check for a change: the number of publishes so far. */
+uint64_t route_table_current_generation(void);
+/* Drops the current table (at exit, so the process ends leak-free). */
+void route_table_clear_current(void);
+
+#endif

@@ -1,0 +1,104 @@
+/* router: skiff-router, the shared HTTP routing tier (a reverse proxy in front of instances).
+ *
+ * Process shape: the main thread runs the bus client (route table from skiffd, access lines
+ * back), the admin server (/metrics, /health, /routes) and signal handling; N worker threads
+ * each run their own libuv loop with their own SO_REUSEPORT listening socket, so the kernel
+ * spreads connections over cores and no lock is taken on the request path. Workers read the
+ * route table through route_table_current() (an immutable, reference-counted snapshot).
+ *
+ * Everything here returns 0 or a negative errno/libuv code; bad input from clients, backends
+ * or skiffd never aborts the process (only out-of-memory does, through xmalloc). */
+#ifndef SKIFF_ROUTER_H
+#define SKIFF_ROUTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+
+struct router_config {
+    const char *home;       /* $SKIFF_HOME: run/bus.sock, run/router.pid, run/routes.json */
+    const char *addr;       /* HOST:PORT for clients */
+    const char *admin_addr; /* HOST:PORT for /metrics; NULL or "" disables it */
+    int workers;            /* loops (threads); <= 0 means one per core */
+    int router_index;       /* n in [RTR/n] */
+
+    uint64_t max_body_bytes; /* 0: unlimited (bodies are streamed, never held) */
+    size_t max_header_bytes; /* request line + headers */
+    size_t max_headers;      /* header count */
+    size_t max_url_bytes;    /* request target */
+    int header_timeout_ms;   /* from the first byte of a request to the end of its headers */
+    int idle_timeout_ms;     /* keep-alive idle, and silence while a body or tunnel streams */
+    int upstream_timeout_ms; /* silence from a backend while a response is awaited */
+    int connect_timeout_ms;  /* TCP connect to a backend */
+    int max_connections;     /* client connections, all workers together */
+    int upstream_idle_max;   /* idle pooled connections per backend per worker */
+    int upstream_idle_timeout_ms;
+};
+
+/* Fills the defaults (documented in src/router/README.md). */
+void router_config_defaults(struct router_config *cfg);
+
+/* Runs the router until SIGTERM/SIGINT; returns 0 after a clean shutdown, or a negative code
+ * with a message on stderr when it cannot start (address in use, bad address, ...). */
+int router_run(const struct router_config *cfg);
+
+/* ---- HTTP head handling (router_http.c), pure functions the proxy and the tests share ---- */
+
+struct router_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+/* Finds the end of a request or response head in a stream given piece by piece, rejecting
+ * what llhttp lets through but a proxy must not: a bare LF or bare CR as a line end, and
+ * obsolete line folding. Zero it (or call router_head_scan_reset) before each message. */
+struct router_head_scan {
+    uint32_t lines;    /* non-empty lines seen */
+    uint32_t line_len; /* bytes in the current line */
+    char last;
+};
+void router_head_scan_reset(struct router_head_scan *s);
+/* Returns 1 and sets *end (bytes of p that belong to the head) when the head ends in p, 0 when
+ * all of p belongs to the head so far, -1 when the head is malformed. */
+int router_head_scan(struct router_head_scan *s, const char *p, size_t n, size_t *end);
+
+/* A request id a client may choose: 1-128 of [A-Za-z0-9._:+/=-]. */
+bool router_request_id_valid(const char *s, size_t n);
+/* True when the header name is a token (RFC 9110) */
+bool router_header_name_valid(const char *s, size_t n);
+
+struct router_request_head {
+    const char *method;
+    const char *url;
+    size_t url_len;
+    const struct router_header *headers;
+    size_t header_count;
+    const char *client_ip;  /* appended to X-Forwarded-For */
+    const char *request_id; /* the one to send (kept from the client when valid) */
+    bool chunked;           /* the body is sent chunked */
+    bool has_length;
+    uint64_t content_length;
+    bool upgrade; /* keep Connection: upgrade and the Upgrade header */
+};
+
+/* Writes the request head for a backend: the client's headers minus hop-by-hop ones (and
+ * those named in Connection), its own framing, X-Forwarded-For appended, X-Forwarded-Proto,
+ * X-Forwarded-Host (the client's Host) and X-Request-Id. */
+void router_head_build_request(struct buf *out, const struct router_request_head *h);
+
+/* Writes the response head for the client: status line, the backend's headers minus hop-by-hop
+ * ones, and Connection: close when the router will close the client connection after it. */
+void router_head_build_response(struct buf *out, int status, const char *reason, size_t reason_len,
+                                const struct router_header *headers, size_t count,
+                                bool close_client, bool upgrade);
+
+/* Case-insensitive header name comparison with a NUL-terminated lowercase name. */
+bool router_header_is(const struct router_header *h, const char *lower_name);
+/* Whether a comma-separated header value contains the token (case-insensitive). */
+bool router_header_has_token(const char *value, size_t len, const char *lower_token);
+
+#endif
