@@ -76,9 +76,15 @@ void executor_free(struct executor *ex);
 
 /* A free port for a new instance, or a negative errno when the range is exhausted. */
 int executor_port_allocate(struct executor *ex);
+/* Gives back a port that was allocated but not passed to a started instance (an instance's
+ * port is released by the executor when it ends, or when executor_start fails). */
+void executor_port_release(struct executor *ex, int port);
 
 /* Starts an instance. On error nothing was started, no callback will come, and the port is
- * released. The spec is copied. */
+ * released. The spec is copied. The instance begins in INSTANCE_STARTING; on_state reports
+ * RUNNING and the final state, never from inside executor_start or executor_stop (STARTING
+ * and STOPPING are entered by those calls and are not reported). The executor makes
+ * home/instances/<instance_guid>/tmp for HOME/TMPDIR and removes it when the instance ends. */
 int executor_start(struct executor *ex, const struct instance_spec *spec, struct instance **out);
 /* SIGTERM, then SIGKILL after the grace period; ends with INSTANCE_DOWN. Idempotent. */
 void executor_stop(struct instance *inst);
