@@ -1,0 +1,253 @@
+/* cgroup: see cgroup.h. */
+#include "executor/cgroup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+
+enum cgroup__mode { CGROUP_UNKNOWN, CGROUP_NONE, CGROUP_V1, CGROUP_V2 };
+
+/* v1 hierarchies, in the order of struct cgroup's dirs */
+enum { CG_MEMORY, CG_PIDS, CG_CPUACCT, CG_COUNT };
+static const char *const cgroup__v1_names[CG_COUNT] = {"memory", "pids", "cpuacct"};
+
+struct cgroup {
+    enum cgroup__mode mode;
+    char *dirs[CG_COUNT]; /* v2 uses dirs[0] only */
+    const char *procs[CG_COUNT + 1];
+    char *procs_storage[CG_COUNT];
+};
+
+static enum cgroup__mode cgroup__detected = CGROUP_UNKNOWN;
+static char *cgroup__base[CG_COUNT]; /* <root>/skiff (v2) or <root>/<hierarchy>/skiff (v1) */
+
+static int cgroup__write(const char *dir, const char *file, const char *value)
+{
+    char *path = xasprintf("%s/%s", dir, file);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    free(path);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = write(fd, value, strlen(value));
+    int rc = n < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* The number after `key ` in a "key value" file, or 0 when absent. */
+static uint64_t cgroup__read_key(const char *dir, const char *file, const char *key)
+{
+    char *path = xasprintf("%s/%s", dir, file);
+    FILE *f = fopen(path, "re");
+    free(path);
+    if (!f)
+        return 0;
+    char line[256];
+    size_t klen = strlen(key);
+    uint64_t value = 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ') {
+            value = strtoull(line + klen + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return value;
+}
+
+static bool cgroup__usable_dir(const char *dir)
+{
+    if (mkdir_p(dir, 0755) < 0)
+        return false;
+    return access(dir, W_OK) == 0;
+}
+
+static void cgroup__detect(void)
+{
+    if (cgroup__detected != CGROUP_UNKNOWN)
+        return;
+    cgroup__detected = CGROUP_NONE;
+    const char *root = getenv("SKIFF_CGROUP_ROOT");
+    if (!root || !*root)
+        root = "/sys/fs/cgroup";
+
+    char *controllers = NULL;
+    char *path = xasprintf("%s/cgroup.controllers", root);
+    int rc = file_read(path, &controllers, NULL);
+    free(path);
+    if (rc == 0) {
+        bool ok = strstr(controllers, "memory") && strstr(controllers, "pids");
+        free(controllers);
+        if (ok) {
+            char *base = xasprintf("%s/skiff", root);
+            /* Controllers must be enabled on the way down; the root may refuse when it
+             * holds processes itself (a container), and then v2 is not usable here. */
+            cgroup__write(root, "cgroup.subtree_control", "+memory +pids +cpu");
+            if (cgroup__usable_dir(base) &&
+                cgroup__write(base, "cgroup.subtree_control", "+memory +pids") == 0) {
+                cgroup__write(base, "cgroup.subtree_control", "+cpu");
+                cgroup__base[0] = base;
+                cgroup__detected = CGROUP_V2;
+                return;
+            }
+            free(base);
+        }
+    }
+    for (int i = 0; i < CG_COUNT; i++) {
+        cgroup__base[i] = xasprintf("%s/%s/skiff", root, cgroup__v1_names[i]);
+        if (!cgroup__usable_dir(cgroup__base[i])) {
+            for (int j = 0; j <= i; j++) {
+                free(cgroup__base[j]);
+                cgroup__base[j] = NULL;
+            }
+            return;
+        }
+    }
+    /* children inherit the parent's hierarchy flag in v1 only when it is set first */
+    cgroup__write(cgroup__base[CG_MEMORY], "memory.use_hierarchy", "1");
+    cgroup__detected = CGROUP_V1;
+}
+
+const char *cgroup_mode(void)
+{
+    cgroup__detect();
+    return cgroup__detected == CGROUP_V2 ? "v2" : cgroup__detected == CGROUP_V1 ? "v1" : "none";
+}
+
+int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup **out)
+{
+    cgroup__detect();
+    if (cgroup__detected == CGROUP_NONE)
+        return -ENOTSUP;
+    if (!name[0] || strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0)
+        return -EINVAL;
+    struct cgroup *cg = xcalloc(1, sizeof(*cg));
+    cg->mode = cgroup__detected;
+    int count = cg->mode == CGROUP_V2 ? 1 : CG_COUNT;
+    int rc = 0;
+    char value[32];
+    for (int i = 0; i < count; i++) {
+        cg->dirs[i] = xasprintf("%s/%s", cgroup__base[i], name);
+        if (mkdir(cg->dirs[i], 0755) < 0 && errno != EEXIST) {
+            rc = -errno;
+            goto fail;
+        }
+        cg->procs_storage[i] = xasprintf("%s/cgroup.procs", cg->dirs[i]);
+        cg->procs[i] = cg->procs_storage[i];
+    }
+    cgroup_kill_all(cg); /* a leftover of the same name from a daemon that died */
+
+    if (memory_mb > 0) {
+        snprintf(value, sizeof(value), "%llu", (unsigned long long)memory_mb << 20);
+        if (cg->mode == CGROUP_V2) {
+            rc = cgroup__write(cg->dirs[0], "memory.max", value);
+            cgroup__write(cg->dirs[0], "memory.swap.max", "0");
+        } else {
+            rc = cgroup__write(cg->dirs[CG_MEMORY], "memory.limit_in_bytes", value);
+            cgroup__write(cg->dirs[CG_MEMORY], "memory.memsw.limit_in_bytes", value);
+        }
+        if (rc < 0)
+            goto fail;
+    }
+    if (pids_max > 0) {
+        snprintf(value, sizeof(value), "%d", pids_max);
+        rc = cgroup__write(cg->mode == CGROUP_V2 ? cg->dirs[0] : cg->dirs[CG_PIDS], "pids.max",
+                           value);
+        if (rc < 0)
+            goto fail;
+    }
+    *out = cg;
+    return 0;
+fail:
+    cgroup_destroy(cg);
+    return rc;
+}
+
+const char *const *cgroup_join_files(const struct cgroup *cg)
+{
+    return cg->procs;
+}
+
+/* Kills every pid listed in the procs file; returns how many were listed. */
+static int cgroup__kill_listed(const char *procs)
+{
+    FILE *f = fopen(procs, "re");
+    if (!f)
+        return 0;
+    int count = 0;
+    long pid;
+    while (fscanf(f, "%ld", &pid) == 1) {
+        if (pid > 0)
+            kill((pid_t)pid, SIGKILL);
+        count++;
+    }
+    fclose(f);
+    return count;
+}
+
+void cgroup_kill_all(struct cgroup *cg)
+{
+    if (cg->mode == CGROUP_V2 && cgroup__write(cg->dirs[0], "cgroup.kill", "1") == 0)
+        return;
+    /* No cgroup.kill: kill what is listed until nothing is; the pids limit keeps a fork
+     * bomb from outrunning this. */
+    const char *procs = cg->mode == CGROUP_V2 ? cg->procs[0] : cg->procs[CG_PIDS];
+    for (int round = 0; round < 1000; round++) {
+        if (cgroup__kill_listed(procs) == 0)
+            return;
+    }
+}
+
+bool cgroup_oom_killed(const struct cgroup *cg)
+{
+    if (cg->mode == CGROUP_V2)
+        return cgroup__read_key(cg->dirs[0], "memory.events", "oom_kill") > 0;
+    return cgroup__read_key(cg->dirs[CG_MEMORY], "memory.oom_control", "oom_kill") > 0;
+}
+
+int cgroup_usage(const struct cgroup *cg, uint64_t *cpu_ns, uint64_t *memory_bytes)
+{
+    if (cg->mode == CGROUP_V2) {
+        *cpu_ns = cgroup__read_key(cg->dirs[0], "cpu.stat", "usage_usec") * 1000;
+        *memory_bytes = cgroup__read_key(cg->dirs[0], "memory.stat", "anon");
+        return 0;
+    }
+    char *path = xasprintf("%s/cpuacct.usage", cg->dirs[CG_CPUACCT]);
+    char *text = NULL;
+    *cpu_ns = file_read(path, &text, NULL) == 0 ? strtoull(text, NULL, 10) : 0;
+    free(text);
+    free(path);
+    *memory_bytes = cgroup__read_key(cg->dirs[CG_MEMORY], "memory.stat", "total_rss");
+    return 0;
+}
+
+void cgroup_destroy(struct cgroup *cg)
+{
+    if (!cg)
+        return;
+    cgroup_kill_all(cg);
+    for (int i = 0; i < CG_COUNT; i++) {
+        if (!cg->dirs[i])
+            continue;
+        /* killed processes leave their cgroup when the kernel has finished them: a moment */
+        for (int attempt = 0; attempt < 200; attempt++) {
+            if (rmdir(cg->dirs[i]) == 0 || errno == ENOENT)
+                break;
+            if (errno != EBUSY)
+                break;
+            cgroup__kill_listed(cg->procs[i]);
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        }
+        free(cg->dirs[i]);
+        free(cg->procs_storage[i]);
+    }
+    free(cg);
+}

@@ -1,0 +1,34 @@
+/* cgroup: per-instance control groups, so an instance's memory, process count and CPU are
+ * limited and measured as a whole, and stopping it reaches every process it started.
+ *
+ * cgroup v2 is used when /sys/fs/cgroup (or SKIFF_CGROUP_ROOT) is a unified hierarchy with the
+ * memory and pids controllers; otherwise the v1 memory, pids and cpuacct hierarchies are used
+ * when they are mounted and writable. Every instance gets <root>/skiff/<name>. With neither,
+ * cgroup_create returns -ENOTSUP and the executor runs plain process groups.
+ *
+ * A process joins its cgroup by writing its own pid to the files cgroup_join_files lists
+ * before it execs the app (see executor.c), so nothing it forks escapes. */
+#ifndef SKIFF_CGROUP_H
+#define SKIFF_CGROUP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cgroup;
+
+/* memory_mb and pids_max of 0 mean no limit. 0 and *out, or a negative errno. */
+int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup **out);
+/* The cgroup.procs files a process writes its pid to, NULL-terminated; owned by cg. */
+const char *const *cgroup_join_files(const struct cgroup *cg);
+/* SIGKILL to every process in the cgroup, repeated until it is empty (bounded). */
+void cgroup_kill_all(struct cgroup *cg);
+/* True when the kernel's OOM killer has killed a process of this cgroup. */
+bool cgroup_oom_killed(const struct cgroup *cg);
+/* CPU time used in nanoseconds and memory in use (without page cache) in bytes. */
+int cgroup_usage(const struct cgroup *cg, uint64_t *cpu_ns, uint64_t *memory_bytes);
+/* Kills what is left, removes the cgroup folders and frees cg. */
+void cgroup_destroy(struct cgroup *cg);
+/* "v2", "v1" or "none": which one cgroup_create would use on this machine. */
+const char *cgroup_mode(void);
+
+#endif

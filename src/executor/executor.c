@@ -1,0 +1,789 @@
+/* executor: see executor.h.
+ *
+ * The one driver today runs a process group per instance (proc.h) inside its own cgroup
+ * when the machine has usable cgroups (cgroup.h). Everything driver-specific goes through
+ * struct executor__driver, so a container driver (namespaces, seccomp) can take its place
+ * without the state machine below changing.
+ *
+ * Life of an instance: STARTING (health probes every HEALTH_STARTING_MS until one passes or
+ * the start timeout fires) -> RUNNING (liveness probes every HEALTH_LIVE_MS; LIVENESS_FAILURES
+ * failed probes in a row kill it) -> exit of its main process -> DOWN when a stop was asked
+ * for, CRASHED otherwise. The final state is reported once the process is gone and its
+ * output drained; the instance is freed right after that callback. */
+#include "executor/executor.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "executor/cgroup.h"
+#include "executor/proc.h"
+
+#define HEALTH_STARTING_MS 50
+#define HEALTH_LIVE_MS 3000
+#define HEALTH_PROBE_TIMEOUT_MS 1000
+#define LIVENESS_FAILURES 3
+#define USAGE_SAMPLE_MS 1000
+#define DEFAULT_PIDS_MAX 1024
+#define DEFAULT_GRACE_MS 10000
+#define DEFAULT_START_TIMEOUT_S 60
+
+struct probe;
+
+struct instance {
+    struct instance *prev, *next;
+    struct executor *ex;
+    /* the spec, copied */
+    char *app_guid, *app_name, *process_type, *guid, *app_dir, *command, *health_endpoint;
+    char **env;
+    int index, port, memory_mb, pids_max, start_timeout_s;
+    enum health_check_type health;
+    char *scratch_dir;
+
+    enum instance_state state;
+    int64_t since_ms;
+    struct proc *proc;
+    struct cgroup *cg;
+    uv_timer_t start_timer, health_timer, grace_timer;
+    int handles; /* open timers; freed at zero once final */
+    struct probe *probe;
+    int liveness_failures;
+    bool stop_requested, final;
+    const char *kill_reason; /* why the executor killed it, when it did */
+    void *user_data;
+    /* usage, sampled by the executor's timer */
+    uint64_t last_cpu_ns;
+    int64_t last_sample_ms;
+    double cpu;
+    uint64_t memory_bytes;
+};
+
+struct executor {
+    uv_loop_t *loop;
+    char *home;
+    int port_min, port_max, grace_ms;
+    unsigned char *port_used;
+    int port_cursor;
+    instance_output_cb on_output;
+    instance_state_cb on_state;
+    void *ctx;
+    struct instance *instances;
+    uv_timer_t *usage_timer;
+    uv_timer_t *done_timer;
+    bool shutting_down;
+    void (*shutdown_done)(void *arg);
+    void *shutdown_arg;
+};
+
+/* ---- driver seam ------------------------------------------------------------------------ */
+
+/* What a driver does for an instance. The process driver below is the only one today. */
+struct executor__driver {
+    const char *name;
+    int (*start)(struct instance *inst);
+    void (*signal)(struct instance *inst, int sig); /* every process of the instance */
+    bool (*oom_killed)(struct instance *inst);
+    void (*usage)(struct instance *inst, uint64_t *cpu_ns, uint64_t *memory_bytes);
+    void (*cleanup)(struct instance *inst); /* after the main process is gone */
+};
+
+static void executor__instance_output(void *ctx, int stream, const char *line, size_t len);
+static void executor__instance_exited(void *ctx, int exit_status, int term_signal);
+
+/* Joins the cgroup (the pid files follow the command as $2...), then runs the command, so
+ * nothing the app forks can start outside its limits. */
+static const char executor__join_script[] =
+    "cmd=$1; shift; for f; do echo $$ > \"$f\" || { echo \"skiff: cannot join cgroup $f\" >&2; "
+    "exit 125; }; done; exec /bin/sh -c \"$cmd\"";
+
+static int process_driver_start(struct instance *inst)
+{
+    int rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
+    if (rc < 0)
+        inst->cg = NULL; /* no usable cgroups here: a plain process group */
+
+    const char *argv[3 + 2 + 4];
+    int argc = 0;
+    argv[argc++] = "/bin/sh";
+    argv[argc++] = "-c";
+    if (inst->cg) {
+        argv[argc++] = executor__join_script;
+        argv[argc++] = "skiff-instance";
+        argv[argc++] = inst->command;
+        for (const char *const *f = cgroup_join_files(inst->cg); *f && argc < 8; f++)
+            argv[argc++] = *f;
+    } else {
+        argv[argc++] = inst->command;
+    }
+    argv[argc] = NULL;
+
+    static char *const empty_env[] = {NULL};
+    struct proc_options opt = {
+        .argv = argv,
+        .env = inst->env ? inst->env : empty_env,
+        .cwd = inst->app_dir,
+        .on_line = executor__instance_output,
+        .on_exit = executor__instance_exited,
+        .ctx = inst,
+    };
+    rc = proc_spawn(inst->ex->loop, &opt, &inst->proc);
+    if (rc < 0) {
+        cgroup_destroy(inst->cg);
+        inst->cg = NULL;
+    }
+    return rc;
+}
+
+static void process_driver_signal(struct instance *inst, int sig)
+{
+    if (inst->proc)
+        proc_signal_group(inst->proc, sig);
+    if (sig == SIGKILL && inst->cg)
+        cgroup_kill_all(inst->cg);
+}
+
+static bool process_driver_oom_killed(struct instance *inst)
+{
+    return inst->cg && cgroup_oom_killed(inst->cg);
+}
+
+/* utime + stime of one process and its resident set, when no cgroup measures the group. */
+static void executor__proc_usage(int pid, uint64_t *cpu_ns, uint64_t *memory_bytes)
+{
+    *cpu_ns = 0;
+    *memory_bytes = 0;
+    char path[64], *text = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if (file_read(path, &text, NULL) == 0) {
+        char *p = strrchr(text, ')'); /* the command name may hold spaces */
+        unsigned long long utime = 0, stime = 0;
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                        &stime) == 2)
+            *cpu_ns = (utime + stime) * (1000000000ULL / (uint64_t)sysconf(_SC_CLK_TCK));
+        free(text);
+    }
+    snprintf(path, sizeof(path), "/proc/%d/statm", pid);
+    if (file_read(path, &text, NULL) == 0) {
+        unsigned long long size = 0, resident = 0;
+        if (sscanf(text, "%llu %llu", &size, &resident) == 2)
+            *memory_bytes = resident * (uint64_t)sysconf(_SC_PAGESIZE);
+        free(text);
+    }
+}
+
+static void process_driver_usage(struct instance *inst, uint64_t *cpu_ns, uint64_t *memory_bytes)
+{
+    if (inst->cg)
+        cgroup_usage(inst->cg, cpu_ns, memory_bytes);
+    else if (inst->proc)
+        executor__proc_usage(proc_pid(inst->proc), cpu_ns, memory_bytes);
+}
+
+static void process_driver_cleanup(struct instance *inst)
+{
+    cgroup_destroy(inst->cg);
+    inst->cg = NULL;
+}
+
+static const struct executor__driver executor__process_driver = {
+    .name = "process",
+    .start = process_driver_start,
+    .signal = process_driver_signal,
+    .oom_killed = process_driver_oom_killed,
+    .usage = process_driver_usage,
+    .cleanup = process_driver_cleanup,
+};
+
+static const struct executor__driver *executor__driver = &executor__process_driver;
+
+/* ---- health probes ---------------------------------------------------------------------- */
+
+/* One TCP connect (HEALTH_PORT) or one GET (HEALTH_HTTP) with a deadline. It outlives its
+ * instance when that goes first (inst is then NULL) and frees itself once closed. */
+struct probe {
+    struct instance *inst;
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_write_t write;
+    uv_timer_t timeout;
+    char *request;
+    char response[64];
+    size_t response_len;
+    int handles;
+    bool done;
+};
+
+static void executor__health_result(struct instance *inst, bool healthy);
+
+static void probe__closed(uv_handle_t *h)
+{
+    struct probe *pr = h->data;
+    if (--pr->handles == 0) {
+        free(pr->request);
+        free(pr);
+    }
+}
+
+static void probe__finish(struct probe *pr, bool healthy)
+{
+    if (pr->done)
+        return;
+    pr->done = true;
+    uv_close((uv_handle_t *)&pr->tcp, probe__closed);
+    uv_close((uv_handle_t *)&pr->timeout, probe__closed);
+    struct instance *inst = pr->inst;
+    if (inst) {
+        inst->probe = NULL;
+        executor__health_result(inst, healthy);
+    }
+}
+
+static void probe__timed_out(uv_timer_t *t)
+{
+    probe__finish(t->data, false);
+}
+
+static void probe__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct probe *pr = h->data;
+    (void)suggested;
+    buf->base = pr->response + pr->response_len;
+    buf->len = sizeof(pr->response) - 1 - pr->response_len;
+}
+
+static void probe__read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct probe *pr = s->data;
+    (void)buf;
+    if (nread < 0 || pr->done) {
+        probe__finish(pr, false);
+        return;
+    }
+    pr->response_len += (size_t)nread;
+    pr->response[pr->response_len] = '\0';
+    char *eol = strstr(pr->response, "\r\n");
+    if (!eol && pr->response_len < sizeof(pr->response) - 1)
+        return; /* the status line is not complete yet */
+    /* "HTTP/1.1 200 OK": the status code is the second word */
+    const char *sp = strchr(pr->response, ' ');
+    bool ok = str_has_prefix(pr->response, "HTTP/1.") && sp && strncmp(sp + 1, "200", 3) == 0 &&
+              (sp[4] == ' ' || sp[4] == '\r');
+    probe__finish(pr, ok);
+}
+
+static void probe__written(uv_write_t *w, int status)
+{
+    struct probe *pr = w->data;
+    if (status < 0)
+        probe__finish(pr, false);
+}
+
+static void probe__connected(uv_connect_t *c, int status)
+{
+    struct probe *pr = c->data;
+    if (pr->done)
+        return;
+    if (status < 0) {
+        probe__finish(pr, false);
+        return;
+    }
+    if (!pr->request) {
+        probe__finish(pr, true); /* a port check: accepting connections is healthy */
+        return;
+    }
+    uv_buf_t b = uv_buf_init(pr->request, (unsigned)strlen(pr->request));
+    pr->write.data = pr;
+    if (uv_write(&pr->write, (uv_stream_t *)&pr->tcp, &b, 1, probe__written) < 0 ||
+        uv_read_start((uv_stream_t *)&pr->tcp, probe__alloc, probe__read) < 0)
+        probe__finish(pr, false);
+}
+
+static void executor__probe_start(struct instance *inst)
+{
+    struct probe *pr = xcalloc(1, sizeof(*pr));
+    pr->inst = inst;
+    uv_tcp_init(inst->ex->loop, &pr->tcp);
+    uv_timer_init(inst->ex->loop, &pr->timeout);
+    pr->tcp.data = pr->timeout.data = pr->connect.data = pr;
+    pr->handles = 2;
+    if (inst->health == HEALTH_HTTP) {
+        const char *path =
+            inst->health_endpoint && inst->health_endpoint[0] == '/' ? inst->health_endpoint : "/";
+        pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: "
+                                "skiff-health-check\r\nConnection: close\r\n\r\n",
+                                path, inst->port);
+    }
+    inst->probe = pr;
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", inst->port, &addr);
+    uv_timer_start(&pr->timeout, probe__timed_out, HEALTH_PROBE_TIMEOUT_MS, 0);
+    if (uv_tcp_connect(&pr->connect, &pr->tcp, (const struct sockaddr *)&addr, probe__connected) <
+        0)
+        probe__finish(pr, false);
+}
+
+/* ---- instance state --------------------------------------------------------------------- */
+
+static void executor__set_state(struct instance *inst, enum instance_state state)
+{
+    inst->state = state;
+    inst->since_ms = time_now_ms();
+}
+
+static void executor__kill(struct instance *inst, const char *reason)
+{
+    if (!inst->kill_reason && !inst->stop_requested)
+        inst->kill_reason = reason;
+    executor__driver->signal(inst, SIGKILL);
+}
+
+static void executor__health_tick(uv_timer_t *t)
+{
+    struct instance *inst = t->data;
+    if (inst->final || inst->probe || inst->stop_requested || inst->kill_reason)
+        return;
+    if (inst->health == HEALTH_PROCESS || inst->port <= 0) {
+        executor__health_result(inst, true);
+        return;
+    }
+    executor__probe_start(inst);
+}
+
+static void executor__health_result(struct instance *inst, bool healthy)
+{
+    struct executor *ex = inst->ex;
+    if (inst->final || inst->stop_requested || inst->kill_reason)
+        return;
+    if (inst->state == INSTANCE_STARTING) {
+        if (!healthy)
+            return; /* not listening yet: the next tick tries again */
+        uv_timer_stop(&inst->start_timer);
+        executor__set_state(inst, INSTANCE_RUNNING);
+        if (inst->health != HEALTH_PROCESS && inst->port > 0)
+            uv_timer_start(&inst->health_timer, executor__health_tick, HEALTH_LIVE_MS,
+                           HEALTH_LIVE_MS);
+        else
+            uv_timer_stop(&inst->health_timer);
+        ex->on_state(ex->ctx, inst, INSTANCE_RUNNING, NULL);
+        return;
+    }
+    if (healthy) {
+        inst->liveness_failures = 0;
+    } else if (++inst->liveness_failures >= LIVENESS_FAILURES) {
+        executor__kill(inst, "health check failed");
+    }
+}
+
+static void executor__start_timed_out(uv_timer_t *t)
+{
+    struct instance *inst = t->data;
+    if (inst->state == INSTANCE_STARTING && !inst->stop_requested)
+        executor__kill(inst, "start timeout");
+}
+
+static void executor__grace_expired(uv_timer_t *t)
+{
+    struct instance *inst = t->data;
+    executor__driver->signal(inst, SIGKILL);
+}
+
+static void executor__instance_output(void *ctx, int stream, const char *line, size_t len)
+{
+    struct instance *inst = ctx;
+    if (!inst->final)
+        inst->ex->on_output(inst->ex->ctx, inst, stream, line, len);
+}
+
+static void executor__port_release(struct executor *ex, int port)
+{
+    if (port >= ex->port_min && port <= ex->port_max)
+        ex->port_used[port - ex->port_min] = 0;
+}
+
+static void executor__free_instance(struct instance *inst)
+{
+    free(inst->app_guid);
+    free(inst->app_name);
+    free(inst->process_type);
+    free(inst->guid);
+    free(inst->app_dir);
+    free(inst->command);
+    free(inst->health_endpoint);
+    free(inst->scratch_dir);
+    if (inst->env) {
+        for (char **e = inst->env; *e; e++)
+            free(*e);
+        free(inst->env);
+    }
+    free(inst);
+}
+
+static void executor__timer_closed(uv_handle_t *h)
+{
+    struct instance *inst = h->data;
+    if (--inst->handles == 0)
+        executor__free_instance(inst);
+}
+
+/* Unlinks the instance and releases everything; memory goes once the timers are closed. */
+static void executor__retire(struct instance *inst)
+{
+    struct executor *ex = inst->ex;
+    if (inst->prev)
+        inst->prev->next = inst->next;
+    else
+        ex->instances = inst->next;
+    if (inst->next)
+        inst->next->prev = inst->prev;
+    if (inst->probe) {
+        inst->probe->inst = NULL;
+        inst->probe = NULL;
+    }
+    if (inst->proc) {
+        proc_close(inst->proc);
+        inst->proc = NULL;
+    }
+    executor__driver->cleanup(inst);
+    executor__port_release(ex, inst->port);
+    if (inst->scratch_dir)
+        rm_rf(inst->scratch_dir);
+    uv_close((uv_handle_t *)&inst->start_timer, executor__timer_closed);
+    uv_close((uv_handle_t *)&inst->health_timer, executor__timer_closed);
+    uv_close((uv_handle_t *)&inst->grace_timer, executor__timer_closed);
+}
+
+static void executor__maybe_shutdown_done(struct executor *ex)
+{
+    if (ex->shutting_down && !ex->instances && ex->shutdown_done) {
+        void (*done)(void *) = ex->shutdown_done;
+        ex->shutdown_done = NULL;
+        done(ex->shutdown_arg);
+    }
+}
+
+static void executor__instance_exited(void *ctx, int exit_status, int term_signal)
+{
+    struct instance *inst = ctx;
+    struct executor *ex = inst->ex;
+    struct instance_exit info = {.exit_status = exit_status, .term_signal = term_signal};
+    enum instance_state final;
+    if (inst->stop_requested) {
+        final = INSTANCE_DOWN;
+        info.reason = "stopped";
+    } else {
+        final = INSTANCE_CRASHED;
+        if (executor__driver->oom_killed(inst))
+            info.reason = "out of memory";
+        else if (inst->kill_reason)
+            info.reason = inst->kill_reason;
+        else
+            info.reason = "exited";
+    }
+    /* the process group is gone; make sure nothing else of the instance is left */
+    executor__driver->signal(inst, SIGKILL);
+    inst->final = true;
+    uv_timer_stop(&inst->start_timer);
+    uv_timer_stop(&inst->health_timer);
+    uv_timer_stop(&inst->grace_timer);
+    executor__set_state(inst, final);
+    ex->on_state(ex->ctx, inst, final, &info);
+    executor__retire(inst);
+    executor__maybe_shutdown_done(ex);
+}
+
+/* ---- usage ------------------------------------------------------------------------------ */
+
+static void executor__sample_usage(struct instance *inst)
+{
+    uint64_t cpu_ns = 0, memory = 0;
+    executor__driver->usage(inst, &cpu_ns, &memory);
+    int64_t now = time_mono_ms();
+    if (inst->last_sample_ms && now > inst->last_sample_ms && cpu_ns >= inst->last_cpu_ns)
+        inst->cpu =
+            (double)(cpu_ns - inst->last_cpu_ns) / 1e6 / (double)(now - inst->last_sample_ms);
+    inst->last_cpu_ns = cpu_ns;
+    inst->last_sample_ms = now;
+    inst->memory_bytes = memory;
+}
+
+static void executor__usage_tick(uv_timer_t *t)
+{
+    struct executor *ex = t->data;
+    for (struct instance *inst = ex->instances; inst; inst = inst->next)
+        if (!inst->final)
+            executor__sample_usage(inst);
+}
+
+/* ---- public calls ----------------------------------------------------------------------- */
+
+int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_output_cb on_output,
+                 instance_state_cb on_state, void *ctx, struct executor **out)
+{
+    if (!loop || !cfg || !cfg->home || !on_output || !on_state || cfg->port_min <= 0 ||
+        cfg->port_max < cfg->port_min || cfg->port_max > 65535)
+        return -EINVAL;
+    struct executor *ex = xcalloc(1, sizeof(*ex));
+    ex->loop = loop;
+    ex->home = xstrdup(cfg->home);
+    ex->port_min = cfg->port_min;
+    ex->port_max = cfg->port_max;
+    ex->grace_ms = cfg->grace_ms > 0 ? cfg->grace_ms : DEFAULT_GRACE_MS;
+    ex->port_used = xcalloc((size_t)(cfg->port_max - cfg->port_min + 1), 1);
+    ex->on_output = on_output;
+    ex->on_state = on_state;
+    ex->ctx = ctx;
+    ex->usage_timer = xmalloc(sizeof(uv_timer_t));
+    uv_timer_init(loop, ex->usage_timer);
+    ex->usage_timer->data = ex;
+    uv_timer_start(ex->usage_timer, executor__usage_tick, USAGE_SAMPLE_MS, USAGE_SAMPLE_MS);
+    uv_unref((uv_handle_t *)ex->usage_timer); /* sampling alone keeps nobody waiting */
+    *out = ex;
+    return 0;
+}
+
+static bool executor__port_is_free(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    bool free_port = bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+    close(fd);
+    return free_port;
+}
+
+int executor_port_allocate(struct executor *ex)
+{
+    int span = ex->port_max - ex->port_min + 1;
+    for (int i = 0; i < span; i++) {
+        int slot = (ex->port_cursor + i) % span;
+        if (ex->port_used[slot])
+            continue;
+        int port = ex->port_min + slot;
+        if (!executor__port_is_free(port))
+            continue;
+        ex->port_used[slot] = 1;
+        /* round-robin, so a port just given up is not handed out again at once */
+        ex->port_cursor = (slot + 1) % span;
+        return port;
+    }
+    return -EADDRNOTAVAIL;
+}
+
+void executor_port_release(struct executor *ex, int port)
+{
+    executor__port_release(ex, port);
+}
+
+static char **executor__copy_env(char *const *env)
+{
+    if (!env)
+        return NULL;
+    size_t n = 0;
+    while (env[n])
+        n++;
+    char **copy = xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        copy[i] = xstrdup(env[i]);
+    return copy;
+}
+
+static char *executor__dup(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+int executor_start(struct executor *ex, const struct instance_spec *spec, struct instance **out)
+{
+    int rc = 0;
+    if (ex->shutting_down) {
+        rc = -ESHUTDOWN;
+        goto fail_port;
+    }
+    struct stat st;
+    if (!spec->command || !spec->command[0] || !spec->instance_guid || !spec->app_dir) {
+        rc = -EINVAL;
+        goto fail_port;
+    }
+    if (stat(spec->app_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        rc = -ENOENT;
+        goto fail_port;
+    }
+    struct instance *inst = xcalloc(1, sizeof(*inst));
+    inst->ex = ex;
+    inst->app_guid = executor__dup(spec->app_guid);
+    inst->app_name = executor__dup(spec->app_name);
+    inst->process_type = executor__dup(spec->process_type);
+    inst->guid = xstrdup(spec->instance_guid);
+    inst->app_dir = xstrdup(spec->app_dir);
+    inst->command = xstrdup(spec->command);
+    inst->health_endpoint = executor__dup(spec->health_endpoint);
+    inst->env = executor__copy_env(spec->env);
+    inst->index = spec->index;
+    inst->port = spec->port;
+    inst->memory_mb = spec->memory_mb;
+    inst->pids_max = spec->pids_max > 0 ? spec->pids_max : DEFAULT_PIDS_MAX;
+    inst->health = spec->health;
+    inst->start_timeout_s =
+        spec->start_timeout_s > 0 ? spec->start_timeout_s : DEFAULT_START_TIMEOUT_S;
+    /* scratch space the caller may point HOME/TMPDIR at; removed with the instance */
+    inst->scratch_dir = xasprintf("%s/instances/%s", ex->home, inst->guid);
+    char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
+    mkdir_p(tmp, 0700);
+    free(tmp);
+    executor__set_state(inst, INSTANCE_STARTING);
+
+    if (strchr(inst->guid, '/') || (rc = executor__driver->start(inst)) < 0) {
+        if (rc == 0)
+            rc = -EINVAL;
+        rm_rf(inst->scratch_dir);
+        executor__free_instance(inst);
+        goto fail_port;
+    }
+    uv_timer_init(ex->loop, &inst->start_timer);
+    uv_timer_init(ex->loop, &inst->health_timer);
+    uv_timer_init(ex->loop, &inst->grace_timer);
+    inst->start_timer.data = inst->health_timer.data = inst->grace_timer.data = inst;
+    inst->handles = 3;
+    uv_timer_start(&inst->start_timer, executor__start_timed_out,
+                   (uint64_t)inst->start_timeout_s * 1000, 0);
+    /* the first check comes on the next loop turn, never inside this call */
+    uv_timer_start(&inst->health_timer, executor__health_tick, 0, HEALTH_STARTING_MS);
+    executor__sample_usage(inst);
+
+    inst->next = ex->instances;
+    if (ex->instances)
+        ex->instances->prev = inst;
+    ex->instances = inst;
+    *out = inst;
+    return 0;
+
+fail_port:
+    executor__port_release(ex, spec->port);
+    return rc;
+}
+
+void executor_stop(struct instance *inst)
+{
+    if (inst->final || inst->stop_requested)
+        return;
+    inst->stop_requested = true;
+    executor__set_state(inst, INSTANCE_STOPPING);
+    uv_timer_stop(&inst->start_timer);
+    uv_timer_stop(&inst->health_timer);
+    executor__driver->signal(inst, SIGTERM);
+    uv_timer_start(&inst->grace_timer, executor__grace_expired, (uint64_t)inst->ex->grace_ms, 0);
+}
+
+static void executor__done_soon(uv_timer_t *t)
+{
+    struct executor *ex = t->data;
+    executor__maybe_shutdown_done(ex);
+}
+
+void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg)
+{
+    ex->shutting_down = true;
+    ex->shutdown_done = done;
+    ex->shutdown_arg = arg;
+    for (struct instance *inst = ex->instances; inst; inst = inst->next)
+        executor_stop(inst);
+    if (!ex->instances) {
+        /* nothing to wait for; done still comes from the loop, not from inside this call */
+        if (!ex->done_timer) {
+            ex->done_timer = xmalloc(sizeof(uv_timer_t));
+            uv_timer_init(ex->loop, ex->done_timer);
+            ex->done_timer->data = ex;
+        }
+        uv_timer_start(ex->done_timer, executor__done_soon, 0, 0);
+    }
+}
+
+static void executor__free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+void executor_free(struct executor *ex)
+{
+    if (!ex)
+        return;
+    /* instances still here were not shut down: end them without telling anyone */
+    while (ex->instances) {
+        struct instance *inst = ex->instances;
+        inst->final = true;
+        executor__driver->signal(inst, SIGKILL);
+        executor__retire(inst);
+    }
+    uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
+    if (ex->done_timer)
+        uv_close((uv_handle_t *)ex->done_timer, executor__free_handle);
+    free(ex->port_used);
+    free(ex->home);
+    free(ex);
+}
+
+enum instance_state instance_state(const struct instance *inst)
+{
+    return inst->state;
+}
+
+const char *instance_state_name(enum instance_state state)
+{
+    switch (state) {
+    case INSTANCE_STARTING:
+        return "STARTING";
+    case INSTANCE_RUNNING:
+        return "RUNNING";
+    case INSTANCE_STOPPING:
+        return "STOPPING";
+    case INSTANCE_DOWN:
+        return "DOWN";
+    case INSTANCE_CRASHED:
+        return "CRASHED";
+    }
+    return "UNKNOWN";
+}
+
+const char *instance_guid(const struct instance *inst)
+{
+    return inst->guid;
+}
+int instance_port(const struct instance *inst)
+{
+    return inst->port;
+}
+int instance_pid(const struct instance *inst)
+{
+    return inst->proc ? proc_pid(inst->proc) : 0;
+}
+int64_t instance_since_ms(const struct instance *inst)
+{
+    return inst->since_ms;
+}
+
+void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_bytes)
+{
+    if (cpu)
+        *cpu = inst->cpu;
+    if (memory_bytes)
+        *memory_bytes = inst->memory_bytes;
+}
+
+void *instance_user_data(const struct instance *inst)
+{
+    return inst->user_data;
+}
+void instance_set_user_data(struct instance *inst, void *data)
+{
+    inst->user_data = data;
+}
