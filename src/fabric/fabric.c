@@ -1,0 +1,1532 @@
+/* fabric: the embedded backend, a folder of segment files per topic (see fabric_internal.h).
+ *
+ * Writes happen on the loop thread (pwrite into the page cache is quick and keeps readers
+ * consistent); fsync runs on one writer thread. Group commit: while one fsync round runs,
+ * appends pile up in `waiting`; when it ends they all go into the next round, so one fsync
+ * covers as many appends as arrived during the previous one. Acknowledgements and
+ * notifications then run on the loop, in offset order. */
+#include "fabric/fabric.h"
+#include "fabric/fabric_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+
+#define INDEX_EVERY_BYTES 4096
+#define RETENTION_PERIOD_MS 5000
+#define CURSOR_LOG_COMPACT_BYTES (1u << 20)
+
+struct index_entry {
+    uint64_t offset;
+    uint64_t pos;
+    int64_t time_ms;
+};
+
+struct segment {
+    uint64_t base; /* offset of the first record */
+    uint64_t end;  /* one past the last record written */
+    uint64_t size; /* bytes written */
+    int64_t first_time, last_time;
+    int fd;
+    struct index_entry *index; /* sparse: one entry per INDEX_EVERY_BYTES */
+    size_t index_count, index_cap;
+    uint64_t index_last_pos;
+};
+
+struct topic {
+    char name[FABRIC_TOPIC_MAX + 1];
+    char *dir;
+    struct segment *segs; /* sorted by base; the last one is written to */
+    size_t nsegs, segs_cap;
+    uint64_t next_offset; /* assigned */
+    uint64_t durable_end; /* visible to readers */
+    int64_t last_time;
+    bool dirty;      /* written since the last round was started */
+    bool dir_synced; /* new files in dir need a directory fsync */
+    bool has_retention;
+    struct fabric_retention retention;
+};
+
+struct waiter {
+    struct waiter *next;
+    fabric_append_cb append_cb;
+    void (*cursor_cb)(void *arg, int status);
+    void *arg;
+    uint64_t first;
+    size_t count;
+};
+
+struct sync_target {
+    struct topic *topic; /* NULL for the cursor log or a directory */
+    uint64_t end;        /* topic: durable up to here once synced */
+    int fd;              /* dup()ed; the writer closes it */
+};
+
+/* One fsync round, handed to the writer thread. */
+struct round {
+    struct sync_target *targets;
+    size_t count, cap;
+    struct waiter *waiters;
+    int status;
+    int64_t started_ns, ended_ns;
+};
+
+struct fabric_sub {
+    struct fabric *f;
+    struct fabric_sub *next;
+    char *topic; /* NULL: all */
+    fabric_notify_cb cb;
+    void *arg;
+    bool removed;
+};
+
+struct cursor {
+    char *topic;
+    char *consumer;
+    uint64_t next_offset;
+};
+
+struct fabric {
+    uv_loop_t *loop;
+    char *dir;
+    struct fabric_config cfg;
+    struct topic **topics; /* sorted by name */
+    size_t ntopics, topics_cap;
+
+    struct waiter *waiting, **waiting_tail;
+    struct round *round; /* in flight, or NULL */
+    int failed;          /* a negative errno once the disk failed */
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct round *thread_job; /* guarded by mu */
+    struct round *thread_done;
+    bool thread_quit;
+    uv_async_t async;
+    uv_timer_t retention_timer;
+    int handles_open;
+
+    struct cursor *cursors;
+    size_t ncursors, cursors_cap;
+    int cursor_fd;
+    uint64_t cursor_log_size;
+    uint64_t cursor_seq; /* number of the next cursor log record */
+    bool cursors_dirty;
+    bool root_dir_dirty;
+
+    struct fabric_sub *subs;
+    int notifying;
+
+    struct buf scratch;
+    struct fabric_stats stats;
+
+    bool closing;
+    void (*close_done)(void *arg);
+    void *close_arg;
+};
+
+/* ---- names, errors ---------------------------------------------------------------------- */
+
+bool fabric_name_valid(const char *name)
+{
+    if (!name || !*name)
+        return false;
+    size_t n = strlen(name);
+    if (n > FABRIC_TOPIC_MAX)
+        return false;
+    if (!((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+const char *fabric_strerror(int code)
+{
+    switch (code) {
+    case 0:
+        return "success";
+    case -EINVAL:
+        return "invalid topic or consumer name: use 1-128 of a-z, 0-9, '-', '.', '_', starting "
+               "with a letter or digit";
+    case -EMSGSIZE:
+        return "event too large: make it smaller than the fabric's record limit";
+    case -ENOENT:
+        return "no such topic (or cursor): publish to the topic first, or check its name";
+    case -ENOSPC:
+        return "the disk holding the event log is full: free space or lower retention";
+    case -EIO:
+        return "the event log could not be written or read (disk error): check the disk and "
+               "restart skiffd";
+    case -ECANCELED:
+        return "the event fabric is shutting down: retry once skiffd is back";
+    default:
+        return strerror(code < 0 ? -code : code);
+    }
+}
+
+/* ---- little-endian record framing --------------------------------------------------------- */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Appends one framed record to b. */
+static void record_frame(struct buf *b, uint64_t offset, int64_t time_ms, const void *data,
+                         size_t len)
+{
+    buf_reserve(b, FABRIC_RECORD_HEADER + len);
+    uint8_t *h = (uint8_t *)b->data + b->len;
+    put_u32(h, (uint32_t)len);
+    put_u64(h + 8, offset);
+    put_u64(h + 16, (uint64_t)time_ms);
+    if (len)
+        memcpy(h + FABRIC_RECORD_HEADER, data, len);
+    uint32_t crc = fabric_crc32c(0, h + 8, FABRIC_RECORD_HEADER - 8 + len);
+    put_u32(h + 4, crc);
+    b->len += FABRIC_RECORD_HEADER + len;
+    b->data[b->len] = '\0';
+}
+
+/* A buffered sequential reader over a file, for recovery and reads. */
+struct file_reader {
+    int fd;
+    uint64_t limit; /* file bytes that may be read */
+    uint8_t *buf;
+    size_t cap;
+    uint64_t start; /* file position of buf[0] */
+    size_t len;
+};
+
+/* Makes [pos, pos + len) available; returns a pointer to it, or NULL (errno-like code in *err:
+ * 0 when the range runs past the limit, a negative errno on a read error). */
+static const uint8_t *reader_get(struct file_reader *r, uint64_t pos, size_t len, int *err)
+{
+    *err = 0;
+    if (pos + len > r->limit)
+        return NULL;
+    if (pos >= r->start && pos + len <= r->start + r->len)
+        return r->buf + (pos - r->start);
+    size_t want = len > 65536 ? len : 65536;
+    if (want > r->limit - pos)
+        want = (size_t)(r->limit - pos);
+    if (want > r->cap) {
+        r->buf = xrealloc(r->buf, want);
+        r->cap = want;
+    }
+    size_t got = 0;
+    while (got < want) {
+        ssize_t n = pread(r->fd, r->buf + got, want - got, (off_t)(pos + got));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = -errno;
+            r->len = 0;
+            return NULL;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    r->start = pos;
+    r->len = got;
+    if (got < len)
+        return NULL;
+    return r->buf;
+}
+
+/* Reads and checks the record at pos, which should carry `expect` as its offset. Returns 1
+ * with the header fields when it is good, 0 when it is missing or bad, a negative errno on a
+ * read error. */
+static int reader_record(struct file_reader *r, uint64_t pos, uint64_t expect, uint32_t *len,
+                         int64_t *time_ms, const uint8_t **payload)
+{
+    int err;
+    const uint8_t *h = reader_get(r, pos, FABRIC_RECORD_HEADER, &err);
+    if (!h)
+        return err;
+    uint32_t n = get_u32(h);
+    if (n > FABRIC_RECORD_HARD_MAX || get_u64(h + 8) != expect)
+        return 0;
+    h = reader_get(r, pos, FABRIC_RECORD_HEADER + (size_t)n, &err);
+    if (!h)
+        return err;
+    if (fabric_crc32c(0, h + 8, FABRIC_RECORD_HEADER - 8 + (size_t)n) != get_u32(h + 4))
+        return 0;
+    *len = n;
+    *time_ms = (int64_t)get_u64(h + 16);
+    *payload = h + FABRIC_RECORD_HEADER;
+    return 1;
+}
+
+static void reader_free(struct file_reader *r)
+{
+    free(r->buf);
+    r->buf = NULL;
+}
+
+/* ---- topics and segments ------------------------------------------------------------------ */
+
+static void segment_index_add(struct segment *s, uint64_t offset, uint64_t pos, int64_t time_ms)
+{
+    if (s->index_count && pos < s->index_last_pos + INDEX_EVERY_BYTES)
+        return;
+    if (s->index_count == s->index_cap) {
+        s->index_cap = s->index_cap ? s->index_cap * 2 : 16;
+        s->index = xrealloc(s->index, s->index_cap * sizeof(*s->index));
+    }
+    s->index[s->index_count++] = (struct index_entry){offset, pos, time_ms};
+    s->index_last_pos = pos;
+}
+
+static void segment_close(struct segment *s)
+{
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    free(s->index);
+    s->index = NULL;
+}
+
+static char *segment_path(const struct topic *t, uint64_t base)
+{
+    return xasprintf("%s/" FABRIC_SEGMENT_NAME_FMT, t->dir, (unsigned long long)base);
+}
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* Adds an empty segment starting at t->next_offset. */
+static int topic_add_segment(struct fabric *f, struct topic *t)
+{
+    char *path = segment_path(t, t->next_offset);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int rc = fd < 0 ? -errno : 0;
+    if (fd >= 0 && ftruncate(fd, 0) < 0)
+        rc = -errno;
+    free(path);
+    if (rc < 0) {
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    if (t->nsegs == t->segs_cap) {
+        t->segs_cap = t->segs_cap ? t->segs_cap * 2 : 4;
+        t->segs = xrealloc(t->segs, t->segs_cap * sizeof(*t->segs));
+    }
+    t->segs[t->nsegs++] = (struct segment){.base = t->next_offset, .end = t->next_offset, .fd = fd};
+    t->dir_synced = false;
+    (void)f;
+    return 0;
+}
+
+/* Scans one segment from its start, checking every record. Returns the number of good bytes
+ * (everything after them is torn or corrupt) or a negative errno. */
+static int64_t segment_recover(struct segment *s, bool *torn)
+{
+    struct stat st;
+    if (fstat(s->fd, &st) < 0)
+        return -errno;
+    struct file_reader r = {.fd = s->fd, .limit = (uint64_t)st.st_size};
+    uint64_t pos = 0, offset = s->base;
+    int rc;
+    for (;;) {
+        uint32_t len;
+        int64_t time_ms;
+        const uint8_t *payload;
+        rc = reader_record(&r, pos, offset, &len, &time_ms, &payload);
+        if (rc <= 0)
+            break;
+        if (offset == s->base)
+            s->first_time = time_ms;
+        s->last_time = time_ms;
+        segment_index_add(s, offset, pos, time_ms);
+        pos += FABRIC_RECORD_HEADER + len;
+        offset++;
+    }
+    reader_free(&r);
+    if (rc < 0)
+        return rc;
+    s->end = offset;
+    s->size = pos;
+    *torn = pos < (uint64_t)st.st_size;
+    return (int64_t)pos;
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void topic_free(struct topic *t)
+{
+    for (size_t i = 0; i < t->nsegs; i++)
+        segment_close(&t->segs[i]);
+    free(t->segs);
+    free(t->dir);
+    free(t);
+}
+
+/* Loads a topic folder: its segments, in order, with a torn tail cut off. */
+static int topic_load(struct fabric *f, const char *name, struct topic **out, char *errmsg,
+                      size_t errlen)
+{
+    struct topic *t = xcalloc(1, sizeof(*t));
+    memcpy(t->name, name, strnlen(name, FABRIC_TOPIC_MAX)); /* validated by the caller */
+    t->dir = xasprintf("%s/topics/%s", f->dir, name);
+    t->dir_synced = true;
+    uint64_t *bases = NULL;
+    size_t nbases = 0, cap = 0;
+    int rc = 0;
+    DIR *d = opendir(t->dir);
+    if (!d) {
+        rc = -errno;
+        snprintf(errmsg, errlen, "cannot open %s: %s", t->dir, strerror(-rc));
+        goto fail;
+    }
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        unsigned long long base;
+        char tail;
+        if (sscanf(de->d_name, "%20llu.lo%c", &base, &tail) != 2 || tail != 'g' ||
+            strlen(de->d_name) != 24)
+            continue;
+        if (nbases == cap) {
+            cap = cap ? cap * 2 : 8;
+            bases = xrealloc(bases, cap * sizeof(*bases));
+        }
+        bases[nbases++] = base;
+    }
+    closedir(d);
+    qsort(bases, nbases, sizeof(*bases), compare_u64);
+
+    for (size_t i = 0; i < nbases; i++) {
+        char *path = segment_path(t, bases[i]);
+        /* A segment that does not follow on from the one before means everything from
+         * here on was never acknowledged (see below): drop it. */
+        if (t->nsegs && bases[i] != t->next_offset) {
+            fprintf(stderr,
+                    "fabric: topic %s: dropping segment %s (does not follow offset %" PRIu64 ")\n",
+                    name, path, t->next_offset);
+            unlink(path);
+            free(path);
+            continue;
+        }
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            rc = -errno;
+            snprintf(errmsg, errlen, "cannot open %s: %s", path, strerror(-rc));
+            free(path);
+            goto fail;
+        }
+        if (t->nsegs == t->segs_cap) {
+            t->segs_cap = t->segs_cap ? t->segs_cap * 2 : 4;
+            t->segs = xrealloc(t->segs, t->segs_cap * sizeof(*t->segs));
+        }
+        struct segment *s = &t->segs[t->nsegs++];
+        *s = (struct segment){.base = bases[i], .end = bases[i], .fd = fd};
+        bool torn = false;
+        int64_t good = segment_recover(s, &torn);
+        if (good < 0) {
+            rc = (int)good;
+            snprintf(errmsg, errlen, "cannot read %s: %s", path, strerror(-rc));
+            free(path);
+            goto fail;
+        }
+        if (torn) {
+            /* Acknowledgements go out in offset order after an fsync that covers every
+             * file, so nothing at or after a bad record was acknowledged: cut it. */
+            fprintf(stderr,
+                    "fabric: topic %s: cut a torn or corrupt tail from %s at byte %" PRId64 "\n",
+                    name, path, good);
+            if (ftruncate(fd, good) < 0 || fdatasync(fd) < 0) {
+                rc = -errno;
+                snprintf(errmsg, errlen, "cannot repair %s: %s", path, strerror(-rc));
+                free(path);
+                goto fail;
+            }
+        }
+        free(path);
+        t->next_offset = s->end;
+        if (s->end > s->base)
+            t->last_time = s->last_time;
+    }
+    free(bases);
+    bases = NULL;
+    if (t->nsegs == 0 && (rc = topic_add_segment(f, t)) < 0) {
+        snprintf(errmsg, errlen, "cannot create a segment in %s: %s", t->dir, strerror(-rc));
+        goto fail;
+    }
+    t->durable_end = t->next_offset;
+    *out = t;
+    return 0;
+fail:
+    free(bases);
+    topic_free(t);
+    return rc;
+}
+
+static struct topic *topic_find(struct fabric *f, const char *name, size_t *slot)
+{
+    size_t lo = 0, hi = f->ntopics;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(f->topics[mid]->name, name);
+        if (c == 0)
+            return f->topics[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (slot)
+        *slot = lo;
+    return NULL;
+}
+
+static void topic_insert(struct fabric *f, struct topic *t, size_t slot)
+{
+    if (f->ntopics == f->topics_cap) {
+        f->topics_cap = f->topics_cap ? f->topics_cap * 2 : 8;
+        f->topics = xrealloc(f->topics, f->topics_cap * sizeof(*f->topics));
+    }
+    memmove(&f->topics[slot + 1], &f->topics[slot], (f->ntopics - slot) * sizeof(*f->topics));
+    f->topics[slot] = t;
+    f->ntopics++;
+}
+
+static int topic_get(struct fabric *f, const char *name, bool create, struct topic **out)
+{
+    if (!fabric_name_valid(name))
+        return -EINVAL;
+    size_t slot = 0;
+    struct topic *t = topic_find(f, name, &slot);
+    if (t) {
+        *out = t;
+        return 0;
+    }
+    if (!create)
+        return -ENOENT;
+    t = xcalloc(1, sizeof(*t));
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->dir = xasprintf("%s/topics/%s", f->dir, name);
+    int rc = mkdir(t->dir, 0755) < 0 && errno != EEXIST ? -errno : 0;
+    if (rc == 0)
+        rc = topic_add_segment(f, t);
+    if (rc < 0) {
+        topic_free(t);
+        return rc;
+    }
+    f->root_dir_dirty = true;
+    topic_insert(f, t, slot);
+    *out = t;
+    return 0;
+}
+
+static const struct fabric_retention *topic_retention(struct fabric *f, struct topic *t)
+{
+    return t->has_retention ? &t->retention : &f->cfg.retention;
+}
+
+/* ---- cursors ------------------------------------------------------------------------------ */
+
+static struct cursor *cursor_find(struct fabric *f, const char *topic, const char *consumer)
+{
+    for (size_t i = 0; i < f->ncursors; i++)
+        if (!strcmp(f->cursors[i].topic, topic) && !strcmp(f->cursors[i].consumer, consumer))
+            return &f->cursors[i];
+    return NULL;
+}
+
+static void cursor_set(struct fabric *f, const char *topic, const char *consumer, uint64_t next,
+                       bool remove)
+{
+    struct cursor *c = cursor_find(f, topic, consumer);
+    if (remove) {
+        if (c) {
+            free(c->topic);
+            free(c->consumer);
+            *c = f->cursors[--f->ncursors];
+        }
+        return;
+    }
+    if (!c) {
+        if (f->ncursors == f->cursors_cap) {
+            f->cursors_cap = f->cursors_cap ? f->cursors_cap * 2 : 8;
+            f->cursors = xrealloc(f->cursors, f->cursors_cap * sizeof(*f->cursors));
+        }
+        c = &f->cursors[f->ncursors++];
+        c->topic = xstrdup(topic);
+        c->consumer = xstrdup(consumer);
+    }
+    c->next_offset = next;
+}
+
+/* Cursor log payload: 1 byte (1 set, 2 delete), topic NUL consumer NUL cursor (decimal). The
+ * record's offset field numbers the records from 0, as in a topic, so a stale tail is caught. */
+static void cursor_record(struct buf *b, uint64_t seq, const char *topic, const char *consumer,
+                          uint64_t next, bool remove)
+{
+    struct buf p = {0};
+    buf_putc(&p, remove ? 2 : 1);
+    buf_append(&p, topic, strlen(topic) + 1);
+    buf_append(&p, consumer, strlen(consumer) + 1);
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%" PRIu64, next);
+    buf_append(&p, num, (size_t)n);
+    record_frame(b, seq, time_now_ms(), p.data, p.len);
+    buf_free(&p);
+}
+
+static int cursor_log_write_all(struct fabric *f, int fd, uint64_t *size)
+{
+    struct buf b = {0};
+    uint64_t seq = 0;
+    for (size_t i = 0; i < f->ncursors; i++)
+        cursor_record(&b, seq++, f->cursors[i].topic, f->cursors[i].consumer,
+                      f->cursors[i].next_offset, false);
+    int rc = 0;
+    size_t done = 0;
+    while (done < b.len) {
+        ssize_t n = pwrite(fd, b.data + done, b.len - done, (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -errno;
+            break;
+        }
+        done += (size_t)n;
+    }
+    buf_free(&b);
+    f->cursor_seq = seq;
+    *size = done;
+    return rc;
+}
+
+/* Rewrites the cursor log with only the live cursors (temp file, fsync, rename). Runs on the
+ * loop thread, rarely, and on a small file. */
+static int cursor_log_compact(struct fabric *f)
+{
+    char *tmp = xasprintf("%s/cursors.log.tmp", f->dir);
+    char *path = xasprintf("%s/cursors.log", f->dir);
+    int rc = 0;
+    uint64_t size = 0;
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        goto done;
+    }
+    if ((rc = cursor_log_write_all(f, fd, &size)) < 0 || (!f->cfg.no_sync && fsync(fd) < 0) ||
+        rename(tmp, path) < 0) {
+        rc = rc < 0 ? rc : -errno;
+        close(fd);
+        unlink(tmp);
+        goto done;
+    }
+    if (f->cursor_fd >= 0)
+        close(f->cursor_fd);
+    f->cursor_fd = fd;
+    f->cursor_log_size = size;
+    if (!f->cfg.no_sync)
+        fsync_path(f->dir);
+done:
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+static int cursor_log_load(struct fabric *f, char *errmsg, size_t errlen)
+{
+    char *path = xasprintf("%s/cursors.log", f->dir);
+    int rc = 0;
+    f->cursor_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (f->cursor_fd < 0) {
+        rc = -errno;
+        snprintf(errmsg, errlen, "cannot open %s: %s", path, strerror(-rc));
+        goto done;
+    }
+    struct stat st;
+    if (fstat(f->cursor_fd, &st) < 0) {
+        rc = -errno;
+        goto done;
+    }
+    struct file_reader r = {.fd = f->cursor_fd, .limit = (uint64_t)st.st_size};
+    uint64_t pos = 0, seq = 0;
+    for (;;) {
+        uint32_t len;
+        int64_t time_ms;
+        const uint8_t *p;
+        rc = reader_record(&r, pos, seq, &len, &time_ms, &p);
+        if (rc <= 0)
+            break;
+        /* op, topic NUL consumer NUL number */
+        const char *topic = (const char *)p + 1;
+        const char *end = (const char *)p + len;
+        const char *consumer = memchr(topic, '\0', (size_t)(end - topic));
+        const char *num =
+            consumer ? memchr(consumer + 1, '\0', (size_t)(end - consumer - 1)) : NULL;
+        if (len >= 1 && consumer && num) {
+            consumer++;
+            num++;
+            char tmp[24];
+            size_t nl = (size_t)(end - num);
+            if (nl < sizeof(tmp)) {
+                memcpy(tmp, num, nl);
+                tmp[nl] = '\0';
+                cursor_set(f, topic, consumer, strtoull(tmp, NULL, 10), p[0] == 2);
+            }
+        }
+        pos += FABRIC_RECORD_HEADER + len;
+        seq++;
+    }
+    reader_free(&r);
+    if (rc < 0) {
+        snprintf(errmsg, errlen, "cannot read %s: %s", path, strerror(-rc));
+        goto done;
+    }
+    rc = 0;
+    f->cursor_seq = seq;
+    f->cursor_log_size = pos;
+    if (pos < (uint64_t)st.st_size &&
+        (ftruncate(f->cursor_fd, (off_t)pos) < 0 || fdatasync(f->cursor_fd) < 0)) {
+        rc = -errno;
+        snprintf(errmsg, errlen, "cannot repair %s: %s", path, strerror(-rc));
+    }
+done:
+    free(path);
+    return rc;
+}
+
+/* ---- the writer thread and group commit ------------------------------------------------------ */
+
+static void *writer_main(void *arg)
+{
+    struct fabric *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (!f->thread_job && !f->thread_quit)
+            pthread_cond_wait(&f->cond, &f->mu);
+        if (!f->thread_job && f->thread_quit)
+            break;
+        struct round *r = f->thread_job;
+        f->thread_job = NULL;
+        pthread_mutex_unlock(&f->mu);
+
+        r->status = 0;
+        for (size_t i = 0; i < r->count; i++) {
+            if (!f->cfg.no_sync && fdatasync(r->targets[i].fd) < 0 && r->status == 0)
+                r->status = errno == ENOSPC ? -ENOSPC : -EIO;
+            close(r->targets[i].fd);
+            r->targets[i].fd = -1;
+        }
+        r->ended_ns = time_now_ns();
+
+        pthread_mutex_lock(&f->mu);
+        f->thread_done = r;
+        uv_async_send(&f->async);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+static void round_add(struct round *r, struct topic *t, uint64_t end, int fd)
+{
+    int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dupfd < 0) {
+        /* Out of descriptors: fail the round rather than acknowledge what was not synced. */
+        r->status = -EIO;
+        return;
+    }
+    if (r->count == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 8;
+        r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
+    }
+    r->targets[r->count++] = (struct sync_target){t, end, dupfd};
+}
+
+static void round_add_dir(struct round *r, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        r->status = -EIO;
+        return;
+    }
+    round_add(r, NULL, 0, fd);
+    close(fd);
+}
+
+/* Starts a round for everything waiting, unless one is running. */
+static void round_start(struct fabric *f)
+{
+    if (f->round || !f->waiting)
+        return;
+    struct round *r = xcalloc(1, sizeof(*r));
+    r->started_ns = time_now_ns();
+    r->waiters = f->waiting;
+    f->waiting = NULL;
+    f->waiting_tail = &f->waiting;
+    if (f->root_dir_dirty) {
+        char *p = xasprintf("%s/topics", f->dir);
+        round_add_dir(r, p);
+        free(p);
+        f->root_dir_dirty = false;
+    }
+    for (size_t i = 0; i < f->ntopics; i++) {
+        struct topic *t = f->topics[i];
+        if (!t->dirty)
+            continue;
+        if (!t->dir_synced) {
+            round_add_dir(r, t->dir);
+            t->dir_synced = true;
+        }
+        /* Segments rolled since the last round were synced when they were sealed (see
+         * fabric_append), so the active one is all that is left. */
+        round_add(r, t, t->next_offset, t->segs[t->nsegs - 1].fd);
+        t->dirty = false;
+    }
+    if (f->cursors_dirty) {
+        round_add(r, NULL, 0, f->cursor_fd);
+        f->cursors_dirty = false;
+    }
+    f->round = r;
+    f->stats.syncs++;
+    uv_ref((uv_handle_t *)&f->async);
+    pthread_mutex_lock(&f->mu);
+    f->thread_job = r;
+    pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void subs_reap(struct fabric *f)
+{
+    if (f->notifying)
+        return;
+    for (struct fabric_sub **p = &f->subs; *p;) {
+        struct fabric_sub *s = *p;
+        if (s->removed) {
+            *p = s->next;
+            free(s->topic);
+            free(s);
+        } else {
+            p = &s->next;
+        }
+    }
+}
+
+static void notify(struct fabric *f, struct topic *t)
+{
+    f->notifying++;
+    for (struct fabric_sub *s = f->subs; s; s = s->next) {
+        if (s->removed || (s->topic && strcmp(s->topic, t->name)))
+            continue;
+        s->cb(s->arg, t->name, t->durable_end);
+    }
+    f->notifying--;
+    subs_reap(f);
+}
+
+static void fabric_finish_close(struct fabric *f);
+
+static void on_round_done(uv_async_t *h)
+{
+    struct fabric *f = h->data;
+    pthread_mutex_lock(&f->mu);
+    struct round *r = f->thread_done;
+    f->thread_done = NULL;
+    pthread_mutex_unlock(&f->mu);
+    if (!r)
+        return;
+    f->round = NULL;
+    f->stats.sync_us_total += (uint64_t)(r->ended_ns - r->started_ns) / 1000;
+    if (r->status < 0 && !f->failed) {
+        fprintf(stderr, "fabric: fsync failed: %s; refusing appends until restart\n",
+                strerror(-r->status));
+        f->failed = r->status;
+    }
+    if (r->status == 0) {
+        for (size_t i = 0; i < r->count; i++) {
+            struct topic *t = r->targets[i].topic;
+            if (t && r->targets[i].end > t->durable_end) {
+                t->durable_end = r->targets[i].end;
+                notify(f, t);
+            }
+        }
+    }
+    for (struct waiter *w = r->waiters, *next; w; w = next) {
+        next = w->next;
+        f->stats.pending--;
+        if (w->append_cb)
+            w->append_cb(w->arg, r->status, w->first, w->count);
+        else if (w->cursor_cb)
+            w->cursor_cb(w->arg, r->status);
+        free(w);
+    }
+    free(r->targets);
+    free(r);
+    round_start(f);
+    /* An idle fabric does not keep the loop alive; a round in flight does. */
+    if (!f->round)
+        uv_unref((uv_handle_t *)&f->async);
+    if (f->closing && !f->round)
+        fabric_finish_close(f);
+}
+
+static void waiter_push(struct fabric *f, struct waiter *w)
+{
+    w->next = NULL;
+    *f->waiting_tail = w;
+    f->waiting_tail = &w->next;
+    f->stats.pending++;
+}
+
+/* ---- appending ---------------------------------------------------------------------------- */
+
+static int write_all(int fd, const void *data, size_t len, uint64_t pos)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(fd, (const char *)data + done, len - done, (off_t)(pos + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* Seals the active segment (synced at once, so rounds only ever sync one file per topic) and
+ * starts a new one. */
+static int topic_roll(struct fabric *f, struct topic *t)
+{
+    struct segment *s = &t->segs[t->nsegs - 1];
+    if (!f->cfg.no_sync && fdatasync(s->fd) < 0)
+        return -EIO;
+    return topic_add_segment(f, t);
+}
+
+int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob *records,
+                  size_t count, fabric_append_cb cb, void *arg, uint64_t *first_offset)
+{
+    if (f->closing)
+        return -ECANCELED;
+    if (f->failed)
+        return f->failed;
+    if (count == 0 || !records)
+        return -EINVAL;
+    size_t max = f->cfg.max_record_bytes;
+    for (size_t i = 0; i < count; i++)
+        if (records[i].len > max)
+            return -EMSGSIZE;
+    struct topic *t;
+    int rc = topic_get(f, topic, true, &t);
+    if (rc < 0)
+        return rc;
+    struct segment *s = &t->segs[t->nsegs - 1];
+    if (s->size >= (uint64_t)f->cfg.segment_bytes) {
+        if ((rc = topic_roll(f, t)) < 0)
+            return rc;
+        s = &t->segs[t->nsegs - 1];
+    }
+
+    /* Wall clocks can step back; record times never do, so seeking by time can bisect. */
+    int64_t now = time_now_ms();
+    if (now < t->last_time)
+        now = t->last_time;
+    uint64_t first = t->next_offset;
+    buf_reset(&f->scratch);
+    size_t payload_bytes = 0;
+    for (size_t i = 0; i < count; i++) {
+        record_frame(&f->scratch, first + i, now, records[i].data, records[i].len);
+        payload_bytes += records[i].len;
+    }
+    if ((rc = write_all(s->fd, f->scratch.data, f->scratch.len, s->size)) < 0) {
+        /* Leave no partial record behind; if even that fails, stop accepting. */
+        if (ftruncate(s->fd, (off_t)s->size) < 0 || rc != -ENOSPC) {
+            f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
+            fprintf(stderr, "fabric: write to topic %s failed: %s; refusing appends\n", t->name,
+                    strerror(-rc));
+        }
+        return rc == -ENOSPC ? -ENOSPC : -EIO;
+    }
+    uint64_t pos = s->size;
+    for (size_t i = 0; i < count; i++) {
+        segment_index_add(s, first + i, pos, now);
+        pos += FABRIC_RECORD_HEADER + records[i].len;
+    }
+    if (s->end == s->base)
+        s->first_time = now;
+    s->last_time = now;
+    s->size = pos;
+    s->end = first + count;
+    t->next_offset = first + count;
+    t->last_time = now;
+    t->dirty = true;
+
+    struct waiter *w = xcalloc(1, sizeof(*w));
+    w->append_cb = cb;
+    w->arg = arg;
+    w->first = first;
+    w->count = count;
+    waiter_push(f, w);
+    f->stats.appends++;
+    f->stats.records += count;
+    f->stats.bytes += payload_bytes;
+    if (first_offset)
+        *first_offset = first;
+    round_start(f);
+    return 0;
+}
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
+static struct segment *segment_for(struct topic *t, uint64_t offset)
+{
+    size_t lo = 0, hi = t->nsegs;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (t->segs[mid].base <= offset)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return &t->segs[lo];
+}
+
+/* The index entry at or before offset. */
+static const struct index_entry *index_floor(const struct segment *s, uint64_t offset)
+{
+    if (!s->index_count || s->index[0].offset > offset)
+        return NULL;
+    size_t lo = 0, hi = s->index_count;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (s->index[mid].offset <= offset)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return &s->index[lo];
+}
+
+struct read_slot {
+    uint64_t offset;
+    int64_t time_ms;
+    size_t at, len; /* within storage */
+};
+
+int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_records,
+                size_t max_bytes, struct fabric_batch *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct topic *t;
+    int rc = topic_get(f, topic, false, &t);
+    if (rc < 0)
+        return rc;
+    uint64_t first = t->segs[0].base;
+    if (from < first)
+        from = first;
+    out->next_offset = from;
+    if (from >= t->durable_end || max_records == 0)
+        return 0;
+
+    struct buf storage = {0};
+    struct read_slot *slots = NULL;
+    size_t nslots = 0, cap = 0, bytes = 0;
+    uint64_t offset = from;
+    while (offset < t->durable_end && nslots < max_records && (nslots == 0 || bytes < max_bytes)) {
+        struct segment *s = segment_for(t, offset);
+        if (offset >= s->end)
+            break;
+        const struct index_entry *e = index_floor(s, offset);
+        uint64_t pos = e ? e->pos : 0, at = e ? e->offset : s->base;
+        struct file_reader r = {.fd = s->fd, .limit = s->size};
+        while (offset < s->end && offset < t->durable_end && nslots < max_records &&
+               (nslots == 0 || bytes < max_bytes)) {
+            uint32_t len;
+            int64_t time_ms;
+            const uint8_t *payload;
+            int got = reader_record(&r, pos, at, &len, &time_ms, &payload);
+            if (got <= 0) {
+                rc = got < 0 ? got : -EIO;
+                fprintf(stderr,
+                        "fabric: topic %s: unreadable record %" PRIu64 " at byte %" PRIu64
+                        " of segment %" PRIu64 "\n",
+                        t->name, at, pos, s->base);
+                reader_free(&r);
+                goto fail;
+            }
+            if (at >= offset) {
+                if (nslots == cap) {
+                    cap = cap ? cap * 2 : 16;
+                    slots = xrealloc(slots, cap * sizeof(*slots));
+                }
+                slots[nslots++] = (struct read_slot){at, time_ms, storage.len, len};
+                buf_append(&storage, payload, len);
+                bytes += len;
+                offset = at + 1;
+            }
+            pos += FABRIC_RECORD_HEADER + len;
+            at++;
+        }
+        reader_free(&r);
+    }
+    out->records = xcalloc(nslots ? nslots : 1, sizeof(*out->records));
+    for (size_t i = 0; i < nslots; i++)
+        out->records[i] =
+            (struct fabric_record){slots[i].offset, slots[i].time_ms,
+                                   storage.data ? storage.data + slots[i].at : "", slots[i].len};
+    out->count = nslots;
+    out->next_offset = offset;
+    out->storage_ = buf_steal(&storage);
+    free(slots);
+    return 0;
+fail:
+    free(slots);
+    buf_free(&storage);
+    return rc;
+}
+
+void fabric_batch_free(struct fabric_batch *b)
+{
+    free(b->records);
+    free(b->storage_);
+    memset(b, 0, sizeof(*b));
+}
+
+int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset)
+{
+    struct topic *t;
+    int rc = topic_get(f, topic, false, &t);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < t->nsegs; i++) {
+        struct segment *s = &t->segs[i];
+        if (s->end == s->base || s->last_time < time_ms)
+            continue;
+        /* Bisect the index for the last entry before time_ms, then walk. */
+        uint64_t pos = 0, at = s->base;
+        for (size_t k = 0; k < s->index_count && s->index[k].time_ms < time_ms; k++) {
+            pos = s->index[k].pos;
+            at = s->index[k].offset;
+        }
+        struct file_reader r = {.fd = s->fd, .limit = s->size};
+        while (at < s->end) {
+            uint32_t len;
+            int64_t rt;
+            const uint8_t *payload;
+            int got = reader_record(&r, pos, at, &len, &rt, &payload);
+            if (got <= 0) {
+                reader_free(&r);
+                return got < 0 ? got : -EIO;
+            }
+            if (rt >= time_ms)
+                break;
+            pos += FABRIC_RECORD_HEADER + len;
+            at++;
+        }
+        reader_free(&r);
+        *offset = at < t->durable_end ? at : t->durable_end;
+        return 0;
+    }
+    *offset = t->durable_end;
+    return 0;
+}
+
+static void topic_describe(const struct topic *t, struct fabric_topic_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    snprintf(out->name, sizeof(out->name), "%s", t->name);
+    out->first_offset = t->segs[0].base;
+    out->end_offset = t->durable_end;
+    if (out->first_offset > out->end_offset)
+        out->first_offset = out->end_offset;
+    out->records = out->end_offset - out->first_offset;
+    for (size_t i = 0; i < t->nsegs; i++)
+        out->bytes += t->segs[i].size;
+    out->last_time_ms = out->records ? t->last_time : 0;
+}
+
+int fabric_topic_info(struct fabric *f, const char *topic, struct fabric_topic_info *out)
+{
+    struct topic *t;
+    int rc = topic_get(f, topic, false, &t);
+    if (rc < 0)
+        return rc;
+    topic_describe(t, out);
+    return 0;
+}
+
+int fabric_topics(struct fabric *f, struct fabric_topic_info **out, size_t *count)
+{
+    *out = xcalloc(f->ntopics ? f->ntopics : 1, sizeof(**out));
+    for (size_t i = 0; i < f->ntopics; i++)
+        topic_describe(f->topics[i], &(*out)[i]);
+    *count = f->ntopics;
+    return 0;
+}
+
+int fabric_topic_create(struct fabric *f, const char *topic)
+{
+    struct topic *t;
+    return topic_get(f, topic, true, &t);
+}
+
+/* ---- retention ---------------------------------------------------------------------------- */
+
+static void topic_drop_oldest(struct topic *t)
+{
+    char *path = segment_path(t, t->segs[0].base);
+    unlink(path);
+    free(path);
+    segment_close(&t->segs[0]);
+    memmove(&t->segs[0], &t->segs[1], (t->nsegs - 1) * sizeof(*t->segs));
+    t->nsegs--;
+}
+
+static void topic_enforce(struct fabric *f, struct topic *t, int64_t now)
+{
+    const struct fabric_retention *r = topic_retention(f, t);
+    if (r->max_age_ms > 0) {
+        int64_t cutoff = now - r->max_age_ms;
+        /* A quiet topic never fills its segment: once all of it has expired, seal it. */
+        struct segment *last = &t->segs[t->nsegs - 1];
+        if (last->end > last->base && last->last_time < cutoff &&
+            t->durable_end == t->next_offset && !f->closing)
+            topic_roll(f, t);
+        while (t->nsegs > 1 && t->segs[0].last_time < cutoff && t->segs[0].end <= t->durable_end)
+            topic_drop_oldest(t);
+    }
+    if (r->max_bytes > 0) {
+        uint64_t total = 0;
+        for (size_t i = 0; i < t->nsegs; i++)
+            total += t->segs[i].size;
+        while (t->nsegs > 1 && total > (uint64_t)r->max_bytes && t->segs[0].end <= t->durable_end) {
+            total -= t->segs[0].size;
+            topic_drop_oldest(t);
+        }
+    }
+}
+
+void fabric_enforce_retention(struct fabric *f)
+{
+    int64_t now = time_now_ms();
+    for (size_t i = 0; i < f->ntopics; i++)
+        topic_enforce(f, f->topics[i], now);
+}
+
+static void on_retention_timer(uv_timer_t *h)
+{
+    fabric_enforce_retention(h->data);
+}
+
+int fabric_topic_set_retention(struct fabric *f, const char *topic,
+                               const struct fabric_retention *r)
+{
+    struct topic *t;
+    int rc = topic_get(f, topic, true, &t);
+    if (rc < 0)
+        return rc;
+    t->has_retention = true;
+    t->retention = *r;
+    return 0;
+}
+
+/* ---- subscriptions ------------------------------------------------------------------------ */
+
+int fabric_subscribe(struct fabric *f, const char *topic, fabric_notify_cb cb, void *arg,
+                     struct fabric_sub **out)
+{
+    if (topic && !fabric_name_valid(topic))
+        return -EINVAL;
+    struct fabric_sub *s = xcalloc(1, sizeof(*s));
+    s->f = f;
+    s->topic = topic ? xstrdup(topic) : NULL;
+    s->cb = cb;
+    s->arg = arg;
+    s->next = f->subs;
+    f->subs = s;
+    *out = s;
+    return 0;
+}
+
+void fabric_unsubscribe(struct fabric_sub *sub)
+{
+    if (!sub)
+        return;
+    sub->removed = true;
+    subs_reap(sub->f);
+}
+
+/* ---- cursors (public) ------------------------------------------------------------------- */
+
+int fabric_cursor_get(struct fabric *f, const char *topic, const char *consumer,
+                      uint64_t *next_offset)
+{
+    if (!fabric_name_valid(topic) || !fabric_name_valid(consumer))
+        return -EINVAL;
+    struct cursor *c = cursor_find(f, topic, consumer);
+    if (!c)
+        return -ENOENT;
+    *next_offset = c->next_offset;
+    return 0;
+}
+
+static int cursor_change(struct fabric *f, const char *topic, const char *consumer, uint64_t next,
+                         bool remove, void (*cb)(void *arg, int status), void *arg)
+{
+    if (f->closing)
+        return -ECANCELED;
+    if (f->failed)
+        return f->failed;
+    if (!fabric_name_valid(topic) || !fabric_name_valid(consumer))
+        return -EINVAL;
+    if (remove && !cursor_find(f, topic, consumer))
+        return 0;
+    int rc;
+    if (f->cursor_log_size > CURSOR_LOG_COMPACT_BYTES &&
+        f->cursor_log_size > 64 * (uint64_t)(f->ncursors + 1) * 64) {
+        cursor_set(f, topic, consumer, next, remove);
+        if ((rc = cursor_log_compact(f)) < 0)
+            return rc;
+    } else {
+        buf_reset(&f->scratch);
+        cursor_record(&f->scratch, f->cursor_seq, topic, consumer, next, remove);
+        if ((rc = write_all(f->cursor_fd, f->scratch.data, f->scratch.len, f->cursor_log_size)) <
+            0) {
+            if (ftruncate(f->cursor_fd, (off_t)f->cursor_log_size) < 0)
+                f->failed = -EIO;
+            return rc == -ENOSPC ? rc : -EIO;
+        }
+        f->cursor_seq++;
+        f->cursor_log_size += f->scratch.len;
+        cursor_set(f, topic, consumer, next, remove);
+    }
+    f->cursors_dirty = true;
+    struct waiter *w = xcalloc(1, sizeof(*w));
+    w->cursor_cb = cb;
+    w->arg = arg;
+    waiter_push(f, w);
+    round_start(f);
+    return 0;
+}
+
+int fabric_cursor_commit(struct fabric *f, const char *topic, const char *consumer,
+                         uint64_t next_offset, void (*cb)(void *arg, int status), void *arg)
+{
+    return cursor_change(f, topic, consumer, next_offset, false, cb, arg);
+}
+
+int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consumer)
+{
+    return cursor_change(f, topic, consumer, 0, true, NULL, NULL);
+}
+
+/* ---- open and close ----------------------------------------------------------------------- */
+
+void fabric_get_stats(struct fabric *f, struct fabric_stats *out)
+{
+    *out = f->stats;
+}
+
+static void fabric_free(struct fabric *f)
+{
+    for (size_t i = 0; i < f->ntopics; i++)
+        topic_free(f->topics[i]);
+    free(f->topics);
+    for (size_t i = 0; i < f->ncursors; i++) {
+        free(f->cursors[i].topic);
+        free(f->cursors[i].consumer);
+    }
+    free(f->cursors);
+    if (f->cursor_fd >= 0)
+        close(f->cursor_fd);
+    for (struct fabric_sub *s = f->subs, *n; s; s = n) {
+        n = s->next;
+        free(s->topic);
+        free(s);
+    }
+    buf_free(&f->scratch);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cond);
+    free(f->dir);
+    free(f);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct fabric *f = h->data;
+    if (--f->handles_open > 0)
+        return;
+    void (*done)(void *) = f->close_done;
+    void *arg = f->close_arg;
+    fabric_free(f);
+    if (done)
+        done(arg);
+}
+
+static void fabric_finish_close(struct fabric *f)
+{
+    if (f->thread_started) {
+        pthread_mutex_lock(&f->mu);
+        f->thread_quit = true;
+        pthread_cond_signal(&f->cond);
+        pthread_mutex_unlock(&f->mu);
+        pthread_join(f->thread, NULL);
+        f->thread_started = false;
+    }
+    uv_close((uv_handle_t *)&f->async, on_handle_closed);
+    uv_close((uv_handle_t *)&f->retention_timer, on_handle_closed);
+}
+
+void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
+{
+    if (f->closing)
+        return;
+    f->closing = true;
+    f->close_done = done;
+    f->close_arg = arg;
+    uv_timer_stop(&f->retention_timer);
+    /* Subscribers hear no more; pending appends still get their round. */
+    for (struct fabric_sub *s = f->subs; s; s = s->next)
+        s->removed = true;
+    subs_reap(f);
+    round_start(f);
+    if (!f->round)
+        fabric_finish_close(f);
+}
+
+int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric **out, char *errmsg,
+                size_t errlen)
+{
+    char scratch_err[16];
+    if (!errmsg) {
+        errmsg = scratch_err;
+        errlen = sizeof(scratch_err);
+    }
+    *out = NULL;
+    if (!cfg || !cfg->dir || !*cfg->dir) {
+        snprintf(errmsg, errlen, "no folder given for the event fabric");
+        return -EINVAL;
+    }
+    struct fabric *f = xcalloc(1, sizeof(*f));
+    f->loop = loop;
+    f->dir = xstrdup(cfg->dir);
+    f->cfg = *cfg;
+    f->cfg.dir = f->dir;
+    if (f->cfg.segment_bytes <= 0)
+        f->cfg.segment_bytes = 64 << 20;
+    if (f->cfg.max_record_bytes == 0)
+        f->cfg.max_record_bytes = 1u << 20;
+    if (f->cfg.max_record_bytes > FABRIC_RECORD_HARD_MAX)
+        f->cfg.max_record_bytes = FABRIC_RECORD_HARD_MAX;
+    f->cursor_fd = -1;
+    f->waiting_tail = &f->waiting;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cond, NULL);
+
+    int rc;
+    char *topics_dir = xasprintf("%s/topics", f->dir);
+    if ((rc = mkdir_p(topics_dir, 0755)) < 0) {
+        snprintf(errmsg, errlen, "cannot create %s: %s", topics_dir, strerror(-rc));
+        free(topics_dir);
+        goto fail;
+    }
+    DIR *d = opendir(topics_dir);
+    if (!d) {
+        rc = -errno;
+        snprintf(errmsg, errlen, "cannot open %s: %s", topics_dir, strerror(-rc));
+        free(topics_dir);
+        goto fail;
+    }
+    free(topics_dir);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!fabric_name_valid(de->d_name))
+            continue;
+        struct topic *t;
+        if ((rc = topic_load(f, de->d_name, &t, errmsg, errlen)) < 0) {
+            closedir(d);
+            goto fail;
+        }
+        size_t slot = 0;
+        topic_find(f, t->name, &slot);
+        topic_insert(f, t, slot);
+    }
+    closedir(d);
+    if ((rc = cursor_log_load(f, errmsg, errlen)) < 0)
+        goto fail;
+    if (!f->cfg.no_sync)
+        fsync_path(f->dir);
+
+    if ((rc = uv_async_init(loop, &f->async, on_round_done)) < 0) {
+        snprintf(errmsg, errlen, "cannot set up the fabric's wake-up: %s", uv_strerror(rc));
+        goto fail;
+    }
+    f->async.data = f;
+    uv_unref((uv_handle_t *)&f->async);
+    uv_timer_init(loop, &f->retention_timer);
+    f->retention_timer.data = f;
+    f->handles_open = 2;
+    if ((rc = -pthread_create(&f->thread, NULL, writer_main, f)) < 0) {
+        snprintf(errmsg, errlen, "cannot start the fabric's writer thread: %s", strerror(-rc));
+        f->closing = true;
+        fabric_finish_close(f); /* frees f once the handles are closed */
+        return rc;
+    }
+    f->thread_started = true;
+    uv_timer_start(&f->retention_timer, on_retention_timer, RETENTION_PERIOD_MS,
+                   RETENTION_PERIOD_MS);
+    uv_unref((uv_handle_t *)&f->retention_timer);
+    fabric_enforce_retention(f);
+    *out = f;
+    return 0;
+fail:
+    fabric_free(f);
+    return rc;
+}

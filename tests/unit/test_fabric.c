@@ -1,0 +1,432 @@
+/* Unit tests for the embedded fabric: durability callbacks, group commit, reads, cursors,
+ * subscriptions, segments and retention, and recovery from a write torn at any byte. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "fabric/fabric.h"
+#include "fabric/fabric_internal.h"
+
+struct fixture {
+    uv_loop_t loop;
+    char dir[64];
+    struct fabric *f;
+};
+
+static struct fabric *open_fabric(struct fixture *fx, int64_t segment_bytes)
+{
+    struct fabric_config cfg = {.dir = fx->dir, .segment_bytes = segment_bytes};
+    char err[256] = "";
+    struct fabric *f = NULL;
+    int rc = fabric_open(&fx->loop, &cfg, &f, err, sizeof(err));
+    if (rc < 0)
+        fail_msg("fabric_open: %s", err);
+    return f;
+}
+
+static void on_closed(void *arg)
+{
+    *(bool *)arg = true;
+}
+
+static void close_fabric(struct fixture *fx)
+{
+    bool closed = false;
+    fabric_close(fx->f, on_closed, &closed);
+    while (!closed)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    fx->f = NULL;
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = xcalloc(1, sizeof(*fx));
+    uv_loop_init(&fx->loop);
+    snprintf(fx->dir, sizeof(fx->dir), "/tmp/skiff-fabric-XXXXXX");
+    if (!mkdtemp(fx->dir))
+        return -1;
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    if (fx->f)
+        close_fabric(fx);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    rm_rf(fx->dir);
+    free(fx);
+    return 0;
+}
+
+struct acks {
+    int calls;
+    int status;
+    uint64_t last_first;
+    size_t last_count;
+};
+
+static void on_append(void *arg, int status, uint64_t first, size_t count)
+{
+    struct acks *a = arg;
+    a->calls++;
+    if (status < 0)
+        a->status = status;
+    a->last_first = first;
+    a->last_count = count;
+}
+
+static void run_until(struct fixture *fx, const int *counter, int target)
+{
+    while (*counter < target)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+}
+
+static void append_text(struct fixture *fx, const char *topic, const char *text, struct acks *a)
+{
+    struct fabric_blob b = {text, strlen(text)};
+    assert_int_equal(fabric_append(fx->f, topic, &b, 1, on_append, a, NULL), 0);
+}
+
+static void test_append_read_reopen(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    uint64_t off = 99;
+    struct fabric_blob one = {"hello", 5};
+    assert_int_equal(fabric_append(fx->f, "orders", &one, 1, on_append, &a, &off), 0);
+    assert_int_equal(off, 0);
+    /* Not durable yet: the callback never runs inside the call, and readers do not see it. */
+    assert_int_equal(a.calls, 0);
+    struct fabric_batch b;
+    assert_int_equal(fabric_read(fx->f, "orders", 0, 10, 1 << 20, &b), 0);
+    assert_int_equal(b.count, 0);
+    fabric_batch_free(&b);
+    run_until(fx, &a.calls, 1);
+    assert_int_equal(a.status, 0);
+
+    struct fabric_blob many[3] = {{"a", 1}, {"bb", 2}, {"", 0}};
+    assert_int_equal(fabric_append(fx->f, "orders", many, 3, on_append, &a, &off), 0);
+    assert_int_equal(off, 1);
+    run_until(fx, &a.calls, 2);
+    assert_int_equal(a.last_first, 1);
+    assert_int_equal(a.last_count, 3);
+
+    assert_int_equal(fabric_read(fx->f, "orders", 0, 10, 1 << 20, &b), 0);
+    assert_int_equal(b.count, 4);
+    assert_memory_equal(b.records[0].data, "hello", 5);
+    assert_int_equal(b.records[2].len, 2);
+    assert_memory_equal(b.records[2].data, "bb", 2);
+    assert_int_equal(b.records[3].offset, 3);
+    assert_int_equal(b.records[3].len, 0);
+    assert_int_equal(b.next_offset, 4);
+    assert_true(b.records[0].time_ms > 0);
+    fabric_batch_free(&b);
+
+    /* A read from the middle, and a limit on the count. */
+    assert_int_equal(fabric_read(fx->f, "orders", 2, 1, 1 << 20, &b), 0);
+    assert_int_equal(b.count, 1);
+    assert_int_equal(b.records[0].offset, 2);
+    assert_int_equal(b.next_offset, 3);
+    fabric_batch_free(&b);
+
+    close_fabric(fx);
+    fx->f = open_fabric(fx, 0);
+    struct fabric_topic_info info;
+    assert_int_equal(fabric_topic_info(fx->f, "orders", &info), 0);
+    assert_int_equal(info.first_offset, 0);
+    assert_int_equal(info.end_offset, 4);
+    assert_int_equal(info.records, 4);
+    assert_int_equal(fabric_read(fx->f, "orders", 1, 10, 1 << 20, &b), 0);
+    assert_int_equal(b.count, 3);
+    assert_memory_equal(b.records[0].data, "a", 1);
+    fabric_batch_free(&b);
+    append_text(fx, "orders", "after", &a);
+    run_until(fx, &a.calls, 3);
+    assert_int_equal(a.last_first, 4);
+}
+
+static void test_errors(void **state)
+{
+    struct fixture *fx = *state;
+    struct fabric_config cfg = {.dir = fx->dir, .max_record_bytes = 100};
+    char err[128];
+    assert_int_equal(fabric_open(&fx->loop, &cfg, &fx->f, err, sizeof(err)), 0);
+    struct fabric_blob big = {xcalloc(1, 101), 101};
+    struct acks a = {0};
+    assert_int_equal(fabric_append(fx->f, "t", &big, 1, on_append, &a, NULL), -EMSGSIZE);
+    free((void *)big.data);
+    struct fabric_blob ok = {"x", 1};
+    assert_int_equal(fabric_append(fx->f, "Bad/Name", &ok, 1, on_append, &a, NULL), -EINVAL);
+    assert_int_equal(fabric_append(fx->f, "../up", &ok, 1, on_append, &a, NULL), -EINVAL);
+    assert_int_equal(fabric_append(fx->f, "", &ok, 1, on_append, &a, NULL), -EINVAL);
+    assert_int_equal(fabric_append(fx->f, "t", &ok, 0, on_append, &a, NULL), -EINVAL);
+    struct fabric_batch b;
+    assert_int_equal(fabric_read(fx->f, "missing", 0, 1, 1, &b), -ENOENT);
+    assert_non_null(strstr(fabric_strerror(-ENOENT), "topic"));
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    assert_int_equal(a.calls, 0); /* a call that fails never calls back */
+}
+
+static void test_group_commit(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    /* 500 appends made while a round runs share the next round. */
+    for (int i = 0; i < 500; i++)
+        append_text(fx, "burst", "event", &a);
+    run_until(fx, &a.calls, 500);
+    assert_int_equal(a.status, 0);
+    struct fabric_stats st;
+    fabric_get_stats(fx->f, &st);
+    assert_int_equal(st.appends, 500);
+    assert_true(st.syncs <= 2);
+    assert_int_equal(st.pending, 0);
+}
+
+struct notes {
+    int calls;
+    uint64_t end;
+    char topic[32];
+    struct fabric_sub *sub;
+    bool unsubscribe_self;
+};
+
+static void on_notify(void *arg, const char *topic, uint64_t end)
+{
+    struct notes *n = arg;
+    n->calls++;
+    n->end = end;
+    snprintf(n->topic, sizeof(n->topic), "%s", topic);
+    if (n->unsubscribe_self)
+        fabric_unsubscribe(n->sub);
+}
+
+static void test_subscribe(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct notes mine = {0}, all = {0}, once = {.unsubscribe_self = true};
+    assert_int_equal(fabric_subscribe(fx->f, "uploads", on_notify, &mine, &mine.sub), 0);
+    assert_int_equal(fabric_subscribe(fx->f, NULL, on_notify, &all, &all.sub), 0);
+    assert_int_equal(fabric_subscribe(fx->f, "uploads", on_notify, &once, &once.sub), 0);
+    struct acks a = {0};
+    append_text(fx, "uploads", "1", &a);
+    append_text(fx, "other", "2", &a);
+    run_until(fx, &a.calls, 2);
+    assert_int_equal(mine.calls, 1);
+    assert_int_equal(mine.end, 1);
+    assert_string_equal(mine.topic, "uploads");
+    assert_int_equal(all.calls, 2);
+    append_text(fx, "uploads", "3", &a);
+    run_until(fx, &a.calls, 3);
+    assert_int_equal(mine.calls, 2);
+    assert_int_equal(mine.end, 2);
+    assert_int_equal(once.calls, 1);
+    fabric_unsubscribe(mine.sub);
+    append_text(fx, "uploads", "4", &a);
+    run_until(fx, &a.calls, 4);
+    assert_int_equal(mine.calls, 2);
+}
+
+static void on_cursor(void *arg, int status)
+{
+    struct acks *a = arg;
+    a->calls++;
+    if (status < 0)
+        a->status = status;
+}
+
+static void test_cursors(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    uint64_t next = 0;
+    assert_int_equal(fabric_cursor_get(fx->f, "t", "mapping-1", &next), -ENOENT);
+    struct acks a = {0};
+    assert_int_equal(fabric_cursor_commit(fx->f, "t", "mapping-1", 5, on_cursor, &a), 0);
+    assert_int_equal(fabric_cursor_commit(fx->f, "t", "mapping-2", 9, NULL, NULL), 0);
+    assert_int_equal(fabric_cursor_commit(fx->f, "t", "mapping-1", 7, on_cursor, &a), 0);
+    run_until(fx, &a.calls, 2);
+    assert_int_equal(a.status, 0);
+    assert_int_equal(fabric_cursor_get(fx->f, "t", "mapping-1", &next), 0);
+    assert_int_equal(next, 7);
+    assert_int_equal(fabric_cursor_delete(fx->f, "t", "mapping-2"), 0);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    close_fabric(fx);
+
+    fx->f = open_fabric(fx, 0);
+    assert_int_equal(fabric_cursor_get(fx->f, "t", "mapping-1", &next), 0);
+    assert_int_equal(next, 7);
+    assert_int_equal(fabric_cursor_get(fx->f, "t", "mapping-2", &next), -ENOENT);
+    /* Many commits: the log is compacted and the last value still wins after a reopen. */
+    for (int i = 0; i < 30000; i++)
+        assert_int_equal(fabric_cursor_commit(fx->f, "t", "mapping-1", (uint64_t)i, NULL, NULL), 0);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    close_fabric(fx);
+    fx->f = open_fabric(fx, 0);
+    assert_int_equal(fabric_cursor_get(fx->f, "t", "mapping-1", &next), 0);
+    assert_int_equal(next, 29999);
+    struct stat st;
+    char path[128];
+    snprintf(path, sizeof(path), "%s/cursors.log", fx->dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size < 2 << 20);
+}
+
+static void test_segments_retention_seek(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 1000); /* small segments: roll every ~20 records */
+    struct acks a = {0};
+    char payload[64];
+    for (int i = 0; i < 200; i++) {
+        snprintf(payload, sizeof(payload), "event-%03d-%s", i, "padding-padding");
+        append_text(fx, "logs", payload, &a);
+    }
+    run_until(fx, &a.calls, 200);
+    struct fabric_batch b;
+    assert_int_equal(fabric_read(fx->f, "logs", 0, 1000, 1 << 20, &b), 0);
+    assert_int_equal(b.count, 200);
+    for (size_t i = 0; i < b.count; i++) {
+        snprintf(payload, sizeof(payload), "event-%03zu-", i);
+        assert_int_equal(b.records[i].offset, i);
+        assert_memory_equal(b.records[i].data, payload, strlen(payload));
+    }
+    fabric_batch_free(&b);
+    /* max_bytes stops a read early but returns at least one record. */
+    assert_int_equal(fabric_read(fx->f, "logs", 150, 1000, 1, &b), 0);
+    assert_int_equal(b.count, 1);
+    assert_int_equal(b.records[0].offset, 150);
+    fabric_batch_free(&b);
+
+    uint64_t off = 0;
+    assert_int_equal(fabric_seek_time(fx->f, "logs", 0, &off), 0);
+    assert_int_equal(off, 0);
+    assert_int_equal(fabric_seek_time(fx->f, "logs", time_now_ms() + 60000, &off), 0);
+    assert_int_equal(off, 200);
+
+    struct fabric_topic_info before, after;
+    assert_int_equal(fabric_topic_info(fx->f, "logs", &before), 0);
+    struct fabric_retention r = {.max_bytes = 3000};
+    assert_int_equal(fabric_topic_set_retention(fx->f, "logs", &r), 0);
+    fabric_enforce_retention(fx->f);
+    assert_int_equal(fabric_topic_info(fx->f, "logs", &after), 0);
+    assert_true(after.bytes <= 3000 + 1100);
+    assert_true(after.first_offset > 0);
+    assert_int_equal(after.end_offset, 200);
+    /* A reader behind retention starts at the oldest record kept. */
+    assert_int_equal(fabric_read(fx->f, "logs", 0, 1, 1 << 20, &b), 0);
+    assert_int_equal(b.count, 1);
+    assert_int_equal(b.records[0].offset, after.first_offset);
+    fabric_batch_free(&b);
+
+    /* Age: everything is older than 1 ms after a short wait; only the (new) active segment is
+     * left, and offsets go on where they were. */
+    int64_t t0 = time_now_ms();
+    while (time_now_ms() < t0 + 5)
+        usleep(1000);
+    r = (struct fabric_retention){.max_age_ms = 1};
+    assert_int_equal(fabric_topic_set_retention(fx->f, "logs", &r), 0);
+    fabric_enforce_retention(fx->f);
+    assert_int_equal(fabric_topic_info(fx->f, "logs", &after), 0);
+    assert_int_equal(after.records, 0);
+    assert_int_equal(after.first_offset, 200);
+    close_fabric(fx);
+    fx->f = open_fabric(fx, 1000);
+    append_text(fx, "logs", "next", &a);
+    run_until(fx, &a.calls, 201);
+    assert_int_equal(a.last_first, 200);
+}
+
+static void copy_file(const char *from, const char *to, off_t cut)
+{
+    char *data;
+    size_t len;
+    assert_int_equal(file_read(from, &data, &len), 0);
+    assert_true((size_t)cut <= len);
+    int fd = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, (size_t)cut), cut);
+    close(fd);
+    free(data);
+}
+
+/* Cuts the segment at every byte of its last record (and flips each byte of it): the earlier
+ * records survive, the torn one is dropped, and appends go on from its offset. */
+static void test_torn_tail_recovery(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    append_text(fx, "t", "first record", &a);
+    append_text(fx, "t", "second record", &a);
+    run_until(fx, &a.calls, 2);
+    close_fabric(fx);
+    char seg[256], saved[256];
+    snprintf(seg, sizeof(seg), "%s/topics/t/" FABRIC_SEGMENT_NAME_FMT, fx->dir, 0ULL);
+    snprintf(saved, sizeof(saved), "%s/saved.log", fx->dir);
+    struct stat st;
+    assert_int_equal(stat(seg, &st), 0);
+    off_t whole = st.st_size, last = whole - (FABRIC_RECORD_HEADER + 13);
+    copy_file(seg, saved, whole);
+
+    for (int mode = 0; mode < 2; mode++) {
+        for (off_t cut = last; cut < whole; cut++) {
+            if (mode == 0) {
+                copy_file(saved, seg, cut);
+            } else {
+                copy_file(saved, seg, whole);
+                int fd = open(seg, O_RDWR);
+                unsigned char c;
+                assert_int_equal(pread(fd, &c, 1, cut), 1);
+                c ^= 0x40;
+                assert_int_equal(pwrite(fd, &c, 1, cut), 1);
+                close(fd);
+            }
+            fx->f = open_fabric(fx, 0);
+            struct fabric_batch b;
+            assert_int_equal(fabric_read(fx->f, "t", 0, 10, 1 << 20, &b), 0);
+            assert_int_equal(b.count, 1);
+            assert_memory_equal(b.records[0].data, "first record", 12);
+            fabric_batch_free(&b);
+            assert_int_equal(stat(seg, &st), 0);
+            assert_int_equal(st.st_size, last);
+            int before = a.calls;
+            append_text(fx, "t", "replacement", &a);
+            run_until(fx, &a.calls, before + 1);
+            assert_int_equal(a.last_first, 1);
+            close_fabric(fx);
+        }
+    }
+    assert_int_equal(a.status, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_append_read_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_subscribe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_segments_retention_seek, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_tail_recovery, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
