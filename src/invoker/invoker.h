@@ -1,7 +1,17 @@
 /* invoker: delivers the events of event mappings to function instances.
  *
- * Delivery policy (this section) is pure: what to do with the outcome of an attempt and how
- * long to wait before the next one. No I/O, no clock reads. */
+ * An event mapping ties a trigger (a topic with attribute filters, a schedule, or platform
+ * events of an app) to an app's process, with a delivery policy. Each mapping consumes its
+ * topic through one durable fabric cursor: an event is acknowledged (the cursor moves past it)
+ * only once the function answered 2xx (and its reply event, if any, is durable on the reply
+ * topic), or once it went to the dead-letter topic, or was recorded as failed. Delivery is
+ * therefore at-least-once: after a crash, events past the cursor are delivered again.
+ *
+ * Schedules publish one event per fire on the system topic `skiff.schedule.<mapping id>`, and
+ * platform events (app staged, started, stopped, crashed, scaled) go to `skiff.app.<event>`
+ * with the app's name as subject; both are then delivered like any topic.
+ *
+ * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
 #ifndef SKIFF_INVOKER_H
 #define SKIFF_INVOKER_H
 
@@ -52,5 +62,56 @@ enum delivery_verdict delivery_classify_status(int status);
 enum delivery_verdict delivery_after_failure(const struct delivery_policy *p, int status,
                                              int failed_attempts, int64_t published_ms,
                                              int64_t now_ms);
+
+/* ---- mapping specs ------------------------------------------------------------------- */
+
+#include <jansson.h>
+
+#include "trigger/trigger.h"
+
+#define INVOKER_MAX_FILTERS 16
+#define INVOKER_DEFAULT_MAX_INSTANCES 10
+#define INVOKER_DEFAULT_IDLE_GRACE_MS 60000
+
+enum mapping_trigger {
+    MAPPING_TOPIC,     /* events published on a topic */
+    MAPPING_SCHEDULE,  /* cron or @every */
+    MAPPING_APP_EVENT, /* platform events of an app (or of every app) */
+};
+
+/* What a user asked for: everything in the API's mapping object except counts. */
+struct mapping_spec {
+    char id[37];
+    char *app;     /* target app name */
+    char *process; /* its process type; "web" unless given */
+    enum mapping_trigger trigger;
+    char *topic;      /* the topic consumed (for schedules and app events: the system topic) */
+    char *schedule;   /* MAPPING_SCHEDULE: the spec as written */
+    char *event_app;  /* MAPPING_APP_EVENT: the app watched, NULL for every app */
+    char *event_name; /* MAPPING_APP_EVENT: staged, started, stopped, crashed, scaled */
+    struct event_filter filters[INVOKER_MAX_FILTERS];
+    size_t filter_count;
+    struct delivery_policy policy;
+    char *dead_letter_topic; /* NULL: exhausted events are recorded as failed */
+    char *reply_topic;       /* NULL: replies are dropped */
+    int max_instances;
+    int64_t idle_grace_ms;
+    bool start_at_beginning; /* a new cursor starts at the topic's first event, not its end */
+    int64_t created_at;
+};
+
+/* Builds a spec from the API's request body (see docs/api.md, event mappings). On a bad
+ * body returns TRIGGER_EINVAL with a message naming the field and what is accepted; *code
+ * receives "unknown_field" or "invalid_value". The id is generated unless the body has one. */
+int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **code, char *err,
+                           size_t errsize);
+/* The JSON form (new reference) that mapping_spec_from_json reads back. */
+json_t *mapping_spec_to_json(const struct mapping_spec *spec);
+void mapping_spec_free(struct mapping_spec *spec);
+
+/* Parses a replay start: "90s", "1h", "2d" (that long ago, relative to now_ms), an RFC 3339
+ * time, or a decimal offset. Sets exactly one of *offset (is_offset true) or *time_ms. */
+int mapping_parse_since(const char *text, int64_t now_ms, bool *is_offset, uint64_t *offset,
+                        int64_t *time_ms, char *err, size_t errsize);
 
 #endif

@@ -115,8 +115,7 @@ bad:
     return TRIGGER_EINVAL;
 }
 
-/* `30s`, `5m`, `1h30m`, `250ms`, `2d` -> milliseconds; -1 on a malformed duration. */
-static int64_t cron_parse_duration(const char *s)
+int64_t trigger_parse_duration_ms(const char *s)
 {
     int64_t total = 0;
     if (!*s)
@@ -180,7 +179,7 @@ int cron_parse(const char *spec, struct cron_schedule *out, char *err, size_t er
             goto bad_every;
         memcpy(dur, d, n);
         dur[n] = '\0';
-        int64_t ms = cron_parse_duration(dur);
+        int64_t ms = trigger_parse_duration_ms(dur);
         if (ms < 0)
             goto bad_every;
         if (ms < 1000 || ms > (int64_t)366 * 86400000) {

@@ -42,6 +42,10 @@ int cron_parse(const char *spec, struct cron_schedule *out, char *err, size_t er
  * UTC minute; for @every, after_ms + the interval. Never fails for a parsed schedule. */
 int64_t cron_next(const struct cron_schedule *s, int64_t after_ms);
 
+/* A duration such as `30s`, `5m`, `1h30m`, `250ms`, `2d` (units ms, s, m, h, d, which may be
+ * combined) in milliseconds; -1 when malformed or longer than 1000 days. */
+int64_t trigger_parse_duration_ms(const char *text);
+
 /* ---- filters ------------------------------------------------------------------------- */
 
 /* One attribute condition: `attr=value` (exact) or `attr^=value` (prefix). attr is a
