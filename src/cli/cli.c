@@ -1,0 +1,688 @@
+/* cli: command lookup, option parsing, messages, tables and the HTTP client (see cli.h). */
+#include "cli/cli.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+
+bool cli_json_output;
+
+/* ---- commands --------------------------------------------------------------------------- */
+
+static const struct cli_command *const cli_tables[] = {cli_core_commands, cli_events_commands};
+
+const struct cli_command *cli_command_find(const char *name)
+{
+    for (size_t t = 0; t < ARRAY_SIZE(cli_tables); t++)
+        for (const struct cli_command *c = cli_tables[t]; c->name; c++)
+            if (strcmp(c->name, name) == 0)
+                return c;
+    return NULL;
+}
+
+void cli_print_help(const struct cli_command *cmd)
+{
+    if (cmd) {
+        printf("usage: skiff %s\n\n%s\n", cmd->usage, cmd->summary);
+        if (cmd->help && *cmd->help)
+            printf("\n%s", cmd->help);
+        printf("\nEvery command accepts --json (machine-readable output) and --help.\n");
+        return;
+    }
+    static const char *const titles[] = {"Apps, routes and logs", "Events and functions"};
+    printf("skiff: push code, run it, route to it, trigger it with events.\n\n"
+           "usage: skiff COMMAND [ARGS] [--json]\n");
+    for (size_t t = 0; t < ARRAY_SIZE(cli_tables); t++) {
+        if (!cli_tables[t]->name)
+            continue;
+        printf("\n%s:\n", titles[t]);
+        for (const struct cli_command *c = cli_tables[t]; c->name; c++)
+            printf("  %-16s %s\n", c->name, c->summary);
+    }
+    printf("\n`skiff help COMMAND` or `skiff COMMAND --help` tells more about a command.\n"
+           "Exit status: 0 success, 1 the operation failed, 2 the command line was wrong.\n");
+}
+
+/* ---- messages --------------------------------------------------------------------------- */
+
+int cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    fflush(stdout);
+    fputs("error: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return CLI_EXIT_ERROR;
+}
+
+int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fflush(stdout);
+    fputs("error: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    if (cmd)
+        fprintf(stderr, "usage: skiff %s\n(`skiff help %s` tells more)\n", cmd->usage, cmd->name);
+    return CLI_EXIT_USAGE;
+}
+
+void cli_print_json(const json_t *value)
+{
+    char *s = json_dumps(value, JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    if (s) {
+        puts(s);
+        free(s);
+    }
+}
+
+const char *cli_json_str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "";
+}
+
+long long cli_json_int(const json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    if (json_is_integer(v))
+        return json_integer_value(v);
+    if (json_is_real(v))
+        return (long long)json_real_value(v);
+    return 0;
+}
+
+/* ---- options ---------------------------------------------------------------------------- */
+
+static int cli_option_set(const struct cli_command *cmd, const struct cli_option *o,
+                          const char *shown, const char *arg)
+{
+    switch (o->kind) {
+    case CLI_OPT_FLAG:
+        *(bool *)o->value = true;
+        return 0;
+    case CLI_OPT_STRING:
+        *(const char **)o->value = arg;
+        return 0;
+    case CLI_OPT_INT: {
+        char *end;
+        errno = 0;
+        long v = strtol(arg, &end, 10);
+        if (errno || end == arg || *end)
+            return cli_usage_error(cmd, "%s needs a whole number, not \"%s\"", shown, arg);
+        *(long *)o->value = v;
+        return 0;
+    }
+    case CLI_OPT_LIST: {
+        struct cli_list *l = o->value;
+        if (l->count == (int)ARRAY_SIZE(l->items))
+            return cli_usage_error(cmd, "%s is given too many times", shown);
+        l->items[l->count++] = arg;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+int cli_parse_options(const struct cli_command *cmd, int argc, char **argv,
+                      const struct cli_option *opts, struct cli_args *args, int min_args,
+                      int max_args)
+{
+    static const struct cli_option none[] = {{0}};
+    bool only_positional = false;
+    if (!opts)
+        opts = none;
+    args->count = 0;
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == '\0') {
+            if (args->count == (int)ARRAY_SIZE(args->items))
+                return cli_usage_error(cmd, "too many arguments");
+            args->items[args->count++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_positional = true;
+            continue;
+        }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            cli_print_help(cmd);
+            return CLI_EXIT_OK;
+        }
+        if (strcmp(a, "--json") == 0) {
+            cli_json_output = true;
+            continue;
+        }
+        const struct cli_option *o = NULL;
+        const char *inline_arg = NULL;
+        if (a[1] == '-') {
+            const char *name = a + 2;
+            const char *eq = strchr(name, '=');
+            size_t n = eq ? (size_t)(eq - name) : strlen(name);
+            for (const struct cli_option *p = opts; p->long_name; p++)
+                if (strlen(p->long_name) == n && strncmp(p->long_name, name, n) == 0)
+                    o = p;
+            if (eq)
+                inline_arg = eq + 1;
+        } else if (a[2] == '\0') {
+            for (const struct cli_option *p = opts; p->long_name; p++)
+                if (p->short_name == a[1])
+                    o = p;
+        }
+        if (!o) {
+            /* A negative number is an argument, not an option (e.g. a replay offset). */
+            if (a[1] >= '0' && a[1] <= '9') {
+                if (args->count == (int)ARRAY_SIZE(args->items))
+                    return cli_usage_error(cmd, "too many arguments");
+                args->items[args->count++] = a;
+                continue;
+            }
+            return cli_usage_error(cmd, "unknown option %s", a);
+        }
+        const char *arg = NULL;
+        if (o->kind == CLI_OPT_FLAG) {
+            if (inline_arg)
+                return cli_usage_error(cmd, "%.*s takes no value", (int)(inline_arg - a - 1), a);
+        } else if (inline_arg) {
+            arg = inline_arg;
+        } else if (i + 1 < argc) {
+            arg = argv[++i];
+        } else {
+            return cli_usage_error(cmd, "%s needs a value", a);
+        }
+        int rc = cli_option_set(cmd, o, a, arg);
+        if (rc)
+            return rc;
+    }
+    if (args->count < min_args)
+        return cli_usage_error(cmd, "missing argument%s", min_args - args->count > 1 ? "s" : "");
+    if (max_args >= 0 && args->count > max_args)
+        return cli_usage_error(cmd, "unexpected argument \"%s\"", args->items[max_args]);
+    return CLI_CONTINUE;
+}
+
+/* ---- tables ----------------------------------------------------------------------------- */
+
+struct cli_table {
+    int ncols;
+    int nrows;
+    int cap;
+    char **cells; /* nrows * ncols, row 0 is the header */
+};
+
+struct cli_table *cli_table_new(const char *const *headers)
+{
+    struct cli_table *t = xcalloc(1, sizeof(*t));
+    while (headers[t->ncols])
+        t->ncols++;
+    cli_table_add_row(t, headers);
+    return t;
+}
+
+void cli_table_add_row(struct cli_table *t, const char *const *cells)
+{
+    if (t->nrows == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 16;
+        t->cells = xrealloc(t->cells, (size_t)t->cap * (size_t)t->ncols * sizeof(char *));
+    }
+    for (int c = 0; c < t->ncols; c++)
+        t->cells[t->nrows * t->ncols + c] = xstrdup(cells[c] ? cells[c] : "");
+    t->nrows++;
+}
+
+void cli_table_add(struct cli_table *t, ...)
+{
+    const char *cells[32] = {0};
+    va_list ap;
+    va_start(ap, t);
+    for (int c = 0; c < t->ncols && c < 32; c++)
+        cells[c] = va_arg(ap, const char *);
+    va_end(ap);
+    cli_table_add_row(t, cells);
+}
+
+/* Display width of UTF-8 text: counts code points, which is right for the text we print. */
+static size_t cli_text_width(const char *s)
+{
+    size_t w = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            w++;
+    return w;
+}
+
+void cli_table_print(struct cli_table *t)
+{
+    size_t width[32] = {0};
+    for (int r = 0; r < t->nrows; r++)
+        for (int c = 0; c < t->ncols && c < 32; c++) {
+            size_t w = cli_text_width(t->cells[r * t->ncols + c]);
+            if (w > width[c])
+                width[c] = w;
+        }
+    for (int r = 0; r < t->nrows; r++) {
+        for (int c = 0; c < t->ncols; c++) {
+            const char *cell = t->cells[r * t->ncols + c];
+            fputs(cell, stdout);
+            if (c + 1 < t->ncols)
+                printf("%*s", (int)(width[c] - cli_text_width(cell) + 3), "");
+        }
+        putchar('\n');
+    }
+    cli_table_free(t);
+}
+
+void cli_table_free(struct cli_table *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < t->nrows * t->ncols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+    free(t);
+}
+
+/* ---- target ----------------------------------------------------------------------------- */
+
+static struct cli_target cli_current;
+static bool cli_target_loaded;
+
+static void cli_target_free(void)
+{
+    free(cli_current.api_url);
+    free(cli_current.token);
+    free(cli_current.router_url);
+    memset(&cli_current, 0, sizeof(cli_current));
+}
+
+static void cli_cleanup(void)
+{
+    cli_target_free();
+    curl_global_cleanup();
+}
+
+static char *cli_strip_slash(const char *url)
+{
+    char *s = xstrdup(url);
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '/')
+        s[--n] = '\0';
+    return s;
+}
+
+/* Reads {"url", "token", "router_url"} from a JSON file; 1 when found and usable. */
+static int cli_target_from_file(const char *path, const char *from)
+{
+    json_error_t jerr;
+    json_t *j = json_load_file(path, 0, &jerr);
+    if (!j)
+        return 0;
+    const char *url = cli_json_str(j, "url");
+    if (!*url) {
+        json_decref(j);
+        return 0;
+    }
+    cli_current.api_url = cli_strip_slash(url);
+    if (*cli_json_str(j, "token"))
+        cli_current.token = xstrdup(cli_json_str(j, "token"));
+    if (*cli_json_str(j, "router_url"))
+        cli_current.router_url = xstrdup(cli_json_str(j, "router_url"));
+    cli_current.from = from;
+    json_decref(j);
+    return 1;
+}
+
+char *cli_login_path(void)
+{
+    const char *home = getenv("HOME");
+    return xasprintf("%s/.skiff/cli.json", home && *home ? home : ".");
+}
+
+static char *cli_local_api_path(void)
+{
+    const char *skiff_home = getenv("SKIFF_HOME");
+    if (skiff_home && *skiff_home)
+        return xasprintf("%s/api.json", skiff_home);
+    char *dir = path_expand_home("~/.skiff");
+    char *p = xasprintf("%s/api.json", dir);
+    free(dir);
+    return p;
+}
+
+const struct cli_target *cli_target(void)
+{
+    if (cli_target_loaded)
+        return cli_current.api_url ? &cli_current : NULL;
+    cli_target_loaded = true;
+    atexit(cli_cleanup);
+    const char *env_api = getenv("SKIFF_API");
+    if (env_api && *env_api) {
+        cli_current.api_url = cli_strip_slash(env_api);
+        const char *tok = getenv("SKIFF_TOKEN");
+        if (tok && *tok)
+            cli_current.token = xstrdup(tok);
+        cli_current.from = "SKIFF_API";
+        return &cli_current;
+    }
+    char *login = cli_login_path();
+    int found = cli_target_from_file(login, "skiff login");
+    free(login);
+    if (!found) {
+        char *local = cli_local_api_path();
+        found = cli_target_from_file(local, "the local skiffd");
+        free(local);
+    }
+    if (!found) {
+        cli_error("not logged in: no Skiff API is known.\n"
+                  "Start a local platform with `make run` (or `skiffd`), or log in to one with "
+                  "`skiff login URL --token TOKEN`, or set SKIFF_API and SKIFF_TOKEN.");
+        return NULL;
+    }
+    return &cli_current;
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------- */
+
+char *cli_escape(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    struct buf b = {0};
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+            buf_putc(&b, (char)*p);
+        } else {
+            buf_putc(&b, '%');
+            buf_putc(&b, hex[*p >> 4]);
+            buf_putc(&b, hex[*p & 15]);
+        }
+    }
+    if (!b.data)
+        return xstrdup("");
+    return buf_steal(&b);
+}
+
+struct cli_transfer {
+    CURL *curl;
+    const struct cli_request *req;
+    struct buf body;    /* the whole body, or the unfinished line for on_line */
+    bool stopped;       /* on_line asked to stop */
+    int progress_shown; /* 0 none, 1 partial line drawn, 2 final line written */
+    int64_t last_progress_ms;
+};
+
+static bool cli_status_ok(long status)
+{
+    return status >= 200 && status < 300;
+}
+
+static size_t cli_on_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct cli_transfer *x = arg;
+    size_t n = size * nmemb;
+    long status = 0;
+    curl_easy_getinfo(x->curl, CURLINFO_RESPONSE_CODE, &status);
+    buf_append(&x->body, data, n);
+    if (!x->req->on_line || !cli_status_ok(status))
+        return n;
+    size_t start = 0;
+    for (size_t i = 0; i < x->body.len; i++) {
+        if (x->body.data[i] != '\n')
+            continue;
+        size_t len = i - start;
+        if (len > 0 && x->body.data[start + len - 1] == '\r')
+            len--;
+        x->body.data[start + len] = '\0';
+        if (x->req->on_line(x->body.data + start, len, x->req->arg)) {
+            x->stopped = true;
+            return 0; /* makes curl stop with a write error, which we know is ours */
+        }
+        start = i + 1;
+    }
+    buf_consume(&x->body, start);
+    return n;
+}
+
+static void cli_human_bytes(double bytes, char *out, size_t size)
+{
+    if (bytes >= 1024.0 * 1024.0)
+        snprintf(out, size, "%.1f MB", bytes / (1024.0 * 1024.0));
+    else if (bytes >= 1024.0)
+        snprintf(out, size, "%.1f KB", bytes / 1024.0);
+    else
+        snprintf(out, size, "%.0f B", bytes);
+}
+
+static int cli_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                           curl_off_t ulnow)
+{
+    struct cli_transfer *x = arg;
+    if (ultotal <= 0)
+        return 0;
+    int64_t now = time_mono_ms();
+    bool done = ulnow >= ultotal;
+    if (!done && now - x->last_progress_ms < 200)
+        return 0;
+    if (done && x->progress_shown == 2)
+        return 0;
+    x->last_progress_ms = now;
+    char a[32], b[32];
+    cli_human_bytes((double)ulnow, a, sizeof(a));
+    cli_human_bytes((double)ultotal, b, sizeof(b));
+    bool tty = isatty(STDOUT_FILENO);
+    /* On a terminal the line is redrawn; in a pipe only the final line is written. */
+    if (tty || done) {
+        printf("%sUploading: %s of %s (%d%%)%s", tty ? "\r" : "", a, b,
+               (int)(ulnow * 100 / ultotal), done ? "\n" : "");
+        fflush(stdout);
+    }
+    x->progress_shown = done ? 2 : 1;
+    return 0;
+}
+
+/* Pulls {"error":{"code","message"}} out of an error answer. */
+static void cli_response_parse_error(struct cli_response *res)
+{
+    json_t *err = json_object_get(res->json, "error");
+    if (json_is_object(err)) {
+        if (*cli_json_str(err, "code"))
+            res->error_code = xstrdup(cli_json_str(err, "code"));
+        if (*cli_json_str(err, "message"))
+            res->error_message = xstrdup(cli_json_str(err, "message"));
+    }
+}
+
+/* The name of the app a path is about ("/v1/apps/NAME..."), or NULL. Caller frees. */
+static char *cli_path_app(const char *path)
+{
+    if (!str_has_prefix(path, "/v1/apps/"))
+        return NULL;
+    const char *name = path + strlen("/v1/apps/");
+    size_t n = strcspn(name, "/?");
+    return n ? xstrndup(name, n) : NULL;
+}
+
+static void cli_print_api_error(const struct cli_request *req, const struct cli_response *res)
+{
+    const struct cli_target *t = cli_target();
+    if (res->status == 401) {
+        cli_error("the API at %s refused the token (%s).\n"
+                  "Log in again with `skiff login %s --token TOKEN`.",
+                  t ? t->api_url : "?", res->error_message ? res->error_message : "unauthorized",
+                  t ? t->api_url : "URL");
+        return;
+    }
+    if (res->status == 404 && (!res->error_code || strcmp(res->error_code, "not_found") == 0)) {
+        char *app = cli_path_app(req->path);
+        if (app) {
+            cli_error("app \"%s\" not found. `skiff apps` lists the apps.", app);
+            free(app);
+            return;
+        }
+    }
+    if (res->error_message) {
+        cli_error("%s", res->error_message);
+        return;
+    }
+    /* Not the API's error format: show the start of whatever came back. */
+    const char *body = res->body ? res->body : "";
+    size_t n = strcspn(body, "\n");
+    if (n > 200)
+        n = 200;
+    cli_error("the API answered %s %s with HTTP %ld%s%.*s", req->method, req->path, res->status,
+              n ? ": " : "", (int)n, body);
+}
+
+static int cli_http_do(const struct cli_request *req, struct cli_response *res, bool quiet)
+{
+    memset(res, 0, sizeof(*res));
+    const struct cli_target *t = cli_target();
+    if (!t)
+        return CLI_EXIT_ERROR;
+
+    static bool curl_ready;
+    if (!curl_ready) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        curl_ready = true;
+    }
+    struct cli_transfer x = {.req = req};
+    struct curl_slist *headers = NULL;
+    char *json_body = NULL;
+    char *url = xasprintf("%s%s", t->api_url, req->path);
+    int rc = CLI_EXIT_ERROR;
+
+    x.curl = curl_easy_init();
+    if (!x.curl) {
+        cli_error("could not set up an HTTP client (out of memory?)");
+        goto done;
+    }
+    curl_easy_setopt(x.curl, CURLOPT_URL, url);
+    curl_easy_setopt(x.curl, CURLOPT_CUSTOMREQUEST, req->method);
+    curl_easy_setopt(x.curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(x.curl, CURLOPT_CONNECTTIMEOUT, 10L);
+    if (req->timeout_s > 0)
+        curl_easy_setopt(x.curl, CURLOPT_TIMEOUT, req->timeout_s);
+    curl_easy_setopt(x.curl, CURLOPT_WRITEFUNCTION, cli_on_write);
+    curl_easy_setopt(x.curl, CURLOPT_WRITEDATA, &x);
+    curl_easy_setopt(x.curl, CURLOPT_USERAGENT, "skiff-cli");
+    if (t->token) {
+        char *auth = xasprintf("Authorization: Bearer %s", t->token);
+        headers = curl_slist_append(headers, auth);
+        free(auth);
+    }
+    headers = curl_slist_append(headers, "Expect:");
+    if (req->json) {
+        json_body = json_dumps(req->json, JSON_COMPACT | JSON_ENCODE_ANY);
+        headers = curl_slist_append(headers, "Content-Type: application/json");
+        curl_easy_setopt(x.curl, CURLOPT_POSTFIELDS, json_body);
+        curl_easy_setopt(x.curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json_body));
+    } else if (req->body) {
+        char *ct = xasprintf("Content-Type: %s",
+                             req->content_type ? req->content_type : "application/octet-stream");
+        headers = curl_slist_append(headers, ct);
+        free(ct);
+        curl_easy_setopt(x.curl, CURLOPT_POSTFIELDS, req->body);
+        curl_easy_setopt(x.curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    }
+    for (const char *const *h = req->headers; h && *h; h++)
+        headers = curl_slist_append(headers, *h);
+    curl_easy_setopt(x.curl, CURLOPT_HTTPHEADER, headers);
+    if (req->progress) {
+        curl_easy_setopt(x.curl, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(x.curl, CURLOPT_XFERINFOFUNCTION, cli_on_progress);
+        curl_easy_setopt(x.curl, CURLOPT_XFERINFODATA, &x);
+    }
+
+    CURLcode cc = curl_easy_perform(x.curl);
+    curl_easy_getinfo(x.curl, CURLINFO_RESPONSE_CODE, &res->status);
+    if (x.progress_shown == 1 && isatty(STDOUT_FILENO))
+        putchar('\n');
+    if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && x.stopped)) {
+        if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST) {
+            cli_error("cannot reach the Skiff API at %s (found through %s): is skiffd running?\n"
+                      "Start it with `make run` (or `skiffd`), or log in to another one with "
+                      "`skiff login URL --token TOKEN`.",
+                      t->api_url, t->from);
+        } else if (cc == CURLE_OPERATION_TIMEDOUT) {
+            cli_error("the API at %s did not answer %s %s in time", t->api_url, req->method,
+                      req->path);
+        } else if (res->status && !cli_status_ok(res->status)) {
+            goto answered; /* the body was cut, but we have a status to report */
+        } else {
+            cli_error("talking to the API at %s failed: %s", t->api_url, curl_easy_strerror(cc));
+        }
+        goto done;
+    }
+answered:
+    if (!req->on_line || !cli_status_ok(res->status)) {
+        res->body_len = x.body.len;
+        res->body = x.body.data ? buf_steal(&x.body) : xstrdup("");
+        if (res->body_len) {
+            json_error_t jerr;
+            res->json = json_loadb(res->body, res->body_len, JSON_DECODE_ANY, &jerr);
+        }
+    } else if (x.body.len && !x.stopped) {
+        /* the stream ended without a newline: that last piece is still a line */
+        req->on_line(x.body.data, x.body.len, req->arg);
+    }
+    if (cli_status_ok(res->status)) {
+        rc = 0;
+        goto done;
+    }
+    cli_response_parse_error(res);
+    if (!quiet)
+        cli_print_api_error(req, res);
+
+done:
+    buf_free(&x.body);
+    curl_slist_free_all(headers);
+    if (x.curl)
+        curl_easy_cleanup(x.curl);
+    free(json_body);
+    free(url);
+    return rc;
+}
+
+int cli_http(const struct cli_request *req, struct cli_response *res)
+{
+    return cli_http_do(req, res, false);
+}
+
+int cli_http_quiet(const struct cli_request *req, struct cli_response *res)
+{
+    return cli_http_do(req, res, true);
+}
+
+void cli_response_free(struct cli_response *res)
+{
+    json_decref(res->json);
+    free(res->body);
+    free(res->error_code);
+    free(res->error_message);
+    memset(res, 0, sizeof(*res));
+}
+
+int cli_api(const char *method, const char *path, json_t *body, json_t **out)
+{
+    struct cli_request req = {.method = method, .path = path, .json = body, .timeout_s = 120};
+    struct cli_response res;
+    if (out)
+        *out = NULL;
+    int rc = cli_http(&req, &res);
+    if (rc == 0 && out) {
+        *out = res.json;
+        res.json = NULL;
+    }
+    cli_response_free(&res);
+    return rc;
+}

@@ -1,0 +1,599 @@
+/* cmd_apps: help, login, and the commands that look at or change an existing app. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "cli/manifest.h"
+#include "common/buf.h"
+#include "common/util.h"
+
+/* ---- shared by the app commands --------------------------------------------------------- */
+
+char *cli_app_path(const char *name, const char *suffix)
+{
+    char *esc = cli_escape(name);
+    char *p = xasprintf("/v1/apps/%s%s", esc, suffix ? suffix : "");
+    free(esc);
+    return p;
+}
+
+void cli_format_mb(long long mb, char *out, size_t size)
+{
+    if (mb <= 0)
+        snprintf(out, size, "-");
+    else if (mb % 1024 == 0)
+        snprintf(out, size, "%lldG", mb / 1024);
+    else
+        snprintf(out, size, "%lldM", mb);
+}
+
+static void cli_format_bytes(long long bytes, char *out, size_t size)
+{
+    if (bytes <= 0)
+        snprintf(out, size, "-");
+    else if (bytes >= 1024LL * 1024 * 1024)
+        snprintf(out, size, "%.1fG", (double)bytes / (1024.0 * 1024 * 1024));
+    else if (bytes >= 1024LL * 1024)
+        snprintf(out, size, "%.1fM", (double)bytes / (1024.0 * 1024));
+    else
+        snprintf(out, size, "%.1fK", (double)bytes / 1024.0);
+}
+
+/* "a, b, c" from a JSON array of strings (or of route objects with "host"/"path"). */
+static char *cli_join(const json_t *array)
+{
+    struct buf b = {0};
+    size_t i;
+    json_t *v;
+    json_array_foreach(array, i, v)
+    {
+        if (i)
+            buf_puts(&b, ", ");
+        if (json_is_string(v))
+            buf_puts(&b, json_string_value(v));
+        else if (json_is_object(v))
+            buf_printf(&b, "%s%s", cli_json_str(v, "host"), cli_json_str(v, "path"));
+    }
+    return b.data ? buf_steal(&b) : xstrdup("");
+}
+
+/* One instance's outcome in words: "exit status 3", "signal SIGKILL", "". */
+static void cli_instance_detail(const json_t *inst, char *out, size_t size)
+{
+    json_t *status = json_object_get(inst, "exit_status");
+    const char *sig = cli_json_str(inst, "exit_signal");
+    long long crashes = cli_json_int(inst, "crash_count");
+    size_t n = 0;
+    out[0] = '\0';
+    if (*sig)
+        n = (size_t)snprintf(out, size, "signal %s", sig);
+    else if (json_is_integer(status))
+        n = (size_t)snprintf(out, size, "exit status %lld", (long long)json_integer_value(status));
+    if (crashes > 0 && n < size)
+        snprintf(out + n, size - n, "%scrashed %lld time%s", n ? ", " : "", crashes,
+                 crashes == 1 ? "" : "s");
+}
+
+static bool cli_is_web(const json_t *inst)
+{
+    const char *type = cli_json_str(inst, "process_type");
+    return !*type || strcmp(type, "web") == 0;
+}
+
+int cli_wait_running(const char *name, long timeout_s)
+{
+    char *path = cli_app_path(name, NULL);
+    int64_t deadline = time_mono_ms() + timeout_s * 1000;
+    long long last_running = -1;
+    int rc = CLI_EXIT_ERROR;
+    printf("Waiting for %s to start...\n", name);
+    for (;;) {
+        json_t *app = NULL;
+        if (cli_api("GET", path, NULL, &app) != 0)
+            break;
+        long long desired = cli_json_int(app, "instances");
+        long long running = 0;
+        const json_t *crashed = NULL;
+        size_t i;
+        json_t *inst;
+        json_array_foreach(json_object_get(app, "instances_detail"), i, inst)
+        {
+            if (!cli_is_web(inst))
+                continue;
+            const char *state = cli_json_str(inst, "state");
+            if (strcmp(state, "RUNNING") == 0)
+                running++;
+            else if (strcmp(state, "CRASHED") == 0 && !crashed)
+                crashed = inst;
+        }
+        if (running != last_running) {
+            printf("  %lld of %lld instances running\n", running, desired);
+            last_running = running;
+        }
+        if (strcmp(cli_json_str(app, "state"), "STARTED") != 0) {
+            cli_error("%s is %s, not started. Start it with `skiff start %s`.", name,
+                      cli_json_str(app, "state"), name);
+            json_decref(app);
+            break;
+        }
+        if (crashed) {
+            char detail[128];
+            cli_instance_detail(crashed, detail, sizeof(detail));
+            cli_error("instance %lld of %s crashed (%s).\n"
+                      "`skiff logs %s --recent` shows its output; it is being restarted.",
+                      cli_json_int(crashed, "index"), name, *detail ? detail : "no exit status",
+                      name);
+            json_decref(app);
+            break;
+        }
+        json_decref(app);
+        if (running >= desired) {
+            printf("%s is running: %lld of %lld instances.\n", name, running, desired);
+            rc = CLI_EXIT_OK;
+            break;
+        }
+        if (time_mono_ms() >= deadline) {
+            cli_error("%s: only %lld of %lld instances running after %lds.\n"
+                      "`skiff app %s` shows them; `skiff logs %s --recent` shows their output.",
+                      name, running, desired, timeout_s, name, name);
+            break;
+        }
+        usleep(200 * 1000);
+    }
+    free(path);
+    return rc;
+}
+
+/* ---- help and login --------------------------------------------------------------------- */
+
+int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (args.count == 0) {
+        cli_print_help(NULL);
+        return CLI_EXIT_OK;
+    }
+    const struct cli_command *c = cli_command_find(args.items[0]);
+    if (!c)
+        return cli_usage_error(NULL, "unknown command \"%s\". `skiff help` lists the commands.",
+                               args.items[0]);
+    cli_print_help(c);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_login(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *token = NULL;
+    struct cli_option opts[] = {{"token", 't', CLI_OPT_STRING, &token}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *url = args.items[0];
+    if (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://"))
+        return cli_usage_error(cmd, "the URL must start with http:// or https://, not \"%s\"", url);
+    if (!token || !*token)
+        return cli_usage_error(cmd, "--token is needed (a local skiffd writes it to "
+                                    "$SKIFF_HOME/api.json)");
+    /* Check the URL and token by using them: the environment is the first place cli_target
+     * looks, and it has not been loaded yet. */
+    setenv("SKIFF_API", url, 1);
+    setenv("SKIFF_TOKEN", token, 1);
+    json_t *info = NULL, *apps = NULL;
+    if (cli_api("GET", "/v1/info", NULL, &info) != 0)
+        return CLI_EXIT_ERROR;
+    rc = cli_api("GET", "/v1/apps", NULL, &apps);
+    json_decref(apps);
+    if (rc != 0) {
+        json_decref(info);
+        return CLI_EXIT_ERROR;
+    }
+    const struct cli_target *t = cli_target();
+    json_t *saved = json_pack("{s:s, s:s}", "url", t->api_url, "token", token);
+    if (*cli_json_str(info, "router_url"))
+        json_object_set_new(saved, "router_url", json_string(cli_json_str(info, "router_url")));
+    json_decref(info);
+    char *path = cli_login_path();
+    char *dir = xstrndup(path, (size_t)(strrchr(path, '/') - path));
+    char *text = json_dumps(saved, JSON_INDENT(2));
+    json_decref(saved);
+    int err = mkdir_p(dir, 0700);
+    if (!err)
+        err = file_write_atomic(path, text, strlen(text), 0600);
+    if (err)
+        rc = cli_error("could not save the login in %s: %s", path, strerror(-err));
+    else
+        printf("Logged in to %s (saved in %s).\n", t->api_url, path);
+    free(text);
+    free(dir);
+    free(path);
+    return err ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+}
+
+/* ---- looking at apps -------------------------------------------------------------------- */
+
+int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *res = NULL;
+    if (cli_api("GET", "/v1/apps", NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    if (cli_json_output) {
+        cli_print_json(res);
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
+    json_t *apps = json_object_get(res, "apps");
+    if (json_array_size(apps) == 0) {
+        printf("No apps yet. Push one with `skiff push NAME -p FOLDER`.\n");
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
+    static const char *const headers[] = {"name", "state",  "instances", "memory",
+                                          "kind", "routes", NULL};
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *app;
+    json_array_foreach(apps, i, app)
+    {
+        char inst[48], mem[32];
+        snprintf(inst, sizeof(inst), "%lld/%lld", cli_json_int(app, "running"),
+                 cli_json_int(app, "instances"));
+        cli_format_mb(cli_json_int(app, "memory_mb"), mem, sizeof(mem));
+        char *routes = cli_join(json_object_get(app, "routes"));
+        const char *kind = cli_json_str(app, "kind");
+        cli_table_add(t, cli_json_str(app, "name"), cli_json_str(app, "state"), inst, mem,
+                      *kind ? kind : "app", routes);
+        free(routes);
+    }
+    cli_table_print(t);
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    char *path = cli_app_path(name, NULL);
+    json_t *app = NULL;
+    rc = cli_api("GET", path, NULL, &app);
+    free(path);
+    if (rc)
+        return rc;
+    if (cli_json_output) {
+        cli_print_json(app);
+        json_decref(app);
+        return CLI_EXIT_OK;
+    }
+    char mem[32], disk[32];
+    cli_format_mb(cli_json_int(app, "memory_mb"), mem, sizeof(mem));
+    cli_format_mb(cli_json_int(app, "disk_mb"), disk, sizeof(disk));
+    char *routes = cli_join(json_object_get(app, "routes"));
+    char *buildpacks = cli_join(json_object_get(app, "buildpacks"));
+    const char *detected = cli_json_str(app, "detected_buildpack");
+    const char *command = cli_json_str(app, "command");
+    printf("name:        %s\n", cli_json_str(app, "name"));
+    printf("state:       %s\n", cli_json_str(app, "state"));
+    printf("instances:   %lld/%lld\n", cli_json_int(app, "running"),
+           cli_json_int(app, "instances"));
+    printf("memory:      %s\n", mem);
+    printf("disk:        %s\n", disk);
+    printf("routes:      %s\n", *routes ? routes : "(none)");
+    printf("buildpack:   %s\n", *detected ? detected : *buildpacks ? buildpacks : "(not staged)");
+    if (*command)
+        printf("command:     %s\n", command);
+    printf("updated:     %s\n", cli_json_str(app, "updated_at"));
+    free(routes);
+    free(buildpacks);
+
+    json_t *instances = json_object_get(app, "instances_detail");
+    if (json_array_size(instances) == 0) {
+        printf("\nNo instances%s.\n",
+               strcmp(cli_json_str(app, "state"), "STARTED") == 0 ? " yet" : " (stopped)");
+        json_decref(app);
+        return CLI_EXIT_OK;
+    }
+    putchar('\n');
+    static const char *const headers[] = {"index",  "type", "state",   "since", "cpu",
+                                          "memory", "port", "details", NULL};
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *inst;
+    json_array_foreach(instances, i, inst)
+    {
+        char index[24], cpu[24], memory[32], port[24], detail[128];
+        const char *type = cli_json_str(inst, "process_type");
+        snprintf(index, sizeof(index), "#%lld", cli_json_int(inst, "index"));
+        snprintf(cpu, sizeof(cpu), "%.1f%%",
+                 json_number_value(json_object_get(inst, "cpu")) * 100.0);
+        cli_format_bytes(cli_json_int(inst, "memory_bytes"), memory, sizeof(memory));
+        if (cli_json_int(inst, "port") > 0)
+            snprintf(port, sizeof(port), "%lld", cli_json_int(inst, "port"));
+        else
+            snprintf(port, sizeof(port), "-");
+        cli_instance_detail(inst, detail, sizeof(detail));
+        cli_table_add(t, index, *type ? type : "web", cli_json_str(inst, "state"),
+                      cli_json_str(inst, "since"), cpu, memory, port, detail);
+    }
+    cli_table_print(t);
+    json_decref(app);
+    return CLI_EXIT_OK;
+}
+
+/* ---- changing apps ---------------------------------------------------------------------- */
+
+int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
+{
+    long instances = -1;
+    const char *memory = NULL, *disk = NULL;
+    bool no_wait = false;
+    long timeout = 60;
+    struct cli_option opts[] = {
+        {"instances", 'i', CLI_OPT_INT, &instances}, {"memory", 'm', CLI_OPT_STRING, &memory},
+        {"disk", 'k', CLI_OPT_STRING, &disk},        {"no-wait", 0, CLI_OPT_FLAG, &no_wait},
+        {"timeout", 0, CLI_OPT_INT, &timeout},       {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    json_t *body = json_object();
+    long mb;
+    if (instances != -1) {
+        if (instances < 0)
+            rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
+        json_object_set_new(body, "instances", json_integer(instances));
+    }
+    if (memory) {
+        if (manifest_parse_megabytes(memory, &mb))
+            rc = cli_usage_error(cmd, "-m needs a size like 256M or 1G, not \"%s\"", memory);
+        json_object_set_new(body, "memory_mb", json_integer(mb));
+    }
+    if (disk) {
+        if (manifest_parse_megabytes(disk, &mb))
+            rc = cli_usage_error(cmd, "-k needs a size like 512M or 1G, not \"%s\"", disk);
+        json_object_set_new(body, "disk_mb", json_integer(mb));
+    }
+    if (rc == CLI_CONTINUE && json_object_size(body) == 0)
+        rc = cli_usage_error(cmd, "say what to change: -i, -m or -k");
+    if (rc != CLI_CONTINUE) {
+        json_decref(body);
+        return rc;
+    }
+    char *path = cli_app_path(name, NULL);
+    json_t *app = NULL;
+    rc = cli_api("PATCH", path, body, &app);
+    json_decref(body);
+    free(path);
+    if (rc)
+        return rc;
+    if (cli_json_output) {
+        cli_print_json(app);
+        json_decref(app);
+        return CLI_EXIT_OK;
+    }
+    char mem[32];
+    cli_format_mb(cli_json_int(app, "memory_mb"), mem, sizeof(mem));
+    printf("Scaled %s: %lld instances, %s memory.\n", name, cli_json_int(app, "instances"), mem);
+    bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
+    json_decref(app);
+    if (started && !no_wait)
+        return cli_wait_running(name, timeout);
+    return CLI_EXIT_OK;
+}
+
+/* start, stop and restart: POST /v1/apps/NAME/ACTION, then (unless stopping) wait. */
+static int cli_app_action(const struct cli_command *cmd, int argc, char **argv, const char *action,
+                          const char *doing, bool wait)
+{
+    bool no_wait = false;
+    long timeout = 60;
+    struct cli_option opts[] = {
+        {"no-wait", 0, CLI_OPT_FLAG, &no_wait}, {"timeout", 0, CLI_OPT_INT, &timeout}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, wait ? opts : NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    char *suffix = xasprintf("/%s", action);
+    char *path = cli_app_path(name, suffix);
+    free(suffix);
+    if (!cli_json_output)
+        printf("%s %s...\n", doing, name);
+    json_t *app = NULL;
+    rc = cli_api("POST", path, NULL, &app);
+    free(path);
+    if (rc)
+        return rc;
+    if (cli_json_output) {
+        cli_print_json(app);
+        json_decref(app);
+        return CLI_EXIT_OK;
+    }
+    json_decref(app);
+    if (wait && !no_wait)
+        return cli_wait_running(name, timeout);
+    printf("OK\n");
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_start(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_app_action(cmd, argc, argv, "start", "Starting", true);
+}
+
+int cli_cmd_stop(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_app_action(cmd, argc, argv, "stop", "Stopping", false);
+}
+
+int cli_cmd_restart(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_app_action(cmd, argc, argv, "restart", "Restarting", true);
+}
+
+int cli_cmd_delete(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool force = false;
+    struct cli_option opts[] = {{"force", 'f', CLI_OPT_FLAG, &force}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    if (!force) {
+        if (!isatty(STDIN_FILENO))
+            return cli_usage_error(cmd, "deleting %s needs -f when there is no terminal to ask",
+                                   name);
+        printf("Really delete the app %s, its instances and its routes? [y/N] ", name);
+        fflush(stdout);
+        char answer[16] = "";
+        if (!fgets(answer, sizeof(answer), stdin) || (answer[0] != 'y' && answer[0] != 'Y')) {
+            printf("Not deleted.\n");
+            return CLI_EXIT_OK;
+        }
+    }
+    char *path = cli_app_path(name, NULL);
+    rc = cli_api("DELETE", path, NULL, NULL);
+    free(path);
+    if (rc)
+        return rc;
+    if (!cli_json_output)
+        printf("Deleted %s.\n", name);
+    return CLI_EXIT_OK;
+}
+
+/* ---- logs and environment --------------------------------------------------------------- */
+
+static int cli_print_line(const char *line, size_t len, void *arg)
+{
+    fwrite(line, 1, len, stdout);
+    putchar('\n');
+    return 0;
+}
+
+int cli_cmd_logs(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool recent = false;
+    long lines = 0;
+    struct cli_option opts[] = {
+        {"recent", 0, CLI_OPT_FLAG, &recent}, {"lines", 'n', CLI_OPT_INT, &lines}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char query[64];
+    if (!recent)
+        snprintf(query, sizeof(query), "/logs?follow=1");
+    else if (lines > 0)
+        snprintf(query, sizeof(query), "/logs?recent=1&lines=%ld", lines);
+    else
+        snprintf(query, sizeof(query), "/logs?recent=1");
+    char *path = cli_app_path(args.items[0], query);
+    struct cli_request req = {.method = "GET", .path = path, .on_line = cli_print_line};
+    struct cli_response res;
+    rc = cli_http(&req, &res);
+    cli_response_free(&res);
+    free(path);
+    return rc ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+}
+
+int cli_cmd_env(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *path = cli_app_path(args.items[0], "/env");
+    json_t *res = NULL;
+    rc = cli_api("GET", path, NULL, &res);
+    free(path);
+    if (rc)
+        return rc;
+    if (cli_json_output) {
+        cli_print_json(res);
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
+    json_t *env = json_object_get(res, "env");
+    printf("User-provided:\n");
+    if (json_object_size(env) == 0)
+        printf("  (none: set one with `skiff set-env %s KEY VALUE`)\n", args.items[0]);
+    const char *key;
+    json_t *value;
+    json_object_foreach(env, key, value)
+    {
+        if (json_is_string(value)) {
+            printf("  %s=%s\n", key, json_string_value(value));
+        } else {
+            char *s = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+            printf("  %s=%s\n", key, s ? s : "");
+            free(s);
+        }
+    }
+    json_t *system = json_object_get(res, "system");
+    if (json_object_size(system) > 0) {
+        printf("\nSystem-provided:\n");
+        json_object_foreach(system, key, value)
+        {
+            char *s = json_is_string(value) ? xstrdup(json_string_value(value))
+                                            : json_dumps(value, JSON_INDENT(2) | JSON_ENCODE_ANY);
+            printf("  %s=%s\n", key, s ? s : "");
+            free(s);
+        }
+    }
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+/* PUT /v1/apps/NAME/env with {KEY: value or null}. */
+static int cli_env_change(const char *name, const char *key, const char *value)
+{
+    char *path = cli_app_path(name, "/env");
+    json_t *body = json_object();
+    json_object_set_new(body, key, value ? json_string(value) : json_null());
+    json_t *res = NULL;
+    int rc = cli_api("PUT", path, body, &res);
+    json_decref(body);
+    free(path);
+    if (rc)
+        return rc;
+    if (cli_json_output)
+        cli_print_json(res);
+    else if (value)
+        printf("Set %s for %s. Run `skiff restart %s` so the app sees it.\n", key, name, name);
+    else
+        printf("Removed %s from %s. Run `skiff restart %s` so the app no longer sees it.\n", key,
+               name, name);
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_set_env(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 3, 3);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    return cli_env_change(args.items[0], args.items[1], args.items[2]);
+}
+
+int cli_cmd_unset_env(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    return cli_env_change(args.items[0], args.items[1], NULL);
+}

@@ -1,0 +1,454 @@
+/* cmd_push: push (settings, upload, staging, start; from flags or a manifest) and restage. */
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "cli/manifest.h"
+#include "cli/pack.h"
+#include "common/buf.h"
+#include "common/util.h"
+
+/* ---- staging ---------------------------------------------------------------------------- */
+
+struct cli_stage {
+    bool done;
+    bool ok;
+    char *buildpack;
+    char *error;
+};
+
+static int cli_stage_on_line(const char *line, size_t len, void *arg)
+{
+    struct cli_stage *st = arg;
+    json_error_t jerr;
+    json_t *j = json_loadb(line, len, 0, &jerr);
+    if (!json_is_object(j)) {
+        /* Not the ndjson we expect: still the user's staging output. */
+        printf("   %.*s\n", (int)len, line);
+        json_decref(j);
+        return 0;
+    }
+    json_t *text = json_object_get(j, "line");
+    if (json_is_string(text))
+        printf("   %s\n", json_string_value(text));
+    if (json_is_true(json_object_get(j, "done"))) {
+        st->done = true;
+        st->ok = json_is_true(json_object_get(j, "ok"));
+        if (*cli_json_str(j, "buildpack"))
+            st->buildpack = xstrdup(cli_json_str(j, "buildpack"));
+        json_t *err = json_object_get(j, "error");
+        if (*cli_json_str(err, "message"))
+            st->error = xstrdup(cli_json_str(err, "message"));
+    }
+    json_decref(j);
+    return 0;
+}
+
+int cli_stage_stream(const char *name, const char *path)
+{
+    struct cli_stage st = {0};
+    struct cli_request req = {
+        .method = "POST", .path = path, .on_line = cli_stage_on_line, .arg = &st};
+    struct cli_response res;
+    printf("Staging %s...\n", name);
+    int rc = cli_http(&req, &res);
+    cli_response_free(&res);
+    if (rc == 0) {
+        if (!st.done)
+            rc = cli_error("staging %s: the API closed the stream before staging finished. "
+                           "`skiff logs %s --recent` may say why.",
+                           name, name);
+        else if (!st.ok)
+            rc = cli_error("staging %s failed: %s", name,
+                           st.error ? st.error : "the buildpack gave no reason");
+        else
+            printf("Staged %s%s%s.\n", name, st.buildpack ? " with the buildpack " : "",
+                   st.buildpack ? st.buildpack : "");
+    }
+    free(st.buildpack);
+    free(st.error);
+    return rc ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+}
+
+/* ---- one app ---------------------------------------------------------------------------- */
+
+/* What to push: from flags, a manifest entry, or both (flags win). */
+struct cli_push_plan {
+    const char *name;
+    char *dir;    /* folder to pack (owned) */
+    json_t *body; /* settings for PUT /v1/apps/NAME (owned) */
+    bool no_start;
+    long timeout_s;
+};
+
+/* The port of the router, for the "running at" line; NULL when unknown. */
+static const char *cli_router_port(void)
+{
+    const struct cli_target *t = cli_target();
+    if (!t || !t->router_url)
+        return NULL;
+    const char *colon = strrchr(t->router_url, ':');
+    if (!colon || !colon[1] || colon < strstr(t->router_url, "://") + 3)
+        return NULL;
+    return colon + 1;
+}
+
+static int cli_push_upload(const char *name, const char *dir)
+{
+    struct buf tgz = {0};
+    size_t files = 0;
+    char *err = NULL;
+    int rc = CLI_EXIT_ERROR;
+    printf("Packing %s...\n", dir);
+    if (pack_folder(dir, &tgz, &files, &err) != 0) {
+        cli_error("%s", err);
+        goto done;
+    }
+    printf("Uploading %s: %zu files, %.1f KB\n", name, files, (double)tgz.len / 1024.0);
+    char *path = cli_app_path(name, "/bits");
+    struct cli_request req = {.method = "PUT",
+                              .path = path,
+                              .body = tgz.data,
+                              .body_len = tgz.len,
+                              .content_type = "application/gzip",
+                              .progress = true,
+                              .timeout_s = 600};
+    struct cli_response res;
+    rc = cli_http(&req, &res) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    cli_response_free(&res);
+    free(path);
+done:
+    free(err);
+    buf_free(&tgz);
+    return rc;
+}
+
+static int cli_push_one(const struct cli_push_plan *plan)
+{
+    const char *name = plan->name;
+    struct stat sb;
+    if (stat(plan->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return cli_error("cannot push %s: %s is not a folder. Give the app's folder with -p.", name,
+                         plan->dir);
+    printf("Pushing %s from %s\n", name, plan->dir);
+    char *path = cli_app_path(name, NULL);
+    json_t *app = NULL;
+    int rc = cli_api("PUT", path, plan->body, &app);
+    bool was_started = rc == 0 && strcmp(cli_json_str(app, "state"), "STARTED") == 0;
+    json_decref(app);
+    if (rc)
+        goto done;
+    if ((rc = cli_push_upload(name, plan->dir)))
+        goto done;
+    char *stage = cli_app_path(name, "/stage");
+    rc = cli_stage_stream(name, stage);
+    free(stage);
+    if (rc)
+        goto done;
+    if (plan->no_start) {
+        printf("%s is staged and not started (--no-start). Start it with `skiff start %s`.\n", name,
+               name);
+        goto done;
+    }
+    /* A running app restarts onto its new droplet; a stopped one starts. */
+    char *action = cli_app_path(name, was_started ? "/restart" : "/start");
+    printf("%s %s...\n", was_started ? "Restarting" : "Starting", name);
+    rc = cli_api("POST", action, NULL, &app);
+    free(action);
+    if (rc)
+        goto done;
+    json_t *routes = json_incref(json_object_get(app, "routes"));
+    json_decref(app);
+    rc = cli_wait_running(name, plan->timeout_s);
+    if (rc == 0) {
+        const char *port = cli_router_port();
+        size_t i;
+        json_t *r;
+        json_array_foreach(routes, i, r)
+        {
+            const char *route = json_is_string(r) ? json_string_value(r) : cli_json_str(r, "host");
+            if (port)
+                printf("  route: http://%s:%s/\n", route, port);
+            else
+                printf("  route: %s\n", route);
+        }
+    }
+    json_decref(routes);
+done:
+    free(path);
+    return rc;
+}
+
+/* Runtime of a function from its file's extension; NULL when unknown. */
+static const char *cli_function_runtime(const char *file)
+{
+    if (str_has_suffix(file, ".py"))
+        return "python";
+    if (str_has_suffix(file, ".js") || str_has_suffix(file, ".mjs"))
+        return "node";
+    if (str_has_suffix(file, ".sh"))
+        return "shell";
+    return NULL;
+}
+
+/* --function FILE:HANDLER: the body's "function" object; sets *dir when no -p was given
+ * (the file's folder is what gets pushed). Returns CLI_CONTINUE or a usage error. */
+static int cli_push_function(const struct cli_command *cmd, const char *spec, const char *path,
+                             json_t *body, char **dir)
+{
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || !colon[1])
+        return cli_usage_error(cmd, "--function needs FILE:HANDLER, like resize.py:handle");
+    char *file = xstrndup(spec, (size_t)(colon - spec));
+    const char *runtime = cli_function_runtime(file);
+    int rc = CLI_CONTINUE;
+    if (!runtime) {
+        rc = cli_usage_error(cmd, "--function %s: the file must end in .py, .js or .sh", file);
+        goto done;
+    }
+    char *handler;
+    if (path) {
+        char *full = xasprintf("%s/%s", path, file);
+        if (access(full, R_OK) != 0)
+            rc = cli_error("--function: %s is not in the folder %s", file, path);
+        free(full);
+        handler = xasprintf("%s:%s", file, colon + 1);
+    } else {
+        if (access(file, R_OK) != 0) {
+            rc = cli_error("--function: cannot read %s", file);
+            goto done;
+        }
+        char *copy1 = xstrdup(file), *copy2 = xstrdup(file);
+        *dir = xstrdup(dirname(copy1));
+        handler = xasprintf("%s:%s", basename(copy2), colon + 1);
+        free(copy1);
+        free(copy2);
+    }
+    json_object_set_new(body, "kind", json_string("function"));
+    json_object_set_new(body, "function",
+                        json_pack("{s:s, s:s}", "handler", handler, "runtime", runtime));
+    free(handler);
+done:
+    free(file);
+    return rc;
+}
+
+/* The settings of a manifest app, as the body of PUT /v1/apps/NAME. */
+static json_t *cli_manifest_body(const struct manifest_app *a)
+{
+    json_t *body = json_object();
+    if (a->instances >= 0)
+        json_object_set_new(body, "instances", json_integer(a->instances));
+    if (a->memory_mb > 0)
+        json_object_set_new(body, "memory_mb", json_integer(a->memory_mb));
+    if (a->disk_mb > 0)
+        json_object_set_new(body, "disk_mb", json_integer(a->disk_mb));
+    if (a->command)
+        json_object_set_new(body, "command", json_string(a->command));
+    if (a->buildpack_count) {
+        json_t *bps = json_array();
+        for (size_t i = 0; i < a->buildpack_count; i++)
+            json_array_append_new(bps, json_string(a->buildpacks[i]));
+        json_object_set_new(body, "buildpacks", bps);
+    }
+    if (a->env_count) {
+        json_t *env = json_object();
+        for (size_t i = 0; i < a->env_count; i++)
+            json_object_set_new(env, a->env[i].key, json_string(a->env[i].value));
+        json_object_set_new(body, "env", env);
+    }
+    if (a->route_count) {
+        json_t *routes = json_array();
+        for (size_t i = 0; i < a->route_count; i++)
+            json_array_append_new(routes, json_string(a->routes[i]));
+        json_object_set_new(body, "routes", routes);
+    }
+    if (a->no_route_set && a->no_route)
+        json_object_set_new(body, "no_route", json_true());
+    if (a->health_check_type)
+        json_object_set_new(body, "health_check_type", json_string(a->health_check_type));
+    if (a->health_check_http_endpoint)
+        json_object_set_new(body, "health_check_http_endpoint",
+                            json_string(a->health_check_http_endpoint));
+    if (a->timeout > 0)
+        json_object_set_new(body, "timeout", json_integer(a->timeout));
+    if (a->process_count) {
+        json_t *procs = json_array();
+        for (size_t i = 0; i < a->process_count; i++) {
+            const struct manifest_process *p = &a->processes[i];
+            json_t *o = json_pack("{s:s}", "type", p->type);
+            if (p->command)
+                json_object_set_new(o, "command", json_string(p->command));
+            if (p->instances >= 0)
+                json_object_set_new(o, "instances", json_integer(p->instances));
+            if (p->memory_mb > 0)
+                json_object_set_new(o, "memory_mb", json_integer(p->memory_mb));
+            json_array_append_new(procs, o);
+        }
+        json_object_set_new(body, "processes", procs);
+    }
+    return body;
+}
+
+int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *path = NULL, *manifest_path = NULL, *memory = NULL, *disk = NULL;
+    const char *command = NULL, *function = NULL;
+    long instances = -1, timeout = 60;
+    bool no_route = false, no_start = false;
+    struct cli_list buildpacks = {0};
+    struct cli_option opts[] = {{"path", 'p', CLI_OPT_STRING, &path},
+                                {"manifest", 'f', CLI_OPT_STRING, &manifest_path},
+                                {"instances", 'i', CLI_OPT_INT, &instances},
+                                {"memory", 'm', CLI_OPT_STRING, &memory},
+                                {"disk", 'k', CLI_OPT_STRING, &disk},
+                                {"buildpack", 'b', CLI_OPT_LIST, &buildpacks},
+                                {"command", 'c', CLI_OPT_STRING, &command},
+                                {"no-route", 0, CLI_OPT_FLAG, &no_route},
+                                {"no-start", 0, CLI_OPT_FLAG, &no_start},
+                                {"function", 0, CLI_OPT_STRING, &function},
+                                {"timeout", 't', CLI_OPT_INT, &timeout},
+                                {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.count ? args.items[0] : NULL;
+
+    /* The settings given by flags, applied over a manifest's. */
+    json_t *flags = json_object();
+    long mb;
+    if (instances != -1) {
+        if (instances < 0)
+            rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
+        json_object_set_new(flags, "instances", json_integer(instances));
+    }
+    if (memory && rc == CLI_CONTINUE) {
+        if (manifest_parse_megabytes(memory, &mb))
+            rc = cli_usage_error(cmd, "-m needs a size like 256M or 1G, not \"%s\"", memory);
+        json_object_set_new(flags, "memory_mb", json_integer(mb));
+    }
+    if (disk && rc == CLI_CONTINUE) {
+        if (manifest_parse_megabytes(disk, &mb))
+            rc = cli_usage_error(cmd, "-k needs a size like 512M or 1G, not \"%s\"", disk);
+        json_object_set_new(flags, "disk_mb", json_integer(mb));
+    }
+    if (command)
+        json_object_set_new(flags, "command", json_string(command));
+    if (buildpacks.count) {
+        json_t *bps = json_array();
+        for (int i = 0; i < buildpacks.count; i++)
+            json_array_append_new(bps, json_string(buildpacks.items[i]));
+        json_object_set_new(flags, "buildpacks", bps);
+    }
+    if (no_route)
+        json_object_set_new(flags, "no_route", json_true());
+    if (timeout <= 0 && rc == CLI_CONTINUE)
+        rc = cli_usage_error(cmd, "--timeout needs a number of seconds above 0");
+    char *function_dir = NULL;
+    if (function && rc == CLI_CONTINUE)
+        rc = cli_push_function(cmd, function, path, flags, &function_dir);
+    if (rc != CLI_CONTINUE) {
+        json_decref(flags);
+        free(function_dir);
+        return rc;
+    }
+
+    /* Without a manifest named, ./manifest.yml is used when no app name was given. */
+    if (!manifest_path && !name && !function && access("manifest.yml", R_OK) == 0)
+        manifest_path = "manifest.yml";
+    if (!manifest_path) {
+        if (!name) {
+            json_decref(flags);
+            free(function_dir);
+            return cli_usage_error(cmd, "give the app's NAME, or a manifest with -f");
+        }
+        struct cli_push_plan plan = {.name = name,
+                                     .dir =
+                                         function_dir ? function_dir : xstrdup(path ? path : "."),
+                                     .body = flags,
+                                     .no_start = no_start,
+                                     .timeout_s = timeout};
+        rc = cli_push_one(&plan);
+        free(plan.dir);
+        json_decref(flags);
+        return rc;
+    }
+
+    struct manifest *m = NULL;
+    char *err = NULL;
+    if (manifest_load(manifest_path, &m, &err) != 0) {
+        cli_error("%s", err);
+        free(err);
+        json_decref(flags);
+        free(function_dir);
+        return CLI_EXIT_ERROR;
+    }
+    size_t pushed = 0;
+    rc = CLI_EXIT_OK;
+    for (size_t i = 0; i < m->app_count && rc == CLI_EXIT_OK; i++) {
+        const struct manifest_app *a = &m->apps[i];
+        if (name && strcmp(name, a->name) != 0)
+            continue;
+        if (m->app_count > 1 && !name && json_object_size(flags) > 0) {
+            rc = cli_usage_error(cmd,
+                                 "flags like -i or -m apply to one app: name it "
+                                 "(`skiff push NAME -f %s ...`)",
+                                 manifest_path);
+            break;
+        }
+        struct cli_push_plan plan = {.name = a->name,
+                                     .body = cli_manifest_body(a),
+                                     .no_start = no_start,
+                                     .timeout_s = timeout};
+        json_object_update(plan.body, flags);
+        if (path)
+            plan.dir = xstrdup(path);
+        else if (function_dir)
+            plan.dir = xstrdup(function_dir);
+        else
+            plan.dir = xstrdup(a->path ? a->path : m->dir);
+        if (a->timeout > 0 && timeout == 60)
+            plan.timeout_s = a->timeout;
+        if (pushed)
+            putchar('\n');
+        rc = cli_push_one(&plan);
+        pushed++;
+        free(plan.dir);
+        json_decref(plan.body);
+    }
+    if (rc == CLI_EXIT_OK && name && pushed == 0)
+        rc = cli_error("the manifest %s has no app named \"%s\"", manifest_path, name);
+    manifest_free(m);
+    json_decref(flags);
+    free(function_dir);
+    return rc;
+}
+
+int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
+{
+    long timeout = 60;
+    struct cli_option opts[] = {{"timeout", 0, CLI_OPT_INT, &timeout}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    char *path = cli_app_path(name, "/restage");
+    rc = cli_stage_stream(name, path);
+    free(path);
+    if (rc)
+        return rc;
+    path = cli_app_path(name, NULL);
+    json_t *app = NULL;
+    rc = cli_api("GET", path, NULL, &app);
+    free(path);
+    if (rc)
+        return rc;
+    bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
+    json_decref(app);
+    return started ? cli_wait_running(name, timeout) : CLI_EXIT_OK;
+}

@@ -1,0 +1,166 @@
+/* cmd_routes: map-route, unmap-route, routes, domains, create-domain. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "common/buf.h"
+#include "common/util.h"
+
+/* HOST may carry its path ("api.localhost/v1"); --path wins when both are given. Fills
+ * *host (caller frees) and *path (a pointer into HOST, --path, or ""). */
+static int cli_route_args(const struct cli_command *cmd, const char *arg, const char *path_opt,
+                          char **host, const char **path)
+{
+    const char *slash = strchr(arg, '/');
+    if (strstr(arg, "://"))
+        return cli_usage_error(cmd, "give the host without a scheme, like hello.localhost");
+    *host = slash ? xstrndup(arg, (size_t)(slash - arg)) : xstrdup(arg);
+    *path = path_opt ? path_opt : slash ? slash : "";
+    if (**path && **path != '/') {
+        free(*host);
+        *host = NULL;
+        return cli_usage_error(cmd, "--path must start with /, like /v1");
+    }
+    return CLI_CONTINUE;
+}
+
+int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *path_opt = NULL;
+    struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *host;
+    const char *path;
+    rc = cli_route_args(cmd, args.items[1], path_opt, &host, &path);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s, s:s, s:s}", "app", args.items[0], "host", host, "path", path);
+    json_t *route = NULL;
+    rc = cli_api("POST", "/v1/routes", body, &route);
+    json_decref(body);
+    if (rc == 0) {
+        if (cli_json_output)
+            cli_print_json(route);
+        else
+            printf("Mapped %s%s to %s.\n", host, path, args.items[0]);
+    }
+    json_decref(route);
+    free(host);
+    return rc;
+}
+
+int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *path_opt = NULL;
+    struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *host;
+    const char *path;
+    rc = cli_route_args(cmd, args.items[1], path_opt, &host, &path);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *app_q = cli_escape(args.items[0]), *host_q = cli_escape(host), *path_q = cli_escape(path);
+    char *url = xasprintf("/v1/routes?app=%s&host=%s&path=%s", app_q, host_q, path_q);
+    rc = cli_api("DELETE", url, NULL, NULL);
+    if (rc == 0 && !cli_json_output)
+        printf("Unmapped %s%s from %s.\n", host, path, args.items[0]);
+    free(url);
+    free(app_q);
+    free(host_q);
+    free(path_q);
+    free(host);
+    return rc;
+}
+
+int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *res = NULL;
+    if (cli_api("GET", "/v1/routes", NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    if (cli_json_output) {
+        cli_print_json(res);
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
+    json_t *routes = json_object_get(res, "routes");
+    if (json_array_size(routes) == 0) {
+        printf("No routes. Map one with `skiff map-route APP HOST`.\n");
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
+    static const char *const headers[] = {"host", "path", "app", "instances", NULL};
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *r;
+    json_array_foreach(routes, i, r)
+    {
+        char inst[24];
+        snprintf(inst, sizeof(inst), "%lld", cli_json_int(r, "instances"));
+        cli_table_add(t, cli_json_str(r, "host"), cli_json_str(r, "path"), cli_json_str(r, "app"),
+                      inst);
+    }
+    cli_table_print(t);
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *res = NULL;
+    if (cli_api("GET", "/v1/domains", NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    if (cli_json_output) {
+        cli_print_json(res);
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
+    static const char *const headers[] = {"name", "type", NULL};
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(res, "domains"), i, d)
+    {
+        json_t *shared = json_object_get(d, "shared");
+        cli_table_add(t, cli_json_str(d, "name"),
+                      shared && !json_is_true(shared) ? "private" : "shared");
+    }
+    cli_table_print(t);
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s}", "name", args.items[0]);
+    json_t *res = NULL;
+    rc = cli_api("POST", "/v1/domains", body, &res);
+    json_decref(body);
+    if (rc == 0) {
+        if (cli_json_output)
+            cli_print_json(res);
+        else
+            printf("Created the shared domain %s. Map routes on it with "
+                   "`skiff map-route APP HOST.%s`.\n",
+                   args.items[0], args.items[0]);
+    }
+    json_decref(res);
+    return rc;
+}

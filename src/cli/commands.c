@@ -1,0 +1,88 @@
+/* commands: the table of core `skiff` commands. Usage lines and help text live here, next to
+ * each other, so `skiff help` and the handlers cannot drift apart. */
+#include "cli/commands.h"
+
+#include <stddef.h>
+
+const struct cli_command cli_core_commands[] = {
+    {"login", "login URL --token TOKEN", "Point the CLI at a Skiff API and save the login",
+     "Checks the URL and token against the API, then saves them in ~/.skiff/cli.json.\n"
+     "Without a login the CLI uses SKIFF_API and SKIFF_TOKEN, or the local skiffd\n"
+     "($SKIFF_HOME/api.json).\n\n"
+     "  --token TOKEN   the API token (a local skiffd writes it to $SKIFF_HOME/api.json)\n",
+     cli_cmd_login},
+    {"push",
+     "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
+     "[-c COMMAND] [--no-route] [--no-start] [--function FILE:HANDLER]",
+     "Upload an app, stage it with a buildpack and start it",
+     "Packs PATH (default: the current folder) as tar.gz, leaving out what .cfignore or\n"
+     ".skiffignore lists, uploads it, stages it (the buildpack's output is shown as it comes)\n"
+     "and starts it, waiting until its instances run. Without NAME, the apps of the manifest\n"
+     "(-f, or ./manifest.yml when present) are pushed.\n\n"
+     "  -p, --path PATH          folder to push (default: .)\n"
+     "  -f, --manifest FILE      Cloud Foundry style manifest.yml\n"
+     "  -i, --instances N        number of instances\n"
+     "  -m, --memory MEM         memory per instance, like 256M or 1G\n"
+     "  -k, --disk MEM           disk quota per instance, like 1G\n"
+     "  -b, --buildpack NAME     buildpack to use (repeatable; a name or a folder)\n"
+     "  -c, --command CMD        start command (instead of the buildpack's)\n"
+     "  --no-route               do not map the default route NAME.localhost\n"
+     "  --no-start               upload and stage, but do not start\n"
+     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
+     "  --timeout SECONDS        how long to wait for instances to run (default: 60)\n\n"
+     "Examples:\n  skiff push hello -p examples/python-web\n"
+     "  skiff push -f examples/manifest.yml\n",
+     cli_cmd_push},
+    {"apps", "apps", "List the apps",
+     "Shows each app's name, state, running/desired instances, memory and routes.\n", cli_cmd_apps},
+    {"app", "app NAME", "Show an app and its instances",
+     "Shows the app's settings and, for each instance: index, state, since, cpu, memory,\n"
+     "port (and the exit status of crashed ones).\n",
+     cli_cmd_app},
+    {"scale", "scale NAME [-i N] [-m MEM] [-k DISK]", "Change an app's instances or memory",
+     "  -i, --instances N   number of instances\n"
+     "  -m, --memory MEM    memory per instance, like 256M or 1G\n"
+     "  -k, --disk MEM      disk quota per instance\n"
+     "  --no-wait           do not wait for the instances to run\n",
+     cli_cmd_scale},
+    {"start", "start NAME", "Start an app and wait until its instances run",
+     "  --no-wait           return at once\n  --timeout SECONDS   how long to wait (default: 60)\n",
+     cli_cmd_start},
+    {"stop", "stop NAME", "Stop an app's instances", NULL, cli_cmd_stop},
+    {"restart", "restart NAME", "Stop and start an app (picks up new environment variables)",
+     "  --no-wait           return at once\n  --timeout SECONDS   how long to wait (default: 60)\n",
+     cli_cmd_restart},
+    {"restage", "restage NAME", "Stage an app again from its last upload, then restart it",
+     "Staging output is shown as it comes. A failed staging leaves the running app as it was.\n",
+     cli_cmd_restage},
+    {"delete", "delete NAME [-f]", "Delete an app, its instances and its routes",
+     "  -f, --force   do not ask for confirmation (needed when input is not a terminal)\n",
+     cli_cmd_delete},
+    {"logs", "logs NAME [--recent]", "Show an app's logs (follows by default)",
+     "Lines carry their source: [API], [STG/0] staging, [APP/PROC/WEB/n] the app's output,\n"
+     "[RTR/n] the router, [CELL/n] the executor.\n\n"
+     "  --recent   print the recent lines and exit instead of following\n",
+     cli_cmd_logs},
+    {"env", "env NAME", "Show an app's environment variables",
+     "Shows the variables set with set-env, and the system ones (VCAP_APPLICATION, ...).\n",
+     cli_cmd_env},
+    {"set-env", "set-env NAME KEY VALUE", "Set an environment variable of an app",
+     "The app sees it after `skiff restart NAME`.\n", cli_cmd_set_env},
+    {"unset-env", "unset-env NAME KEY", "Remove an environment variable of an app",
+     "The app stops seeing it after `skiff restart NAME`.\n", cli_cmd_unset_env},
+    {"map-route", "map-route NAME HOST [--path PATH]", "Route requests for HOST[/PATH] to an app",
+     "HOST must end in a known domain (`skiff domains`), like hello.localhost.\n"
+     "The longest matching path wins.\n\n"
+     "  --path PATH   only requests under this path prefix, like /v1\n\n"
+     "Example:\n  skiff map-route hello api.localhost --path /v1\n",
+     cli_cmd_map_route},
+    {"unmap-route", "unmap-route NAME HOST [--path PATH]", "Remove a route from an app",
+     "  --path PATH   the path the route was mapped with\n", cli_cmd_unmap_route},
+    {"routes", "routes", "List the routes", "Shows host, path, app and instances behind each.\n",
+     cli_cmd_routes},
+    {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
+    {"create-domain", "create-domain NAME", "Add a shared domain for routes",
+     "Example:\n  skiff create-domain example.test\n", cli_cmd_create_domain},
+    {"help", "help [COMMAND]", "Show the commands, or the help of one", NULL, cli_cmd_help},
+    {NULL, NULL, NULL, NULL, NULL},
+};

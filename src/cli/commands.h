@@ -1,0 +1,40 @@
+/* commands: the handlers of the core `skiff` commands, listed in cli_core_commands
+ * (commands.c). Each follows the contract of struct cli_command in cli.h. */
+#ifndef SKIFF_CLI_COMMANDS_H
+#define SKIFF_CLI_COMMANDS_H
+
+#include "cli/cli.h"
+
+/* "/v1/apps/NAME" + suffix, with NAME escaped. Caller frees. */
+char *cli_app_path(const char *name, const char *suffix);
+/* 256 -> "256M", 1024 -> "1G", 0 -> "-". */
+void cli_format_mb(long long mb, char *out, size_t size);
+/* Polls the app until its web instances are RUNNING (0), one crashed or the deadline passed
+ * (CLI_EXIT_ERROR, after saying which); prints progress. */
+int cli_wait_running(const char *name, long timeout_s);
+/* Runs the staging stream of POST PATH (stage or restage), printing each line as it comes.
+ * Returns 0 when staging succeeded. */
+int cli_stage_stream(const char *name, const char *path);
+
+int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_login(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_start(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_stop(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_restart(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_delete(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_logs(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_env(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_set_env(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_unset_env(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv);
+
+#endif
