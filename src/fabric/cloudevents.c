@@ -1,0 +1,762 @@
+/* cloudevents: parsing, validation and the encodings of CloudEvents 1.0 (see cloudevents.h).
+ *
+ * The stored record is a compact binary encoding rather than structured JSON: it keeps binary
+ * data as it is (no base64), and decoding it is a walk over length-prefixed fields that
+ * points into the record without allocating, which matters on the delivery path. Layout:
+ *   "CE" 0x01 | u8 attribute count | per attribute: u8 name length, name, NUL,
+ *   u32 value length, value, NUL | u32 data length | data | NUL   (lengths little-endian) */
+#include "fabric/cloudevents.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sodium.h>
+
+#include "common/util.h"
+
+/* ---- ownership ---------------------------------------------------------------------------- */
+
+struct ce_arena {
+    void **ptrs;
+    size_t count, cap;
+};
+
+static void *arena_keep(struct cloudevent *ev, void *p)
+{
+    struct ce_arena *a = ev->owned_;
+    if (!a)
+        a = ev->owned_ = xcalloc(1, sizeof(*a));
+    if (a->count == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 16;
+        a->ptrs = xrealloc(a->ptrs, a->cap * sizeof(*a->ptrs));
+    }
+    a->ptrs[a->count++] = p;
+    return p;
+}
+
+static const char *arena_strdup(struct cloudevent *ev, const char *s)
+{
+    return arena_keep(ev, xstrdup(s));
+}
+
+void cloudevent_free(struct cloudevent *ev)
+{
+    struct ce_arena *a = ev->owned_;
+    if (a) {
+        for (size_t i = 0; i < a->count; i++)
+            free(a->ptrs[i]);
+        free(a->ptrs);
+        free(a);
+    }
+    memset(ev, 0, sizeof(*ev));
+}
+
+static int fail(char *errmsg, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(char *errmsg, size_t errlen, const char *fmt, ...)
+{
+    if (errmsg && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errmsg, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+/* ---- checks ------------------------------------------------------------------------------- */
+
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t extra;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            extra = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            extra = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            extra = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + extra >= n)
+            return false;
+        for (size_t k = 1; k <= extra; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) ||
+            (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += extra + 1;
+    }
+    return true;
+}
+
+static bool ext_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 20)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9')))
+            return false;
+    return true;
+}
+
+static bool digits(const char *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!isdigit((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+/* RFC 3339 date-time: 2026-11-27T11:09:56(.123)?(Z|+01:00). */
+static bool rfc3339_valid(const char *s)
+{
+    if (strlen(s) < 20 || !digits(s, 4) || s[4] != '-' || !digits(s + 5, 2) || s[7] != '-' ||
+        !digits(s + 8, 2) || (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2) || s[13] != ':' ||
+        !digits(s + 14, 2) || s[16] != ':' || !digits(s + 17, 2))
+        return false;
+    int month = atoi(s + 5), day = atoi(s + 8), hour = atoi(s + 11), min = atoi(s + 14),
+        sec = atoi(s + 17);
+    if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60)
+        return false;
+    const char *p = s + 19;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return false;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    if (*p == 'Z' || *p == 'z')
+        return p[1] == '\0';
+    if ((*p == '+' || *p == '-') && digits(p + 1, 2) && p[3] == ':' && digits(p + 4, 2))
+        return p[6] == '\0';
+    return false;
+}
+
+static bool has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return true;
+    return false;
+}
+
+int cloudevent_validate(const struct cloudevent *ev, char *errmsg, size_t errlen)
+{
+    static const char *const required[] = {"specversion", "id", "source", "type"};
+    const char *values[] = {ev->specversion, ev->id, ev->source, ev->type};
+    for (size_t i = 0; i < ARRAY_SIZE(required); i++)
+        if (!values[i] || !*values[i])
+            return fail(errmsg, errlen, "missing required attribute '%s'", required[i]);
+    if (strcmp(ev->specversion, "1.0"))
+        return fail(errmsg, errlen,
+                    "attribute 'specversion' is \"%.40s\": only CloudEvents \"1.0\" is supported",
+                    ev->specversion);
+    const struct {
+        const char *name, *value;
+    } attrs[] = {{"id", ev->id},
+                 {"source", ev->source},
+                 {"type", ev->type},
+                 {"subject", ev->subject},
+                 {"time", ev->time},
+                 {"datacontenttype", ev->datacontenttype},
+                 {"dataschema", ev->dataschema}};
+    for (size_t i = 0; i < ARRAY_SIZE(attrs); i++) {
+        if (!attrs[i].value)
+            continue;
+        if (has_control(attrs[i].value) ||
+            !utf8_valid((const unsigned char *)attrs[i].value, strlen(attrs[i].value)))
+            return fail(errmsg, errlen,
+                        "attribute '%s' holds control characters or invalid UTF-8: send "
+                        "printable text",
+                        attrs[i].name);
+    }
+    if (ev->subject && !*ev->subject)
+        return fail(errmsg, errlen, "attribute 'subject' is empty: leave it out or give a value");
+    if (ev->time && !rfc3339_valid(ev->time))
+        return fail(errmsg, errlen,
+                    "attribute 'time' is \"%.40s\": use RFC 3339, e.g. 2026-11-27T11:09:56Z",
+                    ev->time);
+    for (size_t i = 0; i < ev->ext_count; i++) {
+        if (!ext_name_valid(ev->ext[i].name))
+            return fail(errmsg, errlen,
+                        "attribute name '%.40s' is not valid: extension names are 1-20 "
+                        "lower-case letters or digits",
+                        ev->ext[i].name);
+        if (has_control(ev->ext[i].value) ||
+            !utf8_valid((const unsigned char *)ev->ext[i].value, strlen(ev->ext[i].value)))
+            return fail(errmsg, errlen,
+                        "attribute '%s' holds control characters or invalid UTF-8: send "
+                        "printable text",
+                        ev->ext[i].name);
+    }
+    return 0;
+}
+
+/* ---- attributes by name ------------------------------------------------------------------- */
+
+static const char **known_slot(struct cloudevent *ev, const char *name)
+{
+    if (!strcmp(name, "id"))
+        return &ev->id;
+    if (!strcmp(name, "source"))
+        return &ev->source;
+    if (!strcmp(name, "type"))
+        return &ev->type;
+    if (!strcmp(name, "specversion"))
+        return &ev->specversion;
+    if (!strcmp(name, "subject"))
+        return &ev->subject;
+    if (!strcmp(name, "time"))
+        return &ev->time;
+    if (!strcmp(name, "datacontenttype"))
+        return &ev->datacontenttype;
+    if (!strcmp(name, "dataschema"))
+        return &ev->dataschema;
+    return NULL;
+}
+
+const char *cloudevent_attr(const struct cloudevent *ev, const char *name)
+{
+    const char **slot = known_slot((struct cloudevent *)ev, name);
+    if (slot)
+        return *slot;
+    for (size_t i = 0; i < ev->ext_count; i++)
+        if (!strcmp(ev->ext[i].name, name))
+            return ev->ext[i].value;
+    return NULL;
+}
+
+/* Sets an attribute (value already owned by ev, or pointing into a record). */
+static int attr_set(struct cloudevent *ev, const char *name, const char *value, char *errmsg,
+                    size_t errlen)
+{
+    const char **slot = known_slot(ev, name);
+    if (slot) {
+        *slot = value;
+        return 0;
+    }
+    for (size_t i = 0; i < ev->ext_count; i++)
+        if (!strcmp(ev->ext[i].name, name)) {
+            ev->ext[i].value = value;
+            return 0;
+        }
+    if (ev->ext_count == CLOUDEVENT_MAX_EXTENSIONS)
+        return fail(errmsg, errlen, "too many extension attributes: at most %d are allowed",
+                    CLOUDEVENT_MAX_EXTENSIONS);
+    ev->ext[ev->ext_count++] = (struct cloudevent_ext){name, value};
+    return 0;
+}
+
+static void set_time_now(struct cloudevent *ev)
+{
+    char now[40];
+    time_format_rfc3339(time_now_ms(), now, sizeof(now));
+    ev->time = arena_strdup(ev, now);
+}
+
+/* ---- HTTP binary mode --------------------------------------------------------------------- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Decodes the percent-encoding of a ce-* header value (CloudEvents HTTP binding 3.1.3.2). */
+static char *percent_decode(const char *s, bool *ok)
+{
+    size_t n = strlen(s);
+    char *out = xmalloc(n + 1), *o = out;
+    *ok = true;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            *o++ = s[i];
+            continue;
+        }
+        int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
+        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+        if (hi < 0 || lo < 0) {
+            *ok = false;
+            break;
+        }
+        *o++ = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    *o = '\0';
+    return out;
+}
+
+static const char *header_get(const struct cloudevent_header *h, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcasecmp(h[i].name, name))
+            return h[i].value;
+    return NULL;
+}
+
+static bool content_type_is(const char *ct, const char *what)
+{
+    size_t n = strlen(what);
+    while (ct && *ct == ' ')
+        ct++;
+    return ct && !strncasecmp(ct, what, n) && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+static void set_data(struct cloudevent *ev, const void *body, size_t len)
+{
+    if (!len) {
+        ev->data = NULL;
+        ev->data_len = 0;
+        return;
+    }
+    char *copy = xmalloc(len + 1);
+    memcpy(copy, body, len);
+    copy[len] = '\0';
+    ev->data = arena_keep(ev, copy);
+    ev->data_len = len;
+}
+
+static int from_binary(const struct cloudevent_header *headers, size_t count, const void *body,
+                       size_t body_len, struct cloudevent *ev, char *errmsg, size_t errlen)
+{
+    int rc;
+    for (size_t i = 0; i < count; i++) {
+        const char *name = headers[i].name;
+        if (strncasecmp(name, "ce-", 3))
+            continue;
+        char lower[64];
+        size_t n = strlen(name + 3);
+        if (n == 0 || n >= sizeof(lower))
+            return fail(errmsg, errlen, "header '%.60s' is not a valid CloudEvents attribute",
+                        name);
+        for (size_t k = 0; k <= n; k++)
+            lower[k] = (char)tolower((unsigned char)name[3 + k]);
+        if (!known_slot(ev, lower) && !ext_name_valid(lower))
+            return fail(errmsg, errlen,
+                        "header '%.60s' is not valid: extension names are 1-20 lower-case "
+                        "letters or digits",
+                        name);
+        if (cloudevent_attr(ev, lower))
+            return fail(errmsg, errlen, "header '%.60s' is given twice: send it once", name);
+        bool ok;
+        char *value = percent_decode(headers[i].value, &ok);
+        arena_keep(ev, value);
+        if (!ok)
+            return fail(errmsg, errlen,
+                        "header '%.60s' has a bad percent-encoding: write %%XX with two hex "
+                        "digits",
+                        name);
+        if ((rc = attr_set(ev, arena_strdup(ev, lower), value, errmsg, errlen)) < 0)
+            return rc;
+    }
+    const char *ct = header_get(headers, count, "content-type");
+    if (ct && *ct && !ev->datacontenttype)
+        ev->datacontenttype = arena_strdup(ev, ct);
+    set_data(ev, body, body_len);
+    if (!ev->specversion)
+        return fail(errmsg, errlen,
+                    "missing required attribute 'specversion': set the ce-specversion header "
+                    "to 1.0");
+    static const char *const required[] = {"id", "source", "type"};
+    for (size_t i = 0; i < ARRAY_SIZE(required); i++)
+        if (!cloudevent_attr(ev, required[i]))
+            return fail(errmsg, errlen, "missing required attribute '%s': set the ce-%s header",
+                        required[i], required[i]);
+    return 0;
+}
+
+int cloudevent_from_http(const struct cloudevent_header *headers, size_t header_count,
+                         const void *body, size_t body_len, const char *default_source,
+                         struct cloudevent *out, char *errmsg, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    const char *ct = header_get(headers, header_count, "content-type");
+    int rc;
+    if (content_type_is(ct, "application/cloudevents+json")) {
+        json_error_t jerr;
+        json_t *obj = json_loadb(body, body_len, 0, &jerr);
+        if (!obj) {
+            rc = fail(errmsg, errlen, "the body is not valid JSON (line %d: %s)", jerr.line,
+                      jerr.text);
+            goto fail;
+        }
+        rc = cloudevent_from_json(obj, out, errmsg, errlen);
+        json_decref(obj);
+        return rc;
+    }
+    if (content_type_is(ct, "application/cloudevents-batch+json")) {
+        rc = fail(errmsg, errlen,
+                  "a batch was sent to the single-event endpoint: POST it to "
+                  "/v1/topics/TOPIC/events:batch");
+        goto fail;
+    }
+    bool binary = false;
+    for (size_t i = 0; i < header_count; i++)
+        if (!strncasecmp(headers[i].name, "ce-", 3))
+            binary = true;
+    if (binary) {
+        if ((rc = from_binary(headers, header_count, body, body_len, out, errmsg, errlen)) < 0)
+            goto fail;
+    } else {
+        char id[37];
+        uuid_generate_v4(id);
+        out->id = arena_strdup(out, id);
+        out->specversion = "1.0";
+        out->type = "skiff.event";
+        out->source =
+            arena_strdup(out, default_source && *default_source ? default_source : "/skiff");
+        if (ct && *ct)
+            out->datacontenttype = arena_strdup(out, ct);
+        set_data(out, body, body_len);
+    }
+    if (!out->time)
+        set_time_now(out);
+    if ((rc = cloudevent_validate(out, errmsg, errlen)) < 0)
+        goto fail;
+    return 0;
+fail:
+    cloudevent_free(out);
+    return rc;
+}
+
+int cloudevent_from_response(const struct cloudevent_header *headers, size_t header_count,
+                             const void *body, size_t body_len, struct cloudevent *out,
+                             char *errmsg, size_t errlen)
+{
+    if (!header_get(headers, header_count, "ce-specversion"))
+        return 0;
+    memset(out, 0, sizeof(*out));
+    int rc = from_binary(headers, header_count, body, body_len, out, errmsg, errlen);
+    if (rc == 0 && !out->time)
+        set_time_now(out);
+    if (rc == 0)
+        rc = cloudevent_validate(out, errmsg, errlen);
+    if (rc < 0) {
+        cloudevent_free(out);
+        return rc;
+    }
+    return 1;
+}
+
+/* ---- structured mode ---------------------------------------------------------------------- */
+
+static bool content_type_json(const char *ct)
+{
+    if (!ct)
+        return true; /* structured mode: no datacontenttype means application/json */
+    while (*ct == ' ')
+        ct++;
+    size_t n = strcspn(ct, ";");
+    while (n && ct[n - 1] == ' ')
+        n--;
+    if (n == 16 && !strncasecmp(ct, "application/json", 16))
+        return true;
+    if (n == 9 && !strncasecmp(ct, "text/json", 9))
+        return true;
+    return n > 5 && !strncasecmp(ct + n - 5, "+json", 5);
+}
+
+int cloudevent_from_json(json_t *obj, struct cloudevent *out, char *errmsg, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    int rc;
+    if (!json_is_object(obj)) {
+        rc = fail(errmsg, errlen, "a structured CloudEvent must be a JSON object");
+        goto fail;
+    }
+    const char *key;
+    json_t *value;
+    json_t *data = NULL, *data_b64 = NULL;
+    json_object_foreach(obj, key, value)
+    {
+        if (!strcmp(key, "data")) {
+            data = value;
+            continue;
+        }
+        if (!strcmp(key, "data_base64")) {
+            data_b64 = value;
+            continue;
+        }
+        const char *text;
+        char num[64];
+        if (json_is_string(value)) {
+            text = json_string_value(value);
+        } else if (json_is_integer(value)) {
+            snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(value));
+            text = num;
+        } else if (json_is_boolean(value)) {
+            text = json_is_true(value) ? "true" : "false";
+        } else if (json_is_null(value)) {
+            continue; /* an attribute set to null is absent */
+        } else {
+            rc = fail(errmsg, errlen,
+                      "attribute '%.40s' must be a string (or a number or boolean for "
+                      "extensions)",
+                      key);
+            goto fail;
+        }
+        if (known_slot(out, key) && !json_is_string(value)) {
+            rc = fail(errmsg, errlen, "attribute '%.40s' must be a string", key);
+            goto fail;
+        }
+        if (!known_slot(out, key) && !ext_name_valid(key)) {
+            rc = fail(errmsg, errlen,
+                      "attribute name '%.40s' is not valid: extension names are 1-20 "
+                      "lower-case letters or digits",
+                      key);
+            goto fail;
+        }
+        if ((rc = attr_set(out, arena_strdup(out, key), arena_strdup(out, text), errmsg, errlen)) <
+            0)
+            goto fail;
+    }
+    if (data && data_b64) {
+        rc = fail(errmsg, errlen, "both 'data' and 'data_base64' are set: send only one");
+        goto fail;
+    }
+    if (data_b64) {
+        if (!json_is_string(data_b64)) {
+            rc = fail(errmsg, errlen, "attribute 'data_base64' must be a base64 string");
+            goto fail;
+        }
+        const char *b64 = json_string_value(data_b64);
+        size_t n = strlen(b64), bin_len = 0;
+        unsigned char *bin = xmalloc(n + 1);
+        if (sodium_base642bin(bin, n + 1, b64, n, " \r\n", &bin_len, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) != 0) {
+            free(bin);
+            rc = fail(errmsg, errlen, "attribute 'data_base64' is not valid base64");
+            goto fail;
+        }
+        set_data(out, bin, bin_len);
+        free(bin);
+    } else if (data && !json_is_null(data)) {
+        if (json_is_string(data) && !content_type_json(out->datacontenttype)) {
+            set_data(out, json_string_value(data), json_string_length(data));
+        } else {
+            char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+            set_data(out, text, strlen(text));
+            free(text);
+            if (!out->datacontenttype)
+                out->datacontenttype = "application/json";
+        }
+    }
+    if (!out->specversion) {
+        rc = fail(errmsg, errlen,
+                  "missing required attribute 'specversion': add \"specversion\": \"1.0\"");
+        goto fail;
+    }
+    static const char *const required[] = {"id", "source", "type"};
+    for (size_t i = 0; i < ARRAY_SIZE(required); i++)
+        if (!cloudevent_attr(out, required[i])) {
+            rc = fail(errmsg, errlen, "missing required attribute '%s': add a \"%s\" member",
+                      required[i], required[i]);
+            goto fail;
+        }
+    if (!out->time)
+        set_time_now(out);
+    if ((rc = cloudevent_validate(out, errmsg, errlen)) < 0)
+        goto fail;
+    return 0;
+fail:
+    cloudevent_free(out);
+    return rc;
+}
+
+/* ---- the stored record -------------------------------------------------------------------- */
+
+static void put_u32le(struct buf *b, uint32_t v)
+{
+    unsigned char p[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    buf_append(b, p, 4);
+}
+
+static void put_attr(struct buf *b, const char *name, const char *value, int *count)
+{
+    if (!value)
+        return;
+    size_t n = strlen(name), v = strlen(value);
+    buf_putc(b, (char)n);
+    buf_append(b, name, n + 1);
+    put_u32le(b, (uint32_t)v);
+    buf_append(b, value, v + 1);
+    (*count)++;
+}
+
+void cloudevent_encode_record(const struct cloudevent *ev, struct buf *out)
+{
+    size_t start = out->len;
+    buf_append(out, "CE\x01", 3);
+    buf_putc(out, 0); /* the count, filled in below */
+    int count = 0;
+    put_attr(out, "id", ev->id, &count);
+    put_attr(out, "source", ev->source, &count);
+    put_attr(out, "type", ev->type, &count);
+    put_attr(out, "specversion", ev->specversion, &count);
+    put_attr(out, "subject", ev->subject, &count);
+    put_attr(out, "time", ev->time, &count);
+    put_attr(out, "datacontenttype", ev->datacontenttype, &count);
+    put_attr(out, "dataschema", ev->dataschema, &count);
+    for (size_t i = 0; i < ev->ext_count; i++)
+        put_attr(out, ev->ext[i].name, ev->ext[i].value, &count);
+    out->data[start + 3] = (char)count;
+    put_u32le(out, (uint32_t)ev->data_len);
+    if (ev->data_len)
+        buf_append(out, ev->data, ev->data_len);
+    buf_putc(out, '\0');
+}
+
+static uint32_t get_u32le(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int cloudevent_decode_record(const void *data, size_t len, struct cloudevent *out)
+{
+    memset(out, 0, sizeof(*out));
+    const unsigned char *p = data, *end = p + len;
+    if (len < 4 + 4 + 1 || memcmp(p, "CE\x01", 3))
+        return -EINVAL;
+    int count = p[3];
+    p += 4;
+    for (int i = 0; i < count; i++) {
+        if (end - p < 1)
+            goto bad;
+        size_t n = *p++;
+        if ((size_t)(end - p) < n + 1 + 4 || p[n] != '\0')
+            goto bad;
+        const char *name = (const char *)p;
+        p += n + 1;
+        size_t v = get_u32le(p);
+        p += 4;
+        if ((size_t)(end - p) < v + 1 || p[v] != '\0')
+            goto bad;
+        const char *value = (const char *)p;
+        p += v + 1;
+        if (attr_set(out, name, value, NULL, 0) < 0)
+            goto bad;
+    }
+    if (end - p < 5)
+        goto bad;
+    size_t dlen = get_u32le(p);
+    p += 4;
+    if ((size_t)(end - p) != dlen + 1 || p[dlen] != '\0')
+        goto bad;
+    out->data = dlen ? p : NULL;
+    out->data_len = dlen;
+    if (!out->id || !out->source || !out->type || !out->specversion)
+        goto bad;
+    return 0;
+bad:
+    memset(out, 0, sizeof(*out));
+    return -EINVAL;
+}
+
+/* ---- delivering and showing --------------------------------------------------------------- */
+
+/* Percent-encodes what the HTTP binding says must be: space, '"', '%', and every byte outside
+ * printable ASCII. */
+static char *percent_encode(const char *s)
+{
+    struct buf b = {0};
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p <= 0x20 || *p >= 0x7f || *p == '"' || *p == '%')
+            buf_printf(&b, "%%%02X", *p);
+        else
+            buf_putc(&b, (char)*p);
+    }
+    if (!b.data)
+        return xstrdup("");
+    return buf_steal(&b);
+}
+
+void cloudevent_http_headers(const struct cloudevent *ev,
+                             void (*emit)(void *arg, const char *name, const char *value),
+                             void *arg)
+{
+    const struct {
+        const char *header, *value;
+    } attrs[] = {{"ce-id", ev->id},
+                 {"ce-source", ev->source},
+                 {"ce-specversion", ev->specversion},
+                 {"ce-type", ev->type},
+                 {"ce-subject", ev->subject},
+                 {"ce-time", ev->time},
+                 {"ce-dataschema", ev->dataschema}};
+    for (size_t i = 0; i < ARRAY_SIZE(attrs); i++) {
+        if (!attrs[i].value)
+            continue;
+        char *v = percent_encode(attrs[i].value);
+        emit(arg, attrs[i].header, v);
+        free(v);
+    }
+    for (size_t i = 0; i < ev->ext_count; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "ce-%s", ev->ext[i].name);
+        char *v = percent_encode(ev->ext[i].value);
+        emit(arg, name, v);
+        free(v);
+    }
+    if (ev->datacontenttype)
+        emit(arg, "Content-Type", ev->datacontenttype);
+}
+
+json_t *cloudevent_to_json(const struct cloudevent *ev)
+{
+    json_t *o = json_object();
+    const char *names[] = {"specversion", "id",   "source",          "type",
+                           "subject",     "time", "datacontenttype", "dataschema"};
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        const char *v = cloudevent_attr(ev, names[i]);
+        if (v)
+            json_object_set_new(o, names[i], json_string(v));
+    }
+    for (size_t i = 0; i < ev->ext_count; i++)
+        json_object_set_new(o, ev->ext[i].name, json_string(ev->ext[i].value));
+    if (!ev->data || !ev->data_len)
+        return o;
+    if (ev->datacontenttype && content_type_json(ev->datacontenttype)) {
+        json_t *d = json_loadb(ev->data, ev->data_len, JSON_DECODE_ANY, NULL);
+        if (d) {
+            json_object_set_new(o, "data", d);
+            return o;
+        }
+    }
+    if (utf8_valid(ev->data, ev->data_len) && !memchr(ev->data, '\0', ev->data_len)) {
+        json_object_set_new(o, "data", json_stringn(ev->data, ev->data_len));
+        return o;
+    }
+    size_t b64_len = sodium_base64_ENCODED_LEN(ev->data_len, sodium_base64_VARIANT_ORIGINAL);
+    char *b64 = xmalloc(b64_len);
+    sodium_bin2base64(b64, b64_len, ev->data, ev->data_len, sodium_base64_VARIANT_ORIGINAL);
+    json_object_set_new(o, "data_base64", json_string(b64));
+    free(b64);
+    return o;
+}
