@@ -134,6 +134,31 @@ static int cli_option_set(const struct cli_command *cmd, const struct cli_option
     return 0;
 }
 
+/* The name of the n-th positional argument in the usage line ("NAME", "HOST"), so that a
+ * missing one can be named. */
+static void cli_usage_positional(const struct cli_command *cmd, int n, char *out, size_t size)
+{
+    snprintf(out, size, "argument");
+    const char *p = cmd->usage;
+    p += strcspn(p, " "); /* the command's own name */
+    while (*p) {
+        p += strspn(p, " ");
+        size_t len = strcspn(p, " ");
+        if (len && p[0] != '[' && p[0] != '-' && p[0] != '.') {
+            if (n-- == 0) {
+                snprintf(out, size, "%.*s", (int)len, p);
+                return;
+            }
+        } else if (len && p[0] == '-') {
+            /* "--token TOKEN": the value belongs to the option */
+            p += len;
+            p += strspn(p, " ");
+            len = strcspn(p, " ");
+        }
+        p += len;
+    }
+}
+
 int cli_parse_options(const struct cli_command *cmd, int argc, char **argv,
                       const struct cli_option *opts, struct cli_args *args, int min_args,
                       int max_args)
@@ -204,8 +229,11 @@ int cli_parse_options(const struct cli_command *cmd, int argc, char **argv,
         if (rc)
             return rc;
     }
-    if (args->count < min_args)
-        return cli_usage_error(cmd, "missing argument%s", min_args - args->count > 1 ? "s" : "");
+    if (args->count < min_args) {
+        char what[64];
+        cli_usage_positional(cmd, args->count, what, sizeof(what));
+        return cli_usage_error(cmd, "missing %s", what);
+    }
     if (max_args >= 0 && args->count > max_args)
         return cli_usage_error(cmd, "unexpected argument \"%s\"", args->items[max_args]);
     return CLI_CONTINUE;

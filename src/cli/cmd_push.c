@@ -84,14 +84,35 @@ struct cli_push_plan {
     long timeout_s;
 };
 
+static char *cli_router_url_from_info;
+static void cli_free_router_url(void)
+{
+    free(cli_router_url_from_info);
+}
+
 /* The port of the router, for the "running at" line; NULL when unknown. */
 static const char *cli_router_port(void)
 {
     const struct cli_target *t = cli_target();
-    if (!t || !t->router_url)
+    if (!t)
         return NULL;
-    const char *colon = strrchr(t->router_url, ':');
-    if (!colon || !colon[1] || colon < strstr(t->router_url, "://") + 3)
+    const char *url = t->router_url;
+    if (!url && !cli_router_url_from_info) {
+        /* Logged in by URL only: the API says where its router is. */
+        json_t *info = NULL;
+        if (cli_api("GET", "/v1/info", NULL, &info) == 0 && *cli_json_str(info, "router_url"))
+            cli_router_url_from_info = xstrdup(cli_json_str(info, "router_url"));
+        json_decref(info);
+        if (cli_router_url_from_info)
+            atexit(cli_free_router_url);
+    }
+    if (!url)
+        url = cli_router_url_from_info;
+    if (!url)
+        return NULL;
+    const char *colon = strrchr(url, ':');
+    const char *scheme = strstr(url, "://");
+    if (!colon || !colon[1] || !scheme || colon < scheme + 3)
         return NULL;
     return colon + 1;
 }
