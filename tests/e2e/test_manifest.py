@@ -1,0 +1,121 @@
+"""`skiff push -f manifest.yml`: broken manifests are refused before anything is sent, with an
+error that names the file, the line and the key; a good one sets every app up as it says."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import BIN_DIR, ROOT
+
+EXAMPLE = os.path.join(ROOT, "examples", "python-web")
+
+
+def skiff(home, *args):
+    env = dict(os.environ)
+    for k in ("SKIFF_API", "SKIFF_TOKEN"):
+        env.pop(k, None)
+    env.update({"HOME": home, "SKIFF_HOME": home})
+    return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=home)
+
+
+@pytest.fixture
+def home():
+    h = tempfile.mkdtemp(prefix="skiff-manifest-")
+    try:
+        yield h
+    finally:
+        shutil.rmtree(h, ignore_errors=True)
+
+
+BROKEN = [
+    ("applications:\n- name: shop\n  memory: 256M\n\n  instance: 2\n",
+     'line 5: unknown key "instance" (did you mean "instances"?)'),
+    ("applications:\n- name: shop\n  instances: three\n",
+     'line 3: "instances" must be a whole number of at least 0, not "three"'),
+    ("applications:\n- name: shop\n  memory: 256X\n",
+     'line 3: "memory" must be a size like 256M or 1G, not "256X"'),
+    ("applications:\n- name: shop\n  env: [A]\n",
+     'line 3: "env" must be a map of NAME: value, not a list'),
+    ("applications:\n- name: shop\n  no-route: perhaps\n",
+     'line 3: "no-route" must be true or false, not "perhaps"'),
+    ("applications:\n- name: shop\n  routes:\n  - route: a.localhost\n    port: 80\n",
+     'line 5: unknown key "port" in a route'),
+    ("applications:\n- path: .\n", 'line 2: an application needs a "name"'),
+    ("applications:\n- name: shop\n  buildpacks: python\n",
+     'line 3: "buildpacks" must be a list, not a single value'),
+    ("applications:\n- name: shop\n  health-check-type: tcp\n",
+     'line 3: "health-check-type" must be one of port, http, process, none, not "tcp"'),
+    ("applications:\n- name: shop\n  functions:\n  - name: f\n    handler: f.py:h\n"
+     "    events:\n    - topic: t\n      filtr: {type: x}\n",
+     'line 8: unknown key "filtr" (did you mean "filter"?)'),
+    ("applications:\n- name: shop\n  env: {A: b\n", "not valid YAML"),
+    ("apps:\n- name: shop\n", 'line 1: unknown key "apps"'),
+    ("", 'the manifest is empty'),
+]
+
+
+@pytest.mark.parametrize("text, message", BROKEN)
+def test_broken_manifest_names_key_and_line(home, text, message):
+    path = os.path.join(home, "manifest.yml")
+    with open(path, "w") as f:
+        f.write(text)
+    r = skiff(home, "push", "-f", path)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"{path} {message}" in r.stderr or (message in r.stderr and path in r.stderr), r.stderr
+    # nothing was attempted: no API is known here, and the CLI did not get as far as asking
+    assert "not logged in" not in r.stderr
+
+
+def test_manifest_found_in_current_folder(home):
+    with open(os.path.join(home, "manifest.yml"), "w") as f:
+        f.write("applications:\n- name: shop\n  instancs: 1\n")
+    r = skiff(home, "push")
+    assert r.returncode == 1
+    assert 'manifest.yml line 3: unknown key "instancs" (did you mean "instances"?)' in r.stderr
+
+
+def test_missing_manifest_file(home):
+    r = skiff(home, "push", "-f", os.path.join(home, "nope.yml"))
+    assert r.returncode == 1
+    assert "cannot read the manifest" in r.stderr and "nope.yml" in r.stderr
+
+
+def test_manifest_settings_reach_the_app(platform, tmp_path):
+    """path is relative to the manifest's folder; instances, memory, env, routes and command
+    become the app's settings; naming one app pushes only that one."""
+    shutil.copytree(EXAMPLE, tmp_path / "code" / "web")
+    manifest = tmp_path / "code" / "manifest.yml"
+    manifest.write_text(
+        "applications:\n"
+        "- name: mf-one\n"
+        "  path: web\n"
+        "  instances: 2\n"
+        "  memory: 64M\n"
+        "  env:\n"
+        "    GREETING: from-manifest\n"
+        "  routes:\n"
+        "  - route: mf-one.localhost\n"
+        "  - route: api.localhost/mf\n"
+        "- name: mf-two\n"
+        "  path: web\n"
+        "  no-route: true\n")
+    r = platform.cli("push", "mf-one", "-f", str(manifest))
+    assert r.returncode == 0, r.stdout + r.stderr
+    app = json.loads(platform.cli("app", "mf-one", "--json", check=True).stdout)
+    assert app["instances"] == 2
+    assert app["memory_mb"] == 64
+    assert app["env"]["GREETING"] == "from-manifest"
+    assert sorted(app["routes"]) == ["api.localhost/mf", "mf-one.localhost"]
+    running = [i for i in app["instances_detail"] if i["state"] == "RUNNING"]
+    assert len(running) == 2
+    names = [a["name"] for a in json.loads(platform.cli("apps", "--json", check=True).stdout)["apps"]]
+    assert "mf-two" not in names
+    # flags win over the manifest for the app they name
+    r = platform.cli("push", "mf-two", "-f", str(manifest), "-i", "1", "--no-start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    app = json.loads(platform.cli("app", "mf-two", "--json", check=True).stdout)
+    assert app["routes"] == [] and app["state"] == "STOPPED"
