@@ -1,0 +1,550 @@
+/* events: the publishing and reading side of the events API (docs/api.md, "Events").
+ *
+ * Owns the daemon's fabric ($SKIFF_HOME/fabric). Publishing answers 202 only from the
+ * fabric's durability callback, so a client that saw 202 knows its event survives a crash.
+ * Reading streams ndjson, and `follow=1` keeps the stream open, woken by the fabric's
+ * subscription the moment new events are durable (no polling). */
+#include "api/api.h"
+#include "api/core.h"
+#include "fabric/cloudevents.h"
+#include "fabric/fabric.h"
+#include "invoker/invoker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+
+/* A follower with this much unsent output stops reading until the client catches up. */
+#define TAIL_PENDING_MAX (4u << 20)
+#define TAIL_READ_RECORDS 1000
+#define TAIL_READ_BYTES (1u << 20)
+#define BATCH_MAX_EVENTS 10000
+
+struct tail {
+    struct tail *next, **prevp;
+    struct api_request *req;
+    char topic[FABRIC_TOPIC_MAX + 1];
+    uint64_t next_offset;
+    int64_t limit; /* events left to send; < 0: no limit */
+    bool follow;
+    bool throttled;
+    struct fabric_sub *sub;
+};
+
+static struct {
+    struct fabric *fabric;
+    struct api *api;
+    uv_loop_t *loop;
+    struct tail *tails;
+    uv_timer_t throttle_timer;
+    bool timer_open;
+    void (*stop_done)(void *arg);
+    void *stop_arg;
+} events;
+
+struct fabric *events_fabric(void)
+{
+    return events.fabric;
+}
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+static void respond_fabric_error(struct api_request *req, int rc)
+{
+    switch (rc) {
+    case -EMSGSIZE:
+        api_respond_error(req, 413, "too_large", "%s", fabric_strerror(rc));
+        break;
+    case -EINVAL:
+        api_respond_error(req, 400, "invalid_name", "%s", fabric_strerror(rc));
+        break;
+    case -ENOENT:
+        api_respond_error(req, 404, "not_found", "%s", fabric_strerror(rc));
+        break;
+    case -ECANCELED:
+    case -ENOSPC:
+        api_respond_error(req, 503, "unavailable", "%s", fabric_strerror(rc));
+        break;
+    default:
+        api_respond_error(req, 500, "internal", "%s", fabric_strerror(rc));
+    }
+}
+
+/* Topic names users may publish to; system topics (skiff.*) are written by the platform. */
+static const char *publish_topic(struct api_request *req)
+{
+    const char *topic = api_request_param(req, 0);
+    if (!topic || !api_name_valid(topic)) {
+        api_respond_error(req, 400, "invalid_name",
+                          "topic name '%.80s' is not valid: use 1-63 of a-z, 0-9 and '-', "
+                          "starting with a letter or digit",
+                          topic ? topic : "");
+        return NULL;
+    }
+    return topic;
+}
+
+static const char *read_topic(struct api_request *req)
+{
+    const char *topic = api_request_param(req, 0);
+    if (!topic || !fabric_name_valid(topic)) {
+        api_respond_error(req, 400, "invalid_name",
+                          "topic name '%.80s' is not valid: use a-z, 0-9, '-', '.' and '_', "
+                          "starting with a letter or digit",
+                          topic ? topic : "");
+        return NULL;
+    }
+    return topic;
+}
+
+/* The source given to events published without one: who published them. */
+static void caller_source(struct api_request *req, char *out, size_t size)
+{
+    const char *app = api_request_caller_app(req);
+    if (app)
+        snprintf(out, size, "/apps/%s", app);
+    else
+        snprintf(out, size, "/skiff/api");
+}
+
+/* ---- publishing one event ----------------------------------------------------------------- */
+
+struct publish {
+    struct api_request *req;
+    char *id;
+    /* batch: the ids, in order */
+    char **ids;
+    size_t count;
+};
+
+static void publish_free(struct publish *p)
+{
+    free(p->id);
+    for (size_t i = 0; i < p->count; i++)
+        free(p->ids[i]);
+    free(p->ids);
+    free(p);
+}
+
+static void on_published(void *arg, int status, uint64_t first, size_t count)
+{
+    struct publish *p = arg;
+    if (status < 0) {
+        respond_fabric_error(p->req, status);
+    } else if (p->ids) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < count; i++)
+            json_array_append_new(
+                list, json_pack("{s:s, s:I}", "id", p->ids[i], "offset", (json_int_t)(first + i)));
+        api_respond_json(p->req, 202,
+                         json_pack("{s:I, s:I, s:o}", "count", (json_int_t)count, "first_offset",
+                                   (json_int_t)first, "events", list));
+    } else {
+        api_respond_json(p->req, 202,
+                         json_pack("{s:s, s:I}", "id", p->id, "offset", (json_int_t)first));
+    }
+    publish_free(p);
+}
+
+struct header_vec {
+    struct cloudevent_header items[128];
+    size_t count;
+};
+
+static void collect_header(void *ctx, const char *name, const char *value)
+{
+    struct header_vec *v = ctx;
+    if (v->count < ARRAY_SIZE(v->items))
+        v->items[v->count++] = (struct cloudevent_header){name, value};
+}
+
+static void handle_publish(struct api_request *req, void *ctx)
+{
+    const char *topic = publish_topic(req);
+    if (!topic)
+        return;
+    struct header_vec headers = {0};
+    api_request_headers_each(req, collect_header, &headers);
+    size_t len = 0;
+    const char *body = api_request_body(req, &len);
+    char source[128], err[256];
+    caller_source(req, source, sizeof(source));
+    struct cloudevent ev;
+    int rc = cloudevent_from_http(headers.items, headers.count, body, len, source, &ev, err,
+                                  sizeof(err));
+    if (rc < 0) {
+        api_respond_error(req, 400, strstr(err, "JSON") ? "invalid_json" : "invalid_event", "%s",
+                          err);
+        return;
+    }
+    struct buf rec = {0};
+    cloudevent_encode_record(&ev, &rec);
+    struct publish *p = xcalloc(1, sizeof(*p));
+    p->req = req;
+    p->id = xstrdup(ev.id);
+    cloudevent_free(&ev);
+    struct fabric_blob blob = {rec.data, rec.len};
+    rc = fabric_append(events.fabric, topic, &blob, 1, on_published, p, NULL);
+    buf_free(&rec);
+    if (rc < 0) {
+        respond_fabric_error(req, rc);
+        publish_free(p);
+    }
+}
+
+/* ---- publishing a batch ------------------------------------------------------------------- */
+
+static void handle_publish_batch(struct api_request *req, void *ctx)
+{
+    const char *topic = publish_topic(req);
+    if (!topic)
+        return;
+    size_t len = 0;
+    const char *body = api_request_body(req, &len);
+    json_error_t jerr;
+    json_t *arr = json_loadb(body, len, 0, &jerr);
+    if (!arr) {
+        api_respond_error(req, 400, "invalid_json", "the body is not valid JSON (line %d: %s)",
+                          jerr.line, jerr.text);
+        return;
+    }
+    if (!json_is_array(arr) || json_array_size(arr) == 0 ||
+        json_array_size(arr) > BATCH_MAX_EVENTS) {
+        api_respond_error(req, 400, "invalid_value",
+                          "a batch is a JSON array of 1 to %d structured CloudEvents",
+                          BATCH_MAX_EVENTS);
+        json_decref(arr);
+        return;
+    }
+    size_t n = json_array_size(arr);
+    struct publish *p = xcalloc(1, sizeof(*p));
+    p->req = req;
+    p->ids = xcalloc(n, sizeof(*p->ids));
+    size_t *ends = xcalloc(n, sizeof(*ends));
+    struct fabric_blob *blobs = xcalloc(n, sizeof(*blobs));
+    struct buf recs = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct cloudevent ev;
+        char err[256];
+        if (cloudevent_from_json(json_array_get(arr, i), &ev, err, sizeof(err)) < 0) {
+            api_respond_error(req, 400, "invalid_event", "event %zu of the batch: %s", i, err);
+            rc = -EINVAL;
+            break;
+        }
+        p->ids[p->count++] = xstrdup(ev.id);
+        cloudevent_encode_record(&ev, &recs);
+        ends[i] = recs.len;
+        cloudevent_free(&ev);
+    }
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {
+            size_t start = i ? ends[i - 1] : 0;
+            blobs[i] = (struct fabric_blob){recs.data + start, ends[i] - start};
+        }
+        rc = fabric_append(events.fabric, topic, blobs, n, on_published, p, NULL);
+        if (rc < 0)
+            respond_fabric_error(req, rc);
+    }
+    if (rc < 0)
+        publish_free(p);
+    buf_free(&recs);
+    free(blobs);
+    free(ends);
+    json_decref(arr);
+}
+
+/* ---- listing topics ----------------------------------------------------------------------- */
+
+static void handle_topics(struct api_request *req, void *ctx)
+{
+    struct fabric_topic_info *list;
+    size_t n;
+    int rc = fabric_topics(events.fabric, &list, &n);
+    if (rc < 0) {
+        respond_fabric_error(req, rc);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_pack("{s:s, s:I, s:I, s:I}", "name", list[i].name, "events",
+                              (json_int_t)list[i].records, "bytes", (json_int_t)list[i].bytes,
+                              "first_offset", (json_int_t)list[i].first_offset);
+        json_object_set_new(t, "last_offset",
+                            list[i].records ? json_integer((json_int_t)list[i].end_offset - 1)
+                                            : json_null());
+        if (list[i].last_time_ms) {
+            char when[40];
+            time_format_rfc3339(list[i].last_time_ms, when, sizeof(when));
+            json_object_set_new(t, "last_event_at", json_string(when));
+        }
+        json_array_append_new(arr, t);
+    }
+    free(list);
+    api_respond_json(req, 200, json_pack("{s:o}", "topics", arr));
+}
+
+/* ---- reading and following ---------------------------------------------------------------- */
+
+static void tail_finish(struct tail *t)
+{
+    if (t->sub)
+        fabric_unsubscribe(t->sub);
+    *t->prevp = t->next;
+    if (t->next)
+        t->next->prevp = t->prevp;
+    api_stream_end(t->req);
+    free(t);
+}
+
+/* Sends what is durable from t->next_offset on; finishes a non-following read at the end. */
+static void tail_pump(struct tail *t)
+{
+    struct buf line = {0};
+    for (;;) {
+        if (api_request_aborted(t->req)) {
+            tail_finish(t);
+            goto out;
+        }
+        if (t->limit == 0) {
+            tail_finish(t);
+            goto out;
+        }
+        if (api_stream_pending(t->req) > TAIL_PENDING_MAX) {
+            t->throttled = true;
+            goto out;
+        }
+        size_t want = TAIL_READ_RECORDS;
+        if (t->limit > 0 && (int64_t)want > t->limit)
+            want = (size_t)t->limit;
+        struct fabric_batch b;
+        int rc = fabric_read(events.fabric, t->topic, t->next_offset, want, TAIL_READ_BYTES, &b);
+        if (rc == -ENOENT && t->follow)
+            goto out; /* not created yet: the subscription wakes us */
+        if (rc < 0 || b.count == 0) {
+            fabric_batch_free(&b);
+            if (rc < 0 || !t->follow)
+                tail_finish(t);
+            goto out;
+        }
+        buf_reset(&line);
+        for (size_t i = 0; i < b.count; i++) {
+            struct cloudevent ev;
+            json_t *j;
+            if (cloudevent_decode_record(b.records[i].data, b.records[i].len, &ev) == 0) {
+                j = cloudevent_to_json(&ev);
+            } else {
+                j = json_object(); /* written by something else than the publish API */
+                json_object_set_new(j, "data", json_stringn(b.records[i].data, b.records[i].len));
+            }
+            json_object_set_new(j, "offset", json_integer((json_int_t)b.records[i].offset));
+            char *text = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
+            json_decref(j);
+            if (text) {
+                buf_puts(&line, text);
+                buf_putc(&line, '\n');
+                free(text);
+            }
+        }
+        t->next_offset = b.next_offset;
+        if (t->limit > 0)
+            t->limit -= (int64_t)b.count;
+        fabric_batch_free(&b);
+        if (api_stream_write(t->req, line.data, line.len) < 0) {
+            tail_finish(t);
+            goto out;
+        }
+    }
+out:
+    buf_free(&line);
+}
+
+static void on_tail_notify(void *arg, const char *topic, uint64_t end)
+{
+    struct tail *t = arg;
+    if (!t->throttled)
+        tail_pump(t);
+}
+
+static void on_tail_abort(void *ctx)
+{
+    struct tail *t = ctx;
+    tail_finish(t);
+}
+
+static void on_throttle_timer(uv_timer_t *h)
+{
+    for (struct tail *t = events.tails, *next; t; t = next) {
+        next = t->next;
+        if (t->throttled && api_stream_pending(t->req) < TAIL_PENDING_MAX / 2) {
+            t->throttled = false;
+            tail_pump(t);
+        }
+    }
+}
+
+/* Where a read starts: "start", "end", an offset, an RFC 3339 time or a duration ago. */
+static int parse_from(struct api_request *req, const char *topic, const char *from, bool follow,
+                      uint64_t *out)
+{
+    struct fabric_topic_info info;
+    int rc = fabric_topic_info(events.fabric, topic, &info);
+    if (rc == -ENOENT) {
+        *out = 0; /* a topic made later starts at 0 */
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    if (!from || !*from)
+        from = follow ? "end" : "start";
+    if (!strcmp(from, "end")) {
+        *out = info.end_offset;
+        return 0;
+    }
+    if (!strcmp(from, "start") || !strcmp(from, "beginning")) {
+        *out = info.first_offset;
+        return 0;
+    }
+    bool is_offset = false;
+    int64_t time_ms = 0;
+    char err[256];
+    if (mapping_parse_since(from, time_now_ms(), &is_offset, out, &time_ms, err, sizeof(err)) < 0) {
+        api_respond_error(req, 400, "invalid_value",
+                          "from=%.60s is not understood: use start, end, an offset, an RFC 3339 "
+                          "time or a duration such as 10m",
+                          from);
+        return 1;
+    }
+    if (!is_offset)
+        return fabric_seek_time(events.fabric, topic, time_ms, out);
+    return 0;
+}
+
+static void handle_read(struct api_request *req, void *ctx)
+{
+    const char *topic = read_topic(req);
+    if (!topic)
+        return;
+    const char *follow_s = api_request_query(req, "follow");
+    bool follow = follow_s && strcmp(follow_s, "0") && strcmp(follow_s, "false");
+    int64_t limit = -1;
+    const char *limit_s = api_request_query(req, "limit");
+    if (limit_s) {
+        char *end;
+        long long v = strtoll(limit_s, &end, 10);
+        if (*end || v < 0) {
+            api_respond_error(req, 400, "invalid_value",
+                              "limit=%.40s is not a whole number of events", limit_s);
+            return;
+        }
+        limit = v;
+    }
+    struct fabric_topic_info info;
+    if (!follow && fabric_topic_info(events.fabric, topic, &info) == -ENOENT) {
+        api_respond_error(req, 404, "not_found",
+                          "topic '%s' not found: publish to it first, or see `skiff topics`",
+                          topic);
+        return;
+    }
+    uint64_t from = 0;
+    int rc = parse_from(req, topic, api_request_query(req, "from"), follow, &from);
+    if (rc == 1)
+        return; /* answered */
+    if (rc < 0) {
+        respond_fabric_error(req, rc);
+        return;
+    }
+    struct tail *t = xcalloc(1, sizeof(*t));
+    t->req = req;
+    snprintf(t->topic, sizeof(t->topic), "%s", topic);
+    t->next_offset = from;
+    t->limit = limit;
+    t->follow = follow;
+    t->next = events.tails;
+    if (t->next)
+        t->next->prevp = &t->next;
+    t->prevp = &events.tails;
+    events.tails = t;
+    api_stream_begin(req, 200, "application/x-ndjson");
+    if (follow && fabric_subscribe(events.fabric, topic, on_tail_notify, t, &t->sub) < 0) {
+        tail_finish(t);
+        return;
+    }
+    api_request_on_abort(req, on_tail_abort, t);
+    tail_pump(t);
+}
+
+/* ---- start and stop ----------------------------------------------------------------------- */
+
+int api_events_start(const struct api_services *svc, char *err, size_t errsize)
+{
+    memset(&events, 0, sizeof(events));
+    events.api = svc->api;
+    events.loop = svc->loop;
+    char *dir = xasprintf("%s/fabric", svc->home);
+    struct fabric_config cfg = {.dir = dir};
+    int rc = fabric_open(svc->loop, &cfg, &events.fabric, err, errsize);
+    free(dir);
+    if (rc < 0)
+        return rc;
+    uv_timer_init(svc->loop, &events.throttle_timer);
+    uv_timer_start(&events.throttle_timer, on_throttle_timer, 50, 50);
+    uv_unref((uv_handle_t *)&events.throttle_timer);
+    events.timer_open = true;
+
+    struct {
+        const char *method, *pattern;
+        int flags;
+        api_handler_fn fn;
+    } routes[] = {
+        {"POST", "/v1/topics/*/events", API_AUTH_INSTANCE, handle_publish},
+        {"POST", "/v1/topics/*/events:batch", API_AUTH_INSTANCE, handle_publish_batch},
+        {"GET", "/v1/topics", API_AUTH_ADMIN, handle_topics},
+        {"GET", "/v1/topics/*/events", API_AUTH_ADMIN, handle_read},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
+        rc = api_route_add(svc->api, routes[i].method, routes[i].pattern, routes[i].flags,
+                           routes[i].fn, NULL);
+        if (rc < 0) {
+            snprintf(err, errsize, "cannot add route %s %s", routes[i].method, routes[i].pattern);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    void (*done)(void *) = events.stop_done;
+    void *arg = events.stop_arg;
+    if (done)
+        done(arg);
+}
+
+static void on_fabric_closed(void *arg)
+{
+    events.fabric = NULL;
+    if (events.timer_open) {
+        events.timer_open = false;
+        uv_close((uv_handle_t *)&events.throttle_timer, on_timer_closed);
+    } else {
+        on_timer_closed(NULL);
+    }
+}
+
+void api_events_stop(void (*done)(void *arg), void *arg)
+{
+    events.stop_done = done;
+    events.stop_arg = arg;
+    while (events.tails)
+        tail_finish(events.tails);
+    if (events.fabric)
+        fabric_close(events.fabric, on_fabric_closed, NULL);
+    else
+        on_fabric_closed(NULL);
+}
