@@ -1,0 +1,502 @@
+/* Unit tests for executor/: real child processes on a libuv loop, every wait bounded. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+#include "executor/cgroup.h"
+#include "executor/executor.h"
+
+struct world {
+    uv_loop_t loop;
+    struct executor *ex;
+    char home[64];
+    struct buf out; /* "1:line\n" / "2:line\n" */
+    int running;    /* RUNNING reports */
+    int finals;     /* DOWN/CRASHED reports */
+    enum instance_state final_state;
+    struct instance_exit exit;
+    char reason[64];
+    bool shutdown_done;
+};
+
+static void on_output(void *ctx, struct instance *inst, int stream, const char *line, size_t len)
+{
+    struct world *w = ctx;
+    (void)inst;
+    buf_printf(&w->out, "%d:%.*s\n", stream, (int)len, line);
+}
+
+static void on_state(void *ctx, struct instance *inst, enum instance_state state,
+                     const struct instance_exit *exit)
+{
+    struct world *w = ctx;
+    (void)inst;
+    if (state == INSTANCE_RUNNING) {
+        w->running++;
+        return;
+    }
+    assert_true(state == INSTANCE_DOWN || state == INSTANCE_CRASHED);
+    assert_non_null(exit);
+    w->finals++;
+    w->final_state = state;
+    w->exit = *exit;
+    snprintf(w->reason, sizeof(w->reason), "%s", exit->reason);
+    w->exit.reason = w->reason;
+}
+
+static int setup(void **state)
+{
+    struct world *w = xcalloc(1, sizeof(*w));
+    uv_loop_init(&w->loop);
+    strcpy(w->home, "/tmp/skiff-exec-XXXXXX");
+    if (!mkdtemp(w->home))
+        return -1;
+    struct executor_config cfg = {
+        .home = w->home, .port_min = 20000, .port_max = 60000, .grace_ms = 500};
+    if (executor_new(&w->loop, &cfg, on_output, on_state, w, &w->ex) != 0)
+        return -1;
+    *state = w;
+    return 0;
+}
+
+static void shutdown_done(void *arg)
+{
+    ((struct world *)arg)->shutdown_done = true;
+}
+
+static void stop_loop(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+static void poke(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until cond(w) holds; fails the test at the deadline. */
+static void run_until(struct world *w, bool (*cond)(struct world *), int timeout_ms,
+                      const char *what)
+{
+    bool expired = false;
+    uv_timer_t deadline;
+    uv_timer_init(&w->loop, &deadline);
+    deadline.data = &expired;
+    uv_timer_start(&deadline, stop_loop, (uint64_t)timeout_ms, 0);
+    /* UV_RUN_ONCE may sleep until the next timer after running a callback that made cond
+     * true; a short repeating timer bounds that sleep so the check below comes promptly */
+    uv_timer_t poker;
+    uv_timer_init(&w->loop, &poker);
+    uv_timer_start(&poker, poke, 5, 5);
+    while (!cond(w) && !expired)
+        uv_run(&w->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&poker, NULL);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+    if (!cond(w))
+        fail_msg("timed out after %d ms waiting for %s; output so far:\n%s", timeout_ms, what,
+                 w->out.data ? w->out.data : "");
+}
+
+static bool has_final(struct world *w)
+{
+    return w->finals > 0;
+}
+static bool has_running(struct world *w)
+{
+    return w->running > 0 || w->finals > 0;
+}
+static bool is_shut_down(struct world *w)
+{
+    return w->shutdown_done;
+}
+
+static int teardown(void **state)
+{
+    struct world *w = *state;
+    executor_shutdown(w->ex, shutdown_done, w);
+    run_until(w, is_shut_down, 5000, "executor shutdown");
+    executor_free(w->ex);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w->loop), 0);
+    rm_rf(w->home);
+    buf_free(&w->out);
+    free(w);
+    return 0;
+}
+
+static struct instance *start(struct world *w, const char *command, char *const *env,
+                              enum health_check_type health, int port)
+{
+    static int counter;
+    char guid[64];
+    snprintf(guid, sizeof(guid), "test-%d-%d", (int)getpid(), ++counter);
+    struct instance_spec spec = {
+        .app_guid = "app-guid",
+        .app_name = "app",
+        .process_type = "web",
+        .index = 0,
+        .instance_guid = guid,
+        .app_dir = w->home,
+        .command = command,
+        .env = env,
+        .port = port,
+        .health = health,
+        .start_timeout_s = 10,
+    };
+    struct instance *inst = NULL;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    assert_non_null(inst);
+    assert_int_equal(instance_state(inst), INSTANCE_STARTING);
+    return inst;
+}
+
+static void test_captures_lines_and_exit_status(void **state)
+{
+    struct world *w = *state;
+    start(w, "echo hello; echo oops >&2; printf 'no newline'; exit 3", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_final, 5000, "exit");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_int_equal(w->exit.exit_status, 3);
+    assert_int_equal(w->exit.term_signal, 0);
+    assert_string_equal(w->exit.reason, "exited");
+    assert_non_null(strstr(w->out.data, "1:hello\n"));
+    assert_non_null(strstr(w->out.data, "2:oops\n"));
+    assert_non_null(strstr(w->out.data, "1:no newline\n"));
+}
+
+static void test_env_exactly_and_cwd(void **state)
+{
+    struct world *w = *state;
+    char *env[] = {"GREETING=hi there", "PORT=1234", NULL};
+    start(w, "echo \"g=$GREETING p=$PORT h=${HOME-unset}\"; pwd", env, HEALTH_PROCESS, 0);
+    run_until(w, has_final, 5000, "exit");
+    assert_int_equal(w->exit.exit_status, 0);
+    assert_non_null(strstr(w->out.data, "1:g=hi there p=1234 h=unset\n"));
+    char *line = xasprintf("1:%s\n", w->home);
+    assert_non_null(strstr(w->out.data, line));
+    free(line);
+}
+
+static void test_long_lines_are_split(void **state)
+{
+    struct world *w = *state;
+    /* 20000 characters without a newline arrive as bounded pieces */
+    start(w, "head -c 20000 /dev/zero | tr '\\0' x; echo; echo end", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_final, 5000, "exit");
+    size_t longest = 0, total_x = 0;
+    for (char *p = w->out.data; p && *p;) {
+        char *nl = strchr(p, '\n');
+        size_t n = (size_t)(nl - p);
+        if (n > longest)
+            longest = n;
+        for (size_t i = 0; i < n; i++)
+            total_x += p[i] == 'x';
+        p = nl + 1;
+    }
+    assert_true(longest <= 8192 + 2);
+    assert_int_equal(total_x, 20000);
+    assert_non_null(strstr(w->out.data, "1:end\n"));
+}
+
+static void test_reports_signal(void **state)
+{
+    struct world *w = *state;
+    start(w, "kill -9 $$", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_final, 5000, "exit");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_int_equal(w->exit.exit_status, -1);
+    assert_int_equal(w->exit.term_signal, SIGKILL);
+}
+
+static void test_stop_sends_term(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst =
+        start(w, "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.02; done",
+              NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_running, 5000, "running");
+    assert_int_equal(instance_state(inst), INSTANCE_RUNNING);
+    assert_true(instance_pid(inst) > 0);
+    executor_stop(inst);
+    assert_int_equal(instance_state(inst), INSTANCE_STOPPING);
+    executor_stop(inst); /* idempotent */
+    run_until(w, has_final, 5000, "stopped");
+    assert_int_equal(w->final_state, INSTANCE_DOWN);
+    assert_int_equal(w->exit.exit_status, 0);
+    assert_non_null(strstr(w->out.data, "1:got-term\n"));
+}
+
+static void test_stop_kills_after_grace(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst =
+        start(w, "trap '' TERM; while :; do sleep 0.02; done", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_running, 5000, "running");
+    executor_stop(inst);
+    run_until(w, has_final, 5000, "killed after the grace period");
+    assert_int_equal(w->final_state, INSTANCE_DOWN);
+    assert_int_equal(w->exit.term_signal, SIGKILL);
+}
+
+static const char http_server[] =
+    "exec python3 -c 'import http.server, os\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200 if self.path == \"/ok\" else 404)\n"
+    "        self.end_headers()\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.HTTPServer((\"127.0.0.1\", int(os.environ[\"PORT\"])), H).serve_forever()'";
+
+static void test_health_port_and_http_pass(void **state)
+{
+    struct world *w = *state;
+    for (int round = 0; round < 2; round++) {
+        int port = executor_port_allocate(w->ex);
+        assert_true(port > 0);
+        char portvar[32];
+        snprintf(portvar, sizeof(portvar), "PORT=%d", port);
+        char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+        struct instance_spec spec = {
+            .instance_guid = round ? "health-http" : "health-port",
+            .app_dir = w->home,
+            .command = http_server,
+            .env = env,
+            .port = port,
+            .health = round ? HEALTH_HTTP : HEALTH_PORT,
+            .health_endpoint = "/ok",
+            .start_timeout_s = 20,
+        };
+        struct instance *inst;
+        assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+        w->running = 0;
+        w->finals = 0;
+        run_until(w, has_running, 20000, "healthy");
+        assert_int_equal(w->finals, 0);
+        assert_int_equal(instance_state(inst), INSTANCE_RUNNING);
+        assert_int_equal(instance_port(inst), port);
+        executor_stop(inst);
+        run_until(w, has_final, 5000, "stopped");
+        assert_int_equal(w->final_state, INSTANCE_DOWN);
+    }
+}
+
+static void test_health_http_fail_hits_start_timeout(void **state)
+{
+    struct world *w = *state;
+    int port = executor_port_allocate(w->ex);
+    char portvar[32];
+    snprintf(portvar, sizeof(portvar), "PORT=%d", port);
+    char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+    struct instance_spec spec = {
+        .instance_guid = "health-404",
+        .app_dir = w->home,
+        .command = http_server,
+        .env = env,
+        .port = port,
+        .health = HEALTH_HTTP,
+        .health_endpoint = "/missing", /* answers 404: never healthy */
+        .start_timeout_s = 2,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_final, 10000, "start timeout");
+    assert_int_equal(w->running, 0);
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_string_equal(w->exit.reason, "start timeout");
+}
+
+static void test_start_timeout_port_never_opens(void **state)
+{
+    struct world *w = *state;
+    int port = executor_port_allocate(w->ex);
+    struct instance_spec spec = {
+        .instance_guid = "never-listens",
+        .app_dir = w->home,
+        .command = "sleep 30",
+        .port = port,
+        .health = HEALTH_PORT,
+        .start_timeout_s = 1,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_final, 10000, "start timeout");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_string_equal(w->exit.reason, "start timeout");
+    assert_int_equal(w->exit.term_signal, SIGKILL);
+}
+
+static void test_start_errors(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst = NULL;
+    struct instance_spec spec = {
+        .instance_guid = "bad", .app_dir = "/nonexistent/skiff", .command = "true"};
+    assert_int_equal(executor_start(w->ex, &spec, &inst), -ENOENT);
+    spec.app_dir = w->home;
+    spec.command = "";
+    assert_int_equal(executor_start(w->ex, &spec, &inst), -EINVAL);
+    assert_null(inst);
+}
+
+static void test_port_allocation_skips_busy_ports(void **state)
+{
+    struct world *w = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    assert_int_equal(listen(fd, 1), 0);
+    socklen_t alen = sizeof(addr);
+    getsockname(fd, (struct sockaddr *)&addr, &alen);
+    int busy = ntohs(addr.sin_port);
+
+    struct executor *ex;
+    struct executor_config cfg = {.home = w->home, .port_min = busy, .port_max = busy};
+    assert_int_equal(executor_new(&w->loop, &cfg, on_output, on_state, w, &ex), 0);
+    assert_int_equal(executor_port_allocate(ex), -EADDRNOTAVAIL); /* someone listens there */
+    close(fd);
+    assert_int_equal(executor_port_allocate(ex), busy);
+    assert_int_equal(executor_port_allocate(ex), -EADDRNOTAVAIL); /* handed out already */
+    executor_port_release(ex, busy);
+    assert_int_equal(executor_port_allocate(ex), busy);
+    executor_free(ex);
+}
+
+static void test_shutdown_stops_everything(void **state)
+{
+    struct world *w = *state;
+    start(w, "sleep 30", NULL, HEALTH_PROCESS, 0);
+    start(w, "sleep 30", NULL, HEALTH_PROCESS, 0);
+    executor_shutdown(w->ex, shutdown_done, w);
+    run_until(w, is_shut_down, 5000, "shutdown");
+    assert_int_equal(w->finals, 2);
+    assert_int_equal(w->final_state, INSTANCE_DOWN);
+}
+
+static struct instance *usage_probe;
+static bool has_memory_sample(struct world *w)
+{
+    (void)w;
+    uint64_t memory = 0;
+    instance_usage(usage_probe, NULL, &memory);
+    return memory > 0;
+}
+
+static void test_usage_is_measured(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst = start(w, "exec sleep 30", NULL, HEALTH_PROCESS, 0);
+    usage_probe = inst;
+    run_until(w, has_memory_sample, 5000, "a memory sample"); /* sampled every second */
+    double cpu = -1;
+    instance_usage(inst, &cpu, NULL);
+    assert_true(cpu >= 0 && cpu < 64);
+    executor_stop(inst);
+    run_until(w, has_final, 5000, "stopped");
+}
+
+/* How many processes run `sleep 37.5` (the fork test's marker). */
+static int count_marked_processes(void)
+{
+    DIR *d = opendir("/proc");
+    int count = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char path[300], cmd[64];
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(cmd, 1, sizeof(cmd) - 1, f);
+        fclose(f);
+        if (n == 11 && memcmp(cmd,
+                              "sleep\0"
+                              "37.5",
+                              10) == 0)
+            count++;
+    }
+    if (d)
+        closedir(d);
+    return count;
+}
+
+static void test_memory_limit_kills_a_hog(void **state)
+{
+    struct world *w = *state;
+    if (strcmp(cgroup_mode(), "none") == 0)
+        skip(); /* no usable cgroups on this machine: nothing enforces memory_mb */
+    char *env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+    struct instance_spec spec = {
+        .instance_guid = "memory-hog",
+        .app_dir = w->home,
+        .command = "exec python3 -c 'x = []\nwhile True: x.append(bytearray(8 << 20))'",
+        .env = env,
+        .memory_mb = 64,
+        .health = HEALTH_PROCESS,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_final, 20000, "the hog to be killed");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_string_equal(w->exit.reason, "out of memory");
+    assert_int_equal(w->exit.term_signal, SIGKILL);
+}
+
+static void test_pids_limit_contains_forks(void **state)
+{
+    struct world *w = *state;
+    if (strcmp(cgroup_mode(), "none") == 0)
+        skip();
+    struct instance_spec spec = {
+        .instance_guid = "fork-loop",
+        .app_dir = w->home,
+        .command = "i=0; while [ $i -lt 300 ]; do sleep 37.5 & i=$((i+1)); done; wait",
+        .pids_max = 16,
+        .health = HEALTH_PROCESS,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_final, 20000, "the fork loop to hit its limit");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    /* the shell could not fork past the limit, and nothing it started is left */
+    assert_non_null(strstr(w->out.data, "fork"));
+    assert_int_equal(count_marked_processes(), 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_captures_lines_and_exit_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_env_exactly_and_cwd, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_lines_are_split, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reports_signal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_sends_term, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_kills_after_grace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_health_port_and_http_pass, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_health_http_fail_hits_start_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_start_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_port_allocation_skips_busy_ports, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_stops_everything, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_usage_is_measured, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_limit_kills_a_hog, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pids_limit_contains_forks, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
