@@ -1,0 +1,177 @@
+"""The user sequence of the core issue, run for real with the skiff CLI against skiffd:
+push, apps, app, scale, logs, set-env + restart, stop/start/restage/delete, push -f a manifest,
+and an app that exits at once (shown crashed with its status, and restarted)."""
+import json
+import os
+import re
+import shutil
+import urllib.request
+
+from conftest import ROOT
+
+EXAMPLES = os.path.join(ROOT, "examples")
+PYTHON_WEB = os.path.join(EXAMPLES, "python-web")
+
+
+def get(url, host=None, timeout=5):
+    req = urllib.request.Request(url)
+    if host:
+        req.add_header("Host", host)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read().decode(errors="replace")
+
+
+def app_json(platform, name):
+    r = platform.cli("app", name, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def running(app):
+    return [i for i in app["instances_detail"]
+            if i["state"] == "RUNNING" and i.get("process_type", "web") == "web"]
+
+
+def out(r):
+    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+
+
+def test_user_sequence(platform):
+    # push: upload, staging output streamed, started, default route
+    r = platform.cli("push", "hello", "-p", PYTHON_WEB)
+    assert r.returncode == 0, out(r)
+    lines = r.stdout.splitlines()
+    staging = lines.index("Staging hello...")
+    staged = next(i for i, l in enumerate(lines) if l.startswith("Staged hello"))
+    assert staged > staging + 1, "no staging output between the start and end of staging:\n" + r.stdout
+    assert "Uploading" in r.stdout
+    assert "hello is running: 1 of 1 instances." in r.stdout
+    assert "hello.localhost" in r.stdout
+
+    # apps: name, state, instances running/desired, memory, routes
+    r = platform.cli("apps", check=True)
+    row = next(l for l in r.stdout.splitlines() if l.startswith("hello "))
+    cols = row.split()
+    assert cols[1:3] == ["STARTED", "1/1"], row
+    assert re.fullmatch(r"\d+[MG]", cols[3]), row
+    assert cols[-1] == "hello.localhost", row
+
+    # app: per instance index, state, since, cpu, memory, port
+    r = platform.cli("app", "hello", check=True)
+    header = next(l for l in r.stdout.splitlines() if l.startswith("index"))
+    assert header.split()[:7] == ["index", "type", "state", "since", "cpu", "memory", "port"]
+    inst_row = next(l for l in r.stdout.splitlines() if l.startswith("#0"))
+    assert "RUNNING" in inst_row
+    app = app_json(platform, "hello")
+    (inst,) = running(app)
+    assert inst["port"] > 0 and str(inst["port"]) in inst_row
+    assert inst["since"] and "cpu" in inst and "memory_bytes" in inst
+    status, _ = get(f"http://127.0.0.1:{inst['port']}/")
+    assert status == 200
+
+    # scale: 3 instances running, each with its own PORT
+    r = platform.cli("scale", "hello", "-i", "3")
+    assert r.returncode == 0, out(r)
+    assert "3 of 3 instances" in r.stdout
+    app = app_json(platform, "hello")
+    insts = running(app)
+    assert len(insts) == 3
+    ports = {i["port"] for i in insts}
+    assert len(ports) == 3
+    assert sorted(i["index"] for i in insts) == [0, 1, 2]
+    for p in ports:
+        assert get(f"http://127.0.0.1:{p}/")[0] == 200
+
+    # logs --recent: staging and app output, with their source tags
+    def recent_logs():
+        r = platform.cli("logs", "hello", "--recent")
+        assert r.returncode == 0, out(r)
+        return r.stdout if "[STG/0]" in r.stdout and "[APP/PROC/WEB/" in r.stdout else None
+    logs = platform.wait_for(recent_logs, timeout=10, what="[STG/0] and [APP/PROC/WEB/n] lines")
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z \[STG/0\] ", logs, re.M), logs
+
+    # set-env + restart: the app sees GREETING
+    r = platform.cli("set-env", "hello", "GREETING", "hi-from-e2e")
+    assert r.returncode == 0, out(r)
+    assert "skiff restart hello" in r.stdout
+    r = platform.cli("env", "hello", check=True)
+    assert "GREETING=hi-from-e2e" in r.stdout
+    r = platform.cli("restart", "hello")
+    assert r.returncode == 0, out(r)
+    app = app_json(platform, "hello")
+    insts = running(app)
+    assert len(insts) == 3
+    for i in insts:
+        status, body = get(f"http://127.0.0.1:{i['port']}/")
+        assert status == 200 and "hi-from-e2e" in body, body
+
+    # stop: nothing runs
+    r = platform.cli("stop", "hello")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: not running(app_json(platform, "hello")), timeout=20,
+                      what="hello to stop")
+    assert app_json(platform, "hello")["state"] == "STOPPED"
+
+    # start: back to 3 instances
+    r = platform.cli("start", "hello")
+    assert r.returncode == 0, out(r)
+    assert len(running(app_json(platform, "hello"))) == 3
+
+    # restage: staging output again, and still running
+    r = platform.cli("restage", "hello")
+    assert r.returncode == 0, out(r)
+    assert "Staging hello..." in r.stdout and "Staged hello" in r.stdout
+    assert len(running(app_json(platform, "hello"))) == 3
+
+    # delete: gone, with its routes
+    r = platform.cli("delete", "hello", "-f")
+    assert r.returncode == 0, out(r)
+    r = platform.cli("app", "hello")
+    assert r.returncode == 1 and 'app "hello" not found' in r.stderr
+    r = platform.cli("routes", "--json", check=True)
+    assert all(rt["app"] != "hello" for rt in json.loads(r.stdout)["routes"])
+
+
+def manifest_app_names(path):
+    """Names of the top-level entries ("- name: x" indented by at most two spaces)."""
+    names = []
+    for line in open(path):
+        m = re.match(r"^ {0,2}- +name: *['\"]?([a-z0-9-]+)", line)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
+def test_push_manifest_with_several_apps(platform):
+    manifest = os.path.join(EXAMPLES, "manifest.yml")
+    names = manifest_app_names(manifest)
+    assert len(names) >= 2, names
+    r = platform.cli("push", "-f", manifest, timeout=600)
+    assert r.returncode == 0, out(r)
+    apps = {a["name"]: a for a in json.loads(platform.cli("apps", "--json", check=True).stdout)["apps"]}
+    for name in names:
+        assert name in apps, (name, list(apps))
+        assert f"Staged {name}" in r.stdout
+        a = apps[name]
+        if a["state"] == "STARTED":
+            assert a["running"] == a["instances"], a
+
+
+def test_app_that_exits_at_once_is_crashed_and_restarted(platform, tmp_path):
+    code = tmp_path / "crashy"
+    shutil.copytree(PYTHON_WEB, code)
+    cmd = "python3 -c 'import sys; print(\"going down\", flush=True); sys.exit(3)'"
+    r = platform.cli("push", "crashy", "-p", str(code), "-c", cmd, "--timeout", "30")
+    assert r.returncode == 1, out(r)
+    assert "crashed" in r.stderr and "exit status 3" in r.stderr, r.stderr
+    assert "skiff logs crashy --recent" in r.stderr
+
+    def crashed_twice():
+        app = app_json(platform, "crashy")
+        return [i for i in app["instances_detail"] if i["crash_count"] >= 2]
+    (inst,) = platform.wait_for(crashed_twice, timeout=30, what="the instance to be restarted")
+    assert inst["exit_status"] == 3 or inst["state"] != "CRASHED"
+    r = platform.cli("app", "crashy", check=True)
+    assert "exit status 3" in r.stdout or "crashed" in r.stdout, r.stdout
+    logs = platform.cli("logs", "crashy", "--recent", check=True).stdout
+    assert re.search(r"\[APP/PROC/WEB/0\] OUT going down", logs), logs

@@ -1,0 +1,103 @@
+"""The route commands of the CLI (map-route, unmap-route, routes, domains, create-domain) and
+what they do to traffic through the router."""
+import json
+import os
+import urllib.error
+import urllib.request
+
+from conftest import ROOT
+
+PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
+
+
+def out(r):
+    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+
+
+def routes(platform):
+    r = platform.cli("routes", "--json", check=True)
+    return {(rt["host"], rt["path"]): rt["app"] for rt in json.loads(r.stdout)["routes"]}
+
+
+def through_router(platform, host, path="/"):
+    req = urllib.request.Request(platform.router_url + path, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def new_app(platform, name):
+    status, body = platform.api("POST", "/v1/apps", {"name": name, "no_route": True})
+    assert status == 201, body
+
+
+def test_map_unmap_and_list_routes(platform):
+    new_app(platform, "ra")
+    new_app(platform, "rb")
+    r = platform.cli("map-route", "ra", "ra.localhost")
+    assert r.returncode == 0, out(r)
+    assert "Mapped ra.localhost to ra." in r.stdout
+    r = platform.cli("map-route", "ra", "api.localhost", "--path", "/v1")
+    assert r.returncode == 0, out(r)
+    r = platform.cli("map-route", "rb", "api.localhost/v2")  # the path may be part of HOST
+    assert r.returncode == 0, out(r)
+    assert routes(platform) == {("ra.localhost", ""): "ra", ("api.localhost", "/v1"): "ra",
+                                ("api.localhost", "/v2"): "rb"}
+    r = platform.cli("routes", check=True)
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["host", "path", "app", "instances"]
+    assert any(l.split()[:3] == ["api.localhost", "/v1", "ra"] for l in lines), r.stdout
+    r = platform.cli("app", "ra", check=True)
+    assert "api.localhost/v1" in r.stdout
+
+    # taken by another app: the API's message, exit 1
+    r = platform.cli("map-route", "rb", "api.localhost", "--path", "/v1")
+    assert r.returncode == 1, out(r)
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip()) > len("error: ")
+    # a host outside every domain
+    r = platform.cli("map-route", "ra", "ra.example.invalid")
+    assert r.returncode == 1, out(r)
+
+    r = platform.cli("unmap-route", "ra", "api.localhost", "--path", "/v1")
+    assert r.returncode == 0, out(r)
+    assert ("api.localhost", "/v1") not in routes(platform)
+
+    # deleting an app unmaps its routes
+    platform.cli("delete", "rb", "-f", check=True)
+    assert all(app != "rb" for app in routes(platform).values())
+
+
+def test_domains(platform):
+    r = platform.cli("domains", check=True)
+    assert r.stdout.splitlines()[0].split() == ["name", "type"]
+    assert any(l.split() == ["localhost", "shared"] for l in r.stdout.splitlines())
+    r = platform.cli("create-domain", "example.test")
+    assert r.returncode == 0, out(r)
+    names = [d["name"] for d in json.loads(platform.cli("domains", "--json", check=True).stdout)["domains"]]
+    assert "example.test" in names
+    new_app(platform, "dom")
+    r = platform.cli("map-route", "dom", "dom.example.test")
+    assert r.returncode == 0, out(r)
+    r = platform.cli("create-domain", "example.test")
+    assert r.returncode == 1, out(r)
+
+
+def test_push_maps_default_route_unless_told_not_to(platform):
+    r = platform.cli("push", "web1", "-p", PYTHON_WEB)
+    assert r.returncode == 0, out(r)
+    assert routes(platform).get(("web1.localhost", "")) == "web1"
+    r = platform.cli("push", "web2", "-p", PYTHON_WEB, "--no-route", "--no-start")
+    assert r.returncode == 0, out(r)
+    assert all(app != "web2" for app in routes(platform).values())
+
+    # traffic reaches the app through the router, then stops when unmapped
+    platform.wait_for(lambda: through_router(platform, "web1.localhost")[0] == 200, timeout=10,
+                      what="web1.localhost to answer through the router")
+    platform.cli("map-route", "web1", "other.localhost", "--path", "/x", check=True)
+    platform.wait_for(lambda: through_router(platform, "OTHER.localhost:1234", "/x/y")[0] == 200,
+                      timeout=5, what="a new route to answer")
+    platform.cli("unmap-route", "web1", "other.localhost", "--path", "/x", check=True)
+    platform.wait_for(lambda: through_router(platform, "other.localhost", "/x/y")[0] == 404,
+                      timeout=5, what="an unmapped route to give 404")
