@@ -1,7 +1,135 @@
+/* skiff-router: the shared HTTP router. See router.h and src/router/README.md. */
+#include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-int main(void)
+#include "common/util.h"
+#include "router/router.h"
+
+static void usage(FILE *f)
 {
-    fputs("not built yet\n", stderr);
-    return 1;
+    fputs("usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
+          "                    [--workers N] [--index N] [--max-body-bytes N]\n"
+          "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
+          "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
+          "                    [--upstream-timeout-ms N] [--connect-timeout-ms N]\n"
+          "                    [--max-connections N]\n"
+          "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR, and\n"
+          "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
+          f);
+}
+
+/* Parses a non-negative number or fails with a message naming the option. */
+static int parse_number(const char *name, const char *text, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-') {
+        fprintf(stderr, "skiff-router: %s must be a non-negative number, not \"%s\"\n", name, text);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+struct numeric_option {
+    const char *flag; /* without -- */
+    const char *env;
+    int kind; /* 0 int, 1 size_t, 2 uint64 */
+    size_t offset;
+};
+
+#define OPT(flag, env, kind, field)                                                                \
+    {                                                                                              \
+        flag, env, kind, offsetof(struct router_config, field)                                     \
+    }
+static const struct numeric_option numeric_options[] = {
+    OPT("workers", "SKIFF_ROUTER_WORKERS", 0, workers),
+    OPT("index", "SKIFF_ROUTER_INDEX", 0, router_index),
+    OPT("max-body-bytes", "SKIFF_ROUTER_MAX_BODY_BYTES", 2, max_body_bytes),
+    OPT("max-header-bytes", "SKIFF_ROUTER_MAX_HEADER_BYTES", 1, max_header_bytes),
+    OPT("max-headers", "SKIFF_ROUTER_MAX_HEADERS", 1, max_headers),
+    OPT("max-url-bytes", "SKIFF_ROUTER_MAX_URL_BYTES", 1, max_url_bytes),
+    OPT("header-timeout-ms", "SKIFF_ROUTER_HEADER_TIMEOUT_MS", 0, header_timeout_ms),
+    OPT("idle-timeout-ms", "SKIFF_ROUTER_IDLE_TIMEOUT_MS", 0, idle_timeout_ms),
+    OPT("upstream-timeout-ms", "SKIFF_ROUTER_UPSTREAM_TIMEOUT_MS", 0, upstream_timeout_ms),
+    OPT("connect-timeout-ms", "SKIFF_ROUTER_CONNECT_TIMEOUT_MS", 0, connect_timeout_ms),
+    OPT("max-connections", "SKIFF_ROUTER_MAX_CONNECTIONS", 0, max_connections),
+};
+
+static int set_numeric(struct router_config *cfg, const struct numeric_option *o, const char *v)
+{
+    uint64_t n;
+    if (parse_number(o->flag, v, &n) < 0)
+        return -EINVAL;
+    char *field = (char *)cfg + o->offset;
+    if (o->kind != 2 && n > 0x7fffffff) {
+        fprintf(stderr, "skiff-router: %s is too large\n", o->flag);
+        return -EINVAL;
+    }
+    if (o->kind == 0)
+        *(int *)field = (int)n;
+    else if (o->kind == 1)
+        *(size_t *)field = (size_t)n;
+    else
+        *(uint64_t *)field = n;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct router_config cfg;
+    router_config_defaults(&cfg);
+    const char *home = getenv("SKIFF_HOME");
+    if (getenv("SKIFF_ROUTER_ADDR"))
+        cfg.addr = getenv("SKIFF_ROUTER_ADDR");
+    cfg.admin_addr = getenv("SKIFF_ROUTER_ADMIN_ADDR");
+    for (size_t i = 0; i < ARRAY_SIZE(numeric_options); i++) {
+        const char *v = getenv(numeric_options[i].env);
+        if (v && *v && set_numeric(&cfg, &numeric_options[i], v) < 0)
+            return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strncmp(a, "--", 2) != 0 || i + 1 >= argc) {
+            fprintf(stderr,
+                    "skiff-router: unexpected argument \"%s\" (every option takes a "
+                    "value)\n",
+                    a);
+            usage(stderr);
+            return 2;
+        }
+        const char *name = a + 2, *v = argv[++i];
+        if (strcmp(name, "home") == 0)
+            home = v;
+        else if (strcmp(name, "addr") == 0)
+            cfg.addr = v;
+        else if (strcmp(name, "admin-addr") == 0)
+            cfg.admin_addr = v;
+        else {
+            const struct numeric_option *o = NULL;
+            for (size_t k = 0; k < ARRAY_SIZE(numeric_options); k++)
+                if (strcmp(numeric_options[k].flag, name) == 0)
+                    o = &numeric_options[k];
+            if (!o) {
+                fprintf(stderr, "skiff-router: unknown option --%s\n", name);
+                usage(stderr);
+                return 2;
+            }
+            if (set_numeric(&cfg, o, v) < 0)
+                return 2;
+        }
+    }
+    char *home_owned = path_expand_home(home && *home ? home : "~/.skiff");
+    cfg.home = home_owned;
+    int r = router_run(&cfg);
+    free(home_owned);
+    return r < 0 ? 1 : 0;
 }

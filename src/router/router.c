@@ -1,0 +1,87 @@
+/* router_run: wires the workers, the bus client and the admin port, and shuts down cleanly. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "router/route_table.h"
+#include "router/router_internal.h"
+
+void router_config_defaults(struct router_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->addr = "127.0.0.1:8080";
+    cfg->workers = 0;
+    cfg->max_body_bytes = 0;
+    cfg->max_header_bytes = 32 * 1024;
+    cfg->max_headers = 100;
+    cfg->max_url_bytes = 8 * 1024;
+    cfg->header_timeout_ms = 10 * 1000;
+    cfg->idle_timeout_ms = 75 * 1000;
+    cfg->upstream_timeout_ms = 60 * 1000;
+    cfg->connect_timeout_ms = 5 * 1000;
+    cfg->max_connections = 50000;
+    cfg->upstream_idle_max = 128;
+    cfg->upstream_idle_timeout_ms = 30 * 1000;
+}
+
+static uv_signal_t sig_term, sig_int;
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    uv_signal_stop(&sig_term);
+    uv_signal_stop(&sig_int);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    router_admin_stop();
+    router_bus_stop();
+}
+
+int router_run(const struct router_config *cfg)
+{
+    signal(SIGPIPE, SIG_IGN);
+    char *run_dir = xasprintf("%s/run", cfg->home);
+    char *pid_path = xasprintf("%s/router.pid", run_dir);
+    int r = mkdir_p(run_dir, 0755);
+    if (r < 0) {
+        fprintf(stderr, "skiff-router: cannot create %s: %s\n", run_dir, strerror(-r));
+        goto out;
+    }
+    router_bus_load_saved(cfg);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    r = router_proxy_start(cfg);
+    if (r < 0)
+        goto out_loop;
+    r = router_admin_start(&loop, cfg);
+    if (r < 0) {
+        router_proxy_stop();
+        goto out_loop;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+    file_write_atomic(pid_path, pid, (size_t)n, 0644);
+    router_bus_start(&loop, cfg);
+    uv_signal_init(&loop, &sig_term);
+    uv_signal_init(&loop, &sig_int);
+    uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_stop_signal, SIGINT);
+    fprintf(stderr, "skiff-router: listening on %s (admin %s)\n", cfg->addr,
+            cfg->admin_addr && cfg->admin_addr[0] ? cfg->admin_addr : "off");
+    uv_run(&loop, UV_RUN_DEFAULT);
+    router_proxy_stop();
+    unlink(pid_path);
+    r = 0;
+out_loop:
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    router_bus_free();
+out:
+    route_table_clear_current();
+    free(run_dir);
+    free(pid_path);
+    return r;
+}

@@ -1,0 +1,264 @@
+/* The router's side of the bus (docs/bus.md): a Unix socket client on the main loop that
+ * receives route tables and sends hello and access lines; it reconnects every 100 ms-1 s
+ * while skiffd is away, and the last table is saved so a restarted router serves at once. */
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+#include "router/route_table.h"
+#include "router/router_internal.h"
+
+#define BUS_MAX_LINE (64u * 1024 * 1024)  /* a routes message for a very large platform */
+#define BUS_MAX_QUEUED (4u * 1024 * 1024) /* access lines waiting to be sent */
+
+static struct {
+    uv_loop_t *loop;
+    const struct router_config *cfg;
+    char *sock_path;
+    char *saved_path;
+    uv_pipe_t pipe;
+    bool pipe_open;
+    bool connected; /* atomic: read by workers */
+    bool stopping;
+    uv_connect_t connect_req;
+    uv_timer_t retry;
+    int retry_ms;
+    struct buf in;
+    uv_async_t wake;
+    pthread_mutex_t lock;
+    struct buf queue; /* access lines (JSON, one a line) written by workers */
+    uint64_t dropped; /* atomic */
+} bus = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+bool router_bus_connected(void)
+{
+    return __atomic_load_n(&bus.connected, __ATOMIC_RELAXED);
+}
+uint64_t router_bus_access_dropped(void)
+{
+    return __atomic_load_n(&bus.dropped, __ATOMIC_RELAXED);
+}
+
+static void bus_schedule_retry(void);
+
+static void on_bus_write(uv_write_t *req, int status)
+{
+    free(req->data);
+    free(req);
+}
+
+static void bus_send(char *owned, size_t len)
+{
+    if (!bus.pipe_open || !bus.connected) {
+        free(owned);
+        return;
+    }
+    uv_write_t *req = xmalloc(sizeof(*req));
+    req->data = owned;
+    uv_buf_t b = uv_buf_init(owned, (unsigned)len);
+    if (uv_write(req, (uv_stream_t *)&bus.pipe, &b, 1, on_bus_write) < 0) {
+        free(owned);
+        free(req);
+    }
+}
+
+void router_bus_access(const char *app_guid, const char *line, size_t len)
+{
+    json_t *o = json_pack("{s:s, s:s, s:i, s:s%}", "type", "access", "app_guid", app_guid,
+                          "router_index", bus.cfg ? bus.cfg->router_index : 0, "line", line, len);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text) {
+        __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    bool queued = false;
+    pthread_mutex_lock(&bus.lock);
+    if (bus.queue.len < BUS_MAX_QUEUED) {
+        buf_puts(&bus.queue, text);
+        buf_putc(&bus.queue, '\n');
+        queued = true;
+    }
+    pthread_mutex_unlock(&bus.lock);
+    free(text);
+    if (queued)
+        uv_async_send(&bus.wake);
+    else
+        __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
+}
+
+static void on_bus_wake(uv_async_t *a)
+{
+    pthread_mutex_lock(&bus.lock);
+    size_t len = bus.queue.len;
+    char *data = len ? buf_steal(&bus.queue) : NULL;
+    pthread_mutex_unlock(&bus.lock);
+    if (data)
+        bus_send(data, len);
+}
+
+static void bus_apply_routes(const char *line, size_t len, bool save)
+{
+    char err[256];
+    int skipped = 0;
+    struct route_table *t;
+    if (route_table_parse(line, len, &t, err, sizeof(err), &skipped) < 0) {
+        fprintf(stderr, "skiff-router: ignoring a routes message: %s\n", err);
+        return;
+    }
+    if (skipped)
+        fprintf(stderr, "skiff-router: %d invalid route(s) or backend(s) skipped in version %lld\n",
+                skipped, (long long)route_table_version(t));
+    route_table_publish(t);
+    if (save) {
+        int r = file_write_atomic(bus.saved_path, line, len, 0600);
+        if (r < 0)
+            fprintf(stderr, "skiff-router: cannot save %s: %s\n", bus.saved_path, strerror(-r));
+    }
+}
+
+static void bus_handle_line(const char *line, size_t len)
+{
+    /* only routes messages come this way; a cheap check avoids parsing anything else twice */
+    json_error_t jerr;
+    json_t *o = json_loadb(line, len, 0, &jerr);
+    const char *type = json_string_value(json_object_get(o, "type"));
+    bool routes = type && strcmp(type, "routes") == 0;
+    json_decref(o);
+    if (routes)
+        bus_apply_routes(line, len, true);
+}
+
+static void on_pipe_closed(uv_handle_t *h)
+{
+    bus.pipe_open = false;
+    if (!bus.stopping)
+        bus_schedule_retry();
+}
+
+static void bus_disconnect(void)
+{
+    __atomic_store_n(&bus.connected, false, __ATOMIC_RELAXED);
+    bus.in.len = 0;
+    if (bus.pipe_open && !uv_is_closing((uv_handle_t *)&bus.pipe))
+        uv_close((uv_handle_t *)&bus.pipe, on_pipe_closed);
+}
+
+static void on_bus_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    buf_reserve(&bus.in, 64 * 1024);
+    b->base = bus.in.data + bus.in.len;
+    b->len = bus.in.cap - bus.in.len - 1;
+}
+
+static void on_bus_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    if (nread < 0) {
+        fprintf(stderr, "skiff-router: bus closed (%s); serving the last route table\n",
+                uv_strerror((int)nread));
+        bus_disconnect();
+        return;
+    }
+    bus.in.len += (size_t)nread;
+    bus.in.data[bus.in.len] = '\0';
+    size_t start = 0;
+    for (;;) {
+        char *nl = memchr(bus.in.data + start, '\n', bus.in.len - start);
+        if (!nl)
+            break;
+        size_t n = (size_t)(nl - (bus.in.data + start));
+        if (n)
+            bus_handle_line(bus.in.data + start, n);
+        start += n + 1;
+    }
+    buf_consume(&bus.in, start);
+    if (bus.in.len > BUS_MAX_LINE) {
+        fprintf(stderr, "skiff-router: a bus message is over %u bytes; reconnecting\n",
+                BUS_MAX_LINE);
+        bus_disconnect();
+    }
+}
+
+static void on_bus_connect(uv_connect_t *req, int status)
+{
+    if (status < 0) {
+        bus_disconnect();
+        return;
+    }
+    bus.retry_ms = 100;
+    __atomic_store_n(&bus.connected, true, __ATOMIC_RELAXED);
+    char *hello = xasprintf("{\"type\":\"hello\",\"pid\":%d,\"router_index\":%d}\n", (int)getpid(),
+                            bus.cfg->router_index);
+    bus_send(hello, strlen(hello));
+    uv_read_start((uv_stream_t *)&bus.pipe, on_bus_alloc, on_bus_read);
+}
+
+static void bus_connect(uv_timer_t *t)
+{
+    if (bus.stopping || bus.pipe_open)
+        return;
+    uv_pipe_init(bus.loop, &bus.pipe, 0);
+    bus.pipe_open = true;
+    uv_pipe_connect(&bus.connect_req, &bus.pipe, bus.sock_path, on_bus_connect);
+}
+
+static void bus_schedule_retry(void)
+{
+    uv_timer_start(&bus.retry, bus_connect, (uint64_t)bus.retry_ms, 0);
+    bus.retry_ms = bus.retry_ms * 2 > 1000 ? 1000 : bus.retry_ms * 2;
+}
+
+void router_bus_load_saved(const struct router_config *cfg)
+{
+    char *path = xasprintf("%s/run/routes.json", cfg->home);
+    char *data = NULL;
+    size_t len = 0;
+    if (file_read(path, &data, &len) == 0) {
+        char err[256];
+        struct route_table *t;
+        if (route_table_parse(data, len, &t, err, sizeof(err), NULL) == 0)
+            route_table_publish(t);
+        else
+            fprintf(stderr, "skiff-router: ignoring %s: %s\n", path, err);
+    }
+    free(data);
+    free(path);
+}
+
+int router_bus_start(uv_loop_t *loop, const struct router_config *cfg)
+{
+    bus.loop = loop;
+    bus.cfg = cfg;
+    bus.sock_path = xasprintf("%s/run/bus.sock", cfg->home);
+    bus.saved_path = xasprintf("%s/run/routes.json", cfg->home);
+    bus.retry_ms = 100;
+    uv_timer_init(loop, &bus.retry);
+    uv_async_init(loop, &bus.wake, on_bus_wake);
+    bus_connect(&bus.retry);
+    return 0;
+}
+
+void router_bus_stop(void)
+{
+    bus.stopping = true;
+    __atomic_store_n(&bus.connected, false, __ATOMIC_RELAXED);
+    uv_close((uv_handle_t *)&bus.retry, NULL);
+    uv_close((uv_handle_t *)&bus.wake, NULL);
+    if (bus.pipe_open && !uv_is_closing((uv_handle_t *)&bus.pipe))
+        uv_close((uv_handle_t *)&bus.pipe, NULL);
+}
+
+void router_bus_free(void)
+{
+    buf_free(&bus.in);
+    buf_free(&bus.queue);
+    free(bus.sock_path);
+    free(bus.saved_path);
+    bus.sock_path = bus.saved_path = NULL;
+}

@@ -1,0 +1,61 @@
+/* Internal interfaces between the router's own files (proxy workers, bus client, admin).
+ * Nothing outside src/router/ includes this. */
+#ifndef SKIFF_ROUTER_INTERNAL_H
+#define SKIFF_ROUTER_INTERNAL_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "router/router.h"
+
+/* Latency histogram bounds in microseconds (Prometheus buckets, seconds in the output). */
+#define ROUTER_LATENCY_BUCKETS 12
+extern const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS];
+
+/* Counters of one worker. Each is written by its worker only (single writer, relaxed atomic
+ * stores) and read by the admin thread with relaxed atomic loads. */
+struct router_metrics {
+    uint64_t requests_by_class[6]; /* [1] = 1xx ... [5] = 5xx */
+    uint64_t latency_buckets[ROUTER_LATENCY_BUCKETS + 1];
+    uint64_t latency_sum_us;
+    uint64_t connections_open;
+    uint64_t connections_total;
+    uint64_t connections_refused; /* over the connection cap */
+    uint64_t upstream_connects;
+    uint64_t upstream_reused;
+    uint64_t upstream_connect_failures;
+    uint64_t upstream_retries;
+    uint64_t bad_requests; /* rejected by the parser or the limits */
+    uint64_t timeouts;
+    uint64_t bytes_to_clients;
+};
+
+#define ROUTER_METRIC_ADD(field, n)                                                                \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+
+/* Starts the workers (threads). Returns 0 or a negative code with a message on stderr. */
+int router_proxy_start(const struct router_config *cfg);
+/* Asks every worker to stop, waits for them and frees them. */
+void router_proxy_stop(void);
+/* Sums the counters of every worker into *out. */
+void router_proxy_metrics(struct router_metrics *out);
+
+/* Bus client on the main loop (router_bus.c). */
+int router_bus_start(uv_loop_t *loop, const struct router_config *cfg);
+void router_bus_stop(void);
+/* Frees what the bus client holds, after its loop has run its close callbacks. */
+void router_bus_free(void);
+/* Called by workers for each proxied request of a known app; thread-safe, never blocks for
+ * long, drops the line (counted) when skiffd is not connected or the queue is full. */
+void router_bus_access(const char *app_guid, const char *line, size_t len);
+uint64_t router_bus_access_dropped(void);
+bool router_bus_connected(void);
+/* Loads $SKIFF_HOME/run/routes.json into the current table, if present and valid. */
+void router_bus_load_saved(const struct router_config *cfg);
+
+/* Admin server on the main loop (router_admin.c). */
+int router_admin_start(uv_loop_t *loop, const struct router_config *cfg);
+void router_admin_stop(void);
+void router_admin_format_metrics(struct buf *out);
+
+#endif

@@ -1,0 +1,1786 @@
+/* The proxy: one libuv loop per worker thread, each with its own SO_REUSEPORT listener.
+ *
+ * A client connection parses requests with llhttp. At the end of a request head the parser
+ * is paused, the route is looked up and a backend connection is taken from the worker's pool
+ * (or connected); then the head is written and the body streams through. At the end of the
+ * request the parser is paused again until the response has been forwarded, so pipelined
+ * requests are answered in order and unread bytes stay bounded (reading stops meanwhile).
+ *
+ * Bytes move without copies where possible: pieces to write are gathered (pointers into the
+ * read buffer plus small framing kept in a scratch buffer) and written with one writev via
+ * uv_try_write; only what the socket does not take at once is copied into a write request.
+ * When a side's write queue passes ROUTER_HIGH_WATER the other side stops reading until it
+ * drains, so a body of any size streams in bounded memory. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+#include "router/route_table.h"
+#include "router/router_internal.h"
+
+#define ROUTER_HIGH_WATER (256 * 1024)
+#define ROUTER_LOW_WATER (64 * 1024)
+#define ROUTER_READ_BUF (64 * 1024)
+#define ROUTER_MAX_ATTEMPTS 3
+#define ROUTER_RESPONSE_HEADER_BYTES (64 * 1024)
+#define ROUTER_RESPONSE_HEADERS 256
+#define OUTQ_PIECES 48
+
+const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000, 30000000};
+
+/* ---- types ------------------------------------------------------------------------------ */
+
+struct worker;
+struct exchange;
+
+/* Bytes waiting to be written to one stream: pieces that point either into memory valid
+ * until the current callback returns (ptr != NULL) or into `scratch` (by offset). */
+struct outq {
+    struct buf scratch;
+    struct {
+        const char *ptr;
+        size_t off;
+        size_t len;
+    } pieces[OUTQ_PIECES];
+    unsigned count;
+};
+
+enum peer_kind { PEER_CLIENT = 1, PEER_UPSTREAM };
+
+/* What clients and backend connections share: first member of both. */
+struct peer {
+    uv_tcp_t tcp;
+    struct outq out;
+    struct worker *w;
+    enum peer_kind kind;
+    bool reading;
+    bool throttled; /* reading stopped because the other side's writes are backed up */
+    bool closing;
+    int write_error;
+};
+
+struct write_req {
+    uv_write_t req;
+    struct peer *peer;
+    char data[];
+};
+
+struct headers {
+    struct buf raw;
+    struct hdr_ix {
+        uint32_t name_off, name_len, value_off, value_len;
+    } * ix;
+    uint32_t count, cap;
+    uint8_t last; /* 0 nothing yet, 1 in a name, 2 in a value */
+};
+
+enum client_state {
+    C_HEAD,          /* reading a request head (or idle between requests) */
+    C_WAIT_UPSTREAM, /* head read, waiting for a backend connection; not reading */
+    C_BODY,          /* streaming the request body to the backend */
+    C_WAIT_RESPONSE, /* request done, response in progress; not reading */
+    C_TUNNEL,        /* after 101 Switching Protocols: bytes both ways */
+};
+
+enum deadline_kind { D_NONE, D_IDLE, D_HEADER, D_CONNECT, D_ACTIVE, D_TUNNEL, D_CLOSING };
+
+enum pause_reason { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
+
+struct client {
+    struct peer p;
+    uv_timer_t timer;
+    llhttp_t parser;
+    struct client *prev, *next;
+    struct exchange *x;
+    struct buf pending; /* unparsed bytes held while the parser waits */
+    struct router_head_scan scan;
+    uint64_t deadline, timer_due;
+    uint8_t state, deadline_kind, pause;
+    bool scan_done, shutting_down, seen_bytes;
+    int open_handles;
+    char ip[INET6_ADDRSTRLEN];
+};
+
+enum upstream_state { U_CONNECTING, U_ACTIVE, U_IDLE };
+
+struct pool {
+    struct pool *next;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    struct upstream *idle; /* most recently used first */
+    int idle_count;
+};
+
+struct upstream {
+    struct peer p;
+    llhttp_t parser;
+    struct pool *pool;
+    struct exchange *x;
+    struct upstream *idle_prev, *idle_next;
+    uv_connect_t connect_req;
+    uint64_t idle_since;
+    uint8_t state;
+    bool reused, got_bytes, pause_done, reusable;
+};
+
+struct exchange {
+    struct client *c;
+    struct upstream *u;
+    struct route_table *table;
+    struct route *route;
+    struct route_backend *backend; /* counted in backend->active while set */
+    struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
+    int attempts;
+    struct headers req, resp;
+    uint32_t url_off, url_len;
+    size_t trailer_bytes;
+    struct buf head; /* the request head for the backend, kept for a retry */
+    uint64_t body_bytes, content_length;
+    uint64_t resp_bytes;
+    uint64_t start_us;
+    int status;
+    int error_status; /* set by a parser callback that rejects the request */
+    const char *error_code, *error_text;
+    uint8_t method;
+    bool chunked, has_length, upgrade, is_head, in_trailers;
+    bool req_done, resp_done, resp_started, client_close, local;
+    bool interim;
+    char request_id[130];
+};
+
+struct worker {
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t wakeup;
+    uv_timer_t sweep;
+    pthread_t thread;
+    int index;
+    int listen_fd;
+    const struct router_config *cfg;
+    struct route_table *table;
+    uint64_t table_generation;
+    struct pool *pools;
+    struct client *clients;
+    int client_count, client_cap;
+    bool stopping;
+    uint64_t id_prefix, id_counter;
+    struct router_metrics m;
+    struct router_header *view; /* scratch for one head's headers */
+    size_t view_cap;
+    char readbuf[ROUTER_READ_BUF];
+};
+
+static struct worker *workers;
+static int worker_count;
+
+static llhttp_settings_t request_settings, response_settings;
+
+static void client_close(struct client *c);
+static void client_feed(struct client *c, const char *data, size_t len);
+static void client_update_reading(struct client *c);
+static void client_drain_pending(struct client *c);
+static void client_set_deadline(struct client *c, enum deadline_kind kind, int ms);
+static void exchange_finish(struct exchange *x);
+static void upstream_close(struct upstream *u);
+static void upstream_failed(struct upstream *u, int err, bool connect_phase);
+static void upstream_update_reading(struct upstream *u);
+static void route_and_connect(struct client *c);
+static void connect_backend(struct exchange *x);
+
+/* ---- output queue ----------------------------------------------------------------------- */
+
+static int peer_flush(struct peer *p);
+
+static void outq_add(struct peer *p, const char *ptr, size_t len)
+{
+    if (len == 0)
+        return;
+    if (p->out.count == OUTQ_PIECES)
+        peer_flush(p);
+    p->out.pieces[p->out.count].ptr = ptr;
+    p->out.pieces[p->out.count].len = len;
+    p->out.count++;
+}
+
+/* Appends framing or a head to the scratch buffer as one piece. */
+static void outq_printf(struct peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outq_printf(struct peer *p, const char *fmt, ...)
+{
+    if (p->out.count == OUTQ_PIECES)
+        peer_flush(p);
+    size_t off = p->out.scratch.len;
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&p->out.scratch, fmt, ap);
+    va_end(ap);
+    p->out.pieces[p->out.count].ptr = NULL;
+    p->out.pieces[p->out.count].off = off;
+    p->out.pieces[p->out.count].len = p->out.scratch.len - off;
+    p->out.count++;
+}
+
+static void on_write(uv_write_t *req, int status);
+
+/* Writes what is queued: as much as the socket takes now without copying, the rest copied
+ * into one write request. Errors are kept in p->write_error for the owner to act on. */
+static int peer_flush(struct peer *p)
+{
+    struct outq *q = &p->out;
+    if (q->count == 0)
+        return 0;
+    if (p->closing || p->write_error) {
+        q->count = 0;
+        q->scratch.len = 0;
+        return p->write_error;
+    }
+    uv_buf_t bufs[OUTQ_PIECES];
+    size_t total = 0;
+    for (unsigned i = 0; i < q->count; i++) {
+        const char *base = q->pieces[i].ptr ? q->pieces[i].ptr : q->scratch.data + q->pieces[i].off;
+        bufs[i] = uv_buf_init((char *)base, (unsigned)q->pieces[i].len);
+        total += q->pieces[i].len;
+    }
+    size_t written = 0;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) == 0) {
+        int r = uv_try_write((uv_stream_t *)&p->tcp, bufs, q->count);
+        if (r >= 0)
+            written = (size_t)r;
+        else if (r != UV_EAGAIN && r != UV_ENOSYS)
+            p->write_error = r;
+    }
+    if (!p->write_error && written < total) {
+        struct write_req *wr = xmalloc(sizeof(*wr) + (total - written));
+        size_t skip = written, at = 0;
+        for (unsigned i = 0; i < q->count; i++) {
+            size_t len = bufs[i].len;
+            if (skip >= len) {
+                skip -= len;
+                continue;
+            }
+            memcpy(wr->data + at, bufs[i].base + skip, len - skip);
+            at += len - skip;
+            skip = 0;
+        }
+        wr->peer = p;
+        uv_buf_t one = uv_buf_init(wr->data, (unsigned)at);
+        int r = uv_write(&wr->req, (uv_stream_t *)&p->tcp, &one, 1, on_write);
+        if (r < 0) {
+            free(wr);
+            p->write_error = r;
+        }
+    }
+    if (p->kind == PEER_CLIENT)
+        ROUTER_METRIC_ADD(p->w->m.bytes_to_clients, total);
+    q->count = 0;
+    q->scratch.len = 0;
+    if (q->scratch.cap > 64 * 1024) { /* a huge head once should not stay with the connection */
+        buf_free(&q->scratch);
+    }
+    return p->write_error;
+}
+
+static size_t peer_queued(struct peer *p)
+{
+    return uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp);
+}
+
+/* ---- headers ---------------------------------------------------------------------------- */
+
+static void headers_reset(struct headers *h)
+{
+    h->raw.len = 0;
+    h->count = 0;
+    h->last = 0;
+}
+
+static void headers_free(struct headers *h)
+{
+    buf_free(&h->raw);
+    free(h->ix);
+    memset(h, 0, sizeof(*h));
+}
+
+static int headers_field(struct headers *h, const char *at, size_t len, size_t max_count)
+{
+    if (h->last != 1) {
+        if (h->count >= max_count)
+            return -1;
+        if (h->count == h->cap) {
+            h->cap = h->cap ? h->cap * 2 : 16;
+            h->ix = xrealloc(h->ix, h->cap * sizeof(*h->ix));
+        }
+        h->ix[h->count++] = (struct hdr_ix){(uint32_t)h->raw.len, 0, 0, 0};
+        h->last = 1;
+    }
+    buf_append(&h->raw, at, len);
+    h->ix[h->count - 1].name_len += (uint32_t)len;
+    return 0;
+}
+
+static void headers_value(struct headers *h, const char *at, size_t len)
+{
+    if (h->count == 0)
+        return;
+    if (h->last != 2) {
+        h->ix[h->count - 1].value_off = (uint32_t)h->raw.len;
+        h->last = 2;
+    }
+    buf_append(&h->raw, at, len);
+    h->ix[h->count - 1].value_len += (uint32_t)len;
+}
+
+/* The headers as router_header views (valid until the next change to h). */
+static struct router_header *headers_view(struct worker *w, const struct headers *h)
+{
+    if (w->view_cap < h->count + 1) {
+        w->view_cap = h->count + 16;
+        w->view = xrealloc(w->view, w->view_cap * sizeof(*w->view));
+    }
+    for (uint32_t i = 0; i < h->count; i++) {
+        w->view[i].name = h->raw.data + h->ix[i].name_off;
+        w->view[i].name_len = h->ix[i].name_len;
+        w->view[i].value = h->raw.data + h->ix[i].value_off;
+        w->view[i].value_len = h->ix[i].value_len;
+    }
+    return w->view;
+}
+
+/* ---- exchanges (one request and its response) --------------------------------------------- */
+
+static uint64_t now_us(void)
+{
+    return uv_hrtime() / 1000;
+}
+
+static struct exchange *exchange_new(struct client *c)
+{
+    struct exchange *x = xcalloc(1, sizeof(*x));
+    x->c = c;
+    x->start_us = now_us();
+    return x;
+}
+
+static void exchange_release_backend(struct exchange *x)
+{
+    if (x->backend) {
+        __atomic_sub_fetch(&x->backend->active, 1, __ATOMIC_RELAXED);
+        x->backend = NULL;
+    }
+}
+
+static void exchange_free(struct exchange *x)
+{
+    exchange_release_backend(x);
+    route_table_unref(x->table);
+    headers_free(&x->req);
+    headers_free(&x->resp);
+    buf_free(&x->head);
+    free(x);
+}
+
+static void metrics_count(struct worker *w, struct exchange *x)
+{
+    int cls = x->status / 100;
+    if (cls < 1 || cls > 5)
+        cls = 5;
+    ROUTER_METRIC_ADD(w->m.requests_by_class[cls], 1);
+    uint64_t us = now_us() - x->start_us;
+    int b = 0;
+    while (b < ROUTER_LATENCY_BUCKETS && us > router_latency_bounds_us[b])
+        b++;
+    ROUTER_METRIC_ADD(w->m.latency_buckets[b], 1);
+    ROUTER_METRIC_ADD(w->m.latency_sum_us, us);
+}
+
+static void access_log(struct exchange *x)
+{
+    if (!x->route || !x->route->app_guid[0] || !router_bus_connected())
+        return;
+    char line[600];
+    const char *url = x->req.raw.data ? x->req.raw.data + x->url_off : "";
+    double ms = (double)(now_us() - x->start_us) / 1000.0;
+    int n = snprintf(line, sizeof(line), "%s %.*s %d %lluB %.1fms x_request_id:%s",
+                     llhttp_method_name((llhttp_method_t)x->method),
+                     (int)(x->url_len > 400 ? 400 : x->url_len), url, x->status,
+                     (unsigned long long)x->resp_bytes, ms, x->request_id);
+    if (n > 0)
+        router_bus_access(x->route->app_guid, line,
+                          (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* ---- local responses (errors the router answers itself) ------------------------------------ */
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Error";
+    }
+}
+
+/* Answers the current request with an error. `close` ends the connection after it (always so
+ * when the request's body was not read). */
+static void client_respond_error(struct client *c, int status, const char *code, const char *text,
+                                 bool close)
+{
+    struct exchange *x = c->x;
+    if (!x) {
+        x = c->x = exchange_new(c);
+    }
+    if (x->resp_started) { /* part of a response went out already: all we can do is close */
+        x->client_close = true;
+        client_close(c);
+        return;
+    }
+    if (!x->request_id[0])
+        snprintf(x->request_id, sizeof(x->request_id), "%016llx%08llx",
+                 (unsigned long long)c->p.w->id_prefix, (unsigned long long)++c->p.w->id_counter);
+    x->status = status;
+    x->local = true;
+    x->resp_started = true;
+    x->resp_done = true;
+    if (close || !x->req_done)
+        x->client_close = true;
+    size_t len = strlen(text);
+    outq_printf(&c->p,
+                "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
+                "%zu\r\nX-Skiff-Router-Error: %s\r\nX-Request-Id: %s\r\n%s\r\n",
+                status, status_reason(status), len + 1, code, x->request_id,
+                x->client_close ? "Connection: close\r\n" : "");
+    if (!x->is_head)
+        outq_printf(&c->p, "%s\n", text);
+    x->resp_bytes = len + 1;
+    peer_flush(&c->p);
+    if (x->client_close)
+        exchange_finish(x);
+}
+
+/* ---- client connection ---------------------------------------------------------------------- */
+
+static void on_client_handle_closed(uv_handle_t *h)
+{
+    struct client *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    buf_free(&c->pending);
+    buf_free(&c->p.out.scratch);
+    free(c);
+}
+
+static void client_close(struct client *c)
+{
+    if (c->p.closing)
+        return;
+    c->p.closing = true;
+    struct worker *w = c->p.w;
+    struct exchange *x = c->x;
+    if (x) {
+        c->x = NULL;
+        if (x->u) {
+            x->u->x = NULL;
+            upstream_close(x->u);
+            x->u = NULL;
+        }
+        if (x->status == 0)
+            x->status = 499; /* closed before a response: counted with client errors */
+        metrics_count(w, x);
+        exchange_free(x);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->client_count--;
+    ROUTER_METRIC_ADD(w->m.connections_open, -1);
+    uv_close((uv_handle_t *)&c->p.tcp, on_client_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
+}
+
+static void on_client_shutdown(uv_shutdown_t *req, int status)
+{
+    struct client *c = req->data;
+    free(req);
+    client_close(c);
+}
+
+/* Closes after what is queued has been written. */
+static void client_shutdown(struct client *c)
+{
+    if (c->p.closing || c->shutting_down)
+        return;
+    c->shutting_down = true;
+    client_update_reading(c);
+    if (c->p.write_error) {
+        client_close(c);
+        return;
+    }
+    uv_shutdown_t *req = xmalloc(sizeof(*req));
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->p.tcp, on_client_shutdown) < 0) {
+        free(req);
+        client_close(c);
+        return;
+    }
+    client_set_deadline(c, D_CLOSING, 5000);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void client_set_deadline(struct client *c, enum deadline_kind kind, int ms)
+{
+    if (c->p.closing)
+        return;
+    uint64_t now = uv_now(&c->p.w->loop);
+    c->deadline_kind = kind;
+    c->deadline = now + (uint64_t)ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || c->timer_due > c->deadline) {
+        c->timer_due = c->deadline;
+        uv_timer_start(&c->timer, on_timer, (uint64_t)ms, 0);
+    }
+}
+
+/* Activity on a streaming exchange pushes its deadline without touching the timer. */
+static void client_touch(struct client *c)
+{
+    const struct router_config *cfg = c->p.w->cfg;
+    if (c->deadline_kind == D_ACTIVE)
+        c->deadline = uv_now(&c->p.w->loop) + (uint64_t)cfg->upstream_timeout_ms;
+    else if (c->deadline_kind == D_TUNNEL)
+        c->deadline = uv_now(&c->p.w->loop) + (uint64_t)cfg->idle_timeout_ms;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct client *c = t->data;
+    uint64_t now = uv_now(&c->p.w->loop);
+    if (c->p.closing || c->deadline_kind == D_NONE)
+        return;
+    if (now < c->deadline) {
+        c->timer_due = c->deadline;
+        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+        return;
+    }
+    struct exchange *x = c->x;
+    switch (c->deadline_kind) {
+    case D_HEADER:
+        ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
+        if (c->seen_bytes)
+            client_respond_error(c, 408, "request-timeout",
+                                 "The request head did not arrive in time.", true);
+        else
+            client_close(c);
+        break;
+    case D_CONNECT:
+        if (x && x->u && x->u->state == U_CONNECTING) {
+            upstream_failed(x->u, UV_ETIMEDOUT, true);
+            break;
+        }
+        client_close(c);
+        break;
+    case D_ACTIVE:
+        ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
+        if (x && !x->req_done)
+            client_respond_error(c, 408, "request-timeout",
+                                 "The request body stopped arriving; the router gave up waiting.",
+                                 true);
+        else
+            client_respond_error(c, 504, "backend-timeout", "The app did not answer in time.",
+                                 true);
+        break;
+    default: /* idle keep-alive, tunnel silence, a close that waits on a slow reader */
+        client_close(c);
+        break;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct peer *p = h->data;
+    buf->base = p->w->readbuf;
+    buf->len = sizeof(p->w->readbuf);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void client_update_reading(struct client *c)
+{
+    if (c->p.closing)
+        return;
+    bool want = !c->p.throttled && !c->shutting_down &&
+                (c->state == C_HEAD || c->state == C_BODY || c->state == C_TUNNEL);
+    if (want == c->p.reading)
+        return;
+    c->p.reading = want;
+    if (want)
+        uv_read_start((uv_stream_t *)&c->p.tcp, on_alloc, on_client_read);
+    else
+        uv_read_stop((uv_stream_t *)&c->p.tcp);
+}
+
+/* Starts the next request on a kept-alive connection. */
+static void client_next_request(struct client *c)
+{
+    c->state = C_HEAD;
+    c->scan_done = false;
+    c->seen_bytes = false;
+    router_head_scan_reset(&c->scan);
+    client_set_deadline(c, D_IDLE, c->p.w->cfg->idle_timeout_ms);
+    client_drain_pending(c);
+}
+
+/* Runs the parser over the held bytes (moved out first: parsing may hold new ones). */
+static void client_drain_pending(struct client *c)
+{
+    struct buf held = c->pending;
+    memset(&c->pending, 0, sizeof(c->pending));
+    if (held.len || c->state == C_BODY)
+        client_feed(c, held.data ? held.data : "", held.len);
+    buf_free(&held);
+    client_update_reading(c);
+}
+
+static void client_hold(struct client *c, const char *data, size_t len)
+{
+    if (len)
+        buf_append(&c->pending, data, len);
+}
+
+static void client_parse_error(struct client *c, llhttp_errno_t err)
+{
+    struct exchange *x = c->x;
+    ROUTER_METRIC_ADD(c->p.w->m.bad_requests, 1);
+    if (x && x->error_status) {
+        client_respond_error(c, x->error_status, x->error_code, x->error_text, true);
+        return;
+    }
+    if (x && x->u && x->resp_started) { /* mid-stream garbage after a response began */
+        client_close(c);
+        return;
+    }
+    char text[200];
+    snprintf(text, sizeof(text), "The request is not valid HTTP/1.1 (%s).",
+             err == HPE_USER ? "rejected" : llhttp_get_error_reason(&c->parser));
+    client_respond_error(c, 400, "bad-request", text, true);
+}
+
+static void client_feed(struct client *c, const char *data, size_t len)
+{
+    struct worker *w = c->p.w;
+    for (;;) {
+        if (c->p.closing || c->shutting_down)
+            return;
+        if (c->state == C_TUNNEL) {
+            if (c->x && c->x->u && len) {
+                outq_add(&c->x->u->p, data, len);
+                peer_flush(&c->x->u->p);
+            }
+            return;
+        }
+        if (c->state != C_HEAD && c->state != C_BODY) {
+            client_hold(c, data, len);
+            client_update_reading(c);
+            return;
+        }
+        if (c->state == C_HEAD) {
+            if (len == 0)
+                return;
+            if (!c->x) {
+                c->x = exchange_new(c);
+                c->seen_bytes = true;
+                client_set_deadline(c, D_HEADER, w->cfg->header_timeout_ms);
+            }
+            if (!c->scan_done) {
+                size_t end = 0;
+                int r = router_head_scan(&c->scan, data, len, &end);
+                if (r < 0) {
+                    ROUTER_METRIC_ADD(w->m.bad_requests, 1);
+                    client_respond_error(c, 400, "bad-request",
+                                         "The request has a bare CR or LF, or a folded header "
+                                         "line; lines must end with CRLF.",
+                                         true);
+                    return;
+                }
+                c->scan_done = r == 1;
+            }
+        }
+        c->pause = PAUSE_NONE;
+        llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+        struct exchange *x = c->x;
+        if (x && x->u)
+            peer_flush(&x->u->p);
+        if (err == HPE_OK) {
+            if (x && x->u && peer_queued(&x->u->p) > ROUTER_HIGH_WATER) {
+                c->p.throttled = true;
+                client_update_reading(c);
+            }
+            return;
+        }
+        size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        if (used > len)
+            used = len;
+        data += used;
+        len -= used;
+        if (err == HPE_PAUSED && c->pause == PAUSE_HEADERS) {
+            llhttp_resume(&c->parser);
+            c->state = C_WAIT_UPSTREAM;
+            client_hold(c, data, len);
+            client_update_reading(c);
+            route_and_connect(c);
+            return;
+        }
+        if (err == HPE_PAUSED && c->pause == PAUSE_MESSAGE) {
+            llhttp_resume(&c->parser);
+            x->req_done = true;
+            c->state = C_WAIT_RESPONSE;
+            client_hold(c, data, len);
+            client_update_reading(c);
+            if (x->resp_done)
+                exchange_finish(x);
+            return;
+        }
+        if (err == HPE_PAUSED_UPGRADE && x && x->upgrade) {
+            /* what follows the head belongs to the tunnel, sent once the backend agrees */
+            x->req_done = true;
+            c->state = C_WAIT_RESPONSE;
+            client_hold(c, data, len);
+            client_update_reading(c);
+            return;
+        }
+        client_parse_error(c, err);
+        return;
+    }
+}
+
+static void on_half_close_done(uv_shutdown_t *req, int status)
+{
+    free(req);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct client *c = s->data;
+    if (nread > 0) {
+        client_touch(c);
+        client_feed(c, buf->base, (size_t)nread);
+        return;
+    }
+    if (nread == 0)
+        return;
+    /* end of stream or error */
+    struct exchange *x = c->x;
+    if (c->state == C_TUNNEL && x && x->u && nread == UV_EOF) {
+        /* half-close: pass the client's end on, keep the other direction open */
+        uv_read_stop(s);
+        c->p.reading = false;
+        c->p.throttled = true; /* never resume reading */
+        uv_shutdown_t *req = xmalloc(sizeof(*req));
+        req->data = NULL;
+        peer_flush(&x->u->p);
+        if (uv_shutdown(req, (uv_stream_t *)&x->u->p.tcp, on_half_close_done) < 0) {
+            free(req);
+            client_close(c);
+        }
+        return;
+    }
+    client_close(c);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct worker *w = server->data;
+    if (status < 0)
+        return;
+    struct client *c = xcalloc(1, sizeof(*c));
+    c->p.w = w;
+    c->p.kind = PEER_CLIENT;
+    uv_tcp_init(&w->loop, &c->p.tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->p.tcp.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->next = w->clients;
+    if (w->clients)
+        w->clients->prev = c;
+    w->clients = c;
+    w->client_count++;
+    ROUTER_METRIC_ADD(w->m.connections_open, 1);
+    ROUTER_METRIC_ADD(w->m.connections_total, 1);
+    if (uv_accept(server, (uv_stream_t *)&c->p.tcp) < 0) {
+        client_close(c);
+        return;
+    }
+    if (w->client_count > w->client_cap || w->stopping) {
+        ROUTER_METRIC_ADD(w->m.connections_refused, 1);
+        client_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->p.tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    strcpy(c->ip, "unknown");
+    if (uv_tcp_getpeername(&c->p.tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    c->state = C_HEAD;
+    client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+    client_update_reading(c);
+}
+
+/* ---- request parser callbacks ------------------------------------------------------------ */
+
+static int req_reject(struct exchange *x, int status, const char *code, const char *text)
+{
+    x->error_status = status;
+    x->error_code = code;
+    x->error_text = text;
+    return HPE_USER;
+}
+
+static int on_req_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    if (x->req.raw.len + len > c->p.w->cfg->max_url_bytes)
+        return req_reject(x, 414, "url-too-long", "The request target is too long.");
+    if (x->url_len == 0)
+        x->url_off = (uint32_t)x->req.raw.len;
+    buf_append(&x->req.raw, at, len);
+    x->url_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_req_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    const struct router_config *cfg = c->p.w->cfg;
+    if (x->in_trailers) {
+        x->trailer_bytes += len;
+        return x->trailer_bytes > cfg->max_header_bytes
+                   ? req_reject(x, 431, "headers-too-large", "The request trailers are too large.")
+                   : 0;
+    }
+    if (x->req.raw.len + len > cfg->max_header_bytes)
+        return req_reject(x, 431, "headers-too-large",
+                          "The request headers are too large; keep them under the limit.");
+    if (headers_field(&x->req, at, len, cfg->max_headers) < 0)
+        return req_reject(x, 431, "too-many-headers", "The request has too many headers.");
+    return 0;
+}
+
+static int on_req_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    const struct router_config *cfg = c->p.w->cfg;
+    if (x->in_trailers) {
+        x->trailer_bytes += len;
+        return x->trailer_bytes > cfg->max_header_bytes
+                   ? req_reject(x, 431, "headers-too-large", "The request trailers are too large.")
+                   : 0;
+    }
+    if (x->req.raw.len + len > cfg->max_header_bytes)
+        return req_reject(x, 431, "headers-too-large",
+                          "The request headers are too large; keep them under the limit.");
+    headers_value(&x->req, at, len);
+    return 0;
+}
+
+static int on_req_header_field_complete(llhttp_t *p)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    if (x->in_trailers || x->req.count == 0)
+        return 0;
+    struct hdr_ix *ix = &x->req.ix[x->req.count - 1];
+    if (!router_header_name_valid(x->req.raw.data + ix->name_off, ix->name_len))
+        return req_reject(x, 400, "bad-request",
+                          "A header name has a character that is not allowed (a space before "
+                          "the colon?).");
+    return 0;
+}
+
+static int on_req_headers_complete(llhttp_t *p)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    x->in_trailers = true;
+    x->method = (uint8_t)p->method;
+    x->is_head = p->method == HTTP_HEAD;
+    x->chunked = (p->flags & F_CHUNKED) != 0;
+    x->has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    x->content_length = x->has_length ? p->content_length : 0;
+    x->upgrade = p->upgrade != 0;
+    if (p->method == HTTP_CONNECT)
+        return req_reject(x, 400, "bad-request", "CONNECT is not supported by this router.");
+    if ((p->flags & F_TRANSFER_ENCODING) && !x->chunked)
+        return req_reject(x, 400, "bad-request",
+                          "Transfer-Encoding must end with chunked in a request.");
+    if (p->http_major == 1 && p->http_minor == 0 && (p->flags & F_TRANSFER_ENCODING))
+        return req_reject(x, 400, "bad-request", "HTTP/1.0 requests cannot be chunked.");
+    c->pause = PAUSE_HEADERS;
+    return HPE_PAUSED;
+}
+
+static int on_req_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    uint64_t max = c->p.w->cfg->max_body_bytes;
+    x->body_bytes += len;
+    if (max && x->body_bytes > max)
+        return req_reject(x, 413, "body-too-large", "The request body is larger than allowed.");
+    if (x->u)
+        outq_add(&x->u->p, at, len);
+    return 0;
+}
+
+static int on_req_chunk_header(llhttp_t *p)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    if (x->u && p->content_length > 0)
+        outq_printf(&x->u->p, "%llx\r\n", (unsigned long long)p->content_length);
+    return 0;
+}
+
+static int on_req_chunk_complete(llhttp_t *p)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    /* content_length is 0 here after a data chunk and for the last chunk alike; the last
+     * chunk is written at the end of the message */
+    if (x->u && x->chunked && x->body_bytes > 0 && !(p->flags & F_TRAILING))
+        outq_add(&x->u->p, "\r\n", 2);
+    return 0;
+}
+
+static int on_req_message_complete(llhttp_t *p)
+{
+    struct client *c = p->data;
+    struct exchange *x = c->x;
+    if (x->u && x->chunked)
+        outq_add(&x->u->p, "0\r\n\r\n", 5);
+    if (p->upgrade)
+        return 0; /* llhttp stops with HPE_PAUSED_UPGRADE right after */
+    c->pause = PAUSE_MESSAGE;
+    return HPE_PAUSED;
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static const struct router_header *find_header(const struct router_header *h, size_t n,
+                                               const char *lower, int *count)
+{
+    const struct router_header *found = NULL;
+    *count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (router_header_is(&h[i], lower)) {
+            if (!found)
+                found = &h[i];
+            (*count)++;
+        }
+    return found;
+}
+
+static void route_and_connect(struct client *c)
+{
+    struct worker *w = c->p.w;
+    struct exchange *x = c->x;
+    struct router_header *hv = headers_view(w, &x->req);
+    size_t hn = x->req.count;
+    int n;
+    const struct router_header *host = find_header(hv, hn, "host", &n);
+    if (n > 1) {
+        client_respond_error(c, 400, "bad-request", "The request has more than one Host header.",
+                             true);
+        return;
+    }
+    const char *url = x->req.raw.data + x->url_off;
+    size_t url_len = x->url_len;
+    const char *host_s = host ? host->value : NULL;
+    size_t host_len = host ? host->value_len : 0;
+    /* absolute form (http://host/path): the host in the target wins, the backend gets the path */
+    if (url_len > 7 && strncasecmp(url, "http://", 7) == 0) {
+        const char *h = url + 7, *end = url + url_len;
+        const char *slash = memchr(h, '/', (size_t)(end - h));
+        host_s = h;
+        host_len = (size_t)((slash ? slash : end) - h);
+        x->url_off = (uint32_t)((slash ? slash : end) - x->req.raw.data);
+        x->url_len = (uint32_t)(slash ? end - slash : 0);
+        url = slash ? slash : "/";
+        url_len = slash ? (size_t)(end - slash) : 1;
+    }
+    if (!host_s || host_len == 0) {
+        client_respond_error(c, 400, "bad-request",
+                             "The request has no Host header; say which app it is for.", true);
+        return;
+    }
+    const struct router_header *rid = find_header(hv, hn, "x-request-id", &n);
+    if (rid && n == 1 && router_request_id_valid(rid->value, rid->value_len)) {
+        memcpy(x->request_id, rid->value, rid->value_len);
+        x->request_id[rid->value_len] = '\0';
+    } else {
+        snprintf(x->request_id, sizeof(x->request_id), "%016llx%08llx",
+                 (unsigned long long)w->id_prefix, (unsigned long long)++w->id_counter);
+    }
+    uint64_t gen = route_table_current_generation();
+    if (gen != w->table_generation || !w->table) {
+        route_table_unref(w->table);
+        w->table = route_table_current();
+        w->table_generation = gen;
+    }
+    x->table = route_table_ref(w->table);
+    x->route = route_table_lookup(x->table, host_s, host_len, url, url_len);
+    bool has_body = x->chunked || x->content_length > 0;
+    if (!x->route) {
+        client_respond_error(c, 404, "unknown-route",
+                             "No app is mapped to this host and path; map one with `skiff "
+                             "map-route APP HOST`.",
+                             has_body);
+        if (!has_body && !c->p.closing)
+            client_drain_pending(c);
+        return;
+    }
+    if (x->route->backend_count == 0) {
+        client_respond_error(c, 503, "no-instance",
+                             "The app has no instance ready to take requests; start or scale it.",
+                             has_body);
+        if (!has_body && !c->p.closing)
+            client_drain_pending(c);
+        return;
+    }
+    uint64_t max = w->cfg->max_body_bytes;
+    if (max && x->has_length && x->content_length > max) {
+        client_respond_error(c, 413, "body-too-large",
+                             "The request body is larger than the router allows.", true);
+        return;
+    }
+    struct router_request_head rh = {
+        .method = llhttp_method_name((llhttp_method_t)x->method),
+        .url = url,
+        .url_len = url_len,
+        .headers = hv,
+        .header_count = hn,
+        .client_ip = c->ip,
+        .request_id = x->request_id,
+        .chunked = x->chunked,
+        .has_length = x->has_length,
+        .content_length = x->content_length,
+        .upgrade = x->upgrade,
+    };
+    router_head_build_request(&x->head, &rh);
+    connect_backend(x);
+}
+
+/* ---- backend connections ------------------------------------------------------------------ */
+
+static struct pool *pool_for(struct worker *w, const struct route_backend *b)
+{
+    for (struct pool *p = w->pools; p; p = p->next)
+        if (p->addr_len == b->addr_len && memcmp(&p->addr, &b->addr, b->addr_len) == 0)
+            return p;
+    struct pool *p = xcalloc(1, sizeof(*p));
+    memcpy(&p->addr, &b->addr, b->addr_len);
+    p->addr_len = b->addr_len;
+    p->next = w->pools;
+    w->pools = p;
+    return p;
+}
+
+static void pool_remove(struct upstream *u)
+{
+    struct pool *p = u->pool;
+    if (u->idle_prev)
+        u->idle_prev->idle_next = u->idle_next;
+    else if (p->idle == u)
+        p->idle = u->idle_next;
+    if (u->idle_next)
+        u->idle_next->idle_prev = u->idle_prev;
+    u->idle_prev = u->idle_next = NULL;
+    p->idle_count--;
+}
+
+static void on_upstream_closed(uv_handle_t *h)
+{
+    struct upstream *u = h->data;
+    buf_free(&u->p.out.scratch);
+    free(u);
+}
+
+static void upstream_close(struct upstream *u)
+{
+    if (u->p.closing)
+        return;
+    if (u->state == U_IDLE)
+        pool_remove(u);
+    u->p.closing = true;
+    uv_close((uv_handle_t *)&u->p.tcp, on_upstream_closed);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void upstream_update_reading(struct upstream *u)
+{
+    if (u->p.closing || u->state == U_CONNECTING)
+        return;
+    bool want = !u->p.throttled;
+    if (want == u->p.reading)
+        return;
+    u->p.reading = want;
+    if (want)
+        uv_read_start((uv_stream_t *)&u->p.tcp, on_alloc, on_upstream_read);
+    else
+        uv_read_stop((uv_stream_t *)&u->p.tcp);
+}
+
+/* The backend connection is ready: send the head and let the body follow. */
+static void upstream_start(struct upstream *u, struct exchange *x)
+{
+    struct client *c = x->c;
+    u->state = U_ACTIVE;
+    u->x = x;
+    x->u = u;
+    u->got_bytes = false;
+    u->pause_done = false;
+    llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
+    u->parser.data = u;
+    headers_reset(&x->resp);
+    outq_add(&u->p, x->head.data, x->head.len);
+    peer_flush(&u->p);
+    upstream_update_reading(u);
+    client_set_deadline(c, D_ACTIVE, c->p.w->cfg->upstream_timeout_ms);
+    c->state = C_BODY;
+    client_drain_pending(c);
+}
+
+static void on_upstream_connect(uv_connect_t *req, int status)
+{
+    struct upstream *u = req->data;
+    if (u->p.closing)
+        return;
+    if (status < 0) {
+        ROUTER_METRIC_ADD(u->p.w->m.upstream_connect_failures, 1);
+        upstream_failed(u, status, true);
+        return;
+    }
+    uv_tcp_nodelay(&u->p.tcp, 1);
+    if (!u->x) { /* the client went away meanwhile */
+        upstream_close(u);
+        return;
+    }
+    upstream_start(u, u->x);
+}
+
+static void connect_backend(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->p.w;
+    exchange_release_backend(x);
+    struct route_backend *b = route_pick_backend(x->route, x->tried, (size_t)x->attempts);
+    if (!b || x->attempts >= ROUTER_MAX_ATTEMPTS) {
+        client_respond_error(c, 502, "backend-unreachable",
+                             "No instance of the app accepted the connection.", true);
+        return;
+    }
+    x->tried[x->attempts++] = b;
+    x->backend = b;
+    __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
+    struct pool *pool = pool_for(w, b);
+    while (pool->idle) {
+        struct upstream *u = pool->idle;
+        pool_remove(u);
+        u->reused = true;
+        ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
+        upstream_start(u, x);
+        return;
+    }
+    struct upstream *u = xcalloc(1, sizeof(*u));
+    u->p.w = w;
+    u->p.kind = PEER_UPSTREAM;
+    u->pool = pool;
+    u->state = U_CONNECTING;
+    uv_tcp_init(&w->loop, &u->p.tcp);
+    u->p.tcp.data = u;
+    u->connect_req.data = u;
+    u->x = x;
+    x->u = u;
+    ROUTER_METRIC_ADD(w->m.upstream_connects, 1);
+    client_set_deadline(c, D_CONNECT, w->cfg->connect_timeout_ms);
+    int r = uv_tcp_connect(&u->connect_req, &u->p.tcp, (struct sockaddr *)&b->addr,
+                           on_upstream_connect);
+    if (r < 0) {
+        /* the failure is reported from a callback below so the caller's stack unwinds first */
+        u->p.closing = true;
+        uv_close((uv_handle_t *)&u->p.tcp, on_upstream_closed);
+        x->u = NULL;
+        ROUTER_METRIC_ADD(w->m.upstream_connect_failures, 1);
+        connect_backend(x);
+    }
+}
+
+/* A backend connection failed (connect, read, write, or closed early). */
+static void upstream_failed(struct upstream *u, int err, bool connect_phase)
+{
+    struct exchange *x = u->x;
+    bool was_reused = u->reused;
+    bool got_bytes = u->got_bytes;
+    u->x = NULL;
+    upstream_close(u);
+    if (!x)
+        return;
+    x->u = NULL;
+    struct client *c = x->c;
+    if (x->resp_started) {
+        client_close(c); /* the client sees a cut response: nothing truthful can be added */
+        return;
+    }
+    bool replayable = x->body_bytes == 0 && !got_bytes;
+    if (connect_phase) {
+        ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
+        connect_backend(x);
+        return;
+    }
+    if (was_reused && replayable) {
+        /* a pooled connection the backend had closed: once more on a fresh one */
+        x->attempts--;
+        c->state = C_WAIT_UPSTREAM;
+        client_update_reading(c);
+        ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
+        connect_backend(x);
+        return;
+    }
+    (void)err;
+    client_respond_error(c, 502, "backend-failed",
+                         "The app closed the connection before it finished its response.", true);
+}
+
+static void upstream_to_pool(struct upstream *u)
+{
+    struct worker *w = u->p.w;
+    struct pool *p = u->pool;
+    if (w->stopping || p->idle_count >= w->cfg->upstream_idle_max || u->p.write_error) {
+        upstream_close(u);
+        return;
+    }
+    u->state = U_IDLE;
+    u->x = NULL;
+    u->idle_since = uv_now(&w->loop);
+    u->p.throttled = false;
+    u->idle_prev = NULL;
+    u->idle_next = p->idle;
+    if (p->idle)
+        p->idle->idle_prev = u;
+    p->idle = u;
+    p->idle_count++;
+    upstream_update_reading(u);
+}
+
+/* Both the request and the response are complete (or the exchange is abandoned). */
+static void exchange_finish(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->p.w;
+    struct upstream *u = x->u;
+    if (u) {
+        u->x = NULL;
+        x->u = NULL;
+        if (u->reusable && x->req_done && x->resp_done && !x->upgrade)
+            upstream_to_pool(u);
+        else
+            upstream_close(u);
+    }
+    metrics_count(w, x);
+    access_log(x);
+    bool close = x->client_close;
+    c->x = NULL;
+    exchange_free(x);
+    if (close || c->p.write_error) {
+        client_shutdown(c);
+        return;
+    }
+    client_next_request(c);
+}
+
+/* ---- response parser callbacks ------------------------------------------------------------ */
+
+static int on_resp_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    struct exchange *x = u->x;
+    if (x->resp.raw.len + len > ROUTER_RESPONSE_HEADER_BYTES)
+        return HPE_USER;
+    /* the reason phrase is kept as header #0's name-less value */
+    if (x->resp.count == 0)
+        headers_field(&x->resp, "", 0, 1);
+    headers_value(&x->resp, at, len);
+    return 0;
+}
+
+static int on_resp_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    struct exchange *x = u->x;
+    if (x->resp.count == 0)
+        headers_field(&x->resp, "", 0, 1); /* no reason phrase */
+    if (x->resp.raw.len + len > ROUTER_RESPONSE_HEADER_BYTES ||
+        headers_field(&x->resp, at, len, ROUTER_RESPONSE_HEADERS) < 0)
+        return HPE_USER;
+    return 0;
+}
+
+static int on_resp_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    struct exchange *x = u->x;
+    if (x->resp.raw.len + len > ROUTER_RESPONSE_HEADER_BYTES)
+        return HPE_USER;
+    headers_value(&x->resp, at, len);
+    return 0;
+}
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    struct upstream *u = p->data;
+    struct exchange *x = u->x;
+    struct client *c = x->c;
+    int status = p->status_code;
+    if (x->resp.count == 0)
+        headers_field(&x->resp, "", 0, 1);
+    bool upgrade = status == 101 && x->upgrade;
+    bool interim = status >= 100 && status < 200 && !upgrade;
+    if (status == 101 && !x->upgrade)
+        return HPE_USER; /* switching protocols nobody asked for */
+    bool needs_eof = !interim && !upgrade && !x->is_head && llhttp_message_needs_eof(p);
+    if (!interim && (needs_eof || !llhttp_should_keep_alive(&c->parser)))
+        x->client_close = true;
+    if (!interim && x->upgrade && !upgrade)
+        x->client_close = true; /* the client may already send tunnel bytes: do not parse them */
+    struct router_header *hv = headers_view(c->p.w, &x->resp);
+    /* entry 0 holds the reason phrase */
+    if (c->p.out.count == OUTQ_PIECES)
+        peer_flush(&c->p);
+    size_t off = c->p.out.scratch.len;
+    router_head_build_response(&c->p.out.scratch, status, hv[0].value, hv[0].value_len, hv + 1,
+                               x->resp.count - 1, x->client_close && !interim, upgrade);
+    c->p.out.pieces[c->p.out.count].ptr = NULL;
+    c->p.out.pieces[c->p.out.count].off = off;
+    c->p.out.pieces[c->p.out.count].len = c->p.out.scratch.len - off;
+    c->p.out.count++;
+    x->resp_started = true;
+    x->interim = interim;
+    if (!interim)
+        x->status = status;
+    headers_reset(&x->resp);
+    if (upgrade)
+        return 2;
+    if (x->is_head)
+        return 1;
+    return 0;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    struct exchange *x = u->x;
+    x->resp_bytes += len;
+    outq_add(&x->c->p, at, len);
+    return 0;
+}
+
+static int on_resp_chunk_header(llhttp_t *p)
+{
+    struct upstream *u = p->data;
+    if (p->content_length > 0)
+        outq_printf(&u->x->c->p, "%llx\r\n", (unsigned long long)p->content_length);
+    return 0;
+}
+
+static int on_resp_chunk_complete(llhttp_t *p)
+{
+    struct upstream *u = p->data;
+    if (u->x->resp_bytes > 0 && !(p->flags & F_TRAILING))
+        outq_add(&u->x->c->p, "\r\n", 2);
+    return 0;
+}
+
+static int on_resp_message_complete(llhttp_t *p)
+{
+    struct upstream *u = p->data;
+    struct exchange *x = u->x;
+    if (x->interim) {
+        x->interim = false;
+        x->resp_started = false; /* a 1xx does not stop the router from answering 502 later */
+        return 0;
+    }
+    if (p->flags & F_CHUNKED && !x->is_head)
+        outq_add(&x->c->p, "0\r\n\r\n", 5);
+    if (p->upgrade)
+        return 0;
+    u->pause_done = true;
+    return HPE_PAUSED;
+}
+
+/* Bytes from a backend: parse, forward, and finish the exchange at the end of the response. */
+static void upstream_feed(struct upstream *u, const char *data, size_t len)
+{
+    struct exchange *x = u->x;
+    struct client *c = x->c;
+    u->got_bytes = true;
+    if (c->state == C_TUNNEL) {
+        outq_add(&c->p, data, len);
+        peer_flush(&c->p);
+        if (peer_queued(&c->p) > ROUTER_HIGH_WATER) {
+            u->p.throttled = true;
+            upstream_update_reading(u);
+        }
+        return;
+    }
+    llhttp_errno_t err = llhttp_execute(&u->parser, data, len);
+    size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&u->parser) - data);
+    if (used > len)
+        used = len;
+    peer_flush(&c->p);
+    if (c->p.write_error) {
+        client_close(c);
+        return;
+    }
+    if (err == HPE_OK) {
+        if (peer_queued(&c->p) > ROUTER_HIGH_WATER) {
+            u->p.throttled = true;
+            upstream_update_reading(u);
+        }
+        return;
+    }
+    if (err == HPE_PAUSED && u->pause_done) {
+        /* bytes after a complete response are a protocol error: do not reuse the connection */
+        u->reusable = used == len && llhttp_should_keep_alive(&u->parser);
+        x->resp_done = true;
+        if (!x->req_done) {
+            /* answered before the request ended (e.g. 413): the rest of it is not read */
+            x->client_close = true;
+        }
+        exchange_finish(x);
+        return;
+    }
+    if (err == HPE_PAUSED_UPGRADE && x->upgrade) {
+        c->state = C_TUNNEL;
+        x->resp_done = true;
+        client_set_deadline(c, D_TUNNEL, c->p.w->cfg->idle_timeout_ms);
+        /* what the backend sent after its 101, then what the client sent after its request */
+        if (used < len) {
+            outq_add(&c->p, data + used, len - used);
+            peer_flush(&c->p);
+        }
+        client_drain_pending(c);
+        return;
+    }
+    upstream_failed(u, UV_EPROTO, false);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct upstream *u = s->data;
+    if (nread == 0)
+        return;
+    if (u->state == U_IDLE || !u->x) {
+        /* an idle pooled connection spoke or closed: it cannot be used any more */
+        upstream_close(u);
+        return;
+    }
+    struct exchange *x = u->x;
+    if (nread > 0) {
+        client_touch(x->c);
+        upstream_feed(u, buf->base, (size_t)nread);
+        return;
+    }
+    if (x->c->state == C_TUNNEL) {
+        if (nread == UV_EOF) {
+            /* pass the backend's end on; the client may still send */
+            u->p.throttled = true;
+            upstream_update_reading(u);
+            peer_flush(&x->c->p);
+            client_shutdown(x->c);
+            return;
+        }
+        client_close(x->c);
+        return;
+    }
+    if (nread == UV_EOF && u->got_bytes && x->resp_started) {
+        /* a response delimited by the end of the connection ends here */
+        u->pause_done = false;
+        llhttp_errno_t err = llhttp_finish(&u->parser);
+        peer_flush(&x->c->p);
+        if (err == HPE_OK || (err == HPE_PAUSED && u->pause_done)) {
+            if (u->pause_done || llhttp_message_needs_eof(&u->parser)) {
+                u->reusable = false;
+                x->resp_done = true;
+                x->client_close = true;
+                if (!u->pause_done) {
+                    /* finish did not call on_message_complete: body ended with the stream */
+                }
+                exchange_finish(x);
+                return;
+            }
+        }
+    }
+    upstream_failed(u, (int)nread, false);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct write_req *wr = (struct write_req *)req;
+    struct peer *p = wr->peer;
+    free(wr);
+    if (p->closing)
+        return;
+    if (status < 0) {
+        p->write_error = status;
+        if (p->kind == PEER_CLIENT) {
+            client_close((struct client *)p);
+        } else {
+            struct upstream *u = (struct upstream *)p;
+            upstream_failed(u, status, false);
+        }
+        return;
+    }
+    if (peer_queued(p) > ROUTER_LOW_WATER)
+        return;
+    /* drained: let the other side read again */
+    if (p->kind == PEER_CLIENT) {
+        struct client *c = (struct client *)p;
+        if (c->x && c->x->u && c->x->u->p.throttled && !(c->state == C_TUNNEL && c->p.closing)) {
+            c->x->u->p.throttled = false;
+            upstream_update_reading(c->x->u);
+        }
+    } else {
+        struct upstream *u = (struct upstream *)p;
+        if (u->x && u->x->c->p.throttled) {
+            u->x->c->p.throttled = false;
+            client_update_reading(u->x->c);
+        }
+    }
+}
+
+/* ---- worker ------------------------------------------------------------------------------- */
+
+static void sweep_idle(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    for (struct pool *p = w->pools; p; p = p->next) {
+        struct upstream *u = p->idle, *next;
+        for (; u; u = next) {
+            next = u->idle_next;
+            if (now - u->idle_since >= (uint64_t)w->cfg->upstream_idle_timeout_ms)
+                upstream_close(u);
+        }
+    }
+}
+
+static void close_handle_if_open(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    w->stopping = true;
+    close_handle_if_open((uv_handle_t *)&w->listener);
+    close_handle_if_open((uv_handle_t *)&w->sweep);
+    close_handle_if_open((uv_handle_t *)&w->wakeup);
+    while (w->clients)
+        client_close(w->clients);
+    for (struct pool *p = w->pools; p; p = p->next)
+        while (p->idle)
+            upstream_close(p->idle);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void init_settings(void)
+{
+    llhttp_settings_init(&request_settings);
+    request_settings.on_url = on_req_url;
+    request_settings.on_header_field = on_req_header_field;
+    request_settings.on_header_value = on_req_header_value;
+    request_settings.on_header_field_complete = on_req_header_field_complete;
+    request_settings.on_headers_complete = on_req_headers_complete;
+    request_settings.on_body = on_req_body;
+    request_settings.on_chunk_header = on_req_chunk_header;
+    request_settings.on_chunk_complete = on_req_chunk_complete;
+    request_settings.on_message_complete = on_req_message_complete;
+
+    llhttp_settings_init(&response_settings);
+    response_settings.on_status = on_resp_status;
+    response_settings.on_header_field = on_resp_header_field;
+    response_settings.on_header_value = on_resp_header_value;
+    response_settings.on_headers_complete = on_resp_headers_complete;
+    response_settings.on_body = on_resp_body;
+    response_settings.on_chunk_header = on_resp_chunk_header;
+    response_settings.on_chunk_complete = on_resp_chunk_complete;
+    response_settings.on_message_complete = on_resp_message_complete;
+}
+
+static int listen_socket(const char *addr_text, int *out_fd)
+{
+    char host[256];
+    const char *colon = strrchr(addr_text, ':');
+    if (!colon || (size_t)(colon - addr_text) >= sizeof(host)) {
+        fprintf(stderr, "skiff-router: address %s is not HOST:PORT\n", addr_text);
+        return -EINVAL;
+    }
+    memcpy(host, addr_text, (size_t)(colon - addr_text));
+    host[colon - addr_text] = '\0';
+    int port = atoi(colon + 1);
+    struct sockaddr_storage ss;
+    const char *h = host;
+    if (strcmp(h, "localhost") == 0 || h[0] == '\0')
+        h = "127.0.0.1";
+    char h6[256];
+    if (h[0] == '[') {
+        snprintf(h6, sizeof(h6), "%.*s", (int)strlen(h) - 2, h + 1);
+        h = h6;
+    }
+    if (uv_ip4_addr(h, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(h, port, (struct sockaddr_in6 *)&ss) != 0) {
+        fprintf(stderr, "skiff-router: %s is not an IP address and port\n", addr_text);
+        return -EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    socklen_t len =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        fprintf(stderr, "skiff-router: cannot listen on %s: %s\n", addr_text, strerror(e));
+        close(fd);
+        return -e;
+    }
+    *out_fd = fd;
+    return 0;
+}
+
+int router_proxy_start(const struct router_config *cfg)
+{
+    init_settings();
+    int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
+    if (n < 1)
+        n = 1;
+    if (n > 64)
+        n = 64;
+    workers = xcalloc((size_t)n, sizeof(*workers));
+    uint64_t prefix;
+    prefix = ((uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 40));
+    for (int i = 0; i < n; i++) {
+        struct worker *w = &workers[i];
+        w->index = i;
+        w->cfg = cfg;
+        w->listen_fd = -1;
+        w->client_cap = cfg->max_connections / n + 1;
+        w->id_prefix = prefix + (uint64_t)i;
+        int r = listen_socket(cfg->addr, &w->listen_fd);
+        if (r < 0) {
+            for (int k = 0; k < i; k++)
+                close(workers[k].listen_fd);
+            free(workers);
+            workers = NULL;
+            return r;
+        }
+    }
+    worker_count = n;
+    for (int i = 0; i < n; i++) {
+        struct worker *w = &workers[i];
+        uv_loop_init(&w->loop);
+        uv_tcp_init(&w->loop, &w->listener);
+        w->listener.data = w;
+        uv_tcp_open(&w->listener, w->listen_fd);
+        uv_listen((uv_stream_t *)&w->listener, 4096, on_connection);
+        uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+        w->wakeup.data = w;
+        uv_timer_init(&w->loop, &w->sweep);
+        w->sweep.data = w;
+        uv_timer_start(&w->sweep, sweep_idle, 1000, 1000);
+        pthread_create(&w->thread, NULL, worker_main, w);
+    }
+    return 0;
+}
+
+void router_proxy_stop(void)
+{
+    for (int i = 0; i < worker_count; i++)
+        uv_async_send(&workers[i].wakeup);
+    for (int i = 0; i < worker_count; i++) {
+        struct worker *w = &workers[i];
+        pthread_join(w->thread, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&w->loop);
+        while (w->pools) {
+            struct pool *p = w->pools;
+            w->pools = p->next;
+            free(p);
+        }
+        route_table_unref(w->table);
+        free(w->view);
+    }
+    free(workers);
+    workers = NULL;
+    worker_count = 0;
+}
+
+void router_proxy_metrics(struct router_metrics *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < worker_count; i++) {
+        const uint64_t *src = (const uint64_t *)&workers[i].m;
+        uint64_t *dst = (uint64_t *)out;
+        for (size_t k = 0; k < sizeof(*out) / sizeof(uint64_t); k++)
+            dst[k] += __atomic_load_n(&src[k], __ATOMIC_RELAXED);
+    }
+}
