@@ -296,6 +296,23 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
                             json_string(a->health_check_http_endpoint));
     if (a->timeout > 0)
         json_object_set_new(body, "timeout", json_integer(a->timeout));
+    if (a->is_function) {
+        /* A top-level function: an app of kind function whose code is the handler's file. */
+        const struct manifest_function *f = &a->functions[0];
+        const char *colon = strrchr(f->handler, ':');
+        char *file = xstrndup(f->handler, (size_t)(colon - f->handler));
+        const char *runtime = cli_function_runtime(file);
+        free(file);
+        json_t *fn = json_pack("{s:s}", "handler", f->handler);
+        if (runtime)
+            json_object_set_new(fn, "runtime", json_string(runtime));
+        json_object_set_new(body, "kind", json_string("function"));
+        json_object_set_new(body, "function", fn);
+        if (f->memory_mb > 0)
+            json_object_set_new(body, "memory_mb", json_integer(f->memory_mb));
+        if (f->min_instances >= 0)
+            json_object_set_new(body, "instances", json_integer(f->min_instances));
+    }
     if (a->process_count) {
         json_t *procs = json_array();
         for (size_t i = 0; i < a->process_count; i++) {
@@ -312,6 +329,88 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
         json_object_set_new(body, "processes", procs);
     }
     return body;
+}
+
+/* The first array in an answer like {"event_mappings": [...]}. */
+static json_t *cli_first_array(json_t *obj)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        if (json_is_array(v))
+            return v;
+    }
+    return NULL;
+}
+
+/* Whether a mapping for app with this topic or schedule exists already (a re-push). */
+static bool cli_mapping_exists(json_t *existing, const char *app, const struct manifest_event *e)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(cli_first_array(existing), i, m)
+    {
+        if (strcmp(cli_json_str(m, "app"), app) != 0)
+            continue;
+        if (e->topic && strcmp(cli_json_str(m, "topic"), e->topic) == 0)
+            return true;
+        if (e->schedule && strcmp(cli_json_str(m, "schedule"), e->schedule) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The events: of a manifest function become event mappings of its app. */
+static int cli_push_mappings(const struct manifest_app *a)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < a->function_count; i++)
+        total += a->functions[i].event_count;
+    if (total == 0)
+        return CLI_EXIT_OK;
+    json_t *existing = NULL;
+    if (cli_api("GET", "/v1/event-mappings", NULL, &existing) != 0)
+        return CLI_EXIT_ERROR;
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; i < a->function_count && rc == CLI_EXIT_OK; i++) {
+        const struct manifest_function *f = &a->functions[i];
+        for (size_t j = 0; j < f->event_count && rc == CLI_EXIT_OK; j++) {
+            const struct manifest_event *e = &f->events[j];
+            if (cli_mapping_exists(existing, a->name, e))
+                continue;
+            json_t *body = json_pack("{s:s}", "app", a->name);
+            if (e->topic)
+                json_object_set_new(body, "topic", json_string(e->topic));
+            else
+                json_object_set_new(body, "schedule", json_string(e->schedule));
+            if (e->filter_count) {
+                json_t *filters = json_array();
+                for (size_t k = 0; k < e->filter_count; k++) {
+                    const char *v = e->filters[k].value;
+                    size_t n = strlen(v);
+                    /* a value ending in * in a manifest is a prefix filter: subject^=photos/ */
+                    char *text = n && v[n - 1] == '*'
+                                     ? xasprintf("%s^=%.*s", e->filters[k].key, (int)n - 1, v)
+                                     : xasprintf("%s=%s", e->filters[k].key, v);
+                    json_array_append_new(filters, json_string(text));
+                    free(text);
+                }
+                json_object_set_new(body, "filters", filters);
+            }
+            if (f->concurrency > 0)
+                json_object_set_new(body, "concurrency", json_integer(f->concurrency));
+            if (f->max_instances > 0)
+                json_object_set_new(body, "max_instances", json_integer(f->max_instances));
+            rc = cli_api("POST", "/v1/event-mappings", body, NULL);
+            json_decref(body);
+            if (rc == 0)
+                printf("Mapped %s %s to %s.\n", e->topic ? "the topic" : "the schedule",
+                       e->topic ? e->topic : e->schedule, a->name);
+        }
+    }
+    json_decref(existing);
+    return rc;
 }
 
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
@@ -412,6 +511,14 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
     rc = CLI_EXIT_OK;
     for (size_t i = 0; i < m->app_count && rc == CLI_EXIT_OK; i++) {
         const struct manifest_app *a = &m->apps[i];
+        if (a->function_count && !a->is_function && (!name || strcmp(name, a->name) == 0))
+            rc = cli_error("%s line %d: the app %s lists functions: inside it, which this "
+                           "version cannot push yet. List each function under the top-level "
+                           "functions: with its own path instead.",
+                           manifest_path, a->line, a->name);
+    }
+    for (size_t i = 0; i < m->app_count && rc == CLI_EXIT_OK; i++) {
+        const struct manifest_app *a = &m->apps[i];
         if (name && strcmp(name, a->name) != 0)
             continue;
         if (m->app_count > 1 && !name && json_object_size(flags) > 0) {
@@ -437,6 +544,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         if (pushed)
             putchar('\n');
         rc = cli_push_one(&plan);
+        if (rc == CLI_EXIT_OK)
+            rc = cli_push_mappings(a);
         pushed++;
         free(plan.dir);
         json_decref(plan.body);

@@ -608,6 +608,7 @@ static int manifest_top_function(struct manifest_ctx *c, const yaml_node_t *n,
     a->line = manifest_line(n);
     a->functions = xcalloc(1, sizeof(*a->functions));
     a->function_count = 1;
+    a->is_function = true;
     char *path = NULL;
     int rc = manifest_function(c, n, &a->functions[0], &path);
     if (path) {

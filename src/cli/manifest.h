@@ -76,7 +76,8 @@ struct manifest_app {
     size_t process_count;
     struct manifest_function *functions;
     size_t function_count;
-    int line; /* where the app starts in the file, for messages */
+    bool is_function; /* an entry of the top-level functions: (functions[0] is it) */
+    int line;         /* where the app starts in the file, for messages */
 };
 
 struct manifest {

@@ -169,6 +169,8 @@ static void test_functions(void **state)
     assert_string_equal(nightly->name, "nightly");
     assert_string_equal(nightly->path, "/apps/fn");
     assert_int_equal(nightly->function_count, 1);
+    assert_true(nightly->is_function);
+    assert_false(shop->is_function);
     f = &nightly->functions[0];
     assert_int_equal(f->max_instances, 5);
     assert_int_equal(f->min_instances, 0);
