@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Durable publishes per second: Skiff's fabric (in-process, and over HTTP through skiffd when
+# it can be started) beside NATS JetStream (Debian's nats-server, file storage, on loopback
+# with a temporary store), all driven by bench_fabric.c. Prints a table with ratios.
+#   bash bench/fabric/run.sh [SECONDS_PER_SHAPE]     (default 3)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-3}
+out=build/bench
+mkdir -p "$out"
+tmp=$(mktemp -d /tmp/skiff-bench-fabric-XXXXXX)
+nats_pid=""
+skiffd_pid=""
+cleanup() {
+  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
+  [ -n "$skiffd_pid" ] && kill "$skiffd_pid" 2>/dev/null && wait "$skiffd_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+pkgs="libuv jansson libsodium libnats"
+cc -std=gnu11 -O2 -g -D_GNU_SOURCE -Isrc $(pkg-config --cflags $pkgs) -o "$out/bench_fabric" \
+  bench/fabric/bench_fabric.c src/fabric/fabric.c src/fabric/crc32c.c src/fabric/cloudevents.c \
+  src/common/*.c $(pkg-config --libs $pkgs) -lpthread -lm || exit 1
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+results="$tmp/results"
+: >"$results"
+
+"$out/bench_fabric" lib "$tmp/fabric" "$secs" | tee -a "$results"
+"$out/bench_fabric" lib "$tmp/fabric-nosync" "$secs" nosync | tee -a "$results"
+
+# skiffd over HTTP, when the release build exists and starts
+if [ -x build/rel/skiffd ]; then
+  home="$tmp/home"; mkdir -p "$home"
+  api_port=$(free_port)
+  SKIFF_HOME="$home" HOME="$home" SKIFF_API_ADDR="127.0.0.1:$api_port" \
+    SKIFF_ROUTER_ADDR="127.0.0.1:$(free_port)" SKIFF_ROUTER_ADMIN_ADDR="127.0.0.1:$(free_port)" \
+    build/rel/skiffd >"$tmp/skiffd.log" 2>&1 &
+  skiffd_pid=$!
+  for _ in $(seq 100); do [ -s "$home/api.json" ] && curl -sf "http://127.0.0.1:$api_port/v1/info" >/dev/null && break; sleep 0.1; done
+  if [ -s "$home/api.json" ]; then
+    token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$home/api.json")
+    "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" | tee -a "$results"
+  else
+    echo "skiffd did not start; HTTP figures skipped (see $tmp/skiffd.log)" >&2
+  fi
+fi
+
+# NATS JetStream with file storage
+nats_port=$(free_port)
+printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/nats" }\n' "$nats_port" "$tmp" >"$tmp/nats.conf"
+nats-server -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 &
+nats_pid=$!
+for _ in $(seq 100); do grep -q "Server is ready" "$tmp/nats.log" && break; sleep 0.1; done
+"$out/bench_fabric" jetstream "nats://127.0.0.1:$nats_port" "$secs" | tee -a "$results"
+nats_version=$(nats-server --version)
+
+python3 - "$results" "$nats_version" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    mode, shape, n, secs, rate = line.split()
+    rows[(mode, shape)] = float(rate)
+modes = [m for m in ["skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
+shapes = ["single", "concurrent", "batched"]
+print()
+print("durable publishes per second (200-byte events); ratio = Skiff / JetStream")
+print("%-24s" % "" + "".join("%14s" % s for s in shapes))
+for m in modes:
+    print("%-24s" % m + "".join("%14.0f" % rows.get((m, s), 0) for s in shapes))
+for m in modes:
+    if m == "jetstream":
+        continue
+    print("%-24s" % (m + " / js") + "".join(
+        "%14s" % ("%.2fx" % (rows[(m, s)] / rows[("jetstream", s)]) if (m, s) in rows and rows.get(("jetstream", s)) else "-")
+        for s in shapes))
+print()
+print("skiff-lib: the fabric in-process, each acknowledgement after fdatasync (group commit).")
+print("skiff-http: POST to skiffd, 202 after fdatasync. skiff-lib-nosync: no fsync at all.")
+print("jetstream: %s, file storage; this version acknowledges before fsync (it syncs every" % sys.argv[2])
+print("2 minutes and has no sync_interval option), so compare it with skiff-lib-nosync.")
+PY
