@@ -1,0 +1,655 @@
+/* stager: see stager.h.
+ *
+ * A staging is a small state machine on the caller's loop:
+ *   unpack (thread pool) -> detect (each candidate in order, unless buildpacks are named)
+ *   -> supply of every named buildpack but the last -> finalize or compile of the last
+ *   -> release -> Procfile merge -> staging_info.json -> rename into place.
+ * Layout while it runs: <droplet_dir>.staging-<random>/{app,deps,staging_info.json}, so the
+ * final rename stays on one filesystem; a failure removes that folder and nothing else. */
+#include "stager/stager.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+#include "executor/proc.h"
+#include "stager/release.h"
+
+#define STAGER_DEFAULT_TIMEOUT_S 900
+#define STAGER_MAX_UNPACKED ((size_t)4 << 30) /* the API checks its own, smaller limit */
+#define STAGER_MAX_CAPTURE (256 * 1024)       /* detect/release output kept for parsing */
+
+extern char **environ;
+
+enum stager__step { STEP_UNPACK, STEP_DETECT, STEP_SUPPLY, STEP_FINAL, STEP_RELEASE, STEP_DONE };
+
+struct stager__buildpack {
+    char *name; /* what the user sees: the built-in's name or the folder path */
+    char *dir;
+};
+
+struct staging {
+    uv_loop_t *loop;
+    stage_output_cb on_output;
+    stage_done_cb on_done;
+    void *ctx;
+
+    char *app_name, *package_path, *cache_dir, *droplet_dir, *buildpacks_dir;
+    char **env;
+    int timeout_s;
+    char *work_dir, *build_dir, *deps_dir;
+
+    struct stager__buildpack *candidates;
+    size_t candidate_count;
+    bool named;     /* buildpacks named by the caller: no detection, multi-buildpack rules */
+    size_t current; /* index into candidates */
+    char *detect_output;
+
+    enum stager__step step;
+    struct proc *proc;
+    struct buf captured; /* stdout of detect and release */
+    uv_work_t unpack_work;
+    int unpack_rc;
+    char unpack_err[512];
+    uv_timer_t timer;
+    bool unpacking, timed_out, cancelled, finished;
+};
+
+static void stager__next(struct staging *s);
+
+/* ---- output and ending ------------------------------------------------------------------ */
+
+static void stager__say(struct staging *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void stager__say(struct staging *s, const char *fmt, ...)
+{
+    struct buf b = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    s->on_output(s->ctx, b.data, b.len);
+    buf_free(&b);
+}
+
+static void stager__free_strings(char **list)
+{
+    if (!list)
+        return;
+    for (char **p = list; *p; p++)
+        free(*p);
+    free(list);
+}
+
+static void stager__timer_closed(uv_handle_t *h)
+{
+    struct staging *s = h->data;
+    for (size_t i = 0; i < s->candidate_count; i++) {
+        free(s->candidates[i].name);
+        free(s->candidates[i].dir);
+    }
+    free(s->candidates);
+    free(s->app_name);
+    free(s->package_path);
+    free(s->cache_dir);
+    free(s->droplet_dir);
+    free(s->buildpacks_dir);
+    free(s->work_dir);
+    free(s->build_dir);
+    free(s->deps_dir);
+    free(s->detect_output);
+    stager__free_strings(s->env);
+    buf_free(&s->captured);
+    free(s);
+}
+
+/* Reports the result once and releases the staging. */
+static void stager__finish(struct staging *s, bool ok, const char *buildpack,
+                           const char *process_types_json, const char *error)
+{
+    if (s->finished)
+        return;
+    s->finished = true;
+    s->step = STEP_DONE;
+    if (s->proc) {
+        proc_close(s->proc);
+        s->proc = NULL;
+    }
+    uv_timer_stop(&s->timer);
+    if (!ok && s->work_dir)
+        rm_rf(s->work_dir);
+    struct stage_result result = {
+        .ok = ok,
+        .buildpack = buildpack,
+        .process_types_json = process_types_json,
+        .error = error,
+    };
+    s->on_done(s->ctx, &result);
+    uv_close((uv_handle_t *)&s->timer, stager__timer_closed);
+}
+
+static void stager__fail(struct staging *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void stager__fail(struct staging *s, const char *fmt, ...)
+{
+    struct buf b = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    if (!s->finished)
+        s->on_output(s->ctx, b.data, b.len);
+    stager__finish(s, false, NULL, NULL, b.data);
+    buf_free(&b);
+}
+
+/* A stop from outside (timeout or cancel) while a step runs: kill it and report why. */
+static void stager__abort(struct staging *s)
+{
+    if (s->unpacking)
+        return; /* the unpack finishes on its thread, then stager__unpacked reports */
+    if (s->timed_out)
+        stager__fail(s,
+                     "staging timed out after %d s: make the build faster, or raise the "
+                     "staging timeout",
+                     s->timeout_s);
+    else
+        stager__fail(s, "staging was cancelled");
+}
+
+static void stager__timed_out(uv_timer_t *t)
+{
+    struct staging *s = t->data;
+    s->timed_out = true;
+    stager__abort(s);
+}
+
+void stager_cancel(struct staging *s)
+{
+    if (s->finished || s->cancelled)
+        return;
+    s->cancelled = true;
+    stager__abort(s);
+}
+
+/* ---- running buildpack steps ------------------------------------------------------------ */
+
+static void stager__line(void *ctx, int stream, const char *line, size_t len)
+{
+    struct staging *s = ctx;
+    bool capture = stream == 1 && (s->step == STEP_DETECT || s->step == STEP_RELEASE);
+    if (capture) {
+        if (s->captured.len + len + 1 <= STAGER_MAX_CAPTURE) {
+            buf_append(&s->captured, line, len);
+            buf_putc(&s->captured, '\n');
+        }
+        return;
+    }
+    if (s->step == STEP_DETECT)
+        return; /* a buildpack saying why it does not apply is noise */
+    s->on_output(s->ctx, line, len);
+}
+
+static void stager__step_exited(void *ctx, int exit_status, int term_signal);
+
+static int stager__run(struct staging *s, const char *script, bool with_deps)
+{
+    const struct stager__buildpack *bp = &s->candidates[s->current];
+    char *program = xasprintf("%s/bin/%s", bp->dir, script);
+    char idx[16];
+    snprintf(idx, sizeof(idx), "%zu", s->current);
+    const char *argv[6] = {program, s->build_dir, NULL, NULL, NULL, NULL};
+    if (s->step == STEP_SUPPLY || s->step == STEP_FINAL) {
+        argv[2] = s->cache_dir;
+        if (with_deps) {
+            argv[3] = s->deps_dir;
+            argv[4] = idx;
+        }
+    }
+    buf_reset(&s->captured);
+    struct proc_options opt = {
+        .argv = argv,
+        .env = s->env,
+        .cwd = s->build_dir,
+        .on_line = stager__line,
+        .on_exit = stager__step_exited,
+        .ctx = s,
+    };
+    int rc = proc_spawn(s->loop, &opt, &s->proc);
+    free(program);
+    return rc;
+}
+
+static bool stager__has_script(const struct stager__buildpack *bp, const char *script)
+{
+    char *path = xasprintf("%s/bin/%s", bp->dir, script);
+    bool ok = access(path, F_OK) == 0;
+    free(path);
+    return ok;
+}
+
+static bool stager__is_last(const struct staging *s)
+{
+    return s->current + 1 == s->candidate_count;
+}
+
+/* Starts the step s->step for s->current; on a spawn error fails the staging. */
+static void stager__start_step(struct staging *s)
+{
+    const struct stager__buildpack *bp = &s->candidates[s->current];
+    const char *script = NULL;
+    bool with_deps = false;
+    switch (s->step) {
+    case STEP_DETECT:
+        script = "detect";
+        break;
+    case STEP_SUPPLY:
+        script = "supply";
+        with_deps = true;
+        break;
+    case STEP_FINAL:
+        with_deps = stager__has_script(bp, "finalize");
+        script = with_deps ? "finalize" : "compile";
+        if (!with_deps && !stager__has_script(bp, "compile")) {
+            stager__fail(s,
+                         "buildpack %s has neither bin/finalize nor bin/compile: it cannot "
+                         "build the app",
+                         bp->name);
+            return;
+        }
+        break;
+    case STEP_RELEASE:
+        script = "release";
+        break;
+    default:
+        return;
+    }
+    int rc = stager__run(s, script, with_deps);
+    if (rc < 0)
+        stager__fail(s,
+                     "buildpack %s: cannot run bin/%s (%s): check that it exists and is "
+                     "executable",
+                     bp->name, script, uv_strerror(rc));
+}
+
+/* Merges the release's process types with the app's Procfile, writes staging_info.json and
+ * moves the droplet into place. */
+static void stager__complete(struct staging *s)
+{
+    char err[512];
+    json_t *types = stager_release_parse(s->captured.data ? s->captured.data : "", s->captured.len,
+                                         err, sizeof(err));
+    json_t *info = NULL;
+    char *types_text = NULL;
+    const struct stager__buildpack *bp = &s->candidates[s->current];
+    if (!types) {
+        stager__fail(s, "buildpack %s: %s", bp->name, err);
+        return;
+    }
+    char *procfile_path = xasprintf("%s/Procfile", s->build_dir);
+    char *procfile = NULL;
+    size_t procfile_len = 0;
+    if (file_read(procfile_path, &procfile, &procfile_len) == 0) {
+        json_t *declared = stager_procfile_parse(procfile, procfile_len, err, sizeof(err));
+        free(procfile);
+        if (!declared) {
+            free(procfile_path);
+            json_decref(types);
+            stager__fail(s, "%s: fix the Procfile and push again", err);
+            return;
+        }
+        json_object_update(types, declared); /* the app's Procfile wins */
+        json_decref(declared);
+    }
+    free(procfile_path);
+
+    /* Buildpacks that set up the environment in .profile.d expect it sourced before every
+     * process starts, with DEPS_DIR pointing at the droplet's deps. */
+    char *profile_d = xasprintf("%s/.profile.d", s->build_dir);
+    struct stat st;
+    bool has_profile_d = stat(profile_d, &st) == 0 && S_ISDIR(st.st_mode);
+    free(profile_d);
+    if (has_profile_d) {
+        const char *name;
+        json_t *cmd;
+        json_object_foreach(types, name, cmd)
+        {
+            char *wrapped = xasprintf("export DEPS_DIR=\"$PWD/../deps\"; for f in "
+                                      ".profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done; %s",
+                                      json_string_value(cmd));
+            json_object_set_new(types, name, json_string(wrapped));
+            free(wrapped);
+        }
+    }
+
+    json_t *web = json_object_get(types, "web");
+    info =
+        json_pack("{s:s, s:s?, s:O, s:O}", "buildpack", bp->name, "detect_output", s->detect_output,
+                  "process_types", types, "start_command", web ? web : json_null());
+    char *info_text = json_dumps(info, JSON_INDENT(2));
+    char *info_path = xasprintf("%s/staging_info.json", s->work_dir);
+    int rc = file_write_atomic(info_path, info_text, strlen(info_text), 0644);
+    free(info_path);
+    free(info_text);
+    json_decref(info);
+    if (rc < 0) {
+        json_decref(types);
+        stager__fail(s, "cannot write the droplet: %s", strerror(-rc));
+        return;
+    }
+    if (rename(s->work_dir, s->droplet_dir) != 0) {
+        int e = errno;
+        json_decref(types);
+        stager__fail(s, "cannot move the droplet into place at %s: %s", s->droplet_dir,
+                     strerror(e));
+        return;
+    }
+    types_text = json_dumps(types, JSON_COMPACT);
+    json_decref(types);
+    stager__say(s, "Staging complete: buildpack %s", bp->name);
+    char *bp_name = xstrdup(bp->name);
+    stager__finish(s, true, bp_name, types_text, NULL);
+    free(bp_name);
+    free(types_text);
+}
+
+static void stager__step_exited(void *ctx, int exit_status, int term_signal)
+{
+    struct staging *s = ctx;
+    proc_close(s->proc);
+    s->proc = NULL;
+    if (s->finished)
+        return;
+    const struct stager__buildpack *bp = &s->candidates[s->current];
+    bool ok = exit_status == 0 && term_signal == 0;
+    switch (s->step) {
+    case STEP_DETECT:
+        if (ok) {
+            /* stdout names the buildpack (and often a version) */
+            size_t n = s->captured.len;
+            while (n > 0 && (s->captured.data[n - 1] == '\n' || s->captured.data[n - 1] == ' '))
+                n--;
+            s->detect_output = xstrndup(s->captured.data ? s->captured.data : "", n);
+            stager__say(s, "Staging %s: detected buildpack %s%s%s%s", s->app_name, bp->name,
+                        n ? " (" : "", s->detect_output, n ? ")" : "");
+            s->step = STEP_FINAL;
+            stager__next(s);
+            return;
+        }
+        if (term_signal) {
+            stager__fail(s, "buildpack %s: bin/detect was killed by signal %d", bp->name,
+                         term_signal);
+            return;
+        }
+        s->current++;
+        stager__next(s);
+        return;
+    case STEP_SUPPLY:
+    case STEP_FINAL:
+    case STEP_RELEASE: {
+        if (!ok) {
+            const char *script = s->step == STEP_SUPPLY               ? "supply"
+                                 : s->step == STEP_RELEASE            ? "release"
+                                 : stager__has_script(bp, "finalize") ? "finalize"
+                                                                      : "compile";
+            if (term_signal)
+                stager__fail(s, "buildpack %s failed: bin/%s was killed by signal %d", bp->name,
+                             script, term_signal);
+            else
+                stager__fail(s,
+                             "buildpack %s failed: bin/%s exited with status %d (see the "
+                             "output above)",
+                             bp->name, script, exit_status);
+            return;
+        }
+        if (s->step == STEP_SUPPLY) {
+            s->current++;
+            s->step = stager__is_last(s) ? STEP_FINAL : STEP_SUPPLY;
+        } else if (s->step == STEP_FINAL) {
+            s->step = STEP_RELEASE;
+        } else {
+            stager__complete(s);
+            return;
+        }
+        stager__next(s);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+/* Moves to the step in s->step (after detection: the final buildpack's build). */
+static void stager__next(struct staging *s)
+{
+    if (s->finished)
+        return;
+    if (s->step == STEP_DETECT) {
+        while (s->current < s->candidate_count &&
+               !stager__has_script(&s->candidates[s->current], "detect"))
+            s->current++;
+        if (s->current == s->candidate_count) {
+            struct buf names = {0};
+            for (size_t i = 0; i < s->candidate_count; i++)
+                buf_printf(&names, "%s%s", i ? ", " : "", s->candidates[i].name);
+            stager__fail(s,
+                         "no buildpack detected this app (tried %s): add a Procfile with a "
+                         "'web:' command, or name a buildpack with -b",
+                         names.data ? names.data : "none");
+            buf_free(&names);
+            return;
+        }
+    }
+    stager__start_step(s);
+}
+
+/* ---- unpacking -------------------------------------------------------------------------- */
+
+static void stager__unpack_work(uv_work_t *w)
+{
+    struct staging *s = w->data;
+    s->unpack_rc = package_extract(s->package_path, s->build_dir, STAGER_MAX_UNPACKED,
+                                   s->unpack_err, sizeof(s->unpack_err));
+}
+
+static void stager__unpacked(uv_work_t *w, int status)
+{
+    struct staging *s = w->data;
+    s->unpacking = false;
+    if (s->timed_out || s->cancelled || status == UV_ECANCELED) {
+        stager__abort(s);
+        return;
+    }
+    if (s->unpack_rc < 0) {
+        stager__fail(s, "cannot unpack the app: %s", s->unpack_err);
+        return;
+    }
+    if (s->named) {
+        s->current = 0;
+        s->step = s->candidate_count > 1 ? STEP_SUPPLY : STEP_FINAL;
+        stager__say(s, "Staging %s with buildpack %s", s->app_name, s->candidates[0].name);
+    } else {
+        s->step = STEP_DETECT;
+    }
+    stager__next(s);
+}
+
+/* ---- setting up ------------------------------------------------------------------------- */
+
+/* The buildpack folder for a name: a path when it has a '/', else a built-in. */
+static int stager__resolve(const char *buildpacks_dir, const char *name,
+                           struct stager__buildpack *out)
+{
+    struct stat st;
+    char *dir = strchr(name, '/') ? xstrdup(name) : xasprintf("%s/%s", buildpacks_dir, name);
+    char *bin = xasprintf("%s/bin", dir);
+    int rc = stat(bin, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -ENOENT;
+    free(bin);
+    if (rc < 0 || strstr(name, "..") == name) {
+        free(dir);
+        return -ENOENT;
+    }
+    out->name = xstrdup(name);
+    out->dir = dir;
+    return 0;
+}
+
+static int stager__compare_names(const void *a, const void *b)
+{
+    return strcmp(((const struct stager__buildpack *)a)->name,
+                  ((const struct stager__buildpack *)b)->name);
+}
+
+/* Detection order: <buildpacks_dir>/order (one name a line) when present, else every
+ * folder with a bin/detect in name order. */
+static void stager__load_order(struct staging *s, const char *buildpacks_dir)
+{
+    size_t cap = 16;
+    s->candidates = xcalloc(cap, sizeof(*s->candidates));
+    char *order_path = xasprintf("%s/order", buildpacks_dir);
+    char *order = NULL;
+    if (file_read(order_path, &order, NULL) == 0) {
+        char *save = NULL;
+        for (char *line = strtok_r(order, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            while (*line == ' ' || *line == '\t')
+                line++;
+            if (!*line || *line == '#' || strchr(line, '/'))
+                continue;
+            if (s->candidate_count == cap)
+                s->candidates = xrealloc(s->candidates, (cap *= 2) * sizeof(*s->candidates));
+            if (stager__resolve(buildpacks_dir, line, &s->candidates[s->candidate_count]) == 0)
+                s->candidate_count++;
+        }
+        free(order);
+    } else {
+        uv_fs_t req;
+        uv_dirent_t ent;
+        if (uv_fs_scandir(NULL, &req, buildpacks_dir, 0, NULL) >= 0) {
+            while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+                if (s->candidate_count == cap)
+                    s->candidates = xrealloc(s->candidates, (cap *= 2) * sizeof(*s->candidates));
+                if (ent.name[0] != '.' && stager__resolve(buildpacks_dir, ent.name,
+                                                          &s->candidates[s->candidate_count]) == 0)
+                    s->candidate_count++;
+            }
+        }
+        uv_fs_req_cleanup(&req);
+        qsort(s->candidates, s->candidate_count, sizeof(*s->candidates), stager__compare_names);
+    }
+    free(order_path);
+}
+
+/* The environment of buildpack processes: the caller's (or ours), with PATH and HOME made
+ * sure of, since package managers need both. */
+static char **stager__make_env(char *const *given, const char *work_dir)
+{
+    char *const *src = given ? given : environ;
+    size_t n = 0;
+    bool has_path = false, has_home = false;
+    for (; src[n]; n++) {
+        has_path |= str_has_prefix(src[n], "PATH=");
+        has_home |= str_has_prefix(src[n], "HOME=");
+    }
+    char **env = xcalloc(n + 3, sizeof(char *));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        env[k++] = xstrdup(src[i]);
+    if (!has_path)
+        env[k++] = xstrdup("PATH=/usr/local/bin:/usr/bin:/bin");
+    if (!has_home)
+        env[k++] = xasprintf("HOME=%s/home", work_dir);
+    return env;
+}
+
+int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct stage_request *req,
+                 stage_output_cb on_output, stage_done_cb on_done, void *ctx, struct staging **out)
+{
+    if (!loop || !cfg || !cfg->buildpacks_dir || !req || !req->package_path || !req->droplet_dir ||
+        !on_output || !on_done)
+        return -EINVAL;
+    struct stat st;
+    if (stat(req->droplet_dir, &st) == 0)
+        return -EEXIST;
+    if (stat(req->package_path, &st) != 0)
+        return -errno;
+
+    struct staging *s = xcalloc(1, sizeof(*s));
+    s->loop = loop;
+    s->on_output = on_output;
+    s->on_done = on_done;
+    s->ctx = ctx;
+    s->app_name = xstrdup(req->app_name ? req->app_name : "app");
+    s->package_path = xstrdup(req->package_path);
+    s->droplet_dir = xstrdup(req->droplet_dir);
+    s->buildpacks_dir = xstrdup(cfg->buildpacks_dir);
+    s->timeout_s = req->timeout_s > 0 ? req->timeout_s : STAGER_DEFAULT_TIMEOUT_S;
+    char hex[17];
+    random_hex(hex, 8);
+    s->work_dir = xasprintf("%s.staging-%s", req->droplet_dir, hex);
+    s->build_dir = xasprintf("%s/app", s->work_dir);
+    s->deps_dir = xasprintf("%s/deps", s->work_dir);
+    s->cache_dir = req->cache_dir ? xstrdup(req->cache_dir) : xasprintf("%s/cache", s->work_dir);
+    s->env = stager__make_env(req->env, s->work_dir);
+
+    int rc = 0;
+    if (req->buildpacks && req->buildpacks[0]) {
+        s->named = true;
+        size_t n = 0;
+        while (req->buildpacks[n])
+            n++;
+        s->candidates = xcalloc(n, sizeof(*s->candidates));
+        for (size_t i = 0; i < n; i++) {
+            if (stager__resolve(cfg->buildpacks_dir, req->buildpacks[i], &s->candidates[i]) < 0) {
+                rc = -ENOENT;
+                break;
+            }
+            s->candidate_count++;
+        }
+    } else {
+        stager__load_order(s, cfg->buildpacks_dir);
+        if (s->candidate_count == 0)
+            rc = -ENOENT;
+    }
+    if (rc == 0 &&
+        ((rc = mkdir_p(s->build_dir, 0755)) < 0 || (rc = mkdir_p(s->deps_dir, 0755)) < 0 ||
+         (rc = mkdir_p(s->cache_dir, 0755)) < 0))
+        rm_rf(s->work_dir);
+    if (rc == 0) {
+        char *home = xasprintf("%s/home", s->work_dir);
+        mkdir_p(home, 0700);
+        free(home);
+    }
+    uv_timer_init(loop, &s->timer);
+    s->timer.data = s;
+    if (rc < 0) {
+        rm_rf(s->work_dir);
+        s->finished = true;
+        uv_close((uv_handle_t *)&s->timer, stager__timer_closed);
+        return rc;
+    }
+    uv_timer_start(&s->timer, stager__timed_out, (uint64_t)s->timeout_s * 1000, 0);
+    s->step = STEP_UNPACK;
+    s->unpacking = true;
+    s->unpack_work.data = s;
+    rc = uv_queue_work(loop, &s->unpack_work, stager__unpack_work, stager__unpacked);
+    if (rc < 0) {
+        rm_rf(s->work_dir);
+        s->finished = true;
+        uv_timer_stop(&s->timer);
+        uv_close((uv_handle_t *)&s->timer, stager__timer_closed);
+        return rc;
+    }
+    if (out)
+        *out = s;
+    return 0;
+}
