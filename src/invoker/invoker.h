@@ -114,4 +114,21 @@ void mapping_spec_free(struct mapping_spec *spec);
 int mapping_parse_since(const char *text, int64_t now_ms, bool *is_offset, uint64_t *offset,
                         int64_t *time_ms, char *err, size_t errsize);
 
+/* ---- the delivery engine ----------------------------------------------------------- */
+
+struct api_services;
+struct fabric;
+
+/* Starts delivery inside skiffd: loads the mappings kept in the store (documents of kind
+ * "event_mapping"), opens their cursors, subscribes to the fabric and to the scheduler's
+ * platform events, and adds the API routes (event mappings, replay, invoke, GET /metrics).
+ * Called by api_events_start() once the fabric is open. A negative errno and a message in err
+ * when it cannot start; nothing is left running then. */
+int invoker_start(const struct api_services *svc, struct fabric *fabric, char *err, size_t errsize);
+/* Stops delivery: no new attempt starts, attempts in flight are abandoned (their events stay
+ * past the cursor and are delivered again after a restart), pending appends and cursor commits
+ * finish. done (may be NULL) runs on the loop when everything is closed; the fabric may be
+ * closed after that. */
+void invoker_stop(void (*done)(void *arg), void *arg);
+
 #endif

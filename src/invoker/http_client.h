@@ -1,0 +1,61 @@
+/* invoker_http: the invoker's HTTP/1.1 client (internal to src/invoker).
+ *
+ * One pool per instance address keeps idle keep-alive connections; a call takes an idle
+ * connection or opens one, writes one request, parses the response with llhttp and gives the
+ * connection back when the server lets it be reused. A call that failed on a reused connection
+ * before any byte of the response came (the server closed an idle connection meanwhile) is
+ * sent once more on a fresh connection, so a stale keep-alive never looks like a failure.
+ *
+ * Ownership: the caller keeps the request's head and body alive until the callback; the
+ * response passed to the callback lives only during it. A pool is freed by
+ * invoker_http_pool_release(): idle connections close at once, calls in progress finish (their
+ * callbacks still run), then the pool goes away.
+ *
+ * Threading: one libuv loop; callbacks run on it, never from inside invoker_http_send. */
+#ifndef SKIFF_INVOKER_HTTP_H
+#define SKIFF_INVOKER_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/buf.h"
+
+struct invoker_http_pool;
+struct invoker_http_call;
+
+struct invoker_http_header {
+    char *name; /* lower case */
+    char *value;
+};
+
+struct invoker_http_response {
+    int status;        /* HTTP status; 0 on a network error or timeout */
+    const char *error; /* with status 0: what went wrong ("connection refused", "timed out") */
+    struct invoker_http_header *headers;
+    size_t header_count;
+    const char *body;
+    size_t body_len;
+};
+
+typedef void (*invoker_http_cb)(void *arg, const struct invoker_http_response *resp);
+
+/* addr is "127.0.0.1:PORT" (IPv4 or [IPv6]:PORT). -EINVAL when it is not. */
+int invoker_http_pool_new(uv_loop_t *loop, const char *addr, struct invoker_http_pool **out);
+/* With abort_calls, calls in progress fail at once ("cancelled"; their callbacks run before
+ * this returns) instead of finishing. */
+void invoker_http_pool_release(struct invoker_http_pool *pool, bool abort_calls);
+/* Calls in progress on the pool. */
+size_t invoker_http_pool_active(const struct invoker_http_pool *pool);
+
+/* Sends head (the request line and headers, ending with the blank line; the caller adds
+ * Content-Length) and body. cb runs exactly once. timeout_ms bounds the whole call. */
+void invoker_http_send(struct invoker_http_pool *pool, const char *head, size_t head_len,
+                       const void *body, size_t body_len, int64_t timeout_ms, invoker_http_cb cb,
+                       void *arg);
+
+/* The value of a response header by lower-case name; NULL when absent. */
+const char *invoker_http_header(const struct invoker_http_response *resp, const char *name);
+
+#endif

@@ -1,0 +1,1158 @@
+/* The delivery engine: mappings read their topics through durable cursors and deliver each
+ * event to a ready instance of their target; targets scale with their work (see invoker.h).
+ *
+ * A mapping keeps a window of events in offset order. The cursor is committed up to the first
+ * event that is not settled, so an event is never acknowledged before its delivery succeeded,
+ * went to the dead-letter topic or was recorded as failed. Everything runs on one loop. */
+#include "invoker/invoker_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "common/util.h"
+#include "fabric/fabric.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+
+#define MAPPING_DOC_KIND "event_mapping"
+
+static struct invoker *invoker_global;
+
+struct invoker *invoker_get(void)
+{
+    return invoker_global;
+}
+
+static void mapping_pump(struct inv_mapping *m);
+static void mapping_collect(struct inv_mapping *m);
+static void mapping_cron_fire(uv_timer_t *h);
+static void mapping_retry_timer(uv_timer_t *h);
+/* Finishes a stop once nothing is pending. Takes no pointer: the invoker may be gone. */
+static void invoker_maybe_done(void);
+
+/* ---- mapping references ------------------------------------------------------------------ */
+
+static void mapping_free(struct inv_mapping *m)
+{
+    for (struct inv_mapping **pp = &m->inv->mappings; *pp; pp = &(*pp)->next) {
+        if (*pp == m) {
+            *pp = m->next;
+            break;
+        }
+    }
+    json_decref(m->failures);
+    mapping_spec_free(&m->spec);
+    free(m);
+}
+
+static void mapping_unref(struct inv_mapping *m)
+{
+    if (--m->refs == 0 && m->open_handles == 0) {
+        mapping_free(m);
+        invoker_maybe_done();
+    }
+}
+
+static void mapping_handle_closed(uv_handle_t *h)
+{
+    struct inv_mapping *m = h->data;
+    m->open_handles--;
+    if (m->refs == 0 && m->open_handles == 0) {
+        mapping_free(m);
+        invoker_maybe_done();
+    }
+}
+
+/* ---- slots ------------------------------------------------------------------------------- */
+
+static void slot_free(struct inv_slot *s)
+{
+    buf_free(&s->head);
+    free(s->record);
+    free(s);
+}
+
+/* Settles a slot: the cursor may pass it. */
+static void slot_done(struct inv_slot *s)
+{
+    struct inv_mapping *m = s->m;
+    if (s->state == SLOT_PENDING || s->state == SLOT_WAIT_RETRY)
+        m->pending--;
+    s->state = SLOT_DONE;
+    free(s->record);
+    s->record = NULL;
+    buf_free(&s->head);
+}
+
+static void mapping_record_failure(struct inv_mapping *m, const struct inv_slot *s,
+                                   const char *reason)
+{
+    char when[40];
+    time_format_rfc3339(time_now_ms(), when, sizeof(when));
+    json_t *f = json_pack("{s:I, s:s?, s:s, s:s, s:i}", "offset", (json_int_t)s->offset, "id",
+                          s->record ? s->ev.id : NULL, "reason", reason, "at", when, "attempts",
+                          s->attempts);
+    if (!m->failures)
+        m->failures = json_array();
+    json_array_append_new(m->failures, f);
+    while (json_array_size(m->failures) > INVOKER_FAILURES_KEPT)
+        json_array_remove(m->failures, 0);
+    m->stats_dirty = true;
+}
+
+/* ---- appends (replies, dead letters, platform events) --------------------------------------- */
+
+struct inv_append {
+    struct invoker *inv;
+    struct inv_slot *slot; /* NULL for platform events and schedule fires */
+    bool dead_letter;
+    char reason[200];
+};
+
+static void slot_retry_later(struct inv_slot *s, int status, const char *reason);
+
+static void invoker_append_done(void *arg, int status, uint64_t first_offset, size_t count)
+{
+    (void)first_offset;
+    (void)count;
+    struct inv_append *a = arg;
+    struct invoker *inv = a->inv;
+    inv->pending_ops--;
+    struct inv_slot *s = a->slot;
+    if (s) {
+        struct inv_mapping *m = s->m;
+        if (s->orphan) {
+            slot_free(s);
+        } else if (status < 0) {
+            /* Not durable: the event is not settled; deliver it again later. */
+            snprintf(m->last_error, sizeof(m->last_error), "cannot store a %s: %s",
+                     a->dead_letter ? "dead letter" : "reply", fabric_strerror(status));
+            slot_retry_later(s, 503, m->last_error);
+        } else {
+            if (a->dead_letter) {
+                m->dead_lettered++;
+                mapping_record_failure(m, s, a->reason);
+            } else {
+                m->delivered++;
+            }
+            m->stats_dirty = true;
+            slot_done(s);
+        }
+        if (!m->deleted && !inv->stopping)
+            mapping_pump(m);
+        free(a);
+        mapping_unref(m);
+        return;
+    }
+    free(a);
+    invoker_maybe_done();
+}
+
+/* Appends ev to topic; the slot (may be NULL) is settled once it is durable. */
+static int invoker_append_event(struct invoker *inv, const char *topic, const struct cloudevent *ev,
+                                struct inv_slot *slot, bool dead_letter, const char *reason)
+{
+    struct buf rec = {0};
+    cloudevent_encode_record(ev, &rec);
+    struct inv_append *a = xcalloc(1, sizeof(*a));
+    a->inv = inv;
+    a->slot = slot;
+    a->dead_letter = dead_letter;
+    if (reason)
+        snprintf(a->reason, sizeof(a->reason), "%s", reason);
+    struct fabric_blob blob = {rec.data, rec.len};
+    int rc = fabric_append(inv->fabric, topic, &blob, 1, invoker_append_done, a, NULL);
+    buf_free(&rec);
+    if (rc < 0) {
+        free(a);
+        return rc;
+    }
+    inv->pending_ops++;
+    if (slot) {
+        slot->m->refs++;
+        slot->state = SLOT_FINISHING;
+    }
+    return 0;
+}
+
+/* Publishes a platform or schedule event made here (id, time and specversion filled). */
+static void invoker_publish(struct invoker *inv, const char *topic, const char *type,
+                            const char *source, const char *subject, json_t *data)
+{
+    char id[37], when[40];
+    uuid_generate_v4(id);
+    time_format_rfc3339(time_now_ms(), when, sizeof(when));
+    char *text = json_dumps(data, JSON_COMPACT);
+    struct cloudevent ev = {
+        .id = id,
+        .source = source,
+        .type = type,
+        .specversion = "1.0",
+        .subject = subject,
+        .time = when,
+        .datacontenttype = "application/json",
+        .data = text,
+        .data_len = strlen(text),
+    };
+    int rc = invoker_append_event(inv, topic, &ev, NULL, false, NULL);
+    if (rc < 0)
+        fprintf(stderr, "skiffd: cannot publish %s on %s: %s\n", type, topic, fabric_strerror(rc));
+    free(text);
+}
+
+/* ---- targets and instances ----------------------------------------------------------------- */
+
+static struct inv_instance *target_instance_find(struct inv_target *t, const char *guid)
+{
+    for (struct inv_instance *i = t->instances; i; i = i->next)
+        if (strcmp(i->guid, guid) == 0)
+            return i;
+    return NULL;
+}
+
+static void target_instance_add(struct inv_target *t, const char *guid, const char *addr)
+{
+    if (target_instance_find(t, guid))
+        return;
+    struct inv_instance *i = xcalloc(1, sizeof(*i));
+    snprintf(i->guid, sizeof(i->guid), "%s", guid);
+    snprintf(i->addr, sizeof(i->addr), "%s", addr);
+    if (invoker_http_pool_new(t->inv->loop, addr, &i->pool) < 0) {
+        fprintf(stderr, "skiffd: instance %s has an address I cannot use: %s\n", guid, addr);
+        free(i);
+        return;
+    }
+    /* Append at the end: the list is scanned in order for the least loaded instance. */
+    struct inv_instance **pp = &t->instances;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = i;
+    t->instance_count++;
+    t->last_error[0] = '\0';
+}
+
+/* Stops using an instance: no new delivery goes to it; calls in flight finish or fail. */
+static void target_instance_remove(struct inv_target *t, struct inv_instance *inst,
+                                   bool abort_calls)
+{
+    for (struct inv_instance **pp = &t->instances; *pp; pp = &(*pp)->next) {
+        if (*pp == inst) {
+            *pp = inst->next;
+            break;
+        }
+    }
+    t->instance_count--;
+    invoker_http_pool_release(inst->pool, abort_calls);
+    /* Deliveries in flight keep pointing at it until they complete: free it then. */
+    if (inst->in_flight == 0)
+        free(inst);
+    else
+        inst->pool = NULL;
+}
+
+static void target_refresh_instances(struct inv_target *t)
+{
+    struct scheduler_instance_info info[64];
+    int n = scheduler_ready_instances(t->inv->scheduler, t->app, t->process, info, 64);
+    for (int k = 0; k < n && k < 64; k++)
+        target_instance_add(t, info[k].guid, info[k].addr);
+}
+
+struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process)
+{
+    for (struct inv_target *t = inv->targets; t; t = t->next)
+        if (strcmp(t->app, app) == 0 && strcmp(t->process, process) == 0)
+            return t;
+    struct inv_target *t = xcalloc(1, sizeof(*t));
+    t->inv = inv;
+    t->app = xstrdup(app);
+    t->process = xstrdup(process);
+    t->last_busy_ms = time_now_ms();
+    t->next = inv->targets;
+    inv->targets = t;
+    struct store_app *a = NULL;
+    if (store_app_get(inv->store, app, &a) == 0) {
+        snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
+        store_app_free(a);
+    }
+    target_refresh_instances(t);
+    t->requested = t->instance_count;
+    return t;
+}
+
+/* The ready instance with the fewest calls in flight, below `limit`; NULL when all are full. */
+static struct inv_instance *target_pick(struct inv_target *t, int limit)
+{
+    struct inv_instance *best = NULL;
+    for (struct inv_instance *i = t->instances; i; i = i->next)
+        if (i->in_flight < limit && (!best || i->in_flight < best->in_flight))
+            best = i;
+    return best;
+}
+
+/* How many instances the target's work asks for: ceil((in flight + backlog) / concurrency),
+ * at most max_instances (the largest among its mappings). */
+static int target_wanted(struct inv_target *t, uint64_t *work_out)
+{
+    uint64_t work = (uint64_t)t->invokes_waiting + (uint64_t)t->invokes_in_flight;
+    int concurrency = 1, max_instances = 1;
+    for (struct inv_mapping *m = t->inv->mappings; m; m = m->next) {
+        if (m->target != t || m->deleted)
+            continue;
+        /* Unread events count only when the window is full: until then every event that
+         * matches the filters is already in it (pending), and the others never need work. */
+        work += m->in_flight + m->pending;
+        if (m->window >= m->window_max)
+            work += m->end_offset > m->read_next ? m->end_offset - m->read_next : 0;
+        if (m->spec.policy.concurrency > concurrency)
+            concurrency = m->spec.policy.concurrency;
+        if (m->spec.max_instances > max_instances)
+            max_instances = m->spec.max_instances;
+    }
+    *work_out = work;
+    uint64_t wanted = (work + (uint64_t)concurrency - 1) / (uint64_t)concurrency;
+    return wanted > (uint64_t)max_instances ? max_instances : (int)wanted;
+}
+
+static void target_scale_up(struct inv_target *t, int wanted)
+{
+    if (wanted <= t->instance_count || wanted <= t->requested)
+        return;
+    int rc = scheduler_ensure_instances(t->inv->scheduler, t->app, t->process, wanted);
+    if (rc < 0) {
+        snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s", t->app,
+                 rc == -EPERM     ? "the app is stopped (skiff start it)"
+                 : rc == -ENODATA ? "the app has no droplet (push it)"
+                 : rc == -ENOENT  ? "no such app or process (see skiff apps)"
+                                  : strerror(-rc));
+        return;
+    }
+    t->requested = wanted;
+    t->last_error[0] = '\0';
+}
+
+/* ---- delivery ---------------------------------------------------------------------------- */
+
+static void head_header(void *arg, const char *name, const char *value)
+{
+    buf_printf(arg, "%s: %s\r\n", name, value);
+}
+
+void invoker_request_head(const struct inv_instance *inst, const struct cloudevent *ev,
+                          struct buf *out)
+{
+    buf_printf(out, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: %zu\r\n", inst->addr,
+               ev->data_len);
+    cloudevent_http_headers(ev, head_header, out);
+    buf_puts(out, "\r\n");
+}
+
+static void slot_retry_later(struct inv_slot *s, int status, const char *reason)
+{
+    struct inv_mapping *m = s->m;
+    s->state = SLOT_WAIT_RETRY;
+    m->pending++;
+    int64_t delay = delivery_backoff_ms(&m->spec.policy, s->attempts > 0 ? s->attempts : 1);
+    s->retry_at = time_now_ms() + delay;
+    m->retried++;
+    m->stats_dirty = true;
+    (void)status;
+    snprintf(m->last_error, sizeof(m->last_error), "%s", reason);
+}
+
+/* An attempt failed for good: the dead-letter topic, or recorded as failed. */
+static void slot_dead(struct inv_slot *s, const char *reason)
+{
+    struct inv_mapping *m = s->m;
+    snprintf(m->last_error, sizeof(m->last_error), "%s", reason);
+    if (m->spec.dead_letter_topic && s->record) {
+        struct cloudevent ev = s->ev;
+        /* Say where it came from and why, as extensions a consumer of the topic can read. */
+        char attempts[16];
+        snprintf(attempts, sizeof(attempts), "%d", s->attempts);
+        const char *extra[][2] = {
+            {"skiffmapping", m->spec.id}, {"skiffreason", reason}, {"skiffattempts", attempts}};
+        for (size_t i = 0; i < ARRAY_SIZE(extra) && ev.ext_count < CLOUDEVENT_MAX_EXTENSIONS; i++) {
+            ev.ext[ev.ext_count].name = extra[i][0];
+            ev.ext[ev.ext_count].value = extra[i][1];
+            ev.ext_count++;
+        }
+        if (invoker_append_event(m->inv, m->spec.dead_letter_topic, &ev, s, true, reason) == 0)
+            return;
+        /* Could not even queue it: keep the event and try again later. */
+        slot_retry_later(s, 503, "cannot write to the dead-letter topic");
+        return;
+    }
+    m->failed++;
+    mapping_record_failure(m, s, reason);
+    slot_done(s);
+}
+
+static void delivery_done(void *arg, const struct invoker_http_response *resp)
+{
+    struct inv_slot *s = arg;
+    struct inv_mapping *m = s->m;
+    struct inv_instance *inst = s->inst;
+    struct inv_target *t = m->target;
+    s->inst = NULL;
+    inst->in_flight--;
+    if (!inst->pool && inst->in_flight == 0)
+        free(inst); /* it left while this call ran */
+    buf_free(&s->head);
+    if (s->orphan) {
+        slot_free(s); /* the window was dropped (replay, delete, stop): nothing to settle */
+        goto out;
+    }
+    m->in_flight--;
+    if (m->inv->stopping)
+        goto out;
+
+    int status = resp->status;
+    if (status >= 200 && status < 300) {
+        t->last_busy_ms = time_now_ms();
+        if (m->spec.reply_topic) {
+            struct cloudevent_header hs[64];
+            size_t n = 0;
+            for (size_t i = 0; i < resp->header_count && n < ARRAY_SIZE(hs); i++)
+                hs[n++] = (struct cloudevent_header){resp->headers[i].name, resp->headers[i].value};
+            struct cloudevent reply;
+            char err[256];
+            int rc = cloudevent_from_response(hs, n, resp->body, resp->body_len, &reply, err,
+                                              sizeof(err));
+            if (rc == 1) {
+                rc = invoker_append_event(m->inv, m->spec.reply_topic, &reply, s, false, NULL);
+                cloudevent_free(&reply);
+                if (rc == 0)
+                    goto out;
+                slot_retry_later(s, 503, "cannot write to the reply topic");
+                goto out;
+            }
+            if (rc < 0)
+                snprintf(m->last_error, sizeof(m->last_error),
+                         "the function's reply is not a valid CloudEvent (not published): %s", err);
+        }
+        m->delivered++;
+        m->stats_dirty = true;
+        slot_done(s);
+        goto out;
+    }
+
+    char reason[200];
+    if (status == 0)
+        snprintf(reason, sizeof(reason), "instance %s: %s", inst->addr,
+                 resp->error ? resp->error : "network error");
+    else
+        snprintf(reason, sizeof(reason), "the function answered %d", status);
+    enum delivery_verdict v =
+        delivery_after_failure(&m->spec.policy, status, s->attempts, s->time_ms, time_now_ms());
+    if (v == DELIVERY_RETRY) {
+        slot_retry_later(s, status, reason);
+    } else {
+        char final[260];
+        snprintf(final, sizeof(final), "%s after %d attempt%s", reason, s->attempts,
+                 s->attempts == 1 ? "" : "s");
+        slot_dead(s, final);
+    }
+out:
+    if (!m->deleted && !m->inv->stopping) {
+        mapping_collect(m);
+        invoker_target_pump(t);
+    }
+    mapping_unref(m);
+    invoker_maybe_done();
+}
+
+static void slot_send(struct inv_slot *s, struct inv_instance *inst)
+{
+    struct inv_mapping *m = s->m;
+    m->pending--;
+    s->state = SLOT_IN_FLIGHT;
+    s->attempts++;
+    s->inst = inst;
+    inst->in_flight++;
+    m->in_flight++;
+    m->refs++;
+    buf_reset(&s->head);
+    invoker_request_head(inst, &s->ev, &s->head);
+    invoker_http_send(inst->pool, s->head.data, s->head.len, s->ev.data, s->ev.data_len,
+                      INVOKER_DELIVERY_TIMEOUT_MS, delivery_done, s);
+}
+
+/* Sends what the mapping may send now; arms the retry timer for the rest. */
+static void mapping_dispatch(struct inv_mapping *m)
+{
+    struct inv_target *t = m->target;
+    int64_t now = time_now_ms();
+    int64_t next_retry = INT64_MAX;
+    bool ordered = m->spec.policy.ordered;
+    const char *blocked[256];
+    size_t nblocked = 0;
+    bool full = false;
+    for (struct inv_slot *s = m->head; s; s = s->next) {
+        if (s->state == SLOT_DONE || s->state == SLOT_FINISHING)
+            continue;
+        const char *subject = s->ev.subject ? s->ev.subject : "";
+        bool is_blocked = false;
+        if (ordered)
+            for (size_t i = 0; i < nblocked && !is_blocked; i++)
+                is_blocked = strcmp(blocked[i], subject) == 0;
+        bool sendable =
+            !is_blocked && !full &&
+            (s->state == SLOT_PENDING || (s->state == SLOT_WAIT_RETRY && s->retry_at <= now));
+        if (sendable) {
+            struct inv_instance *inst = target_pick(t, m->spec.policy.concurrency);
+            if (inst)
+                slot_send(s, inst);
+            else
+                full = true;
+        }
+        if (s->state == SLOT_WAIT_RETRY && s->retry_at < next_retry)
+            next_retry = s->retry_at;
+        if (ordered && !is_blocked) {
+            if (nblocked == ARRAY_SIZE(blocked))
+                break; /* too many subjects in progress: the rest waits */
+            blocked[nblocked++] = subject;
+        }
+        if (full && !ordered && next_retry != INT64_MAX)
+            break;
+    }
+    if (next_retry != INT64_MAX) {
+        uint64_t delay = next_retry > now ? (uint64_t)(next_retry - now) : 0;
+        if (!uv_is_active((uv_handle_t *)&m->retry_timer) ||
+            uv_timer_get_due_in(&m->retry_timer) > delay)
+            uv_timer_start(&m->retry_timer, mapping_retry_timer, delay, 0);
+    }
+}
+
+static void mapping_retry_timer(uv_timer_t *h)
+{
+    mapping_pump(h->data);
+}
+
+void invoker_target_pump(struct inv_target *t)
+{
+    struct invoker *inv = t->inv;
+    if (inv->stopping)
+        return;
+    /* Interactive invokes first, then the mappings. */
+    struct inv_instance *inst;
+    while (t->waiting && (inst = target_pick(t, INT32_MAX)) != NULL &&
+           invoker_invoke_take_instance(t, inst))
+        ;
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (m->target == t && !m->deleted)
+            mapping_dispatch(m);
+    uint64_t work;
+    int wanted = target_wanted(t, &work);
+    if (work > 0)
+        t->last_busy_ms = time_now_ms();
+    target_scale_up(t, wanted);
+}
+
+/* ---- reading the topic and moving the cursor ---------------------------------------------- */
+
+uint64_t invoker_mapping_backlog(const struct inv_mapping *m)
+{
+    uint64_t unread = m->end_offset > m->read_next ? m->end_offset - m->read_next : 0;
+    return unread + m->pending;
+}
+
+static const char *slot_attr(void *ctx, const char *name)
+{
+    return cloudevent_attr(ctx, name);
+}
+
+static void mapping_fill(struct inv_mapping *m)
+{
+    struct invoker *inv = m->inv;
+    while (m->window < m->window_max && m->read_next < m->end_offset) {
+        struct fabric_batch batch = {0};
+        int rc = fabric_read(inv->fabric, m->spec.topic, m->read_next, m->window_max - m->window,
+                             4u << 20, &batch);
+        if (rc < 0) {
+            if (rc != -ENOENT)
+                snprintf(m->last_error, sizeof(m->last_error), "cannot read topic %s: %s",
+                         m->spec.topic, fabric_strerror(rc));
+            return;
+        }
+        if (batch.count == 0) {
+            m->read_next = batch.next_offset > m->read_next ? batch.next_offset : m->end_offset;
+            fabric_batch_free(&batch);
+            return;
+        }
+        for (size_t i = 0; i < batch.count; i++) {
+            const struct fabric_record *r = &batch.records[i];
+            struct inv_slot *s = xcalloc(1, sizeof(*s));
+            s->m = m;
+            s->offset = r->offset;
+            s->time_ms = r->time_ms;
+            s->record = xmalloc(r->len ? r->len : 1);
+            memcpy(s->record, r->data, r->len);
+            s->state = SLOT_PENDING;
+            m->pending++;
+            if (cloudevent_decode_record(s->record, r->len, &s->ev) < 0) {
+                free(s->record);
+                s->record = NULL;
+                m->failed++;
+                mapping_record_failure(m, s, "the stored event cannot be decoded");
+                slot_done(s);
+            } else if (!event_filters_match(m->spec.filters, m->spec.filter_count, slot_attr,
+                                            &s->ev)) {
+                m->filtered++;
+                slot_done(s);
+            }
+            if (m->tail)
+                m->tail->next = s;
+            else
+                m->head = s;
+            m->tail = s;
+            m->window++;
+        }
+        m->read_next = batch.next_offset;
+        fabric_batch_free(&batch);
+    }
+}
+
+static void cursor_committed(void *arg, int status)
+{
+    struct inv_mapping *m = arg;
+    struct invoker *inv = m->inv;
+    inv->pending_ops--;
+    m->commit_in_flight = false;
+    if (status < 0)
+        snprintf(m->last_error, sizeof(m->last_error), "cannot commit the cursor: %s",
+                 fabric_strerror(status));
+    if (m->commit_again && !m->deleted && !inv->stopping) {
+        m->commit_again = false;
+        mapping_collect(m);
+    }
+    mapping_unref(m);
+    invoker_maybe_done();
+}
+
+static void mapping_commit(struct inv_mapping *m, uint64_t to)
+{
+    if (m->commit_in_flight) {
+        m->commit_again = true;
+        return;
+    }
+    int rc =
+        fabric_cursor_commit(m->inv->fabric, m->spec.topic, m->consumer, to, cursor_committed, m);
+    if (rc < 0) {
+        snprintf(m->last_error, sizeof(m->last_error), "cannot commit the cursor: %s",
+                 fabric_strerror(rc));
+        return;
+    }
+    m->committed = to;
+    m->commit_in_flight = true;
+    m->inv->pending_ops++;
+    m->refs++;
+}
+
+/* Drops settled events from the front of the window and moves the cursor past them. */
+static void mapping_collect(struct inv_mapping *m)
+{
+    while (m->head && m->head->state == SLOT_DONE) {
+        struct inv_slot *s = m->head;
+        m->head = s->next;
+        if (!m->head)
+            m->tail = NULL;
+        m->window--;
+        slot_free(s);
+    }
+    uint64_t to = m->head ? m->head->offset : m->read_next;
+    if (to != m->committed)
+        mapping_commit(m, to);
+}
+
+static void mapping_pump(struct inv_mapping *m)
+{
+    if (m->deleted || m->inv->stopping)
+        return;
+    mapping_fill(m);
+    mapping_collect(m);
+    invoker_target_pump(m->target);
+}
+
+static void mapping_on_append(void *arg, const char *topic, uint64_t end_offset)
+{
+    (void)topic;
+    struct inv_mapping *m = arg;
+    if (end_offset > m->end_offset)
+        m->end_offset = end_offset;
+    mapping_pump(m);
+}
+
+/* ---- schedules ------------------------------------------------------------------------------- */
+
+static void mapping_arm_cron(struct inv_mapping *m)
+{
+    int64_t now = time_now_ms();
+    int64_t next = cron_next(&m->cron, now);
+    if (next < 0)
+        return;
+    uv_timer_start(&m->cron_timer, mapping_cron_fire, (uint64_t)(next - now), 0);
+}
+
+static void mapping_cron_fire(uv_timer_t *h)
+{
+    struct inv_mapping *m = h->data;
+    if (m->deleted || m->inv->stopping)
+        return;
+    char source[80], when[40];
+    snprintf(source, sizeof(source), "/skiff/schedules/%s", m->spec.id);
+    time_format_rfc3339(time_now_ms(), when, sizeof(when));
+    json_t *data = json_pack("{s:s, s:s, s:s}", "schedule", m->spec.schedule, "app", m->spec.app,
+                             "fired_at", when);
+    invoker_publish(m->inv, m->spec.topic, "skiff.schedule.fired", source, m->spec.app, data);
+    json_decref(data);
+    m->inv->schedule_fires++;
+    mapping_arm_cron(m);
+}
+
+/* ---- mappings ------------------------------------------------------------------------------ */
+
+struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id)
+{
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (!m->deleted && strcmp(m->spec.id, id) == 0)
+            return m;
+    return NULL;
+}
+
+static void mapping_persist(struct inv_mapping *m)
+{
+    json_t *doc = mapping_spec_to_json(&m->spec);
+    json_object_set_new(doc, "stats",
+                        json_pack("{s:I, s:I, s:I, s:I, s:I}", "delivered",
+                                  (json_int_t)m->delivered, "retried", (json_int_t)m->retried,
+                                  "dead_lettered", (json_int_t)m->dead_lettered, "failed",
+                                  (json_int_t)m->failed, "filtered", (json_int_t)m->filtered));
+    if (m->failures)
+        json_object_set(doc, "failures", m->failures);
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    int rc = store_doc_put(m->inv->store, MAPPING_DOC_KIND, m->spec.id, text);
+    if (rc < 0)
+        fprintf(stderr, "skiffd: cannot save event mapping %s: %s\n", m->spec.id, strerror(-rc));
+    free(text);
+    m->stats_dirty = false;
+}
+
+int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
+                        size_t errsize)
+{
+    if (!spec->created_at)
+        spec->created_at = time_now_ms();
+    struct inv_mapping *m = xcalloc(1, sizeof(*m));
+    m->inv = inv;
+    m->spec = *spec;
+    memset(spec, 0, sizeof(*spec));
+    snprintf(m->consumer, sizeof(m->consumer), "map-%s", m->spec.id);
+    m->refs = 1;
+    int64_t wm = (int64_t)m->spec.policy.concurrency * m->spec.max_instances * 4;
+    m->window_max = wm < 64 ? 64 : wm > 1024 ? 1024 : (size_t)wm;
+
+    int rc = fabric_topic_create(inv->fabric, m->spec.topic);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot create topic %s: %s", m->spec.topic, fabric_strerror(rc));
+        goto fail;
+    }
+    struct fabric_topic_info info = {0};
+    if (fabric_topic_info(inv->fabric, m->spec.topic, &info) == 0)
+        m->end_offset = info.end_offset;
+    uint64_t cursor;
+    if (fabric_cursor_get(inv->fabric, m->spec.topic, m->consumer, &cursor) == 0) {
+        m->read_next = m->committed = cursor;
+    } else {
+        cursor = m->spec.start_at_beginning ? info.first_offset : m->end_offset;
+        m->read_next = cursor;
+        m->committed = cursor + 1; /* differs: the first collect commits it */
+    }
+    rc = fabric_subscribe(inv->fabric, m->spec.topic, mapping_on_append, m, &m->sub);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->spec.topic,
+                 fabric_strerror(rc));
+        goto fail;
+    }
+    uv_timer_init(inv->loop, &m->retry_timer);
+    uv_timer_init(inv->loop, &m->cron_timer);
+    m->retry_timer.data = m->cron_timer.data = m;
+    m->open_handles = 2;
+    m->target = invoker_target_get(inv, m->spec.app, m->spec.process);
+    m->next = inv->mappings;
+    inv->mappings = m;
+    if (m->spec.trigger == MAPPING_SCHEDULE) {
+        char cerr[256];
+        if (cron_parse(m->spec.schedule, &m->cron, cerr, sizeof(cerr)) == 0)
+            mapping_arm_cron(m);
+    }
+    if (persist)
+        mapping_persist(m);
+    mapping_pump(m);
+    return 0;
+fail:
+    mapping_spec_free(&m->spec);
+    free(m);
+    return rc;
+}
+
+static void mapping_drop_window(struct inv_mapping *m)
+{
+    struct inv_slot *s = m->head;
+    while (s) {
+        struct inv_slot *next = s->next;
+        if (s->state == SLOT_IN_FLIGHT || s->state == SLOT_FINISHING) {
+            s->orphan = true; /* its callback frees it */
+            s->next = NULL;
+        } else {
+            slot_free(s);
+        }
+        s = next;
+    }
+    m->head = m->tail = NULL;
+    m->window = 0;
+    m->pending = 0;
+}
+
+void invoker_mapping_remove(struct inv_mapping *m)
+{
+    struct invoker *inv = m->inv;
+    m->deleted = true;
+    if (m->sub)
+        fabric_unsubscribe(m->sub);
+    m->sub = NULL;
+    mapping_drop_window(m);
+    store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
+    fabric_cursor_delete(inv->fabric, m->spec.topic, m->consumer);
+    uv_close((uv_handle_t *)&m->retry_timer, mapping_handle_closed);
+    uv_close((uv_handle_t *)&m->cron_timer, mapping_handle_closed);
+    mapping_unref(m);
+}
+
+uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
+{
+    struct fabric_topic_info info;
+    if (fabric_topic_info(m->inv->fabric, m->spec.topic, &info) == 0) {
+        if (offset < info.first_offset)
+            offset = info.first_offset;
+        if (offset > info.end_offset)
+            offset = info.end_offset;
+        m->end_offset = info.end_offset;
+    }
+    /* Events in flight finish on their own; their outcome no longer moves the cursor. */
+    mapping_drop_window(m);
+    m->in_flight = 0; /* those still in flight are orphans now: they do not count */
+    m->read_next = offset;
+    mapping_commit(m, offset);
+    mapping_pump(m);
+    return offset;
+}
+
+json_t *invoker_mapping_json(struct inv_mapping *m)
+{
+    json_t *o = mapping_spec_to_json(&m->spec);
+    json_object_set_new(o, "backlog", json_integer((json_int_t)invoker_mapping_backlog(m)));
+    json_object_set_new(o, "in_flight", json_integer((json_int_t)m->in_flight));
+    json_object_set_new(o, "delivered", json_integer((json_int_t)m->delivered));
+    json_object_set_new(o, "retried", json_integer((json_int_t)m->retried));
+    json_object_set_new(o, "dead_lettered", json_integer((json_int_t)m->dead_lettered));
+    json_object_set_new(o, "failed", json_integer((json_int_t)m->failed));
+    json_object_set_new(o, "filtered", json_integer((json_int_t)m->filtered));
+    json_object_set_new(o, "cursor", json_integer((json_int_t)m->committed));
+    json_object_set_new(o, "end_offset", json_integer((json_int_t)m->end_offset));
+    json_object_set_new(o, "instances", json_integer(m->target->instance_count));
+    const char *err = m->target->last_error[0] ? m->target->last_error : m->last_error;
+    json_object_set_new(o, "last_error", err[0] ? json_string(err) : json_null());
+    json_object_set_new(o, "failures", m->failures ? json_copy(m->failures) : json_array());
+    if (m->spec.trigger == MAPPING_SCHEDULE && uv_is_active((uv_handle_t *)&m->cron_timer)) {
+        char when[40];
+        time_format_rfc3339(time_now_ms() + (int64_t)uv_timer_get_due_in(&m->cron_timer), when,
+                            sizeof(when));
+        json_object_set_new(o, "next_fire", json_string(when));
+    }
+    return o;
+}
+
+static int mapping_load_doc(void *ctx, const char *id, const char *text)
+{
+    struct invoker *inv = ctx;
+    json_error_t jerr;
+    json_t *doc = json_loads(text, 0, &jerr);
+    if (!doc) {
+        fprintf(stderr, "skiffd: event mapping %s is not valid JSON (%s): skipped\n", id,
+                jerr.text);
+        return 0;
+    }
+    json_t *stats = json_incref(json_object_get(doc, "stats"));
+    json_t *failures = json_incref(json_object_get(doc, "failures"));
+    json_object_del(doc, "stats");
+    json_object_del(doc, "failures");
+    struct mapping_spec spec;
+    const char *code;
+    char err[256];
+    if (mapping_spec_from_json(doc, &spec, &code, err, sizeof(err)) < 0) {
+        fprintf(stderr, "skiffd: event mapping %s cannot be read (%s): skipped\n", id, err);
+    } else if (invoker_mapping_add(inv, &spec, false, err, sizeof(err)) < 0) {
+        fprintf(stderr, "skiffd: event mapping %s cannot start: %s\n", id, err);
+        mapping_spec_free(&spec);
+    } else {
+        struct inv_mapping *m = invoker_mapping_find(inv, id);
+        if (m && json_is_object(stats)) {
+            m->delivered += (uint64_t)json_integer_value(json_object_get(stats, "delivered"));
+            m->retried += (uint64_t)json_integer_value(json_object_get(stats, "retried"));
+            m->dead_lettered +=
+                (uint64_t)json_integer_value(json_object_get(stats, "dead_lettered"));
+            m->failed += (uint64_t)json_integer_value(json_object_get(stats, "failed"));
+            m->filtered += (uint64_t)json_integer_value(json_object_get(stats, "filtered"));
+        }
+        if (m && json_is_array(failures)) {
+            json_decref(m->failures);
+            m->failures = json_incref(failures);
+        }
+    }
+    json_decref(stats);
+    json_decref(failures);
+    json_decref(doc);
+    return 0;
+}
+
+/* ---- platform events ------------------------------------------------------------------------ */
+
+static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
+{
+    struct invoker *inv = ctx;
+    if (inv->stopping)
+        return;
+    const char *name = NULL;
+    switch (ev->type) {
+    case SCHEDULER_INSTANCE_READY:
+    case SCHEDULER_INSTANCE_GONE:
+        for (struct inv_target *t = inv->targets; t; t = t->next) {
+            if (strcmp(t->app, ev->app_name) != 0 ||
+                (ev->process_type && strcmp(t->process, ev->process_type) != 0))
+                continue;
+            snprintf(t->app_guid, sizeof(t->app_guid), "%s", ev->app_guid);
+            if (ev->type == SCHEDULER_INSTANCE_READY && ev->addr) {
+                target_instance_add(t, ev->instance_guid, ev->addr);
+                invoker_target_pump(t);
+            } else if (ev->instance_guid) {
+                struct inv_instance *i = target_instance_find(t, ev->instance_guid);
+                if (i)
+                    target_instance_remove(t, i, false);
+                if (t->requested > t->instance_count)
+                    t->requested = t->instance_count;
+            }
+        }
+        return;
+    case SCHEDULER_APP_STARTED:
+        name = "started";
+        break;
+    case SCHEDULER_APP_STOPPED:
+        name = "stopped";
+        break;
+    case SCHEDULER_APP_CRASHED:
+        name = "crashed";
+        break;
+    case SCHEDULER_APP_SCALED:
+        name = "scaled";
+        for (struct inv_target *t = inv->targets; t; t = t->next)
+            if (strcmp(t->app, ev->app_name) == 0 && ev->process_type &&
+                strcmp(t->process, ev->process_type) == 0)
+                t->requested = ev->instances;
+        break;
+    case SCHEDULER_APP_STAGED:
+        name = "staged";
+        break;
+    }
+    if (!name)
+        return;
+    char topic[64], type[64], source[128];
+    snprintf(topic, sizeof(topic), "skiff.app.%s", name);
+    snprintf(type, sizeof(type), "skiff.app.%s", name);
+    snprintf(source, sizeof(source), "/skiff/apps/%s", ev->app_name);
+    json_t *data =
+        json_pack("{s:s, s:s, s:s}", "app", ev->app_name, "app_guid", ev->app_guid, "event", name);
+    if (ev->process_type)
+        json_object_set_new(data, "process_type", json_string(ev->process_type));
+    if (ev->type == SCHEDULER_APP_CRASHED) {
+        json_object_set_new(data, "index", json_integer(ev->index));
+        if (ev->instance_guid)
+            json_object_set_new(data, "instance_guid", json_string(ev->instance_guid));
+        json_object_set_new(data, "exit_status", json_integer(ev->exit_status));
+        json_object_set_new(data, "exit_signal", json_integer(ev->exit_signal));
+        json_object_set_new(data, "reason", json_string(ev->reason ? ev->reason : ""));
+        json_object_set_new(data, "crash_count", json_integer(ev->crash_count));
+    }
+    if (ev->type == SCHEDULER_APP_SCALED)
+        json_object_set_new(data, "instances", json_integer(ev->instances));
+    invoker_publish(inv, topic, type, source, ev->app_name, data);
+    json_decref(data);
+    inv->platform_events++;
+}
+
+/* ---- the tick: scale to zero, save counts, expire invokes ------------------------------------ */
+
+static int64_t target_idle_grace(struct inv_target *t)
+{
+    int64_t grace = -1;
+    for (struct inv_mapping *m = t->inv->mappings; m; m = m->next)
+        if (m->target == t && !m->deleted && (grace < 0 || m->spec.idle_grace_ms < grace))
+            grace = m->spec.idle_grace_ms;
+    return grace < 0 ? INVOKER_DEFAULT_IDLE_GRACE_MS : grace;
+}
+
+static void target_maybe_scale_down(struct inv_target *t, int64_t now)
+{
+    uint64_t work;
+    target_wanted(t, &work);
+    if (work > 0) {
+        t->last_busy_ms = now;
+        return;
+    }
+    if (t->instance_count == 0 && t->requested == 0)
+        return;
+    if (now - t->last_busy_ms < target_idle_grace(t))
+        return;
+    /* Only functions scale to zero by themselves: an app's instances are the user's choice. */
+    struct store_app *a = NULL;
+    if (store_app_get(t->inv->store, t->app, &a) < 0)
+        return;
+    bool function = a->kind && strcmp(a->kind, "function") == 0;
+    store_app_free(a);
+    if (!function)
+        return;
+    /* Forget the instances first, so nothing is sent to one that is stopping. */
+    while (t->instances)
+        target_instance_remove(t, t->instances, false);
+    int rc = scheduler_scale(t->inv->scheduler, t->app, t->process, 0);
+    if (rc < 0)
+        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s to zero: %s", t->app,
+                 strerror(-rc));
+    t->requested = 0;
+}
+
+static void invoker_tick(uv_timer_t *h)
+{
+    struct invoker *inv = h->data;
+    int64_t now = time_now_ms();
+    for (struct inv_target *t = inv->targets; t; t = t->next) {
+        invoker_invokes_expire(t, now);
+        target_maybe_scale_down(t, now);
+        /* A scale-up the scheduler could not honour yet is asked again. */
+        if (t->instance_count < t->requested || t->last_error[0]) {
+            uint64_t work;
+            int wanted = target_wanted(t, &work);
+            if (wanted > t->instance_count) {
+                t->requested = t->instance_count;
+                target_scale_up(t, wanted);
+            }
+        }
+    }
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (m->stats_dirty && !m->deleted)
+            mapping_persist(m);
+}
+
+/* ---- start and stop ------------------------------------------------------------------------- */
+
+int invoker_start(const struct api_services *svc, struct fabric *fabric, char *err, size_t errsize)
+{
+    if (invoker_global) {
+        snprintf(err, errsize, "the invoker is already running");
+        return -EALREADY;
+    }
+    struct invoker *inv = xcalloc(1, sizeof(*inv));
+    inv->loop = svc->loop;
+    inv->fabric = fabric;
+    inv->scheduler = svc->scheduler;
+    inv->store = svc->store;
+    inv->api = svc->api;
+    invoker_global = inv;
+    uv_timer_init(inv->loop, &inv->tick);
+    inv->tick.data = inv;
+    inv->open_handles = 1;
+    uv_timer_start(&inv->tick, invoker_tick, 1000, 1000);
+    uv_unref((uv_handle_t *)&inv->tick);
+    if (inv->scheduler)
+        inv->sched_sub = scheduler_subscribe(inv->scheduler, invoker_on_scheduler, inv);
+    store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
+    invoker_routes_add(inv);
+    return 0;
+}
+
+static void invoker_tick_closed(uv_handle_t *h)
+{
+    struct invoker *inv = h->data;
+    inv->open_handles--;
+    invoker_maybe_done();
+}
+
+static void invoker_maybe_done(void)
+{
+    struct invoker *inv = invoker_global;
+    if (!inv || !inv->stopping || inv->pending_ops > 0 || inv->open_handles > 0 || inv->mappings)
+        return;
+    for (struct inv_target *t = inv->targets; t; t = t->next)
+        for (struct inv_instance *i = t->instances; i; i = i->next)
+            if (i->in_flight > 0)
+                return;
+    while (inv->targets) {
+        struct inv_target *t = inv->targets;
+        inv->targets = t->next;
+        while (t->instances)
+            target_instance_remove(t, t->instances, true);
+        free(t->app);
+        free(t->process);
+        free(t);
+    }
+    void (*done)(void *) = inv->stop_done;
+    void *arg = inv->stop_arg;
+    invoker_global = NULL;
+    free(inv);
+    if (done)
+        done(arg);
+}
+
+void invoker_stop(void (*done)(void *arg), void *arg)
+{
+    struct invoker *inv = invoker_global;
+    if (!inv) {
+        if (done)
+            done(arg);
+        return;
+    }
+    inv->stop_done = done;
+    inv->stop_arg = arg;
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (!m->deleted && m->stats_dirty)
+            mapping_persist(m);
+    inv->stopping = true;
+    if (inv->scheduler && inv->sched_sub > 0)
+        scheduler_unsubscribe(inv->scheduler, inv->sched_sub);
+    for (struct inv_target *t = inv->targets; t; t = t->next) {
+        invoker_invokes_abort(t, "skiffd is stopping");
+        /* Calls in flight end now; their events stay past the cursor. */
+        while (t->instances)
+            target_instance_remove(t, t->instances, true);
+    }
+    struct inv_mapping *m = inv->mappings;
+    while (m) {
+        struct inv_mapping *next = m->next;
+        if (!m->deleted) {
+            m->deleted = true;
+            if (m->sub)
+                fabric_unsubscribe(m->sub);
+            m->sub = NULL;
+            mapping_drop_window(m);
+            uv_close((uv_handle_t *)&m->retry_timer, mapping_handle_closed);
+            uv_close((uv_handle_t *)&m->cron_timer, mapping_handle_closed);
+            mapping_unref(m);
+        }
+        m = next;
+    }
+    uv_close((uv_handle_t *)&inv->tick, invoker_tick_closed);
+}

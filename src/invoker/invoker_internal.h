@@ -1,0 +1,154 @@
+/* Internal to src/invoker: the delivery engine's state, shared by invoker.c (delivery,
+ * scaling, triggers) and routes.c (the HTTP API and metrics). */
+#ifndef SKIFF_INVOKER_INTERNAL_H
+#define SKIFF_INVOKER_INTERNAL_H
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "fabric/cloudevents.h"
+#include "invoker/http_client.h"
+#include "invoker/invoker.h"
+
+struct api;
+struct api_request;
+struct fabric;
+struct fabric_sub;
+struct scheduler;
+struct store;
+
+/* How long a delivery may take before it counts as a network error (retried). */
+#define INVOKER_DELIVERY_TIMEOUT_MS 60000
+/* How long `skiff invoke` waits for an instance to become ready (scale from zero). */
+#define INVOKER_INVOKE_WAIT_MS 60000
+/* Failures kept per mapping for `skiff event-mappings` (the oldest go first). */
+#define INVOKER_FAILURES_KEPT 20
+
+struct inv_instance {
+    char guid[37];
+    char addr[64];
+    struct invoker_http_pool *pool;
+    int in_flight;
+    struct inv_instance *next;
+};
+
+struct inv_invoke;
+
+/* An app's process that events are delivered to; shared by the mappings and invokes aimed at
+ * it, so that its scale follows all of its work. */
+struct inv_target {
+    struct invoker *inv;
+    char *app;
+    char *process;
+    char app_guid[37];
+    struct inv_instance *instances;
+    int instance_count;
+    int requested;        /* the instance count we last asked the scheduler for */
+    int64_t last_busy_ms; /* the last time it had work */
+    int invokes_waiting;
+    struct inv_invoke *waiting; /* invokes waiting for an instance, oldest first */
+    int invokes_in_flight;
+    char last_error[256]; /* why it cannot scale or run ("" when fine) */
+    struct inv_target *next;
+};
+
+enum inv_slot_state {
+    SLOT_PENDING,    /* to be delivered */
+    SLOT_IN_FLIGHT,  /* a delivery attempt is under way */
+    SLOT_WAIT_RETRY, /* failed; retried at retry_at */
+    SLOT_FINISHING,  /* its reply or dead letter is being made durable */
+    SLOT_DONE,       /* settled: the cursor may move past it */
+};
+
+/* One event of a mapping's window, from reading until the cursor moves past it. */
+struct inv_slot {
+    struct inv_mapping *m;
+    uint64_t offset;
+    int64_t time_ms; /* appended */
+    enum inv_slot_state state;
+    bool orphan; /* the mapping dropped its window (replay, delete): free on completion */
+    int attempts;
+    int64_t retry_at;
+    void *record; /* the stored bytes; ev points into them */
+    struct cloudevent ev;
+    struct buf head; /* the request head while in flight */
+    struct inv_instance *inst;
+    struct inv_slot *next;
+};
+
+struct inv_mapping {
+    struct invoker *inv;
+    struct mapping_spec spec;
+    struct inv_target *target;
+    char consumer[64];
+    uint64_t read_next;  /* next offset to read from the topic */
+    uint64_t committed;  /* the durable cursor (or the one being committed) */
+    uint64_t end_offset; /* one past the newest durable event of the topic */
+    bool cursor_known;
+    bool commit_in_flight, commit_again;
+    struct inv_slot *head, *tail;
+    size_t window;  /* slots in the window */
+    size_t pending; /* slots PENDING or WAIT_RETRY */
+    size_t in_flight;
+    size_t window_max;
+    uint64_t delivered, retried, dead_lettered, failed, filtered;
+    json_t *failures; /* [{offset, id, reason, at}] newest last */
+    bool stats_dirty;
+    char last_error[512];
+    uv_timer_t retry_timer;
+    uv_timer_t cron_timer;
+    struct cron_schedule cron;
+    struct fabric_sub *sub;
+    bool deleted;
+    int refs; /* callbacks still to come (cursor commits, appends, deliveries) + 1 while live */
+    int open_handles;
+    struct inv_mapping *next;
+};
+
+struct invoker {
+    uv_loop_t *loop;
+    struct fabric *fabric;
+    struct scheduler *scheduler;
+    struct store *store;
+    struct api *api;
+    int sched_sub;
+    struct inv_mapping *mappings;
+    struct inv_target *targets;
+    uv_timer_t tick; /* scale-down checks and stats persistence, every second */
+    bool stopping;
+    int pending_ops; /* appends and commits whose callbacks are still to come */
+    int open_handles;
+    void (*stop_done)(void *arg);
+    void *stop_arg;
+    /* whole-invoker counters for /metrics */
+    uint64_t platform_events, schedule_fires, invokes;
+};
+
+/* invoker.c */
+struct invoker *invoker_get(void);
+struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
+/* Creates and starts a mapping from a validated spec (takes it over). -ENOENT: no such app. */
+int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
+                        size_t errsize);
+void invoker_mapping_remove(struct inv_mapping *m);
+/* Moves the mapping's cursor back (or forward) to offset; returns the offset used. */
+uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);
+json_t *invoker_mapping_json(struct inv_mapping *m);
+uint64_t invoker_mapping_backlog(const struct inv_mapping *m);
+struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process);
+void invoker_target_pump(struct inv_target *t);
+/* Builds the binary-mode request head for ev (Content-Length included). */
+void invoker_request_head(const struct inv_instance *inst, const struct cloudevent *ev,
+                          struct buf *out);
+
+/* routes.c */
+void invoker_routes_add(struct invoker *inv);
+/* Hands an instance to the oldest waiting invoke of the target; false when none waits. */
+bool invoker_invoke_take_instance(struct inv_target *t, struct inv_instance *inst);
+/* Fails every waiting invoke (stopping). */
+void invoker_invokes_abort(struct inv_target *t, const char *why);
+/* Fails waiting invokes older than the wait limit. */
+void invoker_invokes_expire(struct inv_target *t, int64_t now_ms);
+
+#endif

@@ -1,0 +1,387 @@
+/* The invoker's HTTP API: event mappings, replay, invoke, and /metrics (docs/api.md). */
+#include "invoker/invoker_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "common/util.h"
+#include "fabric/fabric.h"
+#include "store/store.h"
+
+/* ---- event mappings ---------------------------------------------------------------------- */
+
+static bool routes_app_exists(struct invoker *inv, struct api_request *req, const char *app)
+{
+    struct store_app *a = NULL;
+    if (store_app_get(inv->store, app, &a) == 0) {
+        store_app_free(a);
+        return true;
+    }
+    api_respond_error(req, 404, "not_found",
+                      "no app named '%s': push it first (skiff push %s ...) or see skiff apps", app,
+                      app);
+    return false;
+}
+
+static struct inv_mapping *routes_mapping_or_404(struct invoker *inv, struct api_request *req)
+{
+    const char *id = api_request_param(req, 0);
+    struct inv_mapping *m = id ? invoker_mapping_find(inv, id) : NULL;
+    if (!m)
+        api_respond_error(req, 404, "not_found",
+                          "no event mapping with id '%s': see skiff event-mappings", id ? id : "");
+    return m;
+}
+
+static void routes_mappings_list(struct api_request *req, void *ctx)
+{
+    struct invoker *inv = ctx;
+    const char *app = api_request_query(req, "app");
+    const char *topic = api_request_query(req, "topic");
+    json_t *list = json_array();
+    /* Oldest first: the list is kept newest first. */
+    size_t n = 0;
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        n++;
+    struct inv_mapping **all = xcalloc(n ? n : 1, sizeof(*all));
+    size_t i = n;
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        all[--i] = m;
+    for (i = 0; i < n; i++) {
+        struct inv_mapping *m = all[i];
+        if (m->deleted || (app && strcmp(m->spec.app, app) != 0) ||
+            (topic && strcmp(m->spec.topic, topic) != 0))
+            continue;
+        json_array_append_new(list, invoker_mapping_json(m));
+    }
+    free(all);
+    api_respond_json(req, 200, json_pack("{s:o}", "event_mappings", list));
+}
+
+static void routes_mapping_create(struct api_request *req, void *ctx)
+{
+    struct invoker *inv = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    struct mapping_spec spec;
+    const char *code;
+    char err[512];
+    int rc = mapping_spec_from_json(body, &spec, &code, err, sizeof(err));
+    json_decref(body);
+    if (rc < 0) {
+        api_respond_error(req, strcmp(code, "invalid_value") == 0 ? 422 : 400, code, "%s", err);
+        return;
+    }
+    if (invoker_mapping_find(inv, spec.id)) {
+        api_respond_error(req, 409, "name_taken",
+                          "an event mapping with id '%s' exists: leave out 'id' for a new one",
+                          spec.id);
+        mapping_spec_free(&spec);
+        return;
+    }
+    if (!routes_app_exists(inv, req, spec.app)) {
+        mapping_spec_free(&spec);
+        return;
+    }
+    char id[37];
+    snprintf(id, sizeof(id), "%s", spec.id);
+    if (invoker_mapping_add(inv, &spec, true, err, sizeof(err)) < 0) {
+        mapping_spec_free(&spec);
+        api_respond_error(req, 500, "internal", "%s", err);
+        return;
+    }
+    api_respond_json(req, 201, invoker_mapping_json(invoker_mapping_find(inv, id)));
+}
+
+static void routes_mapping_get(struct api_request *req, void *ctx)
+{
+    struct inv_mapping *m = routes_mapping_or_404(ctx, req);
+    if (m)
+        api_respond_json(req, 200, invoker_mapping_json(m));
+}
+
+static void routes_mapping_delete(struct api_request *req, void *ctx)
+{
+    struct inv_mapping *m = routes_mapping_or_404(ctx, req);
+    if (!m)
+        return;
+    invoker_mapping_remove(m);
+    api_respond(req, 204, NULL, NULL, 0);
+}
+
+static void routes_mapping_replay(struct api_request *req, void *ctx)
+{
+    struct invoker *inv = ctx;
+    struct inv_mapping *m = routes_mapping_or_404(inv, req);
+    if (!m)
+        return;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const allowed[] = {"since", NULL};
+    if (!api_json_check_fields(req, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    json_t *since = json_object_get(body, "since");
+    char text[64];
+    if (json_is_integer(since) && json_integer_value(since) >= 0) {
+        snprintf(text, sizeof(text), "%lld", (long long)json_integer_value(since));
+    } else if (json_is_string(since) && json_string_length(since) < sizeof(text)) {
+        snprintf(text, sizeof(text), "%s", json_string_value(since));
+    } else {
+        json_decref(body);
+        api_respond_error(req, 422, "invalid_value",
+                          "'since' is required: a duration ago (\"1h\"), an RFC 3339 time or an "
+                          "offset");
+        return;
+    }
+    json_decref(body);
+    bool is_offset;
+    uint64_t offset = 0;
+    int64_t time_ms = 0;
+    char err[256];
+    if (mapping_parse_since(text, time_now_ms(), &is_offset, &offset, &time_ms, err, sizeof(err)) <
+        0) {
+        api_respond_error(req, 422, "invalid_value", "'since': %s", err);
+        return;
+    }
+    if (!is_offset) {
+        int rc = fabric_seek_time(inv->fabric, m->spec.topic, time_ms, &offset);
+        if (rc < 0) {
+            api_respond_error(req, 500, "internal", "cannot find a position in topic %s: %s",
+                              m->spec.topic, fabric_strerror(rc));
+            return;
+        }
+    }
+    uint64_t from = invoker_mapping_replay(m, offset);
+    api_respond_json(req, 200,
+                     json_pack("{s:s, s:s, s:I, s:I, s:I}", "id", m->spec.id, "topic",
+                               m->spec.topic, "from_offset", (json_int_t)from, "end_offset",
+                               (json_int_t)m->end_offset, "events",
+                               (json_int_t)(m->end_offset > from ? m->end_offset - from : 0)));
+}
+
+/* ---- invoke -------------------------------------------------------------------------------- */
+
+struct inv_invoke {
+    struct invoker *inv;
+    struct api_request *req;
+    struct inv_target *target;
+    struct inv_instance *inst;
+    struct cloudevent ev;
+    struct buf head;
+    int64_t since_ms;
+    struct inv_invoke *next;
+};
+
+struct routes_headers {
+    struct cloudevent_header items[64];
+    size_t count;
+};
+
+static void routes_collect_header(void *ctx, const char *name, const char *value)
+{
+    struct routes_headers *h = ctx;
+    if (h->count < ARRAY_SIZE(h->items))
+        h->items[h->count++] = (struct cloudevent_header){name, value};
+}
+
+static void invoke_free(struct inv_invoke *iv)
+{
+    cloudevent_free(&iv->ev);
+    buf_free(&iv->head);
+    free(iv);
+}
+
+static void invoke_done(void *arg, const struct invoker_http_response *resp)
+{
+    struct inv_invoke *iv = arg;
+    struct inv_target *t = iv->target;
+    struct inv_instance *inst = iv->inst;
+    inst->in_flight--;
+    if (!inst->pool && inst->in_flight == 0)
+        free(inst);
+    t->invokes_in_flight--;
+    t->last_busy_ms = time_now_ms();
+    if (resp->status >= 200 && resp->status < 300) {
+        for (size_t i = 0; i < resp->header_count; i++) {
+            const char *name = resp->headers[i].name;
+            if (str_has_prefix(name, "ce-"))
+                api_response_header(iv->req, name, resp->headers[i].value);
+        }
+        const char *ctype = invoker_http_header(resp, "content-type");
+        api_respond(iv->req, resp->status, resp->body_len ? ctype : NULL, resp->body,
+                    resp->body_len);
+    } else if (resp->status == 0) {
+        api_respond_error(iv->req, 502, "function_unreachable",
+                          "no answer from %s (instance %s): %s; see skiff logs %s", t->app,
+                          inst->addr, resp->error ? resp->error : "network error", t->app);
+    } else {
+        int n = resp->body_len > 300 ? 300 : (int)resp->body_len;
+        api_respond_error(iv->req, 502, "function_failed",
+                          "the function answered %d%s%.*s; see skiff logs %s", resp->status,
+                          n ? ": " : "", n, resp->body, t->app);
+    }
+    invoke_free(iv);
+    if (!t->inv->stopping)
+        invoker_target_pump(t);
+}
+
+bool invoker_invoke_take_instance(struct inv_target *t, struct inv_instance *inst)
+{
+    struct inv_invoke *iv = t->waiting;
+    if (!iv)
+        return false;
+    t->waiting = iv->next;
+    t->invokes_waiting--;
+    t->invokes_in_flight++;
+    iv->inst = inst;
+    inst->in_flight++;
+    invoker_request_head(inst, &iv->ev, &iv->head);
+    invoker_http_send(inst->pool, iv->head.data, iv->head.len, iv->ev.data, iv->ev.data_len,
+                      INVOKER_DELIVERY_TIMEOUT_MS, invoke_done, iv);
+    return true;
+}
+
+static void invoke_fail_waiting(struct inv_target *t, struct inv_invoke **pp, const char *why)
+{
+    struct inv_invoke *iv = *pp;
+    *pp = iv->next;
+    t->invokes_waiting--;
+    api_respond_error(iv->req, 503, "no_instance", "%s", why);
+    invoke_free(iv);
+}
+
+void invoker_invokes_abort(struct inv_target *t, const char *why)
+{
+    while (t->waiting)
+        invoke_fail_waiting(t, &t->waiting, why);
+}
+
+void invoker_invokes_expire(struct inv_target *t, int64_t now_ms)
+{
+    struct inv_invoke **pp = &t->waiting;
+    while (*pp) {
+        if (now_ms - (*pp)->since_ms < INVOKER_INVOKE_WAIT_MS) {
+            pp = &(*pp)->next;
+            continue;
+        }
+        char why[512];
+        snprintf(why, sizeof(why),
+                 "no instance of %s became ready within %d s%s%s: see skiff app %s and skiff "
+                 "logs %s",
+                 t->app, INVOKER_INVOKE_WAIT_MS / 1000, t->last_error[0] ? ": " : "", t->last_error,
+                 t->app, t->app);
+        invoke_fail_waiting(t, pp, why);
+    }
+}
+
+static void routes_invoke(struct api_request *req, void *ctx)
+{
+    struct invoker *inv = ctx;
+    const char *app = api_request_param(req, 0);
+    const char *process = api_request_query(req, "process");
+    if (!routes_app_exists(inv, req, app))
+        return;
+    struct routes_headers h = {.count = 0};
+    api_request_headers_each(req, routes_collect_header, &h);
+    size_t len;
+    const char *body = api_request_body(req, &len);
+    struct inv_invoke *iv = xcalloc(1, sizeof(*iv));
+    char err[256];
+    char source[96];
+    snprintf(source, sizeof(source), "/skiff/invoke/%s", app);
+    if (cloudevent_from_http(h.items, h.count, body, len, source, &iv->ev, err, sizeof(err)) < 0) {
+        free(iv);
+        api_respond_error(req, 400, "invalid_value", "%s", err);
+        return;
+    }
+    iv->inv = inv;
+    iv->req = req;
+    iv->since_ms = time_now_ms();
+    iv->target = invoker_target_get(inv, app, process ? process : "web");
+    struct inv_invoke **pp = &iv->target->waiting;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = iv;
+    iv->target->invokes_waiting++;
+    inv->invokes++;
+    invoker_target_pump(iv->target);
+}
+
+/* ---- metrics ------------------------------------------------------------------------------ */
+
+static void metric_help(struct buf *b, const char *name, const char *type, const char *help)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void routes_metrics(struct api_request *req, void *ctx)
+{
+    struct invoker *inv = ctx;
+    struct buf b = {0};
+    static const struct {
+        const char *name, *type, *help;
+    } series[] = {
+        {"skiff_event_mapping_backlog", "gauge", "Events waiting to be delivered."},
+        {"skiff_event_mapping_in_flight", "gauge", "Deliveries under way."},
+        {"skiff_event_mapping_delivered_total", "counter", "Events acknowledged by a 2xx."},
+        {"skiff_event_mapping_retried_total", "counter", "Failed attempts that were retried."},
+        {"skiff_event_mapping_dead_lettered_total", "counter",
+         "Events sent to the dead-letter topic."},
+        {"skiff_event_mapping_failed_total", "counter",
+         "Events that exhausted their policy with no dead-letter topic."},
+        {"skiff_event_mapping_filtered_total", "counter", "Events the filters skipped."},
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(series); k++) {
+        metric_help(&b, series[k].name, series[k].type, series[k].help);
+        for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
+            if (m->deleted)
+                continue;
+            uint64_t v[] = {invoker_mapping_backlog(m), m->in_flight, m->delivered, m->retried,
+                            m->dead_lettered,           m->failed,    m->filtered};
+            buf_printf(&b, "%s{mapping=\"%s\",app=\"%s\",topic=\"%s\"} %llu\n", series[k].name,
+                       m->spec.id, m->spec.app, m->spec.topic, (unsigned long long)v[k]);
+        }
+    }
+    metric_help(&b, "skiff_function_instances", "gauge",
+                "Ready instances the invoker delivers to.");
+    for (struct inv_target *t = inv->targets; t; t = t->next)
+        buf_printf(&b, "skiff_function_instances{app=\"%s\",process=\"%s\"} %d\n", t->app,
+                   t->process, t->instance_count);
+    metric_help(&b, "skiff_invokes_total", "counter", "Calls of skiff invoke.");
+    buf_printf(&b, "skiff_invokes_total %llu\n", (unsigned long long)inv->invokes);
+    metric_help(&b, "skiff_platform_events_total", "counter", "Platform events published.");
+    buf_printf(&b, "skiff_platform_events_total %llu\n", (unsigned long long)inv->platform_events);
+    metric_help(&b, "skiff_schedule_fires_total", "counter", "Schedule fires published.");
+    buf_printf(&b, "skiff_schedule_fires_total %llu\n", (unsigned long long)inv->schedule_fires);
+    struct fabric_stats fs;
+    fabric_get_stats(inv->fabric, &fs);
+    metric_help(&b, "skiff_fabric_records_total", "counter", "Events appended to topics.");
+    buf_printf(&b, "skiff_fabric_records_total %llu\n", (unsigned long long)fs.records);
+    metric_help(&b, "skiff_fabric_syncs_total", "counter", "Group commits (fsync rounds).");
+    buf_printf(&b, "skiff_fabric_syncs_total %llu\n", (unsigned long long)fs.syncs);
+    api_respond(req, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
+    buf_free(&b);
+}
+
+void invoker_routes_add(struct invoker *inv)
+{
+    struct api *api = inv->api;
+    if (!api)
+        return;
+    api_route_add(api, "GET", "/v1/event-mappings", API_AUTH_ADMIN, routes_mappings_list, inv);
+    api_route_add(api, "POST", "/v1/event-mappings", API_AUTH_ADMIN, routes_mapping_create, inv);
+    api_route_add(api, "GET", "/v1/event-mappings/*", API_AUTH_ADMIN, routes_mapping_get, inv);
+    api_route_add(api, "DELETE", "/v1/event-mappings/*", API_AUTH_ADMIN, routes_mapping_delete,
+                  inv);
+    api_route_add(api, "POST", "/v1/event-mappings/*/replay", API_AUTH_ADMIN, routes_mapping_replay,
+                  inv);
+    api_route_add(api, "POST", "/v1/apps/*/invoke", API_AUTH_ADMIN, routes_invoke, inv);
+    api_route_add(api, "GET", "/metrics", API_AUTH_ADMIN, routes_metrics, inv);
+}
