@@ -1,6 +1,7 @@
 /* cmd_apps: help, login, and the commands that look at or change an existing app. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/commands.h"
@@ -81,7 +82,18 @@ static bool cli_is_web(const json_t *inst)
     return !*type || strcmp(type, "web") == 0;
 }
 
-int cli_wait_running(const char *name, long timeout_s)
+/* Milliseconds since the epoch of an RFC 3339 UTC time ("2026-11-27T11:09:56.123Z"); 0 when
+ * it cannot be read. Fractions are dropped: callers compare to the second. */
+static int64_t cli_parse_time_ms(const char *s)
+{
+    struct tm tm = {0};
+    const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!end)
+        return 0;
+    return (int64_t)timegm(&tm) * 1000;
+}
+
+int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
 {
     char *path = cli_app_path(name, NULL);
     int64_t deadline = time_mono_ms() + timeout_s * 1000;
@@ -102,9 +114,11 @@ int cli_wait_running(const char *name, long timeout_s)
             if (!cli_is_web(inst))
                 continue;
             const char *state = cli_json_str(inst, "state");
-            if (strcmp(state, "RUNNING") == 0)
+            bool fresh = since_ms <= 0 ||
+                         cli_parse_time_ms(cli_json_str(inst, "since")) >= since_ms / 1000 * 1000;
+            if (strcmp(state, "RUNNING") == 0 && fresh)
                 running++;
-            else if (strcmp(state, "CRASHED") == 0 && !crashed)
+            else if (strcmp(state, "CRASHED") == 0 && fresh && !crashed)
                 crashed = inst;
         }
         if (running != last_running) {
@@ -389,7 +403,7 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
     bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
     json_decref(app);
     if (started && !no_wait)
-        return cli_wait_running(name, timeout);
+        return cli_wait_running(name, timeout, 0);
     return CLI_EXIT_OK;
 }
 
@@ -412,6 +426,7 @@ static int cli_app_action(const struct cli_command *cmd, int argc, char **argv, 
     if (!cli_json_output)
         printf("%s %s...\n", doing, name);
     json_t *app = NULL;
+    int64_t asked_ms = time_now_ms();
     rc = cli_api("POST", path, NULL, &app);
     free(path);
     if (rc)
@@ -423,7 +438,7 @@ static int cli_app_action(const struct cli_command *cmd, int argc, char **argv, 
     }
     json_decref(app);
     if (wait && !no_wait)
-        return cli_wait_running(name, timeout);
+        return cli_wait_running(name, timeout, strcmp(action, "restart") == 0 ? asked_ms : 0);
     printf("OK\n");
     return CLI_EXIT_OK;
 }

@@ -177,13 +177,14 @@ static int cli_push_one(const struct cli_push_plan *plan)
     /* A running app restarts onto its new droplet; a stopped one starts. */
     char *action = cli_app_path(name, was_started ? "/restart" : "/start");
     printf("%s %s...\n", was_started ? "Restarting" : "Starting", name);
+    int64_t asked_ms = time_now_ms();
     rc = cli_api("POST", action, NULL, &app);
     free(action);
     if (rc)
         goto done;
     json_t *routes = json_incref(json_object_get(app, "routes"));
     json_decref(app);
-    rc = cli_wait_running(name, plan->timeout_s);
+    rc = cli_wait_running(name, plan->timeout_s, was_started ? asked_ms : 0);
     if (rc == 0) {
         const char *port = cli_router_port();
         size_t i;
@@ -568,6 +569,7 @@ int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     const char *name = args.items[0];
     char *path = cli_app_path(name, "/restage");
+    int64_t asked_ms = time_now_ms();
     rc = cli_stage_stream(name, path);
     free(path);
     if (rc)
@@ -580,5 +582,5 @@ int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
     json_decref(app);
-    return started ? cli_wait_running(name, timeout) : CLI_EXIT_OK;
+    return started ? cli_wait_running(name, timeout, asked_ms) : CLI_EXIT_OK;
 }

@@ -5,13 +5,17 @@
 
 #include "cli/cli.h"
 
+#include <stdint.h>
+
 /* "/v1/apps/NAME" + suffix, with NAME escaped. Caller frees. */
 char *cli_app_path(const char *name, const char *suffix);
 /* 256 -> "256M", 1024 -> "1G", 0 -> "-". */
 void cli_format_mb(long long mb, char *out, size_t size);
 /* Polls the app until its web instances are RUNNING (0), one crashed or the deadline passed
- * (CLI_EXIT_ERROR, after saying which); prints progress. */
-int cli_wait_running(const char *name, long timeout_s);
+ * (CLI_EXIT_ERROR, after saying which); prints progress. With since_ms > 0 only instances that
+ * (re)started at or after that wall-clock time count, so a restart is not mistaken for done
+ * while the old instances still run. */
+int cli_wait_running(const char *name, long timeout_s, int64_t since_ms);
 /* Runs the staging stream of POST PATH (stage or restage), printing each line as it comes.
  * Returns 0 when staging succeeded. */
 int cli_stage_stream(const char *name, const char *path);
