@@ -23,8 +23,9 @@ PROGRAMS  := skiffd skiff-router skiff
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-REL  := build/rel
-ASAN := build/asan
+BUILD ?= build
+REL  := $(BUILD)/rel
+ASAN := $(BUILD)/asan
 
 .PHONY: all deps build asan run test unit e2e fuzz fuzz-build bench format clean
 all: build
@@ -63,7 +64,7 @@ endef
 $(eval $(call flavour,$(REL),$(REL_CFLAGS)))
 $(eval $(call flavour,$(ASAN),$(ASAN_CFLAGS)))
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # ---- running ---------------------------------------------------------------------------
 run: build
