@@ -512,10 +512,19 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
                            routes[i].fn, NULL);
         if (rc < 0) {
             snprintf(err, errsize, "cannot add route %s %s", routes[i].method, routes[i].pattern);
-            return rc;
+            goto fail;
         }
     }
+    /* Delivery (mappings, invoke, replay) runs on the same fabric. */
+    if ((rc = invoker_start(svc, events.fabric, err, errsize)) < 0)
+        goto fail;
     return 0;
+fail:
+    uv_close((uv_handle_t *)&events.throttle_timer, NULL);
+    events.timer_open = false;
+    fabric_close(events.fabric, NULL, NULL);
+    events.fabric = NULL;
+    return rc;
 }
 
 static void on_timer_closed(uv_handle_t *h)
@@ -537,14 +546,19 @@ static void on_fabric_closed(void *arg)
     }
 }
 
+static void on_invoker_stopped(void *arg)
+{
+    if (events.fabric)
+        fabric_close(events.fabric, on_fabric_closed, NULL);
+    else
+        on_fabric_closed(NULL);
+}
+
 void api_events_stop(void (*done)(void *arg), void *arg)
 {
     events.stop_done = done;
     events.stop_arg = arg;
     while (events.tails)
         tail_finish(events.tails);
-    if (events.fabric)
-        fabric_close(events.fabric, on_fabric_closed, NULL);
-    else
-        on_fabric_closed(NULL);
+    invoker_stop(on_invoker_stopped, NULL);
 }
