@@ -363,7 +363,7 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     const char *name = args.items[0];
     json_t *body = json_object();
-    long mb;
+    long mb = 0;
     if (instances != -1) {
         if (instances < 0)
             rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);

@@ -441,7 +441,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 
     /* The settings given by flags, applied over a manifest's. */
     json_t *flags = json_object();
-    long mb;
+    long mb = 0;
     if (instances != -1) {
         if (instances < 0)
             rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
