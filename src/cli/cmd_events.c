@@ -215,6 +215,424 @@ static int cmd_tail(const struct cli_command *cmd, int argc, char **argv)
     return rc;
 }
 
+/* ---- mappings and functions: map-event, unmap-event, event-mappings, replay, invoke -------- */
+
+/* Mappings of app (all apps when NULL), as a new reference to the API's array. */
+static int mappings_fetch(const char *app, json_t **out)
+{
+    char *path;
+    if (app) {
+        char *e = cli_escape(app);
+        path = xasprintf("/v1/event-mappings?app=%s", e);
+        free(e);
+    } else {
+        path = xstrdup("/v1/event-mappings");
+    }
+    json_t *res = NULL;
+    int rc = cli_api("GET", path, NULL, &res);
+    free(path);
+    if (rc != 0)
+        return rc;
+    *out = json_incref(json_object_get(res, "event_mappings"));
+    json_decref(res);
+    if (!*out)
+        *out = json_array();
+    return 0;
+}
+
+/* "topic uploads", "schedule 0 3 * * *" or "app event shop:crashed". */
+static char *mapping_trigger_text(const json_t *m)
+{
+    const char *trigger = cli_json_str(m, "trigger");
+    if (!strcmp(trigger, "schedule"))
+        return xasprintf("schedule %s", cli_json_str(m, "schedule"));
+    if (!strcmp(trigger, "app_event"))
+        return xasprintf("app event %s", cli_json_str(m, "on_app_event"));
+    return xasprintf("topic %s", cli_json_str(m, "topic"));
+}
+
+/* Does mapping m match what the user named: a topic, a schedule or an app event (or any)? */
+static bool mapping_matches(const json_t *m, const char *topic, bool schedule,
+                            const char *app_event, const char *id)
+{
+    if (id)
+        return !strncmp(cli_json_str(m, "id"), id, strlen(id));
+    if (schedule)
+        return !strcmp(cli_json_str(m, "trigger"), "schedule");
+    if (app_event) {
+        const char *have = cli_json_str(m, "on_app_event");
+        return !strcmp(have, app_event) ||
+               (!strchr(app_event, ':') && !strncmp(have, "*:", 2) && !strcmp(have + 2, app_event));
+    }
+    return topic && !strcmp(cli_json_str(m, "trigger"), "topic") &&
+           !strcmp(cli_json_str(m, "topic"), topic);
+}
+
+static int cmd_map_event(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_list filters = {.count = 0};
+    const char *schedule = NULL, *app_event = NULL, *reply = NULL, *dlq = NULL, *max_age = NULL;
+    const char *idle_grace = NULL, *process = NULL, *from = NULL;
+    long retries = -1, backoff = -1, backoff_cap = -1, concurrency = -1, max_instances = -1;
+    bool ordered = false;
+    struct cli_option opts[] = {
+        {"filter", 'f', CLI_OPT_LIST, &filters},
+        {"schedule", 0, CLI_OPT_STRING, &schedule},
+        {"on-app-event", 0, CLI_OPT_STRING, &app_event},
+        {"reply-topic", 0, CLI_OPT_STRING, &reply},
+        {"dead-letter", 0, CLI_OPT_STRING, &dlq},
+        {"retries", 0, CLI_OPT_INT, &retries},
+        {"backoff", 0, CLI_OPT_INT, &backoff},
+        {"backoff-cap", 0, CLI_OPT_INT, &backoff_cap},
+        {"max-age", 0, CLI_OPT_STRING, &max_age},
+        {"concurrency", 'c', CLI_OPT_INT, &concurrency},
+        {"ordered", 0, CLI_OPT_FLAG, &ordered},
+        {"max-instances", 0, CLI_OPT_INT, &max_instances},
+        {"idle-grace", 0, CLI_OPT_STRING, &idle_grace},
+        {"process", 'p', CLI_OPT_STRING, &process},
+        {"from", 0, CLI_OPT_STRING, &from},
+        {NULL, 0, 0, NULL},
+    };
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *topic = args.count == 2 ? args.items[1] : NULL;
+    int triggers = (topic != NULL) + (schedule != NULL) + (app_event != NULL);
+    if (triggers != 1)
+        return cli_usage_error(cmd, "give exactly one trigger: a TOPIC, --schedule CRON or "
+                                    "--on-app-event APP:EVENT");
+    json_t *body = json_pack("{s:s}", "app", args.items[0]);
+    if (topic)
+        json_object_set_new(body, "topic", json_string(topic));
+    if (schedule)
+        json_object_set_new(body, "schedule", json_string(schedule));
+    if (app_event)
+        json_object_set_new(body, "on_app_event", json_string(app_event));
+    if (filters.count) {
+        json_t *list = json_array();
+        for (int i = 0; i < filters.count; i++)
+            json_array_append_new(list, json_string(filters.items[i]));
+        json_object_set_new(body, "filters", list);
+    }
+    if (reply)
+        json_object_set_new(body, "reply_topic", json_string(reply));
+    if (dlq)
+        json_object_set_new(body, "dead_letter_topic", json_string(dlq));
+    if (max_age)
+        json_object_set_new(body, "max_age", json_string(max_age));
+    if (idle_grace)
+        json_object_set_new(body, "idle_grace", json_string(idle_grace));
+    if (process)
+        json_object_set_new(body, "process", json_string(process));
+    if (from)
+        json_object_set_new(body, "from", json_string(from));
+    if (ordered)
+        json_object_set_new(body, "ordered", json_true());
+    const struct {
+        const char *key;
+        long value;
+    } ints[] = {{"retries", retries},
+                {"backoff_ms", backoff},
+                {"backoff_cap_ms", backoff_cap},
+                {"concurrency", concurrency},
+                {"max_instances", max_instances}};
+    for (size_t i = 0; i < ARRAY_SIZE(ints); i++)
+        if (ints[i].value >= 0)
+            json_object_set_new(body, ints[i].key, json_integer(ints[i].value));
+    json_t *out = NULL;
+    rc = cli_api("POST", "/v1/event-mappings", body, &out);
+    json_decref(body);
+    if (rc != 0)
+        return rc;
+    if (cli_json_output) {
+        cli_print_json(out);
+    } else {
+        char *what = mapping_trigger_text(out);
+        printf("mapped %s to %s (mapping %s)\n", what, args.items[0], cli_json_str(out, "id"));
+        free(what);
+    }
+    json_decref(out);
+    return 0;
+}
+
+static int cmd_unmap_event(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *app_event = NULL, *id = NULL;
+    bool schedule = false, all = false;
+    struct cli_option opts[] = {
+        {"schedule", 0, CLI_OPT_FLAG, &schedule},
+        {"on-app-event", 0, CLI_OPT_STRING, &app_event},
+        {"id", 0, CLI_OPT_STRING, &id},
+        {"all", 0, CLI_OPT_FLAG, &all},
+        {NULL, 0, 0, NULL},
+    };
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *app = args.items[0];
+    const char *topic = args.count == 2 ? args.items[1] : NULL;
+    if (!topic && !schedule && !app_event && !id && !all)
+        return cli_usage_error(cmd, "say which mapping: a TOPIC, --schedule, --on-app-event "
+                                    "APP:EVENT, --id ID, or --all");
+    json_t *list;
+    if ((rc = mappings_fetch(app, &list)) != 0)
+        return rc;
+    int removed = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(list, i, m)
+    {
+        if (!all && !mapping_matches(m, topic, schedule, app_event, id))
+            continue;
+        char *path = xasprintf("/v1/event-mappings/%s", cli_json_str(m, "id"));
+        rc = cli_api("DELETE", path, NULL, NULL);
+        free(path);
+        if (rc != 0)
+            break;
+        char *what = mapping_trigger_text(m);
+        printf("unmapped %s from %s (mapping %s)\n", what, app, cli_json_str(m, "id"));
+        free(what);
+        removed++;
+    }
+    json_decref(list);
+    if (rc == 0 && removed == 0)
+        return cli_error("%s has no such event mapping: see skiff event-mappings %s", app, app);
+    return rc;
+}
+
+static int cmd_event_mappings(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_option opts[] = {{NULL, 0, 0, NULL}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *list;
+    if ((rc = mappings_fetch(args.count ? args.items[0] : NULL, &list)) != 0)
+        return rc;
+    if (cli_json_output) {
+        json_t *o = json_pack("{s:O}", "event_mappings", list);
+        cli_print_json(o);
+        json_decref(o);
+        json_decref(list);
+        return 0;
+    }
+    if (json_array_size(list) == 0) {
+        printf("no event mappings: add one with `skiff map-event APP TOPIC`\n");
+        json_decref(list);
+        return 0;
+    }
+    static const char *const headers[] = {
+        "id",        "app",     "trigger",       "filters", "backlog",   "in-flight",
+        "delivered", "retried", "dead-lettered", "failed",  "instances", NULL};
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *m;
+    json_array_foreach(list, i, m)
+    {
+        char *what = mapping_trigger_text(m);
+        struct buf f = {0};
+        size_t k;
+        json_t *fv;
+        json_array_foreach(json_object_get(m, "filters"), k, fv)
+            buf_printf(&f, "%s%s", k ? " " : "", json_string_value(fv));
+        char id[9], n[7][24];
+        snprintf(id, sizeof(id), "%s", cli_json_str(m, "id"));
+        const char *keys[] = {"backlog",       "in_flight", "delivered", "retried",
+                              "dead_lettered", "failed",    "instances"};
+        for (int j = 0; j < 7; j++)
+            snprintf(n[j], sizeof(n[j]), "%lld", cli_json_int(m, keys[j]));
+        cli_table_add(t, id, cli_json_str(m, "app"), what, f.len ? f.data : "-", n[0], n[1], n[2],
+                      n[3], n[4], n[5], n[6]);
+        buf_free(&f);
+        free(what);
+    }
+    cli_table_print(t);
+    /* What went wrong, under the table, so the table stays readable. */
+    json_array_foreach(list, i, m)
+    {
+        const char *err = cli_json_str(m, "last_error");
+        json_t *failures = json_object_get(m, "failures");
+        if (!*err && json_array_size(failures) == 0)
+            continue;
+        printf("\nmapping %.8s (%s):\n", cli_json_str(m, "id"), cli_json_str(m, "app"));
+        if (*err)
+            printf("  last error: %s\n", err);
+        size_t k;
+        json_t *fv;
+        json_array_foreach(failures, k, fv)
+            printf("  failed: event %s (offset %lld) at %s: %s\n", cli_json_str(fv, "id"),
+                   cli_json_int(fv, "offset"), cli_json_str(fv, "at"), cli_json_str(fv, "reason"));
+    }
+    json_decref(list);
+    return 0;
+}
+
+static int cmd_replay(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *since = NULL, *id = NULL, *app_event = NULL;
+    bool schedule = false;
+    struct cli_option opts[] = {
+        {"since", 's', CLI_OPT_STRING, &since},
+        {"id", 0, CLI_OPT_STRING, &id},
+        {"schedule", 0, CLI_OPT_FLAG, &schedule},
+        {"on-app-event", 0, CLI_OPT_STRING, &app_event},
+        {NULL, 0, 0, NULL},
+    };
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (!since)
+        return cli_usage_error(cmd, "--since is required: a duration ago (1h), an RFC 3339 "
+                                    "time or an offset");
+    const char *app = args.items[0];
+    const char *topic = args.count == 2 ? args.items[1] : NULL;
+    if (!topic && !id && !schedule && !app_event)
+        return cli_usage_error(cmd, "say which mapping: a TOPIC, --id ID, --schedule or "
+                                    "--on-app-event APP:EVENT");
+    json_t *list;
+    if ((rc = mappings_fetch(app, &list)) != 0)
+        return rc;
+    int done = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(list, i, m)
+    {
+        if (!mapping_matches(m, topic, schedule, app_event, id))
+            continue;
+        char *path = xasprintf("/v1/event-mappings/%s/replay", cli_json_str(m, "id"));
+        json_t *body = json_pack("{s:s}", "since", since);
+        json_t *out = NULL;
+        rc = cli_api("POST", path, body, &out);
+        json_decref(body);
+        free(path);
+        if (rc != 0)
+            break;
+        if (cli_json_output)
+            cli_print_json(out);
+        else
+            printf("replaying %lld events of %s to %s from offset %lld\n",
+                   cli_json_int(out, "events"), cli_json_str(out, "topic"), app,
+                   cli_json_int(out, "from_offset"));
+        json_decref(out);
+        done++;
+    }
+    json_decref(list);
+    if (rc == 0 && done == 0)
+        return cli_error("%s has no such event mapping: see skiff event-mappings %s", app, app);
+    return rc;
+}
+
+static int cmd_invoke(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *type = NULL, *source = NULL, *subject = NULL, *content_type = NULL;
+    const char *process = NULL;
+    struct cli_option opts[] = {
+        {"type", 't', CLI_OPT_STRING, &type},
+        {"source", 's', CLI_OPT_STRING, &source},
+        {"subject", 0, CLI_OPT_STRING, &subject},
+        {"content-type", 'c', CLI_OPT_STRING, &content_type},
+        {"process", 'p', CLI_OPT_STRING, &process},
+        {NULL, 0, 0, NULL},
+    };
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    struct buf data = {0};
+    if (args.count == 2 && !strcmp(args.items[1], "-")) {
+        if ((rc = events_read_stdin(&data)) != 0) {
+            buf_free(&data);
+            return rc;
+        }
+    } else if (args.count == 2) {
+        buf_puts(&data, args.items[1]);
+    }
+    if (!content_type && data.len) {
+        json_t *probe = json_loadb(data.data, data.len, JSON_DECODE_ANY, NULL);
+        content_type = probe ? "application/json" : "text/plain; charset=utf-8";
+        json_decref(probe);
+    }
+    char id[37];
+    char *hdr[8] = {0};
+    int nh = 0;
+    if (type || source || subject) {
+        uuid_generate_v4(id);
+        hdr[nh++] = xasprintf("ce-specversion: 1.0");
+        hdr[nh++] = xasprintf("ce-id: %s", id);
+        hdr[nh++] = xasprintf("ce-type: %s", type ? type : "skiff.invoke");
+        hdr[nh++] = xasprintf("ce-source: %s", source ? source : "/skiff/cli");
+        if (subject)
+            hdr[nh++] = xasprintf("ce-subject: %s", subject);
+    }
+    char *app = cli_escape(args.items[0]);
+    char *path = process ? xasprintf("/v1/apps/%s/invoke?process=%s", app, process)
+                         : xasprintf("/v1/apps/%s/invoke", app);
+    struct cli_request req = {
+        .method = "POST",
+        .path = path,
+        .body = data.data ? data.data : "",
+        .body_len = data.len,
+        .content_type = content_type,
+        .headers = (const char *const *)hdr,
+        .timeout_s = 130,
+    };
+    struct cli_response res = {0};
+    rc = cli_http(&req, &res);
+    if (rc == 0 && res.body && res.body_len) {
+        fwrite(res.body, 1, res.body_len, stdout);
+        if (res.body[res.body_len - 1] != '\n')
+            fputc('\n', stdout);
+    }
+    cli_response_free(&res);
+    for (int i = 0; i < nh; i++)
+        free(hdr[i]);
+    free(path);
+    free(app);
+    buf_free(&data);
+    return rc;
+}
+
+static const char map_event_help[] =
+    "  Invokes APP for each event of TOPIC, on a schedule, or on platform events.\n"
+    "  -f, --filter K=V         only events whose attribute K is V (K^=V: starts with V);\n"
+    "                           repeatable, on type, source, subject or an extension\n"
+    "  --schedule CRON          5 cron fields (UTC), @hourly/@daily/..., or '@every 30s'\n"
+    "  --on-app-event APP:EVENT staged, started, stopped, crashed or scaled (EVENT alone:\n"
+    "                           any app)\n"
+    "  --reply-topic T          publish the function's reply events to T\n"
+    "  --dead-letter T          events that exhaust their retries go to T\n"
+    "  --retries N              retries after the first attempt (default 10)\n"
+    "  --backoff MS, --backoff-cap MS  first retry delay (200) doubling up to the cap (60000)\n"
+    "  --max-age DUR            do not retry events older than DUR (default 24h)\n"
+    "  -c, --concurrency N      events in flight per instance (default 1)\n"
+    "  --ordered                one event at a time per subject, in order\n"
+    "  --max-instances N        scale up to N instances with the backlog (default 10)\n"
+    "  --idle-grace DUR         scale a function to zero after DUR idle (default 60s)\n"
+    "  -p, --process P          the process type to invoke (default web)\n"
+    "  --from beginning         also deliver the events already in the topic\n"
+    "  examples: skiff map-event resize uploads --filter type=image.uploaded\n"
+    "            skiff map-event nightly --schedule '0 3 * * *'\n"
+    "            skiff map-event notify --on-app-event shop:crashed";
+
+static const char unmap_event_help[] =
+    "  Removes APP's mappings of TOPIC (or: --schedule, --on-app-event APP:EVENT, --id ID\n"
+    "  (a prefix is enough), --all). Events stay in the topic.";
+
+static const char replay_help[] =
+    "  Delivers past events again: moves the mapping's cursor back.\n"
+    "  -s, --since X   a duration ago (90s, 1h, 2d), an RFC 3339 time, or an offset\n"
+    "  Pick the mapping by TOPIC, --id ID, --schedule or --on-app-event APP:EVENT.";
+
+static const char invoke_help[] =
+    "  Calls APP once with DATA ('-' reads standard input) as a CloudEvent, starting an\n"
+    "  instance if none runs, and prints the reply.\n"
+    "  -t, --type T, -s, --source S, --subject S   the event's attributes\n"
+    "  -p, --process P   the process type to call (default web)";
+
 static const char emit_help[] =
     "  DATA is the event's data (JSON is sent as application/json); '-' reads standard input.\n"
     "  With --type, --source, --subject or --id the event is sent in CloudEvents binary mode;\n"
@@ -237,5 +655,20 @@ const struct cli_command cli_events_commands[] = {
     {"tail", "tail TOPIC [--from start|end|OFFSET|TIME|10m] [--no-follow] [-n N]",
      "print a topic's events, and follow new ones as they are published", tail_help, cmd_tail},
     /* mappings and functions */
+    {"map-event",
+     "map-event APP [TOPIC] [--filter K=V|K^=P] [--schedule CRON] [--on-app-event APP:EVENT] "
+     "[--reply-topic T] [--dead-letter T] [--retries N] [...]",
+     "invoke an app or function when events arrive", map_event_help, cmd_map_event},
+    {"unmap-event",
+     "unmap-event APP [TOPIC] [--schedule] [--on-app-event APP:EVENT] [--id ID] [--all]",
+     "remove an event mapping", unmap_event_help, cmd_unmap_event},
+    {"event-mappings", "event-mappings [APP]",
+     "list event mappings with backlog, in-flight, delivered, retried, dead-lettered and "
+     "failed counts",
+     NULL, cmd_event_mappings},
+    {"replay", "replay APP [TOPIC] --since 1h|TIME|OFFSET [--id ID]",
+     "deliver a mapping's past events again", replay_help, cmd_replay},
+    {"invoke", "invoke APP [DATA|-] [--type T] [--subject S]",
+     "call a function once and print its reply", invoke_help, cmd_invoke},
     {NULL, NULL, NULL, NULL, NULL},
 };
