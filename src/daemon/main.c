@@ -1,7 +1,446 @@
+/* skiffd: the control process. Store, API, scheduler, logs, bus, and the router's keeper. */
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
 
-int main(void)
+#include "api/api.h"
+#include "api/core.h"
+#include "bus/bus.h"
+#include "common/util.h"
+#include "daemon/router_proc.h"
+#include "executor/executor.h"
+#include "logs/logs.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+
+struct daemon {
+    uv_loop_t *loop;
+    char *home;
+    char *api_addr;
+    char *router_addr;
+    char *router_admin_addr;
+    char *router_url;
+    char *token;
+    struct store *store;
+    struct logs *logs;
+    struct api *api;
+    struct api_core *core;
+    struct scheduler *sched;
+    struct bus *bus;
+    struct router_proc *router;
+    bool events_started;
+    uv_signal_t sigterm, sigint;
+    bool stopping;
+    bool kill_router;
+    int exit_code;
+};
+
+static void usage(FILE *out)
 {
-    fputs("not built yet\n", stderr);
-    return 1;
+    fputs("usage: skiffd [--home DIR] [--api-addr HOST:PORT] [--router-addr HOST:PORT]\n"
+          "              [--router-admin-addr HOST:PORT]\n"
+          "\n"
+          "Runs the Skiff platform on this machine: the API, the scheduler, and the router.\n"
+          "  --home DIR                  data folder (SKIFF_HOME, default ~/.skiff)\n"
+          "  --api-addr HOST:PORT        API address (SKIFF_API_ADDR, default 127.0.0.1:8090)\n"
+          "  --router-addr HOST:PORT     router address (SKIFF_ROUTER_ADDR, default "
+          "127.0.0.1:8080)\n"
+          "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
+          "127.0.0.1:8083)\n"
+          "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
+          "4096),\n"
+          "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder).\n"
+          "SIGINT (Ctrl-C) stops everything; SIGTERM stops skiffd and its instances but leaves\n"
+          "the router serving, for a restart of skiffd.\n",
+          out);
+}
+
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
+static long env_long(const char *name, long def)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return def;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n <= 0) {
+        fprintf(stderr, "skiffd: %s=%s is not a positive number; using %ld\n", name, v, def);
+        return def;
+    }
+    return n;
+}
+
+/* The folder of our own executable, where skiff-router and buildpacks are looked for. */
+static char *self_dir(void)
+{
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0)
+        return xstrdup(".");
+    path[n] = '\0';
+    char *slash = strrchr(path, '/');
+    if (slash)
+        *slash = '\0';
+    return xstrdup(path);
+}
+
+/* buildpacks/ of the source tree: beside build/<flavour>/skiffd, or installed beside it. */
+static char *find_buildpacks(const char *dir)
+{
+    const char *env = getenv("SKIFF_BUILDPACKS");
+    if (env && *env)
+        return xstrdup(env);
+    const char *candidates[] = {"%s/buildpacks", "%s/../../buildpacks",
+                                "%s/../share/skiff/buildpacks"};
+    for (size_t i = 0; i < ARRAY_SIZE(candidates); i++) {
+        char *p = xasprintf(candidates[i], dir);
+        if (access(p, R_OK) == 0) {
+            char *real = realpath(p, NULL);
+            free(p);
+            return real ? real : xstrdup(".");
+        }
+        free(p);
+    }
+    return xasprintf("%s/buildpacks", dir);
+}
+
+/* The admin token: kept in api.json across restarts, made with libsodium randomness (via
+ * getrandom) the first time. api.json is written 0600 every start (addresses may change). */
+static int setup_token(struct daemon *d, const char *api_url)
+{
+    char *path = xasprintf("%s/api.json", d->home);
+    char *text = NULL;
+    if (file_read(path, &text, NULL) == 0) {
+        json_t *j = json_loads(text, 0, NULL);
+        const char *t = json_string_value(json_object_get(j, "token"));
+        if (t && strlen(t) >= 32)
+            d->token = xstrdup(t);
+        json_decref(j);
+        free(text);
+    }
+    if (!d->token) {
+        char hex[65];
+        random_hex(hex, 32);
+        d->token = xasprintf("skiff_%s", hex);
+    }
+    json_t *j =
+        json_pack("{s:s,s:s,s:s}", "url", api_url, "token", d->token, "router_url", d->router_url);
+    char *out = json_dumps(j, JSON_INDENT(2));
+    json_decref(j);
+    size_t len = strlen(out);
+    out = xrealloc(out, len + 2);
+    out[len++] = '\n';
+    int rc = file_write_atomic(path, out, len, 0600);
+    free(out);
+    if (rc < 0)
+        fprintf(stderr, "skiffd: cannot write %s: %s\n", path, strerror(-rc));
+    free(path);
+    return rc;
+}
+
+/* ---- shutdown: each step's callback starts the next ------------------------------------------ */
+
+static void shutdown_router_done(void *arg)
+{
+    struct daemon *d = arg;
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+}
+
+static void shutdown_bus_done(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->router)
+        router_proc_close(d->router, d->kill_router, shutdown_router_done, d);
+    else
+        shutdown_router_done(d);
+}
+
+static void shutdown_sched_done(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->bus)
+        bus_close(d->bus, shutdown_bus_done, d);
+    else
+        shutdown_bus_done(d);
+}
+
+static void shutdown_events_done(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->sched)
+        scheduler_shutdown(d->sched, shutdown_sched_done, d);
+    else
+        shutdown_sched_done(d);
+}
+
+static void shutdown_api_done(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->events_started)
+        api_events_stop(shutdown_events_done, d);
+    else
+        shutdown_events_done(d);
+}
+
+static void daemon_stop(struct daemon *d)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    if (d->core)
+        api_core_shutdown(d->core);
+    if (d->api)
+        api_close(d->api, shutdown_api_done, d);
+    else
+        shutdown_api_done(d);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon *d = h->data;
+    if (d->stopping) {
+        fprintf(stderr, "skiffd: still stopping (instances get their grace period)\n");
+        return;
+    }
+    fprintf(stderr, "skiffd: %s: stopping instances and exiting\n",
+            signum == SIGINT ? "interrupted" : "terminated");
+    d->kill_router = signum == SIGINT;
+    daemon_stop(d);
+}
+
+static void daemon_free(struct daemon *d)
+{
+    api_core_free(d->core);
+    api_free(d->api);
+    scheduler_free(d->sched);
+    bus_free(d->bus);
+    router_proc_free(d->router);
+    logs_free(d->logs);
+    store_close(d->store);
+    free(d->home);
+    free(d->api_addr);
+    free(d->router_addr);
+    free(d->router_admin_addr);
+    free(d->router_url);
+    free(d->token);
+}
+
+static void make_instance_token(void *api, const char *app_guid, char *out, size_t size)
+{
+    api_instance_token(api, app_guid, out, size);
+}
+
+static void walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    struct daemon d = {0};
+    const char *home = env_or("SKIFF_HOME", "~/.skiff");
+    const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
+    const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
+    const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **target = NULL;
+        if (!strcmp(a, "--home"))
+            target = &home;
+        else if (!strcmp(a, "--api-addr"))
+            target = &api_addr;
+        else if (!strcmp(a, "--router-addr"))
+            target = &router_addr;
+        else if (!strcmp(a, "--router-admin-addr"))
+            target = &admin_addr;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "skiffd: unknown option \"%s\"\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "skiffd: %s needs a value\n", a);
+            return 2;
+        }
+        *target = argv[++i];
+    }
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    char err[512] = "";
+    int rc;
+    d.loop = uv_default_loop();
+    d.home = path_expand_home(home);
+    d.api_addr = xstrdup(api_addr);
+    d.router_addr = xstrdup(router_addr);
+    d.router_admin_addr = xstrdup(admin_addr);
+    d.router_url = xasprintf("http://%s", router_addr);
+    char *dir = self_dir();
+    char *buildpacks = find_buildpacks(dir);
+    char *router_bin = xasprintf("%s/skiff-router", dir);
+    char *db = NULL, *bus_path = NULL, *api_url = NULL;
+
+    char *run = xasprintf("%s/run", d.home);
+    char *tmp = xasprintf("%s/tmp", d.home);
+    rc = mkdir_p(d.home, 0700);
+    if (rc == 0)
+        rc = mkdir_p(run, 0755);
+    if (rc == 0)
+        rc = mkdir_p(tmp, 0700);
+    free(run);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot create %s: %s (set SKIFF_HOME or --home)\n", d.home,
+                strerror(-rc));
+        free(tmp);
+        goto fail;
+    }
+    rm_rf(tmp); /* uploads and scratch of a previous run */
+    mkdir_p(tmp, 0700);
+    free(tmp);
+
+    db = xasprintf("%s/skiff.db", d.home);
+    rc = store_open(db, err, sizeof err, &d.store);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: %s\n", err);
+        goto fail;
+    }
+    d.logs = logs_new(1000);
+    api_url = xasprintf("http://%s", d.api_addr);
+    if (setup_token(&d, api_url) < 0)
+        goto fail;
+
+    struct api_config acfg = {.home = d.home,
+                              .addr = d.api_addr,
+                              .admin_token = d.token,
+                              .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024) << 20};
+    rc = api_new(d.loop, &acfg, &d.api);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot set up the API: %s\n", strerror(-rc));
+        goto fail;
+    }
+    struct scheduler_config scfg = {.home = d.home,
+                                    .api_url = api_url,
+                                    .make_instance_token = make_instance_token,
+                                    .token_ctx = d.api};
+    struct executor_config ecfg = {.home = d.home,
+                                   .port_min = (int)env_long("SKIFF_PORT_MIN", 61000),
+                                   .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),
+                                   .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000)};
+    rc = scheduler_new(d.loop, &scfg, &ecfg, d.store, d.logs, &d.sched);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot start the executor: %s\n", strerror(-rc));
+        goto fail;
+    }
+    bus_path = xasprintf("%s/run/bus.sock", d.home);
+    rc = bus_new(d.loop, bus_path, d.store, d.sched, d.logs, err, sizeof err, &d.bus);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: %s\n", err);
+        goto fail;
+    }
+    struct api_core_config ccfg = {
+        .home = d.home,
+        .router_url = d.router_url,
+        .buildpacks_dir = buildpacks,
+        .max_unpacked = (uint64_t)env_long("SKIFF_MAX_UNPACKED_MB", 4096) << 20,
+        .staging_timeout_s = (int)env_long("SKIFF_STAGING_TIMEOUT", 900),
+        .store = d.store,
+        .scheduler = d.sched,
+        .logs = d.logs,
+        .routes_changed = bus_routes_changed_cb,
+        .routes_ctx = d.bus,
+    };
+    api_core_register(d.api, &ccfg, &d.core);
+    struct api_services svc = {.loop = d.loop,
+                               .home = d.home,
+                               .api_url = api_url,
+                               .api = d.api,
+                               .store = d.store,
+                               .scheduler = d.sched,
+                               .logs = d.logs};
+    rc = api_events_start(&svc, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot start events: %s\n", err);
+        goto fail;
+    }
+    d.events_started = true;
+    rc = api_listen(d.api, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: %s\n", err);
+        goto fail;
+    }
+    struct router_proc_config rcfg = {.binary = router_bin,
+                                      .home = d.home,
+                                      .addr = d.router_addr,
+                                      .admin_addr = d.router_admin_addr};
+    router_proc_start(d.loop, &rcfg, &d.router);
+    scheduler_reconcile_all(d.sched);
+
+    uv_signal_init(d.loop, &d.sigterm);
+    uv_signal_init(d.loop, &d.sigint);
+    d.sigterm.data = d.sigint.data = &d;
+    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d.sigint, on_signal, SIGINT);
+
+    printf("skiffd is running (data in %s)\n"
+           "  API:    %s\n"
+           "  router: %s  (apps answer at http://APP.localhost:%s/)\n"
+           "  The skiff CLI on this machine is logged in: it reads %s/api.json.\n"
+           "  Try: skiff push hello -p examples/python-web\n",
+           d.home, api_url, d.router_url,
+           strrchr(d.router_addr, ':') ? strrchr(d.router_addr, ':') + 1 : "8080", d.home);
+
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    d.exit_code = 0;
+    goto out;
+
+fail:
+    d.exit_code = 1;
+    /* what was started is closed before freeing */
+    if (!d.stopping) {
+        d.stopping = true;
+        if (d.api)
+            api_close(d.api, NULL, NULL);
+        if (d.events_started)
+            api_events_stop(NULL, NULL);
+        if (d.sched)
+            scheduler_shutdown(d.sched, NULL, NULL);
+        if (d.bus)
+            bus_close(d.bus, NULL, NULL);
+        uv_run(d.loop, UV_RUN_DEFAULT);
+    }
+out:
+    /* the executor closes its own handles when freed; anything left is closed after */
+    scheduler_free(d.sched);
+    d.sched = NULL;
+    uv_run(d.loop, UV_RUN_NOWAIT);
+    uv_walk(d.loop, walk_close, NULL);
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    daemon_free(&d);
+    uv_loop_close(d.loop);
+    free(dir);
+    free(buildpacks);
+    free(router_bin);
+    free(db);
+    free(bus_path);
+    free(api_url);
+    if (d.exit_code == 0)
+        printf("skiffd stopped\n");
+    return d.exit_code;
 }

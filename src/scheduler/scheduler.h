@@ -67,12 +67,16 @@ void scheduler_unsubscribe(struct scheduler *s, int id);
 
 /* ---- life ---------------------------------------------------------------------------------- */
 
-int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg, struct store *store,
-                  struct logs *logs, struct executor *ex, struct scheduler **out);
+/* Creates the scheduler and the executor it drives (configured by excfg). */
+struct executor_config;
+int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
+                  const struct executor_config *excfg, struct store *store, struct logs *logs,
+                  struct scheduler **out);
 /* Starts what the store wants running, and kills instances left over by a predecessor that
  * was killed (their pids are recorded under home/run/instances). */
 int scheduler_reconcile_all(struct scheduler *s);
-/* Stops every instance gracefully; done is called when all are down. */
+/* Stops every instance gracefully; done is called when all are down and the scheduler's
+ * handles are closed; then scheduler_free. */
 void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg);
 void scheduler_free(struct scheduler *s);
 

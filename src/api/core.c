@@ -1,0 +1,1217 @@
+/* The core endpoints (docs/api.md): info, apps, env, logs, routes, domains. Staging and
+ * bits live in staging.c. */
+#include "api/core.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "api/core_internal.h"
+#include "common/buf.h"
+#include "common/util.h"
+#include "logs/logs.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+
+#define SKIFF_VERSION "0.1.0"
+
+int api_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 63)
+        return 0;
+    if (!(islower((unsigned char)name[0]) || isdigit((unsigned char)name[0])))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!(islower(c) || isdigit(c) || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+void api_core__routes_changed(struct api_core *core)
+{
+    if (core->cfg.routes_changed)
+        core->cfg.routes_changed(core->cfg.routes_ctx);
+}
+
+/* ---- JSON of an app ------------------------------------------------------------------------ */
+
+static void core__rfc3339(json_t *obj, const char *key, int64_t ms)
+{
+    char ts[40];
+    time_format_rfc3339(ms, ts, sizeof ts);
+    json_object_set_new(obj, key, json_string(ts));
+}
+
+static json_t *core__string_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+json_t *api_core__app_json(struct api_core *core, const struct store_app *app,
+                           const struct store_route *routes, size_t nroutes)
+{
+    json_t *o = json_object();
+    const struct store_process *web = store_app_process(app, "web");
+    json_object_set_new(o, "guid", json_string(app->guid));
+    json_object_set_new(o, "name", json_string(app->name));
+    json_object_set_new(o, "state", json_string(app->state));
+    json_object_set_new(o, "instances", json_integer(web ? web->instances : 0));
+    json_object_set_new(o, "running",
+                        json_integer(core->cfg.scheduler
+                                         ? scheduler_running_count(core->cfg.scheduler, app->guid)
+                                         : 0));
+    json_object_set_new(o, "memory_mb", json_integer(app->memory_mb));
+    json_object_set_new(o, "disk_mb", json_integer(app->disk_mb));
+    json_object_set_new(o, "command", core__string_or_null(app->command));
+    json_t *bps = json_loads(app->buildpacks_json ? app->buildpacks_json : "[]", 0, NULL);
+    json_object_set_new(o, "buildpacks", bps ? bps : json_array());
+    json_object_set_new(o, "detected_buildpack", core__string_or_null(app->detected_buildpack));
+    json_object_set_new(o, "health_check_type", json_string(app->health_check_type));
+    json_object_set_new(o, "health_check_http_endpoint",
+                        json_string(app->health_check_http_endpoint));
+    json_object_set_new(o, "timeout", json_integer(app->timeout));
+    json_t *env = json_object();
+    for (size_t i = 0; i < app->n_env; i++)
+        json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
+    json_object_set_new(o, "env", env);
+    json_t *r = json_array();
+    for (size_t i = 0; i < nroutes; i++) {
+        if (strcmp(routes[i].app_guid, app->guid))
+            continue;
+        char *uri = xasprintf("%s%s", routes[i].host, routes[i].path);
+        json_array_append_new(r, json_string(uri));
+        free(uri);
+    }
+    json_object_set_new(o, "routes", r);
+    json_object_set_new(o, "droplet", core__string_or_null(app->droplet_guid));
+    json_object_set_new(o, "package", core__string_or_null(app->package_guid));
+    json_object_set_new(o, "kind", json_string(app->kind));
+    if (app->function_json) {
+        json_t *fn = json_loads(app->function_json, 0, NULL);
+        if (fn)
+            json_object_set_new(o, "function", fn);
+    }
+    json_t *procs = json_array();
+    for (size_t i = 0; i < app->n_processes; i++) {
+        const struct store_process *p = &app->processes[i];
+        json_array_append_new(procs,
+                              json_pack("{s:s,s:o,s:i,s:i}", "type", p->type, "command",
+                                        core__string_or_null(p->command), "instances", p->instances,
+                                        "memory_mb", p->memory_mb ? p->memory_mb : app->memory_mb));
+    }
+    json_object_set_new(o, "processes", procs);
+    core__rfc3339(o, "created_at", app->created_at);
+    core__rfc3339(o, "updated_at", app->updated_at);
+    return o;
+}
+
+/* The app named in the path (param 0), or NULL after answering 404. */
+struct store_app *api_core__find_app(struct api_core *core, struct api_request *req)
+{
+    const char *name = api_request_param(req, 0);
+    struct store_app *app = NULL;
+    int rc = store_app_get(core->cfg.store, name, &app);
+    if (rc == -ENOENT) {
+        api_respond_error(req, 404, "not_found",
+                          "no app named \"%s\": `skiff apps` lists the apps there are", name);
+        return NULL;
+    }
+    if (rc < 0) {
+        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        return NULL;
+    }
+    return app;
+}
+
+static json_t *core__app_json_with_routes(struct api_core *core, const struct store_app *app)
+{
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    store_route_list(core->cfg.store, app->guid, &routes, &n);
+    json_t *o = api_core__app_json(core, app, routes, n);
+    store_route_list_free(routes, n);
+    return o;
+}
+
+void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
+                           const struct store_app *app)
+{
+    api_respond_json(req, status, core__app_json_with_routes(core, app));
+}
+
+/* ---- info --------------------------------------------------------------------------------- */
+
+static void core__info(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    const char *url = api_url(core->api);
+    char *events = xasprintf("%s/v1", url);
+    api_respond_json(req, 200,
+                     json_pack("{s:s,s:s,s:s,s:s}", "version", SKIFF_VERSION, "api_url", url,
+                               "router_url", core->cfg.router_url, "events_url", events));
+    free(events);
+}
+
+/* ---- validating app bodies ---------------------------------------------------------------- */
+
+static const char *const core__app_fields[] = {
+    "name",    "instances",         "memory_mb",
+    "disk_mb", "command",           "buildpacks",
+    "env",     "health_check_type", "health_check_http_endpoint",
+    "timeout", "no_route",          "routes",
+    "kind",    "function",          "processes",
+    NULL};
+
+static bool core__bad(struct api_request *req, const char *field, const char *what)
+{
+    api_respond_error(req, 422, "invalid_value", "\"%s\" %s", field, what);
+    return false;
+}
+
+static bool core__int_field(struct api_request *req, json_t *obj, const char *key, int min, int max,
+                            int *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return true;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        api_respond_error(req, 422, "invalid_value", "\"%s\" must be a whole number from %d to %d",
+                          key, min, max);
+        return false;
+    }
+    *out = (int)json_integer_value(v);
+    return true;
+}
+
+static bool core__string_field(struct api_request *req, json_t *obj, const char *key, bool nullable,
+                               char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return true;
+    if (json_is_null(v) && nullable) {
+        free(*out);
+        *out = NULL;
+        return true;
+    }
+    if (!json_is_string(v) || strlen(json_string_value(v)) > 4096)
+        return core__bad(req, key, nullable ? "must be a string or null" : "must be a string");
+    free(*out);
+    *out = xstrdup(json_string_value(v));
+    return true;
+}
+
+/* Sets env from a JSON object; null values unset. Values that are numbers or booleans are
+ * kept as their JSON text, as Cloud Foundry does. */
+bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env)
+{
+    if (!json_is_object(env))
+        return core__bad(req, "env", "must be an object of NAME: value");
+    const char *key;
+    json_t *v;
+    json_object_foreach(env, key, v)
+    {
+        if (!*key || strchr(key, '=') || strlen(key) > 255) {
+            api_respond_error(req, 422, "invalid_value",
+                              "environment variable name \"%s\" is not valid (no '=', 1 to 255 "
+                              "characters)",
+                              key);
+            return false;
+        }
+        char *value = NULL;
+        if (json_is_string(v))
+            value = xstrdup(json_string_value(v));
+        else if (json_is_number(v) || json_is_boolean(v))
+            value = json_dumps(v, JSON_ENCODE_ANY);
+        else if (!json_is_null(v)) {
+            api_respond_error(req, 422, "invalid_value",
+                              "environment variable \"%s\" must be a string (or null to unset)",
+                              key);
+            return false;
+        }
+        size_t i;
+        for (i = 0; i < app->n_env; i++)
+            if (!strcmp(app->env[i].name, key))
+                break;
+        if (i < app->n_env) {
+            if (value) {
+                free(app->env[i].value);
+                app->env[i].value = value;
+            } else {
+                free(app->env[i].name);
+                free(app->env[i].value);
+                app->env[i] = app->env[--app->n_env];
+            }
+        } else if (value) {
+            app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
+            app->env[app->n_env].name = xstrdup(key);
+            app->env[app->n_env].value = value;
+            app->n_env++;
+        }
+    }
+    return true;
+}
+
+static struct store_process *core__process_ensure(struct store_app *app, const char *type)
+{
+    struct store_process *p = store_app_process(app, type);
+    if (p)
+        return p;
+    app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
+    p = &app->processes[app->n_processes++];
+    memset(p, 0, sizeof *p);
+    p->type = xstrdup(type);
+    p->instances = strcmp(type, "web") ? 0 : 1;
+    return p;
+}
+
+/* Applies the fields of a POST/PUT/PATCH body to app; answers and returns false on error. */
+static bool core__apply(struct api_request *req, struct store_app *app, json_t *body)
+{
+    struct store_process *web = core__process_ensure(app, "web");
+    int instances = web->instances;
+    if (!core__int_field(req, body, "instances", 0, 1000, &instances) ||
+        !core__int_field(req, body, "memory_mb", 1, 1 << 20, &app->memory_mb) ||
+        !core__int_field(req, body, "disk_mb", 1, 1 << 22, &app->disk_mb) ||
+        !core__int_field(req, body, "timeout", 1, 3600, &app->timeout) ||
+        !core__string_field(req, body, "command", true, &app->command) ||
+        !core__string_field(req, body, "health_check_http_endpoint", false,
+                            &app->health_check_http_endpoint))
+        return false;
+    web = core__process_ensure(app, "web");
+    web->instances = instances;
+    json_t *v;
+    if ((v = json_object_get(body, "health_check_type"))) {
+        const char *t = json_string_value(v);
+        if (!t ||
+            (strcmp(t, "port") && strcmp(t, "http") && strcmp(t, "process") && strcmp(t, "none")))
+            return core__bad(req, "health_check_type", "must be \"port\", \"http\" or \"process\"");
+        free(app->health_check_type);
+        app->health_check_type = xstrdup(strcmp(t, "none") ? t : "process");
+    }
+    if (app->health_check_http_endpoint && app->health_check_http_endpoint[0] != '/')
+        return core__bad(req, "health_check_http_endpoint", "must start with /");
+    if ((v = json_object_get(body, "kind"))) {
+        const char *k = json_string_value(v);
+        if (!k || (strcmp(k, "app") && strcmp(k, "function")))
+            return core__bad(req, "kind", "must be \"app\" or \"function\"");
+        free(app->kind);
+        app->kind = xstrdup(k);
+    }
+    if ((v = json_object_get(body, "buildpacks"))) {
+        if (json_is_null(v))
+            v = NULL;
+        else if (!json_is_array(v))
+            return core__bad(req, "buildpacks", "must be a list of buildpack names or paths");
+        size_t i;
+        json_t *b;
+        json_array_foreach(v, i, b)
+        {
+            if (!json_is_string(b) || !*json_string_value(b))
+                return core__bad(req, "buildpacks", "must be a list of non-empty strings");
+        }
+        free(app->buildpacks_json);
+        app->buildpacks_json = v ? json_dumps(v, JSON_COMPACT) : xstrdup("[]");
+    }
+    if ((v = json_object_get(body, "env")) && !api_core__merge_env(req, app, v))
+        return false;
+    if ((v = json_object_get(body, "function"))) {
+        if (json_is_null(v)) {
+            free(app->function_json);
+            app->function_json = NULL;
+        } else {
+            json_t *h = json_object_get(v, "handler");
+            json_t *rt = json_object_get(v, "runtime");
+            if (!json_is_object(v) || !json_is_string(h) || !strchr(json_string_value(h), ':') ||
+                (rt && !json_is_string(rt)))
+                return core__bad(req, "function",
+                                 "must be {\"handler\": \"file:function\", \"runtime\": "
+                                 "\"python|node|shell\"}");
+            free(app->function_json);
+            app->function_json = json_dumps(v, JSON_COMPACT);
+            if (!json_object_get(body, "kind")) {
+                free(app->kind);
+                app->kind = xstrdup("function");
+            }
+        }
+    }
+    if ((v = json_object_get(body, "processes"))) {
+        if (!json_is_array(v))
+            return core__bad(req, "processes",
+                             "must be a list of {type, command, instances, "
+                             "memory_mb}");
+        size_t i;
+        json_t *p;
+        json_array_foreach(v, i, p)
+        {
+            static const char *const fields[] = {"type", "command", "instances", "memory_mb", NULL};
+            if (!json_is_object(p))
+                return core__bad(req, "processes", "must hold objects");
+            if (!api_json_check_fields(req, p, fields))
+                return false;
+            const char *type = json_string_value(json_object_get(p, "type"));
+            if (!type || !api_name_valid(type))
+                return core__bad(req, "processes[].type",
+                                 "must be a name of lowercase letters, digits and dashes");
+            struct store_process *proc = core__process_ensure(app, type);
+            char *cmd = proc->command;
+            proc->command = NULL;
+            if (!core__string_field(req, p, "command", true, &cmd)) {
+                free(cmd);
+                return false;
+            }
+            proc = core__process_ensure(app, type);
+            proc->command = cmd;
+            if (!core__int_field(req, p, "instances", 0, 1000, &proc->instances) ||
+                !core__int_field(req, p, "memory_mb", 0, 1 << 20, &proc->memory_mb))
+                return false;
+        }
+    }
+    return true;
+}
+
+/* host[/path] -> lower-case host and path; the domain it ends in. Answers on error. */
+static bool core__parse_route(struct api_core *core, struct api_request *req, const char *spec,
+                              const char *path_in, char **host, char **path, char **domain)
+{
+    const char *slash = strchr(spec, '/');
+    size_t hl = slash ? (size_t)(slash - spec) : strlen(spec);
+    char *h = xstrndup(spec, hl);
+    for (char *q = h; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    const char *p = path_in ? path_in : (slash ? slash : "");
+    bool ok = hl > 0 && hl < 254;
+    for (const char *q = h; ok && *q; q++)
+        if (!(isalnum((unsigned char)*q) || *q == '-' || *q == '.' || *q == '*'))
+            ok = false;
+    if (!ok) {
+        api_respond_error(req, 422, "invalid_value",
+                          "route \"%s\" is not valid: use HOST.DOMAIN[/PATH], e.g. "
+                          "myapp.localhost",
+                          spec);
+        free(h);
+        return false;
+    }
+    if (*p && (p[0] != '/' || strlen(p) > 1024 || strchr(p, '?') || strchr(p, ' '))) {
+        api_respond_error(req, 422, "invalid_value",
+                          "route path \"%s\" is not valid: it must start with / and hold no "
+                          "spaces or '?'",
+                          p);
+        free(h);
+        return false;
+    }
+    char **domains = NULL;
+    store_domain_list(core->cfg.store, &domains, NULL);
+    const char *best = NULL;
+    for (char **d = domains; d && *d; d++) {
+        size_t dl = strlen(*d);
+        bool match =
+            !strcmp(h, *d) || (hl > dl && h[hl - dl - 1] == '.' && !strcmp(h + hl - dl, *d));
+        if (match && (!best || strlen(*d) > strlen(best)))
+            best = *d;
+    }
+    if (!best) {
+        api_respond_error(req, 422, "unknown_domain",
+                          "the host \"%s\" is not in a known domain: use NAME.localhost, or add "
+                          "the domain first (`skiff create-domain`)",
+                          h);
+        free(h);
+        store_strv_free(domains);
+        return false;
+    }
+    *domain = xstrdup(best);
+    store_strv_free(domains);
+    *host = h;
+    /* "/" alone means the whole host */
+    *path = xstrdup(strcmp(p, "/") ? p : "");
+    size_t pl = strlen(*path);
+    while (pl > 1 && (*path)[pl - 1] == '/')
+        (*path)[--pl] = '\0';
+    return true;
+}
+
+/* Maps host/path to app; a route already the app's is fine. Answers and returns false on
+ * error (route_taken). */
+bool api_core__map_route(struct api_core *core, struct api_request *req,
+                         const struct store_app *app, const char *spec, const char *path_in)
+{
+    char *host = NULL, *path = NULL, *domain = NULL;
+    if (!core__parse_route(core, req, spec, path_in, &host, &path, &domain))
+        return false;
+    struct store_route r = {
+        .host = host, .path = path, .app_guid = (char *)app->guid, .domain = domain};
+    uuid_generate_v4(r.guid);
+    int rc = store_route_add(core->cfg.store, &r);
+    bool ok = true;
+    if (rc == -EEXIST) {
+        struct store_route *all = NULL;
+        size_t n = 0;
+        store_route_list(core->cfg.store, NULL, &all, &n);
+        for (size_t i = 0; i < n; i++) {
+            if (!strcmp(all[i].host, host) && !strcmp(all[i].path, path) &&
+                strcmp(all[i].app_guid, app->guid)) {
+                api_respond_error(req, 409, "route_taken",
+                                  "the route %s%s is mapped to another app: unmap it there "
+                                  "first or pick another host",
+                                  host, path);
+                ok = false;
+            }
+        }
+        store_route_list_free(all, n);
+    } else if (rc < 0) {
+        api_respond_error(req, 500, "internal", "cannot store the route");
+        ok = false;
+    }
+    free(host);
+    free(path);
+    free(domain);
+    return ok;
+}
+
+static bool core__map_routes(struct api_core *core, struct api_request *req,
+                             const struct store_app *app, json_t *body, bool creating)
+{
+    json_t *routes = json_object_get(body, "routes");
+    json_t *no_route = json_object_get(body, "no_route");
+    if (no_route && !json_is_boolean(no_route))
+        return core__bad(req, "no_route", "must be true or false");
+    if (routes && !json_is_null(routes)) {
+        if (!json_is_array(routes))
+            return core__bad(req, "routes", "must be a list of \"host[/path]\"");
+        size_t i;
+        json_t *r;
+        json_array_foreach(routes, i, r)
+        {
+            if (!json_is_string(r))
+                return core__bad(req, "routes", "must be a list of \"host[/path]\"");
+        }
+        json_array_foreach(routes, i, r)
+        {
+            if (!api_core__map_route(core, req, app, json_string_value(r), NULL))
+                return false;
+        }
+        api_core__routes_changed(core);
+        return true;
+    }
+    if (creating && !json_is_true(no_route)) {
+        char *spec = xasprintf("%s.localhost", app->name);
+        bool ok = api_core__map_route(core, req, app, spec, NULL);
+        free(spec);
+        api_core__routes_changed(core);
+        return ok;
+    }
+    return true;
+}
+
+/* Validates before anything is stored (so an error leaves nothing half-made). */
+static bool core__check_routes(struct api_core *core, struct api_request *req, json_t *body)
+{
+    json_t *routes = json_object_get(body, "routes");
+    if (!routes || json_is_null(routes))
+        return true;
+    if (!json_is_array(routes))
+        return core__bad(req, "routes", "must be a list of \"host[/path]\"");
+    size_t i;
+    json_t *r;
+    json_array_foreach(routes, i, r)
+    {
+        if (!json_is_string(r))
+            return core__bad(req, "routes", "must be a list of \"host[/path]\"");
+        char *host = NULL, *path = NULL, *domain = NULL;
+        if (!core__parse_route(core, req, json_string_value(r), NULL, &host, &path, &domain))
+            return false;
+        free(host);
+        free(path);
+        free(domain);
+    }
+    return true;
+}
+
+/* ---- apps --------------------------------------------------------------------------------- */
+
+static void core__apps_list(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
+        store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
+        store_app_list_free(apps, n);
+        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, api_core__app_json(core, apps[i], routes, nr));
+    store_app_list_free(apps, n);
+    store_route_list_free(routes, nr);
+    api_respond_json(req, 200, json_pack("{s:o}", "apps", arr));
+}
+
+static struct store_app *core__new_app(const char *name)
+{
+    struct store_app *app = xcalloc(1, sizeof *app);
+    uuid_generate_v4(app->guid);
+    app->name = xstrdup(name);
+    app->state = xstrdup("STOPPED");
+    app->kind = xstrdup("app");
+    app->memory_mb = 256;
+    app->disk_mb = 1024;
+    app->timeout = 60;
+    app->buildpacks_json = xstrdup("[]");
+    app->health_check_type = xstrdup("port");
+    app->health_check_http_endpoint = xstrdup("/");
+    app->created_at = app->updated_at = time_now_ms();
+    return app;
+}
+
+/* POST /v1/apps and PUT /v1/apps/NAME (create or update). */
+static void core__app_upsert(struct api_core *core, struct api_request *req, const char *name,
+                             json_t *body, bool allow_update)
+{
+    if (!api_name_valid(name)) {
+        api_respond_error(req, 422, "invalid_name",
+                          "\"%s\" is not a valid app name: use 1 to 63 lowercase letters, digits "
+                          "and dashes, starting with a letter or digit",
+                          name);
+        return;
+    }
+    if (!core__check_routes(core, req, body))
+        return;
+    struct store_app *app = NULL;
+    int rc = store_app_get(core->cfg.store, name, &app);
+    bool creating = rc == -ENOENT;
+    if (rc < 0 && !creating) {
+        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        return;
+    }
+    if (!creating && (!allow_update || strcmp(app->name, name))) {
+        store_app_free(app);
+        api_respond_error(req, 409, "name_taken",
+                          "an app named \"%s\" exists already: pick another name, or `skiff "
+                          "delete %s` first",
+                          name, name);
+        return;
+    }
+    if (creating)
+        app = core__new_app(name);
+    if (!core__apply(req, app, body))
+        goto done;
+    app->updated_at = time_now_ms();
+    rc = creating ? store_app_create(core->cfg.store, app) : store_app_update(core->cfg.store, app);
+    if (rc == -EEXIST) {
+        api_respond_error(req, 409, "name_taken", "an app named \"%s\" exists already", name);
+        goto done;
+    }
+    if (rc < 0) {
+        api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        goto done;
+    }
+    if (!core__map_routes(core, req, app, body, creating))
+        goto done;
+    if (creating)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created app %s", app->name);
+    else
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Updated app %s", app->name);
+    if (core->cfg.scheduler)
+        scheduler_app_changed(core->cfg.scheduler, app->guid);
+    api_core__respond_app(core, req, creating ? 201 : 200, app);
+done:
+    store_app_free(app);
+}
+
+static void core__apps_create(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    if (api_json_check_fields(req, body, core__app_fields)) {
+        json_t *name = json_object_get(body, "name");
+        if (!name)
+            api_respond_error(req, 422, "invalid_value", "\"name\" is required");
+        else if (!json_is_string(name))
+            api_respond_error(req, 422, "invalid_name", "\"name\" must be a string");
+        else
+            core__app_upsert(core, req, json_string_value(name), body, false);
+    }
+    json_decref(body);
+}
+
+static void core__apps_put(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    if (api_json_check_fields(req, body, core__app_fields + 1))
+        core__app_upsert(core, req, api_request_param(req, 0), body, true);
+    json_decref(body);
+}
+
+static void core__apps_get(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    json_t *o = core__app_json_with_routes(core, app);
+    json_t *detail = json_array();
+    if (core->cfg.scheduler) {
+        struct scheduler_instance_info info[256];
+        int n = scheduler_app_instances(core->cfg.scheduler, app->guid, info, 256);
+        for (int i = 0; i < n && i < 256; i++) {
+            char since[40];
+            time_format_rfc3339(info[i].since_ms, since, sizeof since);
+            json_t *d =
+                json_pack("{s:i,s:s,s:s,s:s,s:f,s:I,s:i,s:i,s:s}", "index", info[i].index, "guid",
+                          info[i].guid, "state", info[i].state, "since", since, "cpu", info[i].cpu,
+                          "memory_bytes", (json_int_t)info[i].memory_bytes, "port", info[i].port,
+                          "crash_count", info[i].crash_count, "process_type", info[i].process_type);
+            json_object_set_new(d, "exit_status",
+                                info[i].exit_status >= 0 ? json_integer(info[i].exit_status)
+                                                         : json_null());
+            char sig[32];
+            const char *abbrev = info[i].exit_signal > 0 ? sigabbrev_np(info[i].exit_signal) : NULL;
+            snprintf(sig, sizeof sig, "SIG%s", abbrev ? abbrev : "UNKNOWN");
+            json_object_set_new(d, "exit_signal",
+                                info[i].exit_signal > 0 ? json_string(sig) : json_null());
+            json_array_append_new(detail, d);
+        }
+    }
+    json_object_set_new(o, "instances_detail", detail);
+    store_app_free(app);
+    api_respond_json(req, 200, o);
+}
+
+static void core__apps_patch(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    struct store_app *app = NULL;
+    if (!api_json_check_fields(req, body, core__app_fields + 1) ||
+        !core__check_routes(core, req, body) || !(app = api_core__find_app(core, req)))
+        goto done;
+    const struct store_process *web = store_app_process(app, "web");
+    int before = web ? web->instances : 0;
+    if (!core__apply(req, app, body))
+        goto done;
+    app->updated_at = time_now_ms();
+    if (store_app_update(core->cfg.store, app) < 0) {
+        api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        goto done;
+    }
+    if (!core__map_routes(core, req, app, body, false))
+        goto done;
+    web = store_app_process(app, "web");
+    if (web && web->instances != before)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Scaled app %s to %d instances",
+                     app->name, web->instances);
+    if (core->cfg.scheduler)
+        scheduler_app_changed(core->cfg.scheduler, app->guid);
+    api_core__respond_app(core, req, 200, app);
+done:
+    store_app_free(app);
+    json_decref(body);
+}
+
+static void core__apps_delete(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    if (api_core__staging_busy(core, app->guid))
+        api_core__staging_cancel(core, app->guid);
+    if (core->cfg.scheduler)
+        scheduler_app_deleted(core->cfg.scheduler, app->guid);
+    if (store_app_delete(core->cfg.store, app->guid) < 0) {
+        store_app_free(app);
+        api_respond_error(req, 500, "internal", "cannot delete the app (see skiffd's output)");
+        return;
+    }
+    char *dir = xasprintf("%s/apps/%s", core->cfg.home, app->guid);
+    rm_rf(dir);
+    free(dir);
+    logs_forget(core->cfg.logs, app->guid);
+    api_core__routes_changed(core);
+    store_app_free(app);
+    api_respond(req, 204, NULL, NULL, 0);
+}
+
+static void core__app_set_state(struct api_request *req, struct api_core *core, const char *state)
+{
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    if (!strcmp(state, "STARTED") && !app->droplet_guid) {
+        api_respond_error(req, 422, "not_staged",
+                          "app \"%s\" has no droplet yet: push it (`skiff push %s`) or stage it "
+                          "first",
+                          app->name, app->name);
+        store_app_free(app);
+        return;
+    }
+    bool changed = strcmp(app->state, state) != 0;
+    free(app->state);
+    app->state = xstrdup(state);
+    app->updated_at = time_now_ms();
+    if (store_app_update(core->cfg.store, app) < 0) {
+        api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        store_app_free(app);
+        return;
+    }
+    if (changed)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s",
+                     strcmp(state, "STARTED") ? "Stopped" : "Started", app->name);
+    if (core->cfg.scheduler)
+        scheduler_app_changed(core->cfg.scheduler, app->guid);
+    api_core__respond_app(core, req, 200, app);
+    store_app_free(app);
+}
+
+static void core__app_start(struct api_request *req, void *ctx)
+{
+    core__app_set_state(req, ctx, "STARTED");
+}
+
+static void core__app_stop(struct api_request *req, void *ctx)
+{
+    core__app_set_state(req, ctx, "STOPPED");
+}
+
+static void core__app_restart(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    if (!app->droplet_guid) {
+        api_respond_error(req, 422, "not_staged",
+                          "app \"%s\" has no droplet yet: push it (`skiff push %s`) first",
+                          app->name, app->name);
+        store_app_free(app);
+        return;
+    }
+    if (strcmp(app->state, "STARTED")) {
+        free(app->state);
+        app->state = xstrdup("STARTED");
+        app->updated_at = time_now_ms();
+        store_app_update(core->cfg.store, app);
+        if (core->cfg.scheduler)
+            scheduler_app_changed(core->cfg.scheduler, app->guid);
+    } else if (core->cfg.scheduler) {
+        const char *rolling = api_request_query(req, "rolling");
+        scheduler_app_restart(core->cfg.scheduler, app->guid,
+                              rolling && strcmp(rolling, "0") && strcmp(rolling, "false"));
+    }
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Restarted app %s", app->name);
+    api_core__respond_app(core, req, 200, app);
+    store_app_free(app);
+}
+
+/* ---- env ---------------------------------------------------------------------------------- */
+
+static void core__env_get(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    json_t *env = json_object();
+    for (size_t i = 0; i < app->n_env; i++)
+        json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    store_route_list(core->cfg.store, app->guid, &routes, &nr);
+    json_t *uris = json_array();
+    for (size_t i = 0; i < nr; i++) {
+        char *u = xasprintf("%s%s", routes[i].host, routes[i].path);
+        json_array_append_new(uris, json_string(u));
+        free(u);
+    }
+    store_route_list_free(routes, nr);
+    json_t *vcap = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:s,s:{s:i,s:i}}", "application_id",
+                             app->guid, "application_name", app->name, "name", app->name,
+                             "application_uris", uris, "space_id", "local", "space_name", "local",
+                             "organization_id", "local", "organization_name", "local", "limits",
+                             "mem", app->memory_mb, "disk", app->disk_mb);
+    api_respond_json(req, 200,
+                     json_pack("{s:o,s:{s:o,s:o}}", "env", env, "system", "VCAP_APPLICATION", vcap,
+                               "VCAP_SERVICES", json_object()));
+    store_app_free(app);
+}
+
+static void core__env_put(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    struct store_app *app = api_core__find_app(core, req);
+    if (app && api_core__merge_env(req, app, body)) {
+        app->updated_at = time_now_ms();
+        if (store_app_update(core->cfg.store, app) < 0) {
+            api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        } else {
+            json_t *env = json_object();
+            for (size_t i = 0; i < app->n_env; i++)
+                json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
+            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
+                         "Updated environment of app %s (restart to apply)", app->name);
+            api_respond_json(req, 200, json_pack("{s:o}", "env", env));
+        }
+    }
+    store_app_free(app);
+    json_decref(body);
+}
+
+/* ---- logs --------------------------------------------------------------------------------- */
+
+struct core_follow {
+    struct api_core *core;
+    struct api_request *req;
+    int id;
+};
+
+static void core__follow_line(void *ctx, const char *line, size_t len)
+{
+    struct core_follow *f = ctx;
+    /* a reader that does not keep up loses lines rather than growing our memory */
+    if (api_stream_pending(f->req) > (4u << 20))
+        return;
+    api_stream_write(f->req, line, len);
+}
+
+static void core__follow_abort(void *ctx)
+{
+    struct core_follow *f = ctx;
+    logs_unfollow(f->core->cfg.logs, f->id);
+    api_core__follow_forget(f->core, f);
+    api_stream_end(f->req);
+    free(f);
+}
+
+/* Ends every follower (shutdown): they are streams that never end on their own. */
+void api_core__followers_end(struct api_core *core)
+{
+    while (core->follows) {
+        struct core_follow *f = core->follows[0];
+        core__follow_abort(f);
+    }
+}
+
+void api_core__follow_forget(struct api_core *core, void *follow)
+{
+    for (size_t i = 0; i < core->nfollows; i++)
+        if (core->follows[i] == follow) {
+            core->follows[i] = core->follows[--core->nfollows];
+            break;
+        }
+    if (core->nfollows == 0) {
+        free(core->follows);
+        core->follows = NULL;
+    }
+}
+
+static void core__logs(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    const char *lines_s = api_request_query(req, "lines");
+    const char *follow = api_request_query(req, "follow");
+    const char *recent = api_request_query(req, "recent");
+    long lines = 0;
+    if (lines_s) {
+        char *end;
+        lines = strtol(lines_s, &end, 10);
+        if (*end || lines < 0 || lines > 100000) {
+            api_respond_error(req, 422, "invalid_value",
+                              "\"lines\" must be a whole number from 0 to 100000");
+            store_app_free(app);
+            return;
+        }
+    }
+    bool following = follow && strcmp(follow, "0") && strcmp(follow, "false");
+    bool with_recent = !following || !recent || (strcmp(recent, "0") && strcmp(recent, "false"));
+    size_t len = 0;
+    char *text = with_recent ? logs_recent(core->cfg.logs, app->guid, (size_t)lines, &len) : NULL;
+    if (!following) {
+        api_respond(req, 200, "text/plain; charset=utf-8", text ? text : "", len);
+    } else {
+        api_stream_begin(req, 200, "text/plain; charset=utf-8");
+        if (len)
+            api_stream_write(req, text, len);
+        struct core_follow *f = xcalloc(1, sizeof *f);
+        f->core = core;
+        f->req = req;
+        f->id = logs_follow(core->cfg.logs, app->guid, core__follow_line, f);
+        core->follows = xrealloc(core->follows, (core->nfollows + 1) * sizeof *core->follows);
+        core->follows[core->nfollows++] = f;
+        api_request_on_abort(req, core__follow_abort, f);
+    }
+    free(text);
+    store_app_free(app);
+}
+
+/* ---- routes and domains ------------------------------------------------------------------- */
+
+static json_t *core__route_json(struct api_core *core, const struct store_route *r,
+                                const char *app_name)
+{
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "guid", r->guid, "host", r->host, "path", r->path,
+                     "app", app_name ? app_name : "", "domain", r->domain, "instances",
+                     core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid)
+                                         : 0);
+}
+
+static void core__routes_list(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    struct store_app **apps = NULL;
+    size_t na = 0;
+    const char *app_filter = api_request_query(req, "app");
+    if (store_route_list(core->cfg.store, NULL, &routes, &n) < 0 ||
+        store_app_list(core->cfg.store, &apps, &na) < 0) {
+        store_route_list_free(routes, n);
+        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const char *name = NULL;
+        for (size_t j = 0; j < na; j++)
+            if (!strcmp(apps[j]->guid, routes[i].app_guid))
+                name = apps[j]->name;
+        if (app_filter && (!name || strcmp(name, app_filter)))
+            continue;
+        json_array_append_new(arr, core__route_json(core, &routes[i], name));
+    }
+    store_route_list_free(routes, n);
+    store_app_list_free(apps, na);
+    api_respond_json(req, 200, json_pack("{s:o}", "routes", arr));
+}
+
+static void core__routes_create(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    static const char *const fields[] = {"app", "host", "path", NULL};
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    struct store_app *app = NULL;
+    if (!api_json_check_fields(req, body, fields))
+        goto done;
+    const char *name = json_string_value(json_object_get(body, "app"));
+    const char *host = json_string_value(json_object_get(body, "host"));
+    json_t *pathv = json_object_get(body, "path");
+    if (!name || !host || (pathv && !json_is_string(pathv) && !json_is_null(pathv))) {
+        api_respond_error(req, 422, "invalid_value",
+                          "a route needs \"app\" and \"host\" (strings) and an optional \"path\"");
+        goto done;
+    }
+    int rc = store_app_get(core->cfg.store, name, &app);
+    if (rc < 0) {
+        api_respond_error(req, 404, "not_found",
+                          "no app named \"%s\": `skiff apps` lists the apps there are", name);
+        goto done;
+    }
+    const char *path = json_string_value(pathv);
+    if (strchr(host, '/')) {
+        api_respond_error(req, 422, "invalid_value",
+                          "\"host\" is a host name only; give the path in \"path\"");
+        goto done;
+    }
+    char *spec = xstrdup(host);
+    bool ok = api_core__map_route(core, req, app, spec, path ? path : "");
+    free(spec);
+    if (!ok)
+        goto done;
+    api_core__routes_changed(core);
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Mapped route %s%s", host,
+                 path ? path : "");
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    store_route_list(core->cfg.store, app->guid, &routes, &n);
+    json_t *out = NULL;
+    char *h = xstrdup(host);
+    for (char *q = h; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    for (size_t i = 0; i < n && !out; i++)
+        if (!strcmp(routes[i].host, h) &&
+            (!strcmp(routes[i].path, path ? path : "") ||
+             (path && !strcmp(path, "/") && !*routes[i].path) ||
+             (path && str_has_prefix(path, routes[i].path) && *routes[i].path)))
+            out = core__route_json(core, &routes[i], app->name);
+    free(h);
+    store_route_list_free(routes, n);
+    api_respond_json(req, 201, out ? out : json_object());
+done:
+    store_app_free(app);
+    json_decref(body);
+}
+
+static void core__routes_delete(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    const char *host = api_request_query(req, "host");
+    const char *path = api_request_query(req, "path");
+    const char *app_name = api_request_query(req, "app");
+    if (!host) {
+        api_respond_error(req, 422, "invalid_value",
+                          "say which route: DELETE /v1/routes?app=APP&host=HOST[&path=/PATH]");
+        return;
+    }
+    char *h = xstrdup(host);
+    for (char *q = h; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    char *p = xstrdup(path && strcmp(path, "/") ? path : "");
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    store_route_list(core->cfg.store, NULL, &routes, &n);
+    const struct store_route *found = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(routes[i].host, h) && !strcmp(routes[i].path, p))
+            found = &routes[i];
+    struct store_app *app = NULL;
+    if (app_name && store_app_get(core->cfg.store, app_name, &app) < 0) {
+        api_respond_error(req, 404, "not_found",
+                          "no app named \"%s\": `skiff apps` lists the apps there are", app_name);
+    } else if (!found || (app && strcmp(found->app_guid, app->guid))) {
+        api_respond_error(req, 404, "not_found", "no route %s%s%s%s: `skiff routes` lists them", h,
+                          p, app ? " mapped to " : "", app ? app->name : "");
+    } else {
+        store_route_delete(core->cfg.store, h, p);
+        logs_appendf(core->cfg.logs, found->app_guid, "API", LOGS_OUT, "Unmapped route %s%s", h, p);
+        api_core__routes_changed(core);
+        api_respond(req, 204, NULL, NULL, 0);
+    }
+    store_app_free(app);
+    store_route_list_free(routes, n);
+    free(h);
+    free(p);
+}
+
+static void core__domains_list(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    char **names = NULL;
+    bool *shared = NULL;
+    if (store_domain_list(core->cfg.store, &names, &shared) < 0) {
+        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; names[i]; i++)
+        json_array_append_new(arr, json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]));
+    store_strv_free(names);
+    free(shared);
+    api_respond_json(req, 200, json_pack("{s:o}", "domains", arr));
+}
+
+static void core__domains_create(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    static const char *const fields[] = {"name", "shared", NULL};
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    if (!api_json_check_fields(req, body, fields))
+        goto done;
+    const char *name = json_string_value(json_object_get(body, "name"));
+    bool ok = name && strlen(name) > 0 && strlen(name) < 254 && name[0] != '.' &&
+              name[strlen(name) - 1] != '.';
+    for (const char *q = name; ok && *q; q++)
+        if (!(islower((unsigned char)*q) || isdigit((unsigned char)*q) || *q == '-' || *q == '.'))
+            ok = false;
+    if (!ok) {
+        api_respond_error(req, 422, "invalid_name",
+                          "a domain is a lowercase DNS name such as example.test");
+        goto done;
+    }
+    int rc = store_domain_add(core->cfg.store, name, true);
+    if (rc == -EEXIST) {
+        api_respond_error(req, 409, "name_taken", "the domain %s exists already", name);
+        goto done;
+    }
+    if (rc < 0) {
+        api_respond_error(req, 500, "internal", "cannot store the domain");
+        goto done;
+    }
+    api_respond_json(req, 201, json_pack("{s:s,s:b}", "name", name, "shared", 1));
+done:
+    json_decref(body);
+}
+
+/* ---- registration ------------------------------------------------------------------------- */
+
+int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out)
+{
+    struct api_core *core = xcalloc(1, sizeof *core);
+    core->api = api;
+    core->cfg = *cfg;
+    core->cfg.home = xstrdup(cfg->home);
+    core->cfg.router_url = xstrdup(cfg->router_url);
+    core->cfg.buildpacks_dir = cfg->buildpacks_dir ? xstrdup(cfg->buildpacks_dir) : NULL;
+    static const struct {
+        const char *method, *pattern;
+        int flags;
+        api_handler_fn fn;
+    } routes[] = {
+        {"GET", "/v1/info", API_AUTH_NONE, core__info},
+        {"GET", "/v1/apps", API_AUTH_ADMIN, core__apps_list},
+        {"POST", "/v1/apps", API_AUTH_ADMIN, core__apps_create},
+        {"GET", "/v1/apps/*", API_AUTH_ADMIN, core__apps_get},
+        {"PUT", "/v1/apps/*", API_AUTH_ADMIN, core__apps_put},
+        {"PATCH", "/v1/apps/*", API_AUTH_ADMIN, core__apps_patch},
+        {"DELETE", "/v1/apps/*", API_AUTH_ADMIN, core__apps_delete},
+        {"POST", "/v1/apps/*/start", API_AUTH_ADMIN, core__app_start},
+        {"POST", "/v1/apps/*/stop", API_AUTH_ADMIN, core__app_stop},
+        {"POST", "/v1/apps/*/restart", API_AUTH_ADMIN, core__app_restart},
+        {"GET", "/v1/apps/*/env", API_AUTH_ADMIN, core__env_get},
+        {"PUT", "/v1/apps/*/env", API_AUTH_ADMIN, core__env_put},
+        {"GET", "/v1/apps/*/logs", API_AUTH_ADMIN, core__logs},
+        {"GET", "/v1/routes", API_AUTH_ADMIN, core__routes_list},
+        {"POST", "/v1/routes", API_AUTH_ADMIN, core__routes_create},
+        {"DELETE", "/v1/routes", API_AUTH_ADMIN, core__routes_delete},
+        {"GET", "/v1/domains", API_AUTH_ADMIN, core__domains_list},
+        {"POST", "/v1/domains", API_AUTH_ADMIN, core__domains_create},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
+        api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,
+                      core);
+    api_core__staging_register(core);
+    *out = core;
+    return 0;
+}
+
+void api_core_shutdown(struct api_core *core)
+{
+    api_core__staging_cancel(core, NULL);
+    api_core__followers_end(core);
+}
+
+void api_core_free(struct api_core *core)
+{
+    if (!core)
+        return;
+    free((char *)core->cfg.home);
+    free((char *)core->cfg.router_url);
+    free((char *)core->cfg.buildpacks_dir);
+    free(core->follows);
+    free(core);
+}

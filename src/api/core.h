@@ -1,0 +1,41 @@
+/* api core: the endpoints of docs/api.md other than events: info, apps, bits and staging,
+ * env, logs, routes and domains. They read and write the store, tell the scheduler what
+ * changed, and tell the bus when the route table may have changed.
+ *
+ * api_core_register adds the routes to an api; the core lives until api_core_free, which
+ * must come after the api stopped calling handlers (api_close done) and after
+ * api_core_shutdown cancelled stagings in progress. */
+#ifndef SKIFF_API_CORE_H
+#define SKIFF_API_CORE_H
+
+#include <stdint.h>
+
+struct api;
+struct api_core;
+struct store;
+struct scheduler;
+struct logs;
+
+struct api_core_config {
+    const char *home;
+    const char *router_url;
+    const char *buildpacks_dir; /* built-in buildpacks */
+    uint64_t max_unpacked;      /* largest unpacked package, bytes */
+    int staging_timeout_s;
+    struct store *store;
+    struct scheduler *scheduler;
+    struct logs *logs;
+    /* called after any change of routes or domains */
+    void (*routes_changed)(void *ctx);
+    void *routes_ctx;
+};
+
+int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out);
+/* Cancels stagings in progress (their requests get a failure line and end). */
+void api_core_shutdown(struct api_core *core);
+void api_core_free(struct api_core *core);
+
+/* Name rules shared with other endpoints: [a-z0-9][a-z0-9-]{0,62}. */
+int api_name_valid(const char *name);
+
+#endif

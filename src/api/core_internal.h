@@ -1,0 +1,41 @@
+/* Shared between the files of the API core (core.c, staging.c); not a contract. */
+#ifndef SKIFF_API_CORE_INTERNAL_H
+#define SKIFF_API_CORE_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "api/api.h"
+#include "api/core.h"
+
+struct store_app;
+struct store_route;
+struct api_core_staging;
+
+struct api_core {
+    struct api *api;
+    struct api_core_config cfg;
+    struct api_core_staging *stagings; /* in progress */
+    void **follows;                    /* log followers (struct core_follow) */
+    size_t nfollows;
+};
+
+void api_core__routes_changed(struct api_core *core);
+json_t *api_core__app_json(struct api_core *core, const struct store_app *app,
+                           const struct store_route *routes, size_t nroutes);
+struct store_app *api_core__find_app(struct api_core *core, struct api_request *req);
+void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
+                           const struct store_app *app);
+bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
+bool api_core__map_route(struct api_core *core, struct api_request *req,
+                         const struct store_app *app, const char *spec, const char *path_in);
+void api_core__follow_forget(struct api_core *core, void *follow);
+void api_core__followers_end(struct api_core *core);
+
+/* staging.c */
+void api_core__staging_register(struct api_core *core);
+bool api_core__staging_busy(struct api_core *core, const char *app_guid);
+/* Cancels the staging of an app, or all of them when app_guid is NULL. */
+void api_core__staging_cancel(struct api_core *core, const char *app_guid);
+
+#endif

@@ -1,0 +1,371 @@
+/* Bits and staging: PUT /v1/apps/NAME/bits, POST /v1/apps/NAME/stage and /restage.
+ *
+ * A stage streams ndjson to the client as the buildpacks print, and the same lines go into
+ * the app's log as [STG/0]. The droplet is recorded only when staging succeeded, so a failed
+ * stage leaves the previous droplet running. The staging goes on when the client leaves. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "api/core_internal.h"
+#include "common/buf.h"
+#include "common/util.h"
+#include "logs/logs.h"
+#include "scheduler/scheduler.h"
+#include "stager/stager.h"
+#include "store/store.h"
+
+struct api_core_staging {
+    struct api_core *core;
+    struct api_request *req; /* NULL once the response ended */
+    struct staging *staging;
+    char app_guid[37];
+    char *app_name;
+    char droplet_guid[37];
+    char *droplet_dir;
+    char **buildpacks;
+    char **env;
+    bool restart_after; /* restage of a started app */
+    struct api_core_staging *next;
+};
+
+static void staging__unlink(struct api_core *core, struct api_core_staging *s)
+{
+    for (struct api_core_staging **pp = &core->stagings; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            return;
+        }
+}
+
+bool api_core__staging_busy(struct api_core *core, const char *app_guid)
+{
+    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+        if (!strcmp(s->app_guid, app_guid))
+            return true;
+    return false;
+}
+
+void api_core__staging_cancel(struct api_core *core, const char *app_guid)
+{
+    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+        if (!app_guid || !strcmp(s->app_guid, app_guid))
+            stager_cancel(s->staging);
+}
+
+/* ---- bits ---------------------------------------------------------------------------------- */
+
+static void staging__bits(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    const char *path = api_request_body_path(req);
+    char err[512] = "";
+    char *dir = NULL, *dest = NULL;
+    char **old = NULL;
+    if (!path) {
+        api_respond_error(req, 422, "not_an_archive",
+                          "the upload is empty: send the app's folder as a tar.gz, tar or zip");
+        goto done;
+    }
+    int rc = package_check(path, core->cfg.max_unpacked, err, sizeof err);
+    if (rc == PACKAGE_NOT_ARCHIVE) {
+        api_respond_error(req, 422, "not_an_archive",
+                          "the upload is not a tar.gz, tar or zip archive%s%s", *err ? ": " : "",
+                          err);
+        goto done;
+    }
+    if (rc == PACKAGE_UNSAFE) {
+        api_respond_error(req, 422, "unsafe_archive", "the upload was refused: %s", err);
+        goto done;
+    }
+    if (rc == PACKAGE_TOO_LARGE) {
+        api_respond_error(req, 413, "too_large", "the upload unpacks to too much: %s", err);
+        goto done;
+    }
+    if (rc < 0) {
+        api_respond_error(req, 422, "not_an_archive", "the upload cannot be read: %s",
+                          *err ? err : strerror(-rc));
+        goto done;
+    }
+    struct store_package pkg = {
+        .app_guid = app->guid, .bytes = api_request_body_size(req), .created_at = time_now_ms()};
+    uuid_generate_v4(pkg.guid);
+    dir = xasprintf("%s/apps/%s/packages", core->cfg.home, app->guid);
+    dest = xasprintf("%s/%s", dir, pkg.guid);
+    if (mkdir_p(dir, 0700) < 0 || rename(path, dest) < 0) {
+        api_respond_error(req, 500, "internal", "cannot keep the upload: %s", strerror(errno));
+        goto done;
+    }
+    pkg.path = dest;
+    if (store_package_add(core->cfg.store, &pkg) < 0) {
+        unlink(dest);
+        api_respond_error(req, 500, "internal", "cannot store the package");
+        goto done;
+    }
+    free(app->package_guid);
+    app->package_guid = xstrdup(pkg.guid);
+    app->updated_at = time_now_ms();
+    store_app_update(core->cfg.store, app);
+    store_app_prune_artifacts(core->cfg.store, app->guid, pkg.guid, app->droplet_guid, &old);
+    for (char **p = old; p && *p; p++)
+        rm_rf(*p);
+    store_strv_free(old);
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
+                 (unsigned long long)pkg.bytes);
+    api_respond_json(req, 201,
+                     json_pack("{s:s,s:I}", "package", pkg.guid, "bytes", (json_int_t)pkg.bytes));
+done:
+    free(dir);
+    free(dest);
+    store_app_free(app);
+}
+
+/* ---- staging ------------------------------------------------------------------------------- */
+
+static void staging__send(struct api_core_staging *s, json_t *obj)
+{
+    if (!s->req) {
+        json_decref(obj);
+        return;
+    }
+    char *text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (!text)
+        return;
+    size_t len = strlen(text);
+    text = xrealloc(text, len + 2);
+    text[len++] = '\n';
+    api_stream_write(s->req, text, len);
+    free(text);
+}
+
+static void staging__output(void *ctx, const char *line, size_t len)
+{
+    struct api_core_staging *s = ctx;
+    logs_append(s->core->cfg.logs, s->app_guid, "STG/0", LOGS_OUT, line, len);
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        len--;
+    staging__send(s, json_pack("{s:s%}", "line", line, len));
+}
+
+static void staging__free(struct api_core_staging *s)
+{
+    free(s->app_name);
+    free(s->droplet_dir);
+    for (char **p = s->buildpacks; p && *p; p++)
+        free(*p);
+    free(s->buildpacks);
+    for (char **p = s->env; p && *p; p++)
+        free(*p);
+    free(s->env);
+    free(s);
+}
+
+static void staging__abort(void *ctx)
+{
+    struct api_core_staging *s = ctx;
+    /* the client left; staging goes on and its result is recorded */
+    api_stream_end(s->req);
+    s->req = NULL;
+}
+
+/* Records a successful droplet on the app. 0, or a message in err. */
+static int staging__record(struct api_core_staging *s, const struct stage_result *res, char *err,
+                           size_t errsize)
+{
+    struct api_core *core = s->core;
+    struct store_app *app = NULL;
+    if (store_app_get(core->cfg.store, s->app_guid, &app) < 0) {
+        snprintf(err, errsize, "the app was deleted while staging");
+        return -ENOENT;
+    }
+    /* keep the previous droplet (instances may still run from it), drop older ones */
+    char **old = NULL;
+    store_app_prune_artifacts(core->cfg.store, app->guid, app->package_guid, app->droplet_guid,
+                              &old);
+    for (char **p = old; p && *p; p++)
+        rm_rf(*p);
+    store_strv_free(old);
+    struct store_droplet d = {.app_guid = app->guid,
+                              .path = s->droplet_dir,
+                              .buildpack = (char *)res->buildpack,
+                              .process_types_json = (char *)res->process_types_json,
+                              .created_at = time_now_ms()};
+    memcpy(d.guid, s->droplet_guid, sizeof d.guid);
+    if (store_droplet_add(core->cfg.store, &d) < 0) {
+        store_app_free(app);
+        snprintf(err, errsize, "cannot store the droplet");
+        return -EIO;
+    }
+    free(app->droplet_guid);
+    app->droplet_guid = xstrdup(s->droplet_guid);
+    free(app->detected_buildpack);
+    app->detected_buildpack = res->buildpack ? xstrdup(res->buildpack) : NULL;
+    /* process types the droplet declares become processes (web exists already) */
+    json_t *types = res->process_types_json ? json_loads(res->process_types_json, 0, NULL) : NULL;
+    const char *type;
+    json_t *cmd;
+    json_object_foreach(types, type, cmd)
+    {
+        if (!api_name_valid(type) || store_app_process(app, type))
+            continue;
+        app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
+        struct store_process *p = &app->processes[app->n_processes++];
+        memset(p, 0, sizeof *p);
+        p->type = xstrdup(type);
+        /* a function's own process starts at zero: events scale it */
+        p->instances = 0;
+    }
+    json_decref(types);
+    app->updated_at = time_now_ms();
+    store_app_update(core->cfg.store, app);
+    bool started = !strcmp(app->state, "STARTED");
+    store_app_free(app);
+    if (core->cfg.scheduler) {
+        if (started)
+            scheduler_app_restart(core->cfg.scheduler, s->app_guid, false);
+        else
+            scheduler_app_changed(core->cfg.scheduler, s->app_guid);
+    }
+    return 0;
+}
+
+static void staging__done(void *ctx, const struct stage_result *res)
+{
+    struct api_core_staging *s = ctx;
+    struct api_core *core = s->core;
+    staging__unlink(core, s);
+    char err[512] = "";
+    if (res->ok && staging__record(s, res, err, sizeof err) == 0) {
+        logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_OUT,
+                     "Staging complete: buildpack %s, droplet %s",
+                     res->buildpack ? res->buildpack : "?", s->droplet_guid);
+        json_t *types =
+            res->process_types_json ? json_loads(res->process_types_json, 0, NULL) : NULL;
+        staging__send(s, json_pack("{s:b,s:b,s:s,s:s?,s:o}", "done", 1, "ok", 1, "droplet",
+                                   s->droplet_guid, "buildpack", res->buildpack, "process_types",
+                                   types ? types : json_object()));
+    } else {
+        const char *why = res->ok ? err : (res->error ? res->error : "staging failed");
+        logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_ERR,
+                     "Staging failed: %s (the previous droplet, if any, keeps running)", why);
+        staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
+                                   "staging_failed", "message", why));
+        rm_rf(s->droplet_dir);
+    }
+    if (s->req) {
+        api_request_on_abort(s->req, NULL, NULL);
+        api_stream_end(s->req);
+        s->req = NULL;
+    }
+    staging__free(s);
+}
+
+static void staging__start(struct api_request *req, struct api_core *core, bool restage)
+{
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    struct store_package *pkg = NULL;
+    struct api_core_staging *s = NULL;
+    if (api_core__staging_busy(core, app->guid)) {
+        api_respond_error(req, 409, "staging_in_progress",
+                          "app \"%s\" is being staged already: wait for that staging to end",
+                          app->name);
+        goto done;
+    }
+    if (!app->package_guid || store_package_get(core->cfg.store, app->package_guid, &pkg) < 0) {
+        api_respond_error(req, 422, "no_package",
+                          "app \"%s\" has no uploaded code: upload it first (`skiff push`)",
+                          app->name);
+        goto done;
+    }
+    s = xcalloc(1, sizeof *s);
+    s->core = core;
+    s->req = req;
+    memcpy(s->app_guid, app->guid, sizeof s->app_guid);
+    s->app_name = xstrdup(app->name);
+    s->restart_after = restage;
+    uuid_generate_v4(s->droplet_guid);
+    s->droplet_dir =
+        xasprintf("%s/apps/%s/droplets/%s", core->cfg.home, app->guid, s->droplet_guid);
+    char *droplets = xasprintf("%s/apps/%s/droplets", core->cfg.home, app->guid);
+    char *cache = xasprintf("%s/apps/%s/cache", core->cfg.home, app->guid);
+    mkdir_p(droplets, 0700);
+    mkdir_p(cache, 0700);
+    json_t *bps = json_loads(app->buildpacks_json ? app->buildpacks_json : "[]", 0, NULL);
+    size_t nb = json_array_size(bps);
+    if (nb) {
+        s->buildpacks = xcalloc(nb + 1, sizeof *s->buildpacks);
+        for (size_t i = 0; i < nb; i++)
+            s->buildpacks[i] = xstrdup(json_string_value(json_array_get(bps, i)) ?: "");
+    }
+    json_decref(bps);
+    s->env = xcalloc(app->n_env + 2, sizeof *s->env);
+    for (size_t i = 0; i < app->n_env; i++)
+        s->env[i] = xasprintf("%s=%s", app->env[i].name, app->env[i].value);
+    if (app->function_json) {
+        json_t *fn = json_loads(app->function_json, 0, NULL);
+        const char *handler = json_string_value(json_object_get(fn, "handler"));
+        const char *runtime = json_string_value(json_object_get(fn, "runtime"));
+        /* the function buildpacks read these */
+        s->env = xrealloc(s->env, (app->n_env + 3) * sizeof *s->env);
+        s->env[app->n_env] = xasprintf("SKIFF_FUNCTION_HANDLER=%s", handler ? handler : "");
+        s->env[app->n_env + 1] = xasprintf("SKIFF_FUNCTION_RUNTIME=%s", runtime ? runtime : "");
+        s->env[app->n_env + 2] = NULL;
+        json_decref(fn);
+    }
+    struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
+                                 .home = core->cfg.home};
+    struct stage_request sreq = {.app_name = app->name,
+                                 .package_path = pkg->path,
+                                 .buildpacks = (const char *const *)s->buildpacks,
+                                 .cache_dir = cache,
+                                 .droplet_dir = s->droplet_dir,
+                                 .env = s->env,
+                                 .timeout_s = core->cfg.staging_timeout_s};
+    api_stream_begin(req, 200, "application/x-ndjson");
+    logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
+                 restage ? "Restaging" : "Staging", app->name);
+    int rc = stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done, s,
+                          &s->staging);
+    free(droplets);
+    free(cache);
+    if (rc < 0) {
+        staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
+                                   "staging_failed", "message", "staging could not start"));
+        api_stream_end(req);
+        staging__free(s);
+        goto done;
+    }
+    s->next = core->stagings;
+    core->stagings = s;
+    api_request_on_abort(req, staging__abort, s);
+done:
+    store_package_free(pkg);
+    store_app_free(app);
+}
+
+static void staging__stage(struct api_request *req, void *ctx)
+{
+    staging__start(req, ctx, false);
+}
+
+static void staging__restage(struct api_request *req, void *ctx)
+{
+    staging__start(req, ctx, true);
+}
+
+void api_core__staging_register(struct api_core *core)
+{
+    api_route_add(core->api, "PUT", "/v1/apps/*/bits", API_AUTH_ADMIN | API_BODY_FILE,
+                  staging__bits, core);
+    api_route_add(core->api, "POST", "/v1/apps/*/stage", API_AUTH_ADMIN, staging__stage, core);
+    api_route_add(core->api, "POST", "/v1/apps/*/restage", API_AUTH_ADMIN, staging__restage, core);
+}

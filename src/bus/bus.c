@@ -1,0 +1,387 @@
+#include "bus/bus.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+#include "logs/logs.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+
+#define BUS_LINE_MAX (64u << 10)
+#define BUS_WRITE_QUEUE_MAX (64u << 20)
+
+struct bus_conn {
+    uv_pipe_t pipe;
+    struct bus *bus;
+    struct buf in;
+    int router_index;
+    size_t write_pending;
+    bool closing;
+    struct bus_conn *next;
+};
+
+struct bus {
+    uv_loop_t *loop;
+    uv_pipe_t server;
+    uv_timer_t coalesce;
+    char *path;
+    struct store *store;
+    struct scheduler *sched;
+    struct logs *logs;
+    struct bus_conn *conns;
+    int64_t version;
+    int sub_id;
+    int handles;
+    bool closing;
+    void (*done)(void *);
+    void *done_arg;
+};
+
+struct bus_write {
+    uv_write_t req;
+    struct bus_conn *conn;
+    size_t len;
+    char data[];
+};
+
+static void bus__handle_closed(uv_handle_t *h)
+{
+    struct bus *bus = h->data;
+    if (--bus->handles == 0 && bus->closing && bus->done) {
+        void (*done)(void *) = bus->done;
+        bus->done = NULL;
+        done(bus->done_arg);
+    }
+}
+
+static void bus__conn_closed(uv_handle_t *h)
+{
+    struct bus_conn *c = h->data;
+    struct bus *bus = c->bus;
+    buf_free(&c->in);
+    free(c);
+    if (--bus->handles == 0 && bus->closing && bus->done) {
+        void (*done)(void *) = bus->done;
+        bus->done = NULL;
+        done(bus->done_arg);
+    }
+}
+
+static void bus__conn_close(struct bus_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    for (struct bus_conn **pp = &c->bus->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    uv_close((uv_handle_t *)&c->pipe, bus__conn_closed);
+}
+
+static void bus__write_done(uv_write_t *w, int status)
+{
+    struct bus_write *bw = (struct bus_write *)w;
+    bw->conn->write_pending -= bw->len;
+    free(bw);
+}
+
+static void bus__send(struct bus_conn *c, const char *data, size_t len)
+{
+    if (c->closing)
+        return;
+    /* a router that does not read is dropped rather than growing our memory */
+    if (c->write_pending > BUS_WRITE_QUEUE_MAX) {
+        bus__conn_close(c);
+        return;
+    }
+    struct bus_write *bw = xmalloc(sizeof *bw + len);
+    bw->conn = c;
+    bw->len = len;
+    memcpy(bw->data, data, len);
+    uv_buf_t b = uv_buf_init(bw->data, (unsigned)len);
+    if (uv_write(&bw->req, (uv_stream_t *)&c->pipe, &b, 1, bus__write_done) < 0) {
+        free(bw);
+        bus__conn_close(c);
+        return;
+    }
+    c->write_pending += len;
+}
+
+/* ---- the route table ------------------------------------------------------------------------ */
+
+struct bus_backends {
+    json_t *by_app; /* app_guid -> array of backends (web process) */
+};
+
+static void bus__collect(void *ctx, const char *app_guid, const char *process_type,
+                         const struct scheduler_instance_info *inst)
+{
+    struct bus_backends *b = ctx;
+    if (strcmp(process_type, "web"))
+        return;
+    json_t *arr = json_object_get(b->by_app, app_guid);
+    if (!arr) {
+        arr = json_array();
+        json_object_set_new(b->by_app, app_guid, arr);
+    }
+    json_array_append_new(arr, json_pack("{s:s,s:i,s:s}", "addr", inst->addr, "index", inst->index,
+                                         "instance_guid", inst->guid));
+}
+
+char *bus_route_table_json(struct bus *bus)
+{
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    struct store_app **apps = NULL;
+    size_t na = 0;
+    store_route_list(bus->store, NULL, &routes, &n);
+    store_app_list(bus->store, &apps, &na);
+    struct bus_backends b = {.by_app = json_object()};
+    scheduler_each_ready(bus->sched, bus__collect, &b);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const struct store_app *app = NULL;
+        for (size_t j = 0; j < na; j++)
+            if (!strcmp(apps[j]->guid, routes[i].app_guid))
+                app = apps[j];
+        if (!app)
+            continue;
+        json_t *backends = json_object_get(b.by_app, app->guid);
+        bool from_zero = !strcmp(app->kind, "function") && !strcmp(app->state, "STARTED");
+        json_t *list = backends ? json_incref(backends) : json_array();
+        json_array_append_new(arr,
+                              json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b}", "host", routes[i].host,
+                                        "path", routes[i].path, "app_guid", app->guid, "app_name",
+                                        app->name, "process", "web", "balance", "round-robin",
+                                        "backends", list, "scale_from_zero", from_zero));
+    }
+    json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)bus->version,
+                            "routes", arr);
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    json_decref(b.by_app);
+    store_route_list_free(routes, n);
+    store_app_list_free(apps, na);
+    return text;
+}
+
+static void bus__push(struct bus *bus, struct bus_conn *only)
+{
+    if (!only)
+        bus->version++;
+    char *text = bus_route_table_json(bus);
+    if (!text)
+        return;
+    size_t len = strlen(text);
+    text = xrealloc(text, len + 2);
+    text[len++] = '\n';
+    if (only) {
+        bus__send(only, text, len);
+    } else {
+        struct bus_conn *c = bus->conns;
+        while (c) {
+            struct bus_conn *next = c->next;
+            bus__send(c, text, len);
+            c = next;
+        }
+    }
+    free(text);
+}
+
+static void bus__coalesced(uv_timer_t *t)
+{
+    bus__push(t->data, NULL);
+}
+
+void bus_routes_changed(struct bus *bus)
+{
+    if (!bus || bus->closing)
+        return;
+    if (!uv_is_active((uv_handle_t *)&bus->coalesce))
+        uv_timer_start(&bus->coalesce, bus__coalesced, BUS_COALESCE_MS, 0);
+}
+
+void bus_routes_changed_cb(void *bus)
+{
+    bus_routes_changed(bus);
+}
+
+static void bus__on_sched(void *ctx, const struct scheduler_event *ev)
+{
+    struct bus *bus = ctx;
+    if (ev->type == SCHEDULER_INSTANCE_READY || ev->type == SCHEDULER_INSTANCE_GONE ||
+        ev->type == SCHEDULER_APP_STARTED || ev->type == SCHEDULER_APP_STOPPED)
+        bus_routes_changed(bus);
+}
+
+/* ---- reading from routers ----------------------------------------------------------------- */
+
+static void bus__message(struct bus_conn *c, const char *line, size_t len)
+{
+    struct bus *bus = c->bus;
+    json_t *msg = json_loadb(line, len, 0, NULL);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    if (!type) {
+        json_decref(msg);
+        return; /* unknown or broken lines are ignored: routers may be newer */
+    }
+    if (!strcmp(type, "hello")) {
+        json_t *idx = json_object_get(msg, "router_index");
+        c->router_index = json_is_integer(idx) ? (int)json_integer_value(idx) : 0;
+        fprintf(stderr, "skiffd: router %d connected (pid %lld)\n", c->router_index,
+                (long long)json_integer_value(json_object_get(msg, "pid")));
+    } else if (!strcmp(type, "access")) {
+        const char *app = json_string_value(json_object_get(msg, "app_guid"));
+        const char *text = json_string_value(json_object_get(msg, "line"));
+        json_t *idx = json_object_get(msg, "router_index");
+        char tag[32];
+        snprintf(tag, sizeof tag, "RTR/%d",
+                 json_is_integer(idx) ? (int)json_integer_value(idx) : c->router_index);
+        if (app && text && strlen(app) == 36)
+            logs_append(bus->logs, app, tag, LOGS_OUT, text, strlen(text));
+    } else if (!strcmp(type, "wake")) {
+        const char *app = json_string_value(json_object_get(msg, "app_guid"));
+        if (app) {
+            int rc = scheduler_ensure_instances(bus->sched, app, "web", 1);
+            if (rc < 0 && rc != -ENOENT)
+                logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
+                             "A request waits for this app but it cannot be started: %s",
+                             rc == -EPERM     ? "it is stopped (`skiff start`)"
+                             : rc == -ENODATA ? "it has no droplet (`skiff push`)"
+                                              : strerror(-rc));
+        }
+    }
+    json_decref(msg);
+}
+
+static void bus__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    b->base = xmalloc(65536);
+    b->len = 65536;
+}
+
+static void bus__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct bus_conn *c = s->data;
+    if (n < 0) {
+        free(b->base);
+        bus__conn_close(c);
+        return;
+    }
+    buf_append(&c->in, b->base, (size_t)n);
+    free(b->base);
+    char *start = c->in.data;
+    size_t used = 0;
+    while (start && used < c->in.len) {
+        char *nl = memchr(start + used, '\n', c->in.len - used);
+        if (!nl)
+            break;
+        size_t len = (size_t)(nl - (start + used));
+        bus__message(c, start + used, len);
+        used += len + 1;
+        if (c->closing)
+            return;
+    }
+    buf_consume(&c->in, used);
+    if (c->in.len > BUS_LINE_MAX) {
+        fprintf(stderr, "skiffd: bus: a router sent a line over %u bytes; closing it\n",
+                BUS_LINE_MAX);
+        bus__conn_close(c);
+    }
+}
+
+static void bus__on_connection(uv_stream_t *server, int status)
+{
+    struct bus *bus = server->data;
+    if (status < 0 || bus->closing)
+        return;
+    struct bus_conn *c = xcalloc(1, sizeof *c);
+    c->bus = bus;
+    uv_pipe_init(bus->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    bus->handles++;
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->pipe, bus__conn_closed);
+        return;
+    }
+    c->next = bus->conns;
+    bus->conns = c;
+    uv_read_start((uv_stream_t *)&c->pipe, bus__alloc, bus__on_read);
+    bus__push(bus, c);
+}
+
+/* ---- life --------------------------------------------------------------------------------- */
+
+int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
+            struct logs *logs, char *err, size_t errsize, struct bus **out)
+{
+    struct bus *bus = xcalloc(1, sizeof *bus);
+    bus->loop = loop;
+    bus->path = xstrdup(socket_path);
+    bus->store = store;
+    bus->sched = sched;
+    bus->logs = logs;
+    bus->version = time_now_ms(); /* grows across restarts, so routers take the newer table */
+    uv_timer_init(loop, &bus->coalesce);
+    bus->coalesce.data = bus;
+    bus->handles++;
+    uv_pipe_init(loop, &bus->server, 0);
+    bus->server.data = bus;
+    bus->handles++;
+    unlink(socket_path); /* left by a predecessor that was killed */
+    int rc = uv_pipe_bind(&bus->server, socket_path);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&bus->server, 64, bus__on_connection);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot listen on the bus socket %s: %s", socket_path,
+                 uv_strerror(rc));
+        *out = bus;
+        return rc;
+    }
+    bus->sub_id = scheduler_subscribe(sched, bus__on_sched, bus);
+    *out = bus;
+    return 0;
+}
+
+int bus_router_count(struct bus *bus)
+{
+    int n = 0;
+    for (struct bus_conn *c = bus->conns; c; c = c->next)
+        n++;
+    return n;
+}
+
+void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
+{
+    bus->closing = true;
+    bus->done = done;
+    bus->done_arg = arg;
+    if (bus->sub_id)
+        scheduler_unsubscribe(bus->sched, bus->sub_id);
+    bus->sub_id = 0;
+    while (bus->conns)
+        bus__conn_close(bus->conns);
+    uv_close((uv_handle_t *)&bus->coalesce, bus__handle_closed);
+    uv_close((uv_handle_t *)&bus->server, bus__handle_closed);
+    unlink(bus->path);
+}
+
+void bus_free(struct bus *bus)
+{
+    if (!bus)
+        return;
+    free(bus->path);
+    free(bus);
+}

@@ -1,0 +1,37 @@
+/* bus: skiffd's side of the bus to the routers (docs/bus.md).
+ *
+ * Listens on a Unix socket; every connected router gets the whole route table on connect and
+ * after every change (changes within BUS_COALESCE_MS make one message). The table is the
+ * store's routes joined with the scheduler's RUNNING instances. From routers it takes access
+ * lines (into the app's log as [RTR/n]) and wake requests (scale an app from zero).
+ * Bad input from a router closes that connection and nothing else. */
+#ifndef SKIFF_BUS_H
+#define SKIFF_BUS_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#define BUS_COALESCE_MS 5
+
+struct bus;
+struct store;
+struct scheduler;
+struct logs;
+
+int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
+            struct logs *logs, char *err, size_t errsize, struct bus **out);
+/* The route table may have changed: push it soon. */
+void bus_routes_changed(struct bus *bus);
+/* Adapter for callbacks taking a void *ctx. */
+void bus_routes_changed_cb(void *bus);
+/* How many routers are connected. */
+int bus_router_count(struct bus *bus);
+/* Closes the socket and every connection; done is called when all handles are closed. */
+void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
+void bus_free(struct bus *bus);
+
+/* The route table as docs/bus.md's "routes" message (for tests and diagnostics); the caller
+ * frees the string. */
+char *bus_route_table_json(struct bus *bus);
+
+#endif

@@ -1,0 +1,1072 @@
+/* The scheduler: desired (store) vs actual (executor) instances, crash restarts, rolling
+ * restarts and notifications.
+ *
+ * Every instance index of a process is a slot. A slot holds the instance running for it (or
+ * none, while a crash restart waits). An instance that is being stopped on purpose is
+ * detached from its slot first, so its end is never taken for a crash. */
+#include "scheduler/scheduler.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/util.h"
+#include "executor/executor.h"
+#include "logs/logs.h"
+#include "store/store.h"
+
+struct sched_app;
+struct sched_proc;
+
+struct sched_inst {
+    struct scheduler *s;
+    struct instance *inst;
+    char app_guid[37];
+    char type[64];
+    char tag[96]; /* log source, e.g. APP/PROC/WEB/0 */
+    char guid[37];
+    int index;
+    int port;
+    bool ready;
+    struct sched_slot *slot;   /* NULL when stopping on purpose */
+    struct sched_slot *shadow; /* a rolling replacement waiting to take over this slot */
+    struct sched_inst *next;
+};
+
+struct sched_slot {
+    int index;
+    struct sched_inst *cur;
+    struct sched_inst *replacement; /* rolling restart */
+    int crash_count;
+    int64_t healthy_since_ms;
+    int64_t crashed_at_ms;
+    int64_t restart_at_mono; /* 0: none pending */
+    int last_exit_status;
+    int last_exit_signal;
+    bool start_failed; /* nothing to run (no command): not retried until the app changes */
+};
+
+struct sched_proc {
+    char type[64];
+    int desired;
+    struct sched_slot **slots;
+    size_t nslots;
+};
+
+struct sched_app {
+    char guid[37];
+    char *name;
+    char *kind;
+    bool rolling; /* a rolling restart goes on */
+    struct sched_proc **procs;
+    size_t nprocs;
+    struct sched_app *next;
+};
+
+struct sched_sub {
+    int id;
+    scheduler_event_cb cb;
+    void *ctx;
+    struct sched_sub *next;
+};
+
+struct scheduler {
+    uv_loop_t *loop;
+    char *home;
+    char *api_url;
+    char *events_url;
+    struct scheduler_config cfg;
+    struct store *store;
+    struct logs *logs;
+    struct executor *ex;
+    struct sched_app *apps;
+    struct sched_inst *insts; /* every live instance, attached or not */
+    struct sched_sub *subs;
+    int next_sub;
+    uv_timer_t timer;
+    bool shutting_down;
+    void (*shutdown_done)(void *);
+    void *shutdown_arg;
+};
+
+static void sched__converge(struct scheduler *s, struct sched_app *a);
+static void sched__tick(uv_timer_t *t);
+
+/* ---- notifications ------------------------------------------------------------------------ */
+
+int scheduler_subscribe(struct scheduler *s, scheduler_event_cb cb, void *ctx)
+{
+    struct sched_sub *sub = xcalloc(1, sizeof *sub);
+    sub->id = ++s->next_sub;
+    sub->cb = cb;
+    sub->ctx = ctx;
+    struct sched_sub **pp = &s->subs;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = sub;
+    return sub->id;
+}
+
+void scheduler_unsubscribe(struct scheduler *s, int id)
+{
+    for (struct sched_sub **pp = &s->subs; *pp; pp = &(*pp)->next)
+        if ((*pp)->id == id) {
+            struct sched_sub *dead = *pp;
+            *pp = dead->next;
+            free(dead);
+            return;
+        }
+}
+
+static void sched__emit(struct scheduler *s, const struct scheduler_event *ev)
+{
+    struct sched_sub *sub = s->subs;
+    while (sub) {
+        struct sched_sub *next = sub->next; /* a callback may unsubscribe itself */
+        sub->cb(sub->ctx, ev);
+        sub = next;
+    }
+}
+
+static void sched__emit_app(struct scheduler *s, enum scheduler_event_type type,
+                            const char *app_guid, const char *app_name)
+{
+    struct scheduler_event ev = {
+        .type = type, .app_guid = app_guid, .app_name = app_name, .index = -1, .exit_status = -1};
+    sched__emit(s, &ev);
+}
+
+static const char *sched__app_name(struct scheduler *s, const char *guid)
+{
+    for (struct sched_app *a = s->apps; a; a = a->next)
+        if (!strcmp(a->guid, guid))
+            return a->name;
+    return "";
+}
+
+/* ---- bookkeeping ---------------------------------------------------------------------------- */
+
+static struct sched_app *sched__app(struct scheduler *s, const char *guid, bool create)
+{
+    for (struct sched_app *a = s->apps; a; a = a->next)
+        if (!strcmp(a->guid, guid))
+            return a;
+    if (!create)
+        return NULL;
+    struct sched_app *a = xcalloc(1, sizeof *a);
+    snprintf(a->guid, sizeof a->guid, "%s", guid);
+    a->name = xstrdup("");
+    a->kind = xstrdup("app");
+    a->next = s->apps;
+    s->apps = a;
+    return a;
+}
+
+static struct sched_proc *sched__proc(struct sched_app *a, const char *type, bool create)
+{
+    for (size_t i = 0; i < a->nprocs; i++)
+        if (!strcmp(a->procs[i]->type, type))
+            return a->procs[i];
+    if (!create)
+        return NULL;
+    struct sched_proc *p = xcalloc(1, sizeof *p);
+    snprintf(p->type, sizeof p->type, "%s", type);
+    a->procs = xrealloc(a->procs, (a->nprocs + 1) * sizeof *a->procs);
+    a->procs[a->nprocs++] = p;
+    return p;
+}
+
+static void sched__pidfile(struct scheduler *s, const char *guid, char *out, size_t size)
+{
+    snprintf(out, size, "%s/run/instance-%s.pid", s->home, guid);
+}
+
+static void sched__inst_unlink(struct scheduler *s, struct sched_inst *si)
+{
+    for (struct sched_inst **pp = &s->insts; *pp; pp = &(*pp)->next)
+        if (*pp == si) {
+            *pp = si->next;
+            return;
+        }
+}
+
+/* Detaches and stops an instance on purpose. */
+static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
+{
+    if (!si)
+        return;
+    if (si->slot) {
+        if (si->slot->cur == si)
+            si->slot->cur = NULL;
+        if (si->slot->replacement == si)
+            si->slot->replacement = NULL;
+        si->slot = NULL;
+    }
+    si->shadow = NULL;
+    executor_stop(si->inst);
+}
+
+static void sched__slot_free(struct scheduler *s, struct sched_slot *slot)
+{
+    sched__stop_inst(s, slot->cur);
+    sched__stop_inst(s, slot->replacement);
+    free(slot);
+}
+
+static void sched__app_free(struct scheduler *s, struct sched_app *a)
+{
+    for (size_t i = 0; i < a->nprocs; i++) {
+        for (size_t j = 0; j < a->procs[i]->nslots; j++)
+            sched__slot_free(s, a->procs[i]->slots[j]);
+        free(a->procs[i]->slots);
+        free(a->procs[i]);
+    }
+    free(a->procs);
+    free(a->name);
+    free(a->kind);
+    free(a);
+}
+
+static void sched__app_remove(struct scheduler *s, struct sched_app *a)
+{
+    for (struct sched_app **pp = &s->apps; *pp; pp = &(*pp)->next)
+        if (*pp == a) {
+            *pp = a->next;
+            break;
+        }
+    sched__app_free(s, a);
+}
+
+/* Arms the timer for the earliest pending crash restart. */
+static void sched__arm_timer(struct scheduler *s)
+{
+    int64_t next = 0;
+    for (struct sched_app *a = s->apps; a; a = a->next)
+        for (size_t i = 0; i < a->nprocs; i++)
+            for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+                int64_t at = a->procs[i]->slots[j]->restart_at_mono;
+                if (at && (!next || at < next))
+                    next = at;
+            }
+    if (!next) {
+        uv_timer_stop(&s->timer);
+        return;
+    }
+    int64_t delay = next - time_mono_ms();
+    uv_timer_start(&s->timer, sched__tick, delay > 0 ? (uint64_t)delay : 0, 0);
+}
+
+/* ---- executor callbacks --------------------------------------------------------------------- */
+
+static void sched__on_output(void *ctx, struct instance *inst, int stream, const char *line,
+                             size_t len)
+{
+    struct scheduler *s = ctx;
+    struct sched_inst *si = instance_user_data(inst);
+    if (!si)
+        return;
+    logs_append(s->logs, si->app_guid, si->tag, stream == 2 ? LOGS_ERR : LOGS_OUT, line, len);
+}
+
+static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready)
+{
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", si->port);
+    struct scheduler_event ev = {.type = ready ? SCHEDULER_INSTANCE_READY : SCHEDULER_INSTANCE_GONE,
+                                 .app_guid = si->app_guid,
+                                 .app_name = sched__app_name(s, si->app_guid),
+                                 .process_type = si->type,
+                                 .index = si->index,
+                                 .instance_guid = si->guid,
+                                 .addr = ready ? addr : NULL,
+                                 .exit_status = -1};
+    sched__emit(s, &ev);
+}
+
+static void sched__on_state(void *ctx, struct instance *inst, enum instance_state state,
+                            const struct instance_exit *ex)
+{
+    struct scheduler *s = ctx;
+    struct sched_inst *si = instance_user_data(inst);
+    if (!si)
+        return;
+    if (state == INSTANCE_RUNNING) {
+        si->ready = true;
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s (%s) is running on port %d", si->index, si->type, si->guid,
+                     si->port);
+        struct sched_slot *slot = si->slot;
+        if (slot && slot->cur == si)
+            slot->healthy_since_ms = time_now_ms();
+        sched__ready_event(s, si, true);
+        if (slot && slot->replacement == si) {
+            /* a rolling replacement is ready: the old instance goes, then the next slot */
+            struct sched_inst *old = slot->cur;
+            slot->cur = si;
+            slot->replacement = NULL;
+            slot->healthy_since_ms = time_now_ms();
+            slot->crash_count = 0;
+            sched__stop_inst(s, old);
+            struct sched_app *a = sched__app(s, si->app_guid, false);
+            if (a)
+                sched__converge(s, a);
+        }
+        return;
+    }
+    if (state != INSTANCE_DOWN && state != INSTANCE_CRASHED)
+        return;
+    /* final: the executor frees inst when we return */
+    if (si->ready)
+        sched__ready_event(s, si, false);
+    char pid_path[512];
+    sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
+    unlink(pid_path);
+    sched__inst_unlink(s, si);
+    struct sched_slot *slot = si->slot;
+    struct sched_app *a = sched__app(s, si->app_guid, false);
+    if (state == INSTANCE_CRASHED || (slot && slot->cur == si)) {
+        int status = ex ? ex->exit_status : -1;
+        int sig = ex ? ex->term_signal : 0;
+        const char *reason = ex && ex->reason ? ex->reason : "exited";
+        if (slot && slot->cur == si) {
+            slot->cur = NULL;
+            int64_t now = time_now_ms();
+            slot->crash_count = scheduler_crash_count_next(
+                slot->crash_count, si->ready ? slot->healthy_since_ms : 0, now);
+            slot->crashed_at_ms = now;
+            slot->last_exit_status = status;
+            slot->last_exit_signal = sig;
+            int64_t delay = scheduler_crash_delay_ms(slot->crash_count);
+            slot->restart_at_mono = time_mono_ms() + delay;
+            if (sig)
+                logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
+                             "Instance %d of %s crashed: killed by signal %d (%s); crash %d, "
+                             "restart in %lld s",
+                             si->index, si->type, sig, reason, slot->crash_count,
+                             (long long)(delay / 1000));
+            else
+                logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
+                             "Instance %d of %s crashed: exit status %d (%s); crash %d, restart "
+                             "in %lld s",
+                             si->index, si->type, status, reason, slot->crash_count,
+                             (long long)(delay / 1000));
+            struct scheduler_event ev = {.type = SCHEDULER_APP_CRASHED,
+                                         .app_guid = si->app_guid,
+                                         .app_name = sched__app_name(s, si->app_guid),
+                                         .process_type = si->type,
+                                         .index = si->index,
+                                         .instance_guid = si->guid,
+                                         .exit_status = status,
+                                         .exit_signal = sig,
+                                         .reason = reason,
+                                         .crash_count = slot->crash_count};
+            sched__emit(s, &ev);
+            if (!s->shutting_down)
+                sched__arm_timer(s);
+        } else if (slot && slot->replacement == si) {
+            /* the rolling replacement failed: keep the old one, stop rolling */
+            slot->replacement = NULL;
+            if (a)
+                a->rolling = false;
+            logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
+                         "Rolling restart stopped: the new instance %d crashed (%s)", si->index,
+                         reason);
+        }
+    } else {
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT, "Instance %d of %s stopped",
+                     si->index, si->type);
+    }
+    free(si);
+}
+
+/* ---- starting instances --------------------------------------------------------------------- */
+
+static char *sched__tag(const struct sched_app *a, const char *type, int index)
+{
+    char up[64];
+    const char *src = !strcmp(a->kind, "function") ? a->name : type;
+    size_t i = 0;
+    for (; src[i] && i < sizeof up - 1; i++)
+        up[i] = (char)toupper((unsigned char)src[i]);
+    up[i] = '\0';
+    return xasprintf("APP/%s/%s/%d", !strcmp(a->kind, "function") ? "FUNC" : "PROC", up, index);
+}
+
+static enum health_check_type sched__health(const char *t)
+{
+    if (t && !strcmp(t, "http"))
+        return HEALTH_HTTP;
+    if (t && !strcmp(t, "process"))
+        return HEALTH_PROCESS;
+    return HEALTH_PORT;
+}
+
+static void sched__make_token(struct scheduler *s, const char *app_guid, char *out, size_t size)
+{
+    if (s->cfg.make_instance_token)
+        s->cfg.make_instance_token(s->cfg.token_ctx, app_guid, out, size);
+    else
+        snprintf(out, size, "none");
+}
+
+/* Starts one instance for slot; returns it or NULL (and logs why). */
+static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
+                                       const struct store_app *app,
+                                       const struct store_droplet *drop,
+                                       const struct store_process *proc, struct sched_slot *slot)
+{
+    const char *command = proc->command;
+    if (!command && !strcmp(proc->type, "web"))
+        command = app->command;
+    json_t *types = drop->process_types_json ? json_loads(drop->process_types_json, 0, NULL) : NULL;
+    if (!command)
+        command = json_string_value(json_object_get(types, proc->type));
+    if (!command || !*command) {
+        if (!slot->start_failed)
+            logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                         "Cannot start process %s: no command (add a Procfile, a start command "
+                         "with `skiff push -c`, or `command:` in the manifest)",
+                         proc->type);
+        slot->start_failed = true;
+        json_decref(types);
+        return NULL;
+    }
+    int port = executor_port_allocate(s->ex);
+    if (port < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start instance %d of %s: no free port", slot->index, proc->type);
+        json_decref(types);
+        return NULL;
+    }
+    struct sched_inst *si = xcalloc(1, sizeof *si);
+    si->s = s;
+    snprintf(si->app_guid, sizeof si->app_guid, "%s", app->guid);
+    snprintf(si->type, sizeof si->type, "%s", proc->type);
+    char *tag = sched__tag(a, proc->type, slot->index);
+    snprintf(si->tag, sizeof si->tag, "%s", tag);
+    free(tag);
+    uuid_generate_v4(si->guid);
+    si->index = slot->index;
+    si->port = port;
+
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    store_route_list(s->store, app->guid, &routes, &nr);
+    char **uris = xcalloc(nr + 1, sizeof *uris);
+    for (size_t i = 0; i < nr; i++)
+        uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
+    store_route_list_free(routes, nr);
+    const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
+    for (size_t i = 0; i < app->n_env; i++) {
+        user[2 * i] = app->env[i].name;
+        user[2 * i + 1] = app->env[i].value;
+    }
+    char token[200];
+    sched__make_token(s, app->guid, token, sizeof token);
+    char *app_dir = xasprintf("%s/app", drop->path);
+    char *tmpdir = xasprintf("%s/instances/%s/tmp", s->home, si->guid);
+    int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
+    struct scheduler_env_input in = {.app_guid = app->guid,
+                                     .app_name = app->name,
+                                     .instance_guid = si->guid,
+                                     .index = slot->index,
+                                     .port = port,
+                                     .memory_mb = memory,
+                                     .disk_mb = app->disk_mb,
+                                     .home = app_dir,
+                                     .tmpdir = tmpdir,
+                                     .uris = (const char *const *)uris,
+                                     .events_url = s->events_url,
+                                     .events_token = token,
+                                     .user_env = user};
+    char **env = scheduler_instance_env(&in);
+    bool web = !strcmp(proc->type, "web");
+    struct instance_spec spec = {.app_guid = app->guid,
+                                 .app_name = app->name,
+                                 .process_type = proc->type,
+                                 .index = slot->index,
+                                 .instance_guid = si->guid,
+                                 .app_dir = app_dir,
+                                 .command = command,
+                                 .env = env,
+                                 .port = port,
+                                 .memory_mb = memory,
+                                 .disk_mb = app->disk_mb,
+                                 /* only web processes must listen; others are checked alive */
+                                 .health =
+                                     web ? sched__health(app->health_check_type) : HEALTH_PROCESS,
+                                 .health_endpoint = app->health_check_http_endpoint,
+                                 .start_timeout_s = app->timeout};
+    if (!strcmp(a->kind, "function"))
+        spec.health = sched__health(app->health_check_type);
+    int rc = executor_start(s->ex, &spec, &si->inst);
+    scheduler_env_free(env);
+    for (size_t i = 0; i < nr; i++)
+        free(uris[i]);
+    free(uris);
+    free(user);
+    free(tmpdir);
+    json_decref(types);
+    if (rc < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s: %s",
+                     slot->index, proc->type, strerror(-rc));
+        free(app_dir);
+        free(si);
+        return NULL;
+    }
+    free(app_dir);
+    instance_set_user_data(si->inst, si);
+    si->next = s->insts;
+    s->insts = si;
+    char pid_path[512], pid[32];
+    sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
+    int n = snprintf(pid, sizeof pid, "%d\n", instance_pid(si->inst));
+    file_write_atomic(pid_path, pid, (size_t)n, 0644);
+    logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
+                 "Starting instance %d of %s (%s) on port %d: %s", slot->index, proc->type,
+                 si->guid, port, command);
+    return si;
+}
+
+/* ---- converging ----------------------------------------------------------------------------- */
+
+static void sched__converge_app(struct scheduler *s, struct sched_app *a,
+                                const struct store_app *app)
+{
+    bool started = app && !strcmp(app->state, "STARTED") && app->droplet_guid;
+    struct store_droplet *drop = NULL;
+    if (started && store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
+        started = false;
+    if (app) {
+        free(a->name);
+        a->name = xstrdup(app->name);
+        free(a->kind);
+        a->kind = xstrdup(app->kind);
+    }
+    /* processes that are gone or not wanted lose their slots */
+    for (size_t i = 0; i < a->nprocs; i++) {
+        struct sched_proc *p = a->procs[i];
+        const struct store_process *sp = app ? store_app_process(app, p->type) : NULL;
+        p->desired = started && sp ? sp->instances : 0;
+        while (p->nslots > (size_t)p->desired) {
+            sched__slot_free(s, p->slots[--p->nslots]);
+        }
+    }
+    if (started) {
+        for (size_t i = 0; i < app->n_processes; i++) {
+            const struct store_process *sp = &app->processes[i];
+            if (sp->instances <= 0 && !sched__proc(a, sp->type, false))
+                continue;
+            struct sched_proc *p = sched__proc(a, sp->type, true);
+            p->desired = sp->instances;
+            while (p->nslots < (size_t)p->desired) {
+                p->slots = xrealloc(p->slots, (p->nslots + 1) * sizeof *p->slots);
+                struct sched_slot *slot = xcalloc(1, sizeof *slot);
+                slot->index = (int)p->nslots;
+                slot->last_exit_status = -1;
+                p->slots[p->nslots++] = slot;
+            }
+            int64_t now = time_mono_ms();
+            bool rolling_busy = false;
+            for (size_t j = 0; j < p->nslots; j++) {
+                struct sched_slot *slot = p->slots[j];
+                if (slot->cur || slot->replacement)
+                    rolling_busy |= slot->replacement != NULL;
+                if (!slot->cur && !slot->replacement && !slot->start_failed &&
+                    (!slot->restart_at_mono || slot->restart_at_mono <= now)) {
+                    slot->restart_at_mono = 0;
+                    struct sched_inst *si = sched__start(s, a, app, drop, sp, slot);
+                    if (si) {
+                        si->slot = slot;
+                        slot->cur = si;
+                    }
+                }
+            }
+            /* rolling: one replacement at a time, for slots whose instance predates it */
+            if (a->rolling && !rolling_busy) {
+                bool started_one = false;
+                for (size_t j = 0; j < p->nslots && !started_one; j++) {
+                    struct sched_slot *slot = p->slots[j];
+                    if (slot->cur && slot->cur->shadow == slot) {
+                        slot->cur->shadow = NULL;
+                        struct sched_inst *si = sched__start(s, a, app, drop, sp, slot);
+                        if (si) {
+                            si->slot = slot;
+                            slot->replacement = si;
+                            started_one = true;
+                        }
+                    }
+                }
+            }
+        }
+        bool any_left = false;
+        for (size_t i = 0; i < a->nprocs; i++)
+            for (size_t j = 0; j < a->procs[i]->nslots; j++)
+                if (a->procs[i]->slots[j]->cur && a->procs[i]->slots[j]->cur->shadow)
+                    any_left = true;
+        if (a->rolling && !any_left) {
+            bool busy = false;
+            for (size_t i = 0; i < a->nprocs; i++)
+                for (size_t j = 0; j < a->procs[i]->nslots; j++)
+                    if (a->procs[i]->slots[j]->replacement)
+                        busy = true;
+            if (!busy)
+                a->rolling = false;
+        }
+    }
+    store_droplet_free(drop);
+}
+
+static void sched__converge(struct scheduler *s, struct sched_app *a)
+{
+    if (s->shutting_down)
+        return;
+    struct store_app *app = NULL;
+    int rc = store_app_get(s->store, a->guid, &app);
+    if (rc == -ENOENT) {
+        sched__app_remove(s, a);
+        return;
+    }
+    if (rc < 0)
+        return;
+    sched__converge_app(s, a, app);
+    bool empty = true;
+    for (size_t i = 0; i < a->nprocs; i++)
+        if (a->procs[i]->nslots)
+            empty = false;
+    /* stopped apps keep no record, so 1,000 stopped apps cost nothing here */
+    if (empty)
+        sched__app_remove(s, a);
+    store_app_free(app);
+}
+
+static void sched__tick(uv_timer_t *t)
+{
+    struct scheduler *s = t->data;
+    int64_t now = time_mono_ms();
+    struct sched_app *a = s->apps;
+    while (a) {
+        struct sched_app *next = a->next;
+        bool due = false;
+        for (size_t i = 0; i < a->nprocs; i++)
+            for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+                int64_t at = a->procs[i]->slots[j]->restart_at_mono;
+                if (at && at <= now)
+                    due = true;
+            }
+        if (due)
+            sched__converge(s, a);
+        a = next;
+    }
+    sched__arm_timer(s);
+}
+
+/* ---- life ----------------------------------------------------------------------------------- */
+
+int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
+                  const struct executor_config *excfg, struct store *store, struct logs *logs,
+                  struct scheduler **out)
+{
+    struct scheduler *s = xcalloc(1, sizeof *s);
+    int rc = executor_new(loop, excfg, sched__on_output, sched__on_state, s, &s->ex);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    s->loop = loop;
+    s->cfg = *cfg;
+    s->home = xstrdup(cfg->home);
+    s->api_url = xstrdup(cfg->api_url ? cfg->api_url : "");
+    s->events_url = xasprintf("%s/v1", s->api_url);
+    s->cfg.home = s->home;
+    s->cfg.api_url = s->api_url;
+    s->store = store;
+    s->logs = logs;
+    uv_timer_init(loop, &s->timer);
+    s->timer.data = s;
+    char *run = xasprintf("%s/run", s->home);
+    mkdir_p(run, 0755);
+    free(run);
+    *out = s;
+    return 0;
+}
+
+/* Kills an instance left by a skiffd that was killed: its pid file names it, and its
+ * environment proves the pid was not reused by something else. */
+static void sched__kill_leftover(struct scheduler *s, const char *file)
+{
+    char *path = xasprintf("%s/run/%s", s->home, file);
+    char *text = NULL;
+    if (file_read(path, &text, NULL) == 0) {
+        int pid = atoi(text);
+        char guid[37] = "";
+        snprintf(guid, sizeof guid, "%.36s", file + strlen("instance-"));
+        char *environ_path = xasprintf("/proc/%d/environ", pid);
+        char *envs = NULL;
+        size_t len = 0;
+        bool ours = false;
+        if (pid > 1 && file_read(environ_path, &envs, &len) == 0) {
+            char *want = xasprintf("CF_INSTANCE_GUID=%s", guid);
+            for (size_t i = 0; i < len; i += strlen(envs + i) + 1)
+                if (!strcmp(envs + i, want))
+                    ours = true;
+            free(want);
+        }
+        if (ours) {
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+            fprintf(stderr, "skiffd: stopped instance %s (pid %d) left by a previous skiffd\n",
+                    guid, pid);
+        }
+        free(envs);
+        free(environ_path);
+    }
+    free(text);
+    unlink(path);
+    char *scratch = xasprintf("%s/instances/%.36s", s->home, file + strlen("instance-"));
+    rm_rf(scratch);
+    free(scratch);
+    free(path);
+}
+
+int scheduler_reconcile_all(struct scheduler *s)
+{
+    char *run = xasprintf("%s/run", s->home);
+    DIR *d = opendir(run);
+    free(run);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)))
+            if (str_has_prefix(de->d_name, "instance-") && str_has_suffix(de->d_name, ".pid"))
+                sched__kill_leftover(s, de->d_name);
+        closedir(d);
+    }
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    int rc = store_app_list(s->store, &apps, &n);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(apps[i]->state, "STARTED") || !apps[i]->droplet_guid)
+            continue;
+        struct sched_app *a = sched__app(s, apps[i]->guid, true);
+        sched__converge(s, a);
+    }
+    store_app_list_free(apps, n);
+    return 0;
+}
+
+static void sched__timer_closed(uv_handle_t *h)
+{
+    struct scheduler *s = h->data;
+    if (s->shutdown_done) {
+        void (*done)(void *) = s->shutdown_done;
+        s->shutdown_done = NULL;
+        done(s->shutdown_arg);
+    }
+}
+
+static void sched__executor_down(void *arg)
+{
+    struct scheduler *s = arg;
+    uv_close((uv_handle_t *)&s->timer, sched__timer_closed);
+}
+
+void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg)
+{
+    s->shutting_down = true;
+    s->shutdown_done = done;
+    s->shutdown_arg = arg;
+    uv_timer_stop(&s->timer);
+    executor_shutdown(s->ex, sched__executor_down, s);
+}
+
+void scheduler_free(struct scheduler *s)
+{
+    if (!s)
+        return;
+    while (s->apps) {
+        struct sched_app *a = s->apps;
+        s->apps = a->next;
+        for (size_t i = 0; i < a->nprocs; i++) {
+            for (size_t j = 0; j < a->procs[i]->nslots; j++)
+                free(a->procs[i]->slots[j]);
+            free(a->procs[i]->slots);
+            free(a->procs[i]);
+        }
+        free(a->procs);
+        free(a->name);
+        free(a->kind);
+        free(a);
+    }
+    while (s->insts) {
+        struct sched_inst *si = s->insts;
+        s->insts = si->next;
+        free(si);
+    }
+    while (s->subs) {
+        struct sched_sub *sub = s->subs;
+        s->subs = sub->next;
+        free(sub);
+    }
+    executor_free(s->ex);
+    free(s->home);
+    free(s->api_url);
+    free(s->events_url);
+    free(s);
+}
+
+/* ---- what the API asks ------------------------------------------------------------------------
+ */
+
+static int sched__resolve(struct scheduler *s, const char *app, struct store_app **out)
+{
+    return store_app_get(s->store, app, out);
+}
+
+int scheduler_app_changed(struct scheduler *s, const char *app)
+{
+    struct store_app *sa = NULL;
+    int rc = sched__resolve(s, app, &sa);
+    if (rc < 0)
+        return rc;
+    struct sched_app *a = sched__app(s, sa->guid, false);
+    bool was_running = a != NULL;
+    bool wants = !strcmp(sa->state, "STARTED") && sa->droplet_guid;
+    if (!a && wants)
+        a = sched__app(s, sa->guid, true);
+    if (a) {
+        /* a change may fix what made a start impossible */
+        for (size_t i = 0; i < a->nprocs; i++)
+            for (size_t j = 0; j < a->procs[i]->nslots; j++)
+                a->procs[i]->slots[j]->start_failed = false;
+        sched__converge(s, a);
+    }
+    if (wants && !was_running)
+        sched__emit_app(s, SCHEDULER_APP_STARTED, sa->guid, sa->name);
+    else if (!wants && was_running)
+        sched__emit_app(s, SCHEDULER_APP_STOPPED, sa->guid, sa->name);
+    store_app_free(sa);
+    return 0;
+}
+
+int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling)
+{
+    struct store_app *sa = NULL;
+    int rc = sched__resolve(s, app, &sa);
+    if (rc < 0)
+        return rc;
+    struct sched_app *a = sched__app(s, sa->guid, false);
+    if (a) {
+        for (size_t i = 0; i < a->nprocs; i++)
+            for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+                struct sched_slot *slot = a->procs[i]->slots[j];
+                slot->crash_count = 0;
+                slot->restart_at_mono = 0;
+                slot->start_failed = false;
+                if (rolling && slot->cur) {
+                    slot->cur->shadow = slot; /* to be replaced */
+                } else {
+                    sched__stop_inst(s, slot->cur);
+                    sched__stop_inst(s, slot->replacement);
+                }
+            }
+        a->rolling = rolling;
+    } else if (!strcmp(sa->state, "STARTED") && sa->droplet_guid) {
+        a = sched__app(s, sa->guid, true);
+    }
+    if (a)
+        sched__converge(s, a);
+    store_app_free(sa);
+    return 0;
+}
+
+void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
+{
+    struct sched_app *a = sched__app(s, app_guid, false);
+    if (a)
+        sched__app_remove(s, a);
+}
+
+static int sched__set_instances(struct scheduler *s, const char *app, const char *process_type,
+                                int n, bool only_up)
+{
+    if (n < 0 || n > 1000)
+        return -EINVAL;
+    struct store_app *sa = NULL;
+    int rc = sched__resolve(s, app, &sa);
+    if (rc < 0)
+        return rc;
+    struct store_process *p = store_app_process(sa, process_type ? process_type : "web");
+    if (!p) {
+        store_app_free(sa);
+        return -ENOENT;
+    }
+    if (strcmp(sa->state, "STARTED")) {
+        store_app_free(sa);
+        return -EPERM;
+    }
+    if (!sa->droplet_guid) {
+        store_app_free(sa);
+        return -ENODATA;
+    }
+    if (p->instances == n || (only_up && p->instances >= n)) {
+        store_app_free(sa);
+        return 0;
+    }
+    p->instances = n;
+    sa->updated_at = time_now_ms();
+    rc = store_app_update(s->store, sa);
+    if (rc == 0) {
+        struct sched_app *a = sched__app(s, sa->guid, true);
+        sched__converge(s, a);
+        struct scheduler_event ev = {.type = SCHEDULER_APP_SCALED,
+                                     .app_guid = sa->guid,
+                                     .app_name = sa->name,
+                                     .process_type = p->type,
+                                     .index = -1,
+                                     .instances = n,
+                                     .exit_status = -1};
+        sched__emit(s, &ev);
+    }
+    store_app_free(sa);
+    return rc;
+}
+
+int scheduler_ensure_instances(struct scheduler *s, const char *app, const char *process_type,
+                               int n)
+{
+    return sched__set_instances(s, app, process_type, n, true);
+}
+
+int scheduler_scale(struct scheduler *s, const char *app, const char *process_type, int n)
+{
+    return sched__set_instances(s, app, process_type, n, false);
+}
+
+/* ---- reading state ----------------------------------------------------------------------------
+ */
+
+static void sched__fill(struct scheduler_instance_info *info, const struct sched_proc *p,
+                        const struct sched_slot *slot, const struct sched_inst *si)
+{
+    memset(info, 0, sizeof *info);
+    info->index = slot->index;
+    info->crash_count = slot->crash_count;
+    info->exit_status = slot->last_exit_status;
+    info->exit_signal = slot->last_exit_signal;
+    snprintf(info->process_type, sizeof info->process_type, "%s", p->type);
+    if (si) {
+        snprintf(info->guid, sizeof info->guid, "%s", si->guid);
+        snprintf(info->addr, sizeof info->addr, "127.0.0.1:%d", si->port);
+        info->port = si->port;
+        snprintf(info->state, sizeof info->state, "%s",
+                 instance_state_name(instance_state(si->inst)));
+        info->since_ms = instance_since_ms(si->inst);
+        instance_usage(si->inst, &info->cpu, &info->memory_bytes);
+    } else {
+        snprintf(info->state, sizeof info->state, "%s", slot->restart_at_mono ? "CRASHED" : "DOWN");
+        info->since_ms = slot->crashed_at_ms ? slot->crashed_at_ms : time_now_ms();
+    }
+}
+
+static struct sched_app *sched__find(struct scheduler *s, const char *app)
+{
+    for (struct sched_app *a = s->apps; a; a = a->next)
+        if (!strcmp(a->guid, app) || !strcmp(a->name, app))
+            return a;
+    return NULL;
+}
+
+int scheduler_ready_instances(struct scheduler *s, const char *app, const char *process_type,
+                              struct scheduler_instance_info *out, size_t max)
+{
+    struct sched_app *a = sched__find(s, app);
+    if (!a) {
+        struct store_app *sa = NULL;
+        if (store_app_get(s->store, app, &sa) < 0)
+            return -ENOENT;
+        store_app_free(sa);
+        return 0;
+    }
+    int count = 0;
+    for (size_t i = 0; i < a->nprocs; i++) {
+        struct sched_proc *p = a->procs[i];
+        if (process_type && strcmp(p->type, process_type))
+            continue;
+        for (size_t j = 0; j < p->nslots; j++) {
+            struct sched_slot *slot = p->slots[j];
+            struct sched_inst *cands[2] = {slot->cur, slot->replacement};
+            for (int k = 0; k < 2; k++) {
+                if (!cands[k] || !cands[k]->ready)
+                    continue;
+                if ((size_t)count < max)
+                    sched__fill(&out[count], p, slot, cands[k]);
+                count++;
+            }
+        }
+    }
+    return count;
+}
+
+int scheduler_app_instances(struct scheduler *s, const char *app,
+                            struct scheduler_instance_info *out, size_t max)
+{
+    struct sched_app *a = sched__find(s, app);
+    if (!a)
+        return 0;
+    int count = 0;
+    for (size_t i = 0; i < a->nprocs; i++) {
+        struct sched_proc *p = a->procs[i];
+        for (size_t j = 0; j < p->nslots; j++) {
+            if ((size_t)count < max)
+                sched__fill(&out[count], p, p->slots[j], p->slots[j]->cur);
+            count++;
+        }
+    }
+    return count;
+}
+
+int scheduler_running_count(struct scheduler *s, const char *app_guid)
+{
+    struct sched_app *a = sched__find(s, app_guid);
+    if (!a)
+        return 0;
+    int count = 0;
+    for (size_t i = 0; i < a->nprocs; i++)
+        for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+            struct sched_inst *si = a->procs[i]->slots[j]->cur;
+            if (si && si->ready)
+                count++;
+        }
+    return count;
+}
+
+void scheduler_each_ready(struct scheduler *s,
+                          void (*fn)(void *ctx, const char *app_guid, const char *process_type,
+                                     const struct scheduler_instance_info *inst),
+                          void *ctx)
+{
+    for (struct sched_app *a = s->apps; a; a = a->next)
+        for (size_t i = 0; i < a->nprocs; i++) {
+            struct sched_proc *p = a->procs[i];
+            for (size_t j = 0; j < p->nslots; j++) {
+                struct sched_slot *slot = p->slots[j];
+                struct sched_inst *cands[2] = {slot->cur, slot->replacement};
+                for (int k = 0; k < 2; k++) {
+                    if (!cands[k] || !cands[k]->ready)
+                        continue;
+                    struct scheduler_instance_info info;
+                    sched__fill(&info, p, slot, cands[k]);
+                    fn(ctx, a->guid, p->type, &info);
+                }
+            }
+        }
+}

@@ -1,0 +1,150 @@
+/* store: skiffd's desired state (apps, processes, env, packages, droplets, routes, domains)
+ * and a generic document table for other components.
+ *
+ * The interface knows nothing of its backend. store_open("sqlite:PATH") or a plain path
+ * opens the embedded SQLite backend (WAL mode); a PostgreSQL backend will implement the same
+ * calls for "postgres://...". Every call is synchronous and returns 0 or a negative errno:
+ * -ENOENT not found, -EEXIST a unique name taken, -EIO a backend failure (also logged to
+ * stderr with the backend's message). Nothing here aborts except on out-of-memory.
+ *
+ * Ownership: structs returned through an out pointer belong to the caller and are freed with
+ * the matching *_free call. Structs passed in are only read.
+ *
+ * Schema migrations (SQLite): the list `store_sqlite_migrations` in store_sqlite.c holds one
+ * SQL script per schema version, applied in order, each in its own transaction together with
+ * the new row in `schema_version`. To change the schema, append a script at the end; never
+ * edit one that has shipped. Components that only need to keep some JSON records do not need
+ * a migration: use the document calls (store_doc_*), keyed by (kind, id). */
+#ifndef SKIFF_STORE_H
+#define SKIFF_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+struct store_process {
+    char *type;    /* "web", or a function's name */
+    char *command; /* NULL: the droplet's command for this type */
+    int instances; /* desired */
+    int memory_mb; /* 0: the app's */
+};
+
+struct store_env_var {
+    char *name;
+    char *value;
+};
+
+struct store_app {
+    char guid[37];
+    char *name;
+    char *state; /* "STARTED" or "STOPPED" */
+    char *kind;  /* "app" or "function" */
+    int memory_mb;
+    int disk_mb;
+    int timeout;             /* start timeout, seconds */
+    char *command;           /* NULL: from the droplet */
+    char *buildpacks_json;   /* JSON array of names, "[]" when none */
+    char *health_check_type; /* "port", "http", "process" */
+    char *health_check_http_endpoint;
+    char *function_json;      /* {"handler", "runtime"} or NULL */
+    char *package_guid;       /* NULL when none */
+    char *droplet_guid;       /* NULL when none */
+    char *detected_buildpack; /* of the current droplet, NULL when none */
+    int64_t created_at;       /* ms since the epoch */
+    int64_t updated_at;
+    struct store_process *processes; /* "web" first when present */
+    size_t n_processes;
+    struct store_env_var *env; /* sorted by name */
+    size_t n_env;
+};
+
+struct store_route {
+    char guid[37];
+    char *host; /* "hello.localhost" */
+    char *path; /* "" or "/v1" */
+    char *app_guid;
+    char *domain; /* the domain the host ends in */
+};
+
+struct store_droplet {
+    char guid[37];
+    char *app_guid;
+    char *path; /* the droplet folder */
+    char *buildpack;
+    char *process_types_json; /* {"web": "command"} */
+    int64_t created_at;
+};
+
+struct store_package {
+    char guid[37];
+    char *app_guid;
+    char *path; /* the archive */
+    uint64_t bytes;
+    int64_t created_at;
+};
+
+/* Opens (creating when needed) and migrates the store. err gets a message on failure. */
+int store_open(const char *location, char *err, size_t errsize, struct store **out);
+void store_close(struct store *st);
+/* The schema version after migrations (for tests and diagnostics). */
+int store_schema_version(struct store *st);
+
+/* ---- apps (with their processes and env, written together) ------------------------------- */
+
+/* Creates the app; the guid is filled in by the caller. -EEXIST: name taken. */
+int store_app_create(struct store *st, const struct store_app *app);
+/* Replaces everything about an existing app (found by guid), processes and env included. */
+int store_app_update(struct store *st, const struct store_app *app);
+/* By name or guid. */
+int store_app_get(struct store *st, const char *name_or_guid, struct store_app **out);
+int store_app_list(struct store *st, struct store_app ***out, size_t *n);
+/* Deletes the app, its processes, env, routes, packages and droplets (rows only). */
+int store_app_delete(struct store *st, const char *guid);
+void store_app_free(struct store_app *app);
+void store_app_list_free(struct store_app **apps, size_t n);
+/* The process of that type, NULL when absent (points into app). */
+struct store_process *store_app_process(const struct store_app *app, const char *type);
+/* Deep copy. */
+struct store_app *store_app_dup(const struct store_app *app);
+
+/* ---- routes and domains ------------------------------------------------------------------ */
+
+/* -EEXIST when host+path is taken. */
+int store_route_add(struct store *st, const struct store_route *route);
+int store_route_delete(struct store *st, const char *host, const char *path);
+/* All routes (app_guid NULL) or an app's, ordered by host then path. */
+int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n);
+void store_route_list_free(struct store_route *routes, size_t n);
+
+int store_domain_add(struct store *st, const char *name, bool shared);
+/* NULL-terminated list of names (free with store_strv_free); shared[i] set when not NULL. */
+int store_domain_list(struct store *st, char ***names, bool **shared);
+void store_strv_free(char **v);
+
+/* ---- packages and droplets ---------------------------------------------------------------- */
+
+int store_package_add(struct store *st, const struct store_package *pkg);
+int store_package_get(struct store *st, const char *guid, struct store_package **out);
+void store_package_free(struct store_package *pkg);
+int store_droplet_add(struct store *st, const struct store_droplet *drop);
+int store_droplet_get(struct store *st, const char *guid, struct store_droplet **out);
+void store_droplet_free(struct store_droplet *drop);
+/* Paths of the app's droplets and packages other than the ones given, for cleanup; their
+ * rows are deleted. NULL-terminated (store_strv_free). */
+int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
+                              const char *keep_droplet, char ***paths);
+
+/* ---- documents: JSON records for other components ----------------------------------------- */
+
+/* Inserts or replaces. json is any text (normally a JSON object). */
+int store_doc_put(struct store *st, const char *kind, const char *id, const char *json);
+/* -ENOENT when absent; *json is the caller's. */
+int store_doc_get(struct store *st, const char *kind, const char *id, char **json);
+int store_doc_delete(struct store *st, const char *kind, const char *id);
+/* Calls fn for every document of a kind, in id order; fn returning non-zero stops. */
+int store_doc_each(struct store *st, const char *kind,
+                   int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
+
+#endif

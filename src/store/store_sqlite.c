@@ -1,0 +1,841 @@
+/* The SQLite backend of store.h: one connection, WAL mode, prepared on demand. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+/* One script per schema version (index 0 makes version 1). Append only. */
+const char *const store_sqlite_migrations[] = {
+    /* 1: the core model */
+    "CREATE TABLE apps ("
+    "  guid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, state TEXT NOT NULL,"
+    "  kind TEXT NOT NULL DEFAULT 'app', memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL,"
+    "  timeout INTEGER NOT NULL, command TEXT, buildpacks TEXT NOT NULL DEFAULT '[]',"
+    "  health_check_type TEXT NOT NULL DEFAULT 'port',"
+    "  health_check_http_endpoint TEXT NOT NULL DEFAULT '/', function TEXT,"
+    "  package_guid TEXT, droplet_guid TEXT, detected_buildpack TEXT,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE TABLE processes ("
+    "  app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE, type TEXT NOT NULL,"
+    "  command TEXT, instances INTEGER NOT NULL, memory_mb INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (app_guid, type));"
+    "CREATE TABLE env_vars ("
+    "  app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE, name TEXT NOT NULL,"
+    "  value TEXT NOT NULL, PRIMARY KEY (app_guid, name));"
+    "CREATE TABLE packages ("
+    "  guid TEXT PRIMARY KEY, app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,"
+    "  path TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL);"
+    "CREATE TABLE droplets ("
+    "  guid TEXT PRIMARY KEY, app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,"
+    "  path TEXT NOT NULL, buildpack TEXT, process_types TEXT NOT NULL DEFAULT '{}',"
+    "  created_at INTEGER NOT NULL);"
+    "CREATE TABLE domains (name TEXT PRIMARY KEY, shared INTEGER NOT NULL);"
+    "INSERT INTO domains VALUES ('localhost', 1);"
+    "CREATE TABLE routes ("
+    "  guid TEXT PRIMARY KEY, host TEXT NOT NULL, path TEXT NOT NULL DEFAULT '',"
+    "  app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,"
+    "  domain TEXT NOT NULL REFERENCES domains(name), UNIQUE (host, path));"
+    "CREATE INDEX routes_app ON routes(app_guid);",
+    /* 2: records of other components (events, mappings) */
+    "CREATE TABLE documents ("
+    "  kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,"
+    "  updated_at INTEGER NOT NULL, PRIMARY KEY (kind, id));",
+};
+const size_t store_sqlite_migrations_count =
+    sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
+
+struct store {
+    sqlite3 *db;
+    int version;
+};
+
+static int store__fail(struct store *st, const char *what)
+{
+    fprintf(stderr, "skiffd: store: %s: %s\n", what, sqlite3_errmsg(st->db));
+    return -EIO;
+}
+
+static sqlite3_stmt *store__prepare(struct store *st, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+        store__fail(st, sql);
+        return NULL;
+    }
+    return stmt;
+}
+
+static void store__bind_text(sqlite3_stmt *stmt, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(stmt, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(stmt, i);
+}
+
+static char *store__col_text(sqlite3_stmt *stmt, int i)
+{
+    const unsigned char *t = sqlite3_column_text(stmt, i);
+    return t ? xstrdup((const char *)t) : NULL;
+}
+
+static int store__exec(struct store *st, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        fprintf(stderr, "skiffd: store: %s\n", msg ? msg : "error");
+        sqlite3_free(msg);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* Runs a single-statement write; returns -EEXIST on a unique constraint. */
+static int store__step_done(struct store *st, sqlite3_stmt *stmt)
+{
+    int rc = sqlite3_step(stmt);
+    int ret = 0;
+    if (rc == SQLITE_CONSTRAINT)
+        ret = -EEXIST;
+    else if (rc != SQLITE_DONE)
+        ret = store__fail(st, "write");
+    sqlite3_finalize(stmt);
+    return ret;
+}
+
+int store_schema_version(struct store *st)
+{
+    return st->version;
+}
+
+static int store__migrate(struct store *st, char *err, size_t errsize)
+{
+    if (store__exec(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL,"
+                        " applied_at INTEGER NOT NULL)") < 0)
+        goto fail;
+    sqlite3_stmt *q = store__prepare(st, "SELECT COALESCE(MAX(version), 0) FROM schema_version");
+    if (!q)
+        goto fail;
+    int version = 0;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        version = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    if ((size_t)version > store_sqlite_migrations_count) {
+        snprintf(err, errsize,
+                 "the store has schema version %d, newer than this skiffd knows (%zu): run a "
+                 "newer skiffd",
+                 version, store_sqlite_migrations_count);
+        return -EPROTO;
+    }
+    for (size_t v = (size_t)version; v < store_sqlite_migrations_count; v++) {
+        if (store__exec(st, "BEGIN IMMEDIATE") < 0)
+            goto fail;
+        if (store__exec(st, store_sqlite_migrations[v]) < 0) {
+            store__exec(st, "ROLLBACK");
+            snprintf(err, errsize, "schema migration %zu failed: %s", v + 1,
+                     sqlite3_errmsg(st->db));
+            return -EIO;
+        }
+        sqlite3_stmt *ins = store__prepare(st, "INSERT INTO schema_version VALUES (?, ?)");
+        if (!ins) {
+            store__exec(st, "ROLLBACK");
+            goto fail;
+        }
+        sqlite3_bind_int(ins, 1, (int)v + 1);
+        sqlite3_bind_int64(ins, 2, time_now_ms());
+        if (store__step_done(st, ins) < 0 || store__exec(st, "COMMIT") < 0) {
+            store__exec(st, "ROLLBACK");
+            goto fail;
+        }
+        version = (int)v + 1;
+    }
+    st->version = version;
+    return 0;
+fail:
+    snprintf(err, errsize, "cannot migrate the store: %s", sqlite3_errmsg(st->db));
+    return -EIO;
+}
+
+int store_open(const char *location, char *err, size_t errsize, struct store **out)
+{
+    if (str_has_prefix(location, "sqlite:"))
+        location += strlen("sqlite:");
+    else if (strstr(location, "://")) {
+        snprintf(err, errsize, "unsupported store \"%s\": only sqlite:PATH is built in", location);
+        return -EPROTONOSUPPORT;
+    }
+    struct store *st = xcalloc(1, sizeof *st);
+    if (sqlite3_open_v2(location, &st->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(err, errsize, "cannot open the store %s: %s", location,
+                 st->db ? sqlite3_errmsg(st->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(st->db, 5000);
+    if (store__exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                        " PRAGMA foreign_keys=ON;") < 0) {
+        snprintf(err, errsize, "cannot set up the store %s: %s", location, sqlite3_errmsg(st->db));
+        goto fail;
+    }
+    int rc = store__migrate(st, err, errsize);
+    if (rc < 0) {
+        sqlite3_close(st->db);
+        free(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+fail:
+    sqlite3_close(st->db);
+    free(st);
+    return -EIO;
+}
+
+void store_close(struct store *st)
+{
+    if (!st)
+        return;
+    sqlite3_close(st->db);
+    free(st);
+}
+
+/* ---- apps ------------------------------------------------------------------------------ */
+
+#define STORE_APP_COLUMNS                                                                          \
+    "guid, name, state, kind, memory_mb, disk_mb, timeout, command, buildpacks,"                   \
+    " health_check_type, health_check_http_endpoint, function, package_guid, droplet_guid,"        \
+    " created_at, updated_at, detected_buildpack"
+
+static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
+{
+    store__bind_text(stmt, 1, app->guid);
+    store__bind_text(stmt, 2, app->name);
+    store__bind_text(stmt, 3, app->state ? app->state : "STOPPED");
+    store__bind_text(stmt, 4, app->kind ? app->kind : "app");
+    sqlite3_bind_int(stmt, 5, app->memory_mb);
+    sqlite3_bind_int(stmt, 6, app->disk_mb);
+    sqlite3_bind_int(stmt, 7, app->timeout);
+    store__bind_text(stmt, 8, app->command);
+    store__bind_text(stmt, 9, app->buildpacks_json ? app->buildpacks_json : "[]");
+    store__bind_text(stmt, 10, app->health_check_type ? app->health_check_type : "port");
+    store__bind_text(stmt, 11,
+                     app->health_check_http_endpoint ? app->health_check_http_endpoint : "/");
+    store__bind_text(stmt, 12, app->function_json);
+    store__bind_text(stmt, 13, app->package_guid);
+    store__bind_text(stmt, 14, app->droplet_guid);
+    sqlite3_bind_int64(stmt, 15, app->created_at);
+    sqlite3_bind_int64(stmt, 16, app->updated_at);
+    store__bind_text(stmt, 17, app->detected_buildpack);
+}
+
+static struct store_app *store__read_app(sqlite3_stmt *stmt)
+{
+    struct store_app *app = xcalloc(1, sizeof *app);
+    snprintf(app->guid, sizeof app->guid, "%s", (const char *)sqlite3_column_text(stmt, 0));
+    app->name = store__col_text(stmt, 1);
+    app->state = store__col_text(stmt, 2);
+    app->kind = store__col_text(stmt, 3);
+    app->memory_mb = sqlite3_column_int(stmt, 4);
+    app->disk_mb = sqlite3_column_int(stmt, 5);
+    app->timeout = sqlite3_column_int(stmt, 6);
+    app->command = store__col_text(stmt, 7);
+    app->buildpacks_json = store__col_text(stmt, 8);
+    app->health_check_type = store__col_text(stmt, 9);
+    app->health_check_http_endpoint = store__col_text(stmt, 10);
+    app->function_json = store__col_text(stmt, 11);
+    app->package_guid = store__col_text(stmt, 12);
+    app->droplet_guid = store__col_text(stmt, 13);
+    app->created_at = sqlite3_column_int64(stmt, 14);
+    app->updated_at = sqlite3_column_int64(stmt, 15);
+    app->detected_buildpack = store__col_text(stmt, 16);
+    return app;
+}
+
+static int store__write_children(struct store *st, const struct store_app *app)
+{
+    sqlite3_stmt *del = store__prepare(st, "DELETE FROM processes WHERE app_guid = ?");
+    if (!del)
+        return -EIO;
+    sqlite3_bind_text(del, 1, app->guid, -1, SQLITE_STATIC);
+    if (store__step_done(st, del) < 0)
+        return -EIO;
+    del = store__prepare(st, "DELETE FROM env_vars WHERE app_guid = ?");
+    if (!del)
+        return -EIO;
+    sqlite3_bind_text(del, 1, app->guid, -1, SQLITE_STATIC);
+    if (store__step_done(st, del) < 0)
+        return -EIO;
+    for (size_t i = 0; i < app->n_processes; i++) {
+        const struct store_process *p = &app->processes[i];
+        sqlite3_stmt *ins = store__prepare(st, "INSERT INTO processes VALUES (?, ?, ?, ?, ?)");
+        if (!ins)
+            return -EIO;
+        sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
+        store__bind_text(ins, 2, p->type);
+        store__bind_text(ins, 3, p->command);
+        sqlite3_bind_int(ins, 4, p->instances);
+        sqlite3_bind_int(ins, 5, p->memory_mb);
+        int rc = store__step_done(st, ins);
+        if (rc < 0)
+            return rc;
+    }
+    for (size_t i = 0; i < app->n_env; i++) {
+        sqlite3_stmt *ins = store__prepare(st, "INSERT INTO env_vars VALUES (?, ?, ?)");
+        if (!ins)
+            return -EIO;
+        sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
+        store__bind_text(ins, 2, app->env[i].name);
+        store__bind_text(ins, 3, app->env[i].value ? app->env[i].value : "");
+        int rc = store__step_done(st, ins);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int store__app_write(struct store *st, const struct store_app *app, bool create)
+{
+    if (store__exec(st, "BEGIN IMMEDIATE") < 0)
+        return -EIO;
+    sqlite3_stmt *stmt = store__prepare(
+        st, create ? "INSERT INTO apps (" STORE_APP_COLUMNS
+                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                   : "UPDATE apps SET name=?2, state=?3, kind=?4, memory_mb=?5, disk_mb=?6,"
+                     " timeout=?7, command=?8, buildpacks=?9, health_check_type=?10,"
+                     " health_check_http_endpoint=?11, function=?12, package_guid=?13,"
+                     " droplet_guid=?14, created_at=?15, updated_at=?16, detected_buildpack=?17"
+                     " WHERE guid=?1");
+    int rc = -EIO;
+    if (!stmt)
+        goto fail;
+    store__bind_app(stmt, app);
+    rc = store__step_done(st, stmt);
+    if (rc < 0)
+        goto fail;
+    if (!create && sqlite3_changes(st->db) == 0) {
+        rc = -ENOENT;
+        goto fail;
+    }
+    rc = store__write_children(st, app);
+    if (rc < 0)
+        goto fail;
+    if (store__exec(st, "COMMIT") < 0) {
+        rc = -EIO;
+        goto fail;
+    }
+    return 0;
+fail:
+    store__exec(st, "ROLLBACK");
+    return rc;
+}
+
+int store_app_create(struct store *st, const struct store_app *app)
+{
+    return store__app_write(st, app, true);
+}
+
+int store_app_update(struct store *st, const struct store_app *app)
+{
+    return store__app_write(st, app, false);
+}
+
+static void store__app_load_children(struct store *st, struct store_app *app)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb FROM "
+                                         "processes WHERE app_guid = ? ORDER BY type != 'web', "
+                                         "type");
+    if (q) {
+        sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            app->processes =
+                xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
+            struct store_process *p = &app->processes[app->n_processes++];
+            p->type = store__col_text(q, 0);
+            p->command = store__col_text(q, 1);
+            p->instances = sqlite3_column_int(q, 2);
+            p->memory_mb = sqlite3_column_int(q, 3);
+        }
+        sqlite3_finalize(q);
+    }
+    q = store__prepare(st, "SELECT name, value FROM env_vars WHERE app_guid = ? ORDER BY name");
+    if (q) {
+        sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
+            app->env[app->n_env].name = store__col_text(q, 0);
+            app->env[app->n_env].value = store__col_text(q, 1);
+            app->n_env++;
+        }
+        sqlite3_finalize(q);
+    }
+}
+
+int store_app_get(struct store *st, const char *name_or_guid, struct store_app **out)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS
+                                         " FROM apps WHERE name = ?1 OR guid = ?1 LIMIT 1");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, name_or_guid, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        sqlite3_finalize(q);
+        return rc == SQLITE_DONE ? -ENOENT : store__fail(st, "read app");
+    }
+    struct store_app *app = store__read_app(q);
+    sqlite3_finalize(q);
+    store__app_load_children(st, app);
+    *out = app;
+    return 0;
+}
+
+/* Loads all apps with three queries (not one per app), so listing 1,000 apps stays fast. */
+int store_app_list(struct store *st, struct store_app ***out, size_t *n)
+{
+    struct store_app **apps = NULL;
+    size_t count = 0;
+    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps ORDER BY name");
+    if (!q)
+        return -EIO;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        apps = xrealloc(apps, (count + 1) * sizeof *apps);
+        apps[count++] = store__read_app(q);
+    }
+    sqlite3_finalize(q);
+    /* apps are sorted by name; children are matched by guid through a small index */
+    q = store__prepare(st, "SELECT a.name, p.type, p.command, p.instances, p.memory_mb FROM "
+                           "processes p JOIN apps a ON a.guid = p.app_guid ORDER BY a.name, "
+                           "p.type != 'web', p.type");
+    size_t i = 0;
+    while (q && sqlite3_step(q) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(q, 0);
+        while (i < count && strcmp(apps[i]->name, name) < 0)
+            i++;
+        if (i == count || strcmp(apps[i]->name, name) != 0)
+            continue;
+        struct store_app *app = apps[i];
+        app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
+        struct store_process *p = &app->processes[app->n_processes++];
+        p->type = store__col_text(q, 1);
+        p->command = store__col_text(q, 2);
+        p->instances = sqlite3_column_int(q, 3);
+        p->memory_mb = sqlite3_column_int(q, 4);
+    }
+    sqlite3_finalize(q);
+    q = store__prepare(st, "SELECT a.name, e.name, e.value FROM env_vars e JOIN apps a ON a.guid "
+                           "= e.app_guid ORDER BY a.name, e.name");
+    i = 0;
+    while (q && sqlite3_step(q) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(q, 0);
+        while (i < count && strcmp(apps[i]->name, name) < 0)
+            i++;
+        if (i == count || strcmp(apps[i]->name, name) != 0)
+            continue;
+        struct store_app *app = apps[i];
+        app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
+        app->env[app->n_env].name = store__col_text(q, 1);
+        app->env[app->n_env].value = store__col_text(q, 2);
+        app->n_env++;
+    }
+    sqlite3_finalize(q);
+    *out = apps;
+    *n = count;
+    return 0;
+}
+
+int store_app_delete(struct store *st, const char *guid)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM apps WHERE guid = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
+void store_app_free(struct store_app *app)
+{
+    if (!app)
+        return;
+    free(app->name);
+    free(app->state);
+    free(app->kind);
+    free(app->command);
+    free(app->buildpacks_json);
+    free(app->health_check_type);
+    free(app->health_check_http_endpoint);
+    free(app->function_json);
+    free(app->package_guid);
+    free(app->droplet_guid);
+    free(app->detected_buildpack);
+    for (size_t i = 0; i < app->n_processes; i++) {
+        free(app->processes[i].type);
+        free(app->processes[i].command);
+    }
+    free(app->processes);
+    for (size_t i = 0; i < app->n_env; i++) {
+        free(app->env[i].name);
+        free(app->env[i].value);
+    }
+    free(app->env);
+    free(app);
+}
+
+void store_app_list_free(struct store_app **apps, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        store_app_free(apps[i]);
+    free(apps);
+}
+
+struct store_process *store_app_process(const struct store_app *app, const char *type)
+{
+    for (size_t i = 0; i < app->n_processes; i++)
+        if (!strcmp(app->processes[i].type, type))
+            return &app->processes[i];
+    return NULL;
+}
+
+static char *store__dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+struct store_app *store_app_dup(const struct store_app *app)
+{
+    struct store_app *c = xcalloc(1, sizeof *c);
+    *c = *app;
+    c->name = store__dup_or_null(app->name);
+    c->state = store__dup_or_null(app->state);
+    c->kind = store__dup_or_null(app->kind);
+    c->command = store__dup_or_null(app->command);
+    c->buildpacks_json = store__dup_or_null(app->buildpacks_json);
+    c->health_check_type = store__dup_or_null(app->health_check_type);
+    c->health_check_http_endpoint = store__dup_or_null(app->health_check_http_endpoint);
+    c->function_json = store__dup_or_null(app->function_json);
+    c->package_guid = store__dup_or_null(app->package_guid);
+    c->droplet_guid = store__dup_or_null(app->droplet_guid);
+    c->detected_buildpack = store__dup_or_null(app->detected_buildpack);
+    c->processes = xcalloc(app->n_processes ? app->n_processes : 1, sizeof *c->processes);
+    for (size_t i = 0; i < app->n_processes; i++) {
+        c->processes[i] = app->processes[i];
+        c->processes[i].type = store__dup_or_null(app->processes[i].type);
+        c->processes[i].command = store__dup_or_null(app->processes[i].command);
+    }
+    c->env = xcalloc(app->n_env ? app->n_env : 1, sizeof *c->env);
+    for (size_t i = 0; i < app->n_env; i++) {
+        c->env[i].name = store__dup_or_null(app->env[i].name);
+        c->env[i].value = store__dup_or_null(app->env[i].value);
+    }
+    return c;
+}
+
+/* ---- routes and domains ------------------------------------------------------------------ */
+
+int store_route_add(struct store *st, const struct store_route *route)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO routes VALUES (?, ?, ?, ?, ?)");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, route->guid);
+    store__bind_text(q, 2, route->host);
+    store__bind_text(q, 3, route->path ? route->path : "");
+    store__bind_text(q, 4, route->app_guid);
+    store__bind_text(q, 5, route->domain);
+    return store__step_done(st, q);
+}
+
+int store_route_delete(struct store *st, const char *host, const char *path)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM routes WHERE host = ? AND path = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, host);
+    store__bind_text(q, 2, path ? path : "");
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
+int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, app_guid ? "SELECT guid, host, path, app_guid, domain FROM routes WHERE app_guid = ? "
+                       "ORDER BY host, path"
+                     : "SELECT guid, host, path, app_guid, domain FROM routes ORDER BY host, path");
+    if (!q)
+        return -EIO;
+    if (app_guid)
+        sqlite3_bind_text(q, 1, app_guid, -1, SQLITE_STATIC);
+    struct store_route *routes = NULL;
+    size_t count = 0;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        routes = xrealloc(routes, (count + 1) * sizeof *routes);
+        struct store_route *r = &routes[count++];
+        snprintf(r->guid, sizeof r->guid, "%s", (const char *)sqlite3_column_text(q, 0));
+        r->host = store__col_text(q, 1);
+        r->path = store__col_text(q, 2);
+        r->app_guid = store__col_text(q, 3);
+        r->domain = store__col_text(q, 4);
+    }
+    sqlite3_finalize(q);
+    *out = routes;
+    *n = count;
+    return 0;
+}
+
+void store_route_list_free(struct store_route *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(routes[i].host);
+        free(routes[i].path);
+        free(routes[i].app_guid);
+        free(routes[i].domain);
+    }
+    free(routes);
+}
+
+int store_domain_add(struct store *st, const char *name, bool shared)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO domains VALUES (?, ?)");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, name);
+    sqlite3_bind_int(q, 2, shared);
+    return store__step_done(st, q);
+}
+
+int store_domain_list(struct store *st, char ***names, bool **shared)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT name, shared FROM domains ORDER BY name");
+    if (!q)
+        return -EIO;
+    char **v = xcalloc(1, sizeof *v);
+    bool *s = xcalloc(1, sizeof *s);
+    size_t n = 0;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        v = xrealloc(v, (n + 2) * sizeof *v);
+        s = xrealloc(s, (n + 1) * sizeof *s);
+        v[n] = store__col_text(q, 0);
+        s[n] = sqlite3_column_int(q, 1) != 0;
+        v[++n] = NULL;
+    }
+    sqlite3_finalize(q);
+    *names = v;
+    if (shared)
+        *shared = s;
+    else
+        free(s);
+    return 0;
+}
+
+void store_strv_free(char **v)
+{
+    if (!v)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+/* ---- packages and droplets --------------------------------------------------------------- */
+
+int store_package_add(struct store *st, const struct store_package *pkg)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO packages VALUES (?, ?, ?, ?, ?)");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, pkg->guid);
+    store__bind_text(q, 2, pkg->app_guid);
+    store__bind_text(q, 3, pkg->path);
+    sqlite3_bind_int64(q, 4, (sqlite3_int64)pkg->bytes);
+    sqlite3_bind_int64(q, 5, pkg->created_at);
+    return store__step_done(st, q);
+}
+
+int store_package_get(struct store *st, const char *guid, struct store_package **out)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, "SELECT guid, app_guid, path, bytes, created_at FROM packages WHERE guid = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
+    int rc = -ENOENT;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        struct store_package *p = xcalloc(1, sizeof *p);
+        snprintf(p->guid, sizeof p->guid, "%s", (const char *)sqlite3_column_text(q, 0));
+        p->app_guid = store__col_text(q, 1);
+        p->path = store__col_text(q, 2);
+        p->bytes = (uint64_t)sqlite3_column_int64(q, 3);
+        p->created_at = sqlite3_column_int64(q, 4);
+        *out = p;
+        rc = 0;
+    }
+    sqlite3_finalize(q);
+    return rc;
+}
+
+void store_package_free(struct store_package *pkg)
+{
+    if (!pkg)
+        return;
+    free(pkg->app_guid);
+    free(pkg->path);
+    free(pkg);
+}
+
+int store_droplet_add(struct store *st, const struct store_droplet *drop)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO droplets VALUES (?, ?, ?, ?, ?, ?)");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, drop->guid);
+    store__bind_text(q, 2, drop->app_guid);
+    store__bind_text(q, 3, drop->path);
+    store__bind_text(q, 4, drop->buildpack);
+    store__bind_text(q, 5, drop->process_types_json ? drop->process_types_json : "{}");
+    sqlite3_bind_int64(q, 6, drop->created_at);
+    return store__step_done(st, q);
+}
+
+int store_droplet_get(struct store *st, const char *guid, struct store_droplet **out)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT guid, app_guid, path, buildpack, process_types,"
+                                         " created_at FROM droplets WHERE guid = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
+    int rc = -ENOENT;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        struct store_droplet *d = xcalloc(1, sizeof *d);
+        snprintf(d->guid, sizeof d->guid, "%s", (const char *)sqlite3_column_text(q, 0));
+        d->app_guid = store__col_text(q, 1);
+        d->path = store__col_text(q, 2);
+        d->buildpack = store__col_text(q, 3);
+        d->process_types_json = store__col_text(q, 4);
+        d->created_at = sqlite3_column_int64(q, 5);
+        *out = d;
+        rc = 0;
+    }
+    sqlite3_finalize(q);
+    return rc;
+}
+
+void store_droplet_free(struct store_droplet *drop)
+{
+    if (!drop)
+        return;
+    free(drop->app_guid);
+    free(drop->path);
+    free(drop->buildpack);
+    free(drop->process_types_json);
+    free(drop);
+}
+
+static int store__prune(struct store *st, const char *table, const char *app_guid, const char *keep,
+                        char ***paths, size_t *n)
+{
+    char *sql =
+        xasprintf("SELECT path FROM %s WHERE app_guid = ?1 AND guid != COALESCE(?2, '')", table);
+    sqlite3_stmt *q = store__prepare(st, sql);
+    free(sql);
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, app_guid, -1, SQLITE_STATIC);
+    store__bind_text(q, 2, keep);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        *paths = xrealloc(*paths, (*n + 2) * sizeof **paths);
+        (*paths)[(*n)++] = store__col_text(q, 0);
+        (*paths)[*n] = NULL;
+    }
+    sqlite3_finalize(q);
+    sql = xasprintf("DELETE FROM %s WHERE app_guid = ?1 AND guid != COALESCE(?2, '')", table);
+    q = store__prepare(st, sql);
+    free(sql);
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, app_guid, -1, SQLITE_STATIC);
+    store__bind_text(q, 2, keep);
+    return store__step_done(st, q);
+}
+
+int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
+                              const char *keep_droplet, char ***paths)
+{
+    char **v = xcalloc(1, sizeof *v);
+    size_t n = 0;
+    int rc = store__prune(st, "packages", app_guid, keep_package, &v, &n);
+    if (rc == 0)
+        rc = store__prune(st, "droplets", app_guid, keep_droplet, &v, &n);
+    *paths = v;
+    return rc;
+}
+
+/* ---- documents --------------------------------------------------------------------------- */
+
+int store_doc_put(struct store *st, const char *kind, const char *id, const char *json)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    store__bind_text(q, 2, id);
+    store__bind_text(q, 3, json);
+    sqlite3_bind_int64(q, 4, time_now_ms());
+    return store__step_done(st, q);
+}
+
+int store_doc_get(struct store *st, const char *kind, const char *id, char **json)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT body FROM documents WHERE kind = ? AND id = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    store__bind_text(q, 2, id);
+    int rc = -ENOENT;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        *json = store__col_text(q, 0);
+        rc = 0;
+    }
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int store_doc_delete(struct store *st, const char *kind, const char *id)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM documents WHERE kind = ? AND id = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    store__bind_text(q, 2, id);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
+int store_doc_each(struct store *st, const char *kind,
+                   int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+{
+    sqlite3_stmt *q =
+        store__prepare(st, "SELECT id, body FROM documents WHERE kind = ? ORDER BY id");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        if (fn(ctx, (const char *)sqlite3_column_text(q, 0),
+               (const char *)sqlite3_column_text(q, 1)))
+            break;
+    }
+    sqlite3_finalize(q);
+    return 0;
+}
