@@ -3,6 +3,7 @@
 
 #include <curl/curl.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,8 +146,10 @@ int skiff_events_publish(const char *topic, const void *data, size_t len,
     size_t blen = strlen(base);
     while (blen && base[blen - 1] == '/')
         blen--;
+    /* SKIFF_EVENTS_URL is the API's /v1; a bare API URL works too. */
+    bool has_v1 = blen >= 3 && !strncmp(base + blen - 3, "/v1", 3);
     char url[2048];
-    snprintf(url, sizeof(url), "%.*s/v1/topics/%s/events", (int)blen, base,
+    snprintf(url, sizeof(url), "%.*s%s/topics/%s/events", (int)blen, base, has_v1 ? "" : "/v1",
              escaped ? escaped : topic);
     curl_free(escaped);
 

@@ -70,7 +70,10 @@ function publish(topic, data, options = {}) {
   if (options.subject !== undefined) headers['ce-subject'] = headerValue(options.subject);
   for (const [k, v] of Object.entries(options.extensions || {})) headers[`ce-${k}`] = headerValue(v);
   if (contentType) headers['Content-Type'] = contentType;
-  const url = new URL(`${base.replace(/\/+$/, '')}/v1/topics/${encodeURIComponent(topic)}/events`);
+  // SKIFF_EVENTS_URL is the API's /v1; a bare API URL works too.
+  let root = base.replace(/\/+$/, '');
+  if (!root.endsWith('/v1')) root += '/v1';
+  const url = new URL(`${root}/topics/${encodeURIComponent(topic)}/events`);
   const client = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
     const req = client.request(url, { method: 'POST', headers, timeout: options.timeoutMs || 30000 }, (res) => {

@@ -80,7 +80,10 @@ def publish(topic, data=None, type="skiff.event", subject=None, source=None, id=
         headers["ce-" + name] = _header_value(value)
     if ctype:
         headers["Content-Type"] = ctype
-    target = "%s/v1/topics/%s/events" % (url.rstrip("/"), urllib.parse.quote(topic, safe=""))
+    base = url.rstrip("/")
+    if not base.endswith("/v1"):  # SKIFF_EVENTS_URL is the API's /v1; a bare API URL works too
+        base += "/v1"
+    target = "%s/topics/%s/events" % (base, urllib.parse.quote(topic, safe=""))
     req = urllib.request.Request(target, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
