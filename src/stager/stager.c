@@ -491,13 +491,20 @@ static int stager__resolve(const char *buildpacks_dir, const char *name,
                            struct stager__buildpack *out)
 {
     struct stat st;
-    char *dir = strchr(name, '/') ? xstrdup(name) : xasprintf("%s/%s", buildpacks_dir, name);
+    if (!name[0] || (!strchr(name, '/') && name[0] == '.'))
+        return -ENOENT;
+    char *given = strchr(name, '/') ? xstrdup(name) : xasprintf("%s/%s", buildpacks_dir, name);
+    /* absolute, since the scripts run with the build folder as their working directory */
+    char *dir = realpath(given, NULL);
+    free(given);
+    if (!dir)
+        return -ENOENT;
     char *bin = xasprintf("%s/bin", dir);
     int rc = stat(bin, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -ENOENT;
     free(bin);
-    if (rc < 0 || strstr(name, "..") == name) {
+    if (rc < 0) {
         free(dir);
-        return -ENOENT;
+        return rc;
     }
     out->name = xstrdup(name);
     out->dir = dir;

@@ -1,0 +1,10 @@
+# Helpers shared by the built-in buildpacks (sourced, not run).
+
+# Prints a step the way staging output shows it.
+step() { printf -- '-----> %s\n' "$*"; }
+# Indents another tool's output under the current step.
+indent() { sed -u 's/^/       /'; }
+# A stable key for the build cache from the given files (missing files count as empty).
+cache_key() { for f in "$@"; do [ -e "$f" ] && ls -lR "$f" 2>/dev/null; [ -f "$f" ] && cat "$f"; done | sha256sum | cut -c1-16; }
+# The web command of a Procfile, or nothing.
+procfile_web() { [ -f "$1/Procfile" ] && sed -n 's/^[[:space:]]*web[[:space:]]*:[[:space:]]*//p' "$1/Procfile" | head -n 1; }
