@@ -467,7 +467,7 @@ static void client_respond_error(struct client *c, int status, const char *code,
     x->local = true;
     x->resp_started = true;
     x->resp_done = true;
-    if (close || !x->req_done)
+    if (close)
         x->client_close = true;
     size_t len = strlen(text);
     outq_printf(&c->p,
@@ -1073,16 +1073,20 @@ static void route_and_connect(struct client *c)
                              "No app is mapped to this host and path; map one with `skiff "
                              "map-route APP HOST`.",
                              has_body);
-        if (!has_body && !c->p.closing)
+        if (!has_body && !c->p.closing) {
+            c->state = C_BODY; /* the parser still has to reach the end of the request */
             client_drain_pending(c);
+        }
         return;
     }
     if (x->route->backend_count == 0) {
         client_respond_error(c, 503, "no-instance",
                              "The app has no instance ready to take requests; start or scale it.",
                              has_body);
-        if (!has_body && !c->p.closing)
+        if (!has_body && !c->p.closing) {
+            c->state = C_BODY; /* the parser still has to reach the end of the request */
             client_drain_pending(c);
+        }
         return;
     }
     uint64_t max = w->cfg->max_body_bytes;
