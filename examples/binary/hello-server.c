@@ -42,7 +42,11 @@ int main(void)
             continue;
         char req[2048];
         ssize_t n = read(c, req, sizeof(req) - 1);
-        req[n > 0 ? n : 0] = '\0';
+        if (n <= 0) { /* a health check connects and hangs up */
+            close(c);
+            continue;
+        }
+        req[n] = '\0';
         char *eol = strpbrk(req, "\r\n");
         if (eol)
             *eol = '\0';

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 
@@ -147,7 +148,10 @@ int proc_spawn(uv_loop_t *loop, const struct proc_options *opt, struct proc **ou
     p->on_exit = opt->on_exit;
     p->ctx = opt->ctx;
 
+    /* Real pipes rather than libuv's socketpairs: programs such as nginx open /dev/stdout,
+     * which works on a pipe and fails on a socket. */
     uv_stdio_container_t stdio[3];
+    uv_file fds[2][2] = {{-1, -1}, {-1, -1}};
     stdio[0].flags = UV_IGNORE;
     for (int i = 0; i < 2; i++) {
         struct proc__stream *s = &p->out[i];
@@ -156,8 +160,20 @@ int proc_spawn(uv_loop_t *loop, const struct proc_options *opt, struct proc **ou
         s->owner = p;
         s->number = i + 1;
         p->handles++;
-        stdio[i + 1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-        stdio[i + 1].data.stream = (uv_stream_t *)&s->pipe;
+        int prc = uv_pipe(fds[i], UV_NONBLOCK_PIPE, 0);
+        if (prc < 0) {
+            for (int j = 0; j < i; j++) {
+                close(fds[j][0]);
+                close(fds[j][1]);
+            }
+            p->closing = true;
+            proc__close_handle(p, (uv_handle_t *)&p->out[0].pipe);
+            if (i == 1)
+                proc__close_handle(p, (uv_handle_t *)&p->out[1].pipe);
+            return prc;
+        }
+        stdio[i + 1].flags = UV_INHERIT_FD;
+        stdio[i + 1].data.fd = fds[i][1];
     }
     uv_timer_init(loop, &p->linger);
     p->linger.data = p;
@@ -174,6 +190,13 @@ int proc_spawn(uv_loop_t *loop, const struct proc_options *opt, struct proc **ou
     po.stdio = stdio;
     p->process.data = p;
     int rc = uv_spawn(loop, &p->process, &po);
+    for (int i = 0; i < 2; i++) {
+        close(fds[i][1]); /* the child has its copy */
+        if (rc < 0)
+            close(fds[i][0]);
+        else
+            uv_pipe_open(&p->out[i].pipe, fds[i][0]);
+    }
     if (rc < 0) {
         /* libuv leaves a failed process handle to be closed too */
         p->handles++;
