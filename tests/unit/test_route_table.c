@@ -1,0 +1,189 @@
+/* Unit tests for router/route_table: parsing the bus message, host/wildcard/path lookup,
+ * backend choice and the current-table swap. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "router/route_table.h"
+
+static struct route_table *parse(const char *json)
+{
+    struct route_table *t = NULL;
+    char err[256] = "";
+    int skipped = 0;
+    int r = route_table_parse(json, strlen(json), &t, err, sizeof(err), &skipped);
+    if (r != 0)
+        fail_msg("parse failed: %s", err);
+    return t;
+}
+
+static const char *app_of(struct route_table *t, const char *host, const char *path)
+{
+    struct route *r = route_table_lookup(t, host, strlen(host), path, strlen(path));
+    return r ? r->app_name : NULL;
+}
+
+static const char TABLE[] =
+    "{\"type\":\"routes\",\"version\":7,\"routes\":["
+    "{\"host\":\"api.localhost\",\"path\":\"\",\"app_name\":\"root\",\"backends\":[{\"addr\":"
+    "\"127.0.0.1:1001\"}]},"
+    "{\"host\":\"api.localhost\",\"path\":\"/v1\",\"app_name\":\"v1\",\"backends\":[{\"addr\":"
+    "\"127.0.0.1:1002\"}]},"
+    "{\"host\":\"api.localhost\",\"path\":\"/v1/admin/\",\"app_name\":\"admin\",\"backends\":[]},"
+    "{\"host\":\"*.example.test\",\"app_name\":\"wild\",\"backends\":[{\"addr\":\"[::1]:80\"}]},"
+    "{\"host\":\"*.b.example.test\",\"app_name\":\"wild-b\",\"backends\":[]},"
+    "{\"host\":\"Hello.LocalHost.\",\"app_name\":\"hello\",\"backends\":[]},"
+    "{\"host\":\"only.localhost\",\"path\":\"/x\",\"app_name\":\"only-x\",\"backends\":[]}"
+    "]}";
+
+static void test_exact_host_ignores_case_and_port(void **state)
+{
+    (void)state;
+    struct route_table *t = parse(TABLE);
+    assert_int_equal(route_table_version(t), 7);
+    assert_string_equal(app_of(t, "hello.localhost", "/"), "hello");
+    assert_string_equal(app_of(t, "HELLO.localhost:8080", "/a"), "hello");
+    assert_string_equal(app_of(t, "hello.localhost.", "/"), "hello");
+    assert_null(app_of(t, "hello.localhost.evil", "/"));
+    assert_null(app_of(t, "", "/"));
+    assert_null(app_of(t, ":80", "/"));
+    route_table_unref(t);
+}
+
+static void test_longest_path_prefix_at_segment_boundary(void **state)
+{
+    (void)state;
+    struct route_table *t = parse(TABLE);
+    assert_string_equal(app_of(t, "api.localhost", "/"), "root");
+    assert_string_equal(app_of(t, "api.localhost", "/v1"), "v1");
+    assert_string_equal(app_of(t, "api.localhost", "/v1/"), "v1");
+    assert_string_equal(app_of(t, "api.localhost", "/v1?q=1"), "v1");
+    assert_string_equal(app_of(t, "api.localhost", "/v10"), "root");
+    assert_string_equal(app_of(t, "api.localhost", "/v1/admin"), "admin");
+    assert_string_equal(app_of(t, "api.localhost", "/v1/admin/users"), "admin");
+    assert_string_equal(app_of(t, "api.localhost", "/v1/administrator"), "v1");
+    assert_string_equal(app_of(t, "only.localhost", "/x/y"), "only-x");
+    assert_null(app_of(t, "only.localhost", "/"));
+    assert_null(app_of(t, "only.localhost", "/xy"));
+    route_table_unref(t);
+}
+
+static void test_wildcards_closest_first(void **state)
+{
+    (void)state;
+    struct route_table *t = parse(TABLE);
+    assert_string_equal(app_of(t, "a.example.test", "/"), "wild");
+    assert_string_equal(app_of(t, "x.y.example.test", "/"), "wild");
+    assert_string_equal(app_of(t, "c.b.example.test", "/"), "wild-b");
+    assert_string_equal(app_of(t, "A.B.EXAMPLE.TEST:1", "/"), "wild-b");
+    assert_null(app_of(t, "example.test", "/"));
+    route_table_unref(t);
+}
+
+static void test_invalid_entries_are_skipped(void **state)
+{
+    (void)state;
+    const char *json =
+        "{\"type\":\"routes\",\"routes\":["
+        "{\"host\":\"ok.localhost\",\"backends\":[{\"addr\":\"nope\"},{\"addr\":\"1.2.3.4:99999\"},"
+        "{\"addr\":\"127.0.0.1:5\"}]},"
+        "{\"host\":\"bad host\",\"backends\":[]},"
+        "{\"path\":\"/nohost\"},"
+        "{\"host\":\"p.localhost\",\"path\":\"nope\"},"
+        "{\"host\":\"*x.localhost\"},"
+        "42]}";
+    struct route_table *t = NULL;
+    char err[256];
+    int skipped = 0;
+    assert_int_equal(route_table_parse(json, strlen(json), &t, err, sizeof(err), &skipped), 0);
+    assert_int_equal(route_table_route_count(t), 1);
+    assert_int_equal(skipped, 7);
+    struct route *r = route_table_lookup(t, "ok.localhost", 12, "/", 1);
+    assert_non_null(r);
+    assert_int_equal(r->backend_count, 1);
+    assert_string_equal(r->backends[0].addr_text, "127.0.0.1:5");
+    route_table_unref(t);
+
+    assert_true(route_table_parse("{", 1, &t, err, sizeof(err), NULL) < 0);
+    assert_true(strstr(err, "not JSON") != NULL);
+    assert_true(route_table_parse("[]", 2, &t, err, sizeof(err), NULL) < 0);
+    assert_true(strstr(err, "routes") != NULL);
+}
+
+static void test_round_robin_skips_tried_backends(void **state)
+{
+    (void)state;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
+                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
+    struct route_table *t = parse(json);
+    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    int seen[3] = {0};
+    for (int i = 0; i < 30; i++)
+        seen[route_pick_backend(r, NULL, 0) - r->backends]++;
+    assert_int_equal(seen[0], 10);
+    assert_int_equal(seen[1], 10);
+    assert_int_equal(seen[2], 10);
+    struct route_backend *tried[3];
+    tried[0] = route_pick_backend(r, NULL, 0);
+    tried[1] = route_pick_backend(r, tried, 1);
+    assert_ptr_not_equal(tried[0], tried[1]);
+    tried[2] = route_pick_backend(r, tried, 2);
+    assert_ptr_not_equal(tried[2], tried[0]);
+    assert_ptr_not_equal(tried[2], tried[1]);
+    assert_null(route_pick_backend(r, tried, 3));
+    route_table_unref(t);
+}
+
+static void test_least_connection_prefers_idle(void **state)
+{
+    (void)state;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"balance\":\"least-connection\","
+                       "\"backends\":[{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
+    struct route_table *t = parse(json);
+    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    assert_int_equal(r->balance, ROUTE_BALANCE_LEAST_CONNECTION);
+    r->backends[0].active = 3;
+    r->backends[1].active = 1;
+    assert_ptr_equal(route_pick_backend(r, NULL, 0), &r->backends[1]);
+    r->backends[1].active = 5;
+    assert_ptr_equal(route_pick_backend(r, NULL, 0), &r->backends[0]);
+    route_table_unref(t);
+}
+
+static void test_current_table_swaps_and_keeps_old_readers(void **state)
+{
+    (void)state;
+    struct route_table *first = route_table_current(); /* empty before any publish */
+    assert_int_equal(route_table_route_count(first), 0);
+    uint64_t gen = route_table_current_generation();
+    route_table_publish(parse(TABLE));
+    assert_true(route_table_current_generation() != gen);
+    struct route_table *now = route_table_current();
+    assert_int_equal(route_table_version(now), 7);
+    route_table_publish(route_table_new_empty());
+    /* a reader that took the table before the swap still has it whole */
+    assert_string_equal(app_of(now, "api.localhost", "/v1"), "v1");
+    route_table_unref(now);
+    route_table_unref(first);
+    route_table_clear_current();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exact_host_ignores_case_and_port),
+        cmocka_unit_test(test_longest_path_prefix_at_segment_boundary),
+        cmocka_unit_test(test_wildcards_closest_first),
+        cmocka_unit_test(test_invalid_entries_are_skipped),
+        cmocka_unit_test(test_round_robin_skips_tried_backends),
+        cmocka_unit_test(test_least_connection_prefers_idle),
+        cmocka_unit_test(test_current_table_swaps_and_keeps_old_readers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

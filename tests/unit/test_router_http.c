@@ -1,0 +1,171 @@
+/* Unit tests for the router's head handling: strict line endings, request and response
+ * header rewriting. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "common/buf.h"
+#include "router/router.h"
+
+#define H(n, v)                                                                                    \
+    {                                                                                              \
+        n, sizeof(n) - 1, v, sizeof(v) - 1                                                         \
+    }
+
+static int scan_all(const char *s, size_t *end)
+{
+    struct router_head_scan sc;
+    router_head_scan_reset(&sc);
+    return router_head_scan(&sc, s, strlen(s), end);
+}
+
+static void test_scan_finds_the_end_of_a_head(void **state)
+{
+    (void)state;
+    size_t end = 0;
+    const char *req = "GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY";
+    assert_int_equal(scan_all(req, &end), 1);
+    assert_int_equal(end, strlen(req) - 4);
+    /* byte by byte gives the same answer */
+    struct router_head_scan sc;
+    router_head_scan_reset(&sc);
+    size_t i;
+    int r = 0;
+    for (i = 0; i < strlen(req) && r == 0; i++)
+        r = router_head_scan(&sc, req + i, 1, &end);
+    assert_int_equal(r, 1);
+    assert_int_equal(i, strlen(req) - 4);
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nHost: a\r\n", &end), 0);
+}
+
+static void test_scan_rejects_bare_lf_cr_and_folding(void **state)
+{
+    (void)state;
+    size_t end;
+    assert_int_equal(scan_all("GET / HTTP/1.1\nHost: a\r\n\r\n", &end), -1);
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nHost: a\n\r\n", &end), -1);
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nHost: a\r\n\n", &end), -1);
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", &end), -1);
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", &end), -1);
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", &end), -1);
+}
+
+static void test_request_id_and_header_names(void **state)
+{
+    (void)state;
+    assert_true(router_request_id_valid("abc-123_x.y:z", 13));
+    assert_false(router_request_id_valid("", 0));
+    assert_false(router_request_id_valid("a b", 3));
+    assert_false(router_request_id_valid("a\r\nX: y", 7));
+    char long_id[200];
+    memset(long_id, 'a', sizeof(long_id));
+    assert_false(router_request_id_valid(long_id, sizeof(long_id)));
+    assert_true(router_header_name_valid("X-Forwarded-For", 15));
+    assert_false(router_header_name_valid("Host ", 5));
+    assert_false(router_header_name_valid("A:B", 3));
+    assert_false(router_header_name_valid("", 0));
+    assert_true(router_header_has_token("keep-alive, Upgrade", 19, "upgrade"));
+    assert_false(router_header_has_token("keep-alive, Upgraded", 20, "upgrade"));
+}
+
+static void test_request_head_rewriting(void **state)
+{
+    (void)state;
+    struct router_header hs[] = {
+        H("Host", "App.localhost:8080"),
+        H("X-Forwarded-For", "10.0.0.1"),
+        H("Connection", "keep-alive, X-Hop"),
+        H("X-Hop", "secret"),
+        H("Keep-Alive", "timeout=5"),
+        H("Transfer-Encoding", "chunked"),
+        H("TE", "trailers"),
+        H("X-Forwarded-For", "10.0.0.2"),
+        H("X-Request-Id", "client-chosen"),
+        H("X-Forwarded-Proto", "https"),
+        H("Accept", "*/*"),
+        H("Upgrade", "websocket"),
+    };
+    struct router_request_head h = {
+        .method = "POST",
+        .url = "/v1/x?y=1",
+        .url_len = 9,
+        .headers = hs,
+        .header_count = sizeof(hs) / sizeof(hs[0]),
+        .client_ip = "127.0.0.9",
+        .request_id = "rid-1",
+        .chunked = true,
+    };
+    struct buf out = {0};
+    router_head_build_request(&out, &h);
+    assert_string_equal(out.data, "POST /v1/x?y=1 HTTP/1.1\r\n"
+                                  "Host: App.localhost:8080\r\n"
+                                  "Accept: */*\r\n"
+                                  "X-Forwarded-For: 10.0.0.1, 10.0.0.2, 127.0.0.9\r\n"
+                                  "X-Forwarded-Proto: http\r\n"
+                                  "X-Forwarded-Host: App.localhost:8080\r\n"
+                                  "X-Request-Id: rid-1\r\n"
+                                  "Transfer-Encoding: chunked\r\n"
+                                  "\r\n");
+    buf_reset(&out);
+    h.chunked = false;
+    h.has_length = true;
+    h.content_length = 12;
+    h.upgrade = true;
+    h.header_count = 1;
+    hs[1] = (struct router_header)H("Upgrade", "websocket");
+    h.header_count = 2;
+    router_head_build_request(&out, &h);
+    assert_string_equal(out.data, "POST /v1/x?y=1 HTTP/1.1\r\n"
+                                  "Host: App.localhost:8080\r\n"
+                                  "X-Forwarded-For: 127.0.0.9\r\n"
+                                  "X-Forwarded-Proto: http\r\n"
+                                  "X-Forwarded-Host: App.localhost:8080\r\n"
+                                  "X-Request-Id: rid-1\r\n"
+                                  "Content-Length: 12\r\n"
+                                  "Connection: upgrade\r\nUpgrade: websocket\r\n"
+                                  "\r\n");
+    buf_free(&out);
+}
+
+static void test_response_head_rewriting(void **state)
+{
+    (void)state;
+    struct router_header hs[] = {
+        H("Content-Type", "text/plain"), H("Connection", "keep-alive"),
+        H("Keep-Alive", "timeout=5"),    H("Transfer-Encoding", "chunked"),
+        H("Set-Cookie", "a=1"),
+    };
+    struct buf out = {0};
+    router_head_build_response(&out, 200, "OK", 2, hs, 5, false, false);
+    assert_string_equal(out.data, "HTTP/1.1 200 OK\r\n"
+                                  "Content-Type: text/plain\r\n"
+                                  "Transfer-Encoding: chunked\r\n"
+                                  "Set-Cookie: a=1\r\n"
+                                  "\r\n");
+    buf_reset(&out);
+    router_head_build_response(&out, 404, "", 0, hs, 1, true, false);
+    assert_string_equal(out.data, "HTTP/1.1 404 \r\nContent-Type: text/plain\r\n"
+                                  "Connection: close\r\n\r\n");
+    buf_reset(&out);
+    struct router_header up[] = {H("Upgrade", "websocket"), H("Connection", "Upgrade")};
+    router_head_build_response(&out, 101, "Switching Protocols", 19, up, 2, false, true);
+    assert_string_equal(out.data, "HTTP/1.1 101 Switching Protocols\r\n"
+                                  "Upgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+    buf_free(&out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scan_finds_the_end_of_a_head),
+        cmocka_unit_test(test_scan_rejects_bare_lf_cr_and_folding),
+        cmocka_unit_test(test_request_id_and_header_names),
+        cmocka_unit_test(test_request_head_rewriting),
+        cmocka_unit_test(test_response_head_rewriting),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
