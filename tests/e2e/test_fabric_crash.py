@@ -6,6 +6,7 @@ made, and the test reports the count (and fails on any)."""
 import http.client
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -49,58 +50,100 @@ class Publisher(threading.Thread):
             self.acked[ev_id] = json.loads(body)["offset"]
 
 
-def read_all(platform):
-    status, text = platform.api("GET", "/v1/topics/crash/events?from=start")
+def read_all(platform, topic="crash"):
+    status, text = platform.api("GET", "/v1/topics/%s/events?from=start" % topic)
     assert status == 200, text
     if isinstance(text, dict):
         return [text]
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def crash_rounds(p, acked, rounds=ROUNDS):
+    """Publishes, kills skiffd with SIGKILL, restarts it and checks the log, `rounds` times."""
+    for rnd in range(rounds):
+        pubs = [Publisher(p, "r%d-p%d" % (rnd, i)) for i in range(PUBLISHERS)]
+        for pub in pubs:
+            pub.start()
+        # kill once this round has had a fair number of acknowledgements
+        p.wait_for(lambda: sum(len(x.acked) for x in pubs) >= 300, timeout=60,
+                   what="publishers to get 300 acknowledgements")
+        os.kill(p.proc.pid, signal.SIGKILL)
+        p.proc.wait()
+        for pub in pubs:
+            pub.stop.set()
+            pub.join(15)
+            assert not pub.is_alive()
+            acked.update(pub.acked)
+        p.kill_all()  # what the dead daemon left running (router, instances)
+        p.start()
+        events = read_all(p)
+        by_id = {}
+        for ev in events:
+            by_id.setdefault(ev["id"], []).append(ev["offset"])
+        missing = [i for i in acked if i not in by_id]
+        moved = [i for i in acked if i in by_id and acked[i] not in by_id[i]]
+        dups = {i: o for i, o in by_id.items() if len(o) > 1}
+        unacked_kept = len([i for i in by_id if i not in acked])
+        print("round %d: %d acknowledged so far, %d events in the log, %d kept without "
+              "an answer, %d duplicates, %d missing" % (rnd, len(acked), len(events),
+                                                        unacked_kept, len(dups), len(missing)))
+        assert not missing, "acknowledged events lost: %s" % missing[:10]
+        assert not moved, "acknowledged events at another offset: %s" % moved[:10]
+        assert not dups, "duplicated events: %s" % list(dups.items())[:10]
+        offsets = [ev["offset"] for ev in events]
+        assert offsets == list(range(len(events))), "offsets are not dense from 0"
+
+
+def cleanup(p):
+    try:
+        p.stop()
+    finally:
+        p.kill_all()
+        shutil.rmtree(p.home, ignore_errors=True)
+
+
 def test_kill_9_while_publishing_loses_no_acknowledged_event():
     p = Platform().start()
-    acked = {}
     try:
-        for rnd in range(ROUNDS):
-            pubs = [Publisher(p, "r%d-p%d" % (rnd, i)) for i in range(PUBLISHERS)]
-            for pub in pubs:
-                pub.start()
-            # kill once this round has had a fair number of acknowledgements
-            p.wait_for(lambda: sum(len(x.acked) for x in pubs) >= 300, timeout=60,
-                       what="publishers to get 300 acknowledgements")
-            os.kill(p.proc.pid, signal.SIGKILL)
-            p.proc.wait()
-            for pub in pubs:
-                pub.stop.set()
-                pub.join(15)
-                assert not pub.is_alive()
-                acked.update(pub.acked)
-            p.kill_all()  # what the dead daemon left running (its router)
-            p.start()
-            events = read_all(p)
-            by_id = {}
-            for ev in events:
-                by_id.setdefault(ev["id"], []).append(ev["offset"])
-            missing = [i for i in acked if i not in by_id]
-            moved = [i for i in acked if i in by_id and acked[i] not in by_id[i]]
-            dups = {i: o for i, o in by_id.items() if len(o) > 1}
-            unacked_kept = len([i for i in by_id if i not in acked])
-            print("round %d: %d acknowledged so far, %d events in the log, %d kept without "
-                  "an answer, %d duplicates, %d missing" % (rnd, len(acked), len(events),
-                                                            unacked_kept, len(dups), len(missing)))
-            assert not missing, "acknowledged events lost: %s" % missing[:10]
-            assert not moved, "acknowledged events at another offset: %s" % moved[:10]
-            assert not dups, "duplicated events: %s" % list(dups.items())[:10]
-            offsets = [ev["offset"] for ev in events]
-            assert offsets == list(range(len(events))), "offsets are not dense from 0"
+        acked = {}
+        crash_rounds(p, acked)
         # the restarted daemon still takes events, after the last one kept
         status, body = p.api("POST", "/v1/topics/crash/events", raw=b"after",
                              headers={"Content-Type": "text/plain"})
         assert status == 202 and body["offset"] == len(read_all(p)) - 1
     finally:
+        cleanup(p)
+
+
+def test_kill_9_while_delivering_delivers_every_acknowledged_event(tmp_path):
+    """A function replies with the id it saw; its replies land on a reply topic, which the
+    invoker makes durable before it moves the mapping's cursor. After the crashes every
+    acknowledged event must have a reply; replies seen twice are redeliveries, counted."""
+    fn = tmp_path / "echo_id.py"
+    fn.write_text("def handle(event):\n    return {'seen': event['id']}\n")
+    p = Platform().start()
+    try:
+        p.cli("push", "echoid", "--function", "%s:handle" % fn, check=True, timeout=300)
+        p.cli("map-event", "echoid", "crash", "--reply-topic", "crash-replies", check=True)
+        acked = {}
+        crash_rounds(p, acked)
+
+        def replies():
+            seen = {}
+            for ev in read_all(p, "crash-replies"):
+                data = ev.get("data") or {}
+                seen[data.get("seen")] = seen.get(data.get("seen"), 0) + 1
+            return seen
         try:
-            p.stop()
+            p.wait_for(lambda: all(i in replies() for i in acked), timeout=180,
+                       what="every acknowledged event to be delivered", interval=0.5)
         finally:
-            p.kill_all()
-            import shutil
-            shutil.rmtree(p.home, ignore_errors=True)
+            seen = replies()
+            undelivered = [i for i in acked if i not in seen]
+            twice = sum(1 for i in seen if seen[i] > 1)
+            print("delivery: %d acknowledged, %d delivered, %d delivered more than once, "
+                  "%d not delivered" % (len(acked), len([i for i in acked if i in seen]),
+                                        twice, len(undelivered)))
+        assert not undelivered
+    finally:
+        cleanup(p)
