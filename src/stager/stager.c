@@ -52,6 +52,7 @@ struct staging {
     bool named;     /* buildpacks named by the caller: no detection, multi-buildpack rules */
     size_t current; /* index into candidates */
     char *detect_output;
+    char *unknown_buildpack; /* a named buildpack that does not exist */
 
     enum stager__step step;
     struct proc *proc;
@@ -64,6 +65,7 @@ struct staging {
 };
 
 static void stager__next(struct staging *s);
+static void stager__load_order(struct staging *s, const char *buildpacks_dir);
 
 /* ---- output and ending ------------------------------------------------------------------ */
 
@@ -107,6 +109,7 @@ static void stager__timer_closed(uv_handle_t *h)
     free(s->build_dir);
     free(s->deps_dir);
     free(s->detect_output);
+    free(s->unknown_buildpack);
     stager__free_strings(s->env);
     buf_free(&s->captured);
     free(s);
@@ -474,6 +477,24 @@ static void stager__unpacked(uv_work_t *w, int status)
         stager__fail(s, "cannot unpack the app: %s", s->unpack_err);
         return;
     }
+    if (s->unknown_buildpack) {
+        struct staging *probe = xcalloc(1, sizeof(*probe));
+        stager__load_order(probe, s->buildpacks_dir);
+        struct buf names = {0};
+        for (size_t i = 0; i < probe->candidate_count; i++) {
+            buf_printf(&names, "%s%s", i ? ", " : "", probe->candidates[i].name);
+            free(probe->candidates[i].name);
+            free(probe->candidates[i].dir);
+        }
+        free(probe->candidates);
+        free(probe);
+        stager__fail(s,
+                     "buildpack '%s' is not known: name a built-in one (%s) or give the path of "
+                     "a buildpack folder with bin/detect, bin/compile and bin/release",
+                     s->unknown_buildpack, names.data ? names.data : "none installed");
+        buf_free(&names);
+        return;
+    }
     if (s->named) {
         s->current = 0;
         s->step = s->candidate_count > 1 ? STEP_SUPPLY : STEP_FINAL;
@@ -617,7 +638,8 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
         s->candidates = xcalloc(n, sizeof(*s->candidates));
         for (size_t i = 0; i < n; i++) {
             if (stager__resolve(cfg->buildpacks_dir, req->buildpacks[i], &s->candidates[i]) < 0) {
-                rc = -ENOENT;
+                /* reported through on_done, where the user gets to read why */
+                s->unknown_buildpack = xstrdup(req->buildpacks[i]);
                 break;
             }
             s->candidate_count++;

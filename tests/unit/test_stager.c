@@ -345,14 +345,13 @@ static void test_named_buildpacks_and_procfile(void **state)
     assert_string_equal(w->buildpack, path);
     free(path);
 
-    /* an unknown name fails at once */
+    /* an unknown name fails with a message that lists the known ones */
     const char *unknown[] = {"no-such-buildpack", NULL};
-    struct stager_config cfg = {.buildpacks_dir = w->bps, .home = w->dir};
-    struct stage_request req = {
-        .package_path = w->package, .buildpacks = unknown, .droplet_dir = w->droplet};
-    rm_rf(w->droplet);
-    struct staging *s = NULL;
-    assert_int_equal(stager_start(&w->loop, &cfg, &req, on_output, on_done, w, &s), -ENOENT);
+    stage(w, w->bps, unknown, 30);
+    run_until_done(w, 20000);
+    assert_false(w->ok);
+    assert_non_null(strstr(w->error, "buildpack 'no-such-buildpack' is not known: name a "
+                                     "built-in one (never)"));
 }
 
 static void test_supply_finalize_and_cache(void **state)
