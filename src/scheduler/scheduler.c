@@ -428,6 +428,10 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     json_t *types = drop->process_types_json ? json_loads(drop->process_types_json, 0, NULL) : NULL;
     if (!command)
         command = json_string_value(json_object_get(types, proc->type));
+    char *command_copy = command ? xstrdup(command) : NULL;
+    json_decref(types);
+    types = NULL;
+    command = command_copy;
     if (!command || !*command) {
         if (!slot->start_failed)
             logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
@@ -435,14 +439,14 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                          "with `skiff push -c`, or `command:` in the manifest)",
                          proc->type);
         slot->start_failed = true;
-        json_decref(types);
+        free(command_copy);
         return NULL;
     }
     int port = executor_port_allocate(s->ex);
     if (port < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
-        json_decref(types);
+        free(command_copy);
         return NULL;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
@@ -513,12 +517,12 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     free(uris);
     free(user);
     free(tmpdir);
-    json_decref(types);
     if (rc < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s: %s",
                      slot->index, proc->type, strerror(-rc));
         free(app_dir);
         free(si);
+        free(command_copy);
         return NULL;
     }
     free(app_dir);
@@ -532,6 +536,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
                  "Starting instance %d of %s (%s) on port %d: %s", slot->index, proc->type,
                  si->guid, port, command);
+    free(command_copy);
     return si;
 }
 
