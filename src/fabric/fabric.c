@@ -1489,7 +1489,7 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
     while ((de = readdir(d))) {
         if (!fabric_name_valid(de->d_name))
             continue;
-        struct topic *t;
+        struct topic *t = NULL;
         if ((rc = topic_load(f, de->d_name, &t, errmsg, errlen)) < 0) {
             closedir(d);
             goto fail;
