@@ -43,6 +43,8 @@ struct executor_config {
     int port_min;         /* instance ports are taken from [port_min, port_max] */
     int port_max;
     int grace_ms;         /* SIGTERM -> SIGKILL; default 10000 */
+    int liveness_ms;      /* health check period once RUNNING; default 3000. Three failed
+                             checks in a row crash the instance ("health check failed") */
 };
 
 struct instance_spec {
