@@ -6,7 +6,7 @@
  * without the state machine below changing.
  *
  * Life of an instance: STARTING (health probes every HEALTH_STARTING_MS until one passes or
- * the start timeout fires) -> RUNNING (liveness probes every HEALTH_LIVE_MS; LIVENESS_FAILURES
+ * the start timeout fires) -> RUNNING (liveness probes every liveness_ms; LIVENESS_FAILURES
  * failed probes in a row kill it) -> exit of its main process -> DOWN when a stop was asked
  * for, CRASHED otherwise. The final state is reported once the process is gone and its
  * output drained; the instance is freed right after that callback. */
@@ -28,7 +28,7 @@
 #include "executor/proc.h"
 
 #define HEALTH_STARTING_MS 50
-#define HEALTH_LIVE_MS 3000
+#define DEFAULT_LIVENESS_MS 3000
 #define HEALTH_PROBE_TIMEOUT_MS 1000
 #define LIVENESS_FAILURES 3
 #define USAGE_SAMPLE_MS 1000
@@ -69,7 +69,7 @@ struct instance {
 struct executor {
     uv_loop_t *loop;
     char *home;
-    int port_min, port_max, grace_ms;
+    int port_min, port_max, grace_ms, liveness_ms;
     unsigned char *port_used;
     int port_cursor;
     instance_output_cb on_output;
@@ -368,8 +368,8 @@ static void executor__health_result(struct instance *inst, bool healthy)
         uv_timer_stop(&inst->start_timer);
         executor__set_state(inst, INSTANCE_RUNNING);
         if (inst->health != HEALTH_PROCESS && inst->port > 0)
-            uv_timer_start(&inst->health_timer, executor__health_tick, HEALTH_LIVE_MS,
-                           HEALTH_LIVE_MS);
+            uv_timer_start(&inst->health_timer, executor__health_tick, (uint64_t)ex->liveness_ms,
+                           (uint64_t)ex->liveness_ms);
         else
             uv_timer_stop(&inst->health_timer);
         ex->on_state(ex->ctx, inst, INSTANCE_RUNNING, NULL);
@@ -536,6 +536,7 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     ex->port_min = cfg->port_min;
     ex->port_max = cfg->port_max;
     ex->grace_ms = cfg->grace_ms > 0 ? cfg->grace_ms : DEFAULT_GRACE_MS;
+    ex->liveness_ms = cfg->liveness_ms > 0 ? cfg->liveness_ms : DEFAULT_LIVENESS_MS;
     ex->port_used = xcalloc((size_t)(cfg->port_max - cfg->port_min + 1), 1);
     ex->on_output = on_output;
     ex->on_state = on_state;

@@ -67,7 +67,7 @@ static int setup(void **state)
     if (!mkdtemp(w->home))
         return -1;
     struct executor_config cfg = {
-        .home = w->home, .port_min = 20000, .port_max = 60000, .grace_ms = 500};
+        .home = w->home, .port_min = 20000, .port_max = 60000, .grace_ms = 500, .liveness_ms = 100};
     if (executor_new(&w->loop, &cfg, on_output, on_state, w, &w->ex) != 0)
         return -1;
     *state = w;
@@ -223,6 +223,8 @@ static void test_reports_signal(void **state)
     assert_int_equal(w->exit.term_signal, SIGKILL);
 }
 
+static bool said_ready(struct world *w);
+
 static void test_stop_sends_term(void **state)
 {
     struct world *w = *state;
@@ -241,12 +243,17 @@ static void test_stop_sends_term(void **state)
     assert_non_null(strstr(w->out.data, "1:got-term\n"));
 }
 
+static bool said_ready(struct world *w)
+{
+    return w->out.data && strstr(w->out.data, "1:ready\n");
+}
+
 static void test_stop_kills_after_grace(void **state)
 {
     struct world *w = *state;
     struct instance *inst =
-        start(w, "trap '' TERM; while :; do sleep 0.02; done", NULL, HEALTH_PROCESS, 0);
-    run_until(w, has_running, 5000, "running");
+        start(w, "trap '' TERM; echo ready; while :; do sleep 0.02; done", NULL, HEALTH_PROCESS, 0);
+    run_until(w, said_ready, 5000, "the TERM trap to be set");
     executor_stop(inst);
     run_until(w, has_final, 5000, "killed after the grace period");
     assert_int_equal(w->final_state, INSTANCE_DOWN);
@@ -257,7 +264,8 @@ static const char http_server[] =
     "exec python3 -c 'import http.server, os\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
     "    def do_GET(self):\n"
-    "        self.send_response(200 if self.path == \"/ok\" else 404)\n"
+    "        sick = os.path.exists(\"sick\")\n"
+    "        self.send_response(503 if sick else 200 if self.path == \"/ok\" else 404)\n"
     "        self.end_headers()\n"
     "    def log_message(self, *a): pass\n"
     "http.server.HTTPServer((\"127.0.0.1\", int(os.environ[\"PORT\"])), H).serve_forever()'";
@@ -318,6 +326,37 @@ static void test_health_http_fail_hits_start_timeout(void **state)
     assert_int_equal(w->running, 0);
     assert_int_equal(w->final_state, INSTANCE_CRASHED);
     assert_string_equal(w->exit.reason, "start timeout");
+}
+
+static void test_liveness_failure_crashes(void **state)
+{
+    struct world *w = *state;
+    int port = executor_port_allocate(w->ex);
+    char portvar[32];
+    snprintf(portvar, sizeof(portvar), "PORT=%d", port);
+    char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+    struct instance_spec spec = {
+        .instance_guid = "gets-sick",
+        .app_dir = w->home,
+        .command = http_server,
+        .env = env,
+        .port = port,
+        .health = HEALTH_HTTP,
+        .health_endpoint = "/ok",
+        .start_timeout_s = 20,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_running, 20000, "healthy");
+    assert_int_equal(w->finals, 0);
+    /* from now on the app answers 503: liveness checks fail and the instance is killed */
+    char *sick = xasprintf("%s/sick", w->home);
+    assert_int_equal(file_write_atomic(sick, "", 0, 0644), 0);
+    free(sick);
+    run_until(w, has_final, 10000, "the liveness check to fail");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_string_equal(w->exit.reason, "health check failed");
+    assert_int_equal(w->exit.term_signal, SIGKILL);
 }
 
 static void test_start_timeout_port_never_opens(void **state)
@@ -490,6 +529,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_kills_after_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_port_and_http_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_http_fail_hits_start_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_liveness_failure_crashes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_allocation_skips_busy_ports, setup, teardown),
