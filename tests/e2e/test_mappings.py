@@ -1,0 +1,318 @@
+"""Event mappings end to end, through the CLI: topic triggers with filters, reply-topic chains
+A -> B -> C, retries and dead letters with a function that fails on purpose, recorded
+failures, ordered delivery, scale from zero and back, schedules, platform events, replay,
+unmap, and the counts of `skiff event-mappings` and /metrics."""
+import json
+import os
+import re
+import textwrap
+
+from conftest import ROOT
+
+FUNCTIONS = os.path.join(ROOT, "examples", "functions")
+
+
+def out(r):
+    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+
+
+def write(dirpath, name, text):
+    path = os.path.join(str(dirpath), name)
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+    return path
+
+
+def push_function(platform, name, path, handler="handle"):
+    r = platform.cli("push", name, "--function", f"{path}:{handler}")
+    assert r.returncode == 0, out(r)
+
+
+def cli_ok(platform, *args):
+    r = platform.cli(*args)
+    assert r.returncode == 0, out(r)
+    return r
+
+
+def mappings(platform, app=None):
+    args = ["event-mappings", "--json"] + ([app] if app else [])
+    return json.loads(cli_ok(platform, *args).stdout)["event_mappings"]
+
+
+def mapping(platform, app):
+    found = mappings(platform, app)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def logs(platform, app):
+    return platform.cli("logs", app, "--recent").stdout
+
+
+def topic_events(platform, topic):
+    status, body = platform.api("GET", f"/v1/topics/{topic}/events?from=start&follow=0")
+    if status != 200:
+        return []
+    text = body if isinstance(body, str) else json.dumps(body)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def running_instances(platform, app):
+    status, body = platform.api("GET", f"/v1/apps/{app}")
+    assert status == 200, body
+    return [i for i in body.get("instances_detail", []) if i["state"] == "RUNNING"]
+
+
+def emit(platform, topic, data, *attrs):
+    r = cli_ok(platform, "emit", topic, *attrs, data)
+    return r
+
+
+def test_topic_filter_and_counts(platform):
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    r = cli_ok(platform, "map-event", "resize", "uploads", "--filter", "type=image.uploaded",
+               "--filter", "subject^=cat")
+    assert "mapped topic uploads to resize" in r.stdout
+    emit(platform, "uploads", '{"size": 42}', "--type", "image.uploaded", "--subject", "cat.png")
+    emit(platform, "uploads", '{"size": 1}', "--type", "image.deleted", "--subject", "cat.png")
+    emit(platform, "uploads", '{"size": 2}', "--type", "image.uploaded", "--subject", "dog.png")
+    platform.wait_for(lambda: "resizing cat.png (42 bytes)" in logs(platform, "resize"), 60,
+                      "resize to log the matching event")
+    m = platform.wait_for(lambda: (lambda m: m if m["delivered"] == 1 and m["filtered"] == 2
+                                   and m["backlog"] == 0 else None)(mapping(platform, "resize")),
+                          20, "counts to settle")
+    assert m["in_flight"] == 0 and m["failed"] == 0 and m["dead_lettered"] == 0, m
+    assert "dog.png" not in logs(platform, "resize")
+    # the table: one row, with the counts
+    r = cli_ok(platform, "event-mappings")
+    row = next(l for l in r.stdout.splitlines() if " resize " in l)
+    assert "topic uploads" in row and "type=image.uploaded subject^=cat" in row, r.stdout
+    # /metrics exports the same counts
+    status, text = platform.api("GET", "/metrics")
+    assert status == 200
+    assert re.search(r'skiff_event_mapping_delivered_total\{mapping="%s",app="resize",'
+                     r'topic="uploads"\} 1' % m["id"], text), text
+
+
+def test_chain_through_reply_topics(platform, tmp_path):
+    write(tmp_path, "a.py", """
+        def handle(event):
+            print("A got", event["data"], flush=True)
+            return {"specversion": "1.0", "type": "step.a", "data": {"n": event["data"]["n"] + 1}}
+    """)
+    write(tmp_path, "b.js", """
+        exports.handle = async (event) => {
+          console.log('B got', JSON.stringify(event.data));
+          return { specversion: '1.0', type: 'step.b', data: { n: event.data.n * 10 } };
+        };
+    """)
+    write(tmp_path, "c.sh", """
+        data=$(cat)
+        echo "C got $CE_TYPE $data" >&2
+        echo "{\\"final\\": $data}"
+    """)
+    push_function(platform, "fa", os.path.join(str(tmp_path), "a.py"))
+    push_function(platform, "fb", os.path.join(str(tmp_path), "b.js"))
+    push_function(platform, "fc", os.path.join(str(tmp_path), "c.sh"), "main")
+    cli_ok(platform, "map-event", "fa", "chain-in", "--reply-topic", "chain-ab")
+    cli_ok(platform, "map-event", "fb", "chain-ab", "--reply-topic", "chain-bc")
+    cli_ok(platform, "map-event", "fc", "chain-bc", "--reply-topic", "chain-out")
+    emit(platform, "chain-in", '{"n": 4}', "--type", "start", "--subject", "job-1")
+    events = platform.wait_for(lambda: topic_events(platform, "chain-out"), 90,
+                               "the chain's last reply on chain-out")
+    assert events[0]["data"] == {"final": {"n": 50}}, events
+    assert events[0]["subject"] == "job-1", events  # the subject follows the chain
+    assert "C got step.b" in logs(platform, "fc")
+
+
+def test_retry_then_success_and_dead_letter(platform):
+    push_function(platform, "flaky", os.path.join(FUNCTIONS, "flaky.py"))
+    cli_ok(platform, "map-event", "flaky", "orders", "--dead-letter", "orders-dlq",
+           "--retries", "5", "--backoff", "50", "--backoff-cap", "200")
+    # fails twice with 500, then succeeds: retried twice, delivered once
+    emit(platform, "orders", '{"fail": 2}', "--type", "order", "--id", "ev-retry")
+    m = platform.wait_for(lambda: (lambda m: m if m["delivered"] == 1 else None)(
+        mapping(platform, "flaky")), 60, "the retried event to be delivered")
+    assert m["retried"] == 2 and m["dead_lettered"] == 0, m
+    # a 400 is not retried: straight to the dead-letter topic, with the reason
+    emit(platform, "orders", '{"reject": true}', "--type", "order", "--id", "ev-reject")
+    dead = platform.wait_for(lambda: topic_events(platform, "orders-dlq"), 30,
+                             "the rejected event on the dead-letter topic")
+    assert dead[0]["id"] == "ev-reject", dead
+    assert dead[0]["skiffreason"].startswith("the function answered 400"), dead
+    m = platform.wait_for(lambda: (lambda m: m if m["dead_lettered"] == 1 else None)(
+        mapping(platform, "flaky")), 20, "the dead-letter count")
+    assert m["retried"] == 2, m  # no retry for the 400
+    # always failing: exhausts 5 retries, then the dead-letter topic
+    emit(platform, "orders", '{"fail": 100}', "--type", "order", "--id", "ev-exhaust")
+    platform.wait_for(lambda: len(topic_events(platform, "orders-dlq")) == 2, 60,
+                      "the exhausted event on the dead-letter topic")
+    m = mapping(platform, "flaky")
+    assert m["retried"] == 2 + 5 and m["dead_lettered"] == 2, m
+    assert "attempt 6 for ev-exhaust" in logs(platform, "flaky")
+
+
+def test_exhausted_without_dead_letter_is_recorded_failed(platform):
+    push_function(platform, "flaky", os.path.join(FUNCTIONS, "flaky.py"))
+    cli_ok(platform, "map-event", "flaky", "jobs", "--retries", "1", "--backoff", "20")
+    emit(platform, "jobs", '{"fail": 100}', "--type", "job", "--id", "ev-failed")
+    m = platform.wait_for(lambda: (lambda m: m if m["failed"] == 1 else None)(
+        mapping(platform, "flaky")), 60, "the failed count")
+    assert m["failures"][0]["id"] == "ev-failed", m
+    assert "answered 500 after 2 attempts" in m["failures"][0]["reason"], m
+    r = cli_ok(platform, "event-mappings", "flaky")
+    assert "failed: event ev-failed" in r.stdout, r.stdout
+
+
+def test_ordered_per_subject(platform, tmp_path):
+    # The first attempt of event 2 of each subject fails: in ordered mode nothing after it
+    # (same subject) is delivered before it succeeds.
+    write(tmp_path, "order.py", """
+        import time
+        tried = set()
+        def handle(event):
+            n = event["data"]["n"]
+            key = (event["subject"], n)
+            if n == 2 and key not in tried:
+                tried.add(key)
+                raise RuntimeError("first attempt fails")
+            time.sleep(0.01)
+            print("ORDER", event["subject"], n, flush=True)
+    """)
+    push_function(platform, "order", os.path.join(str(tmp_path), "order.py"))
+    cli_ok(platform, "map-event", "order", "seq", "--ordered", "--concurrency", "4",
+           "--backoff", "100")
+    payload = "\n".join(json.dumps({"specversion": "1.0", "id": f"{s}-{n}", "source": "/t",
+                                    "type": "seq", "subject": s, "data": {"n": n}})
+                        for n in range(6) for s in ("a", "b"))
+    batch = [json.loads(l) for l in payload.splitlines()]
+    status, body = platform.api("POST", "/v1/topics/seq/events:batch", body=batch)
+    assert status == 202, body
+
+    def delivered():
+        seen = re.findall(r"ORDER (\w) (\d+)", logs(platform, "order"))
+        return seen if len(seen) == 12 else None
+
+    seen = platform.wait_for(delivered, 60, "all 12 events delivered")
+    for s in ("a", "b"):
+        got = [int(n) for subj, n in seen if subj == s]
+        assert got == list(range(6)), (s, got)
+
+
+def test_scale_from_zero_and_back(platform):
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    cli_ok(platform, "map-event", "resize", "uploads", "--idle-grace", "2s")
+    # idle: down to zero after the grace period
+    platform.wait_for(lambda: running_instances(platform, "resize") == [], 30,
+                      "scale to zero after the idle grace")
+    # an event starts one again and is delivered to it
+    emit(platform, "uploads", '{"size": 8}', "--type", "image.uploaded", "--subject", "z.png")
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 1, 60,
+                      "delivery from zero")
+    assert len(running_instances(platform, "resize")) >= 1
+    platform.wait_for(lambda: running_instances(platform, "resize") == [], 30,
+                      "scale back to zero after the idle grace")
+    emit(platform, "uploads", '{"size": 9}', "--type", "image.uploaded", "--subject", "y.png")
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 2, 60,
+                      "delivery after scaling to zero again")
+    assert mapping(platform, "resize")["failed"] == 0
+
+
+def test_scale_up_with_backlog(platform, tmp_path):
+    write(tmp_path, "slow.py", """
+        import os, time
+        def handle(event):
+            time.sleep(0.3)
+            print("SLOW", os.environ.get("CF_INSTANCE_INDEX"), flush=True)
+    """)
+    push_function(platform, "slow", os.path.join(str(tmp_path), "slow.py"))
+    cli_ok(platform, "map-event", "slow", "work", "--max-instances", "3")
+    batch = [{"specversion": "1.0", "id": f"w{i}", "source": "/t", "type": "work", "data": i}
+             for i in range(30)]
+    status, body = platform.api("POST", "/v1/topics/work/events:batch", body=batch)
+    assert status == 202, body
+    platform.wait_for(lambda: len(running_instances(platform, "slow")) == 3, 60,
+                      "3 instances for a backlog of 30 (max 3)")
+    platform.wait_for(lambda: mapping(platform, "slow")["delivered"] == 30, 60, "all delivered")
+    indexes = set(re.findall(r"SLOW (\d+)", logs(platform, "slow")))
+    assert len(indexes) >= 2, indexes
+
+
+def test_schedule(platform):
+    push_function(platform, "nightly", os.path.join(FUNCTIONS, "count.sh"), "main")
+    r = cli_ok(platform, "map-event", "nightly", "--schedule", "@every 1s")
+    assert "schedule @every 1s" in r.stdout
+    platform.wait_for(lambda: mapping(platform, "nightly")["delivered"] >= 2, 60,
+                      "two schedule fires delivered")
+    assert "count skiff.schedule.fired" in logs(platform, "nightly")
+    r = platform.cli("map-event", "nightly", "--schedule", "61 * * * *")
+    assert r.returncode == 1 and "minute" in r.stderr, out(r)
+    cli_ok(platform, "unmap-event", "nightly", "--schedule")
+    assert mappings(platform, "nightly") == []
+
+
+def test_platform_event(platform):
+    push_function(platform, "notify", os.path.join(FUNCTIONS, "count.sh"), "main")
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    cli_ok(platform, "map-event", "notify", "--on-app-event", "resize:stopped")
+    cli_ok(platform, "stop", "resize")
+    platform.wait_for(lambda: mapping(platform, "notify")["delivered"] >= 1, 60,
+                      "the stopped event delivered")
+    assert "count skiff.app.stopped" in logs(platform, "notify")
+    events = topic_events(platform, "skiff.app.stopped")
+    assert any(e["subject"] == "resize" for e in events), events
+
+
+def test_replay_and_unmap(platform):
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    cli_ok(platform, "map-event", "resize", "uploads")
+    for i in range(3):
+        emit(platform, "uploads", json.dumps({"size": i}), "--type", "image.uploaded")
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 3, 60, "3 deliveries")
+    r = cli_ok(platform, "replay", "resize", "uploads", "--since", "1h")
+    assert "replaying 3 events of uploads to resize" in r.stdout, r.stdout
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 6, 60,
+                      "3 more deliveries after replay")
+    r = cli_ok(platform, "replay", "resize", "uploads", "--since", "2")
+    assert "from offset 2" in r.stdout
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 7, 60, "offset replay")
+    r = cli_ok(platform, "unmap-event", "resize", "uploads")
+    assert "unmapped topic uploads from resize" in r.stdout
+    assert mappings(platform, "resize") == []
+    r = platform.cli("unmap-event", "resize", "uploads")
+    assert r.returncode == 1 and "no such event mapping" in r.stderr, out(r)
+
+
+def test_mapping_errors(platform):
+    r = platform.cli("map-event", "ghost", "uploads")
+    assert r.returncode == 1 and "no app named 'ghost'" in r.stderr, out(r)
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    r = platform.cli("map-event", "resize", "uploads", "--filter", "type")
+    assert r.returncode == 1 and "no '='" in r.stderr, out(r)
+    r = platform.cli("map-event", "resize")
+    assert r.returncode == 2 and "exactly one trigger" in r.stderr, out(r)
+    r = platform.cli("map-event", "resize", "--on-app-event", "shop:exploded")
+    assert r.returncode == 1 and "crashed" in r.stderr, out(r)
+    status, body = platform.api("POST", "/v1/event-mappings", body={"app": "resize",
+                                                                    "topic": "t", "x": 1})
+    assert status == 400 and body["error"]["code"] == "unknown_field", body
+    status, body = platform.api("DELETE", "/v1/event-mappings/nope")
+    assert status == 404, body
+    status, body = platform.api("POST", "/v1/event-mappings", raw=b"{not json",
+                                headers={"Content-Type": "application/json"})
+    assert status == 400, body
+
+
+def test_mappings_survive_restart(platform):
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    cli_ok(platform, "map-event", "resize", "uploads", "--retries", "3")
+    emit(platform, "uploads", '{"size": 5}', "--type", "image.uploaded")
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 1, 60, "delivery")
+    platform.wait_for(lambda: mapping(platform, "resize")["cursor"] == 1, 10, "cursor commit")
+    platform.stop()
+    platform.start()
+    m = mapping(platform, "resize")
+    assert m["retries"] == 3 and m["delivered"] == 1 and m["cursor"] == 1, m
+    emit(platform, "uploads", '{"size": 6}', "--type", "image.uploaded")
+    platform.wait_for(lambda: mapping(platform, "resize")["delivered"] == 2, 60,
+                      "delivery after restart")
