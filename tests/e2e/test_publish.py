@@ -208,3 +208,35 @@ def test_node_sdk_publishes(shared_platform):
     assert ev["id"] == ack["id"]
     assert ev["type"] == "node.test" and ev["subject"] == "x y"
     assert ev["source"] == "/apps/sdk-test" and ev["data"] == {"n": 2}
+
+
+def test_instance_token_may_publish_and_nothing_else(platform, tmp_path):
+    """A function's instance publishes with its own SKIFF_EVENTS_URL/TOKEN, through the Python
+    SDK (pasted into the snippet, as an app would vendor it), and is refused everything else."""
+    sdk = open(os.path.join(ROOT, "sdk", "python", "skiff_events.py")).read()
+    fn = tmp_path / "publisher.py"
+    fn.write_text(sdk + '''
+
+def _status(method, path):
+    req = urllib.request.Request(os.environ["SKIFF_EVENTS_URL"].rstrip("/") + path, method=method,
+                                 headers={"Authorization": "Bearer " + os.environ["SKIFF_EVENTS_TOKEN"]})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def handle(event):
+    ack = publish("from-app", {"via": "sdk"}, type="app.said")
+    return {"offset": ack["offset"], "list": _status("GET", "/topics"),
+            "apps": _status("GET", "/apps"), "read": _status("GET", "/topics/from-app/events")}
+''')
+    p = platform
+    p.cli("push", "publisher", "--function", "%s:handle" % fn, check=True, timeout=300)
+    r = p.cli("invoke", "publisher", "{}", check=True, timeout=60)
+    reply = json.loads(r.stdout[r.stdout.index("{"):])
+    assert reply["list"] == 403 and reply["apps"] == 403 and reply["read"] == 403, reply
+    ev = read_topic(p, "from-app", **{"from": reply["offset"]})[0]
+    assert ev["type"] == "app.said" and ev["data"] == {"via": "sdk"}
+    assert ev["source"] == "/apps/publisher"  # from VCAP_APPLICATION
