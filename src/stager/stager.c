@@ -317,19 +317,37 @@ static void stager__complete(struct staging *s)
     free(procfile_path);
 
     /* Buildpacks that set up the environment in .profile.d expect it sourced before every
-     * process starts, with DEPS_DIR pointing at the droplet's deps. */
+     * process starts, with DEPS_DIR pointing at the droplet's deps: one small script does
+     * that, and each command starts by sourcing it. */
     char *profile_d = xasprintf("%s/.profile.d", s->build_dir);
     struct stat st;
     bool has_profile_d = stat(profile_d, &st) == 0 && S_ISDIR(st.st_mode);
     free(profile_d);
     if (has_profile_d) {
+        static const char env_script[] =
+            "# Written by the stager: the environment buildpacks asked for in .profile.d.\n"
+            "DEPS_DIR=\"$(cd \"$PWD/../deps\" 2>/dev/null && pwd)\"\n"
+            "export DEPS_DIR\n"
+            "for f in ./.profile.d/*.sh; do\n"
+            "  [ -r \"$f\" ] && . \"$f\"\n"
+            "done\n";
+        char *skiff_dir = xasprintf("%s/.skiff", s->build_dir);
+        char *script = xasprintf("%s/env.sh", skiff_dir);
+        int wrc = mkdir_p(skiff_dir, 0755);
+        if (wrc == 0)
+            wrc = file_write_atomic(script, env_script, strlen(env_script), 0644);
+        free(script);
+        free(skiff_dir);
+        if (wrc < 0) {
+            json_decref(types);
+            stager__fail(s, "cannot write the droplet: %s", strerror(-wrc));
+            return;
+        }
         const char *name;
         json_t *cmd;
         json_object_foreach(types, name, cmd)
         {
-            char *wrapped = xasprintf("export DEPS_DIR=\"$PWD/../deps\"; for f in "
-                                      ".profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done; %s",
-                                      json_string_value(cmd));
+            char *wrapped = xasprintf(". ./.skiff/env.sh; %s", json_string_value(cmd));
             json_object_set_new(types, name, json_string(wrapped));
             free(wrapped);
         }

@@ -496,6 +496,56 @@ static void test_builtin_python_missing_requirement(void **state)
     assert_non_null(strstr(w->out.data, "cannot install skiff-no-such-package"));
 }
 
+static void test_builtin_python_vendored_wheel_and_cache(void **state)
+{
+    struct world *w = *state;
+    /* a pure-Python wheel made here, so nothing comes from a package index */
+    char *vendor = xasprintf("%s/vendor", w->app);
+    mkdir_p(vendor, 0755);
+    char *cmd = xasprintf(
+        "python3 -c 'import sys, zipfile\n"
+        "z = zipfile.ZipFile(sys.argv[1], \"w\")\n"
+        "z.writestr(\"skiffdemo/__init__.py\", \"GREETING = 1\")\n"
+        "z.writestr(\"skiffdemo-1.0.dist-info/METADATA\", \"Metadata-Version: 2.1\\nName: "
+        "skiffdemo\\nVersion: 1.0\\n\")\n"
+        "z.writestr(\"skiffdemo-1.0.dist-info/WHEEL\", \"Wheel-Version: 1.0\\nGenerator: t\\n"
+        "Root-Is-Purelib: true\\nTag: py3-none-any\\n\")\n"
+        "z.writestr(\"skiffdemo-1.0.dist-info/RECORD\", \"\")\n"
+        "z.close()' %s/skiffdemo-1.0-py3-none-any.whl",
+        vendor);
+    assert_int_equal(system(cmd), 0);
+    free(cmd);
+    free(vendor);
+    write_file(w->app, "requirements.txt", "skiffdemo==1.0\n", 0644);
+    write_file(w->app, "app.py", "import skiffdemo\n", 0644);
+    pack(w, w->app);
+    stage(w, "buildpacks", NULL, 120);
+    run_until_done(w, 120000);
+    if (!w->ok)
+        fail_msg("staging failed: %s\n%s", w->error, w->out.data);
+    assert_non_null(strstr(w->out.data, "Successfully installed skiffdemo-1.0"));
+    char *installed = xasprintf("%s/app/.python_packages/skiffdemo/__init__.py", w->droplet);
+    assert_int_equal(access(installed, F_OK), 0);
+    json_t *types = json_loads(w->types, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(types, "web")),
+                        ". ./.skiff/env.sh; python3 app.py");
+    json_decref(types);
+    /* the command's environment finds the package */
+    char *run =
+        xasprintf("cd %s/app && . ./.skiff/env.sh && python3 -c 'import skiffdemo'", w->droplet);
+    assert_int_equal(system(run), 0);
+    free(run);
+
+    /* the same requirements again: installed from the build cache, not by pip */
+    stage(w, "buildpacks", NULL, 120);
+    run_until_done(w, 120000);
+    assert_true(w->ok);
+    assert_non_null(strstr(w->out.data, "Requirements unchanged"));
+    assert_null(strstr(w->out.data, "Successfully installed"));
+    assert_int_equal(access(installed, F_OK), 0);
+    free(installed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -513,6 +563,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_builtin_staticfile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_procfile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_python_missing_requirement, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builtin_python_vendored_wheel_and_cache, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
