@@ -116,6 +116,7 @@ struct api_conn {
     struct buf pending;
     size_t write_pending;
     bool reading;
+    bool in_execute; /* inside llhttp_execute: api__feed goes on with what follows */
     bool close_after_write;
     bool closing;
     char peer[80];
@@ -599,6 +600,8 @@ static void api__finish(struct api_request *req)
             api__conn_close(c);
         return;
     }
+    if (c->in_execute)
+        return;
     llhttp_resume(&c->parser);
     api__process_pending(c);
 }
@@ -1153,21 +1156,32 @@ static void api__bad_request(struct api_conn *c, const char *why)
 /* Feeds bytes to the parser; whatever arrives after a complete request waits in pending. */
 static void api__feed(struct api_conn *c, const char *data, size_t len)
 {
-    enum llhttp_errno e = llhttp_execute(&c->parser, data, len);
-    if (e == HPE_OK)
-        return;
-    if (e == HPE_PAUSED) {
+    enum llhttp_errno e;
+    for (;;) {
+        c->in_execute = true;
+        e = llhttp_execute(&c->parser, data, len);
+        c->in_execute = false;
+        if (e == HPE_OK)
+            return;
+        if (e != HPE_PAUSED)
+            break;
         const char *pos = llhttp_get_error_pos(&c->parser);
-        if (pos && pos >= data && pos < data + len) {
-            /* pending may be what we are parsing: copy out first */
-            struct buf rest = {0};
-            buf_append(&rest, pos, (size_t)(data + len - pos));
-            buf_reset(&c->pending);
-            buf_append(&c->pending, rest.data, rest.len);
-            buf_free(&rest);
-        } else {
-            buf_reset(&c->pending);
+        size_t rest = pos && pos >= data && pos < data + len ? (size_t)(data + len - pos) : 0;
+        if (!c->req && !c->closing && !c->close_after_write) {
+            /* the request was answered at once: go on with the pipelined rest */
+            llhttp_resume(&c->parser);
+            if (!rest)
+                return;
+            data = pos;
+            len = rest;
+            continue;
         }
+        /* pending may be what we are parsing: copy out first */
+        struct buf keep = {0};
+        if (rest)
+            buf_append(&keep, pos, rest);
+        buf_free(&c->pending);
+        c->pending = keep;
         return;
     }
     const char *reason = llhttp_get_error_reason(&c->parser);

@@ -1,0 +1,273 @@
+"""The API refuses every bad request with a 4xx and {"error": {"code", "message"}}, and keeps
+running: malformed JSON, unknown fields, missing or wrong token, taken or invalid names,
+unknown apps, and hostile uploads."""
+import io
+import json
+import os
+import socket
+import tarfile
+import zipfile
+
+import pytest
+
+from conftest import Platform
+
+
+def assert_error(result, status, code, *words):
+    got_status, body = result
+    assert got_status == status, f"expected {status}, got {got_status}: {body!r}"
+    assert isinstance(body, dict) and "error" in body, body
+    assert body["error"]["code"] == code, body
+    message = body["error"]["message"]
+    assert message, body
+    for w in words:
+        assert w in message, f"{w!r} not in {message!r}"
+    return message
+
+
+def alive(p):
+    assert p.info()["api_url"] == p.api_url
+
+
+def tar_gz(entries):
+    """entries: list of (name, bytes) or (name, ('symlink', target))."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as t:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, tuple):
+                info.type = tarfile.SYMTYPE
+                info.linkname = content[1]
+                t.addfile(info)
+            else:
+                info.size = len(content)
+                t.addfile(info, io.BytesIO(content))
+    return data.getvalue()
+
+
+def zip_bytes(entries):
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as z:
+        for name, content in entries:
+            z.writestr(name, content)
+    return data.getvalue()
+
+
+def upload(p, app, raw, token=True):
+    return p.api("PUT", f"/v1/apps/{app}/bits", raw=raw, token=token,
+                 headers={"Content-Type": "application/octet-stream"})
+
+
+@pytest.fixture(scope="module")
+def api(shared_platform):
+    p = shared_platform
+    status, _ = p.api("POST", "/v1/apps", {"name": "existing"})
+    assert status == 201
+    return p
+
+
+def test_info_needs_no_token(api):
+    info = api.info()
+    assert set(info) >= {"version", "api_url", "router_url", "events_url"}
+
+
+def test_missing_and_wrong_token(api):
+    assert_error(api.api("GET", "/v1/apps", token=False), 401, "unauthorized", "Bearer")
+    assert_error(api.api("GET", "/v1/apps", token="not-the-token"), 401, "unauthorized")
+    assert_error(api.api("GET", "/v1/apps", headers={"Authorization": "Basic eDp5"}, token=False),
+                 401, "unauthorized")
+    # a request with a body and a bad token is refused without touching anything
+    assert_error(api.api("POST", "/v1/apps", {"name": "sneaky"}, token="nope"), 401,
+                 "unauthorized")
+    status, body = api.api("GET", "/v1/apps/sneaky")
+    assert status == 404
+    alive(api)
+
+
+def test_malformed_json(api):
+    for raw in [b"{", b"not json", b"[1, 2]", b'"a string"', b"", b'{"name": "x",}',
+                b"\xff\xfe\x00garbage"]:
+        status, body = api.api("POST", "/v1/apps", raw=raw,
+                               headers={"Content-Type": "application/json"})
+        assert_error((status, body), 400, "invalid_json")
+    assert_error(api.api("PATCH", "/v1/apps/existing", raw=b"{{{",
+                         headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    assert_error(api.api("PUT", "/v1/apps/existing/env", raw=b"[]",
+                         headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    alive(api)
+
+
+def test_unknown_fields_are_named(api):
+    assert_error(api.api("POST", "/v1/apps", {"name": "x1", "instanses": 2}), 400,
+                 "unknown_field", "instanses")
+    assert_error(api.api("PATCH", "/v1/apps/existing", {"memory": 5}), 400, "unknown_field",
+                 "memory")
+    assert_error(api.api("POST", "/v1/routes", {"app": "existing", "host": "a.localhost",
+                                                "port": 1}), 400, "unknown_field", "port")
+    assert_error(api.api("POST", "/v1/apps", {"name": "x2", "processes": [{"type": "web",
+                                                                          "cmd": "x"}]}),
+                 400, "unknown_field", "cmd")
+    # nothing was created by the refused requests
+    status, body = api.api("GET", "/v1/apps/x1")
+    assert status == 404
+
+
+def test_invalid_values(api):
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "instances": -1}), 422,
+                 "invalid_value", "instances")
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "instances": "three"}), 422,
+                 "invalid_value", "instances")
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "memory_mb": 0}), 422,
+                 "invalid_value", "memory_mb")
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "health_check_type": "magic"}), 422,
+                 "invalid_value", "health_check_type")
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "env": {"A": {"nested": 1}}}), 422,
+                 "invalid_value", "A")
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "env": {"A=B": "x"}}), 422,
+                 "invalid_value")
+    assert_error(api.api("POST", "/v1/apps", {"name": "v1", "routes": ["v1.nowhere.test"]}), 422,
+                 "unknown_domain")
+    assert_error(api.api("POST", "/v1/apps", {"name": 12}), 422, "invalid_name")
+    assert_error(api.api("POST", "/v1/apps", {}), 422, "invalid_value", "name")
+    status, _ = api.api("GET", "/v1/apps/v1")
+    assert status == 404
+    alive(api)
+
+
+def test_invalid_and_taken_names(api):
+    for bad in ["Upper", "-dash", "with space", "x" * 64, "under_score", "ünï", "a/b", ""]:
+        assert_error(api.api("POST", "/v1/apps", {"name": bad}), 422, "invalid_name")
+    assert_error(api.api("POST", "/v1/apps", {"name": "existing"}), 409, "name_taken", "existing")
+    assert_error(api.api("POST", "/v1/domains", {"name": "Bad Domain"}), 422, "invalid_name")
+    assert_error(api.api("POST", "/v1/domains", {"name": "localhost"}), 409, "name_taken")
+
+
+def test_unknown_app(api):
+    for method, path, body in [("GET", "/v1/apps/ghost", None), ("PATCH", "/v1/apps/ghost",
+                                                                  {"instances": 2}),
+                               ("DELETE", "/v1/apps/ghost", None),
+                               ("POST", "/v1/apps/ghost/start", None),
+                               ("POST", "/v1/apps/ghost/stop", None),
+                               ("POST", "/v1/apps/ghost/restart", None),
+                               ("POST", "/v1/apps/ghost/stage", None),
+                               ("GET", "/v1/apps/ghost/env", None),
+                               ("PUT", "/v1/apps/ghost/env", {"A": "b"}),
+                               ("GET", "/v1/apps/ghost/logs?recent=1", None)]:
+        assert_error(api.api(method, path, body), 404, "not_found", "ghost")
+    assert_error(upload(api, "ghost", tar_gz([("a.txt", b"x")])), 404, "not_found", "ghost")
+    assert_error(api.api("POST", "/v1/routes", {"app": "ghost", "host": "g.localhost"}), 404,
+                 "not_found", "ghost")
+    assert_error(api.api("GET", "/v1/no/such/endpoint"), 404, "not_found")
+
+
+def test_start_without_droplet_is_refused(api):
+    assert_error(api.api("POST", "/v1/apps/existing/start"), 422, "not_staged", "push")
+
+
+def test_route_taken_by_another_app(api):
+    status, _ = api.api("POST", "/v1/apps", {"name": "other-app"})
+    assert status == 201
+    assert_error(api.api("POST", "/v1/routes", {"app": "other-app", "host": "existing.localhost"}),
+                 409, "route_taken")
+
+
+def test_uploads_that_escape_are_refused_naming_the_entry(api):
+    cases = {
+        "dotdot": tar_gz([("ok.txt", b"fine"), ("../evil.txt", b"x")]),
+        "absolute": tar_gz([("/etc/evil", b"x")]),
+        "symlink": tar_gz([("link", ("symlink", "../../../../etc/passwd"))]),
+        "abs-symlink": tar_gz([("link", ("symlink", "/etc/passwd"))]),
+        "zip-dotdot": zip_bytes([("a/../../evil.txt", b"x")]),
+    }
+    for name, raw in cases.items():
+        msg = assert_error(upload(api, "existing", raw), 422, "unsafe_archive")
+        assert any(s in msg for s in ["evil", "link", "/etc"]), (name, msg)
+    status, body = api.api("GET", "/v1/apps/existing")
+    assert body["package"] is None
+    assert not [f for f in os.listdir(os.path.join(api.home, "tmp")) if f.startswith("upload")]
+
+
+def test_upload_that_is_not_an_archive(api):
+    assert_error(upload(api, "existing", b"just some text, not an archive\n" * 10), 422,
+                 "not_an_archive")
+    assert_error(upload(api, "existing", b""), 422, "not_an_archive")
+
+
+def test_good_upload_is_accepted(api):
+    status, body = upload(api, "existing", tar_gz([("app.py", b"print('hi')\n")]))
+    assert status == 201, body
+    assert body["bytes"] > 0 and body["package"]
+    status, app = api.api("GET", "/v1/apps/existing")
+    assert app["package"] == body["package"]
+    status, body = upload(api, "existing", zip_bytes([("app.py", b"print('hi')\n")]))
+    assert status == 201, body
+
+
+def test_malformed_http_does_not_hurt_the_daemon(api):
+    host, port = api.api_url.split("//")[1].split(":")
+    for raw in [b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"\x00\x01\x02\x03" * 100,
+                b"POST /v1/apps HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                b"GET /v1/info HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 100000 + b"\r\n\r\n"]:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            if reply:
+                assert reply.startswith(b"HTTP/1.1 4"), reply[:100]
+    # a client that goes away in the middle of a body
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"na")
+    alive(api)
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(api):
+    host, port = api.api_url.split("//")[1].split(":")
+    req = b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(req * 3)  # pipelined
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 3:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+
+
+def test_instance_token_may_only_publish(api):
+    status, app = api.api("GET", "/v1/apps/existing")
+    # an instance token is made for the app's instances; a forged one is refused
+    forged = "skiffi." + app["guid"] + "." + "0" * 64
+    assert_error(api.api("GET", "/v1/apps", token=forged), 401, "unauthorized")
+
+
+def test_upload_over_the_limit_is_refused():
+    p = Platform(extra_env={"SKIFF_MAX_UPLOAD_MB": "1"}).start()
+    try:
+        status, _ = p.api("POST", "/v1/apps", {"name": "big"})
+        assert status == 201
+        raw = tar_gz([("blob.bin", os.urandom(2 * 1024 * 1024))])
+        assert_error(upload(p, "big", raw), 413, "too_large", "limit")
+        status, body = p.api("GET", "/v1/apps/big")
+        assert body["package"] is None
+        alive(p)
+    finally:
+        p.stop()
+        p.kill_all()
+
+
+def test_upload_that_unpacks_too_large_is_refused():
+    p = Platform(extra_env={"SKIFF_MAX_UNPACKED_MB": "1"}).start()
+    try:
+        status, _ = p.api("POST", "/v1/apps", {"name": "bomb"})
+        assert status == 201
+        raw = tar_gz([("zeros.bin", b"\0" * (3 * 1024 * 1024))])  # compresses to a few KB
+        assert len(raw) < 100000
+        assert_error(upload(p, "bomb", raw), 413, "too_large")
+        alive(p)
+    finally:
+        p.stop()
+        p.kill_all()
