@@ -20,12 +20,19 @@ def routes(platform):
 
 
 def through_router(platform, host, path="/"):
+    """(status, body, router error or None): the router marks its own answers with
+    X-Skiff-Router-Error, so an answer without it came from the app."""
     req = urllib.request.Request(platform.router_url + path, headers={"Host": host})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode(errors="replace")
+            return r.status, r.read().decode(errors="replace"), r.headers.get("X-Skiff-Router-Error")
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
+        return e.code, e.read().decode(errors="replace"), e.headers.get("X-Skiff-Router-Error")
+
+
+def reaches_app(platform, host, path="/"):
+    status, body, router_error = through_router(platform, host, path)
+    return router_error is None and status < 500
 
 
 def new_app(platform, name):
@@ -93,11 +100,15 @@ def test_push_maps_default_route_unless_told_not_to(platform):
     assert all(app != "web2" for app in routes(platform).values())
 
     # traffic reaches the app through the router, then stops when unmapped
-    platform.wait_for(lambda: through_router(platform, "web1.localhost")[0] == 200, timeout=10,
+    platform.wait_for(lambda: through_router(platform, "web1.localhost")[:2][0] == 200, timeout=10,
                       what="web1.localhost to answer through the router")
+    status, body, _ = through_router(platform, "web1.localhost")
+    assert "from instance 0" in body
     platform.cli("map-route", "web1", "other.localhost", "--path", "/x", check=True)
-    platform.wait_for(lambda: through_router(platform, "OTHER.localhost:1234", "/x/y")[0] == 200,
-                      timeout=5, what="a new route to answer")
+    # host matching ignores case and port; the app itself answers 404 for /x/y
+    platform.wait_for(lambda: reaches_app(platform, "OTHER.localhost:1234", "/x/y"), timeout=5,
+                      what="a new route to reach the app")
     platform.cli("unmap-route", "web1", "other.localhost", "--path", "/x", check=True)
-    platform.wait_for(lambda: through_router(platform, "other.localhost", "/x/y")[0] == 404,
-                      timeout=5, what="an unmapped route to give 404")
+    platform.wait_for(lambda: through_router(platform, "other.localhost", "/x/y")[2] is not None,
+                      timeout=5, what="an unmapped route to be answered by the router")
+    assert through_router(platform, "other.localhost", "/x/y")[0] == 404
