@@ -53,6 +53,8 @@ struct topic {
     int64_t last_time;
     bool dirty;      /* written since the last round was started */
     bool dir_synced; /* new files in dir need a directory fsync */
+    int *sealed_fds; /* dup()s of segments sealed since the last round, synced by the next */
+    size_t nsealed, sealed_cap;
     bool has_retention;
     struct fabric_retention retention;
 };
@@ -404,6 +406,9 @@ static int compare_u64(const void *a, const void *b)
 
 static void topic_free(struct topic *t)
 {
+    for (size_t i = 0; i < t->nsealed; i++)
+        close(t->sealed_fds[i]);
+    free(t->sealed_fds);
     for (size_t i = 0; i < t->nsegs; i++)
         segment_close(&t->segs[i]);
     free(t->segs);
@@ -788,6 +793,16 @@ static void round_add(struct round *r, struct topic *t, uint64_t end, int fd)
     r->targets[r->count++] = (struct sync_target){t, end, dupfd};
 }
 
+/* Adds a descriptor the round takes over (the writer closes it). */
+static void round_add_owned(struct round *r, int fd)
+{
+    if (r->count == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 8;
+        r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
+    }
+    r->targets[r->count++] = (struct sync_target){NULL, 0, fd};
+}
+
 static void round_add_dir(struct round *r, const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -823,8 +838,10 @@ static void round_start(struct fabric *f)
             round_add_dir(r, t->dir);
             t->dir_synced = true;
         }
-        /* Segments rolled since the last round were synced when they were sealed (see
-         * fabric_append), so the active one is all that is left. */
+        /* Segments sealed since the last round hold records this round acknowledges too. */
+        for (size_t k = 0; k < t->nsealed; k++)
+            round_add_owned(r, t->sealed_fds[k]);
+        t->nsealed = 0;
         round_add(r, t, t->next_offset, t->segs[t->nsegs - 1].fd);
         t->dirty = false;
     }
@@ -940,13 +957,25 @@ static int write_all(int fd, const void *data, size_t len, uint64_t pos)
     return 0;
 }
 
-/* Seals the active segment (synced at once, so rounds only ever sync one file per topic) and
- * starts a new one. */
+/* Seals the active segment and starts a new one. The sealed one is synced by the next round
+ * (the records in it that are not durable yet are acknowledged by that round), off the loop. */
 static int topic_roll(struct fabric *f, struct topic *t)
 {
     struct segment *s = &t->segs[t->nsegs - 1];
-    if (!f->cfg.no_sync && fdatasync(s->fd) < 0)
-        return -EIO;
+    if (t->durable_end < t->next_offset) {
+        int fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            /* Out of descriptors: sync it here rather than not at all. */
+            if (!f->cfg.no_sync && fdatasync(s->fd) < 0)
+                return -EIO;
+        } else {
+            if (t->nsealed == t->sealed_cap) {
+                t->sealed_cap = t->sealed_cap ? t->sealed_cap * 2 : 4;
+                t->sealed_fds = xrealloc(t->sealed_fds, t->sealed_cap * sizeof(int));
+            }
+            t->sealed_fds[t->nsealed++] = fd;
+        }
+    }
     return topic_add_segment(f, t);
 }
 
