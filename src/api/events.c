@@ -24,6 +24,11 @@
 #define TAIL_READ_RECORDS 1000
 #define TAIL_READ_BYTES (1u << 20)
 #define BATCH_MAX_EVENTS 10000
+/* Default retention per topic: a week, or 1 GiB, whichever is reached first (the oldest events
+ * go). Mappings give up on events older than a day by default, so a week leaves room for
+ * replays. */
+#define RETENTION_MAX_AGE_MS ((int64_t)7 * 24 * 3600 * 1000)
+#define RETENTION_MAX_BYTES ((int64_t)1 << 30)
 
 struct tail {
     struct tail *next, **prevp;
@@ -487,7 +492,10 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
     events.api = svc->api;
     events.loop = svc->loop;
     char *dir = xasprintf("%s/fabric", svc->home);
-    struct fabric_config cfg = {.dir = dir};
+    struct fabric_config cfg = {
+        .dir = dir,
+        .retention = {.max_age_ms = RETENTION_MAX_AGE_MS, .max_bytes = RETENTION_MAX_BYTES},
+    };
     int rc = fabric_open(svc->loop, &cfg, &events.fabric, err, errsize);
     free(dir);
     if (rc < 0)
