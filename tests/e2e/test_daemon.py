@@ -1,0 +1,143 @@
+"""skiffd's life: SIGTERM stops instances and exits 0; a restart keeps every app, route and
+setting and starts what should run; after a kill -9 the next skiffd cleans up the instances
+left behind, and the router keeps serving meanwhile."""
+import json
+import os
+import signal
+import urllib.error
+import urllib.request
+
+from conftest import ROOT, Platform
+
+PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
+
+
+def instance_pids(p):
+    run = os.path.join(p.home, "run")
+    pids = []
+    for name in os.listdir(run):
+        if name.startswith("instance-") and name.endswith(".pid"):
+            try:
+                pids.append(int(open(os.path.join(run, name)).read()))
+            except (OSError, ValueError):
+                pass
+    return pids
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is as good as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def through_router(p, host, path="/"):
+    req = urllib.request.Request(p.router_url + path, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def running(p, name, n=1):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    return status == 200 and app["running"] >= n and app
+
+
+def router_pid(p):
+    return int(open(os.path.join(p.home, "run", "router.pid")).read())
+
+
+def test_sigterm_exits_zero_and_stops_instances(platform):
+    r = platform.cli("push", "hello", "-p", PYTHON_WEB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    platform.wait_for(lambda: running(platform, "hello"), 30, "hello running")
+    pids = instance_pids(platform)
+    assert pids and all(pid_alive(pid) for pid in pids)
+    platform.stop(signal.SIGTERM)
+    assert platform.proc.returncode == 0, platform.output()
+    for pid in pids:
+        platform.wait_for(lambda: not pid_alive(pid), 5, f"instance {pid} to be stopped")
+    assert "ERROR: AddressSanitizer" not in platform.output()
+    assert "LeakSanitizer" not in platform.output()
+
+
+def test_restart_keeps_apps_routes_and_settings(platform):
+    p = platform
+    r = p.cli("push", "keep", "-p", PYTHON_WEB, "-i", "2", "-m", "128M")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.api("PUT", "/v1/apps/keep/env", {"GREETING": "kept"})[0] == 200
+    assert p.api("POST", "/v1/routes", {"app": "keep", "host": "kept.localhost",
+                                        "path": "/k"})[0] == 201
+    assert p.api("POST", "/v1/domains", {"name": "example.test"})[0] == 201
+    assert p.api("POST", "/v1/apps", {"name": "idle", "no_route": True, "env": {"X": "1"}})[0] == 201
+    p.wait_for(lambda: running(p, "keep", 2), 30, "2 instances of keep")
+    status, before = p.api("GET", "/v1/apps/keep")
+    token = p.token
+
+    p.stop(signal.SIGTERM)
+    assert p.proc.returncode == 0, p.output()
+    p.start()
+
+    assert p.token == token  # the CLI's login stays valid
+    status, after = p.api("GET", "/v1/apps/keep")
+    assert status == 200
+    for key in ["guid", "state", "instances", "memory_mb", "env", "droplet", "package",
+                "detected_buildpack", "buildpacks", "health_check_type"]:
+        assert after[key] == before[key], key
+    assert after["env"]["GREETING"] == "kept"
+    assert sorted(after["routes"]) == ["keep.localhost", "kept.localhost/k"]
+    status, idle = p.api("GET", "/v1/apps/idle")
+    assert idle["state"] == "STOPPED" and idle["env"] == {"X": "1"} and idle["routes"] == []
+    domains = [d["name"] for d in p.api("GET", "/v1/domains")[1]["domains"]]
+    assert "example.test" in domains
+    # what should run runs again, and sees its settings
+    p.wait_for(lambda: running(p, "keep", 2), 30, "keep running again after restart")
+    p.wait_for(lambda: through_router(p, "keep.localhost")[0] == 200, 10, "keep via router")
+    assert "kept" in through_router(p, "keep.localhost")[1]
+
+
+def test_kill_9_leaves_the_router_serving_and_the_next_skiffd_cleans_up(platform):
+    p = platform
+    r = p.cli("push", "survivor", "-p", PYTHON_WEB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.wait_for(lambda: running(p, "survivor"), 30, "survivor running")
+    p.wait_for(lambda: through_router(p, "survivor.localhost")[0] == 200, 10, "via router")
+    old_pids = instance_pids(p)
+    router = router_pid(p)
+    assert old_pids
+
+    os.kill(p.proc.pid, signal.SIGKILL)
+    p.proc.wait()
+    # skiffd is gone: the router still answers with the table it knew. (The instance's
+    # stdout pipe went with skiffd, so an app that logs each request may fail it: 502.)
+    assert pid_alive(router)
+    assert through_router(p, "survivor.localhost")[0] in (200, 502)
+    assert through_router(p, "unknown.localhost")[0] == 404
+
+    p.start()
+    # the old instances are stopped, new ones run, and the same router is kept
+    for pid in old_pids:
+        p.wait_for(lambda: not pid_alive(pid), 10, f"leftover instance {pid} to be stopped")
+    p.wait_for(lambda: running(p, "survivor"), 30, "survivor running again")
+    assert router_pid(p) == router and pid_alive(router)
+    p.wait_for(lambda: through_router(p, "survivor.localhost")[0] == 200, 10, "via router again")
+    assert set(instance_pids(p)).isdisjoint(old_pids)
+
+
+def test_a_router_that_dies_is_started_again(platform):
+    p = platform
+    first = platform.wait_for(lambda: os.path.exists(os.path.join(p.home, "run", "router.pid"))
+                              and router_pid(p), 10, "router pid")
+    platform.wait_for(lambda: pid_alive(first), 10, "router alive")
+    os.kill(first, signal.SIGKILL)
+    p.wait_for(lambda: router_pid(p) != first and pid_alive(router_pid(p)), 10,
+               "a new router")
+    assert p.proc.poll() is None
