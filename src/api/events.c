@@ -159,6 +159,7 @@ static void on_published(void *arg, int status, uint64_t first, size_t count)
 struct header_vec {
     struct cloudevent_header items[128];
     size_t count;
+    bool overflow;
 };
 
 static void collect_header(void *ctx, const char *name, const char *value)
@@ -166,6 +167,8 @@ static void collect_header(void *ctx, const char *name, const char *value)
     struct header_vec *v = ctx;
     if (v->count < ARRAY_SIZE(v->items))
         v->items[v->count++] = (struct cloudevent_header){name, value};
+    else
+        v->overflow = true;
 }
 
 static void handle_publish(struct api_request *req, void *ctx)
@@ -175,6 +178,13 @@ static void handle_publish(struct api_request *req, void *ctx)
         return;
     struct header_vec headers = {0};
     api_request_headers_each(req, collect_header, &headers);
+    if (headers.overflow) {
+        api_respond_error(req, 400, "invalid_event",
+                          "more than %zu headers: send fewer (extensions go in ce-* headers, "
+                          "at most %d of them)",
+                          ARRAY_SIZE(headers.items), CLOUDEVENT_MAX_EXTENSIONS);
+        return;
+    }
     size_t len = 0;
     const char *body = api_request_body(req, &len);
     char source[128], err[256];

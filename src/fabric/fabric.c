@@ -1180,9 +1180,17 @@ int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint6
             continue;
         /* Bisect the index for the last entry before time_ms, then walk. */
         uint64_t pos = 0, at = s->base;
-        for (size_t k = 0; k < s->index_count && s->index[k].time_ms < time_ms; k++) {
-            pos = s->index[k].pos;
-            at = s->index[k].offset;
+        size_t lo = 0, hi = s->index_count; /* entries before lo are all older than time_ms */
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (s->index[mid].time_ms < time_ms)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo > 0) {
+            pos = s->index[lo - 1].pos;
+            at = s->index[lo - 1].offset;
         }
         struct file_reader r = {.fd = s->fd, .limit = s->size};
         while (at < s->end) {

@@ -358,6 +358,31 @@ static void test_segments_retention_seek(void **state)
     assert_int_equal(a.last_first, 200);
 }
 
+static void test_seek_time(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 4000);
+    struct acks a = {0};
+    char payload[300];
+    memset(payload, 'p', sizeof(payload) - 1);
+    payload[sizeof(payload) - 1] = '\0';
+    int64_t marks[4];
+    for (int round = 0; round < 4; round++) {
+        int64_t t0 = time_now_ms();
+        while (time_now_ms() < t0 + 3)
+            usleep(500);
+        marks[round] = time_now_ms();
+        for (int i = 0; i < 50; i++)
+            append_text(fx, "timed", payload, &a);
+        run_until(fx, &a.calls, 50 * (round + 1));
+    }
+    for (int round = 0; round < 4; round++) {
+        uint64_t off = 0;
+        assert_int_equal(fabric_seek_time(fx->f, "timed", marks[round], &off), 0);
+        assert_int_equal(off, 50 * round);
+    }
+}
+
 static void copy_file(const char *from, const char *to, off_t cut)
 {
     char *data;
@@ -430,6 +455,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_subscribe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segments_retention_seek, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seek_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_recovery, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
