@@ -2,7 +2,7 @@
 # Durable publishes per second: Skiff's fabric (in-process, and over HTTP through skiffd when
 # it can be started) beside NATS JetStream (Debian's nats-server, file storage, on loopback
 # with a temporary store), all driven by bench_fabric.c. Prints a table with ratios.
-#   bash bench/fabric/run.sh [SECONDS_PER_SHAPE]     (default 3)
+#   bash bench/fabric/bench.sh [SECONDS_PER_SHAPE]     (default 3)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
