@@ -135,6 +135,8 @@ struct fabric {
     struct fabric_stats stats;
 
     bool closing;
+    bool completing; /* inside on_round_done: a close waits for its end */
+    bool finished;   /* the writer is stopped and the handles are closing */
     void (*close_done)(void *arg);
     void *close_arg;
 };
@@ -817,7 +819,7 @@ static void round_add_dir(struct round *r, const char *path)
 /* Starts a round for everything waiting, unless one is running. */
 static void round_start(struct fabric *f)
 {
-    if (f->round || !f->waiting)
+    if (f->round || !f->waiting || f->finished)
         return;
     struct round *r = xcalloc(1, sizeof(*r));
     r->started_ns = time_now_ns();
@@ -898,6 +900,7 @@ static void on_round_done(uv_async_t *h)
     if (!r)
         return;
     f->round = NULL;
+    f->completing = true;
     f->stats.sync_us_total += (uint64_t)(r->ended_ns - r->started_ns) / 1000;
     if (r->status < 0 && !f->failed) {
         fprintf(stderr, "fabric: fsync failed: %s; refusing appends until restart\n",
@@ -924,6 +927,7 @@ static void on_round_done(uv_async_t *h)
     }
     free(r->targets);
     free(r);
+    f->completing = false;
     round_start(f);
     /* An idle fabric does not keep the loop alive; a round in flight does. */
     if (!f->round)
@@ -1449,6 +1453,9 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void fabric_finish_close(struct fabric *f)
 {
+    if (f->finished)
+        return;
+    f->finished = true;
     if (f->thread_started) {
         pthread_mutex_lock(&f->mu);
         f->thread_quit = true;
@@ -1473,6 +1480,8 @@ void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
     for (struct fabric_sub *s = f->subs; s; s = s->next)
         s->removed = true;
     subs_reap(f);
+    if (f->completing)
+        return; /* on_round_done finishes the close once its callbacks are done */
     round_start(f);
     if (!f->round)
         fabric_finish_close(f);

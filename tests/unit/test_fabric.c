@@ -383,6 +383,47 @@ static void test_seek_time(void **state)
     }
 }
 
+struct closer {
+    struct fixture *fx;
+    bool closed;
+    struct acks later;
+};
+
+static void close_from_callback(void *arg, int status, uint64_t first, size_t count)
+{
+    struct closer *c = arg;
+    fabric_close(c->fx->f, on_closed, &c->closed);
+}
+
+/* Closing from inside a durability callback finishes the appends still queued, then closes. */
+static void test_close_from_callback(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct closer c = {.fx = fx};
+    struct fabric_blob b = {"x", 1};
+    assert_int_equal(fabric_append(fx->f, "t", &b, 1, close_from_callback, &c, NULL), 0);
+    assert_int_equal(fabric_append(fx->f, "t", &b, 1, on_append, &c.later, NULL), 0);
+    while (!c.closed)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    fx->f = NULL;
+    assert_int_equal(c.later.calls, 1);
+    assert_int_equal(c.later.status, 0);
+    fx->f = open_fabric(fx, 0);
+    struct fabric_topic_info info;
+    assert_int_equal(fabric_topic_info(fx->f, "t", &info), 0);
+    assert_int_equal(info.records, 2);
+    close_fabric(fx);
+
+    /* And with nothing else queued. */
+    fx->f = open_fabric(fx, 0);
+    c = (struct closer){.fx = fx};
+    assert_int_equal(fabric_append(fx->f, "t", &b, 1, close_from_callback, &c, NULL), 0);
+    while (!c.closed)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    fx->f = NULL;
+}
+
 static void copy_file(const char *from, const char *to, off_t cut)
 {
     char *data;
@@ -456,6 +497,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segments_retention_seek, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seek_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_recovery, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
