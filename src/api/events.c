@@ -48,6 +48,7 @@ static struct {
     struct tail *tails;
     uv_timer_t throttle_timer;
     bool timer_open;
+    bool stopping;
     void (*stop_done)(void *arg);
     void *stop_arg;
 } events;
@@ -574,6 +575,9 @@ static void on_invoker_stopped(void *arg)
 
 void api_events_stop(void (*done)(void *arg), void *arg)
 {
+    if (events.stopping)
+        return;
+    events.stopping = true;
     events.stop_done = done;
     events.stop_arg = arg;
     while (events.tails)
