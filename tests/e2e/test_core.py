@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import urllib.error
 import urllib.request
 
 from conftest import ROOT
@@ -17,8 +18,11 @@ def get(url, host=None, timeout=5):
     req = urllib.request.Request(url)
     if host:
         req.add_header("Host", host)
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read().decode(errors="replace")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
 
 
 def app_json(platform, name):
@@ -63,6 +67,7 @@ def test_user_sequence(platform):
     inst_row = next(l for l in r.stdout.splitlines() if l.startswith("#0"))
     assert "RUNNING" in inst_row
     app = app_json(platform, "hello")
+    assert len(running(app)) == 1, (app, platform.cli("logs", "hello", "--recent").stdout)
     (inst,) = running(app)
     assert inst["port"] > 0 and str(inst["port"]) in inst_row
     assert inst["since"] and "cpu" in inst and "memory_bytes" in inst
@@ -175,3 +180,87 @@ def test_app_that_exits_at_once_is_crashed_and_restarted(platform, tmp_path):
     assert "exit status 3" in r.stdout or "crashed" in r.stdout, r.stdout
     logs = platform.cli("logs", "crashy", "--recent", check=True).stdout
     assert re.search(r"\[APP/PROC/WEB/0\] OUT going down", logs), logs
+
+
+def read_until(proc, needle, timeout, what):
+    """Reads proc's stdout (raw, so nothing waits in a buffer) until it contains needle; returns
+    everything read so far, up to the end of the line with needle."""
+    import select
+    import time
+    fd = proc.stdout.fileno()
+    seen = getattr(proc, "seen", b"")
+    deadline = time.monotonic() + timeout
+    while True:
+        at = seen.find(needle.encode())
+        if at >= 0 and b"\n" in seen[at:]:
+            end = seen.index(b"\n", at) + 1
+            proc.seen = seen[end:]
+            return seen[:end].decode(errors="replace")
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        seen += chunk
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; output so far:\n"
+                         + seen.decode(errors="replace"))
+
+
+def skiff_popen(platform, *args):
+    import subprocess
+    from conftest import BIN_DIR
+    return subprocess.Popen([os.path.join(BIN_DIR, "skiff"), *args], env=platform.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+
+
+def test_staging_output_streams_as_it_comes(platform, tmp_path):
+    """A buildpack that waits, in the middle of its output, for the test to see the first half:
+    the CLI must have printed it while staging is still going on."""
+    marker = tmp_path / "go-on"
+    bp = tmp_path / "waiting-bp"
+    (bp / "bin").mkdir(parents=True)
+    (bp / "bin" / "detect").write_text("#!/bin/sh\necho waiting\n")
+    (bp / "bin" / "compile").write_text(
+        "#!/bin/sh\n"
+        "echo '-----> first half'\n"
+        "i=0\n"
+        f"while [ ! -e '{marker}' ]; do\n"
+        "  i=$((i+1)); [ $i -gt 600 ] && { echo 'never told to go on'; exit 1; }\n"
+        "  sleep 0.05\n"
+        "done\n"
+        "echo '-----> second half'\n")
+    (bp / "bin" / "release").write_text(
+        "#!/bin/sh\nprintf -- '---\\ndefault_process_types:\\n  web: python3 app.py\\n'\n")
+    for f in (bp / "bin").iterdir():
+        f.chmod(0o755)
+    proc = skiff_popen(platform, "push", "streamy", "-p", PYTHON_WEB, "-b", str(bp))
+    try:
+        read_until(proc, "first half", 30, "the first half of the staging output")
+        assert proc.poll() is None, "push ended before staging was told to go on"
+        marker.touch()
+        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = stdout.decode(), stderr.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "second half" in stdout and "streamy is running" in stdout
+
+
+def test_logs_follow(platform):
+    r = platform.cli("push", "follow", "-p", PYTHON_WEB)
+    assert r.returncode == 0, out(r)
+    port = running(app_json(platform, "follow"))[0]["port"]
+    proc = skiff_popen(platform, "logs", "follow")
+    try:
+        # the recent lines come first, then what happens from now on
+        read_until(proc, "[STG/0]", 20, "the recent staging lines")
+        assert get(f"http://127.0.0.1:{port}/followed-request")[0] == 404  # the app's own 404
+        line = read_until(proc, "/followed-request", 20, "the request's log line").splitlines()[-1]
+        assert re.search(r"\[APP/PROC/WEB/0\] OUT GET /followed-request 404", line), line
+        assert proc.poll() is None, "logs stopped following"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
