@@ -301,8 +301,8 @@ static char *percent_decode(const char *s, bool *ok)
         }
         int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
         int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0) {
-            *ok = false;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            *ok = false; /* malformed, or a NUL that would cut the value short */
             break;
         }
         *o++ = (char)(hi * 16 + lo);
@@ -370,7 +370,7 @@ static int from_binary(const struct cloudevent_header *headers, size_t count, co
         if (!ok)
             return fail(errmsg, errlen,
                         "header '%.60s' has a bad percent-encoding: write %%XX with two hex "
-                        "digits",
+                        "digits (and no %%00)",
                         name);
         if ((rc = attr_set(ev, arena_strdup(ev, lower), value, errmsg, errlen)) < 0)
             return rc;

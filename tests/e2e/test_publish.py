@@ -240,3 +240,33 @@ def handle(event):
     ev = read_topic(p, "from-app", **{"from": reply["offset"]})[0]
     assert ev["type"] == "app.said" and ev["data"] == {"via": "sdk"}
     assert ev["source"] == "/apps/publisher"  # from VCAP_APPLICATION
+
+
+def test_garbage_never_crashes_the_daemon(shared_platform):
+    """Deterministic junk: broken JSON, wrong types, odd percent-encodings, deep nesting,
+    non-UTF-8 and too many headers. Every answer is a 4xx with a message; skiffd stays up."""
+    import random
+    rnd = random.Random(4)
+    p = shared_platform
+    structured = {"Content-Type": "application/cloudevents+json"}
+    bodies = [b"", b"null", b"[]", b"{}", b'{"specversion": 1}', b"[" * 5000 + b"]" * 5000,
+              b'{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"!!"}',
+              b'{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}',
+              b'{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":{"nested":1}}',
+              b'{"specversion":"1.0","id":"\xff\xfe","source":"/s","type":"t"}']
+    bodies += [bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200))) for _ in range(30)]
+    for body in bodies:
+        status, answer = p.api("POST", "/v1/topics/junk/events", raw=body, headers=structured)
+        assert 400 <= status < 500, (body[:40], status, answer)
+        assert answer["error"]["message"]
+    for value in ["%", "%4", "%zz", "%00", "%FF%FE", "a%0Db", "x" * 5000]:
+        status, answer = p.api("POST", "/v1/topics/junk/events", raw=b"x",
+                               headers={**CE, "ce-subject": value})
+        assert 400 <= status < 500 or status == 202, (value, status, answer)
+    many = {**CE, **{"ce-x%d" % i: "v" for i in range(40)}}
+    status, answer = p.api("POST", "/v1/topics/junk/events", raw=b"x", headers=many)
+    assert status == 400 and "extension" in answer["error"]["message"]
+    status, answer = p.api("POST", "/v1/topics/junk/events:batch", raw=b'[1, "two", null]',
+                           headers={"Content-Type": "application/json"})
+    assert status == 400 and "event 0" in answer["error"]["message"]
+    assert p.info()["version"]
