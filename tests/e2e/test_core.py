@@ -264,3 +264,40 @@ def test_logs_follow(platform):
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_push_again_runs_the_new_code(platform, tmp_path):
+    code = tmp_path / "again"
+    shutil.copytree(PYTHON_WEB, code)
+    r = platform.cli("push", "again", "-p", str(code), "-i", "2")
+    assert r.returncode == 0, out(r)
+    old = {i["guid"] for i in running(app_json(platform, "again"))}
+    app_py = code / "app.py"
+    app_py.write_text(app_py.read_text().replace('f"{greeting} from instance {index}\\n"',
+                                                 'f"{greeting} from the second push\\n"'))
+    assert "second push" in app_py.read_text()
+    r = platform.cli("push", "again", "-p", str(code))
+    assert r.returncode == 0, out(r)
+    assert "Restarting again..." in r.stdout
+    insts = running(app_json(platform, "again"))
+    assert len(insts) == 2, "the instance count of the first push is kept"
+    assert not old & {i["guid"] for i in insts}, "old instances still listed as running"
+    for i in insts:
+        assert "from the second push" in get(f"http://127.0.0.1:{i['port']}/")[1]
+
+
+def test_ignore_files_keep_things_out_of_the_upload(platform, tmp_path):
+    code = tmp_path / "ignoring"
+    shutil.copytree(PYTHON_WEB, code)
+    (code / "secret.txt").write_text("do not upload\n")
+    (code / "logs").mkdir()
+    (code / "logs" / "old.log").write_text("noise\n")
+    (code / ".cfignore").write_text("secret.txt\n")
+    (code / ".skiffignore").write_text("logs/\n")
+    # the start command proves what the droplet holds
+    cmd = ("sh -c 'test ! -e secret.txt && test ! -e logs && test -e .cfignore "
+           "&& exec python3 app.py'")
+    r = platform.cli("push", "ignoring", "-p", str(code), "-c", cmd)
+    assert r.returncode == 0, out(r)
+    # app.py, .cfignore and .skiffignore: three entries
+    assert re.search(r"Uploading ignoring: 3 files", r.stdout), r.stdout
