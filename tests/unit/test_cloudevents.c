@@ -80,6 +80,9 @@ static void test_binary_errors(void **state)
     struct cloudevent_header bad_pct[] = {H("ce-id", "1"), H("ce-source", "s"), H("ce-type", "t"),
                                           H("ce-specversion", "1.0"), H("ce-subject", "a%zz")};
     expect_error(bad_pct, 5, "", "ce-subject");
+    struct cloudevent_header nul[] = {H("ce-id", "1"), H("ce-source", "s"), H("ce-type", "t"),
+                                      H("ce-specversion", "1.0"), H("ce-subject", "ab%00cd")};
+    expect_error(nul, 5, "", "ce-subject");
     struct cloudevent_header bad_time[] = {H("ce-id", "1"), H("ce-source", "s"), H("ce-type", "t"),
                                            H("ce-specversion", "1.0"), H("ce-time", "yesterday")};
     expect_error(bad_time, 5, "", "'time'");
