@@ -15,7 +15,8 @@ static void usage(FILE *f)
           "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
           "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
           "                    [--upstream-timeout-ms N] [--connect-timeout-ms N]\n"
-          "                    [--max-connections N]\n"
+          "                    [--max-connections N] [--upstream-idle-max N]\n"
+          "                    [--upstream-idle-timeout-ms N]\n"
           "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR, and\n"
           "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
           f);
@@ -58,6 +59,9 @@ static const struct numeric_option numeric_options[] = {
     OPT("upstream-timeout-ms", "SKIFF_ROUTER_UPSTREAM_TIMEOUT_MS", 0, upstream_timeout_ms),
     OPT("connect-timeout-ms", "SKIFF_ROUTER_CONNECT_TIMEOUT_MS", 0, connect_timeout_ms),
     OPT("max-connections", "SKIFF_ROUTER_MAX_CONNECTIONS", 0, max_connections),
+    OPT("upstream-idle-max", "SKIFF_ROUTER_UPSTREAM_IDLE_MAX", 0, upstream_idle_max),
+    OPT("upstream-idle-timeout-ms", "SKIFF_ROUTER_UPSTREAM_IDLE_TIMEOUT_MS", 0,
+        upstream_idle_timeout_ms),
 };
 
 static int set_numeric(struct router_config *cfg, const struct numeric_option *o, const char *v)

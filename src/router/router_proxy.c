@@ -34,6 +34,8 @@
 #define ROUTER_RESPONSE_HEADER_BYTES (64 * 1024)
 #define ROUTER_RESPONSE_HEADERS 256
 #define OUTQ_PIECES 48
+#define ROUTER_PENDING_MAX (64 * 1024)
+#define ROUTER_SPARE_EXCHANGES 64
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000, 30000000};
@@ -107,6 +109,7 @@ struct client {
     uint64_t deadline, timer_due;
     uint8_t state, deadline_kind, pause;
     bool scan_done, shutting_down, seen_bytes;
+    bool eof; /* the client half-closed while a request was in flight */
     int open_handles;
     char ip[INET6_ADDRSTRLEN];
 };
@@ -172,6 +175,8 @@ struct worker {
     struct pool *pools;
     struct client *clients;
     int client_count, client_cap;
+    struct exchange *spare; /* finished exchanges kept for their buffers */
+    int spare_count;
     bool stopping;
     uint64_t id_prefix, id_counter;
     struct router_metrics m;
@@ -364,7 +369,24 @@ static uint64_t now_us(void)
 
 static struct exchange *exchange_new(struct client *c)
 {
-    struct exchange *x = xcalloc(1, sizeof(*x));
+    struct worker *w = c->p.w;
+    struct exchange *x = w->spare;
+    if (x) {
+        /* keep the buffers' memory, clear the rest */
+        w->spare = (struct exchange *)x->u;
+        w->spare_count--;
+        struct headers req = x->req, resp = x->resp;
+        struct buf head = x->head;
+        memset(x, 0, sizeof(*x));
+        x->req = req;
+        x->resp = resp;
+        x->head = head;
+        headers_reset(&x->req);
+        headers_reset(&x->resp);
+        x->head.len = 0;
+    } else {
+        x = xcalloc(1, sizeof(*x));
+    }
     x->c = c;
     x->start_us = now_us();
     return x;
@@ -378,10 +400,28 @@ static void exchange_release_backend(struct exchange *x)
     }
 }
 
+static void exchange_destroy(struct exchange *x)
+{
+    headers_free(&x->req);
+    headers_free(&x->resp);
+    buf_free(&x->head);
+    free(x);
+}
+
+/* Ends an exchange; its memory goes to the worker's spares (linked through `u`). */
 static void exchange_free(struct exchange *x)
 {
+    struct worker *w = x->c->p.w;
     exchange_release_backend(x);
     route_table_unref(x->table);
+    x->table = NULL;
+    bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192;
+    if (small && w->spare_count < ROUTER_SPARE_EXCHANGES && !w->stopping) {
+        x->u = (struct upstream *)w->spare;
+        w->spare = x;
+        w->spare_count++;
+        return;
+    }
     headers_free(&x->req);
     headers_free(&x->resp);
     buf_free(&x->head);
@@ -636,8 +676,11 @@ static void client_update_reading(struct client *c)
 {
     if (c->p.closing)
         return;
-    bool want = !c->p.throttled && !c->shutting_down &&
-                (c->state == C_HEAD || c->state == C_BODY || c->state == C_TUNNEL);
+    /* While a request waits on its backend the connection keeps reading into `pending` (up
+     * to a bound): stopping and restarting costs two epoll_ctl calls per request. */
+    bool waiting = c->state == C_WAIT_UPSTREAM || c->state == C_WAIT_RESPONSE;
+    bool want = !c->p.throttled && !c->shutting_down && !c->eof &&
+                (!waiting || c->pending.len < ROUTER_PENDING_MAX);
     if (want == c->p.reading)
         return;
     c->p.reading = want;
@@ -650,6 +693,10 @@ static void client_update_reading(struct client *c)
 /* Starts the next request on a kept-alive connection. */
 static void client_next_request(struct client *c)
 {
+    if (c->eof && c->pending.len == 0) {
+        client_shutdown(c);
+        return;
+    }
     c->state = C_HEAD;
     c->scan_done = false;
     c->seen_bytes = false;
@@ -666,6 +713,12 @@ static void client_drain_pending(struct client *c)
     if (held.len || c->state == C_BODY)
         client_feed(c, held.data ? held.data : "", held.len);
     buf_free(&held);
+    if (c->eof && !c->p.closing && (c->state == C_HEAD || c->state == C_BODY) &&
+        c->pending.len == 0) {
+        /* the client is gone and what it sent ends in the middle of a request */
+        client_close(c);
+        return;
+    }
     client_update_reading(c);
 }
 
@@ -810,6 +863,12 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             free(req);
             client_close(c);
         }
+        return;
+    }
+    if (nread == UV_EOF && (c->state == C_WAIT_UPSTREAM || c->state == C_WAIT_RESPONSE)) {
+        /* a client may half-close after its last request: answer what was asked */
+        c->eof = true;
+        client_update_reading(c);
         return;
     }
     client_close(c);
@@ -1772,6 +1831,11 @@ void router_proxy_stop(void)
         }
         route_table_unref(w->table);
         free(w->view);
+        while (w->spare) {
+            struct exchange *x = w->spare;
+            w->spare = (struct exchange *)x->u;
+            exchange_destroy(x);
+        }
     }
     free(workers);
     workers = NULL;
