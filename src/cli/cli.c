@@ -251,7 +251,7 @@ struct cli_table {
 struct cli_table *cli_table_new(const char *const *headers)
 {
     struct cli_table *t = xcalloc(1, sizeof(*t));
-    while (headers[t->ncols])
+    while (headers[t->ncols] && t->ncols < CLI_TABLE_MAX_COLUMNS)
         t->ncols++;
     cli_table_add_row(t, headers);
     return t;
@@ -270,10 +270,10 @@ void cli_table_add_row(struct cli_table *t, const char *const *cells)
 
 void cli_table_add(struct cli_table *t, ...)
 {
-    const char *cells[32] = {0};
+    const char *cells[CLI_TABLE_MAX_COLUMNS] = {0};
     va_list ap;
     va_start(ap, t);
-    for (int c = 0; c < t->ncols && c < 32; c++)
+    for (int c = 0; c < t->ncols; c++)
         cells[c] = va_arg(ap, const char *);
     va_end(ap);
     cli_table_add_row(t, cells);
@@ -291,21 +291,30 @@ static size_t cli_text_width(const char *s)
 
 void cli_table_print(struct cli_table *t)
 {
-    size_t width[32] = {0};
+    cli_table_fprint(t, stdout);
+}
+
+void cli_table_fprint(struct cli_table *t, FILE *out)
+{
+    size_t width[CLI_TABLE_MAX_COLUMNS] = {0};
     for (int r = 0; r < t->nrows; r++)
-        for (int c = 0; c < t->ncols && c < 32; c++) {
+        for (int c = 0; c < t->ncols; c++) {
             size_t w = cli_text_width(t->cells[r * t->ncols + c]);
             if (w > width[c])
                 width[c] = w;
         }
     for (int r = 0; r < t->nrows; r++) {
-        for (int c = 0; c < t->ncols; c++) {
+        /* no padding after the last non-empty cell, so lines carry no trailing blanks */
+        int last = t->ncols - 1;
+        while (last > 0 && !*t->cells[r * t->ncols + last])
+            last--;
+        for (int c = 0; c <= last; c++) {
             const char *cell = t->cells[r * t->ncols + c];
-            fputs(cell, stdout);
-            if (c + 1 < t->ncols)
-                printf("%*s", (int)(width[c] - cli_text_width(cell) + 3), "");
+            fputs(cell, out);
+            if (c < last)
+                fprintf(out, "%*s", (int)(width[c] - cli_text_width(cell) + 3), "");
         }
-        putchar('\n');
+        fputc('\n', out);
     }
     cli_table_free(t);
 }

@@ -101,13 +101,16 @@ void cli_print_json(const json_t *value);
 
 /* A table of text cells, printed with aligned columns. Cells are copied. */
 struct cli_table;
-/* headers: column titles, ended by NULL. */
+#define CLI_TABLE_MAX_COLUMNS 32
+/* headers: column titles, ended by NULL (columns past CLI_TABLE_MAX_COLUMNS are dropped). */
 struct cli_table *cli_table_new(const char *const *headers);
 /* Adds a row of as many cells as there are columns (a NULL cell prints as empty). */
 void cli_table_add(struct cli_table *t, ...);
 void cli_table_add_row(struct cli_table *t, const char *const *cells);
 /* Prints the table to stdout (headers first) and frees it. */
 void cli_table_print(struct cli_table *t);
+/* Same, to any stream. */
+void cli_table_fprint(struct cli_table *t, FILE *out);
 void cli_table_free(struct cli_table *t);
 
 /* ---- talking to the API ----------------------------------------------------------------- */
