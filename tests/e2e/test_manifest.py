@@ -119,3 +119,37 @@ def test_manifest_settings_reach_the_app(platform, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     app = json.loads(platform.cli("app", "mf-two", "--json", check=True).stdout)
     assert app["routes"] == [] and app["state"] == "STOPPED"
+
+
+def test_manifest_functions_become_function_apps_with_event_mappings(platform, tmp_path):
+    shutil.copytree(os.path.join(ROOT, "examples", "functions"), tmp_path / "fns")
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text(
+        "functions:\n"
+        "- name: mf-upper\n"
+        "  path: fns\n"
+        "  handler: upper.js:handle\n"
+        "  max-instances: 2\n"
+        "  events:\n"
+        "  - topic: mf-words\n"
+        "    filter: {type: text.new, subject: 'docs/*'}\n")
+
+    def mappings():
+        r = platform.cli("event-mappings", "--json", check=True)
+        data = json.loads(r.stdout)
+        items = next(v for v in data.values() if isinstance(v, list)) if isinstance(data, dict) else data
+        return [m for m in items if m.get("app") == "mf-upper"]
+
+    for attempt in range(2):  # pushing again changes nothing about the mappings
+        r = platform.cli("push", "-f", str(manifest))
+        assert r.returncode == 0, r.stdout + r.stderr
+        app = json.loads(platform.cli("app", "mf-upper", "--json", check=True).stdout)
+        assert app["kind"] == "function"
+        assert app["function"]["handler"] == "upper.js:handle"
+        (m,) = mappings()
+        assert m["topic"] == "mf-words"
+        # a value ending in * is a prefix filter
+        assert sorted(m["filters"]) == ["subject^=docs/", "type=text.new"]
+        assert m["max_instances"] == 2
+    r = platform.cli("invoke", "mf-upper", "abc")
+    assert r.returncode == 0 and "ABC" in r.stdout, r.stdout + r.stderr
