@@ -92,6 +92,9 @@ struct executor__driver {
     void (*signal)(struct instance *inst, int sig); /* every process of the instance */
     bool (*oom_killed)(struct instance *inst);
     void (*usage)(struct instance *inst, uint64_t *cpu_ns, uint64_t *memory_bytes);
+    /* Whether the socket listening on port belongs to the instance: on a shared network a
+     * port check must not pass because some other program took the port. */
+    bool (*listens_on)(struct instance *inst, int port);
     void (*cleanup)(struct instance *inst); /* after the main process is gone */
 };
 
@@ -187,6 +190,113 @@ static void process_driver_usage(struct instance *inst, uint64_t *cpu_ns, uint64
         executor__proc_usage(proc_pid(inst->proc), cpu_ns, memory_bytes);
 }
 
+/* Inodes of the sockets listening on port (IPv4 and IPv6); returns how many. */
+static size_t executor__listen_inodes(int port, unsigned long *inodes, size_t max)
+{
+    size_t n = 0;
+    const char *tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+    for (size_t t = 0; t < ARRAY_SIZE(tables); t++) {
+        FILE *f = fopen(tables[t], "re");
+        if (!f)
+            continue;
+        char line[512];
+        if (!fgets(line, sizeof(line), f)) { /* the header */
+            fclose(f);
+            continue;
+        }
+        while (n < max && fgets(line, sizeof(line), f)) {
+            /* "  0: 0100007F:1F90 00000000:0000 0A ... uid timeout inode" */
+            char local[64];
+            unsigned state;
+            unsigned long inode;
+            if (sscanf(line, "%*s %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &state, &inode) != 3)
+                continue;
+            const char *colon = strrchr(local, ':');
+            if (state == 0x0A && colon && strtol(colon + 1, NULL, 16) == port)
+                inodes[n++] = inode;
+        }
+        fclose(f);
+    }
+    return n;
+}
+
+/* The pids of the instance: its cgroup's members, or else its process group's. */
+static size_t executor__instance_pids(struct instance *inst, int *pids, size_t max)
+{
+    size_t n = 0;
+    if (inst->cg) {
+        FILE *f = fopen(cgroup_join_files(inst->cg)[0], "re");
+        int pid;
+        while (f && n < max && fscanf(f, "%d", &pid) == 1)
+            pids[n++] = pid;
+        if (f)
+            fclose(f);
+        return n;
+    }
+    if (!inst->proc)
+        return 0;
+    int group = proc_pid(inst->proc);
+    uv_fs_t req;
+    uv_dirent_t ent;
+    if (uv_fs_scandir(NULL, &req, "/proc", 0, NULL) < 0)
+        return 0;
+    /* read to the end: libuv leaks the last entry when a scan stops right on it */
+    while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+        int pid = atoi(ent.name);
+        if (pid <= 0 || n == max)
+            continue;
+        char path[64], *text = NULL;
+        snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+        if (file_read(path, &text, NULL) != 0)
+            continue;
+        const char *p = strrchr(text, ')');
+        int pgrp = 0;
+        if (p && sscanf(p + 2, "%*c %*d %d", &pgrp) == 1 && pgrp == group)
+            pids[n++] = pid;
+        free(text);
+    }
+    uv_fs_req_cleanup(&req);
+    return n;
+}
+
+static bool process_driver_listens_on(struct instance *inst, int port)
+{
+    unsigned long inodes[16];
+    size_t ninodes = executor__listen_inodes(port, inodes, ARRAY_SIZE(inodes));
+    if (ninodes == 0)
+        return false;
+    int pids[256];
+    size_t npids = executor__instance_pids(inst, pids, ARRAY_SIZE(pids));
+    for (size_t i = 0; i < npids; i++) {
+        char dir[64];
+        snprintf(dir, sizeof(dir), "/proc/%d/fd", pids[i]);
+        uv_fs_t req;
+        uv_dirent_t ent;
+        if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0)
+            continue;
+        bool found = false;
+        while (uv_fs_scandir_next(&req, &ent) != UV_EOF) { /* to the end, as above */
+            if (found)
+                continue;
+            char link[96], target[64];
+            snprintf(link, sizeof(link), "%s/%s", dir, ent.name);
+            ssize_t len = readlink(link, target, sizeof(target) - 1);
+            if (len <= 0)
+                continue;
+            target[len] = '\0';
+            unsigned long inode;
+            if (sscanf(target, "socket:[%lu]", &inode) != 1)
+                continue;
+            for (size_t k = 0; k < ninodes && !found; k++)
+                found = inodes[k] == inode;
+        }
+        uv_fs_req_cleanup(&req);
+        if (found)
+            return true;
+    }
+    return false;
+}
+
 static void process_driver_cleanup(struct instance *inst)
 {
     cgroup_destroy(inst->cg);
@@ -199,6 +309,7 @@ static const struct executor__driver executor__process_driver = {
     .signal = process_driver_signal,
     .oom_killed = process_driver_oom_killed,
     .usage = process_driver_usage,
+    .listens_on = process_driver_listens_on,
     .cleanup = process_driver_cleanup,
 };
 
@@ -362,6 +473,11 @@ static void executor__health_result(struct instance *inst, bool healthy)
     struct executor *ex = inst->ex;
     if (inst->final || inst->stop_requested || inst->kill_reason)
         return;
+    /* Before the first pass only: someone else's program on the instance's port (another
+     * daemon on this machine handed out the same port) must not make it look ready. */
+    if (healthy && inst->state == INSTANCE_STARTING && inst->health != HEALTH_PROCESS &&
+        inst->port > 0 && !executor__driver->listens_on(inst, inst->port))
+        healthy = false;
     if (inst->state == INSTANCE_STARTING) {
         if (!healthy)
             return; /* not listening yet: the next tick tries again */

@@ -379,6 +379,33 @@ static void test_start_timeout_port_never_opens(void **state)
     assert_int_equal(w->exit.term_signal, SIGKILL);
 }
 
+static void test_port_check_ignores_other_listeners(void **state)
+{
+    struct world *w = *state;
+    /* the test itself listens on the port: that is not the instance being ready */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    socklen_t alen = sizeof(addr);
+    getsockname(fd, (struct sockaddr *)&addr, &alen);
+    struct instance_spec spec = {
+        .instance_guid = "squatted-port",
+        .app_dir = w->home,
+        .command = "sleep 30",
+        .port = ntohs(addr.sin_port),
+        .health = HEALTH_PORT,
+        .start_timeout_s = 1,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_final, 10000, "start timeout");
+    close(fd);
+    assert_int_equal(w->running, 0);
+    assert_string_equal(w->exit.reason, "start timeout");
+}
+
 static void test_start_errors(void **state)
 {
     struct world *w = *state;
@@ -531,6 +558,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_health_http_fail_hits_start_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_liveness_failure_crashes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_port_check_ignores_other_listeners, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_allocation_skips_busy_ports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_stops_everything, setup, teardown),
