@@ -258,6 +258,25 @@ done:
     return rc;
 }
 
+/* Settings the manifest format has and the API does not take yet: said, never silently lost. */
+static void cli_manifest_warn_unsupported(const struct manifest *m, const struct manifest_app *a)
+{
+    if (a->service_count)
+        fprintf(stderr,
+                "warning: %s: %s lists services, which are not bound: service bindings are not "
+                "available on this platform yet.\n",
+                m->file, a->name);
+    for (size_t i = 0; i < a->process_count; i++) {
+        const struct manifest_process *p = &a->processes[i];
+        if (p->disk_mb > 0 || p->health_check_type || p->health_check_http_endpoint ||
+            p->timeout > 0)
+            fprintf(stderr,
+                    "warning: %s: the %s process of %s sets disk_quota, health checks or "
+                    "timeout, which apply per app here: set them on the app.\n",
+                    m->file, p->type, a->name);
+    }
+}
+
 /* The settings of a manifest app, as the body of PUT /v1/apps/NAME. */
 static json_t *cli_manifest_body(const struct manifest_app *a)
 {
@@ -529,6 +548,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                  manifest_path);
             break;
         }
+        cli_manifest_warn_unsupported(m, a);
         struct cli_push_plan plan = {.name = a->name,
                                      .body = cli_manifest_body(a),
                                      .no_start = no_start,
