@@ -307,6 +307,11 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
     printf("buildpack:   %s\n", *detected ? detected : *buildpacks ? buildpacks : "(not staged)");
     if (*command)
         printf("command:     %s\n", command);
+    json_t *fn = json_object_get(app, "function");
+    if (json_is_object(fn))
+        printf("function:    %s%s%s%s\n", cli_json_str(fn, "handler"),
+               *cli_json_str(fn, "runtime") ? " (" : "", cli_json_str(fn, "runtime"),
+               *cli_json_str(fn, "runtime") ? ")" : "");
     printf("updated:     %s\n", cli_json_str(app, "updated_at"));
     free(routes);
     free(buildpacks);
