@@ -41,74 +41,115 @@ void api_core__routes_changed(struct api_core *core)
 
 /* ---- JSON of an app ------------------------------------------------------------------------ */
 
-static void core__rfc3339(json_t *obj, const char *key, int64_t ms)
+/* Writes s as a JSON string. */
+static void core__json_str(struct buf *b, const char *s)
 {
-    char ts[40];
-    time_format_rfc3339(ms, ts, sizeof ts);
-    json_object_set_new(obj, key, json_string(ts));
-}
-
-static json_t *core__string_or_null(const char *s)
-{
-    return s ? json_string(s) : json_null();
-}
-
-json_t *api_core__app_json(struct api_core *core, const struct store_app *app,
-                           const struct store_route *routes, size_t nroutes)
-{
-    json_t *o = json_object();
-    const struct store_process *web = store_app_process(app, "web");
-    json_object_set_new(o, "guid", json_string(app->guid));
-    json_object_set_new(o, "name", json_string(app->name));
-    json_object_set_new(o, "state", json_string(app->state));
-    json_object_set_new(o, "instances", json_integer(web ? web->instances : 0));
-    json_object_set_new(o, "running",
-                        json_integer(core->cfg.scheduler
-                                         ? scheduler_running_count(core->cfg.scheduler, app->guid)
-                                         : 0));
-    json_object_set_new(o, "memory_mb", json_integer(app->memory_mb));
-    json_object_set_new(o, "disk_mb", json_integer(app->disk_mb));
-    json_object_set_new(o, "command", core__string_or_null(app->command));
-    json_t *bps = json_loads(app->buildpacks_json ? app->buildpacks_json : "[]", 0, NULL);
-    json_object_set_new(o, "buildpacks", bps ? bps : json_array());
-    json_object_set_new(o, "detected_buildpack", core__string_or_null(app->detected_buildpack));
-    json_object_set_new(o, "health_check_type", json_string(app->health_check_type));
-    json_object_set_new(o, "health_check_http_endpoint",
-                        json_string(app->health_check_http_endpoint));
-    json_object_set_new(o, "timeout", json_integer(app->timeout));
-    json_t *env = json_object();
-    for (size_t i = 0; i < app->n_env; i++)
-        json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
-    json_object_set_new(o, "env", env);
-    json_t *r = json_array();
-    for (size_t i = 0; i < nroutes; i++) {
-        if (strcmp(routes[i].app_guid, app->guid))
+    static const char hex[] = "0123456789abcdef";
+    buf_putc(b, '"');
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c != '"' && c != '\\')
             continue;
-        char *uri = xasprintf("%s%s", routes[i].host, routes[i].path);
-        json_array_append_new(r, json_string(uri));
+        buf_append(b, run, (size_t)(s - run));
+        run = s + 1;
+        switch (c) {
+        case '"':
+            buf_puts(b, "\\\"");
+            break;
+        case '\\':
+            buf_puts(b, "\\\\");
+            break;
+        case '\n':
+            buf_puts(b, "\\n");
+            break;
+        case '\r':
+            buf_puts(b, "\\r");
+            break;
+        case '\t':
+            buf_puts(b, "\\t");
+            break;
+        default:
+            buf_puts(b, "\\u00");
+            buf_putc(b, hex[c >> 4]);
+            buf_putc(b, hex[c & 15]);
+        }
+    }
+    buf_append(b, run, (size_t)(s - run));
+    buf_putc(b, '"');
+}
+
+static void core__json_str_or_null(struct buf *b, const char *s)
+{
+    if (s)
+        core__json_str(b, s);
+    else
+        buf_puts(b, "null");
+}
+
+/* Writes the app object of docs/api.md. Written by hand rather than through jansson because
+ * GET /v1/apps serialises every app, and this is most of its time. routes are the app's. */
+void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
+                         const struct store_route *const *routes, size_t nroutes)
+{
+    const struct store_process *web = store_app_process(app, "web");
+    char created[40], updated[40];
+    time_format_rfc3339(app->created_at, created, sizeof created);
+    time_format_rfc3339(app->updated_at, updated, sizeof updated);
+    buf_puts(b, "{\"guid\":");
+    core__json_str(b, app->guid);
+    buf_puts(b, ",\"name\":");
+    core__json_str(b, app->name);
+    buf_puts(b, ",\"state\":");
+    core__json_str(b, app->state);
+    buf_printf(b, ",\"instances\":%d,\"running\":%d,\"memory_mb\":%d,\"disk_mb\":%d,\"command\":",
+               web ? web->instances : 0,
+               core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, app->guid) : 0,
+               app->memory_mb, app->disk_mb);
+    core__json_str_or_null(b, app->command);
+    /* stored as JSON made by json_dumps, so it is embedded as it is */
+    buf_printf(b, ",\"buildpacks\":%s,\"detected_buildpack\":",
+               app->buildpacks_json ? app->buildpacks_json : "[]");
+    core__json_str_or_null(b, app->detected_buildpack);
+    buf_puts(b, ",\"health_check_type\":");
+    core__json_str(b, app->health_check_type);
+    buf_puts(b, ",\"health_check_http_endpoint\":");
+    core__json_str(b, app->health_check_http_endpoint);
+    buf_printf(b, ",\"timeout\":%d,\"env\":{", app->timeout);
+    for (size_t i = 0; i < app->n_env; i++) {
+        if (i)
+            buf_putc(b, ',');
+        core__json_str(b, app->env[i].name);
+        buf_putc(b, ':');
+        core__json_str(b, app->env[i].value);
+    }
+    buf_puts(b, "},\"routes\":[");
+    for (size_t i = 0; i < nroutes; i++) {
+        if (i)
+            buf_putc(b, ',');
+        char *uri = xasprintf("%s%s", routes[i]->host, routes[i]->path);
+        core__json_str(b, uri);
         free(uri);
     }
-    json_object_set_new(o, "routes", r);
-    json_object_set_new(o, "droplet", core__string_or_null(app->droplet_guid));
-    json_object_set_new(o, "package", core__string_or_null(app->package_guid));
-    json_object_set_new(o, "kind", json_string(app->kind));
-    if (app->function_json) {
-        json_t *fn = json_loads(app->function_json, 0, NULL);
-        if (fn)
-            json_object_set_new(o, "function", fn);
-    }
-    json_t *procs = json_array();
+    buf_puts(b, "],\"droplet\":");
+    core__json_str_or_null(b, app->droplet_guid);
+    buf_puts(b, ",\"package\":");
+    core__json_str_or_null(b, app->package_guid);
+    buf_puts(b, ",\"kind\":");
+    core__json_str(b, app->kind);
+    if (app->function_json)
+        buf_printf(b, ",\"function\":%s", app->function_json);
+    buf_puts(b, ",\"processes\":[");
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
-        json_array_append_new(procs,
-                              json_pack("{s:s,s:o,s:i,s:i}", "type", p->type, "command",
-                                        core__string_or_null(p->command), "instances", p->instances,
-                                        "memory_mb", p->memory_mb ? p->memory_mb : app->memory_mb));
+        buf_puts(b, i ? ",{\"type\":" : "{\"type\":");
+        core__json_str(b, p->type);
+        buf_puts(b, ",\"command\":");
+        core__json_str_or_null(b, p->command);
+        buf_printf(b, ",\"instances\":%d,\"memory_mb\":%d}", p->instances,
+                   p->memory_mb ? p->memory_mb : app->memory_mb);
     }
-    json_object_set_new(o, "processes", procs);
-    core__rfc3339(o, "created_at", app->created_at);
-    core__rfc3339(o, "updated_at", app->updated_at);
-    return o;
+    buf_printf(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
 }
 
 /* The app named in the path (param 0), or NULL after answering 404. */
@@ -134,9 +175,16 @@ static json_t *core__app_json_with_routes(struct api_core *core, const struct st
     struct store_route *routes = NULL;
     size_t n = 0;
     store_route_list(core->cfg.store, app->guid, &routes, &n);
-    json_t *o = api_core__app_json(core, app, routes, n);
+    const struct store_route **mine = xcalloc(n + 1, sizeof *mine);
+    for (size_t i = 0; i < n; i++)
+        mine[i] = &routes[i];
+    struct buf b = {0};
+    api_core__app_write(core, &b, app, mine, n);
+    json_t *o = json_loadb(b.data, b.len, 0, NULL);
+    buf_free(&b);
+    free(mine);
     store_route_list_free(routes, n);
-    return o;
+    return o ? o : json_object();
 }
 
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
@@ -535,25 +583,65 @@ static bool core__check_routes(struct api_core *core, struct api_request *req, j
 
 /* ---- apps --------------------------------------------------------------------------------- */
 
+static int core__route_by_app(const void *a, const void *b)
+{
+    const struct store_route *const *x = a, *const *y = b;
+    return strcmp((*x)->app_guid, (*y)->app_guid);
+}
+
 static void core__apps_list(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
+    if (core->apps_cache && core->apps_cache_changes == store_change_count(core->cfg.store) &&
+        core->apps_cache_instance_changes == core->instance_changes) {
+        api_respond(req, 200, "application/json", core->apps_cache, core->apps_cache_len);
+        return;
+    }
     struct store_app **apps = NULL;
     size_t n = 0;
     struct store_route *routes = NULL;
     size_t nr = 0;
+    uint64_t changes = store_change_count(core->cfg.store);
     if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
         store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
         store_app_list_free(apps, n);
         api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
         return;
     }
-    json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, api_core__app_json(core, apps[i], routes, nr));
+    /* routes grouped by app (stable: host order within an app) */
+    const struct store_route **by_app = xcalloc(nr + 1, sizeof *by_app);
+    for (size_t i = 0; i < nr; i++)
+        by_app[i] = &routes[i];
+    qsort(by_app, nr, sizeof *by_app, core__route_by_app);
+    struct buf b = {0};
+    buf_reserve(&b, n * 600 + 64);
+    buf_puts(&b, "{\"apps\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf_putc(&b, ',');
+        struct store_route key = {.app_guid = apps[i]->guid};
+        const struct store_route *kp = &key;
+        const struct store_route **first =
+            nr ? bsearch(&kp, by_app, nr, sizeof *by_app, core__route_by_app) : NULL;
+        size_t count = 0;
+        if (first) {
+            while (first > by_app && !strcmp(first[-1]->app_guid, apps[i]->guid))
+                first--;
+            while (first + count < by_app + nr && !strcmp(first[count]->app_guid, apps[i]->guid))
+                count++;
+        }
+        api_core__app_write(core, &b, apps[i], first, count);
+    }
+    buf_puts(&b, "]}\n");
+    api_respond(req, 200, "application/json", b.data, b.len);
+    free(core->apps_cache);
+    core->apps_cache_len = b.len;
+    core->apps_cache = buf_steal(&b);
+    core->apps_cache_changes = changes;
+    core->apps_cache_instance_changes = core->instance_changes;
+    free(by_app);
     store_app_list_free(apps, n);
     store_route_list_free(routes, nr);
-    api_respond_json(req, 200, json_pack("{s:o}", "apps", arr));
 }
 
 static struct store_app *core__new_app(const char *name)
@@ -1159,6 +1247,14 @@ done:
 
 /* ---- registration ------------------------------------------------------------------------- */
 
+/* "running" counts change with readiness: the cached list is stale then. */
+static void core__on_scheduler(void *ctx, const struct scheduler_event *ev)
+{
+    struct api_core *core = ctx;
+    (void)ev;
+    core->instance_changes++;
+}
+
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out)
 {
     struct api_core *core = xcalloc(1, sizeof *core);
@@ -1195,6 +1291,8 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,
                       core);
     api_core__staging_register(core);
+    if (core->cfg.scheduler)
+        scheduler_subscribe(core->cfg.scheduler, core__on_scheduler, core);
     *out = core;
     return 0;
 }
@@ -1213,5 +1311,6 @@ void api_core_free(struct api_core *core)
     free((char *)core->cfg.router_url);
     free((char *)core->cfg.buildpacks_dir);
     free(core->follows);
+    free(core->apps_cache);
     free(core);
 }

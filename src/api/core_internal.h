@@ -18,11 +18,18 @@ struct api_core {
     struct api_core_staging *stagings; /* in progress */
     void **follows;                    /* log followers (struct core_follow) */
     size_t nfollows;
+    /* GET /v1/apps, kept while neither the store nor any instance's readiness changed */
+    char *apps_cache;
+    size_t apps_cache_len;
+    uint64_t apps_cache_changes;
+    uint64_t instance_changes;
+    uint64_t apps_cache_instance_changes;
 };
 
 void api_core__routes_changed(struct api_core *core);
-json_t *api_core__app_json(struct api_core *core, const struct store_app *app,
-                           const struct store_route *routes, size_t nroutes);
+struct buf;
+void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
+                         const struct store_route *const *routes, size_t nroutes);
 struct store_app *api_core__find_app(struct api_core *core, struct api_request *req);
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app);

@@ -90,6 +90,9 @@ int store_open(const char *location, char *err, size_t errsize, struct store **o
 void store_close(struct store *st);
 /* The schema version after migrations (for tests and diagnostics). */
 int store_schema_version(struct store *st);
+/* A number that changes whenever anything was written through this store (a cheap check
+ * that a cached view is still current). */
+uint64_t store_change_count(struct store *st);
 
 /* ---- apps (with their processes and env, written together) ------------------------------- */
 

@@ -113,6 +113,11 @@ int store_schema_version(struct store *st)
     return st->version;
 }
 
+uint64_t store_change_count(struct store *st)
+{
+    return (uint64_t)sqlite3_total_changes64(st->db);
+}
+
 static int store__migrate(struct store *st, char *err, size_t errsize)
 {
     if (store__exec(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL,"
