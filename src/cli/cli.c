@@ -559,7 +559,7 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
                   t ? t->api_url : "URL");
         return;
     }
-    if (res->status == 404 && (!res->error_code || strcmp(res->error_code, "not_found") == 0)) {
+    if (res->status == 404 && res->error_code && strcmp(res->error_code, "not_found") == 0) {
         char *app = cli_path_app(req->path);
         if (app) {
             cli_error("app \"%s\" not found. `skiff apps` lists the apps.", app);
