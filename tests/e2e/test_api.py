@@ -271,3 +271,126 @@ def test_upload_that_unpacks_too_large_is_refused():
     finally:
         p.stop()
         p.kill_all()
+
+
+# ---- staging, crashes, logs and restarts through the API --------------------------------------
+
+def procfile_app(command, extra=()):
+    return tar_gz([("Procfile", f"web: {command}\n".encode())] + list(extra))
+
+
+def stage(p, name):
+    """Runs a stage and returns (lines, final object)."""
+    status, text = p.api("POST", f"/v1/apps/{name}/stage")
+    assert status == 200, text
+    objs = [json.loads(l) for l in (text if isinstance(text, str) else json.dumps(text)).splitlines()
+            if l.strip()]
+    assert objs and objs[-1].get("done"), objs
+    return objs[:-1], objs[-1]
+
+
+def app_detail(p, name):
+    status, body = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, body
+    return body
+
+
+def test_a_failed_stage_keeps_the_previous_droplet_running(platform):
+    p = platform
+    server = "python3 -m http.server $PORT"
+    assert p.api("PUT", "/v1/apps/steady", {"instances": 1})[0] == 201
+    assert upload(p, "steady", procfile_app(server, [("data.txt", b"v1\n")]))[0] == 201
+    lines, done = stage(p, "steady")
+    assert done["ok"] is True and done["droplet"], done
+    assert done["buildpack"] == "procfile" and lines
+    assert p.api("POST", "/v1/apps/steady/start")[0] == 200
+    p.wait_for(lambda: app_detail(p, "steady")["running"] == 1, 30, "steady running")
+    first = app_detail(p, "steady")
+    old_guid = first["instances_detail"][0]["guid"]
+
+    # a stage that fails: an unknown buildpack
+    assert p.api("PATCH", "/v1/apps/steady", {"buildpacks": ["no-such-buildpack"]})[0] == 200
+    assert upload(p, "steady", procfile_app(server, [("data.txt", b"v2\n")]))[0] == 201
+    lines, done = stage(p, "steady")
+    assert done["ok"] is False
+    assert done["error"]["code"] == "staging_failed" and done["error"]["message"]
+    after = app_detail(p, "steady")
+    assert after["droplet"] == first["droplet"]
+    assert after["running"] == 1
+    assert after["instances_detail"][0]["guid"] == old_guid  # not even restarted
+    status, logs = p.api("GET", "/v1/apps/steady/logs?recent=1")
+    assert "[STG/0]" in logs and "Staging failed" in logs
+
+
+def test_an_app_that_exits_at_once_shows_crashed_and_is_restarted(platform):
+    p = platform
+    assert p.api("PUT", "/v1/apps/crasher", {"health_check_type": "process"})[0] == 201
+    assert upload(p, "crasher", procfile_app("echo going down; exit 3"))[0] == 201
+    assert stage(p, "crasher")[1]["ok"]
+    assert p.api("POST", "/v1/apps/crasher/start")[0] == 200
+
+    def crashed_twice():
+        d = app_detail(p, "crasher")["instances_detail"][0]
+        return d["crash_count"] >= 2 and d["exit_status"] == 3 and d
+    d = p.wait_for(crashed_twice, 30, "crasher to crash and be restarted")
+    assert d["exit_signal"] is None
+    status, logs = p.api("GET", "/v1/apps/crasher/logs?recent=1")
+    assert "[APP/PROC/WEB/0] OUT going down" in logs
+    assert "[CELL/0] ERR" in logs and "exit status 3" in logs
+    # after 3 crashes in a row the restart waits (30 s): it shows as CRASHED meanwhile
+    d = p.wait_for(lambda: app_detail(p, "crasher")["instances_detail"][0]["crash_count"] >= 4
+                   and app_detail(p, "crasher")["instances_detail"][0], 30, "4 crashes")
+    assert d["state"] == "CRASHED"
+
+
+def test_logs_follow_streams_new_lines(platform):
+    p = platform
+    assert p.api("POST", "/v1/apps", {"name": "chatty"})[0] == 201
+    import http.client
+    host, port = p.api_url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/v1/apps/chatty/logs?follow=1",
+                 headers={"Authorization": "Bearer " + p.token})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.getheader("Transfer-Encoding") == "chunked"
+    got = r.readline().decode()  # the recent buffer comes first
+    assert "[API] OUT Created app chatty" in got
+    assert p.api("PUT", "/v1/apps/chatty/env", {"A": "1"})[0] == 200
+    line = r.readline().decode()
+    assert "[API] OUT Updated environment" in line, line
+    assert line[:4].isdigit() and "T" in line.split()[0] and line.split()[0].endswith("Z")
+    conn.close()
+    # the daemon noticed the follower left and still answers
+    alive(p)
+    assert p.api("PUT", "/v1/apps/chatty/env", {"A": "2"})[0] == 200
+
+
+def test_scale_and_rolling_restart(platform):
+    p = platform
+    assert p.api("PUT", "/v1/apps/roller", {"instances": 2})[0] == 201
+    assert upload(p, "roller", procfile_app("python3 -m http.server $PORT"))[0] == 201
+    assert stage(p, "roller")[1]["ok"]
+    assert p.api("POST", "/v1/apps/roller/start")[0] == 200
+    p.wait_for(lambda: app_detail(p, "roller")["running"] == 2, 30, "2 running")
+    before = {d["guid"] for d in app_detail(p, "roller")["instances_detail"]}
+    ports = {d["port"] for d in app_detail(p, "roller")["instances_detail"]}
+    assert len(ports) == 2
+    status, body = p.api("POST", "/v1/apps/roller/restart?rolling=1")
+    assert status == 200, body
+
+    def replaced():
+        d = app_detail(p, "roller")
+        guids = {i["guid"] for i in d["instances_detail"]}
+        return d["running"] == 2 and guids.isdisjoint(before)
+    p.wait_for(replaced, 30, "both instances replaced one by one")
+    # scale down and up
+    assert p.api("PATCH", "/v1/apps/roller", {"instances": 1})[1]["instances"] == 1
+    p.wait_for(lambda: len(app_detail(p, "roller")["instances_detail"]) == 1, 10, "1 instance")
+    assert p.api("PATCH", "/v1/apps/roller", {"instances": 3})[0] == 200
+    p.wait_for(lambda: app_detail(p, "roller")["running"] == 3, 30, "3 running")
+    # stop: nothing runs; delete: gone
+    assert p.api("POST", "/v1/apps/roller/stop")[1]["state"] == "STOPPED"
+    p.wait_for(lambda: app_detail(p, "roller")["running"] == 0, 15, "stopped")
+    assert p.api("DELETE", "/v1/apps/roller")[0] == 204
+    assert p.api("GET", "/v1/apps/roller")[0] == 404
