@@ -231,7 +231,7 @@ static void test_stop_sends_term(void **state)
     struct instance *inst =
         start(w, "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.02; done",
               NULL, HEALTH_PROCESS, 0);
-    run_until(w, has_running, 5000, "running");
+    run_until(w, said_ready, 5000, "the TERM trap to be set");
     assert_int_equal(instance_state(inst), INSTANCE_RUNNING);
     assert_true(instance_pid(inst) > 0);
     executor_stop(inst);
@@ -382,8 +382,9 @@ static void test_start_timeout_port_never_opens(void **state)
 static void test_port_check_ignores_other_listeners(void **state)
 {
     struct world *w = *state;
-    /* the test itself listens on the port: that is not the instance being ready */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    /* the test itself listens on the port: that is not the instance being ready (CLOEXEC,
+     * or the instance would inherit the socket and really listen on it) */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in addr = {.sin_family = AF_INET};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
