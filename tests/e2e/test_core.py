@@ -301,3 +301,27 @@ def test_ignore_files_keep_things_out_of_the_upload(platform, tmp_path):
     assert r.returncode == 0, out(r)
     # app.py, .cfignore and .skiffignore: three entries
     assert re.search(r"Uploading ignoring: 3 files", r.stdout), r.stdout
+
+
+def test_failed_staging_says_why_and_keeps_the_app_running(platform, tmp_path):
+    r = platform.cli("push", "steady", "-p", PYTHON_WEB)
+    assert r.returncode == 0, out(r)
+    before = running(app_json(platform, "steady"))
+    bp = tmp_path / "failing-bp"
+    (bp / "bin").mkdir(parents=True)
+    (bp / "bin" / "detect").write_text("#!/bin/sh\necho failing\n")
+    (bp / "bin" / "compile").write_text("#!/bin/sh\necho 'cannot build this on purpose'\nexit 7\n")
+    (bp / "bin" / "release").write_text("#!/bin/sh\necho '--- {}'\n")
+    for f in (bp / "bin").iterdir():
+        f.chmod(0o755)
+    r = platform.cli("push", "steady", "-p", PYTHON_WEB, "-b", str(bp))
+    assert r.returncode == 1, out(r)
+    assert "cannot build this on purpose" in r.stdout  # the buildpack's own output, streamed
+    assert r.stderr.startswith("error: staging steady failed: "), r.stderr
+    after = running(app_json(platform, "steady"))
+    assert {i["guid"] for i in after} == {i["guid"] for i in before}
+    assert get(f"http://127.0.0.1:{after[0]['port']}/")[0] == 200
+
+    r = platform.cli("push", "steady", "-p", PYTHON_WEB, "-b", "no-such-buildpack")
+    assert r.returncode == 1, out(r)
+    assert "no-such-buildpack" in r.stderr, r.stderr
