@@ -802,11 +802,15 @@ static void core__apps_patch(struct api_request *req, void *ctx)
     if (!core__map_routes(core, req, app, body, false))
         goto done;
     web = store_app_process(app, "web");
-    if (web && web->instances != before)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Scaled app %s to %d instances",
-                     app->name, web->instances);
     if (core->cfg.scheduler)
         scheduler_app_changed(core->cfg.scheduler, app->guid);
+    if (web && web->instances != before) {
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Scaled app %s to %d instances",
+                     app->name, web->instances);
+        if (core->cfg.scheduler)
+            scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_SCALED, app->guid, "web",
+                                 web->instances);
+    }
     api_core__respond_app(core, req, 200, app);
 done:
     store_app_free(app);

@@ -228,6 +228,7 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     bool started = !strcmp(app->state, "STARTED");
     store_app_free(app);
     if (core->cfg.scheduler) {
+        scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_STAGED, s->app_guid, NULL, 0);
         if (started)
             scheduler_app_restart(core->cfg.scheduler, s->app_guid, false);
         else

@@ -893,6 +893,23 @@ int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling)
     return 0;
 }
 
+void scheduler_notify_app(struct scheduler *s, enum scheduler_event_type type, const char *app_guid,
+                          const char *process_type, int instances)
+{
+    struct store_app *sa = NULL;
+    if (store_app_get(s->store, app_guid, &sa) < 0)
+        return;
+    struct scheduler_event ev = {.type = type,
+                                 .app_guid = sa->guid,
+                                 .app_name = sa->name,
+                                 .process_type = process_type,
+                                 .index = -1,
+                                 .instances = instances,
+                                 .exit_status = -1};
+    sched__emit(s, &ev);
+    store_app_free(sa);
+}
+
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
 {
     struct sched_app *a = sched__app(s, app_guid, false);
