@@ -713,10 +713,10 @@ static int cursor_log_load(struct fabric *f, char *errmsg, size_t errlen)
         /* op, topic NUL consumer NUL number */
         const char *topic = (const char *)p + 1;
         const char *end = (const char *)p + len;
-        const char *consumer = memchr(topic, '\0', (size_t)(end - topic));
+        const char *consumer = len >= 3 ? memchr(topic, '\0', (size_t)(end - topic)) : NULL;
         const char *num =
             consumer ? memchr(consumer + 1, '\0', (size_t)(end - consumer - 1)) : NULL;
-        if (len >= 1 && consumer && num) {
+        if (consumer && num) {
             consumer++;
             num++;
             char tmp[24];
