@@ -158,6 +158,7 @@ struct exchange {
     bool chunked, has_length, upgrade, is_head, in_trailers;
     bool req_done, resp_done, resp_started, client_close, local;
     bool interim;
+    bool fresh_connection; /* a pooled connection failed: do not take another */
     char request_id[130];
 };
 
@@ -756,6 +757,10 @@ static void client_feed(struct client *c, const char *data, size_t len)
             if (c->x && c->x->u && len) {
                 outq_add(&c->x->u->p, data, len);
                 peer_flush(&c->x->u->p);
+                if (peer_queued(&c->x->u->p) > ROUTER_HIGH_WATER) {
+                    c->p.throttled = true;
+                    client_update_reading(c);
+                }
             }
             return;
         }
@@ -1248,6 +1253,11 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     peer_flush(&u->p);
     upstream_update_reading(u);
     client_set_deadline(c, D_ACTIVE, c->p.w->cfg->upstream_timeout_ms);
+    if (x->req_done) {
+        /* a replay of a request already read whole: what is pending is the next request */
+        c->state = C_WAIT_RESPONSE;
+        return;
+    }
     c->state = C_BODY;
     client_drain_pending(c);
 }
@@ -1285,7 +1295,7 @@ static void connect_backend(struct exchange *x)
     x->backend = b;
     __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
     struct pool *pool = pool_for(w, b);
-    while (pool->idle) {
+    while (pool->idle && !x->fresh_connection) {
         struct upstream *u = pool->idle;
         pool_remove(u);
         u->reused = true;
@@ -1333,7 +1343,7 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
         client_close(c); /* the client sees a cut response: nothing truthful can be added */
         return;
     }
-    bool replayable = x->body_bytes == 0 && !got_bytes;
+    bool replayable = !x->chunked && x->content_length == 0 && !got_bytes;
     if (connect_phase) {
         ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
         connect_backend(x);
@@ -1342,7 +1352,9 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
     if (was_reused && replayable) {
         /* a pooled connection the backend had closed: once more on a fresh one */
         x->attempts--;
-        c->state = C_WAIT_UPSTREAM;
+        x->fresh_connection = true;
+        if (!x->req_done)
+            c->state = C_WAIT_UPSTREAM;
         client_update_reading(c);
         ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
         connect_backend(x);
@@ -1642,6 +1654,8 @@ static void on_write(uv_write_t *req, int status)
         }
         return;
     }
+    if (p->kind == PEER_CLIENT)
+        client_touch((struct client *)p); /* a slow reader that still reads is not idle */
     if (peer_queued(p) > ROUTER_LOW_WATER)
         return;
     /* drained: let the other side read again */

@@ -617,6 +617,45 @@ def test_refused_instance_is_skipped(router_factory, backends):
     assert r.metric("skiff_router_upstream_connect_failures_total") >= 1
 
 
+def test_stale_pooled_connection_is_retried_on_a_fresh_one(router_factory):
+    served = []
+
+    def one_per_connection(conn):
+        # answers the first request with keep-alive, then drops the connection on the next one,
+        # as a backend does when its keep-alive timeout passes just as a request arrives
+        f = conn.makefile("rb")
+        first, _ = read_head(f)
+        served.append(first.split()[1])
+        body = first.split()[1].encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        read_head(f)
+
+    be = RawBackend(one_per_connection)
+    r = router_factory([route("app.localhost", [be])])
+    c = r.client()
+    assert c.request(path="/one").body == b"/one"
+    c.send(b"GET /two HTTP/1.1\r\nHost: app.localhost\r\n\r\n"
+           b"GET /three HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+    assert c.response().body == b"/two"
+    assert c.response().body == b"/three"
+    c.close()
+    assert served == ["/one", "/two", "/three"]
+    assert r.metric("skiff_router_upstream_retries_total") >= 1
+    be.close()
+
+
+def test_half_closed_client_still_gets_its_answers(router_factory, backends):
+    a = backends("a")
+    r = router_factory([route("app.localhost", [a])])
+    c = r.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: app.localhost\r\n\r\n"
+           b"GET /2 HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.response().json()["path"] == "/1"
+    assert c.response().json()["path"] == "/2"
+    assert c.closed()
+
+
 def test_all_instances_refusing_is_502(router_factory):
     dead = [f"127.0.0.1:{free_port()}" for _ in range(5)]
     r = router_factory([route("app.localhost", dead)])
