@@ -457,10 +457,8 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
         slot_dead(s, final);
     }
 out:
-    if (!m->deleted && !m->inv->stopping) {
-        mapping_collect(m);
-        invoker_target_pump(t);
-    }
+    if (!m->deleted && !m->inv->stopping)
+        mapping_pump(m); /* reads on: the window may have room now */
     mapping_unref(m);
     invoker_maybe_done();
 }
@@ -579,7 +577,10 @@ static void mapping_fill(struct inv_mapping *m)
             return;
         }
         if (batch.count == 0) {
-            m->read_next = batch.next_offset > m->read_next ? batch.next_offset : m->end_offset;
+            /* Past a gap that retention left, or nothing readable yet: never skip ahead on
+             * the word of a notification alone. */
+            if (batch.next_offset > m->read_next)
+                m->read_next = batch.next_offset;
             fabric_batch_free(&batch);
             return;
         }
@@ -864,6 +865,14 @@ json_t *invoker_mapping_json(struct inv_mapping *m)
     json_object_set_new(o, "filtered", json_integer((json_int_t)m->filtered));
     json_object_set_new(o, "cursor", json_integer((json_int_t)m->committed));
     json_object_set_new(o, "end_offset", json_integer((json_int_t)m->end_offset));
+    json_object_set_new(o, "read_offset", json_integer((json_int_t)m->read_next));
+    json_object_set_new(o, "window", json_integer((json_int_t)m->window));
+    int busy = 0;
+    for (struct inv_instance *i = m->target->instances; i; i = i->next)
+        busy += i->in_flight;
+    json_object_set_new(o, "instance_calls", json_integer(busy));
+    if (m->head)
+        json_object_set_new(o, "oldest_state", json_integer(m->head->state));
     json_object_set_new(o, "instances", json_integer(m->target->instance_count));
     const char *err = m->target->last_error[0] ? m->target->last_error : m->last_error;
     json_object_set_new(o, "last_error", err[0] ? json_string(err) : json_null());

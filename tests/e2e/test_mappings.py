@@ -238,6 +238,20 @@ def test_scale_up_with_backlog(platform, tmp_path):
     assert len(indexes) >= 2, indexes
 
 
+def test_many_events_pass_through_the_window(platform):
+    # more events than a mapping holds in memory at once: reading continues as they settle
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    cli_ok(platform, "map-event", "resize", "bulk", "--concurrency", "8", "--max-instances", "1")
+    batch = [{"specversion": "1.0", "id": f"b{i}", "source": "/t", "type": "bulk", "data": {}}
+             for i in range(500)]
+    status, body = platform.api("POST", "/v1/topics/bulk/events:batch", body=batch)
+    assert status == 202, body
+    m = platform.wait_for(lambda: (lambda m: m if m["delivered"] == 500 else None)(
+        mapping(platform, "resize")), 120, "500 deliveries")
+    platform.wait_for(lambda: mapping(platform, "resize")["cursor"] == 500, 10, "the cursor at 500")
+    assert m["backlog"] == 0 and m["retried"] == 0, m
+
+
 def test_schedule(platform):
     push_function(platform, "nightly", os.path.join(FUNCTIONS, "count.sh"), "main")
     r = cli_ok(platform, "map-event", "nightly", "--schedule", "@every 1s")
