@@ -1,11 +1,13 @@
 /* skiffd: the control process. Store, API, scheduler, logs, bus, and the router's keeper. */
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -311,6 +313,21 @@ int main(int argc, char **argv)
         free(tmp);
         goto fail;
     }
+    /* one skiffd per home: a second one would fight over the store, the bus and instances */
+    char *lock_path = xasprintf("%s/run/skiffd.lock", d.home);
+    int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        fprintf(stderr,
+                "skiffd: another skiffd is running with %s (%s is locked): stop it first, or "
+                "use another --home\n",
+                d.home, lock_path);
+        free(lock_path);
+        free(tmp);
+        if (lock_fd >= 0)
+            close(lock_fd);
+        goto fail;
+    }
+    free(lock_path);
     rm_rf(tmp); /* uploads and scratch of a previous run */
     mkdir_p(tmp, 0700);
     free(tmp);

@@ -4,10 +4,11 @@ left behind, and the router keeps serving meanwhile."""
 import json
 import os
 import signal
+import subprocess
 import urllib.error
 import urllib.request
 
-from conftest import ROOT, Platform
+from conftest import BIN_DIR, ROOT, Platform
 
 PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
 
@@ -141,3 +142,14 @@ def test_a_router_that_dies_is_started_again(platform):
     p.wait_for(lambda: router_pid(p) != first and pid_alive(router_pid(p)), 10,
                "a new router")
     assert p.proc.poll() is None
+
+
+def test_a_second_skiffd_on_the_same_home_is_refused(platform):
+    other = Platform(home=platform.home)  # same home, other ports
+    r = subprocess.run([os.path.join(BIN_DIR, "skiffd")], env=other.env(), capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1
+    assert "another skiffd is running" in r.stderr
+    # the first one is untouched
+    assert platform.info()["api_url"] == platform.api_url
+    assert platform.api("GET", "/v1/apps")[0] == 200
