@@ -623,13 +623,20 @@ static int cli_http_do(const struct cli_request *req, struct cli_response *res, 
         headers = curl_slist_append(headers, "Content-Type: application/json");
         curl_easy_setopt(x.curl, CURLOPT_POSTFIELDS, json_body);
         curl_easy_setopt(x.curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json_body));
-    } else if (req->body) {
+    } else if (req->body || req->body_file) {
         char *ct = xasprintf("Content-Type: %s",
                              req->content_type ? req->content_type : "application/octet-stream");
         headers = curl_slist_append(headers, ct);
         free(ct);
-        curl_easy_setopt(x.curl, CURLOPT_POSTFIELDS, req->body);
-        curl_easy_setopt(x.curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        if (req->body_file) {
+            /* streamed from the file: the method stays the one asked for */
+            curl_easy_setopt(x.curl, CURLOPT_UPLOAD, 1L);
+            curl_easy_setopt(x.curl, CURLOPT_READDATA, req->body_file);
+            curl_easy_setopt(x.curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
+        } else {
+            curl_easy_setopt(x.curl, CURLOPT_POSTFIELDS, req->body);
+            curl_easy_setopt(x.curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        }
     }
     for (const char *const *h = req->headers; h && *h; h++)
         headers = curl_slist_append(headers, *h);

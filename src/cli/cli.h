@@ -136,6 +136,7 @@ struct cli_request {
     json_t *json;               /* request body as JSON (borrowed), or NULL */
     const void *body;           /* raw request body (when json is NULL), or NULL */
     size_t body_len;            /* bytes of body */
+    FILE *body_file;            /* or a raw body read from this stream (body_len bytes) */
     const char *content_type;   /* of the raw body; NULL means application/octet-stream */
     const char *const *headers; /* extra "Name: value" lines ended by NULL, or NULL */
     /* When set, a 2xx body is delivered line by line as it arrives (without the newline)

@@ -1,4 +1,5 @@
 /* cmd_push: push (settings, upload, staging, start; from flags or a manifest) and restage. */
+#include <errno.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,31 +120,37 @@ static const char *cli_router_port(void)
 
 static int cli_push_upload(const char *name, const char *dir)
 {
-    struct buf tgz = {0};
     size_t files = 0;
     char *err = NULL;
     int rc = CLI_EXIT_ERROR;
+    /* A temporary file, not memory: an app folder may be large. */
+    FILE *tgz = tmpfile();
+    if (!tgz)
+        return cli_error("cannot create a temporary file to pack %s: %s (is TMPDIR writable?)", dir,
+                         strerror(errno));
     printf("Packing %s...\n", dir);
-    if (pack_folder(dir, &tgz, &files, &err) != 0) {
-        cli_error("%s", err);
+    if (pack_folder(dir, tgz, &files, &err) != 0 || fflush(tgz) != 0) {
+        cli_error("%s", err ? err : "cannot write the packed folder to a temporary file");
         goto done;
     }
-    printf("Uploading %s: %zu files, %.1f KB\n", name, files, (double)tgz.len / 1024.0);
+    long size = ftell(tgz);
+    rewind(tgz);
+    printf("Uploading %s: %zu files, %.1f KB\n", name, files, (double)size / 1024.0);
     char *path = cli_app_path(name, "/bits");
     struct cli_request req = {.method = "PUT",
                               .path = path,
-                              .body = tgz.data,
-                              .body_len = tgz.len,
+                              .body_file = tgz,
+                              .body_len = (size_t)size,
                               .content_type = "application/gzip",
                               .progress = true,
-                              .timeout_s = 600};
+                              .timeout_s = 3600};
     struct cli_response res;
     rc = cli_http(&req, &res) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
     cli_response_free(&res);
     free(path);
 done:
     free(err);
-    buf_free(&tgz);
+    fclose(tgz);
     return rc;
 }
 

@@ -161,7 +161,11 @@ struct pack_state {
 
 static la_ssize_t pack_write_cb(struct archive *a, void *arg, const void *data, size_t n)
 {
-    buf_append(arg, data, n);
+    if (fwrite(data, 1, n, arg) != n) {
+        archive_set_error(a, errno ? errno : EIO, "cannot write the archive: %s",
+                          strerror(errno ? errno : EIO));
+        return -1;
+    }
     return (la_ssize_t)n;
 }
 
@@ -278,7 +282,7 @@ static int pack_walk(struct pack_state *st, const char *rel)
     return rc;
 }
 
-int pack_folder(const char *dir, struct buf *out, size_t *files, char **err)
+int pack_folder(const char *dir, FILE *out, size_t *files, char **err)
 {
     struct pack_state st = {.root = dir};
     struct pack_ignore *ig = pack_ignore_load(dir);

@@ -10,8 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-
-#include "common/buf.h"
+#include <stdio.h>
 
 struct pack_ignore;
 
@@ -23,8 +22,9 @@ void pack_ignore_add(struct pack_ignore *ig, const char *line);
 bool pack_ignore_match(const struct pack_ignore *ig, const char *rel_path, bool is_dir);
 void pack_ignore_free(struct pack_ignore *ig);
 
-/* Packs dir into out (appended) as tar.gz. *files counts the entries packed. Returns 0, or a
- * negative code with *err (caller frees) naming the file that could not be read. */
-int pack_folder(const char *dir, struct buf *out, size_t *files, char **err);
+/* Packs dir as tar.gz into out (written from its current position, so a temporary file keeps
+ * memory bounded whatever the folder's size). *files counts the entries packed. Returns 0, or
+ * a negative code with *err (caller frees) naming the file that could not be read or written. */
+int pack_folder(const char *dir, FILE *out, size_t *files, char **err);
 
 #endif
