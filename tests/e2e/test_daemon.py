@@ -103,6 +103,9 @@ def test_restart_keeps_apps_routes_and_settings(platform):
     p.wait_for(lambda: running(p, "keep", 2), 30, "keep running again after restart")
     p.wait_for(lambda: through_router(p, "keep.localhost")[0] == 200, 10, "keep via router")
     assert "kept" in through_router(p, "keep.localhost")[1]
+    # the router's access lines reach the app's log over the bus
+    p.wait_for(lambda: "[RTR/0] OUT GET / 200" in p.api("GET", "/v1/apps/keep/logs?recent=1")[1],
+               10, "an [RTR/0] line in the log")
 
 
 def test_kill_9_leaves_the_router_serving_and_the_next_skiffd_cleans_up(platform):
