@@ -490,7 +490,7 @@ static size_t cli_on_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-static void cli_human_bytes(double bytes, char *out, size_t size)
+void cli_human_bytes(double bytes, char *out, size_t size)
 {
     if (bytes >= 1024.0 * 1024.0)
         snprintf(out, size, "%.1f MB", bytes / (1024.0 * 1024.0));

@@ -94,6 +94,8 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "error: ..." and the command's usage line to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* A byte count for people: "512 B", "1.5 KB", "28.6 MB". */
+void cli_human_bytes(double bytes, char *out, size_t size);
 /* Prints a JSON value to stdout, indented, with a newline. Does not take the reference. */
 void cli_print_json(const json_t *value);
 

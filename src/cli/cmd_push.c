@@ -135,7 +135,9 @@ static int cli_push_upload(const char *name, const char *dir)
     }
     long size = ftell(tgz);
     rewind(tgz);
-    printf("Uploading %s: %zu files, %.1f KB\n", name, files, (double)size / 1024.0);
+    char human[32];
+    cli_human_bytes((double)size, human, sizeof(human));
+    printf("Uploading %s: %zu files, %s\n", name, files, human);
     char *path = cli_app_path(name, "/bits");
     struct cli_request req = {.method = "PUT",
                               .path = path,
