@@ -377,7 +377,6 @@ static void stager__complete(struct staging *s)
     }
     types_text = json_dumps(types, JSON_COMPACT);
     json_decref(types);
-    stager__say(s, "Staging complete: buildpack %s", bp->name);
     char *bp_name = xstrdup(bp->name);
     stager__finish(s, true, bp_name, types_text, NULL);
     free(bp_name);

@@ -1,0 +1,160 @@
+"""Staging with the built-in buildpacks, run for real: every example is pushed with the CLI,
+staged by the buildpack that detects it (or the one named with -b), and answers HTTP on its
+instance's port. A staging that fails says why and leaves the running droplet alone; an app
+that outgrows its memory limit is reported as out of memory."""
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def get(url, timeout=5):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def out(r):
+    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+
+
+def app_json(platform, name):
+    r = platform.cli("app", name, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def running_ports(platform, name):
+    app = app_json(platform, name)
+    return [i["port"] for i in app["instances_detail"] if i["state"] == "RUNNING"]
+
+
+def push_and_get(platform, name, path, *args):
+    r = platform.cli("push", name, "-p", path, *args, timeout=300)
+    assert r.returncode == 0, out(r)
+    ports = platform.wait_for(lambda: running_ports(platform, name), timeout=30,
+                              what=f"{name} running")
+    return r, get(f"http://127.0.0.1:{ports[0]}/")
+
+
+@pytest.fixture
+def binary_example(tmp_path):
+    """examples/binary with its program built (no binaries live in git)."""
+    code = tmp_path / "binary"
+    shutil.copytree(os.path.join(EXAMPLES, "binary"), code,
+                    ignore=shutil.ignore_patterns("hello-server"))
+    subprocess.run(["make", "-s", "-C", str(code)], check=True, capture_output=True)
+    return str(code)
+
+
+@pytest.mark.parametrize("example,buildpack,answer", [
+    ("python-web", "python", "hello from instance 0"),
+    ("node-web", "nodejs", "hello from node instance 0"),
+    ("static", "staticfile", "Hello from a static site on Skiff"),
+])
+def test_example_is_detected_and_served(platform, example, buildpack, answer):
+    r, (status, body) = push_and_get(platform, example, os.path.join(EXAMPLES, example))
+    assert f"detected buildpack {buildpack}" in r.stdout, out(r)
+    assert status == 200 and answer in body, (status, body)
+
+
+def test_prebuilt_binary_with_procfile(platform, binary_example):
+    r, (status, body) = push_and_get(platform, "bin", binary_example)
+    assert "detected buildpack binary" in r.stdout, out(r)
+    assert status == 200 and "from a prebuilt binary" in body, body
+    logs = platform.cli("logs", "bin", "--recent", check=True).stdout
+    assert "GET / HTTP/1.1" in logs, logs
+
+
+def test_named_buildpack(platform, tmp_path):
+    # an index.html beside app.py: detection would choose python; -b staticfile wins
+    code = tmp_path / "site"
+    shutil.copytree(os.path.join(EXAMPLES, "static"), code)
+    (code / "tool.py").write_text("print('not the app')\n")
+    r, (status, body) = push_and_get(platform, "site", str(code), "-b", "staticfile")
+    assert "with buildpack staticfile" in r.stdout, out(r)
+    assert status == 200 and "static site" in body
+
+
+def test_unknown_buildpack_is_refused_with_the_known_ones(platform):
+    r = platform.cli("push", "nope", "-p", os.path.join(EXAMPLES, "static"), "-b", "no-such-bp")
+    assert r.returncode != 0, out(r)
+    msg = r.stdout + r.stderr
+    assert "buildpack 'no-such-bp' is not known" in msg, msg
+    assert "staticfile" in msg and "python" in msg, msg
+
+
+def test_failed_staging_keeps_the_running_droplet(platform, tmp_path):
+    code = tmp_path / "app"
+    shutil.copytree(os.path.join(EXAMPLES, "python-web"), code)
+    _, (status, body) = push_and_get(platform, "keep", str(code))
+    assert status == 200
+    before = running_ports(platform, "keep")
+
+    # a requirement that no vendored package provides: staging fails and says which
+    (code / "requirements.txt").write_text("skiff-missing-package==9.9\n")
+    r = platform.cli("push", "keep", "-p", str(code), timeout=300)
+    assert r.returncode != 0, out(r)
+    msg = r.stdout + r.stderr
+    assert "cannot install skiff-missing-package" in msg, msg
+    assert "vendor/" in msg, msg
+    assert running_ports(platform, "keep") == before
+    status, body = get(f"http://127.0.0.1:{before[0]}/")
+    assert status == 200 and "hello" in body
+
+
+def test_python_requirements_from_vendor(platform, tmp_path):
+    code = tmp_path / "app"
+    shutil.copytree(os.path.join(EXAMPLES, "python-web"), code)
+    vendor = code / "vendor"
+    vendor.mkdir()
+    import zipfile
+    with zipfile.ZipFile(vendor / "skiffgreet-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("skiffgreet/__init__.py", "WORD = 'vendored'\n")
+        z.writestr("skiffgreet-1.0.dist-info/METADATA",
+                   "Metadata-Version: 2.1\nName: skiffgreet\nVersion: 1.0\n")
+        z.writestr("skiffgreet-1.0.dist-info/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("skiffgreet-1.0.dist-info/RECORD", "")
+    (code / "requirements.txt").write_text("skiffgreet==1.0\n")
+    (code / "app.py").write_text(
+        (code / "app.py").read_text().replace(
+            'greeting = os.environ.get("GREETING", "hello")',
+            'import skiffgreet\n        greeting = skiffgreet.WORD'))
+    r, (status, body) = push_and_get(platform, "vend", str(code))
+    assert "Successfully installed skiffgreet-1.0" in r.stdout, out(r)
+    assert status == 200 and "vendored from instance 0" in body, body
+
+    # the same requirements again: the build cache serves them
+    r = platform.cli("push", "vend", "-p", str(code), timeout=300)
+    assert r.returncode == 0, out(r)
+    assert "Requirements unchanged" in r.stdout, out(r)
+
+
+def test_memory_hog_is_reported_out_of_memory(platform, tmp_path):
+    if not (os.path.isdir("/sys/fs/cgroup/memory") or
+            os.path.exists("/sys/fs/cgroup/cgroup.controllers")):
+        pytest.skip("no cgroups on this machine: memory limits are not enforced")
+    code = tmp_path / "hog"
+    code.mkdir()
+    (code / "app.py").write_text(
+        "x = []\nprint('eating memory', flush=True)\n"
+        "while True:\n    x.append(bytearray(8 << 20))\n")
+    r = platform.cli("push", "hog", "-p", str(code), "-m", "64M", timeout=300)
+    assert "eating memory" in platform.cli("logs", "hog", "--recent").stdout or r.returncode != 0
+
+    def says_out_of_memory():
+        logs = platform.cli("logs", "hog", "--recent").stdout
+        return "out of memory" in logs and logs
+    logs = platform.wait_for(says_out_of_memory, timeout=60, what="an out-of-memory report")
+    assert "[CELL/0] ERR Instance 0 of web crashed" in logs, logs
