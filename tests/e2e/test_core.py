@@ -109,6 +109,9 @@ def test_user_sequence(platform):
     for i in insts:
         status, body = get(f"http://127.0.0.1:{i['port']}/")
         assert status == 200 and "hi-from-e2e" in body, body
+    # and through the router, on the default route
+    platform.wait_for(lambda: "hi-from-e2e" in get(platform.router_url + "/", "hello.localhost")[1],
+                      timeout=10, what="the new GREETING through the router")
 
     # stop: nothing runs
     r = platform.cli("stop", "hello")
