@@ -247,7 +247,12 @@ static void http_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (nread < 0) {
         free(b->base);
-        if (nread == UV_EOF && c->got_bytes && llhttp_finish(&c->parser) == HPE_OK && c->complete) {
+        /* A body that runs until the close ends here (on_message_complete pauses the parser,
+         * so llhttp_finish does not report HPE_OK then: look at the flag). */
+        if (nread == UV_EOF && c->got_bytes) {
+            llhttp_finish(&c->parser);
+        }
+        if (nread == UV_EOF && c->complete) {
             http_conn_finish(c, c->parser.status_code, NULL, false);
             return;
         }

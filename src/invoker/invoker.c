@@ -673,8 +673,10 @@ static void mapping_pump(struct inv_mapping *m)
 {
     if (m->deleted || m->inv->stopping)
         return;
-    mapping_fill(m);
+    /* Collect first: settled events at the front still count against the window. */
     mapping_collect(m);
+    mapping_fill(m);
+    mapping_collect(m); /* events the filters skipped settle at once */
     invoker_target_pump(m->target);
 }
 
@@ -871,8 +873,6 @@ json_t *invoker_mapping_json(struct inv_mapping *m)
     for (struct inv_instance *i = m->target->instances; i; i = i->next)
         busy += i->in_flight;
     json_object_set_new(o, "instance_calls", json_integer(busy));
-    if (m->head)
-        json_object_set_new(o, "oldest_state", json_integer(m->head->state));
     json_object_set_new(o, "instances", json_integer(m->target->instance_count));
     const char *err = m->target->last_error[0] ? m->target->last_error : m->last_error;
     json_object_set_new(o, "last_error", err[0] ? json_string(err) : json_null());
