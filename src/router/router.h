@@ -32,6 +32,7 @@ struct router_config {
     int idle_timeout_ms;     /* keep-alive idle, and silence while a body or tunnel streams */
     int upstream_timeout_ms; /* silence from a backend while a response is awaited */
     int connect_timeout_ms;  /* TCP connect to a backend */
+    int hold_timeout_ms;     /* a request for an app starting from zero waits this long */
     int max_connections;     /* client connections, all workers together */
     int upstream_idle_max;   /* idle pooled connections per backend per worker */
     int upstream_idle_timeout_ms;

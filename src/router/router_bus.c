@@ -68,10 +68,9 @@ static void bus_send(char *owned, size_t len)
     }
 }
 
-void router_bus_access(const char *app_guid, const char *line, size_t len)
+/* Queues one message (a JSON object) for skiffd; dropped (counted) when the queue is full. */
+static void bus_queue(json_t *o)
 {
-    json_t *o = json_pack("{s:s, s:s, s:i, s:s%}", "type", "access", "app_guid", app_guid,
-                          "router_index", bus.cfg ? bus.cfg->router_index : 0, "line", line, len);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text) {
@@ -91,6 +90,21 @@ void router_bus_access(const char *app_guid, const char *line, size_t len)
         uv_async_send(&bus.wake);
     else
         __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
+}
+
+void router_bus_access(const char *app_guid, const char *line, size_t len)
+{
+    bus_queue(json_pack("{s:s, s:s, s:i, s:s%}", "type", "access", "app_guid", app_guid,
+                        "router_index", bus.cfg ? bus.cfg->router_index : 0, "line", line, len));
+}
+
+void router_bus_wake(const char *app_guid)
+{
+    if (!router_bus_connected()) {
+        __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    bus_queue(json_pack("{s:s, s:s}", "type", "wake", "app_guid", app_guid));
 }
 
 static void on_bus_wake(uv_async_t *a)

@@ -49,6 +49,8 @@ void router_bus_free(void);
  * long, drops the line (counted) when skiffd is not connected or the queue is full. */
 void router_bus_access(const char *app_guid, const char *line, size_t len);
 uint64_t router_bus_access_dropped(void);
+/* Asks skiffd to start an instance of an app a request is waiting for (thread-safe). */
+void router_bus_wake(const char *app_guid);
 bool router_bus_connected(void);
 /* Loads $SKIFF_HOME/run/routes.json into the current table, if present and valid. */
 void router_bus_load_saved(const struct router_config *cfg);

@@ -94,7 +94,7 @@ enum client_state {
     C_TUNNEL,        /* after 101 Switching Protocols: bytes both ways */
 };
 
-enum deadline_kind { D_NONE, D_IDLE, D_HEADER, D_CONNECT, D_ACTIVE, D_TUNNEL, D_CLOSING };
+enum deadline_kind { D_NONE, D_IDLE, D_HEADER, D_CONNECT, D_ACTIVE, D_TUNNEL, D_CLOSING, D_HOLD };
 
 enum pause_reason { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
 
@@ -109,7 +109,10 @@ struct client {
     uint64_t deadline, timer_due;
     uint8_t state, deadline_kind, pause;
     bool scan_done, shutting_down, seen_bytes;
-    bool eof; /* the client half-closed while a request was in flight */
+    bool eof;  /* the client half-closed while a request was in flight */
+    bool held; /* waiting for an app to start from zero */
+    struct client *hold_prev, *hold_next;
+    uint64_t woken_at;
     int open_handles;
     char ip[INET6_ADDRSTRLEN];
 };
@@ -146,6 +149,7 @@ struct exchange {
     int attempts;
     struct headers req, resp;
     uint32_t url_off, url_len;
+    uint32_t host_off, host_len; /* the host routed on, in req.raw */
     size_t trailer_bytes;
     struct buf head; /* the request head for the backend, kept for a retry */
     uint64_t body_bytes, content_length;
@@ -177,6 +181,8 @@ struct worker {
     struct client *clients;
     int client_count, client_cap;
     struct exchange *spare; /* finished exchanges kept for their buffers */
+    struct client *held;    /* requests waiting for an app to start */
+    uv_timer_t hold_poll;
     int spare_count;
     bool stopping;
     uint64_t id_prefix, id_counter;
@@ -201,6 +207,8 @@ static void upstream_close(struct upstream *u);
 static void upstream_failed(struct upstream *u, int err, bool connect_phase);
 static void upstream_update_reading(struct upstream *u);
 static void route_and_connect(struct client *c);
+static void hold_request(struct client *c);
+static void hold_unlink(struct client *c);
 static void connect_backend(struct exchange *x);
 
 /* ---- output queue ----------------------------------------------------------------------- */
@@ -524,6 +532,20 @@ static void client_respond_error(struct client *c, int status, const char *code,
         exchange_finish(x);
 }
 
+/* Answers a request the router cannot route; the connection goes on to the next request when
+ * this one has no body to skip. */
+static void client_answer_and_continue(struct client *c, int status, const char *code,
+                                       const char *text)
+{
+    struct exchange *x = c->x;
+    bool has_body = x->chunked || x->content_length > 0;
+    client_respond_error(c, status, code, text, has_body);
+    if (!has_body && !c->p.closing) {
+        c->state = C_BODY; /* the parser still has to reach the end of the request */
+        client_drain_pending(c);
+    }
+}
+
 /* ---- client connection ---------------------------------------------------------------------- */
 
 static void on_client_handle_closed(uv_handle_t *h)
@@ -543,6 +565,7 @@ static void client_close(struct client *c)
     c->p.closing = true;
     struct worker *w = c->p.w;
     struct exchange *x = c->x;
+    hold_unlink(c);
     if (x) {
         c->x = NULL;
         if (x->u) {
@@ -657,6 +680,11 @@ static void on_timer(uv_timer_t *t)
         else
             client_respond_error(c, 504, "backend-timeout", "The app did not answer in time.",
                                  true);
+        break;
+    case D_HOLD:
+        hold_unlink(c);
+        client_respond_error(c, 503, "no-instance",
+                             "The app did not start an instance in time for this request.", true);
         break;
     default: /* idle keep-alive, tunnel silence, a close that waits on a slow reader */
         client_close(c);
@@ -1130,27 +1158,13 @@ static void route_and_connect(struct client *c)
         w->table_generation = gen;
     }
     x->table = route_table_ref(w->table);
+    x->host_off = (uint32_t)(host_s - x->req.raw.data);
+    x->host_len = (uint32_t)host_len;
     x->route = route_table_lookup(x->table, host_s, host_len, url, url_len);
-    bool has_body = x->chunked || x->content_length > 0;
     if (!x->route) {
-        client_respond_error(c, 404, "unknown-route",
-                             "No app is mapped to this host and path; map one with `skiff "
-                             "map-route APP HOST`.",
-                             has_body);
-        if (!has_body && !c->p.closing) {
-            c->state = C_BODY; /* the parser still has to reach the end of the request */
-            client_drain_pending(c);
-        }
-        return;
-    }
-    if (x->route->backend_count == 0) {
-        client_respond_error(c, 503, "no-instance",
-                             "The app has no instance ready to take requests; start or scale it.",
-                             has_body);
-        if (!has_body && !c->p.closing) {
-            c->state = C_BODY; /* the parser still has to reach the end of the request */
-            client_drain_pending(c);
-        }
+        client_answer_and_continue(c, 404, "unknown-route",
+                                   "No app is mapped to this host and path; map one with `skiff "
+                                   "map-route APP HOST`.");
         return;
     }
     uint64_t max = w->cfg->max_body_bytes;
@@ -1173,7 +1187,93 @@ static void route_and_connect(struct client *c)
         .upgrade = x->upgrade,
     };
     router_head_build_request(&x->head, &rh);
+    if (x->route->backend_count == 0) {
+        if (x->route->scale_from_zero && w->cfg->hold_timeout_ms > 0) {
+            hold_request(c);
+            return;
+        }
+        client_answer_and_continue(c, 503, "no-instance",
+                                   "The app has no instance ready to take requests; start or "
+                                   "scale it.");
+        return;
+    }
     connect_backend(x);
+}
+
+/* ---- requests held while an app starts from zero ------------------------------------------- */
+
+static void hold_unlink(struct client *c)
+{
+    struct worker *w = c->p.w;
+    if (!c->held)
+        return;
+    c->held = false;
+    if (c->hold_prev)
+        c->hold_prev->hold_next = c->hold_next;
+    else
+        w->held = c->hold_next;
+    if (c->hold_next)
+        c->hold_next->hold_prev = c->hold_prev;
+    c->hold_prev = c->hold_next = NULL;
+}
+
+/* Every few milliseconds while requests are held: a new table may have brought instances. */
+static void on_hold_poll(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uint64_t gen = route_table_current_generation();
+    bool changed = gen != w->table_generation || !w->table;
+    if (changed) {
+        route_table_unref(w->table);
+        w->table = route_table_current();
+        w->table_generation = gen;
+    }
+    uint64_t now = uv_now(&w->loop);
+    struct client *next;
+    for (struct client *c = w->held; c; c = next) {
+        next = c->hold_next;
+        struct exchange *x = c->x;
+        if (changed) {
+            const char *url = x->req.raw.data + x->url_off;
+            struct route *r = route_table_lookup(w->table, x->req.raw.data + x->host_off,
+                                                 x->host_len, url, x->url_len);
+            if (!r || r->backend_count > 0) {
+                hold_unlink(c);
+                route_table_unref(x->table);
+                x->table = route_table_ref(w->table);
+                x->route = r;
+                if (r) {
+                    connect_backend(x);
+                } else {
+                    client_answer_and_continue(c, 404, "unknown-route",
+                                               "The route went away while the app was starting.");
+                }
+                continue;
+            }
+        }
+        if (now - c->woken_at >= 2000) { /* skiffd may have missed it while restarting */
+            c->woken_at = now;
+            router_bus_wake(x->route->app_guid);
+        }
+    }
+    if (!w->held)
+        uv_timer_stop(&w->hold_poll);
+}
+
+static void hold_request(struct client *c)
+{
+    struct worker *w = c->p.w;
+    c->held = true;
+    c->hold_prev = NULL;
+    c->hold_next = w->held;
+    if (w->held)
+        w->held->hold_prev = c;
+    w->held = c;
+    c->woken_at = uv_now(&w->loop);
+    router_bus_wake(c->x->route->app_guid);
+    client_set_deadline(c, D_HOLD, w->cfg->hold_timeout_ms);
+    if (!uv_is_active((uv_handle_t *)&w->hold_poll))
+        uv_timer_start(&w->hold_poll, on_hold_poll, 10, 10);
 }
 
 /* ---- backend connections ------------------------------------------------------------------ */
@@ -1702,6 +1802,7 @@ static void on_wakeup(uv_async_t *a)
     w->stopping = true;
     close_handle_if_open((uv_handle_t *)&w->listener);
     close_handle_if_open((uv_handle_t *)&w->sweep);
+    close_handle_if_open((uv_handle_t *)&w->hold_poll);
     close_handle_if_open((uv_handle_t *)&w->wakeup);
     while (w->clients)
         client_close(w->clients);
@@ -1823,6 +1924,8 @@ int router_proxy_start(const struct router_config *cfg)
         w->wakeup.data = w;
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;
+        uv_timer_init(&w->loop, &w->hold_poll);
+        w->hold_poll.data = w;
         uv_timer_start(&w->sweep, sweep_idle, 1000, 1000);
         pthread_create(&w->thread, NULL, worker_main, w);
     }

@@ -1050,6 +1050,37 @@ def test_router_serves_while_skiffd_is_down_and_reconnects(home, bus, backends):
         r.stop()
 
 
+def test_request_for_an_app_at_zero_is_held_until_it_starts(router_factory, bus, backends):
+    a = backends("a")
+    cold = route("fn.localhost", [], app="fn", guid="fn-guid")
+    cold["scale_from_zero"] = True
+    r = router_factory([cold], "--hold-timeout-ms", "20000")
+    wait_for(lambda: bus.messages("hello"), 5, "hello")
+    result = {}
+
+    def call():
+        result["resp"] = r.get("fn.localhost", "/hello")
+
+    t = threading.Thread(target=call)
+    t.start()
+    wake = wait_for(lambda: bus.messages("wake"), 5, "a wake message")[0]
+    assert wake["app_guid"] == "fn-guid"
+    assert "resp" not in result  # held, not refused
+    warm = route("fn.localhost", [a], app="fn", guid="fn-guid")
+    warm["scale_from_zero"] = True
+    bus.set_routes([warm])
+    t.join(20)
+    assert result["resp"].status == 200 and result["resp"].json()["path"] == "/hello"
+
+
+def test_held_request_gives_up_with_503(router_factory, bus):
+    cold = route("fn.localhost", [], app="fn", guid="fn-guid")
+    cold["scale_from_zero"] = True
+    r = router_factory([cold], "--hold-timeout-ms", "800")
+    resp = r.get("fn.localhost")
+    assert resp.status == 503 and resp.headers["x-skiff-router-error"] == "no-instance"
+
+
 def test_access_lines_go_to_the_bus(router_factory, bus, backends):
     a = backends("a")
     r = router_factory([route("app.localhost", [a], guid="app-guid-1")])
