@@ -51,9 +51,9 @@ struct topic {
     uint64_t next_offset; /* assigned */
     uint64_t durable_end; /* visible to readers */
     int64_t last_time;
-    bool dirty;      /* written since the last round was started */
-    bool dir_synced; /* new files in dir need a directory fsync */
-    int *sealed_fds; /* dup()s of segments sealed since the last round, synced by the next */
+    bool dirty;            /* written since the last round was started */
+    bool dir_synced;       /* new files in dir need a directory fsync */
+    struct sealed *sealed; /* segments sealed since the last round, synced by the next */
     size_t nsealed, sealed_cap;
     bool has_retention;
     struct fabric_retention retention;
@@ -68,10 +68,20 @@ struct waiter {
     size_t count;
 };
 
+/* A sealed segment waiting for its sync; its index is written once the sync succeeded, so an
+ * index file only ever describes durable data. */
+struct sealed {
+    int fd;         /* dup()ed */
+    char *idx_path; /* OFFSET.idx */
+    struct buf idx; /* the index file's bytes */
+};
+
 struct sync_target {
     struct topic *topic; /* NULL for the cursor log or a directory */
     uint64_t end;        /* topic: durable up to here once synced */
     int fd;              /* dup()ed; the writer closes it */
+    char *idx_path;      /* a sealed segment: its index, written after the sync (writer frees) */
+    struct buf idx;
 };
 
 /* One fsync round, handed to the writer thread. */
@@ -127,6 +137,7 @@ struct fabric {
     uint64_t cursor_seq; /* number of the next cursor log record */
     bool cursors_dirty;
     bool root_dir_dirty;
+    bool sealed_pending; /* a segment was sealed: the next round syncs it and writes its index */
 
     struct fabric_sub *subs;
     int notifying;
@@ -333,6 +344,93 @@ static char *segment_path(const struct topic *t, uint64_t base)
     return xasprintf("%s/" FABRIC_SEGMENT_NAME_FMT, t->dir, (unsigned long long)base);
 }
 
+static char *index_path(const struct topic *t, uint64_t base)
+{
+    return xasprintf("%s/" FABRIC_INDEX_NAME_FMT, t->dir, (unsigned long long)base);
+}
+
+/* Index file: "SKIDX\1\0\0" | u64 base, end, size | i64 first, last time | u64 count |
+ * count x (u64 offset, u64 pos, i64 time) | u32 CRC32C of all before. It is a cache: a missing,
+ * stale or damaged one is rebuilt by reading the segment. */
+#define INDEX_MAGIC "SKIDX\1\0\0"
+
+static void index_encode(const struct segment *s, struct buf *out)
+{
+    size_t len = 8 + 6 * 8 + s->index_count * 24 + 4;
+    buf_reserve(out, len);
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    memcpy(p, INDEX_MAGIC, 8);
+    uint64_t head[6] = {
+        s->base, s->end, s->size, (uint64_t)s->first_time, (uint64_t)s->last_time, s->index_count};
+    for (int i = 0; i < 6; i++)
+        put_u64(p + 8 + 8 * i, head[i]);
+    uint8_t *e = p + 56;
+    for (size_t i = 0; i < s->index_count; i++, e += 24) {
+        put_u64(e, s->index[i].offset);
+        put_u64(e + 8, s->index[i].pos);
+        put_u64(e + 16, (uint64_t)s->index[i].time_ms);
+    }
+    put_u32(e, fabric_crc32c(0, p, len - 4));
+    out->len += len;
+    out->data[out->len] = '\0';
+}
+
+/* Runs on the writer thread. Failure only costs a slower open. */
+static void index_file_write(const char *path, const struct buf *idx)
+{
+    char *tmp = xasprintf("%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    bool ok = fd >= 0;
+    size_t done = 0;
+    while (ok && done < idx->len) {
+        ssize_t n = write(fd, idx->data + done, idx->len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        ok = n > 0;
+        done += ok ? (size_t)n : 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (!ok || rename(tmp, path) < 0)
+        unlink(tmp);
+    free(tmp);
+}
+
+/* Loads a sealed segment's index when it matches the segment file; -1 when it does not. */
+static int index_load(const struct topic *t, struct segment *s)
+{
+    char *path = index_path(t, s->base), *data = NULL;
+    size_t len = 0;
+    int rc = file_read(path, &data, &len);
+    free(path);
+    struct stat st;
+    const uint8_t *p = (const uint8_t *)data;
+    if (rc < 0 || len < 60 || memcmp(p, INDEX_MAGIC, 8) || fstat(s->fd, &st) < 0)
+        goto bad;
+    uint64_t count = get_u64(p + 48);
+    if (count > (len - 60) / 24 || len != 60 + count * 24 ||
+        get_u32(p + len - 4) != fabric_crc32c(0, p, len - 4) || get_u64(p + 8) != s->base ||
+        get_u64(p + 24) != (uint64_t)st.st_size || get_u64(p + 16) < s->base)
+        goto bad;
+    s->end = get_u64(p + 16);
+    s->size = get_u64(p + 24);
+    s->first_time = (int64_t)get_u64(p + 32);
+    s->last_time = (int64_t)get_u64(p + 40);
+    s->index = xcalloc(count ? count : 1, sizeof(*s->index));
+    s->index_cap = count ? count : 1;
+    for (uint64_t i = 0; i < count; i++) {
+        const uint8_t *e = p + 56 + 24 * i;
+        s->index[i] = (struct index_entry){get_u64(e), get_u64(e + 8), (int64_t)get_u64(e + 16)};
+    }
+    s->index_count = count;
+    s->index_last_pos = count ? s->index[count - 1].pos : 0;
+    free(data);
+    return 0;
+bad:
+    free(data);
+    return -1;
+}
+
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -346,7 +444,10 @@ static int fsync_path(const char *path)
 /* Adds an empty segment starting at t->next_offset. */
 static int topic_add_segment(struct fabric *f, struct topic *t)
 {
-    char *path = segment_path(t, t->next_offset);
+    char *path = index_path(t, t->next_offset);
+    unlink(path); /* a stale index from segments dropped at recovery */
+    free(path);
+    path = segment_path(t, t->next_offset);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     int rc = fd < 0 ? -errno : 0;
     if (fd >= 0 && ftruncate(fd, 0) < 0)
@@ -408,9 +509,12 @@ static int compare_u64(const void *a, const void *b)
 
 static void topic_free(struct topic *t)
 {
-    for (size_t i = 0; i < t->nsealed; i++)
-        close(t->sealed_fds[i]);
-    free(t->sealed_fds);
+    for (size_t i = 0; i < t->nsealed; i++) {
+        close(t->sealed[i].fd);
+        free(t->sealed[i].idx_path);
+        buf_free(&t->sealed[i].idx);
+    }
+    free(t->sealed);
     for (size_t i = 0; i < t->nsegs; i++)
         segment_close(&t->segs[i]);
     free(t->segs);
@@ -448,17 +552,33 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
         }
         bases[nbases++] = base;
     }
-    closedir(d);
     qsort(bases, nbases, sizeof(*bases), compare_u64);
+    /* Indexes whose segment is gone (retention raced their writing) and half-written ones. */
+    rewinddir(d);
+    while ((de = readdir(d))) {
+        unsigned long long base;
+        char tail;
+        size_t n = strlen(de->d_name);
+        bool tmp = str_has_suffix(de->d_name, ".idx.tmp");
+        if (!tmp && (sscanf(de->d_name, "%20llu.id%c", &base, &tail) != 2 || tail != 'x' ||
+                     n != 24 || bsearch(&base, bases, nbases, sizeof(*bases), compare_u64)))
+            continue;
+        char *orphan = xasprintf("%s/%s", t->dir, de->d_name);
+        unlink(orphan);
+        free(orphan);
+    }
+    closedir(d);
 
     for (size_t i = 0; i < nbases; i++) {
         char *path = segment_path(t, bases[i]);
-        /* A segment that does not follow on from the one before means everything from
-         * here on was never acknowledged (see below): drop it. */
-        if (t->nsegs && bases[i] != t->next_offset) {
-            fprintf(stderr,
-                    "fabric: topic %s: dropping segment %s (does not follow offset %" PRIu64 ")\n",
+        /* Segments never overlap; one that does is not ours to trust. A segment may start
+         * past the end of the one before when that one was cut (below): a gap. */
+        if (t->nsegs && bases[i] < t->next_offset) {
+            fprintf(stderr, "fabric: topic %s: dropping segment %s (overlaps offset %" PRIu64 ")\n",
                     name, path, t->next_offset);
+            unlink(path);
+            free(path);
+            path = index_path(t, bases[i]);
             unlink(path);
             free(path);
             continue;
@@ -476,6 +596,15 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
         }
         struct segment *s = &t->segs[t->nsegs++];
         *s = (struct segment){.base = bases[i], .end = bases[i], .fd = fd};
+        /* Sealed segments come back from their index; the last one (and any without a
+         * usable index) is read and checked record by record. */
+        if (i + 1 < nbases && index_load(t, s) == 0) {
+            free(path);
+            t->next_offset = s->end;
+            if (s->end > s->base)
+                t->last_time = s->last_time;
+            continue;
+        }
         bool torn = false;
         int64_t good = segment_recover(s, &torn);
         if (good < 0) {
@@ -485,11 +614,25 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
             goto fail;
         }
         if (torn) {
-            /* Acknowledgements go out in offset order after an fsync that covers every
-             * file, so nothing at or after a bad record was acknowledged: cut it. */
-            fprintf(stderr,
-                    "fabric: topic %s: cut a torn or corrupt tail from %s at byte %" PRId64 "\n",
-                    name, path, good);
+            /* At the tail of the last segment this is a write torn by a crash, and since
+             * acknowledgements go out in offset order after an fsync that covers every file,
+             * nothing at or after it was acknowledged: cut it. In a sealed segment it is either
+             * the same (a crash during the round that sealed it) or damage on disk; the later
+             * segments are kept either way, and readers step over the gap. */
+            if (i + 1 < nbases)
+                fprintf(stderr,
+                        "fabric: topic %s: records %" PRIu64 " to %llu are unreadable (damaged "
+                        "on disk, or cut short by a crash before they were acknowledged); "
+                        "cutting %s at byte %" PRId64 "\n",
+                        name, s->end, (unsigned long long)bases[i + 1] - 1, path, good);
+            else
+                fprintf(stderr,
+                        "fabric: topic %s: cut a torn or corrupt tail from %s at byte %" PRId64
+                        "\n",
+                        name, path, good);
+            char *idx = index_path(t, s->base);
+            unlink(idx);
+            free(idx);
             if (ftruncate(fd, good) < 0 || fdatasync(fd) < 0) {
                 rc = -errno;
                 snprintf(errmsg, errlen, "cannot repair %s: %s", path, strerror(-rc));
@@ -763,12 +906,17 @@ static void *writer_main(void *arg)
         f->thread_job = NULL;
         pthread_mutex_unlock(&f->mu);
 
-        r->status = 0;
         for (size_t i = 0; i < r->count; i++) {
             if (!f->cfg.no_sync && fdatasync(r->targets[i].fd) < 0 && r->status == 0)
                 r->status = errno == ENOSPC ? -ENOSPC : -EIO;
             close(r->targets[i].fd);
             r->targets[i].fd = -1;
+        }
+        for (size_t i = 0; i < r->count; i++) {
+            if (r->targets[i].idx_path && r->status == 0)
+                index_file_write(r->targets[i].idx_path, &r->targets[i].idx);
+            free(r->targets[i].idx_path);
+            buf_free(&r->targets[i].idx);
         }
         r->ended_ns = time_now_ns();
 
@@ -792,17 +940,19 @@ static void round_add(struct round *r, struct topic *t, uint64_t end, int fd)
         r->cap = r->cap ? r->cap * 2 : 8;
         r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
     }
-    r->targets[r->count++] = (struct sync_target){t, end, dupfd};
+    r->targets[r->count++] = (struct sync_target){.topic = t, .end = end, .fd = dupfd};
 }
 
-/* Adds a descriptor the round takes over (the writer closes it). */
-static void round_add_owned(struct round *r, int fd)
+/* Adds a sealed segment; the round takes over its descriptor and index. */
+static void round_add_sealed(struct round *r, struct sealed *sl)
 {
     if (r->count == r->cap) {
         r->cap = r->cap ? r->cap * 2 : 8;
         r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
     }
-    r->targets[r->count++] = (struct sync_target){NULL, 0, fd};
+    r->targets[r->count++] =
+        (struct sync_target){.fd = sl->fd, .idx_path = sl->idx_path, .idx = sl->idx};
+    memset(sl, 0, sizeof(*sl));
 }
 
 static void round_add_dir(struct round *r, const char *path)
@@ -819,8 +969,9 @@ static void round_add_dir(struct round *r, const char *path)
 /* Starts a round for everything waiting, unless one is running. */
 static void round_start(struct fabric *f)
 {
-    if (f->round || !f->waiting || f->finished)
+    if (f->round || f->finished || (!f->waiting && !f->sealed_pending))
         return;
+    f->sealed_pending = false;
     struct round *r = xcalloc(1, sizeof(*r));
     r->started_ns = time_now_ns();
     r->waiters = f->waiting;
@@ -842,7 +993,7 @@ static void round_start(struct fabric *f)
         }
         /* Segments sealed since the last round hold records this round acknowledges too. */
         for (size_t k = 0; k < t->nsealed; k++)
-            round_add_owned(r, t->sealed_fds[k]);
+            round_add_sealed(r, &t->sealed[k]);
         t->nsealed = 0;
         round_add(r, t, t->next_offset, t->segs[t->nsegs - 1].fd);
         t->dirty = false;
@@ -966,19 +1117,22 @@ static int write_all(int fd, const void *data, size_t len, uint64_t pos)
 static int topic_roll(struct fabric *f, struct topic *t)
 {
     struct segment *s = &t->segs[t->nsegs - 1];
-    if (t->durable_end < t->next_offset) {
-        int fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
-        if (fd < 0) {
-            /* Out of descriptors: sync it here rather than not at all. */
-            if (!f->cfg.no_sync && fdatasync(s->fd) < 0)
-                return -EIO;
-        } else {
-            if (t->nsealed == t->sealed_cap) {
-                t->sealed_cap = t->sealed_cap ? t->sealed_cap * 2 : 4;
-                t->sealed_fds = xrealloc(t->sealed_fds, t->sealed_cap * sizeof(int));
-            }
-            t->sealed_fds[t->nsealed++] = fd;
+    int fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        /* Out of descriptors: sync it here rather than not at all (and go without an index). */
+        if (!f->cfg.no_sync && fdatasync(s->fd) < 0)
+            return -EIO;
+    } else {
+        if (t->nsealed == t->sealed_cap) {
+            t->sealed_cap = t->sealed_cap ? t->sealed_cap * 2 : 4;
+            t->sealed = xrealloc(t->sealed, t->sealed_cap * sizeof(*t->sealed));
         }
+        struct sealed *sl = &t->sealed[t->nsealed++];
+        *sl = (struct sealed){.fd = fd, .idx_path = index_path(t, s->base)};
+        index_encode(s, &sl->idx);
+        /* A sealed segment whose records are all durable still needs a round for its index. */
+        t->dirty = true;
+        f->sealed_pending = true;
     }
     return topic_add_segment(f, t);
 }
@@ -1114,8 +1268,12 @@ int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_r
     uint64_t offset = from;
     while (offset < t->durable_end && nslots < max_records && (nslots == 0 || bytes < max_bytes)) {
         struct segment *s = segment_for(t, offset);
-        if (offset >= s->end)
-            break;
+        if (offset >= s->end) {
+            if (s == &t->segs[t->nsegs - 1])
+                break;
+            offset = s[1].base; /* a gap left by a segment cut at recovery */
+            continue;
+        }
         const struct index_entry *e = index_floor(s, offset);
         uint64_t pos = e ? e->pos : 0, at = e ? e->offset : s->base;
         struct file_reader r = {.fd = s->fd, .limit = s->size};
@@ -1265,6 +1423,9 @@ static void topic_drop_oldest(struct topic *t)
     char *path = segment_path(t, t->segs[0].base);
     unlink(path);
     free(path);
+    path = index_path(t, t->segs[0].base);
+    unlink(path);
+    free(path);
     segment_close(&t->segs[0]);
     memmove(&t->segs[0], &t->segs[1], (t->nsegs - 1) * sizeof(*t->segs));
     t->nsegs--;
@@ -1278,8 +1439,10 @@ static void topic_enforce(struct fabric *f, struct topic *t, int64_t now)
         /* A quiet topic never fills its segment: once all of it has expired, seal it. */
         struct segment *last = &t->segs[t->nsegs - 1];
         if (last->end > last->base && last->last_time < cutoff &&
-            t->durable_end == t->next_offset && !f->closing)
+            t->durable_end == t->next_offset && !f->closing) {
             topic_roll(f, t);
+            round_start(f);
+        }
         while (t->nsegs > 1 && t->segs[0].last_time < cutoff && t->segs[0].end <= t->durable_end)
             topic_drop_oldest(t);
     }
