@@ -124,6 +124,8 @@ def test_topics_and_read_positions(shared_platform):
     assert t["events"] == 3 and t["first_offset"] == 0 and t["last_offset"] == 2
     assert [e["data"] for e in read_topic(p, "positions", **{"from": 1})] == ["1", "2"]
     assert read_topic(p, "positions", **{"from": "2020-01-01T00:00:00Z", "limit": 1})[0]["offset"] == 0
+    assert read_topic(p, "positions", **{"from": "1h", "limit": 1})[0]["offset"] == 0
+    assert read_topic(p, "positions", **{"from": "end"}) == []
     status, body = p.api("GET", "/v1/topics/positions/events?from=soon")
     assert status == 400 and "from=soon" in body["error"]["message"]
     status, body = p.api("GET", "/v1/topics/never-published/events")
