@@ -92,10 +92,11 @@ struct router_request_head {
 void router_head_build_request(struct buf *out, const struct router_request_head *h);
 
 /* Writes the response head for the client: status line, the backend's headers minus hop-by-hop
- * ones, and Connection: close when the router will close the client connection after it. */
+ * ones, and Connection: close when the router will close the client connection after it (or
+ * Connection: keep-alive when `http10_keep_alive`: an HTTP/1.0 client needs to be told). */
 void router_head_build_response(struct buf *out, int status, const char *reason, size_t reason_len,
                                 const struct router_header *headers, size_t count,
-                                bool close_client, bool upgrade);
+                                bool close_client, bool upgrade, bool http10_keep_alive);
 
 /* Case-insensitive header name comparison with a NUL-terminated lowercase name. */
 bool router_header_is(const struct router_header *h, const char *lower_name);

@@ -185,7 +185,7 @@ void router_head_build_request(struct buf *out, const struct router_request_head
 
 void router_head_build_response(struct buf *out, int status, const char *reason, size_t reason_len,
                                 const struct router_header *headers, size_t count,
-                                bool close_client, bool upgrade)
+                                bool close_client, bool upgrade, bool http10_keep_alive)
 {
     buf_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)reason_len, reason);
     for (size_t i = 0; i < count; i++) {
@@ -203,5 +203,7 @@ void router_head_build_response(struct buf *out, int status, const char *reason,
         buf_puts(out, "Connection: upgrade\r\n");
     else if (close_client)
         buf_puts(out, "Connection: close\r\n");
+    else if (http10_keep_alive)
+        buf_puts(out, "Connection: keep-alive\r\n");
     buf_puts(out, "\r\n");
 }

@@ -163,6 +163,9 @@ struct exchange {
     bool req_done, resp_done, resp_started, client_close, local;
     bool interim;
     bool fresh_connection; /* a pooled connection failed: do not take another */
+    bool client_http10;    /* the client speaks HTTP/1.0: no chunked framing towards it */
+    bool dechunk;          /* a chunked response forwarded unframed, ended by closing */
+    uint64_t req_chunk_size, resp_chunk_size; /* of the chunk being read */
     char request_id[130];
 };
 
@@ -523,7 +526,9 @@ static void client_respond_error(struct client *c, int status, const char *code,
                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
                 "%zu\r\nX-Skiff-Router-Error: %s\r\nX-Request-Id: %s\r\n%s\r\n",
                 status, status_reason(status), len + 1, code, x->request_id,
-                x->client_close ? "Connection: close\r\n" : "");
+                x->client_close    ? "Connection: close\r\n"
+                : x->client_http10 ? "Connection: keep-alive\r\n"
+                                   : "");
     if (!x->is_head)
         outq_printf(&c->p, "%s\n", text);
     x->resp_bytes = len + 1;
@@ -1038,6 +1043,7 @@ static int on_req_headers_complete(llhttp_t *p)
     x->has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     x->content_length = x->has_length ? p->content_length : 0;
     x->upgrade = p->upgrade != 0;
+    x->client_http10 = p->http_major == 1 && p->http_minor == 0;
     if (p->method == HTTP_CONNECT)
         return req_reject(x, 400, "bad-request", "CONNECT is not supported by this router.");
     if ((p->flags & F_TRANSFER_ENCODING) && !x->chunked)
@@ -1066,6 +1072,7 @@ static int on_req_chunk_header(llhttp_t *p)
 {
     struct client *c = p->data;
     struct exchange *x = c->x;
+    x->req_chunk_size = p->content_length;
     if (x->u && p->content_length > 0)
         outq_printf(&x->u->p, "%llx\r\n", (unsigned long long)p->content_length);
     return 0;
@@ -1077,7 +1084,7 @@ static int on_req_chunk_complete(llhttp_t *p)
     struct exchange *x = c->x;
     /* content_length is 0 here after a data chunk and for the last chunk alike; the last
      * chunk is written at the end of the message */
-    if (x->u && x->chunked && x->body_bytes > 0 && !(p->flags & F_TRAILING))
+    if (x->u && x->chunked && x->req_chunk_size > 0)
         outq_add(&x->u->p, "\r\n", 2);
     return 0;
 }
@@ -1567,12 +1574,23 @@ static int on_resp_headers_complete(llhttp_t *p)
     if (!interim && x->upgrade && !upgrade)
         x->client_close = true; /* the client may already send tunnel bytes: do not parse them */
     struct router_header *hv = headers_view(c->p.w, &x->resp);
+    size_t count = x->resp.count;
+    if (!interim && x->client_http10 && (p->flags & F_CHUNKED)) {
+        /* an HTTP/1.0 client cannot read chunks: send the bytes and end with the connection */
+        x->dechunk = true;
+        x->client_close = true;
+        size_t k = 1;
+        for (size_t i = 1; i < count; i++)
+            if (!router_header_is(&hv[i], "transfer-encoding"))
+                hv[k++] = hv[i];
+        count = k;
+    }
     /* entry 0 holds the reason phrase */
     if (c->p.out.count == OUTQ_PIECES)
         peer_flush(&c->p);
     size_t off = c->p.out.scratch.len;
     router_head_build_response(&c->p.out.scratch, status, hv[0].value, hv[0].value_len, hv + 1,
-                               x->resp.count - 1, x->client_close && !interim, upgrade);
+                               count - 1, x->client_close && !interim, upgrade, x->client_http10);
     c->p.out.pieces[c->p.out.count].ptr = NULL;
     c->p.out.pieces[c->p.out.count].off = off;
     c->p.out.pieces[c->p.out.count].len = c->p.out.scratch.len - off;
@@ -1601,16 +1619,19 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 static int on_resp_chunk_header(llhttp_t *p)
 {
     struct upstream *u = p->data;
-    if (p->content_length > 0)
-        outq_printf(&u->x->c->p, "%llx\r\n", (unsigned long long)p->content_length);
+    struct exchange *x = u->x;
+    x->resp_chunk_size = p->content_length;
+    if (p->content_length > 0 && !x->dechunk)
+        outq_printf(&x->c->p, "%llx\r\n", (unsigned long long)p->content_length);
     return 0;
 }
 
 static int on_resp_chunk_complete(llhttp_t *p)
 {
     struct upstream *u = p->data;
-    if (u->x->resp_bytes > 0 && !(p->flags & F_TRAILING))
-        outq_add(&u->x->c->p, "\r\n", 2);
+    struct exchange *x = u->x;
+    if (x->resp_chunk_size > 0 && !x->dechunk)
+        outq_add(&x->c->p, "\r\n", 2);
     return 0;
 }
 
@@ -1623,7 +1644,7 @@ static int on_resp_message_complete(llhttp_t *p)
         x->resp_started = false; /* a 1xx does not stop the router from answering 502 later */
         return 0;
     }
-    if (p->flags & F_CHUNKED && !x->is_head)
+    if (p->flags & F_CHUNKED && !x->is_head && !x->dechunk)
         outq_add(&x->c->p, "0\r\n\r\n", 5);
     if (p->upgrade)
         return 0;

@@ -581,6 +581,48 @@ def test_chunked_request_body_is_streamed(router_factory, backends):
     c.close()
 
 
+def chunked_backend(conn):
+    f = conn.makefile("rb")
+    while True:
+        first, _ = read_head(f)
+        if not first:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n1;ext=x\r\n,\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+
+
+def test_chunked_response_passes_through(router_factory):
+    be = RawBackend(chunked_backend)
+    r = router_factory([route("app.localhost", [be])])
+    c = r.client()
+    for _ in range(3):  # framing stays exact, so the connection stays usable
+        resp = c.request()
+        assert resp.status == 200 and resp.body == b"hello, world"
+        assert resp.headers["transfer-encoding"] == "chunked"
+    c.close()
+    be.close()
+
+
+def test_http10_clients(router_factory, backends):
+    be = RawBackend(chunked_backend)
+    a = backends("a")
+    r = router_factory([route("app.localhost", [be]), route("kept.localhost", [a])])
+    c = r.client()
+    c.send(b"GET / HTTP/1.0\r\nHost: app.localhost\r\n\r\n")
+    resp = c.response()  # no chunks for HTTP/1.0: the body ends with the connection
+    assert resp.status == 200 and resp.body == b"hello, world"
+    assert "transfer-encoding" not in resp.headers
+    c.close()
+    c = r.client()
+    for i in range(2):
+        c.send(b"GET /%d HTTP/1.0\r\nHost: kept.localhost\r\nConnection: keep-alive\r\n\r\n" % i)
+        resp = c.response()
+        assert resp.status == 200 and resp.headers["connection"] == "keep-alive"
+        assert resp.json()["path"] == "/%d" % i
+    c.close()
+    be.close()
+
+
 def test_connection_close_is_honoured(router_factory, backends):
     a = backends("a")
     r = router_factory([route("app.localhost", [a])])

@@ -140,19 +140,19 @@ static void test_response_head_rewriting(void **state)
         H("Set-Cookie", "a=1"),
     };
     struct buf out = {0};
-    router_head_build_response(&out, 200, "OK", 2, hs, 5, false, false);
+    router_head_build_response(&out, 200, "OK", 2, hs, 5, false, false, false);
     assert_string_equal(out.data, "HTTP/1.1 200 OK\r\n"
                                   "Content-Type: text/plain\r\n"
                                   "Transfer-Encoding: chunked\r\n"
                                   "Set-Cookie: a=1\r\n"
                                   "\r\n");
     buf_reset(&out);
-    router_head_build_response(&out, 404, "", 0, hs, 1, true, false);
+    router_head_build_response(&out, 404, "", 0, hs, 1, true, false, false);
     assert_string_equal(out.data, "HTTP/1.1 404 \r\nContent-Type: text/plain\r\n"
                                   "Connection: close\r\n\r\n");
     buf_reset(&out);
     struct router_header up[] = {H("Upgrade", "websocket"), H("Connection", "Upgrade")};
-    router_head_build_response(&out, 101, "Switching Protocols", 19, up, 2, false, true);
+    router_head_build_response(&out, 101, "Switching Protocols", 19, up, 2, false, true, false);
     assert_string_equal(out.data, "HTTP/1.1 101 Switching Protocols\r\n"
                                   "Upgrade: websocket\r\nConnection: upgrade\r\n\r\n");
     buf_free(&out);
