@@ -59,8 +59,13 @@ nats_version=$(nats-server --version)
 python3 - "$results" "$nats_version" <<'PY'
 import sys
 rows = {}
+lat = {}
 for line in open(sys.argv[1]):
-    mode, shape, n, secs, rate = line.split()
+    parts = line.split()
+    if parts[1] == "latency":
+        lat[parts[0]] = (float(parts[2]), float(parts[3]))
+        continue
+    mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
 modes = [m for m in ["skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
 shapes = ["single", "concurrent", "batched"]
@@ -75,6 +80,12 @@ for m in modes:
     print("%-24s" % (m + " / js") + "".join(
         "%14s" % ("%.2fx" % (rows[(m, s)] / rows[("jetstream", s)]) if (m, s) in rows and rows.get(("jetstream", s)) else "-")
         for s in shapes))
+print()
+print("single-publish acknowledgement latency (microseconds)")
+print("%-24s%14s%14s" % ("", "p50", "p99"))
+for m in modes:
+    if m in lat:
+        print("%-24s%14.0f%14.0f" % (m, lat[m][0], lat[m][1]))
 print()
 print("skiff-lib: the fabric in-process, each acknowledgement after fdatasync (group commit).")
 print("skiff-http: POST to skiffd, 202 after fdatasync. skiff-lib-nosync: no fsync at all.")

@@ -46,6 +46,42 @@ static void report(const char *mode, const char *shape, uint64_t events, double 
     fflush(stdout);
 }
 
+/* Acknowledgement latencies of the single shape (one publish at a time). */
+#define LATENCY_MAX 2000000
+static double *latencies;
+static size_t nlatencies;
+
+static void latency_add(double secs)
+{
+    if (!latencies)
+        latencies = xcalloc(LATENCY_MAX, sizeof(*latencies));
+    if (nlatencies < LATENCY_MAX)
+        latencies[nlatencies++] = secs;
+}
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void free_latencies(void)
+{
+    free(latencies);
+}
+
+/* Prints "MODE latency P50_US P99_US" and forgets the samples. */
+static void report_latency(const char *mode)
+{
+    if (!nlatencies)
+        return;
+    qsort(latencies, nlatencies, sizeof(*latencies), compare_double);
+    printf("%s latency %.0f %.0f\n", mode, latencies[nlatencies / 2] * 1e6,
+           latencies[nlatencies * 99 / 100] * 1e6);
+    fflush(stdout);
+    nlatencies = 0;
+}
+
 /* ---- in-process fabric ------------------------------------------------------------------- */
 
 struct lib_run {
@@ -54,6 +90,7 @@ struct lib_run {
     size_t per_append;
     int in_flight, window;
     double deadline;
+    double sent_at; /* single shape: when the publish in flight was made */
     uint64_t acked;
     int failed;
     bool stop;
@@ -68,6 +105,8 @@ static void lib_on_durable(void *arg, int status, uint64_t first, size_t count)
     if (status < 0)
         r->failed = status;
     r->acked += count;
+    if (r->window == 1)
+        latency_add(now_s() - r->sent_at);
     if (now_s() >= r->deadline)
         r->stop = true;
     lib_publish(r);
@@ -76,6 +115,7 @@ static void lib_on_durable(void *arg, int status, uint64_t first, size_t count)
 static void lib_publish(struct lib_run *r)
 {
     while (!r->stop && r->in_flight < r->window) {
+        r->sent_at = now_s();
         int rc = fabric_append(r->f, "bench", r->blobs, r->per_append, lib_on_durable, r, NULL);
         if (rc < 0) {
             r->failed = rc;
@@ -134,6 +174,8 @@ static int run_lib(const char *dir, double seconds, bool nosync)
             return 1;
         }
         report(mode, shapes[s].shape, r.acked, now_s() - t0);
+        if (s == 0)
+            report_latency(mode);
     }
     struct fabric_stats st;
     fabric_get_stats(f, &st);
@@ -158,6 +200,7 @@ struct http_conn {
     struct http_run *run;
     struct buf in;
     bool busy;
+    double sent_at;
 };
 
 struct http_run {
@@ -213,6 +256,8 @@ static bool http_parse(struct http_conn *c)
             return false;
         }
         c->run->acked += c->run->events_per_request;
+        if (c->run->nconns == 1)
+            latency_add(now_s() - c->sent_at);
         if (now_s() >= c->run->deadline)
             c->run->stop = true;
         if (!c->run->stop)
@@ -240,6 +285,7 @@ static void http_send(struct http_conn *c)
     uv_write_t *w = xmalloc(sizeof(*w));
     uv_buf_t b = uv_buf_init(c->run->request.data, (unsigned)c->run->request.len);
     c->busy = true;
+    c->sent_at = now_s();
     if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, http_on_write) < 0)
         free(w);
 }
@@ -320,6 +366,7 @@ static int run_http_shape(const char *url, const char *token, double seconds, co
         return 1;
     }
     report("skiff-http", shape, run.acked, secs);
+    report_latency("skiff-http");
     return 0;
 }
 
@@ -366,14 +413,17 @@ static int run_jetstream(const char *url, double seconds)
     uint64_t n = 0;
     while (now_s() < t0 + seconds) {
         jsPubAck *ack = NULL;
+        double sent = now_s();
         if (js_Publish(&ack, js, "bench", payload, PAYLOAD_BYTES, NULL, &jerr) != NATS_OK) {
             fprintf(stderr, "bench: js_Publish failed\n");
             return 1;
         }
         jsPubAck_Destroy(ack);
+        latency_add(now_s() - sent);
         n++;
     }
     report("jetstream", "single", n, now_s() - t0);
+    report_latency("jetstream");
     /* concurrent and batched: async publishes with a window of acks in flight */
     int windows[] = {CONCURRENT, BATCH * BATCHES_IN_FLIGHT};
     const char *names[] = {"concurrent", "batched"};
@@ -411,6 +461,7 @@ static int run_jetstream(const char *url, double seconds)
 
 int main(int argc, char **argv)
 {
+    atexit(free_latencies);
     memset(payload, 'x', PAYLOAD_BYTES);
     if (argc >= 4 && !strcmp(argv[1], "lib"))
         return run_lib(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "nosync"));
