@@ -2,6 +2,7 @@
 #include "skiff_events.h"
 
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -108,6 +109,11 @@ static void default_source(char *out, size_t size)
         snprintf(out, size, "/skiff/sdk");
 }
 
+static void init_curl(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
 static struct curl_slist *add_header(struct curl_slist *list, const char *name, const char *value)
 {
     char line[1024];
@@ -129,7 +135,8 @@ int skiff_events_publish(const char *topic, const void *data, size_t len,
         return set_error(errmsg, errlen, SKIFF_EVENTS_ENOCONFIG,
                          "SKIFF_EVENTS_URL and SKIFF_EVENTS_TOKEN must be set (Skiff sets them in "
                          "every instance)");
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    static pthread_once_t curl_ready = PTHREAD_ONCE_INIT;
+    pthread_once(&curl_ready, init_curl);
     CURL *curl = curl_easy_init();
     if (!curl)
         return set_error(errmsg, errlen, SKIFF_EVENTS_ENETWORK, "cannot start an HTTP client");

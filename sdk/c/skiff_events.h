@@ -1,12 +1,13 @@
 /* skiff_events: publish events to Skiff from C.
  *
  * Inside an instance the platform sets SKIFF_EVENTS_URL and SKIFF_EVENTS_TOKEN; this library
- * reads them and POSTs a CloudEvent in binary mode to $SKIFF_EVENTS_URL/v1/topics/TOPIC/events.
+ * reads them and POSTs a CloudEvent in binary mode to $SKIFF_EVENTS_URL/topics/TOPIC/events
+ * (SKIFF_EVENTS_URL is the API's /v1; a bare API URL works too).
  * A call returns only once Skiff has the event on disk (HTTP 202) or has said why not.
  *
  * Build: compile skiff_events.c with your program and link libcurl (`pkg-config --libs
- * libcurl`). The calls are thread-safe once curl_global_init() has run (the first publish
- * runs it when the program has not).
+ * libcurl`). The calls are thread-safe; the first one runs curl_global_init() once (call it
+ * yourself first if other threads use libcurl at the same time).
  *
  * Errors: 0 on success, a negative value on failure with a message in errmsg that says what
  * was wrong (the server's own message for a refused event). */
