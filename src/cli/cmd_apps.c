@@ -1,4 +1,5 @@
 /* cmd_apps: help, login, and the commands that look at or change an existing app. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -356,7 +357,7 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
 
 int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
 {
-    long instances = -1;
+    long instances = LONG_MIN; /* not given */
     const char *memory = NULL, *disk = NULL;
     bool no_wait = false;
     long timeout = 60;
@@ -371,7 +372,7 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
     const char *name = args.items[0];
     json_t *body = json_object();
     long mb = 0;
-    if (instances != -1) {
+    if (instances != LONG_MIN) {
         if (instances < 0)
             rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
         json_object_set_new(body, "instances", json_integer(instances));

@@ -1,6 +1,7 @@
 /* cmd_push: push (settings, upload, staging, start; from flags or a manifest) and restage. */
 #include <errno.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -446,7 +447,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *path = NULL, *manifest_path = NULL, *memory = NULL, *disk = NULL;
     const char *command = NULL, *function = NULL;
-    long instances = -1, timeout = 60;
+    long instances = LONG_MIN, timeout = 60; /* LONG_MIN: not given */
     bool no_route = false, no_start = false;
     struct cli_list buildpacks = {0};
     struct cli_option opts[] = {{"path", 'p', CLI_OPT_STRING, &path},
@@ -470,7 +471,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
     /* The settings given by flags, applied over a manifest's. */
     json_t *flags = json_object();
     long mb = 0;
-    if (instances != -1) {
+    if (instances != LONG_MIN) {
         if (instances < 0)
             rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
         json_object_set_new(flags, "instances", json_integer(instances));

@@ -62,6 +62,7 @@ def test_no_arguments_prints_help_and_exits_2(bare_home):
     (["scale", "hello", "-i", "two"], '-i needs a whole number, not "two"'),
     (["scale", "hello", "-m", "lots"], '-m needs a size like 256M or 1G, not "lots"'),
     (["scale", "hello"], "say what to change"),
+    (["scale", "hello", "-i", "-1"], "-i needs 0 or more instances, not -1"),
     (["push", "hello", "--instances"], "--instances needs a value"),
     (["push", "hello", "--bogus"], "unknown option --bogus"),
     (["push", "hello", "--function", "resize"], "--function needs FILE:HANDLER"),
