@@ -416,6 +416,17 @@ static void sched__make_token(struct scheduler *s, const char *app_guid, char *o
         snprintf(out, size, "none");
 }
 
+/* A start that failed (no port, nothing to run from) is retried like a crash, with backoff,
+ * so a passing problem heals without anyone asking and a lasting one does not spin. */
+static void sched__retry_later(struct scheduler *s, struct sched_slot *slot)
+{
+    slot->crash_count++;
+    int64_t delay = scheduler_crash_delay_ms(slot->crash_count);
+    slot->restart_at_mono = time_mono_ms() + (delay < 1000 ? 1000 : delay);
+    slot->crashed_at_ms = time_now_ms();
+    sched__arm_timer(s);
+}
+
 /* Starts one instance for slot; returns it or NULL (and logs why). */
 static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                        const struct store_app *app,
@@ -447,6 +458,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
         free(command_copy);
+        sched__retry_later(s, slot);
         return NULL;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
@@ -523,6 +535,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         free(app_dir);
         free(si);
         free(command_copy);
+        sched__retry_later(s, slot);
         return NULL;
     }
     free(app_dir);
