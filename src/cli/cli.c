@@ -552,6 +552,12 @@ static char *cli_path_app(const char *path)
 static void cli_print_api_error(const struct cli_request *req, const struct cli_response *res)
 {
     const struct cli_target *t = cli_target();
+    if (res->status == 401 && t && !t->token) {
+        cli_error("the API at %s needs a token, and none is known (found through %s).\n"
+                  "Set SKIFF_TOKEN, or log in with `skiff login %s --token TOKEN`.",
+                  t->api_url, t->from, t->api_url);
+        return;
+    }
     if (res->status == 401) {
         cli_error("the API at %s refused the token (%s).\n"
                   "Log in again with `skiff login %s --token TOKEN`.",

@@ -174,6 +174,14 @@ def test_wrong_token_says_to_log_in_again(platform):
     assert "refused the token" in r.stderr and "skiff login" in r.stderr
 
 
+def test_api_without_token_says_how_to_give_one(platform):
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "apps"],
+                       env={**platform.env(), "SKIFF_API": platform.api_url}, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1
+    assert "needs a token" in r.stderr and "SKIFF_TOKEN" in r.stderr, r.stderr
+
+
 def test_login_checks_and_saves_the_login(platform):
     other_home = tempfile.mkdtemp(prefix="skiff-login-")
     try:
