@@ -9,6 +9,7 @@
 #include "fabric/cloudevents.h"
 #include "fabric/fabric.h"
 #include "invoker/invoker.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -44,6 +45,7 @@ struct tail {
 static struct {
     struct fabric *fabric;
     struct api *api;
+    struct store *store;
     uv_loop_t *loop;
     struct tail *tails;
     uv_timer_t throttle_timer;
@@ -108,14 +110,19 @@ static const char *read_topic(struct api_request *req)
     return topic;
 }
 
-/* The source given to events published without one: who published them. */
+/* The source given to events published without one: who published them, "/apps/NAME" for an
+ * instance (its guid when the app is gone meanwhile), "/skiff/api" for the admin. */
 static void caller_source(struct api_request *req, char *out, size_t size)
 {
-    const char *app = api_request_caller_app(req);
-    if (app)
-        snprintf(out, size, "/apps/%s", app);
-    else
+    const char *guid = api_request_caller_app(req);
+    struct store_app *app = NULL;
+    if (!guid)
         snprintf(out, size, "/skiff/api");
+    else if (events.store && store_app_get(events.store, guid, &app) == 0 && app)
+        snprintf(out, size, "/apps/%s", app->name);
+    else
+        snprintf(out, size, "/apps/%s", guid);
+    store_app_free(app);
 }
 
 /* ---- publishing one event ----------------------------------------------------------------- */
@@ -501,6 +508,7 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
 {
     memset(&events, 0, sizeof(events));
     events.api = svc->api;
+    events.store = svc->store;
     events.loop = svc->loop;
     char *dir = xasprintf("%s/fabric", svc->home);
     struct fabric_config cfg = {

@@ -229,10 +229,19 @@ def _status(method, path):
         return e.code
 
 
+def _plain(path, body):
+    req = urllib.request.Request(os.environ["SKIFF_EVENTS_URL"].rstrip("/") + path, data=body,
+                                 method="POST", headers={"Content-Type": "text/plain",
+                                 "Authorization": "Bearer " + os.environ["SKIFF_EVENTS_TOKEN"]})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())["offset"]
+
+
 def handle(event):
     ack = publish("from-app", {"via": "sdk"}, type="app.said")
-    return {"offset": ack["offset"], "list": _status("GET", "/topics"),
-            "apps": _status("GET", "/apps"), "read": _status("GET", "/topics/from-app/events")}
+    return {"offset": ack["offset"], "wrapped": _plain("/topics/from-app/events", b"bare"),
+            "list": _status("GET", "/topics"), "apps": _status("GET", "/apps"),
+            "read": _status("GET", "/topics/from-app/events")}
 ''')
     p = platform
     p.cli("push", "publisher", "--function", "%s:handle" % fn, check=True, timeout=300)
@@ -242,6 +251,9 @@ def handle(event):
     ev = read_topic(p, "from-app", **{"from": reply["offset"]})[0]
     assert ev["type"] == "app.said" and ev["data"] == {"via": "sdk"}
     assert ev["source"] == "/apps/publisher"  # from VCAP_APPLICATION
+    wrapped = read_topic(p, "from-app", **{"from": reply["wrapped"]})[0]
+    assert wrapped["type"] == "skiff.event" and wrapped["data"] == "bare"
+    assert wrapped["source"] == "/apps/publisher"  # the platform knows who published
 
 
 def test_garbage_never_crashes_the_daemon(shared_platform):
