@@ -91,17 +91,49 @@ bool router_header_has_token(const char *value, size_t len, const char *lower_to
     return false;
 }
 
-/* Headers that describe one hop, never forwarded as they are. */
-static bool is_hop_by_hop(const struct router_header *h)
+enum header_kind {
+    HK_OTHER,
+    HK_HOST,
+    HK_UPGRADE,
+    HK_CONNECTION,
+    HK_HOP, /* keep-alive, proxy-connection, te, trailer, proxy-authenticate */
+    HK_TRANSFER_ENCODING,
+    HK_CONTENT_LENGTH,
+    HK_XFF,
+    HK_XFP,
+    HK_XFH,
+    HK_REQUEST_ID,
+};
+
+/* What a header is to a proxy: by length first, so most names cost one comparison at most. */
+static enum header_kind classify(const struct router_header *h)
 {
-    static const char *const names[] = {
-        "connection",    "keep-alive",        "proxy-connection", "te",
-        "trailer",       "transfer-encoding", "upgrade",          "proxy-authenticate",
-        "content-length"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (router_header_is(h, names[i]))
-            return true;
-    return false;
+    static const struct {
+        const char *name;
+        enum header_kind kind;
+    } known[] = {
+        {"host", HK_HOST},
+        {"upgrade", HK_UPGRADE},
+        {"connection", HK_CONNECTION},
+        {"keep-alive", HK_HOP},
+        {"proxy-connection", HK_HOP},
+        {"te", HK_HOP},
+        {"trailer", HK_HOP},
+        {"proxy-authenticate", HK_HOP},
+        {"transfer-encoding", HK_TRANSFER_ENCODING},
+        {"content-length", HK_CONTENT_LENGTH},
+        {"x-forwarded-for", HK_XFF},
+        {"x-forwarded-proto", HK_XFP},
+        {"x-forwarded-host", HK_XFH},
+        {"x-request-id", HK_REQUEST_ID},
+    };
+    static const unsigned char lengths[] = {4, 7, 10, 10, 16, 2, 7, 18, 17, 14, 15, 17, 16, 12};
+    char first = h->name_len ? (char)(h->name[0] | 0x20) : 0;
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (lengths[i] == h->name_len && known[i].name[0] == first &&
+            strncasecmp(h->name, known[i].name, h->name_len) == 0)
+            return known[i].kind;
+    return HK_OTHER;
 }
 
 /* Whether a header is named in any Connection header (so it is hop-by-hop too). */
@@ -121,56 +153,101 @@ static bool named_in_connection(const struct router_header *h, const struct rout
     return false;
 }
 
+/* Whether some Connection header names more than the usual keep-alive/close/upgrade. */
+static bool connection_names_headers(const struct router_header *all, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (classify(&all[i]) != HK_CONNECTION)
+            continue;
+        const char *v = all[i].value;
+        size_t n = all[i].value_len, k = 0;
+        while (k < n) {
+            while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
+                k++;
+            size_t start = k;
+            while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
+                k++;
+            size_t len = k - start;
+            if (len && !(len == 10 && strncasecmp(v + start, "keep-alive", 10) == 0) &&
+                !(len == 5 && strncasecmp(v + start, "close", 5) == 0) &&
+                !(len == 7 && strncasecmp(v + start, "upgrade", 7) == 0))
+                return true;
+        }
+    }
+    return false;
+}
+
+static void put(struct buf *out, const char *s, size_t n)
+{
+    memcpy(out->data + out->len, s, n);
+    out->len += n;
+}
+
+#define PUT_LITERAL(out, lit) put((out), (lit), sizeof(lit) - 1)
+
 static void put_header(struct buf *out, const struct router_header *h)
 {
     buf_reserve(out, h->name_len + h->value_len + 4);
-    memcpy(out->data + out->len, h->name, h->name_len);
-    out->len += h->name_len;
-    out->data[out->len++] = ':';
-    out->data[out->len++] = ' ';
-    memcpy(out->data + out->len, h->value, h->value_len);
-    out->len += h->value_len;
-    out->data[out->len++] = '\r';
-    out->data[out->len++] = '\n';
+    put(out, h->name, h->name_len);
+    PUT_LITERAL(out, ": ");
+    put(out, h->value, h->value_len);
+    PUT_LITERAL(out, "\r\n");
     out->data[out->len] = '\0';
-}
-
-static bool is_replaced_by_router(const struct router_header *hd)
-{
-    return router_header_is(hd, "x-forwarded-for") || router_header_is(hd, "x-forwarded-proto") ||
-           router_header_is(hd, "x-forwarded-host") || router_header_is(hd, "x-request-id");
 }
 
 void router_head_build_request(struct buf *out, const struct router_request_head *h)
 {
     const struct router_header *host = NULL, *upgrade = NULL;
-    buf_printf(out, "%s %.*s HTTP/1.1\r\n", h->method, (int)h->url_len, h->url);
+    bool listed = connection_names_headers(h->headers, h->header_count);
+    size_t method_len = strlen(h->method);
+    buf_reserve(out, method_len + h->url_len + 12);
+    put(out, h->method, method_len);
+    PUT_LITERAL(out, " ");
+    put(out, h->url, h->url_len);
+    PUT_LITERAL(out, " HTTP/1.1\r\n");
+    size_t xff_len = 0;
     for (size_t i = 0; i < h->header_count; i++) {
         const struct router_header *hd = &h->headers[i];
-        if (router_header_is(hd, "host"))
+        switch (classify(hd)) {
+        case HK_HOST:
             host = hd;
-        else if (router_header_is(hd, "upgrade"))
+            break;
+        case HK_UPGRADE:
             upgrade = hd;
-        if (is_replaced_by_router(hd) || is_hop_by_hop(hd) ||
-            named_in_connection(hd, h->headers, h->header_count))
+            continue;
+        case HK_XFF:
+            xff_len += hd->value_len + 2;
+            continue;
+        case HK_OTHER:
+            break;
+        default:
+            continue;
+        }
+        if (listed && named_in_connection(hd, h->headers, h->header_count))
             continue;
         put_header(out, hd);
     }
     /* every earlier hop, in order, then the client as this router saw it */
-    buf_puts(out, "X-Forwarded-For: ");
-    for (size_t i = 0; i < h->header_count; i++) {
-        if (router_header_is(&h->headers[i], "x-forwarded-for") && h->headers[i].value_len) {
-            buf_append(out, h->headers[i].value, h->headers[i].value_len);
-            buf_puts(out, ", ");
+    size_t ip_len = strlen(h->client_ip), id_len = strlen(h->request_id);
+    buf_reserve(out, xff_len + ip_len + id_len + 128 + (host ? host->value_len : 0));
+    PUT_LITERAL(out, "X-Forwarded-For: ");
+    for (size_t i = 0; xff_len && i < h->header_count; i++) {
+        if (h->headers[i].value_len && classify(&h->headers[i]) == HK_XFF) {
+            put(out, h->headers[i].value, h->headers[i].value_len);
+            PUT_LITERAL(out, ", ");
         }
     }
-    buf_printf(out, "%s\r\nX-Forwarded-Proto: http\r\n", h->client_ip);
+    put(out, h->client_ip, ip_len);
+    PUT_LITERAL(out, "\r\nX-Forwarded-Proto: http\r\n");
     if (host) {
-        buf_puts(out, "X-Forwarded-Host: ");
-        buf_append(out, host->value, host->value_len);
-        buf_puts(out, "\r\n");
+        PUT_LITERAL(out, "X-Forwarded-Host: ");
+        put(out, host->value, host->value_len);
+        PUT_LITERAL(out, "\r\n");
     }
-    buf_printf(out, "X-Request-Id: %s\r\n", h->request_id);
+    PUT_LITERAL(out, "X-Request-Id: ");
+    put(out, h->request_id, id_len);
+    PUT_LITERAL(out, "\r\n");
+    out->data[out->len] = '\0';
     if (h->chunked)
         buf_puts(out, "Transfer-Encoding: chunked\r\n");
     else if (h->has_length)
@@ -187,15 +264,36 @@ void router_head_build_response(struct buf *out, int status, const char *reason,
                                 const struct router_header *headers, size_t count,
                                 bool close_client, bool upgrade, bool http10_keep_alive)
 {
-    buf_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)reason_len, reason);
+    bool listed = connection_names_headers(headers, count);
+    if (status < 100 || status > 999)
+        status = 502;
+    buf_reserve(out, reason_len + 16);
+    PUT_LITERAL(out, "HTTP/1.1 ");
+    char code[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
+                    (char)('0' + status % 10), ' '};
+    put(out, code, 4);
+    put(out, reason, reason_len);
+    PUT_LITERAL(out, "\r\n");
+    out->data[out->len] = '\0';
     for (size_t i = 0; i < count; i++) {
         const struct router_header *hd = &headers[i];
-        /* framing headers stay: the body is forwarded with the framing they describe */
-        bool framing =
-            router_header_is(hd, "transfer-encoding") || router_header_is(hd, "content-length");
-        bool keep_upgrade = upgrade && router_header_is(hd, "upgrade");
-        if (!framing && !keep_upgrade &&
-            (is_hop_by_hop(hd) || named_in_connection(hd, headers, count)))
+        switch (classify(hd)) {
+        case HK_TRANSFER_ENCODING:
+        case HK_CONTENT_LENGTH:
+            /* framing headers stay: the body is forwarded with the framing they describe */
+            put_header(out, hd);
+            continue;
+        case HK_UPGRADE:
+            if (upgrade)
+                put_header(out, hd);
+            continue;
+        case HK_CONNECTION:
+        case HK_HOP:
+            continue;
+        default:
+            break;
+        }
+        if (listed && named_in_connection(hd, headers, count))
             continue;
         put_header(out, hd);
     }
