@@ -529,7 +529,13 @@ int cli_cmd_logs(const struct cli_command *cmd, int argc, char **argv)
     rc = cli_http(&req, &res);
     cli_response_free(&res);
     free(path);
-    return rc ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    if (rc)
+        return CLI_EXIT_ERROR;
+    /* Following never ends on our side: the API ended it. */
+    if (!recent)
+        return cli_error("the log stream of %s ended: skiffd closed it (stopped or restarting?)",
+                         args.items[0]);
+    return CLI_EXIT_OK;
 }
 
 int cli_cmd_env(const struct cli_command *cmd, int argc, char **argv)

@@ -264,9 +264,15 @@ def test_logs_follow(platform):
         line = read_until(proc, "/followed-request", 20, "the request's log line").splitlines()[-1]
         assert re.search(r"\[APP/PROC/WEB/0\] OUT GET /followed-request 404", line), line
         assert proc.poll() is None, "logs stopped following"
+        # when skiffd goes away, following ends and says so
+        platform.stop()
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert b"the log stream of follow ended" in stderr, stderr
     finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=10)
 
 
 def test_push_again_runs_the_new_code(platform, tmp_path):
