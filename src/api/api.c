@@ -54,6 +54,8 @@ struct api {
     unsigned tmp_seq;
     bool closing;
     int handles_open;
+    uv_timer_t sweep; /* closes connections that stall (see api__sweep) */
+    bool sweep_open;
     void (*close_cb)(void *arg);
     void *close_arg;
 };
@@ -116,7 +118,8 @@ struct api_conn {
     struct buf pending;
     size_t write_pending;
     bool reading;
-    bool in_execute; /* inside llhttp_execute: api__feed goes on with what follows */
+    bool in_execute;   /* inside llhttp_execute: api__feed goes on with what follows */
+    int64_t active_ms; /* last byte read or request finished (monotonic) */
     bool close_after_write;
     bool closing;
     char peer[80];
@@ -135,6 +138,13 @@ static void api__conn_close(struct api_conn *c);
 static void api__process_pending(struct api_conn *c);
 static void api__start_reading(struct api_conn *c);
 static void api__settings_init(void);
+static void api__sweep(uv_timer_t *t);
+
+/* A request must arrive whole within this time once it began, and an idle keep-alive
+ * connection is closed after API_IDLE_MS; slow or silent clients cannot pile up. */
+#define API_SWEEP_MS 5000
+#define API_REQUEST_MS 60000
+#define API_IDLE_MS 300000
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -318,6 +328,14 @@ int api_listen(struct api *api, char *err, size_t errsize)
     rc = uv_tcp_bind(&api->server, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&api->server, 511, api__on_connection);
+    if (rc == 0) {
+        uv_timer_init(api->loop, &api->sweep);
+        api->sweep.data = api;
+        api->sweep_open = true;
+        api->handles_open++;
+        uv_timer_start(&api->sweep, api__sweep, API_SWEEP_MS, API_SWEEP_MS);
+        uv_unref((uv_handle_t *)&api->sweep);
+    }
     if (rc < 0) {
         snprintf(err, errsize,
                  "cannot listen on %s: %s (another skiffd running? set "
@@ -351,6 +369,10 @@ void api_close(struct api *api, void (*close_cb)(void *arg), void *arg)
     if (api->server_open) {
         api->server_open = false;
         uv_close((uv_handle_t *)&api->server, api__server_closed);
+    }
+    if (api->sweep_open) {
+        api->sweep_open = false;
+        uv_close((uv_handle_t *)&api->sweep, api__server_closed);
     }
     struct api_conn *c = api->conns;
     while (c) {
@@ -600,6 +622,7 @@ static void api__finish(struct api_request *req)
             api__conn_close(c);
         return;
     }
+    c->active_ms = time_mono_ms();
     if (c->in_execute)
         return;
     llhttp_resume(&c->parser);
@@ -1218,6 +1241,7 @@ static void api__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 static void api__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     struct api_conn *c = s->data;
+    c->active_ms = time_mono_ms();
     if (n < 0) {
         free(b->base);
         api__conn_close(c);
@@ -1283,7 +1307,26 @@ static void api__on_connection(uv_stream_t *server, int status)
         api->conns->prev = c;
     api->conns = c;
     c->reading = true;
+    c->active_ms = time_mono_ms();
     api__start_reading(c);
+}
+
+static void api__sweep(uv_timer_t *t)
+{
+    struct api *api = t->data;
+    int64_t now = time_mono_ms();
+    struct api_conn *c = api->conns;
+    while (c) {
+        struct api_conn *next = c->next;
+        struct api_request *req = c->req;
+        /* a request being handled or streamed is the handler's business, not a stall */
+        if (!req || req->state == API_REQ_PARSING) {
+            int64_t limit = req ? API_REQUEST_MS : API_IDLE_MS;
+            if (now - c->active_ms > limit)
+                api__conn_close(c);
+        }
+        c = next;
+    }
 }
 
 static void api__settings_init(void)
