@@ -84,14 +84,20 @@ static bool cli_is_web(const json_t *inst)
 }
 
 /* Milliseconds since the epoch of an RFC 3339 UTC time ("2026-11-27T11:09:56.123Z"); 0 when
- * it cannot be read. Fractions are dropped: callers compare to the second. */
+ * it cannot be read. */
 static int64_t cli_parse_time_ms(const char *s)
 {
     struct tm tm = {0};
     const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
     if (!end)
         return 0;
-    return (int64_t)timegm(&tm) * 1000;
+    int64_t ms = (int64_t)timegm(&tm) * 1000;
+    if (*end == '.') {
+        int scale = 100;
+        for (end++; *end >= '0' && *end <= '9'; end++, scale /= 10)
+            ms += (*end - '0') * scale;
+    }
+    return ms;
 }
 
 int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
@@ -116,8 +122,8 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
             if (!cli_is_web(inst))
                 continue;
             const char *state = cli_json_str(inst, "state");
-            bool fresh = since_ms <= 0 ||
-                         cli_parse_time_ms(cli_json_str(inst, "since")) >= since_ms / 1000 * 1000;
+            bool fresh =
+                since_ms <= 0 || cli_parse_time_ms(cli_json_str(inst, "since")) >= since_ms;
             if (strcmp(state, "RUNNING") == 0 && fresh)
                 running++;
             else if (strcmp(state, "CRASHED") == 0 && fresh && !crashed)
