@@ -51,9 +51,14 @@ bool api_core__staging_busy(struct api_core *core, const char *app_guid)
 
 void api_core__staging_cancel(struct api_core *core, const char *app_guid)
 {
-    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+    struct api_core_staging *s = core->stagings;
+    while (s) {
+        /* on_done may come from inside stager_cancel and free s */
+        struct api_core_staging *next = s->next;
         if (!app_guid || !strcmp(s->app_guid, app_guid))
             stager_cancel(s->staging);
+        s = next;
+    }
 }
 
 /* ---- bits ---------------------------------------------------------------------------------- */

@@ -156,3 +156,70 @@ def test_a_second_skiffd_on_the_same_home_is_refused(platform):
     # the first one is untouched
     assert platform.info()["api_url"] == platform.api_url
     assert platform.api("GET", "/v1/apps")[0] == 200
+
+
+def slow_buildpack(tmp_path, seconds):
+    bp = tmp_path / "slow-bp"
+    (bp / "bin").mkdir(parents=True)
+    (bp / "bin" / "detect").write_text("#!/bin/sh\necho slow\n")
+    (bp / "bin" / "compile").write_text(
+        f"#!/bin/sh\necho compiling slowly\nsleep {seconds}\necho done compiling\n")
+    (bp / "bin" / "release").write_text(
+        "#!/bin/sh\nprintf 'default_process_types:\\n  web: python3 -m http.server $PORT\\n'\n")
+    for f in ("detect", "compile", "release"):
+        (bp / "bin" / f).chmod(0o755)
+    return str(bp)
+
+
+def start_stage(p, name):
+    import http.client
+    host, port = p.api_url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", f"/v1/apps/{name}/stage", headers={"Authorization": "Bearer " + p.token})
+    r = conn.getresponse()
+    assert r.status == 200
+    return conn, r
+
+
+def tar_of(files):
+    import io
+    import tarfile
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as t:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            t.addfile(info, io.BytesIO(content))
+    return data.getvalue()
+
+
+def test_sigterm_during_staging_exits_cleanly(platform, tmp_path):
+    p = platform
+    bp = slow_buildpack(tmp_path, 60)
+    assert p.api("PUT", "/v1/apps/slow", {"buildpacks": [bp]})[0] == 201
+    assert p.api("PUT", "/v1/apps/slow/bits", raw=tar_of({"a.txt": b"x"}))[0] == 201
+    conn, r = start_stage(p, "slow")
+    p.wait_for(lambda: "compiling slowly" in r.readline().decode(), 20, "staging to begin")
+    p.stop(signal.SIGTERM, timeout=20)
+    assert p.proc.returncode == 0, p.output()
+    assert "Sanitizer" not in p.output()
+    conn.close()
+
+
+def test_staging_that_times_out_fails_and_says_why(tmp_path):
+    p = Platform(extra_env={"SKIFF_STAGING_TIMEOUT": "2"}).start()
+    try:
+        bp = slow_buildpack(tmp_path, 60)
+        assert p.api("PUT", "/v1/apps/slow", {"buildpacks": [bp]})[0] == 201
+        assert p.api("PUT", "/v1/apps/slow/bits", raw=tar_of({"a.txt": b"x"}))[0] == 201
+        conn, r = start_stage(p, "slow")
+        lines = [json.loads(l) for l in r.read().decode().splitlines() if l.strip()]
+        conn.close()
+        assert lines[-1]["done"] and lines[-1]["ok"] is False, lines
+        assert lines[-1]["error"]["code"] == "staging_failed"
+        assert "time" in lines[-1]["error"]["message"].lower(), lines[-1]
+        status, app = p.api("GET", "/v1/apps/slow")
+        assert app["droplet"] is None
+    finally:
+        p.stop()
+        p.kill_all()
