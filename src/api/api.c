@@ -139,6 +139,7 @@ static void api__process_pending(struct api_conn *c);
 static void api__start_reading(struct api_conn *c);
 static void api__settings_init(void);
 static void api__sweep(uv_timer_t *t);
+static void api__dispatch(struct api_request *req);
 
 /* A request must arrive whole within this time once it began, and an idle keep-alive
  * connection is closed after API_IDLE_MS; slow or silent clients cannot pile up. */
@@ -1049,6 +1050,9 @@ static int api__on_headers_complete(llhttp_t *p)
         if (req->early_status) {
             /* the client waits for our word before sending the body: answer now and close */
             req->keep_alive = false;
+            req->state = API_REQ_HANDLING;
+            api__dispatch(req);
+            return HPE_PAUSED;
         } else {
             static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
             api__write(c, cont, sizeof cont - 1);
