@@ -3,6 +3,7 @@ when something is wrong (daemon not running, not logged in, unknown app, bad fla
 own error messages)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -204,3 +205,26 @@ def test_login_checks_and_saves_the_login(platform):
         assert "apps" in json.loads(r.stdout)
     finally:
         shutil.rmtree(other_home, ignore_errors=True)
+
+
+def test_upload_over_the_limit_gives_the_apis_reason(tmp_path):
+    from conftest import Platform
+    p = Platform(extra_env={"SKIFF_MAX_UPLOAD_MB": "1"}).start()
+    try:
+        code = tmp_path / "big"
+        code.mkdir()
+        (code / "app.py").write_text("print('hi')\n")
+        (code / "noise.bin").write_bytes(os.urandom(3 << 20))  # does not compress
+        r = p.cli("push", "big", "-p", str(code))
+        assert r.returncode == 1, r.stdout + r.stderr
+        status, body = p.api("PUT", "/v1/apps/big/bits", raw=(code / "noise.bin").read_bytes(),
+                             headers={"Content-Type": "application/gzip"})
+        assert status == 413, (status, body)
+        # the same message, word for word (only the byte counts differ)
+        assert re.sub(r"\d+", "N", body["error"]["message"]) in re.sub(r"\d+", "N", r.stderr)
+    finally:
+        try:
+            p.stop()
+        finally:
+            p.kill_all()
+            shutil.rmtree(p.home, ignore_errors=True)
