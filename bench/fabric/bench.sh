@@ -13,7 +13,7 @@ nats_pid=""
 skiffd_pid=""
 cleanup() {
   [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
-  [ -n "$skiffd_pid" ] && kill "$skiffd_pid" 2>/dev/null && wait "$skiffd_pid" 2>/dev/null
+  [ -n "$skiffd_pid" ] && kill -INT "$skiffd_pid" 2>/dev/null && wait "$skiffd_pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
