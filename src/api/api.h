@@ -40,8 +40,8 @@ struct api_request;
 
 /* Who may call a route. */
 enum api_auth {
-    API_AUTH_NONE = 0,     /* anybody (GET /v1/info) */
-    API_AUTH_ADMIN = 1,    /* the admin token only (the default) */
+    API_AUTH_ADMIN = 0,    /* the admin token only (the default: flags 0 means admin) */
+    API_AUTH_NONE = 1,     /* anybody (GET /v1/info) */
     API_AUTH_INSTANCE = 2, /* the admin token or an instance token (SKIFF_EVENTS_TOKEN) */
 };
 
@@ -69,9 +69,9 @@ uv_loop_t *api_loop(struct api *api);
 /* The base URL clients use, e.g. "http://127.0.0.1:8090" (valid for the api's life). */
 const char *api_url(struct api *api);
 
-/* Adds an endpoint. flags: an enum api_auth value (API_AUTH_ADMIN when 0 is not meant:
- * pass API_AUTH_NONE explicitly for public routes), or'ed with API_BODY_FILE. The pattern
- * is copied. Returns 0 or -EINVAL for a malformed pattern or method. */
+/* Adds an endpoint. flags: an enum api_auth value (0 is API_AUTH_ADMIN, so a route is never
+ * public by accident), or'ed with API_BODY_FILE. The pattern is copied. Returns 0 or -EINVAL
+ * for a malformed pattern or method. */
 int api_route_add(struct api *api, const char *method, const char *pattern, int flags,
                   api_handler_fn handler, void *ctx);
 
