@@ -11,7 +11,8 @@
 
 struct logs_ring {
     char app_guid[37];
-    char **lines; /* capacity lg->cap, allocated on the first line */
+    char **lines; /* grows up to lg->cap while not full (head stays 0 until then) */
+    size_t alloc; /* slots in lines */
     size_t head;  /* index of the oldest line */
     size_t count;
     struct logs_ring *next;
@@ -56,7 +57,7 @@ static void logs__ring_free(struct logs *lg, struct logs_ring *r)
 {
     if (r->lines) {
         for (size_t i = 0; i < r->count; i++)
-            free(r->lines[(r->head + i) % lg->cap]);
+            free(r->lines[(r->head + i) % r->alloc]);
         free(r->lines);
     }
     free(r);
@@ -93,7 +94,6 @@ static struct logs_ring *logs__ring(struct logs *lg, const char *app_guid, bool 
         return NULL;
     struct logs_ring *r = xcalloc(1, sizeof *r);
     snprintf(r->app_guid, sizeof r->app_guid, "%s", app_guid);
-    r->lines = xcalloc(lg->cap, sizeof *r->lines);
     r->next = lg->buckets[b];
     lg->buckets[b] = r;
     return r;
@@ -130,13 +130,19 @@ void logs_append(struct logs *lg, const char *app_guid, const char *tag, int str
     char *text = buf_steal(&b);
 
     struct logs_ring *r = logs__ring(lg, app_guid, true);
-    if (r->count == lg->cap) {
+    if (r->count == r->alloc && r->alloc < lg->cap) {
+        /* most apps log little: grow the ring only as far as it is used */
+        size_t grown = r->alloc ? r->alloc * 2 : 16;
+        r->alloc = grown < lg->cap ? grown : lg->cap;
+        r->lines = xrealloc(r->lines, r->alloc * sizeof *r->lines);
+    }
+    if (r->count == r->alloc) {
         free(r->lines[r->head]);
         r->lines[r->head] = NULL;
-        r->head = (r->head + 1) % lg->cap;
+        r->head = (r->head + 1) % r->alloc;
         r->count--;
     }
-    r->lines[(r->head + r->count) % lg->cap] = text;
+    r->lines[(r->head + r->count) % r->alloc] = text;
     r->count++;
 
     lg->dispatching++;
@@ -168,7 +174,7 @@ char *logs_recent(struct logs *lg, const char *app_guid, size_t max_lines, size_
     if (r) {
         size_t skip = max_lines && r->count > max_lines ? r->count - max_lines : 0;
         for (size_t i = skip; i < r->count; i++)
-            buf_puts(&b, r->lines[(r->head + i) % lg->cap]);
+            buf_puts(&b, r->lines[(r->head + i) % r->alloc]);
     }
     if (len)
         *len = b.len;

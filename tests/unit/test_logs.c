@@ -74,6 +74,27 @@ static void test_buffer_keeps_the_last_lines_per_app(void **state)
     logs_free(lg);
 }
 
+static void test_buffer_grows_then_wraps(void **state)
+{
+    (void)state;
+    struct logs *lg = logs_new(40);
+    for (int i = 0; i < 100; i++) {
+        logs_appendf(lg, APP_A, "API", LOGS_OUT, "n%d", i);
+        char *text = logs_recent(lg, APP_A, 0, NULL);
+        size_t expect = i + 1 < 40 ? (size_t)i + 1 : 40;
+        assert_int_equal(count_lines(text), expect);
+        char last[16];
+        snprintf(last, sizeof last, " n%d\n", i);
+        assert_non_null(strstr(text, last));
+        free(text);
+    }
+    char *text = logs_recent(lg, APP_A, 0, NULL);
+    assert_null(strstr(text, " n59\n"));
+    assert_non_null(strstr(text, " n60\n"));
+    free(text);
+    logs_free(lg);
+}
+
 struct seen {
     struct logs *lg;
     int id;
@@ -116,6 +137,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lines_are_formatted_as_cloud_foundry_does),
         cmocka_unit_test(test_buffer_keeps_the_last_lines_per_app),
+        cmocka_unit_test(test_buffer_grows_then_wraps),
         cmocka_unit_test(test_followers_get_new_lines_of_their_app),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
