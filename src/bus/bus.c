@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -342,6 +343,9 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     bus->handles++;
     unlink(socket_path); /* left by a predecessor that was killed */
     int rc = uv_pipe_bind(&bus->server, socket_path);
+    /* only our own user (the router) may talk to skiffd here */
+    if (rc == 0 && chmod(socket_path, 0600) < 0)
+        rc = -errno;
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&bus->server, 64, bus__on_connection);
     if (rc < 0) {
