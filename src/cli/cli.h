@@ -8,7 +8,7 @@
  * Exit status that scripts can trust: CLI_EXIT_OK (0) success, CLI_EXIT_ERROR (1) the
  * operation failed (message on stderr), CLI_EXIT_USAGE (2) the command line was wrong.
  *
- * The helpers below find the API and its token by themselves (see cli_target_load), talk to it
+ * The helpers below find the API and its token by themselves (see cli_target), talk to it
  * with libcurl, and print errors and tables in one consistent way. Every helper that can fail
  * has already printed a message for the user when it returns an error, so a command handler
  * just returns the code it got. Output: tables and progress go to stdout, errors to stderr.
