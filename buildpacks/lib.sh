@@ -3,7 +3,7 @@
 # Prints a step the way staging output shows it.
 step() { printf -- '-----> %s\n' "$*"; }
 # Indents another tool's output under the current step.
-indent() { sed -u 's/^/       /'; }
+indent() { sed -u '/^[[:space:]]*$/d; s/^/       /'; }
 # A stable key for the build cache from the given files (missing files count as empty).
 cache_key() { for f in "$@"; do [ -e "$f" ] && ls -lR "$f" 2>/dev/null; [ -f "$f" ] && cat "$f"; done | sha256sum | cut -c1-16; }
 # The web command of a Procfile, or nothing.
