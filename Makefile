@@ -27,7 +27,7 @@ BUILD ?= build
 REL  := $(BUILD)/rel
 ASAN := $(BUILD)/asan
 
-.PHONY: all deps build asan run test unit e2e fuzz fuzz-build bench format clean
+.PHONY: all deps build asan run test unit e2e fuzz fuzz-build bench format clean examples
 all: build
 
 deps:
@@ -88,6 +88,10 @@ build/fuzz/%: tests/fuzz/%.c $(filter-out %/main.c,$(wildcard src/router/*.c src
 fuzz-build: deps $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 fuzz: fuzz-build
 	@bash scripts/test.sh fuzz
+
+# The binary example is pushed prebuilt: this compiles it (no binaries live in git).
+examples:
+	$(MAKE) -C examples/binary
 
 bench: build
 	@bash bench/run.sh
