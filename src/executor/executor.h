@@ -35,7 +35,8 @@ enum health_check_type { HEALTH_PORT, HEALTH_HTTP, HEALTH_PROCESS };
 struct instance_exit {
     int exit_status;      /* -1 when killed by a signal */
     int term_signal;      /* 0 when it exited */
-    const char *reason;   /* "exited", "start timeout", "health check failed", "out of memory" */
+    const char *reason;   /* "exited", "start timeout", "health check failed", "out of memory",
+                             "process limit reached" (it exited after a fork was refused) */
 };
 
 struct executor_config {
