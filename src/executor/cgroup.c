@@ -213,6 +213,12 @@ bool cgroup_oom_killed(const struct cgroup *cg)
     return cgroup__read_key(cg->dirs[CG_MEMORY], "memory.oom_control", "oom_kill") > 0;
 }
 
+bool cgroup_pids_limited(const struct cgroup *cg)
+{
+    return cgroup__read_key(cg->mode == CGROUP_V2 ? cg->dirs[0] : cg->dirs[CG_PIDS], "pids.events",
+                            "max") > 0;
+}
+
 int cgroup_usage(const struct cgroup *cg, uint64_t *cpu_ns, uint64_t *memory_bytes)
 {
     if (cg->mode == CGROUP_V2) {

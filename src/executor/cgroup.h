@@ -24,6 +24,8 @@ const char *const *cgroup_join_files(const struct cgroup *cg);
 void cgroup_kill_all(struct cgroup *cg);
 /* True when the kernel's OOM killer has killed a process of this cgroup. */
 bool cgroup_oom_killed(const struct cgroup *cg);
+/* True when a fork failed because the cgroup was at its pids limit. */
+bool cgroup_pids_limited(const struct cgroup *cg);
 /* CPU time used in nanoseconds and memory in use (without page cache) in bytes. */
 int cgroup_usage(const struct cgroup *cg, uint64_t *cpu_ns, uint64_t *memory_bytes);
 /* Kills what is left, removes the cgroup folders and frees cg. */

@@ -91,6 +91,7 @@ struct executor__driver {
     int (*start)(struct instance *inst);
     void (*signal)(struct instance *inst, int sig); /* every process of the instance */
     bool (*oom_killed)(struct instance *inst);
+    bool (*pids_limited)(struct instance *inst); /* a fork failed at the process limit */
     void (*usage)(struct instance *inst, uint64_t *cpu_ns, uint64_t *memory_bytes);
     /* Whether the socket listening on port belongs to the instance: on a shared network a
      * port check must not pass because some other program took the port. */
@@ -156,6 +157,11 @@ static void process_driver_signal(struct instance *inst, int sig)
 static bool process_driver_oom_killed(struct instance *inst)
 {
     return inst->cg && cgroup_oom_killed(inst->cg);
+}
+
+static bool process_driver_pids_limited(struct instance *inst)
+{
+    return inst->cg && cgroup_pids_limited(inst->cg);
 }
 
 /* utime + stime of one process and its resident set, when no cgroup measures the group. */
@@ -308,6 +314,7 @@ static const struct executor__driver executor__process_driver = {
     .start = process_driver_start,
     .signal = process_driver_signal,
     .oom_killed = process_driver_oom_killed,
+    .pids_limited = process_driver_pids_limited,
     .usage = process_driver_usage,
     .listens_on = process_driver_listens_on,
     .cleanup = process_driver_cleanup,
@@ -600,6 +607,8 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
             info.reason = "out of memory";
         else if (inst->kill_reason)
             info.reason = inst->kill_reason;
+        else if (executor__driver->pids_limited(inst))
+            info.reason = "process limit reached";
         else
             info.reason = "exited";
     }

@@ -541,6 +541,7 @@ static void test_pids_limit_contains_forks(void **state)
     run_until(w, has_final, 20000, "the fork loop to hit its limit");
     assert_int_equal(w->final_state, INSTANCE_CRASHED);
     /* the shell could not fork past the limit, and nothing it started is left */
+    assert_string_equal(w->exit.reason, "process limit reached");
     assert_non_null(strstr(w->out.data, "fork"));
     assert_int_equal(count_marked_processes(), 0);
 }
