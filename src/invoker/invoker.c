@@ -507,7 +507,10 @@ static void mapping_dispatch(struct inv_mapping *m)
             else
                 full = true;
         }
-        if (s->state == SLOT_WAIT_RETRY && s->retry_at < next_retry)
+        /* Only a retry still to come needs the timer: one that is due but could not be sent
+         * waits for capacity, and whatever frees capacity pumps again. (A timer armed for
+         * "now" would fire again within the same turn of the loop, for ever.) */
+        if (s->state == SLOT_WAIT_RETRY && s->retry_at > now && s->retry_at < next_retry)
             next_retry = s->retry_at;
         if (ordered && !is_blocked) {
             if (nblocked == ARRAY_SIZE(blocked))
@@ -518,7 +521,7 @@ static void mapping_dispatch(struct inv_mapping *m)
             break;
     }
     if (next_retry != INT64_MAX) {
-        uint64_t delay = next_retry > now ? (uint64_t)(next_retry - now) : 0;
+        uint64_t delay = (uint64_t)(next_retry - now);
         if (!uv_is_active((uv_handle_t *)&m->retry_timer) ||
             uv_timer_get_due_in(&m->retry_timer) > delay)
             uv_timer_start(&m->retry_timer, mapping_retry_timer, delay, 0);
@@ -939,22 +942,29 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     const char *name = NULL;
     switch (ev->type) {
     case SCHEDULER_INSTANCE_READY:
-    case SCHEDULER_INSTANCE_GONE:
         for (struct inv_target *t = inv->targets; t; t = t->next) {
-            if (strcmp(t->app, ev->app_name) != 0 ||
-                (ev->process_type && strcmp(t->process, ev->process_type) != 0))
+            bool same_app =
+                (ev->app_guid && t->app_guid[0] && !strcmp(t->app_guid, ev->app_guid)) ||
+                (ev->app_name && !strcmp(t->app, ev->app_name));
+            if (!same_app || (ev->process_type && strcmp(t->process, ev->process_type) != 0) ||
+                !ev->addr || !ev->instance_guid)
                 continue;
-            snprintf(t->app_guid, sizeof(t->app_guid), "%s", ev->app_guid);
-            if (ev->type == SCHEDULER_INSTANCE_READY && ev->addr) {
-                target_instance_add(t, ev->instance_guid, ev->addr);
-                invoker_target_pump(t);
-            } else if (ev->instance_guid) {
-                struct inv_instance *i = target_instance_find(t, ev->instance_guid);
-                if (i)
-                    target_instance_remove(t, i, false);
-                if (t->requested > t->instance_count)
-                    t->requested = t->instance_count;
-            }
+            if (ev->app_guid)
+                snprintf(t->app_guid, sizeof(t->app_guid), "%s", ev->app_guid);
+            target_instance_add(t, ev->instance_guid, ev->addr);
+            invoker_target_pump(t);
+        }
+        return;
+    case SCHEDULER_INSTANCE_GONE:
+        /* By instance guid: the app may be gone from the scheduler already (stopped or
+         * deleted), so its name need not come with the event. */
+        for (struct inv_target *t = inv->targets; t && ev->instance_guid; t = t->next) {
+            struct inv_instance *i = target_instance_find(t, ev->instance_guid);
+            if (!i)
+                continue;
+            target_instance_remove(t, i, false);
+            if (t->requested > t->instance_count)
+                t->requested = t->instance_count;
         }
         return;
     case SCHEDULER_APP_STARTED:

@@ -286,8 +286,25 @@ static void routes_invoke(struct api_request *req, void *ctx)
     struct invoker *inv = ctx;
     const char *app = api_request_param(req, 0);
     const char *process = api_request_query(req, "process");
-    if (!routes_app_exists(inv, req, app))
+    struct store_app *a = NULL;
+    if (store_app_get(inv->store, app, &a) < 0) {
+        routes_app_exists(inv, req, app); /* answers 404 */
         return;
+    }
+    /* Waiting would not help: say what to do now. */
+    bool stopped = a->state && strcmp(a->state, "STARTED") != 0;
+    bool no_droplet = !a->droplet_guid;
+    store_app_free(a);
+    if (no_droplet) {
+        api_respond_error(req, 422, "no_droplet",
+                          "%s has no droplet yet: push it first (skiff push %s ...)", app, app);
+        return;
+    }
+    if (stopped) {
+        api_respond_error(req, 409, "app_stopped", "%s is stopped: start it with skiff start %s",
+                          app, app);
+        return;
+    }
     struct routes_headers h = {.count = 0};
     api_request_headers_each(req, routes_collect_header, &h);
     size_t len;

@@ -98,6 +98,13 @@ def test_invoke_errors(platform):
     assert "source" in body["error"]["message"]
 
 
+def test_invoke_stopped_function(platform):
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"), "handle")
+    platform.cli("stop", "resize", check=True)
+    r = platform.cli("invoke", "resize", "{}")
+    assert r.returncode == 1 and "resize is stopped: start it with skiff start resize" in r.stderr, out(r)
+
+
 def test_push_function_errors(platform, tmp_path):
     r = platform.cli("push", "bad", "--function", "nofile.py:handle")
     assert r.returncode != 0

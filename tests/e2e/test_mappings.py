@@ -252,6 +252,27 @@ def test_many_events_pass_through_the_window(platform):
     assert m["backlog"] == 0 and m["retried"] == 0, m
 
 
+def test_events_wait_while_the_function_is_stopped(platform):
+    # retries that fall due while no instance can run must not spin: the daemon stays
+    # responsive, the events stay in the backlog, and are delivered once it is started again
+    push_function(platform, "flaky", os.path.join(FUNCTIONS, "flaky.py"))
+    cli_ok(platform, "map-event", "flaky", "orders", "--backoff", "20", "--backoff-cap", "50",
+           "--retries", "1000")
+    emit(platform, "orders", '{"fail": 3}', "--type", "order", "--id", "ev-wait")
+    platform.wait_for(lambda: mapping(platform, "flaky")["retried"] >= 1, 60, "a first retry")
+    cli_ok(platform, "stop", "flaky")
+    for _ in range(5):
+        emit(platform, "orders", '{}', "--type", "order")
+    m = platform.wait_for(lambda: (lambda m: m if m["last_error"] and "stopped" in m["last_error"]
+                                   else None)(mapping(platform, "flaky")), 30,
+                          "the mapping to say the function is stopped")
+    assert m["backlog"] >= 5 and m["failed"] == 0, m
+    cli_ok(platform, "start", "flaky")
+    m = platform.wait_for(lambda: (lambda m: m if m["delivered"] == 6 else None)(
+        mapping(platform, "flaky")), 60, "all six delivered after the start")
+    assert m["backlog"] == 0 and m["failed"] == 0 and m["dead_lettered"] == 0, m
+
+
 def test_schedule(platform):
     push_function(platform, "nightly", os.path.join(FUNCTIONS, "count.sh"), "main")
     r = cli_ok(platform, "map-event", "nightly", "--schedule", "@every 1s")
