@@ -926,8 +926,15 @@ void scheduler_notify_app(struct scheduler *s, enum scheduler_event_type type, c
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
 {
     struct sched_app *a = sched__app(s, app_guid, false);
-    if (a)
-        sched__app_remove(s, a);
+    if (!a)
+        return;
+    /* a deleted app that ran has stopped, as far as anyone listening is concerned */
+    char guid[37];
+    char *name = xstrdup(a->name);
+    snprintf(guid, sizeof guid, "%s", a->guid);
+    sched__app_remove(s, a);
+    sched__emit_app(s, SCHEDULER_APP_STOPPED, guid, name);
+    free(name);
 }
 
 static int sched__set_instances(struct scheduler *s, const char *app, const char *process_type,

@@ -93,7 +93,8 @@ int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling);
  * droplet; process_type NULL). */
 void scheduler_notify_app(struct scheduler *s, enum scheduler_event_type type, const char *app_guid,
                           const char *process_type, int instances);
-/* Stops everything of an app that is being deleted; its guid is forgotten. */
+/* Stops everything of an app that is being deleted; its guid is forgotten. Subscribers get
+ * SCHEDULER_APP_STOPPED when it was running. */
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid);
 
 /* ---- what functions need (events component) ---------------------------------------------- */
