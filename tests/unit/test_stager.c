@@ -354,6 +354,23 @@ static void test_named_buildpacks_and_procfile(void **state)
                                      "built-in one (never)"));
 }
 
+static void test_script_that_cannot_run(void **state)
+{
+    struct world *w = *state;
+    make_buildpack(w, "noexec", NULL, "true", release_web);
+    char *dir = xasprintf("%s/noexec", w->bps);
+    write_file(dir, "bin/detect", "#!/bin/sh\nexit 0\n", 0644); /* not executable */
+    free(dir);
+    write_file(w->app, "x", "x", 0644);
+    pack(w, w->app);
+    stage(w, w->bps, NULL, 30);
+    run_until_done(w, 20000);
+    assert_false(w->ok);
+    assert_non_null(strstr(w->error, "buildpack noexec: cannot run bin/detect"));
+    assert_non_null(strstr(w->error, "executable"));
+    assert_true(no_leftovers(w));
+}
+
 static void test_supply_finalize_and_cache(void **state)
 {
     struct world *w = *state;
@@ -554,6 +571,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_detects_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nothing_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_named_buildpacks_and_procfile, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_script_that_cannot_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_supply_finalize_and_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_kills_the_build, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
