@@ -551,9 +551,9 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         const struct manifest_app *a = &m->apps[i];
         if (name && strcmp(name, a->name) != 0)
             continue;
-        if (m->app_count > 1 && !name && json_object_size(flags) > 0) {
+        if (m->app_count > 1 && !name && (json_object_size(flags) > 0 || path)) {
             rc = cli_usage_error(cmd,
-                                 "flags like -i or -m apply to one app: name it "
+                                 "flags like -p, -i or -m apply to one app: name it "
                                  "(`skiff push NAME -f %s ...`)",
                                  manifest_path);
             break;

@@ -153,3 +153,13 @@ def test_manifest_functions_become_function_apps_with_event_mappings(platform, t
         assert m["max_instances"] == 2
     r = platform.cli("invoke", "mf-upper", "abc")
     assert r.returncode == 0 and "ABC" in r.stdout, r.stdout + r.stderr
+
+
+def test_one_app_flags_with_a_several_app_manifest_are_refused(home):
+    path = os.path.join(home, "manifest.yml")
+    with open(path, "w") as f:
+        f.write("applications:\n- name: a\n- name: b\n")
+    for flags in (["-i", "2"], ["-p", home], ["-m", "1G"]):
+        r = skiff(home, "push", "-f", path, *flags)
+        assert r.returncode == 2, (flags, r.stderr)
+        assert "apply to one app: name it" in r.stderr
