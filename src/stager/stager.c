@@ -46,6 +46,8 @@ struct staging {
     char **env;
     int timeout_s;
     char *work_dir, *build_dir, *deps_dir;
+    char *scratch_dir; /* HOME of the scripts (and CACHE when the caller gave none): not
+                          part of the droplet, removed at the end */
 
     struct stager__buildpack *candidates;
     size_t candidate_count;
@@ -106,6 +108,7 @@ static void stager__timer_closed(uv_handle_t *h)
     free(s->droplet_dir);
     free(s->buildpacks_dir);
     free(s->work_dir);
+    free(s->scratch_dir);
     free(s->build_dir);
     free(s->deps_dir);
     free(s->detect_output);
@@ -130,6 +133,7 @@ static void stager__finish(struct staging *s, bool ok, const char *buildpack,
     uv_timer_stop(&s->timer);
     if (!ok && s->work_dir)
         rm_rf(s->work_dir);
+    rm_rf(s->scratch_dir);
     struct stage_result result = {
         .ok = ok,
         .buildpack = buildpack,
@@ -596,7 +600,7 @@ static void stager__load_order(struct staging *s, const char *buildpacks_dir)
 
 /* The environment of buildpack processes: the caller's (or ours), with PATH and HOME made
  * sure of, since package managers need both. */
-static char **stager__make_env(char *const *given, const char *work_dir)
+static char **stager__make_env(char *const *given, const char *scratch_dir)
 {
     char *const *src = given ? given : environ;
     size_t n = 0;
@@ -612,7 +616,7 @@ static char **stager__make_env(char *const *given, const char *work_dir)
     if (!has_path)
         env[k++] = xstrdup("PATH=/usr/local/bin:/usr/bin:/bin");
     if (!has_home)
-        env[k++] = xasprintf("HOME=%s/home", work_dir);
+        env[k++] = xasprintf("HOME=%s/home", scratch_dir);
     return env;
 }
 
@@ -643,8 +647,10 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     s->work_dir = xasprintf("%s.staging-%s", req->droplet_dir, hex);
     s->build_dir = xasprintf("%s/app", s->work_dir);
     s->deps_dir = xasprintf("%s/deps", s->work_dir);
-    s->cache_dir = req->cache_dir ? xstrdup(req->cache_dir) : xasprintf("%s/cache", s->work_dir);
-    s->env = stager__make_env(req->env, s->work_dir);
+    s->scratch_dir = cfg->home ? xasprintf("%s/tmp/staging-%s", cfg->home, hex)
+                               : xasprintf("%s.scratch-%s", req->droplet_dir, hex);
+    s->cache_dir = req->cache_dir ? xstrdup(req->cache_dir) : xasprintf("%s/cache", s->scratch_dir);
+    s->env = stager__make_env(req->env, s->scratch_dir);
 
     int rc = 0;
     if (req->buildpacks && req->buildpacks[0]) {
@@ -669,33 +675,37 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     if (rc == 0 &&
         ((rc = mkdir_p(s->build_dir, 0755)) < 0 || (rc = mkdir_p(s->deps_dir, 0755)) < 0 ||
          (rc = mkdir_p(s->cache_dir, 0755)) < 0))
-        rm_rf(s->work_dir);
+        goto fail;
     if (rc == 0) {
-        char *home = xasprintf("%s/home", s->work_dir);
-        mkdir_p(home, 0700);
+        char *home = xasprintf("%s/home", s->scratch_dir);
+        rc = mkdir_p(home, 0700);
         free(home);
     }
+    if (rc < 0)
+        goto fail;
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
-    if (rc < 0) {
-        rm_rf(s->work_dir);
-        s->finished = true;
-        uv_close((uv_handle_t *)&s->timer, stager__timer_closed);
-        return rc;
-    }
-    uv_timer_start(&s->timer, stager__timed_out, (uint64_t)s->timeout_s * 1000, 0);
     s->step = STEP_UNPACK;
     s->unpacking = true;
     s->unpack_work.data = s;
     rc = uv_queue_work(loop, &s->unpack_work, stager__unpack_work, stager__unpacked);
     if (rc < 0) {
         rm_rf(s->work_dir);
+        rm_rf(s->scratch_dir);
         s->finished = true;
-        uv_timer_stop(&s->timer);
         uv_close((uv_handle_t *)&s->timer, stager__timer_closed);
         return rc;
     }
+    uv_timer_start(&s->timer, stager__timed_out, (uint64_t)s->timeout_s * 1000, 0);
     if (out)
         *out = s;
     return 0;
+
+fail:
+    rm_rf(s->work_dir);
+    rm_rf(s->scratch_dir);
+    /* nothing started: free at once (the timer was never initialised) */
+    s->timer.data = s;
+    stager__timer_closed((uv_handle_t *)&s->timer);
+    return rc;
 }

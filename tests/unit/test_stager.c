@@ -247,7 +247,8 @@ static const char release_web[] = "echo '---'; echo 'default_process_types:'; ec
 /* true when no "<droplet>.staging-*" folder is left behind */
 static bool no_leftovers(struct world *w)
 {
-    char *cmd = xasprintf("ls -d '%s'.staging-* >/dev/null 2>&1", w->droplet);
+    char *cmd = xasprintf("ls -d '%s'.staging-* '%s'/tmp/staging-* '%s'/home >/dev/null 2>&1",
+                          w->droplet, w->dir, w->droplet);
     int rc = system(cmd);
     free(cmd);
     return rc != 0;
@@ -314,6 +315,17 @@ static void test_nothing_detected(void **state)
     run_until_done(w, 20000);
     assert_false(w->ok);
     assert_non_null(strstr(w->error, "no buildpack detected this app (tried aaa, bbb)"));
+    assert_true(no_leftovers(w));
+
+    /* no buildpacks at all: refused at once */
+    char *empty = xasprintf("%s/empty", w->dir);
+    mkdir_p(empty, 0755);
+    struct stager_config cfg = {.buildpacks_dir = empty, .home = w->dir};
+    struct stage_request req = {.package_path = w->package, .droplet_dir = w->droplet};
+    struct staging *s = NULL;
+    assert_int_equal(stager_start(&w->loop, &cfg, &req, on_output, on_done, w, &s), -ENOENT);
+    assert_true(no_leftovers(w));
+    free(empty);
 }
 
 static void test_named_buildpacks_and_procfile(void **state)
