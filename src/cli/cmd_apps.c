@@ -115,6 +115,7 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
         long long desired = cli_json_int(app, "instances");
         long long running = 0;
         const json_t *crashed = NULL;
+        struct buf waiting = {0}; /* "#1 STARTING, #2 DOWN": what the others are doing */
         size_t i;
         json_t *inst;
         json_array_foreach(json_object_get(app, "instances_detail"), i, inst)
@@ -128,6 +129,9 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
                 running++;
             else if (strcmp(state, "CRASHED") == 0 && fresh && !crashed)
                 crashed = inst;
+            else
+                buf_printf(&waiting, "%s#%lld %s", waiting.len ? ", " : "",
+                           cli_json_int(inst, "index"), fresh ? state : "not restarted yet");
         }
         if (running != last_running) {
             printf("  %lld of %lld instances running\n", running, desired);
@@ -137,6 +141,7 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
             cli_error("%s is %s, not started. Start it with `skiff start %s`.", name,
                       cli_json_str(app, "state"), name);
             json_decref(app);
+            buf_free(&waiting);
             break;
         }
         if (crashed) {
@@ -147,20 +152,26 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
                       cli_json_int(crashed, "index"), name, *detail ? detail : "no exit status",
                       name);
             json_decref(app);
+            buf_free(&waiting);
             break;
         }
         json_decref(app);
+        char *others = buf_steal(&waiting);
         if (running >= desired) {
             printf("%s is running: %lld of %lld instances.\n", name, running, desired);
             rc = CLI_EXIT_OK;
+            free(others);
             break;
         }
         if (time_mono_ms() >= deadline) {
-            cli_error("%s: only %lld of %lld instances running after %lds.\n"
+            cli_error("%s: only %lld of %lld instances running after %lds%s%s%s.\n"
                       "`skiff app %s` shows them; `skiff logs %s --recent` shows their output.",
-                      name, running, desired, timeout_s, name, name);
+                      name, running, desired, timeout_s, *others ? " (" : "", others,
+                      *others ? ")" : "", name, name);
+            free(others);
             break;
         }
+        free(others);
         /* Instances usually come up within a second: look often at first, then less. */
         usleep(time_mono_ms() - started_ms < 2000 ? 50 * 1000 : 250 * 1000);
     }

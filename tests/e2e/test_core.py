@@ -334,3 +334,11 @@ def test_failed_staging_says_why_and_keeps_the_app_running(platform, tmp_path):
     r = platform.cli("push", "steady", "-p", PYTHON_WEB, "-b", "no-such-buildpack")
     assert r.returncode == 1, out(r)
     assert "no-such-buildpack" in r.stderr, r.stderr
+
+
+def test_start_deadline_says_which_instances_are_not_running(platform):
+    # nothing ever listens on PORT, so the instance stays STARTING (the start timeout is 60 s)
+    r = platform.cli("push", "slow", "-p", PYTHON_WEB, "-c", "sleep 120", "--timeout", "2")
+    assert r.returncode == 1, out(r)
+    assert "slow: only 0 of 1 instances running after 2s (#0 STARTING)" in r.stderr, r.stderr
+    assert "skiff logs slow --recent" in r.stderr
