@@ -198,6 +198,8 @@ static void sched__inst_unlink(struct scheduler *s, struct sched_inst *si)
 }
 
 /* Detaches and stops an instance on purpose. */
+static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready);
+
 static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
 {
     if (!si)
@@ -210,6 +212,11 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
         si->slot = NULL;
     }
     si->shadow = NULL;
+    /* A stopping instance takes no new work (scheduler.h: GONE when it leaves RUNNING). */
+    if (si->ready) {
+        si->ready = false;
+        sched__ready_event(s, si, false);
+    }
     executor_stop(si->inst);
 }
 
@@ -856,7 +863,6 @@ int scheduler_app_changed(struct scheduler *s, const char *app)
     if (rc < 0)
         return rc;
     struct sched_app *a = sched__app(s, sa->guid, false);
-    bool was_running = a != NULL;
     bool wants = !strcmp(sa->state, "STARTED") && sa->droplet_guid;
     if (!a && wants)
         a = sched__app(s, sa->guid, true);
@@ -867,10 +873,6 @@ int scheduler_app_changed(struct scheduler *s, const char *app)
                 a->procs[i]->slots[j]->start_failed = false;
         sched__converge(s, a);
     }
-    if (wants && !was_running)
-        sched__emit_app(s, SCHEDULER_APP_STARTED, sa->guid, sa->name);
-    else if (!wants && was_running)
-        sched__emit_app(s, SCHEDULER_APP_STOPPED, sa->guid, sa->name);
     store_app_free(sa);
     return 0;
 }
