@@ -206,6 +206,7 @@ static void client_update_reading(struct client *c);
 static void client_drain_pending(struct client *c);
 static void client_set_deadline(struct client *c, enum deadline_kind kind, int ms);
 static void exchange_finish(struct exchange *x);
+static bool exchange_end(struct exchange *x);
 static void upstream_close(struct upstream *u);
 static void upstream_failed(struct upstream *u, int err, bool connect_phase);
 static void upstream_update_reading(struct upstream *u);
@@ -540,14 +541,15 @@ static void client_respond_error(struct client *c, int status, const char *code,
 /* Answers a request the router cannot route; the connection goes on to the next request when
  * this one has no body to skip. */
 static void client_answer_and_continue(struct client *c, int status, const char *code,
-                                       const char *text)
+                                       const char *text, bool drain)
 {
     struct exchange *x = c->x;
     bool has_body = x->chunked || x->content_length > 0;
     client_respond_error(c, status, code, text, has_body);
-    if (!has_body && !c->p.closing) {
+    if (!has_body && !c->p.closing && !c->shutting_down) {
         c->state = C_BODY; /* the parser still has to reach the end of the request */
-        client_drain_pending(c);
+        if (drain)
+            client_drain_pending(c);
     }
 }
 
@@ -724,6 +726,15 @@ static void client_update_reading(struct client *c)
         uv_read_stop((uv_stream_t *)&c->p.tcp);
 }
 
+static void client_expect_request(struct client *c)
+{
+    c->state = C_HEAD;
+    c->scan_done = false;
+    c->seen_bytes = false;
+    router_head_scan_reset(&c->scan);
+    client_set_deadline(c, D_IDLE, c->p.w->cfg->idle_timeout_ms);
+}
+
 /* Starts the next request on a kept-alive connection. */
 static void client_next_request(struct client *c)
 {
@@ -731,11 +742,7 @@ static void client_next_request(struct client *c)
         client_shutdown(c);
         return;
     }
-    c->state = C_HEAD;
-    c->scan_done = false;
-    c->seen_bytes = false;
-    router_head_scan_reset(&c->scan);
-    client_set_deadline(c, D_IDLE, c->p.w->cfg->idle_timeout_ms);
+    client_expect_request(c);
     client_drain_pending(c);
 }
 
@@ -747,10 +754,10 @@ static void client_drain_pending(struct client *c)
     if (held.len || c->state == C_BODY)
         client_feed(c, held.data ? held.data : "", held.len);
     buf_free(&held);
-    if (c->eof && !c->p.closing && (c->state == C_HEAD || c->state == C_BODY) &&
-        c->pending.len == 0) {
-        /* the client is gone and what it sent ends in the middle of a request */
-        client_close(c);
+    if (c->eof && !c->p.closing && !c->shutting_down &&
+        (c->state == C_HEAD || c->state == C_BODY) && c->pending.len == 0) {
+        /* the client is gone and what it sent ends before a request does */
+        client_shutdown(c);
         return;
     }
     client_update_reading(c);
@@ -844,19 +851,31 @@ static void client_feed(struct client *c, const char *data, size_t len)
         if (err == HPE_PAUSED && c->pause == PAUSE_HEADERS) {
             llhttp_resume(&c->parser);
             c->state = C_WAIT_UPSTREAM;
+            route_and_connect(c);
+            /* answered by the router, or a pooled connection took it: parse on in this loop
+             * (not by recursion: a pipeline of thousands of requests must not grow the stack) */
+            if (c->state == C_BODY)
+                continue;
             client_hold(c, data, len);
             client_update_reading(c);
-            route_and_connect(c);
             return;
         }
         if (err == HPE_PAUSED && c->pause == PAUSE_MESSAGE) {
             llhttp_resume(&c->parser);
             x->req_done = true;
+            if (x->resp_done) { /* answered by the router: on to the next request */
+                if (!exchange_end(x))
+                    return;
+                if (c->eof && len == 0) {
+                    client_shutdown(c);
+                    return;
+                }
+                client_expect_request(c);
+                continue;
+            }
             c->state = C_WAIT_RESPONSE;
             client_hold(c, data, len);
             client_update_reading(c);
-            if (x->resp_done)
-                exchange_finish(x);
             return;
         }
         if (err == HPE_PAUSED_UPGRADE && x && x->upgrade) {
@@ -1171,7 +1190,8 @@ static void route_and_connect(struct client *c)
     if (!x->route) {
         client_answer_and_continue(c, 404, "unknown-route",
                                    "No app is mapped to this host and path; map one with `skiff "
-                                   "map-route APP HOST`.");
+                                   "map-route APP HOST`.",
+                                   false);
         return;
     }
     uint64_t max = w->cfg->max_body_bytes;
@@ -1201,7 +1221,8 @@ static void route_and_connect(struct client *c)
         }
         client_answer_and_continue(c, 503, "no-instance",
                                    "The app has no instance ready to take requests; start or "
-                                   "scale it.");
+                                   "scale it.",
+                                   false);
         return;
     }
     connect_backend(x);
@@ -1253,7 +1274,8 @@ static void on_hold_poll(uv_timer_t *t)
                     connect_backend(x);
                 } else {
                     client_answer_and_continue(c, 404, "unknown-route",
-                                               "The route went away while the app was starting.");
+                                               "The route went away while the app was starting.",
+                                               true);
                 }
                 continue;
             }
@@ -1353,6 +1375,7 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     x->u = u;
     u->got_bytes = false;
     u->pause_done = false;
+    u->reusable = false; /* until this exchange's response ends cleanly */
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
@@ -1494,7 +1517,9 @@ static void upstream_to_pool(struct upstream *u)
 }
 
 /* Both the request and the response are complete (or the exchange is abandoned). */
-static void exchange_finish(struct exchange *x)
+/* Accounts for and frees a finished exchange; returns whether the connection goes on (else it
+ * is being closed). The caller starts the next request. */
+static bool exchange_end(struct exchange *x)
 {
     struct client *c = x->c;
     struct worker *w = c->p.w;
@@ -1514,9 +1539,16 @@ static void exchange_finish(struct exchange *x)
     exchange_free(x);
     if (close || c->p.write_error) {
         client_shutdown(c);
-        return;
+        return false;
     }
-    client_next_request(c);
+    return true;
+}
+
+static void exchange_finish(struct exchange *x)
+{
+    struct client *c = x->c;
+    if (exchange_end(x))
+        client_next_request(c);
 }
 
 /* ---- response parser callbacks ------------------------------------------------------------ */
@@ -1775,8 +1807,11 @@ static void on_write(uv_write_t *req, int status)
         }
         return;
     }
+    /* a slow reader that still reads is not idle */
     if (p->kind == PEER_CLIENT)
-        client_touch((struct client *)p); /* a slow reader that still reads is not idle */
+        client_touch((struct client *)p);
+    else if (((struct upstream *)p)->x)
+        client_touch(((struct upstream *)p)->x->c);
     if (peer_queued(p) > ROUTER_LOW_WATER)
         return;
     /* drained: let the other side read again */

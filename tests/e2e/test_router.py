@@ -542,6 +542,18 @@ def test_pipelined_requests_are_answered_in_order(router_factory, backends):
     c.close()
 
 
+def test_a_long_pipeline_of_unroutable_requests(router_factory, backends):
+    a = backends("a")
+    r = router_factory([route("app.localhost", [a])])
+    c = r.client(timeout=30)
+    n = 3000  # all in a few reads: the router must answer them one by one, in bounded stack
+    c.send(b"GET /x HTTP/1.1\r\nHost: nobody\r\n\r\n" * n)
+    for _ in range(n):
+        assert c.response().status == 404
+    assert c.request(path="/after").json()["path"] == "/after"
+    c.close()
+
+
 def test_head_request_has_no_body(router_factory, backends):
     a = backends("a")
     r = router_factory([route("app.localhost", [a])])
