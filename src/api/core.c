@@ -866,8 +866,14 @@ static void core__app_set_state(struct api_request *req, struct api_core *core, 
     if (changed)
         logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s",
                      strcmp(state, "STARTED") ? "Stopped" : "Started", app->name);
-    if (core->cfg.scheduler)
+    if (core->cfg.scheduler) {
         scheduler_app_changed(core->cfg.scheduler, app->guid);
+        if (changed)
+            scheduler_notify_app(core->cfg.scheduler,
+                                 strcmp(state, "STARTED") ? SCHEDULER_APP_STOPPED
+                                                          : SCHEDULER_APP_STARTED,
+                                 app->guid, NULL, 0);
+    }
     api_core__respond_app(core, req, 200, app);
     store_app_free(app);
 }
@@ -900,8 +906,10 @@ static void core__app_restart(struct api_request *req, void *ctx)
         app->state = xstrdup("STARTED");
         app->updated_at = time_now_ms();
         store_app_update(core->cfg.store, app);
-        if (core->cfg.scheduler)
+        if (core->cfg.scheduler) {
             scheduler_app_changed(core->cfg.scheduler, app->guid);
+            scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_STARTED, app->guid, NULL, 0);
+        }
     } else if (core->cfg.scheduler) {
         const char *rolling = api_request_query(req, "rolling");
         scheduler_app_restart(core->cfg.scheduler, app->guid,

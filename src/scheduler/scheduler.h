@@ -88,9 +88,9 @@ int scheduler_app_changed(struct scheduler *s, const char *app);
 /* Stops then starts every instance of the app (one by one when rolling is true, each new
  * one RUNNING before the next old one stops). */
 int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling);
-/* Tells subscribers about an app event the API caused: SCHEDULER_APP_SCALED (instances
- * changed by the API; process_type and instances say how) or SCHEDULER_APP_STAGED (a new
- * droplet; process_type NULL). */
+/* Tells subscribers about an app event the API caused: SCHEDULER_APP_STARTED or _STOPPED
+ * (the desired state changed), SCHEDULER_APP_SCALED (instances changed by the API;
+ * process_type and instances say how) or SCHEDULER_APP_STAGED (a new droplet). */
 void scheduler_notify_app(struct scheduler *s, enum scheduler_event_type type, const char *app_guid,
                           const char *process_type, int instances);
 /* Stops everything of an app that is being deleted; its guid is forgotten. Subscribers get
