@@ -443,12 +443,29 @@ static int cli_push_mappings(const struct manifest_app *a)
     return rc;
 }
 
+/* Whether the manifest at path lists an app called name (a broken manifest counts as yes, so
+ * that pushing from it reports what is wrong). */
+static bool cli_manifest_lists(const char *path, const char *name)
+{
+    struct manifest *m = NULL;
+    char *err = NULL;
+    if (manifest_load(path, &m, &err) != 0) {
+        free(err);
+        return true;
+    }
+    bool found = false;
+    for (size_t i = 0; i < m->app_count && !found; i++)
+        found = strcmp(m->apps[i].name, name) == 0;
+    manifest_free(m);
+    return found;
+}
+
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *path = NULL, *manifest_path = NULL, *memory = NULL, *disk = NULL;
     const char *command = NULL, *function = NULL;
     long instances = LONG_MIN, timeout = 60; /* LONG_MIN: not given */
-    bool no_route = false, no_start = false;
+    bool no_route = false, no_start = false, no_manifest = false;
     struct cli_list buildpacks = {0};
     struct cli_option opts[] = {{"path", 'p', CLI_OPT_STRING, &path},
                                 {"manifest", 'f', CLI_OPT_STRING, &manifest_path},
@@ -459,6 +476,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                 {"command", 'c', CLI_OPT_STRING, &command},
                                 {"no-route", 0, CLI_OPT_FLAG, &no_route},
                                 {"no-start", 0, CLI_OPT_FLAG, &no_start},
+                                {"no-manifest", 0, CLI_OPT_FLAG, &no_manifest},
                                 {"function", 0, CLI_OPT_STRING, &function},
                                 {"timeout", 't', CLI_OPT_INT, &timeout},
                                 {0}};
@@ -507,9 +525,14 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     }
 
-    /* Without a manifest named, ./manifest.yml is used when no app name was given. */
-    if (!manifest_path && !name && !function && access("manifest.yml", R_OK) == 0)
-        manifest_path = "manifest.yml";
+    /* Without a manifest named, ./manifest.yml is used, as Cloud Foundry does: for all its
+     * apps, or for the named one when it lists it (otherwise the flags alone say how). */
+    if (!manifest_path && !function && !no_manifest && access("manifest.yml", R_OK) == 0) {
+        if (!name || cli_manifest_lists("manifest.yml", name))
+            manifest_path = "manifest.yml";
+        else
+            printf("./manifest.yml has no app named %s: pushing it from the flags alone.\n", name);
+    }
     if (!manifest_path) {
         if (!name) {
             json_decref(flags);
@@ -537,6 +560,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         free(function_dir);
         return CLI_EXIT_ERROR;
     }
+    printf("Using the manifest %s\n", manifest_path);
     size_t pushed = 0;
     rc = CLI_EXIT_OK;
     for (size_t i = 0; i < m->app_count && rc == CLI_EXIT_OK; i++) {

@@ -13,12 +13,13 @@ const struct cli_command cli_core_commands[] = {
      cli_cmd_login},
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
-     "[-c COMMAND] [--no-route] [--no-start] [--function FILE:HANDLER]",
+     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER]",
      "Upload an app, stage it with a buildpack and start it",
      "Packs PATH (default: the current folder) as tar.gz, leaving out what .cfignore or\n"
      ".skiffignore lists, uploads it, stages it (the buildpack's output is shown as it comes)\n"
-     "and starts it, waiting until its instances run. Without NAME, the apps of the manifest\n"
-     "(-f, or ./manifest.yml when present) are pushed.\n\n"
+     "and starts it, waiting until its instances run. A manifest (-f, or ./manifest.yml when\n"
+     "present) gives the settings: without NAME all its apps are pushed, with NAME that one;\n"
+     "flags override it.\n\n"
      "  -p, --path PATH          folder to push (default: .)\n"
      "  -f, --manifest FILE      Cloud Foundry style manifest.yml\n"
      "  -i, --instances N        number of instances\n"
@@ -28,6 +29,7 @@ const struct cli_command cli_core_commands[] = {
      "  -c, --command CMD        start command (instead of the buildpack's)\n"
      "  --no-route               do not map the default route NAME.localhost\n"
      "  --no-start               upload and stage, but do not start\n"
+     "  --no-manifest            ignore ./manifest.yml\n"
      "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
      "  --timeout SECONDS        how long to wait for instances to run (default: 60)\n\n"
      "Examples:\n  skiff push hello -p examples/python-web\n"

@@ -163,3 +163,28 @@ def test_one_app_flags_with_a_several_app_manifest_are_refused(home):
         r = skiff(home, "push", "-f", path, *flags)
         assert r.returncode == 2, (flags, r.stderr)
         assert "apply to one app: name it" in r.stderr
+
+
+def test_manifest_in_the_current_folder_is_used_for_the_app_it_names(platform, tmp_path):
+    shutil.copytree(EXAMPLE, tmp_path / "web")
+    (tmp_path / "manifest.yml").write_text(
+        "applications:\n- name: here\n  path: web\n  env:\n    GREETING: from-cwd\n")
+
+    def skiff_here(*args):
+        return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=platform.env(),
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    r = skiff_here("push", "here")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Using the manifest manifest.yml" in r.stdout
+    app = json.loads(platform.cli("app", "here", "--json", check=True).stdout)
+    assert app["env"] == {"GREETING": "from-cwd"}
+    # an app the manifest does not list is pushed from the flags, and says so
+    r = skiff_here("push", "elsewhere", "-p", "web")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "./manifest.yml has no app named elsewhere" in r.stdout
+    assert json.loads(platform.cli("app", "elsewhere", "--json", check=True).stdout)["env"] == {}
+    # --no-manifest leaves it out even for the app it lists
+    r = skiff_here("push", "here", "-p", "web", "--no-manifest", "--no-start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Using the manifest" not in r.stdout
