@@ -769,6 +769,37 @@ def test_backend_that_never_answers_is_504(router_factory):
     be.close()
 
 
+def test_a_timed_out_backend_connection_is_not_reused(router_factory):
+    late_sent = threading.Event()
+
+    def backend(conn):
+        f = conn.makefile("rb")
+        while True:
+            first, _ = read_head(f)
+            if not first:
+                return
+            path = first.split()[1].encode()
+            if path == b"/slow":
+                time.sleep(1.5)  # the backend's own slowness, past the router's timeout
+                path = b"late"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            if path == b"late":
+                late_sent.set()
+
+    be = RawBackend(backend)
+    r = router_factory([route("app.localhost", [be])], "--upstream-timeout-ms", "700",
+                       "--workers", "1")
+    c = r.client()
+    assert c.request(path="/warm").body == b"/warm"  # a pooled connection now exists
+    assert c.request(path="/slow").status == 504
+    c.close()
+    wait_for(late_sent.is_set, 10, "the late response to be sent")
+    # the late answer never reaches anyone: its connection was not pooled
+    for i in range(6):
+        assert r.get("app.localhost", f"/next/{i}").body == f"/next/{i}".encode()
+    be.close()
+
+
 def test_websocket_upgrade_is_tunnelled(router_factory):
     def ws(conn):
         f = conn.makefile("rb")
