@@ -108,12 +108,32 @@ static const char executor__join_script[] =
     "cmd=$1; shift; for f; do echo $$ > \"$f\" || { echo \"skiff: cannot join cgroup $f\" >&2; "
     "exit 125; }; done; exec /bin/sh -c \"$cmd\"";
 
+/* "exec CMD" when CMD is one simple command, so the app itself is the instance's main
+ * process (its signal is reported as such, not as the shell's 128+N status); anything with
+ * control operators or a compound command stays as written. */
+static char *executor__exec_form(const char *cmd)
+{
+    static const char *const compound[] = {"if", "while", "until", "for",     "case",
+                                           "{",  "!",     "exec",  "function"};
+    if (strpbrk(cmd, ";&|\n()`"))
+        return xstrdup(cmd);
+    const char *p = cmd;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t n = strcspn(p, " \t");
+    for (size_t i = 0; i < ARRAY_SIZE(compound); i++)
+        if (strlen(compound[i]) == n && strncmp(p, compound[i], n) == 0)
+            return xstrdup(cmd);
+    return xasprintf("exec %s", p);
+}
+
 static int process_driver_start(struct instance *inst)
 {
     int rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
     if (rc < 0)
         inst->cg = NULL; /* no usable cgroups here: a plain process group */
 
+    char *command = executor__exec_form(inst->command);
     const char *argv[3 + 2 + 4];
     int argc = 0;
     argv[argc++] = "/bin/sh";
@@ -121,11 +141,11 @@ static int process_driver_start(struct instance *inst)
     if (inst->cg) {
         argv[argc++] = executor__join_script;
         argv[argc++] = "skiff-instance";
-        argv[argc++] = inst->command;
+        argv[argc++] = command;
         for (const char *const *f = cgroup_join_files(inst->cg); *f && argc < 8; f++)
             argv[argc++] = *f;
     } else {
-        argv[argc++] = inst->command;
+        argv[argc++] = command;
     }
     argv[argc] = NULL;
 
@@ -139,6 +159,7 @@ static int process_driver_start(struct instance *inst)
         .ctx = inst,
     };
     rc = proc_spawn(inst->ex->loop, &opt, &inst->proc);
+    free(command);
     if (rc < 0) {
         cgroup_destroy(inst->cg);
         inst->cg = NULL;

@@ -213,6 +213,29 @@ static void test_long_lines_are_split(void **state)
     assert_non_null(strstr(w->out.data, "1:end\n"));
 }
 
+static struct instance *comm_probe;
+static bool main_process_is_sleep(struct world *w)
+{
+    (void)w;
+    char path[64], *comm = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/comm", instance_pid(comm_probe));
+    bool yes = file_read(path, &comm, NULL) == 0 && strcmp(comm, "sleep\n") == 0;
+    free(comm);
+    return yes;
+}
+
+static void test_simple_command_is_the_main_process(void **state)
+{
+    struct world *w = *state;
+    /* no shell stays in between: the app gets the signals and its own status is reported */
+    comm_probe = start(w, "sleep 30", NULL, HEALTH_PROCESS, 0);
+    run_until(w, main_process_is_sleep, 5000, "sleep to be the main process");
+    kill(instance_pid(comm_probe), SIGKILL);
+    run_until(w, has_final, 5000, "exit");
+    assert_int_equal(w->exit.term_signal, SIGKILL);
+    assert_int_equal(w->exit.exit_status, -1);
+}
+
 static void test_reports_signal(void **state)
 {
     struct world *w = *state;
@@ -554,6 +577,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_env_exactly_and_cwd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lines_are_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reports_signal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_simple_command_is_the_main_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_sends_term, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_kills_after_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_port_and_http_pass, setup, teardown),
