@@ -380,10 +380,18 @@ static void slot_dead(struct inv_slot *s, const char *reason)
             ev.ext[ev.ext_count].value = extra[i][1];
             ev.ext_count++;
         }
-        if (invoker_append_event(m->inv, m->spec.dead_letter_topic, &ev, s, true, reason) == 0)
+        int rc = invoker_append_event(m->inv, m->spec.dead_letter_topic, &ev, s, true, reason);
+        if (rc == 0)
             return;
-        /* Could not even queue it: keep the event and try again later. */
-        slot_retry_later(s, 503, "cannot write to the dead-letter topic");
+        /* The dead-letter topic refused it (too large, or the disk failed): record it as
+         * failed rather than lose it silently or retry for ever. */
+        char why[400];
+        snprintf(why, sizeof(why), "%s; the dead-letter topic %s refused it: %s", reason,
+                 m->spec.dead_letter_topic, fabric_strerror(rc));
+        snprintf(m->last_error, sizeof(m->last_error), "%s", why);
+        m->failed++;
+        mapping_record_failure(m, s, why);
+        slot_done(s);
         return;
     }
     m->failed++;
@@ -427,7 +435,17 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
                 cloudevent_free(&reply);
                 if (rc == 0)
                     goto out;
-                slot_retry_later(s, 503, "cannot write to the reply topic");
+                /* The reply cannot be stored: the event is not done. A reply that can never
+                 * fit goes the way of a final failure; a disk failure is retried. */
+                char reason[300];
+                snprintf(reason, sizeof(reason), "the reply cannot be published on %s: %s",
+                         m->spec.reply_topic, fabric_strerror(rc));
+                if (rc == -EMSGSIZE || rc == -EINVAL ||
+                    delivery_after_failure(&m->spec.policy, 503, s->attempts, s->time_ms,
+                                           time_now_ms()) == DELIVERY_DEAD)
+                    slot_dead(s, reason);
+                else
+                    slot_retry_later(s, 503, reason);
                 goto out;
             }
             if (rc < 0)
