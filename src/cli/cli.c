@@ -396,6 +396,22 @@ static char *cli_local_api_path(void)
     return p;
 }
 
+char *cli_local_token(const char *url)
+{
+    char *path = cli_local_api_path();
+    json_error_t jerr;
+    json_t *j = json_load_file(path, 0, &jerr);
+    free(path);
+    char *want = cli_strip_slash(url), *have = cli_strip_slash(cli_json_str(j, "url"));
+    char *token = NULL;
+    if (strcmp(want, have) == 0 && *cli_json_str(j, "token"))
+        token = xstrdup(cli_json_str(j, "token"));
+    free(want);
+    free(have);
+    json_decref(j);
+    return token;
+}
+
 const struct cli_target *cli_target(void)
 {
     if (cli_target_loaded)

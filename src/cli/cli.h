@@ -128,6 +128,9 @@ struct cli_target {
 };
 /* Where `skiff login` keeps the login: $HOME/.skiff/cli.json. Caller frees. */
 char *cli_login_path(void);
+/* The token a local skiffd wrote to $SKIFF_HOME/api.json, when its API is at url; else NULL.
+ * Caller frees. */
+char *cli_local_token(const char *url);
 /* Returns the target, loading it if needed; NULL (after printing "not logged in" with what to
  * do) when nothing says where the API is. The CLI owns it. */
 const struct cli_target *cli_target(void);

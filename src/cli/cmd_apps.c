@@ -210,27 +210,28 @@ int cli_cmd_login(const struct cli_command *cmd, int argc, char **argv)
     const char *url = args.items[0];
     if (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://"))
         return cli_usage_error(cmd, "the URL must start with http:// or https://, not \"%s\"", url);
-    if (!token || !*token)
-        return cli_usage_error(cmd, "--token is needed (a local skiffd writes it to "
-                                    "$SKIFF_HOME/api.json)");
+    char *local_token = NULL;
+    if (!token || !*token) {
+        /* The API of the skiffd on this machine: its token is at hand. */
+        local_token = cli_local_token(url);
+        if (!local_token)
+            return cli_usage_error(cmd, "--token is needed (a local skiffd writes it to "
+                                        "$SKIFF_HOME/api.json)");
+        token = local_token;
+        printf("Using the token of the local skiffd.\n");
+    }
     /* Check the URL and token by using them: the environment is the first place cli_target
      * looks, and it has not been loaded yet. */
     setenv("SKIFF_API", url, 1);
     setenv("SKIFF_TOKEN", token, 1);
     json_t *info = NULL, *apps = NULL;
-    if (cli_api("GET", "/v1/info", NULL, &info) != 0)
-        return CLI_EXIT_ERROR;
-    rc = cli_api("GET", "/v1/apps", NULL, &apps);
-    json_decref(apps);
-    if (rc != 0) {
-        json_decref(info);
-        return CLI_EXIT_ERROR;
-    }
+    rc = CLI_EXIT_ERROR;
+    if (cli_api("GET", "/v1/info", NULL, &info) != 0 || cli_api("GET", "/v1/apps", NULL, &apps))
+        goto done;
     const struct cli_target *t = cli_target();
     json_t *saved = json_pack("{s:s, s:s}", "url", t->api_url, "token", token);
     if (*cli_json_str(info, "router_url"))
         json_object_set_new(saved, "router_url", json_string(cli_json_str(info, "router_url")));
-    json_decref(info);
     char *path = cli_login_path();
     char *dir = xstrndup(path, (size_t)(strrchr(path, '/') - path));
     char *text = json_dumps(saved, JSON_INDENT(2));
@@ -238,14 +239,20 @@ int cli_cmd_login(const struct cli_command *cmd, int argc, char **argv)
     int err = mkdir_p(dir, 0700);
     if (!err)
         err = file_write_atomic(path, text, strlen(text), 0600);
-    if (err)
-        rc = cli_error("could not save the login in %s: %s", path, strerror(-err));
-    else
+    if (err) {
+        cli_error("could not save the login in %s: %s", path, strerror(-err));
+    } else {
         printf("Logged in to %s (saved in %s).\n", t->api_url, path);
+        rc = CLI_EXIT_OK;
+    }
     free(text);
     free(dir);
     free(path);
-    return err ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+done:
+    json_decref(info);
+    json_decref(apps);
+    free(local_token);
+    return rc;
 }
 
 /* ---- looking at apps -------------------------------------------------------------------- */

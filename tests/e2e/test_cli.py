@@ -228,3 +228,19 @@ def test_upload_over_the_limit_gives_the_apis_reason(tmp_path):
         finally:
             p.kill_all()
             shutil.rmtree(p.home, ignore_errors=True)
+
+
+def test_login_to_the_local_daemon_needs_no_token(platform):
+    other_home = tempfile.mkdtemp(prefix="skiff-login-")
+    try:
+        # the login is kept in another HOME; SKIFF_HOME is the local skiffd's
+        env = {**platform.env(), "HOME": other_home}
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "login", platform.api_url + "/"],
+                           env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "Using the token of the local skiffd." in r.stdout
+        with open(os.path.join(other_home, ".skiff", "cli.json")) as f:
+            saved = json.load(f)
+        assert saved["url"] == platform.api_url and saved["token"] == platform.token
+    finally:
+        shutil.rmtree(other_home, ignore_errors=True)
