@@ -661,6 +661,22 @@ static struct store_app *core__new_app(const char *name)
     return app;
 }
 
+/* After an app was stored: the scheduler converges, and a changed web instance count
+ * (before < 0: a new app) is logged and told to subscribers. */
+static void core__changed(struct api_core *core, const struct store_app *app, int before)
+{
+    const struct store_process *web = store_app_process(app, "web");
+    if (core->cfg.scheduler)
+        scheduler_app_changed(core->cfg.scheduler, app->guid);
+    if (before < 0 || !web || web->instances == before)
+        return;
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Scaled app %s to %d instances",
+                 app->name, web->instances);
+    if (core->cfg.scheduler)
+        scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_SCALED, app->guid, "web",
+                             web->instances);
+}
+
 /* POST /v1/apps and PUT /v1/apps/NAME (create or update). */
 static void core__app_upsert(struct api_core *core, struct api_request *req, const char *name,
                              json_t *body, bool allow_update)
@@ -691,6 +707,8 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     }
     if (creating)
         app = core__new_app(name);
+    const struct store_process *web = store_app_process(app, "web");
+    int before = web ? web->instances : 0;
     if (!core__apply(req, app, body))
         goto done;
     app->updated_at = time_now_ms();
@@ -709,8 +727,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
         logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created app %s", app->name);
     else
         logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Updated app %s", app->name);
-    if (core->cfg.scheduler)
-        scheduler_app_changed(core->cfg.scheduler, app->guid);
+    core__changed(core, app, creating ? -1 : before);
     api_core__respond_app(core, req, creating ? 201 : 200, app);
 done:
     store_app_free(app);
@@ -801,16 +818,7 @@ static void core__apps_patch(struct api_request *req, void *ctx)
     }
     if (!core__map_routes(core, req, app, body, false))
         goto done;
-    web = store_app_process(app, "web");
-    if (core->cfg.scheduler)
-        scheduler_app_changed(core->cfg.scheduler, app->guid);
-    if (web && web->instances != before) {
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Scaled app %s to %d instances",
-                     app->name, web->instances);
-        if (core->cfg.scheduler)
-            scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_SCALED, app->guid, "web",
-                                 web->instances);
-    }
+    core__changed(core, app, before);
     api_core__respond_app(core, req, 200, app);
 done:
     store_app_free(app);
