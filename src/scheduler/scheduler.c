@@ -1084,12 +1084,15 @@ int scheduler_running_count(struct scheduler *s, const char *app_guid)
     if (!a)
         return 0;
     int count = 0;
-    for (size_t i = 0; i < a->nprocs; i++)
+    for (size_t i = 0; i < a->nprocs; i++) {
+        if (strcmp(a->procs[i]->type, "web"))
+            continue;
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_inst *si = a->procs[i]->slots[j]->cur;
             if (si && si->ready)
                 count++;
         }
+    }
     return count;
 }
 

@@ -128,7 +128,8 @@ int scheduler_ready_instances(struct scheduler *s, const char *app, const char *
 /* Every instance slot of the app (running or not, index order), for `skiff app`. */
 int scheduler_app_instances(struct scheduler *s, const char *app,
                             struct scheduler_instance_info *out, size_t max);
-/* How many instances of an app are RUNNING. */
+/* How many instances of the app's web process are RUNNING (the "running" of docs/api.md,
+ * beside "instances", the web process's desired count). */
 int scheduler_running_count(struct scheduler *s, const char *app_guid);
 
 /* Calls fn for every RUNNING instance of every app (the route table's backends). */
