@@ -244,3 +244,51 @@ def test_login_to_the_local_daemon_needs_no_token(platform):
         assert saved["url"] == platform.api_url and saved["token"] == platform.token
     finally:
         shutil.rmtree(other_home, ignore_errors=True)
+
+
+def test_delete_asks_on_a_terminal(platform):
+    import pty
+    import select
+    import time
+    status, _ = platform.api("POST", "/v1/apps", {"name": "asked", "no_route": True})
+    assert status == 201
+
+    def delete_answering(answer):
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: skiff on a terminal
+            os.execve(os.path.join(BIN_DIR, "skiff"), ["skiff", "delete", "asked"], platform.env())
+        out = b""
+        deadline = time.monotonic() + 30
+        answered = False
+        try:
+            while time.monotonic() < deadline:
+                if not answered and b"[y/N]" in out:
+                    os.write(fd, answer)
+                    answered = True
+                if not select.select([fd], [], [], max(0, deadline - time.monotonic()))[0]:
+                    break
+                try:
+                    chunk = os.read(fd, 1024)
+                except OSError:  # the terminal closes when skiff exits
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        finally:
+            end = time.monotonic() + 10
+            done, st = os.waitpid(pid, os.WNOHANG)
+            while not done and time.monotonic() < end:
+                time.sleep(0.02)
+                done, st = os.waitpid(pid, os.WNOHANG)
+            if not done:  # still waiting for an answer that never came
+                os.kill(pid, 9)
+                _, st = os.waitpid(pid, 0)
+            os.close(fd)
+        return os.waitstatus_to_exitcode(st), out.decode(errors="replace")
+
+    rc, out = delete_answering(b"n\n")
+    assert rc == 0 and "Not deleted." in out, out
+    assert platform.cli("app", "asked").returncode == 0
+    rc, out = delete_answering(b"y\n")
+    assert rc == 0 and "Deleted asked." in out, out
+    assert platform.cli("app", "asked").returncode == 1
