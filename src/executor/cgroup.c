@@ -90,9 +90,13 @@ static void cgroup__detect(void)
             char *base = xasprintf("%s/skiff", root);
             /* Controllers must be enabled on the way down; the root may refuse when it
              * holds processes itself (a container), and then v2 is not usable here. */
-            cgroup__write(root, "cgroup.subtree_control", "+memory +pids +cpu");
+            /* one controller a write: a write fails as a whole when one is unavailable */
+            cgroup__write(root, "cgroup.subtree_control", "+memory");
+            cgroup__write(root, "cgroup.subtree_control", "+pids");
+            cgroup__write(root, "cgroup.subtree_control", "+cpu");
             if (cgroup__usable_dir(base) &&
-                cgroup__write(base, "cgroup.subtree_control", "+memory +pids") == 0) {
+                cgroup__write(base, "cgroup.subtree_control", "+memory") == 0 &&
+                cgroup__write(base, "cgroup.subtree_control", "+pids") == 0) {
                 cgroup__write(base, "cgroup.subtree_control", "+cpu");
                 cgroup__base[0] = base;
                 cgroup__detected = CGROUP_V2;
