@@ -68,6 +68,7 @@ struct staging {
 
 static void stager__next(struct staging *s);
 static void stager__load_order(struct staging *s, const char *buildpacks_dir);
+static void stager__complete(struct staging *s);
 
 /* ---- output and ending ------------------------------------------------------------------ */
 
@@ -276,6 +277,12 @@ static void stager__start_step(struct staging *s)
         }
         break;
     case STEP_RELEASE:
+        if (!stager__has_script(bp, "release")) {
+            /* no process types from the buildpack: the Procfile has to give them */
+            buf_reset(&s->captured);
+            stager__complete(s);
+            return;
+        }
         script = "release";
         break;
     default:

@@ -348,6 +348,17 @@ static void test_named_buildpacks_and_procfile(void **state)
     assert_string_equal(json_string_value(json_object_get(types, "worker")), "./w");
     json_decref(types);
 
+    /* without bin/release the Procfile alone gives the process types */
+    char *release = xasprintf("%s/never/bin/release", w->bps);
+    unlink(release);
+    free(release);
+    stage(w, w->bps, named, 30);
+    run_until_done(w, 20000);
+    assert_true(w->ok);
+    types = json_loads(w->types, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(types, "web")), "./from-procfile");
+    json_decref(types);
+
     /* a folder path names a buildpack too */
     char *path = xasprintf("%s/never", w->bps);
     const char *by_path[] = {path, NULL};
