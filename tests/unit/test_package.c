@@ -271,6 +271,39 @@ static void test_not_an_archive(void **state)
     assert_int_equal(package_extract(f->archive, f->out, 0, err, sizeof(err)), PACKAGE_NOT_ARCHIVE);
 }
 
+/* Damaged uploads (truncated, bytes flipped) get an error code, never a crash. */
+static void test_damaged_archives(void **state)
+{
+    struct fixture *f = *state;
+    for (int kind = KIND_TAR; kind <= KIND_ZIP; kind++) {
+        write_archive(f->archive, (enum kind)kind, app_entries, ARRAY_SIZE(app_entries));
+        char *good = NULL;
+        size_t len = 0;
+        assert_int_equal(file_read(f->archive, &good, &len), 0);
+        srand(1234 + kind);
+        for (int round = 0; round < 60; round++) {
+            char *bad = xmalloc(len);
+            memcpy(bad, good, len);
+            size_t cut = round < 20 ? (size_t)rand() % len : len;
+            for (int flips = round < 20 ? 0 : 1 + rand() % 8; flips > 0; flips--)
+                bad[(size_t)rand() % len] ^= (char)(1 + rand() % 255);
+            assert_int_equal(file_write_atomic(f->archive, bad, cut, 0644), 0);
+            free(bad);
+            char err[512];
+            int rc = package_check(f->archive, 1 << 20, err, sizeof(err));
+            assert_true(rc == 0 || rc == PACKAGE_NOT_ARCHIVE || rc == PACKAGE_UNSAFE ||
+                        rc == PACKAGE_TOO_LARGE);
+            if (rc < 0)
+                assert_true(strlen(err) > 0);
+            rm_rf(f->out);
+            mkdir(f->out, 0755);
+            rc = package_extract(f->archive, f->out, 1 << 20, err, sizeof(err));
+            assert_true(rc <= 0);
+        }
+        free(good);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -284,6 +317,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refuses_devices_and_fifos, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_an_archive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_archives, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
