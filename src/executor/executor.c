@@ -27,7 +27,7 @@
 #include "executor/cgroup.h"
 #include "executor/proc.h"
 
-#define HEALTH_STARTING_MS 50
+#define HEALTH_STARTING_MS 20
 #define DEFAULT_LIVENESS_MS 3000
 #define HEALTH_PROBE_TIMEOUT_MS 1000
 #define LIVENESS_FAILURES 3
@@ -108,32 +108,13 @@ static const char executor__join_script[] =
     "cmd=$1; shift; for f; do echo $$ > \"$f\" || { echo \"skiff: cannot join cgroup $f\" >&2; "
     "exit 125; }; done; exec /bin/sh -c \"$cmd\"";
 
-/* "exec CMD" when CMD is one simple command, so the app itself is the instance's main
- * process (its signal is reported as such, not as the shell's 128+N status); anything with
- * control operators or a compound command stays as written. */
-static char *executor__exec_form(const char *cmd)
-{
-    static const char *const compound[] = {"if", "while", "until", "for",     "case",
-                                           "{",  "!",     "exec",  "function"};
-    if (strpbrk(cmd, ";&|\n()`"))
-        return xstrdup(cmd);
-    const char *p = cmd;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    size_t n = strcspn(p, " \t");
-    for (size_t i = 0; i < ARRAY_SIZE(compound); i++)
-        if (strlen(compound[i]) == n && strncmp(p, compound[i], n) == 0)
-            return xstrdup(cmd);
-    return xasprintf("exec %s", p);
-}
-
 static int process_driver_start(struct instance *inst)
 {
     int rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
     if (rc < 0)
         inst->cg = NULL; /* no usable cgroups here: a plain process group */
 
-    char *command = executor__exec_form(inst->command);
+    char *command = proc_exec_form(inst->command);
     const char *argv[3 + 2 + 4];
     int argc = 0;
     argv[argc++] = "/bin/sh";

@@ -239,3 +239,21 @@ void proc_close(struct proc *p)
     proc__stream_end(&p->out[1]);
     proc__close_handle(p, (uv_handle_t *)&p->linger);
 }
+
+char *proc_exec_form(const char *cmd)
+{
+    static const char *const compound[] = {"if", "while", "until", "for",     "case",
+                                           "{",  "!",     "exec",  "function"};
+    if (strpbrk(cmd, ";&|\n()`"))
+        return xstrdup(cmd);
+    const char *p = cmd;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t n = strcspn(p, " \t");
+    if (n == 0)
+        return xstrdup(cmd);
+    for (size_t i = 0; i < ARRAY_SIZE(compound); i++)
+        if (strlen(compound[i]) == n && strncmp(p, compound[i], n) == 0)
+            return xstrdup(cmd);
+    return xasprintf("exec %s", p);
+}

@@ -45,4 +45,10 @@ void proc_signal_group(struct proc *p, int sig);
  * handles are closed (on a later loop iteration). */
 void proc_close(struct proc *p);
 
+/* A shell command written so that, when it is one simple command, the shell execs it
+ * ("exec CMD"): the program is then the process whose exit or signal is seen, and it gets
+ * signals first-hand. Commands with control operators or compound commands come back as
+ * written. Caller frees. */
+char *proc_exec_form(const char *cmd);
+
 #endif

@@ -358,9 +358,11 @@ static void stager__complete(struct staging *s)
         json_t *cmd;
         json_object_foreach(types, name, cmd)
         {
-            char *wrapped = xasprintf(". ./.skiff/env.sh; %s", json_string_value(cmd));
+            char *exec_form = proc_exec_form(json_string_value(cmd));
+            char *wrapped = xasprintf(". ./.skiff/env.sh; %s", exec_form);
             json_object_set_new(types, name, json_string(wrapped));
             free(wrapped);
+            free(exec_form);
         }
     }
 

@@ -568,7 +568,7 @@ static void test_builtin_python_vendored_wheel_and_cache(void **state)
     assert_int_equal(access(installed, F_OK), 0);
     json_t *types = json_loads(w->types, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(types, "web")),
-                        ". ./.skiff/env.sh; python3 app.py");
+                        ". ./.skiff/env.sh; exec python3 app.py");
     json_decref(types);
     /* the command's environment finds the package */
     char *run =
