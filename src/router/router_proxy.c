@@ -109,8 +109,10 @@ struct client {
     uint64_t deadline, timer_due;
     uint8_t state, deadline_kind, pause;
     bool scan_done, shutting_down, seen_bytes;
-    bool eof;  /* the client half-closed while a request was in flight */
-    bool held; /* waiting for an app to start from zero */
+    bool fin_sent, peer_gone; /* lingering close: our FIN went out / the client's came */
+    uint32_t discarded;       /* bytes read and dropped while closing */
+    bool eof;                 /* the client half-closed while a request was in flight */
+    bool held;                /* waiting for an app to start from zero */
     struct client *hold_prev, *hold_next;
     uint64_t woken_at;
     int open_handles;
@@ -601,15 +603,20 @@ static void on_client_shutdown(uv_shutdown_t *req, int status)
 {
     struct client *c = req->data;
     free(req);
-    client_close(c);
+    c->fin_sent = true;
+    if (status < 0 || c->peer_gone || c->eof)
+        client_close(c);
 }
 
-/* Closes after what is queued has been written. */
+/* Closes after what is queued has been written. Until the client closes too (or a few seconds
+ * pass) what it still sends is read and dropped: closing a socket with unread input makes the
+ * kernel send a reset, which can destroy the response before the client has read it. */
 static void client_shutdown(struct client *c)
 {
     if (c->p.closing || c->shutting_down)
         return;
     c->shutting_down = true;
+    c->p.throttled = false;
     client_update_reading(c);
     if (c->p.write_error) {
         client_close(c);
@@ -715,8 +722,8 @@ static void client_update_reading(struct client *c)
     /* While a request waits on its backend the connection keeps reading into `pending` (up
      * to a bound): stopping and restarting costs two epoll_ctl calls per request. */
     bool waiting = c->state == C_WAIT_UPSTREAM || c->state == C_WAIT_RESPONSE;
-    bool want = !c->p.throttled && !c->shutting_down && !c->eof &&
-                (!waiting || c->pending.len < ROUTER_PENDING_MAX);
+    bool want = !c->p.throttled && !c->eof &&
+                (c->shutting_down || !waiting || c->pending.len < ROUTER_PENDING_MAX);
     if (want == c->p.reading)
         return;
     c->p.reading = want;
@@ -879,8 +886,13 @@ static void client_feed(struct client *c, const char *data, size_t len)
             return;
         }
         if (err == HPE_PAUSED_UPGRADE && x && x->upgrade) {
-            /* what follows the head belongs to the tunnel, sent once the backend agrees */
             x->req_done = true;
+            if (x->resp_done) { /* answered by the router: no tunnel, and no more requests */
+                x->client_close = true;
+                exchange_finish(x);
+                return;
+            }
+            /* what follows the head belongs to the tunnel, sent once the backend agrees */
             c->state = C_WAIT_RESPONSE;
             client_hold(c, data, len);
             client_update_reading(c);
@@ -899,6 +911,16 @@ static void on_half_close_done(uv_shutdown_t *req, int status)
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
+    if (c->shutting_down) { /* lingering close: drop what comes, close when the client does */
+        if (nread < 0 || (c->discarded += (uint32_t)nread) > 1024 * 1024) {
+            c->peer_gone = true;
+            uv_read_stop(s);
+            c->p.reading = false;
+            if (c->fin_sent || nread != UV_EOF)
+                client_close(c);
+        }
+        return;
+    }
     if (nread > 0) {
         client_touch(c);
         client_feed(c, buf->base, (size_t)nread);

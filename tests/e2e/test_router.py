@@ -918,6 +918,25 @@ def test_limits(router_factory, backends):
     assert r.get("app.localhost").status == 200
 
 
+def test_an_early_answer_survives_the_rest_of_the_body(router_factory, backends):
+    """The router answers 413 before reading the body; the client sends the body anyway and
+    reads afterwards. The answer must still be there (no reset from closing with unread input)."""
+    import select
+    a = backends("a")
+    r = router_factory([route("app.localhost", [a])], "--max-body-bytes", "1000")
+    c = r.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 200000\r\n\r\n")
+    assert select.select([c.sock], [], [], 10)[0], "no answer"
+    try:
+        c.send(b"x" * 200000)
+        c.sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the router may stop reading after a while; what matters is the answer
+    resp = c.response()
+    assert resp.status == 413 and resp.headers["x-skiff-router-error"] == "body-too-large"
+    c.close()
+
+
 def test_slow_client_cannot_hold_the_router(router_factory, backends):
     a = backends("a")
     r = router_factory([route("app.localhost", [a])], "--header-timeout-ms", "2000")
