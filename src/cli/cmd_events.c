@@ -463,8 +463,13 @@ static int cmd_event_mappings(const struct cli_command *cmd, int argc, char **ar
         size_t k;
         json_t *fv;
         json_array_foreach(failures, k, fv)
-            printf("  failed: event %s (offset %lld) at %s: %s\n", cli_json_str(fv, "id"),
+        {
+            bool dead = !strcmp(cli_json_str(fv, "outcome"), "dead_lettered");
+            printf("  %s%s: event %s (offset %lld) at %s: %s\n",
+                   dead ? "dead-lettered to " : "failed",
+                   dead ? cli_json_str(fv, "dead_letter_topic") : "", cli_json_str(fv, "id"),
                    cli_json_int(fv, "offset"), cli_json_str(fv, "at"), cli_json_str(fv, "reason"));
+        }
     }
     json_decref(list);
     return 0;

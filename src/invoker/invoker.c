@@ -87,14 +87,18 @@ static void slot_done(struct inv_slot *s)
     buf_free(&s->head);
 }
 
+/* Keeps the last events that did not succeed, for `skiff event-mappings`. dead_letter_topic is
+ * where the event went, NULL when it was recorded as failed. */
 static void mapping_record_failure(struct inv_mapping *m, const struct inv_slot *s,
-                                   const char *reason)
+                                   const char *reason, const char *dead_letter_topic)
 {
     char when[40];
     time_format_rfc3339(time_now_ms(), when, sizeof(when));
-    json_t *f = json_pack("{s:I, s:s?, s:s, s:s, s:i}", "offset", (json_int_t)s->offset, "id",
-                          s->record ? s->ev.id : NULL, "reason", reason, "at", when, "attempts",
-                          s->attempts);
+    json_t *f =
+        json_pack("{s:I, s:s?, s:s, s:s, s:i, s:s, s:s?}", "offset", (json_int_t)s->offset, "id",
+                  s->record ? s->ev.id : NULL, "reason", reason, "at", when, "attempts",
+                  s->attempts, "outcome", dead_letter_topic ? "dead_lettered" : "failed",
+                  "dead_letter_topic", dead_letter_topic);
     if (!m->failures)
         m->failures = json_array();
     json_array_append_new(m->failures, f);
@@ -134,7 +138,7 @@ static void invoker_append_done(void *arg, int status, uint64_t first_offset, si
         } else {
             if (a->dead_letter) {
                 m->dead_lettered++;
-                mapping_record_failure(m, s, a->reason);
+                mapping_record_failure(m, s, a->reason, m->spec.dead_letter_topic);
             } else {
                 m->delivered++;
             }
@@ -390,12 +394,12 @@ static void slot_dead(struct inv_slot *s, const char *reason)
                  m->spec.dead_letter_topic, fabric_strerror(rc));
         snprintf(m->last_error, sizeof(m->last_error), "%s", why);
         m->failed++;
-        mapping_record_failure(m, s, why);
+        mapping_record_failure(m, s, why, NULL);
         slot_done(s);
         return;
     }
     m->failed++;
-    mapping_record_failure(m, s, reason);
+    mapping_record_failure(m, s, reason, NULL);
     slot_done(s);
 }
 
@@ -619,7 +623,7 @@ static void mapping_fill(struct inv_mapping *m)
                 free(s->record);
                 s->record = NULL;
                 m->failed++;
-                mapping_record_failure(m, s, "the stored event cannot be decoded");
+                mapping_record_failure(m, s, "the stored event cannot be decoded", NULL);
                 slot_done(s);
             } else if (!event_filters_match(m->spec.filters, m->spec.filter_count, slot_attr,
                                             &s->ev)) {
