@@ -536,7 +536,8 @@ static void api__write_done(uv_write_t *w, int status)
     struct api_conn *c = aw->conn;
     c->write_pending -= aw->len;
     free(aw);
-    if (c->close_after_write && c->write_pending == 0)
+    /* a peer that is gone ends the connection (and aborts a stream to it) */
+    if (status < 0 || (c->close_after_write && c->write_pending == 0))
         api__conn_close(c);
 }
 

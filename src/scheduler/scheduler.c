@@ -337,7 +337,6 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     unlink(pid_path);
     sched__inst_unlink(s, si);
     struct sched_slot *slot = si->slot;
-    struct sched_app *a = sched__app(s, si->app_guid, false);
     if (state == INSTANCE_CRASHED || (slot && slot->cur == si)) {
         int status = ex ? ex->exit_status : -1;
         int sig = ex ? ex->term_signal : 0;
@@ -378,13 +377,24 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
             if (!s->shutting_down)
                 sched__arm_timer(s);
         } else if (slot && slot->replacement == si) {
-            /* the rolling replacement failed: keep the old one, stop rolling */
+            /* the rolling replacement failed: the old instance keeps serving and is replaced
+             * again later, with the crash backoff, so a passing problem (a port taken in
+             * between) heals and a lasting one does not spin */
             slot->replacement = NULL;
-            if (a)
-                a->rolling = false;
+            if (slot->cur)
+                slot->cur->shadow = slot;
+            slot->crash_count = scheduler_crash_count_next(slot->crash_count, 0, time_now_ms());
+            int64_t delay = scheduler_crash_delay_ms(slot->crash_count);
+            slot->restart_at_mono = time_mono_ms() + (delay < 500 ? 500 : delay);
+            slot->last_exit_status = status;
+            slot->last_exit_signal = sig;
             logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
-                         "Rolling restart stopped: the new instance %d crashed (%s)", si->index,
-                         reason);
+                         "Rolling restart: the new instance %d crashed (%s); instance %d keeps "
+                         "serving, trying again in %lld s",
+                         si->index, reason, si->index,
+                         (long long)((delay < 500 ? 500 : delay) / 1000));
+            if (!s->shutting_down)
+                sched__arm_timer(s);
         }
     } else {
         logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT, "Instance %d of %s stopped",
@@ -619,7 +629,9 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
                 bool started_one = false;
                 for (size_t j = 0; j < p->nslots && !started_one; j++) {
                     struct sched_slot *slot = p->slots[j];
-                    if (slot->cur && slot->cur->shadow == slot) {
+                    if (slot->cur && slot->cur->shadow == slot &&
+                        (!slot->restart_at_mono || slot->restart_at_mono <= now)) {
+                        slot->restart_at_mono = 0;
                         slot->cur->shadow = NULL;
                         struct sched_inst *si = sched__start(s, a, app, drop, sp, slot);
                         if (si) {
