@@ -651,6 +651,63 @@ static void executor__usage_tick(uv_timer_t *t)
 
 /* ---- public calls ----------------------------------------------------------------------- */
 
+/* ---- leftovers of a daemon that died ----------------------------------------------------- */
+
+/* The start time of a process (clock ticks after boot), 0 when there is no such process: with
+ * the pid it names one process, even after the pid is reused. */
+static unsigned long long executor__start_time(int pid)
+{
+    char path[64], *text = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if (file_read(path, &text, NULL) != 0)
+        return 0;
+    unsigned long long start = 0;
+    const char *p = strrchr(text, ')');
+    /* after the name: state is field 3, starttime field 22 */
+    if (!p || sscanf(p + 2,
+                     "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d "
+                     "%*d %*d %*d %llu",
+                     &start) != 1)
+        start = 0;
+    free(text);
+    return start;
+}
+
+/* Instances whose scratch folder is still there were left running by a daemon that did not
+ * shut down (killed, crashed): nobody reads their output or checks them any more, so they are
+ * ended, with their cgroup, before this executor starts its own. */
+static void executor__end_leftovers(struct executor *ex)
+{
+    char *dir = xasprintf("%s/instances", ex->home);
+    uv_fs_t req;
+    uv_dirent_t ent;
+    if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0) {
+        free(dir);
+        return;
+    }
+    while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+        if (ent.name[0] == '.')
+            continue;
+        char *scratch = xasprintf("%s/%s", dir, ent.name);
+        char *pid_path = xasprintf("%s/pid", scratch);
+        char *text = NULL;
+        int pid = 0;
+        unsigned long long start = 0;
+        if (file_read(pid_path, &text, NULL) == 0 && sscanf(text, "%d %llu", &pid, &start) == 2 &&
+            pid > 0 && start && executor__start_time(pid) == start)
+            kill(-pid, SIGKILL);
+        free(text);
+        free(pid_path);
+        struct cgroup *cg = NULL;
+        if (cgroup_create(ent.name, 0, 0, &cg) == 0)
+            cgroup_destroy(cg); /* kills whatever is still in it */
+        rm_rf(scratch);
+        free(scratch);
+    }
+    uv_fs_req_cleanup(&req);
+    free(dir);
+}
+
 int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_output_cb on_output,
                  instance_state_cb on_state, void *ctx, struct executor **out)
 {
@@ -673,6 +730,7 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     ex->usage_timer->data = ex;
     uv_timer_start(ex->usage_timer, executor__usage_tick, USAGE_SAMPLE_MS, USAGE_SAMPLE_MS);
     uv_unref((uv_handle_t *)ex->usage_timer); /* sampling alone keeps nobody waiting */
+    executor__end_leftovers(ex);
     *out = ex;
     return 0;
 }
@@ -777,6 +835,13 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
         executor__free_instance(inst);
         goto fail_port;
     }
+    /* what a later daemon needs to end this instance if this one dies without stopping it */
+    char *pid_path = xasprintf("%s/pid", inst->scratch_dir);
+    int pid = proc_pid(inst->proc);
+    char *pid_text = xasprintf("%d %llu\n", pid, executor__start_time(pid));
+    file_write_atomic(pid_path, pid_text, strlen(pid_text), 0644);
+    free(pid_text);
+    free(pid_path);
     uv_timer_init(ex->loop, &inst->start_timer);
     uv_timer_init(ex->loop, &inst->health_timer);
     uv_timer_init(ex->loop, &inst->grace_timer);

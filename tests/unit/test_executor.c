@@ -430,6 +430,22 @@ static void test_port_check_ignores_other_listeners(void **state)
     assert_string_equal(w->exit.reason, "start timeout");
 }
 
+static void test_leftovers_of_a_dead_daemon_are_ended(void **state)
+{
+    struct world *w = *state;
+    start(w, "sleep 30", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_running, 5000, "running");
+    /* a new executor on the same home, as when a daemon restarts after being killed: what
+     * the old one left running is ended (the old executor here sees it die) */
+    struct executor *ex2;
+    struct executor_config cfg = {.home = w->home, .port_min = 20000, .port_max = 20100};
+    assert_int_equal(executor_new(&w->loop, &cfg, on_output, on_state, w, &ex2), 0);
+    run_until(w, has_final, 5000, "the leftover instance to be ended");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_int_equal(w->exit.term_signal, SIGKILL);
+    executor_free(ex2);
+}
+
 static void test_start_errors(void **state)
 {
     struct world *w = *state;
@@ -585,6 +601,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_liveness_failure_crashes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_check_ignores_other_listeners, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leftovers_of_a_dead_daemon_are_ended, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_allocation_skips_busy_ports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_stops_everything, setup, teardown),
