@@ -223,3 +223,25 @@ def test_staging_that_times_out_fails_and_says_why(tmp_path):
     finally:
         p.stop()
         p.kill_all()
+
+
+def test_a_request_for_a_function_at_zero_wakes_it_through_the_bus(platform):
+    p = platform
+    r = p.cli("push", "resize", "--function",
+              os.path.join(ROOT, "examples", "functions", "resize.py") + ":handle")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.api("PATCH", "/v1/apps/resize", {"instances": 0})[0] == 200
+    p.wait_for(lambda: p.api("GET", "/v1/apps/resize")[1]["running"] == 0, 15, "zero instances")
+    p.wait_for(lambda: json.load(open(os.path.join(p.home, "run", "routes.json")))["routes"][0]
+               ["backends"] == [], 10, "the router to know there is no backend")
+    req = urllib.request.Request(
+        p.router_url + "/", data=json.dumps({"size": 10}).encode(), method="POST",
+        headers={"Host": "resize.localhost", "ce-id": "1", "ce-source": "test",
+                 "ce-specversion": "1.0", "ce-type": "image.uploaded",
+                 "Content-Type": "application/json"})
+    # the router holds the request, asks skiffd over the bus, and the new instance answers
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read())["size"] == 5
+    status, app = p.api("GET", "/v1/apps/resize")
+    assert app["instances"] == 1 and app["running"] == 1
