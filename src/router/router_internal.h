@@ -33,7 +33,8 @@ struct router_metrics {
 #define ROUTER_METRIC_ADD(field, n)                                                                \
     __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
 
-/* Starts the workers (threads). Returns 0 or a negative code with a message on stderr. */
+/* Starts the workers (threads); SIGPIPE is ignored from then on. Returns 0 or a negative code
+ * with a message on stderr. */
 int router_proxy_start(const struct router_config *cfg);
 /* Asks every worker to stop, waits for them and frees them. */
 void router_proxy_stop(void);

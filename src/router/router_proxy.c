@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1965,6 +1966,8 @@ static int listen_socket(const char *addr_text, int *out_fd)
 
 int router_proxy_start(const struct router_config *cfg)
 {
+    /* a peer that resets while the router writes is an error code, not a reason to die */
+    signal(SIGPIPE, SIG_IGN);
     init_settings();
     int n = cfg->workers > 0 ? cfg->workers : (int)uv_available_parallelism();
     if (n < 1)
