@@ -57,7 +57,8 @@ static void usage(FILE *out)
           "127.0.0.1:8083)\n"
           "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
           "4096),\n"
-          "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder).\n"
+          "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder),\n"
+          "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db).\n"
           "SIGINT (Ctrl-C) stops everything; SIGTERM stops skiffd and its instances but leaves\n"
           "the router serving, for a restart of skiffd.\n",
           out);
@@ -332,7 +333,9 @@ int main(int argc, char **argv)
     mkdir_p(tmp, 0700);
     free(tmp);
 
-    db = xasprintf("%s/skiff.db", d.home);
+    /* the store's location names its backend: sqlite:PATH (built in) or, later, postgres:// */
+    db = getenv("SKIFF_STORE") && *getenv("SKIFF_STORE") ? xstrdup(getenv("SKIFF_STORE"))
+                                                         : xasprintf("sqlite:%s/skiff.db", d.home);
     rc = store_open(db, err, sizeof err, &d.store);
     if (rc < 0) {
         fprintf(stderr, "skiffd: %s\n", err);
