@@ -1,5 +1,6 @@
 /* The admin port: GET /metrics (Prometheus text), GET /health, GET /routes (the table in use).
  * One short request per connection; anything else is a 404. It is meant for loopback. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,13 +97,24 @@ void router_admin_format_metrics(struct buf *out)
 static void format_routes(struct buf *out)
 {
     struct route_table *t = route_table_current();
-    buf_printf(out, "{\"version\": %lld, \"routes\": [", (long long)route_table_version(t));
+    json_t *routes = json_array();
     for (size_t i = 0; i < route_table_route_count(t); i++) {
         const struct route *r = route_table_route_at(t, i);
-        buf_printf(out, "%s{\"host\": \"%s\", \"path\": \"%s\", \"backends\": %zu}", i ? ", " : "",
-                   r->host, r->path, r->backend_count);
+        json_t *backends = json_array();
+        for (size_t k = 0; k < r->backend_count; k++)
+            json_array_append_new(backends, json_string(r->backends[k].addr_text));
+        json_array_append_new(routes,
+                              json_pack("{s:s, s:s, s:s, s:o}", "host", r->host, "path", r->path,
+                                        "app_guid", r->app_guid, "backends", backends));
     }
-    buf_puts(out, "]}\n");
+    json_t *doc =
+        json_pack("{s:I, s:o}", "version", (json_int_t)route_table_version(t), "routes", routes);
+    char *text = json_dumps(doc, JSON_INDENT(1));
+    if (text)
+        buf_puts(out, text);
+    buf_putc(out, '\n');
+    free(text);
+    json_decref(doc);
     route_table_unref(t);
 }
 

@@ -1213,6 +1213,10 @@ def test_metrics(router_factory, backends):
         assert name in text, name
     assert r.metric("skiff_router_requests_total{code=\"2xx\"}") >= 1
     assert r.admin("/nope")[0] == 404
+    status, body = r.admin("/routes")
+    table = json.loads(body)
+    assert status == 200 and table["routes"][0]["host"] == "app.localhost"
+    assert table["routes"][0]["backends"] == [a.addr]
 
 
 def test_bad_options_are_explained(home):
