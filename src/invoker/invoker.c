@@ -1046,34 +1046,51 @@ static int64_t target_idle_grace(struct inv_target *t)
     return grace < 0 ? INVOKER_DEFAULT_IDLE_GRACE_MS : grace;
 }
 
+static bool target_is_function(struct inv_target *t)
+{
+    struct store_app *a = NULL;
+    if (store_app_get(t->inv->store, t->app, &a) < 0)
+        return false;
+    bool function = a->kind && strcmp(a->kind, "function") == 0;
+    store_app_free(a);
+    return function;
+}
+
+/* Only functions scale down by themselves (an app's instances are the user's choice): to
+ * zero after the idle grace period, or to what the work asks for once it has asked for
+ * fewer instances for that long. */
 static void target_maybe_scale_down(struct inv_target *t, int64_t now)
 {
     uint64_t work;
-    target_wanted(t, &work);
-    if (work > 0) {
+    int wanted = target_wanted(t, &work);
+    if (work > 0)
         t->last_busy_ms = now;
+    if (wanted >= t->instance_count || t->instance_count <= 1)
+        t->surplus_since_ms = 0;
+    else if (!t->surplus_since_ms)
+        t->surplus_since_ms = now;
+    int64_t grace = target_idle_grace(t);
+    int to;
+    if (work == 0 && (t->instance_count > 0 || t->requested > 0) && now - t->last_busy_ms >= grace)
+        to = 0;
+    else if (t->surplus_since_ms && now - t->surplus_since_ms >= grace)
+        to = wanted > 0 ? wanted : 1; /* to zero only once idle for the whole grace */
+    else
         return;
+    if (!target_is_function(t))
+        return;
+    if (to == 0) {
+        /* Forget the instances first, so nothing is sent to one that is stopping. */
+        while (t->instances)
+            target_instance_remove(t, t->instances, false);
     }
-    if (t->instance_count == 0 && t->requested == 0)
-        return;
-    if (now - t->last_busy_ms < target_idle_grace(t))
-        return;
-    /* Only functions scale to zero by themselves: an app's instances are the user's choice. */
-    struct store_app *a = NULL;
-    if (store_app_get(t->inv->store, t->app, &a) < 0)
-        return;
-    bool function = a->kind && strcmp(a->kind, "function") == 0;
-    store_app_free(a);
-    if (!function)
-        return;
-    /* Forget the instances first, so nothing is sent to one that is stopping. */
-    while (t->instances)
-        target_instance_remove(t, t->instances, false);
-    int rc = scheduler_scale(t->inv->scheduler, t->app, t->process, 0);
+    /* Above zero the scheduler announces the instances it stops before it stops them. */
+    int rc = scheduler_scale(t->inv->scheduler, t->app, t->process, to);
     if (rc < 0)
-        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s to zero: %s", t->app,
+        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s down to %d: %s", t->app, to,
                  strerror(-rc));
-    t->requested = 0;
+    t->requested = to;
+    t->surplus_since_ms = 0;
 }
 
 static void invoker_tick(uv_timer_t *h)

@@ -44,8 +44,9 @@ struct inv_target {
     char app_guid[37];
     struct inv_instance *instances;
     int instance_count;
-    int requested;        /* the instance count we last asked the scheduler for */
-    int64_t last_busy_ms; /* the last time it had work */
+    int requested;            /* the instance count we last asked the scheduler for */
+    int64_t last_busy_ms;     /* the last time it had work */
+    int64_t surplus_since_ms; /* since when its work asks for fewer instances; 0: it does not */
     int invokes_waiting;
     struct inv_invoke *waiting; /* invokes waiting for an instance, oldest first */
     int invokes_in_flight;

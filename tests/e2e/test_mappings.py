@@ -243,6 +243,45 @@ def test_scale_up_with_backlog(platform, tmp_path):
     assert len(indexes) >= 2, indexes
 
 
+def test_scale_down_to_what_the_work_needs(platform, tmp_path):
+    write(tmp_path, "slow.py", """
+        import time
+        def handle(event):
+            time.sleep(0.2)
+    """)
+    push_function(platform, "slow", os.path.join(str(tmp_path), "slow.py"))
+    cli_ok(platform, "map-event", "slow", "work", "--max-instances", "3", "--idle-grace", "2s")
+    batch = [{"specversion": "1.0", "id": f"w{i}", "source": "/t", "type": "work", "data": i}
+             for i in range(30)]
+    status, body = platform.api("POST", "/v1/topics/work/events:batch", body=batch)
+    assert status == 202, body
+    platform.wait_for(lambda: len(running_instances(platform, "slow")) == 3, 60, "3 instances")
+    # then a trickle that one instance can serve: the others go after the grace period
+    stop = threading.Event()
+
+    def trickle():
+        n = 0
+        while not stop.is_set():
+            platform.api("POST", "/v1/topics/work/events", body={"n": n})
+            n += 1
+            stop.wait(0.4)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        platform.wait_for(lambda: len(running_instances(platform, "slow")) <= 2, 30,
+                          "fewer instances for a trickle")
+        before = mapping(platform, "slow")["delivered"]
+        platform.wait_for(lambda: mapping(platform, "slow")["delivered"] > before + 2, 30,
+                          "the trickle still delivered")
+    finally:
+        stop.set()
+        t.join()
+    m = platform.wait_for(lambda: (lambda m: m if m["backlog"] == 0 and m["in_flight"] == 0
+                                   else None)(mapping(platform, "slow")), 60, "all delivered")
+    assert m["failed"] == 0 and m["dead_lettered"] == 0, m
+
+
 def test_many_events_pass_through_the_window(platform):
     # more events than a mapping holds in memory at once: reading continues as they settle
     push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
