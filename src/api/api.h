@@ -8,8 +8,8 @@
  * Patterns are absolute paths whose segments are matched one by one: a literal segment
  * matches itself, `*` matches exactly one non-empty segment (available to the handler with
  * api_request_param); in "/v1/topics/ * /events:batch" (written without the spaces), the
- * last segment is the literal "events:batch". When several patterns match, the one registered first
- * wins.
+ * last segment is the literal "events:batch". When several patterns match, the one
+ * registered first wins; a path that matches with another method is 405.
  *
  * Request lifetime: the handler owns the request from the call on and must finish it exactly
  * once, with one of api_respond*() or api_stream_end(), now or later from any callback on the
@@ -21,6 +21,10 @@
  * with API_BODY_FILE have their body streamed to a temporary file instead (any size up to the
  * API's upload limit; api_request_body_path), deleted when the request finishes. A body over
  * the limit is refused with 413 `too_large` before the handler runs.
+ *
+ * Connections: HTTP/1.1 keep-alive and pipelining (one request handled at a time per
+ * connection). A request that does not arrive whole within 60 s, or a connection idle for 5
+ * minutes, is closed; a request being handled or streamed is never timed out here.
  *
  * Errors: every error response has the body {"error": {"code": "...", "message": "..."}}
  * (api_respond_error). The API never aborts on input. */
