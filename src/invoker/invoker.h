@@ -7,7 +7,8 @@
  * topic), or once it went to the dead-letter topic, or was recorded as failed. Delivery is
  * therefore at-least-once: after a crash, events past the cursor are delivered again.
  *
- * Schedules publish one event per fire on the system topic `skiff.schedule.<mapping id>`, and
+ * Schedules publish one event per fire on the system topic `skiff.schedule.<mapping id>` (fires
+ * that fall while skiffd is down are not made up: the next one after the start counts), and
  * platform events (app staged, started, stopped, crashed, scaled) go to `skiff.app.<event>`
  * with the app's name as subject; both are then delivered like any topic.
  *
