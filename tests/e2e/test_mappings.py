@@ -340,6 +340,13 @@ def test_platform_event(platform):
     assert "count skiff.app.stopped" in logs(platform, "notify")
     events = topic_events(platform, "skiff.app.stopped")
     assert any(e["subject"] == "resize" for e in events), events
+    # a new droplet is the staged event, for every app when no app is named
+    cli_ok(platform, "map-event", "notify", "--on-app-event", "staged")
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    platform.wait_for(lambda: "count skiff.app.staged" in logs(platform, "notify"), 60,
+                      "the staged event delivered")
+    staged = [m for m in mappings(platform, "notify") if m["on_app_event"] == "*:staged"]
+    assert staged and staged[0]["delivered"] >= 1, staged
 
 
 def test_replay_and_unmap(platform):
