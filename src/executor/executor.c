@@ -722,6 +722,9 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     ex->grace_ms = cfg->grace_ms > 0 ? cfg->grace_ms : DEFAULT_GRACE_MS;
     ex->liveness_ms = cfg->liveness_ms > 0 ? cfg->liveness_ms : DEFAULT_LIVENESS_MS;
     ex->port_used = xcalloc((size_t)(cfg->port_max - cfg->port_min + 1), 1);
+    /* daemons sharing a machine start at different ports, so they rarely race for one */
+    ex->port_cursor = (int)((uint64_t)(time_now_ns() ^ ((int64_t)getpid() << 20)) %
+                            (uint64_t)(cfg->port_max - cfg->port_min + 1));
     ex->on_output = on_output;
     ex->on_state = on_state;
     ex->ctx = ctx;
