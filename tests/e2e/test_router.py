@@ -615,6 +615,21 @@ def test_chunked_response_passes_through(router_factory):
     be.close()
 
 
+def test_response_ended_by_close(router_factory):
+    def old_style(conn):
+        read_head(conn.makefile("rb"))
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"z" * 100000)
+
+    be = RawBackend(old_style)
+    r = router_factory([route("app.localhost", [be])])
+    c = r.client()
+    resp = c.request()
+    assert resp.status == 200 and resp.body == b"z" * 100000
+    assert resp.headers.get("connection") == "close"
+    c.close()
+    be.close()
+
+
 def test_http10_clients(router_factory, backends):
     be = RawBackend(chunked_backend)
     a = backends("a")
