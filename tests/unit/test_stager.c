@@ -509,6 +509,44 @@ static void test_builtin_staticfile(void **state)
     stage_example(*state, "static", "staticfile", "sh .skiff/start-nginx");
 }
 
+static void test_builtin_nodejs_lockfile_and_cache(void **state)
+{
+    struct world *w = *state;
+    /* a dependency from a folder of the app, so no registry is needed */
+    write_file(w->app, "greet/package.json",
+               "{\"name\":\"greet\",\"version\":\"1.0.0\",\"main\":\"index.js\"}\n", 0644);
+    write_file(w->app, "greet/index.js", "module.exports = 'hi';\n", 0644);
+    write_file(w->app, "package.json",
+               "{\"name\":\"app\",\"version\":\"1.0.0\",\"dependencies\":{\"greet\":"
+               "\"file:./greet\"},\"scripts\":{\"start\":\"node server.js\"}}\n",
+               0644);
+    write_file(w->app, "server.js", "console.log(require('greet'));\n", 0644);
+    char *lock = xasprintf("cd '%s' && npm install --package-lock-only --no-audit --no-fund "
+                           "--offline >/dev/null 2>&1",
+                           w->app);
+    assert_int_equal(system(lock), 0);
+    free(lock);
+    pack(w, w->app);
+    stage(w, "buildpacks", NULL, 120);
+    run_until_done(w, 120000);
+    if (!w->ok)
+        fail_msg("staging failed: %s\n%s", w->error, w->out.data);
+    assert_non_null(strstr(w->out.data, "Installing dependencies (npm ci)"));
+    json_t *types = json_loads(w->types, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(types, "web")), "npm start");
+    json_decref(types);
+    char *run = xasprintf("cd '%s/app' && node server.js | grep -q hi", w->droplet);
+    assert_int_equal(system(run), 0);
+
+    /* unchanged package.json and lockfile: node_modules comes from the build cache */
+    stage(w, "buildpacks", NULL, 120);
+    run_until_done(w, 120000);
+    assert_true(w->ok);
+    assert_non_null(strstr(w->out.data, "Dependencies unchanged"));
+    assert_int_equal(system(run), 0);
+    free(run);
+}
+
 static void test_builtin_procfile(void **state)
 {
     struct world *w = *state;
@@ -602,6 +640,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_builtin_python, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_nodejs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_staticfile, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builtin_nodejs_lockfile_and_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_procfile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_python_missing_requirement, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_python_vendored_wheel_and_cache, setup,
