@@ -12,6 +12,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 #include "logs/logs.h"
+#include "invoker/invoker.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
 
@@ -247,8 +248,10 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
         char tag[32];
         snprintf(tag, sizeof tag, "RTR/%d",
                  json_is_integer(idx) ? (int)json_integer_value(idx) : c->router_index);
-        if (app && text && strlen(app) == 36)
+        if (app && text && strlen(app) == 36) {
             logs_append(bus->logs, app, tag, LOGS_OUT, text, strlen(text));
+            invoker_note_traffic(app); /* a function serving requests is not idle */
+        }
     } else if (!strcmp(type, "wake")) {
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
         if (app) {

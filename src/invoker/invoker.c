@@ -30,6 +30,7 @@ static void mapping_pump(struct inv_mapping *m);
 static void mapping_collect(struct inv_mapping *m);
 static void mapping_cron_fire(uv_timer_t *h);
 static void mapping_retry_timer(uv_timer_t *h);
+static void invoker_track_function(struct invoker *inv, const char *app_guid_or_name);
 /* Finishes a stop once nothing is pending. Takes no pointer: the invoker may be gone. */
 static void invoker_maybe_done(void);
 
@@ -991,6 +992,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
         return;
     case SCHEDULER_APP_STARTED:
         name = "started";
+        invoker_track_function(inv, ev->app_guid);
         break;
     case SCHEDULER_APP_STOPPED:
         name = "stopped";
@@ -1007,6 +1009,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
         break;
     case SCHEDULER_APP_STAGED:
         name = "staged";
+        invoker_track_function(inv, ev->app_guid);
         break;
     }
     if (!name)
@@ -1033,6 +1036,44 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     invoker_publish(inv, topic, type, source, ev->app_name, data);
     json_decref(data);
     inv->platform_events++;
+}
+
+/* ---- functions without mappings: idle scaling and routed traffic ----------------------------- */
+
+/* Every function gets a target, so that it scales to zero when idle even if no mapping
+ * points at it (a function that only serves routed requests, or was only invoked). */
+static void invoker_track_function(struct invoker *inv, const char *app_guid_or_name)
+{
+    struct store_app *a = NULL;
+    if (store_app_get(inv->store, app_guid_or_name, &a) < 0)
+        return;
+    if (a->kind && strcmp(a->kind, "function") == 0)
+        invoker_target_get(inv, a->name, "web");
+    store_app_free(a);
+}
+
+static int invoker_track_each(void *ctx, struct store_app *a)
+{
+    if (a->kind && strcmp(a->kind, "function") == 0)
+        invoker_target_get(ctx, a->name, "web");
+    return 0;
+}
+
+void invoker_note_traffic(const char *app_guid)
+{
+    struct invoker *inv = invoker_global;
+    if (!inv || inv->stopping || !app_guid)
+        return;
+    int64_t now = time_now_ms();
+    bool found = false;
+    for (struct inv_target *t = inv->targets; t; t = t->next) {
+        if (strcmp(t->app_guid, app_guid) == 0) {
+            t->last_busy_ms = now;
+            found = true;
+        }
+    }
+    if (!found)
+        invoker_track_function(inv, app_guid);
 }
 
 /* ---- the tick: scale to zero, save counts, expire invokes ------------------------------------ */
@@ -1138,6 +1179,13 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
     if (inv->scheduler)
         inv->sched_sub = scheduler_subscribe(inv->scheduler, invoker_on_scheduler, inv);
     store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
+    struct store_app **apps = NULL;
+    size_t napps = 0;
+    if (store_app_list(inv->store, &apps, &napps) == 0) {
+        for (size_t i = 0; i < napps; i++)
+            invoker_track_each(inv, apps[i]);
+        store_app_list_free(apps, napps);
+    }
     invoker_routes_add(inv);
     return 0;
 }

@@ -12,6 +12,9 @@
  * platform events (app staged, started, stopped, crashed, scaled) go to `skiff.app.<event>`
  * with the app's name as subject; both are then delivered like any topic.
  *
+ * Functions (apps of kind "function") scale down by themselves when idle, whether events or
+ * routed HTTP requests (invoker_note_traffic) keep them busy; other apps never do.
+ *
  * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
 #ifndef SKIFF_INVOKER_H
 #define SKIFF_INVOKER_H
@@ -131,5 +134,10 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
  * finish. done (may be NULL) runs on the loop when everything is closed; the fabric may be
  * closed after that. */
 void invoker_stop(void (*done)(void *arg), void *arg);
+
+/* An HTTP request reached the app (by guid) through the router: a function that serves
+ * requests is not idle, so it is not scaled to zero under them. A no-op when delivery is not
+ * running. Cheap: called once per proxied request. */
+void invoker_note_traffic(const char *app_guid);
 
 #endif
