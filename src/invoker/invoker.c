@@ -1084,7 +1084,7 @@ static int64_t target_idle_grace(struct inv_target *t)
     for (struct inv_mapping *m = t->inv->mappings; m; m = m->next)
         if (m->target == t && !m->deleted && (grace < 0 || m->spec.idle_grace_ms < grace))
             grace = m->spec.idle_grace_ms;
-    return grace < 0 ? INVOKER_DEFAULT_IDLE_GRACE_MS : grace;
+    return grace < 0 ? t->inv->idle_grace_ms : grace;
 }
 
 static bool target_is_function(struct inv_target *t)
@@ -1170,6 +1170,21 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
     inv->scheduler = svc->scheduler;
     inv->store = svc->store;
     inv->api = svc->api;
+    /* The idle grace of functions that no mapping sets (SKIFF_FUNCTION_IDLE_GRACE, "60s"). */
+    inv->idle_grace_ms = INVOKER_DEFAULT_IDLE_GRACE_MS;
+    const char *grace = getenv("SKIFF_FUNCTION_IDLE_GRACE");
+    if (grace && *grace) {
+        int64_t ms = trigger_parse_duration_ms(grace);
+        if (ms < 1000) {
+            snprintf(err, errsize,
+                     "SKIFF_FUNCTION_IDLE_GRACE=%s is not a duration of at least 1s (e.g. 60s, "
+                     "5m)",
+                     grace);
+            free(inv);
+            return -EINVAL;
+        }
+        inv->idle_grace_ms = ms;
+    }
     invoker_global = inv;
     uv_timer_init(inv->loop, &inv->tick);
     inv->tick.data = inv;

@@ -13,7 +13,8 @@
  * with the app's name as subject; both are then delivered like any topic.
  *
  * Functions (apps of kind "function") scale down by themselves when idle, whether events or
- * routed HTTP requests (invoker_note_traffic) keep them busy; other apps never do.
+ * routed HTTP requests (invoker_note_traffic) keep them busy; other apps never do. The idle
+ * grace period is the mappings' (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s).
  *
  * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
 #ifndef SKIFF_INVOKER_H

@@ -114,6 +114,7 @@ struct invoker {
     struct store *store;
     struct api *api;
     int sched_sub;
+    int64_t idle_grace_ms; /* for functions no mapping gives a grace period */
     struct inv_mapping *mappings;
     struct inv_target *targets;
     uv_timer_t tick; /* scale-down checks and stats persistence, every second */

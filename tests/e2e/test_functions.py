@@ -3,9 +3,12 @@ Node.js and shell snippets, called once with `skiff invoke` (which starts an ins
 zero), replies as JSON or text, failures as errors."""
 import json
 import os
+import shutil
 import textwrap
+import time
+import urllib.request
 
-from conftest import ROOT
+from conftest import ROOT, Platform
 
 FUNCTIONS = os.path.join(ROOT, "examples", "functions")
 
@@ -112,3 +115,35 @@ def test_push_function_errors(platform, tmp_path):
     r = platform.cli("push", "bad", "--function", os.path.join(str(tmp_path), "f.rb") + ":handle")
     assert r.returncode == 2, out(r)
     assert ".py, .js or .sh" in r.stderr
+
+
+def test_idle_function_scales_to_zero_and_routed_requests_keep_it(tmp_path):
+    """With no mapping at all: idle -> zero after the grace period; a request through the
+    router wakes it, and a steady stream of requests keeps it up; then idle -> zero again."""
+    p = Platform(extra_env={"SKIFF_FUNCTION_IDLE_GRACE": "2s"}).start()
+    try:
+        push_function(p, "resize", os.path.join(FUNCTIONS, "resize.py"), "handle")
+
+        def running():
+            status, app = p.api("GET", "/v1/apps/resize")
+            return [i for i in app["instances_detail"] if i["state"] == "RUNNING"]
+
+        def get():
+            req = urllib.request.Request(p.router_url + "/", headers={"Host": "resize.localhost"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+
+        p.wait_for(lambda: running() == [], 30, "an unused function to scale to zero")
+        assert get() == 200  # the router wakes it
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # longer than the grace period, never idle
+            assert get() == 200
+            assert len(running()) == 1
+            time.sleep(0.3)
+        p.wait_for(lambda: running() == [], 30, "scale to zero once requests stop")
+    finally:
+        try:
+            p.stop()
+        finally:
+            p.kill_all()
+            shutil.rmtree(p.home, ignore_errors=True)
