@@ -182,12 +182,22 @@ static void stager__timed_out(uv_timer_t *t)
     stager__abort(s);
 }
 
+static void stager__cancelled(uv_timer_t *t)
+{
+    stager__abort(t->data);
+}
+
 void stager_cancel(struct staging *s)
 {
     if (s->finished || s->cancelled)
         return;
     s->cancelled = true;
-    stager__abort(s);
+    if (s->proc)
+        proc_signal_group(s->proc, SIGKILL); /* the work stops now */
+    /* on_done comes from the loop, never from inside this call: callers cancel while they
+     * walk their own lists */
+    if (!s->unpacking)
+        uv_timer_start(&s->timer, stager__cancelled, 0, 0);
 }
 
 /* ---- running buildpack steps ------------------------------------------------------------ */
@@ -403,6 +413,10 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
     s->proc = NULL;
     if (s->finished)
         return;
+    if (s->cancelled || s->timed_out) {
+        stager__abort(s); /* killed on purpose: say why, not what signal */
+        return;
+    }
     const struct stager__buildpack *bp = &s->candidates[s->current];
     bool ok = exit_status == 0 && term_signal == 0;
     switch (s->step) {

@@ -203,7 +203,9 @@ static void poke(uv_timer_t *t)
     (void)t;
 }
 
-static void run_until_done(struct world *w, int timeout_ms)
+/* Runs the loop until cond holds or the staging is done; false at the deadline. */
+static bool run_until(struct world *w, bool (*cond)(struct world *, const char *), const char *arg,
+                      int timeout_ms)
 {
     bool expired = false;
     uv_timer_t deadline, poker;
@@ -211,14 +213,37 @@ static void run_until_done(struct world *w, int timeout_ms)
     uv_timer_init(&w->loop, &poker);
     deadline.data = &expired;
     uv_timer_start(&deadline, stop_loop, (uint64_t)timeout_ms, 0);
-    uv_timer_start(&poker, poke, 5, 5); /* UV_RUN_ONCE must not sleep past `done` */
-    while (!w->done && !expired)
+    uv_timer_start(&poker, poke, 5, 5); /* UV_RUN_ONCE must not sleep past the condition */
+    while (!cond(w, arg) && !w->done && !expired)
         uv_run(&w->loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&deadline, NULL);
     uv_close((uv_handle_t *)&poker, NULL);
     uv_run(&w->loop, UV_RUN_NOWAIT);
-    if (!w->done)
+    return cond(w, arg);
+}
+
+static bool is_done(struct world *w, const char *unused)
+{
+    (void)unused;
+    return w->done;
+}
+
+static bool has_output(struct world *w, const char *needle)
+{
+    return w->out.data && strstr(w->out.data, needle);
+}
+
+static void run_until_done(struct world *w, int timeout_ms)
+{
+    if (!run_until(w, is_done, NULL, timeout_ms))
         fail_msg("staging did not finish within %d ms; output:\n%s", timeout_ms,
+                 w->out.data ? w->out.data : "");
+}
+
+static void run_until_output(struct world *w, const char *needle, int timeout_ms)
+{
+    if (!run_until(w, has_output, needle, timeout_ms))
+        fail_msg("no '%s' in the output within %d ms:\n%s", needle, timeout_ms,
                  w->out.data ? w->out.data : "");
 }
 
@@ -458,10 +483,30 @@ static void test_cancel(void **state)
     pack(w, w->app);
     struct staging *s = stage(w, w->bps, NULL, 60);
     stager_cancel(s); /* while unpacking */
+    assert_false(w->done);
     run_until_done(w, 15000);
     assert_false(w->ok);
     assert_non_null(strstr(w->error, "cancelled"));
     assert_true(no_leftovers(w));
+
+    /* while a buildpack runs: it is killed, and on_done comes later from the loop */
+    make_buildpack(w, "slow", "echo slow", "echo compiling; sleep 43.5", release_web);
+    s = stage(w, w->bps, NULL, 60);
+    run_until_output(w, "compiling", 15000);
+    stager_cancel(s);
+    stager_cancel(s); /* twice is harmless */
+    assert_false(w->done);
+    run_until_done(w, 15000);
+    assert_false(w->ok);
+    assert_string_equal(w->error, "staging was cancelled");
+    assert_true(no_leftovers(w));
+    bool gone = false;
+    for (int i = 0; i < 200 && !gone; i++) {
+        gone = system("pgrep -f '^sleep 43[.]5' >/dev/null") != 0;
+        if (!gone)
+            usleep(10000);
+    }
+    assert_true(gone);
 }
 
 static void test_not_an_archive(void **state)
