@@ -245,3 +245,38 @@ def test_a_request_for_a_function_at_zero_wakes_it_through_the_bus(platform):
         assert json.loads(resp.read())["size"] == 5
     status, app = p.api("GET", "/v1/apps/resize")
     assert app["instances"] == 1 and app["running"] == 1
+
+
+def test_kill_9_during_writes_loses_nothing_that_was_answered(platform):
+    import threading
+    p = platform
+    created = []
+    stop = threading.Event()
+
+    def writer(k):
+        i = 0
+        while not stop.is_set():
+            try:
+                status, _ = p.api("POST", "/v1/apps", {"name": f"w{k}-{i}", "env": {"I": str(i)}})
+            except Exception:
+                return  # skiffd is gone
+            if status == 201:
+                created.append(f"w{k}-{i}")
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    p.wait_for(lambda: len(created) >= 60, 30, "some apps created")
+    os.kill(p.proc.pid, signal.SIGKILL)
+    p.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    p.start()
+    status, body = p.api("GET", "/v1/apps")
+    names = {a["name"] for a in body["apps"]}
+    missing = [n for n in created if n not in names]
+    assert not missing, missing
+    status, app = p.api("GET", f"/v1/apps/{created[-1]}")
+    assert app["env"]["I"] == created[-1].split("-")[1]
