@@ -242,8 +242,13 @@ void proc_close(struct proc *p)
 
 char *proc_exec_form(const char *cmd)
 {
-    static const char *const compound[] = {"if", "while", "until", "for",     "case",
-                                           "{",  "!",     "exec",  "function"};
+    /* words that exec cannot take: compound commands and builtins with no program behind */
+    static const char *const keep[] = {
+        "if",     "while",    "until",   "for",    "case",    "{",        "!",    "function",
+        "exec",   ".",        ":",       "break",  "cd",      "continue", "eval", "exit",
+        "export", "readonly", "return",  "set",    "shift",   "times",    "trap", "unset",
+        "ulimit", "umask",    "wait",    "alias",  "unalias", "local",    "read", "getopts",
+        "hash",   "type",     "command", "source", "jobs",    "fg",       "bg"};
     if (strpbrk(cmd, ";&|\n()`"))
         return xstrdup(cmd);
     const char *p = cmd;
@@ -252,8 +257,13 @@ char *proc_exec_form(const char *cmd)
     size_t n = strcspn(p, " \t");
     if (n == 0)
         return xstrdup(cmd);
-    for (size_t i = 0; i < ARRAY_SIZE(compound); i++)
-        if (strlen(compound[i]) == n && strncmp(p, compound[i], n) == 0)
+    /* NAME=value before the program: the assignment must stay in front of exec's word */
+    const char *eq = memchr(p, '=', n);
+    if (eq && eq > p && !memchr(p, '/', (size_t)(eq - p)) && !memchr(p, '\'', n) &&
+        !memchr(p, '"', n))
+        return xstrdup(cmd);
+    for (size_t i = 0; i < ARRAY_SIZE(keep); i++)
+        if (strlen(keep[i]) == n && strncmp(p, keep[i], n) == 0)
             return xstrdup(cmd);
     return xasprintf("exec %s", p);
 }

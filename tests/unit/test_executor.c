@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "executor/cgroup.h"
 #include "executor/executor.h"
+#include "executor/proc.h"
 
 struct world {
     uv_loop_t loop;
@@ -234,6 +235,30 @@ static void test_simple_command_is_the_main_process(void **state)
     run_until(w, has_final, 5000, "exit");
     assert_int_equal(w->exit.term_signal, SIGKILL);
     assert_int_equal(w->exit.exit_status, -1);
+}
+
+static void test_exec_form(void **state)
+{
+    (void)state;
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"python3 app.py --port $PORT", "exec python3 app.py --port $PORT"},
+        {"  ./server", "exec ./server"},
+        {"exit 3", "exit 3"},
+        {"cd web && ./run", "cd web && ./run"},
+        {"a; b", "a; b"},
+        {"FOO=1 ./run", "FOO=1 ./run"},
+        {"if true; then x; fi", "if true; then x; fi"},
+        {"exec ./run", "exec ./run"},
+        {"python3 -c 'print(1)'", "python3 -c 'print(1)'"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *got = proc_exec_form(cases[i].in);
+        assert_string_equal(got, cases[i].out);
+        free(got);
+    }
 }
 
 static void test_reports_signal(void **state)
@@ -592,6 +617,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_captures_lines_and_exit_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_exactly_and_cwd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lines_are_split, setup, teardown),
+        cmocka_unit_test(test_exec_form),
         cmocka_unit_test_setup_teardown(test_reports_signal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_simple_command_is_the_main_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_sends_term, setup, teardown),
