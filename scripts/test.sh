@@ -5,6 +5,7 @@
 #   scripts/test.sh unit|e2e|fuzz
 set -uo pipefail
 cd "$(dirname "$0")/.."
+build=$(realpath -m "${BUILD:-build}")
 what=${1:-all}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -13,7 +14,7 @@ failed=0
 passed=0
 
 run_unit() {
-  for t in build/asan/tests/test_*; do
+  for t in $build/asan/tests/test_*; do
     [ -x "$t" ] || continue
     echo "== unit: $(basename "$t")"
     if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
@@ -22,22 +23,22 @@ run_unit() {
 
 run_e2e() {
   echo "== e2e (pytest)"
-  SKIFF_BIN_DIR=$PWD/build/asan /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+  SKIFF_BIN_DIR=$build/asan /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
   rc=$?
   # exit 5 means no test was collected: that is a failure of the suite, not a pass
   if [ $rc -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 }
 
 run_fuzz() {
-  for f in build/fuzz/fuzz_*; do
+  for f in $build/fuzz/fuzz_*; do
     [ -x "$f" ] || continue
     echo "== fuzz: $(basename "$f") for ${FUZZ_SECONDS:-30}s"
     corpus=tests/fuzz/corpus/$(basename "$f")
-    mkdir -p "build/fuzz/corpus-$(basename "$f")"
-    if "$f" -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=0 "build/fuzz/corpus-$(basename "$f")" $( [ -d "$corpus" ] && echo "$corpus" ) 2>build/fuzz/$(basename "$f").log; then
+    mkdir -p "$build/fuzz/corpus-$(basename "$f")"
+    if "$f" -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=0 "$build/fuzz/corpus-$(basename "$f")" $( [ -d "$corpus" ] && echo "$corpus" ) 2>$build/fuzz/$(basename "$f").log; then
       passed=$((passed + 1))
     else
-      failed=$((failed + 1)); tail -50 build/fuzz/$(basename "$f").log
+      failed=$((failed + 1)); tail -50 $build/fuzz/$(basename "$f").log
     fi
   done
 }
