@@ -942,21 +942,25 @@ static void core__env_get(struct api_request *req, void *ctx)
     struct store_route *routes = NULL;
     size_t nr = 0;
     store_route_list(core->cfg.store, app->guid, &routes, &nr);
-    json_t *uris = json_array();
-    for (size_t i = 0; i < nr; i++) {
-        char *u = xasprintf("%s%s", routes[i].host, routes[i].path);
-        json_array_append_new(uris, json_string(u));
-        free(u);
-    }
+    char **uris = xcalloc(nr + 1, sizeof *uris);
+    for (size_t i = 0; i < nr; i++)
+        uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
     store_route_list_free(routes, nr);
-    json_t *vcap = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:s,s:{s:i,s:i}}", "application_id",
-                             app->guid, "application_name", app->name, "name", app->name,
-                             "application_uris", uris, "space_id", "local", "space_name", "local",
-                             "organization_id", "local", "organization_name", "local", "limits",
-                             "mem", app->memory_mb, "disk", app->disk_mb);
+    /* the same VCAP_APPLICATION instances get, less what belongs to one instance */
+    struct scheduler_env_input in = {.app_guid = app->guid,
+                                     .app_name = app->name,
+                                     .memory_mb = app->memory_mb,
+                                     .disk_mb = app->disk_mb,
+                                     .uris = (const char *const *)uris};
+    char *vcap_text = scheduler_vcap_application(&in);
+    json_t *vcap = json_loads(vcap_text, 0, NULL);
+    free(vcap_text);
+    for (size_t i = 0; i < nr; i++)
+        free(uris[i]);
+    free(uris);
     api_respond_json(req, 200,
-                     json_pack("{s:o,s:{s:o,s:o}}", "env", env, "system", "VCAP_APPLICATION", vcap,
-                               "VCAP_SERVICES", json_object()));
+                     json_pack("{s:o,s:{s:o,s:o}}", "env", env, "system", "VCAP_APPLICATION",
+                               vcap ? vcap : json_object(), "VCAP_SERVICES", json_object()));
     store_app_free(app);
 }
 

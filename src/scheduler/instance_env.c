@@ -56,25 +56,36 @@ static bool env__reserved(const char *key)
     return false;
 }
 
+char *scheduler_vcap_application(const struct scheduler_env_input *in)
+{
+    json_t *uris = json_array();
+    for (const char *const *u = in->uris; u && *u; u++)
+        json_array_append_new(uris, json_string(*u));
+    json_t *vcap = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:s,s:{s:i,s:i,s:i}}", "application_id",
+                             in->app_guid, "application_name", in->app_name, "name", in->app_name,
+                             "application_uris", uris, "space_id", "local", "space_name", "local",
+                             "organization_id", "local", "organization_name", "local", "limits",
+                             "mem", in->memory_mb, "disk", in->disk_mb, "fds", 16384);
+    json_object_set_new(vcap, "uris", json_deep_copy(uris));
+    if (in->instance_guid) {
+        json_object_set_new(vcap, "instance_id", json_string(in->instance_guid));
+        json_object_set_new(vcap, "application_version", json_string(in->instance_guid));
+        json_object_set_new(vcap, "instance_index", json_integer(in->index));
+        json_object_set_new(vcap, "host", json_string("0.0.0.0"));
+        json_object_set_new(vcap, "port", json_integer(in->port));
+    }
+    char *text = json_dumps(vcap, JSON_COMPACT);
+    json_decref(vcap);
+    return text;
+}
+
 char **scheduler_instance_env(const struct scheduler_env_input *in)
 {
     char **env = NULL;
     size_t n = 0;
     char num[32];
 
-    json_t *uris = json_array();
-    for (const char *const *u = in->uris; u && *u; u++)
-        json_array_append_new(uris, json_string(*u));
-    json_t *vcap = json_pack(
-        "{s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:s,s:{s:i,s:i,s:i},s:i,s:s,s:s,s:i}", "application_id",
-        in->app_guid, "application_name", in->app_name, "name", in->app_name, "instance_id",
-        in->instance_guid, "application_uris", uris, "space_id", "local", "space_name", "local",
-        "organization_id", "local", "organization_name", "local", "limits", "mem", in->memory_mb,
-        "disk", in->disk_mb, "fds", 16384, "instance_index", in->index, "application_version",
-        in->instance_guid, "host", "0.0.0.0", "port", in->port);
-    json_object_set_new(vcap, "uris", json_deep_copy(uris));
-    char *vcap_text = json_dumps(vcap, JSON_COMPACT);
-    json_decref(vcap);
+    char *vcap_text = scheduler_vcap_application(in);
 
     snprintf(num, sizeof num, "%d", in->port);
     env__add(&env, &n, "PORT", num);

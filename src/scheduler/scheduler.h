@@ -164,6 +164,9 @@ struct scheduler_env_input {
     const char *vcap_services_json; /* NULL: "{}" */
 };
 
+/* VCAP_APPLICATION as JSON text (caller frees). Without instance_guid, the fields of one
+ * instance (instance_id, instance_index, port) are left out: the app's view for the API. */
+char *scheduler_vcap_application(const struct scheduler_env_input *in);
 /* The complete environment of an instance as a NULL-terminated KEY=VALUE array (free with
  * scheduler_env_free). User variables come last and may not override PORT, CF_INSTANCE_*,
  * VCAP_APPLICATION or SKIFF_EVENTS_*. */

@@ -164,6 +164,19 @@ def test_unknown_app(api):
     assert_error(api.api("GET", "/v1/no/such/endpoint"), 404, "not_found")
 
 
+def test_env_shows_user_and_system_variables(api):
+    assert api.api("PUT", "/v1/apps/existing/env", {"GREETING": "hi", "N": 3})[0] == 200
+    status, body = api.api("GET", "/v1/apps/existing/env")
+    assert status == 200
+    assert body["env"]["GREETING"] == "hi" and body["env"]["N"] == "3"
+    vcap = body["system"]["VCAP_APPLICATION"]
+    assert vcap["application_name"] == "existing"
+    assert "existing.localhost" in vcap["application_uris"]
+    assert body["system"]["VCAP_SERVICES"] == {}
+    status, body = api.api("PUT", "/v1/apps/existing/env", {"N": None})
+    assert "N" not in body["env"]
+
+
 def test_start_without_droplet_is_refused(api):
     assert_error(api.api("POST", "/v1/apps/existing/start"), 422, "not_staged", "push")
 

@@ -111,6 +111,22 @@ static void test_vcap_services_passes_through(void **state)
     scheduler_env_free(env);
 }
 
+static void test_vcap_application_of_the_app_has_no_instance_fields(void **state)
+{
+    (void)state;
+    struct scheduler_env_input in = sample();
+    in.instance_guid = NULL;
+    char *text = scheduler_vcap_application(&in);
+    json_t *vcap = json_loads(text, 0, NULL);
+    assert_non_null(vcap);
+    assert_string_equal(json_string_value(json_object_get(vcap, "application_name")), "hello");
+    assert_int_equal(json_array_size(json_object_get(vcap, "application_uris")), 2);
+    assert_null(json_object_get(vcap, "instance_index"));
+    assert_null(json_object_get(vcap, "instance_id"));
+    json_decref(vcap);
+    free(text);
+}
+
 static void test_crash_delay_follows_diego(void **state)
 {
     (void)state;
@@ -145,6 +161,7 @@ int main(void)
         cmocka_unit_test(test_env_has_every_contract_variable),
         cmocka_unit_test(test_user_env_comes_last_and_cannot_override_the_platform),
         cmocka_unit_test(test_vcap_services_passes_through),
+        cmocka_unit_test(test_vcap_application_of_the_app_has_no_instance_fields),
         cmocka_unit_test(test_crash_delay_follows_diego),
         cmocka_unit_test(test_crash_count_resets_after_five_healthy_minutes),
     };
