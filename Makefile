@@ -90,7 +90,7 @@ e2e: asan build
 # libFuzzer targets (clang); `make fuzz` runs each for FUZZ_SECONDS.
 FUZZ_SECONDS ?= 30
 $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ)/libskiff.a
-	clang $(BASE_CFLAGS) -Wno-error -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
+	clang $(BASE_CFLAGS) -Wno-error -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -o $@ $< $(FUZZ)/libskiff.a $(PKG_LIBS)
 fuzz-build: deps $(patsubst tests/fuzz/%.c,$(FUZZ)/%,$(FUZZ_SRCS))
 fuzz: fuzz-build
 	@bash scripts/test.sh fuzz
