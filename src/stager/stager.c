@@ -427,8 +427,10 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
             while (n > 0 && (s->captured.data[n - 1] == '\n' || s->captured.data[n - 1] == ' '))
                 n--;
             s->detect_output = xstrndup(s->captured.data ? s->captured.data : "", n);
+            bool same = strcmp(s->detect_output, bp->name) == 0;
             stager__say(s, "Staging %s: detected buildpack %s%s%s%s", s->app_name, bp->name,
-                        n ? " (" : "", s->detect_output, n ? ")" : "");
+                        n && !same ? " (" : "", same ? "" : s->detect_output,
+                        n && !same ? ")" : "");
             s->step = STEP_FINAL;
             stager__next(s);
             return;

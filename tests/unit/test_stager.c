@@ -295,7 +295,7 @@ static void test_detects_in_order(void **state)
     if (!w->ok)
         fail_msg("staging failed: %s", w->error);
     assert_string_equal(w->buildpack, "bbb");
-    assert_non_null(strstr(w->out.data, "detected buildpack bbb (bbb-1.2)"));
+    assert_non_null(strstr(w->out.data, "detected buildpack bbb (bbb-1.2)\n"));
     assert_non_null(strstr(w->out.data, "\nline two\n")); /* stderr streams too */
     json_t *types = json_loads(w->types, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(types, "web")), "./run");
@@ -592,6 +592,34 @@ static void test_builtin_nodejs_lockfile_and_cache(void **state)
     free(run);
 }
 
+static void test_builtin_staticfile_root(void **state)
+{
+    struct world *w = *state;
+    write_file(w->app, "Staticfile", "root: public\n", 0644);
+    write_file(w->app, "public/index.html", "<p>hi</p>\n", 0644);
+    pack(w, w->app);
+    stage(w, "buildpacks", NULL, 60);
+    run_until_done(w, 60000);
+    if (!w->ok)
+        fail_msg("staging failed: %s\n%s", w->error, w->out.data);
+    assert_string_equal(w->buildpack, "staticfile");
+    char *script = NULL;
+    char *path = xasprintf("%s/app/.skiff/start-nginx", w->droplet);
+    assert_int_equal(file_read(path, &script, NULL), 0);
+    assert_non_null(strstr(script, "root $app/public;"));
+    free(script);
+    free(path);
+
+    /* a root outside the app is refused */
+    write_file(w->app, "Staticfile", "root: ../..\n", 0644);
+    unlink(w->package);
+    pack(w, w->app);
+    stage(w, "buildpacks", NULL, 60);
+    run_until_done(w, 60000);
+    assert_false(w->ok);
+    assert_non_null(strstr(w->out.data, "must be a folder inside the app"));
+}
+
 static void test_builtin_procfile(void **state)
 {
     struct world *w = *state;
@@ -686,6 +714,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_builtin_nodejs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_staticfile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_nodejs_lockfile_and_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builtin_staticfile_root, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_procfile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_python_missing_requirement, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builtin_python_vendored_wheel_and_cache, setup,
