@@ -58,10 +58,12 @@ typedef void (*stage_output_cb)(void *ctx, const char *line, size_t len);
 typedef void (*stage_done_cb)(void *ctx, const struct stage_result *result);
 
 /* Starts staging. On error (a negative errno) nothing started and no callback will come.
- * Otherwise on_done is called exactly once; the result's strings live until it returns. */
+ * Otherwise on_done is called exactly once; the result's strings live until it returns.
+ * A named buildpack that does not exist is reported through on_done, with a message. */
 int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct stage_request *req,
                  stage_output_cb on_output, stage_done_cb on_done, void *ctx, struct staging **out);
-/* Stops a staging in progress; on_done still comes (with ok = false). */
+/* Stops a staging in progress; on_done still comes (with ok = false), from the loop, never
+ * from inside this call. */
 void stager_cancel(struct staging *s);
 
 #endif
