@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every benchmark under bench/ (each folder's bench.sh), briefly: the machine is shared.
+# Runs every benchmark under bench/ (each folder's bench.sh, or else its bench_*.py), briefly:
+# the machine is shared.
 #   bench/run.sh            all of them
 #   bench/run.sh router     one of them
 set -euo pipefail
@@ -7,7 +8,14 @@ cd "$(dirname "$0")"
 for dir in */; do
   name=${dir%/}
   [ $# -gt 0 ] && [ "$1" != "$name" ] && continue
-  [ -x "$dir/bench.sh" ] || continue
-  echo "== bench: $name"
-  "$dir/bench.sh"
+  if [ -x "$dir/bench.sh" ]; then
+    echo "== bench: $name"
+    "$dir/bench.sh"
+  else
+    for script in "$dir"bench_*.py; do
+      [ -f "$script" ] || continue
+      echo "== bench: $name ($(basename "$script"))"
+      /usr/bin/python3 "$script"
+    done
+  fi
 done
