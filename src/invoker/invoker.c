@@ -1047,8 +1047,11 @@ static void invoker_track_function(struct invoker *inv, const char *app_guid_or_
     struct store_app *a = NULL;
     if (store_app_get(inv->store, app_guid_or_name, &a) < 0)
         return;
-    if (a->kind && strcmp(a->kind, "function") == 0)
-        invoker_target_get(inv, a->name, "web");
+    if (a->kind && strcmp(a->kind, "function") == 0) {
+        struct inv_target *t = invoker_target_get(inv, a->name, "web");
+        /* The same name may come back as a new app (deleted and pushed again). */
+        snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
+    }
     store_app_free(a);
 }
 
