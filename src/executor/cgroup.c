@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "common/util.h"
 
@@ -237,6 +238,34 @@ int cgroup_usage(const struct cgroup *cg, uint64_t *cpu_ns, uint64_t *memory_byt
     free(path);
     *memory_bytes = cgroup__read_key(cg->dirs[CG_MEMORY], "memory.stat", "total_rss");
     return 0;
+}
+
+int cgroup_remove_stale(int min_age_s)
+{
+    cgroup__detect();
+    if (cgroup__detected == CGROUP_NONE)
+        return 0;
+    int removed = 0;
+    time_t now = time(NULL);
+    int count = cgroup__detected == CGROUP_V2 ? 1 : CG_COUNT;
+    for (int i = 0; i < count; i++) {
+        uv_fs_t req;
+        uv_dirent_t ent;
+        if (uv_fs_scandir(NULL, &req, cgroup__base[i], 0, NULL) < 0)
+            continue;
+        while (uv_fs_scandir_next(&req, &ent) != UV_EOF) { /* to the end: see libuv */
+            if (ent.type != UV_DIRENT_DIR && ent.type != UV_DIRENT_UNKNOWN)
+                continue;
+            char *dir = xasprintf("%s/%s", cgroup__base[i], ent.name);
+            struct stat st;
+            if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && now - st.st_mtime >= min_age_s &&
+                rmdir(dir) == 0 && i == 0)
+                removed++;
+            free(dir);
+        }
+        uv_fs_req_cleanup(&req);
+    }
+    return removed;
 }
 
 void cgroup_destroy(struct cgroup *cg)

@@ -30,6 +30,10 @@ bool cgroup_pids_limited(const struct cgroup *cg);
 int cgroup_usage(const struct cgroup *cg, uint64_t *cpu_ns, uint64_t *memory_bytes);
 /* Kills what is left, removes the cgroup folders and frees cg. */
 void cgroup_destroy(struct cgroup *cg);
+/* Removes empty instance cgroups created more than min_age_s ago: what daemons that were
+ * killed left behind. A running instance's cgroup is never empty, so it stays; the age keeps
+ * one that another daemon is creating right now. Returns how many were removed. */
+int cgroup_remove_stale(int min_age_s);
 /* "v2", "v1" or "none": which one cgroup_create would use on this machine. */
 const char *cgroup_mode(void);
 

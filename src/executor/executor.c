@@ -35,6 +35,7 @@
 #define DEFAULT_PIDS_MAX 1024
 #define DEFAULT_GRACE_MS 10000
 #define DEFAULT_START_TIMEOUT_S 60
+#define CGROUP_STALE_AGE_S 60 /* an empty instance cgroup this old is a dead daemon's */
 
 struct probe;
 
@@ -734,6 +735,7 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     uv_timer_start(ex->usage_timer, executor__usage_tick, USAGE_SAMPLE_MS, USAGE_SAMPLE_MS);
     uv_unref((uv_handle_t *)ex->usage_timer); /* sampling alone keeps nobody waiting */
     executor__end_leftovers(ex);
+    cgroup_remove_stale(CGROUP_STALE_AGE_S);
     *out = ex;
     return 0;
 }
