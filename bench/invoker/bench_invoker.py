@@ -75,6 +75,29 @@ class Api:
         return r.status, data
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process (0 when it is gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def instance_pids(home):
+    """Processes whose working directory is under home (the function's instances)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink("/proc/%s/cwd" % name).startswith(home):
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
 def mapping_of(api, app):
     status, data = api.call("GET", "/v1/event-mappings?app=" + app)
     return json.loads(data)["event_mappings"]
@@ -87,6 +110,8 @@ def bench_throughput(p, api, app, n, out_path):
                    "data": i} for i in range(start, min(n, start + batch))]
         status, data = api.call("POST", "/v1/topics/bench-t/events:batch", events)
         assert status == 202, data
+    fn_pids = instance_pids(p.home)
+    cpu0 = (cpu_seconds(p.proc.pid), sum(cpu_seconds(x) for x in fn_pids))
     t0 = time.monotonic()
     status, data = api.call("POST", "/v1/event-mappings",
                             {"app": app, "topic": "bench-t", "from": "beginning",
@@ -100,11 +125,12 @@ def bench_throughput(p, api, app, n, out_path):
             break
         time.sleep(0.005)
     dt = time.monotonic() - t0
+    cpu = (cpu_seconds(p.proc.pid) - cpu0[0], sum(cpu_seconds(x) for x in fn_pids) - cpu0[1])
     api.call("DELETE", "/v1/event-mappings/" + mid)
     with open(out_path) as f:
         got = len({l.split()[0] for l in f if l.startswith("t")})
     assert got == n, "the function saw %d distinct events of %d" % (got, n)
-    return n / dt, dt
+    return n / dt, dt, cpu
 
 
 def bench_latency(p, app, out_path, rate, seconds):
@@ -219,10 +245,13 @@ def main():
                                 {"Content-Type": "text/plain"})
         assert status in (200, 204), data
 
-        rate, dt = bench_throughput(p, api, app, args.events, out_path)
-        print("runtime: %s, machine: %d cores" % (args.runtime, os.cpu_count()))
+        rate, dt, cpu = bench_throughput(p, api, app, args.events, out_path)
+        print("runtime: %s, machine: %d cores, load average %.1f" %
+              (args.runtime, os.cpu_count(), os.getloadavg()[0]))
         print("deliveries/s to a warm function: %.0f (%d events in %.2f s, concurrency 16, "
               "1 instance)" % (rate, args.events, dt))
+        print("  CPU per delivery: skiffd %.1f us, the function %.1f us" %
+              (cpu[0] / args.events * 1e6, cpu[1] / args.events * 1e6))
         lat, achieved, pub = bench_latency(p, app, out_path, args.rate, args.seconds)
         print("publish-to-invocation at %.0f events/s (%d events): p50 %.2f ms, p99 %.2f ms, "
               "max %.2f ms" % (achieved, len(lat), pct(lat, 50), pct(lat, 99), max(lat)))
