@@ -65,6 +65,8 @@ class Platform:
             "SKIFF_ROUTER_ADDR": f"127.0.0.1:{self.router_port}",
             "SKIFF_ROUTER_ADMIN_ADDR": f"127.0.0.1:{self.router_admin_port}",
             "HOME": self.home,  # the CLI keeps its login under $HOME/.skiff: keep it per test
+            # the binaries may be built outside the tree (make BUILD=...): name the buildpacks
+            "SKIFF_BUILDPACKS": os.path.join(ROOT, "buildpacks"),
         })
         env.pop("SKIFF_API", None)
         env.pop("SKIFF_TOKEN", None)
