@@ -33,12 +33,16 @@ static uv_signal_t sig_term, sig_int;
 
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
-    uv_signal_stop(&sig_term);
-    uv_signal_stop(&sig_int);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&sig_int, NULL);
+    static bool stopping;
+    if (stopping)
+        return; /* already draining: a second signal must not kill the requests in flight */
+    stopping = true;
+    /* the handlers stay installed but no longer keep the loop alive */
+    uv_unref((uv_handle_t *)&sig_term);
+    uv_unref((uv_handle_t *)&sig_int);
     router_admin_stop();
     router_bus_stop();
+    router_proxy_stop_async();
 }
 
 int router_run(const struct router_config *cfg)
@@ -73,8 +77,10 @@ int router_run(const struct router_config *cfg)
     fprintf(stderr, "skiff-router: listening on %s (admin %s)\n", cfg->addr,
             cfg->admin_addr && cfg->admin_addr[0] ? cfg->admin_addr : "off");
     uv_run(&loop, UV_RUN_DEFAULT);
-    router_proxy_stop();
+    router_proxy_stop(); /* waits for the workers to drain */
     unlink(pid_path);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
     r = 0;
 out_loop:
     uv_run(&loop, UV_RUN_DEFAULT);

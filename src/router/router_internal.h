@@ -36,7 +36,10 @@ struct router_metrics {
 /* Starts the workers (threads); SIGPIPE is ignored from then on. Returns 0 or a negative code
  * with a message on stderr. */
 int router_proxy_start(const struct router_config *cfg);
-/* Asks every worker to stop, waits for them and frees them. */
+/* Asks every worker to stop: no new connections, idle ones closed, requests in flight given a
+ * few seconds to finish. Returns at once. */
+void router_proxy_stop_async(void);
+/* Asks every worker to stop (if not yet asked), waits for them and frees them. */
 void router_proxy_stop(void);
 /* Sums the counters of every worker into *out. */
 void router_proxy_metrics(struct router_metrics *out);

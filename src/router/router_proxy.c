@@ -37,6 +37,7 @@
 #define OUTQ_PIECES 48
 #define ROUTER_PENDING_MAX (64 * 1024)
 #define ROUTER_SPARE_EXCHANGES 64
+#define ROUTER_DRAIN_MS 5000
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000, 30000000};
@@ -189,6 +190,8 @@ struct worker {
     struct exchange *spare; /* finished exchanges kept for their buffers */
     struct client *held;    /* requests waiting for an app to start */
     uv_timer_t hold_poll;
+    uv_timer_t drain; /* bounds the wait for requests in flight at stop */
+    bool handles_closed;
     int spare_count;
     bool stopping;
     uint64_t id_prefix, id_counter;
@@ -217,6 +220,7 @@ static void route_and_connect(struct client *c);
 static void hold_request(struct client *c);
 static void hold_unlink(struct client *c);
 static void connect_backend(struct exchange *x);
+static void worker_maybe_done(struct worker *w);
 
 /* ---- output queue ----------------------------------------------------------------------- */
 
@@ -598,6 +602,7 @@ static void client_close(struct client *c)
     ROUTER_METRIC_ADD(w->m.connections_open, -1);
     uv_close((uv_handle_t *)&c->p.tcp, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
+    worker_maybe_done(w);
 }
 
 static void on_client_shutdown(uv_shutdown_t *req, int status)
@@ -1875,19 +1880,51 @@ static void close_handle_if_open(uv_handle_t *h)
         uv_close(h, NULL);
 }
 
-static void on_wakeup(uv_async_t *a)
+/* Once the last client is gone, the worker's own handles close and its loop ends. */
+static void worker_maybe_done(struct worker *w)
 {
-    struct worker *w = a->data;
-    w->stopping = true;
-    close_handle_if_open((uv_handle_t *)&w->listener);
+    if (!w->stopping || w->clients || w->handles_closed)
+        return;
+    w->handles_closed = true;
     close_handle_if_open((uv_handle_t *)&w->sweep);
     close_handle_if_open((uv_handle_t *)&w->hold_poll);
     close_handle_if_open((uv_handle_t *)&w->wakeup);
-    while (w->clients)
-        client_close(w->clients);
+    close_handle_if_open((uv_handle_t *)&w->drain);
     for (struct pool *p = w->pools; p; p = p->next)
         while (p->idle)
             upstream_close(p->idle);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    while (w->clients)
+        client_close(w->clients);
+}
+
+/* Stop: no new connections, idle ones close now, requests in flight get ROUTER_DRAIN_MS to
+ * finish (their connections close after them). */
+static void on_wakeup(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    close_handle_if_open((uv_handle_t *)&w->listener);
+    struct client *next;
+    for (struct client *c = w->clients; c; c = next) {
+        next = c->next;
+        if (!c->x || c->held || c->shutting_down)
+            client_close(c);
+        else
+            c->x->client_close = true;
+    }
+    for (struct pool *p = w->pools; p; p = p->next)
+        while (p->idle)
+            upstream_close(p->idle);
+    if (w->clients)
+        uv_timer_start(&w->drain, on_drain_timeout, ROUTER_DRAIN_MS, 0);
+    worker_maybe_done(w);
 }
 
 static void *worker_main(void *arg)
@@ -2007,16 +2044,28 @@ int router_proxy_start(const struct router_config *cfg)
         w->sweep.data = w;
         uv_timer_init(&w->loop, &w->hold_poll);
         w->hold_poll.data = w;
+        uv_timer_init(&w->loop, &w->drain);
+        w->drain.data = w;
         uv_timer_start(&w->sweep, sweep_idle, 1000, 1000);
         pthread_create(&w->thread, NULL, worker_main, w);
     }
     return 0;
 }
 
-void router_proxy_stop(void)
+static bool stop_sent;
+
+void router_proxy_stop_async(void)
 {
+    if (stop_sent)
+        return; /* a worker's wakeup handle may be closed by now */
+    stop_sent = true;
     for (int i = 0; i < worker_count; i++)
         uv_async_send(&workers[i].wakeup);
+}
+
+void router_proxy_stop(void)
+{
+    router_proxy_stop_async();
     for (int i = 0; i < worker_count; i++) {
         struct worker *w = &workers[i];
         pthread_join(w->thread, NULL);
@@ -2038,6 +2087,7 @@ void router_proxy_stop(void)
     free(workers);
     workers = NULL;
     worker_count = 0;
+    stop_sent = false;
 }
 
 void router_proxy_metrics(struct router_metrics *out)

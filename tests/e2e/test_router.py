@@ -1250,6 +1250,32 @@ def test_metrics(router_factory, backends):
     assert table["routes"][0]["backends"] == [a.addr]
 
 
+def test_sigterm_lets_requests_in_flight_finish(home, bus):
+    arrived, release = threading.Event(), threading.Event()
+
+    def slow(conn):
+        read_head(conn.makefile("rb"))
+        arrived.set()
+        release.wait(20)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+    be = RawBackend(slow)
+    r = start_router(home, bus, [route("app.localhost", [be])])
+    idle = r.client()
+    busy = r.client(timeout=20)
+    busy.send("GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+    wait_for(arrived.is_set, 10, "the request to reach the backend")
+    r.proc.send_signal(signal.SIGTERM)
+    assert idle.closed(timeout=10), "an idle connection stays open after SIGTERM"
+    release.set()
+    resp = busy.response()
+    assert resp.status == 200 and resp.body == b"done"
+    assert resp.headers.get("connection") == "close"
+    assert busy.closed()
+    r.stop()
+    be.close()
+
+
 def test_bad_options_are_explained(home):
     p = subprocess.run([os.path.join(BIN_DIR, "skiff-router"), "--home", home, "--workers", "x"],
                        capture_output=True, text=True, timeout=30)
