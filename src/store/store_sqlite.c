@@ -49,9 +49,17 @@ const char *const store_sqlite_migrations[] = {
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
 
+#define STORE_STMT_CACHE 64
+
 struct store {
     sqlite3 *db;
     int version;
+    /* prepared statements by SQL text: parsing SQL was a tenth of listing 1,000 apps */
+    struct {
+        char *sql;
+        sqlite3_stmt *stmt;
+    } cache[STORE_STMT_CACHE];
+    size_t ncache;
 };
 
 static int store__fail(struct store *st, const char *what)
@@ -60,14 +68,45 @@ static int store__fail(struct store *st, const char *what)
     return -EIO;
 }
 
+/* A statement ready to bind and step; give it back with store__release (never finalize). */
 static sqlite3_stmt *store__prepare(struct store *st, const char *sql)
 {
+    bool in_use = false;
+    for (size_t i = 0; i < st->ncache; i++) {
+        if (strcmp(st->cache[i].sql, sql))
+            continue;
+        /* a caller iterating with it (store_doc_each's callback) gets a fresh one */
+        if (!sqlite3_stmt_busy(st->cache[i].stmt))
+            return st->cache[i].stmt;
+        in_use = true;
+        break;
+    }
     sqlite3_stmt *stmt = NULL;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK) {
         store__fail(st, sql);
         return NULL;
     }
+    if (!in_use && st->ncache < STORE_STMT_CACHE) {
+        st->cache[st->ncache].sql = xstrdup(sql);
+        st->cache[st->ncache].stmt = stmt;
+        st->ncache++;
+    }
     return stmt;
+}
+
+/* Resets a statement for its next use (which also ends its read of the database), or
+ * finalizes one that did not fit in the cache. */
+static void store__release(struct store *st, sqlite3_stmt *stmt)
+{
+    if (!stmt)
+        return;
+    for (size_t i = 0; i < st->ncache; i++)
+        if (st->cache[i].stmt == stmt) {
+            sqlite3_reset(stmt);
+            sqlite3_clear_bindings(stmt);
+            return;
+        }
+    sqlite3_finalize(stmt);
 }
 
 static void store__bind_text(sqlite3_stmt *stmt, int i, const char *s)
@@ -104,7 +143,7 @@ static int store__step_done(struct store *st, sqlite3_stmt *stmt)
         ret = -EEXIST;
     else if (rc != SQLITE_DONE)
         ret = store__fail(st, "write");
-    sqlite3_finalize(stmt);
+    store__release(st, stmt);
     return ret;
 }
 
@@ -129,7 +168,7 @@ static int store__migrate(struct store *st, char *err, size_t errsize)
     int version = 0;
     if (sqlite3_step(q) == SQLITE_ROW)
         version = sqlite3_column_int(q, 0);
-    sqlite3_finalize(q);
+    store__release(st, q);
     if ((size_t)version > store_sqlite_migrations_count) {
         snprintf(err, errsize,
                  "the store has schema version %d, newer than this skiffd knows (%zu): run a "
@@ -190,15 +229,13 @@ int store_open(const char *location, char *err, size_t errsize, struct store **o
     }
     int rc = store__migrate(st, err, errsize);
     if (rc < 0) {
-        sqlite3_close(st->db);
-        free(st);
+        store_close(st);
         return rc;
     }
     *out = st;
     return 0;
 fail:
-    sqlite3_close(st->db);
-    free(st);
+    store_close(st);
     return -EIO;
 }
 
@@ -206,6 +243,10 @@ void store_close(struct store *st)
 {
     if (!st)
         return;
+    for (size_t i = 0; i < st->ncache; i++) {
+        sqlite3_finalize(st->cache[i].stmt);
+        free(st->cache[i].sql);
+    }
     sqlite3_close(st->db);
     free(st);
 }
@@ -366,7 +407,7 @@ static void store__app_load_children(struct store *st, struct store_app *app)
             p->instances = sqlite3_column_int(q, 2);
             p->memory_mb = sqlite3_column_int(q, 3);
         }
-        sqlite3_finalize(q);
+        store__release(st, q);
     }
     q = store__prepare(st, "SELECT name, value FROM env_vars WHERE app_guid = ? ORDER BY name");
     if (q) {
@@ -377,7 +418,7 @@ static void store__app_load_children(struct store *st, struct store_app *app)
             app->env[app->n_env].value = store__col_text(q, 1);
             app->n_env++;
         }
-        sqlite3_finalize(q);
+        store__release(st, q);
     }
 }
 
@@ -390,14 +431,32 @@ int store_app_get(struct store *st, const char *name_or_guid, struct store_app *
     sqlite3_bind_text(q, 1, name_or_guid, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q);
     if (rc != SQLITE_ROW) {
-        sqlite3_finalize(q);
+        store__release(st, q);
         return rc == SQLITE_DONE ? -ENOENT : store__fail(st, "read app");
     }
     struct store_app *app = store__read_app(q);
-    sqlite3_finalize(q);
+    store__release(st, q);
     store__app_load_children(st, app);
     *out = app;
     return 0;
+}
+
+static int store__cmp_guid(const void *a, const void *b)
+{
+    const struct store_app *const *x = a, *const *y = b;
+    return strcmp((*x)->guid, (*y)->guid);
+}
+
+static void store__web_first(struct store_app *app)
+{
+    for (size_t i = 1; i < app->n_processes; i++) {
+        if (strcmp(app->processes[i].type, "web"))
+            continue;
+        struct store_process web = app->processes[i];
+        memmove(&app->processes[1], &app->processes[0], i * sizeof *app->processes);
+        app->processes[0] = web;
+        return;
+    }
 }
 
 /* Loads all apps with three queries (not one per app), so listing 1,000 apps stays fast. */
@@ -412,19 +471,23 @@ int store_app_list(struct store *st, struct store_app ***out, size_t *n)
         apps = xrealloc(apps, (count + 1) * sizeof *apps);
         apps[count++] = store__read_app(q);
     }
-    sqlite3_finalize(q);
-    /* apps are sorted by name; children are matched by guid through a small index */
-    q = store__prepare(st, "SELECT a.name, p.type, p.command, p.instances, p.memory_mb FROM "
-                           "processes p JOIN apps a ON a.guid = p.app_guid ORDER BY a.name, "
-                           "p.type != 'web', p.type");
+    store__release(st, q);
+    /* children come in primary-key order (app guid first, so SQLite sorts nothing) and are
+     * matched to apps walking a guid-ordered index beside them */
+    struct store_app **by_guid = xcalloc(count + 1, sizeof *by_guid);
+    if (count)
+        memcpy(by_guid, apps, count * sizeof *apps);
+    qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
+    q = store__prepare(st, "SELECT app_guid, type, command, instances, memory_mb FROM processes "
+                           "ORDER BY app_guid, type");
     size_t i = 0;
     while (q && sqlite3_step(q) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(q, 0);
-        while (i < count && strcmp(apps[i]->name, name) < 0)
+        const char *guid = (const char *)sqlite3_column_text(q, 0);
+        while (i < count && strcmp(by_guid[i]->guid, guid) < 0)
             i++;
-        if (i == count || strcmp(apps[i]->name, name) != 0)
+        if (i == count || strcmp(by_guid[i]->guid, guid) != 0)
             continue;
-        struct store_app *app = apps[i];
+        struct store_app *app = by_guid[i];
         app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
         struct store_process *p = &app->processes[app->n_processes++];
         p->type = store__col_text(q, 1);
@@ -432,23 +495,26 @@ int store_app_list(struct store *st, struct store_app ***out, size_t *n)
         p->instances = sqlite3_column_int(q, 3);
         p->memory_mb = sqlite3_column_int(q, 4);
     }
-    sqlite3_finalize(q);
-    q = store__prepare(st, "SELECT a.name, e.name, e.value FROM env_vars e JOIN apps a ON a.guid "
-                           "= e.app_guid ORDER BY a.name, e.name");
+    store__release(st, q);
+    q = store__prepare(st, "SELECT app_guid, name, value FROM env_vars ORDER BY app_guid, name");
     i = 0;
     while (q && sqlite3_step(q) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(q, 0);
-        while (i < count && strcmp(apps[i]->name, name) < 0)
+        const char *guid = (const char *)sqlite3_column_text(q, 0);
+        while (i < count && strcmp(by_guid[i]->guid, guid) < 0)
             i++;
-        if (i == count || strcmp(apps[i]->name, name) != 0)
+        if (i == count || strcmp(by_guid[i]->guid, guid) != 0)
             continue;
-        struct store_app *app = apps[i];
+        struct store_app *app = by_guid[i];
         app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
         app->env[app->n_env].name = store__col_text(q, 1);
         app->env[app->n_env].value = store__col_text(q, 2);
         app->n_env++;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
+    free(by_guid);
+    /* "web" first, as store_app_get gives them */
+    for (size_t a = 0; a < count; a++)
+        store__web_first(apps[a]);
     *out = apps;
     *n = count;
     return 0;
@@ -592,7 +658,7 @@ int store_route_list(struct store *st, const char *app_guid, struct store_route 
         r->app_guid = store__col_text(q, 3);
         r->domain = store__col_text(q, 4);
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     *out = routes;
     *n = count;
     return 0;
@@ -634,7 +700,7 @@ int store_domain_list(struct store *st, char ***names, bool **shared)
         s[n] = sqlite3_column_int(q, 1) != 0;
         v[++n] = NULL;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     *names = v;
     if (shared)
         *shared = s;
@@ -685,7 +751,7 @@ int store_package_get(struct store *st, const char *guid, struct store_package *
         *out = p;
         rc = 0;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     return rc;
 }
 
@@ -731,7 +797,7 @@ int store_droplet_get(struct store *st, const char *guid, struct store_droplet *
         *out = d;
         rc = 0;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     return rc;
 }
 
@@ -762,7 +828,7 @@ static int store__prune(struct store *st, const char *table, const char *app_gui
         (*paths)[(*n)++] = store__col_text(q, 0);
         (*paths)[*n] = NULL;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     sql = xasprintf("DELETE FROM %s WHERE app_guid = ?1 AND guid != COALESCE(?2, '')", table);
     q = store__prepare(st, sql);
     free(sql);
@@ -811,7 +877,7 @@ int store_doc_get(struct store *st, const char *kind, const char *id, char **jso
         *json = store__col_text(q, 0);
         rc = 0;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     return rc;
 }
 
@@ -841,6 +907,6 @@ int store_doc_each(struct store *st, const char *kind,
                (const char *)sqlite3_column_text(q, 1)))
             break;
     }
-    sqlite3_finalize(q);
+    store__release(st, q);
     return 0;
 }
