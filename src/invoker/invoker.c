@@ -1047,6 +1047,9 @@ static void invoker_track_function(struct invoker *inv, const char *app_guid_or_
     struct store_app *a = NULL;
     if (store_app_get(inv->store, app_guid_or_name, &a) < 0)
         return;
+    /* Remembered, so that routed requests to apps that are not functions cost no lookup. */
+    json_object_set_new(inv->app_kinds, a->guid,
+                        json_boolean(a->kind && strcmp(a->kind, "function") == 0));
     if (a->kind && strcmp(a->kind, "function") == 0) {
         struct inv_target *t = invoker_target_get(inv, a->name, "web");
         /* The same name may come back as a new app (deleted and pushed again). */
@@ -1055,11 +1058,14 @@ static void invoker_track_function(struct invoker *inv, const char *app_guid_or_
     store_app_free(a);
 }
 
-static int invoker_track_each(void *ctx, struct store_app *a)
+static void invoker_track_each(struct invoker *inv, const struct store_app *a)
 {
-    if (a->kind && strcmp(a->kind, "function") == 0)
-        invoker_target_get(ctx, a->name, "web");
-    return 0;
+    bool function = a->kind && strcmp(a->kind, "function") == 0;
+    json_object_set_new(inv->app_kinds, a->guid, json_boolean(function));
+    if (function) {
+        struct inv_target *t = invoker_target_get(inv, a->name, "web");
+        snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
+    }
 }
 
 void invoker_note_traffic(const char *app_guid)
@@ -1075,7 +1081,7 @@ void invoker_note_traffic(const char *app_guid)
             found = true;
         }
     }
-    if (!found)
+    if (!found && !json_object_get(inv->app_kinds, app_guid))
         invoker_track_function(inv, app_guid);
 }
 
@@ -1173,6 +1179,7 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
     inv->scheduler = svc->scheduler;
     inv->store = svc->store;
     inv->api = svc->api;
+    inv->app_kinds = json_object();
     /* The idle grace of functions that no mapping sets (SKIFF_FUNCTION_IDLE_GRACE, "60s"). */
     inv->idle_grace_ms = INVOKER_DEFAULT_IDLE_GRACE_MS;
     const char *grace = getenv("SKIFF_FUNCTION_IDLE_GRACE");
@@ -1183,6 +1190,7 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
                      "SKIFF_FUNCTION_IDLE_GRACE=%s is not a duration of at least 1s (e.g. 60s, "
                      "5m)",
                      grace);
+            json_decref(inv->app_kinds);
             free(inv);
             return -EINVAL;
         }
@@ -1236,6 +1244,7 @@ static void invoker_maybe_done(void)
     void (*done)(void *) = inv->stop_done;
     void *arg = inv->stop_arg;
     invoker_global = NULL;
+    json_decref(inv->app_kinds);
     free(inv);
     if (done)
         done(arg);
