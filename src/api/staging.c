@@ -28,7 +28,6 @@ struct api_core_staging {
     char *droplet_dir;
     char **buildpacks;
     char **env;
-    bool restart_after; /* restage of a started app */
     struct api_core_staging *next;
 };
 
@@ -297,7 +296,6 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     s->req = req;
     memcpy(s->app_guid, app->guid, sizeof s->app_guid);
     s->app_name = xstrdup(app->name);
-    s->restart_after = restage;
     uuid_generate_v4(s->droplet_guid);
     s->droplet_dir =
         xasprintf("%s/apps/%s/droplets/%s", core->cfg.home, app->guid, s->droplet_guid);
