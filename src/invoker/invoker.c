@@ -1096,12 +1096,15 @@ static int64_t target_idle_grace(struct inv_target *t)
     return grace < 0 ? t->inv->idle_grace_ms : grace;
 }
 
+/* Whether the target scales with its events: a function, or a process of an app other than
+ * web (functions declared in an app's manifest run as their own process types, which start
+ * at zero). */
 static bool target_is_function(struct inv_target *t)
 {
     struct store_app *a = NULL;
     if (store_app_get(t->inv->store, t->app, &a) < 0)
         return false;
-    bool function = a->kind && strcmp(a->kind, "function") == 0;
+    bool function = (a->kind && strcmp(a->kind, "function") == 0) || strcmp(t->process, "web");
     store_app_free(a);
     return function;
 }

@@ -461,3 +461,37 @@ def test_kill_9_while_publishing_and_delivering(platform, tmp_path):
     duplicates = len(seen) - len(set(seen))
     print(f"kill -9 x3: {len(acked)} events acknowledged, all delivered; "
           f"{duplicates} duplicate deliveries")
+
+
+def test_function_inside_an_app(platform, tmp_path):
+    """A function that lives in an app's code: the function buildpack supplies its server to
+    the app's droplet, the function runs as its own process type, scales from zero with its
+    events and back, while the app's web process keeps running."""
+    write(tmp_path, "app.py", """
+        import http.server, os
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"shop\\n")
+        http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+    """)
+    write(tmp_path, "thumbs.py", """
+        def make(event):
+            print("THUMB", event.get("subject"), flush=True)
+    """)
+    write(tmp_path, "Procfile", """
+        web: python3 app.py
+        thumbs: python3 .skiff/function/skiff_function.py thumbs.py:make
+    """)
+    cli_ok(platform, "push", "shop", "-p", str(tmp_path), "-b", "function-python", "-b", "python")
+    cli_ok(platform, "map-event", "shop", "uploads", "--process", "thumbs", "--idle-grace", "2s")
+    emit(platform, "uploads", "{}", "--type", "image.uploaded", "--subject", "cat.png")
+    platform.wait_for(lambda: "THUMB cat.png" in logs(platform, "shop"), 60, "the function ran")
+    platform.wait_for(lambda: mapping(platform, "shop")["delivered"] == 1, 30, "delivered")
+
+    def processes():
+        status, app = platform.api("GET", "/v1/apps/shop")
+        return sorted(i["process_type"] for i in app["instances_detail"] if i["state"] == "RUNNING")
+
+    platform.wait_for(lambda: processes() == ["web"], 30, "thumbs back to zero, web still up")
