@@ -311,20 +311,29 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
             s->buildpacks[i] = xstrdup(json_string_value(json_array_get(bps, i)) ?: "");
     }
     json_decref(bps);
-    s->env = xcalloc(app->n_env + 2, sizeof *s->env);
+    /* what buildpacks read: the app's env, Cloud Foundry's staging variables, and for
+     * functions the handler (the function buildpacks read SKIFF_FUNCTION_*) */
+    s->env = xcalloc(app->n_env + 5, sizeof *s->env);
+    size_t ne = 0;
     for (size_t i = 0; i < app->n_env; i++)
-        s->env[i] = xasprintf("%s=%s", app->env[i].name, app->env[i].value);
+        s->env[ne++] = xasprintf("%s=%s", app->env[i].name, app->env[i].value);
+    s->env[ne++] = xasprintf("MEMORY_LIMIT=%dM", app->memory_mb);
+    struct scheduler_env_input vin = {.app_guid = app->guid,
+                                      .app_name = app->name,
+                                      .memory_mb = app->memory_mb,
+                                      .disk_mb = app->disk_mb};
+    char *vcap = scheduler_vcap_application(&vin);
+    s->env[ne++] = xasprintf("VCAP_APPLICATION=%s", vcap ? vcap : "{}");
+    free(vcap);
     if (app->function_json) {
         json_t *fn = json_loads(app->function_json, 0, NULL);
         const char *handler = json_string_value(json_object_get(fn, "handler"));
         const char *runtime = json_string_value(json_object_get(fn, "runtime"));
-        /* the function buildpacks read these */
-        s->env = xrealloc(s->env, (app->n_env + 3) * sizeof *s->env);
-        s->env[app->n_env] = xasprintf("SKIFF_FUNCTION_HANDLER=%s", handler ? handler : "");
-        s->env[app->n_env + 1] = xasprintf("SKIFF_FUNCTION_RUNTIME=%s", runtime ? runtime : "");
-        s->env[app->n_env + 2] = NULL;
+        s->env[ne++] = xasprintf("SKIFF_FUNCTION_HANDLER=%s", handler ? handler : "");
+        s->env[ne++] = xasprintf("SKIFF_FUNCTION_RUNTIME=%s", runtime ? runtime : "");
         json_decref(fn);
     }
+    s->env[ne] = NULL;
     struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
                                  .home = core->cfg.home};
     struct stage_request sreq = {.app_name = app->name,
