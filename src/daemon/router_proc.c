@@ -18,6 +18,7 @@ struct router_proc {
     uv_process_t *proc; /* our child while it lives (closed and freed when it exits) */
     int adopted_pid;    /* a router we did not start, or 0 */
     uv_timer_t timer;
+    unsigned spawn_failures;
     bool closing;
     int handles;
     void (*done)(void *);
@@ -121,14 +122,19 @@ static void router_proc__spawn(struct router_proc *rp)
     rp->handles++; /* released by router_proc__proc_freed */
     int rc = uv_spawn(rp->loop, proc, &opts);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot start the router %s: %s; retrying\n", rp->binary,
-                uv_strerror(rc));
+        /* say it once, then once a minute: a missing binary must not flood the output */
+        if (rp->spawn_failures++ % 60 == 0)
+            fprintf(stderr,
+                    "skiffd: cannot start the router %s: %s (build it with `make`); "
+                    "retrying every second\n",
+                    rp->binary, uv_strerror(rc));
         /* a failed spawn still needs its handle closed */
         uv_close((uv_handle_t *)proc, router_proc__proc_freed);
         uv_timer_start(&rp->timer, router_proc__tick, ROUTER_PROC_RETRY_MS, 0);
         return;
     }
     rp->proc = proc;
+    rp->spawn_failures = 0;
     /* the pid file is the router's to write; write it too so cleanup finds it at once */
     char *path = xasprintf("%s/run/router.pid", rp->home);
     char pid[32];
