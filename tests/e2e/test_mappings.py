@@ -233,12 +233,12 @@ def test_scale_up_with_backlog(platform, tmp_path):
     push_function(platform, "slow", os.path.join(str(tmp_path), "slow.py"))
     cli_ok(platform, "map-event", "slow", "work", "--max-instances", "3")
     batch = [{"specversion": "1.0", "id": f"w{i}", "source": "/t", "type": "work", "data": i}
-             for i in range(30)]
+             for i in range(60)]
     status, body = platform.api("POST", "/v1/topics/work/events:batch", body=batch)
     assert status == 202, body
     platform.wait_for(lambda: len(running_instances(platform, "slow")) == 3, 60,
-                      "3 instances for a backlog of 30 (max 3)")
-    platform.wait_for(lambda: mapping(platform, "slow")["delivered"] == 30, 60, "all delivered")
+                      "3 instances for a backlog of 60 (max 3)")
+    platform.wait_for(lambda: mapping(platform, "slow")["delivered"] == 60, 90, "all delivered")
     indexes = set(re.findall(r"SLOW (\d+)", logs(platform, "slow")))
     assert len(indexes) >= 2, indexes
 
@@ -252,7 +252,7 @@ def test_scale_down_to_what_the_work_needs(platform, tmp_path):
     push_function(platform, "slow", os.path.join(str(tmp_path), "slow.py"))
     cli_ok(platform, "map-event", "slow", "work", "--max-instances", "3", "--idle-grace", "2s")
     batch = [{"specversion": "1.0", "id": f"w{i}", "source": "/t", "type": "work", "data": i}
-             for i in range(30)]
+             for i in range(60)]
     status, body = platform.api("POST", "/v1/topics/work/events:batch", body=batch)
     assert status == 202, body
     platform.wait_for(lambda: len(running_instances(platform, "slow")) == 3, 60, "3 instances")
