@@ -1163,6 +1163,20 @@ static void invoker_tick(uv_timer_t *h)
             }
         }
     }
+    /* The mappings of a deleted app go with it, as its routes do (checked every 5 s). */
+    if (++inv->ticks % 5 == 0) {
+        for (struct inv_mapping *m = inv->mappings, *next; m; m = next) {
+            next = m->next;
+            struct store_app *a = NULL;
+            int rc = m->deleted ? 0 : store_app_get(inv->store, m->spec.app, &a);
+            store_app_free(a);
+            if (rc == -ENOENT) {
+                fprintf(stderr, "skiffd: event mapping %s removed: its app %s was deleted\n",
+                        m->spec.id, m->spec.app);
+                invoker_mapping_remove(m);
+            }
+        }
+    }
     for (struct inv_mapping *m = inv->mappings; m; m = m->next)
         if (m->stats_dirty && !m->deleted)
             mapping_persist(m);

@@ -116,6 +116,7 @@ struct invoker {
     int sched_sub;
     int64_t idle_grace_ms; /* for functions no mapping gives a grace period */
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */
+    uint64_t ticks;
     struct inv_mapping *mappings;
     struct inv_target *targets;
     uv_timer_t tick; /* scale-down checks and stats persistence, every second */

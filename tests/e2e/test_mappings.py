@@ -495,3 +495,16 @@ def test_function_inside_an_app(platform, tmp_path):
         return sorted(i["process_type"] for i in app["instances_detail"] if i["state"] == "RUNNING")
 
     platform.wait_for(lambda: processes() == ["web"], 30, "thumbs back to zero, web still up")
+
+
+def test_deleting_an_app_removes_its_mappings(platform):
+    push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))
+    push_function(platform, "flaky", os.path.join(FUNCTIONS, "flaky.py"))
+    cli_ok(platform, "map-event", "resize", "uploads")
+    cli_ok(platform, "map-event", "flaky", "uploads")
+    cli_ok(platform, "delete", "resize", "-f")
+    platform.wait_for(lambda: [m["app"] for m in mappings(platform)] == ["flaky"], 30,
+                      "the deleted app's mapping to go")
+    emit(platform, "uploads", "{}", "--type", "t")
+    platform.wait_for(lambda: mapping(platform, "flaky")["delivered"] == 1, 60,
+                      "the other mapping still delivers")
