@@ -334,8 +334,8 @@ int main(int argc, char **argv)
     free(tmp);
 
     /* the store's location names its backend: sqlite:PATH (built in) or, later, postgres:// */
-    db = getenv("SKIFF_STORE") && *getenv("SKIFF_STORE") ? xstrdup(getenv("SKIFF_STORE"))
-                                                         : xasprintf("sqlite:%s/skiff.db", d.home);
+    const char *store_env = getenv("SKIFF_STORE");
+    db = store_env && *store_env ? xstrdup(store_env) : xasprintf("sqlite:%s/skiff.db", d.home);
     rc = store_open(db, err, sizeof err, &d.store);
     if (rc < 0) {
         fprintf(stderr, "skiffd: %s\n", err);
