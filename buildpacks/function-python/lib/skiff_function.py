@@ -202,6 +202,8 @@ def serve_connection(conn, handler):
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
+            if headers.get("expect", "").lower() == "100-continue" and not buf:
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it otherwise
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 body = b""
                 while True:
