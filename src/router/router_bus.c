@@ -69,6 +69,25 @@ static void bus_send(char *owned, size_t len)
 }
 
 /* Queues one message (a JSON object) for skiffd; dropped (counted) when the queue is full. */
+void router_bus_send_lines(const char *lines, size_t len, size_t count)
+{
+    if (!router_bus_connected()) {
+        __atomic_add_fetch(&bus.dropped, count, __ATOMIC_RELAXED);
+        return;
+    }
+    bool queued = false;
+    pthread_mutex_lock(&bus.lock);
+    if (bus.queue.len < BUS_MAX_QUEUED) {
+        buf_append(&bus.queue, lines, len);
+        queued = true;
+    }
+    pthread_mutex_unlock(&bus.lock);
+    if (queued)
+        uv_async_send(&bus.wake);
+    else
+        __atomic_add_fetch(&bus.dropped, count, __ATOMIC_RELAXED);
+}
+
 static void bus_queue(json_t *o)
 {
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -77,33 +96,19 @@ static void bus_queue(json_t *o)
         __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
         return;
     }
-    bool queued = false;
-    pthread_mutex_lock(&bus.lock);
-    if (bus.queue.len < BUS_MAX_QUEUED) {
-        buf_puts(&bus.queue, text);
-        buf_putc(&bus.queue, '\n');
-        queued = true;
-    }
-    pthread_mutex_unlock(&bus.lock);
+    size_t len = strlen(text);
+    text[len] = '\n'; /* replaces the NUL: the line is sent by length */
+    router_bus_send_lines(text, len + 1, 1);
     free(text);
-    if (queued)
-        uv_async_send(&bus.wake);
-    else
-        __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
 }
 
-void router_bus_access(const char *app_guid, const char *line, size_t len)
+void router_bus_count_dropped(size_t count)
 {
-    bus_queue(json_pack("{s:s, s:s, s:i, s:s%}", "type", "access", "app_guid", app_guid,
-                        "router_index", bus.cfg ? bus.cfg->router_index : 0, "line", line, len));
+    __atomic_add_fetch(&bus.dropped, count, __ATOMIC_RELAXED);
 }
 
 void router_bus_wake(const char *app_guid)
 {
-    if (!router_bus_connected()) {
-        __atomic_add_fetch(&bus.dropped, 1, __ATOMIC_RELAXED);
-        return;
-    }
     bus_queue(json_pack("{s:s, s:s}", "type", "wake", "app_guid", app_guid));
 }
 

@@ -49,9 +49,12 @@ int router_bus_start(uv_loop_t *loop, const struct router_config *cfg);
 void router_bus_stop(void);
 /* Frees what the bus client holds, after its loop has run its close callbacks. */
 void router_bus_free(void);
-/* Called by workers for each proxied request of a known app; thread-safe, never blocks for
- * long, drops the line (counted) when skiffd is not connected or the queue is full. */
-void router_bus_access(const char *app_guid, const char *line, size_t len);
+/* Counts access lines a worker dropped itself (thread-safe). */
+void router_bus_count_dropped(size_t count);
+/* Queues `count` ready newline-terminated messages at once (workers batch their access lines
+ * per loop iteration); thread-safe, never blocks for long; dropped (counted) when skiffd is not
+ * connected or the queue is full. */
+void router_bus_send_lines(const char *lines, size_t len, size_t count);
 uint64_t router_bus_access_dropped(void);
 /* Asks skiffd to start an instance of an app a request is waiting for (thread-safe). */
 void router_bus_wake(const char *app_guid);

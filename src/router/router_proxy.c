@@ -191,6 +191,9 @@ struct worker {
     struct client *held;    /* requests waiting for an app to start */
     uv_timer_t hold_poll;
     uv_timer_t drain; /* bounds the wait for requests in flight at stop */
+    uv_check_t access_flush;
+    struct buf access; /* access lines of this loop turn */
+    size_t access_lines;
     bool handles_closed;
     int spare_count;
     bool stopping;
@@ -462,20 +465,73 @@ static void metrics_count(struct worker *w, struct exchange *x)
     ROUTER_METRIC_ADD(w->m.latency_sum_us, us);
 }
 
+/* Appends s as the inside of a JSON string: quotes, backslashes and control characters
+ * escaped, bytes outside ASCII percent-encoded (skiffd's parser wants valid UTF-8, and a
+ * request target is bytes). */
+static void json_escape_into(struct buf *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    buf_reserve(out, n * 6);
+    char *o = out->data + out->len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            *o++ = '\\';
+            *o++ = (char)ch;
+        } else if (ch < 0x20 || ch == 0x7f) {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[ch >> 4];
+            o[5] = hex[ch & 15];
+            o += 6;
+        } else if (ch >= 0x80) {
+            o[0] = '%';
+            o[1] = hex[ch >> 4];
+            o[2] = hex[ch & 15];
+            o += 3;
+        } else {
+            *o++ = (char)ch;
+        }
+    }
+    out->len = (size_t)(o - out->data);
+    out->data[out->len] = '\0';
+}
+
+/* The access line for skiffd (docs/bus.md), batched per worker and sent once per loop turn. */
 static void access_log(struct exchange *x)
 {
     if (!x->route || !x->route->app_guid[0] || !router_bus_connected())
         return;
-    char line[600];
+    struct worker *w = x->c->p.w;
+    if (w->access.len > 1024 * 1024) { /* skiffd is not keeping up: the bus client counts it */
+        router_bus_count_dropped(1);
+        return;
+    }
+    char tail[256];
     const char *url = x->req.raw.data ? x->req.raw.data + x->url_off : "";
     double ms = (double)(now_us() - x->start_us) / 1000.0;
-    int n = snprintf(line, sizeof(line), "%s %.*s %d %lluB %.1fms x_request_id:%s",
-                     llhttp_method_name((llhttp_method_t)x->method),
-                     (int)(x->url_len > 400 ? 400 : x->url_len), url, x->status,
+    const char *method = llhttp_method_name((llhttp_method_t)x->method);
+    int n = snprintf(tail, sizeof(tail), " %d %lluB %.1fms x_request_id:%s", x->status,
                      (unsigned long long)x->resp_bytes, ms, x->request_id);
+    buf_puts(&w->access, "{\"type\":\"access\",\"app_guid\":\"");
+    json_escape_into(&w->access, x->route->app_guid, strlen(x->route->app_guid));
+    buf_printf(&w->access, "\",\"router_index\":%d,\"line\":\"%s ", w->cfg->router_index, method);
+    json_escape_into(&w->access, url, x->url_len > 2048 ? 2048 : x->url_len);
     if (n > 0)
-        router_bus_access(x->route->app_guid, line,
-                          (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+        json_escape_into(&w->access, tail, (size_t)n < sizeof(tail) ? (size_t)n : sizeof(tail) - 1);
+    buf_puts(&w->access, "\"}\n");
+    w->access_lines++;
+}
+
+static void on_access_flush(uv_check_t *h)
+{
+    struct worker *w = h->data;
+    if (w->access.len == 0)
+        return;
+    router_bus_send_lines(w->access.data, w->access.len, w->access_lines);
+    w->access.len = 0;
+    w->access_lines = 0;
+    if (w->access.cap > 1024 * 1024)
+        buf_free(&w->access);
 }
 
 /* ---- local responses (errors the router answers itself) ------------------------------------ */
@@ -1890,6 +1946,7 @@ static void worker_maybe_done(struct worker *w)
     close_handle_if_open((uv_handle_t *)&w->hold_poll);
     close_handle_if_open((uv_handle_t *)&w->wakeup);
     close_handle_if_open((uv_handle_t *)&w->drain);
+    close_handle_if_open((uv_handle_t *)&w->access_flush);
     for (struct pool *p = w->pools; p; p = p->next)
         while (p->idle)
             upstream_close(p->idle);
@@ -2046,6 +2103,10 @@ int router_proxy_start(const struct router_config *cfg)
         w->hold_poll.data = w;
         uv_timer_init(&w->loop, &w->drain);
         w->drain.data = w;
+        uv_check_init(&w->loop, &w->access_flush);
+        w->access_flush.data = w;
+        uv_check_start(&w->access_flush, on_access_flush);
+        uv_unref((uv_handle_t *)&w->access_flush);
         uv_timer_start(&w->sweep, sweep_idle, 1000, 1000);
         pthread_create(&w->thread, NULL, worker_main, w);
     }
@@ -2078,6 +2139,7 @@ void router_proxy_stop(void)
         }
         route_table_unref(w->table);
         free(w->view);
+        buf_free(&w->access);
         while (w->spare) {
             struct exchange *x = w->spare;
             w->spare = (struct exchange *)x->u;

@@ -1227,6 +1227,14 @@ def test_access_lines_go_to_the_bus(router_factory, bus, backends):
     assert m["app_guid"] == "app-guid-1" and m["router_index"] == 0
     assert m["line"].startswith("GET /some/path?x=1 200 ")
     assert "x_request_id:rid-42" in m["line"]
+    # whatever bytes a request target carries, the line stays valid JSON (and valid UTF-8)
+    c = r.client()
+    c.send(b'GET /odd"\\\xc3\xa9{} HTTP/1.1\r\nHost: app.localhost\r\n\r\n')
+    assert c.response().status == 200
+    c.close()
+    odd = wait_for(lambda: [l for l in bus.messages("access") if "/odd" in l["line"]], 5,
+                   "the odd line")[0]
+    assert odd["line"].startswith('GET /odd"\\%C3%A9{} 200 '), odd["line"]
 
 
 def test_metrics(router_factory, backends):
