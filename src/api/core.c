@@ -317,7 +317,9 @@ bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t 
             } else {
                 free(app->env[i].name);
                 free(app->env[i].value);
-                app->env[i] = app->env[--app->n_env];
+                app->n_env--;
+                if (i < app->n_env)
+                    app->env[i] = app->env[app->n_env];
             }
         } else if (value) {
             app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
