@@ -72,6 +72,13 @@ static void staging__bits(struct api_request *req, void *ctx)
     char err[512] = "";
     char *dir = NULL, *dest = NULL;
     char **old = NULL;
+    if (api_core__staging_busy(core, app->guid)) {
+        /* the staging reads the current package: it must not be replaced under it */
+        api_respond_error(req, 409, "staging_in_progress",
+                          "app \"%s\" is being staged: upload again when that staging ends",
+                          app->name);
+        goto done;
+    }
     if (!path) {
         api_respond_error(req, 422, "not_an_archive",
                           "the upload is empty: send the app's folder as a tar.gz, tar or zip");
