@@ -1,6 +1,7 @@
 /* router_run: wires the workers, the bus client and the admin port, and shuts down cleanly. */
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,9 +46,23 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     router_proxy_stop_async();
 }
 
+/* Each proxied request holds two descriptors: take all the process may have, so the
+ * connection cap (not an inherited soft limit of 1024) decides how many clients fit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            fprintf(stderr, "skiff-router: cannot raise the open file limit: %s\n",
+                    strerror(errno));
+    }
+}
+
 int router_run(const struct router_config *cfg)
 {
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     char *run_dir = xasprintf("%s/run", cfg->home);
     char *pid_path = xasprintf("%s/router.pid", run_dir);
     int r = mkdir_p(run_dir, 0755);

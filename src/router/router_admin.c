@@ -14,9 +14,13 @@
 
 struct admin_conn {
     uv_tcp_t tcp;
+    uv_timer_t timer; /* a connection that does not finish its request in time is closed */
     struct buf in;
     bool answered;
+    int open_handles;
 };
+
+#define ADMIN_TIMEOUT_MS 5000
 
 static uv_tcp_t admin_listener;
 static bool admin_running;
@@ -24,16 +28,30 @@ static bool admin_running;
 static void on_admin_closed(uv_handle_t *h)
 {
     struct admin_conn *a = h->data;
+    if (--a->open_handles > 0)
+        return;
     buf_free(&a->in);
     free(a);
+}
+
+static void admin_close(struct admin_conn *a)
+{
+    if (uv_is_closing((uv_handle_t *)&a->tcp))
+        return;
+    uv_close((uv_handle_t *)&a->tcp, on_admin_closed);
+    uv_close((uv_handle_t *)&a->timer, on_admin_closed);
+}
+
+static void on_admin_timeout(uv_timer_t *t)
+{
+    admin_close(t->data);
 }
 
 static void on_admin_written(uv_write_t *req, int status)
 {
     struct admin_conn *a = req->data;
     free(req);
-    if (!uv_is_closing((uv_handle_t *)&a->tcp))
-        uv_close((uv_handle_t *)&a->tcp, on_admin_closed);
+    admin_close(a);
 }
 
 void router_admin_format_metrics(struct buf *out)
@@ -149,7 +167,7 @@ static void admin_answer(struct admin_conn *a)
     uv_buf_t b = uv_buf_init(a->in.data, (unsigned)a->in.len);
     if (uv_write(req, (uv_stream_t *)&a->tcp, &b, 1, on_admin_written) < 0) {
         free(req);
-        uv_close((uv_handle_t *)&a->tcp, on_admin_closed);
+        admin_close(a);
     }
 }
 
@@ -165,7 +183,7 @@ static void on_admin_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct admin_conn *a = s->data;
     if (nread < 0 || a->in.len + (size_t)nread > ADMIN_MAX_REQUEST) {
-        uv_close((uv_handle_t *)&a->tcp, on_admin_closed);
+        admin_close(a);
         return;
     }
     a->in.len += (size_t)nread;
@@ -183,11 +201,15 @@ static void on_admin_connection(uv_stream_t *server, int status)
         return;
     struct admin_conn *a = xcalloc(1, sizeof(*a));
     uv_tcp_init(server->loop, &a->tcp);
+    uv_timer_init(server->loop, &a->timer);
     a->tcp.data = a;
+    a->timer.data = a;
+    a->open_handles = 2;
     if (uv_accept(server, (uv_stream_t *)&a->tcp) < 0) {
-        uv_close((uv_handle_t *)&a->tcp, on_admin_closed);
+        admin_close(a);
         return;
     }
+    uv_timer_start(&a->timer, on_admin_timeout, ADMIN_TIMEOUT_MS, 0);
     uv_read_start((uv_stream_t *)&a->tcp, on_admin_alloc, on_admin_read);
 }
 
