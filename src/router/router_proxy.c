@@ -994,9 +994,8 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct exchange *x = c->x;
     if (c->state == C_TUNNEL && x && x->u && nread == UV_EOF) {
         /* half-close: pass the client's end on, keep the other direction open */
-        uv_read_stop(s);
-        c->p.reading = false;
-        c->p.throttled = true; /* never resume reading */
+        c->eof = true; /* never read again (client_update_reading) */
+        client_update_reading(c);
         uv_shutdown_t *req = xmalloc(sizeof(*req));
         req->data = NULL;
         peer_flush(&x->u->p);

@@ -864,6 +864,16 @@ def test_websocket_upgrade_is_tunnelled(router_factory):
     while len(got) < len(want):
         got += c.sock.recv(65536)
     assert got == want
+    # half-close: the client's end reaches the backend, whose last words still come back
+    c.send(b"bye")
+    c.sock.shutdown(socket.SHUT_WR)
+    rest = b""
+    while True:
+        data = c.sock.recv(65536)
+        if not data:
+            break
+        rest += data
+    assert rest == b"BYE"
     c.close()
     be.close()
 
