@@ -29,8 +29,8 @@ struct router_config {
     size_t max_headers;      /* header count */
     size_t max_url_bytes;    /* request target */
     int header_timeout_ms;   /* from the first byte of a request to the end of its headers */
-    int idle_timeout_ms;     /* keep-alive idle, and silence while a body or tunnel streams */
-    int upstream_timeout_ms; /* silence from a backend while a response is awaited */
+    int idle_timeout_ms;     /* keep-alive idle, and silence in a tunnel */
+    int upstream_timeout_ms; /* silence on both sides while a request is in progress */
     int connect_timeout_ms;  /* TCP connect to a backend */
     int hold_timeout_ms;     /* a request for an app starting from zero waits this long */
     int max_connections;     /* client connections, all workers together */
@@ -41,8 +41,9 @@ struct router_config {
 /* Fills the defaults (documented in src/router/README.md). */
 void router_config_defaults(struct router_config *cfg);
 
-/* Runs the router until SIGTERM/SIGINT; returns 0 after a clean shutdown, or a negative code
- * with a message on stderr when it cannot start (address in use, bad address, ...). */
+/* Runs the router until SIGTERM/SIGINT (then requests in flight get 5 s to finish); returns 0
+ * after a clean shutdown, or a negative code with a message on stderr when it cannot start
+ * (address in use, bad address, ...). */
 int router_run(const struct router_config *cfg);
 
 /* ---- HTTP head handling (router_http.c), pure functions the proxy and the tests share ---- */
