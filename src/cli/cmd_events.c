@@ -244,6 +244,9 @@ static int mappings_fetch(const char *app, json_t **out)
 static char *mapping_trigger_text(const json_t *m)
 {
     const char *trigger = cli_json_str(m, "trigger");
+    if (!strcmp(trigger, "schedule") && *cli_json_str(m, "next_fire"))
+        return xasprintf("schedule %s (next %.16sZ)", cli_json_str(m, "schedule"),
+                         cli_json_str(m, "next_fire"));
     if (!strcmp(trigger, "schedule"))
         return xasprintf("schedule %s", cli_json_str(m, "schedule"));
     if (!strcmp(trigger, "app_event"))
