@@ -371,22 +371,28 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
     return NULL;
 }
 
-struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
-                                         size_t skip_count)
+static bool is_down(const struct route_backend *b, int64_t *now)
+{
+    int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
+    if (until == 0)
+        return false;
+    if (*now == 0)
+        *now = time_mono_ms();
+    return until > *now;
+}
+
+static struct route_backend *pick(struct route *r, struct route_backend *const *skip,
+                                  size_t skip_count, size_t start, bool pass_over_down)
 {
     size_t n = r->backend_count;
-    if (n == 0)
-        return NULL;
+    int64_t now = 0;
     struct route_backend *best = NULL;
-    size_t start = r->balance == ROUTE_BALANCE_ROUND_ROBIN
-                       ? __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED) % n
-                       : 0;
     for (size_t k = 0; k < n; k++) {
         struct route_backend *b = &r->backends[(start + k) % n];
         bool tried = false;
         for (size_t j = 0; j < skip_count; j++)
             tried |= skip[j] == b;
-        if (tried)
+        if (tried || (pass_over_down && is_down(b, &now)))
             continue;
         if (r->balance == ROUTE_BALANCE_ROUND_ROBIN)
             return b;
@@ -395,6 +401,24 @@ struct route_backend *route_pick_backend(struct route *r, struct route_backend *
             best = b;
     }
     return best;
+}
+
+struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
+                                         size_t skip_count)
+{
+    size_t n = r->backend_count;
+    if (n == 0)
+        return NULL;
+    size_t start = r->balance == ROUTE_BALANCE_ROUND_ROBIN
+                       ? __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED) % n
+                       : 0;
+    struct route_backend *b = pick(r, skip, skip_count, start, true);
+    return b ? b : pick(r, skip, skip_count, start, false);
+}
+
+void route_backend_mark_down(struct route_backend *b, int ms)
+{
+    __atomic_store_n(&b->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);
 }
 
 /* ---- the current table ------------------------------------------------------------------ */

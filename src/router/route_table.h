@@ -33,7 +33,8 @@ struct route_backend {
     char *addr_text;     /* "127.0.0.1:61001" as sent by skiffd */
     char *instance_guid; /* may be "" */
     int index;
-    int active; /* requests in flight, all workers (atomic); used by least-connection */
+    int active;            /* requests in flight, all workers (atomic); used by least-connection */
+    int64_t down_until_ms; /* refused a connection: passed over until then (atomic) */
 };
 
 struct route {
@@ -75,9 +76,13 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
                                  const char *path, size_t path_len);
 
 /* Chooses a backend by the route's balance, skipping the `skip_count` backends in `skip`
- * (those already tried for this request). NULL when none is left. */
+ * (those already tried for this request) and, while any other is left, those marked down.
+ * NULL when none is left. */
 struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
                                          size_t skip_count);
+
+/* Marks a backend that refused a connection: other instances take its requests for `ms`. */
+void route_backend_mark_down(struct route_backend *b, int ms);
 
 /* The process-wide current table. publish takes over the caller's reference. */
 void route_table_publish(struct route_table *t);

@@ -38,6 +38,7 @@
 #define ROUTER_PENDING_MAX (64 * 1024)
 #define ROUTER_SPARE_EXCHANGES 64
 #define ROUTER_DRAIN_MS 5000
+#define ROUTER_BACKEND_DOWN_MS 2000
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000, 30000000};
@@ -1530,12 +1531,12 @@ static void connect_backend(struct exchange *x)
     client_set_deadline(c, D_CONNECT, w->cfg->connect_timeout_ms);
     int r = uv_tcp_connect(&u->connect_req, &u->p.tcp, (struct sockaddr *)&b->addr,
                            on_upstream_connect);
-    if (r < 0) {
-        /* the failure is reported from a callback below so the caller's stack unwinds first */
+    if (r < 0) { /* no socket, or the address refused at once: the next instance (3 at most) */
         u->p.closing = true;
         uv_close((uv_handle_t *)&u->p.tcp, on_upstream_closed);
         x->u = NULL;
         ROUTER_METRIC_ADD(w->m.upstream_connect_failures, 1);
+        route_backend_mark_down(b, ROUTER_BACKEND_DOWN_MS);
         connect_backend(x);
     }
 }
@@ -1558,6 +1559,9 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
     }
     bool replayable = !x->chunked && x->content_length == 0 && !got_bytes;
     if (connect_phase) {
+        /* other instances take this one's requests for a while: it may be starting or gone */
+        if (x->backend)
+            route_backend_mark_down(x->backend, ROUTER_BACKEND_DOWN_MS);
         ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
         connect_backend(x);
         return;

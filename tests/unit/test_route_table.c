@@ -140,6 +140,31 @@ static void test_round_robin_skips_tried_backends(void **state)
     route_table_unref(t);
 }
 
+static void test_backends_marked_down_are_passed_over(void **state)
+{
+    (void)state;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
+    struct route_table *t = parse(json);
+    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    route_backend_mark_down(&r->backends[0], 60000);
+    for (int i = 0; i < 10; i++)
+        assert_ptr_equal(route_pick_backend(r, NULL, 0), &r->backends[1]);
+    /* when every instance is down they are tried anyway */
+    route_backend_mark_down(&r->backends[1], 60000);
+    struct route_backend *first = route_pick_backend(r, NULL, 0);
+    assert_non_null(first);
+    assert_non_null(route_pick_backend(r, &first, 1));
+    /* a mark in the past is no mark */
+    route_backend_mark_down(&r->backends[0], -1);
+    route_backend_mark_down(&r->backends[1], -1);
+    int seen[2] = {0};
+    for (int i = 0; i < 10; i++)
+        seen[route_pick_backend(r, NULL, 0) - r->backends]++;
+    assert_int_equal(seen[0], 5);
+    route_table_unref(t);
+}
+
 static void test_least_connection_prefers_idle(void **state)
 {
     (void)state;
@@ -182,6 +207,7 @@ int main(void)
         cmocka_unit_test(test_wildcards_closest_first),
         cmocka_unit_test(test_invalid_entries_are_skipped),
         cmocka_unit_test(test_round_robin_skips_tried_backends),
+        cmocka_unit_test(test_backends_marked_down_are_passed_over),
         cmocka_unit_test(test_least_connection_prefers_idle),
         cmocka_unit_test(test_current_table_swaps_and_keeps_old_readers),
     };
