@@ -156,22 +156,28 @@ static void http_conn_close(struct http_conn *c)
     uv_close((uv_handle_t *)&c->timer, http_conn_closed);
 }
 
+void invoker_http_pool_abort(struct invoker_http_pool *pool)
+{
+    pool->conns++; /* keeps the pool while the callbacks run */
+    for (struct http_conn *c = pool->all; c; c = c->next_all) {
+        if (c->call) {
+            http_conn_close(c);
+            http_conn_finish(c, 0, "cancelled: the platform is stopping", false);
+        }
+    }
+    pool->conns--;
+    http_pool_maybe_free(pool);
+}
+
 void invoker_http_pool_release(struct invoker_http_pool *pool, bool abort_calls)
 {
     pool->released = true;
     while (pool->idle)
         http_conn_close(pool->idle);
-    if (abort_calls) {
-        pool->conns++; /* keeps the pool while the callbacks run */
-        for (struct http_conn *c = pool->all; c; c = c->next_all) {
-            if (c->call) {
-                http_conn_close(c);
-                http_conn_finish(c, 0, "cancelled: the platform is stopping", false);
-            }
-        }
-        pool->conns--;
-    }
-    http_pool_maybe_free(pool);
+    if (abort_calls)
+        invoker_http_pool_abort(pool); /* may free the pool */
+    else
+        http_pool_maybe_free(pool);
 }
 
 /* Ends the connection's call: runs the callback, then keeps or closes the connection. */

@@ -46,6 +46,9 @@ int invoker_http_pool_new(uv_loop_t *loop, const char *addr, struct invoker_http
 /* With abort_calls, calls in progress fail at once ("cancelled"; their callbacks run before
  * this returns) instead of finishing. */
 void invoker_http_pool_release(struct invoker_http_pool *pool, bool abort_calls);
+/* Fails every call in progress at once ("cancelled"; callbacks run before this returns). Valid
+ * on a released pool while it still has calls in progress (it is freed after the last). */
+void invoker_http_pool_abort(struct invoker_http_pool *pool);
 /* Calls in progress on the pool. */
 size_t invoker_http_pool_active(const struct invoker_http_pool *pool);
 

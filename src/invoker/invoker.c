@@ -250,12 +250,32 @@ static void target_instance_remove(struct inv_target *t, struct inv_instance *in
         }
     }
     t->instance_count--;
-    invoker_http_pool_release(inst->pool, abort_calls);
-    /* Deliveries in flight keep pointing at it until they complete: free it then. */
-    if (inst->in_flight == 0)
+    if (inst->in_flight == 0 || abort_calls) {
+        /* With abort_calls the callbacks run inside the release and end every call. */
+        invoker_http_pool_release(inst->pool, abort_calls);
         free(inst);
-    else
-        inst->pool = NULL;
+        return;
+    }
+    /* Calls in flight finish (or fail) on their own; the instance is freed after the last,
+     * and a stop aborts them (invoker.draining). */
+    inst->gone = true;
+    inst->next = t->inv->draining;
+    t->inv->draining = inst;
+}
+
+void invoker_instance_call_done(struct invoker *inv, struct inv_instance *inst)
+{
+    inst->in_flight--;
+    if (!inst->gone || inst->in_flight > 0)
+        return;
+    for (struct inv_instance **pp = &inv->draining; *pp; pp = &(*pp)->next) {
+        if (*pp == inst) {
+            *pp = inst->next;
+            break;
+        }
+    }
+    invoker_http_pool_release(inst->pool, false);
+    free(inst);
 }
 
 static void target_refresh_instances(struct inv_target *t)
@@ -411,17 +431,19 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
     struct inv_instance *inst = s->inst;
     struct inv_target *t = m->target;
     s->inst = NULL;
-    inst->in_flight--;
-    if (!inst->pool && inst->in_flight == 0)
-        free(inst); /* it left while this call ran */
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", inst->addr);
+    invoker_instance_call_done(m->inv, inst); /* may free it */
     buf_free(&s->head);
     if (s->orphan) {
         slot_free(s); /* the window was dropped (replay, delete, stop): nothing to settle */
         goto out;
     }
     m->in_flight--;
-    if (m->inv->stopping)
+    if (m->inv->stopping) {
+        s->state = SLOT_PENDING; /* stays past the cursor; the window is dropped with it */
         goto out;
+    }
 
     int status = resp->status;
     if (status >= 200 && status < 300) {
@@ -465,7 +487,7 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
 
     char reason[200];
     if (status == 0)
-        snprintf(reason, sizeof(reason), "instance %s: %s", inst->addr,
+        snprintf(reason, sizeof(reason), "instance %s: %s", addr,
                  resp->error ? resp->error : "network error");
     else
         snprintf(reason, sizeof(reason), "the function answered %d", status);
@@ -1243,7 +1265,8 @@ static void invoker_tick_closed(uv_handle_t *h)
 static void invoker_maybe_done(void)
 {
     struct invoker *inv = invoker_global;
-    if (!inv || !inv->stopping || inv->pending_ops > 0 || inv->open_handles > 0 || inv->mappings)
+    if (!inv || !inv->stopping || inv->pending_ops > 0 || inv->open_handles > 0 || inv->mappings ||
+        inv->draining)
         return;
     for (struct inv_target *t = inv->targets; t; t = t->next)
         for (struct inv_instance *i = t->instances; i; i = i->next)
@@ -1288,6 +1311,16 @@ void invoker_stop(void (*done)(void *arg), void *arg)
         /* Calls in flight end now; their events stay past the cursor. */
         while (t->instances)
             target_instance_remove(t, t->instances, true);
+    }
+    /* Instances that left with calls in flight: end those calls now. */
+    while (inv->draining) {
+        struct inv_instance *inst = inv->draining;
+        invoker_http_pool_abort(inst->pool); /* the last callback frees it */
+        if (inv->draining == inst) {         /* no call was left after all */
+            inv->draining = inst->next;
+            invoker_http_pool_release(inst->pool, false);
+            free(inst);
+        }
     }
     struct inv_mapping *m = inv->mappings;
     while (m) {

@@ -30,6 +30,7 @@ struct inv_instance {
     char addr[64];
     struct invoker_http_pool *pool;
     int in_flight;
+    bool gone; /* left its target with calls in flight: on invoker.draining until they end */
     struct inv_instance *next;
 };
 
@@ -119,7 +120,8 @@ struct invoker {
     uint64_t ticks;
     struct inv_mapping *mappings;
     struct inv_target *targets;
-    uv_timer_t tick; /* scale-down checks and stats persistence, every second */
+    struct inv_instance *draining; /* instances gone with calls still in flight */
+    uv_timer_t tick;               /* scale-down checks and stats persistence, every second */
     bool stopping;
     int pending_ops; /* appends and commits whose callbacks are still to come */
     int open_handles;
@@ -142,6 +144,9 @@ json_t *invoker_mapping_json(struct inv_mapping *m);
 uint64_t invoker_mapping_backlog(const struct inv_mapping *m);
 struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process);
 void invoker_target_pump(struct inv_target *t);
+/* A call to inst ended (a delivery or an invoke): frees an instance that is gone once its
+ * last call ended. */
+void invoker_instance_call_done(struct invoker *inv, struct inv_instance *inst);
 /* Builds the binary-mode request head for ev (Content-Length included). */
 void invoker_request_head(const struct inv_instance *inst, const struct cloudevent *ev,
                           struct buf *out);

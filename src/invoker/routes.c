@@ -203,9 +203,9 @@ static void invoke_done(void *arg, const struct invoker_http_response *resp)
     struct inv_invoke *iv = arg;
     struct inv_target *t = iv->target;
     struct inv_instance *inst = iv->inst;
-    inst->in_flight--;
-    if (!inst->pool && inst->in_flight == 0)
-        free(inst);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", inst->addr);
+    invoker_instance_call_done(t->inv, inst); /* may free it */
     t->invokes_in_flight--;
     t->last_busy_ms = time_now_ms();
     if (resp->status >= 200 && resp->status < 300) {
@@ -219,8 +219,8 @@ static void invoke_done(void *arg, const struct invoker_http_response *resp)
                     resp->body_len);
     } else if (resp->status == 0) {
         api_respond_error(iv->req, 502, "function_unreachable",
-                          "no answer from %s (instance %s): %s; see skiff logs %s", t->app,
-                          inst->addr, resp->error ? resp->error : "network error", t->app);
+                          "no answer from %s (instance %s): %s; see skiff logs %s", t->app, addr,
+                          resp->error ? resp->error : "network error", t->app);
     } else {
         int n = resp->body_len > 300 ? 300 : (int)resp->body_len;
         api_respond_error(iv->req, 502, "function_failed",

@@ -5,6 +5,7 @@ unmap, and the counts of `skiff event-mappings` and /metrics."""
 import json
 import os
 import re
+import shutil
 import signal
 import textwrap
 import threading
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import ROOT
+from conftest import ROOT, Platform
 
 FUNCTIONS = os.path.join(ROOT, "examples", "functions")
 
@@ -508,3 +509,34 @@ def test_deleting_an_app_removes_its_mappings(platform):
     emit(platform, "uploads", "{}", "--type", "t")
     platform.wait_for(lambda: mapping(platform, "flaky")["delivered"] == 1, 60,
                       "the other mapping still delivers")
+
+
+def test_shutdown_with_deliveries_in_flight(tmp_path):
+    """skiffd stops cleanly (exit 0: no leak, nothing left open) while a delivery is in flight
+    on an instance that is itself stopping, and the event is delivered after the restart."""
+    write(tmp_path, "slow.py", f"""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # keeps its call open while stopping
+        def handle(event):
+            with open({os.path.join(str(tmp_path), "seen.txt")!r}, "a") as f:
+                f.write(event["id"] + "\\n")
+            time.sleep(8)
+    """)
+    p = Platform().start()
+    try:
+        push_function(p, "slow", os.path.join(str(tmp_path), "slow.py"))
+        cli_ok(p, "map-event", "slow", "t")
+        emit(p, "t", "{}", "--type", "x", "--id", "ev-1")
+        p.wait_for(lambda: mapping(p, "slow")["in_flight"] == 1, 60, "the delivery under way")
+        cli_ok(p, "stop", "slow")  # its instance leaves while the call runs
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        p.start()
+        cli_ok(p, "start", "slow")
+        p.wait_for(lambda: mapping(p, "slow")["delivered"] == 1, 60, "delivery after the restart")
+    finally:
+        try:
+            p.stop()
+        finally:
+            p.kill_all()
+            shutil.rmtree(p.home, ignore_errors=True)
