@@ -28,6 +28,77 @@ static int events_read_stdin(struct buf *out)
     }
 }
 
+/* What `skiff emit` and `skiff invoke` send: the data and, in CloudEvents binary mode, the
+ * ce-* headers. Free with events_payload_free in every case. */
+struct events_payload {
+    struct buf data;
+    const char *content_type; /* the user's, or guessed from the data; NULL when empty */
+    char id[37];              /* a generated event id */
+    char *headers[8];         /* "ce-...: ..." lines, ended by NULL */
+    int nheaders;
+};
+
+/* Takes DATA from args->items[1] ('-' reads standard input); without --content-type, data
+ * that parses as JSON is sent as application/json, anything else as text. */
+static int events_payload_read(struct events_payload *p, const struct cli_args *args,
+                               const char *content_type)
+{
+    if (args->count == 2 && !strcmp(args->items[1], "-")) {
+        int rc = events_read_stdin(&p->data);
+        if (rc != 0)
+            return rc;
+    } else if (args->count == 2) {
+        buf_puts(&p->data, args->items[1]);
+    }
+    p->content_type = content_type;
+    if (!content_type && p->data.len) {
+        json_t *probe = json_loadb(p->data.data, p->data.len, JSON_DECODE_ANY, NULL);
+        p->content_type = probe ? "application/json" : "text/plain; charset=utf-8";
+        json_decref(probe);
+    }
+    return 0;
+}
+
+/* Switches to binary mode with these attributes; a NULL id is generated, a NULL source is the
+ * CLI's. */
+static void events_payload_binary(struct events_payload *p, const char *id, const char *type,
+                                  const char *source, const char *subject)
+{
+    if (!id) {
+        uuid_generate_v4(p->id);
+        id = p->id;
+    }
+    p->headers[p->nheaders++] = xasprintf("ce-specversion: 1.0");
+    p->headers[p->nheaders++] = xasprintf("ce-id: %s", id);
+    p->headers[p->nheaders++] = xasprintf("ce-type: %s", type);
+    p->headers[p->nheaders++] = xasprintf("ce-source: %s", source ? source : "/skiff/cli");
+    if (subject)
+        p->headers[p->nheaders++] = xasprintf("ce-subject: %s", subject);
+}
+
+/* POSTs the payload to path; the answer is in *res (see cli_http). */
+static int events_payload_post(const struct events_payload *p, const char *path, long timeout_s,
+                               struct cli_response *res)
+{
+    struct cli_request req = {
+        .method = "POST",
+        .path = path,
+        .body = p->data.data ? p->data.data : "",
+        .body_len = p->data.len,
+        .content_type = p->content_type,
+        .headers = (const char *const *)p->headers,
+        .timeout_s = timeout_s,
+    };
+    return cli_http(&req, res);
+}
+
+static void events_payload_free(struct events_payload *p)
+{
+    for (int i = 0; i < p->nheaders; i++)
+        free(p->headers[i]);
+    buf_free(&p->data);
+}
+
 static int cmd_emit(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *type = NULL, *source = NULL, *subject = NULL, *content_type = NULL, *id = NULL;
@@ -44,50 +115,17 @@ static int cmd_emit(const struct cli_command *cmd, int argc, char **argv)
     if (rc != CLI_CONTINUE)
         return rc;
     const char *topic = args.items[0];
-    struct buf data = {0};
-    if (args.count == 2 && !strcmp(args.items[1], "-")) {
-        if ((rc = events_read_stdin(&data)) != 0) {
-            buf_free(&data);
-            return rc;
-        }
-    } else if (args.count == 2) {
-        buf_puts(&data, args.items[1]);
-    }
-    if (!content_type && data.len) {
-        json_t *probe = json_loadb(data.data, data.len, JSON_DECODE_ANY, NULL);
-        content_type = probe ? "application/json" : "text/plain; charset=utf-8";
-        json_decref(probe);
-    }
-
-    /* Binary mode with the attributes the user gave; the API wraps a bare body itself. */
-    char gen_id[37];
-    char *hdr[8] = {0};
-    int nh = 0;
-    if (type || source || subject || id) {
-        if (!id) {
-            uuid_generate_v4(gen_id);
-            id = gen_id;
-        }
-        hdr[nh++] = xasprintf("ce-specversion: 1.0");
-        hdr[nh++] = xasprintf("ce-id: %s", id);
-        hdr[nh++] = xasprintf("ce-type: %s", type ? type : "skiff.event");
-        hdr[nh++] = xasprintf("ce-source: %s", source ? source : "/skiff/cli");
-        if (subject)
-            hdr[nh++] = xasprintf("ce-subject: %s", subject);
-    }
-    char *path_topic = cli_escape(topic);
-    char *path = xasprintf("/v1/topics/%s/events", path_topic);
-    struct cli_request req = {
-        .method = "POST",
-        .path = path,
-        .body = data.data ? data.data : "",
-        .body_len = data.len,
-        .content_type = content_type,
-        .headers = (const char *const *)hdr,
-        .timeout_s = 60,
-    };
+    struct events_payload payload = {0};
+    char *path_topic = NULL, *path = NULL;
     struct cli_response res = {0};
-    rc = cli_http(&req, &res);
+    if ((rc = events_payload_read(&payload, &args, content_type)) != 0)
+        goto done;
+    /* Binary mode with the attributes the user gave; the API wraps a bare body itself. */
+    if (type || source || subject || id)
+        events_payload_binary(&payload, id, type ? type : "skiff.event", source, subject);
+    path_topic = cli_escape(topic);
+    path = xasprintf("/v1/topics/%s/events", path_topic);
+    rc = events_payload_post(&payload, path, 60, &res);
     if (rc == 0) {
         if (cli_json_output)
             cli_print_json(res.json);
@@ -95,12 +133,11 @@ static int cmd_emit(const struct cli_command *cmd, int argc, char **argv)
             printf("published %s to %s at offset %lld\n", cli_json_str(res.json, "id"), topic,
                    cli_json_int(res.json, "offset"));
     }
+done:
     cli_response_free(&res);
-    for (int i = 0; i < nh; i++)
-        free(hdr[i]);
     free(path);
     free(path_topic);
-    buf_free(&data);
+    events_payload_free(&payload);
     return rc;
 }
 
@@ -550,57 +587,27 @@ static int cmd_invoke(const struct cli_command *cmd, int argc, char **argv)
     int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 2);
     if (rc != CLI_CONTINUE)
         return rc;
-    struct buf data = {0};
-    if (args.count == 2 && !strcmp(args.items[1], "-")) {
-        if ((rc = events_read_stdin(&data)) != 0) {
-            buf_free(&data);
-            return rc;
-        }
-    } else if (args.count == 2) {
-        buf_puts(&data, args.items[1]);
-    }
-    if (!content_type && data.len) {
-        json_t *probe = json_loadb(data.data, data.len, JSON_DECODE_ANY, NULL);
-        content_type = probe ? "application/json" : "text/plain; charset=utf-8";
-        json_decref(probe);
-    }
-    char id[37];
-    char *hdr[8] = {0};
-    int nh = 0;
-    if (type || source || subject) {
-        uuid_generate_v4(id);
-        hdr[nh++] = xasprintf("ce-specversion: 1.0");
-        hdr[nh++] = xasprintf("ce-id: %s", id);
-        hdr[nh++] = xasprintf("ce-type: %s", type ? type : "skiff.invoke");
-        hdr[nh++] = xasprintf("ce-source: %s", source ? source : "/skiff/cli");
-        if (subject)
-            hdr[nh++] = xasprintf("ce-subject: %s", subject);
-    }
-    char *app = cli_escape(args.items[0]);
-    char *path = process ? xasprintf("/v1/apps/%s/invoke?process=%s", app, process)
-                         : xasprintf("/v1/apps/%s/invoke", app);
-    struct cli_request req = {
-        .method = "POST",
-        .path = path,
-        .body = data.data ? data.data : "",
-        .body_len = data.len,
-        .content_type = content_type,
-        .headers = (const char *const *)hdr,
-        .timeout_s = 130,
-    };
+    struct events_payload payload = {0};
+    char *app = NULL, *path = NULL;
     struct cli_response res = {0};
-    rc = cli_http(&req, &res);
+    if ((rc = events_payload_read(&payload, &args, content_type)) != 0)
+        goto done;
+    if (type || source || subject)
+        events_payload_binary(&payload, NULL, type ? type : "skiff.invoke", source, subject);
+    app = cli_escape(args.items[0]);
+    path = process ? xasprintf("/v1/apps/%s/invoke?process=%s", app, process)
+                   : xasprintf("/v1/apps/%s/invoke", app);
+    rc = events_payload_post(&payload, path, 130, &res);
     if (rc == 0 && res.body && res.body_len) {
         fwrite(res.body, 1, res.body_len, stdout);
         if (res.body[res.body_len - 1] != '\n')
             fputc('\n', stdout);
     }
+done:
     cli_response_free(&res);
-    for (int i = 0; i < nh; i++)
-        free(hdr[i]);
     free(path);
     free(app);
-    buf_free(&data);
+    events_payload_free(&payload);
     return rc;
 }
 
