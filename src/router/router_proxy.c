@@ -419,7 +419,8 @@ static struct exchange *exchange_new(struct client *c)
 static void exchange_release_backend(struct exchange *x)
 {
     if (x->backend) {
-        __atomic_sub_fetch(&x->backend->active, 1, __ATOMIC_RELAXED);
+        if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
+            __atomic_sub_fetch(&x->backend->active, 1, __ATOMIC_RELAXED);
         x->backend = NULL;
     }
 }
@@ -1507,7 +1508,9 @@ static void connect_backend(struct exchange *x)
     }
     x->tried[x->attempts++] = b;
     x->backend = b;
-    __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
+    /* counted only where it decides: a shared counter costs every core a cache miss */
+    if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
+        __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
     struct pool *pool = pool_for(w, b);
     while (pool->idle && !x->fresh_connection) {
         struct upstream *u = pool->idle;
