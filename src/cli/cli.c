@@ -86,6 +86,15 @@ void cli_print_json(const json_t *value)
     }
 }
 
+bool cli_json_printed(json_t *value)
+{
+    if (!cli_json_output)
+        return false;
+    cli_print_json(value);
+    json_decref(value);
+    return true;
+}
+
 const char *cli_json_str(const json_t *obj, const char *key)
 {
     const char *s = json_string_value(json_object_get(obj, key));

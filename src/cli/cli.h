@@ -98,6 +98,10 @@ int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
 void cli_human_bytes(double bytes, char *out, size_t size);
 /* Prints a JSON value to stdout, indented, with a newline. Does not take the reference. */
 void cli_print_json(const json_t *value);
+/* With --json: prints value as cli_print_json does, drops the caller's reference to it and
+ * returns true (the command has nothing left to print). Otherwise returns false and leaves
+ * value alone. */
+bool cli_json_printed(json_t *value);
 
 /* ---- tables ----------------------------------------------------------------------------- */
 

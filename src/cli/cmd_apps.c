@@ -266,11 +266,8 @@ int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
     json_t *res = NULL;
     if (cli_api("GET", "/v1/apps", NULL, &res) != 0)
         return CLI_EXIT_ERROR;
-    if (cli_json_output) {
-        cli_print_json(res);
-        json_decref(res);
+    if (cli_json_printed(res))
         return CLI_EXIT_OK;
-    }
     json_t *apps = json_object_get(res, "apps");
     if (json_array_size(apps) == 0) {
         printf("No apps yet. Push one with `skiff push NAME -p FOLDER`.\n");
@@ -312,11 +309,8 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
     free(path);
     if (rc)
         return rc;
-    if (cli_json_output) {
-        cli_print_json(app);
-        json_decref(app);
+    if (cli_json_printed(app))
         return CLI_EXIT_OK;
-    }
     char mem[32], disk[32];
     cli_format_mb(cli_json_int(app, "memory_mb"), mem, sizeof(mem));
     cli_format_mb(cli_json_int(app, "disk_mb"), disk, sizeof(disk));
@@ -424,11 +418,8 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
     free(path);
     if (rc)
         return rc;
-    if (cli_json_output) {
-        cli_print_json(app);
-        json_decref(app);
+    if (cli_json_printed(app))
         return CLI_EXIT_OK;
-    }
     char mem[32];
     cli_format_mb(cli_json_int(app, "memory_mb"), mem, sizeof(mem));
     printf("Scaled %s: %lld instances, %s memory.\n", name, cli_json_int(app, "instances"), mem);
@@ -463,11 +454,8 @@ static int cli_app_action(const struct cli_command *cmd, int argc, char **argv, 
     free(path);
     if (rc)
         return rc;
-    if (cli_json_output) {
-        cli_print_json(app);
-        json_decref(app);
+    if (cli_json_printed(app))
         return CLI_EXIT_OK;
-    }
     json_decref(app);
     if (wait && !no_wait)
         return cli_wait_running(name, timeout, strcmp(action, "restart") == 0 ? asked_ms : 0);
@@ -574,11 +562,8 @@ int cli_cmd_env(const struct cli_command *cmd, int argc, char **argv)
     free(path);
     if (rc)
         return rc;
-    if (cli_json_output) {
-        cli_print_json(res);
-        json_decref(res);
+    if (cli_json_printed(res))
         return CLI_EXIT_OK;
-    }
     json_t *env = json_object_get(res, "env");
     printf("User-provided:\n");
     if (json_object_size(env) == 0)

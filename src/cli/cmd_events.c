@@ -151,11 +151,8 @@ static int cmd_topics(const struct cli_command *cmd, int argc, char **argv)
     json_t *out = NULL;
     if ((rc = cli_api("GET", "/v1/topics", NULL, &out)) != 0)
         return rc;
-    if (cli_json_output) {
-        cli_print_json(out);
-        json_decref(out);
+    if (cli_json_printed(out))
         return 0;
-    }
     json_t *topics = json_object_get(out, "topics");
     if (json_array_size(topics) == 0) {
         printf("no topics yet: publish with `skiff emit TOPIC DATA`\n");

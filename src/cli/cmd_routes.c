@@ -87,11 +87,8 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
     json_t *res = NULL;
     if (cli_api("GET", "/v1/routes", NULL, &res) != 0)
         return CLI_EXIT_ERROR;
-    if (cli_json_output) {
-        cli_print_json(res);
-        json_decref(res);
+    if (cli_json_printed(res))
         return CLI_EXIT_OK;
-    }
     json_t *routes = json_object_get(res, "routes");
     if (json_array_size(routes) == 0) {
         printf("No routes. Map one with `skiff map-route APP HOST`.\n");
@@ -123,11 +120,8 @@ int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv)
     json_t *res = NULL;
     if (cli_api("GET", "/v1/domains", NULL, &res) != 0)
         return CLI_EXIT_ERROR;
-    if (cli_json_output) {
-        cli_print_json(res);
-        json_decref(res);
+    if (cli_json_printed(res))
         return CLI_EXIT_OK;
-    }
     static const char *const headers[] = {"name", "type", NULL};
     struct cli_table *t = cli_table_new(headers);
     size_t i;
