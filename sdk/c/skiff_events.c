@@ -41,18 +41,26 @@ static int set_error(char *errmsg, size_t errlen, int code, const char *fmt, ...
     return code;
 }
 
-/* Copies the JSON string value of "key" found in text into out (unescaping \" and \\). */
-static int json_string_field(const char *text, const char *key, char *out, size_t size)
+/* Where the value of "key" starts in the JSON text (past the colon), or NULL. The answers
+ * read here are Skiff's own, small and flat, so a search is enough. */
+static const char *json_field_value(const char *text, const char *key)
 {
     char pattern[64];
     snprintf(pattern, sizeof(pattern), "\"%s\"", key);
     const char *p = text ? strstr(text, pattern) : NULL;
     if (!p)
-        return -1;
+        return NULL;
     p += strlen(pattern);
     while (*p == ' ' || *p == ':')
         p++;
-    if (*p++ != '"')
+    return p;
+}
+
+/* Copies the JSON string value of "key" found in text into out (unescaping \" and \\). */
+static int json_string_field(const char *text, const char *key, char *out, size_t size)
+{
+    const char *p = json_field_value(text, key);
+    if (!p || *p++ != '"')
         return -1;
     size_t o = 0;
     for (; *p && *p != '"'; p++) {
@@ -67,14 +75,9 @@ static int json_string_field(const char *text, const char *key, char *out, size_
 
 static int json_number_field(const char *text, const char *key, uint64_t *out)
 {
-    char pattern[64];
-    snprintf(pattern, sizeof(pattern), "\"%s\"", key);
-    const char *p = text ? strstr(text, pattern) : NULL;
+    const char *p = json_field_value(text, key);
     if (!p)
         return -1;
-    p += strlen(pattern);
-    while (*p == ' ' || *p == ':')
-        p++;
     char *end;
     *out = strtoull(p, &end, 10);
     return end == p ? -1 : 0;
