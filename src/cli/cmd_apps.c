@@ -373,6 +373,28 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
 
 /* ---- changing apps ---------------------------------------------------------------------- */
 
+int cli_size_flags(const struct cli_command *cmd, long instances, const char *memory,
+                   const char *disk, json_t *body)
+{
+    long mb = 0;
+    if (instances != LONG_MIN) {
+        if (instances < 0)
+            return cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
+        json_object_set_new(body, "instances", json_integer(instances));
+    }
+    if (memory) {
+        if (manifest_parse_megabytes(memory, &mb))
+            return cli_usage_error(cmd, "-m needs a size like 256M or 1G, not \"%s\"", memory);
+        json_object_set_new(body, "memory_mb", json_integer(mb));
+    }
+    if (disk) {
+        if (manifest_parse_megabytes(disk, &mb))
+            return cli_usage_error(cmd, "-k needs a size like 512M or 1G, not \"%s\"", disk);
+        json_object_set_new(body, "disk_mb", json_integer(mb));
+    }
+    return CLI_CONTINUE;
+}
+
 int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
 {
     long instances = LONG_MIN; /* not given */
@@ -389,22 +411,7 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     const char *name = args.items[0];
     json_t *body = json_object();
-    long mb = 0;
-    if (instances != LONG_MIN) {
-        if (instances < 0)
-            rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
-        json_object_set_new(body, "instances", json_integer(instances));
-    }
-    if (memory) {
-        if (manifest_parse_megabytes(memory, &mb))
-            rc = cli_usage_error(cmd, "-m needs a size like 256M or 1G, not \"%s\"", memory);
-        json_object_set_new(body, "memory_mb", json_integer(mb));
-    }
-    if (disk) {
-        if (manifest_parse_megabytes(disk, &mb))
-            rc = cli_usage_error(cmd, "-k needs a size like 512M or 1G, not \"%s\"", disk);
-        json_object_set_new(body, "disk_mb", json_integer(mb));
-    }
+    rc = cli_size_flags(cmd, instances, memory, disk, body);
     if (rc == CLI_CONTINUE && json_object_size(body) == 0)
         rc = cli_usage_error(cmd, "say what to change: -i, -m or -k");
     if (rc != CLI_CONTINUE) {

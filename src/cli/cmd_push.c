@@ -488,22 +488,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 
     /* The settings given by flags, applied over a manifest's. */
     json_t *flags = json_object();
-    long mb = 0;
-    if (instances != LONG_MIN) {
-        if (instances < 0)
-            rc = cli_usage_error(cmd, "-i needs 0 or more instances, not %ld", instances);
-        json_object_set_new(flags, "instances", json_integer(instances));
-    }
-    if (memory && rc == CLI_CONTINUE) {
-        if (manifest_parse_megabytes(memory, &mb))
-            rc = cli_usage_error(cmd, "-m needs a size like 256M or 1G, not \"%s\"", memory);
-        json_object_set_new(flags, "memory_mb", json_integer(mb));
-    }
-    if (disk && rc == CLI_CONTINUE) {
-        if (manifest_parse_megabytes(disk, &mb))
-            rc = cli_usage_error(cmd, "-k needs a size like 512M or 1G, not \"%s\"", disk);
-        json_object_set_new(flags, "disk_mb", json_integer(mb));
-    }
+    rc = cli_size_flags(cmd, instances, memory, disk, flags);
     if (command)
         json_object_set_new(flags, "command", json_string(command));
     if (buildpacks.count) {

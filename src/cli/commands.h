@@ -11,6 +11,11 @@
 char *cli_app_path(const char *name, const char *suffix);
 /* 256 -> "256M", 1024 -> "1G", 0 -> "-". */
 void cli_format_mb(long long mb, char *out, size_t size);
+/* Adds the sizes given by -i, -m and -k (LONG_MIN / NULL when absent) to body as the API names
+ * them (instances, memory_mb, disk_mb). Returns CLI_CONTINUE, or the exit status after a usage
+ * error that names the bad value. */
+int cli_size_flags(const struct cli_command *cmd, long instances, const char *memory,
+                   const char *disk, json_t *body);
 /* Polls the app until its web instances are RUNNING (0), one crashed or the deadline passed
  * (CLI_EXIT_ERROR, after saying which); prints progress. With since_ms > 0 only instances that
  * (re)started at or after that wall-clock time count, so a restart is not mistaken for done
