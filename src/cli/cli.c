@@ -51,27 +51,30 @@ void cli_print_help(const struct cli_command *cmd)
 
 /* ---- messages --------------------------------------------------------------------------- */
 
+/* "error: ..." on its own line of stderr, after what stdout holds so far. */
+static void cli_vprint_error(const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 int cli_error(const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fputs("error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    cli_vprint_error(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     return CLI_EXIT_ERROR;
 }
 
 int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fputs("error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    cli_vprint_error(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     if (cmd)
         fprintf(stderr, "usage: skiff %s\n(`skiff help %s` tells more)\n", cmd->usage, cmd->name);
     return CLI_EXIT_USAGE;
