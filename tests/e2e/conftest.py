@@ -156,7 +156,20 @@ class Platform:
                     except (ValueError, OSError):
                         pass
 
+    def close(self):
+        """Stops skiffd, kills whatever it left running and removes its home."""
+        try:
+            self.stop()
+        finally:
+            self.kill_all()
+            shutil.rmtree(self.home, ignore_errors=True)
+
     wait_for = staticmethod(wait_for)
+
+
+def out(r):
+    """A finished `skiff` run as text for an assertion message."""
+    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
 
 
 @pytest.fixture
@@ -181,8 +194,4 @@ def shared_platform():
     try:
         yield p
     finally:
-        try:
-            p.stop()
-        finally:
-            p.kill_all()
-            shutil.rmtree(p.home, ignore_errors=True)
+        p.close()

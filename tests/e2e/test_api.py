@@ -272,8 +272,7 @@ def test_upload_over_the_limit_is_refused():
         assert body["package"] is None
         alive(p)
     finally:
-        p.stop()
-        p.kill_all()
+        p.close()
 
 
 def test_upload_that_unpacks_too_large_is_refused():
@@ -286,8 +285,7 @@ def test_upload_that_unpacks_too_large_is_refused():
         assert_error(upload(p, "bomb", raw), 413, "too_large")
         alive(p)
     finally:
-        p.stop()
-        p.kill_all()
+        p.close()
 
 
 # ---- staging, crashes, logs and restarts through the API --------------------------------------

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, out
 
 EXAMPLES = os.path.join(ROOT, "examples")
 
@@ -22,10 +22,6 @@ def get(url, timeout=5):
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
-
-
-def out(r):
-    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
 
 
 def app_json(platform, name):

@@ -223,11 +223,7 @@ def test_upload_over_the_limit_gives_the_apis_reason(tmp_path):
         # the same message, word for word (only the byte counts differ)
         assert re.sub(r"\d+", "N", body["error"]["message"]) in re.sub(r"\d+", "N", r.stderr)
     finally:
-        try:
-            p.stop()
-        finally:
-            p.kill_all()
-            shutil.rmtree(p.home, ignore_errors=True)
+        p.close()
 
 
 def test_login_to_the_local_daemon_needs_no_token(platform):

@@ -8,7 +8,7 @@ import shutil
 import urllib.error
 import urllib.request
 
-from conftest import ROOT
+from conftest import ROOT, out
 
 EXAMPLES = os.path.join(ROOT, "examples")
 PYTHON_WEB = os.path.join(EXAMPLES, "python-web")
@@ -34,10 +34,6 @@ def app_json(platform, name):
 def running(app):
     return [i for i in app["instances_detail"]
             if i["state"] == "RUNNING" and i.get("process_type", "web") == "web"]
-
-
-def out(r):
-    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
 
 
 def test_user_sequence(platform):

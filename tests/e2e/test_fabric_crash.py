@@ -6,7 +6,6 @@ made, and the test reports the count (and fails on any)."""
 import http.client
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -94,14 +93,6 @@ def crash_rounds(p, acked, rounds=ROUNDS):
         assert offsets == list(range(len(events))), "offsets are not dense from 0"
 
 
-def cleanup(p):
-    try:
-        p.stop()
-    finally:
-        p.kill_all()
-        shutil.rmtree(p.home, ignore_errors=True)
-
-
 def test_kill_9_while_publishing_loses_no_acknowledged_event():
     p = Platform().start()
     try:
@@ -112,7 +103,7 @@ def test_kill_9_while_publishing_loses_no_acknowledged_event():
                              headers={"Content-Type": "text/plain"})
         assert status == 202 and body["offset"] == len(read_all(p)) - 1
     finally:
-        cleanup(p)
+        p.close()
 
 
 def test_kill_9_while_delivering_delivers_every_acknowledged_event(tmp_path):
@@ -146,4 +137,4 @@ def test_kill_9_while_delivering_delivers_every_acknowledged_event(tmp_path):
                                         twice, len(undelivered)))
         assert not undelivered
     finally:
-        cleanup(p)
+        p.close()

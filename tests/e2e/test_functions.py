@@ -3,18 +3,13 @@ Node.js and shell snippets, called once with `skiff invoke` (which starts an ins
 zero), replies as JSON or text, failures as errors."""
 import json
 import os
-import shutil
 import textwrap
 import time
 import urllib.request
 
-from conftest import ROOT, Platform
+from conftest import ROOT, Platform, out
 
 FUNCTIONS = os.path.join(ROOT, "examples", "functions")
-
-
-def out(r):
-    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
 
 
 def write(dirpath, name, text):
@@ -142,8 +137,4 @@ def test_idle_function_scales_to_zero_and_routed_requests_keep_it(tmp_path):
             time.sleep(0.3)
         p.wait_for(lambda: running() == [], 30, "scale to zero once requests stop")
     finally:
-        try:
-            p.stop()
-        finally:
-            p.kill_all()
-            shutil.rmtree(p.home, ignore_errors=True)
+        p.close()

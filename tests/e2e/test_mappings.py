@@ -5,7 +5,6 @@ unmap, and the counts of `skiff event-mappings` and /metrics."""
 import json
 import os
 import re
-import shutil
 import signal
 import textwrap
 import threading
@@ -13,13 +12,9 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import ROOT, Platform
+from conftest import ROOT, Platform, out
 
 FUNCTIONS = os.path.join(ROOT, "examples", "functions")
-
-
-def out(r):
-    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
 
 
 def write(dirpath, name, text):
@@ -535,8 +530,4 @@ def test_shutdown_with_deliveries_in_flight(tmp_path):
         cli_ok(p, "start", "slow")
         p.wait_for(lambda: mapping(p, "slow")["delivered"] == 1, 60, "delivery after the restart")
     finally:
-        try:
-            p.stop()
-        finally:
-            p.kill_all()
-            shutil.rmtree(p.home, ignore_errors=True)
+        p.close()

@@ -5,13 +5,9 @@ import os
 import urllib.error
 import urllib.request
 
-from conftest import ROOT
+from conftest import ROOT, out
 
 PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
-
-
-def out(r):
-    return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
 
 
 def routes(platform):
