@@ -194,121 +194,117 @@ static void close_loop(uv_loop_t *loop)
     assert_int_equal(uv_loop_close(loop), 0);
 }
 
+/* What each test starts from: the peer, a loop, and a pool of connections to the peer. */
+struct fixture {
+    struct peer peer;
+    uv_loop_t loop;
+    char addr[64];
+    struct invoker_http_pool *pool;
+};
+
+static void fixture_start(struct fixture *f)
+{
+    peer_start(&f->peer);
+    uv_loop_init(&f->loop);
+    snprintf(f->addr, sizeof(f->addr), "127.0.0.1:%d", f->peer.port);
+    assert_int_equal(invoker_http_pool_new(&f->loop, f->addr, &f->pool), 0);
+}
+
+/* After the test released the pool. */
+static void fixture_stop(struct fixture *f)
+{
+    close_loop(&f->loop);
+    peer_stop(&f->peer);
+}
+
 static void test_response_and_keep_alive(void **state)
 {
     (void)state;
-    struct peer p;
-    peer_start(&p);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", p.port);
-    struct invoker_http_pool *pool;
-    assert_int_equal(invoker_http_pool_new(&loop, addr, &pool), 0);
+    struct fixture f;
+    fixture_start(&f);
     struct result r;
     for (int i = 0; i < 5; i++) {
-        call(&loop, pool, "/ok", 5000, &r);
+        call(&f.loop, f.pool, "/ok", 5000, &r);
         assert_int_equal(r.status, 200);
         assert_string_equal(r.body, "hello");
         assert_string_equal(r.ce_id, "r1"); /* header names come lower-cased */
     }
-    assert_int_equal(peer_connections(&p), 1); /* one connection served all five */
-    call(&loop, pool, "/fail", 5000, &r);
+    assert_int_equal(peer_connections(&f.peer), 1); /* one connection served all five */
+    call(&f.loop, f.pool, "/fail", 5000, &r);
     assert_int_equal(r.status, 503);
     assert_string_equal(r.body, "busy");
-    call(&loop, pool, "/chunked", 5000, &r);
+    call(&f.loop, f.pool, "/chunked", 5000, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "abcde");
-    call(&loop, pool, "/eof", 5000, &r);
+    call(&f.loop, f.pool, "/eof", 5000, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "until-close");
-    assert_int_equal(invoker_http_pool_active(pool), 0);
-    invoker_http_pool_release(pool, false);
-    close_loop(&loop);
-    peer_stop(&p);
+    assert_int_equal(invoker_http_pool_active(f.pool), 0);
+    invoker_http_pool_release(f.pool, false);
+    fixture_stop(&f);
 }
 
 static void test_stale_connection_is_resent_once(void **state)
 {
     (void)state;
-    struct peer p;
-    peer_start(&p);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", p.port);
-    struct invoker_http_pool *pool;
-    assert_int_equal(invoker_http_pool_new(&loop, addr, &pool), 0);
+    struct fixture f;
+    fixture_start(&f);
     struct result r;
-    call(&loop, pool, "/stale", 5000, &r); /* the peer closes after answering */
+    call(&f.loop, f.pool, "/stale", 5000, &r); /* the peer closes after answering */
     assert_int_equal(r.status, 204);
     /* let the close reach the client, or not: either way the next call must succeed */
-    call(&loop, pool, "/ok", 5000, &r);
+    call(&f.loop, f.pool, "/ok", 5000, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello");
-    assert_int_equal(peer_connections(&p), 2);
-    invoker_http_pool_release(pool, false);
-    close_loop(&loop);
-    peer_stop(&p);
+    assert_int_equal(peer_connections(&f.peer), 2);
+    invoker_http_pool_release(f.pool, false);
+    fixture_stop(&f);
 }
 
 static void test_refused_and_timeout(void **state)
 {
     (void)state;
-    struct peer p;
-    peer_start(&p);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", p.port);
-    struct invoker_http_pool *pool;
-    assert_int_equal(invoker_http_pool_new(&loop, addr, &pool), 0);
+    struct fixture f;
+    fixture_start(&f);
     struct result r;
-    call(&loop, pool, "/hang", 200, &r);
+    call(&f.loop, f.pool, "/hang", 200, &r);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.error, "timed out"));
-    invoker_http_pool_release(pool, false);
-    peer_stop(&p);
+    invoker_http_pool_release(f.pool, false);
+    peer_stop(&f.peer);
 
     /* nobody listens there any more */
-    assert_int_equal(invoker_http_pool_new(&loop, addr, &pool), 0);
-    call(&loop, pool, "/ok", 5000, &r);
+    assert_int_equal(invoker_http_pool_new(&f.loop, f.addr, &f.pool), 0);
+    call(&f.loop, f.pool, "/ok", 5000, &r);
     assert_int_equal(r.status, 0);
     assert_true(r.error[0] != '\0');
-    invoker_http_pool_release(pool, false);
+    invoker_http_pool_release(f.pool, false);
 
-    assert_int_equal(invoker_http_pool_new(&loop, "not-an-address", &pool), -EINVAL);
-    assert_int_equal(invoker_http_pool_new(&loop, "127.0.0.1:0", &pool), -EINVAL);
-    close_loop(&loop);
+    assert_int_equal(invoker_http_pool_new(&f.loop, "not-an-address", &f.pool), -EINVAL);
+    assert_int_equal(invoker_http_pool_new(&f.loop, "127.0.0.1:0", &f.pool), -EINVAL);
+    close_loop(&f.loop);
 }
 
 static void test_release_with_abort(void **state)
 {
     (void)state;
-    struct peer p;
-    peer_start(&p);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", p.port);
-    struct invoker_http_pool *pool;
-    assert_int_equal(invoker_http_pool_new(&loop, addr, &pool), 0);
+    struct fixture f;
+    fixture_start(&f);
     struct result r = {0};
     char *head = head_for("/hang", 0);
-    invoker_http_send(pool, head, strlen(head), NULL, 0, 60000, on_response, &r);
+    invoker_http_send(f.pool, head, strlen(head), NULL, 0, 60000, on_response, &r);
     /* let it connect and send */
-    for (int i = 0; i < 50 && peer_connections(&p) == 0; i++)
-        uv_run(&loop, UV_RUN_NOWAIT), usleep(2000);
+    for (int i = 0; i < 50 && peer_connections(&f.peer) == 0; i++)
+        uv_run(&f.loop, UV_RUN_NOWAIT), usleep(2000);
     for (int i = 0; i < 10; i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_run(&f.loop, UV_RUN_NOWAIT);
     assert_false(r.done);
-    invoker_http_pool_release(pool, true);
+    invoker_http_pool_release(f.pool, true);
     assert_true(r.done);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.error, "cancelled"));
     free(head);
-    close_loop(&loop);
-    peer_stop(&p);
+    fixture_stop(&f);
 }
 
 int main(void)
