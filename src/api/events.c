@@ -55,11 +55,6 @@ static struct {
     void *stop_arg;
 } events;
 
-struct fabric *events_fabric(void)
-{
-    return events.fabric;
-}
-
 /* ---- errors ------------------------------------------------------------------------------- */
 
 static void respond_fabric_error(struct api_request *req, int rc)

@@ -362,14 +362,6 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     return 0;
 }
 
-int bus_router_count(struct bus *bus)
-{
-    int n = 0;
-    for (struct bus_conn *c = bus->conns; c; c = c->next)
-        n++;
-    return n;
-}
-
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
 {
     bus->closing = true;

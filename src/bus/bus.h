@@ -24,8 +24,6 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
 void bus_routes_changed(struct bus *bus);
 /* Adapter for callbacks taking a void *ctx. */
 void bus_routes_changed_cb(void *bus);
-/* How many routers are connected. */
-int bus_router_count(struct bus *bus);
 /* Closes the socket and every connection; done is called when all handles are closed. */
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
 void bus_free(struct bus *bus);

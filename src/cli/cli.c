@@ -614,7 +614,7 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
               n ? ": " : "", (int)n, body);
 }
 
-static int cli_http_do(const struct cli_request *req, struct cli_response *res, bool quiet)
+int cli_http(const struct cli_request *req, struct cli_response *res)
 {
     memset(res, 0, sizeof(*res));
     const struct cli_target *t = cli_target();
@@ -718,8 +718,7 @@ answered:
         goto done;
     }
     cli_response_parse_error(res);
-    if (!quiet)
-        cli_print_api_error(req, res);
+    cli_print_api_error(req, res);
 
 done:
     buf_free(&x.body);
@@ -729,16 +728,6 @@ done:
     free(json_body);
     free(url);
     return rc;
-}
-
-int cli_http(const struct cli_request *req, struct cli_response *res)
-{
-    return cli_http_do(req, res, false);
-}
-
-int cli_http_quiet(const struct cli_request *req, struct cli_response *res)
-{
-    return cli_http_do(req, res, true);
 }
 
 void cli_response_free(struct cli_response *res)

@@ -171,9 +171,6 @@ struct cli_response {
  * res->error_code say what happened for callers that want to react. Free res with
  * cli_response_free in every case. */
 int cli_http(const struct cli_request *req, struct cli_response *res);
-/* Like cli_http, but prints nothing when the API answers with an error status (a failure to
- * reach the API is still printed). */
-int cli_http_quiet(const struct cli_request *req, struct cli_response *res);
 void cli_response_free(struct cli_response *res);
 
 /* The common case: METHOD PATH with an optional JSON body (borrowed). On 2xx returns 0 and,

@@ -184,11 +184,4 @@ struct fabric_stats {
 };
 void fabric_get_stats(struct fabric *f, struct fabric_stats *out);
 
-/* ---- the daemon's fabric ---------------------------------------------------------------- */
-
-/* The fabric skiffd runs, in $SKIFF_HOME/fabric: opened by api_events_start() (src/api/events.c)
- * before any other part of the events component starts, closed by api_events_stop() after they
- * stopped. NULL outside that window. Defined in src/api/events.c. */
-struct fabric *events_fabric(void);
-
 #endif

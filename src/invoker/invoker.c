@@ -21,11 +21,6 @@
 
 static struct invoker *invoker_global;
 
-struct invoker *invoker_get(void)
-{
-    return invoker_global;
-}
-
 static void mapping_pump(struct inv_mapping *m);
 static void mapping_collect(struct inv_mapping *m);
 static void mapping_cron_fire(uv_timer_t *h);

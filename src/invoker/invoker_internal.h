@@ -132,7 +132,6 @@ struct invoker {
 };
 
 /* invoker.c */
-struct invoker *invoker_get(void);
 struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
 /* Creates and starts a mapping from a validated spec (takes it over). -ENOENT: no such app. */
 int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
