@@ -175,10 +175,9 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
     core__fmt(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
 }
 
-/* The app named in the path (param 0), or NULL after answering 404. */
-struct store_app *api_core__find_app(struct api_core *core, struct api_request *req)
+struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
+                                      const char *name)
 {
-    const char *name = api_request_param(req, 0);
     struct store_app *app = NULL;
     int rc = store_app_get(core->cfg.store, name, &app);
     if (rc == -ENOENT) {
@@ -191,6 +190,11 @@ struct store_app *api_core__find_app(struct api_core *core, struct api_request *
         return NULL;
     }
     return app;
+}
+
+struct store_app *api_core__find_app(struct api_core *core, struct api_request *req)
+{
+    return api_core__app_named(core, req, api_request_param(req, 0));
 }
 
 static json_t *core__app_json_with_routes(struct api_core *core, const struct store_app *app)
@@ -702,6 +706,14 @@ static void core__changed(struct api_core *core, const struct store_app *app, in
                              web->instances);
 }
 
+static void core__name_taken(struct api_request *req, const char *name)
+{
+    api_respond_error(req, 409, "name_taken",
+                      "an app named \"%s\" exists already: pick another name, or `skiff delete "
+                      "%s` first",
+                      name, name);
+}
+
 /* POST /v1/apps and PUT /v1/apps/NAME (create or update). */
 static void core__app_upsert(struct api_core *core, struct api_request *req, const char *name,
                              json_t *body, bool allow_update)
@@ -724,10 +736,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     }
     if (!creating && (!allow_update || strcmp(app->name, name))) {
         store_app_free(app);
-        api_respond_error(req, 409, "name_taken",
-                          "an app named \"%s\" exists already: pick another name, or `skiff "
-                          "delete %s` first",
-                          name, name);
+        core__name_taken(req, name);
         return;
     }
     if (creating)
@@ -739,7 +748,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     app->updated_at = time_now_ms();
     rc = creating ? store_app_create(core->cfg.store, app) : store_app_update(core->cfg.store, app);
     if (rc == -EEXIST) {
-        api_respond_error(req, 409, "name_taken", "an app named \"%s\" exists already", name);
+        core__name_taken(req, name);
         goto done;
     }
     if (rc < 0) {
@@ -1161,12 +1170,8 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "a route needs \"app\" and \"host\" (strings) and an optional \"path\"");
         goto done;
     }
-    int rc = store_app_get(core->cfg.store, name, &app);
-    if (rc < 0) {
-        api_respond_error(req, 404, "not_found",
-                          "no app named \"%s\": `skiff apps` lists the apps there are", name);
+    if (!(app = api_core__app_named(core, req, name)))
         goto done;
-    }
     const char *path = json_string_value(pathv);
     if (strchr(host, '/')) {
         api_respond_error(req, 422, "invalid_value",
@@ -1225,9 +1230,8 @@ static void core__routes_delete(struct api_request *req, void *ctx)
         if (!strcmp(routes[i].host, h) && !strcmp(routes[i].path, p))
             found = &routes[i];
     struct store_app *app = NULL;
-    if (app_name && store_app_get(core->cfg.store, app_name, &app) < 0) {
-        api_respond_error(req, 404, "not_found",
-                          "no app named \"%s\": `skiff apps` lists the apps there are", app_name);
+    if (app_name && !(app = api_core__app_named(core, req, app_name))) {
+        /* answered */
     } else if (!found || (app && strcmp(found->app_guid, app->guid))) {
         api_respond_error(req, 404, "not_found", "no route %s%s%s%s: `skiff routes` lists them", h,
                           p, app ? " mapped to " : "", app ? app->name : "");

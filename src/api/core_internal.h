@@ -30,6 +30,11 @@ void api_core__routes_changed(struct api_core *core);
 struct buf;
 void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
                          const struct store_route *const *routes, size_t nroutes);
+/* The app of that name, or NULL after answering 404 (no such app, and how to list them) or
+ * 500 (the store failed). The caller frees it with store_app_free. */
+struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
+                                      const char *name);
+/* The same for the app named in the path (param 0). */
 struct store_app *api_core__find_app(struct api_core *core, struct api_request *req);
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app);
