@@ -1031,9 +1031,9 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     }
     if (!name)
         return;
-    char topic[64], type[64], source[128];
+    /* A platform event's type is the name of its topic. */
+    char topic[64], source[128];
     snprintf(topic, sizeof(topic), "skiff.app.%s", name);
-    snprintf(type, sizeof(type), "skiff.app.%s", name);
     snprintf(source, sizeof(source), "/skiff/apps/%s", ev->app_name);
     json_t *data =
         json_pack("{s:s, s:s, s:s}", "app", ev->app_name, "app_guid", ev->app_guid, "event", name);
@@ -1050,7 +1050,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     }
     if (ev->type == SCHEDULER_APP_SCALED)
         json_object_set_new(data, "instances", json_integer(ev->instances));
-    invoker_publish(inv, topic, type, source, ev->app_name, data);
+    invoker_publish(inv, topic, topic, source, ev->app_name, data);
     json_decref(data);
     inv->platform_events++;
 }
