@@ -996,7 +996,8 @@ static int api__on_headers_complete(llhttp_t *p)
             req->path = xstrdup("/");
         if (!req->segs)
             req->segs = xcalloc(1, sizeof *req->segs);
-        api__early(req, 400, "invalid_value", "the request path is not valid");
+        api__early(req, 400, "invalid_value",
+                   "the request path holds an escaped NUL byte (%%00): names never contain one");
     }
 
     const char *expect = api_request_header(req, "expect");

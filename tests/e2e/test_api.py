@@ -146,6 +146,10 @@ def test_invalid_and_taken_names(api):
     assert_error(api.api("POST", "/v1/domains", {"name": "localhost"}), 409, "name_taken")
 
 
+def test_path_with_an_escaped_nul_is_refused_saying_so(api):
+    assert_error(api.api("GET", "/v1/apps/a%00b"), 400, "invalid_value", "%00")
+
+
 def test_unknown_app(api):
     for method, path, body in [("GET", "/v1/apps/ghost", None), ("PATCH", "/v1/apps/ghost",
                                                                   {"instances": 2}),
