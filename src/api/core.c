@@ -618,6 +618,17 @@ static int core__route_by_app(const void *a, const void *b)
     return strcmp((*x)->app_guid, (*y)->app_guid);
 }
 
+/* By app, then as GET /v1/apps/NAME lists them (host, path): qsort is not stable, so the
+ * store's order within an app has to be asked for. */
+static int core__route_by_app_host_path(const void *a, const void *b)
+{
+    const struct store_route *const *x = a, *const *y = b;
+    int c = core__route_by_app(a, b);
+    if (!c)
+        c = strcmp((*x)->host, (*y)->host);
+    return c ? c : strcmp((*x)->path, (*y)->path);
+}
+
 static void core__apps_list(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -637,11 +648,11 @@ static void core__apps_list(struct api_request *req, void *ctx)
         api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
         return;
     }
-    /* routes grouped by app (stable: host order within an app) */
+    /* routes grouped by app, in host and path order within an app */
     const struct store_route **by_app = xcalloc(nr + 1, sizeof *by_app);
     for (size_t i = 0; i < nr; i++)
         by_app[i] = &routes[i];
-    qsort(by_app, nr, sizeof *by_app, core__route_by_app);
+    qsort(by_app, nr, sizeof *by_app, core__route_by_app_host_path);
     struct buf b = {0};
     buf_reserve(&b, n * 600 + 64);
     buf_puts(&b, "{\"apps\":[");

@@ -146,6 +146,23 @@ def test_invalid_and_taken_names(api):
     assert_error(api.api("POST", "/v1/domains", {"name": "localhost"}), 409, "name_taken")
 
 
+def test_app_routes_are_listed_in_one_order_everywhere(api):
+    mine = ["zz-order.localhost", "aa-order.localhost/b", "aa-order.localhost/a",
+            "mm-order.localhost"]
+    status, body = api.api("POST", "/v1/apps", {"name": "route-order", "routes": mine})
+    assert status == 201, body
+    status, body = api.api("POST", "/v1/apps", {"name": "route-order-2",
+                                                "routes": ["bb-order.localhost"]})
+    assert status == 201, body
+    status, one = api.api("GET", "/v1/apps/route-order")
+    assert status == 200, one
+    assert one["routes"] == sorted(mine), one["routes"]
+    status, listed = api.api("GET", "/v1/apps")
+    assert status == 200, listed
+    [app] = [a for a in listed["apps"] if a["name"] == "route-order"]
+    assert app["routes"] == one["routes"]
+
+
 def test_path_with_an_escaped_nul_is_refused_saying_so(api):
     assert_error(api.api("GET", "/v1/apps/a%00b"), 400, "invalid_value", "%00")
 
