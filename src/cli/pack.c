@@ -86,36 +86,50 @@ struct pack_ignore *pack_ignore_load(const char *dir)
     return ig;
 }
 
+static bool pack_glob_match(const char *glob, const char *path);
+
+/* Whether the part of a glob before `**` matches the first len bytes of path. */
+static bool pack_glob_head_match(const char *head, const char *path, size_t len)
+{
+    size_t hl = strlen(head);
+    if (hl == 0)
+        return true;
+    char *prefix = xstrndup(path, len);
+    bool ok = fnmatch(head, prefix, FNM_PATHNAME) == 0 ||
+              (len > 0 && head[hl - 1] == '/' && fnmatch(head, prefix, 0) == 0);
+    free(prefix);
+    return ok;
+}
+
+/* Whether the part of a glob after `**` matches some end of path that starts a folder. */
+static bool pack_glob_tail_match(const char *tail, const char *path)
+{
+    if (!*tail)
+        return true;
+    for (size_t j = 0;; j++) {
+        if ((j == 0 || path[j - 1] == '/') && pack_glob_match(tail, path + j))
+            return true;
+        if (!path[j])
+            return false;
+    }
+}
+
 /* fnmatch with `**` meaning any number of folders: tries each way of consuming them. */
 static bool pack_glob_match(const char *glob, const char *path)
 {
     const char *star2 = strstr(glob, "**");
     if (!star2)
-        return fnmatch(glob, path, FNM_PATHNAME | FNM_PERIOD * 0) == 0;
+        return fnmatch(glob, path, FNM_PATHNAME) == 0;
     char *head = xstrndup(glob, (size_t)(star2 - glob));
     const char *tail = star2 + 2;
     if (*tail == '/')
         tail++;
     bool matched = false;
-    size_t hl = strlen(head);
-    /* head must match a prefix of path ending at a '/' (or be empty). */
+    /* head must match a prefix of path ending at a '/' (or be empty) */
     for (size_t i = 0; !matched; i++) {
-        bool at_boundary = (i == 0 && hl == 0) || (i > 0 && path[i - 1] == '/');
-        if (at_boundary) {
-            char *prefix = xstrndup(path, i);
-            bool head_ok = hl == 0 || fnmatch(head, prefix, FNM_PATHNAME) == 0 ||
-                           (i > 0 && head[hl - 1] == '/' && fnmatch(head, prefix, 0) == 0);
-            free(prefix);
-            if (head_ok) {
-                /* the rest: tail matches some suffix that starts at a folder boundary */
-                for (size_t j = i; !matched; j++) {
-                    if (j == i || path[j - 1] == '/')
-                        matched = *tail ? pack_glob_match(tail, path + j) : true;
-                    if (!path[j])
-                        break;
-                }
-            }
-        }
+        bool at_boundary = (i == 0 && !*head) || (i > 0 && path[i - 1] == '/');
+        if (at_boundary && pack_glob_head_match(head, path, i))
+            matched = pack_glob_tail_match(tail, path + i);
         if (!path[i])
             break;
     }
