@@ -54,6 +54,21 @@ static void test_ignore_patterns(void **state)
     pack_ignore_free(ig);
 }
 
+static void test_double_star_between_folders(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {"a/**/b", "logs/**", "src/**/test_*.c", NULL};
+    struct pack_ignore *ig = ignore_of(lines);
+    assert_true(pack_ignore_match(ig, "a/b", false)); /* ** may be no folder at all */
+    assert_true(pack_ignore_match(ig, "a/x/y/b", false));
+    assert_false(pack_ignore_match(ig, "ab", false));
+    assert_true(pack_ignore_match(ig, "logs/x/y", false));
+    assert_false(pack_ignore_match(ig, "logsx/y", false));
+    assert_true(pack_ignore_match(ig, "src/u/v/test_b.c", false));
+    assert_false(pack_ignore_match(ig, "lib/test_b.c", false));
+    pack_ignore_free(ig);
+}
+
 static void write_file(const char *dir, const char *rel, const char *text)
 {
     char *path = xasprintf("%s/%s", dir, rel);
@@ -133,6 +148,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ignore_patterns),
+        cmocka_unit_test(test_double_star_between_folders),
         cmocka_unit_test(test_pack_folder_honours_ignore_files),
         cmocka_unit_test(test_pack_missing_folder_says_which),
     };
