@@ -159,42 +159,19 @@ static void on_published(void *arg, int status, uint64_t first, size_t count)
     publish_free(p);
 }
 
-struct header_vec {
-    struct cloudevent_header items[128];
-    size_t count;
-    bool overflow;
-};
-
-static void collect_header(void *ctx, const char *name, const char *value)
-{
-    struct header_vec *v = ctx;
-    if (v->count < ARRAY_SIZE(v->items))
-        v->items[v->count++] = (struct cloudevent_header){name, value};
-    else
-        v->overflow = true;
-}
-
 static void handle_publish(struct api_request *req, void *ctx)
 {
     const char *topic = publish_topic(req);
     if (!topic)
         return;
-    struct header_vec headers = {0};
-    api_request_headers_each(req, collect_header, &headers);
-    if (headers.overflow) {
-        api_respond_error(req, 400, "invalid_event",
-                          "more than %zu headers: send fewer (extensions go in ce-* headers, "
-                          "at most %d of them)",
-                          ARRAY_SIZE(headers.items), CLOUDEVENT_MAX_EXTENSIONS);
-        return;
-    }
+    struct cloudevent_headers headers = {.count = 0};
+    api_request_headers_each(req, cloudevent_headers_add, &headers);
     size_t len = 0;
     const char *body = api_request_body(req, &len);
     char source[128], err[256];
     caller_source(req, source, sizeof(source));
     struct cloudevent ev;
-    int rc = cloudevent_from_http(headers.items, headers.count, body, len, source, &ev, err,
-                                  sizeof(err));
+    int rc = cloudevent_from_request(&headers, body, len, source, &ev, err, sizeof(err));
     if (rc < 0) {
         api_respond_error(req, 400, strstr(err, "JSON") ? "invalid_json" : "invalid_event", "%s",
                           err);

@@ -391,6 +391,30 @@ static int from_binary(const struct cloudevent_header *headers, size_t count, co
     return 0;
 }
 
+void cloudevent_headers_add(void *headers, const char *name, const char *value)
+{
+    struct cloudevent_headers *h = headers;
+    if (h->count < ARRAY_SIZE(h->items))
+        h->items[h->count++] = (struct cloudevent_header){name, value};
+    else
+        h->overflow = true;
+}
+
+int cloudevent_from_request(const struct cloudevent_headers *headers, const void *body,
+                            size_t body_len, const char *default_source, struct cloudevent *out,
+                            char *errmsg, size_t errlen)
+{
+    if (headers->overflow) {
+        memset(out, 0, sizeof(*out));
+        return fail(errmsg, errlen,
+                    "more than %d headers: send fewer (extensions go in ce-* headers, at most %d "
+                    "of them)",
+                    CLOUDEVENT_MAX_HEADERS, CLOUDEVENT_MAX_EXTENSIONS);
+    }
+    return cloudevent_from_http(headers->items, headers->count, body, body_len, default_source, out,
+                                errmsg, errlen);
+}
+
 int cloudevent_from_http(const struct cloudevent_header *headers, size_t header_count,
                          const void *body, size_t body_len, const char *default_source,
                          struct cloudevent *out, char *errmsg, size_t errlen)

@@ -59,6 +59,21 @@ int cloudevent_from_http(const struct cloudevent_header *headers, size_t header_
                          const void *body, size_t body_len, const char *default_source,
                          struct cloudevent *out, char *errmsg, size_t errlen);
 
+/* A request's headers gathered for cloudevent_from_request: zero it, then pass
+ * cloudevent_headers_add to a header walk (api_request_headers_each). Names and values are
+ * borrowed from the request. */
+#define CLOUDEVENT_MAX_HEADERS 128
+struct cloudevent_headers {
+    struct cloudevent_header items[CLOUDEVENT_MAX_HEADERS];
+    size_t count;
+    bool overflow; /* there were more than CLOUDEVENT_MAX_HEADERS */
+};
+void cloudevent_headers_add(void *headers, const char *name, const char *value);
+/* cloudevent_from_http over gathered headers; too many of them is -EINVAL saying so. */
+int cloudevent_from_request(const struct cloudevent_headers *headers, const void *body,
+                            size_t body_len, const char *default_source, struct cloudevent *out,
+                            char *errmsg, size_t errlen);
+
 /* The same for the binary-mode headers of an HTTP response (a function's reply): returns 1
  * and fills *out when the response carries a CloudEvent (ce-specversion present), 0 when it
  * does not (out untouched), -EINVAL when it carries a malformed one. */

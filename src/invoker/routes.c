@@ -179,18 +179,6 @@ struct inv_invoke {
     struct inv_invoke *next;
 };
 
-struct routes_headers {
-    struct cloudevent_header items[64];
-    size_t count;
-};
-
-static void routes_collect_header(void *ctx, const char *name, const char *value)
-{
-    struct routes_headers *h = ctx;
-    if (h->count < ARRAY_SIZE(h->items))
-        h->items[h->count++] = (struct cloudevent_header){name, value};
-}
-
 static void invoke_free(struct inv_invoke *iv)
 {
     cloudevent_free(&iv->ev);
@@ -305,15 +293,15 @@ static void routes_invoke(struct api_request *req, void *ctx)
                           app, app);
         return;
     }
-    struct routes_headers h = {.count = 0};
-    api_request_headers_each(req, routes_collect_header, &h);
+    struct cloudevent_headers h = {.count = 0};
+    api_request_headers_each(req, cloudevent_headers_add, &h);
     size_t len;
     const char *body = api_request_body(req, &len);
     struct inv_invoke *iv = xcalloc(1, sizeof(*iv));
     char err[256];
     char source[96];
     snprintf(source, sizeof(source), "/skiff/invoke/%s", app);
-    if (cloudevent_from_http(h.items, h.count, body, len, source, &iv->ev, err, sizeof(err)) < 0) {
+    if (cloudevent_from_request(&h, body, len, source, &iv->ev, err, sizeof(err)) < 0) {
         free(iv);
         api_respond_error(req, 400, "invalid_value", "%s", err);
         return;

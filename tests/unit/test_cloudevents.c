@@ -239,9 +239,31 @@ static void test_reply_detection(void **state)
     assert_int_equal(cloudevent_from_response(broken, 2, "", 0, &ev, err, sizeof(err)), -EINVAL);
 }
 
+static void test_gathered_headers(void **state)
+{
+    (void)state;
+    struct cloudevent_headers h = {.count = 0};
+    cloudevent_headers_add(&h, "ce-id", "1");
+    cloudevent_headers_add(&h, "ce-source", "/s");
+    cloudevent_headers_add(&h, "ce-type", "t");
+    cloudevent_headers_add(&h, "ce-specversion", "1.0");
+    struct cloudevent ev;
+    char err[256];
+    assert_int_equal(cloudevent_from_request(&h, "x", 1, "/d", &ev, err, sizeof(err)), 0);
+    assert_string_equal(ev.id, "1");
+    assert_string_equal(ev.source, "/s");
+    cloudevent_free(&ev);
+    while (!h.overflow)
+        cloudevent_headers_add(&h, "x-more", "1");
+    assert_int_equal(h.count, CLOUDEVENT_MAX_HEADERS);
+    assert_int_equal(cloudevent_from_request(&h, "x", 1, "/d", &ev, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "headers: send fewer"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gathered_headers),
         cmocka_unit_test(test_binary_mode),
         cmocka_unit_test(test_binary_errors),
         cmocka_unit_test(test_structured_mode),
