@@ -80,6 +80,7 @@ struct api_request {
     unsigned nparams;
     struct api_header *headers;
     size_t nheaders;
+    bool headers_dropped; /* more than API_MAX_HEADERS came: the request is refused */
     const struct api_route *route;
     /* body */
     struct buf body;
@@ -217,6 +218,8 @@ static const char *api__reason(int status)
         return "Unprocessable Entity";
     case 429:
         return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
     case 500:
         return "Internal Server Error";
     case 502:
@@ -940,6 +943,8 @@ static void api__push_header(struct api_conn *c)
         req->headers[req->nheaders].name = xstrdup(c->hfield.data);
         req->headers[req->nheaders].value = xstrdup(c->hvalue.data ? c->hvalue.data : "");
         req->nheaders++;
+    } else {
+        req->headers_dropped = true;
     }
     buf_reset(&c->hfield);
     buf_reset(&c->hvalue);
@@ -999,6 +1004,11 @@ static int api__on_headers_complete(llhttp_t *p)
         api__early(req, 400, "invalid_value",
                    "the request path holds an escaped NUL byte (%%00): names never contain one");
     }
+    /* answered rather than read without the headers past the limit, which may be the ones
+     * that matter (ce-* attributes, Authorization) */
+    if (req->headers_dropped)
+        api__early(req, 431, "too_large", "the request has more than %d headers: send fewer",
+                   API_MAX_HEADERS);
 
     const char *expect = api_request_header(req, "expect");
     req->expect_continue = expect && !strcasecmp(expect, "100-continue");

@@ -167,6 +167,14 @@ def test_path_with_an_escaped_nul_is_refused_saying_so(api):
     assert_error(api.api("GET", "/v1/apps/a%00b"), 400, "invalid_value", "%00")
 
 
+def test_too_many_headers_are_refused_not_dropped(api):
+    many = {f"x-filler-{i}": "1" for i in range(120)}
+    assert_error(api.api("GET", "/v1/apps", headers=many), 431, "too_large", "headers")
+    some = {f"x-filler-{i}": "1" for i in range(80)}
+    status, body = api.api("GET", "/v1/apps", headers=some)
+    assert status == 200, body
+
+
 def test_unknown_app(api):
     for method, path, body in [("GET", "/v1/apps/ghost", None), ("PATCH", "/v1/apps/ghost",
                                                                   {"instances": 2}),
