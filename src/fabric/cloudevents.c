@@ -391,6 +391,22 @@ static int from_binary(const struct cloudevent_header *headers, size_t count, co
     return 0;
 }
 
+static bool has_ce_header(const struct cloudevent_header *headers, size_t header_count)
+{
+    for (size_t i = 0; i < header_count; i++)
+        if (!strncasecmp(headers[i].name, "ce-", 3))
+            return true;
+    return false;
+}
+
+bool cloudevent_request_wraps(const struct cloudevent_headers *headers)
+{
+    const char *ct = header_get(headers->items, headers->count, "content-type");
+    return !content_type_is(ct, "application/cloudevents+json") &&
+           !content_type_is(ct, "application/cloudevents-batch+json") &&
+           !has_ce_header(headers->items, headers->count);
+}
+
 void cloudevent_headers_add(void *headers, const char *name, const char *value)
 {
     struct cloudevent_headers *h = headers;
@@ -440,11 +456,7 @@ int cloudevent_from_http(const struct cloudevent_header *headers, size_t header_
                   "/v1/topics/TOPIC/events:batch");
         goto fail;
     }
-    bool binary = false;
-    for (size_t i = 0; i < header_count; i++)
-        if (!strncasecmp(headers[i].name, "ce-", 3))
-            binary = true;
-    if (binary) {
+    if (has_ce_header(headers, header_count)) {
         if ((rc = from_binary(headers, header_count, body, body_len, out, errmsg, errlen)) < 0)
             goto fail;
     } else {

@@ -69,6 +69,9 @@ struct cloudevent_headers {
     bool overflow; /* there were more than CLOUDEVENT_MAX_HEADERS */
 };
 void cloudevent_headers_add(void *headers, const char *name, const char *value);
+/* Whether cloudevent_from_request would wrap the body (no ce-* header, not a CloudEvents media
+ * type): only then is default_source used, so a caller may work it out only then. */
+bool cloudevent_request_wraps(const struct cloudevent_headers *headers);
 /* cloudevent_from_http over gathered headers; too many of them is -EINVAL saying so. */
 int cloudevent_from_request(const struct cloudevent_headers *headers, const void *body,
                             size_t body_len, const char *default_source, struct cloudevent *out,

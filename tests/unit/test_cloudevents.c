@@ -255,6 +255,13 @@ static void test_gathered_headers(void **state)
     cloudevent_free(&ev);
     while (!h.overflow)
         cloudevent_headers_add(&h, "x-more", "1");
+    assert_false(cloudevent_request_wraps(&h)); /* binary mode */
+    struct cloudevent_headers plain = {.count = 0};
+    cloudevent_headers_add(&plain, "Content-Type", "text/plain");
+    assert_true(cloudevent_request_wraps(&plain));
+    struct cloudevent_headers structured = {.count = 0};
+    cloudevent_headers_add(&structured, "Content-Type", "application/cloudevents+json");
+    assert_false(cloudevent_request_wraps(&structured));
     assert_int_equal(h.count, CLOUDEVENT_MAX_HEADERS);
     assert_int_equal(cloudevent_from_request(&h, "x", 1, "/d", &ev, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "headers: send fewer"));
