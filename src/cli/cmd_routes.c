@@ -6,11 +6,18 @@
 #include "common/buf.h"
 #include "common/util.h"
 
-/* HOST may carry its path ("api.localhost/v1"); --path wins when both are given. Fills
- * *host (caller frees) and *path (a pointer into HOST, --path, or ""). */
-static int cli_route_args(const struct cli_command *cmd, const char *arg, const char *path_opt,
-                          char **host, const char **path)
+/* Parses `APP HOST[/PATH] [--path /PATH]` (map-route, unmap-route): --path wins when both give
+ * a path. Fills *args, *host (caller frees) and *path (a pointer into argv, or ""). Returns
+ * CLI_CONTINUE, or the exit status to return now. */
+static int cli_route_args(const struct cli_command *cmd, int argc, char **argv,
+                          struct cli_args *args, char **host, const char **path)
 {
+    const char *path_opt = NULL;
+    struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt}, {0}};
+    int rc = cli_parse_options(cmd, argc, argv, opts, args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *arg = args->items[1];
     const char *slash = strchr(arg, '/');
     if (strstr(arg, "://"))
         return cli_usage_error(cmd, "give the host without a scheme, like hello.localhost");
@@ -26,15 +33,10 @@ static int cli_route_args(const struct cli_command *cmd, const char *arg, const 
 
 int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
 {
-    const char *path_opt = NULL;
-    struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt}, {0}};
     struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
-    if (rc != CLI_CONTINUE)
-        return rc;
     char *host;
     const char *path;
-    rc = cli_route_args(cmd, args.items[1], path_opt, &host, &path);
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path);
     if (rc != CLI_CONTINUE)
         return rc;
     json_t *body = json_pack("{s:s, s:s, s:s}", "app", args.items[0], "host", host, "path", path);
@@ -54,15 +56,10 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
 
 int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv)
 {
-    const char *path_opt = NULL;
-    struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt}, {0}};
     struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
-    if (rc != CLI_CONTINUE)
-        return rc;
     char *host;
     const char *path;
-    rc = cli_route_args(cmd, args.items[1], path_opt, &host, &path);
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path);
     if (rc != CLI_CONTINUE)
         return rc;
     char *app_q = cli_escape(args.items[0]), *host_q = cli_escape(host), *path_q = cli_escape(path);
