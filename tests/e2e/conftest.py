@@ -167,6 +167,25 @@ class Platform:
     wait_for = staticmethod(wait_for)
 
 
+def http_get(url, host=None, timeout=5):
+    """GET url (with that Host header, for the router); returns (status, text), errors too."""
+    req = urllib.request.Request(url)
+    if host:
+        req.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def app_json(platform, name):
+    """`skiff app NAME --json`, parsed."""
+    r = platform.cli("app", name, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def out(r):
     """A finished `skiff` run as text for an assertion message."""
     return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"

@@ -2,32 +2,15 @@
 staged by the buildpack that detects it (or the one named with -b), and answers HTTP on its
 instance's port. A staging that fails says why and leaves the running droplet alone; an app
 that outgrows its memory limit is reported as out of memory."""
-import json
 import os
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import ROOT, out
+from conftest import ROOT, app_json, http_get, out
 
 EXAMPLES = os.path.join(ROOT, "examples")
-
-
-def get(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-
-
-def app_json(platform, name):
-    r = platform.cli("app", name, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def running_ports(platform, name):
@@ -40,7 +23,7 @@ def push_and_get(platform, name, path, *args):
     assert r.returncode == 0, out(r)
     ports = platform.wait_for(lambda: running_ports(platform, name), timeout=30,
                               what=f"{name} running")
-    return r, get(f"http://127.0.0.1:{ports[0]}/")
+    return r, http_get(f"http://127.0.0.1:{ports[0]}/")
 
 
 @pytest.fixture
@@ -105,7 +88,7 @@ def test_failed_staging_keeps_the_running_droplet(platform, tmp_path):
     assert "cannot install skiff-missing-package" in msg, msg
     assert "vendor/" in msg, msg
     assert running_ports(platform, "keep") == before
-    status, body = get(f"http://127.0.0.1:{before[0]}/")
+    status, body = http_get(f"http://127.0.0.1:{before[0]}/")
     assert status == 200 and "hello" in body
 
 

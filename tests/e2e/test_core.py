@@ -5,30 +5,11 @@ import json
 import os
 import re
 import shutil
-import urllib.error
-import urllib.request
 
-from conftest import ROOT, out
+from conftest import ROOT, app_json, http_get, out
 
 EXAMPLES = os.path.join(ROOT, "examples")
 PYTHON_WEB = os.path.join(EXAMPLES, "python-web")
-
-
-def get(url, host=None, timeout=5):
-    req = urllib.request.Request(url)
-    if host:
-        req.add_header("Host", host)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-
-
-def app_json(platform, name):
-    r = platform.cli("app", name, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def running(app):
@@ -67,7 +48,7 @@ def test_user_sequence(platform):
     (inst,) = running(app)
     assert inst["port"] > 0 and str(inst["port"]) in inst_row
     assert inst["since"] and "cpu" in inst and "memory_bytes" in inst
-    status, _ = get(f"http://127.0.0.1:{inst['port']}/")
+    status, _ = http_get(f"http://127.0.0.1:{inst['port']}/")
     assert status == 200
 
     # scale: 3 instances running, each with its own PORT
@@ -81,7 +62,7 @@ def test_user_sequence(platform):
     assert len(ports) == 3
     assert sorted(i["index"] for i in insts) == [0, 1, 2]
     for p in ports:
-        assert get(f"http://127.0.0.1:{p}/")[0] == 200
+        assert http_get(f"http://127.0.0.1:{p}/")[0] == 200
 
     # logs --recent: staging and app output, with their source tags
     def recent_logs():
@@ -103,10 +84,10 @@ def test_user_sequence(platform):
     insts = running(app)
     assert len(insts) == 3
     for i in insts:
-        status, body = get(f"http://127.0.0.1:{i['port']}/")
+        status, body = http_get(f"http://127.0.0.1:{i['port']}/")
         assert status == 200 and "hi-from-e2e" in body, body
     # and through the router, on the default route
-    platform.wait_for(lambda: "hi-from-e2e" in get(platform.router_url + "/", "hello.localhost")[1],
+    platform.wait_for(lambda: "hi-from-e2e" in http_get(platform.router_url + "/", "hello.localhost")[1],
                       timeout=10, what="the new GREETING through the router")
 
     # stop: nothing runs
@@ -256,7 +237,7 @@ def test_logs_follow(platform):
     try:
         # the recent lines come first, then what happens from now on
         read_until(proc, "[STG/0]", 20, "the recent staging lines")
-        assert get(f"http://127.0.0.1:{port}/followed-request")[0] == 404  # the app's own 404
+        assert http_get(f"http://127.0.0.1:{port}/followed-request")[0] == 404  # the app's own 404
         line = read_until(proc, "/followed-request", 20, "the request's log line").splitlines()[-1]
         assert re.search(r"\[APP/PROC/WEB/0\] OUT GET /followed-request 404", line), line
         assert proc.poll() is None, "logs stopped following"
@@ -288,7 +269,7 @@ def test_push_again_runs_the_new_code(platform, tmp_path):
     assert len(insts) == 2, "the instance count of the first push is kept"
     assert not old & {i["guid"] for i in insts}, "old instances still listed as running"
     for i in insts:
-        assert "from the second push" in get(f"http://127.0.0.1:{i['port']}/")[1]
+        assert "from the second push" in http_get(f"http://127.0.0.1:{i['port']}/")[1]
 
 
 def test_ignore_files_keep_things_out_of_the_upload(platform, tmp_path):
@@ -325,7 +306,7 @@ def test_failed_staging_says_why_and_keeps_the_app_running(platform, tmp_path):
     assert r.stderr.startswith("error: staging steady failed: "), r.stderr
     after = running(app_json(platform, "steady"))
     assert {i["guid"] for i in after} == {i["guid"] for i in before}
-    assert get(f"http://127.0.0.1:{after[0]['port']}/")[0] == 200
+    assert http_get(f"http://127.0.0.1:{after[0]['port']}/")[0] == 200
 
     r = platform.cli("push", "steady", "-p", PYTHON_WEB, "-b", "no-such-buildpack")
     assert r.returncode == 1, out(r)
