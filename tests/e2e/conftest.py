@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -189,6 +190,21 @@ def app_json(platform, name):
 def out(r):
     """A finished `skiff` run as text for an assertion message."""
     return f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+
+
+def write(dirpath, name, text):
+    """Writes text (dedented) to dirpath/name; returns the path."""
+    path = os.path.join(str(dirpath), name)
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+    return path
+
+
+def push_function(platform, name, path, handler="handle"):
+    """`skiff push NAME --function PATH:HANDLER`, which must succeed."""
+    r = platform.cli("push", name, "--function", f"{path}:{handler}")
+    assert r.returncode == 0, out(r)
+    return r
 
 
 @pytest.fixture

@@ -3,26 +3,12 @@ Node.js and shell snippets, called once with `skiff invoke` (which starts an ins
 zero), replies as JSON or text, failures as errors."""
 import json
 import os
-import textwrap
 import time
 import urllib.request
 
-from conftest import ROOT, Platform, out
+from conftest import ROOT, Platform, out, push_function, write
 
 FUNCTIONS = os.path.join(ROOT, "examples", "functions")
-
-
-def write(dirpath, name, text):
-    path = os.path.join(str(dirpath), name)
-    with open(path, "w") as f:
-        f.write(textwrap.dedent(text))
-    return path
-
-
-def push_function(platform, name, path, handler):
-    r = platform.cli("push", name, "--function", f"{path}:{handler}")
-    assert r.returncode == 0, out(r)
-    return r
 
 
 def test_python_function_invoke_scales_from_zero(platform):

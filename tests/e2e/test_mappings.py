@@ -6,27 +6,14 @@ import json
 import os
 import re
 import signal
-import textwrap
 import threading
 import time
 import urllib.error
 import urllib.request
 
-from conftest import ROOT, Platform, out
+from conftest import ROOT, Platform, out, push_function, write
 
 FUNCTIONS = os.path.join(ROOT, "examples", "functions")
-
-
-def write(dirpath, name, text):
-    path = os.path.join(str(dirpath), name)
-    with open(path, "w") as f:
-        f.write(textwrap.dedent(text))
-    return path
-
-
-def push_function(platform, name, path, handler="handle"):
-    r = platform.cli("push", name, "--function", f"{path}:{handler}")
-    assert r.returncode == 0, out(r)
 
 
 def cli_ok(platform, *args):
