@@ -391,6 +391,26 @@ int store_app_update(struct store *st, const struct store_app *app)
     return store__app_write(st, app, false);
 }
 
+/* Appends the process in the row's columns from col on: type, command, instances, memory_mb. */
+static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
+{
+    app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
+    struct store_process *p = &app->processes[app->n_processes++];
+    p->type = store__col_text(q, col);
+    p->command = store__col_text(q, col + 1);
+    p->instances = sqlite3_column_int(q, col + 2);
+    p->memory_mb = sqlite3_column_int(q, col + 3);
+}
+
+/* Appends the variable in the row's columns from col on: name, value. */
+static void store__add_env(struct store_app *app, sqlite3_stmt *q, int col)
+{
+    app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
+    app->env[app->n_env].name = store__col_text(q, col);
+    app->env[app->n_env].value = store__col_text(q, col + 1);
+    app->n_env++;
+}
+
 static void store__app_load_children(struct store *st, struct store_app *app)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb FROM "
@@ -398,26 +418,15 @@ static void store__app_load_children(struct store *st, struct store_app *app)
                                          "type");
     if (q) {
         sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
-        while (sqlite3_step(q) == SQLITE_ROW) {
-            app->processes =
-                xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
-            struct store_process *p = &app->processes[app->n_processes++];
-            p->type = store__col_text(q, 0);
-            p->command = store__col_text(q, 1);
-            p->instances = sqlite3_column_int(q, 2);
-            p->memory_mb = sqlite3_column_int(q, 3);
-        }
+        while (sqlite3_step(q) == SQLITE_ROW)
+            store__add_process(app, q, 0);
         store__release(st, q);
     }
     q = store__prepare(st, "SELECT name, value FROM env_vars WHERE app_guid = ? ORDER BY name");
     if (q) {
         sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
-        while (sqlite3_step(q) == SQLITE_ROW) {
-            app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
-            app->env[app->n_env].name = store__col_text(q, 0);
-            app->env[app->n_env].value = store__col_text(q, 1);
-            app->n_env++;
-        }
+        while (sqlite3_step(q) == SQLITE_ROW)
+            store__add_env(app, q, 0);
         store__release(st, q);
     }
 }
@@ -459,6 +468,17 @@ static void store__web_first(struct store_app *app)
     }
 }
 
+/* The app whose guid is in the row's first column, walking *i forward through by_guid (apps in
+ * guid order, as the rows come); NULL when the row belongs to no listed app. */
+static struct store_app *store__row_owner(struct store_app **by_guid, size_t count, size_t *i,
+                                          sqlite3_stmt *q)
+{
+    const char *guid = (const char *)sqlite3_column_text(q, 0);
+    while (*i < count && strcmp(by_guid[*i]->guid, guid) < 0)
+        (*i)++;
+    return *i < count && strcmp(by_guid[*i]->guid, guid) == 0 ? by_guid[*i] : NULL;
+}
+
 /* Loads all apps with three queries (not one per app), so listing 1,000 apps stays fast. */
 int store_app_list(struct store *st, struct store_app ***out, size_t *n)
 {
@@ -481,35 +501,16 @@ int store_app_list(struct store *st, struct store_app ***out, size_t *n)
     q = store__prepare(st, "SELECT app_guid, type, command, instances, memory_mb FROM processes "
                            "ORDER BY app_guid, type");
     size_t i = 0;
-    while (q && sqlite3_step(q) == SQLITE_ROW) {
-        const char *guid = (const char *)sqlite3_column_text(q, 0);
-        while (i < count && strcmp(by_guid[i]->guid, guid) < 0)
-            i++;
-        if (i == count || strcmp(by_guid[i]->guid, guid) != 0)
-            continue;
-        struct store_app *app = by_guid[i];
-        app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
-        struct store_process *p = &app->processes[app->n_processes++];
-        p->type = store__col_text(q, 1);
-        p->command = store__col_text(q, 2);
-        p->instances = sqlite3_column_int(q, 3);
-        p->memory_mb = sqlite3_column_int(q, 4);
-    }
+    struct store_app *app;
+    while (q && sqlite3_step(q) == SQLITE_ROW)
+        if ((app = store__row_owner(by_guid, count, &i, q)))
+            store__add_process(app, q, 1);
     store__release(st, q);
     q = store__prepare(st, "SELECT app_guid, name, value FROM env_vars ORDER BY app_guid, name");
     i = 0;
-    while (q && sqlite3_step(q) == SQLITE_ROW) {
-        const char *guid = (const char *)sqlite3_column_text(q, 0);
-        while (i < count && strcmp(by_guid[i]->guid, guid) < 0)
-            i++;
-        if (i == count || strcmp(by_guid[i]->guid, guid) != 0)
-            continue;
-        struct store_app *app = by_guid[i];
-        app->env = xrealloc(app->env, (app->n_env + 1) * sizeof *app->env);
-        app->env[app->n_env].name = store__col_text(q, 1);
-        app->env[app->n_env].value = store__col_text(q, 2);
-        app->n_env++;
-    }
+    while (q && sqlite3_step(q) == SQLITE_ROW)
+        if ((app = store__row_owner(by_guid, count, &i, q)))
+            store__add_env(app, q, 1);
     store__release(st, q);
     free(by_guid);
     /* "web" first, as store_app_get gives them */
