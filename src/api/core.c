@@ -894,31 +894,30 @@ static void core__apps_delete(struct api_request *req, void *ctx)
     api_respond(req, 204, NULL, NULL, 0);
 }
 
-static void core__app_set_state(struct api_request *req, struct api_core *core, const char *state)
+/* Refuses to start an app that has nothing to run; true after answering 422. */
+static bool core__not_staged(struct api_request *req, const struct store_app *app)
 {
-    struct store_app *app = api_core__find_app(core, req);
-    if (!app)
-        return;
-    if (!strcmp(state, "STARTED") && !app->droplet_guid) {
-        api_respond_error(req, 422, "not_staged",
-                          "app \"%s\" has no droplet yet: push it (`skiff push %s`) or stage it "
-                          "first",
-                          app->name, app->name);
-        store_app_free(app);
-        return;
-    }
+    if (app->droplet_guid)
+        return false;
+    api_respond_error(req, 422, "not_staged",
+                      "app \"%s\" has no droplet yet: push it (`skiff push %s`) or stage it first",
+                      app->name, app->name);
+    return true;
+}
+
+/* Stores STARTED or STOPPED and tells the scheduler (and, when it changed, the app's event
+ * subscribers). False after answering 500. */
+static bool core__app_put_state(struct api_core *core, struct api_request *req,
+                                struct store_app *app, const char *state)
+{
     bool changed = strcmp(app->state, state) != 0;
     free(app->state);
     app->state = xstrdup(state);
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {
         api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
-        store_app_free(app);
-        return;
+        return false;
     }
-    if (changed)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s",
-                     strcmp(state, "STARTED") ? "Stopped" : "Started", app->name);
     if (core->cfg.scheduler) {
         scheduler_app_changed(core->cfg.scheduler, app->guid);
         if (changed)
@@ -927,7 +926,24 @@ static void core__app_set_state(struct api_request *req, struct api_core *core, 
                                                           : SCHEDULER_APP_STARTED,
                                  app->guid, NULL, 0);
     }
+    return true;
+}
+
+static void core__app_set_state(struct api_request *req, struct api_core *core, const char *state)
+{
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    if (!strcmp(state, "STARTED") && core__not_staged(req, app))
+        goto done;
+    bool changed = strcmp(app->state, state) != 0;
+    if (!core__app_put_state(core, req, app, state))
+        goto done;
+    if (changed)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s",
+                     strcmp(state, "STARTED") ? "Stopped" : "Started", app->name);
     api_core__respond_app(core, req, 200, app);
+done:
     store_app_free(app);
 }
 
@@ -947,22 +963,12 @@ static void core__app_restart(struct api_request *req, void *ctx)
     struct store_app *app = api_core__find_app(core, req);
     if (!app)
         return;
-    if (!app->droplet_guid) {
-        api_respond_error(req, 422, "not_staged",
-                          "app \"%s\" has no droplet yet: push it (`skiff push %s`) first",
-                          app->name, app->name);
-        store_app_free(app);
-        return;
-    }
+    if (core__not_staged(req, app))
+        goto done;
     if (strcmp(app->state, "STARTED")) {
-        free(app->state);
-        app->state = xstrdup("STARTED");
-        app->updated_at = time_now_ms();
-        store_app_update(core->cfg.store, app);
-        if (core->cfg.scheduler) {
-            scheduler_app_changed(core->cfg.scheduler, app->guid);
-            scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_STARTED, app->guid, NULL, 0);
-        }
+        /* a stopped app restarts by starting */
+        if (!core__app_put_state(core, req, app, "STARTED"))
+            goto done;
     } else if (core->cfg.scheduler) {
         const char *rolling = api_request_query(req, "rolling");
         scheduler_app_restart(core->cfg.scheduler, app->guid,
@@ -970,6 +976,7 @@ static void core__app_restart(struct api_request *req, void *ctx)
     }
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Restarted app %s", app->name);
     api_core__respond_app(core, req, 200, app);
+done:
     store_app_free(app);
 }
 
