@@ -30,6 +30,8 @@
  * replays. */
 #define RETENTION_MAX_AGE_MS ((int64_t)7 * 24 * 3600 * 1000)
 #define RETENTION_MAX_BYTES ((int64_t)1 << 30)
+/* one encoded event at the most (the fabric's default, stated here so errors can name it) */
+#define EVENTS_MAX_RECORD_BYTES (1u << 20)
 
 struct tail {
     struct tail *next, **prevp;
@@ -61,7 +63,10 @@ static void respond_fabric_error(struct api_request *req, int rc)
 {
     switch (rc) {
     case -EMSGSIZE:
-        api_respond_error(req, 413, "too_large", "%s", fabric_strerror(rc));
+        api_respond_error(req, 413, "too_large",
+                          "the event is larger than the limit of %u bytes once encoded: make it "
+                          "smaller (for large data, publish where the data is kept instead)",
+                          EVENTS_MAX_RECORD_BYTES);
         break;
     case -EINVAL:
         api_respond_error(req, 400, "invalid_name", "%s", fabric_strerror(rc));
@@ -488,6 +493,7 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
     struct fabric_config cfg = {
         .dir = dir,
         .retention = {.max_age_ms = RETENTION_MAX_AGE_MS, .max_bytes = RETENTION_MAX_BYTES},
+        .max_record_bytes = EVENTS_MAX_RECORD_BYTES,
     };
     int rc = fabric_open(svc->loop, &cfg, &events.fabric, err, errsize);
     free(dir);

@@ -92,6 +92,14 @@ def test_malformed_events_are_400_with_a_reason(shared_platform):
     assert p.info()["version"]
 
 
+def test_event_over_the_record_limit_names_the_limit(shared_platform):
+    p = shared_platform
+    status, body = p.api("POST", "/v1/topics/orders/events", raw=b"x" * (2 << 20),
+                         headers={**CE, "Content-Type": "application/octet-stream"})
+    assert status == 413 and body["error"]["code"] == "too_large", body
+    assert "1048576 bytes" in body["error"]["message"], body
+
+
 def test_batch_is_one_durable_append(shared_platform):
     p = shared_platform
     batch = [{"specversion": "1.0", "id": "b-%d" % i, "source": "/batch", "type": "b",
