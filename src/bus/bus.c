@@ -53,14 +53,20 @@ struct bus_write {
     char data[];
 };
 
-static void bus__handle_closed(uv_handle_t *h)
+/* One of the bus's handles (server, timer, a connection) is closed: the last one to go
+ * while closing finishes bus_close. */
+static void bus__handle_gone(struct bus *bus)
 {
-    struct bus *bus = h->data;
     if (--bus->handles == 0 && bus->closing && bus->done) {
         void (*done)(void *) = bus->done;
         bus->done = NULL;
         done(bus->done_arg);
     }
+}
+
+static void bus__handle_closed(uv_handle_t *h)
+{
+    bus__handle_gone(h->data);
 }
 
 static void bus__conn_closed(uv_handle_t *h)
@@ -69,11 +75,7 @@ static void bus__conn_closed(uv_handle_t *h)
     struct bus *bus = c->bus;
     buf_free(&c->in);
     free(c);
-    if (--bus->handles == 0 && bus->closing && bus->done) {
-        void (*done)(void *) = bus->done;
-        bus->done = NULL;
-        done(bus->done_arg);
-    }
+    bus__handle_gone(bus);
 }
 
 static void bus__conn_close(struct bus_conn *c)
