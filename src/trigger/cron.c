@@ -8,6 +8,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/util.h"
+
 struct cron_field {
     const char *name;
     int min, max;
@@ -129,26 +131,18 @@ int64_t trigger_parse_duration_ms(const char *s)
             if (n > 1000000000)
                 return -1;
         }
-        int64_t unit;
-        if (strncmp(s, "ms", 2) == 0) {
-            unit = 1;
-            s += 2;
-        } else if (*s == 's') {
-            unit = 1000;
-            s++;
-        } else if (*s == 'm') {
-            unit = 60000;
-            s++;
-        } else if (*s == 'h') {
-            unit = 3600000;
-            s++;
-        } else if (*s == 'd') {
-            unit = 86400000;
-            s++;
-        } else {
+        /* "ms" before "m" */
+        static const struct {
+            const char *suffix;
+            int64_t ms;
+        } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+        size_t u = 0;
+        while (u < ARRAY_SIZE(units) && !str_has_prefix(s, units[u].suffix))
+            u++;
+        if (u == ARRAY_SIZE(units))
             return -1;
-        }
-        total += n * unit;
+        s += strlen(units[u].suffix);
+        total += n * units[u].ms;
         if (total > (int64_t)1000 * 86400000)
             return -1;
     }

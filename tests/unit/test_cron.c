@@ -138,9 +138,24 @@ static void test_errors_name_the_problem(void **state)
     expect_error("@every 30s extra", "interval");
 }
 
+static void test_durations(void **state)
+{
+    (void)state;
+    assert_int_equal(trigger_parse_duration_ms("250ms"), 250);
+    assert_int_equal(trigger_parse_duration_ms("90s"), 90000);
+    assert_int_equal(trigger_parse_duration_ms("1h30m"), 5400000);
+    assert_int_equal(trigger_parse_duration_ms("2d"), 172800000);
+    assert_int_equal(trigger_parse_duration_ms(""), -1);
+    assert_int_equal(trigger_parse_duration_ms("10"), -1); /* a unit is needed */
+    assert_int_equal(trigger_parse_duration_ms("5x"), -1);
+    assert_int_equal(trigger_parse_duration_ms("m"), -1);
+    assert_int_equal(trigger_parse_duration_ms("1001d"), -1); /* over 1000 days */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_durations),
         cmocka_unit_test(test_every_minute_and_fixed_time),
         cmocka_unit_test(test_ranges_steps_lists),
         cmocka_unit_test(test_names_and_weekdays),
