@@ -37,9 +37,9 @@ struct daemon {
     struct bus *bus;
     struct router_proc *router;
     bool events_started;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sigusr2;
     bool stopping;
-    bool kill_router;
+    bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
     int exit_code;
 };
 
@@ -59,8 +59,15 @@ static void usage(FILE *out)
           "4096),\n"
           "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder),\n"
           "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db).\n"
-          "SIGINT (Ctrl-C) stops everything; SIGTERM stops skiffd and its instances but leaves\n"
-          "the router serving, for a restart of skiffd.\n",
+          "\n"
+          "Signals:\n"
+          "  SIGTERM, SIGINT  stop the platform: every instance gracefully (SIGTERM, then SIGKILL\n"
+          "                   after SKIFF_GRACE_MS, default 10000), then the router; skiffd\n"
+          "                   exits 0 and leaves nothing running.\n"
+          "  SIGUSR2          exit at once and leave the router and the instances serving, for\n"
+          "                   a restart or an upgrade of skiffd; the next skiffd adopts them.\n"
+          "A crash or kill -9 of skiffd leaves them serving too: each instance runs under its\n"
+          "own skiff-shim, which keeps its output (the last 1000 lines) until skiffd is back.\n",
           out);
 }
 
@@ -159,13 +166,14 @@ static void shutdown_router_done(void *arg)
     struct daemon *d = arg;
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->sigusr2, NULL);
 }
 
 static void shutdown_bus_done(void *arg)
 {
     struct daemon *d = arg;
     if (d->router)
-        router_proc_close(d->router, d->kill_router, shutdown_router_done, d);
+        router_proc_close(d->router, !d->detach, shutdown_router_done, d);
     else
         shutdown_router_done(d);
 }
@@ -182,7 +190,9 @@ static void shutdown_sched_done(void *arg)
 static void shutdown_events_done(void *arg)
 {
     struct daemon *d = arg;
-    if (d->sched)
+    if (d->sched && d->detach)
+        scheduler_detach(d->sched, shutdown_sched_done, d);
+    else if (d->sched)
         scheduler_shutdown(d->sched, shutdown_sched_done, d);
     else
         shutdown_sched_done(d);
@@ -217,9 +227,14 @@ static void on_signal(uv_signal_t *h, int signum)
         fprintf(stderr, "skiffd: still stopping (instances get their grace period)\n");
         return;
     }
-    fprintf(stderr, "skiffd: %s: stopping instances and exiting\n",
-            signum == SIGINT ? "interrupted" : "terminated");
-    d->kill_router = signum == SIGINT;
+    if (signum == SIGUSR2) {
+        fprintf(stderr, "skiffd: SIGUSR2: exiting, the router and the instances keep serving "
+                        "for the next skiffd\n");
+        d->detach = true;
+    } else {
+        fprintf(stderr, "skiffd: %s: stopping the instances and the router, then exiting\n",
+                signum == SIGINT ? "interrupted" : "terminated");
+    }
     daemon_stop(d);
 }
 
@@ -298,6 +313,7 @@ int main(int argc, char **argv)
     char *dir = self_dir();
     char *buildpacks = find_buildpacks(dir);
     char *router_bin = xasprintf("%s/skiff-router", dir);
+    char *shim_bin = xasprintf("%s/skiff-shim", dir);
     char *db = NULL, *bus_path = NULL, *api_url = NULL;
 
     char *run = xasprintf("%s/run", d.home);
@@ -362,7 +378,8 @@ int main(int argc, char **argv)
     struct executor_config ecfg = {.home = d.home,
                                    .port_min = (int)env_long("SKIFF_PORT_MIN", 61000),
                                    .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),
-                                   .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000)};
+                                   .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000),
+                                   .shim_path = shim_bin};
     rc = scheduler_new(d.loop, &scfg, &ecfg, d.store, d.logs, &d.sched);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot start the executor: %s\n", strerror(-rc));
@@ -414,9 +431,11 @@ int main(int argc, char **argv)
 
     uv_signal_init(d.loop, &d.sigterm);
     uv_signal_init(d.loop, &d.sigint);
-    d.sigterm.data = d.sigint.data = &d;
+    uv_signal_init(d.loop, &d.sigusr2);
+    d.sigterm.data = d.sigint.data = d.sigusr2.data = &d;
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
     uv_signal_start(&d.sigint, on_signal, SIGINT);
+    uv_signal_start(&d.sigusr2, on_signal, SIGUSR2);
 
     printf("skiffd is running (data in %s)\n"
            "  API:    %s\n"
@@ -457,6 +476,7 @@ out:
     free(dir);
     free(buildpacks);
     free(router_bin);
+    free(shim_bin);
     free(db);
     free(bus_path);
     free(api_url);

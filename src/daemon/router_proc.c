@@ -11,12 +11,17 @@
 
 #define ROUTER_PROC_RETRY_MS 1000
 #define ROUTER_PROC_WATCH_MS 500
+#define ROUTER_PROC_STOP_MS 5000 /* SIGTERM -> SIGKILL when the platform stops */
+#define ROUTER_PROC_STOP_POLL_MS 20
 
 struct router_proc {
     uv_loop_t *loop;
     char *binary, *home, *addr, *admin_addr;
     uv_process_t *proc; /* our child while it lives (closed and freed when it exits) */
     int adopted_pid;    /* a router we did not start, or 0 */
+    int stopping_pid;   /* the router being stopped with the platform, or 0 */
+    int64_t stop_deadline;
+    bool stop_killed;
     uv_timer_t timer;
     unsigned spawn_failures;
     bool closing;
@@ -160,17 +165,8 @@ int router_proc_start(uv_loop_t *loop, const struct router_proc_config *cfg,
     return 0;
 }
 
-void router_proc_close(struct router_proc *rp, bool kill_router, void (*done)(void *arg), void *arg)
+static void router_proc__close_handles(struct router_proc *rp)
 {
-    rp->closing = true;
-    rp->done = done;
-    rp->done_arg = arg;
-    if (kill_router) {
-        if (rp->proc)
-            uv_process_kill(rp->proc, SIGTERM);
-        else if (rp->adopted_pid)
-            kill(rp->adopted_pid, SIGTERM);
-    }
     if (rp->proc) {
         /* a detached router outlives us: stop watching it */
         uv_process_t *proc = rp->proc;
@@ -178,6 +174,67 @@ void router_proc_close(struct router_proc *rp, bool kill_router, void (*done)(vo
         uv_close((uv_handle_t *)proc, router_proc__proc_freed);
     }
     uv_close((uv_handle_t *)&rp->timer, router_proc__closed);
+}
+
+/* Gone, or a zombie that is as good as gone (its parent reaps it). */
+static bool router_proc__gone(int pid)
+{
+    if (kill(pid, 0) < 0)
+        return true;
+    char *path = xasprintf("/proc/%d/stat", pid);
+    char *text = NULL;
+    bool zombie = false;
+    if (file_read(path, &text, NULL) == 0) {
+        const char *p = strrchr(text, ')');
+        zombie = p && p[1] == ' ' && p[2] == 'Z';
+    }
+    free(text);
+    free(path);
+    return zombie;
+}
+
+static void router_proc__stop_tick(uv_timer_t *t)
+{
+    struct router_proc *rp = t->data;
+    /* our own child is reaped by its exit callback, which clears rp->proc */
+    bool gone = rp->proc ? false : router_proc__gone(rp->stopping_pid);
+    if (!gone && time_mono_ms() >= rp->stop_deadline) {
+        if (rp->stop_killed) {
+            fprintf(stderr, "skiffd: the router (pid %d) does not go away; leaving it\n",
+                    rp->stopping_pid);
+            gone = true;
+        } else {
+            fprintf(stderr, "skiffd: the router (pid %d) did not stop within %d ms; killing it\n",
+                    rp->stopping_pid, ROUTER_PROC_STOP_MS);
+            kill(rp->stopping_pid, SIGKILL);
+            rp->stop_killed = true;
+            rp->stop_deadline = time_mono_ms() + ROUTER_PROC_STOP_MS;
+        }
+    }
+    if (!gone)
+        return;
+    uv_timer_stop(&rp->timer);
+    char *path = xasprintf("%s/run/router.pid", rp->home);
+    unlink(path);
+    free(path);
+    router_proc__close_handles(rp);
+}
+
+void router_proc_close(struct router_proc *rp, bool kill_router, void (*done)(void *arg), void *arg)
+{
+    rp->closing = true;
+    rp->done = done;
+    rp->done_arg = arg;
+    int pid = !kill_router ? 0 : rp->proc ? rp->proc->pid : rp->adopted_pid;
+    if (pid > 0 && kill(pid, SIGTERM) == 0) {
+        /* the platform stops: done comes once the router has gone */
+        rp->stopping_pid = pid;
+        rp->stop_deadline = time_mono_ms() + ROUTER_PROC_STOP_MS;
+        uv_timer_start(&rp->timer, router_proc__stop_tick, ROUTER_PROC_STOP_POLL_MS,
+                       ROUTER_PROC_STOP_POLL_MS);
+        return;
+    }
+    router_proc__close_handles(rp);
 }
 
 void router_proc_free(struct router_proc *rp)

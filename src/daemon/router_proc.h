@@ -22,8 +22,9 @@ struct router_proc_config {
 
 int router_proc_start(uv_loop_t *loop, const struct router_proc_config *cfg,
                       struct router_proc **out);
-/* Stops supervising. With kill_router the router is sent SIGTERM too (interactive stop);
- * otherwise it keeps running for the next skiffd. done is called once handles are closed. */
+/* Stops supervising. With kill_router the router is sent SIGTERM too (the platform stops)
+ * and done comes once it has exited (SIGKILL after 5 s); otherwise it keeps running for the
+ * next skiffd. done is called once handles are closed. */
 void router_proc_close(struct router_proc *rp, bool kill_router, void (*done)(void *arg),
                        void *arg);
 void router_proc_free(struct router_proc *rp);

@@ -127,7 +127,32 @@ const char *cgroup_mode(void)
     return cgroup__detected == CGROUP_V2 ? "v2" : cgroup__detected == CGROUP_V1 ? "v1" : "none";
 }
 
+static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_max,
+                        struct cgroup **out);
+
 int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup **out)
+{
+    return cgroup__make(name, true, memory_mb, pids_max, out);
+}
+
+int cgroup_open(const char *name, struct cgroup **out)
+{
+    return cgroup__make(name, false, 0, 0, out);
+}
+
+void cgroup_release(struct cgroup *cg)
+{
+    if (!cg)
+        return;
+    for (int i = 0; i < CG_COUNT; i++) {
+        free(cg->dirs[i]);
+        free(cg->procs_storage[i]);
+    }
+    free(cg);
+}
+
+static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_max,
+                        struct cgroup **out)
 {
     cgroup__detect();
     if (cgroup__detected == CGROUP_NONE)
@@ -141,12 +166,22 @@ int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup *
     char value[32];
     for (int i = 0; i < count; i++) {
         cg->dirs[i] = xasprintf("%s/%s", cgroup__base[i], name);
-        if (mkdir(cg->dirs[i], 0755) < 0 && errno != EEXIST) {
+        if (mkdir(cg->dirs[i], 0755) == 0) {
+            if (!fresh) { /* it was not there: nothing to open */
+                rmdir(cg->dirs[i]);
+                rc = -ENOENT;
+                goto fail;
+            }
+        } else if (errno != EEXIST) {
             rc = -errno;
             goto fail;
         }
         cg->procs_storage[i] = xasprintf("%s/cgroup.procs", cg->dirs[i]);
         cg->procs[i] = cg->procs_storage[i];
+    }
+    if (!fresh) {
+        *out = cg;
+        return 0;
     }
     cgroup_kill_all(cg); /* a leftover of the same name from a daemon that died */
 
@@ -172,7 +207,10 @@ int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup *
     *out = cg;
     return 0;
 fail:
-    cgroup_destroy(cg);
+    if (fresh)
+        cgroup_destroy(cg);
+    else
+        cgroup_release(cg); /* what is there stays */
     return rc;
 }
 

@@ -18,6 +18,11 @@ struct cgroup;
 
 /* memory_mb and pids_max of 0 mean no limit. 0 and *out, or a negative errno. */
 int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup **out);
+/* The existing cgroup of that name, with its processes and limits as they are (an instance
+ * adopted from a previous daemon). -ENOENT when there is none. */
+int cgroup_open(const char *name, struct cgroup **out);
+/* Frees cg and leaves the cgroup and its processes alone (the instance outlives us). */
+void cgroup_release(struct cgroup *cg);
 /* The cgroup.procs files a process writes its pid to, NULL-terminated; owned by cg. */
 const char *const *cgroup_join_files(const struct cgroup *cg);
 /* SIGKILL to every process in the cgroup, repeated until it is empty (bounded). */

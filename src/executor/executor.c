@@ -13,6 +13,8 @@
 #include "executor/executor.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
+#include <poll.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -21,11 +23,13 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "common/util.h"
 #include "executor/cgroup.h"
 #include "executor/proc.h"
+#include "shim/shim.h"
 
 #define HEALTH_STARTING_MS 20
 #define DEFAULT_LIVENESS_MS 3000
@@ -51,13 +55,16 @@ struct instance {
 
     enum instance_state state;
     int64_t since_ms;
-    struct proc *proc;
+    struct proc *proc;           /* process driver */
+    struct executor__shim *shim; /* shim driver */
+    int pid;                     /* the main process (its group's id), 0 while not known */
     struct cgroup *cg;
     uv_timer_t start_timer, health_timer, grace_timer;
     int handles; /* open timers; freed at zero once final */
     struct probe *probe;
     int liveness_failures;
     bool stop_requested, final;
+    bool detached;           /* left running for a later executor: nothing of it is ended */
     const char *kill_reason; /* why the executor killed it, when it did */
     void *user_data;
     /* usage, sampled by the executor's timer */
@@ -67,8 +74,13 @@ struct instance {
     uint64_t memory_bytes;
 };
 
+struct executor__driver;
+
 struct executor {
     uv_loop_t *loop;
+    const struct executor__driver *driver;
+    char *shim_path;
+    struct executor__shim *shims; /* connections to shims, until their handles are closed */
     char *home;
     int port_min, port_max, grace_ms, liveness_ms;
     unsigned char *port_used;
@@ -98,6 +110,9 @@ struct executor__driver {
      * port check must not pass because some other program took the port. */
     bool (*listens_on)(struct instance *inst, int port);
     void (*cleanup)(struct instance *inst); /* after the main process is gone */
+    /* Lets go of a running instance without ending it (a later executor adopts it); NULL
+     * when the driver's instances cannot outlive the executor. */
+    void (*release)(struct instance *inst);
 };
 
 static void executor__instance_output(void *ctx, int stream, const char *line, size_t len);
@@ -142,6 +157,8 @@ static int process_driver_start(struct instance *inst)
     };
     rc = proc_spawn(inst->ex->loop, &opt, &inst->proc);
     free(command);
+    if (rc == 0)
+        inst->pid = proc_pid(inst->proc);
     if (rc < 0) {
         cgroup_destroy(inst->cg);
         inst->cg = NULL;
@@ -195,8 +212,8 @@ static void process_driver_usage(struct instance *inst, uint64_t *cpu_ns, uint64
 {
     if (inst->cg)
         cgroup_usage(inst->cg, cpu_ns, memory_bytes);
-    else if (inst->proc)
-        executor__proc_usage(proc_pid(inst->proc), cpu_ns, memory_bytes);
+    else if (inst->pid > 0)
+        executor__proc_usage(inst->pid, cpu_ns, memory_bytes);
 }
 
 /* Inodes of the sockets listening on port (IPv4 and IPv6); returns how many. */
@@ -242,9 +259,9 @@ static size_t executor__instance_pids(struct instance *inst, int *pids, size_t m
             fclose(f);
         return n;
     }
-    if (!inst->proc)
+    if (inst->pid <= 0)
         return 0;
-    int group = proc_pid(inst->proc);
+    int group = inst->pid;
     uv_fs_t req;
     uv_dirent_t ent;
     if (uv_fs_scandir(NULL, &req, "/proc", 0, NULL) < 0)
@@ -323,7 +340,337 @@ static const struct executor__driver executor__process_driver = {
     .cleanup = process_driver_cleanup,
 };
 
-static const struct executor__driver *executor__driver = &executor__process_driver;
+/* ---- shim driver: instances that outlive the daemon -------------------------------------- */
+
+/* Our end of one shim's socket (protocol in shim/shim.h), and the shim process when we
+ * started it. Lives until both handles are closed; inst is NULL once the instance is gone. */
+struct executor__shim {
+    struct executor__shim *prev, *next;
+    struct executor *ex;
+    struct instance *inst;
+    uv_pipe_t pipe;
+    uv_process_t *process; /* NULL for an adopted shim, or once it exited */
+    int handles;
+    bool pipe_closed;
+    size_t len;
+    char buf[PROC_LINE_MAX + 64];
+};
+
+static void shim__unref(struct executor__shim *sh)
+{
+    if (--sh->handles > 0)
+        return;
+    struct executor *ex = sh->ex; /* NULL once the executor is gone, and its list with it */
+    if (ex) {
+        if (sh->prev)
+            sh->prev->next = sh->next;
+        else
+            ex->shims = sh->next;
+        if (sh->next)
+            sh->next->prev = sh->prev;
+    }
+    free(sh);
+}
+
+static void shim__pipe_closed(uv_handle_t *h)
+{
+    shim__unref(h->data);
+}
+
+static void shim__process_closed(uv_handle_t *h)
+{
+    struct executor__shim *sh = h->data;
+    free(h);
+    shim__unref(sh);
+}
+
+static void shim__process_exited(uv_process_t *p, int64_t status, int sig)
+{
+    struct executor__shim *sh = p->data;
+    (void)status;
+    (void)sig;
+    sh->process = NULL;
+    uv_close((uv_handle_t *)p, shim__process_closed);
+}
+
+static void shim__close_pipe(struct executor__shim *sh)
+{
+    if (sh->pipe_closed)
+        return;
+    sh->pipe_closed = true;
+    uv_close((uv_handle_t *)&sh->pipe, shim__pipe_closed);
+}
+
+/* One short command; the socket's buffer is empty enough for it in practice. */
+static bool shim__send(struct executor__shim *sh, const char *msg)
+{
+    if (!sh || sh->pipe_closed)
+        return false;
+    uv_buf_t b = uv_buf_init((char *)msg, (unsigned)strlen(msg));
+    return uv_try_write((uv_stream_t *)&sh->pipe, &b, 1) == (int)b.len;
+}
+
+/* The shim is gone without telling how the instance ended (killed, or it never started). */
+static void shim__lost(struct executor__shim *sh)
+{
+    struct instance *inst = sh->inst;
+    shim__close_pipe(sh);
+    if (!inst)
+        return;
+    if (!inst->kill_reason && !inst->stop_requested)
+        inst->kill_reason = "its supervisor (skiff-shim) ended";
+    if (inst->pid > 0)
+        kill(-inst->pid, SIGKILL);
+    executor__instance_exited(inst, -1, SIGKILL);
+}
+
+static void shim__message(struct executor__shim *sh, char *line, size_t len)
+{
+    struct instance *inst = sh->inst;
+    if (!inst)
+        return;
+    int a = 0, b = 0, c = 0, d = 0;
+    if (line[0] == 'O' && len >= 4 && (line[2] == '1' || line[2] == '2')) {
+        executor__instance_output(inst, line[2] - '0', line + 4, len - 4);
+    } else if (line[0] == 'H' && sscanf(line + 1, "%d %d %d %d", &a, &b, &c, &d) == 4) {
+        if (a > 0)
+            inst->pid = a;
+    } else if (line[0] == 'X' && sscanf(line + 1, "%d %d", &a, &b) == 2) {
+        executor__instance_exited(inst, a, b);
+    }
+}
+
+static void shim__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct executor__shim *sh = h->data;
+    (void)suggested;
+    buf->base = sh->buf + sh->len;
+    buf->len = sizeof(sh->buf) - 1 - sh->len;
+}
+
+static void shim__read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct executor__shim *sh = stream->data;
+    (void)buf;
+    if (nread < 0) {
+        shim__lost(sh);
+        return;
+    }
+    sh->len += (size_t)nread;
+    size_t start = 0;
+    for (size_t i = 0; i < sh->len && !sh->pipe_closed; i++) {
+        if (sh->buf[i] != '\n')
+            continue;
+        sh->buf[i] = '\0';
+        shim__message(sh, sh->buf + start, i - start);
+        start = i + 1;
+    }
+    if (sh->pipe_closed)
+        return;
+    memmove(sh->buf, sh->buf + start, sh->len - start);
+    sh->len -= start;
+    if (sh->len == sizeof(sh->buf) - 1)
+        sh->len = 0; /* longer than any message: not from a shim of ours */
+}
+
+static void shim__connected(uv_connect_t *req, int status)
+{
+    struct executor__shim *sh = req->data;
+    free(req);
+    if (sh->pipe_closed)
+        return;
+    if (status < 0 || uv_read_start((uv_stream_t *)&sh->pipe, shim__alloc, shim__read) < 0)
+        shim__lost(sh);
+}
+
+static struct executor__shim *shim__new(struct instance *inst)
+{
+    struct executor *ex = inst->ex;
+    struct executor__shim *sh = xcalloc(1, sizeof *sh);
+    sh->ex = ex;
+    sh->inst = inst;
+    uv_pipe_init(ex->loop, &sh->pipe, 0);
+    sh->pipe.data = sh;
+    sh->handles = 1;
+    sh->next = ex->shims;
+    if (ex->shims)
+        ex->shims->prev = sh;
+    ex->shims = sh;
+    inst->shim = sh;
+    return sh;
+}
+
+static char *shim__socket_path(struct instance *inst)
+{
+    return xasprintf("%s/%s", inst->scratch_dir, SHIM_SOCKET_NAME);
+}
+
+static char *shim__pid_path(struct executor *ex, const char *kind, const char *guid)
+{
+    return xasprintf("%s/run/%s-%s.pid", ex->home, kind, guid);
+}
+
+/* The listening socket the shim will own: bound before it starts, so our connect cannot
+ * come too early and a second skiffd cannot take the name. */
+static int shim__listen(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    unlink(path);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || chmod(path, 0600) < 0 ||
+        listen(fd, 8) < 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+static int shim_driver_start(struct instance *inst)
+{
+    struct executor *ex = inst->ex;
+    char *sock_path = shim__socket_path(inst);
+    char *pid_path = shim__pid_path(ex, "instance", inst->guid);
+    char *command = NULL;
+    int rc = shim__listen(sock_path);
+    if (rc < 0)
+        goto out;
+    int listen_fd = rc;
+    rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
+    if (rc < 0)
+        inst->cg = NULL; /* no usable cgroups here: a plain process group */
+    command = proc_exec_form(inst->command);
+    const char *argv[16];
+    int argc = 0;
+    argv[argc++] = ex->shim_path;
+    argv[argc++] = "--listen-fd";
+    argv[argc++] = "3";
+    argv[argc++] = "--pid-file";
+    argv[argc++] = pid_path;
+    argv[argc++] = "--";
+    argv[argc++] = "/bin/sh";
+    argv[argc++] = "-c";
+    if (inst->cg) {
+        argv[argc++] = executor__join_script;
+        argv[argc++] = "skiff-instance";
+        argv[argc++] = command;
+        for (const char *const *f = cgroup_join_files(inst->cg); *f && argc < 15; f++)
+            argv[argc++] = *f;
+    } else {
+        argv[argc++] = command;
+    }
+    argv[argc] = NULL;
+    static char *const empty_env[] = {NULL};
+    uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
+                                     {.flags = UV_IGNORE},
+                                     {.flags = UV_INHERIT_FD, .data.fd = 2},
+                                     {.flags = UV_INHERIT_FD, .data.fd = listen_fd}};
+    uv_process_options_t po = {.file = ex->shim_path,
+                               .args = (char **)argv,
+                               .env = inst->env ? inst->env : (char **)empty_env,
+                               .cwd = inst->app_dir,
+                               .exit_cb = shim__process_exited,
+                               .flags = UV_PROCESS_DETACHED,
+                               .stdio_count = 4,
+                               .stdio = stdio};
+    struct executor__shim *sh = shim__new(inst);
+    sh->process = xcalloc(1, sizeof(uv_process_t));
+    sh->process->data = sh;
+    sh->handles++;
+    rc = uv_spawn(ex->loop, sh->process, &po);
+    close(listen_fd);
+    if (rc < 0) {
+        uv_close((uv_handle_t *)sh->process, shim__process_closed);
+        sh->process = NULL;
+        sh->inst = NULL;
+        inst->shim = NULL;
+        shim__close_pipe(sh);
+        cgroup_destroy(inst->cg);
+        inst->cg = NULL;
+        unlink(sock_path);
+        goto out;
+    }
+    /* what cleanup finds when everything else is gone; removed when the instance ends */
+    char *shim_pid_path = shim__pid_path(ex, "shim", inst->guid);
+    char pid_text[32];
+    int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh->process->pid);
+    file_write_atomic(shim_pid_path, pid_text, (size_t)n, 0644);
+    free(shim_pid_path);
+    uv_connect_t *req = xcalloc(1, sizeof *req);
+    req->data = sh;
+    uv_pipe_connect(req, &sh->pipe, sock_path, shim__connected);
+    rc = 0;
+out:
+    free(command);
+    free(sock_path);
+    free(pid_path);
+    return rc;
+}
+
+static void shim_driver_signal(struct instance *inst, int sig)
+{
+    char msg[32];
+    if (sig == SIGTERM)
+        snprintf(msg, sizeof msg, "T %d\n", inst->ex->grace_ms);
+    else
+        snprintf(msg, sizeof msg, "S %d\n", sig);
+    /* without its shim, the instance is reached directly */
+    if (!shim__send(inst->shim, msg) && inst->pid > 0)
+        kill(-inst->pid, sig);
+    if (sig == SIGKILL && inst->cg)
+        cgroup_kill_all(inst->cg);
+}
+
+static void shim__forget(struct instance *inst, bool ended)
+{
+    struct executor__shim *sh = inst->shim;
+    if (!sh)
+        return;
+    inst->shim = NULL;
+    sh->inst = NULL;
+    if (ended)
+        shim__send(sh, "A\n"); /* the shim removes its files and exits */
+    shim__close_pipe(sh);
+    if (!ended && sh->process) {
+        /* the shim goes on without us: stop watching it */
+        uv_close((uv_handle_t *)sh->process, shim__process_closed);
+        sh->process = NULL;
+    }
+}
+
+static void shim_driver_cleanup(struct instance *inst)
+{
+    shim__forget(inst, true);
+    char *path = shim__pid_path(inst->ex, "shim", inst->guid);
+    unlink(path);
+    free(path);
+    cgroup_destroy(inst->cg);
+    inst->cg = NULL;
+}
+
+static void shim_driver_release(struct instance *inst)
+{
+    shim__forget(inst, false);
+    cgroup_release(inst->cg);
+    inst->cg = NULL;
+}
+
+static const struct executor__driver executor__shim_driver = {
+    .name = "shim",
+    .start = shim_driver_start,
+    .signal = shim_driver_signal,
+    .oom_killed = process_driver_oom_killed,
+    .pids_limited = process_driver_pids_limited,
+    .usage = process_driver_usage,
+    .listens_on = process_driver_listens_on,
+    .cleanup = shim_driver_cleanup,
+    .release = shim_driver_release,
+};
 
 /* ---- health probes ---------------------------------------------------------------------- */
 
@@ -463,7 +810,7 @@ static void executor__kill(struct instance *inst, const char *reason)
 {
     if (!inst->kill_reason && !inst->stop_requested)
         inst->kill_reason = reason;
-    executor__driver->signal(inst, SIGKILL);
+    inst->ex->driver->signal(inst, SIGKILL);
 }
 
 static void executor__health_tick(uv_timer_t *t)
@@ -486,7 +833,7 @@ static void executor__health_result(struct instance *inst, bool healthy)
     /* Before the first pass only: someone else's program on the instance's port (another
      * daemon on this machine handed out the same port) must not make it look ready. */
     if (healthy && inst->state == INSTANCE_STARTING && inst->health != HEALTH_PROCESS &&
-        inst->port > 0 && !executor__driver->listens_on(inst, inst->port))
+        inst->port > 0 && !inst->ex->driver->listens_on(inst, inst->port))
         healthy = false;
     if (inst->state == INSTANCE_STARTING) {
         if (!healthy)
@@ -518,7 +865,7 @@ static void executor__start_timed_out(uv_timer_t *t)
 static void executor__grace_expired(uv_timer_t *t)
 {
     struct instance *inst = t->data;
-    executor__driver->signal(inst, SIGKILL);
+    inst->ex->driver->signal(inst, SIGKILL);
 }
 
 static void executor__instance_output(void *ctx, int stream, const char *line, size_t len)
@@ -577,10 +924,14 @@ static void executor__retire(struct instance *inst)
         proc_close(inst->proc);
         inst->proc = NULL;
     }
-    executor__driver->cleanup(inst);
+    if (inst->detached) {
+        ex->driver->release(inst); /* it keeps running, and keeps its folder */
+    } else {
+        ex->driver->cleanup(inst);
+        if (inst->scratch_dir)
+            rm_rf(inst->scratch_dir);
+    }
     executor__port_release(ex, inst->port);
-    if (inst->scratch_dir)
-        rm_rf(inst->scratch_dir);
     uv_close((uv_handle_t *)&inst->start_timer, executor__timer_closed);
     uv_close((uv_handle_t *)&inst->health_timer, executor__timer_closed);
     uv_close((uv_handle_t *)&inst->grace_timer, executor__timer_closed);
@@ -606,17 +957,17 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
         info.reason = "stopped";
     } else {
         final = INSTANCE_CRASHED;
-        if (executor__driver->oom_killed(inst))
+        if (inst->ex->driver->oom_killed(inst))
             info.reason = "out of memory";
         else if (inst->kill_reason)
             info.reason = inst->kill_reason;
-        else if (executor__driver->pids_limited(inst))
+        else if (inst->ex->driver->pids_limited(inst))
             info.reason = "process limit reached";
         else
             info.reason = "exited";
     }
     /* the process group is gone; make sure nothing else of the instance is left */
-    executor__driver->signal(inst, SIGKILL);
+    inst->ex->driver->signal(inst, SIGKILL);
     inst->final = true;
     uv_timer_stop(&inst->start_timer);
     uv_timer_stop(&inst->health_timer);
@@ -632,7 +983,7 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
 static void executor__sample_usage(struct instance *inst)
 {
     uint64_t cpu_ns = 0, memory = 0;
-    executor__driver->usage(inst, &cpu_ns, &memory);
+    inst->ex->driver->usage(inst, &cpu_ns, &memory);
     int64_t now = time_mono_ms();
     if (inst->last_sample_ms && now > inst->last_sample_ms && cpu_ns >= inst->last_cpu_ns)
         inst->cpu =
@@ -674,6 +1025,24 @@ static unsigned long long executor__start_time(int pid)
     return start;
 }
 
+/* A connection to a shim's socket, or a negative errno (no shim listens there). */
+static int shim__connect_blocking(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
 /* Instances whose scratch folder is still there were left running by a daemon that did not
  * shut down (killed, crashed): nobody reads their output or checks them any more, so they are
  * ended, with their cgroup, before this executor starts its own. */
@@ -690,6 +1059,15 @@ static void executor__end_leftovers(struct executor *ex)
         if (ent.name[0] == '.')
             continue;
         char *scratch = xasprintf("%s/%s", dir, ent.name);
+        char *sock = xasprintf("%s/%s", scratch, SHIM_SOCKET_NAME);
+        bool shim_run = access(sock, F_OK) == 0;
+        free(sock);
+        if (shim_run) {
+            /* executor_adopt takes it or ends it (a connection here would take the output
+             * the shim kept for the one that adopts it) */
+            free(scratch);
+            continue;
+        }
         char *pid_path = xasprintf("%s/pid", scratch);
         char *text = NULL;
         int pid = 0;
@@ -726,6 +1104,11 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     /* daemons sharing a machine start at different ports, so they rarely race for one */
     ex->port_cursor = (int)((uint64_t)(time_now_ns() ^ ((int64_t)getpid() << 20)) %
                             (uint64_t)(cfg->port_max - cfg->port_min + 1));
+    ex->driver = &executor__process_driver;
+    if (cfg->shim_path && *cfg->shim_path) {
+        ex->driver = &executor__shim_driver;
+        ex->shim_path = xstrdup(cfg->shim_path);
+    }
     ex->on_output = on_output;
     ex->on_state = on_state;
     ex->ctx = ctx;
@@ -793,6 +1176,8 @@ static char *executor__dup(const char *s)
     return s ? xstrdup(s) : NULL;
 }
 
+static void executor__write_spec(struct instance *inst);
+
 int executor_start(struct executor *ex, const struct instance_spec *spec, struct instance **out)
 {
     int rc = 0;
@@ -833,20 +1218,24 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     free(tmp);
     executor__set_state(inst, INSTANCE_STARTING);
 
-    if (strchr(inst->guid, '/') || (rc = executor__driver->start(inst)) < 0) {
+    if (strchr(inst->guid, '/') || (rc = inst->ex->driver->start(inst)) < 0) {
         if (rc == 0)
             rc = -EINVAL;
         rm_rf(inst->scratch_dir);
         executor__free_instance(inst);
         goto fail_port;
     }
-    /* what a later daemon needs to end this instance if this one dies without stopping it */
-    char *pid_path = xasprintf("%s/pid", inst->scratch_dir);
-    int pid = proc_pid(inst->proc);
-    char *pid_text = xasprintf("%d %llu\n", pid, executor__start_time(pid));
-    file_write_atomic(pid_path, pid_text, strlen(pid_text), 0644);
-    free(pid_text);
-    free(pid_path);
+    if (inst->proc) {
+        /* what a later daemon needs to end this instance if this one dies without stopping it */
+        char *pid_path = xasprintf("%s/pid", inst->scratch_dir);
+        int pid = proc_pid(inst->proc);
+        char *pid_text = xasprintf("%d %llu\n", pid, executor__start_time(pid));
+        file_write_atomic(pid_path, pid_text, strlen(pid_text), 0644);
+        free(pid_text);
+        free(pid_path);
+    } else {
+        executor__write_spec(inst); /* what a later daemon needs to adopt it */
+    }
     uv_timer_init(ex->loop, &inst->start_timer);
     uv_timer_init(ex->loop, &inst->health_timer);
     uv_timer_init(ex->loop, &inst->grace_timer);
@@ -878,7 +1267,7 @@ void executor_stop(struct instance *inst)
     executor__set_state(inst, INSTANCE_STOPPING);
     uv_timer_stop(&inst->start_timer);
     uv_timer_stop(&inst->health_timer);
-    executor__driver->signal(inst, SIGTERM);
+    inst->ex->driver->signal(inst, SIGTERM);
     uv_timer_start(&inst->grace_timer, executor__grace_expired, (uint64_t)inst->ex->grace_ms, 0);
 }
 
@@ -906,6 +1295,248 @@ void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg)
     }
 }
 
+/* ---- adoption: instances a previous daemon left running under their shims ---------------- */
+
+static void executor__write_spec(struct instance *inst)
+{
+    json_t *j =
+        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i}", "app_guid",
+                  inst->app_guid, "app_name", inst->app_name, "process_type", inst->process_type,
+                  "index", inst->index, "instance_guid", inst->guid, "app_dir", inst->app_dir,
+                  "command", inst->command, "port", inst->port, "memory_mb", inst->memory_mb,
+                  "pids_max", inst->pids_max, "health", (int)inst->health, "health_endpoint",
+                  inst->health_endpoint, "start_timeout_s", inst->start_timeout_s);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text)
+        return;
+    char *path = xasprintf("%s/spec.json", inst->scratch_dir);
+    file_write_atomic(path, text, strlen(text), 0600);
+    free(path);
+    free(text);
+}
+
+/* Reads one line from a blocking socket within timeout_ms, byte by byte so that nothing after
+ * it is taken from the stream. */
+static int shim__read_line(int fd, char *out, size_t size, int timeout_ms)
+{
+    size_t n = 0;
+    int64_t deadline = time_mono_ms() + timeout_ms;
+    while (n + 1 < size) {
+        int left = (int)(deadline - time_mono_ms());
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left <= 0 || poll(&pfd, 1, left) <= 0)
+            return -ETIMEDOUT;
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r <= 0)
+            return r == 0 ? -ECONNRESET : -errno;
+        if (c == '\n') {
+            out[n] = '\0';
+            return 0;
+        }
+        out[n++] = c;
+    }
+    return -EPROTO;
+}
+
+/* A quick, blocking check that an adopted instance answers on its port: it connects, and the
+ * listening socket is one of the instance's. */
+static bool executor__answers_now(struct instance *inst)
+{
+    if (inst->health == HEALTH_PROCESS || inst->port <= 0)
+        return true;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)inst->port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+    if (!ok && errno == EINPROGRESS) {
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t len = sizeof(err);
+        ok = poll(&pfd, 1, HEALTH_PROBE_TIMEOUT_MS) == 1 &&
+             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+    }
+    close(fd);
+    return ok && inst->ex->driver->listens_on(inst, inst->port);
+}
+
+static char *executor__json_str(json_t *j, const char *key)
+{
+    const char *v = json_string_value(json_object_get(j, key));
+    return v ? xstrdup(v) : NULL;
+}
+
+/* One instance folder: its shim answers and tells how the instance is. NULL when there is
+ * nothing to adopt there. */
+static struct instance *executor__adopt_one(struct executor *ex, const char *guid)
+{
+    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
+    char *sock = xasprintf("%s/%s", scratch, SHIM_SOCKET_NAME);
+    char *spec_path = xasprintf("%s/spec.json", scratch);
+    char *text = NULL;
+    json_t *j = NULL;
+    struct instance *inst = NULL;
+    int fd = -1;
+    char hello[128];
+    int pid = 0, exited = 0, status = 0, sig = 0;
+    if (file_read(spec_path, &text, NULL) == 0)
+        j = json_loads(text, 0, NULL);
+    fd = shim__connect_blocking(sock);
+    if (!j || fd < 0 || shim__read_line(fd, hello, sizeof hello, 2000) < 0 ||
+        sscanf(hello, "H %d %d %d %d", &pid, &exited, &status, &sig) != 4 || pid <= 0) {
+        /* its shim is gone (killed), or it cannot be told what it runs: what is left of the
+         * instance in its cgroup is ended here, its process group by the caller through the
+         * instance's pid file; a shim that still runs ends once its instance has */
+        if (fd >= 0 && write(fd, "S 9\nA\n", 6) < 0)
+            perror("skiffd: ending an instance nobody can adopt");
+        struct cgroup *cg = NULL;
+        if (cgroup_create(guid, 0, 0, &cg) == 0)
+            cgroup_destroy(cg);
+        rm_rf(scratch);
+        char *shim_pid = shim__pid_path(ex, "shim", guid);
+        unlink(shim_pid);
+        free(shim_pid);
+        goto out;
+    }
+    inst = xcalloc(1, sizeof(*inst));
+    inst->ex = ex;
+    inst->app_guid = executor__json_str(j, "app_guid");
+    inst->app_name = executor__json_str(j, "app_name");
+    inst->process_type = executor__json_str(j, "process_type");
+    inst->guid = xstrdup(guid);
+    inst->app_dir = executor__json_str(j, "app_dir");
+    inst->command = executor__json_str(j, "command");
+    inst->health_endpoint = executor__json_str(j, "health_endpoint");
+    inst->index = (int)json_integer_value(json_object_get(j, "index"));
+    inst->port = (int)json_integer_value(json_object_get(j, "port"));
+    inst->memory_mb = (int)json_integer_value(json_object_get(j, "memory_mb"));
+    inst->pids_max = (int)json_integer_value(json_object_get(j, "pids_max"));
+    inst->health = (enum health_check_type)json_integer_value(json_object_get(j, "health"));
+    inst->start_timeout_s = (int)json_integer_value(json_object_get(j, "start_timeout_s"));
+    if (inst->start_timeout_s <= 0)
+        inst->start_timeout_s = DEFAULT_START_TIMEOUT_S;
+    inst->scratch_dir = scratch;
+    scratch = NULL;
+    inst->pid = pid;
+    if (cgroup_open(inst->guid, &inst->cg) < 0)
+        inst->cg = NULL;
+    if (inst->port >= ex->port_min && inst->port <= ex->port_max)
+        ex->port_used[inst->port - ex->port_min] = 1;
+    struct executor__shim *sh = shim__new(inst);
+    if (uv_pipe_open(&sh->pipe, fd) < 0) {
+        close(fd);
+        fd = -1;
+    } else {
+        fd = -1; /* the pipe has it */
+        uv_read_start((uv_stream_t *)&sh->pipe, shim__alloc, shim__read);
+    }
+    uv_timer_init(ex->loop, &inst->start_timer);
+    uv_timer_init(ex->loop, &inst->health_timer);
+    uv_timer_init(ex->loop, &inst->grace_timer);
+    inst->start_timer.data = inst->health_timer.data = inst->grace_timer.data = inst;
+    inst->handles = 3;
+    /* An instance that exited while no daemon listened is reported by its shim (X) on the
+     * loop; one that answers is RUNNING at once, so no request is turned away; one that does
+     * not yet goes through STARTING as a new one would. */
+    if (!exited && executor__answers_now(inst)) {
+        executor__set_state(inst, INSTANCE_RUNNING);
+        if (inst->health != HEALTH_PROCESS && inst->port > 0)
+            uv_timer_start(&inst->health_timer, executor__health_tick, (uint64_t)ex->liveness_ms,
+                           (uint64_t)ex->liveness_ms);
+    } else {
+        executor__set_state(inst, INSTANCE_STARTING);
+        if (!exited) {
+            uv_timer_start(&inst->start_timer, executor__start_timed_out,
+                           (uint64_t)inst->start_timeout_s * 1000, 0);
+            uv_timer_start(&inst->health_timer, executor__health_tick, 0, HEALTH_STARTING_MS);
+        }
+    }
+    executor__sample_usage(inst);
+    inst->next = ex->instances;
+    if (ex->instances)
+        ex->instances->prev = inst;
+    ex->instances = inst;
+out:
+    if (fd >= 0)
+        close(fd);
+    json_decref(j);
+    free(text);
+    free(spec_path);
+    free(sock);
+    free(scratch);
+    return inst;
+}
+
+int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
+{
+    char *dir = xasprintf("%s/instances", ex->home);
+    uv_fs_t req;
+    uv_dirent_t ent;
+    int adopted = 0;
+    if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0) {
+        free(dir);
+        return 0;
+    }
+    while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+        if (ent.name[0] == '.' || strchr(ent.name, '/') || executor_find(ex, ent.name))
+            continue;
+        struct instance *inst = executor__adopt_one(ex, ent.name);
+        if (!inst)
+            continue;
+        adopted++;
+        struct instance_spec spec = {.app_guid = inst->app_guid,
+                                     .app_name = inst->app_name,
+                                     .process_type = inst->process_type,
+                                     .index = inst->index,
+                                     .instance_guid = inst->guid,
+                                     .app_dir = inst->app_dir,
+                                     .command = inst->command,
+                                     .port = inst->port,
+                                     .memory_mb = inst->memory_mb,
+                                     .pids_max = inst->pids_max,
+                                     .health = inst->health,
+                                     .health_endpoint = inst->health_endpoint,
+                                     .start_timeout_s = inst->start_timeout_s};
+        cb(ctx, inst, &spec);
+    }
+    uv_fs_req_cleanup(&req);
+    free(dir);
+    return adopted;
+}
+
+struct instance *executor_find(struct executor *ex, const char *instance_guid)
+{
+    for (struct instance *inst = ex->instances; inst; inst = inst->next)
+        if (!strcmp(inst->guid, instance_guid))
+            return inst;
+    return NULL;
+}
+
+void executor_detach(struct executor *ex, void (*done)(void *arg), void *arg)
+{
+    ex->shutting_down = true;
+    ex->shutdown_done = done;
+    ex->shutdown_arg = arg;
+    while (ex->instances) {
+        struct instance *inst = ex->instances;
+        inst->final = true;
+        if (ex->driver->release)
+            inst->detached = true;
+        else
+            ex->driver->signal(inst, SIGKILL);
+        executor__retire(inst);
+    }
+    if (!ex->done_timer) {
+        ex->done_timer = xmalloc(sizeof(uv_timer_t));
+        uv_timer_init(ex->loop, ex->done_timer);
+        ex->done_timer->data = ex;
+    }
+    uv_timer_start(ex->done_timer, executor__done_soon, 0, 0);
+}
+
 static void executor__free_handle(uv_handle_t *h)
 {
     free(h);
@@ -915,13 +1546,32 @@ void executor_free(struct executor *ex)
 {
     if (!ex)
         return;
-    /* instances still here were not shut down: end them without telling anyone */
+    /* instances still here were not shut down: under a shim they keep running for the
+     * next executor; else they are ended without telling anyone */
     while (ex->instances) {
         struct instance *inst = ex->instances;
         inst->final = true;
-        executor__driver->signal(inst, SIGKILL);
+        if (ex->driver->release)
+            inst->detached = true;
+        else
+            inst->ex->driver->signal(inst, SIGKILL);
         executor__retire(inst);
     }
+    /* shims that ended or were let go: their handles close, what is left is freed there */
+    struct executor__shim *sh = ex->shims;
+    ex->shims = NULL;
+    while (sh) {
+        struct executor__shim *next = sh->next;
+        sh->ex = NULL; /* freed on its own once closed */
+        sh->prev = sh->next = NULL;
+        shim__close_pipe(sh);
+        if (sh->process) {
+            uv_close((uv_handle_t *)sh->process, shim__process_closed);
+            sh->process = NULL;
+        }
+        sh = next;
+    }
+    free(ex->shim_path);
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
     if (ex->done_timer)
         uv_close((uv_handle_t *)ex->done_timer, executor__free_handle);
@@ -962,7 +1612,7 @@ int instance_port(const struct instance *inst)
 }
 int instance_pid(const struct instance *inst)
 {
-    return inst->proc ? proc_pid(inst->proc) : 0;
+    return inst->pid;
 }
 int64_t instance_since_ms(const struct instance *inst)
 {

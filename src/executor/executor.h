@@ -33,19 +33,22 @@ enum instance_state {
 enum health_check_type { HEALTH_PORT, HEALTH_HTTP, HEALTH_PROCESS };
 
 struct instance_exit {
-    int exit_status;      /* -1 when killed by a signal */
-    int term_signal;      /* 0 when it exited */
-    const char *reason;   /* "exited", "start timeout", "health check failed", "out of memory",
-                             "process limit reached" (it exited after a fork was refused) */
+    int exit_status;    /* -1 when killed by a signal */
+    int term_signal;    /* 0 when it exited */
+    const char *reason; /* "exited", "start timeout", "health check failed", "out of memory",
+                           "process limit reached" (it exited after a fork was refused) */
 };
 
 struct executor_config {
-    const char *home;     /* $SKIFF_HOME: instance scratch lives under home/instances */
-    int port_min;         /* instance ports are taken from [port_min, port_max] */
+    const char *home; /* $SKIFF_HOME: instance scratch lives under home/instances */
+    int port_min;     /* instance ports are taken from [port_min, port_max] */
     int port_max;
-    int grace_ms;         /* SIGTERM -> SIGKILL; default 10000 */
-    int liveness_ms;      /* health check period once RUNNING; default 3000. Three failed
-                             checks in a row crash the instance ("health check failed") */
+    int grace_ms;          /* SIGTERM -> SIGKILL; default 10000 */
+    int liveness_ms;       /* health check period once RUNNING; default 3000. Three failed
+                              checks in a row crash the instance ("health check failed") */
+    const char *shim_path; /* skiff-shim: each instance runs under one (shim/shim.h) and
+                              outlives the executor, for executor_adopt in the next one.
+                              NULL: instances are the executor's children and end with it */
 };
 
 struct instance_spec {
@@ -54,16 +57,16 @@ struct instance_spec {
     const char *process_type; /* "web", or a function's name */
     int index;
     const char *instance_guid;
-    const char *app_dir;      /* the staged app (droplet's app/ folder); the working directory */
-    const char *command;      /* run with /bin/sh -c */
-    char *const *env;         /* NULL-terminated KEY=VALUE list, complete (PORT included) */
-    int port;                 /* from executor_port_allocate */
-    int memory_mb;            /* 0: no limit */
+    const char *app_dir; /* the staged app (droplet's app/ folder); the working directory */
+    const char *command; /* run with /bin/sh -c */
+    char *const *env;    /* NULL-terminated KEY=VALUE list, complete (PORT included) */
+    int port;            /* from executor_port_allocate */
+    int memory_mb;       /* 0: no limit */
     int disk_mb;
-    int pids_max;             /* 0: a safe default */
+    int pids_max; /* 0: a safe default */
     enum health_check_type health;
     const char *health_endpoint; /* for HEALTH_HTTP */
-    int start_timeout_s;      /* default 60 */
+    int start_timeout_s;         /* default 60 */
 };
 
 typedef void (*instance_output_cb)(void *ctx, struct instance *inst, int stream /* 1, 2 */,
@@ -75,7 +78,27 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
                  instance_state_cb on_state, void *ctx, struct executor **out);
 /* Stops every instance (SIGTERM, SIGKILL after the grace period), then calls done. */
 void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg);
+/* Lets go of every instance without stopping it (with shims; without, they are killed) and
+ * without any callback, then calls done from the loop: for a daemon that exits so that its
+ * successor adopts the instances. No instance can be started afterwards. */
+void executor_detach(struct executor *ex, void (*done)(void *arg), void *arg);
+/* Frees the executor. Instances still here are let go as by executor_detach. */
 void executor_free(struct executor *ex);
+
+/* Adoption. executor_new ends what a previous executor on the same home left without a
+ * shim; instances whose shim still answers are left for executor_adopt, which takes each
+ * one over and calls cb with it and its spec (as it was started; env is NULL). The output
+ * the shim kept while nobody listened comes through on_output afterwards, on the loop. An
+ * adopted instance that answers its health check at once (checked, blocking, within a
+ * second) is INSTANCE_RUNNING from the start and this is not reported through on_state;
+ * otherwise it is INSTANCE_STARTING and goes on as a new one would. One that exited while
+ * nobody listened is reported CRASHED (with its exit status) through on_state, later.
+ * The caller stops those it does not want (executor_stop). Returns how many were adopted. */
+typedef void (*executor_adopt_cb)(void *ctx, struct instance *inst,
+                                  const struct instance_spec *spec);
+int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx);
+/* The live instance with that guid, or NULL. */
+struct instance *executor_find(struct executor *ex, const char *instance_guid);
 
 /* A free port for a new instance, or a negative errno when the range is exhausted. */
 int executor_port_allocate(struct executor *ex);

@@ -559,10 +559,12 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     instance_set_user_data(si->inst, si);
     si->next = s->insts;
     s->insts = si;
-    char pid_path[512], pid[32];
-    sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
-    int n = snprintf(pid, sizeof pid, "%d\n", instance_pid(si->inst));
-    file_write_atomic(pid_path, pid, (size_t)n, 0644);
+    if (instance_pid(si->inst) > 0) { /* else its shim writes it once the instance runs */
+        char pid_path[512], pid[32];
+        sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
+        int n = snprintf(pid, sizeof pid, "%d\n", instance_pid(si->inst));
+        file_write_atomic(pid_path, pid, (size_t)n, 0644);
+    }
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
                  "Starting instance %d of %s (%s) on port %d: %s", slot->index, proc->type,
                  si->guid, port, command);
@@ -773,16 +775,108 @@ static void sched__kill_leftover(struct scheduler *s, const char *file)
     free(path);
 }
 
+/* The slot an adopted instance belongs in, when the store still wants it there: same app
+ * (STARTED), same droplet, a process type that runs at least index + 1 instances. */
+static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct instance_spec *sp,
+                                               struct sched_app **app_out)
+{
+    struct store_app *app = NULL;
+    struct store_droplet *drop = NULL;
+    struct sched_slot *slot = NULL;
+    if (!sp->app_guid || !sp->process_type || sp->index < 0 ||
+        store_app_get(s->store, sp->app_guid, &app) < 0)
+        return NULL;
+    const struct store_process *proc = store_app_process(app, sp->process_type);
+    if (strcmp(app->state, "STARTED") || !app->droplet_guid || !proc ||
+        proc->instances <= sp->index || store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
+        goto out;
+    char *app_dir = xasprintf("%s/app", drop->path);
+    bool same = !strcmp(app_dir, sp->app_dir);
+    free(app_dir);
+    if (!same)
+        goto out;
+    struct sched_app *a = sched__app(s, app->guid, true);
+    free(a->name);
+    a->name = xstrdup(app->name);
+    free(a->kind);
+    a->kind = xstrdup(app->kind);
+    struct sched_proc *p = sched__proc(a, proc->type, true);
+    p->desired = proc->instances;
+    while (p->nslots <= (size_t)sp->index) {
+        p->slots = xrealloc(p->slots, (p->nslots + 1) * sizeof *p->slots);
+        struct sched_slot *fresh = xcalloc(1, sizeof *fresh);
+        fresh->index = (int)p->nslots;
+        fresh->last_exit_status = -1;
+        p->slots[p->nslots++] = fresh;
+    }
+    slot = p->slots[sp->index];
+    if (slot->cur)
+        slot = NULL; /* two instances for one index: the one adopted first keeps it */
+    *app_out = a;
+out:
+    store_droplet_free(drop);
+    store_app_free(app);
+    return slot;
+}
+
+/* executor_adopt: an instance a previous skiffd left running. */
+static void sched__adopt(void *ctx, struct instance *inst, const struct instance_spec *sp)
+{
+    struct scheduler *s = ctx;
+    struct sched_app *a = NULL;
+    struct sched_slot *slot = sched__adoption_slot(s, sp, &a);
+    if (!slot) {
+        fprintf(stderr,
+                "skiffd: stopping instance %s left by a previous skiffd: its app no "
+                "longer wants it\n",
+                sp->instance_guid);
+        executor_stop(inst); /* no user data: its end concerns nobody */
+        return;
+    }
+    struct sched_inst *si = xcalloc(1, sizeof *si);
+    si->s = s;
+    si->inst = inst;
+    snprintf(si->app_guid, sizeof si->app_guid, "%s", sp->app_guid);
+    snprintf(si->type, sizeof si->type, "%s", sp->process_type);
+    char *tag = sched__tag(a, sp->process_type, sp->index);
+    snprintf(si->tag, sizeof si->tag, "%s", tag);
+    free(tag);
+    snprintf(si->guid, sizeof si->guid, "%s", sp->instance_guid);
+    si->index = sp->index;
+    si->port = sp->port;
+    si->slot = slot;
+    slot->cur = si;
+    instance_set_user_data(inst, si);
+    si->next = s->insts;
+    s->insts = si;
+    bool running = instance_state(inst) == INSTANCE_RUNNING;
+    logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                 "Instance %d of %s (%s) on port %d was kept running across a restart of "
+                 "skiffd%s",
+                 si->index, si->type, si->guid, si->port,
+                 running ? "" : "; checking its health again");
+    if (running) {
+        si->ready = true;
+        slot->healthy_since_ms = time_now_ms();
+        sched__ready_event(s, si, true);
+    }
+}
+
 int scheduler_reconcile_all(struct scheduler *s)
 {
+    executor_adopt(s->ex, sched__adopt, s);
     char *run = xasprintf("%s/run", s->home);
     DIR *d = opendir(run);
     free(run);
     if (d) {
         struct dirent *de;
         while ((de = readdir(d)))
-            if (str_has_prefix(de->d_name, "instance-") && str_has_suffix(de->d_name, ".pid"))
-                sched__kill_leftover(s, de->d_name);
+            if (str_has_prefix(de->d_name, "instance-") && str_has_suffix(de->d_name, ".pid")) {
+                char guid[37];
+                snprintf(guid, sizeof guid, "%.36s", de->d_name + strlen("instance-"));
+                if (!executor_find(s->ex, guid)) /* adopted ones are ours now */
+                    sched__kill_leftover(s, de->d_name);
+            }
         closedir(d);
     }
     struct store_app **apps = NULL;
@@ -823,6 +917,15 @@ void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg)
     s->shutdown_arg = arg;
     uv_timer_stop(&s->timer);
     executor_shutdown(s->ex, sched__executor_down, s);
+}
+
+void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg)
+{
+    s->shutting_down = true;
+    s->shutdown_done = done;
+    s->shutdown_arg = arg;
+    uv_timer_stop(&s->timer);
+    executor_detach(s->ex, sched__executor_down, s);
 }
 
 void scheduler_free(struct scheduler *s)

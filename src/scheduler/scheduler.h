@@ -72,12 +72,18 @@ struct executor_config;
 int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   const struct executor_config *excfg, struct store *store, struct logs *logs,
                   struct scheduler **out);
-/* Starts what the store wants running, and kills instances left over by a predecessor that
- * was killed (their pids are recorded under home/run/instances). */
+/* Adopts the instances a predecessor left running under their shims (executor_adopt) where
+ * the store still wants them (same app, droplet, process type and index): those that answer
+ * are ready at once, before any route table goes out. Others are stopped, and instances left
+ * without a shim are killed (their pids are recorded under home/run). Then starts what the
+ * store wants running and is missing. */
 int scheduler_reconcile_all(struct scheduler *s);
 /* Stops every instance gracefully; done is called when all are down and the scheduler's
  * handles are closed; then scheduler_free. */
 void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg);
+/* Lets every instance go on running for the next skiffd to adopt (executor_detach); done as
+ * for scheduler_shutdown. */
+void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg);
 void scheduler_free(struct scheduler *s);
 
 /* ---- what the API asks ------------------------------------------------------------------- */

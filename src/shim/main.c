@@ -34,6 +34,7 @@ struct shim {
     int pid;
     char *pid_file;
     bool exited, done;
+    bool release; /* A came before the exit: finish once the instance has exited */
     int exit_status, term_signal;
     struct shim_client *client;
     /* output kept while nobody listens: a ring of at most SHIM_KEEP_LINES */
@@ -142,6 +143,8 @@ static void shim_on_line(void *ctx, int stream, const char *line, size_t len)
         shim_keep(sh, stream, line, len);
 }
 
+static void shim_finish(struct shim *sh);
+
 static void shim_on_exit(void *ctx, int exit_status, int term_signal)
 {
     struct shim *sh = ctx;
@@ -149,7 +152,9 @@ static void shim_on_exit(void *ctx, int exit_status, int term_signal)
     sh->exit_status = exit_status;
     sh->term_signal = term_signal;
     uv_timer_stop(&sh->grace);
-    if (sh->client)
+    if (sh->release)
+        shim_finish(sh);
+    else if (sh->client)
         shim_sendf(sh, "X %d %d\n", exit_status, term_signal);
 }
 
@@ -190,8 +195,10 @@ static void shim_command(struct shim *sh, const char *line)
             uv_timer_start(&sh->grace, shim_grace_expired, n > 0 ? (uint64_t)n : 0, 0);
     } else if (line[0] == 'S' && sscanf(line + 1, "%d", &n) == 1 && n > 0 && n < NSIG) {
         shim_signal_group(sh, n);
-    } else if (line[0] == 'A' && sh->exited) {
-        shim_finish(sh);
+    } else if (line[0] == 'A') {
+        sh->release = true;
+        if (sh->exited)
+            shim_finish(sh);
     }
 }
 

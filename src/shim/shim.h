@@ -19,6 +19,7 @@
  *   client -> shim   T <grace ms>             SIGTERM to the instance's group, SIGKILL after grace
  *                    S <signal>               that signal to the instance's group
  *                    A                        exit taken: the shim removes its files and exits
+ *                                             (at once, or once the instance has exited)
  *
  * While no client is connected, output lines are kept, at most SHIM_KEEP_LINES lines and
  * SHIM_KEEP_BYTES bytes (the oldest go first; how many were dropped is told as an O 2 line).

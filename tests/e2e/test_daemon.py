@@ -1,12 +1,15 @@
-"""skiffd's life: SIGTERM stops instances and exits 0; a restart keeps every app, route and
-setting and starts what should run; after a kill -9 the next skiffd cleans up the instances
-left behind, and the router keeps serving meanwhile."""
+"""skiffd's life: SIGTERM stops instances and the router and exits 0; a restart keeps every
+app, route and setting and starts what should run; after a kill -9 or SIGUSR2 the instances
+(under their shims) and the router keep serving, and the next skiffd adopts them."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import urllib.error
 import urllib.request
+
+import pytest
 
 from conftest import BIN_DIR, ROOT, Platform
 
@@ -108,32 +111,181 @@ def test_restart_keeps_apps_routes_and_settings(platform):
                10, "an [RTR/0] line in the log")
 
 
-def test_kill_9_leaves_the_router_serving_and_the_next_skiffd_cleans_up(platform):
-    p = platform
-    r = p.cli("push", "survivor", "-p", PYTHON_WEB)
-    assert r.returncode == 0, r.stdout + r.stderr
-    p.wait_for(lambda: running(p, "survivor"), 30, "survivor running")
-    p.wait_for(lambda: through_router(p, "survivor.localhost")[0] == 200, 10, "via router")
-    old_pids = instance_pids(p)
-    router = router_pid(p)
-    assert old_pids
+def logging_app(tmp_path):
+    """python-web, answering 200 on /n/... too, so every request of a loop is one log line."""
+    app = tmp_path / "logger"
+    shutil.copytree(PYTHON_WEB, app)
+    src = (app / "app.py").read_text()
+    patched = src.replace('if self.path != "/":',
+                          'if self.path != "/" and not self.path.startswith("/n/"):')
+    assert patched != src
+    (app / "app.py").write_text(patched)
+    return str(app)
 
-    os.kill(p.proc.pid, signal.SIGKILL)
-    p.proc.wait()
-    # skiffd is gone: the router still answers with the table it knew. (The instance's
-    # stdout pipe went with skiffd, so an app that logs each request may fail it: 502.)
-    assert pid_alive(router)
-    assert through_router(p, "survivor.localhost")[0] in (200, 502)
-    assert through_router(p, "unknown.localhost")[0] == 404
+
+def web_instance(p, name):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    running = [i for i in app.get("instances_detail", []) if i["state"] == "RUNNING"]
+    return running[0] if len(running) == 1 else None
+
+
+def app_log(p, name):
+    return p.api("GET", f"/v1/apps/{name}/logs?recent=1&lines=1000")[1]
+
+
+class RequestLoop:
+    """Requests through the router, about 20 a second (so the app's log, which keeps its last
+    1000 lines, still holds what a test looks for), until stopped; records every failure."""
+
+    def __init__(self, p, host):
+        import threading
+        self.p, self.host = p, host
+        self.count = 0
+        self.failures = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                status, body = through_router(self.p, self.host, f"/n/loop-{self.count}")
+            except Exception as e:  # a refused or reset connection is a failure too
+                status, body = None, repr(e)
+            if status != 200:
+                self.failures.append((self.count, status, body[:200]))
+            self.count += 1
+            self.stopped.wait(0.05)
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join()
+        return self.failures
+
+
+@pytest.mark.parametrize("how", ["kill -9", "SIGUSR2"])
+def test_instances_keep_serving_while_skiffd_is_away_and_are_adopted(platform, tmp_path, how):
+    p = platform
+    r = p.cli("push", "keeper", "-p", logging_app(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.wait_for(lambda: web_instance(p, "keeper"), 30, "keeper running")
+    p.wait_for(lambda: through_router(p, "keeper.localhost")[0] == 200, 10, "via router")
+    before = web_instance(p, "keeper")
+    pids = instance_pids(p)
+    router = router_pid(p)
+    assert len(pids) == 1
+
+    loop = RequestLoop(p, "keeper.localhost")
+    p.wait_for(lambda: loop.count >= 10, 10, "the request loop to run")
+    if how == "kill -9":
+        os.kill(p.proc.pid, signal.SIGKILL)
+        p.proc.wait()
+    else:
+        os.kill(p.proc.pid, signal.SIGUSR2)
+        p.proc.wait(10)
+        assert p.proc.returncode == 0, p.output()
+        assert "Sanitizer" not in p.output()
+    # skiffd is away: the app keeps answering and logging each request (its shim reads)
+    marks = []
+    for i in range(50):
+        status, body = through_router(p, "keeper.localhost", f"/n/away-{i}")
+        assert status == 200, (i, status, body)
+        marks.append(f"GET /n/away-{i} 200")
+    assert pid_alive(router) and all(pid_alive(pid) for pid in pids)
 
     p.start()
-    # the old instances are stopped, new ones run, and the same router is kept
-    for pid in old_pids:
-        p.wait_for(lambda: not pid_alive(pid), 10, f"leftover instance {pid} to be stopped")
-    p.wait_for(lambda: running(p, "survivor"), 30, "survivor running again")
-    assert router_pid(p) == router and pid_alive(router)
-    p.wait_for(lambda: through_router(p, "survivor.localhost")[0] == 200, 10, "via router again")
-    assert set(instance_pids(p)).isdisjoint(old_pids)
+    # adopted: the same instance on the same port, not restarted, RUNNING
+    p.wait_for(lambda: web_instance(p, "keeper"), 30, "keeper adopted")
+    after = web_instance(p, "keeper")
+    assert (after["guid"], after["port"]) == (before["guid"], before["port"])
+    assert instance_pids(p) == pids and all(pid_alive(pid) for pid in pids)
+    assert router_pid(p) == router
+    assert "kept running across a restart" in app_log(p, "keeper")
+    # what it wrote while skiffd was away reaches its log
+    p.wait_for(lambda: all(m in app_log(p, "keeper") for m in marks), 10,
+               "the lines written while skiffd was away in the app's log")
+    seen = loop.count
+    p.wait_for(lambda: loop.count >= seen + 10, 10, "more requests after the restart")
+    failures = loop.stop()
+    assert not failures, failures[:5]
+    # the app's log still gets lines as they come
+    assert through_router(p, "keeper.localhost", "/n/after")[0] == 200
+    p.wait_for(lambda: "GET /n/after 200" in app_log(p, "keeper"), 10, "a line after adoption")
+
+
+def processes_of(home):
+    """Pids of processes whose command line or environment names the home folder."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if (home.encode() in cmd or home.encode() in env) and pid_alive(int(name)):
+            found.append((int(name), cmd.replace(b"\0", b" ")[:120]))
+    return found
+
+
+def test_sigterm_leaves_no_process_behind(platform):
+    p = platform
+    r = p.cli("push", "gone", "-p", PYTHON_WEB, "-i", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.wait_for(lambda: running(p, "gone", 2), 30, "2 instances of gone")
+    run = os.path.join(p.home, "run")
+    shims = [n for n in os.listdir(run) if n.startswith("shim-")]
+    assert len(shims) == 2 and len(instance_pids(p)) == 2
+    assert processes_of(p.home)
+    p.stop(signal.SIGTERM)
+    assert p.proc.returncode == 0, p.output()
+    assert "Sanitizer" not in p.output()
+    assert processes_of(p.home) == []
+
+
+def test_an_instance_that_exits_while_skiffd_is_away_is_reported_and_restarted(platform):
+    p = platform
+    r = p.cli("push", "fragile", "-p", PYTHON_WEB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.wait_for(lambda: web_instance(p, "fragile"), 30, "fragile running")
+    before = web_instance(p, "fragile")
+    [pid] = instance_pids(p)
+    os.kill(p.proc.pid, signal.SIGKILL)
+    p.proc.wait()
+    os.kill(pid, signal.SIGKILL)
+    p.wait_for(lambda: not pid_alive(pid), 5, "the instance to die")
+    p.start()
+    p.wait_for(lambda: "crashed: killed by signal 9" in app_log(p, "fragile"), 10,
+               "the crash reported with its signal")
+    p.wait_for(lambda: web_instance(p, "fragile"), 30, "fragile running again")
+    assert web_instance(p, "fragile")["guid"] != before["guid"]
+    status, app = p.api("GET", "/v1/apps/fragile")
+    assert app["instances_detail"][0]["crash_count"] >= 1
+    p.wait_for(lambda: through_router(p, "fragile.localhost")[0] == 200, 10, "via router")
+
+
+def test_instances_of_an_app_deleted_while_skiffd_was_away_are_stopped(platform):
+    p = platform
+    r = p.cli("push", "doomed", "-p", PYTHON_WEB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.wait_for(lambda: web_instance(p, "doomed"), 30, "doomed running")
+    [pid] = instance_pids(p)
+    p.stop(signal.SIGUSR2)
+    assert p.proc.returncode == 0, p.output()
+    assert pid_alive(pid)
+    # scaled to zero behind the adopter's back: the store is all a new skiffd trusts
+    import sqlite3
+    db = sqlite3.connect(os.path.join(p.home, "skiff.db"))
+    changed = db.execute("UPDATE apps SET state = 'STOPPED' WHERE name = 'doomed'").rowcount
+    db.commit()
+    db.close()
+    assert changed == 1
+    p.start()
+    p.wait_for(lambda: not pid_alive(pid), 20, "the unwanted instance to be stopped")
+    assert instance_pids(p) == []
 
 
 def test_a_router_that_dies_is_started_again(platform):
