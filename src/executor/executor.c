@@ -352,6 +352,8 @@ struct executor__shim {
     uv_process_t *process; /* NULL for an adopted shim, or once it exited */
     int handles;
     bool pipe_closed;
+    bool connected;
+    int pending_sig; /* asked for before the connection was up: sent once it is */
     size_t len;
     char buf[PROC_LINE_MAX + 64];
 };
@@ -479,8 +481,13 @@ static void shim__connected(uv_connect_t *req, int status)
     free(req);
     if (sh->pipe_closed)
         return;
-    if (status < 0 || uv_read_start((uv_stream_t *)&sh->pipe, shim__alloc, shim__read) < 0)
+    if (status < 0 || uv_read_start((uv_stream_t *)&sh->pipe, shim__alloc, shim__read) < 0) {
         shim__lost(sh);
+        return;
+    }
+    sh->connected = true;
+    if (sh->pending_sig && sh->inst)
+        sh->inst->ex->driver->signal(sh->inst, sh->pending_sig);
 }
 
 static struct executor__shim *shim__new(struct instance *inst)
@@ -619,9 +626,13 @@ static void shim_driver_signal(struct instance *inst, int sig)
         snprintf(msg, sizeof msg, "T %d\n", inst->ex->grace_ms);
     else
         snprintf(msg, sizeof msg, "S %d\n", sig);
-    /* without its shim, the instance is reached directly */
-    if (!shim__send(inst->shim, msg) && inst->pid > 0)
-        kill(-inst->pid, sig);
+    struct executor__shim *sh = inst->shim;
+    if (sh && !sh->connected && !sh->pipe_closed) {
+        if (sh->pending_sig != SIGKILL)
+            sh->pending_sig = sig; /* the shim has not answered yet */
+    } else if (!shim__send(sh, msg) && inst->pid > 0) {
+        kill(-inst->pid, sig); /* without its shim, the instance is reached directly */
+    }
     if (sig == SIGKILL && inst->cg)
         cgroup_kill_all(inst->cg);
 }
@@ -1431,6 +1442,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
         fd = -1;
     } else {
         fd = -1; /* the pipe has it */
+        sh->connected = true;
         uv_read_start((uv_stream_t *)&sh->pipe, shim__alloc, shim__read);
     }
     uv_timer_init(ex->loop, &inst->start_timer);

@@ -610,6 +610,195 @@ static void test_pids_limit_contains_forks(void **state)
     assert_int_equal(count_marked_processes(), 0);
 }
 
+/* ---- the shim driver: instances under skiff-shim, which outlive their executor ---------- */
+
+static int setup_shim(void **state)
+{
+    struct world *w = xcalloc(1, sizeof(*w));
+    uv_loop_init(&w->loop);
+    strcpy(w->home, "/tmp/skiff-shim-XXXXXX");
+    if (!mkdtemp(w->home))
+        return -1;
+    char *run = xasprintf("%s/run", w->home);
+    mkdir_p(run, 0755);
+    free(run);
+    /* the test program lives in <build>/asan/tests, the shim in <build>/asan */
+    char exe[512];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    *strrchr(exe, '/') = '\0';
+    static char shim[600];
+    snprintf(shim, sizeof(shim), "%s/../skiff-shim", exe);
+    if (access(shim, X_OK) != 0) {
+        fprintf(stderr, "no skiff-shim at %s: build it with make asan\n", shim);
+        return -1;
+    }
+    struct executor_config cfg = {.home = w->home,
+                                  .port_min = 20000,
+                                  .port_max = 60000,
+                                  .grace_ms = 500,
+                                  .liveness_ms = 100,
+                                  .shim_path = shim};
+    if (executor_new(&w->loop, &cfg, on_output, on_state, w, &w->ex) != 0)
+        return -1;
+    *state = w;
+    return 0;
+}
+
+/* A second executor on the same home, as a restarted daemon makes. */
+static void replace_executor(struct world *w)
+{
+    static char shim[600];
+    char exe[512];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    *strrchr(exe, '/') = '\0';
+    snprintf(shim, sizeof(shim), "%s/../skiff-shim", exe);
+    executor_free(w->ex); /* lets the instances go: they run on under their shims */
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+    struct executor_config cfg = {.home = w->home,
+                                  .port_min = 20000,
+                                  .port_max = 60000,
+                                  .grace_ms = 500,
+                                  .liveness_ms = 100,
+                                  .shim_path = shim};
+    assert_int_equal(executor_new(&w->loop, &cfg, on_output, on_state, w, &w->ex), 0);
+}
+
+static int adopted_count;
+static struct instance *adopted_inst;
+static char adopted_command[128];
+static void on_adopt(void *ctx, struct instance *inst, const struct instance_spec *spec)
+{
+    (void)ctx;
+    adopted_count++;
+    adopted_inst = inst;
+    snprintf(adopted_command, sizeof(adopted_command), "%s", spec->command);
+}
+
+static bool has_ready(struct world *w)
+{
+    return w->out.data && strstr(w->out.data, "1:ready");
+}
+
+static bool has_tick(struct world *w)
+{
+    return w->out.data && strstr(w->out.data, "1:tick");
+}
+
+static bool has_pid(struct world *w)
+{
+    (void)w;
+    return adopted_inst && instance_pid(adopted_inst) > 0;
+}
+
+static bool pid_gone(int pid)
+{
+    char path[64], *text = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if (file_read(path, &text, NULL) != 0)
+        return true;
+    const char *p = strrchr(text, ')');
+    bool zombie = p && p[2] == 'Z';
+    free(text);
+    return zombie;
+}
+
+static void test_shim_captures_lines_and_exit_status(void **state)
+{
+    struct world *w = *state;
+    start(w, "echo out; echo err >&2; exit 3", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_final, 5000, "exit");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_int_equal(w->exit.exit_status, 3);
+    assert_string_equal(w->reason, "exited");
+    assert_non_null(strstr(w->out.data, "1:out\n"));
+    assert_non_null(strstr(w->out.data, "2:err\n"));
+    /* the shim ended with its instance, and took its pid file with it */
+    char *pid_file = xasprintf("%s/run", w->home);
+    DIR *d = opendir(pid_file);
+    struct dirent *de;
+    int pid_files = 0;
+    bool gone = false;
+    for (int round = 0; round < 200 && !gone; round++) {
+        pid_files = 0;
+        rewinddir(d);
+        while ((de = readdir(d)))
+            pid_files += de->d_name[0] != '.';
+        gone = pid_files == 0;
+        if (!gone)
+            usleep(10000);
+    }
+    closedir(d);
+    free(pid_file);
+    assert_int_equal(pid_files, 0);
+}
+
+static void test_shim_stop_sends_term(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst =
+        start(w, "trap 'echo got term; exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+              NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_ready, 5000, "the trap to be set");
+    executor_stop(inst);
+    run_until(w, has_final, 5000, "stopped");
+    assert_int_equal(w->final_state, INSTANCE_DOWN);
+    assert_non_null(strstr(w->out.data, "1:got term"));
+}
+
+static void test_shim_instance_outlives_its_executor_and_is_adopted(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst =
+        start(w, "while :; do echo tick; sleep 0.05; done", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_tick, 5000, "output");
+    int pid = instance_pid(inst);
+    assert_true(pid > 0);
+    replace_executor(w);
+    buf_free(&w->out);
+    memset(&w->out, 0, sizeof(w->out));
+    usleep(300 * 1000); /* the instance writes on while no executor reads */
+    assert_false(pid_gone(pid));
+    adopted_count = 0;
+    adopted_inst = NULL;
+    assert_int_equal(executor_adopt(w->ex, on_adopt, w), 1);
+    assert_int_equal(adopted_count, 1);
+    assert_string_equal(adopted_command, "while :; do echo tick; sleep 0.05; done");
+    assert_int_equal(instance_state(adopted_inst), INSTANCE_RUNNING);
+    assert_int_equal(instance_pid(adopted_inst), pid);
+    assert_ptr_equal(executor_find(w->ex, instance_guid(adopted_inst)), adopted_inst);
+    run_until(w, has_tick, 5000, "the kept output replayed");
+    /* a second adoption finds nothing new */
+    assert_int_equal(executor_adopt(w->ex, on_adopt, w), 0);
+    executor_stop(adopted_inst);
+    run_until(w, has_final, 5000, "stopped");
+    assert_int_equal(w->final_state, INSTANCE_DOWN);
+    assert_true(pid_gone(pid));
+}
+
+static void test_shim_exit_while_away_is_reported(void **state)
+{
+    struct world *w = *state;
+    struct instance *inst = start(w, "echo started; sleep 0.3; exit 7", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_running, 5000, "running");
+    adopted_inst = inst;
+    run_until(w, has_pid, 5000, "the pid");
+    int pid = instance_pid(inst);
+    replace_executor(w);
+    for (int round = 0; round < 500 && !pid_gone(pid); round++)
+        usleep(10000);
+    assert_true(pid_gone(pid));
+    adopted_inst = NULL;
+    assert_int_equal(executor_adopt(w->ex, on_adopt, w), 1);
+    run_until(w, has_final, 5000, "the exit to be reported");
+    assert_int_equal(w->final_state, INSTANCE_CRASHED);
+    assert_int_equal(w->exit.exit_status, 7);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -634,6 +823,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_usage_is_measured, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_limit_kills_a_hog, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pids_limit_contains_forks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shim_captures_lines_and_exit_status, setup_shim,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_shim_stop_sends_term, setup_shim, teardown),
+        cmocka_unit_test_setup_teardown(test_shim_instance_outlives_its_executor_and_is_adopted,
+                                        setup_shim, teardown),
+        cmocka_unit_test_setup_teardown(test_shim_exit_while_away_is_reported, setup_shim,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
