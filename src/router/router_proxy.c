@@ -2021,7 +2021,9 @@ static void init_settings(void)
     response_settings.on_message_complete = on_resp_message_complete;
 }
 
-static int listen_socket(const char *addr_text, int *out_fd)
+/* Opens a listener on addr_text. With shared set, the socket joins the others of this
+ * process through SO_REUSEPORT (one per worker); without it, it is exclusive. */
+static int listen_socket(const char *addr_text, bool shared, int *out_fd)
 {
     char host[256];
     const char *colon = strrchr(addr_text, ':');
@@ -2051,7 +2053,8 @@ static int listen_socket(const char *addr_text, int *out_fd)
         return -errno;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (shared)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     socklen_t len =
         ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
@@ -2077,6 +2080,17 @@ int router_proxy_start(const struct router_config *cfg)
     workers = xcalloc((size_t)n, sizeof(*workers));
     uint64_t prefix;
     prefix = ((uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 40));
+    /* SO_REUSEPORT would let this router join a listener that another process (a router left
+     * from an earlier run, say) holds, and the kernel would split connections between them.
+     * An exclusive bind first makes that an error instead. */
+    int probe;
+    int pr = listen_socket(cfg->addr, false, &probe);
+    if (pr < 0) {
+        fprintf(stderr, "skiff-router: %s is in use by another process; stop it or choose "
+                        "another address (--addr, SKIFF_ROUTER_ADDR)\n", cfg->addr);
+        return pr;
+    }
+    close(probe);
     for (int i = 0; i < n; i++) {
         struct worker *w = &workers[i];
         w->index = i;
@@ -2084,7 +2098,7 @@ int router_proxy_start(const struct router_config *cfg)
         w->listen_fd = -1;
         w->client_cap = cfg->max_connections / n + 1;
         w->id_prefix = prefix + (uint64_t)i;
-        int r = listen_socket(cfg->addr, &w->listen_fd);
+        int r = listen_socket(cfg->addr, true, &w->listen_fd);
         if (r < 0) {
             for (int k = 0; k < i; k++)
                 close(workers[k].listen_fd);
