@@ -2086,8 +2086,10 @@ int router_proxy_start(const struct router_config *cfg)
     int probe;
     int pr = listen_socket(cfg->addr, false, &probe);
     if (pr < 0) {
-        fprintf(stderr, "skiff-router: %s is in use by another process; stop it or choose "
-                        "another address (--addr, SKIFF_ROUTER_ADDR)\n", cfg->addr);
+        fprintf(stderr,
+                "skiff-router: %s is in use by another process; stop it or choose "
+                "another address (--addr, SKIFF_ROUTER_ADDR)\n",
+                cfg->addr);
         return pr;
     }
     close(probe);
