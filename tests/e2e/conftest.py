@@ -168,6 +168,18 @@ class Platform:
     wait_for = staticmethod(wait_for)
 
 
+def cli_at_home(home, *args, extra_env=None, input=None, cwd=ROOT):
+    """Runs `skiff ARGS` with HOME and SKIFF_HOME at home and no SKIFF_API or SKIFF_TOKEN: no
+    login and no platform, unless extra_env names one."""
+    env = dict(os.environ)
+    for k in ("SKIFF_API", "SKIFF_TOKEN"):
+        env.pop(k, None)
+    env.update({"HOME": home, "SKIFF_HOME": home})
+    env.update(extra_env or {})
+    return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env, input=input,
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
 def http_get(url, host=None, timeout=5):
     """GET url (with that Host header, for the router); returns (status, text), errors too."""
     req = urllib.request.Request(url)

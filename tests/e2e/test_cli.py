@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import BIN_DIR, ROOT, free_port
+from conftest import BIN_DIR, ROOT, cli_at_home, free_port
 
 CORE_COMMANDS = ["login", "push", "apps", "app", "scale", "start", "stop", "restart", "restage",
                  "delete", "logs", "env", "set-env", "unset-env", "map-route", "unmap-route",
@@ -27,31 +27,21 @@ def bare_home():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run(home, *args, extra_env=None, input=None):
-    env = dict(os.environ)
-    for k in ("SKIFF_API", "SKIFF_TOKEN"):
-        env.pop(k, None)
-    env.update({"HOME": home, "SKIFF_HOME": home})
-    env.update(extra_env or {})
-    return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env, input=input,
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-
 def test_help_lists_every_command_and_each_has_its_own_help(bare_home):
-    r = run(bare_home, "help")
+    r = cli_at_home(bare_home, "help")
     assert r.returncode == 0, r.stderr
     for name in CORE_COMMANDS:
         assert f"\n  {name} " in r.stdout, f"{name} missing from `skiff help`"
     for name in CORE_COMMANDS:
-        a = run(bare_home, "help", name)
-        b = run(bare_home, name, "--help")
+        a = cli_at_home(bare_home, "help", name)
+        b = cli_at_home(bare_home, name, "--help")
         assert a.returncode == 0 and b.returncode == 0, (name, a.stderr, b.stderr)
         assert a.stdout.startswith(f"usage: skiff {name}"), a.stdout
         assert a.stdout == b.stdout
 
 
 def test_no_arguments_prints_help_and_exits_2(bare_home):
-    r = run(bare_home)
+    r = cli_at_home(bare_home)
     assert r.returncode == 2
     assert "usage: skiff COMMAND" in r.stdout
 
@@ -76,7 +66,7 @@ def test_no_arguments_prints_help_and_exits_2(bare_home):
     (["delete", "hello"], "needs -f"),
 ])
 def test_bad_command_lines_exit_2_with_the_reason_and_usage(bare_home, args, message):
-    r = run(bare_home, *args)
+    r = cli_at_home(bare_home, *args)
     assert r.returncode == 2, (args, r.stdout, r.stderr)
     assert message in r.stderr, r.stderr
     if args[0] != "frobnicate" and args[:2] != ["help", "frobnicate"]:
@@ -84,7 +74,7 @@ def test_bad_command_lines_exit_2_with_the_reason_and_usage(bare_home, args, mes
 
 
 def test_not_logged_in_says_what_to_do(bare_home):
-    r = run(bare_home, "apps")
+    r = cli_at_home(bare_home, "apps")
     assert r.returncode == 1
     assert "not logged in" in r.stderr
     assert "make run" in r.stderr and "skiff login" in r.stderr
@@ -95,7 +85,7 @@ def test_daemon_not_running_says_to_start_it(bare_home):
     with open(os.path.join(bare_home, "api.json"), "w") as f:
         json.dump({"url": f"http://127.0.0.1:{free_port()}", "token": "x"}, f)
     for args in (["apps"], ["app", "hello"], ["logs", "hello", "--recent"]):
-        r = run(bare_home, *args)
+        r = cli_at_home(bare_home, *args)
         assert r.returncode == 1, r
         assert "is skiffd running?" in r.stderr, r.stderr
         assert "make run" in r.stderr
@@ -105,7 +95,7 @@ def test_environment_wins_over_local_daemon(bare_home):
     with open(os.path.join(bare_home, "api.json"), "w") as f:
         json.dump({"url": "http://127.0.0.1:1", "token": "x"}, f)
     port = free_port()
-    r = run(bare_home, "apps", extra_env={"SKIFF_API": f"http://127.0.0.1:{port}/",
+    r = cli_at_home(bare_home, "apps", extra_env={"SKIFF_API": f"http://127.0.0.1:{port}/",
                                           "SKIFF_TOKEN": "t"})
     assert r.returncode == 1
     assert f"http://127.0.0.1:{port} (found through SKIFF_API)" in r.stderr
@@ -115,7 +105,7 @@ def test_manifest_errors_need_no_daemon(bare_home):
     path = os.path.join(bare_home, "manifest.yml")
     with open(path, "w") as f:
         f.write("applications:\n- name: a\n  instance: 2\n")
-    r = run(bare_home, "push", "-f", path)
+    r = cli_at_home(bare_home, "push", "-f", path)
     assert r.returncode == 1
     assert f'{path} line 3: unknown key "instance" (did you mean "instances"?)' in r.stderr
 

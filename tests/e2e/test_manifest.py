@@ -8,18 +8,13 @@ import tempfile
 
 import pytest
 
-from conftest import BIN_DIR, ROOT
+from conftest import BIN_DIR, ROOT, cli_at_home
 
 EXAMPLE = os.path.join(ROOT, "examples", "python-web")
 
 
 def skiff(home, *args):
-    env = dict(os.environ)
-    for k in ("SKIFF_API", "SKIFF_TOKEN"):
-        env.pop(k, None)
-    env.update({"HOME": home, "SKIFF_HOME": home})
-    return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=home)
+    return cli_at_home(home, *args, cwd=home)
 
 
 @pytest.fixture
