@@ -42,11 +42,10 @@ void api_core__routes_changed(struct api_core *core)
 
 /* ---- JSON of an app ------------------------------------------------------------------------ */
 
-/* Writes s as a JSON string. */
-static void core__json_str(struct buf *b, const char *s)
+/* Writes s escaped for the inside of a JSON string. */
+static void core__json_escape(struct buf *b, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
-    buf_putc(b, '"');
     const char *run = s;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -77,6 +76,13 @@ static void core__json_str(struct buf *b, const char *s)
         }
     }
     buf_append(b, run, (size_t)(s - run));
+}
+
+/* Writes s as a JSON string. */
+static void core__json_str(struct buf *b, const char *s)
+{
+    buf_putc(b, '"');
+    core__json_escape(b, s);
     buf_putc(b, '"');
 }
 
@@ -148,9 +154,10 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
     for (size_t i = 0; i < nroutes; i++) {
         if (i)
             buf_putc(b, ',');
-        char *uri = xasprintf("%s%s", routes[i]->host, routes[i]->path);
-        core__json_str(b, uri);
-        free(uri);
+        buf_putc(b, '"'); /* HOST + PATH, written without building the string */
+        core__json_escape(b, routes[i]->host);
+        core__json_escape(b, routes[i]->path);
+        buf_putc(b, '"');
     }
     buf_puts(b, "],\"droplet\":");
     core__json_str_or_null(b, app->droplet_guid);
