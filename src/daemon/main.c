@@ -380,6 +380,11 @@ int main(int argc, char **argv)
                                    .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),
                                    .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000),
                                    .shim_path = shim_bin};
+    if (access(shim_bin, X_OK) != 0)
+        fprintf(stderr,
+                "skiffd: %s is missing: no instance can start (build it with `make`, and "
+                "install it beside skiffd)\n",
+                shim_bin);
     rc = scheduler_new(d.loop, &scfg, &ecfg, d.store, d.logs, &d.sched);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot start the executor: %s\n", strerror(-rc));
