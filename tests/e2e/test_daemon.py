@@ -267,7 +267,7 @@ def test_an_instance_that_exits_while_skiffd_is_away_is_reported_and_restarted(p
     p.wait_for(lambda: through_router(p, "fragile.localhost")[0] == 200, 10, "via router")
 
 
-def test_instances_of_an_app_deleted_while_skiffd_was_away_are_stopped(platform):
+def test_instances_of_an_app_stopped_while_skiffd_was_away_are_stopped(platform):
     p = platform
     r = p.cli("push", "doomed", "-p", PYTHON_WEB)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -276,7 +276,7 @@ def test_instances_of_an_app_deleted_while_skiffd_was_away_are_stopped(platform)
     p.stop(signal.SIGUSR2)
     assert p.proc.returncode == 0, p.output()
     assert pid_alive(pid)
-    # scaled to zero behind the adopter's back: the store is all a new skiffd trusts
+    # stopped behind its back (the store is all a new skiffd trusts)
     import sqlite3
     db = sqlite3.connect(os.path.join(p.home, "skiff.db"))
     changed = db.execute("UPDATE apps SET state = 'STOPPED' WHERE name = 'doomed'").rowcount
