@@ -358,8 +358,17 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     free(droplets);
     free(cache);
     if (rc < 0) {
+        /* the cases a user can fix: say which and how */
+        char *why = rc == -ENOENT
+                        ? xasprintf("staging could not start: no buildpack found in %s; set "
+                                    "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
+                                    "restart skiffd",
+                                    core->cfg.buildpacks_dir)
+                        : xasprintf("staging could not start: %s", strerror(-rc));
+        logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
         staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
-                                   "staging_failed", "message", "staging could not start"));
+                                   "staging_failed", "message", why));
+        free(why);
         api_stream_end(req);
         staging__free(s);
         goto done;

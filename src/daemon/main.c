@@ -385,6 +385,11 @@ int main(int argc, char **argv)
                 "skiffd: %s is missing: no instance can start (build it with `make`, and "
                 "install it beside skiffd)\n",
                 shim_bin);
+    if (access(buildpacks, R_OK | X_OK) != 0)
+        fprintf(stderr,
+                "skiffd: no buildpacks folder at %s: nothing can be staged (set "
+                "SKIFF_BUILDPACKS to the buildpacks/ folder of Skiff's source tree)\n",
+                buildpacks);
     rc = scheduler_new(d.loop, &scfg, &ecfg, d.store, d.logs, &d.sched);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot start the executor: %s\n", strerror(-rc));

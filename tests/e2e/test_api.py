@@ -317,6 +317,19 @@ def test_upload_that_unpacks_too_large_is_refused():
         p.close()
 
 
+def test_missing_buildpacks_folder_is_named_at_start_and_on_push():
+    missing = "/nonexistent/skiff-buildpacks"
+    p = Platform(extra_env={"SKIFF_BUILDPACKS": missing}).start()
+    try:
+        p.wait_for(lambda: "SKIFF_BUILDPACKS" in p.output(), 10, "the start-up warning")
+        r = p.cli("push", "hello", "-p", "examples/python-web")
+        assert r.returncode == 1
+        assert missing in r.stderr and "SKIFF_BUILDPACKS" in r.stderr, r.stderr
+        alive(p)
+    finally:
+        p.close()
+
+
 # ---- staging, crashes, logs and restarts through the API --------------------------------------
 
 def procfile_app(command, extra=()):
