@@ -662,25 +662,25 @@ static const char tail_help[] =
 const struct cli_command cli_events_commands[] = {
     /* publishing and watching */
     {"emit", "emit TOPIC [--type T] [--source S] [--subject S] [--id ID] [DATA|-]",
-     "publish an event to a topic", emit_help, cmd_emit},
-    {"topics", "topics", "list topics with their event counts", NULL, cmd_topics},
+     "Publish an event to a topic", emit_help, cmd_emit},
+    {"topics", "topics", "List topics with their event counts", NULL, cmd_topics},
     {"tail", "tail TOPIC [--from start|end|OFFSET|TIME|10m] [--no-follow] [-n N]",
-     "print a topic's events, and follow new ones as they are published", tail_help, cmd_tail},
+     "Print a topic's events, and follow new ones as they are published", tail_help, cmd_tail},
     /* mappings and functions */
     {"map-event",
      "map-event APP [TOPIC] [--filter K=V|K^=P] [--schedule CRON] [--on-app-event APP:EVENT] "
      "[--reply-topic T] [--dead-letter T] [--retries N] [...]",
-     "invoke an app or function when events arrive", map_event_help, cmd_map_event},
+     "Invoke an app or function when events arrive", map_event_help, cmd_map_event},
     {"unmap-event",
      "unmap-event APP [TOPIC] [--schedule] [--on-app-event APP:EVENT] [--id ID] [--all]",
-     "remove an event mapping", unmap_event_help, cmd_unmap_event},
+     "Remove an event mapping", unmap_event_help, cmd_unmap_event},
     {"event-mappings", "event-mappings [APP]",
-     "list event mappings with backlog, in-flight, delivered, retried, dead-lettered and "
-     "failed counts",
+     "List event mappings with backlog, in flight, delivered, retried, dead-lettered "
+     "and failed counts",
      NULL, cmd_event_mappings},
     {"replay", "replay APP [TOPIC] --since 1h|TIME|OFFSET [--id ID]",
-     "deliver a mapping's past events again", replay_help, cmd_replay},
+     "Deliver a mapping's past events again", replay_help, cmd_replay},
     {"invoke", "invoke APP [DATA|-] [--type T] [--subject S]",
-     "call a function once and print its reply", invoke_help, cmd_invoke},
+     "Call a function once and print its reply", invoke_help, cmd_invoke},
     {NULL, NULL, NULL, NULL, NULL},
 };
