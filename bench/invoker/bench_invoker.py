@@ -216,6 +216,38 @@ def bench_cold(p, app, out_path, runs):
     return results
 
 
+def print_beside_jetstream(args, rate, lat, pub):
+    """Skiff's figures beside jetstream_peer's (same machine, same run, same event counts)."""
+    js = {}
+    with open(args.jetstream_results) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[0] == "jetstream":
+                js[parts[1]] = [float(x) for x in parts[2:]]
+    if "deliveries" not in js or "latency" not in js:
+        print("no JetStream figures in %s" % args.jetstream_results)
+        return
+    rows = [
+        ("deliveries/s", rate, js["deliveries"][2], "%.0f"),
+        ("publish-to-delivery p50 ms", pct(lat, 50), js["latency"][2], "%.2f"),
+        ("publish-to-delivery p99 ms", pct(lat, 99), js["latency"][3], "%.2f"),
+        ("publish ack p50 ms", pct(pub, 50), js.get("publish-ack", [0, 0, 0])[1], "%.2f"),
+        ("publish ack p99 ms", pct(pub, 99), js.get("publish-ack", [0, 0, 0])[2], "%.2f"),
+    ]
+    print()
+    print("beside NATS JetStream (%s, file storage), ratio = Skiff / JetStream "
+          "(deliveries/s: higher is better; latencies: lower is better)" % args.jetstream_version)
+    print("%-28s%14s%14s%10s" % ("", "skiff", "jetstream", "ratio"))
+    for name, mine, theirs, fmt in rows:
+        print("%-28s%14s%14s%10s" % (name, fmt % mine, fmt % theirs,
+                                     "%.2fx" % (mine / theirs) if theirs else "-"))
+    print("skiff: an HTTP invocation of a warm %s function per event (concurrency 16); an event "
+          "is delivered once durable (fdatasync)." % args.runtime)
+    print("jetstream: %d events fetched by a pull consumer in batches of 256 and acked, no "
+          "function; at %d/s a push consumer with explicit ack. nats-server acknowledges "
+          "before fsync." % (args.events, args.rate))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20000)
@@ -223,6 +255,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--cold", type=int, default=10)
     ap.add_argument("--runtime", choices=("python", "node"), default="python")
+    ap.add_argument("--jetstream-results", metavar="FILE",
+                    help="jetstream_peer's output from the same run (bench.sh passes it): "
+                         "printed beside Skiff's figures with ratios")
+    ap.add_argument("--jetstream-version", default="nats-server")
     args = ap.parse_args()
 
     home = tempfile.mkdtemp(prefix="skiff-bench-invoker-")
@@ -258,8 +294,11 @@ def main():
         print("  for scale: publish until 202 (durable, group commit + fsync) p50 %.2f ms, "
               "p99 %.2f ms" % (pct(pub, 50), pct(pub, 99)))
         cold = bench_cold(p, app, out_path, args.cold)
-        print("cold first invocation from publish (%d runs): p50 %.0f ms, p99 %.0f ms" %
-              (len(cold), pct(cold, 50), pct(cold, 99)))
+        if cold:
+            print("cold first invocation from publish (%d runs): p50 %.0f ms, p99 %.0f ms" %
+                  (len(cold), pct(cold, 50), pct(cold, 99)))
+        if args.jetstream_results:
+            print_beside_jetstream(args, rate, lat, pub)
     finally:
         try:
             p.stop()
