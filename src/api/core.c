@@ -520,16 +520,20 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
     return true;
 }
 
-/* Maps host/path to app; a route already the app's is fine. Answers and returns false on
- * error (route_taken). */
+/* A route already the app's is fine (and takes the balance when one is given); another
+ * app's is route_taken. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
-                         const struct store_app *app, const char *spec, const char *path_in)
+                         const struct store_app *app, const char *spec, const char *path_in,
+                         const char *balance)
 {
     char *host = NULL, *path = NULL, *domain = NULL;
     if (!core__parse_route(core, req, spec, path_in, &host, &path, &domain))
         return false;
-    struct store_route r = {
-        .host = host, .path = path, .app_guid = (char *)app->guid, .domain = domain};
+    struct store_route r = {.host = host,
+                            .path = path,
+                            .app_guid = (char *)app->guid,
+                            .domain = domain,
+                            .balance = (char *)balance};
     uuid_generate_v4(r.guid);
     int rc = store_route_add(core->cfg.store, &r);
     bool ok = true;
@@ -538,12 +542,17 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
         size_t n = 0;
         store_route_list(core->cfg.store, NULL, &all, &n);
         for (size_t i = 0; i < n; i++) {
-            if (!strcmp(all[i].host, host) && !strcmp(all[i].path, path) &&
-                strcmp(all[i].app_guid, app->guid)) {
+            if (strcmp(all[i].host, host) || strcmp(all[i].path, path))
+                continue;
+            if (strcmp(all[i].app_guid, app->guid)) {
                 api_respond_error(req, 409, "route_taken",
                                   "the route %s%s is mapped to another app: unmap it there "
                                   "first or pick another host",
                                   host, path);
+                ok = false;
+            } else if (balance && strcmp(all[i].balance, balance) &&
+                       store_route_set_balance(core->cfg.store, host, path, balance) < 0) {
+                api_respond_error(req, 500, "internal", "cannot store the route");
                 ok = false;
             }
         }
@@ -577,7 +586,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
         }
         json_array_foreach(routes, i, r)
         {
-            if (!api_core__map_route(core, req, app, json_string_value(r), NULL))
+            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL))
                 return false;
         }
         api_core__routes_changed(core);
@@ -585,7 +594,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
     }
     if (creating && !json_is_true(no_route)) {
         char *spec = xasprintf("%s.localhost", app->name);
-        bool ok = api_core__map_route(core, req, app, spec, NULL);
+        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL);
         free(spec);
         api_core__routes_changed(core);
         return ok;
@@ -1142,10 +1151,10 @@ static void core__logs(struct api_request *req, void *ctx)
 static json_t *core__route_json(struct api_core *core, const struct store_route *r,
                                 const char *app_name)
 {
-    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "guid", r->guid, "host", r->host, "path", r->path,
-                     "app", app_name ? app_name : "", "domain", r->domain, "instances",
-                     core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid)
-                                         : 0);
+    return json_pack(
+        "{s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "guid", r->guid, "host", r->host, "path", r->path, "app",
+        app_name ? app_name : "", "domain", r->domain, "balance", r->balance, "instances",
+        core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid) : 0);
 }
 
 static void core__routes_list(struct api_request *req, void *ctx)
@@ -1180,7 +1189,7 @@ static void core__routes_list(struct api_request *req, void *ctx)
 static void core__routes_create(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
-    static const char *const fields[] = {"app", "host", "path", NULL};
+    static const char *const fields[] = {"app", "host", "path", "balance", NULL};
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -1195,6 +1204,15 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "a route needs \"app\" and \"host\" (strings) and an optional \"path\"");
         goto done;
     }
+    /* the router's two policies (docs/bus.md); absent or null: round-robin, or as it was */
+    json_t *balancev = json_object_get(body, "balance");
+    const char *balance = json_string_value(balancev);
+    if ((balancev && !json_is_null(balancev) && !balance) ||
+        (balance && strcmp(balance, "round-robin") && strcmp(balance, "least-connection"))) {
+        api_respond_error(req, 422, "invalid_value",
+                          "\"balance\" must be \"round-robin\" or \"least-connection\"");
+        goto done;
+    }
     if (!(app = api_core__app_named(core, req, name)))
         goto done;
     const char *path = json_string_value(pathv);
@@ -1204,7 +1222,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
         goto done;
     }
     char *spec = xstrdup(host);
-    bool ok = api_core__map_route(core, req, app, spec, path ? path : "");
+    bool ok = api_core__map_route(core, req, app, spec, path ? path : "", balance);
     free(spec);
     if (!ok)
         goto done;

@@ -165,7 +165,7 @@ char *bus_route_table_json(struct bus *bus)
         json_array_append_new(arr,
                               json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b}", "host", routes[i].host,
                                         "path", routes[i].path, "app_guid", app->guid, "app_name",
-                                        app->name, "process", "web", "balance", "round-robin",
+                                        app->name, "process", "web", "balance", routes[i].balance,
                                         "backends", list, "scale_from_zero", from_zero));
     }
     json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)bus->version,

@@ -73,15 +73,20 @@ const struct cli_command cli_core_commands[] = {
      "The app sees it after `skiff restart NAME`.\n", cli_cmd_set_env},
     {"unset-env", "unset-env NAME KEY", "Remove an environment variable of an app",
      "The app stops seeing it after `skiff restart NAME`.\n", cli_cmd_unset_env},
-    {"map-route", "map-route NAME HOST [--path PATH]", "Route requests for HOST[/PATH] to an app",
+    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY]",
+     "Route requests for HOST[/PATH] to an app",
      "HOST must end in a known domain (`skiff domains`), like hello.localhost.\n"
      "The longest matching path wins.\n\n"
-     "  --path PATH   only requests under this path prefix, like /v1\n\n"
-     "Example:\n  skiff map-route hello api.localhost --path /v1\n",
+     "  --path PATH        only requests under this path prefix, like /v1\n"
+     "  --balance POLICY   how requests are spread over the app's instances: round-robin\n"
+     "                     (the default) or least-connection (to the one with the fewest\n"
+     "                     requests in flight); on a route the app has, changes it\n\n"
+     "Example:\n  skiff map-route hello api.localhost --path /v1 --balance least-connection\n",
      cli_cmd_map_route},
     {"unmap-route", "unmap-route NAME HOST [--path PATH]", "Remove a route from an app",
      "  --path PATH   the path the route was mapped with\n", cli_cmd_unmap_route},
-    {"routes", "routes", "List the routes", "Shows host, path, app and instances behind each.\n",
+    {"routes", "routes", "List the routes",
+     "Shows each route's host, path, app, the instances behind it and its balance.\n",
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
     {"create-domain", "create-domain NAME", "Add a shared domain for routes",

@@ -65,7 +65,9 @@ struct store_route {
     char *host; /* "hello.localhost" */
     char *path; /* "" or "/v1" */
     char *app_guid;
-    char *domain; /* the domain the host ends in */
+    char *domain;  /* the domain the host ends in */
+    char *balance; /* "round-robin" or "least-connection" (docs/bus.md); NULL on add means
+                    * "round-robin". The store keeps the text; the API checks the value. */
 };
 
 struct store_droplet {
@@ -117,6 +119,9 @@ struct store_app *store_app_dup(const struct store_app *app);
 /* -EEXIST when host+path is taken. */
 int store_route_add(struct store *st, const struct store_route *route);
 int store_route_delete(struct store *st, const char *host, const char *path);
+/* Changes an existing route's balance; -ENOENT when there is no route host+path. */
+int store_route_set_balance(struct store *st, const char *host, const char *path,
+                            const char *balance);
 /* All routes (app_guid NULL) or an app's, ordered by host then path. */
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n);
 void store_route_list_free(struct store_route *routes, size_t n);

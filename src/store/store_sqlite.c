@@ -45,6 +45,8 @@ const char *const store_sqlite_migrations[] = {
     "CREATE TABLE documents ("
     "  kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,"
     "  updated_at INTEGER NOT NULL, PRIMARY KEY (kind, id));",
+    /* 3: how the router spreads a route's requests over its backends (docs/bus.md) */
+    "ALTER TABLE routes ADD COLUMN balance TEXT NOT NULL DEFAULT 'round-robin';",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -614,7 +616,9 @@ struct store_app *store_app_dup(const struct store_app *app)
 
 int store_route_add(struct store *st, const struct store_route *route)
 {
-    sqlite3_stmt *q = store__prepare(st, "INSERT INTO routes VALUES (?, ?, ?, ?, ?)");
+    sqlite3_stmt *q =
+        store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance) "
+                           "VALUES (?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, route->guid);
@@ -622,7 +626,24 @@ int store_route_add(struct store *st, const struct store_route *route)
     store__bind_text(q, 3, route->path ? route->path : "");
     store__bind_text(q, 4, route->app_guid);
     store__bind_text(q, 5, route->domain);
+    store__bind_text(q, 6, route->balance ? route->balance : "round-robin");
     return store__step_done(st, q);
+}
+
+int store_route_set_balance(struct store *st, const char *host, const char *path,
+                            const char *balance)
+{
+    sqlite3_stmt *q =
+        store__prepare(st, "UPDATE routes SET balance = ? WHERE host = ? AND path = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, balance);
+    store__bind_text(q, 2, host);
+    store__bind_text(q, 3, path ? path : "");
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
 }
 
 int store_route_delete(struct store *st, const char *host, const char *path)
@@ -641,9 +662,10 @@ int store_route_delete(struct store *st, const char *host, const char *path)
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
-        st, app_guid ? "SELECT guid, host, path, app_guid, domain FROM routes WHERE app_guid = ? "
-                       "ORDER BY host, path"
-                     : "SELECT guid, host, path, app_guid, domain FROM routes ORDER BY host, path");
+        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance FROM routes "
+                       "WHERE app_guid = ? ORDER BY host, path"
+                     : "SELECT guid, host, path, app_guid, domain, balance FROM routes "
+                       "ORDER BY host, path");
     if (!q)
         return -EIO;
     if (app_guid)
@@ -658,6 +680,7 @@ int store_route_list(struct store *st, const char *app_guid, struct store_route 
         r->path = store__col_text(q, 2);
         r->app_guid = store__col_text(q, 3);
         r->domain = store__col_text(q, 4);
+        r->balance = store__col_text(q, 5);
     }
     store__release(st, q);
     *out = routes;
@@ -672,6 +695,7 @@ void store_route_list_free(struct store_route *routes, size_t n)
         free(routes[i].path);
         free(routes[i].app_guid);
         free(routes[i].domain);
+        free(routes[i].balance);
     }
     free(routes);
 }

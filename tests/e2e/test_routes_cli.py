@@ -15,6 +15,18 @@ def routes(platform):
     return {(rt["host"], rt["path"]): rt["app"] for rt in json.loads(r.stdout)["routes"]}
 
 
+def routes_balance(platform):
+    r = platform.cli("routes", "--json", check=True)
+    return {(rt["host"], rt["path"]): rt["balance"] for rt in json.loads(r.stdout)["routes"]}
+
+
+def router_table(platform):
+    """{(host, path): balance} as the router serves it (its admin port's /routes)."""
+    url = f"http://127.0.0.1:{platform.router_admin_port}/routes"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return {(rt["host"], rt["path"]): rt["balance"] for rt in json.load(r)["routes"]}
+
+
 def through_router(platform, host, path="/"):
     """(status, body, router error or None): the router marks its own answers with
     X-Skiff-Router-Error, so an answer without it came from the app."""
@@ -50,7 +62,7 @@ def test_map_unmap_and_list_routes(platform):
                                 ("api.localhost", "/v2"): "rb"}
     r = platform.cli("routes", check=True)
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["host", "path", "app", "instances"]
+    assert lines[0].split() == ["host", "path", "app", "instances", "balance"]
     assert any(l.split()[:3] == ["api.localhost", "/v1", "ra"] for l in lines), r.stdout
     r = platform.cli("app", "ra", check=True)
     assert "api.localhost/v1" in r.stdout
@@ -70,6 +82,46 @@ def test_map_unmap_and_list_routes(platform):
     # deleting an app unmaps its routes
     platform.cli("delete", "rb", "-f", check=True)
     assert all(app != "rb" for app in routes(platform).values())
+
+
+def test_balance_is_a_per_route_option_the_router_receives(platform):
+    new_app(platform, "lb")
+    r = platform.cli("map-route", "lb", "lb.localhost", "--balance", "least-connection")
+    assert r.returncode == 0, out(r)
+    assert "Mapped lb.localhost to lb (least-connection)." in r.stdout
+    platform.cli("map-route", "lb", "lb.localhost", "--path", "/rr", check=True)
+
+    assert routes_balance(platform) == {("lb.localhost", ""): "least-connection",
+                                        ("lb.localhost", "/rr"): "round-robin"}  # the default
+    status, body = platform.api("GET", "/v1/routes?app=lb")
+    assert status == 200 and {rt["balance"] for rt in body["routes"]} == {
+        "least-connection", "round-robin"}, body
+    lines = platform.cli("routes", check=True).stdout.splitlines()
+    assert any(l.split() == ["lb.localhost", "lb", "0", "least-connection"] for l in lines), lines
+
+    platform.wait_for(lambda: router_table(platform).get(("lb.localhost", "")) == "least-connection"
+                      and router_table(platform).get(("lb.localhost", "/rr")) == "round-robin",
+                      timeout=10, what="the router to receive both routes with their balance")
+
+    # a value the router does not know: a message naming the allowed ones, exit 1, no change
+    r = platform.cli("map-route", "lb", "lb.localhost", "--balance", "fastest")
+    assert r.returncode == 1, out(r)
+    assert r.stderr.startswith("error: ") and "round-robin" in r.stderr \
+        and "least-connection" in r.stderr, out(r)
+    r = platform.cli("map-route", "lb", "new.localhost", "--balance", "least")
+    assert r.returncode == 1, out(r)
+    assert ("new.localhost", "") not in routes(platform)
+    status, body = platform.api("POST", "/v1/routes", {"app": "lb", "host": "lb.localhost",
+                                                       "balance": 1})
+    assert status == 422 and body["error"]["code"] == "invalid_value", body
+    assert "least-connection" in body["error"]["message"], body
+    assert routes_balance(platform)[("lb.localhost", "")] == "least-connection"
+
+    # mapping a route the app has again changes its balance, in the API and the router
+    platform.cli("map-route", "lb", "lb.localhost", "--balance", "round-robin", check=True)
+    assert routes_balance(platform)[("lb.localhost", "")] == "round-robin"
+    platform.wait_for(lambda: router_table(platform).get(("lb.localhost", "")) == "round-robin",
+                      timeout=10, what="the router to receive the changed balance")
 
 
 def test_domains(platform):

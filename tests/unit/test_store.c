@@ -114,7 +114,9 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     assert_int_equal(sqlite3_exec(db,
                                   "INSERT INTO apps (guid, name, state, memory_mb, disk_mb, "
                                   "timeout, created_at, updated_at) VALUES ('g-old', 'old', "
-                                  "'STOPPED', 64, 128, 60, 1, 1);",
+                                  "'STOPPED', 64, 128, 60, 1, 1);"
+                                  "INSERT INTO routes VALUES ('r-old', 'old.localhost', '', "
+                                  "'g-old', 'localhost');",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
@@ -126,6 +128,13 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     assert_string_equal(app->guid, "g-old");
     assert_int_equal(app->memory_mb, 64);
     store_app_free(app);
+    /* a route made before routes had a balance keeps the router's default */
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    assert_int_equal(store_route_list(st, "g-old", &routes, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(routes[0].balance, "round-robin");
+    store_route_list_free(routes, n);
     /* the newer tables work */
     assert_int_equal(store_doc_put(st, "mapping", "m1", "{\"a\":1}"), 0);
     store_close(st);
@@ -234,6 +243,21 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
     assert_int_equal(n, 2);
     assert_string_equal(routes[1].path, "/api");
+    assert_string_equal(routes[1].balance, "round-robin"); /* none given */
+    store_route_list_free(routes, n);
+    assert_int_equal(store_route_set_balance(st, "shop.localhost", "/api", "least-connection"), 0);
+    assert_int_equal(store_route_set_balance(st, "shop.localhost", "/none", "round-robin"),
+                     -ENOENT);
+    r.path = "/lc";
+    r.balance = "least-connection";
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(routes[0].balance, "round-robin");
+    assert_string_equal(routes[1].path, "/api");
+    assert_string_equal(routes[1].balance, "least-connection");
+    assert_string_equal(routes[2].balance, "least-connection");
     store_route_list_free(routes, n);
     assert_int_equal(store_route_delete(st, "shop.localhost", "/api"), 0);
     assert_int_equal(store_route_delete(st, "shop.localhost", "/api"), -ENOENT);
