@@ -1260,7 +1260,10 @@ def test_metrics(router_factory, backends):
                  "skiff_router_open_connections ",
                  "skiff_router_upstream_connections_total{reused=\"true\"} "):
         assert name in text, name
-    assert r.metric("skiff_router_requests_total{code=\"2xx\"}") >= 1
+    # a request is counted once its response is written, which may be just after the client
+    # has read it
+    wait_for(lambda: r.metric("skiff_router_requests_total{code=\"2xx\"}") >= 1, 10,
+             "the 2xx request to be counted")
     assert r.admin("/nope")[0] == 404
     status, body = r.admin("/routes")
     table = json.loads(body)
