@@ -1085,20 +1085,35 @@ static int on_req_url(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Counts len more bytes of a request's head, or of its trailers, against the header limit.
+ * False when that is exceeded: the exchange is then set to answer 431. */
+static bool req_head_fits(struct exchange *x, const struct router_config *cfg, size_t len)
+{
+    if (x->in_trailers) {
+        x->trailer_bytes += len;
+        if (x->trailer_bytes > cfg->max_header_bytes) {
+            req_reject(x, 431, "headers-too-large", "The request trailers are too large.");
+            return false;
+        }
+        return true;
+    }
+    if (x->req.raw.len + len > cfg->max_header_bytes) {
+        req_reject(x, 431, "headers-too-large",
+                   "The request headers are too large; keep them under the limit.");
+        return false;
+    }
+    return true;
+}
+
 static int on_req_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = p->data;
     struct exchange *x = c->x;
     const struct router_config *cfg = c->p.w->cfg;
-    if (x->in_trailers) {
-        x->trailer_bytes += len;
-        return x->trailer_bytes > cfg->max_header_bytes
-                   ? req_reject(x, 431, "headers-too-large", "The request trailers are too large.")
-                   : 0;
-    }
-    if (x->req.raw.len + len > cfg->max_header_bytes)
-        return req_reject(x, 431, "headers-too-large",
-                          "The request headers are too large; keep them under the limit.");
+    if (!req_head_fits(x, cfg, len))
+        return HPE_USER;
+    if (x->in_trailers)
+        return 0;
     if (headers_field(&x->req, at, len, cfg->max_headers) < 0)
         return req_reject(x, 431, "too-many-headers", "The request has too many headers.");
     return 0;
@@ -1109,15 +1124,10 @@ static int on_req_header_value(llhttp_t *p, const char *at, size_t len)
     struct client *c = p->data;
     struct exchange *x = c->x;
     const struct router_config *cfg = c->p.w->cfg;
-    if (x->in_trailers) {
-        x->trailer_bytes += len;
-        return x->trailer_bytes > cfg->max_header_bytes
-                   ? req_reject(x, 431, "headers-too-large", "The request trailers are too large.")
-                   : 0;
-    }
-    if (x->req.raw.len + len > cfg->max_header_bytes)
-        return req_reject(x, 431, "headers-too-large",
-                          "The request headers are too large; keep them under the limit.");
+    if (!req_head_fits(x, cfg, len))
+        return HPE_USER;
+    if (x->in_trailers)
+        return 0;
     headers_value(&x->req, at, len);
     return 0;
 }
