@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
@@ -162,6 +163,26 @@ static bool has_control(const char *s)
     return false;
 }
 
+/* The context attributes of CloudEvents 1.0, each named once, in the order they are shown. */
+static const struct {
+    const char *name;
+    size_t offset;
+} cloudevent__context[] = {
+    {"specversion", offsetof(struct cloudevent, specversion)},
+    {"id", offsetof(struct cloudevent, id)},
+    {"source", offsetof(struct cloudevent, source)},
+    {"type", offsetof(struct cloudevent, type)},
+    {"subject", offsetof(struct cloudevent, subject)},
+    {"time", offsetof(struct cloudevent, time)},
+    {"datacontenttype", offsetof(struct cloudevent, datacontenttype)},
+    {"dataschema", offsetof(struct cloudevent, dataschema)},
+};
+
+static const char **context_slot(const struct cloudevent *ev, size_t i)
+{
+    return (const char **)((char *)ev + cloudevent__context[i].offset);
+}
+
 int cloudevent_validate(const struct cloudevent *ev, char *errmsg, size_t errlen)
 {
     static const char *const required[] = {"specversion", "id", "source", "type"};
@@ -173,24 +194,15 @@ int cloudevent_validate(const struct cloudevent *ev, char *errmsg, size_t errlen
         return fail(errmsg, errlen,
                     "attribute 'specversion' is \"%.40s\": only CloudEvents \"1.0\" is supported",
                     ev->specversion);
-    const struct {
-        const char *name, *value;
-    } attrs[] = {{"id", ev->id},
-                 {"source", ev->source},
-                 {"type", ev->type},
-                 {"subject", ev->subject},
-                 {"time", ev->time},
-                 {"datacontenttype", ev->datacontenttype},
-                 {"dataschema", ev->dataschema}};
-    for (size_t i = 0; i < ARRAY_SIZE(attrs); i++) {
-        if (!attrs[i].value)
+    for (size_t i = 0; i < ARRAY_SIZE(cloudevent__context); i++) {
+        const char *value = *context_slot(ev, i);
+        if (!value)
             continue;
-        if (has_control(attrs[i].value) ||
-            !utf8_valid((const unsigned char *)attrs[i].value, strlen(attrs[i].value)))
+        if (has_control(value) || !utf8_valid((const unsigned char *)value, strlen(value)))
             return fail(errmsg, errlen,
                         "attribute '%s' holds control characters or invalid UTF-8: send "
                         "printable text",
-                        attrs[i].name);
+                        cloudevent__context[i].name);
     }
     if (ev->subject && !*ev->subject)
         return fail(errmsg, errlen, "attribute 'subject' is empty: leave it out or give a value");
@@ -218,22 +230,9 @@ int cloudevent_validate(const struct cloudevent *ev, char *errmsg, size_t errlen
 
 static const char **known_slot(struct cloudevent *ev, const char *name)
 {
-    if (!strcmp(name, "id"))
-        return &ev->id;
-    if (!strcmp(name, "source"))
-        return &ev->source;
-    if (!strcmp(name, "type"))
-        return &ev->type;
-    if (!strcmp(name, "specversion"))
-        return &ev->specversion;
-    if (!strcmp(name, "subject"))
-        return &ev->subject;
-    if (!strcmp(name, "time"))
-        return &ev->time;
-    if (!strcmp(name, "datacontenttype"))
-        return &ev->datacontenttype;
-    if (!strcmp(name, "dataschema"))
-        return &ev->dataschema;
+    for (size_t i = 0; i < ARRAY_SIZE(cloudevent__context); i++)
+        if (!strcmp(name, cloudevent__context[i].name))
+            return context_slot(ev, i);
     return NULL;
 }
 
@@ -652,14 +651,8 @@ void cloudevent_encode_record(const struct cloudevent *ev, struct buf *out)
     buf_append(out, "CE\x01", 3);
     buf_putc(out, 0); /* the count, filled in below */
     int count = 0;
-    put_attr(out, "id", ev->id, &count);
-    put_attr(out, "source", ev->source, &count);
-    put_attr(out, "type", ev->type, &count);
-    put_attr(out, "specversion", ev->specversion, &count);
-    put_attr(out, "subject", ev->subject, &count);
-    put_attr(out, "time", ev->time, &count);
-    put_attr(out, "datacontenttype", ev->datacontenttype, &count);
-    put_attr(out, "dataschema", ev->dataschema, &count);
+    for (size_t i = 0; i < ARRAY_SIZE(cloudevent__context); i++)
+        put_attr(out, cloudevent__context[i].name, *context_slot(ev, i), &count);
     for (size_t i = 0; i < ev->ext_count; i++)
         put_attr(out, ev->ext[i].name, ev->ext[i].value, &count);
     out->data[start + 3] = (char)count;
@@ -737,20 +730,15 @@ void cloudevent_http_headers(const struct cloudevent *ev,
                              void (*emit)(void *arg, const char *name, const char *value),
                              void *arg)
 {
-    const struct {
-        const char *header, *value;
-    } attrs[] = {{"ce-id", ev->id},
-                 {"ce-source", ev->source},
-                 {"ce-specversion", ev->specversion},
-                 {"ce-type", ev->type},
-                 {"ce-subject", ev->subject},
-                 {"ce-time", ev->time},
-                 {"ce-dataschema", ev->dataschema}};
-    for (size_t i = 0; i < ARRAY_SIZE(attrs); i++) {
-        if (!attrs[i].value)
+    for (size_t i = 0; i < ARRAY_SIZE(cloudevent__context); i++) {
+        const char *value = *context_slot(ev, i);
+        /* datacontenttype travels as Content-Type, below */
+        if (!value || context_slot(ev, i) == &ev->datacontenttype)
             continue;
-        char *v = percent_encode(attrs[i].value);
-        emit(arg, attrs[i].header, v);
+        char name[32];
+        snprintf(name, sizeof(name), "ce-%s", cloudevent__context[i].name);
+        char *v = percent_encode(value);
+        emit(arg, name, v);
         free(v);
     }
     for (size_t i = 0; i < ev->ext_count; i++) {
@@ -767,12 +755,10 @@ void cloudevent_http_headers(const struct cloudevent *ev,
 json_t *cloudevent_to_json(const struct cloudevent *ev)
 {
     json_t *o = json_object();
-    const char *names[] = {"specversion", "id",   "source",          "type",
-                           "subject",     "time", "datacontenttype", "dataschema"};
-    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-        const char *v = cloudevent_attr(ev, names[i]);
+    for (size_t i = 0; i < ARRAY_SIZE(cloudevent__context); i++) {
+        const char *v = *context_slot(ev, i);
         if (v)
-            json_object_set_new(o, names[i], json_string(v));
+            json_object_set_new(o, cloudevent__context[i].name, json_string(v));
     }
     for (size_t i = 0; i < ev->ext_count; i++)
         json_object_set_new(o, ev->ext[i].name, json_string(ev->ext[i].value));
