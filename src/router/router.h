@@ -99,6 +99,10 @@ void router_head_build_response(struct buf *out, int status, const char *reason,
                                 const struct router_header *headers, size_t count,
                                 bool close_client, bool upgrade, bool http10_keep_alive);
 
+/* Writes the end of a chunked body: the last chunk, the trailer fields a proxy passes on
+ * (framing, hop-by-hop, Host and the forwarding headers are dropped; so are invalid names),
+ * and the final empty line. */
+void router_trailers_build(struct buf *out, const struct router_header *trailers, size_t count);
 /* Case-insensitive header name comparison with a NUL-terminated lowercase name. */
 bool router_header_is(const struct router_header *h, const char *lower_name);
 /* Whether a comma-separated header value contains the token (case-insensitive). */

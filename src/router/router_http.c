@@ -96,7 +96,8 @@ enum header_kind {
     HK_HOST,
     HK_UPGRADE,
     HK_CONNECTION,
-    HK_HOP, /* keep-alive, proxy-connection, te, trailer, proxy-authenticate */
+    HK_HOP, /* keep-alive, proxy-connection, proxy-authenticate */
+    HK_TE,
     HK_TRANSFER_ENCODING,
     HK_CONTENT_LENGTH,
     HK_XFF,
@@ -117,8 +118,7 @@ static enum header_kind classify(const struct router_header *h)
         {"connection", HK_CONNECTION},
         {"keep-alive", HK_HOP},
         {"proxy-connection", HK_HOP},
-        {"te", HK_HOP},
-        {"trailer", HK_HOP},
+        {"te", HK_TE},
         {"proxy-authenticate", HK_HOP},
         {"transfer-encoding", HK_TRANSFER_ENCODING},
         {"content-length", HK_CONTENT_LENGTH},
@@ -127,7 +127,7 @@ static enum header_kind classify(const struct router_header *h)
         {"x-forwarded-host", HK_XFH},
         {"x-request-id", HK_REQUEST_ID},
     };
-    static const unsigned char lengths[] = {4, 7, 10, 10, 16, 2, 7, 18, 17, 14, 15, 17, 16, 12};
+    static const unsigned char lengths[] = {4, 7, 10, 10, 16, 2, 18, 17, 14, 15, 17, 16, 12};
     char first = h->name_len ? (char)(h->name[0] | 0x20) : 0;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (lengths[i] == h->name_len && known[i].name[0] == first &&
@@ -206,6 +206,7 @@ void router_head_build_request(struct buf *out, const struct router_request_head
     put(out, h->url, h->url_len);
     PUT_LITERAL(out, " HTTP/1.1\r\n");
     size_t xff_len = 0;
+    bool te_trailers = false;
     for (size_t i = 0; i < h->header_count; i++) {
         const struct router_header *hd = &h->headers[i];
         switch (classify(hd)) {
@@ -214,6 +215,10 @@ void router_head_build_request(struct buf *out, const struct router_request_head
             break;
         case HK_UPGRADE:
             upgrade = hd;
+            continue;
+        case HK_TE:
+            /* hop-by-hop, but "trailers" holds for the next hop too: the router forwards them */
+            te_trailers |= router_header_has_token(hd->value, hd->value_len, "trailers");
             continue;
         case HK_XFF:
             xff_len += hd->value_len + 2;
@@ -248,6 +253,8 @@ void router_head_build_request(struct buf *out, const struct router_request_head
     put(out, h->request_id, id_len);
     PUT_LITERAL(out, "\r\n");
     out->data[out->len] = '\0';
+    if (te_trailers)
+        buf_puts(out, "TE: trailers\r\n");
     if (h->chunked)
         buf_puts(out, "Transfer-Encoding: chunked\r\n");
     else if (h->has_length)
@@ -289,6 +296,7 @@ void router_head_build_response(struct buf *out, int status, const char *reason,
             continue;
         case HK_CONNECTION:
         case HK_HOP:
+        case HK_TE:
             continue;
         default:
             break;
@@ -303,5 +311,19 @@ void router_head_build_response(struct buf *out, int status, const char *reason,
         buf_puts(out, "Connection: close\r\n");
     else if (http10_keep_alive)
         buf_puts(out, "Connection: keep-alive\r\n");
+    buf_puts(out, "\r\n");
+}
+
+void router_trailers_build(struct buf *out, const struct router_header *trailers, size_t count)
+{
+    buf_puts(out, "0\r\n");
+    for (size_t i = 0; i < count; i++) {
+        const struct router_header *hd = &trailers[i];
+        /* framing, routing and connection fields mean nothing after the body; the forwarding
+         * headers are the router's own to set */
+        if (classify(hd) != HK_OTHER || !router_header_name_valid(hd->name, hd->name_len))
+            continue;
+        put_header(out, hd);
+    }
     buf_puts(out, "\r\n");
 }

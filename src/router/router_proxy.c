@@ -153,6 +153,7 @@ struct exchange {
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
     struct headers req, resp;
+    struct headers req_trailers; /* the response's trailers reuse resp, free after its head */
     uint32_t url_off, url_len;
     uint32_t host_off, host_len; /* the host routed on, in req.raw */
     size_t trailer_bytes;
@@ -164,7 +165,7 @@ struct exchange {
     int error_status; /* set by a parser callback that rejects the request */
     const char *error_code, *error_text;
     uint8_t method;
-    bool chunked, has_length, upgrade, is_head, in_trailers;
+    bool chunked, has_length, upgrade, is_head, in_trailers, resp_in_trailers;
     bool req_done, resp_done, resp_started, client_close, local;
     bool interim;
     bool fresh_connection; /* a pooled connection failed: do not take another */
@@ -241,21 +242,35 @@ static void outq_add(struct peer *p, const char *ptr, size_t len)
     p->out.count++;
 }
 
-/* Appends framing or a head to the scratch buffer as one piece. */
-static void outq_printf(struct peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void outq_printf(struct peer *p, const char *fmt, ...)
+/* Lets a caller write framing or a head straight into the scratch buffer: returns the buffer
+ * to append to; outq_scratch_end makes what was appended since one piece. */
+static struct buf *outq_scratch_begin(struct peer *p, size_t *off)
 {
     if (p->out.count == OUTQ_PIECES)
         peer_flush(p);
-    size_t off = p->out.scratch.len;
-    va_list ap;
-    va_start(ap, fmt);
-    buf_vprintf(&p->out.scratch, fmt, ap);
-    va_end(ap);
+    *off = p->out.scratch.len;
+    return &p->out.scratch;
+}
+
+static void outq_scratch_end(struct peer *p, size_t off)
+{
     p->out.pieces[p->out.count].ptr = NULL;
     p->out.pieces[p->out.count].off = off;
     p->out.pieces[p->out.count].len = p->out.scratch.len - off;
     p->out.count++;
+}
+
+/* Appends framing or a head to the scratch buffer as one piece. */
+static void outq_printf(struct peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outq_printf(struct peer *p, const char *fmt, ...)
+{
+    size_t off;
+    struct buf *b = outq_scratch_begin(p, &off);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    outq_scratch_end(p, off);
 }
 
 static void on_write(uv_write_t *req, int status);
@@ -384,6 +399,20 @@ static struct router_header *headers_view(struct worker *w, const struct headers
     return w->view;
 }
 
+/* Ends a chunked body towards a peer: the last chunk, then the trailer fields received (if
+ * any) that a proxy passes on, then the empty line. */
+static void end_chunked(struct peer *to, const struct headers *trailers)
+{
+    if (trailers->count == 0) {
+        outq_add(to, "0\r\n\r\n", 5);
+        return;
+    }
+    size_t off;
+    struct buf *b = outq_scratch_begin(to, &off);
+    router_trailers_build(b, headers_view(to->w, trailers), trailers->count);
+    outq_scratch_end(to, off);
+}
+
 /* ---- exchanges (one request and its response) --------------------------------------------- */
 
 static uint64_t now_us(void)
@@ -399,14 +428,16 @@ static struct exchange *exchange_new(struct client *c)
         /* keep the buffers' memory, clear the rest */
         w->spare = (struct exchange *)x->u;
         w->spare_count--;
-        struct headers req = x->req, resp = x->resp;
+        struct headers req = x->req, resp = x->resp, req_trailers = x->req_trailers;
         struct buf head = x->head;
         memset(x, 0, sizeof(*x));
         x->req = req;
         x->resp = resp;
+        x->req_trailers = req_trailers;
         x->head = head;
         headers_reset(&x->req);
         headers_reset(&x->resp);
+        headers_reset(&x->req_trailers);
         x->head.len = 0;
     } else {
         x = xcalloc(1, sizeof(*x));
@@ -429,6 +460,7 @@ static void exchange_destroy(struct exchange *x)
 {
     headers_free(&x->req);
     headers_free(&x->resp);
+    headers_free(&x->req_trailers);
     buf_free(&x->head);
     free(x);
 }
@@ -440,17 +472,15 @@ static void exchange_free(struct exchange *x)
     exchange_release_backend(x);
     route_table_unref(x->table);
     x->table = NULL;
-    bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192;
+    bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192 &&
+                 x->req_trailers.raw.cap <= 8192;
     if (small && w->spare_count < ROUTER_SPARE_EXCHANGES && !w->stopping) {
         x->u = (struct upstream *)w->spare;
         w->spare = x;
         w->spare_count++;
         return;
     }
-    headers_free(&x->req);
-    headers_free(&x->resp);
-    buf_free(&x->head);
-    free(x);
+    exchange_destroy(x);
 }
 
 static void metrics_count(struct worker *w, struct exchange *x)
@@ -1112,10 +1142,10 @@ static int on_req_header_field(llhttp_t *p, const char *at, size_t len)
     const struct router_config *cfg = c->p.w->cfg;
     if (!req_head_fits(x, cfg, len))
         return HPE_USER;
-    if (x->in_trailers)
-        return 0;
-    if (headers_field(&x->req, at, len, cfg->max_headers) < 0)
-        return req_reject(x, 431, "too-many-headers", "The request has too many headers.");
+    if (headers_field(x->in_trailers ? &x->req_trailers : &x->req, at, len, cfg->max_headers) < 0)
+        return req_reject(x, 431, "too-many-headers",
+                          x->in_trailers ? "The request has too many trailer fields."
+                                         : "The request has too many headers.");
     return 0;
 }
 
@@ -1126,9 +1156,7 @@ static int on_req_header_value(llhttp_t *p, const char *at, size_t len)
     const struct router_config *cfg = c->p.w->cfg;
     if (!req_head_fits(x, cfg, len))
         return HPE_USER;
-    if (x->in_trailers)
-        return 0;
-    headers_value(&x->req, at, len);
+    headers_value(x->in_trailers ? &x->req_trailers : &x->req, at, len);
     return 0;
 }
 
@@ -1208,7 +1236,7 @@ static int on_req_message_complete(llhttp_t *p)
     struct client *c = p->data;
     struct exchange *x = c->x;
     if (x->u && x->chunked)
-        outq_add(&x->u->p, "0\r\n\r\n", 5);
+        end_chunked(&x->u->p, &x->req_trailers);
     if (p->upgrade)
         return 0; /* llhttp stops with HPE_PAUSED_UPGRADE right after */
     c->pause = PAUSE_MESSAGE;
@@ -1670,7 +1698,7 @@ static int on_resp_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct upstream *u = p->data;
     struct exchange *x = u->x;
-    if (x->resp.count == 0)
+    if (x->resp.count == 0 && !x->resp_in_trailers)
         headers_field(&x->resp, "", 0, 1); /* no reason phrase */
     if (x->resp.raw.len + len > ROUTER_RESPONSE_HEADER_BYTES ||
         headers_field(&x->resp, at, len, ROUTER_RESPONSE_HEADERS) < 0)
@@ -1718,19 +1746,17 @@ static int on_resp_headers_complete(llhttp_t *p)
         count = k;
     }
     /* entry 0 holds the reason phrase */
-    if (c->p.out.count == OUTQ_PIECES)
-        peer_flush(&c->p);
-    size_t off = c->p.out.scratch.len;
-    router_head_build_response(&c->p.out.scratch, status, hv[0].value, hv[0].value_len, hv + 1,
-                               count - 1, x->client_close && !interim, upgrade, x->client_http10);
-    c->p.out.pieces[c->p.out.count].ptr = NULL;
-    c->p.out.pieces[c->p.out.count].off = off;
-    c->p.out.pieces[c->p.out.count].len = c->p.out.scratch.len - off;
-    c->p.out.count++;
+    size_t off;
+    struct buf *b = outq_scratch_begin(&c->p, &off);
+    router_head_build_response(b, status, hv[0].value, hv[0].value_len, hv + 1, count - 1,
+                               x->client_close && !interim, upgrade, x->client_http10);
+    outq_scratch_end(&c->p, off);
     x->resp_started = true;
     x->interim = interim;
-    if (!interim)
+    if (!interim) {
         x->status = status;
+        x->resp_in_trailers = true; /* header fields from now on are trailers */
+    }
     headers_reset(&x->resp);
     if (upgrade)
         return 2;
@@ -1777,7 +1803,7 @@ static int on_resp_message_complete(llhttp_t *p)
         return 0;
     }
     if (p->flags & F_CHUNKED && !x->is_head && !x->dechunk)
-        outq_add(&x->c->p, "0\r\n\r\n", 5);
+        end_chunked(&x->c->p, &x->resp);
     if (p->upgrade)
         return 0;
     u->pause_done = true;

@@ -221,8 +221,9 @@ def read_head(sock_file):
 
 
 class Response:
-    def __init__(self, status, headers, body):
+    def __init__(self, status, headers, body, trailers=None):
         self.status, self.headers, self.body = status, headers, body
+        self.trailers = trailers or {}
 
     def json(self):
         return json.loads(self.body)
@@ -267,14 +268,16 @@ class Client:
             k, v = line.decode().split(":", 1)
             headers.setdefault(k.strip().lower(), v.strip())
         body = b""
+        trailers = {}
         if head or status in (204, 304) or 100 <= status < 200:
             return Response(status, headers, body)
         if headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 size = int(self._line().split(b";")[0], 16)
                 if size == 0:
-                    while self._line():
-                        pass
+                    while line := self._line():
+                        k, v = line.decode().split(":", 1)
+                        trailers[k.strip().lower()] = v.strip()
                     break
                 body += self._exact(size)
                 self._line()
@@ -286,7 +289,7 @@ class Client:
                     self._fill()
             except EOFError:
                 body, self.buf = self.buf, b""
-        return Response(status, headers, body)
+        return Response(status, headers, body, trailers)
 
     def request(self, method="GET", path="/", host="app.localhost", headers=None, body=None):
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
@@ -611,6 +614,40 @@ def test_chunked_response_passes_through(router_factory):
         resp = c.request()
         assert resp.status == 200 and resp.body == b"hello, world"
         assert resp.headers["transfer-encoding"] == "chunked"
+        assert resp.trailers == {"x-trailer": "1"}
+    c.close()
+    be.close()
+
+
+def test_request_trailers_reach_the_backend(router_factory):
+    seen = []
+
+    def recording(conn):
+        f = conn.makefile("rb")
+        first, headers = read_head(f)
+        chunks = []
+        while (size := int(f.readline().split(b";")[0], 16)) > 0:
+            chunks.append(f.read(size))
+            f.readline()
+        trailers = []
+        while (line := f.readline()) not in (b"\r\n", b""):
+            trailers.append(line)
+        seen.append((headers, b"".join(chunks), trailers))
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    be = RawBackend(recording)
+    r = router_factory([route("app.localhost", [be])])
+    c = r.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: app.localhost\r\nTE: trailers\r\n"
+           b"Trailer: Digest\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\nDigest: sha-256=abc\r\nContent-Length: 99\r\n"
+           b"Host: elsewhere.test\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+    assert c.response().status == 204
+    headers, body, trailers = seen[0]
+    assert body == b"hello"
+    assert headers["te"] == "trailers" and headers["trailer"] == "Digest"
+    # framing, routing and forwarding fields are not passed on from trailers
+    assert trailers == [b"Digest: sha-256=abc\r\n"]
     c.close()
     be.close()
 

@@ -108,8 +108,14 @@ static void test_request_head_rewriting(void **state)
                                   "X-Forwarded-Proto: http\r\n"
                                   "X-Forwarded-Host: App.localhost:8080\r\n"
                                   "X-Request-Id: rid-1\r\n"
+                                  "TE: trailers\r\n"
                                   "Transfer-Encoding: chunked\r\n"
                                   "\r\n");
+    buf_reset(&out);
+    hs[6] = (struct router_header)H("TE", "gzip, deflate"); /* only "trailers" is passed on */
+    router_head_build_request(&out, &h);
+    assert_null(strstr(out.data, "TE:"));
+    assert_null(strstr(out.data, "gzip"));
     buf_reset(&out);
     h.chunked = false;
     h.has_length = true;
@@ -158,6 +164,35 @@ static void test_response_head_rewriting(void **state)
     buf_free(&out);
 }
 
+static void test_trailers_end_a_chunked_body(void **state)
+{
+    (void)state;
+    struct buf out = {0};
+    router_trailers_build(&out, NULL, 0);
+    assert_string_equal(out.data, "0\r\n\r\n");
+    buf_reset(&out);
+    struct router_header ts[] = {
+        H("Grpc-Status", "0"),        H("Content-Length", "5"), H("Transfer-Encoding", "chunked"),
+        H("Connection", "close"),     H("Host", "evil.test"),   H("X-Forwarded-For", "1.2.3.4"),
+        H("Bad Name", "x"),           H("TE", "trailers"),      H("Server-Timing", "db;dur=53"),
+        H("Keep-Alive", "timeout=1"),
+    };
+    router_trailers_build(&out, ts, sizeof(ts) / sizeof(ts[0]));
+    assert_string_equal(out.data, "0\r\nGrpc-Status: 0\r\nServer-Timing: db;dur=53\r\n\r\n");
+    buf_free(&out);
+}
+
+static void test_trailer_announcement_is_forwarded(void **state)
+{
+    (void)state;
+    struct router_header hs[] = {H("Trailer", "Server-Timing"), H("Transfer-Encoding", "chunked")};
+    struct buf out = {0};
+    router_head_build_response(&out, 200, "OK", 2, hs, 2, false, false, false);
+    assert_string_equal(out.data, "HTTP/1.1 200 OK\r\nTrailer: Server-Timing\r\n"
+                                  "Transfer-Encoding: chunked\r\n\r\n");
+    buf_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -166,6 +201,8 @@ int main(void)
         cmocka_unit_test(test_request_id_and_header_names),
         cmocka_unit_test(test_request_head_rewriting),
         cmocka_unit_test(test_response_head_rewriting),
+        cmocka_unit_test(test_trailers_end_a_chunked_body),
+        cmocka_unit_test(test_trailer_announcement_is_forwarded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
