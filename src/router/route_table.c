@@ -302,8 +302,11 @@ int route_table_parse(const char *json, size_t len, struct route_table **out, ch
     size_t n = json_array_size(routes);
     t->routes = n ? xcalloc(n, sizeof(*t->routes)) : NULL;
     for (size_t i = 0; i < n; i++)
-        if (route_from_json(json_array_get(routes, i), &t->routes[t->route_count], &skipped_local))
+        if (route_from_json(json_array_get(routes, i), &t->routes[t->route_count],
+                            &skipped_local)) {
+            t->routes[t->route_count].index = t->route_count;
             t->route_count++;
+        }
     json_decref(root);
     table_index(t);
     if (skipped)
@@ -403,15 +406,13 @@ static struct route_backend *pick(struct route *r, struct route_backend *const *
     return best;
 }
 
-struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
-                                         size_t skip_count)
+struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
+                                         struct route_backend *const *skip, size_t skip_count)
 {
     size_t n = r->backend_count;
     if (n == 0)
         return NULL;
-    size_t start = r->balance == ROUTE_BALANCE_ROUND_ROBIN
-                       ? __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED) % n
-                       : 0;
+    size_t start = r->balance == ROUTE_BALANCE_ROUND_ROBIN ? (*cursor)++ % n : 0;
     struct route_backend *b = pick(r, skip, skip_count, start, true);
     return b ? b : pick(r, skip, skip_count, start, false);
 }

@@ -48,7 +48,7 @@ struct route {
     bool scale_from_zero;
     struct route_backend *backends;
     size_t backend_count;
-    unsigned next; /* round-robin cursor (atomic) */
+    size_t index; /* position in its table, for state a caller keeps per route */
 };
 
 struct route_table;
@@ -77,9 +77,11 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
 
 /* Chooses a backend by the route's balance, skipping the `skip_count` backends in `skip`
  * (those already tried for this request) and, while any other is left, those marked down.
- * NULL when none is left. */
-struct route_backend *route_pick_backend(struct route *r, struct route_backend *const *skip,
-                                         size_t skip_count);
+ * NULL when none is left. `cursor` is the caller's round-robin position for this route, moved
+ * on by the call: each worker keeps its own, so choosing writes no memory another core reads
+ * (least-connection reads the shared in-flight counts instead). */
+struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
+                                         struct route_backend *const *skip, size_t skip_count);
 
 /* Marks a backend that refused a connection: other instances take its requests for `ms`. */
 void route_backend_mark_down(struct route_backend *b, int ms);

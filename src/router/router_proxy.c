@@ -144,10 +144,20 @@ struct upstream {
     bool reused, got_bytes, pause_done, reusable;
 };
 
+/* A worker's hold on a route table: the exchanges that route with it count themselves here
+ * (no atomics: only the worker touches it), and it keeps the worker's own round-robin cursor
+ * of each route. When a newer table comes, a hold still in use waits in `retired`. */
+struct table_hold {
+    struct route_table *table;
+    unsigned *cursors; /* one per route of the table */
+    unsigned users;
+    struct table_hold *next; /* in the worker's retired list */
+};
+
 struct exchange {
     struct client *c;
     struct upstream *u;
-    struct route_table *table;
+    struct table_hold *hold; /* the table x->route lives in */
     struct route *route;
     struct route_backend *backend; /* counted in backend->active while set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
@@ -184,7 +194,8 @@ struct worker {
     int index;
     int listen_fd;
     const struct router_config *cfg;
-    struct route_table *table;
+    struct table_hold *hold;    /* the newest table this worker has taken */
+    struct table_hold *retired; /* older ones exchanges still route with */
     uint64_t table_generation;
     struct pool *pools;
     struct client *clients;
@@ -399,6 +410,69 @@ static struct router_header *headers_view(struct worker *w, const struct headers
     return w->view;
 }
 
+/* A request id of the worker's random prefix and its request count: 32 hex digits, unique
+ * without coordination (formatted by hand: it is made for every request). */
+static void new_request_id(struct worker *w, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t parts[2] = {w->id_prefix, ++w->id_counter};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 16; i++)
+            out[k * 16 + i] = hex[(parts[k] >> (60 - 4 * i)) & 15];
+    out[32] = '\0';
+}
+
+/* ---- route tables ------------------------------------------------------------------------- */
+
+static void table_hold_free(struct table_hold *h)
+{
+    route_table_unref(h->table);
+    free(h->cursors);
+    free(h);
+}
+
+/* The worker's newest table, taking the current one first if it changed since. */
+static struct table_hold *worker_table(struct worker *w)
+{
+    uint64_t gen = route_table_current_generation();
+    if (w->hold && gen == w->table_generation)
+        return w->hold;
+    struct table_hold *old = w->hold;
+    if (old && old->users == 0) {
+        table_hold_free(old);
+    } else if (old) {
+        old->next = w->retired;
+        w->retired = old;
+    }
+    struct table_hold *h = xcalloc(1, sizeof(*h));
+    h->table = route_table_current();
+    size_t n = route_table_route_count(h->table);
+    h->cursors = xcalloc(n ? n : 1, sizeof(*h->cursors));
+    for (size_t i = 0; i < n; i++) /* workers start at different instances */
+        h->cursors[i] = (unsigned)w->index;
+    w->hold = h;
+    w->table_generation = gen;
+    return h;
+}
+
+static struct table_hold *table_hold_take(struct table_hold *h)
+{
+    h->users++;
+    return h;
+}
+
+static void table_hold_release(struct worker *w, struct table_hold *h)
+{
+    if (!h || --h->users > 0 || h == w->hold)
+        return;
+    for (struct table_hold **pp = &w->retired; *pp; pp = &(*pp)->next)
+        if (*pp == h) {
+            *pp = h->next;
+            break;
+        }
+    table_hold_free(h);
+}
+
 /* Ends a chunked body towards a peer: the last chunk, then the trailer fields received (if
  * any) that a proxy passes on, then the empty line. */
 static void end_chunked(struct peer *to, const struct headers *trailers)
@@ -470,8 +544,8 @@ static void exchange_free(struct exchange *x)
 {
     struct worker *w = x->c->p.w;
     exchange_release_backend(x);
-    route_table_unref(x->table);
-    x->table = NULL;
+    table_hold_release(w, x->hold);
+    x->hold = NULL;
     bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192 &&
                  x->req_trailers.raw.cap <= 8192;
     if (small && w->spare_count < ROUTER_SPARE_EXCHANGES && !w->stopping) {
@@ -609,8 +683,7 @@ static void client_respond_error(struct client *c, int status, const char *code,
         return;
     }
     if (!x->request_id[0])
-        snprintf(x->request_id, sizeof(x->request_id), "%016llx%08llx",
-                 (unsigned long long)c->p.w->id_prefix, (unsigned long long)++c->p.w->id_counter);
+        new_request_id(c->p.w, x->request_id);
     x->status = status;
     x->local = true;
     x->resp_started = true;
@@ -1297,19 +1370,12 @@ static void route_and_connect(struct client *c)
         memcpy(x->request_id, rid->value, rid->value_len);
         x->request_id[rid->value_len] = '\0';
     } else {
-        snprintf(x->request_id, sizeof(x->request_id), "%016llx%08llx",
-                 (unsigned long long)w->id_prefix, (unsigned long long)++w->id_counter);
+        new_request_id(w, x->request_id);
     }
-    uint64_t gen = route_table_current_generation();
-    if (gen != w->table_generation || !w->table) {
-        route_table_unref(w->table);
-        w->table = route_table_current();
-        w->table_generation = gen;
-    }
-    x->table = route_table_ref(w->table);
+    x->hold = table_hold_take(worker_table(w));
     x->host_off = (uint32_t)(host_s - x->req.raw.data);
     x->host_len = (uint32_t)host_len;
-    x->route = route_table_lookup(x->table, host_s, host_len, url, url_len);
+    x->route = route_table_lookup(x->hold->table, host_s, host_len, url, url_len);
     if (!x->route) {
         client_answer_and_continue(c, 404, "unknown-route",
                                    "No app is mapped to this host and path; map one with `skiff "
@@ -1372,13 +1438,10 @@ static void hold_unlink(struct client *c)
 static void on_hold_poll(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    uint64_t gen = route_table_current_generation();
-    bool changed = gen != w->table_generation || !w->table;
-    if (changed) {
-        route_table_unref(w->table);
-        w->table = route_table_current();
-        w->table_generation = gen;
-    }
+    uint64_t seen = w->table_generation;
+    bool had = w->hold != NULL;
+    struct table_hold *h = worker_table(w);
+    bool changed = !had || w->table_generation != seen;
     uint64_t now = uv_now(&w->loop);
     struct client *next;
     for (struct client *c = w->held; c; c = next) {
@@ -1386,12 +1449,12 @@ static void on_hold_poll(uv_timer_t *t)
         struct exchange *x = c->x;
         if (changed) {
             const char *url = x->req.raw.data + x->url_off;
-            struct route *r = route_table_lookup(w->table, x->req.raw.data + x->host_off,
+            struct route *r = route_table_lookup(h->table, x->req.raw.data + x->host_off,
                                                  x->host_len, url, x->url_len);
             if (!r || r->backend_count > 0) {
                 hold_unlink(c);
-                route_table_unref(x->table);
-                x->table = route_table_ref(w->table);
+                table_hold_release(w, x->hold);
+                x->hold = table_hold_take(h);
                 x->route = r;
                 if (r) {
                     connect_backend(x);
@@ -1538,7 +1601,8 @@ static void connect_backend(struct exchange *x)
     struct client *c = x->c;
     struct worker *w = c->p.w;
     exchange_release_backend(x);
-    struct route_backend *b = route_pick_backend(x->route, x->tried, (size_t)x->attempts);
+    struct route_backend *b = route_pick_backend(x->route, &x->hold->cursors[x->route->index],
+                                                 x->tried, (size_t)x->attempts);
     if (!b || x->attempts >= ROUTER_MAX_ATTEMPTS) {
         client_respond_error(c, 502, "backend-unreachable",
                              "No instance of the app accepted the connection.", true);
@@ -2195,7 +2259,13 @@ void router_proxy_stop(void)
             w->pools = p->next;
             free(p);
         }
-        route_table_unref(w->table);
+        if (w->hold)
+            table_hold_free(w->hold);
+        while (w->retired) {
+            struct table_hold *h = w->retired;
+            w->retired = h->next;
+            table_hold_free(h);
+        }
         free(w->view);
         buf_free(&w->access);
         while (w->spare) {

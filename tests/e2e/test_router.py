@@ -716,8 +716,13 @@ def test_round_robin_and_least_connection(router_factory):
     a, b = RawBackend(named(b"a")), RawBackend(named(b"b"))
     r = router_factory([route("rr.localhost", [a, b]),
                         route("lc.localhost", [a, b], balance="least-connection")])
-    names = [r.get("rr.localhost").body for _ in range(10)]
+    # each worker goes round on its own: requests on one connection alternate exactly
+    c = r.client()
+    names = [c.request(host="rr.localhost").body for _ in range(10)]
     assert names.count(b"a") == 5 and names.count(b"b") == 5
+    c.close()
+    names = [r.get("rr.localhost").body for _ in range(20)]  # new connections, any worker
+    assert names.count(b"a") >= 5 and names.count(b"b") >= 5
     # least-connection: while one request holds a backend, the others go to the other one
     held = r.client(timeout=30)
     held.send("GET /hold HTTP/1.1\r\nHost: lc.localhost\r\n\r\n")

@@ -118,6 +118,7 @@ static void test_invalid_entries_are_skipped(void **state)
 static void test_round_robin_skips_tried_backends(void **state)
 {
     (void)state;
+    unsigned cursor = 0;
     const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
                        "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
                        "{\"addr\":\"127.0.0.1:3\"}]}]}";
@@ -125,49 +126,67 @@ static void test_round_robin_skips_tried_backends(void **state)
     struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
     int seen[3] = {0};
     for (int i = 0; i < 30; i++)
-        seen[route_pick_backend(r, NULL, 0) - r->backends]++;
+        seen[route_pick_backend(r, &cursor, NULL, 0) - r->backends]++;
     assert_int_equal(seen[0], 10);
     assert_int_equal(seen[1], 10);
     assert_int_equal(seen[2], 10);
     struct route_backend *tried[3];
-    tried[0] = route_pick_backend(r, NULL, 0);
-    tried[1] = route_pick_backend(r, tried, 1);
+    tried[0] = route_pick_backend(r, &cursor, NULL, 0);
+    tried[1] = route_pick_backend(r, &cursor, tried, 1);
     assert_ptr_not_equal(tried[0], tried[1]);
-    tried[2] = route_pick_backend(r, tried, 2);
+    tried[2] = route_pick_backend(r, &cursor, tried, 2);
     assert_ptr_not_equal(tried[2], tried[0]);
     assert_ptr_not_equal(tried[2], tried[1]);
-    assert_null(route_pick_backend(r, tried, 3));
+    assert_null(route_pick_backend(r, &cursor, tried, 3));
     route_table_unref(t);
 }
 
 static void test_backends_marked_down_are_passed_over(void **state)
 {
     (void)state;
+    unsigned cursor = 0;
     const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
                        "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
     struct route_table *t = parse(json);
     struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
     route_backend_mark_down(&r->backends[0], 60000);
     for (int i = 0; i < 10; i++)
-        assert_ptr_equal(route_pick_backend(r, NULL, 0), &r->backends[1]);
+        assert_ptr_equal(route_pick_backend(r, &cursor, NULL, 0), &r->backends[1]);
     /* when every instance is down they are tried anyway */
     route_backend_mark_down(&r->backends[1], 60000);
-    struct route_backend *first = route_pick_backend(r, NULL, 0);
+    struct route_backend *first = route_pick_backend(r, &cursor, NULL, 0);
     assert_non_null(first);
-    assert_non_null(route_pick_backend(r, &first, 1));
+    assert_non_null(route_pick_backend(r, &cursor, &first, 1));
     /* a mark in the past is no mark */
     route_backend_mark_down(&r->backends[0], -1);
     route_backend_mark_down(&r->backends[1], -1);
     int seen[2] = {0};
     for (int i = 0; i < 10; i++)
-        seen[route_pick_backend(r, NULL, 0) - r->backends]++;
+        seen[route_pick_backend(r, &cursor, NULL, 0) - r->backends]++;
     assert_int_equal(seen[0], 5);
+    route_table_unref(t);
+}
+
+static void test_each_cursor_goes_round_on_its_own(void **state)
+{
+    (void)state;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
+    struct route_table *t = parse(json);
+    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    assert_int_equal(r->index, 0);
+    unsigned one = 0, other = 1; /* workers start at different places */
+    assert_ptr_equal(route_pick_backend(r, &one, NULL, 0), &r->backends[0]);
+    assert_ptr_equal(route_pick_backend(r, &other, NULL, 0), &r->backends[1]);
+    assert_ptr_equal(route_pick_backend(r, &one, NULL, 0), &r->backends[1]);
+    assert_ptr_equal(route_pick_backend(r, &other, NULL, 0), &r->backends[0]);
     route_table_unref(t);
 }
 
 static void test_least_connection_prefers_idle(void **state)
 {
     (void)state;
+    unsigned cursor = 0;
     const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"balance\":\"least-connection\","
                        "\"backends\":[{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
     struct route_table *t = parse(json);
@@ -175,9 +194,9 @@ static void test_least_connection_prefers_idle(void **state)
     assert_int_equal(r->balance, ROUTE_BALANCE_LEAST_CONNECTION);
     r->backends[0].active = 3;
     r->backends[1].active = 1;
-    assert_ptr_equal(route_pick_backend(r, NULL, 0), &r->backends[1]);
+    assert_ptr_equal(route_pick_backend(r, &cursor, NULL, 0), &r->backends[1]);
     r->backends[1].active = 5;
-    assert_ptr_equal(route_pick_backend(r, NULL, 0), &r->backends[0]);
+    assert_ptr_equal(route_pick_backend(r, &cursor, NULL, 0), &r->backends[0]);
     route_table_unref(t);
 }
 
@@ -208,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_invalid_entries_are_skipped),
         cmocka_unit_test(test_round_robin_skips_tried_backends),
         cmocka_unit_test(test_backends_marked_down_are_passed_over),
+        cmocka_unit_test(test_each_cursor_goes_round_on_its_own),
         cmocka_unit_test(test_least_connection_prefers_idle),
         cmocka_unit_test(test_current_table_swaps_and_keeps_old_readers),
     };
