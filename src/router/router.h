@@ -103,6 +103,13 @@ void router_head_build_response(struct buf *out, int status, const char *reason,
  * (framing, hop-by-hop, Host and the forwarding headers are dropped; so are invalid names),
  * and the final empty line. */
 void router_trailers_build(struct buf *out, const struct router_header *trailers, size_t count);
+/* Normalises a request target in place (RFC 3986 6.2.2, on the path only; the query is
+ * kept as sent): percent-encoded unreserved characters are decoded, other percent-encodings
+ * get uppercase hex digits, and "." and ".." segments are removed (".." never climbs above the
+ * root). Routes are matched on the result and the backend receives it, so the router and the
+ * app agree on the path. Returns the new length (never more than len), or 0 with a message in
+ * *why when the target is not a path ("*" passes), has a bad percent-encoding or encodes a NUL. */
+size_t router_target_normalize(char *target, size_t len, const char **why);
 /* Case-insensitive header name comparison with a NUL-terminated lowercase name. */
 bool router_header_is(const struct router_header *h, const char *lower_name);
 /* Whether a comma-separated header value contains the token (case-insensitive). */

@@ -327,3 +327,77 @@ void router_trailers_build(struct buf *out, const struct router_header *trailers
     }
     buf_puts(out, "\r\n");
 }
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static bool is_unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+size_t router_target_normalize(char *t, size_t len, const char **why)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (len == 1 && t[0] == '*')
+        return 1;
+    if (len == 0 || t[0] != '/') {
+        *why = "The request target must be a path that starts with /.";
+        return 0;
+    }
+    size_t path_end = 0;
+    while (path_end < len && t[path_end] != '?' && t[path_end] != '#')
+        path_end++;
+    /* in place: every input byte gives at most one output byte, so o never passes i */
+    size_t i = 1, o = 1;
+    while (i <= path_end) {
+        size_t seg = o;
+        while (i < path_end && t[i] != '/') {
+            if (t[i] != '%') {
+                t[o++] = t[i++];
+                continue;
+            }
+            int hi = i + 2 < path_end ? hex_value(t[i + 1]) : -1;
+            int lo = i + 2 < path_end ? hex_value(t[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                *why = "The request path has a % that is not followed by two hex digits.";
+                return 0;
+            }
+            unsigned char v = (unsigned char)(hi * 16 + lo);
+            if (v == 0) {
+                *why = "The request path contains an encoded NUL (%00).";
+                return 0;
+            }
+            if (is_unreserved(v)) { /* %7E and ~ are the same URI: keep the plain form */
+                t[o++] = (char)v;
+            } else {
+                t[o++] = '%';
+                t[o++] = hex[v >> 4];
+                t[o++] = hex[v & 15];
+            }
+            i += 3;
+        }
+        size_t seg_len = o - seg;
+        bool dot = seg_len == 1 && t[seg] == '.';
+        bool dotdot = seg_len == 2 && t[seg] == '.' && t[seg + 1] == '.';
+        if (dot || dotdot) {
+            o = seg; /* the output ends with the slash before the segment */
+            if (dotdot && o > 1) {
+                o--; /* that slash, then the segment before it */
+                while (o > 0 && t[o - 1] != '/')
+                    o--;
+            }
+        }
+        if (i < path_end && !(dot || dotdot))
+            t[o++] = '/';
+        i++; /* past the slash, or past the end */
+    }
+    memmove(t + o, t + path_end, len - path_end);
+    return o + (len - path_end);
+}

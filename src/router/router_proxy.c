@@ -1360,6 +1360,18 @@ static void route_and_connect(struct client *c)
         url = slash ? slash : "/";
         url_len = slash ? (size_t)(end - slash) : 1;
     }
+    if (x->url_len > 0) { /* routed on, and sent on, in one normal form: the app sees that */
+        char *target = x->req.raw.data + x->url_off;
+        const char *why = NULL;
+        size_t n_len = router_target_normalize(target, x->url_len, &why);
+        if (n_len == 0) {
+            client_respond_error(c, 400, "bad-request", why, true);
+            return;
+        }
+        x->url_len = (uint32_t)n_len;
+        url = target;
+        url_len = n_len;
+    }
     if (!host_s || host_len == 0) {
         client_respond_error(c, 400, "bad-request",
                              "The request has no Host header; say which app it is for.", true);

@@ -483,6 +483,28 @@ def test_longest_path_prefix_and_wildcards(router_factory, backends):
     assert resp.status == 404
 
 
+def test_paths_are_normalized_before_routing(router_factory, backends):
+    a, b = backends("a"), backends("b")
+    r = router_factory([route("api.localhost", [a], app="root"),
+                        route("api.localhost", [b], path="/admin", app="admin")])
+    # the app is chosen by, and receives, the same path: dot segments and encoded unreserved
+    # characters cannot make one app's path reach another app
+    cases = {"/v1/../admin/x": ("b", "/admin/x"), "/%61dmin": ("b", "/admin"),
+             "/admin/../other?q=/../admin": ("a", "/other?q=/../admin"),
+             "/admin/%2e%2e/x": ("a", "/x"), "/a%2fb": ("a", "/a%2Fb")}
+    for path, (name, seen) in cases.items():
+        resp = r.get("api.localhost", path)
+        assert resp.status == 200, (path, resp.body)
+        assert (resp.json()["name"], resp.json()["path"]) == (name, seen), path
+    for bad in ("/a%zz", "/a%00"):
+        c = r.client()
+        c.send(f"GET {bad} HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
+        resp = c.response()
+        assert resp.status == 400 and resp.headers["x-skiff-router-error"] == "bad-request"
+        assert c.closed()
+        c.close()
+
+
 def test_unknown_route_is_404_and_connection_stays_usable(router_factory, backends):
     a = backends("a")
     r = router_factory([route("app.localhost", [a])])

@@ -5,7 +5,8 @@
  * Each input is sent on a fresh connection, split in two writes at a point the input picks,
  * then the client half-closes and reads until the router closes. The router must neither
  * crash nor trip a sanitizer, and must close within a bound: a connection it keeps open after
- * the client is gone is reported as a hang (abort). */
+ * the client is gone is reported as a hang (abort). The same bytes also go straight through
+ * the request-target normaliser, whose output is checked. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -121,8 +122,38 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* The target normaliser on the same bytes, directly: it never grows its input, and its
+ * output is a fixed point (normalising again changes nothing) without dot segments. */
+static void check_target_normalize(const uint8_t *data, size_t size)
+{
+    if (size == 0 || size > 4096)
+        return;
+    char *t = malloc(size), *again = malloc(size);
+    memcpy(t, data, size);
+    const char *why = NULL;
+    size_t n = router_target_normalize(t, size, &why);
+    if (n > size || (n == 0 && !why))
+        abort();
+    if (n > 0) {
+        memcpy(again, t, n);
+        if (router_target_normalize(again, n, &why) != n || memcmp(again, t, n) != 0)
+            abort();
+        size_t path = 0;
+        while (path < n && t[path] != '?' && t[path] != '#')
+            path++;
+        for (size_t i = 0; i + 1 < path; i++)
+            if (t[i] == '/' && t[i + 1] == '.' &&
+                (i + 2 == path || t[i + 2] == '/' ||
+                 (t[i + 2] == '.' && (i + 3 == path || t[i + 3] == '/'))))
+                abort();
+    }
+    free(t);
+    free(again);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_target_normalize(data, size);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)router_port),

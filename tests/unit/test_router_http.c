@@ -193,6 +193,54 @@ static void test_trailer_announcement_is_forwarded(void **state)
     buf_free(&out);
 }
 
+static void check_target(const char *in, const char *want)
+{
+    char t[256];
+    size_t n = strlen(in);
+    memcpy(t, in, n);
+    const char *why = NULL;
+    size_t m = router_target_normalize(t, n, &why);
+    if (!want) {
+        assert_int_equal(m, 0);
+        assert_non_null(why);
+        return;
+    }
+    t[m] = '\0';
+    assert_string_equal(t, want);
+}
+
+static void test_targets_are_normalized(void **state)
+{
+    (void)state;
+    check_target("/", "/");
+    check_target("*", "*");
+    check_target("/a/b?q=1", "/a/b?q=1");
+    check_target("/a/./b", "/a/b");
+    check_target("/a/.", "/a/");
+    check_target("/a/b/../c", "/a/c");
+    check_target("/a/b/..", "/a/");
+    check_target("/..", "/");
+    check_target("/../../etc/passwd", "/etc/passwd");
+    check_target("/./a", "/a");
+    check_target("/a//b", "/a//b"); /* empty segments are kept: they are a different URI */
+    check_target("/a/", "/a/");
+    check_target("/a/.b/..c", "/a/.b/..c");
+    check_target("/v1/../admin?x=/../y", "/admin?x=/../y"); /* the query is the app's */
+    check_target("/%7Euser/%61bc", "/~user/abc");
+    check_target("/%2e%2E/x", "/x"); /* decoded dots are dots */
+    check_target("/v%31", "/v1");
+    check_target("/a%2fb%20c", "/a%2Fb%20c"); /* reserved stays encoded, in uppercase */
+    check_target("/a#frag/../b", "/a#frag/../b");
+    check_target("/a/b/../../../c/./d/", "/c/d/");
+    check_target("", NULL);
+    check_target("a/b", NULL);
+    check_target("/a%2", NULL);
+    check_target("/a%zz", NULL);
+    check_target("/a%", NULL);
+    check_target("/a%2?x", NULL);
+    check_target("/a%00b", NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -202,6 +250,7 @@ int main(void)
         cmocka_unit_test(test_request_head_rewriting),
         cmocka_unit_test(test_response_head_rewriting),
         cmocka_unit_test(test_trailers_end_a_chunked_body),
+        cmocka_unit_test(test_targets_are_normalized),
         cmocka_unit_test(test_trailer_announcement_is_forwarded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
