@@ -3,7 +3,7 @@
 # as a reverse proxy (upstream keepalive; one worker, then worker_processes auto), and through
 # skiff-router (one worker, then one per core), with wrk at 32 and 256 connections, for a small
 # and a 64 KB response; then the memory of skiff-router holding 10,000 idle keep-alive clients.
-#   bench/router/bench.sh       (SECONDS_PER_RUN=2, REPEAT=3: about two minutes in all)
+#   bench/router/bench.sh       (SECONDS_PER_RUN=2, REPEAT=5: about four minutes in all)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -124,10 +124,15 @@ run_wrk_once() {
 }
 
 # The machine is shared and noisy: each case runs REPEAT times, the proxies taking turns, and
-# the run with the median throughput is reported.
-repeat=${REPEAT:-3}
+# the median of each figure (throughput, p99, CPU per request) over the runs is reported.
+repeat=${REPEAT:-5}
 declare -A runs
-median() { sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+median_col() { sort -n -k"$1","$1" | awk -v c="$1" '{a[NR]=$c} END {print a[int((NR+1)/2)]}'; }
+median() {
+  local lines
+  lines=$(cat)
+  echo "$(median_col 1 <<<"$lines") $(median_col 2 <<<"$lines") $(median_col 3 <<<"$lines")"
+}
 printf '\n%-7s %-6s | %9s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %6s %6s\n' \
   size conns direct nginx-1w p99ms cpuus skiff-1w p99ms cpuus nginx-Nw p99ms cpuus skiff-Nw p99ms cpuus "1w x" "Nw x"
 for size in small 64k; do
@@ -151,10 +156,14 @@ for size in small 64k; do
       "$size" "$conns" "$d" "$n1" "$n1p" "$n1c" "$s1" "$s1p" "$s1c" "$nn" "$nnp" "$nnc" "$sn" "$snp" "$snc" "$r1" "$rn"
   done
 done
-echo "(requests/s, p99 latency in ms and proxy CPU microseconds per request, of the median of"
-echo " $repeat runs of ${secs}s each; 'x' = skiff-router throughput / nginx's with the same workers)"
+echo "(requests/s, p99 latency in ms and proxy CPU microseconds per request: each the median of"
+echo " $repeat runs of ${secs}s; 'x' = skiff-router throughput / nginx's with the same workers)"
 
 # 10,000 idle keep-alive clients on the router with one worker per core
 rss_before=$(awk '/^VmRSS:/ {print $2}' "/proc/$skiffn_pid/status")
 python3 "$here/idle_clients.py" "$skiffn_port" 10000 "/proc/$skiffn_pid/status"
 echo "(router RSS before: $((rss_before / 1024)) MB)"
+
+# how long a route change made through the API takes to reach the router
+echo
+/usr/bin/python3 "$here/route_update.py" --bin "$(dirname "$router_bin")"
