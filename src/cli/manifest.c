@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <strings.h>
 #include <stdlib.h>
@@ -45,6 +46,7 @@ struct manifest_ctx {
     const char *dir;
     yaml_document_t *doc;
     char *err;
+    char **function_path; /* where a top-level function's "path" goes; NULL inside an app */
 };
 
 static int manifest_line(const yaml_node_t *n)
@@ -116,32 +118,114 @@ static size_t manifest_distance(const char *a, const char *b)
     return d[la][lb];
 }
 
+/* ---- one field table per block --------------------------------------------------------
+ * Each block of the manifest (the top level, an application, a process, a function, an event,
+ * a route, a service) is described by one table of its keys. The same table gives the
+ * "unknown key" check (with its suggestion and list of known keys) and the parsing, so a key
+ * is named in one place. Values go into the block's struct at `offset`. */
+
+enum manifest_field_kind {
+    MANIFEST_FIELD_STRING,      /* char * */
+    MANIFEST_FIELD_INT,         /* long, at least `min` */
+    MANIFEST_FIELD_SIZE,        /* long megabytes, from "256M" or "1G" */
+    MANIFEST_FIELD_BOOL,        /* bool */
+    MANIFEST_FIELD_ONE_OF,      /* char *, one of `allowed` */
+    MANIFEST_FIELD_STRING_LIST, /* char **, its length at `count_offset` */
+    MANIFEST_FIELD_ENV,         /* struct manifest_kv *, its length at `count_offset` */
+    MANIFEST_FIELD_LIST,        /* an array of `item_size` items, each read by `parse_item` */
+    MANIFEST_FIELD_CUSTOM,      /* read by `parse` */
+    MANIFEST_FIELD_IGNORED,     /* accepted for Cloud Foundry compatibility, not used */
+};
+
+struct manifest_field {
+    const char *key;
+    enum manifest_field_kind kind;
+    size_t offset;
+    size_t count_offset;
+    long min;
+    const char *const *allowed;
+    size_t item_size;
+    int (*parse_item)(struct manifest_ctx *c, const yaml_node_t *n, void *item);
+    int (*parse)(struct manifest_ctx *c, const char *key, const yaml_node_t *v, void *block);
+};
+
+#define MANIFEST_STRING(k, type, member)                                                           \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_STRING, .offset = offsetof(type, member)                  \
+    }
+#define MANIFEST_INT(k, type, member, least)                                                       \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_INT, .offset = offsetof(type, member), .min = least       \
+    }
+#define MANIFEST_SIZE(k, type, member)                                                             \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_SIZE, .offset = offsetof(type, member)                    \
+    }
+#define MANIFEST_ONE_OF(k, type, member, values)                                                   \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_ONE_OF, .offset = offsetof(type, member),                 \
+        .allowed = values                                                                          \
+    }
+#define MANIFEST_STRING_LIST(k, type, member, count)                                               \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_STRING_LIST, .offset = offsetof(type, member),            \
+        .count_offset = offsetof(type, count)                                                      \
+    }
+#define MANIFEST_ENV(k, type, member, count)                                                       \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_ENV, .offset = offsetof(type, member),                    \
+        .count_offset = offsetof(type, count)                                                      \
+    }
+#define MANIFEST_LIST(k, type, member, count, item_parser)                                         \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_LIST, .offset = offsetof(type, member),                   \
+        .count_offset = offsetof(type, count), .item_size = sizeof(*((type *)0)->member),          \
+        .parse_item = item_parser                                                                  \
+    }
+#define MANIFEST_CUSTOM(k, parser)                                                                 \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_CUSTOM, .parse = parser                                   \
+    }
+#define MANIFEST_IGNORED(k)                                                                        \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_IGNORED                                                   \
+    }
+
+static const struct manifest_field *manifest_field_find(const struct manifest_field *fields,
+                                                        const char *key)
+{
+    for (const struct manifest_field *f = fields; f->key; f++)
+        if (strcmp(key, f->key) == 0)
+            return f;
+    return NULL;
+}
+
 /* The closest known key, when it is close enough to be what was meant. */
-static const char *manifest_suggest(const char *key, const char *const *known)
+static const char *manifest_suggest(const char *key, const struct manifest_field *fields)
 {
     const char *best = NULL;
     size_t best_d = 99;
-    for (const char *const *k = known; *k; k++) {
-        size_t d = manifest_distance(key, *k);
+    for (const struct manifest_field *f = fields; f->key; f++) {
+        size_t d = manifest_distance(key, f->key);
         /* "memory_mb" for "memory", "health_check_type" for "health-check-type" */
         char alt[64];
         snprintf(alt, sizeof(alt), "%s", key);
         for (char *p = alt; *p; p++)
             if (*p == '_')
                 *p = '-';
-        if (strcasecmp(alt, *k) == 0 || (strlen(*k) > 3 && str_has_prefix(alt, *k)))
+        if (strcasecmp(alt, f->key) == 0 || (strlen(f->key) > 3 && str_has_prefix(alt, f->key)))
             d = 1;
         if (d < best_d) {
             best_d = d;
-            best = *k;
+            best = f->key;
         }
     }
     return best_d <= 2 + strlen(key) / 6 ? best : NULL;
 }
 
-/* Checks that n is a mapping whose keys are all known and distinct. */
+/* Checks that n is a mapping whose keys are all in `fields` and distinct. */
 static int manifest_check_keys(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
-                               const char *const *known)
+                               const struct manifest_field *fields)
 {
     if (n->type != YAML_MAPPING_NODE)
         return manifest_fail(c, n, "%s must be a map of keys, not %s", what, manifest_kind(n));
@@ -151,16 +235,13 @@ static int manifest_check_keys(struct manifest_ctx *c, const yaml_node_t *n, con
         if (!key)
             return manifest_fail(c, k, "a key in %s must be a name, not %s", what,
                                  manifest_kind(k));
-        bool ok = false;
-        for (const char *const *kk = known; *kk && !ok; kk++)
-            ok = strcmp(key, *kk) == 0;
-        if (!ok) {
-            const char *hint = manifest_suggest(key, known);
+        if (!manifest_field_find(fields, key)) {
+            const char *hint = manifest_suggest(key, fields);
             if (hint)
                 return manifest_fail(c, k, "unknown key \"%s\" (did you mean \"%s\"?)", key, hint);
             struct buf list = {0};
-            for (const char *const *kk = known; *kk; kk++)
-                buf_printf(&list, "%s%s", kk == known ? "" : ", ", *kk);
+            for (const struct manifest_field *f = fields; f->key; f++)
+                buf_printf(&list, "%s%s", f == fields ? "" : ", ", f->key);
             int rc = manifest_fail(c, k, "unknown key \"%s\" in %s (known keys: %s)", key, what,
                                    list.data);
             buf_free(&list);
@@ -292,80 +373,116 @@ static int manifest_env(struct manifest_ctx *c, const char *key, const yaml_node
     return 0;
 }
 
-#define MANIFEST_FOREACH_PAIR(c, node, key, val)                                                   \
-    for (yaml_node_pair_t *pair_ = (node)->data.mapping.pairs.start;                               \
-         pair_ < (node)->data.mapping.pairs.top &&                                                 \
-         ((key) = manifest_scalar(yaml_document_get_node((c)->doc, pair_->key)),                   \
-         (val) = yaml_document_get_node((c)->doc, pair_->value), 1);                               \
-         pair_++)
-
-static const char *const manifest_health_types[] = {"port", "http", "process", "none", NULL};
-
-static const char *const manifest_process_keys[] = {"type",
-                                                    "command",
-                                                    "instances",
-                                                    "memory",
-                                                    "disk_quota",
-                                                    "health-check-type",
-                                                    "health-check-http-endpoint",
-                                                    "timeout",
-                                                    NULL};
-
-static int manifest_process(struct manifest_ctx *c, const yaml_node_t *n,
-                            struct manifest_process *p)
+/* A list of maps, into a freshly allocated array with one parse_item call per entry. The
+ * count grows before each call so that manifest_free() frees a half-read entry too. */
+static int manifest_list(struct manifest_ctx *c, const struct manifest_field *f,
+                         const yaml_node_t *v, void **arr, size_t *count)
 {
-    p->instances = p->memory_mb = p->disk_mb = p->timeout = -1;
-    int rc = manifest_check_keys(c, n, "a process", manifest_process_keys);
-    const char *key;
-    yaml_node_t *v;
+    if (v->type != YAML_SEQUENCE_NODE)
+        return manifest_fail(c, v, "\"%s\" must be a list, not %s", f->key, manifest_kind(v));
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    *arr = xcalloc(n ? n : 1, f->item_size);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+        (*count)++;
+        rc = f->parse_item(c, item, (char *)*arr + i * f->item_size);
+    }
+    return rc;
+}
+
+static int manifest_field_parse(struct manifest_ctx *c, const struct manifest_field *f,
+                                const yaml_node_t *v, void *block)
+{
+    void *at = (char *)block + f->offset;
+    size_t *count = (size_t *)(void *)((char *)block + f->count_offset);
+    switch (f->kind) {
+    case MANIFEST_FIELD_STRING:
+        return manifest_string(c, f->key, v, at);
+    case MANIFEST_FIELD_INT:
+        return manifest_int(c, f->key, v, f->min, at);
+    case MANIFEST_FIELD_SIZE:
+        return manifest_size(c, f->key, v, at);
+    case MANIFEST_FIELD_BOOL:
+        return manifest_bool(c, f->key, v, at);
+    case MANIFEST_FIELD_ONE_OF:
+        return manifest_one_of(c, f->key, v, f->allowed, at);
+    case MANIFEST_FIELD_STRING_LIST:
+        return manifest_string_list(c, f->key, v, at, count);
+    case MANIFEST_FIELD_ENV:
+        return manifest_env(c, f->key, v, at, count);
+    case MANIFEST_FIELD_LIST:
+        return manifest_list(c, f, v, at, count);
+    case MANIFEST_FIELD_CUSTOM:
+        return f->parse(c, f->key, v, block);
+    case MANIFEST_FIELD_IGNORED:
+        return 0;
+    }
+    return 0;
+}
+
+/* Checks the keys of the mapping n against `fields`, then reads each value into `block`. */
+static int manifest_block(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
+                          const struct manifest_field *fields, void *block)
+{
+    int rc = manifest_check_keys(c, n, what, fields);
     if (rc)
         return rc;
-    MANIFEST_FOREACH_PAIR(c, n, key, v)
-    {
-        if (strcmp(key, "type") == 0)
-            rc = manifest_string(c, key, v, &p->type);
-        else if (strcmp(key, "command") == 0)
-            rc = manifest_string(c, key, v, &p->command);
-        else if (strcmp(key, "instances") == 0)
-            rc = manifest_int(c, key, v, 0, &p->instances);
-        else if (strcmp(key, "memory") == 0)
-            rc = manifest_size(c, key, v, &p->memory_mb);
-        else if (strcmp(key, "disk_quota") == 0)
-            rc = manifest_size(c, key, v, &p->disk_mb);
-        else if (strcmp(key, "health-check-type") == 0)
-            rc = manifest_one_of(c, key, v, manifest_health_types, &p->health_check_type);
-        else if (strcmp(key, "health-check-http-endpoint") == 0)
-            rc = manifest_string(c, key, v, &p->health_check_http_endpoint);
-        else if (strcmp(key, "timeout") == 0)
-            rc = manifest_int(c, key, v, 1, &p->timeout);
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *key = manifest_scalar(yaml_document_get_node(c->doc, p->key));
+        rc = manifest_field_parse(c, manifest_field_find(fields, key),
+                                  yaml_document_get_node(c->doc, p->value), block);
         if (rc)
             return rc;
     }
+    return 0;
+}
+
+static const char *const manifest_health_types[] = {"port", "http", "process", "none", NULL};
+
+/* ---- processes ---- */
+
+static const struct manifest_field manifest_process_fields[] = {
+    MANIFEST_STRING("type", struct manifest_process, type),
+    MANIFEST_STRING("command", struct manifest_process, command),
+    MANIFEST_INT("instances", struct manifest_process, instances, 0),
+    MANIFEST_SIZE("memory", struct manifest_process, memory_mb),
+    MANIFEST_SIZE("disk_quota", struct manifest_process, disk_mb),
+    MANIFEST_ONE_OF("health-check-type", struct manifest_process, health_check_type,
+                    manifest_health_types),
+    MANIFEST_STRING("health-check-http-endpoint", struct manifest_process,
+                    health_check_http_endpoint),
+    MANIFEST_INT("timeout", struct manifest_process, timeout, 1),
+    {0},
+};
+
+static int manifest_process(struct manifest_ctx *c, const yaml_node_t *n, void *item)
+{
+    struct manifest_process *p = item;
+    p->instances = p->memory_mb = p->disk_mb = p->timeout = -1;
+    int rc = manifest_block(c, n, "a process", manifest_process_fields, p);
+    if (rc)
+        return rc;
     if (!p->type)
         return manifest_fail(c, n, "a process needs a \"type\" (like web or worker)");
     return 0;
 }
 
-static const char *const manifest_event_keys[] = {"topic", "filter", "schedule", NULL};
+/* ---- functions and their events ---- */
 
-static int manifest_event(struct manifest_ctx *c, const yaml_node_t *n, struct manifest_event *e)
+static const struct manifest_field manifest_event_fields[] = {
+    MANIFEST_STRING("topic", struct manifest_event, topic),
+    MANIFEST_ENV("filter", struct manifest_event, filters, filter_count),
+    MANIFEST_STRING("schedule", struct manifest_event, schedule),
+    {0},
+};
+
+static int manifest_event(struct manifest_ctx *c, const yaml_node_t *n, void *item)
 {
-    int rc = manifest_check_keys(c, n, "an event", manifest_event_keys);
-    const char *key;
-    yaml_node_t *v;
+    struct manifest_event *e = item;
+    int rc = manifest_block(c, n, "an event", manifest_event_fields, e);
     if (rc)
         return rc;
-    MANIFEST_FOREACH_PAIR(c, n, key, v)
-    {
-        if (strcmp(key, "topic") == 0)
-            rc = manifest_string(c, key, v, &e->topic);
-        else if (strcmp(key, "schedule") == 0)
-            rc = manifest_string(c, key, v, &e->schedule);
-        else if (strcmp(key, "filter") == 0)
-            rc = manifest_env(c, key, v, &e->filters, &e->filter_count);
-        if (rc)
-            return rc;
-    }
     if (!e->topic == !e->schedule)
         return manifest_fail(c, n, "an event needs either a \"topic\" or a \"schedule\"%s",
                              e->topic ? ", not both" : "");
@@ -374,55 +491,35 @@ static int manifest_event(struct manifest_ctx *c, const yaml_node_t *n, struct m
     return 0;
 }
 
-static const char *const manifest_function_keys[] = {
-    "name",   "handler", "events", "min-instances", "max-instances", "concurrency",
-    "memory", "path",    NULL};
-
-static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n,
-                             struct manifest_function *f, char **path)
+/* "path" of a top-level function is its app's code; inside an app the app has the path. */
+static int manifest_function_path(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                  void *block)
 {
+    (void)block;
+    if (!c->function_path)
+        return manifest_fail(c, v, "\"path\" belongs to the app, not to a function in it");
+    return manifest_string(c, key, v, c->function_path);
+}
+
+static const struct manifest_field manifest_function_fields[] = {
+    MANIFEST_STRING("name", struct manifest_function, name),
+    MANIFEST_STRING("handler", struct manifest_function, handler),
+    MANIFEST_LIST("events", struct manifest_function, events, event_count, manifest_event),
+    MANIFEST_INT("min-instances", struct manifest_function, min_instances, 0),
+    MANIFEST_INT("max-instances", struct manifest_function, max_instances, 1),
+    MANIFEST_INT("concurrency", struct manifest_function, concurrency, 1),
+    MANIFEST_SIZE("memory", struct manifest_function, memory_mb),
+    MANIFEST_CUSTOM("path", manifest_function_path),
+    {0},
+};
+
+static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void *item)
+{
+    struct manifest_function *f = item;
     f->min_instances = f->max_instances = f->concurrency = f->memory_mb = -1;
-    int rc = manifest_check_keys(c, n, "a function", manifest_function_keys);
-    const char *key;
-    yaml_node_t *v;
+    int rc = manifest_block(c, n, "a function", manifest_function_fields, f);
     if (rc)
         return rc;
-    MANIFEST_FOREACH_PAIR(c, n, key, v)
-    {
-        if (strcmp(key, "name") == 0)
-            rc = manifest_string(c, key, v, &f->name);
-        else if (strcmp(key, "handler") == 0)
-            rc = manifest_string(c, key, v, &f->handler);
-        else if (strcmp(key, "min-instances") == 0)
-            rc = manifest_int(c, key, v, 0, &f->min_instances);
-        else if (strcmp(key, "max-instances") == 0)
-            rc = manifest_int(c, key, v, 1, &f->max_instances);
-        else if (strcmp(key, "concurrency") == 0)
-            rc = manifest_int(c, key, v, 1, &f->concurrency);
-        else if (strcmp(key, "memory") == 0)
-            rc = manifest_size(c, key, v, &f->memory_mb);
-        else if (strcmp(key, "path") == 0) {
-            if (!path)
-                rc = manifest_fail(c, v, "\"path\" belongs to the app, not to a function in it");
-            else
-                rc = manifest_string(c, key, v, path);
-        } else if (strcmp(key, "events") == 0) {
-            if (v->type != YAML_SEQUENCE_NODE) {
-                rc = manifest_fail(c, v, "\"events\" must be a list, not %s", manifest_kind(v));
-            } else {
-                size_t count = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-                f->events = xcalloc(count ? count : 1, sizeof(*f->events));
-                for (size_t i = 0; i < count && !rc; i++) {
-                    f->event_count++;
-                    rc = manifest_event(
-                        c, yaml_document_get_node(c->doc, v->data.sequence.items.start[i]),
-                        &f->events[i]);
-                }
-            }
-        }
-        if (rc)
-            return rc;
-    }
     if (!f->name)
         return manifest_fail(c, n, "a function needs a \"name\"");
     if (!f->handler || !strchr(f->handler, ':'))
@@ -434,61 +531,17 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n,
     return 0;
 }
 
-static const char *const manifest_app_keys[] = {"name",
-                                                "path",
-                                                "instances",
-                                                "memory",
-                                                "disk_quota",
-                                                "command",
-                                                "buildpacks",
-                                                "buildpack",
-                                                "env",
-                                                "routes",
-                                                "no-route",
-                                                "health-check-type",
-                                                "health-check-http-endpoint",
-                                                "timeout",
-                                                "services",
-                                                "processes",
-                                                "functions",
-                                                NULL};
+/* ---- routes and services ---- */
 
-static char *manifest_resolve(const struct manifest_ctx *c, const char *path)
+static const struct manifest_field manifest_route_fields[] = {
+    {.key = "route", .kind = MANIFEST_FIELD_STRING, .offset = 0},
+    {0},
+};
+
+static int manifest_route(struct manifest_ctx *c, const yaml_node_t *n, void *item)
 {
-    if (path[0] == '/' || !c->dir || !*c->dir)
-        return xstrdup(path);
-    return xasprintf("%s/%s", c->dir, path);
-}
-
-/* Parses a list of maps into a freshly allocated array with one parse call per element. */
-#define MANIFEST_LIST(c, key, v, arr, count, parse_call)                                           \
-    do {                                                                                           \
-        if ((v)->type != YAML_SEQUENCE_NODE) {                                                     \
-            rc = manifest_fail(c, v, "\"%s\" must be a list, not %s", key, manifest_kind(v));      \
-            break;                                                                                 \
-        }                                                                                          \
-        size_t n_ = (size_t)((v)->data.sequence.items.top - (v)->data.sequence.items.start);       \
-        (arr) = xcalloc(n_ ? n_ : 1, sizeof(*(arr)));                                              \
-        for (size_t i_ = 0; i_ < n_ && !rc; i_++) {                                                \
-            yaml_node_t *item_ =                                                                   \
-                yaml_document_get_node((c)->doc, (v)->data.sequence.items.start[i_]);              \
-            (count)++;                                                                             \
-            rc = parse_call(c, item_, &(arr)[i_]);                                                 \
-        }                                                                                          \
-    } while (0)
-
-static int manifest_route(struct manifest_ctx *c, const yaml_node_t *n, char **out)
-{
-    static const char *const keys[] = {"route", NULL};
-    int rc = manifest_check_keys(c, n, "a route", keys);
-    if (rc)
-        return rc;
-    const char *key;
-    yaml_node_t *v;
-    MANIFEST_FOREACH_PAIR(c, n, key, v)
-    {
-        rc = manifest_string(c, key, v, out);
-    }
+    char **out = item;
+    int rc = manifest_block(c, n, "a route", manifest_route_fields, out);
     if (!rc && (!*out || !**out))
         return manifest_fail(c, n, "a route needs a \"route\", like - route: hello.localhost");
     if (!rc && strstr(*out, "://"))
@@ -499,99 +552,109 @@ static int manifest_route(struct manifest_ctx *c, const yaml_node_t *n, char **o
     return rc;
 }
 
-static int manifest_service(struct manifest_ctx *c, const yaml_node_t *n, char **out)
+static const struct manifest_field manifest_service_fields[] = {
+    {.key = "name", .kind = MANIFEST_FIELD_STRING, .offset = 0},
+    MANIFEST_IGNORED("parameters"),
+    MANIFEST_IGNORED("binding_name"),
+    {0},
+};
+
+static int manifest_service(struct manifest_ctx *c, const yaml_node_t *n, void *item)
 {
+    char **out = item;
     if (n->type == YAML_SCALAR_NODE)
         return manifest_string(c, "services", n, out);
-    static const char *const keys[] = {"name", "parameters", "binding_name", NULL};
-    int rc = manifest_check_keys(c, n, "a service", keys);
-    const char *key;
-    yaml_node_t *v;
+    int rc = manifest_block(c, n, "a service", manifest_service_fields, out);
     if (rc)
         return rc;
-    MANIFEST_FOREACH_PAIR(c, n, key, v)
-    {
-        if (strcmp(key, "name") == 0)
-            rc = manifest_string(c, key, v, out);
-        if (rc)
-            return rc;
-    }
     if (!*out)
         return manifest_fail(c, n, "a service needs a \"name\"");
     return 0;
 }
 
-static int manifest_app_function(struct manifest_ctx *c, const yaml_node_t *n,
-                                 struct manifest_function *f)
+/* ---- applications ---- */
+
+static char *manifest_resolve(const struct manifest_ctx *c, const char *path)
 {
-    return manifest_function(c, n, f, NULL);
+    if (path[0] == '/' || !c->dir || !*c->dir)
+        return xstrdup(path);
+    return xasprintf("%s/%s", c->dir, path);
 }
+
+static int manifest_app_path(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                             void *block)
+{
+    struct manifest_app *a = block;
+    char *p = NULL;
+    int rc = manifest_string(c, key, v, &p);
+    if (!rc) {
+        a->path = manifest_resolve(c, p);
+        free(p);
+    }
+    return rc;
+}
+
+/* The Cloud Foundry v2 spelling of a single buildpack, added to "buildpacks". */
+static int manifest_app_buildpack(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                  void *block)
+{
+    struct manifest_app *a = block;
+    const char *s = manifest_scalar(v);
+    if (!s || !*s)
+        return manifest_fail(c, v, "\"%s\" must be a single value, not %s", key, manifest_kind(v));
+    a->buildpacks = xrealloc(a->buildpacks, (a->buildpack_count + 1) * sizeof(char *));
+    a->buildpacks[a->buildpack_count++] = xstrdup(s);
+    return 0;
+}
+
+static int manifest_app_no_route(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                 void *block)
+{
+    struct manifest_app *a = block;
+    a->no_route_set = true;
+    return manifest_bool(c, key, v, &a->no_route);
+}
+
+static int manifest_app_endpoint(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                 void *block)
+{
+    struct manifest_app *a = block;
+    int rc = manifest_string(c, key, v, &a->health_check_http_endpoint);
+    if (!rc && a->health_check_http_endpoint[0] != '/')
+        rc = manifest_fail(c, v, "\"%s\" must be a path starting with /, not \"%s\"", key,
+                           a->health_check_http_endpoint);
+    return rc;
+}
+
+static const struct manifest_field manifest_app_fields[] = {
+    MANIFEST_STRING("name", struct manifest_app, name),
+    MANIFEST_CUSTOM("path", manifest_app_path),
+    MANIFEST_INT("instances", struct manifest_app, instances, 0),
+    MANIFEST_SIZE("memory", struct manifest_app, memory_mb),
+    MANIFEST_SIZE("disk_quota", struct manifest_app, disk_mb),
+    MANIFEST_STRING("command", struct manifest_app, command),
+    MANIFEST_STRING_LIST("buildpacks", struct manifest_app, buildpacks, buildpack_count),
+    MANIFEST_CUSTOM("buildpack", manifest_app_buildpack),
+    MANIFEST_ENV("env", struct manifest_app, env, env_count),
+    MANIFEST_LIST("routes", struct manifest_app, routes, route_count, manifest_route),
+    MANIFEST_CUSTOM("no-route", manifest_app_no_route),
+    MANIFEST_ONE_OF("health-check-type", struct manifest_app, health_check_type,
+                    manifest_health_types),
+    MANIFEST_CUSTOM("health-check-http-endpoint", manifest_app_endpoint),
+    MANIFEST_INT("timeout", struct manifest_app, timeout, 1),
+    MANIFEST_LIST("services", struct manifest_app, services, service_count, manifest_service),
+    MANIFEST_LIST("processes", struct manifest_app, processes, process_count, manifest_process),
+    MANIFEST_LIST("functions", struct manifest_app, functions, function_count, manifest_function),
+    {0},
+};
 
 static int manifest_app(struct manifest_ctx *c, const yaml_node_t *n, struct manifest_app *a)
 {
     a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
     a->line = manifest_line(n);
-    int rc = manifest_check_keys(c, n, "an application", manifest_app_keys);
-    const char *key;
-    yaml_node_t *v;
+    int rc = manifest_block(c, n, "an application", manifest_app_fields, a);
     if (rc)
         return rc;
-    MANIFEST_FOREACH_PAIR(c, n, key, v)
-    {
-        if (strcmp(key, "name") == 0) {
-            rc = manifest_string(c, key, v, &a->name);
-        } else if (strcmp(key, "path") == 0) {
-            char *p = NULL;
-            rc = manifest_string(c, key, v, &p);
-            if (!rc) {
-                a->path = manifest_resolve(c, p);
-                free(p);
-            }
-        } else if (strcmp(key, "instances") == 0) {
-            rc = manifest_int(c, key, v, 0, &a->instances);
-        } else if (strcmp(key, "memory") == 0) {
-            rc = manifest_size(c, key, v, &a->memory_mb);
-        } else if (strcmp(key, "disk_quota") == 0) {
-            rc = manifest_size(c, key, v, &a->disk_mb);
-        } else if (strcmp(key, "command") == 0) {
-            rc = manifest_string(c, key, v, &a->command);
-        } else if (strcmp(key, "buildpacks") == 0) {
-            rc = manifest_string_list(c, key, v, &a->buildpacks, &a->buildpack_count);
-        } else if (strcmp(key, "buildpack") == 0) {
-            const char *s = manifest_scalar(v);
-            if (!s || !*s) {
-                rc = manifest_fail(c, v, "\"buildpack\" must be a single value, not %s",
-                                   manifest_kind(v));
-            } else {
-                a->buildpacks = xrealloc(a->buildpacks, (a->buildpack_count + 1) * sizeof(char *));
-                a->buildpacks[a->buildpack_count++] = xstrdup(s);
-            }
-        } else if (strcmp(key, "env") == 0) {
-            rc = manifest_env(c, key, v, &a->env, &a->env_count);
-        } else if (strcmp(key, "routes") == 0) {
-            MANIFEST_LIST(c, key, v, a->routes, a->route_count, manifest_route);
-        } else if (strcmp(key, "no-route") == 0) {
-            rc = manifest_bool(c, key, v, &a->no_route);
-            a->no_route_set = true;
-        } else if (strcmp(key, "health-check-type") == 0) {
-            rc = manifest_one_of(c, key, v, manifest_health_types, &a->health_check_type);
-        } else if (strcmp(key, "health-check-http-endpoint") == 0) {
-            rc = manifest_string(c, key, v, &a->health_check_http_endpoint);
-            if (!rc && a->health_check_http_endpoint[0] != '/')
-                rc = manifest_fail(c, v, "\"%s\" must be a path starting with /, not \"%s\"", key,
-                                   a->health_check_http_endpoint);
-        } else if (strcmp(key, "timeout") == 0) {
-            rc = manifest_int(c, key, v, 1, &a->timeout);
-        } else if (strcmp(key, "services") == 0) {
-            MANIFEST_LIST(c, key, v, a->services, a->service_count, manifest_service);
-        } else if (strcmp(key, "processes") == 0) {
-            MANIFEST_LIST(c, key, v, a->processes, a->process_count, manifest_process);
-        } else if (strcmp(key, "functions") == 0) {
-            MANIFEST_LIST(c, key, v, a->functions, a->function_count, manifest_app_function);
-        }
-        if (rc)
-            return rc;
-    }
     if (!a->name || !*a->name)
         return manifest_fail(c, n, "an application needs a \"name\"");
     if (a->no_route && a->route_count)
@@ -610,7 +673,9 @@ static int manifest_top_function(struct manifest_ctx *c, const yaml_node_t *n,
     a->function_count = 1;
     a->is_function = true;
     char *path = NULL;
-    int rc = manifest_function(c, n, &a->functions[0], &path);
+    c->function_path = &path;
+    int rc = manifest_function(c, n, &a->functions[0]);
+    c->function_path = NULL;
     if (path) {
         a->path = manifest_resolve(c, path);
         free(path);
@@ -620,52 +685,59 @@ static int manifest_top_function(struct manifest_ctx *c, const yaml_node_t *n,
     return rc;
 }
 
-static const char *const manifest_top_keys[] = {"applications", "functions", "version", NULL};
+/* ---- the top level ---- */
+
+/* "applications:" and "functions:" both add apps, checked for names used twice. */
+static int manifest_top_list(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                             void *block)
+{
+    struct manifest *m = block;
+    bool is_apps = strcmp(key, "applications") == 0;
+    if (v->type != YAML_SEQUENCE_NODE)
+        return manifest_fail(c, v,
+                             "\"%s\" must be a list (each entry starting with \"- \"), not %s", key,
+                             manifest_kind(v));
+    int rc = 0;
+    for (yaml_node_item_t *it = v->data.sequence.items.start;
+         it < v->data.sequence.items.top && !rc; it++) {
+        m->apps = xrealloc(m->apps, (m->app_count + 1) * sizeof(*m->apps));
+        struct manifest_app *a = &m->apps[m->app_count++];
+        memset(a, 0, sizeof(*a));
+        yaml_node_t *item = yaml_document_get_node(c->doc, *it);
+        rc = is_apps ? manifest_app(c, item, a) : manifest_top_function(c, item, a);
+        for (size_t i = 0; !rc && i + 1 < m->app_count; i++)
+            if (strcmp(m->apps[i].name, a->name) == 0)
+                rc = manifest_fail(c, item, "the name \"%s\" is used twice", a->name);
+    }
+    return rc;
+}
+
+static int manifest_top_version(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                void *block)
+{
+    (void)block;
+    long version;
+    int rc = manifest_int(c, key, v, 1, &version);
+    if (!rc && version != 1)
+        rc = manifest_fail(c, v, "\"version\" must be 1, not %ld", version);
+    return rc;
+}
+
+static const struct manifest_field manifest_top_fields[] = {
+    MANIFEST_CUSTOM("applications", manifest_top_list),
+    MANIFEST_CUSTOM("functions", manifest_top_list),
+    MANIFEST_CUSTOM("version", manifest_top_version),
+    {0},
+};
 
 static int manifest_build(struct manifest_ctx *c, struct manifest *m)
 {
     yaml_node_t *root = yaml_document_get_root_node(c->doc);
     if (!root)
         return manifest_fail(c, NULL, "the manifest is empty: it needs \"applications:\"");
-    int rc = manifest_check_keys(c, root, "the manifest", manifest_top_keys);
-    const char *key;
-    yaml_node_t *v;
+    int rc = manifest_block(c, root, "the manifest", manifest_top_fields, m);
     if (rc)
         return rc;
-    size_t apps = 0;
-    MANIFEST_FOREACH_PAIR(c, root, key, v)
-    {
-        if (strcmp(key, "version") != 0 && v->type == YAML_SEQUENCE_NODE)
-            apps += (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-    }
-    m->apps = xcalloc(apps ? apps : 1, sizeof(*m->apps));
-    MANIFEST_FOREACH_PAIR(c, root, key, v)
-    {
-        bool is_apps = strcmp(key, "applications") == 0;
-        if (strcmp(key, "version") == 0) {
-            long version;
-            rc = manifest_int(c, key, v, 1, &version);
-            if (!rc && version != 1)
-                rc = manifest_fail(c, v, "\"version\" must be 1, not %ld", version);
-        } else if (v->type != YAML_SEQUENCE_NODE) {
-            rc = manifest_fail(c, v,
-                               "\"%s\" must be a list (each entry starting with \"- \"), "
-                               "not %s",
-                               key, manifest_kind(v));
-        } else {
-            for (yaml_node_item_t *it = v->data.sequence.items.start;
-                 it < v->data.sequence.items.top && !rc; it++) {
-                struct manifest_app *a = &m->apps[m->app_count++];
-                yaml_node_t *item = yaml_document_get_node(c->doc, *it);
-                rc = is_apps ? manifest_app(c, item, a) : manifest_top_function(c, item, a);
-                for (size_t i = 0; !rc && i + 1 < m->app_count; i++)
-                    if (strcmp(m->apps[i].name, a->name) == 0)
-                        rc = manifest_fail(c, item, "the name \"%s\" is used twice", a->name);
-            }
-        }
-        if (rc)
-            return rc;
-    }
     if (m->app_count == 0)
         return manifest_fail(c, root, "the manifest lists no applications");
     return 0;
