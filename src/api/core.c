@@ -45,37 +45,7 @@ void api_core__routes_changed(struct api_core *core)
 /* Writes s escaped for the inside of a JSON string. */
 static void core__json_escape(struct buf *b, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        buf_append(b, run, (size_t)(s - run));
-        run = s + 1;
-        switch (c) {
-        case '"':
-            buf_puts(b, "\\\"");
-            break;
-        case '\\':
-            buf_puts(b, "\\\\");
-            break;
-        case '\n':
-            buf_puts(b, "\\n");
-            break;
-        case '\r':
-            buf_puts(b, "\\r");
-            break;
-        case '\t':
-            buf_puts(b, "\\t");
-            break;
-        default:
-            buf_puts(b, "\\u00");
-            buf_putc(b, hex[c >> 4]);
-            buf_putc(b, hex[c & 15]);
-        }
-    }
-    buf_append(b, run, (size_t)(s - run));
+    buf_append_json_escaped(b, s, strlen(s), 0);
 }
 
 /* Writes s as a JSON string. */

@@ -28,4 +28,17 @@ void buf_reset(struct buf *b);
 char *buf_steal(struct buf *b);
 void buf_free(struct buf *b);
 
+enum {
+    /* Bytes outside ASCII become %XX instead of passing through: for text that is bytes
+     * rather than UTF-8, like a request target in an access line. */
+    BUF_JSON_PERCENT_NON_ASCII = 1,
+};
+
+/* Appends the len bytes of s as the inside of a JSON string (no quotes around it): `"` and
+ * `\` backslash-escaped, control characters and DEL as \n, \r, \t or \u00XX. Without
+ * flags, valid UTF-8 passes through and each byte of an invalid sequence becomes \ufffd, so
+ * the result is always valid JSON in valid UTF-8; BUF_JSON_PERCENT_NON_ASCII percent-encodes
+ * every byte from 0x80 instead. s may hold NUL bytes (written as \u0000). */
+void buf_append_json_escaped(struct buf *b, const char *s, size_t len, int flags);
+
 #endif

@@ -571,37 +571,6 @@ static void metrics_count(struct worker *w, struct exchange *x)
     ROUTER_METRIC_ADD(w->m.latency_sum_us, us);
 }
 
-/* Appends s as the inside of a JSON string: quotes, backslashes and control characters
- * escaped, bytes outside ASCII percent-encoded (skiffd's parser wants valid UTF-8, and a
- * request target is bytes). */
-static void json_escape_into(struct buf *out, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    buf_reserve(out, n * 6);
-    char *o = out->data + out->len;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            *o++ = '\\';
-            *o++ = (char)ch;
-        } else if (ch < 0x20 || ch == 0x7f) {
-            memcpy(o, "\\u00", 4);
-            o[4] = hex[ch >> 4];
-            o[5] = hex[ch & 15];
-            o += 6;
-        } else if (ch >= 0x80) {
-            o[0] = '%';
-            o[1] = hex[ch >> 4];
-            o[2] = hex[ch & 15];
-            o += 3;
-        } else {
-            *o++ = (char)ch;
-        }
-    }
-    out->len = (size_t)(o - out->data);
-    out->data[out->len] = '\0';
-}
-
 /* The access line for skiffd (docs/bus.md), batched per worker and sent once per loop turn. */
 static void access_log(struct exchange *x)
 {
@@ -619,11 +588,15 @@ static void access_log(struct exchange *x)
     int n = snprintf(tail, sizeof(tail), " %d %lluB %.1fms x_request_id:%s", x->status,
                      (unsigned long long)x->resp_bytes, ms, x->request_id);
     buf_puts(&w->access, "{\"type\":\"access\",\"app_guid\":\"");
-    json_escape_into(&w->access, x->route->app_guid, strlen(x->route->app_guid));
+    buf_append_json_escaped(&w->access, x->route->app_guid, strlen(x->route->app_guid),
+                            BUF_JSON_PERCENT_NON_ASCII);
     buf_printf(&w->access, "\",\"router_index\":%d,\"line\":\"%s ", w->cfg->router_index, method);
-    json_escape_into(&w->access, url, x->url_len > 2048 ? 2048 : x->url_len);
+    buf_append_json_escaped(&w->access, url, x->url_len > 2048 ? 2048 : x->url_len,
+                            BUF_JSON_PERCENT_NON_ASCII);
     if (n > 0)
-        json_escape_into(&w->access, tail, (size_t)n < sizeof(tail) ? (size_t)n : sizeof(tail) - 1);
+        buf_append_json_escaped(&w->access, tail,
+                                (size_t)n < sizeof(tail) ? (size_t)n : sizeof(tail) - 1,
+                                BUF_JSON_PERCENT_NON_ASCII);
     buf_puts(&w->access, "\"}\n");
     w->access_lines++;
 }

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -65,10 +67,61 @@ static void test_files_round_trip(void **state)
     free(file);
 }
 
+/* Escapes len bytes of s with flags; returns the text (caller frees). */
+static char *json_escaped(const char *s, size_t len, int flags)
+{
+    struct buf b = {0};
+    buf_puts(&b, "\"");
+    buf_append_json_escaped(&b, s, len, flags);
+    buf_puts(&b, "\"");
+    return buf_steal(&b);
+}
+
+static void expect_escaped(const char *s, size_t len, int flags, const char *want)
+{
+    char *got = json_escaped(s, len, flags);
+    if (strcmp(got, want) != 0)
+        fail_msg("expected %s, got %s", want, got);
+    /* whatever went in, what comes out is one valid JSON string */
+    json_error_t e;
+    json_t *v = json_loadb(got, strlen(got), JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+    if (!json_is_string(v))
+        fail_msg("not a JSON string: %s (%s)", got, e.text);
+    json_decref(v);
+    free(got);
+}
+
+static void test_buf_json_escaped(void **state)
+{
+    (void)state;
+    expect_escaped("plain text/with?q=1", 19, 0, "\"plain text/with?q=1\"");
+    expect_escaped("say \"hi\" \\ bye", 14, 0, "\"say \\\"hi\\\" \\\\ bye\"");
+    expect_escaped("a\nb\rc\td", 7, 0, "\"a\\nb\\rc\\td\"");
+    expect_escaped("\x01\x1f\x7f", 3, 0, "\"\\u0001\\u001F\\u007F\"");
+    expect_escaped("nul\0in", 6, 0, "\"nul\\u0000in\"");
+    /* valid UTF-8 passes through, 2, 3 and 4 bytes long */
+    expect_escaped("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x9a\xa2", 14, 0,
+                   "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x9a\xa2\"");
+    /* every byte of what is not UTF-8 becomes U+FFFD: a lone continuation byte, a cut
+     * sequence, an overlong "/", a surrogate, a code point above U+10FFFF */
+    expect_escaped("\x80", 1, 0, "\"\\ufffd\"");
+    expect_escaped("\xe2\x82", 2, 0, "\"\\ufffd\\ufffd\"");
+    expect_escaped("\xc0\xaf", 2, 0, "\"\\ufffd\\ufffd\"");
+    expect_escaped("\xed\xa0\x80", 3, 0, "\"\\ufffd\\ufffd\\ufffd\"");
+    expect_escaped("\xf4\x90\x80\x80", 4, 0, "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
+    expect_escaped("\xe2\x82x", 3, 0, "\"\\ufffd\\ufffdx\"");
+    /* the access-line variant percent-encodes every byte from 0x80, valid UTF-8 or not */
+    expect_escaped("/odd\"\\\xc3\xa9{}", 10, BUF_JSON_PERCENT_NON_ASCII,
+                   "\"/odd\\\"\\\\%C3%A9{}\"");
+    expect_escaped("\xff\x80 \x1b", 4, BUF_JSON_PERCENT_NON_ASCII, "\"%FF%80 \\u001B\"");
+    expect_escaped("", 0, 0, "\"\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
+        cmocka_unit_test(test_buf_json_escaped),
         cmocka_unit_test(test_uuid_is_version_4),
         cmocka_unit_test(test_files_round_trip),
     };
