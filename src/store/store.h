@@ -8,7 +8,9 @@
  * stderr with the backend's message). Nothing here aborts except on out-of-memory.
  *
  * Ownership: structs returned through an out pointer belong to the caller and are freed with
- * the matching *_free call. Structs passed in are only read.
+ * the matching *_free call. Structs passed in are only read. A read or list is whole or
+ * nothing: when any of its queries fails (an app's processes or env, say) it returns -EIO
+ * and leaves its out pointers untouched, never a half-filled result.
  *
  * Schema migrations (SQLite): the list `store_sqlite_migrations` in store_sqlite.c holds one
  * SQL script per schema version, applied in order, each in its own transaction together with

@@ -413,24 +413,37 @@ static void store__add_env(struct store_app *app, sqlite3_stmt *q, int col)
     app->n_env++;
 }
 
-static void store__app_load_children(struct store *st, struct store_app *app)
+/* Ends a read loop: 0 when q stepped to its end, else -EIO (reported) for the step that failed
+ * (a table gone, a corrupt page, a busy database). Releases q either way. */
+static int store__read_done(struct store *st, sqlite3_stmt *q, int step_rc, const char *what)
+{
+    int rc = step_rc == SQLITE_DONE ? 0 : store__fail(st, what);
+    store__release(st, q);
+    return rc;
+}
+
+/* Adds the app's processes and env; -EIO when either query fails (app then half-filled: the
+ * caller frees it). */
+static int store__app_load_children(struct store *st, struct store_app *app)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb FROM "
                                          "processes WHERE app_guid = ? ORDER BY type != 'web', "
                                          "type");
-    if (q) {
-        sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
-        while (sqlite3_step(q) == SQLITE_ROW)
-            store__add_process(app, q, 0);
-        store__release(st, q);
-    }
+    int step;
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
+    while ((step = sqlite3_step(q)) == SQLITE_ROW)
+        store__add_process(app, q, 0);
+    if (store__read_done(st, q, step, "read processes") < 0)
+        return -EIO;
     q = store__prepare(st, "SELECT name, value FROM env_vars WHERE app_guid = ? ORDER BY name");
-    if (q) {
-        sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
-        while (sqlite3_step(q) == SQLITE_ROW)
-            store__add_env(app, q, 0);
-        store__release(st, q);
-    }
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, app->guid, -1, SQLITE_STATIC);
+    while ((step = sqlite3_step(q)) == SQLITE_ROW)
+        store__add_env(app, q, 0);
+    return store__read_done(st, q, step, "read env");
 }
 
 int store_app_get(struct store *st, const char *name_or_guid, struct store_app **out)
@@ -442,12 +455,19 @@ int store_app_get(struct store *st, const char *name_or_guid, struct store_app *
     sqlite3_bind_text(q, 1, name_or_guid, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q);
     if (rc != SQLITE_ROW) {
-        store__release(st, q);
-        return rc == SQLITE_DONE ? -ENOENT : store__fail(st, "read app");
+        if (rc == SQLITE_DONE) {
+            store__release(st, q);
+            return -ENOENT;
+        }
+        return store__read_done(st, q, rc, "read app");
     }
     struct store_app *app = store__read_app(q);
     store__release(st, q);
-    store__app_load_children(st, app);
+    rc = store__app_load_children(st, app);
+    if (rc < 0) {
+        store_app_free(app);
+        return rc;
+    }
     *out = app;
     return 0;
 }
@@ -484,36 +504,44 @@ static struct store_app *store__row_owner(struct store_app **by_guid, size_t cou
 /* Loads all apps with three queries (not one per app), so listing 1,000 apps stays fast. */
 int store_app_list(struct store *st, struct store_app ***out, size_t *n)
 {
-    struct store_app **apps = NULL;
+    struct store_app **apps = NULL, **by_guid = NULL;
     size_t count = 0;
+    int step;
     sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps ORDER BY name");
     if (!q)
         return -EIO;
-    while (sqlite3_step(q) == SQLITE_ROW) {
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         apps = xrealloc(apps, (count + 1) * sizeof *apps);
         apps[count++] = store__read_app(q);
     }
-    store__release(st, q);
+    if (store__read_done(st, q, step, "list apps") < 0)
+        goto fail;
     /* children come in primary-key order (app guid first, so SQLite sorts nothing) and are
      * matched to apps walking a guid-ordered index beside them */
-    struct store_app **by_guid = xcalloc(count + 1, sizeof *by_guid);
+    by_guid = xcalloc(count + 1, sizeof *by_guid);
     if (count)
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
     q = store__prepare(st, "SELECT app_guid, type, command, instances, memory_mb FROM processes "
                            "ORDER BY app_guid, type");
+    if (!q)
+        goto fail;
     size_t i = 0;
     struct store_app *app;
-    while (q && sqlite3_step(q) == SQLITE_ROW)
+    while ((step = sqlite3_step(q)) == SQLITE_ROW)
         if ((app = store__row_owner(by_guid, count, &i, q)))
             store__add_process(app, q, 1);
-    store__release(st, q);
+    if (store__read_done(st, q, step, "list processes") < 0)
+        goto fail;
     q = store__prepare(st, "SELECT app_guid, name, value FROM env_vars ORDER BY app_guid, name");
+    if (!q)
+        goto fail;
     i = 0;
-    while (q && sqlite3_step(q) == SQLITE_ROW)
+    while ((step = sqlite3_step(q)) == SQLITE_ROW)
         if ((app = store__row_owner(by_guid, count, &i, q)))
             store__add_env(app, q, 1);
-    store__release(st, q);
+    if (store__read_done(st, q, step, "list env") < 0)
+        goto fail;
     free(by_guid);
     /* "web" first, as store_app_get gives them */
     for (size_t a = 0; a < count; a++)
@@ -521,6 +549,10 @@ int store_app_list(struct store *st, struct store_app ***out, size_t *n)
     *out = apps;
     *n = count;
     return 0;
+fail:
+    free(by_guid);
+    store_app_list_free(apps, count);
+    return -EIO;
 }
 
 int store_app_delete(struct store *st, const char *guid)
@@ -672,7 +704,8 @@ int store_route_list(struct store *st, const char *app_guid, struct store_route 
         sqlite3_bind_text(q, 1, app_guid, -1, SQLITE_STATIC);
     struct store_route *routes = NULL;
     size_t count = 0;
-    while (sqlite3_step(q) == SQLITE_ROW) {
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         routes = xrealloc(routes, (count + 1) * sizeof *routes);
         struct store_route *r = &routes[count++];
         snprintf(r->guid, sizeof r->guid, "%s", (const char *)sqlite3_column_text(q, 0));
@@ -682,7 +715,10 @@ int store_route_list(struct store *st, const char *app_guid, struct store_route 
         r->domain = store__col_text(q, 4);
         r->balance = store__col_text(q, 5);
     }
-    store__release(st, q);
+    if (store__read_done(st, q, step, "list routes") < 0) {
+        store_route_list_free(routes, count);
+        return -EIO;
+    }
     *out = routes;
     *n = count;
     return 0;
@@ -718,14 +754,19 @@ int store_domain_list(struct store *st, char ***names, bool **shared)
     char **v = xcalloc(1, sizeof *v);
     bool *s = xcalloc(1, sizeof *s);
     size_t n = 0;
-    while (sqlite3_step(q) == SQLITE_ROW) {
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         v = xrealloc(v, (n + 2) * sizeof *v);
         s = xrealloc(s, (n + 1) * sizeof *s);
         v[n] = store__col_text(q, 0);
         s[n] = sqlite3_column_int(q, 1) != 0;
         v[++n] = NULL;
     }
-    store__release(st, q);
+    if (store__read_done(st, q, step, "list domains") < 0) {
+        store_strv_free(v);
+        free(s);
+        return -EIO;
+    }
     *names = v;
     if (shared)
         *shared = s;
@@ -927,11 +968,13 @@ int store_doc_each(struct store *st, const char *kind,
     if (!q)
         return -EIO;
     store__bind_text(q, 1, kind);
-    while (sqlite3_step(q) == SQLITE_ROW) {
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         if (fn(ctx, (const char *)sqlite3_column_text(q, 0),
-               (const char *)sqlite3_column_text(q, 1)))
+               (const char *)sqlite3_column_text(q, 1))) {
+            step = SQLITE_DONE; /* the callback asked to stop: not an error */
             break;
+        }
     }
-    store__release(st, q);
-    return 0;
+    return store__read_done(st, q, step, "list documents");
 }

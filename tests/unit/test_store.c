@@ -223,6 +223,104 @@ static void test_apps_round_trip_with_processes_and_env(void **state)
     remove_db(path);
 }
 
+/* Renames a table behind the store's back, through a connection of its own. */
+static void rename_table(const char *path, const char *from, const char *to)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *sql = xasprintf("ALTER TABLE %s RENAME TO %s", from, to);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    free(sql);
+    sqlite3_close(db);
+}
+
+/* When a child query (processes, env) fails, reading apps fails as a whole: an app without
+ * its processes would look like an app with none, and be scaled or shown wrongly. */
+static void test_app_reads_fail_when_a_child_query_fails(void **state)
+{
+    (void)state;
+    static const char *const children[] = {"processes", "env_vars"};
+    for (size_t c = 0; c < ARRAY_SIZE(children); c++) {
+        char *path = temp_db();
+        struct store *st = open_ok(path);
+        struct store_app *app = sample_app("shop");
+        assert_int_equal(store_app_create(st, app), 0);
+        struct store_app *got = NULL, **list = NULL;
+        size_t n = 0;
+        /* once with every statement cached, so the failure comes at step, not at prepare */
+        assert_int_equal(store_app_get(st, "shop", &got), 0);
+        store_app_free(got);
+        got = NULL;
+        assert_int_equal(store_app_list(st, &list, &n), 0);
+        store_app_list_free(list, n);
+        list = NULL;
+        n = 7;
+
+        rename_table(path, children[c], "gone");
+        assert_int_equal(store_app_get(st, "shop", &got), -EIO);
+        assert_null(got);
+        assert_int_equal(store_app_list(st, &list, &n), -EIO);
+        assert_null(list);
+        assert_int_equal(n, 7);
+
+        /* and the store reads again once the table is back */
+        rename_table(path, "gone", children[c]);
+        assert_int_equal(store_app_get(st, "shop", &got), 0);
+        assert_int_equal(got->n_processes, 2);
+        assert_int_equal(got->n_env, 2);
+        store_app_free(got);
+        got = NULL;
+        assert_int_equal(store_app_list(st, &list, &n), 0);
+        assert_int_equal(n, 1);
+        store_app_list_free(list, n);
+        store_app_free(app);
+        store_close(st);
+        remove_db(path);
+    }
+}
+
+static void test_route_and_domain_lists_fail_when_their_query_fails(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_route r = {.host = "shop.localhost",
+                            .path = "",
+                            .app_guid = app->guid,
+                            .domain = "localhost",
+                            .balance = "round-robin"};
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
+    assert_int_equal(n, 1);
+    store_route_list_free(routes, n);
+    routes = NULL;
+    n = 0;
+
+    rename_table(path, "routes", "gone");
+    assert_int_equal(store_route_list(st, app->guid, &routes, &n), -EIO);
+    assert_int_equal(store_route_list(st, NULL, &routes, &n), -EIO);
+    assert_null(routes);
+    assert_int_equal(n, 0);
+    rename_table(path, "gone", "routes");
+
+    rename_table(path, "domains", "gone");
+    char **domains = NULL;
+    assert_int_equal(store_domain_list(st, &domains, NULL), -EIO);
+    assert_null(domains);
+    rename_table(path, "gone", "domains");
+    assert_int_equal(store_domain_list(st, &domains, NULL), 0);
+    assert_string_equal(domains[0], "localhost");
+    store_strv_free(domains);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 static void test_routes_are_unique_and_go_with_their_app(void **state)
 {
     (void)state;
@@ -359,6 +457,8 @@ int main(void)
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),
         cmocka_unit_test(test_refuses_a_newer_store),
         cmocka_unit_test(test_apps_round_trip_with_processes_and_env),
+        cmocka_unit_test(test_app_reads_fail_when_a_child_query_fails),
+        cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),
         cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),
         cmocka_unit_test(test_artifacts_and_pruning),
         cmocka_unit_test(test_documents),
