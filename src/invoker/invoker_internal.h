@@ -50,6 +50,9 @@ struct inv_target {
     int64_t surplus_since_ms; /* since when its work asks for fewer instances; 0: it does not */
     int invokes_waiting;
     struct inv_invoke *waiting; /* invokes waiting for an instance, oldest first */
+    /* where the next waiting invoke goes: the last one's `next`, valid while waiting is not
+     * NULL (so queueing is O(1), not a walk) */
+    struct inv_invoke **waiting_tail;
     int invokes_in_flight;
     char last_error[256]; /* why it cannot scale or run ("" when fine) */
     struct inv_target *next;

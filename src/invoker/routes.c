@@ -220,13 +220,34 @@ static void invoke_done(void *arg, const struct invoker_http_response *resp)
         invoker_target_pump(t);
 }
 
+/* The waiting invokes are a FIFO: appended at waiting_tail, taken from the front, and expired
+ * from anywhere. */
+static void invoke_queue_append(struct inv_target *t, struct inv_invoke *iv)
+{
+    if (!t->waiting)
+        t->waiting_tail = &t->waiting;
+    iv->next = NULL;
+    *t->waiting_tail = iv;
+    t->waiting_tail = &iv->next;
+    t->invokes_waiting++;
+}
+
+/* Unlinks the invoke *pp points to (pp is &t->waiting or a waiting invoke's &next). */
+static struct inv_invoke *invoke_queue_unlink(struct inv_target *t, struct inv_invoke **pp)
+{
+    struct inv_invoke *iv = *pp;
+    *pp = iv->next;
+    if (t->waiting_tail == &iv->next)
+        t->waiting_tail = pp;
+    t->invokes_waiting--;
+    return iv;
+}
+
 bool invoker_invoke_take_instance(struct inv_target *t, struct inv_instance *inst)
 {
-    struct inv_invoke *iv = t->waiting;
-    if (!iv)
+    if (!t->waiting)
         return false;
-    t->waiting = iv->next;
-    t->invokes_waiting--;
+    struct inv_invoke *iv = invoke_queue_unlink(t, &t->waiting);
     t->invokes_in_flight++;
     iv->inst = inst;
     inst->in_flight++;
@@ -238,9 +259,7 @@ bool invoker_invoke_take_instance(struct inv_target *t, struct inv_instance *ins
 
 static void invoke_fail_waiting(struct inv_target *t, struct inv_invoke **pp, const char *why)
 {
-    struct inv_invoke *iv = *pp;
-    *pp = iv->next;
-    t->invokes_waiting--;
+    struct inv_invoke *iv = invoke_queue_unlink(t, pp);
     api_respond_error(iv->req, 503, "no_instance", "%s", why);
     invoke_free(iv);
 }
@@ -310,11 +329,7 @@ static void routes_invoke(struct api_request *req, void *ctx)
     iv->req = req;
     iv->since_ms = time_now_ms();
     iv->target = invoker_target_get(inv, app, process ? process : "web");
-    struct inv_invoke **pp = &iv->target->waiting;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = iv;
-    iv->target->invokes_waiting++;
+    invoke_queue_append(iv->target, iv);
     inv->invokes++;
     invoker_target_pump(iv->target);
 }
