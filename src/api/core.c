@@ -18,6 +18,8 @@
 #include "store/store.h"
 
 #define SKIFF_VERSION "0.1.0"
+/* The most instances a process may ask for (POST/PUT/PATCH `instances`, `processes`). */
+#define CORE_MAX_INSTANCES 1000
 
 int api_name_valid(const char *name)
 {
@@ -330,7 +332,7 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
 {
     struct store_process *web = core__process_ensure(app, "web");
     int instances = web->instances;
-    if (!core__int_field(req, body, "instances", 0, 1000, &instances) ||
+    if (!core__int_field(req, body, "instances", 0, CORE_MAX_INSTANCES, &instances) ||
         !core__int_field(req, body, "memory_mb", 1, 1 << 20, &app->memory_mb) ||
         !core__int_field(req, body, "disk_mb", 1, 1 << 22, &app->disk_mb) ||
         !core__int_field(req, body, "timeout", 1, 3600, &app->timeout) ||
@@ -422,7 +424,7 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
             }
             proc = core__process_ensure(app, type);
             proc->command = cmd;
-            if (!core__int_field(req, p, "instances", 0, 1000, &proc->instances) ||
+            if (!core__int_field(req, p, "instances", 0, CORE_MAX_INSTANCES, &proc->instances) ||
                 !core__int_field(req, p, "memory_mb", 0, 1 << 20, &proc->memory_mb))
                 return false;
         }
@@ -802,9 +804,12 @@ static void core__apps_get(struct api_request *req, void *ctx)
     json_t *o = core__app_json_with_routes(core, app);
     json_t *detail = json_array();
     if (core->cfg.scheduler) {
-        struct scheduler_instance_info info[256];
-        int n = scheduler_app_instances(core->cfg.scheduler, app->guid, info, 256);
-        for (int i = 0; i < n && i < 256; i++) {
+        /* every slot of every process: up to CORE_MAX_INSTANCES each, so sized by a count */
+        int total = scheduler_app_instances(core->cfg.scheduler, app->guid, NULL, 0);
+        size_t cap = total > 0 ? (size_t)total : 0;
+        struct scheduler_instance_info *info = xcalloc(cap ? cap : 1, sizeof *info);
+        int n = scheduler_app_instances(core->cfg.scheduler, app->guid, info, cap);
+        for (int i = 0; i < n && (size_t)i < cap; i++) {
             char since[40];
             time_format_rfc3339(info[i].since_ms, since, sizeof since);
             json_t *d =
@@ -822,6 +827,7 @@ static void core__apps_get(struct api_request *req, void *ctx)
                                 info[i].exit_signal > 0 ? json_string(sig) : json_null());
             json_array_append_new(detail, d);
         }
+        free(info);
     }
     json_object_set_new(o, "instances_detail", detail);
     store_app_free(app);

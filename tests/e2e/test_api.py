@@ -451,3 +451,26 @@ def test_scale_and_rolling_restart(platform):
     p.wait_for(lambda: app_detail(p, "roller")["running"] == 0, 15, "stopped")
     assert p.api("DELETE", "/v1/apps/roller")[0] == 204
     assert p.api("GET", "/v1/apps/roller")[0] == 404
+
+
+def test_app_detail_lists_every_instance(platform):
+    """GET /v1/apps/NAME once stopped at 256 instances; it lists every slot, up to the API's
+    cap of 1000 per process."""
+    web = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
+                       "python-web")
+    r = platform.cli("push", "many", "-p", web, "-c", "sleep 600", "--no-route", "--no-start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_error(platform.api("PATCH", "/v1/apps/many", {"instances": 1001}), 422,
+                 "invalid_value", "instances")
+    # a process that only sleeps: health-checked as a process, nothing to listen on
+    status, body = platform.api("PATCH", "/v1/apps/many",
+                                {"instances": 300, "health_check_type": "process"})
+    assert status == 200, body
+    status, body = platform.api("POST", "/v1/apps/many/start")
+    assert status == 200, body
+    status, app = platform.api("GET", "/v1/apps/many")
+    assert status == 200, app
+    assert app["instances"] == 300
+    assert sorted(i["index"] for i in app["instances_detail"]) == list(range(300))
+    status, body = platform.api("PATCH", "/v1/apps/many", {"instances": 0})
+    assert status == 200, body
