@@ -974,6 +974,19 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
 
 /* ---- platform events ------------------------------------------------------------------------ */
 
+/* A process that events or invokes are aimed at listens on $PORT: the scheduler checks that
+ * port before calling it ready, so the first delivery to a fresh instance is not refused. */
+static bool invoker_process_listens(void *ctx, const char *app_guid, const char *app_name,
+                                    const char *process_type)
+{
+    struct invoker *inv = ctx;
+    for (struct inv_target *t = inv->targets; t; t = t->next)
+        if (!strcmp(t->process, process_type) &&
+            ((t->app_guid[0] && !strcmp(t->app_guid, app_guid)) || !strcmp(t->app, app_name)))
+            return true;
+    return false;
+}
+
 static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
 {
     struct invoker *inv = ctx;
@@ -1236,8 +1249,10 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
     inv->open_handles = 1;
     uv_timer_start(&inv->tick, invoker_tick, 1000, 1000);
     uv_unref((uv_handle_t *)&inv->tick);
-    if (inv->scheduler)
+    if (inv->scheduler) {
         inv->sched_sub = scheduler_subscribe(inv->scheduler, invoker_on_scheduler, inv);
+        scheduler_set_listens(inv->scheduler, invoker_process_listens, inv);
+    }
     store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
     struct store_app **apps = NULL;
     size_t napps = 0;
@@ -1301,6 +1316,8 @@ void invoker_stop(void (*done)(void *arg), void *arg)
     inv->stopping = true;
     if (inv->scheduler && inv->sched_sub > 0)
         scheduler_unsubscribe(inv->scheduler, inv->sched_sub);
+    if (inv->scheduler)
+        scheduler_set_listens(inv->scheduler, NULL, NULL);
     for (struct inv_target *t = inv->targets; t; t = t->next) {
         invoker_invokes_abort(t, "skiffd is stopping");
         /* Calls in flight end now; their events stay past the cursor. */

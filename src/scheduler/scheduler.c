@@ -90,6 +90,8 @@ struct scheduler {
     struct sched_inst *insts; /* every live instance, attached or not */
     struct sched_sub *subs;
     int next_sub;
+    scheduler_listens_cb listens;
+    void *listens_ctx;
     uv_timer_t timer;
     bool shutting_down;
     void (*shutdown_done)(void *);
@@ -112,6 +114,12 @@ int scheduler_subscribe(struct scheduler *s, scheduler_event_cb cb, void *ctx)
         pp = &(*pp)->next;
     *pp = sub;
     return sub->id;
+}
+
+void scheduler_set_listens(struct scheduler *s, scheduler_listens_cb cb, void *ctx)
+{
+    s->listens = cb;
+    s->listens_ctx = ctx;
 }
 
 void scheduler_unsubscribe(struct scheduler *s, int id)
@@ -539,6 +547,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                  .start_timeout_s = app->timeout};
     if (!strcmp(a->kind, "function"))
         spec.health = sched__health(app->health_check_type);
+    else if (!web && s->listens && s->listens(s->listens_ctx, app->guid, app->name, proc->type))
+        spec.health = HEALTH_PORT;
     int rc = executor_start(s->ex, &spec, &si->inst);
     scheduler_env_free(env);
     for (size_t i = 0; i < nr; i++)

@@ -65,6 +65,16 @@ typedef void (*scheduler_event_cb)(void *ctx, const struct scheduler_event *ev);
 int scheduler_subscribe(struct scheduler *s, scheduler_event_cb cb, void *ctx);
 void scheduler_unsubscribe(struct scheduler *s, int id);
 
+/* Whether a process type other than web listens on $PORT and takes requests (a function run
+ * as a process type of an app, that events are delivered to). */
+typedef bool (*scheduler_listens_cb)(void *ctx, const char *app_guid, const char *app_name,
+                                     const char *process_type);
+/* Sets (or with NULL clears) who answers scheduler_listens_cb when an instance starts. An
+ * instance of a process that listens is ready only once its port accepts a connection, like
+ * web, so nothing is sent to it before it can answer; other non-web processes (workers) are
+ * ready once running. */
+void scheduler_set_listens(struct scheduler *s, scheduler_listens_cb cb, void *ctx);
+
 /* ---- life ---------------------------------------------------------------------------------- */
 
 /* Creates the scheduler and the executor it drives (configured by excfg). */
