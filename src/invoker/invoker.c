@@ -179,12 +179,13 @@ static int invoker_append_event(struct invoker *inv, const char *topic, const st
 }
 
 /* Publishes a platform or schedule event made here (id, time and specversion filled). */
+/* Publishes an event whose `time` is time_ms (0: now). */
 static void invoker_publish(struct invoker *inv, const char *topic, const char *type,
-                            const char *source, const char *subject, json_t *data)
+                            const char *source, const char *subject, json_t *data, int64_t time_ms)
 {
     char id[37], when[40];
     uuid_generate_v4(id);
-    time_format_rfc3339(time_now_ms(), when, sizeof(when));
+    time_format_rfc3339(time_ms ? time_ms : time_now_ms(), when, sizeof(when));
     char *text = json_dumps(data, JSON_COMPACT);
     struct cloudevent ev = {
         .id = id,
@@ -734,14 +735,29 @@ static void mapping_on_append(void *arg, const char *topic, uint64_t end_offset)
 
 /* ---- schedules ------------------------------------------------------------------------------- */
 
+/* Arms the timer for the schedule's next fire after its last one (or its creation). A fire
+ * that came due while skiffd was down (or its loop was held up) is made up for at once, and
+ * only once, for the latest time missed, as a Kubernetes CronJob does: the fires between
+ * are not replayed. */
 static void mapping_arm_cron(struct inv_mapping *m)
 {
     int64_t now = time_now_ms();
-    int64_t next = cron_next(&m->cron, now);
+    int64_t base = m->last_fire_ms ? m->last_fire_ms : m->spec.created_at;
+    if (base <= 0 || base > now) /* the clock went back: count from now */
+        base = now;
+    int64_t next = cron_next(&m->cron, base);
     if (next < 0)
         return;
+    if (next <= now) {
+        m->cron_due_ms = cron_last_due(&m->cron, base, now);
+        uv_timer_start(&m->cron_timer, mapping_cron_fire, 0, 0);
+        return;
+    }
+    m->cron_due_ms = next;
     uv_timer_start(&m->cron_timer, mapping_cron_fire, (uint64_t)(next - now), 0);
 }
+
+static void mapping_persist(struct inv_mapping *m);
 
 static void mapping_cron_fire(uv_timer_t *h)
 {
@@ -753,9 +769,13 @@ static void mapping_cron_fire(uv_timer_t *h)
     time_format_rfc3339(time_now_ms(), when, sizeof(when));
     json_t *data = json_pack("{s:s, s:s, s:s}", "schedule", m->spec.schedule, "app", m->spec.app,
                              "fired_at", when);
-    invoker_publish(m->inv, m->spec.topic, "skiff.schedule.fired", source, m->spec.app, data);
+    /* `time` is when the fire was due: the missed time for one made up after a restart */
+    invoker_publish(m->inv, m->spec.topic, "skiff.schedule.fired", source, m->spec.app, data,
+                    m->cron_due_ms);
     json_decref(data);
     m->inv->schedule_fires++;
+    m->last_fire_ms = m->cron_due_ms;
+    mapping_persist(m); /* so a restart knows which fires it missed */
     mapping_arm_cron(m);
 }
 
@@ -779,6 +799,8 @@ static void mapping_persist(struct inv_mapping *m)
                                   (json_int_t)m->failed, "filtered", (json_int_t)m->filtered));
     if (m->failures)
         json_object_set(doc, "failures", m->failures);
+    if (m->last_fire_ms)
+        json_object_set_new(doc, "last_fire_ms", json_integer((json_int_t)m->last_fire_ms));
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     int rc = store_doc_put(m->inv->store, MAPPING_DOC_KIND, m->spec.id, text);
@@ -922,8 +944,7 @@ json_t *invoker_mapping_json(struct inv_mapping *m)
     json_object_set_new(o, "failures", m->failures ? json_copy(m->failures) : json_array());
     if (m->spec.trigger == MAPPING_SCHEDULE && uv_is_active((uv_handle_t *)&m->cron_timer)) {
         char when[40];
-        time_format_rfc3339(time_now_ms() + (int64_t)uv_timer_get_due_in(&m->cron_timer), when,
-                            sizeof(when));
+        time_format_rfc3339(m->cron_due_ms, when, sizeof(when));
         json_object_set_new(o, "next_fire", json_string(when));
     }
     return o;
@@ -941,8 +962,10 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     }
     json_t *stats = json_incref(json_object_get(doc, "stats"));
     json_t *failures = json_incref(json_object_get(doc, "failures"));
+    int64_t last_fire_ms = (int64_t)json_integer_value(json_object_get(doc, "last_fire_ms"));
     json_object_del(doc, "stats");
     json_object_del(doc, "failures");
+    json_object_del(doc, "last_fire_ms");
     struct mapping_spec spec;
     const char *code;
     char err[256];
@@ -964,6 +987,10 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
         if (m && json_is_array(failures)) {
             json_decref(m->failures);
             m->failures = json_incref(failures);
+        }
+        if (m && last_fire_ms > 0 && m->spec.trigger == MAPPING_SCHEDULE) {
+            m->last_fire_ms = last_fire_ms;
+            mapping_arm_cron(m); /* again, now from its last fire: it may have missed one */
         }
     }
     json_decref(stats);
@@ -1063,7 +1090,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     }
     if (ev->type == SCHEDULER_APP_SCALED)
         json_object_set_new(data, "instances", json_integer(ev->instances));
-    invoker_publish(inv, topic, topic, source, ev->app_name, data);
+    invoker_publish(inv, topic, topic, source, ev->app_name, data, 0);
     json_decref(data);
     inv->platform_events++;
 }

@@ -104,6 +104,8 @@ struct inv_mapping {
     uv_timer_t retry_timer;
     uv_timer_t cron_timer;
     struct cron_schedule cron;
+    int64_t cron_due_ms;  /* the fire cron_timer is armed for */
+    int64_t last_fire_ms; /* the due time of the last fire, persisted; 0: it never fired */
     struct fabric_sub *sub;
     bool deleted;
     int refs; /* callbacks still to come (cursor commits, appends, deliveries) + 1 while live */

@@ -306,3 +306,27 @@ int64_t cron_next(const struct cron_schedule *s, int64_t after_ms)
     }
     return -1;
 }
+
+int64_t cron_last_due(const struct cron_schedule *s, int64_t after_ms, int64_t now_ms)
+{
+    if (now_ms <= after_ms)
+        return -1;
+    if (s->every_ms > 0) {
+        int64_t k = (now_ms - after_ms) / s->every_ms;
+        return k > 0 ? after_ms + k * s->every_ms : -1;
+    }
+    /* Widen a window back from now until it holds a fire, then walk forward through it: the
+     * walk covers the last doubling of the window, not every fire since after_ms. */
+    int64_t from = after_ms;
+    for (int64_t w = 60000; now_ms - w > after_ms; w *= 2) {
+        int64_t d = cron_next(s, now_ms - w);
+        if (d >= 0 && d <= now_ms) {
+            from = now_ms - w;
+            break;
+        }
+    }
+    int64_t last = -1;
+    for (int64_t d = cron_next(s, from); d >= 0 && d <= now_ms; d = cron_next(s, d))
+        last = d;
+    return last;
+}

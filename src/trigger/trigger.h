@@ -42,6 +42,11 @@ int cron_parse(const char *spec, struct cron_schedule *out, char *err, size_t er
  * UTC minute; for @every, after_ms + the interval. Never fails for a parsed schedule. */
 int64_t cron_next(const struct cron_schedule *s, int64_t after_ms);
 
+/* The latest instant in (after_ms, now_ms] at which the schedule fires, or -1 when it does not
+ * fire in between: the one fire to make up for when fires were missed. For @every the
+ * instants are after_ms + k * interval. Cost grows with the log of the gap, not its length. */
+int64_t cron_last_due(const struct cron_schedule *s, int64_t after_ms, int64_t now_ms);
+
 /* A duration such as `30s`, `5m`, `1h30m`, `250ms`, `2d` (units ms, s, m, h, d, which may be
  * combined) in milliseconds; -1 when malformed or longer than 1000 days. */
 int64_t trigger_parse_duration_ms(const char *text);

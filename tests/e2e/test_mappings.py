@@ -314,6 +314,46 @@ def test_schedule(platform):
     assert mappings(platform, "nightly") == []
 
 
+def event_time(ev):
+    """An event's `time` (RFC 3339, UTC, milliseconds) in seconds since the epoch."""
+    from datetime import datetime, timezone
+    t = datetime.strptime(ev["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_schedule_makes_up_one_missed_fire_after_a_restart(platform):
+    """Fires due while skiffd was down are made up for once, for the latest missed time (as
+    a Kubernetes CronJob does), not once per missed fire."""
+    push_function(platform, "tick", os.path.join(FUNCTIONS, "count.sh"), "main")
+    cli_ok(platform, "map-event", "tick", "--schedule", "@every 1s")
+    topic = mapping(platform, "tick")["topic"]
+    platform.wait_for(lambda: len(topic_events(platform, topic)) >= 2, 30, "two fires")
+    platform.stop()
+    stopped_at = time.time()
+    # let at least three fires come due while skiffd is down
+    platform.wait_for(lambda: time.time() >= stopped_at + 3.5, 10, "fires to be missed")
+    started_at = time.time()
+    platform.start()
+    # the made-up fire, then at least one on the schedule again
+
+    def after_restart():
+        events = topic_events(platform, topic)
+        late = [e for e in events if event_time(e) >= started_at]
+        return events if late else None
+    events = platform.wait_for(after_restart, 30, "a fire after the restart")
+    times = [event_time(e) for e in events]
+    assert times == sorted(times), times
+    last_before_stop = max(t for t in times if t < stopped_at)
+    missed = [t for t in times if last_before_stop < t < started_at]
+    # exactly one made-up fire, timed at the latest due time before the restart
+    assert len(missed) == 1, (times, stopped_at, started_at)
+    assert missed[0] > started_at - 1.0 - 0.5, (missed, started_at)
+    assert missed[0] >= stopped_at + 2.5, (missed, stopped_at)
+    # and the schedule goes on from it, one interval apart
+    after = [t for t in times if t >= started_at]
+    assert round(after[0] - missed[0], 3) == 1.0, (missed, after)
+
+
 def test_platform_event(platform):
     push_function(platform, "notify", os.path.join(FUNCTIONS, "count.sh"), "main")
     push_function(platform, "resize", os.path.join(FUNCTIONS, "resize.py"))

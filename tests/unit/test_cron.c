@@ -113,6 +113,43 @@ static void test_every_interval(void **state)
     assert_int_equal(next_of("  @every   2d  ", t), t + 2 * 86400000LL);
 }
 
+static int64_t last_due_of(const char *spec, int64_t after, int64_t now)
+{
+    struct cron_schedule s;
+    char err[256] = "";
+    if (cron_parse(spec, &s, err, sizeof(err)) != 0)
+        fail_msg("cron_parse('%s') failed: %s", spec, err);
+    return cron_last_due(&s, after, now);
+}
+
+/* The one fire to make up for after a gap: the latest due time in (after, now]. */
+static void test_last_due_time(void **state)
+{
+    (void)state;
+    int64_t t = utc(2026, 11, 27, 10, 0);
+    /* nothing due yet, or nothing between */
+    assert_int_equal(last_due_of("* * * * *", t, t + 59999), -1);
+    assert_int_equal(last_due_of("* * * * *", t, t), -1);
+    assert_int_equal(last_due_of("* * * * *", t + 1000, t), -1);
+    /* due exactly at now counts; strictly after `after` */
+    assert_int_equal(last_due_of("* * * * *", t, t + 60000), t + 60000);
+    assert_int_equal(last_due_of("* * * * *", t, t + 10 * 60000 + 5), t + 10 * 60000);
+    /* a long gap: the latest of many, found without walking all of them */
+    assert_int_equal(last_due_of("* * * * *", utc(2020, 1, 1, 0, 0), t + 30000), t);
+    assert_int_equal(last_due_of("0 3 * * *", utc(2026, 1, 1, 0, 0), t), utc(2026, 11, 27, 3, 0));
+    assert_int_equal(last_due_of("0 3 * * *", utc(2026, 11, 27, 3, 0), t), -1);
+    /* fires clustered in one hour, far from now */
+    assert_int_equal(last_due_of("* 3 * * *", utc(2026, 11, 1, 0, 0), t), utc(2026, 11, 27, 3, 59));
+    /* a rare date: Feb 29 */
+    assert_int_equal(last_due_of("0 0 29 2 *", utc(2020, 3, 1, 0, 0), t), utc(2024, 2, 29, 0, 0));
+    assert_int_equal(last_due_of("0 0 29 2 *", utc(2024, 3, 1, 0, 0), t), -1);
+    /* @every counts whole intervals from after */
+    assert_int_equal(last_due_of("@every 1s", t, t + 999), -1);
+    assert_int_equal(last_due_of("@every 1s", t, t + 1000), t + 1000);
+    assert_int_equal(last_due_of("@every 1s", t, t + 5500), t + 5000);
+    assert_int_equal(last_due_of("@every 1h", t, t + 86400000LL), t + 86400000LL);
+}
+
 static void test_errors_name_the_problem(void **state)
 {
     (void)state;
@@ -162,6 +199,7 @@ int main(void)
         cmocka_unit_test(test_day_fields_either_matches),
         cmocka_unit_test(test_shorthands),
         cmocka_unit_test(test_every_interval),
+        cmocka_unit_test(test_last_due_time),
         cmocka_unit_test(test_errors_name_the_problem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
