@@ -26,7 +26,19 @@ struct bus_conn {
     int router_index;
     size_t write_pending;
     bool closing;
+    uint64_t *awaited; /* drain ids this router has not answered yet */
+    size_t n_awaited;
     struct bus_conn *next;
+};
+
+/* A drain request (docs/bus.md): sent to every router after a table without the instance;
+ * the scheduler's hold on it ends when each router has answered or gone. */
+struct bus_drain {
+    uint64_t id; /* the scheduler's drain id, also the id on the wire */
+    char addr[64];
+    bool sent;
+    int waiting; /* routers that have it and have not answered */
+    struct bus_drain *next;
 };
 
 struct bus {
@@ -38,6 +50,7 @@ struct bus {
     struct scheduler *sched;
     struct logs *logs;
     struct bus_conn *conns;
+    struct bus_drain *drains;
     int64_t version;
     int sub_id;
     int handles;
@@ -74,8 +87,77 @@ static void bus__conn_closed(uv_handle_t *h)
     struct bus_conn *c = h->data;
     struct bus *bus = c->bus;
     buf_free(&c->in);
+    free(c->awaited);
     free(c);
     bus__handle_gone(bus);
+}
+
+/* ---- drains ------------------------------------------------------------------------------- */
+
+static void bus__drain_free(struct bus *bus, struct bus_drain *d)
+{
+    for (struct bus_drain **pp = &bus->drains; *pp; pp = &(*pp)->next)
+        if (*pp == d) {
+            *pp = d->next;
+            break;
+        }
+    free(d);
+}
+
+/* One router is done with drain id (it answered, or it is gone). */
+static void bus__drain_answered(struct bus_conn *c, uint64_t id)
+{
+    struct bus *bus = c->bus;
+    size_t i = 0;
+    while (i < c->n_awaited && c->awaited[i] != id)
+        i++;
+    if (i == c->n_awaited)
+        return; /* not asked, or already answered: nothing to do */
+    c->awaited[i] = c->awaited[--c->n_awaited];
+    for (struct bus_drain *d = bus->drains; d; d = d->next)
+        if (d->id == id && d->sent && --d->waiting == 0) {
+            bus__drain_free(bus, d);
+            if (!bus->closing)
+                scheduler_drain_release(bus->sched, id);
+            return;
+        }
+}
+
+static void bus__send(struct bus_conn *c, const char *data, size_t len);
+
+static void bus__drain_send(struct bus_conn *c, struct bus_drain *d)
+{
+    if (c->closing)
+        return;
+    char line[160];
+    int n = snprintf(line, sizeof line, "{\"type\":\"drain\",\"addr\":\"%s\",\"id\":%llu}\n",
+                     d->addr, (unsigned long long)d->id);
+    bus__send(c, line, (size_t)n);
+    if (c->closing)
+        return; /* it could not take the line: gone, so nothing to wait for */
+    c->awaited = xrealloc(c->awaited, (c->n_awaited + 1) * sizeof *c->awaited);
+    c->awaited[c->n_awaited++] = d->id;
+    d->waiting++;
+}
+
+/* Right after a table went to every router: the drains waiting for it go out. */
+static void bus__drains_send(struct bus *bus)
+{
+    struct bus_drain *d = bus->drains;
+    while (d) {
+        struct bus_drain *next = d->next;
+        if (!d->sent) {
+            d->sent = true;
+            for (struct bus_conn *c = bus->conns; c; c = c->next)
+                bus__drain_send(c, d);
+            if (d->waiting == 0) { /* every router went away meanwhile */
+                uint64_t id = d->id;
+                bus__drain_free(bus, d);
+                scheduler_drain_release(bus->sched, id);
+            }
+        }
+        d = next;
+    }
 }
 
 static void bus__conn_close(struct bus_conn *c)
@@ -83,6 +165,8 @@ static void bus__conn_close(struct bus_conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    while (c->n_awaited) /* a router that is gone has nothing in flight */
+        bus__drain_answered(c, c->awaited[c->n_awaited - 1]);
     for (struct bus_conn **pp = &c->bus->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -204,6 +288,7 @@ static void bus__push(struct bus *bus, struct bus_conn *only)
 static void bus__coalesced(uv_timer_t *t)
 {
     bus__push(t->data, NULL);
+    bus__drains_send(t->data);
 }
 
 void bus_routes_changed(struct bus *bus)
@@ -219,9 +304,26 @@ void bus_routes_changed_cb(void *bus)
     bus_routes_changed(bus);
 }
 
+/* A routed instance is to stop: the routers get a table without it (GONE came first, so it is
+ * on its way), then the drain request; the scheduler waits for their answers. */
+static void bus__drain_begin(struct bus *bus, const struct scheduler_event *ev)
+{
+    if (!bus->conns || !ev->addr || !ev->process_type || strcmp(ev->process_type, "web"))
+        return; /* no router, or not routed: nothing can be in flight through us */
+    struct bus_drain *d = xcalloc(1, sizeof *d);
+    d->id = ev->drain_id;
+    snprintf(d->addr, sizeof d->addr, "%s", ev->addr);
+    d->next = bus->drains;
+    bus->drains = d;
+    scheduler_drain_hold(bus->sched, d->id);
+    bus_routes_changed(bus);
+}
+
 static void bus__on_sched(void *ctx, const struct scheduler_event *ev)
 {
     struct bus *bus = ctx;
+    if (ev->type == SCHEDULER_INSTANCE_DRAINING && !bus->closing)
+        bus__drain_begin(bus, ev);
     if (ev->type == SCHEDULER_INSTANCE_READY || ev->type == SCHEDULER_INSTANCE_GONE ||
         ev->type == SCHEDULER_APP_STARTED || ev->type == SCHEDULER_APP_STOPPED)
         bus_routes_changed(bus);
@@ -254,6 +356,10 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
             logs_append(bus->logs, app, tag, LOGS_OUT, text, strlen(text));
             invoker_note_traffic(app); /* a function serving requests is not idle */
         }
+    } else if (!strcmp(type, "drained")) {
+        json_t *id = json_object_get(msg, "id");
+        if (json_is_integer(id) && json_integer_value(id) > 0)
+            bus__drain_answered(c, (uint64_t)json_integer_value(id));
     } else if (!strcmp(type, "wake")) {
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
         if (app) {
@@ -326,6 +432,10 @@ static void bus__on_connection(uv_stream_t *server, int status)
     bus->conns = c;
     uv_read_start((uv_stream_t *)&c->pipe, bus__alloc, bus__on_read);
     bus__push(bus, c);
+    /* it may have requests in flight to an instance draining now (it reconnected) */
+    for (struct bus_drain *d = bus->drains; d; d = d->next)
+        if (d->sent)
+            bus__drain_send(c, d);
 }
 
 /* ---- life --------------------------------------------------------------------------------- */
@@ -374,6 +484,8 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
     bus->sub_id = 0;
     while (bus->conns)
         bus__conn_close(bus->conns);
+    while (bus->drains) /* the scheduler stops everything itself now */
+        bus__drain_free(bus, bus->drains);
     uv_close((uv_handle_t *)&bus->coalesce, bus__handle_closed);
     uv_close((uv_handle_t *)&bus->server, bus__handle_closed);
     unlink(bus->path);

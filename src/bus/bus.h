@@ -4,6 +4,12 @@
  * after every change (changes within BUS_COALESCE_MS make one message). The table is the
  * store's routes joined with the scheduler's RUNNING instances. From routers it takes access
  * lines (into the app's log as [RTR/n]) and wake requests (scale an app from zero).
+ *
+ * Drains: when the scheduler drains a web instance (SCHEDULER_INSTANCE_DRAINING), the bus
+ * holds it (scheduler_drain_hold), sends every connected router the table without it and
+ * right after it a drain request for its address, and releases the hold once each of those
+ * routers has answered "drained" or disconnected (a router connecting meanwhile is asked
+ * too). With no router connected it does not hold at all.
  * Bad input from a router closes that connection and nothing else. */
 #ifndef SKIFF_BUS_H
 #define SKIFF_BUS_H

@@ -259,6 +259,14 @@ static void target_instance_remove(struct inv_target *t, struct inv_instance *in
     t->inv->draining = inst;
 }
 
+/* A gone instance is about to be freed: the scheduler may stop it now. */
+static void instance_drain_release(struct invoker *inv, struct inv_instance *inst)
+{
+    if (inst->drain_id && inv->scheduler)
+        scheduler_drain_release(inv->scheduler, inst->drain_id);
+    inst->drain_id = 0;
+}
+
 void invoker_instance_call_done(struct invoker *inv, struct inv_instance *inst)
 {
     inst->in_flight--;
@@ -270,6 +278,7 @@ void invoker_instance_call_done(struct invoker *inv, struct inv_instance *inst)
             break;
         }
     }
+    instance_drain_release(inv, inst);
     invoker_http_pool_release(inst->pool, false);
     free(inst);
 }
@@ -1047,6 +1056,15 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
                 t->requested = t->instance_count;
         }
         return;
+    case SCHEDULER_INSTANCE_DRAINING:
+        /* GONE came first: an instance with deliveries in flight is on the draining list, and
+         * the scheduler stops it only once they have ended (their result counts as usual) */
+        for (struct inv_instance *i = inv->draining; i && ev->instance_guid; i = i->next)
+            if (!i->drain_id && !strcmp(i->guid, ev->instance_guid)) {
+                i->drain_id = ev->drain_id;
+                scheduler_drain_hold(inv->scheduler, ev->drain_id);
+            }
+        return;
     case SCHEDULER_APP_STARTED:
         name = "started";
         invoker_track_function(inv, ev->app_guid);
@@ -1357,6 +1375,7 @@ void invoker_stop(void (*done)(void *arg), void *arg)
         invoker_http_pool_abort(inst->pool); /* the last callback frees it */
         if (inv->draining == inst) {         /* no call was left after all */
             inv->draining = inst->next;
+            instance_drain_release(inv, inst);
             invoker_http_pool_release(inst->pool, false);
             free(inst);
         }

@@ -31,6 +31,7 @@ struct inv_instance {
     struct invoker_http_pool *pool;
     int in_flight;
     bool gone; /* left its target with calls in flight: on invoker.draining until they end */
+    uint64_t drain_id; /* gone and held by the scheduler's drain until its calls end; 0: not */
     struct inv_instance *next;
 };
 

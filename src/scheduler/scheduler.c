@@ -3,7 +3,11 @@
  *
  * Every instance index of a process is a slot. A slot holds the instance running for it (or
  * none, while a crash restart waits). An instance that is being stopped on purpose is
- * detached from its slot first, so its end is never taken for a crash. */
+ * detached from its slot first, so its end is never taken for a crash.
+ *
+ * An instance's phase: LIVE (in its slot), then, once stopped on purpose, DRAINING (out of the
+ * route table, work in flight to it finishing: scheduler.h) and STOPPING (executor_stop sent
+ * SIGTERM), until the executor reports it down and it is freed. */
 #include "scheduler/scheduler.h"
 
 #include <ctype.h>
@@ -25,6 +29,12 @@
 struct sched_app;
 struct sched_proc;
 
+enum sched_inst_phase {
+    SCHED_INST_LIVE,     /* attached to its slot, or starting */
+    SCHED_INST_DRAINING, /* detached, out of the route table, held while work in flight ends */
+    SCHED_INST_STOPPING, /* executor_stop sent: SIGTERM, SIGKILL after the grace period */
+};
+
 struct sched_inst {
     struct scheduler *s;
     struct instance *inst;
@@ -35,6 +45,11 @@ struct sched_inst {
     int index;
     int port;
     bool ready;
+    enum sched_inst_phase phase;
+    uint64_t drain_id;        /* DRAINING: its id for scheduler_drain_hold/_release */
+    int drain_holds;          /* DRAINING: holds not yet released */
+    int64_t drain_until_mono; /* DRAINING: stopped then even with holds left */
+    int64_t stopping_since_ms; /* when it was stopped on purpose */
     struct sched_slot *slot;   /* NULL when stopping on purpose */
     struct sched_slot *shadow; /* a rolling replacement waiting to take over this slot */
     struct sched_inst *next;
@@ -92,7 +107,9 @@ struct scheduler {
     int next_sub;
     scheduler_listens_cb listens;
     void *listens_ctx;
-    uv_timer_t timer;
+    int drain_timeout_ms;
+    uint64_t next_drain_id;
+    uv_timer_t timer; /* crash restarts and drain deadlines */
     bool shutting_down;
     void (*shutdown_done)(void *);
     void *shutdown_arg;
@@ -205,9 +222,42 @@ static void sched__inst_unlink(struct scheduler *s, struct sched_inst *si)
         }
 }
 
-/* Detaches and stops an instance on purpose. */
 static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready);
+static void sched__arm_timer(struct scheduler *s);
 
+/* SIGTERM now (the executor sends SIGKILL after its grace period). */
+static void sched__halt(struct sched_inst *si)
+{
+    si->phase = SCHED_INST_STOPPING;
+    executor_stop(si->inst); /* reports nothing from inside: si stays valid */
+}
+
+static struct sched_inst *sched__draining(struct scheduler *s, uint64_t drain_id)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (si->phase == SCHED_INST_DRAINING && si->drain_id == drain_id)
+            return si;
+    return NULL;
+}
+
+void scheduler_drain_hold(struct scheduler *s, uint64_t drain_id)
+{
+    struct sched_inst *si = sched__draining(s, drain_id);
+    if (si)
+        si->drain_holds++;
+}
+
+void scheduler_drain_release(struct scheduler *s, uint64_t drain_id)
+{
+    struct sched_inst *si = sched__draining(s, drain_id);
+    if (!si || --si->drain_holds > 0)
+        return;
+    sched__halt(si);
+    sched__arm_timer(s);
+}
+
+/* Detaches and stops an instance on purpose: one that was taking work drains first
+ * (scheduler.h), others stop at once. */
 static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
 {
     if (!si)
@@ -220,12 +270,60 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
         si->slot = NULL;
     }
     si->shadow = NULL;
+    if (si->phase != SCHED_INST_LIVE)
+        return;
+    si->stopping_since_ms = time_now_ms();
     /* A stopping instance takes no new work (scheduler.h: GONE when it leaves RUNNING). */
+    bool was_ready = si->ready;
     if (si->ready) {
         si->ready = false;
         sched__ready_event(s, si, false);
     }
-    executor_stop(si->inst);
+    if (!was_ready || s->shutting_down) {
+        sched__halt(si);
+        return;
+    }
+    si->phase = SCHED_INST_DRAINING;
+    si->drain_id = ++s->next_drain_id;
+    si->drain_holds = 0;
+    si->drain_until_mono = time_mono_ms() + s->drain_timeout_ms;
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", si->port);
+    struct scheduler_event ev = {.type = SCHEDULER_INSTANCE_DRAINING,
+                                 .app_guid = si->app_guid,
+                                 .app_name = sched__app_name(s, si->app_guid),
+                                 .process_type = si->type,
+                                 .index = si->index,
+                                 .instance_guid = si->guid,
+                                 .addr = addr,
+                                 .exit_status = -1,
+                                 .drain_id = si->drain_id};
+    sched__emit(s, &ev);
+    if (si->phase != SCHED_INST_DRAINING)
+        return; /* every hold was released during the event */
+    if (si->drain_holds == 0) {
+        sched__halt(si);
+        return;
+    }
+    logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                 "Instance %d of %s is draining: it takes no new work and stops once the work "
+                 "in flight to it ends (%d s at most)",
+                 si->index, si->type, (s->drain_timeout_ms + 999) / 1000);
+    sched__arm_timer(s);
+}
+
+/* Stops the draining instances whose deadline passed, holds or not. */
+static void sched__drain_expire(struct scheduler *s, int64_t now)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next) {
+        if (si->phase != SCHED_INST_DRAINING || si->drain_until_mono > now)
+            continue;
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
+                     "Instance %d of %s still had work in flight after the drain timeout "
+                     "(%d ms); stopping it anyway",
+                     si->index, si->type, s->drain_timeout_ms);
+        sched__halt(si);
+    }
 }
 
 static void sched__slot_free(struct scheduler *s, struct sched_slot *slot)
@@ -259,10 +357,12 @@ static void sched__app_remove(struct scheduler *s, struct sched_app *a)
     sched__app_free(s, a);
 }
 
-/* Arms the timer for the earliest pending crash restart. */
+/* Arms the timer for the earliest pending crash restart or drain deadline. */
 static void sched__arm_timer(struct scheduler *s)
 {
     int64_t next = 0;
+    if (s->shutting_down)
+        return;
     for (struct sched_app *a = s->apps; a; a = a->next)
         for (size_t i = 0; i < a->nprocs; i++)
             for (size_t j = 0; j < a->procs[i]->nslots; j++) {
@@ -270,6 +370,9 @@ static void sched__arm_timer(struct scheduler *s)
                 if (at && (!next || at < next))
                     next = at;
             }
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (si->phase == SCHED_INST_DRAINING && (!next || si->drain_until_mono < next))
+            next = si->drain_until_mono;
     if (!next) {
         uv_timer_stop(&s->timer);
         return;
@@ -714,6 +817,7 @@ static void sched__tick(uv_timer_t *t)
             sched__converge(s, a);
         a = next;
     }
+    sched__drain_expire(s, now);
     sched__arm_timer(s);
 }
 
@@ -738,6 +842,8 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
     s->cfg.api_url = s->api_url;
     s->store = store;
     s->logs = logs;
+    s->drain_timeout_ms =
+        cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : SCHEDULER_DRAIN_TIMEOUT_MS;
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     char *run = xasprintf("%s/run", s->home);
@@ -1185,20 +1291,41 @@ int scheduler_ready_instances(struct scheduler *s, const char *app, const char *
     return count;
 }
 
+/* An instance stopped on purpose: out of its slot, draining or in its grace period. */
+static void sched__fill_stopping(struct scheduler_instance_info *info, const struct sched_inst *si)
+{
+    memset(info, 0, sizeof *info);
+    info->index = si->index;
+    info->exit_status = -1;
+    snprintf(info->process_type, sizeof info->process_type, "%s", si->type);
+    snprintf(info->guid, sizeof info->guid, "%s", si->guid);
+    snprintf(info->addr, sizeof info->addr, "127.0.0.1:%d", si->port);
+    info->port = si->port;
+    snprintf(info->state, sizeof info->state, "STOPPING");
+    info->since_ms = si->stopping_since_ms;
+    instance_usage(si->inst, &info->cpu, &info->memory_bytes);
+}
+
 int scheduler_app_instances(struct scheduler *s, const char *app,
                             struct scheduler_instance_info *out, size_t max)
 {
     struct sched_app *a = sched__find(s, app);
-    if (!a)
-        return 0;
+    const char *guid = a ? a->guid : app; /* a stopped app has no record, only instances */
     int count = 0;
-    for (size_t i = 0; i < a->nprocs; i++) {
+    for (size_t i = 0; a && i < a->nprocs; i++) {
         struct sched_proc *p = a->procs[i];
         for (size_t j = 0; j < p->nslots; j++) {
             if ((size_t)count < max)
                 sched__fill(&out[count], p, p->slots[j], p->slots[j]->cur);
             count++;
         }
+    }
+    for (struct sched_inst *si = s->insts; si; si = si->next) {
+        if (si->phase == SCHED_INST_LIVE || strcmp(si->app_guid, guid))
+            continue;
+        if ((size_t)count < max)
+            sched__fill_stopping(&out[count], si);
+        count++;
     }
     return count;
 }

@@ -6,6 +6,15 @@
  * (scheduler_instance_env), tells the bus which instances are ready (only RUNNING ones take
  * traffic) and tells subscribers what happens (platform events).
  *
+ * Stopping on purpose (scale down, stop, delete, restart, new droplet, scale to zero) drains
+ * an instance that was taking work: it is detached from its slot at once (its replacement
+ * starts without waiting), leaves the route table (SCHEDULER_INSTANCE_GONE), and then
+ * SCHEDULER_INSTANCE_DRAINING lets whoever still has work in flight to it (the routers
+ * through the bus, the invoker) hold it with scheduler_drain_hold. It gets SIGTERM
+ * (executor_stop) once every hold is released or the drain timeout passes, whichever comes
+ * first. Meanwhile it shows as STOPPING. An instance that was not ready is stopped at once, and
+ * so is every instance when skiffd shuts down.
+ *
  * Apps are named by name or guid wherever a `const char *app` is taken. Every call runs on
  * the scheduler's libuv loop and is not thread-safe; callbacks run on that loop. Errors are
  * negative errno values: -ENOENT unknown app or process type, -EPERM app is STOPPED,
@@ -26,6 +35,7 @@ struct executor;
 struct scheduler_config {
     const char *home;    /* $SKIFF_HOME: droplets and instance scratch live below */
     const char *api_url; /* SKIFF_EVENTS_URL = api_url + "/v1" */
+    int drain_timeout_ms; /* the longest a drain holds an instance; <= 0: the default */
     /* Makes the SKIFF_EVENTS_TOKEN of an app's instances (api_instance_token). */
     void (*make_instance_token)(void *ctx, const char *app_guid, char *out, size_t size);
     void *token_ctx;
@@ -36,6 +46,7 @@ struct scheduler_config {
 enum scheduler_event_type {
     SCHEDULER_INSTANCE_READY, /* an instance became RUNNING: it may take traffic */
     SCHEDULER_INSTANCE_GONE,  /* an instance left RUNNING (stopping, down or crashed) */
+    SCHEDULER_INSTANCE_DRAINING, /* an instance that was ready is to stop: drain_id may be held */
     SCHEDULER_APP_STARTED,    /* the app was started (desired state STARTED) */
     SCHEDULER_APP_STOPPED,    /* the app was stopped (desired state STOPPED) */
     SCHEDULER_APP_CRASHED,    /* an instance crashed (exited without being asked) */
@@ -56,6 +67,7 @@ struct scheduler_event {
     int exit_signal;           /* CRASHED: signal number, 0 when it exited */
     const char *reason;        /* CRASHED: "exited", "health check failed", ... */
     int crash_count;           /* CRASHED: crashes in a row of this instance index */
+    uint64_t drain_id;         /* DRAINING: for scheduler_drain_hold/_release */
 };
 
 typedef void (*scheduler_event_cb)(void *ctx, const struct scheduler_event *ev);
@@ -74,6 +86,17 @@ typedef bool (*scheduler_listens_cb)(void *ctx, const char *app_guid, const char
  * web, so nothing is sent to it before it can answer; other non-web processes (workers) are
  * ready once running. */
 void scheduler_set_listens(struct scheduler *s, scheduler_listens_cb cb, void *ctx);
+
+/* ---- draining ---------------------------------------------------------------------------- */
+
+#define SCHEDULER_DRAIN_TIMEOUT_MS 10000
+
+/* Keeps the draining instance of drain_id running until the matching release (or the drain
+ * timeout). May be called during the DRAINING callback or later; a hold on a drain that is
+ * over (or an unknown id) is a no-op. Each hold needs exactly one release. */
+void scheduler_drain_hold(struct scheduler *s, uint64_t drain_id);
+/* Ends one hold; the instance is stopped when none is left. Safe on a drain that is over. */
+void scheduler_drain_release(struct scheduler *s, uint64_t drain_id);
 
 /* ---- life ---------------------------------------------------------------------------------- */
 
@@ -141,7 +164,8 @@ struct scheduler_instance_info {
  * process_type is NULL); returns how many there are in total (may exceed max) or an error. */
 int scheduler_ready_instances(struct scheduler *s, const char *app, const char *process_type,
                               struct scheduler_instance_info *out, size_t max);
-/* Every instance slot of the app (running or not, index order), for `skiff app`. */
+/* Every instance slot of the app (running or not, index order), then the instances it is
+ * stopping (draining or in their grace period, state STOPPING), for `skiff app`. */
 int scheduler_app_instances(struct scheduler *s, const char *app,
                             struct scheduler_instance_info *out, size_t max);
 /* How many instances of the app's web process are RUNNING (the "running" of docs/api.md,
