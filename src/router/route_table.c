@@ -132,6 +132,11 @@ static int parse_backend_addr(const char *text, struct sockaddr_storage *ss, soc
     return -EINVAL;
 }
 
+int route_table_parse_addr(const char *text, struct sockaddr_storage *out, socklen_t *len)
+{
+    return parse_backend_addr(text, out, len);
+}
+
 /* A host as stored: lowercase, without a trailing dot; NULL when not a plausible host name. */
 static char *normalize_host(const char *s)
 {

@@ -83,6 +83,10 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
 struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
                                          struct route_backend *const *skip, size_t skip_count);
 
+/* Parses a backend address ("1.2.3.4:80", "[::1]:80") exactly as backends are parsed, so the
+ * result compares equal (memcmp) to a backend's addr. -EINVAL when it is not one. */
+int route_table_parse_addr(const char *text, struct sockaddr_storage *out, socklen_t *len);
+
 /* Marks a backend that refused a connection: other instances take its requests for `ms`. */
 void route_backend_mark_down(struct route_backend *b, int ms);
 
