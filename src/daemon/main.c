@@ -46,7 +46,7 @@ struct daemon {
 static void usage(FILE *out)
 {
     fputs("usage: skiffd [--home DIR] [--api-addr HOST:PORT] [--router-addr HOST:PORT]\n"
-          "              [--router-admin-addr HOST:PORT]\n"
+          "              [--router-admin-addr HOST:PORT] [--drain-timeout-ms MS]\n"
           "\n"
           "Runs the Skiff platform on this machine: the API, the scheduler, and the router.\n"
           "  --home DIR                  data folder (SKIFF_HOME, default ~/.skiff)\n"
@@ -55,6 +55,9 @@ static void usage(FILE *out)
           "127.0.0.1:8080)\n"
           "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
           "127.0.0.1:8083)\n"
+          "  --drain-timeout-ms MS       the longest an instance stopped on purpose waits for the\n"
+          "                              requests and event deliveries in flight to it before\n"
+          "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
           "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
           "4096),\n"
           "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder),\n"
@@ -274,6 +277,7 @@ int main(int argc, char **argv)
     const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
+    const char *drain_timeout = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **target = NULL;
@@ -285,6 +289,8 @@ int main(int argc, char **argv)
             target = &router_addr;
         else if (!strcmp(a, "--router-admin-addr"))
             target = &admin_addr;
+        else if (!strcmp(a, "--drain-timeout-ms"))
+            target = &drain_timeout;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
@@ -298,6 +304,19 @@ int main(int argc, char **argv)
             return 2;
         }
         *target = argv[++i];
+    }
+    int drain_timeout_ms = (int)env_long("SKIFF_DRAIN_TIMEOUT_MS", SCHEDULER_DRAIN_TIMEOUT_MS);
+    if (drain_timeout) {
+        char *end;
+        long ms = strtol(drain_timeout, &end, 10);
+        if (*end || end == drain_timeout || ms <= 0 || ms > 3600000) {
+            fprintf(stderr,
+                    "skiffd: --drain-timeout-ms %s is not a number of milliseconds from 1 to "
+                    "3600000\n",
+                    drain_timeout);
+            return 2;
+        }
+        drain_timeout_ms = (int)ms;
     }
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -373,6 +392,7 @@ int main(int argc, char **argv)
     }
     struct scheduler_config scfg = {.home = d.home,
                                     .api_url = api_url,
+                                    .drain_timeout_ms = drain_timeout_ms,
                                     .make_instance_token = make_instance_token,
                                     .token_ctx = d.api};
     struct executor_config ecfg = {.home = d.home,

@@ -1,6 +1,7 @@
 /* The router's side of the bus (docs/bus.md): a Unix socket client on the main loop that
- * receives route tables and sends hello and access lines; it reconnects every 100 ms-1 s
- * while skiffd is away, and the last table is saved so a restarted router serves at once. */
+ * receives route tables and drain requests and sends hello, access lines, wake and drained;
+ * it reconnects every 100 ms-1 s while skiffd is away, and the last table is saved so a
+ * restarted router serves at once. */
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -32,8 +33,10 @@ static struct {
     struct buf in;
     uv_async_t wake;
     pthread_mutex_t lock;
-    struct buf queue; /* access lines (JSON, one a line) written by workers */
-    uint64_t dropped; /* atomic */
+    struct buf queue;        /* access lines (JSON, one a line) written by workers */
+    uint64_t dropped;        /* atomic */
+    char *unknown_types[16]; /* message types already logged as unknown */
+    size_t unknown_count;
 } bus = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 bool router_bus_connected(void)
@@ -112,6 +115,40 @@ void router_bus_wake(const char *app_guid)
     bus_queue(json_pack("{s:s, s:s}", "type", "wake", "app_guid", app_guid));
 }
 
+void router_bus_drained(uint64_t id)
+{
+    bus_queue(json_pack("{s:s, s:I}", "type", "drained", "id", (json_int_t)id));
+}
+
+int router_bus_parse_drain(const json_t *msg, struct sockaddr_storage *addr, socklen_t *addr_len,
+                           uint64_t *id, char *err, size_t errsize)
+{
+    const char *text = json_string_value(json_object_get(msg, "addr"));
+    json_t *n = json_object_get(msg, "id");
+    if (!json_is_integer(n) || json_integer_value(n) <= 0) {
+        snprintf(err, errsize, "a drain request needs a positive integer \"id\"");
+        return -EINVAL;
+    }
+    if (!text || route_table_parse_addr(text, addr, addr_len) < 0) {
+        snprintf(err, errsize, "a drain request needs \"addr\" as HOST:PORT, not %s",
+                 text ? text : "nothing");
+        return -EINVAL;
+    }
+    *id = (uint64_t)json_integer_value(n);
+    return 0;
+}
+
+bool router_bus_unknown_type_is_new(const char *type)
+{
+    const char *key = type ? type : "";
+    for (size_t i = 0; i < bus.unknown_count; i++)
+        if (strcmp(bus.unknown_types[i], key) == 0)
+            return false;
+    if (bus.unknown_count < sizeof(bus.unknown_types) / sizeof(bus.unknown_types[0]))
+        bus.unknown_types[bus.unknown_count++] = xstrdup(key);
+    return true; /* past the bound every new type is logged: still rare, never silent */
+}
+
 static void on_bus_wake(uv_async_t *a)
 {
     pthread_mutex_lock(&bus.lock);
@@ -144,14 +181,34 @@ static void bus_apply_routes(const char *line, size_t len, bool save)
 
 static void bus_handle_line(const char *line, size_t len)
 {
-    /* only routes messages come this way; a cheap check avoids parsing anything else twice */
     json_error_t jerr;
     json_t *o = json_loadb(line, len, 0, &jerr);
     const char *type = json_string_value(json_object_get(o, "type"));
-    bool routes = type && strcmp(type, "routes") == 0;
-    json_decref(o);
-    if (routes)
+    if (type && strcmp(type, "routes") == 0) {
+        json_decref(o); /* the table parser reads the line itself */
         bus_apply_routes(line, len, true);
+        return;
+    }
+    if (type && strcmp(type, "drain") == 0) {
+        struct sockaddr_storage addr;
+        socklen_t addr_len;
+        uint64_t id;
+        char err[160];
+        if (router_bus_parse_drain(o, &addr, &addr_len, &id, err, sizeof(err)) == 0)
+            router_proxy_drain(&addr, addr_len, id);
+        else
+            fprintf(stderr, "skiff-router: ignoring a drain request: %s\n", err);
+    } else if (router_bus_unknown_type_is_new(type)) {
+        if (type)
+            fprintf(stderr,
+                    "skiff-router: skipping bus messages of type \"%s\", which this router does "
+                    "not know (is skiffd newer?)\n",
+                    type);
+        else
+            fprintf(stderr, "skiff-router: skipping a bus line that is not a JSON object with "
+                            "a \"type\"\n");
+    }
+    json_decref(o);
 }
 
 static void on_pipe_closed(uv_handle_t *h)
@@ -279,5 +336,8 @@ void router_bus_free(void)
     buf_free(&bus.queue);
     free(bus.sock_path);
     free(bus.saved_path);
+    for (size_t i = 0; i < bus.unknown_count; i++)
+        free(bus.unknown_types[i]);
+    bus.unknown_count = 0;
     bus.sock_path = bus.saved_path = NULL;
 }

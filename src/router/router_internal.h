@@ -3,7 +3,9 @@
 #ifndef SKIFF_ROUTER_INTERNAL_H
 #define SKIFF_ROUTER_INTERNAL_H
 
+#include <jansson.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "router/router.h"
@@ -43,6 +45,11 @@ void router_proxy_stop_async(void);
 void router_proxy_stop(void);
 /* Sums the counters of every worker into *out. */
 void router_proxy_metrics(struct router_metrics *out);
+/* A drain request from skiffd (docs/bus.md), main thread only: every worker closes its idle
+ * connections to the backend at addr, stops pooling new ones, and reports once no exchange of
+ * its own uses that backend (at once when none does); when the last worker has reported,
+ * router_bus_drained(id) answers skiffd. Ignored once the workers are stopping. */
+void router_proxy_drain(const struct sockaddr_storage *addr, socklen_t addr_len, uint64_t id);
 
 /* Bus client on the main loop (router_bus.c). */
 int router_bus_start(uv_loop_t *loop, const struct router_config *cfg);
@@ -58,6 +65,17 @@ void router_bus_send_lines(const char *lines, size_t len, size_t count);
 uint64_t router_bus_access_dropped(void);
 /* Asks skiffd to start an instance of an app a request is waiting for (thread-safe). */
 void router_bus_wake(const char *app_guid);
+/* Answers a drain request: nothing is in flight to its backend any more (thread-safe). */
+void router_bus_drained(uint64_t id);
+
+/* A drain request as sent by skiffd: {"type": "drain", "addr": "HOST:PORT", "id": N}, N > 0.
+ * Returns 0, or -EINVAL with the reason in err. */
+int router_bus_parse_drain(const json_t *msg, struct sockaddr_storage *addr, socklen_t *addr_len,
+                           uint64_t *id, char *err, size_t errsize);
+/* Whether a message of this type (NULL: not a JSON object with a type) that the router does not
+ * know should be logged: the first time each type is seen, so a newer skiffd is not ignored
+ * silently and an old router's log is not flooded. Main thread only. */
+bool router_bus_unknown_type_is_new(const char *type);
 bool router_bus_connected(void);
 /* Loads $SKIFF_HOME/run/routes.json into the current table, if present and valid. */
 void router_bus_load_saved(const struct router_config *cfg);

@@ -130,6 +130,23 @@ struct pool {
     socklen_t addr_len;
     struct upstream *idle; /* most recently used first */
     int idle_count;
+    int in_flight; /* exchanges of this worker using this backend (a drain waits for 0) */
+    int drains;    /* drain requests waiting for in_flight to reach 0: nothing is pooled */
+};
+
+/* One drain request, shared by the workers; the last to report answers skiffd. */
+struct router_drain {
+    uint64_t id;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    int workers_left; /* atomic */
+};
+
+/* A drain request in a worker: in its inbox (pool NULL), or waiting on a pool. */
+struct drain_wait {
+    struct router_drain *d;
+    struct pool *pool;
+    struct drain_wait *next;
 };
 
 struct upstream {
@@ -160,6 +177,7 @@ struct exchange {
     struct table_hold *hold; /* the table x->route lives in */
     struct route *route;
     struct route_backend *backend; /* counted in backend->active while set */
+    struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
     struct headers req, resp;
@@ -203,7 +221,11 @@ struct worker {
     struct exchange *spare; /* finished exchanges kept for their buffers */
     struct client *held;    /* requests waiting for an app to start */
     uv_timer_t hold_poll;
-    uv_timer_t drain; /* bounds the wait for requests in flight at stop */
+    uv_timer_t drain;           /* bounds the wait for requests in flight at stop */
+    uv_async_t drain_wakeup;    /* drain requests arrived in drain_inbox */
+    pthread_mutex_t drain_lock; /* guards drain_inbox (the main thread adds to it) */
+    struct drain_wait *drain_inbox;
+    struct drain_wait *drain_waits; /* requests waiting for a pool's in_flight to reach 0 */
     uv_check_t access_flush;
     struct buf access; /* access lines of this loop turn */
     size_t access_lines;
@@ -521,8 +543,15 @@ static struct exchange *exchange_new(struct client *c)
     return x;
 }
 
+static void worker_drain_pool_idle(struct worker *w, struct pool *p);
+
 static void exchange_release_backend(struct exchange *x)
 {
+    if (x->pool) {
+        if (--x->pool->in_flight == 0 && x->pool->drains)
+            worker_drain_pool_idle(x->c->p.w, x->pool);
+        x->pool = NULL;
+    }
     if (x->backend) {
         if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
             __atomic_sub_fetch(&x->backend->active, 1, __ATOMIC_RELAXED);
@@ -1599,6 +1628,8 @@ static void connect_backend(struct exchange *x)
     if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
         __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
     struct pool *pool = pool_for(w, b);
+    x->pool = pool;
+    pool->in_flight++;
     while (pool->idle && !x->fresh_connection) {
         struct upstream *u = pool->idle;
         pool_remove(u);
@@ -1676,7 +1707,8 @@ static void upstream_to_pool(struct upstream *u)
 {
     struct worker *w = u->p.w;
     struct pool *p = u->pool;
-    if (w->stopping || p->idle_count >= w->cfg->upstream_idle_max || u->p.write_error) {
+    if (w->stopping || p->drains || p->idle_count >= w->cfg->upstream_idle_max ||
+        u->p.write_error) {
         upstream_close(u);
         return;
     }
@@ -2037,6 +2069,7 @@ static void worker_maybe_done(struct worker *w)
     close_handle_if_open((uv_handle_t *)&w->hold_poll);
     close_handle_if_open((uv_handle_t *)&w->wakeup);
     close_handle_if_open((uv_handle_t *)&w->drain);
+    close_handle_if_open((uv_handle_t *)&w->drain_wakeup);
     close_handle_if_open((uv_handle_t *)&w->access_flush);
     for (struct pool *p = w->pools; p; p = p->next)
         while (p->idle)
@@ -2073,6 +2106,87 @@ static void on_wakeup(uv_async_t *a)
     if (w->clients)
         uv_timer_start(&w->drain, on_drain_timeout, ROUTER_DRAIN_MS, 0);
     worker_maybe_done(w);
+}
+
+/* ---- drains (docs/bus.md) ---------------------------------------------------------------- */
+
+static bool stop_sent; /* main thread: the workers were asked to stop */
+
+static void drain_report(struct router_drain *d)
+{
+    if (__atomic_sub_fetch(&d->workers_left, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    router_bus_drained(d->id);
+    free(d);
+}
+
+/* The pool's last exchange ended: every drain waiting on it is done in this worker. */
+static void worker_drain_pool_idle(struct worker *w, struct pool *p)
+{
+    struct drain_wait **pp = &w->drain_waits;
+    while (*pp) {
+        struct drain_wait *dw = *pp;
+        if (dw->pool != p) {
+            pp = &dw->next;
+            continue;
+        }
+        *pp = dw->next;
+        p->drains--;
+        drain_report(dw->d);
+        free(dw);
+    }
+}
+
+static void on_drain_wakeup(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    pthread_mutex_lock(&w->drain_lock);
+    struct drain_wait *inbox = w->drain_inbox;
+    w->drain_inbox = NULL;
+    pthread_mutex_unlock(&w->drain_lock);
+    while (inbox) {
+        struct drain_wait *dw = inbox;
+        inbox = dw->next;
+        struct pool *p = w->pools;
+        while (p && !(p->addr_len == dw->d->addr_len &&
+                      memcmp(&p->addr, &dw->d->addr, p->addr_len) == 0))
+            p = p->next;
+        if (p) /* idle connections would only be cut by the instance's stop */
+            while (p->idle)
+                upstream_close(p->idle);
+        if (!p || p->in_flight == 0) {
+            drain_report(dw->d);
+            free(dw);
+            continue;
+        }
+        dw->pool = p;
+        p->drains++;
+        dw->next = w->drain_waits;
+        w->drain_waits = dw;
+    }
+}
+
+void router_proxy_drain(const struct sockaddr_storage *addr, socklen_t addr_len, uint64_t id)
+{
+    if (stop_sent || worker_count == 0) {
+        router_bus_drained(id); /* stopping: requests in flight end with the workers */
+        return;
+    }
+    struct router_drain *d = xcalloc(1, sizeof(*d));
+    d->id = id;
+    memcpy(&d->addr, addr, addr_len);
+    d->addr_len = addr_len;
+    d->workers_left = worker_count;
+    for (int i = 0; i < worker_count; i++) {
+        struct worker *w = &workers[i];
+        struct drain_wait *dw = xcalloc(1, sizeof(*dw));
+        dw->d = d;
+        pthread_mutex_lock(&w->drain_lock);
+        dw->next = w->drain_inbox;
+        w->drain_inbox = dw;
+        pthread_mutex_unlock(&w->drain_lock);
+        uv_async_send(&w->drain_wakeup);
+    }
 }
 
 static void *worker_main(void *arg)
@@ -2204,6 +2318,9 @@ int router_proxy_start(const struct router_config *cfg)
         uv_listen((uv_stream_t *)&w->listener, 4096, on_connection);
         uv_async_init(&w->loop, &w->wakeup, on_wakeup);
         w->wakeup.data = w;
+        uv_async_init(&w->loop, &w->drain_wakeup, on_drain_wakeup);
+        w->drain_wakeup.data = w;
+        pthread_mutex_init(&w->drain_lock, NULL);
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;
         uv_timer_init(&w->loop, &w->hold_poll);
@@ -2219,8 +2336,6 @@ int router_proxy_start(const struct router_config *cfg)
     }
     return 0;
 }
-
-static bool stop_sent;
 
 void router_proxy_stop_async(void)
 {
@@ -2239,6 +2354,17 @@ void router_proxy_stop(void)
         pthread_join(w->thread, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);
+        /* drains the workers had no time for: the requests they waited for are over */
+        struct drain_wait *left[2] = {w->drain_inbox, w->drain_waits};
+        for (int k = 0; k < 2; k++)
+            while (left[k]) {
+                struct drain_wait *dw = left[k];
+                left[k] = dw->next;
+                drain_report(dw->d);
+                free(dw);
+            }
+        w->drain_inbox = w->drain_waits = NULL;
+        pthread_mutex_destroy(&w->drain_lock);
         while (w->pools) {
             struct pool *p = w->pools;
             w->pools = p->next;

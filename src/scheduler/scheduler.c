@@ -46,9 +46,9 @@ struct sched_inst {
     int port;
     bool ready;
     enum sched_inst_phase phase;
-    uint64_t drain_id;        /* DRAINING: its id for scheduler_drain_hold/_release */
-    int drain_holds;          /* DRAINING: holds not yet released */
-    int64_t drain_until_mono; /* DRAINING: stopped then even with holds left */
+    uint64_t drain_id;         /* DRAINING: its id for scheduler_drain_hold/_release */
+    int drain_holds;           /* DRAINING: holds not yet released */
+    int64_t drain_until_mono;  /* DRAINING: stopped then even with holds left */
     int64_t stopping_since_ms; /* when it was stopped on purpose */
     struct sched_slot *slot;   /* NULL when stopping on purpose */
     struct sched_slot *shadow; /* a rolling replacement waiting to take over this slot */

@@ -33,8 +33,8 @@ struct logs;
 struct executor;
 
 struct scheduler_config {
-    const char *home;    /* $SKIFF_HOME: droplets and instance scratch live below */
-    const char *api_url; /* SKIFF_EVENTS_URL = api_url + "/v1" */
+    const char *home;     /* $SKIFF_HOME: droplets and instance scratch live below */
+    const char *api_url;  /* SKIFF_EVENTS_URL = api_url + "/v1" */
     int drain_timeout_ms; /* the longest a drain holds an instance; <= 0: the default */
     /* Makes the SKIFF_EVENTS_TOKEN of an app's instances (api_instance_token). */
     void (*make_instance_token)(void *ctx, const char *app_guid, char *out, size_t size);
@@ -44,14 +44,14 @@ struct scheduler_config {
 /* ---- platform events ----------------------------------------------------------------------- */
 
 enum scheduler_event_type {
-    SCHEDULER_INSTANCE_READY, /* an instance became RUNNING: it may take traffic */
-    SCHEDULER_INSTANCE_GONE,  /* an instance left RUNNING (stopping, down or crashed) */
+    SCHEDULER_INSTANCE_READY,    /* an instance became RUNNING: it may take traffic */
+    SCHEDULER_INSTANCE_GONE,     /* an instance left RUNNING (stopping, down or crashed) */
     SCHEDULER_INSTANCE_DRAINING, /* an instance that was ready is to stop: drain_id may be held */
-    SCHEDULER_APP_STARTED,    /* the app was started (desired state STARTED) */
-    SCHEDULER_APP_STOPPED,    /* the app was stopped (desired state STOPPED) */
-    SCHEDULER_APP_CRASHED,    /* an instance crashed (exited without being asked) */
-    SCHEDULER_APP_SCALED,     /* the desired instance count of a process changed */
-    SCHEDULER_APP_STAGED,     /* a new droplet was recorded */
+    SCHEDULER_APP_STARTED,       /* the app was started (desired state STARTED) */
+    SCHEDULER_APP_STOPPED,       /* the app was stopped (desired state STOPPED) */
+    SCHEDULER_APP_CRASHED,       /* an instance crashed (exited without being asked) */
+    SCHEDULER_APP_SCALED,        /* the desired instance count of a process changed */
+    SCHEDULER_APP_STAGED,        /* a new droplet was recorded */
 };
 
 struct scheduler_event {

@@ -1,0 +1,220 @@
+"""Draining: an instance stopped on purpose (scale down, stop, restart) leaves the route table,
+finishes the requests in flight to it, and only then gets its SIGTERM; one that never finishes
+is stopped anyway once the drain timeout passes."""
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from conftest import Platform
+
+# A web app whose requests take as long as the client asks (/sleep/SECONDS). Each request
+# leaves a file in $MARK_DIR when it starts, so a test knows it reached the app. Python's
+# default SIGTERM action ends the process at once: without a drain, a request in flight fails.
+APP = b"""
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+INDEX = os.environ.get("CF_INSTANCE_INDEX", "?")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        mark = os.environ.get("MARK_DIR")
+        if mark and self.path.startswith("/sleep/"):
+            name = "%s-%d-%d" % (INDEX, os.getpid(), time.monotonic_ns())
+            open(os.path.join(mark, name), "w").close()
+        if self.path.startswith("/sleep/"):
+            time.sleep(float(self.path.split("/")[2]))
+        body = ("instance %s\\n" % INDEX).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def tar_gz(entries):
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as t:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            t.addfile(info, io.BytesIO(content))
+    return data.getvalue()
+
+
+def deploy(p, name, instances, env=None):
+    body = {"instances": instances, "env": env or {}}
+    status, text = p.api("PUT", f"/v1/apps/{name}", body)
+    assert status in (200, 201), text
+    bits = tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", APP)])
+    status, text = p.api("PUT", f"/v1/apps/{name}/bits", raw=bits,
+                         headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, text
+    status, text = p.api("POST", f"/v1/apps/{name}/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    assert p.api("POST", f"/v1/apps/{name}/start")[0] == 200
+    wait_routed(p, name, instances)
+
+
+def detail(p, name):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return app["instances_detail"]
+
+
+def states(p, name):
+    return sorted(i["state"] for i in detail(p, name))
+
+
+def scale(p, name, n):
+    status, app = p.api("PATCH", f"/v1/apps/{name}", {"instances": n})
+    assert status == 200 and app["instances"] == n, app
+
+
+def get(p, host, path="/", timeout=30):
+    """(status, body) of a request through the router; network errors are status 0."""
+    req = urllib.request.Request(p.router_url + path, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, repr(e)
+
+
+def wait_routed(p, name, n):
+    """Waits until n instances run and the router has all of them: n requests in a row (round
+    robin) reach n different instances."""
+    host = f"{name}.localhost"
+
+    def ready():
+        if states(p, name) != ["RUNNING"] * n:
+            return False
+        return len({get(p, host)[1] for _ in range(n)}) == n
+    p.wait_for(ready, 60, f"{n} routed instances of {name}")
+
+
+def in_background(fn, *args):
+    result = {}
+
+    def run():
+        result["value"] = fn(*args)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, result
+
+
+def test_requests_in_flight_finish_when_their_instance_is_scaled_away(tmp_path):
+    p = Platform().start()
+    try:
+        marks = str(tmp_path)
+        deploy(p, "slow", 2, {"MARK_DIR": marks})
+        # round robin: two requests in a row go to both instances, one of them to #1, which
+        # the scale down stops
+        calls = []
+        for _ in range(2):
+            calls.append(in_background(get, p, "slow.localhost", "/sleep/1.5"))
+            p.wait_for(lambda: len(os.listdir(marks)) == len(calls), 10, "the request to start")
+        served_by = {name.split("-")[0] for name in os.listdir(marks)}
+        assert served_by == {"0", "1"}, served_by
+        scale(p, "slow", 1)
+        # the instance being drained still shows, as STOPPING
+        p.wait_for(lambda: "STOPPING" in states(p, "slow"), 5, "the drained instance to show")
+        for t, result in calls:
+            t.join(30)
+            assert result["value"][0] == 200, result["value"]
+        assert sorted(r["value"][1] for _, r in calls) == ["instance 0\n", "instance 1\n"]
+        p.wait_for(lambda: states(p, "slow") == ["RUNNING"], 30, "the drained instance to stop")
+        status, logs = p.api("GET", "/v1/apps/slow/logs?recent=1")
+        assert "is draining" in logs, logs
+    finally:
+        p.close()
+
+
+def test_a_stop_and_a_restart_wait_for_requests_in_flight(tmp_path):
+    p = Platform().start()
+    try:
+        marks = str(tmp_path)
+        deploy(p, "steady", 1, {"MARK_DIR": marks})
+        for i, action in enumerate(["restart", "stop"]):
+            t, result = in_background(get, p, "steady.localhost", "/sleep/1.5")
+            p.wait_for(lambda: len(os.listdir(marks)) == i + 1, 10, "the request to start")
+            assert p.api("POST", f"/v1/apps/steady/{action}")[0] == 200
+            t.join(30)
+            assert result["value"] == (200, "instance 0\n"), (action, result["value"])
+            if action == "restart":
+                wait_routed(p, "steady", 1)
+        p.wait_for(lambda: detail(p, "steady") == [], 30, "the stopped app's instance to end")
+    finally:
+        p.close()
+
+
+def test_no_request_fails_while_scaling_down_and_up():
+    p = Platform().start()
+    try:
+        deploy(p, "busy", 3)
+        stop = threading.Event()
+        outcomes = []
+
+        def loop():
+            while not stop.is_set():
+                outcomes.append(get(p, "busy.localhost", "/sleep/0.05", timeout=30))
+        workers = [threading.Thread(target=loop, daemon=True) for _ in range(3)]
+        for w in workers:
+            w.start()
+        try:
+            for n in (1, 3, 1):
+                scale(p, "busy", n)
+                p.wait_for(lambda: states(p, "busy") == ["RUNNING"] * n, 60,
+                           f"{n} instances and no other")
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(30)
+        failed = [o for o in outcomes if o[0] != 200]
+        assert outcomes and not failed, (len(outcomes), failed[:5])
+    finally:
+        p.close()
+
+
+def test_an_instance_that_never_finishes_is_stopped_at_the_drain_timeout(tmp_path):
+    p = Platform(extra_args=["--drain-timeout-ms", "1000"]).start()
+    try:
+        marks = str(tmp_path)
+        deploy(p, "stuck", 1, {"MARK_DIR": marks})
+        t, result = in_background(get, p, "stuck.localhost", "/sleep/3600", 60)
+        p.wait_for(lambda: os.listdir(marks), 10, "the request to start")
+        assert p.api("POST", "/v1/apps/stuck/stop")[0] == 200
+        p.wait_for(lambda: detail(p, "stuck") == [], 20, "the stuck instance to be stopped")
+        t.join(30)
+        # the router could not finish it: the client learns its request was cut
+        assert result["value"][0] in (0, 502), result["value"]
+        status, logs = p.api("GET", "/v1/apps/stuck/logs?recent=1")
+        assert "after the drain timeout" in logs, logs
+    finally:
+        p.close()
+
+
+def test_the_drain_timeout_option_is_checked():
+    import subprocess
+    from conftest import BIN_DIR
+    r = subprocess.run([os.path.join(BIN_DIR, "skiffd"), "--drain-timeout-ms", "soon"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "--drain-timeout-ms soon is not a number of milliseconds" in r.stderr
