@@ -174,19 +174,25 @@ def test_no_request_fails_while_scaling_down_and_up():
 
         def loop():
             while not stop.is_set():
-                outcomes.append(get(p, "busy.localhost", "/sleep/0.05", timeout=30))
-        workers = [threading.Thread(target=loop, daemon=True) for _ in range(3)]
+                outcomes.append(get(p, "busy.localhost", "/sleep/0.2", timeout=30))
+        workers = [threading.Thread(target=loop, daemon=True) for _ in range(4)]
         for w in workers:
             w.start()
         try:
             for n in (1, 3, 1):
+                # requests are in flight to every instance when the scale changes
+                done = len(outcomes)
+                p.wait_for(lambda: len(outcomes) >= done + 8, 30, "requests to go on")
                 scale(p, "busy", n)
                 p.wait_for(lambda: states(p, "busy") == ["RUNNING"] * n, 60,
                            f"{n} instances and no other")
+            done = len(outcomes)
+            p.wait_for(lambda: len(outcomes) >= done + 8, 30, "requests to go on")
         finally:
             stop.set()
             for w in workers:
                 w.join(30)
+        print(f"{len(outcomes)} requests while scaling 3 -> 1 -> 3 -> 1")
         failed = [o for o in outcomes if o[0] != 200]
         assert outcomes and not failed, (len(outcomes), failed[:5])
     finally:
