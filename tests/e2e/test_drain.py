@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import Platform
+from conftest import Platform, out, push_function, write
 
 # A web app whose requests take as long as the client asks (/sleep/SECONDS). Each request
 # leaves a file in $MARK_DIR when it starts, so a test knows it reached the app. Python's
@@ -134,8 +134,9 @@ def test_requests_in_flight_finish_when_their_instance_is_scaled_away(tmp_path):
         served_by = {name.split("-")[0] for name in os.listdir(marks)}
         assert served_by == {"0", "1"}, served_by
         scale(p, "slow", 1)
-        # the instance being drained still shows, as STOPPING
+        # the instance being drained still shows, as STOPPING, in the API and in `skiff app`
         p.wait_for(lambda: "STOPPING" in states(p, "slow"), 5, "the drained instance to show")
+        p.wait_for(lambda: "STOPPING" in p.cli("app", "slow").stdout, 5, "`skiff app` to show it")
         for t, result in calls:
             t.join(30)
             assert result["value"][0] == 200, result["value"]
@@ -224,3 +225,36 @@ def test_the_drain_timeout_option_is_checked():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "--drain-timeout-ms soon is not a number of milliseconds" in r.stderr
+
+
+def test_an_event_delivery_in_flight_finishes_before_its_instance_stops(tmp_path):
+    """With no retry allowed, an event whose delivery the stop cut would be recorded as failed."""
+    p = Platform().start()
+    try:
+        handler = write(tmp_path, "slow.py", """
+            import time
+
+            def handle(event):
+                print("handling " + str(event.get("subject")), flush=True)
+                time.sleep(2)
+                return None
+        """)
+        push_function(p, "slowfn", handler)
+        r = p.cli("map-event", "slowfn", "jobs", "--retries", "0")
+        assert r.returncode == 0, out(r)
+
+        def counts():
+            r = p.cli("event-mappings", "--json", "slowfn")
+            assert r.returncode == 0, out(r)
+            return json.loads(r.stdout)["event_mappings"][0]
+        r = p.cli("emit", "jobs", "--subject", "job-1", '{"n": 1}')
+        assert r.returncode == 0, out(r)
+        p.wait_for(lambda: counts()["in_flight"] == 1, 60, "the delivery to start")
+        p.wait_for(lambda: "handling job-1" in p.api("GET", "/v1/apps/slowfn/logs?recent=1")[1],
+                   30, "the function to be handling the event")
+        assert p.api("POST", "/v1/apps/slowfn/restart")[0] == 200
+        m = p.wait_for(lambda: (lambda m: m if m["in_flight"] == 0 else None)(counts()), 30,
+                       "the delivery to end")
+        assert m["delivered"] == 1 and m["failed"] == 0 and m["dead_lettered"] == 0, m
+    finally:
+        p.close()
