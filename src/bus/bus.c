@@ -363,6 +363,9 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
     } else if (!strcmp(type, "wake")) {
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
         if (app) {
+            /* a request waits: the function is busy, even before its access line comes, so
+             * an idle check in between does not scale the woken instance away again */
+            invoker_note_traffic(app);
             int rc = scheduler_ensure_instances(bus->sched, app, "web", 1);
             if (rc < 0 && rc != -ENOENT)
                 logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
