@@ -114,13 +114,17 @@ def test_idle_function_scales_to_zero_and_routed_requests_keep_it(tmp_path):
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status
 
-        p.wait_for(lambda: running() == [], 30, "an unused function to scale to zero")
+        def scaled_to_zero():
+            # the desired count too: an instance not RUNNING yet is not one scaled away
+            return p.api("GET", "/v1/apps/resize")[1]["instances"] == 0 and running() == []
+
+        p.wait_for(scaled_to_zero, 30, "an unused function to scale to zero")
         assert get() == 200  # the router wakes it
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # longer than the grace period, never idle
             assert get() == 200
             assert len(running()) == 1
             time.sleep(0.3)
-        p.wait_for(lambda: running() == [], 30, "scale to zero once requests stop")
+        p.wait_for(scaled_to_zero, 30, "scale to zero once requests stop")
     finally:
         p.close()
