@@ -259,3 +259,21 @@ def test_an_event_delivery_in_flight_finishes_before_its_instance_stops(tmp_path
         assert m["delivered"] == 1 and m["failed"] == 0 and m["dead_lettered"] == 0, m
     finally:
         p.close()
+
+
+def test_skiffd_stopping_does_not_wait_for_drains(tmp_path):
+    # a drain that could last ten minutes: skiffd's own stop must not wait for it
+    p = Platform(extra_args=["--drain-timeout-ms", "600000"]).start()
+    try:
+        marks = str(tmp_path)
+        deploy(p, "lingering", 1, {"MARK_DIR": marks})
+        t, result = in_background(get, p, "lingering.localhost", "/sleep/3600", 60)
+        p.wait_for(lambda: os.listdir(marks), 10, "the request to start")
+        assert p.api("POST", "/v1/apps/lingering/stop")[0] == 200
+        p.wait_for(lambda: states(p, "lingering") == ["STOPPING"], 10, "the drain to begin")
+        p.stop(timeout=30)  # raises if skiffd is still running after 30 s
+        assert p.proc.returncode == 0, p.output()
+        t.join(30)
+        assert result["value"][0] in (0, 502), result["value"]
+    finally:
+        p.close()
