@@ -115,8 +115,11 @@ def test_idle_function_scales_to_zero_and_routed_requests_keep_it(tmp_path):
                 return r.status
 
         def scaled_to_zero():
-            # the desired count too: an instance not RUNNING yet is not one scaled away
-            return p.api("GET", "/v1/apps/resize")[1]["instances"] == 0 and running() == []
+            # the desired count, and no instance left at all: one not RUNNING yet is not one
+            # scaled away, and one still draining (STOPPING) serves what the router sends it
+            # until the router has the table without it, so a request would not wake the app
+            status, app = p.api("GET", "/v1/apps/resize")
+            return app["instances"] == 0 and app["instances_detail"] == []
 
         p.wait_for(scaled_to_zero, 30, "an unused function to scale to zero")
         assert get() == 200  # the router wakes it
