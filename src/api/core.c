@@ -36,6 +36,9 @@ int api_name_valid(const char *name)
     return 1;
 }
 
+/* The message of a 500 when the store fails a read (the store logs the backend's reason). */
+#define CORE_STORE_READ_FAILED "cannot read the store (see skiffd's output)"
+
 void api_core__routes_changed(struct api_core *core)
 {
     if (core->cfg.routes_changed)
@@ -165,7 +168,7 @@ struct store_app *api_core__app_named(struct api_core *core, struct api_request 
         return NULL;
     }
     if (rc < 0) {
-        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return NULL;
     }
     return app;
@@ -176,11 +179,14 @@ struct store_app *api_core__find_app(struct api_core *core, struct api_request *
     return api_core__app_named(core, req, api_request_param(req, 0));
 }
 
+/* NULL when the store cannot list the app's routes: an app shown without them would look
+ * unmapped. */
 static json_t *core__app_json_with_routes(struct api_core *core, const struct store_app *app)
 {
     struct store_route *routes = NULL;
     size_t n = 0;
-    store_route_list(core->cfg.store, app->guid, &routes, &n);
+    if (store_route_list(core->cfg.store, app->guid, &routes, &n) < 0)
+        return NULL;
     const struct store_route **mine = xcalloc(n + 1, sizeof *mine);
     for (size_t i = 0; i < n; i++)
         mine[i] = &routes[i];
@@ -196,7 +202,12 @@ static json_t *core__app_json_with_routes(struct api_core *core, const struct st
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app)
 {
-    api_respond_json(req, status, core__app_json_with_routes(core, app));
+    json_t *o = core__app_json_with_routes(core, app);
+    if (!o) {
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        return;
+    }
+    api_respond_json(req, status, o);
 }
 
 /* ---- info --------------------------------------------------------------------------------- */
@@ -512,7 +523,10 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
     if (rc == -EEXIST) {
         struct store_route *all = NULL;
         size_t n = 0;
-        store_route_list(core->cfg.store, NULL, &all, &n);
+        if (store_route_list(core->cfg.store, NULL, &all, &n) < 0) {
+            api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+            ok = false;
+        }
         for (size_t i = 0; i < n; i++) {
             if (strcmp(all[i].host, host) || strcmp(all[i].path, path))
                 continue;
@@ -633,7 +647,7 @@ static void core__apps_list(struct api_request *req, void *ctx)
     if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
         store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
         store_app_list_free(apps, n);
-        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return;
     }
     /* routes grouped by app, in host and path order within an app */
@@ -730,7 +744,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     int rc = store_app_get(core->cfg.store, name, &app);
     bool creating = rc == -ENOENT;
     if (rc < 0 && !creating) {
-        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return;
     }
     if (!creating && (!allow_update || strcmp(app->name, name))) {
@@ -802,6 +816,11 @@ static void core__apps_get(struct api_request *req, void *ctx)
     if (!app)
         return;
     json_t *o = core__app_json_with_routes(core, app);
+    if (!o) {
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        store_app_free(app);
+        return;
+    }
     json_t *detail = json_array();
     if (core->cfg.scheduler) {
         /* every slot of every process: up to CORE_MAX_INSTANCES each, so sized by a count */
@@ -980,12 +999,17 @@ static void core__env_get(struct api_request *req, void *ctx)
     struct store_app *app = api_core__find_app(core, req);
     if (!app)
         return;
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    if (store_route_list(core->cfg.store, app->guid, &routes, &nr) < 0) {
+        /* VCAP_APPLICATION without the app's uris would not be what its instances get */
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        store_app_free(app);
+        return;
+    }
     json_t *env = json_object();
     for (size_t i = 0; i < app->n_env; i++)
         json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
-    struct store_route *routes = NULL;
-    size_t nr = 0;
-    store_route_list(core->cfg.store, app->guid, &routes, &nr);
     char **uris = xcalloc(nr + 1, sizeof *uris);
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
@@ -1144,7 +1168,7 @@ static void core__routes_list(struct api_request *req, void *ctx)
     if (store_route_list(core->cfg.store, NULL, &routes, &n) < 0 ||
         store_app_list(core->cfg.store, &apps, &na) < 0) {
         store_route_list_free(routes, n);
-        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return;
     }
     json_t *arr = json_array();
@@ -1207,7 +1231,10 @@ static void core__routes_create(struct api_request *req, void *ctx)
                  path ? path : "");
     struct store_route *routes = NULL;
     size_t n = 0;
-    store_route_list(core->cfg.store, app->guid, &routes, &n);
+    if (store_route_list(core->cfg.store, app->guid, &routes, &n) < 0) {
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        goto done;
+    }
     json_t *out = NULL;
     char *h = xstrdup(host);
     for (char *q = h; *q; q++)
@@ -1243,19 +1270,23 @@ static void core__routes_delete(struct api_request *req, void *ctx)
     char *p = xstrdup(path && strcmp(path, "/") ? path : "");
     struct store_route *routes = NULL;
     size_t n = 0;
-    store_route_list(core->cfg.store, NULL, &routes, &n);
+    int rc = store_route_list(core->cfg.store, NULL, &routes, &n);
     const struct store_route *found = NULL;
     for (size_t i = 0; i < n; i++)
         if (!strcmp(routes[i].host, h) && !strcmp(routes[i].path, p))
             found = &routes[i];
     struct store_app *app = NULL;
-    if (app_name && !(app = api_core__app_named(core, req, app_name))) {
+    if (rc < 0) {
+        /* not knowing the routes is not "no such route" */
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+    } else if (app_name && !(app = api_core__app_named(core, req, app_name))) {
         /* answered */
     } else if (!found || (app && strcmp(found->app_guid, app->guid))) {
         api_respond_error(req, 404, "not_found", "no route %s%s%s%s: `skiff routes` lists them", h,
                           p, app ? " mapped to " : "", app ? app->name : "");
+    } else if (store_route_delete(core->cfg.store, h, p) < 0) {
+        api_respond_error(req, 500, "internal", "cannot delete the route (see skiffd's output)");
     } else {
-        store_route_delete(core->cfg.store, h, p);
         logs_appendf(core->cfg.logs, found->app_guid, "API", LOGS_OUT, "Unmapped route %s%s", h, p);
         api_core__routes_changed(core);
         api_respond(req, 204, NULL, NULL, 0);
@@ -1272,7 +1303,7 @@ static void core__domains_list(struct api_request *req, void *ctx)
     char **names = NULL;
     bool *shared = NULL;
     if (store_domain_list(core->cfg.store, &names, &shared) < 0) {
-        api_respond_error(req, 500, "internal", "cannot read the store (see skiffd's output)");
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return;
     }
     json_t *arr = json_array();
