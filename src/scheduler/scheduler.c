@@ -555,6 +555,13 @@ static void sched__retry_later(struct scheduler *s, struct sched_slot *slot)
     sched__arm_timer(s);
 }
 
+static void sched__strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
 /* Starts one instance for slot; returns it or NULL (and logs why). */
 static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                        const struct store_app *app,
@@ -581,10 +588,28 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         free(command_copy);
         return NULL;
     }
+    /* its VCAP_APPLICATION names its routes: an instance told it has none would be wrong for
+     * as long as it runs, so a store that cannot say is a start failure, tried again later */
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    if (store_route_list(s->store, app->guid, &routes, &nr) < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start instance %d of %s: cannot read the app's routes from the "
+                     "store (see skiffd's output); trying again later",
+                     slot->index, proc->type);
+        free(command_copy);
+        sched__retry_later(s, slot);
+        return NULL;
+    }
+    char **uris = xcalloc(nr + 1, sizeof *uris);
+    for (size_t i = 0; i < nr; i++)
+        uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
+    store_route_list_free(routes, nr);
     int port = executor_port_allocate(s->ex);
     if (port < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
+        sched__strv_free(uris);
         free(command_copy);
         sched__retry_later(s, slot);
         return NULL;
@@ -600,13 +625,6 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     si->index = slot->index;
     si->port = port;
 
-    struct store_route *routes = NULL;
-    size_t nr = 0;
-    store_route_list(s->store, app->guid, &routes, &nr);
-    char **uris = xcalloc(nr + 1, sizeof *uris);
-    for (size_t i = 0; i < nr; i++)
-        uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
-    store_route_list_free(routes, nr);
     const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
     for (size_t i = 0; i < app->n_env; i++) {
         user[2 * i] = app->env[i].name;
@@ -654,9 +672,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         spec.health = HEALTH_PORT;
     int rc = executor_start(s->ex, &spec, &si->inst);
     scheduler_env_free(env);
-    for (size_t i = 0; i < nr; i++)
-        free(uris[i]);
-    free(uris);
+    sched__strv_free(uris);
     free(user);
     free(tmpdir);
     if (rc < 0) {

@@ -161,7 +161,8 @@ struct scheduler_instance_info {
 };
 
 /* Fills out (at most max) with the RUNNING instances of the process (all process types when
- * process_type is NULL); returns how many there are in total (may exceed max) or an error. */
+ * process_type is NULL); returns how many there are in total (may exceed max) or an error.
+ * With max 0 (out may then be NULL) it only counts, to size out for a second call. */
 int scheduler_ready_instances(struct scheduler *s, const char *app, const char *process_type,
                               struct scheduler_instance_info *out, size_t max);
 /* Every instance slot of the app (running or not, index order), then the instances it is
