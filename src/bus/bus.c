@@ -26,6 +26,7 @@ struct bus_conn {
     int router_index;
     size_t write_pending;
     bool closing;
+    bool has_table;    /* it got a table from us (else it serves its own last one) */
     uint64_t *awaited; /* drain ids this router has not answered yet */
     size_t n_awaited;
     struct bus_conn *next;
@@ -45,6 +46,7 @@ struct bus {
     uv_loop_t *loop;
     uv_pipe_t server;
     uv_timer_t coalesce;
+    uv_timer_t retry; /* the store failed: push the table again later */
     char *path;
     struct store *store;
     struct scheduler *sched;
@@ -54,6 +56,7 @@ struct bus {
     int64_t version;
     int sub_id;
     int handles;
+    bool store_failing; /* logged once until the store answers again */
     bool closing;
     void (*done)(void *);
     void *done_arg;
@@ -231,8 +234,14 @@ char *bus_route_table_json(struct bus *bus)
     size_t n = 0;
     struct store_app **apps = NULL;
     size_t na = 0;
-    store_route_list(bus->store, NULL, &routes, &n);
-    store_app_list(bus->store, &apps, &na);
+    /* a table without the routes the store failed to give would make every router drop them */
+    int rc = store_route_list(bus->store, NULL, &routes, &n);
+    if (rc == 0)
+        rc = store_app_list(bus->store, &apps, &na);
+    if (rc < 0) {
+        store_route_list_free(routes, n);
+        return NULL;
+    }
     struct bus_backends b = {.by_app = json_object()};
     scheduler_each_ready(bus->sched, bus__collect, &b);
     json_t *arr = json_array();
@@ -262,33 +271,67 @@ char *bus_route_table_json(struct bus *bus)
     return text;
 }
 
-static void bus__push(struct bus *bus, struct bus_conn *only)
+static void bus__retry(uv_timer_t *t);
+
+/* Sends the table to one router (only) or, with only NULL, as a new version to all. When the
+ * store cannot give the table nothing is sent: the routers keep serving their last table, and
+ * a timer asks the store again. Returns whether the table went out. */
+static bool bus__push(struct bus *bus, struct bus_conn *only)
 {
     if (!only)
         bus->version++;
     char *text = bus_route_table_json(bus);
-    if (!text)
-        return;
+    if (!text) {
+        if (!bus->store_failing)
+            fprintf(stderr,
+                    "skiffd: bus: cannot read the route table from the store; the routers keep "
+                    "their last table, asking the store again every %d ms\n",
+                    BUS_STORE_RETRY_MS);
+        bus->store_failing = true;
+        if (!uv_is_active((uv_handle_t *)&bus->retry))
+            uv_timer_start(&bus->retry, bus__retry, BUS_STORE_RETRY_MS, 0);
+        return false;
+    }
+    if (bus->store_failing)
+        fprintf(stderr, "skiffd: bus: the store answers again; the routers get the current "
+                        "table\n");
+    bus->store_failing = false;
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
-    if (only) {
-        bus__send(only, text, len);
-    } else {
-        struct bus_conn *c = bus->conns;
-        while (c) {
-            struct bus_conn *next = c->next;
-            bus__send(c, text, len);
-            c = next;
-        }
+    struct bus_conn *c = only ? only : bus->conns;
+    while (c) {
+        struct bus_conn *next = only ? NULL : c->next;
+        bool had_table = c->has_table;
+        bus__send(c, text, len);
+        c->has_table = true;
+        /* one that connected while the store failed is asked about the drains under way, now
+         * that its table is without their instances */
+        if (!had_table)
+            for (struct bus_drain *d = bus->drains; d; d = d->next)
+                if (d->sent)
+                    bus__drain_send(c, d);
+        c = next;
     }
     free(text);
+    return true;
+}
+
+/* A new version to every router, then the drains that wait for it. */
+static void bus__push_all(struct bus *bus)
+{
+    if (bus__push(bus, NULL))
+        bus__drains_send(bus);
+}
+
+static void bus__retry(uv_timer_t *t)
+{
+    bus__push_all(t->data);
 }
 
 static void bus__coalesced(uv_timer_t *t)
 {
-    bus__push(t->data, NULL);
-    bus__drains_send(t->data);
+    bus__push_all(t->data);
 }
 
 void bus_routes_changed(struct bus *bus)
@@ -434,11 +477,9 @@ static void bus__on_connection(uv_stream_t *server, int status)
     c->next = bus->conns;
     bus->conns = c;
     uv_read_start((uv_stream_t *)&c->pipe, bus__alloc, bus__on_read);
+    /* it may have requests in flight to an instance draining now (it reconnected): it is
+     * asked about those drains right after its table (bus__push) */
     bus__push(bus, c);
-    /* it may have requests in flight to an instance draining now (it reconnected) */
-    for (struct bus_drain *d = bus->drains; d; d = d->next)
-        if (d->sent)
-            bus__drain_send(c, d);
 }
 
 /* ---- life --------------------------------------------------------------------------------- */
@@ -455,6 +496,9 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     bus->version = time_now_ms(); /* grows across restarts, so routers take the newer table */
     uv_timer_init(loop, &bus->coalesce);
     bus->coalesce.data = bus;
+    bus->handles++;
+    uv_timer_init(loop, &bus->retry);
+    bus->retry.data = bus;
     bus->handles++;
     uv_pipe_init(loop, &bus->server, 0);
     bus->server.data = bus;
@@ -490,6 +534,7 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
     while (bus->drains) /* the scheduler stops everything itself now */
         bus__drain_free(bus, bus->drains);
     uv_close((uv_handle_t *)&bus->coalesce, bus__handle_closed);
+    uv_close((uv_handle_t *)&bus->retry, bus__handle_closed);
     uv_close((uv_handle_t *)&bus->server, bus__handle_closed);
     unlink(bus->path);
 }

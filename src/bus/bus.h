@@ -5,6 +5,11 @@
  * store's routes joined with the scheduler's RUNNING instances. From routers it takes access
  * lines (into the app's log as [RTR/n]) and wake requests (scale an app from zero).
  *
+ * When the store cannot give the routes or apps, no table goes out (an empty one would make
+ * every router drop every route): the routers keep serving their last table, the failure is
+ * logged once, and the table is asked for again every BUS_STORE_RETRY_MS and at the next
+ * change. Drains wait for the next table that goes out (the drain timeout bounds them).
+ *
  * Drains: when the scheduler drains a web instance (SCHEDULER_INSTANCE_DRAINING), the bus
  * holds it (scheduler_drain_hold), sends every connected router the table without it and
  * right after it a drain request for its address, and releases the hold once each of those
@@ -18,6 +23,7 @@
 #include <uv.h>
 
 #define BUS_COALESCE_MS 5
+#define BUS_STORE_RETRY_MS 1000
 
 struct bus;
 struct store;
@@ -35,7 +41,7 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
 void bus_free(struct bus *bus);
 
 /* The route table as docs/bus.md's "routes" message (for tests and diagnostics); the caller
- * frees the string. */
+ * frees the string. NULL when the store fails (the store logs why). */
 char *bus_route_table_json(struct bus *bus);
 
 #endif
