@@ -283,12 +283,18 @@ void invoker_instance_call_done(struct invoker *inv, struct inv_instance *inst)
     free(inst);
 }
 
+/* Every ready instance, however far the function is scaled: sized by the scheduler's count
+ * (the loop runs nothing in between, so the count holds for the second call). */
 static void target_refresh_instances(struct inv_target *t)
 {
-    struct scheduler_instance_info info[64];
-    int n = scheduler_ready_instances(t->inv->scheduler, t->app, t->process, info, 64);
-    for (int k = 0; k < n && k < 64; k++)
+    int total = scheduler_ready_instances(t->inv->scheduler, t->app, t->process, NULL, 0);
+    if (total <= 0)
+        return;
+    struct scheduler_instance_info *info = xcalloc((size_t)total, sizeof *info);
+    int n = scheduler_ready_instances(t->inv->scheduler, t->app, t->process, info, (size_t)total);
+    for (int k = 0; k < n && k < total; k++)
         target_instance_add(t, info[k].guid, info[k].addr);
+    free(info);
 }
 
 struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process)
