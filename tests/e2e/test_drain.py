@@ -207,7 +207,8 @@ def test_an_instance_that_never_finishes_is_stopped_at_the_drain_timeout(tmp_pat
         marks = str(tmp_path)
         deploy(p, "stuck", 1, {"MARK_DIR": marks})
         t, result = in_background(get, p, "stuck.localhost", "/sleep/3600", 60)
-        p.wait_for(lambda: os.listdir(marks), 10, "the request to start")
+        p.wait_for(lambda: os.listdir(marks) or "value" in result, 30, "the request to start")
+        assert os.listdir(marks), result
         assert p.api("POST", "/v1/apps/stuck/stop")[0] == 200
         p.wait_for(lambda: detail(p, "stuck") == [], 20, "the stuck instance to be stopped")
         t.join(30)
@@ -268,7 +269,9 @@ def test_skiffd_stopping_does_not_wait_for_drains(tmp_path):
         marks = str(tmp_path)
         deploy(p, "lingering", 1, {"MARK_DIR": marks})
         t, result = in_background(get, p, "lingering.localhost", "/sleep/3600", 60)
-        p.wait_for(lambda: os.listdir(marks), 10, "the request to start")
+        # the request reaches the app, or comes back at once with what went wrong
+        p.wait_for(lambda: os.listdir(marks) or "value" in result, 30, "the request to start")
+        assert os.listdir(marks), result
         assert p.api("POST", "/v1/apps/lingering/stop")[0] == 200
         p.wait_for(lambda: states(p, "lingering") == ["STOPPING"], 10, "the drain to begin")
         p.stop(timeout=30)  # raises if skiffd is still running after 30 s
