@@ -6,12 +6,14 @@ and the real skiff CLI pointed at it. Tests use the platform as a user does.
         assert r.returncode == 0
         platform.wait_for(lambda: ..., timeout=10, what="app running")
 """
+import io
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import textwrap
 import time
@@ -197,6 +199,35 @@ def app_json(platform, name):
     r = platform.cli("app", name, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def tar_gz(entries):
+    """A .tar.gz of entries: (name, bytes) or (name, ('symlink', target))."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as t:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, tuple):
+                info.type = tarfile.SYMTYPE
+                info.linkname = content[1]
+                t.addfile(info)
+            else:
+                info.size = len(content)
+                t.addfile(info, io.BytesIO(content))
+    return data.getvalue()
+
+
+def deploy_bits(platform, name, files, app):
+    """Through the API as the CLI does: creates or updates app `name` with the fields in `app`,
+    uploads `files` (tar_gz entries) as its bits, stages and starts it."""
+    status, text = platform.api("PUT", f"/v1/apps/{name}", app)
+    assert status in (200, 201), text
+    status, text = platform.api("PUT", f"/v1/apps/{name}/bits", raw=tar_gz(files),
+                                headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, text
+    status, text = platform.api("POST", f"/v1/apps/{name}/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    assert platform.api("POST", f"/v1/apps/{name}/start")[0] == 200
 
 
 def out(r):

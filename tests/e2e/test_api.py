@@ -5,12 +5,11 @@ import io
 import json
 import os
 import socket
-import tarfile
 import zipfile
 
 import pytest
 
-from conftest import Platform
+from conftest import Platform, tar_gz
 
 
 def assert_error(result, status, code, *words):
@@ -27,22 +26,6 @@ def assert_error(result, status, code, *words):
 
 def alive(p):
     assert p.info()["api_url"] == p.api_url
-
-
-def tar_gz(entries):
-    """entries: list of (name, bytes) or (name, ('symlink', target))."""
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz") as t:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            if isinstance(content, tuple):
-                info.type = tarfile.SYMTYPE
-                info.linkname = content[1]
-                t.addfile(info)
-            else:
-                info.size = len(content)
-                t.addfile(info, io.BytesIO(content))
-    return data.getvalue()
 
 
 def zip_bytes(entries):

@@ -1,16 +1,13 @@
 """Draining: an instance stopped on purpose (scale down, stop, restart) leaves the route table,
 finishes the requests in flight to it, and only then gets its SIGTERM; one that never finishes
 is stopped anyway once the drain timeout passes."""
-import io
 import json
 import os
-import tarfile
 import threading
-import time
 import urllib.error
 import urllib.request
 
-from conftest import Platform, out, push_function, write
+from conftest import Platform, deploy_bits, out, push_function, write
 
 # A web app whose requests take as long as the client asks (/sleep/SECONDS). Each request
 # leaves a file in $MARK_DIR when it starts, so a test knows it reached the app. Python's
@@ -47,27 +44,9 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 """
 
 
-def tar_gz(entries):
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz") as t:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            t.addfile(info, io.BytesIO(content))
-    return data.getvalue()
-
-
 def deploy(p, name, instances, env=None):
-    body = {"instances": instances, "env": env or {}}
-    status, text = p.api("PUT", f"/v1/apps/{name}", body)
-    assert status in (200, 201), text
-    bits = tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", APP)])
-    status, text = p.api("PUT", f"/v1/apps/{name}/bits", raw=bits,
-                         headers={"Content-Type": "application/octet-stream"})
-    assert status == 201, text
-    status, text = p.api("POST", f"/v1/apps/{name}/stage")
-    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
-    assert p.api("POST", f"/v1/apps/{name}/start")[0] == 200
+    deploy_bits(p, name, [("Procfile", b"web: python3 app.py\n"), ("app.py", APP)],
+                {"instances": instances, "env": env or {}})
     wait_routed(p, name, instances)
 
 

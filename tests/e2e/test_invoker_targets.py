@@ -1,21 +1,9 @@
 """The invoker's view of a process it delivers to: every ready instance, however many."""
-import io
-import tarfile
 
-from conftest import Platform
+from conftest import Platform, deploy_bits
 
 # More than any fixed batch the invoker might read the scheduler's instances in.
 WORKERS = 70
-
-
-def tar_gz(entries):
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz") as t:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            t.addfile(info, io.BytesIO(content))
-    return data.getvalue()
 
 
 def running_workers(p, name):
@@ -32,16 +20,8 @@ def test_a_mapping_made_after_a_large_scale_knows_every_instance():
         body = {"instances": 0, "no_route": True,
                 "processes": [{"type": "worker", "command": "sleep 3600",
                                "instances": WORKERS, "memory_mb": 16}]}
-        status, text = p.api("PUT", "/v1/apps/many", body)
-        assert status in (200, 201), text
-        bits = tar_gz([("Procfile", b"web: python3 app.py\nworker: sleep 3600\n"),
-                       ("app.py", b"print('unused')\n")])
-        status, text = p.api("PUT", "/v1/apps/many/bits", raw=bits,
-                             headers={"Content-Type": "application/octet-stream"})
-        assert status == 201, text
-        status, text = p.api("POST", "/v1/apps/many/stage")
-        assert status == 200 and '"ok":true' in text.replace(" ", ""), text
-        assert p.api("POST", "/v1/apps/many/start")[0] == 200
+        deploy_bits(p, "many", [("Procfile", b"web: python3 app.py\nworker: sleep 3600\n"),
+                                ("app.py", b"print('unused')\n")], body)
         p.wait_for(lambda: running_workers(p, "many") == WORKERS, 120,
                    f"{WORKERS} running workers")
 

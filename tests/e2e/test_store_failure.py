@@ -1,19 +1,17 @@
 """A store that fails a read (here: its routes table renamed behind skiffd's back) must not be
 taken for a store without routes: no empty route table goes to the routers, no app is shown
 without its routes, and no instance starts with an environment that lacks them."""
-import io
 import json
 import os
 import socket
 import sqlite3
-import tarfile
 import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import Platform
+from conftest import Platform, deploy_bits
 
 # A web app that says which instance answered, and exits at once on /exit (a crash).
 APP = b"""
@@ -39,26 +37,9 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
 
-def tar_gz(entries):
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz") as t:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            t.addfile(info, io.BytesIO(content))
-    return data.getvalue()
-
-
 def deploy(p, name):
-    status, text = p.api("PUT", f"/v1/apps/{name}", {"instances": 1})
-    assert status in (200, 201), text
-    bits = tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", APP)])
-    status, text = p.api("PUT", f"/v1/apps/{name}/bits", raw=bits,
-                         headers={"Content-Type": "application/octet-stream"})
-    assert status == 201, text
-    status, text = p.api("POST", f"/v1/apps/{name}/stage")
-    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
-    assert p.api("POST", f"/v1/apps/{name}/start")[0] == 200
+    deploy_bits(p, name, [("Procfile", b"web: python3 app.py\n"), ("app.py", APP)],
+                {"instances": 1})
 
 
 def get(p, host, path="/"):
