@@ -423,35 +423,31 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
 
 static void bus__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-    (void)h;
+    struct bus_conn *c = h->data;
     (void)suggested;
-    b->base = xmalloc(65536);
-    b->len = 65536;
+    buf_reserve(&c->in, 64 * 1024); /* read straight behind what is buffered */
+    b->base = c->in.data + c->in.len;
+    b->len = c->in.cap - c->in.len - 1;
 }
 
 static void bus__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     struct bus_conn *c = s->data;
+    (void)b;
     if (n < 0) {
-        free(b->base);
         bus__conn_close(c);
         return;
     }
-    buf_append(&c->in, b->base, (size_t)n);
-    free(b->base);
-    char *start = c->in.data;
-    size_t used = 0;
-    while (start && used < c->in.len) {
-        char *nl = memchr(start + used, '\n', c->in.len - used);
-        if (!nl)
-            break;
-        size_t len = (size_t)(nl - (start + used));
-        bus__message(c, start + used, len);
-        used += len + 1;
+    c->in.len += (size_t)n;
+    c->in.data[c->in.len] = '\0';
+    size_t pos = 0, len;
+    char *line;
+    while ((line = buf_next_line(&c->in, &pos, &len))) {
+        bus__message(c, line, len);
         if (c->closing)
             return;
     }
-    buf_consume(&c->in, used);
+    buf_consume(&c->in, pos);
     if (c->in.len > BUS_LINE_MAX) {
         fprintf(stderr, "skiffd: bus: a router sent a line over %u bytes; closing it\n",
                 BUS_LINE_MAX);

@@ -69,6 +69,20 @@ void buf_consume(struct buf *b, size_t n)
     b->data[b->len] = '\0';
 }
 
+char *buf_next_line(struct buf *b, size_t *pos, size_t *len)
+{
+    if (!b->data || *pos >= b->len)
+        return NULL;
+    char *line = b->data + *pos;
+    char *nl = memchr(line, '\n', b->len - *pos);
+    if (!nl)
+        return NULL;
+    *nl = '\0';
+    *len = (size_t)(nl - line);
+    *pos += *len + 1;
+    return line;
+}
+
 void buf_reset(struct buf *b)
 {
     b->len = 0;

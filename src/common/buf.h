@@ -24,6 +24,11 @@ void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* Drops the first n bytes (a consumer that has used the front of the buffer). */
 void buf_consume(struct buf *b, size_t n);
 void buf_reset(struct buf *b);
+/* Reading a stream of '\n'-terminated lines: returns the next whole line at or after *pos,
+ * NUL-terminated in place (its newline overwritten) with its length in *len, and moves *pos
+ * past it; NULL when no whole line is left. The caller then drops what it took with
+ * buf_consume(b, *pos), keeping a partial last line for the next read. */
+char *buf_next_line(struct buf *b, size_t *pos, size_t *len);
 /* Hands the data to the caller (free() it) and leaves the buffer empty. */
 char *buf_steal(struct buf *b);
 void buf_free(struct buf *b);

@@ -26,6 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/util.h"
 #include "executor/cgroup.h"
 #include "executor/proc.h"
@@ -354,9 +355,10 @@ struct executor__shim {
     bool pipe_closed;
     bool connected;
     int pending_sig; /* asked for before the connection was up: sent once it is */
-    size_t len;
-    char buf[PROC_LINE_MAX + 64];
+    struct buf in;   /* what the shim sent, up to a line */
 };
+
+#define SHIM_LINE_MAX (PROC_LINE_MAX + 64) /* an output line and its header */
 
 static void shim__unref(struct executor__shim *sh)
 {
@@ -371,6 +373,7 @@ static void shim__unref(struct executor__shim *sh)
         if (sh->next)
             sh->next->prev = sh->prev;
     }
+    buf_free(&sh->in);
     free(sh);
 }
 
@@ -446,8 +449,9 @@ static void shim__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct executor__shim *sh = h->data;
     (void)suggested;
-    buf->base = sh->buf + sh->len;
-    buf->len = sizeof(sh->buf) - 1 - sh->len;
+    buf_reserve(&sh->in, SHIM_LINE_MAX);
+    buf->base = sh->in.data + sh->in.len;
+    buf->len = sh->in.cap - 1 - sh->in.len;
 }
 
 static void shim__read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -458,21 +462,17 @@ static void shim__read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         shim__lost(sh);
         return;
     }
-    sh->len += (size_t)nread;
-    size_t start = 0;
-    for (size_t i = 0; i < sh->len && !sh->pipe_closed; i++) {
-        if (sh->buf[i] != '\n')
-            continue;
-        sh->buf[i] = '\0';
-        shim__message(sh, sh->buf + start, i - start);
-        start = i + 1;
-    }
+    sh->in.len += (size_t)nread;
+    sh->in.data[sh->in.len] = '\0';
+    size_t pos = 0, len;
+    char *line;
+    while (!sh->pipe_closed && (line = buf_next_line(&sh->in, &pos, &len)))
+        shim__message(sh, line, len);
     if (sh->pipe_closed)
         return;
-    memmove(sh->buf, sh->buf + start, sh->len - start);
-    sh->len -= start;
-    if (sh->len == sizeof(sh->buf) - 1)
-        sh->len = 0; /* longer than any message: not from a shim of ours */
+    buf_consume(&sh->in, pos);
+    if (sh->in.len >= SHIM_LINE_MAX)
+        buf_reset(&sh->in); /* longer than any message: not from a shim of ours */
 }
 
 static void shim__connected(uv_connect_t *req, int status)

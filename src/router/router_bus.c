@@ -243,17 +243,12 @@ static void on_bus_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     bus.in.len += (size_t)nread;
     bus.in.data[bus.in.len] = '\0';
-    size_t start = 0;
-    for (;;) {
-        char *nl = memchr(bus.in.data + start, '\n', bus.in.len - start);
-        if (!nl)
-            break;
-        size_t n = (size_t)(nl - (bus.in.data + start));
+    size_t pos = 0, n;
+    char *line;
+    while ((line = buf_next_line(&bus.in, &pos, &n)))
         if (n)
-            bus_handle_line(bus.in.data + start, n);
-        start += n + 1;
-    }
-    buf_consume(&bus.in, start);
+            bus_handle_line(line, n);
+    buf_consume(&bus.in, pos);
     if (bus.in.len > BUS_MAX_LINE) {
         fprintf(stderr, "skiff-router: a bus message is over %u bytes; reconnecting\n",
                 BUS_MAX_LINE);

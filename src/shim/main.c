@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "common/buf.h"
 #include "common/util.h"
 #include "executor/proc.h"
 #include "shim/shim.h"
@@ -21,9 +22,10 @@ struct shim_line {
 
 struct shim_client {
     uv_pipe_t pipe;
-    char in[128];
-    size_t in_len;
+    struct buf in; /* commands from skiffd, up to a line */
 };
+
+#define SHIM_COMMAND_MAX 128 /* longer than any command skiffd sends */
 
 struct shim {
     uv_loop_t *loop;
@@ -45,7 +47,9 @@ struct shim {
 
 static void shim_client_free(uv_handle_t *h)
 {
-    free(h->data);
+    struct shim_client *c = h->data;
+    buf_free(&c->in);
+    free(c);
 }
 
 static void shim_client_close(struct shim *sh)
@@ -206,8 +210,9 @@ static void shim_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct shim_client *c = h->data;
     (void)suggested;
-    buf->base = c->in + c->in_len;
-    buf->len = sizeof(c->in) - 1 - c->in_len;
+    buf_reserve(&c->in, SHIM_COMMAND_MAX);
+    buf->base = c->in.data + c->in.len;
+    buf->len = c->in.cap - 1 - c->in.len;
 }
 
 static void shim_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -222,20 +227,18 @@ static void shim_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             uv_close((uv_handle_t *)stream, shim_client_free);
         return;
     }
-    c->in_len += (size_t)nread;
-    c->in[c->in_len] = '\0';
-    char *nl;
-    while (sh->client == c && (nl = memchr(c->in, '\n', c->in_len))) {
-        *nl = '\0';
-        shim_command(sh, c->in);
+    c->in.len += (size_t)nread;
+    c->in.data[c->in.len] = '\0';
+    size_t pos = 0, len;
+    char *line;
+    while (sh->client == c && (line = buf_next_line(&c->in, &pos, &len))) {
+        shim_command(sh, line);
         if (sh->client != c)
-            return; /* finished */
-        size_t used = (size_t)(nl - c->in) + 1;
-        memmove(c->in, nl + 1, c->in_len - used);
-        c->in_len -= used;
+            return; /* finished, or replaced: c is closing */
     }
-    if (c->in_len == sizeof(c->in) - 1)
-        c->in_len = 0; /* a line this long is not ours: forget it */
+    buf_consume(&c->in, pos);
+    if (c->in.len >= SHIM_COMMAND_MAX)
+        buf_reset(&c->in); /* a line this long is not ours: forget it */
 }
 
 static void shim_on_connection(uv_stream_t *server, int status)

@@ -91,6 +91,32 @@ static void expect_escaped(const char *s, size_t len, int flags, const char *wan
     free(got);
 }
 
+static void test_buf_lines_are_taken_whole(void **state)
+{
+    (void)state;
+    struct buf b = {0};
+    size_t pos = 0, len = 0;
+    assert_null(buf_next_line(&b, &pos, &len)); /* empty, never allocated */
+    buf_puts(&b, "one\n\ntwo\nthr");
+    char *line = buf_next_line(&b, &pos, &len);
+    assert_string_equal(line, "one");
+    assert_int_equal(len, 3);
+    line = buf_next_line(&b, &pos, &len);
+    assert_string_equal(line, ""); /* an empty line is a line */
+    assert_int_equal(len, 0);
+    line = buf_next_line(&b, &pos, &len);
+    assert_string_equal(line, "two");
+    assert_null(buf_next_line(&b, &pos, &len)); /* "thr" is not whole yet */
+    buf_consume(&b, pos);
+    assert_string_equal(b.data, "thr");
+    buf_puts(&b, "ee\n");
+    pos = 0;
+    line = buf_next_line(&b, &pos, &len);
+    assert_string_equal(line, "three");
+    assert_int_equal(pos, b.len);
+    buf_free(&b);
+}
+
 static void test_buf_json_escaped(void **state)
 {
     (void)state;
@@ -122,6 +148,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
         cmocka_unit_test(test_buf_json_escaped),
+        cmocka_unit_test(test_buf_lines_are_taken_whole),
         cmocka_unit_test(test_uuid_is_version_4),
         cmocka_unit_test(test_files_round_trip),
     };
