@@ -99,6 +99,17 @@ def in_background(fn, *args):
     return t, result
 
 
+def request_in_flight(p, host, path, marks, timeout=30):
+    """Starts GET path in the background and returns (thread, result) once the app has begun
+    it (a new file in `marks`); fails with the request's own answer if that came back first."""
+    before = len(os.listdir(marks))
+    t, result = in_background(get, p, host, path, timeout)
+    p.wait_for(lambda: len(os.listdir(marks)) > before or "value" in result, 30,
+               f"{path} to reach the app")
+    assert len(os.listdir(marks)) > before, result
+    return t, result
+
+
 def test_requests_in_flight_finish_when_their_instance_is_scaled_away(tmp_path):
     p = Platform().start()
     try:
@@ -109,8 +120,7 @@ def test_requests_in_flight_finish_when_their_instance_is_scaled_away(tmp_path):
         calls = []
         served_by = set()
         while served_by != {"0", "1"} and len(calls) < 12:
-            calls.append(in_background(get, p, "slow.localhost", "/sleep/1.5"))
-            p.wait_for(lambda: len(os.listdir(marks)) == len(calls), 10, "the request to start")
+            calls.append(request_in_flight(p, "slow.localhost", "/sleep/1.5", marks))
             served_by = {name.split("-")[0] for name in os.listdir(marks)}
         assert served_by == {"0", "1"}, served_by
         scale(p, "slow", 1)
@@ -133,9 +143,8 @@ def test_a_stop_and_a_restart_wait_for_requests_in_flight(tmp_path):
     try:
         marks = str(tmp_path)
         deploy(p, "steady", 1, {"MARK_DIR": marks})
-        for i, action in enumerate(["restart", "stop"]):
-            t, result = in_background(get, p, "steady.localhost", "/sleep/1.5")
-            p.wait_for(lambda: len(os.listdir(marks)) == i + 1, 10, "the request to start")
+        for action in ["restart", "stop"]:
+            t, result = request_in_flight(p, "steady.localhost", "/sleep/1.5", marks)
             assert p.api("POST", f"/v1/apps/steady/{action}")[0] == 200
             t.join(30)
             assert result["value"] == (200, "instance 0\n"), (action, result["value"])
@@ -185,9 +194,7 @@ def test_an_instance_that_never_finishes_is_stopped_at_the_drain_timeout(tmp_pat
     try:
         marks = str(tmp_path)
         deploy(p, "stuck", 1, {"MARK_DIR": marks})
-        t, result = in_background(get, p, "stuck.localhost", "/sleep/3600", 60)
-        p.wait_for(lambda: os.listdir(marks) or "value" in result, 30, "the request to start")
-        assert os.listdir(marks), result
+        t, result = request_in_flight(p, "stuck.localhost", "/sleep/3600", marks, 60)
         assert p.api("POST", "/v1/apps/stuck/stop")[0] == 200
         p.wait_for(lambda: detail(p, "stuck") == [], 20, "the stuck instance to be stopped")
         t.join(30)
@@ -247,10 +254,7 @@ def test_skiffd_stopping_does_not_wait_for_drains(tmp_path):
     try:
         marks = str(tmp_path)
         deploy(p, "lingering", 1, {"MARK_DIR": marks})
-        t, result = in_background(get, p, "lingering.localhost", "/sleep/3600", 60)
-        # the request reaches the app, or comes back at once with what went wrong
-        p.wait_for(lambda: os.listdir(marks) or "value" in result, 30, "the request to start")
-        assert os.listdir(marks), result
+        t, result = request_in_flight(p, "lingering.localhost", "/sleep/3600", marks, 60)
         assert p.api("POST", "/v1/apps/lingering/stop")[0] == 200
         p.wait_for(lambda: states(p, "lingering") == ["STOPPING"], 10, "the drain to begin")
         p.stop(timeout=30)  # raises if skiffd is still running after 30 s

@@ -220,6 +220,17 @@ def read_head(sock_file):
         headers[k.strip().lower()] = v.strip()
 
 
+def requests_on(conn):
+    """The request heads a backend connection receives, until the router closes it: yields
+    (first line, headers, reader); a body is the behaviour's to read from the reader."""
+    f = conn.makefile("rb")
+    while True:
+        first, headers = read_head(f)
+        if not first:
+            return
+        yield first, headers, f
+
+
 class Response:
     def __init__(self, status, headers, body, trailers=None):
         self.status, self.headers, self.body = status, headers, body
@@ -619,11 +630,7 @@ def test_chunked_request_body_is_streamed(router_factory, backends):
 
 
 def chunked_backend(conn):
-    f = conn.makefile("rb")
-    while True:
-        first, _ = read_head(f)
-        if not first:
-            return
+    for _ in requests_on(conn):
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"5\r\nhello\r\n1;ext=x\r\n,\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
 
@@ -724,11 +731,7 @@ def test_round_robin_and_least_connection(router_factory):
 
     def named(name):
         def behaviour(conn):
-            f = conn.makefile("rb")
-            while True:
-                first, _ = read_head(f)
-                if not first:
-                    return
+            for first, _, _ in requests_on(conn):
                 if first.split()[1] == "/hold":
                     holder.append(name)
                     release.wait(30)
@@ -870,11 +873,7 @@ def test_a_timed_out_backend_connection_is_not_reused(router_factory):
     late_sent = threading.Event()
 
     def backend(conn):
-        f = conn.makefile("rb")
-        while True:
-            first, _ = read_head(f)
-            if not first:
-                return
+        for first, _, _ in requests_on(conn):
             path = first.split()[1].encode()
             if path == b"/slow":
                 time.sleep(1.5)  # the backend's own slowness, past the router's timeout
@@ -1137,11 +1136,7 @@ def test_one_gigabyte_each_way_in_bounded_memory(router_factory):
     chunk = b"\0" * (1 << 20)
 
     def big(conn):
-        f = conn.makefile("rb")
-        while True:
-            first, headers = read_head(f)
-            if not first:
-                return
+        for first, headers, f in requests_on(conn):
             if first.startswith("PUT"):
                 left = int(headers["content-length"])
                 while left:
