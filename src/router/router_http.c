@@ -366,7 +366,8 @@ size_t router_target_normalize(char *t, size_t len, const char **why)
             int hi = i + 2 < path_end ? hex_value(t[i + 1]) : -1;
             int lo = i + 2 < path_end ? hex_value(t[i + 2]) : -1;
             if (hi < 0 || lo < 0) {
-                *why = "The request path has a % that is not followed by two hex digits.";
+                *why = "The request path has a % that is not followed by two hex digits (send a "
+                       "literal % as %25).";
                 return 0;
             }
             unsigned char v = (unsigned char)(hi * 16 + lo);
