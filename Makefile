@@ -5,7 +5,7 @@
 #   build/asan  AddressSanitizer + UndefinedBehaviorSanitizer, what the tests run
 # Every folder under src/ is a component; its .c files go into libskiff.a, except main.c,
 # which makes the component a program (daemon -> skiffd, router -> skiff-router, cli -> skiff,
-# shim -> skiff-shim).
+# shim -> skiff-shim, init -> skiff-init).
 
 PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libseccomp libnats libpq
 LLHTTP   := /usr/share/llhttp
@@ -19,7 +19,7 @@ PKG_CFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcap -lpthread -lm
 
 LIB_SRCS  := $(filter-out %/main.c,$(wildcard src/*/*.c))
-MAIN_SRCS := src/daemon/main.c src/router/main.c src/cli/main.c src/shim/main.c
+MAIN_SRCS := src/daemon/main.c src/router/main.c src/cli/main.c src/shim/main.c src/init/main.c
 PROGRAMS  := skiffd skiff-router skiff skiff-shim
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
@@ -62,6 +62,9 @@ $(1)/skiff: $(1)/obj/cli/main.o $(1)/libskiff.a
 	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
 $(1)/skiff-shim: $(1)/obj/shim/main.o $(1)/libskiff.a
 	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
+# on every container's start path: only the libraries it uses are loaded
+$(1)/skiff-init: $(1)/obj/init/main.o $(1)/libskiff.a
+	$$(CC) $(2) -Wl,--as-needed -o $$@ $$^ $$(PKG_LIBS)
 
 $(1)/tests/%: tests/unit/%.c $(1)/libskiff.a
 	@mkdir -p $$(@D)

@@ -1,0 +1,118 @@
+/* container_config as JSON: how the executor and the stager hand a container's shape to
+ * skiff-init. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "container/container.h"
+
+static const char *const mount_kinds[] = {"ro", "rw", "overlay"};
+
+char *container_config_to_json(const struct container_config *cfg)
+{
+    json_t *mounts = json_array();
+    for (size_t i = 0; i < cfg->n_mounts; i++)
+        json_array_append_new(mounts, json_pack("{s:s,s:s,s:s}", "source", cfg->mounts[i].source,
+                                                "target", cfg->mounts[i].target, "kind",
+                                                mount_kinds[cfg->mounts[i].kind]));
+    json_t *cgroups = json_array();
+    for (char **c = cfg->cgroup_procs; c && *c; c++)
+        json_array_append_new(cgroups, json_string(*c));
+    json_t *j = json_pack("{s:s,s:s,s:s,s:i,s:I,s:s,s:o,s:o}", "hostname", cfg->hostname, "stack",
+                          cfg->stack, "scratch", cfg->scratch, "disk_mb", cfg->disk_mb, "uid_base",
+                          (json_int_t)cfg->uid_base, "cwd", cfg->cwd, "mounts", mounts,
+                          "cgroup_procs", cgroups);
+    if (cfg->disk_pool)
+        json_object_set_new(j, "disk_pool", json_string(cfg->disk_pool));
+    if (cfg->net_pool) {
+        json_object_set_new(j, "net_pool", json_string(cfg->net_pool));
+        json_object_set_new(j, "net_slot", json_integer(cfg->net_slot));
+    }
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return text;
+}
+
+static char *config__string(json_t *j, const char *key)
+{
+    const char *s = json_string_value(json_object_get(j, key));
+    return s ? xstrdup(s) : NULL;
+}
+
+int container_config_from_json(const char *text, struct container_config *out, char *err,
+                               size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    if (!json_is_object(j)) {
+        snprintf(err, errlen, "container config is not a JSON object: %s", jerr.text);
+        json_decref(j);
+        return -22;
+    }
+    out->hostname = config__string(j, "hostname");
+    out->stack = config__string(j, "stack");
+    out->scratch = config__string(j, "scratch");
+    out->cwd = config__string(j, "cwd");
+    out->disk_pool = config__string(j, "disk_pool");
+    out->net_pool = config__string(j, "net_pool");
+    out->disk_mb = (int)json_integer_value(json_object_get(j, "disk_mb"));
+    out->uid_base = (unsigned)json_integer_value(json_object_get(j, "uid_base"));
+    out->net_slot = (int)json_integer_value(json_object_get(j, "net_slot"));
+    json_t *cg = json_object_get(j, "cgroup_procs");
+    out->cgroup_procs = xcalloc(json_array_size(cg) + 1, sizeof(char *));
+    for (size_t i = 0; i < json_array_size(cg); i++)
+        out->cgroup_procs[i] = xstrdup(json_string_value(json_array_get(cg, i)) ?: "");
+    json_t *mounts = json_object_get(j, "mounts");
+    out->mounts = xcalloc(json_array_size(mounts) + 1, sizeof *out->mounts);
+    int rc = 0;
+    for (size_t i = 0; i < json_array_size(mounts); i++) {
+        json_t *m = json_array_get(mounts, i);
+        const char *kind = json_string_value(json_object_get(m, "kind"));
+        struct container_mount *cm = &out->mounts[out->n_mounts];
+        cm->source = config__string(m, "source");
+        cm->target = config__string(m, "target");
+        out->n_mounts++;
+        int k = -1;
+        for (size_t n = 0; kind && n < ARRAY_SIZE(mount_kinds); n++)
+            if (!strcmp(kind, mount_kinds[n]))
+                k = (int)n;
+        if (k < 0 || !cm->source || !cm->target || cm->target[0] != '/') {
+            snprintf(err, errlen, "container config: mount %zu is not {source, target, kind}", i);
+            rc = -22;
+            break;
+        }
+        cm->kind = (enum container_mount_kind)k;
+    }
+    json_decref(j);
+    if (rc == 0 && (!out->hostname || !out->stack || !out->scratch || !out->cwd ||
+                    out->disk_mb <= 0 || out->uid_base == 0)) {
+        snprintf(err, errlen,
+                 "container config lacks hostname, stack, scratch, cwd, disk_mb or uid_base");
+        rc = -22;
+    }
+    if (rc < 0)
+        container_config_clear(out);
+    return rc;
+}
+
+void container_config_clear(struct container_config *cfg)
+{
+    free(cfg->hostname);
+    free(cfg->stack);
+    free(cfg->scratch);
+    free(cfg->cwd);
+    free(cfg->disk_pool);
+    free(cfg->net_pool);
+    for (char **c = cfg->cgroup_procs; c && *c; c++)
+        free(*c);
+    free(cfg->cgroup_procs);
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        free(cfg->mounts[i].source);
+        free(cfg->mounts[i].target);
+    }
+    free(cfg->mounts);
+    memset(cfg, 0, sizeof *cfg);
+}

@@ -1,0 +1,101 @@
+/* container: Skiff's native container runtime, the isolation under every instance and every
+ * staging step.
+ *
+ * A container is a process tree in its own mount, PID, IPC, UTS, cgroup, network and user
+ * namespaces. The user namespace maps container uids 0..65535 onto host uids
+ * uid_base..uid_base+65535, so nothing in a container is root on the host; the program runs
+ * as `vcap` (CONTAINER_VCAP_UID inside) with no capabilities, no_new_privs and the default
+ * seccomp filter (seccomp.h), on this root filesystem:
+ *
+ *   /               overlay: the stack's skeleton (generated /etc, empty mount points) under
+ *                   the container's own writable layer on its disk (thrown away at the end)
+ *   /usr            the stack's /usr, read-only (bin, lib, sbin are links into it)
+ *   /home/vcap/app  overlay: the droplet (read-only) under the container's writable layer
+ *   /proc           its own PID namespace's, with the sensitive files masked or read-only
+ *   /dev            tmpfs: null zero full random urandom tty, pts (new instance), shm
+ *
+ * The writable layer lives on an ext4 file system of disk_mb in a file of its own (a loop
+ * device), so writing past disk_mb fails with ENOSPC inside and nowhere else. Every mount is
+ * made in a private mount namespace: when the container's last process ends, the kernel
+ * unmounts everything and frees the loop device; nothing is left on the host but the
+ * scratch folder, which the caller removes.
+ *
+ * skiff-init (src/init/) is the program that does this: its caller (skiff-shim for an
+ * instance, the stager for a staging step) runs `skiff-init --config FILE -- PROGRAM ARG...`
+ * as root; skiff-init stays on the host side as the container's keeper and ends as the
+ * program ends: same exit status, or killed by the same signal. Inside, a small init is
+ * PID 1: it reaps orphans and passes on SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
+ * to the program's process group; when the program ends, the rest of the container ends. */
+#ifndef SKIFF_CONTAINER_H
+#define SKIFF_CONTAINER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CONTAINER_VCAP_UID 2000
+#define CONTAINER_UID_RANGE 65536
+#define CONTAINER_DEFAULT_UID_BASE 200000
+#define CONTAINER_APP_DIR "/home/vcap/app"
+#define CONTAINER_TMP_DIR "/home/vcap/tmp"
+#define CONTAINER_PORT 8080
+#define CONTAINER_DEFAULT_STACK "host"
+#define CONTAINER_NOFILE 16384 /* Cloud Foundry's default file descriptor limit */
+
+enum container_mount_kind {
+    CONTAINER_MOUNT_RO,      /* a read-only bind mount */
+    CONTAINER_MOUNT_RW,      /* a writable bind mount (staging's build and cache folders) */
+    CONTAINER_MOUNT_OVERLAY, /* read-only source under the container's writable layer */
+};
+
+struct container_mount {
+    char *source; /* host path */
+    char *target; /* path inside, absolute */
+    enum container_mount_kind kind;
+};
+
+struct container_config {
+    char *hostname;
+    char *stack;   /* the stack's skeleton folder (container_stack_prepare) */
+    char *scratch; /* a host folder of this container's own: disk image, mount points */
+    int disk_mb;   /* size of the writable layer; > 0 */
+    char *disk_pool; /* folder of ready-made disk images (container_disk_pool_fill), or NULL */
+    unsigned uid_base;
+    char *net_pool;  /* "A.B.C.D/P", or NULL for no network (only lo) */
+    int net_slot;
+    char *cwd;       /* working directory inside */
+    char **cgroup_procs; /* NULL-terminated cgroup.procs files to join first, or NULL */
+    struct container_mount *mounts;
+    size_t n_mounts;
+};
+
+/* The config as JSON (caller frees) and back. */
+char *container_config_to_json(const struct container_config *cfg);
+int container_config_from_json(const char *text, struct container_config *out, char *err,
+                               size_t errlen);
+void container_config_clear(struct container_config *cfg);
+
+/* Runs argv (argv[0] looked up in the container's PATH) with envp in a container as cfg
+ * says, and returns once it has ended: its wait status (as waitpid gives it), or a negative
+ * errno with a message in err when the container could not be made (nothing of it is left
+ * running then). The caller is root on the host. */
+int container_run(const struct container_config *cfg, char *const argv[], char *const envp[],
+                  char *err, size_t errlen);
+
+/* The stack "host" under home/stacks/host: a skeleton root (generated /etc with passwd and
+ * group naming vcap, hosts, resolv.conf, nsswitch.conf; mount points; /bin /lib /sbin as links
+ * into /usr) made once and brought up to date at each daemon start. *dir is set to its path
+ * (caller frees). */
+int container_stack_prepare(const char *home, char **dir, char *err, size_t errlen);
+
+/* Disk images: ext4 file systems in sparse files, made ahead of time so that a start only
+ * takes one (a rename). container_disk_pool_fill makes images of size_mb in pool_dir until
+ * `keep` of that size are ready (run it off the event loop: mkfs takes ~10 ms each).
+ * container_disk_take moves a ready image of size_mb to path, or makes one there. */
+int container_disk_pool_fill(const char *pool_dir, int size_mb, int keep, char *err,
+                             size_t errlen);
+int container_disk_take(const char *pool_dir, int size_mb, const char *path, char *err,
+                        size_t errlen);
+/* Bytes used and total of a mounted disk (statfs of dir). */
+int container_disk_usage(const char *dir, unsigned long long *used, unsigned long long *total);
+
+#endif

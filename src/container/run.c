@@ -1,0 +1,552 @@
+/* container_run: makes a container and runs one program in it (see container.h).
+ *
+ * The order matters:
+ *   1. (host root) join the cgroups, so everything after is inside the limits;
+ *   2. (host root) a private mount namespace; the disk, the root overlay, /usr, the droplet,
+ *      /dev, all mounted with full privilege under scratch/root;
+ *   3. clone into new user, mount, PID, IPC, UTS, network and cgroup namespaces. The mounts
+ *      of step 2 come along, locked: nothing inside can unmount or remount them writable;
+ *   4. (host root) uid and gid maps, the network (net_attach), then "go";
+ *   5. (container root) hostname, /proc, /dev/pts, pivot_root; fork the program;
+ *   6. (vcap) no capabilities, no_new_privs, rlimits, seccomp, exec.
+ * The child tells the host side what went wrong through a close-on-exec pipe, so an error
+ * is a message, and the end of that pipe without one means the program is running. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/capability.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "container/container.h"
+#include "container/container_internal.h"
+#include "container/net.h"
+#include "container/seccomp.h"
+
+#define RUN_CHILD_STACK (512 * 1024)
+
+struct run_child {
+    const struct container_config *cfg;
+    char *const *argv;
+    char *const *envp;
+    const char *root;
+    int sync_rd;   /* "go" from the host side */
+    int err_wr;    /* a message when something fails before exec (close-on-exec) */
+    int status_wr; /* init: the program's wait status when it ends */
+};
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static int run__fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int run__fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static int run__write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = write(fd, text, strlen(text));
+    int rc = n == (ssize_t)strlen(text) ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+/* mount(2) with a message; bind mounts made read-only take a second call, as the kernel
+ * ignores MS_RDONLY on the first. */
+static int run__mount(const char *src, const char *dst, const char *type, unsigned long flags,
+                      const char *data, char *err, size_t errlen)
+{
+    if (mount(src, dst, type, flags, data) < 0)
+        return run__fail(err, errlen, -errno, "cannot mount %s on %s: %s", src ? src : type, dst,
+                         strerror(errno));
+    return 0;
+}
+
+static int run__bind(const char *src, const char *dst, bool writable, char *err, size_t errlen)
+{
+    int rc = run__mount(src, dst, NULL, MS_BIND | MS_REC, NULL, err, errlen);
+    if (rc == 0)
+        rc = run__mount(NULL, dst, NULL,
+                        MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (writable ? 0 : MS_RDONLY),
+                        NULL, err, errlen);
+    return rc;
+}
+
+static char *run__path(const char *root, const char *inside)
+{
+    return xasprintf("%s%s", root, inside);
+}
+
+/* An empty file or folder to mount over, made like its source. */
+static int run__mountpoint(const char *path, bool dir)
+{
+    if (dir)
+        return mkdir_p(path, 0755);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    return 0;
+}
+
+/* ---- step 2: the root file system, as host root ---------------------------------------- */
+
+static int run__overlay(const char *lower, const char *disk, const char *name, const char *dst,
+                        char *err, size_t errlen)
+{
+    char *upper = xasprintf("%s/%s-upper", disk, name);
+    char *work = xasprintf("%s/%s-work", disk, name);
+    int rc = mkdir_p(upper, 0755);
+    if (rc == 0)
+        rc = mkdir_p(work, 0700);
+    /* the merged root takes the upper folder's owner and mode: make them the lower's */
+    struct stat st;
+    if (rc == 0 && stat(lower, &st) == 0) {
+        if (chown(upper, st.st_uid, st.st_gid) < 0 || chmod(upper, st.st_mode & 07777) < 0)
+            rc = -errno;
+    }
+    if (rc < 0) {
+        rc = run__fail(err, errlen, rc, "cannot prepare the writable layer %s: %s", upper,
+                       strerror(-rc));
+    } else {
+        char *opts = xasprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
+        rc = run__mount("overlay", dst, "overlay", MS_NOSUID | MS_NODEV, opts, err, errlen);
+        free(opts);
+    }
+    free(upper);
+    free(work);
+    return rc;
+}
+
+static int run__dev(const char *root, char *err, size_t errlen)
+{
+    char *dev = run__path(root, "/dev");
+    int rc = run__mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k", err,
+                        errlen);
+    static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    for (size_t i = 0; i < ARRAY_SIZE(nodes) && rc == 0; i++) {
+        char *src = xasprintf("/dev/%s", nodes[i]);
+        char *dst = xasprintf("%s/%s", dev, nodes[i]);
+        rc = run__mountpoint(dst, false);
+        if (rc == 0)
+            rc = run__mount(src, dst, NULL, MS_BIND, NULL, err, errlen);
+        else
+            rc = run__fail(err, errlen, rc, "cannot create %s: %s", dst, strerror(-rc));
+        free(src);
+        free(dst);
+    }
+    static const char *const links[][2] = {{"fd", "/proc/self/fd"},
+                                           {"stdin", "/proc/self/fd/0"},
+                                           {"stdout", "/proc/self/fd/1"},
+                                           {"stderr", "/proc/self/fd/2"},
+                                           {"ptmx", "pts/ptmx"}};
+    for (size_t i = 0; i < ARRAY_SIZE(links) && rc == 0; i++) {
+        char *dst = xasprintf("%s/%s", dev, links[i][0]);
+        if (symlink(links[i][1], dst) < 0)
+            rc = run__fail(err, errlen, -errno, "cannot create %s: %s", dst, strerror(errno));
+        free(dst);
+    }
+    if (rc == 0) {
+        char *pts = xasprintf("%s/pts", dev);
+        char *shm = xasprintf("%s/shm", dev);
+        rc = mkdir_p(pts, 0755);
+        if (rc == 0)
+            rc = mkdir_p(shm, 01777);
+        if (rc == 0)
+            rc = run__mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                            "mode=1777,size=65536k", err, errlen);
+        free(pts);
+        free(shm);
+    }
+    free(dev);
+    return rc;
+}
+
+static int run__rootfs(const struct container_config *cfg, const char *root, char *err,
+                       size_t errlen)
+{
+    char *disk = xasprintf("%s/disk", cfg->scratch);
+    char *image = xasprintf("%s/disk.img", cfg->scratch);
+    uid_t vcap = cfg->uid_base + CONTAINER_VCAP_UID;
+    int rc = mkdir_p(disk, 0700);
+    if (rc == 0)
+        rc = mkdir_p(root, 0755);
+    if (rc < 0) {
+        rc = run__fail(err, errlen, rc, "cannot create %s: %s", disk, strerror(-rc));
+        goto out;
+    }
+    rc = container_disk_take(cfg->disk_pool, cfg->disk_mb, image, err, errlen);
+    if (rc == 0)
+        rc = container__disk_mount(image, disk, err, errlen);
+    if (rc == 0)
+        rc = run__overlay(cfg->stack, disk, "root", root, err, errlen);
+    if (rc < 0)
+        goto out;
+    /* vcap's home in this container's own layer */
+    static const char *const homes[] = {"/home/vcap", CONTAINER_TMP_DIR};
+    for (size_t i = 0; i < ARRAY_SIZE(homes) && rc == 0; i++) {
+        char *p = run__path(root, homes[i]);
+        if (chown(p, vcap, vcap) < 0)
+            rc = run__fail(err, errlen, -errno, "cannot chown %s: %s", p, strerror(errno));
+        free(p);
+    }
+    char *usr = run__path(root, "/usr");
+    if (rc == 0)
+        rc = run__bind("/usr", usr, false, err, errlen);
+    free(usr);
+    /* public material the host's programs look for: CA certificates, alternatives links */
+    static const char *const etc[] = {"/etc/ssl", "/etc/alternatives"};
+    for (size_t i = 0; i < ARRAY_SIZE(etc) && rc == 0; i++) {
+        struct stat st;
+        if (stat(etc[i], &st) < 0 || !S_ISDIR(st.st_mode))
+            continue;
+        char *p = run__path(root, etc[i]);
+        rc = run__bind(etc[i], p, false, err, errlen);
+        free(p);
+    }
+    for (size_t i = 0; i < cfg->n_mounts && rc == 0; i++) {
+        const struct container_mount *m = &cfg->mounts[i];
+        if (strstr(m->target, "/..") || !strcmp(m->target, "/")) {
+            rc = run__fail(err, errlen, -EINVAL, "bad mount target %s", m->target);
+            break;
+        }
+        struct stat st;
+        if (stat(m->source, &st) < 0) {
+            rc = run__fail(err, errlen, -errno, "cannot mount %s: %s", m->source,
+                           strerror(errno));
+            break;
+        }
+        char *dst = run__path(root, m->target);
+        rc = run__mountpoint(dst, S_ISDIR(st.st_mode));
+        if (rc < 0) {
+            rc = run__fail(err, errlen, rc, "cannot create %s: %s", dst, strerror(-rc));
+        } else if (m->kind == CONTAINER_MOUNT_OVERLAY) {
+            char name[32];
+            snprintf(name, sizeof name, "mount%zu", i);
+            rc = run__overlay(m->source, disk, name, dst, err, errlen);
+        } else {
+            rc = run__bind(m->source, dst, m->kind == CONTAINER_MOUNT_RW, err, errlen);
+        }
+        free(dst);
+    }
+    if (rc == 0)
+        rc = run__dev(root, err, errlen);
+out:
+    free(disk);
+    free(image);
+    return rc;
+}
+
+/* ---- steps 5 and 6: inside ------------------------------------------------------------------ */
+
+static void run__child_fail(struct run_child *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+static void run__child_fail(struct run_child *c, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n > 0) {
+        ssize_t w = write(c->err_wr, msg, (size_t)(n < (int)sizeof msg ? n : (int)sizeof msg - 1));
+        (void)w; /* nothing more to tell anyone when even this fails */
+    }
+    _exit(125);
+}
+
+static void run__lo_up(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    struct ifreq ifr = {0};
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        ioctl(fd, SIOCSIFFLAGS, &ifr);
+    }
+    close(fd);
+}
+
+/* /proc of the container's own PID namespace, with Docker's masked and read-only paths. */
+static void run__proc(struct run_child *c)
+{
+    char *proc = run__path(c->root, "/proc");
+    if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        run__child_fail(c, "cannot mount /proc: %s", strerror(errno));
+    static const char *const masked[] = {"kcore",      "keys",        "latency_stats",
+                                         "timer_list", "timer_stats", "sched_debug",
+                                         "sysrq-trigger"};
+    char *null = run__path(c->root, "/dev/null");
+    for (size_t i = 0; i < ARRAY_SIZE(masked); i++) {
+        char *p = xasprintf("%s/%s", proc, masked[i]);
+        if (access(p, F_OK) == 0 && mount(null, p, NULL, MS_BIND, NULL) < 0)
+            run__child_fail(c, "cannot mask /proc/%s: %s", masked[i], strerror(errno));
+        free(p);
+    }
+    static const char *const hidden[] = {"acpi", "asound", "scsi"};
+    for (size_t i = 0; i < ARRAY_SIZE(hidden); i++) {
+        char *p = xasprintf("%s/%s", proc, hidden[i]);
+        if (access(p, F_OK) == 0 &&
+            mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0") < 0)
+            run__child_fail(c, "cannot hide /proc/%s: %s", hidden[i], strerror(errno));
+        free(p);
+    }
+    static const char *const readonly[] = {"bus", "fs", "irq", "sys"};
+    for (size_t i = 0; i < ARRAY_SIZE(readonly); i++) {
+        char *p = xasprintf("%s/%s", proc, readonly[i]);
+        if (access(p, F_OK) == 0 &&
+            (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+             mount(NULL, p, NULL,
+                   MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                   NULL) < 0))
+            run__child_fail(c, "cannot make /proc/%s read-only: %s", readonly[i],
+                            strerror(errno));
+        free(p);
+    }
+    free(null);
+    free(proc);
+}
+
+/* The program, as vcap with nothing of root left. Does not return. */
+static void run__exec(struct run_child *c)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL);
+    setsid();
+    for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
+        prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+    gid_t gid = CONTAINER_VCAP_UID;
+    if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
+        setresuid(CONTAINER_VCAP_UID, CONTAINER_VCAP_UID, CONTAINER_VCAP_UID) < 0)
+        run__child_fail(c, "cannot become vcap: %s", strerror(errno));
+    /* a uid change from 0 clears the permitted and effective sets; the ambient and
+     * inheritable ones are cleared too, so no exec can bring a capability back */
+    cap_t none_caps = cap_init();
+    if (!none_caps || cap_set_proc(none_caps) < 0)
+        run__child_fail(c, "cannot drop capabilities: %s", strerror(errno));
+    cap_free(none_caps);
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        run__child_fail(c, "cannot set no_new_privs: %s", strerror(errno));
+    struct rlimit core = {0, 0}, nofile = {CONTAINER_NOFILE, CONTAINER_NOFILE};
+    setrlimit(RLIMIT_CORE, &core);
+    setrlimit(RLIMIT_NOFILE, &nofile);
+    char err[256] = "";
+    if (seccomp_install_default(err, sizeof err) < 0)
+        run__child_fail(c, "cannot install the seccomp filter: %s", err);
+    extern char **environ;
+    environ = (char **)c->envp; /* execvp looks PATH up in the program's own environment */
+    execvp(c->argv[0], c->argv);
+    run__child_fail(c, "cannot run %s: %s", c->argv[0], strerror(errno));
+}
+
+static void run__noop(int sig)
+{
+    (void)sig;
+}
+
+/* PID 1: reaps, passes signals on to the program's group, ends with the program. */
+static int run__init(void *arg)
+{
+    struct run_child *c = arg;
+    char go = 0;
+    if (read(c->sync_rd, &go, 1) != 1 || go != 'g')
+        _exit(125);
+    close(c->sync_rd);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+        run__child_fail(c, "cannot take the container's root: %s", strerror(errno));
+    const struct container_config *cfg = c->cfg;
+    if (sethostname(cfg->hostname, strlen(cfg->hostname)) < 0)
+        run__child_fail(c, "cannot set the hostname: %s", strerror(errno));
+    run__proc(c);
+    char *pts = run__path(c->root, "/dev/pts");
+    if (mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") <
+        0)
+        run__child_fail(c, "cannot mount /dev/pts: %s", strerror(errno));
+    free(pts);
+    /* the root's mount came from the host's namespace and is locked there; a bind of it made
+     * here is ours to pivot to (what is under it stays locked and hidden) */
+    if (mount(c->root, c->root, NULL, MS_BIND | MS_REC, NULL) < 0 || chdir(c->root) < 0 ||
+        syscall(SYS_pivot_root, ".", ".") < 0 ||
+        umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+        run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
+    if (!cfg->net_pool)
+        run__lo_up();
+    if (chdir(cfg->cwd) < 0)
+        run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
+
+    static const int passed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    for (size_t i = 0; i < ARRAY_SIZE(passed); i++)
+        sigaddset(&set, passed[i]);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    /* PID 1 of a namespace gets no signal it has no handler for */
+    for (int s = 1; s < NSIG; s++)
+        if (sigismember(&set, s) == 1)
+            signal(s, run__noop);
+    pid_t app = fork();
+    if (app < 0)
+        run__child_fail(c, "cannot fork: %s", strerror(errno));
+    if (app == 0)
+        run__exec(c);
+    close(c->err_wr);
+    int status = 0;
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig == SIGCHLD) {
+            pid_t pid;
+            int st;
+            bool done = false;
+            while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+                if (pid == app) {
+                    status = st;
+                    done = true;
+                }
+            if (done)
+                break;
+        } else if (sig > 0) {
+            if (kill(-app, sig) < 0)
+                kill(app, sig); /* not yet its own group leader */
+        }
+    }
+    kill(-1, SIGKILL); /* what the program left behind ends with it */
+    if (write(c->status_wr, &status, sizeof status) != sizeof status)
+        _exit(125);
+    _exit(0);
+}
+
+/* ---- the host side ----------------------------------------------------------------------- */
+
+static int run__maps(pid_t pid, unsigned base, char *err, size_t errlen)
+{
+    char path[64], map[64];
+    snprintf(map, sizeof map, "0 %u %u\n", base, CONTAINER_UID_RANGE);
+    snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
+    int rc = run__write_file(path, map);
+    if (rc == 0) {
+        snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
+        rc = run__write_file(path, map);
+    }
+    if (rc < 0)
+        return run__fail(err, errlen, rc, "cannot write the user namespace's maps: %s",
+                         strerror(-rc));
+    return 0;
+}
+
+int container_run(const struct container_config *cfg, char *const argv[], char *const envp[],
+                  char *err, size_t errlen)
+{
+    err[0] = '\0';
+    int rc = 0;
+    for (char **f = cfg->cgroup_procs; f && *f && rc == 0; f++) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "%d\n", getpid());
+        rc = run__write_file(*f, pid);
+        if (rc < 0)
+            return run__fail(err, errlen, rc, "cannot join cgroup %s: %s", *f, strerror(-rc));
+    }
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return run__fail(err, errlen, -errno, "cannot make a mount namespace: %s",
+                         strerror(errno));
+    char *root = xasprintf("%s/root", cfg->scratch);
+    rc = run__rootfs(cfg, root, err, errlen);
+    if (rc < 0) {
+        free(root);
+        return rc;
+    }
+    int sync[2], errp[2], statusp[2];
+    if (pipe2(sync, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(statusp, O_CLOEXEC) < 0) {
+        free(root);
+        return run__fail(err, errlen, -errno, "cannot make pipes: %s", strerror(errno));
+    }
+    struct run_child c = {.cfg = cfg,
+                          .argv = argv,
+                          .envp = envp,
+                          .root = root,
+                          .sync_rd = sync[0],
+                          .err_wr = errp[1],
+                          .status_wr = statusp[1]};
+    char *stack = xmalloc(RUN_CHILD_STACK);
+    pid_t pid = clone(run__init, stack + RUN_CHILD_STACK,
+                      CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
+                          CLONE_NEWNET | CLONE_NEWCGROUP | SIGCHLD,
+                      &c);
+    close(sync[0]);
+    close(errp[1]);
+    close(statusp[1]);
+    if (pid < 0) {
+        rc = run__fail(err, errlen, -errno, "cannot make the container's namespaces: %s",
+                       strerror(errno));
+        close(sync[1]);
+        goto out;
+    }
+    rc = run__maps(pid, cfg->uid_base, err, errlen);
+    if (rc == 0 && cfg->net_pool) {
+        struct net_pool pool;
+        rc = net_pool_parse(cfg->net_pool, &pool, err, errlen);
+        if (rc == 0)
+            rc = net_attach(&pool, cfg->net_slot, pid, err, errlen);
+    }
+    if (rc == 0 && write(sync[1], "g", 1) != 1)
+        rc = run__fail(err, errlen, -EIO, "the container's init went away");
+    close(sync[1]);
+    if (rc == 0) {
+        char msg[512];
+        ssize_t n;
+        while ((n = read(errp[0], msg, sizeof msg - 1)) < 0 && errno == EINTR)
+            ;
+        if (n > 0) {
+            msg[n] = '\0';
+            rc = run__fail(err, errlen, -EIO, "%s", msg);
+        }
+    }
+    int st = 0;
+    if (rc < 0)
+        kill(pid, SIGKILL);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (rc == 0) {
+        int app = 0;
+        ssize_t n = read(statusp[0], &app, sizeof app);
+        rc = n == sizeof app ? app : st; /* init killed: report how it ended */
+    }
+out:
+    close(errp[0]);
+    close(statusp[0]);
+    free(stack);
+    free(root);
+    return rc;
+}
