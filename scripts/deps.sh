@@ -8,7 +8,7 @@ packages=(
   libuv1-dev node-llhttp libjansson-dev libsqlite3-dev libcurl4-openssl-dev libyaml-dev
   libarchive-dev libsodium-dev libseccomp-dev libcap-dev libnats-dev libpq-dev
   libcmocka-dev python3 python3-pytest python3-pip nodejs npm
-  nginx-light wrk hyperfine nats-server postgresql curl iproute2 procps
+  nginx-light wrk hyperfine nats-server postgresql curl iproute2 procps nftables
 )
 
 missing=()
