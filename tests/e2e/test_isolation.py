@@ -159,6 +159,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(shared_platform):
+    """The module's platform with two tenants: "victim" (a secret in its environment) and
+    "hostile" (told where the platform's secrets are), both the hostile app's code."""
     p = shared_platform
     w = World()
     w.p = p

@@ -15,6 +15,7 @@ Used two ways: imported by app.py (GET /attack/NAME?...) and run by the hostile 
 bin/compile as `python3 attacks.py staging PLAN.json BUILD CACHE`, which prints one line per
 attempt: "ATTACK label escaped=0|1 detail" or "CONTROL label ok=0|1 detail".
 """
+import concurrent.futures
 import ctypes
 import errno
 import json
@@ -593,8 +594,8 @@ def attack_unix(params):
 
 
 def attack_connect(params):
-    """TCP connections to each addr=host:port: escaped if any connects. With identify=1, a connection that turns out to be itself
-    (its own /whoami) does not count. With publish_only=1, the host:port of SKIFF_EVENTS_URL
+    """TCP connections to each addr=host:port: escaped if any connects. With identify=1, a
+    connection that turns out to be itself (its own /whoami) does not count. With publish_only=1, the host:port of SKIFF_EVENTS_URL
     is instead asked for what is not publishing (GET /v1/info, /v1/apps, /v1/topics, with
     and without its token): escaped if any of those answers 2xx."""
     addrs = many(params, "addr")
@@ -610,10 +611,11 @@ def attack_connect(params):
                 attempts.append((isinstance(s, int) and 200 <= s < 300,
                                  "GET %s%s %s: %s" % (ev_base, path, "with its token" if tok else
                                                       "without a token", s)))
-    for addr in dict.fromkeys(addrs):
-        if addr == ev_addr:
-            continue
-        ok, text = tcp_connect(addr)
+    todo = [a for a in dict.fromkeys(addrs) if a != ev_addr]
+    # all at once: where a firewall drops the packets, each attempt takes its whole timeout
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(32, len(todo)))) as pool:
+        tried = list(zip(todo, pool.map(tcp_connect, todo)))
+    for addr, (ok, text) in tried:
         if ok and identify:
             who = whoami(addr)
             if who and own and who.get("guid") == own:
@@ -747,7 +749,7 @@ def control_self(params):
     """It sees itself: its pid in /proc (attack_proc finds it), its own environ, and signal 0
     to itself works (attack_signal)."""
     me = str(os.getpid())
-    p = attack_proc({"target": ["%s:app.py" % me]})
+    p = attack_proc({"target": ["%s:" % me]})
     s = attack_signal({"pid": [me]})
     with open("/proc/self/environ", "rb") as f:
         own_env = b"CF_INSTANCE_GUID=" in f.read()
@@ -821,7 +823,7 @@ def staging(plan_path, build, cache):
     r = attack_read({"path": [os.path.join(build, "app.py")]})
     checks.append(("read_build", r["escaped"], r["detail"]))
     me = str(os.getpid())
-    r = attack_proc({"target": ["%s:attacks.py" % me]})
+    r = attack_proc({"target": ["%s:" % me]})
     checks.append(("proc_self", "ESCAPED pid %s visible" % me in r["detail"], r["detail"]))
     import pwd
     try:
