@@ -20,7 +20,7 @@ PKG_LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcap -lpthread -l
 
 LIB_SRCS  := $(filter-out %/main.c,$(wildcard src/*/*.c))
 MAIN_SRCS := src/daemon/main.c src/router/main.c src/cli/main.c src/shim/main.c src/init/main.c
-PROGRAMS  := skiffd skiff-router skiff skiff-shim
+PROGRAMS  := skiffd skiff-router skiff skiff-shim skiff-init
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 

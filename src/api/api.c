@@ -42,6 +42,9 @@ struct api {
     uv_loop_t *loop;
     uv_tcp_t server;
     bool server_open;
+    uv_tcp_t publish_server; /* containers' publish endpoint, when publish_addr is set */
+    bool publish_open;
+    char *publish_addr;
     char *home;
     char *addr;
     char *url;
@@ -123,6 +126,7 @@ struct api_conn {
     int64_t active_ms; /* last byte read or request finished (monotonic) */
     bool close_after_write;
     bool closing;
+    bool publish_only; /* came in on the publish listener */
     char peer[80];
 };
 
@@ -263,6 +267,7 @@ int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
     api->loop = loop;
     api->home = xstrdup(cfg->home);
     api->addr = xstrdup(cfg->addr);
+    api->publish_addr = cfg->publish_addr ? xstrdup(cfg->publish_addr) : NULL;
     api->url = xasprintf("http://%s", cfg->addr);
     api->upload_max = cfg->upload_max ? cfg->upload_max : (1ull << 30);
     api->routes_tail = &api->routes;
@@ -332,6 +337,24 @@ int api_listen(struct api *api, char *err, size_t errsize)
     rc = uv_tcp_bind(&api->server, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&api->server, 511, api__on_connection);
+    if (rc == 0 && api->publish_addr) {
+        struct sockaddr_storage pss;
+        rc = api__parse_addr(api->publish_addr, &pss);
+        if (rc == 0) {
+            uv_tcp_init(api->loop, &api->publish_server);
+            api->publish_server.data = api;
+            api->publish_open = true;
+            api->handles_open++;
+            rc = uv_tcp_bind(&api->publish_server, (const struct sockaddr *)&pss, 0);
+        }
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&api->publish_server, 511, api__on_connection);
+        if (rc < 0) {
+            snprintf(err, errsize, "cannot listen for publishing on %s: %s", api->publish_addr,
+                     uv_strerror(rc));
+            return rc;
+        }
+    }
     if (rc == 0) {
         uv_timer_init(api->loop, &api->sweep);
         api->sweep.data = api;
@@ -374,6 +397,10 @@ void api_close(struct api *api, void (*close_cb)(void *arg), void *arg)
         api->server_open = false;
         uv_close((uv_handle_t *)&api->server, api__server_closed);
     }
+    if (api->publish_open) {
+        api->publish_open = false;
+        uv_close((uv_handle_t *)&api->publish_server, api__server_closed);
+    }
     if (api->sweep_open) {
         api->sweep_open = false;
         uv_close((uv_handle_t *)&api->sweep, api__server_closed);
@@ -403,6 +430,7 @@ void api_free(struct api *api)
     sodium_memzero(api->instance_key, sizeof api->instance_key);
     free(api->home);
     free(api->addr);
+    free(api->publish_addr);
     free(api->url);
     free(api);
 }
@@ -1023,6 +1051,12 @@ static int api__on_headers_complete(llhttp_t *p)
             api__early(req, 404, "not_found", "no such endpoint: %s %s (see docs/api.md)",
                        req->method, req->path);
     }
+    if (!req->early_status && c->publish_only &&
+        (req->route->flags & API_ROUTE_AUTH_MASK) != API_AUTH_INSTANCE) {
+        req->route = NULL;
+        api__early(req, 404, "not_found",
+                   "this address serves only publishing: POST /v1/topics/TOPIC/events");
+    }
     if (!req->early_status) {
         int auth = req->route->flags & API_ROUTE_AUTH_MASK;
         if (auth != API_AUTH_NONE) {
@@ -1293,6 +1327,7 @@ static void api__on_connection(uv_stream_t *server, int status)
         return;
     struct api_conn *c = xcalloc(1, sizeof *c);
     c->api = api;
+    c->publish_only = server == (uv_stream_t *)&api->publish_server;
     uv_tcp_init(api->loop, &c->tcp);
     c->tcp.data = c;
     api->handles_open++;

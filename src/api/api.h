@@ -60,6 +60,9 @@ struct api_config {
     const char *addr;        /* "127.0.0.1:8090" */
     const char *admin_token; /* the bearer token that may do everything */
     uint64_t upload_max;     /* largest API_BODY_FILE body; 0: 1 GiB */
+    /* Where containers publish events (NULL: nowhere else): a second listener that serves
+     * only API_AUTH_INSTANCE routes; anything else there is a 404, whatever the token. */
+    const char *publish_addr;
 };
 
 int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out);

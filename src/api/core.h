@@ -16,12 +16,15 @@ struct store;
 struct scheduler;
 struct logs;
 
+struct container_site;
+
 struct api_core_config {
     const char *home;
     const char *router_url;
     const char *buildpacks_dir; /* built-in buildpacks */
     uint64_t max_unpacked;      /* largest unpacked package, bytes */
     int staging_timeout_s;
+    const struct container_site *containers; /* where stagings run; NULL: host processes */
     struct store *store;
     struct scheduler *scheduler;
     struct logs *logs;

@@ -342,7 +342,8 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     }
     s->env[ne] = NULL;
     struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
-                                 .home = core->cfg.home};
+                                 .home = core->cfg.home,
+                                 .containers = core->cfg.containers};
     struct stage_request sreq = {.app_name = app->name,
                                  .package_path = pkg->path,
                                  .buildpacks = (const char *const *)s->buildpacks,

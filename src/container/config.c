@@ -1,6 +1,9 @@
 /* container_config as JSON: how the executor and the stager hand a container's shape to
  * skiff-init. */
+#include <errno.h>
+#include <ftw.h>
 #include <jansson.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,4 +118,23 @@ void container_config_clear(struct container_config *cfg)
     }
     free(cfg->mounts);
     memset(cfg, 0, sizeof *cfg);
+}
+
+static uid_t chown__uid;
+
+static int chown__one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)type;
+    (void)ftw;
+    return lchown(path, chown__uid, chown__uid) < 0 ? -errno : 0;
+}
+
+int container_chown_tree(const char *path, unsigned uid_base)
+{
+    /* nftw takes no context: the uid goes through a static, which is safe because every
+     * caller of a daemon gives the same uid (it has one uid base) */
+    chown__uid = uid_base + CONTAINER_VCAP_UID;
+    int rc = nftw(path, chown__one, 32, FTW_PHYS);
+    return rc < 0 ? -errno : rc;
 }

@@ -68,6 +68,23 @@ struct container_config {
     size_t n_mounts;
 };
 
+/* What every container of one daemon shares. The executor sets it up (and owns the network
+ * slots); the stager borrows it to stage in containers too. */
+struct container_site {
+    const char *init_path; /* skiff-init */
+    const char *stack_dir;
+    const char *disk_pool;
+    const char *net_pool;
+    unsigned uid_base;
+    int (*slot_take)(void *ctx); /* a free network slot, or a negative errno */
+    void (*slot_give)(void *ctx, int slot);
+    void *slot_ctx;
+};
+
+/* Gives a tree (never following links) to the containers' vcap: what a container writes to
+ * through a writable bind mount (staging's build and cache folders). */
+int container_chown_tree(const char *path, unsigned uid_base);
+
 /* The config as JSON (caller frees) and back. */
 char *container_config_to_json(const struct container_config *cfg);
 int container_config_from_json(const char *text, struct container_config *out, char *err,

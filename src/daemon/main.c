@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/file.h>
 #include <unistd.h>
 #include <uv.h>
@@ -15,6 +16,8 @@
 #include "api/core.h"
 #include "bus/bus.h"
 #include "common/util.h"
+#include "container/container.h"
+#include "container/net.h"
 #include "daemon/router_proc.h"
 #include "executor/executor.h"
 #include "logs/logs.h"
@@ -55,13 +58,21 @@ static void usage(FILE *out)
           "127.0.0.1:8080)\n"
           "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
           "127.0.0.1:8083)\n"
+          "  --isolation container|process\n"
+          "                              how instances and stagings run (SKIFF_ISOLATION, default\n"
+          "                              container). process runs tenants' code as skiffd's own\n"
+          "                              user with no isolation at all: UNSAFE, for development\n"
+          "  --network-pool CIDR         containers' addresses (SKIFF_NETWORK_POOL, default\n"
+          "                              10.244.0.0/16; one /30 each)\n"
           "  --drain-timeout-ms MS       the longest an instance stopped on purpose waits for the\n"
           "                              requests and event deliveries in flight to it before\n"
           "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
           "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
           "4096),\n"
           "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder),\n"
-          "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db).\n"
+          "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db), SKIFF_EGRESS (0: containers reach no\n"
+          "public address; default 1), SKIFF_CONTAINER_UID_BASE (host uid of containers' root,\n"
+          "default 200000; vcap is that + 2000).\n"
           "\n"
           "Signals:\n"
           "  SIGTERM, SIGINT  stop the platform: every instance gracefully (SIGTERM, then SIGKILL\n"
@@ -278,6 +289,8 @@ int main(int argc, char **argv)
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
     const char *drain_timeout = NULL;
+    const char *isolation = env_or("SKIFF_ISOLATION", "process");
+    const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **target = NULL;
@@ -291,6 +304,10 @@ int main(int argc, char **argv)
             target = &admin_addr;
         else if (!strcmp(a, "--drain-timeout-ms"))
             target = &drain_timeout;
+        else if (!strcmp(a, "--isolation"))
+            target = &isolation;
+        else if (!strcmp(a, "--network-pool"))
+            target = &network_pool;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
@@ -318,6 +335,21 @@ int main(int argc, char **argv)
         }
         drain_timeout_ms = (int)ms;
     }
+    bool contained = !strcmp(isolation, "container");
+    if (!contained && strcmp(isolation, "process")) {
+        fprintf(stderr, "skiffd: --isolation is container or process, not \"%s\"\n", isolation);
+        return 2;
+    }
+    struct net_pool pool;
+    char pool_err[256];
+    if (contained && net_pool_parse(network_pool, &pool, pool_err, sizeof pool_err) < 0) {
+        fprintf(stderr, "skiffd: --network-pool: %s\n", pool_err);
+        return 2;
+    }
+    if (!contained)
+        fprintf(stderr, "skiffd: WARNING: --isolation process: every app and buildpack runs as "
+                        "skiffd's own user, in the host's namespaces, with no seccomp: any of "
+                        "them can take the platform over. Use it for development only.\n");
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
 
@@ -333,7 +365,8 @@ int main(int argc, char **argv)
     char *buildpacks = find_buildpacks(dir);
     char *router_bin = xasprintf("%s/skiff-router", dir);
     char *shim_bin = xasprintf("%s/skiff-shim", dir);
-    char *db = NULL, *bus_path = NULL, *api_url = NULL;
+    char *init_bin = xasprintf("%s/skiff-init", dir);
+    char *db = NULL, *bus_path = NULL, *api_url = NULL, *publish_addr = NULL, *events_url = NULL;
 
     char *run = xasprintf("%s/run", d.home);
     char *tmp = xasprintf("%s/tmp", d.home);
@@ -381,17 +414,29 @@ int main(int argc, char **argv)
     if (setup_token(&d, api_url) < 0)
         goto fail;
 
+    /* containers publish to the pool's publish address, on the API's port number, where
+     * only publishing is served */
+    const char *api_port = strrchr(d.api_addr, ':');
+    int publish_port = api_port ? atoi(api_port + 1) : 0;
+    if (contained) {
+        char ip[INET_ADDRSTRLEN];
+        struct in_addr pub = net_publish_address(&pool);
+        inet_ntop(AF_INET, &pub, ip, sizeof ip);
+        publish_addr = xasprintf("%s:%d", ip, publish_port);
+        events_url = xasprintf("http://%s", publish_addr);
+    }
     struct api_config acfg = {.home = d.home,
                               .addr = d.api_addr,
                               .admin_token = d.token,
-                              .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024) << 20};
+                              .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024) << 20,
+                              .publish_addr = publish_addr};
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot set up the API: %s\n", strerror(-rc));
         goto fail;
     }
     struct scheduler_config scfg = {.home = d.home,
-                                    .api_url = api_url,
+                                    .api_url = events_url ? events_url : api_url,
                                     .drain_timeout_ms = drain_timeout_ms,
                                     .make_instance_token = make_instance_token,
                                     .token_ctx = d.api};
@@ -399,7 +444,13 @@ int main(int argc, char **argv)
                                    .port_min = (int)env_long("SKIFF_PORT_MIN", 61000),
                                    .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),
                                    .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000),
-                                   .shim_path = shim_bin};
+                                   .shim_path = shim_bin,
+                                   .isolation = contained ? EXECUTOR_CONTAINER : EXECUTOR_PROCESS,
+                                   .init_path = init_bin,
+                                   .net_pool = network_pool,
+                                   .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE",
+                                                                  CONTAINER_DEFAULT_UID_BASE),
+                                   .egress = env_long("SKIFF_EGRESS", 1) != 0};
     if (access(shim_bin, X_OK) != 0)
         fprintf(stderr,
                 "skiffd: %s is missing: no instance can start (build it with `make`, and "
@@ -427,6 +478,7 @@ int main(int argc, char **argv)
         .buildpacks_dir = buildpacks,
         .max_unpacked = (uint64_t)env_long("SKIFF_MAX_UNPACKED_MB", 4096) << 20,
         .staging_timeout_s = (int)env_long("SKIFF_STAGING_TIMEOUT", 900),
+        .containers = executor_container_site(scheduler_executor(d.sched)),
         .store = d.store,
         .scheduler = d.sched,
         .logs = d.logs,
@@ -449,6 +501,10 @@ int main(int argc, char **argv)
     d.events_started = true;
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
+        fprintf(stderr, "skiffd: %s\n", err);
+        goto fail;
+    }
+    if (contained && net_firewall_allow_publish(&pool, publish_port, err, sizeof err) < 0) {
         fprintf(stderr, "skiffd: %s\n", err);
         goto fail;
     }
@@ -507,9 +563,12 @@ out:
     free(buildpacks);
     free(router_bin);
     free(shim_bin);
+    free(init_bin);
     free(db);
     free(bus_path);
     free(api_url);
+    free(publish_addr);
+    free(events_url);
     if (d.exit_code == 0)
         printf("skiffd stopped\n");
     return d.exit_code;

@@ -28,6 +28,8 @@
 
 #include "common/buf.h"
 #include "common/util.h"
+#include "container/container.h"
+#include "container/net.h"
 #include "executor/cgroup.h"
 #include "executor/proc.h"
 #include "shim/shim.h"
@@ -41,6 +43,9 @@
 #define DEFAULT_GRACE_MS 10000
 #define DEFAULT_START_TIMEOUT_S 60
 #define CGROUP_STALE_AGE_S 60 /* an empty instance cgroup this old is a dead daemon's */
+#define DEFAULT_DISK_MB 1024
+#define DISK_POOL_KEEP 2      /* ready-made disk images kept per size in use */
+#define DISK_FULL_BYTES 65536 /* less free than this on a writable layer: its quota is used */
 
 struct probe;
 
@@ -50,7 +55,7 @@ struct instance {
     /* the spec, copied */
     char *app_guid, *app_name, *process_type, *guid, *app_dir, *command, *health_endpoint;
     char **env;
-    int index, port, memory_mb, pids_max, start_timeout_s;
+    int index, port, memory_mb, disk_mb, pids_max, start_timeout_s;
     enum health_check_type health;
     char *scratch_dir;
 
@@ -73,9 +78,12 @@ struct instance {
     int64_t last_sample_ms;
     double cpu;
     uint64_t memory_bytes;
+    uint64_t disk_used, disk_total;
+    bool disk_full_told; /* "disk quota exceeded" said once per time it fills up */
 };
 
 struct executor__driver;
+struct executor__disk_job;
 
 struct executor {
     uv_loop_t *loop;
@@ -86,6 +94,19 @@ struct executor {
     int port_min, port_max, grace_ms, liveness_ms;
     unsigned char *port_used;
     int port_cursor;
+    /* containers */
+    enum executor_isolation isolation;
+    char *init_path, *stack_dir, *disk_pool, *net_pool_text;
+    struct net_pool net;
+    unsigned uid_base;
+    struct container_site site;
+    int slots;                 /* network slots of the pool */
+    unsigned char *slot_used;  /* ours, by slot */
+    int slot_cursor;
+    int disk_pool_sizes[8];    /* sizes of disk images kept ready */
+    struct executor__disk_job *disk_job; /* the refill under way, if any */
+    bool disk_pool_again;                /* a size was used meanwhile: refill once more */
+    bool disk_pool_told;                 /* a refill error was logged */
     instance_output_cb on_output;
     instance_state_cb on_state;
     void *ctx;
@@ -125,28 +146,88 @@ static const char executor__join_script[] =
     "cmd=$1; shift; for f; do echo $$ > \"$f\" || { echo \"skiff: cannot join cgroup $f\" >&2; "
     "exit 125; }; done; exec /bin/sh -c \"$cmd\"";
 
+/* The config of an instance's container, written where skiff-init reads it. */
+static int executor__container_config(struct instance *inst, char **path_out)
+{
+    struct executor *ex = inst->ex;
+    struct container_mount droplet = {.source = inst->app_dir,
+                                      .target = CONTAINER_APP_DIR,
+                                      .kind = CONTAINER_MOUNT_OVERLAY};
+    struct container_config cfg = {
+        .hostname = inst->guid,
+        .stack = ex->stack_dir,
+        .scratch = inst->scratch_dir,
+        .disk_mb = inst->disk_mb,
+        .disk_pool = ex->disk_pool,
+        .uid_base = ex->uid_base,
+        .net_pool = ex->net_pool_text,
+        .net_slot = inst->port,
+        .cwd = CONTAINER_APP_DIR,
+        .cgroup_procs = inst->cg ? (char **)cgroup_join_files(inst->cg) : NULL,
+        .mounts = &droplet,
+        .n_mounts = 1,
+    };
+    char *text = container_config_to_json(&cfg);
+    char *path = xasprintf("%s/container.json", inst->scratch_dir);
+    int rc = file_write_atomic(path, text, strlen(text), 0600);
+    free(text);
+    if (rc < 0) {
+        free(path);
+        return rc;
+    }
+    *path_out = path;
+    return 0;
+}
+
+#define EXECUTOR_ARGV_MAX 16
+
+/* The argv that runs the instance's command in its isolation: skiff-init with the
+ * container's config, or (host processes) a shell that joins the cgroup first. The strings
+ * that argv borrows from are kept in owned[0..1] (the caller frees them). */
+static int executor__instance_argv(struct instance *inst, const char **argv, int *argc,
+                                   char **owned)
+{
+    char *command = proc_exec_form(inst->command);
+    owned[0] = command;
+    if (inst->ex->isolation == EXECUTOR_CONTAINER) {
+        int rc = executor__container_config(inst, &owned[1]);
+        if (rc < 0)
+            return rc;
+        argv[(*argc)++] = inst->ex->init_path;
+        argv[(*argc)++] = "--config";
+        argv[(*argc)++] = owned[1];
+        argv[(*argc)++] = "--";
+        argv[(*argc)++] = "/bin/sh";
+        argv[(*argc)++] = "-c";
+        argv[(*argc)++] = command;
+    } else {
+        argv[(*argc)++] = "/bin/sh";
+        argv[(*argc)++] = "-c";
+        if (inst->cg) {
+            argv[(*argc)++] = executor__join_script;
+            argv[(*argc)++] = "skiff-instance";
+            argv[(*argc)++] = command;
+            for (const char *const *f = cgroup_join_files(inst->cg);
+                 *f && *argc < EXECUTOR_ARGV_MAX - 1; f++)
+                argv[(*argc)++] = *f;
+        } else {
+            argv[(*argc)++] = command;
+        }
+    }
+    argv[*argc] = NULL;
+    return 0;
+}
+
 static int process_driver_start(struct instance *inst)
 {
     int rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
     if (rc < 0)
         inst->cg = NULL; /* no usable cgroups here: a plain process group */
 
-    char *command = proc_exec_form(inst->command);
-    const char *argv[3 + 2 + 4];
+    const char *argv[EXECUTOR_ARGV_MAX];
     int argc = 0;
-    argv[argc++] = "/bin/sh";
-    argv[argc++] = "-c";
-    if (inst->cg) {
-        argv[argc++] = executor__join_script;
-        argv[argc++] = "skiff-instance";
-        argv[argc++] = command;
-        for (const char *const *f = cgroup_join_files(inst->cg); *f && argc < 8; f++)
-            argv[argc++] = *f;
-    } else {
-        argv[argc++] = command;
-    }
-    argv[argc] = NULL;
-
+    char *owned[2] = {NULL, NULL};
+    rc = executor__instance_argv(inst, argv, &argc, owned);
     static char *const empty_env[] = {NULL};
     struct proc_options opt = {
         .argv = argv,
@@ -156,8 +237,10 @@ static int process_driver_start(struct instance *inst)
         .on_exit = executor__instance_exited,
         .ctx = inst,
     };
-    rc = proc_spawn(inst->ex->loop, &opt, &inst->proc);
-    free(command);
+    if (rc == 0)
+        rc = proc_spawn(inst->ex->loop, &opt, &inst->proc);
+    free(owned[0]);
+    free(owned[1]);
     if (rc == 0)
         inst->pid = proc_pid(inst->proc);
     if (rc < 0) {
@@ -288,6 +371,8 @@ static size_t executor__instance_pids(struct instance *inst, int *pids, size_t m
 
 static bool process_driver_listens_on(struct instance *inst, int port)
 {
+    if (inst->ex->isolation == EXECUTOR_CONTAINER)
+        return true; /* its address is its own: nothing else can listen there */
     unsigned long inodes[16];
     size_t ninodes = executor__listen_inodes(port, inodes, ARRAY_SIZE(inodes));
     if (ninodes == 0)
@@ -543,7 +628,7 @@ static int shim_driver_start(struct instance *inst)
     struct executor *ex = inst->ex;
     char *sock_path = shim__socket_path(inst);
     char *pid_path = shim__pid_path(ex, "instance", inst->guid);
-    char *command = NULL;
+    char *command = NULL, *container_cfg = NULL;
     int rc = shim__listen(sock_path);
     if (rc < 0)
         goto out;
@@ -551,8 +636,7 @@ static int shim_driver_start(struct instance *inst)
     rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
     if (rc < 0)
         inst->cg = NULL; /* no usable cgroups here: a plain process group */
-    command = proc_exec_form(inst->command);
-    const char *argv[16];
+    const char *argv[EXECUTOR_ARGV_MAX + 6];
     int argc = 0;
     argv[argc++] = ex->shim_path;
     argv[argc++] = "--listen-fd";
@@ -560,18 +644,17 @@ static int shim_driver_start(struct instance *inst)
     argv[argc++] = "--pid-file";
     argv[argc++] = pid_path;
     argv[argc++] = "--";
-    argv[argc++] = "/bin/sh";
-    argv[argc++] = "-c";
-    if (inst->cg) {
-        argv[argc++] = executor__join_script;
-        argv[argc++] = "skiff-instance";
-        argv[argc++] = command;
-        for (const char *const *f = cgroup_join_files(inst->cg); *f && argc < 15; f++)
-            argv[argc++] = *f;
-    } else {
-        argv[argc++] = command;
+    char *owned[2] = {NULL, NULL};
+    rc = executor__instance_argv(inst, argv, &argc, owned);
+    command = owned[0];
+    container_cfg = owned[1];
+    if (rc < 0) {
+        close(listen_fd);
+        cgroup_destroy(inst->cg);
+        inst->cg = NULL;
+        unlink(sock_path);
+        goto out;
     }
-    argv[argc] = NULL;
     static char *const empty_env[] = {NULL};
     uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
                                      {.flags = UV_IGNORE},
@@ -614,6 +697,7 @@ static int shim_driver_start(struct instance *inst)
     rc = 0;
 out:
     free(command);
+    free(container_cfg);
     free(sock_path);
     free(pid_path);
     return rc;
@@ -682,6 +766,64 @@ static const struct executor__driver executor__shim_driver = {
     .cleanup = shim_driver_cleanup,
     .release = shim_driver_release,
 };
+
+/* ---- where instances are reached ------------------------------------------------------- */
+
+static void executor__sockaddr(const struct executor *ex, int slot, struct sockaddr_in *out)
+{
+    memset(out, 0, sizeof *out);
+    out->sin_family = AF_INET;
+    if (ex->isolation == EXECUTOR_CONTAINER) {
+        struct in_addr host;
+        net_slot_addresses(&ex->net, slot, &host, &out->sin_addr);
+        out->sin_port = htons(CONTAINER_PORT);
+    } else {
+        out->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        out->sin_port = htons((uint16_t)slot);
+    }
+}
+
+void executor_endpoint(const struct executor *ex, int slot, struct instance_endpoint *out)
+{
+    struct sockaddr_in sa;
+    executor__sockaddr(ex, slot, &sa);
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
+    snprintf(out->addr, sizeof out->addr, "%s:%d", ip, ntohs(sa.sin_port));
+    out->port = ntohs(sa.sin_port);
+}
+
+void executor_instance_dirs(const struct executor *ex, const char *instance_guid,
+                            const char *app_dir, char **home, char **tmpdir)
+{
+    if (ex->isolation == EXECUTOR_CONTAINER) {
+        *home = xstrdup(CONTAINER_APP_DIR);
+        *tmpdir = xstrdup(CONTAINER_TMP_DIR);
+    } else {
+        *home = xstrdup(app_dir);
+        *tmpdir = xasprintf("%s/instances/%s/tmp", ex->home, instance_guid);
+    }
+}
+
+enum executor_isolation executor_isolation(const struct executor *ex)
+{
+    return ex->isolation;
+}
+
+const struct container_site *executor_container_site(struct executor *ex)
+{
+    return ex->isolation == EXECUTOR_CONTAINER ? &ex->site : NULL;
+}
+
+static int executor__site_slot_take(void *ctx)
+{
+    return executor_port_allocate(ctx);
+}
+
+static void executor__site_slot_give(void *ctx, int slot)
+{
+    executor_port_release(ctx, slot);
+}
 
 /* ---- health probes ---------------------------------------------------------------------- */
 
@@ -796,13 +938,15 @@ static void executor__probe_start(struct instance *inst)
     if (inst->health == HEALTH_HTTP) {
         const char *path =
             inst->health_endpoint && inst->health_endpoint[0] == '/' ? inst->health_endpoint : "/";
-        pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: "
+        struct instance_endpoint ep;
+        executor_endpoint(inst->ex, inst->port, &ep);
+        pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: "
                                 "skiff-health-check\r\nConnection: close\r\n\r\n",
-                                path, inst->port);
+                                path, ep.addr);
     }
     inst->probe = pr;
     struct sockaddr_in addr;
-    uv_ip4_addr("127.0.0.1", inst->port, &addr);
+    executor__sockaddr(inst->ex, inst->port, &addr);
     uv_timer_start(&pr->timeout, probe__timed_out, HEALTH_PROBE_TIMEOUT_MS, 0);
     if (uv_tcp_connect(&pr->connect, &pr->tcp, (const struct sockaddr *)&addr, probe__connected) <
         0)
@@ -888,8 +1032,12 @@ static void executor__instance_output(void *ctx, int stream, const char *line, s
 
 static void executor__port_release(struct executor *ex, int port)
 {
-    if (port >= ex->port_min && port <= ex->port_max)
+    if (ex->isolation == EXECUTOR_CONTAINER) {
+        if (port >= 0 && port < ex->slots)
+            ex->slot_used[port] = 0;
+    } else if (port >= ex->port_min && port <= ex->port_max) {
         ex->port_used[port - ex->port_min] = 0;
+    }
 }
 
 static void executor__free_instance(struct instance *inst)
@@ -991,6 +1139,29 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
 
 /* ---- usage ------------------------------------------------------------------------------ */
 
+/* The container's disk is mounted in its keeper's (skiff-init's) mount namespace only:
+ * /proc/PID/root walks that namespace. A layer that fills up is told once in [CELL/n]. */
+static void executor__sample_disk(struct instance *inst)
+{
+    char *dir = xasprintf("/proc/%d/root%s/disk", inst->pid, inst->scratch_dir);
+    unsigned long long used = 0, total = 0;
+    if (container_disk_usage(dir, &used, &total) == 0 && total > 0) {
+        inst->disk_used = used;
+        inst->disk_total = total;
+        bool full = total - used < DISK_FULL_BYTES;
+        if (full && !inst->disk_full_told) {
+            char *msg = xasprintf("disk quota exceeded: the instance has written %llu MB of "
+                                  "its %d MB disk; writes fail with \"No space left on "
+                                  "device\" until it frees some",
+                                  used >> 20, inst->disk_mb);
+            inst->ex->on_output(inst->ex->ctx, inst, INSTANCE_STREAM_CELL, msg, strlen(msg));
+            free(msg);
+        }
+        inst->disk_full_told = full;
+    }
+    free(dir);
+}
+
 static void executor__sample_usage(struct instance *inst)
 {
     uint64_t cpu_ns = 0, memory = 0;
@@ -1002,6 +1173,8 @@ static void executor__sample_usage(struct instance *inst)
     inst->last_cpu_ns = cpu_ns;
     inst->last_sample_ms = now;
     inst->memory_bytes = memory;
+    if (inst->ex->isolation == EXECUTOR_CONTAINER && inst->pid > 0)
+        executor__sample_disk(inst);
 }
 
 static void executor__usage_tick(uv_timer_t *t)
@@ -1098,6 +1271,129 @@ static void executor__end_leftovers(struct executor *ex)
     free(dir);
 }
 
+/* ---- container set-up ------------------------------------------------------------------ */
+
+/* Disk images are made on the thread pool (mkfs takes ~10 ms), never on the loop. The job
+ * owns copies of what it needs; executor_free lets go of a job still under way. */
+struct executor__disk_job {
+    uv_work_t work;
+    struct executor *ex; /* NULL once the executor is gone */
+    char *pool_dir;
+    int sizes[8];
+    char err[256];
+    int rc;
+};
+
+static void executor__disk_fill(uv_work_t *w)
+{
+    struct executor__disk_job *job = w->data;
+    for (size_t i = 0; i < ARRAY_SIZE(job->sizes) && job->sizes[i] > 0 && job->rc == 0; i++)
+        job->rc = container_disk_pool_fill(job->pool_dir, job->sizes[i], DISK_POOL_KEEP,
+                                           job->err, sizeof job->err);
+}
+
+static void executor__disk_pool_refill(struct executor *ex);
+
+static void executor__disk_filled(uv_work_t *w, int status)
+{
+    struct executor__disk_job *job = w->data;
+    struct executor *ex = job->ex;
+    if (ex) {
+        ex->disk_job = NULL;
+        if (job->rc < 0 && !ex->disk_pool_told) {
+            fprintf(stderr, "skiffd: cannot make disk images ahead (starts make their own): %s\n",
+                    job->err);
+            ex->disk_pool_told = true;
+        }
+        if (ex->disk_pool_again && status == 0 && job->rc == 0) {
+            ex->disk_pool_again = false;
+            executor__disk_pool_refill(ex);
+        }
+    }
+    free(job->pool_dir);
+    free(job);
+}
+
+static void executor__disk_pool_refill(struct executor *ex)
+{
+    if (ex->disk_job) {
+        ex->disk_pool_again = true;
+        return;
+    }
+    struct executor__disk_job *job = xcalloc(1, sizeof *job);
+    job->ex = ex;
+    job->pool_dir = xstrdup(ex->disk_pool);
+    memcpy(job->sizes, ex->disk_pool_sizes, sizeof job->sizes);
+    job->work.data = job;
+    if (uv_queue_work(ex->loop, &job->work, executor__disk_fill, executor__disk_filled) < 0) {
+        free(job->pool_dir);
+        free(job);
+        return;
+    }
+    ex->disk_job = job;
+}
+
+/* Keeps images of that size ready from now on (the few most recent sizes). */
+static void executor__disk_pool_use(struct executor *ex, int size_mb)
+{
+    size_t n = ARRAY_SIZE(ex->disk_pool_sizes);
+    size_t i = 0;
+    while (i < n && ex->disk_pool_sizes[i] > 0 && ex->disk_pool_sizes[i] != size_mb)
+        i++;
+    if (i == n)
+        i = n - 1; /* the oldest size gives way */
+    memmove(&ex->disk_pool_sizes[1], &ex->disk_pool_sizes[0], i * sizeof(int));
+    ex->disk_pool_sizes[0] = size_mb;
+    executor__disk_pool_refill(ex);
+}
+
+static void executor__free_container(struct executor *ex)
+{
+    if (ex->disk_job)
+        ex->disk_job->ex = NULL; /* it finishes and frees itself */
+    free(ex->init_path);
+    free(ex->stack_dir);
+    free(ex->disk_pool);
+    free(ex->net_pool_text);
+    free(ex->slot_used);
+}
+
+static int executor__container_setup(struct executor *ex, const struct executor_config *cfg)
+{
+    char err[256] = "";
+    if (!cfg->init_path || !*cfg->init_path) {
+        fprintf(stderr, "skiffd: containers need skiff-init\n");
+        return -EINVAL;
+    }
+    ex->init_path = xstrdup(cfg->init_path);
+    ex->uid_base = cfg->uid_base ? cfg->uid_base : CONTAINER_DEFAULT_UID_BASE;
+    ex->net_pool_text = xstrdup(cfg->net_pool && *cfg->net_pool ? cfg->net_pool : NET_DEFAULT_POOL);
+    int rc = net_pool_parse(ex->net_pool_text, &ex->net, err, sizeof err);
+    if (rc == 0)
+        rc = net_host_setup(&ex->net, cfg->egress, err, sizeof err);
+    if (rc == 0)
+        rc = container_stack_prepare(ex->home, &ex->stack_dir, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot set up containers: %s\n", err);
+        return rc;
+    }
+    ex->slots = net_pool_slots(&ex->net);
+    ex->slot_used = xcalloc((size_t)ex->slots, 1);
+    ex->slot_cursor = (int)((uint64_t)(time_now_ns() ^ ((int64_t)getpid() << 20)) %
+                            (uint64_t)ex->slots);
+    ex->disk_pool = xasprintf("%s/containers/disks", ex->home);
+    ex->site = (struct container_site){.init_path = ex->init_path,
+                                       .stack_dir = ex->stack_dir,
+                                       .disk_pool = ex->disk_pool,
+                                       .net_pool = ex->net_pool_text,
+                                       .uid_base = ex->uid_base,
+                                       .slot_take = executor__site_slot_take,
+                                       .slot_give = executor__site_slot_give,
+                                       .slot_ctx = ex};
+    executor__disk_pool_use(ex, DEFAULT_DISK_MB);
+    return 0;
+}
+
 int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_output_cb on_output,
                  instance_state_cb on_state, void *ctx, struct executor **out)
 {
@@ -1115,6 +1411,14 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     /* daemons sharing a machine start at different ports, so they rarely race for one */
     ex->port_cursor = (int)((uint64_t)(time_now_ns() ^ ((int64_t)getpid() << 20)) %
                             (uint64_t)(cfg->port_max - cfg->port_min + 1));
+    ex->isolation = cfg->isolation;
+    if (ex->isolation == EXECUTOR_CONTAINER && executor__container_setup(ex, cfg) < 0) {
+        executor__free_container(ex);
+        free(ex->port_used);
+        free(ex->home);
+        free(ex);
+        return -EPERM;
+    }
     ex->driver = &executor__process_driver;
     if (cfg->shim_path && *cfg->shim_path) {
         ex->driver = &executor__shim_driver;
@@ -1146,8 +1450,25 @@ static bool executor__port_is_free(int port)
     return free_port;
 }
 
+/* A network slot neither we nor another daemon on the machine holds (creating its interface
+ * claims it for good: a race with another daemon fails that start, which is tried again). */
+static int executor__slot_allocate(struct executor *ex)
+{
+    for (int i = 0; i < ex->slots; i++) {
+        int slot = (ex->slot_cursor + i) % ex->slots;
+        if (ex->slot_used[slot] || net_slot_in_use(slot))
+            continue;
+        ex->slot_used[slot] = 1;
+        ex->slot_cursor = (slot + 1) % ex->slots;
+        return slot;
+    }
+    return -EADDRNOTAVAIL;
+}
+
 int executor_port_allocate(struct executor *ex)
 {
+    if (ex->isolation == EXECUTOR_CONTAINER)
+        return executor__slot_allocate(ex);
     int span = ex->port_max - ex->port_min + 1;
     for (int i = 0; i < span; i++) {
         int slot = (ex->port_cursor + i) % span;
@@ -1218,6 +1539,7 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->index = spec->index;
     inst->port = spec->port;
     inst->memory_mb = spec->memory_mb;
+    inst->disk_mb = spec->disk_mb > 0 ? spec->disk_mb : DEFAULT_DISK_MB;
     inst->pids_max = spec->pids_max > 0 ? spec->pids_max : DEFAULT_PIDS_MAX;
     inst->health = spec->health;
     inst->start_timeout_s =
@@ -1229,6 +1551,8 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     free(tmp);
     executor__set_state(inst, INSTANCE_STARTING);
 
+    if (ex->isolation == EXECUTOR_CONTAINER)
+        executor__disk_pool_use(ex, inst->disk_mb);
     if (strchr(inst->guid, '/') || (rc = inst->ex->driver->start(inst)) < 0) {
         if (rc == 0)
             rc = -EINVAL;
@@ -1360,8 +1684,8 @@ static bool executor__answers_now(struct instance *inst)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return false;
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)inst->port)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct sockaddr_in addr;
+    executor__sockaddr(inst->ex, inst->port, &addr);
     bool ok = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
     if (!ok && errno == EINPROGRESS) {
         struct pollfd pfd = {.fd = fd, .events = POLLOUT};
@@ -1584,6 +1908,7 @@ void executor_free(struct executor *ex)
         sh = next;
     }
     free(ex->shim_path);
+    executor__free_container(ex);
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
     if (ex->done_timer)
         uv_close((uv_handle_t *)ex->done_timer, executor__free_handle);
@@ -1637,6 +1962,19 @@ void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_b
         *cpu = inst->cpu;
     if (memory_bytes)
         *memory_bytes = inst->memory_bytes;
+}
+
+void instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total)
+{
+    *used = inst->disk_used;
+    *total = inst->disk_total;
+}
+
+int64_t instance_host_uid(const struct instance *inst)
+{
+    if (inst->ex->isolation == EXECUTOR_CONTAINER)
+        return (int64_t)inst->ex->uid_base + CONTAINER_VCAP_UID;
+    return inst->pid > 0 ? (int64_t)getuid() : -1;
 }
 
 void *instance_user_data(const struct instance *inst)

@@ -10,8 +10,10 @@
  * the on_state callback reports INSTANCE_DOWN or INSTANCE_CRASHED, after which it is freed as
  * soon as the callback returns.
  *
- * Drivers: the first driver runs plain process groups (with cgroup v2 limits where
- * available); a container driver (namespaces, seccomp) plugs in behind the same calls. */
+ * Isolation: EXECUTOR_CONTAINER (what skiffd uses) runs every instance in a container of its
+ * own (container/container.h) with its own address from the network pool; EXECUTOR_PROCESS
+ * runs plain process groups in cgroups on the host's loopback, with no isolation between
+ * instances or from the platform: for development and tests of the executor itself. */
 #ifndef SKIFF_EXECUTOR_H
 #define SKIFF_EXECUTOR_H
 
@@ -39,6 +41,11 @@ struct instance_exit {
                            "process limit reached" (it exited after a fork was refused) */
 };
 
+enum executor_isolation {
+    EXECUTOR_PROCESS,   /* host processes on 127.0.0.1:PORT: UNSAFE for untrusted code */
+    EXECUTOR_CONTAINER, /* containers, each at its own address, listening on 8080 */
+};
+
 struct executor_config {
     const char *home; /* $SKIFF_HOME: instance scratch lives under home/instances */
     int port_min;     /* instance ports are taken from [port_min, port_max] */
@@ -49,6 +56,12 @@ struct executor_config {
     const char *shim_path; /* skiff-shim: each instance runs under one (shim/shim.h) and
                               outlives the executor, for executor_adopt in the next one.
                               NULL: instances are the executor's children and end with it */
+    enum executor_isolation isolation;
+    /* containers only */
+    const char *init_path; /* skiff-init */
+    const char *net_pool;  /* "A.B.C.D/P"; NULL: NET_DEFAULT_POOL */
+    unsigned uid_base;     /* host uid of container root; 0: CONTAINER_DEFAULT_UID_BASE */
+    bool egress;           /* instances may reach public addresses (through NAT) */
 };
 
 struct instance_spec {
@@ -60,16 +73,20 @@ struct instance_spec {
     const char *app_dir; /* the staged app (droplet's app/ folder); the working directory */
     const char *command; /* run with /bin/sh -c */
     char *const *env;    /* NULL-terminated KEY=VALUE list, complete (PORT included) */
-    int port;            /* from executor_port_allocate */
+    int port;            /* from executor_port_allocate (a network slot for containers) */
     int memory_mb;       /* 0: no limit */
-    int disk_mb;
+    int disk_mb;         /* the writable layer of a container (0: 1024); not enforced for
+                            EXECUTOR_PROCESS */
     int pids_max; /* 0: a safe default */
     enum health_check_type health;
     const char *health_endpoint; /* for HEALTH_HTTP */
     int start_timeout_s;         /* default 60 */
 };
 
-typedef void (*instance_output_cb)(void *ctx, struct instance *inst, int stream /* 1, 2 */,
+/* stream 1 and 2 are the instance's stdout and stderr; INSTANCE_STREAM_CELL is a notice of
+ * the executor's own about it (e.g. "disk quota exceeded"). */
+#define INSTANCE_STREAM_CELL 3
+typedef void (*instance_output_cb)(void *ctx, struct instance *inst, int stream,
                                    const char *line, size_t len);
 typedef void (*instance_state_cb)(void *ctx, struct instance *inst, enum instance_state state,
                                   const struct instance_exit *exit /* final states only */);
@@ -100,8 +117,25 @@ int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx);
 /* The live instance with that guid, or NULL. */
 struct instance *executor_find(struct executor *ex, const char *instance_guid);
 
-/* A free port for a new instance, or a negative errno when the range is exhausted. */
+/* A free slot for a new instance, or a negative errno when none is left: a port on
+ * 127.0.0.1 for EXECUTOR_PROCESS, a network slot (its own address) for containers. */
 int executor_port_allocate(struct executor *ex);
+
+/* How the platform reaches an instance on that slot, and what the instance sees. */
+struct instance_endpoint {
+    char addr[64]; /* "IP:PORT": where the router, health checks and the invoker connect */
+    int port;      /* $PORT: what the instance listens on */
+};
+void executor_endpoint(const struct executor *ex, int slot, struct instance_endpoint *out);
+/* HOME and TMPDIR as the instance sees them (caller frees both). */
+void executor_instance_dirs(const struct executor *ex, const char *instance_guid,
+                            const char *app_dir, char **home, char **tmpdir);
+/* The executor's isolation. */
+enum executor_isolation executor_isolation(const struct executor *ex);
+/* What containers share (the stager's containers use it too), or NULL for EXECUTOR_PROCESS.
+ * Valid for the executor's life. */
+struct container_site;
+const struct container_site *executor_container_site(struct executor *ex);
 /* Gives back a port that was allocated but not passed to a started instance (an instance's
  * port is released by the executor when it ends, or when executor_start fails). */
 void executor_port_release(struct executor *ex, int port);
@@ -124,6 +158,10 @@ int instance_pid(const struct instance *inst);
 int64_t instance_since_ms(const struct instance *inst);
 /* CPU use (fraction of one core over the last sample) and resident memory in bytes. */
 void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_bytes);
+/* Bytes written to a container's writable layer and its size (0 and 0 without one). */
+void instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total);
+/* The host uid its program runs as (a container's vcap), or -1 when not known. */
+int64_t instance_host_uid(const struct instance *inst);
 void *instance_user_data(const struct instance *inst);
 void instance_set_user_data(struct instance *inst, void *data);
 

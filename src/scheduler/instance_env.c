@@ -90,9 +90,7 @@ char **scheduler_instance_env(const struct scheduler_env_input *in)
     snprintf(num, sizeof num, "%d", in->port);
     env__add(&env, &n, "PORT", num);
     env__add(&env, &n, "CF_INSTANCE_PORT", num);
-    char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", in->port);
-    env__add(&env, &n, "CF_INSTANCE_ADDR", addr);
+    env__add(&env, &n, "CF_INSTANCE_ADDR", in->addr);
     snprintf(num, sizeof num, "%d", in->index);
     env__add(&env, &n, "CF_INSTANCE_INDEX", num);
     env__add(&env, &n, "CF_INSTANCE_GUID", in->instance_guid);

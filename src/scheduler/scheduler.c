@@ -43,7 +43,8 @@ struct sched_inst {
     char tag[96]; /* log source, e.g. APP/PROC/WEB/0 */
     char guid[37];
     int index;
-    int port;
+    int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
+    char addr[64]; /* where the platform reaches it: "IP:PORT" */
     bool ready;
     enum sched_inst_phase phase;
     uint64_t drain_id;         /* DRAINING: its id for scheduler_drain_hold/_release */
@@ -287,8 +288,7 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
     si->drain_id = ++s->next_drain_id;
     si->drain_holds = 0;
     si->drain_until_mono = time_mono_ms() + s->drain_timeout_ms;
-    char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", si->port);
+    const char *addr = si->addr;
     struct scheduler_event ev = {.type = SCHEDULER_INSTANCE_DRAINING,
                                  .app_guid = si->app_guid,
                                  .app_name = sched__app_name(s, si->app_guid),
@@ -390,13 +390,18 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
     struct sched_inst *si = instance_user_data(inst);
     if (!si)
         return;
+    if (stream == INSTANCE_STREAM_CELL) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "CELL/%d", si->index);
+        logs_append(s->logs, si->app_guid, tag, LOGS_ERR, line, len);
+        return;
+    }
     logs_append(s->logs, si->app_guid, si->tag, stream == 2 ? LOGS_ERR : LOGS_OUT, line, len);
 }
 
 static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready)
 {
-    char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", si->port);
+    const char *addr = si->addr;
     struct scheduler_event ev = {.type = ready ? SCHEDULER_INSTANCE_READY : SCHEDULER_INSTANCE_GONE,
                                  .app_guid = si->app_guid,
                                  .app_name = sched__app_name(s, si->app_guid),
@@ -418,8 +423,8 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     if (state == INSTANCE_RUNNING) {
         si->ready = true;
         logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
-                     "Instance %d of %s (%s) is running on port %d", si->index, si->type, si->guid,
-                     si->port);
+                     "Instance %d of %s (%s) is running at %s", si->index, si->type, si->guid,
+                     si->addr);
         struct sched_slot *slot = si->slot;
         if (slot && slot->cur == si)
             slot->healthy_since_ms = time_now_ms();
@@ -624,6 +629,9 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     uuid_generate_v4(si->guid);
     si->index = slot->index;
     si->port = port;
+    struct instance_endpoint ep;
+    executor_endpoint(s->ex, port, &ep);
+    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
 
     const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
     for (size_t i = 0; i < app->n_env; i++) {
@@ -633,16 +641,18 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     char token[200];
     sched__make_token(s, app->guid, token, sizeof token);
     char *app_dir = xasprintf("%s/app", drop->path);
-    char *tmpdir = xasprintf("%s/instances/%s/tmp", s->home, si->guid);
+    char *home = NULL, *tmpdir = NULL;
+    executor_instance_dirs(s->ex, si->guid, app_dir, &home, &tmpdir);
     int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
     struct scheduler_env_input in = {.app_guid = app->guid,
                                      .app_name = app->name,
                                      .instance_guid = si->guid,
                                      .index = slot->index,
-                                     .port = port,
+                                     .port = ep.port,
+                                     .addr = ep.addr,
                                      .memory_mb = memory,
                                      .disk_mb = app->disk_mb,
-                                     .home = app_dir,
+                                     .home = home,
                                      .tmpdir = tmpdir,
                                      .uris = (const char *const *)uris,
                                      .events_url = s->events_url,
@@ -674,6 +684,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     scheduler_env_free(env);
     sched__strv_free(uris);
     free(user);
+    free(home);
     free(tmpdir);
     if (rc < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s: %s",
@@ -695,8 +706,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         file_write_atomic(pid_path, pid, (size_t)n, 0644);
     }
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
-                 "Starting instance %d of %s (%s) on port %d: %s", slot->index, proc->type,
-                 si->guid, port, command);
+                 "Starting instance %d of %s (%s) at %s: %s", slot->index, proc->type,
+                 si->guid, si->addr, command);
     free(command_copy);
     return si;
 }
@@ -976,6 +987,9 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     snprintf(si->guid, sizeof si->guid, "%s", sp->instance_guid);
     si->index = sp->index;
     si->port = sp->port;
+    struct instance_endpoint ep;
+    executor_endpoint(s->ex, sp->port, &ep);
+    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
     si->slot = slot;
     slot->cur = si;
     instance_set_user_data(inst, si);
@@ -1245,6 +1259,18 @@ int scheduler_scale(struct scheduler *s, const char *app, const char *process_ty
 /* ---- reading state ----------------------------------------------------------------------------
  */
 
+
+/* Where an instance is and what it may use, for `skiff app`. */
+static void sched__fill_placement(struct scheduler_instance_info *info, const struct sched_inst *si)
+{
+    struct instance_endpoint ep;
+    executor_endpoint(si->s->ex, si->port, &ep);
+    snprintf(info->addr, sizeof info->addr, "%s", si->addr);
+    info->port = ep.port;
+    info->host_uid = instance_host_uid(si->inst);
+    instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
+}
+
 static void sched__fill(struct scheduler_instance_info *info, const struct sched_proc *p,
                         const struct sched_slot *slot, const struct sched_inst *si)
 {
@@ -1256,8 +1282,7 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
     snprintf(info->process_type, sizeof info->process_type, "%s", p->type);
     if (si) {
         snprintf(info->guid, sizeof info->guid, "%s", si->guid);
-        snprintf(info->addr, sizeof info->addr, "127.0.0.1:%d", si->port);
-        info->port = si->port;
+        sched__fill_placement(info, si);
         snprintf(info->state, sizeof info->state, "%s",
                  instance_state_name(instance_state(si->inst)));
         info->since_ms = instance_since_ms(si->inst);
@@ -1315,8 +1340,7 @@ static void sched__fill_stopping(struct scheduler_instance_info *info, const str
     info->exit_status = -1;
     snprintf(info->process_type, sizeof info->process_type, "%s", si->type);
     snprintf(info->guid, sizeof info->guid, "%s", si->guid);
-    snprintf(info->addr, sizeof info->addr, "127.0.0.1:%d", si->port);
-    info->port = si->port;
+    sched__fill_placement(info, si);
     snprintf(info->state, sizeof info->state, "STOPPING");
     info->since_ms = si->stopping_since_ms;
     instance_usage(si->inst, &info->cpu, &info->memory_bytes);
@@ -1384,4 +1408,9 @@ void scheduler_each_ready(struct scheduler *s,
                 }
             }
         }
+}
+
+struct executor *scheduler_executor(struct scheduler *s)
+{
+    return s->ex;
 }

@@ -61,7 +61,7 @@ struct scheduler_event {
     const char *process_type;  /* NULL for app-wide events (started, stopped, staged) */
     int index;                 /* instance events and crashed; -1 otherwise */
     const char *instance_guid; /* instance events and crashed; NULL otherwise */
-    const char *addr;          /* "127.0.0.1:PORT" for READY; NULL otherwise */
+    const char *addr;          /* "IP:PORT" for READY; NULL otherwise */
     int instances;             /* SCALED: the new desired count */
     int exit_status;           /* CRASHED: exit code, -1 when killed by a signal */
     int exit_signal;           /* CRASHED: signal number, 0 when it exited */
@@ -118,6 +118,9 @@ void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg)
  * for scheduler_shutdown. */
 void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg);
 void scheduler_free(struct scheduler *s);
+/* The executor it drives (for what the daemon wires beside it, e.g. the stager's
+ * containers). */
+struct executor *scheduler_executor(struct scheduler *s);
 
 /* ---- what the API asks ------------------------------------------------------------------- */
 
@@ -147,9 +150,11 @@ int scheduler_scale(struct scheduler *s, const char *app, const char *process_ty
 
 struct scheduler_instance_info {
     char guid[37];
-    char addr[64]; /* "127.0.0.1:PORT" */
+    char addr[64]; /* "IP:PORT": where the router and health checks reach it */
     int index;
-    int port;
+    int port;       /* what it listens on ($PORT) */
+    int64_t host_uid; /* the host uid its program runs as, -1 if not known */
+    uint64_t disk_bytes, disk_quota_bytes; /* a container's writable layer: used and size */
     char state[16]; /* STARTING RUNNING CRASHED STOPPING DOWN */
     int64_t since_ms;
     double cpu;
@@ -193,7 +198,8 @@ struct scheduler_env_input {
     const char *app_name;
     const char *instance_guid;
     int index;
-    int port;
+    int port;         /* $PORT */
+    const char *addr; /* CF_INSTANCE_ADDR: "IP:PORT" where the platform reaches it */
     int memory_mb;
     int disk_mb;
     const char *home; /* the instance's HOME (the app dir) */

@@ -20,12 +20,16 @@
 
 #include "common/buf.h"
 #include "common/util.h"
+#include "container/container.h"
+#include "executor/cgroup.h"
 #include "executor/proc.h"
 #include "stager/release.h"
 
 #define STAGER_DEFAULT_TIMEOUT_S 900
 #define STAGER_MAX_UNPACKED ((size_t)4 << 30) /* the API checks its own, smaller limit */
 #define STAGER_MAX_CAPTURE (256 * 1024)       /* detect/release output kept for parsing */
+#define STAGER_MEMORY_MB 1024                 /* a staging container's memory */
+#define STAGER_DISK_MB 1024 /* its own writable layer (/tmp, $HOME); the build is on the host */
 
 extern char **environ;
 
@@ -58,6 +62,12 @@ struct staging {
 
     enum stager__step step;
     struct proc *proc;
+    /* containers: the site, and what the running step holds */
+    const struct container_site *site;
+    int memory_mb;
+    struct cgroup *cg;
+    int slot; /* -1: none */
+    unsigned steps;
     struct buf captured; /* stdout of detect and release */
     uv_work_t unpack_work;
     int unpack_rc;
@@ -69,6 +79,7 @@ struct staging {
 static void stager__next(struct staging *s);
 static void stager__load_order(struct staging *s, const char *buildpacks_dir);
 static void stager__complete(struct staging *s);
+static void stager__step_release(struct staging *s);
 
 /* ---- output and ending ------------------------------------------------------------------ */
 
@@ -131,6 +142,7 @@ static void stager__finish(struct staging *s, bool ok, const char *buildpack,
         proc_close(s->proc);
         s->proc = NULL;
     }
+    stager__step_release(s);
     uv_timer_stop(&s->timer);
     if (!ok && s->work_dir)
         rm_rf(s->work_dir);
@@ -220,18 +232,110 @@ static void stager__line(void *ctx, int stream, const char *line, size_t len)
 
 static void stager__step_exited(void *ctx, int exit_status, int term_signal);
 
+/* What a container step holds (its cgroup and network slot) goes back when it ends. */
+static void stager__step_release(struct staging *s)
+{
+    if (s->cg) {
+        cgroup_destroy(s->cg);
+        s->cg = NULL;
+    }
+    if (s->slot >= 0 && s->site && s->site->slot_give)
+        s->site->slot_give(s->site->slot_ctx, s->slot);
+    s->slot = -1;
+}
+
+#define STAGER_BUILDPACKS_IN "/tmp/buildpacks"
+
+/* A step's container: the build, deps and cache folders writable, the buildpack read-only.
+ * Returns the config's path (caller frees) or NULL with err filled. */
+static char *stager__container(struct staging *s, const struct stager__buildpack *bp, char *err,
+                               size_t errlen)
+{
+    char name[64];
+    snprintf(name, sizeof name, "staging-%u", s->steps++);
+    int rc = cgroup_create(name, s->memory_mb, 1024, &s->cg);
+    if (rc < 0)
+        s->cg = NULL; /* no usable cgroups: the container still isolates */
+    s->slot = s->site->slot_take ? s->site->slot_take(s->site->slot_ctx) : -1;
+    if (s->slot < 0) {
+        snprintf(err, errlen, "no free network slot for the staging container");
+        return NULL;
+    }
+    char *bp_in = xasprintf(STAGER_BUILDPACKS_IN "/%zu", s->current);
+    struct container_mount mounts[] = {
+        {.source = s->build_dir, .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
+        {.source = s->deps_dir, .target = "/tmp/deps", .kind = CONTAINER_MOUNT_RW},
+        {.source = s->cache_dir, .target = "/tmp/cache", .kind = CONTAINER_MOUNT_RW},
+        {.source = bp->dir, .target = bp_in, .kind = CONTAINER_MOUNT_RO},
+    };
+    char *scratch = xasprintf("%s/%s", s->scratch_dir, name);
+    mkdir_p(scratch, 0700);
+    struct container_config cfg = {
+        .hostname = name,
+        .stack = (char *)s->site->stack_dir,
+        .scratch = scratch,
+        .disk_mb = STAGER_DISK_MB,
+        .disk_pool = (char *)s->site->disk_pool,
+        .uid_base = s->site->uid_base,
+        .net_pool = (char *)s->site->net_pool,
+        .net_slot = s->slot,
+        .cwd = "/tmp/app",
+        .cgroup_procs = s->cg ? (char **)cgroup_join_files(s->cg) : NULL,
+        .mounts = mounts,
+        .n_mounts = ARRAY_SIZE(mounts),
+    };
+    char *text = container_config_to_json(&cfg);
+    char *path = xasprintf("%s/container.json", scratch);
+    rc = file_write_atomic(path, text, strlen(text), 0600);
+    free(text);
+    free(scratch);
+    free(bp_in);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(-rc));
+        free(path);
+        return NULL;
+    }
+    return path;
+}
+
 static int stager__run(struct staging *s, const char *script, bool with_deps)
 {
     const struct stager__buildpack *bp = &s->candidates[s->current];
-    char *program = xasprintf("%s/bin/%s", bp->dir, script);
     char idx[16];
     snprintf(idx, sizeof(idx), "%zu", s->current);
-    const char *argv[6] = {program, s->build_dir, NULL, NULL, NULL, NULL};
+    /* the paths the step sees: the host's, or the container's */
+    char *program, *config = NULL;
+    const char *build = s->build_dir, *cache = s->cache_dir, *deps = s->deps_dir;
+    if (s->site) {
+        char err[256];
+        config = stager__container(s, bp, err, sizeof err);
+        if (!config) {
+            stager__say(s, "cannot start the staging container: %s", err);
+            stager__step_release(s);
+            return -EIO;
+        }
+        program = xasprintf(STAGER_BUILDPACKS_IN "/%zu/bin/%s", s->current, script);
+        build = "/tmp/app";
+        cache = "/tmp/cache";
+        deps = "/tmp/deps";
+    } else {
+        program = xasprintf("%s/bin/%s", bp->dir, script);
+    }
+    const char *argv[11] = {NULL};
+    int argc = 0;
+    if (config) {
+        argv[argc++] = s->site->init_path;
+        argv[argc++] = "--config";
+        argv[argc++] = config;
+        argv[argc++] = "--";
+    }
+    argv[argc++] = program;
+    argv[argc++] = build;
     if (s->step == STEP_SUPPLY || s->step == STEP_FINAL) {
-        argv[2] = s->cache_dir;
+        argv[argc++] = cache;
         if (with_deps) {
-            argv[3] = s->deps_dir;
-            argv[4] = idx;
+            argv[argc++] = deps;
+            argv[argc++] = idx;
         }
     }
     buf_reset(&s->captured);
@@ -244,7 +348,10 @@ static int stager__run(struct staging *s, const char *script, bool with_deps)
         .ctx = s,
     };
     int rc = proc_spawn(s->loop, &opt, &s->proc);
+    if (rc < 0)
+        stager__step_release(s);
     free(program);
+    free(config);
     return rc;
 }
 
@@ -411,6 +518,7 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
     struct staging *s = ctx;
     proc_close(s->proc);
     s->proc = NULL;
+    stager__step_release(s);
     if (s->finished)
         return;
     if (s->cancelled || s->timed_out) {
@@ -509,6 +617,14 @@ static void stager__unpack_work(uv_work_t *w)
     struct staging *s = w->data;
     s->unpack_rc = package_extract(s->package_path, s->build_dir, STAGER_MAX_UNPACKED,
                                    s->unpack_err, sizeof(s->unpack_err));
+    /* the containers' vcap writes the build, its dependencies and the cache */
+    const char *trees[] = {s->build_dir, s->deps_dir, s->cache_dir};
+    for (size_t i = 0; s->site && s->unpack_rc == 0 && i < ARRAY_SIZE(trees); i++) {
+        s->unpack_rc = container_chown_tree(trees[i], s->site->uid_base);
+        if (s->unpack_rc < 0)
+            snprintf(s->unpack_err, sizeof s->unpack_err, "cannot hand %s to the container: %s",
+                     trees[i], strerror(-s->unpack_rc));
+    }
 }
 
 static void stager__unpacked(uv_work_t *w, int status)
@@ -625,7 +741,7 @@ static void stager__load_order(struct staging *s, const char *buildpacks_dir)
 
 /* The environment of buildpack processes: the caller's (or ours), with PATH and HOME made
  * sure of, since package managers need both. */
-static char **stager__make_env(char *const *given, const char *scratch_dir)
+static char **stager__make_env(char *const *given, const char *home)
 {
     char *const *src = given ? given : environ;
     size_t n = 0;
@@ -641,7 +757,7 @@ static char **stager__make_env(char *const *given, const char *scratch_dir)
     if (!has_path)
         env[k++] = xstrdup("PATH=/usr/local/bin:/usr/bin:/bin");
     if (!has_home)
-        env[k++] = xasprintf("HOME=%s/home", scratch_dir);
+        env[k++] = xstrdup(home);
     return env;
 }
 
@@ -667,6 +783,9 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     s->droplet_dir = xstrdup(req->droplet_dir);
     s->buildpacks_dir = xstrdup(cfg->buildpacks_dir);
     s->timeout_s = req->timeout_s > 0 ? req->timeout_s : STAGER_DEFAULT_TIMEOUT_S;
+    s->site = cfg->containers;
+    s->memory_mb = cfg->memory_mb > 0 ? cfg->memory_mb : STAGER_MEMORY_MB;
+    s->slot = -1;
     char hex[17];
     random_hex(hex, 8);
     s->work_dir = xasprintf("%s.staging-%s", req->droplet_dir, hex);
@@ -675,7 +794,10 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     s->scratch_dir = cfg->home ? xasprintf("%s/tmp/staging-%s", cfg->home, hex)
                                : xasprintf("%s.scratch-%s", req->droplet_dir, hex);
     s->cache_dir = req->cache_dir ? xstrdup(req->cache_dir) : xasprintf("%s/cache", s->scratch_dir);
-    s->env = stager__make_env(req->env, s->scratch_dir);
+    char *home_var =
+        s->site ? xstrdup("HOME=/home/vcap") : xasprintf("HOME=%s/home", s->scratch_dir);
+    s->env = stager__make_env(req->env, home_var);
+    free(home_var);
 
     int rc = 0;
     if (req->buildpacks && req->buildpacks[0]) {

@@ -32,9 +32,17 @@ int package_extract(const char *archive_path, const char *dir, size_t max_unpack
 
 struct staging;
 
+struct container_site;
+
 struct stager_config {
     const char *buildpacks_dir; /* the built-in buildpacks, one folder each */
     const char *home;           /* $SKIFF_HOME: scratch under home/tmp */
+    /* Buildpacks are untrusted code: with a site, every step runs in a container of its own
+     * (as vcap, the build folder at /tmp/app, the cache at /tmp/cache, the buildpack
+     * read-only at /tmp/buildpacks/N, network egress) under memory_mb; NULL runs them as
+     * host processes (unsafe: development only). */
+    const struct container_site *containers;
+    int memory_mb; /* staging's memory limit in containers; 0: 1024 */
 };
 
 struct stage_request {
