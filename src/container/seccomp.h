@@ -1,10 +1,12 @@
 /* seccomp: the default system-call filter of containers, at least as strict as Docker's
  * default profile. What it denies fails with EPERM (the process is not killed), so programs
  * that probe for a feature carry on: mount and the new mount API, pivot_root, ptrace,
- * process_vm_readv/writev, kexec, bpf, perf_event_open, keyctl/add_key/request_key, module
- * loading, clock and time setting, reboot, swapon/swapoff, acct, quotactl, new namespaces
+ * process_vm_readv/writev, kcmp, pidfd_getfd, kexec, bpf, perf_event_open, syslog,
+ * keyctl/add_key/request_key, module loading, clock and time setting, reboot,
+ * swapon/swapoff, acct, quotactl, fanotify_init, vhangup, io_uring, new namespaces
  * (unshare, setns, clone/clone3 with namespace flags: clone3 answers ENOSYS so libc falls
- * back to clone, whose flags are checked), open_by_handle_at, userfaultfd, iopl/ioperm,
+ * back to clone, whose flags are checked), open_by_handle_at/name_to_handle_at, userfaultfd,
+ * iopl/ioperm and x86-64's obsolete calls (uselib, _sysctl, ustat, sysfs, ...),
  * personality other than the usual ones, the TIOCSTI and TIOCLINUX ioctls, and every call
  * of a foreign architecture (x32, i386 on x86-64). */
 #ifndef SKIFF_CONTAINER_SECCOMP_H
