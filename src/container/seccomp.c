@@ -9,14 +9,21 @@
 #include "container/seccomp.h"
 
 #include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
 #include <linux/sched.h>
 #include <seccomp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/util.h"
 
@@ -182,7 +189,9 @@ static int seccomp__personality(scmp_filter_ctx ctx, uint32_t deny, char *err, s
     return 0;
 }
 
-int seccomp_install_default(char *err, size_t errlen)
+/* Builds the filter with libseccomp and keeps its BPF program (libseccomp takes about a
+ * millisecond to build it; the kernel takes microseconds to load it). */
+static int seccomp__build(struct sock_fprog *out, char *err, size_t errlen)
 {
     const uint32_t deny = SCMP_ACT_ERRNO(EPERM);
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
@@ -190,10 +199,9 @@ int seccomp_install_default(char *err, size_t errlen)
         snprintf(err, errlen, "cannot create a seccomp filter (out of memory)");
         return -ENOMEM;
     }
-    int rc;
+    int rc, fd = -1;
     /* x32 calls on x86-64 and every other architecture the kernel could run */
-    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, deny)) < 0 ||
-        (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)) < 0) {
+    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, deny)) < 0) {
         snprintf(err, errlen, "cannot set up the seccomp filter: %s", strerror(-rc));
         goto out;
     }
@@ -222,11 +230,83 @@ int seccomp_install_default(char *err, size_t errlen)
     }
     if ((rc = seccomp__personality(ctx, deny, err, errlen)) < 0)
         goto out;
-    rc = seccomp_load(ctx);
-    if (rc < 0)
-        snprintf(err, errlen, "cannot load the seccomp filter: %s%s", strerror(-rc),
-                 rc == -EACCES ? " (set no_new_privs first)" : "");
+
+    /* libseccomp 2.5 exports the program only to a file descriptor */
+    fd = memfd_create("skiff-seccomp", MFD_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot export the seccomp filter: %s", strerror(-rc));
+        goto out;
+    }
+    if ((rc = seccomp_export_bpf(ctx, fd)) < 0) {
+        snprintf(err, errlen, "cannot export the seccomp filter: %s", strerror(-rc));
+        goto out;
+    }
+    off_t size = lseek(fd, 0, SEEK_END);
+    if (size <= 0 || size % sizeof(struct sock_filter) ||
+        size > (off_t)(sizeof(struct sock_filter) * BPF_MAXINSNS)) {
+        rc = -EINVAL;
+        snprintf(err, errlen, "the seccomp filter has an unexpected size (%lld bytes)",
+                 (long long)size);
+        goto out;
+    }
+    struct sock_filter *prog = xmalloc((size_t)size);
+    if (pread(fd, prog, (size_t)size, 0) != size) {
+        rc = -EIO;
+        free(prog);
+        snprintf(err, errlen, "cannot read the exported seccomp filter back");
+        goto out;
+    }
+    out->filter = prog;
+    out->len = (unsigned short)(size / sizeof(struct sock_filter));
+    rc = 0;
 out:
+    if (fd >= 0)
+        close(fd);
     seccomp_release(ctx);
     return rc;
+}
+
+static pthread_once_t seccomp__once = PTHREAD_ONCE_INIT;
+static struct sock_fprog seccomp__program;
+static int seccomp__program_rc;
+static char seccomp__program_err[256];
+
+static void seccomp__build_once(void)
+{
+    seccomp__program_rc =
+        seccomp__build(&seccomp__program, seccomp__program_err, sizeof(seccomp__program_err));
+}
+
+int seccomp_prepare_default(char *err, size_t errlen)
+{
+    pthread_once(&seccomp__once, seccomp__build_once);
+    if (seccomp__program_rc < 0)
+        snprintf(err, errlen, "%s", seccomp__program_err);
+    return seccomp__program_rc;
+}
+
+int seccomp_install_default(char *err, size_t errlen)
+{
+    int rc = seccomp_prepare_default(err, errlen);
+    if (rc < 0)
+        return rc;
+    /* the filter binds this process's future programs only when they cannot gain privilege */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot set no_new_privs: %s", strerror(-rc));
+        return rc;
+    }
+    long r =
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &seccomp__program);
+    if (r < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot load the seccomp filter: %s", strerror(-rc));
+        return rc;
+    }
+    if (r > 0) { /* the id of a thread that could not take the filter */
+        snprintf(err, errlen, "cannot load the seccomp filter into thread %ld of this process", r);
+        return -EBUSY;
+    }
+    return 0;
 }

@@ -1,7 +1,7 @@
-/* Unit tests for container/seccomp: each check runs in a child that sets no_new_privs and
- * installs the filter. The denied calls are made with arguments the kernel would refuse
- * anyway with another error (a bad reboot magic, a missing mount point, a bad fd), so a
- * filter that let them through fails the test without doing harm. */
+/* Unit tests for container/seccomp: each check runs in a child that installs the filter.
+ * The denied calls are made with arguments the kernel would refuse anyway with another
+ * error (a bad reboot magic, a missing mount point, a bad fd), so a filter that let them
+ * through fails the test without doing harm. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -39,8 +39,6 @@ static int run_filtered(int (*check)(void))
     if (pid == 0) {
         char err[256];
         signal(SIGSEGV, SIG_DFL); /* a crash ends the child, not into cmocka's handler */
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-            _exit(250);
         if (seccomp_install_default(err, sizeof(err)) < 0) {
             fprintf(stderr, "%s\n", err);
             _exit(251);
@@ -270,6 +268,64 @@ static int check_ordinary_calls(void)
     return 0;
 }
 
+/* A thread that exists before the filter is installed gets it too. */
+static pthread_mutex_t tsync_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tsync_cond = PTHREAD_COND_INITIALIZER;
+static int tsync_stage;
+
+static void *tsync_thread(void *arg)
+{
+    pthread_mutex_lock(&tsync_lock);
+    tsync_stage = 1;
+    pthread_cond_broadcast(&tsync_cond);
+    while (tsync_stage != 2)
+        pthread_cond_wait(&tsync_cond, &tsync_lock);
+    pthread_mutex_unlock(&tsync_lock);
+    errno = 0;
+    long r = syscall(SYS_unshare, CLONE_NEWUSER);
+    return (void *)(long)(r == -1 && errno == EPERM);
+}
+
+static void test_filter_covers_every_thread(void **state)
+{
+    (void)state;
+    char err[256];
+    /* built ahead in the parent: the child only loads it */
+    assert_int_equal(seccomp_prepare_default(err, sizeof(err)), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, tsync_thread, NULL) != 0)
+            _exit(2);
+        pthread_mutex_lock(&tsync_lock);
+        while (tsync_stage != 1)
+            pthread_cond_wait(&tsync_cond, &tsync_lock);
+        pthread_mutex_unlock(&tsync_lock);
+        if (seccomp_install_default(err, sizeof(err)) < 0) {
+            fprintf(stderr, "%s\n", err);
+            _exit(3);
+        }
+        pthread_mutex_lock(&tsync_lock);
+        tsync_stage = 2;
+        pthread_cond_broadcast(&tsync_cond);
+        pthread_mutex_unlock(&tsync_lock);
+        void *ok = NULL;
+        pthread_join(t, &ok);
+        _exit(ok ? 0 : 4);
+    }
+    int status = 0;
+    for (int i = 0; i < 1000 && waitpid(pid, &status, WNOHANG) != pid; i++) {
+        if (i == 999) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            fail_msg("the child did not finish within 10 s");
+        }
+        usleep(10000);
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static void test_ordinary_calls_still_work(void **state)
 {
     (void)state;
@@ -284,6 +340,7 @@ int main(void)
         cmocka_unit_test(test_personality_only_usual_values),
         cmocka_unit_test(test_foreign_architectures_denied),
         cmocka_unit_test(test_ordinary_calls_still_work),
+        cmocka_unit_test(test_filter_covers_every_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
