@@ -345,14 +345,15 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
         return CLI_EXIT_OK;
     }
     putchar('\n');
-    static const char *const headers[] = {"index",  "type", "state",   "since", "cpu",
-                                          "memory", "port", "details", NULL};
+    static const char *const headers[] = {"index", "type",    "state", "since", "cpu",
+                                          "memory", "port",   "address", "uid",  "disk",
+                                          "details", NULL};
     struct cli_table *t = cli_table_new(headers);
     size_t i;
     json_t *inst;
     json_array_foreach(instances, i, inst)
     {
-        char index[24], cpu[24], memory[32], port[24], detail[128];
+        char index[24], cpu[24], memory[32], port[24], detail[160], uid[24], disk_text[64];
         const char *type = cli_json_str(inst, "process_type");
         snprintf(index, sizeof(index), "#%lld", cli_json_int(inst, "index"));
         snprintf(cpu, sizeof(cpu), "%.1f%%",
@@ -362,9 +363,30 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
             snprintf(port, sizeof(port), "%lld", cli_json_int(inst, "port"));
         else
             snprintf(port, sizeof(port), "-");
+        json_t *host_uid = json_object_get(inst, "host_uid");
+        if (json_is_integer(host_uid))
+            snprintf(uid, sizeof uid, "%lld", (long long)json_integer_value(host_uid));
+        else
+            snprintf(uid, sizeof uid, "-");
+        long long disk_used = cli_json_int(inst, "disk_bytes");
+        long long disk_quota = cli_json_int(inst, "disk_quota_bytes");
+        if (disk_quota > 0) {
+            char used[32], quota[32];
+            cli_format_bytes(disk_used, used, sizeof used);
+            cli_format_bytes(disk_quota, quota, sizeof quota);
+            snprintf(disk_text, sizeof disk_text, "%s/%s", used, quota);
+        } else {
+            snprintf(disk_text, sizeof disk_text, "-");
+        }
         cli_instance_detail(inst, detail, sizeof(detail));
+        if (disk_quota > 0 && disk_quota - disk_used < 65536) {
+            size_t dl = strlen(detail);
+            snprintf(detail + dl, sizeof detail - dl, "%sdisk quota exceeded", dl ? ", " : "");
+        }
+        const char *address = cli_json_str(inst, "address");
         cli_table_add(t, index, *type ? type : "web", cli_json_str(inst, "state"),
-                      cli_json_str(inst, "since"), cpu, memory, port, detail);
+                      cli_json_str(inst, "since"), cpu, memory, port, *address ? address : "-",
+                      uid, disk_text, detail);
     }
     cli_table_print(t);
     json_decref(app);

@@ -378,11 +378,22 @@ static void run__noop(int sig)
 static int run__init(void *arg)
 {
     struct run_child *c = arg;
+    /* the filter is compiled while the host side writes the maps and wires the network */
+    char prep_err[256];
+    if (seccomp_prepare_default(prep_err, sizeof prep_err) < 0)
+        run__child_fail(c, "cannot build the seccomp filter: %s", prep_err);
     char go = 0;
     if (read(c->sync_rd, &go, 1) != 1 || go != 'g')
         _exit(125);
     close(c->sync_rd);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* The root's mount came from the host's namespace and is locked there: a bind of it made
+     * here is ours to pivot to (what is under it stays locked and hidden). Both happen while
+     * our file system uid is still the host's root, the owner of the folders on the way
+     * (the scratch folder is 0700); from then on every path is relative to the new root. */
+    if (mount(c->root, c->root, NULL, MS_BIND | MS_REC, NULL) < 0 || chdir(c->root) < 0)
+        run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
+    c->root = ".";
     if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
         run__child_fail(c, "cannot take the container's root: %s", strerror(errno));
     const struct container_config *cfg = c->cfg;
@@ -394,10 +405,7 @@ static int run__init(void *arg)
         0)
         run__child_fail(c, "cannot mount /dev/pts: %s", strerror(errno));
     free(pts);
-    /* the root's mount came from the host's namespace and is locked there; a bind of it made
-     * here is ours to pivot to (what is under it stays locked and hidden) */
-    if (mount(c->root, c->root, NULL, MS_BIND | MS_REC, NULL) < 0 || chdir(c->root) < 0 ||
-        syscall(SYS_pivot_root, ".", ".") < 0 ||
+    if (syscall(SYS_pivot_root, ".", ".") < 0 ||
         umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
         run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
     if (!cfg->net_pool)

@@ -38,6 +38,7 @@ enum stager__step { STEP_UNPACK, STEP_DETECT, STEP_SUPPLY, STEP_FINAL, STEP_RELE
 struct stager__buildpack {
     char *name; /* what the user sees: the built-in's name or the folder path */
     char *dir;
+    bool builtin; /* a folder of buildpacks_dir (whose real path s->buildpacks_dir is) */
 };
 
 struct staging {
@@ -246,6 +247,14 @@ static void stager__step_release(struct staging *s)
 
 #define STAGER_BUILDPACKS_IN "/tmp/buildpacks"
 
+/* Where a buildpack is inside a staging container (caller frees). */
+static char *stager__buildpack_in(const struct staging *s, const struct stager__buildpack *bp)
+{
+    if (bp->builtin)
+        return xasprintf(STAGER_BUILDPACKS_IN "/%s", bp->dir + strlen(s->buildpacks_dir) + 1);
+    return xasprintf("/tmp/user-buildpacks/%zu", s->current);
+}
+
 /* A step's container: the build, deps and cache folders writable, the buildpack read-only.
  * Returns the config's path (caller frees) or NULL with err filled. */
 static char *stager__container(struct staging *s, const struct stager__buildpack *bp, char *err,
@@ -261,12 +270,19 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
         snprintf(err, errlen, "no free network slot for the staging container");
         return NULL;
     }
-    char *bp_in = xasprintf(STAGER_BUILDPACKS_IN "/%zu", s->current);
+    /* the built-in buildpacks share files (../../lib.sh): all of them are mounted, as in
+     * their folder; a buildpack of the user's is mounted on its own */
+    const char *bp_source = bp->builtin ? s->buildpacks_dir : bp->dir;
+    char *bp_in = stager__buildpack_in(s, bp);
+    if (bp->builtin) {
+        free(bp_in);
+        bp_in = xstrdup(STAGER_BUILDPACKS_IN);
+    }
     struct container_mount mounts[] = {
         {.source = s->build_dir, .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
         {.source = s->deps_dir, .target = "/tmp/deps", .kind = CONTAINER_MOUNT_RW},
         {.source = s->cache_dir, .target = "/tmp/cache", .kind = CONTAINER_MOUNT_RW},
-        {.source = bp->dir, .target = bp_in, .kind = CONTAINER_MOUNT_RO},
+        {.source = (char *)bp_source, .target = bp_in, .kind = CONTAINER_MOUNT_RO},
     };
     char *scratch = xasprintf("%s/%s", s->scratch_dir, name);
     mkdir_p(scratch, 0700);
@@ -314,7 +330,9 @@ static int stager__run(struct staging *s, const char *script, bool with_deps)
             stager__step_release(s);
             return -EIO;
         }
-        program = xasprintf(STAGER_BUILDPACKS_IN "/%zu/bin/%s", s->current, script);
+        char *dir = stager__buildpack_in(s, bp);
+        program = xasprintf("%s/bin/%s", dir, script);
+        free(dir);
         build = "/tmp/app";
         cache = "/tmp/cache";
         deps = "/tmp/deps";
@@ -691,6 +709,10 @@ static int stager__resolve(const char *buildpacks_dir, const char *name,
     }
     out->name = xstrdup(name);
     out->dir = dir;
+    char *root = realpath(buildpacks_dir, NULL);
+    size_t rl = root ? strlen(root) : 0;
+    out->builtin = root && !strncmp(dir, root, rl) && dir[rl] == '/' && !strchr(dir + rl + 1, '/');
+    free(root);
     return 0;
 }
 
@@ -781,7 +803,9 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     s->app_name = xstrdup(req->app_name ? req->app_name : "app");
     s->package_path = xstrdup(req->package_path);
     s->droplet_dir = xstrdup(req->droplet_dir);
-    s->buildpacks_dir = xstrdup(cfg->buildpacks_dir);
+    s->buildpacks_dir = realpath(cfg->buildpacks_dir, NULL);
+    if (!s->buildpacks_dir)
+        s->buildpacks_dir = xstrdup(cfg->buildpacks_dir);
     s->timeout_s = req->timeout_s > 0 ? req->timeout_s : STAGER_DEFAULT_TIMEOUT_S;
     s->site = cfg->containers;
     s->memory_mb = cfg->memory_mb > 0 ? cfg->memory_mb : STAGER_MEMORY_MB;
