@@ -379,7 +379,7 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
             snprintf(disk_text, sizeof disk_text, "-");
         }
         cli_instance_detail(inst, detail, sizeof(detail));
-        if (disk_quota > 0 && disk_quota - disk_used < 65536) {
+        if (json_is_true(json_object_get(inst, "disk_full"))) {
             size_t dl = strlen(detail);
             snprintf(detail + dl, sizeof detail - dl, "%sdisk quota exceeded", dl ? ", " : "");
         }

@@ -682,9 +682,41 @@ static int net__read_ip_forward(void)
     return v;
 }
 
+/* The whole pool is unreachable from the host except through a slot's own link (whose /30
+ * route is more specific): a connection to an address whose container is not (or no longer)
+ * there fails at once instead of following the default route off the machine. */
+static int net__pool_unreachable(const struct net_pool *pool, char *err, size_t errlen)
+{
+    int fd = net__socket();
+    if (fd < 0) {
+        net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
+        return fd;
+    }
+    struct net__batch b = {.first_seq = 1};
+    struct rtmsg rt = {.rtm_family = AF_INET,
+                       .rtm_dst_len = (unsigned char)pool->prefix,
+                       .rtm_table = RT_TABLE_MAIN,
+                       .rtm_protocol = RTPROT_STATIC,
+                       .rtm_scope = RT_SCOPE_UNIVERSE,
+                       .rtm_type = RTN_UNREACHABLE};
+    net__msg(&b, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &rt, sizeof(rt));
+    net__attr(&b, RTA_DST, &pool->base, sizeof(pool->base));
+    char why[128] = "";
+    int rc = net__send(fd, &b, NULL, why, sizeof(why));
+    close(fd);
+    if (rc == -EEXIST)
+        rc = 0; /* another skiffd of this pool made it */
+    if (rc < 0)
+        net__err(err, errlen, "cannot add the pool's unreachable route: %s%s%s", strerror(-rc),
+                 why[0] ? ": " : "", why);
+    return rc;
+}
+
 int net_host_setup(const struct net_pool *pool, bool egress, char *err, size_t errlen)
 {
     int rc = net__publish_interface(pool, err, errlen);
+    if (rc == 0)
+        rc = net__pool_unreachable(pool, err, errlen);
     if (rc < 0)
         return rc;
 

@@ -46,6 +46,7 @@
 #define DEFAULT_DISK_MB 1024
 #define DISK_POOL_KEEP 2      /* ready-made disk images kept per size in use */
 #define DISK_FULL_BYTES 65536 /* less free than this on a writable layer: its quota is used */
+#define DISK_FULL_MAX_SLACK (16ull << 20)
 
 struct probe;
 
@@ -1148,7 +1149,10 @@ static void executor__sample_disk(struct instance *inst)
     if (container_disk_usage(dir, &used, &total) == 0 && total > 0) {
         inst->disk_used = used;
         inst->disk_total = total;
-        bool full = total - used < DISK_FULL_BYTES;
+        /* ext4 keeps back ~2% (at most 16 MB) for its own allocations: writes fail with
+         * ENOSPC while statfs still shows that much free */
+        uint64_t slack = total / 32 < DISK_FULL_MAX_SLACK ? total / 32 : DISK_FULL_MAX_SLACK;
+        bool full = total - used < (slack > DISK_FULL_BYTES ? slack : DISK_FULL_BYTES);
         if (full && !inst->disk_full_told) {
             char *msg = xasprintf("disk quota exceeded: the instance has written %llu MB of "
                                   "its %d MB disk; writes fail with \"No space left on "
@@ -1964,10 +1968,11 @@ void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_b
         *memory_bytes = inst->memory_bytes;
 }
 
-void instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total)
+bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total)
 {
     *used = inst->disk_used;
     *total = inst->disk_total;
+    return inst->disk_full_told;
 }
 
 int64_t instance_host_uid(const struct instance *inst)

@@ -158,8 +158,9 @@ int instance_pid(const struct instance *inst);
 int64_t instance_since_ms(const struct instance *inst);
 /* CPU use (fraction of one core over the last sample) and resident memory in bytes. */
 void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_bytes);
-/* Bytes written to a container's writable layer and its size (0 and 0 without one). */
-void instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total);
+/* Bytes written to a container's writable layer and its size (0 and 0 without one); true
+ * when it is full (its disk quota is used: writes fail with ENOSPC). */
+bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total);
 /* The host uid its program runs as (a container's vcap), or -1 when not known. */
 int64_t instance_host_uid(const struct instance *inst);
 void *instance_user_data(const struct instance *inst);

@@ -1268,7 +1268,7 @@ static void sched__fill_placement(struct scheduler_instance_info *info, const st
     snprintf(info->addr, sizeof info->addr, "%s", si->addr);
     info->port = ep.port;
     info->host_uid = instance_host_uid(si->inst);
-    instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
+    info->disk_full = instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
 }
 
 static void sched__fill(struct scheduler_instance_info *info, const struct sched_proc *p,

@@ -515,7 +515,7 @@ def test_disk_quota_is_enforced_and_reported(world):
     and the platform reports `disk quota exceeded` in [CELL/n] and in `skiff app`."""
     p = world.p
     push_hostile(p, "filler", "-k", "64M", "--no-route")
-    r = attack(p, "filler", "fill_disk", mb=128)
+    r = attack(p, "filler", "fill_disk", mb=128, keep=1)
     contained(r, "writing 128 MB under a 64 MB disk quota must fail")
     assert r["errno"] in ("ENOSPC", "EDQUOT"), r
     assert control(p, "filler", "info")["ok"], "the app stopped answering after the full disk"
@@ -564,6 +564,9 @@ def test_staging_cannot_escape(world, tmp_path):
     vdroplet = droplet_file(p, "victim")
     vwrite = os.path.join(os.path.dirname(vdroplet), "staging-was-here")
     victim_addrs = ["127.0.0.1:%d" % victim["port"]] + ([victim["address"]] if victim.get("address") else [])
+    # every container may connect to the publish endpoint; there only publishing is answered
+    events_url = control(p, "hostile", "info")["env"]["SKIFF_EVENTS_URL"] or ""
+    publish = urllib.parse.urlsplit(events_url).netloc
     plan = [
         ["admin_token", "read", {"path": [os.path.join(p.home, "api.json")]}],
         ["signing_key", "read", {"path": [os.path.join(p.home, "instance_token.key")]}],
@@ -579,7 +582,7 @@ def test_staging_cannot_escape(world, tmp_path):
         ["signal", "signal", {"pid": [str(p.proc.pid), str(router_pid(p))]}],
         ["victim_instance", "connect", {"addr": victim_addrs}],
         ["router_admin", "connect", {"addr": host_side(p.router_admin_port)}],
-        ["api", "connect", {"addr": host_side(p.api_port)}],
+        ["api", "connect", {"addr": host_side(p.api_port), "publish": [publish]}],
         ["mount", "mount", {}],
         ["ptrace_others", "ptrace", {"who": ["others"],
                                      "pid": [str(x) for x in app_pids(p, "victim")]}],

@@ -179,6 +179,10 @@ def attack_fill_disk(params):
             except OSError as e:
                 err = err or e.errno
     finally:
+        if one(params, "keep") == "1":  # the disk stays full, for the platform to see
+            return {"escaped": written >= mb, "detail": "wrote %d MiB, then %s" % (
+                written, ename(err) if err else "no error"), "errno": ename(err) if err else None,
+                "written_mb": written}
         try:
             os.unlink(path)
         except OSError:
@@ -603,6 +607,9 @@ def attack_connect(params):
     own = os.environ.get("CF_INSTANCE_GUID")
     attempts = []
     ev_addr, ev_base = events_hostport() if one(params, "publish_only") == "1" else (None, None)
+    if one(params, "publish"):  # staging has no SKIFF_EVENTS_URL: the test names the endpoint
+        ev_addr = one(params, "publish")
+        ev_base = "http://" + ev_addr
     if ev_addr:
         token = os.environ.get("SKIFF_EVENTS_TOKEN")
         for path in ("/v1/info", "/v1/apps", "/v1/topics"):
