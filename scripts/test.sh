@@ -23,7 +23,10 @@ run_unit() {
 
 run_e2e() {
   echo "== e2e (pytest)"
-  SKIFF_BIN_DIR=$build/asan /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+  # each test starts its own skiffd on free ports in its own home: they run side by side,
+  # every one under a deadline
+  SKIFF_BIN_DIR=$build/asan /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+    -n "${E2E_WORKERS:-2}" --timeout "${E2E_TIMEOUT:-600}" tests/e2e "$@"
   rc=$?
   # exit 5 means no test was collected: that is a failure of the suite, not a pass
   if [ $rc -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi

@@ -289,7 +289,7 @@ int main(int argc, char **argv)
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
     const char *drain_timeout = NULL;
-    const char *isolation = env_or("SKIFF_ISOLATION", "process");
+    const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

@@ -194,6 +194,12 @@ def http_get(url, host=None, timeout=5):
         return e.code, e.read().decode(errors="replace")
 
 
+def instance_url(inst, path="/"):
+    """The URL of an instance itself: its own address in a container (IP:8080), or the
+    loopback port of a host process (--isolation process)."""
+    return "http://%s%s" % (inst.get("address") or "127.0.0.1:%d" % inst["port"], path)
+
+
 def app_json(platform, name):
     """`skiff app NAME --json`, parsed."""
     r = platform.cli("app", name, "--json")

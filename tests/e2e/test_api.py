@@ -414,8 +414,8 @@ def test_scale_and_rolling_restart(platform):
     assert p.api("POST", "/v1/apps/roller/start")[0] == 200
     p.wait_for(lambda: app_detail(p, "roller")["running"] == 2, 30, "2 running")
     before = {d["guid"] for d in app_detail(p, "roller")["instances_detail"]}
-    ports = {d["port"] for d in app_detail(p, "roller")["instances_detail"]}
-    assert len(ports) == 2
+    addresses = {d["address"] for d in app_detail(p, "roller")["instances_detail"]}
+    assert len(addresses) == 2
     status, body = p.api("POST", "/v1/apps/roller/restart?rolling=1")
     assert status == 200, body
 

@@ -14,8 +14,9 @@ EXAMPLES = os.path.join(ROOT, "examples")
 
 
 def running_ports(platform, name):
+    """Where the running instances are: their addresses (IP:PORT)."""
     app = app_json(platform, name)
-    return [i["port"] for i in app["instances_detail"] if i["state"] == "RUNNING"]
+    return [i["address"] for i in app["instances_detail"] if i["state"] == "RUNNING"]
 
 
 def push_and_get(platform, name, path, *args):
@@ -23,7 +24,7 @@ def push_and_get(platform, name, path, *args):
     assert r.returncode == 0, out(r)
     ports = platform.wait_for(lambda: running_ports(platform, name), timeout=30,
                               what=f"{name} running")
-    return r, http_get(f"http://127.0.0.1:{ports[0]}/")
+    return r, http_get(f"http://{ports[0]}/")
 
 
 @pytest.fixture

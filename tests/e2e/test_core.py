@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 
-from conftest import ROOT, app_json, http_get, out
+from conftest import ROOT, app_json, http_get, instance_url, out
 
 EXAMPLES = os.path.join(ROOT, "examples")
 PYTHON_WEB = os.path.join(EXAMPLES, "python-web")
@@ -47,8 +47,12 @@ def test_user_sequence(platform):
     assert len(running(app)) == 1, (app, platform.cli("logs", "hello", "--recent").stdout)
     (inst,) = running(app)
     assert inst["port"] > 0 and str(inst["port"]) in inst_row
+    # where it runs and as whom: its own address, an unprivileged host uid, its disk
+    assert header.split()[7:10] == ["address", "uid", "disk"], header
+    assert inst["address"] in inst_row and str(inst["host_uid"]) in inst_row, inst_row
+    assert inst["host_uid"] >= 100000, inst
     assert inst["since"] and "cpu" in inst and "memory_bytes" in inst
-    status, _ = http_get(f"http://127.0.0.1:{inst['port']}/")
+    status, _ = http_get(instance_url(inst))
     assert status == 200
 
     # scale: 3 instances running, each with its own PORT
@@ -58,11 +62,11 @@ def test_user_sequence(platform):
     app = app_json(platform, "hello")
     insts = running(app)
     assert len(insts) == 3
-    ports = {i["port"] for i in insts}
-    assert len(ports) == 3
+    addresses = {i["address"] for i in insts}
+    assert len(addresses) == 3
     assert sorted(i["index"] for i in insts) == [0, 1, 2]
-    for p in ports:
-        assert http_get(f"http://127.0.0.1:{p}/")[0] == 200
+    for i in insts:
+        assert http_get(instance_url(i))[0] == 200
 
     # logs --recent: staging and app output, with their source tags
     def recent_logs():
@@ -84,7 +88,7 @@ def test_user_sequence(platform):
     insts = running(app)
     assert len(insts) == 3
     for i in insts:
-        status, body = http_get(f"http://127.0.0.1:{i['port']}/")
+        status, body = http_get(instance_url(i))
         assert status == 200 and "hi-from-e2e" in body, body
     # and through the router, on the default route
     platform.wait_for(lambda: "hi-from-e2e" in http_get(platform.router_url + "/", "hello.localhost")[1],
@@ -232,12 +236,12 @@ def test_staging_output_streams_as_it_comes(platform, tmp_path):
 def test_logs_follow(platform):
     r = platform.cli("push", "follow", "-p", PYTHON_WEB)
     assert r.returncode == 0, out(r)
-    port = running(app_json(platform, "follow"))[0]["port"]
+    inst = running(app_json(platform, "follow"))[0]
     proc = skiff_popen(platform, "logs", "follow")
     try:
         # the recent lines come first, then what happens from now on
         read_until(proc, "[STG/0]", 20, "the recent staging lines")
-        assert http_get(f"http://127.0.0.1:{port}/followed-request")[0] == 404  # the app's own 404
+        assert http_get(instance_url(inst, "/followed-request"))[0] == 404  # the app's own 404
         line = read_until(proc, "/followed-request", 20, "the request's log line").splitlines()[-1]
         assert re.search(r"\[APP/PROC/WEB/0\] OUT GET /followed-request 404", line), line
         assert proc.poll() is None, "logs stopped following"
@@ -269,7 +273,7 @@ def test_push_again_runs_the_new_code(platform, tmp_path):
     assert len(insts) == 2, "the instance count of the first push is kept"
     assert not old & {i["guid"] for i in insts}, "old instances still listed as running"
     for i in insts:
-        assert "from the second push" in http_get(f"http://127.0.0.1:{i['port']}/")[1]
+        assert "from the second push" in http_get(instance_url(i))[1]
 
 
 def test_ignore_files_keep_things_out_of_the_upload(platform, tmp_path):
@@ -306,7 +310,7 @@ def test_failed_staging_says_why_and_keeps_the_app_running(platform, tmp_path):
     assert r.stderr.startswith("error: staging steady failed: "), r.stderr
     after = running(app_json(platform, "steady"))
     assert {i["guid"] for i in after} == {i["guid"] for i in before}
-    assert http_get(f"http://127.0.0.1:{after[0]['port']}/")[0] == 200
+    assert http_get(instance_url(after[0]))[0] == 200
 
     r = platform.cli("push", "steady", "-p", PYTHON_WEB, "-b", "no-such-buildpack")
     assert r.returncode == 1, out(r)

@@ -1,0 +1,293 @@
+/* container: the config's JSON, the stack, disk images, and containers run for real (as
+ * root): what the program inside is, sees and may do, and how its end is reported. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/util.h"
+#include "container/container.h"
+
+struct world {
+    char home[64];
+    char *stack;
+    char *droplet;
+    char *pool;
+};
+
+static int setup(void **state)
+{
+    struct world *w = xcalloc(1, sizeof *w);
+    strcpy(w->home, "/tmp/skiff-test-container-XXXXXX");
+    assert_non_null(mkdtemp(w->home));
+    char err[256] = "";
+    int rc = container_stack_prepare(w->home, &w->stack, err, sizeof err);
+    assert_int_equal(rc, 0);
+    w->droplet = xasprintf("%s/droplet", w->home);
+    assert_int_equal(mkdir_p(w->droplet, 0755), 0);
+    char *file = xasprintf("%s/hello.txt", w->droplet);
+    assert_int_equal(file_write_atomic(file, "hello\n", 6, 0644), 0);
+    free(file);
+    /* as staging leaves a droplet: the containers' vcap owns it */
+    assert_int_equal(container_chown_tree(w->droplet, CONTAINER_DEFAULT_UID_BASE), 0);
+    w->pool = xasprintf("%s/disks", w->home);
+    *state = w;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct world *w = *state;
+    rm_rf(w->home);
+    free(w->stack);
+    free(w->droplet);
+    free(w->pool);
+    free(w);
+    return 0;
+}
+
+/* Runs `sh -c script` in a container (in a child: container_run makes the caller's mount
+ * namespace private); its stdout into out, and its wait status. */
+static int run_in_container(struct world *w, const char *script, int disk_mb, char *out,
+                            size_t outlen)
+{
+    static int n;
+    char *scratch = xasprintf("%s/scratch-%d", w->home, n++);
+    assert_int_equal(mkdir_p(scratch, 0700), 0);
+    struct container_mount droplet = {.source = w->droplet,
+                                      .target = CONTAINER_APP_DIR,
+                                      .kind = CONTAINER_MOUNT_OVERLAY};
+    struct container_config cfg = {.hostname = "test-instance",
+                                   .stack = w->stack,
+                                   .scratch = scratch,
+                                   .disk_mb = disk_mb,
+                                   .disk_pool = w->pool,
+                                   .uid_base = CONTAINER_DEFAULT_UID_BASE,
+                                   .cwd = CONTAINER_APP_DIR,
+                                   .mounts = &droplet,
+                                   .n_mounts = 1};
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        char *argv[] = {"/bin/sh", "-c", (char *)script, NULL};
+        char *envp[] = {"PATH=/usr/bin:/bin", "HOME=/home/vcap/app", NULL};
+        char err[512] = "";
+        int st = container_run(&cfg, argv, envp, err, sizeof err);
+        if (st < 0) {
+            fprintf(stderr, "container_run: %s\n", err);
+            _exit(125);
+        }
+        if (WIFSIGNALED(st))
+            _exit(200 + WTERMSIG(st));
+        _exit(WEXITSTATUS(st));
+    }
+    close(pipefd[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < outlen && (r = read(pipefd[0], out + len, outlen - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = '\0';
+    close(pipefd[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    free(scratch);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+static void test_config_json_round_trip(void **state)
+{
+    (void)state;
+    char *cg[] = {"/sys/fs/cgroup/memory/x/cgroup.procs", NULL};
+    struct container_mount m[] = {{.source = "/a", .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
+                                  {.source = "/b", .target = "/x", .kind = CONTAINER_MOUNT_OVERLAY}};
+    struct container_config in = {.hostname = "h", .stack = "/s", .scratch = "/sc", .disk_mb = 64,
+                                  .uid_base = 300000, .net_pool = "10.1.0.0/16", .net_slot = 9,
+                                  .cwd = "/tmp/app", .cgroup_procs = cg, .mounts = m,
+                                  .n_mounts = 2};
+    char *text = container_config_to_json(&in);
+    struct container_config out;
+    char err[256] = "";
+    assert_int_equal(container_config_from_json(text, &out, err, sizeof err), 0);
+    assert_string_equal(out.hostname, "h");
+    assert_int_equal(out.disk_mb, 64);
+    assert_int_equal(out.uid_base, 300000);
+    assert_string_equal(out.net_pool, "10.1.0.0/16");
+    assert_int_equal(out.net_slot, 9);
+    assert_string_equal(out.cgroup_procs[0], cg[0]);
+    assert_null(out.cgroup_procs[1]);
+    assert_int_equal(out.n_mounts, 2);
+    assert_int_equal(out.mounts[0].kind, CONTAINER_MOUNT_RW);
+    assert_string_equal(out.mounts[1].target, "/x");
+    assert_int_equal(out.mounts[1].kind, CONTAINER_MOUNT_OVERLAY);
+    container_config_clear(&out);
+    free(text);
+}
+
+static void test_config_refuses_bad_json(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "not json",
+        "[]",
+        "{\"hostname\":\"h\"}",
+        /* a relative target */
+        "{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\",\"cwd\":\"/\",\"disk_mb\":1,"
+        "\"uid_base\":1,\"mounts\":[{\"source\":\"/a\",\"target\":\"rel\",\"kind\":\"ro\"}]}",
+        /* an unknown kind */
+        "{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\",\"cwd\":\"/\",\"disk_mb\":1,"
+        "\"uid_base\":1,\"mounts\":[{\"source\":\"/a\",\"target\":\"/t\",\"kind\":\"rwx\"}]}",
+        /* no disk */
+        "{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\",\"cwd\":\"/\",\"disk_mb\":0,"
+        "\"uid_base\":1}",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        struct container_config out;
+        char err[256] = "";
+        assert_true(container_config_from_json(bad[i], &out, err, sizeof err) < 0);
+        assert_true(err[0] != '\0');
+    }
+}
+
+static void test_stack_names_vcap_and_holds_no_host_secret(void **state)
+{
+    struct world *w = *state;
+    char *passwd = NULL, *shadow = NULL;
+    char *p = xasprintf("%s/etc/passwd", w->stack);
+    assert_int_equal(file_read(p, &passwd, NULL), 0);
+    free(p);
+    assert_non_null(strstr(passwd, "vcap:x:2000:2000:"));
+    p = xasprintf("%s/etc/shadow", w->stack);
+    assert_int_equal(file_read(p, &shadow, NULL), 0);
+    free(p);
+    assert_string_equal(shadow, ""); /* never the host's */
+    free(passwd);
+    free(shadow);
+    struct stat st;
+    p = xasprintf("%s/root", w->stack);
+    assert_int_not_equal(lstat(p, &st), 0); /* no /root, no host home folders */
+    free(p);
+}
+
+static void test_disk_pool_fill_and_take(void **state)
+{
+    struct world *w = *state;
+    char err[256] = "";
+    assert_int_equal(container_disk_pool_fill(w->pool, 16, 2, err, sizeof err), 0);
+    char *img = xasprintf("%s/taken.img", w->home);
+    assert_int_equal(container_disk_take(w->pool, 16, img, err, sizeof err), 0);
+    struct stat st;
+    assert_int_equal(stat(img, &st), 0);
+    assert_int_equal(st.st_size, 16 << 20);
+    /* one is left of that size; none of another size: that one is made on the spot */
+    char *other = xasprintf("%s/other.img", w->home);
+    assert_int_equal(container_disk_take(w->pool, 8, other, err, sizeof err), 0);
+    assert_int_equal(stat(other, &st), 0);
+    assert_int_equal(st.st_size, 8 << 20);
+    free(img);
+    free(other);
+}
+
+static void test_program_runs_as_vcap_with_nothing_of_root(void **state)
+{
+    struct world *w = *state;
+    char out[4096];
+    int rc = run_in_container(w,
+                              "id -u; id -g; hostname; pwd; cat hello.txt; "
+                              "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
+                              "echo pid1=$(cat /proc/1/comm)",
+                              64, out, sizeof out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "2000\n2000\ntest-instance\n/home/vcap/app\nhello\n"));
+    assert_non_null(strstr(out, "CapEff:\t0000000000000000"));
+    assert_non_null(strstr(out, "CapBnd:\t0000000000000000"));
+    assert_non_null(strstr(out, "NoNewPrivs:\t1"));
+    assert_non_null(strstr(out, "Seccomp:\t2"));
+}
+
+static void test_host_is_out_of_sight_and_reach(void **state)
+{
+    struct world *w = *state;
+    char out[4096];
+    /* each line says "ok" when the attempt failed as it must */
+    int rc = run_in_container(
+        w,
+        "ls /root >/dev/null 2>&1 || echo ok-root; "
+        "test -e /etc/ssh || echo ok-etc; "
+        "touch /usr/x 2>/dev/null || echo ok-usr; "
+        "mount -t tmpfs t /tmp 2>/dev/null || echo ok-mount; "
+        "test $(ls /proc | grep -c '^[0-9]') -lt 10 && echo ok-pids; "
+        "echo x > /proc/sys/kernel/hostname 2>/dev/null || echo ok-procsys; "
+        "test -e /dev/vda || echo ok-dev",
+        64, out, sizeof out);
+    assert_int_equal(rc, 0);
+    static const char *const oks[] = {"ok-root",  "ok-etc",     "ok-usr", "ok-mount",
+                                      "ok-pids",  "ok-procsys", "ok-dev"};
+    for (size_t i = 0; i < ARRAY_SIZE(oks); i++)
+        if (!strstr(out, oks[i]))
+            fail_msg("%s missing in:\n%s", oks[i], out);
+}
+
+static void test_disk_quota_is_enospc_and_droplet_stays(void **state)
+{
+    struct world *w = *state;
+    char out[4096];
+    int rc = run_in_container(w,
+                              "dd if=/dev/zero of=$HOME/big bs=1M count=64 2>&1 | "
+                              "grep -q 'No space' && echo ok-enospc; echo new > $HOME/new.txt",
+                              16, out, sizeof out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "ok-enospc"));
+    /* the writes went to the container's own layer, never into the droplet */
+    char *p = xasprintf("%s/new.txt", w->droplet);
+    struct stat st;
+    assert_int_not_equal(stat(p, &st), 0);
+    free(p);
+}
+
+static void test_exit_status_and_signal_come_through(void **state)
+{
+    struct world *w = *state;
+    char out[64];
+    assert_int_equal(run_in_container(w, "exit 7", 16, out, sizeof out), 7);
+    assert_int_equal(run_in_container(w, "kill -TERM $$", 16, out, sizeof out), 200 + SIGTERM);
+    /* a program that cannot be found is the program's failure, told as such */
+    assert_int_equal(run_in_container(w, "exec /no/such/program", 16, out, sizeof out), 127);
+}
+
+int main(void)
+{
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_container: needs root (namespaces, loop devices); skipped\n");
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_json_round_trip),
+        cmocka_unit_test(test_config_refuses_bad_json),
+        cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_disk_pool_fill_and_take, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_program_runs_as_vcap_with_nothing_of_root, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_host_is_out_of_sight_and_reach, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_quota_is_enospc_and_droplet_stays, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
