@@ -2,8 +2,8 @@
  *
  * Process shape: the main thread runs the bus client (route table from skiffd, access lines
  * back), the admin server (/metrics, /health, /routes) and signal handling; N worker threads
- * each run their own libuv loop with their own SO_REUSEPORT listening socket, so the kernel
- * spreads connections over cores and no lock is taken on the request path. Workers read the
+ * each run their own libuv loop and accept from one shared listening socket (no SO_REUSEPORT:
+ * no other process can join it), and no lock is taken on the request path. Workers read the
  * route table through route_table_current() (an immutable, reference-counted snapshot).
  *
  * Everything here returns 0 or a negative errno/libuv code; bad input from clients, backends

@@ -1,4 +1,5 @@
-/* The proxy: one libuv loop per worker thread, each with its own SO_REUSEPORT listener.
+/* The proxy: one libuv loop per worker thread; all of them accept from one listening socket
+ * (see router_listen below for why not SO_REUSEPORT).
  *
  * A client connection parses requests with llhttp. At the end of a request head the parser
  * is paused, the route is looked up and a backend connection is taken from the worker's pool
@@ -39,6 +40,11 @@
 #define ROUTER_SPARE_EXCHANGES 64
 #define ROUTER_DRAIN_MS 5000
 #define ROUTER_BACKEND_DOWN_MS 2000
+#define ROUTER_LISTENERS 2         /* the address, and [::1] beside 127.0.0.1 */
+#define ROUTER_ACCEPT_BATCH 8      /* connections one worker takes per wakeup */
+#define ROUTER_ACCEPT_PAUSE_MS 100 /* after EMFILE and the like */
+#define ROUTER_ACCEPT_SLACK 4      /* clients more than another worker's before yielding */
+#define ROUTER_ACCEPT_YIELD_MS 1
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000, 30000000};
@@ -205,19 +211,22 @@ struct exchange {
 
 struct worker {
     uv_loop_t loop;
-    uv_tcp_t listener;
+    uv_poll_t accepts[ROUTER_LISTENERS]; /* one per shared listening socket */
+    uv_timer_t accept_pause;             /* accepting stopped for a moment */
+    bool accepting;                      /* polling the listening sockets */
+    bool accept_blocked; /* out of descriptors, or stopping (read by the others: atomics) */
     uv_async_t wakeup;
     uv_timer_t sweep;
     pthread_t thread;
     int index;
-    int listen_fd;
     const struct router_config *cfg;
     struct table_hold *hold;    /* the newest table this worker has taken */
     struct table_hold *retired; /* older ones exchanges still route with */
     uint64_t table_generation;
     struct pool *pools;
     struct client *clients;
-    int client_count, client_cap;
+    int client_count; /* written by the worker only; read by the others (relaxed atomics) */
+    int client_cap;
     struct exchange *spare; /* finished exchanges kept for their buffers */
     struct client *held;    /* requests waiting for an app to start */
     uv_timer_t hold_poll;
@@ -241,6 +250,9 @@ struct worker {
 
 static struct worker *workers;
 static int worker_count;
+/* The listening sockets, opened by the main thread and polled by every worker. */
+static int listen_fds[ROUTER_LISTENERS];
+static int listen_count;
 
 static llhttp_settings_t request_settings, response_settings;
 
@@ -761,7 +773,7 @@ static void client_close(struct client *c)
         w->clients = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    w->client_count--;
+    __atomic_store_n(&w->client_count, w->client_count - 1, __ATOMIC_RELAXED);
     ROUTER_METRIC_ADD(w->m.connections_open, -1);
     uv_close((uv_handle_t *)&c->p.tcp, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
@@ -1121,11 +1133,9 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     client_close(c);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* Takes a connection accepted from the shared listening socket. */
+static void client_start(struct worker *w, int fd)
 {
-    struct worker *w = server->data;
-    if (status < 0)
-        return;
     struct client *c = xcalloc(1, sizeof(*c));
     c->p.w = w;
     c->p.kind = PEER_CLIENT;
@@ -1138,10 +1148,11 @@ static void on_connection(uv_stream_t *server, int status)
     if (w->clients)
         w->clients->prev = c;
     w->clients = c;
-    w->client_count++;
+    __atomic_store_n(&w->client_count, w->client_count + 1, __ATOMIC_RELAXED);
     ROUTER_METRIC_ADD(w->m.connections_open, 1);
     ROUTER_METRIC_ADD(w->m.connections_total, 1);
-    if (uv_accept(server, (uv_stream_t *)&c->p.tcp) < 0) {
+    if (uv_tcp_open(&c->p.tcp, fd) < 0) {
+        close(fd);
         client_close(c);
         return;
     }
@@ -1165,6 +1176,91 @@ static void on_connection(uv_stream_t *server, int status)
     c->state = C_HEAD;
     client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
     client_update_reading(c);
+}
+
+static void on_accept_ready(uv_poll_t *h, int status, int events);
+
+static void worker_set_accepting(struct worker *w, bool on)
+{
+    if (w->accepting == on)
+        return;
+    w->accepting = on;
+    for (int i = 0; i < listen_count; i++) {
+        if (on)
+            uv_poll_start(&w->accepts[i], UV_READABLE, on_accept_ready);
+        else
+            uv_poll_stop(&w->accepts[i]);
+    }
+}
+
+static void on_accept_pause_end(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    if (w->stopping)
+        return;
+    __atomic_store_n(&w->accept_blocked, false, __ATOMIC_RELAXED);
+    worker_set_accepting(w, true);
+}
+
+/* Stops accepting for a while; a blocked worker is not counted on to take connections. */
+static void worker_pause_accepting(struct worker *w, int ms, bool blocked)
+{
+    if (blocked)
+        __atomic_store_n(&w->accept_blocked, true, __ATOMIC_RELAXED);
+    worker_set_accepting(w, false);
+    uv_timer_start(&w->accept_pause, on_accept_pause_end, (uint64_t)ms, 0);
+}
+
+/* Whether another worker that can accept has ROUTER_ACCEPT_SLACK clients fewer than this
+ * one: it polls the same socket (or will again within ROUTER_ACCEPT_YIELD_MS) and takes the
+ * connection instead. Without this, whichever
+ * worker the scheduler runs first takes a burst of new connections (a load generator's 32 at
+ * once), and keep-alive keeps them there. */
+static bool worker_should_yield(const struct worker *w)
+{
+    for (int i = 0; i < worker_count; i++) {
+        const struct worker *o = &workers[i];
+        if (o != w && !__atomic_load_n(&o->accept_blocked, __ATOMIC_RELAXED) &&
+            __atomic_load_n(&o->client_count, __ATOMIC_RELAXED) + ROUTER_ACCEPT_SLACK <=
+                w->client_count)
+            return true;
+    }
+    return false;
+}
+
+/* Every worker polls the same listening socket and takes a few connections per wakeup: a
+ * busy worker wakes less often, and one with more clients than another yields for a moment,
+ * so connections go to the workers with room for them. */
+static void on_accept_ready(uv_poll_t *h, int status, int events)
+{
+    struct worker *w = h->data;
+    int fd;
+    if (w->stopping || uv_fileno((uv_handle_t *)h, &fd) < 0)
+        return;
+    if (status < 0) { /* libuv stopped the poll: try again in a while */
+        worker_pause_accepting(w, ROUTER_ACCEPT_PAUSE_MS, true);
+        return;
+    }
+    for (int n = 0; n < ROUTER_ACCEPT_BATCH;) {
+        if (worker_should_yield(w)) {
+            worker_pause_accepting(w, ROUTER_ACCEPT_YIELD_MS, false);
+            return;
+        }
+        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd >= 0) {
+            client_start(w, cfd);
+            n++;
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* the connection waits in the backlog until descriptors are free again; polling
+             * on would only spin */
+            worker_pause_accepting(w, ROUTER_ACCEPT_PAUSE_MS, true);
+        }
+        return; /* EAGAIN: another worker took it; EINVAL: the socket is shut down (stop) */
+    }
 }
 
 /* ---- request parser callbacks ------------------------------------------------------------ */
@@ -2071,6 +2167,9 @@ static void worker_maybe_done(struct worker *w)
     close_handle_if_open((uv_handle_t *)&w->drain);
     close_handle_if_open((uv_handle_t *)&w->drain_wakeup);
     close_handle_if_open((uv_handle_t *)&w->access_flush);
+    close_handle_if_open((uv_handle_t *)&w->accept_pause);
+    for (int i = 0; i < listen_count; i++)
+        close_handle_if_open((uv_handle_t *)&w->accepts[i]);
     for (struct pool *p = w->pools; p; p = p->next)
         while (p->idle)
             upstream_close(p->idle);
@@ -2091,7 +2190,8 @@ static void on_wakeup(uv_async_t *a)
     if (w->stopping)
         return;
     w->stopping = true;
-    close_handle_if_open((uv_handle_t *)&w->listener);
+    __atomic_store_n(&w->accept_blocked, true, __ATOMIC_RELAXED);
+    worker_set_accepting(w, false);
     struct client *next;
     for (struct client *c = w->clients; c; c = next) {
         next = c->next;
@@ -2220,9 +2320,45 @@ static void init_settings(void)
     response_settings.on_message_complete = on_resp_message_complete;
 }
 
-/* Opens a listener on addr_text. With shared set, the socket joins the others of this
- * process through SO_REUSEPORT (one per worker); without it, it is exclusive. */
-static int listen_socket(const char *addr_text, bool shared, int *out_fd)
+/* Binds and listens on one address, exclusively: no SO_REUSEPORT, so the kernel refuses
+ * every other socket that asks for this address and port, whatever its owner (a tenant's app
+ * of the same uid, or root). SO_REUSEADDR only lets a restart bind while connections of the
+ * previous router are in TIME_WAIT; it never admits a second listener. */
+static int listen_on(const struct sockaddr_storage *ss, const char *addr_text, bool v6only,
+                     int *out_fd)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (v6only)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    socklen_t len =
+        ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EADDRINUSE)
+            fprintf(stderr,
+                    "skiff-router: %s is in use by another process; stop it or choose "
+                    "another address (--addr, SKIFF_ROUTER_ADDR)\n",
+                    addr_text);
+        else if (!v6only)
+            fprintf(stderr, "skiff-router: cannot listen on %s: %s\n", addr_text, strerror(e));
+        return -e;
+    }
+    *out_fd = fd;
+    return 0;
+}
+
+/* Opens the listening sockets every worker accepts from: one socket for the address (one
+ * SO_REUSEPORT socket per worker would spread connections in the kernel, but any process of
+ * the same uid could join that group and receive a share of every request; an accept queue
+ * shared by the workers costs nothing measurable with keep-alive clients, see
+ * bench/router/README.md). Beside 127.0.0.1 the same port of [::1] is held too: browsers and
+ * curl try ::1 first for *.localhost, and whoever listened there would receive them. */
+static int router_listen(const char *addr_text)
 {
     char host[256];
     const char *colon = strrchr(addr_text, ':');
@@ -2247,22 +2383,24 @@ static int listen_socket(const char *addr_text, bool shared, int *out_fd)
         fprintf(stderr, "skiff-router: %s is not an IP address and port\n", addr_text);
         return -EINVAL;
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (shared)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    socklen_t len =
-        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
-        int e = errno;
-        fprintf(stderr, "skiff-router: cannot listen on %s: %s\n", addr_text, strerror(e));
-        close(fd);
-        return -e;
-    }
-    *out_fd = fd;
+    int r = listen_on(&ss, addr_text, false, &listen_fds[0]);
+    if (r < 0)
+        return r;
+    listen_count = 1;
+    if (ss.ss_family != AF_INET || strcmp(h, "127.0.0.1") != 0 || port == 0)
+        return 0;
+    struct sockaddr_storage ss6;
+    uv_ip6_addr("::1", port, (struct sockaddr_in6 *)&ss6);
+    char text6[64];
+    snprintf(text6, sizeof(text6), "[::1]:%d", port);
+    r = listen_on(&ss6, text6, true, &listen_fds[1]);
+    if (r == 0) {
+        listen_count = 2;
+    } else if (r == -EADDRINUSE) {
+        close(listen_fds[0]);
+        listen_count = 0;
+        return r;
+    } /* else no IPv6 loopback on this machine: nobody can listen there either */
     return 0;
 }
 
@@ -2276,46 +2414,27 @@ int router_proxy_start(const struct router_config *cfg)
         n = 1;
     if (n > 64)
         n = 64;
+    int r = router_listen(cfg->addr);
+    if (r < 0)
+        return r;
     workers = xcalloc((size_t)n, sizeof(*workers));
     uint64_t prefix;
     prefix = ((uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 40));
-    /* SO_REUSEPORT would let this router join a listener that another process (a router left
-     * from an earlier run, say) holds, and the kernel would split connections between them.
-     * An exclusive bind first makes that an error instead. */
-    int probe;
-    int pr = listen_socket(cfg->addr, false, &probe);
-    if (pr < 0) {
-        fprintf(stderr,
-                "skiff-router: %s is in use by another process; stop it or choose "
-                "another address (--addr, SKIFF_ROUTER_ADDR)\n",
-                cfg->addr);
-        return pr;
-    }
-    close(probe);
+    worker_count = n;
     for (int i = 0; i < n; i++) {
         struct worker *w = &workers[i];
         w->index = i;
         w->cfg = cfg;
-        w->listen_fd = -1;
         w->client_cap = cfg->max_connections / n + 1;
         w->id_prefix = prefix + (uint64_t)i;
-        int r = listen_socket(cfg->addr, true, &w->listen_fd);
-        if (r < 0) {
-            for (int k = 0; k < i; k++)
-                close(workers[k].listen_fd);
-            free(workers);
-            workers = NULL;
-            return r;
-        }
-    }
-    worker_count = n;
-    for (int i = 0; i < n; i++) {
-        struct worker *w = &workers[i];
         uv_loop_init(&w->loop);
-        uv_tcp_init(&w->loop, &w->listener);
-        w->listener.data = w;
-        uv_tcp_open(&w->listener, w->listen_fd);
-        uv_listen((uv_stream_t *)&w->listener, 4096, on_connection);
+        for (int k = 0; k < listen_count; k++) {
+            uv_poll_init(&w->loop, &w->accepts[k], listen_fds[k]);
+            w->accepts[k].data = w;
+        }
+        uv_timer_init(&w->loop, &w->accept_pause);
+        w->accept_pause.data = w;
+        worker_set_accepting(w, true);
         uv_async_init(&w->loop, &w->wakeup, on_wakeup);
         w->wakeup.data = w;
         uv_async_init(&w->loop, &w->drain_wakeup, on_drain_wakeup);
@@ -2342,6 +2461,10 @@ void router_proxy_stop_async(void)
     if (stop_sent)
         return; /* a worker's wakeup handle may be closed by now */
     stop_sent = true;
+    /* no new connections from now on: a shut-down listening socket refuses them (and wakes
+     * every worker's poll); it stays open until the workers are gone */
+    for (int i = 0; i < listen_count; i++)
+        shutdown(listen_fds[i], SHUT_RD);
     for (int i = 0; i < worker_count; i++)
         uv_async_send(&workers[i].wakeup);
 }
@@ -2388,6 +2511,9 @@ void router_proxy_stop(void)
     free(workers);
     workers = NULL;
     worker_count = 0;
+    for (int i = 0; i < listen_count; i++)
+        close(listen_fds[i]);
+    listen_count = 0;
     stop_sent = false;
 }
 

@@ -346,22 +346,35 @@ class Router:
         self.proc = None
         self.err_path = os.path.join(home, "router.err")
 
-    def start(self):
+    def start(self, user=None):
+        """Starts the router (as `user` when given); its admin token is the one in
+        $SKIFF_HOME/api.json, written here as skiffd writes it."""
+        token_path = os.path.join(self.home, "api.json")
+        if not os.path.exists(token_path):
+            with open(os.open(token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                json.dump({"token": "skiff_" + os.urandom(32).hex()}, f)
+        with open(token_path) as f:
+            self.token = json.load(f)["token"]
         err = open(self.err_path, "ab")
         self.proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "skiff-router"), "--home", self.home,
              "--addr", f"127.0.0.1:{self.port}", "--admin-addr", f"127.0.0.1:{self.admin_port}",
              "--workers", "2", *self.extra_args],
-            stdout=err, stderr=subprocess.STDOUT, env=self.env)
+            stdout=err, stderr=subprocess.STDOUT, env=self.env, user=user)
         err.close()
         wait_for(lambda: self.proc.poll() is not None or self.admin("/health")[0] == 200, 20,
                  "router admin port")
         assert self.proc.poll() is None, self.log()
         return self
 
-    def admin(self, path):
+    def admin(self, path, token=True, raw=None):
+        """(status, body) of GET path on the admin port, with the admin token unless told
+        otherwise (a string is sent as the token); raw is sent as the whole request instead."""
+        auth = ""
+        if token:
+            auth = f"Authorization: Bearer {token if isinstance(token, str) else self.token}\r\n"
         with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
             data = b""
             while True:
                 d = s.recv(65536)
