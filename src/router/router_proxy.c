@@ -111,6 +111,7 @@ struct client {
     struct peer p;
     uv_timer_t timer;
     llhttp_t parser;
+    const char *feed_end; /* end of the bytes the parser is running over */
     struct client *prev, *next;
     struct exchange *x;
     struct buf pending; /* unparsed bytes held while the parser waits */
@@ -158,6 +159,7 @@ struct drain_wait {
 struct upstream {
     struct peer p;
     llhttp_t parser;
+    const char *feed_end; /* end of the bytes the parser is running over */
     struct pool *pool;
     struct exchange *x;
     struct upstream *idle_prev, *idle_next;
@@ -175,6 +177,15 @@ struct table_hold {
     unsigned *cursors; /* one per route of the table */
     unsigned users;
     struct table_hold *next; /* in the worker's retired list */
+};
+
+/* llhttp 8 takes any two bytes after a chunk's data for the CRLF that must end it, so data
+ * longer than its declared size is read on as the next chunk's size: "A\r\n0123456789ABCDEF"
+ * is 10 bytes, then a 0xCDEF-byte chunk that never comes, and the backend is held until the
+ * timeout. The router checks those two bytes itself, in both directions. */
+struct chunk_guard {
+    uint64_t left; /* data bytes of the current chunk still to come */
+    uint8_t crlf;  /* bytes of the CRLF after them still to check: 2, 1 or 0 */
 };
 
 struct exchange {
@@ -206,6 +217,7 @@ struct exchange {
     bool client_http10;    /* the client speaks HTTP/1.0: no chunked framing towards it */
     bool dechunk;          /* a chunked response forwarded unframed, ended by closing */
     uint64_t req_chunk_size, resp_chunk_size; /* of the chunk being read */
+    struct chunk_guard req_guard, resp_guard;
     char request_id[130];
 };
 
@@ -519,6 +531,34 @@ static void end_chunked(struct peer *to, const struct headers *trailers)
     struct buf *b = outq_scratch_begin(to, &off);
     router_trailers_build(b, headers_view(to->w, trailers), trailers->count);
     outq_scratch_end(to, off);
+}
+
+static void chunk_guard_start(struct chunk_guard *g, uint64_t size)
+{
+    g->left = size;
+    g->crlf = size > 0 ? 2 : 0; /* the last chunk has no data, and no CRLF of its own */
+}
+
+/* Checks the bytes in [p, end) that follow a chunk's data, if its data is complete; false
+ * when one is not the CRLF that must come there. Bytes past `end` are checked by the next
+ * call. */
+static bool chunk_guard_check(struct chunk_guard *g, const char *p, const char *end)
+{
+    if (g->left)
+        return true;
+    for (; g->crlf && p < end; p++, g->crlf--)
+        if (*p != (g->crlf == 2 ? '\r' : '\n'))
+            return false;
+    return true;
+}
+
+/* Counts len bytes of chunk data at `at`; once the chunk's data is complete, checks what
+ * follows it in the parser's input (up to feed_end). False on anything there but CRLF. */
+static bool chunk_guard_body(struct chunk_guard *g, const char *at, size_t len,
+                             const char *feed_end)
+{
+    g->left = len < g->left ? g->left - len : 0;
+    return g->left > 0 || chunk_guard_check(g, at + len, feed_end);
 }
 
 /* ---- exchanges (one request and its response) --------------------------------------------- */
@@ -1020,6 +1060,16 @@ static void client_feed(struct client *c, const char *data, size_t len)
             }
         }
         c->pause = PAUSE_NONE;
+        if (c->state == C_BODY && c->x && c->x->req_guard.crlf &&
+            !chunk_guard_check(&c->x->req_guard, data, data + len)) {
+            ROUTER_METRIC_ADD(w->m.bad_requests, 1);
+            client_respond_error(c, 400, "bad-request",
+                                 "A chunk's data is longer than its size says (or does not end "
+                                 "with CRLF).",
+                                 true);
+            return;
+        }
+        c->feed_end = data + len;
         llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
         struct exchange *x = c->x;
         if (x && x->u)
@@ -1376,6 +1426,10 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
     x->body_bytes += len;
     if (max && x->body_bytes > max)
         return req_reject(x, 413, "body-too-large", "The request body is larger than allowed.");
+    if (x->chunked && !chunk_guard_body(&x->req_guard, at, len, c->feed_end))
+        return req_reject(x, 400, "bad-request",
+                          "A chunk's data is longer than its size says (or does not end with "
+                          "CRLF).");
     if (x->u)
         outq_add(&x->u->p, at, len);
     return 0;
@@ -1386,6 +1440,7 @@ static int on_req_chunk_header(llhttp_t *p)
     struct client *c = p->data;
     struct exchange *x = c->x;
     x->req_chunk_size = p->content_length;
+    chunk_guard_start(&x->req_guard, p->content_length);
     if (x->u && p->content_length > 0)
         outq_printf(&x->u->p, "%llx\r\n", (unsigned long long)p->content_length);
     return 0;
@@ -1947,6 +2002,8 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     struct upstream *u = p->data;
     struct exchange *x = u->x;
     x->resp_bytes += len;
+    if ((p->flags & F_CHUNKED) && !chunk_guard_body(&x->resp_guard, at, len, u->feed_end))
+        return HPE_USER; /* the backend's framing is broken: 502, or a cut response */
     outq_add(&x->c->p, at, len);
     return 0;
 }
@@ -1956,6 +2013,7 @@ static int on_resp_chunk_header(llhttp_t *p)
     struct upstream *u = p->data;
     struct exchange *x = u->x;
     x->resp_chunk_size = p->content_length;
+    chunk_guard_start(&x->resp_guard, p->content_length);
     if (p->content_length > 0 && !x->dechunk)
         outq_printf(&x->c->p, "%llx\r\n", (unsigned long long)p->content_length);
     return 0;
@@ -2002,6 +2060,11 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
         }
         return;
     }
+    if (x->resp_guard.crlf && !chunk_guard_check(&x->resp_guard, data, data + len)) {
+        upstream_failed(u, UV_EPROTO, false);
+        return;
+    }
+    u->feed_end = data + len;
     llhttp_errno_t err = llhttp_execute(&u->parser, data, len);
     size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&u->parser) - data);
     if (used > len)

@@ -14,11 +14,12 @@ import pwd
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import wait_for
-from test_router import Router, route
+from test_router import RawBackend, Router, read_head, route
 
 # Fixtures of test_router.py, used here under the same names.
 from test_router import backends, bus, home, router_factory  # noqa: F401
@@ -158,3 +159,108 @@ def test_router_port_cannot_be_joined_by_its_own_uid(home, bus, backends):
         assert_port_cannot_be_joined(r, a, user=uid)
     finally:
         r.stop()
+
+
+# ---- chunk data longer than its declared size -------------------------------------------------
+
+CHUNKED_HEAD = (b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+class HeldBackend:
+    """A backend that reads what the router forwards and notes when the router lets go of the
+    connection (EOF or reset)."""
+
+    def __init__(self):
+        self.received = b""
+        self.released_at = None
+        self.backend = RawBackend(self._run)
+        self.addr = self.backend.addr
+
+    def _run(self, conn):
+        conn.settimeout(120)
+        try:
+            while True:
+                d = conn.recv(65536)
+                if not d:
+                    break
+                self.received += d
+        except OSError:
+            pass
+        self.released_at = time.monotonic()
+
+    def close(self):
+        self.backend.close()
+
+
+@pytest.mark.parametrize("pieces", [
+    # 10 bytes declared; the 6 more would be read by llhttp as CRLF + the size of a next chunk
+    # (0xCDEF bytes, which never come)
+    [b"A\r\n0123456789ABCDEF"],
+    [b"5\r\nhello", b"XX", b"1\r\n"],                  # any two bytes taken for the CRLF
+    [b"5\r\nhello\r", b"X1\r\n"],                      # the CR right, the LF not
+    [b"5\r\nhello\nF\r\n"],                            # a bare LF where CRLF ends the data
+    [b"5;name=value\r\nhelloABC"],                     # with a chunk extension
+    [b"3\r\nabc\r\n", b"4\r\nabcdefff\r\n"],           # the second chunk is the long one
+])
+def test_chunk_data_longer_than_declared_is_400_at_once(router_factory, pieces):
+    """A hostile client declares a small chunk and sends more: the router must answer 400 and
+    close at once, and let go of the backend connection, instead of waiting for a chunk the
+    extra bytes seem to announce (which would hold the backend for the upstream timeout)."""
+    held = HeldBackend()
+    try:
+        r = router_factory([route("app.localhost", [held])])
+        c = r.client(timeout=10)
+        c.send(CHUNKED_HEAD)
+        wait_for(lambda: b"\r\n\r\n" in held.received, 5, "the head to reach the backend")
+        t0 = time.monotonic()
+        for piece in pieces:
+            c.send(piece)
+            time.sleep(0.05)  # let the pieces arrive apart: the check spans reads
+        resp = c.response()
+        assert resp.status == 400 and resp.headers["x-skiff-router-error"] == "bad-request"
+        assert time.monotonic() - t0 < 3, "the 400 must not wait for a timeout"
+        assert c.closed(5)
+        wait_for(lambda: held.released_at is not None, 3, "the router to release the backend")
+        # nothing past the declared data reached the app as if it were a chunk
+        assert b"CDEF" not in held.received and b"XX" not in held.received
+    finally:
+        held.close()
+
+
+def test_chunk_data_longer_than_declared_from_a_backend_cuts_the_response(router_factory):
+    """The same from a hostile app answering chunked: the client's response is cut at once
+    (its head is out; nothing truthful can follow), not left hanging for the timeout."""
+    def liar(conn):
+        f = conn.makefile("rb")
+        read_head(f)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"A\r\n0123456789ABCDEF")
+        time.sleep(30)
+
+    b = RawBackend(liar)
+    try:
+        r = router_factory([route("app.localhost", [b])])
+        c = r.client(timeout=10)
+        t0 = time.monotonic()
+        c.send(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        with pytest.raises(EOFError):
+            c.response()
+        assert time.monotonic() - t0 < 3
+    finally:
+        b.close()
+
+
+def test_well_formed_chunks_split_anywhere_still_pass(router_factory, backends):
+    """The positive control: the CRLF after chunk data may arrive in pieces of one byte."""
+    a = backends("a")
+    r = router_factory([route("app.localhost", [a])])
+    c = r.client()
+    c.send(CHUNKED_HEAD)
+    for piece in [b"5\r\nhel", b"lo", b"\r", b"\n", b"6\r\n world\r", b"\n0\r\n\r\n"]:
+        c.send(piece)
+        time.sleep(0.02)
+    resp = c.response()
+    assert resp.status == 200, resp.body
+    assert resp.json()["body_len"] == 11
+    c.close()
