@@ -79,6 +79,9 @@ struct router_request_head {
     size_t url_len;
     const struct router_header *headers;
     size_t header_count;
+    const char *host; /* the authority routed on: sent as Host and X-Forwarded-Host (NULL: the
+                         client's Host header) */
+    size_t host_len;
     const char *client_ip;  /* appended to X-Forwarded-For */
     const char *request_id; /* the one to send (kept from the client when valid) */
     bool chunked;           /* the body is sent chunked */
@@ -87,9 +90,10 @@ struct router_request_head {
     bool upgrade; /* keep Connection: upgrade and the Upgrade header */
 };
 
-/* Writes the request head for a backend: the client's headers minus hop-by-hop ones (and
- * those named in Connection), its own framing, X-Forwarded-For appended, X-Forwarded-Proto,
- * X-Forwarded-Host (the client's Host) and X-Request-Id. */
+/* Writes the request head for a backend: Host (the authority routed on), the client's
+ * headers minus hop-by-hop ones (and those named in Connection) and its Host, its own framing,
+ * X-Forwarded-For appended, X-Forwarded-Proto, X-Forwarded-Host (the authority routed on) and
+ * X-Request-Id. */
 void router_head_build_request(struct buf *out, const struct router_request_head *h);
 
 /* Writes the response head for the client: status line, the backend's headers minus hop-by-hop
@@ -110,6 +114,17 @@ void router_trailers_build(struct buf *out, const struct router_header *trailers
  * app agree on the path. Returns the new length (never more than len), or 0 with a message in
  * *why when the target is not a path ("*" passes), has a bad percent-encoding or encodes a NUL. */
 size_t router_target_normalize(char *target, size_t len, const char **why);
+/* Whether a Host value (or the authority of an absolute-form target) is host[:port]: a name
+ * of letters, digits and - . _ ~, or an IP literal in brackets; the port digits only. No
+ * userinfo (user@host), no percent-encoding, nothing else. */
+bool router_authority_valid(const char *s, size_t n);
+/* An absolute-form request target (RFC 9112 3.2.2, "http://host:port/path?query", scheme http
+ * or https in any case) is rewritten in place into its authority followed by its origin form
+ * ("/path?query"; "/" when the path is empty): *authority_len and *origin_len give their
+ * lengths. Returns 1 then, 0 when the target is not absolute-form (left as it is), or -1 with
+ * a message in *why when its authority is not valid (router_authority_valid). */
+int router_target_absolute(char *target, size_t len, size_t *authority_len, size_t *origin_len,
+                           const char **why);
 /* Case-insensitive header name comparison with a NUL-terminated lowercase name. */
 bool router_header_is(const struct router_header *h, const char *lower_name);
 /* Whether a comma-separated header value contains the token (case-insensitive). */

@@ -197,22 +197,31 @@ static void put_header(struct buf *out, const struct router_header *h)
 
 void router_head_build_request(struct buf *out, const struct router_request_head *h)
 {
-    const struct router_header *host = NULL, *upgrade = NULL;
+    const struct router_header *upgrade = NULL;
+    const char *host = h->host;
+    size_t host_len = h->host_len;
+    for (size_t i = 0; !host && i < h->header_count; i++)
+        if (classify(&h->headers[i]) == HK_HOST) {
+            host = h->headers[i].value;
+            host_len = h->headers[i].value_len;
+        }
     bool listed = connection_names_headers(h->headers, h->header_count);
     size_t method_len = strlen(h->method);
-    buf_reserve(out, method_len + h->url_len + 12);
+    buf_reserve(out, method_len + h->url_len + host_len + 20);
     put(out, h->method, method_len);
     PUT_LITERAL(out, " ");
     put(out, h->url, h->url_len);
     PUT_LITERAL(out, " HTTP/1.1\r\n");
+    if (host) { /* the app sees the authority it was routed by, whatever the client said */
+        PUT_LITERAL(out, "Host: ");
+        put(out, host, host_len);
+        PUT_LITERAL(out, "\r\n");
+    }
     size_t xff_len = 0;
     bool te_trailers = false;
     for (size_t i = 0; i < h->header_count; i++) {
         const struct router_header *hd = &h->headers[i];
         switch (classify(hd)) {
-        case HK_HOST:
-            host = hd;
-            break;
         case HK_UPGRADE:
             upgrade = hd;
             continue;
@@ -234,7 +243,7 @@ void router_head_build_request(struct buf *out, const struct router_request_head
     }
     /* every earlier hop, in order, then the client as this router saw it */
     size_t ip_len = strlen(h->client_ip), id_len = strlen(h->request_id);
-    buf_reserve(out, xff_len + ip_len + id_len + 128 + (host ? host->value_len : 0));
+    buf_reserve(out, xff_len + ip_len + id_len + 128 + host_len);
     PUT_LITERAL(out, "X-Forwarded-For: ");
     for (size_t i = 0; xff_len && i < h->header_count; i++) {
         if (h->headers[i].value_len && classify(&h->headers[i]) == HK_XFF) {
@@ -246,7 +255,7 @@ void router_head_build_request(struct buf *out, const struct router_request_head
     PUT_LITERAL(out, "\r\nX-Forwarded-Proto: http\r\n");
     if (host) {
         PUT_LITERAL(out, "X-Forwarded-Host: ");
-        put(out, host->value, host->value_len);
+        put(out, host, host_len);
         PUT_LITERAL(out, "\r\n");
     }
     PUT_LITERAL(out, "X-Request-Id: ");
@@ -401,4 +410,60 @@ size_t router_target_normalize(char *t, size_t len, const char **why)
     }
     memmove(t + o, t + path_end, len - path_end);
     return o + (len - path_end);
+}
+
+bool router_authority_valid(const char *s, size_t n)
+{
+    size_t i = 0;
+    if (n && s[0] == '[') { /* IP literal: hex digits, colons and dots (an IPv4 tail) */
+        for (i = 1; i < n && s[i] != ']'; i++)
+            if (!(hex_value(s[i]) >= 0 || s[i] == ':' || s[i] == '.'))
+                return false;
+        if (i == n || i == 1)
+            return false;
+        i++;
+    } else {
+        for (; i < n && s[i] != ':'; i++)
+            if (!(is_unreserved((unsigned char)s[i])))
+                return false;
+        if (i == 0)
+            return false;
+    }
+    if (i == n)
+        return true;
+    if (s[i] != ':' || n - i - 1 > 5)
+        return false;
+    for (i++; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+int router_target_absolute(char *t, size_t len, size_t *authority_len, size_t *origin_len,
+                           const char **why)
+{
+    size_t scheme;
+    if (len >= 7 && strncasecmp(t, "http://", 7) == 0)
+        scheme = 7;
+    else if (len >= 8 && strncasecmp(t, "https://", 8) == 0)
+        scheme = 8;
+    else
+        return 0;
+    size_t end = scheme;
+    while (end < len && t[end] != '/' && t[end] != '?')
+        end++;
+    size_t auth = end - scheme;
+    if (!router_authority_valid(t + scheme, auth)) {
+        *why = "The request target's authority is not host[:port] (no user@, no odd "
+               "characters).";
+        return -1;
+    }
+    memmove(t, t + scheme, auth);
+    size_t o = auth;
+    if (end == len || t[end] != '/')
+        t[o++] = '/'; /* "http://a?q" is "/?q" for a; the scheme left room for it */
+    memmove(t + o, t + end, len - end);
+    *authority_len = auth;
+    *origin_len = o - auth + (len - end);
+    return 1;
 }

@@ -1498,36 +1498,42 @@ static void route_and_connect(struct client *c)
                              true);
         return;
     }
-    const char *url = x->req.raw.data + x->url_off;
-    size_t url_len = x->url_len;
     const char *host_s = host ? host->value : NULL;
     size_t host_len = host ? host->value_len : 0;
-    /* absolute form (http://host/path): the host in the target wins, the backend gets the path */
-    if (url_len > 7 && strncasecmp(url, "http://", 7) == 0) {
-        const char *h = url + 7, *end = url + url_len;
-        const char *slash = memchr(h, '/', (size_t)(end - h));
-        host_s = h;
-        host_len = (size_t)((slash ? slash : end) - h);
-        x->url_off = (uint32_t)((slash ? slash : end) - x->req.raw.data);
-        x->url_len = (uint32_t)(slash ? end - slash : 0);
-        url = slash ? slash : "/";
-        url_len = slash ? (size_t)(end - slash) : 1;
+    char *target = x->req.raw.data + x->url_off;
+    const char *why = NULL;
+    size_t authority_len, origin_len;
+    /* absolute form (http://host/path): the authority in the target is what is routed on and
+     * what the app is told (Host, X-Forwarded-Host), whatever Host the client also sent */
+    int absolute = router_target_absolute(target, x->url_len, &authority_len, &origin_len, &why);
+    if (absolute < 0) {
+        client_respond_error(c, 400, "bad-request", why, true);
+        return;
     }
-    if (x->url_len > 0) { /* routed on, and sent on, in one normal form: the app sees that */
-        char *target = x->req.raw.data + x->url_off;
-        const char *why = NULL;
-        size_t n_len = router_target_normalize(target, x->url_len, &why);
-        if (n_len == 0) {
-            client_respond_error(c, 400, "bad-request", why, true);
-            return;
-        }
-        x->url_len = (uint32_t)n_len;
-        url = target;
-        url_len = n_len;
+    if (absolute > 0) {
+        host_s = target;
+        host_len = authority_len;
+        target += authority_len;
+        x->url_off += (uint32_t)authority_len;
+        x->url_len = (uint32_t)origin_len;
     }
+    /* routed on, and sent on, in one normal form: the app sees that */
+    size_t url_len = router_target_normalize(target, x->url_len, &why);
+    if (url_len == 0) {
+        client_respond_error(c, 400, "bad-request", why, true);
+        return;
+    }
+    x->url_len = (uint32_t)url_len;
+    const char *url = target;
     if (!host_s || host_len == 0) {
         client_respond_error(c, 400, "bad-request",
                              "The request has no Host header; say which app it is for.", true);
+        return;
+    }
+    if (!router_authority_valid(host_s, host_len)) {
+        client_respond_error(c, 400, "bad-request",
+                             "The Host header is not host[:port] (no user@, no odd characters).",
+                             true);
         return;
     }
     const struct router_header *rid = find_header(hv, hn, "x-request-id", &n);
@@ -1558,6 +1564,8 @@ static void route_and_connect(struct client *c)
         .method = llhttp_method_name((llhttp_method_t)x->method),
         .url = url,
         .url_len = url_len,
+        .host = host_s,
+        .host_len = host_len,
         .headers = hv,
         .header_count = hn,
         .client_ip = c->ip,

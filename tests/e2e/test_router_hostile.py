@@ -264,3 +264,61 @@ def test_well_formed_chunks_split_anywhere_still_pass(router_factory, backends):
     assert resp.status == 200, resp.body
     assert resp.json()["body_len"] == 11
     c.close()
+
+
+# ---- absolute-form request targets ----------------------------------------------------------
+
+
+def absolute_router(router_factory, backends):
+    a, v = backends("a"), backends("victim")
+    return router_factory([route("a.localhost", [a], app="a"),
+                           route("victim.localhost", [v], app="victim")])
+
+
+@pytest.mark.parametrize("target,host,path", [
+    ("http://a.localhost/x?q=1", "a.localhost", "/x?q=1"),
+    ("HTTP://A.LOCALHOST:8080", "A.LOCALHOST:8080", "/"),
+    ("https://a.localhost?q=/../victim", "a.localhost", "/?q=/../victim"),
+    ("http://a.localhost/v1/../admin", "a.localhost", "/admin"),
+])
+def test_absolute_form_is_routed_by_its_authority_and_says_so(router_factory, backends, target,
+                                                             host, path):
+    """`GET http://a.localhost/ HTTP/1.1` with `Host: victim.localhost`: routed to a, and a
+    must be told a.localhost (Host and X-Forwarded-Host), never the victim's name, so an app
+    cannot be handed a request that names another tenant's host (links, cookies, caches keyed
+    by Host); the app gets the origin form."""
+    r = absolute_router(router_factory, backends)
+    c = r.client()
+    resp = c.request("GET", target, host="victim.localhost")
+    assert resp.status == 200, resp.body
+    seen = resp.json()
+    assert seen["name"] == "a"
+    assert seen["path"] == path
+    assert seen["headers"]["host"] == host
+    assert seen["headers"]["x-forwarded-host"] == host
+    # the connection goes on: the next request is routed by its own Host
+    assert c.request("GET", "/", host="victim.localhost").json()["name"] == "victim"
+    c.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET http://victim.localhost@a.localhost/ HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    b"GET http://a.localhost@victim.localhost/ HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    b"GET http:///victim HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    b"GET http://a.localhost#@victim.localhost/ HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    b"GET http://a.localhost%2fvictim/ HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: victim.localhost@a.localhost\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a.localhost/../victim.localhost\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a.localhost, victim.localhost\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a.localhost\r\nHost: victim.localhost\r\n\r\n",
+])
+def test_ambiguous_authorities_are_400(router_factory, backends, head):
+    """Userinfo, an empty authority, a fragment, encodings, lists and a second Host: each is
+    a way to make the router and the app disagree on which host a request is for."""
+    r = absolute_router(router_factory, backends)
+    c = r.client()
+    c.send(head)
+    resp = c.response()
+    assert resp.status == 400, (head, resp.status, resp.body)
+    assert resp.headers["x-skiff-router-error"] == "bad-request"
+    assert c.closed(5)

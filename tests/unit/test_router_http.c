@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "common/buf.h"
@@ -241,6 +242,97 @@ static void test_targets_are_normalized(void **state)
     check_target("/a%00b", NULL);
 }
 
+/* What an absolute-form target becomes: "AUTHORITY" then the origin form, or -1. */
+static int absolute(const char *in, char *authority, char *origin)
+{
+    char t[256];
+    size_t alen = 0, olen = 0;
+    const char *why = NULL;
+    snprintf(t, sizeof(t), "%s", in);
+    int r = router_target_absolute(t, strlen(t), &alen, &olen, &why);
+    if (r == 1) {
+        snprintf(authority, 128, "%.*s", (int)alen, t);
+        snprintf(origin, 128, "%.*s", (int)olen, t + alen);
+    } else if (r < 0) {
+        assert_non_null(why);
+    }
+    return r;
+}
+
+static void test_absolute_form_targets(void **state)
+{
+    (void)state;
+    char a[128], o[128];
+    assert_int_equal(absolute("http://a.localhost/x/y?q=1", a, o), 1);
+    assert_string_equal(a, "a.localhost");
+    assert_string_equal(o, "/x/y?q=1");
+    assert_int_equal(absolute("HTTP://A.localhost:8080", a, o), 1);
+    assert_string_equal(a, "A.localhost:8080");
+    assert_string_equal(o, "/");
+    assert_int_equal(absolute("https://a.localhost?q=/../x", a, o), 1); /* the query is not a path */
+    assert_string_equal(a, "a.localhost");
+    assert_string_equal(o, "/?q=/../x");
+    assert_int_equal(absolute("http://[::1]:80/", a, o), 1);
+    assert_string_equal(a, "[::1]:80");
+    assert_string_equal(o, "/");
+    /* what an attacker tries: another host in userinfo, nothing, odd characters */
+    assert_int_equal(absolute("http://b.localhost@a.localhost/", a, o), -1);
+    assert_int_equal(absolute("http:///x", a, o), -1);
+    assert_int_equal(absolute("http://a.localhost#frag/", a, o), -1);
+    assert_int_equal(absolute("http://a%2elocalhost/", a, o), -1);
+    assert_int_equal(absolute("http://a.localhost:80x/", a, o), -1);
+    assert_int_equal(absolute("http://a.localhost,b.localhost/", a, o), -1);
+    /* not absolute form: left for the origin-form checks */
+    assert_int_equal(absolute("/http://a.localhost/", a, o), 0);
+    assert_int_equal(absolute("*", a, o), 0);
+    assert_int_equal(absolute("ftp://a.localhost/", a, o), 0);
+}
+
+static void test_authorities(void **state)
+{
+    (void)state;
+    const char *good[] = {"a.localhost", "APP.localhost:8080", "a-b_c~d.x", "127.0.0.1:1",
+                          "[::1]", "[::ffff:127.0.0.1]:443", "a:"};
+    const char *bad[] = {"", ":80", "a b", "a/b", "user@a", "a:123456", "a:8o", "[::1", "[]",
+                         "[::1]x", "[g::1]", "a%41", "a\tb", "a,b", "*.a"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        assert_true(router_authority_valid(good[i], strlen(good[i])));
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(router_authority_valid(bad[i], strlen(bad[i])));
+}
+
+static void test_the_app_sees_the_authority_it_was_routed_by(void **state)
+{
+    (void)state;
+    struct router_header hs[] = {
+        H("Accept", "*/*"),
+        H("Host", "victim.localhost"),
+        H("X-Forwarded-Host", "victim.localhost"),
+    };
+    struct router_request_head h = {
+        .method = "GET",
+        .url = "/",
+        .url_len = 1,
+        .host = "a.localhost",
+        .host_len = 11,
+        .headers = hs,
+        .header_count = 3,
+        .client_ip = "127.0.0.9",
+        .request_id = "rid-1",
+    };
+    struct buf out = {0};
+    router_head_build_request(&out, &h);
+    assert_string_equal(out.data, "GET / HTTP/1.1\r\n"
+                                  "Host: a.localhost\r\n"
+                                  "Accept: */*\r\n"
+                                  "X-Forwarded-For: 127.0.0.9\r\n"
+                                  "X-Forwarded-Proto: http\r\n"
+                                  "X-Forwarded-Host: a.localhost\r\n"
+                                  "X-Request-Id: rid-1\r\n"
+                                  "\r\n");
+    buf_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -252,6 +344,9 @@ int main(void)
         cmocka_unit_test(test_trailers_end_a_chunked_body),
         cmocka_unit_test(test_targets_are_normalized),
         cmocka_unit_test(test_trailer_announcement_is_forwarded),
+        cmocka_unit_test(test_absolute_form_targets),
+        cmocka_unit_test(test_authorities),
+        cmocka_unit_test(test_the_app_sees_the_authority_it_was_routed_by),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
