@@ -13,6 +13,7 @@
 #include "api/core_internal.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "container/container.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
@@ -1306,6 +1307,15 @@ static void core__routes_delete(struct api_request *req, void *ctx)
     free(p);
 }
 
+/* The stacks apps run on: one today, the machine's own. */
+static void core__stacks_list(struct api_request *req, void *ctx)
+{
+    (void)ctx;
+    json_t *stack = json_pack("{s:s,s:s,s:b}", "name", CONTAINER_DEFAULT_STACK, "description",
+                              CONTAINER_DEFAULT_STACK_DESCRIPTION, "default", 1);
+    api_respond_json(req, 200, json_pack("{s:[o]}", "stacks", stack));
+}
+
 static void core__domains_list(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -1397,6 +1407,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         {"POST", "/v1/routes", API_AUTH_ADMIN, core__routes_create},
         {"DELETE", "/v1/routes", API_AUTH_ADMIN, core__routes_delete},
         {"GET", "/v1/domains", API_AUTH_ADMIN, core__domains_list},
+        {"GET", "/v1/stacks", API_AUTH_ADMIN, core__stacks_list},
         {"POST", "/v1/domains", API_AUTH_ADMIN, core__domains_create},
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++)

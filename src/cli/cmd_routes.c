@@ -119,6 +119,28 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
     return CLI_EXIT_OK;
 }
 
+int cli_cmd_stacks(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *res = NULL;
+    if (cli_api("GET", "/v1/stacks", NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    if (cli_json_printed(res))
+        return CLI_EXIT_OK;
+    static const char *const headers[] = {"name", "description", NULL};
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *st;
+    json_array_foreach(json_object_get(res, "stacks"), i, st)
+        cli_table_add(t, cli_json_str(st, "name"), cli_json_str(st, "description"));
+    cli_table_print(t);
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
 int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;

@@ -89,6 +89,7 @@ const struct cli_command cli_core_commands[] = {
      "Shows each route's host, path, app, the instances behind it and its balance.\n",
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
+    {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},
     {"create-domain", "create-domain NAME", "Add a shared domain for routes",
      "Example:\n  skiff create-domain example.test\n", cli_cmd_create_domain},
     {"help", "help [COMMAND]", "Show the commands, or the help of one", NULL, cli_cmd_help},

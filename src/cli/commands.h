@@ -44,6 +44,7 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_stacks(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv);
 
 #endif

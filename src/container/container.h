@@ -39,6 +39,8 @@
 #define CONTAINER_TMP_DIR "/home/vcap/tmp"
 #define CONTAINER_PORT 8080
 #define CONTAINER_DEFAULT_STACK "host"
+#define CONTAINER_DEFAULT_STACK_DESCRIPTION                                                     \
+    "the machine's own /usr, read-only, under a generated /etc (no download, starts at once)"
 #define CONTAINER_NOFILE 16384 /* Cloud Foundry's default file descriptor limit */
 
 enum container_mount_kind {

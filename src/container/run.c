@@ -484,6 +484,13 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
         if (rc < 0)
             return run__fail(err, errlen, rc, "cannot join cgroup %s: %s", *f, strerror(-rc));
     }
+    /* The output pipes are the program's: given to vcap, so that it can open /dev/stdout
+     * (a link to /proc/self/fd/1, reopened with the pipe's own permissions), as nginx does */
+    for (int fd = 0; fd <= 2; fd++) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode))
+            (void)!fchown(fd, cfg->uid_base + CONTAINER_VCAP_UID, cfg->uid_base + CONTAINER_VCAP_UID);
+    }
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         return run__fail(err, errlen, -errno, "cannot make a mount namespace: %s",
                          strerror(errno));

@@ -105,14 +105,20 @@ int container_stack_prepare(const char *home, char **dir_out, char *err, size_t 
     free(passwd);
     free(group);
     free(resolv);
-    /* the loader's cache and the time zone: files the host's programs expect, no secrets */
-    static const char *const copies[] = {"/etc/ld.so.cache", "/etc/localtime", "/etc/mime.types"};
+    /* files the host's programs expect (the loader's cache, the time zone, MIME types for
+     * nginx, which the staticfile buildpack runs): public, no secrets */
+    static const char *const copies[] = {"/etc/ld.so.cache", "/etc/localtime", "/etc/mime.types",
+                                         "/etc/nginx/mime.types"};
     for (size_t i = 0; i < ARRAY_SIZE(copies) && rc == 0; i++) {
         char *text = NULL;
         size_t len = 0;
         if (file_read(copies[i], &text, &len) == 0) {
             char *dst = xasprintf("%s%s", dir, copies[i]);
-            rc = file_write_atomic(dst, text, len, 0644);
+            char *parent = xstrndup(dst, (size_t)(strrchr(dst, '/') - dst));
+            rc = mkdir_p(parent, 0755);
+            free(parent);
+            if (rc == 0)
+                rc = file_write_atomic(dst, text, len, 0644);
             free(dst);
             free(text);
         }

@@ -89,7 +89,7 @@ def test_failed_staging_keeps_the_running_droplet(platform, tmp_path):
     assert "cannot install skiff-missing-package" in msg, msg
     assert "vendor/" in msg, msg
     assert running_ports(platform, "keep") == before
-    status, body = http_get(f"http://127.0.0.1:{before[0]}/")
+    status, body = http_get(f"http://{before[0]}/")
     assert status == 200 and "hello" in body
 
 

@@ -132,7 +132,7 @@ function main() {
     });
   });
   server.keepAliveTimeout = 75000;
-  server.listen(parseInt(process.env.PORT || '8080', 10), process.env.SKIFF_FUNCTION_HOST || '127.0.0.1');
+  server.listen(parseInt(process.env.PORT || '8080', 10), process.env.SKIFF_FUNCTION_HOST || '0.0.0.0');
   process.on('SIGTERM', () => server.close(() => process.exit(0)));
 }
 

@@ -268,7 +268,7 @@ def main(argv):
     port = int(os.environ.get("PORT", "8080"))
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((os.environ.get("SKIFF_FUNCTION_HOST", "127.0.0.1"), port))
+    srv.bind((os.environ.get("SKIFF_FUNCTION_HOST", "0.0.0.0"), port))
     srv.listen(128)
     while True:
         conn, _ = srv.accept()
