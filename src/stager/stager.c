@@ -260,8 +260,10 @@ static char *stager__buildpack_in(const struct staging *s, const struct stager__
 static char *stager__container(struct staging *s, const struct stager__buildpack *bp, char *err,
                                size_t errlen)
 {
+    /* cgroups are machine-wide: the name is this staging's own (its scratch folder's) */
     char name[64];
-    snprintf(name, sizeof name, "staging-%u", s->steps++);
+    const char *base = strrchr(s->scratch_dir, '/');
+    snprintf(name, sizeof name, "%s-%u", base ? base + 1 : "staging", s->steps++);
     int rc = cgroup_create(name, s->memory_mb, 1024, &s->cg);
     if (rc < 0)
         s->cg = NULL; /* no usable cgroups: the container still isolates */
@@ -284,7 +286,7 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
         {.source = s->cache_dir, .target = "/tmp/cache", .kind = CONTAINER_MOUNT_RW},
         {.source = (char *)bp_source, .target = bp_in, .kind = CONTAINER_MOUNT_RO},
     };
-    char *scratch = xasprintf("%s/%s", s->scratch_dir, name);
+    char *scratch = xasprintf("%s/step-%u", s->scratch_dir, s->steps);
     mkdir_p(scratch, 0700);
     struct container_config cfg = {
         .hostname = name,
