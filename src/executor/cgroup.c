@@ -17,8 +17,8 @@
 enum cgroup__mode { CGROUP_UNKNOWN, CGROUP_NONE, CGROUP_V1, CGROUP_V2 };
 
 /* v1 hierarchies, in the order of struct cgroup's dirs */
-enum { CG_MEMORY, CG_PIDS, CG_CPUACCT, CG_COUNT };
-static const char *const cgroup__v1_names[CG_COUNT] = {"memory", "pids", "cpuacct"};
+enum { CG_MEMORY, CG_PIDS, CG_CPUACCT, CG_CPU /* optional: last */, CG_COUNT };
+static const char *const cgroup__v1_names[CG_COUNT] = {"memory", "pids", "cpuacct", "cpu"};
 
 struct cgroup {
     enum cgroup__mode mode;
@@ -108,6 +108,11 @@ static void cgroup__detect(void)
     }
     for (int i = 0; i < CG_COUNT; i++) {
         cgroup__base[i] = xasprintf("%s/%s/skiff", root, cgroup__v1_names[i]);
+        if (i == CG_CPU && !cgroup__usable_dir(cgroup__base[i])) {
+            free(cgroup__base[i]); /* CPU weights are a nicety: go on without them */
+            cgroup__base[i] = NULL;
+            continue;
+        }
         if (!cgroup__usable_dir(cgroup__base[i])) {
             for (int j = 0; j <= i; j++) {
                 free(cgroup__base[j]);
@@ -164,7 +169,7 @@ static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_ma
     int count = cg->mode == CGROUP_V2 ? 1 : CG_COUNT;
     int rc = 0;
     char value[32];
-    for (int i = 0; i < count; i++) {
+    for (int i = 0; i < count && cgroup__base[i]; i++) {
         cg->dirs[i] = xasprintf("%s/%s", cgroup__base[i], name);
         if (mkdir(cg->dirs[i], 0755) == 0) {
             if (!fresh) { /* it was not there: nothing to open */
@@ -196,6 +201,19 @@ static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_ma
         }
         if (rc < 0)
             goto fail;
+    }
+    if (memory_mb > 0) {
+        /* CPU by weight, in proportion to memory, as Cloud Foundry does: 1 GB gets the
+         * default weight (v1 shares 1024, v2 weight 100) */
+        if (cg->mode == CGROUP_V2) {
+            long weight = (long)memory_mb * 100 / 1024;
+            snprintf(value, sizeof(value), "%ld", weight < 1 ? 1 : weight > 10000 ? 10000 : weight);
+            cgroup__write(cg->dirs[0], "cpu.weight", value);
+        } else if (cg->dirs[CG_CPU]) {
+            long shares = memory_mb < 2 ? 2 : memory_mb > 262144 ? 262144 : memory_mb;
+            snprintf(value, sizeof(value), "%ld", shares);
+            cgroup__write(cg->dirs[CG_CPU], "cpu.shares", value);
+        }
     }
     if (pids_max > 0) {
         snprintf(value, sizeof(value), "%d", pids_max);
@@ -289,7 +307,7 @@ int cgroup_remove_stale(int min_age_s)
     for (int i = 0; i < count; i++) {
         uv_fs_t req;
         uv_dirent_t ent;
-        if (uv_fs_scandir(NULL, &req, cgroup__base[i], 0, NULL) < 0)
+        if (!cgroup__base[i] || uv_fs_scandir(NULL, &req, cgroup__base[i], 0, NULL) < 0)
             continue;
         while (uv_fs_scandir_next(&req, &ent) != UV_EOF) { /* to the end: see libuv */
             if (ent.type != UV_DIRENT_DIR && ent.type != UV_DIRENT_UNKNOWN)

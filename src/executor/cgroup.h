@@ -3,6 +3,7 @@
  *
  * cgroup v2 is used when /sys/fs/cgroup (or SKIFF_CGROUP_ROOT) is a unified hierarchy with the
  * memory and pids controllers; otherwise the v1 memory, pids and cpuacct hierarchies are used
+ * (and cpu, when mounted, for CPU weights in proportion to memory, as Cloud Foundry gives)
  * when they are mounted and writable. Every instance gets <root>/skiff/<name>. With neither,
  * cgroup_create returns -ENOTSUP and the executor runs plain process groups.
  *

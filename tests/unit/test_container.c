@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 
 #include "common/util.h"
 #include "container/container.h"
+#include "executor/cgroup.h"
 
 struct world {
     char home[64];
@@ -269,6 +271,48 @@ static void test_exit_status_and_signal_come_through(void **state)
     assert_int_equal(run_in_container(w, "exec /no/such/program", 16, out, sizeof out), 127);
 }
 
+/* Limits as Cloud Foundry gives them: memory (no swap beyond it), processes, and CPU by
+ * weight in proportion to memory. */
+static void test_cgroup_limits_follow_memory(void **state)
+{
+    (void)state;
+    struct cgroup *cg = NULL;
+    if (cgroup_create("skiff-test-limits", 256, 100, &cg) == -ENOTSUP)
+        skip();
+    assert_non_null(cg);
+    const char *const *procs = cgroup_join_files(cg);
+    bool memory = false, pids = false, cpu = false;
+    for (const char *const *f = procs; *f; f++) {
+        char *dir = xstrndup(*f, (size_t)(strrchr(*f, '/') - *f));
+        char *text = NULL, *path;
+        if (strstr(dir, "/memory/") || !strcmp(cgroup_mode(), "v2")) {
+            path = xasprintf("%s/%s", dir, !strcmp(cgroup_mode(), "v2") ? "memory.max"
+                                                                         : "memory.limit_in_bytes");
+            memory |= file_read(path, &text, NULL) == 0 && strtoull(text, NULL, 10) == 256u << 20;
+            free(text);
+            free(path);
+        }
+        if (strstr(dir, "/pids/") || !strcmp(cgroup_mode(), "v2")) {
+            path = xasprintf("%s/pids.max", dir);
+            pids |= file_read(path, &text, NULL) == 0 && atoi(text) == 100;
+            free(text);
+            free(path);
+        }
+        if (strstr(dir, "/cpu/") || !strcmp(cgroup_mode(), "v2")) {
+            path = xasprintf("%s/%s", dir, !strcmp(cgroup_mode(), "v2") ? "cpu.weight" : "cpu.shares");
+            cpu |= file_read(path, &text, NULL) == 0 &&
+                   atoi(text) == (!strcmp(cgroup_mode(), "v2") ? 25 : 256);
+            free(text);
+            free(path);
+        }
+        free(dir);
+    }
+    cgroup_destroy(cg);
+    assert_true(memory);
+    assert_true(pids);
+    assert_true(cpu);
+}
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -278,6 +322,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_json_round_trip),
         cmocka_unit_test(test_config_refuses_bad_json),
+        cmocka_unit_test(test_cgroup_limits_follow_memory),
         cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disk_pool_fill_and_take, setup, teardown),
