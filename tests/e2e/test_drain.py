@@ -3,6 +3,7 @@ finishes the requests in flight to it, and only then gets its SIGTERM; one that 
 is stopped anyway once the drain timeout passes."""
 import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -10,7 +11,8 @@ import urllib.request
 from conftest import Platform, deploy_bits, out, push_function, write
 
 # A web app whose requests take as long as the client asks (/sleep/SECONDS). Each request
-# leaves a file in $MARK_DIR when it starts, so a test knows it reached the app. Python's
+# prints a MARK line when it starts (read back from the app's logs), so a test knows it
+# reached the app. Python's
 # default SIGTERM action ends the process at once: without a drain, a request in flight fails.
 APP = b"""
 import os, sys, time
@@ -23,10 +25,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        mark = os.environ.get("MARK_DIR")
-        if mark and self.path.startswith("/sleep/"):
-            name = "%s-%d-%d" % (INDEX, os.getpid(), time.monotonic_ns())
-            open(os.path.join(mark, name), "w").close()
+        if self.path.startswith("/sleep/"):
+            print("MARK %s-%d-%d" % (INDEX, os.getpid(), time.monotonic_ns()), flush=True)
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
         body = ("instance %s\\n" % INDEX).encode()
@@ -40,7 +40,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
 
@@ -99,29 +99,37 @@ def in_background(fn, *args):
     return t, result
 
 
-def request_in_flight(p, host, path, marks, timeout=30):
+def marks(p, name):
+    """The MARK lines the app printed so far: one per request it began."""
+    status, body = p.api("GET", f"/v1/apps/{name}/logs?recent=1")
+    text = body if isinstance(body, str) else json.dumps(body)
+    return re.findall(r"MARK (\d+-\d+-\d+)", text)
+
+
+def request_in_flight(p, host, path, timeout=30):
     """Starts GET path in the background and returns (thread, result) once the app has begun
-    it (a new file in `marks`); fails with the request's own answer if that came back first."""
-    before = len(os.listdir(marks))
+    it (a new MARK line in its logs); fails with the request's own answer if that came back
+    first."""
+    name = host.split(".")[0]
+    before = len(marks(p, name))
     t, result = in_background(get, p, host, path, timeout)
-    p.wait_for(lambda: len(os.listdir(marks)) > before or "value" in result, 30,
+    p.wait_for(lambda: len(marks(p, name)) > before or "value" in result, 30,
                f"{path} to reach the app")
-    assert len(os.listdir(marks)) > before, result
+    assert len(marks(p, name)) > before, result
     return t, result
 
 
 def test_requests_in_flight_finish_when_their_instance_is_scaled_away(tmp_path):
     p = Platform().start()
     try:
-        marks = str(tmp_path)
-        deploy(p, "slow", 2, {"MARK_DIR": marks})
+        deploy(p, "slow", 2)
         # requests until both instances have one in flight (round robin, per router worker),
         # so one is in flight to #1, which the scale down stops
         calls = []
         served_by = set()
         while served_by != {"0", "1"} and len(calls) < 12:
-            calls.append(request_in_flight(p, "slow.localhost", "/sleep/1.5", marks))
-            served_by = {name.split("-")[0] for name in os.listdir(marks)}
+            calls.append(request_in_flight(p, "slow.localhost", "/sleep/1.5"))
+            served_by = {m.split("-")[0] for m in marks(p, "slow")}
         assert served_by == {"0", "1"}, served_by
         scale(p, "slow", 1)
         # the instance being drained still shows, as STOPPING, in the API and in `skiff app`
@@ -141,10 +149,9 @@ def test_requests_in_flight_finish_when_their_instance_is_scaled_away(tmp_path):
 def test_a_stop_and_a_restart_wait_for_requests_in_flight(tmp_path):
     p = Platform().start()
     try:
-        marks = str(tmp_path)
-        deploy(p, "steady", 1, {"MARK_DIR": marks})
+        deploy(p, "steady", 1)
         for action in ["restart", "stop"]:
-            t, result = request_in_flight(p, "steady.localhost", "/sleep/1.5", marks)
+            t, result = request_in_flight(p, "steady.localhost", "/sleep/1.5")
             assert p.api("POST", f"/v1/apps/steady/{action}")[0] == 200
             t.join(30)
             assert result["value"] == (200, "instance 0\n"), (action, result["value"])
@@ -192,9 +199,8 @@ def test_no_request_fails_while_scaling_down_and_up():
 def test_an_instance_that_never_finishes_is_stopped_at_the_drain_timeout(tmp_path):
     p = Platform(extra_args=["--drain-timeout-ms", "1000"]).start()
     try:
-        marks = str(tmp_path)
-        deploy(p, "stuck", 1, {"MARK_DIR": marks})
-        t, result = request_in_flight(p, "stuck.localhost", "/sleep/3600", marks, 60)
+        deploy(p, "stuck", 1)
+        t, result = request_in_flight(p, "stuck.localhost", "/sleep/3600", 60)
         assert p.api("POST", "/v1/apps/stuck/stop")[0] == 200
         p.wait_for(lambda: detail(p, "stuck") == [], 20, "the stuck instance to be stopped")
         t.join(30)
@@ -252,9 +258,8 @@ def test_skiffd_stopping_does_not_wait_for_drains(tmp_path):
     # a drain that could last ten minutes: skiffd's own stop must not wait for it
     p = Platform(extra_args=["--drain-timeout-ms", "600000"]).start()
     try:
-        marks = str(tmp_path)
-        deploy(p, "lingering", 1, {"MARK_DIR": marks})
-        t, result = request_in_flight(p, "lingering.localhost", "/sleep/3600", marks, 60)
+        deploy(p, "lingering", 1)
+        t, result = request_in_flight(p, "lingering.localhost", "/sleep/3600", 60)
         assert p.api("POST", "/v1/apps/lingering/stop")[0] == 200
         p.wait_for(lambda: states(p, "lingering") == ["STOPPING"], 10, "the drain to begin")
         p.stop(timeout=30)  # raises if skiffd is still running after 30 s

@@ -498,7 +498,7 @@ def test_function_inside_an_app(platform, tmp_path):
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"shop\\n")
-        http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+        http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
     """)
     write(tmp_path, "thumbs.py", """
         def make(event):

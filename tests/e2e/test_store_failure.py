@@ -33,7 +33,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
 
