@@ -201,15 +201,17 @@ def skiff_popen(platform, *args):
 def test_staging_output_streams_as_it_comes(platform, tmp_path):
     """A buildpack that waits, in the middle of its output, for the test to see the first half:
     the CLI must have printed it while staging is still going on."""
-    marker = tmp_path / "go-on"
     bp = tmp_path / "waiting-bp"
+    # the buildpack's folder is what staging sees of the host (read-only, live): the go-on
+    # sign is put there
+    marker = bp / "go-on"
     (bp / "bin").mkdir(parents=True)
     (bp / "bin" / "detect").write_text("#!/bin/sh\necho waiting\n")
     (bp / "bin" / "compile").write_text(
         "#!/bin/sh\n"
         "echo '-----> first half'\n"
         "i=0\n"
-        f"while [ ! -e '{marker}' ]; do\n"
+        "while [ ! -e \"$(dirname \"$0\")/../go-on\" ]; do\n"
         "  i=$((i+1)); [ $i -gt 600 ] && { echo 'never told to go on'; exit 1; }\n"
         "  sleep 0.05\n"
         "done\n"
