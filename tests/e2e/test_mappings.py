@@ -431,13 +431,23 @@ def test_mappings_survive_restart(platform):
 def test_kill_9_while_publishing_and_delivering(platform, tmp_path):
     """Every event that got 202 is delivered at least once across kill -9 of skiffd (three
     times, while publishing and delivering); duplicates are allowed and counted."""
-    seen_path = os.path.join(str(tmp_path), "seen.txt")
-    write(tmp_path, "rec.py", f"""
-        def handle(event):
-            with open({seen_path!r}, "a") as f:
-                f.write(event["id"] + "\\n")
-    """)
+    # the function tells what it saw the durable way: it publishes the event's id to "seen"
+    # (with the SDK, as an app would vendor it); its container cannot write the test's files
+    sdk = open(os.path.join(ROOT, "sdk", "python", "skiff_events.py")).read()
+    (tmp_path / "rec.py").write_text(sdk + """
+
+def handle(event):
+    publish("seen", {"id": event["id"]}, type="seen")
+""")
     push_function(platform, "rec", os.path.join(str(tmp_path), "rec.py"))
+
+    def seen_ids():
+        status, text = platform.api("GET", "/v1/topics/seen/events?from=start")
+        if status != 200:
+            return []
+        lines = [text] if isinstance(text, dict) else [json.loads(l) for l in text.splitlines() if l.strip()]
+        return [e["data"]["id"] for e in lines]
+
     cli_ok(platform, "map-event", "rec", "crash", "--concurrency", "4", "--backoff", "50",
            "--backoff-cap", "500")
     acked = []
@@ -464,7 +474,7 @@ def test_kill_9_while_publishing_and_delivering(platform, tmp_path):
     t.start()
     try:
         for _ in range(3):
-            platform.wait_for(lambda: len(acked) > 0 and os.path.exists(seen_path), 60,
+            platform.wait_for(lambda: len(acked) > 0 and seen_ids(), 60,
                               "publishing and delivering")
             time.sleep(0.5)
             platform.proc.send_signal(signal.SIGKILL)
@@ -476,8 +486,7 @@ def test_kill_9_while_publishing_and_delivering(platform, tmp_path):
         t.join()
 
     def all_seen():
-        with open(seen_path) as f:
-            seen = [l.strip() for l in f if l.strip()]
+        seen = seen_ids()
         missing = set(acked) - set(seen)
         return (seen, missing) if not missing else None
 
@@ -545,8 +554,6 @@ def test_shutdown_with_deliveries_in_flight(tmp_path):
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # keeps its call open while stopping
         def handle(event):
-            with open({os.path.join(str(tmp_path), "seen.txt")!r}, "a") as f:
-                f.write(event["id"] + "\\n")
             time.sleep(8)
     """)
     p = Platform().start()
