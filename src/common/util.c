@@ -145,7 +145,8 @@ int file_read(const char *path, char **out, size_t *len)
     return 0;
 }
 
-int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+static int file__write_whole(const char *path, const void *data, size_t len, unsigned mode,
+                             bool durable)
 {
     char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
@@ -166,7 +167,7 @@ int file_write_atomic(const char *path, const void *data, size_t len, unsigned m
         p += w;
         len -= (size_t)w;
     }
-    if (!rc && fsync(fd) < 0)
+    if (!rc && durable && fsync(fd) < 0)
         rc = -errno;
     close(fd);
     if (!rc && rename(tmp, path) < 0)
@@ -176,6 +177,16 @@ int file_write_atomic(const char *path, const void *data, size_t len, unsigned m
 done:
     free(tmp);
     return rc;
+}
+
+int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+    return file__write_whole(path, data, len, mode, true);
+}
+
+int file_replace(const char *path, const void *data, size_t len, unsigned mode)
+{
+    return file__write_whole(path, data, len, mode, false);
 }
 
 static void random_bytes(void *out, size_t n)

@@ -26,6 +26,9 @@ int rm_rf(const char *path);
 int file_read(const char *path, char **out, size_t *len);
 /* Writes a file atomically (temp file, fsync, rename) with the given mode. */
 int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* The same without the fsync: readers never see half a file, but it may be lost in a
+ * machine crash. For what does not outlive the machine (an instance's spec, pid files). */
+int file_replace(const char *path, const void *data, size_t len, unsigned mode);
 
 /* A random version-4 UUID, 36 characters plus NUL. */
 void uuid_generate_v4(char out[37]);

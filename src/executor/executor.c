@@ -170,7 +170,7 @@ static int executor__container_config(struct instance *inst, char **path_out)
     };
     char *text = container_config_to_json(&cfg);
     char *path = xasprintf("%s/container.json", inst->scratch_dir);
-    int rc = file_write_atomic(path, text, strlen(text), 0600);
+    int rc = file_replace(path, text, strlen(text), 0600);
     free(text);
     if (rc < 0) {
         free(path);
@@ -690,7 +690,7 @@ static int shim_driver_start(struct instance *inst)
     char *shim_pid_path = shim__pid_path(ex, "shim", inst->guid);
     char pid_text[32];
     int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh->process->pid);
-    file_write_atomic(shim_pid_path, pid_text, (size_t)n, 0644);
+    file_replace(shim_pid_path, pid_text, (size_t)n, 0644);
     free(shim_pid_path);
     uv_connect_t *req = xcalloc(1, sizeof *req);
     req->data = sh;
@@ -1569,7 +1569,7 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
         char *pid_path = xasprintf("%s/pid", inst->scratch_dir);
         int pid = proc_pid(inst->proc);
         char *pid_text = xasprintf("%d %llu\n", pid, executor__start_time(pid));
-        file_write_atomic(pid_path, pid_text, strlen(pid_text), 0644);
+        file_replace(pid_path, pid_text, strlen(pid_text), 0644);
         free(pid_text);
         free(pid_path);
     } else {
@@ -1650,7 +1650,7 @@ static void executor__write_spec(struct instance *inst)
     if (!text)
         return;
     char *path = xasprintf("%s/spec.json", inst->scratch_dir);
-    file_write_atomic(path, text, strlen(text), 0600);
+    file_replace(path, text, strlen(text), 0600);
     free(path);
     free(text);
 }

@@ -67,6 +67,7 @@ struct sched_slot {
     int last_exit_status;
     int last_exit_signal;
     bool start_failed; /* nothing to run (no command): not retried until the app changes */
+    bool start_soon;   /* left for the next loop turn: a turn starts SCHED_STARTS_PER_TURN */
 };
 
 struct sched_proc {
@@ -118,6 +119,11 @@ struct scheduler {
 
 static void sched__converge(struct scheduler *s, struct sched_app *a);
 static void sched__tick(uv_timer_t *t);
+
+/* Starting an instance costs the loop a fork and a few files (~1 ms; more under load):
+ * a scale to hundreds starts them this many at a time, one loop turn each, so the API and
+ * health checks keep answering meanwhile. */
+#define SCHED_STARTS_PER_TURN 16
 
 /* ---- notifications ------------------------------------------------------------------------ */
 
@@ -367,6 +373,8 @@ static void sched__arm_timer(struct scheduler *s)
         for (size_t i = 0; i < a->nprocs; i++)
             for (size_t j = 0; j < a->procs[i]->nslots; j++) {
                 int64_t at = a->procs[i]->slots[j]->restart_at_mono;
+                if (a->procs[i]->slots[j]->start_soon)
+                    at = time_mono_ms() + 1; /* a 0 ms timer would run again in this turn */
                 if (at && (!next || at < next))
                     next = at;
             }
@@ -541,10 +549,11 @@ static enum health_check_type sched__health(const char *t)
     return HEALTH_PORT;
 }
 
-static void sched__make_token(struct scheduler *s, const char *app_guid, char *out, size_t size)
+static void sched__make_token(struct scheduler *s, const char *app_guid, const char *instance_guid,
+                              char *out, size_t size)
 {
     if (s->cfg.make_instance_token)
-        s->cfg.make_instance_token(s->cfg.token_ctx, app_guid, out, size);
+        s->cfg.make_instance_token(s->cfg.token_ctx, app_guid, instance_guid, out, size);
     else
         snprintf(out, size, "none");
 }
@@ -639,7 +648,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         user[2 * i + 1] = app->env[i].value;
     }
     char token[200];
-    sched__make_token(s, app->guid, token, sizeof token);
+    sched__make_token(s, app->guid, si->guid, token, sizeof token);
     char *app_dir = xasprintf("%s/app", drop->path);
     char *home = NULL, *tmpdir = NULL;
     executor_instance_dirs(s->ex, si->guid, app_dir, &home, &tmpdir);
@@ -703,7 +712,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         char pid_path[512], pid[32];
         sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
         int n = snprintf(pid, sizeof pid, "%d\n", instance_pid(si->inst));
-        file_write_atomic(pid_path, pid, (size_t)n, 0644);
+        file_replace(pid_path, pid, (size_t)n, 0644);
     }
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
                  "Starting instance %d of %s (%s) at %s: %s", slot->index, proc->type,
@@ -718,6 +727,7 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
                                 const struct store_app *app)
 {
     bool started = app && !strcmp(app->state, "STARTED") && app->droplet_guid;
+    int starts = 0;
     struct store_droplet *drop = NULL;
     if (started && store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
         started = false;
@@ -758,6 +768,11 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
                     rolling_busy |= slot->replacement != NULL;
                 if (!slot->cur && !slot->replacement && !slot->start_failed &&
                     (!slot->restart_at_mono || slot->restart_at_mono <= now)) {
+                    if (starts++ >= SCHED_STARTS_PER_TURN) {
+                        slot->start_soon = true; /* the next turn's */
+                        continue;
+                    }
+                    slot->start_soon = false;
                     slot->restart_at_mono = 0;
                     struct sched_inst *si = sched__start(s, a, app, drop, sp, slot);
                     if (si) {
@@ -801,6 +816,8 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
         }
     }
     store_droplet_free(drop);
+    if (starts > SCHED_STARTS_PER_TURN)
+        sched__arm_timer(s); /* the rest on the next turns */
 }
 
 static void sched__converge(struct scheduler *s, struct sched_app *a)
@@ -837,7 +854,7 @@ static void sched__tick(uv_timer_t *t)
         for (size_t i = 0; i < a->nprocs; i++)
             for (size_t j = 0; j < a->procs[i]->nslots; j++) {
                 int64_t at = a->procs[i]->slots[j]->restart_at_mono;
-                if (at && at <= now)
+                if ((at && at <= now) || a->procs[i]->slots[j]->start_soon)
                     due = true;
             }
         if (due)
@@ -1386,6 +1403,14 @@ int scheduler_running_count(struct scheduler *s, const char *app_guid)
         }
     }
     return count;
+}
+
+bool scheduler_instance_alive(struct scheduler *s, const char *app_guid, const char *instance_guid)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (!strcmp(si->guid, instance_guid))
+            return !strcmp(si->app_guid, app_guid);
+    return false;
 }
 
 void scheduler_each_ready(struct scheduler *s,

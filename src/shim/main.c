@@ -354,7 +354,7 @@ int main(int argc, char **argv)
     sh.pid = proc_pid(sh.proc);
     char pid_text[32];
     int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh.pid);
-    file_write_atomic(sh.pid_file, pid_text, (size_t)n, 0644);
+    file_replace(sh.pid_file, pid_text, (size_t)n, 0644);
     uv_signal_start(&sh.sigterm, shim_on_signal, SIGTERM);
     uv_signal_start(&sh.sigint, shim_on_signal, SIGINT);
     uv_run(loop, UV_RUN_DEFAULT);

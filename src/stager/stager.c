@@ -304,7 +304,7 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
     };
     char *text = container_config_to_json(&cfg);
     char *path = xasprintf("%s/container.json", scratch);
-    rc = file_write_atomic(path, text, strlen(text), 0600);
+    rc = file_replace(path, text, strlen(text), 0600);
     free(text);
     free(scratch);
     free(bp_in);
