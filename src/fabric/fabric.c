@@ -128,6 +128,10 @@ struct fabric {
     bool thread_quit;
     uv_async_t async;
     uv_timer_t retention_timer;
+    uv_timer_t retry_timer; /* a round that could not get its descriptors is tried again */
+    bool retry_armed;
+    int retry_ms;
+    int64_t retry_logged_ms;
     int handles_open;
 
     struct cursor *cursors;
@@ -928,19 +932,19 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static void round_add(struct round *r, struct topic *t, uint64_t end, int fd)
+/* Adds a descriptor to sync (dup()ed: the loop may close the original meanwhile). 0 or a
+ * negative errno, the round unchanged. */
+static int round_add(struct round *r, struct topic *t, uint64_t end, int fd)
 {
     int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (dupfd < 0) {
-        /* Out of descriptors: fail the round rather than acknowledge what was not synced. */
-        r->status = -EIO;
-        return;
-    }
+    if (dupfd < 0)
+        return -errno;
     if (r->count == r->cap) {
         r->cap = r->cap ? r->cap * 2 : 8;
         r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
     }
     r->targets[r->count++] = (struct sync_target){.topic = t, .end = end, .fd = dupfd};
+    return 0;
 }
 
 /* Adds a sealed segment; the round takes over its descriptor and index. */
@@ -955,53 +959,108 @@ static void round_add_sealed(struct round *r, struct sealed *sl)
     memset(sl, 0, sizeof(*sl));
 }
 
-static void round_add_dir(struct round *r, const char *path)
+static int round_add_dir(struct round *r, const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        r->status = -EIO;
-        return;
-    }
-    round_add(r, NULL, 0, fd);
+    if (fd < 0)
+        return -errno;
+    int rc = round_add(r, NULL, 0, fd);
     close(fd);
+    return rc;
+}
+
+/* Errors that pass by themselves: a round that meets one waits and is tried again, and nothing
+ * is refused for it (a disk error stops appends for good, these never do). */
+static bool transient_error(int rc)
+{
+    return rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM || rc == -EAGAIN || rc == -ENOBUFS ||
+           rc == -EINTR;
+}
+
+#define ROUND_RETRY_MIN_MS 5
+#define ROUND_RETRY_MAX_MS 200
+
+static void round_start(struct fabric *f);
+
+static void on_retry_timer(uv_timer_t *h)
+{
+    struct fabric *f = h->data;
+    f->retry_armed = false;
+    round_start(f);
+}
+
+/* The descriptors a round syncs, gathered before anything is taken from the fabric's state, so
+ * that running out of them leaves everything as it was. */
+static int round_gather(struct fabric *f, struct round *r)
+{
+    int rc = 0;
+    if (f->root_dir_dirty) {
+        char *p = xasprintf("%s/topics", f->dir);
+        rc = round_add_dir(r, p);
+        free(p);
+    }
+    for (size_t i = 0; i < f->ntopics && rc == 0; i++) {
+        struct topic *t = f->topics[i];
+        if (!t->dirty)
+            continue;
+        if (!t->dir_synced)
+            rc = round_add_dir(r, t->dir);
+        if (rc == 0)
+            rc = round_add(r, t, t->next_offset, t->segs[t->nsegs - 1].fd);
+    }
+    if (rc == 0 && f->cursors_dirty)
+        rc = round_add(r, NULL, 0, f->cursor_fd);
+    return rc;
 }
 
 /* Starts a round for everything waiting, unless one is running. */
 static void round_start(struct fabric *f)
 {
-    if (f->round || f->finished || (!f->waiting && !f->sealed_pending))
+    if (f->round || f->finished || f->retry_armed || (!f->waiting && !f->sealed_pending))
         return;
-    f->sealed_pending = false;
     struct round *r = xcalloc(1, sizeof(*r));
+    int rc = round_gather(f, r);
+    if (rc < 0 && transient_error(rc) && !f->closing) {
+        /* e.g. out of descriptors: nothing is lost or refused, the appends wait a little */
+        for (size_t i = 0; i < r->count; i++)
+            close(r->targets[i].fd);
+        free(r->targets);
+        free(r);
+        int64_t now = time_mono_ms();
+        if (now - f->retry_logged_ms > 10000) {
+            f->retry_logged_ms = now;
+            fprintf(stderr, "fabric: cannot start a sync round now (%s): appends wait and it is "
+                            "tried again shortly\n", strerror(-rc));
+        }
+        f->retry_ms = f->retry_ms ? f->retry_ms * 2 : ROUND_RETRY_MIN_MS;
+        if (f->retry_ms > ROUND_RETRY_MAX_MS)
+            f->retry_ms = ROUND_RETRY_MAX_MS;
+        f->retry_armed = true;
+        uv_timer_start(&f->retry_timer, on_retry_timer, (uint64_t)f->retry_ms, 0);
+        return;
+    }
+    f->retry_ms = 0;
+    /* a disk that fails to open what it holds (or a close under pressure): the round fails */
+    if (rc < 0)
+        r->status = transient_error(rc) ? rc : -EIO;
+    f->sealed_pending = false;
     r->started_ns = time_now_ns();
     r->waiters = f->waiting;
     f->waiting = NULL;
     f->waiting_tail = &f->waiting;
-    if (f->root_dir_dirty) {
-        char *p = xasprintf("%s/topics", f->dir);
-        round_add_dir(r, p);
-        free(p);
-        f->root_dir_dirty = false;
-    }
+    f->root_dir_dirty = false;
     for (size_t i = 0; i < f->ntopics; i++) {
         struct topic *t = f->topics[i];
         if (!t->dirty)
             continue;
-        if (!t->dir_synced) {
-            round_add_dir(r, t->dir);
-            t->dir_synced = true;
-        }
+        t->dir_synced = true;
         /* Segments sealed since the last round hold records this round acknowledges too. */
         for (size_t k = 0; k < t->nsealed; k++)
             round_add_sealed(r, &t->sealed[k]);
         t->nsealed = 0;
-        round_add(r, t, t->next_offset, t->segs[t->nsegs - 1].fd);
         t->dirty = false;
     }
-    if (f->cursors_dirty) {
-        round_add(r, NULL, 0, f->cursor_fd);
-        f->cursors_dirty = false;
-    }
+    f->cursors_dirty = false;
     f->round = r;
     f->stats.syncs++;
     uv_ref((uv_handle_t *)&f->async);
@@ -1117,24 +1176,36 @@ static int write_all(int fd, const void *data, size_t len, uint64_t pos)
 static int topic_roll(struct fabric *f, struct topic *t)
 {
     struct segment *s = &t->segs[t->nsegs - 1];
-    int fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0) {
+    struct sealed sealed = {.fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0)};
+    if (sealed.fd < 0) {
         /* Out of descriptors: sync it here rather than not at all (and go without an index). */
         if (!f->cfg.no_sync && fdatasync(s->fd) < 0)
             return -EIO;
     } else {
+        sealed.idx_path = index_path(t, s->base);
+        index_encode(s, &sealed.idx);
+    }
+    /* the new segment first: when it cannot be opened (no descriptor left), nothing changed
+     * and the next append tries again */
+    int rc = topic_add_segment(f, t);
+    if (rc < 0) {
+        if (sealed.fd >= 0)
+            close(sealed.fd);
+        free(sealed.idx_path);
+        buf_free(&sealed.idx);
+        return rc;
+    }
+    if (sealed.fd >= 0) {
         if (t->nsealed == t->sealed_cap) {
             t->sealed_cap = t->sealed_cap ? t->sealed_cap * 2 : 4;
             t->sealed = xrealloc(t->sealed, t->sealed_cap * sizeof(*t->sealed));
         }
-        struct sealed *sl = &t->sealed[t->nsealed++];
-        *sl = (struct sealed){.fd = fd, .idx_path = index_path(t, s->base)};
-        index_encode(s, &sl->idx);
+        t->sealed[t->nsealed++] = sealed;
         /* A sealed segment whose records are all durable still needs a round for its index. */
         t->dirty = true;
         f->sealed_pending = true;
     }
-    return topic_add_segment(f, t);
+    return 0;
 }
 
 int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob *records,
@@ -1173,13 +1244,16 @@ int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob 
         payload_bytes += records[i].len;
     }
     if ((rc = write_all(s->fd, f->scratch.data, f->scratch.len, s->size)) < 0) {
-        /* Leave no partial record behind; if even that fails, stop accepting. */
-        if (ftruncate(s->fd, (off_t)s->size) < 0 || rc != -ENOSPC) {
+        /* Leave no partial record behind; if even that fails, or the disk failed, stop
+         * accepting. A full disk or a passing shortage (memory) refuses this append only. */
+        bool passing = rc == -ENOSPC || transient_error(rc);
+        if (ftruncate(s->fd, (off_t)s->size) < 0 || !passing) {
             f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
             fprintf(stderr, "fabric: write to topic %s failed: %s; refusing appends\n", t->name,
                     strerror(-rc));
+            return f->failed;
         }
-        return rc == -ENOSPC ? -ENOSPC : -EIO;
+        return rc;
     }
     uint64_t pos = s->size;
     for (size_t i = 0; i < count; i++) {
@@ -1629,6 +1703,7 @@ static void fabric_finish_close(struct fabric *f)
     }
     uv_close((uv_handle_t *)&f->async, on_handle_closed);
     uv_close((uv_handle_t *)&f->retention_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&f->retry_timer, on_handle_closed);
 }
 
 void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
@@ -1639,6 +1714,8 @@ void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
     f->close_done = done;
     f->close_arg = arg;
     uv_timer_stop(&f->retention_timer);
+    uv_timer_stop(&f->retry_timer);
+    f->retry_armed = false;
     /* Subscribers hear no more; pending appends still get their round. */
     for (struct fabric_sub *s = f->subs; s; s = s->next)
         s->removed = true;
@@ -1721,7 +1798,9 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
     uv_unref((uv_handle_t *)&f->async);
     uv_timer_init(loop, &f->retention_timer);
     f->retention_timer.data = f;
-    f->handles_open = 2;
+    uv_timer_init(loop, &f->retry_timer);
+    f->retry_timer.data = f;
+    f->handles_open = 3;
     if ((rc = -pthread_create(&f->thread, NULL, writer_main, f)) < 0) {
         snprintf(errmsg, errlen, "cannot start the fabric's writer thread: %s", strerror(-rc));
         f->closing = true;

@@ -78,8 +78,11 @@ typedef void (*fabric_append_cb)(void *arg, int status, uint64_t first_offset, s
  * consecutive offsets and no other append interleaves. The payloads are copied before the
  * call returns. cb (may be NULL) runs once all of them are durable. first_offset (may be
  * NULL) receives the first offset at once; it is final but not yet durable.
- * Errors: -EINVAL bad topic name or count 0, -EMSGSIZE a record too large, -ENOSPC / -EIO the
- * disk failed (the fabric then refuses appends until it is reopened). */
+ * Errors: -EINVAL bad topic name or count 0, -EMSGSIZE a record too large, -EIO the disk
+ * failed (the fabric then refuses appends until it is reopened), -ENOSPC the disk is full,
+ * -EMFILE / -ENFILE / -ENOMEM a passing shortage (a new topic needs a descriptor): only this
+ * append is refused. Running out of descriptors while records wait for their fsync makes them
+ * wait longer, never fail: the round is tried again until descriptors are free. */
 int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob *records,
                   size_t count, fabric_append_cb cb, void *arg, uint64_t *first_offset);
 

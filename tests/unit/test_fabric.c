@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -586,6 +587,71 @@ static void test_torn_tail_recovery(void **state)
     assert_int_equal(a.status, 0);
 }
 
+static void on_wait_timer(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Runs the loop for ms milliseconds. */
+static void run_for(struct fixture *fx, uint64_t ms)
+{
+    bool done = false;
+    uv_timer_t t;
+    uv_timer_init(&fx->loop, &t);
+    t.data = &done;
+    uv_timer_start(&t, on_wait_timer, ms, 0);
+    while (!done)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+}
+
+/* Out of descriptors (20,000 idle connections, say): appends wait instead of failing, a new
+ * topic is refused with -EMFILE, and once descriptors are free again everything is acknowledged
+ * and the fabric goes on. It never stops appending "until restart" for it. */
+static void test_out_of_descriptors_waits_and_recovers(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    append_text(fx, "a", "before", &a);
+    run_until(fx, &a.calls, 1);
+    assert_int_equal(a.status, 0);
+
+    struct rlimit saved;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    struct rlimit low = saved;
+    low.rlim_cur = 256;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    int held[256];
+    int nheld = 0;
+    for (int fd; nheld < 256 && (fd = dup(0)) >= 0;)
+        held[nheld++] = fd;
+    assert_int_equal(dup(0), -1);
+    assert_int_equal(errno, EMFILE);
+
+    append_text(fx, "a", "during", &a);
+    struct fabric_blob b = {"x", 1};
+    assert_int_equal(fabric_append(fx->f, "b", &b, 1, on_append, &a, NULL), -EMFILE);
+    run_for(fx, 60); /* several retries */
+    assert_int_equal(a.calls, 1); /* waiting, not failed */
+
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    run_until(fx, &a.calls, 2);
+    assert_int_equal(a.status, 0);
+    append_text(fx, "b", "after", &a);
+    run_until(fx, &a.calls, 3);
+    assert_int_equal(a.status, 0);
+
+    struct fabric_batch batch;
+    assert_int_equal(fabric_read(fx->f, "a", 0, 10, 1 << 20, &batch), 0);
+    assert_int_equal(batch.count, 2);
+    assert_memory_equal(batch.records[1].data, "during", 6);
+    fabric_batch_free(&batch);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -599,6 +665,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_segment_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_recovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_out_of_descriptors_waits_and_recovers, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
