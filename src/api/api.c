@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,6 +28,20 @@
 #define API_MAX_HEADERS 100
 #define API_MAX_HEADER_BYTES (64u << 10)
 #define API_PENDING_MAX (1u << 20)
+/* Responses queued and not yet taken by a client: past this, pipelined requests wait. */
+#define API_WRITE_PENDING_MAX (1u << 20)
+/* Request bodies held in memory at once, all connections together: a body that would go past
+ * it is refused with 503, so slow senders cannot make skiffd's memory grow without bound. */
+#define API_BODY_MEMORY_BUDGET (256u << 20)
+#define API_CLIENT_BUCKETS 1024
+#define API_ACCEPT_BATCH 64
+/* Accepting stops this long after a resource error (EMFILE, ENOMEM, ...), then resumes. */
+#define API_ACCEPT_PAUSE_MS 100
+/* After an answer sent before the body was read, the rest of what the client sends is read
+ * and dropped for at most this long (or this much), so that the answer is not lost to a reset;
+ * the client has been told (FIN) at once. */
+#define API_LINGER_MS 2000
+#define API_LINGER_BYTES (16u << 20)
 
 struct api_route {
     char method[16];
@@ -37,13 +54,34 @@ struct api_route {
 };
 
 struct api_conn;
+struct api;
+
+/* A listening socket, polled and accepted from by hand (not uv_listen), so that a resource
+ * error pauses accepting instead of spinning or giving up. */
+struct api_listener {
+    struct api *api;
+    uv_poll_t poll;
+    int fd;
+    bool open;         /* poll initialised and not closed */
+    bool publish_only; /* containers' publish endpoint */
+};
+
+/* The connections of one client address (IPv4 as v4-mapped IPv6). */
+struct api_client {
+    struct api_client *next;
+    unsigned char addr[16];
+    unsigned count;
+};
 
 struct api {
     uv_loop_t *loop;
-    uv_tcp_t server;
-    bool server_open;
-    uv_tcp_t publish_server; /* containers' publish endpoint, when publish_addr is set */
-    bool publish_open;
+    struct api_listener listeners[2]; /* the API, and the publish endpoint when set */
+    int nlisteners;
+    uv_timer_t accept_timer; /* resumes accepting after a pause */
+    bool accept_timer_open;
+    bool accept_paused;
+    int reserve_fd;         /* held so that accept-and-close works when out of descriptors */
+    int64_t last_pressure_log_ms;
     char *publish_addr;
     char *home;
     char *addr;
@@ -54,6 +92,14 @@ struct api {
     struct api_route *routes;
     struct api_route **routes_tail;
     struct api_conn *conns;
+    /* connections waiting for a request head (or lingering), longest waiting first: the
+     * ones closed when a cap is reached */
+    struct api_conn *idle_head, *idle_tail;
+    unsigned nconns, max_conns, max_per_client;
+    struct api_client *clients[API_CLIENT_BUCKETS];
+    uint64_t body_memory; /* request bodies held in memory now */
+    api_instance_live_fn instance_live;
+    void *instance_live_ctx;
     unsigned tmp_seq;
     bool closing;
     int handles_open;
@@ -98,7 +144,11 @@ struct api_request {
     bool expect_continue;
     bool keep_alive;
     char caller_app[37];
+    char caller_instance[37];
+    char caller_name[64];
     bool by_instance;
+    bool head_done;
+    uint64_t body_memory; /* counted in api->body_memory */
     bool aborted;
     void (*abort_fn)(void *ctx);
     void *abort_ctx;
@@ -127,6 +177,19 @@ struct api_conn {
     bool close_after_write;
     bool closing;
     bool publish_only; /* came in on the publish listener */
+    /* waiting for a request head: in api->idle_head's list since idle_since_ms */
+    struct api_conn *idle_prev, *idle_next;
+    bool in_idle;
+    int64_t idle_since_ms;
+    int64_t head_start_ms; /* first byte of the head being read; 0 when none */
+    bool served;           /* a request was answered on it */
+    struct api_client *client;
+    bool write_blocked;  /* responses wait to be taken: pipelined requests wait too */
+    bool linger_wanted;  /* answered before the body was read: linger when closing */
+    bool lingering;
+    int64_t linger_until_ms;
+    uint64_t linger_bytes;
+    uv_shutdown_t shutdown;
     char peer[80];
 };
 
@@ -145,10 +208,15 @@ static void api__start_reading(struct api_conn *c);
 static void api__settings_init(void);
 static void api__sweep(uv_timer_t *t);
 static void api__dispatch(struct api_request *req);
+static void api__close_or_linger(struct api_conn *c);
+static void api__answer_now(struct api_conn *c, struct api_request *req, bool body_follows);
+static void api__resume_accepting(uv_timer_t *t);
 
-/* A request must arrive whole within this time once it began, and an idle keep-alive
- * connection is closed after API_IDLE_MS; slow or silent clients cannot pile up. */
-#define API_SWEEP_MS 5000
+/* A request head must arrive whole within API_HEAD_MS of its first byte (and a new
+ * connection send one within that time), a body may not stall for API_REQUEST_MS, and an idle
+ * keep-alive connection is closed after API_IDLE_MS: slow or silent clients cannot pile up. */
+#define API_SWEEP_MS 1000
+#define API_HEAD_MS 30000
 #define API_REQUEST_MS 60000
 #define API_IDLE_MS 300000
 
@@ -242,21 +310,211 @@ static char *api__scratch(struct api_request *req, char *s)
     return s;
 }
 
+/* ---- connection caps ------------------------------------------------------------------- */
+
+static void api__client_key(const struct sockaddr_storage *ss, unsigned char key[16])
+{
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        key[10] = key[11] = 0xff; /* as ::ffff:a.b.c.d, which a dual-stack socket reports */
+        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+static size_t api__client_bucket(const unsigned char key[16])
+{
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ key[i]) * 16777619u;
+    return h % API_CLIENT_BUCKETS;
+}
+
+/* The record of a client address with one more connection counted. */
+static struct api_client *api__client_get(struct api *api, const unsigned char key[16])
+{
+    struct api_client **head = &api->clients[api__client_bucket(key)];
+    struct api_client *cl = *head;
+    while (cl && memcmp(cl->addr, key, 16))
+        cl = cl->next;
+    if (!cl) {
+        cl = xcalloc(1, sizeof *cl);
+        memcpy(cl->addr, key, 16);
+        cl->next = *head;
+        *head = cl;
+    }
+    cl->count++;
+    return cl;
+}
+
+/* One connection fewer; the record goes with the last one. */
+static void api__client_put(struct api *api, struct api_client *cl)
+{
+    if (!cl || --cl->count > 0)
+        return;
+    for (struct api_client **pp = &api->clients[api__client_bucket(cl->addr)]; *pp;
+         pp = &(*pp)->next)
+        if (*pp == cl) {
+            *pp = cl->next;
+            free(cl);
+            return;
+        }
+}
+
+static void api__idle_remove(struct api_conn *c)
+{
+    struct api *api = c->api;
+    if (!c->in_idle)
+        return;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        api->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        api->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->in_idle = false;
+}
+
+/* The connection waits for a request head from now on: the newest of the list. */
+static void api__idle_add(struct api_conn *c)
+{
+    struct api *api = c->api;
+    api__idle_remove(c);
+    c->idle_since_ms = time_mono_ms();
+    c->head_start_ms = 0;
+    c->idle_prev = api->idle_tail;
+    c->idle_next = NULL;
+    if (api->idle_tail)
+        api->idle_tail->idle_next = c;
+    else
+        api->idle_head = c;
+    api->idle_tail = c;
+    c->in_idle = true;
+}
+
+/* A lingering connection is the first to go when room is needed. */
+static void api__idle_add_front(struct api_conn *c)
+{
+    struct api *api = c->api;
+    api__idle_remove(c);
+    c->idle_next = api->idle_head;
+    c->idle_prev = NULL;
+    if (api->idle_head)
+        api->idle_head->idle_prev = c;
+    else
+        api->idle_tail = c;
+    api->idle_head = c;
+    c->in_idle = true;
+}
+
+/* The connection that has waited longest for a request head (of client cl when not NULL), or
+ * NULL when every one is busy with a request. */
+static struct api_conn *api__idle_victim(struct api *api, const struct api_client *cl)
+{
+    for (struct api_conn *c = api->idle_head; c; c = c->idle_next)
+        if (!cl || c->client == cl)
+            return c;
+    return NULL;
+}
+
+/* Makes room for one more connection of cl (already counted in cl): false when there is
+ * none, because every connection over the cap is busy with a request. */
+static bool api__admit(struct api *api, struct api_client *cl)
+{
+    if (cl->count > api->max_per_client) {
+        struct api_conn *victim = api__idle_victim(api, cl);
+        if (!victim)
+            return false;
+        api__conn_close(victim);
+    }
+    if (api->nconns >= api->max_conns) {
+        struct api_conn *victim = api__idle_victim(api, NULL);
+        if (!victim)
+            return false;
+        api__conn_close(victim);
+    }
+    return true;
+}
+
 /* ---- life of the server ------------------------------------------------------------------ */
 
+/* Loads the key that signs instance tokens, or makes one. It must be readable by skiffd only:
+ * an existing key file that is not 0600 and owned by skiffd's user is made so (and said); one
+ * that is not a regular file of the right size is replaced (tokens made with it stop working). */
 static int api__load_key(const char *path, unsigned char *key, size_t len)
 {
-    char *data = NULL;
-    size_t n = 0;
-    if (file_read(path, &data, &n) == 0 && n == len) {
-        memcpy(key, data, len);
-        sodium_memzero(data, n);
-        free(data);
-        return 0;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == len) {
+        if (st.st_uid != geteuid() || st.st_gid != getegid()) {
+            if (fchown(fd, geteuid(), getegid()) < 0) {
+                int rc = -errno;
+                fprintf(stderr, "skiffd: %s is owned by uid %u, not skiffd's: %s\n", path,
+                        (unsigned)st.st_uid, strerror(errno));
+                close(fd);
+                return rc;
+            }
+            fprintf(stderr, "skiffd: %s was owned by uid %u: now skiffd's own\n", path,
+                    (unsigned)st.st_uid);
+        }
+        if ((st.st_mode & 07777) != 0600) {
+            if (fchmod(fd, 0600) < 0) {
+                int rc = -errno;
+                close(fd);
+                return rc;
+            }
+            fprintf(stderr, "skiffd: %s had mode %04o: now 0600 (readable by skiffd only)\n",
+                    path, (unsigned)(st.st_mode & 07777));
+        }
+        size_t got = 0;
+        while (got < len) {
+            ssize_t r = read(fd, key + got, len - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        close(fd);
+        if (got == len)
+            return 0;
+    } else if (fd >= 0) {
+        close(fd);
     }
-    free(data);
+    /* missing, a symlink, not a regular file, or the wrong size: a new key */
+    unlink(path);
     randombytes_buf(key, len);
-    return file_write_atomic(path, key, len, 0600);
+    mode_t old = umask(077);
+    int rc = file_write_atomic(path, key, len, 0600);
+    umask(old);
+    if (rc == 0 && chmod(path, 0600) < 0)
+        rc = -errno;
+    return rc;
+}
+
+/* The connection caps for a descriptor limit: never more than half of it. */
+static void api__caps(struct api *api, const struct api_config *cfg)
+{
+    struct rlimit rl;
+    uint64_t nofile = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        nofile = rl.rlim_cur == RLIM_INFINITY ? (1u << 20) : (uint64_t)rl.rlim_cur;
+    uint64_t max = cfg->max_connections ? cfg->max_connections : API_MAX_CONNECTIONS;
+    if (max > nofile / 2)
+        max = nofile / 2;
+    if (max < 16)
+        max = 16;
+    uint64_t per = cfg->max_connections_per_client ? cfg->max_connections_per_client : max / 4;
+    if (per > max)
+        per = max;
+    if (per < 1)
+        per = 1;
+    api->max_conns = (unsigned)max;
+    api->max_per_client = (unsigned)per;
 }
 
 int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
@@ -271,6 +529,9 @@ int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
     api->url = xasprintf("http://%s", cfg->addr);
     api->upload_max = cfg->upload_max ? cfg->upload_max : (1ull << 30);
     api->routes_tail = &api->routes;
+    api->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    api->listeners[0].fd = api->listeners[1].fd = -1;
+    api__caps(api, cfg);
     crypto_generichash(api->admin_hash, sizeof api->admin_hash,
                        (const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), NULL, 0);
     char *key_path = xasprintf("%s/instance_token.key", cfg->home);
@@ -297,7 +558,18 @@ const char *api_url(struct api *api)
     return api->url;
 }
 
-static void api__on_connection(uv_stream_t *server, int status);
+unsigned api_connections(const struct api *api)
+{
+    return api->nconns;
+}
+
+void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx)
+{
+    api->instance_live = fn;
+    api->instance_live_ctx = ctx;
+}
+
+static void api__on_listen_ready(uv_poll_t *h, int status, int events);
 
 static int api__parse_addr(const char *addr, struct sockaddr_storage *ss)
 {
@@ -322,6 +594,41 @@ static int api__parse_addr(const char *addr, struct sockaddr_storage *ss)
     return uv_ip4_addr(host[0] ? host : "0.0.0.0", port, (struct sockaddr_in *)ss);
 }
 
+/* Binds and listens on addr and polls the socket; a negative errno on failure. */
+static int api__listener_open(struct api *api, const char *addr, bool publish_only)
+{
+    struct sockaddr_storage ss;
+    int rc = api__parse_addr(addr, &ss);
+    if (rc < 0)
+        return rc;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                             : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)&ss, len) < 0 || listen(fd, 511) < 0) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    struct api_listener *l = &api->listeners[api->nlisteners];
+    l->api = api;
+    l->publish_only = publish_only;
+    if ((rc = uv_poll_init(api->loop, &l->poll, fd)) < 0) {
+        close(fd);
+        return rc;
+    }
+    l->fd = fd;
+    l->poll.data = l;
+    l->open = true;
+    api->handles_open++;
+    api->nlisteners++;
+    uv_poll_start(&l->poll, UV_READABLE, api__on_listen_ready);
+    return 0;
+}
+
 int api_listen(struct api *api, char *err, size_t errsize)
 {
     struct sockaddr_storage ss;
@@ -330,39 +637,7 @@ int api_listen(struct api *api, char *err, size_t errsize)
         snprintf(err, errsize, "invalid API address \"%s\": use HOST:PORT", api->addr);
         return rc;
     }
-    uv_tcp_init(api->loop, &api->server);
-    api->server.data = api;
-    api->server_open = true;
-    api->handles_open++;
-    rc = uv_tcp_bind(&api->server, (const struct sockaddr *)&ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&api->server, 511, api__on_connection);
-    if (rc == 0 && api->publish_addr) {
-        struct sockaddr_storage pss;
-        rc = api__parse_addr(api->publish_addr, &pss);
-        if (rc == 0) {
-            uv_tcp_init(api->loop, &api->publish_server);
-            api->publish_server.data = api;
-            api->publish_open = true;
-            api->handles_open++;
-            rc = uv_tcp_bind(&api->publish_server, (const struct sockaddr *)&pss, 0);
-        }
-        if (rc == 0)
-            rc = uv_listen((uv_stream_t *)&api->publish_server, 511, api__on_connection);
-        if (rc < 0) {
-            snprintf(err, errsize, "cannot listen for publishing on %s: %s", api->publish_addr,
-                     uv_strerror(rc));
-            return rc;
-        }
-    }
-    if (rc == 0) {
-        uv_timer_init(api->loop, &api->sweep);
-        api->sweep.data = api;
-        api->sweep_open = true;
-        api->handles_open++;
-        uv_timer_start(&api->sweep, api__sweep, API_SWEEP_MS, API_SWEEP_MS);
-        uv_unref((uv_handle_t *)&api->sweep);
-    }
+    rc = api__listener_open(api, api->addr, false);
     if (rc < 0) {
         snprintf(err, errsize,
                  "cannot listen on %s: %s (another skiffd running? set "
@@ -370,6 +645,22 @@ int api_listen(struct api *api, char *err, size_t errsize)
                  api->addr, uv_strerror(rc));
         return rc;
     }
+    if (api->publish_addr && (rc = api__listener_open(api, api->publish_addr, true)) < 0) {
+        snprintf(err, errsize, "cannot listen for publishing on %s: %s", api->publish_addr,
+                 uv_strerror(rc));
+        return rc;
+    }
+    uv_timer_init(api->loop, &api->sweep);
+    api->sweep.data = api;
+    api->sweep_open = true;
+    api->handles_open++;
+    uv_timer_start(&api->sweep, api__sweep, API_SWEEP_MS, API_SWEEP_MS);
+    uv_unref((uv_handle_t *)&api->sweep);
+    uv_timer_init(api->loop, &api->accept_timer);
+    api->accept_timer.data = api;
+    api->accept_timer_open = true;
+    api->handles_open++;
+    uv_unref((uv_handle_t *)&api->accept_timer);
     return 0;
 }
 
@@ -387,19 +678,28 @@ static void api__server_closed(uv_handle_t *h)
     api__handle_closed(h->data);
 }
 
+static void api__listener_closed(uv_handle_t *h)
+{
+    struct api_listener *l = h->data;
+    close(l->fd);
+    l->fd = -1;
+    api__handle_closed(l->api);
+}
+
 void api_close(struct api *api, void (*close_cb)(void *arg), void *arg)
 {
     api->closing = true;
     api->close_cb = close_cb;
     api->close_arg = arg;
     api->handles_open++; /* held until every close below was started */
-    if (api->server_open) {
-        api->server_open = false;
-        uv_close((uv_handle_t *)&api->server, api__server_closed);
-    }
-    if (api->publish_open) {
-        api->publish_open = false;
-        uv_close((uv_handle_t *)&api->publish_server, api__server_closed);
+    for (int i = 0; i < api->nlisteners; i++)
+        if (api->listeners[i].open) {
+            api->listeners[i].open = false;
+            uv_close((uv_handle_t *)&api->listeners[i].poll, api__listener_closed);
+        }
+    if (api->accept_timer_open) {
+        api->accept_timer_open = false;
+        uv_close((uv_handle_t *)&api->accept_timer, api__server_closed);
     }
     if (api->sweep_open) {
         api->sweep_open = false;
@@ -428,6 +728,14 @@ void api_free(struct api *api)
         r = next;
     }
     sodium_memzero(api->instance_key, sizeof api->instance_key);
+    if (api->reserve_fd >= 0)
+        close(api->reserve_fd);
+    for (size_t i = 0; i < API_CLIENT_BUCKETS; i++)
+        while (api->clients[i]) {
+            struct api_client *next = api->clients[i]->next;
+            free(api->clients[i]);
+            api->clients[i] = next;
+        }
     free(api->home);
     free(api->addr);
     free(api->publish_addr);
@@ -514,17 +822,26 @@ static const struct api_route *api__match(struct api *api, struct api_request *r
 
 #define API_INSTANCE_TOKEN_PREFIX "skiffi."
 
-void api_instance_token(struct api *api, const char *app_guid, char *out, size_t size)
+#define API_GUID_LEN 36
+
+/* skiffi.APP.INSTANCE.MAC, MAC = HMAC-SHA256 of "APP.INSTANCE" under the instance key */
+void api_instance_token(struct api *api, const char *app_guid, const char *instance_guid,
+                        char *out, size_t size)
 {
+    char subject[2 * API_GUID_LEN + 2];
+    int n = snprintf(subject, sizeof subject, "%s.%s", app_guid, instance_guid);
+    if (n < 0 || (size_t)n >= sizeof subject)
+        n = (int)strlen(subject);
     unsigned char mac[crypto_auth_hmacsha256_BYTES];
-    crypto_auth_hmacsha256(mac, (const unsigned char *)app_guid, strlen(app_guid),
-                           api->instance_key);
+    crypto_auth_hmacsha256(mac, (const unsigned char *)subject, (size_t)n, api->instance_key);
     char hex[2 * sizeof mac + 1];
     sodium_bin2hex(hex, sizeof hex, mac, sizeof mac);
-    snprintf(out, size, API_INSTANCE_TOKEN_PREFIX "%s.%s", app_guid, hex);
+    snprintf(out, size, API_INSTANCE_TOKEN_PREFIX "%s.%s", subject, hex);
+    sodium_memzero(mac, sizeof mac);
 }
 
-/* 0 admin, 1 instance (caller_app set), -1 missing, -2 wrong. */
+/* 0 admin, 1 instance (caller_app set), -1 missing, -2 wrong, -3 an instance token that was
+ * good but is no longer (its instance stopped, its app was stopped or deleted). */
 static int api__authenticate(struct api *api, struct api_request *req)
 {
     const char *h = api_request_header(req, "authorization");
@@ -540,17 +857,25 @@ static int api__authenticate(struct api *api, struct api_request *req)
     if (sodium_memcmp(hash, api->admin_hash, sizeof hash) == 0)
         return 0;
     if (str_has_prefix(token, API_INSTANCE_TOKEN_PREFIX)) {
-        const char *guid = token + strlen(API_INSTANCE_TOKEN_PREFIX);
-        const char *dot = strchr(guid, '.');
-        if (dot && dot - guid == 36) {
-            char app[37];
-            memcpy(app, guid, 36);
-            app[36] = '\0';
-            char expect[160];
-            api_instance_token(api, app, expect, sizeof expect);
+        const char *subject = token + strlen(API_INSTANCE_TOKEN_PREFIX);
+        size_t len = strlen(subject);
+        if (len == 2 * API_GUID_LEN + 2 + 2 * crypto_auth_hmacsha256_BYTES &&
+            subject[API_GUID_LEN] == '.' && subject[2 * API_GUID_LEN + 1] == '.') {
+            char app[API_GUID_LEN + 1], inst[API_GUID_LEN + 1];
+            memcpy(app, subject, API_GUID_LEN);
+            app[API_GUID_LEN] = '\0';
+            memcpy(inst, subject + API_GUID_LEN + 1, API_GUID_LEN);
+            inst[API_GUID_LEN] = '\0';
+            char expect[200];
+            api_instance_token(api, app, inst, expect, sizeof expect);
             if (strlen(expect) == strlen(token) &&
                 sodium_memcmp(expect, token, strlen(token)) == 0) {
+                if (!api->instance_live ||
+                    !api->instance_live(api->instance_live_ctx, app, inst, req->caller_name,
+                                        sizeof req->caller_name))
+                    return -3;
                 snprintf(req->caller_app, sizeof req->caller_app, "%s", app);
+                snprintf(req->caller_instance, sizeof req->caller_instance, "%s", inst);
                 req->by_instance = true;
                 return 1;
             }
@@ -568,8 +893,16 @@ static void api__write_done(uv_write_t *w, int status)
     c->write_pending -= aw->len;
     free(aw);
     /* a peer that is gone ends the connection (and aborts a stream to it) */
-    if (status < 0 || (c->close_after_write && c->write_pending == 0))
+    if (status < 0) {
         api__conn_close(c);
+    } else if (c->close_after_write && c->write_pending == 0) {
+        api__close_or_linger(c);
+    } else if (c->write_blocked && c->write_pending <= API_WRITE_PENDING_MAX / 2 && !c->closing) {
+        /* the client took its answers: go on with the requests it pipelined */
+        c->write_blocked = false;
+        llhttp_resume(&c->parser);
+        api__process_pending(c);
+    }
 }
 
 static int api__write(struct api_conn *c, const void *data, size_t len)
@@ -627,6 +960,7 @@ static void api__request_free(struct api_request *req)
         free(req->scratch[i]);
     free(req->scratch);
     buf_free(&req->body);
+    req->api->body_memory -= req->body_memory;
     if (req->body_fd >= 0)
         close(req->body_fd);
     if (req->body_path) {
@@ -652,11 +986,15 @@ static void api__finish(struct api_request *req)
     if (!keep) {
         c->close_after_write = true;
         if (c->write_pending == 0)
-            api__conn_close(c);
+            api__close_or_linger(c);
         return;
     }
     c->active_ms = time_mono_ms();
-    if (c->in_execute)
+    c->served = true;
+    api__idle_add(c);
+    if (c->write_pending > API_WRITE_PENDING_MAX)
+        c->write_blocked = true; /* api__write_done goes on once the client reads */
+    if (c->in_execute || c->write_blocked)
         return;
     llhttp_resume(&c->parser);
     api__process_pending(c);
@@ -851,6 +1189,16 @@ const char *api_request_caller_app(const struct api_request *req)
     return req->by_instance ? req->caller_app : NULL;
 }
 
+const char *api_request_caller_instance(const struct api_request *req)
+{
+    return req->by_instance ? req->caller_instance : NULL;
+}
+
+const char *api_request_caller_name(const struct api_request *req)
+{
+    return req->by_instance ? req->caller_name : NULL;
+}
+
 const char *api_request_peer(const struct api_request *req)
 {
     return req->conn ? req->conn->peer : "";
@@ -949,6 +1297,8 @@ static int api__on_message_begin(llhttp_t *p)
     buf_reset(&c->hvalue);
     c->in_value = false;
     c->header_bytes = 0;
+    if (!c->head_start_ms)
+        c->head_start_ms = time_mono_ms();
     return 0;
 }
 
@@ -1013,6 +1363,10 @@ static int api__on_headers_complete(llhttp_t *p)
     if (c->in_value)
         api__push_header(c);
     c->in_value = false;
+    /* busy with a request from here: no longer the first to close when room is needed */
+    api__idle_remove(c);
+    c->head_start_ms = 0;
+    req->head_done = true;
     snprintf(req->method, sizeof req->method, "%s", llhttp_method_name(p->method));
     req->keep_alive = llhttp_should_keep_alive(p) != 0;
 
@@ -1069,6 +1423,11 @@ static int api__on_headers_complete(llhttp_t *p)
                 api__early(req, 401, "unauthorized",
                            "the bearer token is not valid: use the token from $SKIFF_HOME/api.json "
                            "or `skiff login --token`");
+            else if (who == -3)
+                api__early(req, 401, "unauthorized",
+                           "this instance token is no longer valid: it was given to an instance "
+                           "that has stopped, or its app was stopped or deleted (each instance "
+                           "gets a token of its own in SKIFF_EVENTS_TOKEN)");
             else if (who == 1 && auth != API_AUTH_INSTANCE)
                 api__early(req, 403, "forbidden",
                            "an instance token may only publish events; this needs the admin token");
@@ -1076,7 +1435,9 @@ static int api__on_headers_complete(llhttp_t *p)
     }
     if (!req->early_status) {
         bool to_file = req->route->flags & API_BODY_FILE;
-        req->body_limit = to_file ? api->upload_max : API_BODY_MEMORY_MAX;
+        /* public routes take no body: nobody unknown gets to make skiffd hold one */
+        bool public = (req->route->flags & API_ROUTE_AUTH_MASK) == API_AUTH_NONE;
+        req->body_limit = public ? 0 : to_file ? api->upload_max : API_BODY_MEMORY_MAX;
         if ((p->flags & F_CONTENT_LENGTH) && p->content_length > req->body_limit)
             api__early(req, 413, "too_large",
                        "the body is %llu bytes, more than the limit of %llu bytes%s",
@@ -1084,6 +1445,10 @@ static int api__on_headers_complete(llhttp_t *p)
                        to_file ? ": make the upload smaller (.cfignore/.skiffignore can leave "
                                  "files out) or raise SKIFF_MAX_UPLOAD_MB"
                                : "");
+        else if (!to_file && (p->flags & F_CONTENT_LENGTH) &&
+                 api->body_memory + p->content_length > API_BODY_MEMORY_BUDGET)
+            api__early(req, 503, "busy",
+                       "skiffd is receiving too many request bodies at once: retry in a moment");
         else if (to_file) {
             req->body_path =
                 xasprintf("%s/tmp/upload-%d-%u", api->home, (int)getpid(), ++api->tmp_seq);
@@ -1092,17 +1457,15 @@ static int api__on_headers_complete(llhttp_t *p)
                 api__early(req, 500, "internal", "cannot store the upload: %s", strerror(errno));
         }
     }
+    if (req->early_status) {
+        /* decided from the head: answered now, whatever body was announced is not read */
+        api__answer_now(c, req, (p->flags & F_CHUNKED) ||
+                                    ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
+        return HPE_PAUSED;
+    }
     if (req->expect_continue) {
-        if (req->early_status) {
-            /* the client waits for our word before sending the body: answer now and close */
-            req->keep_alive = false;
-            req->state = API_REQ_HANDLING;
-            api__dispatch(req);
-            return HPE_PAUSED;
-        } else {
-            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-            api__write(c, cont, sizeof cont - 1);
-        }
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        api__write(c, cont, sizeof cont - 1);
     }
     return 0;
 }
@@ -1117,7 +1480,8 @@ static int api__on_body(llhttp_t *p, const char *at, size_t len)
     if (req->body_size > req->body_limit) {
         api__early(req, 413, "too_large", "the body is larger than the limit of %llu bytes",
                    (unsigned long long)req->body_limit);
-        return 0;
+        api__answer_now(c, req, true);
+        return HPE_PAUSED;
     }
     if (req->body_fd >= 0) {
         while (len > 0) {
@@ -1126,15 +1490,34 @@ static int api__on_body(llhttp_t *p, const char *at, size_t len)
                 if (errno == EINTR)
                     continue;
                 api__early(req, 500, "internal", "cannot store the upload: %s", strerror(errno));
-                return 0;
+                api__answer_now(c, req, true);
+                return HPE_PAUSED;
             }
             at += w;
             len -= (size_t)w;
         }
     } else {
+        if (c->api->body_memory + len > API_BODY_MEMORY_BUDGET) {
+            api__early(req, 503, "busy",
+                       "skiffd is receiving too many request bodies at once: retry in a moment");
+            api__answer_now(c, req, true);
+            return HPE_PAUSED;
+        }
         buf_append(&req->body, at, len);
+        req->body_memory += len;
+        c->api->body_memory += len;
     }
     return 0;
+}
+
+/* Answers an error found before the body was read, at once, and ends the connection after
+ * the answer: lingering (reading and dropping for a while) when a body may still come. */
+static void api__answer_now(struct api_conn *c, struct api_request *req, bool body_follows)
+{
+    req->keep_alive = false;
+    c->linger_wanted = body_follows;
+    req->state = API_REQ_HANDLING;
+    api__dispatch(req);
 }
 
 static void api__dispatch(struct api_request *req)
@@ -1185,6 +1568,10 @@ static void api__conn_close(struct api_conn *c)
         c->api->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    api__idle_remove(c);
+    c->api->nconns--;
+    api__client_put(c->api, c->client);
+    c->client = NULL;
     struct api_request *req = c->req;
     c->req = NULL;
     if (req) {
@@ -1218,12 +1605,45 @@ static void api__bad_request(struct api_conn *c, const char *why)
     api__write(c, head, (size_t)h);
     api__write(c, body, (size_t)n);
     c->close_after_write = true;
+    c->linger_wanted = true; /* the rest of what it sends is not read */
     if (c->req && c->req->state == API_REQ_PARSING) {
         api__request_free(c->req);
         c->req = NULL;
     }
     if (c->write_pending == 0)
+        api__close_or_linger(c);
+}
+
+static void api__on_shutdown(uv_shutdown_t *sr, int status)
+{
+    struct api_conn *c = sr->data;
+    if (status < 0 && !c->closing)
         api__conn_close(c);
+}
+
+/* Closes c once its answer is out; when it was answered before its body was read, first
+ * sends FIN and reads and drops what still comes for a while, so that the close does not
+ * reset the connection before the client has read the answer. */
+static void api__close_or_linger(struct api_conn *c)
+{
+    if (c->closing || c->lingering)
+        return;
+    if (!c->linger_wanted) {
+        api__conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    c->linger_until_ms = time_mono_ms() + API_LINGER_MS;
+    api__idle_add_front(c);
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, api__on_shutdown) < 0) {
+        api__conn_close(c);
+        return;
+    }
+    if (!c->reading) {
+        c->reading = true;
+        api__start_reading(c);
+    }
 }
 
 /* Feeds bytes to the parser; whatever arrives after a complete request waits in pending. */
@@ -1240,7 +1660,7 @@ static void api__feed(struct api_conn *c, const char *data, size_t len)
             break;
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t rest = pos && pos >= data && pos < data + len ? (size_t)(data + len - pos) : 0;
-        if (!c->req && !c->closing && !c->close_after_write) {
+        if (!c->req && !c->closing && !c->close_after_write && !c->write_blocked) {
             /* the request was answered at once: go on with the pipelined rest */
             llhttp_resume(&c->parser);
             if (!rest)
@@ -1297,11 +1717,18 @@ static void api__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         api__conn_close(c);
         return;
     }
+    if (c->lingering) {
+        free(b->base);
+        c->linger_bytes += (uint64_t)n;
+        if (c->linger_bytes > API_LINGER_BYTES)
+            api__conn_close(c);
+        return;
+    }
     if (n == 0 || c->closing || c->close_after_write) {
         free(b->base);
         return;
     }
-    if (c->req && c->req->state != API_REQ_PARSING) {
+    if (c->write_blocked || (c->req && c->req->state != API_REQ_PARSING)) {
         /* a request is being handled: keep what comes (pipelined requests) for later */
         buf_append(&c->pending, b->base, (size_t)n);
         free(b->base);
@@ -1320,36 +1747,44 @@ static void api__start_reading(struct api_conn *c)
     uv_read_start((uv_stream_t *)&c->tcp, api__alloc, api__on_read);
 }
 
-static void api__on_connection(uv_stream_t *server, int status)
+/* Takes over an accepted socket, once there is room for it under the caps. */
+static void api__conn_start(struct api *api, struct api_listener *l, int fd,
+                            const struct sockaddr_storage *ss)
 {
-    struct api *api = server->data;
-    if (status < 0 || api->closing)
+    unsigned char key[16];
+    api__client_key(ss, key);
+    struct api_client *cl = api__client_get(api, key);
+    if (!api__admit(api, cl)) {
+        /* every connection over the cap is busy with a request: this one waits no longer */
+        api__client_put(api, cl);
+        close(fd);
         return;
+    }
     struct api_conn *c = xcalloc(1, sizeof *c);
     c->api = api;
-    c->publish_only = server == (uv_stream_t *)&api->publish_server;
+    c->publish_only = l->publish_only;
     uv_tcp_init(api->loop, &c->tcp);
     c->tcp.data = c;
     api->handles_open++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+    if (uv_tcp_open(&c->tcp, fd) < 0) {
+        close(fd);
+        api__client_put(api, cl);
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, api__conn_closed);
         return;
     }
+    c->client = cl;
+    api->nconns++;
     uv_tcp_nodelay(&c->tcp, 1);
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        char ip[48] = "";
-        if (ss.ss_family == AF_INET) {
-            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
-            snprintf(c->peer, sizeof c->peer, "%s:%d", ip,
-                     ntohs(((struct sockaddr_in *)&ss)->sin_port));
-        } else if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
-            snprintf(c->peer, sizeof c->peer, "[%s]:%d", ip,
-                     ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
-        }
+    char ip[48] = "";
+    if (ss->ss_family == AF_INET) {
+        uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "%s:%d", ip,
+                 ntohs(((const struct sockaddr_in *)ss)->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "[%s]:%d", ip,
+                 ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &api__settings);
     c->parser.data = c;
@@ -1359,7 +1794,81 @@ static void api__on_connection(uv_stream_t *server, int status)
     api->conns = c;
     c->reading = true;
     c->active_ms = time_mono_ms();
+    api__idle_add(c);
     api__start_reading(c);
+}
+
+/* Stops accepting for API_ACCEPT_PAUSE_MS after a resource error (the connections wait in the
+ * backlog meanwhile); accepting always resumes by itself. */
+static void api__pause_accepting(struct api *api, int err)
+{
+    int64_t now = time_mono_ms();
+    if (now - api->last_pressure_log_ms > 10000) {
+        api->last_pressure_log_ms = now;
+        fprintf(stderr,
+                "skiffd: the API cannot accept connections now (%s): trying again every %d ms; "
+                "%u connections open\n",
+                strerror(err), API_ACCEPT_PAUSE_MS, api->nconns);
+    }
+    if (api->accept_paused || !api->accept_timer_open)
+        return;
+    api->accept_paused = true;
+    for (int i = 0; i < api->nlisteners; i++)
+        if (api->listeners[i].open)
+            uv_poll_stop(&api->listeners[i].poll);
+    uv_timer_start(&api->accept_timer, api__resume_accepting, API_ACCEPT_PAUSE_MS, 0);
+}
+
+static void api__resume_accepting(uv_timer_t *t)
+{
+    struct api *api = t->data;
+    api->accept_paused = false;
+    if (api->closing)
+        return;
+    if (api->reserve_fd < 0)
+        api->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < api->nlisteners; i++)
+        if (api->listeners[i].open)
+            uv_poll_start(&api->listeners[i].poll, UV_READABLE, api__on_listen_ready);
+}
+
+static void api__on_listen_ready(uv_poll_t *h, int status, int events)
+{
+    struct api_listener *l = h->data;
+    struct api *api = l->api;
+    (void)events;
+    if (api->closing)
+        return;
+    if (status < 0) {
+        api__pause_accepting(api, -status);
+        return;
+    }
+    for (int n = 0; n < API_ACCEPT_BATCH; n++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            api__conn_start(api, l, fd, &ss);
+            continue;
+        }
+        int err = errno;
+        if (err == EINTR || err == ECONNABORTED || err == EPROTO)
+            continue;
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return;
+        if ((err == EMFILE || err == ENFILE) && api->reserve_fd >= 0) {
+            /* out of descriptors: the reserve makes room to take the waiting connection and
+             * close it, so its client hears at once rather than hanging in the backlog */
+            close(api->reserve_fd);
+            api->reserve_fd = -1;
+            int shed = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+            if (shed >= 0)
+                close(shed);
+            api->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        api__pause_accepting(api, err);
+        return;
+    }
 }
 
 static void api__sweep(uv_timer_t *t)
@@ -1370,11 +1879,19 @@ static void api__sweep(uv_timer_t *t)
     while (c) {
         struct api_conn *next = c->next;
         struct api_request *req = c->req;
-        /* a request being handled or streamed is the handler's business, not a stall */
-        if (!req || req->state == API_REQ_PARSING) {
-            int64_t limit = req ? API_REQUEST_MS : API_IDLE_MS;
-            if (now - c->active_ms > limit)
+        if (c->lingering) {
+            if (now >= c->linger_until_ms)
                 api__conn_close(c);
+        } else if (req && req->state != API_REQ_PARSING) {
+            /* a request being handled or streamed is the handler's business, not a stall */
+        } else if (req && req->head_done) {
+            if (now - c->active_ms > API_REQUEST_MS) /* a body that stalls */
+                api__conn_close(c);
+        } else if (c->head_start_ms) {
+            if (now - c->head_start_ms > API_HEAD_MS) /* a head that never ends */
+                api__conn_close(c);
+        } else if (now - c->idle_since_ms > (c->served ? API_IDLE_MS : API_HEAD_MS)) {
+            api__conn_close(c); /* silent since it connected, or idle since its last answer */
         }
         c = next;
     }

@@ -23,8 +23,16 @@
  * the limit is refused with 413 `too_large` before the handler runs.
  *
  * Connections: HTTP/1.1 keep-alive and pipelining (one request handled at a time per
- * connection). A request that does not arrive whole within 60 s, or a connection idle for 5
- * minutes, is closed; a request being handled or streamed is never timed out here.
+ * connection). A request head that does not arrive whole within 30 s, a body that stalls for
+ * 60 s, or a connection idle for 5 minutes, is closed; a request being handled or streamed is
+ * never timed out here. Connections are capped, all together and per client address (see
+ * struct api_config): past a cap, the connection that has waited longest for a request head
+ * is closed to make room, so idle or slow clients cannot lock others out; the API never takes
+ * more than half of skiffd's descriptors. Resource errors while accepting (EMFILE, ENFILE,
+ * ENOMEM, ENOBUFS) pause accepting for a moment and never stop it.
+ *
+ * An error decided from the head (401, 403, 404, 405, 413, 431, ...) is answered at once,
+ * before any body is read, and the connection is then closed.
  *
  * Errors: every error response has the body {"error": {"code": "...", "message": "..."}}
  * (api_respond_error). The API never aborts on input. */
@@ -63,7 +71,14 @@ struct api_config {
     /* Where containers publish events (NULL: nowhere else): a second listener that serves
      * only API_AUTH_INSTANCE routes; anything else there is a 404, whatever the token. */
     const char *publish_addr;
+    /* Open connections of both listeners together, and from one client address (0: the
+     * defaults, API_MAX_CONNECTIONS and a quarter of the cap). The cap is lowered to half
+     * of RLIMIT_NOFILE, so the rest of skiffd keeps descriptors whatever clients do. */
+    unsigned max_connections;
+    unsigned max_connections_per_client;
 };
+
+#define API_MAX_CONNECTIONS 4096
 
 int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out);
 /* Binds and listens. A negative errno (e.g. -EADDRINUSE) and a message in err on failure. */
@@ -75,6 +90,8 @@ void api_free(struct api *api);
 uv_loop_t *api_loop(struct api *api);
 /* The base URL clients use, e.g. "http://127.0.0.1:8090" (valid for the api's life). */
 const char *api_url(struct api *api);
+/* Connections open now (both listeners). */
+unsigned api_connections(const struct api *api);
 
 /* Adds an endpoint. flags: an enum api_auth value (0 is API_AUTH_ADMIN, so a route is never
  * public by accident), or'ed with API_BODY_FILE. The pattern is copied. Returns 0 or -EINVAL
@@ -84,9 +101,21 @@ int api_route_add(struct api *api, const char *method, const char *pattern, int 
 
 /* ---- instance tokens --------------------------------------------------------------------- */
 
-/* The token given to an app's instances as SKIFF_EVENTS_TOKEN: lets them call
- * API_AUTH_INSTANCE routes and identifies the app. Written into out (size >= 160). */
-void api_instance_token(struct api *api, const char *app_guid, char *out, size_t size);
+/* The token given to one instance as SKIFF_EVENTS_TOKEN: lets it call API_AUTH_INSTANCE
+ * routes and identifies its app. It names the app and the instance and is signed with a key
+ * kept in home/instance_token.key (mode 0600, skiffd's own user). Written into out
+ * (size >= 160). */
+void api_instance_token(struct api *api, const char *app_guid, const char *instance_guid,
+                        char *out, size_t size);
+
+/* Whether a signed instance token is still good: its instance runs (starting, running or
+ * stopping) and its app exists; the check writes the app's name into name (size bytes).
+ * Without a check set, no instance token is accepted. Asked on every request that carries
+ * one, so a deleted app's tokens, and those of instances that have stopped (all of an app's
+ * previous instances, after a restart), stop working at once. */
+typedef bool (*api_instance_live_fn)(void *ctx, const char *app_guid, const char *instance_guid,
+                                     char *name, size_t size);
+void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx);
 
 /* ---- requests ---------------------------------------------------------------------------- */
 
@@ -112,6 +141,10 @@ const char *api_request_body_path(const struct api_request *req);
 uint64_t api_request_body_size(const struct api_request *req);
 /* The guid of the app whose instance token authorised the request; NULL for the admin. */
 const char *api_request_caller_app(const struct api_request *req);
+/* The guid of the instance whose token authorised the request, and its app's name; NULL
+ * for the admin. */
+const char *api_request_caller_instance(const struct api_request *req);
+const char *api_request_caller_name(const struct api_request *req);
 /* The client's address as "ip:port". */
 const char *api_request_peer(const struct api_request *req);
 

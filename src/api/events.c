@@ -78,6 +78,17 @@ static void respond_fabric_error(struct api_request *req, int rc)
     case -ENOSPC:
         api_respond_error(req, 503, "unavailable", "%s", fabric_strerror(rc));
         break;
+    case -EMFILE:
+    case -ENFILE:
+    case -ENOMEM:
+    case -ENOBUFS:
+    case -EAGAIN:
+        /* passing pressure: nothing is wrong with the event, and the fabric is not stopped */
+        api_response_header(req, "Retry-After", "1");
+        api_respond_error(req, 503, "unavailable",
+                          "skiffd is short of resources right now (%s): retry in a moment",
+                          strerror(-rc));
+        break;
     default:
         api_respond_error(req, 500, "internal", "%s", fabric_strerror(rc));
     }
@@ -110,19 +121,16 @@ static const char *read_topic(struct api_request *req)
     return topic;
 }
 
-/* The source given to events published without one: who published them, "/apps/NAME" for an
- * instance (its guid when the app is gone meanwhile), "/skiff/api" for the admin. */
+/* Who published: "/apps/NAME" for an instance, "/skiff/api" for the admin. The source of
+ * every event an instance publishes, whatever it says (one app cannot speak for another), and
+ * of the admin's events published without one. */
 static void caller_source(struct api_request *req, char *out, size_t size)
 {
-    const char *guid = api_request_caller_app(req);
-    struct store_app *app = NULL;
-    if (!guid)
-        snprintf(out, size, "/skiff/api");
-    else if (events.store && store_app_get(events.store, guid, &app) == 0 && app)
-        snprintf(out, size, "/apps/%s", app->name);
+    const char *name = api_request_caller_name(req);
+    if (name)
+        snprintf(out, size, "/apps/%s", name);
     else
-        snprintf(out, size, "/apps/%s", guid);
-    store_app_free(app);
+        snprintf(out, size, "/skiff/api");
 }
 
 /* ---- publishing one event ----------------------------------------------------------------- */
@@ -173,10 +181,8 @@ static void handle_publish(struct api_request *req, void *ctx)
     api_request_headers_each(req, cloudevent_headers_add, &headers);
     size_t len = 0;
     const char *body = api_request_body(req, &len);
-    /* the caller's source costs a store read for an instance: only a wrapped body needs it */
     char source[128] = "", err[256];
-    if (cloudevent_request_wraps(&headers))
-        caller_source(req, source, sizeof(source));
+    caller_source(req, source, sizeof(source));
     struct cloudevent ev;
     int rc = cloudevent_from_request(&headers, body, len, source, &ev, err, sizeof(err));
     if (rc < 0) {
@@ -184,6 +190,8 @@ static void handle_publish(struct api_request *req, void *ctx)
                           err);
         return;
     }
+    if (api_request_caller_app(req))
+        ev.source = source;
     struct buf rec = {0};
     cloudevent_encode_record(&ev, &rec);
     struct publish *p = xcalloc(1, sizeof(*p));
@@ -231,6 +239,8 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
     struct fabric_blob *blobs = xcalloc(n, sizeof(*blobs));
     struct buf recs = {0};
     int rc = 0;
+    char source[128];
+    caller_source(req, source, sizeof(source));
     for (size_t i = 0; i < n; i++) {
         struct cloudevent ev;
         char err[256];
@@ -239,6 +249,8 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
             rc = -EINVAL;
             break;
         }
+        if (api_request_caller_app(req))
+            ev.source = source;
         p->ids[p->count++] = xstrdup(ev.id);
         cloudevent_encode_record(&ev, &recs);
         ends[i] = recs.len;

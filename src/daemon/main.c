@@ -9,6 +9,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -72,7 +73,9 @@ static void usage(FILE *out)
           "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder),\n"
           "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db), SKIFF_EGRESS (0: containers reach no\n"
           "public address; default 1), SKIFF_CONTAINER_UID_BASE (host uid of containers' root,\n"
-          "default 200000; vcap is that + 2000).\n"
+          "default 200000; vcap is that + 2000), SKIFF_API_MAX_CONNECTIONS (default 4096, at\n"
+          "most half of the open-file limit), SKIFF_API_MAX_CONNECTIONS_PER_CLIENT (default a\n"
+          "quarter of that).\n"
           "\n"
           "Signals:\n"
           "  SIGTERM, SIGINT  stop the platform: every instance gracefully (SIGTERM, then SIGKILL\n"
@@ -269,9 +272,38 @@ static void daemon_free(struct daemon *d)
     free(d->token);
 }
 
-static void make_instance_token(void *api, const char *app_guid, char *out, size_t size)
+static void make_instance_token(void *api, const char *app_guid, const char *instance_guid,
+                                char *out, size_t size)
 {
-    api_instance_token(api, app_guid, out, size);
+    api_instance_token(api, app_guid, instance_guid, out, size);
+}
+
+/* An instance token is good while its instance runs and its app exists. */
+static bool instance_token_live(void *ctx, const char *app_guid, const char *instance_guid,
+                                char *name, size_t size)
+{
+    struct daemon *d = ctx;
+    struct store_app *app = NULL;
+    if (!d->sched || !scheduler_instance_alive(d->sched, app_guid, instance_guid) ||
+        store_app_get(d->store, app_guid, &app) < 0 || !app || strcmp(app->guid, app_guid)) {
+        store_app_free(app);
+        return false;
+    }
+    snprintf(name, size, "%s", app->name);
+    store_app_free(app);
+    return true;
+}
+
+/* Descriptors are what connections, instances and the event log live on: the soft limit goes
+ * up to the hard one (the API takes at most half of it, see api.h). */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20)
+                                                                                : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 static void walk_close(uv_handle_t *h, void *arg)
@@ -352,6 +384,7 @@ int main(int argc, char **argv)
                         "them can take the platform over. Use it for development only.\n");
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
+    raise_nofile();
 
     char err[512] = "";
     int rc;
@@ -429,7 +462,11 @@ int main(int argc, char **argv)
                               .addr = d.api_addr,
                               .admin_token = d.token,
                               .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024) << 20,
-                              .publish_addr = publish_addr};
+                              .publish_addr = publish_addr,
+                              .max_connections =
+                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0),
+                              .max_connections_per_client =
+                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0)};
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot set up the API: %s\n", strerror(-rc));
@@ -466,6 +503,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "skiffd: cannot start the executor: %s\n", strerror(-rc));
         goto fail;
     }
+    api_set_instance_check(d.api, instance_token_live, &d);
     bus_path = xasprintf("%s/run/bus.sock", d.home);
     rc = bus_new(d.loop, bus_path, d.store, d.sched, d.logs, err, sizeof err, &d.bus);
     if (rc < 0) {

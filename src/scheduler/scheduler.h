@@ -36,8 +36,9 @@ struct scheduler_config {
     const char *home;     /* $SKIFF_HOME: droplets and instance scratch live below */
     const char *api_url;  /* SKIFF_EVENTS_URL = api_url + "/v1" */
     int drain_timeout_ms; /* the longest a drain holds an instance; <= 0: the default */
-    /* Makes the SKIFF_EVENTS_TOKEN of an app's instances (api_instance_token). */
-    void (*make_instance_token)(void *ctx, const char *app_guid, char *out, size_t size);
+    /* Makes the SKIFF_EVENTS_TOKEN of one instance (api_instance_token). */
+    void (*make_instance_token)(void *ctx, const char *app_guid, const char *instance_guid,
+                                char *out, size_t size);
     void *token_ctx;
 };
 
@@ -178,6 +179,11 @@ int scheduler_app_instances(struct scheduler *s, const char *app,
 /* How many instances of the app's web process are RUNNING (the "running" of docs/api.md,
  * beside "instances", the web process's desired count). */
 int scheduler_running_count(struct scheduler *s, const char *app_guid);
+
+/* Whether instance_guid is an instance of app_guid that runs (starting, running, draining or
+ * in its stop grace period): what the instance's event token is good for. */
+bool scheduler_instance_alive(struct scheduler *s, const char *app_guid,
+                              const char *instance_guid);
 
 /* Calls fn for every RUNNING instance of every app (the route table's backends). */
 void scheduler_each_ready(struct scheduler *s,
