@@ -400,6 +400,8 @@ int main(int argc, char **argv)
     char *shim_bin = xasprintf("%s/skiff-shim", dir);
     char *init_bin = xasprintf("%s/skiff-init", dir);
     char *db = NULL, *bus_path = NULL, *api_url = NULL, *publish_addr = NULL, *events_url = NULL;
+    bool publish_allowed = false;
+    int publish_port = 0;
 
     char *run = xasprintf("%s/run", d.home);
     char *tmp = xasprintf("%s/tmp", d.home);
@@ -450,7 +452,7 @@ int main(int argc, char **argv)
     /* containers publish to the pool's publish address, on the API's port number, where
      * only publishing is served */
     const char *api_port = strrchr(d.api_addr, ':');
-    int publish_port = api_port ? atoi(api_port + 1) : 0;
+    publish_port = api_port ? atoi(api_port + 1) : 0;
     if (contained) {
         char ip[INET_ADDRSTRLEN];
         struct in_addr pub = net_publish_address(&pool);
@@ -546,6 +548,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "skiffd: %s\n", err);
         goto fail;
     }
+    publish_allowed = contained;
     struct router_proc_config rcfg = {.binary = router_bin,
                                       .home = d.home,
                                       .addr = d.router_addr,
@@ -589,6 +592,10 @@ fail:
         uv_run(d.loop, UV_RUN_DEFAULT);
     }
 out:
+    /* a clean stop takes its publish port out of the firewall; one that leaves the instances
+     * running for the next skiffd (SIGUSR2) keeps it for them */
+    if (publish_allowed && !d.detach)
+        net_firewall_forget_publish(&pool, publish_port);
     /* the executor closes its own handles when freed; anything left is closed after */
     scheduler_free(d.sched);
     d.sched = NULL;
