@@ -278,3 +278,15 @@ def test_delete_asks_on_a_terminal(platform):
     rc, out = delete_answering(b"y\n")
     assert rc == 0 and "Deleted asked." in out, out
     assert platform.cli("app", "asked").returncode == 1
+
+
+def test_stacks_lists_the_host_stack(shared_platform):
+    """`skiff stacks` names the root file systems instances run on: the host's /usr under a
+    generated /etc, with what it is in words."""
+    r = shared_platform.cli("stacks")
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.splitlines()
+    assert rows[0].split()[:2] == ["name", "description"], r.stdout
+    assert any(l.startswith("host ") and "read-only" in l for l in rows[1:]), r.stdout
+    r = shared_platform.cli("stacks", "--json")
+    assert r.returncode == 0 and '"default": true' in r.stdout.replace('"default":true', '"default": true'), r.stdout
