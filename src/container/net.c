@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -390,6 +391,27 @@ static int net__enter(int pid, char *err, size_t errlen)
     return fd;
 }
 
+/* A link's MAC address made from its IPv4 address (locally administered, unique per
+ * address), so each end can be told the other's for good: no ARP on a link of two. Without
+ * it the host's first SYNs, sent while the container's end is not up yet, make the neighbour
+ * entry fail and the next connection wait for ARP's one-second retry. */
+static void net__mac(struct in_addr addr, unsigned char mac[6])
+{
+    mac[0] = 0x02;
+    mac[1] = 0x53;
+    memcpy(mac + 2, &addr, 4);
+}
+
+static void net__neigh_add(struct net__batch *b, int ifindex, struct in_addr addr)
+{
+    struct ndmsg nd = {.ndm_family = AF_INET, .ndm_ifindex = ifindex, .ndm_state = NUD_PERMANENT};
+    net__msg(b, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, &nd, sizeof(nd));
+    net__attr(b, NDA_DST, &addr, sizeof(addr));
+    unsigned char mac[6];
+    net__mac(addr, mac);
+    net__attr(b, NDA_LLADDR, mac, sizeof(mac));
+}
+
 static int net__attach_inside(int pid, struct in_addr host, struct in_addr container, char *err,
                               size_t errlen)
 {
@@ -408,12 +430,14 @@ static int net__attach_inside(int pid, struct in_addr host, struct in_addr conta
     net__link_up(&b, ifindex);
     net__addr_add(&b, ifindex, container, 30);
     net__default_route(&b, ifindex, host);
+    net__neigh_add(&b, ifindex, host);
     int failed = 0;
     char why[128];
     rc = net__send(fd, &b, &failed, why, sizeof(why));
     if (rc < 0) {
         static const char *const step[] = {"bring lo up", "bring eth0 up",
-                                           "add the address to eth0", "add the default route"};
+                                           "add the address to eth0", "add the default route",
+                                           "add the host's neighbour entry"};
         net__err(err, errlen, "cannot %s in the network namespace of process %d: %s%s%s",
                  failed >= 0 && failed < (int)ARRAY_SIZE(step) ? step[failed] : "configure", pid,
                  strerror(-rc), why[0] ? ": " : "", why);
@@ -449,12 +473,17 @@ int net_attach(const struct net_pool *pool, int slot, int pid, char *err, size_t
     struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC};
     net__msg(&b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifi, sizeof(ifi));
     net__attr_str(&b, IFLA_IFNAME, host_if);
+    unsigned char host_mac[6], container_mac[6];
+    net__mac(host, host_mac);
+    net__mac(container, container_mac);
+    net__attr(&b, IFLA_ADDRESS, host_mac, sizeof(host_mac));
     struct rtattr *linkinfo = net__nest(&b, IFLA_LINKINFO);
     net__attr_str(&b, IFLA_INFO_KIND, "veth");
     struct rtattr *data = net__nest(&b, IFLA_INFO_DATA);
     struct rtattr *peer = net__nest(&b, VETH_INFO_PEER);
     memcpy(net__put(&b, sizeof(ifi)), &ifi, sizeof(ifi));
     net__attr_str(&b, IFLA_IFNAME, NET_CONTAINER_IFNAME);
+    net__attr(&b, IFLA_ADDRESS, container_mac, sizeof(container_mac));
     net__attr_u32(&b, IFLA_NET_NS_PID, (uint32_t)pid);
     net__nest_end(&b, peer);
     net__nest_end(&b, data);
@@ -485,6 +514,7 @@ int net_attach(const struct net_pool *pool, int slot, int pid, char *err, size_t
     }
     net__addr_add(&b, ifindex, host, 30);
     net__link_up(&b, ifindex);
+    net__neigh_add(&b, ifindex, container);
     rc = net__send(fd, &b, NULL, why, sizeof(why));
     if (rc < 0) {
         net__err(err, errlen, "cannot configure %s: %s%s%s", host_if, strerror(-rc),
