@@ -1,9 +1,14 @@
 /* The admin port: GET /metrics (Prometheus text), GET /health, GET /routes (the table in use).
- * One short request per connection; anything else is a 404. It is meant for loopback. */
+ * One short request per connection; anything else is a 404. /metrics and /routes tell every
+ * route and backend address, so they need the admin token (skiffd's, read from
+ * $SKIFF_HOME/api.json at each request, so a new token needs no restart): "Authorization:
+ * Bearer TOKEN". /health answers anyone: it says "ok" and nothing else, for liveness probes. */
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/buf.h"
 #include "common/util.h"
@@ -21,15 +26,20 @@ struct admin_conn {
 };
 
 #define ADMIN_TIMEOUT_MS 5000
+#define ADMIN_MAX_CONNECTIONS 64 /* more at once are closed: the port cannot eat descriptors */
+#define ADMIN_TOKEN_MIN 32
 
 static uv_tcp_t admin_listener;
 static bool admin_running;
+static const char *admin_home;
+static int admin_connections;
 
 static void on_admin_closed(uv_handle_t *h)
 {
     struct admin_conn *a = h->data;
     if (--a->open_handles > 0)
         return;
+    admin_connections--;
     buf_free(&a->in);
     free(a);
 }
@@ -139,27 +149,147 @@ static void format_routes(struct buf *out)
     route_table_unref(t);
 }
 
+/* The admin token from $SKIFF_HOME/api.json (malloc'd), or NULL when there is none usable. */
+static char *admin_token_read(void)
+{
+    char *path = xasprintf("%s/api.json", admin_home);
+    char *text = NULL, *token = NULL;
+    if (file_read(path, &text, NULL) == 0) {
+        json_t *j = json_loads(text, 0, NULL);
+        const char *t = json_string_value(json_object_get(j, "token"));
+        if (t && strlen(t) >= ADMIN_TOKEN_MIN)
+            token = xstrdup(t);
+        json_decref(j);
+    }
+    free(text);
+    free(path);
+    return token;
+}
+
+/* Whether `given` (n bytes) is the token, in time that does not depend on where they differ. */
+static bool admin_token_equal(const char *given, size_t n, const char *token)
+{
+    unsigned char a[crypto_generichash_BYTES], b[crypto_generichash_BYTES];
+    crypto_generichash(a, sizeof a, (const unsigned char *)given, n, NULL, 0);
+    crypto_generichash(b, sizeof b, (const unsigned char *)token, strlen(token), NULL, 0);
+    return sodium_memcmp(a, b, sizeof a) == 0;
+}
+
+static bool admin_path_is(const char *path, size_t n, const char *want)
+{
+    return n == strlen(want) && memcmp(path, want, n) == 0;
+}
+
+enum router_admin_answer router_admin_decide(const char *head, const char *token)
+{
+    const char *eol = strstr(head, "\r\n");
+    if (!eol || strncmp(head, "GET /", 5) != 0)
+        return ROUTER_ADMIN_NOT_FOUND;
+    const char *path = head + 4, *sp = memchr(path, ' ', (size_t)(eol - path));
+    if (!sp || strncmp(sp, " HTTP/1.", 8) != 0 || eol - sp != 9)
+        return ROUTER_ADMIN_BAD_REQUEST;
+    size_t n = (size_t)(sp - path);
+    const char *query = memchr(path, '?', n);
+    if (query)
+        n = (size_t)(query - path);
+    enum router_admin_answer what;
+    if (admin_path_is(path, n, "/health"))
+        return ROUTER_ADMIN_HEALTH;
+    if (admin_path_is(path, n, "/metrics"))
+        what = ROUTER_ADMIN_METRICS;
+    else if (admin_path_is(path, n, "/routes"))
+        what = ROUTER_ADMIN_ROUTES;
+    else
+        return ROUTER_ADMIN_NOT_FOUND;
+    /* exactly one Authorization field, "Bearer" then the token and nothing else */
+    const char *value = NULL;
+    size_t value_len = 0;
+    int count = 0;
+    for (const char *line = eol + 2; strncmp(line, "\r\n", 2) != 0;) {
+        const char *end = strstr(line, "\r\n");
+        if (!end)
+            return ROUTER_ADMIN_BAD_REQUEST;
+        if ((size_t)(end - line) > 14 && strncasecmp(line, "authorization:", 14) == 0) {
+            value = line + 14;
+            while (value < end && (*value == ' ' || *value == '\t'))
+                value++;
+            const char *stop = end;
+            while (stop > value && (stop[-1] == ' ' || stop[-1] == '\t'))
+                stop--;
+            value_len = (size_t)(stop - value);
+            count++;
+        }
+        line = end + 2;
+    }
+    if (!token)
+        return ROUTER_ADMIN_NO_TOKEN;
+    if (count != 1 || value_len < 8 || strncasecmp(value, "Bearer ", 7) != 0)
+        return ROUTER_ADMIN_UNAUTHORIZED;
+    value += 7;
+    value_len -= 7;
+    while (value_len && *value == ' ') {
+        value++;
+        value_len--;
+    }
+    return admin_token_equal(value, value_len, token) ? what : ROUTER_ADMIN_UNAUTHORIZED;
+}
+
 static void admin_answer(struct admin_conn *a)
 {
     struct buf body = {0};
     int status = 200;
-    const char *type = "text/plain; version=0.0.4";
-    if (str_has_prefix(a->in.data, "GET /metrics ") || str_has_prefix(a->in.data, "GET /metrics?"))
+    const char *type = "text/plain; version=0.0.4", *reason = "OK", *extra = "";
+    /* the token is read only for the endpoints that need it */
+    bool needs_token =
+        str_has_prefix(a->in.data, "GET /metrics") || str_has_prefix(a->in.data, "GET /routes");
+    char *token = needs_token ? admin_token_read() : NULL;
+    switch (router_admin_decide(a->in.data, token)) {
+    case ROUTER_ADMIN_METRICS:
         router_admin_format_metrics(&body);
-    else if (str_has_prefix(a->in.data, "GET /health "))
+        break;
+    case ROUTER_ADMIN_HEALTH:
         buf_puts(&body, "ok\n");
-    else if (str_has_prefix(a->in.data, "GET /routes ")) {
+        break;
+    case ROUTER_ADMIN_ROUTES:
         format_routes(&body);
         type = "application/json";
-    } else {
+        break;
+    case ROUTER_ADMIN_UNAUTHORIZED:
+        status = 401;
+        reason = "Unauthorized";
+        type = "text/plain";
+        extra = "WWW-Authenticate: Bearer\r\n";
+        buf_puts(&body, "unauthorized: send \"Authorization: Bearer TOKEN\" with the admin token "
+                        "from $SKIFF_HOME/api.json\n");
+        break;
+    case ROUTER_ADMIN_NO_TOKEN:
+        status = 503;
+        reason = "Service Unavailable";
+        type = "text/plain";
+        buf_printf(&body,
+                   "the router has no admin token to check against: %s/api.json has none "
+                   "(skiffd writes it)\n",
+                   admin_home);
+        break;
+    case ROUTER_ADMIN_BAD_REQUEST:
+        status = 400;
+        reason = "Bad Request";
+        type = "text/plain";
+        buf_puts(&body, "bad request\n");
+        break;
+    default:
         status = 404;
+        reason = "Not Found";
+        type = "text/plain";
         buf_puts(&body, "not found: try /metrics, /health or /routes\n");
+        break;
     }
+    free(token);
     struct buf resp = {0};
     buf_printf(&resp,
-               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: "
+               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%sConnection: "
                "close\r\n\r\n",
-               status, status == 200 ? "OK" : "Not Found", type, body.len);
+               status, reason, type, body.len, extra);
     buf_append(&resp, body.data, body.len);
     buf_free(&body);
     /* the response lives in a->in from now on, freed with the connection */
@@ -208,7 +338,9 @@ static void on_admin_connection(uv_stream_t *server, int status)
     a->tcp.data = a;
     a->timer.data = a;
     a->open_handles = 2;
-    if (uv_accept(server, (uv_stream_t *)&a->tcp) < 0) {
+    admin_connections++;
+    if (uv_accept(server, (uv_stream_t *)&a->tcp) < 0 ||
+        admin_connections > ADMIN_MAX_CONNECTIONS) {
         admin_close(a);
         return;
     }
@@ -220,6 +352,7 @@ int router_admin_start(uv_loop_t *loop, const struct router_config *cfg)
 {
     if (!cfg->admin_addr || !cfg->admin_addr[0])
         return 0;
+    admin_home = cfg->home;
     char host[256];
     const char *colon = strrchr(cfg->admin_addr, ':');
     if (!colon || (size_t)(colon - cfg->admin_addr) >= sizeof(host)) {

@@ -85,4 +85,19 @@ int router_admin_start(uv_loop_t *loop, const struct router_config *cfg);
 void router_admin_stop(void);
 void router_admin_format_metrics(struct buf *out);
 
+enum router_admin_answer {
+    ROUTER_ADMIN_NOT_FOUND,
+    ROUTER_ADMIN_BAD_REQUEST,
+    ROUTER_ADMIN_HEALTH,  /* open to anyone */
+    ROUTER_ADMIN_METRICS, /* with the token */
+    ROUTER_ADMIN_ROUTES,  /* with the token */
+    ROUTER_ADMIN_UNAUTHORIZED,
+    ROUTER_ADMIN_NO_TOKEN, /* the token is needed, and the router has none to check against */
+};
+/* What an admin request gets. head is the request up to and including its empty line
+ * (NUL-terminated); token is the admin token, NULL when there is none. /metrics and /routes
+ * need exactly one "Authorization: Bearer TOKEN" field; the path must be exactly the
+ * endpoint's (a query is ignored), with no dot segments or encodings. */
+enum router_admin_answer router_admin_decide(const char *head, const char *token);
+
 #endif

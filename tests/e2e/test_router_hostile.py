@@ -322,3 +322,100 @@ def test_ambiguous_authorities_are_400(router_factory, backends, head):
     assert resp.status == 400, (head, resp.status, resp.body)
     assert resp.headers["x-skiff-router-error"] == "bad-request"
     assert c.closed(5)
+
+
+# ---- the admin port ---------------------------------------------------------------------------
+
+
+def admin_raw(port, request):
+    """Sends request bytes to the admin port; returns (status, headers text, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.decode(), body.decode()
+
+
+@pytest.mark.parametrize("auth", [
+    "",
+    "Authorization: Bearer \r\n",
+    "Authorization: Bearer skiff_guess\r\n",
+    "Authorization: Basic {token}\r\n",
+    "Authorization: Bearer {token}x\r\n",
+    "Authorization: Bearer {short}\r\n",
+    "Authorization: Bearer wrong\r\nAuthorization: Bearer {token}\r\n",
+    "X-Forwarded-For: 127.0.0.1\r\n",
+])
+@pytest.mark.parametrize("path", ["/routes", "/metrics", "/routes?token={token}"])
+def test_admin_port_refuses_without_the_token(router_factory, backends, auth, path):
+    """The route table names every app's host and instance address; metrics tell its traffic.
+    A process on the machine that reaches the admin port gets neither without skiffd's admin
+    token: not with none, an empty one, a guess, a prefix, a longer one, another scheme, two
+    Authorization fields, or the token in the query string."""
+    a = backends("a")
+    r = router_factory([route("secret-app.localhost", [a])])
+    fill = {"token": r.token, "short": r.token[:-1]}
+    req = f"GET {path.format(**fill)} HTTP/1.1\r\nHost: x\r\n{auth.format(**fill)}\r\n"
+    status, head, body = admin_raw(r.admin_port, req.encode())
+    assert status == 401, (status, body)
+    assert "WWW-Authenticate: Bearer" in head
+    assert "secret-app" not in body and a.addr not in body and "skiff_router" not in body
+    # the positive control: with the token, the same router answers
+    status, body = r.admin("/routes")
+    assert status == 200 and "secret-app.localhost" in body
+
+
+def test_admin_health_stays_open_and_says_nothing(router_factory, backends):
+    """Liveness probes need no token; /health tells nothing but "ok"."""
+    r = router_factory([route("secret-app.localhost", [backends("a")])])
+    assert r.admin("/health", token=False) == (200, "ok\n")
+
+
+def test_admin_port_without_a_token_file_opens_nothing(home, bus, backends):
+    """A router whose $SKIFF_HOME/api.json has no usable token (missing, or too short to be
+    safe) refuses /routes and /metrics to everyone instead of serving them to anyone."""
+    with open(os.path.join(home, "api.json"), "w") as f:
+        json.dump({"token": "short"}, f)
+    bus.set_routes([route("secret-app.localhost", [backends("a")])])
+    r = Router(home).start()
+    try:
+        for token in (True, False, "short", ""):
+            status, body = r.admin("/routes", token=token)
+            assert status == 503 and "secret-app" not in body, (token, status, body)
+        assert r.admin("/health", token=False)[0] == 200
+    finally:
+        r.stop()
+
+
+def test_admin_port_cannot_be_exhausted(router_factory, backends):
+    """Hundreds of silent connections to the admin port do not stop it (they are capped and
+    time out) nor the router's own traffic."""
+    a = backends("a")
+    r = router_factory([route("app.localhost", [a])])
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", r.admin_port), timeout=5))
+        assert r.get("app.localhost").status == 200
+    finally:
+        for s in idle:
+            s.close()
+    wait_for(lambda: r.admin("/health", token=False)[0] == 200, 10, "the admin port to answer")
+    assert r.admin("/routes")[0] == 200
+
+
+def test_the_platform_router_takes_skiffds_admin_token(platform):
+    """Under skiffd the router checks the token skiffd keeps in $SKIFF_HOME/api.json."""
+    port = platform.router_admin_port
+    wait_for(lambda: admin_raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200, 20,
+             "the platform's router")
+    status, _, body = admin_raw(port, b"GET /routes HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 401, body
+    auth = f"Authorization: Bearer {platform.token}\r\n"
+    status, _, body = admin_raw(port, f"GET /routes HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+    assert status == 200 and "routes" in json.loads(body), body

@@ -21,9 +21,11 @@ def routes_balance(platform):
 
 
 def router_table(platform):
-    """{(host, path): balance} as the router serves it (its admin port's /routes)."""
-    url = f"http://127.0.0.1:{platform.router_admin_port}/routes"
-    with urllib.request.urlopen(url, timeout=5) as r:
+    """{(host, path): balance} as the router serves it (its admin port's /routes, which needs
+    the admin token)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{platform.router_admin_port}/routes",
+                                 headers={"Authorization": "Bearer " + platform.token})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return {(rt["host"], rt["path"]): rt["balance"] for rt in json.load(r)["routes"]}
 
 

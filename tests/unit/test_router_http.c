@@ -269,7 +269,8 @@ static void test_absolute_form_targets(void **state)
     assert_int_equal(absolute("HTTP://A.localhost:8080", a, o), 1);
     assert_string_equal(a, "A.localhost:8080");
     assert_string_equal(o, "/");
-    assert_int_equal(absolute("https://a.localhost?q=/../x", a, o), 1); /* the query is not a path */
+    assert_int_equal(absolute("https://a.localhost?q=/../x", a, o),
+                     1); /* the query is not a path */
     assert_string_equal(a, "a.localhost");
     assert_string_equal(o, "/?q=/../x");
     assert_int_equal(absolute("http://[::1]:80/", a, o), 1);
@@ -291,10 +292,10 @@ static void test_absolute_form_targets(void **state)
 static void test_authorities(void **state)
 {
     (void)state;
-    const char *good[] = {"a.localhost", "APP.localhost:8080", "a-b_c~d.x", "127.0.0.1:1",
-                          "[::1]", "[::ffff:127.0.0.1]:443", "a:"};
-    const char *bad[] = {"", ":80", "a b", "a/b", "user@a", "a:123456", "a:8o", "[::1", "[]",
-                         "[::1]x", "[g::1]", "a%41", "a\tb", "a,b", "*.a"};
+    const char *good[] = {"a.localhost", "APP.localhost:8080",     "a-b_c~d.x", "127.0.0.1:1",
+                          "[::1]",       "[::ffff:127.0.0.1]:443", "a:"};
+    const char *bad[] = {"",   ":80",    "a b",    "a/b",  "user@a", "a:123456", "a:8o", "[::1",
+                         "[]", "[::1]x", "[g::1]", "a%41", "a\tb",   "a,b",      "*.a"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
         assert_true(router_authority_valid(good[i], strlen(good[i])));
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
