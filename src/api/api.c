@@ -23,6 +23,7 @@
 
 #include "common/buf.h"
 #include "common/util.h"
+#include "store/store.h"
 
 #define API_MAX_PARAMS 8
 #define API_MAX_HEADERS 100
@@ -100,6 +101,8 @@ struct api {
     uint64_t body_memory; /* request bodies held in memory now */
     api_instance_live_fn instance_live;
     void *instance_live_ctx;
+    struct auth *auth;
+    struct store *store;
     unsigned tmp_seq;
     bool closing;
     int handles_open;
@@ -147,6 +150,9 @@ struct api_request {
     char caller_instance[37];
     char caller_name[64];
     bool by_instance;
+    struct auth_principal principal;
+    char org_guid[AUTH_GUID_LEN + 1];  /* "" when the route is platform-wide */
+    char space_guid[AUTH_GUID_LEN + 1]; /* "" unless the route is in a space */
     bool head_done;
     uint64_t body_memory; /* counted in api->body_memory */
     bool aborted;
@@ -528,6 +534,8 @@ int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
     api->publish_addr = cfg->publish_addr ? xstrdup(cfg->publish_addr) : NULL;
     api->url = xasprintf("http://%s", cfg->addr);
     api->upload_max = cfg->upload_max ? cfg->upload_max : (1ull << 30);
+    api->auth = cfg->auth;
+    api->store = cfg->store;
     api->routes_tail = &api->routes;
     api->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     api->listeners[0].fd = api->listeners[1].fd = -1;
@@ -788,6 +796,28 @@ int api_route_add(struct api *api, const char *method, const char *pattern, int 
     return 0;
 }
 
+json_t *api_routes_json(struct api *api)
+{
+    static const char *const scopes[] = {"platform", "space", "space (an app's)", "org",
+                                         "org and space"};
+    json_t *list = json_array();
+    for (const struct api_route *r = api->routes; r; r = r->next) {
+        struct buf path = {0};
+        for (size_t i = 0; i < r->nsegs; i++) {
+            buf_puts(&path, "/");
+            buf_puts(&path, r->segs[i]);
+        }
+        unsigned scope = (unsigned)(r->flags & API_SCOPE_MASK) >> 5;
+        json_array_append_new(
+            list, json_pack("{s:s, s:s%, s:s, s:s}", "method", r->method, "path",
+                            path.data ? path.data : "/", path.len, "permission",
+                            auth_perm_name((enum auth_perm)(r->flags & API_PERM_MASK)), "scope",
+                            scope < ARRAY_SIZE(scopes) ? scopes[scope] : "?"));
+        buf_free(&path);
+    }
+    return list;
+}
+
 /* The route for the request, or NULL with *path_known telling 404 from 405. */
 static const struct api_route *api__match(struct api *api, struct api_request *req,
                                           bool *path_known)
@@ -840,10 +870,14 @@ void api_instance_token(struct api *api, const char *app_guid, const char *insta
     sodium_memzero(mac, sizeof mac);
 }
 
-/* 0 admin, 1 instance (caller_app set), -1 missing, -2 wrong, -3 an instance token that was
- * good but is no longer (its instance stopped, its app was stopped or deleted). */
+/* Fills req->principal from the bearer token: 0, or -1 missing, -2 not valid (unknown,
+ * ended, expired), -3 an instance token that was good but is no longer (its instance
+ * stopped, its app was stopped or deleted). */
 static int api__authenticate(struct api *api, struct api_request *req)
 {
+    struct auth_principal *p = &req->principal;
+    memset(p, 0, sizeof *p);
+    p->space_role = -1;
     const char *h = api_request_header(req, "authorization");
     if (!h)
         return -1;
@@ -854,8 +888,11 @@ static int api__authenticate(struct api *api, struct api_request *req)
         token++;
     unsigned char hash[crypto_generichash_BYTES];
     crypto_generichash(hash, sizeof hash, (const unsigned char *)token, strlen(token), NULL, 0);
-    if (sodium_memcmp(hash, api->admin_hash, sizeof hash) == 0)
+    if (sodium_memcmp(hash, api->admin_hash, sizeof hash) == 0) {
+        p->kind = AUTH_LOCAL_ADMIN;
+        p->admin = true;
         return 0;
+    }
     if (str_has_prefix(token, API_INSTANCE_TOKEN_PREFIX)) {
         const char *subject = token + strlen(API_INSTANCE_TOKEN_PREFIX);
         size_t len = strlen(subject);
@@ -872,16 +909,161 @@ static int api__authenticate(struct api *api, struct api_request *req)
                 sodium_memcmp(expect, token, strlen(token)) == 0) {
                 if (!api->instance_live ||
                     !api->instance_live(api->instance_live_ctx, app, inst, req->caller_name,
-                                        sizeof req->caller_name))
+                                        sizeof req->caller_name, p->space_guid))
                     return -3;
                 snprintf(req->caller_app, sizeof req->caller_app, "%s", app);
                 snprintf(req->caller_instance, sizeof req->caller_instance, "%s", inst);
                 req->by_instance = true;
-                return 1;
+                p->kind = AUTH_INSTANCE;
+                return 0;
             }
         }
     }
+    if (api->auth && auth_authenticate(api->auth, token, p) == 0)
+        return 0;
     return -2;
+}
+
+static bool api__looks_like_guid(const char *s)
+{
+    if (!s || strlen(s) != API_GUID_LEN)
+        return false;
+    for (size_t i = 0; i < API_GUID_LEN; i++)
+        if (!(i == 8 || i == 13 || i == 18 || i == 23 ? s[i] == '-' : isxdigit((unsigned char)s[i])))
+            return false;
+    return true;
+}
+
+/* Finds the org/space the route's permission is decided in. 0, or an HTTP status with the
+ * error answered early by the caller (*msg set). */
+static int api__scope(struct api *api, struct api_request *req, int scope, char *msg,
+                      size_t msgsize)
+{
+    const struct auth_principal *p = &req->principal;
+    const struct auth_space *space = NULL;
+    const struct auth_org *org = NULL;
+    switch (scope) {
+    case API_SCOPE_NONE:
+        return 0;
+    case API_SCOPE_APP:
+    case API_SCOPE_SPACE: {
+        const char *ref = api_request_query(req, "space");
+        if (ref && *ref) {
+            space = auth_space_resolve(api->auth, ref);
+            if (!space) {
+                snprintf(msg, msgsize, "no space \"%s\" (write ORG/SPACE; `skiff spaces` lists "
+                         "the spaces of an org)", ref);
+                return 404;
+            }
+        } else if (scope == API_SCOPE_APP && api->store &&
+                   api__looks_like_guid(api_request_param(req, 0))) {
+            struct store_app *app = NULL;
+            if (store_app_get(api->store, api_request_param(req, 0), &app) == 0) {
+                space = auth_space_get(api->auth, app->space_guid);
+                store_app_free(app);
+            }
+        }
+        if (!space)
+            space = auth_space_get(api->auth, p->space_guid[0] ? p->space_guid
+                                                               : AUTH_DEFAULT_SPACE_GUID);
+        if (!space) {
+            snprintf(msg, msgsize, "no space given, and the default space default/dev is gone: "
+                     "add ?space=ORG/SPACE (`skiff target -o ORG -s SPACE`)");
+            return 404;
+        }
+        org = auth_org_find(api->auth, space->org_guid);
+        break;
+    }
+    case API_SCOPE_ORG:
+    case API_SCOPE_ORG_SPACE: {
+        const char *name = api_request_param(req, 0);
+        org = name ? auth_org_find(api->auth, name) : NULL;
+        if (!org) {
+            snprintf(msg, msgsize, "no org \"%s\": `skiff orgs` lists yours", name ? name : "");
+            return 404;
+        }
+        if (scope == API_SCOPE_ORG_SPACE) {
+            const char *sname = api_request_param(req, 1);
+            space = sname ? auth_space_find(api->auth, org->guid, sname) : NULL;
+            if (!space) {
+                snprintf(msg, msgsize, "no space \"%s\" in org %s: `skiff spaces` lists them",
+                         sname ? sname : "", org->name);
+                return 404;
+            }
+        }
+        break;
+    }
+    default:
+        return 0;
+    }
+    if (org)
+        snprintf(req->org_guid, sizeof req->org_guid, "%s", org->guid);
+    if (space)
+        snprintf(req->space_guid, sizeof req->space_guid, "%s", space->guid);
+    return 0;
+}
+
+/* Whether the caller may use the route: 0, or an HTTP status with *code and msg set. */
+static int api__authorize(struct api *api, struct api_request *req, const char **code,
+                          char *msg, size_t msgsize)
+{
+    int perm = req->route->flags & API_PERM_MASK;
+    int scope = req->route->flags & API_SCOPE_MASK;
+    if (perm == AUTH_PERM_PUBLIC)
+        return 0;
+    if (!api->auth) {
+        /* without users, only the admin token and instances' publishing exist */
+        if (req->principal.kind == AUTH_LOCAL_ADMIN)
+            return 0;
+        if (perm == AUTH_PERM_PUBLISH && req->principal.kind == AUTH_INSTANCE)
+            return 0;
+        *code = "forbidden";
+        snprintf(msg, msgsize, "an instance token may only publish events");
+        return 403;
+    }
+    int status = api__scope(api, req, scope, msg, msgsize);
+    if (status) {
+        *code = "not_found";
+        return status;
+    }
+    int rc = auth_check(api->auth, &req->principal, (enum auth_perm)perm,
+                        req->org_guid[0] ? req->org_guid : NULL,
+                        req->space_guid[0] ? req->space_guid : NULL);
+    if (rc == 0)
+        return 0;
+    const struct auth_space *space = req->space_guid[0] ? auth_space_get(api->auth, req->space_guid) : NULL;
+    const struct auth_org *org = req->org_guid[0] ? auth_org_find(api->auth, req->org_guid) : NULL;
+    if (rc == -ENOENT) {
+        *code = "not_found";
+        if (space)
+            snprintf(msg, msgsize, "no space %s/%s that you can see (`skiff target` shows "
+                     "where you are; `skiff spaces` lists yours)", org ? org->name : "?",
+                     space->name);
+        else if (org)
+            snprintf(msg, msgsize, "no org \"%s\": `skiff orgs` lists yours", org->name);
+        else
+            snprintf(msg, msgsize, "not found");
+        return 404;
+    }
+    *code = "forbidden";
+    if (req->principal.kind == AUTH_INSTANCE)
+        snprintf(msg, msgsize, "an instance token may only publish events, in its own space");
+    else if (perm == AUTH_PERM_ADMIN)
+        snprintf(msg, msgsize, "only a platform admin may do this");
+    else {
+        char roles[160] = "";
+        unsigned mask = auth_perm_roles((enum auth_perm)perm);
+        for (int r = 0; r < AUTH_ROLE_COUNT; r++)
+            if (mask >> r & 1) {
+                size_t used = strlen(roles);
+                snprintf(roles + used, sizeof roles - used, "%s%s", used ? ", " : "",
+                         auth_role_name((enum auth_role)r));
+            }
+        snprintf(msg, msgsize, "your roles%s%s%s%s do not allow this (%s needs one of: %s)",
+                 space || org ? " in " : "", org ? org->name : "", space ? "/" : "",
+                 space ? space->name : "", auth_perm_name((enum auth_perm)perm), roles);
+    }
+    return 403;
 }
 
 /* ---- writing ------------------------------------------------------------------------------ */
@@ -1199,6 +1381,31 @@ const char *api_request_caller_name(const struct api_request *req)
     return req->by_instance ? req->caller_name : NULL;
 }
 
+const struct auth_principal *api_request_principal(const struct api_request *req)
+{
+    return &req->principal;
+}
+
+const char *api_request_org(const struct api_request *req)
+{
+    return req->org_guid[0] ? req->org_guid : NULL;
+}
+
+const char *api_request_space(const struct api_request *req)
+{
+    return req->space_guid[0] ? req->space_guid : NULL;
+}
+
+struct auth *api_auth(struct api *api)
+{
+    return api->auth;
+}
+
+struct auth *api_request_auth(const struct api_request *req)
+{
+    return req->api->auth;
+}
+
 const char *api_request_peer(const struct api_request *req)
 {
     return req->conn ? req->conn->peer : "";
@@ -1406,38 +1613,45 @@ static int api__on_headers_complete(llhttp_t *p)
                        req->method, req->path);
     }
     if (!req->early_status && c->publish_only &&
-        (req->route->flags & API_ROUTE_AUTH_MASK) != API_AUTH_INSTANCE) {
+        (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLISH) {
         req->route = NULL;
         api__early(req, 404, "not_found",
                    "this address serves only publishing: POST /v1/topics/TOPIC/events");
     }
-    if (!req->early_status) {
-        int auth = req->route->flags & API_ROUTE_AUTH_MASK;
-        if (auth != API_AUTH_NONE) {
-            int who = api__authenticate(api, req);
-            if (who == -1)
-                api__early(req, 401, "unauthorized",
-                           "missing bearer token: send \"Authorization: Bearer TOKEN\" (the "
-                           "token is in $SKIFF_HOME/api.json; `skiff login` sets it up)");
-            else if (who == -2)
-                api__early(req, 401, "unauthorized",
-                           "the bearer token is not valid: use the token from $SKIFF_HOME/api.json "
-                           "or `skiff login --token`");
-            else if (who == -3)
-                api__early(req, 401, "unauthorized",
-                           "this instance token is no longer valid: it was given to an instance "
-                           "that has stopped, or its app was stopped or deleted (each instance "
-                           "gets a token of its own in SKIFF_EVENTS_TOKEN)");
-            else if (who == 1 && auth != API_AUTH_INSTANCE)
-                api__early(req, 403, "forbidden",
-                           "an instance token may only publish events; this needs the admin token");
+    if (!req->early_status && (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLIC) {
+        int who = api__authenticate(api, req);
+        if (who == -1)
+            api__early(req, 401, "unauthorized",
+                       "missing bearer token: send \"Authorization: Bearer TOKEN\" (`skiff "
+                       "login` gets one; a local skiffd's admin token is in $SKIFF_HOME/api.json)");
+        else if (who == -2)
+            api__early(req, 401, "unauthorized",
+                       "the bearer token is not valid (unknown, ended or expired): log in again "
+                       "with `skiff login`");
+        else if (who == -3)
+            api__early(req, 401, "unauthorized",
+                       "this instance token is no longer valid: it was given to an instance "
+                       "that has stopped, or its app was stopped or deleted (each instance "
+                       "gets a token of its own in SKIFF_EVENTS_TOKEN)");
+        else if (req->principal.kind == AUTH_INSTANCE &&
+                 (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLISH)
+            api__early(req, 403, "forbidden",
+                       "an instance token may only publish events; this needs a user's token");
+        else {
+            const char *code = NULL;
+            char msg[512];
+            int status = api__authorize(api, req, &code, msg, sizeof msg);
+            if (status)
+                api__early(req, status, code, "%s", msg);
         }
     }
     if (!req->early_status) {
         bool to_file = req->route->flags & API_BODY_FILE;
         /* public routes take no body: nobody unknown gets to make skiffd hold one */
-        bool public = (req->route->flags & API_ROUTE_AUTH_MASK) == API_AUTH_NONE;
-        req->body_limit = public ? 0 : to_file ? api->upload_max : API_BODY_MEMORY_MAX;
+        bool public = (req->route->flags & API_PERM_MASK) == AUTH_PERM_PUBLIC;
+        req->body_limit = public ? ((req->route->flags & API_SMALL_BODY) ? API_SMALL_BODY_MAX : 0)
+                          : to_file ? api->upload_max
+                                    : API_BODY_MEMORY_MAX;
         if ((p->flags & F_CONTENT_LENGTH) && p->content_length > req->body_limit)
             api__early(req, 413, "too_large",
                        "the body is %llu bytes, more than the limit of %llu bytes%s",

@@ -45,21 +45,34 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth/auth.h"
+
 struct api;
 struct api_request;
 
 #define API_BODY_MEMORY_MAX (8u << 20)
 
-/* Who may call a route. */
-enum api_auth {
-    API_AUTH_ADMIN = 0,    /* the admin token only (the default: flags 0 means admin) */
-    API_AUTH_NONE = 1,     /* anybody (GET /v1/info) */
-    API_AUTH_INSTANCE = 2, /* the admin token or an instance token (SKIFF_EVENTS_TOKEN) */
+/* Who may call a route: an auth.h permission, and where the request's org/space comes from
+ * (the scope), or'ed into the flags of api_route_add. The permission is checked for the
+ * caller in that place before the handler runs (auth_check): 401 without a valid token, 403
+ * when the caller's roles there do not grant it, 404 when the caller has no role there at all
+ * (the place must look absent). */
+#define API_PERM(p) ((int)(p))
+#define API_PERM_MASK 0x1f
+enum api_scope {
+    API_SCOPE_NONE = 0,             /* platform-wide */
+    API_SCOPE_SPACE = 1 << 5,       /* ?space=ORG/SPACE, else the token's space, else default/dev */
+    API_SCOPE_APP = 2 << 5,         /* as SPACE; an app guid in the first `*` names its own */
+    API_SCOPE_ORG = 3 << 5,         /* the org named by the first `*` */
+    API_SCOPE_ORG_SPACE = 4 << 5,   /* the org and space named by the first two `*` */
 };
+#define API_SCOPE_MASK (7 << 5)
 
 /* Flags for api_route_add. */
-#define API_ROUTE_AUTH_MASK 0x3
 #define API_BODY_FILE 0x100 /* stream the body to a temporary file (uploads) */
+/* A public route that takes a small body (logging in); other public routes take none. */
+#define API_SMALL_BODY 0x200
+#define API_SMALL_BODY_MAX 16384
 
 typedef void (*api_handler_fn)(struct api_request *req, void *ctx);
 
@@ -67,9 +80,11 @@ struct api_config {
     const char *home;        /* $SKIFF_HOME: temp files under home/tmp, keys under home */
     const char *addr;        /* "127.0.0.1:8090" */
     const char *admin_token; /* the bearer token that may do everything */
+    struct auth *auth;       /* users, roles and tokens (auth.h); NULL: the admin token only */
+    struct store *store;     /* to find the space of an app named by guid */
     uint64_t upload_max;     /* largest API_BODY_FILE body; 0: 1 GiB */
     /* Where containers publish events (NULL: nowhere else): a second listener that serves
-     * only API_AUTH_INSTANCE routes; anything else there is a 404, whatever the token. */
+     * only publishing routes (AUTH_PERM_PUBLISH); anything else there is a 404, whatever the token. */
     const char *publish_addr;
     /* Open connections of both listeners together, and from one client address (0: the
      * defaults, API_MAX_CONNECTIONS and a quarter of the cap). The cap is lowered to half
@@ -93,15 +108,19 @@ const char *api_url(struct api *api);
 /* Connections open now (both listeners). */
 unsigned api_connections(const struct api *api);
 
-/* Adds an endpoint. flags: an enum api_auth value (0 is API_AUTH_ADMIN, so a route is never
- * public by accident), or'ed with API_BODY_FILE. The pattern is copied. Returns 0 or -EINVAL
+/* Adds an endpoint. flags: API_PERM(an enum auth_perm) | an api_scope | API_BODY_FILE
+ * (0 is AUTH_PERM_PUBLIC: say so where meant). The pattern is copied. Returns 0 or -EINVAL
  * for a malformed pattern or method. */
 int api_route_add(struct api *api, const char *method, const char *pattern, int flags,
                   api_handler_fn handler, void *ctx);
 
+/* Every route as [{"method", "path", "permission", "scope"}], in the order added (new
+ * reference): the table docs/roles.md lists. */
+json_t *api_routes_json(struct api *api);
+
 /* ---- instance tokens --------------------------------------------------------------------- */
 
-/* The token given to one instance as SKIFF_EVENTS_TOKEN: lets it call API_AUTH_INSTANCE
+/* The token given to one instance as SKIFF_EVENTS_TOKEN: lets it call publishing
  * routes and identifies its app. It names the app and the instance and is signed with a key
  * kept in home/instance_token.key (mode 0600, skiffd's own user). Written into out
  * (size >= 160). */
@@ -114,7 +133,7 @@ void api_instance_token(struct api *api, const char *app_guid, const char *insta
  * one, so a deleted app's tokens, and those of instances that have stopped (all of an app's
  * previous instances, after a restart), stop working at once. */
 typedef bool (*api_instance_live_fn)(void *ctx, const char *app_guid, const char *instance_guid,
-                                     char *name, size_t size);
+                                     char *name, size_t size, char space_guid[37]);
 void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx);
 
 /* ---- requests ---------------------------------------------------------------------------- */
@@ -145,6 +164,15 @@ const char *api_request_caller_app(const struct api_request *req);
  * for the admin. */
 const char *api_request_caller_instance(const struct api_request *req);
 const char *api_request_caller_name(const struct api_request *req);
+/* Who called (auth.h): filled before the handler runs. */
+const struct auth_principal *api_request_principal(const struct api_request *req);
+/* The org and space the permission was checked in (guids; NULL for platform-wide routes,
+ * the space NULL for org routes). */
+const char *api_request_org(const struct api_request *req);
+const char *api_request_space(const struct api_request *req);
+/* The auth the API decides with (NULL when there is none). */
+struct auth *api_auth(struct api *api);
+struct auth *api_request_auth(const struct api_request *req);
 /* The client's address as "ip:port". */
 const char *api_request_peer(const struct api_request *req);
 

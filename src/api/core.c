@@ -1,5 +1,6 @@
 /* The core endpoints (docs/api.md): info, apps, env, logs, routes, domains. Staging and
  * bits live in staging.c. */
+#include "auth/auth.h"
 #include "api/core.h"
 
 #include <ctype.h>
@@ -102,6 +103,15 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
     core__json_str(b, app->guid);
     buf_puts(b, ",\"name\":");
     core__json_str(b, app->name);
+    if (core->cfg.auth) {
+        const struct auth_space *space = auth_space_get(core->cfg.auth, app->space_guid);
+        const struct auth_org *org = space ? auth_org_find(core->cfg.auth, space->org_guid) : NULL;
+        buf_puts(b, ",\"space\":\"");
+        core__json_escape(b, org ? org->name : "?");
+        buf_putc(b, '/');
+        core__json_escape(b, space ? space->name : "?");
+        buf_putc(b, '"');
+    }
     buf_puts(b, ",\"state\":");
     core__json_str(b, app->state);
     core__fmt(b, ",\"instances\":%d,\"running\":%d,\"memory_mb\":%d,\"disk_mb\":%d,\"command\":",
@@ -158,14 +168,22 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
     core__fmt(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
 }
 
+const char *api_core__space(struct api_request *req)
+{
+    const char *space = api_request_space(req);
+    return space ? space : STORE_DEFAULT_SPACE_GUID;
+}
+
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
                                       const char *name)
 {
     struct store_app *app = NULL;
-    int rc = store_app_get(core->cfg.store, name, &app);
+    int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
     if (rc == -ENOENT) {
         api_respond_error(req, 404, "not_found",
-                          "no app named \"%s\": `skiff apps` lists the apps there are", name);
+                          "no app named \"%s\" in this space: `skiff apps` lists the apps there "
+                          "are (`skiff target` says which space)",
+                          name);
         return NULL;
     }
     if (rc < 0) {
@@ -554,6 +572,21 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
     return ok;
 }
 
+/* Whether host (with no path) is mapped to an app other than app_guid. */
+static bool core__host_taken(struct api_core *core, const char *host, const char *app_guid)
+{
+    struct store_route *all = NULL;
+    size_t n = 0;
+    bool taken = false;
+    if (store_route_list(core->cfg.store, NULL, &all, &n) < 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(all[i].host, host) && !*all[i].path && strcmp(all[i].app_guid, app_guid))
+            taken = true;
+    store_route_list_free(all, n);
+    return taken;
+}
+
 static bool core__map_routes(struct api_core *core, struct api_request *req,
                              const struct store_app *app, json_t *body, bool creating)
 {
@@ -580,7 +613,18 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
         return true;
     }
     if (creating && !json_is_true(no_route)) {
+        /* NAME.localhost; when another space's app has it, NAME-SPACE-ORG.localhost, so a
+         * name used in two spaces still pushes without a route given */
         char *spec = xasprintf("%s.localhost", app->name);
+        if (core__host_taken(core, spec, app->guid) && core->cfg.auth) {
+            const struct auth_space *space = auth_space_get(core->cfg.auth, app->space_guid);
+            const struct auth_org *org =
+                space ? auth_org_find(core->cfg.auth, space->org_guid) : NULL;
+            if (space && org) {
+                free(spec);
+                spec = xasprintf("%s-%s-%s.localhost", app->name, space->name, org->name);
+            }
+        }
         bool ok = api_core__map_route(core, req, app, spec, NULL, NULL);
         free(spec);
         api_core__routes_changed(core);
@@ -635,8 +679,11 @@ static int core__route_by_app_host_path(const void *a, const void *b)
 static void core__apps_list(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
+    char space[37]; /* the request is gone once answered */
+    snprintf(space, sizeof space, "%s", api_core__space(req));
     if (core->apps_cache && core->apps_cache_changes == store_change_count(core->cfg.store) &&
-        core->apps_cache_instance_changes == core->instance_changes) {
+        core->apps_cache_instance_changes == core->instance_changes &&
+        !strcmp(core->apps_cache_space, space)) {
         api_respond(req, 200, "application/json", core->apps_cache, core->apps_cache_len);
         return;
     }
@@ -645,7 +692,7 @@ static void core__apps_list(struct api_request *req, void *ctx)
     struct store_route *routes = NULL;
     size_t nr = 0;
     uint64_t changes = store_change_count(core->cfg.store);
-    if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
+    if (store_app_list_in(core->cfg.store, space, &apps, &n) < 0 ||
         store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
         store_app_list_free(apps, n);
         api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
@@ -682,6 +729,7 @@ static void core__apps_list(struct api_request *req, void *ctx)
     core->apps_cache = buf_steal(&b);
     core->apps_cache_changes = changes;
     core->apps_cache_instance_changes = core->instance_changes;
+    snprintf(core->apps_cache_space, sizeof core->apps_cache_space, "%s", space);
     free(by_app);
     store_app_list_free(apps, n);
     store_route_list_free(routes, nr);
@@ -742,7 +790,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     if (!core__check_routes(core, req, body))
         return;
     struct store_app *app = NULL;
-    int rc = store_app_get(core->cfg.store, name, &app);
+    int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
     bool creating = rc == -ENOENT;
     if (rc < 0 && !creating) {
         api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
@@ -753,8 +801,10 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
         core__name_taken(req, name);
         return;
     }
-    if (creating)
+    if (creating) {
         app = core__new_app(name);
+        snprintf(app->space_guid, sizeof app->space_guid, "%s", api_core__space(req));
+    }
     const struct store_process *web = store_app_process(app, "web");
     int before = web ? web->instances : 0;
     if (!core__apply(req, app, body))
@@ -1176,7 +1226,7 @@ static void core__routes_list(struct api_request *req, void *ctx)
     size_t na = 0;
     const char *app_filter = api_request_query(req, "app");
     if (store_route_list(core->cfg.store, NULL, &routes, &n) < 0 ||
-        store_app_list(core->cfg.store, &apps, &na) < 0) {
+        store_app_list_in(core->cfg.store, api_core__space(req), &apps, &na) < 0) {
         store_route_list_free(routes, n);
         api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return;
@@ -1187,8 +1237,8 @@ static void core__routes_list(struct api_request *req, void *ctx)
         for (size_t j = 0; j < na; j++)
             if (!strcmp(apps[j]->guid, routes[i].app_guid))
                 name = apps[j]->name;
-        if (app_filter && (!name || strcmp(name, app_filter)))
-            continue;
+        if (!name || (app_filter && strcmp(name, app_filter)))
+            continue; /* another space's, or not the app asked for */
         json_array_append_new(arr, core__route_json(core, &routes[i], name));
     }
     store_route_list_free(routes, n);
@@ -1263,6 +1313,17 @@ done:
     json_decref(body);
 }
 
+/* Whether the route's app lives in the space (a route of another space is not there). */
+static bool core__route_in_space(struct api_core *core, const struct store_route *r,
+                                 const char *space)
+{
+    struct store_app *owner = NULL;
+    bool in = store_app_get(core->cfg.store, r->app_guid, &owner) == 0 &&
+              !strcmp(owner->space_guid, space);
+    store_app_free(owner);
+    return in;
+}
+
 static void core__routes_delete(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -1291,7 +1352,8 @@ static void core__routes_delete(struct api_request *req, void *ctx)
         api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
     } else if (app_name && !(app = api_core__app_named(core, req, app_name))) {
         /* answered */
-    } else if (!found || (app && strcmp(found->app_guid, app->guid))) {
+    } else if (!found || (app && strcmp(found->app_guid, app->guid)) ||
+               !core__route_in_space(core, found, api_core__space(req))) {
         api_respond_error(req, 404, "not_found", "no route %s%s%s%s: `skiff routes` lists them", h,
                           p, app ? " mapped to " : "", app ? app->name : "");
     } else if (store_route_delete(core->cfg.store, h, p) < 0) {
@@ -1390,25 +1452,25 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         int flags;
         api_handler_fn fn;
     } routes[] = {
-        {"GET", "/v1/info", API_AUTH_NONE, core__info},
-        {"GET", "/v1/apps", API_AUTH_ADMIN, core__apps_list},
-        {"POST", "/v1/apps", API_AUTH_ADMIN, core__apps_create},
-        {"GET", "/v1/apps/*", API_AUTH_ADMIN, core__apps_get},
-        {"PUT", "/v1/apps/*", API_AUTH_ADMIN, core__apps_put},
-        {"PATCH", "/v1/apps/*", API_AUTH_ADMIN, core__apps_patch},
-        {"DELETE", "/v1/apps/*", API_AUTH_ADMIN, core__apps_delete},
-        {"POST", "/v1/apps/*/start", API_AUTH_ADMIN, core__app_start},
-        {"POST", "/v1/apps/*/stop", API_AUTH_ADMIN, core__app_stop},
-        {"POST", "/v1/apps/*/restart", API_AUTH_ADMIN, core__app_restart},
-        {"GET", "/v1/apps/*/env", API_AUTH_ADMIN, core__env_get},
-        {"PUT", "/v1/apps/*/env", API_AUTH_ADMIN, core__env_put},
-        {"GET", "/v1/apps/*/logs", API_AUTH_ADMIN, core__logs},
-        {"GET", "/v1/routes", API_AUTH_ADMIN, core__routes_list},
-        {"POST", "/v1/routes", API_AUTH_ADMIN, core__routes_create},
-        {"DELETE", "/v1/routes", API_AUTH_ADMIN, core__routes_delete},
-        {"GET", "/v1/domains", API_AUTH_ADMIN, core__domains_list},
-        {"GET", "/v1/stacks", API_AUTH_ADMIN, core__stacks_list},
-        {"POST", "/v1/domains", API_AUTH_ADMIN, core__domains_create},
+        {"GET", "/v1/info", API_PERM(AUTH_PERM_PUBLIC), core__info},
+        {"GET", "/v1/apps", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, core__apps_list},
+        {"POST", "/v1/apps", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, core__apps_create},
+        {"GET", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, core__apps_get},
+        {"PUT", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__apps_put},
+        {"PATCH", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__apps_patch},
+        {"DELETE", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__apps_delete},
+        {"POST", "/v1/apps/*/start", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, core__app_start},
+        {"POST", "/v1/apps/*/stop", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, core__app_stop},
+        {"POST", "/v1/apps/*/restart", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, core__app_restart},
+        {"GET", "/v1/apps/*/env", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__env_get},
+        {"PUT", "/v1/apps/*/env", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__env_put},
+        {"GET", "/v1/apps/*/logs", API_PERM(AUTH_PERM_SPACE_LOGS) | API_SCOPE_APP, core__logs},
+        {"GET", "/v1/routes", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, core__routes_list},
+        {"POST", "/v1/routes", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, core__routes_create},
+        {"DELETE", "/v1/routes", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, core__routes_delete},
+        {"GET", "/v1/domains", API_PERM(AUTH_PERM_USER), core__domains_list},
+        {"GET", "/v1/stacks", API_PERM(AUTH_PERM_USER), core__stacks_list},
+        {"POST", "/v1/domains", API_PERM(AUTH_PERM_ADMIN), core__domains_create},
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,

@@ -28,6 +28,7 @@ struct api_core_config {
     struct store *store;
     struct scheduler *scheduler;
     struct logs *logs;
+    struct auth *auth; /* spaces' names for the app objects */
     /* called after any change of routes or domains */
     void (*routes_changed)(void *ctx);
     void *routes_ctx;

@@ -20,6 +20,7 @@ struct api_core {
     size_t nfollows;
     /* GET /v1/apps, kept while neither the store nor any instance's readiness changed */
     char *apps_cache;
+    char apps_cache_space[37]; /* the space the cached listing is of */
     size_t apps_cache_len;
     uint64_t apps_cache_changes;
     uint64_t instance_changes;
@@ -32,6 +33,8 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
                          const struct store_route *const *routes, size_t nroutes);
 /* The app of that name, or NULL after answering 404 (no such app, and how to list them) or
  * 500 (the store failed). The caller frees it with store_app_free. */
+/* The space the request is about (its checked space, else the default one). */
+const char *api_core__space(struct api_request *req);
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,
                                       const char *name);
 /* The same for the app named in the path (param 0). */

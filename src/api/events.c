@@ -94,31 +94,52 @@ static void respond_fabric_error(struct api_request *req, int rc)
     }
 }
 
-/* Topic names users may publish to; system topics (skiff.*) are written by the platform. */
-static const char *publish_topic(struct api_request *req)
+/* The fabric's name of the request's topic: NAME in the request's space, or ORG/SPACE/NAME
+ * in another space where the caller's roles allow perm (publishing, or reading events).
+ * Answers the request and returns false when the name is bad or the space out of reach. */
+static bool scoped_topic(struct api_request *req, enum auth_perm perm,
+                         char out[FABRIC_TOPIC_MAX + 1])
 {
-    const char *topic = api_request_param(req, 0);
-    if (!topic || !api_name_valid(topic)) {
+    const char *param = api_request_param(req, 0);
+    const char *name = param ? strrchr(param, '/') : NULL;
+    name = name ? name + 1 : param;
+    const char *space = api_request_space(req);
+    struct auth *auth = api_request_auth(req);
+    bool valid = name && (perm == AUTH_PERM_PUBLISH ? api_name_valid(name) != 0
+                                                    : fabric_name_valid(name));
+    if (!valid) {
         api_respond_error(req, 400, "invalid_name",
                           "topic name '%.80s' is not valid: use 1-63 of a-z, 0-9 and '-', "
-                          "starting with a letter or digit",
-                          topic ? topic : "");
-        return NULL;
+                          "starting with a letter or digit (ORG/SPACE/NAME for another "
+                          "space's)",
+                          param ? param : "");
+        return false;
     }
-    return topic;
-}
-
-static const char *read_topic(struct api_request *req)
-{
-    const char *topic = api_request_param(req, 0);
-    if (!topic || !fabric_name_valid(topic)) {
-        api_respond_error(req, 400, "invalid_name",
-                          "topic name '%.80s' is not valid: use a-z, 0-9, '-', '.' and '_', "
-                          "starting with a letter or digit",
-                          topic ? topic : "");
-        return NULL;
+    if (name != param) {
+        /* another space's topic: only where the caller's roles there allow it */
+        char ref[2 * 64 + 2];
+        size_t n = (size_t)(name - 1 - param);
+        snprintf(ref, sizeof ref, "%.*s", (int)(n < sizeof ref ? n : sizeof ref - 1), param);
+        const struct auth_space *other = auth ? auth_space_resolve(auth, ref) : NULL;
+        int rc = other ? auth_check(auth, api_request_principal(req), perm, other->org_guid,
+                                    other->guid)
+                       : -ENOENT;
+        if (rc == -EACCES) {
+            api_respond_error(req, 403, "forbidden", "your roles in %s do not allow %s there",
+                              ref, perm == AUTH_PERM_PUBLISH ? "publishing" : "reading events");
+            return false;
+        }
+        if (rc < 0) {
+            api_respond_error(req, 404, "not_found", "no space %s that you can see", ref);
+            return false;
+        }
+        space = other->guid;
     }
-    return topic;
+    if (fabric_topic_scoped(space, name, out, FABRIC_TOPIC_MAX + 1) < 0) {
+        api_respond_error(req, 400, "invalid_name", "topic name '%.80s' is too long", name);
+        return false;
+    }
+    return true;
 }
 
 /* Who published: "/apps/NAME" for an instance, "/skiff/api" for the admin. The source of
@@ -174,8 +195,8 @@ static void on_published(void *arg, int status, uint64_t first, size_t count)
 
 static void handle_publish(struct api_request *req, void *ctx)
 {
-    const char *topic = publish_topic(req);
-    if (!topic)
+    char topic[FABRIC_TOPIC_MAX + 1];
+    if (!scoped_topic(req, AUTH_PERM_PUBLISH, topic))
         return;
     struct cloudevent_headers headers = {.count = 0};
     api_request_headers_each(req, cloudevent_headers_add, &headers);
@@ -211,8 +232,8 @@ static void handle_publish(struct api_request *req, void *ctx)
 
 static void handle_publish_batch(struct api_request *req, void *ctx)
 {
-    const char *topic = publish_topic(req);
-    if (!topic)
+    char topic[FABRIC_TOPIC_MAX + 1];
+    if (!scoped_topic(req, AUTH_PERM_PUBLISH, topic))
         return;
     size_t len = 0;
     const char *body = api_request_body(req, &len);
@@ -286,7 +307,11 @@ static void handle_topics(struct api_request *req, void *ctx)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_t *t = json_pack("{s:s, s:I, s:I, s:I}", "name", list[i].name, "events",
+        /* the space's own topics, by their names there */
+        const char *name = fabric_topic_unscoped(api_request_space(req), list[i].name);
+        if (!name)
+            continue;
+        json_t *t = json_pack("{s:s, s:I, s:I, s:I}", "name", name, "events",
                               (json_int_t)list[i].records, "bytes", (json_int_t)list[i].bytes,
                               "first_offset", (json_int_t)list[i].first_offset);
         json_object_set_new(t, "last_offset",
@@ -441,8 +466,8 @@ static int parse_from(struct api_request *req, const char *topic, const char *fr
 
 static void handle_read(struct api_request *req, void *ctx)
 {
-    const char *topic = read_topic(req);
-    if (!topic)
+    char topic[FABRIC_TOPIC_MAX + 1];
+    if (!scoped_topic(req, AUTH_PERM_SPACE_LOGS, topic))
         return;
     const char *follow_s = api_request_query(req, "follow");
     bool follow = follow_s && strcmp(follow_s, "0") && strcmp(follow_s, "false");
@@ -521,10 +546,10 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
         int flags;
         api_handler_fn fn;
     } routes[] = {
-        {"POST", "/v1/topics/*/events", API_AUTH_INSTANCE, handle_publish},
-        {"POST", "/v1/topics/*/events:batch", API_AUTH_INSTANCE, handle_publish_batch},
-        {"GET", "/v1/topics", API_AUTH_ADMIN, handle_topics},
-        {"GET", "/v1/topics/*/events", API_AUTH_ADMIN, handle_read},
+        {"POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, handle_publish},
+        {"POST", "/v1/topics/*/events:batch", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, handle_publish_batch},
+        {"GET", "/v1/topics", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, handle_topics},
+        {"GET", "/v1/topics/*/events", API_PERM(AUTH_PERM_SPACE_LOGS) | API_SCOPE_SPACE, handle_read},
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
         rc = api_route_add(svc->api, routes[i].method, routes[i].pattern, routes[i].flags,

@@ -394,8 +394,11 @@ static void staging__restage(struct api_request *req, void *ctx)
 
 void api_core__staging_register(struct api_core *core)
 {
-    api_route_add(core->api, "PUT", "/v1/apps/*/bits", API_AUTH_ADMIN | API_BODY_FILE,
+    api_route_add(core->api, "PUT", "/v1/apps/*/bits",
+                  API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP | API_BODY_FILE,
                   staging__bits, core);
-    api_route_add(core->api, "POST", "/v1/apps/*/stage", API_AUTH_ADMIN, staging__stage, core);
-    api_route_add(core->api, "POST", "/v1/apps/*/restage", API_AUTH_ADMIN, staging__restage, core);
+    api_route_add(core->api, "POST", "/v1/apps/*/stage",
+                  API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, staging__stage, core);
+    api_route_add(core->api, "POST", "/v1/apps/*/restage",
+                  API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, staging__restage, core);
 }

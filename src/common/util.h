@@ -11,6 +11,10 @@
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* The space everything made before spaces existed belongs to (org "default", space "dev"):
+ * the store, auth and the event fabric's topic names all mean this one. */
+#define SKIFF_DEFAULT_SPACE_GUID "00000000-0000-4000-8000-00000000000b"
+
 void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t n);
 void *xrealloc(void *p, size_t n);

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +16,8 @@
 
 #include "api/api.h"
 #include "api/core.h"
+#include "api/tenancy.h"
+#include "auth/auth.h"
 #include "bus/bus.h"
 #include "common/util.h"
 #include "container/container.h"
@@ -34,9 +37,11 @@ struct daemon {
     char *router_url;
     char *token;
     struct store *store;
+    struct auth *auth;
     struct logs *logs;
     struct api *api;
     struct api_core *core;
+    struct api_tenancy *tenancy;
     struct scheduler *sched;
     struct bus *bus;
     struct router_proc *router;
@@ -258,7 +263,9 @@ static void on_signal(uv_signal_t *h, int signum)
 static void daemon_free(struct daemon *d)
 {
     api_core_free(d->core);
+    api_tenancy_free(d->tenancy);
     api_free(d->api);
+    auth_free(d->auth);
     scheduler_free(d->sched);
     bus_free(d->bus);
     router_proc_free(d->router);
@@ -280,7 +287,7 @@ static void make_instance_token(void *api, const char *app_guid, const char *ins
 
 /* An instance token is good while its instance runs and its app exists. */
 static bool instance_token_live(void *ctx, const char *app_guid, const char *instance_guid,
-                                char *name, size_t size)
+                                char *name, size_t size, char space_guid[37])
 {
     struct daemon *d = ctx;
     struct store_app *app = NULL;
@@ -290,6 +297,7 @@ static bool instance_token_live(void *ctx, const char *app_guid, const char *ins
         return false;
     }
     snprintf(name, size, "%s", app->name);
+    snprintf(space_guid, 37, "%s", app->space_guid);
     store_app_free(app);
     return true;
 }
@@ -343,6 +351,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
+
         } else {
             fprintf(stderr, "skiffd: unknown option \"%s\"\n", a);
             usage(stderr);
@@ -444,6 +453,27 @@ int main(int argc, char **argv)
         fprintf(stderr, "skiffd: %s\n", err);
         goto fail;
     }
+    char *admin_password = NULL;
+    rc = auth_open(d.store, &admin_password, &d.auth);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot load users and roles from the store: %s\n",
+                strerror(-rc));
+        goto fail;
+    }
+    if (admin_password) {
+        /* the first start: the one time this password is shown; kept for `make run`'s
+         * walkthrough in a file only skiffd's user reads, until it is changed */
+        char *pw_path = xasprintf("%s/admin-password", d.home);
+        char *line = xasprintf("%s\n", admin_password);
+        file_write_atomic(pw_path, line, strlen(line), 0600);
+        fprintf(stderr, "skiffd: made the platform admin user \"admin\" with the password %s "
+                "(also in %s until changed with `skiff passwd`)\n", admin_password, pw_path);
+        sodium_memzero(line, strlen(line));
+        sodium_memzero(admin_password, strlen(admin_password));
+        free(line);
+        free(pw_path);
+        free(admin_password);
+    }
     d.logs = logs_new(1000);
     api_url = xasprintf("http://%s", d.api_addr);
     if (setup_token(&d, api_url) < 0)
@@ -463,6 +493,8 @@ int main(int argc, char **argv)
     struct api_config acfg = {.home = d.home,
                               .addr = d.api_addr,
                               .admin_token = d.token,
+                              .auth = d.auth,
+                              .store = d.store,
                               .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024) << 20,
                               .publish_addr = publish_addr,
                               .max_connections =
@@ -522,10 +554,13 @@ int main(int argc, char **argv)
         .store = d.store,
         .scheduler = d.sched,
         .logs = d.logs,
+        .auth = d.auth,
         .routes_changed = bus_routes_changed_cb,
         .routes_ctx = d.bus,
     };
     api_core_register(d.api, &ccfg, &d.core);
+    struct api_tenancy_config tcfg = {.home = d.home, .auth = d.auth, .store = d.store};
+    api_tenancy_register(d.api, &tcfg, &d.tenancy);
     struct api_services svc = {.loop = d.loop,
                                .home = d.home,
                                .api_url = api_url,

@@ -158,6 +158,46 @@ struct fabric {
 
 /* ---- names, errors ---------------------------------------------------------------------- */
 
+/* "s" + 32 hex digits of the guid + "." */
+#define FABRIC_SCOPE_PREFIX_LEN 34
+
+static bool fabric__default_space(const char *space_guid)
+{
+    return !space_guid || !*space_guid || !strcmp(space_guid, SKIFF_DEFAULT_SPACE_GUID);
+}
+
+static void fabric__scope_prefix(const char *space_guid, char out[FABRIC_SCOPE_PREFIX_LEN + 1])
+{
+    size_t n = 0;
+    out[n++] = 's';
+    for (const char *p = space_guid; *p && n < FABRIC_SCOPE_PREFIX_LEN - 1; p++)
+        if (*p != '-')
+            out[n++] = *p;
+    out[n++] = '.';
+    out[n] = '\0';
+}
+
+int fabric_topic_scoped(const char *space_guid, const char *name, char *out, size_t size)
+{
+    char prefix[FABRIC_SCOPE_PREFIX_LEN + 1] = "";
+    if (!fabric__default_space(space_guid))
+        fabric__scope_prefix(space_guid, prefix);
+    int n = snprintf(out, size, "%s%s", prefix, name);
+    return n < 0 || (size_t)n >= size || n > FABRIC_TOPIC_MAX ? -ENAMETOOLONG : 0;
+}
+
+const char *fabric_topic_unscoped(const char *space_guid, const char *fabric_name)
+{
+    bool scoped = fabric_name[0] == 's' && strlen(fabric_name) > FABRIC_SCOPE_PREFIX_LEN &&
+                  fabric_name[FABRIC_SCOPE_PREFIX_LEN - 1] == '.' &&
+                  strspn(fabric_name + 1, "0123456789abcdef") == FABRIC_SCOPE_PREFIX_LEN - 2;
+    if (fabric__default_space(space_guid))
+        return scoped ? NULL : fabric_name;
+    char prefix[FABRIC_SCOPE_PREFIX_LEN + 1];
+    fabric__scope_prefix(space_guid, prefix);
+    return str_has_prefix(fabric_name, prefix) ? fabric_name + FABRIC_SCOPE_PREFIX_LEN : NULL;
+}
+
 bool fabric_name_valid(const char *name)
 {
     if (!name || !*name)

@@ -177,6 +177,14 @@ const char *fabric_strerror(int code);
 /* Whether name is a valid topic (or consumer) name. */
 bool fabric_name_valid(const char *name);
 
+/* Topics belong to a space: a space's topic NAME lives in the fabric as "s" + the 32 hex
+ * digits of the space's guid + "." + NAME (the default space's keep their bare names, which
+ * they had before spaces). Written into out (size >= FABRIC_TOPIC_MAX + 1); -ENAMETOOLONG
+ * when it does not fit. */
+int fabric_topic_scoped(const char *space_guid, const char *name, char *out, size_t size);
+/* The name within space_guid of a fabric topic, or NULL when it belongs to another space. */
+const char *fabric_topic_unscoped(const char *space_guid, const char *fabric_name);
+
 struct fabric_stats {
     uint64_t appends;       /* fabric_append calls */
     uint64_t records;       /* records appended */

@@ -41,6 +41,7 @@ static void mapping_free(struct inv_mapping *m)
     }
     json_decref(m->failures);
     mapping_spec_free(&m->spec);
+    free(m->app_ref);
     free(m);
 }
 
@@ -134,7 +135,7 @@ static void invoker_append_done(void *arg, int status, uint64_t first_offset, si
         } else {
             if (a->dead_letter) {
                 m->dead_lettered++;
-                mapping_record_failure(m, s, a->reason, m->spec.dead_letter_topic);
+                mapping_record_failure(m, s, a->reason, m->dead_letter_topic[0] ? m->dead_letter_topic : NULL);
             } else {
                 m->delivered++;
             }
@@ -297,6 +298,12 @@ static void target_refresh_instances(struct inv_target *t)
     free(info);
 }
 
+const char *invoker_target_name(const struct inv_target *t)
+{
+    const char *slash = strchr(t->app, '/');
+    return slash ? slash + 1 : t->app;
+}
+
 struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process)
 {
     for (struct inv_target *t = inv->targets; t; t = t->next)
@@ -359,7 +366,7 @@ static void target_scale_up(struct inv_target *t, int wanted)
         return;
     int rc = scheduler_ensure_instances(t->inv->scheduler, t->app, t->process, wanted);
     if (rc < 0) {
-        snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s", t->app,
+        snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s", invoker_target_name(t),
                  rc == -EPERM     ? "the app is stopped (skiff start it)"
                  : rc == -ENODATA ? "the app has no droplet (push it)"
                  : rc == -ENOENT  ? "no such app or process (see skiff apps)"
@@ -404,7 +411,7 @@ static void slot_dead(struct inv_slot *s, const char *reason)
 {
     struct inv_mapping *m = s->m;
     snprintf(m->last_error, sizeof(m->last_error), "%s", reason);
-    if (m->spec.dead_letter_topic && s->record) {
+    if (m->dead_letter_topic[0] && s->record) {
         struct cloudevent ev = s->ev;
         /* Say where it came from and why, as extensions a consumer of the topic can read. */
         char attempts[16];
@@ -416,14 +423,14 @@ static void slot_dead(struct inv_slot *s, const char *reason)
             ev.ext[ev.ext_count].value = extra[i][1];
             ev.ext_count++;
         }
-        int rc = invoker_append_event(m->inv, m->spec.dead_letter_topic, &ev, s, true, reason);
+        int rc = invoker_append_event(m->inv, m->dead_letter_topic, &ev, s, true, reason);
         if (rc == 0)
             return;
         /* The dead-letter topic refused it (too large, or the disk failed): record it as
          * failed rather than lose it silently or retry for ever. */
         char why[400];
         snprintf(why, sizeof(why), "%s; the dead-letter topic %s refused it: %s", reason,
-                 m->spec.dead_letter_topic, fabric_strerror(rc));
+                 m->dead_letter_topic, fabric_strerror(rc));
         snprintf(m->last_error, sizeof(m->last_error), "%s", why);
         m->failed++;
         mapping_record_failure(m, s, why, NULL);
@@ -459,7 +466,7 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
     int status = resp->status;
     if (status >= 200 && status < 300) {
         t->last_busy_ms = time_now_ms();
-        if (m->spec.reply_topic) {
+        if (m->reply_topic[0]) {
             struct cloudevent_header hs[64];
             size_t n = 0;
             for (size_t i = 0; i < resp->header_count && n < ARRAY_SIZE(hs); i++)
@@ -469,7 +476,7 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
             int rc = cloudevent_from_response(hs, n, resp->body, resp->body_len, &reply, err,
                                               sizeof(err));
             if (rc == 1) {
-                rc = invoker_append_event(m->inv, m->spec.reply_topic, &reply, s, false, NULL);
+                rc = invoker_append_event(m->inv, m->reply_topic, &reply, s, false, NULL);
                 cloudevent_free(&reply);
                 if (rc == 0)
                     goto out;
@@ -477,7 +484,7 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
                  * fit goes the way of a final failure; a disk failure is retried. */
                 char reason[300];
                 snprintf(reason, sizeof(reason), "the reply cannot be published on %s: %s",
-                         m->spec.reply_topic, fabric_strerror(rc));
+                         m->reply_topic, fabric_strerror(rc));
                 if (rc == -EMSGSIZE || rc == -EINVAL ||
                     delivery_after_failure(&m->spec.policy, 503, s->attempts, s->time_ms,
                                            time_now_ms()) == DELIVERY_DEAD)
@@ -627,12 +634,12 @@ static void mapping_fill(struct inv_mapping *m)
     struct invoker *inv = m->inv;
     while (m->window < m->window_max && m->read_next < m->end_offset) {
         struct fabric_batch batch = {0};
-        int rc = fabric_read(inv->fabric, m->spec.topic, m->read_next, m->window_max - m->window,
+        int rc = fabric_read(inv->fabric, m->topic, m->read_next, m->window_max - m->window,
                              4u << 20, &batch);
         if (rc < 0) {
             if (rc != -ENOENT)
                 snprintf(m->last_error, sizeof(m->last_error), "cannot read topic %s: %s",
-                         m->spec.topic, fabric_strerror(rc));
+                         m->topic, fabric_strerror(rc));
             return;
         }
         if (batch.count == 0) {
@@ -700,7 +707,7 @@ static void mapping_commit(struct inv_mapping *m, uint64_t to)
         return;
     }
     int rc =
-        fabric_cursor_commit(m->inv->fabric, m->spec.topic, m->consumer, to, cursor_committed, m);
+        fabric_cursor_commit(m->inv->fabric, m->topic, m->consumer, to, cursor_committed, m);
     if (rc < 0) {
         snprintf(m->last_error, sizeof(m->last_error), "cannot commit the cursor: %s",
                  fabric_strerror(rc));
@@ -785,7 +792,7 @@ static void mapping_cron_fire(uv_timer_t *h)
     json_t *data = json_pack("{s:s, s:s, s:s}", "schedule", m->spec.schedule, "app", m->spec.app,
                              "fired_at", when);
     /* `time` is when the fire was due: the missed time for one made up after a restart */
-    invoker_publish(m->inv, m->spec.topic, "skiff.schedule.fired", source, m->spec.app, data,
+    invoker_publish(m->inv, m->topic, "skiff.schedule.fired", source, m->spec.app, data,
                     m->cron_due_ms);
     json_decref(data);
     m->inv->schedule_fires++;
@@ -836,28 +843,41 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
     memset(spec, 0, sizeof(*spec));
     snprintf(m->consumer, sizeof(m->consumer), "map-%s", m->spec.id);
     m->refs = 1;
+    m->app_ref = mapping_app_ref(&m->spec);
+    if (fabric_topic_scoped(m->spec.space, m->spec.topic, m->topic, sizeof m->topic) < 0 ||
+        (m->spec.reply_topic && fabric_topic_scoped(m->spec.space, m->spec.reply_topic,
+                                                    m->reply_topic, sizeof m->reply_topic) < 0) ||
+        (m->spec.dead_letter_topic &&
+         fabric_topic_scoped(m->spec.space, m->spec.dead_letter_topic, m->dead_letter_topic,
+                             sizeof m->dead_letter_topic) < 0)) {
+        snprintf(err, errsize, "a topic name of the mapping is too long");
+        mapping_spec_free(&m->spec);
+        free(m->app_ref);
+        free(m);
+        return -ENAMETOOLONG;
+    }
     int64_t wm = (int64_t)m->spec.policy.concurrency * m->spec.max_instances * 4;
     m->window_max = wm < 64 ? 64 : wm > 1024 ? 1024 : (size_t)wm;
 
-    int rc = fabric_topic_create(inv->fabric, m->spec.topic);
+    int rc = fabric_topic_create(inv->fabric, m->topic);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot create topic %s: %s", m->spec.topic, fabric_strerror(rc));
+        snprintf(err, errsize, "cannot create topic %s: %s", m->topic, fabric_strerror(rc));
         goto fail;
     }
     struct fabric_topic_info info = {0};
-    if (fabric_topic_info(inv->fabric, m->spec.topic, &info) == 0)
+    if (fabric_topic_info(inv->fabric, m->topic, &info) == 0)
         m->end_offset = info.end_offset;
     uint64_t cursor;
-    if (fabric_cursor_get(inv->fabric, m->spec.topic, m->consumer, &cursor) == 0) {
+    if (fabric_cursor_get(inv->fabric, m->topic, m->consumer, &cursor) == 0) {
         m->read_next = m->committed = cursor;
     } else {
         cursor = m->spec.start_at_beginning ? info.first_offset : m->end_offset;
         m->read_next = cursor;
         m->committed = cursor + 1; /* differs: the first collect commits it */
     }
-    rc = fabric_subscribe(inv->fabric, m->spec.topic, mapping_on_append, m, &m->sub);
+    rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->spec.topic,
+        snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->topic,
                  fabric_strerror(rc));
         goto fail;
     }
@@ -865,7 +885,7 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
     uv_timer_init(inv->loop, &m->cron_timer);
     m->retry_timer.data = m->cron_timer.data = m;
     m->open_handles = 2;
-    m->target = invoker_target_get(inv, m->spec.app, m->spec.process);
+    m->target = invoker_target_get(inv, m->app_ref, m->spec.process);
     m->next = inv->mappings;
     inv->mappings = m;
     if (m->spec.trigger == MAPPING_SCHEDULE) {
@@ -879,6 +899,7 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
     return 0;
 fail:
     mapping_spec_free(&m->spec);
+    free(m->app_ref);
     free(m);
     return rc;
 }
@@ -910,7 +931,7 @@ void invoker_mapping_remove(struct inv_mapping *m)
     m->sub = NULL;
     mapping_drop_window(m);
     store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
-    fabric_cursor_delete(inv->fabric, m->spec.topic, m->consumer);
+    fabric_cursor_delete(inv->fabric, m->topic, m->consumer);
     uv_close((uv_handle_t *)&m->retry_timer, mapping_handle_closed);
     uv_close((uv_handle_t *)&m->cron_timer, mapping_handle_closed);
     mapping_unref(m);
@@ -919,7 +940,7 @@ void invoker_mapping_remove(struct inv_mapping *m)
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
 {
     struct fabric_topic_info info;
-    if (fabric_topic_info(m->inv->fabric, m->spec.topic, &info) == 0) {
+    if (fabric_topic_info(m->inv->fabric, m->topic, &info) == 0) {
         if (offset < info.first_offset)
             offset = info.first_offset;
         if (offset > info.end_offset)
@@ -1024,7 +1045,8 @@ static bool invoker_process_listens(void *ctx, const char *app_guid, const char 
     struct invoker *inv = ctx;
     for (struct inv_target *t = inv->targets; t; t = t->next)
         if (!strcmp(t->process, process_type) &&
-            ((t->app_guid[0] && !strcmp(t->app_guid, app_guid)) || !strcmp(t->app, app_name)))
+            (t->app_guid[0] ? !strcmp(t->app_guid, app_guid)
+                            : !strcmp(invoker_target_name(t), app_name)))
             return true;
     return false;
 }
@@ -1040,7 +1062,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
         for (struct inv_target *t = inv->targets; t; t = t->next) {
             bool same_app =
                 (ev->app_guid && t->app_guid[0] && !strcmp(t->app_guid, ev->app_guid)) ||
-                (ev->app_name && !strcmp(t->app, ev->app_name));
+                (ev->app_name && !t->app_guid[0] && !strcmp(invoker_target_name(t), ev->app_name));
             if (!same_app || (ev->process_type && strcmp(t->process, ev->process_type) != 0) ||
                 !ev->addr || !ev->instance_guid)
                 continue;
@@ -1084,7 +1106,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     case SCHEDULER_APP_SCALED:
         name = "scaled";
         for (struct inv_target *t = inv->targets; t; t = t->next)
-            if (strcmp(t->app, ev->app_name) == 0 && ev->process_type &&
+            if (ev->app_guid && !strcmp(t->app_guid, ev->app_guid) && ev->process_type &&
                 strcmp(t->process, ev->process_type) == 0)
                 t->requested = ev->instances;
         break;
@@ -1095,9 +1117,17 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     }
     if (!name)
         return;
-    /* A platform event's type is the name of its topic. */
-    char topic[64], source[128];
-    snprintf(topic, sizeof(topic), "skiff.app.%s", name);
+    /* A platform event's type is the name of its topic, which is in the app's space (a
+     * mapping of another space never hears of it) */
+    char type[64], topic[FABRIC_TOPIC_MAX + 1], source[128];
+    snprintf(type, sizeof(type), "skiff.app.%s", name);
+    struct store_app *owner = NULL;
+    if (!ev->app_guid || store_app_get(inv->store, ev->app_guid, &owner) < 0)
+        return; /* an app gone from the store: no space to tell it in, so nobody is told */
+    int scoped = fabric_topic_scoped(owner->space_guid, type, topic, sizeof topic);
+    store_app_free(owner);
+    if (scoped < 0)
+        return;
     snprintf(source, sizeof(source), "/skiff/apps/%s", ev->app_name);
     json_t *data =
         json_pack("{s:s, s:s, s:s}", "app", ev->app_name, "app_guid", ev->app_guid, "event", name);
@@ -1114,7 +1144,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
     }
     if (ev->type == SCHEDULER_APP_SCALED)
         json_object_set_new(data, "instances", json_integer(ev->instances));
-    invoker_publish(inv, topic, topic, source, ev->app_name, data, 0);
+    invoker_publish(inv, topic, type, source, ev->app_name, data, 0);
     json_decref(data);
     inv->platform_events++;
 }
@@ -1132,7 +1162,9 @@ static void invoker_track_function(struct invoker *inv, const char *app_guid_or_
     json_object_set_new(inv->app_kinds, a->guid,
                         json_boolean(a->kind && strcmp(a->kind, "function") == 0));
     if (a->kind && strcmp(a->kind, "function") == 0) {
-        struct inv_target *t = invoker_target_get(inv, a->name, "web");
+        char *ref = xasprintf("%s/%s", a->space_guid, a->name);
+        struct inv_target *t = invoker_target_get(inv, ref, "web");
+        free(ref);
         /* The same name may come back as a new app (deleted and pushed again). */
         snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
     }
@@ -1144,7 +1176,9 @@ static void invoker_track_each(struct invoker *inv, const struct store_app *a)
     bool function = a->kind && strcmp(a->kind, "function") == 0;
     json_object_set_new(inv->app_kinds, a->guid, json_boolean(function));
     if (function) {
-        struct inv_target *t = invoker_target_get(inv, a->name, "web");
+        char *ref = xasprintf("%s/%s", a->space_guid, a->name);
+        struct inv_target *t = invoker_target_get(inv, ref, "web");
+        free(ref);
         snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
     }
 }
@@ -1221,7 +1255,7 @@ static void target_maybe_scale_down(struct inv_target *t, int64_t now)
     /* Above zero the scheduler announces the instances it stops before it stops them. */
     int rc = scheduler_scale(t->inv->scheduler, t->app, t->process, to);
     if (rc < 0)
-        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s down to %d: %s", t->app, to,
+        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s down to %d: %s", invoker_target_name(t), to,
                  strerror(-rc));
     t->requested = to;
     t->surplus_since_ms = 0;
@@ -1249,7 +1283,7 @@ static void invoker_tick(uv_timer_t *h)
         for (struct inv_mapping *m = inv->mappings, *next; m; m = next) {
             next = m->next;
             struct store_app *a = NULL;
-            int rc = m->deleted ? 0 : store_app_get(inv->store, m->spec.app, &a);
+            int rc = m->deleted ? 0 : store_app_get(inv->store, m->app_ref, &a);
             store_app_free(a);
             if (rc == -ENOENT) {
                 fprintf(stderr, "skiffd: event mapping %s removed: its app %s was deleted\n",

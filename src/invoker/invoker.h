@@ -87,6 +87,7 @@ enum mapping_trigger {
 /* What a user asked for: everything in the API's mapping object except counts. */
 struct mapping_spec {
     char id[37];
+    char *space;   /* the space's guid (apps and topics are named in it); NULL: the default */
     char *app;     /* target app name */
     char *process; /* its process type; "web" unless given */
     enum mapping_trigger trigger;
@@ -112,6 +113,8 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
                            size_t errsize);
 /* The JSON form (new reference) that mapping_spec_from_json reads back. */
 json_t *mapping_spec_to_json(const struct mapping_spec *spec);
+/* How the store and the scheduler name the mapping's app: "SPACE_GUID/NAME" (caller frees). */
+char *mapping_app_ref(const struct mapping_spec *spec);
 void mapping_spec_free(struct mapping_spec *spec);
 
 /* Parses a replay start: "90s", "1h", "2d" (that long ago, relative to now_ms), an RFC 3339

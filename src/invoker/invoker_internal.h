@@ -8,6 +8,7 @@
 
 #include "common/buf.h"
 #include "fabric/cloudevents.h"
+#include "fabric/fabric.h"
 #include "invoker/http_client.h"
 #include "invoker/invoker.h"
 
@@ -85,7 +86,12 @@ struct inv_slot {
 
 struct inv_mapping {
     struct invoker *inv;
-    struct mapping_spec spec;
+    struct mapping_spec spec; /* as the user wrote it: names within the mapping's space */
+    /* the fabric's names of its topics (fabric_topic_scoped); "" for none */
+    char topic[FABRIC_TOPIC_MAX + 1];
+    char reply_topic[FABRIC_TOPIC_MAX + 1];
+    char dead_letter_topic[FABRIC_TOPIC_MAX + 1];
+    char *app_ref; /* mapping_app_ref */
     struct inv_target *target;
     char consumer[64];
     uint64_t read_next;  /* next offset to read from the topic */
@@ -147,6 +153,10 @@ void invoker_mapping_remove(struct inv_mapping *m);
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);
 json_t *invoker_mapping_json(struct inv_mapping *m);
 uint64_t invoker_mapping_backlog(const struct inv_mapping *m);
+/* The app's name (targets are keyed "SPACE_GUID/NAME"). */
+const char *invoker_target_name(const struct inv_target *t);
+/* The app's name (targets are keyed "SPACE_GUID/NAME"). */
+const char *invoker_target_name(const struct inv_target *t);
 struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process);
 void invoker_target_pump(struct inv_target *t);
 /* A call to inst ended (a delivery or an invoke): frees an instance that is gone once its

@@ -35,6 +35,7 @@ static const char *const mapping_fields[] = {
     "from",
     "created_at",
     "trigger",
+    "space_guid",
     NULL,
 };
 
@@ -176,6 +177,12 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         mapping_get_string(body, "reply_topic", &reply, code, err, errsize) < 0 ||
         mapping_get_string(body, "from", &from, code, err, errsize) < 0)
         goto fail;
+    /* kept with a stored mapping; the API sets it from the request, never from the body */
+    const char *space = NULL;
+    if (mapping_get_string(body, "space_guid", &space, code, err, errsize) < 0)
+        goto fail;
+    if (space && *space)
+        out->space = xstrdup(space);
 
     if (!app) {
         mapping_fail(code, "invalid_value", err, errsize,
@@ -378,6 +385,8 @@ json_t *mapping_spec_to_json(const struct mapping_spec *s)
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(s->id));
     json_object_set_new(o, "app", json_string(s->app));
+    if (s->space)
+        json_object_set_new(o, "space_guid", json_string(s->space));
     json_object_set_new(o, "process", json_string(s->process));
     json_object_set_new(o, "trigger", json_string(trigger_names[s->trigger]));
     json_object_set_new(o, "topic", json_string(s->topic));
@@ -415,8 +424,14 @@ json_t *mapping_spec_to_json(const struct mapping_spec *s)
     return o;
 }
 
+char *mapping_app_ref(const struct mapping_spec *s)
+{
+    return xasprintf("%s/%s", s->space ? s->space : SKIFF_DEFAULT_SPACE_GUID, s->app);
+}
+
 void mapping_spec_free(struct mapping_spec *s)
 {
+    free(s->space);
     free(s->app);
     free(s->process);
     free(s->topic);

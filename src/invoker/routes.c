@@ -13,16 +13,29 @@
 
 /* ---- event mappings ---------------------------------------------------------------------- */
 
+/* The space the request is about (its checked space, else the default). */
+static const char *routes_space(struct api_request *req)
+{
+    const char *space = api_request_space(req);
+    return space ? space : SKIFF_DEFAULT_SPACE_GUID;
+}
+
+static bool routes_mapping_in_space(const struct inv_mapping *m, const char *space)
+{
+    return !strcmp(m->spec.space ? m->spec.space : SKIFF_DEFAULT_SPACE_GUID, space);
+}
+
 static bool routes_app_exists(struct invoker *inv, struct api_request *req, const char *app)
 {
     struct store_app *a = NULL;
-    if (store_app_get(inv->store, app, &a) == 0) {
+    if (store_app_find(inv->store, routes_space(req), app, &a) == 0) {
         store_app_free(a);
         return true;
     }
     api_respond_error(req, 404, "not_found",
-                      "no app named '%s': push it first (skiff push %s ...) or see skiff apps", app,
-                      app);
+                      "no app named '%s' in this space: push it first (skiff push %s ...) or see "
+                      "skiff apps",
+                      app, app);
     return false;
 }
 
@@ -30,6 +43,9 @@ static struct inv_mapping *routes_mapping_or_404(struct invoker *inv, struct api
 {
     const char *id = api_request_param(req, 0);
     struct inv_mapping *m = id ? invoker_mapping_find(inv, id) : NULL;
+    /* another space's mapping is not there */
+    if (m && !routes_mapping_in_space(m, routes_space(req)))
+        m = NULL;
     if (!m)
         api_respond_error(req, 404, "not_found",
                           "no event mapping with id '%s': see skiff event-mappings", id ? id : "");
@@ -52,7 +68,8 @@ static void routes_mappings_list(struct api_request *req, void *ctx)
         all[--i] = m;
     for (i = 0; i < n; i++) {
         struct inv_mapping *m = all[i];
-        if (m->deleted || (app && strcmp(m->spec.app, app) != 0) ||
+        if (m->deleted || !routes_mapping_in_space(m, routes_space(req)) ||
+            (app && strcmp(m->spec.app, app) != 0) ||
             (topic && strcmp(m->spec.topic, topic) != 0))
             continue;
         json_array_append_new(list, invoker_mapping_json(m));
@@ -76,6 +93,8 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         api_respond_error(req, strcmp(code, "invalid_value") == 0 ? 422 : 400, code, "%s", err);
         return;
     }
+    free(spec.space);
+    spec.space = xstrdup(routes_space(req));
     if (invoker_mapping_find(inv, spec.id)) {
         api_respond_error(req, 409, "name_taken",
                           "an event mapping with id '%s' exists: leave out 'id' for a new one",
@@ -151,7 +170,7 @@ static void routes_mapping_replay(struct api_request *req, void *ctx)
         return;
     }
     if (!is_offset) {
-        int rc = fabric_seek_time(inv->fabric, m->spec.topic, time_ms, &offset);
+        int rc = fabric_seek_time(inv->fabric, m->topic, time_ms, &offset);
         if (rc < 0) {
             api_respond_error(req, 500, "internal", "cannot find a position in topic %s: %s",
                               m->spec.topic, fabric_strerror(rc));
@@ -207,13 +226,13 @@ static void invoke_done(void *arg, const struct invoker_http_response *resp)
                     resp->body_len);
     } else if (resp->status == 0) {
         api_respond_error(iv->req, 502, "function_unreachable",
-                          "no answer from %s (instance %s): %s; see skiff logs %s", t->app, addr,
-                          resp->error ? resp->error : "network error", t->app);
+                          "no answer from %s (instance %s): %s; see skiff logs %s", invoker_target_name(t), addr,
+                          resp->error ? resp->error : "network error", invoker_target_name(t));
     } else {
         int n = resp->body_len > 300 ? 300 : (int)resp->body_len;
         api_respond_error(iv->req, 502, "function_failed",
                           "the function answered %d%s%.*s; see skiff logs %s", resp->status,
-                          n ? ": " : "", n, resp->body, t->app);
+                          n ? ": " : "", n, resp->body, invoker_target_name(t));
     }
     invoke_free(iv);
     if (!t->inv->stopping)
@@ -282,8 +301,9 @@ void invoker_invokes_expire(struct inv_target *t, int64_t now_ms)
         snprintf(why, sizeof(why),
                  "no instance of %s became ready within %d s%s%s: see skiff app %s and skiff "
                  "logs %s",
-                 t->app, INVOKER_INVOKE_WAIT_MS / 1000, t->last_error[0] ? ": " : "", t->last_error,
-                 t->app, t->app);
+                 invoker_target_name(t), INVOKER_INVOKE_WAIT_MS / 1000,
+                 t->last_error[0] ? ": " : "", t->last_error, invoker_target_name(t),
+                 invoker_target_name(t));
         invoke_fail_waiting(t, pp, why);
     }
 }
@@ -294,14 +314,17 @@ static void routes_invoke(struct api_request *req, void *ctx)
     const char *app = api_request_param(req, 0);
     const char *process = api_request_query(req, "process");
     struct store_app *a = NULL;
-    if (store_app_get(inv->store, app, &a) < 0) {
+    if (store_app_find(inv->store, routes_space(req), app, &a) < 0) {
         routes_app_exists(inv, req, app); /* answers 404 */
         return;
     }
+    char *ref = xasprintf("%s/%s", a->space_guid, a->name);
     /* Waiting would not help: say what to do now. */
     bool stopped = a->state && strcmp(a->state, "STARTED") != 0;
     bool no_droplet = !a->droplet_guid;
     store_app_free(a);
+    if (no_droplet || stopped)
+        free(ref);
     if (no_droplet) {
         api_respond_error(req, 422, "no_droplet",
                           "%s has no droplet yet: push it first (skiff push %s ...)", app, app);
@@ -322,13 +345,15 @@ static void routes_invoke(struct api_request *req, void *ctx)
     snprintf(source, sizeof(source), "/skiff/invoke/%s", app);
     if (cloudevent_from_request(&h, body, len, source, &iv->ev, err, sizeof(err)) < 0) {
         free(iv);
+        free(ref);
         api_respond_error(req, 400, "invalid_value", "%s", err);
         return;
     }
     iv->inv = inv;
     iv->req = req;
     iv->since_ms = time_now_ms();
-    iv->target = invoker_target_get(inv, app, process ? process : "web");
+    iv->target = invoker_target_get(inv, ref, process ? process : "web");
+    free(ref);
     invoke_queue_append(iv->target, iv);
     inv->invokes++;
     invoker_target_pump(iv->target);
@@ -372,7 +397,7 @@ static void routes_metrics(struct api_request *req, void *ctx)
     metric_help(&b, "skiff_function_instances", "gauge",
                 "Ready instances the invoker delivers to.");
     for (struct inv_target *t = inv->targets; t; t = t->next)
-        buf_printf(&b, "skiff_function_instances{app=\"%s\",process=\"%s\"} %d\n", t->app,
+        buf_printf(&b, "skiff_function_instances{app=\"%s\",process=\"%s\"} %d\n", invoker_target_name(t),
                    t->process, t->instance_count);
     metric_help(&b, "skiff_invokes_total", "counter", "Calls of skiff invoke.");
     buf_printf(&b, "skiff_invokes_total %llu\n", (unsigned long long)inv->invokes);
@@ -395,13 +420,19 @@ void invoker_routes_add(struct invoker *inv)
     struct api *api = inv->api;
     if (!api)
         return;
-    api_route_add(api, "GET", "/v1/event-mappings", API_AUTH_ADMIN, routes_mappings_list, inv);
-    api_route_add(api, "POST", "/v1/event-mappings", API_AUTH_ADMIN, routes_mapping_create, inv);
-    api_route_add(api, "GET", "/v1/event-mappings/*", API_AUTH_ADMIN, routes_mapping_get, inv);
-    api_route_add(api, "DELETE", "/v1/event-mappings/*", API_AUTH_ADMIN, routes_mapping_delete,
+    api_route_add(api, "GET", "/v1/event-mappings",
+                  API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, routes_mappings_list, inv);
+    api_route_add(api, "POST", "/v1/event-mappings",
+                  API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, routes_mapping_create, inv);
+    api_route_add(api, "GET", "/v1/event-mappings/*",
+                  API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, routes_mapping_get, inv);
+    api_route_add(api, "DELETE", "/v1/event-mappings/*",
+                  API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, routes_mapping_delete,
                   inv);
-    api_route_add(api, "POST", "/v1/event-mappings/*/replay", API_AUTH_ADMIN, routes_mapping_replay,
+    api_route_add(api, "POST", "/v1/event-mappings/*/replay",
+                  API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_SPACE, routes_mapping_replay,
                   inv);
-    api_route_add(api, "POST", "/v1/apps/*/invoke", API_AUTH_ADMIN, routes_invoke, inv);
-    api_route_add(api, "GET", "/metrics", API_AUTH_ADMIN, routes_metrics, inv);
+    api_route_add(api, "POST", "/v1/apps/*/invoke",
+                  API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, routes_invoke, inv);
+    api_route_add(api, "GET", "/metrics", API_PERM(AUTH_PERM_ADMIN), routes_metrics, inv);
 }

@@ -79,6 +79,7 @@ struct sched_proc {
 
 struct sched_app {
     char guid[37];
+    char space[37]; /* "" until read from the store */
     char *name;
     char *kind;
     bool rolling; /* a rolling restart goes on */
@@ -732,6 +733,7 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
     if (started && store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
         started = false;
     if (app) {
+        snprintf(a->space, sizeof a->space, "%s", app->space_guid);
         free(a->name);
         a->name = xstrdup(app->name);
         free(a->kind);
@@ -956,6 +958,7 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
     if (!same)
         goto out;
     struct sched_app *a = sched__app(s, app->guid, true);
+    snprintf(a->space, sizeof a->space, "%s", app->space_guid);
     free(a->name);
     a->name = xstrdup(app->name);
     free(a->kind);
@@ -1310,11 +1313,20 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
     }
 }
 
+/* By guid, "SPACE_GUID/NAME", or a bare name in the default space (store_app_get's refs). */
 static struct sched_app *sched__find(struct scheduler *s, const char *app)
 {
-    for (struct sched_app *a = s->apps; a; a = a->next)
-        if (!strcmp(a->guid, app) || !strcmp(a->name, app))
+    const char *slash = strchr(app, '/');
+    size_t space_len = slash ? (size_t)(slash - app) : 0;
+    for (struct sched_app *a = s->apps; a; a = a->next) {
+        if (!strcmp(a->guid, app))
             return a;
+        const char *space = a->space[0] ? a->space : STORE_DEFAULT_SPACE_GUID;
+        if (slash ? strlen(space) == space_len && !strncmp(space, app, space_len) &&
+                        !strcmp(a->name, slash + 1)
+                  : !strcmp(space, STORE_DEFAULT_SPACE_GUID) && !strcmp(a->name, app))
+            return a;
+    }
     return NULL;
 }
 

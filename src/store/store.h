@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/util.h"
+
 struct store;
 
 struct store_process {
@@ -38,8 +40,12 @@ struct store_env_var {
     char *value;
 };
 
+/* The space of apps made before spaces existed (auth.h's AUTH_DEFAULT_SPACE_GUID). */
+#define STORE_DEFAULT_SPACE_GUID SKIFF_DEFAULT_SPACE_GUID
+
 struct store_app {
     char guid[37];
+    char space_guid[37]; /* "" on create: the default space */
     char *name;
     char *state; /* "STARTED" or "STOPPED" */
     char *kind;  /* "app" or "function" */
@@ -104,9 +110,15 @@ uint64_t store_change_count(struct store *st);
 int store_app_create(struct store *st, const struct store_app *app);
 /* Replaces everything about an existing app (found by guid), processes and env included. */
 int store_app_update(struct store *st, const struct store_app *app);
-/* By name or guid. */
-int store_app_get(struct store *st, const char *name_or_guid, struct store_app **out);
+/* By guid, by "SPACE_GUID/NAME", or by a bare name in the default space. */
+int store_app_get(struct store *st, const char *ref, struct store_app **out);
+/* By name or guid, only in that space (-ENOENT for another space's app). */
+int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
+                   struct store_app **out);
+/* Every app, or those of one space (space_guid NULL: all), by name. */
 int store_app_list(struct store *st, struct store_app ***out, size_t *n);
+int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out,
+                      size_t *n);
 /* Deletes the app, its processes, env, routes, packages and droplets (rows only). */
 int store_app_delete(struct store *st, const char *guid);
 void store_app_free(struct store_app *app);

@@ -47,6 +47,25 @@ const char *const store_sqlite_migrations[] = {
     "  updated_at INTEGER NOT NULL, PRIMARY KEY (kind, id));",
     /* 3: how the router spreads a route's requests over its backends (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN balance TEXT NOT NULL DEFAULT 'round-robin';",
+    /* 4: apps belong to a space and their names are unique there (auth.h's default space
+     * holds the apps made before); rebuilt, as SQLite cannot change a UNIQUE constraint */
+    "CREATE TABLE apps_spaced ("
+    "  guid TEXT PRIMARY KEY, space_guid TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,"
+    "  kind TEXT NOT NULL DEFAULT 'app', memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL,"
+    "  timeout INTEGER NOT NULL, command TEXT, buildpacks TEXT NOT NULL DEFAULT '[]',"
+    "  health_check_type TEXT NOT NULL DEFAULT 'port',"
+    "  health_check_http_endpoint TEXT NOT NULL DEFAULT '/', function TEXT,"
+    "  package_guid TEXT, droplet_guid TEXT, detected_buildpack TEXT,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (space_guid, name));"
+    "INSERT INTO apps_spaced (guid, space_guid, name, state, kind, memory_mb, disk_mb, timeout,"
+    "  command, buildpacks, health_check_type, health_check_http_endpoint, function,"
+    "  package_guid, droplet_guid, detected_buildpack, created_at, updated_at)"
+    "  SELECT guid, '" STORE_DEFAULT_SPACE_GUID "', name, state, kind, memory_mb, disk_mb,"
+    "  timeout, command, buildpacks, health_check_type, health_check_http_endpoint, function,"
+    "  package_guid, droplet_guid, detected_buildpack, created_at, updated_at FROM apps;"
+    "DROP TABLE apps;"
+    "ALTER TABLE apps_spaced RENAME TO apps;"
+    "ALTER TABLE domains ADD COLUMN org_guid TEXT;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -178,6 +197,10 @@ static int store__migrate(struct store *st, char *err, size_t errsize)
                  version, store_sqlite_migrations_count);
         return -EPROTO;
     }
+    /* a rebuilt table is dropped and renamed: no cascade may run meanwhile (SQLite's own
+     * procedure for schema changes); the check before each commit keeps references whole */
+    if (store__exec(st, "PRAGMA foreign_keys=OFF") < 0)
+        goto fail;
     for (size_t v = (size_t)version; v < store_sqlite_migrations_count; v++) {
         if (store__exec(st, "BEGIN IMMEDIATE") < 0)
             goto fail;
@@ -200,6 +223,8 @@ static int store__migrate(struct store *st, char *err, size_t errsize)
         }
         version = (int)v + 1;
     }
+    if (store__exec(st, "PRAGMA foreign_keys=ON") < 0)
+        goto fail;
     st->version = version;
     return 0;
 fail:
@@ -258,7 +283,7 @@ void store_close(struct store *st)
 #define STORE_APP_COLUMNS                                                                          \
     "guid, name, state, kind, memory_mb, disk_mb, timeout, command, buildpacks,"                   \
     " health_check_type, health_check_http_endpoint, function, package_guid, droplet_guid,"        \
-    " created_at, updated_at, detected_buildpack"
+    " created_at, updated_at, detected_buildpack, space_guid"
 
 static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
 {
@@ -280,6 +305,7 @@ static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
     sqlite3_bind_int64(stmt, 15, app->created_at);
     sqlite3_bind_int64(stmt, 16, app->updated_at);
     store__bind_text(stmt, 17, app->detected_buildpack);
+    store__bind_text(stmt, 18, app->space_guid[0] ? app->space_guid : STORE_DEFAULT_SPACE_GUID);
 }
 
 static struct store_app *store__read_app(sqlite3_stmt *stmt)
@@ -302,6 +328,8 @@ static struct store_app *store__read_app(sqlite3_stmt *stmt)
     app->created_at = sqlite3_column_int64(stmt, 14);
     app->updated_at = sqlite3_column_int64(stmt, 15);
     app->detected_buildpack = store__col_text(stmt, 16);
+    const unsigned char *space = sqlite3_column_text(stmt, 17);
+    snprintf(app->space_guid, sizeof app->space_guid, "%s", space ? (const char *)space : "");
     return app;
 }
 
@@ -353,12 +381,12 @@ static int store__app_write(struct store *st, const struct store_app *app, bool 
         return -EIO;
     sqlite3_stmt *stmt = store__prepare(
         st, create ? "INSERT INTO apps (" STORE_APP_COLUMNS
-                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                    : "UPDATE apps SET name=?2, state=?3, kind=?4, memory_mb=?5, disk_mb=?6,"
                      " timeout=?7, command=?8, buildpacks=?9, health_check_type=?10,"
                      " health_check_http_endpoint=?11, function=?12, package_guid=?13,"
-                     " droplet_guid=?14, created_at=?15, updated_at=?16, detected_buildpack=?17"
-                     " WHERE guid=?1");
+                     " droplet_guid=?14, created_at=?15, updated_at=?16, detected_buildpack=?17,"
+                     " space_guid=?18 WHERE guid=?1");
     int rc = -EIO;
     if (!stmt)
         goto fail;
@@ -446,13 +474,27 @@ static int store__app_load_children(struct store *st, struct store_app *app)
     return store__read_done(st, q, step, "read env");
 }
 
-int store_app_get(struct store *st, const char *name_or_guid, struct store_app **out)
+int store_app_get(struct store *st, const char *ref, struct store_app **out)
 {
-    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS
-                                         " FROM apps WHERE name = ?1 OR guid = ?1 LIMIT 1");
+    /* "SPACE/NAME", a guid, or a name in the default space */
+    const char *slash = strchr(ref, '/');
+    char space[37];
+    const char *name = ref;
+    if (slash && (size_t)(slash - ref) < sizeof space) {
+        memcpy(space, ref, (size_t)(slash - ref));
+        space[slash - ref] = '\0';
+        name = slash + 1;
+    } else {
+        snprintf(space, sizeof space, "%s", STORE_DEFAULT_SPACE_GUID);
+    }
+    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps WHERE guid = ?1"
+                                         " UNION ALL SELECT " STORE_APP_COLUMNS " FROM apps"
+                                         " WHERE space_guid = ?2 AND name = ?3 LIMIT 1");
     if (!q)
         return -EIO;
-    sqlite3_bind_text(q, 1, name_or_guid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 1, ref, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, space, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(q, 3, name, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q);
     if (rc != SQLITE_ROW) {
         if (rc == SQLITE_DONE) {
@@ -470,6 +512,25 @@ int store_app_get(struct store *st, const char *name_or_guid, struct store_app *
     }
     *out = app;
     return 0;
+}
+
+int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
+                   struct store_app **out)
+{
+    char *ref = xasprintf("%s/%s", space_guid, name_or_guid);
+    struct store_app *app = NULL;
+    int rc = store_app_get(st, ref, &app);
+    free(ref);
+    if (rc == -ENOENT)
+        rc = store_app_get(st, name_or_guid, &app);
+    if (rc == 0 && strcmp(app->space_guid, space_guid)) {
+        /* a guid of another space's app, or a name of the default space's */
+        store_app_free(app);
+        return -ENOENT;
+    }
+    if (rc == 0)
+        *out = app;
+    return rc;
 }
 
 static int store__cmp_guid(const void *a, const void *b)
@@ -504,12 +565,20 @@ static struct store_app *store__row_owner(struct store_app **by_guid, size_t cou
 /* Loads all apps with three queries (not one per app), so listing 1,000 apps stays fast. */
 int store_app_list(struct store *st, struct store_app ***out, size_t *n)
 {
+    return store_app_list_in(st, NULL, out, n);
+}
+
+int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out,
+                      size_t *n)
+{
     struct store_app **apps = NULL, **by_guid = NULL;
     size_t count = 0;
     int step;
-    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps ORDER BY name");
+    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps WHERE ?1 IS NULL"
+                                         " OR space_guid = ?1 ORDER BY name, space_guid");
     if (!q)
         return -EIO;
+    store__bind_text(q, 1, space_guid);
     while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         apps = xrealloc(apps, (count + 1) * sizeof *apps);
         apps[count++] = store__read_app(q);
@@ -738,7 +807,7 @@ void store_route_list_free(struct store_route *routes, size_t n)
 
 int store_domain_add(struct store *st, const char *name, bool shared)
 {
-    sqlite3_stmt *q = store__prepare(st, "INSERT INTO domains VALUES (?, ?)");
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO domains (name, shared) VALUES (?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, name);

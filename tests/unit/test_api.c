@@ -30,11 +30,12 @@ struct fixture {
 };
 
 static bool check_live(void *ctx, const char *app_guid, const char *instance_guid, char *name,
-                       size_t size)
+                       size_t size, char space_guid[37])
 {
     struct fixture *fx = ctx;
     (void)app_guid;
     snprintf(name, size, "tenant");
+    snprintf(space_guid, 37, "%s", SKIFF_DEFAULT_SPACE_GUID);
     return !strcmp(instance_guid, fx->live_instance);
 }
 
@@ -68,7 +69,7 @@ static struct api *start_api(struct fixture *fx, unsigned per_client)
     struct api *api = NULL;
     assert_int_equal(api_new(&fx->loop, &cfg, &api), 0);
     api_set_instance_check(api, check_live, fx);
-    api_route_add(api, "POST", "/v1/topics/*/events", API_AUTH_INSTANCE, on_publish, NULL);
+    api_route_add(api, "POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_publish, NULL);
     char err[256];
     assert_int_equal(api_listen(api, err, sizeof err), 0);
     return api;

@@ -1,0 +1,964 @@
+/* api/tenancy: users, logging in, tokens, orgs, spaces and roles over HTTP (see tenancy.h). */
+#include "api/tenancy.h"
+
+#include <errno.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "common/util.h"
+#include "store/store.h"
+
+/* Password hashes being computed at once; past it a login is 503 `busy` rather than a queue
+ * that keeps the thread pool from the event log's writes. */
+#define TENANCY_HASHING_MAX 8
+
+struct api_tenancy {
+    struct api *api;
+    struct api_tenancy_config cfg;
+    unsigned hashing;
+};
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static struct auth *tenancy__auth(struct api_tenancy *t)
+{
+    return t->cfg.auth;
+}
+
+static json_t *tenancy__time(int64_t ms)
+{
+    if (!ms)
+        return json_null();
+    char text[40];
+    time_format_rfc3339(ms, text, sizeof text);
+    return json_string(text);
+}
+
+static json_t *tenancy__user_json(const struct auth_user *u)
+{
+    return json_pack("{s:s, s:s, s:b, s:o}", "guid", u->guid, "name", u->name, "admin", u->admin,
+                     "created_at", tenancy__time(u->created_at));
+}
+
+static json_t *tenancy__org_json(const struct auth_org *o)
+{
+    return json_pack("{s:s, s:s, s:n, s:o}", "guid", o->guid, "name", o->name, "quota",
+                     "created_at", tenancy__time(o->created_at));
+}
+
+static json_t *tenancy__space_json(struct api_tenancy *t, const struct auth_space *s)
+{
+    const struct auth_org *o = auth_org_find(tenancy__auth(t), s->org_guid);
+    return json_pack("{s:s, s:s, s:s, s:o}", "guid", s->guid, "name", s->name, "org",
+                     o ? o->name : "", "created_at", tenancy__time(s->created_at));
+}
+
+/* "ORG/SPACE" of a space guid, into out. */
+static void tenancy__space_ref(struct api_tenancy *t, const char *space_guid, char *out,
+                               size_t size)
+{
+    const struct auth_space *s = space_guid && *space_guid
+                                     ? auth_space_get(tenancy__auth(t), space_guid)
+                                     : NULL;
+    const struct auth_org *o = s ? auth_org_find(tenancy__auth(t), s->org_guid) : NULL;
+    snprintf(out, size, "%s/%s", o ? o->name : "?", s ? s->name : "?");
+}
+
+static json_t *tenancy__token_json(struct api_tenancy *t, const struct auth_token_info *k)
+{
+    char space[2 * AUTH_NAME_MAX + 2];
+    tenancy__space_ref(t, k->space_guid, space, sizeof space);
+    return json_pack("{s:s, s:s, s:o, s:o, s:o, s:o}", "guid", k->guid, "name", k->name, "space",
+                     k->space_guid[0] ? json_string(space) : json_null(), "role",
+                     k->space_role >= 0 ? json_string(auth_role_name(k->space_role))
+                                        : json_null(),
+                     "expires_at", tenancy__time(k->expires_at), "created_at",
+                     tenancy__time(k->created_at));
+}
+
+/* Answers a failed auth call; what names "what" (e.g. "user \"bob\""). */
+static void tenancy__fail(struct api_request *req, int rc, const char *what)
+{
+    switch (rc) {
+    case -ENOENT:
+        api_respond_error(req, 404, "not_found", "no %s", what);
+        break;
+    case -EEXIST:
+        api_respond_error(req, 409, "name_taken", "%s exists already", what);
+        break;
+    case -EINVAL:
+        api_respond_error(req, 422, "invalid_name",
+                          "%s: names are 1-63 of a-z, 0-9 and '-', starting with a letter or "
+                          "digit (user names: 1-64 of A-Z a-z 0-9 . _ @ -)",
+                          what);
+        break;
+    case -EPERM:
+        api_respond_error(req, 422, "invalid_value", "%s cannot be held there", what);
+        break;
+    default:
+        api_respond_error(req, 500, "internal", "the store failed: %s (see skiffd's log)",
+                          strerror(-rc));
+    }
+}
+
+/* The principal's user, or NULL (the local admin token has none). */
+static const struct auth_user *tenancy__me(struct api_tenancy *t, struct api_request *req)
+{
+    const struct auth_principal *p = api_request_principal(req);
+    return p->kind == AUTH_USER ? auth_user_find(tenancy__auth(t), p->user_guid) : NULL;
+}
+
+/* ---- password work on the thread pool ----------------------------------------------------- */
+
+enum tenancy_job_kind { JOB_LOGIN, JOB_CREATE_USER, JOB_PASSWORD };
+
+struct tenancy_job {
+    uv_work_t work;
+    struct api_tenancy *t;
+    struct api_request *req;
+    enum tenancy_job_kind kind;
+    char *hash;     /* JOB_LOGIN, JOB_PASSWORD: the stored hash to check (NULL: no user) */
+    char *password; /* checked (login, old password) */
+    char *new_password;
+    char new_hash[AUTH_PASSWORD_HASH_MAX];
+    char user_guid[AUTH_GUID_LEN + 1];
+    char name[AUTH_NAME_MAX + 1];
+    bool admin;
+    bool generated;
+    bool verified;
+    int hash_rc;
+};
+
+static void tenancy__job_work(uv_work_t *w)
+{
+    struct tenancy_job *j = (struct tenancy_job *)w;
+    j->verified = !j->password || auth_password_verify(j->hash, j->password);
+    if (j->verified && j->new_password)
+        j->hash_rc = auth_password_hash(j->new_password, j->new_hash);
+}
+
+static void tenancy__job_free(struct tenancy_job *j)
+{
+    if (j->password)
+        sodium_memzero(j->password, strlen(j->password));
+    if (j->new_password)
+        sodium_memzero(j->new_password, strlen(j->new_password));
+    sodium_memzero(j->new_hash, sizeof j->new_hash);
+    free(j->hash);
+    free(j->password);
+    free(j->new_password);
+    free(j);
+}
+
+static void tenancy__answer_login(struct api_request *req, struct api_tenancy *t,
+                                  const char *user_guid)
+{
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    int rc = auth_login(tenancy__auth(t), user_guid, access, refresh);
+    if (rc < 0) {
+        tenancy__fail(req, rc, "session");
+        return;
+    }
+    const struct auth_user *u = auth_user_find(tenancy__auth(t), user_guid);
+    api_respond_json(req, 200,
+                     json_pack("{s:s, s:s, s:s, s:I, s:s}", "access_token", access,
+                               "refresh_token", refresh, "token_type", "bearer", "expires_in",
+                               (json_int_t)(AUTH_ACCESS_TTL_MS / 1000), "user",
+                               u ? u->name : ""));
+    sodium_memzero(access, sizeof access);
+    sodium_memzero(refresh, sizeof refresh);
+}
+
+static void tenancy__job_done(uv_work_t *w, int status)
+{
+    struct tenancy_job *j = (struct tenancy_job *)w;
+    struct api_tenancy *t = j->t;
+    struct api_request *req = j->req;
+    t->hashing--;
+    struct auth *a = tenancy__auth(t);
+    if (status < 0) {
+        api_respond_error(req, 500, "internal", "the password work was cancelled");
+    } else if (j->kind == JOB_LOGIN) {
+        /* the user may have gone while the hash was checked */
+        const struct auth_user *u = j->verified ? auth_user_find(a, j->user_guid) : NULL;
+        if (u && !strcmp(u->guid, j->user_guid))
+            tenancy__answer_login(req, t, u->guid);
+        else
+            api_respond_error(req, 401, "unauthorized", "wrong user name or password");
+    } else if (!j->verified) {
+        api_respond_error(req, 403, "forbidden", "the old password is not right");
+    } else if (j->hash_rc < 0) {
+        api_respond_error(req, 422, "invalid_value", "a password is %d to %d bytes long",
+                          AUTH_PASSWORD_MIN, AUTH_PASSWORD_MAX);
+    } else if (j->kind == JOB_CREATE_USER) {
+        const struct auth_user *u = NULL;
+        int rc = auth_user_create(a, j->name, j->new_hash, j->admin, &u);
+        if (rc < 0) {
+            char what[AUTH_NAME_MAX + 16];
+            snprintf(what, sizeof what, "user \"%s\"", j->name);
+            tenancy__fail(req, rc, what);
+        } else {
+            json_t *o = tenancy__user_json(u);
+            if (j->generated)
+                json_object_set_new(o, "password", json_string(j->new_password));
+            api_respond_json(req, 201, o);
+        }
+    } else {
+        const struct auth_principal *p = api_request_principal(req);
+        const char *keep = p->kind == AUTH_USER && !strcmp(p->user_guid, j->user_guid)
+                               ? p->token_guid
+                               : NULL;
+        int rc = auth_user_set_password(a, j->user_guid, j->new_hash, keep);
+        if (rc < 0) {
+            tenancy__fail(req, rc, "user");
+        } else {
+            const struct auth_user *u = auth_user_find(a, j->user_guid);
+            if (u && !strcmp(u->name, "admin")) {
+                /* the first start's password is no longer good: its note goes */
+                char *path = xasprintf("%s/admin-password", t->cfg.home);
+                unlink(path);
+                free(path);
+            }
+            api_respond(req, 204, NULL, NULL, 0);
+        }
+    }
+    tenancy__job_free(j);
+}
+
+static bool tenancy__job_start(struct api_tenancy *t, struct api_request *req,
+                               struct tenancy_job *j)
+{
+    if (t->hashing >= TENANCY_HASHING_MAX) {
+        api_response_header(req, "Retry-After", "1");
+        api_respond_error(req, 503, "busy", "too many passwords are being checked: retry in a "
+                                            "moment");
+        tenancy__job_free(j);
+        return false;
+    }
+    j->t = t;
+    j->req = req;
+    t->hashing++;
+    if (uv_queue_work(api_loop(t->api), &j->work, tenancy__job_work, tenancy__job_done) < 0) {
+        t->hashing--;
+        api_respond_error(req, 500, "internal", "cannot check the password now");
+        tenancy__job_free(j);
+        return false;
+    }
+    return true;
+}
+
+/* ---- logging in ---------------------------------------------------------------------------- */
+
+static void tenancy__token(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"grant_type", "username", "password", "refresh_token",
+                                         NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    const char *grant = json_string_value(json_object_get(body, "grant_type"));
+    if (grant && !strcmp(grant, "refresh_token")) {
+        const char *refresh = json_string_value(json_object_get(body, "refresh_token"));
+        char user[AUTH_GUID_LEN + 1];
+        char access[AUTH_TOKEN_TEXT_MAX], next[AUTH_TOKEN_TEXT_MAX];
+        int rc = refresh ? auth_refresh(tenancy__auth(t), refresh, user, access, next) : -ENOENT;
+        if (rc < 0) {
+            api_respond_error(req, 401, "unauthorized",
+                              "the refresh token is not valid (unknown, used, ended or "
+                              "expired): log in again with `skiff login`");
+        } else {
+            const struct auth_user *u = auth_user_find(tenancy__auth(t), user);
+            api_respond_json(req, 200,
+                             json_pack("{s:s, s:s, s:s, s:I, s:s}", "access_token", access,
+                                       "refresh_token", next, "token_type", "bearer",
+                                       "expires_in", (json_int_t)(AUTH_ACCESS_TTL_MS / 1000),
+                                       "user", u ? u->name : ""));
+        }
+        sodium_memzero(access, sizeof access);
+        sodium_memzero(next, sizeof next);
+        json_decref(body);
+        return;
+    }
+    if (!grant || strcmp(grant, "password")) {
+        api_respond_error(req, 422, "invalid_value",
+                          "grant_type is \"password\" (with username and password) or "
+                          "\"refresh_token\" (with refresh_token)");
+        json_decref(body);
+        return;
+    }
+    const char *name = json_string_value(json_object_get(body, "username"));
+    const char *password = json_string_value(json_object_get(body, "password"));
+    if (!name || !password) {
+        api_respond_error(req, 422, "invalid_value", "username and password are needed");
+        json_decref(body);
+        return;
+    }
+    struct tenancy_job *j = xcalloc(1, sizeof *j);
+    j->kind = JOB_LOGIN;
+    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    /* by name only: a guid is no user name */
+    if (u && !strcmp(u->name, name)) {
+        j->hash = xstrdup(u->password_hash);
+        snprintf(j->user_guid, sizeof j->user_guid, "%s", u->guid);
+    }
+    j->password = xstrndup(password, strnlen(password, AUTH_PASSWORD_MAX + 1));
+    json_decref(body);
+    tenancy__job_start(t, req, j);
+}
+
+static void tenancy__logout(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const struct auth_principal *p = api_request_principal(req);
+    size_t len = 0;
+    api_request_body(req, &len);
+    if (len) {
+        json_t *body = api_request_json_object(req);
+        if (!body)
+            return;
+        const char *refresh = json_string_value(json_object_get(body, "refresh_token"));
+        if (refresh)
+            auth_token_revoke_text(tenancy__auth(t), refresh);
+        json_decref(body);
+    }
+    if (p->kind == AUTH_USER && p->token_kind == AUTH_TOKEN_ACCESS)
+        auth_token_revoke(tenancy__auth(t), p->token_guid);
+    api_respond(req, 204, NULL, NULL, 0);
+}
+
+struct tenancy_roles_ctx {
+    struct api_tenancy *t;
+    json_t *list;
+};
+
+static void tenancy__role_item(void *ctx, const char *org_guid, const char *space_guid,
+                               enum auth_role role)
+{
+    struct tenancy_roles_ctx *c = ctx;
+    const struct auth_org *o = auth_org_find(tenancy__auth(c->t), org_guid);
+    const struct auth_space *s = *space_guid ? auth_space_get(tenancy__auth(c->t), space_guid)
+                                             : NULL;
+    json_t *item = json_pack("{s:s, s:s}", "org", o ? o->name : "?", "role", auth_role_name(role));
+    if (s)
+        json_object_set_new(item, "space", json_string(s->name));
+    json_array_append_new(c->list, item);
+}
+
+static void tenancy__me_get(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const struct auth_principal *p = api_request_principal(req);
+    const struct auth_user *u = tenancy__me(t, req);
+    json_t *roles = json_array();
+    json_t *token;
+    if (u) {
+        struct tenancy_roles_ctx c = {t, roles};
+        auth_user_roles_each(tenancy__auth(t), u->guid, tenancy__role_item, &c);
+        const struct auth_token_info *k = auth_token_get(tenancy__auth(t), p->token_guid);
+        token = k ? tenancy__token_json(t, k) : json_object();
+        json_object_set_new(token, "kind", json_string(p->token_kind == AUTH_TOKEN_API ? "api"
+                                                                                       : "access"));
+    } else {
+        token = json_pack("{s:s}", "kind", "admin");
+    }
+    api_respond_json(req, 200,
+                     json_pack("{s:o, s:o, s:o}", "user",
+                               u ? tenancy__user_json(u) : json_null(), "token", token, "roles",
+                               roles));
+}
+
+/* ---- users --------------------------------------------------------------------------------- */
+
+static void tenancy__user_list_item(void *ctx, const struct auth_user *u)
+{
+    json_array_append_new(ctx, tenancy__user_json(u));
+}
+
+static void tenancy__users_list(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *list = json_array();
+    auth_user_each(tenancy__auth(t), tenancy__user_list_item, list);
+    api_respond_json(req, 200, json_pack("{s:o}", "users", list));
+}
+
+static void tenancy__users_create(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", "password", "admin", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    const char *name = json_string_value(json_object_get(body, "name"));
+    const char *password = json_string_value(json_object_get(body, "password"));
+    json_t *admin = json_object_get(body, "admin");
+    if (!name || !auth_user_name_valid(name) || (admin && !json_is_boolean(admin))) {
+        api_respond_error(req, 422, "invalid_name",
+                          "a user needs a name of 1-64 of A-Z a-z 0-9 . _ @ - (and admin, when "
+                          "given, is true or false)");
+        json_decref(body);
+        return;
+    }
+    if (auth_user_find(tenancy__auth(t), name)) {
+        api_respond_error(req, 409, "name_taken", "user \"%s\" exists already", name);
+        json_decref(body);
+        return;
+    }
+    struct tenancy_job *j = xcalloc(1, sizeof *j);
+    j->kind = JOB_CREATE_USER;
+    snprintf(j->name, sizeof j->name, "%s", name);
+    j->admin = json_is_true(admin);
+    if (password) {
+        j->new_password = xstrndup(password, strnlen(password, AUTH_PASSWORD_MAX + 1));
+    } else {
+        j->new_password = xcalloc(1, 33);
+        random_hex(j->new_password, 16);
+        j->generated = true;
+    }
+    json_decref(body);
+    tenancy__job_start(t, req, j);
+}
+
+static void tenancy__users_delete(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const char *name = api_request_param(req, 0);
+    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    char what[AUTH_NAME_MAX + 16];
+    snprintf(what, sizeof what, "user \"%s\"", name);
+    if (!u) {
+        tenancy__fail(req, -ENOENT, what);
+        return;
+    }
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", u->guid);
+    int rc = auth_user_delete(tenancy__auth(t), guid);
+    if (rc < 0)
+        tenancy__fail(req, rc, what);
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+}
+
+static void tenancy__password(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const struct auth_principal *p = api_request_principal(req);
+    const char *name = api_request_param(req, 0);
+    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    const struct auth_user *me = tenancy__me(t, req);
+    bool admin = p->admin || p->kind == AUTH_LOCAL_ADMIN;
+    /* only the user, or an admin: anyone else is told there is no such user */
+    if (!u || (!admin && (!me || strcmp(me->guid, u->guid)))) {
+        api_respond_error(req, 404, "not_found", "no user \"%s\"", name);
+        return;
+    }
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"password", "old_password", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    const char *password = json_string_value(json_object_get(body, "password"));
+    const char *old = json_string_value(json_object_get(body, "old_password"));
+    bool self = me && !strcmp(me->guid, u->guid);
+    if (!password || (self && !old)) {
+        api_respond_error(req, 422, "invalid_value",
+                          self ? "password and old_password are needed" : "password is needed");
+        json_decref(body);
+        return;
+    }
+    struct tenancy_job *j = xcalloc(1, sizeof *j);
+    j->kind = JOB_PASSWORD;
+    snprintf(j->user_guid, sizeof j->user_guid, "%s", u->guid);
+    if (self) {
+        j->hash = xstrdup(u->password_hash);
+        j->password = xstrndup(old, strnlen(old, AUTH_PASSWORD_MAX + 1));
+    }
+    j->new_password = xstrndup(password, strnlen(password, AUTH_PASSWORD_MAX + 1));
+    json_decref(body);
+    tenancy__job_start(t, req, j);
+}
+
+/* ---- API tokens ---------------------------------------------------------------------------- */
+
+struct tenancy_list_ctx {
+    struct api_tenancy *t;
+    json_t *list;
+    const struct auth_principal *p;
+};
+
+static void tenancy__token_item(void *ctx, const struct auth_token_info *k)
+{
+    struct tenancy_list_ctx *c = ctx;
+    json_array_append_new(c->list, tenancy__token_json(c->t, k));
+}
+
+static bool tenancy__need_user(struct api_tenancy *t, struct api_request *req)
+{
+    if (tenancy__me(t, req))
+        return true;
+    api_respond_error(req, 422, "invalid_value",
+                      "the local admin token is no user: log in as a user (`skiff login -u "
+                      "admin`) to have tokens of your own");
+    return false;
+}
+
+static void tenancy__tokens_list(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    if (!tenancy__need_user(t, req))
+        return;
+    struct tenancy_list_ctx c = {t, json_array(), NULL};
+    auth_token_each(tenancy__auth(t), tenancy__me(t, req)->guid, tenancy__token_item, &c);
+    api_respond_json(req, 200, json_pack("{s:o}", "tokens", c.list));
+}
+
+static void tenancy__tokens_create(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    struct auth *a = tenancy__auth(t);
+    if (!tenancy__need_user(t, req))
+        return;
+    const struct auth_principal *p = api_request_principal(req);
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", "space", "role", "expires_in", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    const char *name = json_string_value(json_object_get(body, "name"));
+    const char *space_ref = json_string_value(json_object_get(body, "space"));
+    const char *role_name = json_string_value(json_object_get(body, "role"));
+    json_t *expires_in = json_object_get(body, "expires_in");
+    const struct auth_space *space = NULL;
+    int role = -1;
+    char msg[256] = "";
+    if (!name || !auth_name_valid(name))
+        snprintf(msg, sizeof msg, "a token needs a name of 1-63 of a-z, 0-9 and '-'");
+    else if (expires_in && (!json_is_integer(expires_in) || json_integer_value(expires_in) <= 0 ||
+                            json_integer_value(expires_in) > 10LL * 365 * 86400))
+        snprintf(msg, sizeof msg, "expires_in is a number of seconds, at most ten years");
+    else if (role_name && !space_ref)
+        snprintf(msg, sizeof msg, "a token limited to a role needs the space too");
+    else if (space_ref && !(space = auth_space_resolve(a, space_ref)))
+        snprintf(msg, sizeof msg, "no space \"%s\" (write ORG/SPACE)", space_ref);
+    else if (role_name && ((role = auth_role_parse(role_name)) < 0 ||
+                           !auth_role_in_space((enum auth_role)role)))
+        snprintf(msg, sizeof msg,
+                 "role is one of SpaceManager, SpaceDeveloper, SpaceAuditor, SpaceSupporter");
+    if (*msg) {
+        api_respond_error(req, 422, "invalid_value", "%s", msg);
+        json_decref(body);
+        return;
+    }
+    /* a token never grants more than its maker has: a limited token from a limited token
+     * stays in its space, and the role must be the user's there */
+    if (space && !p->admin && !auth_can_see_space(a, p, space)) {
+        api_respond_error(req, 404, "not_found", "no space \"%s\" that you can see", space_ref);
+        json_decref(body);
+        return;
+    }
+    if (space && role >= 0 && !p->admin &&
+        !(auth_roles_of(a, p->user_guid, space->org_guid, space->guid) & (1u << role))) {
+        api_respond_error(req, 403, "forbidden", "you do not hold %s in %s yourself",
+                          auth_role_name((enum auth_role)role), space_ref);
+        json_decref(body);
+        return;
+    }
+    if (p->space_guid[0] && (!space || strcmp(space->guid, p->space_guid))) {
+        api_respond_error(req, 403, "forbidden",
+                          "a token limited to a space can only make tokens for that space");
+        json_decref(body);
+        return;
+    }
+    if (p->space_role >= 0 && role != p->space_role) {
+        api_respond_error(req, 403, "forbidden",
+                          "a token limited to a role can only make tokens with that role");
+        json_decref(body);
+        return;
+    }
+    int64_t expires = expires_in ? time_now_ms() + json_integer_value(expires_in) * 1000 : 0;
+    char text[AUTH_TOKEN_TEXT_MAX];
+    const struct auth_token_info *k = NULL;
+    int rc = auth_token_create(a, p->user_guid, name, space ? space->guid : NULL, role, expires,
+                               text, &k);
+    if (rc < 0) {
+        char what[AUTH_NAME_MAX + 16];
+        snprintf(what, sizeof what, "token \"%s\"", name);
+        tenancy__fail(req, rc, what);
+    } else {
+        json_t *o = tenancy__token_json(t, k);
+        json_object_set_new(o, "token", json_string(text));
+        api_respond_json(req, 201, o);
+    }
+    sodium_memzero(text, sizeof text);
+    json_decref(body);
+}
+
+static void tenancy__tokens_delete(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    struct auth *a = tenancy__auth(t);
+    const struct auth_principal *p = api_request_principal(req);
+    const char *name = api_request_param(req, 0);
+    const char *user_name = api_request_query(req, "user");
+    const struct auth_user *owner = NULL;
+    if (user_name && (p->admin || p->kind == AUTH_LOCAL_ADMIN))
+        owner = auth_user_find(a, user_name);
+    else if (!user_name)
+        owner = tenancy__me(t, req);
+    const struct auth_token_info *k = owner ? auth_token_find_named(a, owner->guid, name) : NULL;
+    if (!k) {
+        api_respond_error(req, 404, "not_found", "no token \"%s\" (`skiff tokens` lists yours)",
+                          name);
+        return;
+    }
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", k->guid);
+    int rc = auth_token_revoke(a, guid);
+    if (rc < 0)
+        tenancy__fail(req, rc, "token");
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+}
+
+/* ---- orgs and spaces ----------------------------------------------------------------------- */
+
+static void tenancy__org_item(void *ctx, const struct auth_org *o)
+{
+    struct tenancy_list_ctx *c = ctx;
+    if (auth_can_see_org(tenancy__auth(c->t), c->p, o))
+        json_array_append_new(c->list, tenancy__org_json(o));
+}
+
+static void tenancy__orgs_list(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    struct tenancy_list_ctx c = {t, json_array(), api_request_principal(req)};
+    auth_org_each(tenancy__auth(t), tenancy__org_item, &c);
+    api_respond_json(req, 200, json_pack("{s:o}", "orgs", c.list));
+}
+
+static void tenancy__orgs_create(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    const char *name = json_string_value(json_object_get(body, "name"));
+    const struct auth_org *o = NULL;
+    int rc = name ? auth_org_create(tenancy__auth(t), name, &o) : -EINVAL;
+    char what[AUTH_NAME_MAX + 16];
+    snprintf(what, sizeof what, "org \"%s\"", name ? name : "");
+    json_decref(body);
+    if (rc < 0) {
+        tenancy__fail(req, rc, what);
+        return;
+    }
+    json_t *out = tenancy__org_json(o);
+    const struct auth_user *me = tenancy__me(t, req);
+    if (me)
+        auth_role_set(tenancy__auth(t), me->guid, json_string_value(json_object_get(out, "guid")),
+                      NULL, AUTH_ROLE_ORG_MANAGER);
+    api_respond_json(req, 201, out);
+}
+
+static void tenancy__org_get(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    api_respond_json(req, 200, tenancy__org_json(auth_org_find(tenancy__auth(t),
+                                                                api_request_org(req))));
+}
+
+/* Whether a space (or, with space_guid NULL, any space of the org) still holds apps; answers
+ * 409 itself when it does. */
+static bool tenancy__refuse_if_apps(struct api_tenancy *t, struct api_request *req,
+                                    const char *org_guid, const char *space_guid)
+{
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    if (store_app_list_in(t->cfg.store, space_guid, &apps, &n) < 0) {
+        api_respond_error(req, 500, "internal", "cannot read the apps from the store");
+        return true;
+    }
+    size_t held = 0;
+    const char *example = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct auth_space *s = auth_space_get(tenancy__auth(t), apps[i]->space_guid);
+        if (space_guid || (s && !strcmp(s->org_guid, org_guid))) {
+            held++;
+            if (!example)
+                example = apps[i]->name;
+        }
+    }
+    if (held)
+        api_respond_error(req, 409, "not_empty",
+                          "it still holds %zu app%s (\"%s\"%s): delete them first (`skiff "
+                          "delete`)",
+                          held, held == 1 ? "" : "s", example, held > 1 ? ", ..." : "");
+    store_app_list_free(apps, n);
+    return held > 0;
+}
+
+static void tenancy__org_delete(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const char *org = api_request_org(req);
+    if (tenancy__refuse_if_apps(t, req, org, NULL))
+        return;
+    int rc = auth_org_delete(tenancy__auth(t), org);
+    if (rc < 0)
+        tenancy__fail(req, rc, "org");
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+}
+
+static void tenancy__space_item(void *ctx, const struct auth_space *s)
+{
+    struct tenancy_list_ctx *c = ctx;
+    json_array_append_new(c->list, tenancy__space_json(c->t, s));
+}
+
+static void tenancy__spaces_list(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    struct tenancy_list_ctx c = {t, json_array(), api_request_principal(req)};
+    auth_space_each(tenancy__auth(t), api_request_org(req), tenancy__space_item, &c);
+    api_respond_json(req, 200, json_pack("{s:o}", "spaces", c.list));
+}
+
+static void tenancy__spaces_create(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    const char *name = json_string_value(json_object_get(body, "name"));
+    const struct auth_space *s = NULL;
+    int rc = name ? auth_space_create(tenancy__auth(t), api_request_org(req), name, &s) : -EINVAL;
+    char what[AUTH_NAME_MAX + 16];
+    snprintf(what, sizeof what, "space \"%s\"", name ? name : "");
+    json_decref(body);
+    if (rc < 0) {
+        tenancy__fail(req, rc, what);
+        return;
+    }
+    json_t *out = tenancy__space_json(t, s);
+    const struct auth_user *me = tenancy__me(t, req);
+    if (me) {
+        /* as Cloud Foundry does: who makes a space manages it and develops in it */
+        char guid[AUTH_GUID_LEN + 1], space[AUTH_GUID_LEN + 1];
+        snprintf(guid, sizeof guid, "%s", me->guid);
+        snprintf(space, sizeof space, "%s", json_string_value(json_object_get(out, "guid")));
+        auth_role_set(tenancy__auth(t), guid, api_request_org(req), space,
+                      AUTH_ROLE_SPACE_MANAGER);
+        auth_role_set(tenancy__auth(t), guid, api_request_org(req), space,
+                      AUTH_ROLE_SPACE_DEVELOPER);
+    }
+    api_respond_json(req, 201, out);
+}
+
+static void tenancy__space_delete(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const char *space = api_request_space(req);
+    if (tenancy__refuse_if_apps(t, req, api_request_org(req), space))
+        return;
+    int rc = auth_space_delete(tenancy__auth(t), space);
+    if (rc < 0)
+        tenancy__fail(req, rc, "space");
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+}
+
+/* ---- roles --------------------------------------------------------------------------------- */
+
+struct tenancy_members {
+    struct api_tenancy *t;
+    json_t *by_user; /* name -> [roles] */
+};
+
+static void tenancy__member(void *ctx, const char *user_guid, enum auth_role role)
+{
+    struct tenancy_members *m = ctx;
+    const struct auth_user *u = auth_user_find(tenancy__auth(m->t), user_guid);
+    if (!u)
+        return;
+    json_t *roles = json_object_get(m->by_user, u->name);
+    if (!roles) {
+        roles = json_array();
+        json_object_set_new(m->by_user, u->name, roles);
+    }
+    json_array_append_new(roles, json_string(auth_role_name(role)));
+}
+
+static void tenancy__members(struct api_request *req, struct api_tenancy *t,
+                             const char *space_guid)
+{
+    struct tenancy_members m = {t, json_object()};
+    auth_role_each(tenancy__auth(t), api_request_org(req), space_guid, tenancy__member, &m);
+    json_t *list = json_array();
+    const char *name;
+    json_t *roles;
+    json_object_foreach(m.by_user, name, roles)
+    {
+        json_array_append_new(list, json_pack("{s:s, s:O}", "name", name, "roles", roles));
+    }
+    json_decref(m.by_user);
+    api_respond_json(req, 200, json_pack("{s:o}", "users", list));
+}
+
+static void tenancy__org_users(struct api_request *req, void *ctx)
+{
+    tenancy__members(req, ctx, NULL);
+}
+
+static void tenancy__space_users(struct api_request *req, void *ctx)
+{
+    tenancy__members(req, ctx, api_request_space(req));
+}
+
+/* PUT or DELETE .../users/USER/roles/ROLE; user and role are the last two path parameters. */
+static void tenancy__role_change(struct api_request *req, struct api_tenancy *t,
+                                 const char *space_guid, unsigned first)
+{
+    struct auth *a = tenancy__auth(t);
+    const char *user_name = api_request_param(req, first);
+    const char *role_name = api_request_param(req, first + 1);
+    const struct auth_user *u = auth_user_find(a, user_name);
+    int role = auth_role_parse(role_name);
+    if (!u) {
+        api_respond_error(req, 404, "not_found", "no user \"%s\"", user_name);
+        return;
+    }
+    if (role < 0 || auth_role_in_space((enum auth_role)role) != (space_guid != NULL)) {
+        api_respond_error(req, 422, "invalid_value", "\"%s\" is no %s role: they are %s",
+                          role_name, space_guid ? "space" : "org",
+                          space_guid ? "SpaceManager, SpaceDeveloper, SpaceAuditor, SpaceSupporter"
+                                     : "OrgManager, BillingManager, OrgAuditor, OrgUser");
+        return;
+    }
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", u->guid);
+    bool set = !strcmp(api_request_method(req), "PUT");
+    int rc = set ? auth_role_set(a, guid, api_request_org(req), space_guid, (enum auth_role)role)
+                 : auth_role_unset(a, guid, api_request_org(req), space_guid,
+                                   (enum auth_role)role);
+    if (rc < 0)
+        tenancy__fail(req, rc, "role");
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+}
+
+static void tenancy__org_role(struct api_request *req, void *ctx)
+{
+    tenancy__role_change(req, ctx, NULL, 1);
+}
+
+static void tenancy__space_role(struct api_request *req, void *ctx)
+{
+    tenancy__role_change(req, ctx, api_request_space(req), 2);
+}
+
+/* ---- the permission table ------------------------------------------------------------------ */
+
+static void tenancy__permissions(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *perms = json_array();
+    for (int p = 0; p < AUTH_PERM_COUNT; p++) {
+        json_t *roles = json_array();
+        unsigned mask = auth_perm_roles((enum auth_perm)p);
+        for (int r = 0; r < AUTH_ROLE_COUNT; r++)
+            if (mask >> r & 1)
+                json_array_append_new(roles, json_string(auth_role_name((enum auth_role)r)));
+        json_array_append_new(perms, json_pack("{s:s, s:s, s:o}", "name",
+                                               auth_perm_name((enum auth_perm)p), "meaning",
+                                               auth_perm_meaning((enum auth_perm)p), "roles",
+                                               roles));
+    }
+    api_respond_json(req, 200,
+                     json_pack("{s:o, s:o}", "permissions", perms, "endpoints",
+                               api_routes_json(t->api)));
+}
+
+/* ---- registration -------------------------------------------------------------------------- */
+
+int api_tenancy_register(struct api *api, const struct api_tenancy_config *cfg,
+                         struct api_tenancy **out)
+{
+    struct api_tenancy *t = xcalloc(1, sizeof *t);
+    t->api = api;
+    t->cfg = *cfg;
+#define P(perm, scope) (API_PERM(AUTH_PERM_##perm) | API_SCOPE_##scope)
+    static const struct {
+        const char *method, *pattern;
+        int flags;
+        api_handler_fn fn;
+    } routes[] = {
+        {"POST", "/v1/auth/token", P(PUBLIC, NONE) | API_SMALL_BODY, tenancy__token},
+        {"POST", "/v1/auth/logout", P(USER, NONE), tenancy__logout},
+        {"GET", "/v1/auth/me", P(USER, NONE), tenancy__me_get},
+        {"GET", "/v1/permissions", P(USER, NONE), tenancy__permissions},
+        {"GET", "/v1/users", P(ADMIN, NONE), tenancy__users_list},
+        {"POST", "/v1/users", P(ADMIN, NONE), tenancy__users_create},
+        {"DELETE", "/v1/users/*", P(ADMIN, NONE), tenancy__users_delete},
+        /* the user themself or an admin, decided in the handler: others get a 404 */
+        {"PUT", "/v1/users/*/password", P(USER, NONE), tenancy__password},
+        {"GET", "/v1/tokens", P(USER, NONE), tenancy__tokens_list},
+        {"POST", "/v1/tokens", P(USER, NONE), tenancy__tokens_create},
+        {"DELETE", "/v1/tokens/*", P(USER, NONE), tenancy__tokens_delete},
+        {"GET", "/v1/orgs", P(USER, NONE), tenancy__orgs_list},
+        {"POST", "/v1/orgs", P(ADMIN, NONE), tenancy__orgs_create},
+        {"GET", "/v1/orgs/*", P(ORG_READ, ORG), tenancy__org_get},
+        {"DELETE", "/v1/orgs/*", P(ADMIN, ORG), tenancy__org_delete},
+        {"GET", "/v1/orgs/*/spaces", P(ORG_READ, ORG), tenancy__spaces_list},
+        {"POST", "/v1/orgs/*/spaces", P(ORG_MANAGE, ORG), tenancy__spaces_create},
+        {"DELETE", "/v1/orgs/*/spaces/*", P(ORG_MANAGE, ORG_SPACE), tenancy__space_delete},
+        {"GET", "/v1/orgs/*/users", P(ORG_READ, ORG), tenancy__org_users},
+        {"PUT", "/v1/orgs/*/users/*/roles/*", P(ORG_MANAGE, ORG), tenancy__org_role},
+        {"DELETE", "/v1/orgs/*/users/*/roles/*", P(ORG_MANAGE, ORG), tenancy__org_role},
+        {"GET", "/v1/orgs/*/spaces/*/users", P(SPACE_READ, ORG_SPACE), tenancy__space_users},
+        {"PUT", "/v1/orgs/*/spaces/*/users/*/roles/*", P(SPACE_MANAGE, ORG_SPACE),
+         tenancy__space_role},
+        {"DELETE", "/v1/orgs/*/spaces/*/users/*/roles/*", P(SPACE_MANAGE, ORG_SPACE),
+         tenancy__space_role},
+    };
+#undef P
+    for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
+        api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn, t);
+    *out = t;
+    return 0;
+}
+
+void api_tenancy_free(struct api_tenancy *t)
+{
+    free(t);
+}

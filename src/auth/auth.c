@@ -1,0 +1,1194 @@
+/* auth: users, orgs, spaces, roles and tokens in memory, written through to the store. */
+#include "auth/auth.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/util.h"
+#include "store/store.h"
+
+#define AUTH_HASH_BYTES 32
+#define AUTH_TOKEN_BYTES 32
+
+struct auth_role_row {
+    char user_guid[AUTH_GUID_LEN + 1];
+    char org_guid[AUTH_GUID_LEN + 1];
+    char space_guid[AUTH_GUID_LEN + 1]; /* "" for an org role */
+    enum auth_role role;
+};
+
+struct auth_token_row {
+    struct auth_token_info info;
+    unsigned char hash[AUTH_HASH_BYTES];
+};
+
+struct auth {
+    struct store *store;
+    struct auth_user *users;
+    size_t n_users;
+    struct auth_org *orgs;
+    size_t n_orgs;
+    struct auth_space *spaces;
+    size_t n_spaces;
+    struct auth_role_row *roles;
+    size_t n_roles;
+    struct auth_token_row *tokens;
+    size_t n_tokens;
+};
+
+/* ---- roles and permissions: the one table ------------------------------------------------- */
+
+static const char *const auth__role_names[AUTH_ROLE_COUNT] = {
+    [AUTH_ROLE_ORG_MANAGER] = "OrgManager",         [AUTH_ROLE_BILLING_MANAGER] = "BillingManager",
+    [AUTH_ROLE_ORG_AUDITOR] = "OrgAuditor",         [AUTH_ROLE_ORG_USER] = "OrgUser",
+    [AUTH_ROLE_SPACE_MANAGER] = "SpaceManager",     [AUTH_ROLE_SPACE_DEVELOPER] = "SpaceDeveloper",
+    [AUTH_ROLE_SPACE_AUDITOR] = "SpaceAuditor",     [AUTH_ROLE_SPACE_SUPPORTER] = "SpaceSupporter",
+};
+
+static const char *const auth__role_snake[AUTH_ROLE_COUNT] = {
+    "org_manager",   "billing_manager", "org_auditor",   "org_user",
+    "space_manager", "space_developer", "space_auditor", "space_supporter",
+};
+
+#define R(x) (1u << AUTH_ROLE_##x)
+
+/* Who may do what, after Cloud Foundry's published role table: managers manage people and
+ * see what runs, developers change what runs, supporters keep it running, auditors read. */
+static const struct {
+    const char *name;
+    enum { AUTH_SCOPE_NONE, AUTH_SCOPE_ORG, AUTH_SCOPE_SPACE } scope;
+    unsigned roles;
+    const char *meaning;
+} auth__perms[AUTH_PERM_COUNT] = {
+    [AUTH_PERM_PUBLIC] = {"public", AUTH_SCOPE_NONE, 0, "anyone, without a token"},
+    [AUTH_PERM_USER] = {"user", AUTH_SCOPE_NONE, 0,
+                        "any valid token of a user (and the local admin token); not an instance's"},
+    [AUTH_PERM_ADMIN] = {"admin", AUTH_SCOPE_NONE, 0, "the platform admin only"},
+    [AUTH_PERM_ORG_READ] = {"org.read", AUTH_SCOPE_ORG,
+                            R(ORG_MANAGER) | R(BILLING_MANAGER) | R(ORG_AUDITOR) | R(ORG_USER),
+                            "see the org, its spaces and its members"},
+    [AUTH_PERM_ORG_MANAGE] = {"org.manage", AUTH_SCOPE_ORG, R(ORG_MANAGER),
+                              "make and delete spaces; give and take org roles"},
+    [AUTH_PERM_SPACE_READ] = {"space.read", AUTH_SCOPE_SPACE,
+                              R(ORG_MANAGER) | R(SPACE_MANAGER) | R(SPACE_DEVELOPER) |
+                                  R(SPACE_AUDITOR) | R(SPACE_SUPPORTER),
+                              "see the space's apps (state, instances, limits), routes, event mappings, topics, members"},
+    [AUTH_PERM_SPACE_LOGS] = {"space.logs", AUTH_SCOPE_SPACE,
+                              R(SPACE_DEVELOPER) | R(SPACE_AUDITOR) | R(SPACE_SUPPORTER),
+                              "read the apps' logs and the topics' events"},
+    [AUTH_PERM_SPACE_OPERATE] = {"space.operate", AUTH_SCOPE_SPACE,
+                                 R(SPACE_DEVELOPER) | R(SPACE_SUPPORTER),
+                                 "start, stop, restart and restage apps; invoke them; replay events"},
+    [AUTH_PERM_SPACE_DEVELOP] = {"space.develop", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
+                                 "push, change and delete apps; their env (secrets); routes; event mappings"},
+    [AUTH_PERM_SPACE_MANAGE] = {"space.manage", AUTH_SCOPE_SPACE,
+                                R(ORG_MANAGER) | R(SPACE_MANAGER),
+                                "give and take space roles"},
+    [AUTH_PERM_PUBLISH] = {"space.publish", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
+                           "publish events (and the space's instances, with their own token)"},
+};
+
+#undef R
+
+const char *auth_role_name(enum auth_role role)
+{
+    return (unsigned)role < AUTH_ROLE_COUNT ? auth__role_names[role] : "unknown";
+}
+
+int auth_role_parse(const char *name)
+{
+    if (!name)
+        return -1;
+    for (int i = 0; i < AUTH_ROLE_COUNT; i++)
+        if (!strcasecmp(name, auth__role_names[i]) || !strcasecmp(name, auth__role_snake[i]))
+            return i;
+    return -1;
+}
+
+bool auth_role_in_space(enum auth_role role)
+{
+    return role >= AUTH_ROLE_SPACE_MANAGER && role < AUTH_ROLE_COUNT;
+}
+
+const char *auth_perm_name(enum auth_perm perm)
+{
+    return (unsigned)perm < AUTH_PERM_COUNT ? auth__perms[perm].name : "unknown";
+}
+
+bool auth_perm_in_space(enum auth_perm perm)
+{
+    return (unsigned)perm < AUTH_PERM_COUNT && auth__perms[perm].scope == AUTH_SCOPE_SPACE;
+}
+
+bool auth_perm_in_org(enum auth_perm perm)
+{
+    return (unsigned)perm < AUTH_PERM_COUNT && auth__perms[perm].scope == AUTH_SCOPE_ORG;
+}
+
+unsigned auth_perm_roles(enum auth_perm perm)
+{
+    return (unsigned)perm < AUTH_PERM_COUNT ? auth__perms[perm].roles : 0;
+}
+
+const char *auth_perm_meaning(enum auth_perm perm)
+{
+    return (unsigned)perm < AUTH_PERM_COUNT ? auth__perms[perm].meaning : "";
+}
+
+/* ---- names and passwords ------------------------------------------------------------------ */
+
+bool auth_name_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > 63 || !(islower((unsigned char)name[0]) || isdigit((unsigned char)name[0])))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!(islower(c) || isdigit(c) || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+bool auth_user_name_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > AUTH_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!(isalnum(c) || c == '.' || c == '_' || c == '@' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+int auth_password_hash(const char *password, char out[AUTH_PASSWORD_HASH_MAX])
+{
+    size_t n = strlen(password);
+    if (n < AUTH_PASSWORD_MIN || n > AUTH_PASSWORD_MAX)
+        return -EINVAL;
+    _Static_assert(crypto_pwhash_STRBYTES <= AUTH_PASSWORD_HASH_MAX, "hash room");
+    if (crypto_pwhash_str(out, password, n, crypto_pwhash_OPSLIMIT_INTERACTIVE,
+                          crypto_pwhash_MEMLIMIT_INTERACTIVE) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
+bool auth_password_verify(const char *hash, const char *password)
+{
+    /* a fixed hash of the same cost, so an unknown user takes as long as a wrong password */
+    static char dummy[crypto_pwhash_STRBYTES];
+    static int dummy_ready;
+    if (!hash) {
+        if (!__atomic_load_n(&dummy_ready, __ATOMIC_ACQUIRE)) {
+            char tmp[crypto_pwhash_STRBYTES];
+            if (crypto_pwhash_str(tmp, "no such user here", 17,
+                                  crypto_pwhash_OPSLIMIT_INTERACTIVE,
+                                  crypto_pwhash_MEMLIMIT_INTERACTIVE) == 0) {
+                memcpy(dummy, tmp, sizeof dummy);
+                __atomic_store_n(&dummy_ready, 1, __ATOMIC_RELEASE);
+            }
+        }
+        if (__atomic_load_n(&dummy_ready, __ATOMIC_ACQUIRE) &&
+            crypto_pwhash_str_verify(dummy, password, strlen(password)) == 0)
+            return false;
+        return false;
+    }
+    return crypto_pwhash_str_verify(hash, password, strlen(password)) == 0;
+}
+
+/* ---- persistence --------------------------------------------------------------------------- */
+
+#define AUTH_DOC_USER "auth.user"
+#define AUTH_DOC_ORG "auth.org"
+#define AUTH_DOC_SPACE "auth.space"
+#define AUTH_DOC_ROLE "auth.role"
+#define AUTH_DOC_TOKEN "auth.token"
+
+static int auth__put(struct auth *a, const char *kind, const char *id, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(doc);
+    if (!text)
+        return -ENOMEM;
+    int rc = store_doc_put(a->store, kind, id, text);
+    free(text);
+    return rc < 0 ? -EIO : 0;
+}
+
+static int auth__user_save(struct auth *a, const struct auth_user *u)
+{
+    return auth__put(a, AUTH_DOC_USER, u->guid,
+                     json_pack("{s:s, s:s, s:b, s:I}", "name", u->name, "password_hash",
+                               u->password_hash ? u->password_hash : "", "admin", u->admin,
+                               "created_at", (json_int_t)u->created_at));
+}
+
+static int auth__org_save(struct auth *a, const struct auth_org *o)
+{
+    return auth__put(a, AUTH_DOC_ORG, o->guid,
+                     json_pack("{s:s, s:I}", "name", o->name, "created_at",
+                               (json_int_t)o->created_at));
+}
+
+static int auth__space_save(struct auth *a, const struct auth_space *s)
+{
+    return auth__put(a, AUTH_DOC_SPACE, s->guid,
+                     json_pack("{s:s, s:s, s:I}", "org", s->org_guid, "name", s->name,
+                               "created_at", (json_int_t)s->created_at));
+}
+
+static char *auth__role_id(const struct auth_role_row *r)
+{
+    return xasprintf("%s/%s/%s/%s", r->user_guid, r->org_guid, r->space_guid,
+                     auth__role_names[r->role]);
+}
+
+static int auth__role_save(struct auth *a, const struct auth_role_row *r)
+{
+    char *id = auth__role_id(r);
+    int rc = auth__put(a, AUTH_DOC_ROLE, id,
+                       json_pack("{s:s, s:s, s:s, s:s}", "user", r->user_guid, "org", r->org_guid,
+                                 "space", r->space_guid, "role", auth__role_names[r->role]));
+    free(id);
+    return rc;
+}
+
+static int auth__role_forget(struct auth *a, const struct auth_role_row *r)
+{
+    char *id = auth__role_id(r);
+    int rc = store_doc_delete(a->store, AUTH_DOC_ROLE, id);
+    free(id);
+    return rc < 0 && rc != -ENOENT ? -EIO : 0;
+}
+
+static int auth__token_save(struct auth *a, const struct auth_token_row *t)
+{
+    static const char *const kinds[] = {"access", "refresh", "api"};
+    char hex[2 * AUTH_HASH_BYTES + 1];
+    sodium_bin2hex(hex, sizeof hex, t->hash, sizeof t->hash);
+    return auth__put(a, AUTH_DOC_TOKEN, t->info.guid,
+                     json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I}", "hash", hex, "user",
+                               t->info.user_guid, "kind", kinds[t->info.kind], "name",
+                               t->info.name, "space", t->info.space_guid, "role",
+                               t->info.space_role >= 0 ? auth__role_names[t->info.space_role]
+                                                       : "",
+                               "expires_at", (json_int_t)t->info.expires_at, "created_at",
+                               (json_int_t)t->info.created_at));
+}
+
+static void auth__copy(char *dst, size_t size, const char *src)
+{
+    snprintf(dst, size, "%s", src ? src : "");
+}
+
+#define AUTH_COPY(dst, src) auth__copy((dst), sizeof(dst), (src))
+
+static int auth__load_user(void *ctx, const char *id, const char *text)
+{
+    struct auth *a = ctx;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *name = NULL, *hash = NULL;
+    int admin = 0;
+    json_int_t created = 0;
+    if (o && json_unpack(o, "{s:s, s:s, s:b, s?:I}", "name", &name, "password_hash", &hash,
+                         "admin", &admin, "created_at", &created) == 0) {
+        a->users = xrealloc(a->users, (a->n_users + 1) * sizeof *a->users);
+        struct auth_user *u = &a->users[a->n_users++];
+        memset(u, 0, sizeof *u);
+        AUTH_COPY(u->guid, id);
+        AUTH_COPY(u->name, name);
+        u->password_hash = xstrdup(hash);
+        u->admin = admin;
+        u->created_at = created;
+    }
+    json_decref(o);
+    return 0;
+}
+
+static int auth__load_org(void *ctx, const char *id, const char *text)
+{
+    struct auth *a = ctx;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *name = NULL;
+    json_int_t created = 0;
+    if (o && json_unpack(o, "{s:s, s?:I}", "name", &name, "created_at", &created) == 0) {
+        a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
+        struct auth_org *org = &a->orgs[a->n_orgs++];
+        memset(org, 0, sizeof *org);
+        AUTH_COPY(org->guid, id);
+        AUTH_COPY(org->name, name);
+        org->created_at = created;
+    }
+    json_decref(o);
+    return 0;
+}
+
+static int auth__load_space(void *ctx, const char *id, const char *text)
+{
+    struct auth *a = ctx;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *name = NULL, *org = NULL;
+    json_int_t created = 0;
+    if (o && json_unpack(o, "{s:s, s:s, s?:I}", "org", &org, "name", &name, "created_at",
+                         &created) == 0) {
+        a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
+        struct auth_space *s = &a->spaces[a->n_spaces++];
+        memset(s, 0, sizeof *s);
+        AUTH_COPY(s->guid, id);
+        AUTH_COPY(s->org_guid, org);
+        AUTH_COPY(s->name, name);
+        s->created_at = created;
+    }
+    json_decref(o);
+    return 0;
+}
+
+static int auth__load_role(void *ctx, const char *id, const char *text)
+{
+    struct auth *a = ctx;
+    (void)id;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *user = NULL, *org = NULL, *space = NULL, *role = NULL;
+    if (o && json_unpack(o, "{s:s, s:s, s:s, s:s}", "user", &user, "org", &org, "space", &space,
+                         "role", &role) == 0 &&
+        auth_role_parse(role) >= 0) {
+        a->roles = xrealloc(a->roles, (a->n_roles + 1) * sizeof *a->roles);
+        struct auth_role_row *r = &a->roles[a->n_roles++];
+        memset(r, 0, sizeof *r);
+        AUTH_COPY(r->user_guid, user);
+        AUTH_COPY(r->org_guid, org);
+        AUTH_COPY(r->space_guid, space);
+        r->role = (enum auth_role)auth_role_parse(role);
+    }
+    json_decref(o);
+    return 0;
+}
+
+static int auth__load_token(void *ctx, const char *id, const char *text)
+{
+    struct auth *a = ctx;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *hash = NULL, *user = NULL, *kind = NULL, *name = "", *space = "", *role = "";
+    json_int_t expires = 0, created = 0;
+    if (o && json_unpack(o, "{s:s, s:s, s:s, s?:s, s?:s, s?:s, s?:I, s?:I}", "hash", &hash,
+                         "user", &user, "kind", &kind, "name", &name, "space", &space, "role",
+                         &role, "expires_at", &expires, "created_at", &created) == 0) {
+        struct auth_token_row t = {0};
+        size_t bin_len = 0;
+        if (sodium_hex2bin(t.hash, sizeof t.hash, hash, strlen(hash), NULL, &bin_len, NULL) ==
+                0 &&
+            bin_len == sizeof t.hash) {
+            AUTH_COPY(t.info.guid, id);
+            AUTH_COPY(t.info.user_guid, user);
+            t.info.kind = !strcmp(kind, "access")    ? AUTH_TOKEN_ACCESS
+                          : !strcmp(kind, "refresh") ? AUTH_TOKEN_REFRESH
+                                                     : AUTH_TOKEN_API;
+            AUTH_COPY(t.info.name, name);
+            AUTH_COPY(t.info.space_guid, space);
+            t.info.space_role = *role ? auth_role_parse(role) : -1;
+            t.info.expires_at = expires;
+            t.info.created_at = created;
+            a->tokens = xrealloc(a->tokens, (a->n_tokens + 1) * sizeof *a->tokens);
+            a->tokens[a->n_tokens++] = t;
+        }
+    }
+    json_decref(o);
+    return 0;
+}
+
+/* ---- lookups ------------------------------------------------------------------------------- */
+
+const struct auth_user *auth_user_find(const struct auth *a, const char *name_or_guid)
+{
+    for (size_t i = 0; i < a->n_users; i++)
+        if (!strcmp(a->users[i].guid, name_or_guid) || !strcmp(a->users[i].name, name_or_guid))
+            return &a->users[i];
+    return NULL;
+}
+
+const struct auth_org *auth_org_find(const struct auth *a, const char *name_or_guid)
+{
+    for (size_t i = 0; i < a->n_orgs; i++)
+        if (!strcmp(a->orgs[i].guid, name_or_guid) || !strcmp(a->orgs[i].name, name_or_guid))
+            return &a->orgs[i];
+    return NULL;
+}
+
+const struct auth_space *auth_space_get(const struct auth *a, const char *guid)
+{
+    for (size_t i = 0; i < a->n_spaces; i++)
+        if (!strcmp(a->spaces[i].guid, guid))
+            return &a->spaces[i];
+    return NULL;
+}
+
+const struct auth_space *auth_space_find(const struct auth *a, const char *org_guid,
+                                         const char *name_or_guid)
+{
+    for (size_t i = 0; i < a->n_spaces; i++) {
+        const struct auth_space *s = &a->spaces[i];
+        if (!strcmp(s->org_guid, org_guid) &&
+            (!strcmp(s->guid, name_or_guid) || !strcmp(s->name, name_or_guid)))
+            return s;
+    }
+    return NULL;
+}
+
+const struct auth_space *auth_space_resolve(const struct auth *a, const char *ref)
+{
+    if (!ref)
+        return NULL;
+    const char *slash = strchr(ref, '/');
+    if (!slash)
+        return auth_space_get(a, ref);
+    char org_name[AUTH_NAME_MAX + 1];
+    size_t n = (size_t)(slash - ref);
+    if (n == 0 || n > AUTH_NAME_MAX)
+        return NULL;
+    memcpy(org_name, ref, n);
+    org_name[n] = '\0';
+    const struct auth_org *org = auth_org_find(a, org_name);
+    return org ? auth_space_find(a, org->guid, slash + 1) : NULL;
+}
+
+/* ---- users --------------------------------------------------------------------------------- */
+
+static int auth__cmp_user(const void *x, const void *y)
+{
+    return strcmp(((const struct auth_user *)x)->name, ((const struct auth_user *)y)->name);
+}
+
+int auth_user_create(struct auth *a, const char *name, const char *password_hash, bool admin,
+                     const struct auth_user **out)
+{
+    if (!auth_user_name_valid(name))
+        return -EINVAL;
+    if (auth_user_find(a, name))
+        return -EEXIST;
+    struct auth_user u = {0};
+    uuid_generate_v4(u.guid);
+    AUTH_COPY(u.name, name);
+    u.password_hash = xstrdup(password_hash);
+    u.admin = admin;
+    u.created_at = time_now_ms();
+    if (auth__user_save(a, &u) < 0) {
+        free(u.password_hash);
+        return -EIO;
+    }
+    a->users = xrealloc(a->users, (a->n_users + 1) * sizeof *a->users);
+    a->users[a->n_users++] = u;
+    qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
+    if (out)
+        *out = auth_user_find(a, u.guid);
+    return 0;
+}
+
+static void auth__tokens_end_where(struct auth *a, const char *user_guid, const char *keep)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < a->n_tokens; i++) {
+        struct auth_token_row *t = &a->tokens[i];
+        if (!strcmp(t->info.user_guid, user_guid) && !(keep && !strcmp(t->info.guid, keep))) {
+            store_doc_delete(a->store, AUTH_DOC_TOKEN, t->info.guid);
+            continue;
+        }
+        a->tokens[w++] = *t;
+    }
+    a->n_tokens = w;
+}
+
+int auth_user_delete(struct auth *a, const char *guid)
+{
+    const struct auth_user *u = auth_user_find(a, guid);
+    if (!u || strcmp(u->guid, guid))
+        return -ENOENT;
+    if (store_doc_delete(a->store, AUTH_DOC_USER, guid) < 0)
+        return -EIO;
+    size_t w = 0;
+    for (size_t i = 0; i < a->n_roles; i++) {
+        if (!strcmp(a->roles[i].user_guid, guid)) {
+            auth__role_forget(a, &a->roles[i]);
+            continue;
+        }
+        a->roles[w++] = a->roles[i];
+    }
+    a->n_roles = w;
+    auth__tokens_end_where(a, guid, NULL);
+    size_t idx = (size_t)(u - a->users);
+    free(a->users[idx].password_hash);
+    memmove(&a->users[idx], &a->users[idx + 1], (a->n_users - idx - 1) * sizeof *a->users);
+    a->n_users--;
+    return 0;
+}
+
+int auth_user_set_password(struct auth *a, const char *guid, const char *password_hash,
+                           const char *keep_token_guid)
+{
+    struct auth_user *u = (struct auth_user *)auth_user_find(a, guid);
+    if (!u || strcmp(u->guid, guid))
+        return -ENOENT;
+    char *old = u->password_hash;
+    u->password_hash = xstrdup(password_hash);
+    if (auth__user_save(a, u) < 0) {
+        free(u->password_hash);
+        u->password_hash = old;
+        return -EIO;
+    }
+    free(old);
+    auth__tokens_end_where(a, guid, keep_token_guid);
+    return 0;
+}
+
+void auth_user_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_user *u),
+                    void *ctx)
+{
+    for (size_t i = 0; i < a->n_users; i++)
+        fn(ctx, &a->users[i]);
+}
+
+/* ---- orgs and spaces ----------------------------------------------------------------------- */
+
+static int auth__cmp_org(const void *x, const void *y)
+{
+    return strcmp(((const struct auth_org *)x)->name, ((const struct auth_org *)y)->name);
+}
+
+static int auth__cmp_space(const void *x, const void *y)
+{
+    const struct auth_space *s = x, *t = y;
+    int c = strcmp(s->org_guid, t->org_guid);
+    return c ? c : strcmp(s->name, t->name);
+}
+
+static int auth__org_add(struct auth *a, const char *guid, const char *name,
+                         const struct auth_org **out)
+{
+    if (!auth_name_valid(name))
+        return -EINVAL;
+    if (auth_org_find(a, name))
+        return -EEXIST;
+    struct auth_org o = {0};
+    if (guid)
+        AUTH_COPY(o.guid, guid);
+    else
+        uuid_generate_v4(o.guid);
+    AUTH_COPY(o.name, name);
+    o.created_at = time_now_ms();
+    if (auth__org_save(a, &o) < 0)
+        return -EIO;
+    a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
+    a->orgs[a->n_orgs++] = o;
+    qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
+    if (out)
+        *out = auth_org_find(a, o.guid);
+    return 0;
+}
+
+int auth_org_create(struct auth *a, const char *name, const struct auth_org **out)
+{
+    return auth__org_add(a, NULL, name, out);
+}
+
+static int auth__space_add(struct auth *a, const char *guid, const char *org_guid,
+                           const char *name, const struct auth_space **out)
+{
+    if (!auth_name_valid(name))
+        return -EINVAL;
+    const struct auth_org *org = auth_org_find(a, org_guid);
+    if (!org || strcmp(org->guid, org_guid))
+        return -ENOENT;
+    if (auth_space_find(a, org_guid, name))
+        return -EEXIST;
+    struct auth_space s = {0};
+    if (guid)
+        AUTH_COPY(s.guid, guid);
+    else
+        uuid_generate_v4(s.guid);
+    AUTH_COPY(s.org_guid, org_guid);
+    AUTH_COPY(s.name, name);
+    s.created_at = time_now_ms();
+    if (auth__space_save(a, &s) < 0)
+        return -EIO;
+    a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
+    a->spaces[a->n_spaces++] = s;
+    qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
+    if (out)
+        *out = auth_space_get(a, s.guid);
+    return 0;
+}
+
+int auth_space_create(struct auth *a, const char *org_guid, const char *name,
+                      const struct auth_space **out)
+{
+    return auth__space_add(a, NULL, org_guid, name, out);
+}
+
+/* Drops the roles held in a space (space_guid) or in an org and all its spaces (org_guid). */
+static void auth__roles_drop(struct auth *a, const char *org_guid, const char *space_guid)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < a->n_roles; i++) {
+        struct auth_role_row *r = &a->roles[i];
+        bool drop = space_guid ? !strcmp(r->space_guid, space_guid)
+                               : !strcmp(r->org_guid, org_guid);
+        if (drop) {
+            auth__role_forget(a, r);
+            continue;
+        }
+        a->roles[w++] = *r;
+    }
+    a->n_roles = w;
+}
+
+int auth_space_delete(struct auth *a, const char *guid)
+{
+    const struct auth_space *s = auth_space_get(a, guid);
+    if (!s)
+        return -ENOENT;
+    if (store_doc_delete(a->store, AUTH_DOC_SPACE, guid) < 0)
+        return -EIO;
+    auth__roles_drop(a, NULL, guid);
+    /* tokens limited to the space are of no use any more */
+    size_t w = 0;
+    for (size_t i = 0; i < a->n_tokens; i++) {
+        if (!strcmp(a->tokens[i].info.space_guid, guid)) {
+            store_doc_delete(a->store, AUTH_DOC_TOKEN, a->tokens[i].info.guid);
+            continue;
+        }
+        a->tokens[w++] = a->tokens[i];
+    }
+    a->n_tokens = w;
+    size_t idx = (size_t)(s - a->spaces);
+    memmove(&a->spaces[idx], &a->spaces[idx + 1], (a->n_spaces - idx - 1) * sizeof *a->spaces);
+    a->n_spaces--;
+    return 0;
+}
+
+int auth_org_delete(struct auth *a, const char *guid)
+{
+    const struct auth_org *o = auth_org_find(a, guid);
+    if (!o || strcmp(o->guid, guid))
+        return -ENOENT;
+    for (size_t i = a->n_spaces; i-- > 0;)
+        if (!strcmp(a->spaces[i].org_guid, guid)) {
+            int rc = auth_space_delete(a, a->spaces[i].guid);
+            if (rc < 0)
+                return rc;
+        }
+    if (store_doc_delete(a->store, AUTH_DOC_ORG, guid) < 0)
+        return -EIO;
+    auth__roles_drop(a, guid, NULL);
+    o = auth_org_find(a, guid);
+    size_t idx = (size_t)(o - a->orgs);
+    memmove(&a->orgs[idx], &a->orgs[idx + 1], (a->n_orgs - idx - 1) * sizeof *a->orgs);
+    a->n_orgs--;
+    return 0;
+}
+
+void auth_org_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_org *o),
+                   void *ctx)
+{
+    for (size_t i = 0; i < a->n_orgs; i++)
+        fn(ctx, &a->orgs[i]);
+}
+
+void auth_space_each(const struct auth *a, const char *org_guid,
+                     void (*fn)(void *ctx, const struct auth_space *s), void *ctx)
+{
+    for (size_t i = 0; i < a->n_spaces; i++)
+        if (!org_guid || !strcmp(a->spaces[i].org_guid, org_guid))
+            fn(ctx, &a->spaces[i]);
+}
+
+/* ---- roles --------------------------------------------------------------------------------- */
+
+static struct auth_role_row *auth__role_find(struct auth *a, const char *user_guid,
+                                             const char *org_guid, const char *space_guid,
+                                             enum auth_role role)
+{
+    for (size_t i = 0; i < a->n_roles; i++) {
+        struct auth_role_row *r = &a->roles[i];
+        if (r->role == role && !strcmp(r->user_guid, user_guid) &&
+            !strcmp(r->org_guid, org_guid) && !strcmp(r->space_guid, space_guid ? space_guid : ""))
+            return r;
+    }
+    return NULL;
+}
+
+static int auth__role_add(struct auth *a, const char *user_guid, const char *org_guid,
+                          const char *space_guid, enum auth_role role)
+{
+    if (auth__role_find(a, user_guid, org_guid, space_guid, role))
+        return 0;
+    struct auth_role_row r = {0};
+    AUTH_COPY(r.user_guid, user_guid);
+    AUTH_COPY(r.org_guid, org_guid);
+    AUTH_COPY(r.space_guid, space_guid);
+    r.role = role;
+    if (auth__role_save(a, &r) < 0)
+        return -EIO;
+    a->roles = xrealloc(a->roles, (a->n_roles + 1) * sizeof *a->roles);
+    a->roles[a->n_roles++] = r;
+    return 0;
+}
+
+int auth_role_set(struct auth *a, const char *user_guid, const char *org_guid,
+                  const char *space_guid, enum auth_role role)
+{
+    if ((unsigned)role >= AUTH_ROLE_COUNT)
+        return -EINVAL;
+    const struct auth_user *u = auth_user_find(a, user_guid);
+    const struct auth_org *o = auth_org_find(a, org_guid);
+    if (!u || strcmp(u->guid, user_guid) || !o || strcmp(o->guid, org_guid))
+        return -ENOENT;
+    if (auth_role_in_space(role) != (space_guid != NULL))
+        return -EPERM;
+    if (space_guid) {
+        const struct auth_space *s = auth_space_get(a, space_guid);
+        if (!s || strcmp(s->org_guid, org_guid))
+            return -ENOENT;
+        int rc = auth__role_add(a, user_guid, org_guid, NULL, AUTH_ROLE_ORG_USER);
+        if (rc < 0)
+            return rc;
+    }
+    return auth__role_add(a, user_guid, org_guid, space_guid, role);
+}
+
+int auth_role_unset(struct auth *a, const char *user_guid, const char *org_guid,
+                    const char *space_guid, enum auth_role role)
+{
+    struct auth_role_row *r = auth__role_find(a, user_guid, org_guid, space_guid, role);
+    if (!r)
+        return 0;
+    if (auth__role_forget(a, r) < 0)
+        return -EIO;
+    *r = a->roles[--a->n_roles];
+    /* out of the org: no space roles in it either */
+    if (!space_guid && !(auth_roles_of(a, user_guid, org_guid, NULL) &
+                         (1u << AUTH_ROLE_ORG_USER | 1u << AUTH_ROLE_ORG_MANAGER |
+                          1u << AUTH_ROLE_ORG_AUDITOR | 1u << AUTH_ROLE_BILLING_MANAGER))) {
+        size_t w = 0;
+        for (size_t i = 0; i < a->n_roles; i++) {
+            struct auth_role_row *x = &a->roles[i];
+            if (!strcmp(x->user_guid, user_guid) && !strcmp(x->org_guid, org_guid)) {
+                auth__role_forget(a, x);
+                continue;
+            }
+            a->roles[w++] = *x;
+        }
+        a->n_roles = w;
+    }
+    return 0;
+}
+
+unsigned auth_roles_of(const struct auth *a, const char *user_guid, const char *org_guid,
+                       const char *space_guid)
+{
+    unsigned mask = 0;
+    for (size_t i = 0; i < a->n_roles; i++) {
+        const struct auth_role_row *r = &a->roles[i];
+        if (strcmp(r->user_guid, user_guid) || strcmp(r->org_guid, org_guid))
+            continue;
+        if (!strcmp(r->space_guid, space_guid ? space_guid : ""))
+            mask |= 1u << r->role;
+    }
+    return mask;
+}
+
+void auth_role_each(const struct auth *a, const char *org_guid, const char *space_guid,
+                    void (*fn)(void *ctx, const char *user_guid, enum auth_role role), void *ctx)
+{
+    for (size_t i = 0; i < a->n_roles; i++) {
+        const struct auth_role_row *r = &a->roles[i];
+        if (!strcmp(r->org_guid, org_guid) &&
+            !strcmp(r->space_guid, space_guid ? space_guid : ""))
+            fn(ctx, r->user_guid, r->role);
+    }
+}
+
+void auth_user_roles_each(const struct auth *a, const char *user_guid,
+                          void (*fn)(void *ctx, const char *org_guid, const char *space_guid,
+                                     enum auth_role role),
+                          void *ctx)
+{
+    for (size_t i = 0; i < a->n_roles; i++) {
+        const struct auth_role_row *r = &a->roles[i];
+        if (!strcmp(r->user_guid, user_guid))
+            fn(ctx, r->org_guid, r->space_guid, r->role);
+    }
+}
+
+/* ---- tokens -------------------------------------------------------------------------------- */
+
+static const char *const auth__token_prefix[] = {"skiffa_", "skiffr_", "skifft_"};
+
+static void auth__hash(const char *text, unsigned char hash[AUTH_HASH_BYTES])
+{
+    crypto_generichash(hash, AUTH_HASH_BYTES, (const unsigned char *)text, strlen(text), NULL, 0);
+}
+
+/* Drops expired tokens (kept until the next token is made, so memory stays bounded). */
+static void auth__tokens_prune(struct auth *a)
+{
+    int64_t now = time_now_ms();
+    size_t w = 0;
+    for (size_t i = 0; i < a->n_tokens; i++) {
+        struct auth_token_row *t = &a->tokens[i];
+        if (t->info.expires_at && t->info.expires_at <= now) {
+            store_doc_delete(a->store, AUTH_DOC_TOKEN, t->info.guid);
+            continue;
+        }
+        a->tokens[w++] = *t;
+    }
+    a->n_tokens = w;
+}
+
+static int auth__token_make(struct auth *a, const char *user_guid, enum auth_token_kind kind,
+                            const char *name, const char *space_guid, int role,
+                            int64_t expires_at, char text[AUTH_TOKEN_TEXT_MAX])
+{
+    unsigned char raw[AUTH_TOKEN_BYTES];
+    randombytes_buf(raw, sizeof raw);
+    size_t prefix = strlen(auth__token_prefix[kind]);
+    memcpy(text, auth__token_prefix[kind], prefix);
+    sodium_bin2base64(text + prefix, AUTH_TOKEN_TEXT_MAX - prefix, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+    struct auth_token_row t = {0};
+    uuid_generate_v4(t.info.guid);
+    AUTH_COPY(t.info.user_guid, user_guid);
+    t.info.kind = kind;
+    AUTH_COPY(t.info.name, name);
+    AUTH_COPY(t.info.space_guid, space_guid);
+    t.info.space_role = role;
+    t.info.expires_at = expires_at;
+    t.info.created_at = time_now_ms();
+    auth__hash(text, t.hash);
+    if (auth__token_save(a, &t) < 0) {
+        sodium_memzero(text, AUTH_TOKEN_TEXT_MAX);
+        return -EIO;
+    }
+    a->tokens = xrealloc(a->tokens, (a->n_tokens + 1) * sizeof *a->tokens);
+    a->tokens[a->n_tokens++] = t;
+    return 0;
+}
+
+static struct auth_token_row *auth__token_by_text(const struct auth *a, const char *text)
+{
+    unsigned char hash[AUTH_HASH_BYTES];
+    auth__hash(text, hash);
+    for (size_t i = 0; i < a->n_tokens; i++)
+        if (sodium_memcmp(a->tokens[i].hash, hash, sizeof hash) == 0)
+            return &a->tokens[i];
+    return NULL;
+}
+
+int auth_login(struct auth *a, const char *user_guid, char access[AUTH_TOKEN_TEXT_MAX],
+               char refresh[AUTH_TOKEN_TEXT_MAX])
+{
+    auth__tokens_prune(a);
+    int64_t now = time_now_ms();
+    int rc = auth__token_make(a, user_guid, AUTH_TOKEN_ACCESS, "", NULL, -1,
+                              now + AUTH_ACCESS_TTL_MS, access);
+    if (rc < 0)
+        return rc;
+    rc = auth__token_make(a, user_guid, AUTH_TOKEN_REFRESH, "", NULL, -1,
+                          now + AUTH_REFRESH_TTL_MS, refresh);
+    if (rc < 0)
+        auth_token_revoke_text(a, access);
+    return rc;
+}
+
+int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_GUID_LEN + 1],
+                 char access[AUTH_TOKEN_TEXT_MAX], char refresh[AUTH_TOKEN_TEXT_MAX])
+{
+    struct auth_token_row *t = auth__token_by_text(a, refresh_token);
+    if (!t || t->info.kind != AUTH_TOKEN_REFRESH ||
+        (t->info.expires_at && t->info.expires_at <= time_now_ms()) ||
+        !auth_user_find(a, t->info.user_guid))
+        return -ENOENT;
+    char user[AUTH_GUID_LEN + 1];
+    AUTH_COPY(user, t->info.user_guid);
+    int rc = auth_token_revoke(a, t->info.guid);
+    if (rc < 0)
+        return rc;
+    memcpy(user_guid, user, sizeof user);
+    return auth_login(a, user, access, refresh);
+}
+
+int auth_token_create(struct auth *a, const char *user_guid, const char *name,
+                      const char *space_guid, int role, int64_t expires_at,
+                      char text[AUTH_TOKEN_TEXT_MAX], const struct auth_token_info **out)
+{
+    if (!auth_name_valid(name))
+        return -EINVAL;
+    if (auth_token_find_named(a, user_guid, name))
+        return -EEXIST;
+    auth__tokens_prune(a);
+    int rc = auth__token_make(a, user_guid, AUTH_TOKEN_API, name, space_guid, role, expires_at,
+                              text);
+    if (rc == 0 && out)
+        *out = &a->tokens[a->n_tokens - 1].info;
+    return rc;
+}
+
+int auth_token_revoke(struct auth *a, const char *guid)
+{
+    for (size_t i = 0; i < a->n_tokens; i++) {
+        if (strcmp(a->tokens[i].info.guid, guid))
+            continue;
+        int rc = store_doc_delete(a->store, AUTH_DOC_TOKEN, guid);
+        if (rc < 0 && rc != -ENOENT)
+            return -EIO;
+        a->tokens[i] = a->tokens[--a->n_tokens];
+        return 0;
+    }
+    return -ENOENT;
+}
+
+int auth_token_revoke_text(struct auth *a, const char *text)
+{
+    struct auth_token_row *t = auth__token_by_text(a, text);
+    if (!t)
+        return -ENOENT;
+    char guid[AUTH_GUID_LEN + 1];
+    AUTH_COPY(guid, t->info.guid);
+    return auth_token_revoke(a, guid);
+}
+
+const struct auth_token_info *auth_token_find_named(const struct auth *a, const char *user_guid,
+                                                    const char *name)
+{
+    for (size_t i = 0; i < a->n_tokens; i++) {
+        const struct auth_token_info *t = &a->tokens[i].info;
+        if (t->kind == AUTH_TOKEN_API && !strcmp(t->user_guid, user_guid) &&
+            !strcmp(t->name, name))
+            return t;
+    }
+    return NULL;
+}
+
+const struct auth_token_info *auth_token_get(const struct auth *a, const char *guid)
+{
+    for (size_t i = 0; i < a->n_tokens; i++)
+        if (!strcmp(a->tokens[i].info.guid, guid))
+            return &a->tokens[i].info;
+    return NULL;
+}
+
+static int auth__cmp_token_age(const void *x, const void *y)
+{
+    const struct auth_token_info *s = *(const struct auth_token_info *const *)x;
+    const struct auth_token_info *t = *(const struct auth_token_info *const *)y;
+    return (s->created_at > t->created_at) - (s->created_at < t->created_at);
+}
+
+void auth_token_each(const struct auth *a, const char *user_guid,
+                     void (*fn)(void *ctx, const struct auth_token_info *t), void *ctx)
+{
+    const struct auth_token_info **mine = xcalloc(a->n_tokens + 1, sizeof *mine);
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_tokens; i++)
+        if (a->tokens[i].info.kind == AUTH_TOKEN_API &&
+            !strcmp(a->tokens[i].info.user_guid, user_guid))
+            mine[n++] = &a->tokens[i].info;
+    if (n)
+        qsort(mine, n, sizeof *mine, auth__cmp_token_age);
+    for (size_t i = 0; i < n; i++)
+        fn(ctx, mine[i]);
+    free(mine);
+}
+
+int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out)
+{
+    if (!token || (strncmp(token, auth__token_prefix[AUTH_TOKEN_ACCESS], 7) &&
+                   strncmp(token, auth__token_prefix[AUTH_TOKEN_API], 7)))
+        return -ENOENT;
+    const struct auth_token_row *t = auth__token_by_text(a, token);
+    if (!t || t->info.kind == AUTH_TOKEN_REFRESH ||
+        (t->info.expires_at && t->info.expires_at <= time_now_ms()))
+        return -ENOENT;
+    const struct auth_user *u = auth_user_find(a, t->info.user_guid);
+    if (!u)
+        return -ENOENT;
+    memset(out, 0, sizeof *out);
+    out->kind = AUTH_USER;
+    out->admin = u->admin && !t->info.space_guid[0];
+    AUTH_COPY(out->user_guid, u->guid);
+    AUTH_COPY(out->user_name, u->name);
+    AUTH_COPY(out->token_guid, t->info.guid);
+    out->token_kind = t->info.kind;
+    AUTH_COPY(out->space_guid, t->info.space_guid);
+    out->space_role = t->info.space_role;
+    return 0;
+}
+
+static bool auth__sees(const struct auth *a, const struct auth_principal *p, const char *org_guid,
+                       const char *space_guid);
+
+/* ---- decisions ----------------------------------------------------------------------------- */
+
+#define AUTH_ORG_ROLES                                                                             \
+    (1u << AUTH_ROLE_ORG_MANAGER | 1u << AUTH_ROLE_BILLING_MANAGER | 1u << AUTH_ROLE_ORG_AUDITOR |  \
+     1u << AUTH_ROLE_ORG_USER)
+
+/* The roles p holds for a decision in org/space (the space's own plus the org's). */
+static unsigned auth__effective(const struct auth *a, const struct auth_principal *p,
+                                const char *org_guid, const char *space_guid)
+{
+    if (p->kind != AUTH_USER)
+        return 0;
+    unsigned mask = auth_roles_of(a, p->user_guid, org_guid, NULL);
+    if (space_guid)
+        mask |= auth_roles_of(a, p->user_guid, org_guid, space_guid);
+    if (p->space_guid[0]) {
+        /* a limited token: its space only, its role only, while the user holds it */
+        if (!space_guid || strcmp(space_guid, p->space_guid))
+            return 0;
+        if (p->space_role >= 0)
+            mask &= 1u << p->space_role;
+    }
+    return mask;
+}
+
+int auth_check(const struct auth *a, const struct auth_principal *p, enum auth_perm perm,
+               const char *org_guid, const char *space_guid)
+{
+    if ((unsigned)perm >= AUTH_PERM_COUNT)
+        return -EACCES;
+    if (perm == AUTH_PERM_PUBLIC)
+        return 0;
+    if (p->kind == AUTH_NOBODY)
+        return -EACCES;
+    if (p->kind == AUTH_INSTANCE) {
+        /* publish only, and only in its own space */
+        if (perm != AUTH_PERM_PUBLISH)
+            return -EACCES;
+        return space_guid && !strcmp(space_guid, p->space_guid) ? 0 : -ENOENT;
+    }
+    if (p->admin || p->kind == AUTH_LOCAL_ADMIN)
+        return 0;
+    if (perm == AUTH_PERM_USER)
+        return 0;
+    if (perm == AUTH_PERM_ADMIN)
+        /* an org one has no role in is not there, even to be refused */
+        return org_guid && !auth__sees(a, p, org_guid, space_guid) ? -ENOENT : -EACCES;
+    if (!org_guid)
+        return -ENOENT;
+    const char *space = auth_perm_in_space(perm) ? space_guid : NULL;
+    unsigned mask = auth__effective(a, p, org_guid, space);
+    if (mask & auth__perms[perm].roles)
+        return 0;
+    return auth__sees(a, p, org_guid, space_guid) ? -EACCES : -ENOENT;
+}
+
+/* Whether p may know the place exists: any role in its org (space roles come with OrgUser);
+ * a limited token sees its own space only. */
+static bool auth__sees(const struct auth *a, const struct auth_principal *p, const char *org_guid,
+                       const char *space_guid)
+{
+    if (p->kind == AUTH_LOCAL_ADMIN || (p->kind == AUTH_USER && p->admin))
+        return true;
+    if (p->kind != AUTH_USER)
+        return false;
+    if (p->space_guid[0])
+        return space_guid && !strcmp(space_guid, p->space_guid);
+    return (auth_roles_of(a, p->user_guid, org_guid, NULL) & AUTH_ORG_ROLES) != 0;
+}
+
+bool auth_can_see_space(const struct auth *a, const struct auth_principal *p,
+                        const struct auth_space *space)
+{
+    return auth__sees(a, p, space->org_guid, space->guid);
+}
+
+bool auth_can_see_org(const struct auth *a, const struct auth_principal *p,
+                      const struct auth_org *org)
+{
+    if (p->kind == AUTH_USER && p->space_guid[0] && !p->admin) {
+        const struct auth_space *s = auth_space_get(a, p->space_guid);
+        return s && !strcmp(s->org_guid, org->guid);
+    }
+    return auth__sees(a, p, org->guid, NULL);
+}
+
+/* ---- opening ------------------------------------------------------------------------------- */
+
+int auth_open(struct store *st, char **new_admin_password, struct auth **out)
+{
+    if (sodium_init() < 0)
+        return -ENOMEM;
+    *new_admin_password = NULL;
+    struct auth *a = xcalloc(1, sizeof *a);
+    a->store = st;
+    int rc = 0;
+    if (store_doc_each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0) {
+        rc = -EIO;
+        goto fail;
+    }
+    if (a->n_users)
+        qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
+    if (a->n_orgs)
+        qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
+    if (a->n_spaces)
+        qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
+    if (a->n_orgs == 0) {
+        if ((rc = auth__org_add(a, AUTH_DEFAULT_ORG_GUID, "default", NULL)) < 0 ||
+            (rc = auth__space_add(a, AUTH_DEFAULT_SPACE_GUID, AUTH_DEFAULT_ORG_GUID, "dev",
+                                  NULL)) < 0)
+            goto fail;
+    }
+    if (a->n_users == 0) {
+        char password[33];
+        random_hex(password, 12);
+        char hash[AUTH_PASSWORD_HASH_MAX];
+        if ((rc = auth_password_hash(password, hash)) < 0)
+            goto fail;
+        const struct auth_user *admin = NULL;
+        if ((rc = auth_user_create(a, "admin", hash, true, &admin)) < 0)
+            goto fail;
+        const struct auth_org *def = auth_org_find(a, AUTH_DEFAULT_ORG_GUID);
+        if (def && auth_space_get(a, AUTH_DEFAULT_SPACE_GUID)) {
+            char guid[AUTH_GUID_LEN + 1];
+            AUTH_COPY(guid, admin->guid);
+            auth_role_set(a, guid, def->guid, NULL, AUTH_ROLE_ORG_MANAGER);
+            auth_role_set(a, guid, def->guid, AUTH_DEFAULT_SPACE_GUID, AUTH_ROLE_SPACE_MANAGER);
+            auth_role_set(a, guid, def->guid, AUTH_DEFAULT_SPACE_GUID,
+                          AUTH_ROLE_SPACE_DEVELOPER);
+        }
+        *new_admin_password = xstrdup(password);
+        sodium_memzero(password, sizeof password);
+    }
+    *out = a;
+    return 0;
+fail:
+    auth_free(a);
+    return rc;
+}
+
+void auth_free(struct auth *a)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < a->n_users; i++)
+        free(a->users[i].password_hash);
+    free(a->users);
+    free(a->orgs);
+    free(a->spaces);
+    free(a->roles);
+    sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
+    free(a->tokens);
+    free(a);
+}

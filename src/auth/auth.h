@@ -1,0 +1,263 @@
+/* auth: who is calling, and what they may do (Cloud Foundry's users, orgs, spaces and roles).
+ *
+ * `struct auth` holds the platform's users, orgs, spaces, role assignments and tokens in
+ * memory and writes every change through to the store as documents (kinds "auth.user",
+ * "auth.org", "auth.space", "auth.role", "auth.token"), so a decision never waits for the
+ * store: authenticating a bearer token and checking a permission are lookups in memory.
+ * skiffd is the only writer of these documents.
+ *
+ * Tokens are 32 random bytes, written "skiffa_" (access), "skiffr_" (refresh) or "skifft_"
+ * (API token) followed by base64url; only their BLAKE2b hash is kept. Passwords are argon2id
+ * hashes (libsodium's crypto_pwhash_str). Hashing a password takes tens of milliseconds on
+ * purpose, so auth_password_hash and auth_password_verify are pure functions that callers run
+ * on a worker thread; everything else runs on skiffd's loop and must not be called from
+ * another thread.
+ *
+ * Errors are negative errno values: -ENOENT no such thing, -EEXIST a name taken, -EINVAL a
+ * malformed name or role, -ENOTEMPTY (org/space still holding apps, checked by the caller),
+ * -EPERM a role that cannot be held there, -EIO the store failed (nothing changed then).
+ *
+ * Ownership: names and guids passed in are copied. Pointers returned by lookups (struct
+ * auth_user, auth_org, auth_space) stay valid until the next call that changes auth. */
+#ifndef SKIFF_AUTH_H
+#define SKIFF_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+struct auth;
+
+#define AUTH_GUID_LEN 36
+#define AUTH_NAME_MAX 64
+/* The org and space everything made before tenancy belongs to ("default" / "dev"). */
+#define AUTH_DEFAULT_ORG_GUID "00000000-0000-4000-8000-00000000000a"
+#define AUTH_DEFAULT_SPACE_GUID STORE_DEFAULT_SPACE_GUID
+
+#define AUTH_ACCESS_TTL_MS (20 * 60 * 1000LL)
+#define AUTH_REFRESH_TTL_MS (30 * 24 * 3600 * 1000LL)
+#define AUTH_PASSWORD_MIN 8
+#define AUTH_PASSWORD_MAX 1024
+/* Room for a token as text ("skiffa_" + 43 base64url characters + NUL). */
+#define AUTH_TOKEN_TEXT_MAX 64
+/* Room for an argon2id hash string. */
+#define AUTH_PASSWORD_HASH_MAX 128
+
+enum auth_role {
+    AUTH_ROLE_ORG_MANAGER,
+    AUTH_ROLE_BILLING_MANAGER,
+    AUTH_ROLE_ORG_AUDITOR,
+    AUTH_ROLE_ORG_USER,
+    AUTH_ROLE_SPACE_MANAGER,
+    AUTH_ROLE_SPACE_DEVELOPER,
+    AUTH_ROLE_SPACE_AUDITOR,
+    AUTH_ROLE_SPACE_SUPPORTER,
+    AUTH_ROLE_COUNT
+};
+
+/* "OrgManager", ... as Cloud Foundry's CLI writes them. */
+const char *auth_role_name(enum auth_role role);
+/* The role named (case-insensitive; "space_developer" style accepted too), or -1. */
+int auth_role_parse(const char *name);
+bool auth_role_in_space(enum auth_role role);
+
+/* What an endpoint needs. The roles that grant each are in one table (auth.c), which
+ * docs/roles.md is generated from (GET /v1/permissions, scripts/roles_doc.py). The platform
+ * admin may do all. */
+enum auth_perm {
+    AUTH_PERM_PUBLIC,        /* anyone, no token */
+    AUTH_PERM_USER,          /* any user or admin token (not an instance's) */
+    AUTH_PERM_ADMIN,         /* the platform admin */
+    AUTH_PERM_ORG_READ,      /* any role in the org or one of its spaces */
+    AUTH_PERM_ORG_MANAGE,    /* OrgManager */
+    AUTH_PERM_SPACE_READ,    /* any space role, the org's manager: see apps, routes, mappings */
+    AUTH_PERM_SPACE_LOGS,    /* read logs and events */
+    AUTH_PERM_SPACE_OPERATE, /* start, stop, restart, restage, invoke, replay */
+    AUTH_PERM_SPACE_DEVELOP, /* push, change, delete, env, routes, mappings */
+    AUTH_PERM_SPACE_MANAGE,  /* give and take space roles */
+    AUTH_PERM_PUBLISH,       /* publish events: SpaceDeveloper, or an instance of the space */
+    AUTH_PERM_COUNT
+};
+
+const char *auth_perm_name(enum auth_perm perm);
+/* Whether a perm is decided in a space (else in an org, or platform-wide). */
+bool auth_perm_in_space(enum auth_perm perm);
+bool auth_perm_in_org(enum auth_perm perm);
+/* Bit (1 << role) set for each role that grants perm. */
+unsigned auth_perm_roles(enum auth_perm perm);
+
+enum auth_kind {
+    AUTH_NOBODY,      /* no or a bad token */
+    AUTH_LOCAL_ADMIN, /* $SKIFF_HOME/api.json's token */
+    AUTH_USER,        /* a user's access or API token */
+    AUTH_INSTANCE,    /* an instance's publish token */
+};
+
+enum auth_token_kind { AUTH_TOKEN_ACCESS, AUTH_TOKEN_REFRESH, AUTH_TOKEN_API };
+
+/* The caller of one request. Filled by auth_authenticate (users) or by the API (the local
+ * admin and instances). */
+struct auth_principal {
+    enum auth_kind kind;
+    bool admin;                          /* may do everything */
+    char user_guid[AUTH_GUID_LEN + 1];   /* AUTH_USER */
+    char user_name[AUTH_NAME_MAX + 1];   /* AUTH_USER */
+    char token_guid[AUTH_GUID_LEN + 1];  /* AUTH_USER */
+    enum auth_token_kind token_kind;     /* AUTH_USER */
+    char space_guid[AUTH_GUID_LEN + 1];  /* a limited token's or an instance's space, else "" */
+    int space_role;                      /* a limited token's role, -1 when none */
+};
+
+struct auth_user {
+    char guid[AUTH_GUID_LEN + 1];
+    char name[AUTH_NAME_MAX + 1];
+    char *password_hash;
+    bool admin;
+    int64_t created_at;
+};
+
+struct auth_org {
+    char guid[AUTH_GUID_LEN + 1];
+    char name[AUTH_NAME_MAX + 1];
+    int64_t created_at;
+};
+
+struct auth_space {
+    char guid[AUTH_GUID_LEN + 1];
+    char org_guid[AUTH_GUID_LEN + 1];
+    char name[AUTH_NAME_MAX + 1];
+    int64_t created_at;
+};
+
+struct auth_token_info {
+    char guid[AUTH_GUID_LEN + 1];
+    char user_guid[AUTH_GUID_LEN + 1];
+    enum auth_token_kind kind;
+    char name[AUTH_NAME_MAX + 1]; /* API tokens */
+    char space_guid[AUTH_GUID_LEN + 1];
+    int space_role;
+    int64_t expires_at; /* ms since the epoch; 0: never */
+    int64_t created_at;
+};
+
+/* Loads everything from the store. On a store without orgs, makes org "default" with space
+ * "dev" (AUTH_DEFAULT_*_GUID), and when there is no user, the user "admin" (platform admin)
+ * with a random password written into *new_admin_password (caller frees; NULL otherwise). */
+int auth_open(struct store *st, char **new_admin_password, struct auth **out);
+void auth_free(struct auth *a);
+
+/* ---- passwords (any thread) ---------------------------------------------------------------- */
+
+/* 0, or -EINVAL when the password's length is out of bounds, -ENOMEM when hashing fails. */
+int auth_password_hash(const char *password, char out[AUTH_PASSWORD_HASH_MAX]);
+/* Whether password matches hash. With hash NULL it does the same work against a fixed hash
+ * and says no, so a missing user costs what a wrong password does. */
+bool auth_password_verify(const char *hash, const char *password);
+bool auth_user_name_valid(const char *name);
+/* Org and space names follow the app name rule: [a-z0-9][a-z0-9-]{0,62}. */
+bool auth_name_valid(const char *name);
+
+/* ---- users --------------------------------------------------------------------------------- */
+
+const struct auth_user *auth_user_find(const struct auth *a, const char *name_or_guid);
+/* password_hash from auth_password_hash. */
+int auth_user_create(struct auth *a, const char *name, const char *password_hash, bool admin,
+                     const struct auth_user **out);
+/* Also ends the user's roles and tokens. */
+int auth_user_delete(struct auth *a, const char *guid);
+/* Sets a new hash and ends every token of the user except keep_token_guid (may be NULL). */
+int auth_user_set_password(struct auth *a, const char *guid, const char *password_hash,
+                           const char *keep_token_guid);
+/* Calls fn for every user in name order. */
+void auth_user_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_user *u),
+                    void *ctx);
+
+/* ---- orgs and spaces ----------------------------------------------------------------------- */
+
+const struct auth_org *auth_org_find(const struct auth *a, const char *name_or_guid);
+const struct auth_space *auth_space_find(const struct auth *a, const char *org_guid,
+                                         const char *name_or_guid);
+/* By guid alone. */
+const struct auth_space *auth_space_get(const struct auth *a, const char *guid);
+/* "ORG/SPACE" or a space guid. */
+const struct auth_space *auth_space_resolve(const struct auth *a, const char *ref);
+int auth_org_create(struct auth *a, const char *name, const struct auth_org **out);
+/* The caller has checked that no app lives in it; its spaces and roles go too. */
+int auth_org_delete(struct auth *a, const char *guid);
+int auth_space_create(struct auth *a, const char *org_guid, const char *name,
+                      const struct auth_space **out);
+int auth_space_delete(struct auth *a, const char *guid);
+/* In name order. */
+void auth_org_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_org *o),
+                   void *ctx);
+void auth_space_each(const struct auth *a, const char *org_guid,
+                     void (*fn)(void *ctx, const struct auth_space *s), void *ctx);
+
+/* ---- roles --------------------------------------------------------------------------------- */
+
+/* space_guid NULL for an org role. A space role needs a space; an org role needs none. Giving
+ * a space role also gives OrgUser in its org. Setting a role held already is fine. */
+int auth_role_set(struct auth *a, const char *user_guid, const char *org_guid,
+                  const char *space_guid, enum auth_role role);
+/* Taking OrgUser (or the last org role) away also takes the user's space roles in the org. */
+int auth_role_unset(struct auth *a, const char *user_guid, const char *org_guid,
+                    const char *space_guid, enum auth_role role);
+/* Bit (1 << role) for each role the user holds in the org (space_guid NULL) or space. */
+unsigned auth_roles_of(const struct auth *a, const char *user_guid, const char *org_guid,
+                       const char *space_guid);
+/* Calls fn for every assignment in the org (space_guid NULL: org roles only) or space. */
+void auth_role_each(const struct auth *a, const char *org_guid, const char *space_guid,
+                    void (*fn)(void *ctx, const char *user_guid, enum auth_role role), void *ctx);
+/* Every assignment of a user: space_guid "" for org roles. */
+void auth_user_roles_each(const struct auth *a, const char *user_guid,
+                          void (*fn)(void *ctx, const char *org_guid, const char *space_guid,
+                                     enum auth_role role),
+                          void *ctx);
+
+/* ---- tokens -------------------------------------------------------------------------------- */
+
+/* Makes an access and a refresh token for the user (text into the buffers). */
+int auth_login(struct auth *a, const char *user_guid, char access[AUTH_TOKEN_TEXT_MAX],
+               char refresh[AUTH_TOKEN_TEXT_MAX]);
+/* Ends the refresh token given and makes a new pair; -ENOENT for a refresh token that is
+ * unknown, ended or expired. The user's guid is written into user_guid. */
+int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_GUID_LEN + 1],
+                 char access[AUTH_TOKEN_TEXT_MAX], char refresh[AUTH_TOKEN_TEXT_MAX]);
+/* An API token; space_guid NULL and role -1 for one acting as the user; expires_at 0: never. */
+int auth_token_create(struct auth *a, const char *user_guid, const char *name,
+                      const char *space_guid, int role, int64_t expires_at,
+                      char text[AUTH_TOKEN_TEXT_MAX], const struct auth_token_info **out);
+/* Ends a token by guid (any kind), or by text (the token itself). */
+int auth_token_revoke(struct auth *a, const char *guid);
+int auth_token_revoke_text(struct auth *a, const char *text);
+const struct auth_token_info *auth_token_find_named(const struct auth *a, const char *user_guid,
+                                                    const char *name);
+const struct auth_token_info *auth_token_get(const struct auth *a, const char *guid);
+/* The user's API tokens, oldest first. */
+void auth_token_each(const struct auth *a, const char *user_guid,
+                     void (*fn)(void *ctx, const struct auth_token_info *t), void *ctx);
+
+/* A bearer token of a user (access or API token) → principal. -ENOENT for anything else
+ * (unknown, ended, expired, a refresh token, its user gone). */
+int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out);
+
+/* ---- decisions ----------------------------------------------------------------------------- */
+
+/* Whether p may do perm on a thing in that org/space (space_guid NULL for org perms; both
+ * NULL for platform perms): 0 yes, -EACCES no but it may see the place (403), -ENOENT it has
+ * no role there at all, so the place must look absent (404). Limited tokens act only in their
+ * space, with their role, and only while the user still holds it. */
+int auth_check(const struct auth *a, const struct auth_principal *p, enum auth_perm perm,
+               const char *org_guid, const char *space_guid);
+/* Whether p has any role in the space or its org (what may be listed to it). */
+bool auth_can_see_space(const struct auth *a, const struct auth_principal *p,
+                        const struct auth_space *space);
+bool auth_can_see_org(const struct auth *a, const struct auth_principal *p,
+                      const struct auth_org *org);
+
+/* What a permission allows, in a few words (docs/roles.md). */
+const char *auth_perm_meaning(enum auth_perm perm);
+
+#endif

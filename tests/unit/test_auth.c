@@ -1,0 +1,252 @@
+/* Unit tests for auth/: the first start's org, space and admin; passwords; roles and what they
+ * allow (the 403/404 line); tokens (login, refresh, limited, expiry, revocation); and that
+ * everything comes back from the store after a restart. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/auth.h"
+#include "common/util.h"
+#include "store/store.h"
+
+struct fixture {
+    char *dir;
+    char *db;
+    struct store *st;
+    struct auth *auth;
+    char *admin_password;
+};
+
+static void reopen(struct fixture *fx)
+{
+    auth_free(fx->auth);
+    fx->auth = NULL;
+    store_close(fx->st);
+    char err[256] = "";
+    assert_int_equal(store_open(fx->db, err, sizeof err, &fx->st), 0);
+    char *pw = NULL;
+    assert_int_equal(auth_open(fx->st, &pw, &fx->auth), 0);
+    assert_null(pw); /* made once, on the first start only */
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = xcalloc(1, sizeof *fx);
+    char dir[] = "/tmp/skiff-test-auth-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    fx->dir = xstrdup(dir);
+    fx->db = xasprintf("%s/skiff.db", dir);
+    char err[256] = "";
+    assert_int_equal(store_open(fx->db, err, sizeof err, &fx->st), 0);
+    assert_int_equal(auth_open(fx->st, &fx->admin_password, &fx->auth), 0);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    auth_free(fx->auth);
+    store_close(fx->st);
+    rm_rf(fx->dir);
+    free(fx->dir);
+    free(fx->db);
+    free(fx->admin_password);
+    free(fx);
+    return 0;
+}
+
+static const struct auth_user *make_user(struct fixture *fx, const char *name)
+{
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a good password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(fx->auth, name, hash, false, &u), 0);
+    return u;
+}
+
+static struct auth_principal as_user(struct fixture *fx, const char *name)
+{
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    const struct auth_user *u = auth_user_find(fx->auth, name);
+    assert_non_null(u);
+    assert_int_equal(auth_login(fx->auth, u->guid, access, refresh), 0);
+    struct auth_principal p;
+    assert_int_equal(auth_authenticate(fx->auth, access, &p), 0);
+    return p;
+}
+
+static void test_first_start_makes_default_space_and_admin(void **state)
+{
+    struct fixture *fx = *state;
+    assert_non_null(fx->admin_password);
+    const struct auth_space *dev = auth_space_resolve(fx->auth, "default/dev");
+    assert_non_null(dev);
+    assert_string_equal(dev->guid, AUTH_DEFAULT_SPACE_GUID);
+    const struct auth_user *admin = auth_user_find(fx->auth, "admin");
+    assert_non_null(admin);
+    assert_true(admin->admin);
+    assert_true(auth_password_verify(admin->password_hash, fx->admin_password));
+    assert_false(auth_password_verify(admin->password_hash, "not the password"));
+    assert_false(auth_password_verify(NULL, fx->admin_password)); /* no user: always no */
+    reopen(fx);
+    assert_non_null(auth_user_find(fx->auth, "admin"));
+}
+
+static void test_passwords_and_names(void **state)
+{
+    struct fixture *fx = *state;
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("short", hash), -EINVAL);
+    assert_int_equal(auth_password_hash("long enough", hash), 0);
+    assert_non_null(strstr(hash, "$argon2id$"));
+    assert_null(strstr(hash, "long enough"));
+    assert_int_equal(auth_user_create(fx->auth, "bad name", hash, false, NULL), -EINVAL);
+    assert_int_equal(auth_user_create(fx->auth, "ann@example.com", hash, false, NULL), 0);
+    assert_int_equal(auth_user_create(fx->auth, "ann@example.com", hash, false, NULL), -EEXIST);
+    assert_int_equal(auth_org_create(fx->auth, "Upper", NULL), -EINVAL);
+    assert_int_equal(auth_org_create(fx->auth, "default", NULL), -EEXIST);
+}
+
+static void test_roles_decide_with_404_for_strangers(void **state)
+{
+    struct fixture *fx = *state;
+    const struct auth_org *acme = NULL;
+    assert_int_equal(auth_org_create(fx->auth, "acme", &acme), 0);
+    char org[AUTH_GUID_LEN + 1];
+    snprintf(org, sizeof org, "%s", acme->guid);
+    const struct auth_space *prod = NULL;
+    assert_int_equal(auth_space_create(fx->auth, org, "prod", &prod), 0);
+    char space[AUTH_GUID_LEN + 1];
+    snprintf(space, sizeof space, "%s", prod->guid);
+    char dev[AUTH_GUID_LEN + 1], aud[AUTH_GUID_LEN + 1], mgr[AUTH_GUID_LEN + 1];
+    snprintf(dev, sizeof dev, "%s", make_user(fx, "dev")->guid);
+    snprintf(aud, sizeof aud, "%s", make_user(fx, "aud")->guid);
+    snprintf(mgr, sizeof mgr, "%s", make_user(fx, "mgr")->guid);
+    make_user(fx, "stranger");
+    assert_int_equal(auth_role_set(fx->auth, dev, org, space, AUTH_ROLE_SPACE_DEVELOPER), 0);
+    assert_int_equal(auth_role_set(fx->auth, aud, org, space, AUTH_ROLE_SPACE_AUDITOR), 0);
+    assert_int_equal(auth_role_set(fx->auth, mgr, org, NULL, AUTH_ROLE_ORG_MANAGER), 0);
+    /* a space role is no org role, and the other way round */
+    assert_int_equal(auth_role_set(fx->auth, dev, org, NULL, AUTH_ROLE_SPACE_DEVELOPER), -EPERM);
+    assert_int_equal(auth_role_set(fx->auth, dev, org, space, AUTH_ROLE_ORG_MANAGER), -EPERM);
+    /* a space role comes with OrgUser */
+    assert_true(auth_roles_of(fx->auth, dev, org, NULL) & (1u << AUTH_ROLE_ORG_USER));
+
+    struct auth_principal pdev = as_user(fx, "dev"), paud = as_user(fx, "aud");
+    struct auth_principal pmgr = as_user(fx, "mgr"), pstr = as_user(fx, "stranger");
+    assert_int_equal(auth_check(fx->auth, &pdev, AUTH_PERM_SPACE_DEVELOP, org, space), 0);
+    assert_int_equal(auth_check(fx->auth, &paud, AUTH_PERM_SPACE_DEVELOP, org, space), -EACCES);
+    assert_int_equal(auth_check(fx->auth, &paud, AUTH_PERM_SPACE_LOGS, org, space), 0);
+    assert_int_equal(auth_check(fx->auth, &pmgr, AUTH_PERM_SPACE_READ, org, space), 0);
+    assert_int_equal(auth_check(fx->auth, &pmgr, AUTH_PERM_SPACE_LOGS, org, space), -EACCES);
+    assert_int_equal(auth_check(fx->auth, &pmgr, AUTH_PERM_ORG_MANAGE, org, NULL), 0);
+    assert_int_equal(auth_check(fx->auth, &pdev, AUTH_PERM_ORG_MANAGE, org, NULL), -EACCES);
+    /* a stranger is told nothing exists, whatever it asks */
+    assert_int_equal(auth_check(fx->auth, &pstr, AUTH_PERM_SPACE_READ, org, space), -ENOENT);
+    assert_int_equal(auth_check(fx->auth, &pstr, AUTH_PERM_ORG_READ, org, NULL), -ENOENT);
+    assert_int_equal(auth_check(fx->auth, &pstr, AUTH_PERM_ADMIN, org, NULL), -ENOENT);
+    assert_int_equal(auth_check(fx->auth, &pdev, AUTH_PERM_ADMIN, NULL, NULL), -EACCES);
+    /* taking OrgUser away takes the space roles with it */
+    assert_int_equal(auth_role_unset(fx->auth, dev, org, NULL, AUTH_ROLE_ORG_USER), 0);
+    assert_int_equal(auth_check(fx->auth, &pdev, AUTH_PERM_SPACE_DEVELOP, org, space), -ENOENT);
+    reopen(fx);
+    pdev = as_user(fx, "dev");
+    paud = as_user(fx, "aud");
+    assert_int_equal(auth_check(fx->auth, &pdev, AUTH_PERM_SPACE_READ, org, space), -ENOENT);
+    assert_int_equal(auth_check(fx->auth, &paud, AUTH_PERM_SPACE_LOGS, org, space), 0);
+    /* deleting the space ends its roles */
+    assert_int_equal(auth_space_delete(fx->auth, space), 0);
+    assert_int_equal(auth_roles_of(fx->auth, aud, org, space), 0u);
+}
+
+static void test_tokens(void **state)
+{
+    struct fixture *fx = *state;
+    const struct auth_org *acme = NULL;
+    assert_int_equal(auth_org_create(fx->auth, "acme", &acme), 0);
+    char org[AUTH_GUID_LEN + 1];
+    snprintf(org, sizeof org, "%s", acme->guid);
+    const struct auth_space *prod = NULL, *test = NULL;
+    assert_int_equal(auth_space_create(fx->auth, org, "prod", &prod), 0);
+    char space[AUTH_GUID_LEN + 1];
+    snprintf(space, sizeof space, "%s", prod->guid);
+    assert_int_equal(auth_space_create(fx->auth, org, "test", &test), 0);
+    char other[AUTH_GUID_LEN + 1];
+    snprintf(other, sizeof other, "%s", test->guid);
+    char dev[AUTH_GUID_LEN + 1];
+    snprintf(dev, sizeof dev, "%s", make_user(fx, "dev")->guid);
+    assert_int_equal(auth_role_set(fx->auth, dev, org, space, AUTH_ROLE_SPACE_DEVELOPER), 0);
+    assert_int_equal(auth_role_set(fx->auth, dev, org, other, AUTH_ROLE_SPACE_DEVELOPER), 0);
+
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    assert_int_equal(auth_login(fx->auth, dev, access, refresh), 0);
+    assert_true(str_has_prefix(access, "skiffa_"));
+    struct auth_principal p;
+    assert_int_equal(auth_authenticate(fx->auth, refresh, &p), -ENOENT); /* no access token */
+    char user[AUTH_GUID_LEN + 1], access2[AUTH_TOKEN_TEXT_MAX], refresh2[AUTH_TOKEN_TEXT_MAX];
+    assert_int_equal(auth_refresh(fx->auth, refresh, user, access2, refresh2), 0);
+    assert_string_equal(user, dev);
+    assert_int_equal(auth_refresh(fx->auth, refresh, user, access2, refresh2), -ENOENT);
+
+    /* limited to prod as SpaceDeveloper */
+    char text[AUTH_TOKEN_TEXT_MAX];
+    const struct auth_token_info *k = NULL;
+    assert_int_equal(auth_token_create(fx->auth, dev, "ci", space, AUTH_ROLE_SPACE_DEVELOPER, 0,
+                                       text, &k),
+                     0);
+    assert_int_equal(auth_token_create(fx->auth, dev, "ci", NULL, -1, 0, text, NULL), -EEXIST);
+    assert_int_equal(auth_authenticate(fx->auth, text, &p), 0);
+    assert_int_equal(auth_check(fx->auth, &p, AUTH_PERM_SPACE_DEVELOP, org, space), 0);
+    assert_int_equal(auth_check(fx->auth, &p, AUTH_PERM_SPACE_READ, org, other), -ENOENT);
+    assert_int_equal(auth_check(fx->auth, &p, AUTH_PERM_ORG_READ, org, NULL), -ENOENT);
+    /* only while the user holds the role */
+    assert_int_equal(auth_role_unset(fx->auth, dev, org, space, AUTH_ROLE_SPACE_DEVELOPER), 0);
+    assert_int_equal(auth_check(fx->auth, &p, AUTH_PERM_SPACE_DEVELOP, org, space), -EACCES);
+    /* revoked at once, and still after a restart */
+    assert_int_equal(auth_token_revoke_text(fx->auth, text), 0);
+    assert_int_equal(auth_authenticate(fx->auth, text, &p), -ENOENT);
+    assert_int_equal(auth_authenticate(fx->auth, access2, &p), 0);
+    reopen(fx);
+    assert_int_equal(auth_authenticate(fx->auth, text, &p), -ENOENT);
+    assert_int_equal(auth_authenticate(fx->auth, access2, &p), 0);
+    /* expired */
+    assert_int_equal(auth_token_create(fx->auth, dev, "old", NULL, -1, time_now_ms() - 1, text,
+                                       NULL),
+                     0);
+    assert_int_equal(auth_authenticate(fx->auth, text, &p), -ENOENT);
+    /* a user's deletion ends its tokens */
+    assert_int_equal(auth_user_delete(fx->auth, dev), 0);
+    assert_int_equal(auth_authenticate(fx->auth, access2, &p), -ENOENT);
+}
+
+static void test_role_names_round_trip(void **state)
+{
+    (void)state;
+    for (int r = 0; r < AUTH_ROLE_COUNT; r++)
+        assert_int_equal(auth_role_parse(auth_role_name((enum auth_role)r)), r);
+    assert_int_equal(auth_role_parse("space_developer"), AUTH_ROLE_SPACE_DEVELOPER);
+    assert_int_equal(auth_role_parse("Emperor"), -1);
+    for (int p = 0; p < AUTH_PERM_COUNT; p++)
+        assert_true(*auth_perm_meaning((enum auth_perm)p));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_first_start_makes_default_space_and_admin, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_passwords_and_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roles_decide_with_404_for_strangers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+        cmocka_unit_test(test_role_names_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
