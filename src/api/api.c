@@ -46,6 +46,7 @@
 
 struct api_route {
     char method[16];
+    char *pattern;
     char **segs;
     size_t nsegs;
     int flags;
@@ -101,6 +102,8 @@ struct api {
     uint64_t body_memory; /* request bodies held in memory now */
     api_instance_live_fn instance_live;
     void *instance_live_ctx;
+    api_audit_fn audit;
+    void *audit_ctx;
     struct auth *auth;
     struct store *store;
     unsigned tmp_seq;
@@ -150,6 +153,7 @@ struct api_request {
     char caller_instance[37];
     char caller_name[64];
     bool by_instance;
+    int status; /* of the response, once begun */
     struct auth_principal principal;
     char org_guid[AUTH_GUID_LEN + 1];  /* "" when the route is platform-wide */
     char space_guid[AUTH_GUID_LEN + 1]; /* "" unless the route is in a space */
@@ -732,6 +736,7 @@ void api_free(struct api *api)
         for (size_t i = 0; i < r->nsegs; i++)
             free(r->segs[i]);
         free(r->segs);
+        free(r->pattern);
         free(r);
         r = next;
     }
@@ -787,6 +792,7 @@ int api_route_add(struct api *api, const char *method, const char *pattern, int 
         return -EINVAL;
     struct api_route *r = xcalloc(1, sizeof *r);
     snprintf(r->method, sizeof r->method, "%s", method);
+    r->pattern = xstrdup(pattern);
     r->segs = api__split_path(pattern, &r->nsegs, false);
     r->flags = flags;
     r->fn = handler;
@@ -1155,9 +1161,24 @@ static void api__request_free(struct api_request *req)
 }
 
 /* The response is queued: release the request and go on with the connection. */
+/* Changes are told to the audit hook once answered: what the caller changed, not what it
+ * tried (a refused request changed nothing); publishing is data, not a change. */
+static void api__audit(struct api_request *req)
+{
+    struct api *api = req->api;
+    if (!api->audit || !req->route || req->status >= 400 || req->status == 0 ||
+        !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD"))
+        return;
+    int perm = req->route->flags & API_PERM_MASK;
+    if (perm == AUTH_PERM_PUBLIC || perm == AUTH_PERM_PUBLISH)
+        return;
+    api->audit(api->audit_ctx, req, req->status);
+}
+
 static void api__finish(struct api_request *req)
 {
     struct api_conn *c = req->conn;
+    api__audit(req);
     req->state = API_REQ_DONE;
     bool keep = req->keep_alive;
     if (c)
@@ -1196,6 +1217,7 @@ void api_respond(struct api_request *req, int status, const char *content_type, 
 {
     if (req->state == API_REQ_DONE || req->state == API_REQ_STREAMING)
         return;
+    req->status = status;
     if (req->conn && !req->conn->closing) {
         struct buf out = {0};
         bool head = !strcmp(req->method, "HEAD");
@@ -1247,6 +1269,7 @@ void api_stream_begin(struct api_request *req, int status, const char *content_t
     if (req->state != API_REQ_HANDLING)
         return;
     req->state = API_REQ_STREAMING;
+    req->status = status;
     api_response_header(req, "Cache-Control", "no-store");
     api_response_header(req, "X-Content-Type-Options", "nosniff");
     if (req->conn && !req->conn->closing) {
@@ -1379,6 +1402,17 @@ const char *api_request_caller_instance(const struct api_request *req)
 const char *api_request_caller_name(const struct api_request *req)
 {
     return req->by_instance ? req->caller_name : NULL;
+}
+
+const char *api_request_route(const struct api_request *req)
+{
+    return req->route ? req->route->pattern : NULL;
+}
+
+void api_set_audit(struct api *api, api_audit_fn fn, void *ctx)
+{
+    api->audit = fn;
+    api->audit_ctx = ctx;
 }
 
 const struct auth_principal *api_request_principal(const struct api_request *req)

@@ -164,6 +164,12 @@ const char *api_request_caller_app(const struct api_request *req);
  * for the admin. */
 const char *api_request_caller_instance(const struct api_request *req);
 const char *api_request_caller_name(const struct api_request *req);
+/* The pattern of the route the request matched ("/v1/apps/ * /start" without the spaces). */
+const char *api_request_route(const struct api_request *req);
+/* Called once per change that was made: a request other than GET/HEAD, publishing and public
+ * routes, answered below 400, as it finishes (the request's accessors still work). */
+typedef void (*api_audit_fn)(void *ctx, struct api_request *req, int status);
+void api_set_audit(struct api *api, api_audit_fn fn, void *ctx);
 /* Who called (auth.h): filled before the handler runs. */
 const struct auth_principal *api_request_principal(const struct api_request *req);
 /* The org and space the permission was checked in (guids; NULL for platform-wide routes,

@@ -587,6 +587,15 @@ static bool core__host_taken(struct api_core *core, const char *host, const char
     return taken;
 }
 
+/* How many routes a create or update body asks for (at most; some may be the app's already). */
+static int core__routes_wanted(json_t *body, bool creating)
+{
+    json_t *routes = json_object_get(body, "routes");
+    if (json_is_array(routes))
+        return (int)json_array_size(routes);
+    return creating && !json_is_true(json_object_get(body, "no_route")) ? 1 : 0;
+}
+
 static bool core__map_routes(struct api_core *core, struct api_request *req,
                              const struct store_app *app, json_t *body, bool creating)
 {
@@ -768,6 +777,76 @@ static void core__changed(struct api_core *core, const struct store_app *app, in
                              web->instances);
 }
 
+/* Adds what app takes to u: its memory and instances over all its processes, itself, and
+ * its routes among all. */
+static void core__usage_add(struct auth_usage *u, const struct store_app *app,
+                            const struct store_route *routes, size_t nroutes)
+{
+    for (size_t i = 0; i < app->n_processes; i++) {
+        const struct store_process *p = &app->processes[i];
+        int64_t mb = p->memory_mb ? p->memory_mb : app->memory_mb;
+        u->use[AUTH_QUOTA_TOTAL_MEMORY_MB] += mb * p->instances;
+        u->use[AUTH_QUOTA_INSTANCES] += p->instances;
+        if (p->instances && mb > u->use[AUTH_QUOTA_INSTANCE_MEMORY_MB])
+            u->use[AUTH_QUOTA_INSTANCE_MEMORY_MB] = mb;
+    }
+    u->use[AUTH_QUOTA_APPS]++;
+    for (size_t i = 0; i < nroutes; i++)
+        if (!strcmp(routes[i].app_guid, app->guid))
+            u->use[AUTH_QUOTA_ROUTES]++;
+}
+
+bool api_core__quota_admits(struct api_core *core, struct api_request *req,
+                            const struct store_app *app, int extra_routes)
+{
+    struct auth *auth = core->cfg.auth;
+    const struct auth_space *space = auth ? auth_space_get(auth, app->space_guid) : NULL;
+    const struct auth_org *org = space ? auth_org_find(auth, space->org_guid) : NULL;
+    const struct auth_quota *sq = space && space->quota_guid[0]
+                                      ? auth_quota_find(auth, space->quota_guid)
+                                      : NULL;
+    const struct auth_quota *oq = org && org->quota_guid[0] ? auth_quota_find(auth, org->quota_guid)
+                                                            : NULL;
+    if (!sq && !oq)
+        return true;
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
+        store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
+        store_app_list_free(apps, n);
+        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        return false;
+    }
+    struct auth_usage in_space = {{0}}, in_org = {{0}};
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(apps[i]->guid, app->guid))
+            continue; /* counted as it would be, below */
+        const struct auth_space *s = auth_space_get(auth, apps[i]->space_guid);
+        if (s && !strcmp(s->guid, space->guid))
+            core__usage_add(&in_space, apps[i], routes, nr);
+        if (s && !strcmp(s->org_guid, space->org_guid))
+            core__usage_add(&in_org, apps[i], routes, nr);
+    }
+    core__usage_add(&in_space, app, routes, nr);
+    core__usage_add(&in_org, app, routes, nr);
+    in_space.use[AUTH_QUOTA_ROUTES] += extra_routes;
+    in_org.use[AUTH_QUOTA_ROUTES] += extra_routes;
+    store_app_list_free(apps, n);
+    store_route_list_free(routes, nr);
+    char where[2 * AUTH_NAME_MAX + 16], msg[512];
+    snprintf(where, sizeof where, "space %s/%s", org ? org->name : "?", space->name);
+    bool ok = auth_quota_admits(sq, &in_space, where, msg, sizeof msg);
+    if (ok) {
+        snprintf(where, sizeof where, "org %s", org ? org->name : "?");
+        ok = auth_quota_admits(oq, &in_org, where, msg, sizeof msg);
+    }
+    if (!ok)
+        api_respond_error(req, 422, "quota_exceeded", "%s", msg);
+    return ok;
+}
+
 static void core__name_taken(struct api_request *req, const char *name)
 {
     api_respond_error(req, 409, "name_taken",
@@ -808,6 +887,8 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     const struct store_process *web = store_app_process(app, "web");
     int before = web ? web->instances : 0;
     if (!core__apply(req, app, body))
+        goto done;
+    if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, creating)))
         goto done;
     app->updated_at = time_now_ms();
     rc = creating ? store_app_create(core->cfg.store, app) : store_app_update(core->cfg.store, app);
@@ -926,6 +1007,8 @@ static void core__apps_patch(struct api_request *req, void *ctx)
     const struct store_process *web = store_app_process(app, "web");
     int before = web ? web->instances : 0;
     if (!core__apply(req, app, body))
+        goto done;
+    if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, false)))
         goto done;
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {
@@ -1273,7 +1356,8 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "\"balance\" must be \"round-robin\" or \"least-connection\"");
         goto done;
     }
-    if (!(app = api_core__app_named(core, req, name)))
+    if (!(app = api_core__app_named(core, req, name)) ||
+        !api_core__quota_admits(core, req, app, 1))
         goto done;
     const char *path = json_string_value(pathv);
     if (strchr(host, '/')) {

@@ -44,17 +44,35 @@ static json_t *tenancy__user_json(const struct auth_user *u)
                      "created_at", tenancy__time(u->created_at));
 }
 
-static json_t *tenancy__org_json(const struct auth_org *o)
+static json_t *tenancy__quota_name(struct api_tenancy *t, const char *guid)
 {
-    return json_pack("{s:s, s:s, s:n, s:o}", "guid", o->guid, "name", o->name, "quota",
-                     "created_at", tenancy__time(o->created_at));
+    const struct auth_quota *q = *guid ? auth_quota_find(t->cfg.auth, guid) : NULL;
+    return q ? json_string(q->name) : json_null();
+}
+
+static json_t *tenancy__org_json(struct api_tenancy *t, const struct auth_org *o)
+{
+    return json_pack("{s:s, s:s, s:o, s:o}", "guid", o->guid, "name", o->name, "quota",
+                     tenancy__quota_name(t, o->quota_guid), "created_at",
+                     tenancy__time(o->created_at));
 }
 
 static json_t *tenancy__space_json(struct api_tenancy *t, const struct auth_space *s)
 {
     const struct auth_org *o = auth_org_find(tenancy__auth(t), s->org_guid);
-    return json_pack("{s:s, s:s, s:s, s:o}", "guid", s->guid, "name", s->name, "org",
-                     o ? o->name : "", "created_at", tenancy__time(s->created_at));
+    return json_pack("{s:s, s:s, s:s, s:o, s:o}", "guid", s->guid, "name", s->name, "org",
+                     o ? o->name : "", "quota", tenancy__quota_name(t, s->quota_guid),
+                     "created_at", tenancy__time(s->created_at));
+}
+
+static json_t *tenancy__quota_json(const struct auth_quota *q)
+{
+    json_t *o = json_pack("{s:s, s:s}", "guid", q->guid, "name", q->name);
+    for (int i = 0; i < AUTH_QUOTA_LIMITS; i++)
+        json_object_set_new(o, auth_quota_limit_name((enum auth_quota_limit)i),
+                            q->limit[i] == AUTH_UNLIMITED ? json_null()
+                                                          : json_integer(q->limit[i]));
+    return o;
 }
 
 /* "ORG/SPACE" of a space guid, into out. */
@@ -645,7 +663,7 @@ static void tenancy__org_item(void *ctx, const struct auth_org *o)
 {
     struct tenancy_list_ctx *c = ctx;
     if (auth_can_see_org(tenancy__auth(c->t), c->p, o))
-        json_array_append_new(c->list, tenancy__org_json(o));
+        json_array_append_new(c->list, tenancy__org_json(c->t, o));
 }
 
 static void tenancy__orgs_list(struct api_request *req, void *ctx)
@@ -677,7 +695,7 @@ static void tenancy__orgs_create(struct api_request *req, void *ctx)
         tenancy__fail(req, rc, what);
         return;
     }
-    json_t *out = tenancy__org_json(o);
+    json_t *out = tenancy__org_json(t, o);
     const struct auth_user *me = tenancy__me(t, req);
     if (me)
         auth_role_set(tenancy__auth(t), me->guid, json_string_value(json_object_get(out, "guid")),
@@ -688,8 +706,8 @@ static void tenancy__orgs_create(struct api_request *req, void *ctx)
 static void tenancy__org_get(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
-    api_respond_json(req, 200, tenancy__org_json(auth_org_find(tenancy__auth(t),
-                                                                api_request_org(req))));
+    api_respond_json(req, 200, tenancy__org_json(t, auth_org_find(tenancy__auth(t),
+                                                                   api_request_org(req))));
 }
 
 /* Whether a space (or, with space_guid NULL, any space of the org) still holds apps; answers
@@ -887,6 +905,132 @@ static void tenancy__space_role(struct api_request *req, void *ctx)
     tenancy__role_change(req, ctx, api_request_space(req), 2);
 }
 
+/* ---- quotas ------------------------------------------------------------------------------- */
+
+static void tenancy__quota_item(void *ctx, const struct auth_quota *q)
+{
+    json_array_append_new(ctx, tenancy__quota_json(q));
+}
+
+static void tenancy__quotas_list(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *list = json_array();
+    auth_quota_each(tenancy__auth(t), tenancy__quota_item, list);
+    api_respond_json(req, 200, json_pack("{s:o}", "quotas", list));
+}
+
+/* POST /v1/quotas and PUT /v1/quotas/NAME: limits absent or null are unlimited (on PUT,
+ * absent ones keep their value). */
+static void tenancy__quota_put(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    bool create = !strcmp(api_request_method(req), "POST");
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", "total_memory_mb", "instance_memory_mb",
+                                         "instances", "apps", "routes", "event_mappings", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    struct auth_quota q = {0};
+    const struct auth_quota *have = create ? NULL
+                                           : auth_quota_find(tenancy__auth(t),
+                                                             api_request_param(req, 0));
+    if (!create && !have) {
+        api_respond_error(req, 404, "not_found", "no quota \"%s\" (`skiff quotas`)",
+                          api_request_param(req, 0));
+        json_decref(body);
+        return;
+    }
+    if (have)
+        q = *have;
+    else
+        for (int i = 0; i < AUTH_QUOTA_LIMITS; i++)
+            q.limit[i] = AUTH_UNLIMITED;
+    const char *name = json_string_value(json_object_get(body, "name"));
+    if (name || create)
+        snprintf(q.name, sizeof q.name, "%s", name ? name : "");
+    for (int i = 0; i < AUTH_QUOTA_LIMITS; i++) {
+        const char *key = auth_quota_limit_name((enum auth_quota_limit)i);
+        json_t *v = json_object_get(body, key);
+        if (!v)
+            continue;
+        if (json_is_null(v)) {
+            q.limit[i] = AUTH_UNLIMITED;
+        } else if (json_is_integer(v) && json_integer_value(v) >= 0) {
+            q.limit[i] = json_integer_value(v);
+        } else {
+            api_respond_error(req, 422, "invalid_value",
+                              "%s is a whole number of at least 0, or null for no limit", key);
+            json_decref(body);
+            return;
+        }
+    }
+    json_decref(body);
+    const struct auth_quota *out = NULL;
+    int rc = auth_quota_put(tenancy__auth(t), &q, &out);
+    char what[AUTH_NAME_MAX + 16];
+    snprintf(what, sizeof what, "quota \"%s\"", q.name);
+    if (rc < 0)
+        tenancy__fail(req, rc, what);
+    else
+        api_respond_json(req, create ? 201 : 200, tenancy__quota_json(out));
+}
+
+static void tenancy__quota_delete(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    const struct auth_quota *q = auth_quota_find(tenancy__auth(t), api_request_param(req, 0));
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", q ? q->guid : "");
+    int rc = q ? auth_quota_delete(tenancy__auth(t), guid) : -ENOENT;
+    if (rc < 0)
+        tenancy__fail(req, rc, "such quota");
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+}
+
+/* PUT /v1/orgs/ORG/quota and PUT /v1/orgs/ORG/spaces/SPACE/quota: {"quota": NAME or null}. */
+static void tenancy__assign_quota(struct api_request *req, void *ctx)
+{
+    struct api_tenancy *t = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"quota", NULL};
+    if (!api_json_check_fields(req, body, fields)) {
+        json_decref(body);
+        return;
+    }
+    json_t *v = json_object_get(body, "quota");
+    const struct auth_quota *q = json_is_string(v)
+                                     ? auth_quota_find(tenancy__auth(t), json_string_value(v))
+                                     : NULL;
+    if (!json_is_null(v) && !q) {
+        api_respond_error(req, 422, "invalid_value",
+                          "quota is the name of a quota (`skiff quotas`), or null for none");
+        json_decref(body);
+        return;
+    }
+    json_decref(body);
+    const char *space = api_request_space(req);
+    int rc = space ? auth_space_set_quota(tenancy__auth(t), space, q ? q->guid : NULL)
+                   : auth_org_set_quota(tenancy__auth(t), api_request_org(req),
+                                        q ? q->guid : NULL);
+    if (rc < 0) {
+        tenancy__fail(req, rc, "such org or space");
+        return;
+    }
+    if (space)
+        api_respond_json(req, 200, tenancy__space_json(t, auth_space_get(t->cfg.auth, space)));
+    else
+        api_respond_json(req, 200,
+                         tenancy__org_json(t, auth_org_find(t->cfg.auth, api_request_org(req))));
+}
+
 /* ---- the permission table ------------------------------------------------------------------ */
 
 static void tenancy__permissions(struct api_request *req, void *ctx)
@@ -943,6 +1087,12 @@ int api_tenancy_register(struct api *api, const struct api_tenancy_config *cfg,
         {"POST", "/v1/orgs/*/spaces", P(ORG_MANAGE, ORG), tenancy__spaces_create},
         {"DELETE", "/v1/orgs/*/spaces/*", P(ORG_MANAGE, ORG_SPACE), tenancy__space_delete},
         {"GET", "/v1/orgs/*/users", P(ORG_READ, ORG), tenancy__org_users},
+        {"GET", "/v1/quotas", P(USER, NONE), tenancy__quotas_list},
+        {"POST", "/v1/quotas", P(ADMIN, NONE), tenancy__quota_put},
+        {"PUT", "/v1/quotas/*", P(ADMIN, NONE), tenancy__quota_put},
+        {"DELETE", "/v1/quotas/*", P(ADMIN, NONE), tenancy__quota_delete},
+        {"PUT", "/v1/orgs/*/quota", P(ADMIN, ORG), tenancy__assign_quota},
+        {"PUT", "/v1/orgs/*/spaces/*/quota", P(ORG_MANAGE, ORG_SPACE), tenancy__assign_quota},
         {"PUT", "/v1/orgs/*/users/*/roles/*", P(ORG_MANAGE, ORG), tenancy__org_role},
         {"DELETE", "/v1/orgs/*/users/*/roles/*", P(ORG_MANAGE, ORG), tenancy__org_role},
         {"GET", "/v1/orgs/*/spaces/*/users", P(SPACE_READ, ORG_SPACE), tenancy__space_users},

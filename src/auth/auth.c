@@ -40,7 +40,16 @@ struct auth {
     size_t n_roles;
     struct auth_token_row *tokens;
     size_t n_tokens;
+    struct auth_quota *quotas;
+    size_t n_quotas;
 };
+
+static void auth__copy(char *dst, size_t size, const char *src)
+{
+    snprintf(dst, size, "%s", src ? src : "");
+}
+
+#define AUTH_COPY(dst, src) auth__copy((dst), sizeof(dst), (src))
 
 /* ---- roles and permissions: the one table ------------------------------------------------- */
 
@@ -211,6 +220,7 @@ bool auth_password_verify(const char *hash, const char *password)
 #define AUTH_DOC_SPACE "auth.space"
 #define AUTH_DOC_ROLE "auth.role"
 #define AUTH_DOC_TOKEN "auth.token"
+#define AUTH_DOC_QUOTA "auth.quota"
 
 static int auth__put(struct auth *a, const char *kind, const char *id, json_t *doc)
 {
@@ -234,15 +244,52 @@ static int auth__user_save(struct auth *a, const struct auth_user *u)
 static int auth__org_save(struct auth *a, const struct auth_org *o)
 {
     return auth__put(a, AUTH_DOC_ORG, o->guid,
-                     json_pack("{s:s, s:I}", "name", o->name, "created_at",
-                               (json_int_t)o->created_at));
+                     json_pack("{s:s, s:s, s:I}", "name", o->name, "quota", o->quota_guid,
+                               "created_at", (json_int_t)o->created_at));
 }
 
 static int auth__space_save(struct auth *a, const struct auth_space *s)
 {
     return auth__put(a, AUTH_DOC_SPACE, s->guid,
-                     json_pack("{s:s, s:s, s:I}", "org", s->org_guid, "name", s->name,
-                               "created_at", (json_int_t)s->created_at));
+                     json_pack("{s:s, s:s, s:s, s:I}", "org", s->org_guid, "name", s->name,
+                               "quota", s->quota_guid, "created_at", (json_int_t)s->created_at));
+}
+
+static const char *const auth__limit_names[AUTH_QUOTA_LIMITS] = {
+    "total_memory_mb", "instance_memory_mb", "instances", "apps", "routes", "event_mappings",
+};
+
+const char *auth_quota_limit_name(enum auth_quota_limit limit)
+{
+    return (unsigned)limit < AUTH_QUOTA_LIMITS ? auth__limit_names[limit] : "?";
+}
+
+static int auth__quota_save(struct auth *a, const struct auth_quota *q)
+{
+    json_t *o = json_pack("{s:s}", "name", q->name);
+    for (int i = 0; i < AUTH_QUOTA_LIMITS; i++)
+        json_object_set_new(o, auth__limit_names[i], json_integer(q->limit[i]));
+    return auth__put(a, AUTH_DOC_QUOTA, q->guid, o);
+}
+
+static int auth__load_quota(void *ctx, const char *id, const char *text)
+{
+    struct auth *a = ctx;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *name = json_string_value(json_object_get(o, "name"));
+    if (name) {
+        a->quotas = xrealloc(a->quotas, (a->n_quotas + 1) * sizeof *a->quotas);
+        struct auth_quota *q = &a->quotas[a->n_quotas++];
+        memset(q, 0, sizeof *q);
+        AUTH_COPY(q->guid, id);
+        AUTH_COPY(q->name, name);
+        for (int i = 0; i < AUTH_QUOTA_LIMITS; i++) {
+            json_t *v = json_object_get(o, auth__limit_names[i]);
+            q->limit[i] = json_is_integer(v) ? json_integer_value(v) : AUTH_UNLIMITED;
+        }
+    }
+    json_decref(o);
+    return 0;
 }
 
 static char *auth__role_id(const struct auth_role_row *r)
@@ -284,12 +331,6 @@ static int auth__token_save(struct auth *a, const struct auth_token_row *t)
                                (json_int_t)t->info.created_at));
 }
 
-static void auth__copy(char *dst, size_t size, const char *src)
-{
-    snprintf(dst, size, "%s", src ? src : "");
-}
-
-#define AUTH_COPY(dst, src) auth__copy((dst), sizeof(dst), (src))
 
 static int auth__load_user(void *ctx, const char *id, const char *text)
 {
@@ -317,14 +358,16 @@ static int auth__load_org(void *ctx, const char *id, const char *text)
 {
     struct auth *a = ctx;
     json_t *o = json_loads(text, 0, NULL);
-    const char *name = NULL;
+    const char *name = NULL, *quota = "";
     json_int_t created = 0;
-    if (o && json_unpack(o, "{s:s, s?:I}", "name", &name, "created_at", &created) == 0) {
+    if (o && json_unpack(o, "{s:s, s?:s, s?:I}", "name", &name, "quota", &quota, "created_at",
+                         &created) == 0) {
         a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
         struct auth_org *org = &a->orgs[a->n_orgs++];
         memset(org, 0, sizeof *org);
         AUTH_COPY(org->guid, id);
         AUTH_COPY(org->name, name);
+        AUTH_COPY(org->quota_guid, quota);
         org->created_at = created;
     }
     json_decref(o);
@@ -335,16 +378,17 @@ static int auth__load_space(void *ctx, const char *id, const char *text)
 {
     struct auth *a = ctx;
     json_t *o = json_loads(text, 0, NULL);
-    const char *name = NULL, *org = NULL;
+    const char *name = NULL, *org = NULL, *quota = "";
     json_int_t created = 0;
-    if (o && json_unpack(o, "{s:s, s:s, s?:I}", "org", &org, "name", &name, "created_at",
-                         &created) == 0) {
+    if (o && json_unpack(o, "{s:s, s:s, s?:s, s?:I}", "org", &org, "name", &name, "quota",
+                         &quota, "created_at", &created) == 0) {
         a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
         struct auth_space *s = &a->spaces[a->n_spaces++];
         memset(s, 0, sizeof *s);
         AUTH_COPY(s->guid, id);
         AUTH_COPY(s->org_guid, org);
         AUTH_COPY(s->name, name);
+        AUTH_COPY(s->quota_guid, quota);
         s->created_at = created;
     }
     json_decref(o);
@@ -706,6 +750,112 @@ void auth_space_each(const struct auth *a, const char *org_guid,
     for (size_t i = 0; i < a->n_spaces; i++)
         if (!org_guid || !strcmp(a->spaces[i].org_guid, org_guid))
             fn(ctx, &a->spaces[i]);
+}
+
+/* ---- quotas -------------------------------------------------------------------------------- */
+
+const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_or_guid)
+{
+    for (size_t i = 0; i < a->n_quotas; i++)
+        if (!strcmp(a->quotas[i].guid, name_or_guid) || !strcmp(a->quotas[i].name, name_or_guid))
+            return &a->quotas[i];
+    return NULL;
+}
+
+int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out)
+{
+    if (!auth_name_valid(q->name))
+        return -EINVAL;
+    const struct auth_quota *named = auth_quota_find(a, q->name);
+    struct auth_quota *have = q->guid[0] ? (struct auth_quota *)auth_quota_find(a, q->guid) : NULL;
+    if (have && strcmp(have->guid, q->guid))
+        have = NULL;
+    if (named && named != have)
+        return -EEXIST;
+    struct auth_quota next = *q;
+    if (!have)
+        uuid_generate_v4(next.guid);
+    if (auth__quota_save(a, &next) < 0)
+        return -EIO;
+    if (!have) {
+        a->quotas = xrealloc(a->quotas, (a->n_quotas + 1) * sizeof *a->quotas);
+        have = &a->quotas[a->n_quotas++];
+    }
+    *have = next;
+    if (out)
+        *out = have;
+    return 0;
+}
+
+int auth_quota_delete(struct auth *a, const char *guid)
+{
+    const struct auth_quota *q = auth_quota_find(a, guid);
+    if (!q || strcmp(q->guid, guid))
+        return -ENOENT;
+    for (size_t i = 0; i < a->n_orgs; i++)
+        if (!strcmp(a->orgs[i].quota_guid, guid))
+            auth_org_set_quota(a, a->orgs[i].guid, NULL);
+    for (size_t i = 0; i < a->n_spaces; i++)
+        if (!strcmp(a->spaces[i].quota_guid, guid))
+            auth_space_set_quota(a, a->spaces[i].guid, NULL);
+    if (store_doc_delete(a->store, AUTH_DOC_QUOTA, guid) < 0)
+        return -EIO;
+    size_t idx = (size_t)(q - a->quotas);
+    a->quotas[idx] = a->quotas[--a->n_quotas];
+    return 0;
+}
+
+void auth_quota_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_quota *q),
+                     void *ctx)
+{
+    for (size_t i = 0; i < a->n_quotas; i++)
+        fn(ctx, &a->quotas[i]);
+}
+
+int auth_org_set_quota(struct auth *a, const char *org_guid, const char *quota_guid)
+{
+    struct auth_org *o = (struct auth_org *)auth_org_find(a, org_guid);
+    if (!o || (quota_guid && !auth_quota_find(a, quota_guid)))
+        return -ENOENT;
+    struct auth_org next = *o;
+    AUTH_COPY(next.quota_guid, quota_guid);
+    if (auth__org_save(a, &next) < 0)
+        return -EIO;
+    *o = next;
+    return 0;
+}
+
+int auth_space_set_quota(struct auth *a, const char *space_guid, const char *quota_guid)
+{
+    struct auth_space *s = (struct auth_space *)auth_space_get(a, space_guid);
+    if (!s || (quota_guid && !auth_quota_find(a, quota_guid)))
+        return -ENOENT;
+    struct auth_space next = *s;
+    AUTH_COPY(next.quota_guid, quota_guid);
+    if (auth__space_save(a, &next) < 0)
+        return -EIO;
+    *s = next;
+    return 0;
+}
+
+bool auth_quota_admits(const struct auth_quota *q, const struct auth_usage *use,
+                       const char *where, char *msg, size_t size)
+{
+    static const char *const what[AUTH_QUOTA_LIMITS] = {
+        "MB of memory in all", "MB of memory per instance", "instances in all", "apps",
+        "routes", "event mappings",
+    };
+    for (int i = 0; q && i < AUTH_QUOTA_LIMITS; i++) {
+        if (q->limit[i] == AUTH_UNLIMITED || use->use[i] <= q->limit[i])
+            continue;
+        snprintf(msg, size,
+                 "%s's quota \"%s\" allows %lld %s (%s), and this would make it %lld: ask an "
+                 "admin for a larger quota, or make room first",
+                 where, q->name, (long long)q->limit[i], what[i], auth__limit_names[i],
+                 (long long)use->use[i]);
+        return false;
+    }
+    return true;
 }
 
 /* ---- roles --------------------------------------------------------------------------------- */
@@ -1134,7 +1284,8 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
         store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
         store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
         store_doc_each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0) {
+        store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
         rc = -EIO;
         goto fail;
     }
@@ -1188,6 +1339,7 @@ void auth_free(struct auth *a)
     free(a->orgs);
     free(a->spaces);
     free(a->roles);
+    free(a->quotas);
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
     free(a);

@@ -121,6 +121,7 @@ struct auth_user {
 struct auth_org {
     char guid[AUTH_GUID_LEN + 1];
     char name[AUTH_NAME_MAX + 1];
+    char quota_guid[AUTH_GUID_LEN + 1]; /* "" without a quota */
     int64_t created_at;
 };
 
@@ -128,8 +129,36 @@ struct auth_space {
     char guid[AUTH_GUID_LEN + 1];
     char org_guid[AUTH_GUID_LEN + 1];
     char name[AUTH_NAME_MAX + 1];
+    char quota_guid[AUTH_GUID_LEN + 1]; /* "" without a quota */
     int64_t created_at;
 };
+
+/* A quota plan, given to orgs and spaces (Cloud Foundry's org and space quotas). Each limit
+ * is a number, or AUTH_UNLIMITED. */
+#define AUTH_UNLIMITED (-1)
+enum auth_quota_limit {
+    AUTH_QUOTA_TOTAL_MEMORY_MB,    /* all instances of all apps together */
+    AUTH_QUOTA_INSTANCE_MEMORY_MB, /* one instance */
+    AUTH_QUOTA_INSTANCES,          /* all instances of all apps */
+    AUTH_QUOTA_APPS,
+    AUTH_QUOTA_ROUTES,
+    AUTH_QUOTA_EVENT_MAPPINGS,
+    AUTH_QUOTA_LIMITS
+};
+
+struct auth_quota {
+    char guid[AUTH_GUID_LEN + 1];
+    char name[AUTH_NAME_MAX + 1];
+    int64_t limit[AUTH_QUOTA_LIMITS];
+};
+
+/* What an org or space uses (or would use after a change), in the quota's terms. */
+struct auth_usage {
+    int64_t use[AUTH_QUOTA_LIMITS]; /* INSTANCE_MEMORY_MB: the largest instance */
+};
+
+/* The JSON field name of a limit ("total_memory_mb", ...). */
+const char *auth_quota_limit_name(enum auth_quota_limit limit);
 
 struct auth_token_info {
     char guid[AUTH_GUID_LEN + 1];
@@ -194,6 +223,23 @@ void auth_org_each(const struct auth *a, void (*fn)(void *ctx, const struct auth
                    void *ctx);
 void auth_space_each(const struct auth *a, const char *org_guid,
                      void (*fn)(void *ctx, const struct auth_space *s), void *ctx);
+
+/* ---- quotas ------------------------------------------------------------------------------- */
+
+const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_or_guid);
+/* Creates (q->guid "" or unknown) or replaces a plan by guid; -EEXIST a name taken. */
+int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out);
+/* Also takes it from every org and space that had it. */
+int auth_quota_delete(struct auth *a, const char *guid);
+void auth_quota_each(const struct auth *a, void (*fn)(void *ctx, const struct auth_quota *q),
+                     void *ctx);
+/* quota_guid NULL: none. */
+int auth_org_set_quota(struct auth *a, const char *org_guid, const char *quota_guid);
+int auth_space_set_quota(struct auth *a, const char *space_guid, const char *quota_guid);
+/* Whether use fits the quota: true, or false with a message naming the quota, the limit and
+ * the numbers (where: "org acme" or "space acme/prod"). */
+bool auth_quota_admits(const struct auth_quota *q, const struct auth_usage *use,
+                       const char *where, char *msg, size_t size);
 
 /* ---- roles --------------------------------------------------------------------------------- */
 

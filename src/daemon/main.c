@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "api/api.h"
+#include "api/audit.h"
 #include "api/core.h"
 #include "api/tenancy.h"
 #include "auth/auth.h"
@@ -42,6 +43,7 @@ struct daemon {
     struct api *api;
     struct api_core *core;
     struct api_tenancy *tenancy;
+    struct api_audit *audit;
     struct scheduler *sched;
     struct bus *bus;
     struct router_proc *router;
@@ -264,6 +266,7 @@ static void daemon_free(struct daemon *d)
 {
     api_core_free(d->core);
     api_tenancy_free(d->tenancy);
+    api_audit_free(d->audit);
     api_free(d->api);
     auth_free(d->auth);
     scheduler_free(d->sched);
@@ -561,6 +564,7 @@ int main(int argc, char **argv)
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {.home = d.home, .auth = d.auth, .store = d.store};
     api_tenancy_register(d.api, &tcfg, &d.tenancy);
+    api_audit_register(d.api, d.store, d.auth, &d.audit);
     struct api_services svc = {.loop = d.loop,
                                .home = d.home,
                                .api_url = api_url,

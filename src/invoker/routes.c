@@ -39,6 +39,43 @@ static bool routes_app_exists(struct invoker *inv, struct api_request *req, cons
     return false;
 }
 
+/* Whether one more event mapping fits the quotas of the space and its org; answers 422
+ * `quota_exceeded` itself when not. */
+static bool routes_quota_admits(struct invoker *inv, struct api_request *req, const char *space_guid)
+{
+    struct auth *auth = api_request_auth(req);
+    const struct auth_space *space = auth ? auth_space_get(auth, space_guid) : NULL;
+    const struct auth_org *org = space ? auth_org_find(auth, space->org_guid) : NULL;
+    if (!space || !org)
+        return true;
+    struct auth_usage in_space = {{0}}, in_org = {{0}};
+    in_space.use[AUTH_QUOTA_EVENT_MAPPINGS] = in_org.use[AUTH_QUOTA_EVENT_MAPPINGS] = 1;
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
+        if (m->deleted)
+            continue;
+        const struct auth_space *s =
+            auth_space_get(auth, m->spec.space ? m->spec.space : SKIFF_DEFAULT_SPACE_GUID);
+        if (s && !strcmp(s->guid, space->guid))
+            in_space.use[AUTH_QUOTA_EVENT_MAPPINGS]++;
+        if (s && !strcmp(s->org_guid, org->guid))
+            in_org.use[AUTH_QUOTA_EVENT_MAPPINGS]++;
+    }
+    char where[2 * AUTH_NAME_MAX + 16], msg[512];
+    const struct auth_quota *sq = space->quota_guid[0] ? auth_quota_find(auth, space->quota_guid)
+                                                       : NULL;
+    const struct auth_quota *oq = org->quota_guid[0] ? auth_quota_find(auth, org->quota_guid)
+                                                     : NULL;
+    snprintf(where, sizeof where, "space %s/%s", org->name, space->name);
+    bool ok = auth_quota_admits(sq, &in_space, where, msg, sizeof msg);
+    if (ok) {
+        snprintf(where, sizeof where, "org %s", org->name);
+        ok = auth_quota_admits(oq, &in_org, where, msg, sizeof msg);
+    }
+    if (!ok)
+        api_respond_error(req, 422, "quota_exceeded", "%s", msg);
+    return ok;
+}
+
 static struct inv_mapping *routes_mapping_or_404(struct invoker *inv, struct api_request *req)
 {
     const char *id = api_request_param(req, 0);
@@ -102,7 +139,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         mapping_spec_free(&spec);
         return;
     }
-    if (!routes_app_exists(inv, req, spec.app)) {
+    if (!routes_app_exists(inv, req, spec.app) || !routes_quota_admits(inv, req, spec.space)) {
         mapping_spec_free(&spec);
         return;
     }

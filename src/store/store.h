@@ -158,6 +158,32 @@ void store_droplet_free(struct store_droplet *drop);
 int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
                               const char *keep_droplet, char ***paths);
 
+/* ---- audit events: who changed what ------------------------------------------------------- */
+
+#define STORE_AUDIT_KEEP 100000
+
+struct store_audit_event {
+    int64_t id; /* given by the store, growing */
+    int64_t at; /* ms since the epoch */
+    char *type; /* "audit.app.update" */
+    char *actor; /* the user's name, or "admin" for the local admin token */
+    char *actor_guid;
+    char *token_guid;
+    char *target; /* the app's (user's, org's, ...) name, or NULL */
+    char *space_guid;
+    char *org_guid;
+    char *detail; /* JSON object */
+};
+
+/* Appends one (ev->id is ignored); only the newest STORE_AUDIT_KEEP are kept. */
+int store_audit_add(struct store *st, const struct store_audit_event *ev);
+/* Newest first, at most limit, filtered by whichever of space, org and target is not NULL,
+ * older than before_id when > 0. */
+int store_audit_list(struct store *st, const char *space_guid, const char *org_guid,
+                     const char *target, int64_t before_id, size_t limit,
+                     struct store_audit_event **out, size_t *n);
+void store_audit_list_free(struct store_audit_event *list, size_t n);
+
 /* ---- documents: JSON records for other components ----------------------------------------- */
 
 /* Inserts or replaces. json is any text (normally a JSON object). */

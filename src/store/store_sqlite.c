@@ -66,6 +66,13 @@ const char *const store_sqlite_migrations[] = {
     "DROP TABLE apps;"
     "ALTER TABLE apps_spaced RENAME TO apps;"
     "ALTER TABLE domains ADD COLUMN org_guid TEXT;",
+    /* 5: audit events, who changed what (docs/api.md) */
+    "CREATE TABLE audit_events ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, type TEXT NOT NULL,"
+    "  actor TEXT NOT NULL, actor_guid TEXT, token_guid TEXT, target TEXT,"
+    "  space_guid TEXT, org_guid TEXT, detail TEXT NOT NULL DEFAULT '{}');"
+    "CREATE INDEX audit_space ON audit_events(space_guid, id);"
+    "CREATE INDEX audit_org ON audit_events(org_guid, id);",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -984,6 +991,96 @@ int store_app_prune_artifacts(struct store *st, const char *app_guid, const char
         rc = store__prune(st, "droplets", app_guid, keep_droplet, &v, &n);
     *paths = v;
     return rc;
+}
+
+/* ---- audit events ------------------------------------------------------------------------- */
+
+int store_audit_add(struct store *st, const struct store_audit_event *ev)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO audit_events (at, type, actor, actor_guid,"
+                                         " token_guid, target, space_guid, org_guid, detail)"
+                                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_int64(q, 1, ev->at);
+    store__bind_text(q, 2, ev->type);
+    store__bind_text(q, 3, ev->actor);
+    store__bind_text(q, 4, ev->actor_guid);
+    store__bind_text(q, 5, ev->token_guid);
+    store__bind_text(q, 6, ev->target);
+    store__bind_text(q, 7, ev->space_guid);
+    store__bind_text(q, 8, ev->org_guid);
+    store__bind_text(q, 9, ev->detail ? ev->detail : "{}");
+    int rc = store__step_done(st, q);
+    if (rc < 0)
+        return rc;
+    /* the newest STORE_AUDIT_KEEP are kept: a busy or hostile caller cannot fill the disk */
+    sqlite3_int64 id = sqlite3_last_insert_rowid(st->db);
+    if (id % 1000 == 0) {
+        q = store__prepare(st, "DELETE FROM audit_events WHERE id <= ?");
+        if (!q)
+            return -EIO;
+        sqlite3_bind_int64(q, 1, id - STORE_AUDIT_KEEP);
+        return store__step_done(st, q);
+    }
+    return 0;
+}
+
+int store_audit_list(struct store *st, const char *space_guid, const char *org_guid,
+                     const char *target, int64_t before_id, size_t limit,
+                     struct store_audit_event **out, size_t *n)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, "SELECT id, at, type, actor, actor_guid, token_guid, target, space_guid, org_guid,"
+            " detail FROM audit_events WHERE (?1 IS NULL OR space_guid = ?1)"
+            " AND (?2 IS NULL OR org_guid = ?2) AND (?3 IS NULL OR target = ?3)"
+            " AND (?4 <= 0 OR id < ?4) ORDER BY id DESC LIMIT ?5");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, space_guid);
+    store__bind_text(q, 2, org_guid);
+    store__bind_text(q, 3, target);
+    sqlite3_bind_int64(q, 4, before_id);
+    sqlite3_bind_int64(q, 5, (sqlite3_int64)limit);
+    struct store_audit_event *list = NULL;
+    size_t count = 0;
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        list = xrealloc(list, (count + 1) * sizeof *list);
+        struct store_audit_event *e = &list[count++];
+        e->id = sqlite3_column_int64(q, 0);
+        e->at = sqlite3_column_int64(q, 1);
+        e->type = store__col_text(q, 2);
+        e->actor = store__col_text(q, 3);
+        e->actor_guid = store__col_text(q, 4);
+        e->token_guid = store__col_text(q, 5);
+        e->target = store__col_text(q, 6);
+        e->space_guid = store__col_text(q, 7);
+        e->org_guid = store__col_text(q, 8);
+        e->detail = store__col_text(q, 9);
+    }
+    if (store__read_done(st, q, step, "list audit events") < 0) {
+        store_audit_list_free(list, count);
+        return -EIO;
+    }
+    *out = list;
+    *n = count;
+    return 0;
+}
+
+void store_audit_list_free(struct store_audit_event *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(list[i].type);
+        free(list[i].actor);
+        free(list[i].actor_guid);
+        free(list[i].token_guid);
+        free(list[i].target);
+        free(list[i].space_guid);
+        free(list[i].org_guid);
+        free(list[i].detail);
+    }
+    free(list);
 }
 
 /* ---- documents --------------------------------------------------------------------------- */

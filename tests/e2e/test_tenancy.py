@@ -54,7 +54,7 @@ class Who:
         self.org_roles, self.space_roles = set(org_roles), set(space_roles)
         self.admin, self.valid, self.limited = admin, valid, limited_to_prod
 
-    def expect(self, perm, perms, place):
+    def expect(self, perm, perms, place, path):
         """'ok', 401, 403 or 404 for a call needing perm in acme (or acme/prod)."""
         if perm == "public":
             return "ok"
@@ -71,8 +71,9 @@ class Who:
         granted = perms[perm]
         space_perm = perm.startswith("space.")
         if self.limited:
+            # a limited token sees its own space, and only that
             held = self.space_roles if space_perm else set()
-            sees = space_perm
+            sees = space_perm or (place == "org and space" and "/spaces/prod/" in path + "/")
         else:
             held = self.org_roles | (self.space_roles if space_perm else set())
             sees = bool(self.org_roles)
@@ -129,6 +130,7 @@ def setup_world(p):
     status, _ = api(p, "POST", "/v1/topics/orders/events?space=acme/prod", admin, {"n": 1})
     assert status == 202
     mapping = ok("POST", "/v1/event-mappings?space=acme/prod", {"app": "shop", "topic": "orders"})
+    ok("POST", "/v1/quotas", {"name": "matrix"})
     tokens = {u: login(p, u)["access_token"] for u in users}
     # an API token that is limited to acme/prod as a SpaceAuditor, though dev develops there
     status, body = api(p, "PUT", "/v1/orgs/acme/spaces/prod/users/dev/roles/SpaceAuditor", admin)
@@ -249,6 +251,16 @@ def fill(world, method, path):
         victim = unique("u")
         made("POST", "/v1/users", {"name": victim, "password": PASSWORD})
         return f"/v1/users/{victim}", None, None, None
+    if path == "/v1/quotas" and method == "POST":
+        return path, {"name": unique("q")}, None, None
+    if path == "/v1/quotas/*":
+        if method == "DELETE":
+            victim = unique("q")
+            made("POST", "/v1/quotas", {"name": victim})
+            return f"/v1/quotas/{victim}", None, None, None
+        return "/v1/quotas/matrix", {"apps": 100}, None, None
+    if path == "/v1/audit_events":
+        return f"/v1/audit_events?{S}", None, None, None
     if path == "/v1/orgs" and method == "POST":
         return path, {"name": unique("o")}, None, None
     if path.startswith("/v1/orgs/*"):
@@ -273,6 +285,9 @@ def fill(world, method, path):
             return f"/v1/orgs/acme/spaces/{space}", None, None, None
         if rest.startswith("/spaces/*/users/*/roles/*"):
             return "/v1/orgs/acme/spaces/prod/users/target/roles/SpaceAuditor", None, None, None
+        if rest.endswith("/quota"):
+            return "/v1/orgs/acme" + rest.replace("/spaces/*", "/spaces/prod"), \
+                {"quota": None}, None, None
         if rest.startswith("/users/*/roles/*"):
             return "/v1/orgs/acme/users/target/roles/BillingManager", None, None, None
         return "/v1/orgs/acme" + rest.replace("/spaces/*", "/spaces/prod"), None, None, None
@@ -305,8 +320,8 @@ def test_every_endpoint_as_every_role(world):
         if (method, path) in SPECIAL:
             continue
         for who in world["callers"]:
-            expected = who.expect(perm, perms, place)
             cpath, body, raw, headers = fill(world, method, path)
+            expected = who.expect(perm, perms, place, cpath.split("?")[0])
             status, out = api(p, method, cpath, who.token, body, raw, headers)
             got = "ok" if status not in (401, 403, 404) else status
             if got != expected:
@@ -466,3 +481,71 @@ def test_bad_names_and_roles_are_refused(world):
     # a space that does not exist, by name or guid
     assert api(p, "GET", "/v1/apps?space=acme/nope", admin)[0] == 404
     assert api(p, "GET", "/v1/apps?space=" + str(uuid.uuid4()), admin)[0] == 404
+
+
+def test_quotas_refuse_with_a_clear_message(world):
+    p, admin = world["p"], world["admin"]
+    def ok(method, path, body=None):
+        status, out = api(p, method, path, admin, body)
+        assert status in (200, 201, 204), (method, path, status, out)
+        return out
+    ok("POST", "/v1/quotas", {"name": "tiny", "apps": 2, "total_memory_mb": 512, "routes": 1,
+                              "event_mappings": 0, "instance_memory_mb": 256})
+    ok("POST", "/v1/orgs", {"name": "small"})
+    ok("POST", "/v1/orgs/small/spaces", {"name": "s"})
+    ok("PUT", "/v1/orgs/small/users/orgmgr/roles/OrgManager")
+    # an org manager gives the space its quota; only an admin gives the org one
+    mgr = world["tokens"]["orgmgr"]
+    assert api(p, "PUT", "/v1/orgs/small/quota", mgr, {"quota": "tiny"})[0] == 403
+    status, space = api(p, "PUT", "/v1/orgs/small/spaces/s/quota", mgr, {"quota": "tiny"})
+    assert status == 200 and space["quota"] == "tiny"
+    S = "space=small/s"
+    ok("PUT", f"/v1/apps/one?{S}", {"memory_mb": 256, "no_route": True})
+    def refused(method, path, body, limit):
+        status, out = api(p, method, path, admin, body)
+        assert status == 422 and out["error"]["code"] == "quota_exceeded", (status, out)
+        msg = out["error"]["message"]
+        assert "tiny" in msg and limit in msg and "small/s" in msg, msg
+    refused("PATCH", f"/v1/apps/one?{S}", {"instances": 3}, "total_memory_mb")
+    refused("PATCH", f"/v1/apps/one?{S}", {"memory_mb": 512}, "instance_memory_mb")
+    ok("PUT", f"/v1/apps/two?{S}", {"memory_mb": 128, "no_route": True})
+    refused("PUT", f"/v1/apps/three?{S}", {"memory_mb": 64, "no_route": True}, "apps")
+    ok("POST", f"/v1/routes?{S}", {"app": "one", "host": "one-small.localhost"})
+    refused("POST", f"/v1/routes?{S}", {"app": "two", "host": "two-small.localhost"}, "routes")
+    refused("POST", f"/v1/event-mappings?{S}", {"app": "one", "topic": "t"}, "event_mappings")
+    # nothing refused was stored
+    status, apps = api(p, "GET", f"/v1/apps?{S}", admin)
+    assert sorted(a["name"] for a in apps["apps"]) == ["one", "two"]
+    assert [a["instances"] for a in apps["apps"] if a["name"] == "one"] == [1]
+    # lifting it lets the change through
+    ok("PUT", "/v1/quotas/tiny", {"apps": None})
+    ok("PUT", f"/v1/apps/three?{S}", {"memory_mb": 64, "no_route": True})
+    status, quotas = api(p, "GET", "/v1/quotas", world["tokens"]["dev"])
+    tiny = [q for q in quotas["quotas"] if q["name"] == "tiny"][0]
+    assert tiny["apps"] is None and tiny["routes"] == 1
+
+
+def test_audit_events_say_who_did_what(world):
+    p = world["p"]
+    dev = world["tokens"]["dev"]
+    S = "space=acme/prod"
+    name = unique("audited")
+    assert api(p, "PUT", f"/v1/apps/{name}?{S}", dev, {"no_route": True})[0] == 201
+    assert api(p, "PUT", f"/v1/apps/{name}/env?{S}", dev, {"TOP_SECRET": "hunter2-value"})[0] == 200
+    assert api(p, "DELETE", f"/v1/apps/{name}?{S}", dev)[0] == 204
+    # a refused change is no change
+    assert api(p, "DELETE", f"/v1/apps/{name}?{S}", world["tokens"]["aud"])[0] in (403, 404)
+    status, body = api(p, "GET", f"/v1/audit_events?{S}&target={name}", world["tokens"]["aud"])
+    assert status == 200, body
+    events = body["audit_events"]
+    assert [e["type"] for e in events] == ["audit.app.delete", "audit.app.env", "audit.app.update"]
+    assert {e["actor"] for e in events} == {"dev"}
+    assert all(e["org"] == "acme" and e["space"] == "prod" and e["target"] == name for e in events)
+    assert "hunter2" not in json.dumps(body), "bodies (secrets) are never recorded"
+    # another org's user sees nothing of them; the admin sees everything
+    assert api(p, "GET", f"/v1/audit_events?{S}", world["tokens"]["outsider"])[0] == 404
+    status, everything = api(p, "GET", "/v1/admin/audit_events?limit=1000", world["admin"])
+    types = {e["type"] for e in everything["audit_events"]}
+    assert {"audit.user.create", "audit.org.create", "audit.role.update"} <= types
+    status, org_events = api(p, "GET", "/v1/orgs/acme/audit_events", world["tokens"]["orgaud"])
+    assert status == 200 and any(e["type"] == "audit.role.update" for e in org_events["audit_events"])
