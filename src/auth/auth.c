@@ -30,8 +30,9 @@ struct auth_token_row {
 
 struct auth {
     struct store *store;
-    struct auth_user *users;
+    struct auth_user *users; /* by name */
     size_t n_users;
+    size_t *users_by_guid;   /* indexes into users, by guid (rebuilt when users change) */
     struct auth_org *orgs;
     size_t n_orgs;
     struct auth_space *spaces;
@@ -450,11 +451,50 @@ static int auth__load_token(void *ctx, const char *id, const char *text)
 
 /* ---- lookups ------------------------------------------------------------------------------- */
 
+/* A request looks its user up by guid, a command by name: both are binary searches. */
+static const struct auth_user *auth__sorted_users;
+
+static int auth__cmp_user_index(const void *x, const void *y)
+{
+    return strcmp(auth__sorted_users[*(const size_t *)x].guid,
+                  auth__sorted_users[*(const size_t *)y].guid);
+}
+
+static void auth__users_indexed(struct auth *a)
+{
+    free(a->users_by_guid);
+    a->users_by_guid = xcalloc(a->n_users + 1, sizeof *a->users_by_guid);
+    for (size_t i = 0; i < a->n_users; i++)
+        a->users_by_guid[i] = i;
+    auth__sorted_users = a->users; /* qsort has no context argument; loop thread only */
+    if (a->n_users)
+        qsort(a->users_by_guid, a->n_users, sizeof *a->users_by_guid, auth__cmp_user_index);
+}
+
 const struct auth_user *auth_user_find(const struct auth *a, const char *name_or_guid)
 {
-    for (size_t i = 0; i < a->n_users; i++)
-        if (!strcmp(a->users[i].guid, name_or_guid) || !strcmp(a->users[i].name, name_or_guid))
-            return &a->users[i];
+    size_t lo = 0, hi = a->n_users;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(a->users[a->users_by_guid[mid]].guid, name_or_guid);
+        if (c == 0)
+            return &a->users[a->users_by_guid[mid]];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    lo = 0, hi = a->n_users;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(a->users[mid].name, name_or_guid);
+        if (c == 0)
+            return &a->users[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return NULL;
 }
 
@@ -530,6 +570,7 @@ int auth_user_create(struct auth *a, const char *name, const char *password_hash
     a->users = xrealloc(a->users, (a->n_users + 1) * sizeof *a->users);
     a->users[a->n_users++] = u;
     qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
+    auth__users_indexed(a);
     if (out)
         *out = auth_user_find(a, u.guid);
     return 0;
@@ -570,6 +611,7 @@ int auth_user_delete(struct auth *a, const char *guid)
     free(a->users[idx].password_hash);
     memmove(&a->users[idx], &a->users[idx + 1], (a->n_users - idx - 1) * sizeof *a->users);
     a->n_users--;
+    auth__users_indexed(a);
     return 0;
 }
 
@@ -860,6 +902,38 @@ bool auth_quota_admits(const struct auth_quota *q, const struct auth_usage *use,
 
 /* ---- roles --------------------------------------------------------------------------------- */
 
+static int auth__cmp_role(const void *x, const void *y)
+{
+    const struct auth_role_row *r = x, *t = y;
+    int c = strcmp(r->user_guid, t->user_guid);
+    if (!c)
+        c = strcmp(r->org_guid, t->org_guid);
+    if (!c)
+        c = strcmp(r->space_guid, t->space_guid);
+    return c ? c : (int)r->role - (int)t->role;
+}
+
+/* Roles are kept by user, so a decision reads only the caller's rows. */
+static void auth__roles_sorted(struct auth *a)
+{
+    if (a->n_roles)
+        qsort(a->roles, a->n_roles, sizeof *a->roles, auth__cmp_role);
+}
+
+/* The first role row of the user (or where it would be). */
+static size_t auth__roles_of_user(const struct auth *a, const char *user_guid)
+{
+    size_t lo = 0, hi = a->n_roles;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(a->roles[mid].user_guid, user_guid) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 static struct auth_role_row *auth__role_find(struct auth *a, const char *user_guid,
                                              const char *org_guid, const char *space_guid,
                                              enum auth_role role)
@@ -887,6 +961,7 @@ static int auth__role_add(struct auth *a, const char *user_guid, const char *org
         return -EIO;
     a->roles = xrealloc(a->roles, (a->n_roles + 1) * sizeof *a->roles);
     a->roles[a->n_roles++] = r;
+    auth__roles_sorted(a);
     return 0;
 }
 
@@ -920,7 +995,9 @@ int auth_role_unset(struct auth *a, const char *user_guid, const char *org_guid,
         return 0;
     if (auth__role_forget(a, r) < 0)
         return -EIO;
-    *r = a->roles[--a->n_roles];
+    size_t idx = (size_t)(r - a->roles);
+    memmove(&a->roles[idx], &a->roles[idx + 1], (a->n_roles - idx - 1) * sizeof *a->roles);
+    a->n_roles--;
     /* out of the org: no space roles in it either */
     if (!space_guid && !(auth_roles_of(a, user_guid, org_guid, NULL) &
                          (1u << AUTH_ROLE_ORG_USER | 1u << AUTH_ROLE_ORG_MANAGER |
@@ -943,9 +1020,10 @@ unsigned auth_roles_of(const struct auth *a, const char *user_guid, const char *
                        const char *space_guid)
 {
     unsigned mask = 0;
-    for (size_t i = 0; i < a->n_roles; i++) {
+    for (size_t i = auth__roles_of_user(a, user_guid);
+         i < a->n_roles && !strcmp(a->roles[i].user_guid, user_guid); i++) {
         const struct auth_role_row *r = &a->roles[i];
-        if (strcmp(r->user_guid, user_guid) || strcmp(r->org_guid, org_guid))
+        if (strcmp(r->org_guid, org_guid))
             continue;
         if (!strcmp(r->space_guid, space_guid ? space_guid : ""))
             mask |= 1u << r->role;
@@ -1001,6 +1079,35 @@ static void auth__tokens_prune(struct auth *a)
     a->n_tokens = w;
 }
 
+static int auth__cmp_token_hash(const void *x, const void *y)
+{
+    return memcmp(((const struct auth_token_row *)x)->hash, ((const struct auth_token_row *)y)->hash,
+                  AUTH_HASH_BYTES);
+}
+
+/* Tokens are kept in hash order, so a request finds its token by binary search: the
+ * hash of a 32-byte random secret tells nothing about the secret, so comparing hashes need
+ * not take constant time. */
+static struct auth_token_row *auth__token_by_text(const struct auth *a, const char *text)
+{
+    struct auth_token_row key;
+    auth__hash(text, key.hash);
+    return a->n_tokens ? bsearch(&key, a->tokens, a->n_tokens, sizeof *a->tokens,
+                                 auth__cmp_token_hash)
+                       : NULL;
+}
+
+static void auth__token_insert(struct auth *a, const struct auth_token_row *t)
+{
+    a->tokens = xrealloc(a->tokens, (a->n_tokens + 1) * sizeof *a->tokens);
+    size_t at = a->n_tokens;
+    while (at > 0 && auth__cmp_token_hash(&a->tokens[at - 1], t) > 0)
+        at--;
+    memmove(&a->tokens[at + 1], &a->tokens[at], (a->n_tokens - at) * sizeof *a->tokens);
+    a->tokens[at] = *t;
+    a->n_tokens++;
+}
+
 static int auth__token_make(struct auth *a, const char *user_guid, enum auth_token_kind kind,
                             const char *name, const char *space_guid, int role,
                             int64_t expires_at, char text[AUTH_TOKEN_TEXT_MAX])
@@ -1026,20 +1133,10 @@ static int auth__token_make(struct auth *a, const char *user_guid, enum auth_tok
         sodium_memzero(text, AUTH_TOKEN_TEXT_MAX);
         return -EIO;
     }
-    a->tokens = xrealloc(a->tokens, (a->n_tokens + 1) * sizeof *a->tokens);
-    a->tokens[a->n_tokens++] = t;
+    auth__token_insert(a, &t);
     return 0;
 }
 
-static struct auth_token_row *auth__token_by_text(const struct auth *a, const char *text)
-{
-    unsigned char hash[AUTH_HASH_BYTES];
-    auth__hash(text, hash);
-    for (size_t i = 0; i < a->n_tokens; i++)
-        if (sodium_memcmp(a->tokens[i].hash, hash, sizeof hash) == 0)
-            return &a->tokens[i];
-    return NULL;
-}
 
 int auth_login(struct auth *a, const char *user_guid, char access[AUTH_TOKEN_TEXT_MAX],
                char refresh[AUTH_TOKEN_TEXT_MAX])
@@ -1085,8 +1182,10 @@ int auth_token_create(struct auth *a, const char *user_guid, const char *name,
     auth__tokens_prune(a);
     int rc = auth__token_make(a, user_guid, AUTH_TOKEN_API, name, space_guid, role, expires_at,
                               text);
-    if (rc == 0 && out)
-        *out = &a->tokens[a->n_tokens - 1].info;
+    if (rc == 0 && out) {
+        const struct auth_token_row *made = auth__token_by_text(a, text);
+        *out = made ? &made->info : NULL;
+    }
     return rc;
 }
 
@@ -1098,7 +1197,8 @@ int auth_token_revoke(struct auth *a, const char *guid)
         int rc = store_doc_delete(a->store, AUTH_DOC_TOKEN, guid);
         if (rc < 0 && rc != -ENOENT)
             return -EIO;
-        a->tokens[i] = a->tokens[--a->n_tokens];
+        memmove(&a->tokens[i], &a->tokens[i + 1], (a->n_tokens - i - 1) * sizeof *a->tokens);
+        a->n_tokens--;
         return 0;
     }
     return -ENOENT;
@@ -1291,10 +1391,14 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
     }
     if (a->n_users)
         qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
+    auth__users_indexed(a);
+    auth__roles_sorted(a);
     if (a->n_orgs)
         qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
     if (a->n_spaces)
         qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
+    if (a->n_tokens)
+        qsort(a->tokens, a->n_tokens, sizeof *a->tokens, auth__cmp_token_hash);
     if (a->n_orgs == 0) {
         if ((rc = auth__org_add(a, AUTH_DEFAULT_ORG_GUID, "default", NULL)) < 0 ||
             (rc = auth__space_add(a, AUTH_DEFAULT_SPACE_GUID, AUTH_DEFAULT_ORG_GUID, "dev",
@@ -1336,6 +1440,7 @@ void auth_free(struct auth *a)
     for (size_t i = 0; i < a->n_users; i++)
         free(a->users[i].password_hash);
     free(a->users);
+    free(a->users_by_guid);
     free(a->orgs);
     free(a->spaces);
     free(a->roles);

@@ -581,11 +581,15 @@ int store_app_list_in(struct store *st, const char *space_guid, struct store_app
     struct store_app **apps = NULL, **by_guid = NULL;
     size_t count = 0;
     int step;
-    sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps WHERE ?1 IS NULL"
-                                         " OR space_guid = ?1 ORDER BY name, space_guid");
+    /* one space's: through the (space_guid, name) index, and only its apps' children */
+    sqlite3_stmt *q = store__prepare(
+        st, space_guid ? "SELECT " STORE_APP_COLUMNS " FROM apps WHERE space_guid = ?1"
+                         " ORDER BY name"
+                       : "SELECT " STORE_APP_COLUMNS " FROM apps ORDER BY name, space_guid");
     if (!q)
         return -EIO;
-    store__bind_text(q, 1, space_guid);
+    if (space_guid)
+        store__bind_text(q, 1, space_guid);
     while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         apps = xrealloc(apps, (count + 1) * sizeof *apps);
         apps[count++] = store__read_app(q);
@@ -598,10 +602,15 @@ int store_app_list_in(struct store *st, const char *space_guid, struct store_app
     if (count)
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
-    q = store__prepare(st, "SELECT app_guid, type, command, instances, memory_mb FROM processes "
-                           "ORDER BY app_guid, type");
+    q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb"
+                                        " FROM processes WHERE app_guid IN (SELECT guid FROM"
+                                        " apps WHERE space_guid = ?1) ORDER BY app_guid, type"
+                                      : "SELECT app_guid, type, command, instances, memory_mb"
+                                        " FROM processes ORDER BY app_guid, type");
     if (!q)
         goto fail;
+    if (space_guid)
+        store__bind_text(q, 1, space_guid);
     size_t i = 0;
     struct store_app *app;
     while ((step = sqlite3_step(q)) == SQLITE_ROW)
@@ -609,9 +618,15 @@ int store_app_list_in(struct store *st, const char *space_guid, struct store_app
             store__add_process(app, q, 1);
     if (store__read_done(st, q, step, "list processes") < 0)
         goto fail;
-    q = store__prepare(st, "SELECT app_guid, name, value FROM env_vars ORDER BY app_guid, name");
+    q = store__prepare(st, space_guid ? "SELECT app_guid, name, value FROM env_vars WHERE"
+                                        " app_guid IN (SELECT guid FROM apps WHERE space_guid"
+                                        " = ?1) ORDER BY app_guid, name"
+                                      : "SELECT app_guid, name, value FROM env_vars ORDER BY"
+                                        " app_guid, name");
     if (!q)
         goto fail;
+    if (space_guid)
+        store__bind_text(q, 1, space_guid);
     i = 0;
     while ((step = sqlite3_step(q)) == SQLITE_ROW)
         if ((app = store__row_owner(by_guid, count, &i, q)))
