@@ -492,10 +492,17 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
         free(h);
         return false;
     }
-    char **domains = NULL;
-    store_domain_list(core->cfg.store, &domains, NULL);
+    char **domains = NULL, **owners = NULL;
+    store_domain_list(core->cfg.store, &domains, NULL, &owners);
     const char *best = NULL;
+    const struct auth_space *space = core->cfg.auth ? auth_space_get(core->cfg.auth,
+                                                                     api_core__space(req))
+                                                    : NULL;
     for (char **d = domains; d && *d; d++) {
+        /* shared domains, and the private ones of the space's org: another org's is unknown */
+        const char *owner = owners[d - domains];
+        if (*owner && (!space || strcmp(owner, space->org_guid)))
+            continue;
         size_t dl = strlen(*d);
         bool match =
             !strcmp(h, *d) || (hl > dl && h[hl - dl - 1] == '.' && !strcmp(h + hl - dl, *d));
@@ -509,10 +516,12 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
                           h);
         free(h);
         store_strv_free(domains);
+        store_strv_free(owners);
         return false;
     }
     *domain = xstrdup(best);
     store_strv_free(domains);
+    store_strv_free(owners);
     *host = h;
     /* "/" alone means the whole host */
     *path = xstrdup(strcmp(p, "/") ? p : "");
@@ -1465,16 +1474,27 @@ static void core__stacks_list(struct api_request *req, void *ctx)
 static void core__domains_list(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
-    char **names = NULL;
+    char **names = NULL, **owners = NULL;
     bool *shared = NULL;
-    if (store_domain_list(core->cfg.store, &names, &shared) < 0) {
+    if (store_domain_list(core->cfg.store, &names, &shared, &owners) < 0) {
         api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
         return;
     }
     json_t *arr = json_array();
-    for (size_t i = 0; names[i]; i++)
-        json_array_append_new(arr, json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]));
+    for (size_t i = 0; names[i]; i++) {
+        /* a private domain is listed to those who may see its org */
+        const struct auth_org *org =
+            *owners[i] && core->cfg.auth ? auth_org_find(core->cfg.auth, owners[i]) : NULL;
+        if (*owners[i] && (!org || !auth_can_see_org(core->cfg.auth, api_request_principal(req),
+                                                     org)))
+            continue;
+        json_t *d = json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]);
+        if (org)
+            json_object_set_new(d, "org", json_string(org->name));
+        json_array_append_new(arr, d);
+    }
     store_strv_free(names);
+    store_strv_free(owners);
     free(shared);
     api_respond_json(req, 200, json_pack("{s:o}", "domains", arr));
 }
@@ -1499,7 +1519,9 @@ static void core__domains_create(struct api_request *req, void *ctx)
                           "a domain is a lowercase DNS name such as example.test");
         goto done;
     }
-    int rc = store_domain_add(core->cfg.store, name, true);
+    /* POST /v1/orgs/ORG/domains: the org's own; POST /v1/domains: shared */
+    const char *org = api_request_org(req);
+    int rc = store_domain_add(core->cfg.store, name, org);
     if (rc == -EEXIST) {
         api_respond_error(req, 409, "name_taken", "the domain %s exists already", name);
         goto done;
@@ -1508,7 +1530,7 @@ static void core__domains_create(struct api_request *req, void *ctx)
         api_respond_error(req, 500, "internal", "cannot store the domain");
         goto done;
     }
-    api_respond_json(req, 201, json_pack("{s:s,s:b}", "name", name, "shared", 1));
+    api_respond_json(req, 201, json_pack("{s:s,s:b}", "name", name, "shared", org == NULL));
 done:
     json_decref(body);
 }
@@ -1555,6 +1577,8 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         {"GET", "/v1/domains", API_PERM(AUTH_PERM_USER), core__domains_list},
         {"GET", "/v1/stacks", API_PERM(AUTH_PERM_USER), core__stacks_list},
         {"POST", "/v1/domains", API_PERM(AUTH_PERM_ADMIN), core__domains_create},
+        {"POST", "/v1/orgs/*/domains", API_PERM(AUTH_PERM_ORG_MANAGE) | API_SCOPE_ORG,
+         core__domains_create},
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,

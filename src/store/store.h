@@ -140,9 +140,11 @@ int store_route_set_balance(struct store *st, const char *host, const char *path
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n);
 void store_route_list_free(struct store_route *routes, size_t n);
 
-int store_domain_add(struct store *st, const char *name, bool shared);
-/* NULL-terminated list of names (free with store_strv_free); shared[i] set when not NULL. */
-int store_domain_list(struct store *st, char ***names, bool **shared);
+/* org_guid NULL: a shared domain (every space may use it); else the org's private domain. */
+int store_domain_add(struct store *st, const char *name, const char *org_guid);
+/* NULL-terminated list of names (free with store_strv_free); shared[i] and org_guids[i] ("" for
+ * a shared domain; NULL-terminated too) set when the pointers are not NULL. */
+int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids);
 void store_strv_free(char **v);
 
 /* ---- packages and droplets ---------------------------------------------------------------- */

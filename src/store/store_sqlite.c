@@ -827,34 +827,43 @@ void store_route_list_free(struct store_route *routes, size_t n)
     free(routes);
 }
 
-int store_domain_add(struct store *st, const char *name, bool shared)
+int store_domain_add(struct store *st, const char *name, const char *org_guid)
 {
-    sqlite3_stmt *q = store__prepare(st, "INSERT INTO domains (name, shared) VALUES (?, ?)");
+    sqlite3_stmt *q =
+        store__prepare(st, "INSERT INTO domains (name, shared, org_guid) VALUES (?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, name);
-    sqlite3_bind_int(q, 2, shared);
+    sqlite3_bind_int(q, 2, org_guid == NULL);
+    store__bind_text(q, 3, org_guid);
     return store__step_done(st, q);
 }
 
-int store_domain_list(struct store *st, char ***names, bool **shared)
+int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids)
 {
-    sqlite3_stmt *q = store__prepare(st, "SELECT name, shared FROM domains ORDER BY name");
+    sqlite3_stmt *q = store__prepare(st, "SELECT name, shared, org_guid FROM domains ORDER BY name");
     if (!q)
         return -EIO;
     char **v = xcalloc(1, sizeof *v);
+    char **o = xcalloc(1, sizeof *o);
     bool *s = xcalloc(1, sizeof *s);
     size_t n = 0;
     int step;
     while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         v = xrealloc(v, (n + 2) * sizeof *v);
+        o = xrealloc(o, (n + 2) * sizeof *o);
         s = xrealloc(s, (n + 1) * sizeof *s);
         v[n] = store__col_text(q, 0);
         s[n] = sqlite3_column_int(q, 1) != 0;
+        o[n] = store__col_text(q, 2);
+        if (!o[n])
+            o[n] = xstrdup("");
         v[++n] = NULL;
+        o[n] = NULL;
     }
     if (store__read_done(st, q, step, "list domains") < 0) {
         store_strv_free(v);
+        store_strv_free(o);
         free(s);
         return -EIO;
     }
@@ -863,6 +872,10 @@ int store_domain_list(struct store *st, char ***names, bool **shared)
         *shared = s;
     else
         free(s);
+    if (org_guids)
+        *org_guids = o;
+    else
+        store_strv_free(o);
     return 0;
 }
 

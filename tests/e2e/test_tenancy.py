@@ -285,6 +285,8 @@ def fill(world, method, path):
             return f"/v1/orgs/acme/spaces/{space}", None, None, None
         if rest.startswith("/spaces/*/users/*/roles/*"):
             return "/v1/orgs/acme/spaces/prod/users/target/roles/SpaceAuditor", None, None, None
+        if rest == "/domains":
+            return "/v1/orgs/acme/domains", {"name": unique("d") + ".test"}, None, None
         if rest.endswith("/quota"):
             return "/v1/orgs/acme" + rest.replace("/spaces/*", "/spaces/prod"), \
                 {"quota": None}, None, None

@@ -163,3 +163,22 @@ def test_logs_are_each_apps_own(two_orgs):
     status, logs = call(p, tokens["bob"], "GET", f"/v1/apps/shop/logs?{B}&recent=1")
     assert status == 200
     assert "alice" not in logs and two_orgs["apps"]["alice"]["guid"] not in logs
+
+
+def test_private_domains_are_their_orgs(two_orgs):
+    p, tokens, admin = two_orgs["p"], two_orgs["tokens"], two_orgs["admin"]
+    # an org's domain is made by its manager (or an admin), not by a developer
+    assert call(p, tokens["alice"], "POST", "/v1/orgs/a/domains", {"name": "alice.test"})[0] == 403
+    assert call(p, admin, "POST", "/v1/orgs/a/domains", {"name": "alice.test"})[0] == 201
+    status, out = call(p, tokens["alice"], "POST", f"/v1/routes?{A}",
+                       {"app": "shop", "host": "www.alice.test"})
+    assert status == 201, out
+    wait_for(lambda: "alice-secret" in http_get(p.router_url + "/", host="www.alice.test")[1],
+             timeout=10, what="the route in the router")
+    # the other org neither sees it nor maps a host in it
+    names = [d["name"] for d in call(p, tokens["bob"], "GET", "/v1/domains")[1]["domains"]]
+    assert "alice.test" not in names and "localhost" in names
+    assert "alice.test" in [d["name"] for d in call(p, tokens["alice"], "GET", "/v1/domains")[1]["domains"]]
+    status, out = call(p, tokens["bob"], "POST", f"/v1/routes?{B}",
+                       {"app": "shop", "host": "evil.alice.test"})
+    assert status == 422 and out["error"]["code"] == "unknown_domain", out

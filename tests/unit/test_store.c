@@ -83,7 +83,7 @@ static void test_migrates_an_empty_store(void **state)
     assert_int_equal(store_schema_version(st), (int)store_sqlite_migrations_count);
     char **domains = NULL;
     bool *shared = NULL;
-    assert_int_equal(store_domain_list(st, &domains, &shared), 0);
+    assert_int_equal(store_domain_list(st, &domains, &shared, NULL), 0);
     assert_string_equal(domains[0], "localhost");
     assert_true(shared[0]);
     assert_null(domains[1]);
@@ -127,6 +127,12 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     assert_int_equal(store_app_get(st, "old", &app), 0);
     assert_string_equal(app->guid, "g-old");
     assert_int_equal(app->memory_mb, 64);
+    /* made before spaces: it lives in the default space, and is found there by name */
+    assert_string_equal(app->space_guid, STORE_DEFAULT_SPACE_GUID);
+    struct store_app *again = NULL;
+    assert_int_equal(store_app_find(st, STORE_DEFAULT_SPACE_GUID, "old", &again), 0);
+    store_app_free(again);
+    assert_int_equal(store_app_find(st, "another-space", "old", &again), -ENOENT);
     store_app_free(app);
     /* a route made before routes had a balance keeps the router's default */
     struct store_route *routes = NULL;
@@ -310,10 +316,10 @@ static void test_route_and_domain_lists_fail_when_their_query_fails(void **state
 
     rename_table(path, "domains", "gone");
     char **domains = NULL;
-    assert_int_equal(store_domain_list(st, &domains, NULL), -EIO);
+    assert_int_equal(store_domain_list(st, &domains, NULL, NULL), -EIO);
     assert_null(domains);
     rename_table(path, "gone", "domains");
-    assert_int_equal(store_domain_list(st, &domains, NULL), 0);
+    assert_int_equal(store_domain_list(st, &domains, NULL, NULL), 0);
     assert_string_equal(domains[0], "localhost");
     store_strv_free(domains);
     store_app_free(app);
@@ -364,8 +370,21 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_int_equal(store_route_list(st, NULL, &routes, &n), 0);
     assert_int_equal(n, 0);
     store_route_list_free(routes, n);
-    assert_int_equal(store_domain_add(st, "example.test", true), 0);
-    assert_int_equal(store_domain_add(st, "example.test", true), -EEXIST);
+    assert_int_equal(store_domain_add(st, "example.test", NULL), 0);
+    assert_int_equal(store_domain_add(st, "example.test", "org-guid"), -EEXIST);
+    assert_int_equal(store_domain_add(st, "acme.test", "org-guid"), 0);
+    char **names = NULL, **orgs = NULL;
+    bool *shared = NULL;
+    assert_int_equal(store_domain_list(st, &names, &shared, &orgs), 0);
+    assert_string_equal(names[0], "acme.test");
+    assert_false(shared[0]);
+    assert_string_equal(orgs[0], "org-guid");
+    assert_string_equal(names[1], "example.test");
+    assert_true(shared[1]);
+    assert_string_equal(orgs[1], "");
+    store_strv_free(names);
+    store_strv_free(orgs);
+    free(shared);
     store_app_free(app);
     store_close(st);
     remove_db(path);
