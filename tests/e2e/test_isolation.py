@@ -405,6 +405,19 @@ def test_cannot_reach_api_beyond_publish(world):
               "the API beyond the publish endpoint must not be reachable from an instance")
 
 
+def test_cannot_publish_into_another_space(world):
+    """An instance's publish token is its space's: with it, an app must not put events into
+    another tenant's topics (which its mappings would deliver to that tenant's functions), by
+    naming the space in the query or in the topic."""
+    p = world.p
+    assert p.api("POST", "/v1/orgs", {"name": "victim-org"})[0] in (201, 409)
+    assert p.api("POST", "/v1/orgs/victim-org/spaces", {"name": "prod"})[0] in (201, 409)
+    contained(attack(p, "hostile", "publish_elsewhere", space=["victim-org/prod"]),
+              "an instance token must publish only into its own space")
+    status, topics = p.api("GET", "/v1/topics?space=victim-org%2Fprod")
+    assert status == 200 and "stolen" not in [t["name"] for t in topics["topics"]]
+
+
 def test_cannot_bind_router_port_with_reuseport(world):
     """An app that joins the router's listening socket with SO_REUSEPORT receives a share of
     every tenant's routed requests, cookies included. The hostile app binds the router's

@@ -597,6 +597,31 @@ def attack_unix(params):
     return result(attempts)
 
 
+def attack_publish_elsewhere(params):
+    """Publishes with the instance's own token into each space=ORG/SPACE that is not its own,
+    by query and by ORG/SPACE/NAME: escaped if any is accepted (2xx)."""
+    url = os.environ["SKIFF_EVENTS_URL"].rstrip("/")
+    if not url.endswith("/v1"):
+        url += "/v1"
+    token = os.environ["SKIFF_EVENTS_TOKEN"]
+    attempts = []
+    for space in many(params, "space"):
+        quoted = urllib.parse.quote(space, safe="")
+        for target in ("%s/topics/stolen/events?space=%s" % (url, quoted),
+                       "%s/topics/%s%%2Fstolen/events" % (url, quoted)):
+            req = urllib.request.Request(target, method="POST", data=b'{"from": "hostile"}',
+                                         headers={"Authorization": "Bearer " + token,
+                                                  "Content-Type": "application/json"})
+            try:
+                with _direct.open(req, timeout=5) as r:
+                    attempts.append((200 <= r.status < 300, "POST %s: %d" % (target, r.status)))
+            except urllib.error.HTTPError as e:
+                attempts.append((False, "POST %s: %d" % (target, e.code)))
+            except (OSError, urllib.error.URLError) as e:
+                attempts.append((False, "POST %s: %s" % (target, e)))
+    return result(attempts)
+
+
 def attack_connect(params):
     """TCP connections to each addr=host:port: escaped if any connects. With identify=1, a
     connection that turns out to be itself (its own /whoami) does not count. With publish_only=1, the host:port of SKIFF_EVENTS_URL
