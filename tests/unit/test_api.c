@@ -19,7 +19,9 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "auth/auth.h"
 #include "common/util.h"
+#include "store/store.h"
 
 struct fixture {
     uv_loop_t loop;
@@ -194,6 +196,129 @@ static void test_instance_tokens(void **state)
     assert_non_null(strstr(out, "not valid"));
 }
 
+static void on_ok(struct api_request *req, void *ctx)
+{
+    (void)ctx;
+    /* the place the permission was decided in, for the test to see */
+    const char *space = api_request_space(req), *org = api_request_org(req);
+    char body[128];
+    snprintf(body, sizeof body, "org=%s space=%s", org ? org : "-", space ? space : "-");
+    api_respond(req, 200, "text/plain", body, strlen(body));
+}
+
+static int status_of(struct fixture *fx, const char *method, const char *path, const char *token,
+                     char *out, size_t size)
+{
+    char req[1024];
+    snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\n%s%s%sContent-Length: 0\r\n\r\n",
+             method, path, token ? "Authorization: Bearer " : "", token ? token : "",
+             token ? "\r\n" : "");
+    int s = connect_api(fx);
+    exchange(fx, s, req, out, size);
+    close(s);
+    int status = 0;
+    sscanf(out, "HTTP/1.1 %d", &status);
+    return status;
+}
+
+/* Every route names a permission and a place; the API decides before the handler: 401 without
+ * a valid token, 404 for a caller with no role in the place, 403 for one whose roles there do
+ * not grant it, and the handler only for the rest. */
+static void test_authorization_step(void **state)
+{
+    struct fixture *fx = *state;
+    char *db = xasprintf("%s/skiff.db", fx->home), err[256];
+    struct store *st = NULL;
+    assert_int_equal(store_open(db, err, sizeof err, &st), 0);
+    char *pw = NULL;
+    struct auth *auth = NULL;
+    assert_int_equal(auth_open(st, &pw, &auth), 0);
+    free(pw);
+    const struct auth_org *org = NULL;
+    assert_int_equal(auth_org_create(auth, "acme", &org), 0);
+    char org_guid[37];
+    snprintf(org_guid, sizeof org_guid, "%s", org->guid);
+    const struct auth_space *space = NULL;
+    assert_int_equal(auth_space_create(auth, org_guid, "prod", &space), 0);
+    char space_guid[37];
+    snprintf(space_guid, sizeof space_guid, "%s", space->guid);
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    char dev_token[AUTH_TOKEN_TEXT_MAX], aud_token[AUTH_TOKEN_TEXT_MAX];
+    char out_token[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    struct {
+        const char *name;
+        int role;
+        char *token;
+    } users[] = {{"dev", AUTH_ROLE_SPACE_DEVELOPER, dev_token},
+                 {"aud", AUTH_ROLE_SPACE_AUDITOR, aud_token},
+                 {"outsider", -1, out_token}};
+    for (size_t i = 0; i < 3; i++) {
+        const struct auth_user *u = NULL;
+        assert_int_equal(auth_user_create(auth, users[i].name, hash, false, &u), 0);
+        char guid[37];
+        snprintf(guid, sizeof guid, "%s", u->guid);
+        if (users[i].role >= 0)
+            assert_int_equal(auth_role_set(auth, guid, org_guid, space_guid,
+                                           (enum auth_role)users[i].role),
+                             0);
+        assert_int_equal(auth_login(auth, guid, users[i].token, refresh), 0);
+    }
+
+    char addr[64];
+    fx->port = free_port();
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", fx->port);
+    struct api_config cfg = {
+        .home = fx->home, .addr = addr, .admin_token = "admin-token", .auth = auth, .store = st};
+    assert_int_equal(api_new(&fx->loop, &cfg, &fx->api), 0);
+    api_route_add(fx->api, "GET", "/v1/info", API_PERM(AUTH_PERM_PUBLIC), on_ok, NULL);
+    api_route_add(fx->api, "GET", "/v1/apps", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE,
+                  on_ok, NULL);
+    api_route_add(fx->api, "POST", "/v1/apps", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE,
+                  on_ok, NULL);
+    api_route_add(fx->api, "GET", "/v1/orgs/*/users", API_PERM(AUTH_PERM_ORG_READ) | API_SCOPE_ORG,
+                  on_ok, NULL);
+    api_route_add(fx->api, "GET", "/v1/users", API_PERM(AUTH_PERM_ADMIN), on_ok, NULL);
+    assert_int_equal(api_listen(fx->api, err, sizeof err), 0);
+
+    char out[4096];
+    const char *Q = "/v1/apps?space=acme%2Fprod";
+    assert_int_equal(status_of(fx, "GET", "/v1/info", NULL, out, sizeof out), 200);
+    assert_int_equal(status_of(fx, "GET", Q, NULL, out, sizeof out), 401);
+    assert_int_equal(status_of(fx, "GET", Q, "skiffa_not-a-token", out, sizeof out), 401);
+    assert_int_equal(status_of(fx, "GET", Q, dev_token, out, sizeof out), 200);
+    char expect[128];
+    snprintf(expect, sizeof expect, "org=%s space=%s", org_guid, space_guid);
+    assert_non_null(strstr(out, expect));
+    assert_int_equal(status_of(fx, "POST", Q, dev_token, out, sizeof out), 200);
+    assert_int_equal(status_of(fx, "GET", Q, aud_token, out, sizeof out), 200);
+    assert_int_equal(status_of(fx, "POST", Q, aud_token, out, sizeof out), 403);
+    assert_non_null(strstr(out, "SpaceDeveloper"));
+    assert_int_equal(status_of(fx, "GET", Q, out_token, out, sizeof out), 404);
+    assert_int_equal(status_of(fx, "POST", Q, out_token, out, sizeof out), 404);
+    /* a space that does not exist looks like one the caller cannot see */
+    assert_int_equal(status_of(fx, "GET", "/v1/apps?space=acme%2Fnope", dev_token, out,
+                               sizeof out),
+                     404);
+    assert_int_equal(status_of(fx, "GET", "/v1/orgs/acme/users", aud_token, out, sizeof out), 200);
+    assert_int_equal(status_of(fx, "GET", "/v1/orgs/acme/users", out_token, out, sizeof out), 404);
+    assert_int_equal(status_of(fx, "GET", "/v1/users", dev_token, out, sizeof out), 403);
+    assert_int_equal(status_of(fx, "GET", "/v1/users", "admin-token", out, sizeof out), 200);
+    /* a token ended is refused at once */
+    assert_int_equal(auth_token_revoke_text(auth, dev_token), 0);
+    assert_int_equal(status_of(fx, "GET", Q, dev_token, out, sizeof out), 401);
+
+    bool closed = false;
+    api_close(fx->api, on_api_closed, &closed);
+    while (!closed)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    api_free(fx->api);
+    fx->api = NULL;
+    auth_free(auth);
+    store_close(st);
+    free(db);
+}
+
 static void test_key_permissions(void **state)
 {
     struct fixture *fx = *state;
@@ -273,6 +398,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_instance_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_authorization_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_permissions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_401_before_a_huge_body, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_client_cap_closes_the_longest_idle, setup,
