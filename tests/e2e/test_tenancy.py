@@ -455,10 +455,13 @@ def test_a_deleted_user_loses_everything(world):
 
 def test_orgs_and_spaces_are_listed_to_members_only(world):
     p = world["p"]
+    # (the matrix gives some callers roles in orgs of its own: only acme and other matter here)
     status, orgs = api(p, "GET", "/v1/orgs", world["tokens"]["outsider"])
-    assert status == 200 and [o["name"] for o in orgs["orgs"]] == ["other"]
+    names = {o["name"] for o in orgs["orgs"]}
+    assert status == 200 and "other" in names and "acme" not in names and "default" not in names
     status, orgs = api(p, "GET", "/v1/orgs", world["tokens"]["dev"])
-    assert [o["name"] for o in orgs["orgs"]] == ["acme"]
+    names = {o["name"] for o in orgs["orgs"]}
+    assert "acme" in names and "other" not in names and "default" not in names
     status, orgs = api(p, "GET", "/v1/orgs", world["admin"])
     assert {"acme", "other", "default"} <= {o["name"] for o in orgs["orgs"]}
 
