@@ -15,7 +15,8 @@ bool cli_json_output;
 
 /* ---- commands --------------------------------------------------------------------------- */
 
-static const struct cli_command *const cli_tables[] = {cli_core_commands, cli_events_commands};
+static const struct cli_command *const cli_tables[] = {cli_core_commands, cli_events_commands,
+                                                       cli_tenancy_commands, cli_quota_commands};
 
 const struct cli_command *cli_command_find(const char *name)
 {
@@ -35,7 +36,9 @@ void cli_print_help(const struct cli_command *cmd)
         printf("\nEvery command accepts --json (machine-readable output) and --help.\n");
         return;
     }
-    static const char *const titles[] = {"Apps, routes and logs", "Events and functions"};
+    static const char *const titles[] = {"Apps, routes and logs", "Events and functions",
+                                         "Users, orgs, spaces and roles",
+                                         "Quotas, audit events and domains"};
     printf("skiff: push code, run it, route to it, trigger it with events.\n\n"
            "usage: skiff COMMAND [ARGS] [--json]\n");
     for (size_t t = 0; t < ARRAY_SIZE(cli_tables); t++) {
@@ -351,7 +354,22 @@ static void cli_target_free(void)
     free(cli_current.api_url);
     free(cli_current.token);
     free(cli_current.router_url);
+    free(cli_current.refresh_token);
+    free(cli_current.user);
+    free(cli_current.org);
+    free(cli_current.space);
     memset(&cli_current, 0, sizeof(cli_current));
+}
+
+void cli_target_reset(void)
+{
+    cli_target_free();
+    cli_target_loaded = false;
+}
+
+static char *cli_dup_or_null(const char *s)
+{
+    return s && *s ? xstrdup(s) : NULL;
 }
 
 static void cli_cleanup(void)
@@ -387,8 +405,51 @@ static int cli_target_from_file(const char *path, const char *from)
     if (*cli_json_str(j, "router_url"))
         cli_current.router_url = xstrdup(cli_json_str(j, "router_url"));
     cli_current.from = from;
+    if (!strcmp(from, "skiff login")) {
+        cli_current.from_login = true;
+        cli_current.refresh_token = cli_dup_or_null(cli_json_str(j, "refresh_token"));
+        cli_current.user = cli_dup_or_null(cli_json_str(j, "user"));
+        cli_current.org = cli_dup_or_null(cli_json_str(j, "org"));
+        cli_current.space = cli_dup_or_null(cli_json_str(j, "space"));
+    }
     json_decref(j);
     return 1;
+}
+
+int cli_login_save(const char *url, const char *token, const char *refresh_token,
+                   const char *router_url, const char *user, const char *org, const char *space)
+{
+    json_t *saved = json_object();
+    const char *keys[] = {"url", "token", "refresh_token", "router_url", "user", "org", "space"};
+    const char *values[] = {url, token, refresh_token, router_url, user, org, space};
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+        if (values[i] && *values[i])
+            json_object_set_new(saved, keys[i], json_string(values[i]));
+    char *path = cli_login_path();
+    char *dir = xstrndup(path, (size_t)(strrchr(path, '/') - path));
+    char *text = json_dumps(saved, JSON_INDENT(2));
+    json_decref(saved);
+    int err = mkdir_p(dir, 0700);
+    if (!err)
+        err = file_write_atomic(path, text, strlen(text), 0600);
+    if (err)
+        cli_error("could not save the login in %s: %s", path, strerror(-err));
+    free(text);
+    free(dir);
+    free(path);
+    cli_target_reset();
+    return err ? CLI_EXIT_ERROR : 0;
+}
+
+char *cli_space_query(void)
+{
+    const struct cli_target *t = cli_target();
+    if (!t || !t->org || !t->space)
+        return NULL;
+    char *ref = xasprintf("%s/%s", t->org, t->space);
+    char *q = cli_escape(ref);
+    free(ref);
+    return q;
 }
 
 char *cli_login_path(void)
@@ -429,7 +490,11 @@ const struct cli_target *cli_target(void)
     if (cli_target_loaded)
         return cli_current.api_url ? &cli_current : NULL;
     cli_target_loaded = true;
-    atexit(cli_cleanup);
+    static bool cleanup_registered;
+    if (!cleanup_registered) {
+        atexit(cli_cleanup);
+        cleanup_registered = true;
+    }
     const char *env_api = getenv("SKIFF_API");
     if (env_api && *env_api) {
         cli_current.api_url = cli_strip_slash(env_api);
@@ -588,7 +653,7 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
     }
     if (res->status == 401) {
         cli_error("the API at %s refused the token (%s).\n"
-                  "Log in again with `skiff login %s --token TOKEN`.",
+                  "Log in again with `skiff login -a %s` (or `--token TOKEN`).",
                   t ? t->api_url : "?", res->error_message ? res->error_message : "unauthorized",
                   t ? t->api_url : "URL");
         return;
@@ -614,7 +679,77 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
               n ? ": " : "", (int)n, body);
 }
 
+/* The paths about things of a space: they carry the target space (one place decides). */
+static bool cli_path_in_space(const char *path)
+{
+    static const char *const prefixes[] = {"/v1/apps", "/v1/routes", "/v1/event-mappings",
+                                           "/v1/topics", "/v1/audit_events", NULL};
+    for (size_t i = 0; prefixes[i]; i++) {
+        size_t n = strlen(prefixes[i]);
+        if (!strncmp(path, prefixes[i], n) &&
+            (path[n] == '\0' || path[n] == '/' || path[n] == '?'))
+            return true;
+    }
+    return false;
+}
+
+static int cli_http_once(const struct cli_request *req, struct cli_response *res, bool quiet401);
+
+/* Renews the saved access token with the refresh token: 0 when it worked (saved, and the
+ * target holds the new token). */
+static int cli_refresh(void)
+{
+    const struct cli_target *t = cli_target();
+    if (!t || !t->from_login || !t->refresh_token)
+        return -1;
+    json_t *body = json_pack("{s:s, s:s}", "grant_type", "refresh_token", "refresh_token",
+                             t->refresh_token);
+    struct cli_request req = {
+        .method = "POST", .path = "/v1/auth/token", .json = body, .timeout_s = 60};
+    struct cli_response res;
+    int rc = cli_http_once(&req, &res, true);
+    json_decref(body);
+    if (rc == 0) {
+        char *url = xstrdup(t->api_url), *router = cli_dup_or_null(t->router_url);
+        char *user = cli_dup_or_null(t->user), *org = cli_dup_or_null(t->org);
+        char *space = cli_dup_or_null(t->space);
+        rc = cli_login_save(url, cli_json_str(res.json, "access_token"),
+                            cli_json_str(res.json, "refresh_token"), router, user, org, space);
+        free(url);
+        free(router);
+        free(user);
+        free(org);
+        free(space);
+    }
+    cli_response_free(&res);
+    return rc == 0 && cli_target() ? 0 : -1;
+}
+
 int cli_http(const struct cli_request *req, struct cli_response *res)
+{
+    const struct cli_target *t = cli_target();
+    if (!t) {
+        memset(res, 0, sizeof(*res));
+        return CLI_EXIT_ERROR;
+    }
+    /* an expired access token is renewed once, silently, and the request made again */
+    bool can_refresh = t->from_login && t->refresh_token && strcmp(req->path, "/v1/auth/token");
+    long body_start = req->body_file ? ftell(req->body_file) : 0;
+    int rc = cli_http_once(req, res, can_refresh);
+    if (rc == 0 || res->status != 401 || !can_refresh)
+        return rc;
+    cli_response_free(res);
+    if (cli_refresh() != 0) {
+        cli_error("your session ended: log in again with `skiff login`");
+        res->status = 401;
+        return CLI_EXIT_ERROR;
+    }
+    if (req->body_file && fseek(req->body_file, body_start, SEEK_SET) != 0)
+        return cli_error("cannot read the upload again after renewing the login");
+    return cli_http_once(req, res, false);
+}
+
+static int cli_http_once(const struct cli_request *req, struct cli_response *res, bool quiet401)
 {
     memset(res, 0, sizeof(*res));
     const struct cli_target *t = cli_target();
@@ -629,7 +764,13 @@ int cli_http(const struct cli_request *req, struct cli_response *res)
     struct cli_transfer x = {.req = req};
     struct curl_slist *headers = NULL;
     char *json_body = NULL;
-    char *url = xasprintf("%s%s", t->api_url, req->path);
+    char *space = cli_path_in_space(req->path) && !strstr(req->path, "space=")
+                      ? cli_space_query()
+                      : NULL;
+    char *url = space ? xasprintf("%s%s%sspace=%s", t->api_url, req->path,
+                                  strchr(req->path, '?') ? "&" : "?", space)
+                      : xasprintf("%s%s", t->api_url, req->path);
+    free(space);
     int rc = CLI_EXIT_ERROR;
 
     x.curl = curl_easy_init();
@@ -718,7 +859,8 @@ answered:
         goto done;
     }
     cli_response_parse_error(res);
-    cli_print_api_error(req, res);
+    if (!(quiet401 && res->status == 401))
+        cli_print_api_error(req, res);
 
 done:
     buf_free(&x.body);

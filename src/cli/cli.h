@@ -42,6 +42,8 @@ struct cli_command {
 
 extern const struct cli_command cli_core_commands[];   /* src/cli/commands.c */
 extern const struct cli_command cli_events_commands[]; /* src/cli/cmd_events.c */
+extern const struct cli_command cli_tenancy_commands[]; /* src/cli/cmd_tenancy.c */
+extern const struct cli_command cli_quota_commands[];   /* src/cli/cmd_quotas.c */
 
 /* Finds a command by name in every table; NULL when there is none. */
 const struct cli_command *cli_command_find(const char *name);
@@ -129,9 +131,23 @@ struct cli_target {
     char *token;      /* may be NULL for /v1/info */
     char *router_url; /* may be NULL */
     const char *from; /* where it came from, for messages */
+    /* from `skiff login` only (NULL otherwise): */
+    char *refresh_token; /* renews token when the API says it expired */
+    char *user;
+    char *org, *space; /* the target (`skiff target`): requests about apps, routes, event
+                        * mappings, topics and audit events carry ?space=ORG/SPACE */
+    bool from_login;
 };
 /* Where `skiff login` keeps the login: $HOME/.skiff/cli.json. Caller frees. */
 char *cli_login_path(void);
+/* Writes the login file (mode 0600) from the fields given (NULL leaves one out), after which
+ * the CLI uses them. Returns 0, or prints why not and returns CLI_EXIT_ERROR. */
+int cli_login_save(const char *url, const char *token, const char *refresh_token,
+                   const char *router_url, const char *user, const char *org, const char *space);
+/* Forgets what cli_target loaded, so the next call reads it again. */
+void cli_target_reset(void);
+/* "ORG/SPACE" percent-escaped for a query (caller frees), or NULL without a target space. */
+char *cli_space_query(void);
 /* The token a local skiffd wrote to $SKIFF_HOME/api.json, when its API is at url; else NULL.
  * Caller frees. */
 char *cli_local_token(const char *url);

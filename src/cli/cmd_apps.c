@@ -199,62 +199,6 @@ int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv)
     return CLI_EXIT_OK;
 }
 
-int cli_cmd_login(const struct cli_command *cmd, int argc, char **argv)
-{
-    const char *token = NULL;
-    struct cli_option opts[] = {{"token", 't', CLI_OPT_STRING, &token}, {0}};
-    struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
-    if (rc != CLI_CONTINUE)
-        return rc;
-    const char *url = args.items[0];
-    if (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://"))
-        return cli_usage_error(cmd, "the URL must start with http:// or https://, not \"%s\"", url);
-    char *local_token = NULL;
-    if (!token || !*token) {
-        /* The API of the skiffd on this machine: its token is at hand. */
-        local_token = cli_local_token(url);
-        if (!local_token)
-            return cli_usage_error(cmd, "--token is needed (a local skiffd writes it to "
-                                        "$SKIFF_HOME/api.json)");
-        token = local_token;
-        printf("Using the token of the local skiffd.\n");
-    }
-    /* Check the URL and token by using them: the environment is the first place cli_target
-     * looks, and it has not been loaded yet. */
-    setenv("SKIFF_API", url, 1);
-    setenv("SKIFF_TOKEN", token, 1);
-    json_t *info = NULL, *apps = NULL;
-    rc = CLI_EXIT_ERROR;
-    if (cli_api("GET", "/v1/info", NULL, &info) != 0 || cli_api("GET", "/v1/apps", NULL, &apps))
-        goto done;
-    const struct cli_target *t = cli_target();
-    json_t *saved = json_pack("{s:s, s:s}", "url", t->api_url, "token", token);
-    if (*cli_json_str(info, "router_url"))
-        json_object_set_new(saved, "router_url", json_string(cli_json_str(info, "router_url")));
-    char *path = cli_login_path();
-    char *dir = xstrndup(path, (size_t)(strrchr(path, '/') - path));
-    char *text = json_dumps(saved, JSON_INDENT(2));
-    json_decref(saved);
-    int err = mkdir_p(dir, 0700);
-    if (!err)
-        err = file_write_atomic(path, text, strlen(text), 0600);
-    if (err) {
-        cli_error("could not save the login in %s: %s", path, strerror(-err));
-    } else {
-        printf("Logged in to %s (saved in %s).\n", t->api_url, path);
-        rc = CLI_EXIT_OK;
-    }
-    free(text);
-    free(dir);
-    free(path);
-done:
-    json_decref(info);
-    json_decref(apps);
-    free(local_token);
-    return rc;
-}
-
 /* ---- looking at apps -------------------------------------------------------------------- */
 
 int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
@@ -268,6 +212,10 @@ int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
         return CLI_EXIT_ERROR;
     if (cli_json_printed(res))
         return CLI_EXIT_OK;
+    const struct cli_target *target = cli_target();
+    if (target && target->from_login && target->org && target->space)
+        printf("Getting apps in org %s / space %s as %s...\n\n", target->org, target->space,
+               target->user ? target->user : "an API token");
     json_t *apps = json_object_get(res, "apps");
     if (json_array_size(apps) == 0) {
         printf("No apps yet. Push one with `skiff push NAME -p FOLDER`.\n");

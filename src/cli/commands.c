@@ -5,13 +5,6 @@
 #include <stddef.h>
 
 const struct cli_command cli_core_commands[] = {
-    {"login", "login URL [--token TOKEN]", "Point the CLI at a Skiff API and save the login",
-     "Checks the URL and token against the API, then saves them in ~/.skiff/cli.json.\n"
-     "Without a login the CLI uses SKIFF_API and SKIFF_TOKEN, or the local skiffd\n"
-     "($SKIFF_HOME/api.json).\n\n"
-     "  --token TOKEN   the API token; not needed for the skiffd on this machine, whose\n"
-     "                  token is in $SKIFF_HOME/api.json\n",
-     cli_cmd_login},
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
      "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER]",

@@ -26,7 +26,6 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms);
 int cli_stage_stream(const char *name, const char *path);
 
 int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv);
-int cli_cmd_login(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv);

@@ -62,7 +62,7 @@ def test_no_arguments_prints_help_and_exits_2(bare_home):
     (["map-route", "hello"], "missing HOST"),
     (["map-route", "hello", "http://x.localhost"], "without a scheme"),
     (["login", "127.0.0.1:8090", "--token", "x"], "must start with http://"),
-    (["login", "http://127.0.0.1:1"], "--token is needed"),
+    (["login", "http://127.0.0.1:1"], "or --token TOKEN, is needed"),
     (["delete", "hello"], "needs -f"),
 ])
 def test_bad_command_lines_exit_2_with_the_reason_and_usage(bare_home, args, message):
