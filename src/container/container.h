@@ -114,6 +114,19 @@ int container_disk_pool_fill(const char *pool_dir, int size_mb, int keep, char *
                              size_t errlen);
 int container_disk_take(const char *pool_dir, int size_mb, const char *path, char *err,
                         size_t errlen);
+/* The disk server: keeps disks of the sizes asked for (starting with size_mb) mounted ahead,
+ * as detached mounts only this process holds, and hands them to starting containers over
+ * POOL_DIR/mounted.sock, so that a start does no loop device and no ext4 mount of its own.
+ * When the process ends or stops the server, the disks it still holds unmount themselves;
+ * when no server answers, a start makes its disk as before. Runs two threads of its own
+ * (mkfs and mounts never touch the caller's thread); the caller owns *out and stops it. */
+struct container_disk_server;
+int container_disk_server_start(const char *pool_dir, int size_mb,
+                                struct container_disk_server **out, char *err, size_t errlen);
+void container_disk_server_stop(struct container_disk_server *server);
+/* How many disks of size_mb it holds ready now. */
+int container_disk_server_ready(struct container_disk_server *server, int size_mb);
+
 /* Bytes used and total of a mounted disk (statfs of dir). */
 int container_disk_usage(const char *dir, unsigned long long *used, unsigned long long *total);
 

@@ -184,6 +184,24 @@ static int run__dev(const char *root, char *err, size_t errlen)
     return rc;
 }
 
+/* The writable layer's disk at dir: one mounted ahead by the disk server when it has one,
+ * else an image of the pool (or a new one) attached and mounted here. */
+static int run__disk(const struct container_config *cfg, const char *image, const char *dir,
+                     char *err, size_t errlen)
+{
+    int fd = container__disk_receive(cfg->disk_pool, cfg->disk_mb);
+    if (fd >= 0) {
+        int moved = move_mount(fd, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH);
+        close(fd); /* attached, the mount no longer needs it; unattached, it goes with it */
+        if (moved == 0)
+            return 0;
+    }
+    int rc = container_disk_take(cfg->disk_pool, cfg->disk_mb, image, err, errlen);
+    if (rc == 0)
+        rc = container__disk_mount(image, dir, err, errlen);
+    return rc;
+}
+
 static int run__rootfs(const struct container_config *cfg, const char *root, char *err,
                        size_t errlen)
 {
@@ -197,9 +215,7 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
         rc = run__fail(err, errlen, rc, "cannot create %s: %s", disk, strerror(-rc));
         goto out;
     }
-    rc = container_disk_take(cfg->disk_pool, cfg->disk_mb, image, err, errlen);
-    if (rc == 0)
-        rc = container__disk_mount(image, disk, err, errlen);
+    rc = run__disk(cfg, image, disk, err, errlen);
     if (rc == 0)
         rc = run__overlay(cfg->stack, disk, "root", root, err, errlen);
     if (rc < 0)

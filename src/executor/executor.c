@@ -106,6 +106,7 @@ struct executor {
     int slot_cursor;
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
+    struct container_disk_server *disk_server; /* disks mounted ahead, or NULL */
     bool disk_pool_again;                /* a size was used meanwhile: refill once more */
     bool disk_pool_told;                 /* a refill error was logged */
     instance_output_cb on_output;
@@ -1355,6 +1356,7 @@ static void executor__free_container(struct executor *ex)
 {
     if (ex->disk_job)
         ex->disk_job->ex = NULL; /* it finishes and frees itself */
+    container_disk_server_stop(ex->disk_server); /* the disks it holds unmount themselves */
     free(ex->init_path);
     free(ex->stack_dir);
     free(ex->disk_pool);
@@ -1395,6 +1397,11 @@ static int executor__container_setup(struct executor *ex, const struct executor_
                                        .slot_give = executor__site_slot_give,
                                        .slot_ctx = ex};
     executor__disk_pool_use(ex, DEFAULT_DISK_MB);
+    /* without it every start mounts its own disk: slower, not broken */
+    if (container_disk_server_start(ex->disk_pool, DEFAULT_DISK_MB, &ex->disk_server, err,
+                                    sizeof err) < 0)
+        fprintf(stderr, "skiffd: cannot keep disks mounted ahead (starts mount their own): %s\n",
+                err);
     return 0;
 }
 

@@ -10,14 +10,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <glob.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "common/util.h"
 #include "container/container.h"
+#include "container/container_internal.h"
 #include "executor/cgroup.h"
 
 struct world {
@@ -204,6 +209,64 @@ static void test_disk_pool_fill_and_take(void **state)
     free(other);
 }
 
+/* Waits (10 s at most) until the server holds `want` disks of size_mb. */
+static bool disk_server_holds(struct container_disk_server *server, int size_mb, int want)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        if (container_disk_server_ready(server, size_mb) >= want)
+            return true;
+        usleep(5000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - start.tv_sec < 10);
+    return false;
+}
+
+/* A disk from the server is a mounted ext4 of the size asked for, held by nothing on the
+ * host; a container started while the server has one uses it (no image of its own) and
+ * its quota holds as before. */
+static void test_disk_server_hands_out_mounted_disks(void **state)
+{
+    struct world *w = *state;
+    char err[256] = "";
+    struct container_disk_server *server = NULL;
+    assert_int_equal(container_disk_server_start(w->pool, 16, &server, err, sizeof err), 0);
+    assert_true(disk_server_holds(server, 16, 2));
+    int fd = container__disk_receive(w->pool, 16);
+    assert_true(fd >= 0);
+    struct statfs sf;
+    assert_int_equal(fstatfs(fd, &sf), 0);
+    assert_int_equal(sf.f_type, EXT4_SUPER_MAGIC);
+    assert_true((unsigned long long)sf.f_blocks * sf.f_bsize > 14ULL << 20);
+    assert_true((unsigned long long)sf.f_blocks * sf.f_bsize <= 16ULL << 20);
+    close(fd); /* unattached: unmounted */
+    /* a size it has none of: refused at once, then kept ready */
+    assert_true(container__disk_receive(w->pool, 8) < 0);
+    assert_true(disk_server_holds(server, 8, 1));
+
+    assert_true(disk_server_holds(server, 16, 2));
+    char out[4096];
+    int rc = run_in_container(w,
+                              "dd if=/dev/zero of=$HOME/big bs=1M count=64 2>&1 | "
+                              "grep -q 'No space' && echo ok-enospc",
+                              16, out, sizeof out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "ok-enospc"));
+    char *pattern = xasprintf("%s/scratch-*/disk.img", w->home);
+    glob_t g;
+    assert_int_equal(glob(pattern, 0, NULL, &g), GLOB_NOMATCH);
+    free(pattern);
+    /* the images behind the mounts are unlinked: nothing of them is left to remove */
+    pattern = xasprintf("%s/mounting-*", w->pool);
+    assert_int_equal(glob(pattern, 0, NULL, &g), GLOB_NOMATCH);
+    free(pattern);
+    container_disk_server_stop(server);
+    /* with the server gone, a start makes its own disk */
+    assert_true(container__disk_receive(w->pool, 16) < 0);
+    assert_int_equal(run_in_container(w, "true", 16, out, sizeof out), 0);
+}
+
 static void test_program_runs_as_vcap_with_nothing_of_root(void **state)
 {
     struct world *w = *state;
@@ -326,6 +389,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disk_pool_fill_and_take, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_server_hands_out_mounted_disks, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_program_runs_as_vcap_with_nothing_of_root, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_host_is_out_of_sight_and_reach, setup, teardown),
