@@ -61,6 +61,7 @@ struct container_config {
     char *scratch; /* a host folder of this container's own: disk image, mount points */
     int disk_mb;   /* size of the writable layer; > 0 */
     char *disk_pool; /* folder of ready-made disk images (container_disk_pool_fill), or NULL */
+    char *seccomp_bpf; /* the default filter built ahead (seccomp_export_default), or NULL */
     unsigned uid_base;
     char *net_pool;  /* "A.B.C.D/P", or NULL for no network (only lo) */
     int net_slot;
@@ -76,6 +77,7 @@ struct container_site {
     const char *init_path; /* skiff-init */
     const char *stack_dir;
     const char *disk_pool;
+    const char *seccomp_bpf; /* or NULL */
     const char *net_pool;
     unsigned uid_base;
     int (*slot_take)(void *ctx); /* a free network slot, or a negative errno */

@@ -392,9 +392,12 @@ static void run__noop(int sig)
 static int run__init(void *arg)
 {
     struct run_child *c = arg;
-    /* the filter is compiled while the host side writes the maps and wires the network */
+    /* the filter is read (built ahead by the daemon) or else compiled while the host side
+     * writes the maps and wires the network */
     char prep_err[256];
-    if (seccomp_prepare_default(prep_err, sizeof prep_err) < 0)
+    if ((!c->cfg->seccomp_bpf ||
+         seccomp_prepare_from(c->cfg->seccomp_bpf, prep_err, sizeof prep_err) < 0) &&
+        seccomp_prepare_default(prep_err, sizeof prep_err) < 0)
         run__child_fail(c, "cannot build the seccomp filter: %s", prep_err);
     char go = 0;
     if (read(c->sync_rd, &go, 1) != 1 || go != 'g')

@@ -23,6 +23,7 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
+#include "container/seccomp.h"
 #include "executor/cgroup.h"
 
 struct world {
@@ -30,6 +31,7 @@ struct world {
     char *stack;
     char *droplet;
     char *pool;
+    char *seccomp_bpf; /* the filter built ahead, as skiffd gives it to its containers */
 };
 
 static int setup(void **state)
@@ -48,6 +50,8 @@ static int setup(void **state)
     /* as staging leaves a droplet: the containers' vcap owns it */
     assert_int_equal(container_chown_tree(w->droplet, CONTAINER_DEFAULT_UID_BASE), 0);
     w->pool = xasprintf("%s/disks", w->home);
+    w->seccomp_bpf = xasprintf("%s/seccomp.bpf", w->home);
+    assert_int_equal(seccomp_export_default(w->seccomp_bpf, err, sizeof err), 0);
     *state = w;
     return 0;
 }
@@ -59,6 +63,7 @@ static int teardown(void **state)
     free(w->stack);
     free(w->droplet);
     free(w->pool);
+    free(w->seccomp_bpf);
     free(w);
     return 0;
 }
@@ -79,6 +84,7 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
                                    .scratch = scratch,
                                    .disk_mb = disk_mb,
                                    .disk_pool = w->pool,
+                                   .seccomp_bpf = w->seccomp_bpf,
                                    .uid_base = CONTAINER_DEFAULT_UID_BASE,
                                    .cwd = CONTAINER_APP_DIR,
                                    .mounts = &droplet,
@@ -125,7 +131,7 @@ static void test_config_json_round_trip(void **state)
     struct container_config in = {.hostname = "h", .stack = "/s", .scratch = "/sc", .disk_mb = 64,
                                   .uid_base = 300000, .net_pool = "10.1.0.0/16", .net_slot = 9,
                                   .cwd = "/tmp/app", .cgroup_procs = cg, .mounts = m,
-                                  .n_mounts = 2};
+                                  .n_mounts = 2, .seccomp_bpf = "/f.bpf"};
     char *text = container_config_to_json(&in);
     struct container_config out;
     char err[256] = "";
@@ -135,6 +141,8 @@ static void test_config_json_round_trip(void **state)
     assert_int_equal(out.uid_base, 300000);
     assert_string_equal(out.net_pool, "10.1.0.0/16");
     assert_int_equal(out.net_slot, 9);
+    assert_string_equal(out.seccomp_bpf, "/f.bpf");
+    assert_null(out.disk_pool);
     assert_string_equal(out.cgroup_procs[0], cg[0]);
     assert_null(out.cgroup_procs[1]);
     assert_int_equal(out.n_mounts, 2);
