@@ -17,6 +17,7 @@
  *
  * Two threads: one answers (never waits for a disk to be made), one makes disks (mkfs ~10 ms,
  * loop and mount ~1 ms) until each wanted size has DISK_SERVER_KEEP ready. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -223,6 +224,22 @@ static void *disk_server__answer(void *arg)
 
 /* ---- the contract ------------------------------------------------------------------------ */
 
+/* Images a server before us was mounting when it died: never mounted by anyone now. */
+static void disk_server__remove_stale(const char *pool_dir)
+{
+    DIR *d = opendir(pool_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!str_has_prefix(e->d_name, "mounting-"))
+            continue;
+        char *path = xasprintf("%s/%s", pool_dir, e->d_name);
+        unlink(path);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+}
+
 static int disk_server__listen(const char *path, char *err, size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -255,6 +272,7 @@ int container_disk_server_start(const char *pool_dir, int size_mb,
         snprintf(err, errlen, "cannot create %s: %s", pool_dir, strerror(-rc));
         return rc;
     }
+    disk_server__remove_stale(pool_dir);
     struct container_disk_server *s = xcalloc(1, sizeof *s);
     s->pool_dir = xstrdup(pool_dir);
     s->sock_path = xasprintf("%s/%s", pool_dir, DISK_SERVER_SOCKET);

@@ -239,6 +239,11 @@ static void test_disk_server_hands_out_mounted_disks(void **state)
     struct world *w = *state;
     char err[256] = "";
     struct container_disk_server *server = NULL;
+    /* what a server that died while mounting left behind goes at the next start */
+    assert_int_equal(mkdir_p(w->pool, 0700), 0);
+    char *stale = xasprintf("%s/mounting-0123456789abcdef.img", w->pool);
+    assert_int_equal(file_write_atomic(stale, "x", 1, 0600), 0);
+    free(stale);
     assert_int_equal(container_disk_server_start(w->pool, 16, &server, err, sizeof err), 0);
     assert_true(disk_server_holds(server, 16, 2));
     int fd = container__disk_receive(w->pool, 16);
@@ -265,7 +270,7 @@ static void test_disk_server_hands_out_mounted_disks(void **state)
     glob_t g;
     assert_int_equal(glob(pattern, 0, NULL, &g), GLOB_NOMATCH);
     free(pattern);
-    /* the images behind the mounts are unlinked: nothing of them is left to remove */
+    /* the images behind the mounts are unlinked, the stale one removed: nothing is left */
     pattern = xasprintf("%s/mounting-*", w->pool);
     assert_int_equal(glob(pattern, 0, NULL, &g), GLOB_NOMATCH);
     free(pattern);
