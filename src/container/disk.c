@@ -128,8 +128,7 @@ int container_disk_take(const char *pool_dir, int size_mb, const char *path, cha
 
 /* Attaches image to a free loop device with autoclear (it frees itself once its last user,
  * the mount, lets go) and returns the device open, its name in dev. */
-static int disk__loop_attach(const char *image, char *dev, size_t devlen, char *err,
-                             size_t errlen)
+static int disk__loop_attach(const char *image, char *dev, size_t devlen, char *err, size_t errlen)
 {
     int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (ctl < 0) {

@@ -43,8 +43,8 @@
 #define DISK_SERVER_RETRY_S 1      /* after a failure to make a disk */
 
 struct disk_server__size {
-    int size_mb;          /* 0: unused entry */
-    unsigned long used;   /* when it was last asked for (a counter) */
+    int size_mb;        /* 0: unused entry */
+    unsigned long used; /* when it was last asked for (a counter) */
     int fds[DISK_SERVER_KEEP];
     int n;
 };
@@ -113,8 +113,7 @@ static int disk_server__take(struct container_disk_server *s, int size_mb)
 
 /* One mounted disk of size_mb: an image from the pool folder (or a new one), attached and
  * mounted, then unlinked (the loop device keeps the file until the mount goes). */
-static int disk_server__make(struct container_disk_server *s, int size_mb, char *err,
-                             size_t errlen)
+static int disk_server__make(struct container_disk_server *s, int size_mb, char *err, size_t errlen)
 {
     char id[17];
     random_hex(id, 8);
@@ -368,8 +367,8 @@ static int disk_client__recv_fd(int sock)
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int))];
     } ctl;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                         .msg_controllen = sizeof ctl.buf};
+    struct msghdr msg = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
     ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     if (n != 1)
         return n < 0 ? -errno : -EIO;

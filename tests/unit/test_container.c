@@ -128,10 +128,18 @@ static void test_config_json_round_trip(void **state)
     char *cg[] = {"/sys/fs/cgroup/memory/x/cgroup.procs", NULL};
     struct container_mount m[] = {{.source = "/a", .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
                                   {.source = "/b", .target = "/x", .kind = CONTAINER_MOUNT_OVERLAY}};
-    struct container_config in = {.hostname = "h", .stack = "/s", .scratch = "/sc", .disk_mb = 64,
-                                  .uid_base = 300000, .net_pool = "10.1.0.0/16", .net_slot = 9,
-                                  .cwd = "/tmp/app", .cgroup_procs = cg, .mounts = m,
-                                  .n_mounts = 2, .seccomp_bpf = "/f.bpf"};
+    struct container_config in = {.hostname = "h",
+                                  .stack = "/s",
+                                  .scratch = "/sc",
+                                  .disk_mb = 64,
+                                  .uid_base = 300000,
+                                  .net_pool = "10.1.0.0/16",
+                                  .net_slot = 9,
+                                  .cwd = "/tmp/app",
+                                  .cgroup_procs = cg,
+                                  .mounts = m,
+                                  .n_mounts = 2,
+                                  .seccomp_bpf = "/f.bpf"};
     char *text = container_config_to_json(&in);
     struct container_config out;
     char err[256] = "";
@@ -402,15 +410,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disk_pool_fill_and_take, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_disk_server_hands_out_mounted_disks, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_disk_server_hands_out_mounted_disks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_program_runs_as_vcap_with_nothing_of_root, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_host_is_out_of_sight_and_reach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disk_quota_is_enospc_and_droplet_stays, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
