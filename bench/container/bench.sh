@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Start of an instance to ready: a static program that listens, started (a) bare on the host,
-# (b) in a Skiff container by skiff-init as the executor starts one (network slot, pooled
-# disk, droplet overlay, seccomp), (c) by `runc run` from the same rootfs (Debian's runc, host
-# network). Prints p50/p90 of each and the ratios. Root only; everything it makes it removes.
+# (b) in a Skiff container by skiff-init as the executor starts one (network slot, a disk
+# mounted ahead by the disk server, the seccomp filter built ahead, droplet overlay),
+# (b') the same with the disk mounted and the filter built by skiff-init, as before both were
+# made ahead (runs of b and b' alternate), (c) by `runc run` from the same rootfs (Debian's
+# runc, host network). Prints p50/p90 of each and the ratios. Root only; everything it makes
+# it removes.
 #   bash bench/container/bench.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,61 +14,94 @@ build=$(realpath -m "${BUILD:-build}")
 init=$build/rel/skiff-init
 [ -x "$init" ] || make -s build >/dev/null
 work=$(mktemp -d /tmp/skiff-bench-container.XXXXXX)
-cleanup() { rm -rf "$work"; }
+prep_pid=
+cleanup() { # prep's disks unmount themselves as it ends
+  [ -n "$prep_pid" ] && { kill "$prep_pid" 2>/dev/null; wait "$prep_pid" 2>/dev/null || true; }
+  rm -rf "$work"; }
 trap cleanup EXIT
 
 cc -O2 -o "$work/startbench" bench/container/startbench.c
 cc -O2 -static -o "$work/listen" bench/container/listen.c
+# prep: the stack, the host network, the seccomp filter built ahead, disk images in two
+# pools, and a disk server on the first (as skiffd has them); it stays until it is killed,
+# and its disks go with it
 cat > "$work/prep.c" <<'C'
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include "container/container.h"
 #include "container/net.h"
+#include "container/seccomp.h"
 int main(int argc, char **argv)
 {
-    char err[256] = "", *stack = NULL;
+    char err[256] = "", *stack = NULL, c;
     struct net_pool pool;
+    struct container_disk_server *server = NULL;
     if (container_stack_prepare(argv[1], &stack, err, sizeof err) < 0 ||
         net_pool_parse(NET_DEFAULT_POOL, &pool, err, sizeof err) < 0 ||
         net_host_setup(&pool, 0, err, sizeof err) < 0 ||
-        container_disk_pool_fill(argv[2], 64, atoi(argv[3]), err, sizeof err) < 0) {
+        container_disk_pool_fill(argv[2], 64, atoi(argv[4]), err, sizeof err) < 0 ||
+        container_disk_pool_fill(argv[3], 64, atoi(argv[4]), err, sizeof err) < 0 ||
+        container_disk_server_start(argv[2], 64, &server, err, sizeof err) < 0 ||
+        seccomp_export_default(argv[5], err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    puts(stack);
+    printf("%s\n", stack);
+    fflush(stdout);
+    while (read(0, &c, 1) > 0)
+        ;
+    container_disk_server_stop(server);
     return 0;
 }
 C
-sed -i 's/#include <stdio.h>/#include <stdio.h>\n#include <stdlib.h>/' "$work/prep.c"
 cc -D_GNU_SOURCE -Isrc -o "$work/prep" "$work/prep.c" "$build/rel/libskiff.a" \
-  $(pkg-config --libs libuv jansson libseccomp) -lcap
-stack=$("$work/prep" "$work/home" "$work/pool" $((runs + 5)))
+  $(pkg-config --libs libuv jansson libseccomp) -lcap -lpthread
+coproc PREP { "$work/prep" "$work/home" "$work/pool" "$work/pool-files" $((runs * 2 + 5)) "$work/seccomp.bpf"; }
+prep_pid=$PREP_PID
+read -r stack <&"${PREP[0]}"
+[ -n "$stack" ] || { echo "prep failed" >&2; exit 1; }
 mkdir -p "$work/droplet"
 cp "$work/listen" "$work/droplet/listen"
 chown -R 202000:202000 "$work/droplet"
 # slots far from where skiffd's random cursor usually lands are still checked: a taken one
 # fails that run, which is then not counted
-base=$((16000 + RANDOM % 300))
-for r in $(seq 0 $((runs - 1))); do
-  mkdir -p "$work/s$r"
-  cat > "$work/c$r.json" <<J
-{"hostname":"bench","stack":"$stack","scratch":"$work/s$r","disk_mb":64,"disk_pool":"$work/pool",
- "uid_base":200000,"cwd":"/home/vcap/app","net_pool":"10.244.0.0/16","net_slot":$((base + r)),
+base=$((15500 + RANDOM % 300))
+# run r's config. $2 ahead: as skiffd starts one (a disk mounted ahead by the server, the
+# seccomp filter built ahead); anything else: as before both (the disk mounted and the
+# filter built by skiff-init)
+config() {
+  local pool=pool-files seccomp=
+  [ "$2" = ahead ] && { pool=pool; seccomp="\"seccomp_bpf\":\"$work/seccomp.bpf\","; }
+  rm -rf "$work/s$1"; mkdir -p "$work/s$1"
+  cat > "$work/c$1.json" <<J
+{"hostname":"bench","stack":"$stack","scratch":"$work/s$1","disk_mb":64,"disk_pool":"$work/$pool",$seccomp
+ "uid_base":200000,"cwd":"/home/vcap/app","net_pool":"10.244.0.0/16","net_slot":$((base + $1)),
  "mounts":[{"source":"$work/droplet","target":"/home/vcap/app","kind":"overlay"}],"cgroup_procs":[]}
 J
-done
+}
 addr_of() { # the container address of slot $1 in 10.244.0.0/16 (/30 each, host .1, container .2)
   local n=$(( $1 * 4 + 2 )); echo "10.244.$((n / 256)).$((n % 256))"; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 bare=$(PORT=$port "$work/startbench" "$runs" 127.0.0.1 "$port" "$work/listen")
 
-# the same slot every run would wait for the last run's namespace to go: a slot per run
-skiff_times=()
+# the same slot every run would wait for the last run's namespace to go: a slot per run.
+# Runs alternate between the two ways, so that both see the same load.
+start_one() { # $1 run, $2 ahead or not: the time to ready, or nothing
+  config "$1" "$2"
+  local out
+  out=$("$work/startbench" 1 "$(addr_of $((base + $1)))" 8080 "$init" --config "$work/c$1.json" -- ./listen || true)
+  [ "${out% *}" != "never" ] && echo "${out%% *}"
+}
+served=(); unserved=()
 for r in $(seq 0 $((runs - 1))); do
-  out=$("$work/startbench" 1 "$(addr_of $((base + r)))" 8080 "$init" --config "$work/c$r.json" -- ./listen || true)
-  [ "${out% *}" != "never" ] && skiff_times+=("${out%% *}")
+  t=$(start_one "$r" ahead); [ -n "$t" ] && served+=("$t")
+  t=$(start_one "$((runs + r))" at-start); [ -n "$t" ] && unserved+=("$t")
 done
-skiff=$(printf '%s\n' "${skiff_times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f %d", a[int((NR+1)/2)], a[int(NR*0.9+0.5)], NR}')
+p50p90() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f %d", a[int((NR+1)/2)], a[int(NR*0.9+0.5)], NR}'; }
+skiff=$(p50p90 "${served[@]}")
+skiff_unserved=$(p50p90 "${unserved[@]}")
 
 runc_line="runc: not installed"
 if command -v runc >/dev/null; then
@@ -89,6 +125,7 @@ bare_p50=${bare%% *}; skiff_p50=${skiff%% *}
 echo "start to ready, $runs runs (p50 / p90 ms):"
 echo "  bare process:     ${bare% *}"
 echo "  skiff container:  ${skiff% *}"
+echo "  skiff, disk and filter made at start: ${skiff_unserved% *}"
 echo "  $runc_line"
 awk -v b="$bare_p50" -v s="$skiff_p50" -v r="${runc_p50:-0}" 'BEGIN {
   printf "  container overhead over bare, p50: %.2f ms (target <= 3 ms)\n", s - b

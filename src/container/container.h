@@ -61,6 +61,7 @@ struct container_config {
     char *scratch; /* a host folder of this container's own: disk image, mount points */
     int disk_mb;   /* size of the writable layer; > 0 */
     char *disk_pool; /* folder of ready-made disk images (container_disk_pool_fill), or NULL */
+    char *seccomp_bpf; /* the default filter built ahead (seccomp_export_default), or NULL */
     unsigned uid_base;
     char *net_pool;  /* "A.B.C.D/P", or NULL for no network (only lo) */
     int net_slot;
@@ -76,6 +77,7 @@ struct container_site {
     const char *init_path; /* skiff-init */
     const char *stack_dir;
     const char *disk_pool;
+    const char *seccomp_bpf; /* or NULL */
     const char *net_pool;
     unsigned uid_base;
     int (*slot_take)(void *ctx); /* a free network slot, or a negative errno */
@@ -114,6 +116,19 @@ int container_disk_pool_fill(const char *pool_dir, int size_mb, int keep, char *
                              size_t errlen);
 int container_disk_take(const char *pool_dir, int size_mb, const char *path, char *err,
                         size_t errlen);
+/* The disk server: keeps disks of the sizes asked for (starting with size_mb) mounted ahead,
+ * as detached mounts only this process holds, and hands them to starting containers over
+ * POOL_DIR/mounted.sock, so that a start does no loop device and no ext4 mount of its own.
+ * When the process ends or stops the server, the disks it still holds unmount themselves;
+ * when no server answers, a start makes its disk as before. Runs two threads of its own
+ * (mkfs and mounts never touch the caller's thread); the caller owns *out and stops it. */
+struct container_disk_server;
+int container_disk_server_start(const char *pool_dir, int size_mb,
+                                struct container_disk_server **out, char *err, size_t errlen);
+void container_disk_server_stop(struct container_disk_server *server);
+/* How many disks of size_mb it holds ready now. */
+int container_disk_server_ready(struct container_disk_server *server, int size_mb);
+
 /* Bytes used and total of a mounted disk (statfs of dir). */
 int container_disk_usage(const char *dir, unsigned long long *used, unsigned long long *total);
 

@@ -7,4 +7,13 @@
 /* Attaches image to a free loop device (autoclear) and mounts its ext4 at dir. */
 int container__disk_mount(const char *image, const char *dir, char *err, size_t errlen);
 
+/* The same as a detached mount (fsmount): returns its fd (close-on-exec; the caller owns it),
+ * which move_mount(2) attaches anywhere. Closed unattached, the mount and its loop device go. */
+int container__disk_mount_detached(const char *image, char *err, size_t errlen);
+
+/* A mounted disk of size_mb from the disk server of pool_dir (container_disk_server_start):
+ * its detached mount's fd (the caller owns it), or a negative errno when no server answers
+ * at once or it has none of that size ready (the caller then makes its own). */
+int container__disk_receive(const char *pool_dir, int size_mb);
+
 #endif

@@ -126,7 +126,9 @@ int container_disk_take(const char *pool_dir, int size_mb, const char *path, cha
     return disk__mkfs(path, size_mb, err, errlen);
 }
 
-int container__disk_mount(const char *image, const char *dir, char *err, size_t errlen)
+/* Attaches image to a free loop device with autoclear (it frees itself once its last user,
+ * the mount, lets go) and returns the device open, its name in dev. */
+static int disk__loop_attach(const char *image, char *dev, size_t devlen, char *err, size_t errlen)
 {
     int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (ctl < 0) {
@@ -147,8 +149,7 @@ int container__disk_mount(const char *image, const char *dir, char *err, size_t 
             rc = -errno;
             break;
         }
-        char dev[32];
-        snprintf(dev, sizeof dev, "/dev/loop%d", n);
+        snprintf(dev, devlen, "/dev/loop%d", n);
         int lfd = open(dev, O_RDWR | O_CLOEXEC);
         if (lfd < 0) {
             rc = -errno;
@@ -161,16 +162,46 @@ int container__disk_mount(const char *image, const char *dir, char *err, size_t 
             close(lfd);
             continue;
         }
-        rc = mount(dev, dir, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, NULL) < 0 ? -errno : 0;
-        close(lfd); /* the mount holds the device; autoclear frees it at the unmount */
-        if (rc < 0)
-            snprintf(err, errlen, "cannot mount disk image %s: %s", image, strerror(-rc));
+        rc = lfd;
     }
-    if (rc == -EBUSY || (rc < 0 && !err[0]))
+    if (rc < 0)
         snprintf(err, errlen, "no loop device for the disk image: %s", strerror(-rc));
     close(img);
     close(ctl);
     return rc;
+}
+
+int container__disk_mount(const char *image, const char *dir, char *err, size_t errlen)
+{
+    char dev[32];
+    int lfd = disk__loop_attach(image, dev, sizeof dev, err, errlen);
+    if (lfd < 0)
+        return lfd;
+    int rc = mount(dev, dir, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, NULL) < 0 ? -errno : 0;
+    close(lfd); /* the mount holds the device; autoclear frees it at the unmount */
+    if (rc < 0)
+        snprintf(err, errlen, "cannot mount disk image %s: %s", image, strerror(-rc));
+    return rc;
+}
+
+int container__disk_mount_detached(const char *image, char *err, size_t errlen)
+{
+    char dev[32];
+    int lfd = disk__loop_attach(image, dev, sizeof dev, err, errlen);
+    if (lfd < 0)
+        return lfd;
+    int rc = 0, mfd = -1, fs = fsopen("ext4", FSOPEN_CLOEXEC);
+    if (fs < 0 || fsconfig(fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0 ||
+        fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0 ||
+        (mfd = fsmount(fs, FSMOUNT_CLOEXEC,
+                       MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOATIME)) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot mount disk image %s: %s", image, strerror(errno));
+    }
+    if (fs >= 0)
+        close(fs);
+    close(lfd); /* the mount holds the device; autoclear frees it when the mount goes */
+    return rc < 0 ? rc : mfd;
 }
 
 int container_disk_usage(const char *dir, unsigned long long *used, unsigned long long *total)

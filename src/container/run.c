@@ -184,6 +184,24 @@ static int run__dev(const char *root, char *err, size_t errlen)
     return rc;
 }
 
+/* The writable layer's disk at dir: one mounted ahead by the disk server when it has one,
+ * else an image of the pool (or a new one) attached and mounted here. */
+static int run__disk(const struct container_config *cfg, const char *image, const char *dir,
+                     char *err, size_t errlen)
+{
+    int fd = container__disk_receive(cfg->disk_pool, cfg->disk_mb);
+    if (fd >= 0) {
+        int moved = move_mount(fd, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH);
+        close(fd); /* attached, the mount no longer needs it; unattached, it goes with it */
+        if (moved == 0)
+            return 0;
+    }
+    int rc = container_disk_take(cfg->disk_pool, cfg->disk_mb, image, err, errlen);
+    if (rc == 0)
+        rc = container__disk_mount(image, dir, err, errlen);
+    return rc;
+}
+
 static int run__rootfs(const struct container_config *cfg, const char *root, char *err,
                        size_t errlen)
 {
@@ -197,9 +215,7 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
         rc = run__fail(err, errlen, rc, "cannot create %s: %s", disk, strerror(-rc));
         goto out;
     }
-    rc = container_disk_take(cfg->disk_pool, cfg->disk_mb, image, err, errlen);
-    if (rc == 0)
-        rc = container__disk_mount(image, disk, err, errlen);
+    rc = run__disk(cfg, image, disk, err, errlen);
     if (rc == 0)
         rc = run__overlay(cfg->stack, disk, "root", root, err, errlen);
     if (rc < 0)
@@ -376,9 +392,12 @@ static void run__noop(int sig)
 static int run__init(void *arg)
 {
     struct run_child *c = arg;
-    /* the filter is compiled while the host side writes the maps and wires the network */
+    /* the filter is read (built ahead by the daemon) or else compiled while the host side
+     * writes the maps and wires the network */
     char prep_err[256];
-    if (seccomp_prepare_default(prep_err, sizeof prep_err) < 0)
+    if ((!c->cfg->seccomp_bpf ||
+         seccomp_prepare_from(c->cfg->seccomp_bpf, prep_err, sizeof prep_err) < 0) &&
+        seccomp_prepare_default(prep_err, sizeof prep_err) < 0)
         run__child_fail(c, "cannot build the seccomp filter: %s", prep_err);
     char go = 0;
     if (read(c->sync_rd, &go, 1) != 1 || go != 'g')

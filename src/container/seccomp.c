@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <linux/sched.h>
 #include <seccomp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,6 +272,7 @@ static pthread_once_t seccomp__once = PTHREAD_ONCE_INIT;
 static struct sock_fprog seccomp__program;
 static int seccomp__program_rc;
 static char seccomp__program_err[256];
+static bool seccomp__program_loaded; /* by seccomp_prepare_from: nothing to build */
 
 static void seccomp__build_once(void)
 {
@@ -280,10 +282,45 @@ static void seccomp__build_once(void)
 
 int seccomp_prepare_default(char *err, size_t errlen)
 {
+    if (seccomp__program_loaded)
+        return 0;
     pthread_once(&seccomp__once, seccomp__build_once);
     if (seccomp__program_rc < 0)
         snprintf(err, errlen, "%s", seccomp__program_err);
     return seccomp__program_rc;
+}
+
+int seccomp_export_default(const char *path, char *err, size_t errlen)
+{
+    int rc = seccomp_prepare_default(err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = file_write_atomic(path, seccomp__program.filter,
+                           seccomp__program.len * sizeof(struct sock_filter), 0600);
+    if (rc < 0)
+        snprintf(err, errlen, "cannot write the seccomp filter to %s: %s", path, strerror(-rc));
+    return rc;
+}
+
+int seccomp_prepare_from(const char *path, char *err, size_t errlen)
+{
+    char *data = NULL;
+    size_t size = 0;
+    int rc = file_read(path, &data, &size);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot read the seccomp filter %s: %s", path, strerror(-rc));
+        return rc;
+    }
+    if (size == 0 || size % sizeof(struct sock_filter) ||
+        size > sizeof(struct sock_filter) * BPF_MAXINSNS) {
+        free(data);
+        snprintf(err, errlen, "%s is not a seccomp filter (%zu bytes)", path, size);
+        return -EINVAL;
+    }
+    seccomp__program.filter = (struct sock_filter *)data;
+    seccomp__program.len = (unsigned short)(size / sizeof(struct sock_filter));
+    seccomp__program_loaded = true;
+    return 0;
 }
 
 int seccomp_install_default(char *err, size_t errlen)

@@ -30,6 +30,7 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "container/net.h"
+#include "container/seccomp.h"
 #include "executor/cgroup.h"
 #include "executor/proc.h"
 #include "shim/shim.h"
@@ -98,6 +99,7 @@ struct executor {
     /* containers */
     enum executor_isolation isolation;
     char *init_path, *stack_dir, *disk_pool, *net_pool_text;
+    char *seccomp_bpf; /* the containers' filter, built once per start; NULL: each builds it */
     struct net_pool net;
     unsigned uid_base;
     struct container_site site;
@@ -106,6 +108,7 @@ struct executor {
     int slot_cursor;
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
+    struct container_disk_server *disk_server; /* disks mounted ahead, or NULL */
     bool disk_pool_again;                /* a size was used meanwhile: refill once more */
     bool disk_pool_told;                 /* a refill error was logged */
     instance_output_cb on_output;
@@ -160,6 +163,7 @@ static int executor__container_config(struct instance *inst, char **path_out)
         .scratch = inst->scratch_dir,
         .disk_mb = inst->disk_mb,
         .disk_pool = ex->disk_pool,
+        .seccomp_bpf = ex->seccomp_bpf,
         .uid_base = ex->uid_base,
         .net_pool = ex->net_pool_text,
         .net_slot = inst->port,
@@ -1355,9 +1359,11 @@ static void executor__free_container(struct executor *ex)
 {
     if (ex->disk_job)
         ex->disk_job->ex = NULL; /* it finishes and frees itself */
+    container_disk_server_stop(ex->disk_server); /* the disks it holds unmount themselves */
     free(ex->init_path);
     free(ex->stack_dir);
     free(ex->disk_pool);
+    free(ex->seccomp_bpf);
     free(ex->net_pool_text);
     free(ex->slot_used);
 }
@@ -1386,15 +1392,33 @@ static int executor__container_setup(struct executor *ex, const struct executor_
     ex->slot_cursor = (int)((uint64_t)(time_now_ns() ^ ((int64_t)getpid() << 20)) %
                             (uint64_t)ex->slots);
     ex->disk_pool = xasprintf("%s/containers/disks", ex->home);
+    char *containers = xasprintf("%s/containers", ex->home);
+    ex->seccomp_bpf = xasprintf("%s/seccomp.bpf", containers);
+    rc = mkdir_p(containers, 0700);
+    free(containers);
+    if (rc < 0)
+        snprintf(err, sizeof err, "cannot create the folder: %s", strerror(-rc));
+    if (rc < 0 || seccomp_export_default(ex->seccomp_bpf, err, sizeof err) < 0) {
+        fprintf(stderr, "skiffd: cannot build the seccomp filter ahead (starts build it): %s\n",
+                err);
+        free(ex->seccomp_bpf);
+        ex->seccomp_bpf = NULL;
+    }
     ex->site = (struct container_site){.init_path = ex->init_path,
                                        .stack_dir = ex->stack_dir,
                                        .disk_pool = ex->disk_pool,
+                                       .seccomp_bpf = ex->seccomp_bpf,
                                        .net_pool = ex->net_pool_text,
                                        .uid_base = ex->uid_base,
                                        .slot_take = executor__site_slot_take,
                                        .slot_give = executor__site_slot_give,
                                        .slot_ctx = ex};
     executor__disk_pool_use(ex, DEFAULT_DISK_MB);
+    /* without it every start mounts its own disk: slower, not broken */
+    if (container_disk_server_start(ex->disk_pool, DEFAULT_DISK_MB, &ex->disk_server, err,
+                                    sizeof err) < 0)
+        fprintf(stderr, "skiffd: cannot keep disks mounted ahead (starts mount their own): %s\n",
+                err);
     return 0;
 }
 

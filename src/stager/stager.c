@@ -294,6 +294,7 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
         .scratch = scratch,
         .disk_mb = STAGER_DISK_MB,
         .disk_pool = (char *)s->site->disk_pool,
+        .seccomp_bpf = (char *)s->site->seccomp_bpf,
         .uid_base = s->site->uid_base,
         .net_pool = (char *)s->site->net_pool,
         .net_slot = s->slot,

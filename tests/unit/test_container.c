@@ -10,14 +10,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <glob.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "common/util.h"
 #include "container/container.h"
+#include "container/container_internal.h"
+#include "container/seccomp.h"
 #include "executor/cgroup.h"
 
 struct world {
@@ -25,6 +31,7 @@ struct world {
     char *stack;
     char *droplet;
     char *pool;
+    char *seccomp_bpf; /* the filter built ahead, as skiffd gives it to its containers */
 };
 
 static int setup(void **state)
@@ -43,6 +50,8 @@ static int setup(void **state)
     /* as staging leaves a droplet: the containers' vcap owns it */
     assert_int_equal(container_chown_tree(w->droplet, CONTAINER_DEFAULT_UID_BASE), 0);
     w->pool = xasprintf("%s/disks", w->home);
+    w->seccomp_bpf = xasprintf("%s/seccomp.bpf", w->home);
+    assert_int_equal(seccomp_export_default(w->seccomp_bpf, err, sizeof err), 0);
     *state = w;
     return 0;
 }
@@ -54,6 +63,7 @@ static int teardown(void **state)
     free(w->stack);
     free(w->droplet);
     free(w->pool);
+    free(w->seccomp_bpf);
     free(w);
     return 0;
 }
@@ -74,6 +84,7 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
                                    .scratch = scratch,
                                    .disk_mb = disk_mb,
                                    .disk_pool = w->pool,
+                                   .seccomp_bpf = w->seccomp_bpf,
                                    .uid_base = CONTAINER_DEFAULT_UID_BASE,
                                    .cwd = CONTAINER_APP_DIR,
                                    .mounts = &droplet,
@@ -117,10 +128,18 @@ static void test_config_json_round_trip(void **state)
     char *cg[] = {"/sys/fs/cgroup/memory/x/cgroup.procs", NULL};
     struct container_mount m[] = {{.source = "/a", .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
                                   {.source = "/b", .target = "/x", .kind = CONTAINER_MOUNT_OVERLAY}};
-    struct container_config in = {.hostname = "h", .stack = "/s", .scratch = "/sc", .disk_mb = 64,
-                                  .uid_base = 300000, .net_pool = "10.1.0.0/16", .net_slot = 9,
-                                  .cwd = "/tmp/app", .cgroup_procs = cg, .mounts = m,
-                                  .n_mounts = 2};
+    struct container_config in = {.hostname = "h",
+                                  .stack = "/s",
+                                  .scratch = "/sc",
+                                  .disk_mb = 64,
+                                  .uid_base = 300000,
+                                  .net_pool = "10.1.0.0/16",
+                                  .net_slot = 9,
+                                  .cwd = "/tmp/app",
+                                  .cgroup_procs = cg,
+                                  .mounts = m,
+                                  .n_mounts = 2,
+                                  .seccomp_bpf = "/f.bpf"};
     char *text = container_config_to_json(&in);
     struct container_config out;
     char err[256] = "";
@@ -130,6 +149,8 @@ static void test_config_json_round_trip(void **state)
     assert_int_equal(out.uid_base, 300000);
     assert_string_equal(out.net_pool, "10.1.0.0/16");
     assert_int_equal(out.net_slot, 9);
+    assert_string_equal(out.seccomp_bpf, "/f.bpf");
+    assert_null(out.disk_pool);
     assert_string_equal(out.cgroup_procs[0], cg[0]);
     assert_null(out.cgroup_procs[1]);
     assert_int_equal(out.n_mounts, 2);
@@ -202,6 +223,69 @@ static void test_disk_pool_fill_and_take(void **state)
     assert_int_equal(st.st_size, 8 << 20);
     free(img);
     free(other);
+}
+
+/* Waits (10 s at most) until the server holds `want` disks of size_mb. */
+static bool disk_server_holds(struct container_disk_server *server, int size_mb, int want)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        if (container_disk_server_ready(server, size_mb) >= want)
+            return true;
+        usleep(5000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - start.tv_sec < 10);
+    return false;
+}
+
+/* A disk from the server is a mounted ext4 of the size asked for, held by nothing on the
+ * host; a container started while the server has one uses it (no image of its own) and
+ * its quota holds as before. */
+static void test_disk_server_hands_out_mounted_disks(void **state)
+{
+    struct world *w = *state;
+    char err[256] = "";
+    struct container_disk_server *server = NULL;
+    /* what a server that died while mounting left behind goes at the next start */
+    assert_int_equal(mkdir_p(w->pool, 0700), 0);
+    char *stale = xasprintf("%s/mounting-0123456789abcdef.img", w->pool);
+    assert_int_equal(file_write_atomic(stale, "x", 1, 0600), 0);
+    free(stale);
+    assert_int_equal(container_disk_server_start(w->pool, 16, &server, err, sizeof err), 0);
+    assert_true(disk_server_holds(server, 16, 2));
+    int fd = container__disk_receive(w->pool, 16);
+    assert_true(fd >= 0);
+    struct statfs sf;
+    assert_int_equal(fstatfs(fd, &sf), 0);
+    assert_int_equal(sf.f_type, EXT4_SUPER_MAGIC);
+    assert_true((unsigned long long)sf.f_blocks * sf.f_bsize > 14ULL << 20);
+    assert_true((unsigned long long)sf.f_blocks * sf.f_bsize <= 16ULL << 20);
+    close(fd); /* unattached: unmounted */
+    /* a size it has none of: refused at once, then kept ready */
+    assert_true(container__disk_receive(w->pool, 8) < 0);
+    assert_true(disk_server_holds(server, 8, 1));
+
+    assert_true(disk_server_holds(server, 16, 2));
+    char out[4096];
+    int rc = run_in_container(w,
+                              "dd if=/dev/zero of=$HOME/big bs=1M count=64 2>&1 | "
+                              "grep -q 'No space' && echo ok-enospc",
+                              16, out, sizeof out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "ok-enospc"));
+    char *pattern = xasprintf("%s/scratch-*/disk.img", w->home);
+    glob_t g;
+    assert_int_equal(glob(pattern, 0, NULL, &g), GLOB_NOMATCH);
+    free(pattern);
+    /* the images behind the mounts are unlinked, the stale one removed: nothing is left */
+    pattern = xasprintf("%s/mounting-*", w->pool);
+    assert_int_equal(glob(pattern, 0, NULL, &g), GLOB_NOMATCH);
+    free(pattern);
+    container_disk_server_stop(server);
+    /* with the server gone, a start makes its own disk */
+    assert_true(container__disk_receive(w->pool, 16) < 0);
+    assert_int_equal(run_in_container(w, "true", 16, out, sizeof out), 0);
 }
 
 static void test_program_runs_as_vcap_with_nothing_of_root(void **state)
@@ -326,13 +410,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disk_pool_fill_and_take, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_server_hands_out_mounted_disks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_program_runs_as_vcap_with_nothing_of_root, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_host_is_out_of_sight_and_reach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disk_quota_is_enospc_and_droplet_stays, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,14 +31,19 @@
 
 #include "container/seccomp.h"
 
-/* Runs check in a child under the filter; the child's exit status is check's line of
- * failure (0: all good). Waits at most 10 s. */
-static int run_filtered(int (*check)(void))
+/* Runs check in a child under the filter (read from bpf_path when not NULL, as a container
+ * does with the daemon's); the child's exit status is check's line of failure (0: all
+ * good). Waits at most 10 s. */
+static int run_filtered_from(const char *bpf_path, int (*check)(void))
 {
     pid_t pid = fork();
     if (pid == 0) {
         char err[256];
         signal(SIGSEGV, SIG_DFL); /* a crash ends the child, not into cmocka's handler */
+        if (bpf_path && seccomp_prepare_from(bpf_path, err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            _exit(252);
+        }
         if (seccomp_install_default(err, sizeof(err)) < 0) {
             fprintf(stderr, "%s\n", err);
             _exit(251);
@@ -61,6 +66,11 @@ static int run_filtered(int (*check)(void))
     if (WIFSIGNALED(status))
         fail_msg("the filtered child died of signal %d", WTERMSIG(status));
     return WEXITSTATUS(status);
+}
+
+static int run_filtered(int (*check)(void))
+{
+    return run_filtered_from(NULL, check);
 }
 
 /* Fails the child with the line number when a call did not fail with the expected errno. */
@@ -332,6 +342,30 @@ static void test_ordinary_calls_still_work(void **state)
     assert_int_equal(run_filtered(check_ordinary_calls), 0);
 }
 
+/* The program written ahead and read back denies what the built one does; a file that is
+ * not a program is refused (the caller then builds its own). */
+static void test_filter_built_ahead_is_the_same(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/skiff-test-seccomp-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64], bad[64], err[256] = "";
+    snprintf(path, sizeof path, "%s/seccomp.bpf", dir);
+    snprintf(bad, sizeof bad, "%s/bad.bpf", dir);
+    assert_int_equal(seccomp_export_default(path, err, sizeof err), 0);
+    assert_int_equal(run_filtered_from(path, check_denied_calls), 0);
+    assert_int_equal(run_filtered_from(path, check_namespace_clones), 0);
+    assert_int_equal(run_filtered_from(path, check_ordinary_calls), 0);
+    FILE *f = fopen(bad, "w");
+    assert_non_null(f);
+    fputs("not a filter", f);
+    fclose(f);
+    assert_int_equal(run_filtered_from(bad, check_ordinary_calls), 252);
+    unlink(path);
+    unlink(bad);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +375,7 @@ int main(void)
         cmocka_unit_test(test_foreign_architectures_denied),
         cmocka_unit_test(test_ordinary_calls_still_work),
         cmocka_unit_test(test_filter_covers_every_thread),
+        cmocka_unit_test(test_filter_built_ahead_is_the_same),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
