@@ -3,6 +3,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -522,6 +523,23 @@ const struct cli_target *cli_target(void)
 }
 
 /* ---- HTTP ------------------------------------------------------------------------------- */
+
+long long cli_duration_seconds(const char *text)
+{
+    if (!text || *text < '0' || *text > '9')
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(text, &end, 10);
+    long long unit = !*end || !strcmp(end, "s") ? 1
+                     : !strcmp(end, "m")        ? 60
+                     : !strcmp(end, "h")        ? 3600
+                     : !strcmp(end, "d")        ? 86400
+                                                : 0;
+    if (errno || v <= 0 || !unit || v > LLONG_MAX / unit)
+        return -1;
+    return v * unit;
+}
 
 char *cli_escape(const char *s)
 {

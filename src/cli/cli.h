@@ -197,6 +197,9 @@ int cli_api(const char *method, const char *path, json_t *body, json_t **out);
 
 /* Percent-escapes s for use in a URL path or query. Caller frees. */
 char *cli_escape(const char *s);
+/* "30d", "12h", "90m", "3600s" or "3600" -> seconds (more than 0); -1 when it is none of
+ * these or too long to count. */
+long long cli_duration_seconds(const char *text);
 
 /* ---- small JSON readers (never NULL: "" or 0 when missing) ------------------------------ */
 

@@ -20,19 +20,21 @@ static char *tenancy__prompt(const char *what, bool secret)
     FILE *tty = fopen("/dev/tty", "r+");
     if (!tty)
         return NULL;
-    fprintf(tty, "%s: ", what);
-    fflush(tty);
+    /* echo goes off before the prompt shows, and without flushing: what is typed once the
+     * prompt is there is kept (TCSAFLUSH would throw away a quick typist's answer) */
     struct termios old, quiet;
     bool restore = false;
     if (secret && tcgetattr(fileno(tty), &old) == 0) {
         quiet = old;
         quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
-        restore = tcsetattr(fileno(tty), TCSAFLUSH, &quiet) == 0;
+        restore = tcsetattr(fileno(tty), TCSANOW, &quiet) == 0;
     }
+    fprintf(tty, "%s: ", what);
+    fflush(tty);
     char line[1100];
     char *got = fgets(line, sizeof line, tty);
     if (restore) {
-        tcsetattr(fileno(tty), TCSAFLUSH, &old);
+        tcsetattr(fileno(tty), TCSANOW, &old);
         fputc('\n', tty);
     }
     fclose(tty);
@@ -80,8 +82,8 @@ static char *tenancy__path(const char *fmt, const char *a, const char *b, const 
 
 /* ---- login, logout, target --------------------------------------------------------------- */
 
-/* The only org and space the user has, when there is exactly one; for a fresh login. */
-static void tenancy__single_space(char **org, char **space)
+/* The only space of the only org, when the list has exactly one; org is set for one org. */
+static void tenancy__single_listed(char **org, char **space)
 {
     json_t *orgs = NULL;
     if (cli_api("GET", "/v1/orgs", NULL, &orgs) != 0)
@@ -101,6 +103,46 @@ static void tenancy__single_space(char **org, char **space)
         free(path);
     }
     json_decref(orgs);
+}
+
+/* The only org and space the user has, when there is exactly one; for a fresh login, as cf
+ * login picks them. They are the places of the user's roles (GET /v1/auth/me): an org member
+ * lists every space of the org but works only in those it has a role in; an OrgManager has
+ * every space of its org, a platform admin every org. */
+static void tenancy__single_space(json_t *me, char **org, char **space)
+{
+    json_t *user = json_object_get(me, "user");
+    if (!json_is_object(user) || json_is_true(json_object_get(user, "admin"))) {
+        tenancy__single_listed(org, space);
+        return;
+    }
+    if (*cli_json_str(json_object_get(me, "token"), "space"))
+        return; /* a space-limited API token: the API works in its space */
+    const char *the_org = NULL, *the_space = NULL;
+    bool many_orgs = false, many_spaces = false, manager = false;
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(me, "roles"), i, r)
+    {
+        const char *o = cli_json_str(r, "org"), *s = cli_json_str(r, "space");
+        many_orgs = many_orgs || (the_org && strcmp(the_org, o));
+        the_org = the_org ? the_org : o;
+        if (*s) {
+            many_spaces = many_spaces || (the_space && strcmp(the_space, s));
+            the_space = the_space ? the_space : s;
+        } else if (!strcmp(cli_json_str(r, "role"), "OrgManager")) {
+            manager = true;
+        }
+    }
+    if (!the_org || many_orgs)
+        return;
+    if (manager) {
+        tenancy__single_listed(org, space);
+        return;
+    }
+    *org = xstrdup(the_org);
+    if (the_space && !many_spaces)
+        *space = xstrdup(the_space);
 }
 
 static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
@@ -184,7 +226,7 @@ static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
     json_t *who = json_object_get(me, "user");
     const char *user_name = json_is_object(who) ? cli_json_str(who, "name") : NULL;
     if (!org_name && !space_name)
-        tenancy__single_space(&org_name, &space_name);
+        tenancy__single_space(me, &org_name, &space_name);
     if (org_name && space_name) {
         char *path = tenancy__path("/v1/orgs/%s/spaces", org_name, NULL, NULL, NULL);
         json_t *spaces = NULL;
@@ -455,18 +497,6 @@ done:
 
 /* ---- API tokens -------------------------------------------------------------------------- */
 
-/* "30d", "12h", "90m", "3600s" or "3600" -> seconds; -1 when it is none of these. */
-static long long tenancy__duration(const char *text)
-{
-    char *end = NULL;
-    long long v = strtoll(text, &end, 10);
-    if (end == text || v <= 0)
-        return -1;
-    long long unit = !*end ? 1 : !strcmp(end, "s") ? 1 : !strcmp(end, "m") ? 60
-                                : !strcmp(end, "h") ? 3600 : !strcmp(end, "d") ? 86400 : 0;
-    return unit ? v * unit : -1;
-}
-
 static int cmd_create_token(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *space = NULL, *role = NULL, *expires = NULL;
@@ -490,7 +520,7 @@ static int cmd_create_token(const struct cli_command *cmd, int argc, char **argv
     if (role)
         json_object_set_new(body, "role", json_string(role));
     if (expires) {
-        long long secs = tenancy__duration(expires);
+        long long secs = cli_duration_seconds(expires);
         if (secs < 0) {
             json_decref(body);
             return cli_usage_error(cmd, "--expires %s: write 30d, 12h, 90m or seconds", expires);
