@@ -3,10 +3,12 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -757,7 +759,26 @@ int cli_http(const struct cli_request *req, struct cli_response *res)
     if (rc == 0 || res->status != 401 || !can_refresh)
         return rc;
     cli_response_free(res);
-    if (cli_refresh() != 0) {
+    /* One skiff renews at a time (a refresh token is good once): the others wait, then find
+     * the new pair in the login file. */
+    char *refused = xstrdup(t->token ? t->token : "");
+    char *path = cli_login_path();
+    char *lock_path = xasprintf("%s.lock", path);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock >= 0)
+        while (flock(lock, LOCK_EX) != 0 && errno == EINTR)
+            ;
+    cli_target_reset();
+    t = cli_target();
+    bool renewed = t && t->token && strcmp(t->token, refused);
+    if (!renewed && t && t->from_login && t->refresh_token)
+        renewed = cli_refresh() == 0;
+    if (lock >= 0)
+        close(lock);
+    free(lock_path);
+    free(path);
+    free(refused);
+    if (!renewed) {
         cli_error("your session ended: log in again with `skiff login`");
         res->status = 401;
         return CLI_EXIT_ERROR;

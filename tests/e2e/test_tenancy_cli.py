@@ -255,6 +255,25 @@ def test_an_expired_access_token_is_renewed_silently(world):
     assert status == 401
 
 
+def test_commands_renewing_at_once_all_go_on(world):
+    """A refresh token is good once: skiffs that renew together must not end each other's
+    session (the one that loses takes the pair the winner saved)."""
+    alice = world["shell"]()
+    alice.login("alice")
+    saved = alice.config()
+    saved["token"] = "skiffa_" + "0" * 43
+    alice.write_config(saved)
+    skiff = os.path.join(BIN_DIR, "skiff")
+    procs = [subprocess.Popen([skiff, "apps", "--json"], env=alice.env(), cwd=ROOT,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for _ in range(4)]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    for code, stdout, stderr in results:
+        assert code == 0, (code, stdout, stderr)
+    alice.ok("apps")
+
+
 def test_when_the_refresh_token_is_no_good_either_the_session_has_ended(world):
     alice = world["shell"]()
     alice.login("alice")
