@@ -49,6 +49,9 @@ def walkthrough():
             r = p.cli(*args)
             assert r.returncode == 0, out(r)
         carol, dave = Shell(p), Shell(p)
+        # carol's app, which every test here may rely on (they can run on different workers)
+        carol.ok("login", "-a", p.api_url, "-u", "carol", "-p", PASSWORD)
+        carol.ok("push", "shop", "-p", "examples/static")
         yield p, carol, dave
     finally:
         p.close()
