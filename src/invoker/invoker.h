@@ -7,10 +7,11 @@
  * topic), or once it went to the dead-letter topic, or was recorded as failed. Delivery is
  * therefore at-least-once: after a crash, events past the cursor are delivered again.
  *
- * Schedules publish one event per fire on the system topic `skiff.schedule.<mapping id>` (fires
- * that fall while skiffd is down are not made up: the next one after the start counts), and
- * platform events (app staged, started, stopped, crashed, scaled) go to `skiff.app.<event>`
- * with the app's name as subject; both are then delivered like any topic.
+ * Schedules publish one event per fire on the system topic `skiff.schedule.<mapping id>`. Fires
+ * that fall while skiffd is down are made up once on start, for the latest time missed (the
+ * event's `time` is that due time), as a Kubernetes CronJob does; the ones between are not
+ * replayed. Platform events (app staged, started, stopped, crashed, scaled) go to
+ * `skiff.app.<event>` with the app's name as subject; both are then delivered like any topic.
  *
  * Functions (apps of kind "function") scale down by themselves when idle, whether events or
  * routed HTTP requests (invoker_note_traffic) keep them busy; other apps never do. The idle
