@@ -977,6 +977,8 @@ static void core__apps_get(struct api_request *req, void *ctx)
                           info[i].guid, "state", info[i].state, "since", since, "cpu", info[i].cpu,
                           "memory_bytes", (json_int_t)info[i].memory_bytes, "port", info[i].port,
                           "crash_count", info[i].crash_count, "process_type", info[i].process_type);
+            json_object_set_new(d, "droplet",
+                                info[i].droplet[0] ? json_string(info[i].droplet) : json_null());
             json_object_set_new(d, "address",
                                 info[i].addr[0] ? json_string(info[i].addr) : json_null());
             json_object_set_new(d, "host_uid",

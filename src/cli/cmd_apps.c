@@ -100,7 +100,7 @@ static int64_t cli_parse_time_ms(const char *s)
     return ms;
 }
 
-int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
+int cli_wait_running(const char *name, long timeout_s, int64_t since_ms, const char *droplet)
 {
     char *path = cli_app_path(name, NULL);
     int64_t started_ms = time_mono_ms();
@@ -124,7 +124,8 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms)
                 continue;
             const char *state = cli_json_str(inst, "state");
             bool fresh =
-                since_ms <= 0 || cli_parse_time_ms(cli_json_str(inst, "since")) >= since_ms;
+                (since_ms <= 0 || cli_parse_time_ms(cli_json_str(inst, "since")) >= since_ms) &&
+                (!droplet || !strcmp(cli_json_str(inst, "droplet"), droplet));
             if (strcmp(state, "RUNNING") == 0 && fresh)
                 running++;
             else if (strcmp(state, "CRASHED") == 0 && fresh && !crashed)
@@ -403,7 +404,7 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
     bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
     json_decref(app);
     if (started && !no_wait)
-        return cli_wait_running(name, timeout, 0);
+        return cli_wait_running(name, timeout, 0, NULL);
     return CLI_EXIT_OK;
 }
 
@@ -435,7 +436,8 @@ static int cli_app_action(const struct cli_command *cmd, int argc, char **argv, 
         return CLI_EXIT_OK;
     json_decref(app);
     if (wait && !no_wait)
-        return cli_wait_running(name, timeout, strcmp(action, "restart") == 0 ? asked_ms : 0);
+        return cli_wait_running(name, timeout, strcmp(action, "restart") == 0 ? asked_ms : 0,
+                                NULL);
     printf("OK\n");
     return CLI_EXIT_OK;
 }

@@ -19,6 +19,7 @@ struct cli_stage {
     bool done;
     bool ok;
     char *buildpack;
+    char *droplet;
     char *error;
 };
 
@@ -41,6 +42,8 @@ static int cli_stage_on_line(const char *line, size_t len, void *arg)
         st->ok = json_is_true(json_object_get(j, "ok"));
         if (*cli_json_str(j, "buildpack"))
             st->buildpack = xstrdup(cli_json_str(j, "buildpack"));
+        if (*cli_json_str(j, "droplet"))
+            st->droplet = xstrdup(cli_json_str(j, "droplet"));
         json_t *err = json_object_get(j, "error");
         if (*cli_json_str(err, "message"))
             st->error = xstrdup(cli_json_str(err, "message"));
@@ -49,7 +52,7 @@ static int cli_stage_on_line(const char *line, size_t len, void *arg)
     return 0;
 }
 
-int cli_stage_stream(const char *name, const char *path)
+int cli_stage_stream(const char *name, const char *path, char **droplet)
 {
     struct cli_stage st = {0};
     struct cli_request req = {
@@ -70,7 +73,12 @@ int cli_stage_stream(const char *name, const char *path)
             printf("Staged %s%s%s.\n", name, st.buildpack ? " with the buildpack " : "",
                    st.buildpack ? st.buildpack : "");
     }
+    if (rc == 0 && droplet) {
+        *droplet = st.droplet;
+        st.droplet = NULL;
+    }
     free(st.buildpack);
+    free(st.droplet);
     free(st.error);
     return rc ? CLI_EXIT_ERROR : CLI_EXIT_OK;
 }
@@ -175,26 +183,36 @@ static int cli_push_one(const struct cli_push_plan *plan)
     if ((rc = cli_push_upload(name, plan->dir)))
         goto done;
     char *stage = cli_app_path(name, "/stage");
-    rc = cli_stage_stream(name, stage);
+    char *droplet = NULL;
+    rc = cli_stage_stream(name, stage, &droplet);
     free(stage);
     if (rc)
         goto done;
-    if (plan->no_start) {
+    if (plan->no_start && !was_started) {
         printf("%s is staged and not started (--no-start). Start it with `skiff start %s`.\n", name,
                name);
+        free(droplet);
         goto done;
     }
-    /* A running app restarts onto its new droplet; a stopped one starts. */
-    char *action = cli_app_path(name, was_started ? "/restart" : "/start");
-    printf("%s %s...\n", was_started ? "Restarting" : "Starting", name);
-    int64_t asked_ms = time_now_ms();
-    rc = cli_api("POST", action, NULL, &app);
-    free(action);
-    if (rc)
+    /* The end of staging restarts a started app onto its new droplet (the API does, once);
+     * a stopped one is started here. */
+    if (was_started) {
+        printf("Restarting %s onto its new droplet...\n", name);
+        rc = cli_api("GET", path, NULL, &app);
+    } else {
+        char *start = cli_app_path(name, "/start");
+        printf("Starting %s...\n", name);
+        rc = cli_api("POST", start, NULL, &app);
+        free(start);
+    }
+    if (rc) {
+        free(droplet);
         goto done;
+    }
     json_t *routes = json_incref(json_object_get(app, "routes"));
     json_decref(app);
-    rc = cli_wait_running(name, plan->timeout_s, was_started ? asked_ms : 0);
+    rc = cli_wait_running(name, plan->timeout_s, 0, was_started ? droplet : NULL);
+    free(droplet);
     if (rc == 0) {
         const char *port = cli_router_port();
         size_t i;
@@ -608,8 +626,8 @@ int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     const char *name = args.items[0];
     char *path = cli_app_path(name, "/restage");
-    int64_t asked_ms = time_now_ms();
-    rc = cli_stage_stream(name, path);
+    char *droplet = NULL;
+    rc = cli_stage_stream(name, path, &droplet);
     free(path);
     if (rc)
         return rc;
@@ -617,9 +635,9 @@ int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
     json_t *app = NULL;
     rc = cli_api("GET", path, NULL, &app);
     free(path);
-    if (rc)
-        return rc;
-    bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
+    if (rc == 0 && strcmp(cli_json_str(app, "state"), "STARTED") == 0)
+        rc = cli_wait_running(name, timeout, 0, droplet);
     json_decref(app);
-    return started ? cli_wait_running(name, timeout, asked_ms) : CLI_EXIT_OK;
+    free(droplet);
+    return rc;
 }

@@ -19,11 +19,13 @@ int cli_size_flags(const struct cli_command *cmd, long instances, const char *me
 /* Polls the app until its web instances are RUNNING (0), one crashed or the deadline passed
  * (CLI_EXIT_ERROR, after saying which); prints progress. With since_ms > 0 only instances that
  * (re)started at or after that wall-clock time count, so a restart is not mistaken for done
- * while the old instances still run. */
-int cli_wait_running(const char *name, long timeout_s, int64_t since_ms);
+ * while the old instances still run; with a droplet only instances running that droplet
+ * count (after staging, whose end restarts a started app onto its new droplet). */
+int cli_wait_running(const char *name, long timeout_s, int64_t since_ms, const char *droplet);
 /* Runs the staging stream of POST PATH (stage or restage), printing each line as it comes.
- * Returns 0 when staging succeeded. */
-int cli_stage_stream(const char *name, const char *path);
+ * Returns 0 when staging succeeded; then *droplet (when not NULL) is the new droplet's guid
+ * (caller frees). */
+int cli_stage_stream(const char *name, const char *path, char **droplet);
 
 int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv);

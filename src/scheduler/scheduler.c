@@ -42,6 +42,7 @@ struct sched_inst {
     char type[64];
     char tag[96]; /* log source, e.g. APP/PROC/WEB/0 */
     char guid[37];
+    char droplet[37]; /* the droplet it runs */
     int index;
     int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
     char addr[64]; /* where the platform reaches it: "IP:PORT" */
@@ -637,6 +638,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     snprintf(si->tag, sizeof si->tag, "%s", tag);
     free(tag);
     uuid_generate_v4(si->guid);
+    snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
     si->index = slot->index;
     si->port = port;
     struct instance_endpoint ep;
@@ -940,7 +942,7 @@ static void sched__kill_leftover(struct scheduler *s, const char *file)
 /* The slot an adopted instance belongs in, when the store still wants it there: same app
  * (STARTED), same droplet, a process type that runs at least index + 1 instances. */
 static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct instance_spec *sp,
-                                               struct sched_app **app_out)
+                                               struct sched_app **app_out, char droplet[37])
 {
     struct store_app *app = NULL;
     struct store_droplet *drop = NULL;
@@ -976,6 +978,7 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
     if (slot->cur)
         slot = NULL; /* two instances for one index: the one adopted first keeps it */
     *app_out = a;
+    snprintf(droplet, 37, "%s", drop->guid);
 out:
     store_droplet_free(drop);
     store_app_free(app);
@@ -987,7 +990,8 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
 {
     struct scheduler *s = ctx;
     struct sched_app *a = NULL;
-    struct sched_slot *slot = sched__adoption_slot(s, sp, &a);
+    char droplet[37] = "";
+    struct sched_slot *slot = sched__adoption_slot(s, sp, &a, droplet);
     if (!slot) {
         fprintf(stderr,
                 "skiffd: stopping instance %s left by a previous skiffd: its app no "
@@ -1005,6 +1009,7 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     snprintf(si->tag, sizeof si->tag, "%s", tag);
     free(tag);
     snprintf(si->guid, sizeof si->guid, "%s", sp->instance_guid);
+    snprintf(si->droplet, sizeof si->droplet, "%s", droplet);
     si->index = sp->index;
     si->port = sp->port;
     struct instance_endpoint ep;
@@ -1286,6 +1291,7 @@ static void sched__fill_placement(struct scheduler_instance_info *info, const st
     struct instance_endpoint ep;
     executor_endpoint(si->s->ex, si->port, &ep);
     snprintf(info->addr, sizeof info->addr, "%s", si->addr);
+    snprintf(info->droplet, sizeof info->droplet, "%s", si->droplet);
     info->port = ep.port;
     info->host_uid = instance_host_uid(si->inst);
     info->disk_full = instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);

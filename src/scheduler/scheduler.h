@@ -152,6 +152,7 @@ int scheduler_scale(struct scheduler *s, const char *app, const char *process_ty
 struct scheduler_instance_info {
     char guid[37];
     char addr[64]; /* "IP:PORT": where the router and health checks reach it */
+    char droplet[37]; /* the droplet it runs ("" for a slot without an instance) */
     int index;
     int port;       /* what it listens on ($PORT) */
     int64_t host_uid; /* the host uid its program runs as, -1 if not known */

@@ -268,14 +268,21 @@ def test_push_again_runs_the_new_code(platform, tmp_path):
     app_py.write_text(app_py.read_text().replace('f"{greeting} from instance {index}\\n"',
                                                  'f"{greeting} from the second push\\n"'))
     assert "second push" in app_py.read_text()
+    starts_before = platform.cli("logs", "again", "--recent").stdout.count("Starting instance")
     r = platform.cli("push", "again", "-p", str(code))
     assert r.returncode == 0, out(r)
-    assert "Restarting again..." in r.stdout
-    insts = running(app_json(platform, "again"))
+    assert "Restarting again onto its new droplet..." in r.stdout
+    app = app_json(platform, "again")
+    insts = running(app)
     assert len(insts) == 2, "the instance count of the first push is kept"
     assert not old & {i["guid"] for i in insts}, "old instances still listed as running"
+    assert {i["droplet"] for i in insts} == {app["droplet"]}
     for i in insts:
         assert "from the second push" in http_get(instance_url(i))[1]
+    # one restart, not two: each index started once more, and nothing restarts afterwards
+    logs = platform.cli("logs", "again", "--recent").stdout
+    assert logs.count("Starting instance") - starts_before == 2, logs
+    assert {i["guid"] for i in running(app_json(platform, "again"))} == {i["guid"] for i in insts}
 
 
 def test_ignore_files_keep_things_out_of_the_upload(platform, tmp_path):
