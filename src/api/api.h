@@ -229,6 +229,7 @@ struct api_services {
     struct api *api;             /* add routes with api_route_add */
     struct store *store;         /* src/store/store.h (documents: store_doc_*) */
     struct scheduler *scheduler; /* src/scheduler/scheduler.h */
+    struct hub *hub;             /* src/hub/hub.h: platform events */
     struct logs *logs;           /* src/logs/logs.h */
 };
 
@@ -238,5 +239,8 @@ struct api_services {
  * A negative errno from events_start stops skiffd with the message in err. */
 int api_events_start(const struct api_services *svc, char *err, size_t errsize);
 void api_events_stop(void (*done)(void *arg), void *arg);
+/* The event log the events API serves, for delivery (src/invoker) to run on; NULL before
+ * api_events_start and once stopped. Delivery must stop before api_events_stop. */
+struct fabric *api_events_fabric(void);
 
 #endif

@@ -15,6 +15,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 #include "container/container.h"
+#include "hub/hub.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
@@ -354,6 +355,7 @@ static struct store_process *core__process_ensure(struct store_app *app, const c
     memset(p, 0, sizeof *p);
     p->type = xstrdup(type);
     p->instances = strcmp(type, "web") ? 0 : 1;
+    p->min_instances = store_process_default_min(app->kind, type);
     return p;
 }
 
@@ -459,6 +461,10 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
                 return false;
         }
     }
+    /* the kind may have changed: each process's scaling policy follows it */
+    for (size_t i = 0; i < app->n_processes; i++)
+        app->processes[i].min_instances =
+            store_process_default_min(app->kind, app->processes[i].type);
     return true;
 }
 
@@ -781,9 +787,10 @@ static void core__changed(struct api_core *core, const struct store_app *app, in
         return;
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Scaled app %s to %d instances",
                  app->name, web->instances);
-    if (core->cfg.scheduler)
-        scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_SCALED, app->guid, "web",
-                             web->instances);
+    struct platform_event ev = PLATFORM_APP_EVENT(PLATFORM_APP_SCALED, app->guid, app->name);
+    ev.process_type = "web";
+    ev.instances = web->instances;
+    hub_publish(core->cfg.hub, &ev);
 }
 
 /* Adds what app takes to u: its memory and instances over all its processes, itself, and
@@ -1083,14 +1090,13 @@ static bool core__app_put_state(struct api_core *core, struct api_request *req,
         api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
         return false;
     }
-    if (core->cfg.scheduler) {
+    if (core->cfg.scheduler)
         scheduler_app_changed(core->cfg.scheduler, app->guid);
-        if (changed)
-            scheduler_notify_app(core->cfg.scheduler,
-                                 strcmp(state, "STARTED") ? SCHEDULER_APP_STOPPED
-                                                          : SCHEDULER_APP_STARTED,
-                                 app->guid, NULL, 0);
-    }
+    if (changed)
+        hub_publish(core->cfg.hub,
+                    &PLATFORM_APP_EVENT(strcmp(state, "STARTED") ? PLATFORM_APP_STOPPED
+                                                                 : PLATFORM_APP_STARTED,
+                                        app->guid, app->name));
     return true;
 }
 
@@ -1540,7 +1546,7 @@ done:
 /* ---- registration ------------------------------------------------------------------------- */
 
 /* "running" counts change with readiness: the cached list is stale then. */
-static void core__on_scheduler(void *ctx, const struct scheduler_event *ev)
+static void core__on_platform_event(void *ctx, const struct platform_event *ev)
 {
     struct api_core *core = ctx;
     (void)ev;
@@ -1586,8 +1592,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,
                       core);
     api_core__staging_register(core);
-    if (core->cfg.scheduler)
-        scheduler_subscribe(core->cfg.scheduler, core__on_scheduler, core);
+    core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;
 }
@@ -1602,6 +1607,7 @@ void api_core_free(struct api_core *core)
 {
     if (!core)
         return;
+    hub_unsubscribe(core->cfg.hub, core->hub_sub);
     free((char *)core->cfg.home);
     free((char *)core->cfg.router_url);
     free((char *)core->cfg.buildpacks_dir);

@@ -27,6 +27,7 @@ struct api_core_config {
     const struct container_site *containers; /* where stagings run; NULL: host processes */
     struct store *store;
     struct scheduler *scheduler;
+    struct hub *hub; /* platform events: it publishes what users do, and follows instances */
     struct logs *logs;
     struct auth *auth; /* spaces' names for the app objects */
     /* called after any change of routes or domains */

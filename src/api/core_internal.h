@@ -24,6 +24,7 @@ struct api_core {
     size_t apps_cache_len;
     uint64_t apps_cache_changes;
     uint64_t instance_changes;
+    int hub_sub; /* on cfg.hub: instance changes */
     uint64_t apps_cache_instance_changes;
 };
 

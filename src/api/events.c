@@ -8,8 +8,8 @@
 #include "api/core.h"
 #include "fabric/cloudevents.h"
 #include "fabric/fabric.h"
-#include "invoker/invoker.h"
 #include "store/store.h"
+#include "trigger/trigger.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -452,7 +452,7 @@ static int parse_from(struct api_request *req, const char *topic, const char *fr
     bool is_offset = false;
     int64_t time_ms = 0;
     char err[256];
-    if (mapping_parse_since(from, time_now_ms(), &is_offset, out, &time_ms, err, sizeof(err)) < 0) {
+    if (trigger_parse_since(from, time_now_ms(), &is_offset, out, &time_ms, err, sizeof(err)) < 0) {
         api_respond_error(req, 400, "invalid_value",
                           "from=%.60s is not understood: use start, end, an offset, an RFC 3339 "
                           "time or a duration such as 10m",
@@ -559,9 +559,6 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
             goto fail;
         }
     }
-    /* Delivery (mappings, invoke, replay) runs on the same fabric. */
-    if ((rc = invoker_start(svc, events.fabric, err, errsize)) < 0)
-        goto fail;
     return 0;
 fail:
     uv_close((uv_handle_t *)&events.throttle_timer, NULL);
@@ -590,12 +587,9 @@ static void on_fabric_closed(void *arg)
     }
 }
 
-static void on_invoker_stopped(void *arg)
+struct fabric *api_events_fabric(void)
 {
-    if (events.fabric)
-        fabric_close(events.fabric, on_fabric_closed, NULL);
-    else
-        on_fabric_closed(NULL);
+    return events.fabric;
 }
 
 void api_events_stop(void (*done)(void *arg), void *arg)
@@ -607,5 +601,8 @@ void api_events_stop(void (*done)(void *arg), void *arg)
     events.stop_arg = arg;
     while (events.tails)
         tail_finish(events.tails);
-    invoker_stop(on_invoker_stopped, NULL);
+    if (events.fabric)
+        fabric_close(events.fabric, on_fabric_closed, NULL);
+    else
+        on_fabric_closed(NULL);
 }

@@ -13,6 +13,7 @@
 #include "api/core_internal.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "hub/hub.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "stager/stager.h"
@@ -232,14 +233,15 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
         p->type = xstrdup(type);
         /* a function's own process starts at zero: events scale it */
         p->instances = 0;
+        p->min_instances = store_process_default_min(app->kind, type);
     }
     json_decref(types);
     app->updated_at = time_now_ms();
     store_app_update(core->cfg.store, app);
     bool started = !strcmp(app->state, "STARTED");
+    hub_publish(core->cfg.hub, &PLATFORM_APP_EVENT(PLATFORM_APP_STAGED, app->guid, app->name));
     store_app_free(app);
     if (core->cfg.scheduler) {
-        scheduler_notify_app(core->cfg.scheduler, SCHEDULER_APP_STAGED, s->app_guid, NULL, 0);
         if (started)
             scheduler_app_restart(core->cfg.scheduler, s->app_guid, false);
         else

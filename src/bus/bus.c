@@ -11,8 +11,8 @@
 
 #include "common/buf.h"
 #include "common/util.h"
+#include "hub/hub.h"
 #include "logs/logs.h"
-#include "invoker/invoker.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
 
@@ -54,7 +54,10 @@ struct bus {
     struct bus_conn *conns;
     struct bus_drain *drains;
     int64_t version;
-    int sub_id;
+    struct hub *hub;
+    int sub_id; /* on the hub */
+    void (*traffic)(void *ctx, const char *app_guid);
+    void *traffic_ctx;
     int handles;
     bool store_failing; /* logged once until the store answers again */
     bool closing;
@@ -253,7 +256,9 @@ char *bus_route_table_json(struct bus *bus)
         if (!app)
             continue;
         json_t *backends = json_object_get(b.by_app, app->guid);
-        bool from_zero = !strcmp(app->kind, "function") && !strcmp(app->state, "STARTED");
+        /* the router holds a request for a web process at zero that the platform scales */
+        bool from_zero = store_process_autoscaled(store_app_process(app, "web")) &&
+                         !strcmp(app->state, "STARTED");
         json_t *list = backends ? json_incref(backends) : json_array();
         json_array_append_new(arr,
                               json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b}", "host", routes[i].host,
@@ -349,7 +354,7 @@ void bus_routes_changed_cb(void *bus)
 
 /* A routed instance is to stop: the routers get a table without it (GONE came first, so it is
  * on its way), then the drain request; the scheduler waits for their answers. */
-static void bus__drain_begin(struct bus *bus, const struct scheduler_event *ev)
+static void bus__drain_begin(struct bus *bus, const struct platform_event *ev)
 {
     if (!bus->conns || !ev->addr || !ev->process_type || strcmp(ev->process_type, "web"))
         return; /* no router, or not routed: nothing can be in flight through us */
@@ -362,17 +367,23 @@ static void bus__drain_begin(struct bus *bus, const struct scheduler_event *ev)
     bus_routes_changed(bus);
 }
 
-static void bus__on_sched(void *ctx, const struct scheduler_event *ev)
+static void bus__on_platform_event(void *ctx, const struct platform_event *ev)
 {
     struct bus *bus = ctx;
-    if (ev->type == SCHEDULER_INSTANCE_DRAINING && !bus->closing)
+    if (ev->type == PLATFORM_INSTANCE_DRAINING && !bus->closing)
         bus__drain_begin(bus, ev);
-    if (ev->type == SCHEDULER_INSTANCE_READY || ev->type == SCHEDULER_INSTANCE_GONE ||
-        ev->type == SCHEDULER_APP_STARTED || ev->type == SCHEDULER_APP_STOPPED)
+    if (ev->type == PLATFORM_INSTANCE_READY || ev->type == PLATFORM_INSTANCE_GONE ||
+        ev->type == PLATFORM_APP_STARTED || ev->type == PLATFORM_APP_STOPPED)
         bus_routes_changed(bus);
 }
 
 /* ---- reading from routers ----------------------------------------------------------------- */
+
+static void bus__note_traffic(struct bus *bus, const char *app_guid)
+{
+    if (bus->traffic)
+        bus->traffic(bus->traffic_ctx, app_guid);
+}
 
 static void bus__message(struct bus_conn *c, const char *line, size_t len)
 {
@@ -397,7 +408,7 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
                  json_is_integer(idx) ? (int)json_integer_value(idx) : c->router_index);
         if (app && text && strlen(app) == 36) {
             logs_append(bus->logs, app, tag, LOGS_OUT, text, strlen(text));
-            invoker_note_traffic(app); /* a function serving requests is not idle */
+            bus__note_traffic(bus, app); /* a function serving requests is not idle */
         }
     } else if (!strcmp(type, "drained")) {
         json_t *id = json_object_get(msg, "id");
@@ -408,7 +419,7 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
         if (app) {
             /* a request waits: the function is busy, even before its access line comes, so
              * an idle check in between does not scale the woken instance away again */
-            invoker_note_traffic(app);
+            bus__note_traffic(bus, app);
             int rc = scheduler_ensure_instances(bus->sched, app, "web", 1);
             if (rc < 0 && rc != -ENOENT)
                 logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
@@ -480,8 +491,14 @@ static void bus__on_connection(uv_stream_t *server, int status)
 
 /* ---- life --------------------------------------------------------------------------------- */
 
+void bus_set_traffic(struct bus *bus, void (*fn)(void *ctx, const char *app_guid), void *ctx)
+{
+    bus->traffic = fn;
+    bus->traffic_ctx = ctx;
+}
+
 int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
-            struct logs *logs, char *err, size_t errsize, struct bus **out)
+            struct hub *hub, struct logs *logs, char *err, size_t errsize, struct bus **out)
 {
     struct bus *bus = xcalloc(1, sizeof *bus);
     bus->loop = loop;
@@ -512,7 +529,8 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
         *out = bus;
         return rc;
     }
-    bus->sub_id = scheduler_subscribe(sched, bus__on_sched, bus);
+    bus->hub = hub;
+    bus->sub_id = hub_subscribe(hub, bus__on_platform_event, bus);
     *out = bus;
     return 0;
 }
@@ -523,7 +541,7 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
     bus->done = done;
     bus->done_arg = arg;
     if (bus->sub_id)
-        scheduler_unsubscribe(bus->sched, bus->sub_id);
+        hub_unsubscribe(bus->hub, bus->sub_id);
     bus->sub_id = 0;
     while (bus->conns)
         bus__conn_close(bus->conns);

@@ -10,7 +10,7 @@
  * logged once, and the table is asked for again every BUS_STORE_RETRY_MS and at the next
  * change. Drains wait for the next table that goes out (the drain timeout bounds them).
  *
- * Drains: when the scheduler drains a web instance (SCHEDULER_INSTANCE_DRAINING), the bus
+ * Drains: when the scheduler drains a web instance (PLATFORM_INSTANCE_DRAINING), the bus
  * holds it (scheduler_drain_hold), sends every connected router the table without it and
  * right after it a drain request for its address, and releases the hold once each of those
  * routers has answered "drained" or disconnected (a router connecting meanwhile is asked
@@ -29,9 +29,15 @@ struct bus;
 struct store;
 struct scheduler;
 struct logs;
+struct hub;
 
+/* The bus follows the hub's instance events (ready, gone, draining) to keep the routers' table
+ * and holds draining instances for their requests in flight through the scheduler. */
 int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
-            struct logs *logs, char *err, size_t errsize, struct bus **out);
+            struct hub *hub, struct logs *logs, char *err, size_t errsize, struct bus **out);
+/* Who hears that requests reached an app (by guid) through a router, once per access line:
+ * the invoker, whose functions serving requests are not idle. NULL fn: nobody. */
+void bus_set_traffic(struct bus *bus, void (*fn)(void *ctx, const char *app_guid), void *ctx);
 /* The route table may have changed: push it soon. */
 void bus_routes_changed(struct bus *bus);
 /* Adapter for callbacks taking a void *ctx. */

@@ -25,6 +25,8 @@
 #include "container/net.h"
 #include "daemon/router_proc.h"
 #include "executor/executor.h"
+#include "hub/hub.h"
+#include "invoker/invoker.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
@@ -44,7 +46,9 @@ struct daemon {
     struct api_core *core;
     struct api_tenancy *tenancy;
     struct api_audit *audit;
+    struct hub *hub; /* platform events: the scheduler, API and staging publish there */
     struct scheduler *sched;
+    struct invoker *invoker; /* event delivery, on the events API's fabric */
     struct bus *bus;
     struct router_proc *router;
     bool events_started;
@@ -222,13 +226,20 @@ static void shutdown_events_done(void *arg)
         shutdown_sched_done(d);
 }
 
-static void shutdown_api_done(void *arg)
+static void shutdown_invoker_done(void *arg)
 {
     struct daemon *d = arg;
+    d->invoker = NULL; /* freed by invoker_stop */
     if (d->events_started)
         api_events_stop(shutdown_events_done, d);
     else
         shutdown_events_done(d);
+}
+
+static void shutdown_api_done(void *arg)
+{
+    struct daemon *d = arg;
+    invoker_stop(d->invoker, shutdown_invoker_done, d);
 }
 
 static void daemon_stop(struct daemon *d)
@@ -272,6 +283,7 @@ static void daemon_free(struct daemon *d)
     scheduler_free(d->sched);
     bus_free(d->bus);
     router_proc_free(d->router);
+    hub_free(d->hub);
     logs_free(d->logs);
     store_close(d->store);
     free(d->home);
@@ -478,6 +490,7 @@ int main(int argc, char **argv)
         free(admin_password);
     }
     d.logs = logs_new(1000);
+    d.hub = hub_new();
     api_url = xasprintf("http://%s", d.api_addr);
     if (setup_token(&d, api_url) < 0)
         goto fail;
@@ -512,6 +525,7 @@ int main(int argc, char **argv)
     struct scheduler_config scfg = {.home = d.home,
                                     .api_url = events_url ? events_url : api_url,
                                     .drain_timeout_ms = drain_timeout_ms,
+                                    .hub = d.hub,
                                     .make_instance_token = make_instance_token,
                                     .token_ctx = d.api};
     struct executor_config ecfg = {.home = d.home,
@@ -542,7 +556,7 @@ int main(int argc, char **argv)
     }
     api_set_instance_check(d.api, instance_token_live, &d);
     bus_path = xasprintf("%s/run/bus.sock", d.home);
-    rc = bus_new(d.loop, bus_path, d.store, d.sched, d.logs, err, sizeof err, &d.bus);
+    rc = bus_new(d.loop, bus_path, d.store, d.sched, d.hub, d.logs, err, sizeof err, &d.bus);
     if (rc < 0) {
         fprintf(stderr, "skiffd: %s\n", err);
         goto fail;
@@ -556,6 +570,7 @@ int main(int argc, char **argv)
         .containers = executor_container_site(scheduler_executor(d.sched)),
         .store = d.store,
         .scheduler = d.sched,
+        .hub = d.hub,
         .logs = d.logs,
         .auth = d.auth,
         .routes_changed = bus_routes_changed_cb,
@@ -571,6 +586,7 @@ int main(int argc, char **argv)
                                .api = d.api,
                                .store = d.store,
                                .scheduler = d.sched,
+                               .hub = d.hub,
                                .logs = d.logs};
     rc = api_events_start(&svc, err, sizeof err);
     if (rc < 0) {
@@ -578,6 +594,13 @@ int main(int argc, char **argv)
         goto fail;
     }
     d.events_started = true;
+    /* delivery (mappings, invoke, replay) runs on the same fabric */
+    rc = invoker_start(&svc, api_events_fabric(), &d.invoker, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "skiffd: cannot start event delivery: %s\n", err);
+        goto fail;
+    }
+    bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "skiffd: %s\n", err);
@@ -622,6 +645,11 @@ fail:
         d.stopping = true;
         if (d.api)
             api_close(d.api, NULL, NULL);
+        if (d.invoker) {
+            bus_set_traffic(d.bus, NULL, NULL);
+            invoker_stop(d.invoker, NULL, NULL);
+            d.invoker = NULL;
+        }
         if (d.events_started)
             api_events_stop(NULL, NULL);
         if (d.sched)

@@ -14,12 +14,12 @@
 #include "api/api.h"
 #include "common/util.h"
 #include "fabric/fabric.h"
+#include "hub/hub.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
 
 #define MAPPING_DOC_KIND "event_mapping"
 
-static struct invoker *invoker_global;
 
 static void mapping_pump(struct inv_mapping *m);
 static void mapping_collect(struct inv_mapping *m);
@@ -27,7 +27,7 @@ static void mapping_cron_fire(uv_timer_t *h);
 static void mapping_retry_timer(uv_timer_t *h);
 static void invoker_track_function(struct invoker *inv, const char *app_guid_or_name);
 /* Finishes a stop once nothing is pending. Takes no pointer: the invoker may be gone. */
-static void invoker_maybe_done(void);
+static void invoker_maybe_done(struct invoker *inv);
 
 /* ---- mapping references ------------------------------------------------------------------ */
 
@@ -48,8 +48,9 @@ static void mapping_free(struct inv_mapping *m)
 static void mapping_unref(struct inv_mapping *m)
 {
     if (--m->refs == 0 && m->open_handles == 0) {
+        struct invoker *inv = m->inv;
         mapping_free(m);
-        invoker_maybe_done();
+        invoker_maybe_done(inv);
     }
 }
 
@@ -58,8 +59,9 @@ static void mapping_handle_closed(uv_handle_t *h)
     struct inv_mapping *m = h->data;
     m->open_handles--;
     if (m->refs == 0 && m->open_handles == 0) {
+        struct invoker *inv = m->inv;
         mapping_free(m);
-        invoker_maybe_done();
+        invoker_maybe_done(inv);
     }
 }
 
@@ -149,7 +151,7 @@ static void invoker_append_done(void *arg, int status, uint64_t first_offset, si
         return;
     }
     free(a);
-    invoker_maybe_done();
+    invoker_maybe_done(inv);
 }
 
 /* Appends ev to topic; the slot (may be NULL) is settled once it is durable. */
@@ -522,8 +524,9 @@ static void delivery_done(void *arg, const struct invoker_http_response *resp)
 out:
     if (!m->deleted && !m->inv->stopping)
         mapping_pump(m); /* reads on: the window may have room now */
+    struct invoker *inv = m->inv;
     mapping_unref(m);
-    invoker_maybe_done();
+    invoker_maybe_done(inv);
 }
 
 static void slot_send(struct inv_slot *s, struct inv_instance *inst)
@@ -697,7 +700,7 @@ static void cursor_committed(void *arg, int status)
         mapping_collect(m);
     }
     mapping_unref(m);
-    invoker_maybe_done();
+    invoker_maybe_done(inv);
 }
 
 static void mapping_commit(struct inv_mapping *m, uint64_t to)
@@ -1051,14 +1054,14 @@ static bool invoker_process_listens(void *ctx, const char *app_guid, const char 
     return false;
 }
 
-static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
+static void invoker_on_platform_event(void *ctx, const struct platform_event *ev)
 {
     struct invoker *inv = ctx;
     if (inv->stopping)
         return;
     const char *name = NULL;
     switch (ev->type) {
-    case SCHEDULER_INSTANCE_READY:
+    case PLATFORM_INSTANCE_READY:
         for (struct inv_target *t = inv->targets; t; t = t->next) {
             bool same_app =
                 (ev->app_guid && t->app_guid[0] && !strcmp(t->app_guid, ev->app_guid)) ||
@@ -1072,7 +1075,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
             invoker_target_pump(t);
         }
         return;
-    case SCHEDULER_INSTANCE_GONE:
+    case PLATFORM_INSTANCE_GONE:
         /* By instance guid: the app may be gone from the scheduler already (stopped or
          * deleted), so its name need not come with the event. */
         for (struct inv_target *t = inv->targets; t && ev->instance_guid; t = t->next) {
@@ -1084,7 +1087,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
                 t->requested = t->instance_count;
         }
         return;
-    case SCHEDULER_INSTANCE_DRAINING:
+    case PLATFORM_INSTANCE_DRAINING:
         /* GONE came first: an instance with deliveries in flight is on the draining list, and
          * the scheduler stops it only once they have ended (their result counts as usual) */
         for (struct inv_instance *i = inv->draining; i && ev->instance_guid; i = i->next)
@@ -1093,24 +1096,24 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
                 scheduler_drain_hold(inv->scheduler, ev->drain_id);
             }
         return;
-    case SCHEDULER_APP_STARTED:
+    case PLATFORM_APP_STARTED:
         name = "started";
         invoker_track_function(inv, ev->app_guid);
         break;
-    case SCHEDULER_APP_STOPPED:
+    case PLATFORM_APP_STOPPED:
         name = "stopped";
         break;
-    case SCHEDULER_APP_CRASHED:
+    case PLATFORM_APP_CRASHED:
         name = "crashed";
         break;
-    case SCHEDULER_APP_SCALED:
+    case PLATFORM_APP_SCALED:
         name = "scaled";
         for (struct inv_target *t = inv->targets; t; t = t->next)
             if (ev->app_guid && !strcmp(t->app_guid, ev->app_guid) && ev->process_type &&
                 strcmp(t->process, ev->process_type) == 0)
                 t->requested = ev->instances;
         break;
-    case SCHEDULER_APP_STAGED:
+    case PLATFORM_APP_STAGED:
         name = "staged";
         invoker_track_function(inv, ev->app_guid);
         break;
@@ -1133,7 +1136,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
         json_pack("{s:s, s:s, s:s}", "app", ev->app_name, "app_guid", ev->app_guid, "event", name);
     if (ev->process_type)
         json_object_set_new(data, "process_type", json_string(ev->process_type));
-    if (ev->type == SCHEDULER_APP_CRASHED) {
+    if (ev->type == PLATFORM_APP_CRASHED) {
         json_object_set_new(data, "index", json_integer(ev->index));
         if (ev->instance_guid)
             json_object_set_new(data, "instance_guid", json_string(ev->instance_guid));
@@ -1142,7 +1145,7 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
         json_object_set_new(data, "reason", json_string(ev->reason ? ev->reason : ""));
         json_object_set_new(data, "crash_count", json_integer(ev->crash_count));
     }
-    if (ev->type == SCHEDULER_APP_SCALED)
+    if (ev->type == PLATFORM_APP_SCALED)
         json_object_set_new(data, "instances", json_integer(ev->instances));
     invoker_publish(inv, topic, type, source, ev->app_name, data, 0);
     json_decref(data);
@@ -1151,41 +1154,35 @@ static void invoker_on_scheduler(void *ctx, const struct scheduler_event *ev)
 
 /* ---- functions without mappings: idle scaling and routed traffic ----------------------------- */
 
-/* Every function gets a target, so that it scales to zero when idle even if no mapping
- * points at it (a function that only serves routed requests, or was only invoked). */
-static void invoker_track_function(struct invoker *inv, const char *app_guid_or_name)
+/* Every app whose web process the platform scales (a function) gets a target, so that it
+ * scales to zero when idle even if no mapping points at it (a function that only serves
+ * routed requests, or was only invoked). Remembered per app, so that routed requests to apps
+ * scaled by their users cost no lookup. */
+static void invoker_track_each(struct invoker *inv, const struct store_app *a)
 {
-    struct store_app *a = NULL;
-    if (store_app_get(inv->store, app_guid_or_name, &a) < 0)
-        return;
-    /* Remembered, so that routed requests to apps that are not functions cost no lookup. */
-    json_object_set_new(inv->app_kinds, a->guid,
-                        json_boolean(a->kind && strcmp(a->kind, "function") == 0));
-    if (a->kind && strcmp(a->kind, "function") == 0) {
+    bool autoscaled = store_process_autoscaled(store_app_process(a, "web"));
+    json_object_set_new(inv->app_kinds, a->guid, json_boolean(autoscaled));
+    if (autoscaled) {
         char *ref = xasprintf("%s/%s", a->space_guid, a->name);
         struct inv_target *t = invoker_target_get(inv, ref, "web");
         free(ref);
         /* The same name may come back as a new app (deleted and pushed again). */
         snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
     }
+}
+
+static void invoker_track_function(struct invoker *inv, const char *app_guid_or_name)
+{
+    struct store_app *a = NULL;
+    if (store_app_get(inv->store, app_guid_or_name, &a) < 0)
+        return;
+    invoker_track_each(inv, a);
     store_app_free(a);
 }
 
-static void invoker_track_each(struct invoker *inv, const struct store_app *a)
+void invoker_note_traffic(void *invoker, const char *app_guid)
 {
-    bool function = a->kind && strcmp(a->kind, "function") == 0;
-    json_object_set_new(inv->app_kinds, a->guid, json_boolean(function));
-    if (function) {
-        char *ref = xasprintf("%s/%s", a->space_guid, a->name);
-        struct inv_target *t = invoker_target_get(inv, ref, "web");
-        free(ref);
-        snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
-    }
-}
-
-void invoker_note_traffic(const char *app_guid)
-{
-    struct invoker *inv = invoker_global;
+    struct invoker *inv = invoker;
     if (!inv || inv->stopping || !app_guid)
         return;
     int64_t now = time_now_ms();
@@ -1211,17 +1208,18 @@ static int64_t target_idle_grace(struct inv_target *t)
     return grace < 0 ? t->inv->idle_grace_ms : grace;
 }
 
-/* Whether the target scales with its events: a function, or a process of an app other than
- * web (functions declared in an app's manifest run as their own process types, which start
- * at zero). */
-static bool target_is_function(struct inv_target *t)
+/* The target's stored scaling policy (store.h): STORE_SCALE_MANUAL when its user scales it,
+ * else the fewest instances it scales down to (a function's process, or an app's process
+ * type other than web: functions declared in an app's manifest, which start at zero). */
+static int target_min_instances(struct inv_target *t)
 {
     struct store_app *a = NULL;
     if (store_app_get(t->inv->store, t->app, &a) < 0)
-        return false;
-    bool function = (a->kind && strcmp(a->kind, "function") == 0) || strcmp(t->process, "web");
+        return STORE_SCALE_MANUAL;
+    const struct store_process *p = store_app_process(a, t->process);
+    int min = p ? p->min_instances : STORE_SCALE_MANUAL;
     store_app_free(a);
-    return function;
+    return min;
 }
 
 /* Only functions scale down by themselves (an app's instances are the user's choice): to
@@ -1245,7 +1243,12 @@ static void target_maybe_scale_down(struct inv_target *t, int64_t now)
         to = wanted > 0 ? wanted : 1; /* to zero only once idle for the whole grace */
     else
         return;
-    if (!target_is_function(t))
+    int min = target_min_instances(t);
+    if (min < 0)
+        return; /* its user's to scale */
+    if (to < min)
+        to = min;
+    if (to >= t->instance_count && to >= t->requested)
         return;
     if (to == 0) {
         /* Forget the instances first, so nothing is sent to one that is stopping. */
@@ -1299,16 +1302,14 @@ static void invoker_tick(uv_timer_t *h)
 
 /* ---- start and stop ------------------------------------------------------------------------- */
 
-int invoker_start(const struct api_services *svc, struct fabric *fabric, char *err, size_t errsize)
+int invoker_start(const struct api_services *svc, struct fabric *fabric, struct invoker **out,
+                  char *err, size_t errsize)
 {
-    if (invoker_global) {
-        snprintf(err, errsize, "the invoker is already running");
-        return -EALREADY;
-    }
     struct invoker *inv = xcalloc(1, sizeof(*inv));
     inv->loop = svc->loop;
     inv->fabric = fabric;
     inv->scheduler = svc->scheduler;
+    inv->hub = svc->hub;
     inv->store = svc->store;
     inv->api = svc->api;
     inv->app_kinds = json_object();
@@ -1328,14 +1329,13 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
         }
         inv->idle_grace_ms = ms;
     }
-    invoker_global = inv;
     uv_timer_init(inv->loop, &inv->tick);
     inv->tick.data = inv;
     inv->open_handles = 1;
     uv_timer_start(&inv->tick, invoker_tick, 1000, 1000);
     uv_unref((uv_handle_t *)&inv->tick);
     if (inv->scheduler) {
-        inv->sched_sub = scheduler_subscribe(inv->scheduler, invoker_on_scheduler, inv);
+        inv->sched_sub = hub_subscribe(svc->hub, invoker_on_platform_event, inv);
         scheduler_set_listens(inv->scheduler, invoker_process_listens, inv);
     }
     store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
@@ -1347,6 +1347,7 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, char *e
         store_app_list_free(apps, napps);
     }
     invoker_routes_add(inv);
+    *out = inv;
     return 0;
 }
 
@@ -1354,12 +1355,11 @@ static void invoker_tick_closed(uv_handle_t *h)
 {
     struct invoker *inv = h->data;
     inv->open_handles--;
-    invoker_maybe_done();
+    invoker_maybe_done(inv);
 }
 
-static void invoker_maybe_done(void)
+static void invoker_maybe_done(struct invoker *inv)
 {
-    struct invoker *inv = invoker_global;
     if (!inv || !inv->stopping || inv->pending_ops > 0 || inv->open_handles > 0 || inv->mappings ||
         inv->draining)
         return;
@@ -1378,16 +1378,14 @@ static void invoker_maybe_done(void)
     }
     void (*done)(void *) = inv->stop_done;
     void *arg = inv->stop_arg;
-    invoker_global = NULL;
     json_decref(inv->app_kinds);
     free(inv);
     if (done)
         done(arg);
 }
 
-void invoker_stop(void (*done)(void *arg), void *arg)
+void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg)
 {
-    struct invoker *inv = invoker_global;
     if (!inv) {
         if (done)
             done(arg);
@@ -1399,8 +1397,7 @@ void invoker_stop(void (*done)(void *arg), void *arg)
         if (!m->deleted && m->stats_dirty)
             mapping_persist(m);
     inv->stopping = true;
-    if (inv->scheduler && inv->sched_sub > 0)
-        scheduler_unsubscribe(inv->scheduler, inv->sched_sub);
+    hub_unsubscribe(inv->hub, inv->sched_sub);
     if (inv->scheduler)
         scheduler_set_listens(inv->scheduler, NULL, NULL);
     for (struct inv_target *t = inv->targets; t; t = t->next) {

@@ -118,31 +118,29 @@ json_t *mapping_spec_to_json(const struct mapping_spec *spec);
 char *mapping_app_ref(const struct mapping_spec *spec);
 void mapping_spec_free(struct mapping_spec *spec);
 
-/* Parses a replay start: "90s", "1h", "2d" (that long ago, relative to now_ms), an RFC 3339
- * time, or a decimal offset. Sets exactly one of *offset (is_offset true) or *time_ms. */
-int mapping_parse_since(const char *text, int64_t now_ms, bool *is_offset, uint64_t *offset,
-                        int64_t *time_ms, char *err, size_t errsize);
-
 /* ---- the delivery engine ----------------------------------------------------------- */
 
 struct api_services;
 struct fabric;
+struct invoker;
 
 /* Starts delivery inside skiffd: loads the mappings kept in the store (documents of kind
- * "event_mapping"), opens their cursors, subscribes to the fabric and to the scheduler's
- * platform events, and adds the API routes (event mappings, replay, invoke, GET /metrics).
- * Called by api_events_start() once the fabric is open. A negative errno and a message in err
- * when it cannot start; nothing is left running then. */
-int invoker_start(const struct api_services *svc, struct fabric *fabric, char *err, size_t errsize);
+ * "event_mapping"), opens their cursors, subscribes to the fabric and to the hub's platform
+ * events (svc->hub), and adds the API routes (event mappings, replay, invoke, GET /metrics).
+ * skiffd starts it once the fabric is open (api_events_fabric). A negative errno and a message
+ * in err when it cannot start; nothing is left running then. */
+int invoker_start(const struct api_services *svc, struct fabric *fabric, struct invoker **out,
+                  char *err, size_t errsize);
 /* Stops delivery: no new attempt starts, attempts in flight are abandoned (their events stay
  * past the cursor and are delivered again after a restart), pending appends and cursor commits
- * finish. done (may be NULL) runs on the loop when everything is closed; the fabric may be
- * closed after that. */
-void invoker_stop(void (*done)(void *arg), void *arg);
+ * finish. done (may be NULL) runs on the loop when everything is closed and the invoker is
+ * freed; the fabric may be closed after that. NULL is stopped at once. */
+void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg);
 
 /* An HTTP request reached the app (by guid) through the router: a function that serves
- * requests is not idle, so it is not scaled to zero under them. A no-op when delivery is not
- * running. Cheap: called once per proxied request. */
-void invoker_note_traffic(const char *app_guid);
+ * requests is not idle, so it is not scaled to zero under them. invoker is a struct invoker
+ * (void so that the bus takes it as its traffic callback). A no-op while it stops. Cheap:
+ * called once per proxied request. */
+void invoker_note_traffic(void *invoker, const char *app_guid);
 
 #endif

@@ -126,7 +126,8 @@ struct invoker {
     struct scheduler *scheduler;
     struct store *store;
     struct api *api;
-    int sched_sub;
+    struct hub *hub;
+    int sched_sub; /* its subscription on the hub */
     int64_t idle_grace_ms; /* for functions no mapping gives a grace period */
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */
     uint64_t ticks;

@@ -201,7 +201,7 @@ static void routes_mapping_replay(struct api_request *req, void *ctx)
     uint64_t offset = 0;
     int64_t time_ms = 0;
     char err[256];
-    if (mapping_parse_since(text, time_now_ms(), &is_offset, &offset, &time_ms, err, sizeof(err)) <
+    if (trigger_parse_since(text, time_now_ms(), &is_offset, &offset, &time_ms, err, sizeof(err)) <
         0) {
         api_respond_error(req, 422, "invalid_value", "'since': %s", err);
         return;

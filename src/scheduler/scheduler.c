@@ -23,6 +23,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 #include "executor/executor.h"
+#include "hub/hub.h"
 #include "logs/logs.h"
 #include "store/store.h"
 
@@ -89,12 +90,6 @@ struct sched_app {
     struct sched_app *next;
 };
 
-struct sched_sub {
-    int id;
-    scheduler_event_cb cb;
-    void *ctx;
-    struct sched_sub *next;
-};
 
 struct scheduler {
     uv_loop_t *loop;
@@ -107,8 +102,6 @@ struct scheduler {
     struct executor *ex;
     struct sched_app *apps;
     struct sched_inst *insts; /* every live instance, attached or not */
-    struct sched_sub *subs;
-    int next_sub;
     scheduler_listens_cb listens;
     void *listens_ctx;
     int drain_timeout_ms;
@@ -129,52 +122,21 @@ static void sched__tick(uv_timer_t *t);
 
 /* ---- notifications ------------------------------------------------------------------------ */
 
-int scheduler_subscribe(struct scheduler *s, scheduler_event_cb cb, void *ctx)
-{
-    struct sched_sub *sub = xcalloc(1, sizeof *sub);
-    sub->id = ++s->next_sub;
-    sub->cb = cb;
-    sub->ctx = ctx;
-    struct sched_sub **pp = &s->subs;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = sub;
-    return sub->id;
-}
-
 void scheduler_set_listens(struct scheduler *s, scheduler_listens_cb cb, void *ctx)
 {
     s->listens = cb;
     s->listens_ctx = ctx;
 }
 
-void scheduler_unsubscribe(struct scheduler *s, int id)
+static void sched__emit(struct scheduler *s, const struct platform_event *ev)
 {
-    for (struct sched_sub **pp = &s->subs; *pp; pp = &(*pp)->next)
-        if ((*pp)->id == id) {
-            struct sched_sub *dead = *pp;
-            *pp = dead->next;
-            free(dead);
-            return;
-        }
+    hub_publish(s->cfg.hub, ev);
 }
 
-static void sched__emit(struct scheduler *s, const struct scheduler_event *ev)
-{
-    struct sched_sub *sub = s->subs;
-    while (sub) {
-        struct sched_sub *next = sub->next; /* a callback may unsubscribe itself */
-        sub->cb(sub->ctx, ev);
-        sub = next;
-    }
-}
-
-static void sched__emit_app(struct scheduler *s, enum scheduler_event_type type,
+static void sched__emit_app(struct scheduler *s, enum platform_event_type type,
                             const char *app_guid, const char *app_name)
 {
-    struct scheduler_event ev = {
-        .type = type, .app_guid = app_guid, .app_name = app_name, .index = -1, .exit_status = -1};
-    sched__emit(s, &ev);
+    sched__emit(s, &PLATFORM_APP_EVENT(type, app_guid, app_name));
 }
 
 static const char *sched__app_name(struct scheduler *s, const char *guid)
@@ -297,7 +259,7 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
     si->drain_holds = 0;
     si->drain_until_mono = time_mono_ms() + s->drain_timeout_ms;
     const char *addr = si->addr;
-    struct scheduler_event ev = {.type = SCHEDULER_INSTANCE_DRAINING,
+    struct platform_event ev = {.type = PLATFORM_INSTANCE_DRAINING,
                                  .app_guid = si->app_guid,
                                  .app_name = sched__app_name(s, si->app_guid),
                                  .process_type = si->type,
@@ -412,7 +374,7 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
 static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready)
 {
     const char *addr = si->addr;
-    struct scheduler_event ev = {.type = ready ? SCHEDULER_INSTANCE_READY : SCHEDULER_INSTANCE_GONE,
+    struct platform_event ev = {.type = ready ? PLATFORM_INSTANCE_READY : PLATFORM_INSTANCE_GONE,
                                  .app_guid = si->app_guid,
                                  .app_name = sched__app_name(s, si->app_guid),
                                  .process_type = si->type,
@@ -489,7 +451,7 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
                              "in %lld s",
                              si->index, si->type, status, reason, slot->crash_count,
                              (long long)(delay / 1000));
-            struct scheduler_event ev = {.type = SCHEDULER_APP_CRASHED,
+            struct platform_event ev = {.type = PLATFORM_APP_CRASHED,
                                          .app_guid = si->app_guid,
                                          .app_name = sched__app_name(s, si->app_guid),
                                          .process_type = si->type,
@@ -1122,11 +1084,6 @@ void scheduler_free(struct scheduler *s)
         s->insts = si->next;
         free(si);
     }
-    while (s->subs) {
-        struct sched_sub *sub = s->subs;
-        s->subs = sub->next;
-        free(sub);
-    }
     executor_free(s->ex);
     free(s->home);
     free(s->api_url);
@@ -1194,23 +1151,6 @@ int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling)
     return 0;
 }
 
-void scheduler_notify_app(struct scheduler *s, enum scheduler_event_type type, const char *app_guid,
-                          const char *process_type, int instances)
-{
-    struct store_app *sa = NULL;
-    if (store_app_get(s->store, app_guid, &sa) < 0)
-        return;
-    struct scheduler_event ev = {.type = type,
-                                 .app_guid = sa->guid,
-                                 .app_name = sa->name,
-                                 .process_type = process_type,
-                                 .index = -1,
-                                 .instances = instances,
-                                 .exit_status = -1};
-    sched__emit(s, &ev);
-    store_app_free(sa);
-}
-
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
 {
     struct sched_app *a = sched__app(s, app_guid, false);
@@ -1221,7 +1161,7 @@ void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
     char *name = xstrdup(a->name);
     snprintf(guid, sizeof guid, "%s", a->guid);
     sched__app_remove(s, a);
-    sched__emit_app(s, SCHEDULER_APP_STOPPED, guid, name);
+    sched__emit_app(s, PLATFORM_APP_STOPPED, guid, name);
     free(name);
 }
 
@@ -1257,7 +1197,7 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
     if (rc == 0) {
         struct sched_app *a = sched__app(s, sa->guid, true);
         sched__converge(s, a);
-        struct scheduler_event ev = {.type = SCHEDULER_APP_SCALED,
+        struct platform_event ev = {.type = PLATFORM_APP_SCALED,
                                      .app_guid = sa->guid,
                                      .app_name = sa->name,
                                      .process_type = p->type,

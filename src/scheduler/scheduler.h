@@ -3,13 +3,13 @@
  * For every STARTED app with a droplet, each process type gets `instances` instances through
  * the executor (src/executor/executor.h); STOPPED apps get none. The scheduler decides about
  * crashes (Diego's rules, scheduler_crash_delay_ms), builds each instance's environment
- * (scheduler_instance_env), tells the bus which instances are ready (only RUNNING ones take
- * traffic) and tells subscribers what happens (platform events).
+ * (scheduler_instance_env) and publishes what happens to instances on the hub
+ * (src/hub/hub.h): which are ready (only RUNNING ones take traffic), gone, draining, crashed.
  *
  * Stopping on purpose (scale down, stop, delete, restart, new droplet, scale to zero) drains
  * an instance that was taking work: it is detached from its slot at once (its replacement
- * starts without waiting), leaves the route table (SCHEDULER_INSTANCE_GONE), and then
- * SCHEDULER_INSTANCE_DRAINING lets whoever still has work in flight to it (the routers
+ * starts without waiting), leaves the route table (PLATFORM_INSTANCE_GONE), and then
+ * PLATFORM_INSTANCE_DRAINING lets whoever still has work in flight to it (the routers
  * through the bus, the invoker) hold it with scheduler_drain_hold. It gets SIGTERM
  * (executor_stop) once every hold is released or the drain timeout passes, whichever comes
  * first. Meanwhile it shows as STOPPING. An instance that was not ready is stopped at once, and
@@ -31,52 +31,18 @@ struct scheduler;
 struct store;
 struct logs;
 struct executor;
+struct hub;
 
 struct scheduler_config {
     const char *home;     /* $SKIFF_HOME: droplets and instance scratch live below */
     const char *api_url;  /* SKIFF_EVENTS_URL = api_url + "/v1" */
     int drain_timeout_ms; /* the longest a drain holds an instance; <= 0: the default */
+    struct hub *hub;      /* where it publishes platform events (NULL: nowhere) */
     /* Makes the SKIFF_EVENTS_TOKEN of one instance (api_instance_token). */
     void (*make_instance_token)(void *ctx, const char *app_guid, const char *instance_guid,
                                 char *out, size_t size);
     void *token_ctx;
 };
-
-/* ---- platform events ----------------------------------------------------------------------- */
-
-enum scheduler_event_type {
-    SCHEDULER_INSTANCE_READY,    /* an instance became RUNNING: it may take traffic */
-    SCHEDULER_INSTANCE_GONE,     /* an instance left RUNNING (stopping, down or crashed) */
-    SCHEDULER_INSTANCE_DRAINING, /* an instance that was ready is to stop: drain_id may be held */
-    SCHEDULER_APP_STARTED,       /* the app was started (desired state STARTED) */
-    SCHEDULER_APP_STOPPED,       /* the app was stopped (desired state STOPPED) */
-    SCHEDULER_APP_CRASHED,       /* an instance crashed (exited without being asked) */
-    SCHEDULER_APP_SCALED,        /* the desired instance count of a process changed */
-    SCHEDULER_APP_STAGED,        /* a new droplet was recorded */
-};
-
-struct scheduler_event {
-    enum scheduler_event_type type;
-    const char *app_guid;
-    const char *app_name;
-    const char *process_type;  /* NULL for app-wide events (started, stopped, staged) */
-    int index;                 /* instance events and crashed; -1 otherwise */
-    const char *instance_guid; /* instance events and crashed; NULL otherwise */
-    const char *addr;          /* "IP:PORT" for READY; NULL otherwise */
-    int instances;             /* SCALED: the new desired count */
-    int exit_status;           /* CRASHED: exit code, -1 when killed by a signal */
-    int exit_signal;           /* CRASHED: signal number, 0 when it exited */
-    const char *reason;        /* CRASHED: "exited", "health check failed", ... */
-    int crash_count;           /* CRASHED: crashes in a row of this instance index */
-    uint64_t drain_id;         /* DRAINING: for scheduler_drain_hold/_release */
-};
-
-typedef void (*scheduler_event_cb)(void *ctx, const struct scheduler_event *ev);
-
-/* Subscribes to every event. Returns an id > 0 for scheduler_unsubscribe. The strings of an
- * event live only during the callback. A callback may call the scheduler. */
-int scheduler_subscribe(struct scheduler *s, scheduler_event_cb cb, void *ctx);
-void scheduler_unsubscribe(struct scheduler *s, int id);
 
 /* Whether a process type other than web listens on $PORT and takes requests (a function run
  * as a process type of an app, that events are delivered to). */
@@ -131,13 +97,8 @@ int scheduler_app_changed(struct scheduler *s, const char *app);
 /* Stops then starts every instance of the app (one by one when rolling is true, each new
  * one RUNNING before the next old one stops). */
 int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling);
-/* Tells subscribers about an app event the API caused: SCHEDULER_APP_STARTED or _STOPPED
- * (the desired state changed), SCHEDULER_APP_SCALED (instances changed by the API;
- * process_type and instances say how) or SCHEDULER_APP_STAGED (a new droplet). */
-void scheduler_notify_app(struct scheduler *s, enum scheduler_event_type type, const char *app_guid,
-                          const char *process_type, int instances);
-/* Stops everything of an app that is being deleted; its guid is forgotten. Subscribers get
- * SCHEDULER_APP_STOPPED when it was running. */
+/* Stops everything of an app that is being deleted; its guid is forgotten. The hub gets
+ * PLATFORM_APP_STOPPED when it was running. */
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid);
 
 /* ---- what functions need (events component) ---------------------------------------------- */

@@ -28,12 +28,30 @@
 
 struct store;
 
+/* A process's scaling policy, min_instances: STORE_SCALE_MANUAL, its count is its user's and
+ * the platform never changes it by itself; >= 0, it scales with its work (events, requests)
+ * and down to min_instances when idle (0: to zero, and up again on the next event or
+ * request). The one place that decides it is the store: store_process_default_min when a
+ * process is made or its app's kind changes; everyone else reads the field. */
+#define STORE_SCALE_MANUAL (-1)
+
 struct store_process {
-    char *type;    /* "web", or a function's name */
-    char *command; /* NULL: the droplet's command for this type */
-    int instances; /* desired */
-    int memory_mb; /* 0: the app's */
+    char *type;        /* "web", or a function's name */
+    char *command;     /* NULL: the droplet's command for this type */
+    int instances;     /* desired */
+    int memory_mb;     /* 0: the app's */
+    int min_instances; /* the scaling policy: STORE_SCALE_MANUAL or the floor it scales to */
 };
+
+/* The policy a process gets unless one is set: every process of a function, and an app's
+ * process types other than web (the functions its manifest declares), scale to zero; an
+ * app's web process is scaled by its user (STORE_SCALE_MANUAL). */
+int store_process_default_min(const char *app_kind, const char *type);
+/* Whether the platform scales the process by itself (and so may scale it to zero). */
+static inline bool store_process_autoscaled(const struct store_process *p)
+{
+    return p && p->min_instances >= 0;
+}
 
 struct store_env_var {
     char *name;

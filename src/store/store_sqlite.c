@@ -73,6 +73,11 @@ const char *const store_sqlite_migrations[] = {
     "  space_guid TEXT, org_guid TEXT, detail TEXT NOT NULL DEFAULT '{}');"
     "CREATE INDEX audit_space ON audit_events(space_guid, id);"
     "CREATE INDEX audit_org ON audit_events(org_guid, id);",
+    /* 6: each process's scaling policy (store.h's min_instances), as the rules that decided it
+     * before it was stored: a function's processes and an app's non-web ones scale to zero */
+    "ALTER TABLE processes ADD COLUMN min_instances INTEGER NOT NULL DEFAULT -1;"
+    "UPDATE processes SET min_instances = 0 WHERE type != 'web' OR app_guid IN"
+    "  (SELECT guid FROM apps WHERE kind = 'function');",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -356,7 +361,9 @@ static int store__write_children(struct store *st, const struct store_app *app)
         return -EIO;
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
-        sqlite3_stmt *ins = store__prepare(st, "INSERT INTO processes VALUES (?, ?, ?, ?, ?)");
+        sqlite3_stmt *ins = store__prepare(st, "INSERT INTO processes (app_guid, type, command,"
+                                               " instances, memory_mb, min_instances) VALUES"
+                                               " (?, ?, ?, ?, ?, ?)");
         if (!ins)
             return -EIO;
         sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
@@ -364,6 +371,7 @@ static int store__write_children(struct store *st, const struct store_app *app)
         store__bind_text(ins, 3, p->command);
         sqlite3_bind_int(ins, 4, p->instances);
         sqlite3_bind_int(ins, 5, p->memory_mb);
+        sqlite3_bind_int(ins, 6, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances);
         int rc = store__step_done(st, ins);
         if (rc < 0)
             return rc;
@@ -428,7 +436,8 @@ int store_app_update(struct store *st, const struct store_app *app)
     return store__app_write(st, app, false);
 }
 
-/* Appends the process in the row's columns from col on: type, command, instances, memory_mb. */
+/* Appends the process in the row's columns from col on: type, command, instances, memory_mb,
+ * min_instances. */
 static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
 {
     app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
@@ -437,6 +446,7 @@ static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
     p->command = store__col_text(q, col + 1);
     p->instances = sqlite3_column_int(q, col + 2);
     p->memory_mb = sqlite3_column_int(q, col + 3);
+    p->min_instances = sqlite3_column_int(q, col + 4);
 }
 
 /* Appends the variable in the row's columns from col on: name, value. */
@@ -461,9 +471,9 @@ static int store__read_done(struct store *st, sqlite3_stmt *q, int step_rc, cons
  * caller frees it). */
 static int store__app_load_children(struct store *st, struct store_app *app)
 {
-    sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb FROM "
-                                         "processes WHERE app_guid = ? ORDER BY type != 'web', "
-                                         "type");
+    sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb,"
+                                         " min_instances FROM processes WHERE app_guid = ?"
+                                         " ORDER BY type != 'web', type");
     int step;
     if (!q)
         return -EIO;
@@ -602,11 +612,12 @@ int store_app_list_in(struct store *st, const char *space_guid, struct store_app
     if (count)
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
-    q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb"
-                                        " FROM processes WHERE app_guid IN (SELECT guid FROM"
-                                        " apps WHERE space_guid = ?1) ORDER BY app_guid, type"
-                                      : "SELECT app_guid, type, command, instances, memory_mb"
-                                        " FROM processes ORDER BY app_guid, type");
+    q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb,"
+                                        " min_instances FROM processes WHERE app_guid IN"
+                                        " (SELECT guid FROM apps WHERE space_guid = ?1)"
+                                        " ORDER BY app_guid, type"
+                                      : "SELECT app_guid, type, command, instances, memory_mb,"
+                                        " min_instances FROM processes ORDER BY app_guid, type");
     if (!q)
         goto fail;
     if (space_guid)
@@ -691,6 +702,12 @@ void store_app_list_free(struct store_app **apps, size_t n)
     for (size_t i = 0; i < n; i++)
         store_app_free(apps[i]);
     free(apps);
+}
+
+int store_process_default_min(const char *app_kind, const char *type)
+{
+    bool function = app_kind && !strcmp(app_kind, "function");
+    return function || strcmp(type, "web") ? 0 : STORE_SCALE_MANUAL;
 }
 
 struct store_process *store_app_process(const struct store_app *app, const char *type)

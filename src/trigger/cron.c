@@ -2,6 +2,7 @@
 #include "trigger/trigger.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -329,4 +330,58 @@ int64_t cron_last_due(const struct cron_schedule *s, int64_t after_ms, int64_t n
     for (int64_t d = cron_next(s, from); d >= 0 && d <= now_ms; d = cron_next(s, d))
         last = d;
     return last;
+}
+
+int trigger_parse_since(const char *text, int64_t now_ms, bool *is_offset, uint64_t *offset,
+                        int64_t *time_ms, char *err, size_t errsize)
+{
+    *is_offset = false;
+    size_t n = strlen(text);
+    if (n > 0 && strspn(text, "0123456789") == n) {
+        errno = 0;
+        unsigned long long v = strtoull(text, NULL, 10);
+        if (errno == 0) {
+            *is_offset = true;
+            *offset = v;
+            return 0;
+        }
+    }
+    int64_t ago = trigger_parse_duration_ms(text);
+    if (ago >= 0) {
+        *time_ms = now_ms - ago;
+        return 0;
+    }
+    /* RFC 3339: 2026-11-27T10:00:00Z, with optional fraction and a Z or +hh:mm offset. */
+    struct tm tm = {0};
+    const char *rest = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (rest) {
+        int64_t ms = (int64_t)timegm(&tm) * 1000;
+        if (*rest == '.') {
+            rest++;
+            int64_t scale = 100;
+            while (isdigit((unsigned char)*rest)) {
+                ms += (*rest - '0') * scale;
+                scale /= 10;
+                rest++;
+            }
+        }
+        int sign = 0, hh = 0, mm = 0;
+        if (*rest == 'Z' || *rest == 'z') {
+            rest++;
+        } else if ((*rest == '+' || *rest == '-') && sscanf(rest + 1, "%2d:%2d", &hh, &mm) == 2) {
+            sign = *rest == '+' ? 1 : -1;
+            rest += 6;
+        } else {
+            rest = "?";
+        }
+        if (*rest == '\0') {
+            *time_ms = ms - sign * ((int64_t)hh * 3600 + mm * 60) * 1000;
+            return 0;
+        }
+    }
+    snprintf(err, errsize,
+             "cannot read '%s' as a start for replay: give a duration ago (90s, 1h, 2d), an RFC "
+             "3339 time (2026-11-27T10:00:00Z) or an offset (a number)",
+             text);
+    return TRIGGER_EINVAL;
 }

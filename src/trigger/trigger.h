@@ -50,6 +50,11 @@ int64_t cron_last_due(const struct cron_schedule *s, int64_t after_ms, int64_t n
 /* A duration such as `30s`, `5m`, `1h30m`, `250ms`, `2d` (units ms, s, m, h, d, which may be
  * combined) in milliseconds; -1 when malformed or longer than 1000 days. */
 int64_t trigger_parse_duration_ms(const char *text);
+/* Parses where a replay or a read starts: "90s", "1h", "2d" (that long ago, relative to
+ * now_ms), an RFC 3339 time, or a decimal offset. Sets exactly one of *offset (is_offset
+ * true) or *time_ms. TRIGGER_EINVAL and a message in err when it is none of these. */
+int trigger_parse_since(const char *text, int64_t now_ms, bool *is_offset, uint64_t *offset,
+                        int64_t *time_ms, char *err, size_t errsize);
 
 /* ---- filters ------------------------------------------------------------------------- */
 

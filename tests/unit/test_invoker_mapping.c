@@ -185,29 +185,29 @@ static void test_replay_since(void **state)
     int64_t t = 0;
     char err[256];
     int64_t now = 1795000000000;
-    assert_int_equal(mapping_parse_since("42", now, &is_offset, &off, &t, err, sizeof(err)), 0);
+    assert_int_equal(trigger_parse_since("42", now, &is_offset, &off, &t, err, sizeof(err)), 0);
     assert_true(is_offset);
     assert_int_equal(off, 42);
-    assert_int_equal(mapping_parse_since("1h", now, &is_offset, &off, &t, err, sizeof(err)), 0);
+    assert_int_equal(trigger_parse_since("1h", now, &is_offset, &off, &t, err, sizeof(err)), 0);
     assert_false(is_offset);
     assert_int_equal(t, now - 3600000);
     assert_int_equal(
-        mapping_parse_since("2026-11-27T10:00:00Z", now, &is_offset, &off, &t, err, sizeof(err)),
+        trigger_parse_since("2026-11-27T10:00:00Z", now, &is_offset, &off, &t, err, sizeof(err)),
         0);
     assert_int_equal(t, 1795773600000);
-    assert_int_equal(mapping_parse_since("2026-11-27T10:00:00.250Z", now, &is_offset, &off, &t, err,
+    assert_int_equal(trigger_parse_since("2026-11-27T10:00:00.250Z", now, &is_offset, &off, &t, err,
                                          sizeof(err)),
                      0);
     assert_int_equal(t, 1795773600250);
-    assert_int_equal(mapping_parse_since("2026-11-27T11:00:00+01:00", now, &is_offset, &off, &t,
+    assert_int_equal(trigger_parse_since("2026-11-27T11:00:00+01:00", now, &is_offset, &off, &t,
                                          err, sizeof(err)),
                      0);
     assert_int_equal(t, 1795773600000);
-    assert_int_equal(mapping_parse_since("yesterday", now, &is_offset, &off, &t, err, sizeof(err)),
+    assert_int_equal(trigger_parse_since("yesterday", now, &is_offset, &off, &t, err, sizeof(err)),
                      TRIGGER_EINVAL);
     assert_non_null(strstr(err, "RFC 3339"));
     assert_int_equal(
-        mapping_parse_since("2026-11-27T10:00:00", now, &is_offset, &off, &t, err, sizeof(err)),
+        trigger_parse_since("2026-11-27T10:00:00", now, &is_offset, &off, &t, err, sizeof(err)),
         TRIGGER_EINVAL);
 }
 

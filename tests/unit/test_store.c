@@ -66,6 +66,8 @@ static struct store_app *sample_app(const char *name)
     app->processes[1].type = xstrdup("worker");
     app->processes[1].command = xstrdup("python3 worker.py");
     app->processes[1].instances = 1;
+    app->processes[0].min_instances = STORE_SCALE_MANUAL;
+    app->processes[1].min_instances = 0;
     app->n_env = 2;
     app->env = calloc(2, sizeof *app->env);
     app->env[0].name = xstrdup("A");
@@ -116,7 +118,13 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
                                   "timeout, created_at, updated_at) VALUES ('g-old', 'old', "
                                   "'STOPPED', 64, 128, 60, 1, 1);"
                                   "INSERT INTO routes VALUES ('r-old', 'old.localhost', '', "
-                                  "'g-old', 'localhost');",
+                                  "'g-old', 'localhost');"
+                                  "INSERT INTO apps (guid, name, state, kind, memory_mb, "
+                                  "disk_mb, timeout, created_at, updated_at) VALUES ('g-fn', "
+                                  "'fn', 'STARTED', 'function', 64, 128, 60, 1, 1);"
+                                  "INSERT INTO processes VALUES ('g-old', 'web', NULL, 2, 0);"
+                                  "INSERT INTO processes VALUES ('g-old', 'resize', NULL, 0, 0);"
+                                  "INSERT INTO processes VALUES ('g-fn', 'web', NULL, 0, 0);",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
@@ -133,6 +141,18 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     assert_int_equal(store_app_find(st, STORE_DEFAULT_SPACE_GUID, "old", &again), 0);
     store_app_free(again);
     assert_int_equal(store_app_find(st, "another-space", "old", &again), -ENOENT);
+    /* scaling policies as the rules before them said: an app's web process is its user's,
+     * its other process types (functions of its manifest) and a function scale to zero */
+    assert_int_equal(store_app_process(app, "web")->min_instances, STORE_SCALE_MANUAL);
+    assert_int_equal(store_app_process(app, "resize")->min_instances, 0);
+    assert_false(store_process_autoscaled(store_app_process(app, "web")));
+    store_app_free(app);
+    assert_int_equal(store_app_get(st, "fn", &app), 0);
+    assert_int_equal(store_app_process(app, "web")->min_instances, 0);
+    assert_true(store_process_autoscaled(store_app_process(app, "web")));
+    assert_int_equal(store_process_default_min("function", "web"), 0);
+    assert_int_equal(store_process_default_min("app", "web"), STORE_SCALE_MANUAL);
+    assert_int_equal(store_process_default_min("app", "worker"), 0);
     store_app_free(app);
     /* a route made before routes had a balance keeps the router's default */
     struct store_route *routes = NULL;
@@ -185,6 +205,8 @@ static void test_apps_round_trip_with_processes_and_env(void **state)
     assert_string_equal(got->processes[0].type, "web");
     assert_int_equal(got->processes[0].instances, 3);
     assert_null(got->processes[0].command);
+    assert_int_equal(got->processes[0].min_instances, STORE_SCALE_MANUAL);
+    assert_int_equal(store_app_process(got, "worker")->min_instances, 0);
     assert_string_equal(store_app_process(got, "worker")->command, "python3 worker.py");
     assert_int_equal(got->n_env, 2);
     assert_string_equal(got->env[1].value, "two words");
