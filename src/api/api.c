@@ -23,6 +23,7 @@
 
 #include "common/buf.h"
 #include "common/util.h"
+#include "http/url.h"
 #include "store/store.h"
 
 #define API_MAX_PARAMS 8
@@ -232,37 +233,11 @@ static void api__resume_accepting(uv_timer_t *t);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static int api__hex(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decodes (and '+' as space when form is set); NULL when it holds a NUL byte. */
+/* Percent-decodes (and '+' as space when form is set); NULL when it holds a NUL byte. A '%'
+ * without two hex digits stays as it is. */
 static char *api__decode(const char *s, size_t len, bool form)
 {
-    char *out = xmalloc(len + 1);
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len && api__hex(s[i + 1]) >= 0 && api__hex(s[i + 2]) >= 0) {
-            out[n++] = (char)(api__hex(s[i + 1]) * 16 + api__hex(s[i + 2]));
-            i += 2;
-        } else if (form && s[i] == '+') {
-            out[n++] = ' ';
-        } else {
-            out[n++] = s[i];
-        }
-    }
-    out[n] = '\0';
-    if (strlen(out) != n) {
-        free(out);
-        return NULL;
-    }
-    return out;
+    return http_percent_decode(s, len, form ? HTTP_DECODE_FORM : 0);
 }
 
 static const char *api__reason(int status)

@@ -609,7 +609,9 @@ done:
 }
 
 static const char map_event_help[] =
-    "  Invokes APP for each event of TOPIC, on a schedule, or on platform events.\n"
+    "  Invokes APP for each event of TOPIC, on a schedule, or on platform events. TOPIC is\n"
+    "  a topic of the target space, or ORG/SPACE/NAME for another space's where your roles\n"
+    "  allow reading its events.\n"
     "  -f, --filter K=V         only events whose attribute K is V (K^=V: starts with V);\n"
     "                           repeatable, on type, source, subject or an extension\n"
     "  --schedule CRON          5 cron fields (UTC), @hourly/@daily/..., or '@every 30s'\n"

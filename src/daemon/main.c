@@ -239,6 +239,10 @@ static void shutdown_invoker_done(void *arg)
 static void shutdown_api_done(void *arg)
 {
     struct daemon *d = arg;
+    /* the routers' access lines go on arriving until the bus closes: none reaches the
+     * invoker once it stops (it is freed when stopped) */
+    if (d->bus)
+        bus_set_traffic(d->bus, NULL, NULL);
     invoker_stop(d->invoker, shutdown_invoker_done, d);
 }
 
@@ -646,7 +650,8 @@ fail:
         if (d.api)
             api_close(d.api, NULL, NULL);
         if (d.invoker) {
-            bus_set_traffic(d.bus, NULL, NULL);
+            if (d.bus)
+                bus_set_traffic(d.bus, NULL, NULL);
             invoker_stop(d.invoker, NULL, NULL);
             d.invoker = NULL;
         }

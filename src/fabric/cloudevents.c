@@ -20,6 +20,7 @@
 #include <sodium.h>
 
 #include "common/util.h"
+#include "http/url.h"
 
 /* ---- ownership ---------------------------------------------------------------------------- */
 
@@ -277,38 +278,11 @@ static void set_time_now(struct cloudevent *ev)
 
 /* ---- HTTP binary mode --------------------------------------------------------------------- */
 
-static int hexval(char c)
+/* Decodes the percent-encoding of a ce-* header value (CloudEvents HTTP binding 3.1.3.2):
+ * NULL when malformed, or when it holds a NUL that would cut the value short. */
+static char *percent_decode(const char *s)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)tolower((unsigned char)c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Decodes the percent-encoding of a ce-* header value (CloudEvents HTTP binding 3.1.3.2). */
-static char *percent_decode(const char *s, bool *ok)
-{
-    size_t n = strlen(s);
-    char *out = xmalloc(n + 1), *o = out;
-    *ok = true;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            *o++ = s[i];
-            continue;
-        }
-        int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            *ok = false; /* malformed, or a NUL that would cut the value short */
-            break;
-        }
-        *o++ = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    *o = '\0';
-    return out;
+    return http_percent_decode(s, strlen(s), HTTP_DECODE_STRICT);
 }
 
 static const char *header_get(const struct cloudevent_header *h, size_t n, const char *name)
@@ -363,14 +337,13 @@ static int from_binary(const struct cloudevent_header *headers, size_t count, co
                         name);
         if (cloudevent_attr(ev, lower))
             return fail(errmsg, errlen, "header '%.60s' is given twice: send it once", name);
-        bool ok;
-        char *value = percent_decode(headers[i].value, &ok);
-        arena_keep(ev, value);
-        if (!ok)
+        char *value = percent_decode(headers[i].value);
+        if (!value)
             return fail(errmsg, errlen,
                         "header '%.60s' has a bad percent-encoding: write %%XX with two hex "
                         "digits (and no %%00)",
                         name);
+        arena_keep(ev, value);
         if ((rc = attr_set(ev, arena_strdup(ev, lower), value, errmsg, errlen)) < 0)
             return rc;
     }
@@ -710,20 +683,15 @@ bad:
 
 /* ---- delivering and showing --------------------------------------------------------------- */
 
-/* Percent-encodes what the HTTP binding says must be: space, '"', '%', and every byte outside
- * printable ASCII. */
+/* What the HTTP binding lets through unencoded: printable ASCII but space, '"' and '%'. */
+static bool header_value_keeps(int c)
+{
+    return c > 0x20 && c < 0x7f && c != '"' && c != '%';
+}
+
 static char *percent_encode(const char *s)
 {
-    struct buf b = {0};
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p <= 0x20 || *p >= 0x7f || *p == '"' || *p == '%')
-            buf_printf(&b, "%%%02X", *p);
-        else
-            buf_putc(&b, (char)*p);
-    }
-    if (!b.data)
-        return xstrdup("");
-    return buf_steal(&b);
+    return http_percent_encode(s, header_value_keeps);
 }
 
 void cloudevent_http_headers(const struct cloudevent *ev,

@@ -224,7 +224,7 @@ static void target_instance_add(struct inv_target *t, const char *guid, const ch
     struct inv_instance *i = xcalloc(1, sizeof(*i));
     snprintf(i->guid, sizeof(i->guid), "%s", guid);
     snprintf(i->addr, sizeof(i->addr), "%s", addr);
-    if (invoker_http_pool_new(t->inv->loop, addr, &i->pool) < 0) {
+    if (http_pool_new(t->inv->loop, addr, &i->pool) < 0) {
         fprintf(stderr, "skiffd: instance %s has an address I cannot use: %s\n", guid, addr);
         free(i);
         return;
@@ -251,7 +251,7 @@ static void target_instance_remove(struct inv_target *t, struct inv_instance *in
     t->instance_count--;
     if (inst->in_flight == 0 || abort_calls) {
         /* With abort_calls the callbacks run inside the release and end every call. */
-        invoker_http_pool_release(inst->pool, abort_calls);
+        http_pool_release(inst->pool, abort_calls);
         free(inst);
         return;
     }
@@ -282,7 +282,7 @@ void invoker_instance_call_done(struct invoker *inv, struct inv_instance *inst)
         }
     }
     instance_drain_release(inv, inst);
-    invoker_http_pool_release(inst->pool, false);
+    http_pool_release(inst->pool, false);
     free(inst);
 }
 
@@ -444,7 +444,7 @@ static void slot_dead(struct inv_slot *s, const char *reason)
     slot_done(s);
 }
 
-static void delivery_done(void *arg, const struct invoker_http_response *resp)
+static void delivery_done(void *arg, const struct http_response *resp)
 {
     struct inv_slot *s = arg;
     struct inv_mapping *m = s->m;
@@ -541,7 +541,7 @@ static void slot_send(struct inv_slot *s, struct inv_instance *inst)
     m->refs++;
     buf_reset(&s->head);
     invoker_request_head(inst, &s->ev, &s->head);
-    invoker_http_send(inst->pool, s->head.data, s->head.len, s->ev.data, s->ev.data_len,
+    http_pool_send(inst->pool, s->head.data, s->head.len, s->ev.data, s->ev.data_len,
                       INVOKER_DELIVERY_TIMEOUT_MS, delivery_done, s);
 }
 
@@ -847,7 +847,8 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
     snprintf(m->consumer, sizeof(m->consumer), "map-%s", m->spec.id);
     m->refs = 1;
     m->app_ref = mapping_app_ref(&m->spec);
-    if (fabric_topic_scoped(m->spec.space, m->spec.topic, m->topic, sizeof m->topic) < 0 ||
+    const char *topic_space = m->spec.topic_space ? m->spec.topic_space : m->spec.space;
+    if (fabric_topic_scoped(topic_space, m->spec.topic, m->topic, sizeof m->topic) < 0 ||
         (m->spec.reply_topic && fabric_topic_scoped(m->spec.space, m->spec.reply_topic,
                                                     m->reply_topic, sizeof m->reply_topic) < 0) ||
         (m->spec.dead_letter_topic &&
@@ -1409,11 +1410,11 @@ void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg)
     /* Instances that left with calls in flight: end those calls now. */
     while (inv->draining) {
         struct inv_instance *inst = inv->draining;
-        invoker_http_pool_abort(inst->pool); /* the last callback frees it */
+        http_pool_abort(inst->pool); /* the last callback frees it */
         if (inv->draining == inst) {         /* no call was left after all */
             inv->draining = inst->next;
             instance_drain_release(inv, inst);
-            invoker_http_pool_release(inst->pool, false);
+            http_pool_release(inst->pool, false);
             free(inst);
         }
     }

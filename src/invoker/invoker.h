@@ -93,6 +93,10 @@ struct mapping_spec {
     char *process; /* its process type; "web" unless given */
     enum mapping_trigger trigger;
     char *topic;      /* the topic consumed (for schedules and app events: the system topic) */
+    /* MAPPING_TOPIC of another space: its guid (NULL: the mapping's own space). The API sets
+     * it from topic_space_ref, after checking the caller may read events there. */
+    char *topic_space;
+    char *topic_space_ref; /* "ORG/SPACE" as the body named it ("topic": "ORG/SPACE/NAME") */
     char *schedule;   /* MAPPING_SCHEDULE: the spec as written */
     char *event_app;  /* MAPPING_APP_EVENT: the app watched, NULL for every app */
     char *event_name; /* MAPPING_APP_EVENT: staged, started, stopped, crashed, scaled */

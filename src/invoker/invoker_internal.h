@@ -9,7 +9,7 @@
 #include "common/buf.h"
 #include "fabric/cloudevents.h"
 #include "fabric/fabric.h"
-#include "invoker/http_client.h"
+#include "http/client.h"
 #include "invoker/invoker.h"
 
 struct api;
@@ -29,7 +29,7 @@ struct store;
 struct inv_instance {
     char guid[37];
     char addr[64];
-    struct invoker_http_pool *pool;
+    struct http_pool *pool;
     int in_flight;
     bool gone; /* left its target with calls in flight: on invoker.draining until they end */
     uint64_t drain_id; /* gone and held by the scheduler's drain until its calls end; 0: not */

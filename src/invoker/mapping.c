@@ -36,6 +36,7 @@ static const char *const mapping_fields[] = {
     "created_at",
     "trigger",
     "space_guid",
+    "topic_space_guid",
     NULL,
 };
 
@@ -183,6 +184,12 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         goto fail;
     if (space && *space)
         out->space = xstrdup(space);
+    /* likewise: a stored mapping's topic space, checked when the mapping was made */
+    const char *topic_space = NULL;
+    if (mapping_get_string(body, "topic_space_guid", &topic_space, code, err, errsize) < 0)
+        goto fail;
+    if (topic_space && *topic_space)
+        out->topic_space = xstrdup(topic_space);
 
     if (!app) {
         mapping_fail(code, "invalid_value", err, errsize,
@@ -226,6 +233,21 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         goto fail;
     }
     if (topic) {
+        /* ORG/SPACE/NAME: another space's topic, reached where the caller's roles allow */
+        const char *name = strrchr(topic, '/');
+        if (name) {
+            const char *mid = strchr(topic, '/');
+            bool two_names = mid != name && mid > topic && mid + 1 < name &&
+                             !memchr(mid + 1, '/', (size_t)(name - mid - 1));
+            if (!two_names || name - topic > 2 * 63 + 1) {
+                mapping_fail(code, "invalid_value", err, errsize,
+                             "'topic' must be a topic name, or ORG/SPACE/NAME for another "
+                             "space's topic");
+                goto fail;
+            }
+            out->topic_space_ref = xstrndup(topic, (size_t)(name - topic));
+            topic = name + 1;
+        }
         if (mapping_check_topic("topic", topic, code, err, errsize) < 0)
             goto fail;
         out->trigger = MAPPING_TOPIC;
@@ -357,7 +379,8 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
             goto fail;
         out->reply_topic = xstrdup(reply);
     }
-    if ((dlq && strcmp(dlq, out->topic) == 0) || (reply && strcmp(reply, out->topic) == 0)) {
+    if (!out->topic_space_ref &&
+        ((dlq && strcmp(dlq, out->topic) == 0) || (reply && strcmp(reply, out->topic) == 0))) {
         mapping_fail(code, "invalid_value", err, errsize,
                      "the reply or dead-letter topic is the topic the mapping reads: that would "
                      "loop; pick another topic");
@@ -387,9 +410,14 @@ json_t *mapping_spec_to_json(const struct mapping_spec *s)
     json_object_set_new(o, "app", json_string(s->app));
     if (s->space)
         json_object_set_new(o, "space_guid", json_string(s->space));
+    if (s->topic_space)
+        json_object_set_new(o, "topic_space_guid", json_string(s->topic_space));
     json_object_set_new(o, "process", json_string(s->process));
     json_object_set_new(o, "trigger", json_string(trigger_names[s->trigger]));
-    json_object_set_new(o, "topic", json_string(s->topic));
+    if (s->topic_space_ref)
+        json_object_set_new(o, "topic", json_sprintf("%s/%s", s->topic_space_ref, s->topic));
+    else
+        json_object_set_new(o, "topic", json_string(s->topic));
     if (s->trigger == MAPPING_SCHEDULE)
         json_object_set_new(o, "schedule", json_string(s->schedule));
     if (s->trigger == MAPPING_APP_EVENT) {
@@ -432,6 +460,8 @@ char *mapping_app_ref(const struct mapping_spec *s)
 void mapping_spec_free(struct mapping_spec *s)
 {
     free(s->space);
+    free(s->topic_space);
+    free(s->topic_space_ref);
     free(s->app);
     free(s->process);
     free(s->topic);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "auth/auth.h"
 #include "common/util.h"
 #include "fabric/fabric.h"
 #include "store/store.h"
@@ -115,6 +116,34 @@ static void routes_mappings_list(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:o}", "event_mappings", list));
 }
 
+/* Sets spec->topic_space from its "ORG/SPACE" reference: a space where the caller may read
+ * events (what GET /v1/topics/NAME/events there needs). Answers 404 (no such space, or none
+ * the caller can see) or 403 and returns false otherwise. The mapping's own space named this
+ * way is its own space. */
+static bool routes_topic_space(struct api_request *req, struct mapping_spec *spec)
+{
+    struct auth *auth = api_request_auth(req);
+    const struct auth_space *other = auth ? auth_space_resolve(auth, spec->topic_space_ref) : NULL;
+    int rc = other ? auth_check(auth, api_request_principal(req), AUTH_PERM_SPACE_LOGS,
+                                other->org_guid, other->guid)
+                   : -ENOENT;
+    if (rc == -EACCES) {
+        api_respond_error(req, 403, "forbidden",
+                          "your roles in %s do not allow reading its events, so no mapping "
+                          "may consume them",
+                          spec->topic_space_ref);
+        return false;
+    }
+    if (rc < 0) {
+        api_respond_error(req, 404, "not_found", "no space %s that you can see",
+                          spec->topic_space_ref);
+        return false;
+    }
+    if (strcmp(other->guid, spec->space))
+        spec->topic_space = xstrdup(other->guid);
+    return true;
+}
+
 static void routes_mapping_create(struct api_request *req, void *ctx)
 {
     struct invoker *inv = ctx;
@@ -132,6 +161,12 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     }
     free(spec.space);
     spec.space = xstrdup(routes_space(req));
+    free(spec.topic_space);
+    spec.topic_space = NULL;
+    if (spec.topic_space_ref && !routes_topic_space(req, &spec)) {
+        mapping_spec_free(&spec);
+        return;
+    }
     if (invoker_mapping_find(inv, spec.id)) {
         api_respond_error(req, 409, "name_taken",
                           "an event mapping with id '%s' exists: leave out 'id' for a new one",
@@ -242,7 +277,7 @@ static void invoke_free(struct inv_invoke *iv)
     free(iv);
 }
 
-static void invoke_done(void *arg, const struct invoker_http_response *resp)
+static void invoke_done(void *arg, const struct http_response *resp)
 {
     struct inv_invoke *iv = arg;
     struct inv_target *t = iv->target;
@@ -258,7 +293,7 @@ static void invoke_done(void *arg, const struct invoker_http_response *resp)
             if (str_has_prefix(name, "ce-"))
                 api_response_header(iv->req, name, resp->headers[i].value);
         }
-        const char *ctype = invoker_http_header(resp, "content-type");
+        const char *ctype = http_response_header(resp, "content-type");
         api_respond(iv->req, resp->status, resp->body_len ? ctype : NULL, resp->body,
                     resp->body_len);
     } else if (resp->status == 0) {
@@ -308,7 +343,7 @@ bool invoker_invoke_take_instance(struct inv_target *t, struct inv_instance *ins
     iv->inst = inst;
     inst->in_flight++;
     invoker_request_head(inst, &iv->ev, &iv->head);
-    invoker_http_send(inst->pool, iv->head.data, iv->head.len, iv->ev.data, iv->ev.data_len,
+    http_pool_send(inst->pool, iv->head.data, iv->head.len, iv->ev.data, iv->ev.data_len,
                       INVOKER_DELIVERY_TIMEOUT_MS, invoke_done, iv);
     return true;
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http/url.h"
 #include "router/router.h"
 
 void router_head_scan_reset(struct router_head_scan *s)
@@ -337,19 +338,6 @@ void router_trailers_build(struct buf *out, const struct router_header *trailers
     buf_puts(out, "\r\n");
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)(c | 0x20);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-static bool is_unreserved(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_' || c == '~';
-}
 
 size_t router_target_normalize(char *t, size_t len, const char **why)
 {
@@ -372,8 +360,8 @@ size_t router_target_normalize(char *t, size_t len, const char **why)
                 t[o++] = t[i++];
                 continue;
             }
-            int hi = i + 2 < path_end ? hex_value(t[i + 1]) : -1;
-            int lo = i + 2 < path_end ? hex_value(t[i + 2]) : -1;
+            int hi = i + 2 < path_end ? http_hex_value((unsigned char)t[i + 1]) : -1;
+            int lo = i + 2 < path_end ? http_hex_value((unsigned char)t[i + 2]) : -1;
             if (hi < 0 || lo < 0) {
                 *why = "The request path has a % that is not followed by two hex digits (send a "
                        "literal % as %25).";
@@ -384,7 +372,7 @@ size_t router_target_normalize(char *t, size_t len, const char **why)
                 *why = "The request path contains an encoded NUL (%00).";
                 return 0;
             }
-            if (is_unreserved(v)) { /* %7E and ~ are the same URI: keep the plain form */
+            if (http_is_unreserved(v)) { /* %7E and ~ are the same URI: keep the plain form */
                 t[o++] = (char)v;
             } else {
                 t[o++] = '%';
@@ -417,14 +405,14 @@ bool router_authority_valid(const char *s, size_t n)
     size_t i = 0;
     if (n && s[0] == '[') { /* IP literal: hex digits, colons and dots (an IPv4 tail) */
         for (i = 1; i < n && s[i] != ']'; i++)
-            if (!(hex_value(s[i]) >= 0 || s[i] == ':' || s[i] == '.'))
+            if (!(http_hex_value((unsigned char)s[i]) >= 0 || s[i] == ':' || s[i] == '.'))
                 return false;
         if (i == n || i == 1)
             return false;
         i++;
     } else {
         for (; i < n && s[i] != ':'; i++)
-            if (!(is_unreserved((unsigned char)s[i])))
+            if (!http_is_unreserved((unsigned char)s[i]))
                 return false;
         if (i == 0)
             return false;

@@ -15,13 +15,31 @@ def call(p, token, method, path, body=None, raw=None, headers=None):
     return p.api(method, path, body=body, token=token, raw=raw, headers=headers)
 
 
-def push(p, token, space, name, secret):
+# Answers every POST with 200 and prints its body: an app that events are delivered to.
+LISTENER = b"""
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        print("got", body.decode(errors="replace"), flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+http.server.HTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def push(p, token, space, name, secret, files=None):
     """Creates, uploads, stages and starts a small web app answering with its secret."""
     q = "space=" + urllib.parse.quote(space, safe="")
     status, body = call(p, token, "PUT", f"/v1/apps/{name}?{q}", {"env": {"SECRET": secret}})
     assert status in (200, 201), body
-    app = tar_gz([("Procfile", b"web: python3 -m http.server $PORT\n"),
-                  ("index.html", secret.encode())])
+    app = tar_gz(files or [("Procfile", b"web: python3 -m http.server $PORT\n"),
+                           ("index.html", secret.encode())])
     status, body = call(p, token, "PUT", f"/v1/apps/{name}/bits?{q}", raw=app,
                         headers={"Content-Type": "application/octet-stream"})
     assert status == 201, body
@@ -182,3 +200,51 @@ def test_private_domains_are_their_orgs(two_orgs):
     status, out = call(p, tokens["bob"], "POST", f"/v1/routes?{B}",
                        {"app": "shop", "host": "evil.alice.test"})
     assert status == 422 and out["error"]["code"] == "unknown_domain", out
+
+
+def test_a_mapping_consumes_another_spaces_topic_only_with_a_role_there(two_orgs):
+    p, tokens, admin = two_orgs["p"], two_orgs["tokens"], two_orgs["admin"]
+    bob = tokens["bob"]
+    push(p, bob, "b/dev", "listener", "-", files=[("Procfile", b"web: python3 server.py\n"),
+                                                  ("server.py", LISTENER)])
+    mapping = {"app": "listener", "topic": "a/dev/payments", "retries": 0}
+    # without a role in a/dev the space is not there for him
+    status, out = call(p, bob, "POST", f"/v1/event-mappings?{B}", mapping)
+    assert status == 404, out
+    assert call(p, bob, "POST", f"/v1/event-mappings?{B}",
+                {"app": "listener", "topic": "a/nowhere/payments"})[0] == 404
+    assert call(p, admin, "PUT", "/v1/orgs/a/spaces/dev/users/bob/roles/SpaceAuditor")[0] == 204
+    mapping_id = None
+    try:
+        # a body cannot name the topic's space by guid and skip the check
+        alices_space = [sp["guid"] for sp in call(p, admin, "GET", "/v1/orgs/a/spaces")[1]["spaces"]
+                        if sp["name"] == "dev"][0]
+        status, out = call(p, bob, "POST", f"/v1/event-mappings?{B}",
+                           {"app": "listener", "topic": "mine", "topic_space_guid": alices_space})
+        assert status == 201, out
+        assert out["topic"] == "mine" and "topic_space_guid" not in out, out
+        assert call(p, bob, "DELETE", f"/v1/event-mappings/{out['id']}?{B}")[0] == 204
+        # with a role there that reads events, the mapping consumes a/dev's topic
+        status, out = call(p, bob, "POST", f"/v1/event-mappings?{B}", mapping)
+        assert status == 201, out
+        mapping_id = out["id"]
+        assert out["topic"] == "a/dev/payments", out
+        # his own space's topic of the same name is not what it consumes
+        assert call(p, bob, "POST", f"/v1/topics/payments/events?{B}", {"pay": "bob-own"})[0] == 202
+        assert call(p, tokens["alice"], "POST", f"/v1/topics/payments/events?{A}",
+                    {"pay": "alice-to-bob"})[0] == 202
+
+        def delivered():
+            logs = call(p, bob, "GET", f"/v1/apps/listener/logs?{B}&recent=1")[1]
+            return logs if "alice-to-bob" in logs else None
+        logs = wait_for(delivered, timeout=30, what="alice's event delivered to bob's listener")
+        assert "bob-own" not in logs
+        status, out = call(p, bob, "GET", f"/v1/event-mappings/{mapping_id}?{B}")
+        assert status == 200 and out["delivered"] >= 1, out
+        # the mapping is bob's: alice neither sees nor removes it
+        assert call(p, tokens["alice"], "GET", f"/v1/event-mappings/{mapping_id}?{A}")[0] == 404
+    finally:
+        if mapping_id:
+            assert call(p, bob, "DELETE", f"/v1/event-mappings/{mapping_id}?{B}")[0] == 204
+        assert call(p, admin, "DELETE", "/v1/orgs/a/spaces/dev/users/bob/roles/SpaceAuditor")[0] == 204
+        assert call(p, admin, "DELETE", "/v1/orgs/a/users/bob/roles/OrgUser")[0] == 204

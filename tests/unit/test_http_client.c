@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "invoker/http_client.h"
+#include "http/client.h"
 
 /* ---- the peer: one thread per connection, behaviour chosen by the request path ---------- */
 
@@ -149,7 +149,7 @@ struct result {
     char ce_id[64];
 };
 
-static void on_response(void *arg, const struct invoker_http_response *resp)
+static void on_response(void *arg, const struct http_response *resp)
 {
     struct result *r = arg;
     assert_false(r->done); /* exactly once */
@@ -157,7 +157,7 @@ static void on_response(void *arg, const struct invoker_http_response *resp)
     r->status = resp->status;
     snprintf(r->error, sizeof(r->error), "%s", resp->error ? resp->error : "");
     snprintf(r->body, sizeof(r->body), "%.*s", (int)resp->body_len, resp->body);
-    const char *id = invoker_http_header(resp, "ce-id");
+    const char *id = http_response_header(resp, "ce-id");
     snprintf(r->ce_id, sizeof(r->ce_id), "%s", id ? id : "");
 }
 
@@ -176,12 +176,12 @@ static void run_until(uv_loop_t *loop, struct result *r)
     assert_true(r->done);
 }
 
-static void call(uv_loop_t *loop, struct invoker_http_pool *pool, const char *path,
+static void call(uv_loop_t *loop, struct http_pool *pool, const char *path,
                  int64_t timeout_ms, struct result *r)
 {
     memset(r, 0, sizeof(*r));
     char *head = head_for(path, 4);
-    invoker_http_send(pool, head, strlen(head), "data", 4, timeout_ms, on_response, r);
+    http_pool_send(pool, head, strlen(head), "data", 4, timeout_ms, on_response, r);
     assert_false(r->done); /* never from inside the send */
     run_until(loop, r);
     free(head);
@@ -199,7 +199,7 @@ struct fixture {
     struct peer peer;
     uv_loop_t loop;
     char addr[64];
-    struct invoker_http_pool *pool;
+    struct http_pool *pool;
 };
 
 static void fixture_start(struct fixture *f)
@@ -207,7 +207,7 @@ static void fixture_start(struct fixture *f)
     peer_start(&f->peer);
     uv_loop_init(&f->loop);
     snprintf(f->addr, sizeof(f->addr), "127.0.0.1:%d", f->peer.port);
-    assert_int_equal(invoker_http_pool_new(&f->loop, f->addr, &f->pool), 0);
+    assert_int_equal(http_pool_new(&f->loop, f->addr, &f->pool), 0);
 }
 
 /* After the test released the pool. */
@@ -239,8 +239,8 @@ static void test_response_and_keep_alive(void **state)
     call(&f.loop, f.pool, "/eof", 5000, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "until-close");
-    assert_int_equal(invoker_http_pool_active(f.pool), 0);
-    invoker_http_pool_release(f.pool, false);
+    assert_int_equal(http_pool_active(f.pool), 0);
+    http_pool_release(f.pool, false);
     fixture_stop(&f);
 }
 
@@ -257,7 +257,7 @@ static void test_stale_connection_is_resent_once(void **state)
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello");
     assert_int_equal(peer_connections(&f.peer), 2);
-    invoker_http_pool_release(f.pool, false);
+    http_pool_release(f.pool, false);
     fixture_stop(&f);
 }
 
@@ -270,18 +270,18 @@ static void test_refused_and_timeout(void **state)
     call(&f.loop, f.pool, "/hang", 200, &r);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.error, "timed out"));
-    invoker_http_pool_release(f.pool, false);
+    http_pool_release(f.pool, false);
     peer_stop(&f.peer);
 
     /* nobody listens there any more */
-    assert_int_equal(invoker_http_pool_new(&f.loop, f.addr, &f.pool), 0);
+    assert_int_equal(http_pool_new(&f.loop, f.addr, &f.pool), 0);
     call(&f.loop, f.pool, "/ok", 5000, &r);
     assert_int_equal(r.status, 0);
     assert_true(r.error[0] != '\0');
-    invoker_http_pool_release(f.pool, false);
+    http_pool_release(f.pool, false);
 
-    assert_int_equal(invoker_http_pool_new(&f.loop, "not-an-address", &f.pool), -EINVAL);
-    assert_int_equal(invoker_http_pool_new(&f.loop, "127.0.0.1:0", &f.pool), -EINVAL);
+    assert_int_equal(http_pool_new(&f.loop, "not-an-address", &f.pool), -EINVAL);
+    assert_int_equal(http_pool_new(&f.loop, "127.0.0.1:0", &f.pool), -EINVAL);
     close_loop(&f.loop);
 }
 
@@ -292,14 +292,14 @@ static void test_release_with_abort(void **state)
     fixture_start(&f);
     struct result r = {0};
     char *head = head_for("/hang", 0);
-    invoker_http_send(f.pool, head, strlen(head), NULL, 0, 60000, on_response, &r);
+    http_pool_send(f.pool, head, strlen(head), NULL, 0, 60000, on_response, &r);
     /* let it connect and send */
     for (int i = 0; i < 50 && peer_connections(&f.peer) == 0; i++)
         uv_run(&f.loop, UV_RUN_NOWAIT), usleep(2000);
     for (int i = 0; i < 10; i++)
         uv_run(&f.loop, UV_RUN_NOWAIT);
     assert_false(r.done);
-    invoker_http_pool_release(f.pool, true);
+    http_pool_release(f.pool, true);
     assert_true(r.done);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.error, "cancelled"));

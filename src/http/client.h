@@ -1,4 +1,5 @@
-/* invoker_http: the invoker's HTTP/1.1 client (internal to src/invoker).
+/* http/client: Skiff's HTTP/1.1 client with a connection pool per address, for what skiffd
+ * calls over HTTP (the invoker's deliveries to instances).
  *
  * One pool per instance address keeps idle keep-alive connections; a call takes an idle
  * connection or opens one, writes one request, parses the response with llhttp and gives the
@@ -8,12 +9,12 @@
  *
  * Ownership: the caller keeps the request's head and body alive until the callback; the
  * response passed to the callback lives only during it. A pool is freed by
- * invoker_http_pool_release(): idle connections close at once, calls in progress finish (their
+ * http_pool_release(): idle connections close at once, calls in progress finish (their
  * callbacks still run), then the pool goes away.
  *
- * Threading: one libuv loop; callbacks run on it, never from inside invoker_http_send. */
-#ifndef SKIFF_INVOKER_HTTP_H
-#define SKIFF_INVOKER_HTTP_H
+ * Threading: one libuv loop; callbacks run on it, never from inside http_pool_send. */
+#ifndef SKIFF_HTTP_CLIENT_H
+#define SKIFF_HTTP_CLIENT_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -22,43 +23,43 @@
 
 #include "common/buf.h"
 
-struct invoker_http_pool;
-struct invoker_http_call;
+struct http_pool;
+struct http_call;
 
-struct invoker_http_header {
+struct http_header {
     char *name; /* lower case */
     char *value;
 };
 
-struct invoker_http_response {
+struct http_response {
     int status;        /* HTTP status; 0 on a network error or timeout */
     const char *error; /* with status 0: what went wrong ("connection refused", "timed out") */
-    struct invoker_http_header *headers;
+    struct http_header *headers;
     size_t header_count;
     const char *body;
     size_t body_len;
 };
 
-typedef void (*invoker_http_cb)(void *arg, const struct invoker_http_response *resp);
+typedef void (*http_response_cb)(void *arg, const struct http_response *resp);
 
 /* addr is "127.0.0.1:PORT" (IPv4 or [IPv6]:PORT). -EINVAL when it is not. */
-int invoker_http_pool_new(uv_loop_t *loop, const char *addr, struct invoker_http_pool **out);
+int http_pool_new(uv_loop_t *loop, const char *addr, struct http_pool **out);
 /* With abort_calls, calls in progress fail at once ("cancelled"; their callbacks run before
  * this returns) instead of finishing. */
-void invoker_http_pool_release(struct invoker_http_pool *pool, bool abort_calls);
+void http_pool_release(struct http_pool *pool, bool abort_calls);
 /* Fails every call in progress at once ("cancelled"; callbacks run before this returns). Valid
  * on a released pool while it still has calls in progress (it is freed after the last). */
-void invoker_http_pool_abort(struct invoker_http_pool *pool);
+void http_pool_abort(struct http_pool *pool);
 /* Calls in progress on the pool. */
-size_t invoker_http_pool_active(const struct invoker_http_pool *pool);
+size_t http_pool_active(const struct http_pool *pool);
 
 /* Sends head (the request line and headers, ending with the blank line; the caller adds
  * Content-Length) and body. cb runs exactly once. timeout_ms bounds the whole call. */
-void invoker_http_send(struct invoker_http_pool *pool, const char *head, size_t head_len,
-                       const void *body, size_t body_len, int64_t timeout_ms, invoker_http_cb cb,
+void http_pool_send(struct http_pool *pool, const char *head, size_t head_len,
+                       const void *body, size_t body_len, int64_t timeout_ms, http_response_cb cb,
                        void *arg);
 
 /* The value of a response header by lower-case name; NULL when absent. */
-const char *invoker_http_header(const struct invoker_http_response *resp, const char *name);
+const char *http_response_header(const struct http_response *resp, const char *name);
 
 #endif

@@ -1,5 +1,5 @@
-/* The invoker's keep-alive HTTP/1.1 client (see http_client.h). */
-#include "invoker/http_client.h"
+/* Keep-alive HTTP/1.1 client with a pool per address (see client.h). */
+#include "http/client.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -10,13 +10,13 @@
 
 #include "common/util.h"
 
-struct invoker_http_call {
+struct http_call {
     const char *head;
     size_t head_len;
     const void *body;
     size_t body_len;
     int64_t timeout_ms;
-    invoker_http_cb cb;
+    http_response_cb cb;
     void *arg;
     bool resent; /* already sent once more after a stale keep-alive connection */
 };
@@ -27,8 +27,8 @@ struct http_conn {
     uv_connect_t connect_req;
     uv_write_t write_req;
     llhttp_t parser;
-    struct invoker_http_pool *pool;
-    struct invoker_http_call *call; /* NULL while idle */
+    struct http_pool *pool;
+    struct http_call *call; /* NULL while idle */
     struct http_conn *next_idle;
     struct http_conn *next_all;
     bool reused;    /* served a call before this one */
@@ -39,12 +39,12 @@ struct http_conn {
     const char *pending_error; /* a failure to report on the next loop turn */
     int open_handles;
     struct buf name, value;
-    struct invoker_http_header *headers;
+    struct http_header *headers;
     size_t header_count, header_cap;
     struct buf body;
 };
 
-struct invoker_http_pool {
+struct http_pool {
     uv_loop_t *loop;
     struct sockaddr_storage addr;
     struct http_conn *idle;
@@ -57,16 +57,16 @@ struct invoker_http_pool {
 static llhttp_settings_t http_settings;
 static bool http_settings_ready;
 
-static void http_conn_start(struct http_conn *c, struct invoker_http_call *call);
+static void http_conn_start(struct http_conn *c, struct http_call *call);
 static void http_conn_fail_soon(struct http_conn *c, const char *error);
 static void http_conn_finish(struct http_conn *c, int status, const char *error, bool keep);
-static void http_open_and_start(struct invoker_http_pool *pool, struct invoker_http_call *call);
+static void http_open_and_start(struct http_pool *pool, struct http_call *call);
 
 /* ---- pools --------------------------------------------------------------------------- */
 
-int invoker_http_pool_new(uv_loop_t *loop, const char *addr, struct invoker_http_pool **out)
+int http_pool_new(uv_loop_t *loop, const char *addr, struct http_pool **out)
 {
-    struct invoker_http_pool *p = xcalloc(1, sizeof(*p));
+    struct http_pool *p = xcalloc(1, sizeof(*p));
     p->loop = loop;
     const char *colon = strrchr(addr, ':');
     int port = colon ? atoi(colon + 1) : 0;
@@ -91,13 +91,13 @@ int invoker_http_pool_new(uv_loop_t *loop, const char *addr, struct invoker_http
     return 0;
 }
 
-static void http_pool_maybe_free(struct invoker_http_pool *p)
+static void http_pool_maybe_free(struct http_pool *p)
 {
     if (p->released && p->conns == 0)
         free(p);
 }
 
-size_t invoker_http_pool_active(const struct invoker_http_pool *pool)
+size_t http_pool_active(const struct http_pool *pool)
 {
     return pool->active;
 }
@@ -123,7 +123,7 @@ static void http_conn_closed(uv_handle_t *h)
     struct http_conn *c = h->data;
     if (--c->open_handles > 0)
         return;
-    struct invoker_http_pool *p = c->pool;
+    struct http_pool *p = c->pool;
     for (struct http_conn **pp = &p->all; *pp; pp = &(*pp)->next_all) {
         if (*pp == c) {
             *pp = c->next_all;
@@ -156,7 +156,7 @@ static void http_conn_close(struct http_conn *c)
     uv_close((uv_handle_t *)&c->timer, http_conn_closed);
 }
 
-void invoker_http_pool_abort(struct invoker_http_pool *pool)
+void http_pool_abort(struct http_pool *pool)
 {
     pool->conns++; /* keeps the pool while the callbacks run */
     for (struct http_conn *c = pool->all; c; c = c->next_all) {
@@ -169,13 +169,13 @@ void invoker_http_pool_abort(struct invoker_http_pool *pool)
     http_pool_maybe_free(pool);
 }
 
-void invoker_http_pool_release(struct invoker_http_pool *pool, bool abort_calls)
+void http_pool_release(struct http_pool *pool, bool abort_calls)
 {
     pool->released = true;
     while (pool->idle)
         http_conn_close(pool->idle);
     if (abort_calls)
-        invoker_http_pool_abort(pool); /* may free the pool */
+        http_pool_abort(pool); /* may free the pool */
     else
         http_pool_maybe_free(pool);
 }
@@ -183,12 +183,12 @@ void invoker_http_pool_release(struct invoker_http_pool *pool, bool abort_calls)
 /* Ends the connection's call: runs the callback, then keeps or closes the connection. */
 static void http_conn_finish(struct http_conn *c, int status, const char *error, bool keep)
 {
-    struct invoker_http_call *call = c->call;
-    struct invoker_http_pool *p = c->pool;
+    struct http_call *call = c->call;
+    struct http_pool *p = c->pool;
     uv_timer_stop(&c->timer);
     c->call = NULL;
     p->active--;
-    struct invoker_http_response resp = {
+    struct http_response resp = {
         .status = status,
         .error = error,
         .headers = c->headers,
@@ -213,7 +213,7 @@ static void http_conn_finish(struct http_conn *c, int status, const char *error,
 /* A transport failure: resend once when a reused connection died before answering. */
 static void http_conn_fail(struct http_conn *c, const char *error)
 {
-    struct invoker_http_call *call = c->call;
+    struct http_call *call = c->call;
     if (!call) {
         http_conn_close(c);
         return;
@@ -292,7 +292,7 @@ static void http_on_timeout(uv_timer_t *t)
 }
 
 /* Fails the call from the timer on the next loop turn: a call never completes inside the
- * invoker_http_send that started it. */
+ * http_pool_send that started it. */
 static void http_conn_fail_soon(struct http_conn *c, const char *error)
 {
     c->pending_error = error;
@@ -307,7 +307,7 @@ static void http_on_write(uv_write_t *w, int status)
         http_conn_fail(c, uv_strerror(status));
 }
 
-static void http_conn_start(struct http_conn *c, struct invoker_http_call *call)
+static void http_conn_start(struct http_conn *c, struct http_call *call)
 {
     c->call = call;
     http_conn_reset_response(c);
@@ -347,7 +347,7 @@ static void http_on_connect(uv_connect_t *req, int status)
 }
 
 /* Opens a new connection for the call (the call counts as active already). */
-static void http_open_and_start(struct invoker_http_pool *p, struct invoker_http_call *call)
+static void http_open_and_start(struct http_pool *p, struct http_call *call)
 {
     struct http_conn *c = xcalloc(1, sizeof(*c));
     c->pool = p;
@@ -417,8 +417,8 @@ static int http_on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-void invoker_http_send(struct invoker_http_pool *pool, const char *head, size_t head_len,
-                       const void *body, size_t body_len, int64_t timeout_ms, invoker_http_cb cb,
+void http_pool_send(struct http_pool *pool, const char *head, size_t head_len,
+                       const void *body, size_t body_len, int64_t timeout_ms, http_response_cb cb,
                        void *arg)
 {
     if (!http_settings_ready) {
@@ -430,7 +430,7 @@ void invoker_http_send(struct invoker_http_pool *pool, const char *head, size_t 
         http_settings.on_message_complete = http_on_message_complete;
         http_settings_ready = true;
     }
-    struct invoker_http_call *call = xcalloc(1, sizeof(*call));
+    struct http_call *call = xcalloc(1, sizeof(*call));
     call->head = head;
     call->head_len = head_len;
     call->body = body;
@@ -449,7 +449,7 @@ void invoker_http_send(struct invoker_http_pool *pool, const char *head, size_t 
     }
 }
 
-const char *invoker_http_header(const struct invoker_http_response *resp, const char *name)
+const char *http_response_header(const struct http_response *resp, const char *name)
 {
     for (size_t i = 0; i < resp->header_count; i++)
         if (strcmp(resp->headers[i].name, name) == 0)
