@@ -297,6 +297,53 @@ void cli_table_add(struct cli_table *t, ...)
     cli_table_add_row(t, cells);
 }
 
+int cli_list(const char *path, const char *key, const struct cli_column *cols)
+{
+    json_t *res = NULL;
+    if (cli_api("GET", path, NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    if (cli_json_printed(res))
+        return CLI_EXIT_OK;
+    const char *headers[CLI_TABLE_MAX_COLUMNS + 1] = {0};
+    int ncols = 0;
+    while (cols[ncols].header && ncols < CLI_TABLE_MAX_COLUMNS) {
+        headers[ncols] = cols[ncols].header;
+        ncols++;
+    }
+    struct cli_table *t = cli_table_new(headers);
+    size_t i;
+    json_t *row;
+    json_array_foreach(json_object_get(res, key), i, row)
+    {
+        char formatted[CLI_TABLE_MAX_COLUMNS][128];
+        const char *cells[CLI_TABLE_MAX_COLUMNS] = {0};
+        for (int c = 0; c < ncols; c++) {
+            if (cols[c].format) {
+                formatted[c][0] = '\0';
+                cols[c].format(row, cols[c].field, formatted[c], sizeof formatted[c]);
+                cells[c] = formatted[c];
+            } else {
+                cells[c] = cli_json_str(row, cols[c].field);
+            }
+        }
+        cli_table_add_row(t, cells);
+    }
+    cli_table_print(t);
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+void cli_format_yes(const json_t *row, const char *field, char *out, size_t size)
+{
+    snprintf(out, size, "%s", json_is_true(json_object_get(row, field)) ? "yes" : "");
+}
+
+void cli_format_never(const json_t *row, const char *field, char *out, size_t size)
+{
+    const char *v = cli_json_str(row, field);
+    snprintf(out, size, "%s", *v ? v : "never");
+}
+
 /* Display width of UTF-8 text: counts code points, which is right for the text we print. */
 static size_t cli_text_width(const char *s)
 {

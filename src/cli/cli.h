@@ -121,6 +121,22 @@ void cli_table_print(struct cli_table *t);
 void cli_table_fprint(struct cli_table *t, FILE *out);
 void cli_table_free(struct cli_table *t);
 
+/* One column of a listing: its header, and the row's field as text (cli_json_str), or what
+ * format writes for it when given. */
+struct cli_column {
+    const char *header;
+    const char *field;
+    void (*format)(const json_t *row, const char *field, char *out, size_t size);
+};
+/* The list commands' one shape: GET path; with --json the answer as it came, else the objects
+ * of its array at key as a table of cols (ended by a column whose header is NULL). Returns the
+ * exit status. */
+int cli_list(const char *path, const char *key, const struct cli_column *cols);
+/* Formats for cli_column: a boolean as "yes" or nothing; a missing or empty value as
+ * "never". */
+void cli_format_yes(const json_t *row, const char *field, char *out, size_t size);
+void cli_format_never(const json_t *row, const char *field, char *out, size_t size);
+
 /* ---- talking to the API ----------------------------------------------------------------- */
 
 /* Where the API is and how to authenticate: SKIFF_API + SKIFF_TOKEN, else the login saved by

@@ -92,6 +92,18 @@ static int cmd_update_quota(const struct cli_command *cmd, int argc, char **argv
     return quota__put(cmd, argc, argv, false);
 }
 
+static void quota__cell(const json_t *q, const char *field, bool mb, char *out, size_t size);
+
+static void quota__megabytes(const json_t *q, const char *field, char *out, size_t size)
+{
+    quota__cell(q, field, true, out, size);
+}
+
+static void quota__count(const json_t *q, const char *field, char *out, size_t size)
+{
+    quota__cell(q, field, false, out, size);
+}
+
 static void quota__cell(const json_t *q, const char *field, bool mb, char *out, size_t size)
 {
     json_t *v = json_object_get(q, field);
@@ -109,27 +121,12 @@ static int cmd_quotas(const struct cli_command *cmd, int argc, char **argv)
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
     if (rc != CLI_CONTINUE)
         return rc;
-    json_t *res = NULL;
-    if (cli_api("GET", "/v1/quotas", NULL, &res) != 0)
-        return CLI_EXIT_ERROR;
-    if (cli_json_printed(res))
-        return CLI_EXIT_OK;
-    static const char *const headers[] = {"name",   "total memory", "instance memory", "instances",
-                                          "apps",   "routes",       "event mappings",  NULL};
-    struct cli_table *t = cli_table_new(headers);
-    size_t i;
-    json_t *q;
-    json_array_foreach(json_object_get(res, "quotas"), i, q)
-    {
-        char cells[QUOTA_LIMITS][32];
-        for (size_t k = 0; k < QUOTA_LIMITS; k++)
-            quota__cell(q, quota__limits[k].field, k < 2, cells[k], sizeof cells[k]);
-        cli_table_add(t, cli_json_str(q, "name"), cells[0], cells[1], cells[2], cells[3],
-                      cells[4], cells[5]);
-    }
-    cli_table_print(t);
-    json_decref(res);
-    return CLI_EXIT_OK;
+    /* the name, then each limit under its header (memory limits in M or G) */
+    struct cli_column cols[QUOTA_LIMITS + 2] = {{.header = "name", .field = "name"}};
+    for (size_t k = 0; k < QUOTA_LIMITS; k++)
+        cols[k + 1] = (struct cli_column){quota__limits[k].title, quota__limits[k].field,
+                                          k < 2 ? quota__megabytes : quota__count};
+    return cli_list("/v1/quotas", "quotas", cols);
 }
 
 static int cmd_delete_quota(const struct cli_command *cmd, int argc, char **argv)

@@ -125,20 +125,16 @@ int cli_cmd_stacks(const struct cli_command *cmd, int argc, char **argv)
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
     if (rc != CLI_CONTINUE)
         return rc;
-    json_t *res = NULL;
-    if (cli_api("GET", "/v1/stacks", NULL, &res) != 0)
-        return CLI_EXIT_ERROR;
-    if (cli_json_printed(res))
-        return CLI_EXIT_OK;
-    static const char *const headers[] = {"name", "description", NULL};
-    struct cli_table *t = cli_table_new(headers);
-    size_t i;
-    json_t *st;
-    json_array_foreach(json_object_get(res, "stacks"), i, st)
-        cli_table_add(t, cli_json_str(st, "name"), cli_json_str(st, "description"));
-    cli_table_print(t);
-    json_decref(res);
-    return CLI_EXIT_OK;
+    static const struct cli_column cols[] = {
+        {"name", "name", NULL}, {"description", "description", NULL}, {0}};
+    return cli_list("/v1/stacks", "stacks", cols);
+}
+
+/* A domain's "shared" as its type: shared (every space) or private (an org's). */
+static void routes__domain_type(const json_t *row, const char *field, char *out, size_t size)
+{
+    json_t *shared = json_object_get(row, field);
+    snprintf(out, size, "%s", shared && !json_is_true(shared) ? "private" : "shared");
 }
 
 int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv)
@@ -147,24 +143,9 @@ int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv)
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
     if (rc != CLI_CONTINUE)
         return rc;
-    json_t *res = NULL;
-    if (cli_api("GET", "/v1/domains", NULL, &res) != 0)
-        return CLI_EXIT_ERROR;
-    if (cli_json_printed(res))
-        return CLI_EXIT_OK;
-    static const char *const headers[] = {"name", "type", NULL};
-    struct cli_table *t = cli_table_new(headers);
-    size_t i;
-    json_t *d;
-    json_array_foreach(json_object_get(res, "domains"), i, d)
-    {
-        json_t *shared = json_object_get(d, "shared");
-        cli_table_add(t, cli_json_str(d, "name"),
-                      shared && !json_is_true(shared) ? "private" : "shared");
-    }
-    cli_table_print(t);
-    json_decref(res);
-    return CLI_EXIT_OK;
+    static const struct cli_column cols[] = {
+        {"name", "name", NULL}, {"type", "shared", routes__domain_type}, {0}};
+    return cli_list("/v1/domains", "domains", cols);
 }
 
 int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv)

@@ -432,21 +432,12 @@ static int cmd_users(const struct cli_command *cmd, int argc, char **argv)
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
     if (rc != CLI_CONTINUE)
         return rc;
-    json_t *res = NULL;
-    if (cli_api("GET", "/v1/users", NULL, &res) != 0)
-        return CLI_EXIT_ERROR;
-    if (cli_json_printed(res))
-        return CLI_EXIT_OK;
-    static const char *const headers[] = {"name", "admin", "created", NULL};
-    struct cli_table *t = cli_table_new(headers);
-    size_t i;
-    json_t *u;
-    json_array_foreach(json_object_get(res, "users"), i, u)
-    cli_table_add(t, cli_json_str(u, "name"),
-                  json_is_true(json_object_get(u, "admin")) ? "yes" : "", cli_json_str(u, "created_at"));
-    cli_table_print(t);
-    json_decref(res);
-    return CLI_EXIT_OK;
+    static const struct cli_column cols[] = {
+        {"name", "name", NULL},
+        {"admin", "admin", cli_format_yes},
+        {"created", "created_at", NULL},
+        {0}};
+    return cli_list("/v1/users", "users", cols);
 }
 
 static int cmd_passwd(const struct cli_command *cmd, int argc, char **argv)
@@ -547,22 +538,13 @@ static int cmd_tokens(const struct cli_command *cmd, int argc, char **argv)
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
     if (rc != CLI_CONTINUE)
         return rc;
-    json_t *res = NULL;
-    if (cli_api("GET", "/v1/tokens", NULL, &res) != 0)
-        return CLI_EXIT_ERROR;
-    if (cli_json_printed(res))
-        return CLI_EXIT_OK;
-    static const char *const headers[] = {"name", "space", "role", "expires", "created", NULL};
-    struct cli_table *t = cli_table_new(headers);
-    size_t i;
-    json_t *k;
-    json_array_foreach(json_object_get(res, "tokens"), i, k)
-    cli_table_add(t, cli_json_str(k, "name"), cli_json_str(k, "space"), cli_json_str(k, "role"),
-                  *cli_json_str(k, "expires_at") ? cli_json_str(k, "expires_at") : "never",
-                  cli_json_str(k, "created_at"));
-    cli_table_print(t);
-    json_decref(res);
-    return CLI_EXIT_OK;
+    static const struct cli_column cols[] = {{"name", "name", NULL},
+                                             {"space", "space", NULL},
+                                             {"role", "role", NULL},
+                                             {"expires", "expires_at", cli_format_never},
+                                             {"created", "created_at", NULL},
+                                             {0}};
+    return cli_list("/v1/tokens", "tokens", cols);
 }
 
 static int cmd_revoke_token(const struct cli_command *cmd, int argc, char **argv)
@@ -611,22 +593,11 @@ static int tenancy__list(const struct cli_command *cmd, int argc, char **argv, b
             return CLI_EXIT_USAGE;
         path = tenancy__path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
     }
-    json_t *res = NULL;
-    rc = cli_api("GET", spaces ? path : "/v1/orgs", NULL, &res);
+    static const struct cli_column cols[] = {
+        {"name", "name", NULL}, {"quota", "quota", NULL}, {"created", "created_at", NULL}, {0}};
+    rc = cli_list(spaces ? path : "/v1/orgs", spaces ? "spaces" : "orgs", cols);
     free(path);
-    if (rc != 0)
-        return rc;
-    if (cli_json_printed(res))
-        return CLI_EXIT_OK;
-    static const char *const headers[] = {"name", "quota", "created", NULL};
-    struct cli_table *t = cli_table_new(headers);
-    size_t i;
-    json_t *o;
-    json_array_foreach(json_object_get(res, spaces ? "spaces" : "orgs"), i, o)
-    cli_table_add(t, cli_json_str(o, "name"), cli_json_str(o, "quota"), cli_json_str(o, "created_at"));
-    cli_table_print(t);
-    json_decref(res);
-    return CLI_EXIT_OK;
+    return rc;
 }
 
 static int cmd_orgs(const struct cli_command *cmd, int argc, char **argv)

@@ -120,6 +120,12 @@ def test_roles_are_listed_by_org_and_space(world):
     # a table for people too
     r = admin(p, "space-users", "acme", "web")
     assert "alice" in r.stdout and "SpaceDeveloper" in r.stdout
+    rows = [line.split() for line in admin(p, "users").stdout.splitlines()]
+    assert rows[0] == ["name", "admin", "created"], rows
+    assert ["admin", "yes"] == [c for c in next(r for r in rows if r[0] == "admin")][:2], rows
+    assert len(next(r for r in rows if r[0] == "alice")) == 2, rows  # no "yes" for alice
+    rows = [line.split() for line in admin(p, "spaces", "-o", "acme").stdout.splitlines()]
+    assert rows[0] == ["name", "quota", "created"] and sorted(r[0] for r in rows[1:]) == ["ops", "web"]
 
 
 def test_the_apis_error_message_is_printed_and_exit_is_1(world):
