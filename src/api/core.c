@@ -24,21 +24,6 @@
 /* The most instances a process may ask for (POST/PUT/PATCH `instances`, `processes`). */
 #define CORE_MAX_INSTANCES 1000
 
-int api_name_valid(const char *name)
-{
-    size_t n = strlen(name);
-    if (n == 0 || n > 63)
-        return 0;
-    if (!(islower((unsigned char)name[0]) || isdigit((unsigned char)name[0])))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (!(islower(c) || isdigit(c) || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
 /* The message of a 500 when the store fails a read (the store logs the backend's reason). */
 #define CORE_STORE_READ_FAILED "cannot read the store (see skiffd's output)"
 
@@ -444,7 +429,7 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
             if (!api_json_check_fields(req, p, fields))
                 return false;
             const char *type = json_string_value(json_object_get(p, "type"));
-            if (!type || !api_name_valid(type))
+            if (!type || !name_valid(type))
                 return core__bad(req, "processes[].type",
                                  "must be a name of lowercase letters, digits and dashes");
             struct store_process *proc = core__process_ensure(app, type);
@@ -875,7 +860,7 @@ static void core__name_taken(struct api_request *req, const char *name)
 static void core__app_upsert(struct api_core *core, struct api_request *req, const char *name,
                              json_t *body, bool allow_update)
 {
-    if (!api_name_valid(name)) {
+    if (!name_valid(name)) {
         api_respond_error(req, 422, "invalid_name",
                           "\"%s\" is not a valid app name: use 1 to 63 lowercase letters, digits "
                           "and dashes, starting with a letter or digit",

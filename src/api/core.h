@@ -40,7 +40,5 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
 void api_core_shutdown(struct api_core *core);
 void api_core_free(struct api_core *core);
 
-/* Name rules shared with other endpoints: [a-z0-9][a-z0-9-]{0,62}. */
-int api_name_valid(const char *name);
 
 #endif

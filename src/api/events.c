@@ -105,7 +105,7 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
     name = name ? name + 1 : param;
     const char *space = api_request_space(req);
     struct auth *auth = api_request_auth(req);
-    bool valid = name && (perm == AUTH_PERM_PUBLISH ? api_name_valid(name) != 0
+    bool valid = name && (perm == AUTH_PERM_PUBLISH ? name_valid(name)
                                                     : fabric_name_valid(name));
     if (!valid) {
         api_respond_error(req, 400, "invalid_name",

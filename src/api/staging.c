@@ -225,7 +225,7 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     json_t *cmd;
     json_object_foreach(types, type, cmd)
     {
-        if (!api_name_valid(type) || store_app_process(app, type))
+        if (!name_valid(type) || store_app_process(app, type))
             continue;
         app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
         struct store_process *p = &app->processes[app->n_processes++];

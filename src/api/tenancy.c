@@ -568,7 +568,7 @@ static void tenancy__tokens_create(struct api_request *req, void *ctx)
     const struct auth_space *space = NULL;
     int role = -1;
     char msg[256] = "";
-    if (!name || !auth_name_valid(name))
+    if (!name || !name_valid(name))
         snprintf(msg, sizeof msg, "a token needs a name of 1-63 of a-z, 0-9 and '-'");
     else if (expires_in && (!json_is_integer(expires_in) || json_integer_value(expires_in) <= 0 ||
                             json_integer_value(expires_in) > 10LL * 365 * 86400))

@@ -153,19 +153,6 @@ const char *auth_perm_meaning(enum auth_perm perm)
 
 /* ---- names and passwords ------------------------------------------------------------------ */
 
-bool auth_name_valid(const char *name)
-{
-    size_t n = name ? strlen(name) : 0;
-    if (n == 0 || n > 63 || !(islower((unsigned char)name[0]) || isdigit((unsigned char)name[0])))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (!(islower(c) || isdigit(c) || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 bool auth_user_name_valid(const char *name)
 {
     size_t n = name ? strlen(name) : 0;
@@ -657,7 +644,7 @@ static int auth__cmp_space(const void *x, const void *y)
 static int auth__org_add(struct auth *a, const char *guid, const char *name,
                          const struct auth_org **out)
 {
-    if (!auth_name_valid(name))
+    if (!name_valid(name))
         return -EINVAL;
     if (auth_org_find(a, name))
         return -EEXIST;
@@ -686,7 +673,7 @@ int auth_org_create(struct auth *a, const char *name, const struct auth_org **ou
 static int auth__space_add(struct auth *a, const char *guid, const char *org_guid,
                            const char *name, const struct auth_space **out)
 {
-    if (!auth_name_valid(name))
+    if (!name_valid(name))
         return -EINVAL;
     const struct auth_org *org = auth_org_find(a, org_guid);
     if (!org || strcmp(org->guid, org_guid))
@@ -806,7 +793,7 @@ const struct auth_quota *auth_quota_find(const struct auth *a, const char *name_
 
 int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth_quota **out)
 {
-    if (!auth_name_valid(q->name))
+    if (!name_valid(q->name))
         return -EINVAL;
     const struct auth_quota *named = auth_quota_find(a, q->name);
     struct auth_quota *have = q->guid[0] ? (struct auth_quota *)auth_quota_find(a, q->guid) : NULL;
@@ -1175,7 +1162,7 @@ int auth_token_create(struct auth *a, const char *user_guid, const char *name,
                       const char *space_guid, int role, int64_t expires_at,
                       char text[AUTH_TOKEN_TEXT_MAX], const struct auth_token_info **out)
 {
-    if (!auth_name_valid(name))
+    if (!name_valid(name))
         return -EINVAL;
     if (auth_token_find_named(a, user_guid, name))
         return -EEXIST;

@@ -185,8 +185,6 @@ int auth_password_hash(const char *password, char out[AUTH_PASSWORD_HASH_MAX]);
  * and says no, so a missing user costs what a wrong password does. */
 bool auth_password_verify(const char *hash, const char *password);
 bool auth_user_name_valid(const char *name);
-/* Org and space names follow the app name rule: [a-z0-9][a-z0-9-]{0,62}. */
-bool auth_name_valid(const char *name);
 
 /* ---- users --------------------------------------------------------------------------------- */
 

@@ -56,17 +56,6 @@ static int mapping_fail(const char **code, const char *c, char *err, size_t errs
     return TRIGGER_EINVAL;
 }
 
-static bool mapping_app_name_valid(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 63 || s[0] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '-'))
-            return false;
-    return true;
-}
-
 /* Reads an optional string field; *out is NULL when absent or null. */
 static int mapping_get_string(json_t *body, const char *key, const char **out, const char **code,
                               char *err, size_t errsize)
@@ -196,7 +185,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
                      "'app' is required: the app or function the events go to");
         goto fail;
     }
-    if (!mapping_app_name_valid(app)) {
+    if (!name_valid(app)) {
         mapping_fail(code, "invalid_value", err, errsize,
                      "'%s' is not an app name: use lowercase letters, digits and '-'", app);
         goto fail;
@@ -277,7 +266,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         }
         if (colon && !(colon - app_event == 1 && app_event[0] == '*')) {
             char *watched = xstrndup(app_event, (size_t)(colon - app_event));
-            if (!mapping_app_name_valid(watched)) {
+            if (!name_valid(watched)) {
                 mapping_fail(code, "invalid_value", err, errsize,
                              "'on_app_event' %s: '%s' is not an app name", app_event, watched);
                 free(watched);

@@ -15,6 +15,28 @@
 #include "common/buf.h"
 #include "common/util.h"
 
+static void test_name_valid(void **state)
+{
+    (void)state;
+    assert_true(name_valid("shop"));
+    assert_true(name_valid("0-day"));
+    assert_true(name_valid("a"));
+    char long_name[65];
+    memset(long_name, 'a', 64);
+    long_name[64] = '\0';
+    assert_false(name_valid(long_name));
+    long_name[63] = '\0';
+    assert_true(name_valid(long_name));
+    assert_false(name_valid(""));
+    assert_false(name_valid(NULL));
+    assert_false(name_valid("-shop"));
+    assert_false(name_valid("Shop"));
+    assert_false(name_valid("shop.web"));
+    assert_false(name_valid("shop_web"));
+    assert_false(name_valid("a/b"));
+    assert_false(name_valid("caf\xc3\xa9"));
+}
+
 static void test_buf_grows_and_stays_terminated(void **state)
 {
     (void)state;
@@ -147,6 +169,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
+        cmocka_unit_test(test_name_valid),
         cmocka_unit_test(test_buf_json_escaped),
         cmocka_unit_test(test_buf_lines_are_taken_whole),
         cmocka_unit_test(test_uuid_is_version_4),
