@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1092,6 +1093,9 @@ static void executor__retire(struct instance *inst)
         ex->driver->release(inst); /* it keeps running, and keeps its folder */
     } else {
         ex->driver->cleanup(inst);
+        char *pid_path = shim__pid_path(ex, "instance", inst->guid);
+        unlink(pid_path);
+        free(pid_path);
         if (inst->scratch_dir)
             rm_rf(inst->scratch_dir);
     }
@@ -1460,6 +1464,9 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     ex->usage_timer->data = ex;
     uv_timer_start(ex->usage_timer, executor__usage_tick, USAGE_SAMPLE_MS, USAGE_SAMPLE_MS);
     uv_unref((uv_handle_t *)ex->usage_timer); /* sampling alone keeps nobody waiting */
+    char *run = xasprintf("%s/run", ex->home);
+    mkdir_p(run, 0755);
+    free(run);
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
     *out = ex;
@@ -1593,6 +1600,12 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
         char *pid_path = xasprintf("%s/pid", inst->scratch_dir);
         int pid = proc_pid(inst->proc);
         char *pid_text = xasprintf("%d %llu\n", pid, executor__start_time(pid));
+        file_replace(pid_path, pid_text, strlen(pid_text), 0644);
+        free(pid_text);
+        free(pid_path);
+        /* ... and the pid file a shim would write (executor__reap_shimless reads it) */
+        pid_path = shim__pid_path(ex, "instance", inst->guid);
+        pid_text = xasprintf("%d\n", pid);
         file_replace(pid_path, pid_text, strlen(pid_text), 0644);
         free(pid_text);
         free(pid_path);
@@ -1834,6 +1847,65 @@ out:
     return inst;
 }
 
+/* Ends an instance whose shim is gone (killed with the daemon, or on its own) while the
+ * instance went on running: run/instance-GUID.pid names it, and its environment proves the
+ * pid was not reused by something else. Its scratch folder goes too. */
+static void executor__reap_shimless(struct executor *ex, const char *guid)
+{
+    char *path = shim__pid_path(ex, "instance", guid);
+    char *text = NULL;
+    if (file_read(path, &text, NULL) == 0) {
+        int pid = atoi(text);
+        char *environ_path = xasprintf("/proc/%d/environ", pid);
+        char *envs = NULL;
+        size_t len = 0;
+        bool ours = false;
+        if (pid > 1 && file_read(environ_path, &envs, &len) == 0) {
+            char *want = xasprintf("CF_INSTANCE_GUID=%s", guid);
+            for (size_t i = 0; i < len; i += strlen(envs + i) + 1)
+                if (!strcmp(envs + i, want))
+                    ours = true;
+            free(want);
+        }
+        if (ours) {
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+            fprintf(stderr, "skiffd: stopped instance %s (pid %d) left by a previous skiffd\n",
+                    guid, pid);
+        }
+        free(envs);
+        free(environ_path);
+    }
+    free(text);
+    unlink(path);
+    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
+    rm_rf(scratch);
+    free(scratch);
+    free(path);
+}
+
+/* Every run/instance-GUID.pid of an instance this executor does not run (it was not adopted). */
+static void executor__reap_unadopted(struct executor *ex)
+{
+    char *run = xasprintf("%s/run", ex->home);
+    DIR *d = opendir(run);
+    free(run);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (!str_has_prefix(de->d_name, "instance-") || !str_has_suffix(de->d_name, ".pid") ||
+            n != strlen("instance-") + 36 + strlen(".pid"))
+            continue;
+        char guid[37];
+        snprintf(guid, sizeof guid, "%.36s", de->d_name + strlen("instance-"));
+        if (!strchr(guid, '/') && !executor_find(ex, guid))
+            executor__reap_shimless(ex, guid);
+    }
+    closedir(d);
+}
+
 int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
 {
     char *dir = xasprintf("%s/instances", ex->home);
@@ -1842,6 +1914,7 @@ int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
     int adopted = 0;
     if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0) {
         free(dir);
+        executor__reap_unadopted(ex);
         return 0;
     }
     while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
@@ -1868,6 +1941,7 @@ int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
     }
     uv_fs_req_cleanup(&req);
     free(dir);
+    executor__reap_unadopted(ex);
     return adopted;
 }
 

@@ -110,7 +110,10 @@ void executor_free(struct executor *ex);
  * second) is INSTANCE_RUNNING from the start and this is not reported through on_state;
  * otherwise it is INSTANCE_STARTING and goes on as a new one would. One that exited while
  * nobody listened is reported CRASHED (with its exit status) through on_state, later.
- * The caller stops those it does not want (executor_stop). Returns how many were adopted. */
+ * The caller stops those it does not want (executor_stop). Then what is still running but
+ * could not be adopted (its shim is gone: killed with the daemon) is ended: the executor is
+ * the one owner of the pid files under home/run and of leftover processes. Returns how many
+ * were adopted. */
 typedef void (*executor_adopt_cb)(void *ctx, struct instance *inst,
                                   const struct instance_spec *spec);
 int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx);

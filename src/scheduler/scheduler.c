@@ -11,7 +11,6 @@
 #include "scheduler/scheduler.h"
 
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -177,11 +176,6 @@ static struct sched_proc *sched__proc(struct sched_app *a, const char *type, boo
     a->procs = xrealloc(a->procs, (a->nprocs + 1) * sizeof *a->procs);
     a->procs[a->nprocs++] = p;
     return p;
-}
-
-static void sched__pidfile(struct scheduler *s, const char *guid, char *out, size_t size)
-{
-    snprintf(out, size, "%s/run/instance-%s.pid", s->home, guid);
 }
 
 static void sched__inst_unlink(struct scheduler *s, struct sched_inst *si)
@@ -420,9 +414,6 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     /* final: the executor frees inst when we return */
     if (si->ready)
         sched__ready_event(s, si, false);
-    char pid_path[512];
-    sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
-    unlink(pid_path);
     sched__inst_unlink(s, si);
     struct sched_slot *slot = si->slot;
     if (state == INSTANCE_CRASHED || (slot && slot->cur == si)) {
@@ -673,12 +664,6 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     instance_set_user_data(si->inst, si);
     si->next = s->insts;
     s->insts = si;
-    if (instance_pid(si->inst) > 0) { /* else its shim writes it once the instance runs */
-        char pid_path[512], pid[32];
-        sched__pidfile(s, si->guid, pid_path, sizeof pid_path);
-        int n = snprintf(pid, sizeof pid, "%d\n", instance_pid(si->inst));
-        file_replace(pid_path, pid, (size_t)n, 0644);
-    }
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
                  "Starting instance %d of %s (%s) at %s: %s", slot->index, proc->type,
                  si->guid, si->addr, command);
@@ -856,49 +841,8 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
         cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : SCHEDULER_DRAIN_TIMEOUT_MS;
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
-    char *run = xasprintf("%s/run", s->home);
-    mkdir_p(run, 0755);
-    free(run);
     *out = s;
     return 0;
-}
-
-/* Kills an instance left by a skiffd that was killed: its pid file names it, and its
- * environment proves the pid was not reused by something else. */
-static void sched__kill_leftover(struct scheduler *s, const char *file)
-{
-    char *path = xasprintf("%s/run/%s", s->home, file);
-    char *text = NULL;
-    if (file_read(path, &text, NULL) == 0) {
-        int pid = atoi(text);
-        char guid[37] = "";
-        snprintf(guid, sizeof guid, "%.36s", file + strlen("instance-"));
-        char *environ_path = xasprintf("/proc/%d/environ", pid);
-        char *envs = NULL;
-        size_t len = 0;
-        bool ours = false;
-        if (pid > 1 && file_read(environ_path, &envs, &len) == 0) {
-            char *want = xasprintf("CF_INSTANCE_GUID=%s", guid);
-            for (size_t i = 0; i < len; i += strlen(envs + i) + 1)
-                if (!strcmp(envs + i, want))
-                    ours = true;
-            free(want);
-        }
-        if (ours) {
-            kill(-pid, SIGKILL);
-            kill(pid, SIGKILL);
-            fprintf(stderr, "skiffd: stopped instance %s (pid %d) left by a previous skiffd\n",
-                    guid, pid);
-        }
-        free(envs);
-        free(environ_path);
-    }
-    free(text);
-    unlink(path);
-    char *scratch = xasprintf("%s/instances/%.36s", s->home, file + strlen("instance-"));
-    rm_rf(scratch);
-    free(scratch);
-    free(path);
 }
 
 /* The slot an adopted instance belongs in, when the store still wants it there: same app
@@ -998,20 +942,6 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
 int scheduler_reconcile_all(struct scheduler *s)
 {
     executor_adopt(s->ex, sched__adopt, s);
-    char *run = xasprintf("%s/run", s->home);
-    DIR *d = opendir(run);
-    free(run);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)))
-            if (str_has_prefix(de->d_name, "instance-") && str_has_suffix(de->d_name, ".pid")) {
-                char guid[37];
-                snprintf(guid, sizeof guid, "%.36s", de->d_name + strlen("instance-"));
-                if (!executor_find(s->ex, guid)) /* adopted ones are ours now */
-                    sched__kill_leftover(s, de->d_name);
-            }
-        closedir(d);
-    }
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = store_app_list(s->store, &apps, &n);

@@ -267,6 +267,29 @@ def test_an_instance_that_exits_while_skiffd_is_away_is_reported_and_restarted(p
     p.wait_for(lambda: through_router(p, "fragile.localhost")[0] == 200, 10, "via router")
 
 
+def test_an_instance_whose_shim_died_with_skiffd_is_ended_and_replaced(platform):
+    p = platform
+    r = p.cli("push", "orphan", "-p", PYTHON_WEB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    p.wait_for(lambda: web_instance(p, "orphan"), 30, "orphan running")
+    before = web_instance(p, "orphan")
+    [pid] = instance_pids(p)
+    run = os.path.join(p.home, "run")
+    [shim_file] = [n for n in os.listdir(run) if n.startswith("shim-")]
+    shim = int(open(os.path.join(run, shim_file)).read())
+    os.kill(p.proc.pid, signal.SIGKILL)
+    p.proc.wait()
+    os.kill(shim, signal.SIGKILL)  # nobody can adopt the instance now
+    p.start()
+    # the instance goes with its shim or, failing that, the next skiffd ends what it cannot
+    # adopt (tests/unit/test_executor.c); either way a new instance runs in its place
+    p.wait_for(lambda: not pid_alive(pid), 20, "the orphaned instance to be ended")
+    p.wait_for(lambda: web_instance(p, "orphan") and
+               web_instance(p, "orphan")["guid"] != before["guid"], 30, "a new instance")
+    p.wait_for(lambda: through_router(p, "orphan.localhost")[0] == 200, 10, "via router")
+    assert pid not in instance_pids(p)
+
+
 def test_instances_of_an_app_stopped_while_skiffd_was_away_are_stopped(platform):
     p = platform
     r = p.cli("push", "doomed", "-p", PYTHON_WEB)

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -471,6 +472,75 @@ static void test_leftovers_of_a_dead_daemon_are_ended(void **state)
     executor_free(ex2);
 }
 
+static void noop_adopt(void *ctx, struct instance *inst, const struct instance_spec *spec)
+{
+    (void)ctx, (void)inst, (void)spec;
+}
+
+/* A process of an instance whose shim is gone (run/instance-GUID.pid names it, and its
+ * environment has that CF_INSTANCE_GUID) is ended by executor_adopt; a pid file whose process
+ * is someone else's (the pid reused) is only removed. */
+static void test_instances_without_a_shim_are_ended_by_adopt(void **state)
+{
+    struct world *w = *state;
+    const char *guid = "0d6c3f8e-1111-4222-8333-444455556666";
+    const char *other = "0d6c3f8e-1111-4222-8333-777788889999";
+    pid_t orphan = fork();
+    assert_true(orphan >= 0);
+    if (orphan == 0) {
+        char env[64];
+        snprintf(env, sizeof env, "CF_INSTANCE_GUID=%s", guid);
+        char *const envp[] = {env, NULL};
+        char *const argv[] = {"sleep", "30", NULL};
+        setpgid(0, 0);
+        execve("/bin/sleep", argv, envp);
+        _exit(127);
+    }
+    pid_t stranger = fork();
+    assert_true(stranger >= 0);
+    if (stranger == 0) {
+        char *const envp[] = {"CF_INSTANCE_GUID=someone-else", NULL};
+        char *const argv[] = {"sleep", "30", NULL};
+        execve("/bin/sleep", argv, envp);
+        _exit(127);
+    }
+    char path[512], text[32];
+    /* wait until each has exec'd (its environment is the new one) */
+    for (int tries = 0; tries < 500; tries++) {
+        char envpath[64], *env = NULL;
+        size_t len = 0;
+        snprintf(envpath, sizeof envpath, "/proc/%d/environ", (int)orphan);
+        bool ready = file_read(envpath, &env, &len) == 0 && len && memmem(env, len, guid, 36);
+        free(env);
+        snprintf(envpath, sizeof envpath, "/proc/%d/environ", (int)stranger);
+        env = NULL;
+        ready = ready && file_read(envpath, &env, &len) == 0 && len &&
+                memmem(env, len, "someone-else", 12);
+        free(env);
+        if (ready)
+            break;
+        usleep(10000);
+    }
+    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, guid);
+    snprintf(text, sizeof text, "%d\n", (int)orphan);
+    assert_int_equal(file_replace(path, text, strlen(text), 0644), 0);
+    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, other);
+    snprintf(text, sizeof text, "%d\n", (int)stranger);
+    assert_int_equal(file_replace(path, text, strlen(text), 0644), 0);
+    assert_int_equal(executor_adopt(w->ex, noop_adopt, NULL), 0);
+    int status = 0;
+    assert_int_equal(waitpid(orphan, &status, 0), orphan);
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+        fail_msg("the orphan ended with status %#x, not SIGKILL", status);
+    assert_int_equal(waitpid(stranger, &status, WNOHANG), 0); /* not ours: left alone */
+    kill(stranger, SIGKILL);
+    waitpid(stranger, &status, 0);
+    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, guid);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, other);
+    assert_int_equal(access(path, F_OK), -1);
+}
+
 static void test_start_errors(void **state)
 {
     struct world *w = *state;
@@ -817,6 +887,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_check_ignores_other_listeners, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leftovers_of_a_dead_daemon_are_ended, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instances_without_a_shim_are_ended_by_adopt, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_allocation_skips_busy_ports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_stops_everything, setup, teardown),
