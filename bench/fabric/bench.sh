@@ -3,10 +3,14 @@
 # it can be started) beside NATS JetStream (Debian's nats-server, file storage, on loopback
 # with a temporary store), all driven by bench_fabric.c. Prints a table with ratios.
 #   bash bench/fabric/bench.sh [SECONDS_PER_SHAPE]     (default 3)
+# BUILD=DIR takes skiffd from DIR/rel (as `make BUILD=DIR build` puts it); SKIFFD=PATH names the
+# binary itself (to compare two builds in one sitting).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
-out=build/bench
+build=${BUILD:-build}
+skiffd=${SKIFFD:-$build/rel/skiffd}
+out=$build/bench
 mkdir -p "$out"
 tmp=$(mktemp -d /tmp/skiff-bench-fabric-XXXXXX)
 nats_pid=""
@@ -31,12 +35,12 @@ results="$tmp/results"
 "$out/bench_fabric" lib "$tmp/fabric-nosync" "$secs" nosync | tee -a "$results"
 
 # skiffd over HTTP, when the release build exists and starts
-if [ -x build/rel/skiffd ]; then
+if [ -x "$skiffd" ]; then
   home="$tmp/home"; mkdir -p "$home"
   api_port=$(free_port)
   SKIFF_HOME="$home" HOME="$home" SKIFF_API_ADDR="127.0.0.1:$api_port" \
     SKIFF_ROUTER_ADDR="127.0.0.1:$(free_port)" SKIFF_ROUTER_ADMIN_ADDR="127.0.0.1:$(free_port)" \
-    build/rel/skiffd >"$tmp/skiffd.log" 2>&1 &
+    "$skiffd" >"$tmp/skiffd.log" 2>&1 &
   skiffd_pid=$!
   for _ in $(seq 100); do [ -s "$home/api.json" ] && curl -sf "http://127.0.0.1:$api_port/v1/info" >/dev/null && break; sleep 0.1; done
   if [ -s "$home/api.json" ]; then
