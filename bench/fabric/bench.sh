@@ -45,7 +45,16 @@ if [ -x "$skiffd" ]; then
   for _ in $(seq 100); do [ -s "$home/api.json" ] && curl -sf "http://127.0.0.1:$api_port/v1/info" >/dev/null && break; sleep 0.1; done
   if [ -s "$home/api.json" ]; then
     token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$home/api.json")
-    "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" | tee -a "$results"
+    # skiffd's CPU time (user + system, from /proc) over each shape, per event
+    for shape in single concurrent batched; do
+      cpu0=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
+      "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" "$shape" |
+        tee "$tmp/shape" | tee -a "$results"
+      cpu1=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
+      awk -v ticks=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v shape="$shape" \
+        '$2 == shape { printf "skiff-http cpu %s %.2f\n", shape, ticks / hz * 1e6 / $3 }' \
+        "$tmp/shape" | tee -a "$results"
+    done
   else
     echo "skiffd did not start; HTTP figures skipped (see $tmp/skiffd.log)" >&2
   fi
@@ -64,10 +73,14 @@ python3 - "$results" "$nats_version" <<'PY'
 import sys
 rows = {}
 lat = {}
+cpu = {}
 for line in open(sys.argv[1]):
     parts = line.split()
     if parts[1] == "latency":
         lat[parts[0]] = (float(parts[2]), float(parts[3]))
+        continue
+    if parts[1] == "cpu":
+        cpu[parts[2]] = float(parts[3])
         continue
     mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
@@ -84,6 +97,8 @@ for m in modes:
     print("%-24s" % (m + " / js") + "".join(
         "%14s" % ("%.2fx" % (rows[(m, s)] / rows[("jetstream", s)]) if (m, s) in rows and rows.get(("jetstream", s)) else "-")
         for s in shapes))
+if cpu:
+    print("%-24s" % "skiffd CPU us/event" + "".join("%14s" % ("%.1f" % cpu[s] if s in cpu else "-") for s in shapes))
 print()
 print("single-publish acknowledgement latency (microseconds)")
 print("%-24s%14s%14s" % ("", "p50", "p99"))
