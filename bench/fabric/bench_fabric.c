@@ -378,7 +378,8 @@ static int run_http(const char *url, const char *token, double seconds, const ch
         const char *shape;
         int nconns;
         size_t per_request;
-    } shapes[] = {{"single", 1, 1}, {"concurrent", CONCURRENT, 1}, {"batched", BATCHES_IN_FLIGHT, BATCH}};
+    } shapes[] = {
+        {"single", 1, 1}, {"concurrent", CONCURRENT, 1}, {"batched", BATCHES_IN_FLIGHT, BATCH}};
     bool found = false;
     for (size_t s = 0; s < 3; s++) {
         if (only && strcmp(only, shapes[s].shape))
@@ -485,7 +486,8 @@ int main(int argc, char **argv)
         return run_http(argv[2], argv[3], atof(argv[4]), argc > 5 ? argv[5] : NULL);
     if (argc >= 4 && !strcmp(argv[1], "jetstream"))
         return run_jetstream(argv[2], atof(argv[3]));
-    fprintf(stderr, "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS [SHAPE] |"
-                    " jetstream NATS_URL SECONDS\n");
+    fprintf(stderr,
+            "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS [SHAPE] |"
+            " jetstream NATS_URL SECONDS\n");
     return 2;
 }

@@ -86,7 +86,8 @@ static struct api *start_api(struct fixture *fx, unsigned per_client)
     assert_int_equal(api_new(&fx->loop, &cfg, &api), 0);
     api_set_instance_check(api, check_live, fx);
     api_route_add(api, "POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_publish, NULL);
-    api_route_add(api, "POST", "/v1/big", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_big, NULL);
+    api_route_add(api, "POST", "/v1/big", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_big,
+                  NULL);
     char err[256];
     assert_int_equal(api_listen(api, err, sizeof err), 0);
     return api;
