@@ -3,10 +3,14 @@
 # it can be started) beside NATS JetStream (Debian's nats-server, file storage, on loopback
 # with a temporary store), all driven by bench_fabric.c. Prints a table with ratios.
 #   bash bench/fabric/bench.sh [SECONDS_PER_SHAPE]     (default 3)
+# BUILD=DIR takes skiffd from DIR/rel (as `make BUILD=DIR build` puts it); SKIFFD=PATH names the
+# binary itself (to compare two builds in one sitting).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
-out=build/bench
+build=${BUILD:-build}
+skiffd=${SKIFFD:-$build/rel/skiffd}
+out=$build/bench
 mkdir -p "$out"
 tmp=$(mktemp -d /tmp/skiff-bench-fabric-XXXXXX)
 nats_pid=""
@@ -31,17 +35,26 @@ results="$tmp/results"
 "$out/bench_fabric" lib "$tmp/fabric-nosync" "$secs" nosync | tee -a "$results"
 
 # skiffd over HTTP, when the release build exists and starts
-if [ -x build/rel/skiffd ]; then
+if [ -x "$skiffd" ]; then
   home="$tmp/home"; mkdir -p "$home"
   api_port=$(free_port)
   SKIFF_HOME="$home" HOME="$home" SKIFF_API_ADDR="127.0.0.1:$api_port" \
     SKIFF_ROUTER_ADDR="127.0.0.1:$(free_port)" SKIFF_ROUTER_ADMIN_ADDR="127.0.0.1:$(free_port)" \
-    build/rel/skiffd >"$tmp/skiffd.log" 2>&1 &
+    "$skiffd" >"$tmp/skiffd.log" 2>&1 &
   skiffd_pid=$!
   for _ in $(seq 100); do [ -s "$home/api.json" ] && curl -sf "http://127.0.0.1:$api_port/v1/info" >/dev/null && break; sleep 0.1; done
   if [ -s "$home/api.json" ]; then
     token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$home/api.json")
-    "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" | tee -a "$results"
+    # skiffd's CPU time (user + system, from /proc) over each shape, per event
+    for shape in single concurrent batched; do
+      cpu0=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
+      "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" "$shape" |
+        tee "$tmp/shape" | tee -a "$results"
+      cpu1=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
+      awk -v ticks=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v shape="$shape" \
+        '$2 == shape { printf "skiff-http cpu %s %.2f\n", shape, ticks / hz * 1e6 / $3 }' \
+        "$tmp/shape" | tee -a "$results"
+    done
   else
     echo "skiffd did not start; HTTP figures skipped (see $tmp/skiffd.log)" >&2
   fi
@@ -60,10 +73,14 @@ python3 - "$results" "$nats_version" <<'PY'
 import sys
 rows = {}
 lat = {}
+cpu = {}
 for line in open(sys.argv[1]):
     parts = line.split()
     if parts[1] == "latency":
         lat[parts[0]] = (float(parts[2]), float(parts[3]))
+        continue
+    if parts[1] == "cpu":
+        cpu[parts[2]] = float(parts[3])
         continue
     mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
@@ -80,6 +97,8 @@ for m in modes:
     print("%-24s" % (m + " / js") + "".join(
         "%14s" % ("%.2fx" % (rows[(m, s)] / rows[("jetstream", s)]) if (m, s) in rows and rows.get(("jetstream", s)) else "-")
         for s in shapes))
+if cpu:
+    print("%-24s" % "skiffd CPU us/event" + "".join("%14s" % ("%.1f" % cpu[s] if s in cpu else "-") for s in shapes))
 print()
 print("single-publish acknowledgement latency (microseconds)")
 print("%-24s%14s%14s" % ("", "p50", "p99"))

@@ -2,7 +2,8 @@
  * harness, so the figures compare.
  *
  *   bench_fabric lib DIR SECONDS [nosync]     the fabric in-process (no HTTP)
- *   bench_fabric http API_URL TOKEN SECONDS   POST /v1/topics/.../events[:batch] to skiffd
+ *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
+ *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
  *
  * Each mode runs three shapes and prints one line per shape:
@@ -370,11 +371,27 @@ static int run_http_shape(const char *url, const char *token, double seconds, co
     return 0;
 }
 
-static int run_http(const char *url, const char *token, double seconds)
+/* Every shape, or only the one named (so that a caller can measure skiffd between shapes). */
+static int run_http(const char *url, const char *token, double seconds, const char *only)
 {
-    return run_http_shape(url, token, seconds, "single", 1, 1) ||
-           run_http_shape(url, token, seconds, "concurrent", CONCURRENT, 1) ||
-           run_http_shape(url, token, seconds, "batched", BATCHES_IN_FLIGHT, BATCH);
+    struct {
+        const char *shape;
+        int nconns;
+        size_t per_request;
+    } shapes[] = {
+        {"single", 1, 1}, {"concurrent", CONCURRENT, 1}, {"batched", BATCHES_IN_FLIGHT, BATCH}};
+    bool found = false;
+    for (size_t s = 0; s < 3; s++) {
+        if (only && strcmp(only, shapes[s].shape))
+            continue;
+        found = true;
+        if (run_http_shape(url, token, seconds, shapes[s].shape, shapes[s].nconns,
+                           shapes[s].per_request))
+            return 1;
+    }
+    if (!found)
+        fprintf(stderr, "bench: no shape %s (single, concurrent, batched)\n", only);
+    return !found;
 }
 
 /* ---- NATS JetStream ---------------------------------------------------------------------- */
@@ -466,10 +483,11 @@ int main(int argc, char **argv)
     if (argc >= 4 && !strcmp(argv[1], "lib"))
         return run_lib(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "nosync"));
     if (argc >= 5 && !strcmp(argv[1], "http"))
-        return run_http(argv[2], argv[3], atof(argv[4]));
+        return run_http(argv[2], argv[3], atof(argv[4]), argc > 5 ? argv[5] : NULL);
     if (argc >= 4 && !strcmp(argv[1], "jetstream"))
         return run_jetstream(argv[2], atof(argv[3]));
-    fprintf(stderr, "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS |"
-                    " jetstream NATS_URL SECONDS\n");
+    fprintf(stderr,
+            "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS [SHAPE] |"
+            " jetstream NATS_URL SECONDS\n");
     return 2;
 }

@@ -44,6 +44,9 @@
  * the client has been told (FIN) at once. */
 #define API_LINGER_MS 2000
 #define API_LINGER_BYTES (16u << 20)
+/* One read's worth: every connection reads into the same buffer (api->read_buf), since what a
+ * read brings is parsed, copied or dropped before the next read. */
+#define API_READ_BYTES 65536
 
 struct api_route {
     char method[16];
@@ -114,6 +117,7 @@ struct api {
     bool sweep_open;
     void (*close_cb)(void *arg);
     void *close_arg;
+    char read_buf[API_READ_BYTES];
 };
 
 struct api_header {
@@ -1068,10 +1072,23 @@ static void api__write_done(uv_write_t *w, int status)
     }
 }
 
+/* Sends at once what the socket takes when nothing is queued before it (most answers: no copy,
+ * no write request, no callback on a later loop turn); the rest is queued. A failed send is
+ * left to the queued write, whose callback ends the connection as for any write error. */
 static int api__write(struct api_conn *c, const void *data, size_t len)
 {
     if (!c || c->closing)
         return -EPIPE;
+    if (c->write_pending == 0 && len > 0) {
+        uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+        if (n > 0) {
+            data = (const char *)data + n;
+            len -= (size_t)n;
+        }
+        if (len == 0)
+            return 0;
+    }
     struct api_write *aw = xmalloc(sizeof *aw + len);
     aw->conn = c;
     aw->len = len;
@@ -1925,10 +1942,9 @@ static void api__process_pending(struct api_conn *c)
 
 static void api__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-    (void)h;
     (void)suggested;
-    b->base = xmalloc(65536);
-    b->len = 65536;
+    struct api_conn *c = h->data;
+    *b = uv_buf_init(c->api->read_buf, sizeof c->api->read_buf);
 }
 
 static void api__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -1936,25 +1952,21 @@ static void api__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     struct api_conn *c = s->data;
     c->active_ms = time_mono_ms();
     if (n < 0) {
-        free(b->base);
         api__conn_close(c);
         return;
     }
     if (c->lingering) {
-        free(b->base);
         c->linger_bytes += (uint64_t)n;
         if (c->linger_bytes > API_LINGER_BYTES)
             api__conn_close(c);
         return;
     }
     if (n == 0 || c->closing || c->close_after_write) {
-        free(b->base);
         return;
     }
     if (c->write_blocked || (c->req && c->req->state != API_REQ_PARSING)) {
         /* a request is being handled: keep what comes (pipelined requests) for later */
         buf_append(&c->pending, b->base, (size_t)n);
-        free(b->base);
         if (c->pending.len > API_PENDING_MAX) {
             uv_read_stop(s);
             c->reading = false;
@@ -1962,7 +1974,6 @@ static void api__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         return;
     }
     api__feed(c, b->base, (size_t)n);
-    free(b->base);
 }
 
 static void api__start_reading(struct api_conn *c)

@@ -3,8 +3,10 @@
  * Writes happen on the loop thread (pwrite into the page cache is quick and keeps readers
  * consistent); fsync runs on one writer thread. Group commit: while one fsync round runs,
  * appends pile up in `waiting`; when it ends they all go into the next round, so one fsync
- * covers as many appends as arrived during the previous one. Acknowledgements and
- * notifications then run on the loop, in offset order. */
+ * covers as many appends as arrived during the previous one. When no round runs, a round is
+ * started on the loop's next turn rather than by the first append, so that the appends of one
+ * turn (every request one poll brought in) share it. Acknowledgements and notifications then
+ * run on the loop, in offset order. */
 #include "fabric/fabric.h"
 #include "fabric/fabric_internal.h"
 
@@ -129,6 +131,7 @@ struct fabric {
     uv_async_t async;
     uv_timer_t retention_timer;
     uv_timer_t retry_timer; /* a round that could not get its descriptors is tried again */
+    uv_idle_t round_idle;   /* starts a round on the loop's next turn (round_schedule) */
     bool retry_armed;
     int retry_ms;
     int64_t retry_logged_ms;
@@ -966,7 +969,12 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&f->mu);
         f->thread_done = r;
+        pthread_mutex_unlock(&f->mu);
+        /* woken after the unlock, the loop takes the round at once instead of waiting for the
+         * mutex (on two cores, one more sleep and wake-up per round). The fabric cannot be
+         * finished before this send: its round is still in flight until the loop takes it. */
         uv_async_send(&f->async);
+        pthread_mutex_lock(&f->mu);
     }
     pthread_mutex_unlock(&f->mu);
     return NULL;
@@ -1106,8 +1114,23 @@ static void round_start(struct fabric *f)
     uv_ref((uv_handle_t *)&f->async);
     pthread_mutex_lock(&f->mu);
     f->thread_job = r;
-    pthread_cond_signal(&f->cond);
     pthread_mutex_unlock(&f->mu);
+    pthread_cond_signal(&f->cond); /* after the unlock, for the same reason as in writer_main */
+}
+
+static void on_round_idle(uv_idle_t *h)
+{
+    struct fabric *f = h->data;
+    uv_idle_stop(h);
+    round_start(f);
+}
+
+/* A round for what is waiting, on the loop's next turn: the appends still to come in this turn
+ * go in the same round (without delay: an idle handle keeps the next poll from waiting). */
+static void round_schedule(struct fabric *f)
+{
+    if (!f->round && !uv_is_active((uv_handle_t *)&f->round_idle))
+        uv_idle_start(&f->round_idle, on_round_idle);
 }
 
 static void subs_reap(struct fabric *f)
@@ -1320,7 +1343,7 @@ int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob 
     f->stats.bytes += payload_bytes;
     if (first_offset)
         *first_offset = first;
-    round_start(f);
+    round_schedule(f);
     return 0;
 }
 
@@ -1744,6 +1767,7 @@ static void fabric_finish_close(struct fabric *f)
     uv_close((uv_handle_t *)&f->async, on_handle_closed);
     uv_close((uv_handle_t *)&f->retention_timer, on_handle_closed);
     uv_close((uv_handle_t *)&f->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&f->round_idle, on_handle_closed);
 }
 
 void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
@@ -1840,7 +1864,9 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
     f->retention_timer.data = f;
     uv_timer_init(loop, &f->retry_timer);
     f->retry_timer.data = f;
-    f->handles_open = 3;
+    uv_idle_init(loop, &f->round_idle);
+    f->round_idle.data = f;
+    f->handles_open = 4;
     if ((rc = -pthread_create(&f->thread, NULL, writer_main, f)) < 0) {
         snprintf(errmsg, errlen, "cannot start the fabric's writer thread: %s", strerror(-rc));
         f->closing = true;

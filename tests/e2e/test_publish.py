@@ -92,6 +92,18 @@ def test_malformed_events_are_400_with_a_reason(shared_platform):
     assert p.info()["version"]
 
 
+def test_ids_that_need_escaping_come_back_as_sent(shared_platform):
+    p = shared_platform
+    odd = ['q"uote', "back\\slash", "caf\u00e9 \u2603"]
+    status, body = p.api("POST", "/v1/topics/orders/events", raw=b"{}",
+                         headers={**CE, "ce-id": odd[0], "Content-Type": "application/json"})
+    assert status == 202 and body["id"] == odd[0], body
+    batch = [{"specversion": "1.0", "id": i, "source": "/odd", "type": "o"} for i in odd]
+    status, body = p.api("POST", "/v1/topics/orders/events:batch", body=batch)
+    assert status == 202, body
+    assert [e["id"] for e in body["events"]] == odd
+
+
 def test_event_over_the_record_limit_names_the_limit(shared_platform):
     p = shared_platform
     status, body = p.api("POST", "/v1/topics/orders/events", raw=b"x" * (2 << 20),
@@ -106,7 +118,8 @@ def test_batch_is_one_durable_append(shared_platform):
               "data": {"i": i}} for i in range(50)]
     status, body = p.api("POST", "/v1/topics/batched/events:batch", body=batch)
     assert status == 202, body
-    assert body["count"] == 50
+    assert body["count"] == 50 and body["first_offset"] == body["events"][0]["offset"]
+    assert [e["id"] for e in body["events"]] == ["b-%d" % i for i in range(50)]
     offsets = [e["offset"] for e in body["events"]]
     assert offsets == list(range(offsets[0], offsets[0] + 50))
     events = read_topic(p, "batched", **{"from": offsets[0], "limit": 50})

@@ -1,6 +1,7 @@
 /* Unit tests for the API server's hardening: instance tokens (per instance, checked on every
  * request, revoked by the check), the signing key's permissions, answers decided from the head
- * sent before the body, and the per-client connection cap closing the longest idle first. */
+ * sent before the body, the per-client connection cap closing the longest idle first, and
+ * answers larger than the socket takes at once arriving whole and in order. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,6 +49,19 @@ static void on_publish(struct api_request *req, void *ctx)
     api_respond(req, 202, "text/plain", name ? name : "admin", strlen(name ? name : "admin"));
 }
 
+#define BIG_ANSWER_BYTES (3u << 20)
+
+/* An answer far larger than a socket takes at once: part is sent now, the rest queued. */
+static void on_big(struct api_request *req, void *ctx)
+{
+    (void)ctx;
+    char *body = xmalloc(BIG_ANSWER_BYTES);
+    for (size_t i = 0; i < BIG_ANSWER_BYTES; i++)
+        body[i] = (char)('a' + i % 26);
+    api_respond(req, 200, "text/plain", body, BIG_ANSWER_BYTES);
+    free(body);
+}
+
 static int free_port(void)
 {
     int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -72,6 +86,8 @@ static struct api *start_api(struct fixture *fx, unsigned per_client)
     assert_int_equal(api_new(&fx->loop, &cfg, &api), 0);
     api_set_instance_check(api, check_live, fx);
     api_route_add(api, "POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_publish, NULL);
+    api_route_add(api, "POST", "/v1/big", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_big,
+                  NULL);
     char err[256];
     assert_int_equal(api_listen(api, err, sizeof err), 0);
     return api;
@@ -394,6 +410,62 @@ static void test_per_client_cap_closes_the_longest_idle(void **state)
         close(socks[i]);
 }
 
+static void test_big_answer_then_pipelined_one(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int small = 4096;
+    setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)fx->port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
+    assert_true(rc == 0 || errno == EINPROGRESS);
+    const char *two = "POST /v1/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n"
+                      "Content-Length: 0\r\n\r\n"
+                      "POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                      "admin-token\r\nContent-Length: 0\r\n\r\n";
+    for (int i = 0; i < 100; i++) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        if (send(s, two, strlen(two), MSG_NOSIGNAL) >= 0)
+            break;
+        usleep(1000);
+    }
+    /* read slowly enough that the server must queue most of the first answer */
+    size_t cap = BIG_ANSWER_BYTES + 4096, got = 0;
+    char *in = xmalloc(cap + 1);
+    const char *second = NULL;
+    int64_t deadline = time_mono_ms() + 10000;
+    while (time_mono_ms() < deadline && !second) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        ssize_t n = recv(s, in + got, cap - got, 0);
+        if (n > 0) {
+            got += (size_t)n;
+            in[got] = '\0';
+            char *head_end = strstr(in, "\r\n\r\n");
+            if (head_end && got >= (size_t)(head_end + 4 - in) + BIG_ANSWER_BYTES) {
+                char *rest = head_end + 4 + BIG_ANSWER_BYTES;
+                if (strstr(rest, "\r\n\r\nadmin"))
+                    second = rest;
+            }
+        } else if (n == 0) {
+            break;
+        } else {
+            usleep(200);
+        }
+    }
+    assert_non_null(second);
+    assert_true(str_has_prefix(in, "HTTP/1.1 200 "));
+    char *body = strstr(in, "\r\n\r\n") + 4;
+    for (size_t i = 0; i < BIG_ANSWER_BYTES; i++)
+        if (body[i] != (char)('a' + i % 26))
+            fail_msg("byte %zu of the first answer is wrong", i);
+    assert_true(str_has_prefix(second, "HTTP/1.1 202 "));
+    free(in);
+    close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +475,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_401_before_a_huge_body, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_client_cap_closes_the_longest_idle, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_big_answer_then_pipelined_one, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
