@@ -233,14 +233,17 @@ struct api_services {
     struct logs *logs;           /* src/logs/logs.h */
 };
 
-/* The events component (src/api/events.c) implements these; skiffd calls events_start once
- * the API, store and scheduler exist (before api_listen), and events_stop at shutdown before
- * they are freed; events_stop calls done (on the loop) when everything it owns is closed.
- * A negative errno from events_start stops skiffd with the message in err. */
-int api_events_start(const struct api_services *svc, char *err, size_t errsize);
-void api_events_stop(void (*done)(void *arg), void *arg);
-/* The event log the events API serves, for delivery (src/invoker) to run on; NULL before
- * api_events_start and once stopped. Delivery must stop before api_events_stop. */
-struct fabric *api_events_fabric(void);
+/* The events component (src/api/events.c): the topics' endpoints on the fabric it opens.
+ * skiffd makes it once the API, store and scheduler exist (before api_listen), and stops it at
+ * shutdown before they are freed; api_events_stop frees it and calls done (on the loop) when
+ * everything it owns is closed (NULL: done at once). A negative errno from api_events_start
+ * stops skiffd with the message in err. */
+struct api_events;
+int api_events_start(const struct api_services *svc, struct api_events **out, char *err,
+                     size_t errsize);
+void api_events_stop(struct api_events *ev, void (*done)(void *arg), void *arg);
+/* The event log the events API serves, for delivery (src/invoker) to run on. Delivery must
+ * stop before api_events_stop. */
+struct fabric *api_events_fabric(struct api_events *ev);
 
 #endif

@@ -42,20 +42,21 @@ struct tail {
     bool follow;
     bool throttled;
     struct fabric_sub *sub;
+    struct api_events *events;
 };
 
-static struct {
+/* The events component: made by api_events_start, passed to its handlers as their ctx. */
+struct api_events {
     struct fabric *fabric;
     struct api *api;
     struct store *store;
     uv_loop_t *loop;
     struct tail *tails;
     uv_timer_t throttle_timer;
-    bool timer_open;
     bool stopping;
     void (*stop_done)(void *arg);
     void *stop_arg;
-} events;
+};
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
@@ -209,6 +210,7 @@ static void on_published(void *arg, int status, uint64_t first, size_t count)
 
 static void handle_publish(struct api_request *req, void *ctx)
 {
+    struct api_events *events = ctx;
     char topic[FABRIC_TOPIC_MAX + 1];
     if (!scoped_topic(req, AUTH_PERM_PUBLISH, topic))
         return;
@@ -234,7 +236,7 @@ static void handle_publish(struct api_request *req, void *ctx)
     p->id = xstrdup(ev.id);
     cloudevent_free(&ev);
     struct fabric_blob blob = {rec.data, rec.len};
-    rc = fabric_append(events.fabric, topic, &blob, 1, on_published, p, NULL);
+    rc = fabric_append(events->fabric, topic, &blob, 1, on_published, p, NULL);
     buf_free(&rec);
     if (rc < 0) {
         respond_fabric_error(req, rc);
@@ -246,6 +248,7 @@ static void handle_publish(struct api_request *req, void *ctx)
 
 static void handle_publish_batch(struct api_request *req, void *ctx)
 {
+    struct api_events *events = ctx;
     char topic[FABRIC_TOPIC_MAX + 1];
     if (!scoped_topic(req, AUTH_PERM_PUBLISH, topic))
         return;
@@ -296,7 +299,7 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
             size_t start = i ? ends[i - 1] : 0;
             blobs[i] = (struct fabric_blob){recs.data + start, ends[i] - start};
         }
-        rc = fabric_append(events.fabric, topic, blobs, n, on_published, p, NULL);
+        rc = fabric_append(events->fabric, topic, blobs, n, on_published, p, NULL);
         if (rc < 0)
             respond_fabric_error(req, rc);
     }
@@ -312,9 +315,10 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
 
 static void handle_topics(struct api_request *req, void *ctx)
 {
+    struct api_events *events = ctx;
     struct fabric_topic_info *list;
     size_t n;
-    int rc = fabric_topics(events.fabric, &list, &n);
+    int rc = fabric_topics(events->fabric, &list, &n);
     if (rc < 0) {
         respond_fabric_error(req, rc);
         return;
@@ -376,7 +380,7 @@ static void tail_pump(struct tail *t)
         if (t->limit > 0 && (int64_t)want > t->limit)
             want = (size_t)t->limit;
         struct fabric_batch b;
-        int rc = fabric_read(events.fabric, t->topic, t->next_offset, want, TAIL_READ_BYTES, &b);
+        int rc = fabric_read(t->events->fabric, t->topic, t->next_offset, want, TAIL_READ_BYTES, &b);
         if (rc == -ENOENT && t->follow)
             goto out; /* not created yet: the subscription wakes us */
         if (rc < 0 || b.count == 0) {
@@ -432,7 +436,8 @@ static void on_tail_abort(void *ctx)
 
 static void on_throttle_timer(uv_timer_t *h)
 {
-    for (struct tail *t = events.tails, *next; t; t = next) {
+    struct api_events *events = h->data;
+    for (struct tail *t = events->tails, *next; t; t = next) {
         next = t->next;
         if (t->throttled && api_stream_pending(t->req) < TAIL_PENDING_MAX / 2) {
             t->throttled = false;
@@ -442,11 +447,11 @@ static void on_throttle_timer(uv_timer_t *h)
 }
 
 /* Where a read starts: "start", "end", an offset, an RFC 3339 time or a duration ago. */
-static int parse_from(struct api_request *req, const char *topic, const char *from, bool follow,
+static int parse_from(struct api_events *events, struct api_request *req, const char *topic, const char *from, bool follow,
                       uint64_t *out)
 {
     struct fabric_topic_info info;
-    int rc = fabric_topic_info(events.fabric, topic, &info);
+    int rc = fabric_topic_info(events->fabric, topic, &info);
     if (rc == -ENOENT) {
         *out = 0; /* a topic made later starts at 0 */
         return 0;
@@ -474,12 +479,13 @@ static int parse_from(struct api_request *req, const char *topic, const char *fr
         return 1;
     }
     if (!is_offset)
-        return fabric_seek_time(events.fabric, topic, time_ms, out);
+        return fabric_seek_time(events->fabric, topic, time_ms, out);
     return 0;
 }
 
 static void handle_read(struct api_request *req, void *ctx)
 {
+    struct api_events *events = ctx;
     char topic[FABRIC_TOPIC_MAX + 1];
     if (!scoped_topic(req, AUTH_PERM_SPACE_LOGS, topic))
         return;
@@ -498,14 +504,14 @@ static void handle_read(struct api_request *req, void *ctx)
         limit = v;
     }
     struct fabric_topic_info info;
-    if (!follow && fabric_topic_info(events.fabric, topic, &info) == -ENOENT) {
+    if (!follow && fabric_topic_info(events->fabric, topic, &info) == -ENOENT) {
         api_respond_error(req, 404, "not_found",
                           "topic '%s' not found: publish to it first, or see `skiff topics`",
                           topic);
         return;
     }
     uint64_t from = 0;
-    int rc = parse_from(req, topic, api_request_query(req, "from"), follow, &from);
+    int rc = parse_from(events, req, topic, api_request_query(req, "from"), follow, &from);
     if (rc == 1)
         return; /* answered */
     if (rc < 0) {
@@ -513,18 +519,19 @@ static void handle_read(struct api_request *req, void *ctx)
         return;
     }
     struct tail *t = xcalloc(1, sizeof(*t));
+    t->events = events;
     t->req = req;
     snprintf(t->topic, sizeof(t->topic), "%s", topic);
     t->next_offset = from;
     t->limit = limit;
     t->follow = follow;
-    t->next = events.tails;
+    t->next = events->tails;
     if (t->next)
         t->next->prevp = &t->next;
-    t->prevp = &events.tails;
-    events.tails = t;
+    t->prevp = &events->tails;
+    events->tails = t;
     api_stream_begin(req, 200, "application/x-ndjson");
-    if (follow && fabric_subscribe(events.fabric, topic, on_tail_notify, t, &t->sub) < 0) {
+    if (follow && fabric_subscribe(events->fabric, topic, on_tail_notify, t, &t->sub) < 0) {
         tail_finish(t);
         return;
     }
@@ -534,26 +541,34 @@ static void handle_read(struct api_request *req, void *ctx)
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
-int api_events_start(const struct api_services *svc, char *err, size_t errsize)
+static void on_start_failed_closed(uv_handle_t *h)
 {
-    memset(&events, 0, sizeof(events));
-    events.api = svc->api;
-    events.store = svc->store;
-    events.loop = svc->loop;
+    free(h->data);
+}
+
+int api_events_start(const struct api_services *svc, struct api_events **out, char *err,
+                     size_t errsize)
+{
+    struct api_events *events = xcalloc(1, sizeof *events);
+    events->api = svc->api;
+    events->store = svc->store;
+    events->loop = svc->loop;
     char *dir = xasprintf("%s/fabric", svc->home);
     struct fabric_config cfg = {
         .dir = dir,
         .retention = {.max_age_ms = RETENTION_MAX_AGE_MS, .max_bytes = RETENTION_MAX_BYTES},
         .max_record_bytes = EVENTS_MAX_RECORD_BYTES,
     };
-    int rc = fabric_open(svc->loop, &cfg, &events.fabric, err, errsize);
+    int rc = fabric_open(svc->loop, &cfg, &events->fabric, err, errsize);
     free(dir);
-    if (rc < 0)
+    if (rc < 0) {
+        free(events);
         return rc;
-    uv_timer_init(svc->loop, &events.throttle_timer);
-    uv_timer_start(&events.throttle_timer, on_throttle_timer, 50, 50);
-    uv_unref((uv_handle_t *)&events.throttle_timer);
-    events.timer_open = true;
+    }
+    uv_timer_init(svc->loop, &events->throttle_timer);
+    events->throttle_timer.data = events;
+    uv_timer_start(&events->throttle_timer, on_throttle_timer, 50, 50);
+    uv_unref((uv_handle_t *)&events->throttle_timer);
 
     struct {
         const char *method, *pattern;
@@ -567,56 +582,56 @@ int api_events_start(const struct api_services *svc, char *err, size_t errsize)
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
         rc = api_route_add(svc->api, routes[i].method, routes[i].pattern, routes[i].flags,
-                           routes[i].fn, NULL);
+                           routes[i].fn, events);
         if (rc < 0) {
             snprintf(err, errsize, "cannot add route %s %s", routes[i].method, routes[i].pattern);
             goto fail;
         }
     }
+    *out = events;
     return 0;
 fail:
-    uv_close((uv_handle_t *)&events.throttle_timer, NULL);
-    events.timer_open = false;
-    fabric_close(events.fabric, NULL, NULL);
-    events.fabric = NULL;
+    /* skiffd stops when this fails: its routes are never served */
+    fabric_close(events->fabric, NULL, NULL);
+    uv_close((uv_handle_t *)&events->throttle_timer, on_start_failed_closed);
     return rc;
 }
 
 static void on_timer_closed(uv_handle_t *h)
 {
-    void (*done)(void *) = events.stop_done;
-    void *arg = events.stop_arg;
+    struct api_events *events = h->data;
+    void (*done)(void *) = events->stop_done;
+    void *arg = events->stop_arg;
+    free(events);
     if (done)
         done(arg);
 }
 
 static void on_fabric_closed(void *arg)
 {
-    events.fabric = NULL;
-    if (events.timer_open) {
-        events.timer_open = false;
-        uv_close((uv_handle_t *)&events.throttle_timer, on_timer_closed);
-    } else {
-        on_timer_closed(NULL);
-    }
+    struct api_events *events = arg;
+    events->fabric = NULL;
+    uv_close((uv_handle_t *)&events->throttle_timer, on_timer_closed);
 }
 
-struct fabric *api_events_fabric(void)
+struct fabric *api_events_fabric(struct api_events *events)
 {
-    return events.fabric;
+    return events->fabric;
 }
 
-void api_events_stop(void (*done)(void *arg), void *arg)
+void api_events_stop(struct api_events *events, void (*done)(void *arg), void *arg)
 {
-    if (events.stopping)
+    if (!events) {
+        if (done)
+            done(arg);
         return;
-    events.stopping = true;
-    events.stop_done = done;
-    events.stop_arg = arg;
-    while (events.tails)
-        tail_finish(events.tails);
-    if (events.fabric)
-        fabric_close(events.fabric, on_fabric_closed, NULL);
-    else
-        on_fabric_closed(NULL);
+    }
+    if (events->stopping)
+        return;
+    events->stopping = true;
+    events->stop_done = done;
+    events->stop_arg = arg;
+    while (events->tails)
+        tail_finish(events->tails);
+    fabric_close(events->fabric, on_fabric_closed, events);
 }

@@ -51,7 +51,7 @@ struct daemon {
     struct invoker *invoker; /* event delivery, on the events API's fabric */
     struct bus *bus;
     struct router_proc *router;
-    bool events_started;
+    struct api_events *events; /* the topics' endpoints and the fabric */
     uv_signal_t sigterm, sigint, sigusr2;
     bool stopping;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
@@ -230,10 +230,9 @@ static void shutdown_invoker_done(void *arg)
 {
     struct daemon *d = arg;
     d->invoker = NULL; /* freed by invoker_stop */
-    if (d->events_started)
-        api_events_stop(shutdown_events_done, d);
-    else
-        shutdown_events_done(d);
+    struct api_events *events = d->events;
+    d->events = NULL; /* freed by api_events_stop */
+    api_events_stop(events, shutdown_events_done, d);
 }
 
 static void shutdown_api_done(void *arg)
@@ -592,14 +591,13 @@ int main(int argc, char **argv)
                                .scheduler = d.sched,
                                .hub = d.hub,
                                .logs = d.logs};
-    rc = api_events_start(&svc, err, sizeof err);
+    rc = api_events_start(&svc, &d.events, err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot start events: %s\n", err);
         goto fail;
     }
-    d.events_started = true;
     /* delivery (mappings, invoke, replay) runs on the same fabric */
-    rc = invoker_start(&svc, api_events_fabric(), &d.invoker, err, sizeof err);
+    rc = invoker_start(&svc, api_events_fabric(d.events), &d.invoker, err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "skiffd: cannot start event delivery: %s\n", err);
         goto fail;
@@ -655,8 +653,8 @@ fail:
             invoker_stop(d.invoker, NULL, NULL);
             d.invoker = NULL;
         }
-        if (d.events_started)
-            api_events_stop(NULL, NULL);
+        api_events_stop(d.events, NULL, NULL);
+        d.events = NULL;
         if (d.sched)
             scheduler_shutdown(d.sched, NULL, NULL);
         if (d.bus)
