@@ -1,0 +1,220 @@
+/* Unit tests for scheduler/: convergence against a real store and executor (process
+ * isolation, no shim), and the platform events it publishes on the hub. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "common/util.h"
+#include "executor/executor.h"
+#include "hub/hub.h"
+#include "logs/logs.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+
+struct world {
+    uv_loop_t loop;
+    char home[64];
+    struct store *store;
+    struct logs *logs;
+    struct hub *hub;
+    int sub;
+    struct scheduler *s;
+    int counts[PLATFORM_APP_STAGED + 1]; /* events seen, by type */
+    int last_crash_status;
+    int last_scaled;
+    int crashes_wanted;
+    bool shut_down;
+};
+
+static void on_event(void *ctx, const struct platform_event *ev)
+{
+    struct world *w = ctx;
+    w->counts[ev->type]++;
+    if (ev->type == PLATFORM_APP_CRASHED)
+        w->last_crash_status = ev->exit_status;
+    if (ev->type == PLATFORM_APP_SCALED)
+        w->last_scaled = ev->instances;
+}
+
+static int setup(void **state)
+{
+    struct world *w = xcalloc(1, sizeof *w);
+    uv_loop_init(&w->loop);
+    strcpy(w->home, "/tmp/skiff-sched-XXXXXX");
+    if (!mkdtemp(w->home))
+        return -1;
+    char *db = xasprintf("%s/skiff.db", w->home);
+    char err[256];
+    int rc = store_open(db, err, sizeof err, &w->store);
+    free(db);
+    if (rc < 0)
+        return -1;
+    w->logs = logs_new(100);
+    w->hub = hub_new();
+    w->sub = hub_subscribe(w->hub, on_event, w);
+    struct scheduler_config cfg = {.home = w->home, .api_url = "http://127.0.0.1:9", .hub = w->hub};
+    struct executor_config ecfg = {.home = w->home,
+                                   .port_min = 41000,
+                                   .port_max = 41999,
+                                   .grace_ms = 300,
+                                   .isolation = EXECUTOR_PROCESS};
+    if (scheduler_new(&w->loop, &cfg, &ecfg, w->store, w->logs, &w->s) < 0)
+        return -1;
+    *state = w;
+    return 0;
+}
+
+static void shut_down(void *arg)
+{
+    ((struct world *)arg)->shut_down = true;
+}
+
+static int teardown(void **state)
+{
+    struct world *w = *state;
+    scheduler_shutdown(w->s, shut_down, w);
+    while (!w->shut_down)
+        uv_run(&w->loop, UV_RUN_ONCE);
+    scheduler_free(w->s);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+    hub_unsubscribe(w->hub, w->sub);
+    hub_free(w->hub);
+    logs_free(w->logs);
+    store_close(w->store);
+    uv_loop_close(&w->loop);
+    rm_rf(w->home);
+    free(w);
+    return 0;
+}
+
+/* A STARTED app with a droplet whose web process runs command, instances of it. */
+static void add_app(struct world *w, const char *name, const char *command, int instances)
+{
+    struct store_app app = {0};
+    uuid_generate_v4(app.guid);
+    app.name = (char *)name;
+    app.state = "STARTED";
+    app.kind = "app";
+    app.memory_mb = 64;
+    app.disk_mb = 64;
+    app.timeout = 10;
+    app.buildpacks_json = "[]";
+    app.health_check_type = "process";
+    app.health_check_http_endpoint = "/";
+    app.created_at = app.updated_at = 1;
+    struct store_process web = {.type = "web",
+                                .command = (char *)command,
+                                .instances = instances,
+                                .min_instances = STORE_SCALE_MANUAL};
+    app.processes = &web;
+    app.n_processes = 1;
+    struct store_droplet drop = {.app_guid = app.guid, .process_types_json = "{}"};
+    uuid_generate_v4(drop.guid);
+    drop.path = xasprintf("%s/droplets/%s", w->home, drop.guid);
+    char *app_dir = xasprintf("%s/app", drop.path);
+    assert_int_equal(mkdir_p(app_dir, 0755), 0);
+    app.droplet_guid = drop.guid;
+    assert_int_equal(store_app_create(w->store, &app), 0);
+    assert_int_equal(store_droplet_add(w->store, &drop), 0);
+    free(app_dir);
+    free(drop.path);
+    assert_int_equal(scheduler_app_changed(w->s, name), 0);
+}
+
+static void run_until(struct world *w, bool (*done)(struct world *), const char *what)
+{
+    int64_t deadline = time_mono_ms() + 15000;
+    while (!done(w)) {
+        if (time_mono_ms() > deadline)
+            fail_msg("timed out waiting for %s", what);
+        uv_run(&w->loop, UV_RUN_ONCE);
+    }
+}
+
+static bool two_running(struct world *w)
+{
+    return scheduler_running_count(w->s, "web-app") == 2;
+}
+
+static bool one_running(struct world *w)
+{
+    return scheduler_running_count(w->s, "web-app") == 1 && w->counts[PLATFORM_INSTANCE_GONE] >= 1;
+}
+
+static void test_converges_to_the_desired_count_and_says_so(void **state)
+{
+    struct world *w = *state;
+    add_app(w, "web-app", "sleep 30", 2);
+    run_until(w, two_running, "two instances running");
+    assert_int_equal(w->counts[PLATFORM_INSTANCE_READY], 2);
+    struct scheduler_instance_info info[4];
+    assert_int_equal(scheduler_app_instances(w->s, "web-app", info, 4), 2);
+    assert_string_equal(info[0].state, "RUNNING");
+    assert_true(info[0].droplet[0] != '\0');
+    assert_string_equal(info[0].droplet, info[1].droplet);
+    /* scaled down by the platform's own call: one stops (drained, then gone), the count is
+     * stored and announced */
+    assert_int_equal(scheduler_scale(w->s, "web-app", "web", 1), 0);
+    assert_int_equal(w->counts[PLATFORM_APP_SCALED], 1);
+    assert_int_equal(w->last_scaled, 1);
+    run_until(w, one_running, "one instance left");
+    struct store_app *app = NULL;
+    assert_int_equal(store_app_get(w->store, "web-app", &app), 0);
+    assert_int_equal(store_app_process(app, "web")->instances, 1);
+    store_app_free(app);
+    /* deleted: its instances stop and the hub hears that it stopped */
+    struct store_app *gone = NULL;
+    assert_int_equal(store_app_get(w->store, "web-app", &gone), 0);
+    scheduler_app_deleted(w->s, gone->guid);
+    store_app_free(gone);
+    assert_int_equal(w->counts[PLATFORM_APP_STOPPED], 1);
+}
+
+static bool enough_crashes(struct world *w)
+{
+    return w->counts[PLATFORM_APP_CRASHED] >= w->crashes_wanted;
+}
+
+static void test_crashes_restart_at_once_three_times_then_wait(void **state)
+{
+    struct world *w = *state;
+    add_app(w, "crasher", "exit 3", 1);
+    w->crashes_wanted = 4;
+    run_until(w, enough_crashes, "four crashes");
+    assert_int_equal(w->last_crash_status, 3);
+    /* Diego's rule: three immediate restarts, then a delay (30 s): the slot shows CRASHED */
+    struct scheduler_instance_info info[2];
+    assert_int_equal(scheduler_app_instances(w->s, "crasher", info, 2), 1);
+    assert_string_equal(info[0].state, "CRASHED");
+    assert_true(info[0].crash_count >= 4);
+    assert_int_equal(info[0].exit_status, 3);
+    int crashes = w->counts[PLATFORM_APP_CRASHED];
+    /* nothing restarts it before its delay is up */
+    int64_t until = time_mono_ms() + 500;
+    while (time_mono_ms() < until)
+        uv_run(&w->loop, UV_RUN_NOWAIT);
+    assert_int_equal(w->counts[PLATFORM_APP_CRASHED], crashes);
+    /* a restart asked for by its user starts it again at once */
+    assert_int_equal(scheduler_app_restart(w->s, "crasher", false), 0);
+    w->crashes_wanted = crashes + 1;
+    run_until(w, enough_crashes, "a crash after the restart");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_converges_to_the_desired_count_and_says_so, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_crashes_restart_at_once_three_times_then_wait, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
