@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "http/url.h"
@@ -442,12 +443,12 @@ static int api__load_key(const char *path, unsigned char *key, size_t len)
         if (st.st_uid != geteuid() || st.st_gid != getegid()) {
             if (fchown(fd, geteuid(), getegid()) < 0) {
                 int rc = -errno;
-                fprintf(stderr, "skiffd: %s is owned by uid %u, not skiffd's: %s\n", path,
+                log_warning("%s is owned by uid %u, not skiffd's: %s", path,
                         (unsigned)st.st_uid, strerror(errno));
                 close(fd);
                 return rc;
             }
-            fprintf(stderr, "skiffd: %s was owned by uid %u: now skiffd's own\n", path,
+            log_warning("%s was owned by uid %u: now skiffd's own", path,
                     (unsigned)st.st_uid);
         }
         if ((st.st_mode & 07777) != 0600) {
@@ -456,7 +457,7 @@ static int api__load_key(const char *path, unsigned char *key, size_t len)
                 close(fd);
                 return rc;
             }
-            fprintf(stderr, "skiffd: %s had mode %04o: now 0600 (readable by skiffd only)\n",
+            log_warning("%s had mode %04o: now 0600 (readable by skiffd only)",
                     path, (unsigned)(st.st_mode & 07777));
         }
         size_t got = 0;
@@ -2039,9 +2040,8 @@ static void api__pause_accepting(struct api *api, int err)
     int64_t now = time_mono_ms();
     if (now - api->last_pressure_log_ms > 10000) {
         api->last_pressure_log_ms = now;
-        fprintf(stderr,
-                "skiffd: the API cannot accept connections now (%s): trying again every %d ms; "
-                "%u connections open\n",
+        log_error("the API cannot accept connections now (%s): trying again every %d ms; "
+                "%u connections open",
                 strerror(err), API_ACCEPT_PAUSE_MS, api->nconns);
     }
     if (api->accept_paused || !api->accept_timer_open)

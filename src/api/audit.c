@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "auth/auth.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "store/store.h"
 
@@ -125,7 +126,7 @@ static void audit__record(void *ctx, struct api_request *req, int status)
         .detail = detail_text,
     };
     if (store_audit_add(au->store, &ev) < 0)
-        fprintf(stderr, "skiffd: audit: cannot record %s by %s\n", type, ev.actor);
+        log_error("audit: cannot record %s by %s", type, ev.actor);
     free(target);
     free(detail_text);
 }

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "hub/hub.h"
@@ -288,9 +289,8 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
     char *text = bus_route_table_json(bus);
     if (!text) {
         if (!bus->store_failing)
-            fprintf(stderr,
-                    "skiffd: bus: cannot read the route table from the store; the routers keep "
-                    "their last table, asking the store again every %d ms\n",
+            log_error("bus: cannot read the route table from the store; the routers keep "
+                    "their last table, asking the store again every %d ms",
                     BUS_STORE_RETRY_MS);
         bus->store_failing = true;
         if (!uv_is_active((uv_handle_t *)&bus->retry))
@@ -298,8 +298,8 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         return false;
     }
     if (bus->store_failing)
-        fprintf(stderr, "skiffd: bus: the store answers again; the routers get the current "
-                        "table\n");
+        log_info("bus: the store answers again; the routers get the current "
+                        "table");
     bus->store_failing = false;
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
@@ -397,7 +397,7 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
     if (!strcmp(type, "hello")) {
         json_t *idx = json_object_get(msg, "router_index");
         c->router_index = json_is_integer(idx) ? (int)json_integer_value(idx) : 0;
-        fprintf(stderr, "skiffd: router %d connected (pid %lld)\n", c->router_index,
+        log_info("router %d connected (pid %lld)", c->router_index,
                 (long long)json_integer_value(json_object_get(msg, "pid")));
     } else if (!strcmp(type, "access")) {
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
@@ -460,7 +460,7 @@ static void bus__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     buf_consume(&c->in, pos);
     if (c->in.len > BUS_LINE_MAX) {
-        fprintf(stderr, "skiffd: bus: a router sent a line over %u bytes; closing it\n",
+        log_warning("bus: a router sent a line over %u bytes; closing it",
                 BUS_LINE_MAX);
         bus__conn_close(c);
     }

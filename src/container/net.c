@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 
@@ -381,7 +382,7 @@ static int net__enter(int pid, char *err, size_t errlen)
         /* Staying in the container's namespace would put every later socket of this thread
          * there: there is no sane way to carry on. */
         if (setns(self, CLONE_NEWNET) < 0) {
-            fprintf(stderr, "net: cannot return to the caller's network namespace: %s\n",
+            log_error("net: cannot return to the caller's network namespace: %s",
                     strerror(errno));
             abort();
         }

@@ -20,6 +20,7 @@
 #include "api/tenancy.h"
 #include "auth/auth.h"
 #include "bus/bus.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/net.h"
@@ -113,7 +114,7 @@ static long env_long(const char *name, long def)
     char *end;
     long n = strtol(v, &end, 10);
     if (*end || n <= 0) {
-        fprintf(stderr, "skiffd: %s=%s is not a positive number; using %ld\n", name, v, def);
+        log_warning("%s=%s is not a positive number; using %ld", name, v, def);
         return def;
     }
     return n;
@@ -182,7 +183,7 @@ static int setup_token(struct daemon *d, const char *api_url)
     int rc = file_write_atomic(path, out, len, 0600);
     free(out);
     if (rc < 0)
-        fprintf(stderr, "skiffd: cannot write %s: %s\n", path, strerror(-rc));
+        log_error("cannot write %s: %s", path, strerror(-rc));
     free(path);
     return rc;
 }
@@ -262,15 +263,15 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     struct daemon *d = h->data;
     if (d->stopping) {
-        fprintf(stderr, "skiffd: still stopping (instances get their grace period)\n");
+        log_info("still stopping (instances get their grace period)");
         return;
     }
     if (signum == SIGUSR2) {
-        fprintf(stderr, "skiffd: SIGUSR2: exiting, the router and the instances keep serving "
-                        "for the next skiffd\n");
+        log_info("SIGUSR2: exiting, the router and the instances keep serving "
+                        "for the next skiffd");
         d->detach = true;
     } else {
-        fprintf(stderr, "skiffd: %s: stopping the instances and the router, then exiting\n",
+        log_info("%s: stopping the instances and the router, then exiting",
                 signum == SIGINT ? "interrupted" : "terminated");
     }
     daemon_stop(d);
@@ -341,6 +342,7 @@ static void walk_close(uv_handle_t *h, void *arg)
 
 int main(int argc, char **argv)
 {
+    log_init("skiffd");
     struct daemon d = {0};
     const char *home = env_or("SKIFF_HOME", "~/.skiff");
     const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
@@ -371,12 +373,12 @@ int main(int argc, char **argv)
             return 0;
 
         } else {
-            fprintf(stderr, "skiffd: unknown option \"%s\"\n", a);
+            log_error("unknown option \"%s\"", a);
             usage(stderr);
             return 2;
         }
         if (i + 1 >= argc) {
-            fprintf(stderr, "skiffd: %s needs a value\n", a);
+            log_error("%s needs a value", a);
             return 2;
         }
         *target = argv[++i];
@@ -386,9 +388,8 @@ int main(int argc, char **argv)
         char *end;
         long ms = strtol(drain_timeout, &end, 10);
         if (*end || end == drain_timeout || ms <= 0 || ms > 3600000) {
-            fprintf(stderr,
-                    "skiffd: --drain-timeout-ms %s is not a number of milliseconds from 1 to "
-                    "3600000\n",
+            log_error("--drain-timeout-ms %s is not a number of milliseconds from 1 to "
+                    "3600000",
                     drain_timeout);
             return 2;
         }
@@ -396,19 +397,19 @@ int main(int argc, char **argv)
     }
     bool contained = !strcmp(isolation, "container");
     if (!contained && strcmp(isolation, "process")) {
-        fprintf(stderr, "skiffd: --isolation is container or process, not \"%s\"\n", isolation);
+        log_error("--isolation is container or process, not \"%s\"", isolation);
         return 2;
     }
     struct net_pool pool;
     char pool_err[256];
     if (contained && net_pool_parse(network_pool, &pool, pool_err, sizeof pool_err) < 0) {
-        fprintf(stderr, "skiffd: --network-pool: %s\n", pool_err);
+        log_error("--network-pool: %s", pool_err);
         return 2;
     }
     if (!contained)
-        fprintf(stderr, "skiffd: WARNING: --isolation process: every app and buildpack runs as "
+        log_warning("--isolation process: every app and buildpack runs as "
                         "skiffd's own user, in the host's namespaces, with no seccomp: any of "
-                        "them can take the platform over. Use it for development only.\n");
+                        "them can take the platform over. Use it for development only.");
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     raise_nofile();
@@ -439,7 +440,7 @@ int main(int argc, char **argv)
         rc = mkdir_p(tmp, 0700);
     free(run);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot create %s: %s (set SKIFF_HOME or --home)\n", d.home,
+        log_error("cannot create %s: %s (set SKIFF_HOME or --home)", d.home,
                 strerror(-rc));
         free(tmp);
         goto fail;
@@ -448,9 +449,8 @@ int main(int argc, char **argv)
     char *lock_path = xasprintf("%s/run/skiffd.lock", d.home);
     int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
-        fprintf(stderr,
-                "skiffd: another skiffd is running with %s (%s is locked): stop it first, or "
-                "use another --home\n",
+        log_error("another skiffd is running with %s (%s is locked): stop it first, or "
+                "use another --home",
                 d.home, lock_path);
         free(lock_path);
         free(tmp);
@@ -468,13 +468,13 @@ int main(int argc, char **argv)
     db = store_env && *store_env ? xstrdup(store_env) : xasprintf("sqlite:%s/skiff.db", d.home);
     rc = store_open(db, err, sizeof err, &d.store);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: %s\n", err);
+        log_error("%s", err);
         goto fail;
     }
     char *admin_password = NULL;
     rc = auth_open(d.store, &admin_password, &d.auth);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot load users and roles from the store: %s\n",
+        log_error("cannot load users and roles from the store: %s",
                 strerror(-rc));
         goto fail;
     }
@@ -484,8 +484,8 @@ int main(int argc, char **argv)
         char *pw_path = xasprintf("%s/admin-password", d.home);
         char *line = xasprintf("%s\n", admin_password);
         file_write_atomic(pw_path, line, strlen(line), 0600);
-        fprintf(stderr, "skiffd: made the platform admin user \"admin\" with the password %s "
-                "(also in %s until changed with `skiff passwd`)\n", admin_password, pw_path);
+        log_info("made the platform admin user \"admin\" with the password %s "
+                "(also in %s until changed with `skiff passwd`)", admin_password, pw_path);
         sodium_memzero(line, strlen(line));
         sodium_memzero(admin_password, strlen(admin_password));
         free(line);
@@ -522,7 +522,7 @@ int main(int argc, char **argv)
                                   (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0)};
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot set up the API: %s\n", strerror(-rc));
+        log_error("cannot set up the API: %s", strerror(-rc));
         goto fail;
     }
     struct scheduler_config scfg = {.home = d.home,
@@ -543,25 +543,23 @@ int main(int argc, char **argv)
                                                                   CONTAINER_DEFAULT_UID_BASE),
                                    .egress = env_long("SKIFF_EGRESS", 1) != 0};
     if (access(shim_bin, X_OK) != 0)
-        fprintf(stderr,
-                "skiffd: %s is missing: no instance can start (build it with `make`, and "
-                "install it beside skiffd)\n",
+        log_warning("%s is missing: no instance can start (build it with `make`, and "
+                "install it beside skiffd)",
                 shim_bin);
     if (access(buildpacks, R_OK | X_OK) != 0)
-        fprintf(stderr,
-                "skiffd: no buildpacks folder at %s: nothing can be staged (set "
-                "SKIFF_BUILDPACKS to the buildpacks/ folder of Skiff's source tree)\n",
+        log_warning("no buildpacks folder at %s: nothing can be staged (set "
+                "SKIFF_BUILDPACKS to the buildpacks/ folder of Skiff's source tree)",
                 buildpacks);
     rc = scheduler_new(d.loop, &scfg, &ecfg, d.store, d.logs, &d.sched);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot start the executor: %s\n", strerror(-rc));
+        log_error("cannot start the executor: %s", strerror(-rc));
         goto fail;
     }
     api_set_instance_check(d.api, instance_token_live, &d);
     bus_path = xasprintf("%s/run/bus.sock", d.home);
     rc = bus_new(d.loop, bus_path, d.store, d.sched, d.hub, d.logs, err, sizeof err, &d.bus);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: %s\n", err);
+        log_error("%s", err);
         goto fail;
     }
     struct api_core_config ccfg = {
@@ -593,23 +591,23 @@ int main(int argc, char **argv)
                                .logs = d.logs};
     rc = api_events_start(&svc, &d.events, err, sizeof err);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot start events: %s\n", err);
+        log_error("cannot start events: %s", err);
         goto fail;
     }
     /* delivery (mappings, invoke, replay) runs on the same fabric */
     rc = invoker_start(&svc, api_events_fabric(d.events), &d.invoker, err, sizeof err);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot start event delivery: %s\n", err);
+        log_error("cannot start event delivery: %s", err);
         goto fail;
     }
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: %s\n", err);
+        log_error("%s", err);
         goto fail;
     }
     if (contained && net_firewall_allow_publish(&pool, publish_port, err, sizeof err) < 0) {
-        fprintf(stderr, "skiffd: %s\n", err);
+        log_error("%s", err);
         goto fail;
     }
     publish_allowed = contained;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 #define ROUTER_PROC_RETRY_MS 1000
@@ -73,7 +74,7 @@ static void router_proc__tick(uv_timer_t *t)
     if (rp->adopted_pid) {
         if (kill(rp->adopted_pid, 0) == 0)
             return;
-        fprintf(stderr, "skiffd: the router (pid %d) is gone; starting a new one\n",
+        log_warning("the router (pid %d) is gone; starting a new one",
                 rp->adopted_pid);
         rp->adopted_pid = 0;
         uv_timer_stop(&rp->timer);
@@ -96,7 +97,7 @@ static void router_proc__exited(uv_process_t *p, int64_t status, int sig)
     uv_close((uv_handle_t *)p, router_proc__proc_freed);
     if (rp->closing)
         return;
-    fprintf(stderr, "skiffd: the router exited (status %lld, signal %d); restarting it in %d ms\n",
+    log_warning("the router exited (status %lld, signal %d); restarting it in %d ms",
             (long long)status, sig, ROUTER_PROC_RETRY_MS);
     uv_timer_start(&rp->timer, router_proc__tick, ROUTER_PROC_RETRY_MS, 0);
 }
@@ -106,7 +107,7 @@ static void router_proc__spawn(struct router_proc *rp)
     int existing = router_proc__running(rp);
     if (existing) {
         rp->adopted_pid = existing;
-        fprintf(stderr, "skiffd: the router from before is still serving (pid %d); keeping it\n",
+        log_info("the router from before is still serving (pid %d); keeping it",
                 existing);
         uv_timer_start(&rp->timer, router_proc__tick, ROUTER_PROC_WATCH_MS, ROUTER_PROC_WATCH_MS);
         return;
@@ -129,9 +130,8 @@ static void router_proc__spawn(struct router_proc *rp)
     if (rc < 0) {
         /* say it once, then once a minute: a missing binary must not flood the output */
         if (rp->spawn_failures++ % 60 == 0)
-            fprintf(stderr,
-                    "skiffd: cannot start the router %s: %s (build it with `make`); "
-                    "retrying every second\n",
+            log_error("cannot start the router %s: %s (build it with `make`); "
+                    "retrying every second",
                     rp->binary, uv_strerror(rc));
         /* a failed spawn still needs its handle closed */
         uv_close((uv_handle_t *)proc, router_proc__proc_freed);
@@ -200,11 +200,11 @@ static void router_proc__stop_tick(uv_timer_t *t)
     bool gone = rp->proc ? false : router_proc__gone(rp->stopping_pid);
     if (!gone && time_mono_ms() >= rp->stop_deadline) {
         if (rp->stop_killed) {
-            fprintf(stderr, "skiffd: the router (pid %d) does not go away; leaving it\n",
+            log_warning("the router (pid %d) does not go away; leaving it",
                     rp->stopping_pid);
             gone = true;
         } else {
-            fprintf(stderr, "skiffd: the router (pid %d) did not stop within %d ms; killing it\n",
+            log_warning("the router (pid %d) did not stop within %d ms; killing it",
                     rp->stopping_pid, ROUTER_PROC_STOP_MS);
             kill(rp->stopping_pid, SIGKILL);
             rp->stop_killed = true;

@@ -27,6 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "container/container.h"
@@ -1313,7 +1314,7 @@ static void executor__disk_filled(uv_work_t *w, int status)
     if (ex) {
         ex->disk_job = NULL;
         if (job->rc < 0 && !ex->disk_pool_told) {
-            fprintf(stderr, "skiffd: cannot make disk images ahead (starts make their own): %s\n",
+            log_error("cannot make disk images ahead (starts make their own): %s",
                     job->err);
             ex->disk_pool_told = true;
         }
@@ -1376,7 +1377,7 @@ static int executor__container_setup(struct executor *ex, const struct executor_
 {
     char err[256] = "";
     if (!cfg->init_path || !*cfg->init_path) {
-        fprintf(stderr, "skiffd: containers need skiff-init\n");
+        log_error("containers need skiff-init");
         return -EINVAL;
     }
     ex->init_path = xstrdup(cfg->init_path);
@@ -1388,7 +1389,7 @@ static int executor__container_setup(struct executor *ex, const struct executor_
     if (rc == 0)
         rc = container_stack_prepare(ex->home, &ex->stack_dir, err, sizeof err);
     if (rc < 0) {
-        fprintf(stderr, "skiffd: cannot set up containers: %s\n", err);
+        log_error("cannot set up containers: %s", err);
         return rc;
     }
     ex->slots = net_pool_slots(&ex->net);
@@ -1403,7 +1404,7 @@ static int executor__container_setup(struct executor *ex, const struct executor_
     if (rc < 0)
         snprintf(err, sizeof err, "cannot create the folder: %s", strerror(-rc));
     if (rc < 0 || seccomp_export_default(ex->seccomp_bpf, err, sizeof err) < 0) {
-        fprintf(stderr, "skiffd: cannot build the seccomp filter ahead (starts build it): %s\n",
+        log_error("cannot build the seccomp filter ahead (starts build it): %s",
                 err);
         free(ex->seccomp_bpf);
         ex->seccomp_bpf = NULL;
@@ -1421,7 +1422,7 @@ static int executor__container_setup(struct executor *ex, const struct executor_
     /* without it every start mounts its own disk: slower, not broken */
     if (container_disk_server_start(ex->disk_pool, DEFAULT_DISK_MB, &ex->disk_server, err,
                                     sizeof err) < 0)
-        fprintf(stderr, "skiffd: cannot keep disks mounted ahead (starts mount their own): %s\n",
+        log_error("cannot keep disks mounted ahead (starts mount their own): %s",
                 err);
     return 0;
 }
@@ -1870,7 +1871,7 @@ static void executor__reap_shimless(struct executor *ex, const char *guid)
         if (ours) {
             kill(-pid, SIGKILL);
             kill(pid, SIGKILL);
-            fprintf(stderr, "skiffd: stopped instance %s (pid %d) left by a previous skiffd\n",
+            log_info("stopped instance %s (pid %d) left by a previous skiffd",
                     guid, pid);
         }
         free(envs);

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 
@@ -621,7 +622,7 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
         /* Segments never overlap; one that does is not ours to trust. A segment may start
          * past the end of the one before when that one was cut (below): a gap. */
         if (t->nsegs && bases[i] < t->next_offset) {
-            fprintf(stderr, "fabric: topic %s: dropping segment %s (overlaps offset %" PRIu64 ")\n",
+            log_warning("fabric: topic %s: dropping segment %s (overlaps offset %" PRIu64 ")",
                     name, path, t->next_offset);
             unlink(path);
             free(path);
@@ -667,15 +668,13 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
              * the same (a crash during the round that sealed it) or damage on disk; the later
              * segments are kept either way, and readers step over the gap. */
             if (i + 1 < nbases)
-                fprintf(stderr,
-                        "fabric: topic %s: records %" PRIu64 " to %llu are unreadable (damaged "
+                log_warning("fabric: topic %s: records %" PRIu64 " to %llu are unreadable (damaged "
                         "on disk, or cut short by a crash before they were acknowledged); "
-                        "cutting %s at byte %" PRId64 "\n",
+                        "cutting %s at byte %" PRId64 "",
                         name, s->end, (unsigned long long)bases[i + 1] - 1, path, good);
             else
-                fprintf(stderr,
-                        "fabric: topic %s: cut a torn or corrupt tail from %s at byte %" PRId64
-                        "\n",
+                log_warning("fabric: topic %s: cut a torn or corrupt tail from %s at byte %" PRId64
+                        "",
                         name, path, good);
             char *idx = index_path(t, s->base);
             unlink(idx);
@@ -1077,8 +1076,8 @@ static void round_start(struct fabric *f)
         int64_t now = time_mono_ms();
         if (now - f->retry_logged_ms > 10000) {
             f->retry_logged_ms = now;
-            fprintf(stderr, "fabric: cannot start a sync round now (%s): appends wait and it is "
-                            "tried again shortly\n", strerror(-rc));
+            log_error("fabric: cannot start a sync round now (%s): appends wait and it is "
+                            "tried again shortly", strerror(-rc));
         }
         f->retry_ms = f->retry_ms ? f->retry_ms * 2 : ROUND_RETRY_MIN_MS;
         if (f->retry_ms > ROUND_RETRY_MAX_MS)
@@ -1176,7 +1175,7 @@ static void on_round_done(uv_async_t *h)
     f->completing = true;
     f->stats.sync_us_total += (uint64_t)(r->ended_ns - r->started_ns) / 1000;
     if (r->status < 0 && !f->failed) {
-        fprintf(stderr, "fabric: fsync failed: %s; refusing appends until restart\n",
+        log_error("fabric: fsync failed: %s; refusing appends until restart",
                 strerror(-r->status));
         f->failed = r->status;
     }
@@ -1312,7 +1311,7 @@ int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob 
         bool passing = rc == -ENOSPC || transient_error(rc);
         if (ftruncate(s->fd, (off_t)s->size) < 0 || !passing) {
             f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
-            fprintf(stderr, "fabric: write to topic %s failed: %s; refusing appends\n", t->name,
+            log_error("fabric: write to topic %s failed: %s; refusing appends", t->name,
                     strerror(-rc));
             return f->failed;
         }
@@ -1422,9 +1421,8 @@ int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_r
             int got = reader_record(&r, pos, at, &len, &time_ms, &payload);
             if (got <= 0) {
                 rc = got < 0 ? got : -EIO;
-                fprintf(stderr,
-                        "fabric: topic %s: unreadable record %" PRIu64 " at byte %" PRIu64
-                        " of segment %" PRIu64 "\n",
+                log_warning("fabric: topic %s: unreadable record %" PRIu64 " at byte %" PRIu64
+                        " of segment %" PRIu64 "",
                         t->name, at, pos, s->base);
                 reader_free(&r);
                 goto fail;

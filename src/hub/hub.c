@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 struct hub_sub {
@@ -46,7 +47,7 @@ void hub_free(struct hub *h)
         return;
     hub__compact(h);
     if (h->nsubs)
-        fprintf(stderr, "skiffd: %zu platform event subscribers were never unsubscribed\n",
+        log_warning("%zu platform event subscribers were never unsubscribed",
                 h->nsubs);
     free(h->subs);
     free(h);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "fabric/fabric.h"
 #include "hub/hub.h"
@@ -203,7 +204,7 @@ static void invoker_publish(struct invoker *inv, const char *topic, const char *
     };
     int rc = invoker_append_event(inv, topic, &ev, NULL, false, NULL);
     if (rc < 0)
-        fprintf(stderr, "skiffd: cannot publish %s on %s: %s\n", type, topic, fabric_strerror(rc));
+        log_error("cannot publish %s on %s: %s", type, topic, fabric_strerror(rc));
     free(text);
 }
 
@@ -225,7 +226,7 @@ static void target_instance_add(struct inv_target *t, const char *guid, const ch
     snprintf(i->guid, sizeof(i->guid), "%s", guid);
     snprintf(i->addr, sizeof(i->addr), "%s", addr);
     if (http_pool_new(t->inv->loop, addr, &i->pool) < 0) {
-        fprintf(stderr, "skiffd: instance %s has an address I cannot use: %s\n", guid, addr);
+        log_error("instance %s has an address I cannot use: %s", guid, addr);
         free(i);
         return;
     }
@@ -830,7 +831,7 @@ static void mapping_persist(struct inv_mapping *m)
     json_decref(doc);
     int rc = store_doc_put(m->inv->store, MAPPING_DOC_KIND, m->spec.id, text);
     if (rc < 0)
-        fprintf(stderr, "skiffd: cannot save event mapping %s: %s\n", m->spec.id, strerror(-rc));
+        log_error("cannot save event mapping %s: %s", m->spec.id, strerror(-rc));
     free(text);
     m->stats_dirty = false;
 }
@@ -996,7 +997,7 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     json_error_t jerr;
     json_t *doc = json_loads(text, 0, &jerr);
     if (!doc) {
-        fprintf(stderr, "skiffd: event mapping %s is not valid JSON (%s): skipped\n", id,
+        log_warning("event mapping %s is not valid JSON (%s): skipped", id,
                 jerr.text);
         return 0;
     }
@@ -1010,9 +1011,9 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     const char *code;
     char err[256];
     if (mapping_spec_from_json(doc, &spec, &code, err, sizeof(err)) < 0) {
-        fprintf(stderr, "skiffd: event mapping %s cannot be read (%s): skipped\n", id, err);
+        log_error("event mapping %s cannot be read (%s): skipped", id, err);
     } else if (invoker_mapping_add(inv, &spec, false, err, sizeof(err)) < 0) {
-        fprintf(stderr, "skiffd: event mapping %s cannot start: %s\n", id, err);
+        log_error("event mapping %s cannot start: %s", id, err);
         mapping_spec_free(&spec);
     } else {
         struct inv_mapping *m = invoker_mapping_find(inv, id);
@@ -1290,7 +1291,7 @@ static void invoker_tick(uv_timer_t *h)
             int rc = m->deleted ? 0 : store_app_get(inv->store, m->app_ref, &a);
             store_app_free(a);
             if (rc == -ENOENT) {
-                fprintf(stderr, "skiffd: event mapping %s removed: its app %s was deleted\n",
+                log_info("event mapping %s removed: its app %s was deleted",
                         m->spec.id, m->spec.app);
                 invoker_mapping_remove(m);
             }

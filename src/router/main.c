@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/util.h"
 #include "router/router.h"
 
@@ -29,7 +30,7 @@ static int parse_number(const char *name, const char *text, uint64_t *out)
     errno = 0;
     unsigned long long v = strtoull(text, &end, 10);
     if (errno || end == text || *end || text[0] == '-') {
-        fprintf(stderr, "skiff-router: %s must be a non-negative number, not \"%s\"\n", name, text);
+        log_error("%s must be a non-negative number, not \"%s\"", name, text);
         return -EINVAL;
     }
     *out = v;
@@ -72,7 +73,7 @@ static int set_numeric(struct router_config *cfg, const struct numeric_option *o
         return -EINVAL;
     char *field = (char *)cfg + o->offset;
     if (o->kind != 2 && n > 0x7fffffff) {
-        fprintf(stderr, "skiff-router: %s is too large\n", o->flag);
+        log_error("%s is too large", o->flag);
         return -EINVAL;
     }
     if (o->kind == 0)
@@ -86,6 +87,7 @@ static int set_numeric(struct router_config *cfg, const struct numeric_option *o
 
 int main(int argc, char **argv)
 {
+    log_init("skiff-router");
     struct router_config cfg;
     router_config_defaults(&cfg);
     const char *home = getenv("SKIFF_HOME");
@@ -104,9 +106,8 @@ int main(int argc, char **argv)
             return 0;
         }
         if (strncmp(a, "--", 2) != 0 || i + 1 >= argc) {
-            fprintf(stderr,
-                    "skiff-router: unexpected argument \"%s\" (every option takes a "
-                    "value)\n",
+            log_error("unexpected argument \"%s\" (every option takes a "
+                    "value)",
                     a);
             usage(stderr);
             return 2;
@@ -124,7 +125,7 @@ int main(int argc, char **argv)
                 if (strcmp(numeric_options[k].flag, name) == 0)
                     o = &numeric_options[k];
             if (!o) {
-                fprintf(stderr, "skiff-router: unknown option --%s\n", name);
+                log_error("unknown option --%s", name);
                 usage(stderr);
                 return 2;
             }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/util.h"
 #include "router/route_table.h"
 #include "router/router_internal.h"
@@ -54,7 +55,7 @@ static void raise_fd_limit(void)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-            fprintf(stderr, "skiff-router: cannot raise the open file limit: %s\n",
+            log_error("cannot raise the open file limit: %s",
                     strerror(errno));
     }
 }
@@ -67,7 +68,7 @@ int router_run(const struct router_config *cfg)
     char *pid_path = xasprintf("%s/router.pid", run_dir);
     int r = mkdir_p(run_dir, 0755);
     if (r < 0) {
-        fprintf(stderr, "skiff-router: cannot create %s: %s\n", run_dir, strerror(-r));
+        log_error("cannot create %s: %s", run_dir, strerror(-r));
         goto out;
     }
     router_bus_load_saved(cfg);
@@ -89,7 +90,7 @@ int router_run(const struct router_config *cfg)
     uv_signal_init(&loop, &sig_int);
     uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
-    fprintf(stderr, "skiff-router: listening on %s (admin %s)\n", cfg->addr,
+    log_info("listening on %s (admin %s)", cfg->addr,
             cfg->admin_addr && cfg->admin_addr[0] ? cfg->admin_addr : "off");
     uv_run(&loop, UV_RUN_DEFAULT);
     router_proxy_stop(); /* waits for the workers to drain */

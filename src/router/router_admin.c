@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "router/route_table.h"
@@ -356,7 +357,7 @@ int router_admin_start(uv_loop_t *loop, const struct router_config *cfg)
     char host[256];
     const char *colon = strrchr(cfg->admin_addr, ':');
     if (!colon || (size_t)(colon - cfg->admin_addr) >= sizeof(host)) {
-        fprintf(stderr, "skiff-router: admin address %s is not HOST:PORT\n", cfg->admin_addr);
+        log_error("admin address %s is not HOST:PORT", cfg->admin_addr);
         return -22;
     }
     memcpy(host, cfg->admin_addr, (size_t)(colon - cfg->admin_addr));
@@ -367,7 +368,7 @@ int router_admin_start(uv_loop_t *loop, const struct router_config *cfg)
         strcpy(host, "127.0.0.1");
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
         uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
-        fprintf(stderr, "skiff-router: admin address %s is not an IP address and port\n",
+        log_error("admin address %s is not an IP address and port",
                 cfg->admin_addr);
         return -22;
     }
@@ -376,7 +377,7 @@ int router_admin_start(uv_loop_t *loop, const struct router_config *cfg)
     if (r == 0)
         r = uv_listen((uv_stream_t *)&admin_listener, 128, on_admin_connection);
     if (r < 0) {
-        fprintf(stderr, "skiff-router: cannot listen on admin address %s: %s\n", cfg->admin_addr,
+        log_error("cannot listen on admin address %s: %s", cfg->admin_addr,
                 uv_strerror(r));
         uv_close((uv_handle_t *)&admin_listener, NULL);
         return r;

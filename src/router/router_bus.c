@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "router/route_table.h"
@@ -165,17 +166,17 @@ static void bus_apply_routes(const char *line, size_t len, bool save)
     int skipped = 0;
     struct route_table *t;
     if (route_table_parse(line, len, &t, err, sizeof(err), &skipped) < 0) {
-        fprintf(stderr, "skiff-router: ignoring a routes message: %s\n", err);
+        log_warning("ignoring a routes message: %s", err);
         return;
     }
     if (skipped)
-        fprintf(stderr, "skiff-router: %d invalid route(s) or backend(s) skipped in version %lld\n",
+        log_warning("%d invalid route(s) or backend(s) skipped in version %lld",
                 skipped, (long long)route_table_version(t));
     route_table_publish(t);
     if (save) {
         int r = file_write_atomic(bus.saved_path, line, len, 0600);
         if (r < 0)
-            fprintf(stderr, "skiff-router: cannot save %s: %s\n", bus.saved_path, strerror(-r));
+            log_error("cannot save %s: %s", bus.saved_path, strerror(-r));
     }
 }
 
@@ -197,16 +198,15 @@ static void bus_handle_line(const char *line, size_t len)
         if (router_bus_parse_drain(o, &addr, &addr_len, &id, err, sizeof(err)) == 0)
             router_proxy_drain(&addr, addr_len, id);
         else
-            fprintf(stderr, "skiff-router: ignoring a drain request: %s\n", err);
+            log_warning("ignoring a drain request: %s", err);
     } else if (router_bus_unknown_type_is_new(type)) {
         if (type)
-            fprintf(stderr,
-                    "skiff-router: skipping bus messages of type \"%s\", which this router does "
-                    "not know (is skiffd newer?)\n",
+            log_warning("skipping bus messages of type \"%s\", which this router does "
+                    "not know (is skiffd newer?)",
                     type);
         else
-            fprintf(stderr, "skiff-router: skipping a bus line that is not a JSON object with "
-                            "a \"type\"\n");
+            log_warning("skipping a bus line that is not a JSON object with "
+                            "a \"type\"");
     }
     json_decref(o);
 }
@@ -236,7 +236,7 @@ static void on_bus_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 static void on_bus_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     if (nread < 0) {
-        fprintf(stderr, "skiff-router: bus closed (%s); serving the last route table\n",
+        log_warning("bus closed (%s); serving the last route table",
                 uv_strerror((int)nread));
         bus_disconnect();
         return;
@@ -250,7 +250,7 @@ static void on_bus_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             bus_handle_line(line, n);
     buf_consume(&bus.in, pos);
     if (bus.in.len > BUS_MAX_LINE) {
-        fprintf(stderr, "skiff-router: a bus message is over %u bytes; reconnecting\n",
+        log_warning("a bus message is over %u bytes; reconnecting",
                 BUS_MAX_LINE);
         bus_disconnect();
     }
@@ -296,7 +296,7 @@ void router_bus_load_saved(const struct router_config *cfg)
         if (route_table_parse(data, len, &t, err, sizeof(err), NULL) == 0)
             route_table_publish(t);
         else
-            fprintf(stderr, "skiff-router: ignoring %s: %s\n", path, err);
+            log_warning("ignoring %s: %s", path, err);
     }
     free(data);
     free(path);

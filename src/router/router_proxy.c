@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "router/route_table.h"
@@ -2411,12 +2412,11 @@ static int listen_on(const struct sockaddr_storage *ss, const char *addr_text, b
         int e = errno;
         close(fd);
         if (e == EADDRINUSE)
-            fprintf(stderr,
-                    "skiff-router: %s is in use by another process; stop it or choose "
-                    "another address (--addr, SKIFF_ROUTER_ADDR)\n",
+            log_error("%s is in use by another process; stop it or choose "
+                    "another address (--addr, SKIFF_ROUTER_ADDR)",
                     addr_text);
         else if (!v6only)
-            fprintf(stderr, "skiff-router: cannot listen on %s: %s\n", addr_text, strerror(e));
+            log_error("cannot listen on %s: %s", addr_text, strerror(e));
         return -e;
     }
     *out_fd = fd;
@@ -2434,7 +2434,7 @@ static int router_listen(const char *addr_text)
     char host[256];
     const char *colon = strrchr(addr_text, ':');
     if (!colon || (size_t)(colon - addr_text) >= sizeof(host)) {
-        fprintf(stderr, "skiff-router: address %s is not HOST:PORT\n", addr_text);
+        log_error("address %s is not HOST:PORT", addr_text);
         return -EINVAL;
     }
     memcpy(host, addr_text, (size_t)(colon - addr_text));
@@ -2451,7 +2451,7 @@ static int router_listen(const char *addr_text)
     }
     if (uv_ip4_addr(h, port, (struct sockaddr_in *)&ss) != 0 &&
         uv_ip6_addr(h, port, (struct sockaddr_in6 *)&ss) != 0) {
-        fprintf(stderr, "skiff-router: %s is not an IP address and port\n", addr_text);
+        log_error("%s is not an IP address and port", addr_text);
         return -EINVAL;
     }
     int r = listen_on(&ss, addr_text, false, &listen_fds[0]);

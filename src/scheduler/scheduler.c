@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "executor/executor.h"
@@ -899,9 +900,8 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     char droplet[37] = "";
     struct sched_slot *slot = sched__adoption_slot(s, sp, &a, droplet);
     if (!slot) {
-        fprintf(stderr,
-                "skiffd: stopping instance %s left by a previous skiffd: its app no "
-                "longer wants it\n",
+        log_warning("stopping instance %s left by a previous skiffd: its app no "
+                "longer wants it",
                 sp->instance_guid);
         executor_stop(inst); /* no user data: its end concerns nobody */
         return;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 /* One script per schema version (index 0 makes version 1). Append only. */
@@ -97,7 +98,7 @@ struct store {
 
 static int store__fail(struct store *st, const char *what)
 {
-    fprintf(stderr, "skiffd: store: %s: %s\n", what, sqlite3_errmsg(st->db));
+    log_error("store: %s: %s", what, sqlite3_errmsg(st->db));
     return -EIO;
 }
 
@@ -160,7 +161,7 @@ static int store__exec(struct store *st, const char *sql)
 {
     char *msg = NULL;
     if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        fprintf(stderr, "skiffd: store: %s\n", msg ? msg : "error");
+        log_error("store: %s", msg ? msg : "error");
         sqlite3_free(msg);
         return -EIO;
     }

@@ -13,7 +13,52 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/util.h"
+
+static void test_log_lines_and_levels(void **state)
+{
+    (void)state;
+    assert_int_equal(log_level_parse("warn"), LOG_WARNING);
+    assert_int_equal(log_level_parse("debug"), LOG_DEBUG);
+    assert_int_equal(log_level_parse("loud"), -1);
+    assert_int_equal(log_level_parse(NULL), -1);
+    char path[] = "/tmp/skiff-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    setenv("SKIFF_LOG_LEVEL", "warning", 1);
+    log_init("skiffd");
+    log_error("cannot %s", "write");
+    log_warning("the router exited");
+    log_info("not shown at warning");
+    log_debug("nor this");
+    char big[4000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    log_error("%s", big);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    unsetenv("SKIFF_LOG_LEVEL");
+    log_init("skiff");
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(path, &text, &len), 0);
+    unlink(path);
+    close(fd);
+    assert_true(str_has_prefix(text, "skiffd: error: cannot write\n"
+                                     "skiffd: warning: the router exited\n"
+                                     "skiffd: error: xxx"));
+    assert_null(strstr(text, "not shown"));
+    assert_null(strstr(text, "nor this"));
+    /* a line too long is cut, says so, and still ends the line */
+    assert_true(str_has_suffix(text, "xxx...\n"));
+    assert_true(len < 2048 + 100);
+    free(text);
+}
 
 static void test_name_valid(void **state)
 {
@@ -170,6 +215,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
         cmocka_unit_test(test_name_valid),
+        cmocka_unit_test(test_log_lines_and_levels),
         cmocka_unit_test(test_buf_json_escaped),
         cmocka_unit_test(test_buf_lines_are_taken_whole),
         cmocka_unit_test(test_uuid_is_version_4),
