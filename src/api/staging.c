@@ -350,7 +350,10 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
                                  .cache_dir = cache,
                                  .droplet_dir = s->droplet_dir,
                                  .env = s->env,
-                                 .timeout_s = core->cfg.staging_timeout_s};
+                                 .timeout_s = core->cfg.staging_timeout_s,
+                                 .disk_mb = core->cfg.staging_disk_mb > 0
+                                                ? core->cfg.staging_disk_mb
+                                                : app->disk_mb};
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
                  restage ? "Restaging" : "Staging", app->name);
