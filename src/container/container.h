@@ -141,8 +141,9 @@ int container_disk_open(const char *pool_dir, int size_mb, char *err, size_t err
 
 /* Bytes used and total of a mounted disk (statfs of dir). */
 int container_disk_usage(const char *dir, unsigned long long *used, unsigned long long *total);
-/* Whether a disk with these figures is full: ext4 keeps back ~2% (at most 16 MB) for its own
- * allocations, so writes fail with ENOSPC while statfs still shows that much free. */
+/* Whether a disk with these figures is full: ext4 keeps back ~2% (at most 16 MB, at least
+ * about 1 MB) for its own allocations, so writes fail with ENOSPC while statfs still shows
+ * that much free. */
 bool container_disk_is_full(unsigned long long used, unsigned long long total);
 
 #endif

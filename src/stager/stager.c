@@ -593,6 +593,21 @@ static void stager__complete(struct staging *s)
     free(types_text);
 }
 
+/* The script of the step running now. */
+static const char *stager__script(const struct staging *s, const struct stager__buildpack *bp)
+{
+    switch (s->step) {
+    case STEP_DETECT:
+        return "detect";
+    case STEP_SUPPLY:
+        return "supply";
+    case STEP_RELEASE:
+        return "release";
+    default:
+        return stager__has_script(bp, "finalize") ? "finalize" : "compile";
+    }
+}
+
 static void stager__step_exited(void *ctx, int exit_status, int term_signal)
 {
     struct staging *s = ctx;
@@ -607,6 +622,15 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
     }
     const struct stager__buildpack *bp = &s->candidates[s->current];
     bool ok = exit_status == 0 && term_signal == 0;
+    /* whatever the step's exit says: a full disk means some write of it failed, and what the
+     * build goes on with is not what the buildpack meant */
+    if (stager__disk_full(s)) {
+        char *what = xasprintf("buildpack %s's bin/%s filled the staging disk", bp->name,
+                               stager__script(s, bp));
+        stager__fail_quota(s, what);
+        free(what);
+        return;
+    }
     switch (s->step) {
     case STEP_DETECT:
         if (ok) {
@@ -623,10 +647,6 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
             stager__next(s);
             return;
         }
-        if (stager__disk_full(s)) {
-            stager__fail_quota(s, "bin/detect filled the staging disk");
-            return;
-        }
         if (term_signal) {
             stager__fail(s, "buildpack %s: bin/detect was killed by signal %d", bp->name,
                          term_signal);
@@ -639,17 +659,7 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
     case STEP_FINAL:
     case STEP_RELEASE: {
         if (!ok) {
-            const char *script = s->step == STEP_SUPPLY               ? "supply"
-                                 : s->step == STEP_RELEASE            ? "release"
-                                 : stager__has_script(bp, "finalize") ? "finalize"
-                                                                      : "compile";
-            if (stager__disk_full(s)) {
-                char *what = xasprintf("buildpack %s's bin/%s filled the staging disk",
-                                       bp->name, script);
-                stager__fail_quota(s, what);
-                free(what);
-                return;
-            }
+            const char *script = stager__script(s, bp);
             if (term_signal)
                 stager__fail(s, "buildpack %s failed: bin/%s was killed by signal %d", bp->name,
                              script, term_signal);

@@ -520,6 +520,53 @@ def test_dev_is_minimal(world):
     contained(attack(world.p, "hostile", "devices"), "/dev must be minimal inside an instance")
 
 
+def test_staging_disk_quota_holds(world, tmp_path):
+    """A bin/compile that writes past the staging disk quota fills the host's disk for
+    everyone: staging runs on one disk of the app's disk quota (-k 64M) that the build folder,
+    the cache and the container's own /tmp share, so its writes there, 1 GB each, fail with
+    ENOSPC after less than 64 MB in all, even though it exits 0; staging fails saying
+    `disk quota exceeded (64 MB)`, the host's free space is not spent beyond the limit, skiffd
+    stays up and the next push stages and runs."""
+    p = world.p
+    bp = tmp_path / "filler-buildpack"
+    (bp / "bin").mkdir(parents=True)
+    scripts = {
+        "detect": "#!/bin/sh\necho filler\n",
+        "compile": "#!/bin/sh\n"
+                   "for f in \"$1/fill\" \"$2/fill\" /tmp/fill; do\n"
+                   "  dd if=/dev/zero of=\"$f\" bs=1M count=1024 2>&1 | tail -n 1\n"
+                   "done\n"
+                   "echo \"WROTE $(cat \"$1/fill\" \"$2/fill\" /tmp/fill | wc -c)\"\n"
+                   "exit 0\n",
+        "release": "#!/bin/sh\nprintf -- '---\\ndefault_process_types:\\n  web: \"sleep 1000\"\\n'\n",
+    }
+    for name, text in scripts.items():
+        (bp / "bin" / name).write_text(text)
+        (bp / "bin" / name).chmod(0o755)
+    code = tmp_path / "filler-app"
+    code.mkdir()
+    (code / "README").write_text("nothing to build\n")
+    free_before = shutil.disk_usage(p.home).free
+    r = p.cli("push", "stagefill", "-p", str(code), "-b", str(bp), "-k", "64M", "--no-start",
+              "--no-route", timeout=300)
+    free_after = shutil.disk_usage(p.home).free
+    assert r.returncode != 0, "staging past its disk quota succeeded:\n" + out(r)
+    assert "disk quota exceeded (64 MB)" in out(r), out(r)
+    wrote = re.search(r"WROTE (\d+)", r.stdout)
+    assert wrote, "bin/compile did not say how much it wrote:\n" + out(r)
+    assert int(wrote.group(1)) < 64 << 20, "bin/compile wrote %s bytes under a 64 MB quota" % (
+        wrote.group(1))
+    # the 3 GB the buildpack tried to write would show; other tests' work on this disk may not
+    assert free_before - free_after < 512 << 20, "the host lost %d MB of free space" % (
+        (free_before - free_after) >> 20)
+    assert p.proc.poll() is None, "skiffd ended during the staging"
+    app = app_json(p, "stagefill")
+    left = os.listdir(os.path.join(p.home, "apps", app["guid"], "droplets"))
+    assert not left, "the failed staging left %s behind" % left
+    push_hostile(p, "after-fill", "--no-route")
+    assert control(p, "after-fill", "info")["ok"], "the app pushed after the full staging disk"
+
+
 # ---- disk -----------------------------------------------------------------------------------------
 
 def test_disk_quota_is_enforced_and_reported(world):
