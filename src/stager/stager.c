@@ -763,10 +763,34 @@ static void stager__cache_in(struct staging *s)
     free(cache);
 }
 
+/* The unpacked app (in the droplet's folder on the host, bounded by the unpack limit as the
+ * upload is) onto the disk; that folder is left empty for the copy out. libarchive refuses to
+ * extract through a symbolic link, and the disk is reached only through /proc/PID/fd/N. */
+static int stager__app_in(struct staging *s, const char *on_disk)
+{
+    struct copy_budget budget;
+    int rc = stager__disk_budget(s, &budget);
+    if (rc == 0)
+        rc = copy_tree(s->build_dir, on_disk, &budget);
+    if (rc == -EFBIG || rc == -ENOSPC || rc == -EDQUOT)
+        rc = -EDQUOT;
+    else if (rc < 0)
+        snprintf(s->job_err, sizeof s->job_err, "cannot put the app on the staging disk: %s",
+                 strerror(-rc));
+    int cleared = rm_rf(s->build_dir);
+    if (cleared == 0)
+        cleared = mkdir_p(s->build_dir, 0755);
+    if (rc == 0 && cleared < 0) {
+        rc = cleared;
+        snprintf(s->job_err, sizeof s->job_err, "cannot empty %s: %s", s->build_dir,
+                 strerror(-rc));
+    }
+    return rc;
+}
+
 static void stager__unpack_work(uv_work_t *w)
 {
     struct staging *s = w->data;
-    const char *build = s->build_dir;
     char *trees[3] = {xstrdup(s->build_dir), xstrdup(s->deps_dir), xstrdup(s->cache_dir)};
     if (s->site) {
         s->job_rc = stager__disk_prepare(s);
@@ -777,10 +801,11 @@ static void stager__unpack_work(uv_work_t *w)
             free(trees[i]);
             trees[i] = stager__on_disk(s, names[i]);
         }
-        build = trees[0];
     }
-    s->job_rc =
-        package_extract(s->package_path, build, STAGER_MAX_UNPACKED, s->job_err, sizeof(s->job_err));
+    s->job_rc = package_extract(s->package_path, s->build_dir, STAGER_MAX_UNPACKED, s->job_err,
+                                sizeof(s->job_err));
+    if (s->site && s->job_rc == 0)
+        s->job_rc = stager__app_in(s, trees[0]);
     if (s->site && s->job_rc == 0)
         stager__cache_in(s);
     /* the containers' vcap writes the build, its dependencies and the cache */
@@ -870,7 +895,7 @@ static void stager__unpacked(uv_work_t *w, int status)
         return;
     }
     if (s->job_rc < 0) {
-        if (stager__disk_full(s))
+        if (s->job_rc == -EDQUOT || stager__disk_full(s))
             stager__fail_quota(s, "the app's files do not fit on the staging disk");
         else
             stager__fail(s, "cannot unpack the app: %s", s->job_err);
