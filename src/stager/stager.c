@@ -10,9 +10,10 @@
  * In containers, the build happens on a staging disk of its own (an ext4 of the quota,
  * container_disk_open) that skiffd holds as a detached mount and every step takes as its
  * disk: app, deps and cache are folders of it, and the steps' writable layer (/tmp, $HOME)
- * is on it too, so whatever staging writes counts against one limit. The unpack goes straight
- * onto it (with the app's cache copied in); after release, the build and deps are copied out
- * to the folder above (at most what the disk held) and the cache back, then the disk goes. */
+ * is on it too, so whatever staging writes counts against one limit. The upload is unpacked on
+ * the host as before (bounded by the unpack limit) and copied onto it, the app's cache after
+ * it; after release, the build and deps are copied out to the folder above (at most what the
+ * disk held) and the cache back, then the disk goes. */
 #include "stager/stager.h"
 
 #include <errno.h>
@@ -229,7 +230,7 @@ static void stager__fail_quota(struct staging *s, const char *what)
 static void stager__abort(struct staging *s)
 {
     if (s->in_job)
-        return; /* the unpack finishes on its thread, then stager__unpacked reports */
+        return; /* the job finishes on its thread, then its callback reports */
     if (s->timed_out)
         stager__fail(s,
                      "staging timed out after %d s: make the build faster, or raise the "
