@@ -217,7 +217,7 @@ int container_disk_usage(const char *dir, unsigned long long *used, unsigned lon
 /* less free than this: the quota is used. On a small disk, ext4's reservations for delayed
  * allocation hold back most of it when a write fails (734 KB of a 16 MB disk) */
 #define DISK_FULL_BYTES (1ull << 20)
-#define DISK_FULL_MAX_SLACK (16ull << 20)   /* ext4's own reserve, at most */
+#define DISK_FULL_MAX_SLACK (16ull << 20) /* ext4's own reserve, at most */
 
 bool container_disk_is_full(unsigned long long used, unsigned long long total)
 {

@@ -194,8 +194,8 @@ static int run__disk(const struct container_config *cfg, const char *image, cons
         /* no disk of our own in its place: the caller's quota is the one that must hold */
         int tree = open_tree(AT_FDCWD, cfg->disk_from, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
         if (tree < 0)
-            return run__fail(err, errlen, -errno, "cannot take the disk at %s: %s",
-                             cfg->disk_from, strerror(errno));
+            return run__fail(err, errlen, -errno, "cannot take the disk at %s: %s", cfg->disk_from,
+                             strerror(errno));
         int moved = move_mount(tree, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH);
         int rc = moved < 0 ? -errno : 0;
         close(tree);

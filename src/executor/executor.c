@@ -45,7 +45,7 @@
 #define DEFAULT_START_TIMEOUT_S 60
 #define CGROUP_STALE_AGE_S 60 /* an empty instance cgroup this old is a dead daemon's */
 #define DEFAULT_DISK_MB 1024
-#define DISK_POOL_KEEP 2      /* ready-made disk images kept per size in use */
+#define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
 
 struct probe;
 

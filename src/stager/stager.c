@@ -38,7 +38,7 @@
 #define STAGER_MAX_UNPACKED ((size_t)4 << 30) /* the API checks its own, smaller limit */
 #define STAGER_MAX_CAPTURE (256 * 1024)       /* detect/release output kept for parsing */
 #define STAGER_MEMORY_MB 1024                 /* a staging container's memory */
-#define STAGER_DEFAULT_DISK_MB 1024 /* the staging disk, when the request names none */
+#define STAGER_DEFAULT_DISK_MB 1024           /* the staging disk, when the request names none */
 
 extern char **environ;
 
@@ -64,8 +64,8 @@ struct staging {
                           part of the droplet, removed at the end */
     /* the staging disk (containers only): its detached mount, held while the staging runs */
     int disk_mb;
-    int disk_fd;    /* -1: none */
-    char *disk_dir; /* its root as a path: /proc/PID/fd/N */
+    int disk_fd;        /* -1: none */
+    char *disk_dir;     /* its root as a path: /proc/PID/fd/N */
     bool cache_dropped; /* the cache did not fit on the disk: staged without it */
 
     struct stager__buildpack *candidates;
@@ -84,7 +84,7 @@ struct staging {
     int slot; /* -1: none */
     unsigned steps;
     struct buf captured; /* stdout of detect and release */
-    uv_work_t job; /* on the thread pool: the unpack, then the copy out of the disk */
+    uv_work_t job;       /* on the thread pool: the unpack, then the copy out of the disk */
     int job_rc;
     char job_err[512];
     uv_timer_t timer;
@@ -171,8 +171,8 @@ static void stager__disk_close(struct staging *s)
     s->disk_fd = -1;
 }
 
-#define STAGER_QUOTA_ADVICE                                                                     \
-    "make the build smaller, or raise the app's disk quota (skiff push -k, or disk_quota in "  \
+#define STAGER_QUOTA_ADVICE                                                                        \
+    "make the build smaller, or raise the app's disk quota (skiff push -k, or disk_quota in "      \
     "the manifest)"
 
 /* Reports the result once and releases the staging. */
@@ -783,8 +783,7 @@ static int stager__app_in(struct staging *s, const char *on_disk)
         cleared = mkdir_p(s->build_dir, 0755);
     if (rc == 0 && cleared < 0) {
         rc = cleared;
-        snprintf(s->job_err, sizeof s->job_err, "cannot empty %s: %s", s->build_dir,
-                 strerror(-rc));
+        snprintf(s->job_err, sizeof s->job_err, "cannot empty %s: %s", s->build_dir, strerror(-rc));
     }
     return rc;
 }
@@ -813,8 +812,8 @@ static void stager__unpack_work(uv_work_t *w)
     for (size_t i = 0; s->site && s->job_rc == 0 && i < ARRAY_SIZE(trees); i++) {
         s->job_rc = container_chown_tree(trees[i], s->site->uid_base);
         if (s->job_rc < 0)
-            snprintf(s->job_err, sizeof s->job_err, "cannot hand %s to the container: %s",
-                     trees[i], strerror(-s->job_rc));
+            snprintf(s->job_err, sizeof s->job_err, "cannot hand %s to the container: %s", trees[i],
+                     strerror(-s->job_rc));
     }
 out:
     for (size_t i = 0; i < ARRAY_SIZE(trees); i++)

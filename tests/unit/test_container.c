@@ -399,7 +399,7 @@ static void test_disk_is_full_leaves_ext4_its_slack(void **state)
     assert_true(container_disk_is_full(64 * mb, 64 * mb));
     assert_false(container_disk_is_full(1000 * mb, 1024 * mb)); /* slack stops at 16 MB */
     assert_true(container_disk_is_full(1010 * mb, 1024 * mb));
-    assert_false(container_disk_is_full(0, 0)); /* no figures: not full */
+    assert_false(container_disk_is_full(0, 0));                     /* no figures: not full */
     assert_true(container_disk_is_full(15 * mb + mb / 2, 16 * mb)); /* 1 MB on a small one */
 }
 
