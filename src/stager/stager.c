@@ -222,8 +222,7 @@ static void stager__fail(struct staging *s, const char *fmt, ...)
 /* The one message for a staging that wrote past its disk: what filled it, and the limit. */
 static void stager__fail_quota(struct staging *s, const char *what)
 {
-    stager__fail(s, "staging failed: disk quota exceeded (%d MB): %s; " STAGER_QUOTA_ADVICE,
-                 s->disk_mb, what);
+    stager__fail(s, "disk quota exceeded (%d MB): %s; " STAGER_QUOTA_ADVICE, s->disk_mb, what);
 }
 
 /* A stop from outside (timeout or cancel) while a step runs: kill it and report why. */

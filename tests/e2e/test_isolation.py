@@ -525,7 +525,7 @@ def test_staging_disk_quota_holds(world, tmp_path):
     everyone: staging runs on one disk of the app's disk quota (-k 64M) that the build folder,
     the cache and the container's own /tmp share, so its writes there, 1 GB each, fail with
     ENOSPC after less than 64 MB in all, even though it exits 0; staging fails saying
-    `disk quota exceeded (64 MB)`, the host's free space is not spent beyond the limit, skiffd
+    `staging stagefill failed: disk quota exceeded (64 MB)`, the host's free space is not spent beyond the limit, skiffd
     stays up and the next push stages and runs."""
     p = world.p
     bp = tmp_path / "filler-buildpack"
@@ -551,7 +551,8 @@ def test_staging_disk_quota_holds(world, tmp_path):
               "--no-route", timeout=300)
     free_after = shutil.disk_usage(p.home).free
     assert r.returncode != 0, "staging past its disk quota succeeded:\n" + out(r)
-    assert "disk quota exceeded (64 MB)" in out(r), out(r)
+    assert "staging stagefill failed: disk quota exceeded (64 MB)" in r.stderr, out(r)
+    assert "bin/compile filled the staging disk" in r.stderr, out(r)
     wrote = re.search(r"WROTE (\d+)", r.stdout)
     assert wrote, "bin/compile did not say how much it wrote:\n" + out(r)
     assert int(wrote.group(1)) < 64 << 20, "bin/compile wrote %s bytes under a 64 MB quota" % (
