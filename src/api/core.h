@@ -24,6 +24,7 @@ struct api_core_config {
     const char *buildpacks_dir; /* built-in buildpacks */
     uint64_t max_unpacked;      /* largest unpacked package, bytes */
     int staging_timeout_s;
+    int staging_disk_mb; /* every staging's disk; 0: the app's disk quota, as Cloud Foundry */
     const struct container_site *containers; /* where stagings run; NULL: host processes */
     struct store *store;
     struct scheduler *scheduler;

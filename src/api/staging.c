@@ -346,13 +346,15 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
                                  .home = core->cfg.home,
                                  .containers = core->cfg.containers};
-    struct stage_request sreq = {.app_name = app->name,
-                                 .package_path = pkg->path,
-                                 .buildpacks = (const char *const *)s->buildpacks,
-                                 .cache_dir = cache,
-                                 .droplet_dir = s->droplet_dir,
-                                 .env = s->env,
-                                 .timeout_s = core->cfg.staging_timeout_s};
+    struct stage_request sreq = {
+        .app_name = app->name,
+        .package_path = pkg->path,
+        .buildpacks = (const char *const *)s->buildpacks,
+        .cache_dir = cache,
+        .droplet_dir = s->droplet_dir,
+        .env = s->env,
+        .timeout_s = core->cfg.staging_timeout_s,
+        .disk_mb = core->cfg.staging_disk_mb > 0 ? core->cfg.staging_disk_mb : app->disk_mb};
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
                  restage ? "Restaging" : "Staging", app->name);

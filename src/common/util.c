@@ -115,6 +115,117 @@ int rm_rf(const char *path)
     return rc;
 }
 
+static int copy__take(uint64_t *left, uint64_t n)
+{
+    if (!left)
+        return 0;
+    if (n > *left)
+        return -EFBIG;
+    *left -= n;
+    return 0;
+}
+
+static int copy__file(const char *src, const char *dst, const struct stat *st,
+                      struct copy_budget *b)
+{
+    int rc = copy__take(b ? &b->bytes : NULL, (uint64_t)st->st_size);
+    if (rc < 0)
+        return rc;
+    int in = open(src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (in < 0)
+        return -errno;
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (out < 0) {
+        rc = -errno;
+        close(in);
+        return rc;
+    }
+    char buf[65536];
+    uint64_t copied = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? -errno : 0;
+            break;
+        }
+        if ((copied += (uint64_t)n) > (uint64_t)st->st_size) {
+            rc = -EFBIG; /* it grew while we read: it is not ours to copy more */
+            break;
+        }
+        for (ssize_t off = 0; off < n && rc == 0;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0 && errno != EINTR)
+                rc = -errno;
+            else if (w > 0)
+                off += w;
+        }
+        if (rc < 0)
+            break;
+    }
+    close(in);
+    if (close(out) < 0 && rc == 0)
+        rc = -errno;
+    return rc;
+}
+
+/* Owner, mode and times of dst as src's (st). */
+static int copy__attrs(const char *dst, const struct stat *st)
+{
+    if (lchown(dst, st->st_uid, st->st_gid) < 0)
+        return -errno;
+    if (!S_ISLNK(st->st_mode) && chmod(dst, st->st_mode & 01777) < 0)
+        return -errno;
+    struct timespec times[2] = {st->st_atim, st->st_mtim};
+    return utimensat(AT_FDCWD, dst, times, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+}
+
+int copy_tree(const char *src, const char *dst, struct copy_budget *b)
+{
+    struct stat st;
+    if (lstat(src, &st) < 0)
+        return -errno;
+    int rc = copy__take(b ? &b->entries : NULL, 1);
+    if (rc < 0)
+        return rc;
+    if (S_ISREG(st.st_mode)) {
+        rc = copy__file(src, dst, &st, b);
+    } else if (S_ISLNK(st.st_mode)) {
+        if (st.st_size <= 0 || st.st_size >= 65536)
+            return -EINVAL;
+        char *target = xmalloc((size_t)st.st_size + 1);
+        ssize_t n = readlink(src, target, (size_t)st.st_size + 1);
+        if (n < 0 || n > st.st_size)
+            rc = n < 0 ? -errno : -EINVAL;
+        else {
+            target[n] = 0;
+            rc = symlink(target, dst) < 0 ? -errno : 0;
+        }
+        free(target);
+    } else if (S_ISDIR(st.st_mode)) {
+        if (mkdir(dst, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        DIR *dir = opendir(src);
+        if (!dir)
+            return -errno;
+        struct dirent *de;
+        while (rc == 0 && (de = readdir(dir))) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                continue;
+            char *from = xasprintf("%s/%s", src, de->d_name);
+            char *to = xasprintf("%s/%s", dst, de->d_name);
+            rc = copy_tree(from, to, b);
+            free(from);
+            free(to);
+        }
+        closedir(dir);
+    } else {
+        return 0; /* fifos, sockets, devices: nothing a droplet needs */
+    }
+    return rc < 0 ? rc : copy__attrs(dst, &st);
+}
+
 int file_read(const char *path, char **out, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

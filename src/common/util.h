@@ -26,6 +26,17 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int mkdir_p(const char *path, unsigned mode);
 /* Removes a tree like `rm -rf`; a missing path is fine. Never follows symlinks. */
 int rm_rf(const char *path);
+/* What copy_tree may still copy: bytes of file contents and entries, spent as it goes. */
+struct copy_budget {
+    uint64_t bytes, entries;
+};
+/* Copies the tree src to dst (dst must not exist, or be an empty folder), never following
+ * links: folders, regular files and symbolic links with their modes (less setuid and setgid),
+ * owners and times; fifos, sockets and devices are left out. With a budget (NULL: no limit),
+ * -EFBIG when the tree needs more than it has left: hard links and sparse files cannot make
+ * the copy larger than the bound its source had. What was copied before an error stays (the
+ * caller removes dst). */
+int copy_tree(const char *src, const char *dst, struct copy_budget *budget);
 /* Reads a whole file into a NUL-terminated heap string (caller frees); *len may be NULL. */
 int file_read(const char *path, char **out, size_t *len);
 /* Writes a file atomically (temp file, fsync, rename) with the given mode. */

@@ -29,6 +29,8 @@ char *container_config_to_json(const struct container_config *cfg)
                           "cgroup_procs", cgroups);
     if (cfg->disk_pool)
         json_object_set_new(j, "disk_pool", json_string(cfg->disk_pool));
+    if (cfg->disk_from)
+        json_object_set_new(j, "disk_from", json_string(cfg->disk_from));
     if (cfg->seccomp_bpf)
         json_object_set_new(j, "seccomp_bpf", json_string(cfg->seccomp_bpf));
     if (cfg->net_pool) {
@@ -62,6 +64,7 @@ int container_config_from_json(const char *text, struct container_config *out, c
     out->scratch = config__string(j, "scratch");
     out->cwd = config__string(j, "cwd");
     out->disk_pool = config__string(j, "disk_pool");
+    out->disk_from = config__string(j, "disk_from");
     out->seccomp_bpf = config__string(j, "seccomp_bpf");
     out->net_pool = config__string(j, "net_pool");
     out->disk_mb = (int)json_integer_value(json_object_get(j, "disk_mb"));
@@ -111,6 +114,7 @@ void container_config_clear(struct container_config *cfg)
     free(cfg->scratch);
     free(cfg->cwd);
     free(cfg->disk_pool);
+    free(cfg->disk_from);
     free(cfg->seccomp_bpf);
     free(cfg->net_pool);
     for (char **c = cfg->cgroup_procs; c && *c; c++)

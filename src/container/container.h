@@ -60,6 +60,9 @@ struct container_config {
     char *stack;   /* the stack's skeleton folder (container_stack_prepare) */
     char *scratch; /* a host folder of this container's own: disk image, mount points */
     int disk_mb;   /* size of the writable layer; > 0 */
+    char *disk_from; /* a disk mounted already to use instead of one of its own (the path of
+                        its root, /proc/PID/fd/N of a detached mount its holder keeps open):
+                        staging's steps share one; or NULL */
     char *disk_pool; /* folder of ready-made disk images (container_disk_pool_fill), or NULL */
     char *seccomp_bpf; /* the default filter built ahead (seccomp_export_default), or NULL */
     unsigned uid_base;
@@ -129,7 +132,18 @@ void container_disk_server_stop(struct container_disk_server *server);
 /* How many disks of size_mb it holds ready now. */
 int container_disk_server_ready(struct container_disk_server *server, int size_mb);
 
+/* A disk of size_mb as a detached mount: the fd (close-on-exec; the caller owns it) of one the
+ * disk server of pool_dir holds ready when it has one, else of an image of the pool (or a new
+ * one) attached and mounted here. Its files are reached at /proc/PID/fd/N; a container takes
+ * it through disk_from. Closing the fd unmounts it (once no container uses it) and frees its
+ * loop device; nothing is mounted on the host. A negative errno with err filled. */
+int container_disk_open(const char *pool_dir, int size_mb, char *err, size_t errlen);
+
 /* Bytes used and total of a mounted disk (statfs of dir). */
 int container_disk_usage(const char *dir, unsigned long long *used, unsigned long long *total);
+/* Whether a disk with these figures is full: ext4 keeps back ~2% (at most 16 MB, at least
+ * about 1 MB) for its own allocations, so writes fail with ENOSPC while statfs still shows
+ * that much free. */
+bool container_disk_is_full(unsigned long long used, unsigned long long total);
 
 #endif

@@ -11,6 +11,10 @@ int container__disk_mount(const char *image, const char *dir, char *err, size_t 
  * which move_mount(2) attaches anywhere. Closed unattached, the mount and its loop device go. */
 int container__disk_mount_detached(const char *image, char *err, size_t errlen);
 
+/* A new disk of size_mb (an image of pool_dir's, or a new one) mounted detached: its fd. The
+ * image is unlinked once the loop device holds it. */
+int container__disk_make_detached(const char *pool_dir, int size_mb, char *err, size_t errlen);
+
 /* A mounted disk of size_mb from the disk server of pool_dir (container_disk_server_start):
  * its detached mount's fd (the caller owns it), or a negative errno when no server answers
  * at once or it has none of that size ready (the caller then makes its own). */

@@ -213,3 +213,16 @@ int container_disk_usage(const char *dir, unsigned long long *used, unsigned lon
     *used = (unsigned long long)(st.f_blocks - st.f_bfree) * (unsigned long long)st.f_bsize;
     return 0;
 }
+
+/* less free than this: the quota is used. On a small disk, ext4's reservations for delayed
+ * allocation hold back most of it when a write fails (734 KB of a 16 MB disk) */
+#define DISK_FULL_BYTES (1ull << 20)
+#define DISK_FULL_MAX_SLACK (16ull << 20) /* ext4's own reserve, at most */
+
+bool container_disk_is_full(unsigned long long used, unsigned long long total)
+{
+    if (total == 0 || used >= total)
+        return total > 0;
+    unsigned long long slack = total / 32 < DISK_FULL_MAX_SLACK ? total / 32 : DISK_FULL_MAX_SLACK;
+    return total - used < (slack > DISK_FULL_BYTES ? slack : DISK_FULL_BYTES);
+}

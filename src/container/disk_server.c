@@ -111,17 +111,15 @@ static int disk_server__take(struct container_disk_server *s, int size_mb)
 
 /* ---- making disks ------------------------------------------------------------------------ */
 
-/* One mounted disk of size_mb: an image from the pool folder (or a new one), attached and
- * mounted, then unlinked (the loop device keeps the file until the mount goes). */
-static int disk_server__make(struct container_disk_server *s, int size_mb, char *err, size_t errlen)
+int container__disk_make_detached(const char *pool_dir, int size_mb, char *err, size_t errlen)
 {
     char id[17];
     random_hex(id, 8);
-    char *image = xasprintf("%s/mounting-%s.img", s->pool_dir, id);
-    int rc = container_disk_take(s->pool_dir, size_mb, image, err, errlen);
+    char *image = xasprintf("%s/mounting-%s.img", pool_dir, id);
+    int rc = container_disk_take(pool_dir, size_mb, image, err, errlen);
     if (rc == 0)
         rc = container__disk_mount_detached(image, err, errlen);
-    unlink(image);
+    unlink(image); /* the loop device keeps the file until the mount goes */
     free(image);
     return rc;
 }
@@ -139,7 +137,7 @@ static void *disk_server__fill(void *arg)
         int size_mb = z->size_mb;
         pthread_mutex_unlock(&s->lock);
         char err[256] = "";
-        int fd = disk_server__make(s, size_mb, err, sizeof err);
+        int fd = container__disk_make_detached(s->pool_dir, size_mb, err, sizeof err);
         pthread_mutex_lock(&s->lock);
         z = disk_server__find(s, size_mb); /* may have been given to another size meanwhile */
         if (fd >= 0 && !s->stopping && z && z->n < DISK_SERVER_KEEP) {
@@ -403,4 +401,21 @@ int container__disk_receive(const char *pool_dir, int size_mb)
         rc = disk_client__recv_fd(sock);
     close(sock);
     return rc;
+}
+
+int container_disk_open(const char *pool_dir, int size_mb, char *err, size_t errlen)
+{
+    if (!pool_dir || size_mb <= 0) {
+        snprintf(err, errlen, "no disk pool or no size for the disk");
+        return -EINVAL;
+    }
+    int fd = container__disk_receive(pool_dir, size_mb);
+    if (fd >= 0)
+        return fd;
+    int rc = mkdir_p(pool_dir, 0700);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", pool_dir, strerror(-rc));
+        return rc;
+    }
+    return container__disk_make_detached(pool_dir, size_mb, err, errlen);
 }

@@ -184,11 +184,26 @@ static int run__dev(const char *root, char *err, size_t errlen)
     return rc;
 }
 
-/* The writable layer's disk at dir: one mounted ahead by the disk server when it has one,
- * else an image of the pool (or a new one) attached and mounted here. */
+/* The writable layer's disk at dir: the caller's (disk_from, a clone of its mount: the
+ * caller's stays its own), else one mounted ahead by the disk server when it has one, else an
+ * image of the pool (or a new one) attached and mounted here. */
 static int run__disk(const struct container_config *cfg, const char *image, const char *dir,
                      char *err, size_t errlen)
 {
+    if (cfg->disk_from) {
+        /* no disk of our own in its place: the caller's quota is the one that must hold */
+        int tree = open_tree(AT_FDCWD, cfg->disk_from, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (tree < 0)
+            return run__fail(err, errlen, -errno, "cannot take the disk at %s: %s", cfg->disk_from,
+                             strerror(errno));
+        int moved = move_mount(tree, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH);
+        int rc = moved < 0 ? -errno : 0;
+        close(tree);
+        if (rc < 0)
+            return run__fail(err, errlen, rc, "cannot mount the disk at %s: %s", cfg->disk_from,
+                             strerror(-rc));
+        return 0;
+    }
     int fd = container__disk_receive(cfg->disk_pool, cfg->disk_mb);
     if (fd >= 0) {
         int moved = move_mount(fd, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH);

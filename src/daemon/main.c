@@ -82,7 +82,9 @@ static void usage(FILE *out)
           "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
           "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
           "4096),\n"
-          "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_BUILDPACKS (buildpacks folder),\n"
+          "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_STAGING_DISK_MB (the disk a\n"
+          "staging's build, dependencies, cache and steps share; default the app's disk quota),\n"
+          "SKIFF_BUILDPACKS (buildpacks folder),\n"
           "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db), SKIFF_EGRESS (0: containers reach no\n"
           "public address; default 1), SKIFF_CONTAINER_UID_BASE (host uid of containers' root,\n"
           "default 200000; vcap is that + 2000), SKIFF_API_MAX_CONNECTIONS (default 4096, at\n"
@@ -568,6 +570,7 @@ int main(int argc, char **argv)
         .buildpacks_dir = buildpacks,
         .max_unpacked = (uint64_t)env_long("SKIFF_MAX_UNPACKED_MB", 4096) << 20,
         .staging_timeout_s = (int)env_long("SKIFF_STAGING_TIMEOUT", 900),
+        .staging_disk_mb = (int)env_long("SKIFF_STAGING_DISK_MB", 0),
         .containers = executor_container_site(scheduler_executor(d.sched)),
         .store = d.store,
         .scheduler = d.sched,

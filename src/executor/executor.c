@@ -47,9 +47,7 @@
 #define DEFAULT_START_TIMEOUT_S 60
 #define CGROUP_STALE_AGE_S 60 /* an empty instance cgroup this old is a dead daemon's */
 #define DEFAULT_DISK_MB 1024
-#define DISK_POOL_KEEP 2      /* ready-made disk images kept per size in use */
-#define DISK_FULL_BYTES 65536 /* less free than this on a writable layer: its quota is used */
-#define DISK_FULL_MAX_SLACK (16ull << 20)
+#define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
 
 struct probe;
 
@@ -1158,10 +1156,7 @@ static void executor__sample_disk(struct instance *inst)
     if (container_disk_usage(dir, &used, &total) == 0 && total > 0) {
         inst->disk_used = used;
         inst->disk_total = total;
-        /* ext4 keeps back ~2% (at most 16 MB) for its own allocations: writes fail with
-         * ENOSPC while statfs still shows that much free */
-        uint64_t slack = total / 32 < DISK_FULL_MAX_SLACK ? total / 32 : DISK_FULL_MAX_SLACK;
-        bool full = total - used < (slack > DISK_FULL_BYTES ? slack : DISK_FULL_BYTES);
+        bool full = container_disk_is_full(used, total);
         if (full && !inst->disk_full_told) {
             char *msg = xasprintf("disk quota exceeded: the instance has written %llu MB of "
                                   "its %d MB disk; writes fail with \"No space left on "

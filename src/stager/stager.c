@@ -5,7 +5,15 @@
  *   -> supply of every named buildpack but the last -> finalize or compile of the last
  *   -> release -> Procfile merge -> staging_info.json -> rename into place.
  * Layout while it runs: <droplet_dir>.staging-<random>/{app,deps,staging_info.json}, so the
- * final rename stays on one filesystem; a failure removes that folder and nothing else. */
+ * final rename stays on one filesystem; a failure removes that folder and nothing else.
+ *
+ * In containers, the build happens on a staging disk of its own (an ext4 of the quota,
+ * container_disk_open) that skiffd holds as a detached mount and every step takes as its
+ * disk: app, deps and cache are folders of it, and the steps' writable layer (/tmp, $HOME)
+ * is on it too, so whatever staging writes counts against one limit. The upload is unpacked on
+ * the host as before (bounded by the unpack limit) and copied onto it, the app's cache after
+ * it; after release, the build and deps are copied out to the folder above (at most what the
+ * disk held) and the cache back, then the disk goes. */
 #include "stager/stager.h"
 
 #include <errno.h>
@@ -16,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -29,7 +38,7 @@
 #define STAGER_MAX_UNPACKED ((size_t)4 << 30) /* the API checks its own, smaller limit */
 #define STAGER_MAX_CAPTURE (256 * 1024)       /* detect/release output kept for parsing */
 #define STAGER_MEMORY_MB 1024                 /* a staging container's memory */
-#define STAGER_DISK_MB 1024 /* its own writable layer (/tmp, $HOME); the build is on the host */
+#define STAGER_DEFAULT_DISK_MB 1024           /* the staging disk, when the request names none */
 
 extern char **environ;
 
@@ -53,6 +62,11 @@ struct staging {
     char *work_dir, *build_dir, *deps_dir;
     char *scratch_dir; /* HOME of the scripts (and CACHE when the caller gave none): not
                           part of the droplet, removed at the end */
+    /* the staging disk (containers only): its detached mount, held while the staging runs */
+    int disk_mb;
+    int disk_fd;        /* -1: none */
+    char *disk_dir;     /* its root as a path: /proc/PID/fd/N */
+    bool cache_dropped; /* the cache did not fit on the disk: staged without it */
 
     struct stager__buildpack *candidates;
     size_t candidate_count;
@@ -70,17 +84,18 @@ struct staging {
     int slot; /* -1: none */
     unsigned steps;
     struct buf captured; /* stdout of detect and release */
-    uv_work_t unpack_work;
-    int unpack_rc;
-    char unpack_err[512];
+    uv_work_t job;       /* on the thread pool: the unpack, then the copy out of the disk */
+    int job_rc;
+    char job_err[512];
     uv_timer_t timer;
-    bool unpacking, timed_out, cancelled, finished;
+    bool in_job, timed_out, cancelled, finished;
 };
 
 static void stager__next(struct staging *s);
 static void stager__load_order(struct staging *s, const char *buildpacks_dir);
 static void stager__complete(struct staging *s);
 static void stager__step_release(struct staging *s);
+static void stager__finish_build(struct staging *s);
 
 /* ---- output and ending ------------------------------------------------------------------ */
 
@@ -124,12 +139,41 @@ static void stager__timer_closed(uv_handle_t *h)
     free(s->scratch_dir);
     free(s->build_dir);
     free(s->deps_dir);
+    free(s->disk_dir);
     free(s->detect_output);
     free(s->unknown_buildpack);
     stager__free_strings(s->env);
     buf_free(&s->captured);
     free(s);
 }
+
+/* ---- the staging disk ------------------------------------------------------------------ */
+
+/* A folder of the staging disk (caller frees). */
+static char *stager__on_disk(const struct staging *s, const char *name)
+{
+    return xasprintf("%s/%s", s->disk_dir, name);
+}
+
+static bool stager__disk_full(const struct staging *s)
+{
+    unsigned long long used = 0, total = 0;
+    return s->disk_dir && container_disk_usage(s->disk_dir, &used, &total) == 0 &&
+           container_disk_is_full(used, total);
+}
+
+/* Unmounts the disk once no step holds it (a running step's container keeps its clone until
+ * it ends); its loop device and image go with it. */
+static void stager__disk_close(struct staging *s)
+{
+    if (s->disk_fd >= 0)
+        close(s->disk_fd);
+    s->disk_fd = -1;
+}
+
+#define STAGER_QUOTA_ADVICE                                                                        \
+    "make the build smaller, or raise the app's disk quota (skiff push -k, or disk_quota in "      \
+    "the manifest)"
 
 /* Reports the result once and releases the staging. */
 static void stager__finish(struct staging *s, bool ok, const char *buildpack,
@@ -144,6 +188,7 @@ static void stager__finish(struct staging *s, bool ok, const char *buildpack,
         s->proc = NULL;
     }
     stager__step_release(s);
+    stager__disk_close(s);
     uv_timer_stop(&s->timer);
     if (!ok && s->work_dir)
         rm_rf(s->work_dir);
@@ -174,11 +219,17 @@ static void stager__fail(struct staging *s, const char *fmt, ...)
     buf_free(&b);
 }
 
+/* The one message for a staging that wrote past its disk: what filled it, and the limit. */
+static void stager__fail_quota(struct staging *s, const char *what)
+{
+    stager__fail(s, "disk quota exceeded (%d MB): %s; " STAGER_QUOTA_ADVICE, s->disk_mb, what);
+}
+
 /* A stop from outside (timeout or cancel) while a step runs: kill it and report why. */
 static void stager__abort(struct staging *s)
 {
-    if (s->unpacking)
-        return; /* the unpack finishes on its thread, then stager__unpacked reports */
+    if (s->in_job)
+        return; /* the job finishes on its thread, then its callback reports */
     if (s->timed_out)
         stager__fail(s,
                      "staging timed out after %d s: make the build faster, or raise the "
@@ -209,7 +260,7 @@ void stager_cancel(struct staging *s)
         proc_signal_group(s->proc, SIGKILL); /* the work stops now */
     /* on_done comes from the loop, never from inside this call: callers cancel while they
      * walk their own lists */
-    if (!s->unpacking)
+    if (!s->in_job)
         uv_timer_start(&s->timer, stager__cancelled, 0, 0);
 }
 
@@ -255,8 +306,9 @@ static char *stager__buildpack_in(const struct staging *s, const struct stager__
     return xasprintf("/tmp/user-buildpacks/%zu", s->current);
 }
 
-/* A step's container: the build, deps and cache folders writable, the buildpack read-only.
- * Returns the config's path (caller frees) or NULL with err filled. */
+/* A step's container: on the staging disk, whose build, deps and cache folders it sees
+ * writable, the buildpack read-only. Returns the config's path (caller frees) or NULL with err
+ * filled. */
 static char *stager__container(struct staging *s, const struct stager__buildpack *bp, char *err,
                                size_t errlen)
 {
@@ -280,19 +332,23 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
         free(bp_in);
         bp_in = xstrdup(STAGER_BUILDPACKS_IN);
     }
-    struct container_mount mounts[] = {
-        {.source = s->build_dir, .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
-        {.source = s->deps_dir, .target = "/tmp/deps", .kind = CONTAINER_MOUNT_RW},
-        {.source = s->cache_dir, .target = "/tmp/cache", .kind = CONTAINER_MOUNT_RW},
-        {.source = (char *)bp_source, .target = bp_in, .kind = CONTAINER_MOUNT_RO},
-    };
     char *scratch = xasprintf("%s/step-%u", s->scratch_dir, s->steps);
     mkdir_p(scratch, 0700);
+    /* the folders of the disk as the container's keeper sees it, mounted at scratch/disk */
+    char *build = xasprintf("%s/disk/app", scratch), *deps = xasprintf("%s/disk/deps", scratch),
+         *cache = xasprintf("%s/disk/cache", scratch);
+    struct container_mount mounts[] = {
+        {.source = build, .target = "/tmp/app", .kind = CONTAINER_MOUNT_RW},
+        {.source = deps, .target = "/tmp/deps", .kind = CONTAINER_MOUNT_RW},
+        {.source = cache, .target = "/tmp/cache", .kind = CONTAINER_MOUNT_RW},
+        {.source = (char *)bp_source, .target = bp_in, .kind = CONTAINER_MOUNT_RO},
+    };
     struct container_config cfg = {
         .hostname = name,
         .stack = (char *)s->site->stack_dir,
         .scratch = scratch,
-        .disk_mb = STAGER_DISK_MB,
+        .disk_mb = s->disk_mb,
+        .disk_from = s->disk_dir,
         .disk_pool = (char *)s->site->disk_pool,
         .seccomp_bpf = (char *)s->site->seccomp_bpf,
         .uid_base = s->site->uid_base,
@@ -308,6 +364,9 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
     rc = file_replace(path, text, strlen(text), 0600);
     free(text);
     free(scratch);
+    free(build);
+    free(deps);
+    free(cache);
     free(bp_in);
     if (rc < 0) {
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(-rc));
@@ -418,7 +477,7 @@ static void stager__start_step(struct staging *s)
         if (!stager__has_script(bp, "release")) {
             /* no process types from the buildpack: the Procfile has to give them */
             buf_reset(&s->captured);
-            stager__complete(s);
+            stager__finish_build(s);
             return;
         }
         script = "release";
@@ -534,6 +593,21 @@ static void stager__complete(struct staging *s)
     free(types_text);
 }
 
+/* The script of the step running now. */
+static const char *stager__script(const struct staging *s, const struct stager__buildpack *bp)
+{
+    switch (s->step) {
+    case STEP_DETECT:
+        return "detect";
+    case STEP_SUPPLY:
+        return "supply";
+    case STEP_RELEASE:
+        return "release";
+    default:
+        return stager__has_script(bp, "finalize") ? "finalize" : "compile";
+    }
+}
+
 static void stager__step_exited(void *ctx, int exit_status, int term_signal)
 {
     struct staging *s = ctx;
@@ -548,6 +622,15 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
     }
     const struct stager__buildpack *bp = &s->candidates[s->current];
     bool ok = exit_status == 0 && term_signal == 0;
+    /* whatever the step's exit says: a full disk means some write of it failed, and what the
+     * build goes on with is not what the buildpack meant */
+    if (stager__disk_full(s)) {
+        char *what = xasprintf("buildpack %s's bin/%s filled the staging disk", bp->name,
+                               stager__script(s, bp));
+        stager__fail_quota(s, what);
+        free(what);
+        return;
+    }
     switch (s->step) {
     case STEP_DETECT:
         if (ok) {
@@ -576,10 +659,7 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
     case STEP_FINAL:
     case STEP_RELEASE: {
         if (!ok) {
-            const char *script = s->step == STEP_SUPPLY               ? "supply"
-                                 : s->step == STEP_RELEASE            ? "release"
-                                 : stager__has_script(bp, "finalize") ? "finalize"
-                                                                      : "compile";
+            const char *script = stager__script(s, bp);
             if (term_signal)
                 stager__fail(s, "buildpack %s failed: bin/%s was killed by signal %d", bp->name,
                              script, term_signal);
@@ -596,7 +676,7 @@ static void stager__step_exited(void *ctx, int exit_status, int term_signal)
         } else if (s->step == STEP_FINAL) {
             s->step = STEP_RELEASE;
         } else {
-            stager__complete(s);
+            stager__finish_build(s);
             return;
         }
         stager__next(s);
@@ -631,35 +711,200 @@ static void stager__next(struct staging *s)
     stager__start_step(s);
 }
 
-/* ---- unpacking -------------------------------------------------------------------------- */
+/* ---- the thread pool: unpacking, copying out ---------------------------------------- */
+
+/* Opens the staging disk and makes its folders. */
+static int stager__disk_prepare(struct staging *s)
+{
+    char err[256] = "";
+    int fd = container_disk_open(s->site->disk_pool, s->disk_mb, err, sizeof err);
+    if (fd < 0) {
+        snprintf(s->job_err, sizeof s->job_err, "cannot make the staging disk: %s", err);
+        return fd;
+    }
+    s->disk_fd = fd;
+    s->disk_dir = xasprintf("/proc/%d/fd/%d", (int)getpid(), fd);
+    static const char *const names[] = {"app", "deps", "cache"};
+    int rc = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(names) && rc == 0; i++) {
+        char *dir = stager__on_disk(s, names[i]);
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+            rc = -errno;
+            snprintf(s->job_err, sizeof s->job_err, "cannot make %s on the staging disk: %s",
+                     names[i], strerror(errno));
+        }
+        free(dir);
+    }
+    return rc;
+}
+
+/* What may come off the disk: no more than it holds, in bytes and in entries. */
+static int stager__disk_budget(const struct staging *s, struct copy_budget *out)
+{
+    struct statvfs st;
+    if (statvfs(s->disk_dir, &st) < 0)
+        return -errno;
+    out->bytes = (uint64_t)st.f_blocks * st.f_frsize;
+    out->entries = st.f_files;
+    return 0;
+}
+
+/* The app's cache onto the disk, after the app: one that no longer fits is left behind (the
+ * build then runs as a first one would), never the reason a staging fails. */
+static void stager__cache_in(struct staging *s)
+{
+    char *cache = stager__on_disk(s, "cache");
+    struct copy_budget budget;
+    if (stager__disk_budget(s, &budget) < 0 || copy_tree(s->cache_dir, cache, &budget) < 0) {
+        rm_rf(cache);
+        mkdir(cache, 0755);
+        s->cache_dropped = true;
+    }
+    free(cache);
+}
+
+/* The unpacked app (in the droplet's folder on the host, bounded by the unpack limit as the
+ * upload is) onto the disk; that folder is left empty for the copy out. libarchive refuses to
+ * extract through a symbolic link, and the disk is reached only through /proc/PID/fd/N. */
+static int stager__app_in(struct staging *s, const char *on_disk)
+{
+    struct copy_budget budget;
+    int rc = stager__disk_budget(s, &budget);
+    if (rc == 0)
+        rc = copy_tree(s->build_dir, on_disk, &budget);
+    if (rc == -EFBIG || rc == -ENOSPC || rc == -EDQUOT)
+        rc = -EDQUOT;
+    else if (rc < 0)
+        snprintf(s->job_err, sizeof s->job_err, "cannot put the app on the staging disk: %s",
+                 strerror(-rc));
+    int cleared = rm_rf(s->build_dir);
+    if (cleared == 0)
+        cleared = mkdir_p(s->build_dir, 0755);
+    if (rc == 0 && cleared < 0) {
+        rc = cleared;
+        snprintf(s->job_err, sizeof s->job_err, "cannot empty %s: %s", s->build_dir, strerror(-rc));
+    }
+    return rc;
+}
 
 static void stager__unpack_work(uv_work_t *w)
 {
     struct staging *s = w->data;
-    s->unpack_rc = package_extract(s->package_path, s->build_dir, STAGER_MAX_UNPACKED,
-                                   s->unpack_err, sizeof(s->unpack_err));
+    char *trees[3] = {xstrdup(s->build_dir), xstrdup(s->deps_dir), xstrdup(s->cache_dir)};
+    if (s->site) {
+        s->job_rc = stager__disk_prepare(s);
+        if (s->job_rc < 0)
+            goto out;
+        static const char *const names[] = {"app", "deps", "cache"};
+        for (size_t i = 0; i < ARRAY_SIZE(trees); i++) {
+            free(trees[i]);
+            trees[i] = stager__on_disk(s, names[i]);
+        }
+    }
+    s->job_rc = package_extract(s->package_path, s->build_dir, STAGER_MAX_UNPACKED, s->job_err,
+                                sizeof(s->job_err));
+    if (s->site && s->job_rc == 0)
+        s->job_rc = stager__app_in(s, trees[0]);
+    if (s->site && s->job_rc == 0)
+        stager__cache_in(s);
     /* the containers' vcap writes the build, its dependencies and the cache */
-    const char *trees[] = {s->build_dir, s->deps_dir, s->cache_dir};
-    for (size_t i = 0; s->site && s->unpack_rc == 0 && i < ARRAY_SIZE(trees); i++) {
-        s->unpack_rc = container_chown_tree(trees[i], s->site->uid_base);
-        if (s->unpack_rc < 0)
-            snprintf(s->unpack_err, sizeof s->unpack_err, "cannot hand %s to the container: %s",
-                     trees[i], strerror(-s->unpack_rc));
+    for (size_t i = 0; s->site && s->job_rc == 0 && i < ARRAY_SIZE(trees); i++) {
+        s->job_rc = container_chown_tree(trees[i], s->site->uid_base);
+        if (s->job_rc < 0)
+            snprintf(s->job_err, sizeof s->job_err, "cannot hand %s to the container: %s", trees[i],
+                     strerror(-s->job_rc));
+    }
+out:
+    for (size_t i = 0; i < ARRAY_SIZE(trees); i++)
+        free(trees[i]);
+}
+
+/* The build and deps off the disk into the droplet's folder, and the cache back to the app's
+ * (replacing the old one only once the new one is whole). */
+static void stager__copy_out_work(uv_work_t *w)
+{
+    struct staging *s = w->data;
+    struct copy_budget budget;
+    s->job_rc = stager__disk_budget(s, &budget);
+    static const char *const names[] = {"app", "deps"};
+    const char *dests[] = {s->build_dir, s->deps_dir};
+    for (size_t i = 0; i < ARRAY_SIZE(names) && s->job_rc == 0; i++) {
+        char *from = stager__on_disk(s, names[i]);
+        s->job_rc = copy_tree(from, dests[i], &budget);
+        free(from);
+    }
+    if (s->job_rc < 0) {
+        snprintf(s->job_err, sizeof s->job_err, "%s", strerror(-s->job_rc));
+        return;
+    }
+    char *from = stager__on_disk(s, "cache");
+    char *fresh = xasprintf("%s.new", s->cache_dir);
+    rm_rf(fresh);
+    if (copy_tree(from, fresh, &budget) == 0) {
+        rm_rf(s->cache_dir);
+        if (rename(fresh, s->cache_dir) < 0)
+            rm_rf(fresh);
+    } else {
+        rm_rf(fresh); /* the old cache stays: the next build is no worse off */
+    }
+    free(fresh);
+    free(from);
+}
+
+static void stager__copied(uv_work_t *w, int status)
+{
+    struct staging *s = w->data;
+    s->in_job = false;
+    if (s->timed_out || s->cancelled || status == UV_ECANCELED) {
+        stager__abort(s);
+        return;
+    }
+    stager__disk_close(s);
+    if (s->job_rc == -EFBIG)
+        stager__fail_quota(s, "the build's files add up to more than the staging disk holds");
+    else if (s->job_rc < 0)
+        stager__fail(s, "cannot copy the droplet off the staging disk: %s", s->job_err);
+    else
+        stager__complete(s);
+}
+
+/* The steps are done: the droplet comes off the staging disk (on the thread pool), then
+ * stager__complete writes it into place. */
+static void stager__finish_build(struct staging *s)
+{
+    if (!s->disk_dir) {
+        stager__complete(s);
+        return;
+    }
+    s->in_job = true;
+    s->job.data = s;
+    int rc = uv_queue_work(s->loop, &s->job, stager__copy_out_work, stager__copied);
+    if (rc < 0) {
+        s->in_job = false;
+        stager__fail(s, "cannot copy the droplet off the staging disk: %s", uv_strerror(rc));
     }
 }
 
 static void stager__unpacked(uv_work_t *w, int status)
 {
     struct staging *s = w->data;
-    s->unpacking = false;
+    s->in_job = false;
     if (s->timed_out || s->cancelled || status == UV_ECANCELED) {
         stager__abort(s);
         return;
     }
-    if (s->unpack_rc < 0) {
-        stager__fail(s, "cannot unpack the app: %s", s->unpack_err);
+    if (s->job_rc < 0) {
+        if (s->job_rc == -EDQUOT || stager__disk_full(s))
+            stager__fail_quota(s, "the app's files do not fit on the staging disk");
+        else
+            stager__fail(s, "cannot unpack the app: %s", s->job_err);
         return;
     }
+    if (s->cache_dropped)
+        stager__say(s,
+                    "The build cache does not fit on the staging disk (%d MB): staging without "
+                    "it",
+                    s->disk_mb);
     if (s->unknown_buildpack) {
         struct staging *probe = xcalloc(1, sizeof(*probe));
         stager__load_order(probe, s->buildpacks_dir);
@@ -813,6 +1058,8 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     s->site = cfg->containers;
     s->memory_mb = cfg->memory_mb > 0 ? cfg->memory_mb : STAGER_MEMORY_MB;
     s->slot = -1;
+    s->disk_fd = -1;
+    s->disk_mb = req->disk_mb > 0 ? req->disk_mb : STAGER_DEFAULT_DISK_MB;
     char hex[17];
     random_hex(hex, 8);
     s->work_dir = xasprintf("%s.staging-%s", req->droplet_dir, hex);
@@ -860,9 +1107,9 @@ int stager_start(uv_loop_t *loop, const struct stager_config *cfg, const struct 
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     s->step = STEP_UNPACK;
-    s->unpacking = true;
-    s->unpack_work.data = s;
-    rc = uv_queue_work(loop, &s->unpack_work, stager__unpack_work, stager__unpacked);
+    s->in_job = true;
+    s->job.data = s;
+    rc = uv_queue_work(loop, &s->job, stager__unpack_work, stager__unpacked);
     if (rc < 0) {
         rm_rf(s->work_dir);
         rm_rf(s->scratch_dir);

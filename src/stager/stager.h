@@ -39,8 +39,9 @@ struct stager_config {
     const char *home;           /* $SKIFF_HOME: scratch under home/tmp */
     /* Buildpacks are untrusted code: with a site, every step runs in a container of its own
      * (as vcap, the build folder at /tmp/app, the cache at /tmp/cache, the buildpack
-     * read-only at /tmp/buildpacks/N, network egress) under memory_mb; NULL runs them as
-     * host processes (unsafe: development only). */
+     * read-only at /tmp/buildpacks/N, network egress) under memory_mb, all of it on one disk
+     * of the request's disk_mb; NULL runs them as host processes (unsafe: development only,
+     * no disk quota). */
     const struct container_site *containers;
     int memory_mb; /* staging's memory limit in containers; 0: 1024 */
 };
@@ -53,6 +54,10 @@ struct stage_request {
     const char *droplet_dir;    /* where the droplet goes (must not exist yet) */
     char *const *env;           /* NULL-terminated KEY=VALUE for the buildpack processes */
     int timeout_s;              /* whole staging; default 900 */
+    /* In containers, the staging disk: the build, deps, cache and whatever the steps write
+     * share this many MB (writes past it fail with ENOSPC; the staging fails saying so);
+     * 0: 1024. Cloud Foundry stages with the app's disk quota. */
+    int disk_mb;
 };
 
 struct stage_result {

@@ -520,6 +520,90 @@ def test_dev_is_minimal(world):
     contained(attack(world.p, "hostile", "devices"), "/dev must be minimal inside an instance")
 
 
+def write_buildpack(folder, compile_body):
+    """A buildpack that takes any app, builds it with compile_body (a shell script's body:
+    $1 the build folder, $2 the cache) and declares no process types. Its path."""
+    (folder / "bin").mkdir(parents=True)
+    scripts = {"detect": "echo %s\n" % folder.name, "compile": compile_body,
+               "release": "echo '--- {}'\n"}
+    for name, body in scripts.items():
+        (folder / "bin" / name).write_text("#!/bin/sh\n" + body)
+        (folder / "bin" / name).chmod(0o755)
+    return str(folder)
+
+
+def test_staging_disk_quota_holds(world, tmp_path):
+    """A bin/compile that writes past the staging disk quota fills the host's disk for
+    everyone: staging runs on one disk of the app's disk quota (-k 64M) that the build folder,
+    the cache and the container's own /tmp share, so its writes there, 1 GB each, fail with
+    ENOSPC after less than 64 MB in all, even though it exits 0; staging fails saying
+    `staging stagefill failed: disk quota exceeded (64 MB)`, the host's free space is not spent beyond the limit, skiffd
+    stays up and the next push stages and runs."""
+    p = world.p
+    bp = write_buildpack(tmp_path / "filler-buildpack",
+                         "for f in \"$1/fill\" \"$2/fill\" /tmp/fill; do\n"
+                         "  dd if=/dev/zero of=\"$f\" bs=1M count=1024 2>&1 | tail -n 1\n"
+                         "done\n"
+                         "echo \"WROTE $(cat \"$1/fill\" \"$2/fill\" /tmp/fill | wc -c)\"\n"
+                         "exit 0\n")
+    code = tmp_path / "filler-app"
+    code.mkdir()
+    (code / "README").write_text("nothing to build\n")
+    free_before = shutil.disk_usage(p.home).free
+    r = p.cli("push", "stagefill", "-p", str(code), "-b", bp, "-k", "64M", "--no-start",
+              "--no-route", timeout=300)
+    free_after = shutil.disk_usage(p.home).free
+    assert r.returncode != 0, "staging past its disk quota succeeded:\n" + out(r)
+    assert "staging stagefill failed: disk quota exceeded (64 MB)" in r.stderr, out(r)
+    assert "bin/compile filled the staging disk" in r.stderr, out(r)
+    wrote = re.search(r"WROTE (\d+)", r.stdout)
+    assert wrote, "bin/compile did not say how much it wrote:\n" + out(r)
+    assert int(wrote.group(1)) < 64 << 20, "bin/compile wrote %s bytes under a 64 MB quota" % (
+        wrote.group(1))
+    # the 3 GB the buildpack tried to write would show; other tests' work on this disk may not
+    assert free_before - free_after < 512 << 20, "the host lost %d MB of free space" % (
+        (free_before - free_after) >> 20)
+    assert p.proc.poll() is None, "skiffd ended during the staging"
+    app = app_json(p, "stagefill")
+    left = os.listdir(os.path.join(p.home, "apps", app["guid"], "droplets"))
+    assert not left, "the failed staging left %s behind" % left
+    push_hostile(p, "after-fill", "--no-route")
+    assert control(p, "after-fill", "info")["ok"], "the app pushed after the full staging disk"
+
+
+def test_staging_disk_size_is_configurable_and_the_build_comes_off_it(tmp_path):
+    """SKIFF_STAGING_DISK_MB gives every staging a disk of that size whatever the app's disk
+    quota: bin/compile sees a 48 MB file system under the build folder. What it builds comes
+    out as the droplet, and what it leaves in the cache is there at the next staging."""
+    from conftest import Platform
+    p = Platform(extra_env={"SKIFF_STAGING_DISK_MB": "48"}).start()
+    try:
+        bp = write_buildpack(tmp_path / "sizer",
+                             "echo \"DISK $(df -k \"$1\" | tail -n 1 | awk '{print $2}')\"\n"
+                             "echo \"CACHE $(cat \"$2/runs\" 2>/dev/null || echo 0)\"\n"
+                             "echo $(( $(cat \"$2/runs\" 2>/dev/null || echo 0) + 1 )) > \"$2/runs\"\n"
+                             "echo built > \"$1/built.txt\"\n")
+        code = tmp_path / "sized"
+        code.mkdir()
+        (code / "Procfile").write_text("web: sleep 1000\n")
+        for run in range(2):
+            r = p.cli("push", "sized", "-p", str(code), "-b", bp, "--no-start", "--no-route",
+                      timeout=300)
+            assert r.returncode == 0, out(r)
+            kb = int(re.search(r"DISK (\d+)", r.stdout).group(1))
+            assert 40 << 10 < kb <= 48 << 10, "the build folder is on %d KB, not 48 MB" % kb
+            assert "CACHE %d" % run in r.stdout, "the cache did not carry over:\n" + out(r)
+        app = app_json(p, "sized")
+        droplet = os.path.join(p.home, "apps", app["guid"], "droplets", app["droplet"])
+        built = [os.path.join(d, "built.txt") for d, _, files in os.walk(droplet)
+                 if "built.txt" in files]
+        assert built, "what bin/compile built is not in the droplet at %s" % droplet
+        with open(built[0]) as f:
+            assert f.read() == "built\n"
+    finally:
+        p.close()
+
+
 # ---- disk -----------------------------------------------------------------------------------------
 
 def test_disk_quota_is_enforced_and_reported(world):

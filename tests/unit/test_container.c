@@ -32,6 +32,7 @@ struct world {
     char *droplet;
     char *pool;
     char *seccomp_bpf; /* the filter built ahead, as skiffd gives it to its containers */
+    char *disk_from;   /* the containers' disk_from (staging's shared disk), or NULL */
 };
 
 static int setup(void **state)
@@ -84,6 +85,7 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
                                    .scratch = scratch,
                                    .disk_mb = disk_mb,
                                    .disk_pool = w->pool,
+                                   .disk_from = w->disk_from,
                                    .seccomp_bpf = w->seccomp_bpf,
                                    .uid_base = CONTAINER_DEFAULT_UID_BASE,
                                    .cwd = CONTAINER_APP_DIR,
@@ -139,7 +141,8 @@ static void test_config_json_round_trip(void **state)
                                   .cgroup_procs = cg,
                                   .mounts = m,
                                   .n_mounts = 2,
-                                  .seccomp_bpf = "/f.bpf"};
+                                  .seccomp_bpf = "/f.bpf",
+                                  .disk_from = "/proc/1/fd/3"};
     char *text = container_config_to_json(&in);
     struct container_config out;
     char err[256] = "";
@@ -151,6 +154,7 @@ static void test_config_json_round_trip(void **state)
     assert_int_equal(out.net_slot, 9);
     assert_string_equal(out.seccomp_bpf, "/f.bpf");
     assert_null(out.disk_pool);
+    assert_string_equal(out.disk_from, "/proc/1/fd/3");
     assert_string_equal(out.cgroup_procs[0], cg[0]);
     assert_null(out.cgroup_procs[1]);
     assert_int_equal(out.n_mounts, 2);
@@ -345,6 +349,60 @@ static void test_disk_quota_is_enospc_and_droplet_stays(void **state)
     free(p);
 }
 
+/* Staging's disk: one disk held by its opener that containers take one after the other
+ * (disk_from). Their writable layers are on it, so what one step leaves in /tmp the next
+ * finds, a write past it is ENOSPC, and the holder sees the files and that it is full. */
+static void test_shared_disk_carries_over_and_holds_its_quota(void **state)
+{
+    struct world *w = *state;
+    char err[256] = "", out[4096];
+    int fd = container_disk_open(w->pool, 16, err, sizeof err);
+    assert_true(fd >= 0);
+    w->disk_from = xasprintf("/proc/%d/fd/%d", (int)getpid(), fd);
+    int rc = run_in_container(w,
+                              "echo one > /tmp/one; dd if=/dev/zero of=/tmp/big bs=1M count=64 "
+                              "2>&1 | grep -q 'No space' && echo ok-enospc",
+                              16, out, sizeof out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "ok-enospc"));
+    unsigned long long used = 0, total = 0;
+    assert_int_equal(container_disk_usage(w->disk_from, &used, &total), 0);
+    assert_true(total > 8ull << 20 && total <= 16ull << 20);
+    if (!container_disk_is_full(used, total))
+        fail_msg("used %llu of %llu: %s", used, total, out);
+    char *one = xasprintf("%s/root-upper/tmp/one", w->disk_from);
+    char *text = NULL;
+    assert_int_equal(file_read(one, &text, NULL), 0);
+    assert_string_equal(text, "one\n");
+    free(text);
+    free(one);
+    rc = run_in_container(w, "rm /tmp/big; cat /tmp/one", 16, out, sizeof out);
+    assert_int_equal(rc, 0);
+    assert_string_equal(out, "one\n");
+    assert_int_equal(container_disk_usage(w->disk_from, &used, &total), 0);
+    assert_false(container_disk_is_full(used, total));
+    close(fd);
+    /* the holder let go: nothing is left to take */
+    rc = run_in_container(w, "true", 16, out, sizeof out);
+    assert_int_equal(rc, 125);
+    free(w->disk_from);
+    w->disk_from = NULL;
+}
+
+static void test_disk_is_full_leaves_ext4_its_slack(void **state)
+{
+    (void)state;
+    unsigned long long mb = 1ull << 20;
+    assert_false(container_disk_is_full(0, 64 * mb));
+    assert_false(container_disk_is_full(60 * mb, 64 * mb));
+    assert_true(container_disk_is_full(63 * mb, 64 * mb)); /* 1/32 of it: ext4's own */
+    assert_true(container_disk_is_full(64 * mb, 64 * mb));
+    assert_false(container_disk_is_full(1000 * mb, 1024 * mb)); /* slack stops at 16 MB */
+    assert_true(container_disk_is_full(1010 * mb, 1024 * mb));
+    assert_false(container_disk_is_full(0, 0));                     /* no figures: not full */
+    assert_true(container_disk_is_full(15 * mb + mb / 2, 16 * mb)); /* 1 MB on a small one */
+}
+
 static void test_exit_status_and_signal_come_through(void **state)
 {
     struct world *w = *state;
@@ -405,6 +463,9 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_json_round_trip),
+        cmocka_unit_test(test_disk_is_full_leaves_ext4_its_slack),
+        cmocka_unit_test_setup_teardown(test_shared_disk_carries_over_and_holds_its_quota, setup,
+                                        teardown),
         cmocka_unit_test(test_config_refuses_bad_json),
         cmocka_unit_test(test_cgroup_limits_follow_memory),
         cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,

@@ -7,6 +7,8 @@
 
 #include <jansson.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -134,6 +136,68 @@ static void test_files_round_trip(void **state)
     free(file);
 }
 
+/* A tree comes over whole (files, modes, owners, times, links not followed, a fifo left
+ * out); a budget stops it with -EFBIG, hard links counting once per name. */
+static void test_copy_tree_copies_and_keeps_to_its_budget(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/skiff-copy-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *src = xasprintf("%s/src", dir), *sub = xasprintf("%s/src/sub", dir);
+    assert_int_equal(mkdir_p(sub, 0750), 0);
+    char *f = xasprintf("%s/run.sh", sub);
+    assert_int_equal(file_write_atomic(f, "#!/bin/sh\n", 10, 0755), 0);
+    assert_int_equal(chmod(f, 04755), 0);
+    assert_int_equal(chown(f, 1234, 5678), 0);
+    struct timespec old[2] = {{.tv_sec = 1000000}, {.tv_sec = 1000000}};
+    assert_int_equal(utimensat(AT_FDCWD, f, old, 0), 0);
+    char *sym = xasprintf("%s/link", src), *fifo = xasprintf("%s/fifo", src);
+    assert_int_equal(symlink("/etc/passwd", sym), 0);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+
+    char *dst = xasprintf("%s/dst", dir);
+    struct copy_budget budget = {.bytes = 1000, .entries = 100};
+    assert_int_equal(copy_tree(src, dst, &budget), 0);
+    assert_int_equal(budget.bytes, 990);
+    assert_int_equal(budget.entries, 100 - 5); /* src, sub, run.sh, link, the fifo left out */
+    char *g = xasprintf("%s/sub/run.sh", dst), *text = NULL;
+    assert_int_equal(file_read(g, &text, NULL), 0);
+    assert_string_equal(text, "#!/bin/sh\n");
+    free(text);
+    struct stat st;
+    assert_int_equal(stat(g, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0755); /* no setuid */
+    assert_int_equal(st.st_uid, 1234);
+    assert_int_equal(st.st_gid, 5678);
+    assert_int_equal(st.st_mtim.tv_sec, 1000000);
+    char *sub2 = xasprintf("%s/sub", dst), *link2 = xasprintf("%s/link", dst),
+         *fifo2 = xasprintf("%s/fifo", dst);
+    assert_int_equal(stat(sub2, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0750);
+    assert_int_equal(lstat(link2, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(lstat(fifo2, &st), -1);
+
+    /* hard links: each name counts, so the copy stays within what was budgeted */
+    for (int i = 0; i < 5; i++) {
+        char *hl = xasprintf("%s/hard%d", sub, i);
+        assert_int_equal(link(f, hl), 0);
+        free(hl);
+    }
+    char *dst2 = xasprintf("%s/dst2", dir);
+    budget = (struct copy_budget){.bytes = 30, .entries = 100};
+    assert_int_equal(copy_tree(src, dst2, &budget), -EFBIG);
+    budget = (struct copy_budget){.bytes = 1000, .entries = 5};
+    char *dst3 = xasprintf("%s/dst3", dir);
+    assert_int_equal(copy_tree(src, dst3, &budget), -EFBIG);
+    char *dst4 = xasprintf("%s/dst4", dir);
+    assert_int_equal(copy_tree(src, dst4, NULL), 0);
+
+    assert_int_equal(rm_rf(dir), 0);
+    free(src), free(sub), free(f), free(sym), free(fifo), free(dst), free(g), free(sub2);
+    free(link2), free(fifo2), free(dst2), free(dst3), free(dst4);
+}
+
 /* Escapes len bytes of s with flags; returns the text (caller frees). */
 static char *json_escaped(const char *s, size_t len, int flags)
 {
@@ -220,6 +284,7 @@ int main(void)
         cmocka_unit_test(test_buf_lines_are_taken_whole),
         cmocka_unit_test(test_uuid_is_version_4),
         cmocka_unit_test(test_files_round_trip),
+        cmocka_unit_test(test_copy_tree_copies_and_keeps_to_its_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
