@@ -61,17 +61,19 @@ start_router() {
 }
 
 # CPU time (in clock ticks) used so far by a process (all its threads) and its children
-# (nginx's workers)
+# (nginx's workers); by the process alone when given as self:PID (skiffd, whose children are
+# the router and the instances)
 cpu_ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1"); do
+  local total=0 p procs
+  if [[ $1 == self:* ]]; then procs=${1#self:}; else procs="$1 $(pgrep -P "$1" | tr '\n' ' ')"; fi
+  for p in $procs; do
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$total"
 }
 
 # run_wrk_once ADDR CONNS PATH [PID...] -> "rps p99_ms cpu_us_per_request..." of one run, one CPU
-# figure per PID. ADDR is HOST:PORT, or a port on 127.0.0.1. CPU time per request is a
+# figure per PID (as cpu_ticks takes it). ADDR is HOST:PORT, or a port on 127.0.0.1. CPU time per request is a
 # process's own cost, which the noise of a shared machine hardly moves.
 run_wrk_once() {
   local addr=$1 conns=$2 path=$3 out rps p99 reqs p cpus="" hz

@@ -69,7 +69,7 @@ for p in $bare_port $alone_port $nginx_port; do wait_port "$p"; done
 # router also skiffd's, which receives its access lines)
 declare -A addr_of=([platform]="$router_port" [loopback]="$alone_port" [nginx]="$nginx_port"
   [direct_veth]="$instance_addr" [direct_lo]="$bare_port")
-declare -A pids_of=([platform]="$router_pid $skiffd_pid" [loopback]="$alone_pid" [nginx]="$nginx_pid"
+declare -A pids_of=([platform]="$router_pid self:$skiffd_pid" [loopback]="$alone_pid" [nginx]="$nginx_pid"
   [direct_veth]="" [direct_lo]="")
 cases=(platform loopback nginx direct_veth direct_lo)
 declare -A runs
