@@ -10,6 +10,7 @@ root=$(cd "$here/../.." && pwd)
 router_bin=${ROUTER_BIN:-$root/build/rel/skiff-router}
 secs=${SECONDS_PER_RUN:-2}
 threads=${WRK_THREADS:-2}
+host=bench.localhost
 [ -x "$router_bin" ] || { echo "build the router first: make build" >&2; exit 1; }
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (scripts/deps.sh)" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || true
@@ -23,116 +24,36 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
+. "$here/lib.sh"
 
 mkdir -p "$work/www"
 printf 'hello, world\n' >"$work/www/small"
 head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
 chmod -R a+rX "$work/www"
 
-# nginx_conf NAME WORKERS BODY: a config with one server block
-nginx_conf() {
-  mkdir -p "$work/$1"
-  cat >"$work/$1/nginx.conf" <<CONF
-worker_processes $2;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log warn;
-daemon off;
-events { worker_connections 20000; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1/body;
-  proxy_temp_path $work/$1/proxy;
-  fastcgi_temp_path $work/$1/fastcgi;
-  uwsgi_temp_path $work/$1/uwsgi;
-  scgi_temp_path $work/$1/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  $3
-}
-CONF
-}
-
 backend_port=$(free_port)
 nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
 direct_pid=$!
 
-proxy_conf() {
-  echo "upstream app { server 127.0.0.1:$backend_port; keepalive 256; }
-  server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1;
-    proxy_set_header Connection \"\"; proxy_set_header Host \$host;
-    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    proxy_set_header X-Forwarded-Proto \$scheme;
-    proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 16 16k; } }"
-}
 nginx1_port=$(free_port)
-nginx_conf nginx1 1 "$(proxy_conf "$nginx1_port")"
+nginx_conf nginx1 1 "$(proxy_conf "$nginx1_port" "127.0.0.1:$backend_port")"
 nginx -c "$work/nginx1/nginx.conf" -e "$work/nginx1/error.log" & pids+=($!)
 nginx1_pid=$!
 nginxn_port=$(free_port)
-nginx_conf nginxn auto "$(proxy_conf "$nginxn_port")"
+nginx_conf nginxn auto "$(proxy_conf "$nginxn_port" "127.0.0.1:$backend_port")"
 nginx -c "$work/nginxn/nginx.conf" -e "$work/nginxn/error.log" & pids+=($!)
 nginxn_pid=$!
 
-start_router() { # NAME WORKERS
-  local home="$work/$1" port
-  port=$(free_port)
-  mkdir -p "$home/run"
-  printf '{"type":"routes","version":1,"routes":[{"host":"bench.localhost","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"127.0.0.1:%s","index":0}]}]}\n' "$backend_port" >"$home/run/routes.json"
-  "$router_bin" --home "$home" --addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "$2" 2>"$home/router.err" & pids+=($!)
-  echo "$port $!"
-}
-read -r skiff1_port skiff1_pid < <(start_router skiff1 1)
-read -r skiffn_port skiffn_pid < <(start_router skiffn 0)
+read -r skiff1_port skiff1_pid < <(start_router skiff1 1 "127.0.0.1:$backend_port")
+read -r skiffn_port skiffn_pid < <(start_router skiffn 0 "127.0.0.1:$backend_port")
 pids+=("$skiff1_pid" "$skiffn_pid") # started in a subshell: remember them here
 for p in $backend_port $nginx1_port $nginxn_port $skiff1_port $skiffn_port; do wait_port "$p"; done
-
-# CPU time (in clock ticks) used so far by a process and its children (nginx's workers)
-cpu_ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1"); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-
-# run_wrk_once PORT CONNS PATH PID -> "rps p99_ms cpu_us_per_request" of one run. CPU time
-# per request is the proxy's own cost, which the noise of a shared machine hardly moves.
-run_wrk_once() {
-  local out rps p99 before after reqs
-  before=$(cpu_ticks "$4")
-  out=$(wrk -t"$threads" -c"$2" -d"${secs}s" --latency -H 'Host: bench.localhost' "http://127.0.0.1:$1/$3" 2>&1)
-  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers from port $1:" >&2; echo "$out" >&2; fi
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
-  after=$(cpu_ticks "$4")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  cpu=$(awk -v t=$((after - before)) -v n="${reqs:-0}" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
-  echo "${rps:-0} ${p99:-0} $cpu"
-}
 
 # The machine is shared and noisy: each case runs REPEAT times, the proxies taking turns, and
 # the median of each figure (throughput, p99, CPU per request) over the runs is reported.
 repeat=${REPEAT:-5}
 declare -A runs
-median_col() { sort -n -k"$1","$1" | awk -v c="$1" '{a[NR]=$c} END {print a[int((NR+1)/2)]}'; }
-median() {
-  local lines
-  lines=$(cat)
-  echo "$(median_col 1 <<<"$lines") $(median_col 2 <<<"$lines") $(median_col 3 <<<"$lines")"
-}
 printf '\n%-7s %-6s | %9s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %6s %6s\n' \
   size conns direct nginx-1w p99ms cpuus skiff-1w p99ms cpuus nginx-Nw p99ms cpuus skiff-Nw p99ms cpuus "1w x" "Nw x"
 for size in small 64k; do

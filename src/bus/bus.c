@@ -385,9 +385,81 @@ static void bus__note_traffic(struct bus *bus, const char *app_guid)
         bus->traffic(bus->traffic_ctx, app_guid);
 }
 
+/* skips the literal lit at *p; false when the line does not have it there */
+static bool bus__expect(const char **p, const char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(end - *p) < n || memcmp(*p, lit, n))
+        return false;
+    *p += n;
+    return true;
+}
+
+/* a JSON string's content up to its closing quote, when it holds only printable ASCII and no
+ * escape; *p is left after the quote */
+static bool bus__plain_string(const char **p, const char *end, const char **s, size_t *n)
+{
+    const char *q = *p;
+    while (q < end && *q != '"') {
+        unsigned char ch = (unsigned char)*q;
+        if (ch < 0x20 || ch > 0x7e || ch == '\\')
+            return false;
+        q++;
+    }
+    if (q == end)
+        return false;
+    *s = *p;
+    *n = (size_t)(q - *p);
+    *p = q + 1;
+    return true;
+}
+
+bool bus_access_parse_plain(const char *line, size_t len, struct bus_access *out)
+{
+    const char *p = line, *end = line + len, *guid;
+    size_t guid_len;
+    if (!bus__expect(&p, end, "{\"type\":\"access\",\"app_guid\":\"") ||
+        !bus__plain_string(&p, end, &guid, &guid_len) || guid_len != 36 ||
+        !bus__expect(&p, end, ",\"router_index\":"))
+        return false;
+    /* a JSON number that is a small non-negative integer: no leading zero, no sign or fraction */
+    const char *number = p;
+    int index = 0;
+    while (p < end && *p >= '0' && *p <= '9' && p - number < 9)
+        index = index * 10 + (*p++ - '0');
+    if (p == number || (p - number > 1 && *number == '0') ||
+        !bus__expect(&p, end, ",\"line\":\"") ||
+        !bus__plain_string(&p, end, &out->text, &out->text_len) || !bus__expect(&p, end, "}") ||
+        p != end)
+        return false;
+    memcpy(out->app_guid_buf, guid, 36);
+    out->app_guid_buf[36] = '\0';
+    out->app_guid = out->app_guid_buf;
+    out->router_index = index;
+    out->has_router_index = true;
+    return true;
+}
+
+/* What an access line does: it goes to the app's log as [RTR/n], and a function serving
+ * requests is not idle. */
+static void bus__access(struct bus_conn *c, const struct bus_access *a)
+{
+    char tag[32];
+    snprintf(tag, sizeof tag, "RTR/%d", a->has_router_index ? a->router_index : c->router_index);
+    if (strlen(a->app_guid) != 36)
+        return;
+    logs_append(c->bus->logs, a->app_guid, tag, LOGS_OUT, a->text, a->text_len);
+    bus__note_traffic(c->bus, a->app_guid); /* a function serving requests is not idle */
+}
+
 static void bus__message(struct bus_conn *c, const char *line, size_t len)
 {
     struct bus *bus = c->bus;
+    struct bus_access access;
+    if (bus_access_parse_plain(line, len, &access)) { /* most lines, and the cheap way */
+        bus__access(c, &access);
+        return;
+    }
     json_t *msg = json_loadb(line, len, 0, NULL);
     const char *type = json_string_value(json_object_get(msg, "type"));
     if (!type) {
@@ -400,15 +472,14 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
         log_info("router %d connected (pid %lld)", c->router_index,
                 (long long)json_integer_value(json_object_get(msg, "pid")));
     } else if (!strcmp(type, "access")) {
-        const char *app = json_string_value(json_object_get(msg, "app_guid"));
-        const char *text = json_string_value(json_object_get(msg, "line"));
         json_t *idx = json_object_get(msg, "router_index");
-        char tag[32];
-        snprintf(tag, sizeof tag, "RTR/%d",
-                 json_is_integer(idx) ? (int)json_integer_value(idx) : c->router_index);
-        if (app && text && strlen(app) == 36) {
-            logs_append(bus->logs, app, tag, LOGS_OUT, text, strlen(text));
-            bus__note_traffic(bus, app); /* a function serving requests is not idle */
+        access.app_guid = json_string_value(json_object_get(msg, "app_guid"));
+        access.text = json_string_value(json_object_get(msg, "line"));
+        access.has_router_index = json_is_integer(idx);
+        access.router_index = access.has_router_index ? (int)json_integer_value(idx) : 0;
+        if (access.app_guid && access.text) {
+            access.text_len = strlen(access.text);
+            bus__access(c, &access);
         }
     } else if (!strcmp(type, "drained")) {
         json_t *id = json_object_get(msg, "id");

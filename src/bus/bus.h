@@ -19,6 +19,7 @@
 #ifndef SKIFF_BUS_H
 #define SKIFF_BUS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -45,6 +46,22 @@ void bus_routes_changed_cb(void *bus);
 /* Closes the socket and every connection; done is called when all handles are closed. */
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
 void bus_free(struct bus *bus);
+
+/* An access line from a router (docs/bus.md), its fields pointing into the line it came from. */
+struct bus_access {
+    const char *app_guid; /* NUL-terminated: a copy in app_guid_buf */
+    char app_guid_buf[37];
+    int router_index;
+    bool has_router_index; /* else the index the router said hello with */
+    const char *text; /* the request's line, not NUL-terminated */
+    size_t text_len;
+};
+/* Reads an access line as routers write it, {"type":"access","app_guid":"<36 characters>",
+ * "router_index":N,"line":"TEXT"} with no escape in TEXT and nothing but printable ASCII in it,
+ * without a JSON parse (for a plain GET, jansson took most of skiffd's CPU per proxied request).
+ * Returns false for any other line, which is then read as JSON: what it accepts, jansson
+ * would read the same way. */
+bool bus_access_parse_plain(const char *line, size_t len, struct bus_access *out);
 
 /* The route table as docs/bus.md's "routes" message (for tests and diagnostics); the caller
  * frees the string. NULL when the store fails (the store logs why). */

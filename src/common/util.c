@@ -358,11 +358,17 @@ int64_t time_mono_ms(void)
 
 void time_format_rfc3339(int64_t ms, char *out, size_t size)
 {
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    char date[24];
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+    /* log lines come many a second: the date and time of the last second are kept per thread */
+    static __thread int64_t last_secs = INT64_MIN;
+    static __thread char date[24];
+    int64_t secs = ms / 1000;
+    if (secs != last_secs) {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+        last_secs = secs;
+    }
     snprintf(out, size, "%s.%03dZ", date, (int)(ms % 1000));
 }
 

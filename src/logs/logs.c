@@ -122,12 +122,24 @@ void logs_append(struct logs *lg, const char *app_guid, const char *tag, int str
         len--;
     char ts[40];
     time_format_rfc3339(time_now_ms(), ts, sizeof ts);
-    struct buf b = {0};
-    buf_printf(&b, "%s [%s] %s ", ts, tag, stream == LOGS_ERR ? "ERR" : "OUT");
-    buf_append(&b, line, len);
-    buf_putc(&b, '\n');
-    size_t total = b.len;
-    char *text = buf_steal(&b);
+    /* "TS [TAG] OUT line\n", put together by hand: the router's access lines make this the
+     * busiest path of skiffd under traffic */
+    size_t ts_len = strlen(ts), tag_len = strlen(tag);
+    size_t total = ts_len + 2 + tag_len + 6 + len + 1;
+    char *text = xmalloc(total + 1), *o = text;
+    memcpy(o, ts, ts_len);
+    o += ts_len;
+    memcpy(o, " [", 2);
+    o += 2;
+    memcpy(o, tag, tag_len);
+    o += tag_len;
+    memcpy(o, stream == LOGS_ERR ? "] ERR " : "] OUT ", 6);
+    o += 6;
+    if (len)
+        memcpy(o, line, len);
+    o += len;
+    *o++ = '\n';
+    *o = '\0';
 
     struct logs_ring *r = logs__ring(lg, app_guid, true);
     if (r->count == r->alloc && r->alloc < lg->cap) {

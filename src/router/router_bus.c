@@ -18,6 +18,11 @@
 
 #define BUS_MAX_LINE (64u * 1024 * 1024)  /* a routes message for a very large platform */
 #define BUS_MAX_QUEUED (4u * 1024 * 1024) /* access lines waiting to be sent */
+/* Access lines wait up to this long to go out together: one write and one wakeup of skiffd
+ * for all the lines of that time instead of one per worker loop turn (bench/router/README.md,
+ * "Inside the platform"). Logs may be that late; wake and drained go at once. */
+#define BUS_ACCESS_FLUSH_MS 10
+#define BUS_FLUSH_NOW_BYTES (256u * 1024) /* or as soon as this much waits */
 
 static struct {
     uv_loop_t *loop;
@@ -33,8 +38,10 @@ static struct {
     int retry_ms;
     struct buf in;
     uv_async_t wake;
+    uv_timer_t flush;
     pthread_mutex_t lock;
     struct buf queue;        /* access lines (JSON, one a line) written by workers */
+    bool urgent;             /* the queue holds a message to send at once (under lock) */
     uint64_t dropped;        /* atomic */
     char *unknown_types[16]; /* message types already logged as unknown */
     size_t unknown_count;
@@ -72,24 +79,33 @@ static void bus_send(char *owned, size_t len)
     }
 }
 
-/* Queues one message (a JSON object) for skiffd; dropped (counted) when the queue is full. */
-void router_bus_send_lines(const char *lines, size_t len, size_t count)
+/* Queues lines for the main thread to send; it is woken only when the queue was empty, grows
+ * past BUS_FLUSH_NOW_BYTES or gets an urgent message, so workers rarely signal. */
+static void bus_queue_lines(const char *lines, size_t len, size_t count, bool urgent)
 {
     if (!router_bus_connected()) {
         __atomic_add_fetch(&bus.dropped, count, __ATOMIC_RELAXED);
         return;
     }
-    bool queued = false;
+    bool queued = false, signal = false;
     pthread_mutex_lock(&bus.lock);
     if (bus.queue.len < BUS_MAX_QUEUED) {
+        signal = bus.queue.len == 0 || urgent ||
+                 (bus.queue.len < BUS_FLUSH_NOW_BYTES && bus.queue.len + len >= BUS_FLUSH_NOW_BYTES);
         buf_append(&bus.queue, lines, len);
+        bus.urgent |= urgent;
         queued = true;
     }
     pthread_mutex_unlock(&bus.lock);
-    if (queued)
+    if (signal)
         uv_async_send(&bus.wake);
-    else
+    else if (!queued)
         __atomic_add_fetch(&bus.dropped, count, __ATOMIC_RELAXED);
+}
+
+void router_bus_send_lines(const char *lines, size_t len, size_t count)
+{
+    bus_queue_lines(lines, len, count, false);
 }
 
 static void bus_queue(json_t *o)
@@ -102,7 +118,7 @@ static void bus_queue(json_t *o)
     }
     size_t len = strlen(text);
     text[len] = '\n'; /* replaces the NUL: the line is sent by length */
-    router_bus_send_lines(text, len + 1, 1);
+    bus_queue_lines(text, len + 1, 1, true);
     free(text);
 }
 
@@ -150,14 +166,33 @@ bool router_bus_unknown_type_is_new(const char *type)
     return true; /* past the bound every new type is logged: still rare, never silent */
 }
 
-static void on_bus_wake(uv_async_t *a)
+static void bus_flush(void)
 {
     pthread_mutex_lock(&bus.lock);
     size_t len = bus.queue.len;
     char *data = len ? buf_steal(&bus.queue) : NULL;
+    bus.urgent = false;
     pthread_mutex_unlock(&bus.lock);
     if (data)
         bus_send(data, len);
+}
+
+static void on_bus_flush(uv_timer_t *t)
+{
+    bus_flush();
+}
+
+static void on_bus_wake(uv_async_t *a)
+{
+    pthread_mutex_lock(&bus.lock);
+    bool now = bus.urgent || bus.queue.len >= BUS_FLUSH_NOW_BYTES;
+    pthread_mutex_unlock(&bus.lock);
+    if (now) {
+        uv_timer_stop(&bus.flush);
+        bus_flush();
+    } else if (!uv_is_active((uv_handle_t *)&bus.flush)) {
+        uv_timer_start(&bus.flush, on_bus_flush, BUS_ACCESS_FLUSH_MS, 0);
+    }
 }
 
 static void bus_apply_routes(const char *line, size_t len, bool save)
@@ -311,6 +346,7 @@ int router_bus_start(uv_loop_t *loop, const struct router_config *cfg)
     bus.retry_ms = 100;
     uv_timer_init(loop, &bus.retry);
     uv_async_init(loop, &bus.wake, on_bus_wake);
+    uv_timer_init(loop, &bus.flush);
     bus_connect(&bus.retry);
     return 0;
 }
@@ -321,6 +357,7 @@ void router_bus_stop(void)
     __atomic_store_n(&bus.connected, false, __ATOMIC_RELAXED);
     uv_close((uv_handle_t *)&bus.retry, NULL);
     uv_close((uv_handle_t *)&bus.wake, NULL);
+    uv_close((uv_handle_t *)&bus.flush, NULL);
     if (bus.pipe_open && !uv_is_closing((uv_handle_t *)&bus.pipe))
         uv_close((uv_handle_t *)&bus.pipe, NULL);
 }

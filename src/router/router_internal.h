@@ -58,9 +58,10 @@ void router_bus_stop(void);
 void router_bus_free(void);
 /* Counts access lines a worker dropped itself (thread-safe). */
 void router_bus_count_dropped(size_t count);
-/* Queues `count` ready newline-terminated messages at once (workers batch their access lines
- * per loop iteration); thread-safe, never blocks for long; dropped (counted) when skiffd is not
- * connected or the queue is full. */
+/* Queues `count` ready newline-terminated access lines at once (workers batch theirs per loop
+ * iteration); they go to skiffd together with those of the next few milliseconds
+ * (BUS_ACCESS_FLUSH_MS). Thread-safe, never blocks for long; dropped (counted) when skiffd is
+ * not connected or the queue is full. */
 void router_bus_send_lines(const char *lines, size_t len, size_t count);
 uint64_t router_bus_access_dropped(void);
 /* Asks skiffd to start an instance of an app a request is waiting for (thread-safe). */

@@ -274,6 +274,27 @@ static void test_buf_json_escaped(void **state)
     expect_escaped("", 0, 0, "\"\"");
 }
 
+static void test_rfc3339_times(void **state)
+{
+    (void)state;
+    char out[40];
+    /* the date and time of a second are kept between calls: moving across seconds, and back,
+     * must still give each time's own */
+    const struct {
+        int64_t ms;
+        const char *text;
+    } cases[] = {
+        {1795777796123, "2026-11-27T11:09:56.123Z"}, {1795777796999, "2026-11-27T11:09:56.999Z"},
+        {1795777797000, "2026-11-27T11:09:57.000Z"}, {1795777796001, "2026-11-27T11:09:56.001Z"},
+        {1798761599999, "2026-12-31T23:59:59.999Z"}, {1798761600000, "2027-01-01T00:00:00.000Z"},
+        {0, "1970-01-01T00:00:00.000Z"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        time_format_rfc3339(cases[i].ms, out, sizeof out);
+        assert_string_equal(out, cases[i].text);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,6 +306,7 @@ int main(void)
         cmocka_unit_test(test_uuid_is_version_4),
         cmocka_unit_test(test_files_round_trip),
         cmocka_unit_test(test_copy_tree_copies_and_keeps_to_its_budget),
+        cmocka_unit_test(test_rfc3339_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,107 @@
+# What the router benchmarks share (sourced by bench.sh and platform_bench.sh): ports, nginx
+# configs, a standalone router, wrk runs with the CPU each process spent on them, medians. Uses
+# $work (a temporary folder), $secs (seconds per wrk run), $threads (wrk threads), $host (the
+# Host header) and $router_bin.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_port PORT [ADDRESS]: until something accepts there (5 s at most)
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/"${2:-127.0.0.1}"/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on ${2:-127.0.0.1}:$1" >&2
+  return 1
+}
+
+# nginx_conf NAME WORKERS BODY: a config with one server block
+nginx_conf() {
+  mkdir -p "$work/$1"
+  cat >"$work/$1/nginx.conf" <<CONF
+worker_processes $2;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+daemon off;
+events { worker_connections 20000; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1/body;
+  proxy_temp_path $work/$1/proxy;
+  fastcgi_temp_path $work/$1/fastcgi;
+  uwsgi_temp_path $work/$1/uwsgi;
+  scgi_temp_path $work/$1/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  $3
+}
+CONF
+}
+
+# proxy_conf PORT UPSTREAM: nginx as a reverse proxy on 127.0.0.1:PORT to UPSTREAM (HOST:PORT),
+# with upstream keepalive
+proxy_conf() {
+  echo "upstream app { server $2; keepalive 256; }
+  server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1;
+    proxy_set_header Connection \"\"; proxy_set_header Host \$host;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto \$scheme;
+    proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 16 16k; } }"
+}
+
+# start_router NAME WORKERS BACKEND -> "PORT PID": $router_bin on a free loopback port with a
+# saved table of one route, $host to BACKEND (HOST:PORT); no skiffd, so no bus
+start_router() {
+  local home="$work/$1" port
+  port=$(free_port)
+  mkdir -p "$home/run"
+  printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"%s","index":0}]}]}\n' "$host" "$3" >"$home/run/routes.json"
+  "$router_bin" --home "$home" --addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "$2" 2>"$home/router.err" &
+  echo "$port $!"
+}
+
+# CPU time (in clock ticks) used so far by a process (all its threads) and its children
+# (nginx's workers); by the process alone when given as self:PID (skiffd, whose children are
+# the router and the instances)
+cpu_ticks() {
+  local total=0 p procs
+  if [[ $1 == self:* ]]; then procs=${1#self:}; else procs="$1 $(pgrep -P "$1" | tr '\n' ' ')"; fi
+  for p in $procs; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# run_wrk_once ADDR CONNS PATH [PID...] -> "rps p99_ms cpu_us_per_request..." of one run, one CPU
+# figure per PID (as cpu_ticks takes it). ADDR is HOST:PORT, or a port on 127.0.0.1. CPU time per request is a
+# process's own cost, which the noise of a shared machine hardly moves.
+run_wrk_once() {
+  local addr=$1 conns=$2 path=$3 out rps p99 reqs p cpus="" hz
+  shift 3
+  [[ $addr == *:* ]] || addr=127.0.0.1:$addr
+  local -a before=()
+  for p in "$@"; do before+=("$(cpu_ticks "$p")"); done
+  out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $host" "http://$addr/$path" 2>&1)
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers from $addr:" >&2; echo "$out" >&2; fi
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  hz=$(getconf CLK_TCK)
+  local i=0
+  for p in "$@"; do
+    cpus+=" $(awk -v t=$(($(cpu_ticks "$p") - before[i])) -v n="${reqs:-0}" -v hz="$hz" \
+      'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')"
+    i=$((i + 1))
+  done
+  echo "${rps:-0} ${p99:-0}$cpus"
+}
+
+# The median of each column of the lines on stdin (one run a line).
+median_col() { sort -n -k"$1","$1" | awk -v c="$1" '{a[NR]=$c} END {print a[int((NR+1)/2)]}'; }
+median() {
+  local lines cols c out=""
+  lines=$(cat)
+  cols=$(head -1 <<<"$lines" | awk '{print NF}')
+  for c in $(seq "$cols"); do out+="$(median_col "$c" <<<"$lines") "; done
+  echo "${out% }"
+}
