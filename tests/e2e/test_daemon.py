@@ -308,7 +308,8 @@ def test_instances_of_an_app_stopped_while_skiffd_was_away_are_stopped(platform)
     assert changed == 1
     p.start()
     p.wait_for(lambda: not pid_alive(pid), 20, "the unwanted instance to be stopped")
-    assert instance_pids(p) == []
+    # its pid file goes once skiffd has heard from its shim that it ended (a moment after)
+    p.wait_for(lambda: instance_pids(p) == [], 10, "its pid file to be removed")
 
 
 def test_a_router_that_dies_is_started_again(platform):
