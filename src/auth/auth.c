@@ -1327,6 +1327,18 @@ int auth_check(const struct auth *a, const struct auth_principal *p, enum auth_p
     return auth__sees(a, p, org_guid, space_guid) ? -EACCES : -ENOENT;
 }
 
+int auth_user_check(const struct auth *a, const char *user_guid, enum auth_perm perm,
+                    const char *org_guid, const char *space_guid)
+{
+    const struct auth_user *u = auth_user_find(a, user_guid);
+    if (!u || strcmp(u->guid, user_guid) != 0)
+        return -ENOENT;
+    struct auth_principal p = {.kind = AUTH_USER, .admin = u->admin, .space_role = -1};
+    snprintf(p.user_guid, sizeof(p.user_guid), "%s", u->guid);
+    snprintf(p.user_name, sizeof(p.user_name), "%s", u->name);
+    return auth_check(a, &p, perm, org_guid, space_guid);
+}
+
 /* Whether p may know the place exists: any role in its org (space roles come with OrgUser);
  * a limited token sees its own space only. */
 static bool auth__sees(const struct auth *a, const struct auth_principal *p, const char *org_guid,

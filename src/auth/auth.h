@@ -295,6 +295,11 @@ int auth_authenticate(struct auth *a, const char *token, struct auth_principal *
  * space, with their role, and only while the user still holds it. */
 int auth_check(const struct auth *a, const struct auth_principal *p, enum auth_perm perm,
                const char *org_guid, const char *space_guid);
+/* auth_check for a user by guid, as the user itself (no token's limits): what a standing
+ * grant the user made (a mapping reading another space's events) is checked against while
+ * it runs. -ENOENT also when the user is gone. */
+int auth_user_check(const struct auth *a, const char *user_guid, enum auth_perm perm,
+                    const char *org_guid, const char *space_guid);
 /* Whether p has any role in the space or its org (what may be listed to it). */
 bool auth_can_see_space(const struct auth *a, const struct auth_principal *p,
                         const struct auth_space *space);

@@ -546,9 +546,56 @@ static void slot_send(struct inv_slot *s, struct inv_instance *inst)
                       INVOKER_DELIVERY_TIMEOUT_MS, delivery_done, s);
 }
 
+/* Whether a mapping may go on consuming its topic. One that reads another space's topic does
+ * so on the right of the user who made it to read events there (routes.c checked it then):
+ * once the user lost that role, or is gone, or the space is, it reads and sends nothing, and
+ * its cursor stays where it is, until the right comes back or someone who has it maps it
+ * again. Checked before every read and send (a lookup in memory), so a revoked role stops
+ * the flow at once rather than at the next change the invoker hears of. */
+static bool mapping_may_consume(struct inv_mapping *m)
+{
+    if (!m->spec.topic_space)
+        return true;
+    struct auth *auth = api_auth(m->inv->api);
+    const struct auth_space *sp = auth ? auth_space_get(auth, m->spec.topic_space) : NULL;
+    const char *by = m->spec.granted_by;
+    bool holds = sp && by &&
+                 (!strcmp(by, MAPPING_GRANT_LOCAL_ADMIN) ||
+                  auth_user_check(auth, by, AUTH_PERM_SPACE_LOGS, sp->org_guid, sp->guid) == 0);
+    bool held = !m->suspended;
+    if (holds == held)
+        return holds;
+    m->suspended = !holds;
+    if (holds) {
+        m->last_error[0] = '\0';
+        log_info("event mapping %s resumed: its grant to read %s holds again", m->spec.id,
+                 m->spec.topic_space_ref ? m->spec.topic_space_ref : m->spec.topic_space);
+        return true;
+    }
+    const char *where = m->spec.topic_space_ref ? m->spec.topic_space_ref : m->spec.topic_space;
+    const struct auth_user *u = auth && by ? auth_user_find(auth, by) : NULL;
+    if (!sp)
+        snprintf(m->last_error, sizeof(m->last_error),
+                 "suspended: the space %s of topic %s no longer exists", where, m->spec.topic);
+    else if (!u)
+        snprintf(m->last_error, sizeof(m->last_error),
+                 "suspended: the user who made it, whose right to read events in %s it stood "
+                 "on, is gone; map it again as a user who may",
+                 where);
+    else
+        snprintf(m->last_error, sizeof(m->last_error),
+                 "suspended: %s, who made it, may no longer read events in %s; it resumes "
+                 "once they may, or map it again as a user who may",
+                 u->name, where);
+    log_info("event mapping %s %s", m->spec.id, m->last_error);
+    return false;
+}
+
 /* Sends what the mapping may send now; arms the retry timer for the rest. */
 static void mapping_dispatch(struct inv_mapping *m)
 {
+    if (!mapping_may_consume(m))
+        return;
     struct inv_target *t = m->target;
     int64_t now = time_now_ms();
     int64_t next_retry = INT64_MAX;
@@ -745,6 +792,8 @@ static void mapping_pump(struct inv_mapping *m)
         return;
     /* Collect first: settled events at the front still count against the window. */
     mapping_collect(m);
+    if (!mapping_may_consume(m))
+        return;
     mapping_fill(m);
     mapping_collect(m); /* events the filters skipped settle at once */
     invoker_target_pump(m->target);
@@ -1297,9 +1346,14 @@ static void invoker_tick(uv_timer_t *h)
             }
         }
     }
-    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
         if (m->stats_dirty && !m->deleted)
             mapping_persist(m);
+        /* a suspended mapping whose grant holds again catches up without waiting for an
+         * event to be published */
+        if (m->suspended && !m->deleted)
+            mapping_pump(m);
+    }
 }
 
 /* ---- start and stop ------------------------------------------------------------------------- */

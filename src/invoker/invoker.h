@@ -85,6 +85,8 @@ enum mapping_trigger {
     MAPPING_APP_EVENT, /* platform events of an app (or of every app) */
 };
 
+#define MAPPING_GRANT_LOCAL_ADMIN "local-admin"
+
 /* What a user asked for: everything in the API's mapping object except counts. */
 struct mapping_spec {
     char id[37];
@@ -97,6 +99,10 @@ struct mapping_spec {
      * it from topic_space_ref, after checking the caller may read events there. */
     char *topic_space;
     char *topic_space_ref; /* "ORG/SPACE" as the body named it ("topic": "ORG/SPACE/NAME") */
+    /* With topic_space: the guid of the user whose right to read there the mapping stands on
+     * (MAPPING_GRANT_LOCAL_ADMIN for the local admin token). Checked while it runs: once that
+     * user may no longer read events there, the mapping stops consuming. Set by the API. */
+    char *granted_by;
     char *schedule;   /* MAPPING_SCHEDULE: the spec as written */
     char *event_app;  /* MAPPING_APP_EVENT: the app watched, NULL for every app */
     char *event_name; /* MAPPING_APP_EVENT: staged, started, stopped, crashed, scaled */

@@ -108,6 +108,7 @@ struct inv_mapping {
     json_t *failures; /* [{offset, id, reason, at}] newest last */
     bool stats_dirty;
     char last_error[512];
+    bool suspended; /* its grant to read another space's topic no longer holds */
     uv_timer_t retry_timer;
     uv_timer_t cron_timer;
     struct cron_schedule cron;

@@ -37,6 +37,7 @@ static const char *const mapping_fields[] = {
     "trigger",
     "space_guid",
     "topic_space_guid",
+    "granted_by_guid",
     NULL,
 };
 
@@ -179,6 +180,11 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         goto fail;
     if (topic_space && *topic_space)
         out->topic_space = xstrdup(topic_space);
+    const char *granted_by = NULL;
+    if (mapping_get_string(body, "granted_by_guid", &granted_by, code, err, errsize) < 0)
+        goto fail;
+    if (granted_by && *granted_by)
+        out->granted_by = xstrdup(granted_by);
 
     if (!app) {
         mapping_fail(code, "invalid_value", err, errsize,
@@ -401,6 +407,8 @@ json_t *mapping_spec_to_json(const struct mapping_spec *s)
         json_object_set_new(o, "space_guid", json_string(s->space));
     if (s->topic_space)
         json_object_set_new(o, "topic_space_guid", json_string(s->topic_space));
+    if (s->granted_by)
+        json_object_set_new(o, "granted_by_guid", json_string(s->granted_by));
     json_object_set_new(o, "process", json_string(s->process));
     json_object_set_new(o, "trigger", json_string(trigger_names[s->trigger]));
     if (s->topic_space_ref)
@@ -451,6 +459,7 @@ void mapping_spec_free(struct mapping_spec *s)
     free(s->space);
     free(s->topic_space);
     free(s->topic_space_ref);
+    free(s->granted_by);
     free(s->app);
     free(s->process);
     free(s->topic);

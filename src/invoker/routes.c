@@ -139,8 +139,12 @@ static bool routes_topic_space(struct api_request *req, struct mapping_spec *spe
                           spec->topic_space_ref);
         return false;
     }
-    if (strcmp(other->guid, spec->space))
+    if (strcmp(other->guid, spec->space)) {
+        const struct auth_principal *p = api_request_principal(req);
         spec->topic_space = xstrdup(other->guid);
+        spec->granted_by =
+            xstrdup(p->kind == AUTH_LOCAL_ADMIN ? MAPPING_GRANT_LOCAL_ADMIN : p->user_guid);
+    }
     return true;
 }
 
@@ -163,6 +167,8 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     spec.space = xstrdup(routes_space(req));
     free(spec.topic_space);
     spec.topic_space = NULL;
+    free(spec.granted_by);
+    spec.granted_by = NULL;
     if (spec.topic_space_ref && !routes_topic_space(req, &spec)) {
         mapping_spec_free(&spec);
         return;

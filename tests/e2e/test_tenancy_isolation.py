@@ -207,7 +207,9 @@ def test_a_mapping_consumes_another_spaces_topic_only_with_a_role_there(two_orgs
     bob = tokens["bob"]
     push(p, bob, "b/dev", "listener", "-", files=[("Procfile", b"web: python3 server.py\n"),
                                                   ("server.py", LISTENER)])
-    mapping = {"app": "listener", "topic": "a/dev/payments", "retries": 0}
+    # (a body cannot say whose right the mapping stands on either)
+    mapping = {"app": "listener", "topic": "a/dev/payments", "retries": 0,
+               "granted_by_guid": "local-admin"}
     # without a role in a/dev the space is not there for him
     status, out = call(p, bob, "POST", f"/v1/event-mappings?{B}", mapping)
     assert status == 404, out
@@ -229,6 +231,7 @@ def test_a_mapping_consumes_another_spaces_topic_only_with_a_role_there(two_orgs
         assert status == 201, out
         mapping_id = out["id"]
         assert out["topic"] == "a/dev/payments", out
+        assert out["granted_by_guid"] not in ("local-admin", ""), out
         # his own space's topic of the same name is not what it consumes
         assert call(p, bob, "POST", f"/v1/topics/payments/events?{B}", {"pay": "bob-own"})[0] == 202
         assert call(p, tokens["alice"], "POST", f"/v1/topics/payments/events?{A}",
@@ -244,6 +247,26 @@ def test_a_mapping_consumes_another_spaces_topic_only_with_a_role_there(two_orgs
                  .get("delivered", 0) >= 1, timeout=30, what="the delivery counted")
         # the mapping is bob's: alice neither sees nor removes it
         assert call(p, tokens["alice"], "GET", f"/v1/event-mappings/{mapping_id}?{A}")[0] == 404
+
+        # it stands on bob's role in a/dev: once that is taken, nothing more reaches him
+        def state():
+            return call(p, bob, "GET", f"/v1/event-mappings/{mapping_id}?{B}")[1]
+        before = state()
+        assert call(p, admin, "DELETE", "/v1/orgs/a/spaces/dev/users/bob/roles/SpaceAuditor")[0] == 204
+        assert call(p, tokens["alice"], "POST", f"/v1/topics/payments/events?{A}",
+                    {"pay": "after-revoke"})[0] == 202
+        # once the invoker has seen the event (its end moved), it has decided about it
+        after = wait_for(lambda: (lambda s: s if s["end_offset"] > before["end_offset"] else None)(state()),
+                         timeout=30, what="the mapping hearing of the new event")
+        assert "suspended" in (after["last_error"] or ""), after
+        assert after["delivered"] == before["delivered"] and after["cursor"] == before["cursor"], after
+        assert after["in_flight"] == 0, after
+        assert "after-revoke" not in call(p, bob, "GET", f"/v1/apps/listener/logs?{B}&recent=1")[1]
+        # given back, the role lets the mapping catch up from where it stopped
+        assert call(p, admin, "PUT", "/v1/orgs/a/spaces/dev/users/bob/roles/SpaceAuditor")[0] == 204
+        wait_for(lambda: "after-revoke" in call(p, bob, "GET", f"/v1/apps/listener/logs?{B}&recent=1")[1],
+                 timeout=30, what="the held event delivered once the role is back")
+        wait_for(lambda: state()["last_error"] is None, timeout=30, what="the mapping resumed")
     finally:
         if mapping_id:
             assert call(p, bob, "DELETE", f"/v1/event-mappings/{mapping_id}?{B}")[0] == 204

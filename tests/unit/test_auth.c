@@ -162,6 +162,15 @@ static void test_roles_decide_with_404_for_strangers(void **state)
     paud = as_user(fx, "aud");
     assert_int_equal(auth_check(fx->auth, &pdev, AUTH_PERM_SPACE_READ, org, space), -ENOENT);
     assert_int_equal(auth_check(fx->auth, &paud, AUTH_PERM_SPACE_LOGS, org, space), 0);
+    /* a standing grant is checked as the user itself, by guid only, and ends with the user */
+    assert_int_equal(auth_user_check(fx->auth, aud, AUTH_PERM_SPACE_LOGS, org, space), 0);
+    assert_int_equal(auth_user_check(fx->auth, dev, AUTH_PERM_SPACE_LOGS, org, space), -ENOENT);
+    assert_int_equal(auth_user_check(fx->auth, "aud", AUTH_PERM_SPACE_LOGS, org, space), -ENOENT);
+    assert_int_equal(auth_role_unset(fx->auth, aud, org, space, AUTH_ROLE_SPACE_AUDITOR), 0);
+    assert_int_not_equal(auth_user_check(fx->auth, aud, AUTH_PERM_SPACE_LOGS, org, space), 0);
+    assert_int_equal(auth_role_set(fx->auth, aud, org, space, AUTH_ROLE_SPACE_AUDITOR), 0);
+    assert_int_equal(auth_user_delete(fx->auth, aud), 0);
+    assert_int_equal(auth_user_check(fx->auth, aud, AUTH_PERM_SPACE_LOGS, org, space), -ENOENT);
     /* deleting the space ends its roles */
     assert_int_equal(auth_space_delete(fx->auth, space), 0);
     assert_int_equal(auth_roles_of(fx->auth, aud, org, space), 0u);
