@@ -205,8 +205,8 @@ def main():
         for name in os.listdir(run) if os.path.isdir(run) else []:
             if name.endswith(".pid"):
                 try:
-                    os.killpg(int(open(os.path.join(run, name)).read()), signal.SIGKILL)
-                except (ValueError, OSError):
+                    os.killpg(int(open(os.path.join(run, name)).read().split()[0]), signal.SIGKILL)
+                except (ValueError, OSError, IndexError):
                     pass
         shutil.rmtree(home, ignore_errors=True)
 

@@ -1197,26 +1197,6 @@ static void executor__usage_tick(uv_timer_t *t)
 
 /* ---- leftovers of a daemon that died ----------------------------------------------------- */
 
-/* The start time of a process (clock ticks after boot), 0 when there is no such process: with
- * the pid it names one process, even after the pid is reused. */
-static unsigned long long executor__start_time(int pid)
-{
-    char path[64], *text = NULL;
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    if (file_read(path, &text, NULL) != 0)
-        return 0;
-    unsigned long long start = 0;
-    const char *p = strrchr(text, ')');
-    /* after the name: state is field 3, starttime field 22 */
-    if (!p || sscanf(p + 2,
-                     "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d "
-                     "%*d %*d %*d %llu",
-                     &start) != 1)
-        start = 0;
-    free(text);
-    return start;
-}
-
 /* A connection to a shim's socket, or a negative errno (no shim listens there). */
 static int shim__connect_blocking(const char *path)
 {
@@ -1233,6 +1213,29 @@ static int shim__connect_blocking(const char *path)
         return rc;
     }
     return fd;
+}
+
+/* Ends an instance nobody keeps any more (its shim is gone, or the daemon that ran it
+ * without one died): the process run/instance-GUID.pid names, if it is still that process,
+ * and its process group, then whatever else is in its cgroup (children that left the group),
+ * then its pid file and scratch folder. */
+static void executor__end_leftover(struct executor *ex, const char *guid)
+{
+    char *path = shim__pid_path(ex, "instance", guid);
+    int pid = proc_pid_file_read(path);
+    if (pid > 0) {
+        kill(-pid, SIGKILL);
+        kill(pid, SIGKILL);
+        log_info("stopped instance %s (pid %d) left by a previous skiffd", guid, pid);
+    }
+    struct cgroup *cg = NULL;
+    if (cgroup_create(guid, 0, 0, &cg) == 0)
+        cgroup_destroy(cg); /* kills whatever is still in it */
+    unlink(path);
+    free(path);
+    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
+    rm_rf(scratch);
+    free(scratch);
 }
 
 /* Instances whose scratch folder is still there were left running by a daemon that did not
@@ -1260,20 +1263,8 @@ static void executor__end_leftovers(struct executor *ex)
             free(scratch);
             continue;
         }
-        char *pid_path = xasprintf("%s/pid", scratch);
-        char *text = NULL;
-        int pid = 0;
-        unsigned long long start = 0;
-        if (file_read(pid_path, &text, NULL) == 0 && sscanf(text, "%d %llu", &pid, &start) == 2 &&
-            pid > 0 && start && executor__start_time(pid) == start)
-            kill(-pid, SIGKILL);
-        free(text);
-        free(pid_path);
-        struct cgroup *cg = NULL;
-        if (cgroup_create(ent.name, 0, 0, &cg) == 0)
-            cgroup_destroy(cg); /* kills whatever is still in it */
-        rm_rf(scratch);
         free(scratch);
+        executor__end_leftover(ex, ent.name);
     }
     uv_fs_req_cleanup(&req);
     free(dir);
@@ -1592,18 +1583,10 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
         goto fail_port;
     }
     if (inst->proc) {
-        /* what a later daemon needs to end this instance if this one dies without stopping it */
-        char *pid_path = xasprintf("%s/pid", inst->scratch_dir);
-        int pid = proc_pid(inst->proc);
-        char *pid_text = xasprintf("%d %llu\n", pid, executor__start_time(pid));
-        file_replace(pid_path, pid_text, strlen(pid_text), 0644);
-        free(pid_text);
-        free(pid_path);
-        /* ... and the pid file a shim would write (executor__reap_shimless reads it) */
-        pid_path = shim__pid_path(ex, "instance", inst->guid);
-        pid_text = xasprintf("%d\n", pid);
-        file_replace(pid_path, pid_text, strlen(pid_text), 0644);
-        free(pid_text);
+        /* what a later daemon needs to end this instance if this one dies without stopping
+         * it: the pid file a shim would write */
+        char *pid_path = shim__pid_path(ex, "instance", inst->guid);
+        proc_pid_file_write(pid_path, proc_pid(inst->proc));
         free(pid_path);
     } else {
         executor__write_spec(inst); /* what a later daemon needs to adopt it */
@@ -1843,43 +1826,6 @@ out:
     return inst;
 }
 
-/* Ends an instance whose shim is gone (killed with the daemon, or on its own) while the
- * instance went on running: run/instance-GUID.pid names it, and its environment proves the
- * pid was not reused by something else. Its scratch folder goes too. */
-static void executor__reap_shimless(struct executor *ex, const char *guid)
-{
-    char *path = shim__pid_path(ex, "instance", guid);
-    char *text = NULL;
-    if (file_read(path, &text, NULL) == 0) {
-        int pid = atoi(text);
-        char *environ_path = xasprintf("/proc/%d/environ", pid);
-        char *envs = NULL;
-        size_t len = 0;
-        bool ours = false;
-        if (pid > 1 && file_read(environ_path, &envs, &len) == 0) {
-            char *want = xasprintf("CF_INSTANCE_GUID=%s", guid);
-            for (size_t i = 0; i < len; i += strlen(envs + i) + 1)
-                if (!strcmp(envs + i, want))
-                    ours = true;
-            free(want);
-        }
-        if (ours) {
-            kill(-pid, SIGKILL);
-            kill(pid, SIGKILL);
-            log_info("stopped instance %s (pid %d) left by a previous skiffd",
-                    guid, pid);
-        }
-        free(envs);
-        free(environ_path);
-    }
-    free(text);
-    unlink(path);
-    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
-    rm_rf(scratch);
-    free(scratch);
-    free(path);
-}
-
 /* Every run/instance-GUID.pid of an instance this executor does not run (it was not adopted). */
 static void executor__reap_unadopted(struct executor *ex)
 {
@@ -1897,7 +1843,7 @@ static void executor__reap_unadopted(struct executor *ex)
         char guid[37];
         snprintf(guid, sizeof guid, "%.36s", de->d_name + strlen("instance-"));
         if (!strchr(guid, '/') && !executor_find(ex, guid))
-            executor__reap_shimless(ex, guid);
+            executor__end_leftover(ex, guid);
     }
     closedir(d);
 }

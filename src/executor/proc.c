@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -266,4 +267,46 @@ char *proc_exec_form(const char *cmd)
         if (strlen(keep[i]) == n && strncmp(p, keep[i], n) == 0)
             return xstrdup(cmd);
     return xasprintf("exec %s", p);
+}
+
+/* ---- pid files ------------------------------------------------------------------------- */
+
+/* The start time of a process, 0 when there is no such process. */
+static unsigned long long proc__start_time(int pid)
+{
+    char path[64], *text = NULL;
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if (file_read(path, &text, NULL) != 0)
+        return 0;
+    unsigned long long start = 0;
+    const char *p = strrchr(text, ')');
+    /* after the name: state is field 3, starttime field 22 */
+    if (!p || sscanf(p + 2,
+                     "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d "
+                     "%*d %*d %*d %llu",
+                     &start) != 1)
+        start = 0;
+    free(text);
+    return start;
+}
+
+int proc_pid_file_write(const char *path, int pid)
+{
+    char text[64];
+    int n = snprintf(text, sizeof text, "%d %llu\n", pid, proc__start_time(pid));
+    return file_replace(path, text, (size_t)n, 0644);
+}
+
+int proc_pid_file_read(const char *path)
+{
+    char *text = NULL;
+    int pid = 0;
+    unsigned long long start = 0;
+    if (file_read(path, &text, NULL) != 0)
+        return 0;
+    if (sscanf(text, "%d %llu", &pid, &start) != 2 || pid <= 1 || !start ||
+        proc__start_time(pid) != start)
+        pid = 0;
+    free(text);
+    return pid;
 }

@@ -45,6 +45,15 @@ void proc_signal_group(struct proc *p, int sig);
  * handles are closed (on a later loop iteration). */
 void proc_close(struct proc *p);
 
+/* A pid file names one process for as long as it lives: "PID STARTTIME\n", the start time
+ * (clock ticks after boot, /proc/PID/stat) telling it from a later process given the same pid.
+ * Written by skiff-shim for its instance and by the executor for an instance it runs itself,
+ * read by the executor to end what a daemon that died left behind. */
+int proc_pid_file_write(const char *path, int pid);
+/* The pid the file names while that same process still runs; 0 otherwise (no file, a pid
+ * reused since, or a file without the start time). */
+int proc_pid_file_read(const char *path);
+
 /* A shell command written so that, when it is one simple command, the shell execs it
  * ("exec CMD"): the program is then the process whose exit or signal is seen, and it gets
  * signals first-hand. Commands with control operators or compound commands come back as

@@ -352,9 +352,7 @@ int main(int argc, char **argv)
         goto fail;
     }
     sh.pid = proc_pid(sh.proc);
-    char pid_text[32];
-    int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh.pid);
-    file_replace(sh.pid_file, pid_text, (size_t)n, 0644);
+    proc_pid_file_write(sh.pid_file, sh.pid);
     uv_signal_start(&sh.sigterm, shim_on_signal, SIGTERM);
     uv_signal_start(&sh.sigint, shim_on_signal, SIGINT);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -26,6 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN_DIR = os.environ.get("SKIFF_BIN_DIR", os.path.join(ROOT, "build", "asan"))
 
 
+
+def read_pid_file(path):
+    """The pid in a pid file of skiffd's run/ ("PID" or, for instances, "PID STARTTIME")."""
+    with open(path) as f:
+        return int(f.read().split()[0])
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,9 +160,9 @@ class Platform:
             for name in os.listdir(run):
                 if name.endswith(".pid"):
                     try:
-                        pid = int(open(os.path.join(run, name)).read().strip())
+                        pid = read_pid_file(os.path.join(run, name))
                         os.killpg(pid, signal.SIGKILL)
-                    except (ValueError, OSError):
+                    except (ValueError, OSError, IndexError):
                         pass
 
     def close(self):

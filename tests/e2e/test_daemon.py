@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN_DIR, ROOT, Platform
+from conftest import BIN_DIR, ROOT, Platform, read_pid_file
 
 PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
 
@@ -22,8 +22,8 @@ def instance_pids(p):
     for name in os.listdir(run):
         if name.startswith("instance-") and name.endswith(".pid"):
             try:
-                pids.append(int(open(os.path.join(run, name)).read()))
-            except (OSError, ValueError):
+                pids.append(read_pid_file(os.path.join(run, name)))
+            except (OSError, ValueError, IndexError):
                 pass
     return pids
 

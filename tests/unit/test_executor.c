@@ -477,68 +477,60 @@ static void noop_adopt(void *ctx, struct instance *inst, const struct instance_s
     (void)ctx, (void)inst, (void)spec;
 }
 
-/* A process of an instance whose shim is gone (run/instance-GUID.pid names it, and its
- * environment has that CF_INSTANCE_GUID) is ended by executor_adopt; a pid file whose process
- * is someone else's (the pid reused) is only removed. */
+/* A process of an instance whose shim is gone (run/instance-GUID.pid names it, with its start
+ * time) is ended by executor_adopt; a pid file whose pid is now someone else's (the start time
+ * differs: the pid was reused) or that has no start time is only removed. */
 static void test_instances_without_a_shim_are_ended_by_adopt(void **state)
 {
     struct world *w = *state;
     const char *guid = "0d6c3f8e-1111-4222-8333-444455556666";
-    const char *other = "0d6c3f8e-1111-4222-8333-777788889999";
-    pid_t orphan = fork();
-    assert_true(orphan >= 0);
-    if (orphan == 0) {
-        char env[64];
-        snprintf(env, sizeof env, "CF_INSTANCE_GUID=%s", guid);
-        char *const envp[] = {env, NULL};
-        char *const argv[] = {"sleep", "30", NULL};
-        setpgid(0, 0);
-        execve("/bin/sleep", argv, envp);
-        _exit(127);
+    const char *reused = "0d6c3f8e-1111-4222-8333-777788889999";
+    const char *old_format = "0d6c3f8e-1111-4222-8333-aaaabbbbcccc";
+    pid_t kids[3];
+    for (int i = 0; i < 3; i++) {
+        kids[i] = fork();
+        assert_true(kids[i] >= 0);
+        if (kids[i] == 0) {
+            char *const argv[] = {"sleep", "30", NULL};
+            setpgid(0, 0);
+            execv("/bin/sleep", argv);
+            _exit(127);
+        }
     }
-    pid_t stranger = fork();
-    assert_true(stranger >= 0);
-    if (stranger == 0) {
-        char *const envp[] = {"CF_INSTANCE_GUID=someone-else", NULL};
-        char *const argv[] = {"sleep", "30", NULL};
-        execve("/bin/sleep", argv, envp);
-        _exit(127);
-    }
-    char path[512], text[32];
-    /* wait until each has exec'd (its environment is the new one) */
-    for (int tries = 0; tries < 500; tries++) {
-        char envpath[64], *env = NULL;
-        size_t len = 0;
-        snprintf(envpath, sizeof envpath, "/proc/%d/environ", (int)orphan);
-        bool ready = file_read(envpath, &env, &len) == 0 && len && memmem(env, len, guid, 36);
-        free(env);
-        snprintf(envpath, sizeof envpath, "/proc/%d/environ", (int)stranger);
-        env = NULL;
-        ready = ready && file_read(envpath, &env, &len) == 0 && len &&
-                memmem(env, len, "someone-else", 12);
-        free(env);
-        if (ready)
-            break;
-        usleep(10000);
-    }
+    char path[512], text[64];
     snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, guid);
-    snprintf(text, sizeof text, "%d\n", (int)orphan);
+    assert_int_equal(proc_pid_file_write(path, kids[0]), 0);
+    assert_int_equal(proc_pid_file_read(path), kids[0]);
+    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, reused);
+    assert_int_equal(proc_pid_file_write(path, kids[1]), 0);
+    char *written = NULL;
+    assert_int_equal(file_read(path, &written, NULL), 0);
+    unsigned long long start = 0;
+    assert_int_equal(sscanf(written, "%*d %llu", &start), 1);
+    free(written);
+    snprintf(text, sizeof text, "%d %llu\n", (int)kids[1], start + 1);
     assert_int_equal(file_replace(path, text, strlen(text), 0644), 0);
-    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, other);
-    snprintf(text, sizeof text, "%d\n", (int)stranger);
+    assert_int_equal(proc_pid_file_read(path), 0);
+    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, old_format);
+    snprintf(text, sizeof text, "%d\n", (int)kids[2]);
     assert_int_equal(file_replace(path, text, strlen(text), 0644), 0);
+    assert_int_equal(proc_pid_file_read(path), 0);
+
     assert_int_equal(executor_adopt(w->ex, noop_adopt, NULL), 0);
     int status = 0;
-    assert_int_equal(waitpid(orphan, &status, 0), orphan);
+    assert_int_equal(waitpid(kids[0], &status, 0), kids[0]);
     if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
         fail_msg("the orphan ended with status %#x, not SIGKILL", status);
-    assert_int_equal(waitpid(stranger, &status, WNOHANG), 0); /* not ours: left alone */
-    kill(stranger, SIGKILL);
-    waitpid(stranger, &status, 0);
-    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, guid);
-    assert_int_equal(access(path, F_OK), -1);
-    snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, other);
-    assert_int_equal(access(path, F_OK), -1);
+    for (int i = 1; i < 3; i++) {
+        assert_int_equal(waitpid(kids[i], &status, WNOHANG), 0); /* not known ours: left alone */
+        kill(kids[i], SIGKILL);
+        waitpid(kids[i], &status, 0);
+    }
+    const char *all[] = {guid, reused, old_format};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/run/instance-%s.pid", w->home, all[i]);
+        assert_int_equal(access(path, F_OK), -1);
+    }
 }
 
 static void test_start_errors(void **state)
