@@ -9,23 +9,15 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
-import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import skiffd  # noqa: E402
+from skiffd import ROOT, free_port, wait_for  # noqa: E402
 
 
 def rss_kb(pid):
@@ -39,19 +31,6 @@ def rss_kb(pid):
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().split(")")[-1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except Exception:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def push_to_first_request(env, bindir, router_port, name):
@@ -110,29 +89,14 @@ def main():
                     help="only push to first request, --runs times (fresh app each time)")
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
-    home = tempfile.mkdtemp(prefix="skiff-bench-")
-    api_port, router_port, admin_port = free_port(), free_port(), free_port()
-    env = dict(os.environ, SKIFF_HOME=home, HOME=home,
-               SKIFF_API_ADDR=f"127.0.0.1:{api_port}",
-               SKIFF_ROUTER_ADDR=f"127.0.0.1:{router_port}",
-               SKIFF_ROUTER_ADMIN_ADDR=f"127.0.0.1:{admin_port}")
-    env.pop("SKIFF_API", None)
-    env.pop("SKIFF_TOKEN", None)
-    api = f"http://127.0.0.1:{api_port}"
-    log = open(os.path.join(home, "skiffd.out"), "wb")
-    proc = subprocess.Popen([os.path.join(args.bin, "skiffd")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    d = skiffd.start(args.bin)
+    proc, env, router_port, api_port, token = d.proc, d.env, d.router_port, d.api_port, d.token
     try:
-        wait_for(lambda: urllib.request.urlopen(api + "/v1/info", timeout=1).status == 200, 20,
-                 "skiffd")
-        token = json.load(open(os.path.join(home, "api.json")))["token"]
-
         def call(method, path, body=None):
-            req = urllib.request.Request(api + path, method=method,
-                                         data=json.dumps(body).encode() if body else None)
-            req.add_header("Authorization", "Bearer " + token)
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read()
+            status, data = d.call(method, path, body)
+            if status >= 300:
+                raise SystemExit(f"{method} {path}: {status} {data[:200]!r}")
+            return status, data
 
         if args.push_only:
             print_push_figures([push_to_first_request(env, args.bin, router_port, f"bench-web-{i}")
@@ -196,19 +160,7 @@ def main():
               f" per list")
         print_push_figures([first])
     finally:
-        proc.send_signal(signal.SIGINT)  # interactive stop: the router goes too
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        run = os.path.join(home, "run")
-        for name in os.listdir(run) if os.path.isdir(run) else []:
-            if name.endswith(".pid"):
-                try:
-                    os.killpg(int(open(os.path.join(run, name)).read().split()[0]), signal.SIGKILL)
-                except (ValueError, OSError, IndexError):
-                    pass
-        shutil.rmtree(home, ignore_errors=True)
+        d.stop()
 
 
 if __name__ == "__main__":

@@ -16,15 +16,12 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_bench import ROOT, free_port, wait_for  # noqa: E402
-
-import urllib.request  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import skiffd  # noqa: E402
+from skiffd import ROOT  # noqa: E402
 
 N = 5000
 
@@ -56,32 +53,14 @@ def main():
     ap.add_argument("--apps-per-space", type=int, default=100)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
     args = ap.parse_args()
-    home = tempfile.mkdtemp(prefix="skiff-bench-")
-    api_port = free_port()
-    env = dict(os.environ, SKIFF_HOME=home, HOME=home, SKIFF_API_ADDR=f"127.0.0.1:{api_port}",
-               SKIFF_ROUTER_ADDR=f"127.0.0.1:{free_port()}",
-               SKIFF_ROUTER_ADMIN_ADDR=f"127.0.0.1:{free_port()}")
-    env.pop("SKIFF_API", None)
-    env.pop("SKIFF_TOKEN", None)
-    log = open(os.path.join(home, "skiffd.out"), "wb")
-    proc = subprocess.Popen([os.path.join(args.bin, "skiffd")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    d = skiffd.start(args.bin)
+    proc, admin = d.proc, d.token
     try:
-        api = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: urllib.request.urlopen(api + "/v1/info", timeout=1).status == 200, 20,
-                 "skiffd")
-        admin = json.load(open(os.path.join(home, "api.json")))["token"]
-        conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", d.api_port, timeout=60)
 
         def call(method, path, body=None, token=admin):
-            headers = {"Content-Type": "application/json"}
-            if token:
-                headers["Authorization"] = "Bearer " + token
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-            assert r.status < 300, (method, path, r.status, data[:200])
+            status, data = d.call(method, path, body, token=token or "")
+            assert status < 300, (method, path, status, data[:200])
             return json.loads(data) if data else None
 
         call("POST", "/v1/orgs", {"name": "bench"})
@@ -142,11 +121,7 @@ def main():
             cold.append(timed(conn, "GET", "/v1/apps?space=bench/s042", dev, n=1)[0])
         print(f"  the same right after a change: median {statistics.median(cold):.2f} ms")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        d.stop()
 
 
 if __name__ == "__main__":

@@ -8,36 +8,14 @@ Target: within 100 ms of the API call.
 Usage: bench/router/route_update.py [--changes N] [--bin build/rel]"""
 import argparse
 import http.client
-import json
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise SystemExit(f"timed out waiting for {what}")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import skiffd  # noqa: E402
+from skiffd import ROOT, wait_for  # noqa: E402
 
 
 def router_error(conn, host):
@@ -57,30 +35,15 @@ def main():
     ap.add_argument("--changes", type=int, default=100)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
     args = ap.parse_args()
-    home = tempfile.mkdtemp(prefix="skiff-bench-routes-")
-    api_port, router_port, admin_port = free_port(), free_port(), free_port()
-    env = dict(os.environ, SKIFF_HOME=home, HOME=home, SKIFF_API_ADDR=f"127.0.0.1:{api_port}",
-               SKIFF_ROUTER_ADDR=f"127.0.0.1:{router_port}",
-               SKIFF_ROUTER_ADMIN_ADDR=f"127.0.0.1:{admin_port}")
-    log = open(os.path.join(home, "skiffd.out"), "wb")
-    proc = subprocess.Popen([os.path.join(args.bin, "skiffd")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    d = skiffd.start(args.bin, "skiff-bench-routes-")
     try:
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/info",
-                                                timeout=1).status == 200, 20, "skiffd")
-        token = json.load(open(os.path.join(home, "api.json")))["token"]
-        api = http.client.HTTPConnection("127.0.0.1", api_port, timeout=10)
-        headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-
         def call(method, path, body=None):
-            api.request(method, path, body=json.dumps(body) if body else None, headers=headers)
-            r = api.getresponse()
-            data = r.read()
-            if r.status >= 300:
-                raise SystemExit(f"{method} {path}: {r.status} {data[:200]!r}")
+            status, data = d.call(method, path, body, timeout=10)
+            if status >= 300:
+                raise SystemExit(f"{method} {path}: {status} {data[:200]!r}")
 
         call("POST", "/v1/apps", {"name": "routes-bench", "no_route": True})
-        router = http.client.HTTPConnection("127.0.0.1", router_port, timeout=10)
+        router = http.client.HTTPConnection("127.0.0.1", d.router_port, timeout=10)
         wait_for(lambda: router_error(router, "nothing.localhost") == "unknown-route", 20,
                  "the router")
         api_only, mapped, unmapped = [], [], []
@@ -108,13 +71,7 @@ def main():
                   f"max {max(v):6.2f}   ({statistics.median(v) / peer:.1f}x the API call alone)")
         print(f"  peer: the API call alone, median {peer:.2f} ms")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(home, ignore_errors=True)
-
+        d.stop()
 
 if __name__ == "__main__":
     main()
