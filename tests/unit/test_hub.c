@@ -46,6 +46,25 @@ static void on_event(void *ctx, const struct platform_event *ev)
     }
 }
 
+/* A hub with one subscriber per letter of names, subscribed in that order: subs[0] is 'a'... */
+static void start(struct rec *r, struct sub *subs, const char *names)
+{
+    *r = (struct rec){.hub = hub_new()};
+    for (size_t i = 0; names[i]; i++) {
+        subs[i] = (struct sub){.rec = r, .name = names[i]};
+        subs[i].id = hub_subscribe(r->hub, on_event, &subs[i]);
+    }
+}
+
+/* Every subscriber still there goes, and the hub with them. */
+static void finish(struct rec *r, struct sub *subs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        hub_unsubscribe(r->hub, subs[i].id);
+    assert_int_equal(hub_subscribers(r->hub), 0);
+    hub_free(r->hub);
+}
+
 static void publish(struct rec *r)
 {
     hub_publish(r->hub, &PLATFORM_APP_EVENT(PLATFORM_APP_STARTED, "g", "n"));
@@ -55,81 +74,66 @@ static void publish(struct rec *r)
 static void test_delivers_in_subscription_order(void **state)
 {
     (void)state;
-    struct rec r = {.hub = hub_new()};
-    struct sub a = {.rec = &r, .name = 'a'}, b = {.rec = &r, .name = 'b'}, c = {.rec = &r, .name = 'c'};
-    a.id = hub_subscribe(r.hub, on_event, &a);
-    b.id = hub_subscribe(r.hub, on_event, &b);
-    c.id = hub_subscribe(r.hub, on_event, &c);
-    assert_true(a.id > 0 && b.id > a.id && c.id > b.id);
+    struct rec r;
+    struct sub s[3], *a = &s[0], *b = &s[1], *c = &s[2];
+    start(&r, s, "abc");
+    assert_true(a->id > 0 && b->id > a->id && c->id > b->id);
     publish(&r);
     assert_string_equal(r.seen, "abc");
-    hub_unsubscribe(r.hub, b.id);
-    hub_unsubscribe(r.hub, b.id); /* twice: a no-op */
+    hub_unsubscribe(r.hub, b->id);
+    hub_unsubscribe(r.hub, b->id); /* twice: a no-op */
     hub_unsubscribe(r.hub, 0);
     publish(&r);
     assert_string_equal(r.seen, "abcac");
     assert_int_equal(hub_subscribers(r.hub), 2);
-    hub_unsubscribe(r.hub, a.id);
-    hub_unsubscribe(r.hub, c.id);
-    hub_free(r.hub);
+    finish(&r, s, 3);
 }
 
 static void test_unsubscribing_another_during_delivery_skips_it(void **state)
 {
     (void)state;
-    struct rec r = {.hub = hub_new()};
-    struct sub a = {.rec = &r, .name = 'a'}, b = {.rec = &r, .name = 'b'}, c = {.rec = &r, .name = 'c'};
-    a.id = hub_subscribe(r.hub, on_event, &a);
-    b.id = hub_subscribe(r.hub, on_event, &b);
-    c.id = hub_subscribe(r.hub, on_event, &c);
-    a.unsubscribe_id = c.id; /* c is removed before its turn: it gets nothing */
-    b.unsubscribe_id = b.id; /* b removes itself: it got this one */
+    struct rec r;
+    struct sub s[3], *a = &s[0], *b = &s[1], *c = &s[2];
+    start(&r, s, "abc");
+    a->unsubscribe_id = c->id; /* c is removed before its turn: it gets nothing */
+    b->unsubscribe_id = b->id; /* b removes itself: it got this one */
     publish(&r);
     assert_string_equal(r.seen, "ab");
     publish(&r);
     assert_string_equal(r.seen, "aba");
     assert_int_equal(hub_subscribers(r.hub), 1);
-    hub_unsubscribe(r.hub, a.id);
-    hub_free(r.hub);
+    finish(&r, s, 3);
 }
 
 static void test_subscribing_during_delivery_starts_with_the_next_event(void **state)
 {
     (void)state;
-    struct rec r = {.hub = hub_new()};
-    struct sub a = {.rec = &r, .name = 'a'}, b = {.rec = &r, .name = 'b'}, extra[20];
-    a.id = hub_subscribe(r.hub, on_event, &a);
-    b.id = hub_subscribe(r.hub, on_event, &b);
+    struct rec r;
+    struct sub s[22], *extra = &s[2];
+    start(&r, s, "ab");
     /* a chain that grows the array while it is walked: each new one subscribes another */
     for (int i = 0; i < 20; i++)
         extra[i] = (struct sub){.rec = &r, .name = 'x', .subscribe = i + 1 < 20 ? &extra[i + 1] : NULL};
-    a.subscribe = &extra[0];
+    s[0].subscribe = &extra[0];
     publish(&r);
     assert_string_equal(r.seen, "ab");
     publish(&r);
     assert_string_equal(r.seen, "ababx"); /* extra[0] now, which subscribed extra[1] */
     assert_int_equal(hub_subscribers(r.hub), 4);
-    hub_unsubscribe(r.hub, a.id);
-    hub_unsubscribe(r.hub, b.id);
-    hub_unsubscribe(r.hub, extra[0].id);
-    hub_unsubscribe(r.hub, extra[1].id);
-    assert_int_equal(hub_subscribers(r.hub), 0);
-    hub_free(r.hub);
+    finish(&r, s, 4);
 }
 
 static void test_nested_publish_is_delivered_depth_first(void **state)
 {
     (void)state;
-    struct rec r = {.hub = hub_new()};
-    struct sub a = {.rec = &r, .name = 'a'}, b = {.rec = &r, .name = 'b'};
-    a.id = hub_subscribe(r.hub, on_event, &a);
-    b.id = hub_subscribe(r.hub, on_event, &b);
-    a.publish_nested = true;
-    a.unsubscribe_id = b.id; /* removed inside the outer delivery, before the nested one */
+    struct rec r;
+    struct sub s[2], *a = &s[0], *b = &s[1];
+    start(&r, s, "ab");
+    a->publish_nested = true;
+    a->unsubscribe_id = b->id; /* removed inside the outer delivery, before the nested one */
     publish(&r);
     assert_string_equal(r.seen, "aA"); /* b is gone for both */
-    hub_unsubscribe(r.hub, a.id);
-    hub_free(r.hub);
+    finish(&r, s, 2);
 }
 
 static void test_null_hub_drops_events_and_names(void **state)
