@@ -993,6 +993,14 @@ static void core__apps_get(struct api_request *req, void *ctx)
         free(info);
     }
     json_object_set_new(o, "instances_detail", detail);
+    struct scheduler_deployment dep;
+    if (core->cfg.scheduler && scheduler_app_deployment(core->cfg.scheduler, app->guid, &dep) == 0)
+        json_object_set_new(o, "deployment",
+                            json_pack("{s:s, s:s, s:s, s:i, s:i, s:o}", "state",
+                                      scheduler_deploy_state_name(dep.state), "from_droplet",
+                                      dep.from, "droplet", dep.to, "updated", dep.updated, "total",
+                                      dep.total, "error",
+                                      dep.error[0] ? json_string(dep.error) : json_null()));
     store_app_free(app);
     api_respond_json(req, 200, o);
 }

@@ -29,6 +29,7 @@ struct api_core_staging {
     char *droplet_dir;
     char **buildpacks;
     char **env;
+    bool recreate; /* ?strategy=recreate: stop every instance, then start on the new droplet */
     struct api_core_staging *next;
 };
 
@@ -243,7 +244,7 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     store_app_free(app);
     if (core->cfg.scheduler) {
         if (started)
-            scheduler_app_restart(core->cfg.scheduler, s->app_guid, false);
+            scheduler_app_deploy(core->cfg.scheduler, s->app_guid, !s->recreate);
         else
             scheduler_app_changed(core->cfg.scheduler, s->app_guid);
     }
@@ -288,6 +289,14 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
         return;
     struct store_package *pkg = NULL;
     struct api_core_staging *s = NULL;
+    const char *strategy = api_request_query(req, "strategy");
+    if (strategy && strcmp(strategy, "rolling") && strcmp(strategy, "recreate")) {
+        api_respond_error(req, 422, "invalid_value",
+                          "strategy \"%s\" is not one: rolling (the default: each instance is "
+                          "replaced once its successor runs) or recreate (all stop, then start)",
+                          strategy);
+        goto done;
+    }
     if (api_core__staging_busy(core, app->guid)) {
         api_respond_error(req, 409, "staging_in_progress",
                           "app \"%s\" is being staged already: wait for that staging to end",
@@ -303,6 +312,7 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     s = xcalloc(1, sizeof *s);
     s->core = core;
     s->req = req;
+    s->recreate = strategy && !strcmp(strategy, "recreate");
     memcpy(s->app_guid, app->guid, sizeof s->app_guid);
     s->app_name = xstrdup(app->name);
     uuid_generate_v4(s->droplet_guid);

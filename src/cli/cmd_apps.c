@@ -180,6 +180,59 @@ int cli_wait_running(const char *name, long timeout_s, int64_t since_ms, const c
     return rc;
 }
 
+int cli_wait_deployed(const char *name, long timeout_s, const char *droplet)
+{
+    char *path = cli_app_path(name, NULL);
+    int64_t started_ms = time_mono_ms();
+    int64_t deadline = started_ms + timeout_s * 1000;
+    long long last_updated = -1;
+    int rc = CLI_EXIT_ERROR;
+    for (;;) {
+        json_t *app = NULL;
+        if (cli_api("GET", path, NULL, &app) != 0)
+            break;
+        const json_t *dep = json_object_get(app, "deployment");
+        bool ours = dep && droplet && !strcmp(cli_json_str(dep, "droplet"), droplet);
+        if (!ours) {
+            /* no deployment of it: the app ran nothing before (or another push came) */
+            json_decref(app);
+            free(path);
+            return cli_wait_running(name, timeout_s, 0, droplet);
+        }
+        const char *state = cli_json_str(dep, "state");
+        long long updated = cli_json_int(dep, "updated"), total = cli_json_int(dep, "total");
+        if (updated != last_updated && strcmp(state, "FAILED")) {
+            printf("  %lld of %lld instances updated\n", updated, total);
+            last_updated = updated;
+        }
+        if (!strcmp(state, "FAILED")) {
+            cli_error("the deployment of %s failed: %s.\nThe app stays on its previous "
+                      "droplet, which keeps serving; `skiff logs %s --recent` shows the new "
+                      "instance's output.",
+                      name, cli_json_str(dep, "error"), name);
+            json_decref(app);
+            break;
+        }
+        if (!strcmp(state, "DEPLOYED")) {
+            printf("%s is running: %lld of %lld instances on the new droplet.\n", name, updated,
+                   total);
+            json_decref(app);
+            rc = CLI_EXIT_OK;
+            break;
+        }
+        json_decref(app);
+        if (time_mono_ms() >= deadline) {
+            cli_error("%s: only %lld of %lld instances updated after %lds; the others still "
+                      "run the previous droplet. `skiff app %s` shows them.",
+                      name, updated, total, timeout_s, name);
+            break;
+        }
+        usleep(time_mono_ms() - started_ms < 2000 ? 50 * 1000 : 250 * 1000);
+    }
+    free(path);
+    return rc;
+}
+
 /* ---- help and login --------------------------------------------------------------------- */
 
 int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv)
@@ -282,6 +335,14 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
         printf("function:    %s%s%s%s\n", cli_json_str(fn, "handler"),
                *cli_json_str(fn, "runtime") ? " (" : "", cli_json_str(fn, "runtime"),
                *cli_json_str(fn, "runtime") ? ")" : "");
+    const json_t *dep = json_object_get(app, "deployment");
+    if (json_is_object(dep)) {
+        const char *dstate = cli_json_str(dep, "state");
+        printf("deployment:  %s, %lld of %lld instances on droplet %.8s%s%s\n", dstate,
+               cli_json_int(dep, "updated"), cli_json_int(dep, "total"),
+               cli_json_str(dep, "droplet"), strcmp(dstate, "FAILED") ? "" : ": ",
+               strcmp(dstate, "FAILED") ? "" : cli_json_str(dep, "error"));
+    }
     printf("updated:     %s\n", cli_json_str(app, "updated_at"));
     free(routes);
     free(buildpacks);

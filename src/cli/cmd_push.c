@@ -92,6 +92,7 @@ struct cli_push_plan {
     json_t *body; /* settings for PUT /v1/apps/NAME (owned) */
     bool no_start;
     long timeout_s;
+    const char *strategy; /* NULL: rolling for a running app (the API's default) */
 };
 
 static char *cli_router_url_from_info;
@@ -182,7 +183,9 @@ static int cli_push_one(const struct cli_push_plan *plan)
         goto done;
     if ((rc = cli_push_upload(name, plan->dir)))
         goto done;
-    char *stage = cli_app_path(name, "/stage");
+    char *stage = cli_app_path(name, plan->strategy && !strcmp(plan->strategy, "recreate")
+                                         ? "/stage?strategy=recreate"
+                                         : "/stage");
     char *droplet = NULL;
     rc = cli_stage_stream(name, stage, &droplet);
     free(stage);
@@ -196,8 +199,12 @@ static int cli_push_one(const struct cli_push_plan *plan)
     }
     /* The end of staging restarts a started app onto its new droplet (the API does, once);
      * a stopped one is started here. */
+    bool rolling = was_started && !(plan->strategy && !strcmp(plan->strategy, "recreate"));
     if (was_started) {
-        printf("Restarting %s onto its new droplet...\n", name);
+        printf(rolling ? "Deploying the new droplet of %s: each instance is replaced once its "
+                         "successor runs...\n"
+                       : "Restarting %s onto its new droplet...\n",
+               name);
         rc = cli_api("GET", path, NULL, &app);
     } else {
         char *start = cli_app_path(name, "/start");
@@ -211,7 +218,8 @@ static int cli_push_one(const struct cli_push_plan *plan)
     }
     json_t *routes = json_incref(json_object_get(app, "routes"));
     json_decref(app);
-    rc = cli_wait_running(name, plan->timeout_s, 0, was_started ? droplet : NULL);
+    rc = rolling ? cli_wait_deployed(name, plan->timeout_s, droplet)
+                 : cli_wait_running(name, plan->timeout_s, 0, was_started ? droplet : NULL);
     free(droplet);
     if (rc == 0) {
         const char *port = cli_router_port();
@@ -481,7 +489,7 @@ static bool cli_manifest_lists(const char *path, const char *name)
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *path = NULL, *manifest_path = NULL, *memory = NULL, *disk = NULL;
-    const char *command = NULL, *function = NULL;
+    const char *command = NULL, *function = NULL, *strategy = NULL;
     long instances = LONG_MIN, timeout = 60; /* LONG_MIN: not given */
     bool no_route = false, no_start = false, no_manifest = false;
     struct cli_list buildpacks = {0};
@@ -497,12 +505,16 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                 {"no-manifest", 0, CLI_OPT_FLAG, &no_manifest},
                                 {"function", 0, CLI_OPT_STRING, &function},
                                 {"timeout", 't', CLI_OPT_INT, &timeout},
+                                {"strategy", 0, CLI_OPT_STRING, &strategy},
                                 {0}};
     struct cli_args args;
     int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 1);
     if (rc != CLI_CONTINUE)
         return rc;
     const char *name = args.count ? args.items[0] : NULL;
+    if (strategy && strcmp(strategy, "rolling") && strcmp(strategy, "recreate"))
+        return cli_usage_error(cmd, "--strategy is rolling (the default) or recreate, not \"%s\"",
+                               strategy);
 
     /* The settings given by flags, applied over a manifest's. */
     json_t *flags = json_object();
@@ -547,7 +559,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                          function_dir ? function_dir : xstrdup(path ? path : "."),
                                      .body = flags,
                                      .no_start = no_start,
-                                     .timeout_s = timeout};
+                                     .timeout_s = timeout,
+                                     .strategy = strategy};
         rc = cli_push_one(&plan);
         free(plan.dir);
         json_decref(flags);
@@ -589,7 +602,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         struct cli_push_plan plan = {.name = a->name,
                                      .body = cli_manifest_body(a),
                                      .no_start = no_start,
-                                     .timeout_s = timeout};
+                                     .timeout_s = timeout,
+                                     .strategy = strategy};
         json_object_update(plan.body, flags);
         if (path)
             plan.dir = xstrdup(path);
@@ -636,7 +650,7 @@ int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
     rc = cli_api("GET", path, NULL, &app);
     free(path);
     if (rc == 0 && strcmp(cli_json_str(app, "state"), "STARTED") == 0)
-        rc = cli_wait_running(name, timeout, 0, droplet);
+        rc = cli_wait_deployed(name, timeout, droplet);
     json_decref(app);
     free(droplet);
     return rc;

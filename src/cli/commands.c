@@ -7,7 +7,8 @@
 const struct cli_command cli_core_commands[] = {
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
-     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER]",
+     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER] "
+     "[--strategy rolling|recreate]",
      "Upload an app, stage it with a buildpack and start it",
      "Packs PATH (default: the current folder) as tar.gz, leaving out what .cfignore or\n"
      ".skiffignore lists, uploads it, stages it (the buildpack's output is shown as it comes)\n"
@@ -25,7 +26,11 @@ const struct cli_command cli_core_commands[] = {
      "  --no-start               upload and stage, but do not start\n"
      "  --no-manifest            ignore ./manifest.yml\n"
      "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
-     "  --timeout SECONDS        how long to wait for instances to run (default: 60)\n\n"
+     "  --timeout SECONDS        how long to wait for instances to run (default: 60)\n"
+     "  --strategy S             a running app's new droplet: rolling (default: each instance\n"
+     "                           is replaced once its successor runs, and if one crashes the\n"
+     "                           app stays on the old droplet) or recreate (all stop, then\n"
+     "                           start)\n\n"
      "Examples:\n  skiff push hello -p examples/python-web\n"
      "  skiff push -f examples/manifest.yml\n",
      cli_cmd_push},

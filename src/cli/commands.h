@@ -22,6 +22,10 @@ int cli_size_flags(const struct cli_command *cmd, long instances, const char *me
  * while the old instances still run; with a droplet only instances running that droplet
  * count (after staging, whose end restarts a started app onto its new droplet). */
 int cli_wait_running(const char *name, long timeout_s, int64_t since_ms, const char *droplet);
+/* Follows a rolling deployment of droplet (GET /v1/apps/NAME's "deployment") until every
+ * instance runs it: 0; or it failed (a new instance crashed: the app stays on its old droplet)
+ * or timed out: an error naming why. */
+int cli_wait_deployed(const char *name, long timeout_s, const char *droplet);
 /* Runs the staging stream of POST PATH (stage or restage), printing each line as it comes.
  * Returns 0 when staging succeeded; then *droplet (when not NULL) is the new droplet's guid
  * (caller frees). */

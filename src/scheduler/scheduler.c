@@ -85,6 +85,10 @@ struct sched_app {
     char *name;
     char *kind;
     bool rolling; /* a rolling restart goes on */
+    /* the last deployment of a new droplet (scheduler_app_deploy) */
+    enum scheduler_deploy_state deploy;
+    char deploy_from[37], deploy_to[37]; /* the droplets: what ran before, what is deployed */
+    char deploy_error[256];
     struct sched_proc **procs;
     size_t nprocs;
     struct sched_app *next;
@@ -380,6 +384,56 @@ static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool 
     sched__emit(s, &ev);
 }
 
+/* A new instance of a deployment crashed before it was ready: the deployment stops there.
+ * The instances already replaced go back to the droplet that ran before (rolling, so the
+ * app keeps serving), the store's current droplet with them, and the crash is the
+ * deployment's error (GET /v1/apps/NAME shows it; `skiff push` exits 1 with it). False when
+ * no deployment goes on (a rolling restart retries instead). */
+static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, const char *reason,
+                                 int status, int sig)
+{
+    struct sched_app *a = sched__app(s, si->app_guid, false);
+    if (!a || a->deploy != SCHED_DEPLOY_ACTIVE || strcmp(si->droplet, a->deploy_to))
+        return false;
+    a->deploy = SCHED_DEPLOY_FAILED;
+    if (sig)
+        snprintf(a->deploy_error, sizeof a->deploy_error,
+                 "instance %d of %s on the new droplet was killed by signal %d (%s)", si->index,
+                 si->type, sig, reason);
+    else
+        snprintf(a->deploy_error, sizeof a->deploy_error,
+                 "instance %d of %s on the new droplet crashed: exit status %d (%s)", si->index,
+                 si->type, status, reason);
+    logs_appendf(s->logs, a->guid, "CELL/0", LOGS_ERR,
+                 "Deployment failed: %s; the app stays on droplet %s", a->deploy_error,
+                 a->deploy_from);
+    struct store_app *app = NULL;
+    if (store_app_get(s->store, a->guid, &app) == 0 && app->droplet_guid &&
+        !strcmp(app->droplet_guid, a->deploy_to)) {
+        free(app->droplet_guid);
+        app->droplet_guid = xstrdup(a->deploy_from);
+        app->updated_at = time_now_ms();
+        store_app_update(s->store, app);
+    }
+    store_app_free(app);
+    /* no more of the new droplet: replacements under way stop, instances already on it are
+     * replaced by the old droplet's, one at a time */
+    for (size_t i = 0; i < a->nprocs; i++)
+        for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+            struct sched_slot *slot = a->procs[i]->slots[j];
+            if (slot->replacement == si)
+                slot->replacement = NULL;
+            else if (slot->replacement)
+                sched__stop_inst(s, slot->replacement);
+            if (slot->cur)
+                slot->cur->shadow = strcmp(slot->cur->droplet, a->deploy_from) ? slot : NULL;
+        }
+    a->rolling = true;
+    if (!s->shutting_down)
+        sched__arm_timer(s);
+    return true;
+}
+
 static void sched__on_state(void *ctx, struct instance *inst, enum instance_state state,
                             const struct instance_exit *ex)
 {
@@ -456,6 +510,9 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
             sched__emit(s, &ev);
             if (!s->shutting_down)
                 sched__arm_timer(s);
+        } else if (slot && slot->replacement == si &&
+                   sched__deploy_failed(s, si, reason, status, sig)) {
+            /* the deployment is given up: the old instances keep serving the old droplet */
         } else if (slot && slot->replacement == si) {
             /* the rolling replacement failed: the old instance keeps serving and is replaced
              * again later, with the crash backoff, so a passing problem (a port taken in
@@ -763,8 +820,14 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
                 for (size_t j = 0; j < a->procs[i]->nslots; j++)
                     if (a->procs[i]->slots[j]->replacement)
                         busy = true;
-            if (!busy)
+            if (!busy) {
                 a->rolling = false;
+                if (a->deploy == SCHED_DEPLOY_ACTIVE) {
+                    a->deploy = SCHED_DEPLOY_DONE;
+                    logs_appendf(s->logs, a->guid, "CELL/0", LOGS_OUT,
+                                 "Deployment done: every instance runs droplet %s", a->deploy_to);
+                }
+            }
         }
     }
     store_droplet_free(drop);
@@ -1079,6 +1142,63 @@ int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling)
         sched__converge(s, a);
     store_app_free(sa);
     return 0;
+}
+
+int scheduler_app_deploy(struct scheduler *s, const char *app, bool rolling)
+{
+    struct store_app *sa = NULL;
+    int rc = sched__resolve(s, app, &sa);
+    if (rc < 0)
+        return rc;
+    struct sched_app *a = sched__app(s, sa->guid, false);
+    /* what runs now: the droplet of the first instance there is */
+    char from[37] = "";
+    for (size_t i = 0; a && i < a->nprocs && !from[0]; i++)
+        for (size_t j = 0; j < a->procs[i]->nslots && !from[0]; j++)
+            if (a->procs[i]->slots[j]->cur)
+                snprintf(from, sizeof from, "%s", a->procs[i]->slots[j]->cur->droplet);
+    if (a && from[0] && sa->droplet_guid && strcmp(from, sa->droplet_guid)) {
+        a->deploy = rolling ? SCHED_DEPLOY_ACTIVE : SCHED_DEPLOY_DONE;
+        snprintf(a->deploy_from, sizeof a->deploy_from, "%s", from);
+        snprintf(a->deploy_to, sizeof a->deploy_to, "%s", sa->droplet_guid);
+        a->deploy_error[0] = '\0';
+        if (rolling)
+            logs_appendf(s->logs, a->guid, "CELL/0", LOGS_OUT,
+                         "Deployment of droplet %s: each instance is replaced once its "
+                         "successor is running",
+                         a->deploy_to);
+    }
+    store_app_free(sa);
+    return scheduler_app_restart(s, app, rolling);
+}
+
+static struct sched_app *sched__find(struct scheduler *s, const char *app);
+
+int scheduler_app_deployment(struct scheduler *s, const char *app, struct scheduler_deployment *out)
+{
+    memset(out, 0, sizeof *out);
+    struct sched_app *a = sched__find(s, app);
+    if (!a || a->deploy == SCHED_DEPLOY_NONE)
+        return -ENOENT;
+    out->state = a->deploy;
+    snprintf(out->from, sizeof out->from, "%s", a->deploy_from);
+    snprintf(out->to, sizeof out->to, "%s", a->deploy_to);
+    snprintf(out->error, sizeof out->error, "%s", a->deploy_error);
+    for (size_t i = 0; i < a->nprocs; i++)
+        for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+            struct sched_slot *slot = a->procs[i]->slots[j];
+            out->total++;
+            if (slot->cur && slot->cur->ready && !slot->cur->shadow &&
+                !strcmp(slot->cur->droplet, a->deploy_to))
+                out->updated++;
+        }
+    return 0;
+}
+
+const char *scheduler_deploy_state_name(enum scheduler_deploy_state st)
+{
+    static const char *const names[] = {"NONE", "DEPLOYING", "DEPLOYED", "FAILED"};
+    return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "NONE";
 }
 
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid)

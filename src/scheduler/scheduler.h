@@ -97,6 +97,34 @@ int scheduler_app_changed(struct scheduler *s, const char *app);
 /* Stops then starts every instance of the app (one by one when rolling is true, each new
  * one RUNNING before the next old one stops). */
 int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling);
+/* Puts the app's new droplet (just recorded in the store) into service. rolling: each
+ * instance is replaced only once its successor on the new droplet is RUNNING, so the app
+ * never serves fewer instances than before (Cloud Foundry's rolling deployment); if a new
+ * instance crashes or never gets ready, the deployment fails: the store's droplet goes back
+ * to the one that ran, instances already replaced are replaced back, and the error is kept
+ * for scheduler_app_deployment. Not rolling: every instance is stopped, then started on the
+ * new droplet (CF's "recreate"). */
+int scheduler_app_deploy(struct scheduler *s, const char *app, bool rolling);
+
+enum scheduler_deploy_state {
+    SCHED_DEPLOY_NONE,
+    SCHED_DEPLOY_ACTIVE, /* "DEPLOYING" */
+    SCHED_DEPLOY_DONE,   /* "DEPLOYED" */
+    SCHED_DEPLOY_FAILED, /* "FAILED" */
+};
+
+struct scheduler_deployment {
+    enum scheduler_deploy_state state;
+    char from[37], to[37]; /* the droplet that ran before, the one deployed */
+    int updated;           /* instances RUNNING on the new droplet */
+    int total;             /* instances wanted */
+    char error[256];       /* FAILED: why */
+};
+
+/* The app's last deployment; -ENOENT when it had none since skiffd started. */
+int scheduler_app_deployment(struct scheduler *s, const char *app,
+                             struct scheduler_deployment *out);
+const char *scheduler_deploy_state_name(enum scheduler_deploy_state st);
 /* Stops everything of an app that is being deleted; its guid is forgotten. The hub gets
  * PLATFORM_APP_STOPPED when it was running. */
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid);

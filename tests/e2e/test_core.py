@@ -271,7 +271,8 @@ def test_push_again_runs_the_new_code(platform, tmp_path):
     starts_before = platform.cli("logs", "again", "--recent").stdout.count("Starting instance")
     r = platform.cli("push", "again", "-p", str(code))
     assert r.returncode == 0, out(r)
-    assert "Restarting again onto its new droplet..." in r.stdout
+    assert "Deploying the new droplet of again" in r.stdout, out(r)
+    assert "2 of 2 instances updated" in r.stdout, out(r)
     app = app_json(platform, "again")
     insts = running(app)
     assert len(insts) == 2, "the instance count of the first push is kept"

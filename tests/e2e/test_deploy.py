@@ -1,0 +1,193 @@
+"""Deploys: `skiff push` of a running app replaces its instances one at a time, each only once
+its successor on the new droplet runs (rolling, the default), so requests never fail; a new
+version whose instance crashes leaves the old one serving and the push fails saying why;
+`--strategy recreate` stops everything, then starts the new droplet."""
+import http.client
+import os
+import threading
+
+import pytest
+
+from conftest import out, wait_for
+
+# Serves its VERSION on every path; slow to start on purpose, so a deploy that did not wait
+# for its successor to run would leave a gap. CRASH=1 in the version file: exits at once.
+APP = """\
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "version.txt")).read().strip()
+if VERSION.startswith("crash"):
+    print("this version cannot start", flush=True)
+    sys.exit(3)
+time.sleep(0.3)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = (VERSION + "\\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def write_app(tmp_path, version):
+    d = tmp_path / version
+    d.mkdir(exist_ok=True)
+    (d / "app.py").write_text(APP)
+    (d / "Procfile").write_text("web: python3 app.py\n")
+    (d / "version.txt").write_text(version + "\n")
+    return str(d)
+
+
+class Traffic:
+    """Requests through the router for as long as it runs, on one keep-alive connection and
+    on a new connection each time; every answer that is not a 200 is kept."""
+
+    def __init__(self, p, host):
+        self.p, self.host = p, host
+        self.port = int(p.router_url.rsplit(":", 1)[1])
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.failures, self.seen, self.count = [], set(), 0
+        self.threads = [threading.Thread(target=self.run, args=(keep,)) for keep in (True, False)]
+
+    def one(self, conn):
+        conn.request("GET", "/", headers={"Host": self.host})
+        r = conn.getresponse()
+        body = r.read().decode(errors="replace")
+        with self.lock:
+            self.count += 1
+            if r.status == 200:
+                self.seen.add(body.strip())
+            else:
+                self.failures.append((r.status, r.getheader("X-Skiff-Router-Error"), body[:200]))
+        return r.getheader("Connection", "").lower() != "close"
+
+    def run(self, keep_alive):
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if not self.one(conn) or not keep_alive:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                with self.lock:
+                    self.failures.append((0, None, repr(e)))
+                if conn:
+                    conn.close()
+                conn = None
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def answered(self):
+        with self.lock:
+            return self.count
+
+
+def serving(p, host):
+    conn = http.client.HTTPConnection("127.0.0.1", int(p.router_url.rsplit(":", 1)[1]), timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        r = conn.getresponse()
+        return r.read().decode().strip() if r.status == 200 else None
+    finally:
+        conn.close()
+
+
+def app(p, name):
+    status, body = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, body
+    return body
+
+
+@pytest.mark.parametrize("instances,pushes", [(1, 3), (3, 2)])
+def test_a_rolling_push_fails_no_request(platform, tmp_path, instances, pushes):
+    p, name = platform, f"roll{instances}"
+    host = f"{name}.localhost"
+    r = p.cli("push", name, "-p", write_app(tmp_path, "v0"), "-i", str(instances))
+    assert r.returncode == 0, out(r)
+    wait_for(lambda: serving(p, host) == "v0", 30, what="v0 served")
+    with Traffic(p, host) as traffic:
+        wait_for(lambda: traffic.answered() > 20, 30, what="traffic flowing")
+        for n in range(1, pushes + 1):
+            version = f"v{n}"
+            r = p.cli("push", name, "-p", write_app(tmp_path, version), "-i", str(instances))
+            assert r.returncode == 0, out(r)
+            assert "instances updated" in r.stdout, out(r)
+            # every instance runs the new droplet once the push returns
+            detail = [i for i in app(p, name)["instances_detail"] if i["state"] == "RUNNING"]
+            assert len({i["droplet"] for i in detail}) == 1, detail
+            wait_for(lambda: serving(p, host) == version, 30, what=f"{version} served")
+            before = traffic.answered()
+            wait_for(lambda: traffic.answered() > before + 20, 30, what="traffic after the push")
+    assert traffic.failures == [], traffic.failures[:10]
+    assert {f"v{n}" for n in range(pushes + 1)} <= traffic.seen, traffic.seen
+    dep = app(p, name)["deployment"]
+    assert dep["state"] == "DEPLOYED" and dep["updated"] == dep["total"] == instances, dep
+
+
+def test_a_new_version_that_crashes_leaves_the_old_one_serving(platform, tmp_path):
+    p, name = platform, "sturdy"
+    host = f"{name}.localhost"
+    r = p.cli("push", name, "-p", write_app(tmp_path, "good"), "-i", "2")
+    assert r.returncode == 0, out(r)
+    good_droplet = app(p, name)["droplet"]
+    wait_for(lambda: serving(p, host) == "good", 30, what="the good version served")
+    with Traffic(p, host) as traffic:
+        r = p.cli("push", name, "-p", write_app(tmp_path, "crash"), "-i", "2")
+        assert r.returncode == 1, out(r)
+        assert "deployment of sturdy failed" in r.stderr and "exit status 3" in r.stderr, out(r)
+        assert "previous droplet" in r.stderr, out(r)
+        before = traffic.answered()
+        wait_for(lambda: traffic.answered() > before + 20, 30, what="traffic after the push")
+    assert traffic.failures == [], traffic.failures[:10]
+    assert traffic.seen == {"good"}, traffic.seen
+    # the app stays on the droplet that serves: a restart later brings the good one back
+    body = app(p, name)
+    assert body["droplet"] == good_droplet, body
+    assert body["deployment"]["state"] == "FAILED", body["deployment"]
+    assert {i["droplet"] for i in body["instances_detail"] if i["state"] == "RUNNING"} == \
+        {good_droplet}, body["instances_detail"]
+    shown = p.cli("app", name).stdout
+    assert "deployment:  FAILED" in shown and "exit status 3" in shown, shown
+    r = p.cli("restart", name)
+    assert r.returncode == 0, out(r)
+    assert serving(p, host) == "good"
+    logs = p.cli("logs", name, "--recent").stdout
+    assert "Deployment failed" in logs and "this version cannot start" in logs, logs
+
+
+def test_recreate_stops_then_starts(platform, tmp_path):
+    p, name = platform, "recreated"
+    host = f"{name}.localhost"
+    assert p.cli("push", name, "-p", write_app(tmp_path, "one")).returncode == 0
+    r = p.cli("push", name, "-p", write_app(tmp_path, "two"), "--strategy", "recreate")
+    assert r.returncode == 0, out(r)
+    assert "Restarting recreated onto its new droplet" in r.stdout, out(r)
+    wait_for(lambda: serving(p, host) == "two", 30, what="two served")
+    r = p.cli("push", name, "-p", write_app(tmp_path, "three"), "--strategy", "sideways")
+    assert r.returncode == 2 and "rolling (the default) or recreate" in r.stderr, out(r)
+    status, body = p.api("POST", f"/v1/apps/{name}/stage?strategy=sideways")
+    assert status == 422 and "strategy" in str(body), body
