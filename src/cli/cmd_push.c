@@ -1,4 +1,5 @@
 /* cmd_push: push (settings, upload, staging, start; from flags or a manifest) and restage. */
+#include <dirent.h>
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
@@ -173,6 +174,16 @@ static int cli_push_one(const struct cli_push_plan *plan)
     if (stat(plan->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return cli_error("cannot push %s: %s is not a folder. Give the app's folder with -p.", name,
                          plan->dir);
+    DIR *d = opendir(plan->dir);
+    bool empty = true;
+    for (struct dirent *de; d && empty && (de = readdir(d));)
+        empty = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
+    if (d)
+        closedir(d);
+    if (empty)
+        return cli_error("cannot push %s: %s is empty (or cannot be read). Give the app's "
+                         "folder with -p.",
+                         name, plan->dir);
     printf("Pushing %s from %s\n", name, plan->dir);
     char *path = cli_app_path(name, NULL);
     json_t *app = NULL;
@@ -228,8 +239,11 @@ static int cli_push_one(const struct cli_push_plan *plan)
         json_array_foreach(routes, i, r)
         {
             const char *route = json_is_string(r) ? json_string_value(r) : cli_json_str(r, "host");
+            /* "HOST/PATH" for a path route: the port goes after the host */
+            const char *slash = strchr(route, '/');
+            int host_len = slash ? (int)(slash - route) : (int)strlen(route);
             if (port)
-                printf("  route: http://%s:%s/\n", route, port);
+                printf("  route: http://%.*s:%s%s\n", host_len, route, port, slash ? slash : "/");
             else
                 printf("  route: %s\n", route);
         }

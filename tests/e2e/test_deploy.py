@@ -191,3 +191,11 @@ def test_recreate_stops_then_starts(platform, tmp_path):
     assert r.returncode == 2 and "rolling (the default) or recreate" in r.stderr, out(r)
     status, body = p.api("POST", f"/v1/apps/{name}/stage?strategy=sideways")
     assert status == 422 and "strategy" in str(body), body
+
+
+def test_an_empty_folder_is_refused_before_anything_is_made(platform, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = platform.cli("push", "hollow", "-p", str(empty))
+    assert r.returncode == 1 and "is empty" in r.stderr, out(r)
+    assert platform.api("GET", "/v1/apps/hollow")[0] == 404

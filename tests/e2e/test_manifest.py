@@ -100,6 +100,10 @@ def test_manifest_settings_reach_the_app(platform, tmp_path):
         "  no-route: true\n")
     r = platform.cli("push", "mf-one", "-f", str(manifest))
     assert r.returncode == 0, r.stdout + r.stderr
+    # the URLs printed work as written: the port after the host, the path after the port
+    port = platform.router_url.rsplit(":", 1)[1]
+    assert f"route: http://api.localhost:{port}/mf\n" in r.stdout, r.stdout
+    assert f"route: http://mf-one.localhost:{port}/\n" in r.stdout, r.stdout
     app = json.loads(platform.cli("app", "mf-one", "--json", check=True).stdout)
     assert app["instances"] == 2
     assert app["memory_mb"] == 64
