@@ -141,6 +141,7 @@ def test_apps_empty_then_json_for_scripts(platform):
 def test_api_error_message_is_printed_verbatim(platform, tmp_path):
     status, body = platform.api("PUT", "/v1/apps/Bad_Name", {})
     assert 400 <= status < 500 and status != 404, (status, body)
+    (tmp_path / "Procfile").write_text("web: true\n")
     r = platform.cli("push", "Bad_Name", "-p", str(tmp_path))
     assert r.returncode == 1
     assert body["error"]["message"] in r.stderr, r.stderr
