@@ -15,7 +15,8 @@ wait_port() {
   return 1
 }
 
-# nginx_conf NAME WORKERS BODY: a config with one server block
+# nginx_conf NAME WORKERS BODY [ACCESS_LOG]: a config with one server block; ACCESS_LOG is
+# nginx's access_log directive ("off" unless given)
 nginx_conf() {
   mkdir -p "$work/$1"
   cat >"$work/$1/nginx.conf" <<CONF
@@ -25,7 +26,7 @@ error_log $work/$1/error.log warn;
 daemon off;
 events { worker_connections 20000; multi_accept on; }
 http {
-  access_log off;
+  access_log ${4:-off};
   client_body_temp_path $work/$1/body;
   proxy_temp_path $work/$1/proxy;
   fastcgi_temp_path $work/$1/fastcgi;

@@ -5,7 +5,8 @@
 # skiff-router at 32 and 256 connections. Peers in the same run, taking turns with it:
 #   - loopback: the same program as a bare process on loopback, behind the same skiff-router
 #     binary started alone with a static route (no skiffd, so no bus and no access lines);
-#   - nginx: proxy_pass (one worker, upstream keepalive) to the container's own address;
+#   - nginx: proxy_pass (one worker, upstream keepalive) to the container's own address,
+#     writing a buffered access log (the platform logs every request too);
 #   - direct: wrk to the container's address, and to the bare process, with no proxy.
 # Root only (containers). BUILD=DIR for binaries elsewhere (default build, i.e. build/rel).
 #   bench/router/platform_bench.sh       (REPEAT=3, SECONDS_PER_RUN=3: about three minutes)
@@ -60,7 +61,10 @@ pids+=("$alone_pid") # started in a subshell: remember it here
 
 # nginx to the container's address
 nginx_port=$(free_port)
-nginx_conf nginx 1 "$(proxy_conf "$nginx_port" "$instance_addr")"
+# nginx logs each request as the platform does (its router sends every request's access line
+# to skiffd, which writes it to the app's log): buffered, as a tuned nginx would
+nginx_conf nginx 1 "$(proxy_conf "$nginx_port" "$instance_addr")" \
+  "$work/nginx/access.log combined buffer=64k flush=1s"
 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
 for p in $bare_port $alone_port $nginx_port; do wait_port "$p"; done
