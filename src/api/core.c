@@ -1050,6 +1050,7 @@ static void core__apps_delete(struct api_request *req, void *ctx)
         api_respond_error(req, 500, "internal", "cannot delete the app (see skiffd's output)");
         return;
     }
+    api_core__revisions_forget(core, app->guid);
     char *dir = xasprintf("%s/apps/%s", core->cfg.home, app->guid);
     rm_rf(dir);
     free(dir);
@@ -1585,6 +1586,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,
                       core);
     api_core__staging_register(core);
+    api_core__revisions_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;

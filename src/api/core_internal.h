@@ -62,4 +62,15 @@ bool api_core__staging_busy(struct api_core *core, const char *app_guid);
 /* Cancels the staging of an app, or all of them when app_guid is NULL. */
 void api_core__staging_cancel(struct api_core *core, const char *app_guid);
 
+/* revisions.c */
+void api_core__revisions_register(struct api_core *core);
+/* Records the app's current droplet, environment and commands as its next revision (number
+ * in *version_out when not NULL), dropping revisions past the kept number with the droplets
+ * only they used. 0, -ENODATA (no droplet) or -EIO. */
+int api_core__revision_add(struct api_core *core, const struct store_app *app,
+                           const char *description, int *version_out);
+bool api_core__revisions_any(struct api_core *core, const char *app_guid);
+/* Deletes every revision of an app being deleted (its droplets go with the app). */
+void api_core__revisions_forget(struct api_core *core, const char *app_guid);
+
 #endif

@@ -125,7 +125,11 @@ static void staging__bits(struct api_request *req, void *ctx)
     app->package_guid = xstrdup(pkg.guid);
     app->updated_at = time_now_ms();
     store_app_update(core->cfg.store, app);
-    store_app_prune_artifacts(core->cfg.store, app->guid, pkg.guid, app->droplet_guid, &old);
+    /* older packages go; droplets stay with their revisions (revisions.c), except those of an
+     * app that has none yet (made before revisions were kept): all but its current one */
+    store_app_prune_artifacts(core->cfg.store, app->guid, pkg.guid,
+                              api_core__revisions_any(core, app->guid) ? NULL : app->droplet_guid,
+                              &old);
     for (char **p = old; p && *p; p++)
         rm_rf(*p);
     store_strv_free(old);
@@ -198,10 +202,12 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
         snprintf(err, errsize, "the app was deleted while staging");
         return -ENOENT;
     }
-    /* keep the previous droplet (instances may still run from it), drop older ones */
+    /* droplets go with the revisions that use them (revisions.c); a droplet made before
+     * revisions were kept becomes one first, so that it is trimmed with them */
+    if (app->droplet_guid && !api_core__revisions_any(core, app->guid))
+        api_core__revision_add(core, app, "earlier droplet", NULL);
     char **old = NULL;
-    store_app_prune_artifacts(core->cfg.store, app->guid, app->package_guid, app->droplet_guid,
-                              &old);
+    store_app_prune_artifacts(core->cfg.store, app->guid, app->package_guid, NULL, &old);
     for (char **p = old; p && *p; p++)
         rm_rf(*p);
     store_strv_free(old);
@@ -239,6 +245,10 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     json_decref(types);
     app->updated_at = time_now_ms();
     store_app_update(core->cfg.store, app);
+    char description[160];
+    snprintf(description, sizeof description, "staged%s%s", res->buildpack ? " with " : "",
+             res->buildpack ? res->buildpack : "");
+    api_core__revision_add(core, app, description, NULL);
     bool started = !strcmp(app->state, "STARTED");
     hub_publish(core->cfg.hub, &PLATFORM_APP_EVENT(PLATFORM_APP_STAGED, app->guid, app->name));
     store_app_free(app);

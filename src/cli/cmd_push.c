@@ -669,3 +669,86 @@ int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv)
     free(droplet);
     return rc;
 }
+
+/* ---- revisions ------------------------------------------------------------------------- */
+
+static void cli_format_version(const json_t *row, const char *field, char *out, size_t size)
+{
+    snprintf(out, size, "%lld%s", (long long)json_integer_value(json_object_get(row, field)),
+             json_is_true(json_object_get(row, "current")) ? " (current)" : "");
+}
+
+int cli_cmd_revisions(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    static const struct cli_column cols[] = {{"revision", "version", cli_format_version},
+                                             {"created", "created_at", NULL},
+                                             {"description", "description", NULL},
+                                             {"droplet", "droplet", NULL},
+                                             {0}};
+    char *path = cli_app_path(args.items[0], "/revisions");
+    rc = cli_list(path, "revisions", cols);
+    free(path);
+    return rc;
+}
+
+int cli_cmd_rollback(const struct cli_command *cmd, int argc, char **argv)
+{
+    long timeout = 60;
+    struct cli_option opts[] = {{"timeout", 0, CLI_OPT_INT, &timeout}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    long long version = 0;
+    if (args.count == 2) {
+        char *end;
+        version = strtoll(args.items[1], &end, 10);
+        if (*end || version < 1)
+            return cli_usage_error(cmd, "REVISION is a number (`skiff revisions %s` lists them)",
+                                   name);
+    } else {
+        /* the newest revision before the current one */
+        char *path = cli_app_path(name, "/revisions");
+        json_t *res = NULL;
+        rc = cli_api("GET", path, NULL, &res);
+        free(path);
+        if (rc)
+            return CLI_EXIT_ERROR;
+        bool past_current = false;
+        size_t i;
+        json_t *r;
+        json_array_foreach(json_object_get(res, "revisions"), i, r)
+        {
+            if (json_is_true(json_object_get(r, "current")))
+                past_current = true;
+            else if (past_current && !version)
+                version = json_integer_value(json_object_get(r, "version"));
+        }
+        json_decref(res);
+        if (!version)
+            return cli_error("%s has no revision before its current one to roll back to", name);
+    }
+    char *path = cli_app_path(name, "/rollback");
+    json_t *body = json_pack("{s:I}", "revision", (json_int_t)version);
+    json_t *app = NULL;
+    printf("Rolling %s back to revision %lld...\n", name, version);
+    rc = cli_api("POST", path, body, &app);
+    json_decref(body);
+    free(path);
+    if (rc)
+        return CLI_EXIT_ERROR;
+    bool started = !strcmp(cli_json_str(app, "state"), "STARTED");
+    char *droplet = xstrdup(cli_json_str(app, "droplet"));
+    json_decref(app);
+    if (started)
+        rc = cli_wait_deployed(name, timeout, droplet);
+    else
+        printf("%s is stopped: it runs revision %lld's droplet when started.\n", name, version);
+    free(droplet);
+    return rc;
+}

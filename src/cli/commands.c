@@ -56,6 +56,16 @@ const struct cli_command cli_core_commands[] = {
     {"restage", "restage NAME", "Stage an app again from its last upload, then restart it",
      "Staging output is shown as it comes. A failed staging leaves the running app as it was.\n",
      cli_cmd_restage},
+    {"revisions", "revisions NAME", "List an app's revisions (its droplets, env and commands)",
+     "Each new droplet (a push, a restage, a rollback) is a revision; the newest 5 are kept,\n"
+     "with their droplets.\n",
+     cli_cmd_revisions},
+    {"rollback", "rollback NAME [REVISION] [--timeout SECONDS]",
+     "Go back to an earlier revision, rolling",
+     "Makes a new revision from REVISION's droplet, environment and commands (default: the\n"
+     "revision before the current one) and deploys it as a push does: each instance replaced\n"
+     "once its successor runs.\n",
+     cli_cmd_rollback},
     {"delete", "delete NAME [-f]", "Delete an app, its instances and its routes",
      "  -f, --force   do not ask for confirmation (needed when input is not a terminal)\n",
      cli_cmd_delete},

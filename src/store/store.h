@@ -173,8 +173,11 @@ void store_package_free(struct store_package *pkg);
 int store_droplet_add(struct store *st, const struct store_droplet *drop);
 int store_droplet_get(struct store *st, const char *guid, struct store_droplet **out);
 void store_droplet_free(struct store_droplet *drop);
-/* Paths of the app's droplets and packages other than the ones given, for cleanup; their
- * rows are deleted. NULL-terminated (store_strv_free). */
+/* Deletes one droplet's row (its folder is the caller's to remove); -ENOENT when absent. */
+int store_droplet_delete(struct store *st, const char *guid);
+/* Paths of the app's packages other than keep_package, and of its droplets other than
+ * keep_droplet (none when keep_droplet is NULL: revisions decide about droplets), for cleanup;
+ * their rows are deleted. NULL-terminated (store_strv_free). */
 int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
                               const char *keep_droplet, char ***paths);
 

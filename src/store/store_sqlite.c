@@ -989,6 +989,18 @@ int store_droplet_get(struct store *st, const char *guid, struct store_droplet *
     return rc;
 }
 
+int store_droplet_delete(struct store *st, const char *guid)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM droplets WHERE guid = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        rc = -ENOENT;
+    return rc;
+}
+
 void store_droplet_free(struct store_droplet *drop)
 {
     if (!drop)
@@ -1033,7 +1045,7 @@ int store_app_prune_artifacts(struct store *st, const char *app_guid, const char
     char **v = xcalloc(1, sizeof *v);
     size_t n = 0;
     int rc = store__prune(st, "packages", app_guid, keep_package, &v, &n);
-    if (rc == 0)
+    if (rc == 0 && keep_droplet)
         rc = store__prune(st, "droplets", app_guid, keep_droplet, &v, &n);
     *paths = v;
     return rc;

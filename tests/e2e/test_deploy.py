@@ -199,3 +199,61 @@ def test_an_empty_folder_is_refused_before_anything_is_made(platform, tmp_path):
     r = platform.cli("push", "hollow", "-p", str(empty))
     assert r.returncode == 1 and "is empty" in r.stderr, out(r)
     assert platform.api("GET", "/v1/apps/hollow")[0] == 404
+
+
+def revisions(p, name):
+    status, body = p.api("GET", f"/v1/apps/{name}/revisions")
+    assert status == 200, body
+    return body["revisions"]
+
+
+def test_revisions_and_rollback(platform, tmp_path):
+    p, name = platform, "rewind"
+    host = f"{name}.localhost"
+    assert p.cli("push", name, "-p", write_app(tmp_path, "r1"), "-i", "2").returncode == 0
+    assert p.cli("set-env", name, "FLAVOUR", "vanilla").returncode == 0
+    for v in ("r2", "r3"):
+        r = p.cli("push", name, "-p", write_app(tmp_path, v))
+        assert r.returncode == 0, out(r)
+    revs = revisions(p, name)
+    assert [r["version"] for r in revs] == [3, 2, 1], revs
+    assert [r["current"] for r in revs] == [True, False, False], revs
+    # values of the environment never show here (they may be secrets), their names do
+    assert revs[0]["env_names"] == ["FLAVOUR"] and "env" not in revs[0], revs[0]
+    assert "vanilla" not in str(revs)
+    r = p.cli("revisions", name)
+    assert r.returncode == 0 and "3 (current)" in r.stdout, out(r)
+    with Traffic(p, host) as traffic:
+        wait_for(lambda: traffic.answered() > 10, 30, what="traffic flowing")
+        # no REVISION: the one before the current
+        r = p.cli("rollback", name)
+        assert r.returncode == 0, out(r)
+        assert "2 of 2 instances updated" in r.stdout, out(r)
+        wait_for(lambda: serving(p, host) == "r2", 30, what="r2 served again")
+        # revision 1 had no FLAVOUR: the environment goes back with it
+        r = p.cli("rollback", name, "1")
+        assert r.returncode == 0, out(r)
+        wait_for(lambda: serving(p, host) == "r1", 30, what="r1 served again")
+        before = traffic.answered()
+        wait_for(lambda: traffic.answered() > before + 10, 30, what="traffic after the rollback")
+    assert traffic.failures == [], traffic.failures[:10]
+    status, env = p.api("GET", f"/v1/apps/{name}/env")
+    assert status == 200 and "FLAVOUR" not in env["env"], env
+    revs = revisions(p, name)
+    assert [(r["version"], r["description"]) for r in revs[:2]] == \
+        [(5, "rollback to revision 1"), (4, "rollback to revision 2")], revs
+    # only the newest five are kept, with their droplets; the others' droplets are gone
+    for v in ("r6", "r7", "r8"):
+        assert p.cli("push", name, "-p", write_app(tmp_path, v)).returncode == 0
+    revs = revisions(p, name)
+    assert [r["version"] for r in revs] == [8, 7, 6, 5, 4], revs
+    guid = app(p, name)["guid"]
+    on_disk = set(os.listdir(os.path.join(p.home, "apps", guid, "droplets")))
+    assert on_disk == {r["droplet"] for r in revs}, (on_disk, revs)
+    status, body = p.api("POST", f"/v1/apps/{name}/rollback", {"revision": 2})
+    assert status == 404 and "skiff revisions" in body["error"]["message"], body
+    for bad in ({"revision": "2; rm -rf /"}, {"revision": 0}, {}, {"revision": 2.5}):
+        status, body = p.api("POST", f"/v1/apps/{name}/rollback", bad)
+        assert status == 422, (bad, body)
+    r = p.cli("rollback", name, "two")
+    assert r.returncode == 2, out(r)

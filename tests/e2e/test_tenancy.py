@@ -214,6 +214,8 @@ def fill(world, method, path):
             body = {"K": "v"}
         elif path == "/v1/apps/*/invoke":
             body = {"x": 1}
+        elif path == "/v1/apps/*/rollback":
+            body = {"revision": 0}  # 422 once allowed: nothing is rolled back
         query = S + ("&recent=1" if path.endswith("/logs") else "")
         return path.replace("*", app, 1) + "?" + query, body, raw, headers
     if path == "/v1/routes":

@@ -446,6 +446,20 @@ static void test_artifacts_and_pruning(void **state)
     assert_int_equal(store_package_get(st, p2.guid, &pk), 0);
     assert_int_equal(pk->bytes, 20);
     store_package_free(pk);
+    /* without a droplet to keep, droplets are left alone (revisions decide about them) */
+    struct store_droplet d2 = {.app_guid = app->guid, .path = "/dr/2", .process_types_json = "{}"};
+    uuid_generate_v4(d2.guid);
+    assert_int_equal(store_droplet_add(st, &d2), 0);
+    assert_int_equal(store_app_prune_artifacts(st, app->guid, p2.guid, NULL, &old), 0);
+    assert_null(old[0]);
+    store_strv_free(old);
+    assert_int_equal(store_droplet_get(st, d2.guid, &d), 0);
+    store_droplet_free(d);
+    assert_int_equal(store_droplet_delete(st, d2.guid), 0);
+    assert_int_equal(store_droplet_get(st, d2.guid, &d), -ENOENT);
+    assert_int_equal(store_droplet_delete(st, d2.guid), -ENOENT);
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), 0);
+    store_droplet_free(d);
     store_app_free(app);
     store_close(st);
     remove_db(path);

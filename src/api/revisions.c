@@ -1,0 +1,322 @@
+/* Revisions, as Cloud Foundry keeps them: each new droplet an app is given (a push, a restage,
+ * a rollback) is a revision, numbered from 1, holding the droplet, the environment and each
+ * process's command at that moment. GET /v1/apps/NAME/revisions lists them, newest first;
+ * POST /v1/apps/NAME/rollback {"revision": N} makes a new revision from revision N's droplet,
+ * environment and commands and deploys it (rolling, as a push does).
+ *
+ * They are documents of kind "revisions.APP_GUID" (store_doc_*), ids the zero-padded number,
+ * so one app's are read without the others'. The newest API_REVISIONS_KEEP are kept, with
+ * their droplets; an older revision's droplet goes with it unless a kept revision, the app or
+ * a running instance still uses it. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/core_internal.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "logs/logs.h"
+#include "scheduler/scheduler.h"
+#include "store/store.h"
+
+#define API_REVISIONS_KEEP 5
+
+static char *revisions__kind(const char *app_guid)
+{
+    return xasprintf("revisions.%s", app_guid);
+}
+
+struct revisions__list {
+    json_t *all; /* oldest first */
+};
+
+static int revisions__collect(void *ctx, const char *id, const char *text)
+{
+    (void)id;
+    struct revisions__list *l = ctx;
+    json_t *r = json_loads(text, 0, NULL);
+    if (json_is_object(r))
+        json_array_append_new(l->all, r);
+    else
+        json_decref(r);
+    return 0;
+}
+
+/* Every revision of the app, oldest first (new reference), or NULL when the store failed. */
+static json_t *revisions__load(struct api_core *core, const char *app_guid)
+{
+    char *kind = revisions__kind(app_guid);
+    struct revisions__list l = {.all = json_array()};
+    int rc = store_doc_each(core->cfg.store, kind, revisions__collect, &l);
+    free(kind);
+    if (rc < 0) {
+        json_decref(l.all);
+        return NULL;
+    }
+    return l.all;
+}
+
+/* Whether any instance of the app runs droplet (the scheduler's view). */
+static bool revisions__droplet_running(struct api_core *core, const char *app_guid,
+                                       const char *droplet)
+{
+    if (!core->cfg.scheduler)
+        return false;
+    int n = scheduler_app_instances(core->cfg.scheduler, app_guid, NULL, 0);
+    if (n <= 0)
+        return false;
+    struct scheduler_instance_info *info = xcalloc((size_t)n, sizeof *info);
+    int got = scheduler_app_instances(core->cfg.scheduler, app_guid, info, (size_t)n);
+    bool found = false;
+    for (int i = 0; i < got && i < n && !found; i++)
+        found = !strcmp(info[i].droplet, droplet);
+    free(info);
+    return found;
+}
+
+/* Drops revisions past the newest API_REVISIONS_KEEP, and the droplets only they used. */
+static void revisions__trim(struct api_core *core, const struct store_app *app, json_t *all)
+{
+    size_t n = json_array_size(all);
+    if (n <= API_REVISIONS_KEEP)
+        return;
+    char *kind = revisions__kind(app->guid);
+    for (size_t i = 0; i + API_REVISIONS_KEEP < n; i++) {
+        json_t *old = json_array_get(all, i);
+        const char *droplet = json_string_value(json_object_get(old, "droplet"));
+        bool used = !droplet || (app->droplet_guid && !strcmp(droplet, app->droplet_guid));
+        for (size_t k = i + 1; k < n && !used; k++)
+            used = !strcmp(droplet,
+                           json_string_value(json_object_get(json_array_get(all, k), "droplet"))
+                               ?: "");
+        if (!used && !revisions__droplet_running(core, app->guid, droplet)) {
+            struct store_droplet *d = NULL;
+            if (store_droplet_get(core->cfg.store, droplet, &d) == 0 &&
+                store_droplet_delete(core->cfg.store, droplet) == 0)
+                rm_rf(d->path);
+            store_droplet_free(d);
+        }
+        char id[24];
+        snprintf(id, sizeof id, "%010lld",
+                 (long long)json_integer_value(json_object_get(old, "version")));
+        store_doc_delete(core->cfg.store, kind, id);
+    }
+    free(kind);
+}
+
+static int revisions__found(void *ctx, const char *id, const char *text)
+{
+    (void)id, (void)text;
+    *(bool *)ctx = true;
+    return 1;
+}
+
+bool api_core__revisions_any(struct api_core *core, const char *app_guid)
+{
+    char *kind = revisions__kind(app_guid);
+    bool any = false;
+    store_doc_each(core->cfg.store, kind, revisions__found, &any);
+    free(kind);
+    return any;
+}
+
+int api_core__revision_add(struct api_core *core, const struct store_app *app,
+                           const char *description, int *version_out)
+{
+    if (!app->droplet_guid)
+        return -ENODATA;
+    json_t *all = revisions__load(core, app->guid);
+    if (!all)
+        return -EIO;
+    json_t *last = json_array_get(all, json_array_size(all) - 1);
+    json_int_t version = last ? json_integer_value(json_object_get(last, "version")) + 1 : 1;
+    json_t *env = json_object();
+    for (size_t i = 0; i < app->n_env; i++)
+        json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
+    json_t *commands = json_object();
+    for (size_t i = 0; i < app->n_processes; i++)
+        json_object_set_new(commands, app->processes[i].type,
+                            app->processes[i].command ? json_string(app->processes[i].command)
+                                                      : json_null());
+    char when[40];
+    time_format_rfc3339(time_now_ms(), when, sizeof when);
+    json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:o, s:o}", "version", (json_int_t)version,
+                          "droplet", app->droplet_guid, "description", description, "created_at",
+                          when, "env", env, "commands", commands);
+    char *text = json_dumps(r, JSON_COMPACT);
+    char *kind = revisions__kind(app->guid);
+    char id[24];
+    snprintf(id, sizeof id, "%010lld", (long long)version);
+    int rc = store_doc_put(core->cfg.store, kind, id, text);
+    free(kind);
+    free(text);
+    if (rc == 0) {
+        json_array_append_new(all, r);
+        revisions__trim(core, app, all);
+        if (version_out)
+            *version_out = (int)version;
+    } else {
+        json_decref(r);
+    }
+    json_decref(all);
+    return rc;
+}
+
+void api_core__revisions_forget(struct api_core *core, const char *app_guid)
+{
+    json_t *all = revisions__load(core, app_guid);
+    char *kind = revisions__kind(app_guid);
+    size_t i;
+    json_t *r;
+    json_array_foreach(all, i, r)
+    {
+        char id[24];
+        snprintf(id, sizeof id, "%010lld",
+                 (long long)json_integer_value(json_object_get(r, "version")));
+        store_doc_delete(core->cfg.store, kind, id);
+    }
+    free(kind);
+    json_decref(all);
+}
+
+static void revisions__list(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    json_t *all = revisions__load(core, app->guid);
+    if (!all) {
+        api_respond_error(req, 500, "internal", "cannot read the revisions of %s", app->name);
+        store_app_free(app);
+        return;
+    }
+    /* newest first; the environment's values stay out (they may be secrets: GET env shows
+     * the current ones to whoever may read them), its names are shown */
+    json_t *out = json_array();
+    bool current_seen = false; /* the newest revision of the app's droplet is the current one */
+    for (size_t i = json_array_size(all); i-- > 0;) {
+        json_t *r = json_deep_copy(json_array_get(all, i));
+        json_t *names = json_array();
+        const char *k;
+        json_t *v;
+        json_object_foreach(json_object_get(r, "env"), k, v)
+        {
+            (void)v;
+            json_array_append_new(names, json_string(k));
+        }
+        json_object_del(r, "env");
+        json_object_set_new(r, "env_names", names);
+        bool current =
+            !current_seen && app->droplet_guid &&
+            !strcmp(app->droplet_guid, json_string_value(json_object_get(r, "droplet")) ?: "");
+        current_seen |= current;
+        json_object_set_new(r, "current", json_boolean(current));
+        json_array_append_new(out, r);
+    }
+    json_decref(all);
+    api_respond_json(req, 200, json_pack("{s:o}", "revisions", out));
+    store_app_free(app);
+}
+
+static void revisions__rollback(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    json_t *want = json_object_get(body, "revision");
+    if (!json_is_integer(want) || json_integer_value(want) < 1) {
+        api_respond_error(req, 422, "invalid_value",
+                          "\"revision\" must be a revision number (`skiff revisions APP` lists "
+                          "them)");
+        json_decref(body);
+        return;
+    }
+    json_int_t version = json_integer_value(want);
+    json_decref(body);
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    json_t *all = revisions__load(core, app->guid);
+    json_t *rev = NULL;
+    size_t i;
+    json_t *r;
+    json_array_foreach(all, i, r)
+    {
+        if (json_integer_value(json_object_get(r, "version")) == version)
+            rev = r;
+    }
+    struct store_droplet *drop = NULL;
+    const char *droplet = rev ? json_string_value(json_object_get(rev, "droplet")) : NULL;
+    if (!rev) {
+        api_respond_error(req, 404, "not_found",
+                          "app %s has no revision %lld: `skiff revisions %s` lists the %d kept",
+                          app->name, (long long)version, app->name, API_REVISIONS_KEEP);
+        goto done;
+    }
+    if (!droplet || store_droplet_get(core->cfg.store, droplet, &drop) < 0) {
+        api_respond_error(req, 422, "droplet_gone",
+                          "the droplet of revision %lld of %s is gone: push the code again",
+                          (long long)version, app->name);
+        goto done;
+    }
+    /* the revision's droplet, environment and commands; instance counts and memory stay */
+    free(app->droplet_guid);
+    app->droplet_guid = xstrdup(droplet);
+    free(app->detected_buildpack);
+    app->detected_buildpack = drop->buildpack ? xstrdup(drop->buildpack) : NULL;
+    for (size_t k = 0; k < app->n_env; k++) {
+        free(app->env[k].name);
+        free(app->env[k].value);
+    }
+    free(app->env);
+    app->env = NULL;
+    app->n_env = 0;
+    const char *key;
+    json_t *val;
+    json_t *env = json_object_get(rev, "env");
+    app->env = xcalloc(json_object_size(env) + 1, sizeof *app->env);
+    json_object_foreach(env, key, val)
+    {
+        app->env[app->n_env].name = xstrdup(key);
+        app->env[app->n_env].value = xstrdup(json_string_value(val) ?: "");
+        app->n_env++;
+    }
+    json_t *commands = json_object_get(rev, "commands");
+    for (size_t k = 0; k < app->n_processes; k++) {
+        json_t *c = json_object_get(commands, app->processes[k].type);
+        if (!c)
+            continue;
+        free(app->processes[k].command);
+        app->processes[k].command = json_is_string(c) ? xstrdup(json_string_value(c)) : NULL;
+    }
+    app->updated_at = time_now_ms();
+    if (store_app_update(core->cfg.store, app) < 0) {
+        api_respond_error(req, 500, "internal", "cannot store the app");
+        goto done;
+    }
+    char description[64];
+    snprintf(description, sizeof description, "rollback to revision %lld", (long long)version);
+    int made = 0;
+    api_core__revision_add(core, app, description, &made);
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
+                 "Rolled app %s back to revision %lld (droplet %s) as revision %d", app->name,
+                 (long long)version, droplet, made);
+    if (core->cfg.scheduler && !strcmp(app->state, "STARTED"))
+        scheduler_app_deploy(core->cfg.scheduler, app->guid, true);
+    api_core__respond_app(core, req, 200, app);
+done:
+    store_droplet_free(drop);
+    json_decref(all);
+    store_app_free(app);
+}
+
+void api_core__revisions_register(struct api_core *core)
+{
+    api_route_add(core->api, "GET", "/v1/apps/*/revisions",
+                  API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, revisions__list, core);
+    api_route_add(core->api, "POST", "/v1/apps/*/rollback",
+                  API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, revisions__rollback, core);
+}
