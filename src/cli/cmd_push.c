@@ -22,6 +22,7 @@ struct cli_stage {
     char *buildpack;
     char *droplet;
     char *error;
+    json_t *process_types; /* {"web": "command", ...} of the droplet */
 };
 
 static int cli_stage_on_line(const char *line, size_t len, void *arg)
@@ -45,6 +46,8 @@ static int cli_stage_on_line(const char *line, size_t len, void *arg)
             st->buildpack = xstrdup(cli_json_str(j, "buildpack"));
         if (*cli_json_str(j, "droplet"))
             st->droplet = xstrdup(cli_json_str(j, "droplet"));
+        json_decref(st->process_types);
+        st->process_types = json_incref(json_object_get(j, "process_types"));
         json_t *err = json_object_get(j, "error");
         if (*cli_json_str(err, "message"))
             st->error = xstrdup(cli_json_str(err, "message"));
@@ -54,6 +57,12 @@ static int cli_stage_on_line(const char *line, size_t len, void *arg)
 }
 
 int cli_stage_stream(const char *name, const char *path, char **droplet)
+{
+    return cli_stage_stream_types(name, path, droplet, NULL);
+}
+
+int cli_stage_stream_types(const char *name, const char *path, char **droplet,
+                           json_t **process_types)
 {
     struct cli_stage st = {0};
     struct cli_request req = {
@@ -78,6 +87,11 @@ int cli_stage_stream(const char *name, const char *path, char **droplet)
         *droplet = st.droplet;
         st.droplet = NULL;
     }
+    if (rc == 0 && process_types) {
+        *process_types = st.process_types;
+        st.process_types = NULL;
+    }
+    json_decref(st.process_types);
     free(st.buildpack);
     free(st.droplet);
     free(st.error);
@@ -198,10 +212,36 @@ static int cli_push_one(const struct cli_push_plan *plan)
                                          ? "/stage?strategy=recreate"
                                          : "/stage");
     char *droplet = NULL;
-    rc = cli_stage_stream(name, stage, &droplet);
+    json_t *types = NULL;
+    rc = cli_stage_stream_types(name, stage, &droplet, &types);
     free(stage);
     if (rc)
         goto done;
+    /* a droplet without a web command (a Procfile of workers only) would never start: say so
+     * now, not after the start timeout */
+    json_t *given = json_object_get(plan->body, "command");
+    json_t *count = json_object_get(plan->body, "instances");
+    if (json_is_object(types) && !json_object_get(types, "web") &&
+        !(json_is_string(given) && *json_string_value(given)) &&
+        !(json_is_integer(count) && json_integer_value(count) == 0)) {
+        struct buf names = {0};
+        const char *type;
+        json_t *cmd;
+        json_object_foreach(types, type, cmd)
+        {
+            (void)cmd;
+            buf_printf(&names, "%s%s", names.len ? ", " : "", type);
+        }
+        rc = cli_error("%s is staged, but its web process has no command: the droplet declares "
+                       "%s and no web. Add a 'web:' line to the Procfile, push with -c COMMAND, "
+                       "or push with -i 0 to run no web instance.",
+                       name, names.len ? names.data : "no process type");
+        buf_free(&names);
+        json_decref(types);
+        free(droplet);
+        goto done;
+    }
+    json_decref(types);
     if (plan->no_start && !was_started) {
         printf("%s is staged and not started (--no-start). Start it with `skiff start %s`.\n", name,
                name);

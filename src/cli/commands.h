@@ -30,6 +30,10 @@ int cli_wait_deployed(const char *name, long timeout_s, const char *droplet);
  * Returns 0 when staging succeeded; then *droplet (when not NULL) is the new droplet's guid
  * (caller frees). */
 int cli_stage_stream(const char *name, const char *path, char **droplet);
+/* The same, also giving the droplet's process types ({"web": "command", ...}; caller
+ * decrefs) when process_types is not NULL. */
+int cli_stage_stream_types(const char *name, const char *path, char **droplet,
+                           json_t **process_types);
 
 int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv);

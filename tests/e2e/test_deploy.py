@@ -257,3 +257,18 @@ def test_revisions_and_rollback(platform, tmp_path):
         assert status == 422, (bad, body)
     r = p.cli("rollback", name, "two")
     assert r.returncode == 2, out(r)
+
+
+def test_a_procfile_without_web_is_staged_and_named(platform, tmp_path):
+    d = tmp_path / "workers"
+    d.mkdir()
+    (d / "Procfile").write_text("worker: sleep 3600\nclock: sleep 3600\n")
+    r = platform.cli("push", "workers", "-p", str(d), timeout=60)
+    assert r.returncode == 1, out(r)
+    assert "Using the Procfile: worker clock" in r.stdout, out(r)
+    assert "declares worker, clock and no web" in r.stderr, out(r)
+    # with no web instance wanted it is pushed as it is
+    r = platform.cli("push", "workers", "-p", str(d), "-i", "0", timeout=60)
+    assert r.returncode == 0, out(r)
+    types = sorted(p["type"] for p in app(platform, "workers")["processes"])
+    assert types == ["clock", "web", "worker"], types
