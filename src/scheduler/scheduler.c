@@ -430,7 +430,7 @@ static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, con
         }
     a->rolling = true;
     if (!s->shutting_down)
-        sched__arm_timer(s);
+        sched__converge(s, a); /* the first replacement back starts now */
     return true;
 }
 

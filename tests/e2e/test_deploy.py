@@ -17,7 +17,8 @@ import os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "version.txt")).read().strip()
-if VERSION.startswith("crash"):
+if VERSION.startswith("crash") or (VERSION.startswith("second-crashes") and
+                                    os.environ.get("CF_INSTANCE_INDEX") == "1"):
     print("this version cannot start", flush=True)
     sys.exit(3)
 time.sleep(0.3)
@@ -272,3 +273,25 @@ def test_a_procfile_without_web_is_staged_and_named(platform, tmp_path):
     assert r.returncode == 0, out(r)
     types = sorted(p["type"] for p in app(platform, "workers")["processes"])
     assert types == ["clock", "web", "worker"], types
+
+
+def test_instances_already_replaced_go_back_when_a_later_one_crashes(platform, tmp_path):
+    p, name = platform, "halfway"
+    host = f"{name}.localhost"
+    assert p.cli("push", name, "-p", write_app(tmp_path, "steady"), "-i", "3").returncode == 0
+    steady = app(p, name)["droplet"]
+    with Traffic(p, host) as traffic:
+        # instance 0 of the new version runs; instance 1 of it crashes
+        r = p.cli("push", name, "-p", write_app(tmp_path, "second-crashes"), "-i", "3")
+        assert r.returncode == 1 and "instance 1 of web" in r.stderr, out(r)
+
+        def back():
+            body = app(p, name)
+            running = [i for i in body["instances_detail"] if i["state"] == "RUNNING"]
+            return len(running) == 3 and {i["droplet"] for i in running} == {steady}
+        wait_for(back, 60, what="every instance back on the steady droplet")
+        before = traffic.answered()
+        wait_for(lambda: traffic.answered() > before + 10, 30, what="traffic afterwards")
+    assert traffic.failures == [], traffic.failures[:10]
+    assert app(p, name)["droplet"] == steady
+    assert serving(p, host) == "steady"
