@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/commands.h"
@@ -351,11 +352,26 @@ done:
 /* Settings the manifest format has and the API does not take yet: said, never silently lost. */
 static void cli_manifest_warn_unsupported(const struct manifest *m, const struct manifest_app *a)
 {
-    if (a->service_count)
-        fprintf(stderr,
-                "warning: %s: %s lists services, which are not bound: service bindings are not "
-                "available on this platform yet.\n",
-                m->file, a->name);
+    for (size_t i = 0; i < a->warning_count; i++)
+        fprintf(stderr, "warning: %s\n", a->warnings[i]);
+    if (a->stack) {
+        /* a stack the platform has is used (there is one today); another one is said */
+        json_t *stacks = NULL;
+        bool known = false;
+        size_t i;
+        json_t *st;
+        if (cli_api("GET", "/v1/stacks", NULL, &stacks) == 0)
+            json_array_foreach(json_object_get(stacks, "stacks"), i, st)
+            {
+                known = known || strcmp(cli_json_str(st, "name"), a->stack) == 0;
+            }
+        if (!known && stacks)
+            fprintf(stderr,
+                    "warning: %s line %d: %s: \"stack\" has no effect here: there is no stack "
+                    "%s, so the app runs on the platform's own (`skiff stacks` lists it)\n",
+                    m->file, a->line, a->name, a->stack);
+        json_decref(stacks);
+    }
     for (size_t i = 0; i < a->process_count; i++) {
         const struct manifest_process *p = &a->processes[i];
         if (p->disk_mb > 0 || p->health_check_type || p->health_check_http_endpoint ||
@@ -394,7 +410,7 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
     if (a->route_count) {
         json_t *routes = json_array();
         for (size_t i = 0; i < a->route_count; i++)
-            json_array_append_new(routes, json_string(a->routes[i]));
+            json_array_append_new(routes, json_string(a->routes[i].route));
         json_object_set_new(body, "routes", routes);
     }
     if (a->no_route_set && a->no_route)
@@ -439,6 +455,73 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
         json_object_set_new(body, "processes", procs);
     }
     return body;
+}
+
+/* random-route: a host like NAME-brave-otter on the platform's first shared domain, for an app
+ * that has no route yet (a re-push keeps the one it got). Sets body's "routes". */
+static int cli_push_random_route(const struct manifest_app *a, json_t *body)
+{
+    static const char *const adjectives[] = {"brave", "calm",  "eager", "fuzzy", "gentle",
+                                             "happy", "jolly", "lucky", "proud", "quiet",
+                                             "rapid", "shiny", "sunny", "tidy",  "witty"};
+    static const char *const nouns[] = {"otter", "badger", "falcon", "heron",  "koala",
+                                        "lynx",  "marten", "newt",   "panda",  "quail",
+                                        "raven", "seal",   "tapir",  "walrus", "zebra"};
+    char *name_q = cli_escape(a->name);
+    char *path = xasprintf("/v1/routes?app=%s", name_q);
+    json_t *existing = NULL;
+    int rc = cli_api("GET", path, NULL, &existing);
+    bool has_routes = json_array_size(json_object_get(existing, "routes")) > 0;
+    json_decref(existing);
+    free(path);
+    free(name_q);
+    if (rc || has_routes)
+        return rc ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    json_t *domains = NULL;
+    if (cli_api("GET", "/v1/domains", NULL, &domains) != 0)
+        return CLI_EXIT_ERROR;
+    const char *domain = "localhost";
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(domains, "domains"), i, d)
+    {
+        if (json_is_true(json_object_get(d, "shared"))) {
+            domain = cli_json_str(d, "name");
+            break;
+        }
+    }
+    unsigned seed = 0;
+    FILE *urandom = fopen("/dev/urandom", "rb");
+    if (!urandom || fread(&seed, sizeof(seed), 1, urandom) != 1)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    if (urandom)
+        fclose(urandom);
+    char *route = xasprintf("%s-%s-%s.%s", a->name, adjectives[seed % ARRAY_SIZE(adjectives)],
+                            nouns[(seed / ARRAY_SIZE(adjectives)) % ARRAY_SIZE(nouns)], domain);
+    json_object_set_new(body, "routes", json_pack("[s]", route));
+    free(route);
+    json_decref(domains);
+    return CLI_EXIT_OK;
+}
+
+/* options: loadbalancing of the manifest's routes, as each route's balance. */
+static int cli_push_balances(const struct manifest_app *a)
+{
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; i < a->route_count && rc == CLI_EXIT_OK; i++) {
+        const struct manifest_route *r = &a->routes[i];
+        if (!r->balance)
+            continue;
+        const char *slash = strchr(r->route, '/');
+        json_t *body =
+            json_pack("{s:s, s:s%, s:s}", "app", a->name, "host", r->route,
+                      slash ? (size_t)(slash - r->route) : strlen(r->route), "balance", r->balance);
+        if (slash)
+            json_object_set_new(body, "path", json_string(slash));
+        rc = cli_api("POST", "/v1/routes", body, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+        json_decref(body);
+    }
+    return rc;
 }
 
 /* The first array in an answer like {"event_mappings": [...]}. */
@@ -525,11 +608,11 @@ static int cli_push_mappings(const struct manifest_app *a)
 
 /* Whether the manifest at path lists an app called name (a broken manifest counts as yes, so
  * that pushing from it reports what is wrong). */
-static bool cli_manifest_lists(const char *path, const char *name)
+static bool cli_manifest_lists(const char *path, const struct manifest_vars *vars, const char *name)
 {
     struct manifest *m = NULL;
     char *err = NULL;
-    if (manifest_load(path, &m, &err) != 0) {
+    if (manifest_load(path, vars, &m, &err) != 0) {
         free(err);
         return true;
     }
@@ -546,7 +629,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
     const char *command = NULL, *function = NULL, *strategy = NULL;
     long instances = LONG_MIN, timeout = 60; /* LONG_MIN: not given */
     bool no_route = false, no_start = false, no_manifest = false;
-    struct cli_list buildpacks = {0};
+    struct cli_list buildpacks = {0}, vars_files = {0}, var_flags = {0};
     struct cli_option opts[] = {{"path", 'p', CLI_OPT_STRING, &path},
                                 {"manifest", 'f', CLI_OPT_STRING, &manifest_path},
                                 {"instances", 'i', CLI_OPT_INT, &instances},
@@ -560,6 +643,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                 {"function", 0, CLI_OPT_STRING, &function},
                                 {"timeout", 't', CLI_OPT_INT, &timeout},
                                 {"strategy", 0, CLI_OPT_STRING, &strategy},
+                                {"vars-file", 0, CLI_OPT_LIST, &vars_files},
+                                {"var", 0, CLI_OPT_LIST, &var_flags},
                                 {0}};
     struct cli_args args;
     int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 1);
@@ -583,6 +668,19 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
     }
     if (no_route)
         json_object_set_new(flags, "no_route", json_true());
+    /* ((name)) in the manifest: files in order, then --var, each later one winning */
+    struct manifest_vars vars = {0};
+    for (int i = 0; i < vars_files.count && rc == CLI_CONTINUE; i++) {
+        char *err = NULL;
+        if (manifest_vars_load(&vars, vars_files.items[i], &err) != 0) {
+            cli_error("%s", err);
+            rc = CLI_EXIT_ERROR;
+        }
+        free(err);
+    }
+    for (int i = 0; i < var_flags.count && rc == CLI_CONTINUE; i++)
+        if (manifest_vars_set(&vars, var_flags.items[i]) != 0)
+            rc = cli_usage_error(cmd, "--var needs NAME=VALUE, not \"%s\"", var_flags.items[i]);
     if (timeout <= 0 && rc == CLI_CONTINUE)
         rc = cli_usage_error(cmd, "--timeout needs a number of seconds above 0");
     char *function_dir = NULL;
@@ -591,18 +689,20 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
     if (rc != CLI_CONTINUE) {
         json_decref(flags);
         free(function_dir);
+        manifest_vars_free(&vars);
         return rc;
     }
 
     /* Without a manifest named, ./manifest.yml is used, as Cloud Foundry does: for all its
      * apps, or for the named one when it lists it (otherwise the flags alone say how). */
     if (!manifest_path && !function && !no_manifest && access("manifest.yml", R_OK) == 0) {
-        if (!name || cli_manifest_lists("manifest.yml", name))
+        if (!name || cli_manifest_lists("manifest.yml", &vars, name))
             manifest_path = "manifest.yml";
         else
             printf("./manifest.yml has no app named %s: pushing it from the flags alone.\n", name);
     }
     if (!manifest_path) {
+        manifest_vars_free(&vars);
         if (!name) {
             json_decref(flags);
             free(function_dir);
@@ -623,7 +723,9 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 
     struct manifest *m = NULL;
     char *err = NULL;
-    if (manifest_load(manifest_path, &m, &err) != 0) {
+    rc = manifest_load(manifest_path, &vars, &m, &err);
+    manifest_vars_free(&vars);
+    if (rc != 0) {
         cli_error("%s", err);
         free(err);
         json_decref(flags);
@@ -669,7 +771,13 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
             plan.timeout_s = a->timeout;
         if (pushed)
             putchar('\n');
-        rc = cli_push_one(&plan);
+        if (a->random_route && !a->route_count && !json_object_get(plan.body, "routes") &&
+            !json_is_true(json_object_get(plan.body, "no_route")))
+            rc = cli_push_random_route(a, plan.body);
+        if (rc == CLI_EXIT_OK)
+            rc = cli_push_one(&plan);
+        if (rc == CLI_EXIT_OK)
+            rc = cli_push_balances(a);
         if (rc == CLI_EXIT_OK)
             rc = cli_push_mappings(a);
         pushed++;

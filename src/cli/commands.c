@@ -8,7 +8,7 @@ const struct cli_command cli_core_commands[] = {
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
      "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER] "
-     "[--strategy rolling|recreate]",
+     "[--strategy rolling|recreate] [--vars-file FILE]... [--var NAME=VALUE]...",
      "Upload an app, stage it with a buildpack and start it",
      "Packs PATH (default: the current folder) as tar.gz, leaving out what .cfignore or\n"
      ".skiffignore lists, uploads it, stages it (the buildpack's output is shown as it comes)\n"
@@ -30,9 +30,13 @@ const struct cli_command cli_core_commands[] = {
      "  --strategy S             a running app's new droplet: rolling (default: each instance\n"
      "                           is replaced once its successor runs, and if one crashes the\n"
      "                           app stays on the old droplet) or recreate (all stop, then\n"
-     "                           start)\n\n"
+     "                           start)\n"
+     "  --vars-file FILE         values for ((NAME)) in the manifest: a YAML map of NAME: value\n"
+     "                           (repeatable; a later file wins)\n"
+     "  --var NAME=VALUE         a value for ((NAME)) (repeatable; wins over --vars-file)\n\n"
      "Examples:\n  skiff push hello -p examples/python-web\n"
-     "  skiff push -f examples/manifest.yml\n",
+     "  skiff push -f examples/manifest.yml\n"
+     "  skiff push -f manifest.yml --vars-file prod.yml --var instances=3\n",
      cli_cmd_push},
     {"apps", "apps", "List the apps",
      "Shows each app's name, state, running/desired instances, memory and routes.\n", cli_cmd_apps},

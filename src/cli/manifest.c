@@ -47,6 +47,8 @@ struct manifest_ctx {
     yaml_document_t *doc;
     char *err;
     char **function_path; /* where a top-level function's "path" goes; NULL inside an app */
+    struct manifest_app *app; /* the app being read, for its warnings; NULL at the top level */
+    struct buf warned;        /* "\nkey\n" for each key the app has a warning for */
 };
 
 static int manifest_line(const yaml_node_t *n)
@@ -134,7 +136,8 @@ enum manifest_field_kind {
     MANIFEST_FIELD_ENV,         /* struct manifest_kv *, its length at `count_offset` */
     MANIFEST_FIELD_LIST,        /* an array of `item_size` items, each read by `parse_item` */
     MANIFEST_FIELD_CUSTOM,      /* read by `parse` */
-    MANIFEST_FIELD_IGNORED,     /* accepted for Cloud Foundry compatibility, not used */
+    MANIFEST_FIELD_IGNORED,     /* accepted silently: the block it is in has a warning */
+    MANIFEST_FIELD_NO_EFFECT,   /* a Cloud Foundry key that does nothing here: one warning */
 };
 
 struct manifest_field {
@@ -147,6 +150,7 @@ struct manifest_field {
     size_t item_size;
     int (*parse_item)(struct manifest_ctx *c, const yaml_node_t *n, void *item);
     int (*parse)(struct manifest_ctx *c, const char *key, const yaml_node_t *v, void *block);
+    const char *reason; /* MANIFEST_FIELD_NO_EFFECT: why, for the warning */
 };
 
 #define MANIFEST_STRING(k, type, member)                                                           \
@@ -190,6 +194,30 @@ struct manifest_field {
     {                                                                                              \
         .key = k, .kind = MANIFEST_FIELD_IGNORED                                                   \
     }
+#define MANIFEST_NO_EFFECT(k, why)                                                                 \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_NO_EFFECT, .reason = why                                  \
+    }
+
+/* One warning per key and app: "manifest.yml line 9: shop: "sidecars" has no effect here: ...".
+ * Outside an app (a top-level function) there is no one to tell, and nothing is recorded. */
+static void manifest_warn(struct manifest_ctx *c, const yaml_node_t *n, const char *key,
+                          const char *reason)
+{
+    struct manifest_app *a = c->app;
+    if (!a)
+        return;
+    char *mark = xasprintf("\n%s\n", key);
+    bool seen = c->warned.data && strstr(c->warned.data, mark);
+    if (!seen) {
+        buf_printf(&c->warned, "%s", mark);
+        a->warnings = xrealloc(a->warnings, (a->warning_count + 1) * sizeof(char *));
+        a->warnings[a->warning_count++] =
+            xasprintf("%s line %d: %s: \"%s\" has no effect here: %s", c->name, manifest_line(n),
+                      a->name ? a->name : "the app", key, reason);
+    }
+    free(mark);
+}
 
 static const struct manifest_field *manifest_field_find(const struct manifest_field *fields,
                                                         const char *key)
@@ -200,21 +228,50 @@ static const struct manifest_field *manifest_field_find(const struct manifest_fi
     return NULL;
 }
 
+/* How far `key` is from the known key `known`: an edit distance, where "memory_mb" is one
+ * from "memory" and "health_check_type" one from "health-check-type". */
+static size_t manifest_key_distance(const char *key, const char *known)
+{
+    char alt[64];
+    snprintf(alt, sizeof(alt), "%s", key);
+    for (char *p = alt; *p; p++)
+        if (*p == '_')
+            *p = '-';
+    if (strcasecmp(alt, known) == 0 || (strlen(known) > 3 && str_has_prefix(alt, known)))
+        return 1;
+    return manifest_distance(key, known);
+}
+
+/* Keys whose meanings are opposite: a typo of one must never be "corrected" to the other,
+ * which would push the app with the contrary of what was asked. */
+static const char *const manifest_opposites[][2] = {
+    {"no-route", "random-route"},
+    {"no-route", "default-route"},
+    {"no-route", "routes"},
+    {"min-instances", "max-instances"},
+};
+
+/* Whether `known` is a key whose opposite is at least as close to what was written. */
+static bool manifest_opposite_closer(const char *key, const char *known)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(manifest_opposites); i++)
+        for (int side = 0; side < 2; side++)
+            if (strcmp(known, manifest_opposites[i][side]) == 0 &&
+                manifest_key_distance(key, manifest_opposites[i][!side]) <=
+                    manifest_key_distance(key, known))
+                return true;
+    return false;
+}
+
 /* The closest known key, when it is close enough to be what was meant. */
 static const char *manifest_suggest(const char *key, const struct manifest_field *fields)
 {
     const char *best = NULL;
     size_t best_d = 99;
     for (const struct manifest_field *f = fields; f->key; f++) {
-        size_t d = manifest_distance(key, f->key);
-        /* "memory_mb" for "memory", "health_check_type" for "health-check-type" */
-        char alt[64];
-        snprintf(alt, sizeof(alt), "%s", key);
-        for (char *p = alt; *p; p++)
-            if (*p == '_')
-                *p = '-';
-        if (strcasecmp(alt, f->key) == 0 || (strlen(f->key) > 3 && str_has_prefix(alt, f->key)))
-            d = 1;
+        size_t d = manifest_key_distance(key, f->key);
+        if (manifest_opposite_closer(key, f->key))
+            continue;
         if (d < best_d) {
             best_d = d;
             best = f->key;
@@ -417,6 +474,9 @@ static int manifest_field_parse(struct manifest_ctx *c, const struct manifest_fi
         return f->parse(c, f->key, v, block);
     case MANIFEST_FIELD_IGNORED:
         return 0;
+    case MANIFEST_FIELD_NO_EFFECT:
+        manifest_warn(c, v, f->key, f->reason);
+        return 0;
     }
     return 0;
 }
@@ -440,6 +500,23 @@ static int manifest_block(struct manifest_ctx *c, const yaml_node_t *n, const ch
 
 static const char *const manifest_health_types[] = {"port", "http", "process", "none", NULL};
 
+/* Why Cloud Foundry keys that do nothing here do nothing, said once per key. */
+#define MANIFEST_WHY_TIMING "health checks here run on the platform's own interval and timeout"
+#define MANIFEST_WHY_READINESS                                                                     \
+    "there are no separate readiness checks yet: an instance is routed to once its health "        \
+    "check passes"
+#define MANIFEST_WHY_LOG_RATE "log lines are not rate limited yet"
+
+/* The keys Cloud Foundry has for every process, app level and in "processes:" alike. */
+#define MANIFEST_PROCESS_NO_EFFECT_FIELDS                                                          \
+    MANIFEST_NO_EFFECT("health-check-invocation-timeout", MANIFEST_WHY_TIMING),                    \
+        MANIFEST_NO_EFFECT("health-check-interval", MANIFEST_WHY_TIMING),                          \
+        MANIFEST_NO_EFFECT("readiness-health-check-type", MANIFEST_WHY_READINESS),                 \
+        MANIFEST_NO_EFFECT("readiness-health-check-http-endpoint", MANIFEST_WHY_READINESS),        \
+        MANIFEST_NO_EFFECT("readiness-health-check-invocation-timeout", MANIFEST_WHY_READINESS),   \
+        MANIFEST_NO_EFFECT("readiness-health-check-interval", MANIFEST_WHY_READINESS),             \
+        MANIFEST_NO_EFFECT("log-rate-limit-per-second", MANIFEST_WHY_LOG_RATE)
+
 /* ---- processes ---- */
 
 static const struct manifest_field manifest_process_fields[] = {
@@ -448,11 +525,13 @@ static const struct manifest_field manifest_process_fields[] = {
     MANIFEST_INT("instances", struct manifest_process, instances, 0),
     MANIFEST_SIZE("memory", struct manifest_process, memory_mb),
     MANIFEST_SIZE("disk_quota", struct manifest_process, disk_mb),
+    MANIFEST_SIZE("disk-quota", struct manifest_process, disk_mb),
     MANIFEST_ONE_OF("health-check-type", struct manifest_process, health_check_type,
                     manifest_health_types),
     MANIFEST_STRING("health-check-http-endpoint", struct manifest_process,
                     health_check_http_endpoint),
     MANIFEST_INT("timeout", struct manifest_process, timeout, 1),
+    MANIFEST_PROCESS_NO_EFFECT_FIELDS,
     {0},
 };
 
@@ -533,22 +612,72 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void 
 
 /* ---- routes and services ---- */
 
+/* http1 is what the router speaks; http2 and tcp routes are accepted as http1 ones. */
+static int manifest_route_protocol(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                   void *block)
+{
+    (void)block;
+    static const char *const protocols[] = {"http1", "http2", "tcp", NULL};
+    char *protocol = NULL;
+    int rc = manifest_one_of(c, key, v, protocols, &protocol);
+    if (!rc && strcmp(protocol, "http1") != 0)
+        manifest_warn(c, v, key,
+                      "routes are served over HTTP/1.1 here; the route is mapped as an http1 one");
+    free(protocol);
+    return rc;
+}
+
+/* Cloud Foundry's balancing names are the router's: they become the route's "balance". */
+static int manifest_route_balancing(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                    void *block)
+{
+    struct manifest_route *r = block;
+    static const char *const ways[] = {"round-robin", "least-connection", "hash", NULL};
+    int rc = manifest_one_of(c, key, v, ways, &r->balance);
+    if (!rc && strcmp(r->balance, "hash") == 0) {
+        manifest_warn(c, v, "loadbalancing: hash",
+                      "the router balances round-robin or least-connection; the route keeps "
+                      "round-robin");
+        free(r->balance);
+        r->balance = NULL;
+    }
+    return rc;
+}
+
+#define MANIFEST_WHY_HASH "only loadbalancing: hash uses it, and the router has no hash balancing"
+
+static const struct manifest_field manifest_route_option_fields[] = {
+    MANIFEST_CUSTOM("loadbalancing", manifest_route_balancing),
+    MANIFEST_NO_EFFECT("hash_header", MANIFEST_WHY_HASH),
+    MANIFEST_NO_EFFECT("hash_balance", MANIFEST_WHY_HASH),
+    {0},
+};
+
+static int manifest_route_options(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                  void *block)
+{
+    (void)key;
+    return manifest_block(c, v, "the options of a route", manifest_route_option_fields, block);
+}
+
 static const struct manifest_field manifest_route_fields[] = {
-    {.key = "route", .kind = MANIFEST_FIELD_STRING, .offset = 0},
+    MANIFEST_STRING("route", struct manifest_route, route),
+    MANIFEST_CUSTOM("protocol", manifest_route_protocol),
+    MANIFEST_CUSTOM("options", manifest_route_options),
     {0},
 };
 
 static int manifest_route(struct manifest_ctx *c, const yaml_node_t *n, void *item)
 {
-    char **out = item;
-    int rc = manifest_block(c, n, "a route", manifest_route_fields, out);
-    if (!rc && (!*out || !**out))
+    struct manifest_route *r = item;
+    int rc = manifest_block(c, n, "a route", manifest_route_fields, r);
+    if (!rc && (!r->route || !*r->route))
         return manifest_fail(c, n, "a route needs a \"route\", like - route: hello.localhost");
-    if (!rc && strstr(*out, "://"))
+    if (!rc && strstr(r->route, "://"))
         return manifest_fail(c, n,
                              "a route is a host and path without a scheme, like "
                              "hello.localhost/v1, not \"%s\"",
-                             *out);
+                             r->route);
     return rc;
 }
 
@@ -626,25 +755,107 @@ static int manifest_app_endpoint(struct manifest_ctx *c, const char *key, const 
     return rc;
 }
 
+static int manifest_app_random_route(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                     void *block)
+{
+    struct manifest_app *a = block;
+    return manifest_bool(c, key, v, &a->random_route);
+}
+
+/* default-route: true asks for NAME.localhost when no route is listed, which is what a push
+ * does anyway; false is Cloud Foundry's default, which maps it as well. Checked, then kept. */
+static int manifest_app_default_route(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                      void *block)
+{
+    (void)block;
+    bool wanted;
+    return manifest_bool(c, key, v, &wanted);
+}
+
+/* Prebuilt images: said plainly rather than pushed as something else. */
+static int manifest_app_docker(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                               void *block)
+{
+    (void)block;
+    return manifest_fail(c, v,
+                         "\"%s\": pushing a prebuilt container image is not supported yet; "
+                         "push the app's code (\"path\") and let a buildpack stage it",
+                         key);
+}
+
+static int manifest_app_lifecycle(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                  void *block)
+{
+    (void)block;
+    static const char *const kinds[] = {"buildpack", "cnb", "docker", NULL};
+    char *kind = NULL;
+    int rc = manifest_one_of(c, key, v, kinds, &kind);
+    if (!rc && strcmp(kind, "docker") == 0)
+        rc = manifest_app_docker(c, "lifecycle: docker", v, block);
+    else if (!rc && strcmp(kind, "cnb") == 0)
+        manifest_warn(c, v, "lifecycle: cnb",
+                      "apps are staged with this platform's buildpacks, not Cloud Native ones");
+    free(kind);
+    return rc;
+}
+
+static const struct manifest_field manifest_metadata_fields[] = {
+    MANIFEST_IGNORED("labels"),
+    MANIFEST_IGNORED("annotations"),
+    {0},
+};
+
+static int manifest_app_metadata(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                 void *block)
+{
+    (void)block;
+    int rc = manifest_check_keys(c, v, "\"metadata\"", manifest_metadata_fields);
+    if (!rc)
+        manifest_warn(c, v, key, "labels and annotations are not stored yet");
+    return rc;
+}
+
+static int manifest_app_services(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                 void *block)
+{
+    static const struct manifest_field f =
+        MANIFEST_LIST("services", struct manifest_app, services, service_count, manifest_service);
+    struct manifest_app *a = block;
+    int rc = manifest_list(c, &f, v, (void **)&a->services, &a->service_count);
+    if (!rc && a->service_count)
+        manifest_warn(c, v, key, "service bindings are not available yet, so no service is bound");
+    return rc;
+}
+
 static const struct manifest_field manifest_app_fields[] = {
     MANIFEST_STRING("name", struct manifest_app, name),
     MANIFEST_CUSTOM("path", manifest_app_path),
     MANIFEST_INT("instances", struct manifest_app, instances, 0),
     MANIFEST_SIZE("memory", struct manifest_app, memory_mb),
     MANIFEST_SIZE("disk_quota", struct manifest_app, disk_mb),
+    MANIFEST_SIZE("disk-quota", struct manifest_app, disk_mb),
     MANIFEST_STRING("command", struct manifest_app, command),
     MANIFEST_STRING_LIST("buildpacks", struct manifest_app, buildpacks, buildpack_count),
     MANIFEST_CUSTOM("buildpack", manifest_app_buildpack),
     MANIFEST_ENV("env", struct manifest_app, env, env_count),
     MANIFEST_LIST("routes", struct manifest_app, routes, route_count, manifest_route),
     MANIFEST_CUSTOM("no-route", manifest_app_no_route),
+    MANIFEST_CUSTOM("random-route", manifest_app_random_route),
+    MANIFEST_CUSTOM("default-route", manifest_app_default_route),
     MANIFEST_ONE_OF("health-check-type", struct manifest_app, health_check_type,
                     manifest_health_types),
     MANIFEST_CUSTOM("health-check-http-endpoint", manifest_app_endpoint),
     MANIFEST_INT("timeout", struct manifest_app, timeout, 1),
-    MANIFEST_LIST("services", struct manifest_app, services, service_count, manifest_service),
+    MANIFEST_CUSTOM("services", manifest_app_services),
     MANIFEST_LIST("processes", struct manifest_app, processes, process_count, manifest_process),
     MANIFEST_LIST("functions", struct manifest_app, functions, function_count, manifest_function),
+    MANIFEST_STRING("stack", struct manifest_app, stack),
+    MANIFEST_CUSTOM("docker", manifest_app_docker),
+    MANIFEST_CUSTOM("lifecycle", manifest_app_lifecycle),
+    MANIFEST_CUSTOM("metadata", manifest_app_metadata),
+    MANIFEST_NO_EFFECT("sidecars", "sidecar processes are not run yet"),
+    MANIFEST_NO_EFFECT("cnb-credentials", "apps are not staged with Cloud Native Buildpacks here"),
+    MANIFEST_PROCESS_NO_EFFECT_FIELDS,
     {0},
 };
 
@@ -652,7 +863,19 @@ static int manifest_app(struct manifest_ctx *c, const yaml_node_t *n, struct man
 {
     a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
     a->line = manifest_line(n);
+    /* the name first, so that warnings about keys before it can name the app */
+    if (n->type == YAML_MAPPING_NODE)
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++) {
+            const char *key = manifest_scalar(yaml_document_get_node(c->doc, p->key));
+            const char *name = manifest_scalar(yaml_document_get_node(c->doc, p->value));
+            if (key && name && strcmp(key, "name") == 0 && !a->name)
+                a->name = xstrdup(name);
+        }
+    c->app = a;
+    buf_free(&c->warned);
     int rc = manifest_block(c, n, "an application", manifest_app_fields, a);
+    c->app = NULL;
     if (rc)
         return rc;
     if (!a->name || !*a->name)
@@ -660,6 +883,14 @@ static int manifest_app(struct manifest_ctx *c, const yaml_node_t *n, struct man
     if (a->no_route && a->route_count)
         return manifest_fail(c, n, "the app %s has both \"routes\" and \"no-route: true\"",
                              a->name);
+    if (a->no_route && a->random_route)
+        return manifest_fail(
+            c, n, "the app %s has both \"random-route: true\" and \"no-route: true\"", a->name);
+    if (a->random_route && a->route_count) {
+        c->app = a;
+        manifest_warn(c, n, "random-route", "the app lists its routes");
+        c->app = NULL;
+    }
     return 0;
 }
 
@@ -743,34 +974,219 @@ static int manifest_build(struct manifest_ctx *c, struct manifest *m)
     return 0;
 }
 
-int manifest_parse(const char *text, size_t len, const char *name, const char *dir,
-                   struct manifest **out, char **err)
+/* ---- variables: ((name)) ------------------------------------------------------------- */
+
+static bool manifest_var_char(char ch)
 {
+    return isalnum((unsigned char)ch) || ch == '_' || ch == '-' || ch == '.' || ch == '/';
+}
+
+/* The length of the variable name at s (after "(("), when "))" closes it; else 0. */
+static size_t manifest_var_name(const char *s)
+{
+    size_t n = 0;
+    while (manifest_var_char(s[n]))
+        n++;
+    return n && s[n] == ')' && s[n + 1] == ')' ? n : 0;
+}
+
+static const char *manifest_var_get(const struct manifest_vars *vars, const char *name, size_t n)
+{
+    for (size_t i = vars ? vars->count : 0; i-- > 0;)
+        if (strlen(vars->items[i].key) == n && strncmp(vars->items[i].key, name, n) == 0)
+            return vars->items[i].value;
+    return NULL;
+}
+
+/* Replaces each ((name)) in the document's scalars, once per node (an alias shares its node, so
+ * nothing is replaced twice, and a value's own "((" is never read as a variable). The result
+ * stays one scalar: a value cannot add keys or entries, whatever it contains. A scalar that is
+ * one variable becomes its value as it is, so "instances: ((n))" reads as a number. */
+static int manifest_substitute(struct manifest_ctx *c, const struct manifest_vars *vars)
+{
+    for (yaml_node_t *n = c->doc->nodes.start; n < c->doc->nodes.top; n++) {
+        if (n->type != YAML_SCALAR_NODE || !strstr((const char *)n->data.scalar.value, "(("))
+            continue;
+        const char *s = (const char *)n->data.scalar.value;
+        struct buf out = {0};
+        buf_printf(&out, "%s", "");
+        while (*s) {
+            const char *open = strstr(s, "((");
+            size_t len = open ? manifest_var_name(open + 2) : 0;
+            if (!open) {
+                buf_printf(&out, "%s", s);
+                break;
+            }
+            if (!len) {
+                buf_printf(&out, "%.*s", (int)(open + 2 - s), s);
+                s = open + 2;
+                continue;
+            }
+            const char *value = manifest_var_get(vars, open + 2, len);
+            if (!value) {
+                buf_free(&out);
+                return manifest_fail(c, n,
+                                     "no value for the variable ((%.*s)): give it with "
+                                     "--var %.*s=VALUE or in a --vars-file",
+                                     (int)len, open + 2, (int)len, open + 2);
+            }
+            buf_printf(&out, "%.*s%s", (int)(open - s), s, value);
+            s = open + 2 + len + 2;
+        }
+        free(n->data.scalar.value);
+        n->data.scalar.length = out.len;
+        n->data.scalar.value = (yaml_char_t *)buf_steal(&out);
+    }
+    return 0;
+}
+
+static bool manifest_name_ok(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!manifest_var_char(s[i]))
+            return false;
+    return n > 0;
+}
+
+static void manifest_vars_put(struct manifest_vars *vars, const char *key, size_t key_len,
+                              const char *value)
+{
+    vars->items = xrealloc(vars->items, (vars->count + 1) * sizeof(*vars->items));
+    vars->items[vars->count].key = xstrndup(key, key_len);
+    vars->items[vars->count].value = xstrdup(value);
+    vars->count++;
+}
+
+int manifest_vars_set(struct manifest_vars *vars, const char *assignment)
+{
+    const char *eq = strchr(assignment, '=');
+    if (!eq || !manifest_name_ok(assignment, (size_t)(eq - assignment)))
+        return -1;
+    manifest_vars_put(vars, assignment, (size_t)(eq - assignment), eq + 1);
+    return 0;
+}
+
+/* Reads YAML with libyaml, refusing what no manifest needs and a hostile one would use: more
+ * than MANIFEST_MAX_BYTES, or nesting deeper than MANIFEST_MAX_DEPTH (libyaml's loader recurses
+ * once per level). Aliases are not expanded: an alias is the node it names, so a
+ * "billion laughs" stays as small as its text. On error, *err says what and where. */
+static int manifest_yaml_load(const char *text, size_t len, const char *name, yaml_document_t *doc,
+                              char **err)
+{
+    if (len > MANIFEST_MAX_BYTES) {
+        *err = xasprintf("%s: larger than %d MB, which no manifest needs", name,
+                         MANIFEST_MAX_BYTES >> 20);
+        return MANIFEST_ERR_SYNTAX;
+    }
     yaml_parser_t parser;
-    yaml_document_t doc;
-    struct manifest_ctx c = {.name = name, .dir = dir, .doc = &doc};
-    struct manifest *m = xcalloc(1, sizeof(*m));
-    int rc;
-    *out = NULL;
-    *err = NULL;
-    m->file = xstrdup(name);
-    m->dir = xstrdup(dir && *dir ? dir : ".");
+    yaml_event_t ev;
+    int depth = 0, rc = 0;
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, &doc)) {
+    for (bool end = false; !end && !rc;) {
+        if (!yaml_parser_parse(&parser, &ev))
+            break; /* the load below says what is wrong */
+        if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+            if (++depth > MANIFEST_MAX_DEPTH) {
+                *err = xasprintf("%s line %d: nested more than %d levels deep, which no manifest "
+                                 "needs",
+                                 name, (int)ev.start_mark.line + 1, MANIFEST_MAX_DEPTH);
+                rc = MANIFEST_ERR_SYNTAX;
+            }
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        end = ev.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    if (rc)
+        return rc;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&parser, doc)) {
         const yaml_mark_t *mark = parser.problem_mark.line || parser.problem_mark.column
                                       ? &parser.problem_mark
                                       : &parser.context_mark;
         *err = xasprintf("%s line %d: not valid YAML: %s%s%s", name, (int)mark->line + 1,
                          parser.problem ? parser.problem : "syntax error",
                          parser.context ? " " : "", parser.context ? parser.context : "");
-        yaml_parser_delete(&parser);
-        manifest_free(m);
-        return MANIFEST_ERR_SYNTAX;
+        rc = MANIFEST_ERR_SYNTAX;
     }
-    rc = manifest_build(&c, m);
-    yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
+    return rc;
+}
+
+int manifest_vars_load(struct manifest_vars *vars, const char *path, char **err)
+{
+    char *text;
+    size_t len;
+    *err = NULL;
+    int rc = file_read(path, &text, &len);
+    if (rc) {
+        *err = xasprintf("cannot read the vars file %s: %s", path, strerror(-rc));
+        return MANIFEST_ERR_IO;
+    }
+    yaml_document_t doc;
+    rc = manifest_yaml_load(text, len, path, &doc, err);
+    free(text);
+    if (rc)
+        return rc;
+    struct manifest_ctx c = {.name = path, .doc = &doc};
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root && !manifest_is_null(root) && root->type != YAML_MAPPING_NODE)
+        rc = manifest_fail(&c, root, "a vars file is a map of NAME: value, not %s",
+                           manifest_kind(root));
+    for (yaml_node_pair_t *p =
+             root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
+         p && p < root->data.mapping.pairs.top && !rc; p++) {
+        yaml_node_t *k = yaml_document_get_node(&doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(&doc, p->value);
+        const char *key = manifest_scalar(k), *value = manifest_scalar(v);
+        if (!key || !manifest_name_ok(key, strlen(key)))
+            rc = manifest_fail(&c, k, "a variable's name is letters, digits and _-./");
+        else if (!value)
+            rc = manifest_fail(&c, v, "the variable %s must be a single value, not %s", key,
+                               manifest_kind(v));
+        else
+            manifest_vars_put(vars, key, strlen(key), manifest_is_null(v) ? "" : value);
+    }
+    yaml_document_delete(&doc);
+    if (rc)
+        *err = c.err;
+    return rc;
+}
+
+void manifest_vars_free(struct manifest_vars *vars)
+{
+    for (size_t i = 0; i < vars->count; i++) {
+        free(vars->items[i].key);
+        free(vars->items[i].value);
+    }
+    free(vars->items);
+    vars->items = NULL;
+    vars->count = 0;
+}
+
+int manifest_parse(const char *text, size_t len, const char *name, const char *dir,
+                   const struct manifest_vars *vars, struct manifest **out, char **err)
+{
+    yaml_document_t doc;
+    struct manifest_ctx c = {.name = name, .dir = dir, .doc = &doc};
+    int rc;
+    *out = NULL;
+    *err = NULL;
+    rc = manifest_yaml_load(text, len, name, &doc, err);
+    if (rc)
+        return rc;
+    struct manifest *m = xcalloc(1, sizeof(*m));
+    m->file = xstrdup(name);
+    m->dir = xstrdup(dir && *dir ? dir : ".");
+    rc = manifest_substitute(&c, vars);
+    if (!rc)
+        rc = manifest_build(&c, m);
+    yaml_document_delete(&doc);
+    buf_free(&c.warned);
     if (rc) {
         *err = c.err ? c.err : xasprintf("%s: invalid manifest", name);
         manifest_free(m);
@@ -780,7 +1196,8 @@ int manifest_parse(const char *text, size_t len, const char *name, const char *d
     return 0;
 }
 
-int manifest_load(const char *path, struct manifest **out, char **err)
+int manifest_load(const char *path, const struct manifest_vars *vars, struct manifest **out,
+                  char **err)
 {
     char *text;
     size_t len;
@@ -799,7 +1216,7 @@ int manifest_load(const char *path, struct manifest **out, char **err)
         *slash = '\0';
         dir = copy;
     }
-    rc = manifest_parse(text, len, path, dir, out, err);
+    rc = manifest_parse(text, len, path, dir, vars, out, err);
     free(copy);
     free(text);
     return rc;
@@ -844,7 +1261,13 @@ void manifest_free(struct manifest *m)
         free(a->command);
         manifest_strings_free(a->buildpacks, a->buildpack_count);
         manifest_kv_free(a->env, a->env_count);
-        manifest_strings_free(a->routes, a->route_count);
+        for (size_t j = 0; j < a->route_count; j++) {
+            free(a->routes[j].route);
+            free(a->routes[j].balance);
+        }
+        free(a->routes);
+        free(a->stack);
+        manifest_strings_free(a->warnings, a->warning_count);
         free(a->health_check_type);
         free(a->health_check_http_endpoint);
         manifest_strings_free(a->services, a->service_count);

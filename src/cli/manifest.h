@@ -1,5 +1,9 @@
-/* manifest: reads a Cloud Foundry style manifest.yml (the subset in DESIGN.md, plus Skiff's
- * `functions:`) into plain structs the CLI pushes from.
+/* manifest: reads a Cloud Foundry style manifest.yml (every key of Cloud Foundry's app
+ * manifest, plus Skiff's `functions:`) into plain structs the CLI pushes from.
+ *
+ * A Cloud Foundry key that has no effect on this platform is accepted and leaves one warning
+ * per key and app in manifest_app.warnings; a key that is not Cloud Foundry's nor Skiff's is an
+ * error. Variables ((name)) in values are replaced from manifest_vars before anything is read.
  *
  * manifest_load() never aborts on bad input: a manifest that is not YAML, has a key Skiff does
  * not know, or a value of the wrong type gives a negative code and a message that names the
@@ -21,6 +25,18 @@ enum {
 struct manifest_kv {
     char *key;
     char *value;
+};
+
+/* Variables for ((name)) in a manifest: --vars-file and --var. Zero-initialise; free with
+ * manifest_vars_free(). A later value for a name replaces an earlier one. */
+struct manifest_vars {
+    struct manifest_kv *items;
+    size_t count;
+};
+
+struct manifest_route {
+    char *route;   /* "host[/path]" */
+    char *balance; /* "round-robin" or "least-connection"; NULL: not set */
 };
 
 struct manifest_process {
@@ -63,10 +79,12 @@ struct manifest_app {
     size_t buildpack_count;
     struct manifest_kv *env;
     size_t env_count;
-    char **routes; /* "host[/path]" */
+    struct manifest_route *routes;
     size_t route_count;
     bool no_route;
     bool no_route_set;
+    bool random_route; /* a random host when the app has no route yet */
+    char *stack;       /* NULL: not set */
     char *health_check_type;
     char *health_check_http_endpoint;
     long timeout;
@@ -78,6 +96,8 @@ struct manifest_app {
     size_t function_count;
     bool is_function; /* an entry of the top-level functions: (functions[0] is it) */
     int line;         /* where the app starts in the file, for messages */
+    char **warnings;  /* "manifest.yml line 9: shop: \"sidecars\" has no effect here: ..." */
+    size_t warning_count;
 };
 
 struct manifest {
@@ -87,11 +107,22 @@ struct manifest {
     size_t app_count;
 };
 
-/* Loads and checks a manifest. On error *out is NULL and *err (caller frees) says what. */
-int manifest_load(const char *path, struct manifest **out, char **err);
-/* Same, from text in memory; `name` is used in messages and `dir` to resolve paths. */
+/* Loads and checks a manifest. On error *out is NULL and *err (caller frees) says what.
+ * vars may be NULL (then a ((name)) in the manifest is an error naming it). */
+int manifest_load(const char *path, const struct manifest_vars *vars, struct manifest **out,
+                  char **err);
+/* Same, from text in memory; `name` is used in messages and `dir` to resolve paths. Text over
+ * MANIFEST_MAX_BYTES or nested deeper than MANIFEST_MAX_DEPTH is refused. */
 int manifest_parse(const char *text, size_t len, const char *name, const char *dir,
-                   struct manifest **out, char **err);
+                   const struct manifest_vars *vars, struct manifest **out, char **err);
+#define MANIFEST_MAX_BYTES (4 << 20)
+#define MANIFEST_MAX_DEPTH 64
+
+/* --var NAME=VALUE: 0, or -1 when it is not NAME=VALUE (a valid name). */
+int manifest_vars_set(struct manifest_vars *vars, const char *assignment);
+/* --vars-file: a YAML map of NAME: value. 0, or a negative code with *err (caller frees). */
+int manifest_vars_load(struct manifest_vars *vars, const char *path, char **err);
+void manifest_vars_free(struct manifest_vars *vars);
 void manifest_free(struct manifest *m);
 
 /* Parses a size like "256M", "1G", "512MB", "1024" (megabytes) into megabytes.

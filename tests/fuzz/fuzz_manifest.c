@@ -10,7 +10,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct manifest *m = NULL;
     char *err = NULL;
-    if (manifest_parse((const char *)data, size, "manifest.yml", "/nonexistent", &m, &err) == 0)
+    if (manifest_parse((const char *)data, size, "manifest.yml", "/nonexistent", NULL, &m, &err) ==
+        0)
         manifest_free(m);
     free(err);
     return 0;

@@ -16,7 +16,7 @@ static struct manifest *parse_ok(const char *text)
 {
     struct manifest *m = NULL;
     char *err = NULL;
-    int rc = manifest_parse(text, strlen(text), "manifest.yml", "/apps", &m, &err);
+    int rc = manifest_parse(text, strlen(text), "manifest.yml", "/apps", NULL, &m, &err);
     if (rc != 0)
         fail_msg("expected a valid manifest, got: %s", err ? err : "(no message)");
     assert_non_null(m);
@@ -29,7 +29,7 @@ static char *parse_err(const char *text, int code)
 {
     struct manifest *m = NULL;
     char *err = NULL;
-    int rc = manifest_parse(text, strlen(text), "manifest.yml", "/apps", &m, &err);
+    int rc = manifest_parse(text, strlen(text), "manifest.yml", "/apps", NULL, &m, &err);
     assert_int_equal(rc, code);
     assert_null(m);
     assert_non_null(err);
@@ -90,7 +90,7 @@ static void test_full_application(void **state)
     assert_string_equal(a->env[1].value, "3");
     assert_string_equal(a->env[2].value, "");
     assert_int_equal(a->route_count, 2);
-    assert_string_equal(a->routes[1], "api.localhost/v1");
+    assert_string_equal(a->routes[1].route, "api.localhost/v1");
     assert_false(a->no_route);
     assert_string_equal(a->health_check_type, "http");
     assert_string_equal(a->health_check_http_endpoint, "/health");
@@ -239,7 +239,7 @@ static void test_wrong_types_name_key_and_line(void **state)
                  "manifest.yml line 3: \"routes\" must be a list, not a single value");
     expect_error("applications:\n- name: a\n  routes:\n  - host: a.localhost\n",
                  MANIFEST_ERR_SCHEMA,
-                 "manifest.yml line 4: unknown key \"host\" in a route (known keys: route)");
+                 "manifest.yml line 4: unknown key \"host\" in a route (known keys: route, protocol, options)");
     expect_error("applications:\n  name: a\n", MANIFEST_ERR_SCHEMA,
                  "manifest.yml line 2: \"applications\" must be a list (each entry starting "
                  "with \"- \"), not a map of keys");
@@ -338,7 +338,7 @@ static void test_load_resolves_paths_and_reports_missing_file(void **state)
     assert_int_equal(file_write_atomic(path, text, strlen(text), 0644), 0);
     struct manifest *m = NULL;
     char *err = NULL;
-    assert_int_equal(manifest_load(path, &m, &err), 0);
+    assert_int_equal(manifest_load(path, NULL, &m, &err), 0);
     char *want = xasprintf("%s/site", dir);
     assert_string_equal(m->apps[0].path, want);
     assert_string_equal(m->dir, dir);
@@ -349,7 +349,7 @@ static void test_load_resolves_paths_and_reports_missing_file(void **state)
     /* messages name the file as the user gave it */
     const char *bad = "applications:\n- name: web\n  instancs: 1\n";
     assert_int_equal(file_write_atomic(path, bad, strlen(bad), 0644), 0);
-    assert_int_equal(manifest_load(path, &m, &err), MANIFEST_ERR_SCHEMA);
+    assert_int_equal(manifest_load(path, NULL, &m, &err), MANIFEST_ERR_SCHEMA);
     char *msg =
         xasprintf("%s line 3: unknown key \"instancs\" (did you mean \"instances\"?)", path);
     assert_string_equal(err, msg);
@@ -357,7 +357,7 @@ static void test_load_resolves_paths_and_reports_missing_file(void **state)
     free(err);
 
     unlink(path);
-    assert_int_equal(manifest_load(path, &m, &err), MANIFEST_ERR_IO);
+    assert_int_equal(manifest_load(path, NULL, &m, &err), MANIFEST_ERR_IO);
     assert_null(m);
     assert_non_null(strstr(err, "cannot read the manifest"));
     assert_non_null(strstr(err, "No such file"));
@@ -386,7 +386,7 @@ static void test_hostile_input_does_not_crash(void **state)
     for (size_t i = 0; i < ARRAY_SIZE(inputs); i++) {
         struct manifest *m = NULL;
         char *err = NULL;
-        int rc = manifest_parse(inputs[i], strlen(inputs[i]), "m.yml", ".", &m, &err);
+        int rc = manifest_parse(inputs[i], strlen(inputs[i]), "m.yml", ".", NULL, &m, &err);
         if (rc == 0) {
             manifest_free(m);
         } else {
