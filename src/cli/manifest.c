@@ -228,8 +228,8 @@ static const struct manifest_field *manifest_field_find(const struct manifest_fi
     return NULL;
 }
 
-/* How far `key` is from the known key `known`: an edit distance, where "memory_mb" is one
- * from "memory" and "health_check_type" one from "health-check-type". */
+/* How far `key` is from the known key `known`: an edit distance, where "health_check_type" is
+ * one from "health-check-type", and a key that starts the other one from it. */
 static size_t manifest_key_distance(const char *key, const char *known)
 {
     char alt[64];
@@ -237,7 +237,9 @@ static size_t manifest_key_distance(const char *key, const char *known)
     for (char *p = alt; *p; p++)
         if (*p == '_')
             *p = '-';
-    if (strcasecmp(alt, known) == 0 || (strlen(known) > 3 && str_has_prefix(alt, known)))
+    /* "memory_mb" for "memory"; "log-rate-limit" for "log-rate-limit-per-second" */
+    if (strcasecmp(alt, known) == 0 || (strlen(known) > 3 && str_has_prefix(alt, known)) ||
+        (strlen(alt) > 8 && str_has_prefix(known, alt)))
         return 1;
     return manifest_distance(key, known);
 }
@@ -251,9 +253,15 @@ static const char *const manifest_opposites[][2] = {
     {"min-instances", "max-instances"},
 };
 
-/* Whether `known` is a key whose opposite is at least as close to what was written. */
-static bool manifest_opposite_closer(const char *key, const char *known)
+/* Whether suggesting `known` for `key` could turn what was written into its contrary: a hint
+ * never adds or drops a "no-" (a key not starting with "n" is no typo of one that negates),
+ * and a key whose opposite is at least as close to what was written is not suggested. */
+static bool manifest_opposite_near(const char *key, const char *known)
 {
+    bool key_negates = strncasecmp(key, "no-", 3) == 0 || strncasecmp(key, "no_", 3) == 0;
+    bool known_negates = str_has_prefix(known, "no-");
+    if ((known_negates && tolower((unsigned char)key[0]) != 'n') || (key_negates && !known_negates))
+        return true;
     for (size_t i = 0; i < ARRAY_SIZE(manifest_opposites); i++)
         for (int side = 0; side < 2; side++)
             if (strcmp(known, manifest_opposites[i][side]) == 0 &&
@@ -270,7 +278,7 @@ static const char *manifest_suggest(const char *key, const struct manifest_field
     size_t best_d = 99;
     for (const struct manifest_field *f = fields; f->key; f++) {
         size_t d = manifest_key_distance(key, f->key);
-        if (manifest_opposite_closer(key, f->key))
+        if (manifest_opposite_near(key, f->key))
             continue;
         if (d < best_d) {
             best_d = d;

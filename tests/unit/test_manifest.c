@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli/manifest.h"
+#include "common/buf.h"
 #include "common/util.h"
 
 static struct manifest *parse_ok(const char *text)
@@ -398,6 +399,435 @@ static void test_hostile_input_does_not_crash(void **state)
     }
 }
 
+/* Parses with variables; NULL err_out means it must succeed. */
+static struct manifest *parse_vars(const char *text, const struct manifest_vars *vars,
+                                   char **err_out)
+{
+    struct manifest *m = NULL;
+    char *err = NULL;
+    int rc = manifest_parse(text, strlen(text), "manifest.yml", "/apps", vars, &m, &err);
+    if (err_out) {
+        assert_int_not_equal(rc, 0);
+        *err_out = err;
+        return NULL;
+    }
+    if (rc != 0)
+        fail_msg("expected a valid manifest, got: %s", err ? err : "(no message)");
+    return m;
+}
+
+/* Whether one of the app's warnings is about `key`, and how many are. */
+static size_t warnings_about(const struct manifest_app *a, const char *key)
+{
+    char *needle = xasprintf(": %s: \"%s\" has no effect here: ", a->name, key);
+    size_t n = 0;
+    for (size_t i = 0; i < a->warning_count; i++)
+        n += strstr(a->warnings[i], needle) != NULL;
+    free(needle);
+    return n;
+}
+
+/* Every key of Cloud Foundry's app manifest at least once, as its documentation describes
+ * them: read into the app, or accepted with one warning per key, never refused. */
+static void test_cloud_foundry_kitchen_sink(void **state)
+{
+    (void)state;
+    struct manifest *m =
+        parse_ok("---\n"
+                 "version: 1\n"
+                 "applications:\n"
+                 "- name: storefront\n"
+                 "  path: ./store\n"
+                 "  buildpacks:\n"
+                 "  - python_buildpack\n"
+                 "  command: gunicorn app:app\n"
+                 "  disk_quota: 1G\n"
+                 "  env:\n"
+                 "    MODE: production\n"
+                 "  health-check-type: http\n"
+                 "  health-check-http-endpoint: /healthz\n"
+                 "  health-check-invocation-timeout: 5\n"
+                 "  health-check-interval: 10\n"
+                 "  readiness-health-check-type: http\n"
+                 "  readiness-health-check-http-endpoint: /ready\n"
+                 "  readiness-health-check-invocation-timeout: 3\n"
+                 "  readiness-health-check-interval: 7\n"
+                 "  instances: 2\n"
+                 "  log-rate-limit-per-second: 16K\n"
+                 "  memory: 512M\n"
+                 "  metadata:\n"
+                 "    labels:\n"
+                 "      tier: web\n"
+                 "    annotations:\n"
+                 "      contact: team@example.com\n"
+                 "  default-route: true\n"
+                 "  routes:\n"
+                 "  - route: store.localhost\n"
+                 "    protocol: http1\n"
+                 "    options:\n"
+                 "      loadbalancing: least-connection\n"
+                 "  - route: store.localhost/api\n"
+                 "    protocol: http2\n"
+                 "    options:\n"
+                 "      loadbalancing: round-robin\n"
+                 "  - route: store-tcp.localhost\n"
+                 "    protocol: tcp\n"
+                 "    options: {loadbalancing: hash, hash_header: X-User, hash_balance: 1.5}\n"
+                 "  services:\n"
+                 "  - orders-db\n"
+                 "  - name: cache\n"
+                 "    binding_name: session-cache\n"
+                 "    parameters:\n"
+                 "      ttl: 60\n"
+                 "  sidecars:\n"
+                 "  - name: metrics\n"
+                 "    process_types: [web]\n"
+                 "    command: ./exporter\n"
+                 "    memory: 64M\n"
+                 "  stack: cflinuxfs4\n"
+                 "  timeout: 90\n"
+                 "  lifecycle: buildpack\n"
+                 "  processes:\n"
+                 "  - type: web\n"
+                 "    command: gunicorn app:app\n"
+                 "    disk_quota: 1G\n"
+                 "    health-check-type: http\n"
+                 "    health-check-http-endpoint: /healthz\n"
+                 "    health-check-invocation-timeout: 5\n"
+                 "    health-check-interval: 10\n"
+                 "    readiness-health-check-type: port\n"
+                 "    readiness-health-check-http-endpoint: /ready\n"
+                 "    readiness-health-check-invocation-timeout: 3\n"
+                 "    readiness-health-check-interval: 7\n"
+                 "    instances: 2\n"
+                 "    memory: 512M\n"
+                 "    log-rate-limit-per-second: 1M\n"
+                 "    timeout: 60\n"
+                 "  - type: worker\n"
+                 "    command: python worker.py\n"
+                 "    instances: 1\n"
+                 "    memory: 256M\n"
+                 "- name: batch\n"
+                 "  no-route: true\n"
+                 "  buildpack: binary_buildpack\n"
+                 "  disk-quota: 2G\n"
+                 "  lifecycle: cnb\n"
+                 "  cnb-credentials:\n"
+                 "    registry.example.com:\n"
+                 "      username: u\n"
+                 "      password: p\n"
+                 "- name: canary\n"
+                 "  random-route: true\n");
+    assert_int_equal(m->app_count, 3);
+    const struct manifest_app *a = &m->apps[0];
+    assert_string_equal(a->name, "storefront");
+    assert_string_equal(a->path, "/apps/./store");
+    assert_int_equal(a->buildpack_count, 1);
+    assert_string_equal(a->command, "gunicorn app:app");
+    assert_int_equal(a->disk_mb, 1024);
+    assert_int_equal(a->env_count, 1);
+    assert_string_equal(a->health_check_type, "http");
+    assert_string_equal(a->health_check_http_endpoint, "/healthz");
+    assert_int_equal(a->instances, 2);
+    assert_int_equal(a->memory_mb, 512);
+    assert_int_equal(a->timeout, 90);
+    assert_string_equal(a->stack, "cflinuxfs4");
+    assert_false(a->random_route);
+    assert_false(a->no_route);
+    assert_int_equal(a->route_count, 3);
+    assert_string_equal(a->routes[0].route, "store.localhost");
+    assert_string_equal(a->routes[0].balance, "least-connection");
+    assert_string_equal(a->routes[1].route, "store.localhost/api");
+    assert_string_equal(a->routes[1].balance, "round-robin");
+    assert_null(a->routes[2].balance); /* hash: the router has none, the route keeps its own */
+    assert_int_equal(a->service_count, 2);
+    assert_string_equal(a->services[1], "cache");
+    assert_int_equal(a->process_count, 2);
+    assert_int_equal(a->processes[0].disk_mb, 1024);
+    assert_int_equal(a->processes[0].timeout, 60);
+    assert_string_equal(a->processes[1].command, "python worker.py");
+
+    /* one warning per key, whether at app level, in a process or in several routes */
+    static const char *const no_effect[] = {"health-check-invocation-timeout",
+                                            "health-check-interval",
+                                            "readiness-health-check-type",
+                                            "readiness-health-check-http-endpoint",
+                                            "readiness-health-check-invocation-timeout",
+                                            "readiness-health-check-interval",
+                                            "log-rate-limit-per-second",
+                                            "metadata",
+                                            "protocol",
+                                            "loadbalancing: hash",
+                                            "hash_header",
+                                            "hash_balance",
+                                            "services",
+                                            "sidecars"};
+    for (size_t i = 0; i < ARRAY_SIZE(no_effect); i++)
+        if (warnings_about(a, no_effect[i]) != 1)
+            fail_msg("expected one warning about %s", no_effect[i]);
+    assert_int_equal(a->warning_count, ARRAY_SIZE(no_effect));
+    assert_string_equal(a->warnings[0], "manifest.yml line 14: storefront: "
+                                        "\"health-check-invocation-timeout\" has no effect here: "
+                                        "health checks here run on the platform's own interval "
+                                        "and timeout");
+
+    const struct manifest_app *b = &m->apps[1];
+    assert_true(b->no_route);
+    assert_int_equal(b->disk_mb, 2048);
+    assert_string_equal(b->buildpacks[0], "binary_buildpack");
+    assert_int_equal(b->warning_count, 2);
+    assert_int_equal(warnings_about(b, "lifecycle: cnb"), 1);
+    assert_int_equal(warnings_about(b, "cnb-credentials"), 1);
+
+    const struct manifest_app *c = &m->apps[2];
+    assert_true(c->random_route);
+    assert_int_equal(c->route_count, 0);
+    assert_int_equal(c->warning_count, 0);
+    manifest_free(m);
+}
+
+static void test_cloud_foundry_keys_that_are_refused_or_conflict(void **state)
+{
+    (void)state;
+    char *err = parse_err("applications:\n- name: a\n  docker:\n    image: nginx:1.27\n",
+                          MANIFEST_ERR_SCHEMA);
+    assert_true(str_has_prefix(err, "manifest.yml line 4: \"docker\": pushing a prebuilt "
+                                    "container image is not supported yet"));
+    free(err);
+    err = parse_err("applications:\n- name: a\n  lifecycle: docker\n", MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "line 3: \"lifecycle: docker\": pushing a prebuilt"));
+    free(err);
+    expect_error("applications:\n- name: a\n  random-route: true\n  no-route: true\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 2: the app a has both \"random-route: true\" and "
+                 "\"no-route: true\"");
+    expect_error("applications:\n- name: a\n  routes:\n  - route: a.localhost\n"
+                 "    protocol: http3\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 5: \"protocol\" must be one of http1, http2, tcp, not "
+                 "\"http3\"");
+    expect_error("applications:\n- name: a\n  routes:\n  - route: a.localhost\n"
+                 "    options: {loadbalancing: random}\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 5: \"loadbalancing\" must be one of round-robin, "
+                 "least-connection, hash, not \"random\"");
+    expect_error("applications:\n- name: a\n  metadata: {label: {a: b}}\n", MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 3: unknown key \"label\" (did you mean \"labels\"?)");
+    expect_error("applications:\n- name: a\n  default-route: sometimes\n", MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 3: \"default-route\" must be true or false, not "
+                 "\"sometimes\"");
+    /* random-route with routes listed: the routes are used, and the push says so */
+    struct manifest *m = parse_ok("applications:\n- name: a\n  random-route: true\n  routes:\n"
+                                  "  - route: a.localhost\n");
+    assert_int_equal(warnings_about(&m->apps[0], "random-route"), 1);
+    manifest_free(m);
+}
+
+/* A typo is corrected only when what it means is clear: never to a key of contrary meaning. */
+static void test_misspellings_never_suggest_the_opposite(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *key, *hint; /* NULL: no suggestion, the known keys are listed */
+    } cases[] = {
+        {"random-rout", "random-route"},
+        {"randomroute", "random-route"},
+        {"random_route", "random-route"},
+        {"no-rout", "no-route"},
+        {"noroute", "no-route"},
+        {"nd-route", "no-route"},
+        {"default-rout", "default-route"},
+        {"defaultroute", "default-route"},
+        {"ran-route", NULL},
+        {"rnd-route", NULL},
+        {"o-route", NULL},
+        {"no-routes", "no-route"},
+        {"disk-quote", "disk-quota"},
+        {"readiness-health-check-typ", "readiness-health-check-type"},
+        {"sidecar", "sidecars"},
+        {"log-rate-limit", "log-rate-limit-per-second"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *text = xasprintf("applications:\n- name: a\n  %s: true\n", cases[i].key);
+        char *err = parse_err(text, MANIFEST_ERR_SCHEMA);
+        if (cases[i].hint) {
+            char *want = xasprintf("manifest.yml line 3: unknown key \"%s\" (did you mean "
+                                   "\"%s\"?)",
+                                   cases[i].key, cases[i].hint);
+            if (strcmp(err, want) != 0)
+                fail_msg("%s: expected\n  %s\ngot\n  %s", cases[i].key, want, err);
+            free(want);
+        } else if (strstr(err, "did you mean") || !strstr(err, "known keys: ")) {
+            fail_msg("%s: expected no suggestion, got\n  %s", cases[i].key, err);
+        }
+        free(err);
+        free(text);
+    }
+    /* min and max instances of a function: one letter apart, still told apart */
+    expect_error("functions:\n- name: f\n  handler: f.py:h\n  min-instance: 1\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 4: unknown key \"min-instance\" (did you mean "
+                 "\"min-instances\"?)");
+}
+
+static void test_variables(void **state)
+{
+    (void)state;
+    struct manifest_vars vars = {0};
+    assert_int_equal(manifest_vars_set(&vars, "app=shop"), 0);
+    assert_int_equal(manifest_vars_set(&vars, "n=3"), 0);
+    assert_int_equal(manifest_vars_set(&vars, "env=prod"), 0);
+    assert_int_equal(manifest_vars_set(&vars, "mem=1G"), 0);
+    assert_int_equal(manifest_vars_set(&vars, "evil=x\n  instances: 99\n- name: injected"), 0);
+    assert_int_equal(manifest_vars_set(&vars, "nested=((app))"), 0);
+    assert_int_equal(manifest_vars_set(&vars, "n=4"), 0); /* a later one wins */
+    assert_int_equal(manifest_vars_set(&vars, "no-equals"), -1);
+    assert_int_equal(manifest_vars_set(&vars, "=value"), -1);
+    assert_int_equal(manifest_vars_set(&vars, "bad name=1"), -1);
+    struct manifest *m = parse_vars("applications:\n"
+                                    "- name: ((app))\n"
+                                    "  instances: ((n))\n"
+                                    "  memory: ((mem))\n"
+                                    "  routes:\n"
+                                    "  - route: ((app))-((env)).localhost\n"
+                                    "  env:\n"
+                                    "    NOTE: ((evil))\n"
+                                    "    SELF: ((nested))\n"
+                                    "    KEPT: a ((literal but not a variable\n"
+                                    "    ((app)): key too\n",
+                                    &vars, NULL);
+    assert_int_equal(m->app_count, 1);
+    const struct manifest_app *a = &m->apps[0];
+    assert_string_equal(a->name, "shop");
+    assert_int_equal(a->instances, 4);
+    assert_int_equal(a->memory_mb, 1024);
+    assert_string_equal(a->routes[0].route, "shop-prod.localhost");
+    /* a value is text in one scalar: it cannot add keys or apps */
+    assert_string_equal(a->env[0].value, "x\n  instances: 99\n- name: injected");
+    /* and it is not read again for variables */
+    assert_string_equal(a->env[1].value, "((app))");
+    assert_string_equal(a->env[2].value, "a ((literal but not a variable");
+    assert_string_equal(a->env[3].key, "shop");
+    manifest_free(m);
+
+    /* a missing variable: named, with its line and how to give it */
+    char *err = NULL;
+    parse_vars("applications:\n- name: a\n  env:\n    X: pre-((missing))\n", &vars, &err);
+    assert_string_equal(err, "manifest.yml line 4: no value for the variable ((missing)): give it "
+                             "with --var missing=VALUE or in a --vars-file");
+    free(err);
+    parse_vars("applications:\n- name: ((app))\n", NULL, &err);
+    assert_non_null(strstr(err, "line 2: no value for the variable ((app))"));
+    free(err);
+    /* the value still has to fit the key */
+    assert_int_equal(manifest_vars_set(&vars, "n=many"), 0);
+    parse_vars("applications:\n- name: a\n  instances: ((n))\n", &vars, &err);
+    assert_string_equal(err, "manifest.yml line 3: \"instances\" must be a whole number of at "
+                             "least 0, not \"many\"");
+    free(err);
+    manifest_vars_free(&vars);
+}
+
+static void test_vars_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/skiff-vars-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *one = xasprintf("%s/one.yml", dir), *two = xasprintf("%s/two.yml", dir);
+    char *bad = xasprintf("%s/bad.yml", dir);
+    const char *t1 = "app: shop\nn: 2\nempty:\nquoted: \"007\"\n";
+    const char *t2 = "n: 5\n";
+    const char *tb = "n: 1\nroutes: [a, b]\n";
+    assert_int_equal(file_write_atomic(one, t1, strlen(t1), 0644), 0);
+    assert_int_equal(file_write_atomic(two, t2, strlen(t2), 0644), 0);
+    assert_int_equal(file_write_atomic(bad, tb, strlen(tb), 0644), 0);
+    struct manifest_vars vars = {0};
+    char *err = NULL;
+    assert_int_equal(manifest_vars_load(&vars, one, &err), 0);
+    assert_int_equal(manifest_vars_load(&vars, two, &err), 0);
+    struct manifest *m = parse_vars("applications:\n- name: ((app))\n  instances: ((n))\n"
+                                    "  env: {E: ((empty)), Q: ((quoted))}\n",
+                                    &vars, NULL);
+    assert_string_equal(m->apps[0].name, "shop");
+    assert_int_equal(m->apps[0].instances, 5);
+    assert_string_equal(m->apps[0].env[0].value, "");
+    assert_string_equal(m->apps[0].env[1].value, "007");
+    manifest_free(m);
+    assert_int_equal(manifest_vars_set(&vars, "n=7"), 0); /* --var wins over files */
+    m = parse_vars("applications:\n- name: a\n  instances: ((n))\n", &vars, NULL);
+    assert_int_equal(m->apps[0].instances, 7);
+    manifest_free(m);
+
+    assert_int_equal(manifest_vars_load(&vars, bad, &err), MANIFEST_ERR_SCHEMA);
+    char *want =
+        xasprintf("%s line 2: the variable routes must be a single value, not a list", bad);
+    assert_string_equal(err, want);
+    free(want);
+    free(err);
+    unlink(bad);
+    assert_int_equal(manifest_vars_load(&vars, bad, &err), MANIFEST_ERR_IO);
+    assert_non_null(strstr(err, "cannot read the vars file"));
+    free(err);
+    manifest_vars_free(&vars);
+    unlink(one);
+    unlink(two);
+    rmdir(dir);
+    free(one);
+    free(two);
+    free(bad);
+}
+
+/* Aliases, depth and size: what a hostile manifest could use to exhaust the CLI. */
+static void test_alias_bombs_depth_and_size_are_bounded(void **state)
+{
+    (void)state;
+    /* a "billion laughs": nine levels of nine aliases. libyaml keeps each alias as a reference
+     * to its node, and nothing here walks an ignored value, so it costs its text only. */
+    struct buf b = {0};
+    buf_printf(&b, "applications:\n- name: a\n  metadata:\n    labels:\n");
+    buf_printf(&b, "      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (int i = 1; i < 9; i++)
+        buf_printf(&b, "      l%d: &l%d [*l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d]\n",
+                   i, i, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
+    struct manifest *m = parse_ok(b.data);
+    assert_int_equal(m->apps[0].warning_count, 1);
+    manifest_free(m);
+    /* the same bomb where values are read: refused at its first entry */
+    buf_printf(&b, "  env: *l8\n");
+    char *err = parse_err(b.data, MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "\"env\" must be a map of NAME: value, not a list"));
+    free(err);
+    buf_reset(&b);
+    /* an alias repeated in a list read entry by entry: linear in the text */
+    buf_printf(&b, "applications:\n- name: a\n  routes:\n  - &r {route: a.localhost}\n");
+    for (int i = 0; i < 20000; i++)
+        buf_printf(&b, "  - *r\n");
+    m = parse_ok(b.data);
+    assert_int_equal(m->apps[0].route_count, 20001);
+    manifest_free(m);
+    buf_reset(&b);
+    /* deep nesting: refused before libyaml's loader recurses into it */
+    buf_printf(&b, "applications:\n- name: a\n  metadata: ");
+    for (int i = 0; i < 100000; i++)
+        buf_printf(&b, "[");
+    for (int i = 0; i < 100000; i++)
+        buf_printf(&b, "]");
+    buf_printf(&b, "\n");
+    err = parse_err(b.data, MANIFEST_ERR_SYNTAX);
+    assert_string_equal(err, "manifest.yml line 3: nested more than 64 levels deep, which no "
+                             "manifest needs");
+    free(err);
+    buf_reset(&b);
+    /* too large */
+    buf_printf(&b, "applications:\n- name: a\n  env:\n");
+    for (int i = 0; b.len <= MANIFEST_MAX_BYTES; i++)
+        buf_printf(&b, "    K%d: some value to fill the manifest with\n", i);
+    err = parse_err(b.data, MANIFEST_ERR_SYNTAX);
+    assert_string_equal(err, "manifest.yml: larger than 4 MB, which no manifest needs");
+    free(err);
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -411,6 +841,12 @@ int main(void)
         cmocka_unit_test(test_megabytes),
         cmocka_unit_test(test_load_resolves_paths_and_reports_missing_file),
         cmocka_unit_test(test_hostile_input_does_not_crash),
+        cmocka_unit_test(test_cloud_foundry_kitchen_sink),
+        cmocka_unit_test(test_cloud_foundry_keys_that_are_refused_or_conflict),
+        cmocka_unit_test(test_misspellings_never_suggest_the_opposite),
+        cmocka_unit_test(test_variables),
+        cmocka_unit_test(test_vars_files),
+        cmocka_unit_test(test_alias_bombs_depth_and_size_are_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
