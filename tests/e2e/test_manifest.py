@@ -1,6 +1,7 @@
 """`skiff push -f manifest.yml`: broken manifests are refused before anything is sent, with an
 error that names the file, the line and the key; a good one sets every app up as it says."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -187,3 +188,103 @@ def test_manifest_in_the_current_folder_is_used_for_the_app_it_names(platform, t
     r = skiff_here("push", "here", "-p", "web", "--no-manifest", "--no-start")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Using the manifest" not in r.stdout
+
+
+CF_MANIFEST = """\
+---
+version: 1
+applications:
+- name: ((app))
+  path: web
+  instances: ((instances))
+  memory: ((memory))
+  disk_quota: 256M
+  stack: cflinuxfs4
+  lifecycle: buildpack
+  default-route: true
+  health-check-type: port
+  health-check-interval: 5
+  readiness-health-check-type: process
+  log-rate-limit-per-second: 16K
+  metadata:
+    labels: {team: ((team))}
+    annotations: {note: "pushed by ((team))"}
+  env:
+    GREETING: hello from ((team)) in ((space))
+  routes:
+  - route: ((app)).localhost
+    protocol: http1
+    options:
+      loadbalancing: least-connection
+  - route: api.localhost/((app))
+    protocol: http2
+  services: [((app))-db]
+  sidecars:
+  - name: agent
+    process_types: [web]
+    command: sleep 3600
+- name: ((app))-canary
+  path: web
+  random-route: true
+  instances: 1
+"""
+
+
+def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
+    """A Cloud Foundry manifest with ((vars)) from a vars file and --var: the keys Skiff has are
+    applied, each other one is said once per app, and the push succeeds."""
+    shutil.copytree(EXAMPLE, tmp_path / "web")
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text(CF_MANIFEST)
+    (tmp_path / "vars.yml").write_text("app: cfmf\ninstances: 1\nmemory: 64M\nteam: web\n")
+    # a variable missing: refused before anything is created, naming it and its line
+    r = platform.cli("push", "-f", str(manifest), "--vars-file", str(tmp_path / "vars.yml"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "line 20: no value for the variable ((space))" in r.stderr, r.stderr
+    assert "cfmf" not in platform.cli("apps", check=True).stdout
+
+    r = platform.cli("push", "-f", str(manifest), "--vars-file", str(tmp_path / "vars.yml"),
+                     "--var", "space=dev", "--var", "instances=2", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    for key in ("health-check-interval", "readiness-health-check-type",
+                "log-rate-limit-per-second", "metadata", "protocol", "services", "sidecars",
+                "stack"):
+        said = [w for w in warnings if f': cfmf: "{key}" has no effect here: ' in w]
+        assert len(said) == 1, (key, warnings)
+    assert not [w for w in warnings if "cfmf-canary" in w], warnings
+    app = json.loads(platform.cli("app", "cfmf", "--json", check=True).stdout)
+    assert app["instances"] == 2  # --var wins over the vars file
+    assert app["memory_mb"] == 64 and app["disk_mb"] == 256
+    assert app["env"]["GREETING"] == "hello from web in dev"
+    assert sorted(app["routes"]) == ["api.localhost/cfmf", "cfmf.localhost"]
+    routes = json.loads(platform.cli("routes", "--json", check=True).stdout)["routes"]
+    balance = {(r["host"], r["path"]): r["balance"] for r in routes if r["app"] == "cfmf"}
+    assert balance == {("cfmf.localhost", ""): "least-connection",
+                       ("api.localhost", "/cfmf"): "round-robin"}, balance
+
+    # random-route: NAME-adjective-noun on the shared domain, kept by the next push
+    canary = json.loads(platform.cli("app", "cfmf-canary", "--json", check=True).stdout)
+    (route,) = canary["routes"]
+    assert re.fullmatch(r"cfmf-canary-[a-z]+-[a-z]+\.localhost", route), route
+    r = platform.cli("push", "cfmf-canary", "-f", str(manifest), "--vars-file",
+                     str(tmp_path / "vars.yml"), "--var", "space=dev", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    canary = json.loads(platform.cli("app", "cfmf-canary", "--json", check=True).stdout)
+    assert canary["routes"] == [route]
+
+
+def test_docker_and_bad_vars_are_refused_before_anything_is_sent(home):
+    path = os.path.join(home, "manifest.yml")
+    with open(path, "w") as f:
+        f.write("applications:\n- name: img\n  docker:\n    image: nginx\n")
+    r = skiff(home, "push", "-f", path)
+    assert r.returncode == 1
+    assert "line 4: \"docker\": pushing a prebuilt container image is not supported yet" in r.stderr
+    with open(path, "w") as f:
+        f.write("applications:\n- name: ((n))\n")
+    r = skiff(home, "push", "-f", path, "--var", "n")
+    assert r.returncode == 2 and '--var needs NAME=VALUE, not "n"' in r.stderr, r.stderr
+    r = skiff(home, "push", "-f", path, "--vars-file", os.path.join(home, "none.yml"))
+    assert r.returncode == 1 and "cannot read the vars file" in r.stderr, r.stderr
+    assert "not logged in" not in r.stderr
