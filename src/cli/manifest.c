@@ -288,9 +288,51 @@ static const char *manifest_suggest(const char *key, const struct manifest_field
     return best_d <= 2 + strlen(key) / 6 ? best : NULL;
 }
 
-/* Checks that n is a mapping whose keys are all in `fields` and distinct. */
+#define MANIFEST_MAX_MERGED 16
+
+/* The maps a YAML merge key ("<<: *defaults" or "<<: [*a, *b]") brings in, in order. */
+static int manifest_merged_maps(struct manifest_ctx *c, const yaml_node_t *v,
+                                const yaml_node_t **maps, size_t *count)
+{
+    *count = 0;
+    if (v->type == YAML_MAPPING_NODE) {
+        maps[(*count)++] = v;
+        return 0;
+    }
+    if (v->type == YAML_SEQUENCE_NODE)
+        for (yaml_node_item_t *it = v->data.sequence.items.start;
+             it < v->data.sequence.items.top && *count < MANIFEST_MAX_MERGED; it++) {
+            const yaml_node_t *m = yaml_document_get_node(c->doc, *it);
+            if (m->type != YAML_MAPPING_NODE)
+                break;
+            maps[(*count)++] = m;
+        }
+    if (*count && v->type == YAML_SEQUENCE_NODE &&
+        (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) == *count)
+        return 0;
+    return manifest_fail(c, v,
+                         "\"<<\" merges a map (like <<: *defaults) or a list of at most %d maps",
+                         MANIFEST_MAX_MERGED);
+}
+
+static bool manifest_is_merge(const char *key)
+{
+    return strcmp(key, "<<") == 0;
+}
+
+static int manifest_check_keys_in(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
+                                  const struct manifest_field *fields, bool merge_allowed);
+
+/* Checks that n is a mapping whose keys are all in `fields` and distinct; the maps a "<<"
+ * merges are checked the same way (one level: they merge no further). */
 static int manifest_check_keys(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
                                const struct manifest_field *fields)
+{
+    return manifest_check_keys_in(c, n, what, fields, true);
+}
+
+static int manifest_check_keys_in(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
+                                  const struct manifest_field *fields, bool merge_allowed)
 {
     if (n->type != YAML_MAPPING_NODE)
         return manifest_fail(c, n, "%s must be a map of keys, not %s", what, manifest_kind(n));
@@ -300,7 +342,18 @@ static int manifest_check_keys(struct manifest_ctx *c, const yaml_node_t *n, con
         if (!key)
             return manifest_fail(c, k, "a key in %s must be a name, not %s", what,
                                  manifest_kind(k));
-        if (!manifest_field_find(fields, key)) {
+        if (manifest_is_merge(key)) {
+            const yaml_node_t *maps[MANIFEST_MAX_MERGED];
+            size_t count;
+            if (!merge_allowed)
+                return manifest_fail(c, k, "a map merged with \"<<\" cannot merge another");
+            int rc =
+                manifest_merged_maps(c, yaml_document_get_node(c->doc, p->value), maps, &count);
+            for (size_t i = 0; i < count && !rc; i++)
+                rc = manifest_check_keys_in(c, maps[i], what, fields, false);
+            if (rc)
+                return rc;
+        } else if (!manifest_field_find(fields, key)) {
             const char *hint = manifest_suggest(key, fields);
             if (hint)
                 return manifest_fail(c, k, "unknown key \"%s\" (did you mean \"%s\"?)", key, hint);
@@ -490,6 +543,17 @@ static int manifest_field_parse(struct manifest_ctx *c, const struct manifest_fi
 }
 
 /* Checks the keys of the mapping n against `fields`, then reads each value into `block`. */
+/* Whether the map n has `key` (its own keys, not merged ones). */
+static bool manifest_has_key(struct manifest_ctx *c, const yaml_node_t *n, const char *key)
+{
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++)
+        if (strcmp(manifest_scalar(yaml_document_get_node(c->doc, p->key)), key) == 0)
+            return true;
+    return false;
+}
+
+/* Checks the keys of the mapping n against `fields`, then reads each value into `block`: its
+ * own keys, then those "<<" merges in that it does not have (the first merged map wins). */
 static int manifest_block(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
                           const struct manifest_field *fields, void *block)
 {
@@ -498,10 +562,33 @@ static int manifest_block(struct manifest_ctx *c, const yaml_node_t *n, const ch
         return rc;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *key = manifest_scalar(yaml_document_get_node(c->doc, p->key));
+        if (manifest_is_merge(key))
+            continue;
         rc = manifest_field_parse(c, manifest_field_find(fields, key),
                                   yaml_document_get_node(c->doc, p->value), block);
         if (rc)
             return rc;
+    }
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *key = manifest_scalar(yaml_document_get_node(c->doc, p->key));
+        const yaml_node_t *maps[MANIFEST_MAX_MERGED];
+        size_t count = 0;
+        if (manifest_is_merge(key))
+            manifest_merged_maps(c, yaml_document_get_node(c->doc, p->value), maps, &count);
+        for (size_t i = 0; i < count; i++)
+            for (yaml_node_pair_t *q = maps[i]->data.mapping.pairs.start;
+                 q < maps[i]->data.mapping.pairs.top; q++) {
+                const char *mkey = manifest_scalar(yaml_document_get_node(c->doc, q->key));
+                bool taken = manifest_has_key(c, n, mkey);
+                for (size_t j = 0; j < i && !taken; j++)
+                    taken = manifest_has_key(c, maps[j], mkey);
+                if (taken)
+                    continue;
+                rc = manifest_field_parse(c, manifest_field_find(fields, mkey),
+                                          yaml_document_get_node(c->doc, q->value), block);
+                if (rc)
+                    return rc;
+            }
     }
     return 0;
 }

@@ -828,6 +828,39 @@ static void test_alias_bombs_depth_and_size_are_bounded(void **state)
     buf_free(&b);
 }
 
+/* YAML anchors with merge keys, as Cloud Foundry manifests share settings between apps. */
+static void test_merge_keys(void **state)
+{
+    (void)state;
+    struct manifest *m = parse_ok("applications:\n"
+                                  "- &base\n"
+                                  "  name: one\n"
+                                  "  memory: 128M\n"
+                                  "  instances: 2\n"
+                                  "  env: {MODE: shared}\n"
+                                  "- <<: *base\n"
+                                  "  name: two\n"
+                                  "  instances: 1\n"
+                                  "- <<: [{memory: 64M, timeout: 9}, *base]\n"
+                                  "  name: three\n");
+    assert_int_equal(m->app_count, 3);
+    assert_string_equal(m->apps[1].name, "two");
+    assert_int_equal(m->apps[1].memory_mb, 128);
+    assert_int_equal(m->apps[1].instances, 1); /* its own key wins */
+    assert_string_equal(m->apps[1].env[0].value, "shared");
+    assert_int_equal(m->apps[2].memory_mb, 64); /* the first merged map wins */
+    assert_int_equal(m->apps[2].timeout, 9);
+    assert_int_equal(m->apps[2].instances, 2);
+    manifest_free(m);
+    expect_error("applications:\n- <<: {name: a, instanse: 2}\n", MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 2: unknown key \"instanse\" (did you mean \"instances\"?)");
+    expect_error("applications:\n- name: a\n  <<: [x]\n", MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 3: \"<<\" merges a map (like <<: *defaults) or a list of at "
+                 "most 16 maps");
+    expect_error("applications:\n- name: a\n  <<: {<<: {memory: 1G}}\n", MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 3: a map merged with \"<<\" cannot merge another");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -847,6 +880,7 @@ int main(void)
         cmocka_unit_test(test_variables),
         cmocka_unit_test(test_vars_files),
         cmocka_unit_test(test_alias_bombs_depth_and_size_are_bounded),
+        cmocka_unit_test(test_merge_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
