@@ -220,7 +220,7 @@ applications:
     protocol: http2
   services: [((app))-db]
   sidecars:
-  - name: agent
+  - name: exporter
     process_types: [web]
     command: sleep 3600
 - name: ((app))-canary

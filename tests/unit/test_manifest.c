@@ -476,7 +476,7 @@ static void test_cloud_foundry_kitchen_sink(void **state)
                  "  services:\n"
                  "  - orders-db\n"
                  "  - name: cache\n"
-                 "    binding_name: session-cache\n"
+                 "    binding_name: page-cache\n"
                  "    parameters:\n"
                  "      ttl: 60\n"
                  "  sidecars:\n"
