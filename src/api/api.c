@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "http/parser.h"
 #include "http/url.h"
 #include "store/store.h"
 
@@ -215,12 +216,10 @@ struct api_write {
     char data[];
 };
 
-static llhttp_settings_t api__settings;
-
 static void api__conn_close(struct api_conn *c);
 static void api__process_pending(struct api_conn *c);
 static void api__start_reading(struct api_conn *c);
-static void api__settings_init(void);
+static void api__settings_fill(llhttp_settings_t *s);
 static void api__sweep(uv_timer_t *t);
 static void api__dispatch(struct api_request *req);
 static void api__close_or_linger(struct api_conn *c);
@@ -535,7 +534,6 @@ int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
     char *tmp = xasprintf("%s/tmp", cfg->home);
     mkdir_p(tmp, 0700);
     free(tmp);
-    api__settings_init();
     *out = api;
     return 0;
 }
@@ -2012,8 +2010,7 @@ static void api__conn_start(struct api *api, struct api_listener *l, int fd,
         snprintf(c->peer, sizeof c->peer, "[%s]:%d", ip,
                  ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
     }
-    llhttp_init(&c->parser, HTTP_REQUEST, &api__settings);
-    c->parser.data = c;
+    http_parser_init(&c->parser, HTTP_ROLE_SERVER, api__settings_fill, c);
     c->next = api->conns;
     if (api->conns)
         api->conns->prev = c;
@@ -2122,14 +2119,13 @@ static void api__sweep(uv_timer_t *t)
     }
 }
 
-static void api__settings_init(void)
+static void api__settings_fill(llhttp_settings_t *s)
 {
-    llhttp_settings_init(&api__settings);
-    api__settings.on_message_begin = api__on_message_begin;
-    api__settings.on_url = api__on_url;
-    api__settings.on_header_field = api__on_header_field;
-    api__settings.on_header_value = api__on_header_value;
-    api__settings.on_headers_complete = api__on_headers_complete;
-    api__settings.on_body = api__on_body;
-    api__settings.on_message_complete = api__on_message_complete;
+    s->on_message_begin = api__on_message_begin;
+    s->on_url = api__on_url;
+    s->on_header_field = api__on_header_field;
+    s->on_header_value = api__on_header_value;
+    s->on_headers_complete = api__on_headers_complete;
+    s->on_body = api__on_body;
+    s->on_message_complete = api__on_message_complete;
 }
