@@ -1,8 +1,9 @@
 /* Unit tests for the API server's hardening: instance tokens (per instance, checked on every
  * request, revoked by the check), the signing key's permissions, answers decided from the head
- * sent before the body, the per-client connection cap closing the longest idle first,
- * answers larger than the socket takes at once arriving whole and in order, and pipelined
- * requests answered in their order when a handler answers later. */
+ * (401, 413 for a declared huge body, 431 for too many headers) sent before the body, the
+ * per-client connection cap closing the longest idle first, answers larger than the socket
+ * takes at once arriving whole and in order, and pipelined requests answered in their order
+ * when a handler answers later. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "common/buf.h"
 #include "common/util.h"
 #include "store/store.h"
 
@@ -420,6 +422,42 @@ static void test_401_before_a_huge_body(void **state)
     assert_true(api_connections(fx->api) <= 1); /* lingering until it sees our close */
 }
 
+static void test_413_before_a_huge_body(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+    char out[4096];
+    int s = connect_api(fx);
+    exchange(fx, s,
+             "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n"
+             "Content-Length: 9000000000\r\n\r\n",
+             out, sizeof out);
+    assert_true(str_has_prefix(out, "HTTP/1.1 413 "));
+    assert_non_null(strstr(out, "Connection: close"));
+    assert_non_null(strstr(out, "\"too_large\""));
+    exchange(fx, s, NULL, out, sizeof out);
+    assert_string_equal(out, "");
+    close(s);
+}
+
+static void test_too_many_headers_is_431(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+    struct buf req = {0};
+    buf_printf(&req, "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n");
+    for (int i = 0; i < 200; i++)
+        buf_printf(&req, "X-H%d: v\r\n", i);
+    buf_printf(&req, "Content-Length: 0\r\n\r\n");
+    char out[4096];
+    int s = connect_api(fx);
+    exchange(fx, s, req.data, out, sizeof out);
+    assert_true(str_has_prefix(out, "HTTP/1.1 431 "));
+    assert_non_null(strstr(out, "\"too_large\""));
+    buf_free(&req);
+    close(s);
+}
+
 static void test_per_client_cap_closes_the_longest_idle(void **state)
 {
     struct fixture *fx = *state;
@@ -559,6 +597,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_authorization_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_permissions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_401_before_a_huge_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_413_before_a_huge_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_headers_is_431, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_client_cap_closes_the_longest_idle, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_big_answer_then_pipelined_one, setup, teardown),
