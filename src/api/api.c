@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "http/parser.h"
 #include "http/url.h"
 #include "store/store.h"
 
@@ -150,8 +151,7 @@ struct api_request {
     uint64_t body_size;
     uint64_t body_limit;
     /* an error found before the body, answered once the body is read */
-    int early_status;
-    char *early_code;
+    enum skiff_err early_err; /* the answer decided from the head, before any body */
     char *early_message;
     bool expect_continue;
     bool keep_alive;
@@ -216,12 +216,10 @@ struct api_write {
     char data[];
 };
 
-static llhttp_settings_t api__settings;
-
 static void api__conn_close(struct api_conn *c);
 static void api__process_pending(struct api_conn *c);
 static void api__start_reading(struct api_conn *c);
-static void api__settings_init(void);
+static void api__settings_fill(llhttp_settings_t *s);
 static void api__sweep(uv_timer_t *t);
 static void api__dispatch(struct api_request *req);
 static void api__close_or_linger(struct api_conn *c);
@@ -536,7 +534,6 @@ int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
     char *tmp = xasprintf("%s/tmp", cfg->home);
     mkdir_p(tmp, 0700);
     free(tmp);
-    api__settings_init();
     *out = api;
     return 0;
 }
@@ -920,17 +917,17 @@ static bool api__looks_like_guid(const char *s)
     return true;
 }
 
-/* Finds the org/space the route's permission is decided in. 0, or an HTTP status with the
- * error answered early by the caller (*msg set). */
-static int api__scope(struct api *api, struct api_request *req, int scope, char *msg,
-                      size_t msgsize)
+/* Finds the org/space the route's permission is decided in. SKIFF_OK, or the error the caller
+ * answers early (*msg set). */
+static enum skiff_err api__scope(struct api *api, struct api_request *req, int scope, char *msg,
+                                 size_t msgsize)
 {
     const struct auth_principal *p = &req->principal;
     const struct auth_space *space = NULL;
     const struct auth_org *org = NULL;
     switch (scope) {
     case API_SCOPE_NONE:
-        return 0;
+        return SKIFF_OK;
     case API_SCOPE_APP:
     case API_SCOPE_SPACE: {
         const char *ref = api_request_query(req, "space");
@@ -939,7 +936,7 @@ static int api__scope(struct api *api, struct api_request *req, int scope, char 
             if (!space) {
                 snprintf(msg, msgsize, "no space \"%s\" (write ORG/SPACE; `skiff spaces` lists "
                          "the spaces of an org)", ref);
-                return 404;
+                return SKIFF_E_NOT_FOUND;
             }
         } else if (scope == API_SCOPE_APP && api->store &&
                    api__looks_like_guid(api_request_param(req, 0))) {
@@ -955,7 +952,7 @@ static int api__scope(struct api *api, struct api_request *req, int scope, char 
         if (!space) {
             snprintf(msg, msgsize, "no space given, and the default space default/dev is gone: "
                      "add ?space=ORG/SPACE (`skiff target -o ORG -s SPACE`)");
-            return 404;
+            return SKIFF_E_NOT_FOUND;
         }
         org = auth_org_find(api->auth, space->org_guid);
         break;
@@ -966,7 +963,7 @@ static int api__scope(struct api *api, struct api_request *req, int scope, char 
         org = name ? auth_org_find(api->auth, name) : NULL;
         if (!org) {
             snprintf(msg, msgsize, "no org \"%s\": `skiff orgs` lists yours", name ? name : "");
-            return 404;
+            return SKIFF_E_NOT_FOUND;
         }
         if (scope == API_SCOPE_ORG_SPACE) {
             const char *sname = api_request_param(req, 1);
@@ -974,53 +971,49 @@ static int api__scope(struct api *api, struct api_request *req, int scope, char 
             if (!space) {
                 snprintf(msg, msgsize, "no space \"%s\" in org %s: `skiff spaces` lists them",
                          sname ? sname : "", org->name);
-                return 404;
+                return SKIFF_E_NOT_FOUND;
             }
         }
         break;
     }
     default:
-        return 0;
+        return SKIFF_OK;
     }
     if (org)
         snprintf(req->org_guid, sizeof req->org_guid, "%s", org->guid);
     if (space)
         snprintf(req->space_guid, sizeof req->space_guid, "%s", space->guid);
-    return 0;
+    return SKIFF_OK;
 }
 
-/* Whether the caller may use the route: 0, or an HTTP status with *code and msg set. */
-static int api__authorize(struct api *api, struct api_request *req, const char **code,
-                          char *msg, size_t msgsize)
+/* Whether the caller may use the route: SKIFF_OK, or why not with msg set. */
+static enum skiff_err api__authorize(struct api *api, struct api_request *req, char *msg,
+                                     size_t msgsize)
 {
     int perm = req->route->flags & API_PERM_MASK;
     int scope = req->route->flags & API_SCOPE_MASK;
     if (perm == AUTH_PERM_PUBLIC)
-        return 0;
+        return SKIFF_OK;
     if (!api->auth) {
         /* without users, only the admin token and instances' publishing exist */
         if (req->principal.kind == AUTH_LOCAL_ADMIN)
-            return 0;
+            return SKIFF_OK;
         if (perm == AUTH_PERM_PUBLISH && req->principal.kind == AUTH_INSTANCE)
-            return 0;
-        *code = "forbidden";
+            return SKIFF_OK;
         snprintf(msg, msgsize, "an instance token may only publish events");
-        return 403;
+        return SKIFF_E_FORBIDDEN;
     }
-    int status = api__scope(api, req, scope, msg, msgsize);
-    if (status) {
-        *code = "not_found";
-        return status;
-    }
+    enum skiff_err err = api__scope(api, req, scope, msg, msgsize);
+    if (err)
+        return err;
     int rc = auth_check(api->auth, &req->principal, (enum auth_perm)perm,
                         req->org_guid[0] ? req->org_guid : NULL,
                         req->space_guid[0] ? req->space_guid : NULL);
     if (rc == 0)
-        return 0;
+        return SKIFF_OK;
     const struct auth_space *space = req->space_guid[0] ? auth_space_get(api->auth, req->space_guid) : NULL;
     const struct auth_org *org = req->org_guid[0] ? auth_org_find(api->auth, req->org_guid) : NULL;
     if (rc == -ENOENT) {
-        *code = "not_found";
         if (space)
             snprintf(msg, msgsize, "no space %s/%s that you can see (`skiff target` shows "
                      "where you are; `skiff spaces` lists yours)", org ? org->name : "?",
@@ -1029,9 +1022,8 @@ static int api__authorize(struct api *api, struct api_request *req, const char *
             snprintf(msg, msgsize, "no org \"%s\": `skiff orgs` lists yours", org->name);
         else
             snprintf(msg, msgsize, "not found");
-        return 404;
+        return SKIFF_E_NOT_FOUND;
     }
-    *code = "forbidden";
     if (req->principal.kind == AUTH_INSTANCE)
         snprintf(msg, msgsize, "an instance token may only publish events, in its own space");
     else if (perm == AUTH_PERM_ADMIN)
@@ -1049,7 +1041,7 @@ static int api__authorize(struct api *api, struct api_request *req, const char *
                  space || org ? " in " : "", org ? org->name : "", space ? "/" : "",
                  space ? space->name : "", auth_perm_name((enum auth_perm)perm), roles);
     }
-    return 403;
+    return SKIFF_E_FORBIDDEN;
 }
 
 /* ---- writing ------------------------------------------------------------------------------ */
@@ -1148,7 +1140,6 @@ static void api__request_free(struct api_request *req)
         unlink(req->body_path);
         free(req->body_path);
     }
-    free(req->early_code);
     free(req->early_message);
     free(req);
 }
@@ -1234,7 +1225,7 @@ void api_respond_json(struct api_request *req, int status, json_t *body)
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text) {
-        api_respond_error(req, 500, "internal", "cannot encode the response");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot encode the response");
         return;
     }
     size_t len = strlen(text);
@@ -1244,17 +1235,19 @@ void api_respond_json(struct api_request *req, int status, json_t *body)
     free(text);
 }
 
-void api_respond_error(struct api_request *req, int status, const char *code, const char *fmt, ...)
+void api_respond_error(struct api_request *req, enum skiff_err err, const char *fmt, ...)
 {
     struct buf msg = {0};
-    va_list ap;
-    va_start(ap, fmt);
-    buf_vprintf(&msg, fmt, ap);
-    va_end(ap);
-    json_t *body =
-        json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg.data ? msg.data : "");
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        buf_vprintf(&msg, fmt, ap);
+        va_end(ap);
+    }
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", skiff_err_name(err), "message",
+                             msg.data ? msg.data : skiff_strerror(err));
     buf_free(&msg);
-    api_respond_json(req, status, body);
+    api_respond_json(req, skiff_err_http_status(err), body);
 }
 
 void api_stream_begin(struct api_request *req, int status, const char *content_type)
@@ -1454,13 +1447,13 @@ json_t *api_request_json_object(struct api_request *req)
     size_t len = 0;
     const char *body = api_request_body(req, &len);
     if (!body || len == 0) {
-        api_respond_error(req, 400, "invalid_json", "the request needs a JSON object as its body");
+        api_respond_error(req, SKIFF_E_BAD_JSON, "the request needs a JSON object as its body");
         return NULL;
     }
     json_error_t jerr;
     json_t *obj = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj) {
-        api_respond_error(req, 400, "invalid_json",
+        api_respond_error(req, SKIFF_E_BAD_JSON,
                           "the body is not valid JSON (line %d, column %d: %s); send a JSON "
                           "object",
                           jerr.line, jerr.column, jerr.text);
@@ -1468,7 +1461,7 @@ json_t *api_request_json_object(struct api_request *req)
     }
     if (!json_is_object(obj)) {
         json_decref(obj);
-        api_respond_error(req, 400, "invalid_json", "the body must be a JSON object");
+        api_respond_error(req, SKIFF_E_BAD_JSON, "the body must be a JSON object");
         return NULL;
     }
     return obj;
@@ -1490,7 +1483,7 @@ bool api_json_check_fields(struct api_request *req, json_t *obj, const char *con
             struct buf list = {0};
             for (const char *const *a = allowed; *a; a++)
                 buf_printf(&list, "%s%s", a == allowed ? "" : ", ", *a);
-            api_respond_error(req, 400, "unknown_field", "unknown field \"%s\"; known fields: %s",
+            api_respond_error(req, SKIFF_E_UNKNOWN_FIELD, "unknown field \"%s\"; known fields: %s",
                               key, list.data ? list.data : "none");
             buf_free(&list);
             return false;
@@ -1501,14 +1494,13 @@ bool api_json_check_fields(struct api_request *req, json_t *obj, const char *con
 
 /* ---- parsing ------------------------------------------------------------------------------ */
 
-static void api__early(struct api_request *req, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void api__early(struct api_request *req, int status, const char *code, const char *fmt, ...)
+static void api__early(struct api_request *req, enum skiff_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void api__early(struct api_request *req, enum skiff_err err, const char *fmt, ...)
 {
-    if (req->early_status)
+    if (req->early_err)
         return;
-    req->early_status = status;
-    req->early_code = xstrdup(code);
+    req->early_err = err;
     struct buf msg = {0};
     va_list ap;
     va_start(ap, fmt);
@@ -1617,62 +1609,60 @@ static int api__on_headers_complete(llhttp_t *p)
             req->path = xstrdup("/");
         if (!req->segs)
             req->segs = xcalloc(1, sizeof *req->segs);
-        api__early(req, 400, "invalid_value",
+        api__early(req, SKIFF_E_BAD_VALUE,
                    "the request path holds an escaped NUL byte (%%00): names never contain one");
     }
     /* answered rather than read without the headers past the limit, which may be the ones
      * that matter (ce-* attributes, Authorization) */
     if (req->headers_dropped)
-        api__early(req, 431, "too_large", "the request has more than %d headers: send fewer",
+        api__early(req, SKIFF_E_HEAD_TOO_LARGE, "the request has more than %d headers: send fewer",
                    API_MAX_HEADERS);
 
     const char *expect = api_request_header(req, "expect");
     req->expect_continue = expect && !strcasecmp(expect, "100-continue");
 
     bool path_known = false;
-    req->route = req->early_status ? NULL : api__match(api, req, &path_known);
-    if (!req->early_status && !req->route) {
+    req->route = req->early_err ? NULL : api__match(api, req, &path_known);
+    if (!req->early_err && !req->route) {
         if (path_known)
-            api__early(req, 405, "method_not_allowed", "%s is not allowed on %s", req->method,
-                       req->path);
+            api__early(req, SKIFF_E_METHOD, "%s is not allowed on %s", req->method, req->path);
         else
-            api__early(req, 404, "not_found", "no such endpoint: %s %s (see docs/api.md)",
+            api__early(req, SKIFF_E_NOT_FOUND, "no such endpoint: %s %s (see docs/api.md)",
                        req->method, req->path);
     }
-    if (!req->early_status && c->publish_only &&
+    if (!req->early_err && c->publish_only &&
         (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLISH) {
         req->route = NULL;
-        api__early(req, 404, "not_found",
+        api__early(req, SKIFF_E_NOT_FOUND,
                    "this address serves only publishing: POST /v1/topics/TOPIC/events");
     }
-    if (!req->early_status && (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLIC) {
+    if (!req->early_err && (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLIC) {
         int who = api__authenticate(api, req);
         if (who == -1)
-            api__early(req, 401, "unauthorized",
+            api__early(req, SKIFF_E_UNAUTHORIZED,
                        "missing bearer token: send \"Authorization: Bearer TOKEN\" (`skiff "
                        "login` gets one; a local skiffd's admin token is in $SKIFF_HOME/api.json)");
         else if (who == -2)
-            api__early(req, 401, "unauthorized",
+            api__early(req, SKIFF_E_UNAUTHORIZED,
                        "the bearer token is not valid (unknown, ended or expired): log in again "
                        "with `skiff login`");
         else if (who == -3)
-            api__early(req, 401, "unauthorized",
+            api__early(req, SKIFF_E_UNAUTHORIZED,
                        "this instance token is no longer valid: it was given to an instance "
                        "that has stopped, or its app was stopped or deleted (each instance "
                        "gets a token of its own in SKIFF_EVENTS_TOKEN)");
         else if (req->principal.kind == AUTH_INSTANCE &&
                  (req->route->flags & API_PERM_MASK) != AUTH_PERM_PUBLISH)
-            api__early(req, 403, "forbidden",
+            api__early(req, SKIFF_E_FORBIDDEN,
                        "an instance token may only publish events; this needs a user's token");
         else {
-            const char *code = NULL;
             char msg[512];
-            int status = api__authorize(api, req, &code, msg, sizeof msg);
-            if (status)
-                api__early(req, status, code, "%s", msg);
+            enum skiff_err err = api__authorize(api, req, msg, sizeof msg);
+            if (err)
+                api__early(req, err, "%s", msg);
         }
     }
-    if (!req->early_status) {
+    if (!req->early_err) {
         bool to_file = req->route->flags & API_BODY_FILE;
         /* public routes take no body: nobody unknown gets to make skiffd hold one */
         bool public = (req->route->flags & API_PERM_MASK) == AUTH_PERM_PUBLIC;
@@ -1680,7 +1670,7 @@ static int api__on_headers_complete(llhttp_t *p)
                           : to_file ? api->upload_max
                                     : API_BODY_MEMORY_MAX;
         if ((p->flags & F_CONTENT_LENGTH) && p->content_length > req->body_limit)
-            api__early(req, 413, "too_large",
+            api__early(req, SKIFF_E_TOO_LARGE,
                        "the body is %llu bytes, more than the limit of %llu bytes%s",
                        (unsigned long long)p->content_length, (unsigned long long)req->body_limit,
                        to_file ? ": make the upload smaller (.cfignore/.skiffignore can leave "
@@ -1688,17 +1678,17 @@ static int api__on_headers_complete(llhttp_t *p)
                                : "");
         else if (!to_file && (p->flags & F_CONTENT_LENGTH) &&
                  api->body_memory + p->content_length > API_BODY_MEMORY_BUDGET)
-            api__early(req, 503, "busy",
+            api__early(req, SKIFF_E_BUSY,
                        "skiffd is receiving too many request bodies at once: retry in a moment");
         else if (to_file) {
             req->body_path =
                 xasprintf("%s/tmp/upload-%d-%u", api->home, (int)getpid(), ++api->tmp_seq);
             req->body_fd = open(req->body_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
             if (req->body_fd < 0)
-                api__early(req, 500, "internal", "cannot store the upload: %s", strerror(errno));
+                api__early(req, SKIFF_E_INTERNAL, "cannot store the upload: %s", strerror(errno));
         }
     }
-    if (req->early_status) {
+    if (req->early_err) {
         /* decided from the head: answered now, whatever body was announced is not read */
         api__answer_now(c, req, (p->flags & F_CHUNKED) ||
                                     ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
@@ -1716,10 +1706,10 @@ static int api__on_body(llhttp_t *p, const char *at, size_t len)
     struct api_conn *c = p->data;
     struct api_request *req = c->req;
     req->body_size += len;
-    if (req->early_status)
+    if (req->early_err)
         return 0;
     if (req->body_size > req->body_limit) {
-        api__early(req, 413, "too_large", "the body is larger than the limit of %llu bytes",
+        api__early(req, SKIFF_E_TOO_LARGE, "the body is larger than the limit of %llu bytes",
                    (unsigned long long)req->body_limit);
         api__answer_now(c, req, true);
         return HPE_PAUSED;
@@ -1730,7 +1720,7 @@ static int api__on_body(llhttp_t *p, const char *at, size_t len)
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
-                api__early(req, 500, "internal", "cannot store the upload: %s", strerror(errno));
+                api__early(req, SKIFF_E_INTERNAL, "cannot store the upload: %s", strerror(errno));
                 api__answer_now(c, req, true);
                 return HPE_PAUSED;
             }
@@ -1739,7 +1729,7 @@ static int api__on_body(llhttp_t *p, const char *at, size_t len)
         }
     } else {
         if (c->api->body_memory + len > API_BODY_MEMORY_BUDGET) {
-            api__early(req, 503, "busy",
+            api__early(req, SKIFF_E_BUSY,
                        "skiffd is receiving too many request bodies at once: retry in a moment");
             api__answer_now(c, req, true);
             return HPE_PAUSED;
@@ -1763,8 +1753,8 @@ static void api__answer_now(struct api_conn *c, struct api_request *req, bool bo
 
 static void api__dispatch(struct api_request *req)
 {
-    if (req->early_status) {
-        api_respond_error(req, req->early_status, req->early_code, "%s", req->early_message);
+    if (req->early_err) {
+        api_respond_error(req, req->early_err, "%s", req->early_message);
         return;
     }
     if (req->body_fd >= 0) {
@@ -1833,16 +1823,15 @@ static void api__conn_close(struct api_conn *c)
 
 static void api__bad_request(struct api_conn *c, const char *why)
 {
+    enum skiff_err err = SKIFF_E_BAD_REQUEST;
     char body[512];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":{\"code\":\"invalid_request\",\"message\":\"malformed HTTP "
-                     "request: %s\"}}\n",
-                     why);
+    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s: %s\"}}\n",
+                     skiff_err_name(err), skiff_strerror(err), why);
     char head[256];
     int h = snprintf(head, sizeof head,
-                     "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nConnection: close\r\n\r\n",
-                     n);
+                     skiff_err_http_status(err), api__reason(skiff_err_http_status(err)), n);
     api__write(c, head, (size_t)h);
     api__write(c, body, (size_t)n);
     c->close_after_write = true;
@@ -2021,8 +2010,7 @@ static void api__conn_start(struct api *api, struct api_listener *l, int fd,
         snprintf(c->peer, sizeof c->peer, "[%s]:%d", ip,
                  ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
     }
-    llhttp_init(&c->parser, HTTP_REQUEST, &api__settings);
-    c->parser.data = c;
+    http_parser_init(&c->parser, HTTP_ROLE_SERVER, api__settings_fill, c);
     c->next = api->conns;
     if (api->conns)
         api->conns->prev = c;
@@ -2131,14 +2119,13 @@ static void api__sweep(uv_timer_t *t)
     }
 }
 
-static void api__settings_init(void)
+static void api__settings_fill(llhttp_settings_t *s)
 {
-    llhttp_settings_init(&api__settings);
-    api__settings.on_message_begin = api__on_message_begin;
-    api__settings.on_url = api__on_url;
-    api__settings.on_header_field = api__on_header_field;
-    api__settings.on_header_value = api__on_header_value;
-    api__settings.on_headers_complete = api__on_headers_complete;
-    api__settings.on_body = api__on_body;
-    api__settings.on_message_complete = api__on_message_complete;
+    s->on_message_begin = api__on_message_begin;
+    s->on_url = api__on_url;
+    s->on_header_field = api__on_header_field;
+    s->on_header_value = api__on_header_value;
+    s->on_headers_complete = api__on_headers_complete;
+    s->on_body = api__on_body;
+    s->on_message_complete = api__on_message_complete;
 }

@@ -46,6 +46,7 @@
 #include <uv.h>
 
 #include "auth/auth.h"
+#include "common/err.h"
 
 struct api;
 struct api_request;
@@ -202,9 +203,10 @@ void api_respond(struct api_request *req, int status, const char *content_type, 
                  size_t len);
 /* A JSON response; takes the reference to body (may be NULL: no body). */
 void api_respond_json(struct api_request *req, int status, json_t *body);
-/* {"error": {"code": code, "message": formatted}} with the given status. */
-void api_respond_error(struct api_request *req, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* {"error": {"code": skiff_err_name(err), "message": formatted}} with err's HTTP status, all
+ * three from the one table in common/err.h; a NULL fmt says skiff_strerror(err). */
+void api_respond_error(struct api_request *req, enum skiff_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Chunked streaming: begin once, write any number of times, end once (which finishes the
  * request). api_stream_write returns 0, or -EPIPE when the client is gone (keep calling

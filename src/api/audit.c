@@ -156,19 +156,19 @@ static void audit__list(struct api_request *req, struct api_audit *au, const cha
     const char *before_s = api_request_query(req, "before");
     char *end = NULL;
     if (limit_s && ((limit = strtol(limit_s, &end, 10)) <= 0 || *end || limit > AUDIT_LIST_MAX)) {
-        api_respond_error(req, 422, "invalid_value", "limit is 1 to %d", AUDIT_LIST_MAX);
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "limit is 1 to %d", AUDIT_LIST_MAX);
         return;
     }
     long long before = 0;
     if (before_s && ((before = strtoll(before_s, &end, 10)) <= 0 || *end)) {
-        api_respond_error(req, 422, "invalid_value", "before is an event id");
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "before is an event id");
         return;
     }
     struct store_audit_event *list = NULL;
     size_t n = 0;
     if (store_audit_list(au->store, space, org, api_request_query(req, "target"), before,
                          (size_t)limit, &list, &n) < 0) {
-        api_respond_error(req, 500, "internal", "cannot read the audit events");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the audit events");
         return;
     }
     json_t *arr = json_array();

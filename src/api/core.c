@@ -166,14 +166,14 @@ struct store_app *api_core__app_named(struct api_core *core, struct api_request 
     struct store_app *app = NULL;
     int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
     if (rc == -ENOENT) {
-        api_respond_error(req, 404, "not_found",
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "no app named \"%s\" in this space: `skiff apps` lists the apps there "
                           "are (`skiff target` says which space)",
                           name);
         return NULL;
     }
     if (rc < 0) {
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return NULL;
     }
     return app;
@@ -209,7 +209,7 @@ void api_core__respond_app(struct api_core *core, struct api_request *req, int s
 {
     json_t *o = core__app_json_with_routes(core, app);
     if (!o) {
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return;
     }
     api_respond_json(req, status, o);
@@ -240,7 +240,7 @@ static const char *const core__app_fields[] = {
 
 static bool core__bad(struct api_request *req, const char *field, const char *what)
 {
-    api_respond_error(req, 422, "invalid_value", "\"%s\" %s", field, what);
+    api_respond_error(req, SKIFF_E_INVALID_VALUE, "\"%s\" %s", field, what);
     return false;
 }
 
@@ -251,7 +251,7 @@ static bool core__int_field(struct api_request *req, json_t *obj, const char *ke
     if (!v)
         return true;
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        api_respond_error(req, 422, "invalid_value", "\"%s\" must be a whole number from %d to %d",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "\"%s\" must be a whole number from %d to %d",
                           key, min, max);
         return false;
     }
@@ -288,7 +288,7 @@ bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t 
     json_object_foreach(env, key, v)
     {
         if (!*key || strchr(key, '=') || strlen(key) > 255) {
-            api_respond_error(req, 422, "invalid_value",
+            api_respond_error(req, SKIFF_E_INVALID_VALUE,
                               "environment variable name \"%s\" is not valid (no '=', 1 to 255 "
                               "characters)",
                               key);
@@ -300,7 +300,7 @@ bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t 
         else if (json_is_number(v) || json_is_boolean(v))
             value = json_dumps(v, JSON_ENCODE_ANY);
         else if (!json_is_null(v)) {
-            api_respond_error(req, 422, "invalid_value",
+            api_respond_error(req, SKIFF_E_INVALID_VALUE,
                               "environment variable \"%s\" must be a string (or null to unset)",
                               key);
             return false;
@@ -468,7 +468,7 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
         if (!(isalnum((unsigned char)*q) || *q == '-' || *q == '.' || *q == '*'))
             ok = false;
     if (!ok) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "route \"%s\" is not valid: use HOST.DOMAIN[/PATH], e.g. "
                           "myapp.localhost",
                           spec);
@@ -476,7 +476,7 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
         return false;
     }
     if (*p && (p[0] != '/' || strlen(p) > 1024 || strchr(p, '?') || strchr(p, ' '))) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "route path \"%s\" is not valid: it must start with / and hold no "
                           "spaces or '?'",
                           p);
@@ -501,7 +501,7 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
             best = *d;
     }
     if (!best) {
-        api_respond_error(req, 422, "unknown_domain",
+        api_respond_error(req, SKIFF_E_UNKNOWN_DOMAIN,
                           "the host \"%s\" is not in a known domain: use NAME.localhost, or add "
                           "the domain first (`skiff create-domain`)",
                           h);
@@ -543,27 +543,27 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
         struct store_route *all = NULL;
         size_t n = 0;
         if (store_route_list(core->cfg.store, NULL, &all, &n) < 0) {
-            api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+            api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
             ok = false;
         }
         for (size_t i = 0; i < n; i++) {
             if (strcmp(all[i].host, host) || strcmp(all[i].path, path))
                 continue;
             if (strcmp(all[i].app_guid, app->guid)) {
-                api_respond_error(req, 409, "route_taken",
+                api_respond_error(req, SKIFF_E_ROUTE_TAKEN,
                                   "the route %s%s is mapped to another app: unmap it there "
                                   "first or pick another host",
                                   host, path);
                 ok = false;
             } else if (balance && strcmp(all[i].balance, balance) &&
                        store_route_set_balance(core->cfg.store, host, path, balance) < 0) {
-                api_respond_error(req, 500, "internal", "cannot store the route");
+                api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the route");
                 ok = false;
             }
         }
         store_route_list_free(all, n);
     } else if (rc < 0) {
-        api_respond_error(req, 500, "internal", "cannot store the route");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the route");
         ok = false;
     }
     free(host);
@@ -704,7 +704,7 @@ static void core__apps_list(struct api_request *req, void *ctx)
     if (store_app_list_in(core->cfg.store, space, &apps, &n) < 0 ||
         store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
         store_app_list_free(apps, n);
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return;
     }
     /* routes grouped by app, in host and path order within an app */
@@ -817,7 +817,7 @@ bool api_core__quota_admits(struct api_core *core, struct api_request *req,
     if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
         store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
         store_app_list_free(apps, n);
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return false;
     }
     struct auth_usage in_space = {{0}}, in_org = {{0}};
@@ -844,13 +844,13 @@ bool api_core__quota_admits(struct api_core *core, struct api_request *req,
         ok = auth_quota_admits(oq, &in_org, where, msg, sizeof msg);
     }
     if (!ok)
-        api_respond_error(req, 422, "quota_exceeded", "%s", msg);
+        api_respond_error(req, SKIFF_E_QUOTA, "%s", msg);
     return ok;
 }
 
 static void core__name_taken(struct api_request *req, const char *name)
 {
-    api_respond_error(req, 409, "name_taken",
+    api_respond_error(req, SKIFF_E_NAME_TAKEN,
                       "an app named \"%s\" exists already: pick another name, or `skiff delete "
                       "%s` first",
                       name, name);
@@ -861,7 +861,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
                              json_t *body, bool allow_update)
 {
     if (!name_valid(name)) {
-        api_respond_error(req, 422, "invalid_name",
+        api_respond_error(req, SKIFF_E_INVALID_NAME,
                           "\"%s\" is not a valid app name: use 1 to 63 lowercase letters, digits "
                           "and dashes, starting with a letter or digit",
                           name);
@@ -873,7 +873,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
     bool creating = rc == -ENOENT;
     if (rc < 0 && !creating) {
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return;
     }
     if (!creating && (!allow_update || strcmp(app->name, name))) {
@@ -898,7 +898,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
         goto done;
     }
     if (rc < 0) {
-        api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
         goto done;
     }
     if (!core__map_routes(core, req, app, body, creating))
@@ -922,9 +922,9 @@ static void core__apps_create(struct api_request *req, void *ctx)
     if (api_json_check_fields(req, body, core__app_fields)) {
         json_t *name = json_object_get(body, "name");
         if (!name)
-            api_respond_error(req, 422, "invalid_value", "\"name\" is required");
+            api_respond_error(req, SKIFF_E_INVALID_VALUE, "\"name\" is required");
         else if (!json_is_string(name))
-            api_respond_error(req, 422, "invalid_name", "\"name\" must be a string");
+            api_respond_error(req, SKIFF_E_INVALID_NAME, "\"name\" must be a string");
         else
             core__app_upsert(core, req, json_string_value(name), body, false);
     }
@@ -950,7 +950,7 @@ static void core__apps_get(struct api_request *req, void *ctx)
         return;
     json_t *o = core__app_json_with_routes(core, app);
     if (!o) {
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         store_app_free(app);
         return;
     }
@@ -1023,7 +1023,7 @@ static void core__apps_patch(struct api_request *req, void *ctx)
         goto done;
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
         goto done;
     }
     if (!core__map_routes(core, req, app, body, false))
@@ -1047,7 +1047,7 @@ static void core__apps_delete(struct api_request *req, void *ctx)
         scheduler_app_deleted(core->cfg.scheduler, app->guid);
     if (store_app_delete(core->cfg.store, app->guid) < 0) {
         store_app_free(app);
-        api_respond_error(req, 500, "internal", "cannot delete the app (see skiffd's output)");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot delete the app (see skiffd's output)");
         return;
     }
     api_core__revisions_forget(core, app->guid);
@@ -1065,7 +1065,7 @@ static bool core__not_staged(struct api_request *req, const struct store_app *ap
 {
     if (app->droplet_guid)
         return false;
-    api_respond_error(req, 422, "not_staged",
+    api_respond_error(req, SKIFF_E_NOT_STAGED,
                       "app \"%s\" has no droplet yet: push it (`skiff push %s`) or stage it first",
                       app->name, app->name);
     return true;
@@ -1081,7 +1081,7 @@ static bool core__app_put_state(struct api_core *core, struct api_request *req,
     app->state = xstrdup(state);
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
         return false;
     }
     if (core->cfg.scheduler)
@@ -1157,7 +1157,7 @@ static void core__env_get(struct api_request *req, void *ctx)
     size_t nr = 0;
     if (store_route_list(core->cfg.store, app->guid, &routes, &nr) < 0) {
         /* VCAP_APPLICATION without the app's uris would not be what its instances get */
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         store_app_free(app);
         return;
     }
@@ -1196,7 +1196,7 @@ static void core__env_put(struct api_request *req, void *ctx)
     if (app && api_core__merge_env(req, app, body)) {
         app->updated_at = time_now_ms();
         if (store_app_update(core->cfg.store, app) < 0) {
-            api_respond_error(req, 500, "internal", "cannot store the app (see skiffd's output)");
+            api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
         } else {
             json_t *env = json_object();
             for (size_t i = 0; i < app->n_env; i++)
@@ -1272,7 +1272,7 @@ static void core__logs(struct api_request *req, void *ctx)
         char *end;
         lines = strtol(lines_s, &end, 10);
         if (*end || lines < 0 || lines > 100000) {
-            api_respond_error(req, 422, "invalid_value",
+            api_respond_error(req, SKIFF_E_INVALID_VALUE,
                               "\"lines\" must be a whole number from 0 to 100000");
             store_app_free(app);
             return;
@@ -1322,7 +1322,7 @@ static void core__routes_list(struct api_request *req, void *ctx)
     if (store_route_list(core->cfg.store, NULL, &routes, &n) < 0 ||
         store_app_list_in(core->cfg.store, api_core__space(req), &apps, &na) < 0) {
         store_route_list_free(routes, n);
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return;
     }
     json_t *arr = json_array();
@@ -1354,7 +1354,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
     const char *host = json_string_value(json_object_get(body, "host"));
     json_t *pathv = json_object_get(body, "path");
     if (!name || !host || (pathv && !json_is_string(pathv) && !json_is_null(pathv))) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "a route needs \"app\" and \"host\" (strings) and an optional \"path\"");
         goto done;
     }
@@ -1363,7 +1363,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
     const char *balance = json_string_value(balancev);
     if ((balancev && !json_is_null(balancev) && !balance) ||
         (balance && strcmp(balance, "round-robin") && strcmp(balance, "least-connection"))) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "\"balance\" must be \"round-robin\" or \"least-connection\"");
         goto done;
     }
@@ -1372,7 +1372,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
         goto done;
     const char *path = json_string_value(pathv);
     if (strchr(host, '/')) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "\"host\" is a host name only; give the path in \"path\"");
         goto done;
     }
@@ -1387,7 +1387,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
     struct store_route *routes = NULL;
     size_t n = 0;
     if (store_route_list(core->cfg.store, app->guid, &routes, &n) < 0) {
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         goto done;
     }
     json_t *out = NULL;
@@ -1426,7 +1426,7 @@ static void core__routes_delete(struct api_request *req, void *ctx)
     const char *path = api_request_query(req, "path");
     const char *app_name = api_request_query(req, "app");
     if (!host) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "say which route: DELETE /v1/routes?app=APP&host=HOST[&path=/PATH]");
         return;
     }
@@ -1444,15 +1444,15 @@ static void core__routes_delete(struct api_request *req, void *ctx)
     struct store_app *app = NULL;
     if (rc < 0) {
         /* not knowing the routes is not "no such route" */
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
     } else if (app_name && !(app = api_core__app_named(core, req, app_name))) {
         /* answered */
     } else if (!found || (app && strcmp(found->app_guid, app->guid)) ||
                !core__route_in_space(core, found, api_core__space(req))) {
-        api_respond_error(req, 404, "not_found", "no route %s%s%s%s: `skiff routes` lists them", h,
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no route %s%s%s%s: `skiff routes` lists them", h,
                           p, app ? " mapped to " : "", app ? app->name : "");
     } else if (store_route_delete(core->cfg.store, h, p) < 0) {
-        api_respond_error(req, 500, "internal", "cannot delete the route (see skiffd's output)");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot delete the route (see skiffd's output)");
     } else {
         logs_appendf(core->cfg.logs, found->app_guid, "API", LOGS_OUT, "Unmapped route %s%s", h, p);
         api_core__routes_changed(core);
@@ -1479,7 +1479,7 @@ static void core__domains_list(struct api_request *req, void *ctx)
     char **names = NULL, **owners = NULL;
     bool *shared = NULL;
     if (store_domain_list(core->cfg.store, &names, &shared, &owners) < 0) {
-        api_respond_error(req, 500, "internal", CORE_STORE_READ_FAILED);
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return;
     }
     json_t *arr = json_array();
@@ -1517,7 +1517,7 @@ static void core__domains_create(struct api_request *req, void *ctx)
         if (!(islower((unsigned char)*q) || isdigit((unsigned char)*q) || *q == '-' || *q == '.'))
             ok = false;
     if (!ok) {
-        api_respond_error(req, 422, "invalid_name",
+        api_respond_error(req, SKIFF_E_INVALID_NAME,
                           "a domain is a lowercase DNS name such as example.test");
         goto done;
     }
@@ -1525,11 +1525,11 @@ static void core__domains_create(struct api_request *req, void *ctx)
     const char *org = api_request_org(req);
     int rc = store_domain_add(core->cfg.store, name, org);
     if (rc == -EEXIST) {
-        api_respond_error(req, 409, "name_taken", "the domain %s exists already", name);
+        api_respond_error(req, SKIFF_E_NAME_TAKEN, "the domain %s exists already", name);
         goto done;
     }
     if (rc < 0) {
-        api_respond_error(req, 500, "internal", "cannot store the domain");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the domain");
         goto done;
     }
     api_respond_json(req, 201, json_pack("{s:s,s:b}", "name", name, "shared", org == NULL));

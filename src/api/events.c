@@ -64,20 +64,20 @@ static void respond_fabric_error(struct api_request *req, int rc)
 {
     switch (rc) {
     case -EMSGSIZE:
-        api_respond_error(req, 413, "too_large",
+        api_respond_error(req, SKIFF_E_TOO_LARGE,
                           "the event is larger than the limit of %u bytes once encoded: make it "
                           "smaller (for large data, publish where the data is kept instead)",
                           EVENTS_MAX_RECORD_BYTES);
         break;
     case -EINVAL:
-        api_respond_error(req, 400, "invalid_name", "%s", fabric_strerror(rc));
+        api_respond_error(req, SKIFF_E_BAD_NAME, "%s", fabric_strerror(rc));
         break;
     case -ENOENT:
-        api_respond_error(req, 404, "not_found", "%s", fabric_strerror(rc));
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "%s", fabric_strerror(rc));
         break;
     case -ECANCELED:
     case -ENOSPC:
-        api_respond_error(req, 503, "unavailable", "%s", fabric_strerror(rc));
+        api_respond_error(req, SKIFF_E_UNAVAILABLE, "%s", fabric_strerror(rc));
         break;
     case -EMFILE:
     case -ENFILE:
@@ -86,12 +86,12 @@ static void respond_fabric_error(struct api_request *req, int rc)
     case -EAGAIN:
         /* passing pressure: nothing is wrong with the event, and the fabric is not stopped */
         api_response_header(req, "Retry-After", "1");
-        api_respond_error(req, 503, "unavailable",
+        api_respond_error(req, SKIFF_E_UNAVAILABLE,
                           "skiffd is short of resources right now (%s): retry in a moment",
                           strerror(-rc));
         break;
     default:
-        api_respond_error(req, 500, "internal", "%s", fabric_strerror(rc));
+        api_respond_error(req, SKIFF_E_INTERNAL, "%s", fabric_strerror(rc));
     }
 }
 
@@ -109,7 +109,7 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
     bool valid = name && (perm == AUTH_PERM_PUBLISH ? name_valid(name)
                                                     : fabric_name_valid(name));
     if (!valid) {
-        api_respond_error(req, 400, "invalid_name",
+        api_respond_error(req, SKIFF_E_BAD_NAME,
                           "topic name '%.80s' is not valid: use 1-63 of a-z, 0-9 and '-', "
                           "starting with a letter or digit (ORG/SPACE/NAME for another "
                           "space's)",
@@ -126,18 +126,18 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
                                     other->guid)
                        : -ENOENT;
         if (rc == -EACCES) {
-            api_respond_error(req, 403, "forbidden", "your roles in %s do not allow %s there",
-                              ref, perm == AUTH_PERM_PUBLISH ? "publishing" : "reading events");
+            api_respond_error(req, SKIFF_E_FORBIDDEN, "your roles in %s do not allow %s there", ref,
+                              perm == AUTH_PERM_PUBLISH ? "publishing" : "reading events");
             return false;
         }
         if (rc < 0) {
-            api_respond_error(req, 404, "not_found", "no space %s that you can see", ref);
+            api_respond_error(req, SKIFF_E_NOT_FOUND, "no space %s that you can see", ref);
             return false;
         }
         space = other->guid;
     }
     if (fabric_topic_scoped(space, name, out, FABRIC_TOPIC_MAX + 1) < 0) {
-        api_respond_error(req, 400, "invalid_name", "topic name '%.80s' is too long", name);
+        api_respond_error(req, SKIFF_E_BAD_NAME, "topic name '%.80s' is too long", name);
         return false;
     }
     return true;
@@ -223,7 +223,7 @@ static void handle_publish(struct api_request *req, void *ctx)
     struct cloudevent ev;
     int rc = cloudevent_from_request(&headers, body, len, source, &ev, err, sizeof(err));
     if (rc < 0) {
-        api_respond_error(req, 400, strstr(err, "JSON") ? "invalid_json" : "invalid_event", "%s",
+        api_respond_error(req, strstr(err, "JSON") ? SKIFF_E_BAD_JSON : SKIFF_E_BAD_EVENT, "%s",
                           err);
         return;
     }
@@ -257,13 +257,13 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
     json_error_t jerr;
     json_t *arr = json_loadb(body, len, 0, &jerr);
     if (!arr) {
-        api_respond_error(req, 400, "invalid_json", "the body is not valid JSON (line %d: %s)",
+        api_respond_error(req, SKIFF_E_BAD_JSON, "the body is not valid JSON (line %d: %s)",
                           jerr.line, jerr.text);
         return;
     }
     if (!json_is_array(arr) || json_array_size(arr) == 0 ||
         json_array_size(arr) > BATCH_MAX_EVENTS) {
-        api_respond_error(req, 400, "invalid_value",
+        api_respond_error(req, SKIFF_E_BAD_VALUE,
                           "a batch is a JSON array of 1 to %d structured CloudEvents",
                           BATCH_MAX_EVENTS);
         json_decref(arr);
@@ -283,7 +283,7 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
         struct cloudevent ev;
         char err[256];
         if (cloudevent_from_json(json_array_get(arr, i), &ev, err, sizeof(err)) < 0) {
-            api_respond_error(req, 400, "invalid_event", "event %zu of the batch: %s", i, err);
+            api_respond_error(req, SKIFF_E_BAD_EVENT, "event %zu of the batch: %s", i, err);
             rc = -EINVAL;
             break;
         }
@@ -472,7 +472,7 @@ static int parse_from(struct api_events *events, struct api_request *req, const 
     int64_t time_ms = 0;
     char err[256];
     if (trigger_parse_since(from, time_now_ms(), &is_offset, out, &time_ms, err, sizeof(err)) < 0) {
-        api_respond_error(req, 400, "invalid_value",
+        api_respond_error(req, SKIFF_E_BAD_VALUE,
                           "from=%.60s is not understood: use start, end, an offset, an RFC 3339 "
                           "time or a duration such as 10m",
                           from);
@@ -497,15 +497,15 @@ static void handle_read(struct api_request *req, void *ctx)
         char *end;
         long long v = strtoll(limit_s, &end, 10);
         if (*end || v < 0) {
-            api_respond_error(req, 400, "invalid_value",
-                              "limit=%.40s is not a whole number of events", limit_s);
+            api_respond_error(req, SKIFF_E_BAD_VALUE, "limit=%.40s is not a whole number of events",
+                              limit_s);
             return;
         }
         limit = v;
     }
     struct fabric_topic_info info;
     if (!follow && fabric_topic_info(events->fabric, topic, &info) == -ENOENT) {
-        api_respond_error(req, 404, "not_found",
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "topic '%s' not found: publish to it first, or see `skiff topics`",
                           topic);
         return;

@@ -76,33 +76,33 @@ static void staging__bits(struct api_request *req, void *ctx)
     char **old = NULL;
     if (api_core__staging_busy(core, app->guid)) {
         /* the staging reads the current package: it must not be replaced under it */
-        api_respond_error(req, 409, "staging_in_progress",
+        api_respond_error(req, SKIFF_E_STAGING,
                           "app \"%s\" is being staged: upload again when that staging ends",
                           app->name);
         goto done;
     }
     if (!path) {
-        api_respond_error(req, 422, "not_an_archive",
+        api_respond_error(req, SKIFF_E_NOT_AN_ARCHIVE,
                           "the upload is empty: send the app's folder as a tar.gz, tar or zip");
         goto done;
     }
     int rc = package_check(path, core->cfg.max_unpacked, err, sizeof err);
     if (rc == PACKAGE_NOT_ARCHIVE) {
-        api_respond_error(req, 422, "not_an_archive",
+        api_respond_error(req, SKIFF_E_NOT_AN_ARCHIVE,
                           "the upload is not a tar.gz, tar or zip archive%s%s", *err ? ": " : "",
                           err);
         goto done;
     }
     if (rc == PACKAGE_UNSAFE) {
-        api_respond_error(req, 422, "unsafe_archive", "the upload was refused: %s", err);
+        api_respond_error(req, SKIFF_E_UNSAFE_ARCHIVE, "the upload was refused: %s", err);
         goto done;
     }
     if (rc == PACKAGE_TOO_LARGE) {
-        api_respond_error(req, 413, "too_large", "the upload unpacks to too much: %s", err);
+        api_respond_error(req, SKIFF_E_TOO_LARGE, "the upload unpacks to too much: %s", err);
         goto done;
     }
     if (rc < 0) {
-        api_respond_error(req, 422, "not_an_archive", "the upload cannot be read: %s",
+        api_respond_error(req, SKIFF_E_NOT_AN_ARCHIVE, "the upload cannot be read: %s",
                           *err ? err : strerror(-rc));
         goto done;
     }
@@ -112,13 +112,13 @@ static void staging__bits(struct api_request *req, void *ctx)
     dir = xasprintf("%s/apps/%s/packages", core->cfg.home, app->guid);
     dest = xasprintf("%s/%s", dir, pkg.guid);
     if (mkdir_p(dir, 0700) < 0 || rename(path, dest) < 0) {
-        api_respond_error(req, 500, "internal", "cannot keep the upload: %s", strerror(errno));
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot keep the upload: %s", strerror(errno));
         goto done;
     }
     pkg.path = dest;
     if (store_package_add(core->cfg.store, &pkg) < 0) {
         unlink(dest);
-        api_respond_error(req, 500, "internal", "cannot store the package");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the package");
         goto done;
     }
     free(app->package_guid);
@@ -308,13 +308,13 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
         goto done;
     }
     if (api_core__staging_busy(core, app->guid)) {
-        api_respond_error(req, 409, "staging_in_progress",
+        api_respond_error(req, SKIFF_E_STAGING,
                           "app \"%s\" is being staged already: wait for that staging to end",
                           app->name);
         goto done;
     }
     if (!app->package_guid || store_package_get(core->cfg.store, app->package_guid, &pkg) < 0) {
-        api_respond_error(req, 422, "no_package",
+        api_respond_error(req, SKIFF_E_NO_PACKAGE,
                           "app \"%s\" has no uploaded code: upload it first (`skiff push`)",
                           app->name);
         goto done;

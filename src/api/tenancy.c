@@ -103,22 +103,22 @@ static void tenancy__fail(struct api_request *req, int rc, const char *what)
 {
     switch (rc) {
     case -ENOENT:
-        api_respond_error(req, 404, "not_found", "no %s", what);
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no %s", what);
         break;
     case -EEXIST:
-        api_respond_error(req, 409, "name_taken", "%s exists already", what);
+        api_respond_error(req, SKIFF_E_NAME_TAKEN, "%s exists already", what);
         break;
     case -EINVAL:
-        api_respond_error(req, 422, "invalid_name",
+        api_respond_error(req, SKIFF_E_INVALID_NAME,
                           "%s: names are 1-63 of a-z, 0-9 and '-', starting with a letter or "
                           "digit (user names: 1-64 of A-Z a-z 0-9 . _ @ -)",
                           what);
         break;
     case -EPERM:
-        api_respond_error(req, 422, "invalid_value", "%s cannot be held there", what);
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s cannot be held there", what);
         break;
     default:
-        api_respond_error(req, 500, "internal", "the store failed: %s (see skiffd's log)",
+        api_respond_error(req, SKIFF_E_INTERNAL, "the store failed: %s (see skiffd's log)",
                           strerror(-rc));
     }
 }
@@ -199,18 +199,18 @@ static void tenancy__job_done(uv_work_t *w, int status)
     t->hashing--;
     struct auth *a = tenancy__auth(t);
     if (status < 0) {
-        api_respond_error(req, 500, "internal", "the password work was cancelled");
+        api_respond_error(req, SKIFF_E_INTERNAL, "the password work was cancelled");
     } else if (j->kind == JOB_LOGIN) {
         /* the user may have gone while the hash was checked */
         const struct auth_user *u = j->verified ? auth_user_find(a, j->user_guid) : NULL;
         if (u && !strcmp(u->guid, j->user_guid))
             tenancy__answer_login(req, t, u->guid);
         else
-            api_respond_error(req, 401, "unauthorized", "wrong user name or password");
+            api_respond_error(req, SKIFF_E_UNAUTHORIZED, "wrong user name or password");
     } else if (!j->verified) {
-        api_respond_error(req, 403, "forbidden", "the old password is not right");
+        api_respond_error(req, SKIFF_E_FORBIDDEN, "the old password is not right");
     } else if (j->hash_rc < 0) {
-        api_respond_error(req, 422, "invalid_value", "a password is %d to %d bytes long",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "a password is %d to %d bytes long",
                           AUTH_PASSWORD_MIN, AUTH_PASSWORD_MAX);
     } else if (j->kind == JOB_CREATE_USER) {
         const struct auth_user *u = NULL;
@@ -252,8 +252,9 @@ static bool tenancy__job_start(struct api_tenancy *t, struct api_request *req,
 {
     if (t->hashing >= TENANCY_HASHING_MAX) {
         api_response_header(req, "Retry-After", "1");
-        api_respond_error(req, 503, "busy", "too many passwords are being checked: retry in a "
-                                            "moment");
+        api_respond_error(req, SKIFF_E_BUSY,
+                          "too many passwords are being checked: retry in a "
+                          "moment");
         tenancy__job_free(j);
         return false;
     }
@@ -262,7 +263,7 @@ static bool tenancy__job_start(struct api_tenancy *t, struct api_request *req,
     t->hashing++;
     if (uv_queue_work(api_loop(t->api), &j->work, tenancy__job_work, tenancy__job_done) < 0) {
         t->hashing--;
-        api_respond_error(req, 500, "internal", "cannot check the password now");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot check the password now");
         tenancy__job_free(j);
         return false;
     }
@@ -290,7 +291,7 @@ static void tenancy__token(struct api_request *req, void *ctx)
         char access[AUTH_TOKEN_TEXT_MAX], next[AUTH_TOKEN_TEXT_MAX];
         int rc = refresh ? auth_refresh(tenancy__auth(t), refresh, user, access, next) : -ENOENT;
         if (rc < 0) {
-            api_respond_error(req, 401, "unauthorized",
+            api_respond_error(req, SKIFF_E_UNAUTHORIZED,
                               "the refresh token is not valid (unknown, used, ended or "
                               "expired): log in again with `skiff login`");
         } else {
@@ -307,7 +308,7 @@ static void tenancy__token(struct api_request *req, void *ctx)
         return;
     }
     if (!grant || strcmp(grant, "password")) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "grant_type is \"password\" (with username and password) or "
                           "\"refresh_token\" (with refresh_token)");
         json_decref(body);
@@ -316,7 +317,7 @@ static void tenancy__token(struct api_request *req, void *ctx)
     const char *name = json_string_value(json_object_get(body, "username"));
     const char *password = json_string_value(json_object_get(body, "password"));
     if (!name || !password) {
-        api_respond_error(req, 422, "invalid_value", "username and password are needed");
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "username and password are needed");
         json_decref(body);
         return;
     }
@@ -424,14 +425,14 @@ static void tenancy__users_create(struct api_request *req, void *ctx)
     const char *password = json_string_value(json_object_get(body, "password"));
     json_t *admin = json_object_get(body, "admin");
     if (!name || !auth_user_name_valid(name) || (admin && !json_is_boolean(admin))) {
-        api_respond_error(req, 422, "invalid_name",
+        api_respond_error(req, SKIFF_E_INVALID_NAME,
                           "a user needs a name of 1-64 of A-Z a-z 0-9 . _ @ - (and admin, when "
                           "given, is true or false)");
         json_decref(body);
         return;
     }
     if (auth_user_find(tenancy__auth(t), name)) {
-        api_respond_error(req, 409, "name_taken", "user \"%s\" exists already", name);
+        api_respond_error(req, SKIFF_E_NAME_TAKEN, "user \"%s\" exists already", name);
         json_decref(body);
         return;
     }
@@ -480,7 +481,7 @@ static void tenancy__password(struct api_request *req, void *ctx)
     bool admin = p->admin || p->kind == AUTH_LOCAL_ADMIN;
     /* only the user, or an admin: anyone else is told there is no such user */
     if (!u || (!admin && (!me || strcmp(me->guid, u->guid)))) {
-        api_respond_error(req, 404, "not_found", "no user \"%s\"", name);
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no user \"%s\"", name);
         return;
     }
     json_t *body = api_request_json_object(req);
@@ -495,7 +496,7 @@ static void tenancy__password(struct api_request *req, void *ctx)
     const char *old = json_string_value(json_object_get(body, "old_password"));
     bool self = me && !strcmp(me->guid, u->guid);
     if (!password || (self && !old)) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           self ? "password and old_password are needed" : "password is needed");
         json_decref(body);
         return;
@@ -530,7 +531,7 @@ static bool tenancy__need_user(struct api_tenancy *t, struct api_request *req)
 {
     if (tenancy__me(t, req))
         return true;
-    api_respond_error(req, 422, "invalid_value",
+    api_respond_error(req, SKIFF_E_INVALID_VALUE,
                       "the local admin token is no user: log in as a user (`skiff login -u "
                       "admin`) to have tokens of your own");
     return false;
@@ -582,32 +583,32 @@ static void tenancy__tokens_create(struct api_request *req, void *ctx)
         snprintf(msg, sizeof msg,
                  "role is one of SpaceManager, SpaceDeveloper, SpaceAuditor, SpaceSupporter");
     if (*msg) {
-        api_respond_error(req, 422, "invalid_value", "%s", msg);
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s", msg);
         json_decref(body);
         return;
     }
     /* a token never grants more than its maker has: a limited token from a limited token
      * stays in its space, and the role must be the user's there */
     if (space && !p->admin && !auth_can_see_space(a, p, space)) {
-        api_respond_error(req, 404, "not_found", "no space \"%s\" that you can see", space_ref);
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no space \"%s\" that you can see", space_ref);
         json_decref(body);
         return;
     }
     if (space && role >= 0 && !p->admin &&
         !(auth_roles_of(a, p->user_guid, space->org_guid, space->guid) & (1u << role))) {
-        api_respond_error(req, 403, "forbidden", "you do not hold %s in %s yourself",
+        api_respond_error(req, SKIFF_E_FORBIDDEN, "you do not hold %s in %s yourself",
                           auth_role_name((enum auth_role)role), space_ref);
         json_decref(body);
         return;
     }
     if (p->space_guid[0] && (!space || strcmp(space->guid, p->space_guid))) {
-        api_respond_error(req, 403, "forbidden",
+        api_respond_error(req, SKIFF_E_FORBIDDEN,
                           "a token limited to a space can only make tokens for that space");
         json_decref(body);
         return;
     }
     if (p->space_role >= 0 && role != p->space_role) {
-        api_respond_error(req, 403, "forbidden",
+        api_respond_error(req, SKIFF_E_FORBIDDEN,
                           "a token limited to a role can only make tokens with that role");
         json_decref(body);
         return;
@@ -644,7 +645,7 @@ static void tenancy__tokens_delete(struct api_request *req, void *ctx)
         owner = tenancy__me(t, req);
     const struct auth_token_info *k = owner ? auth_token_find_named(a, owner->guid, name) : NULL;
     if (!k) {
-        api_respond_error(req, 404, "not_found", "no token \"%s\" (`skiff tokens` lists yours)",
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no token \"%s\" (`skiff tokens` lists yours)",
                           name);
         return;
     }
@@ -718,7 +719,7 @@ static bool tenancy__refuse_if_apps(struct api_tenancy *t, struct api_request *r
     struct store_app **apps = NULL;
     size_t n = 0;
     if (store_app_list_in(t->cfg.store, space_guid, &apps, &n) < 0) {
-        api_respond_error(req, 500, "internal", "cannot read the apps from the store");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the apps from the store");
         return true;
     }
     size_t held = 0;
@@ -732,7 +733,7 @@ static bool tenancy__refuse_if_apps(struct api_tenancy *t, struct api_request *r
         }
     }
     if (held)
-        api_respond_error(req, 409, "not_empty",
+        api_respond_error(req, SKIFF_E_NOT_EMPTY,
                           "it still holds %zu app%s (\"%s\"%s): delete them first (`skiff "
                           "delete`)",
                           held, held == 1 ? "" : "s", example, held > 1 ? ", ..." : "");
@@ -873,11 +874,11 @@ static void tenancy__role_change(struct api_request *req, struct api_tenancy *t,
     const struct auth_user *u = auth_user_find(a, user_name);
     int role = auth_role_parse(role_name);
     if (!u) {
-        api_respond_error(req, 404, "not_found", "no user \"%s\"", user_name);
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no user \"%s\"", user_name);
         return;
     }
     if (role < 0 || auth_role_in_space((enum auth_role)role) != (space_guid != NULL)) {
-        api_respond_error(req, 422, "invalid_value", "\"%s\" is no %s role: they are %s",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "\"%s\" is no %s role: they are %s",
                           role_name, space_guid ? "space" : "org",
                           space_guid ? "SpaceManager, SpaceDeveloper, SpaceAuditor, SpaceSupporter"
                                      : "OrgManager, BillingManager, OrgAuditor, OrgUser");
@@ -940,7 +941,7 @@ static void tenancy__quota_put(struct api_request *req, void *ctx)
                                            : auth_quota_find(tenancy__auth(t),
                                                              api_request_param(req, 0));
     if (!create && !have) {
-        api_respond_error(req, 404, "not_found", "no quota \"%s\" (`skiff quotas`)",
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no quota \"%s\" (`skiff quotas`)",
                           api_request_param(req, 0));
         json_decref(body);
         return;
@@ -963,7 +964,7 @@ static void tenancy__quota_put(struct api_request *req, void *ctx)
         } else if (json_is_integer(v) && json_integer_value(v) >= 0) {
             q.limit[i] = json_integer_value(v);
         } else {
-            api_respond_error(req, 422, "invalid_value",
+            api_respond_error(req, SKIFF_E_INVALID_VALUE,
                               "%s is a whole number of at least 0, or null for no limit", key);
             json_decref(body);
             return;
@@ -1010,7 +1011,7 @@ static void tenancy__assign_quota(struct api_request *req, void *ctx)
                                      ? auth_quota_find(tenancy__auth(t), json_string_value(v))
                                      : NULL;
     if (!json_is_null(v) && !q) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "quota is the name of a quota (`skiff quotas`), or null for none");
         json_decref(body);
         return;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "http/parser.h"
 
 struct http_call {
     const char *head;
@@ -54,10 +55,8 @@ struct http_pool {
     bool released;
 };
 
-static llhttp_settings_t http_settings;
-static bool http_settings_ready;
-
 static void http_conn_start(struct http_conn *c, struct http_call *call);
+static void http_settings_fill(llhttp_settings_t *s);
 static void http_conn_fail_soon(struct http_conn *c, const char *error);
 static void http_conn_finish(struct http_conn *c, int status, const char *error, bool keep);
 static void http_open_and_start(struct http_pool *pool, struct http_call *call);
@@ -311,8 +310,7 @@ static void http_conn_start(struct http_conn *c, struct http_call *call)
 {
     c->call = call;
     http_conn_reset_response(c);
-    llhttp_init(&c->parser, HTTP_RESPONSE, &http_settings);
-    c->parser.data = c;
+    http_parser_init(&c->parser, HTTP_ROLE_CLIENT, http_settings_fill, c);
     /* A new connection's timer already runs since the connect began. */
     if (call->timeout_ms > 0 && !uv_is_active((uv_handle_t *)&c->timer))
         uv_timer_start(&c->timer, http_on_timeout, (uint64_t)call->timeout_ms, 0);
@@ -421,15 +419,6 @@ void http_pool_send(struct http_pool *pool, const char *head, size_t head_len,
                        const void *body, size_t body_len, int64_t timeout_ms, http_response_cb cb,
                        void *arg)
 {
-    if (!http_settings_ready) {
-        llhttp_settings_init(&http_settings);
-        http_settings.on_header_field = http_on_header_field;
-        http_settings.on_header_value = http_on_header_value;
-        http_settings.on_header_value_complete = http_on_header_value_complete;
-        http_settings.on_body = http_on_body;
-        http_settings.on_message_complete = http_on_message_complete;
-        http_settings_ready = true;
-    }
     struct http_call *call = xcalloc(1, sizeof(*call));
     call->head = head;
     call->head_len = head_len;
@@ -455,4 +444,13 @@ const char *http_response_header(const struct http_response *resp, const char *n
         if (strcmp(resp->headers[i].name, name) == 0)
             return resp->headers[i].value;
     return NULL;
+}
+
+static void http_settings_fill(llhttp_settings_t *s)
+{
+    s->on_header_field = http_on_header_field;
+    s->on_header_value = http_on_header_value;
+    s->on_header_value_complete = http_on_header_value_complete;
+    s->on_body = http_on_body;
+    s->on_message_complete = http_on_message_complete;
 }

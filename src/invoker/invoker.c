@@ -1057,7 +1057,7 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     json_object_del(doc, "failures");
     json_object_del(doc, "last_fire_ms");
     struct mapping_spec spec;
-    const char *code;
+    enum skiff_err code;
     char err[256];
     if (mapping_spec_from_json(doc, &spec, &code, err, sizeof(err)) < 0) {
         log_error("event mapping %s cannot be read (%s): skipped", id, err);

@@ -73,6 +73,7 @@ enum delivery_verdict delivery_after_failure(const struct delivery_policy *p, in
 
 #include <jansson.h>
 
+#include "common/err.h"
 #include "trigger/trigger.h"
 
 #define INVOKER_MAX_FILTERS 16
@@ -119,8 +120,9 @@ struct mapping_spec {
 
 /* Builds a spec from the API's request body (see docs/api.md, event mappings). On a bad
  * body returns TRIGGER_EINVAL with a message naming the field and what is accepted; *code
- * receives "unknown_field" or "invalid_value". The id is generated unless the body has one. */
-int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **code, char *err,
+ * receives SKIFF_E_UNKNOWN_FIELD, SKIFF_E_BAD_JSON or SKIFF_E_INVALID_VALUE. The id is generated
+ * unless the body has one. */
+int mapping_spec_from_json(json_t *body, struct mapping_spec *out, enum skiff_err *code, char *err,
                            size_t errsize);
 /* The JSON form (new reference) that mapping_spec_from_json reads back. */
 json_t *mapping_spec_to_json(const struct mapping_spec *spec);

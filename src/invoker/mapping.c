@@ -44,9 +44,9 @@ static const char *const mapping_fields[] = {
 static const char *const app_event_names[] = {"staged",  "started", "stopped",
                                               "crashed", "scaled",  NULL};
 
-static int mapping_fail(const char **code, const char *c, char *err, size_t errsize,
+static int mapping_fail(enum skiff_err *code, enum skiff_err c, char *err, size_t errsize,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int mapping_fail(const char **code, const char *c, char *err, size_t errsize,
+static int mapping_fail(enum skiff_err *code, enum skiff_err c, char *err, size_t errsize,
                         const char *fmt, ...)
 {
     va_list ap;
@@ -58,7 +58,7 @@ static int mapping_fail(const char **code, const char *c, char *err, size_t errs
 }
 
 /* Reads an optional string field; *out is NULL when absent or null. */
-static int mapping_get_string(json_t *body, const char *key, const char **out, const char **code,
+static int mapping_get_string(json_t *body, const char *key, const char **out, enum skiff_err *code,
                               char *err, size_t errsize)
 {
     json_t *v = json_object_get(body, key);
@@ -66,21 +66,21 @@ static int mapping_get_string(json_t *body, const char *key, const char **out, c
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_string(v) || json_string_length(v) == 0)
-        return mapping_fail(code, "invalid_value", err, errsize, "'%s' must be a non-empty string",
-                            key);
+        return mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
+                            "'%s' must be a non-empty string", key);
     *out = json_string_value(v);
     return 0;
 }
 
 /* An optional whole number in [min, max]; *out keeps its value when absent. */
 static int mapping_get_int(json_t *body, const char *key, int64_t min, int64_t max, int64_t *out,
-                           const char **code, char *err, size_t errsize)
+                           enum skiff_err *code, char *err, size_t errsize)
 {
     json_t *v = json_object_get(body, key);
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
-        return mapping_fail(code, "invalid_value", err, errsize,
+        return mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                             "'%s' must be a whole number from %lld to %lld", key, (long long)min,
                             (long long)max);
     *out = json_integer_value(v);
@@ -89,7 +89,7 @@ static int mapping_get_int(json_t *body, const char *key, int64_t min, int64_t m
 
 /* A duration given either as "24h" under key or as milliseconds under key_ms. */
 static int mapping_get_duration(json_t *body, const char *key, const char *key_ms, int64_t min_ms,
-                                int64_t *out, const char **code, char *err, size_t errsize)
+                                int64_t *out, enum skiff_err *code, char *err, size_t errsize)
 {
     int64_t ms = *out;
     if (mapping_get_int(body, key_ms, 0, (int64_t)1000 * 86400000, &ms, code, err, errsize) < 0)
@@ -103,33 +103,33 @@ static int mapping_get_duration(json_t *body, const char *key, const char *key_m
                      ? 0
                      : trigger_parse_duration_ms(json_string_value(v));
             if (ms < 0)
-                return mapping_fail(code, "invalid_value", err, errsize,
+                return mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                                     "'%s' must be a duration such as 30s, 10m, 24h or 7d", key);
         } else {
-            return mapping_fail(code, "invalid_value", err, errsize,
+            return mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                                 "'%s' must be a duration such as 30s, 10m, 24h or 7d", key);
         }
     }
     if (ms != 0 && ms < min_ms)
-        return mapping_fail(code, "invalid_value", err, errsize,
+        return mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                             "'%s' must be at least %lld ms (or 0 for no limit)", key,
                             (long long)min_ms);
     *out = ms;
     return 0;
 }
 
-static int mapping_check_topic(const char *key, const char *topic, const char **code, char *err,
+static int mapping_check_topic(const char *key, const char *topic, enum skiff_err *code, char *err,
                                size_t errsize)
 {
     if (!fabric_name_valid(topic))
-        return mapping_fail(code, "invalid_value", err, errsize,
+        return mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                             "'%s' is not a valid topic name for '%s': use lowercase letters, "
                             "digits, '-', '.' and '_', starting with a letter or digit",
                             topic, key);
     return 0;
 }
 
-int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **code, char *err,
+int mapping_spec_from_json(json_t *body, struct mapping_spec *out, enum skiff_err *code, char *err,
                            size_t errsize)
 {
     memset(out, 0, sizeof(*out));
@@ -137,9 +137,9 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
     out->max_instances = INVOKER_DEFAULT_MAX_INSTANCES;
     out->idle_grace_ms = INVOKER_DEFAULT_IDLE_GRACE_MS;
     out->process = NULL;
-    *code = "invalid_value";
+    *code = SKIFF_E_INVALID_VALUE;
     if (!json_is_object(body))
-        return mapping_fail(code, "invalid_json", err, errsize,
+        return mapping_fail(code, SKIFF_E_BAD_JSON, err, errsize,
                             "the body must be a JSON object describing the mapping");
 
     const char *key;
@@ -150,7 +150,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         for (size_t i = 0; mapping_fields[i]; i++)
             known = known || strcmp(key, mapping_fields[i]) == 0;
         if (!known) {
-            mapping_fail(code, "unknown_field", err, errsize,
+            mapping_fail(code, SKIFF_E_UNKNOWN_FIELD, err, errsize,
                          "unknown field '%s' in the event mapping: remove it (see docs/api.md)",
                          key);
             goto fail;
@@ -187,25 +187,26 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         out->granted_by = xstrdup(granted_by);
 
     if (!app) {
-        mapping_fail(code, "invalid_value", err, errsize,
+        mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                      "'app' is required: the app or function the events go to");
         goto fail;
     }
     if (!name_valid(app)) {
-        mapping_fail(code, "invalid_value", err, errsize,
+        mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                      "'%s' is not an app name: use lowercase letters, digits and '-'", app);
         goto fail;
     }
     out->app = xstrdup(app);
     out->process = xstrdup(process ? process : "web");
     if (strlen(out->process) > 63) {
-        mapping_fail(code, "invalid_value", err, errsize, "'process' is too long (63 at most)");
+        mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
+                     "'process' is too long (63 at most)");
         goto fail;
     }
 
     if (id) {
         if (strlen(id) > 36 || !fabric_name_valid(id)) {
-            mapping_fail(code, "invalid_value", err, errsize,
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                          "'id' must be up to 36 lowercase letters, digits and '-'");
             goto fail;
         }
@@ -222,7 +223,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         topic = NULL;
     int triggers = (topic != NULL) + (schedule != NULL) + (app_event != NULL);
     if (triggers != 1) {
-        mapping_fail(code, "invalid_value", err, errsize,
+        mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                      "give exactly one trigger: 'topic', 'schedule' (cron or '@every 30s') or "
                      "'on_app_event' (APP:EVENT)");
         goto fail;
@@ -235,7 +236,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
             bool two_names = mid != name && mid > topic && mid + 1 < name &&
                              !memchr(mid + 1, '/', (size_t)(name - mid - 1));
             if (!two_names || name - topic > 2 * 63 + 1) {
-                mapping_fail(code, "invalid_value", err, errsize,
+                mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                              "'topic' must be a topic name, or ORG/SPACE/NAME for another "
                              "space's topic");
                 goto fail;
@@ -251,7 +252,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         struct cron_schedule cs;
         char cerr[256];
         if (cron_parse(schedule, &cs, cerr, sizeof(cerr)) < 0) {
-            mapping_fail(code, "invalid_value", err, errsize, "'schedule': %s", cerr);
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize, "'schedule': %s", cerr);
             goto fail;
         }
         out->trigger = MAPPING_SCHEDULE;
@@ -264,7 +265,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         for (size_t i = 0; app_event_names[i]; i++)
             known = known || strcmp(name, app_event_names[i]) == 0;
         if (!known) {
-            mapping_fail(code, "invalid_value", err, errsize,
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                          "'on_app_event' %s: the event must be one of staged, started, stopped, "
                          "crashed, scaled (write APP:EVENT, or EVENT for every app)",
                          app_event);
@@ -273,7 +274,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         if (colon && !(colon - app_event == 1 && app_event[0] == '*')) {
             char *watched = xstrndup(app_event, (size_t)(colon - app_event));
             if (!name_valid(watched)) {
-                mapping_fail(code, "invalid_value", err, errsize,
+                mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                              "'on_app_event' %s: '%s' is not an app name", app_event, watched);
                 free(watched);
                 goto fail;
@@ -288,7 +289,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
     json_t *filters = json_object_get(body, "filters");
     if (filters && !json_is_null(filters)) {
         if (!json_is_array(filters) || json_array_size(filters) > INVOKER_MAX_FILTERS) {
-            mapping_fail(code, "invalid_value", err, errsize,
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                          "'filters' must be a list of at most %d strings like 'type=x' or "
                          "'subject^=prefix'",
                          INVOKER_MAX_FILTERS);
@@ -300,13 +301,13 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         {
             char ferr[256];
             if (!json_is_string(f)) {
-                mapping_fail(code, "invalid_value", err, errsize,
+                mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                              "'filters' must hold strings like 'type=x' or 'subject^=prefix'");
                 goto fail;
             }
             if (event_filter_parse(json_string_value(f), &out->filters[out->filter_count], ferr,
                                    sizeof(ferr)) < 0) {
-                mapping_fail(code, "invalid_value", err, errsize, "'filters': %s", ferr);
+                mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize, "'filters': %s", ferr);
                 goto fail;
             }
             out->filter_count++;
@@ -314,7 +315,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
     }
     if (out->trigger == MAPPING_APP_EVENT && out->event_app) {
         if (out->filter_count == INVOKER_MAX_FILTERS) {
-            mapping_fail(code, "invalid_value", err, errsize, "too many filters");
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize, "too many filters");
             goto fail;
         }
         /* Platform events carry the app's name as subject. */
@@ -335,7 +336,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
                         errsize) < 0)
         goto fail;
     if (out->policy.backoff_cap_ms < out->policy.backoff_ms) {
-        mapping_fail(code, "invalid_value", err, errsize,
+        mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                      "'backoff_cap_ms' (%lld) is below 'backoff_ms' (%lld): raise the cap",
                      (long long)out->policy.backoff_cap_ms, (long long)out->policy.backoff_ms);
         goto fail;
@@ -356,7 +357,8 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
     json_t *ordered = json_object_get(body, "ordered");
     if (ordered && !json_is_null(ordered)) {
         if (!json_is_boolean(ordered)) {
-            mapping_fail(code, "invalid_value", err, errsize, "'ordered' must be true or false");
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
+                         "'ordered' must be true or false");
             goto fail;
         }
         out->policy.ordered = json_is_true(ordered);
@@ -376,7 +378,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
     }
     if (!out->topic_space_ref &&
         ((dlq && strcmp(dlq, out->topic) == 0) || (reply && strcmp(reply, out->topic) == 0))) {
-        mapping_fail(code, "invalid_value", err, errsize,
+        mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                      "the reply or dead-letter topic is the topic the mapping reads: that would "
                      "loop; pick another topic");
         goto fail;
@@ -385,7 +387,7 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, const char **
         if (strcmp(from, "beginning") == 0 || strcmp(from, "start") == 0) {
             out->start_at_beginning = true;
         } else if (strcmp(from, "end") != 0) {
-            mapping_fail(code, "invalid_value", err, errsize,
+            mapping_fail(code, SKIFF_E_INVALID_VALUE, err, errsize,
                          "'from' must be 'end' (new events only, the default) or 'beginning'");
             goto fail;
         }

@@ -33,7 +33,7 @@ static bool routes_app_exists(struct invoker *inv, struct api_request *req, cons
         store_app_free(a);
         return true;
     }
-    api_respond_error(req, 404, "not_found",
+    api_respond_error(req, SKIFF_E_NOT_FOUND,
                       "no app named '%s' in this space: push it first (skiff push %s ...) or see "
                       "skiff apps",
                       app, app);
@@ -73,7 +73,7 @@ static bool routes_quota_admits(struct invoker *inv, struct api_request *req, co
         ok = auth_quota_admits(oq, &in_org, where, msg, sizeof msg);
     }
     if (!ok)
-        api_respond_error(req, 422, "quota_exceeded", "%s", msg);
+        api_respond_error(req, SKIFF_E_QUOTA, "%s", msg);
     return ok;
 }
 
@@ -85,7 +85,7 @@ static struct inv_mapping *routes_mapping_or_404(struct invoker *inv, struct api
     if (m && !routes_mapping_in_space(m, routes_space(req)))
         m = NULL;
     if (!m)
-        api_respond_error(req, 404, "not_found",
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "no event mapping with id '%s': see skiff event-mappings", id ? id : "");
     return m;
 }
@@ -128,14 +128,14 @@ static bool routes_topic_space(struct api_request *req, struct mapping_spec *spe
                                 other->org_guid, other->guid)
                    : -ENOENT;
     if (rc == -EACCES) {
-        api_respond_error(req, 403, "forbidden",
+        api_respond_error(req, SKIFF_E_FORBIDDEN,
                           "your roles in %s do not allow reading its events, so no mapping "
                           "may consume them",
                           spec->topic_space_ref);
         return false;
     }
     if (rc < 0) {
-        api_respond_error(req, 404, "not_found", "no space %s that you can see",
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no space %s that you can see",
                           spec->topic_space_ref);
         return false;
     }
@@ -155,12 +155,12 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     if (!body)
         return;
     struct mapping_spec spec;
-    const char *code;
+    enum skiff_err code;
     char err[512];
     int rc = mapping_spec_from_json(body, &spec, &code, err, sizeof(err));
     json_decref(body);
     if (rc < 0) {
-        api_respond_error(req, strcmp(code, "invalid_value") == 0 ? 422 : 400, code, "%s", err);
+        api_respond_error(req, code, "%s", err);
         return;
     }
     free(spec.space);
@@ -174,7 +174,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         return;
     }
     if (invoker_mapping_find(inv, spec.id)) {
-        api_respond_error(req, 409, "name_taken",
+        api_respond_error(req, SKIFF_E_NAME_TAKEN,
                           "an event mapping with id '%s' exists: leave out 'id' for a new one",
                           spec.id);
         mapping_spec_free(&spec);
@@ -188,7 +188,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     snprintf(id, sizeof(id), "%s", spec.id);
     if (invoker_mapping_add(inv, &spec, true, err, sizeof(err)) < 0) {
         mapping_spec_free(&spec);
-        api_respond_error(req, 500, "internal", "%s", err);
+        api_respond_error(req, SKIFF_E_INTERNAL, "%s", err);
         return;
     }
     api_respond_json(req, 201, invoker_mapping_json(invoker_mapping_find(inv, id)));
@@ -232,7 +232,7 @@ static void routes_mapping_replay(struct api_request *req, void *ctx)
         snprintf(text, sizeof(text), "%s", json_string_value(since));
     } else {
         json_decref(body);
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "'since' is required: a duration ago (\"1h\"), an RFC 3339 time or an "
                           "offset");
         return;
@@ -244,13 +244,13 @@ static void routes_mapping_replay(struct api_request *req, void *ctx)
     char err[256];
     if (trigger_parse_since(text, time_now_ms(), &is_offset, &offset, &time_ms, err, sizeof(err)) <
         0) {
-        api_respond_error(req, 422, "invalid_value", "'since': %s", err);
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "'since': %s", err);
         return;
     }
     if (!is_offset) {
         int rc = fabric_seek_time(inv->fabric, m->topic, time_ms, &offset);
         if (rc < 0) {
-            api_respond_error(req, 500, "internal", "cannot find a position in topic %s: %s",
+            api_respond_error(req, SKIFF_E_INTERNAL, "cannot find a position in topic %s: %s",
                               m->spec.topic, fabric_strerror(rc));
             return;
         }
@@ -303,12 +303,13 @@ static void invoke_done(void *arg, const struct http_response *resp)
         api_respond(iv->req, resp->status, resp->body_len ? ctype : NULL, resp->body,
                     resp->body_len);
     } else if (resp->status == 0) {
-        api_respond_error(iv->req, 502, "function_unreachable",
-                          "no answer from %s (instance %s): %s; see skiff logs %s", invoker_target_name(t), addr,
-                          resp->error ? resp->error : "network error", invoker_target_name(t));
+        api_respond_error(iv->req, SKIFF_E_FUNCTION_UNREACHABLE,
+                          "no answer from %s (instance %s): %s; see skiff logs %s",
+                          invoker_target_name(t), addr, resp->error ? resp->error : "network error",
+                          invoker_target_name(t));
     } else {
         int n = resp->body_len > 300 ? 300 : (int)resp->body_len;
-        api_respond_error(iv->req, 502, "function_failed",
+        api_respond_error(iv->req, SKIFF_E_FUNCTION_FAILED,
                           "the function answered %d%s%.*s; see skiff logs %s", resp->status,
                           n ? ": " : "", n, resp->body, invoker_target_name(t));
     }
@@ -357,7 +358,7 @@ bool invoker_invoke_take_instance(struct inv_target *t, struct inv_instance *ins
 static void invoke_fail_waiting(struct inv_target *t, struct inv_invoke **pp, const char *why)
 {
     struct inv_invoke *iv = invoke_queue_unlink(t, pp);
-    api_respond_error(iv->req, 503, "no_instance", "%s", why);
+    api_respond_error(iv->req, SKIFF_E_NO_INSTANCE, "%s", why);
     invoke_free(iv);
 }
 
@@ -404,12 +405,12 @@ static void routes_invoke(struct api_request *req, void *ctx)
     if (no_droplet || stopped)
         free(ref);
     if (no_droplet) {
-        api_respond_error(req, 422, "no_droplet",
+        api_respond_error(req, SKIFF_E_NO_DROPLET,
                           "%s has no droplet yet: push it first (skiff push %s ...)", app, app);
         return;
     }
     if (stopped) {
-        api_respond_error(req, 409, "app_stopped", "%s is stopped: start it with skiff start %s",
+        api_respond_error(req, SKIFF_E_APP_STOPPED, "%s is stopped: start it with skiff start %s",
                           app, app);
         return;
     }
@@ -424,7 +425,7 @@ static void routes_invoke(struct api_request *req, void *ctx)
     if (cloudevent_from_request(&h, body, len, source, &iv->ev, err, sizeof(err)) < 0) {
         free(iv);
         free(ref);
-        api_respond_error(req, 400, "invalid_value", "%s", err);
+        api_respond_error(req, SKIFF_E_BAD_VALUE, "%s", err);
         return;
     }
     iv->inv = inv;

@@ -1,7 +1,9 @@
 /* Unit tests for the API server's hardening: instance tokens (per instance, checked on every
  * request, revoked by the check), the signing key's permissions, answers decided from the head
- * sent before the body, the per-client connection cap closing the longest idle first, and
- * answers larger than the socket takes at once arriving whole and in order. */
+ * (401, 413 for a declared huge body, 431 for too many headers) sent before the body, the
+ * per-client connection cap closing the longest idle first, answers larger than the socket
+ * takes at once arriving whole and in order, and pipelined requests answered in their order
+ * when a handler answers later. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +23,7 @@
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "common/buf.h"
 #include "common/util.h"
 #include "store/store.h"
 
@@ -62,6 +65,42 @@ static void on_big(struct api_request *req, void *ctx)
     free(body);
 }
 
+/* Answers with the request's body. */
+static void on_echo(struct api_request *req, void *ctx)
+{
+    (void)ctx;
+    size_t len = 0;
+    const char *body = api_request_body(req, &len);
+    api_respond(req, 200, "text/plain", body, len);
+}
+
+struct later {
+    uv_timer_t timer;
+    struct api_request *req;
+};
+
+static void later_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void later_fire(uv_timer_t *t)
+{
+    struct later *l = t->data;
+    on_echo(l->req, NULL);
+    uv_close((uv_handle_t *)&l->timer, later_closed);
+}
+
+/* Answers with the request's body, 20 ms later: what was pipelined after it must wait. */
+static void on_later(struct api_request *req, void *ctx)
+{
+    struct later *l = xcalloc(1, sizeof *l);
+    l->req = req;
+    uv_timer_init(ctx, &l->timer);
+    l->timer.data = l;
+    uv_timer_start(&l->timer, later_fire, 20, 0);
+}
+
 static int free_port(void)
 {
     int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -88,6 +127,10 @@ static struct api *start_api(struct fixture *fx, unsigned per_client)
     api_route_add(api, "POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_publish, NULL);
     api_route_add(api, "POST", "/v1/big", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_big,
                   NULL);
+    api_route_add(api, "POST", "/v1/echo", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_echo,
+                  NULL);
+    api_route_add(api, "POST", "/v1/later", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_later,
+                  &fx->loop);
     char err[256];
     assert_int_equal(api_listen(api, err, sizeof err), 0);
     return api;
@@ -379,6 +422,42 @@ static void test_401_before_a_huge_body(void **state)
     assert_true(api_connections(fx->api) <= 1); /* lingering until it sees our close */
 }
 
+static void test_413_before_a_huge_body(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+    char out[4096];
+    int s = connect_api(fx);
+    exchange(fx, s,
+             "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n"
+             "Content-Length: 9000000000\r\n\r\n",
+             out, sizeof out);
+    assert_true(str_has_prefix(out, "HTTP/1.1 413 "));
+    assert_non_null(strstr(out, "Connection: close"));
+    assert_non_null(strstr(out, "\"too_large\""));
+    exchange(fx, s, NULL, out, sizeof out);
+    assert_string_equal(out, "");
+    close(s);
+}
+
+static void test_too_many_headers_is_431(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+    struct buf req = {0};
+    buf_printf(&req, "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n");
+    for (int i = 0; i < 200; i++)
+        buf_printf(&req, "X-H%d: v\r\n", i);
+    buf_printf(&req, "Content-Length: 0\r\n\r\n");
+    char out[4096];
+    int s = connect_api(fx);
+    exchange(fx, s, req.data, out, sizeof out);
+    assert_true(str_has_prefix(out, "HTTP/1.1 431 "));
+    assert_non_null(strstr(out, "\"too_large\""));
+    buf_free(&req);
+    close(s);
+}
+
 static void test_per_client_cap_closes_the_longest_idle(void **state)
 {
     struct fixture *fx = *state;
@@ -466,6 +545,51 @@ static void test_big_answer_then_pipelined_one(void **state)
     close(s);
 }
 
+/* Several requests in one write, some answered later than those after them could be, the last
+ * answered from its head (which closes the connection): the answers come in the order of the
+ * requests. */
+static void test_pipelined_requests_are_answered_in_order(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+#define AUTH "Host: x\r\nAuthorization: Bearer admin-token\r\n"
+    const char *all = "POST /v1/later HTTP/1.1\r\n" AUTH "Content-Length: 5\r\n\r\nfirst"
+                      "POST /v1/echo HTTP/1.1\r\n" AUTH "Content-Length: 6\r\n\r\nsecond"
+                      "POST /v1/later HTTP/1.1\r\n" AUTH "Content-Length: 5\r\n\r\nthird"
+                      "POST /v1/echo HTTP/1.1\r\n" AUTH "Content-Length: 6\r\n\r\nfourth"
+                      "GET /v1/nowhere HTTP/1.1\r\n" AUTH "\r\n";
+#undef AUTH
+    int s = connect_api(fx);
+    char in[16384];
+    size_t got = 0;
+    exchange(fx, s, all, in, sizeof in);
+    got = strlen(in);
+    int64_t deadline = time_mono_ms() + 5000;
+    while (time_mono_ms() < deadline && !strstr(in, "not_found")) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        ssize_t n = recv(s, in + got, sizeof in - 1 - got, MSG_DONTWAIT);
+        if (n > 0) {
+            got += (size_t)n;
+            in[got] = '\0';
+        } else if (n == 0) {
+            break;
+        } else {
+            struct pollfd p = {.fd = s, .events = POLLIN};
+            poll(&p, 1, 5);
+        }
+    }
+    const char *want[] = {"\r\n\r\nfirst", "\r\n\r\nsecond", "\r\n\r\nthird", "\r\n\r\nfourth",
+                          "HTTP/1.1 404 "};
+    const char *at = in;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *next = strstr(at, want[i]);
+        if (!next)
+            fail_msg("answer %zu (%s) missing or out of order in:\n%s", i + 1, want[i] + 4, in);
+        at = next + strlen(want[i]);
+    }
+    close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -473,9 +597,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_authorization_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_permissions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_401_before_a_huge_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_413_before_a_huge_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_headers_is_431, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_client_cap_closes_the_longest_idle, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_big_answer_then_pipelined_one, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_requests_are_answered_in_order, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

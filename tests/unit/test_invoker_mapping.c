@@ -9,7 +9,7 @@
 
 #include "invoker/invoker.h"
 
-static int parse(const char *text, struct mapping_spec *spec, const char **code, char *err,
+static int parse(const char *text, struct mapping_spec *spec, enum skiff_err *code, char *err,
                  size_t errsize)
 {
     json_error_t jerr;
@@ -23,7 +23,7 @@ static int parse(const char *text, struct mapping_spec *spec, const char **code,
 
 static void parse_ok(const char *text, struct mapping_spec *spec)
 {
-    const char *code = NULL;
+    enum skiff_err code = SKIFF_OK;
     char err[512] = "";
     if (parse(text, spec, &code, err, sizeof(err)) != 0)
         fail_msg("mapping %s refused: %s", text, err);
@@ -32,10 +32,10 @@ static void parse_ok(const char *text, struct mapping_spec *spec)
 static void expect_refused(const char *text, const char *code_want, const char *needle)
 {
     struct mapping_spec spec;
-    const char *code = NULL;
+    enum skiff_err code = SKIFF_OK;
     char err[512] = "";
     assert_int_equal(parse(text, &spec, &code, err, sizeof(err)), TRIGGER_EINVAL);
-    assert_string_equal(code, code_want);
+    assert_string_equal(skiff_err_name(code), code_want);
     if (!strstr(err, needle))
         fail_msg("error for %s is '%s', expected '%s'", text, err, needle);
     assert_null(spec.app); /* nothing left to free */
@@ -91,7 +91,7 @@ static void test_policy_fields_and_round_trip(void **state)
     assert_string_equal(s.process, "thumbs");
 
     json_t *j = mapping_spec_to_json(&s);
-    const char *code;
+    enum skiff_err code;
     char err[256];
     assert_int_equal(mapping_spec_from_json(j, &back, &code, err, sizeof(err)), 0);
     json_decref(j);
@@ -126,7 +126,7 @@ static void test_schedule_and_app_event(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "on_app_event")), "shop:crashed");
     assert_int_equal(json_array_size(json_object_get(j, "filters")), 0);
     struct mapping_spec back;
-    const char *code;
+    enum skiff_err code;
     char err[256];
     assert_int_equal(mapping_spec_from_json(j, &back, &code, err, sizeof(err)), 0);
     assert_int_equal(back.filter_count, 1);
@@ -154,7 +154,7 @@ static void test_another_spaces_topic(void **state)
     json_t *j = mapping_spec_to_json(&s);
     assert_string_equal(json_string_value(json_object_get(j, "topic")), "acme/prod/orders");
     struct mapping_spec back;
-    const char *code = NULL;
+    enum skiff_err code = SKIFF_OK;
     char err[256];
     assert_int_equal(mapping_spec_from_json(j, &back, &code, err, sizeof err), 0);
     assert_string_equal(back.topic, "orders");

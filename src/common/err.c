@@ -1,0 +1,64 @@
+#include "common/err.h"
+
+static const struct {
+    const char *name;
+    int status;
+    const char *message;
+} err__table[SKIFF_ERR_COUNT] = {
+    [SKIFF_OK] = {"ok", 200, "no error"},
+    [SKIFF_E_BAD_REQUEST] = {"invalid_request", 400, "malformed HTTP request"},
+    [SKIFF_E_BAD_JSON] = {"invalid_json", 400, "the body is not the JSON this endpoint takes"},
+    [SKIFF_E_BAD_EVENT] = {"invalid_event", 400, "the request is not a CloudEvent"},
+    [SKIFF_E_BAD_NAME] = {"invalid_name", 400, "a name in the request is not valid"},
+    [SKIFF_E_BAD_VALUE] = {"invalid_value", 400, "a value in the request is not valid"},
+    [SKIFF_E_UNKNOWN_FIELD] = {"unknown_field", 400,
+                               "the body has a field this endpoint does not know"},
+    [SKIFF_E_UNAUTHORIZED] = {"unauthorized", 401, "this needs a valid token: `skiff login`"},
+    [SKIFF_E_FORBIDDEN] = {"forbidden", 403, "your roles do not allow this"},
+    [SKIFF_E_NOT_FOUND] = {"not_found", 404, "not found"},
+    [SKIFF_E_METHOD] = {"method_not_allowed", 405, "this method is not allowed on this path"},
+    [SKIFF_E_NAME_TAKEN] = {"name_taken", 409, "the name is taken"},
+    [SKIFF_E_ROUTE_TAKEN] = {"route_taken", 409, "the route belongs to another app"},
+    [SKIFF_E_NOT_EMPTY] = {"not_empty", 409, "it still holds other things: delete them first"},
+    [SKIFF_E_APP_STOPPED] = {"app_stopped", 409, "the app is stopped: start it first"},
+    [SKIFF_E_STAGING] = {"staging_in_progress", 409, "the app is being staged: wait for it"},
+    [SKIFF_E_TOO_LARGE] = {"too_large", 413, "the body is larger than the limit"},
+    [SKIFF_E_HEAD_TOO_LARGE] = {"too_large", 431, "the request's headers are too large"},
+    [SKIFF_E_INVALID_NAME] = {"invalid_name", 422, "the name is not valid"},
+    [SKIFF_E_INVALID_VALUE] = {"invalid_value", 422, "a value is not valid"},
+    [SKIFF_E_NOT_AN_ARCHIVE] = {"not_an_archive", 422, "the upload is not a zip or tar archive"},
+    [SKIFF_E_UNSAFE_ARCHIVE] = {"unsafe_archive", 422, "the archive has entries outside itself"},
+    [SKIFF_E_UNKNOWN_DOMAIN] = {"unknown_domain", 422,
+                                "no such domain: `skiff domains` lists them"},
+    [SKIFF_E_NOT_STAGED] = {"not_staged", 422, "the app is not staged: `skiff push` it"},
+    [SKIFF_E_NO_PACKAGE] = {"no_package", 422, "the app has no uploaded source: `skiff push` it"},
+    [SKIFF_E_NO_DROPLET] = {"no_droplet", 422, "no such droplet"},
+    [SKIFF_E_QUOTA] = {"quota_exceeded", 422, "over the quota"},
+    [SKIFF_E_INTERNAL] = {"internal", 500, "skiffd failed: its log says why"},
+    [SKIFF_E_FUNCTION_FAILED] = {"function_failed", 502, "the function failed"},
+    [SKIFF_E_FUNCTION_UNREACHABLE] = {"function_unreachable", 502,
+                                      "the function could not be reached"},
+    [SKIFF_E_BUSY] = {"busy", 503, "the server is busy: try again"},
+    [SKIFF_E_UNAVAILABLE] = {"unavailable", 503, "a part skiffd needs is not available now"},
+    [SKIFF_E_NO_INSTANCE] = {"no_instance", 503, "no instance is there to take it"},
+};
+
+static int err__known(enum skiff_err err)
+{
+    return (unsigned)err < SKIFF_ERR_COUNT && err__table[err].name;
+}
+
+const char *skiff_strerror(enum skiff_err err)
+{
+    return err__known(err) ? err__table[err].message : "unknown error";
+}
+
+const char *skiff_err_name(enum skiff_err err)
+{
+    return err__known(err) ? err__table[err].name : "internal";
+}
+
+int skiff_err_http_status(enum skiff_err err)
+{
+    return err__known(err) ? err__table[err].status : 500;
+}

@@ -1,0 +1,53 @@
+/* err: the one error type for what a caller of Skiff can cause or meet, and the one table that
+ * turns it into words. Each error has a name (the "code" of an API error answer), the HTTP
+ * status that answers it and a message that says what was wrong; skiff_strerror is to Skiff
+ * what uv_strerror is to libuv. A place that knows more (which name, which limit) adds its own
+ * detail; the name and status never come from anywhere else. */
+#ifndef SKIFF_ERR_H
+#define SKIFF_ERR_H
+
+enum skiff_err {
+    SKIFF_OK = 0,
+    SKIFF_E_BAD_REQUEST,          /* malformed HTTP */
+    SKIFF_E_BAD_JSON,             /* a body that is not the JSON asked for */
+    SKIFF_E_BAD_EVENT,            /* a body or headers that are not a CloudEvent */
+    SKIFF_E_BAD_NAME,             /* a name in the request's syntax (path, query) */
+    SKIFF_E_BAD_VALUE,            /* a value in the request's syntax (path, query, header) */
+    SKIFF_E_UNKNOWN_FIELD,        /* a JSON field the endpoint does not know */
+    SKIFF_E_UNAUTHORIZED,         /* no token, or one that is not (or no longer) valid */
+    SKIFF_E_FORBIDDEN,            /* a valid token whose roles do not allow this */
+    SKIFF_E_NOT_FOUND,            /* no such endpoint or thing, or not one the caller can see */
+    SKIFF_E_METHOD,               /* the path exists, not with this method */
+    SKIFF_E_NAME_TAKEN,           /* another thing has this name */
+    SKIFF_E_ROUTE_TAKEN,          /* another app has this route */
+    SKIFF_E_NOT_EMPTY,            /* deleting a thing that still holds others */
+    SKIFF_E_APP_STOPPED,          /* the app must run for this */
+    SKIFF_E_STAGING,              /* a staging of the app is under way */
+    SKIFF_E_TOO_LARGE,            /* a body over the limit */
+    SKIFF_E_HEAD_TOO_LARGE,       /* too many headers, or too long */
+    SKIFF_E_INVALID_NAME,         /* a name in the body that breaks the naming rules */
+    SKIFF_E_INVALID_VALUE,        /* a value in the body that is not allowed */
+    SKIFF_E_NOT_AN_ARCHIVE,       /* an upload that is not a zip or tar */
+    SKIFF_E_UNSAFE_ARCHIVE,       /* an archive with entries outside itself */
+    SKIFF_E_UNKNOWN_DOMAIN,       /* a route on a domain that is not known */
+    SKIFF_E_NOT_STAGED,           /* the app has no droplet yet */
+    SKIFF_E_NO_PACKAGE,           /* the app has no uploaded source yet */
+    SKIFF_E_NO_DROPLET,           /* the droplet asked for does not exist */
+    SKIFF_E_QUOTA,                /* over a quota */
+    SKIFF_E_INTERNAL,             /* Skiff itself failed (disk, store, memory) */
+    SKIFF_E_FUNCTION_FAILED,      /* a function answered with a failure */
+    SKIFF_E_FUNCTION_UNREACHABLE, /* a function could not be reached */
+    SKIFF_E_BUSY,                 /* over a server limit for now: try again */
+    SKIFF_E_UNAVAILABLE,          /* a part Skiff needs is not there now */
+    SKIFF_E_NO_INSTANCE,          /* no instance to take the request */
+    SKIFF_ERR_COUNT
+};
+
+/* What went wrong, in a sentence for the user; never NULL (an unknown value has one too). */
+const char *skiff_strerror(enum skiff_err err);
+/* The stable name, e.g. "not_found": the "code" of an API error answer. */
+const char *skiff_err_name(enum skiff_err err);
+/* The HTTP status that answers it (500 for an unknown value). */
+int skiff_err_http_status(enum skiff_err err);
+
+#endif

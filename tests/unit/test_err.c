@@ -1,0 +1,45 @@
+/* Unit tests for the one error table: every error has a name, an HTTP status and a message,
+ * and an unknown value still gets words rather than NULL. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "common/err.h"
+
+static void test_every_error_has_a_name_a_status_and_a_message(void **state)
+{
+    (void)state;
+    for (int e = SKIFF_OK + 1; e < SKIFF_ERR_COUNT; e++) {
+        const char *name = skiff_err_name((enum skiff_err)e);
+        int status = skiff_err_http_status((enum skiff_err)e);
+        const char *msg = skiff_strerror((enum skiff_err)e);
+        if (!name || !*name || !msg || !*msg || status < 400 || status > 599)
+            fail_msg("error %d is missing from the table", e);
+    }
+    assert_string_equal(skiff_err_name(SKIFF_E_NOT_FOUND), "not_found");
+    assert_int_equal(skiff_err_http_status(SKIFF_E_NOT_FOUND), 404);
+    assert_int_equal(skiff_err_http_status(SKIFF_E_HEAD_TOO_LARGE), 431);
+    assert_int_equal(skiff_err_http_status(SKIFF_E_BAD_VALUE), 400);
+    assert_int_equal(skiff_err_http_status(SKIFF_E_INVALID_VALUE), 422);
+}
+
+static void test_an_unknown_error_still_has_words(void **state)
+{
+    (void)state;
+    assert_string_equal(skiff_strerror((enum skiff_err)9999), "unknown error");
+    assert_string_equal(skiff_err_name((enum skiff_err) - 1), "internal");
+    assert_int_equal(skiff_err_http_status(SKIFF_ERR_COUNT), 500);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_error_has_a_name_a_status_and_a_message),
+        cmocka_unit_test(test_an_unknown_error_still_has_words),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
