@@ -188,7 +188,7 @@ static void revisions__list(struct api_request *req, void *ctx)
         return;
     json_t *all = revisions__load(core, app->guid);
     if (!all) {
-        api_respond_error(req, 500, "internal", "cannot read the revisions of %s", app->name);
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the revisions of %s", app->name);
         store_app_free(app);
         return;
     }
@@ -228,7 +228,7 @@ static void revisions__rollback(struct api_request *req, void *ctx)
         return;
     json_t *want = json_object_get(body, "revision");
     if (!json_is_integer(want) || json_integer_value(want) < 1) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "\"revision\" must be a revision number (`skiff revisions APP` lists "
                           "them)");
         json_decref(body);
@@ -251,13 +251,13 @@ static void revisions__rollback(struct api_request *req, void *ctx)
     struct store_droplet *drop = NULL;
     const char *droplet = rev ? json_string_value(json_object_get(rev, "droplet")) : NULL;
     if (!rev) {
-        api_respond_error(req, 404, "not_found",
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "app %s has no revision %lld: `skiff revisions %s` lists the %d kept",
                           app->name, (long long)version, app->name, API_REVISIONS_KEEP);
         goto done;
     }
     if (!droplet || store_droplet_get(core->cfg.store, droplet, &drop) < 0) {
-        api_respond_error(req, 422, "droplet_gone",
+        api_respond_error(req, SKIFF_E_NO_DROPLET,
                           "the droplet of revision %lld of %s is gone: push the code again",
                           (long long)version, app->name);
         goto done;
@@ -294,7 +294,7 @@ static void revisions__rollback(struct api_request *req, void *ctx)
     }
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, 500, "internal", "cannot store the app");
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app");
         goto done;
     }
     char description[64];

@@ -301,7 +301,7 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     struct api_core_staging *s = NULL;
     const char *strategy = api_request_query(req, "strategy");
     if (strategy && strcmp(strategy, "rolling") && strcmp(strategy, "recreate")) {
-        api_respond_error(req, 422, "invalid_value",
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "strategy \"%s\" is not one: rolling (the default: each instance is "
                           "replaced once its successor runs) or recreate (all stop, then start)",
                           strategy);
