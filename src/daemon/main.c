@@ -61,45 +61,48 @@ struct daemon {
 
 static void usage(FILE *out)
 {
-    fputs("usage: skiffd [--home DIR] [--api-addr HOST:PORT] [--router-addr HOST:PORT]\n"
-          "              [--router-admin-addr HOST:PORT] [--drain-timeout-ms MS]\n"
-          "\n"
-          "Runs the Skiff platform on this machine: the API, the scheduler, and the router.\n"
-          "  --home DIR                  data folder (SKIFF_HOME, default ~/.skiff)\n"
-          "  --api-addr HOST:PORT        API address (SKIFF_API_ADDR, default 127.0.0.1:8090)\n"
-          "  --router-addr HOST:PORT     router address (SKIFF_ROUTER_ADDR, default "
-          "127.0.0.1:8080)\n"
-          "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
-          "127.0.0.1:8083)\n"
-          "  --isolation container|process\n"
-          "                              how instances and stagings run (SKIFF_ISOLATION, default\n"
-          "                              container). process runs tenants' code as skiffd's own\n"
-          "                              user with no isolation at all: UNSAFE, for development\n"
-          "  --network-pool CIDR         containers' addresses (SKIFF_NETWORK_POOL, default\n"
-          "                              10.244.0.0/16; one /30 each)\n"
-          "  --drain-timeout-ms MS       the longest an instance stopped on purpose waits for the\n"
-          "                              requests and event deliveries in flight to it before\n"
-          "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
-          "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
-          "4096),\n"
-          "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_STAGING_DISK_MB (the disk a\n"
-          "staging's build, dependencies, cache and steps share; default the app's disk quota),\n"
-          "SKIFF_BUILDPACKS (buildpacks folder),\n"
-          "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db), SKIFF_EGRESS (0: containers reach no\n"
-          "public address; default 1), SKIFF_CONTAINER_UID_BASE (host uid of containers' root,\n"
-          "default 200000; vcap is that + 2000), SKIFF_API_MAX_CONNECTIONS (default 4096, at\n"
-          "most half of the open-file limit), SKIFF_API_MAX_CONNECTIONS_PER_CLIENT (default a\n"
-          "quarter of that).\n"
-          "\n"
-          "Signals:\n"
-          "  SIGTERM, SIGINT  stop the platform: every instance gracefully (SIGTERM, then SIGKILL\n"
-          "                   after SKIFF_GRACE_MS, default 10000), then the router; skiffd\n"
-          "                   exits 0 and leaves nothing running.\n"
-          "  SIGUSR2          exit at once and leave the router and the instances serving, for\n"
-          "                   a restart or an upgrade of skiffd; the next skiffd adopts them.\n"
-          "A crash or kill -9 of skiffd leaves them serving too: each instance runs under its\n"
-          "own skiff-shim, which keeps its output (the last 1000 lines) until skiffd is back.\n",
-          out);
+    fputs(
+        "usage: skiffd [--home DIR] [--api-addr HOST:PORT] [--router-addr HOST:PORT]\n"
+        "              [--router-admin-addr HOST:PORT] [--drain-timeout-ms MS]\n"
+        "\n"
+        "Runs the Skiff platform on this machine: the API, the scheduler, and the router.\n"
+        "  --home DIR                  data folder (SKIFF_HOME, default ~/.skiff)\n"
+        "  --api-addr HOST:PORT        API address (SKIFF_API_ADDR, default 127.0.0.1:8090)\n"
+        "  --router-addr HOST:PORT     router address (SKIFF_ROUTER_ADDR, default "
+        "127.0.0.1:8080)\n"
+        "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
+        "127.0.0.1:8083)\n"
+        "  --isolation container|process\n"
+        "                              how instances and stagings run (SKIFF_ISOLATION, default\n"
+        "                              container). process runs tenants' code as skiffd's own\n"
+        "                              user with no isolation at all: UNSAFE, for development\n"
+        "  --store URL                 the store (SKIFF_STORE, default sqlite:HOME/skiff.db);\n"
+        "                              postgres://USER[:PASSWORD]@HOST/DB for PostgreSQL\n"
+        "  --network-pool CIDR         containers' addresses (SKIFF_NETWORK_POOL, default\n"
+        "                              10.244.0.0/16; one /30 each)\n"
+        "  --drain-timeout-ms MS       the longest an instance stopped on purpose waits for the\n"
+        "                              requests and event deliveries in flight to it before\n"
+        "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
+        "Other settings: SKIFF_MAX_UPLOAD_MB (default 1024), SKIFF_MAX_UNPACKED_MB (default "
+        "4096),\n"
+        "SKIFF_STAGING_TIMEOUT (seconds, default 900), SKIFF_STAGING_DISK_MB (the disk a\n"
+        "staging's build, dependencies, cache and steps share; default the app's disk quota),\n"
+        "SKIFF_BUILDPACKS (buildpacks folder),\n"
+        "SKIFF_STORE (default sqlite:$SKIFF_HOME/skiff.db), SKIFF_EGRESS (0: containers reach no\n"
+        "public address; default 1), SKIFF_CONTAINER_UID_BASE (host uid of containers' root,\n"
+        "default 200000; vcap is that + 2000), SKIFF_API_MAX_CONNECTIONS (default 4096, at\n"
+        "most half of the open-file limit), SKIFF_API_MAX_CONNECTIONS_PER_CLIENT (default a\n"
+        "quarter of that).\n"
+        "\n"
+        "Signals:\n"
+        "  SIGTERM, SIGINT  stop the platform: every instance gracefully (SIGTERM, then SIGKILL\n"
+        "                   after SKIFF_GRACE_MS, default 10000), then the router; skiffd\n"
+        "                   exits 0 and leaves nothing running.\n"
+        "  SIGUSR2          exit at once and leave the router and the instances serving, for\n"
+        "                   a restart or an upgrade of skiffd; the next skiffd adopts them.\n"
+        "A crash or kill -9 of skiffd leaves them serving too: each instance runs under its\n"
+        "own skiff-shim, which keeps its output (the last 1000 lines) until skiffd is back.\n",
+        out);
 }
 
 static const char *env_or(const char *name, const char *def)
@@ -353,6 +356,7 @@ int main(int argc, char **argv)
     const char *drain_timeout = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
+    const char *store_location = env_or("SKIFF_STORE", "");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **target = NULL;
@@ -370,6 +374,8 @@ int main(int argc, char **argv)
             target = &isolation;
         else if (!strcmp(a, "--network-pool"))
             target = &network_pool;
+        else if (!strcmp(a, "--store"))
+            target = &store_location;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
@@ -465,9 +471,9 @@ int main(int argc, char **argv)
     mkdir_p(tmp, 0700);
     free(tmp);
 
-    /* the store's location names its backend: sqlite:PATH (built in) or, later, postgres:// */
-    const char *store_env = getenv("SKIFF_STORE");
-    db = store_env && *store_env ? xstrdup(store_env) : xasprintf("sqlite:%s/skiff.db", d.home);
+    /* the store's location names its backend: sqlite:PATH (the default, in the home) or
+     * postgres://...; a URL's password is never logged (store_open's messages mask it) */
+    db = *store_location ? xstrdup(store_location) : xasprintf("sqlite:%s/skiff.db", d.home);
     rc = store_open(db, err, sizeof err, &d.store);
     if (rc < 0) {
         log_error("%s", err);

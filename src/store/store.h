@@ -1,9 +1,9 @@
 /* store: skiffd's desired state (apps, processes, env, packages, droplets, routes, domains)
  * and a generic document table for other components.
  *
- * The interface knows nothing of its backend. store_open("sqlite:PATH") or a plain path
- * opens the embedded SQLite backend (WAL mode); a PostgreSQL backend will implement the same
- * calls for "postgres://...". Every call is synchronous and returns 0 or a negative errno:
+ * The interface knows nothing of its backend (store_backend.h is the seam: a store_ops table
+ * per backend). store_open("sqlite:PATH") or a plain path opens the embedded SQLite backend
+ * (WAL mode). Every call is synchronous and returns 0 or a negative errno:
  * -ENOENT not found, -EEXIST a unique name taken, -EIO a backend failure (also logged to
  * stderr with the backend's message). Nothing here aborts except on out-of-memory.
  *

@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "store/store_backend.h"
 
 /* One script per schema version (index 0 makes version 1). Append only. */
 const char *const store_sqlite_migrations[] = {
@@ -85,7 +86,7 @@ const size_t store_sqlite_migrations_count =
 
 #define STORE_STMT_CACHE 64
 
-struct store {
+struct store_backend {
     sqlite3 *db;
     int version;
     /* prepared statements by SQL text: parsing SQL was a tenth of listing 1,000 apps */
@@ -96,14 +97,14 @@ struct store {
     size_t ncache;
 };
 
-static int store__fail(struct store *st, const char *what)
+static int store__fail(struct store_backend *st, const char *what)
 {
     log_error("store: %s: %s", what, sqlite3_errmsg(st->db));
     return -EIO;
 }
 
 /* A statement ready to bind and step; give it back with store__release (never finalize). */
-static sqlite3_stmt *store__prepare(struct store *st, const char *sql)
+static sqlite3_stmt *store__prepare(struct store_backend *st, const char *sql)
 {
     bool in_use = false;
     for (size_t i = 0; i < st->ncache; i++) {
@@ -130,7 +131,7 @@ static sqlite3_stmt *store__prepare(struct store *st, const char *sql)
 
 /* Resets a statement for its next use (which also ends its read of the database), or
  * finalizes one that did not fit in the cache. */
-static void store__release(struct store *st, sqlite3_stmt *stmt)
+static void store__release(struct store_backend *st, sqlite3_stmt *stmt)
 {
     if (!stmt)
         return;
@@ -157,7 +158,7 @@ static char *store__col_text(sqlite3_stmt *stmt, int i)
     return t ? xstrdup((const char *)t) : NULL;
 }
 
-static int store__exec(struct store *st, const char *sql)
+static int store__exec(struct store_backend *st, const char *sql)
 {
     char *msg = NULL;
     if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
@@ -169,7 +170,7 @@ static int store__exec(struct store *st, const char *sql)
 }
 
 /* Runs a single-statement write; returns -EEXIST on a unique constraint. */
-static int store__step_done(struct store *st, sqlite3_stmt *stmt)
+static int store__step_done(struct store_backend *st, sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
     int ret = 0;
@@ -181,17 +182,17 @@ static int store__step_done(struct store *st, sqlite3_stmt *stmt)
     return ret;
 }
 
-int store_schema_version(struct store *st)
+static int sqlite__schema_version(struct store_backend *st)
 {
     return st->version;
 }
 
-uint64_t store_change_count(struct store *st)
+static uint64_t sqlite__change_count(struct store_backend *st)
 {
     return (uint64_t)sqlite3_total_changes64(st->db);
 }
 
-static int store__migrate(struct store *st, char *err, size_t errsize)
+static int store__migrate(struct store_backend *st, char *err, size_t errsize)
 {
     if (store__exec(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL,"
                         " applied_at INTEGER NOT NULL)") < 0)
@@ -245,15 +246,11 @@ fail:
     return -EIO;
 }
 
-int store_open(const char *location, char *err, size_t errsize, struct store **out)
+static void sqlite__close(struct store_backend *st);
+
+int store_sqlite_open(const char *location, char *err, size_t errsize, struct store_backend **out)
 {
-    if (str_has_prefix(location, "sqlite:"))
-        location += strlen("sqlite:");
-    else if (strstr(location, "://")) {
-        snprintf(err, errsize, "unsupported store \"%s\": only sqlite:PATH is built in", location);
-        return -EPROTONOSUPPORT;
-    }
-    struct store *st = xcalloc(1, sizeof *st);
+    struct store_backend *st = xcalloc(1, sizeof *st);
     if (sqlite3_open_v2(location, &st->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -269,17 +266,17 @@ int store_open(const char *location, char *err, size_t errsize, struct store **o
     }
     int rc = store__migrate(st, err, errsize);
     if (rc < 0) {
-        store_close(st);
+        sqlite__close(st);
         return rc;
     }
     *out = st;
     return 0;
 fail:
-    store_close(st);
+    sqlite__close(st);
     return -EIO;
 }
 
-void store_close(struct store *st)
+static void sqlite__close(struct store_backend *st)
 {
     if (!st)
         return;
@@ -346,7 +343,7 @@ static struct store_app *store__read_app(sqlite3_stmt *stmt)
     return app;
 }
 
-static int store__write_children(struct store *st, const struct store_app *app)
+static int store__write_children(struct store_backend *st, const struct store_app *app)
 {
     sqlite3_stmt *del = store__prepare(st, "DELETE FROM processes WHERE app_guid = ?");
     if (!del)
@@ -391,7 +388,7 @@ static int store__write_children(struct store *st, const struct store_app *app)
     return 0;
 }
 
-static int store__app_write(struct store *st, const struct store_app *app, bool create)
+static int store__app_write(struct store_backend *st, const struct store_app *app, bool create)
 {
     if (store__exec(st, "BEGIN IMMEDIATE") < 0)
         return -EIO;
@@ -427,12 +424,12 @@ fail:
     return rc;
 }
 
-int store_app_create(struct store *st, const struct store_app *app)
+static int sqlite__app_create(struct store_backend *st, const struct store_app *app)
 {
     return store__app_write(st, app, true);
 }
 
-int store_app_update(struct store *st, const struct store_app *app)
+static int sqlite__app_update(struct store_backend *st, const struct store_app *app)
 {
     return store__app_write(st, app, false);
 }
@@ -461,7 +458,8 @@ static void store__add_env(struct store_app *app, sqlite3_stmt *q, int col)
 
 /* Ends a read loop: 0 when q stepped to its end, else -EIO (reported) for the step that failed
  * (a table gone, a corrupt page, a busy database). Releases q either way. */
-static int store__read_done(struct store *st, sqlite3_stmt *q, int step_rc, const char *what)
+static int store__read_done(struct store_backend *st, sqlite3_stmt *q, int step_rc,
+                            const char *what)
 {
     int rc = step_rc == SQLITE_DONE ? 0 : store__fail(st, what);
     store__release(st, q);
@@ -470,7 +468,7 @@ static int store__read_done(struct store *st, sqlite3_stmt *q, int step_rc, cons
 
 /* Adds the app's processes and env; -EIO when either query fails (app then half-filled: the
  * caller frees it). */
-static int store__app_load_children(struct store *st, struct store_app *app)
+static int store__app_load_children(struct store_backend *st, struct store_app *app)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb,"
                                          " min_instances FROM processes WHERE app_guid = ?"
@@ -492,19 +490,11 @@ static int store__app_load_children(struct store *st, struct store_app *app)
     return store__read_done(st, q, step, "read env");
 }
 
-int store_app_get(struct store *st, const char *ref, struct store_app **out)
+static int sqlite__app_get(struct store_backend *st, const char *ref, struct store_app **out)
 {
     /* "SPACE/NAME", a guid, or a name in the default space */
-    const char *slash = strchr(ref, '/');
     char space[37];
-    const char *name = ref;
-    if (slash && (size_t)(slash - ref) < sizeof space) {
-        memcpy(space, ref, (size_t)(slash - ref));
-        space[slash - ref] = '\0';
-        name = slash + 1;
-    } else {
-        snprintf(space, sizeof space, "%s", STORE_DEFAULT_SPACE_GUID);
-    }
+    const char *name = store_ref_split(ref, space);
     sqlite3_stmt *q = store__prepare(st, "SELECT " STORE_APP_COLUMNS " FROM apps WHERE guid = ?1"
                                          " UNION ALL SELECT " STORE_APP_COLUMNS " FROM apps"
                                          " WHERE space_guid = ?2 AND name = ?3 LIMIT 1");
@@ -530,25 +520,6 @@ int store_app_get(struct store *st, const char *ref, struct store_app **out)
     }
     *out = app;
     return 0;
-}
-
-int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
-                   struct store_app **out)
-{
-    char *ref = xasprintf("%s/%s", space_guid, name_or_guid);
-    struct store_app *app = NULL;
-    int rc = store_app_get(st, ref, &app);
-    free(ref);
-    if (rc == -ENOENT)
-        rc = store_app_get(st, name_or_guid, &app);
-    if (rc == 0 && strcmp(app->space_guid, space_guid)) {
-        /* a guid of another space's app, or a name of the default space's */
-        store_app_free(app);
-        return -ENOENT;
-    }
-    if (rc == 0)
-        *out = app;
-    return rc;
 }
 
 static int store__cmp_guid(const void *a, const void *b)
@@ -581,13 +552,8 @@ static struct store_app *store__row_owner(struct store_app **by_guid, size_t cou
 }
 
 /* Loads all apps with three queries (not one per app), so listing 1,000 apps stays fast. */
-int store_app_list(struct store *st, struct store_app ***out, size_t *n)
-{
-    return store_app_list_in(st, NULL, out, n);
-}
-
-int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out,
-                      size_t *n)
+static int sqlite__app_list_in(struct store_backend *st, const char *space_guid,
+                               struct store_app ***out, size_t *n)
 {
     struct store_app **apps = NULL, **by_guid = NULL;
     size_t count = 0;
@@ -658,7 +624,7 @@ fail:
     return -EIO;
 }
 
-int store_app_delete(struct store *st, const char *guid)
+static int sqlite__app_delete(struct store_backend *st, const char *guid)
 {
     sqlite3_stmt *q = store__prepare(st, "DELETE FROM apps WHERE guid = ?");
     if (!q)
@@ -670,92 +636,9 @@ int store_app_delete(struct store *st, const char *guid)
     return rc;
 }
 
-void store_app_free(struct store_app *app)
-{
-    if (!app)
-        return;
-    free(app->name);
-    free(app->state);
-    free(app->kind);
-    free(app->command);
-    free(app->buildpacks_json);
-    free(app->health_check_type);
-    free(app->health_check_http_endpoint);
-    free(app->function_json);
-    free(app->package_guid);
-    free(app->droplet_guid);
-    free(app->detected_buildpack);
-    for (size_t i = 0; i < app->n_processes; i++) {
-        free(app->processes[i].type);
-        free(app->processes[i].command);
-    }
-    free(app->processes);
-    for (size_t i = 0; i < app->n_env; i++) {
-        free(app->env[i].name);
-        free(app->env[i].value);
-    }
-    free(app->env);
-    free(app);
-}
-
-void store_app_list_free(struct store_app **apps, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        store_app_free(apps[i]);
-    free(apps);
-}
-
-int store_process_default_min(const char *app_kind, const char *type)
-{
-    bool function = app_kind && !strcmp(app_kind, "function");
-    return function || strcmp(type, "web") ? 0 : STORE_SCALE_MANUAL;
-}
-
-struct store_process *store_app_process(const struct store_app *app, const char *type)
-{
-    for (size_t i = 0; i < app->n_processes; i++)
-        if (!strcmp(app->processes[i].type, type))
-            return &app->processes[i];
-    return NULL;
-}
-
-static char *store__dup_or_null(const char *s)
-{
-    return s ? xstrdup(s) : NULL;
-}
-
-struct store_app *store_app_dup(const struct store_app *app)
-{
-    struct store_app *c = xcalloc(1, sizeof *c);
-    *c = *app;
-    c->name = store__dup_or_null(app->name);
-    c->state = store__dup_or_null(app->state);
-    c->kind = store__dup_or_null(app->kind);
-    c->command = store__dup_or_null(app->command);
-    c->buildpacks_json = store__dup_or_null(app->buildpacks_json);
-    c->health_check_type = store__dup_or_null(app->health_check_type);
-    c->health_check_http_endpoint = store__dup_or_null(app->health_check_http_endpoint);
-    c->function_json = store__dup_or_null(app->function_json);
-    c->package_guid = store__dup_or_null(app->package_guid);
-    c->droplet_guid = store__dup_or_null(app->droplet_guid);
-    c->detected_buildpack = store__dup_or_null(app->detected_buildpack);
-    c->processes = xcalloc(app->n_processes ? app->n_processes : 1, sizeof *c->processes);
-    for (size_t i = 0; i < app->n_processes; i++) {
-        c->processes[i] = app->processes[i];
-        c->processes[i].type = store__dup_or_null(app->processes[i].type);
-        c->processes[i].command = store__dup_or_null(app->processes[i].command);
-    }
-    c->env = xcalloc(app->n_env ? app->n_env : 1, sizeof *c->env);
-    for (size_t i = 0; i < app->n_env; i++) {
-        c->env[i].name = store__dup_or_null(app->env[i].name);
-        c->env[i].value = store__dup_or_null(app->env[i].value);
-    }
-    return c;
-}
-
 /* ---- routes and domains ------------------------------------------------------------------ */
 
-int store_route_add(struct store *st, const struct store_route *route)
+static int sqlite__route_add(struct store_backend *st, const struct store_route *route)
 {
     sqlite3_stmt *q =
         store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance) "
@@ -771,8 +654,8 @@ int store_route_add(struct store *st, const struct store_route *route)
     return store__step_done(st, q);
 }
 
-int store_route_set_balance(struct store *st, const char *host, const char *path,
-                            const char *balance)
+static int sqlite__route_set_balance(struct store_backend *st, const char *host, const char *path,
+                                     const char *balance)
 {
     sqlite3_stmt *q =
         store__prepare(st, "UPDATE routes SET balance = ? WHERE host = ? AND path = ?");
@@ -787,7 +670,7 @@ int store_route_set_balance(struct store *st, const char *host, const char *path
     return rc;
 }
 
-int store_route_delete(struct store *st, const char *host, const char *path)
+static int sqlite__route_delete(struct store_backend *st, const char *host, const char *path)
 {
     sqlite3_stmt *q = store__prepare(st, "DELETE FROM routes WHERE host = ? AND path = ?");
     if (!q)
@@ -800,7 +683,8 @@ int store_route_delete(struct store *st, const char *host, const char *path)
     return rc;
 }
 
-int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n)
+static int sqlite__route_list(struct store_backend *st, const char *app_guid,
+                              struct store_route **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
         st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance FROM routes "
@@ -833,19 +717,7 @@ int store_route_list(struct store *st, const char *app_guid, struct store_route 
     return 0;
 }
 
-void store_route_list_free(struct store_route *routes, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(routes[i].host);
-        free(routes[i].path);
-        free(routes[i].app_guid);
-        free(routes[i].domain);
-        free(routes[i].balance);
-    }
-    free(routes);
-}
-
-int store_domain_add(struct store *st, const char *name, const char *org_guid)
+static int sqlite__domain_add(struct store_backend *st, const char *name, const char *org_guid)
 {
     sqlite3_stmt *q =
         store__prepare(st, "INSERT INTO domains (name, shared, org_guid) VALUES (?, ?, ?)");
@@ -857,7 +729,8 @@ int store_domain_add(struct store *st, const char *name, const char *org_guid)
     return store__step_done(st, q);
 }
 
-int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids)
+static int sqlite__domain_list(struct store_backend *st, char ***names, bool **shared,
+                               char ***org_guids)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT name, shared, org_guid FROM domains ORDER BY name");
     if (!q)
@@ -897,18 +770,9 @@ int store_domain_list(struct store *st, char ***names, bool **shared, char ***or
     return 0;
 }
 
-void store_strv_free(char **v)
-{
-    if (!v)
-        return;
-    for (char **p = v; *p; p++)
-        free(*p);
-    free(v);
-}
-
 /* ---- packages and droplets --------------------------------------------------------------- */
 
-int store_package_add(struct store *st, const struct store_package *pkg)
+static int sqlite__package_add(struct store_backend *st, const struct store_package *pkg)
 {
     sqlite3_stmt *q = store__prepare(st, "INSERT INTO packages VALUES (?, ?, ?, ?, ?)");
     if (!q)
@@ -921,7 +785,8 @@ int store_package_add(struct store *st, const struct store_package *pkg)
     return store__step_done(st, q);
 }
 
-int store_package_get(struct store *st, const char *guid, struct store_package **out)
+static int sqlite__package_get(struct store_backend *st, const char *guid,
+                               struct store_package **out)
 {
     sqlite3_stmt *q = store__prepare(
         st, "SELECT guid, app_guid, path, bytes, created_at FROM packages WHERE guid = ?");
@@ -943,16 +808,7 @@ int store_package_get(struct store *st, const char *guid, struct store_package *
     return rc;
 }
 
-void store_package_free(struct store_package *pkg)
-{
-    if (!pkg)
-        return;
-    free(pkg->app_guid);
-    free(pkg->path);
-    free(pkg);
-}
-
-int store_droplet_add(struct store *st, const struct store_droplet *drop)
+static int sqlite__droplet_add(struct store_backend *st, const struct store_droplet *drop)
 {
     sqlite3_stmt *q = store__prepare(st, "INSERT INTO droplets VALUES (?, ?, ?, ?, ?, ?)");
     if (!q)
@@ -966,7 +822,8 @@ int store_droplet_add(struct store *st, const struct store_droplet *drop)
     return store__step_done(st, q);
 }
 
-int store_droplet_get(struct store *st, const char *guid, struct store_droplet **out)
+static int sqlite__droplet_get(struct store_backend *st, const char *guid,
+                               struct store_droplet **out)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT guid, app_guid, path, buildpack, process_types,"
                                          " created_at FROM droplets WHERE guid = ?");
@@ -989,7 +846,7 @@ int store_droplet_get(struct store *st, const char *guid, struct store_droplet *
     return rc;
 }
 
-int store_droplet_delete(struct store *st, const char *guid)
+static int sqlite__droplet_delete(struct store_backend *st, const char *guid)
 {
     sqlite3_stmt *q = store__prepare(st, "DELETE FROM droplets WHERE guid = ?");
     if (!q)
@@ -1001,19 +858,8 @@ int store_droplet_delete(struct store *st, const char *guid)
     return rc;
 }
 
-void store_droplet_free(struct store_droplet *drop)
-{
-    if (!drop)
-        return;
-    free(drop->app_guid);
-    free(drop->path);
-    free(drop->buildpack);
-    free(drop->process_types_json);
-    free(drop);
-}
-
-static int store__prune(struct store *st, const char *table, const char *app_guid, const char *keep,
-                        char ***paths, size_t *n)
+static int store__prune(struct store_backend *st, const char *table, const char *app_guid,
+                        const char *keep, char ***paths, size_t *n)
 {
     char *sql =
         xasprintf("SELECT path FROM %s WHERE app_guid = ?1 AND guid != COALESCE(?2, '')", table);
@@ -1039,8 +885,9 @@ static int store__prune(struct store *st, const char *table, const char *app_gui
     return store__step_done(st, q);
 }
 
-int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
-                              const char *keep_droplet, char ***paths)
+static int sqlite__app_prune_artifacts(struct store_backend *st, const char *app_guid,
+                                       const char *keep_package, const char *keep_droplet,
+                                       char ***paths)
 {
     char **v = xcalloc(1, sizeof *v);
     size_t n = 0;
@@ -1053,7 +900,7 @@ int store_app_prune_artifacts(struct store *st, const char *app_guid, const char
 
 /* ---- audit events ------------------------------------------------------------------------- */
 
-int store_audit_add(struct store *st, const struct store_audit_event *ev)
+static int sqlite__audit_add(struct store_backend *st, const struct store_audit_event *ev)
 {
     sqlite3_stmt *q = store__prepare(st, "INSERT INTO audit_events (at, type, actor, actor_guid,"
                                          " token_guid, target, space_guid, org_guid, detail)"
@@ -1084,9 +931,9 @@ int store_audit_add(struct store *st, const struct store_audit_event *ev)
     return 0;
 }
 
-int store_audit_list(struct store *st, const char *space_guid, const char *org_guid,
-                     const char *target, int64_t before_id, size_t limit,
-                     struct store_audit_event **out, size_t *n)
+static int sqlite__audit_list(struct store_backend *st, const char *space_guid,
+                              const char *org_guid, const char *target, int64_t before_id,
+                              size_t limit, struct store_audit_event **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
         st, "SELECT id, at, type, actor, actor_guid, token_guid, target, space_guid, org_guid,"
@@ -1126,24 +973,10 @@ int store_audit_list(struct store *st, const char *space_guid, const char *org_g
     return 0;
 }
 
-void store_audit_list_free(struct store_audit_event *list, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(list[i].type);
-        free(list[i].actor);
-        free(list[i].actor_guid);
-        free(list[i].token_guid);
-        free(list[i].target);
-        free(list[i].space_guid);
-        free(list[i].org_guid);
-        free(list[i].detail);
-    }
-    free(list);
-}
-
 /* ---- documents --------------------------------------------------------------------------- */
 
-int store_doc_put(struct store *st, const char *kind, const char *id, const char *json)
+static int sqlite__doc_put(struct store_backend *st, const char *kind, const char *id,
+                           const char *json)
 {
     sqlite3_stmt *q = store__prepare(st, "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)");
     if (!q)
@@ -1155,7 +988,7 @@ int store_doc_put(struct store *st, const char *kind, const char *id, const char
     return store__step_done(st, q);
 }
 
-int store_doc_get(struct store *st, const char *kind, const char *id, char **json)
+static int sqlite__doc_get(struct store_backend *st, const char *kind, const char *id, char **json)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT body FROM documents WHERE kind = ? AND id = ?");
     if (!q)
@@ -1171,7 +1004,7 @@ int store_doc_get(struct store *st, const char *kind, const char *id, char **jso
     return rc;
 }
 
-int store_doc_delete(struct store *st, const char *kind, const char *id)
+static int sqlite__doc_delete(struct store_backend *st, const char *kind, const char *id)
 {
     sqlite3_stmt *q = store__prepare(st, "DELETE FROM documents WHERE kind = ? AND id = ?");
     if (!q)
@@ -1184,8 +1017,8 @@ int store_doc_delete(struct store *st, const char *kind, const char *id)
     return rc;
 }
 
-int store_doc_each(struct store *st, const char *kind,
-                   int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+static int sqlite__doc_each(struct store_backend *st, const char *kind,
+                            int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
     sqlite3_stmt *q =
         store__prepare(st, "SELECT id, body FROM documents WHERE kind = ? ORDER BY id");
@@ -1202,3 +1035,33 @@ int store_doc_each(struct store *st, const char *kind,
     }
     return store__read_done(st, q, step, "list documents");
 }
+
+const struct store_ops store_sqlite_ops = {
+    .name = "sqlite",
+    .close = sqlite__close,
+    .schema_version = sqlite__schema_version,
+    .change_count = sqlite__change_count,
+    .app_create = sqlite__app_create,
+    .app_update = sqlite__app_update,
+    .app_get = sqlite__app_get,
+    .app_list_in = sqlite__app_list_in,
+    .app_delete = sqlite__app_delete,
+    .route_add = sqlite__route_add,
+    .route_delete = sqlite__route_delete,
+    .route_set_balance = sqlite__route_set_balance,
+    .route_list = sqlite__route_list,
+    .domain_add = sqlite__domain_add,
+    .domain_list = sqlite__domain_list,
+    .package_add = sqlite__package_add,
+    .package_get = sqlite__package_get,
+    .droplet_add = sqlite__droplet_add,
+    .droplet_get = sqlite__droplet_get,
+    .droplet_delete = sqlite__droplet_delete,
+    .app_prune_artifacts = sqlite__app_prune_artifacts,
+    .audit_add = sqlite__audit_add,
+    .audit_list = sqlite__audit_list,
+    .doc_put = sqlite__doc_put,
+    .doc_get = sqlite__doc_get,
+    .doc_delete = sqlite__doc_delete,
+    .doc_each = sqlite__doc_each,
+};

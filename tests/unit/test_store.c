@@ -1,5 +1,7 @@
 /* Unit tests for store/: migrations from an empty and from an older schema, apps with their
- * processes and env, routes, domains, artifacts and documents. */
+ * processes and env, routes, domains, artifacts and documents; hostile names. Every test runs
+ * twice: on SQLite, and on PostgreSQL in a throwaway server the second group starts itself
+ * (scripts/pg-throwaway.sh). When that server cannot start, the PostgreSQL group fails. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +9,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,9 +21,68 @@
 
 extern const char *const store_sqlite_migrations[];
 extern const size_t store_sqlite_migrations_count;
+extern const char *const store_pg_migrations[];
+extern const size_t store_pg_migrations_count;
 
+/* The PostgreSQL server's socket folder while the PostgreSQL group runs; NULL: SQLite. */
+static char *pg_dir;
+static int pg_databases;
+
+static bool on_pg(const char *location)
+{
+    return str_has_prefix(location, "postgres");
+}
+
+static const char *const *migrations(void)
+{
+    return pg_dir ? store_pg_migrations : store_sqlite_migrations;
+}
+
+static size_t migrations_count(void)
+{
+    return pg_dir ? store_pg_migrations_count : store_sqlite_migrations_count;
+}
+
+/* Runs SQL on the server's maintenance database or on the store at location. */
+static void raw_sql(const char *location, const char *sql)
+{
+    if (on_pg(location)) {
+        PGconn *c = PQconnectdb(location);
+        if (PQstatus(c) != CONNECTION_OK)
+            fail_msg("connect %s: %s", location, PQerrorMessage(c));
+        PGresult *res = PQexec(c, sql);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            fail_msg("%s: %s", sql, PQerrorMessage(c));
+        PQclear(res);
+        PQfinish(c);
+        return;
+    }
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(location, &db), SQLITE_OK);
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+static char *pg_url(const char *db)
+{
+    return xasprintf("postgres:///%s?host=%s&user=postgres", db, pg_dir);
+}
+
+/* A fresh, empty store: a file in a new folder, or a new database on the server. */
 static char *temp_db(void)
 {
+    if (pg_dir) {
+        char *admin = pg_url("postgres");
+        char *sql = xasprintf("CREATE DATABASE t%d", ++pg_databases);
+        raw_sql(admin, sql);
+        free(sql);
+        free(admin);
+        char name[32];
+        snprintf(name, sizeof name, "t%d", pg_databases);
+        return pg_url(name);
+    }
     char dir[] = "/tmp/skiff-test-store-XXXXXX";
     assert_non_null(mkdtemp(dir));
     return xasprintf("%s/skiff.db", dir);
@@ -28,11 +90,54 @@ static char *temp_db(void)
 
 static void remove_db(char *path)
 {
+    if (on_pg(path)) {
+        /* "postgres:///tN?...": the database this test made */
+        const char *name = path + strlen("postgres:///");
+        char *admin = pg_url("postgres");
+        char *sql = xasprintf("DROP DATABASE %.*s WITH (FORCE)", (int)strcspn(name, "?"), name);
+        raw_sql(admin, sql);
+        free(sql);
+        free(admin);
+        free(path);
+        return;
+    }
     char *dir = xstrdup(path);
     *strrchr(dir, '/') = '\0';
     rm_rf(dir);
     free(dir);
     free(path);
+}
+
+static int pg_stop(void **state)
+{
+    (void)state;
+    char *cmd = xasprintf("scripts/pg-throwaway.sh stop %s", pg_dir);
+    int rc = system(cmd);
+    free(cmd);
+    free(pg_dir);
+    pg_dir = NULL;
+    return rc == 0 ? 0 : -1;
+}
+
+static int pg_start(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/skiff-pg-XXXXXX";
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "cannot make a folder for PostgreSQL\n");
+        return -1;
+    }
+    pg_dir = xstrdup(dir);
+    char *cmd = xasprintf("scripts/pg-throwaway.sh start %s >/dev/null", pg_dir);
+    int rc = system(cmd);
+    free(cmd);
+    if (rc != 0) {
+        pg_stop(state);
+        fprintf(stderr, "PostgreSQL did not start (scripts/pg-throwaway.sh, run from the "
+                        "source folder): the PostgreSQL store tests fail\n");
+        return -1;
+    }
+    return 0;
 }
 
 static struct store *open_ok(const char *path)
@@ -82,7 +187,7 @@ static void test_migrates_an_empty_store(void **state)
     (void)state;
     char *path = temp_db();
     struct store *st = open_ok(path);
-    assert_int_equal(store_schema_version(st), (int)store_sqlite_migrations_count);
+    assert_int_equal(store_schema_version(st), (int)migrations_count());
     char **domains = NULL;
     bool *shared = NULL;
     assert_int_equal(store_domain_list(st, &domains, &shared, NULL), 0);
@@ -94,7 +199,7 @@ static void test_migrates_an_empty_store(void **state)
     store_close(st);
     /* opening again applies nothing and keeps the version */
     st = open_ok(path);
-    assert_int_equal(store_schema_version(st), (int)store_sqlite_migrations_count);
+    assert_int_equal(store_schema_version(st), (int)migrations_count());
     store_close(st);
     remove_db(path);
 }
@@ -104,33 +209,24 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     (void)state;
     char *path = temp_db();
     /* a store made by a skiffd that knew only migration 1, with an app in it */
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db,
-                                  "CREATE TABLE schema_version (version INTEGER NOT NULL,"
-                                  " applied_at INTEGER NOT NULL);"
-                                  "INSERT INTO schema_version VALUES (1, 0);",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, store_sqlite_migrations[0], NULL, NULL, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db,
-                                  "INSERT INTO apps (guid, name, state, memory_mb, disk_mb, "
-                                  "timeout, created_at, updated_at) VALUES ('g-old', 'old', "
-                                  "'STOPPED', 64, 128, 60, 1, 1);"
-                                  "INSERT INTO routes VALUES ('r-old', 'old.localhost', '', "
-                                  "'g-old', 'localhost');"
-                                  "INSERT INTO apps (guid, name, state, kind, memory_mb, "
-                                  "disk_mb, timeout, created_at, updated_at) VALUES ('g-fn', "
-                                  "'fn', 'STARTED', 'function', 64, 128, 60, 1, 1);"
-                                  "INSERT INTO processes VALUES ('g-old', 'web', NULL, 2, 0);"
-                                  "INSERT INTO processes VALUES ('g-old', 'resize', NULL, 0, 0);"
-                                  "INSERT INTO processes VALUES ('g-fn', 'web', NULL, 0, 0);",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
+    raw_sql(path, "CREATE TABLE schema_version (version INTEGER NOT NULL,"
+                  " applied_at BIGINT NOT NULL);"
+                  "INSERT INTO schema_version VALUES (1, 0);");
+    raw_sql(path, migrations()[0]);
+    raw_sql(path, "INSERT INTO apps (guid, name, state, memory_mb, disk_mb, "
+                  "timeout, created_at, updated_at) VALUES ('g-old', 'old', "
+                  "'STOPPED', 64, 128, 60, 1, 1);"
+                  "INSERT INTO routes VALUES ('r-old', 'old.localhost', '', "
+                  "'g-old', 'localhost');"
+                  "INSERT INTO apps (guid, name, state, kind, memory_mb, "
+                  "disk_mb, timeout, created_at, updated_at) VALUES ('g-fn', "
+                  "'fn', 'STARTED', 'function', 64, 128, 60, 1, 1);"
+                  "INSERT INTO processes VALUES ('g-old', 'web', NULL, 2, 0);"
+                  "INSERT INTO processes VALUES ('g-old', 'resize', NULL, 0, 0);"
+                  "INSERT INTO processes VALUES ('g-fn', 'web', NULL, 0, 0);");
 
     struct store *st = open_ok(path);
-    assert_int_equal(store_schema_version(st), (int)store_sqlite_migrations_count);
+    assert_int_equal(store_schema_version(st), (int)migrations_count());
     struct store_app *app = NULL;
     assert_int_equal(store_app_get(st, "old", &app), 0);
     assert_string_equal(app->guid, "g-old");
@@ -173,12 +269,7 @@ static void test_refuses_a_newer_store(void **state)
     char *path = temp_db();
     struct store *st = open_ok(path);
     store_close(st);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db, "INSERT INTO schema_version VALUES (999, 0);", NULL, NULL, NULL),
-        SQLITE_OK);
-    sqlite3_close(db);
+    raw_sql(path, "INSERT INTO schema_version VALUES (999, 0);");
     char err[256] = "";
     st = NULL;
     assert_true(store_open(path, err, sizeof err, &st) < 0);
@@ -254,12 +345,9 @@ static void test_apps_round_trip_with_processes_and_env(void **state)
 /* Renames a table behind the store's back, through a connection of its own. */
 static void rename_table(const char *path, const char *from, const char *to)
 {
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     char *sql = xasprintf("ALTER TABLE %s RENAME TO %s", from, to);
-    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    raw_sql(path, sql);
     free(sql);
-    sqlite3_close(db);
 }
 
 /* When a child query (processes, env) fails, reading apps fails as a whole: an app without
@@ -501,23 +589,91 @@ static void test_refuses_a_foreign_backend(void **state)
     (void)state;
     char err[256] = "";
     struct store *st = NULL;
-    assert_true(store_open("postgres://localhost/skiff", err, sizeof err, &st) < 0);
-    assert_non_null(strstr(err, "sqlite"));
+    assert_true(store_open("mysql://root:hunter2@localhost/skiff", err, sizeof err, &st) < 0);
+    assert_null(st);
+    assert_non_null(strstr(err, "sqlite:PATH"));
+    assert_non_null(strstr(err, "postgres://"));
+    /* the password in the location is never repeated */
+    assert_null(strstr(err, "hunter2"));
+    assert_non_null(strstr(err, "root:***@localhost"));
 }
+
+static void test_unreachable_postgres_names_no_password(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    struct store *st = NULL;
+    assert_true(store_open("postgres://skiff:s3cret@/skiff?host=/nonexistent&password=s3cret", err,
+                           sizeof err, &st) < 0);
+    assert_null(st);
+    assert_null(strstr(err, "s3cret"));
+    assert_non_null(strstr(err, "cannot connect"));
+}
+
+/* Values that would break SQL built from text: every call binds them as parameters. */
+static void test_hostile_names_are_only_data(void **state)
+{
+    (void)state;
+    static const char *const names[] = {
+        "it's", "\"quoted\"", "'; DROP TABLE apps; --", "back\\slash", "ünïcödé-名前-🚀",
+        "$1",   "%s%n",       "x' OR '1'='1",
+    };
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    char *longname = malloc(10001);
+    memset(longname, 'a', 10000);
+    longname[10000] = '\0';
+    for (size_t i = 0; i <= ARRAY_SIZE(names); i++) {
+        const char *name = i < ARRAY_SIZE(names) ? names[i] : longname;
+        struct store_app *app = sample_app(name);
+        free(app->env[1].value);
+        app->env[1].value = xstrdup(name);
+        assert_int_equal(store_app_create(st, app), 0);
+        struct store_app *got = NULL;
+        assert_int_equal(store_app_get(st, name, &got), 0);
+        assert_string_equal(got->name, name);
+        assert_string_equal(got->env[1].value, name);
+        store_app_free(got);
+        /* the same name again is taken, not a second row */
+        uuid_generate_v4(app->guid);
+        assert_int_equal(store_app_create(st, app), -EEXIST);
+        assert_int_equal(store_doc_put(st, name, name, name), 0);
+        char *json = NULL;
+        assert_int_equal(store_doc_get(st, name, name, &json), 0);
+        assert_string_equal(json, name);
+        free(json);
+        store_app_free(app);
+    }
+    free(longname);
+    struct store_app **list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &list, &n), 0);
+    assert_int_equal(n, ARRAY_SIZE(names) + 1);
+    store_app_list_free(list, n);
+    store_close(st);
+    remove_db(path);
+}
+
+#define STORE_TESTS                                                                                \
+    cmocka_unit_test(test_migrates_an_empty_store),                                                \
+        cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
+        cmocka_unit_test(test_refuses_a_newer_store),                                              \
+        cmocka_unit_test(test_apps_round_trip_with_processes_and_env),                             \
+        cmocka_unit_test(test_app_reads_fail_when_a_child_query_fails),                            \
+        cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),                 \
+        cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),                            \
+        cmocka_unit_test(test_artifacts_and_pruning), cmocka_unit_test(test_documents),            \
+        cmocka_unit_test(test_hostile_names_are_only_data)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_migrates_an_empty_store),
-        cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),
-        cmocka_unit_test(test_refuses_a_newer_store),
-        cmocka_unit_test(test_apps_round_trip_with_processes_and_env),
-        cmocka_unit_test(test_app_reads_fail_when_a_child_query_fails),
-        cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),
-        cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),
-        cmocka_unit_test(test_artifacts_and_pruning),
-        cmocka_unit_test(test_documents),
+    const struct CMUnitTest sqlite_tests[] = {
+        STORE_TESTS,
         cmocka_unit_test(test_refuses_a_foreign_backend),
+        cmocka_unit_test(test_unreachable_postgres_names_no_password),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest pg_tests[] = {STORE_TESTS};
+    int failed = cmocka_run_group_tests_name("store on SQLite", sqlite_tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("store on PostgreSQL", pg_tests, pg_start, pg_stop);
+    return failed;
 }

@@ -1,0 +1,100 @@
+/* Per-call latency of store calls on one backend: store_app_get, store_app_list (of 20 apps)
+ * and store_doc_put, each timed call by call; prints p50 and p99 in microseconds.
+ *   bench_store LOCATION [ITERATIONS] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/util.h"
+#include "store/store.h"
+
+#define APPS 20
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void report(const char *what, double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    printf("%-14s p50 %8.1f us  p99 %8.1f us\n", what, t[n / 2], t[n * 99 / 100]);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_store LOCATION [ITERATIONS]\n");
+        return 2;
+    }
+    int iterations = argc > 2 ? atoi(argv[2]) : 2000;
+    char err[512];
+    struct store *st = NULL;
+    if (store_open(argv[1], err, sizeof err, &st) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    for (int i = 0; i < APPS; i++) {
+        struct store_process web = {.type = "web", .instances = 1, .min_instances = -1};
+        struct store_env_var env = {.name = "A", .value = "1"};
+        struct store_app app = {.memory_mb = 128,
+                                .disk_mb = 512,
+                                .timeout = 60,
+                                .processes = &web,
+                                .n_processes = 1,
+                                .env = &env,
+                                .n_env = 1};
+        uuid_generate_v4(app.guid);
+        char name[32];
+        snprintf(name, sizeof name, "bench-%d", i);
+        app.name = name;
+        if (store_app_create(st, &app) < 0) {
+            fprintf(stderr, "cannot create %s (is the store empty?)\n", name);
+            return 1;
+        }
+    }
+    double *t = calloc((size_t)iterations, sizeof *t);
+    for (int i = 0; i < iterations; i++) {
+        struct store_app *app = NULL;
+        double t0 = now_us();
+        int rc = store_app_get(st, "bench-7", &app);
+        t[i] = now_us() - t0;
+        if (rc < 0)
+            return 1;
+        store_app_free(app);
+    }
+    report("app_get", t, iterations);
+    for (int i = 0; i < iterations; i++) {
+        struct store_app **apps = NULL;
+        size_t n = 0;
+        double t0 = now_us();
+        int rc = store_app_list(st, &apps, &n);
+        t[i] = now_us() - t0;
+        if (rc < 0 || n != APPS)
+            return 1;
+        store_app_list_free(apps, n);
+    }
+    report("app_list(20)", t, iterations);
+    for (int i = 0; i < iterations; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "d%d", i % 100);
+        double t0 = now_us();
+        int rc = store_doc_put(st, "bench", id, "{\"a\":1}");
+        t[i] = now_us() - t0;
+        if (rc < 0)
+            return 1;
+    }
+    report("doc_put", t, iterations);
+    free(t);
+    store_close(st);
+    return 0;
+}

@@ -1,0 +1,386 @@
+/* store: what every backend shares; the calls themselves go to the backend's store_ops. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "store/store_backend.h"
+
+struct store {
+    const struct store_ops *ops;
+    struct store_backend *backend;
+};
+
+const char *store_ref_split(const char *ref, char space[37])
+{
+    const char *slash = strchr(ref, '/');
+    if (slash && (size_t)(slash - ref) < 37) {
+        memcpy(space, ref, (size_t)(slash - ref));
+        space[slash - ref] = '\0';
+        return slash + 1;
+    }
+    snprintf(space, 37, "%s", STORE_DEFAULT_SPACE_GUID);
+    return ref;
+}
+
+char *store_location_masked(const char *location)
+{
+    char *m = xstrdup(location);
+    char *scheme = strstr(m, "://");
+    if (scheme) {
+        char *auth = scheme + 3;
+        size_t authlen = strcspn(auth, "/?#");
+        char *at = memrchr(auth, '@', authlen);
+        char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon) {
+            char *rest = xasprintf("%.*s***%s", (int)(colon + 1 - m), m, at);
+            free(m);
+            m = rest;
+        }
+    }
+    char *pw = strstr(m, "password=");
+    if (pw) {
+        char *value = pw + strlen("password=");
+        char *rest = xasprintf("%.*s***%s", (int)(value - m), m, value + strcspn(value, "&"));
+        free(m);
+        m = rest;
+    }
+    return m;
+}
+
+/* The location names the backend: "sqlite:PATH" or a plain path is the embedded SQLite;
+ * "postgres://..." or "postgresql://..." is PostgreSQL; any other URL is refused. */
+int store_open(const char *location, char *err, size_t errsize, struct store **out)
+{
+    const struct store_ops *ops = &store_sqlite_ops;
+    int (*open_backend)(const char *, char *, size_t, struct store_backend **) = store_sqlite_open;
+    const char *rest = location;
+    if (str_has_prefix(location, "sqlite:")) {
+        rest = location + strlen("sqlite:");
+    } else if (str_has_prefix(location, "postgres://") ||
+               str_has_prefix(location, "postgresql://")) {
+        ops = &store_pg_ops;
+        open_backend = store_pg_open;
+    } else if (strstr(location, "://")) {
+        char *masked = store_location_masked(location);
+        snprintf(err, errsize,
+                 "unsupported store \"%s\": use sqlite:PATH or postgres://[USER@]HOST/DB", masked);
+        free(masked);
+        return -EPROTONOSUPPORT;
+    }
+    struct store_backend *b = NULL;
+    int rc = open_backend(rest, err, errsize, &b);
+    if (rc < 0)
+        return rc;
+    struct store *st = xcalloc(1, sizeof *st);
+    st->ops = ops;
+    st->backend = b;
+    *out = st;
+    return 0;
+}
+
+void store_close(struct store *st)
+{
+    if (!st)
+        return;
+    st->ops->close(st->backend);
+    free(st);
+}
+
+int store_app_list(struct store *st, struct store_app ***out, size_t *n)
+{
+    return st->ops->app_list_in(st->backend, NULL, out, n);
+}
+
+int store_schema_version(struct store *st)
+{
+    return st->ops->schema_version(st->backend);
+}
+
+uint64_t store_change_count(struct store *st)
+{
+    return st->ops->change_count(st->backend);
+}
+
+int store_app_create(struct store *st, const struct store_app *app)
+{
+    return st->ops->app_create(st->backend, app);
+}
+
+int store_app_update(struct store *st, const struct store_app *app)
+{
+    return st->ops->app_update(st->backend, app);
+}
+
+int store_app_get(struct store *st, const char *ref, struct store_app **out)
+{
+    return st->ops->app_get(st->backend, ref, out);
+}
+
+int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
+                   struct store_app **out)
+{
+    char *ref = xasprintf("%s/%s", space_guid, name_or_guid);
+    struct store_app *app = NULL;
+    int rc = store_app_get(st, ref, &app);
+    free(ref);
+    if (rc == -ENOENT)
+        rc = store_app_get(st, name_or_guid, &app);
+    if (rc == 0 && strcmp(app->space_guid, space_guid)) {
+        /* a guid of another space's app, or a name of the default space's */
+        store_app_free(app);
+        return -ENOENT;
+    }
+    if (rc == 0)
+        *out = app;
+    return rc;
+}
+
+int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out, size_t *n)
+{
+    return st->ops->app_list_in(st->backend, space_guid, out, n);
+}
+
+int store_app_delete(struct store *st, const char *guid)
+{
+    return st->ops->app_delete(st->backend, guid);
+}
+
+int store_route_add(struct store *st, const struct store_route *route)
+{
+    return st->ops->route_add(st->backend, route);
+}
+
+int store_route_delete(struct store *st, const char *host, const char *path)
+{
+    return st->ops->route_delete(st->backend, host, path);
+}
+
+int store_route_set_balance(struct store *st, const char *host, const char *path,
+                            const char *balance)
+{
+    return st->ops->route_set_balance(st->backend, host, path, balance);
+}
+
+int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n)
+{
+    return st->ops->route_list(st->backend, app_guid, out, n);
+}
+
+int store_domain_add(struct store *st, const char *name, const char *org_guid)
+{
+    return st->ops->domain_add(st->backend, name, org_guid);
+}
+
+int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids)
+{
+    return st->ops->domain_list(st->backend, names, shared, org_guids);
+}
+
+int store_package_add(struct store *st, const struct store_package *pkg)
+{
+    return st->ops->package_add(st->backend, pkg);
+}
+
+int store_package_get(struct store *st, const char *guid, struct store_package **out)
+{
+    return st->ops->package_get(st->backend, guid, out);
+}
+
+int store_droplet_add(struct store *st, const struct store_droplet *drop)
+{
+    return st->ops->droplet_add(st->backend, drop);
+}
+
+int store_droplet_get(struct store *st, const char *guid, struct store_droplet **out)
+{
+    return st->ops->droplet_get(st->backend, guid, out);
+}
+
+int store_droplet_delete(struct store *st, const char *guid)
+{
+    return st->ops->droplet_delete(st->backend, guid);
+}
+
+int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
+                              const char *keep_droplet, char ***paths)
+{
+    return st->ops->app_prune_artifacts(st->backend, app_guid, keep_package, keep_droplet, paths);
+}
+
+int store_audit_add(struct store *st, const struct store_audit_event *ev)
+{
+    return st->ops->audit_add(st->backend, ev);
+}
+
+int store_audit_list(struct store *st, const char *space_guid, const char *org_guid,
+                     const char *target, int64_t before_id, size_t limit,
+                     struct store_audit_event **out, size_t *n)
+{
+    return st->ops->audit_list(st->backend, space_guid, org_guid, target, before_id, limit, out, n);
+}
+
+int store_doc_put(struct store *st, const char *kind, const char *id, const char *json)
+{
+    return st->ops->doc_put(st->backend, kind, id, json);
+}
+
+int store_doc_get(struct store *st, const char *kind, const char *id, char **json)
+{
+    return st->ops->doc_get(st->backend, kind, id, json);
+}
+
+int store_doc_delete(struct store *st, const char *kind, const char *id)
+{
+    return st->ops->doc_delete(st->backend, kind, id);
+}
+
+int store_doc_each(struct store *st, const char *kind,
+                   int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+{
+    return st->ops->doc_each(st->backend, kind, fn, ctx);
+}
+
+/* ---- what callers own ---------------------------------------------------------------- */
+
+void store_app_free(struct store_app *app)
+{
+    if (!app)
+        return;
+    free(app->name);
+    free(app->state);
+    free(app->kind);
+    free(app->command);
+    free(app->buildpacks_json);
+    free(app->health_check_type);
+    free(app->health_check_http_endpoint);
+    free(app->function_json);
+    free(app->package_guid);
+    free(app->droplet_guid);
+    free(app->detected_buildpack);
+    for (size_t i = 0; i < app->n_processes; i++) {
+        free(app->processes[i].type);
+        free(app->processes[i].command);
+    }
+    free(app->processes);
+    for (size_t i = 0; i < app->n_env; i++) {
+        free(app->env[i].name);
+        free(app->env[i].value);
+    }
+    free(app->env);
+    free(app);
+}
+
+void store_app_list_free(struct store_app **apps, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        store_app_free(apps[i]);
+    free(apps);
+}
+
+int store_process_default_min(const char *app_kind, const char *type)
+{
+    bool function = app_kind && !strcmp(app_kind, "function");
+    return function || strcmp(type, "web") ? 0 : STORE_SCALE_MANUAL;
+}
+
+struct store_process *store_app_process(const struct store_app *app, const char *type)
+{
+    for (size_t i = 0; i < app->n_processes; i++)
+        if (!strcmp(app->processes[i].type, type))
+            return &app->processes[i];
+    return NULL;
+}
+
+static char *store__dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+struct store_app *store_app_dup(const struct store_app *app)
+{
+    struct store_app *c = xcalloc(1, sizeof *c);
+    *c = *app;
+    c->name = store__dup_or_null(app->name);
+    c->state = store__dup_or_null(app->state);
+    c->kind = store__dup_or_null(app->kind);
+    c->command = store__dup_or_null(app->command);
+    c->buildpacks_json = store__dup_or_null(app->buildpacks_json);
+    c->health_check_type = store__dup_or_null(app->health_check_type);
+    c->health_check_http_endpoint = store__dup_or_null(app->health_check_http_endpoint);
+    c->function_json = store__dup_or_null(app->function_json);
+    c->package_guid = store__dup_or_null(app->package_guid);
+    c->droplet_guid = store__dup_or_null(app->droplet_guid);
+    c->detected_buildpack = store__dup_or_null(app->detected_buildpack);
+    c->processes = xcalloc(app->n_processes ? app->n_processes : 1, sizeof *c->processes);
+    for (size_t i = 0; i < app->n_processes; i++) {
+        c->processes[i] = app->processes[i];
+        c->processes[i].type = store__dup_or_null(app->processes[i].type);
+        c->processes[i].command = store__dup_or_null(app->processes[i].command);
+    }
+    c->env = xcalloc(app->n_env ? app->n_env : 1, sizeof *c->env);
+    for (size_t i = 0; i < app->n_env; i++) {
+        c->env[i].name = store__dup_or_null(app->env[i].name);
+        c->env[i].value = store__dup_or_null(app->env[i].value);
+    }
+    return c;
+}
+
+void store_route_list_free(struct store_route *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(routes[i].host);
+        free(routes[i].path);
+        free(routes[i].app_guid);
+        free(routes[i].domain);
+        free(routes[i].balance);
+    }
+    free(routes);
+}
+
+void store_strv_free(char **v)
+{
+    if (!v)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+void store_package_free(struct store_package *pkg)
+{
+    if (!pkg)
+        return;
+    free(pkg->app_guid);
+    free(pkg->path);
+    free(pkg);
+}
+
+void store_droplet_free(struct store_droplet *drop)
+{
+    if (!drop)
+        return;
+    free(drop->app_guid);
+    free(drop->path);
+    free(drop->buildpack);
+    free(drop->process_types_json);
+    free(drop);
+}
+
+void store_audit_list_free(struct store_audit_event *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(list[i].type);
+        free(list[i].actor);
+        free(list[i].actor_guid);
+        free(list[i].token_guid);
+        free(list[i].target);
+        free(list[i].space_guid);
+        free(list[i].org_guid);
+        free(list[i].detail);
+    }
+    free(list);
+}

@@ -1,0 +1,72 @@
+/* store_backend: the seam between store.c (what every backend shares: store_open choosing a
+ * backend by location, the *_free and *_dup functions, the scaling default) and each backend.
+ * Only store.c and the backends include this header.
+ *
+ * A backend defines its own `struct store_backend` (opaque to store.c), an open function
+ * and a `struct store_ops` whose calls have the meaning of the public call of the same name
+ * in store.h, with the backend object in place of the store. */
+#ifndef SKIFF_STORE_BACKEND_H
+#define SKIFF_STORE_BACKEND_H
+
+#include "store/store.h"
+
+struct store_backend;
+
+struct store_ops {
+    const char *name; /* "sqlite" */
+    void (*close)(struct store_backend *b);
+    int (*schema_version)(struct store_backend *b);
+    uint64_t (*change_count)(struct store_backend *b);
+
+    int (*app_create)(struct store_backend *b, const struct store_app *app);
+    int (*app_update)(struct store_backend *b, const struct store_app *app);
+    int (*app_get)(struct store_backend *b, const char *ref, struct store_app **out);
+    int (*app_list_in)(struct store_backend *b, const char *space_guid, struct store_app ***out,
+                       size_t *n);
+    int (*app_delete)(struct store_backend *b, const char *guid);
+
+    int (*route_add)(struct store_backend *b, const struct store_route *route);
+    int (*route_delete)(struct store_backend *b, const char *host, const char *path);
+    int (*route_set_balance)(struct store_backend *b, const char *host, const char *path,
+                             const char *balance);
+    int (*route_list)(struct store_backend *b, const char *app_guid, struct store_route **out,
+                      size_t *n);
+    int (*domain_add)(struct store_backend *b, const char *name, const char *org_guid);
+    int (*domain_list)(struct store_backend *b, char ***names, bool **shared, char ***org_guids);
+
+    int (*package_add)(struct store_backend *b, const struct store_package *pkg);
+    int (*package_get)(struct store_backend *b, const char *guid, struct store_package **out);
+    int (*droplet_add)(struct store_backend *b, const struct store_droplet *drop);
+    int (*droplet_get)(struct store_backend *b, const char *guid, struct store_droplet **out);
+    int (*droplet_delete)(struct store_backend *b, const char *guid);
+    int (*app_prune_artifacts)(struct store_backend *b, const char *app_guid,
+                               const char *keep_package, const char *keep_droplet, char ***paths);
+
+    int (*audit_add)(struct store_backend *b, const struct store_audit_event *ev);
+    int (*audit_list)(struct store_backend *b, const char *space_guid, const char *org_guid,
+                      const char *target, int64_t before_id, size_t limit,
+                      struct store_audit_event **out, size_t *n);
+
+    int (*doc_put)(struct store_backend *b, const char *kind, const char *id, const char *json);
+    int (*doc_get)(struct store_backend *b, const char *kind, const char *id, char **json);
+    int (*doc_delete)(struct store_backend *b, const char *kind, const char *id);
+    int (*doc_each)(struct store_backend *b, const char *kind,
+                    int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
+};
+
+/* The PostgreSQL backend (store_pg.c): url is a libpq connection URI. */
+extern const struct store_ops store_pg_ops;
+int store_pg_open(const char *url, char *err, size_t errsize, struct store_backend **out);
+
+/* Splits an app reference "SPACE_GUID/NAME" into space and the returned name; a reference
+ * without a space (a guid, or a name) gets the default space and is returned whole. */
+const char *store_ref_split(const char *ref, char space[37]);
+/* The location with any password replaced by "***" (in "user:PASSWORD@" and in a
+ * "password=" parameter), for messages and logs; the caller frees it. */
+char *store_location_masked(const char *location);
+
+/* The embedded SQLite backend: path is a file name (":memory:" for a private one). */
+extern const struct store_ops store_sqlite_ops;
+int store_sqlite_open(const char *path, char *err, size_t errsize, struct store_backend **out);
+
+#endif

@@ -1,0 +1,73 @@
+"""skiffd on a PostgreSQL store: a throwaway server (Unix socket only) started here, apps and
+routes made through the API, skiffd restarted, and everything found again."""
+import json
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import ROOT, Platform
+
+PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
+
+
+@pytest.fixture(scope="module")
+def pg_dir():
+    d = tempfile.mkdtemp(prefix="skiff-pg-")
+    # a server that cannot start fails the test: there is no skip
+    subprocess.run([PG, "start", d], check=True, capture_output=True, timeout=120)
+    try:
+        yield d
+    finally:
+        subprocess.run([PG, "stop", d], check=True, timeout=120)
+
+
+def test_apps_and_routes_survive_a_restart_on_postgres(pg_dir):
+    # the password is not needed (the server trusts its socket) but must never be logged
+    url = f"postgresql://postgres:not-for-logs@/postgres?host={pg_dir}"
+    p = Platform(extra_args=["--store", url]).start()
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "pg-app", "env": {"Q": "it's"},
+                                                  "routes": ["pg-app.localhost/b",
+                                                             "pg-app.localhost/a"]})
+        assert status == 201, body
+        status, body = p.api("POST", "/v1/apps", {"name": "'; DROP TABLE apps; --"})
+        assert status in (201, 422), body
+        status, body = p.api("POST", "/v1/apps", {"name": "pg-app"})
+        assert status == 409, body
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        # the state is in PostgreSQL, not in a file in the home
+        assert not os.path.exists(os.path.join(p.home, "skiff.db"))
+
+        p.start()
+        status, app = p.api("GET", "/v1/apps/pg-app")
+        assert status == 200, app
+        assert app["routes"] == ["pg-app.localhost/a", "pg-app.localhost/b"], app
+        status, listed = p.api("GET", "/v1/apps")
+        assert status == 200, listed
+        assert "pg-app" in [a["name"] for a in listed["apps"]], listed
+        r = p.cli("routes", "--json", check=True)
+        hosts = sorted(rt["host"] for rt in json.loads(r.stdout)["routes"])
+        assert hosts == ["pg-app.localhost", "pg-app.localhost"], r.stdout
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        assert "not-for-logs" not in p.output()
+        assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        p.close()
+
+
+def test_skiffd_refuses_an_unreachable_store_naming_no_password(tmp_path):
+    url = f"postgresql://postgres:not-for-logs@/postgres?host={tmp_path}/nothing-here"
+    p = Platform(extra_args=["--store", url])
+    try:
+        with pytest.raises(AssertionError):
+            p.start(timeout=20)
+        p.proc.wait(20)
+        assert p.proc.returncode != 0
+        assert "cannot connect to the store" in p.output(), p.output()
+        assert "not-for-logs" not in p.output(), p.output()
+    finally:
+        p.close()
