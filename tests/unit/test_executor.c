@@ -549,14 +549,21 @@ static void test_start_errors(void **state)
 static void test_port_allocation_skips_busy_ports(void **state)
 {
     struct world *w = *state;
+    /* a port below the kernel's ephemeral range (32768 up by default): one the kernel gave
+     * this test would be free for any outgoing connection on a busy machine to take in
+     * between close and allocate */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = {.sin_family = AF_INET};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    int busy = 0;
+    for (int tries = 0; tries < 4000 && !busy; tries++) {
+        int port = 24000 + (int)((getpid() * 7 + tries) % 4000);
+        addr.sin_port = htons((uint16_t)port);
+        if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0)
+            busy = port;
+    }
+    assert_true(busy > 0);
     assert_int_equal(listen(fd, 1), 0);
-    socklen_t alen = sizeof(addr);
-    getsockname(fd, (struct sockaddr *)&addr, &alen);
-    int busy = ntohs(addr.sin_port);
 
     struct executor *ex;
     struct executor_config cfg = {.home = w->home, .port_min = busy, .port_max = busy};
