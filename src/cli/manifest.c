@@ -320,6 +320,31 @@ static bool manifest_is_merge(const char *key)
     return strcmp(key, "<<") == 0;
 }
 
+/* Whether some "<<" of the document merges target: a block of shared settings
+ * ("defaults: &defaults" beside "applications:", as Cloud Foundry manifests write them). */
+static bool manifest_merged_somewhere(struct manifest_ctx *c, const yaml_node_t *target)
+{
+    for (yaml_node_t *n = c->doc->nodes.start; n < c->doc->nodes.top; n++) {
+        if (n->type != YAML_MAPPING_NODE)
+            continue;
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++) {
+            const char *key = manifest_scalar(yaml_document_get_node(c->doc, p->key));
+            const yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
+            if (!key || !manifest_is_merge(key) || !v)
+                continue;
+            if (v == target)
+                return true;
+            if (v->type == YAML_SEQUENCE_NODE)
+                for (yaml_node_item_t *it = v->data.sequence.items.start;
+                     it < v->data.sequence.items.top; it++)
+                    if (yaml_document_get_node(c->doc, *it) == target)
+                        return true;
+        }
+    }
+    return false;
+}
+
 static int manifest_check_keys_in(struct manifest_ctx *c, const yaml_node_t *n, const char *what,
                                   const struct manifest_field *fields, bool merge_allowed);
 
@@ -354,6 +379,11 @@ static int manifest_check_keys_in(struct manifest_ctx *c, const yaml_node_t *n, 
             if (rc)
                 return rc;
         } else if (!manifest_field_find(fields, key)) {
+            /* a top-level block that only holds settings other entries merge is read through
+             * them, not for itself */
+            if (n == yaml_document_get_root_node(c->doc) &&
+                manifest_merged_somewhere(c, yaml_document_get_node(c->doc, p->value)))
+                continue;
             const char *hint = manifest_suggest(key, fields);
             if (hint)
                 return manifest_fail(c, k, "unknown key \"%s\" (did you mean \"%s\"?)", key, hint);
@@ -562,10 +592,10 @@ static int manifest_block(struct manifest_ctx *c, const yaml_node_t *n, const ch
         return rc;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *key = manifest_scalar(yaml_document_get_node(c->doc, p->key));
-        if (manifest_is_merge(key))
+        const struct manifest_field *f = manifest_field_find(fields, key);
+        if (manifest_is_merge(key) || !f) /* !f: a block of shared settings (check_keys) */
             continue;
-        rc = manifest_field_parse(c, manifest_field_find(fields, key),
-                                  yaml_document_get_node(c->doc, p->value), block);
+        rc = manifest_field_parse(c, f, yaml_document_get_node(c->doc, p->value), block);
         if (rc)
             return rc;
     }

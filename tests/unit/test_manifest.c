@@ -859,6 +859,30 @@ static void test_merge_keys(void **state)
                  "most 16 maps");
     expect_error("applications:\n- name: a\n  <<: {<<: {memory: 1G}}\n", MANIFEST_ERR_SCHEMA,
                  "manifest.yml line 3: a map merged with \"<<\" cannot merge another");
+    /* a top-level block of shared settings, as CF manifests keep them beside applications */
+    m = parse_ok("defaults: &defaults\n"
+                 "  memory: 256M\n"
+                 "  instances: 2\n"
+                 "applications:\n"
+                 "- name: a\n"
+                 "  <<: *defaults\n"
+                 "- name: b\n"
+                 "  <<: [*defaults]\n"
+                 "  instances: 1\n");
+    assert_int_equal(m->app_count, 2);
+    assert_int_equal(m->apps[0].memory_mb, 256);
+    assert_int_equal(m->apps[0].instances, 2);
+    assert_int_equal(m->apps[1].instances, 1);
+    manifest_free(m);
+    /* ... but only one that something merges: anything else at the top is still an error */
+    char *err = parse_err("defaults:\n  memory: 256M\napplications:\n- name: a\n",
+                          MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "unknown key \"defaults\""));
+    free(err);
+    err = parse_err("shared: &s {memory: 1G}\naplications:\n- name: a\n  <<: *s\n",
+                    MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "did you mean \"applications\""));
+    free(err);
 }
 
 int main(void)
