@@ -50,6 +50,40 @@ static void report(const char *name, double *samples, int count)
            samples[count * 99 / 100], samples[count - 1]);
 }
 
+/* How one durable write is made: appended to a growing file then fdatasync, written into
+ * space zero-filled and synced ahead then fdatasync, or the same with RWF_DSYNC. */
+enum way { WAY_APPEND, WAY_PREZERO, WAY_DSYNC };
+
+/* count durable writes of record into a new file at path, the way w; their times in samples.
+ * The file is removed afterwards. -1 (with a message) when a write or sync fails. */
+static int measure(const char *path, enum way w, char *record, double *samples, int count)
+{
+    int fd = w == WAY_APPEND ? open(path, O_RDWR | O_CREAT | O_TRUNC | O_APPEND, 0600)
+                             : open_prezeroed(path, count);
+    if (fd < 0) {
+        perror(path);
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < count && rc == 0; i++) {
+        struct iovec iov = {record, RECORD};
+        off_t at = (off_t)i * RECORD;
+        double start = now_us();
+        if (w == WAY_APPEND)
+            rc = write(fd, record, RECORD) == RECORD && fdatasync(fd) == 0 ? 0 : -1;
+        else if (w == WAY_PREZERO)
+            rc = pwrite(fd, record, RECORD, at) == RECORD && fdatasync(fd) == 0 ? 0 : -1;
+        else
+            rc = pwritev2(fd, &iov, 1, at, RWF_DSYNC) == RECORD ? 0 : -1;
+        samples[i] = now_us() - start;
+    }
+    if (rc < 0)
+        perror(path);
+    close(fd);
+    unlink(path);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -64,60 +98,13 @@ int main(int argc, char **argv)
     if (!samples)
         return 1;
 
-    snprintf(path, sizeof path, "%s/fsl-append", argv[1]);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_APPEND, 0600);
-    if (fd < 0) {
-        perror(path);
-        return 1;
-    }
-    for (int i = 0; i < count; i++) {
-        double start = now_us();
-        if (write(fd, record, RECORD) != RECORD || fdatasync(fd) != 0) {
-            perror("append");
+    static const char *const ways[] = {"append", "prezero", "dsync"};
+    for (enum way w = WAY_APPEND; w <= WAY_DSYNC; w++) {
+        snprintf(path, sizeof path, "%s/fsl-%s", argv[1], ways[w]);
+        if (measure(path, w, record, samples, count) < 0)
             return 1;
-        }
-        samples[i] = now_us() - start;
+        report(ways[w], samples, count);
     }
-    close(fd);
-    unlink(path);
-    report("append", samples, count);
-
-    snprintf(path, sizeof path, "%s/fsl-prezero", argv[1]);
-    fd = open_prezeroed(path, count);
-    if (fd < 0) {
-        perror(path);
-        return 1;
-    }
-    for (int i = 0; i < count; i++) {
-        double start = now_us();
-        if (pwrite(fd, record, RECORD, (off_t)i * RECORD) != RECORD || fdatasync(fd) != 0) {
-            perror("prezero");
-            return 1;
-        }
-        samples[i] = now_us() - start;
-    }
-    close(fd);
-    unlink(path);
-    report("prezero", samples, count);
-
-    snprintf(path, sizeof path, "%s/fsl-dsync", argv[1]);
-    fd = open_prezeroed(path, count);
-    if (fd < 0) {
-        perror(path);
-        return 1;
-    }
-    for (int i = 0; i < count; i++) {
-        struct iovec iov = {record, RECORD};
-        double start = now_us();
-        if (pwritev2(fd, &iov, 1, (off_t)i * RECORD, RWF_DSYNC) != RECORD) {
-            perror("dsync");
-            return 1;
-        }
-        samples[i] = now_us() - start;
-    }
-    close(fd);
-    unlink(path);
-    report("dsync", samples, count);
     free(samples);
     return 0;
 }

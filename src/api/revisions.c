@@ -27,6 +27,12 @@ static char *revisions__kind(const char *app_guid)
     return xasprintf("revisions.%s", app_guid);
 }
 
+/* A revision's document id: its number, zero-padded so that ids sort as numbers do. */
+static void revisions__id(json_int_t version, char id[24])
+{
+    snprintf(id, 24, "%010lld", (long long)version);
+}
+
 struct revisions__list {
     json_t *all; /* oldest first */
 };
@@ -98,8 +104,7 @@ static void revisions__trim(struct api_core *core, const struct store_app *app, 
             store_droplet_free(d);
         }
         char id[24];
-        snprintf(id, sizeof id, "%010lld",
-                 (long long)json_integer_value(json_object_get(old, "version")));
+        revisions__id(json_integer_value(json_object_get(old, "version")), id);
         store_doc_delete(core->cfg.store, kind, id);
     }
     free(kind);
@@ -147,7 +152,7 @@ int api_core__revision_add(struct api_core *core, const struct store_app *app,
     char *text = json_dumps(r, JSON_COMPACT);
     char *kind = revisions__kind(app->guid);
     char id[24];
-    snprintf(id, sizeof id, "%010lld", (long long)version);
+    revisions__id(version, id);
     int rc = store_doc_put(core->cfg.store, kind, id, text);
     free(kind);
     free(text);
@@ -172,8 +177,7 @@ void api_core__revisions_forget(struct api_core *core, const char *app_guid)
     json_array_foreach(all, i, r)
     {
         char id[24];
-        snprintf(id, sizeof id, "%010lld",
-                 (long long)json_integer_value(json_object_get(r, "version")));
+        revisions__id(json_integer_value(json_object_get(r, "version")), id);
         store_doc_delete(core->cfg.store, kind, id);
     }
     free(kind);
