@@ -33,6 +33,8 @@ char *container_config_to_json(const struct container_config *cfg)
         json_object_set_new(j, "disk_from", json_string(cfg->disk_from));
     if (cfg->seccomp_bpf)
         json_object_set_new(j, "seccomp_bpf", json_string(cfg->seccomp_bpf));
+    if (cfg->warm_socket)
+        json_object_set_new(j, "warm_socket", json_string(cfg->warm_socket));
     if (cfg->net_pool) {
         json_object_set_new(j, "net_pool", json_string(cfg->net_pool));
         json_object_set_new(j, "net_slot", json_integer(cfg->net_slot));
@@ -67,6 +69,7 @@ int container_config_from_json(const char *text, struct container_config *out, c
     out->disk_from = config__string(j, "disk_from");
     out->seccomp_bpf = config__string(j, "seccomp_bpf");
     out->net_pool = config__string(j, "net_pool");
+    out->warm_socket = config__string(j, "warm_socket");
     out->disk_mb = (int)json_integer_value(json_object_get(j, "disk_mb"));
     out->uid_base = (unsigned)json_integer_value(json_object_get(j, "uid_base"));
     out->net_slot = (int)json_integer_value(json_object_get(j, "net_slot"));
@@ -117,6 +120,7 @@ void container_config_clear(struct container_config *cfg)
     free(cfg->disk_from);
     free(cfg->seccomp_bpf);
     free(cfg->net_pool);
+    free(cfg->warm_socket);
     for (char **c = cfg->cgroup_procs; c && *c; c++)
         free(*c);
     free(cfg->cgroup_procs);

@@ -72,6 +72,8 @@ struct container_config {
     char **cgroup_procs; /* NULL-terminated cgroup.procs files to join first, or NULL */
     struct container_mount *mounts;
     size_t n_mounts;
+    char *warm_socket; /* a warm container (see below): the Unix socket, relative to scratch,
+                          it listens on once ready; NULL for one that runs its program now */
 };
 
 /* What every container of one daemon shares. The executor sets it up (and owns the network
@@ -104,6 +106,30 @@ void container_config_clear(struct container_config *cfg);
  * running then). The caller is root on the host. */
 int container_run(const struct container_config *cfg, char *const argv[], char *const envp[],
                   char *err, size_t errlen);
+
+/* Warm containers: made ahead, started in a moment. skiff-init with a config naming
+ * warm_socket and no program makes the whole container (disk, root, namespaces, network,
+ * /proc, pivot_root, the filter read) but for the droplet and the program, then listens on
+ * scratch/warm_socket (0600) and waits. container_warm_start hands it what an instance is:
+ * the keeper mounts the droplet (an overlay under the writable layer, as for any container)
+ * at /home/vcap/app, where it reaches the container by mount propagation (a slave of the
+ * keeper's mount: nothing flows back), and init sets the hostname and runs the program as
+ * any container's. From then on it is an ordinary container: same keeper, same exit. The
+ * scratch folder may be renamed once the socket is there (the keeper works relative to it).
+ * One start per warm container: the socket is gone once a start is taken, so a container
+ * never carries anything from one instance to another. */
+struct container_start {
+    const char *hostname; /* the instance's guid */
+    const char *app_dir;  /* host path of the droplet's app/ folder */
+    char *const *argv;    /* NULL-terminated; argv[0] looked up in PATH inside */
+    char *const *envp;    /* NULL-terminated */
+};
+/* Sends start to the warm container listening at socket_path (its connection closed at
+ * once: what goes wrong later is the program's end, exit 125 with the reason on stderr, as
+ * for a container that could not be made). -ECONNREFUSED or -ENOENT when none listens
+ * there (not ready yet, or gone). */
+int container_warm_start(const char *socket_path, const struct container_start *start,
+                         char *err, size_t errlen);
 
 /* The stack "host" under home/stacks/host: a skeleton root (generated /etc with passwd and
  * group naming vcap, hosts, resolv.conf, nsswitch.conf; mount points; /bin /lib /sbin as links

@@ -20,4 +20,16 @@ int container__disk_make_detached(const char *pool_dir, int size_mb, char *err, 
  * at once or it has none of that size ready (the caller then makes its own). */
 int container__disk_receive(const char *pool_dir, int size_mb);
 
+struct container_start;
+/* A start as it travels to a warm container (JSON), and back: the strings of *out are
+ * owned by it until container__start_clear. */
+char *container__start_to_json(const struct container_start *start);
+struct container__start {
+    char *hostname, *app_dir;
+    char **argv, **envp;
+};
+int container__start_from_json(const char *text, struct container__start *out, char *err,
+                               size_t errlen);
+void container__start_clear(struct container__start *s);
+
 #endif

@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,6 +40,8 @@
 #include "container/net.h"
 #include "container/seccomp.h"
 
+#define RUN_START_MAX (16 << 20) /* a warm container's start: argv and env */
+
 struct run_child {
     const struct container_config *cfg;
     char *const *argv;
@@ -47,6 +50,10 @@ struct run_child {
     int sync_rd;   /* "go" from the host side */
     int err_wr;    /* a message when something fails before exec (close-on-exec) */
     int status_wr; /* init: the program's wait status when it ends */
+    /* a warm container only */
+    int ready_wr; /* init says 'r' once all is made but the program */
+    int start_rd; /* the start from the keeper: hostname, argc, argv, env; NUL-separated */
+    int start_wr; /* (the keeper's end, closed in init) */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -217,6 +224,24 @@ static int run__disk(const struct container_config *cfg, const char *image, cons
     return rc;
 }
 
+/* A warm container's /home/vcap/app, where its droplet arrives after the container is made:
+ * a mount of its own, shared, so that the container's copy (made in a less privileged
+ * namespace, the kernel turns it into a slave) receives the droplet mounted on the keeper's
+ * side later, and nothing mounted inside comes back. */
+static int run__warm_mountpoint(const char *root, char *err, size_t errlen)
+{
+    char *app = run__path(root, CONTAINER_APP_DIR);
+    int rc = run__mountpoint(app, true);
+    if (rc < 0)
+        rc = run__fail(err, errlen, rc, "cannot create %s: %s", app, strerror(-rc));
+    if (rc == 0)
+        rc = run__mount(app, app, NULL, MS_BIND, NULL, err, errlen);
+    if (rc == 0)
+        rc = run__mount(NULL, app, NULL, MS_SHARED, NULL, err, errlen);
+    free(app);
+    return rc;
+}
+
 static int run__rootfs(const struct container_config *cfg, const char *root, char *err,
                        size_t errlen)
 {
@@ -282,6 +307,8 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
         }
         free(dst);
     }
+    if (rc == 0 && cfg->warm_socket)
+        rc = run__warm_mountpoint(root, err, errlen);
     if (rc == 0)
         rc = run__dev(root, err, errlen);
 out:
@@ -398,6 +425,53 @@ static void run__exec(struct run_child *c)
     run__child_fail(c, "cannot run %s: %s", c->argv[0], strerror(errno));
 }
 
+/* A warm container's init, all made: says so, then takes the start the keeper passes on
+ * (the droplet is mounted by then) and becomes the instance's. */
+static void run__warm_wait(struct run_child *c)
+{
+    close(c->start_wr);
+    if (write(c->ready_wr, "r", 1) != 1)
+        _exit(125);
+    close(c->ready_wr);
+    size_t len = 0, cap = 64 * 1024;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (len == cap) {
+            if (cap >= RUN_START_MAX)
+                run__child_fail(c, "the start is larger than %d bytes", RUN_START_MAX);
+            cap *= 2;
+            buf = xrealloc(buf, cap);
+        }
+        ssize_t n = read(c->start_rd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            run__child_fail(c, "cannot read the start: %s", strerror(errno));
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(c->start_rd);
+    /* hostname, argc, argv..., env...: each NUL-terminated */
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += buf[i] == '\0';
+    if (len == 0 || buf[len - 1] != '\0' || count < 3)
+        _exit(125); /* the keeper went away before it handed the start on */
+    char **strs = xcalloc(count + 1, sizeof *strs);
+    for (size_t i = 0, k = 0; i < len; i += strlen(buf + i) + 1)
+        strs[k++] = buf + i;
+    long argc = strtol(strs[1], NULL, 10);
+    if (argc < 1 || (size_t)argc > count - 2)
+        run__child_fail(c, "the start is malformed");
+    char **argv = xcalloc((size_t)argc + 1, sizeof *argv);
+    memcpy(argv, strs + 2, (size_t)argc * sizeof *argv);
+    c->argv = argv;
+    c->envp = strs + 2 + argc; /* NULL-terminated by the calloc */
+    if (sethostname(strs[0], strlen(strs[0])) < 0)
+        run__child_fail(c, "cannot set the hostname: %s", strerror(errno));
+}
+
 static void run__noop(int sig)
 {
     (void)sig;
@@ -442,6 +516,8 @@ static int run__init(void *arg)
         run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
     if (!cfg->net_pool)
         run__lo_up();
+    if (cfg->warm_socket)
+        run__warm_wait(c);
     if (chdir(cfg->cwd) < 0)
         run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
 
@@ -506,6 +582,111 @@ static int run__maps(pid_t pid, unsigned base, char *err, size_t errlen)
     return 0;
 }
 
+static int run__write_all(int fd, const void *data, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(fd, (const char *)data + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+/* The start, read to its end from the one connection a warm container takes. */
+static int run__warm_accept(const struct container_config *cfg, char **text, char *err,
+                            size_t errlen)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", cfg->warm_socket);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (lfd < 0)
+        return run__fail(err, errlen, -errno, "cannot make the warm socket: %s", strerror(errno));
+    unlink(cfg->warm_socket);
+    mode_t old = umask(0177); /* 0600 from the start: root alone may start it */
+    int rc = bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 1) < 0 ? -errno : 0;
+    umask(old);
+    int fd = -1;
+    while (rc == 0 && (fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0)
+        if (errno != EINTR && errno != ECONNABORTED)
+            rc = -errno;
+    unlink(cfg->warm_socket); /* one start: nobody else gets this far */
+    close(lfd);
+    if (rc < 0)
+        return run__fail(err, errlen, rc, "cannot wait on the warm socket: %s", strerror(-rc));
+    size_t len = 0, cap = 64 * 1024;
+    char *buf = xmalloc(cap + 1);
+    for (;;) {
+        if (len == cap) {
+            if (cap >= RUN_START_MAX) {
+                rc = run__fail(err, errlen, -E2BIG, "the start is larger than %d bytes",
+                               RUN_START_MAX);
+                break;
+            }
+            cap *= 2;
+            buf = xrealloc(buf, cap + 1);
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n < 0)
+                rc = run__fail(err, errlen, -errno, "cannot read the start: %s", strerror(errno));
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = '\0';
+    if (rc < 0) {
+        free(buf);
+        return rc;
+    }
+    *text = buf;
+    return 0;
+}
+
+/* The keeper of a warm container whose init is ready: takes the start, mounts its droplet
+ * (propagated into the container) and hands init the rest. Relative paths: the scratch
+ * folder (the keeper's working directory) may have been renamed since. */
+static int run__warm_serve(const struct container_config *cfg, int start_wr, char *err,
+                           size_t errlen)
+{
+    char *text = NULL;
+    int rc = run__warm_accept(cfg, &text, err, errlen);
+    if (rc < 0)
+        return rc;
+    struct container__start start;
+    rc = container__start_from_json(text, &start, err, errlen);
+    free(text);
+    if (rc < 0)
+        return rc;
+    struct stat st;
+    if (stat(start.app_dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        rc = run__fail(err, errlen, -ENOENT, "the droplet %s is not a folder", start.app_dir);
+    else
+        rc = run__overlay(start.app_dir, "disk", "app", "root" CONTAINER_APP_DIR, err, errlen);
+    size_t argc = 0;
+    while (start.argv[argc])
+        argc++;
+    char count[24];
+    snprintf(count, sizeof count, "%zu", argc);
+    if (rc == 0)
+        rc = run__write_all(start_wr, start.hostname, strlen(start.hostname) + 1);
+    if (rc == 0)
+        rc = run__write_all(start_wr, count, strlen(count) + 1);
+    for (char **v = start.argv; rc == 0 && *v; v++)
+        rc = run__write_all(start_wr, *v, strlen(*v) + 1);
+    for (char **v = start.envp; rc == 0 && *v; v++)
+        rc = run__write_all(start_wr, *v, strlen(*v) + 1);
+    if (rc < 0 && !err[0])
+        run__fail(err, errlen, rc, "the container's init went away");
+    container__start_clear(&start);
+    return rc;
+}
+
 int container_run(const struct container_config *cfg, char *const argv[], char *const envp[],
                   char *err, size_t errlen)
 {
@@ -525,6 +706,10 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
         if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode))
             (void)!fchown(fd, cfg->uid_base + CONTAINER_VCAP_UID, cfg->uid_base + CONTAINER_VCAP_UID);
     }
+    bool warm = cfg->warm_socket != NULL;
+    if (warm && (strchr(cfg->warm_socket, '/') || (!argv) != warm || chdir(cfg->scratch) < 0))
+        return run__fail(err, errlen, -EINVAL, "a warm container needs its socket's name in "
+                                                "its scratch folder, and no program yet");
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         return run__fail(err, errlen, -errno, "cannot make a mount namespace: %s",
                          strerror(errno));
@@ -534,8 +719,9 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
         free(root);
         return rc;
     }
-    int sync[2], errp[2], statusp[2];
-    if (pipe2(sync, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(statusp, O_CLOEXEC) < 0) {
+    int sync[2], errp[2], statusp[2], ready[2] = {-1, -1}, startp[2] = {-1, -1};
+    if (pipe2(sync, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(statusp, O_CLOEXEC) < 0 ||
+        (warm && (pipe2(ready, O_CLOEXEC) < 0 || pipe2(startp, O_CLOEXEC) < 0))) {
         free(root);
         return run__fail(err, errlen, -errno, "cannot make pipes: %s", strerror(errno));
     }
@@ -545,7 +731,10 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
                           .root = root,
                           .sync_rd = sync[0],
                           .err_wr = errp[1],
-                          .status_wr = statusp[1]};
+                          .status_wr = statusp[1],
+                          .ready_wr = ready[1],
+                          .start_rd = startp[0],
+                          .start_wr = startp[1]};
     /* clone as fork does (no new stack: the child runs on a copy of ours), so that nothing
      * switches stacks under a sanitizer's feet */
     pid_t pid = (pid_t)syscall(SYS_clone,
@@ -557,6 +746,10 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
     close(sync[0]);
     close(errp[1]);
     close(statusp[1]);
+    if (warm) {
+        close(ready[1]);
+        close(startp[0]);
+    }
     if (pid < 0) {
         rc = run__fail(err, errlen, -errno, "cannot make the container's namespaces: %s",
                        strerror(errno));
@@ -573,6 +766,17 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
     if (rc == 0 && write(sync[1], "g", 1) != 1)
         rc = run__fail(err, errlen, -EIO, "the container's init went away");
     close(sync[1]);
+    if (warm) {
+        char r = 0;
+        ssize_t n = 0;
+        while (rc == 0 && (n = read(ready[0], &r, 1)) < 0 && errno == EINTR)
+            ;
+        /* not ready: init failed, and its message follows on errp */
+        if (rc == 0 && n == 1 && r == 'r')
+            rc = run__warm_serve(cfg, startp[1], err, errlen);
+        close(ready[0]);
+        close(startp[1]);
+    }
     if (rc == 0) {
         char msg[512];
         ssize_t n;

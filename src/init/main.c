@@ -1,8 +1,10 @@
 /* skiff-init: runs one program in a Skiff container (container/container.h).
  *
  *   skiff-init --config FILE -- PROGRAM ARG...
+ *   skiff-init --config FILE          (a warm container: the config names warm_socket)
  *
- * FILE is a container_config as JSON. The program gets skiff-init's own environment. It runs
+ * FILE is a container_config as JSON. The program gets skiff-init's own environment; a warm
+ * container's program and environment come with its start (container_warm_start). It runs
  * as root on the host and stays there as the container's keeper: it exits as the program
  * does (its exit status, or killed by the same signal), or with 125 and a message on stderr
  * when the container could not be made. Signals to its process group reach the container's
@@ -24,7 +26,7 @@
 
 static int init_usage(void)
 {
-    fputs("usage: skiff-init --config FILE -- PROGRAM ARG...\n"
+    fputs("usage: skiff-init --config FILE [-- PROGRAM ARG...]\n"
           "Runs a program in a Skiff container; started by skiff-shim and the stager.\n",
           stderr);
     return 2;
@@ -48,7 +50,7 @@ int main(int argc, char **argv)
         else
             return init_usage();
     }
-    if (!config_path || i >= argc)
+    if (!config_path)
         return init_usage();
     char *text = NULL;
     int rc = file_read(config_path, &text, NULL);
@@ -65,12 +67,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "skiff: %s\n", err);
         return INIT_CANNOT_RUN;
     }
+    if ((i >= argc) != (cfg.warm_socket != NULL)) {
+        container_config_clear(&cfg);
+        return init_usage();
+    }
     /* the container's init takes these and passes them on; its keeper only waits */
     static const int passed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
     for (size_t k = 0; k < ARRAY_SIZE(passed); k++)
         signal(passed[k], SIG_IGN);
     extern char **environ;
-    int status = container_run(&cfg, argv + i, environ, err, sizeof err);
+    int status = container_run(&cfg, cfg.warm_socket ? NULL : argv + i,
+                               cfg.warm_socket ? NULL : environ, err, sizeof err);
     container_config_clear(&cfg);
     if (status < 0) {
         fprintf(stderr, "skiff: cannot start the container: %s\n", err);

@@ -14,6 +14,8 @@
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,6 +35,8 @@ struct world {
     char *pool;
     char *seccomp_bpf; /* the filter built ahead, as skiffd gives it to its containers */
     char *disk_from;   /* the containers' disk_from (staging's shared disk), or NULL */
+    bool warm;         /* run_in_container makes a warm container, then starts it */
+    const char *warm_start; /* and sends this start instead of the script's, when set */
 };
 
 static int setup(void **state)
@@ -91,6 +95,14 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
                                    .cwd = CONTAINER_APP_DIR,
                                    .mounts = &droplet,
                                    .n_mounts = 1};
+    if (w->warm) {
+        cfg.hostname = "warm";
+        cfg.mounts = NULL;
+        cfg.n_mounts = 0;
+        cfg.warm_socket = "warm.sock";
+    }
+    char *argv[] = {"/bin/sh", "-c", (char *)script, NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", "HOME=/home/vcap/app", NULL};
     int pipefd[2];
     assert_int_equal(pipe(pipefd), 0);
     pid_t pid = fork();
@@ -98,10 +110,9 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
     if (pid == 0) {
         dup2(pipefd[1], 1);
         close(pipefd[0]);
-        char *argv[] = {"/bin/sh", "-c", (char *)script, NULL};
-        char *envp[] = {"PATH=/usr/bin:/bin", "HOME=/home/vcap/app", NULL};
         char err[512] = "";
-        int st = container_run(&cfg, argv, envp, err, sizeof err);
+        int st = container_run(&cfg, w->warm ? NULL : argv, w->warm ? NULL : envp, err,
+                               sizeof err);
         if (st < 0) {
             fprintf(stderr, "container_run: %s\n", err);
             _exit(125);
@@ -111,6 +122,40 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
         _exit(WEXITSTATUS(st));
     }
     close(pipefd[1]);
+    if (w->warm) {
+        /* ready once its socket is there; the folder may move then (skiffd renames it) */
+        char *sock = xasprintf("%s/warm.sock", scratch);
+        for (int i = 0; i < 5000 && access(sock, F_OK) < 0; i++)
+            usleep(1000);
+        char *moved = xasprintf("%s-started", scratch);
+        assert_int_equal(rename(scratch, moved), 0);
+        char *moved_sock = xasprintf("%s/warm.sock", moved);
+        char err[256] = "";
+        if (w->warm_start) {
+            int fd = -1;
+            struct sockaddr_un un = {.sun_family = AF_UNIX};
+            snprintf(un.sun_path, sizeof un.sun_path, "%s", moved_sock);
+            fd = socket(AF_UNIX, SOCK_STREAM, 0);
+            assert_int_equal(connect(fd, (struct sockaddr *)&un, sizeof un), 0);
+            assert_true(write(fd, w->warm_start, strlen(w->warm_start)) > 0);
+            close(fd);
+        } else {
+            struct container_start start = {.hostname = "test-instance",
+                                            .app_dir = w->droplet,
+                                            .argv = argv,
+                                            .envp = envp};
+            if (container_warm_start(moved_sock, &start, err, sizeof err) < 0)
+                fail_msg("container_warm_start: %s", err);
+        }
+        /* one start a container: the socket is gone */
+        for (int i = 0; i < 5000 && access(moved_sock, F_OK) == 0; i++)
+            usleep(1000);
+        assert_int_equal(access(moved_sock, F_OK), -1);
+        free(sock);
+        free(moved_sock);
+        free(scratch);
+        scratch = moved;
+    }
     size_t len = 0;
     ssize_t r;
     while (len + 1 < outlen && (r = read(pipefd[0], out + len, outlen - 1 - len)) > 0)
@@ -455,6 +500,48 @@ static void test_cgroup_limits_follow_memory(void **state)
     assert_true(cpu);
 }
 
+/* A warm container, started: the same program, the same isolation as one made at start. */
+static void test_warm_container_runs_the_start_isolated(void **state)
+{
+    struct world *w = *state;
+    w->warm = true;
+    test_program_runs_as_vcap_with_nothing_of_root(state);
+    test_host_is_out_of_sight_and_reach(state);
+    /* what the droplet's overlay keeps is the container's own: not the droplet's */
+    char out[256];
+    assert_int_equal(run_in_container(w, "echo x > hello.txt && cat hello.txt", 64, out, sizeof out),
+                     0);
+    assert_string_equal(out, "x\n");
+    char *file = xasprintf("%s/hello.txt", w->droplet);
+    char *text = NULL;
+    assert_int_equal(file_read(file, &text, NULL), 0);
+    assert_string_equal(text, "hello\n");
+    free(text);
+    free(file);
+    w->warm = false;
+}
+
+/* A start that is not one ends the container (125) without running anything. */
+static void test_warm_container_refuses_a_bad_start(void **state)
+{
+    struct world *w = *state;
+    w->warm = true;
+    static const char *const bad[] = {
+        "not json",
+        "{\"hostname\":\"x\",\"app_dir\":\"relative\",\"argv\":[\"true\"],\"env\":[]}",
+        "{\"hostname\":\"x\",\"app_dir\":\"/nonexistent\",\"argv\":[\"true\"],\"env\":[]}",
+        "{\"hostname\":\"x\",\"app_dir\":\"/tmp\",\"argv\":[],\"env\":[]}",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        w->warm_start = bad[i];
+        char out[256];
+        assert_int_equal(run_in_container(w, "echo ran", 64, out, sizeof out), 125);
+        assert_null(strstr(out, "ran"));
+    }
+    w->warm_start = NULL;
+    w->warm = false;
+}
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -478,6 +565,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_disk_quota_is_enospc_and_droplet_stays, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_warm_container_runs_the_start_isolated, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_warm_container_refuses_a_bad_start, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
