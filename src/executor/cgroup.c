@@ -135,6 +135,12 @@ const char *cgroup_mode(void)
 static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_max,
                         struct cgroup **out);
 
+/* One folder under skiff/: no path in it */
+static bool cgroup__name_ok(const char *name)
+{
+    return name[0] && !strchr(name, '/') && strcmp(name, "..") != 0 && strcmp(name, ".") != 0;
+}
+
 int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup **out)
 {
     return cgroup__make(name, true, memory_mb, pids_max, out);
@@ -162,13 +168,12 @@ static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_ma
     cgroup__detect();
     if (cgroup__detected == CGROUP_NONE)
         return -ENOTSUP;
-    if (!name[0] || strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0)
+    if (!cgroup__name_ok(name))
         return -EINVAL;
     struct cgroup *cg = xcalloc(1, sizeof(*cg));
     cg->mode = cgroup__detected;
     int count = cg->mode == CGROUP_V2 ? 1 : CG_COUNT;
     int rc = 0;
-    char value[32];
     for (int i = 0; i < count && cgroup__base[i]; i++) {
         cg->dirs[i] = xasprintf("%s/%s", cgroup__base[i], name);
         if (mkdir(cg->dirs[i], 0755) == 0) {
@@ -189,7 +194,23 @@ static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_ma
         return 0;
     }
     cgroup_kill_all(cg); /* a leftover of the same name from a daemon that died */
+    rc = cgroup_set_limits(cg, memory_mb, pids_max);
+    if (rc < 0)
+        goto fail;
+    *out = cg;
+    return 0;
+fail:
+    if (fresh)
+        cgroup_destroy(cg);
+    else
+        cgroup_release(cg); /* what is there stays */
+    return rc;
+}
 
+int cgroup_set_limits(struct cgroup *cg, int memory_mb, int pids_max)
+{
+    char value[32];
+    int rc = 0;
     if (memory_mb > 0) {
         snprintf(value, sizeof(value), "%llu", (unsigned long long)memory_mb << 20);
         if (cg->mode == CGROUP_V2) {
@@ -200,9 +221,7 @@ static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_ma
             cgroup__write(cg->dirs[CG_MEMORY], "memory.memsw.limit_in_bytes", value);
         }
         if (rc < 0)
-            goto fail;
-    }
-    if (memory_mb > 0) {
+            return rc;
         /* CPU by weight, in proportion to memory, as Cloud Foundry does: 1 GB gets the
          * default weight (v1 shares 1024, v2 weight 100) */
         if (cg->mode == CGROUP_V2) {
@@ -219,17 +238,43 @@ static int cgroup__make(const char *name, bool fresh, int memory_mb, int pids_ma
         snprintf(value, sizeof(value), "%d", pids_max);
         rc = cgroup__write(cg->mode == CGROUP_V2 ? cg->dirs[0] : cg->dirs[CG_PIDS], "pids.max",
                            value);
-        if (rc < 0)
-            goto fail;
     }
-    *out = cg;
-    return 0;
-fail:
-    if (fresh)
-        cgroup_destroy(cg);
-    else
-        cgroup_release(cg); /* what is there stays */
     return rc;
+}
+
+int cgroup_rename(struct cgroup *cg, const char *name)
+{
+    if (!cgroup__name_ok(name))
+        return -EINVAL;
+    int count = cg->mode == CGROUP_V2 ? 1 : CG_COUNT;
+    for (int i = 0; i < count; i++) {
+        if (!cg->dirs[i])
+            continue;
+        char *to = xasprintf("%s/%s", cgroup__base[i], name);
+        if (rename(cg->dirs[i], to) < 0) {
+            int rc = -errno;
+            free(to);
+            /* what moved goes back: the cgroup keeps one name in every hierarchy */
+            for (int k = 0; k < i; k++) {
+                if (!cg->dirs[k])
+                    continue;
+                char *back = xasprintf("%s/%s", cgroup__base[k], name);
+                (void)!rename(back, cg->dirs[k]);
+                free(back);
+            }
+            return rc;
+        }
+        free(cg->dirs[i]);
+        cg->dirs[i] = to;
+    }
+    for (int i = 0; i < count; i++) {
+        if (!cg->dirs[i])
+            continue;
+        free(cg->procs_storage[i]);
+        cg->procs_storage[i] = xasprintf("%s/cgroup.procs", cg->dirs[i]);
+        cg->procs[i] = cg->procs_storage[i];
+    }
+    return 0;
 }
 
 const char *const *cgroup_join_files(const struct cgroup *cg)

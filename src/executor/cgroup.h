@@ -22,6 +22,11 @@ int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup *
 /* The existing cgroup of that name, with its processes and limits as they are (an instance
  * adopted from a previous daemon). -ENOENT when there is none. */
 int cgroup_open(const char *name, struct cgroup **out);
+/* Sets the limits (as cgroup_create does; 0 leaves one as it is). */
+int cgroup_set_limits(struct cgroup *cg, int memory_mb, int pids_max);
+/* Gives the cgroup another name, its processes staying in it (a warm container becomes an
+ * instance). All or nothing across v1's hierarchies. */
+int cgroup_rename(struct cgroup *cg, const char *name);
 /* Frees cg and leaves the cgroup and its processes alone (the instance outlives us). */
 void cgroup_release(struct cgroup *cg);
 /* The cgroup.procs files a process writes its pid to, NULL-terminated; owned by cg. */

@@ -48,6 +48,9 @@
 #define CGROUP_STALE_AGE_S 60 /* an empty instance cgroup this old is a dead daemon's */
 #define DEFAULT_DISK_MB 1024
 #define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
+#define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
+#define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
+#define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
 
@@ -73,6 +76,7 @@ struct instance {
     int liveness_failures;
     bool stop_requested, final;
     bool detached;           /* left running for a later executor: nothing of it is ended */
+    bool warm_started;       /* it took a warm container */
     const char *kill_reason; /* why the executor killed it, when it did */
     void *user_data;
     /* usage, sampled by the executor's timer */
@@ -108,6 +112,10 @@ struct executor {
     int slot_cursor;
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
+    int prewarm;                         /* warm containers kept */
+    struct executor__warm *warm;         /* those made */
+    uv_timer_t *warm_timer;              /* the refill */
+    int warm_failures;                   /* warm containers that ended unused, in a row */
     struct container_disk_server *disk_server; /* disks mounted ahead, or NULL */
     bool disk_pool_again;                /* a size was used meanwhile: refill once more */
     bool disk_pool_told;                 /* a refill error was logged */
@@ -150,30 +158,34 @@ static const char executor__join_script[] =
     "cmd=$1; shift; for f; do echo $$ > \"$f\" || { echo \"skiff: cannot join cgroup $f\" >&2; "
     "exit 125; }; done; exec /bin/sh -c \"$cmd\"";
 
-/* The config of an instance's container, written where skiff-init reads it. */
-static int executor__container_config(struct instance *inst, char **path_out)
+/* The config of a container, written in its folder where skiff-init reads it: an instance's
+ * (hostname its guid, its droplet), or a warm one's (app_dir NULL: no droplet yet). */
+static int executor__write_container_config(struct executor *ex, const char *dir,
+                                            const char *hostname, const char *app_dir,
+                                            int slot, int disk_mb, const struct cgroup *cg,
+                                            char **path_out)
 {
-    struct executor *ex = inst->ex;
-    struct container_mount droplet = {.source = inst->app_dir,
+    struct container_mount droplet = {.source = (char *)app_dir,
                                       .target = CONTAINER_APP_DIR,
                                       .kind = CONTAINER_MOUNT_OVERLAY};
     struct container_config cfg = {
-        .hostname = inst->guid,
+        .hostname = (char *)hostname,
         .stack = ex->stack_dir,
-        .scratch = inst->scratch_dir,
-        .disk_mb = inst->disk_mb,
+        .scratch = (char *)dir,
+        .disk_mb = disk_mb,
         .disk_pool = ex->disk_pool,
         .seccomp_bpf = ex->seccomp_bpf,
         .uid_base = ex->uid_base,
         .net_pool = ex->net_pool_text,
-        .net_slot = inst->port,
+        .net_slot = slot,
         .cwd = CONTAINER_APP_DIR,
-        .cgroup_procs = inst->cg ? (char **)cgroup_join_files(inst->cg) : NULL,
-        .mounts = &droplet,
-        .n_mounts = 1,
+        .cgroup_procs = cg ? (char **)cgroup_join_files(cg) : NULL,
+        .mounts = app_dir ? &droplet : NULL,
+        .n_mounts = app_dir ? 1 : 0,
+        .warm_socket = app_dir ? NULL : (char *)EXECUTOR_WARM_SOCKET,
     };
     char *text = container_config_to_json(&cfg);
-    char *path = xasprintf("%s/container.json", inst->scratch_dir);
+    char *path = xasprintf("%s/container.json", dir);
     int rc = file_replace(path, text, strlen(text), 0600);
     free(text);
     if (rc < 0) {
@@ -195,7 +207,9 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
     char *command = proc_exec_form(inst->command);
     owned[0] = command;
     if (inst->ex->isolation == EXECUTOR_CONTAINER) {
-        int rc = executor__container_config(inst, &owned[1]);
+        int rc = executor__write_container_config(inst->ex, inst->scratch_dir, inst->guid,
+                                                  inst->app_dir, inst->port, inst->disk_mb,
+                                                  inst->cg, &owned[1]);
         if (rc < 0)
             return rc;
         argv[(*argc)++] = inst->ex->init_path;
@@ -446,6 +460,7 @@ struct executor__shim {
     bool connected;
     int pending_sig; /* asked for before the connection was up: sent once it is */
     struct buf in;   /* what the shim sent, up to a line */
+    struct executor__warm *warm; /* a warm container's shim (inst NULL), until a start */
 };
 
 #define SHIM_LINE_MAX (PROC_LINE_MAX + 64) /* an output line and its header */
@@ -506,10 +521,14 @@ static bool shim__send(struct executor__shim *sh, const char *msg)
 }
 
 /* The shim is gone without telling how the instance ended (killed, or it never started). */
+static void warm__ended(struct executor__warm *w, const char *why);
+
 static void shim__lost(struct executor__shim *sh)
 {
     struct instance *inst = sh->inst;
     shim__close_pipe(sh);
+    if (sh->warm)
+        warm__ended(sh->warm, "its shim went away");
     if (!inst)
         return;
     if (!inst->kill_reason && !inst->stop_requested)
@@ -519,9 +538,13 @@ static void shim__lost(struct executor__shim *sh)
     executor__instance_exited(inst, -1, SIGKILL);
 }
 
+static void warm__message(struct executor__warm *w, char *line, size_t len);
+
 static void shim__message(struct executor__shim *sh, char *line, size_t len)
 {
     struct instance *inst = sh->inst;
+    if (sh->warm)
+        warm__message(sh->warm, line, len);
     if (!inst)
         return;
     int a = 0, b = 0, c = 0, d = 0;
@@ -580,9 +603,9 @@ static void shim__connected(uv_connect_t *req, int status)
         sh->inst->ex->driver->signal(sh->inst, sh->pending_sig);
 }
 
-static struct executor__shim *shim__new(struct instance *inst)
+/* inst is NULL for a warm container's shim */
+static struct executor__shim *shim__new(struct executor *ex, struct instance *inst)
 {
-    struct executor *ex = inst->ex;
     struct executor__shim *sh = xcalloc(1, sizeof *sh);
     sh->ex = ex;
     sh->inst = inst;
@@ -593,13 +616,9 @@ static struct executor__shim *shim__new(struct instance *inst)
     if (ex->shims)
         ex->shims->prev = sh;
     ex->shims = sh;
-    inst->shim = sh;
+    if (inst)
+        inst->shim = sh;
     return sh;
-}
-
-static char *shim__socket_path(struct instance *inst)
-{
-    return xasprintf("%s/%s", inst->scratch_dir, SHIM_SOCKET_NAME);
 }
 
 static char *shim__pid_path(struct executor *ex, const char *kind, const char *guid)
@@ -628,19 +647,19 @@ static int shim__listen(const char *path)
     return fd;
 }
 
-static int shim_driver_start(struct instance *inst)
+/* Starts skiff-shim for what is named `name` (an instance's guid, or a warm container's id)
+ * in folder dir, running cmd with env; its socket bound ahead at dir/shim.sock and connected
+ * to (sh->pipe). Writes run/shim-NAME.pid. */
+static int shim__spawn(struct executor__shim *sh, const char *dir, const char *name,
+                       const char *const *cmd, char **env, const char *cwd)
 {
-    struct executor *ex = inst->ex;
-    char *sock_path = shim__socket_path(inst);
-    char *pid_path = shim__pid_path(ex, "instance", inst->guid);
-    char *command = NULL, *container_cfg = NULL;
+    struct executor *ex = sh->ex;
+    char *sock_path = xasprintf("%s/%s", dir, SHIM_SOCKET_NAME);
+    char *pid_path = shim__pid_path(ex, "instance", name);
     int rc = shim__listen(sock_path);
     if (rc < 0)
         goto out;
     int listen_fd = rc;
-    rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
-    if (rc < 0)
-        inst->cg = NULL; /* no usable cgroups here: a plain process group */
     const char *argv[EXECUTOR_ARGV_MAX + 6];
     int argc = 0;
     argv[argc++] = ex->shim_path;
@@ -649,17 +668,9 @@ static int shim_driver_start(struct instance *inst)
     argv[argc++] = "--pid-file";
     argv[argc++] = pid_path;
     argv[argc++] = "--";
-    char *owned[2] = {NULL, NULL};
-    rc = executor__instance_argv(inst, argv, &argc, owned);
-    command = owned[0];
-    container_cfg = owned[1];
-    if (rc < 0) {
-        close(listen_fd);
-        cgroup_destroy(inst->cg);
-        inst->cg = NULL;
-        unlink(sock_path);
-        goto out;
-    }
+    for (; *cmd && argc < EXECUTOR_ARGV_MAX + 5; cmd++)
+        argv[argc++] = *cmd;
+    argv[argc] = NULL;
     static char *const empty_env[] = {NULL};
     uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
                                      {.flags = UV_IGNORE},
@@ -667,13 +678,12 @@ static int shim_driver_start(struct instance *inst)
                                      {.flags = UV_INHERIT_FD, .data.fd = listen_fd}};
     uv_process_options_t po = {.file = ex->shim_path,
                                .args = (char **)argv,
-                               .env = inst->env ? inst->env : (char **)empty_env,
-                               .cwd = inst->app_dir,
+                               .env = env ? env : (char **)empty_env,
+                               .cwd = cwd,
                                .exit_cb = shim__process_exited,
                                .flags = UV_PROCESS_DETACHED,
                                .stdio_count = 4,
                                .stdio = stdio};
-    struct executor__shim *sh = shim__new(inst);
     sh->process = xcalloc(1, sizeof(uv_process_t));
     sh->process->data = sh;
     sh->handles++;
@@ -682,16 +692,11 @@ static int shim_driver_start(struct instance *inst)
     if (rc < 0) {
         uv_close((uv_handle_t *)sh->process, shim__process_closed);
         sh->process = NULL;
-        sh->inst = NULL;
-        inst->shim = NULL;
-        shim__close_pipe(sh);
-        cgroup_destroy(inst->cg);
-        inst->cg = NULL;
         unlink(sock_path);
         goto out;
     }
     /* what cleanup finds when everything else is gone; removed when the instance ends */
-    char *shim_pid_path = shim__pid_path(ex, "shim", inst->guid);
+    char *shim_pid_path = shim__pid_path(ex, "shim", name);
     char pid_text[32];
     int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh->process->pid);
     file_replace(shim_pid_path, pid_text, (size_t)n, 0644);
@@ -701,10 +706,40 @@ static int shim_driver_start(struct instance *inst)
     uv_pipe_connect(req, &sh->pipe, sock_path, shim__connected);
     rc = 0;
 out:
-    free(command);
-    free(container_cfg);
     free(sock_path);
     free(pid_path);
+    return rc;
+}
+
+static int warm__start(struct instance *inst);
+
+static int shim_driver_start(struct instance *inst)
+{
+    int rc = warm__start(inst);
+    if (rc != -ENOENT)
+        return rc; /* started warm, or a warm container meant for it failed */
+    rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
+    if (rc < 0)
+        inst->cg = NULL; /* no usable cgroups here: a plain process group */
+    const char *cmd[EXECUTOR_ARGV_MAX];
+    int argc = 0;
+    char *owned[2] = {NULL, NULL};
+    rc = executor__instance_argv(inst, cmd, &argc, owned);
+    if (rc == 0) {
+        struct executor__shim *sh = shim__new(inst->ex, inst);
+        rc = shim__spawn(sh, inst->scratch_dir, inst->guid, cmd, inst->env, inst->app_dir);
+        if (rc < 0) {
+            sh->inst = NULL;
+            inst->shim = NULL;
+            shim__close_pipe(sh);
+        }
+    }
+    if (rc < 0) {
+        cgroup_destroy(inst->cg);
+        inst->cg = NULL;
+    }
+    free(owned[0]);
+    free(owned[1]);
     return rc;
 }
 
@@ -771,6 +806,249 @@ static const struct executor__driver executor__shim_driver = {
     .cleanup = shim_driver_cleanup,
     .release = shim_driver_release,
 };
+
+/* ---- warm containers: made ahead, so that a start takes milliseconds ------------------- */
+
+static int executor__slot_allocate(struct executor *ex);
+
+/* One warm container (container.h) kept for the next instance of the default disk size: its
+ * folder home/instances/warm-ID, its cgroup warm-ID, its network slot and its own shim. The
+ * slot is handed out for a start (executor_port_allocate_for), executor_start finds it by the
+ * slot and the instance takes it whole: folder, cgroup and pid files renamed to the
+ * instance's guid. A warm container is never given to a second instance. */
+struct executor__warm {
+    struct executor__warm *next;
+    struct executor *ex;
+    char id[48];
+    char *dir;
+    int slot;
+    int pid;       /* its keeper (skiff-init), once the shim said */
+    bool reserved; /* its slot was handed out for a start */
+    struct cgroup *cg;
+    struct executor__shim *sh;
+    char last_line[160]; /* what it said last: why it ended, when it ends unused */
+};
+
+static void warm__unlink(struct executor__warm *w)
+{
+    for (struct executor__warm **p = &w->ex->warm; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+}
+
+static void warm__refill_soon(struct executor *ex, uint64_t delay_ms);
+
+/* Ends it and everything it holds; the slot comes free once its namespace is gone. */
+static void warm__discard(struct executor__warm *w)
+{
+    struct executor *ex = w->ex;
+    warm__unlink(w);
+    if (w->sh) {
+        w->sh->warm = NULL;
+        shim__send(w->sh, "S 9\nA\n"); /* the shim ends its keeper, then itself */
+        shim__close_pipe(w->sh);
+    }
+    if (w->pid > 0)
+        kill(-w->pid, SIGKILL);
+    cgroup_destroy(w->cg);
+    rm_rf(w->dir);
+    char *shim_pid = shim__pid_path(ex, "shim", w->id);
+    unlink(shim_pid);
+    free(shim_pid);
+    if (w->slot >= 0 && w->slot < ex->slots)
+        ex->slot_used[w->slot] = 0;
+    free(w->dir);
+    free(w);
+}
+
+static void warm__ended(struct executor__warm *w, const char *why)
+{
+    struct executor *ex = w->ex;
+    log_error("a warm container ended before it was used (%s)%s%s", why,
+              w->last_line[0] ? ": " : "", w->last_line);
+    warm__discard(w);
+    if (++ex->warm_failures == WARM_FAILURES_MAX)
+        log_error("%d warm containers in a row ended unused: none are made any more; instances "
+                  "start without them",
+                  WARM_FAILURES_MAX);
+    warm__refill_soon(ex, WARM_REFILL_MS);
+}
+
+static void warm__message(struct executor__warm *w, char *line, size_t len)
+{
+    int pid = 0, exited = 0;
+    if (line[0] == 'H' && sscanf(line + 1, "%d %d", &pid, &exited) == 2) {
+        w->pid = pid;
+        if (exited)
+            warm__ended(w, "it exited");
+    } else if (line[0] == 'O' && len >= 4) {
+        snprintf(w->last_line, sizeof w->last_line, "%.*s", (int)(len - 4), line + 4);
+    } else if (line[0] == 'X') {
+        warm__ended(w, "it exited");
+    }
+}
+
+/* Ready for a start: made (its socket is there) and its shim connected. */
+static bool warm__ready(struct executor__warm *w)
+{
+    if (w->reserved || !w->sh || !w->sh->connected || w->pid <= 0)
+        return false;
+    char *sock = xasprintf("%s/%s", w->dir, EXECUTOR_WARM_SOCKET);
+    bool ready = access(sock, F_OK) == 0;
+    free(sock);
+    return ready;
+}
+
+static int warm__add(struct executor *ex)
+{
+    int slot = executor__slot_allocate(ex);
+    if (slot < 0)
+        return slot;
+    struct executor__warm *w = xcalloc(1, sizeof *w);
+    w->ex = ex;
+    w->slot = slot;
+    char guid[37];
+    uuid_generate_v4(guid);
+    snprintf(w->id, sizeof w->id, "warm-%s", guid);
+    w->dir = xasprintf("%s/instances/%s", ex->home, w->id);
+    char *config = NULL;
+    int rc = mkdir_p(w->dir, 0700);
+    if (rc == 0)
+        rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
+    if (rc == 0)
+        rc = executor__write_container_config(ex, w->dir, "warm", NULL, slot, DEFAULT_DISK_MB,
+                                              w->cg, &config);
+    if (rc == 0) {
+        const char *cmd[] = {ex->init_path, "--config", config, NULL};
+        w->sh = shim__new(ex, NULL);
+        w->sh->warm = w;
+        rc = shim__spawn(w->sh, w->dir, w->id, cmd, NULL, w->dir);
+        if (rc < 0) {
+            w->sh->warm = NULL;
+            shim__close_pipe(w->sh);
+            w->sh = NULL;
+        }
+    }
+    free(config);
+    w->next = ex->warm;
+    ex->warm = w;
+    if (rc < 0) {
+        log_error("cannot make a warm container: %s", strerror(-rc));
+        warm__discard(w);
+    }
+    return rc;
+}
+
+static void warm__refill(uv_timer_t *t)
+{
+    struct executor *ex = t->data;
+    int have = 0;
+    for (struct executor__warm *w = ex->warm; w; w = w->next)
+        have++;
+    while (!ex->shutting_down && have < ex->prewarm && ex->warm_failures < WARM_FAILURES_MAX &&
+           warm__add(ex) == 0)
+        have++;
+}
+
+static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
+{
+    if (ex->warm_timer && !ex->shutting_down)
+        uv_timer_start(ex->warm_timer, warm__refill, delay_ms, 0);
+}
+
+static void warm__discard_all(struct executor *ex)
+{
+    while (ex->warm)
+        warm__discard(ex->warm);
+}
+
+static bool warm__is_ours(struct executor *ex, const char *name)
+{
+    for (struct executor__warm *w = ex->warm; w; w = w->next)
+        if (!strcmp(w->id, name))
+            return true;
+    return false;
+}
+
+/* The instance takes the warm container reserved for its slot: -ENOENT when there is none
+ * (it starts as any other), 0 when it runs, another error when the warm container failed
+ * (it is gone then, and nothing of the instance runs). */
+static int warm__start(struct instance *inst)
+{
+    struct executor *ex = inst->ex;
+    struct executor__warm *w = ex->warm;
+    while (w && !(w->reserved && w->slot == inst->port))
+        w = w->next;
+    if (!w)
+        return -ENOENT;
+    warm__unlink(w);
+    w->next = NULL;
+    char err[256] = "";
+    int rc = inst->disk_mb == DEFAULT_DISK_MB ? 0 : -EINVAL;
+    if (rc < 0)
+        snprintf(err, sizeof err, "it was made for %d MB of disk, not %d", DEFAULT_DISK_MB,
+                 inst->disk_mb);
+    /* the instance's folder, cgroup and pid files are the warm container's, renamed */
+    rm_rf(inst->scratch_dir);
+    if (rc == 0 && rename(w->dir, inst->scratch_dir) < 0) {
+        rc = -errno;
+        snprintf(err, sizeof err, "cannot rename its folder: %s", strerror(errno));
+    }
+    if (rc == 0) {
+        free(w->dir);
+        w->dir = xstrdup(inst->scratch_dir);
+        rc = cgroup_rename(w->cg, inst->guid);
+        if (rc == 0)
+            rc = cgroup_set_limits(w->cg, inst->memory_mb, inst->pids_max);
+        if (rc < 0)
+            snprintf(err, sizeof err, "cannot make its cgroup the instance's: %s", strerror(-rc));
+    }
+    char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
+    mkdir_p(tmp, 0700);
+    free(tmp);
+    char *from = shim__pid_path(ex, "shim", w->id), *to = shim__pid_path(ex, "shim", inst->guid);
+    if (rc == 0)
+        (void)!rename(from, to);
+    free(from);
+    free(to);
+    char *command = proc_exec_form(inst->command);
+    char *const argv[] = {"/bin/sh", "-c", command, NULL};
+    static char *const empty_env[] = {NULL};
+    struct container_start start = {.hostname = inst->guid,
+                                    .app_dir = inst->app_dir,
+                                    .argv = argv,
+                                    .envp = inst->env ? inst->env : empty_env};
+    char *sock = xasprintf("%s/%s", inst->scratch_dir, EXECUTOR_WARM_SOCKET);
+    if (rc == 0)
+        rc = container_warm_start(sock, &start, err, sizeof err);
+    free(sock);
+    free(command);
+    if (rc < 0) {
+        log_error("instance %s cannot take its warm container: %s", inst->guid, err);
+        warm__discard(w);
+        warm__refill_soon(ex, WARM_REFILL_MS);
+        return rc;
+    }
+    struct executor__shim *sh = w->sh;
+    sh->warm = NULL;
+    sh->inst = inst;
+    inst->shim = sh;
+    inst->cg = w->cg;
+    inst->pid = w->pid;
+    inst->warm_started = true;
+    char *pid_path = shim__pid_path(ex, "instance", inst->guid);
+    char *msg = xasprintf("P %s\n", pid_path);
+    shim__send(sh, msg); /* its pid file follows the instance's name */
+    free(msg);
+    free(pid_path);
+    free(w->dir);
+    free(w);
+    ex->warm_failures = 0;
+    warm__refill_soon(ex, WARM_REFILL_MS);
+    return 0;
+}
 
 /* ---- where instances are reached ------------------------------------------------------- */
 
@@ -1038,6 +1316,11 @@ static void executor__instance_output(void *ctx, int stream, const char *line, s
 static void executor__port_release(struct executor *ex, int port)
 {
     if (ex->isolation == EXECUTOR_CONTAINER) {
+        for (struct executor__warm *w = ex->warm; w; w = w->next)
+            if (w->slot == port) {
+                w->reserved = false; /* not taken after all: still warm */
+                return;
+            }
         if (port >= 0 && port < ex->slots)
             ex->slot_used[port] = 0;
     } else if (port >= ex->port_min && port <= ex->port_max) {
@@ -1456,6 +1739,14 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     free(run);
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
+    ex->prewarm = cfg->prewarm;
+    if (ex->isolation == EXECUTOR_CONTAINER && ex->shim_path && ex->prewarm > 0) {
+        ex->warm_timer = xmalloc(sizeof(uv_timer_t));
+        uv_timer_init(loop, ex->warm_timer);
+        ex->warm_timer->data = ex;
+        uv_unref((uv_handle_t *)ex->warm_timer);
+        warm__refill_soon(ex, 0); /* from the loop: after executor_adopt, when it is called */
+    }
     *out = ex;
     return 0;
 }
@@ -1505,6 +1796,17 @@ int executor_port_allocate(struct executor *ex)
         return port;
     }
     return -EADDRNOTAVAIL;
+}
+
+int executor_port_allocate_for(struct executor *ex, int disk_mb)
+{
+    if (ex->isolation == EXECUTOR_CONTAINER && (disk_mb > 0 ? disk_mb : DEFAULT_DISK_MB) == DEFAULT_DISK_MB)
+        for (struct executor__warm *w = ex->warm; w; w = w->next)
+            if (warm__ready(w)) {
+                w->reserved = true;
+                return w->slot;
+            }
+    return executor_port_allocate(ex);
 }
 
 void executor_port_release(struct executor *ex, int port)
@@ -1635,6 +1937,7 @@ static void executor__done_soon(uv_timer_t *t)
 void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg)
 {
     ex->shutting_down = true;
+    warm__discard_all(ex);
     ex->shutdown_done = done;
     ex->shutdown_arg = arg;
     for (struct instance *inst = ex->instances; inst; inst = inst->next)
@@ -1655,12 +1958,13 @@ void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg)
 static void executor__write_spec(struct instance *inst)
 {
     json_t *j =
-        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i}", "app_guid",
+        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i,s:b}", "app_guid",
                   inst->app_guid, "app_name", inst->app_name, "process_type", inst->process_type,
                   "index", inst->index, "instance_guid", inst->guid, "app_dir", inst->app_dir,
                   "command", inst->command, "port", inst->port, "memory_mb", inst->memory_mb,
                   "pids_max", inst->pids_max, "health", (int)inst->health, "health_endpoint",
-                  inst->health_endpoint, "start_timeout_s", inst->start_timeout_s);
+                  inst->health_endpoint, "start_timeout_s", inst->start_timeout_s, "warm_started",
+                  inst->warm_started);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text)
@@ -1771,6 +2075,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->pids_max = (int)json_integer_value(json_object_get(j, "pids_max"));
     inst->health = (enum health_check_type)json_integer_value(json_object_get(j, "health"));
     inst->start_timeout_s = (int)json_integer_value(json_object_get(j, "start_timeout_s"));
+    inst->warm_started = json_is_true(json_object_get(j, "warm_started"));
     if (inst->start_timeout_s <= 0)
         inst->start_timeout_s = DEFAULT_START_TIMEOUT_S;
     inst->scratch_dir = scratch;
@@ -1780,7 +2085,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
         inst->cg = NULL;
     if (inst->port >= ex->port_min && inst->port <= ex->port_max)
         ex->port_used[inst->port - ex->port_min] = 1;
-    struct executor__shim *sh = shim__new(inst);
+    struct executor__shim *sh = shim__new(inst->ex, inst);
     if (uv_pipe_open(&sh->pipe, fd) < 0) {
         close(fd);
         fd = -1;
@@ -1860,7 +2165,8 @@ int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
         return 0;
     }
     while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
-        if (ent.name[0] == '.' || strchr(ent.name, '/') || executor_find(ex, ent.name))
+        if (ent.name[0] == '.' || strchr(ent.name, '/') || executor_find(ex, ent.name) ||
+            warm__is_ours(ex, ent.name))
             continue;
         struct instance *inst = executor__adopt_one(ex, ent.name);
         if (!inst)
@@ -1898,6 +2204,7 @@ struct instance *executor_find(struct executor *ex, const char *instance_guid)
 void executor_detach(struct executor *ex, void (*done)(void *arg), void *arg)
 {
     ex->shutting_down = true;
+    warm__discard_all(ex); /* the next executor makes its own */
     ex->shutdown_done = done;
     ex->shutdown_arg = arg;
     while (ex->instances) {
@@ -1937,6 +2244,7 @@ void executor_free(struct executor *ex)
             inst->ex->driver->signal(inst, SIGKILL);
         executor__retire(inst);
     }
+    warm__discard_all(ex);
     /* shims that ended or were let go: their handles close, what is left is freed there */
     struct executor__shim *sh = ex->shims;
     ex->shims = NULL;
@@ -1954,6 +2262,8 @@ void executor_free(struct executor *ex)
     free(ex->shim_path);
     executor__free_container(ex);
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
+    if (ex->warm_timer)
+        uv_close((uv_handle_t *)ex->warm_timer, executor__free_handle);
     if (ex->done_timer)
         uv_close((uv_handle_t *)ex->done_timer, executor__free_handle);
     free(ex->port_used);
@@ -2020,6 +2330,11 @@ int64_t instance_host_uid(const struct instance *inst)
     if (inst->ex->isolation == EXECUTOR_CONTAINER)
         return (int64_t)inst->ex->uid_base + CONTAINER_VCAP_UID;
     return inst->pid > 0 ? (int64_t)getuid() : -1;
+}
+
+bool instance_started_warm(const struct instance *inst)
+{
+    return inst->warm_started;
 }
 
 void *instance_user_data(const struct instance *inst)

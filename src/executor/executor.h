@@ -62,6 +62,9 @@ struct executor_config {
     const char *net_pool;  /* "A.B.C.D/P"; NULL: NET_DEFAULT_POOL */
     unsigned uid_base;     /* host uid of container root; 0: CONTAINER_DEFAULT_UID_BASE */
     bool egress;           /* instances may reach public addresses (through NAT) */
+    int prewarm; /* warm containers kept ready (container.h; with a shim only): an instance
+                    of the default disk size takes one and starts in a few milliseconds
+                    instead of having its container made; 0: none */
 };
 
 struct instance_spec {
@@ -123,6 +126,9 @@ struct instance *executor_find(struct executor *ex, const char *instance_guid);
 /* A free slot for a new instance, or a negative errno when none is left: a port on
  * 127.0.0.1 for EXECUTOR_PROCESS, a network slot (its own address) for containers. */
 int executor_port_allocate(struct executor *ex);
+/* The same for an instance whose writable layer is disk_mb (0: the default): the slot of a
+ * warm container when one is ready, which executor_start then uses. */
+int executor_port_allocate_for(struct executor *ex, int disk_mb);
 
 /* How the platform reaches an instance on that slot, and what the instance sees. */
 struct instance_endpoint {
@@ -166,6 +172,8 @@ void instance_usage(const struct instance *inst, double *cpu, uint64_t *memory_b
 bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *total);
 /* The host uid its program runs as (a container's vcap), or -1 when not known. */
 int64_t instance_host_uid(const struct instance *inst);
+/* Whether it started in a warm container (executor_config.prewarm). */
+bool instance_started_warm(const struct instance *inst);
 void *instance_user_data(const struct instance *inst);
 void instance_set_user_data(struct instance *inst, void *data);
 

@@ -632,7 +632,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
     store_route_list_free(routes, nr);
-    int port = executor_port_allocate(s->ex);
+    int port = executor_port_allocate_for(s->ex, app->disk_mb);
     if (port < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
@@ -1284,6 +1284,7 @@ static void sched__fill_placement(struct scheduler_instance_info *info, const st
     snprintf(info->droplet, sizeof info->droplet, "%s", si->droplet);
     info->port = ep.port;
     info->host_uid = instance_host_uid(si->inst);
+    info->warm_start = instance_started_warm(si->inst);
     info->disk_full = instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
 }
 

@@ -199,6 +199,12 @@ static void shim_command(struct shim *sh, const char *line)
             uv_timer_start(&sh->grace, shim_grace_expired, n > 0 ? (uint64_t)n : 0, 0);
     } else if (line[0] == 'S' && sscanf(line + 1, "%d", &n) == 1 && n > 0 && n < NSIG) {
         shim_signal_group(sh, n);
+    } else if (line[0] == 'P' && line[1] == ' ' && line[2] == '/') {
+        /* a warm container became an instance: its pid file takes the instance's name */
+        if (rename(sh->pid_file, line + 2) == 0) {
+            free(sh->pid_file);
+            sh->pid_file = xstrdup(line + 2);
+        }
     } else if (line[0] == 'A') {
         sh->release = true;
         if (sh->exited)

@@ -18,6 +18,8 @@
  *                    X <exit status> <signal> the instance has exited and its output is drained
  *   client -> shim   T <grace ms>             SIGTERM to the instance's group, SIGKILL after grace
  *                    S <signal>               that signal to the instance's group
+ *                    P <path>                 the pid file moves to path (absolute): a warm
+ *                                             container (container.h) became an instance
  *                    A                        exit taken: the shim removes its files and exits
  *                                             (at once, or once the instance has exited)
  *

@@ -30,7 +30,7 @@ import urllib.request
 
 import pytest
 
-from conftest import app_json, http_get, out
+from conftest import Platform, app_json, http_get, out
 
 HOSTILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile")
 BUILDPACK = os.path.join(HOSTILE, "buildpack")
@@ -157,11 +157,23 @@ class World:
     """The shared platform with the hostile and the victim app running."""
 
 
+@pytest.fixture(scope="module", params=["warm", "made-at-start"])
+def world_platform(request):
+    """The suite runs twice: every instance started in a warm container (made ahead, the
+    droplet and program handed over at start), then every one made at its start."""
+    p = Platform(extra_env={"SKIFF_PREWARM": "4" if request.param == "warm" else "0"}).start()
+    p.warm = request.param == "warm"
+    try:
+        yield p
+    finally:
+        p.close()
+
+
 @pytest.fixture(scope="module")
-def world(shared_platform):
+def world(world_platform):
     """The module's platform with two tenants: "victim" (a secret in its environment) and
     "hostile" (told where the platform's secrets are), both the hostile app's code."""
-    p = shared_platform
+    p = world_platform
     w = World()
     w.p = p
     w.secret = "victim-secret-" + secrets.token_hex(8)
@@ -178,6 +190,8 @@ def world(shared_platform):
     p.cli("restart", "hostile", check=True, timeout=120)
     r = control(p, "hostile", "own_droplet")
     assert r["ok"], "the hostile app cannot read its own droplet: %s" % r["detail"]
+    for name in ("victim", "hostile"):
+        assert instance(p, name)["warm_start"] is p.warm, app_json(p, name)["instances_detail"]
     return w
 
 

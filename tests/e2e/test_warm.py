@@ -1,0 +1,162 @@
+"""Warm containers (skiffd --prewarm N): containers made ahead but for the droplet and the
+program, so that an instance starts in milliseconds. A start takes one whole, the pool
+refills, a warm container is never given to a second instance, and none outlives skiffd.
+Isolation of instances started warm is the escape suite's (test_isolation.py runs it against
+both kinds)."""
+import os
+import signal
+import subprocess
+
+from conftest import Platform, app_json, http_get, instance_url, out, read_pid_file
+
+
+def warm_dirs(p, ready=False):
+    d = os.path.join(p.home, "instances")
+    names = [n for n in os.listdir(d) if n.startswith("warm-")] if os.path.isdir(d) else []
+    if ready:
+        names = [n for n in names if os.path.exists(os.path.join(d, n, "warm.sock"))]
+    return sorted(names)
+
+
+def argv_of(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return [b""]
+
+
+def keepers_of(home):
+    """Host pids of the containers' keepers: skiff-init under a shim, its config under home
+    (the container's init is a copy of skiff-init, under the keeper)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        argv = argv_of(pid)
+        if os.path.basename(argv[0]) != b"skiff-init" or not any(
+                a.startswith(home.encode() + b"/") for a in argv):
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        if os.path.basename(argv_of(ppid)[0]) == b"skiff-shim":
+            pids.append(int(pid))
+    return pids
+
+
+def cgroups_left(names):
+    """Those of names that are still a cgroup of skiffd's (v2 or v1)."""
+    roots = ("/sys/fs/cgroup/skiff", "/sys/fs/cgroup/memory/skiff", "/sys/fs/cgroup/pids/skiff")
+    return {n for n in names for r in roots if os.path.isdir(os.path.join(r, n))}
+
+
+def started(p, name, n):
+    def ready():
+        insts = [i for i in app_json(p, name)["instances_detail"] if i["state"] == "RUNNING"]
+        return insts if len(insts) == n else None
+    return p.wait_for(ready, timeout=60, what="%d running instances of %s" % (n, name))
+
+
+def test_instances_take_warm_containers_and_the_pool_refills():
+    p = Platform(extra_env={"SKIFF_PREWARM": "2"}).start()
+    try:
+        first = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2 and warm_dirs(p),
+                           timeout=30, what="two warm containers")
+        r = p.cli("push", "web", "-p", "examples/static", "-i", "3", timeout=300)
+        assert r.returncode == 0, out(r)
+        insts = started(p, "web", 3)
+        # one pass of the scheduler starts all three: two take the warm containers, the third
+        # is made at its start (the pool refills after the starts, not during them)
+        assert sorted(i["warm_start"] for i in insts) == [False, True, True], insts
+        for i in insts:
+            assert http_get(instance_url(i))[0] == 200
+        # the two it took are the instances' now (renamed), and two new ones are made
+        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+                   what="the pool to refill")
+        assert not set(first) & set(warm_dirs(p)), (first, warm_dirs(p))
+        folders = set(os.listdir(os.path.join(p.home, "instances")))
+        assert {i["guid"] for i in insts} <= folders
+        # a warm instance is an instance like any other: it runs as vcap's host uid, its pid
+        # file follows its name, and a stop ends it with its cgroup
+        warm = [i for i in insts if i["warm_start"]][0]
+        pid = read_pid_file(os.path.join(p.home, "run", "instance-%s.pid" % warm["guid"]))
+        assert pid and os.path.exists("/proc/%d" % pid)
+        r = p.cli("stop", "web")
+        assert r.returncode == 0, out(r)
+        p.wait_for(lambda: not os.path.exists("/proc/%d" % pid), timeout=30,
+                   what="the warm-started instance to end")
+    finally:
+        p.close()
+
+
+def test_another_disk_quota_is_made_at_start_and_leaves_the_pool_alone():
+    p = Platform(extra_env={"SKIFF_PREWARM": "1"}).start()
+    try:
+        pool = p.wait_for(lambda: warm_dirs(p, ready=True), timeout=30, what="a warm container")
+        r = p.cli("push", "small", "-p", "examples/static", "-k", "256M", timeout=300)
+        assert r.returncode == 0, out(r)
+        (inst,) = started(p, "small", 1)
+        assert inst["warm_start"] is False
+        assert inst["disk_quota_bytes"] < 300 << 20
+        assert warm_dirs(p, ready=True) == pool
+    finally:
+        p.close()
+
+
+def test_prewarm_zero_makes_none():
+    p = Platform(extra_env={"SKIFF_PREWARM": "0"}).start()
+    try:
+        r = p.cli("push", "web", "-p", "examples/static", timeout=300)
+        assert r.returncode == 0, out(r)
+        (inst,) = started(p, "web", 1)
+        assert inst["warm_start"] is False
+        assert warm_dirs(p) == []
+    finally:
+        p.close()
+
+
+def test_prewarm_must_be_a_number():
+    home = Platform().home
+    r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"), "skiffd"),
+                        "--home", home, "--prewarm", "lots"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "--prewarm" in r.stderr, r.stderr
+
+
+def test_a_stopped_skiffd_leaves_no_warm_container():
+    p = Platform(extra_env={"SKIFF_PREWARM": "3"}).start()
+    try:
+        names = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
+                           timeout=30, what="three warm containers")
+        assert len(keepers_of(p.home)) == 3
+        assert cgroups_left(names) == set(names)
+        p.stop()
+        assert warm_dirs(p) == []
+        assert keepers_of(p.home) == []
+        assert cgroups_left(names) == set()
+    finally:
+        p.close()
+
+
+def test_warm_containers_of_a_killed_skiffd_are_ended_by_the_next():
+    p = Platform(extra_env={"SKIFF_PREWARM": "2"}).start()
+    try:
+        old = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2 and warm_dirs(p),
+                         timeout=30, what="two warm containers")
+        old_keepers = keepers_of(p.home)
+        assert len(old_keepers) == 2
+        p.proc.send_signal(signal.SIGKILL)
+        p.proc.wait(timeout=10)
+        # nobody can use them any more (their shims outlive skiffd, as instances' do)
+        assert all(os.path.exists("/proc/%d" % k) for k in old_keepers)
+        p.start()
+        p.wait_for(lambda: not any(os.path.exists("/proc/%d" % k) for k in old_keepers),
+                   timeout=30, what="the old warm containers to end")
+        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+                   what="two new warm containers")
+        assert not set(old) & set(warm_dirs(p))
+    finally:
+        p.close()
