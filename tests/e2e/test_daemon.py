@@ -17,15 +17,21 @@ PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
 
 
 def instance_pids(p):
+    """The pids of p's instances (not of the warm containers waiting for one)."""
     run = os.path.join(p.home, "run")
     pids = []
     for name in os.listdir(run):
-        if name.startswith("instance-") and name.endswith(".pid"):
+        if name.startswith("instance-") and name.endswith(".pid") and "-warm-" not in name:
             try:
                 pids.append(read_pid_file(os.path.join(run, name)))
             except (OSError, ValueError, IndexError):
                 pass
     return pids
+
+
+def instance_shims(run):
+    """The shims' pid files of instances (not of warm containers) in a run/ folder."""
+    return [n for n in os.listdir(run) if n.startswith("shim-") and not n.startswith("shim-warm-")]
 
 
 def pid_alive(pid):
@@ -237,7 +243,7 @@ def test_sigterm_leaves_no_process_behind(platform):
     assert r.returncode == 0, r.stdout + r.stderr
     p.wait_for(lambda: running(p, "gone", 2), 30, "2 instances of gone")
     run = os.path.join(p.home, "run")
-    shims = [n for n in os.listdir(run) if n.startswith("shim-")]
+    shims = instance_shims(run)
     assert len(shims) == 2 and len(instance_pids(p)) == 2
     assert processes_of(p.home)
     p.stop(signal.SIGTERM)
@@ -275,7 +281,7 @@ def test_an_instance_whose_shim_died_with_skiffd_is_ended_and_replaced(platform)
     before = web_instance(p, "orphan")
     [pid] = instance_pids(p)
     run = os.path.join(p.home, "run")
-    [shim_file] = [n for n in os.listdir(run) if n.startswith("shim-")]
+    [shim_file] = instance_shims(run)
     shim = int(open(os.path.join(run, shim_file)).read())
     os.kill(p.proc.pid, signal.SIGKILL)
     p.proc.wait()
