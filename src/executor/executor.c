@@ -1,12 +1,13 @@
 /* executor: see executor.h.
  *
- * The one driver today runs a process group per instance (proc.h) inside its own cgroup
- * when the machine has usable cgroups (cgroup.h). Everything driver-specific goes through
- * struct executor__driver, so a container driver (namespaces, seccomp) can take its place
- * without the state machine below changing.
+ * Two drivers run an instance: the process driver (a process group, proc.h, the executor's
+ * child) and the shim driver (under skiff-shim, outliving the executor); either runs the
+ * command in a container (container.h, through skiff-init) or, unsafe, as a host process in
+ * its cgroup (cgroup.h). Everything driver-specific goes through struct executor__driver.
+ * Warm containers (made ahead, container.h) are the shim driver's: see "warm containers".
  *
- * Life of an instance: STARTING (health probes every HEALTH_STARTING_MS until one passes or
- * the start timeout fires) -> RUNNING (liveness probes every liveness_ms; LIVENESS_FAILURES
+ * Life of an instance: STARTING (health probes, 1 to HEALTH_STARTING_MS ms apart as it ages,
+ * until one passes or the start timeout fires) -> RUNNING (liveness probes every liveness_ms; LIVENESS_FAILURES
  * failed probes in a row kill it) -> exit of its main process -> DOWN when a stop was asked
  * for, CRASHED otherwise. The final state is reported once the process is gone and its
  * output drained; the instance is freed right after that callback. */
@@ -37,9 +38,12 @@
 #include "executor/proc.h"
 #include "shim/shim.h"
 
-#define HEALTH_STARTING_MS 20
+#define HEALTH_STARTING_MS 20 /* at most, between probes of a starting instance */
 #define DEFAULT_LIVENESS_MS 3000
 #define HEALTH_PROBE_TIMEOUT_MS 1000
+/* a starting instance's probe connects within this or is tried again: a SYN sent while its
+ * network was being wired is lost, and its retransmission would come only after a second */
+#define HEALTH_CONNECT_STARTING_MS 50
 #define LIVENESS_FAILURES 3
 #define USAGE_SAMPLE_MS 1000
 #define DEFAULT_PIDS_MAX 1024
@@ -1203,6 +1207,7 @@ static void probe__connected(uv_connect_t *c, int status)
         probe__finish(pr, true); /* a port check: accepting connections is healthy */
         return;
     }
+    uv_timer_start(&pr->timeout, probe__timed_out, HEALTH_PROBE_TIMEOUT_MS, 0); /* the answer */
     uv_buf_t b = uv_buf_init(pr->request, (unsigned)strlen(pr->request));
     pr->write.data = pr;
     if (uv_write(&pr->write, (uv_stream_t *)&pr->tcp, &b, 1, probe__written) < 0 ||
@@ -1230,7 +1235,10 @@ static void executor__probe_start(struct instance *inst)
     inst->probe = pr;
     struct sockaddr_in addr;
     executor__sockaddr(inst->ex, inst->port, &addr);
-    uv_timer_start(&pr->timeout, probe__timed_out, HEALTH_PROBE_TIMEOUT_MS, 0);
+    uv_timer_start(&pr->timeout, probe__timed_out,
+                   inst->state == INSTANCE_STARTING ? HEALTH_CONNECT_STARTING_MS
+                                                    : HEALTH_PROBE_TIMEOUT_MS,
+                   0);
     if (uv_tcp_connect(&pr->connect, &pr->tcp, (const struct sockaddr *)&addr, probe__connected) <
         0)
         probe__finish(pr, false);
@@ -1274,8 +1282,15 @@ static void executor__health_result(struct instance *inst, bool healthy)
         inst->port > 0 && !inst->ex->driver->listens_on(inst, inst->port))
         healthy = false;
     if (inst->state == INSTANCE_STARTING) {
-        if (!healthy)
-            return; /* not listening yet: the next tick tries again */
+        if (!healthy) {
+            /* not listening yet: tried again after an eighth of the time it has taken so
+             * far (1 to HEALTH_STARTING_MS ms), so that a start of a few ms is seen within
+             * a ms and a slow one costs few probes */
+            int64_t waited = time_now_ms() - inst->since_ms;
+            int64_t next = waited / 8 < 1 ? 1 : waited / 8 > HEALTH_STARTING_MS ? HEALTH_STARTING_MS : waited / 8;
+            uv_timer_start(&inst->health_timer, executor__health_tick, (uint64_t)next, 0);
+            return;
+        }
         uv_timer_stop(&inst->start_timer);
         executor__set_state(inst, INSTANCE_RUNNING);
         if (inst->health != HEALTH_PROCESS && inst->port > 0)
@@ -1901,7 +1916,7 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     uv_timer_start(&inst->start_timer, executor__start_timed_out,
                    (uint64_t)inst->start_timeout_s * 1000, 0);
     /* the first check comes on the next loop turn, never inside this call */
-    uv_timer_start(&inst->health_timer, executor__health_tick, 0, HEALTH_STARTING_MS);
+    uv_timer_start(&inst->health_timer, executor__health_tick, 0, 0);
     executor__sample_usage(inst);
 
     inst->next = ex->instances;
@@ -2112,7 +2127,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
         if (!exited) {
             uv_timer_start(&inst->start_timer, executor__start_timed_out,
                            (uint64_t)inst->start_timeout_s * 1000, 0);
-            uv_timer_start(&inst->health_timer, executor__health_tick, 0, HEALTH_STARTING_MS);
+            uv_timer_start(&inst->health_timer, executor__health_tick, 0, 0);
         }
     }
     executor__sample_usage(inst);
