@@ -75,12 +75,14 @@ def first_byte(host, port):
 def floor_listen(listen_bin, runs):
     """fork to the first byte of a static binary's answer on loopback"""
     times = []
-    for _ in range(runs):
+    while len(times) < runs:
         port = skiffd.free_port()
         t = time.monotonic()
         proc = subprocess.Popen([listen_bin], env={"PORT": str(port)})
-        while not first_byte("127.0.0.1", port):
+        while not first_byte("127.0.0.1", port) and proc.poll() is None:
             time.sleep(0.0002)
+        if proc.poll() is not None:  # the port was taken meanwhile: another one
+            continue
         times.append((time.monotonic() - t) * 1000)
         proc.kill()
         proc.wait()

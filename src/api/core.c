@@ -977,6 +977,9 @@ static void core__apps_get(struct api_request *req, void *ctx)
                                 info[i].host_uid >= 0 ? json_integer(info[i].host_uid)
                                                       : json_null());
             json_object_set_new(d, "warm_start", json_boolean(info[i].warm_start));
+            json_object_set_new(d, "warm_runtime", info[i].warm_runtime[0]
+                                                       ? json_string(info[i].warm_runtime)
+                                                       : json_null());
             json_object_set_new(d, "disk_bytes", json_integer((json_int_t)info[i].disk_bytes));
             json_object_set_new(d, "disk_quota_bytes",
                                 json_integer((json_int_t)info[i].disk_quota_bytes));

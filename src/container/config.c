@@ -35,6 +35,12 @@ char *container_config_to_json(const struct container_config *cfg)
         json_object_set_new(j, "seccomp_bpf", json_string(cfg->seccomp_bpf));
     if (cfg->warm_socket)
         json_object_set_new(j, "warm_socket", json_string(cfg->warm_socket));
+    if (cfg->warm_program) {
+        json_t *a = json_array();
+        for (char **v = cfg->warm_program; *v; v++)
+            json_array_append_new(a, json_string(*v));
+        json_object_set_new(j, "warm_program", a);
+    }
     if (cfg->net_pool) {
         json_object_set_new(j, "net_pool", json_string(cfg->net_pool));
         json_object_set_new(j, "net_slot", json_integer(cfg->net_slot));
@@ -70,6 +76,12 @@ int container_config_from_json(const char *text, struct container_config *out, c
     out->seccomp_bpf = config__string(j, "seccomp_bpf");
     out->net_pool = config__string(j, "net_pool");
     out->warm_socket = config__string(j, "warm_socket");
+    json_t *prog = json_object_get(j, "warm_program");
+    if (json_array_size(prog) > 0) {
+        out->warm_program = xcalloc(json_array_size(prog) + 1, sizeof(char *));
+        for (size_t i = 0; i < json_array_size(prog); i++)
+            out->warm_program[i] = xstrdup(json_string_value(json_array_get(prog, i)) ?: "");
+    }
     out->disk_mb = (int)json_integer_value(json_object_get(j, "disk_mb"));
     out->uid_base = (unsigned)json_integer_value(json_object_get(j, "uid_base"));
     out->net_slot = (int)json_integer_value(json_object_get(j, "net_slot"));
@@ -121,6 +133,9 @@ void container_config_clear(struct container_config *cfg)
     free(cfg->seccomp_bpf);
     free(cfg->net_pool);
     free(cfg->warm_socket);
+    for (char **v = cfg->warm_program; v && *v; v++)
+        free(*v);
+    free(cfg->warm_program);
     for (char **c = cfg->cgroup_procs; c && *c; c++)
         free(*c);
     free(cfg->cgroup_procs);

@@ -74,6 +74,9 @@ struct container_config {
     size_t n_mounts;
     char *warm_socket; /* a warm container (see below): the Unix socket, relative to scratch,
                           it listens on once ready; NULL for one that runs its program now */
+    char **warm_program; /* a warm container's program run ahead (a runtime's zygote), or
+                            NULL: NULL-terminated argv, run as any program is (vcap, no
+                            capabilities, the filter), the start then comes to it on fd 3 */
 };
 
 /* What every container of one daemon shares. The executor sets it up (and owns the network
@@ -117,7 +120,14 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
  * any container's. From then on it is an ordinary container: same keeper, same exit. The
  * scratch folder may be renamed once the socket is there (the keeper works relative to it).
  * One start per warm container: the socket is gone once a start is taken, so a container
- * never carries anything from one instance to another. */
+ * never carries anything from one instance to another.
+ *
+ * A warm container may run a program ahead (warm_program: a language runtime that loads
+ * itself before any app is known). It starts in /home/vcap with PATH, HOME and LANG only,
+ * as vcap with everything taken away as from any program, and reads its start from fd 3 to
+ * the end: argc, the argv, then the environment, each NUL-terminated (the droplet is mounted
+ * and the hostname set by then). It is the program from then on: its end is the container's.
+ * If it ends before a start comes, the container ends with it (exit 125). */
 struct container_start {
     const char *hostname; /* the instance's guid */
     const char *app_dir;  /* host path of the droplet's app/ folder */

@@ -29,6 +29,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -54,6 +55,8 @@ struct run_child {
     int ready_wr; /* init says 'r' once all is made but the program */
     int start_rd; /* the start from the keeper: hostname, argc, argv, env; NUL-separated */
     int start_wr; /* (the keeper's end, closed in init) */
+    char *start;  /* the start as init read it, and its length */
+    size_t start_len;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -78,6 +81,19 @@ static int run__write_file(const char *path, const char *text)
     int rc = n == (ssize_t)strlen(text) ? 0 : -errno;
     close(fd);
     return rc;
+}
+
+static int run__write_all(int fd, const void *data, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(fd, (const char *)data + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        off += (size_t)n;
+    }
+    return 0;
 }
 
 /* mount(2) with a message; bind mounts made read-only take a second call, as the kernel
@@ -111,6 +127,14 @@ static int run__mountpoint(const char *path, bool dir)
 {
     if (dir)
         return mkdir_p(path, 0755);
+    char *parent = xstrdup(path);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = '\0';
+    int rc = slash && slash != parent ? mkdir_p(parent, 0755) : 0;
+    free(parent);
+    if (rc < 0)
+        return rc;
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return -errno;
@@ -425,17 +449,56 @@ static void run__exec(struct run_child *c)
     run__child_fail(c, "cannot run %s: %s", c->argv[0], strerror(errno));
 }
 
+/* A warm container's program run ahead: forked now, as vcap like any program, reading its
+ * start from fd 3 (the write end is *start_wr). */
+static pid_t run__warm_program(struct run_child *c, int *start_wr)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        run__child_fail(c, "cannot make the warm program's pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0)
+        run__child_fail(c, "cannot fork: %s", strerror(errno));
+    if (pid == 0) {
+        /* fd 3 is the start; what init had there moves out of the way first */
+        int start_fd = fcntl(p[0], F_DUPFD_CLOEXEC, 10);
+        int err_fd = fcntl(c->err_wr, F_DUPFD_CLOEXEC, 10);
+        if (start_fd < 0 || err_fd < 0 || dup2(start_fd, 3) < 0 || chdir("/home/vcap") < 0)
+            _exit(125);
+        c->err_wr = err_fd;
+        static char *const env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/vcap/app",
+                                    "LANG=C.UTF-8", NULL};
+        c->argv = c->cfg->warm_program;
+        c->envp = env;
+        run__exec(c);
+    }
+    close(p[0]);
+    *start_wr = p[1];
+    return pid;
+}
+
 /* A warm container's init, all made: says so, then takes the start the keeper passes on
  * (the droplet is mounted by then) and becomes the instance's. */
-static void run__warm_wait(struct run_child *c)
+static void run__warm_wait(struct run_child *c, pid_t program)
 {
     close(c->start_wr);
+    int pidfd = program > 0 ? (int)syscall(SYS_pidfd_open, program, 0) : -1;
+    if (program > 0 && pidfd < 0)
+        run__child_fail(c, "cannot watch the warm program: %s", strerror(errno));
     if (write(c->ready_wr, "r", 1) != 1)
         _exit(125);
     close(c->ready_wr);
     size_t len = 0, cap = 64 * 1024;
     char *buf = xmalloc(cap);
     for (;;) {
+        if (pidfd >= 0) {
+            /* the program run ahead must still be there when its start comes */
+            struct pollfd pfd[2] = {{.fd = c->start_rd, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
+            if (poll(pfd, 2, -1) < 0 && errno == EINTR)
+                continue;
+            if ((pfd[1].revents & POLLIN) && !(pfd[0].revents & (POLLIN | POLLHUP)))
+                run__child_fail(c, "the warm container's program ended before its start");
+        }
         if (len == cap) {
             if (cap >= RUN_START_MAX)
                 run__child_fail(c, "the start is larger than %d bytes", RUN_START_MAX);
@@ -452,6 +515,10 @@ static void run__warm_wait(struct run_child *c)
         len += (size_t)n;
     }
     close(c->start_rd);
+    if (pidfd >= 0)
+        close(pidfd);
+    c->start = buf;
+    c->start_len = len;
     /* hostname, argc, argv..., env...: each NUL-terminated */
     size_t count = 0;
     for (size_t i = 0; i < len; i++)
@@ -516,10 +583,22 @@ static int run__init(void *arg)
         run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
     if (!cfg->net_pool)
         run__lo_up();
+    pid_t app = 0;
+    int program_start = -1;
+    if (cfg->warm_socket && cfg->warm_program)
+        app = run__warm_program(c, &program_start);
     if (cfg->warm_socket)
-        run__warm_wait(c);
+        run__warm_wait(c, app);
     if (chdir(cfg->cwd) < 0)
         run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
+    if (program_start >= 0) {
+        /* the program run ahead takes the start (but the hostname, set here) */
+        size_t skip = strlen(c->start) + 1;
+        signal(SIGPIPE, SIG_IGN);
+        if (run__write_all(program_start, c->start + skip, c->start_len - skip) < 0)
+            run__child_fail(c, "the warm container's program did not take its start");
+        close(program_start);
+    }
 
     static const int passed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
     sigset_t set;
@@ -532,7 +611,8 @@ static int run__init(void *arg)
     for (int s = 1; s < NSIG; s++)
         if (sigismember(&set, s) == 1)
             signal(s, run__noop);
-    pid_t app = fork();
+    if (!app)
+        app = fork();
     if (app < 0)
         run__child_fail(c, "cannot fork: %s", strerror(errno));
     if (app == 0)
@@ -582,22 +662,14 @@ static int run__maps(pid_t pid, unsigned base, char *err, size_t errlen)
     return 0;
 }
 
-static int run__write_all(int fd, const void *data, size_t len)
-{
-    for (size_t off = 0; off < len;) {
-        ssize_t n = write(fd, (const char *)data + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        off += (size_t)n;
-    }
-    return 0;
-}
 
 /* The start, read to its end from the one connection a warm container takes. */
-static int run__warm_accept(const struct container_config *cfg, char **text, char *err,
-                            size_t errlen)
+/* Returned when the container's init ended while the keeper waited for a start: what went
+ * wrong is on init's error pipe. */
+#define RUN_INIT_ENDED 1
+
+static int run__warm_accept(const struct container_config *cfg, int init_err, char **text,
+                            char *err, size_t errlen)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", cfg->warm_socket);
@@ -609,11 +681,24 @@ static int run__warm_accept(const struct container_config *cfg, char **text, cha
     int rc = bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 1) < 0 ? -errno : 0;
     umask(old);
     int fd = -1;
-    while (rc == 0 && (fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0)
-        if (errno != EINTR && errno != ECONNABORTED)
+    while (rc == 0 && fd < 0) {
+        /* init's error pipe says when it ends first (a warm program that died): then this
+         * container can take no start */
+        struct pollfd pfd[2] = {{.fd = lfd, .events = POLLIN}, {.fd = init_err, .events = POLLIN}};
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno != EINTR)
+                rc = -errno;
+        } else if (pfd[1].revents) {
+            rc = RUN_INIT_ENDED;
+        } else if ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0 && errno != EINTR &&
+                   errno != ECONNABORTED && errno != EAGAIN) {
             rc = -errno;
+        }
+    }
     unlink(cfg->warm_socket); /* one start: nobody else gets this far */
     close(lfd);
+    if (rc == RUN_INIT_ENDED)
+        return rc;
     if (rc < 0)
         return run__fail(err, errlen, rc, "cannot wait on the warm socket: %s", strerror(-rc));
     size_t len = 0, cap = 64 * 1024;
@@ -651,12 +736,12 @@ static int run__warm_accept(const struct container_config *cfg, char **text, cha
 /* The keeper of a warm container whose init is ready: takes the start, mounts its droplet
  * (propagated into the container) and hands init the rest. Relative paths: the scratch
  * folder (the keeper's working directory) may have been renamed since. */
-static int run__warm_serve(const struct container_config *cfg, int start_wr, char *err,
-                           size_t errlen)
+static int run__warm_serve(const struct container_config *cfg, int start_wr, int init_err,
+                           char *err, size_t errlen)
 {
     char *text = NULL;
-    int rc = run__warm_accept(cfg, &text, err, errlen);
-    if (rc < 0)
+    int rc = run__warm_accept(cfg, init_err, &text, err, errlen);
+    if (rc != 0)
         return rc;
     struct container__start start;
     rc = container__start_from_json(text, &start, err, errlen);
@@ -773,7 +858,9 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
             ;
         /* not ready: init failed, and its message follows on errp */
         if (rc == 0 && n == 1 && r == 'r')
-            rc = run__warm_serve(cfg, startp[1], err, errlen);
+            rc = run__warm_serve(cfg, startp[1], errp[0], err, errlen);
+        if (rc == RUN_INIT_ENDED)
+            rc = 0; /* its message follows on errp */
         close(ready[0]);
         close(startp[1]);
     }

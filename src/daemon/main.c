@@ -563,7 +563,8 @@ int main(int argc, char **argv)
                                    .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE",
                                                                   CONTAINER_DEFAULT_UID_BASE),
                                    .egress = env_long("SKIFF_EGRESS", 1) != 0,
-                                   .prewarm = (int)prewarm};
+                                   .prewarm = (int)prewarm,
+                                   .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
         log_warning("%s is missing: no instance can start (build it with `make`, and "
                 "install it beside skiffd)",

@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
@@ -54,6 +55,7 @@
 #define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
 #define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
 #define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
+#define EXECUTOR_RUNTIMES 1 /* executor__runtimes */
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -81,6 +83,7 @@ struct instance {
     bool stop_requested, final;
     bool detached;           /* left running for a later executor: nothing of it is ended */
     bool warm_started;       /* it took a warm container */
+    const char *warm_runtime; /* the runtime that container had started ahead, or NULL */
     const char *kill_reason; /* why the executor killed it, when it did */
     void *user_data;
     /* usage, sampled by the executor's timer */
@@ -116,7 +119,10 @@ struct executor {
     int slot_cursor;
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
-    int prewarm;                         /* warm containers kept */
+    int prewarm;                         /* warm containers kept, of each kind in use */
+    char *runtimes_dir;                  /* where the runtimes' zygotes are (buildpacks) */
+    bool runtime_usable[EXECUTOR_RUNTIMES]; /* its zygote is there */
+    bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
     struct executor__warm *warm;         /* those made */
     uv_timer_t *warm_timer;              /* the refill */
     int warm_failures;                   /* warm containers that ended unused, in a row */
@@ -162,16 +168,95 @@ static const char executor__join_script[] =
     "cmd=$1; shift; for f; do echo $$ > \"$f\" || { echo \"skiff: cannot join cgroup $f\" >&2; "
     "exit 125; }; done; exec /bin/sh -c \"$cmd\"";
 
+/* Language runtimes a warm container may start ahead (container.h, warm_program): an
+ * instance whose command is `LAUNCHER SCRIPT ARG...` (the function buildpacks' web command,
+ * buildpacks/function-python/lib/release.sh; words bare or in single quotes, nothing a shell would
+ * expand) starts from one, which runs SCRIPT with the ARGs in the interpreter it has up. The
+ * zygote is the buildpack's own warm/ program, mounted read-only at /opt/skiff/. */
+static const struct executor__runtime {
+    const char *name, *launcher, *script, *interpreter;
+    const char *zygote, *preload; /* in the buildpacks folder; preload: what it compiles ahead */
+} executor__runtimes[EXECUTOR_RUNTIMES] = {
+    {"python", "python3", ".skiff/function/skiff_function.py", "/usr/bin/python3",
+     "function-python/warm/zygote.py", "function-python/lib/skiff_function.py"},
+};
+
+/* The runtime whose warm containers can run command, with the words it is made of in argv
+ * (owned by *storage, NULL-terminated), or -1. */
+static int executor__runtime_of(const char *command, char ***argv, char **storage)
+{
+    char *copy = xstrdup(command);
+    size_t n = 0, cap = 8;
+    char **words = xcalloc(cap + 1, sizeof *words);
+    char *p = copy;
+    bool ok = true;
+    while (ok && *p) {
+        bool quoted = *p == '\'';
+        char *start = quoted ? p + 1 : p;
+        char *end = start;
+        while (*end && (quoted ? *end != '\'' : *end != ' '))
+            end++;
+        ok = end > start && (!quoted || *end == '\'');
+        for (char *c = start; ok && c < end; c++)
+            ok = isalnum((unsigned char)*c) || strchr("._/:=-", *c);
+        if (!ok)
+            break;
+        if (n == cap)
+            words = xrealloc(words, ((cap *= 2) + 1) * sizeof *words);
+        words[n++] = start;
+        p = end + (quoted ? 1 : 0);
+        ok = *p == ' ' || !*p;
+        if (*p == ' ')
+            *p++ = '\0';
+        if (quoted)
+            end[0] = '\0';
+    }
+    words[n] = NULL;
+    for (int r = 0; ok && r < EXECUTOR_RUNTIMES && n >= 2; r++)
+        if (!strcmp(words[0], executor__runtimes[r].launcher) &&
+            !strcmp(words[1], executor__runtimes[r].script)) {
+            *argv = words;
+            *storage = copy;
+            return r;
+        }
+    free(words);
+    free(copy);
+    return -1;
+}
+
+static int executor__runtime_of_command(const char *command)
+{
+    char **argv = NULL, *storage = NULL;
+    int r = executor__runtime_of(command, &argv, &storage);
+    free(argv);
+    free(storage);
+    return r;
+}
+
 /* The config of a container, written in its folder where skiff-init reads it: an instance's
  * (hostname its guid, its droplet), or a warm one's (app_dir NULL: no droplet yet). */
 static int executor__write_container_config(struct executor *ex, const char *dir,
                                             const char *hostname, const char *app_dir,
-                                            int slot, int disk_mb, const struct cgroup *cg,
-                                            char **path_out)
+                                            int runtime, int slot, int disk_mb,
+                                            const struct cgroup *cg, char **path_out)
 {
     struct container_mount droplet = {.source = (char *)app_dir,
                                       .target = CONTAINER_APP_DIR,
                                       .kind = CONTAINER_MOUNT_OVERLAY};
+    /* a runtime's zygote and what it preloads, read-only at /opt/skiff/ */
+    struct container_mount runtime_files[2];
+    char *program[3] = {NULL, NULL, NULL};
+    if (!app_dir && runtime >= 0) {
+        const struct executor__runtime *rt = &executor__runtimes[runtime];
+        const char *files[2] = {rt->zygote, rt->preload};
+        for (int i = 0; i < 2; i++)
+            runtime_files[i] = (struct container_mount){
+                .source = xasprintf("%s/%s", ex->runtimes_dir, files[i]),
+                .target = xasprintf("/opt/skiff/%s", strrchr(files[i], '/') + 1),
+                .kind = CONTAINER_MOUNT_RO};
+        program[0] = (char *)rt->interpreter;
+        program[1] = runtime_files[0].target;
+    }
     struct container_config cfg = {
         .hostname = (char *)hostname,
         .stack = ex->stack_dir,
@@ -184,11 +269,16 @@ static int executor__write_container_config(struct executor *ex, const char *dir
         .net_slot = slot,
         .cwd = CONTAINER_APP_DIR,
         .cgroup_procs = cg ? (char **)cgroup_join_files(cg) : NULL,
-        .mounts = app_dir ? &droplet : NULL,
-        .n_mounts = app_dir ? 1 : 0,
+        .mounts = app_dir ? &droplet : program[0] ? runtime_files : NULL,
+        .n_mounts = app_dir ? 1 : program[0] ? 2 : 0,
         .warm_socket = app_dir ? NULL : (char *)EXECUTOR_WARM_SOCKET,
+        .warm_program = program[0] ? program : NULL,
     };
     char *text = container_config_to_json(&cfg);
+    for (int i = 0; program[0] && i < 2; i++) {
+        free(runtime_files[i].source);
+        free(runtime_files[i].target);
+    }
     char *path = xasprintf("%s/container.json", dir);
     int rc = file_replace(path, text, strlen(text), 0600);
     free(text);
@@ -212,7 +302,7 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
     owned[0] = command;
     if (inst->ex->isolation == EXECUTOR_CONTAINER) {
         int rc = executor__write_container_config(inst->ex, inst->scratch_dir, inst->guid,
-                                                  inst->app_dir, inst->port, inst->disk_mb,
+                                                  inst->app_dir, -1, inst->port, inst->disk_mb,
                                                   inst->cg, &owned[1]);
         if (rc < 0)
             return rc;
@@ -813,6 +903,7 @@ static const struct executor__driver executor__shim_driver = {
 
 /* ---- warm containers: made ahead, so that a start takes milliseconds ------------------- */
 
+
 static int executor__slot_allocate(struct executor *ex);
 
 /* One warm container (container.h) kept for the next instance of the default disk size: its
@@ -825,6 +916,7 @@ struct executor__warm {
     struct executor *ex;
     char id[48];
     char *dir;
+    int runtime; /* executor__runtimes' index of the program it runs ahead, or -1 */
     int slot;
     int pid;       /* its keeper (skiff-init), once the shim said */
     bool reserved; /* its slot was handed out for a start */
@@ -905,7 +997,7 @@ static bool warm__ready(struct executor__warm *w)
     return ready;
 }
 
-static int warm__add(struct executor *ex)
+static int warm__add(struct executor *ex, int runtime)
 {
     int slot = executor__slot_allocate(ex);
     if (slot < 0)
@@ -913,6 +1005,7 @@ static int warm__add(struct executor *ex)
     struct executor__warm *w = xcalloc(1, sizeof *w);
     w->ex = ex;
     w->slot = slot;
+    w->runtime = runtime;
     char guid[37];
     uuid_generate_v4(guid);
     snprintf(w->id, sizeof w->id, "warm-%s", guid);
@@ -922,8 +1015,8 @@ static int warm__add(struct executor *ex)
     if (rc == 0)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
     if (rc == 0)
-        rc = executor__write_container_config(ex, w->dir, "warm", NULL, slot, DEFAULT_DISK_MB,
-                                              w->cg, &config);
+        rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
+                                              DEFAULT_DISK_MB, w->cg, &config);
     if (rc == 0) {
         const char *cmd[] = {ex->init_path, "--config", config, NULL};
         w->sh = shim__new(ex, NULL);
@@ -948,12 +1041,17 @@ static int warm__add(struct executor *ex)
 static void warm__refill(uv_timer_t *t)
 {
     struct executor *ex = t->data;
-    int have = 0;
-    for (struct executor__warm *w = ex->warm; w; w = w->next)
-        have++;
-    while (!ex->shutting_down && have < ex->prewarm && ex->warm_failures < WARM_FAILURES_MAX &&
-           warm__add(ex) == 0)
-        have++;
+    /* prewarm plain ones, and prewarm of each runtime an instance has started with */
+    for (int kind = -1; kind < EXECUTOR_RUNTIMES; kind++) {
+        if (kind >= 0 && !ex->runtime_wanted[kind])
+            continue;
+        int have = 0;
+        for (struct executor__warm *w = ex->warm; w; w = w->next)
+            have += w->runtime == kind;
+        while (!ex->shutting_down && have < ex->prewarm &&
+               ex->warm_failures < WARM_FAILURES_MAX && warm__add(ex, kind) == 0)
+            have++;
+    }
 }
 
 static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
@@ -1018,17 +1116,25 @@ static int warm__start(struct instance *inst)
     free(from);
     free(to);
     char *command = proc_exec_form(inst->command);
-    char *const argv[] = {"/bin/sh", "-c", command, NULL};
+    char *shell[] = {"/bin/sh", "-c", command, NULL};
+    char **words = NULL, *storage = NULL;
+    if (rc == 0 && w->runtime >= 0 &&
+        executor__runtime_of(inst->command, &words, &storage) != w->runtime) {
+        rc = -EINVAL;
+        snprintf(err, sizeof err, "its runtime is not the command's");
+    }
     static char *const empty_env[] = {NULL};
     struct container_start start = {.hostname = inst->guid,
                                     .app_dir = inst->app_dir,
-                                    .argv = argv,
+                                    .argv = words ? words : shell,
                                     .envp = inst->env ? inst->env : empty_env};
     char *sock = xasprintf("%s/%s", inst->scratch_dir, EXECUTOR_WARM_SOCKET);
     if (rc == 0)
         rc = container_warm_start(sock, &start, err, sizeof err);
     free(sock);
     free(command);
+    free(words);
+    free(storage);
     if (rc < 0) {
         log_error("instance %s cannot take its warm container: %s", inst->guid, err);
         warm__discard(w);
@@ -1042,6 +1148,7 @@ static int warm__start(struct instance *inst)
     inst->cg = w->cg;
     inst->pid = w->pid;
     inst->warm_started = true;
+    inst->warm_runtime = w->runtime >= 0 ? executor__runtimes[w->runtime].name : NULL;
     char *pid_path = shim__pid_path(ex, "instance", inst->guid);
     char *msg = xasprintf("P %s\n", pid_path);
     shim__send(sh, msg); /* its pid file follows the instance's name */
@@ -1755,6 +1862,14 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
     ex->prewarm = cfg->prewarm;
+    ex->runtimes_dir = cfg->runtimes_dir ? xstrdup(cfg->runtimes_dir) : NULL;
+    for (int r = 0; r < EXECUTOR_RUNTIMES; r++) {
+        char *zygote = ex->runtimes_dir
+                           ? xasprintf("%s/%s", ex->runtimes_dir, executor__runtimes[r].zygote)
+                           : NULL;
+        ex->runtime_usable[r] = zygote && access(zygote, R_OK) == 0;
+        free(zygote);
+    }
     if (ex->isolation == EXECUTOR_CONTAINER && ex->shim_path && ex->prewarm > 0) {
         ex->warm_timer = xmalloc(sizeof(uv_timer_t));
         uv_timer_init(loop, ex->warm_timer);
@@ -1813,11 +1928,22 @@ int executor_port_allocate(struct executor *ex)
     return -EADDRNOTAVAIL;
 }
 
-int executor_port_allocate_for(struct executor *ex, int disk_mb)
+int executor_port_allocate_for(struct executor *ex, int disk_mb, const char *command)
 {
-    if (ex->isolation == EXECUTOR_CONTAINER && (disk_mb > 0 ? disk_mb : DEFAULT_DISK_MB) == DEFAULT_DISK_MB)
+    if (ex->isolation != EXECUTOR_CONTAINER || !ex->warm_timer ||
+        (disk_mb > 0 ? disk_mb : DEFAULT_DISK_MB) != DEFAULT_DISK_MB)
+        return executor_port_allocate(ex);
+    int runtime = command ? executor__runtime_of_command(command) : -1;
+    if (runtime >= 0 && !ex->runtime_usable[runtime])
+        runtime = -1;
+    if (runtime >= 0 && !ex->runtime_wanted[runtime]) {
+        ex->runtime_wanted[runtime] = true; /* from now on its pool is kept */
+        warm__refill_soon(ex, WARM_REFILL_MS);
+    }
+    /* one that runs the command's runtime ahead, else a plain one (it runs anything) */
+    for (int pass = 0; pass < 2; pass++)
         for (struct executor__warm *w = ex->warm; w; w = w->next)
-            if (warm__ready(w)) {
+            if (w->runtime == (pass ? -1 : runtime) && warm__ready(w)) {
                 w->reserved = true;
                 return w->slot;
             }
@@ -2275,6 +2401,7 @@ void executor_free(struct executor *ex)
         sh = next;
     }
     free(ex->shim_path);
+    free(ex->runtimes_dir);
     executor__free_container(ex);
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
     if (ex->warm_timer)
@@ -2350,6 +2477,11 @@ int64_t instance_host_uid(const struct instance *inst)
 bool instance_started_warm(const struct instance *inst)
 {
     return inst->warm_started;
+}
+
+const char *instance_warm_runtime(const struct instance *inst)
+{
+    return inst->warm_runtime;
 }
 
 void *instance_user_data(const struct instance *inst)

@@ -64,7 +64,10 @@ struct executor_config {
     bool egress;           /* instances may reach public addresses (through NAT) */
     int prewarm; /* warm containers kept ready (container.h; with a shim only): an instance
                     of the default disk size takes one and starts in a few milliseconds
-                    instead of having its container made; 0: none */
+                    instead of having its container made; 0: none. As many again run a
+                    language runtime ahead, for each runtime an instance has started with */
+    const char *runtimes_dir; /* the buildpacks folder: the runtimes' warm programs
+                                 (function-python/warm/zygote.py); NULL: none */
 };
 
 struct instance_spec {
@@ -126,9 +129,10 @@ struct instance *executor_find(struct executor *ex, const char *instance_guid);
 /* A free slot for a new instance, or a negative errno when none is left: a port on
  * 127.0.0.1 for EXECUTOR_PROCESS, a network slot (its own address) for containers. */
 int executor_port_allocate(struct executor *ex);
-/* The same for an instance whose writable layer is disk_mb (0: the default): the slot of a
- * warm container when one is ready, which executor_start then uses. */
-int executor_port_allocate_for(struct executor *ex, int disk_mb);
+/* The same for an instance whose writable layer is disk_mb (0: the default) and which runs
+ * command: the slot of a warm container when one is ready (one running the command's
+ * language runtime ahead, when it has one), which executor_start then uses. */
+int executor_port_allocate_for(struct executor *ex, int disk_mb, const char *command);
 
 /* How the platform reaches an instance on that slot, and what the instance sees. */
 struct instance_endpoint {
@@ -174,6 +178,8 @@ bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *
 int64_t instance_host_uid(const struct instance *inst);
 /* Whether it started in a warm container (executor_config.prewarm). */
 bool instance_started_warm(const struct instance *inst);
+/* The language runtime its warm container had started ahead ("python"), or NULL. */
+const char *instance_warm_runtime(const struct instance *inst);
 void *instance_user_data(const struct instance *inst);
 void instance_set_user_data(struct instance *inst, void *data);
 

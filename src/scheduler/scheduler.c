@@ -632,7 +632,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
     store_route_list_free(routes, nr);
-    int port = executor_port_allocate_for(s->ex, app->disk_mb);
+    int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
     if (port < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
@@ -1285,6 +1285,8 @@ static void sched__fill_placement(struct scheduler_instance_info *info, const st
     info->port = ep.port;
     info->host_uid = instance_host_uid(si->inst);
     info->warm_start = instance_started_warm(si->inst);
+    const char *runtime = instance_warm_runtime(si->inst);
+    snprintf(info->warm_runtime, sizeof info->warm_runtime, "%s", runtime ? runtime : "");
     info->disk_full = instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
 }
 

@@ -146,6 +146,7 @@ struct scheduler_instance_info {
     int port;       /* what it listens on ($PORT) */
     int64_t host_uid; /* the host uid its program runs as, -1 if not known */
     bool warm_start;  /* it started in a warm container */
+    char warm_runtime[16]; /* the runtime that container had up ahead, or "" */
     uint64_t disk_bytes, disk_quota_bytes; /* a container's writable layer: used and size */
     bool disk_full;                        /* ... and its quota is used up */
     char state[16]; /* STARTING RUNNING CRASHED STOPPING DOWN */

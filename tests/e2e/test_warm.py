@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from conftest import Platform, app_json, http_get, instance_url, out, read_pid_file
 
 
@@ -158,5 +160,69 @@ def test_warm_containers_of_a_killed_skiffd_are_ended_by_the_next():
         p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
                    what="two new warm containers")
         assert not set(old) & set(warm_dirs(p))
+    finally:
+        p.close()
+
+
+RUNTIME_PROBE = '''
+import json, os, socket, sys
+
+def handle(event):
+    status = dict(line.rstrip("\\n").split(":\\t", 1) for line in open("/proc/self/status")
+                  if ":\\t" in line)
+    try:
+        open("/opt/skiff/zygote.py", "a").close()
+        zygote_writable = True
+    except OSError:
+        zygote_writable = False
+    return {"uid": os.getuid(), "hostname": socket.gethostname(), "cwd": os.getcwd(),
+            "argv": sys.argv, "main": sys.modules["__main__"].__file__,
+            "path": sys.path[:2], "color": os.environ.get("COLOR"),
+            "port": os.environ.get("PORT"), "cap_eff": status["CapEff"],
+            "no_new_privs": status["NoNewPrivs"], "seccomp": status["Seccomp"],
+            "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "zygote_writable": zygote_writable}
+'''
+
+
+@pytest.mark.parametrize("prewarm", ["1", "0"])
+def test_a_python_function_starts_from_a_warm_python_runtime(tmp_path, prewarm):
+    """Once a Python function has started, warm containers with the Python runtime up are
+    kept; the next start takes one, and the function runs as if started afresh (the same
+    test without warm containers says what afresh is): its own environment, argv, working
+    directory, module path and __main__, as vcap with nothing of root."""
+    (tmp_path / "probe.py").write_text(RUNTIME_PROBE)
+    warm = prewarm != "0"
+    p = Platform(extra_env={"SKIFF_PREWARM": prewarm}).start()
+    try:
+        r = p.cli("push", "probe", "--function", str(tmp_path / "probe.py") + ":handle",
+                  timeout=300)
+        assert r.returncode == 0, out(r)
+        (first,) = started(p, "probe", 1)
+        assert first["warm_runtime"] is None  # the python pool is made from now on
+        if warm:
+            p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+                       what="a plain and a python warm container")
+        r = p.cli("set-env", "probe", "COLOR", "teal")
+        assert r.returncode == 0, out(r)
+        r = p.cli("restart", "probe", timeout=120)
+        assert r.returncode == 0, out(r)
+        (inst,) = p.wait_for(lambda: [i for i in started(p, "probe", 1)
+                                      if i["guid"] != first["guid"]], timeout=60,
+                             what="the restarted instance")
+        assert inst["warm_start"] is warm, inst
+        assert inst["warm_runtime"] == ("python" if warm else None), inst
+        status, body = p.api("POST", "/v1/apps/probe/invoke", raw=b"x",
+                             headers={"Content-Type": "text/plain"})
+        assert status == 200, body
+        got = body if isinstance(body, dict) else __import__("json").loads(body)
+        assert got["uid"] == 2000 and got["hostname"] == inst["guid"], got
+        assert got["cwd"] == "/home/vcap/app" and got["color"] == "teal" and got["port"] == "8080"
+        assert got["argv"] == [".skiff/function/skiff_function.py", "probe.py:handle"], got
+        assert got["main"] == "/home/vcap/app/.skiff/function/skiff_function.py", got
+        assert got["path"] == ["/home/vcap/app", "/home/vcap/app/.skiff/function"], got
+        assert got["cap_eff"] == "0000000000000000" and got["no_new_privs"] == "1"
+        assert got["seccomp"] == "2" and not got["zygote_writable"]
+        assert len(got["pids"]) <= 3, got["pids"]  # init and the function: nothing else
     finally:
         p.close()

@@ -36,6 +36,7 @@ struct world {
     char *seccomp_bpf; /* the filter built ahead, as skiffd gives it to its containers */
     char *disk_from;   /* the containers' disk_from (staging's shared disk), or NULL */
     bool warm;         /* run_in_container makes a warm container, then starts it */
+    char **warm_program; /* and runs this in it ahead, when set */
     const char *warm_start; /* and sends this start instead of the script's, when set */
 };
 
@@ -100,6 +101,7 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
         cfg.mounts = NULL;
         cfg.n_mounts = 0;
         cfg.warm_socket = "warm.sock";
+        cfg.warm_program = w->warm_program;
     }
     char *argv[] = {"/bin/sh", "-c", (char *)script, NULL};
     char *envp[] = {"PATH=/usr/bin:/bin", "HOME=/home/vcap/app", NULL};
@@ -521,6 +523,61 @@ static void test_warm_container_runs_the_start_isolated(void **state)
     w->warm = false;
 }
 
+/* A program run ahead (a runtime's zygote) is a program like any other: vcap, nothing of
+ * root; its start comes on fd 3 once the droplet is there and the hostname set. */
+static void test_warm_program_runs_ahead_and_takes_its_start(void **state)
+{
+    struct world *w = *state;
+    char *program[] = {"/bin/sh", "-c",
+                       "id -u; pwd; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+                       "tr '\\000' '\\n' <&3; hostname; cat /home/vcap/app/hello.txt",
+                       NULL};
+    w->warm = true;
+    w->warm_program = program;
+    char out[4096];
+    /* the start's argv and env, as the program gets them */
+    assert_int_equal(run_in_container(w, "the script", 64, out, sizeof out), 0);
+    assert_non_null(strstr(out, "2000\n/home/vcap\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
+                                "Seccomp:\t2\n3\n/bin/sh\n-c\nthe script\n"
+                                "PATH=/usr/bin:/bin\nHOME=/home/vcap/app\ntest-instance\nhello\n"));
+    w->warm_program = NULL;
+    w->warm = false;
+}
+
+/* A program run ahead that ends before its start ends the container, which takes none. */
+static void test_warm_program_ending_early_ends_the_container(void **state)
+{
+    struct world *w = *state;
+    char *scratch = xasprintf("%s/early", w->home);
+    assert_int_equal(mkdir_p(scratch, 0700), 0);
+    char *program[] = {"/bin/true", NULL};
+    struct container_config cfg = {.hostname = "warm",
+                                   .stack = w->stack,
+                                   .scratch = scratch,
+                                   .disk_mb = 64,
+                                   .disk_pool = w->pool,
+                                   .seccomp_bpf = w->seccomp_bpf,
+                                   .uid_base = CONTAINER_DEFAULT_UID_BASE,
+                                   .cwd = CONTAINER_APP_DIR,
+                                   .warm_socket = "warm.sock",
+                                   .warm_program = program};
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char err[512] = "";
+        int st = container_run(&cfg, NULL, NULL, err, sizeof err);
+        _exit(st < 0 && strstr(err, "ended before its start") ? 125 : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 125);
+    char *sock = xasprintf("%s/warm.sock", scratch);
+    assert_int_equal(access(sock, F_OK), -1);
+    free(sock);
+    free(scratch);
+}
+
 /* A start that is not one ends the container (125) without running anything. */
 static void test_warm_container_refuses_a_bad_start(void **state)
 {
@@ -568,6 +625,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_warm_container_runs_the_start_isolated, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_warm_container_refuses_a_bad_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_warm_program_runs_ahead_and_takes_its_start, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_warm_program_ending_early_ends_the_container, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
