@@ -3,7 +3,7 @@
     /usr/bin/python3 bench/coldstart/bench.py [--runs 20] [--bin build/rel]
 
 Floor: the bare start of `python3 -c pass`, `node -e 0`, and of a static binary to its first
-accepted connection (fork to connect, bench/coldstart/hello.c).
+accepted connection (fork to connect, bench/container/listen.c).
 
 Skiff, twice: with warm containers (skiffd --prewarm 2, the default) and with every
 container made at its start (--prewarm 0). For a Python function and a Node.js function at
@@ -263,7 +263,7 @@ def main():
     try:
         listen = os.path.join(work, "hello")
         subprocess.run(["cc", "-O2", "-static", "-o", listen,
-                        os.path.join(ROOT, "bench", "coldstart", "hello.c")], check=True)
+                        os.path.join(ROOT, "bench", "container", "listen.c")], check=True)
         # the interpreters the containers run: the stack's, the host's /usr
         floor = {"python": floor_command(["/usr/bin/python3", "-c", "pass"], args.runs),
                  "node": floor_command(["/usr/bin/node", "-e", "0"], args.runs),
