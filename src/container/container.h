@@ -127,12 +127,16 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
  * as vcap with everything taken away as from any program, and reads its start from fd 3 to
  * the end: argc, the argv, then the environment, each NUL-terminated (the droplet is mounted
  * and the hostname set by then). It is the program from then on: its end is the container's.
- * If it ends before a start comes, the container ends with it (exit 125). */
+ * If it ends before a start comes, the container ends with it (exit 125). A start marked
+ * afresh ends it instead and runs its argv as any container does. */
 struct container_start {
     const char *hostname; /* the instance's guid */
     const char *app_dir;  /* host path of the droplet's app/ folder */
     char *const *argv;    /* NULL-terminated; argv[0] looked up in PATH inside */
     char *const *envp;    /* NULL-terminated */
+    bool afresh; /* in a container with a program run ahead: end that program and run argv
+                    as a container made at start would (what the environment asks for
+                    cannot be taken on by a program already started) */
 };
 /* Sends start to the warm container listening at socket_path (its connection closed at
  * once: what goes wrong later is the program's end, exit 125 with the reason on stderr, as

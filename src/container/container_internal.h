@@ -2,6 +2,7 @@
 #ifndef SKIFF_CONTAINER_INTERNAL_H
 #define SKIFF_CONTAINER_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Attaches image to a free loop device (autoclear) and mounts its ext4 at dir. */
@@ -27,6 +28,7 @@ char *container__start_to_json(const struct container_start *start);
 struct container__start {
     char *hostname, *app_dir;
     char **argv, **envp;
+    bool afresh;
 };
 int container__start_from_json(const char *text, struct container__start *out, char *err,
                                size_t errlen);

@@ -57,6 +57,7 @@ struct run_child {
     int start_wr; /* (the keeper's end, closed in init) */
     char *start;  /* the start as init read it, and its length */
     size_t start_len;
+    bool start_afresh; /* the program run ahead is ended, argv run as usual */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -519,22 +520,23 @@ static void run__warm_wait(struct run_child *c, pid_t program)
         close(pidfd);
     c->start = buf;
     c->start_len = len;
-    /* hostname, argc, argv..., env...: each NUL-terminated */
+    /* hostname, afresh, argc, argv..., env...: each NUL-terminated */
     size_t count = 0;
     for (size_t i = 0; i < len; i++)
         count += buf[i] == '\0';
-    if (len == 0 || buf[len - 1] != '\0' || count < 3)
+    if (len == 0 || buf[len - 1] != '\0' || count < 4)
         _exit(125); /* the keeper went away before it handed the start on */
     char **strs = xcalloc(count + 1, sizeof *strs);
     for (size_t i = 0, k = 0; i < len; i += strlen(buf + i) + 1)
         strs[k++] = buf + i;
-    long argc = strtol(strs[1], NULL, 10);
-    if (argc < 1 || (size_t)argc > count - 2)
+    long argc = strtol(strs[2], NULL, 10);
+    if (argc < 1 || (size_t)argc > count - 3)
         run__child_fail(c, "the start is malformed");
     char **argv = xcalloc((size_t)argc + 1, sizeof *argv);
-    memcpy(argv, strs + 2, (size_t)argc * sizeof *argv);
+    memcpy(argv, strs + 3, (size_t)argc * sizeof *argv);
     c->argv = argv;
-    c->envp = strs + 2 + argc; /* NULL-terminated by the calloc */
+    c->envp = strs + 3 + argc; /* NULL-terminated by the calloc */
+    c->start_afresh = strs[1][0] == '1';
     if (sethostname(strs[0], strlen(strs[0])) < 0)
         run__child_fail(c, "cannot set the hostname: %s", strerror(errno));
 }
@@ -591,9 +593,17 @@ static int run__init(void *arg)
         run__warm_wait(c, app);
     if (chdir(cfg->cwd) < 0)
         run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
+    if (program_start >= 0 && c->start_afresh) {
+        close(program_start);
+        program_start = -1;
+        kill(app, SIGKILL);
+        while (waitpid(app, NULL, 0) < 0 && errno == EINTR)
+            ;
+        app = 0; /* forked afresh below */
+    }
     if (program_start >= 0) {
-        /* the program run ahead takes the start (but the hostname, set here) */
-        size_t skip = strlen(c->start) + 1;
+        /* the program run ahead takes the start (but the hostname and the flag, used here) */
+        size_t skip = strlen(c->start) + 1 + 2;
         signal(SIGPIPE, SIG_IGN);
         if (run__write_all(program_start, c->start + skip, c->start_len - skip) < 0)
             run__child_fail(c, "the warm container's program did not take its start");
@@ -760,6 +770,8 @@ static int run__warm_serve(const struct container_config *cfg, int start_wr, int
     snprintf(count, sizeof count, "%zu", argc);
     if (rc == 0)
         rc = run__write_all(start_wr, start.hostname, strlen(start.hostname) + 1);
+    if (rc == 0)
+        rc = run__write_all(start_wr, start.afresh ? "1" : "0", 2);
     if (rc == 0)
         rc = run__write_all(start_wr, count, strlen(count) + 1);
     for (char **v = start.argv; rc == 0 && *v; v++)

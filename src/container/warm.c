@@ -23,9 +23,9 @@ static json_t *warm__strings(char *const *v)
 
 char *container__start_to_json(const struct container_start *start)
 {
-    json_t *j = json_pack("{s:s,s:s,s:o,s:o}", "hostname", start->hostname, "app_dir",
+    json_t *j = json_pack("{s:s,s:s,s:o,s:o,s:b}", "hostname", start->hostname, "app_dir",
                           start->app_dir, "argv", warm__strings(start->argv), "env",
-                          warm__strings(start->envp));
+                          warm__strings(start->envp), "afresh", start->afresh);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     return text;
@@ -69,6 +69,7 @@ int container__start_from_json(const char *text, struct container__start *out, c
     out->app_dir = xstrdup(app_dir);
     out->argv = warm__string_array(json_object_get(j, "argv"), true);
     out->envp = warm__string_array(json_object_get(j, "env"), false);
+    out->afresh = json_is_true(json_object_get(j, "afresh"));
     if (!out->argv || !out->envp) {
         snprintf(err, errlen, "the start's argv and env must be arrays of strings (argv not empty)");
         container__start_clear(out);

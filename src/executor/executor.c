@@ -55,7 +55,7 @@
 #define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
 #define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
 #define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
-#define EXECUTOR_RUNTIMES 1 /* executor__runtimes */
+#define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -175,11 +175,29 @@ static const char executor__join_script[] =
  * zygote is the buildpack's own warm/ program, mounted read-only at /opt/skiff/. */
 static const struct executor__runtime {
     const char *name, *launcher, *script, *interpreter;
-    const char *zygote, *preload; /* in the buildpacks folder; preload: what it compiles ahead */
+    const char *zygote, *preload; /* in the buildpacks folder; preload: what it compiles
+                                     ahead, or NULL */
+    /* settings the interpreter reads only as it starts: an environment with one of these
+     * (but the one that the zygote takes on) is run afresh */
+    const char *env_prefix, *env_taken;
 } executor__runtimes[EXECUTOR_RUNTIMES] = {
     {"python", "python3", ".skiff/function/skiff_function.py", "/usr/bin/python3",
-     "function-python/warm/zygote.py", "function-python/lib/skiff_function.py"},
+     "function-python/warm/zygote.py", "function-python/lib/skiff_function.py", "PYTHON",
+     "PYTHONUNBUFFERED"},
+    {"node", "node", ".skiff/function/skiff_function.js", "/usr/bin/node",
+     "function-node/warm/zygote.js", NULL, "NODE_", "NODE_ENV"},
 };
+
+/* Whether env holds a setting runtime's zygote cannot take on. */
+static bool executor__runtime_refuses(const struct executor__runtime *rt, char *const *env)
+{
+    size_t plen = strlen(rt->env_prefix), tlen = strlen(rt->env_taken);
+    for (; env && *env; env++)
+        if (!strncmp(*env, rt->env_prefix, plen) &&
+            !(!strncmp(*env, rt->env_taken, tlen) && (*env)[tlen] == '='))
+            return true;
+    return false;
+}
 
 /* The runtime whose warm containers can run command, with the words it is made of in argv
  * (owned by *storage, NULL-terminated), or -1. */
@@ -245,11 +263,13 @@ static int executor__write_container_config(struct executor *ex, const char *dir
                                       .kind = CONTAINER_MOUNT_OVERLAY};
     /* a runtime's zygote and what it preloads, read-only at /opt/skiff/ */
     struct container_mount runtime_files[2];
+    size_t n_runtime_files = 0;
     char *program[3] = {NULL, NULL, NULL};
     if (!app_dir && runtime >= 0) {
         const struct executor__runtime *rt = &executor__runtimes[runtime];
         const char *files[2] = {rt->zygote, rt->preload};
-        for (int i = 0; i < 2; i++)
+        n_runtime_files = rt->preload ? 2 : 1;
+        for (size_t i = 0; i < n_runtime_files; i++)
             runtime_files[i] = (struct container_mount){
                 .source = xasprintf("%s/%s", ex->runtimes_dir, files[i]),
                 .target = xasprintf("/opt/skiff/%s", strrchr(files[i], '/') + 1),
@@ -270,12 +290,12 @@ static int executor__write_container_config(struct executor *ex, const char *dir
         .cwd = CONTAINER_APP_DIR,
         .cgroup_procs = cg ? (char **)cgroup_join_files(cg) : NULL,
         .mounts = app_dir ? &droplet : program[0] ? runtime_files : NULL,
-        .n_mounts = app_dir ? 1 : program[0] ? 2 : 0,
+        .n_mounts = app_dir ? 1 : n_runtime_files,
         .warm_socket = app_dir ? NULL : (char *)EXECUTOR_WARM_SOCKET,
         .warm_program = program[0] ? program : NULL,
     };
     char *text = container_config_to_json(&cfg);
-    for (int i = 0; program[0] && i < 2; i++) {
+    for (size_t i = 0; i < n_runtime_files; i++) {
         free(runtime_files[i].source);
         free(runtime_files[i].target);
     }
@@ -1128,6 +1148,11 @@ static int warm__start(struct instance *inst)
                                     .app_dir = inst->app_dir,
                                     .argv = words ? words : shell,
                                     .envp = inst->env ? inst->env : empty_env};
+    /* an environment its runtime cannot take on: the command as it is, in the same container */
+    if (w->runtime >= 0 && executor__runtime_refuses(&executor__runtimes[w->runtime], inst->env)) {
+        start.argv = shell;
+        start.afresh = true;
+    }
     char *sock = xasprintf("%s/%s", inst->scratch_dir, EXECUTOR_WARM_SOCKET);
     if (rc == 0)
         rc = container_warm_start(sock, &start, err, sizeof err);

@@ -185,15 +185,17 @@ def handle(event):
 '''
 
 
-@pytest.mark.parametrize("prewarm", ["1", "0"])
+@pytest.mark.parametrize("prewarm", ["1", "0", "1-afresh"])
 def test_a_python_function_starts_from_a_warm_python_runtime(tmp_path, prewarm):
     """Once a Python function has started, warm containers with the Python runtime up are
     kept; the next start takes one, and the function runs as if started afresh (the same
     test without warm containers says what afresh is): its own environment, argv, working
-    directory, module path and __main__, as vcap with nothing of root."""
+    directory, module path and __main__, as vcap with nothing of root. A setting the
+    interpreter reads only as it starts (PYTHONDONTWRITEBYTECODE) has the command run afresh
+    in that container."""
     (tmp_path / "probe.py").write_text(RUNTIME_PROBE)
     warm = prewarm != "0"
-    p = Platform(extra_env={"SKIFF_PREWARM": prewarm}).start()
+    p = Platform(extra_env={"SKIFF_PREWARM": prewarm.split("-")[0]}).start()
     try:
         r = p.cli("push", "probe", "--function", str(tmp_path / "probe.py") + ":handle",
                   timeout=300)
@@ -205,6 +207,9 @@ def test_a_python_function_starts_from_a_warm_python_runtime(tmp_path, prewarm):
                        what="a plain and a python warm container")
         r = p.cli("set-env", "probe", "COLOR", "teal")
         assert r.returncode == 0, out(r)
+        if prewarm.endswith("afresh"):
+            r = p.cli("set-env", "probe", "PYTHONDONTWRITEBYTECODE", "1")
+            assert r.returncode == 0, out(r)
         r = p.cli("restart", "probe", timeout=120)
         assert r.returncode == 0, out(r)
         (inst,) = p.wait_for(lambda: [i for i in started(p, "probe", 1)
@@ -224,5 +229,57 @@ def test_a_python_function_starts_from_a_warm_python_runtime(tmp_path, prewarm):
         assert got["cap_eff"] == "0000000000000000" and got["no_new_privs"] == "1"
         assert got["seccomp"] == "2" and not got["zygote_writable"]
         assert len(got["pids"]) <= 3, got["pids"]  # init and the function: nothing else
+    finally:
+        p.close()
+
+
+NODE_PROBE = """
+const fs = require('fs');
+const os = require('os');
+exports.handle = async (event) => {
+  const status = Object.fromEntries(fs.readFileSync('/proc/self/status', 'utf8').split('\\n')
+    .filter((l) => l.includes(':\\t')).map((l) => l.split(':\\t')));
+  return {uid: process.getuid(), hostname: os.hostname(), cwd: process.cwd(),
+          argv: process.argv.slice(1), main: require.main.filename, color: process.env.COLOR,
+          port: process.env.PORT, cap_eff: status.CapEff, seccomp: status.Seccomp,
+          no_new_privs: status.NoNewPrivs};
+};
+"""
+
+
+@pytest.mark.parametrize("prewarm", ["1", "0"])
+def test_a_node_function_starts_from_a_warm_node_runtime(tmp_path, prewarm):
+    """The same for Node.js: warm containers with Node.js up, and a function started from
+    one sees what `node SCRIPT ARGS` would have given it."""
+    (tmp_path / "probe.js").write_text(NODE_PROBE)
+    warm = prewarm != "0"
+    p = Platform(extra_env={"SKIFF_PREWARM": prewarm}).start()
+    try:
+        r = p.cli("push", "nprobe", "--function", str(tmp_path / "probe.js") + ":handle",
+                  timeout=300)
+        assert r.returncode == 0, out(r)
+        (first,) = started(p, "nprobe", 1)
+        if warm:
+            p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+                       what="a plain and a node warm container")
+        r = p.cli("set-env", "nprobe", "COLOR", "teal")
+        assert r.returncode == 0, out(r)
+        r = p.cli("restart", "nprobe", timeout=120)
+        assert r.returncode == 0, out(r)
+        (inst,) = p.wait_for(lambda: [i for i in started(p, "nprobe", 1)
+                                      if i["guid"] != first["guid"]], timeout=60,
+                             what="the restarted instance")
+        assert inst["warm_runtime"] == ("node" if warm else None), inst
+        status, body = p.api("POST", "/v1/apps/nprobe/invoke", raw=b"x",
+                             headers={"Content-Type": "text/plain"})
+        assert status == 200, body
+        got = body if isinstance(body, dict) else __import__("json").loads(body)
+        assert got["uid"] == 2000 and got["hostname"] == inst["guid"], got
+        assert got["cwd"] == "/home/vcap/app" and got["color"] == "teal" and got["port"] == "8080"
+        assert got["argv"] == ["/home/vcap/app/.skiff/function/skiff_function.js",
+                               "probe.js:handle"], got
+        assert got["main"] == "/home/vcap/app/.skiff/function/skiff_function.js", got
+        assert got["cap_eff"] == "0000000000000000" and got["no_new_privs"] == "1"
+        assert got["seccomp"] == "2"
     finally:
         p.close()
