@@ -131,6 +131,8 @@ def setup_world(p):
     assert status == 202
     mapping = ok("POST", "/v1/event-mappings?space=acme/prod", {"app": "shop", "topic": "orders"})
     ok("POST", "/v1/quotas", {"name": "matrix"})
+    ok("POST", "/v1/service_instances?space=acme/prod",
+       {"name": "ups", "user_provided": True, "credentials": {"k": "v"}})
     tokens = {u: login(p, u)["access_token"] for u in users}
     # an API token that is limited to acme/prod as a SpaceAuditor, though dev develops there
     status, body = api(p, "PUT", "/v1/orgs/acme/spaces/prod/users/dev/roles/SpaceAuditor", admin)
@@ -197,6 +199,27 @@ def fill(world, method, path):
     body, raw, headers = None, None, None
     if path == "/v1/auth/token":
         return path, {"grant_type": "password", "username": "orguser", "password": PASSWORD}, None, None
+    if path.startswith("/v1/apps/*/service_bindings"):
+        # a fresh instance per call, bound first when the call unbinds it
+        ups = unique("ups")
+        made("POST", f"/v1/service_instances?{S}", {"name": ups, "user_provided": True})
+        if method == "POST":
+            return f"/v1/apps/shop/service_bindings?{S}", {"service_instance": ups}, None, None
+        if method == "DELETE":
+            made("POST", f"/v1/apps/shop/service_bindings?{S}", {"service_instance": ups})
+            return f"/v1/apps/shop/service_bindings/{ups}?{S}", None, None, None
+        return f"/v1/apps/shop/service_bindings?{S}", None, None, None
+    if path.startswith("/v1/service_instances"):
+        name = "ups"
+        if method == "POST":
+            return f"/v1/service_instances?{S}", {"name": unique("ups"), "user_provided": True}, \
+                None, None
+        if method == "DELETE":
+            name = unique("ups")
+            made("POST", f"/v1/service_instances?{S}", {"name": name, "user_provided": True})
+        if method == "PATCH":
+            body = {"tags": ["matrix"]}
+        return path.replace("*", name) + "?" + S, body, None, None
     if path.startswith("/v1/apps"):
         app = "shop"
         if method == "DELETE" and path == "/v1/apps/*":
