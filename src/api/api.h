@@ -260,6 +260,8 @@ struct api_svc_config {
 };
 int api_svc_start(const struct api_services *svc, const struct api_svc_config *cfg,
                   struct api_svc **out);
+/* When skiffd begins to stop: broker calls in flight give up, none is started. */
+void api_svc_shutdown(struct api_svc *a);
 void api_svc_stop(struct api_svc *a);
 /* For the API core, when an app is deleted: its bindings go (unbound at their brokers). */
 void api_svc_app_deleted(void *ctx, const char *app_guid);

@@ -349,11 +349,11 @@ static void svc__instance_update(struct api_request *req, void *ctx)
         json_t *taken = NULL;
         if (!services_name_valid(name) ||
             (taken = services_find(a->records, SERVICES_KIND_INSTANCE, svc__space(req), name))) {
-            json_decref(taken);
             api_respond_error(req, taken ? SKIFF_E_NAME_TAKEN : SKIFF_E_INVALID_NAME,
                               taken ? "a service instance named \"%s\" exists in this space already"
                                     : "\"%s\" is not a valid service instance name",
                               name);
+            json_decref(taken);
             goto done;
         }
         json_object_set_new(inst, "name", json_string(name));
@@ -426,10 +426,10 @@ json_t *svc__binding_view(struct api_svc *a, const json_t *b)
 {
     json_t *inst = services_get(a->records, SERVICES_KIND_INSTANCE, svc__str(b, "instance_guid"));
     json_t *v =
-        json_pack("{s:O,s:O,s:O,s:s,s:O}", "guid", json_object_get(b, "guid"), "type",
+        json_pack("{s:O,s:O,s:O,s:s,s:I}", "guid", json_object_get(b, "guid"), "type",
                   json_object_get(b, "type"), "name", json_object_get(b, "name") ?: json_null(),
                   "service_instance", inst ? svc__str(inst, "name") : "", "created_at",
-                  json_object_get(b, "created_at") ?: json_integer(0));
+                  json_integer_value(json_object_get(b, "created_at")));
     json_t *op = json_object_get(b, "last_operation");
     if (op)
         json_object_set(v, "last_operation", op);

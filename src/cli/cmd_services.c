@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/commands.h"
 #include "common/buf.h"
@@ -60,6 +61,10 @@ static json_t *cli_tags(const char *text)
     free(copy);
     return tags;
 }
+
+static int cli_wait_instance(const char *name, bool deleting);
+static int cli_wait_row(const char *path, const char *key, const char *field, const char *value,
+                        const char *what, bool gone_ok);
 
 static char *cli_instance_path(const char *name, const char *suffix)
 {
@@ -283,6 +288,10 @@ static int cli_cmd_delete_service(const struct cli_command *cmd, int argc, char 
     free(path);
     if (rc == 0 && cli_json_output) {
         cli_print_json(res.json ? res.json : json_object());
+    } else if (rc == 0 && res.status == 202 && wait) {
+        rc = cli_wait_instance(name, true);
+        if (rc == 0)
+            printf("OK\n");
     } else if (rc == 0 && res.status == 202) {
         printf("OK\n\nDelete in progress. Use 'skiff services' or 'skiff service %s' to check "
                "operation status.\n",
@@ -363,11 +372,21 @@ static int cli_cmd_bind_service(const struct cli_command *cmd, int argc, char **
     if (rc == 0 && cli_json_output) {
         cli_print_json(res.json);
     } else if (rc == 0) {
-        printf("OK\n\n");
-        if (res.status == 202)
-            printf("Binding in progress. Use 'skiff service %s' to check operation status.\n\n",
-                   instance);
-        printf(CLI_RESTAGE_TIP, app, app);
+        if (res.status == 202 && wait) {
+            char *list = cli_app_path(app, "/service_bindings");
+            char *what = xasprintf("the binding of %s to %s", app, instance);
+            rc = cli_wait_row(list, "service_bindings", "service_instance", instance, what, false);
+            free(what);
+            free(list);
+        }
+        if (rc == 0) {
+            printf("OK\n\n");
+            if (res.status == 202 && !wait)
+                printf("Binding in progress. Use 'skiff service %s' to check operation "
+                       "status.\n\n",
+                       instance);
+            printf(CLI_RESTAGE_TIP, app, app);
+        }
     }
     cli_response_free(&res);
     return rc;
@@ -415,6 +434,445 @@ static int cli_cmd_unbind_service(const struct cli_command *cmd, int argc, char 
         printf(CLI_RESTAGE_TIP, app, app);
     }
     cli_response_free(&res);
+    return rc;
+}
+
+/* ---- waiting for a broker ---------------------------------------------------------------- */
+
+#define CLI_SERVICE_WAIT_S 600
+
+/* The row of list (GET path, array at key) whose field is value, or NULL (new reference). */
+static int cli_find_row(const char *path, const char *key, const char *field, const char *value,
+                        json_t **row)
+{
+    json_t *res = NULL;
+    *row = NULL;
+    int rc = cli_api("GET", path, NULL, &res);
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(res, key), i, r)
+    {
+        if (!strcmp(cli_json_str(r, field), value))
+            *row = json_incref(r);
+    }
+    json_decref(res);
+    return rc;
+}
+
+/* Polls the list until its row named value has no operation in progress (or is gone): 0 when
+ * that ended well (succeeded, or gone when gone_ok), else the failure printed. */
+static int cli_wait_row(const char *path, const char *key, const char *field, const char *value,
+                        const char *what, bool gone_ok)
+{
+    int64_t deadline = time_mono_ms() + CLI_SERVICE_WAIT_S * 1000LL;
+    for (;;) {
+        json_t *row = NULL;
+        int rc = cli_find_row(path, key, field, value, &row);
+        if (rc)
+            return rc;
+        if (!row)
+            return gone_ok ? CLI_EXIT_OK : cli_error("%s is gone", what);
+        const json_t *op = json_object_get(row, "last_operation");
+        const char *state = cli_json_str(op, "state");
+        if (strcmp(state, "in progress")) {
+            rc = !strcmp(state, "failed")
+                     ? cli_error("%s: %s failed: %s", what, cli_json_str(op, "type"),
+                                 cli_json_str(op, "description"))
+                     : CLI_EXIT_OK;
+            json_decref(row);
+            return rc;
+        }
+        json_decref(row);
+        if (time_mono_ms() > deadline)
+            return cli_error("%s: still in progress after %d s", what, CLI_SERVICE_WAIT_S);
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int cli_wait_instance(const char *name, bool deleting)
+{
+    char *what = xasprintf("service instance %s", name);
+    int rc =
+        cli_wait_row("/v1/service_instances", "service_instances", "name", name, what, deleting);
+    free(what);
+    return rc;
+}
+
+/* ---- managed services ------------------------------------------------------------------- */
+
+static int cli_cmd_create_service(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *params = NULL, *tags = NULL, *broker = NULL;
+    bool wait = false;
+    struct cli_option opts[] = {{"configuration", 'c', CLI_OPT_STRING, &params},
+                                {"tags", 't', CLI_OPT_STRING, &tags},
+                                {"broker", 'b', CLI_OPT_STRING, &broker},
+                                {"wait", 'w', CLI_OPT_FLAG, &wait},
+                                {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 3, 3);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s,s:s,s:s}", "service", args.items[0], "plan", args.items[1],
+                             "name", args.items[2]);
+    if (params) {
+        json_t *p = NULL;
+        if ((rc = cli_json_object_arg(cmd, params, "-c", &p)) != CLI_CONTINUE) {
+            json_decref(body);
+            return rc;
+        }
+        json_object_set_new(body, "parameters", p);
+    }
+    if (tags)
+        json_object_set_new(body, "tags", cli_tags(tags));
+    if (broker)
+        json_object_set_new(body, "broker", json_string(broker));
+    if (!cli_json_output)
+        printf("Creating service instance %s...\n", args.items[2]);
+    struct cli_request req = {.method = "POST", .path = "/v1/service_instances", .json = body};
+    struct cli_response res;
+    rc = cli_http(&req, &res);
+    json_decref(body);
+    bool async = rc == 0 && res.status == 202;
+    if (rc == 0 && cli_json_output && !wait)
+        cli_print_json(res.json);
+    cli_response_free(&res);
+    if (rc)
+        return rc;
+    if (async && wait) {
+        if ((rc = cli_wait_instance(args.items[2], false)))
+            return rc;
+        async = false;
+    }
+    if (!cli_json_output) {
+        printf("OK\n");
+        if (async)
+            printf("\nCreate in progress. Use 'skiff services' or 'skiff service %s' to check "
+                   "operation status.\n",
+                   args.items[2]);
+    }
+    return CLI_EXIT_OK;
+}
+
+static int cli_cmd_update_service(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *params = NULL, *tags = NULL, *plan = NULL;
+    bool wait = false;
+    struct cli_option opts[] = {{"configuration", 'c', CLI_OPT_STRING, &params},
+                                {"tags", 't', CLI_OPT_STRING, &tags},
+                                {"plan", 'p', CLI_OPT_STRING, &plan},
+                                {"wait", 'w', CLI_OPT_FLAG, &wait},
+                                {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (!params && !tags && !plan)
+        return cli_usage_error(cmd, "say what changes: -p PLAN, -c PARAMETERS or -t TAGS");
+    json_t *body = json_object();
+    if (params) {
+        json_t *p = NULL;
+        if ((rc = cli_json_object_arg(cmd, params, "-c", &p)) != CLI_CONTINUE) {
+            json_decref(body);
+            return rc;
+        }
+        json_object_set_new(body, "parameters", p);
+    }
+    if (tags)
+        json_object_set_new(body, "tags", cli_tags(tags));
+    if (plan)
+        json_object_set_new(body, "plan", json_string(plan));
+    if (!cli_json_output)
+        printf("Updating service instance %s...\n", args.items[0]);
+    char *path = cli_instance_path(args.items[0], NULL);
+    struct cli_request req = {.method = "PATCH", .path = path, .json = body};
+    struct cli_response res;
+    rc = cli_http(&req, &res);
+    free(path);
+    json_decref(body);
+    bool async = rc == 0 && res.status == 202;
+    cli_response_free(&res);
+    if (rc)
+        return rc;
+    if (async && wait) {
+        if ((rc = cli_wait_instance(args.items[0], false)))
+            return rc;
+        async = false;
+    }
+    if (!cli_json_output)
+        printf(async ? "OK\n\nUpdate in progress. Use 'skiff service %s' to check operation "
+                       "status.\n"
+                     : "OK\n",
+               args.items[0]);
+    return CLI_EXIT_OK;
+}
+
+static void cli_format_plans(const json_t *row, const char *field, char *out, size_t size)
+{
+    struct buf b = {0};
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(row, field), i, p)
+    {
+        buf_printf(&b, "%s%s%s", i ? ", " : "", cli_json_str(p, "name"),
+                   json_is_false(json_object_get(p, "free")) ? "*" : "");
+    }
+    snprintf(out, size, "%s", b.data ? b.data : "");
+    buf_free(&b);
+}
+
+static int cli_cmd_marketplace(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *only = NULL;
+    struct cli_option opts[] = {{"service", 'e', CLI_OPT_STRING, &only}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (!only) {
+        static const struct cli_column cols[] = {{"service", "service", NULL},
+                                                 {"plans", "plans", cli_format_plans},
+                                                 {"description", "description", NULL},
+                                                 {"broker", "broker", NULL},
+                                                 {NULL, NULL, NULL}};
+        rc = cli_list("/v1/marketplace", "services", cols);
+        if (rc == 0 && !cli_json_output)
+            printf("\n* these plans have an associated cost\n");
+        return rc;
+    }
+    char *q = cli_escape(only);
+    char *path = xasprintf("/v1/marketplace?service=%s", q);
+    free(q);
+    json_t *res = NULL;
+    rc = cli_api("GET", path, NULL, &res);
+    free(path);
+    if (rc || cli_json_printed(res))
+        return rc;
+    size_t i, j;
+    json_t *svc, *p;
+    json_array_foreach(json_object_get(res, "services"), i, svc)
+    {
+        printf("service: %s (broker %s)\n%s\n\n", cli_json_str(svc, "service"),
+               cli_json_str(svc, "broker"), cli_json_str(svc, "description"));
+        struct cli_table *t =
+            cli_table_new((const char *const[]){"plan", "description", "free or paid", NULL});
+        json_array_foreach(json_object_get(svc, "plans"), j, p)
+        {
+            cli_table_add(t, cli_json_str(p, "name"), cli_json_str(p, "description"),
+                          json_is_false(json_object_get(p, "free")) ? "paid" : "free");
+        }
+        cli_table_print(t);
+    }
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+/* ---- service keys ------------------------------------------------------------------------ */
+
+static char *cli_key_path(const char *instance, const char *key)
+{
+    char *k = key ? cli_escape(key) : NULL;
+    char *suffix = k ? xasprintf("/keys/%s", k) : xstrdup("/keys");
+    char *path = cli_instance_path(instance, suffix);
+    free(k);
+    free(suffix);
+    return path;
+}
+
+static int cli_cmd_create_service_key(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *params = NULL;
+    bool wait = false;
+    struct cli_option opts[] = {
+        {"configuration", 'c', CLI_OPT_STRING, &params}, {"wait", 'w', CLI_OPT_FLAG, &wait}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s}", "name", args.items[1]);
+    if (params) {
+        json_t *p = NULL;
+        if ((rc = cli_json_object_arg(cmd, params, "-c", &p)) != CLI_CONTINUE) {
+            json_decref(body);
+            return rc;
+        }
+        json_object_set_new(body, "parameters", p);
+    }
+    if (!cli_json_output)
+        printf("Creating service key %s for service instance %s...\n", args.items[1],
+               args.items[0]);
+    char *path = cli_key_path(args.items[0], NULL);
+    struct cli_request req = {.method = "POST", .path = path, .json = body};
+    struct cli_response res;
+    rc = cli_http(&req, &res);
+    json_decref(body);
+    bool async = rc == 0 && res.status == 202;
+    cli_response_free(&res);
+    if (rc == 0 && async && wait) {
+        char *what = xasprintf("service key %s", args.items[1]);
+        rc = cli_wait_row(path, "service_keys", "name", args.items[1], what, false);
+        free(what);
+    }
+    free(path);
+    if (rc == 0 && !cli_json_output)
+        printf("OK\n");
+    return rc;
+}
+
+static int cli_cmd_service_key(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool guid = false;
+    struct cli_option opts[] = {{"guid", 0, CLI_OPT_FLAG, &guid}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *path = cli_key_path(args.items[0], args.items[1]);
+    json_t *res = NULL;
+    rc = cli_api("GET", path, NULL, &res);
+    free(path);
+    if (rc || cli_json_printed(res))
+        return rc;
+    if (guid) {
+        printf("%s\n", cli_json_str(res, "guid"));
+    } else {
+        char *text =
+            json_dumps(json_object_get(res, "credentials"), JSON_INDENT(2) | JSON_SORT_KEYS);
+        printf("%s\n", text ? text : "{}");
+        free(text);
+    }
+    json_decref(res);
+    return CLI_EXIT_OK;
+}
+
+static int cli_cmd_service_keys(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    static const struct cli_column cols[] = {
+        {"name", "name", NULL},
+        {"last operation", "last_operation", cli_format_operation},
+        {NULL, NULL, NULL}};
+    char *path = cli_key_path(args.items[0], NULL);
+    rc = cli_list(path, "service_keys", cols);
+    free(path);
+    return rc;
+}
+
+static int cli_cmd_delete_service_key(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool force = false, wait = false;
+    struct cli_option opts[] = {
+        {"force", 'f', CLI_OPT_FLAG, &force}, {"wait", 'w', CLI_OPT_FLAG, &wait}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *question = xasprintf("Really delete the service key %s?", args.items[1]);
+    rc = cli_confirm(cmd, force, args.items[1], question);
+    free(question);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *path = cli_key_path(args.items[0], args.items[1]);
+    struct cli_request req = {.method = "DELETE", .path = path};
+    struct cli_response res;
+    rc = cli_http(&req, &res);
+    free(path);
+    bool async = rc == 0 && res.status == 202;
+    cli_response_free(&res);
+    if (rc == 0 && async && wait) {
+        char *list = cli_key_path(args.items[0], NULL);
+        char *what = xasprintf("service key %s", args.items[1]);
+        rc = cli_wait_row(list, "service_keys", "name", args.items[1], what, true);
+        free(what);
+        free(list);
+    }
+    if (rc == 0 && !cli_json_output)
+        printf("Deleted service key %s.\n", args.items[1]);
+    return rc;
+}
+
+/* ---- brokers ---------------------------------------------------------------------------- */
+
+static int cli_broker_send(const struct cli_command *cmd, int argc, char **argv, bool create)
+{
+    bool scoped = false;
+    struct cli_option opts[] = {{"space-scoped", 0, CLI_OPT_FLAG, &scoped}, {0}};
+    if (!create)
+        opts[0] = (struct cli_option){0};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 4, 4);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s,s:s,s:s}", "username", args.items[1], "password", args.items[2],
+                             "url", args.items[3]);
+    if (create) {
+        json_object_set_new(body, "name", json_string(args.items[0]));
+        json_object_set_new(body, "space_scoped", json_boolean(scoped));
+    }
+    if (!cli_json_output)
+        printf("%s service broker %s...\n", create ? "Creating" : "Updating", args.items[0]);
+    char *q = cli_escape(args.items[0]);
+    char *path = create ? xstrdup("/v1/service_brokers") : xasprintf("/v1/service_brokers/%s", q);
+    free(q);
+    json_t *res = NULL;
+    rc = cli_api(create ? "POST" : "PATCH", path, body, &res);
+    free(path);
+    json_decref(body);
+    if (rc == 0 && !cli_json_printed(res)) {
+        printf("OK\n");
+        json_decref(res);
+    }
+    return rc;
+}
+
+static int cli_cmd_create_service_broker(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_broker_send(cmd, argc, argv, true);
+}
+
+static int cli_cmd_update_service_broker(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_broker_send(cmd, argc, argv, false);
+}
+
+static int cli_cmd_service_brokers(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    static const struct cli_column cols[] = {{"name", "name", NULL},
+                                             {"url", "url", NULL},
+                                             {"space", "space", NULL},
+                                             {"services", "services", cli_format_list},
+                                             {NULL, NULL, NULL}};
+    return cli_list("/v1/service_brokers", "service_brokers", cols);
+}
+
+static int cli_cmd_delete_service_broker(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool force = false;
+    struct cli_option opts[] = {{"force", 'f', CLI_OPT_FLAG, &force}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *question = xasprintf("Really delete the service broker %s?", args.items[0]);
+    rc = cli_confirm(cmd, force, args.items[0], question);
+    free(question);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *q = cli_escape(args.items[0]);
+    char *path = xasprintf("/v1/service_brokers/%s", q);
+    free(q);
+    rc = cli_api("DELETE", path, NULL, NULL);
+    free(path);
+    if (rc == 0 && !cli_json_output)
+        printf("Deleted service broker %s.\n", args.items[0]);
     return rc;
 }
 
@@ -468,6 +926,50 @@ const struct cli_command cli_services_commands[] = {
         "The app's instances stop seeing it from their next start.\n",
         cli_cmd_unbind_service,
     },
+    {"marketplace", "marketplace [-e SERVICE]",
+     "List the service offerings and plans the target space may create",
+     "  -e SERVICE   one offering's plans, with descriptions and whether each is free\n",
+     cli_cmd_marketplace},
+    {"create-service",
+     "create-service SERVICE PLAN INSTANCE [-c PARAMETERS] [-t TAGS] [-b BROKER] [--wait]",
+     "Make a service instance from the marketplace (its broker provisions it)",
+     "  -c PARAMETERS   a JSON object (or a file holding one) for the broker\n"
+     "  -t TAGS         comma-separated tags\n"
+     "  -b BROKER       the broker, when several offer SERVICE\n"
+     "  --wait          wait until an asynchronous create has finished\n\n"
+     "Example:\n  skiff create-service testdb small orders-db --wait\n",
+     cli_cmd_create_service},
+    {"update-service", "update-service INSTANCE [-p PLAN] [-c PARAMETERS] [-t TAGS] [--wait]",
+     "Change a service instance's plan, parameters or tags",
+     "  -p PLAN         a new plan (when the offering's plans are updateable)\n"
+     "  -c PARAMETERS   a JSON object (or a file holding one) for the broker\n"
+     "  -t TAGS         comma-separated tags (replace the tags)\n"
+     "  --wait          wait until an asynchronous update has finished\n",
+     cli_cmd_update_service},
+    {"create-service-key", "create-service-key INSTANCE KEY [-c PARAMETERS] [--wait]",
+     "Make a service key: credentials for use outside an app",
+     "  -c PARAMETERS   a JSON object (or a file holding one) for the broker\n",
+     cli_cmd_create_service_key},
+    {"service-key", "service-key INSTANCE KEY [--guid]", "Show a service key's credentials",
+     "Only a SpaceDeveloper (or the admin) may read them.\n", cli_cmd_service_key},
+    {"service-keys", "service-keys INSTANCE", "List a service instance's keys", NULL,
+     cli_cmd_service_keys},
+    {"delete-service-key", "delete-service-key INSTANCE KEY [-f] [--wait]", "Delete a service key",
+     "  -f, --force   do not ask\n", cli_cmd_delete_service_key},
+    {"create-service-broker", "create-service-broker NAME USER PASSWORD URL [--space-scoped]",
+     "Register a service broker (Open Service Broker API 2.17)",
+     "Its catalog is fetched and checked first: a broken catalog is refused, naming the\n"
+     "field. Only the platform admin registers a broker for the whole platform; a\n"
+     "SpaceDeveloper registers one for the target space with --space-scoped.\n",
+     cli_cmd_create_service_broker},
+    {"service-brokers", "service-brokers", "List the service brokers", NULL,
+     cli_cmd_service_brokers},
+    {"update-service-broker", "update-service-broker NAME USER PASSWORD URL",
+     "Change a broker's URL or credentials and fetch its catalog again", NULL,
+     cli_cmd_update_service_broker},
+    {"delete-service-broker", "delete-service-broker NAME [-f]",
+     "Delete a service broker (it must have no service instances left)",
+     "  -f, --force   do not ask\n", cli_cmd_delete_service_broker},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -477,6 +979,11 @@ const struct cli_alias cli_aliases[] = {
     {"s", "services"},
     {"ds", "delete-service"},
     {"bs", "bind-service"},
+    {"m", "marketplace"},
+    {"cs", "create-service"},
+    {"csk", "create-service-key"},
+    {"sk", "service-keys"},
+    {"dsk", "delete-service-key"},
     {"us", "unbind-service"},
     {NULL, NULL},
 };

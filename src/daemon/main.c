@@ -261,6 +261,8 @@ static void daemon_stop(struct daemon *d)
     d->stopping = true;
     if (d->core)
         api_core_shutdown(d->core);
+    if (d->svc)
+        api_svc_shutdown(d->svc);
     if (d->api)
         api_close(d->api, shutdown_api_done, d);
     else

@@ -48,6 +48,7 @@ int services_open(struct store *st, const char *home, struct services **out)
 {
     if (sodium_init() < 0)
         return -ENOMEM;
+    services_osb_init();
     struct services *s = xcalloc(1, sizeof *s);
     s->store = st;
     int rc = services__load_key(home, s->key);

@@ -100,4 +100,55 @@ char *services_vcap_json(struct services *s, const char *app_guid);
 /* The same without credentials: the instance names an app is bound to, for listings. */
 json_t *services_app_bound_names(struct services *s, const char *app_guid);
 
+/* ---- broker catalogs (pure) --------------------------------------------------------------- */
+
+/* Checks a broker's GET /v2/catalog answer against the Open Service Broker API (2.17): a
+ * "services" list whose offerings have a CLI-friendly name, an id unique in the catalog, a
+ * description, bindable, and plans (at least one) with an id and a name unique in the
+ * offering and a description; typed optional fields (tags, requires, free, bindable,
+ * plan_updateable, maximum_polling_duration, schemas, metadata). 0, or -EINVAL with a
+ * message naming the field ("services[1].plans[0].id: missing") in err. */
+int services_catalog_validate(const json_t *catalog, char *err, size_t errsize);
+/* The offering named (or of that id) and its plan named (or of that id) in a validated
+ * catalog: borrowed references, or false. */
+bool services_catalog_find(const json_t *catalog, const char *service, const char *plan,
+                           json_t **offering, json_t **plan_out);
+
+/* ---- the Open Service Broker client (blocking: run it off the loop) ----------------------- */
+
+#define SERVICES_OSB_VERSION "2.17"
+#define SERVICES_OSB_BODY_MAX (1u << 20)
+
+/* One request to a broker: X-Broker-API-Version, basic auth, JSON in and out; no redirects
+ * followed, answers over SERVICES_OSB_BODY_MAX refused. Filled in by the caller (strings are
+ * the call's, freed by services_osb_call_clean), answered by services_osb_perform. */
+struct services_osb_call {
+    const char *method;
+    char *url;
+    char *body;     /* JSON text or NULL */
+    char *username; /* basic auth */
+    char *password;
+    char *identity;            /* X-Broker-API-Originating-Identity's value, or NULL */
+    long timeout_s;            /* the whole request; the connection gets at most 10 s of it */
+    const volatile int *abort; /* non-zero: give up now (skiffd stopping) */
+    /* answer */
+    long status; /* 0: none (error says why; timed_out when it was the deadline) */
+    bool timed_out;
+    json_t *json;     /* the body when it is JSON */
+    long retry_after; /* Retry-After in seconds, -1 when absent */
+    char error[256];
+};
+/* Sets libcurl up, once per process (services_open calls it, before any worker thread
+ * performs a call). */
+void services_osb_init(void);
+/* Performs the call; may be called on any thread (uses nothing of skiffd's). */
+void services_osb_perform(struct services_osb_call *c);
+void services_osb_call_clean(struct services_osb_call *c);
+/* The broker's own words for a failure: its JSON "description" (and "error" code), at most
+ * 300 characters, or "" when it gave none. A body that is not the broker API's error shape is
+ * never shown (the broker URL could name something that is not a broker). */
+void services_osb_describe(const struct services_osb_call *c, char *out, size_t size);
+/* "cloudfoundry BASE64({"user_id": "..."})" (caller frees). */
+char *services_osb_identity(const char *user_id);
+
 #endif

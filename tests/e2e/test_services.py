@@ -1,6 +1,7 @@
 """Services: user-provided service instances, bindings and VCAP_SERVICES as an app's instances
 see it; who may see which credentials; service brokers over the Open Service Broker API (a
 test broker, tests/e2e/osb_broker.py)."""
+import base64
 import json
 import os
 import sqlite3
@@ -349,3 +350,310 @@ def test_manifest_binds_services_before_the_first_start(plat, tmp_path):
     r = p.cli("push", "-f", manifest, timeout=300)
     assert r.returncode == 0 and "Bound service" not in r.stdout, out(r)
     assert len(p.api("GET", "/v1/apps/mfapp/service_bindings")[1]["service_bindings"]) == 2
+
+
+# ---- service brokers -----------------------------------------------------------------------
+
+from osb_broker import OsbBroker, SERVICE_ID  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def brokered():
+    broker = OsbBroker(user="bu", password="broker-secret-pw").start()
+    p = Platform(extra_env={"SKIFF_BROKER_TIMEOUT_S": "2"}).start()
+    try:
+        r = p.cli("create-service-broker", "test-broker", "bu", "broker-secret-pw", broker.url)
+        assert r.returncode == 0, out(r)
+        yield p, broker
+    finally:
+        p.close()
+        broker.stop()
+
+
+def instance(p, name):
+    return p.api("GET", f"/v1/service_instances/{name}")[1]
+
+
+def test_broker_registration_catalog_and_marketplace(brokered):
+    p, broker = brokered
+    (catalog_call,) = broker.calls("GET", "/v2/catalog")[:1]
+    assert catalog_call["headers"]["X-Broker-API-Version"] == "2.17"
+    r = p.cli("service-brokers")
+    assert r.returncode == 0 and "test-broker" in r.stdout and "testdb" in r.stdout, out(r)
+    listed = p.api("GET", "/v1/service_brokers")[1]
+    assert "broker-secret-pw" not in json.dumps(listed)
+    assert listed["service_brokers"][0]["username"] == "bu"
+    r = p.cli("marketplace")
+    assert r.returncode == 0 and "testdb" in r.stdout and "large*" in r.stdout, out(r)
+    r = p.cli("marketplace", "-e", "testdb")
+    assert r.returncode == 0 and "the async plan" in r.stdout and "paid" in r.stdout, out(r)
+    r = p.cli("marketplace", "-e", "nosuch")
+    assert r.returncode == 1 and "no service offering named nosuch" in r.stderr, out(r)
+    # the password is sealed at rest too
+    db = sqlite3.connect(os.path.join(p.home, "skiff.db"))
+    try:
+        assert not any("broker-secret-pw" in str(row) for row in db.execute("select * from documents"))
+    finally:
+        db.close()
+
+
+def test_a_broken_catalog_is_refused_naming_the_field(brokered):
+    p, broker = brokered
+    broker.broken_catalog = True
+    try:
+        r = p.cli("create-service-broker", "broken", "bu", "broker-secret-pw", broker.url)
+        assert r.returncode == 1, out(r)
+        assert "services[0].plans[1].id: missing" in r.stderr, out(r)
+        r = p.cli("update-service-broker", "test-broker", "bu", "broker-secret-pw", broker.url)
+        assert r.returncode == 1 and "plans[1].id" in r.stderr, out(r)
+    finally:
+        broker.broken_catalog = False
+    assert "broken" not in p.cli("service-brokers").stdout
+    r = p.cli("create-service-broker", "wrongpw", "bu", "nope", broker.url)
+    assert r.returncode == 1 and "HTTP 401" in r.stderr, out(r)
+    r = p.cli("create-service-broker", "nowhere", "bu", "x", "http://127.0.0.1:1")
+    assert r.returncode == 1 and "cannot reach" in r.stderr, out(r)
+    r = p.cli("create-service-broker", "test-broker", "bu", "broker-secret-pw", broker.url)
+    assert r.returncode == 1 and "exists already" in r.stderr, out(r)
+
+
+def test_the_platforms_own_addresses_are_not_brokers(brokered):
+    p, broker = brokered
+    api_port = p.api_port
+    for url in (p.api_url, f"http://localhost:{api_port}", f"http://127.0.0.2:{api_port}/x",
+                f"http://127.0.0.1:{p.router_admin_port}", p.router_url, "ftp://x",
+                f"http://bu:pw@127.0.0.1:{api_port}"):
+        r = p.cli("create-service-broker", "ssrf", "u", "p", url)
+        assert r.returncode == 1, (url, out(r))
+        assert "own addresses" in r.stderr or "http://" in r.stderr or "URL" in r.stderr, out(r)
+    assert "ssrf" not in p.cli("service-brokers").stdout
+
+
+def test_sync_create_bind_and_vcap_services(brokered):
+    p, broker = brokered
+    r = p.cli("create-service", "testdb", "small", "orders", "-c", '{"size": 3}', "-t", "mine")
+    assert r.returncode == 0 and "OK" in r.stdout, out(r)
+    inst = instance(p, "orders")
+    assert inst["last_operation"]["state"] == "succeeded" and inst["plan_name"] == "small"
+    assert inst["dashboard_url"] == f"https://dash.example/{inst['guid']}"
+    (put,) = [c for c in broker.calls("PUT", f"/v2/service_instances/{inst['guid']}")]
+    assert put["query"]["accepts_incomplete"] == "true"
+    assert put["body"]["service_id"] == SERVICE_ID and put["body"]["plan_id"] == "plan-small"
+    assert put["body"]["parameters"] == {"size": 3}
+    assert put["body"]["context"]["platform"] == "cloudfoundry"
+    assert put["body"]["context"]["instance_name"] == "orders"
+    platform_name, identity = put["headers"]["X-Broker-API-Originating-Identity"].split(" ")
+    assert platform_name == "cloudfoundry" and "user_id" in json.loads(base64.b64decode(identity))
+
+    push_env_app(p, "shop")
+    r = p.cli("bind-service", "shop", "orders", "-c", '{"role": "rw"}')
+    assert r.returncode == 0 and "TIP" in r.stdout, out(r)
+    binding = p.api("GET", "/v1/apps/shop/service_bindings")[1]["service_bindings"][0]
+    (bput,) = broker.calls("PUT", f"/service_bindings/{binding['guid']}")
+    assert bput["body"]["bind_resource"]["app_guid"] == p.api("GET", "/v1/apps/shop")[1]["guid"]
+    assert bput["body"]["parameters"] == {"role": "rw"}
+    restart(p, "shop")
+    vcap = seen_by_instance(p, "shop")
+    assert vcap == {"testdb": [{
+        "label": "testdb", "provider": None, "plan": "small", "name": "orders",
+        "tags": ["sql", "test", "mine"], "instance_guid": inst["guid"], "instance_name": "orders",
+        "binding_guid": binding["guid"], "binding_name": None,
+        "credentials": broker.bindings[binding["guid"]]["credentials"],
+        "syslog_drain_url": None, "volume_mounts": []}]}
+    assert broker.bindings[binding["guid"]]["credentials"]["password"] not in p.output()
+
+    # a plan change goes to the broker with the previous values
+    r = p.cli("update-service", "orders", "-p", "large")
+    assert r.returncode == 0, out(r)
+    (patch,) = broker.calls("PATCH", inst["guid"])
+    assert patch["body"]["plan_id"] == "plan-large"
+    assert patch["body"]["previous_values"]["plan_id"] == "plan-small"
+    assert instance(p, "orders")["plan_name"] == "large"
+
+    r = p.cli("delete-service", "orders", "-f")
+    assert r.returncode == 1 and "unbind" in r.stderr, out(r)
+    r = p.cli("unbind-service", "shop", "orders")
+    assert r.returncode == 0, out(r)
+    assert binding["guid"] not in broker.bindings
+    (bdel,) = broker.calls("DELETE", f"/service_bindings/{binding['guid']}")
+    assert bdel["query"]["service_id"] == SERVICE_ID and bdel["query"]["plan_id"] == "plan-large"
+    r = p.cli("delete-service", "orders", "-f")
+    assert r.returncode == 0, out(r)
+    assert inst["guid"] not in broker.instances
+    assert p.api("GET", "/v1/service_instances/orders")[0] == 404
+
+
+def test_async_provision_polls_last_operation(brokered):
+    p, broker = brokered
+    r = p.cli("create-service", "testdb", "async", "slowdb")
+    assert r.returncode == 0 and "Create in progress" in r.stdout, out(r)
+    assert instance(p, "slowdb")["last_operation"]["state"] == "in progress"
+    wait_for(lambda: instance(p, "slowdb")["last_operation"]["state"] == "succeeded",
+             timeout=20, what="the async create to succeed")
+    guid = instance(p, "slowdb")["guid"]
+    polls = broker.calls("GET", f"/v2/service_instances/{guid}/last_operation")
+    assert len(polls) == 3
+    assert all(c["query"]["operation"] == f"provision-{guid[:8]}" for c in polls)
+    assert all(c["query"]["service_id"] == SERVICE_ID for c in polls)
+    # Retry-After: 1 was honoured between polls
+    gaps = [b["at"] - a["at"] for a, b in zip(polls, polls[1:])]
+    assert all(g >= 0.9 for g in gaps), gaps
+    # --wait waits for the end, and an async binding gets its credentials with a GET
+    r = p.cli("create-service", "testdb", "async-bind", "bindlater", "--wait")
+    assert r.returncode == 0 and "in progress" not in r.stdout, out(r)
+    push_env_app(p, "asyncapp")
+    r = p.cli("bind-service", "asyncapp", "bindlater", "--wait")
+    assert r.returncode == 0, out(r)
+    (b,) = p.api("GET", "/v1/apps/asyncapp/service_bindings")[1]["service_bindings"]
+    assert b["last_operation"]["state"] == "succeeded"
+    assert broker.calls("GET", f"/service_bindings/{b['guid']}")
+    env = p.api("GET", "/v1/apps/asyncapp/env")[1]["system"]["VCAP_SERVICES"]
+    assert env["testdb"][0]["credentials"]["uri"] == f"testdb://{b['guid']}"
+
+
+def test_failures_are_clear_and_orphans_are_cleaned_up(brokered):
+    p, broker = brokered
+    # a 500 on provision: nothing is recorded, and the broker is asked to delete (orphan mitigation)
+    r = p.cli("create-service", "testdb", "fail500", "boom")
+    assert r.returncode == 1 and "HTTP 500" in r.stderr and "failed on purpose" in r.stderr, out(r)
+    assert p.api("GET", "/v1/service_instances/boom")[0] == 404
+    wait_for(lambda: not broker.instances.get(_guid_of_put(broker, "plan-fail500")),
+             timeout=10, what="orphan mitigation of the 500")
+    # a malformed 201: the same
+    r = p.cli("create-service", "testdb", "bad201", "bad")
+    assert r.returncode == 1, out(r)
+    wait_for(lambda: not broker.instances.get(_guid_of_put(broker, "plan-bad201")),
+             timeout=10, what="orphan mitigation of the malformed 201")
+    # a timeout (the platform waits 2 s here): the same
+    r = p.cli("create-service", "testdb", "slow", "late")
+    assert r.returncode == 1 and "did not answer" in r.stderr, out(r)
+    wait_for(lambda: broker.calls("DELETE", _guid_of_put(broker, "plan-slow") or "none") and
+             not broker.instances.get(_guid_of_put(broker, "plan-slow")),
+             timeout=20, what="orphan mitigation of the timed-out provision")
+    # an async provision that fails: the instance says why, and the broker is told to delete
+    r = p.cli("create-service", "testdb", "async-fail", "sad", "--wait")
+    assert r.returncode == 1 and "async provision failed" in r.stderr, out(r)
+    inst = instance(p, "sad")
+    assert inst["last_operation"] == {"type": "create", "state": "failed",
+                                      "description": "the test broker's async provision failed"}
+    wait_for(lambda: inst["guid"] not in broker.instances, timeout=10, what="orphan mitigation")
+    r = p.cli("service", "sad")
+    assert "create failed" in r.stdout and "async provision failed" in r.stdout, out(r)
+    assert p.cli("delete-service", "sad", "-f").returncode == 0
+    # one that never finishes: given up after the plan's maximum_polling_duration (2 s)
+    r = p.cli("create-service", "testdb", "never", "forever", "--wait")
+    assert r.returncode == 1 and "maximum_polling_duration" in r.stderr, out(r)
+    # bad requests name what is wrong
+    for args, why in ((("testdb", "nosuchplan", "x"), "no plan named nosuchplan"),
+                      (("nosuch", "small", "x"), "no service offering named nosuch"),
+                      (("testdb", "small", "x", "-c", "[1]"), "JSON object")):
+        r = p.cli("create-service", *args)
+        assert r.returncode in (1, 2) and why in r.stderr, out(r)
+    assert p.cli("create-service", "testdb", "nobind", "nb").returncode == 0
+    push_env_app(p, "nbapp")
+    r = p.cli("bind-service", "nbapp", "nb")
+    assert r.returncode == 1 and "not bindable" in r.stderr, out(r)
+    r = p.cli("update-service", "nb", "-p", "nosuch")
+    assert r.returncode == 1 and "no plan named nosuch" in r.stderr, out(r)
+    # a broker with instances is not deleted
+    r = p.cli("delete-service-broker", "test-broker", "-f")
+    assert r.returncode == 1 and "service instance" in r.stderr, out(r)
+    assert p.api("GET", "/v1/info")[0] == 200
+
+
+def _guid_of_put(broker, plan_id):
+    for c in broker.calls("PUT", "/v2/service_instances/"):
+        if isinstance(c["body"], dict) and c["body"].get("plan_id") == plan_id and \
+                "service_bindings" not in c["path"]:
+            return c["path"].split("/")[3]
+    return None
+
+
+def test_service_keys(brokered):
+    p, broker = brokered
+    assert p.cli("create-service", "testdb", "small", "keyed").returncode == 0
+    r = p.cli("create-service-key", "keyed", "ci-key", "-c", '{"ro": true}')
+    assert r.returncode == 0, out(r)
+    r = p.cli("service-keys", "keyed")
+    assert r.returncode == 0 and "ci-key" in r.stdout and "create succeeded" in r.stdout, out(r)
+    r = p.cli("service-key", "keyed", "ci-key")
+    assert r.returncode == 0, out(r)
+    creds = json.loads(r.stdout)
+    assert creds["uri"].startswith("testdb://")
+    assert "service_keys" in instance(p, "keyed") and instance(p, "keyed")["service_keys"] == ["ci-key"]
+    r = p.cli("delete-service", "keyed", "-f")
+    assert r.returncode == 1 and "delete-service-key" in r.stderr, out(r)
+    r = p.cli("create-service-key", "keyed", "ci-key")
+    assert r.returncode == 1 and "already" in r.stderr, out(r)
+    assert p.cli("delete-service-key", "keyed", "ci-key", "-f").returncode == 0
+    assert p.cli("delete-service", "keyed", "-f").returncode == 0
+    assert p.cli("cups", "upskeys", "-p", "{}").returncode == 0
+    r = p.cli("create-service-key", "upskeys", "k")
+    assert r.returncode == 1 and "not supported for a user-provided" in r.stderr, out(r)
+
+
+def test_skiffd_restart_resumes_polling(tmp_path):
+    broker = OsbBroker().start()
+    p = Platform().start()
+    try:
+        assert p.cli("create-service-broker", "b", broker.user, broker.password,
+                     broker.url).returncode == 0
+        r = p.cli("create-service", "testdb", "async", "resumed")
+        assert r.returncode == 0 and "in progress" in r.stdout, out(r)
+        p.stop()
+        p.start()
+        wait_for(lambda: instance(p, "resumed")["last_operation"]["state"] == "succeeded",
+                 timeout=20, what="polling to resume after the restart")
+    finally:
+        p.close()
+        broker.stop()
+
+
+def test_brokers_and_keys_across_tenants(tenants):
+    p, A, B = tenants["p"], tenants["A"], tenants["B"]
+    alice, bob, aud = (tenants["tokens"][u] for u in ("alice", "bob", "aud"))
+    broker = OsbBroker().start()
+    try:
+        body = {"name": "alices-broker", "url": broker.url, "username": broker.user,
+                "password": broker.password}
+        # a platform-wide broker is the admin's to register
+        status, res = call(p, alice, "POST", f"/v1/service_brokers?{A}", body)
+        assert status == 403 and "--space-scoped" in res["error"]["message"], res
+        status, res = call(p, alice, "POST", f"/v1/service_brokers?{A}", dict(body, space_scoped=True))
+        assert status == 201 and res["space_scoped"] and "password" not in res, res
+        # her space sees it; bob's does not, in the marketplace or the broker list
+        status, market = call(p, alice, "GET", f"/v1/marketplace?{A}")
+        assert [s["service"] for s in market["services"]] == ["testdb"]
+        assert call(p, bob, "GET", f"/v1/marketplace?{B}")[1]["services"] == []
+        assert call(p, bob, "GET", f"/v1/service_brokers?{B}")[1]["service_brokers"] == []
+        status, res = call(p, bob, "POST", f"/v1/service_instances?{B}",
+                           {"name": "x", "service": "testdb", "plan": "small"})
+        assert status == 422, res
+        for method in ("PATCH", "DELETE"):
+            status, res = call(p, bob, method, f"/v1/service_brokers/alices-broker?{B}",
+                               {"password": "stolen"} if method == "PATCH" else None)
+            assert status == 404, (method, res)
+        # a key: its credentials are for developers of the space only
+        status, inst = call(p, alice, "POST", f"/v1/service_instances?{A}",
+                            {"name": "kdb", "service": "testdb", "plan": "small"})
+        assert status == 201, inst
+        status, key = call(p, alice, "POST", f"/v1/service_instances/kdb/keys?{A}", {"name": "k1"})
+        assert status == 201, key
+        status, res = call(p, alice, "GET", f"/v1/service_instances/kdb/keys/k1?{A}")
+        assert status == 200 and res["credentials"]["uri"].startswith("testdb://")
+        secret = res["credentials"]["password"]
+        status, res = call(p, aud, "GET", f"/v1/service_instances/kdb/keys/k1?{A}")
+        assert status == 403, res
+        status, res = call(p, aud, "GET", f"/v1/service_instances/kdb/keys?{A}")
+        assert status == 200 and secret not in json.dumps(res)
+        for path in (f"/v1/service_instances/kdb/keys/k1?{A}", f"/v1/service_instances/kdb/keys?{A}",
+                     f"/v1/service_instances/{inst['guid']}/keys/k1?{B}"):
+            status, res = call(p, bob, "GET", path)
+            assert status == 404 and secret not in json.dumps(res), (path, status, res)
+        status, res = call(p, alice, "GET", f"/v1/audit_events?{A}")
+        assert status == 200 and secret not in json.dumps(res) and broker.password not in json.dumps(res)
+        assert call(p, alice, "DELETE", f"/v1/service_instances/kdb/keys/k1?{A}")[0] == 204
+        assert call(p, alice, "DELETE", f"/v1/service_instances/kdb?{A}")[0] == 204
+        assert call(p, alice, "DELETE", f"/v1/service_brokers/alices-broker?{A}")[0] == 204
+    finally:
+        broker.stop()

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,101 @@ static void test_seal_round_trip_and_key_file(void **state)
     rmdir(dir);
 }
 
+
+static const char *const GOOD_CATALOG =
+    "{\"services\":[{\"id\":\"s1\",\"name\":\"db\",\"description\":\"a db\",\"bindable\":true,"
+    "\"tags\":[\"sql\"],\"plans\":[{\"id\":\"p1\",\"name\":\"small\",\"description\":\"s\","
+    "\"free\":true,\"maximum_polling_duration\":60},{\"id\":\"p2\",\"name\":\"large\","
+    "\"description\":\"l\",\"free\":false}]},{\"id\":\"s2\",\"name\":\"cache\","
+    "\"description\":\"c\",\"bindable\":false,\"plans\":[{\"id\":\"p1\",\"name\":\"small\","
+    "\"description\":\"s\"}]}]}";
+
+/* The catalog with one change (a jansson path edit) must be refused naming the field. */
+static void refused(const char *change_key_path, json_t *value, const char *want)
+{
+    json_t *cat = json_loads(GOOD_CATALOG, 0, NULL);
+    /* change_key_path: "S.P.KEY" with S, P indexes (P "-" for the offering itself) */
+    int si = change_key_path[0] - '0';
+    json_t *target = json_array_get(json_object_get(cat, "services"), si);
+    const char *rest = change_key_path + 2;
+    if (rest[0] != '-')
+        target = json_array_get(json_object_get(target, "plans"), rest[0] - '0');
+    const char *key = rest + 2;
+    if (value)
+        json_object_set_new(target, key, value);
+    else
+        json_object_del(target, key);
+    char err[256] = "";
+    assert_int_equal(services_catalog_validate(cat, err, sizeof err), -EINVAL);
+    if (!strstr(err, want))
+        fail_msg("for %s: expected \"%s\" in \"%s\"", change_key_path, want, err);
+    json_decref(cat);
+}
+
+static void test_catalog_validation(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    json_t *cat = json_loads(GOOD_CATALOG, 0, NULL);
+    assert_int_equal(services_catalog_validate(cat, err, sizeof err), 0);
+    json_t *svc = NULL, *plan = NULL;
+    assert_true(services_catalog_find(cat, "db", "large", &svc, &plan));
+    assert_string_equal(json_string_value(json_object_get(plan, "id")), "p2");
+    assert_true(services_catalog_find(cat, "s2", "p1", &svc, &plan));
+    assert_string_equal(json_string_value(json_object_get(svc, "name")), "cache");
+    assert_false(services_catalog_find(cat, "db", "huge", &svc, &plan));
+    assert_false(services_catalog_find(cat, "nosuch", "small", &svc, &plan));
+    json_decref(cat);
+
+    refused("0.0.id", NULL, "services[0].plans[0].id: missing");
+    refused("0.1.name", json_string("has space"), "services[0].plans[1].name: \"has space\" is not CLI-friendly");
+    refused("0.1.id", json_string("p1"), "services[0].plans[1].id: \"p1\" is used by plans[0] too");
+    refused("0.0.free", json_string("yes"), "services[0].plans[0].free: must be true or false");
+    refused("0.0.maximum_polling_duration", json_integer(0),
+            "services[0].plans[0].maximum_polling_duration");
+    refused("0.-.plans", json_array(), "services[0].plans: must be a list of at least one plan");
+    refused("0.-.plans", NULL, "services[0].plans: missing");
+    refused("1.-.bindable", NULL, "services[1].bindable: missing");
+    refused("1.-.bindable", json_string("true"), "services[1].bindable: must be true or false");
+    refused("1.-.id", json_string("s1"), "services[1].id: \"s1\" is used by services[0] too");
+    refused("1.-.description", json_integer(3), "services[1].description: must be a non-empty string");
+    refused("0.-.tags", json_string("sql"), "services[0].tags: must be a list of strings");
+
+    static const char *const bad[][2] = {
+        {"[]", "the catalog must be a JSON object"},
+        {"{}", "services: missing"},
+        {"{\"services\":{}}", "services: must be a list"},
+        {"{\"services\":[7]}", "services[0]: must be an object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *c = json_loads(bad[i][0], JSON_DECODE_ANY, NULL);
+        assert_int_equal(services_catalog_validate(c, err, sizeof err), -EINVAL);
+        assert_string_equal(err, bad[i][1]);
+        json_decref(c);
+    }
+    json_t *empty = json_loads("{\"services\":[]}", 0, NULL);
+    assert_int_equal(services_catalog_validate(empty, err, sizeof err), 0);
+    json_decref(empty);
+}
+
+static void test_osb_identity_and_describe(void **state)
+{
+    (void)state;
+    char *id = services_osb_identity("683ea748-3092-4ff4-b656-39cacc4d5360");
+    assert_string_equal(id, "cloudfoundry eyJ1c2VyX2lkIjoiNjgzZWE3NDgtMzA5Mi00ZmY0LWI2NTYtMzljYWNjNGQ1MzYwIn0=");
+    free(id);
+    struct services_osb_call c = {0};
+    char out[400];
+    c.json = json_loads("{\"error\":\"AsyncRequired\",\"description\":\"needs\\nasync\"}", 0, NULL);
+    services_osb_describe(&c, out, sizeof out);
+    assert_string_equal(out, "AsyncRequired: needs async");
+    json_decref(c.json);
+    c.json = json_loads("[\"not the error shape\"]", 0, NULL);
+    services_osb_describe(&c, out, sizeof out);
+    assert_string_equal(out, "");
+    json_decref(c.json);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -148,6 +244,8 @@ int main(void)
         cmocka_unit_test(test_managed_entries_grouped_by_label),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_seal_round_trip_and_key_file),
+        cmocka_unit_test(test_catalog_validation),
+        cmocka_unit_test(test_osb_identity_and_describe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
