@@ -621,7 +621,8 @@ int main(int argc, char **argv)
         .routes_ctx = d.bus,
     };
     api_core_register(d.api, &ccfg, &d.core);
-    struct api_tenancy_config tcfg = {.home = d.home, .auth = d.auth, .store = d.store};
+    struct api_tenancy_config tcfg = {
+        .home = d.home, .auth = d.auth, .store = d.store, .services = d.services};
     api_tenancy_register(d.api, &tcfg, &d.tenancy);
     api_audit_register(d.api, d.store, d.auth, &d.audit);
     rc = api_events_start(&svc, &d.events, err, sizeof err);

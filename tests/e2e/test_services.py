@@ -657,3 +657,15 @@ def test_brokers_and_keys_across_tenants(tenants):
         assert call(p, alice, "DELETE", f"/v1/service_brokers/alices-broker?{A}")[0] == 204
     finally:
         broker.stop()
+
+
+def test_a_space_with_service_instances_is_not_deleted(tenants):
+    p, admin = tenants["p"], tenants["admin"]
+    for path in ("/v1/orgs/a/spaces/dev", "/v1/orgs/a"):
+        status, res = call(p, admin, "DELETE", path)
+        assert status == 409, (path, res)
+    # the app goes first; then the instance is what holds the space
+    assert call(p, admin, "DELETE", f"/v1/apps/web?{tenants['A']}")[0] == 204
+    status, res = call(p, admin, "DELETE", "/v1/orgs/a/spaces/dev")
+    assert status == 409 and "service instance" in res["error"]["message"] and "vault" in \
+        res["error"]["message"], res
