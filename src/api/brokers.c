@@ -1187,6 +1187,7 @@ void svc__managed_create(struct api_svc *a, struct api_request *req, json_t *bod
     json_t *brokers = svc__visible_brokers(a, svc__space(req));
     json_t *broker = NULL, *offering = NULL, *plan = NULL;
     int offered = 0;
+    char err[300];
     size_t i;
     json_t *b;
     json_array_foreach(brokers, i, b)
@@ -1215,6 +1216,10 @@ void svc__managed_create(struct api_svc *a, struct api_request *req, json_t *bod
                           "the service offering %s has no plan named %s: `skiff marketplace -e "
                           "%s` lists its plans",
                           service, plan_name, service);
+    } else if (services_parameters_check(plan, "service_instance.create", params, err,
+                                         sizeof err) < 0) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s (the plan %s's schema)", err,
+                          plan_name);
     } else {
         char guid[37];
         uuid_generate_v4(guid);
@@ -1306,6 +1311,14 @@ void svc__managed_update(struct api_svc *a, struct api_request *req, json_t *ins
         json_decref(broker);
         return;
     }
+    char err[300];
+    if (params &&
+        services_parameters_check(plan, "service_instance.update", params, err, sizeof err) < 0) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s (the plan %s's schema)", err,
+                          svc__str(plan, "name"));
+        json_decref(broker);
+        return;
+    }
     if (plan_change) {
         json_object_set(inst, "pending_plan_id", json_object_get(plan, "id"));
         json_object_set(inst, "pending_plan_name", json_object_get(plan, "name"));
@@ -1388,13 +1401,20 @@ void svc__managed_bind(struct api_svc *a, struct api_request *req, json_t *inst,
     json_t *broker = svc__broker(a, svc__str(inst, "broker_guid"));
     json_t *offering = NULL, *plan = NULL;
     bool bindable = false;
+    char err[300] = "";
     if (broker &&
         services_catalog_find(json_object_get(broker, "catalog"), svc__str(inst, "service_id"),
                               svc__str(inst, "plan_id"), &offering, &plan)) {
         json_t *pb = json_object_get(plan, "bindable");
         bindable = pb ? json_is_true(pb) : json_is_true(json_object_get(offering, "bindable"));
+        services_parameters_check(plan, "service_binding.create", params, err, sizeof err);
     }
     json_decref(broker);
+    if (*err) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s (the plan %s's schema)", err,
+                          svc__str(inst, "plan_name"));
+        return;
+    }
     if (!bindable) {
         api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "service instance %s cannot be bound: its plan is not bindable",

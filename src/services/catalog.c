@@ -218,3 +218,137 @@ bool services_catalog_find(const json_t *catalog, const char *service, const cha
     }
     return false;
 }
+
+/* ---- parameters against a plan's schema --------------------------------------------------- */
+
+static bool schema__type_is(const json_t *value, const char *type)
+{
+    if (!strcmp(type, "object"))
+        return json_is_object(value);
+    if (!strcmp(type, "array"))
+        return json_is_array(value);
+    if (!strcmp(type, "string"))
+        return json_is_string(value);
+    if (!strcmp(type, "integer"))
+        return json_is_integer(value);
+    if (!strcmp(type, "number"))
+        return json_is_number(value);
+    if (!strcmp(type, "boolean"))
+        return json_is_boolean(value);
+    if (!strcmp(type, "null"))
+        return json_is_null(value);
+    return true; /* a type this check does not know: the broker decides */
+}
+
+static int schema__check(const json_t *schema, const json_t *value, const char *where, int depth,
+                         char *err, size_t size)
+{
+    if (!json_is_object(schema) || depth > 32)
+        return 0;
+    const json_t *type = json_object_get(schema, "type");
+    if (json_is_string(type) && !schema__type_is(value, json_string_value(type)))
+        return catalog__fail(err, size, "%s must be of type %s", where, json_string_value(type));
+    if (json_is_array(type)) {
+        bool any = false;
+        size_t i;
+        json_t *t;
+        json_array_foreach(type, i, t)
+        {
+            if (json_is_string(t) && schema__type_is(value, json_string_value(t)))
+                any = true;
+        }
+        if (!any)
+            return catalog__fail(err, size, "%s has a type the plan does not take", where);
+    }
+    const json_t *allowed = json_object_get(schema, "enum");
+    if (json_is_array(allowed)) {
+        bool found = false;
+        size_t i;
+        json_t *v;
+        json_array_foreach(allowed, i, v)
+        {
+            if (json_equal(v, value))
+                found = true;
+        }
+        if (!found)
+            return catalog__fail(err, size, "%s is not one of the values the plan allows", where);
+    }
+    if (json_is_number(value)) {
+        const json_t *min = json_object_get(schema, "minimum");
+        const json_t *max = json_object_get(schema, "maximum");
+        if (json_is_number(min) && json_number_value(value) < json_number_value(min))
+            return catalog__fail(err, size, "%s must be at least %g", where, json_number_value(min));
+        if (json_is_number(max) && json_number_value(value) > json_number_value(max))
+            return catalog__fail(err, size, "%s must be at most %g", where, json_number_value(max));
+    }
+    if (json_is_string(value)) {
+        const json_t *minl = json_object_get(schema, "minLength");
+        const json_t *maxl = json_object_get(schema, "maxLength");
+        json_int_t len = (json_int_t)json_string_length(value);
+        if (json_is_integer(minl) && len < json_integer_value(minl))
+            return catalog__fail(err, size, "%s must be at least %lld characters", where,
+                                 (long long)json_integer_value(minl));
+        if (json_is_integer(maxl) && len > json_integer_value(maxl))
+            return catalog__fail(err, size, "%s must be at most %lld characters", where,
+                                 (long long)json_integer_value(maxl));
+    }
+    if (json_is_object(value)) {
+        const json_t *props = json_object_get(schema, "properties");
+        size_t i;
+        json_t *req;
+        json_array_foreach(json_object_get(schema, "required"), i, req)
+        {
+            if (json_is_string(req) && !json_object_get(value, json_string_value(req)))
+                return catalog__fail(err, size, "%s.%s is required by the plan", where,
+                                     json_string_value(req));
+        }
+        const char *key;
+        json_t *v;
+        json_object_foreach((json_t *)value, key, v)
+        {
+            char sub[256];
+            snprintf(sub, sizeof sub, "%s.%s", where, key);
+            const json_t *ps = json_object_get(props, key);
+            if (!ps && json_is_false(json_object_get(schema, "additionalProperties")))
+                return catalog__fail(err, size, "%s is not a parameter the plan takes", sub);
+            int rc = schema__check(ps, v, sub, depth + 1, err, size);
+            if (rc)
+                return rc;
+        }
+    }
+    if (json_is_array(value)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(value, i, v)
+        {
+            char sub[256];
+            snprintf(sub, sizeof sub, "%s[%zu]", where, i);
+            int rc = schema__check(json_object_get(schema, "items"), v, sub, depth + 1, err, size);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int services_parameters_check(const json_t *plan, const char *what, const json_t *parameters,
+                              char *err, size_t errsize)
+{
+    /* schemas.service_instance.create.parameters, .update.parameters,
+     * schemas.service_binding.create.parameters */
+    const char *dot = strchr(what, '.');
+    if (!dot)
+        return 0;
+    char resource[32];
+    snprintf(resource, sizeof resource, "%.*s", (int)(dot - what), what);
+    const json_t *schema = json_object_get(json_object_get(json_object_get(json_object_get(plan, "schemas"),
+                                                             resource),
+                                             dot + 1),
+                             "parameters");
+    if (!schema)
+        return 0;
+    json_t *empty = parameters ? NULL : json_object();
+    int rc = schema__check(schema, parameters ? parameters : empty, "parameters", 0, err, errsize);
+    json_decref(empty);
+    return rc;
+}

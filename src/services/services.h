@@ -114,6 +114,14 @@ int services_catalog_validate(const json_t *catalog, char *err, size_t errsize);
 bool services_catalog_find(const json_t *catalog, const char *service, const char *plan,
                            json_t **offering, json_t **plan_out);
 
+/* Checks parameters (NULL: none, checked as {}) against the plan's JSON schema for what:
+ * "service_instance.create", "service_instance.update" or "service_binding.create". The
+ * common keywords are checked (type, enum, required, properties, additionalProperties: false,
+ * items, minimum, maximum, minLength, maxLength); others are left to the broker. 0 (also
+ * without a schema), or -EINVAL with a message naming the parameter in err. */
+int services_parameters_check(const json_t *plan, const char *what, const json_t *parameters,
+                              char *err, size_t errsize);
+
 /* ---- the Open Service Broker client (blocking: run it off the loop) ----------------------- */
 
 #define SERVICES_OSB_VERSION "2.17"

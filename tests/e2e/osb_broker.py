@@ -2,7 +2,8 @@
 
 It offers one service, `testdb`, whose plans choose how the broker behaves:
 
-    small, large      provisioned at once (201); large is not free
+    small, large      provisioned at once (201); large is not free, and its schemas take one
+                      parameter: size, an integer from 1 to 10
     async             202 + an operation; last_operation says "in progress" twice (with
                       Retry-After: 1), then "succeeded"
     async-fail        like async, then "failed" with a description
@@ -36,7 +37,13 @@ def plan(name, **extra):
     return p
 
 
-PLANS = [plan("small", free=True), plan("large", free=False), plan("async"),
+SIZE_SCHEMA = {"parameters": {"type": "object", "additionalProperties": False,
+                              "properties": {"size": {"type": "integer", "minimum": 1,
+                                                      "maximum": 10}}}}
+PLANS = [plan("small", free=True),
+         plan("large", free=False, schemas={"service_instance": {"create": SIZE_SCHEMA,
+                                                                 "update": SIZE_SCHEMA}}),
+         plan("async"),
          plan("async-fail"), plan("never", maximum_polling_duration=2), plan("fail500"),
          plan("bad201"), plan("slow"), plan("async-bind"), plan("nobind", bindable=False)]
 

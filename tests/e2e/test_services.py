@@ -463,6 +463,9 @@ def test_sync_create_bind_and_vcap_services(brokered):
     assert broker.bindings[binding["guid"]]["credentials"]["password"] not in p.output()
 
     # a plan change goes to the broker with the previous values
+    r = p.cli("update-service", "orders", "-p", "large", "-c", '{"size": 11}')
+    assert r.returncode == 1 and "parameters.size must be at most 10" in r.stderr, out(r)
+    assert instance(p, "orders")["last_operation"]["state"] == "succeeded"
     r = p.cli("update-service", "orders", "-p", "large")
     assert r.returncode == 0, out(r)
     (patch,) = broker.calls("PATCH", inst["guid"])
@@ -543,12 +546,18 @@ def test_failures_are_clear_and_orphans_are_cleaned_up(brokered):
     # one that never finishes: given up after the plan's maximum_polling_duration (2 s)
     r = p.cli("create-service", "testdb", "never", "forever", "--wait")
     assert r.returncode == 1 and "maximum_polling_duration" in r.stderr, out(r)
-    # bad requests name what is wrong
+    # bad requests name what is wrong; parameters are checked against the plan's schema first
+    puts = len(broker.calls("PUT"))
     for args, why in ((("testdb", "nosuchplan", "x"), "no plan named nosuchplan"),
+                      (("testdb", "large", "x", "-c", '{"size": "big"}'),
+                       "parameters.size must be of type integer"),
+                      (("testdb", "large", "x", "-c", '{"size": 3, "disk": 1}'),
+                       "parameters.disk is not a parameter the plan takes"),
                       (("nosuch", "small", "x"), "no service offering named nosuch"),
                       (("testdb", "small", "x", "-c", "[1]"), "JSON object")):
         r = p.cli("create-service", *args)
         assert r.returncode in (1, 2) and why in r.stderr, out(r)
+    assert len(broker.calls("PUT")) == puts
     assert p.cli("create-service", "testdb", "nobind", "nb").returncode == 0
     push_env_app(p, "nbapp")
     r = p.cli("bind-service", "nbapp", "nb")

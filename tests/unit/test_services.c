@@ -237,6 +237,50 @@ static void test_osb_identity_and_describe(void **state)
     json_decref(c.json);
 }
 
+static void test_parameters_against_a_schema(void **state)
+{
+    (void)state;
+    json_t *plan = json_loads(
+        "{\"id\":\"p\",\"name\":\"n\",\"description\":\"d\",\"schemas\":{\"service_instance\":"
+        "{\"create\":{\"parameters\":{\"type\":\"object\",\"additionalProperties\":false,"
+        "\"required\":[\"size\"],\"properties\":{\"size\":{\"type\":\"integer\",\"minimum\":1,"
+        "\"maximum\":10},\"tier\":{\"enum\":[\"gold\",\"silver\"]},\"tags\":{\"type\":\"array\","
+        "\"items\":{\"type\":\"string\",\"maxLength\":3}}}}}}}}",
+        0, NULL);
+    assert_non_null(plan);
+    static const char *const cases[][2] = {
+        {"{\"size\":3}", ""},
+        {"{\"size\":3,\"tier\":\"gold\",\"tags\":[\"a\",\"bc\"]}", ""},
+        {"{}", "parameters.size is required by the plan"},
+        {"{\"size\":\"3\"}", "parameters.size must be of type integer"},
+        {"{\"size\":11}", "parameters.size must be at most 10"},
+        {"{\"size\":0}", "parameters.size must be at least 1"},
+        {"{\"size\":3,\"tier\":\"bronze\"}", "parameters.tier is not one of the values"},
+        {"{\"size\":3,\"extra\":1}", "parameters.extra is not a parameter the plan takes"},
+        {"{\"size\":3,\"tags\":[\"long\"]}", "parameters.tags[0] must be at most 3 characters"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *params = json_loads(cases[i][0], 0, NULL);
+        char err[256] = "";
+        int rc = services_parameters_check(plan, "service_instance.create", params, err, sizeof err);
+        if (!*cases[i][1])
+            assert_int_equal(rc, 0);
+        else if (rc != -EINVAL || !strstr(err, cases[i][1]))
+            fail_msg("%s: expected \"%s\", got %d \"%s\"", cases[i][0], cases[i][1], rc, err);
+        json_decref(params);
+    }
+    /* no schema for updates or bindings: anything goes to the broker */
+    json_t *any = json_loads("{\"x\":1}", 0, NULL);
+    char err[256];
+    assert_int_equal(services_parameters_check(plan, "service_instance.update", any, err, sizeof err), 0);
+    assert_int_equal(services_parameters_check(plan, "service_binding.create", NULL, err, sizeof err), 0);
+    /* none given is checked as {} */
+    assert_int_equal(services_parameters_check(plan, "service_instance.create", NULL, err, sizeof err),
+                     -EINVAL);
+    json_decref(any);
+    json_decref(plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -246,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_seal_round_trip_and_key_file),
         cmocka_unit_test(test_catalog_validation),
         cmocka_unit_test(test_osb_identity_and_describe),
+        cmocka_unit_test(test_parameters_against_a_schema),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
