@@ -29,6 +29,7 @@
 #define SVC_POLL_MAX_MS 15000
 #define SVC_DEFAULT_POLL_DURATION_S (24 * 3600)
 #define SVC_ORPHAN_TRIES 6
+#define SVC_KIND_ORPHAN "service.orphan" /* what is still to delete at a broker */
 
 enum svc_op_kind {
     OP_CATALOG,         /* create or update a broker: GET /v2/catalog */
@@ -262,17 +263,71 @@ static void svc__call_failure(const struct svc_op *op, const char *what, char *o
 
 /* ---- orphan mitigation -------------------------------------------------------------------- */
 
+/* An orphan to delete is kept as a record until its broker confirms, so a restart goes on
+ * trying: its id names what it is. */
+static char *svc__orphan_id(const struct svc_op *op)
+{
+    return op->kind == OP_ORPHAN_INSTANCE
+               ? xasprintf("instance:%s", op->instance_guid)
+               : xasprintf("binding:%s:%s", op->instance_guid, op->binding_guid);
+}
+
+static void svc__orphan_forget(struct svc_op *op)
+{
+    char *id = svc__orphan_id(op);
+    services_delete(op->a->records, SVC_KIND_ORPHAN, id);
+    free(id);
+}
+
+static struct svc_op *svc__orphan_new(struct api_svc *a, enum svc_op_kind kind,
+                                      const char *broker_guid, const char *instance_guid,
+                                      const char *binding_guid, const char *service_id,
+                                      const char *plan_id)
+{
+    struct svc_op *op = svc__op_new(a, kind, NULL, NULL);
+    snprintf(op->broker_guid, sizeof op->broker_guid, "%s", broker_guid ? broker_guid : "");
+    snprintf(op->instance_guid, sizeof op->instance_guid, "%s", instance_guid ? instance_guid : "");
+    snprintf(op->binding_guid, sizeof op->binding_guid, "%s", binding_guid ? binding_guid : "");
+    snprintf(op->service_id, sizeof op->service_id, "%s", service_id ? service_id : "");
+    snprintf(op->plan_id, sizeof op->plan_id, "%s", plan_id ? plan_id : "");
+    op->next_at = time_mono_ms(); /* at the next tick */
+    return op;
+}
+
 static void svc__orphan_start(struct api_svc *a, enum svc_op_kind kind, const char *broker_guid,
                               const char *instance_guid, const char *binding_guid,
                               const char *service_id, const char *plan_id)
 {
-    struct svc_op *op = svc__op_new(a, kind, NULL, NULL);
-    snprintf(op->broker_guid, sizeof op->broker_guid, "%s", broker_guid);
-    snprintf(op->instance_guid, sizeof op->instance_guid, "%s", instance_guid);
-    snprintf(op->binding_guid, sizeof op->binding_guid, "%s", binding_guid ? binding_guid : "");
-    snprintf(op->service_id, sizeof op->service_id, "%s", service_id);
-    snprintf(op->plan_id, sizeof op->plan_id, "%s", plan_id);
-    op->next_at = time_mono_ms(); /* at the next tick */
+    struct svc_op *op =
+        svc__orphan_new(a, kind, broker_guid, instance_guid, binding_guid, service_id, plan_id);
+    char *id = svc__orphan_id(op);
+    json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "guid", id, "kind",
+                            kind == OP_ORPHAN_INSTANCE ? "instance" : "binding", "broker_guid",
+                            op->broker_guid, "instance_guid", op->instance_guid, "binding_guid",
+                            op->binding_guid, "service_id", op->service_id, "plan_id",
+                            op->plan_id);
+    if (services_put(a->records, SVC_KIND_ORPHAN, rec) < 0)
+        log_error("cannot record orphan %s (it is cleaned up now, but not after a restart)", id);
+    json_decref(rec);
+    free(id);
+}
+
+/* After a restart: the orphans still to delete. */
+static void svc__orphans_resume(struct api_svc *a)
+{
+    json_t *all = services_list(a->records, SVC_KIND_ORPHAN, NULL, NULL);
+    size_t i;
+    json_t *rec;
+    json_array_foreach(all, i, rec)
+    {
+        svc__orphan_new(a,
+                        !strcmp(svc__str(rec, "kind") ?: "", "instance") ? OP_ORPHAN_INSTANCE
+                                                                        : OP_ORPHAN_BINDING,
+                        svc__str(rec, "broker_guid"), svc__str(rec, "instance_guid"),
+                        svc__str(rec, "binding_guid"), svc__str(rec, "service_id"),
+                        svc__str(rec, "plan_id"));
+    }
+    json_decref(all);
 }
 
 static void svc__orphan_call(struct svc_op *op)
@@ -286,10 +341,12 @@ static void svc__orphan_call(struct svc_op *op)
                                  op->instance_guid, op->binding_guid, sid, pid);
     free(sid);
     free(pid);
-    if (svc__call_setup(op, "DELETE", path, NULL, NULL))
+    if (svc__call_setup(op, "DELETE", path, NULL, NULL)) {
         svc__op_go(op);
-    else
-        svc__op_free(op); /* the broker is gone: nothing to clean up through */
+    } else {
+        svc__orphan_forget(op); /* the broker is gone: nothing to clean up through */
+        svc__op_free(op);
+    }
 }
 
 static void svc__orphan_answered(struct svc_op *op)
@@ -299,6 +356,7 @@ static void svc__orphan_answered(struct svc_op *op)
         log_info("orphan mitigation: the broker removed %s %s",
                  op->kind == OP_ORPHAN_INSTANCE ? "service instance" : "binding",
                  op->kind == OP_ORPHAN_INSTANCE ? op->instance_guid : op->binding_guid);
+        svc__orphan_forget(op);
         svc__op_free(op);
         return;
     }
@@ -308,6 +366,7 @@ static void svc__orphan_answered(struct svc_op *op)
                     op->kind == OP_ORPHAN_INSTANCE ? "service instance" : "binding",
                     op->kind == OP_ORPHAN_INSTANCE ? op->instance_guid : op->binding_guid,
                     op->tries, st, op->call.error);
+        svc__orphan_forget(op);
         svc__op_free(op);
         return;
     }
@@ -1103,7 +1162,14 @@ static void svc__op_after(uv_work_t *w, int status)
 {
     struct svc_op *op = w->data;
     op->queued = false;
-    if (status == UV_ECANCELED) {
+    if (status == UV_ECANCELED || svc__aborting) {
+        /* skiffd is stopping: the records say where each operation stands, and the next start
+         * resumes from them (an unanswered create is cleaned up then) */
+        if (op->req)
+            api_respond_error(op->req, SKIFF_E_UNAVAILABLE,
+                              "skiffd is stopping; `skiff service` says how this ended once it "
+                              "runs again");
+        op->req = NULL;
         svc__op_free(op);
         return;
     }
@@ -1696,6 +1762,7 @@ void svc__brokers_register(struct api_svc *a)
     /* polling never keeps skiffd from exiting */
     uv_unref((uv_handle_t *)a->poll_timer);
     svc__resume(a);
+    svc__orphans_resume(a);
 }
 
 void api_svc_shutdown(struct api_svc *a)

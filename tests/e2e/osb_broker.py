@@ -5,7 +5,8 @@ It offers one service, `testdb`, whose plans choose how the broker behaves:
     small, large      provisioned at once (201); large is not free, and its schemas take one
                       parameter: size, an integer from 1 to 10
     async             202 + an operation; last_operation says "in progress" twice (with
-                      Retry-After: 1), then "succeeded"
+                      Retry-After: 1), then "succeeded"; deleting it is asynchronous too
+                      (202, "in progress" once, then 410 Gone)
     async-fail        like async, then "failed" with a description
     never             always "in progress"; its maximum_polling_duration is 2 s
     fail500           provisioning answers 500 (the platform must clean up: orphan mitigation)
@@ -14,7 +15,8 @@ It offers one service, `testdb`, whose plans choose how the broker behaves:
     async-bind        bindings are asynchronous (202, then fetched with GET)
     nobind            not bindable
 
-`broken_catalog = True` makes GET /v2/catalog leave out a plan's id. Every request is kept in
+`broken_catalog = True` makes GET /v2/catalog leave out a plan's id; `refuse_deletes = True`
+makes every DELETE answer 500. Every request is kept in
 `requests` (method, path, query, headers, body) so tests can check what the platform sent.
 
     broker = OsbBroker(user="u", password="p").start()
@@ -64,6 +66,7 @@ class OsbBroker:
         self.instances = {}   # id -> {"plan_id", "polls", "op"}
         self.bindings = {}    # id -> {"instance_id", "credentials", "polls"}
         self.broken_catalog = False
+        self.refuse_deletes = False  # every DELETE answers 500 while set
         self.slow_seconds = 5
         self.lock = threading.Lock()
         self.server = None
@@ -126,6 +129,8 @@ class OsbBroker:
             return 401, {"description": "wrong credentials"}, {}
         if headers.get("X-Broker-API-Version") != "2.17":
             return 412, {"description": "X-Broker-API-Version 2.17 expected"}, {}
+        if method == "DELETE" and self.refuse_deletes:
+            return 500, {"description": "deletes are refused for now"}, {}
         parts = [p for p in path.split("/") if p]
         if parts == ["v2", "catalog"] and method == "GET":
             return 200, catalog(self.broken_catalog), {}
@@ -173,6 +178,10 @@ class OsbBroker:
         if method == "DELETE":
             if iid not in self.instances:
                 return 410, {}, {}
+            if self.instances[iid]["plan_id"] == "plan-async":
+                # deleted asynchronously: last_operation says so once, then the instance is gone
+                self.instances[iid].update(op="deprovision", polls=0)
+                return 202, {"operation": f"deprovision-{iid[:8]}"}, {}
             del self.instances[iid]
             return 200, {}, {}
         return 405, {}, {}
@@ -180,6 +189,12 @@ class OsbBroker:
     def instance_last_operation(self, iid, query):
         inst = self.instances.get(iid)
         if not inst:
+            return 410, {}, {}
+        if inst.get("op") == "deprovision":
+            inst["polls"] += 1
+            if inst["polls"] < 2:
+                return 200, {"state": "in progress"}, {"Retry-After": "1"}
+            del self.instances[iid]
             return 410, {}, {}
         inst["polls"] = inst.get("polls", 0) + 1
         name = inst["plan_id"].removeprefix("plan-")

@@ -501,6 +501,15 @@ def test_async_provision_polls_last_operation(brokered):
     # Retry-After: 1 was honoured between polls
     gaps = [b["at"] - a["at"] for a, b in zip(polls, polls[1:])]
     assert all(g >= 0.9 for g in gaps), gaps
+    # an asynchronous deprovision: 202, polled until the broker says 410 Gone
+    r = p.cli("delete-service", "slowdb", "-f", "--wait")
+    assert r.returncode == 0, out(r)
+    assert p.api("GET", "/v1/service_instances/slowdb")[0] == 404
+    assert guid not in broker.instances
+    (dele,) = broker.calls("DELETE", f"/v2/service_instances/{guid}")
+    assert dele["query"]["accepts_incomplete"] == "true"
+    assert broker.calls("GET", f"/v2/service_instances/{guid}/last_operation")[-1]["query"][
+        "operation"] == f"deprovision-{guid[:8]}"
     # --wait waits for the end, and an async binding gets its credentials with a GET
     r = p.cli("create-service", "testdb", "async-bind", "bindlater", "--wait")
     assert r.returncode == 0 and "in progress" not in r.stdout, out(r)
@@ -609,10 +618,20 @@ def test_skiffd_restart_resumes_polling(tmp_path):
                      broker.url).returncode == 0
         r = p.cli("create-service", "testdb", "async", "resumed")
         assert r.returncode == 0 and "in progress" in r.stdout, out(r)
+        # an orphan whose broker refuses to delete it for now is still deleted after a restart
+        broker.refuse_deletes = True
+        r = p.cli("create-service", "testdb", "fail500", "orphaned")
+        assert r.returncode == 1, out(r)
+        wait_for(lambda: broker.calls("DELETE"), timeout=10, what="a first orphan mitigation try")
         p.stop()
+        broker.refuse_deletes = False
         p.start()
         wait_for(lambda: instance(p, "resumed")["last_operation"]["state"] == "succeeded",
                  timeout=20, what="polling to resume after the restart")
+        orphan = _guid_of_put(broker, "plan-fail500")
+        assert orphan
+        wait_for(lambda: orphan not in broker.instances, timeout=20,
+                 what="the orphan to be deleted after the restart")
     finally:
         p.close()
         broker.stop()
