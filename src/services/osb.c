@@ -82,6 +82,12 @@ void services_osb_perform(struct services_osb_call *c)
     struct curl_slist *headers = NULL;
     headers = curl_slist_append(headers, "X-Broker-API-Version: " SERVICES_OSB_VERSION);
     headers = curl_slist_append(headers, "Accept: application/json");
+    /* one id per request, for the broker's logs and the platform's to meet */
+    char request_id[37], request_header[80];
+    uuid_generate_v4(request_id);
+    snprintf(request_header, sizeof request_header, "X-Broker-API-Request-Identity: %s",
+             request_id);
+    headers = curl_slist_append(headers, request_header);
     char *identity = NULL;
     if (c->identity) {
         identity = xasprintf("X-Broker-API-Originating-Identity: %s", c->identity);

@@ -127,7 +127,8 @@ int services_parameters_check(const json_t *plan, const char *what, const json_t
 #define SERVICES_OSB_VERSION "2.17"
 #define SERVICES_OSB_BODY_MAX (1u << 20)
 
-/* One request to a broker: X-Broker-API-Version, basic auth, JSON in and out; no redirects
+/* One request to a broker: X-Broker-API-Version, X-Broker-API-Request-Identity (a new uuid),
+ * basic auth, JSON in and out; no redirects
  * followed, answers over SERVICES_OSB_BODY_MAX refused. Filled in by the caller (strings are
  * the call's, freed by services_osb_call_clean), answered by services_osb_perform. */
 struct services_osb_call {

@@ -442,6 +442,7 @@ def test_sync_create_bind_and_vcap_services(brokered):
     assert put["body"]["parameters"] == {"size": 3}
     assert put["body"]["context"]["platform"] == "cloudfoundry"
     assert put["body"]["context"]["instance_name"] == "orders"
+    assert len(put["headers"]["X-Broker-API-Request-Identity"]) == 36
     platform_name, identity = put["headers"]["X-Broker-API-Originating-Identity"].split(" ")
     assert platform_name == "cloudfoundry" and "user_id" in json.loads(base64.b64decode(identity))
 
@@ -531,6 +532,10 @@ def test_failures_are_clear_and_orphans_are_cleaned_up(brokered):
     assert p.api("GET", "/v1/service_instances/boom")[0] == 404
     wait_for(lambda: not broker.instances.get(_guid_of_put(broker, "plan-fail500")),
              timeout=10, what="orphan mitigation of the 500")
+    # orphan mitigation is the platform's own doing: no user's identity on it
+    (om,) = broker.calls("DELETE", _guid_of_put(broker, "plan-fail500"))
+    assert "X-Broker-API-Originating-Identity" not in om["headers"]
+    assert om["query"]["service_id"] == SERVICE_ID and om["query"]["plan_id"] == "plan-fail500"
     # a malformed 201: the same
     r = p.cli("create-service", "testdb", "bad201", "bad")
     assert r.returncode == 1, out(r)
