@@ -14,6 +14,7 @@ It offers one service, `testdb`, whose plans choose how the broker behaves:
     slow              provisioning answers after `slow_seconds`
     async-bind        bindings are asynchronous (202, then fetched with GET)
     nobind            not bindable
+    bindfail          provisioned at once; binding answers 502 (though it made the binding)
 
 `broken_catalog = True` makes GET /v2/catalog leave out a plan's id; `refuse_deletes = True`
 makes every DELETE answer 500. Every request is kept in
@@ -47,7 +48,8 @@ PLANS = [plan("small", free=True),
                                                                  "update": SIZE_SCHEMA}}),
          plan("async"),
          plan("async-fail"), plan("never", maximum_polling_duration=2), plan("fail500"),
-         plan("bad201"), plan("slow"), plan("async-bind"), plan("nobind", bindable=False)]
+         plan("bad201"), plan("slow"), plan("async-bind"), plan("nobind", bindable=False),
+         plan("bindfail")]
 
 
 def catalog(broken=False):
@@ -212,6 +214,9 @@ class OsbBroker:
                 return 404, {"description": "no such instance"}, {}
             creds = {"uri": f"testdb://{bid}", "password": f"pw-{bid[:8]}", "instance": iid}
             self.bindings[bid] = {"instance_id": iid, "credentials": creds, "polls": 0}
+            if inst["plan_id"] == "plan-bindfail":
+                # made, though it says it failed: the platform must unbind it
+                return 502, {"description": "the test broker's bind failed on purpose"}, {}
             if inst["plan_id"] == "plan-async-bind":
                 return 202, {"operation": f"bind-{bid[:8]}"}, {}
             return 201, {"credentials": creds}, {}

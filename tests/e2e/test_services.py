@@ -572,6 +572,16 @@ def test_failures_are_clear_and_orphans_are_cleaned_up(brokered):
         r = p.cli("create-service", *args)
         assert r.returncode in (1, 2) and why in r.stderr, out(r)
     assert len(broker.calls("PUT")) == puts
+    # a binding answered with a 5xx: not recorded, and unbound at the broker
+    assert p.cli("create-service", "testdb", "bindfail", "bf").returncode == 0
+    push_env_app(p, "bfapp")
+    r = p.cli("bind-service", "bfapp", "bf")
+    assert r.returncode == 1 and "HTTP 502" in r.stderr and "on purpose" in r.stderr, out(r)
+    assert p.api("GET", "/v1/apps/bfapp/service_bindings")[1]["service_bindings"] == []
+    wait_for(lambda: not [b for b in broker.bindings.values()
+                          if b["instance_id"] == instance(p, "bf")["guid"]],
+             timeout=10, what="orphan mitigation of the failed binding")
+    assert p.cli("delete-service", "bf", "-f").returncode == 0
     assert p.cli("create-service", "testdb", "nobind", "nb").returncode == 0
     push_env_app(p, "nbapp")
     r = p.cli("bind-service", "nbapp", "nb")
