@@ -95,6 +95,40 @@ static json_t *svc__visible_brokers(struct api_svc *a, const char *space)
     return out;
 }
 
+/* The org of the request's space. */
+static const char *svc__org(struct api_svc *a, struct api_request *req)
+{
+    struct auth *auth = api_auth(a->api);
+    const struct auth_space *sp = auth ? auth_space_get(auth, svc__space(req)) : NULL;
+    return sp ? sp->org_guid : AUTH_DEFAULT_ORG_GUID;
+}
+
+static bool svc__is_admin(struct api_request *req);
+
+/* Whether the plan of broker b may be used by the request's org (Cloud Foundry's plan
+ * visibility): a space-scoped broker's plans by its space (it is visible only there), a
+ * platform broker's plans once the admin enabled them for all orgs or for this one; the
+ * admin sees and uses every plan. */
+static bool svc__plan_visible(struct api_svc *a, struct api_request *req, const json_t *b,
+                              const json_t *plan)
+{
+    if (json_is_string(json_object_get(b, "space_guid")) || svc__is_admin(req))
+        return true;
+    const json_t *access =
+        json_object_get(json_object_get(b, "access"), svc__str(plan, "id") ?: "");
+    if (json_is_string(access))
+        return !strcmp(json_string_value(access), "all");
+    const char *org = svc__org(a, req);
+    size_t i;
+    json_t *o;
+    json_array_foreach(access, i, o)
+    {
+        if (!strcmp(json_string_value(o) ?: "", org))
+            return true;
+    }
+    return false;
+}
+
 /* The plan's maximum_polling_duration in seconds (or the default). */
 static int64_t svc__max_poll_s(struct api_svc *a, const char *broker_guid, const char *service_id,
                                const char *plan_id)
@@ -693,18 +727,25 @@ static void svc__marketplace(struct api_request *req, void *ctx)
             json_t *plans = json_array();
             json_array_foreach(json_object_get(svc, "plans"), k, plan)
             {
+                if (!svc__plan_visible(a, req, b, plan))
+                    continue;
                 json_t *free_ = json_object_get(plan, "free");
                 json_array_append_new(plans, json_pack("{s:O,s:O,s:b}", "name",
                                                        json_object_get(plan, "name"), "description",
                                                        json_object_get(plan, "description"), "free",
                                                        !free_ || json_is_true(free_)));
             }
+            if (!json_array_size(plans)) {
+                json_decref(plans); /* nothing of it this org may use */
+                continue;
+            }
+            json_t *tags = json_object_get(svc, "tags");
             json_array_append_new(
                 out,
-                json_pack("{s:O,s:O,s:O,s:O,s:o,s:O}", "service", json_object_get(svc, "name"),
+                json_pack("{s:O,s:O,s:O,s:O,s:o,s:o}", "service", json_object_get(svc, "name"),
                           "description", json_object_get(svc, "description"), "broker",
                           json_object_get(b, "name"), "bindable", json_object_get(svc, "bindable"),
-                          "plans", plans, "tags", json_object_get(svc, "tags") ?: json_array()));
+                          "plans", plans, "tags", tags ? json_incref(tags) : json_array()));
         }
     }
     json_decref(brokers);
@@ -717,6 +758,175 @@ static void svc__marketplace(struct api_request *req, void *ctx)
         return;
     }
     api_respond_json(req, 200, json_pack("{s:o}", "services", out));
+}
+
+/* ---- plan access (the admin's) ------------------------------------------------------------ */
+
+/* GET /v1/service_access[?broker=&service=]: every plan of the platform brokers with who may
+ * use it: "all", "none" or "limited" with the orgs' names. */
+static void svc__access_list(struct api_request *req, void *ctx)
+{
+    struct api_svc *a = ctx;
+    const char *only_broker = api_request_query(req, "broker");
+    const char *only_service = api_request_query(req, "service");
+    struct auth *auth = api_auth(a->api);
+    json_t *brokers = services_list(a->records, SERVICES_KIND_BROKER, "space_guid", NULL);
+    json_t *out = json_array();
+    size_t i, j, k, m;
+    json_t *b, *svc, *plan, *o;
+    json_array_foreach(brokers, i, b)
+    {
+        if (only_broker && strcmp(only_broker, svc__str(b, "name")))
+            continue;
+        json_array_foreach(json_object_get(json_object_get(b, "catalog"), "services"), j, svc)
+        {
+            if (only_service && strcmp(only_service, svc__str(svc, "name")))
+                continue;
+            json_array_foreach(json_object_get(svc, "plans"), k, plan)
+            {
+                const json_t *acc =
+                    json_object_get(json_object_get(b, "access"), svc__str(plan, "id"));
+                json_t *orgs = json_array();
+                json_array_foreach(acc, m, o)
+                {
+                    const struct auth_org *org =
+                        auth ? auth_org_find(auth, json_string_value(o)) : NULL;
+                    if (org)
+                        json_array_append_new(orgs, json_string(org->name));
+                }
+                const char *access = json_is_string(acc) ? "all"
+                                     : json_array_size(orgs) ? "limited"
+                                                             : "none";
+                json_array_append_new(out, json_pack("{s:O,s:O,s:O,s:s,s:o}", "broker",
+                                                     json_object_get(b, "name"), "service",
+                                                     json_object_get(svc, "name"), "plan",
+                                                     json_object_get(plan, "name"), "access",
+                                                     access, "orgs", orgs));
+            }
+        }
+    }
+    json_decref(brokers);
+    api_respond_json(req, 200, json_pack("{s:o}", "service_access", out));
+}
+
+/* PUT /v1/service_access {service, broker, plan, org, enable}: opens (or closes) the plans of
+ * an offering (or one plan) to every org, or to one. */
+static void svc__access_set(struct api_request *req, void *ctx)
+{
+    struct api_svc *a = ctx;
+    static const char *const fields[] = {"service", "broker", "plan", "org", "enable", NULL};
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return;
+    json_t *brokers = NULL;
+    if (!api_json_check_fields(req, body, fields))
+        goto done;
+    const char *service = svc__str(body, "service"), *broker_name = svc__str(body, "broker");
+    const char *plan_name = svc__str(body, "plan"), *org_name = svc__str(body, "org");
+    json_t *enable = json_object_get(body, "enable");
+    if (!service || !json_is_boolean(enable)) {
+        api_respond_error(req, SKIFF_E_BAD_JSON,
+                          "say which offering and whether to enable: {\"service\": ..., "
+                          "\"enable\": true}");
+        goto done;
+    }
+    struct auth *auth = api_auth(a->api);
+    const struct auth_org *org = org_name && auth ? auth_org_find(auth, org_name) : NULL;
+    if (org_name && !org) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no org named %s: `skiff orgs` lists them",
+                          org_name);
+        goto done;
+    }
+    brokers = services_list(a->records, SERVICES_KIND_BROKER, "space_guid", NULL);
+    json_t *target = NULL, *offering = NULL;
+    int offered = 0;
+    size_t i;
+    json_t *b;
+    json_array_foreach(brokers, i, b)
+    {
+        json_t *o = NULL, *p = NULL;
+        if (broker_name && strcmp(broker_name, svc__str(b, "name")))
+            continue;
+        if (services_catalog_find(json_object_get(b, "catalog"), service, NULL, &o, &p)) {
+            offered++;
+            target = b;
+            offering = o;
+        }
+    }
+    if (!offered) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          "no platform broker offers %s%s%s: `skiff service-access` lists what "
+                          "there is",
+                          service, broker_name ? " as " : "", broker_name ? broker_name : "");
+        goto done;
+    }
+    if (offered > 1) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                          "several brokers offer %s: name one with -b BROKER", service);
+        goto done;
+    }
+    json_t *access = json_object_get(target, "access");
+    if (!json_is_object(access)) {
+        access = json_object();
+        json_object_set_new(target, "access", access);
+    }
+    size_t changed = 0, k;
+    json_t *plan;
+    json_array_foreach(json_object_get(offering, "plans"), k, plan)
+    {
+        if (plan_name && strcmp(plan_name, svc__str(plan, "name")))
+            continue;
+        changed++;
+        const char *id = svc__str(plan, "id");
+        json_t *cur = json_object_get(access, id);
+        if (!org) {
+            if (json_is_true(enable))
+                json_object_set_new(access, id, json_string("all"));
+            else
+                json_object_del(access, id);
+            continue;
+        }
+        if (json_is_string(cur)) {
+            if (json_is_true(enable))
+                continue; /* open to all already */
+            api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                              "the plan %s is available to every org: disable it for all (without "
+                              "-o), then enable it for the orgs that keep it",
+                              svc__str(plan, "name"));
+            goto done;
+        }
+        json_t *orgs = json_is_array(cur) ? json_incref(cur) : json_array();
+        size_t m;
+        json_t *o;
+        json_array_foreach(orgs, m, o)
+        {
+            if (!strcmp(json_string_value(o) ?: "", org->guid))
+                break;
+        }
+        bool listed = m < json_array_size(orgs);
+        if (json_is_true(enable) && !listed)
+            json_array_append_new(orgs, json_string(org->guid));
+        else if (!json_is_true(enable) && listed)
+            json_array_remove(orgs, m);
+        if (json_array_size(orgs))
+            json_object_set(access, id, orgs);
+        else
+            json_object_del(access, id);
+        json_decref(orgs);
+    }
+    if (!changed) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "the service offering %s has no plan named %s",
+                          service, plan_name);
+        goto done;
+    }
+    svc__stamp(target, false);
+    if (services_put(a->records, SERVICES_KIND_BROKER, target) < 0)
+        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
+    else
+        api_respond(req, 204, NULL, NULL, 0);
+done:
+    json_decref(brokers);
+    json_decref(body);
 }
 
 /* ---- instances ---------------------------------------------------------------------------- */
@@ -1277,10 +1487,11 @@ void svc__managed_create(struct api_svc *a, struct api_request *req, json_t *bod
     } else if (offered > 1) {
         api_respond_error(req, SKIFF_E_INVALID_VALUE,
                           "several brokers offer %s: name one with -b BROKER", service);
-    } else if (!plan) {
+    } else if (!plan || !svc__plan_visible(a, req, broker, plan)) {
         api_respond_error(req, SKIFF_E_INVALID_VALUE,
-                          "the service offering %s has no plan named %s: `skiff marketplace -e "
-                          "%s` lists its plans",
+                          "the service offering %s has no plan named %s for this org: `skiff "
+                          "marketplace -e %s` lists its plans (the platform admin makes more "
+                          "available with `skiff enable-service-access`)",
                           service, plan_name, service);
     } else if (services_parameters_check(plan, "service_instance.create", params, err,
                                          sizeof err) < 0) {
@@ -1366,6 +1577,13 @@ void svc__managed_update(struct api_svc *a, struct api_request *req, json_t *ins
         return;
     }
     bool plan_change = plan_name && strcmp(svc__str(plan, "id"), svc__str(inst, "plan_id"));
+    if (plan_change && !svc__plan_visible(a, req, broker, plan)) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                          "the service offering %s has no plan named %s for this org",
+                          svc__str(inst, "service_name"), plan_name);
+        json_decref(broker);
+        return;
+    }
     json_t *updateable = json_object_get(plan, "plan_updateable");
     if (!updateable)
         updateable = json_object_get(offering, "plan_updateable");
@@ -1745,6 +1963,8 @@ void svc__brokers_register(struct api_svc *a)
         {"PATCH", "/v1/service_brokers/*", SPACE(SPACE_DEVELOP), svc__brokers_update},
         {"DELETE", "/v1/service_brokers/*", SPACE(SPACE_DEVELOP), svc__brokers_delete},
         {"GET", "/v1/marketplace", SPACE(SPACE_READ), svc__marketplace},
+        {"GET", "/v1/service_access", API_PERM(AUTH_PERM_ADMIN), svc__access_list},
+        {"PUT", "/v1/service_access", API_PERM(AUTH_PERM_ADMIN), svc__access_set},
         {"GET", "/v1/service_instances/*/keys", SPACE(SPACE_READ), svc__keys_list},
         {"POST", "/v1/service_instances/*/keys", SPACE(SPACE_DEVELOP), svc__keys_create},
         {"GET", "/v1/service_instances/*/keys/*", SPACE(SPACE_SECRETS), svc__keys_get},

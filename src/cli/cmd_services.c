@@ -876,6 +876,71 @@ static int cli_cmd_delete_service_broker(const struct cli_command *cmd, int argc
     return rc;
 }
 
+/* ---- plan access ------------------------------------------------------------------------- */
+
+static int cli_access_set(const struct cli_command *cmd, int argc, char **argv, bool enable)
+{
+    const char *broker = NULL, *plan = NULL, *org = NULL;
+    struct cli_option opts[] = {{"broker", 'b', CLI_OPT_STRING, &broker},
+                                {"plan", 'p', CLI_OPT_STRING, &plan},
+                                {"org", 'o', CLI_OPT_STRING, &org},
+                                {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s,s:b}", "service", args.items[0], "enable", enable);
+    if (broker)
+        json_object_set_new(body, "broker", json_string(broker));
+    if (plan)
+        json_object_set_new(body, "plan", json_string(plan));
+    if (org)
+        json_object_set_new(body, "org", json_string(org));
+    rc = cli_api("PUT", "/v1/service_access", body, NULL);
+    json_decref(body);
+    if (rc == 0 && !cli_json_output)
+        printf("%s access to %s of service %s%s%s.\nOK\n", enable ? "Enabled" : "Disabled",
+               plan ? plan : "all plans", args.items[0], org ? " for org " : " for all orgs",
+               org ? org : "");
+    return rc;
+}
+
+static int cli_cmd_enable_service_access(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_access_set(cmd, argc, argv, true);
+}
+
+static int cli_cmd_disable_service_access(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_access_set(cmd, argc, argv, false);
+}
+
+static int cli_cmd_service_access(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *broker = NULL, *service = NULL;
+    struct cli_option opts[] = {{"broker", 'b', CLI_OPT_STRING, &broker},
+                                {"service", 'e', CLI_OPT_STRING, &service},
+                                {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *b = broker ? cli_escape(broker) : NULL, *e = service ? cli_escape(service) : NULL;
+    char *path = xasprintf("/v1/service_access?%s%s%s%s", b ? "broker=" : "", b ? b : "",
+                           e ? "&service=" : "", e ? e : "");
+    free(b);
+    free(e);
+    static const struct cli_column cols[] = {{"broker", "broker", NULL},
+                                             {"service", "service", NULL},
+                                             {"plan", "plan", NULL},
+                                             {"access", "access", NULL},
+                                             {"orgs", "orgs", cli_format_list},
+                                             {NULL, NULL, NULL}};
+    rc = cli_list(path, "service_access", cols);
+    free(path);
+    return rc;
+}
+
 const struct cli_command cli_services_commands[] = {
     {"create-user-provided-service",
      "create-user-provided-service NAME [-p CREDENTIALS] [-l SYSLOG_DRAIN_URL] "
@@ -970,6 +1035,22 @@ const struct cli_command cli_services_commands[] = {
     {"delete-service-broker", "delete-service-broker NAME [-f]",
      "Delete a service broker (it must have no service instances left)",
      "  -f, --force   do not ask\n", cli_cmd_delete_service_broker},
+    {"service-access", "service-access [-b BROKER] [-e SERVICE]",
+     "Show which orgs may use each plan of the platform's brokers (admin)",
+     "  -b BROKER    one broker's plans\n  -e SERVICE   one offering's plans\n",
+     cli_cmd_service_access},
+    {"enable-service-access", "enable-service-access SERVICE [-b BROKER] [-p PLAN] [-o ORG]",
+     "Let every org (or one) use an offering's plans (admin)",
+     "A platform broker's plans are available to no org until the admin enables them, as in\n"
+     "Cloud Foundry; a space-scoped broker's plans are its space's at once.\n"
+     "  -b BROKER   the broker, when several offer SERVICE\n"
+     "  -p PLAN     one plan (default: all of them)\n"
+     "  -o ORG      one org (default: all orgs)\n",
+     cli_cmd_enable_service_access},
+    {"disable-service-access", "disable-service-access SERVICE [-b BROKER] [-p PLAN] [-o ORG]",
+     "Take an offering's plans back from every org (or one) (admin)",
+     "Instances made already stay; no new one of those plans can be made.\n",
+     cli_cmd_disable_service_access},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -712,3 +712,54 @@ def test_a_space_with_service_instances_is_not_deleted(tenants):
     status, res = call(p, admin, "DELETE", "/v1/orgs/a/spaces/dev")
     assert status == 409 and "service instance" in res["error"]["message"] and "vault" in \
         res["error"]["message"], res
+
+
+def test_platform_plans_are_for_the_orgs_the_admin_enables(tenants):
+    p, admin, A, B = tenants["p"], tenants["admin"], tenants["A"], tenants["B"]
+    alice, bob = tenants["tokens"]["alice"], tenants["tokens"]["bob"]
+    broker = OsbBroker().start()
+    try:
+        body = {"name": "platform", "url": broker.url, "username": broker.user,
+                "password": broker.password}
+        assert call(p, admin, "POST", "/v1/service_brokers", body)[0] == 201
+
+        def plans(token, q):
+            market = call(p, token, "GET", f"/v1/marketplace?{q}")[1]["services"]
+            return sorted(pl["name"] for s in market if s["broker"] == "platform"
+                          for pl in s["plans"])
+
+        # as in Cloud Foundry, a new platform broker's plans are nobody's yet
+        assert plans(alice, A) == [] and plans(bob, B) == []
+        status, res = call(p, alice, "POST", f"/v1/service_instances?{A}",
+                           {"name": "pdb", "service": "testdb", "plan": "small"})
+        assert status == 422 and "enable-service-access" in res["error"]["message"], res
+        # the admin opens one plan to org a
+        r = p.cli("enable-service-access", "testdb", "-p", "small", "-o", "a")
+        assert r.returncode == 0, out(r)
+        assert plans(alice, A) == ["small"] and plans(bob, B) == []
+        status, res = call(p, alice, "POST", f"/v1/service_instances?{A}",
+                           {"name": "pdb", "service": "testdb", "plan": "small", "broker": "platform"})
+        assert status == 201, res
+        status, res = call(p, alice, "PATCH", f"/v1/service_instances/pdb?{A}", {"plan": "large"})
+        assert status == 422 and "for this org" in res["error"]["message"], res
+        r = p.cli("service-access", "-e", "testdb")
+        assert r.returncode == 0 and "limited" in r.stdout and "none" in r.stdout, out(r)
+        # then every plan to every org; one org cannot be taken from a plan open to all
+        assert p.cli("enable-service-access", "testdb", "-b", "platform").returncode == 0
+        assert "large" in plans(bob, B) and "async" in plans(alice, A)
+        r = p.cli("disable-service-access", "testdb", "-p", "small", "-o", "b")
+        assert r.returncode == 1 and "every org" in r.stderr, out(r)
+        assert p.cli("disable-service-access", "testdb", "-b", "platform").returncode == 0
+        assert plans(bob, B) == []
+        # only the admin decides
+        status, res = call(p, alice, "PUT", "/v1/service_access",
+                           {"service": "testdb", "enable": True})
+        assert status == 403, res
+        r = p.cli("enable-service-access", "nosuch")
+        assert r.returncode == 1 and "no platform broker offers nosuch" in r.stderr, out(r)
+        r = p.cli("enable-service-access", "testdb", "-o", "nosuchorg")
+        assert r.returncode == 1 and "no org named nosuchorg" in r.stderr, out(r)
+        assert call(p, alice, "DELETE", f"/v1/service_instances/pdb?{A}")[0] == 204
+        assert call(p, admin, "DELETE", "/v1/service_brokers/platform")[0] == 204
+    finally:
+        broker.stop()

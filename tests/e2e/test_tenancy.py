@@ -244,6 +244,11 @@ def fill(world, method, path):
             made("POST", f"/v1/service_brokers?{S}", dict(fields, name=victim, space_scoped=True))
             return f"/v1/service_brokers/{victim}?{S}", None, None, None
         return f"/v1/service_brokers?{S}", None, None, None
+    if path == "/v1/service_access":
+        if method == "PUT":
+            return path, {"service": "testdb", "broker": "matrix", "plan": "small",
+                          "enable": True}, None, None
+        return path, None, None, None
     if path == "/v1/marketplace":
         return f"/v1/marketplace?{S}", None, None, None
     if path.startswith("/v1/service_instances"):
