@@ -151,6 +151,15 @@ static json_t *svc__op_state(const char *type, const char *state, const char *de
                      description ? description : "");
 }
 
+/* A record about to be sent to its broker: its new operation is in progress, and nothing of
+ * an earlier asynchronous one is left (resuming after a restart reads it). */
+static void svc__begin(json_t *rec, const char *type)
+{
+    json_object_set_new(rec, "last_operation", svc__op_state(type, "in progress", ""));
+    json_object_del(rec, "operation");
+    json_object_del(rec, "async");
+}
+
 static int svc__timeout_s(void)
 {
     const char *v = getenv("SKIFF_BROKER_TIMEOUT_S");
@@ -940,8 +949,10 @@ static bool svc__instance_set(struct svc_op *op, const char *type, const char *s
     if (!inst)
         return false;
     json_object_set_new(inst, "last_operation", svc__op_state(type, state, desc));
-    if (strcmp(state, "in progress"))
+    if (strcmp(state, "in progress")) {
         json_object_del(inst, "operation");
+        json_object_del(inst, "async");
+    }
     if (more)
         more(op, inst);
     svc__stamp(inst, false);
@@ -1154,8 +1165,12 @@ static bool svc__binding_set(struct svc_op *op, const char *type, const char *st
     if (!b)
         return false;
     json_object_set_new(b, "last_operation", svc__op_state(type, state, desc));
-    if (async)
+    if (async) {
         svc__keep_operation(op, b);
+    } else if (strcmp(state, "in progress")) {
+        json_object_del(b, "operation");
+        json_object_del(b, "async");
+    }
     if (answer) {
         json_t *creds = json_object_get(answer, "credentials");
         if (json_is_object(creds))
@@ -1508,7 +1523,7 @@ void svc__managed_create(struct api_svc *a, struct api_request *req, json_t *bod
             "plan_id", json_object_get(plan, "id"), "plan_name", json_object_get(plan, "name"),
             "tags", tags ? tags : json_array(), "syslog_drain_url", "route_service_url");
         tags = NULL;
-        json_object_set_new(inst, "last_operation", svc__op_state("create", "in progress", ""));
+        svc__begin(inst, "create");
         svc__stamp(inst, true);
         if (services_put(a->records, SERVICES_KIND_INSTANCE, inst) < 0) {
             api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
@@ -1607,7 +1622,7 @@ void svc__managed_update(struct api_svc *a, struct api_request *req, json_t *ins
         json_object_set(inst, "pending_plan_id", json_object_get(plan, "id"));
         json_object_set(inst, "pending_plan_name", json_object_get(plan, "name"));
     }
-    json_object_set_new(inst, "last_operation", svc__op_state("update", "in progress", ""));
+    svc__begin(inst, "update");
     svc__stamp(inst, false);
     if (services_put(a->records, SERVICES_KIND_INSTANCE, inst) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
@@ -1639,7 +1654,7 @@ void svc__managed_delete(struct api_svc *a, struct api_request *req, json_t *ins
 {
     if (!svc__idle(req, inst))
         return;
-    json_object_set_new(inst, "last_operation", svc__op_state("delete", "in progress", ""));
+    svc__begin(inst, "delete");
     if (services_put(a->records, SERVICES_KIND_INSTANCE, inst) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
         return;
@@ -1705,7 +1720,7 @@ void svc__managed_bind(struct api_svc *a, struct api_request *req, json_t *inst,
                           svc__str(inst, "name"));
         return;
     }
-    json_object_set_new(bind, "last_operation", svc__op_state("create", "in progress", ""));
+    svc__begin(bind, "create");
     if (services_put(a->records, SERVICES_KIND_BINDING, bind) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
         return;
@@ -1733,7 +1748,7 @@ void svc__managed_bind(struct api_svc *a, struct api_request *req, json_t *inst,
 
 static void svc__unbind(struct api_svc *a, struct api_request *req, json_t *inst, json_t *bind)
 {
-    json_object_set_new(bind, "last_operation", svc__op_state("delete", "in progress", ""));
+    svc__begin(bind, "delete");
     if (services_put(a->records, SERVICES_KIND_BINDING, bind) < 0) {
         if (req)
             api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
