@@ -29,6 +29,9 @@
 #define SVC_POLL_MAX_MS 15000
 #define SVC_DEFAULT_POLL_DURATION_S (24 * 3600)
 #define SVC_ORPHAN_TRIES 6
+/* Broker calls at once: the rest of skiffd shares libuv's pool (4 threads; password hashing,
+ * staging copies), so slow brokers may hold no more than half of it. */
+#define SVC_MAX_CALLS 2
 #define SVC_KIND_ORPHAN "service.orphan" /* what is still to delete at a broker */
 
 enum svc_op_kind {
@@ -57,7 +60,8 @@ struct svc_op {
     bool replace;            /* OP_CATALOG: updating a stored broker */
     struct services_osb_call call;
     uv_work_t work;
-    bool queued;      /* a call is in the pool */
+    bool queued;      /* a call is in the pool, or waits for a slot */
+    bool waiting;     /* ... waits for a slot (SVC_MAX_CALLS) */
     int64_t next_at;  /* mono ms when the next call is due (0: none planned) */
     int64_t deadline; /* mono ms: polling gives up */
     int interval_ms;
@@ -252,7 +256,14 @@ static void svc__op_go(struct svc_op *op)
     op->next_at = 0;
     op->queued = true;
     op->work.data = op;
+    if (!svc__aborting && op->a->calls_running >= SVC_MAX_CALLS) {
+        op->waiting = true; /* started when a call ends (svc__start_waiting) */
+        return;
+    }
+    op->waiting = false;
+    op->a->calls_running++;
     if (svc__aborting || uv_queue_work(op->a->loop, &op->work, svc__op_work, svc__op_after) < 0) {
+        op->a->calls_running--;
         /* answered as a broker that cannot be reached */
         snprintf(op->call.error, sizeof op->call.error, "skiffd is stopping");
         op->call.status = 0;
@@ -1383,10 +1394,28 @@ static void svc__poll_answered(struct svc_op *op)
     }
 }
 
+/* Starts calls that waited for a slot, oldest first, while there are slots. */
+static void svc__start_waiting(struct api_svc *a)
+{
+    while (a->calls_running < SVC_MAX_CALLS) {
+        struct svc_op *oldest = NULL;
+        for (struct svc_op *op = a->ops; op; op = op->next)
+            if (op->waiting)
+                oldest = op; /* new ops are added at the head */
+        if (!oldest)
+            return;
+        svc__op_go(oldest);
+    }
+}
+
 static void svc__op_after(uv_work_t *w, int status)
 {
     struct svc_op *op = w->data;
     op->queued = false;
+    if (op->work.loop) /* a call that ran (not one answered at once in svc__op_go) */
+        op->a->calls_running--;
+    op->work.loop = NULL;
+    svc__start_waiting(op->a);
     if (status == UV_ECANCELED || svc__aborting) {
         /* skiffd is stopping: the records say where each operation stands, and the next start
          * resumes from them (an unanswered create is cleaned up then) */
@@ -1432,6 +1461,7 @@ static void svc__tick(uv_timer_t *t)
 {
     struct api_svc *a = t->data;
     int64_t now = time_mono_ms();
+    svc__start_waiting(a);
     for (struct svc_op *op = a->ops, *next; op; op = next) {
         next = op->next;
         if (svc__aborting || op->queued || !op->next_at || op->next_at > now)

@@ -20,6 +20,7 @@ struct api_svc {
     struct logs *logs;
     char *own_addrs[8];
     struct svc_op *ops; /* broker operations in flight */
+    int calls_running;  /* broker calls in libuv's pool now */
     uv_timer_t *poll_timer;
     bool stopping;
 };

@@ -763,3 +763,30 @@ def test_platform_plans_are_for_the_orgs_the_admin_enables(tenants):
         assert call(p, admin, "DELETE", "/v1/service_brokers/platform")[0] == 204
     finally:
         broker.stop()
+
+
+def test_slow_brokers_hold_neither_the_api_nor_logins(brokered):
+    """Broker calls take at most half of libuv's pool: four creates stuck on a slow broker
+    leave logins (argon2id on the pool) and the API answering."""
+    import threading
+    import time as _time
+    p, broker = brokered
+    assert p.api("POST", "/v1/users", {"name": "patient", "password": PASSWORD})[0] == 201
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(
+        p.api("POST", "/v1/service_instances",
+              {"name": f"stuck{i}", "service": "testdb", "plan": "slow"})[0])) for i in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len([c for c in broker.calls("PUT") if c["body"].get("plan_id") == "plan-slow"
+                          ]) >= 3, timeout=10, what="slow provisions to reach the broker")
+    t0 = _time.monotonic()
+    status, body = p.api("POST", "/v1/auth/token", {"grant_type": "password", "username": "patient",
+                                                    "password": PASSWORD}, token=False)
+    took = _time.monotonic() - t0
+    assert status == 200, body
+    assert took < 1.5, f"a login took {took:.2f} s while brokers were slow"
+    assert p.api("GET", "/v1/service_instances")[0] == 200
+    for t in threads:
+        t.join()
+    assert results == [502] * 4, results
