@@ -244,6 +244,28 @@ struct api_events;
 int api_events_start(const struct api_services *svc, struct api_events **out, char *err,
                      size_t errsize);
 void api_events_stop(struct api_events *ev, void (*done)(void *arg), void *arg);
+/* The services component (src/api/services.c, brokers.c; docs/services.md): service
+ * instances, bindings, service keys, brokers and the marketplace, on the records of
+ * src/services/services.h. Broker calls run on libuv's thread pool, never on the loop. skiffd
+ * makes it before api_listen and stops it (after api_close) before the records are freed;
+ * operations still waiting on a broker are abandoned then and resumed by the next start from
+ * what the records say. */
+struct api_svc;
+struct services;
+struct api_svc_config {
+    struct services *records;
+    /* The platform's own listening addresses ("IP:PORT", NULL-terminated, at most 8): a broker
+     * URL naming one of them is refused. */
+    const char *const *own_addrs;
+};
+int api_svc_start(const struct api_services *svc, const struct api_svc_config *cfg,
+                  struct api_svc **out);
+/* When skiffd begins to stop: broker calls in flight give up, none is started. */
+void api_svc_shutdown(struct api_svc *a);
+void api_svc_stop(struct api_svc *a);
+/* For the API core, when an app is deleted: its bindings go (unbound at their brokers). */
+void api_svc_app_deleted(void *ctx, const char *app_guid);
+
 /* The event log the events API serves, for delivery (src/invoker) to run on. Delivery must
  * stop before api_events_stop. */
 struct fabric *api_events_fabric(struct api_events *ev);

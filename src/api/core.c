@@ -18,6 +18,7 @@
 #include "hub/hub.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
+#include "services/services.h"
 #include "store/store.h"
 
 #define SKIFF_VERSION "0.1.0"
@@ -1049,6 +1050,8 @@ static void core__apps_delete(struct api_request *req, void *ctx)
         api_core__staging_cancel(core, app->guid);
     if (core->cfg.scheduler)
         scheduler_app_deleted(core->cfg.scheduler, app->guid);
+    if (core->cfg.app_deleted)
+        core->cfg.app_deleted(core->cfg.app_deleted_ctx, app->guid);
     if (store_app_delete(core->cfg.store, app->guid) < 0) {
         store_app_free(app);
         api_respond_error(req, SKIFF_E_INTERNAL, "cannot delete the app (see skiffd's output)");
@@ -1184,9 +1187,21 @@ static void core__env_get(struct api_request *req, void *ctx)
     for (size_t i = 0; i < nr; i++)
         free(uris[i]);
     free(uris);
+    /* the caller may develop in the space: it sees the credentials its instances get */
+    char *services_text =
+        core->cfg.services ? services_vcap_json(core->cfg.services, app->guid) : xstrdup("{}");
+    json_t *services = services_text ? json_loads(services_text, 0, NULL) : NULL;
+    free(services_text);
+    if (!services) {
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+        json_decref(env);
+        json_decref(vcap);
+        store_app_free(app);
+        return;
+    }
     api_respond_json(req, 200,
                      json_pack("{s:o,s:{s:o,s:o}}", "env", env, "system", "VCAP_APPLICATION",
-                               vcap ? vcap : json_object(), "VCAP_SERVICES", json_object()));
+                               vcap ? vcap : json_object(), "VCAP_SERVICES", services));
     store_app_free(app);
 }
 

@@ -31,6 +31,10 @@ struct api_core_config {
     struct hub *hub; /* platform events: it publishes what users do, and follows instances */
     struct logs *logs;
     struct auth *auth; /* spaces' names for the app objects */
+    struct services *services; /* the app's VCAP_SERVICES in its env (NULL: "{}") */
+    /* called when an app is deleted, before its record goes (NULL: nobody) */
+    void (*app_deleted)(void *ctx, const char *app_guid);
+    void *app_deleted_ctx;
     /* called after any change of routes or domains */
     void (*routes_changed)(void *ctx);
     void *routes_ctx;

@@ -10,6 +10,7 @@
 
 #include "auth/auth.h"
 #include "common/util.h"
+#include "services/services.h"
 #include "store/store.h"
 
 /* Password hashes being computed at once; past it a login is 503 `busy` rather than a queue
@@ -741,11 +742,52 @@ static bool tenancy__refuse_if_apps(struct api_tenancy *t, struct api_request *r
     return held > 0;
 }
 
+/* The same for service instances and space-scoped brokers, which belong to a space too. */
+static bool tenancy__refuse_if_services(struct api_tenancy *t, struct api_request *req,
+                                        const char *org_guid, const char *space_guid)
+{
+    if (!t->cfg.services)
+        return false;
+    static const char *const kinds[] = {SERVICES_KIND_INSTANCE, SERVICES_KIND_BROKER};
+    static const char *const what[] = {"service instance", "service broker"};
+    for (size_t k = 0; k < 2; k++) {
+        json_t *all = services_list(t->cfg.services, kinds[k], NULL, NULL);
+        if (!all) {
+            api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the services from the store");
+            return true;
+        }
+        size_t held = 0, i;
+        const char *example = NULL;
+        json_t *rec;
+        json_array_foreach(all, i, rec)
+        {
+            const char *sg = json_string_value(json_object_get(rec, "space_guid"));
+            const struct auth_space *s = sg ? auth_space_get(tenancy__auth(t), sg) : NULL;
+            if (sg && (space_guid ? !strcmp(sg, space_guid)
+                                  : s && !strcmp(s->org_guid, org_guid))) {
+                held++;
+                if (!example)
+                    example = json_string_value(json_object_get(rec, "name"));
+            }
+        }
+        if (held)
+            api_respond_error(req, SKIFF_E_NOT_EMPTY,
+                              "it still holds %zu %s%s (\"%s\"%s): delete them first", held,
+                              what[k], held == 1 ? "" : "s", example ? example : "",
+                              held > 1 ? ", ..." : "");
+        json_decref(all);
+        if (held)
+            return true;
+    }
+    return false;
+}
+
 static void tenancy__org_delete(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
     const char *org = api_request_org(req);
-    if (tenancy__refuse_if_apps(t, req, org, NULL))
+    if (tenancy__refuse_if_apps(t, req, org, NULL) ||
+        tenancy__refuse_if_services(t, req, org, NULL))
         return;
     int rc = auth_org_delete(tenancy__auth(t), org);
     if (rc < 0)
@@ -808,7 +850,8 @@ static void tenancy__space_delete(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
     const char *space = api_request_space(req);
-    if (tenancy__refuse_if_apps(t, req, api_request_org(req), space))
+    if (tenancy__refuse_if_apps(t, req, api_request_org(req), space) ||
+        tenancy__refuse_if_services(t, req, api_request_org(req), space))
         return;
     int rc = auth_space_delete(tenancy__auth(t), space);
     if (rc < 0)

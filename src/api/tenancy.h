@@ -10,10 +10,13 @@
 struct api_tenancy;
 struct store;
 
+struct services;
+
 struct api_tenancy_config {
     const char *home; /* $SKIFF_HOME: admin-password lives there until changed */
     struct auth *auth;
     struct store *store; /* to tell whether an org or space still holds apps */
+    struct services *services; /* ... or service instances and brokers (NULL: not asked) */
 };
 
 /* Adds the routes; the config's pointers must outlive the returned object. */

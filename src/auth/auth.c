@@ -88,20 +88,24 @@ static const struct {
     [AUTH_PERM_SPACE_READ] = {"space.read", AUTH_SCOPE_SPACE,
                               R(ORG_MANAGER) | R(SPACE_MANAGER) | R(SPACE_DEVELOPER) |
                                   R(SPACE_AUDITOR) | R(SPACE_SUPPORTER),
-                              "see the space's apps (state, instances, limits), routes, event mappings, topics, members"},
+                              "see the space's apps (state, instances, limits), routes, event "
+                              "mappings, topics, members"},
     [AUTH_PERM_SPACE_LOGS] = {"space.logs", AUTH_SCOPE_SPACE,
                               R(SPACE_DEVELOPER) | R(SPACE_AUDITOR) | R(SPACE_SUPPORTER),
                               "read the apps' logs and the topics' events"},
-    [AUTH_PERM_SPACE_OPERATE] = {"space.operate", AUTH_SCOPE_SPACE,
-                                 R(SPACE_DEVELOPER) | R(SPACE_SUPPORTER),
-                                 "start, stop, restart and restage apps; invoke them; replay events"},
-    [AUTH_PERM_SPACE_DEVELOP] = {"space.develop", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
-                                 "push, change and delete apps; their env (secrets); routes; event mappings"},
-    [AUTH_PERM_SPACE_MANAGE] = {"space.manage", AUTH_SCOPE_SPACE,
-                                R(ORG_MANAGER) | R(SPACE_MANAGER),
+    [AUTH_PERM_SPACE_OPERATE] =
+        {"space.operate", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER) | R(SPACE_SUPPORTER),
+         "start, stop, restart and restage apps; invoke them; replay events"},
+    [AUTH_PERM_SPACE_DEVELOP] =
+        {"space.develop", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
+         "push, change and delete apps; their env (secrets); routes; event mappings"},
+    [AUTH_PERM_SPACE_MANAGE] = {"space.manage", AUTH_SCOPE_SPACE, R(ORG_MANAGER) | R(SPACE_MANAGER),
                                 "give and take space roles"},
     [AUTH_PERM_PUBLISH] = {"space.publish", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
                            "publish events (and the space's instances, with their own token)"},
+    [AUTH_PERM_SPACE_SECRETS] =
+        {"space.secrets", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
+         "read service credentials: user-provided services' and service keys'"},
 };
 
 #undef R

@@ -78,6 +78,7 @@ enum auth_perm {
     AUTH_PERM_SPACE_DEVELOP, /* push, change, delete, env, routes, mappings */
     AUTH_PERM_SPACE_MANAGE,  /* give and take space roles */
     AUTH_PERM_PUBLISH,       /* publish events: SpaceDeveloper, or an instance of the space */
+    AUTH_PERM_SPACE_SECRETS, /* read service credentials (user-provided, service keys) */
     AUTH_PERM_COUNT
 };
 

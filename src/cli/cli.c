@@ -19,7 +19,8 @@ bool cli_json_output;
 /* ---- commands --------------------------------------------------------------------------- */
 
 static const struct cli_command *const cli_tables[] = {cli_core_commands, cli_events_commands,
-                                                       cli_tenancy_commands, cli_quota_commands};
+                                                       cli_tenancy_commands, cli_quota_commands,
+                                                       cli_services_commands};
 
 const struct cli_command *cli_command_find(const char *name)
 {
@@ -27,6 +28,9 @@ const struct cli_command *cli_command_find(const char *name)
         for (const struct cli_command *c = cli_tables[t]; c->name; c++)
             if (strcmp(c->name, name) == 0)
                 return c;
+    for (const struct cli_alias *a = cli_aliases; a->alias; a++)
+        if (strcmp(a->alias, name) == 0)
+            return cli_command_find(a->name);
     return NULL;
 }
 
@@ -34,6 +38,9 @@ void cli_print_help(const struct cli_command *cmd)
 {
     if (cmd) {
         printf("usage: skiff %s\n\n%s\n", cmd->usage, cmd->summary);
+        for (const struct cli_alias *a = cli_aliases; a->alias; a++)
+            if (!strcmp(a->name, cmd->name))
+                printf("Alias: skiff %s\n", a->alias);
         if (cmd->help && *cmd->help)
             printf("\n%s", cmd->help);
         printf("\nEvery command accepts --json (machine-readable output) and --help.\n");
@@ -41,7 +48,7 @@ void cli_print_help(const struct cli_command *cmd)
     }
     static const char *const titles[] = {"Apps, routes and logs", "Events and functions",
                                          "Users, orgs, spaces and roles",
-                                         "Quotas, audit events and domains"};
+                                         "Quotas, audit events and domains", "Services"};
     printf("skiff: push code, run it, route to it, trigger it with events.\n\n"
            "usage: skiff COMMAND [ARGS] [--json]\n");
     for (size_t t = 0; t < ARRAY_SIZE(cli_tables); t++) {
@@ -64,6 +71,22 @@ static void cli_vprint_error(const char *fmt, va_list ap)
     fputs("error: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+}
+
+int cli_confirm(const struct cli_command *cmd, bool force, const char *what, const char *question)
+{
+    if (force)
+        return CLI_CONTINUE;
+    if (!isatty(STDIN_FILENO))
+        return cli_usage_error(cmd, "deleting %s needs -f when there is no terminal to ask", what);
+    printf("%s [y/N] ", question);
+    fflush(stdout);
+    char answer[16] = "";
+    if (!fgets(answer, sizeof(answer), stdin) || (answer[0] != 'y' && answer[0] != 'Y')) {
+        printf("Not deleted.\n");
+        return CLI_EXIT_OK;
+    }
+    return CLI_CONTINUE;
 }
 
 int cli_error(const char *fmt, ...)
@@ -726,7 +749,8 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
         return;
     }
     if (res->status == 404 && res->error_code && strcmp(res->error_code, "not_found") == 0) {
-        char *app = cli_path_app(req->path);
+        /* a binding's answer names what is missing itself */
+        char *app = strstr(req->path, "/service_bindings") ? NULL : cli_path_app(req->path);
         if (app) {
             cli_error("app \"%s\" not found. `skiff apps` lists the apps.", app);
             free(app);
@@ -749,8 +773,15 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
 /* The paths about things of a space: they carry the target space (one place decides). */
 static bool cli_path_in_space(const char *path)
 {
-    static const char *const prefixes[] = {"/v1/apps", "/v1/routes", "/v1/event-mappings",
-                                           "/v1/topics", "/v1/audit_events", NULL};
+    static const char *const prefixes[] = {"/v1/apps",
+                                           "/v1/routes",
+                                           "/v1/event-mappings",
+                                           "/v1/topics",
+                                           "/v1/audit_events",
+                                           "/v1/service_instances",
+                                           "/v1/service_brokers",
+                                           "/v1/marketplace",
+                                           NULL};
     for (size_t i = 0; prefixes[i]; i++) {
         size_t n = strlen(prefixes[i]);
         if (!strncmp(path, prefixes[i], n) &&

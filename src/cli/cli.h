@@ -40,10 +40,18 @@ struct cli_command {
     int (*run)(const struct cli_command *cmd, int argc, char **argv);
 };
 
+/* Short names that find a command too, as Cloud Foundry's CLI has them ("cups"); the list
+ * ends with a row whose alias is NULL. */
+struct cli_alias {
+    const char *alias, *name;
+};
+extern const struct cli_alias cli_aliases[]; /* src/cli/cmd_services.c */
+
 extern const struct cli_command cli_core_commands[];   /* src/cli/commands.c */
 extern const struct cli_command cli_events_commands[]; /* src/cli/cmd_events.c */
 extern const struct cli_command cli_tenancy_commands[]; /* src/cli/cmd_tenancy.c */
 extern const struct cli_command cli_quota_commands[];   /* src/cli/cmd_quotas.c */
+extern const struct cli_command cli_services_commands[]; /* src/cli/cmd_services.c */
 
 /* Finds a command by name in every table; NULL when there is none. */
 const struct cli_command *cli_command_find(const char *name);
@@ -96,6 +104,10 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "error: ..." and the command's usage line to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Asks question ("... [y/N]") on the terminal unless force: CLI_CONTINUE on yes; else the
+ * exit status to return (0 after "Not deleted.", or a usage error saying that deleting what
+ * needs -f when there is no terminal to ask). */
+int cli_confirm(const struct cli_command *cmd, bool force, const char *what, const char *question);
 /* A byte count for people: "512 B", "1.5 KB", "28.6 MB". */
 void cli_human_bytes(double bytes, char *out, size_t size);
 /* Prints a JSON value to stdout, indented, with a newline. Does not take the reference. */

@@ -527,18 +527,11 @@ int cli_cmd_delete(const struct cli_command *cmd, int argc, char **argv)
     if (rc != CLI_CONTINUE)
         return rc;
     const char *name = args.items[0];
-    if (!force) {
-        if (!isatty(STDIN_FILENO))
-            return cli_usage_error(cmd, "deleting %s needs -f when there is no terminal to ask",
-                                   name);
-        printf("Really delete the app %s, its instances and its routes? [y/N] ", name);
-        fflush(stdout);
-        char answer[16] = "";
-        if (!fgets(answer, sizeof(answer), stdin) || (answer[0] != 'y' && answer[0] != 'Y')) {
-            printf("Not deleted.\n");
-            return CLI_EXIT_OK;
-        }
-    }
+    char *question = xasprintf("Really delete the app %s, its instances and its routes?", name);
+    rc = cli_confirm(cmd, force, name, question);
+    free(question);
+    if (rc != CLI_CONTINUE)
+        return rc;
     char *path = cli_app_path(name, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
     free(path);

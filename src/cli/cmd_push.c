@@ -109,7 +109,33 @@ struct cli_push_plan {
     bool no_start;
     long timeout_s;
     const char *strategy; /* NULL: rolling for a running app (the API's default) */
+    const struct manifest_app *manifest; /* its services are bound before the start; NULL */
 };
+
+/* Binds the manifest's services to the app (those bound already stay as they are), so the
+ * first start sees them, as Cloud Foundry's push does. */
+static int cli_push_services(const char *name, const struct manifest_app *a)
+{
+    char *path = cli_app_path(name, "/service_bindings");
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; a && i < a->service_count && rc == CLI_EXIT_OK; i++) {
+        const struct manifest_service *svc = &a->services[i];
+        bool bound = false;
+        if ((rc = cli_app_bound(name, svc->name, &bound)) || bound)
+            continue;
+        json_t *body = json_pack("{s:s}", "service_instance", svc->name);
+        if (svc->binding_name)
+            json_object_set_new(body, "name", json_string(svc->binding_name));
+        if (svc->parameters)
+            json_object_set_new(body, "parameters", json_loads(svc->parameters, 0, NULL));
+        rc = cli_api("POST", path, body, NULL);
+        if (rc == 0)
+            printf("Bound service instance %s to %s\n", svc->name, name);
+        json_decref(body);
+    }
+    free(path);
+    return rc;
+}
 
 static char *cli_router_url_from_info;
 static void cli_free_router_url(void)
@@ -206,6 +232,8 @@ static int cli_push_one(const struct cli_push_plan *plan)
     bool was_started = rc == 0 && strcmp(cli_json_str(app, "state"), "STARTED") == 0;
     json_decref(app);
     if (rc)
+        goto done;
+    if ((rc = cli_push_services(name, plan->manifest)))
         goto done;
     if ((rc = cli_push_upload(name, plan->dir)))
         goto done;
@@ -759,7 +787,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                      .body = cli_manifest_body(a),
                                      .no_start = no_start,
                                      .timeout_s = timeout,
-                                     .strategy = strategy};
+                                     .strategy = strategy,
+                                     .manifest = a};
         json_object_update(plan.body, flags);
         if (path)
             plan.dir = xstrdup(path);

@@ -35,6 +35,10 @@ int cli_stage_stream(const char *name, const char *path, char **droplet);
 int cli_stage_stream_types(const char *name, const char *path, char **droplet,
                            json_t **process_types);
 
+/* Whether the app is bound to the service instance (GET its bindings): 0 with *bound set, or
+ * CLI_EXIT_ERROR after saying why it cannot tell. */
+int cli_app_bound(const char *app, const char *instance, bool *bound);
+
 int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <yaml.h>
 
 #include "common/buf.h"
@@ -806,23 +807,88 @@ static int manifest_route(struct manifest_ctx *c, const yaml_node_t *n, void *it
     return rc;
 }
 
+/* A YAML node as JSON: maps, lists, and scalars, where a plain scalar that reads as a JSON
+ * number, true, false or null is one (as YAML's core schema has it). */
+static json_t *manifest_node_json(struct manifest_ctx *c, const yaml_node_t *n, int depth)
+{
+    if (depth > 32)
+        return NULL;
+    if (n->type == YAML_SCALAR_NODE) {
+        const char *text = (const char *)n->data.scalar.value;
+        size_t len = n->data.scalar.length;
+        if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+            json_t *v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+            if (v && !json_is_object(v) && !json_is_array(v) && !json_is_string(v))
+                return v;
+            json_decref(v);
+        }
+        return json_stringn(text, len);
+    }
+    if (n->type == YAML_SEQUENCE_NODE) {
+        json_t *arr = json_array();
+        for (yaml_node_item_t *i = n->data.sequence.items.start; i < n->data.sequence.items.top;
+             i++) {
+            json_t *v = manifest_node_json(c, yaml_document_get_node(c->doc, *i), depth + 1);
+            if (!v) {
+                json_decref(arr);
+                return NULL;
+            }
+            json_array_append_new(arr, v);
+        }
+        return arr;
+    }
+    if (n->type == YAML_MAPPING_NODE) {
+        json_t *obj = json_object();
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++) {
+            yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+            json_t *v =
+                k && k->type == YAML_SCALAR_NODE
+                    ? manifest_node_json(c, yaml_document_get_node(c->doc, p->value), depth + 1)
+                    : NULL;
+            if (!v) {
+                json_decref(obj);
+                return NULL;
+            }
+            json_object_setn_new(obj, (const char *)k->data.scalar.value, k->data.scalar.length, v);
+        }
+        return obj;
+    }
+    return NULL;
+}
+
+static int manifest_service_parameters(struct manifest_ctx *c, const char *key,
+                                       const yaml_node_t *v, void *block)
+{
+    struct manifest_service *svc = block;
+    json_t *params = v->type == YAML_MAPPING_NODE ? manifest_node_json(c, v, 0) : NULL;
+    if (!params)
+        return manifest_fail(c, v,
+                             "\"%s\" of a service must be a map of the broker's parameters, not %s",
+                             key, manifest_kind(v));
+    free(svc->parameters);
+    svc->parameters = json_dumps(params, JSON_COMPACT);
+    json_decref(params);
+    return 0;
+}
+
 static const struct manifest_field manifest_service_fields[] = {
-    {.key = "name", .kind = MANIFEST_FIELD_STRING, .offset = 0},
-    MANIFEST_IGNORED("parameters"),
-    MANIFEST_IGNORED("binding_name"),
+    MANIFEST_STRING("name", struct manifest_service, name),
+    MANIFEST_STRING("binding_name", struct manifest_service, binding_name),
+    MANIFEST_CUSTOM("parameters", manifest_service_parameters),
     {0},
 };
 
 static int manifest_service(struct manifest_ctx *c, const yaml_node_t *n, void *item)
 {
-    char **out = item;
+    struct manifest_service *svc = item;
     if (n->type == YAML_SCALAR_NODE)
-        return manifest_string(c, "services", n, out);
-    int rc = manifest_block(c, n, "a service", manifest_service_fields, out);
+        return manifest_string(c, "services", n, &svc->name);
+    int rc = manifest_block(c, n, "a service", manifest_service_fields, svc);
     if (rc)
         return rc;
-    if (!*out)
-        return manifest_fail(c, n, "a service needs a \"name\"");
+    if (!svc->name || !*svc->name)
+        return manifest_fail(c, n, "a service needs a \"name\", like - name: my-db");
     return 0;
 }
 
@@ -946,10 +1012,8 @@ static int manifest_app_services(struct manifest_ctx *c, const char *key, const 
     static const struct manifest_field f =
         MANIFEST_LIST("services", struct manifest_app, services, service_count, manifest_service);
     struct manifest_app *a = block;
-    int rc = manifest_list(c, &f, v, (void **)&a->services, &a->service_count);
-    if (!rc && a->service_count)
-        manifest_warn(c, v, key, "service bindings are not available yet, so no service is bound");
-    return rc;
+    (void)key;
+    return manifest_list(c, &f, v, (void **)&a->services, &a->service_count);
 }
 
 static const struct manifest_field manifest_app_fields[] = {
@@ -1395,7 +1459,12 @@ void manifest_free(struct manifest *m)
         manifest_strings_free(a->warnings, a->warning_count);
         free(a->health_check_type);
         free(a->health_check_http_endpoint);
-        manifest_strings_free(a->services, a->service_count);
+        for (size_t j = 0; j < a->service_count; j++) {
+            free(a->services[j].name);
+            free(a->services[j].binding_name);
+            free(a->services[j].parameters);
+        }
+        free(a->services);
         for (size_t j = 0; j < a->process_count; j++) {
             struct manifest_process *p = &a->processes[j];
             free(p->type);

@@ -68,6 +68,13 @@ struct manifest_function {
     long memory_mb;     /* -1: not set */
 };
 
+/* One entry of an app's services: a name, or {name, binding_name, parameters}. */
+struct manifest_service {
+    char *name;
+    char *binding_name; /* NULL: none */
+    char *parameters;   /* a JSON object as text, NULL: none */
+};
+
 struct manifest_app {
     char *name;
     char *path;     /* absolute or relative to the cwd: resolved against the manifest's folder */
@@ -88,7 +95,7 @@ struct manifest_app {
     char *health_check_type;
     char *health_check_http_endpoint;
     long timeout;
-    char **services;
+    struct manifest_service *services; /* bound on push, before the app starts */
     size_t service_count;
     struct manifest_process *processes;
     size_t process_count;

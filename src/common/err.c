@@ -41,6 +41,9 @@ static const struct {
     [SKIFF_E_BUSY] = {"busy", 503, "the server is busy: try again"},
     [SKIFF_E_UNAVAILABLE] = {"unavailable", 503, "a part skiffd needs is not available now"},
     [SKIFF_E_NO_INSTANCE] = {"no_instance", 503, "no instance is there to take it"},
+    [SKIFF_E_BROKER] = {"broker_error", 502, "the service broker failed"},
+    [SKIFF_E_IN_PROGRESS] = {"operation_in_progress", 409,
+                             "an operation on the service instance is under way: wait for it"},
 };
 
 static int err__known(enum skiff_err err)

@@ -40,6 +40,8 @@ enum skiff_err {
     SKIFF_E_BUSY,                 /* over a server limit for now: try again */
     SKIFF_E_UNAVAILABLE,          /* a part Skiff needs is not there now */
     SKIFF_E_NO_INSTANCE,          /* no instance to take the request */
+    SKIFF_E_BROKER,               /* a service broker failed or answered what it may not */
+    SKIFF_E_IN_PROGRESS,          /* an operation on the service instance is under way */
     SKIFF_ERR_COUNT
 };
 

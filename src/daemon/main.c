@@ -30,6 +30,7 @@
 #include "invoker/invoker.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
+#include "services/services.h"
 #include "store/store.h"
 
 struct daemon {
@@ -53,6 +54,8 @@ struct daemon {
     struct bus *bus;
     struct router_proc *router;
     struct api_events *events; /* the topics' endpoints and the fabric */
+    struct services *services; /* service instances, bindings, brokers (records) */
+    struct api_svc *svc;       /* their endpoints and the broker calls */
     uv_signal_t sigterm, sigint, sigusr2;
     bool stopping;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
@@ -262,6 +265,8 @@ static void daemon_stop(struct daemon *d)
     d->stopping = true;
     if (d->core)
         api_core_shutdown(d->core);
+    if (d->svc)
+        api_svc_shutdown(d->svc);
     if (d->api)
         api_close(d->api, shutdown_api_done, d);
     else
@@ -286,9 +291,17 @@ static void on_signal(uv_signal_t *h, int signum)
     daemon_stop(d);
 }
 
+/* The scheduler's vcap_services hook. */
+static char *vcap_services(void *ctx, const char *app_guid)
+{
+    return services_vcap_json(ctx, app_guid);
+}
+
 static void daemon_free(struct daemon *d)
 {
     api_core_free(d->core);
+    api_svc_stop(d->svc);
+    services_free(d->services);
     api_tenancy_free(d->tenancy);
     api_audit_free(d->audit);
     api_free(d->api);
@@ -513,6 +526,11 @@ int main(int argc, char **argv)
         free(pw_path);
         free(admin_password);
     }
+    rc = services_open(d.store, d.home, &d.services);
+    if (rc < 0) {
+        log_error("cannot open the services' records: %s", strerror(-rc));
+        goto fail;
+    }
     d.logs = logs_new(1000);
     d.hub = hub_new();
     api_url = xasprintf("http://%s", d.api_addr);
@@ -551,7 +569,9 @@ int main(int argc, char **argv)
                                     .drain_timeout_ms = drain_timeout_ms,
                                     .hub = d.hub,
                                     .make_instance_token = make_instance_token,
-                                    .token_ctx = d.api};
+                                    .token_ctx = d.api,
+                                    .vcap_services = vcap_services,
+                                    .vcap_services_ctx = d.services};
     struct executor_config ecfg = {.home = d.home,
                                    .port_min = (int)env_long("SKIFF_PORT_MIN", 61000),
                                    .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),
@@ -585,6 +605,17 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto fail;
     }
+    struct api_services svc = {.loop = d.loop,
+                               .home = d.home,
+                               .api_url = api_url,
+                               .api = d.api,
+                               .store = d.store,
+                               .scheduler = d.sched,
+                               .hub = d.hub,
+                               .logs = d.logs};
+    const char *own_addrs[] = {d.api_addr, d.router_addr, d.router_admin_addr, publish_addr, NULL};
+    struct api_svc_config svcfg = {.records = d.services, .own_addrs = own_addrs};
+    api_svc_start(&svc, &svcfg, &d.svc);
     struct api_core_config ccfg = {
         .home = d.home,
         .router_url = d.router_url,
@@ -598,21 +629,17 @@ int main(int argc, char **argv)
         .hub = d.hub,
         .logs = d.logs,
         .auth = d.auth,
+        .services = d.services,
+        .app_deleted = api_svc_app_deleted,
+        .app_deleted_ctx = d.svc,
         .routes_changed = bus_routes_changed_cb,
         .routes_ctx = d.bus,
     };
     api_core_register(d.api, &ccfg, &d.core);
-    struct api_tenancy_config tcfg = {.home = d.home, .auth = d.auth, .store = d.store};
+    struct api_tenancy_config tcfg = {
+        .home = d.home, .auth = d.auth, .store = d.store, .services = d.services};
     api_tenancy_register(d.api, &tcfg, &d.tenancy);
     api_audit_register(d.api, d.store, d.auth, &d.audit);
-    struct api_services svc = {.loop = d.loop,
-                               .home = d.home,
-                               .api_url = api_url,
-                               .api = d.api,
-                               .store = d.store,
-                               .scheduler = d.sched,
-                               .hub = d.hub,
-                               .logs = d.logs};
     rc = api_events_start(&svc, &d.events, err, sizeof err);
     if (rc < 0) {
         log_error("cannot start events: %s", err);

@@ -628,12 +628,26 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         sched__retry_later(s, slot);
         return NULL;
     }
+    /* the services it is bound to: an instance told it has none would be wrong too */
+    char *vcap_services = NULL;
+    if (s->cfg.vcap_services &&
+        !(vcap_services = s->cfg.vcap_services(s->cfg.vcap_services_ctx, app->guid))) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start instance %d of %s: cannot read the app's service bindings "
+                     "(see skiffd's output); trying again later",
+                     slot->index, proc->type);
+        store_route_list_free(routes, nr);
+        free(command_copy);
+        sched__retry_later(s, slot);
+        return NULL;
+    }
     char **uris = xcalloc(nr + 1, sizeof *uris);
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
     store_route_list_free(routes, nr);
     int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
     if (port < 0) {
+        free(vcap_services);
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
         sched__strv_free(uris);
@@ -680,8 +694,10 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                      .uris = (const char *const *)uris,
                                      .events_url = s->events_url,
                                      .events_token = token,
-                                     .user_env = user};
+                                     .user_env = user,
+                                     .vcap_services_json = vcap_services};
     char **env = scheduler_instance_env(&in);
+    free(vcap_services);
     bool web = !strcmp(proc->type, "web");
     struct instance_spec spec = {.app_guid = app->guid,
                                  .app_name = app->name,

@@ -42,6 +42,11 @@ struct scheduler_config {
     void (*make_instance_token)(void *ctx, const char *app_guid, const char *instance_guid,
                                 char *out, size_t size);
     void *token_ctx;
+    /* VCAP_SERVICES of one app as JSON text (caller frees), read when each instance starts;
+     * NULL when it cannot be read now (the start is then retried like a failed one). Without
+     * it, instances get "{}". */
+    char *(*vcap_services)(void *ctx, const char *app_guid);
+    void *vcap_services_ctx;
 };
 
 /* Whether a process type other than web listens on $PORT and takes requests (a function run

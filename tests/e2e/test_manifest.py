@@ -243,13 +243,17 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     assert "line 20: no value for the variable ((space))" in r.stderr, r.stderr
     assert "cfmf" not in platform.cli("apps", check=True).stdout
 
+    # services: are bound before the first start
+    platform.cli("cups", "cfmf-db", "-p", '{"uri": "db://x"}', check=True)
     r = platform.cli("push", "-f", str(manifest), "--vars-file", str(tmp_path / "vars.yml"),
                      "--var", "space=dev", "--var", "instances=2", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "Bound service instance cfmf-db to cfmf" in r.stdout, r.stdout
+    env = platform.api("GET", "/v1/apps/cfmf/env")[1]
+    assert env["system"]["VCAP_SERVICES"]["user-provided"][0]["credentials"] == {"uri": "db://x"}
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
     for key in ("health-check-interval", "readiness-health-check-type",
-                "log-rate-limit-per-second", "metadata", "protocol", "services", "sidecars",
-                "stack"):
+                "log-rate-limit-per-second", "metadata", "protocol", "sidecars", "stack"):
         said = [w for w in warnings if f': cfmf: "{key}" has no effect here: ' in w]
         assert len(said) == 1, (key, warnings)
     assert not [w for w in warnings if "cfmf-canary" in w], warnings

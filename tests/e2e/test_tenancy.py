@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from conftest import Platform, ROOT, tar_gz, wait_for
+from osb_broker import OsbBroker
 
 ROLES_MD = os.path.join(ROOT, "docs", "roles.md")
 PASSWORD = "correct horse battery"
@@ -89,6 +90,8 @@ def world():
         yield setup_world(p)
     finally:
         p.close()
+        if getattr(p, "matrix_broker", None):
+            p.matrix_broker.stop()
 
 
 def api(p, method, path, token, body=None, raw=None, headers=None):
@@ -131,6 +134,19 @@ def setup_world(p):
     assert status == 202
     mapping = ok("POST", "/v1/event-mappings?space=acme/prod", {"app": "shop", "topic": "orders"})
     ok("POST", "/v1/quotas", {"name": "matrix"})
+    ok("POST", "/v1/service_instances?space=acme/prod",
+       {"name": "ups", "user_provided": True, "credentials": {"k": "v"}})
+    # a broker for the platform, one for the space, a managed instance with a key
+    broker = OsbBroker().start()
+    p.matrix_broker = broker  # stopped with the platform
+    ok("POST", "/v1/service_brokers", {"name": "matrix", "url": broker.url,
+                                      "username": broker.user, "password": broker.password})
+    ok("POST", "/v1/service_brokers?space=acme/prod",
+       {"name": "matrix-space", "url": broker.url, "username": broker.user,
+        "password": broker.password, "space_scoped": True})
+    ok("POST", "/v1/service_instances?space=acme/prod",
+       {"name": "mdb", "service": "testdb", "plan": "small", "broker": "matrix"})
+    ok("POST", "/v1/service_instances/mdb/keys?space=acme/prod", {"name": "k1"})
     tokens = {u: login(p, u)["access_token"] for u in users}
     # an API token that is limited to acme/prod as a SpaceAuditor, though dev develops there
     status, body = api(p, "PUT", "/v1/orgs/acme/spaces/prod/users/dev/roles/SpaceAuditor", admin)
@@ -176,7 +192,7 @@ def setup_world(p):
             {"SpaceAuditor"}, limited_to_prod=True),
     ]
     return {"p": p, "admin": admin, "tokens": tokens, "callers": callers,
-            "mapping": mapping["id"]}
+            "mapping": mapping["id"], "broker": broker}
 
 
 def unique(prefix):
@@ -197,6 +213,55 @@ def fill(world, method, path):
     body, raw, headers = None, None, None
     if path == "/v1/auth/token":
         return path, {"grant_type": "password", "username": "orguser", "password": PASSWORD}, None, None
+    if path.startswith("/v1/apps/*/service_bindings"):
+        # a fresh instance per call, bound first when the call unbinds it
+        ups = unique("ups")
+        made("POST", f"/v1/service_instances?{S}", {"name": ups, "user_provided": True})
+        if method == "POST":
+            return f"/v1/apps/shop/service_bindings?{S}", {"service_instance": ups}, None, None
+        if method == "DELETE":
+            made("POST", f"/v1/apps/shop/service_bindings?{S}", {"service_instance": ups})
+            return f"/v1/apps/shop/service_bindings/{ups}?{S}", None, None, None
+        return f"/v1/apps/shop/service_bindings?{S}", None, None, None
+    if path.startswith("/v1/service_instances/*/keys"):
+        key = "k1"
+        if method == "POST":
+            return f"/v1/service_instances/mdb/keys?{S}", {"name": unique("k")}, None, None
+        if method == "DELETE":
+            key = unique("k")
+            made("POST", f"/v1/service_instances/mdb/keys?{S}", {"name": key})
+        return path.replace("*", "mdb", 1).replace("*", key) + "?" + S, None, None, None
+    if path.startswith("/v1/service_brokers"):
+        broker = world["broker"]
+        fields = {"url": broker.url, "username": broker.user, "password": broker.password}
+        if method == "POST":
+            return f"/v1/service_brokers?{S}", dict(fields, name=unique("b"), space_scoped=True), \
+                None, None
+        if method == "PATCH":
+            return f"/v1/service_brokers/matrix-space?{S}", fields, None, None
+        if method == "DELETE":
+            victim = unique("b")
+            made("POST", f"/v1/service_brokers?{S}", dict(fields, name=victim, space_scoped=True))
+            return f"/v1/service_brokers/{victim}?{S}", None, None, None
+        return f"/v1/service_brokers?{S}", None, None, None
+    if path == "/v1/service_access":
+        if method == "PUT":
+            return path, {"service": "testdb", "broker": "matrix", "plan": "small",
+                          "enable": True}, None, None
+        return path, None, None, None
+    if path == "/v1/marketplace":
+        return f"/v1/marketplace?{S}", None, None, None
+    if path.startswith("/v1/service_instances"):
+        name = "ups"
+        if method == "POST":
+            return f"/v1/service_instances?{S}", {"name": unique("ups"), "user_provided": True}, \
+                None, None
+        if method == "DELETE":
+            name = unique("ups")
+            made("POST", f"/v1/service_instances?{S}", {"name": name, "user_provided": True})
+        if method == "PATCH":
+            body = {"tags": ["matrix"]}
+        return path.replace("*", name) + "?" + S, body, None, None
     if path.startswith("/v1/apps"):
         app = "shop"
         if method == "DELETE" and path == "/v1/apps/*":

@@ -162,6 +162,27 @@ static void test_every_command_is_found_and_has_usage(void **state)
     assert_null(cli_command_find("nope"));
 }
 
+static void test_aliases_find_their_commands(void **state)
+{
+    (void)state;
+    static const char *const pairs[][2] = {{"cups", "create-user-provided-service"},
+                                           {"uups", "update-user-provided-service"},
+                                           {"bs", "bind-service"},
+                                           {"us", "unbind-service"},
+                                           {"cs", "create-service"},
+                                           {"m", "marketplace"}};
+    for (size_t i = 0; i < ARRAY_SIZE(pairs); i++) {
+        const struct cli_command *c = cli_command_find(pairs[i][0]);
+        assert_non_null(c);
+        assert_string_equal(c->name, pairs[i][1]);
+    }
+    /* every alias names a command, and none hides one */
+    for (const struct cli_alias *a = cli_aliases; a->alias; a++) {
+        assert_non_null(cli_command_find(a->name));
+        assert_string_equal(cli_command_find(a->alias)->name, a->name);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -171,6 +192,7 @@ int main(void)
         cmocka_unit_test(test_escape),
         cmocka_unit_test(test_json_readers),
         cmocka_unit_test(test_every_command_is_found_and_has_usage),
+        cmocka_unit_test(test_aliases_find_their_commands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,8 +97,8 @@ static void test_full_application(void **state)
     assert_string_equal(a->health_check_http_endpoint, "/health");
     assert_int_equal(a->timeout, 30);
     assert_int_equal(a->service_count, 2);
-    assert_string_equal(a->services[0], "db");
-    assert_string_equal(a->services[1], "cache");
+    assert_string_equal(a->services[0].name, "db");
+    assert_string_equal(a->services[1].name, "cache");
     assert_int_equal(a->process_count, 1);
     assert_string_equal(a->processes[0].type, "worker");
     assert_int_equal(a->processes[0].instances, 2);
@@ -541,7 +541,12 @@ static void test_cloud_foundry_kitchen_sink(void **state)
     assert_string_equal(a->routes[1].balance, "round-robin");
     assert_null(a->routes[2].balance); /* hash: the router has none, the route keeps its own */
     assert_int_equal(a->service_count, 2);
-    assert_string_equal(a->services[1], "cache");
+    assert_string_equal(a->services[0].name, "orders-db");
+    assert_null(a->services[0].binding_name);
+    assert_null(a->services[0].parameters);
+    assert_string_equal(a->services[1].name, "cache");
+    assert_string_equal(a->services[1].binding_name, "page-cache");
+    assert_string_equal(a->services[1].parameters, "{\"ttl\":60}");
     assert_int_equal(a->process_count, 2);
     assert_int_equal(a->processes[0].disk_mb, 1024);
     assert_int_equal(a->processes[0].timeout, 60);
@@ -560,7 +565,6 @@ static void test_cloud_foundry_kitchen_sink(void **state)
                                             "loadbalancing: hash",
                                             "hash_header",
                                             "hash_balance",
-                                            "services",
                                             "sidecars"};
     for (size_t i = 0; i < ARRAY_SIZE(no_effect); i++)
         if (warnings_about(a, no_effect[i]) != 1)
