@@ -125,7 +125,8 @@ struct executor {
     bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
     struct executor__warm *warm;         /* those made */
     uv_timer_t *warm_timer;              /* the refill */
-    int warm_failures;                   /* warm containers that ended unused, in a row */
+    /* warm containers that ended unused, in a row, by kind: [0] plain, [1 + r] runtime r */
+    int warm_failures[1 + EXECUTOR_RUNTIMES];
     struct container_disk_server *disk_server; /* disks mounted ahead, or NULL */
     bool disk_pool_again;                /* a size was used meanwhile: refill once more */
     bool disk_pool_told;                 /* a refill error was logged */
@@ -982,13 +983,15 @@ static void warm__discard(struct executor__warm *w)
 static void warm__ended(struct executor__warm *w, const char *why)
 {
     struct executor *ex = w->ex;
-    log_error("a warm container ended before it was used (%s)%s%s", why,
+    int kind = w->runtime;
+    const char *what = kind >= 0 ? executor__runtimes[kind].name : "plain";
+    log_error("a warm container (%s) ended before it was used (%s)%s%s", what, why,
               w->last_line[0] ? ": " : "", w->last_line);
     warm__discard(w);
-    if (++ex->warm_failures == WARM_FAILURES_MAX)
-        log_error("%d warm containers in a row ended unused: none are made any more; instances "
-                  "start without them",
-                  WARM_FAILURES_MAX);
+    if (++ex->warm_failures[1 + kind] == WARM_FAILURES_MAX)
+        log_error("%d warm containers (%s) in a row ended unused: no more of them are made; "
+                  "instances start without them",
+                  WARM_FAILURES_MAX, what);
     warm__refill_soon(ex, WARM_REFILL_MS);
 }
 
@@ -1069,7 +1072,7 @@ static void warm__refill(uv_timer_t *t)
         for (struct executor__warm *w = ex->warm; w; w = w->next)
             have += w->runtime == kind;
         while (!ex->shutting_down && have < ex->prewarm &&
-               ex->warm_failures < WARM_FAILURES_MAX && warm__add(ex, kind) == 0)
+               ex->warm_failures[1 + kind] < WARM_FAILURES_MAX && warm__add(ex, kind) == 0)
             have++;
     }
 }
@@ -1179,9 +1182,9 @@ static int warm__start(struct instance *inst)
     shim__send(sh, msg); /* its pid file follows the instance's name */
     free(msg);
     free(pid_path);
+    ex->warm_failures[1 + w->runtime] = 0;
     free(w->dir);
     free(w);
-    ex->warm_failures = 0;
     warm__refill_soon(ex, WARM_REFILL_MS);
     return 0;
 }
@@ -1892,7 +1895,8 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
         char *zygote = ex->runtimes_dir
                            ? xasprintf("%s/%s", ex->runtimes_dir, executor__runtimes[r].zygote)
                            : NULL;
-        ex->runtime_usable[r] = zygote && access(zygote, R_OK) == 0;
+        ex->runtime_usable[r] = zygote && access(zygote, R_OK) == 0 &&
+                                access(executor__runtimes[r].interpreter, X_OK) == 0;
         free(zygote);
     }
     if (ex->isolation == EXECUTOR_CONTAINER && ex->shim_path && ex->prewarm > 0) {
