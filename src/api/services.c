@@ -66,6 +66,26 @@ static void svc__bound(struct api_svc *a, const char *instance_guid, json_t **ap
     json_decref(binds);
 }
 
+/* Answers 200 {key: [view(record), ...]} for records (a services_list result, taken), or a
+ * 500 when the store could not list them (records NULL). */
+static void svc__respond_views(struct api_request *req, struct api_svc *a, const char *key,
+                               json_t *(*view)(struct api_svc *, const json_t *), json_t *records)
+{
+    if (!records) {
+        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
+        return;
+    }
+    json_t *out = json_array();
+    size_t i;
+    json_t *rec;
+    json_array_foreach(records, i, rec)
+    {
+        json_array_append_new(out, view(a, rec));
+    }
+    json_decref(records);
+    api_respond_json(req, 200, json_pack("{s:o}", key, out));
+}
+
 json_t *svc__instance_view(struct api_svc *a, const json_t *inst)
 {
     static const char *const shown[] = {"guid",
@@ -203,20 +223,9 @@ static bool svc__user_provided_fields(struct api_svc *a, struct api_request *req
 static void svc__instances_list(struct api_request *req, void *ctx)
 {
     struct api_svc *a = ctx;
-    json_t *all = services_list(a->records, SERVICES_KIND_INSTANCE, "space_guid", svc__space(req));
-    if (!all) {
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-        return;
-    }
-    json_t *out = json_array();
-    size_t i;
-    json_t *inst;
-    json_array_foreach(all, i, inst)
-    {
-        json_array_append_new(out, svc__instance_view(a, inst));
-    }
-    json_decref(all);
-    api_respond_json(req, 200, json_pack("{s:o}", "service_instances", out));
+    svc__respond_views(req, a, "service_instances", svc__instance_view,
+                       services_list(a->records, SERVICES_KIND_INSTANCE, "space_guid",
+                                     svc__space(req)));
 }
 
 static void svc__instance_get(struct api_request *req, void *ctx)
@@ -463,19 +472,7 @@ static void svc__bindings_list(struct api_request *req, void *ctx)
         return;
     json_t *binds = services_list(a->records, SERVICES_KIND_BINDING, "app_guid", app->guid);
     store_app_free(app);
-    if (!binds) {
-        api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-        return;
-    }
-    json_t *out = json_array();
-    size_t i;
-    json_t *b;
-    json_array_foreach(binds, i, b)
-    {
-        json_array_append_new(out, svc__binding_view(a, b));
-    }
-    json_decref(binds);
-    api_respond_json(req, 200, json_pack("{s:o}", "service_bindings", out));
+    svc__respond_views(req, a, "service_bindings", svc__binding_view, binds);
 }
 
 static void svc__binding_create(struct api_request *req, void *ctx)
