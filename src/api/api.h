@@ -1,4 +1,5 @@
-/* api: the HTTP/1.1 server of skiffd (docs/api.md), with routing, auth and JSON helpers.
+/* api: skiffd's HTTP API (docs/api.md): routing, auth and JSON helpers on the HTTP/1.1
+ * server of src/http/server.h.
  *
  * One `struct api` listens on one address on the caller's libuv loop. Components add their
  * endpoints with api_route_add() before or after api_listen(); a handler is called once per

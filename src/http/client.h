@@ -22,14 +22,10 @@
 #include <uv.h>
 
 #include "common/buf.h"
+#include "http/message.h"
 
 struct http_pool;
 struct http_call;
-
-struct http_header {
-    char *name; /* lower case */
-    char *value;
-};
 
 struct http_response {
     int status;        /* HTTP status; 0 on a network error or timeout */

@@ -1,0 +1,14 @@
+/* http/message: what Skiff's HTTP server, client and router share about a message: a header
+ * pair and the reason phrase of a status. */
+#ifndef SKIFF_HTTP_MESSAGE_H
+#define SKIFF_HTTP_MESSAGE_H
+
+struct http_header {
+    char *name; /* lower case in responses the client read; as sent in requests the server read */
+    char *value;
+};
+
+/* The reason phrase of an HTTP status (RFC 9110), "Unknown" for one Skiff never sends. */
+const char *http_status_reason(int status);
+
+#endif

@@ -1,0 +1,1372 @@
+/* The HTTP/1.1 server: listeners, connection caps, parsing, bodies, answers, timeouts.
+ * See server.h for the life of a request. */
+#include "http/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "http/parser.h"
+#include "http/url.h"
+
+#define HTTP_PENDING_MAX (1u << 20)
+/* Responses queued and not yet taken by a client: past this, pipelined requests wait. */
+#define HTTP_WRITE_PENDING_MAX (1u << 20)
+#define HTTP_CLIENT_BUCKETS 1024
+#define HTTP_ACCEPT_BATCH 64
+/* Accepting stops this long after a resource error (EMFILE, ENOMEM, ...), then resumes. */
+#define HTTP_ACCEPT_PAUSE_MS 100
+/* After an answer sent before the body was read, the rest of what the client sends is read
+ * and dropped for at most this long (or this much), so that the answer is not lost to a reset;
+ * the client has been told (FIN) at once. */
+#define HTTP_LINGER_MS 2000
+#define HTTP_LINGER_BYTES (16u << 20)
+/* One read's worth: every connection reads into the same buffer (s->read_buf), since what a
+ * read brings is parsed, copied or dropped before the next read. */
+#define HTTP_READ_BYTES 65536
+#define HTTP_SWEEP_MS 1000
+
+/* A listening socket, polled and accepted from by hand (not uv_listen), so that a resource
+ * error pauses accepting instead of spinning or giving up. */
+struct http_listener {
+    struct http_server *server;
+    uv_poll_t poll;
+    int fd;
+    int tag;
+    bool open; /* poll initialised and not closed */
+};
+
+/* The connections of one client address (IPv4 as v4-mapped IPv6). */
+struct http_client {
+    struct http_client *next;
+    unsigned char addr[16];
+    unsigned count;
+};
+
+struct http_server {
+    uv_loop_t *loop;
+    struct http_server_config cfg;
+    char *tmp_dir;
+    char *name;
+    struct http_listener listeners[HTTP_MAX_LISTENERS];
+    int nlisteners;
+    uv_timer_t accept_timer; /* resumes accepting after a pause */
+    bool timers_open;
+    bool accept_paused;
+    int reserve_fd; /* held so that accept-and-close works when out of descriptors */
+    int64_t last_pressure_log_ms;
+    struct http_conn *conns;
+    /* connections waiting for a request head (or lingering), longest waiting first: the
+     * ones closed when a cap is reached */
+    struct http_conn *idle_head, *idle_tail;
+    unsigned nconns, max_conns, max_per_client;
+    struct http_client *clients[HTTP_CLIENT_BUCKETS];
+    uint64_t body_memory; /* request bodies held in memory now */
+    unsigned tmp_seq;
+    bool closing;
+    int handles_open;
+    uv_timer_t sweep; /* closes connections that stall (see http__sweep) */
+    void (*close_cb)(void *arg);
+    void *close_arg;
+    char read_buf[HTTP_READ_BYTES];
+};
+
+struct http_conn {
+    uv_tcp_t tcp;
+    struct http_server *server;
+    int listener;
+    llhttp_t parser;
+    struct http_conn *prev, *next;
+    struct http_request *req;
+    struct buf url;
+    struct buf hfield;
+    struct buf hvalue;
+    bool in_value;
+    size_t header_bytes;
+    struct buf pending;
+    size_t write_pending;
+    bool reading;
+    bool in_execute;   /* inside llhttp_execute: http__feed goes on with what follows */
+    int64_t active_ms; /* last byte read or request finished (monotonic) */
+    bool close_after_write;
+    bool closing;
+    /* waiting for a request head: in the server's idle list since idle_since_ms */
+    struct http_conn *idle_prev, *idle_next;
+    bool in_idle;
+    int64_t idle_since_ms;
+    int64_t head_start_ms; /* first byte of the head being read; 0 when none */
+    bool served;           /* a request was answered on it */
+    struct http_client *client;
+    bool write_blocked; /* responses wait to be taken: pipelined requests wait too */
+    bool linger_wanted; /* answered before the body was read: linger when closing */
+    bool lingering;
+    int64_t linger_until_ms;
+    uint64_t linger_bytes;
+    uv_shutdown_t shutdown;
+    char peer[80];
+};
+
+struct http_write {
+    uv_write_t req;
+    struct http_conn *conn;
+    size_t len;
+    char data[];
+};
+
+static void http__conn_close(struct http_conn *c);
+static void http__process_pending(struct http_conn *c);
+static void http__start_reading(struct http_conn *c);
+static void http__settings_fill(llhttp_settings_t *st);
+static void http__close_or_linger(struct http_conn *c);
+static void http__answer_now(struct http_conn *c, struct http_request *req, bool body_follows);
+static void http__resume_accepting(uv_timer_t *t);
+static void http__on_listen_ready(uv_poll_t *h, int status, int events);
+static void http__sweep(uv_timer_t *t);
+
+/* ---- connection caps ------------------------------------------------------------------- */
+
+static void http__client_key(const struct sockaddr_storage *ss, unsigned char key[16])
+{
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        key[10] = key[11] = 0xff; /* as ::ffff:a.b.c.d, which a dual-stack socket reports */
+        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+static size_t http__client_bucket(const unsigned char key[16])
+{
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ key[i]) * 16777619u;
+    return h % HTTP_CLIENT_BUCKETS;
+}
+
+/* The record of a client address with one more connection counted. */
+static struct http_client *http__client_get(struct http_server *s, const unsigned char key[16])
+{
+    struct http_client **head = &s->clients[http__client_bucket(key)];
+    struct http_client *cl = *head;
+    while (cl && memcmp(cl->addr, key, 16))
+        cl = cl->next;
+    if (!cl) {
+        cl = xcalloc(1, sizeof *cl);
+        memcpy(cl->addr, key, 16);
+        cl->next = *head;
+        *head = cl;
+    }
+    cl->count++;
+    return cl;
+}
+
+/* One connection fewer; the record goes with the last one. */
+static void http__client_put(struct http_server *s, struct http_client *cl)
+{
+    if (!cl || --cl->count > 0)
+        return;
+    for (struct http_client **pp = &s->clients[http__client_bucket(cl->addr)]; *pp;
+         pp = &(*pp)->next)
+        if (*pp == cl) {
+            *pp = cl->next;
+            free(cl);
+            return;
+        }
+}
+
+static void http__idle_remove(struct http_conn *c)
+{
+    struct http_server *s = c->server;
+    if (!c->in_idle)
+        return;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        s->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        s->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->in_idle = false;
+}
+
+/* The connection waits for a request head from now on: the newest of the list. */
+static void http__idle_add(struct http_conn *c)
+{
+    struct http_server *s = c->server;
+    http__idle_remove(c);
+    c->idle_since_ms = time_mono_ms();
+    c->head_start_ms = 0;
+    c->idle_prev = s->idle_tail;
+    c->idle_next = NULL;
+    if (s->idle_tail)
+        s->idle_tail->idle_next = c;
+    else
+        s->idle_head = c;
+    s->idle_tail = c;
+    c->in_idle = true;
+}
+
+/* A lingering connection is the first to go when room is needed. */
+static void http__idle_add_front(struct http_conn *c)
+{
+    struct http_server *s = c->server;
+    http__idle_remove(c);
+    c->idle_next = s->idle_head;
+    c->idle_prev = NULL;
+    if (s->idle_head)
+        s->idle_head->idle_prev = c;
+    else
+        s->idle_tail = c;
+    s->idle_head = c;
+    c->in_idle = true;
+}
+
+/* The connection that has waited longest for a request head (of client cl when not NULL), or
+ * NULL when every one is busy with a request. */
+static struct http_conn *http__idle_victim(struct http_server *s, const struct http_client *cl)
+{
+    for (struct http_conn *c = s->idle_head; c; c = c->idle_next)
+        if (!cl || c->client == cl)
+            return c;
+    return NULL;
+}
+
+/* Makes room for one more connection of cl (already counted in cl): false when there is
+ * none, because every connection over the cap is busy with a request. */
+static bool http__admit(struct http_server *s, struct http_client *cl)
+{
+    if (cl->count > s->max_per_client) {
+        struct http_conn *victim = http__idle_victim(s, cl);
+        if (!victim)
+            return false;
+        http__conn_close(victim);
+    }
+    if (s->nconns >= s->max_conns) {
+        struct http_conn *victim = http__idle_victim(s, NULL);
+        if (!victim)
+            return false;
+        http__conn_close(victim);
+    }
+    return true;
+}
+
+/* The connection caps for a descriptor limit: never more than half of it. */
+static void http__caps(struct http_server *s, const struct http_server_config *cfg)
+{
+    struct rlimit rl;
+    uint64_t nofile = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        nofile = rl.rlim_cur == RLIM_INFINITY ? (1u << 20) : (uint64_t)rl.rlim_cur;
+    uint64_t max = cfg->max_connections ? cfg->max_connections : HTTP_MAX_CONNECTIONS;
+    if (max > nofile / 2)
+        max = nofile / 2;
+    if (max < 16)
+        max = 16;
+    uint64_t per = cfg->max_connections_per_client ? cfg->max_connections_per_client : max / 4;
+    if (per > max)
+        per = max;
+    if (per < 1)
+        per = 1;
+    s->max_conns = (unsigned)max;
+    s->max_per_client = (unsigned)per;
+}
+
+/* ---- life of the server ------------------------------------------------------------------ */
+
+int http_server_new(uv_loop_t *loop, const struct http_server_config *cfg, struct http_server **out)
+{
+    if (cfg->tmp_dir && mkdir_p(cfg->tmp_dir, 0700) < 0)
+        return -EIO;
+    struct http_server *s = xcalloc(1, sizeof *s);
+    s->loop = loop;
+    s->cfg = *cfg;
+    if (s->cfg.request_size < sizeof(struct http_request))
+        s->cfg.request_size = sizeof(struct http_request);
+    s->tmp_dir = xstrdup(cfg->tmp_dir ? cfg->tmp_dir : "/tmp");
+    s->name = xstrdup(cfg->name ? cfg->name : "the HTTP server");
+    s->cfg.tmp_dir = s->tmp_dir;
+    s->cfg.name = s->name;
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < HTTP_MAX_LISTENERS; i++)
+        s->listeners[i].fd = -1;
+    http__caps(s, cfg);
+    *out = s;
+    return 0;
+}
+
+unsigned http_server_connections(const struct http_server *s)
+{
+    return s->nconns;
+}
+
+static int http__parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+    const char *colon = addr ? strrchr(addr, ':') : NULL;
+    if (!colon)
+        return -EINVAL;
+    char host[256];
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= sizeof host)
+        return -EINVAL;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    int port = atoi(colon + 1);
+    if (port <= 0 || port > 65535)
+        return -EINVAL;
+    if (host[0] == '[') {
+        if (hl < 2 || host[hl - 1] != ']')
+            return -EINVAL;
+        host[hl - 1] = '\0';
+        return uv_ip6_addr(host + 1, port, (struct sockaddr_in6 *)ss);
+    }
+    if (!strcmp(host, "localhost"))
+        snprintf(host, sizeof host, "127.0.0.1");
+    return uv_ip4_addr(host[0] ? host : "0.0.0.0", port, (struct sockaddr_in *)ss);
+}
+
+bool http_server_addr_valid(const char *addr)
+{
+    struct sockaddr_storage ss;
+    return http__parse_addr(addr, &ss) == 0;
+}
+
+static void http__timers_start(struct http_server *s)
+{
+    if (s->timers_open)
+        return;
+    s->timers_open = true;
+    uv_timer_init(s->loop, &s->sweep);
+    s->sweep.data = s;
+    s->handles_open++;
+    uv_timer_start(&s->sweep, http__sweep, HTTP_SWEEP_MS, HTTP_SWEEP_MS);
+    uv_unref((uv_handle_t *)&s->sweep);
+    uv_timer_init(s->loop, &s->accept_timer);
+    s->accept_timer.data = s;
+    s->handles_open++;
+    uv_unref((uv_handle_t *)&s->accept_timer);
+}
+
+int http_server_listen(struct http_server *s, const char *addr, int tag)
+{
+    if (s->nlisteners >= HTTP_MAX_LISTENERS || s->closing)
+        return -EINVAL;
+    struct sockaddr_storage ss;
+    int rc = http__parse_addr(addr, &ss);
+    if (rc < 0)
+        return rc;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    socklen_t len =
+        ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)&ss, len) < 0 || listen(fd, 511) < 0) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    struct http_listener *l = &s->listeners[s->nlisteners];
+    l->server = s;
+    l->tag = tag;
+    if ((rc = uv_poll_init(s->loop, &l->poll, fd)) < 0) {
+        close(fd);
+        return rc;
+    }
+    l->fd = fd;
+    l->poll.data = l;
+    l->open = true;
+    s->handles_open++;
+    s->nlisteners++;
+    uv_poll_start(&l->poll, UV_READABLE, http__on_listen_ready);
+    http__timers_start(s);
+    return 0;
+}
+
+static void http__handle_closed(struct http_server *s)
+{
+    if (--s->handles_open == 0 && s->closing && s->close_cb) {
+        void (*cb)(void *) = s->close_cb;
+        s->close_cb = NULL;
+        cb(s->close_arg);
+    }
+}
+
+static void http__timer_closed(uv_handle_t *h)
+{
+    http__handle_closed(h->data);
+}
+
+static void http__listener_closed(uv_handle_t *h)
+{
+    struct http_listener *l = h->data;
+    close(l->fd);
+    l->fd = -1;
+    http__handle_closed(l->server);
+}
+
+void http_server_close(struct http_server *s, void (*cb)(void *arg), void *arg)
+{
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_arg = arg;
+    s->handles_open++; /* held until every close below was started */
+    for (int i = 0; i < s->nlisteners; i++)
+        if (s->listeners[i].open) {
+            s->listeners[i].open = false;
+            uv_close((uv_handle_t *)&s->listeners[i].poll, http__listener_closed);
+        }
+    if (s->timers_open) {
+        s->timers_open = false;
+        uv_close((uv_handle_t *)&s->accept_timer, http__timer_closed);
+        uv_close((uv_handle_t *)&s->sweep, http__timer_closed);
+    }
+    struct http_conn *c = s->conns;
+    while (c) {
+        struct http_conn *next = c->next;
+        http__conn_close(c);
+        c = next;
+    }
+    http__handle_closed(s);
+}
+
+void http_server_free(struct http_server *s)
+{
+    if (!s)
+        return;
+    if (s->reserve_fd >= 0)
+        close(s->reserve_fd);
+    for (size_t i = 0; i < HTTP_CLIENT_BUCKETS; i++)
+        while (s->clients[i]) {
+            struct http_client *next = s->clients[i]->next;
+            free(s->clients[i]);
+            s->clients[i] = next;
+        }
+    free(s->tmp_dir);
+    free(s->name);
+    free(s);
+}
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+static void http__write_done(uv_write_t *w, int status)
+{
+    struct http_write *hw = (struct http_write *)w;
+    struct http_conn *c = hw->conn;
+    c->write_pending -= hw->len;
+    free(hw);
+    /* a peer that is gone ends the connection (and aborts a stream to it) */
+    if (status < 0) {
+        http__conn_close(c);
+    } else if (c->close_after_write && c->write_pending == 0) {
+        http__close_or_linger(c);
+    } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2 && !c->closing) {
+        /* the client took its answers: go on with the requests it pipelined */
+        c->write_blocked = false;
+        llhttp_resume(&c->parser);
+        http__process_pending(c);
+    }
+}
+
+/* Sends at once what the socket takes when nothing is queued before it (most answers: no copy,
+ * no write request, no callback on a later loop turn); the rest is queued. A failed send is
+ * left to the queued write, whose callback ends the connection as for any write error. */
+static int http__write(struct http_conn *c, const void *data, size_t len)
+{
+    if (!c || c->closing)
+        return -EPIPE;
+    if (c->write_pending == 0 && len > 0) {
+        uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+        if (n > 0) {
+            data = (const char *)data + n;
+            len -= (size_t)n;
+        }
+        if (len == 0)
+            return 0;
+    }
+    struct http_write *hw = xmalloc(sizeof *hw + len);
+    hw->conn = c;
+    hw->len = len;
+    memcpy(hw->data, data, len);
+    uv_buf_t b = uv_buf_init(hw->data, (unsigned)len);
+    int rc = uv_write(&hw->req, (uv_stream_t *)&c->tcp, &b, 1, http__write_done);
+    if (rc < 0) {
+        free(hw);
+        return -EPIPE;
+    }
+    c->write_pending += len;
+    return 0;
+}
+
+static void http__head(struct http_request *req, struct buf *out, int status,
+                       const char *content_type, long long content_length)
+{
+    buf_printf(out, "HTTP/1.1 %d %s\r\n", status, http_status_reason(status));
+    if (content_type)
+        buf_printf(out, "Content-Type: %s\r\n", content_type);
+    if (content_length >= 0)
+        buf_printf(out, "Content-Length: %lld\r\n", content_length);
+    else if (content_length == -1)
+        buf_puts(out, "Transfer-Encoding: chunked\r\n");
+    for (size_t i = 0; i < req->nresp_headers; i++)
+        buf_printf(out, "%s: %s\r\n", req->resp_headers[i].name, req->resp_headers[i].value);
+    buf_puts(out, req->keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
+    buf_puts(out, "\r\n");
+}
+
+static void http__request_free(struct http_request *req)
+{
+    struct http_server *s = req->server;
+    if (s->cfg.on_free)
+        s->cfg.on_free(req, s->cfg.ctx);
+    free(req->path);
+    free(req->query);
+    for (size_t i = 0; i < req->nsegs; i++)
+        free(req->segs[i]);
+    free(req->segs);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        free(req->headers[i].name);
+        free(req->headers[i].value);
+    }
+    free(req->headers);
+    for (size_t i = 0; i < req->nresp_headers; i++) {
+        free(req->resp_headers[i].name);
+        free(req->resp_headers[i].value);
+    }
+    free(req->resp_headers);
+    buf_free(&req->body);
+    s->body_memory -= req->body_memory;
+    if (req->body_fd >= 0)
+        close(req->body_fd);
+    if (req->body_path) {
+        unlink(req->body_path);
+        free(req->body_path);
+    }
+    free(req->early_message);
+    free(req);
+}
+
+/* The response is queued: release the request and go on with the connection. */
+static void http__finish(struct http_request *req)
+{
+    struct http_conn *c = req->conn;
+    req->state = HTTP_REQ_DONE;
+    bool keep = req->keep_alive;
+    if (c)
+        c->req = NULL;
+    http__request_free(req);
+    if (!c || c->closing)
+        return;
+    if (!keep) {
+        c->close_after_write = true;
+        if (c->write_pending == 0)
+            http__close_or_linger(c);
+        return;
+    }
+    c->active_ms = time_mono_ms();
+    c->served = true;
+    http__idle_add(c);
+    if (c->write_pending > HTTP_WRITE_PENDING_MAX)
+        c->write_blocked = true; /* http__write_done goes on once the client reads */
+    if (c->in_execute || c->write_blocked)
+        return;
+    llhttp_resume(&c->parser);
+    http__process_pending(c);
+}
+
+void http_respond_header(struct http_request *req, const char *name, const char *value)
+{
+    req->resp_headers =
+        xrealloc(req->resp_headers, (req->nresp_headers + 1) * sizeof *req->resp_headers);
+    req->resp_headers[req->nresp_headers].name = xstrdup(name);
+    req->resp_headers[req->nresp_headers].value = xstrdup(value);
+    req->nresp_headers++;
+}
+
+void http_respond(struct http_request *req, int status, const char *content_type, const void *body,
+                  size_t len)
+{
+    if (req->state == HTTP_REQ_DONE || req->state == HTTP_REQ_STREAMING)
+        return;
+    req->status = status;
+    if (req->conn && !req->conn->closing) {
+        struct buf out = {0};
+        bool head = !strcmp(req->method, "HEAD");
+        bool no_body = status == 204 || status == 304;
+        /* 204 and 304 carry neither a length nor a body (-2) */
+        http__head(req, &out, status, no_body ? NULL : content_type, no_body ? -2 : (long long)len);
+        if (!head && !no_body && len)
+            buf_append(&out, body, len);
+        http__write(req->conn, out.data, out.len);
+        buf_free(&out);
+    }
+    http__finish(req);
+}
+
+void http_respond_verror(struct http_request *req, enum skiff_err err, const char *fmt, va_list ap)
+{
+    struct buf msg = {0};
+    if (fmt)
+        buf_vprintf(&msg, fmt, ap);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", skiff_err_name(err), "message",
+                             msg.data ? msg.data : skiff_strerror(err));
+    buf_free(&msg);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    size_t len = text ? strlen(text) : 0;
+    if (text) {
+        text = xrealloc(text, len + 2);
+        text[len++] = '\n';
+    }
+    http_respond(req, skiff_err_http_status(err), "application/json", text, len);
+    free(text);
+}
+
+void http_respond_error(struct http_request *req, enum skiff_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    http_respond_verror(req, err, fmt, ap);
+    va_end(ap);
+}
+
+void http_stream_begin(struct http_request *req, int status, const char *content_type)
+{
+    if (req->state != HTTP_REQ_HANDLING)
+        return;
+    req->state = HTTP_REQ_STREAMING;
+    req->status = status;
+    http_respond_header(req, "Cache-Control", "no-store");
+    http_respond_header(req, "X-Content-Type-Options", "nosniff");
+    if (req->conn && !req->conn->closing) {
+        struct buf out = {0};
+        http__head(req, &out, status, content_type, -1);
+        http__write(req->conn, out.data, out.len);
+        buf_free(&out);
+    }
+}
+
+int http_stream_write(struct http_request *req, const void *data, size_t len)
+{
+    if (req->state != HTTP_REQ_STREAMING || !req->conn || req->conn->closing || req->aborted)
+        return -EPIPE;
+    if (len == 0)
+        return 0;
+    struct buf out = {0};
+    buf_printf(&out, "%zx\r\n", len);
+    buf_append(&out, data, len);
+    buf_puts(&out, "\r\n");
+    int rc = http__write(req->conn, out.data, out.len);
+    buf_free(&out);
+    return rc;
+}
+
+size_t http_stream_pending(const struct http_request *req)
+{
+    return req->conn ? req->conn->write_pending : 0;
+}
+
+void http_stream_end(struct http_request *req)
+{
+    if (req->state == HTTP_REQ_DONE)
+        return;
+    if (req->state == HTTP_REQ_HANDLING) {
+        http_respond(req, 204, NULL, NULL, 0);
+        return;
+    }
+    if (req->conn && !req->conn->closing)
+        http__write(req->conn, "0\r\n\r\n", 5);
+    http__finish(req);
+}
+
+/* ---- request accessors -------------------------------------------------------------------- */
+
+const char *http_request_header(const struct http_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (!strcasecmp(req->headers[i].name, name))
+            return req->headers[i].value;
+    return NULL;
+}
+
+char *http_request_query(const struct http_request *req, const char *name)
+{
+    if (!req->query)
+        return NULL;
+    const char *p = req->query;
+    while (*p) {
+        const char *amp = strchr(p, '&');
+        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        size_t klen = eq ? (size_t)(eq - p) : len;
+        char *key = http_percent_decode(p, klen, HTTP_DECODE_FORM);
+        bool match = key && !strcmp(key, name);
+        free(key);
+        if (match)
+            return eq ? http_percent_decode(eq + 1, len - klen - 1, HTTP_DECODE_FORM) : xstrdup("");
+        p += len;
+        if (*p == '&')
+            p++;
+    }
+    return NULL;
+}
+
+const char *http_request_peer(const struct http_request *req)
+{
+    return req->conn ? req->conn->peer : "";
+}
+
+void http_request_on_abort(struct http_request *req, void (*fn)(void *ctx), void *ctx)
+{
+    req->abort_fn = fn;
+    req->abort_ctx = ctx;
+}
+
+void http_request_refuse(struct http_request *req, enum skiff_err err, const char *fmt, ...)
+{
+    if (req->early_err)
+        return;
+    req->early_err = err;
+    struct buf msg = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&msg, fmt, ap);
+    va_end(ap);
+    req->early_message = buf_steal(&msg);
+}
+
+/* ---- parsing ------------------------------------------------------------------------------ */
+
+char **http_path_split(const char *path, size_t *n, bool decode)
+{
+    char **segs = NULL;
+    size_t count = 0;
+    const char *p = path;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        const char *end = strchr(p, '/');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char *seg = decode ? http_percent_decode(p, len, 0) : xstrndup(p, len);
+        if (!seg) {
+            for (size_t i = 0; i < count; i++)
+                free(segs[i]);
+            free(segs);
+            return NULL;
+        }
+        segs = xrealloc(segs, (count + 1) * sizeof *segs);
+        segs[count++] = seg;
+        p += len;
+    }
+    *n = count;
+    return segs ? segs : xcalloc(1, sizeof *segs);
+}
+
+static int http__on_message_begin(llhttp_t *p)
+{
+    struct http_conn *c = p->data;
+    struct http_server *s = c->server;
+    struct http_request *req = xcalloc(1, s->cfg.request_size);
+    req->server = s;
+    req->conn = c;
+    req->listener = c->listener;
+    req->body_fd = -1;
+    req->state = HTTP_REQ_PARSING;
+    c->req = req;
+    buf_reset(&c->url);
+    buf_reset(&c->hfield);
+    buf_reset(&c->hvalue);
+    c->in_value = false;
+    c->header_bytes = 0;
+    if (!c->head_start_ms)
+        c->head_start_ms = time_mono_ms();
+    return 0;
+}
+
+static int http__on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    if (c->url.len + len > HTTP_MAX_HEAD_BYTES)
+        return -1;
+    buf_append(&c->url, at, len);
+    return 0;
+}
+
+static void http__push_header(struct http_conn *c)
+{
+    struct http_request *req = c->req;
+    if (!c->hfield.len)
+        return;
+    if (req->nheaders < HTTP_MAX_HEADERS) {
+        req->headers = xrealloc(req->headers, (req->nheaders + 1) * sizeof *req->headers);
+        req->headers[req->nheaders].name = xstrdup(c->hfield.data);
+        req->headers[req->nheaders].value = xstrdup(c->hvalue.data ? c->hvalue.data : "");
+        req->nheaders++;
+    } else {
+        req->headers_dropped = true;
+    }
+    buf_reset(&c->hfield);
+    buf_reset(&c->hvalue);
+}
+
+static int http__on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    c->header_bytes += len;
+    if (c->header_bytes > HTTP_MAX_HEAD_BYTES)
+        return -1;
+    if (c->in_value) {
+        http__push_header(c);
+        c->in_value = false;
+    }
+    buf_append(&c->hfield, at, len);
+    return 0;
+}
+
+static int http__on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    c->header_bytes += len;
+    if (c->header_bytes > HTTP_MAX_HEAD_BYTES)
+        return -1;
+    c->in_value = true;
+    buf_append(&c->hvalue, at, len);
+    if (!c->hvalue.data)
+        buf_puts(&c->hvalue, "");
+    return 0;
+}
+
+/* After the owner's on_head: the body's limits and where it goes. */
+static void http__body_plan(struct http_server *s, struct http_request *req, llhttp_t *p)
+{
+    bool length_known = p->flags & F_CONTENT_LENGTH;
+    if (length_known && p->content_length > req->body_limit)
+        http_request_refuse(
+            req, SKIFF_E_TOO_LARGE, "the body is %llu bytes, more than the limit of %llu bytes%s",
+            (unsigned long long)p->content_length, (unsigned long long)req->body_limit,
+            req->too_large_hint ? req->too_large_hint : "");
+    else if (!req->body_to_file && length_known &&
+             s->body_memory + p->content_length > HTTP_BODY_MEMORY_BUDGET)
+        http_request_refuse(req, SKIFF_E_BUSY,
+                            "%s is receiving too many request bodies at once: retry in a moment",
+                            s->name);
+    else if (req->body_to_file) {
+        req->body_path = xasprintf("%s/upload-%d-%u", s->tmp_dir, (int)getpid(), ++s->tmp_seq);
+        req->body_fd = open(req->body_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (req->body_fd < 0)
+            http_request_refuse(req, SKIFF_E_INTERNAL, "cannot store the upload: %s",
+                                strerror(errno));
+    }
+}
+
+static int http__on_headers_complete(llhttp_t *p)
+{
+    struct http_conn *c = p->data;
+    struct http_request *req = c->req;
+    struct http_server *s = c->server;
+    if (c->in_value)
+        http__push_header(c);
+    c->in_value = false;
+    /* busy with a request from here: no longer the first to close when room is needed */
+    http__idle_remove(c);
+    c->head_start_ms = 0;
+    snprintf(req->method, sizeof req->method, "%s", llhttp_method_name(p->method));
+    req->keep_alive = llhttp_should_keep_alive(p) != 0;
+
+    const char *url = c->url.data ? c->url.data : "/";
+    const char *q = strchr(url, '?');
+    size_t plen = q ? (size_t)(q - url) : strlen(url);
+    req->query = q ? xstrdup(q + 1) : NULL;
+    char *raw_path = xstrndup(url, plen);
+    req->path = http_percent_decode(raw_path, plen, 0);
+    req->segs = req->path ? http_path_split(raw_path, &req->nsegs, true) : NULL;
+    free(raw_path);
+    if (!req->path || !req->segs) {
+        if (!req->path)
+            req->path = xstrdup("/");
+        if (!req->segs)
+            req->segs = xcalloc(1, sizeof *req->segs);
+        http_request_refuse(
+            req, SKIFF_E_BAD_VALUE,
+            "the request path holds an escaped NUL byte (%%00): names never contain one");
+    }
+    /* answered rather than read without the headers past the limit, which may be the ones
+     * that matter (ce-* attributes, Authorization) */
+    if (req->headers_dropped)
+        http_request_refuse(req, SKIFF_E_HEAD_TOO_LARGE,
+                            "the request has more than %d headers: send fewer", HTTP_MAX_HEADERS);
+    const char *expect = http_request_header(req, "expect");
+    req->expect_continue = expect && !strcasecmp(expect, "100-continue");
+
+    if (!req->early_err && s->cfg.on_head)
+        s->cfg.on_head(req, s->cfg.ctx);
+    if (!req->early_err)
+        http__body_plan(s, req, p);
+    if (req->early_err) {
+        /* decided from the head: answered now, whatever body was announced is not read */
+        http__answer_now(c, req,
+                         (p->flags & F_CHUNKED) ||
+                             ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
+        return HPE_PAUSED;
+    }
+    if (req->expect_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        http__write(c, cont, sizeof cont - 1);
+    }
+    return 0;
+}
+
+static int http__on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    struct http_request *req = c->req;
+    struct http_server *s = c->server;
+    req->body_size += len;
+    if (req->early_err)
+        return 0;
+    if (req->body_size > req->body_limit) {
+        http_request_refuse(req, SKIFF_E_TOO_LARGE,
+                            "the body is larger than the limit of %llu bytes",
+                            (unsigned long long)req->body_limit);
+        http__answer_now(c, req, true);
+        return HPE_PAUSED;
+    }
+    if (req->body_fd >= 0) {
+        while (len > 0) {
+            ssize_t w = write(req->body_fd, at, len);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                http_request_refuse(req, SKIFF_E_INTERNAL, "cannot store the upload: %s",
+                                    strerror(errno));
+                http__answer_now(c, req, true);
+                return HPE_PAUSED;
+            }
+            at += w;
+            len -= (size_t)w;
+        }
+    } else {
+        if (s->body_memory + len > HTTP_BODY_MEMORY_BUDGET) {
+            http_request_refuse(
+                req, SKIFF_E_BUSY,
+                "%s is receiving too many request bodies at once: retry in a moment", s->name);
+            http__answer_now(c, req, true);
+            return HPE_PAUSED;
+        }
+        buf_append(&req->body, at, len);
+        req->body_memory += len;
+        s->body_memory += len;
+    }
+    return 0;
+}
+
+static void http__dispatch(struct http_request *req)
+{
+    if (req->early_err) {
+        http_respond_error(req, req->early_err, "%s", req->early_message);
+        return;
+    }
+    if (req->body_fd >= 0) {
+        close(req->body_fd);
+        req->body_fd = -1;
+    }
+    struct http_server *s = req->server;
+    if (s->cfg.on_request)
+        s->cfg.on_request(req, s->cfg.ctx);
+    else
+        http_respond_error(req, SKIFF_E_NOT_FOUND, NULL);
+}
+
+/* Answers an error found before the body was read, at once, and ends the connection after
+ * the answer: lingering (reading and dropping for a while) when a body may still come. */
+static void http__answer_now(struct http_conn *c, struct http_request *req, bool body_follows)
+{
+    req->keep_alive = false;
+    c->linger_wanted = body_follows;
+    req->state = HTTP_REQ_HANDLING;
+    http__dispatch(req);
+}
+
+static int http__on_message_complete(llhttp_t *p)
+{
+    struct http_conn *c = p->data;
+    struct http_request *req = c->req;
+    req->state = HTTP_REQ_HANDLING;
+    http__dispatch(req);
+    /* pause: nothing more is parsed until this request is finished (it may already be) */
+    return HPE_PAUSED;
+}
+
+static void http__settings_fill(llhttp_settings_t *st)
+{
+    st->on_message_begin = http__on_message_begin;
+    st->on_url = http__on_url;
+    st->on_header_field = http__on_header_field;
+    st->on_header_value = http__on_header_value;
+    st->on_headers_complete = http__on_headers_complete;
+    st->on_body = http__on_body;
+    st->on_message_complete = http__on_message_complete;
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+static void http__conn_closed(uv_handle_t *h)
+{
+    struct http_conn *c = h->data;
+    struct http_server *s = c->server;
+    buf_free(&c->url);
+    buf_free(&c->hfield);
+    buf_free(&c->hvalue);
+    buf_free(&c->pending);
+    free(c);
+    http__handle_closed(s);
+}
+
+static void http__conn_close(struct http_conn *c)
+{
+    if (c->closing)
+        return;
+    struct http_server *s = c->server;
+    c->closing = true;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    http__idle_remove(c);
+    s->nconns--;
+    http__client_put(s, c->client);
+    c->client = NULL;
+    struct http_request *req = c->req;
+    c->req = NULL;
+    if (req) {
+        req->conn = NULL;
+        if (req->state == HTTP_REQ_PARSING) {
+            http__request_free(req);
+        } else if (req->state != HTTP_REQ_DONE) {
+            req->aborted = true;
+            if (req->abort_fn) {
+                void (*fn)(void *) = req->abort_fn;
+                req->abort_fn = NULL;
+                fn(req->abort_ctx);
+            }
+        }
+    }
+    uv_close((uv_handle_t *)&c->tcp, http__conn_closed);
+}
+
+static void http__bad_request(struct http_conn *c, const char *why)
+{
+    enum skiff_err err = SKIFF_E_BAD_REQUEST;
+    char body[512];
+    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s: %s\"}}\n",
+                     skiff_err_name(err), skiff_strerror(err), why);
+    char head[256];
+    int status = skiff_err_http_status(err);
+    int h = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                     status, http_status_reason(status), n);
+    http__write(c, head, (size_t)h);
+    http__write(c, body, (size_t)n);
+    c->close_after_write = true;
+    c->linger_wanted = true; /* the rest of what it sends is not read */
+    if (c->req && c->req->state == HTTP_REQ_PARSING) {
+        http__request_free(c->req);
+        c->req = NULL;
+    }
+    if (c->write_pending == 0)
+        http__close_or_linger(c);
+}
+
+static void http__on_shutdown(uv_shutdown_t *sr, int status)
+{
+    struct http_conn *c = sr->data;
+    if (status < 0 && !c->closing)
+        http__conn_close(c);
+}
+
+/* Closes c once its answer is out; when it was answered before its body was read, first
+ * sends FIN and reads and drops what still comes for a while, so that the close does not
+ * reset the connection before the client has read the answer. */
+static void http__close_or_linger(struct http_conn *c)
+{
+    if (c->closing || c->lingering)
+        return;
+    if (!c->linger_wanted) {
+        http__conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    c->linger_until_ms = time_mono_ms() + HTTP_LINGER_MS;
+    http__idle_add_front(c);
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, http__on_shutdown) < 0) {
+        http__conn_close(c);
+        return;
+    }
+    if (!c->reading) {
+        c->reading = true;
+        http__start_reading(c);
+    }
+}
+
+/* Feeds bytes to the parser; whatever arrives after a complete request waits in pending. */
+static void http__feed(struct http_conn *c, const char *data, size_t len)
+{
+    enum llhttp_errno e;
+    for (;;) {
+        c->in_execute = true;
+        e = llhttp_execute(&c->parser, data, len);
+        c->in_execute = false;
+        if (e == HPE_OK)
+            return;
+        if (e != HPE_PAUSED)
+            break;
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t rest = pos && pos >= data && pos < data + len ? (size_t)(data + len - pos) : 0;
+        if (!c->req && !c->closing && !c->close_after_write && !c->write_blocked) {
+            /* the request was answered at once: go on with the pipelined rest */
+            llhttp_resume(&c->parser);
+            if (!rest)
+                return;
+            data = pos;
+            len = rest;
+            continue;
+        }
+        /* pending may be what we are parsing: copy out first */
+        struct buf keep = {0};
+        if (rest)
+            buf_append(&keep, pos, rest);
+        buf_free(&c->pending);
+        c->pending = keep;
+        return;
+    }
+    const char *reason = llhttp_get_error_reason(&c->parser);
+    char why[200];
+    snprintf(why, sizeof why, "%s", reason ? reason : llhttp_errno_name(e));
+    for (char *q = why; *q; q++)
+        if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
+            *q = ' ';
+    http__bad_request(c, why);
+}
+
+static void http__process_pending(struct http_conn *c)
+{
+    if (!c->reading && !c->closing) {
+        c->reading = true;
+        http__start_reading(c);
+    }
+    if (c->pending.len == 0)
+        return;
+    struct buf data = c->pending;
+    memset(&c->pending, 0, sizeof c->pending);
+    http__feed(c, data.data, data.len);
+    buf_free(&data);
+}
+
+static void http__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)suggested;
+    struct http_conn *c = h->data;
+    *b = uv_buf_init(c->server->read_buf, sizeof c->server->read_buf);
+}
+
+static void http__on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    struct http_conn *c = st->data;
+    c->active_ms = time_mono_ms();
+    if (n < 0) {
+        http__conn_close(c);
+        return;
+    }
+    if (c->lingering) {
+        c->linger_bytes += (uint64_t)n;
+        if (c->linger_bytes > HTTP_LINGER_BYTES)
+            http__conn_close(c);
+        return;
+    }
+    if (n == 0 || c->closing || c->close_after_write)
+        return;
+    if (c->write_blocked || (c->req && c->req->state != HTTP_REQ_PARSING)) {
+        /* a request is being handled: keep what comes (pipelined requests) for later */
+        buf_append(&c->pending, b->base, (size_t)n);
+        if (c->pending.len > HTTP_PENDING_MAX) {
+            uv_read_stop(st);
+            c->reading = false;
+        }
+        return;
+    }
+    http__feed(c, b->base, (size_t)n);
+}
+
+static void http__start_reading(struct http_conn *c)
+{
+    uv_read_start((uv_stream_t *)&c->tcp, http__alloc, http__on_read);
+}
+
+/* Takes over an accepted socket, once there is room for it under the caps. */
+static void http__conn_start(struct http_server *s, struct http_listener *l, int fd,
+                             const struct sockaddr_storage *ss)
+{
+    unsigned char key[16];
+    http__client_key(ss, key);
+    struct http_client *cl = http__client_get(s, key);
+    if (!http__admit(s, cl)) {
+        /* every connection over the cap is busy with a request: this one waits no longer */
+        http__client_put(s, cl);
+        close(fd);
+        return;
+    }
+    struct http_conn *c = xcalloc(1, sizeof *c);
+    c->server = s;
+    c->listener = l->tag;
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    s->handles_open++;
+    if (uv_tcp_open(&c->tcp, fd) < 0) {
+        close(fd);
+        http__client_put(s, cl);
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->tcp, http__conn_closed);
+        return;
+    }
+    c->client = cl;
+    s->nconns++;
+    uv_tcp_nodelay(&c->tcp, 1);
+    char ip[48] = "";
+    if (ss->ss_family == AF_INET) {
+        uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "%s:%d", ip,
+                 ntohs(((const struct sockaddr_in *)ss)->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "[%s]:%d", ip,
+                 ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
+    }
+    http_parser_init(&c->parser, HTTP_ROLE_SERVER, http__settings_fill, c);
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    c->reading = true;
+    c->active_ms = time_mono_ms();
+    http__idle_add(c);
+    http__start_reading(c);
+}
+
+/* Stops accepting for HTTP_ACCEPT_PAUSE_MS after a resource error (the connections wait in
+ * the backlog meanwhile); accepting always resumes by itself. */
+static void http__pause_accepting(struct http_server *s, int err)
+{
+    int64_t now = time_mono_ms();
+    if (now - s->last_pressure_log_ms > 10000) {
+        s->last_pressure_log_ms = now;
+        log_error("%s cannot accept connections now (%s): trying again every %d ms; "
+                  "%u connections open",
+                  s->name, strerror(err), HTTP_ACCEPT_PAUSE_MS, s->nconns);
+    }
+    if (s->accept_paused || !s->timers_open)
+        return;
+    s->accept_paused = true;
+    for (int i = 0; i < s->nlisteners; i++)
+        if (s->listeners[i].open)
+            uv_poll_stop(&s->listeners[i].poll);
+    uv_timer_start(&s->accept_timer, http__resume_accepting, HTTP_ACCEPT_PAUSE_MS, 0);
+}
+
+static void http__resume_accepting(uv_timer_t *t)
+{
+    struct http_server *s = t->data;
+    s->accept_paused = false;
+    if (s->closing)
+        return;
+    if (s->reserve_fd < 0)
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < s->nlisteners; i++)
+        if (s->listeners[i].open)
+            uv_poll_start(&s->listeners[i].poll, UV_READABLE, http__on_listen_ready);
+}
+
+static void http__on_listen_ready(uv_poll_t *h, int status, int events)
+{
+    struct http_listener *l = h->data;
+    struct http_server *s = l->server;
+    (void)events;
+    if (s->closing)
+        return;
+    if (status < 0) {
+        http__pause_accepting(s, -status);
+        return;
+    }
+    for (int n = 0; n < HTTP_ACCEPT_BATCH; n++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            http__conn_start(s, l, fd, &ss);
+            continue;
+        }
+        int err = errno;
+        if (err == EINTR || err == ECONNABORTED || err == EPROTO)
+            continue;
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return;
+        if ((err == EMFILE || err == ENFILE) && s->reserve_fd >= 0) {
+            /* out of descriptors: the reserve makes room to take the waiting connection and
+             * close it, so its client hears at once rather than hanging in the backlog */
+            close(s->reserve_fd);
+            s->reserve_fd = -1;
+            int shed = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+            if (shed >= 0)
+                close(shed);
+            s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        http__pause_accepting(s, err);
+        return;
+    }
+}
+
+static void http__sweep(uv_timer_t *t)
+{
+    struct http_server *s = t->data;
+    int64_t now = time_mono_ms();
+    struct http_conn *c = s->conns;
+    while (c) {
+        struct http_conn *next = c->next;
+        struct http_request *req = c->req;
+        if (c->lingering) {
+            if (now >= c->linger_until_ms)
+                http__conn_close(c);
+        } else if (req && req->state != HTTP_REQ_PARSING) {
+            /* a request being handled or streamed is the handler's business, not a stall */
+        } else if (req && req->path) {
+            if (now - c->active_ms > HTTP_REQUEST_MS) /* a body that stalls */
+                http__conn_close(c);
+        } else if (c->head_start_ms) {
+            if (now - c->head_start_ms > HTTP_HEAD_MS) /* a head that never ends */
+                http__conn_close(c);
+        } else if (now - c->idle_since_ms > (c->served ? HTTP_IDLE_MS : HTTP_HEAD_MS)) {
+            http__conn_close(c); /* silent since it connected, or idle since its last answer */
+        }
+        c = next;
+    }
+}

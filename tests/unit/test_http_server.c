@@ -1,0 +1,324 @@
+/* Unit tests for the HTTP server on its own, with a small owner: the owner's request type
+ * extends the server's, listener tags reach the owner, a refusal from on_head is answered
+ * before the body is read, bodies go to memory or to a file under tmp_dir (removed with the
+ * request), on_free runs once per request, a client that leaves aborts the request it was
+ * waiting for, and a path with an escaped NUL never reaches the owner. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "http/server.h"
+
+struct owner_request {
+    struct http_request http;
+    char *note; /* the owner's own field, freed in on_free */
+};
+
+struct fixture {
+    uv_loop_t loop;
+    char tmp[64];
+    int port[2];
+    struct http_server *server;
+    int heads, requests, frees, aborts;
+    char last_body_path[256];
+    struct owner_request *held; /* a request answered only when the test says */
+};
+
+static void on_head(struct http_request *req, void *ctx)
+{
+    struct fixture *fx = ctx;
+    struct owner_request *r = (struct owner_request *)req;
+    fx->heads++;
+    r->note = xasprintf("listener %d", req->listener);
+    if (!strcmp(req->path, "/refuse")) {
+        http_request_refuse(req, SKIFF_E_FORBIDDEN, "not for you");
+        return;
+    }
+    req->body_limit = 64;
+    req->body_to_file = !strcmp(req->path, "/file");
+}
+
+static void on_abort(void *ctx)
+{
+    struct fixture *fx = ctx;
+    fx->aborts++;
+    http_respond(&fx->held->http, 200, "text/plain", "late", 4);
+    fx->held = NULL;
+}
+
+static void on_request(struct http_request *req, void *ctx)
+{
+    struct fixture *fx = ctx;
+    struct owner_request *r = (struct owner_request *)req;
+    fx->requests++;
+    if (!strcmp(req->path, "/hold")) {
+        fx->held = r;
+        http_request_on_abort(req, on_abort, fx);
+        return;
+    }
+    if (req->body_path) {
+        snprintf(fx->last_body_path, sizeof fx->last_body_path, "%s", req->body_path);
+        struct stat st;
+        assert_int_equal(stat(req->body_path, &st), 0);
+        assert_int_equal((uint64_t)st.st_size, req->body_size);
+    }
+    char out[256];
+    int n = snprintf(out, sizeof out, "%s %s %s body=%.*s", r->note, req->method, req->path,
+                     (int)req->body.len, req->body.data ? req->body.data : "");
+    http_respond(req, 200, "text/plain", out, (size_t)n);
+}
+
+static void on_free(struct http_request *req, void *ctx)
+{
+    struct fixture *fx = ctx;
+    fx->frees++;
+    free(((struct owner_request *)req)->note);
+}
+
+static int free_port(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    getsockname(s, (struct sockaddr *)&a, &len);
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static void on_closed(void *arg)
+{
+    *(bool *)arg = true;
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = xcalloc(1, sizeof *fx);
+    uv_loop_init(&fx->loop);
+    snprintf(fx->tmp, sizeof fx->tmp, "/tmp/skiff-http-XXXXXX");
+    if (!mkdtemp(fx->tmp))
+        return -1;
+    struct http_server_config cfg = {.tmp_dir = fx->tmp,
+                                     .request_size = sizeof(struct owner_request),
+                                     .name = "the test server",
+                                     .on_head = on_head,
+                                     .on_request = on_request,
+                                     .on_free = on_free,
+                                     .ctx = fx};
+    if (http_server_new(&fx->loop, &cfg, &fx->server) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        char addr[64];
+        fx->port[i] = free_port();
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", fx->port[i]);
+        if (http_server_listen(fx->server, addr, 10 + i) < 0)
+            return -1;
+    }
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    bool closed = false;
+    http_server_close(fx->server, on_closed, &closed);
+    while (!closed)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    http_server_free(fx->server);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    rm_rf(fx->tmp);
+    free(fx);
+    return 0;
+}
+
+static int connect_to(int port)
+{
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
+    assert_true(rc == 0 || errno == EINPROGRESS);
+    return s;
+}
+
+/* Sends text (when given), then runs the loop until the socket has something to read, at most
+ * 3 s; what it read, or "" on EOF. */
+static void exchange(struct fixture *fx, int s, const char *text, char *out, size_t size)
+{
+    if (text) {
+        int64_t deadline = time_mono_ms() + 3000;
+        while (send(s, text, strlen(text), MSG_NOSIGNAL) < 0 && time_mono_ms() < deadline) {
+            uv_run(&fx->loop, UV_RUN_NOWAIT);
+            usleep(1000);
+        }
+    }
+    out[0] = '\0';
+    int64_t deadline = time_mono_ms() + 3000;
+    while (time_mono_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 5) == 1) {
+            ssize_t n = recv(s, out, size - 1, 0);
+            out[n > 0 ? n : 0] = '\0';
+            return;
+        }
+    }
+    fail_msg("no answer within 3 s");
+}
+
+/* Runs the loop until cond holds, at most 3 s. */
+#define RUN_UNTIL(fx, cond)                                                                        \
+    do {                                                                                           \
+        int64_t until_ = time_mono_ms() + 3000;                                                    \
+        while (!(cond) && time_mono_ms() < until_)                                                 \
+            uv_run(&(fx)->loop, UV_RUN_NOWAIT);                                                    \
+        assert_true(cond);                                                                         \
+    } while (0)
+
+static void test_owner_sees_its_fields_and_listener_tags(void **state)
+{
+    struct fixture *fx = *state;
+    char out[1024];
+    for (int i = 0; i < 2; i++) {
+        int s = connect_to(fx->port[i]);
+        exchange(fx, s, "POST /a%2Fb HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", out,
+                 sizeof out);
+        char want[64];
+        snprintf(want, sizeof want, "listener %d POST /a/b body=hi", 10 + i);
+        assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
+        assert_non_null(strstr(out, want));
+        close(s);
+    }
+    RUN_UNTIL(fx, fx->frees == 2);
+    assert_int_equal(fx->requests, 2);
+}
+
+static void test_refusal_comes_before_the_body(void **state)
+{
+    struct fixture *fx = *state;
+    char out[1024];
+    int s = connect_to(fx->port[0]);
+    /* a body of 1 GB is announced and never sent: the answer must not wait for it */
+    exchange(fx, s, "POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", out,
+             sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 403 Forbidden\r\n"));
+    assert_non_null(strstr(out, "not for you"));
+    assert_non_null(strstr(out, "Connection: close"));
+    assert_int_equal(fx->requests, 0);
+    close(s);
+    RUN_UNTIL(fx, fx->frees == 1);
+}
+
+static void test_body_over_the_owners_limit_is_413(void **state)
+{
+    struct fixture *fx = *state;
+    char out[1024];
+    int s = connect_to(fx->port[0]);
+    exchange(fx, s, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\n\r\n", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 413 "));
+    assert_non_null(strstr(out, "limit of 64 bytes"));
+    close(s);
+    /* chunked: no length to refuse from the head, refused once the body passes the limit */
+    s = connect_to(fx->port[0]);
+    char chunk[256];
+    snprintf(chunk, sizeof chunk,
+             "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n%065d\r\n", 0);
+    exchange(fx, s, chunk, out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 413 "));
+    close(s);
+    assert_int_equal(fx->requests, 0);
+}
+
+static void test_body_to_a_file_is_removed_with_the_request(void **state)
+{
+    struct fixture *fx = *state;
+    char out[1024];
+    int s = connect_to(fx->port[0]);
+    exchange(fx, s, "PUT /file HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", out,
+             sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
+    assert_true(str_has_prefix(fx->last_body_path, fx->tmp));
+    RUN_UNTIL(fx, fx->frees == 1);
+    assert_int_equal(access(fx->last_body_path, F_OK), -1);
+    close(s);
+}
+
+static void test_client_that_leaves_aborts_its_request(void **state)
+{
+    struct fixture *fx = *state;
+    int s = connect_to(fx->port[1]);
+    const char *text = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+    int64_t deadline = time_mono_ms() + 3000;
+    while (send(s, text, strlen(text), MSG_NOSIGNAL) < 0 && time_mono_ms() < deadline)
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+    RUN_UNTIL(fx, fx->held != NULL);
+    close(s);
+    RUN_UNTIL(fx, fx->aborts == 1);
+    RUN_UNTIL(fx, fx->frees == 1);
+}
+
+static void test_escaped_nul_never_reaches_the_owner(void **state)
+{
+    struct fixture *fx = *state;
+    char out[1024];
+    int s = connect_to(fx->port[0]);
+    exchange(fx, s, "GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 400 "));
+    assert_int_equal(fx->heads, 0);
+    close(s);
+    RUN_UNTIL(fx, fx->frees == 1);
+}
+
+static void test_pipelined_requests_answered_in_order(void **state)
+{
+    struct fixture *fx = *state;
+    char out[4096];
+    int s = connect_to(fx->port[0]);
+    exchange(fx, s, "GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", out,
+             sizeof out);
+    RUN_UNTIL(fx, fx->requests == 2);
+    size_t have = strlen(out);
+    if (!strstr(out, "/two")) {
+        char more[2048];
+        exchange(fx, s, NULL, more, sizeof more);
+        snprintf(out + have, sizeof out - have, "%s", more);
+    }
+    char *one = strstr(out, "GET /one"), *two = strstr(out, "GET /two");
+    assert_non_null(one);
+    assert_non_null(two);
+    assert_true(one < two);
+    close(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_owner_sees_its_fields_and_listener_tags, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refusal_comes_before_the_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_body_over_the_owners_limit_is_413, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_body_to_a_file_is_removed_with_the_request, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_client_that_leaves_aborts_its_request, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_escaped_nul_never_reaches_the_owner, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_requests_answered_in_order, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
