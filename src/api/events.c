@@ -254,61 +254,48 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
         return;
     size_t len = 0;
     const char *body = api_request_body(req, &len);
-    json_error_t jerr;
-    json_t *arr = json_loadb(body, len, 0, &jerr);
-    if (!arr) {
-        api_respond_error(req, SKIFF_E_BAD_JSON, "the body is not valid JSON (line %d: %s)",
-                          jerr.line, jerr.text);
+    struct cloudevent *evs = NULL;
+    size_t n = 0;
+    char err[256];
+    int rc =
+        cloudevent_batch_from_json_text(body, len, BATCH_MAX_EVENTS, &evs, &n, err, sizeof(err));
+    if (rc < 0) {
+        api_respond_error(req,
+                          rc == -EBADMSG  ? SKIFF_E_BAD_JSON
+                          : rc == -ERANGE ? SKIFF_E_BAD_VALUE
+                                          : SKIFF_E_BAD_EVENT,
+                          "%s", err);
         return;
     }
-    if (!json_is_array(arr) || json_array_size(arr) == 0 ||
-        json_array_size(arr) > BATCH_MAX_EVENTS) {
-        api_respond_error(req, SKIFF_E_BAD_VALUE,
-                          "a batch is a JSON array of 1 to %d structured CloudEvents",
-                          BATCH_MAX_EVENTS);
-        json_decref(arr);
-        return;
-    }
-    size_t n = json_array_size(arr);
     struct publish *p = xcalloc(1, sizeof(*p));
     p->req = req;
     p->ids = xcalloc(n, sizeof(*p->ids));
     size_t *ends = xcalloc(n, sizeof(*ends));
     struct fabric_blob *blobs = xcalloc(n, sizeof(*blobs));
     struct buf recs = {0};
-    int rc = 0;
     char source[128];
     caller_source(req, source, sizeof(source));
+    bool by_app = api_request_caller_app(req) != NULL;
     for (size_t i = 0; i < n; i++) {
-        struct cloudevent ev;
-        char err[256];
-        if (cloudevent_from_json(json_array_get(arr, i), &ev, err, sizeof(err)) < 0) {
-            api_respond_error(req, SKIFF_E_BAD_EVENT, "event %zu of the batch: %s", i, err);
-            rc = -EINVAL;
-            break;
-        }
-        if (api_request_caller_app(req))
-            ev.source = source;
-        p->ids[p->count++] = xstrdup(ev.id);
-        cloudevent_encode_record(&ev, &recs);
+        if (by_app)
+            evs[i].source = source;
+        p->ids[p->count++] = xstrdup(evs[i].id);
+        cloudevent_encode_record(&evs[i], &recs);
         ends[i] = recs.len;
-        cloudevent_free(&ev);
     }
-    if (rc == 0) {
-        for (size_t i = 0; i < n; i++) {
-            size_t start = i ? ends[i - 1] : 0;
-            blobs[i] = (struct fabric_blob){recs.data + start, ends[i] - start};
-        }
-        rc = fabric_append(events->fabric, topic, blobs, n, on_published, p, NULL);
-        if (rc < 0)
-            respond_fabric_error(req, rc);
+    cloudevent_batch_free(evs, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t start = i ? ends[i - 1] : 0;
+        blobs[i] = (struct fabric_blob){recs.data + start, ends[i] - start};
     }
-    if (rc < 0)
+    rc = fabric_append(events->fabric, topic, blobs, n, on_published, p, NULL);
+    if (rc < 0) {
+        respond_fabric_error(req, rc);
         publish_free(p);
+    }
     buf_free(&recs);
     free(blobs);
     free(ends);
-    json_decref(arr);
 }
 
 /* ---- listing topics ----------------------------------------------------------------------- */

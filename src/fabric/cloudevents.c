@@ -9,6 +9,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -411,16 +412,8 @@ int cloudevent_from_http(const struct cloudevent_header *headers, size_t header_
     const char *ct = header_get(headers, header_count, "content-type");
     int rc;
     if (content_type_is(ct, "application/cloudevents+json")) {
-        json_error_t jerr;
-        json_t *obj = json_loadb(body, body_len, 0, &jerr);
-        if (!obj) {
-            rc = fail(errmsg, errlen, "the body is not valid JSON (line %d: %s)", jerr.line,
-                      jerr.text);
-            goto fail;
-        }
-        rc = cloudevent_from_json(obj, out, errmsg, errlen);
-        json_decref(obj);
-        return rc;
+        rc = cloudevent_from_json_text(body, body_len, out, errmsg, errlen);
+        return rc == -EBADMSG ? -EINVAL : rc;
     }
     if (content_type_is(ct, "application/cloudevents-batch+json")) {
         rc = fail(errmsg, errlen,
@@ -490,111 +483,625 @@ static bool content_type_json(const char *ct)
     return n > 5 && !strncasecmp(ct + n - 5, "+json", 5);
 }
 
-int cloudevent_from_json(json_t *obj, struct cloudevent *out, char *errmsg, size_t errlen)
+/* Structured events are read from their JSON text in one pass, straight into the event: for a
+ * batch of 100 events a jansson tree per event (a hash per object, a dump of `data`) cost more
+ * than the whole rest of a publish. The reader accepts what RFC 8259 and jansson accept (valid
+ * UTF-8, no \u0000, no lone surrogate, integers that fit in 64 bits, finite reals, depth at
+ * most CE_JSON_MAX_DEPTH) and keeps jansson's meaning: the last of a repeated member wins and
+ * `data` that is not a string is kept as compact JSON text (numbers as they were written). */
+
+#define CE_JSON_MAX_DEPTH 2048
+
+struct ce_scan {
+    const char *start, *p, *end;
+    const char *error; /* what is wrong at p; NULL while all is well */
+};
+
+static bool scan_fail(struct ce_scan *s, const char *why)
 {
-    memset(out, 0, sizeof(*out));
-    int rc;
-    if (!json_is_object(obj)) {
-        rc = fail(errmsg, errlen, "a structured CloudEvent must be a JSON object");
-        goto fail;
+    if (!s->error)
+        s->error = why;
+    return false;
+}
+
+static void scan_ws(struct ce_scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+static int hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
     }
-    const char *key;
-    json_t *value;
-    json_t *data = NULL, *data_b64 = NULL;
-    json_object_foreach(obj, key, value)
-    {
-        if (!strcmp(key, "data")) {
-            data = value;
+    return v;
+}
+
+static void put_utf8(struct buf *out, uint32_t cp)
+{
+    char b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (char)(0xC0 | cp >> 6);
+        b[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (char)(0xE0 | cp >> 12);
+        b[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        b[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (char)(0xF0 | cp >> 18);
+        b[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        b[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+        b[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    buf_append(out, b, n);
+}
+
+/* A string at s->p (at its opening quote). decoded (when not NULL) gets its value, NUL-
+ * terminated; raw (when not NULL) gets the token as written, quotes included. */
+static bool scan_string(struct ce_scan *s, struct buf *decoded, struct buf *raw)
+{
+    const char *begin = s->p++;
+    if (decoded)
+        buf_reset(decoded);
+    for (;;) {
+        const char *run = s->p;
+        while (s->p < s->end && *s->p != '"' && *s->p != '\\' && (unsigned char)*s->p >= 0x20)
+            s->p++;
+        if (!utf8_valid((const unsigned char *)run, (size_t)(s->p - run)))
+            return scan_fail(s, "invalid UTF-8 in a string");
+        if (decoded)
+            buf_append(decoded, run, (size_t)(s->p - run));
+        if (s->p >= s->end)
+            return scan_fail(s, "unterminated string");
+        char c = *s->p;
+        if (c == '"') {
+            s->p++;
+            break;
+        }
+        if (c != '\\')
+            return scan_fail(s, "control character in a string");
+        if (s->end - s->p < 2)
+            return scan_fail(s, "unterminated string");
+        char e = s->p[1];
+        s->p += 2;
+        static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+        const char *k = e ? strchr(from, e) : NULL;
+        if (k) {
+            if (decoded)
+                buf_putc(decoded, to[k - from]);
             continue;
         }
-        if (!strcmp(key, "data_base64")) {
-            data_b64 = value;
+        if (e != 'u' || s->end - s->p < 4)
+            return scan_fail(s, "invalid escape in a string");
+        int cp = hex4(s->p);
+        s->p += 4;
+        if (cp < 0)
+            return scan_fail(s, "invalid \\u escape");
+        if (cp == 0)
+            return scan_fail(s, "\\u0000 is not allowed");
+        uint32_t code = (uint32_t)cp;
+        if (cp >= 0xDC00 && cp <= 0xDFFF)
+            return scan_fail(s, "lone low surrogate in a \\u escape");
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            int lo = s->end - s->p >= 6 && s->p[0] == '\\' && s->p[1] == 'u' ? hex4(s->p + 2) : -1;
+            if (lo < 0xDC00 || lo > 0xDFFF)
+                return scan_fail(s, "lone high surrogate in a \\u escape");
+            s->p += 6;
+            code = 0x10000 + (((uint32_t)cp - 0xD800) << 10) + ((uint32_t)lo - 0xDC00);
+        }
+        if (decoded)
+            put_utf8(decoded, code);
+    }
+    if (raw)
+        buf_append(raw, begin, (size_t)(s->p - begin));
+    if (decoded && !decoded->data)
+        buf_puts(decoded, "");
+    return true;
+}
+
+/* A number at s->p; *integer tells whether it has neither fraction nor exponent. */
+static bool scan_number(struct ce_scan *s, struct buf *raw, bool *integer)
+{
+    const char *begin = s->p;
+    const char *p = s->p;
+    if (p < s->end && *p == '-')
+        p++;
+    if (p >= s->end || !isdigit((unsigned char)*p))
+        return scan_fail(s, "invalid number");
+    if (*p == '0')
+        p++;
+    else
+        while (p < s->end && isdigit((unsigned char)*p))
+            p++;
+    *integer = true;
+    if (p < s->end && *p == '.') {
+        *integer = false;
+        p++;
+        if (p >= s->end || !isdigit((unsigned char)*p))
+            return scan_fail(s, "invalid number");
+        while (p < s->end && isdigit((unsigned char)*p))
+            p++;
+    }
+    if (p < s->end && (*p == 'e' || *p == 'E')) {
+        *integer = false;
+        p++;
+        if (p < s->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= s->end || !isdigit((unsigned char)*p))
+            return scan_fail(s, "invalid number");
+        while (p < s->end && isdigit((unsigned char)*p))
+            p++;
+    }
+    size_t n = (size_t)(p - begin);
+    char small[64];
+    char *tmp = n < sizeof small ? small : xmalloc(n + 1);
+    memcpy(tmp, begin, n);
+    tmp[n] = '\0';
+    bool range_ok;
+    if (*integer) {
+        errno = 0;
+        (void)strtoll(tmp, NULL, 10);
+        range_ok = errno != ERANGE;
+    } else {
+        range_ok = isfinite(strtod(tmp, NULL)); /* underflow to 0 is fine, as for jansson */
+    }
+    if (tmp != small)
+        free(tmp);
+    if (!range_ok)
+        return scan_fail(s, *integer ? "too big integer" : "real number overflow");
+    if (raw)
+        buf_append(raw, begin, n);
+    s->p = p;
+    return true;
+}
+
+static bool scan_literal(struct ce_scan *s, const char *word, struct buf *raw)
+{
+    size_t n = strlen(word);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n))
+        return scan_fail(s, "invalid token");
+    if (raw)
+        buf_append(raw, word, n);
+    s->p += n;
+    return true;
+}
+
+/* Any value at s->p (after white space), appended to out as compact JSON. */
+static bool scan_value(struct ce_scan *s, struct buf *out, int depth)
+{
+    scan_ws(s);
+    if (s->p >= s->end)
+        return scan_fail(s, "unexpected end of input");
+    char c = *s->p;
+    bool integer;
+    if (c == '"')
+        return scan_string(s, NULL, out);
+    if (c == '-' || isdigit((unsigned char)c))
+        return scan_number(s, out, &integer);
+    if (c == 't')
+        return scan_literal(s, "true", out);
+    if (c == 'f')
+        return scan_literal(s, "false", out);
+    if (c == 'n')
+        return scan_literal(s, "null", out);
+    if (c != '{' && c != '[')
+        return scan_fail(s, "invalid token");
+    if (depth >= CE_JSON_MAX_DEPTH)
+        return scan_fail(s, "maximum parsing depth reached");
+    char close = c == '{' ? '}' : ']';
+    buf_putc(out, c);
+    s->p++;
+    scan_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        buf_putc(out, close);
+        return true;
+    }
+    for (;;) {
+        if (c == '{') {
+            scan_ws(s);
+            if (s->p >= s->end || *s->p != '"')
+                return scan_fail(s, "string or '}' expected");
+            if (!scan_string(s, NULL, out))
+                return false;
+            scan_ws(s);
+            if (s->p >= s->end || *s->p != ':')
+                return scan_fail(s, "':' expected");
+            s->p++;
+            buf_putc(out, ':');
+        }
+        if (!scan_value(s, out, depth + 1))
+            return false;
+        scan_ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            buf_putc(out, ',');
             continue;
         }
-        const char *text;
-        char num[64];
-        if (json_is_string(value)) {
-            text = json_string_value(value);
-        } else if (json_is_integer(value)) {
-            snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(value));
-            text = num;
-        } else if (json_is_boolean(value)) {
-            text = json_is_true(value) ? "true" : "false";
-        } else if (json_is_null(value)) {
-            continue; /* an attribute set to null is absent */
-        } else {
-            rc = fail(errmsg, errlen,
-                      "attribute '%.40s' must be a string (or a number or boolean for "
-                      "extensions)",
-                      key);
-            goto fail;
+        if (s->p < s->end && *s->p == close) {
+            s->p++;
+            buf_putc(out, close);
+            return true;
         }
-        if (known_slot(out, key) && !json_is_string(value)) {
-            rc = fail(errmsg, errlen, "attribute '%.40s' must be a string", key);
-            goto fail;
-        }
-        if (!known_slot(out, key) && !ext_name_valid(key)) {
-            rc = fail(errmsg, errlen,
-                      "attribute name '%.40s' is not valid: extension names are 1-20 "
-                      "lower-case letters or digits",
-                      key);
-            goto fail;
-        }
-        if ((rc = attr_set(out, arena_strdup(out, key), arena_strdup(out, text), errmsg, errlen)) <
-            0)
-            goto fail;
+        return scan_fail(s, c == '{' ? "',' or '}' expected" : "',' or ']' expected");
     }
-    if (data && data_b64) {
-        rc = fail(errmsg, errlen, "both 'data' and 'data_base64' are set: send only one");
-        goto fail;
-    }
-    if (data_b64) {
-        if (!json_is_string(data_b64)) {
-            rc = fail(errmsg, errlen, "attribute 'data_base64' must be a base64 string");
-            goto fail;
-        }
-        const char *b64 = json_string_value(data_b64);
-        size_t n = strlen(b64), bin_len = 0;
+}
+
+/* What a structured event's `data` member held, for structured_finish. */
+struct ce_data_in {
+    bool present;    /* a data member that is not null */
+    bool is_string;  /* then str is its value */
+    struct buf str;  /* decoded */
+    struct buf json; /* compact JSON text of the value */
+    bool b64_present;
+    bool b64_is_string;
+    struct buf b64; /* decoded data_base64 */
+};
+
+static void ce_data_free(struct ce_data_in *d)
+{
+    buf_free(&d->str);
+    buf_free(&d->json);
+    buf_free(&d->b64);
+}
+
+/* The checks and the data of a structured event, once its members are read. */
+static int structured_finish(struct cloudevent *out, struct ce_data_in *d, char *errmsg,
+                             size_t errlen)
+{
+    if (d->present && d->b64_present)
+        return fail(errmsg, errlen, "both 'data' and 'data_base64' are set: send only one");
+    if (d->b64_present) {
+        if (!d->b64_is_string)
+            return fail(errmsg, errlen, "attribute 'data_base64' must be a base64 string");
+        size_t n = d->b64.len, bin_len = 0;
         unsigned char *bin = xmalloc(n + 1);
-        if (sodium_base642bin(bin, n + 1, b64, n, " \r\n", &bin_len, NULL,
-                              sodium_base64_VARIANT_ORIGINAL) != 0) {
+        if (sodium_base642bin(bin, n + 1, d->b64.data ? d->b64.data : "", n, " \r\n", &bin_len,
+                              NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
             free(bin);
-            rc = fail(errmsg, errlen, "attribute 'data_base64' is not valid base64");
-            goto fail;
+            return fail(errmsg, errlen, "attribute 'data_base64' is not valid base64");
         }
         set_data(out, bin, bin_len);
         free(bin);
-    } else if (data && !json_is_null(data)) {
-        if (json_is_string(data) && !content_type_json(out->datacontenttype)) {
-            set_data(out, json_string_value(data), json_string_length(data));
+    } else if (d->present) {
+        if (d->is_string && !content_type_json(out->datacontenttype)) {
+            set_data(out, d->str.data, d->str.len);
         } else {
-            char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-            set_data(out, text, strlen(text));
-            free(text);
+            set_data(out, d->json.data, d->json.len);
             if (!out->datacontenttype)
                 out->datacontenttype = "application/json";
         }
     }
-    if (!out->specversion) {
-        rc = fail(errmsg, errlen,
-                  "missing required attribute 'specversion': add \"specversion\": \"1.0\"");
-        goto fail;
-    }
+    if (!out->specversion)
+        return fail(errmsg, errlen,
+                    "missing required attribute 'specversion': add \"specversion\": \"1.0\"");
     static const char *const required[] = {"id", "source", "type"};
     for (size_t i = 0; i < ARRAY_SIZE(required); i++)
-        if (!cloudevent_attr(out, required[i])) {
-            rc = fail(errmsg, errlen, "missing required attribute '%s': add a \"%s\" member",
-                      required[i], required[i]);
-            goto fail;
-        }
+        if (!cloudevent_attr(out, required[i]))
+            return fail(errmsg, errlen, "missing required attribute '%s': add a \"%s\" member",
+                        required[i], required[i]);
     if (!out->time)
         set_time_now(out);
-    if ((rc = cloudevent_validate(out, errmsg, errlen)) < 0)
-        goto fail;
-    return 0;
-fail:
-    cloudevent_free(out);
+    return cloudevent_validate(out, errmsg, errlen);
+}
+
+/* One structured event at s->p (after white space). On a JSON error, -EBADMSG with s->error
+ * set; on an event error, -EINVAL with errmsg. */
+static int scan_event(struct ce_scan *s, struct cloudevent *out, char *errmsg, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    struct ce_data_in d = {0};
+    struct buf key = {0}, text = {0};
+    int rc = 0;
+    scan_ws(s);
+    if (s->p >= s->end || *s->p != '{') {
+        /* valid JSON of another kind is an event error, broken JSON a JSON error */
+        struct buf skip = {0};
+        bool ok = scan_value(s, &skip, 0);
+        buf_free(&skip);
+        rc = ok ? fail(errmsg, errlen, "a structured CloudEvent must be a JSON object") : -EBADMSG;
+        goto done;
+    }
+    s->p++;
+    scan_ws(s);
+    bool first = true;
+    while (s->p < s->end && *s->p != '}') {
+        if (!first) {
+            if (*s->p != ',') {
+                scan_fail(s, "',' or '}' expected");
+                rc = -EBADMSG;
+                goto done;
+            }
+            s->p++;
+            scan_ws(s);
+        }
+        first = false;
+        if (s->p >= s->end || *s->p != '"' || !scan_string(s, &key, NULL)) {
+            scan_fail(s, "string expected");
+            rc = -EBADMSG;
+            goto done;
+        }
+        scan_ws(s);
+        if (s->p >= s->end || *s->p != ':') {
+            scan_fail(s, "':' expected");
+            rc = -EBADMSG;
+            goto done;
+        }
+        s->p++;
+        scan_ws(s);
+        if (s->p >= s->end) {
+            scan_fail(s, "unexpected end of input");
+            rc = -EBADMSG;
+            goto done;
+        }
+        char c = *s->p;
+        bool is_null = c == 'n';
+        if (!strcmp(key.data, "data")) {
+            buf_reset(&d.json);
+            d.is_string = c == '"';
+            if (d.is_string) {
+                if (!scan_string(s, &d.str, &d.json)) {
+                    rc = -EBADMSG;
+                    goto done;
+                }
+            } else if (!scan_value(s, &d.json, 1)) {
+                rc = -EBADMSG;
+                goto done;
+            }
+            d.present = !is_null;
+        } else if (!strcmp(key.data, "data_base64")) {
+            d.b64_present = true;
+            d.b64_is_string = c == '"';
+            if (d.b64_is_string ? !scan_string(s, &d.b64, NULL) : !scan_value(s, &text, 1)) {
+                rc = -EBADMSG;
+                goto done;
+            }
+            buf_reset(&text);
+        } else {
+            buf_reset(&text);
+            bool integer = false, ok;
+            if (c == '"')
+                ok = scan_string(s, &text, NULL);
+            else if (c == '-' || isdigit((unsigned char)c))
+                ok = scan_number(s, &text, &integer);
+            else if (c == 't' || c == 'f' || c == 'n')
+                ok = scan_literal(s, c == 't' ? "true" : c == 'f' ? "false" : "null", &text);
+            else
+                ok = scan_value(s, &text, 1);
+            if (!ok) {
+                rc = -EBADMSG;
+                goto done;
+            }
+            if (is_null)
+                goto next; /* an attribute set to null is absent */
+            if ((c != '"' && c != 't' && c != 'f' && !integer) ||
+                (c != '"' && known_slot(out, key.data))) {
+                if (c == '"' || c == 't' || c == 'f' || integer)
+                    rc = fail(errmsg, errlen, "attribute '%.40s' must be a string", key.data);
+                else
+                    rc = fail(errmsg, errlen,
+                              "attribute '%.40s' must be a string (or a number or boolean for "
+                              "extensions)",
+                              key.data);
+                goto skip_rest;
+            }
+            if (!known_slot(out, key.data) && !ext_name_valid(key.data)) {
+                rc = fail(errmsg, errlen,
+                          "attribute name '%.40s' is not valid: extension names are 1-20 "
+                          "lower-case letters or digits",
+                          key.data);
+                goto skip_rest;
+            }
+            if (integer) { /* as jansson prints it: "-0" is 0, "+" never comes */
+                char num[32];
+                snprintf(num, sizeof num, "%lld", strtoll(text.data, NULL, 10));
+                buf_reset(&text);
+                buf_puts(&text, num);
+            }
+            if ((rc = attr_set(out, arena_strdup(out, key.data), arena_strdup(out, text.data),
+                               errmsg, errlen)) < 0)
+                goto skip_rest;
+        }
+    next:
+        scan_ws(s);
+    }
+    if (s->p >= s->end) {
+        scan_fail(s, "'}' expected");
+        rc = -EBADMSG;
+        goto done;
+    }
+    s->p++;
+    rc = structured_finish(out, &d, errmsg, errlen);
+    goto done;
+skip_rest:
+    /* an event error: the rest of the object must still be JSON, or that is the error */
+    {
+        struct buf skip = {0};
+        scan_ws(s);
+        while (s->error == NULL && s->p < s->end && *s->p == ',') {
+            s->p++;
+            scan_ws(s);
+            if (s->p >= s->end || *s->p != '"' || !scan_string(s, NULL, NULL)) {
+                scan_fail(s, "string expected");
+                break;
+            }
+            scan_ws(s);
+            if (s->p >= s->end || *s->p != ':') {
+                scan_fail(s, "':' expected");
+                break;
+            }
+            s->p++;
+            if (!scan_value(s, &skip, 1))
+                break;
+            buf_reset(&skip);
+            scan_ws(s);
+        }
+        if (!s->error && (s->p >= s->end || *s->p != '}'))
+            scan_fail(s, "'}' expected");
+        else if (!s->error)
+            s->p++;
+        buf_free(&skip);
+        if (s->error)
+            rc = -EBADMSG;
+    }
+done:
+    ce_data_free(&d);
+    buf_free(&key);
+    buf_free(&text);
+    if (rc < 0)
+        cloudevent_free(out);
     return rc;
+}
+
+/* "line L, column C: why" for the scanner's error. */
+static int scan_json_error(struct ce_scan *s, char *errmsg, size_t errlen)
+{
+    int line = 1, col = 1;
+    for (const char *q = s->start; q < s->p && q < s->end; q++) {
+        if (*q == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    fail(errmsg, errlen, "the body is not valid JSON (line %d, column %d: %s)", line, col,
+         s->error ? s->error : "invalid JSON");
+    return -EBADMSG;
+}
+
+static bool scan_at_end(struct ce_scan *s)
+{
+    scan_ws(s);
+    return s->p >= s->end || scan_fail(s, "end of file expected");
+}
+
+int cloudevent_from_json_text(const void *text, size_t len, struct cloudevent *out, char *errmsg,
+                              size_t errlen)
+{
+    struct ce_scan s = {text, text, (const char *)text + len, NULL};
+    int rc = scan_event(&s, out, errmsg, errlen);
+    if (rc == -EBADMSG || (!s.error && !scan_at_end(&s))) {
+        if (rc == 0)
+            cloudevent_free(out);
+        memset(out, 0, sizeof(*out));
+        return scan_json_error(&s, errmsg, errlen);
+    }
+    return rc;
+}
+
+int cloudevent_batch_from_json_text(const void *text, size_t len, size_t max,
+                                    struct cloudevent **events, size_t *count, char *errmsg,
+                                    size_t errlen)
+{
+    struct ce_scan s = {text, text, (const char *)text + len, NULL};
+    struct cloudevent *list = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    char why[256];
+    scan_ws(&s);
+    if (s.p >= s.end || *s.p != '[') {
+        struct buf skip = {0};
+        bool ok = scan_value(&s, &skip, 0) && scan_at_end(&s);
+        buf_free(&skip);
+        if (!ok)
+            return scan_json_error(&s, errmsg, errlen);
+        fail(errmsg, errlen, "a batch is a JSON array of 1 to %zu structured CloudEvents", max);
+        return -ERANGE;
+    }
+    s.p++;
+    scan_ws(&s);
+    bool closed = s.p < s.end && *s.p == ']';
+    while (!closed) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            list = xrealloc(list, cap * sizeof(*list));
+        }
+        rc = scan_event(&s, &list[n], why, sizeof why);
+        if (rc == -EBADMSG)
+            break;
+        if (rc < 0) {
+            fail(errmsg, errlen, "event %zu of the batch: %s", n, why);
+            /* the rest must still be JSON for the event error to be the answer */
+            struct buf skip = {0};
+            while (!s.error) {
+                scan_ws(&s);
+                if (s.p < s.end && *s.p == ']') {
+                    s.p++;
+                    break;
+                }
+                if (s.p >= s.end || *s.p != ',') {
+                    scan_fail(&s, "',' or ']' expected");
+                    break;
+                }
+                s.p++;
+                if (!scan_value(&s, &skip, 1))
+                    break;
+                buf_reset(&skip);
+            }
+            buf_free(&skip);
+            if (!s.error)
+                scan_at_end(&s);
+            rc = s.error ? -EBADMSG : -EINVAL;
+            break;
+        }
+        n++;
+        scan_ws(&s);
+        if (s.p < s.end && *s.p == ',') {
+            s.p++;
+            continue;
+        }
+        if (s.p < s.end && *s.p == ']') {
+            closed = true;
+            break;
+        }
+        scan_fail(&s, "',' or ']' expected");
+        rc = -EBADMSG;
+        break;
+    }
+    if (rc == 0) {
+        s.p++; /* the ']' */
+        if (!scan_at_end(&s))
+            rc = -EBADMSG;
+        else if (n == 0 || n > max) {
+            fail(errmsg, errlen, "a batch is a JSON array of 1 to %zu structured CloudEvents", max);
+            rc = -ERANGE;
+        }
+    }
+    if (rc < 0) {
+        for (size_t i = 0; i < n; i++)
+            cloudevent_free(&list[i]);
+        free(list);
+        return rc == -EBADMSG ? scan_json_error(&s, errmsg, errlen) : rc;
+    }
+    *events = list;
+    *count = n;
+    return 0;
+}
+
+void cloudevent_batch_free(struct cloudevent *events, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        cloudevent_free(&events[i]);
+    free(events);
 }
 
 /* ---- the stored record -------------------------------------------------------------------- */

@@ -84,9 +84,18 @@ int cloudevent_from_response(const struct cloudevent_header *headers, size_t hea
                              const void *body, size_t body_len, struct cloudevent *out,
                              char *errmsg, size_t errlen);
 
-/* One structured-mode event (a JSON object, as in a batch). A missing `time` is set to now.
- * Errors: -EINVAL naming the attribute. */
-int cloudevent_from_json(json_t *obj, struct cloudevent *out, char *errmsg, size_t errlen);
+/* One structured-mode event from its JSON text (an object). A missing `time` is set to now.
+ * Errors: -EBADMSG when the text is not JSON (errmsg: "the body is not valid JSON (line L,
+ * column C: why)"), -EINVAL naming the attribute at fault. */
+int cloudevent_from_json_text(const void *text, size_t len, struct cloudevent *out, char *errmsg,
+                              size_t errlen);
+/* A batch: a JSON array of 1 to max structured events, read in one pass. *events (freed with
+ * cloudevent_batch_free) gets *count events. Errors: -EBADMSG not JSON, -ERANGE not an array
+ * of 1 to max, -EINVAL an event at fault ("event I of the batch: ..."). */
+int cloudevent_batch_from_json_text(const void *text, size_t len, size_t max,
+                                    struct cloudevent **events, size_t *count, char *errmsg,
+                                    size_t errlen);
+void cloudevent_batch_free(struct cloudevent *events, size_t count);
 
 /* Checks the required attributes and the form of the others. */
 int cloudevent_validate(const struct cloudevent *ev, char *errmsg, size_t errlen);

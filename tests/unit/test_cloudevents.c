@@ -267,6 +267,60 @@ static void test_gathered_headers(void **state)
     assert_non_null(strstr(err, "headers: send fewer"));
 }
 
+/* Batches and structured events read in one pass: data kept as compact JSON, escapes decoded,
+ * the last repeated member winning, and each kind of error told apart. */
+static void test_batch_text(void **state)
+{
+    (void)state;
+    const char *body =
+        " [ {\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\",\n"
+        "    \"data\" : { \"k\" : [ 1 , 2.50 , \"\\u00e9\\ud83d\\ude00\" ] } } ,\n"
+        "   {\"specversion\":\"1.0\",\"id\":\"2\",\"id\":\"3\",\"source\":\"/s\","
+        "\"type\":\"t\",\"datacontenttype\":\"text/plain\",\"data\":\"a\\nb\",\"n\":-0} ] ";
+    struct cloudevent *evs;
+    size_t n;
+    char err[256];
+    assert_int_equal(
+        cloudevent_batch_from_json_text(body, strlen(body), 10, &evs, &n, err, sizeof err), 0);
+    assert_int_equal(n, 2);
+    assert_memory_equal(evs[0].data, "{\"k\":[1,2.50,\"\\u00e9\\ud83d\\ude00\"]}", evs[0].data_len);
+    assert_string_equal(evs[0].datacontenttype, "application/json");
+    assert_string_equal(evs[1].id, "3");
+    assert_int_equal(evs[1].data_len, 3);
+    assert_memory_equal(evs[1].data, "a\nb", 3);
+    assert_string_equal(cloudevent_attr(&evs[1], "n"), "0");
+    cloudevent_batch_free(evs, n);
+
+    static const struct {
+        const char *body;
+        int rc;
+        const char *says;
+    } bad[] = {
+        {"[{\"id\":1,]", -EBADMSG, "line 1, column 10"},
+        {"[{\"a\":\"\\u0000\"}]", -EBADMSG, "\\u0000 is not allowed"},
+        {"[{\"a\":\"\\ud800\"}]", -EBADMSG, "lone high surrogate"},
+        {"[{\"a\":99999999999999999999}]", -EBADMSG, "too big integer"},
+        {"[{\"a\":1e999}]", -EBADMSG, "real number overflow"},
+        {"[{\"a\":\"\xff\"}]", -EBADMSG, "invalid UTF-8"},
+        {"[] x", -EBADMSG, "end of file expected"},
+        {"[]", -ERANGE, "1 to 10"},
+        {"{}", -ERANGE, "a batch is a JSON array"},
+        {"[1]", -EINVAL, "event 0 of the batch: a structured CloudEvent must be a JSON object"},
+        {"[{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\"},"
+         "{\"specversion\":\"1.0\",\"id\":{},\"source\":\"/s\",\"type\":\"t\"}]",
+         -EINVAL, "event 1 of the batch: attribute 'id' must be a string"},
+        /* broken JSON after a bad event: the JSON error is the answer */
+        {"[{\"id\":{}}, {", -EBADMSG, "not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        int rc = cloudevent_batch_from_json_text(bad[i].body, strlen(bad[i].body), 10, &evs, &n,
+                                                 err, sizeof err);
+        if (rc != bad[i].rc || !strstr(err, bad[i].says))
+            fail_msg("%s: %d %s", bad[i].body, rc, err);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -274,6 +328,7 @@ int main(void)
         cmocka_unit_test(test_binary_mode),
         cmocka_unit_test(test_binary_errors),
         cmocka_unit_test(test_structured_mode),
+        cmocka_unit_test(test_batch_text),
         cmocka_unit_test(test_any_body_wrapped),
         cmocka_unit_test(test_record_round_trip_and_headers),
         cmocka_unit_test(test_reply_detection),
