@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import socket
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -141,6 +142,18 @@ def pg_connect(c, dbname=None):
                             password=c["password"], dbname=dbname or c["name"], connect_timeout=5)
 
 
+def superuser(p):
+    """The broker's own way in: the superuser on the server's Unix socket (a test's look at
+    what the broker left in the server)."""
+    with open(os.path.join(p.home, "brokers", "postgresql.password")) as f:
+        pw = f.read().strip()
+    c = psycopg2.connect(host=os.path.join(p.home, "brokers", "postgresql", "run"),
+                         port=broker_config(p)["postgres_port"], user="postgres", password=pw,
+                         dbname="postgres")
+    c.autocommit = True
+    return c
+
+
 def broker_config(p):
     with open(os.path.join(p.home, "brokers", "config.json")) as f:
         return json.load(f)
@@ -209,9 +222,19 @@ def test_postgresql_create_bind_restart_and_use(plat):
     assert r.returncode == 0, out(r)
     with pytest.raises(psycopg2.OperationalError):
         pg_connect(creds)
+    orders_db = creds["name"]
     assert p.cli("delete-service", "orders", "-f").returncode == 0
     assert p.cli("delete-service", "other-db", "-f").returncode == 0
     assert p.api("GET", "/v1/service_instances/orders")[0] == 404
+    # deprovision dropped the databases and every role of the instances
+    with superuser(p) as c, c.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE datname IN (%s, %s)",
+                    (orders_db, other_db))
+        assert cur.fetchall() == []
+        cur.execute("SELECT rolname FROM pg_roles WHERE rolname IN (%s, %s, %s, %s)",
+                    (orders_db, other_db, creds["username"], kc["username"]))
+        assert cur.fetchall() == []
+    c.close()
     print(f"first create (initdb): {first:.2f}s")
 
 
@@ -332,6 +355,31 @@ def test_the_broker_refuses_strangers_and_bad_input(plat):
         s.sendall(b"x" * (1 << 21))
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert osb(p, "GET", "/v2/catalog")[0] == 200
+
+
+def test_a_database_outlives_a_restart_of_skiffd():
+    p = Platform(extra_env={"SKIFF_BUILTIN_BROKERS": "1"}).start()
+    try:
+        wait_for(lambda: "skiff-builtin" in p.cli("service-brokers").stdout, timeout=30,
+                 what="the built-in brokers registered")
+        assert p.cli("create-service", "postgresql", "shared", "kept").returncode == 0
+        push_app(p, "keeper")
+        assert p.cli("bind-service", "keeper", "kept").returncode == 0
+        restart(p, "keeper")
+        assert get(p, "keeper", "/pg/write?v=before") == "written"
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        # skiff-brokers and the stores stopped with skiffd: nothing runs on this home
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert p.home not in ps, [line for line in ps.splitlines() if p.home in line]
+        p.start()
+        # the same port, the same credentials: the app reads its row without a new binding
+        wait_for(lambda: get(p, "keeper", "/pg/read") == '["before"]', timeout=60,
+                 what="the app reading its row after skiffd's restart")
+        assert "skiff-builtin" in p.cli("service-brokers").stdout
+        assert len([b for b in p.api("GET", "/v1/service_brokers")[1]["service_brokers"]]) == 1
+    finally:
+        p.close()
 
 
 def test_no_builtin_brokers_when_turned_off(tmp_path):
