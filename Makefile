@@ -5,7 +5,7 @@
 #   build/asan  AddressSanitizer + UndefinedBehaviorSanitizer, what the tests run
 # Every folder under src/ is a component; its .c files go into libskiff.a, except main.c,
 # which makes the component a program (daemon -> skiffd, router -> skiff-router, cli -> skiff,
-# shim -> skiff-shim, init -> skiff-init).
+# shim -> skiff-shim, init -> skiff-init, brokers -> skiff-brokers).
 
 PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libseccomp libnats libpq
 LLHTTP   := /usr/share/llhttp
@@ -19,8 +19,8 @@ PKG_CFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcap -lpthread -lm
 
 LIB_SRCS  := $(filter-out %/main.c,$(wildcard src/*/*.c))
-MAIN_SRCS := src/daemon/main.c src/router/main.c src/cli/main.c src/shim/main.c src/init/main.c
-PROGRAMS  := skiffd skiff-router skiff skiff-shim skiff-init
+MAIN_SRCS := src/daemon/main.c src/router/main.c src/cli/main.c src/shim/main.c src/init/main.c src/brokers/main.c
+PROGRAMS  := skiffd skiff-router skiff skiff-shim skiff-init skiff-brokers
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
@@ -61,6 +61,8 @@ $(1)/skiff-router: $(1)/obj/router/main.o $(1)/libskiff.a
 $(1)/skiff: $(1)/obj/cli/main.o $(1)/libskiff.a
 	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
 $(1)/skiff-shim: $(1)/obj/shim/main.o $(1)/libskiff.a
+	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
+$(1)/skiff-brokers: $(1)/obj/brokers/main.o $(1)/libskiff.a
 	$$(CC) $(2) -o $$@ $$^ $$(PKG_LIBS)
 # on every container's start path: $(4) says how it is linked (see INIT_STATIC)
 $(1)/skiff-init: $(1)/obj/init/main.o $(1)/libskiff.a

@@ -9,7 +9,8 @@ packages=(
   libarchive-dev libsodium-dev libseccomp-dev libcap-dev libnats-dev libpq-dev
   libcmocka-dev python3 python3-pytest python3-pytest-xdist python3-pytest-timeout python3-pip
   nodejs npm e2fsprogs
-  nginx-light wrk hyperfine nats-server postgresql curl iproute2 procps nftables
+  nginx-light wrk hyperfine nats-server postgresql redis-server python3-psycopg2 curl iproute2
+  procps nftables
 )
 
 missing=()

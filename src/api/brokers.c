@@ -66,6 +66,8 @@ struct svc_op {
     int64_t deadline; /* mono ms: polling gives up */
     int interval_ms;
     int tries;
+    api_svc_registered_fn registered; /* OP_CATALOG of a built-in broker: no request waits */
+    void *registered_arg;
 };
 
 static volatile int svc__aborting;
@@ -537,22 +539,40 @@ static bool svc__broker_url_ok(struct api_svc *a, struct api_request *req, const
     return true;
 }
 
+/* A stored catalog's plans, each opened to every org (a built-in broker's, when first
+ * registered: its offerings are the platform's own). */
+static void svc__open_plans(json_t *b)
+{
+    json_t *access = json_object();
+    size_t i, j;
+    json_t *svc, *plan;
+    json_array_foreach(json_object_get(json_object_get(b, "catalog"), "services"), i, svc)
+    {
+        json_array_foreach(json_object_get(svc, "plans"), j, plan)
+        {
+            json_object_set_new(access, svc__str(plan, "id"), json_string("all"));
+        }
+    }
+    json_object_set_new(b, "access", access);
+}
+
 static void svc__catalog_answered(struct svc_op *op)
 {
     struct api_svc *a = op->a;
     struct api_request *req = op->req;
     op->req = NULL;
-    char msg[600], err[300];
+    char msg[600] = "", err[300];
+    enum skiff_err code = SKIFF_OK;
     json_t *catalog = op->call.json;
     if (op->call.status != 200) {
         svc__call_failure(op, "GET /v2/catalog", msg, sizeof msg);
-        api_respond_error(req, SKIFF_E_BROKER, "%s", msg);
+        code = SKIFF_E_BROKER;
     } else if (!catalog) {
-        api_respond_error(req, SKIFF_E_BROKER,
-                          "the service broker's catalog (GET /v2/catalog) is not JSON");
+        code = SKIFF_E_BROKER;
+        snprintf(msg, sizeof msg, "the service broker's catalog (GET /v2/catalog) is not JSON");
     } else if (services_catalog_validate(catalog, err, sizeof err) < 0) {
-        api_respond_error(req, SKIFF_E_BROKER, "the service broker's catalog is not valid: %s",
-                          err);
+        code = SKIFF_E_BROKER;
+        snprintf(msg, sizeof msg, "the service broker's catalog is not valid: %s", err);
     } else {
         const char *name = svc__str(op->pending, "name");
         json_t *taken = services_find(a->records, SERVICES_KIND_BROKER,
@@ -562,17 +582,25 @@ static void svc__catalog_answered(struct svc_op *op)
         bool clash = taken && strcmp(svc__str(taken, "guid"), svc__str(op->pending, "guid"));
         json_decref(taken);
         if (clash) {
-            api_respond_error(req, SKIFF_E_NAME_TAKEN, "a service broker named %s exists already",
-                              name);
+            code = SKIFF_E_NAME_TAKEN;
+            snprintf(msg, sizeof msg, "a service broker named %s exists already", name);
         } else {
             json_object_set(op->pending, "catalog", catalog);
+            if (op->registered && !op->replace)
+                svc__open_plans(op->pending);
             svc__stamp(op->pending, !op->replace);
-            if (services_put(a->records, SERVICES_KIND_BROKER, op->pending) < 0)
-                api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
-            else
-                api_respond_json(req, op->replace ? 200 : 201, svc__broker_view(a, op->pending));
+            if (services_put(a->records, SERVICES_KIND_BROKER, op->pending) < 0) {
+                code = SKIFF_E_INTERNAL;
+                snprintf(msg, sizeof msg, SVC_STORE_FAILED);
+            }
         }
     }
+    if (op->registered)
+        op->registered(op->registered_arg, code == SKIFF_OK, msg);
+    else if (code != SKIFF_OK)
+        api_respond_error(req, code, "%s", msg);
+    else
+        api_respond_json(req, op->replace ? 200 : 201, svc__broker_view(a, op->pending));
     svc__op_free(op);
 }
 
@@ -588,6 +616,35 @@ static void svc__catalog_fetch(struct api_svc *a, struct api_request *req, json_
         op->req = NULL;
         svc__op_free(op);
         api_respond_error(req, SKIFF_E_INTERNAL, SVC_STORE_FAILED);
+        return;
+    }
+    svc__op_go(op);
+}
+
+void api_svc_builtin_broker(struct api_svc *a, const char *name, const char *url,
+                            const char *username, const char *password, api_svc_registered_fn cb,
+                            void *arg)
+{
+    json_t *b = services_find(a->records, SERVICES_KIND_BROKER, NULL, name);
+    bool replace = b != NULL;
+    if (!b) {
+        char guid[37];
+        uuid_generate_v4(guid);
+        b = json_pack("{s:s,s:s,s:n}", "guid", guid, "name", name, "space_guid");
+    }
+    json_object_set_new(b, "url", json_string(url));
+    json_object_set_new(b, "username", json_string(username));
+    json_t *pw = json_string(password);
+    json_object_set_new(b, "password", svc__json_string_own(services_seal(a->records, pw)));
+    json_decref(pw);
+    struct svc_op *op = svc__op_new(a, OP_CATALOG, NULL, NULL);
+    op->pending = b;
+    op->replace = replace;
+    op->registered = cb;
+    op->registered_arg = arg;
+    if (!svc__call_setup(op, "GET", xstrdup("/v2/catalog"), NULL, NULL)) {
+        svc__op_free(op);
+        cb(arg, false, SVC_STORE_FAILED);
         return;
     }
     svc__op_go(op);
@@ -1424,6 +1481,8 @@ static void svc__op_after(uv_work_t *w, int status)
                               "skiffd is stopping; `skiff service` says how this ended once it "
                               "runs again");
         op->req = NULL;
+        if (op->registered)
+            op->registered(op->registered_arg, false, "skiffd is stopping");
         svc__op_free(op);
         return;
     }
@@ -2046,6 +2105,8 @@ void svc__brokers_stop(struct api_svc *a)
             api_respond_error(op->req, SKIFF_E_UNAVAILABLE, "skiffd is stopping");
             op->req = NULL;
         }
+        if (op->registered)
+            op->registered(op->registered_arg, false, "skiffd is stopping");
         svc__op_free(op);
     }
     if (a->poll_timer) {

@@ -24,6 +24,7 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "container/net.h"
+#include "daemon/builtin_brokers.h"
 #include "daemon/router_proc.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -81,6 +82,8 @@ static void usage(FILE *out)
         "                              user with no isolation at all: UNSAFE, for development\n"
         "  --store URL                 the store (SKIFF_STORE, default sqlite:HOME/skiff.db);\n"
         "                              postgres://USER[:PASSWORD]@HOST/DB for PostgreSQL\n"
+        "  --no-builtin-brokers        do not run the built-in service brokers (postgresql,\n"
+        "                              redis; SKIFF_BUILTIN_BROKERS=0)\n"
         "  --network-pool CIDR         containers' addresses (SKIFF_NETWORK_POOL, default\n"
         "                              10.244.0.0/16; one /30 each)\n"
         "  --prewarm N                 containers kept warm (SKIFF_PREWARM, default 2): made\n"
@@ -375,6 +378,7 @@ int main(int argc, char **argv)
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
+    bool no_builtin_brokers = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **target = NULL;
@@ -396,7 +400,10 @@ int main(int argc, char **argv)
             target = &store_location;
         else if (!strcmp(a, "--prewarm"))
             target = &prewarm_text;
-        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+        else if (!strcmp(a, "--no-builtin-brokers")) {
+            no_builtin_brokers = true;
+            continue;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
 
@@ -461,9 +468,13 @@ int main(int argc, char **argv)
     char *router_bin = xasprintf("%s/skiff-router", dir);
     char *shim_bin = xasprintf("%s/skiff-shim", dir);
     char *init_bin = xasprintf("%s/skiff-init", dir);
+    char *brokers_bin = xasprintf("%s/skiff-brokers", dir);
+    char publish_host[INET_ADDRSTRLEN] = "127.0.0.1";
     char *db = NULL, *bus_path = NULL, *api_url = NULL, *publish_addr = NULL, *events_url = NULL;
     bool publish_allowed = false;
     int publish_port = 0;
+    bool builtin_brokers = !no_builtin_brokers && strcmp(env_or("SKIFF_BUILTIN_BROKERS", "1"), "0");
+    struct builtin_brokers *brokers = NULL;
 
     char *run = xasprintf("%s/run", d.home);
     char *tmp = xasprintf("%s/tmp", d.home);
@@ -545,6 +556,7 @@ int main(int argc, char **argv)
         char ip[INET_ADDRSTRLEN];
         struct in_addr pub = net_publish_address(&pool);
         inet_ntop(AF_INET, &pub, ip, sizeof ip);
+        snprintf(publish_host, sizeof publish_host, "%s", ip);
         publish_addr = xasprintf("%s:%d", ip, publish_port);
         events_url = xasprintf("http://%s", publish_addr);
     }
@@ -667,6 +679,14 @@ int main(int argc, char **argv)
                                       .addr = d.router_addr,
                                       .admin_addr = d.router_admin_addr};
     router_proc_start(d.loop, &rcfg, &d.router);
+    if (builtin_brokers)
+        brokers = builtin_brokers_start(
+            d.loop,
+            &(struct builtin_brokers_config){.binary = brokers_bin,
+                                             .home = d.home,
+                                             .service_host = contained ? publish_host : "127.0.0.1",
+                                             .pool = contained ? &pool : NULL,
+                                             .svc = d.svc});
     scheduler_reconcile_all(d.sched);
 
     uv_signal_init(d.loop, &d.sigterm);
@@ -722,12 +742,14 @@ out:
     uv_walk(d.loop, walk_close, NULL);
     uv_run(d.loop, UV_RUN_DEFAULT);
     daemon_free(&d);
+    builtin_brokers_free(brokers);
     uv_loop_close(d.loop);
     free(dir);
     free(buildpacks);
     free(router_bin);
     free(shim_bin);
     free(init_bin);
+    free(brokers_bin);
     free(db);
     free(bus_path);
     free(api_url);

@@ -76,6 +76,9 @@ class Platform:
             "HOME": self.home,  # the CLI keeps its login under $HOME/.skiff: keep it per test
             # the binaries may be built outside the tree (make BUILD=...): name the buildpacks
             "SKIFF_BUILDPACKS": os.path.join(ROOT, "buildpacks"),
+            # the built-in brokers (PostgreSQL, Redis) run only where a test asks for them
+            # (extra_env SKIFF_BUILTIN_BROKERS=1: tests/e2e/test_builtin_brokers.py)
+            "SKIFF_BUILTIN_BROKERS": "0",
         })
         env.pop("SKIFF_API", None)
         env.pop("SKIFF_TOKEN", None)

@@ -1,0 +1,256 @@
+#include "daemon/builtin_brokers.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "container/net.h"
+
+#define BB_NAME "skiff-builtin"
+#define BB_RESTART_MS 1000
+#define BB_REGISTER_RETRY_MS 100
+#define BB_REGISTER_TRIES 300
+#define BB_STOP_MS 30000
+
+struct builtin_brokers {
+    uv_loop_t *loop;
+    char *binary, *config_path, *url, *username, *password;
+    struct api_svc *svc;
+    const struct net_pool *pool;
+    int ports[2];      /* the stores' ports, opened in the firewall */
+    uv_process_t proc; /* the program while pid is not 0 (closed when it exits) */
+    int pid;
+    uv_timer_t timer; /* restarts and registration retries */
+    int register_tries;
+    bool registered;
+};
+
+static int bb__free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t len = sizeof sa;
+    int port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static int bb__port(json_t *cfg, const char *key)
+{
+    json_int_t p = json_integer_value(json_object_get(cfg, key));
+    if (p <= 0 || p > 65535) {
+        p = bb__free_port();
+        json_object_set_new(cfg, key, json_integer(p));
+    }
+    return (int)p;
+}
+
+/* Reads (or makes) the config file, brought up to date with this start's addresses. */
+static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_config *cfg)
+{
+    char *dir = xasprintf("%s/brokers", cfg->home);
+    int rc = mkdir_p(dir, 0711);
+    if (rc == 0)
+        rc = chmod(dir, 0711) < 0 ? -errno : 0;
+    free(dir);
+    if (rc < 0)
+        return rc;
+    json_t *c = json_load_file(bb->config_path, 0, NULL);
+    if (!json_is_object(c)) {
+        json_decref(c);
+        c = json_object();
+    }
+    int port = bb__port(c, "broker_port");
+    bb->ports[0] = bb__port(c, "postgres_port");
+    bb->ports[1] = bb__port(c, "redis_port");
+    if (!json_is_string(json_object_get(c, "username")))
+        json_object_set_new(c, "username", json_string("skiff-builtin"));
+    if (!json_is_string(json_object_get(c, "password"))) {
+        unsigned char raw[32];
+        char pw[44];
+        randombytes_buf(raw, sizeof raw);
+        sodium_bin2base64(pw, sizeof pw, raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        json_object_set_new(c, "password", json_string(pw));
+        sodium_memzero(pw, sizeof pw);
+    }
+    char *listen = xasprintf("127.0.0.1:%d", port);
+    char *hosts = strcmp(cfg->service_host, "127.0.0.1")
+                      ? xasprintf("127.0.0.1,%s", cfg->service_host)
+                      : xstrdup("127.0.0.1");
+    json_object_set_new(c, "home", json_string(cfg->home));
+    json_object_set_new(c, "listen", json_string(listen));
+    json_object_set_new(c, "service_host", json_string(cfg->service_host));
+    json_object_set_new(c, "listen_hosts", json_string(hosts));
+    bb->url = xasprintf("http://%s", listen);
+    bb->username = xstrdup(json_string_value(json_object_get(c, "username")));
+    bb->password = xstrdup(json_string_value(json_object_get(c, "password")));
+    char *text = json_dumps(c, JSON_INDENT(2));
+    rc = file_write_atomic(bb->config_path, text, strlen(text), 0600);
+    sodium_memzero(text, strlen(text));
+    free(text);
+    free(listen);
+    free(hosts);
+    json_decref(c);
+    return rc;
+}
+
+static void bb__spawn(struct builtin_brokers *bb);
+static void bb__register(struct builtin_brokers *bb);
+
+static void bb__tick(uv_timer_t *t)
+{
+    struct builtin_brokers *bb = t->data;
+    if (!bb->pid)
+        bb__spawn(bb);
+    else if (!bb->registered)
+        bb__register(bb);
+}
+
+static void bb__exited(uv_process_t *p, int64_t status, int sig)
+{
+    struct builtin_brokers *bb = p->data;
+    uv_close((uv_handle_t *)p, NULL);
+    bb->pid = 0;
+    if (uv_is_closing((uv_handle_t *)&bb->timer))
+        return;
+    log_warning("skiff-brokers exited (status %lld, signal %d): starting it again",
+                (long long)status, sig);
+    uv_timer_start(&bb->timer, bb__tick, BB_RESTART_MS, 0);
+}
+
+static void bb__spawn(struct builtin_brokers *bb)
+{
+    char *argv[] = {bb->binary, "--config", bb->config_path, "--stop-with-parent", NULL};
+    uv_process_options_t opt = {
+        .file = bb->binary,
+        .args = argv,
+        .exit_cb = bb__exited,
+        .stdio_count = 3,
+        .stdio = (uv_stdio_container_t[3]){{.flags = UV_IGNORE},
+                                           {.flags = UV_INHERIT_FD, .data.fd = 1},
+                                           {.flags = UV_INHERIT_FD, .data.fd = 2}}};
+    uv_process_t *p = &bb->proc;
+    p->data = bb;
+    int rc = uv_spawn(bb->loop, p, &opt);
+    if (rc < 0) {
+        uv_close((uv_handle_t *)p, NULL);
+        log_error("cannot start %s: %s (the built-in service brokers are off until skiffd "
+                  "restarts)",
+                  bb->binary, uv_strerror(rc));
+        return;
+    }
+    bb->pid = p->pid;
+    uv_unref((uv_handle_t *)p); /* it never keeps skiffd from exiting: free stops it */
+    bb->register_tries = 0;
+    if (!bb->registered)
+        uv_timer_start(&bb->timer, bb__tick, BB_REGISTER_RETRY_MS, 0);
+}
+
+static void bb__registered(void *arg, bool ok, const char *msg)
+{
+    struct builtin_brokers *bb = arg;
+    if (uv_is_closing((uv_handle_t *)&bb->timer))
+        return;
+    if (ok) {
+        bb->registered = true;
+        log_info("the built-in service brokers are registered as \"" BB_NAME "\" (%s)", bb->url);
+        return;
+    }
+    if (++bb->register_tries >= BB_REGISTER_TRIES) {
+        log_error("cannot register the built-in service brokers: %s", msg);
+        return;
+    }
+    uv_timer_start(&bb->timer, bb__tick, BB_REGISTER_RETRY_MS, 0);
+}
+
+static void bb__register(struct builtin_brokers *bb)
+{
+    api_svc_builtin_broker(bb->svc, BB_NAME, bb->url, bb->username, bb->password, bb__registered,
+                           bb);
+}
+
+struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
+                                              const struct builtin_brokers_config *cfg)
+{
+    if (access(cfg->binary, X_OK) != 0) {
+        log_warning("%s is missing: no built-in service brokers (build it with `make`)",
+                    cfg->binary);
+        return NULL;
+    }
+    struct builtin_brokers *bb = xcalloc(1, sizeof *bb);
+    bb->loop = loop;
+    bb->svc = cfg->svc;
+    bb->binary = xstrdup(cfg->binary);
+    bb->config_path = xasprintf("%s/brokers/config.json", cfg->home);
+    int rc = bb__config(bb, cfg);
+    if (rc < 0) {
+        log_error("cannot write %s: %s (no built-in service brokers)", bb->config_path,
+                  strerror(-rc));
+        builtin_brokers_free(bb);
+        return NULL;
+    }
+    /* the stores run as their own system users, who must reach their folders in the home */
+    if (geteuid() == 0)
+        chmod(cfg->home, 0711);
+    char err[256];
+    if (cfg->pool) {
+        bb->pool = cfg->pool;
+        for (int i = 0; i < 2; i++)
+            if (net_firewall_allow_publish(cfg->pool, bb->ports[i], err, sizeof err) < 0)
+                log_error("containers cannot reach the built-in stores: %s", err);
+    }
+    uv_timer_init(loop, &bb->timer);
+    uv_unref((uv_handle_t *)&bb->timer);
+    bb->timer.data = bb;
+    bb__spawn(bb);
+    return bb;
+}
+
+void builtin_brokers_free(struct builtin_brokers *bb)
+{
+    if (!bb)
+        return;
+    if (bb->pid > 0 && kill(bb->pid, SIGTERM) == 0) {
+        int status;
+        int64_t deadline = time_mono_ms() + BB_STOP_MS;
+        while (waitpid(bb->pid, &status, WNOHANG) == 0) {
+            if (time_mono_ms() > deadline) {
+                kill(bb->pid, SIGKILL);
+                waitpid(bb->pid, &status, 0);
+                break;
+            }
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (bb->pool)
+        for (int i = 0; i < 2; i++)
+            net_firewall_forget_publish(bb->pool, bb->ports[i]);
+    free(bb->binary);
+    free(bb->config_path);
+    free(bb->url);
+    free(bb->username);
+    if (bb->password)
+        sodium_memzero(bb->password, strlen(bb->password));
+    free(bb->password);
+    free(bb);
+}

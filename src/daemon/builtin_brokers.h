@@ -1,0 +1,35 @@
+/* builtin_brokers: skiffd runs `skiff-brokers` (src/brokers) and registers it as the
+ * platform broker "skiff-builtin" through the same path as any broker (its catalog fetched
+ * over OSB), so that `skiff marketplace` offers postgresql and redis from the first start.
+ *
+ * Its settings are $SKIFF_HOME/brokers/config.json (0600): the OSB port, basic auth
+ * credentials and the stores' ports are chosen on the first start (free ports on loopback)
+ * and kept, so credentials given to apps stay valid across restarts. The stores listen on
+ * loopback and on the address instances reach the host on (the pool's publish address),
+ * whose ports the firewall opens to containers. The program is restarted when it exits,
+ * and stops with skiffd (it gets SIGTERM when skiffd goes, even killed). */
+#ifndef SKIFF_BUILTIN_BROKERS_H
+#define SKIFF_BUILTIN_BROKERS_H
+
+#include <uv.h>
+
+struct api_svc;
+struct net_pool;
+struct builtin_brokers;
+
+struct builtin_brokers_config {
+    const char *binary; /* path of skiff-brokers */
+    const char *home;
+    const char *service_host;    /* what instances reach the host on (IP) */
+    const struct net_pool *pool; /* containers' pool (the firewall), or NULL */
+    struct api_svc *svc;         /* where the broker is registered */
+};
+
+/* NULL (after saying why) when it cannot start. */
+struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
+                                              const struct builtin_brokers_config *cfg);
+/* Stops the program (SIGTERM, waiting up to 30 s for its stores to stop) and frees; after
+ * the loop's handles are closed and the services' endpoints stopped. NULL is fine. */
+void builtin_brokers_free(struct builtin_brokers *bb);
+
+#endif
