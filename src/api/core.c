@@ -1608,6 +1608,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
                       core);
     api_core__staging_register(core);
     api_core__revisions_register(core);
+    api_core__autoscale_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;

@@ -114,6 +114,9 @@ void autoscaler_free(struct autoscaler *as);
  * A report replaces that router's previous one for the process. */
 void autoscaler_router_metrics(struct autoscaler *as, int router_id, const char *app_guid,
                                const char *process, double in_flight, double requests);
+/* A request waits for (app, process) at zero (a router's wake): it counts as one in flight
+ * until the routers' reports say more, so the instance started for it is not scaled away. */
+void autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process);
 /* A router went away: its reports no longer count. */
 void autoscaler_router_gone(struct autoscaler *as, int router_id);
 
