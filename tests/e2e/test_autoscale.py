@@ -271,3 +271,24 @@ def test_activator_queue_bound_and_timeout():
         assert p.api("GET", "/v1/apps/never/autoscale")[0] == 200
     finally:
         p.close()
+
+
+def test_manifest_sets_the_policy(plat, tmp_path):
+    p = plat
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "app.py").write_bytes(APP)
+    (tmp_path / "app" / "Procfile").write_text("web: python3 app.py\n")
+    (tmp_path / "manifest.yml").write_text(
+        "applications:\n"
+        "- name: man\n"
+        "  path: app\n"
+        "  min-instances: 1\n"
+        "  max-instances: 3\n"
+        "  target-concurrency: 5\n")
+    r = p.cli("push", "-f", str(tmp_path / "manifest.yml"), timeout=300)
+    assert r.returncode == 0, out(r)
+    assert "autoscaling web between 1 and 3 instances" in r.stdout, r.stdout
+    pol = status(p, "man")["policy"]
+    assert (pol["min_instances"], pol["max_instances"], pol["target_concurrency"]) == (1, 3, 5)
+    text = autoscale(p, "man")
+    assert "1 to 3 instances, target 5 in flight" in text and "metric:" in text, text
