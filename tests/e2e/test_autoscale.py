@@ -191,6 +191,12 @@ def test_zero_to_n_to_zero_without_a_failed_request(plat):
     assert "[AUTOSCALER]" in logs and "in flight, target 1" in logs, logs[-3000:]
     decisions = status(p, "z")["status"]["decisions"]
     assert any(d["to"] == 0 for d in decisions) and any(d["to"] >= 2 for d in decisions)
+    # each change is a platform event on the space's skiff.app.scaled topic
+    code, text = p.api("GET", "/v1/topics/skiff.app.scaled/events?from=start")
+    assert code == 200, text
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    counts = [e["data"]["instances"] for e in events if e["data"].get("app") == "z"]
+    assert 0 in counts and max(counts) >= 2, events
 
 
 def test_eight_clients_reach_eight_instances_then_drop_back(plat):
