@@ -187,8 +187,8 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
         snprintf(reason, sizeof reason, "%.0f requests/s, target %.0f%s", d.value, pol.target,
                  d.panic ? " (panic)" : "");
     else
-        snprintf(reason, sizeof reason, "%.0f in flight, target %.0f%s", ceil(d.value - 1e-9),
-                 pol.target, d.panic ? " (panic)" : "");
+        snprintf(reason, sizeof reason, "%.0f in flight, target %.0f%s",
+                 d.value > 0 ? ceil(d.value - 1e-9) : 0.0, pol.target, d.panic ? " (panic)" : "");
     int rc = scheduler_scale(as->sched, app->guid, sp->type, desired);
     if (rc < 0) {
         log_warning("autoscaler: cannot scale %s/%s to %d: %s", app->name, sp->type, desired,
@@ -288,7 +288,7 @@ json_t *autoscaler_status_json(struct autoscaler *as, const char *app_guid, cons
 {
     struct as_proc *p = as ? as__proc(as, app_guid, process, false) : NULL;
     json_t *decisions = json_array();
-    if (!p)
+    if (!p || p->desired < 0) /* only reports so far, no decision */
         return json_pack("{s:n, s:b, s:n, s:n, s:o}", "metric", "panic", false, "ready", "desired",
                          "decisions", decisions);
     size_t count = p->n_history < AUTOSCALER_HISTORY ? p->n_history : AUTOSCALER_HISTORY;
