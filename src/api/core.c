@@ -447,10 +447,12 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
                 return false;
         }
     }
-    /* the kind may have changed: each process's scaling policy follows it */
+    /* the kind may have changed: each process's scaling policy follows it, unless its user
+     * set one (`skiff autoscale`) */
     for (size_t i = 0; i < app->n_processes; i++)
-        app->processes[i].min_instances =
-            store_process_default_min(app->kind, app->processes[i].type);
+        if (!store_process_request_scaled(&app->processes[i]))
+            app->processes[i].min_instances =
+                store_process_default_min(app->kind, app->processes[i].type);
     return true;
 }
 
@@ -1606,6 +1608,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
                       core);
     api_core__staging_register(core);
     api_core__revisions_register(core);
+    api_core__autoscale_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;

@@ -30,6 +30,7 @@ struct api_core_config {
     struct scheduler *scheduler;
     struct hub *hub; /* platform events: it publishes what users do, and follows instances */
     struct logs *logs;
+    struct autoscaler *autoscaler; /* what `skiff autoscale` shows (NULL: nothing) */
     struct auth *auth; /* spaces' names for the app objects */
     struct services *services; /* the app's VCAP_SERVICES in its env (NULL: "{}") */
     /* called when an app is deleted, before its record goes (NULL: nobody) */

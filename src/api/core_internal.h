@@ -64,6 +64,8 @@ void api_core__staging_cancel(struct api_core *core, const char *app_guid);
 
 /* revisions.c */
 void api_core__revisions_register(struct api_core *core);
+/* GET/PUT/DELETE /v1/apps/NAME/autoscale (autoscale.c). */
+void api_core__autoscale_register(struct api_core *core);
 /* Records the app's current droplet, environment and commands as its next revision (number
  * in *version_out when not NULL), dropping revisions past the kept number with the droplets
  * only they used. 0, -ENODATA (no droplet) or -EIO. */

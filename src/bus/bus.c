@@ -30,6 +30,7 @@ struct bus_conn {
     bool has_table;    /* it got a table from us (else it serves its own last one) */
     uint64_t *awaited; /* drain ids this router has not answered yet */
     size_t n_awaited;
+    int id; /* this connection's, for the metrics it reports (bus_set_metrics) */
     struct bus_conn *next;
 };
 
@@ -59,6 +60,9 @@ struct bus {
     int sub_id; /* on the hub */
     void (*traffic)(void *ctx, const char *app_guid);
     void *traffic_ctx;
+    const struct bus_metrics_sink *metrics;
+    void *metrics_ctx;
+    int next_conn_id;
     int handles;
     bool store_failing; /* logged once until the store answers again */
     bool closing;
@@ -174,6 +178,8 @@ static void bus__conn_close(struct bus_conn *c)
     c->closing = true;
     while (c->n_awaited) /* a router that is gone has nothing in flight */
         bus__drain_answered(c, c->awaited[c->n_awaited - 1]);
+    if (c->bus->metrics) /* nor anything it counts */
+        c->bus->metrics->router_gone(c->bus->metrics_ctx, c->id);
     for (struct bus_conn **pp = &c->bus->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -452,6 +458,31 @@ static void bus__access(struct bus_conn *c, const struct bus_access *a)
     bus__note_traffic(c->bus, a->app_guid); /* a function serving requests is not idle */
 }
 
+/* A router's second of counts (docs/bus.md "metrics"): each well-formed entry goes to the
+ * sink; malformed ones are skipped (the router may be newer), never trusted further. */
+static void bus__metrics(struct bus_conn *c, json_t *msg)
+{
+    struct bus *bus = c->bus;
+    json_t *apps = json_object_get(msg, "apps");
+    if (!bus->metrics || !json_is_array(apps))
+        return;
+    size_t i;
+    json_t *e;
+    json_array_foreach(apps, i, e)
+    {
+        const char *app = json_string_value(json_object_get(e, "app_guid"));
+        const char *process = json_string_value(json_object_get(e, "process"));
+        json_t *inf = json_object_get(e, "in_flight"), *req = json_object_get(e, "requests");
+        if (!app || strlen(app) != 36 || !process || !*process || strlen(process) > 63 ||
+            !json_is_number(inf) || !json_is_number(req))
+            continue;
+        double in_flight = json_number_value(inf), requests = json_number_value(req);
+        if (!(in_flight >= 0 && in_flight < 1e9) || !(requests >= 0 && requests < 1e12))
+            continue;
+        bus->metrics->report(bus->metrics_ctx, c->id, app, process, in_flight, requests);
+    }
+}
+
 static void bus__message(struct bus_conn *c, const char *line, size_t len)
 {
     struct bus *bus = c->bus;
@@ -485,12 +516,16 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
         json_t *id = json_object_get(msg, "id");
         if (json_is_integer(id) && json_integer_value(id) > 0)
             bus__drain_answered(c, (uint64_t)json_integer_value(id));
+    } else if (!strcmp(type, "metrics")) {
+        bus__metrics(c, msg);
     } else if (!strcmp(type, "wake")) {
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
         if (app) {
             /* a request waits: the function is busy, even before its access line comes, so
              * an idle check in between does not scale the woken instance away again */
             bus__note_traffic(bus, app);
+            if (bus->metrics && strlen(app) == 36)
+                bus->metrics->woken(bus->metrics_ctx, app, "web");
             int rc = scheduler_ensure_instances(bus->sched, app, "web", 1);
             if (rc < 0 && rc != -ENOENT)
                 logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
@@ -544,6 +579,7 @@ static void bus__on_connection(uv_stream_t *server, int status)
         return;
     struct bus_conn *c = xcalloc(1, sizeof *c);
     c->bus = bus;
+    c->id = ++bus->next_conn_id;
     uv_pipe_init(bus->loop, &c->pipe, 0);
     c->pipe.data = c;
     bus->handles++;
@@ -561,6 +597,12 @@ static void bus__on_connection(uv_stream_t *server, int status)
 }
 
 /* ---- life --------------------------------------------------------------------------------- */
+
+void bus_set_metrics(struct bus *bus, const struct bus_metrics_sink *sink, void *ctx)
+{
+    bus->metrics = sink;
+    bus->metrics_ctx = ctx;
+}
 
 void bus_set_traffic(struct bus *bus, void (*fn)(void *ctx, const char *app_guid), void *ctx)
 {

@@ -39,6 +39,17 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
 /* Who hears that requests reached an app (by guid) through a router, once per access line:
  * the invoker, whose functions serving requests are not idle. NULL fn: nobody. */
 void bus_set_traffic(struct bus *bus, void (*fn)(void *ctx, const char *app_guid), void *ctx);
+/* Who gets the routers' per-second counts (docs/bus.md "metrics"): report once per entry of
+ * each message, router_gone when that router's connection ends (its counts no longer hold),
+ * woken for each wake (before the scheduler is asked for an instance).
+ * router is a number unique to the connection. NULL sink: nobody. */
+struct bus_metrics_sink {
+    void (*report)(void *ctx, int router, const char *app_guid, const char *process,
+                   double in_flight, double requests);
+    void (*router_gone)(void *ctx, int router);
+    void (*woken)(void *ctx, const char *app_guid, const char *process); /* a wake came */
+};
+void bus_set_metrics(struct bus *bus, const struct bus_metrics_sink *sink, void *ctx);
 /* The route table may have changed: push it soon. */
 void bus_routes_changed(struct bus *bus);
 /* Adapter for callbacks taking a void *ctx. */

@@ -552,6 +552,47 @@ static int cli_push_balances(const struct manifest_app *a)
     return rc;
 }
 
+/* PUT /v1/apps/NAME/autoscale?process=TYPE with what the manifest sets. */
+static int cli_push_autoscale_one(const char *app, const char *type,
+                                  const struct manifest_autoscale *as)
+{
+    if (!manifest_autoscale_set(as))
+        return CLI_EXIT_OK;
+    json_t *body = json_object();
+    const struct {
+        const char *key;
+        long value;
+    } v[] = {{"min_instances", as->min_instances},
+             {"max_instances", as->max_instances},
+             {"target_concurrency", as->target_concurrency},
+             {"target_rps", as->target_rps}};
+    for (size_t i = 0; i < ARRAY_SIZE(v); i++)
+        if (v[i].value >= 0)
+            json_object_set_new(body, v[i].key, json_integer(v[i].value));
+    char *query = cli_escape(type);
+    char *suffix = xasprintf("/autoscale?process=%s", query);
+    char *path = cli_app_path(app, suffix);
+    int rc = cli_api("PUT", path, body, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    if (rc == CLI_EXIT_OK)
+        printf("  autoscaling %s between %ld and %ld instances\n", type,
+               as->min_instances >= 0 ? as->min_instances : 0,
+               as->max_instances >= 0 ? as->max_instances : 10);
+    free(path);
+    free(suffix);
+    free(query);
+    json_decref(body);
+    return rc;
+}
+
+/* The manifest's request scaling policies: the app's (its web process) and each process's. */
+static int cli_push_autoscale(const struct manifest_app *a)
+{
+    int rc = cli_push_autoscale_one(a->name, "web", &a->autoscale);
+    for (size_t i = 0; i < a->process_count && rc == CLI_EXIT_OK; i++)
+        rc = cli_push_autoscale_one(a->name, a->processes[i].type, &a->processes[i].autoscale);
+    return rc;
+}
+
 /* The first array in an answer like {"event_mappings": [...]}. */
 static json_t *cli_first_array(json_t *obj)
 {
@@ -807,6 +848,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
             rc = cli_push_one(&plan);
         if (rc == CLI_EXIT_OK)
             rc = cli_push_balances(a);
+        if (rc == CLI_EXIT_OK && !a->is_function)
+            rc = cli_push_autoscale(a);
         if (rc == CLI_EXIT_OK)
             rc = cli_push_mappings(a);
         pushed++;

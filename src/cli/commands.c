@@ -50,6 +50,26 @@ const struct cli_command cli_core_commands[] = {
      "  -k, --disk MEM      disk quota per instance\n"
      "  --no-wait           do not wait for the instances to run\n",
      cli_cmd_scale},
+    {"autoscale",
+     "autoscale NAME [--process P] [--min N] [--max N] [--target-concurrency N | --target-rps N] "
+     "[--window DURATION] [--scale-down-delay DURATION] [--off]",
+     "Scale a process with its requests, or show how it scales",
+     "Without settings, shows the process's policy, the requests in flight and per second the\n"
+     "routers see, and the autoscaler's recent decisions. With settings, the platform runs\n"
+     "between --min and --max instances (--min 0: to zero when idle; the router holds requests\n"
+     "while the first instance starts), as many as the requests in flight divided by the\n"
+     "target (default 100 per instance), or the requests per second by --target-rps.\n"
+     "Settings not given keep their value.\n\n"
+     "  --process P              the process type (default: web)\n"
+     "  --min N, --max N         the fewest and most instances\n"
+     "  --target-concurrency N   requests in flight per instance\n"
+     "  --target-rps N           requests per second per instance (instead)\n"
+     "  --window DURATION        the stable window the load is averaged over (default 60s; the\n"
+     "                           panic window, which reacts when load doubles, is a tenth)\n"
+     "  --scale-down-delay D     how long fewer instances must be wanted before they go\n"
+     "  --off                    the process's instance count is its user's again\n\n"
+     "Example:\n  skiff autoscale hello --min 0 --max 20 --target-concurrency 10\n",
+     cli_cmd_autoscale},
     {"start", "start NAME", "Start an app and wait until its instances run",
      "  --no-wait           return at once\n  --timeout SECONDS   how long to wait (default: 60)\n",
      cli_cmd_start},

@@ -645,6 +645,34 @@ static const char *const manifest_health_types[] = {"port", "http", "process", "
 
 /* ---- processes ---- */
 
+#define MANIFEST_AUTOSCALE_FIELDS(type)                                                            \
+    MANIFEST_INT("min-instances", type, autoscale.min_instances, 0),                               \
+        MANIFEST_INT("max-instances", type, autoscale.max_instances, 1),                           \
+        MANIFEST_INT("target-concurrency", type, autoscale.target_concurrency, 1),                 \
+        MANIFEST_INT("target-rps", type, autoscale.target_rps, 1)
+
+bool manifest_autoscale_set(const struct manifest_autoscale *as)
+{
+    return as->min_instances >= 0 || as->max_instances >= 0 || as->target_concurrency >= 0 ||
+           as->target_rps >= 0;
+}
+
+static void manifest_autoscale_init(struct manifest_autoscale *as)
+{
+    as->min_instances = as->max_instances = as->target_concurrency = as->target_rps = -1;
+}
+
+/* What the API would refuse, said with the line. */
+static int manifest_autoscale_check(struct manifest_ctx *c, const yaml_node_t *n,
+                                    const struct manifest_autoscale *as, const char *what)
+{
+    if (as->min_instances >= 0 && as->max_instances >= 0 && as->min_instances > as->max_instances)
+        return manifest_fail(c, n, "%s has min-instances above max-instances", what);
+    if (as->target_concurrency >= 0 && as->target_rps >= 0)
+        return manifest_fail(c, n, "%s has both target-concurrency and target-rps: give one", what);
+    return 0;
+}
+
 static const struct manifest_field manifest_process_fields[] = {
     MANIFEST_STRING("type", struct manifest_process, type),
     MANIFEST_STRING("command", struct manifest_process, command),
@@ -657,6 +685,7 @@ static const struct manifest_field manifest_process_fields[] = {
     MANIFEST_STRING("health-check-http-endpoint", struct manifest_process,
                     health_check_http_endpoint),
     MANIFEST_INT("timeout", struct manifest_process, timeout, 1),
+    MANIFEST_AUTOSCALE_FIELDS(struct manifest_process),
     MANIFEST_PROCESS_NO_EFFECT_FIELDS,
     {0},
 };
@@ -665,12 +694,13 @@ static int manifest_process(struct manifest_ctx *c, const yaml_node_t *n, void *
 {
     struct manifest_process *p = item;
     p->instances = p->memory_mb = p->disk_mb = p->timeout = -1;
+    manifest_autoscale_init(&p->autoscale);
     int rc = manifest_block(c, n, "a process", manifest_process_fields, p);
     if (rc)
         return rc;
     if (!p->type)
         return manifest_fail(c, n, "a process needs a \"type\" (like web or worker)");
-    return 0;
+    return manifest_autoscale_check(c, n, &p->autoscale, "a process");
 }
 
 /* ---- functions and their events ---- */
@@ -1035,6 +1065,7 @@ static const struct manifest_field manifest_app_fields[] = {
                     manifest_health_types),
     MANIFEST_CUSTOM("health-check-http-endpoint", manifest_app_endpoint),
     MANIFEST_INT("timeout", struct manifest_app, timeout, 1),
+    MANIFEST_AUTOSCALE_FIELDS(struct manifest_app),
     MANIFEST_CUSTOM("services", manifest_app_services),
     MANIFEST_LIST("processes", struct manifest_app, processes, process_count, manifest_process),
     MANIFEST_LIST("functions", struct manifest_app, functions, function_count, manifest_function),
@@ -1051,6 +1082,7 @@ static const struct manifest_field manifest_app_fields[] = {
 static int manifest_app(struct manifest_ctx *c, const yaml_node_t *n, struct manifest_app *a)
 {
     a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
+    manifest_autoscale_init(&a->autoscale);
     a->line = manifest_line(n);
     /* the name first, so that warnings about keys before it can name the app */
     if (n->type == YAML_MAPPING_NODE)
@@ -1080,7 +1112,7 @@ static int manifest_app(struct manifest_ctx *c, const yaml_node_t *n, struct man
         manifest_warn(c, n, "random-route", "the app lists its routes");
         c->app = NULL;
     }
-    return 0;
+    return manifest_autoscale_check(c, n, &a->autoscale, a->name);
 }
 
 /* A top-level function is an app of its own whose code is the handler's file. */
@@ -1088,6 +1120,7 @@ static int manifest_top_function(struct manifest_ctx *c, const yaml_node_t *n,
                                  struct manifest_app *a)
 {
     a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
+    manifest_autoscale_init(&a->autoscale);
     a->line = manifest_line(n);
     a->functions = xcalloc(1, sizeof(*a->functions));
     a->function_count = 1;

@@ -39,6 +39,15 @@ struct manifest_route {
     char *balance; /* "round-robin" or "least-connection"; NULL: not set */
 };
 
+/* A process's request scaling policy (`skiff autoscale`): -1 for what is not set; set when
+ * any is. */
+struct manifest_autoscale {
+    long min_instances;
+    long max_instances;
+    long target_concurrency;
+    long target_rps;
+};
+
 struct manifest_process {
     char *type;
     char *command;  /* NULL: not set */
@@ -48,6 +57,7 @@ struct manifest_process {
     char *health_check_type;
     char *health_check_http_endpoint;
     long timeout; /* -1: not set */
+    struct manifest_autoscale autoscale;
 };
 
 struct manifest_event {
@@ -101,6 +111,7 @@ struct manifest_app {
     size_t process_count;
     struct manifest_function *functions;
     size_t function_count;
+    struct manifest_autoscale autoscale; /* of the web process */
     bool is_function; /* an entry of the top-level functions: (functions[0] is it) */
     int line;         /* where the app starts in the file, for messages */
     char **warnings;  /* "manifest.yml line 9: shop: \"sidecars\" has no effect here: ..." */
@@ -135,5 +146,8 @@ void manifest_free(struct manifest *m);
 /* Parses a size like "256M", "1G", "512MB", "1024" (megabytes) into megabytes.
  * Returns 0, or -1 when it is not a size (zero and negative sizes are refused). */
 int manifest_parse_megabytes(const char *s, long *mb);
+
+/* Whether the policy has any key set. */
+bool manifest_autoscale_set(const struct manifest_autoscale *as);
 
 #endif

@@ -19,6 +19,7 @@
 #include "api/core.h"
 #include "api/tenancy.h"
 #include "auth/auth.h"
+#include "autoscaler/autoscaler.h"
 #include "bus/bus.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -52,6 +53,7 @@ struct daemon {
     struct hub *hub; /* platform events: the scheduler, API and staging publish there */
     struct scheduler *sched;
     struct invoker *invoker; /* event delivery, on the events API's fabric */
+    struct autoscaler *autoscaler; /* request scaling, fed by the routers through the bus */
     struct bus *bus;
     struct router_proc *router;
     struct api_events *events; /* the topics' endpoints and the fabric */
@@ -203,6 +205,24 @@ static int setup_token(struct daemon *d, const char *api_url)
     return rc;
 }
 
+/* ---- the routers' counts to the autoscaler (bus -> autoscaler, wired here) ----------------- */
+
+static void daemon_autoscaler_report(void *as, int router, const char *app_guid,
+                                     const char *process, double in_flight, double requests)
+{
+    autoscaler_router_metrics(as, router, app_guid, process, in_flight, requests);
+}
+
+static void daemon_autoscaler_router_gone(void *as, int router)
+{
+    autoscaler_router_gone(as, router);
+}
+
+static void daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
+{
+    autoscaler_woken(as, app_guid, process);
+}
+
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
 
 static void shutdown_router_done(void *arg)
@@ -256,8 +276,12 @@ static void shutdown_api_done(void *arg)
     struct daemon *d = arg;
     /* the routers' access lines go on arriving until the bus closes: none reaches the
      * invoker once it stops (it is freed when stopped) */
-    if (d->bus)
+    if (d->bus) {
         bus_set_traffic(d->bus, NULL, NULL);
+        bus_set_metrics(d->bus, NULL, NULL);
+    }
+    if (d->autoscaler) /* no decision once the invoker (its floor) stops */
+        autoscaler_close(d->autoscaler, NULL, NULL);
     invoker_stop(d->invoker, shutdown_invoker_done, d);
 }
 
@@ -310,6 +334,7 @@ static void daemon_free(struct daemon *d)
     api_free(d->api);
     auth_free(d->auth);
     scheduler_free(d->sched);
+    autoscaler_free(d->autoscaler);
     bus_free(d->bus);
     router_proc_free(d->router);
     hub_free(d->hub);
@@ -617,6 +642,13 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto fail;
     }
+    autoscaler_new(d.loop, d.store, d.sched, d.logs, &d.autoscaler);
+    static const struct bus_metrics_sink autoscaler_sink = {
+        .report = daemon_autoscaler_report,
+        .router_gone = daemon_autoscaler_router_gone,
+        .woken = daemon_autoscaler_woken,
+    };
+    bus_set_metrics(d.bus, &autoscaler_sink, d.autoscaler);
     struct api_services svc = {.loop = d.loop,
                                .home = d.home,
                                .api_url = api_url,
@@ -640,6 +672,7 @@ int main(int argc, char **argv)
         .scheduler = d.sched,
         .hub = d.hub,
         .logs = d.logs,
+        .autoscaler = d.autoscaler,
         .auth = d.auth,
         .services = d.services,
         .app_deleted = api_svc_app_deleted,
@@ -664,6 +697,7 @@ int main(int argc, char **argv)
         goto fail;
     }
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
+    autoscaler_set_floor(d.autoscaler, invoker_instances_wanted, d.invoker);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);
@@ -716,6 +750,10 @@ fail:
         d.stopping = true;
         if (d.api)
             api_close(d.api, NULL, NULL);
+        if (d.bus)
+            bus_set_metrics(d.bus, NULL, NULL);
+        if (d.autoscaler)
+            autoscaler_close(d.autoscaler, NULL, NULL);
         if (d.invoker) {
             if (d.bus)
                 bus_set_traffic(d.bus, NULL, NULL);

@@ -1231,6 +1231,23 @@ static void invoker_track_function(struct invoker *inv, const char *app_guid_or_
     store_app_free(a);
 }
 
+int invoker_instances_wanted(void *invoker, const char *app_guid, const char *process)
+{
+    struct invoker *inv = invoker;
+    if (!inv || inv->stopping)
+        return 0;
+    int wanted = 0;
+    for (struct inv_target *t = inv->targets; t; t = t->next) {
+        if (strcmp(t->app_guid, app_guid) || strcmp(t->process, process))
+            continue;
+        uint64_t work;
+        int n = target_wanted(t, &work);
+        if (n > wanted)
+            wanted = n;
+    }
+    return wanted;
+}
+
 void invoker_note_traffic(void *invoker, const char *app_guid)
 {
     struct invoker *inv = invoker;
@@ -1259,16 +1276,18 @@ static int64_t target_idle_grace(struct inv_target *t)
     return grace < 0 ? t->inv->idle_grace_ms : grace;
 }
 
-/* The target's stored scaling policy (store.h): STORE_SCALE_MANUAL when its user scales it,
- * else the fewest instances it scales down to (a function's process, or an app's process
- * type other than web: functions declared in an app's manifest, which start at zero). */
+/* The target's stored scaling policy (store.h): STORE_SCALE_MANUAL when its user scales it
+ * or the autoscaler does (a request scaling policy: its decisions take this work as a
+ * floor), else the fewest instances it scales down to (a function's process, or an app's
+ * process type other than web: functions declared in an app's manifest, which start at
+ * zero). */
 static int target_min_instances(struct inv_target *t)
 {
     struct store_app *a = NULL;
     if (store_app_get(t->inv->store, t->app, &a) < 0)
         return STORE_SCALE_MANUAL;
     const struct store_process *p = store_app_process(a, t->process);
-    int min = p ? p->min_instances : STORE_SCALE_MANUAL;
+    int min = p && !store_process_request_scaled(p) ? p->min_instances : STORE_SCALE_MANUAL;
     store_app_free(a);
     return min;
 }

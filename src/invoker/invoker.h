@@ -153,6 +153,10 @@ void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg);
  * requests is not idle, so it is not scaled to zero under them. invoker is a struct invoker
  * (void so that the bus takes it as its traffic callback). A no-op while it stops. Cheap:
  * called once per proxied request. */
+/* How many instances the event work of (app_guid, process) asks for now (backlog and
+ * deliveries in flight, by the mappings' concurrency): the autoscaler's floor for a process it
+ * scales (autoscaler_set_floor). 0 when none. */
+int invoker_instances_wanted(void *invoker, const char *app_guid, const char *process);
 void invoker_note_traffic(void *invoker, const char *app_guid);
 
 #endif

@@ -11,16 +11,17 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
-          "                    [--workers N] [--index N] [--max-body-bytes N]\n"
-          "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
-          "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
-          "                    [--upstream-timeout-ms N] [--connect-timeout-ms N]\n"
-          "                    [--max-connections N] [--upstream-idle-max N]\n"
-          "                    [--upstream-idle-timeout-ms N] [--hold-timeout-ms N]\n"
-          "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR, and\n"
-          "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
-          f);
+    fputs(
+        "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
+        "                    [--workers N] [--index N] [--max-body-bytes N]\n"
+        "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
+        "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
+        "                    [--upstream-timeout-ms N] [--connect-timeout-ms N]\n"
+        "                    [--max-connections N] [--upstream-idle-max N]\n"
+        "                    [--upstream-idle-timeout-ms N] [--hold-timeout-ms N] [--hold-max N]\n"
+        "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR, and\n"
+        "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
+        f);
 }
 
 /* Parses a non-negative number or fails with a message naming the option. */
@@ -61,6 +62,7 @@ static const struct numeric_option numeric_options[] = {
     OPT("connect-timeout-ms", "SKIFF_ROUTER_CONNECT_TIMEOUT_MS", 0, connect_timeout_ms),
     OPT("max-connections", "SKIFF_ROUTER_MAX_CONNECTIONS", 0, max_connections),
     OPT("hold-timeout-ms", "SKIFF_ROUTER_HOLD_TIMEOUT_MS", 0, hold_timeout_ms),
+    OPT("hold-max", "SKIFF_ROUTER_HOLD_MAX", 0, hold_max),
     OPT("upstream-idle-max", "SKIFF_ROUTER_UPSTREAM_IDLE_MAX", 0, upstream_idle_max),
     OPT("upstream-idle-timeout-ms", "SKIFF_ROUTER_UPSTREAM_IDLE_TIMEOUT_MS", 0,
         upstream_idle_timeout_ms),

@@ -37,6 +37,32 @@ struct route_backend {
     int64_t down_until_ms; /* refused a connection: passed over until then (atomic) */
 };
 
+/* What the router counts per (app, process), for the autoscaler (docs/bus.md "metrics"): one
+ * object for the process's life, shared by every table and worker, so a request keeps its
+ * counter across table changes. Workers touch only the atomics; the sums belong to the main
+ * loop that samples them (router_bus.c). */
+struct route_stats {
+    char app_guid[37];
+    char process[64];
+    int in_flight;     /* requests routed to it and not finished, held ones included (atomic) */
+    int held;          /* of them, held while it starts from zero (atomic) */
+    uint64_t requests; /* routed so far (atomic) */
+    /* main loop only */
+    double sample_sum;
+    int samples;
+    uint64_t requests_reported;
+    bool reported_busy; /* the last report was not all zeros */
+    struct route_stats *next;
+};
+
+/* The counters of (app_guid, process), made on first use; never NULL, never freed before
+ * route_stats_clear. Thread-safe; not for the hot path (tables call it when parsed). */
+struct route_stats *route_stats_get(const char *app_guid, const char *process);
+/* Calls fn for every counter (main loop; counters made meanwhile may be missed). */
+void route_stats_each(void (*fn)(void *ctx, struct route_stats *st), void *ctx);
+/* Frees every counter (at exit, once no worker runs). */
+void route_stats_clear(void);
+
 struct route {
     char *host; /* lowercase, no port; may start with "*." */
     char *path; /* "" for the whole host, else "/x" without a trailing slash */
@@ -46,6 +72,7 @@ struct route {
     char *process;
     enum route_balance balance;
     bool scale_from_zero;
+    struct route_stats *stats; /* NULL for a route without an app guid */
     struct route_backend *backends;
     size_t backend_count;
     size_t index; /* position in its table, for state a caller keeps per route */

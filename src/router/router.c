@@ -26,6 +26,7 @@ void router_config_defaults(struct router_config *cfg)
     cfg->upstream_timeout_ms = 60 * 1000;
     cfg->connect_timeout_ms = 5 * 1000;
     cfg->hold_timeout_ms = 60 * 1000;
+    cfg->hold_max = 1000;
     cfg->max_connections = 50000;
     cfg->upstream_idle_max = 1024;
     cfg->upstream_idle_timeout_ms = 30 * 1000;
@@ -104,6 +105,7 @@ out_loop:
     router_bus_free();
 out:
     route_table_clear_current();
+    route_stats_clear();
     free(run_dir);
     free(pid_path);
     return r;

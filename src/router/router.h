@@ -33,6 +33,7 @@ struct router_config {
     int upstream_timeout_ms; /* silence on both sides while a request is in progress */
     int connect_timeout_ms;  /* TCP connect to a backend */
     int hold_timeout_ms;     /* a request for an app starting from zero waits this long */
+    int hold_max;            /* requests held per app process at zero (the activator's queue) */
     int max_connections;     /* client connections, all workers together */
     int upstream_idle_max;   /* idle pooled connections per backend per worker */
     int upstream_idle_timeout_ms;

@@ -195,6 +195,7 @@ struct exchange {
     struct table_hold *hold; /* the table x->route lives in */
     struct route *route;
     struct route_backend *backend; /* counted in backend->active while set */
+    struct route_stats *stats;     /* counted in stats->in_flight while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
@@ -626,6 +627,10 @@ static void exchange_free(struct exchange *x)
 {
     struct worker *w = x->c->p.w;
     exchange_release_backend(x);
+    if (x->stats) {
+        __atomic_sub_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        x->stats = NULL;
+    }
     table_hold_release(w, x->hold);
     x->hold = NULL;
     bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192 &&
@@ -919,7 +924,7 @@ static void on_timer(uv_timer_t *t)
         break;
     case D_HOLD:
         hold_unlink(c);
-        client_respond_error(c, 503, "no-instance",
+        client_respond_error(c, 503, "scale-from-zero-timeout",
                              "The app did not start an instance in time for this request.", true);
         break;
     default: /* idle keep-alive, tunnel silence, a close that waits on a slow reader */
@@ -1577,8 +1582,22 @@ static void route_and_connect(struct client *c)
         .upgrade = x->upgrade,
     };
     router_head_build_request(&x->head, &rh);
+    x->stats = x->route->stats;
+    if (x->stats) { /* what the autoscaler sees: requests in flight, held ones included */
+        __atomic_add_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&x->stats->requests, 1, __ATOMIC_RELAXED);
+    }
     if (x->route->backend_count == 0) {
         if (x->route->scale_from_zero && w->cfg->hold_timeout_ms > 0) {
+            /* the activator's queue is bounded: past it, a clear 503 rather than memory */
+            if (x->stats && w->cfg->hold_max > 0 &&
+                __atomic_load_n(&x->stats->held, __ATOMIC_RELAXED) >= w->cfg->hold_max) {
+                client_answer_and_continue(c, 503, "scale-from-zero-queue-full",
+                                           "Too many requests wait for this app to start from "
+                                           "zero; try again in a moment.",
+                                           false);
+                return;
+            }
             hold_request(c);
             return;
         }
@@ -1599,6 +1618,8 @@ static void hold_unlink(struct client *c)
     if (!c->held)
         return;
     c->held = false;
+    if (c->x && c->x->stats)
+        __atomic_sub_fetch(&c->x->stats->held, 1, __ATOMIC_RELAXED);
     if (c->hold_prev)
         c->hold_prev->hold_next = c->hold_next;
     else
@@ -1653,6 +1674,8 @@ static void hold_request(struct client *c)
 {
     struct worker *w = c->p.w;
     c->held = true;
+    if (c->x->stats)
+        __atomic_add_fetch(&c->x->stats->held, 1, __ATOMIC_RELAXED);
     c->hold_prev = NULL;
     c->hold_next = w->held;
     if (w->held)

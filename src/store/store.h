@@ -41,6 +41,14 @@ struct store_process {
     int instances;     /* desired */
     int memory_mb;     /* 0: the app's */
     int min_instances; /* the scaling policy: STORE_SCALE_MANUAL or the floor it scales to */
+    /* Request scaling (src/autoscaler): with max_instances > 0 (and min_instances >= 0) the
+     * autoscaler runs between min and max instances by the requests in flight; 0 in the
+     * others means the autoscaler's default. */
+    int max_instances;       /* 0: no request scaling */
+    int target_concurrency;  /* requests in flight per instance */
+    int target_rps;          /* requests per second per instance (then instead of concurrency) */
+    int window_ms;           /* the stable window (the panic window is a tenth of it) */
+    int scale_down_delay_ms; /* how long a lower count must be wanted before it runs */
 };
 
 /* The policy a process gets unless one is set: every process of a function, and an app's
@@ -51,6 +59,13 @@ int store_process_default_min(const char *app_kind, const char *type);
 static inline bool store_process_autoscaled(const struct store_process *p)
 {
     return p && p->min_instances >= 0;
+}
+
+/* Whether the autoscaler scales the process with its requests (its policy has a maximum):
+ * the one answer to "who scales this process down". */
+static inline bool store_process_request_scaled(const struct store_process *p)
+{
+    return store_process_autoscaled(p) && p->max_instances > 0;
 }
 
 struct store_env_var {

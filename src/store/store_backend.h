@@ -12,6 +12,11 @@
 
 struct store_backend;
 
+/* The columns of a process's request scaling policy after min_instances, in the order the
+ * backends read and write them (store_process's max_instances and on). */
+#define STORE_PROCESS_POLICY_COLUMNS                                                               \
+    ", max_instances, target_concurrency, target_rps, window_ms, scale_down_delay_ms"
+
 struct store_ops {
     const char *name; /* "sqlite" */
     void (*close)(struct store_backend *b);

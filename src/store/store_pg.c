@@ -79,6 +79,12 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN min_instances INTEGER NOT NULL DEFAULT -1;"
     "UPDATE processes SET min_instances = 0 WHERE type <> 'web' OR app_guid IN"
     "  (SELECT guid FROM apps WHERE kind = 'function');",
+    /* 7: the rest of a process's request scaling policy (store.h's max_instances and on) */
+    "ALTER TABLE processes ADD COLUMN max_instances INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN target_concurrency INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN target_rps INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN window_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN scale_down_delay_ms INTEGER NOT NULL DEFAULT 0;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -307,19 +313,25 @@ static int pg__write_children(struct store_backend *b, const struct store_app *a
         return -EIO;
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
-        struct pg_num inst, mem, min;
+        struct pg_num inst, mem, min, max, conc, rps, win, delay;
         const char *v[] = {
             app->guid,
             p->type,
             p->command,
             pg__num(&inst, p->instances),
             pg__num(&mem, p->memory_mb),
-            pg__num(&min, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances)};
+            pg__num(&min, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances),
+            pg__num(&max, p->max_instances),
+            pg__num(&conc, p->target_concurrency),
+            pg__num(&rps, p->target_rps),
+            pg__num(&win, p->window_ms),
+            pg__num(&delay, p->scale_down_delay_ms)};
         int rc = pg__write(b,
                            "INSERT INTO processes (app_guid, type, command, instances, memory_mb,"
-                           " min_instances) VALUES ($1, $2, $3, $4::integer, $5::integer,"
-                           " $6::integer)",
-                           6, v, false);
+                           " min_instances" STORE_PROCESS_POLICY_COLUMNS ") VALUES ($1, $2, $3,"
+                           " $4::integer, $5::integer, $6::integer, $7::integer, $8::integer,"
+                           " $9::integer, $10::integer, $11::integer)",
+                           11, v, false);
         if (rc < 0)
             return rc;
     }
@@ -396,6 +408,11 @@ static void pg__add_process(struct store_app *app, const PGresult *res, int row,
     p->instances = (int)pg__int(res, row, col + 2);
     p->memory_mb = (int)pg__int(res, row, col + 3);
     p->min_instances = (int)pg__int(res, row, col + 4);
+    p->max_instances = (int)pg__int(res, row, col + 5);
+    p->target_concurrency = (int)pg__int(res, row, col + 6);
+    p->target_rps = (int)pg__int(res, row, col + 7);
+    p->window_ms = (int)pg__int(res, row, col + 8);
+    p->scale_down_delay_ms = (int)pg__int(res, row, col + 9);
 }
 
 static void pg__add_env(struct store_app *app, const PGresult *res, int row, int col)
@@ -427,10 +444,12 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     struct store_app *app = pg__read_app(res, 0);
     PQclear(res);
     const char *g[] = {app->guid};
-    if (pg__exec(b,
-                 "SELECT type, command, instances, memory_mb, min_instances FROM processes"
-                 " WHERE app_guid = $1 ORDER BY type <> 'web', type COLLATE \"C\"",
-                 1, g, &res) < 0)
+    if (pg__exec(
+            b,
+            "SELECT type, command, instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS
+            " FROM processes"
+            " WHERE app_guid = $1 ORDER BY type <> 'web', type COLLATE \"C\"",
+            1, g, &res) < 0)
         goto fail;
     for (int r = 0; r < PQntuples(res); r++)
         pg__add_process(app, res, r, 0);
@@ -490,11 +509,13 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, pg__cmp_guid);
     if (pg__exec(b,
-                 space_guid ? "SELECT app_guid, type, command, instances, memory_mb, min_instances"
+                 space_guid ? "SELECT app_guid, type, command, instances, memory_mb, "
+                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
                               " FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
                               " space_guid = $1) ORDER BY app_guid, type <> 'web',"
                               " type COLLATE \"C\""
-                            : "SELECT app_guid, type, command, instances, memory_mb, min_instances"
+                            : "SELECT app_guid, type, command, instances, memory_mb, "
+                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
                               " FROM processes ORDER BY app_guid, type <> 'web',"
                               " type COLLATE \"C\"",
                  np, v, &res) < 0)

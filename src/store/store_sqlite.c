@@ -80,6 +80,12 @@ const char *const store_sqlite_migrations[] = {
     "ALTER TABLE processes ADD COLUMN min_instances INTEGER NOT NULL DEFAULT -1;"
     "UPDATE processes SET min_instances = 0 WHERE type != 'web' OR app_guid IN"
     "  (SELECT guid FROM apps WHERE kind = 'function');",
+    /* 7: the rest of a process's request scaling policy (store.h's max_instances and on) */
+    "ALTER TABLE processes ADD COLUMN max_instances INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN target_concurrency INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN target_rps INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN window_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN scale_down_delay_ms INTEGER NOT NULL DEFAULT 0;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -359,9 +365,10 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         return -EIO;
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
-        sqlite3_stmt *ins = store__prepare(st, "INSERT INTO processes (app_guid, type, command,"
-                                               " instances, memory_mb, min_instances) VALUES"
-                                               " (?, ?, ?, ?, ?, ?)");
+        sqlite3_stmt *ins = store__prepare(
+            st, "INSERT INTO processes (app_guid, type, command,"
+                " instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS ") VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         if (!ins)
             return -EIO;
         sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
@@ -370,6 +377,11 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         sqlite3_bind_int(ins, 4, p->instances);
         sqlite3_bind_int(ins, 5, p->memory_mb);
         sqlite3_bind_int(ins, 6, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances);
+        sqlite3_bind_int(ins, 7, p->max_instances);
+        sqlite3_bind_int(ins, 8, p->target_concurrency);
+        sqlite3_bind_int(ins, 9, p->target_rps);
+        sqlite3_bind_int(ins, 10, p->window_ms);
+        sqlite3_bind_int(ins, 11, p->scale_down_delay_ms);
         int rc = store__step_done(st, ins);
         if (rc < 0)
             return rc;
@@ -445,6 +457,11 @@ static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
     p->instances = sqlite3_column_int(q, col + 2);
     p->memory_mb = sqlite3_column_int(q, col + 3);
     p->min_instances = sqlite3_column_int(q, col + 4);
+    p->max_instances = sqlite3_column_int(q, col + 5);
+    p->target_concurrency = sqlite3_column_int(q, col + 6);
+    p->target_rps = sqlite3_column_int(q, col + 7);
+    p->window_ms = sqlite3_column_int(q, col + 8);
+    p->scale_down_delay_ms = sqlite3_column_int(q, col + 9);
 }
 
 /* Appends the variable in the row's columns from col on: name, value. */
@@ -471,7 +488,8 @@ static int store__read_done(struct store_backend *st, sqlite3_stmt *q, int step_
 static int store__app_load_children(struct store_backend *st, struct store_app *app)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb,"
-                                         " min_instances FROM processes WHERE app_guid = ?"
+                                         " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                         " FROM processes WHERE app_guid = ?"
                                          " ORDER BY type != 'web', type");
     int step;
     if (!q)
@@ -580,11 +598,13 @@ static int sqlite__app_list_in(struct store_backend *st, const char *space_guid,
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
     q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances FROM processes WHERE app_guid IN"
+                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                        " FROM processes WHERE app_guid IN"
                                         " (SELECT guid FROM apps WHERE space_guid = ?1)"
                                         " ORDER BY app_guid, type"
                                       : "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances FROM processes ORDER BY app_guid, type");
+                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                        " FROM processes ORDER BY app_guid, type");
     if (!q)
         goto fail;
     if (space_guid)

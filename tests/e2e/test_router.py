@@ -1295,7 +1295,7 @@ def test_held_request_gives_up_with_503(router_factory, bus):
     cold["scale_from_zero"] = True
     r = router_factory([cold], "--hold-timeout-ms", "800")
     resp = r.get("fn.localhost")
-    assert resp.status == 503 and resp.headers["x-skiff-router-error"] == "no-instance"
+    assert resp.status == 503 and resp.headers["x-skiff-router-error"] == "scale-from-zero-timeout"
 
 
 def test_access_lines_go_to_the_bus(router_factory, bus, backends):

@@ -628,6 +628,42 @@ static void test_cloud_foundry_keys_that_are_refused_or_conflict(void **state)
 }
 
 /* A typo is corrected only when what it means is clear: never to a key of contrary meaning. */
+static void test_autoscale_keys(void **state)
+{
+    (void)state;
+    struct manifest *m = parse_ok("applications:\n"
+                                  "- name: shop\n"
+                                  "  min-instances: 0\n"
+                                  "  max-instances: 20\n"
+                                  "  target-concurrency: 10\n"
+                                  "  processes:\n"
+                                  "  - type: api\n"
+                                  "    max-instances: 4\n"
+                                  "    target-rps: 50\n"
+                                  "- name: plain\n");
+    const struct manifest_app *a = &m->apps[0];
+    assert_true(manifest_autoscale_set(&a->autoscale));
+    assert_int_equal(a->autoscale.min_instances, 0);
+    assert_int_equal(a->autoscale.max_instances, 20);
+    assert_int_equal(a->autoscale.target_concurrency, 10);
+    assert_int_equal(a->autoscale.target_rps, -1);
+    assert_int_equal(a->processes[0].autoscale.max_instances, 4);
+    assert_int_equal(a->processes[0].autoscale.target_rps, 50);
+    assert_int_equal(a->processes[0].autoscale.min_instances, -1);
+    assert_false(manifest_autoscale_set(&m->apps[1].autoscale));
+    manifest_free(m);
+    char *err = parse_err("applications:\n- name: shop\n  min-instances: 5\n  max-instances: 2\n",
+                          MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "min-instances above max-instances"));
+    free(err);
+    err = parse_err("applications:\n- name: shop\n  target-rps: 5\n  target-concurrency: 2\n",
+                    MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "target-concurrency and target-rps"));
+    free(err);
+    err = parse_err("applications:\n- name: shop\n  max-instances: 0\n", MANIFEST_ERR_SCHEMA);
+    free(err);
+}
+
 static void test_misspellings_never_suggest_the_opposite(void **state)
 {
     (void)state;
@@ -905,6 +941,7 @@ int main(void)
         cmocka_unit_test(test_cloud_foundry_kitchen_sink),
         cmocka_unit_test(test_cloud_foundry_keys_that_are_refused_or_conflict),
         cmocka_unit_test(test_misspellings_never_suggest_the_opposite),
+        cmocka_unit_test(test_autoscale_keys),
         cmocka_unit_test(test_variables),
         cmocka_unit_test(test_vars_files),
         cmocka_unit_test(test_alias_bombs_depth_and_size_are_bounded),

@@ -1,0 +1,300 @@
+"""Request-driven autoscaling: the routers report the requests in flight, the autoscaler scales a
+process between its policy's min and max (`skiff autoscale`), to zero and back, and the
+router's activator holds requests for a process at zero (bounded queue, timeout answered with
+503 `X-Skiff-Router-Error: scale-from-zero-timeout`).
+
+The stable window is set per policy (--window 6s: panic window 1 s) so each test finishes in
+seconds; every wait is for a condition, with a deadline."""
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import Platform, deploy_bits, out, wait_for
+
+# A web app whose requests take as long as asked (/sleep/SECONDS).
+APP = b"""
+import os, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+INDEX = os.environ.get("CF_INSTANCE_INDEX", "?")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.startswith("/sleep/"):
+            time.sleep(float(self.path.split("/")[2]))
+        body = ("instance %s\\n" % INDEX).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def deploy(p, name, instances=1):
+    deploy_bits(p, name, [("Procfile", b"web: python3 app.py\n"), ("app.py", APP)],
+                {"instances": instances})
+    status, body = p.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
+    assert status in (200, 201), body
+
+
+def get(p, host, path="/", timeout=60):
+    """(status, headers, body) through the router; network errors are status 0."""
+    req = urllib.request.Request(p.router_url + path, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, {}, repr(e)
+
+
+def autoscale(p, name, *args):
+    r = p.cli("autoscale", name, *args)
+    assert r.returncode == 0, out(r)
+    return r.stdout
+
+
+def status(p, name):
+    code, body = p.api("GET", f"/v1/apps/{name}/autoscale")
+    assert code == 200, body
+    return body
+
+
+def running(p, name):
+    code, app = p.api("GET", f"/v1/apps/{name}")
+    assert code == 200, app
+    return sum(1 for i in app["instances_detail"] if i["state"] == "RUNNING")
+
+
+def desired(p, name):
+    return status(p, name)["instances"]
+
+
+def recent_logs(p, name):
+    r = p.cli("logs", name, "--recent")
+    assert r.returncode == 0, out(r)
+    return r.stdout
+
+
+class Load:
+    """n client threads, each sending requests back to back until stopped; counts answers."""
+
+    def __init__(self, p, host, n, path="/sleep/0.3"):
+        self.p, self.host, self.path = p, host, path
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = []
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
+
+    def run(self):
+        while not self.stop_flag.is_set():
+            code, headers, body = get(self.p, self.host, self.path)
+            with self.lock:
+                if code == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append((code, headers.get("X-Skiff-Router-Error"), body[:200]))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(90)
+
+
+@pytest.fixture
+def plat():
+    p = Platform().start()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_policy_round_trip_and_bad_input(plat):
+    p = plat
+    deploy(p, "pol")
+    body = status(p, "pol")
+    assert body["policy"] is None and body["process"] == "web"
+    text = autoscale(p, "pol", "--min", "1", "--max", "4", "--target-concurrency", "10",
+                     "--window", "6s")
+    assert "1 to 4 instances, target 10 in flight" in text, text
+    body = status(p, "pol")
+    assert body["policy"] == {"min_instances": 1, "max_instances": 4, "target_concurrency": 10,
+                              "window_ms": 6000, "panic_window_ms": 1000,
+                              "scale_down_delay_ms": 0}
+    # the policy survives an update of the app (a push patches it)
+    assert p.api("PATCH", "/v1/apps/pol", {"memory_mb": 128})[0] == 200
+    assert status(p, "pol")["policy"]["max_instances"] == 4
+    # what a hostile or careless client sends gets a clear 4xx, and changes nothing
+    for bad in ({"min_instances": 5, "max_instances": 2}, {"max_instances": 0},
+                {"max_instances": 100000}, {"target_concurrency": 0},
+                {"target_concurrency": 5, "target_rps": 5}, {"window_ms": 10},
+                {"scale_down_delay_ms": -1}, {"max_instances": "many"}, {"nope": 1}):
+        code, err = p.api("PUT", "/v1/apps/pol/autoscale", bad)
+        assert code in (400, 422), (bad, code, err)
+        assert err["error"]["message"], err
+    code, err = p.api("PUT", "/v1/apps/pol/autoscale", raw=b"{not json",
+                      headers={"Content-Type": "application/json"})
+    assert code == 400, err
+    code, err = p.api("GET", "/v1/apps/pol/autoscale?process=nosuch")
+    assert code == 404 and "nosuch" in err["error"]["message"], err
+    code, _ = p.api("GET", "/v1/apps/nobody/autoscale")
+    assert code == 404
+    assert status(p, "pol")["policy"]["max_instances"] == 4
+    # rps instead of concurrency
+    autoscale(p, "pol", "--target-rps", "50")
+    pol = status(p, "pol")["policy"]
+    assert pol["target_rps"] == 50 and "target_concurrency" not in pol
+    # off: the count is the user's again
+    autoscale(p, "pol", "--off")
+    assert status(p, "pol")["policy"] is None
+    r = p.cli("autoscale", "pol", "--off", "--max", "3")
+    assert r.returncode != 0
+
+
+def test_zero_to_n_to_zero_without_a_failed_request(plat):
+    p = plat
+    deploy(p, "z")
+    autoscale(p, "z", "--min", "0", "--max", "4", "--target-concurrency", "1", "--window", "4s")
+    # idle: down to zero within the window (and the rate limit's halving)
+    wait_for(lambda: desired(p, "z") == 0 and running(p, "z") == 0, 60, "z to scale to zero")
+    # the first request wakes it and is not lost
+    code, _, body = get(p, "z.localhost")
+    assert code == 200, body
+    with Load(p, "z.localhost", 3) as load:
+        wait_for(lambda: running(p, "z") >= 2, 60, "z to scale up under load")
+    assert load.failed == [], load.failed[:5]
+    assert load.ok > 0
+    wait_for(lambda: desired(p, "z") == 0 and running(p, "z") == 0, 60, "z back to zero")
+    logs = recent_logs(p, "z")
+    assert "[AUTOSCALER]" in logs and "in flight, target 1" in logs, logs[-3000:]
+    decisions = status(p, "z")["status"]["decisions"]
+    assert any(d["to"] == 0 for d in decisions) and any(d["to"] >= 2 for d in decisions)
+    # each change is a platform event on the space's skiff.app.scaled topic
+    code, text = p.api("GET", "/v1/topics/skiff.app.scaled/events?from=start")
+    assert code == 200, text
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    counts = [e["data"]["instances"] for e in events if e["data"].get("app") == "z"]
+    assert 0 in counts and max(counts) >= 2, events
+
+
+def test_eight_clients_reach_eight_instances_then_drop_back(plat):
+    p = plat
+    deploy(p, "eight")
+    autoscale(p, "eight", "--min", "1", "--max", "8", "--target-concurrency", "1",
+              "--window", "4s")
+    started = time.monotonic()
+    with Load(p, "eight.localhost", 8, "/sleep/0.5") as load:
+        wait_for(lambda: desired(p, "eight") == 8, 60, "eight to want 8 instances")
+        reacted = time.monotonic() - started
+        wait_for(lambda: running(p, "eight") == 8, 120, "8 instances to run")
+        st = status(p, "eight")["status"]
+    assert load.failed == [], load.failed[:5]
+    print(f"8 clients: 8 instances wanted after {reacted:.1f} s")
+    # the panic window (a tenth of the stable window) reacts within seconds
+    assert reacted < 20
+    assert st["metric"]["in_flight"] > 0
+    wait_for(lambda: desired(p, "eight") == 1, 60, "eight back to its min after the window")
+
+
+def test_max_instances_is_respected(plat):
+    p = plat
+    deploy(p, "capped")
+    autoscale(p, "capped", "--min", "1", "--max", "2", "--target-concurrency", "1",
+              "--window", "4s")
+    with Load(p, "capped.localhost", 6, "/sleep/0.5") as load:
+        wait_for(lambda: desired(p, "capped") == 2, 60, "capped to reach its max")
+        # a few more decisions: never above the max
+        seen = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            seen.add(desired(p, "capped"))
+            time.sleep(0.2)
+    assert max(seen) == 2, seen
+    assert load.failed == [], load.failed[:5]
+
+
+def test_activator_queue_bound_and_timeout():
+    """An app whose instance never gets ready: requests for it at zero are held up to the
+    queue bound (the rest get queue-full at once), and the held ones time out with the
+    documented 503."""
+    p = Platform(extra_env={"SKIFF_ROUTER_HOLD_TIMEOUT_MS": "1500",
+                            "SKIFF_ROUTER_HOLD_MAX": "2"}).start()
+    try:
+        deploy_bits(p, "never", [("Procfile", b"web: sleep 1000\n")], {"instances": 0})
+        code, body = p.api("POST", "/v1/routes", {"app": "never", "host": "never.localhost"})
+        assert code in (200, 201), body
+        autoscale(p, "never", "--min", "0", "--max", "1", "--window", "4s")
+        # held, then answered when the hold times out
+        t0 = time.monotonic()
+        code, headers, body = get(p, "never.localhost", timeout=30)
+        waited = time.monotonic() - t0
+        assert code == 503, (code, headers, body)
+        assert headers.get("X-Skiff-Router-Error") == "scale-from-zero-timeout", headers
+        assert 1.2 < waited < 10, waited
+        # six at once: two are held (and time out), four are refused at once
+        results = []
+        lock = threading.Lock()
+
+        def one():
+            t = time.monotonic()
+            r = get(p, "never.localhost", timeout=30)
+            with lock:
+                results.append((r[0], r[1].get("X-Skiff-Router-Error"), time.monotonic() - t))
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        reasons = sorted(r[1] for r in results)
+        assert all(r[0] == 503 for r in results), results
+        assert reasons == ["scale-from-zero-queue-full"] * 4 + ["scale-from-zero-timeout"] * 2, \
+            results
+        assert all(r[2] < 1.0 for r in results if r[1] == "scale-from-zero-queue-full"), results
+        # the daemon and router are fine afterwards
+        assert p.api("GET", "/v1/apps/never/autoscale")[0] == 200
+    finally:
+        p.close()
+
+
+def test_manifest_sets_the_policy(plat, tmp_path):
+    p = plat
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "app.py").write_bytes(APP)
+    (tmp_path / "app" / "Procfile").write_text("web: python3 app.py\n")
+    (tmp_path / "manifest.yml").write_text(
+        "applications:\n"
+        "- name: man\n"
+        "  path: app\n"
+        "  min-instances: 1\n"
+        "  max-instances: 3\n"
+        "  target-concurrency: 5\n")
+    r = p.cli("push", "-f", str(tmp_path / "manifest.yml"), timeout=300)
+    assert r.returncode == 0, out(r)
+    assert "autoscaling web between 1 and 3 instances" in r.stdout, r.stdout
+    pol = status(p, "man")["policy"]
+    assert (pol["min_instances"], pol["max_instances"], pol["target_concurrency"]) == (1, 3, 5)
+    text = autoscale(p, "man")
+    assert "1 to 3 instances, target 5 in flight" in text and "metric:" in text, text
