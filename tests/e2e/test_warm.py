@@ -3,6 +3,7 @@ program, so that an instance starts in milliseconds. A start takes one whole, th
 refills, a warm container is never given to a second instance, and none outlives skiffd.
 Isolation of instances started warm is the escape suite's (test_isolation.py runs it against
 both kinds)."""
+import json
 import os
 import signal
 import subprocess
@@ -121,11 +122,14 @@ def test_prewarm_zero_makes_none():
 
 
 def test_prewarm_must_be_a_number():
-    home = Platform().home
-    r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"), "skiffd"),
-                        "--home", home, "--prewarm", "lots"], capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 2 and "--prewarm" in r.stderr, r.stderr
+    p = Platform()
+    try:
+        r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
+                                         "skiffd"), "--home", p.home, "--prewarm", "lots"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "--prewarm" in r.stderr, r.stderr
+    finally:
+        p.close()
 
 
 def test_a_stopped_skiffd_leaves_no_warm_container():
@@ -185,6 +189,29 @@ def handle(event):
 '''
 
 
+def restart_and_invoke(p, name, handler_file, runtime, warm, extra_env=None):
+    """Pushes the function, waits for the runtime's warm pool when there is one, restarts it
+    with COLOR (and extra_env) set and invokes it: (the new instance, what it answered)."""
+    r = p.cli("push", name, "--function", handler_file + ":handle", timeout=300)
+    assert r.returncode == 0, out(r)
+    (first,) = started(p, name, 1)
+    assert first["warm_runtime"] is None  # the runtime's pool is made from now on
+    if warm:
+        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+                   what=f"a plain and a {runtime} warm container")
+    for var, value in {"COLOR": "teal", **(extra_env or {})}.items():
+        r = p.cli("set-env", name, var, value)
+        assert r.returncode == 0, out(r)
+    r = p.cli("restart", name, timeout=120)
+    assert r.returncode == 0, out(r)
+    (inst,) = p.wait_for(lambda: [i for i in started(p, name, 1) if i["guid"] != first["guid"]],
+                         timeout=60, what="the restarted instance")
+    status, body = p.api("POST", f"/v1/apps/{name}/invoke", raw=b"x",
+                         headers={"Content-Type": "text/plain"})
+    assert status == 200, body
+    return inst, body if isinstance(body, dict) else json.loads(body)
+
+
 @pytest.mark.parametrize("prewarm", ["1", "0", "1-afresh"])
 def test_a_python_function_starts_from_a_warm_python_runtime(tmp_path, prewarm):
     """Once a Python function has started, warm containers with the Python runtime up are
@@ -197,30 +224,11 @@ def test_a_python_function_starts_from_a_warm_python_runtime(tmp_path, prewarm):
     warm = prewarm != "0"
     p = Platform(extra_env={"SKIFF_PREWARM": prewarm.split("-")[0]}).start()
     try:
-        r = p.cli("push", "probe", "--function", str(tmp_path / "probe.py") + ":handle",
-                  timeout=300)
-        assert r.returncode == 0, out(r)
-        (first,) = started(p, "probe", 1)
-        assert first["warm_runtime"] is None  # the python pool is made from now on
-        if warm:
-            p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
-                       what="a plain and a python warm container")
-        r = p.cli("set-env", "probe", "COLOR", "teal")
-        assert r.returncode == 0, out(r)
-        if prewarm.endswith("afresh"):
-            r = p.cli("set-env", "probe", "PYTHONDONTWRITEBYTECODE", "1")
-            assert r.returncode == 0, out(r)
-        r = p.cli("restart", "probe", timeout=120)
-        assert r.returncode == 0, out(r)
-        (inst,) = p.wait_for(lambda: [i for i in started(p, "probe", 1)
-                                      if i["guid"] != first["guid"]], timeout=60,
-                             what="the restarted instance")
+        extra_env = {"PYTHONDONTWRITEBYTECODE": "1"} if prewarm.endswith("afresh") else {}
+        inst, got = restart_and_invoke(p, "probe", str(tmp_path / "probe.py"), "python", warm,
+                                       extra_env)
         assert inst["warm_start"] is warm, inst
         assert inst["warm_runtime"] == ("python" if warm else None), inst
-        status, body = p.api("POST", "/v1/apps/probe/invoke", raw=b"x",
-                             headers={"Content-Type": "text/plain"})
-        assert status == 200, body
-        got = body if isinstance(body, dict) else __import__("json").loads(body)
         assert got["uid"] == 2000 and got["hostname"] == inst["guid"], got
         assert got["cwd"] == "/home/vcap/app" and got["color"] == "teal" and got["port"] == "8080"
         assert got["argv"] == [".skiff/function/skiff_function.py", "probe.py:handle"], got
@@ -255,25 +263,8 @@ def test_a_node_function_starts_from_a_warm_node_runtime(tmp_path, prewarm):
     warm = prewarm != "0"
     p = Platform(extra_env={"SKIFF_PREWARM": prewarm}).start()
     try:
-        r = p.cli("push", "nprobe", "--function", str(tmp_path / "probe.js") + ":handle",
-                  timeout=300)
-        assert r.returncode == 0, out(r)
-        (first,) = started(p, "nprobe", 1)
-        if warm:
-            p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
-                       what="a plain and a node warm container")
-        r = p.cli("set-env", "nprobe", "COLOR", "teal")
-        assert r.returncode == 0, out(r)
-        r = p.cli("restart", "nprobe", timeout=120)
-        assert r.returncode == 0, out(r)
-        (inst,) = p.wait_for(lambda: [i for i in started(p, "nprobe", 1)
-                                      if i["guid"] != first["guid"]], timeout=60,
-                             what="the restarted instance")
+        inst, got = restart_and_invoke(p, "nprobe", str(tmp_path / "probe.js"), "node", warm)
         assert inst["warm_runtime"] == ("node" if warm else None), inst
-        status, body = p.api("POST", "/v1/apps/nprobe/invoke", raw=b"x",
-                             headers={"Content-Type": "text/plain"})
-        assert status == 200, body
-        got = body if isinstance(body, dict) else __import__("json").loads(body)
         assert got["uid"] == 2000 and got["hostname"] == inst["guid"], got
         assert got["cwd"] == "/home/vcap/app" and got["color"] == "teal" and got["port"] == "8080"
         assert got["argv"] == ["/home/vcap/app/.skiff/function/skiff_function.js",
