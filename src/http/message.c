@@ -31,6 +31,8 @@ const char *http_status_reason(int status)
         return "Conflict";
     case 410:
         return "Gone";
+    case 412:
+        return "Precondition Failed";
     case 413:
         return "Payload Too Large";
     case 414:

@@ -558,6 +558,7 @@ static void http__request_free(struct http_request *req)
         free(req->body_path);
     }
     free(req->early_message);
+    free(req->early_type);
     free(req);
 }
 
@@ -748,6 +749,17 @@ void http_request_refuse(struct http_request *req, enum skiff_err err, const cha
     buf_vprintf(&msg, fmt, ap);
     va_end(ap);
     req->early_message = buf_steal(&msg);
+}
+
+void http_request_refuse_with(struct http_request *req, int status, const char *content_type,
+                              const char *body)
+{
+    if (req->early_err)
+        return;
+    req->early_err = SKIFF_E_BAD_REQUEST; /* a refusal is set; the answer is the owner's */
+    req->early_status = status;
+    req->early_type = xstrdup(content_type ? content_type : "text/plain");
+    req->early_message = xstrdup(body ? body : "");
 }
 
 /* ---- parsing ------------------------------------------------------------------------------ */
@@ -979,6 +991,11 @@ static int http__on_body(llhttp_t *p, const char *at, size_t len)
 
 static void http__dispatch(struct http_request *req)
 {
+    if (req->early_status) {
+        http_respond(req, req->early_status, req->early_type, req->early_message,
+                     strlen(req->early_message));
+        return;
+    }
     if (req->early_err) {
         http_respond_error(req, req->early_err, "%s", req->early_message);
         return;

@@ -104,6 +104,8 @@ struct http_request {
     /* the rest is the server's */
     enum skiff_err early_err;
     char *early_message;
+    int early_status; /* http_request_refuse_with: early_message is the body */
+    char *early_type;
     bool headers_dropped;
     bool expect_continue;
     int body_fd;
@@ -136,6 +138,10 @@ bool http_server_addr_valid(const char *addr);
  * first refusal counts. */
 void http_request_refuse(struct http_request *req, enum skiff_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same, answered with the owner's own status and body (a protocol with error bodies of its
+ * own, as the Open Service Broker API has). */
+void http_request_refuse_with(struct http_request *req, int status, const char *content_type,
+                              const char *body);
 const char *http_request_header(const struct http_request *req, const char *name);
 /* A query parameter, decoded ('+' is a space); NULL when absent or holding a NUL. The caller
  * frees it. */

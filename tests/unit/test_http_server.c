@@ -47,6 +47,10 @@ static void on_head(struct http_request *req, void *ctx)
         http_request_refuse(req, SKIFF_E_FORBIDDEN, "not for you");
         return;
     }
+    if (!strcmp(req->path, "/own")) {
+        http_request_refuse_with(req, 412, "application/json", "{\"description\":\"no\"}");
+        return;
+    }
     req->body_limit = 64;
     req->body_to_file = !strcmp(req->path, "/file");
 }
@@ -223,6 +227,14 @@ static void test_refusal_comes_before_the_body(void **state)
     assert_int_equal(fx->requests, 0);
     close(s);
     RUN_UNTIL(fx, fx->frees == 1);
+    /* a refusal in the owner's own words */
+    s = connect_to(fx->port[0]);
+    exchange(fx, s, "POST /own HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", out,
+             sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 412 "));
+    assert_non_null(strstr(out, "\r\n\r\n{\"description\":\"no\"}"));
+    close(s);
+    RUN_UNTIL(fx, fx->frees == 2);
 }
 
 static void test_body_over_the_owners_limit_is_413(void **state)
