@@ -24,6 +24,13 @@ struct program {
     uv_signal_t sigterm, sigint;
 };
 
+static void walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
 static void on_signal(uv_signal_t *h, int sig)
 {
     struct program *p = h->data;
@@ -34,13 +41,6 @@ static void on_signal(uv_signal_t *h, int sig)
         p->backends[i].stop(p->backends[i].ctx);
     uv_close((uv_handle_t *)&p->sigterm, NULL);
     uv_close((uv_handle_t *)&p->sigint, NULL);
-}
-
-static void walk_close(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
 }
 
 int main(int argc, char **argv)
