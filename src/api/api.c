@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "services/services.h"
 #include "http/parser.h"
 #include "http/url.h"
 #include "store/store.h"
@@ -108,6 +109,8 @@ struct api {
     uint64_t body_memory; /* request bodies held in memory now */
     api_instance_live_fn instance_live;
     void *instance_live_ctx;
+    api_binding_check_fn binding_check;
+    void *binding_check_ctx;
     api_audit_fn audit;
     void *audit_ctx;
     struct auth *auth;
@@ -159,6 +162,7 @@ struct api_request {
     char caller_instance[37];
     char caller_name[64];
     bool by_instance;
+    char topic_limit[64]; /* a service-binding token's one topic, else "" */
     int status; /* of the response, once begun */
     struct auth_principal principal;
     char org_guid[AUTH_GUID_LEN + 1];  /* "" when the route is platform-wide */
@@ -558,6 +562,17 @@ void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx)
     api->instance_live_ctx = ctx;
 }
 
+void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx)
+{
+    api->binding_check = fn;
+    api->binding_check_ctx = ctx;
+}
+
+const char *api_request_topic_limit(const struct api_request *req)
+{
+    return req->topic_limit[0] ? req->topic_limit : NULL;
+}
+
 static void api__on_listen_ready(uv_poll_t *h, int status, int events);
 
 static int api__parse_addr(const char *addr, struct sockaddr_storage *ss)
@@ -901,6 +916,15 @@ static int api__authenticate(struct api *api, struct api_request *req)
                 return 0;
             }
         }
+    }
+    if (str_has_prefix(token, SERVICES_BINDING_TOKEN_PREFIX)) {
+        /* publishing only (as an instance's), to the binding's one topic */
+        if (!api->binding_check ||
+            !api->binding_check(api->binding_check_ctx, token, req->topic_limit, p->space_guid,
+                                req->caller_name, sizeof req->caller_name))
+            return -2;
+        p->kind = AUTH_INSTANCE;
+        return 0;
     }
     if (api->auth && auth_authenticate(api->auth, token, p) == 0)
         return 0;

@@ -18,7 +18,7 @@
 #include "common/util.h"
 
 struct program {
-    struct brokers_backend backends[2];
+    struct brokers_backend backends[3];
     size_t count;
     struct brokers_server *server;
     uv_signal_t sigterm, sigint;
@@ -56,8 +56,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: skiff-brokers --config FILE [--stop-with-parent]\n"
                    "Serves the Open Service Broker API for the built-in offerings\n"
-                   "(postgresql, redis); FILE is JSON: home, listen, username, password,\n"
-                   "service_host, listen_hosts, postgres_port, redis_port.\n");
+                   "(postgresql, redis, events); FILE is JSON: home, listen, username,\n"
+                   "password, service_host, listen_hosts, postgres_port, redis_port, and\n"
+                   "for events events_url and events_key.\n");
             return 0;
         } else {
             log_error("unknown argument \"%s\" (usage: skiff-brokers --config FILE)", argv[i]);
@@ -88,6 +89,8 @@ int main(int argc, char **argv)
     chmod(dir, 0711);
     brokers_pg_new(loop, &cfg, &p.backends[p.count++]);
     brokers_redis_new(loop, &cfg, &p.backends[p.count++]);
+    if (brokers_events_new(&cfg, &p.backends[p.count]) == 0)
+        p.count++;
     char *state = xasprintf("%s/state.json", dir);
     struct brokers *b = NULL;
     brokers_new(p.backends, p.count, state, &b);
@@ -112,6 +115,8 @@ int main(int argc, char **argv)
     brokers_free(b);
     brokers_pg_free(&p.backends[0]);
     brokers_redis_free(&p.backends[1]);
+    if (p.count > 2)
+        brokers_events_free(&p.backends[2]);
     uv_loop_close(loop);
     free(state);
     free(dir);

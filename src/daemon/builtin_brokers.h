@@ -6,15 +6,19 @@
  * credentials and the stores' ports are chosen on the first start (free ports on loopback)
  * and kept, so credentials given to apps stay valid across restarts. The stores listen on
  * loopback and on the address instances reach the host on (the pool's publish address),
- * whose ports the firewall opens to containers. The program is restarted when it exits,
+ * whose ports the firewall opens to containers. The `events` offering's binding tokens are
+ * signed with $SKIFF_HOME/brokers/events.key, and skiffd accepts one while the binding it
+ * names is in its records (api_set_binding_check). The program is restarted when it exits,
  * and stops with skiffd (it gets SIGTERM when skiffd goes, even killed). */
 #ifndef SKIFF_BUILTIN_BROKERS_H
 #define SKIFF_BUILTIN_BROKERS_H
 
 #include <uv.h>
 
+struct api;
 struct api_svc;
 struct net_pool;
+struct services;
 struct builtin_brokers;
 
 struct builtin_brokers_config {
@@ -23,6 +27,9 @@ struct builtin_brokers_config {
     const char *service_host;    /* what instances reach the host on (IP) */
     const struct net_pool *pool; /* containers' pool (the firewall), or NULL */
     struct api_svc *svc;         /* where the broker is registered */
+    struct api *api;             /* checks the events offering's binding tokens */
+    struct services *records;    /* ... against the bindings there */
+    const char *events_url;      /* where instances publish ("http://IP:PORT") */
 };
 
 /* NULL (after saying why) when it cannot start. */

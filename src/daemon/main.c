@@ -686,7 +686,10 @@ int main(int argc, char **argv)
                                              .home = d.home,
                                              .service_host = contained ? publish_host : "127.0.0.1",
                                              .pool = contained ? &pool : NULL,
-                                             .svc = d.svc});
+                                             .svc = d.svc,
+                                             .api = d.api,
+                                             .records = d.services,
+                                             .events_url = events_url ? events_url : api_url});
     scheduler_reconcile_all(d.sched);
 
     uv_signal_init(d.loop, &d.sigterm);
