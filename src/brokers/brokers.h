@@ -92,7 +92,9 @@ struct brokers_backend {
                 size_t errlen);
     int (*unbind)(void *ctx, const char *instance_id, const char *binding_id, char *err,
                   size_t errlen);
-    void (*stop)(void *ctx); /* stops its server (the program is ending) */
+    /* Stops its server, or with leave_running lets it run for the next skiff-brokers to keep
+     * (skiffd went away without stopping the platform: apps keep their connections). */
+    void (*stop)(void *ctx, bool leave_running);
 };
 
 struct brokers_pg;

@@ -48,7 +48,7 @@ static int events__unbind(void *ctx, const char *instance_id, const char *bindin
     return 0;
 }
 
-static void events__stop(void *ctx) {}
+static void events__stop(void *ctx, bool leave_running) {}
 
 int brokers_events_new(const struct brokers_config *cfg, struct brokers_backend *out)
 {

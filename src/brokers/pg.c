@@ -477,7 +477,7 @@ static int pg__unbind(void *ctx, const char *instance_id, const char *binding_id
     return pg__drop_login(pg, c, role, inst, inst, err, errlen);
 }
 
-static void pg__stop(void *ctx)
+static void pg__stop(void *ctx, bool leave_running)
 {
     struct brokers_pg *pg = ctx;
     pg->stopping = true;
@@ -486,7 +486,13 @@ static void pg__stop(void *ctx)
         PQfinish(pg->admin);
         pg->admin = NULL;
     }
-    if (pg->proc) {
+    if (leave_running) {
+        /* the next skiff-brokers keeps it (pg__running_pid) */
+        if (pg->proc) {
+            uv_close((uv_handle_t *)pg->proc, (uv_close_cb)free);
+            pg->proc = NULL;
+        }
+    } else if (pg->proc) {
         /* "fast" shutdown: sessions end, data is checkpointed */
         uv_process_kill(pg->proc, SIGINT);
         int status;

@@ -462,7 +462,7 @@ static int redis__unbind(void *ctx, const char *instance_id, const char *binding
     return rc;
 }
 
-static void redis__stop(void *ctx)
+static void redis__stop(void *ctx, bool leave_running)
 {
     struct brokers_redis *r = ctx;
     r->stopping = true;
@@ -471,7 +471,9 @@ static void redis__stop(void *ctx)
         close(r->fd);
         r->fd = -1;
     }
-    if (r->proc) {
+    if (leave_running) {
+        redis__forget(r); /* the next skiff-brokers keeps it (our admin login) */
+    } else if (r->proc) {
         uv_process_kill(r->proc, SIGTERM);
         int status;
         int64_t deadline = time_mono_ms() + 30000;

@@ -246,7 +246,7 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     if (rc < 0) {
         log_error("cannot write %s: %s (no built-in service brokers)", bb->config_path,
                   strerror(-rc));
-        builtin_brokers_free(bb);
+        builtin_brokers_free(bb, true);
         return NULL;
     }
     /* the stores run as their own system users, who must reach their folders in the home */
@@ -268,11 +268,11 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     return bb;
 }
 
-void builtin_brokers_free(struct builtin_brokers *bb)
+void builtin_brokers_free(struct builtin_brokers *bb, bool stop)
 {
     if (!bb)
         return;
-    if (bb->pid > 0 && kill(bb->pid, SIGTERM) == 0) {
+    if (stop && bb->pid > 0 && kill(bb->pid, SIGTERM) == 0) {
         int status;
         int64_t deadline = time_mono_ms() + BB_STOP_MS;
         while (waitpid(bb->pid, &status, WNOHANG) == 0) {
@@ -285,7 +285,7 @@ void builtin_brokers_free(struct builtin_brokers *bb)
             nanosleep(&ts, NULL);
         }
     }
-    if (bb->pool)
+    if (bb->pool && stop)
         for (int i = 0; i < 2; i++)
             net_firewall_forget_publish(bb->pool, bb->ports[i]);
     sodium_memzero(bb->events_key, sizeof bb->events_key);

@@ -9,10 +9,12 @@
  * whose ports the firewall opens to containers. The `events` offering's binding tokens are
  * signed with $SKIFF_HOME/brokers/events.key, and skiffd accepts one while the binding it
  * names is in its records (api_set_binding_check). The program is restarted when it exits,
- * and stops with skiffd (it gets SIGTERM when skiffd goes, even killed). */
+ * and stops with skiffd; when skiffd goes without stopping the platform (killed, SIGUSR2),
+ * the program exits and the stores keep serving for the next start. */
 #ifndef SKIFF_BUILTIN_BROKERS_H
 #define SKIFF_BUILTIN_BROKERS_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 struct api;
@@ -35,8 +37,11 @@ struct builtin_brokers_config {
 /* NULL (after saying why) when it cannot start. */
 struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
                                               const struct builtin_brokers_config *cfg);
-/* Stops the program (SIGTERM, waiting up to 30 s for its stores to stop) and frees; after
- * the loop's handles are closed and the services' endpoints stopped. NULL is fine. */
-void builtin_brokers_free(struct builtin_brokers *bb);
+/* With stop, stops the program (SIGTERM, waiting up to 30 s for its stores to stop) and
+ * closes the stores' ports; without (skiffd leaves the platform serving: SIGUSR2), the
+ * program exits when skiffd does and its stores keep serving apps until the next skiffd's
+ * skiff-brokers keeps them. Frees bb; after the loop's handles are closed and the services'
+ * endpoints stopped. NULL is fine. */
+void builtin_brokers_free(struct builtin_brokers *bb, bool stop);
 
 #endif

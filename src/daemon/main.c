@@ -745,7 +745,7 @@ out:
     uv_walk(d.loop, walk_close, NULL);
     uv_run(d.loop, UV_RUN_DEFAULT);
     daemon_free(&d);
-    builtin_brokers_free(brokers);
+    builtin_brokers_free(brokers, !d.detach);
     uv_loop_close(d.loop);
     free(dir);
     free(buildpacks);

@@ -6,6 +6,7 @@ instance, logins without a binding, the broker's OSB port without its password."
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -442,6 +443,34 @@ def test_a_database_outlives_a_restart_of_skiffd():
                  what="the app reading its row after skiffd's restart")
         assert "skiff-builtin" in p.cli("service-brokers").stdout
         assert len([b for b in p.api("GET", "/v1/service_brokers")[1]["service_brokers"]]) == 1
+    finally:
+        p.close()
+
+
+def test_the_stores_keep_serving_while_skiffd_is_away():
+    p = Platform(extra_env={"SKIFF_BUILTIN_BROKERS": "1"}).start()
+    try:
+        wait_for(lambda: "skiff-builtin" in p.cli("service-brokers").stdout, timeout=30,
+                 what="the built-in brokers registered")
+        assert p.cli("create-service", "postgresql", "shared", "steady").returncode == 0
+        push_app(p, "steady")
+        assert p.cli("bind-service", "steady", "steady").returncode == 0
+        restart(p, "steady")
+        assert get(p, "steady", "/pg/write?v=one") == "written"
+        host = p.api("GET", "/v1/apps/steady")[1]["routes"][0]
+        p.stop(sig=signal.SIGUSR2)
+        # skiffd is gone (an upgrade): the instance, the router and PostgreSQL keep serving
+        status, text = http_get(p.router_url + "/pg/write?v=two", host=host, timeout=20)
+        assert (status, text) == (200, "written"), text
+        p.start()
+        wait_for(lambda: "kept" in p.output(), timeout=30,
+                 what="the new skiff-brokers keeping the running stores")
+        assert json.loads(get(p, "steady", "/pg/read")) == ["one", "two"]
+        assert get(p, "steady", "/pg/write?v=three") == "written"
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert p.home not in ps, [line for line in ps.splitlines() if p.home in line]
     finally:
         p.close()
 
