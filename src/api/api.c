@@ -22,6 +22,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 #include "http/server.h"
+#include "services/services.h"
 #include "store/store.h"
 
 #define API_MAX_PARAMS 8
@@ -54,6 +55,8 @@ struct api {
     struct api_route **routes_tail;
     api_instance_live_fn instance_live;
     void *instance_live_ctx;
+    api_binding_check_fn binding_check;
+    void *binding_check_ctx;
     api_audit_fn audit;
     void *audit_ctx;
     struct auth *auth;
@@ -72,6 +75,7 @@ struct api_request {
     char caller_instance[37];
     char caller_name[64];
     bool by_instance;
+    char topic_limit[64]; /* a service-binding token's one topic, else "" */
     struct auth_principal principal;
     char org_guid[AUTH_GUID_LEN + 1];   /* "" when the route is platform-wide */
     char space_guid[AUTH_GUID_LEN + 1]; /* "" unless the route is in a space */
@@ -207,6 +211,17 @@ void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx)
 {
     api->instance_live = fn;
     api->instance_live_ctx = ctx;
+}
+
+void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx)
+{
+    api->binding_check = fn;
+    api->binding_check_ctx = ctx;
+}
+
+const char *api_request_topic_limit(const struct api_request *req)
+{
+    return req->topic_limit[0] ? req->topic_limit : NULL;
 }
 
 int api_listen(struct api *api, char *err, size_t errsize)
@@ -401,6 +416,15 @@ static int api__authenticate(struct api *api, struct api_request *req)
                 return 0;
             }
         }
+    }
+    if (str_has_prefix(token, SERVICES_BINDING_TOKEN_PREFIX)) {
+        /* publishing only (as an instance's), to the binding's one topic */
+        if (!api->binding_check ||
+            !api->binding_check(api->binding_check_ctx, token, req->topic_limit, p->space_guid,
+                                req->caller_name, sizeof req->caller_name))
+            return -2;
+        p->kind = AUTH_INSTANCE;
+        return 0;
     }
     if (api->auth && auth_authenticate(api->auth, token, p) == 0)
         return 0;

@@ -138,6 +138,16 @@ typedef bool (*api_instance_live_fn)(void *ctx, const char *app_guid, const char
                                      char *name, size_t size, char space_guid[37]);
 void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx);
 
+/* Service-binding tokens (the built-in `events` offering's, services.h): the check says
+ * whether token is good now and, when it is, the one topic it may publish to (in topic, at
+ * most 63 characters), the space and a name for the events' source. Such a token may call
+ * publishing routes only, for that topic only. Without a check set, none is accepted. */
+typedef bool (*api_binding_check_fn)(void *ctx, const char *token, char topic[64],
+                                     char space_guid[37], char *name, size_t size);
+void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx);
+/* The one topic the request's token may publish to, or NULL when it is not so limited. */
+const char *api_request_topic_limit(const struct api_request *req);
+
 /* ---- requests ---------------------------------------------------------------------------- */
 
 const char *api_request_method(const struct api_request *req);

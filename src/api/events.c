@@ -136,6 +136,12 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
         }
         space = other->guid;
     }
+    const char *limit = api_request_topic_limit(req);
+    if (limit && (name != param || strcmp(name, limit))) {
+        api_respond_error(req, SKIFF_E_FORBIDDEN,
+                          "this service binding's token publishes to its topic %s only", limit);
+        return false;
+    }
     if (fabric_topic_scoped(space, name, out, FABRIC_TOPIC_MAX + 1) < 0) {
         api_respond_error(req, SKIFF_E_BAD_NAME, "topic name '%.80s' is too long", name);
         return false;
@@ -149,8 +155,11 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
 static void caller_source(struct api_request *req, char *out, size_t size)
 {
     const char *name = api_request_caller_name(req);
+    const char *limit = api_request_topic_limit(req);
     if (name)
         snprintf(out, size, "/apps/%s", name);
+    else if (limit)
+        snprintf(out, size, "/services/%s", limit);
     else
         snprintf(out, size, "/skiff/api");
 }
@@ -227,7 +236,7 @@ static void handle_publish(struct api_request *req, void *ctx)
                           err);
         return;
     }
-    if (api_request_caller_app(req))
+    if (api_request_caller_app(req) || api_request_topic_limit(req))
         ev.source = source;
     struct buf rec = {0};
     cloudevent_encode_record(&ev, &rec);
@@ -275,7 +284,7 @@ static void handle_publish_batch(struct api_request *req, void *ctx)
     struct buf recs = {0};
     char source[128];
     caller_source(req, source, sizeof(source));
-    bool by_app = api_request_caller_app(req) != NULL;
+    bool by_app = api_request_caller_app(req) || api_request_topic_limit(req);
     for (size_t i = 0; i < n; i++) {
         if (by_app)
             evs[i].source = source;

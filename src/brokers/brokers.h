@@ -7,6 +7,8 @@
  *               a database owned by a NOLOGIN role, a binding a LOGIN role in it
  *   redis       Debian's redis-server, run by this program: an instance is a key prefix, a
  *               binding an ACL user limited to that prefix
+ *   events      Skiff's event fabric: an instance is a topic, a binding a token that
+ *               publishes to it only (checked by skiffd)
  *
  * skiffd starts the program (src/daemon/builtin_brokers.c), and registers it as a platform
  * broker through the same path as any external broker; an operator may run it anywhere else
@@ -39,6 +41,8 @@ struct brokers_config {
     int redis_port;
     char *postgres_bin; /* Debian's /usr/lib/postgresql/15/bin */
     char *redis_server; /* /usr/bin/redis-server */
+    char *events_url;   /* where instances publish (the events offering; NULL: not offered) */
+    char *events_key;   /* the file of the key binding tokens are signed with */
 };
 
 /* Reads the config file; -EINVAL with a message when a field is missing or wrong. */
@@ -88,7 +92,9 @@ struct brokers_backend {
                 size_t errlen);
     int (*unbind)(void *ctx, const char *instance_id, const char *binding_id, char *err,
                   size_t errlen);
-    void (*stop)(void *ctx); /* stops its server (the program is ending) */
+    /* Stops its server, or with leave_running lets it run for the next skiff-brokers to keep
+     * (skiffd went away without stopping the platform: apps keep their connections). */
+    void (*stop)(void *ctx, bool leave_running);
 };
 
 struct brokers_pg;
@@ -102,6 +108,16 @@ void brokers_pg_free(struct brokers_backend *be);
 int brokers_redis_new(struct uv_loop_s *loop, const struct brokers_config *cfg,
                       struct brokers_backend *out);
 void brokers_redis_free(struct brokers_backend *be);
+/* The events backend: an instance is the topic named like it, in its space; a binding a token
+ * that publishes to that topic only (services_binding_token), good while skiffd keeps the
+ * binding. -ENOENT when the config offers no events. */
+int brokers_events_new(const struct brokers_config *cfg, struct brokers_backend *out);
+void brokers_events_free(struct brokers_backend *be);
+/* The events backend: an instance is the topic named like it, in its space; a binding a token
+ * that publishes to that topic only (services_binding_token), good while skiffd keeps the
+ * binding. -ENOENT when the config offers no events. */
+int brokers_events_new(const struct brokers_config *cfg, struct brokers_backend *out);
+void brokers_events_free(struct brokers_backend *be);
 
 /* ---- the OSB API (brokers.c) ------------------------------------------------------------- */
 

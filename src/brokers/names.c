@@ -155,6 +155,12 @@ int brokers_config_load(const char *path, struct brokers_config *cfg, char *err,
     const char *rs = json_string_value(json_object_get(doc, "redis_server"));
     cfg->postgres_bin = xstrdup(pg ? pg : "/usr/lib/postgresql/15/bin");
     cfg->redis_server = xstrdup(rs ? rs : "/usr/bin/redis-server");
+    const char *eu = json_string_value(json_object_get(doc, "events_url"));
+    const char *ek = json_string_value(json_object_get(doc, "events_key"));
+    if (eu && ek) {
+        cfg->events_url = xstrdup(eu);
+        cfg->events_key = xstrdup(ek);
+    }
 out:
     json_decref(doc);
     if (rc < 0)
@@ -174,5 +180,7 @@ void brokers_config_clean(struct brokers_config *cfg)
     free(cfg->listen_hosts);
     free(cfg->postgres_bin);
     free(cfg->redis_server);
+    free(cfg->events_url);
+    free(cfg->events_key);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -40,6 +40,7 @@ struct brokers_pg {
     uid_t uid;
     gid_t gid;
     uv_process_t *proc; /* the server while it runs */
+    int adopted_pid;    /* a server a previous skiff-brokers left running, or 0 */
     uv_timer_t restart;
     PGconn *admin; /* to the "postgres" database */
     bool stopping;
@@ -167,10 +168,27 @@ static void pg__restart_tick(uv_timer_t *t)
 }
 
 /* Starts the server (initdb first when there is no data) and waits until it answers. */
+/* The pid of a server running on our data (postmaster.pid) that answers, or 0: one a
+ * previous skiff-brokers left (it was killed before it could stop it). */
+static int pg__running_pid(struct brokers_pg *pg)
+{
+    char *path = xasprintf("%s/postmaster.pid", pg->data);
+    char *text = NULL;
+    int pid = 0;
+    if (file_read(path, &text, NULL) == 0)
+        pid = atoi(text);
+    free(text);
+    free(path);
+    return pid > 1 && kill(pid, 0) == 0 && pg__ping(pg) == PQPING_OK ? pid : 0;
+}
+
 static int pg__start(struct brokers_pg *pg, char *err, size_t errlen)
 {
     if (pg->proc)
         return 0;
+    if (pg->adopted_pid && kill(pg->adopted_pid, 0) == 0)
+        return 0;
+    pg->adopted_pid = 0;
     int rc;
     if (!pg__has_data(pg) && (rc = pg__init(pg, err, errlen)) < 0)
         return rc;
@@ -182,6 +200,10 @@ static int pg__start(struct brokers_pg *pg, char *err, size_t errlen)
     snprintf(pg->password, sizeof pg->password, "%s", pw);
     sodium_memzero(pw, strlen(pw));
     free(pw);
+    if ((pg->adopted_pid = pg__running_pid(pg)) > 0) {
+        log_info("PostgreSQL (pid %d) is already running on its data: kept", pg->adopted_pid);
+        return 0;
+    }
     mkdir_p(pg->sock, 0700);
     if (chown(pg->sock, pg->uid, pg->gid) < 0) {
         snprintf(err, errlen, "cannot give %s to the postgres user: %s", pg->sock, strerror(errno));
@@ -455,7 +477,7 @@ static int pg__unbind(void *ctx, const char *instance_id, const char *binding_id
     return pg__drop_login(pg, c, role, inst, inst, err, errlen);
 }
 
-static void pg__stop(void *ctx)
+static void pg__stop(void *ctx, bool leave_running)
 {
     struct brokers_pg *pg = ctx;
     pg->stopping = true;
@@ -464,7 +486,13 @@ static void pg__stop(void *ctx)
         PQfinish(pg->admin);
         pg->admin = NULL;
     }
-    if (pg->proc) {
+    if (leave_running) {
+        /* the next skiff-brokers keeps it (pg__running_pid) */
+        if (pg->proc) {
+            uv_close((uv_handle_t *)pg->proc, (uv_close_cb)free);
+            pg->proc = NULL;
+        }
+    } else if (pg->proc) {
         /* "fast" shutdown: sessions end, data is checkpointed */
         uv_process_kill(pg->proc, SIGINT);
         int status;
@@ -478,6 +506,10 @@ static void pg__stop(void *ctx)
             pg__sleep_ms(10);
         }
         pg__forget(pg);
+    } else if (pg->adopted_pid > 0 && kill(pg->adopted_pid, SIGINT) == 0) {
+        int64_t deadline = time_mono_ms() + 30000;
+        while (kill(pg->adopted_pid, 0) == 0 && time_mono_ms() < deadline)
+            pg__sleep_ms(10);
     }
     uv_close((uv_handle_t *)&pg->restart, NULL);
 }

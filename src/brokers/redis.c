@@ -41,6 +41,7 @@ struct brokers_redis {
     uv_process_t *proc;
     uv_timer_t restart;
     int fd; /* the admin connection, or -1 */
+    bool adopted; /* a server a previous skiff-brokers left running */
     bool stopping;
 };
 
@@ -269,7 +270,7 @@ static int redis__login(struct brokers_redis *r, int fd, char *err, size_t errle
 
 static int redis__start(struct brokers_redis *r, char *err, size_t errlen)
 {
-    if (r->proc)
+    if (r->proc || (r->adopted && r->fd >= 0))
         return 0;
     int rc;
     if (!redis__has_data(r) && (rc = redis__init(r, err, errlen)) < 0)
@@ -282,6 +283,20 @@ static int redis__start(struct brokers_redis *r, char *err, size_t errlen)
     snprintf(r->password, sizeof r->password, "%s", pw);
     sodium_memzero(pw, strlen(pw));
     free(pw);
+    /* a server a previous skiff-brokers left (killed before it could stop it), which takes
+     * our password: kept, and stopped with SHUTDOWN */
+    int fd = redis__dial(r);
+    if (fd >= 0 && redis__login(r, fd, err, errlen) == 0) {
+        if (r->fd >= 0)
+            close(r->fd);
+        r->fd = fd;
+        r->adopted = true;
+        log_info("Redis is already running on port %d: kept", r->cfg->redis_port);
+        return 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    r->adopted = false;
     if ((rc = redis__write_conf(r)) < 0) {
         snprintf(err, errlen, "cannot write %s: %s", r->conf, strerror(-rc));
         return rc;
@@ -314,7 +329,7 @@ static int redis__start(struct brokers_redis *r, char *err, size_t errlen)
     r->proc = p;
     int64_t deadline = time_mono_ms() + REDIS_READY_TIMEOUT_MS;
     for (;;) {
-        int fd = redis__dial(r);
+        fd = redis__dial(r);
         if (fd >= 0) {
             rc = redis__login(r, fd, err, errlen);
             if (rc == 0) {
@@ -447,7 +462,7 @@ static int redis__unbind(void *ctx, const char *instance_id, const char *binding
     return rc;
 }
 
-static void redis__stop(void *ctx)
+static void redis__stop(void *ctx, bool leave_running)
 {
     struct brokers_redis *r = ctx;
     r->stopping = true;
@@ -456,7 +471,9 @@ static void redis__stop(void *ctx)
         close(r->fd);
         r->fd = -1;
     }
-    if (r->proc) {
+    if (leave_running) {
+        redis__forget(r); /* the next skiff-brokers keeps it (our admin login) */
+    } else if (r->proc) {
         uv_process_kill(r->proc, SIGTERM);
         int status;
         int64_t deadline = time_mono_ms() + 30000;
@@ -469,6 +486,21 @@ static void redis__stop(void *ctx)
             redis__sleep_ms(10);
         }
         redis__forget(r);
+    } else if (r->adopted) {
+        char err[128];
+        const char *shutdown[] = {"SHUTDOWN"};
+        int fd = redis__dial(r);
+        if (fd >= 0 && redis__login(r, fd, err, sizeof err) == 0)
+            redis__command(fd, 1, shutdown, err, sizeof err); /* answered by closing */
+        if (fd >= 0)
+            close(fd);
+        int64_t deadline = time_mono_ms() + 30000;
+        while ((fd = redis__dial(r)) >= 0 && time_mono_ms() < deadline) {
+            close(fd);
+            redis__sleep_ms(10);
+        }
+        if (fd >= 0)
+            close(fd);
     }
     uv_close((uv_handle_t *)&r->restart, NULL);
 }

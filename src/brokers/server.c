@@ -19,13 +19,17 @@
 #define SERVER_HEAD_MAX (64u << 10)
 #define SERVER_IDLE_MS 60000
 
+struct conn;
+
 struct brokers_server {
     uv_tcp_t tcp;
     struct brokers *b;
     char *user, *password;
+    struct conn *conns; /* open connections, closed with the server */
 };
 
 struct conn {
+    struct conn *next, **pprev;
     uv_tcp_t tcp;
     uv_timer_t idle;
     struct brokers_server *s;
@@ -57,6 +61,12 @@ static void conn__close(struct conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    if (c->pprev) {
+        *c->pprev = c->next;
+        if (c->next)
+            c->next->pprev = c->pprev;
+        c->pprev = NULL;
+    }
     uv_close((uv_handle_t *)&c->tcp, conn__closed);
     uv_close((uv_handle_t *)&c->idle, conn__closed);
 }
@@ -257,6 +267,11 @@ static void server__accept(uv_stream_t *srv, int status)
     uv_timer_init(srv->loop, &c->idle);
     c->tcp.data = c->idle.data = c;
     c->handles = 2;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->pprev = &c->next;
+    c->pprev = &s->conns;
+    s->conns = c;
     if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
         conn__close(c);
         return;
@@ -310,6 +325,9 @@ static void server__closed(uv_handle_t *h)
 
 void brokers_server_close(struct brokers_server *s)
 {
-    if (s)
-        uv_close((uv_handle_t *)&s->tcp, server__closed);
+    if (!s)
+        return;
+    while (s->conns)
+        conn__close(s->conns);
+    uv_close((uv_handle_t *)&s->tcp, server__closed);
 }

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "container/net.h"
+#include "services/services.h"
 
 #define BB_NAME "skiff-builtin"
 #define BB_RESTART_MS 1000
@@ -30,6 +31,8 @@ struct builtin_brokers {
     uv_loop_t *loop;
     char *binary, *config_path, *url, *username, *password;
     struct api_svc *svc;
+    struct services *records;
+    unsigned char events_key[32];
     const struct net_pool *pool;
     int ports[2];      /* the stores' ports, opened in the firewall */
     uv_process_t proc; /* the program while pid is not 0 (closed when it exits) */
@@ -100,6 +103,19 @@ static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_c
     json_object_set_new(c, "listen", json_string(listen));
     json_object_set_new(c, "service_host", json_string(cfg->service_host));
     json_object_set_new(c, "listen_hosts", json_string(hosts));
+    if (cfg->events_url) {
+        json_object_set_new(c, "events_url", json_string(cfg->events_url));
+        char *key = xasprintf("%s/brokers/events.key", cfg->home);
+        json_object_set_new(c, "events_key", json_string(key));
+        rc = services_binding_key(key, bb->events_key);
+        free(key);
+        if (rc < 0) {
+            json_decref(c);
+            free(listen);
+            free(hosts);
+            return rc;
+        }
+    }
     bb->url = xasprintf("http://%s", listen);
     bb->username = xstrdup(json_string_value(json_object_get(c, "username")));
     bb->password = xstrdup(json_string_value(json_object_get(c, "password")));
@@ -188,6 +204,30 @@ static void bb__register(struct builtin_brokers *bb)
                            bb);
 }
 
+/* The api's binding check: a token the events backend made, whose binding skiffd still
+ * keeps, for the binding's instance (the topic) in the instance's space. */
+static bool bb__binding_check(void *ctx, const char *token, char topic[64], char space_guid[37],
+                              char *name, size_t size)
+{
+    struct builtin_brokers *bb = ctx;
+    char inst[65], bind[65];
+    if (!services_binding_token_check(bb->events_key, token, inst, bind) || strlen(inst) > 63)
+        return false;
+    json_t *b = services_get(bb->records, SERVICES_KIND_BINDING, bind);
+    json_t *i = services_get(bb->records, SERVICES_KIND_INSTANCE, inst);
+    const char *b_inst = json_string_value(json_object_get(b, "instance_guid"));
+    const char *space = json_string_value(json_object_get(i, "space_guid"));
+    bool ok = b_inst && !strcmp(b_inst, inst) && space && strlen(space) < 37;
+    if (ok) {
+        memcpy(topic, inst, strlen(inst) + 1); /* at most 63 characters, checked above */
+        snprintf(space_guid, 37, "%s", space);
+        snprintf(name, size, "%s", json_string_value(json_object_get(i, "name")) ?: inst);
+    }
+    json_decref(b);
+    json_decref(i);
+    return ok;
+}
+
 struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
                                               const struct builtin_brokers_config *cfg)
 {
@@ -199,13 +239,14 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     struct builtin_brokers *bb = xcalloc(1, sizeof *bb);
     bb->loop = loop;
     bb->svc = cfg->svc;
+    bb->records = cfg->records;
     bb->binary = xstrdup(cfg->binary);
     bb->config_path = xasprintf("%s/brokers/config.json", cfg->home);
     int rc = bb__config(bb, cfg);
     if (rc < 0) {
         log_error("cannot write %s: %s (no built-in service brokers)", bb->config_path,
                   strerror(-rc));
-        builtin_brokers_free(bb);
+        builtin_brokers_free(bb, true);
         return NULL;
     }
     /* the stores run as their own system users, who must reach their folders in the home */
@@ -218,6 +259,8 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
             if (net_firewall_allow_publish(cfg->pool, bb->ports[i], err, sizeof err) < 0)
                 log_error("containers cannot reach the built-in stores: %s", err);
     }
+    if (cfg->events_url && cfg->api && cfg->records)
+        api_set_binding_check(cfg->api, bb__binding_check, bb);
     uv_timer_init(loop, &bb->timer);
     uv_unref((uv_handle_t *)&bb->timer);
     bb->timer.data = bb;
@@ -225,11 +268,11 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     return bb;
 }
 
-void builtin_brokers_free(struct builtin_brokers *bb)
+void builtin_brokers_free(struct builtin_brokers *bb, bool stop)
 {
     if (!bb)
         return;
-    if (bb->pid > 0 && kill(bb->pid, SIGTERM) == 0) {
+    if (stop && bb->pid > 0 && kill(bb->pid, SIGTERM) == 0) {
         int status;
         int64_t deadline = time_mono_ms() + BB_STOP_MS;
         while (waitpid(bb->pid, &status, WNOHANG) == 0) {
@@ -242,9 +285,10 @@ void builtin_brokers_free(struct builtin_brokers *bb)
             nanosleep(&ts, NULL);
         }
     }
-    if (bb->pool)
+    if (bb->pool && stop)
         for (int i = 0; i < 2; i++)
             net_firewall_forget_publish(bb->pool, bb->ports[i]);
+    sodium_memzero(bb->events_key, sizeof bb->events_key);
     free(bb->binary);
     free(bb->config_path);
     free(bb->url);

@@ -6,15 +6,21 @@
  * credentials and the stores' ports are chosen on the first start (free ports on loopback)
  * and kept, so credentials given to apps stay valid across restarts. The stores listen on
  * loopback and on the address instances reach the host on (the pool's publish address),
- * whose ports the firewall opens to containers. The program is restarted when it exits,
- * and stops with skiffd (it gets SIGTERM when skiffd goes, even killed). */
+ * whose ports the firewall opens to containers. The `events` offering's binding tokens are
+ * signed with $SKIFF_HOME/brokers/events.key, and skiffd accepts one while the binding it
+ * names is in its records (api_set_binding_check). The program is restarted when it exits,
+ * and stops with skiffd; when skiffd goes without stopping the platform (killed, SIGUSR2),
+ * the program exits and the stores keep serving for the next start. */
 #ifndef SKIFF_BUILTIN_BROKERS_H
 #define SKIFF_BUILTIN_BROKERS_H
 
+#include <stdbool.h>
 #include <uv.h>
 
+struct api;
 struct api_svc;
 struct net_pool;
+struct services;
 struct builtin_brokers;
 
 struct builtin_brokers_config {
@@ -23,13 +29,19 @@ struct builtin_brokers_config {
     const char *service_host;    /* what instances reach the host on (IP) */
     const struct net_pool *pool; /* containers' pool (the firewall), or NULL */
     struct api_svc *svc;         /* where the broker is registered */
+    struct api *api;             /* checks the events offering's binding tokens */
+    struct services *records;    /* ... against the bindings there */
+    const char *events_url;      /* where instances publish ("http://IP:PORT") */
 };
 
 /* NULL (after saying why) when it cannot start. */
 struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
                                               const struct builtin_brokers_config *cfg);
-/* Stops the program (SIGTERM, waiting up to 30 s for its stores to stop) and frees; after
- * the loop's handles are closed and the services' endpoints stopped. NULL is fine. */
-void builtin_brokers_free(struct builtin_brokers *bb);
+/* With stop, stops the program (SIGTERM, waiting up to 30 s for its stores to stop) and
+ * closes the stores' ports; without (skiffd leaves the platform serving: SIGUSR2), the
+ * program exits when skiffd does and its stores keep serving apps until the next skiffd's
+ * skiff-brokers keeps them. Frees bb; after the loop's handles are closed and the services'
+ * endpoints stopped. NULL is fine. */
+void builtin_brokers_free(struct builtin_brokers *bb, bool stop);
 
 #endif

@@ -720,7 +720,10 @@ int main(int argc, char **argv)
                                              .home = d.home,
                                              .service_host = contained ? publish_host : "127.0.0.1",
                                              .pool = contained ? &pool : NULL,
-                                             .svc = d.svc});
+                                             .svc = d.svc,
+                                             .api = d.api,
+                                             .records = d.services,
+                                             .events_url = events_url ? events_url : api_url});
     scheduler_reconcile_all(d.sched);
 
     uv_signal_init(d.loop, &d.sigterm);
@@ -780,7 +783,7 @@ out:
     uv_walk(d.loop, walk_close, NULL);
     uv_run(d.loop, UV_RUN_DEFAULT);
     daemon_free(&d);
-    builtin_brokers_free(brokers);
+    builtin_brokers_free(brokers, !d.detach);
     uv_loop_close(d.loop);
     free(dir);
     free(buildpacks);

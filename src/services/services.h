@@ -100,6 +100,24 @@ char *services_vcap_json(struct services *s, const char *app_guid);
 /* The same without credentials: the instance names an app is bound to, for listings. */
 json_t *services_app_bound_names(struct services *s, const char *app_guid);
 
+/* ---- binding tokens (pure) --------------------------------------------------------------- */
+
+/* A built-in `events` binding's token: "skiffb_<instance>.<binding>.<hex HMAC-SHA256 of
+ * "<instance>.<binding>" under key>". It lets its holder publish to the topic named like the
+ * instance, in the instance's space, while the binding exists (skiffd checks the record at
+ * every request, so unbinding ends it). key is 32 bytes. out has room for
+ * SERVICES_BINDING_TOKEN_MAX. */
+#define SERVICES_BINDING_TOKEN_PREFIX "skiffb_"
+#define SERVICES_BINDING_TOKEN_MAX 256
+void services_binding_token(const unsigned char key[32], const char *instance_guid,
+                            const char *binding_guid, char *out, size_t size);
+/* Whether token is one services_binding_token made under key; its instance and binding ids
+ * into the buffers (at most 64 characters each). */
+bool services_binding_token_check(const unsigned char key[32], const char *token,
+                                  char instance_guid[65], char binding_guid[65]);
+/* The key in path (64 hex digits), made (0600) when absent. -errno when it cannot be. */
+int services_binding_key(const char *path, unsigned char key[32]);
+
 /* ---- broker catalogs (pure) --------------------------------------------------------------- */
 
 /* Checks a broker's GET /v2/catalog answer against the Open Service Broker API (2.17): a

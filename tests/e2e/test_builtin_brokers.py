@@ -6,9 +6,11 @@ instance, logins without a binding, the broker's OSB port without its password."
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -19,7 +21,7 @@ from conftest import Platform, http_get, out, tar_gz, wait_for
 
 # The app: /pg/... and /redis/... act with the first binding of each label in VCAP_SERVICES.
 APP = [("Procfile", b"web: python3 app.py\n"), ("app.py", rb'''
-import http.server, json, os, socket, urllib.parse
+import http.server, json, os, socket, urllib.error, urllib.parse, urllib.request
 
 def creds(label):
     return json.loads(os.environ.get("VCAP_SERVICES", "{}"))[label][0]["credentials"]
@@ -71,6 +73,17 @@ class H(http.server.BaseHTTPRequestHandler):
                 body = "connected"
             elif u.path == "/redis":
                 body = str(redis(*q["cmd"].split(" ")))
+            elif u.path == "/events":
+                c = creds("events")
+                url = c["url"].replace("/topics/%s/" % c["topic"], "/topics/%s/" % q["topic"])
+                req = urllib.request.Request(url, data=q["data"].encode(), method="POST",
+                                             headers={"Authorization": "Bearer " + c["token"],
+                                                      "Content-Type": "text/plain"})
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        body = str(r.status)
+                except urllib.error.HTTPError as e:
+                    body = str(e.code)
             elif u.path == "/creds":
                 body = json.dumps(creds(q["label"]))
             else:
@@ -116,7 +129,7 @@ def push_app(p, name):
 def get(p, app, path):
     host = p.api("GET", f"/v1/apps/{app}")[1]["routes"][0]
     status, text = http_get(p.router_url + path, host=host, timeout=20)
-    assert status == 200, text
+    assert status == 200, (text, p.cli("logs", app, "--recent").stdout[-6000:].replace("\\n", "\n"))
     return text
 
 
@@ -321,7 +334,8 @@ def test_the_broker_refuses_strangers_and_bad_input(plat):
     assert osb(p, "GET", "/v2/catalog", auth=("skiff-builtin", "guess"))[0] == 401
     assert osb(p, "GET", "/v2/catalog", version=None)[0] == 412
     status, cat = osb(p, "GET", "/v2/catalog")
-    assert status == 200 and {s["name"] for s in cat["services"]} == {"postgresql", "redis"}
+    assert status == 200
+    assert {s["name"] for s in cat["services"]} == {"postgresql", "redis", "events"}
     pg_id = [s for s in cat["services"] if s["name"] == "postgresql"][0]
     body = {"service_id": pg_id["id"], "plan_id": pg_id["plans"][0]["id"]}
     # ids that would be SQL or globs are refused before anything reaches a store
@@ -357,6 +371,57 @@ def test_the_broker_refuses_strangers_and_bad_input(plat):
     assert osb(p, "GET", "/v2/catalog")[0] == 200
 
 
+def post(url, token, data=b"x", method="POST"):
+    req = urllib.request.Request(url, data=data if method == "POST" else None, method=method,
+                                 headers={"Authorization": "Bearer " + token,
+                                          "Content-Type": "text/plain"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_events_a_topic_as_a_service(plat):
+    p = plat
+    assert "events" in p.cli("marketplace").stdout
+    assert p.cli("create-service", "events", "shared", "news").returncode == 0
+    topic = p.api("GET", "/v1/service_instances/news")[1]["guid"]
+    push_app(p, "newsroom")
+    assert p.cli("bind-service", "newsroom", "news").returncode == 0
+    restart(p, "newsroom")
+    creds = json.loads(get(p, "newsroom", "/creds?label=events"))
+    assert set(creds) >= {"url", "topic", "token"} and creds["topic"] == topic
+    assert creds["url"].endswith(f"/v1/topics/{topic}/events")
+    # the app publishes to its topic, from its container, with the binding's token
+    assert get(p, "newsroom", f"/events?topic={topic}&data=hello") == "202"
+    # and to no other topic
+    assert get(p, "newsroom", "/events?topic=other&data=x") == "403"
+    status, text = p.api("GET", f"/v1/topics/{topic}/events")
+    assert status == 200 and "hello" in json.dumps(text), text
+
+    # a service key publishes too, and does nothing else on the API
+    kc = key_creds(p, "news", "k")
+    assert post(kc["url"], kc["token"], b"from-key")[0] == 202
+    api = p.api_url
+    for method, path in (("GET", "/v1/apps"), ("GET", f"/v1/topics/{topic}/events"),
+                         ("GET", "/v1/service_instances"), ("POST", "/v1/topics/x/events")):
+        status, _ = post(api + path, kc["token"], method=method)
+        assert status in (401, 403, 404), (method, path, status)
+    # a forged token (another binding's id, or a changed signature) is refused
+    forged = kc["token"][:-1] + ("1" if kc["token"].endswith("0") else "0")
+    assert post(kc["url"], forged)[0] == 401
+    inst, bind, mac = kc["token"][len("skiffb_"):].split(".")
+    other_bind = bind[:-1] + ("1" if bind.endswith("0") else "0")
+    assert post(kc["url"], f"skiffb_{inst}.{other_bind}.{mac}")[0] == 401
+    # deleting the key, or unbinding, ends its token at once
+    assert p.cli("delete-service-key", "news", "k", "-f").returncode == 0
+    assert post(kc["url"], kc["token"])[0] == 401
+    assert p.cli("unbind-service", "newsroom", "news").returncode == 0
+    assert post(creds["url"].replace(creds["url"].split("/v1/")[0], api), creds["token"])[0] == 401
+    assert p.cli("delete-service", "news", "-f").returncode == 0
+
+
 def test_a_database_outlives_a_restart_of_skiffd():
     p = Platform(extra_env={"SKIFF_BUILTIN_BROKERS": "1"}).start()
     try:
@@ -378,6 +443,34 @@ def test_a_database_outlives_a_restart_of_skiffd():
                  what="the app reading its row after skiffd's restart")
         assert "skiff-builtin" in p.cli("service-brokers").stdout
         assert len([b for b in p.api("GET", "/v1/service_brokers")[1]["service_brokers"]]) == 1
+    finally:
+        p.close()
+
+
+def test_the_stores_keep_serving_while_skiffd_is_away():
+    p = Platform(extra_env={"SKIFF_BUILTIN_BROKERS": "1"}).start()
+    try:
+        wait_for(lambda: "skiff-builtin" in p.cli("service-brokers").stdout, timeout=30,
+                 what="the built-in brokers registered")
+        assert p.cli("create-service", "postgresql", "shared", "steady").returncode == 0
+        push_app(p, "steady")
+        assert p.cli("bind-service", "steady", "steady").returncode == 0
+        restart(p, "steady")
+        assert get(p, "steady", "/pg/write?v=one") == "written"
+        host = p.api("GET", "/v1/apps/steady")[1]["routes"][0]
+        p.stop(sig=signal.SIGUSR2)
+        # skiffd is gone (an upgrade): the instance, the router and PostgreSQL keep serving
+        status, text = http_get(p.router_url + "/pg/write?v=two", host=host, timeout=20)
+        assert (status, text) == (200, "written"), text
+        p.start()
+        wait_for(lambda: "kept" in p.output(), timeout=30,
+                 what="the new skiff-brokers keeping the running stores")
+        assert json.loads(get(p, "steady", "/pg/read")) == ["one", "two"]
+        assert get(p, "steady", "/pg/write?v=three") == "written"
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert p.home not in ps, [line for line in ps.splitlines() if p.home in line]
     finally:
         p.close()
 

@@ -15,6 +15,7 @@
 
 #include "brokers/brokers.h"
 #include "common/util.h"
+#include "services/services.h"
 
 static void test_ids_are_letters_digits_and_dashes(void **state)
 {
@@ -103,6 +104,39 @@ static void test_passwords_and_basic_auth(void **state)
     assert_false(brokers_basic_auth_ok("Bearer x", "user", "pa:ss"));
     assert_false(brokers_basic_auth_ok("Basic !!!", "user", "pa:ss"));
     assert_false(brokers_basic_auth_ok("Basic ", "", ""));
+}
+
+static void test_binding_tokens(void **state)
+{
+    (void)state;
+    unsigned char key[32], other[32];
+    memset(key, 7, sizeof key);
+    memset(other, 8, sizeof other);
+    char tok[SERVICES_BINDING_TOKEN_MAX], inst[65], bind[65];
+    services_binding_token(key, "i-1", "b-1", tok, sizeof tok);
+    assert_true(str_has_prefix(tok, SERVICES_BINDING_TOKEN_PREFIX "i-1.b-1."));
+    assert_true(services_binding_token_check(key, tok, inst, bind));
+    assert_string_equal(inst, "i-1");
+    assert_string_equal(bind, "b-1");
+    assert_false(services_binding_token_check(other, tok, inst, bind));
+    char forged[SERVICES_BINDING_TOKEN_MAX];
+    snprintf(forged, sizeof forged, "%s", tok);
+    forged[strlen(forged) - 1] = forged[strlen(forged) - 1] == '0' ? '1' : '0';
+    assert_false(services_binding_token_check(key, forged, inst, bind));
+    /* the signature of one binding does not carry over to another id */
+    snprintf(forged, sizeof forged, SERVICES_BINDING_TOKEN_PREFIX "i-1.b-2.%s",
+             strrchr(tok, '.') + 1);
+    assert_false(services_binding_token_check(key, forged, inst, bind));
+    static const char *const bad[] = {"",
+                                      "skiffb_",
+                                      "skiffb_a.b",
+                                      "skiffb_a.b.",
+                                      "skiffb_.b.00",
+                                      "skiffb_a;b.c.00",
+                                      "skiffa_i-1.b-1.00"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_false(services_binding_token_check(key, bad[i], inst, bind));
+    assert_false(services_binding_token_check(key, NULL, inst, bind));
 }
 
 /* ---- the OSB dispatch, on a recording backend ----------------------------------------------- */
@@ -257,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_credentials),
         cmocka_unit_test(test_redis_rules_keep_to_the_prefix),
         cmocka_unit_test(test_passwords_and_basic_auth),
+        cmocka_unit_test(test_binding_tokens),
         cmocka_unit_test(test_osb_dispatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
