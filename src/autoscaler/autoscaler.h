@@ -7,8 +7,9 @@
  * window's count is at least twice the ready instances the decider panics and, for a stable
  * window after the last such tick, never scales down; a scale-down takes effect only once the
  * wanted count stayed lower for the scale-down delay; one decision moves at most
- * max_up_rate times the ready count up and down to ready / max_down_rate; min and max clamp
- * the result.
+ * max_up_rate times the ready count up and down to ready / max_down_rate; until the samples
+ * span a stable window nothing goes below the ready count (no data is no reason to scale
+ * down); min and max clamp the result.
  *
  * The runtime (struct autoscaler) runs on skiffd's loop: the routers' per-second metrics
  * come in through autoscaler_router_metrics, a one-second tick decides for every process
