@@ -298,3 +298,22 @@ def test_manifest_sets_the_policy(plat, tmp_path):
     assert (pol["min_instances"], pol["max_instances"], pol["target_concurrency"]) == (1, 3, 5)
     text = autoscale(p, "man")
     assert "1 to 3 instances, target 5 in flight" in text and "metric:" in text, text
+
+
+def test_a_function_scales_with_its_requests(plat, tmp_path):
+    """A function with a policy scales with routed requests like an app, to zero and back,
+    without the invoker's idle grace (the autoscaler owns its count)."""
+    p = plat
+    (tmp_path / "slow.py").write_text("import time\n\n\ndef handle(event):\n"
+                                      "    time.sleep(0.4)\n    return 'ok'\n")
+    r = p.cli("push", "slowfn", "--function", f"{tmp_path / 'slow.py'}:handle", timeout=300)
+    assert r.returncode == 0, out(r)
+    autoscale(p, "slowfn", "--min", "0", "--max", "3", "--target-concurrency", "1",
+              "--window", "4s")
+    with Load(p, "slowfn.localhost", 4, "/") as load:
+        wait_for(lambda: desired(p, "slowfn") == 3, 60, "the function to reach its max")
+        wait_for(lambda: running(p, "slowfn") == 3, 120, "3 instances of the function to run")
+    assert load.failed == [], load.failed[:5]
+    assert load.ok > 0
+    wait_for(lambda: desired(p, "slowfn") == 0 and running(p, "slowfn") == 0, 60,
+             "the function back to zero")
