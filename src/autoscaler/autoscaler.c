@@ -189,14 +189,15 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
     else
         snprintf(reason, sizeof reason, "%.0f in flight, target %.0f%s",
                  d.value > 0 ? ceil(d.value - 1e-9) : 0.0, pol.target, d.panic ? " (panic)" : "");
-    int rc = scheduler_scale(as->sched, app->guid, sp->type, desired);
+    char line[160];
+    snprintf(line, sizeof line, "%d -> %d: %s", sp->instances, desired, reason);
+    int rc = scheduler_scale_because(as->sched, app->guid, sp->type, desired, line);
     if (rc < 0) {
         log_warning("autoscaler: cannot scale %s/%s to %d: %s", app->name, sp->type, desired,
                     strerror(-rc));
         return;
     }
-    logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%d -> %d: %s", sp->instances,
-                 desired, reason);
+    logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%s", line);
     as__record_decision(p, sp->instances, desired, reason);
 }
 

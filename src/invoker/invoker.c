@@ -1196,8 +1196,11 @@ static void invoker_on_platform_event(void *ctx, const struct platform_event *ev
         json_object_set_new(data, "reason", json_string(ev->reason ? ev->reason : ""));
         json_object_set_new(data, "crash_count", json_integer(ev->crash_count));
     }
-    if (ev->type == PLATFORM_APP_SCALED)
+    if (ev->type == PLATFORM_APP_SCALED) {
         json_object_set_new(data, "instances", json_integer(ev->instances));
+        if (ev->reason)
+            json_object_set_new(data, "reason", json_string(ev->reason));
+    }
     invoker_publish(inv, topic, type, source, ev->app_name, data, 0);
     json_decref(data);
     inv->platform_events++;

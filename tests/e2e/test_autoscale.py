@@ -197,6 +197,7 @@ def test_zero_to_n_to_zero_without_a_failed_request(plat):
     events = [json.loads(line) for line in text.splitlines() if line.strip()]
     counts = [e["data"]["instances"] for e in events if e["data"].get("app") == "z"]
     assert 0 in counts and max(counts) >= 2, events
+    assert any(" -> 0: " in e["data"].get("reason", "") for e in events), events
 
 
 def test_eight_clients_reach_eight_instances_then_drop_back(plat):
