@@ -318,3 +318,17 @@ def test_a_function_scales_with_its_requests(plat, tmp_path):
     assert load.ok > 0
     wait_for(lambda: desired(p, "slowfn") == 0 and running(p, "slowfn") == 0, 60,
              "the function back to zero")
+
+
+def test_the_quota_must_hold_max_instances(plat):
+    p = plat
+    deploy(p, "q")
+    code, body = p.api("POST", "/v1/quotas", {"name": "small", "instances": 3})
+    assert code == 201, body
+    code, body = p.api("PUT", "/v1/orgs/default/quota", {"quota": "small"})
+    assert code == 200, body
+    code, err = p.api("PUT", "/v1/apps/q/autoscale", {"min_instances": 0, "max_instances": 5})
+    assert code == 422 and err["error"]["code"] == "quota_exceeded", err
+    assert status(p, "q")["policy"] is None
+    code, body = p.api("PUT", "/v1/apps/q/autoscale", {"min_instances": 0, "max_instances": 3})
+    assert code == 200 and body["policy"]["max_instances"] == 3, body
