@@ -332,3 +332,32 @@ def test_the_quota_must_hold_max_instances(plat):
     assert status(p, "q")["policy"] is None
     code, body = p.api("PUT", "/v1/apps/q/autoscale", {"min_instances": 0, "max_instances": 3})
     assert code == 200 and body["policy"]["max_instances"] == 3, body
+
+
+def test_event_work_is_a_floor_within_the_policy_max(plat, tmp_path):
+    """A function with a policy and an event backlog: the invoker's work keeps it up (the
+    autoscaler never goes below it, though no request comes) and never past the policy's
+    max; once the backlog is done it goes back to zero."""
+    p = plat
+    (tmp_path / "job.py").write_text("import time\n\n\ndef handle(event):\n"
+                                     "    time.sleep(0.3)\n")
+    r = p.cli("push", "jobs", "--function", f"{tmp_path / 'job.py'}:handle", timeout=300)
+    assert r.returncode == 0, out(r)
+    autoscale(p, "jobs", "--min", "0", "--max", "2", "--target-concurrency", "1",
+              "--window", "4s")
+    wait_for(lambda: desired(p, "jobs") == 0, 60, "jobs at zero")
+    code, body = p.api("POST", "/v1/event-mappings",
+                       {"app": "jobs", "topic": "work", "max_instances": 5})
+    assert code == 201, body
+    for i in range(40):
+        code, body = p.api("POST", "/v1/topics/work/events", {"n": i})
+        assert code == 202, body
+    wait_for(lambda: desired(p, "jobs") == 2, 60, "the backlog to scale jobs to its max")
+    seen = set()
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        seen.add(desired(p, "jobs"))
+        time.sleep(0.2)
+    assert max(seen) == 2 and min(seen) >= 1, seen  # up while work waits, never past max
+    wait_for(lambda: desired(p, "jobs") == 0 and running(p, "jobs") == 0, 120,
+             "jobs back to zero once the backlog is done")
