@@ -126,11 +126,12 @@ void autoscaler_router_gone(struct autoscaler *as, int router_id);
 typedef int (*autoscaler_floor_cb)(void *ctx, const char *app_guid, const char *process);
 void autoscaler_set_floor(struct autoscaler *as, autoscaler_floor_cb fn, void *ctx);
 
-/* Decides at once for every request-scaled process (the tick, callable from tests). */
+/* Decides at once for every request-scaled process: what the one-second tick does. */
 void autoscaler_tick_now(struct autoscaler *as);
 
-/* {"metric": {...}, "panic": bool, "decisions": [{"at", "from", "to", "reason"}]} of one
- * process (a new reference); an empty status for one it has not seen. */
+/* {"metric": {...}, "panic": bool, "ready", "desired", "decisions": [{"at", "from", "to",
+ * "reason"}]} of one process (a new reference; docs/api.md); metric, ready and desired are
+ * null before its first decision. */
 json_t *autoscaler_status_json(struct autoscaler *as, const char *app_guid, const char *process);
 
 #endif
