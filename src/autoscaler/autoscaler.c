@@ -15,6 +15,7 @@
 
 #define AUTOSCALER_TICK_MS 1000
 #define AUTOSCALER_MAX_ROUTERS 16 /* reports kept per process: one per router connection */
+#define AUTOSCALER_RELIST_TICKS 10 /* writes by another skiffd on a shared store show within */
 
 struct as_report {
     int router;
@@ -54,6 +55,12 @@ struct autoscaler {
     struct as_proc *procs;
     autoscaler_floor_cb floor;
     void *floor_ctx;
+    /* the apps as last listed, read again only when the store changed (or every
+     * AUTOSCALER_RELIST_TICKS): a list a second would cost a round trip to PostgreSQL each */
+    struct store_app **apps;
+    size_t n_apps;
+    uint64_t apps_changes;
+    int ticks_since_list;
     void (*done)(void *arg);
     void *done_arg;
 };
@@ -189,14 +196,15 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
     else
         snprintf(reason, sizeof reason, "%.0f in flight, target %.0f%s",
                  d.value > 0 ? ceil(d.value - 1e-9) : 0.0, pol.target, d.panic ? " (panic)" : "");
-    int rc = scheduler_scale(as->sched, app->guid, sp->type, desired);
+    char line[160];
+    snprintf(line, sizeof line, "%d -> %d: %s", sp->instances, desired, reason);
+    int rc = scheduler_scale_because(as->sched, app->guid, sp->type, desired, line);
     if (rc < 0) {
         log_warning("autoscaler: cannot scale %s/%s to %d: %s", app->name, sp->type, desired,
                     strerror(-rc));
         return;
     }
-    logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%d -> %d: %s", sp->instances,
-                 desired, reason);
+    logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%s", line);
     as__record_decision(p, sp->instances, desired, reason);
 }
 
@@ -208,10 +216,21 @@ static void as__proc_free(struct as_proc *p)
 
 void autoscaler_tick_now(struct autoscaler *as)
 {
-    struct store_app **apps = NULL;
-    size_t n = 0;
-    if (store_app_list(as->store, &apps, &n) < 0)
-        return; /* the store logs why; the next tick asks again */
+    uint64_t changes = store_change_count(as->store);
+    if (!as->apps || changes != as->apps_changes ||
+        ++as->ticks_since_list >= AUTOSCALER_RELIST_TICKS) {
+        struct store_app **list = NULL;
+        size_t count = 0;
+        if (store_app_list(as->store, &list, &count) < 0)
+            return; /* the store logs why; the next tick asks again */
+        store_app_list_free(as->apps, as->n_apps);
+        as->apps = list;
+        as->n_apps = count;
+        as->apps_changes = changes;
+        as->ticks_since_list = 0;
+    }
+    struct store_app **apps = as->apps;
+    size_t n = as->n_apps;
     for (struct as_proc *p = as->procs; p; p = p->next)
         p->seen = false;
     int64_t now = time_mono_ms();
@@ -223,7 +242,6 @@ void autoscaler_tick_now(struct autoscaler *as)
             if (store_process_request_scaled(&a->processes[j]))
                 as__decide(as, a, &a->processes[j], now);
     }
-    store_app_list_free(apps, n);
     /* what is no longer request-scaled starts afresh if it becomes so again */
     for (struct as_proc **pp = &as->procs; *pp;) {
         struct as_proc *p = *pp;
@@ -281,6 +299,7 @@ void autoscaler_free(struct autoscaler *as)
         as->procs = p->next;
         as__proc_free(p);
     }
+    store_app_list_free(as->apps, as->n_apps);
     free(as);
 }
 

@@ -7,8 +7,9 @@
  * window's count is at least twice the ready instances the decider panics and, for a stable
  * window after the last such tick, never scales down; a scale-down takes effect only once the
  * wanted count stayed lower for the scale-down delay; one decision moves at most
- * max_up_rate times the ready count up and down to ready / max_down_rate; min and max clamp
- * the result.
+ * max_up_rate times the ready count up and down to ready / max_down_rate; until the samples
+ * span a stable window nothing goes below the ready count (no data is no reason to scale
+ * down); min and max clamp the result.
  *
  * The runtime (struct autoscaler) runs on skiffd's loop: the routers' per-second metrics
  * come in through autoscaler_router_metrics, a one-second tick decides for every process
@@ -125,11 +126,12 @@ void autoscaler_router_gone(struct autoscaler *as, int router_id);
 typedef int (*autoscaler_floor_cb)(void *ctx, const char *app_guid, const char *process);
 void autoscaler_set_floor(struct autoscaler *as, autoscaler_floor_cb fn, void *ctx);
 
-/* Decides at once for every request-scaled process (the tick, callable from tests). */
+/* Decides at once for every request-scaled process: what the one-second tick does. */
 void autoscaler_tick_now(struct autoscaler *as);
 
-/* {"metric": {...}, "panic": bool, "decisions": [{"at", "from", "to", "reason"}]} of one
- * process (a new reference); an empty status for one it has not seen. */
+/* {"metric": {...}, "panic": bool, "ready", "desired", "decisions": [{"at", "from", "to",
+ * "reason"}]} of one process (a new reference; docs/api.md); metric, ready and desired are
+ * null before its first decision. */
 json_t *autoscaler_status_json(struct autoscaler *as, const char *app_guid, const char *process);
 
 #endif

@@ -107,6 +107,12 @@ struct autoscaler_decision autoscaler_kpa_decide(struct autoscaler_kpa *k,
         want = d.stable_wanted;
     }
 
+    /* Until the samples span a whole stable window (a new policy, a restarted skiffd whose
+     * routers have not reported yet) there is no basis to go below what is ready. */
+    if (k->n_samples == 0 || now_ms - k->samples[0].at_ms < p->window_ms - 1000)
+        if (want < ready)
+            want = ready;
+
     /* At most max_up_rate times the ready instances up (from zero: as if one were ready), at
      * most down to ready / max_down_rate. */
     double base = ready > 0 ? ready : 1;

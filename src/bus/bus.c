@@ -458,14 +458,12 @@ static void bus__access(struct bus_conn *c, const struct bus_access *a)
     bus__note_traffic(c->bus, a->app_guid); /* a function serving requests is not idle */
 }
 
-/* A router's second of counts (docs/bus.md "metrics"): each well-formed entry goes to the
- * sink; malformed ones are skipped (the router may be newer), never trusted further. */
-static void bus__metrics(struct bus_conn *c, json_t *msg)
+int bus_metrics_each(const json_t *msg, bus_metrics_entry_fn fn, void *ctx)
 {
-    struct bus *bus = c->bus;
     json_t *apps = json_object_get(msg, "apps");
-    if (!bus->metrics || !json_is_array(apps))
-        return;
+    if (!json_is_array(apps))
+        return 0;
+    int count = 0;
     size_t i;
     json_t *e;
     json_array_foreach(apps, i, e)
@@ -479,8 +477,32 @@ static void bus__metrics(struct bus_conn *c, json_t *msg)
         double in_flight = json_number_value(inf), requests = json_number_value(req);
         if (!(in_flight >= 0 && in_flight < 1e9) || !(requests >= 0 && requests < 1e12))
             continue;
-        bus->metrics->report(bus->metrics_ctx, c->id, app, process, in_flight, requests);
+        fn(ctx, app, process, in_flight, requests);
+        count++;
     }
+    return count;
+}
+
+struct bus__metrics_call {
+    struct bus *bus;
+    int router;
+};
+
+static void bus__metrics_entry(void *ctx, const char *app_guid, const char *process,
+                               double in_flight, double requests)
+{
+    struct bus__metrics_call *call = ctx;
+    call->bus->metrics->report(call->bus->metrics_ctx, call->router, app_guid, process, in_flight,
+                               requests);
+}
+
+/* A router's second of counts (docs/bus.md "metrics") goes to the sink. */
+static void bus__metrics(struct bus_conn *c, json_t *msg)
+{
+    if (!c->bus->metrics)
+        return;
+    struct bus__metrics_call call = {.bus = c->bus, .router = c->id};
+    bus_metrics_each(msg, bus__metrics_entry, &call);
 }
 
 static void bus__message(struct bus_conn *c, const char *line, size_t len)

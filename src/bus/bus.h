@@ -74,6 +74,15 @@ struct bus_access {
  * would read the same way. */
 bool bus_access_parse_plain(const char *line, size_t len, struct bus_access *out);
 
+/* Calls fn for each well-formed entry of a router's "metrics" message (docs/bus.md): an
+ * app_guid of 36 characters, a process of 1 to 63, in_flight and requests numbers from 0 up
+ * to a sane bound. Other entries are skipped (a router may be newer, or broken: never
+ * trusted further). Returns how many entries fn got. */
+typedef void (*bus_metrics_entry_fn)(void *ctx, const char *app_guid, const char *process,
+                                     double in_flight, double requests);
+struct json_t;
+int bus_metrics_each(const struct json_t *msg, bus_metrics_entry_fn fn, void *ctx);
+
 /* The route table as docs/bus.md's "routes" message (for tests and diagnostics); the caller
  * frees the string. NULL when the store fails (the store logs why). */
 char *bus_route_table_json(struct bus *bus);

@@ -37,7 +37,9 @@ struct platform_event {
     int instances;             /* SCALED: the new desired count */
     int exit_status;           /* CRASHED: exit code, -1 when killed by a signal */
     int exit_signal;           /* CRASHED: signal number, 0 when it exited */
-    const char *reason;        /* CRASHED: "exited", "health check failed", ... */
+    const char *reason;        /* CRASHED: "exited", "health check failed", ...; SCALED: why,
+                                * when the autoscaler decided ("2 -> 5: 480 in flight, ..."),
+                                * else NULL */
     int crash_count;           /* CRASHED: crashes in a row of this instance index */
     uint64_t drain_id;         /* DRAINING: for scheduler_drain_hold/_release */
 };

@@ -363,10 +363,29 @@ static int target_wanted(struct inv_target *t, uint64_t *work_out)
     return wanted > (uint64_t)max_instances ? max_instances : (int)wanted;
 }
 
+/* The most instances a request scaling policy allows the target's process (0: no policy):
+ * event work never takes a process past what its policy (and so its quota) holds. */
+static int target_policy_max(struct inv_target *t)
+{
+    struct store_app *a = NULL;
+    if (store_app_get(t->inv->store, t->app, &a) < 0)
+        return 0;
+    const struct store_process *p = store_app_process(a, t->process);
+    int max = store_process_request_scaled(p) ? p->max_instances : 0;
+    store_app_free(a);
+    return max;
+}
+
 static void target_scale_up(struct inv_target *t, int wanted)
 {
     if (wanted <= t->instance_count || wanted <= t->requested)
         return;
+    int max = target_policy_max(t);
+    if (max > 0 && wanted > max) {
+        wanted = max;
+        if (wanted <= t->instance_count || wanted <= t->requested)
+            return;
+    }
     int rc = scheduler_ensure_instances(t->inv->scheduler, t->app, t->process, wanted);
     if (rc < 0) {
         snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s", invoker_target_name(t),
@@ -1196,8 +1215,11 @@ static void invoker_on_platform_event(void *ctx, const struct platform_event *ev
         json_object_set_new(data, "reason", json_string(ev->reason ? ev->reason : ""));
         json_object_set_new(data, "crash_count", json_integer(ev->crash_count));
     }
-    if (ev->type == PLATFORM_APP_SCALED)
+    if (ev->type == PLATFORM_APP_SCALED) {
         json_object_set_new(data, "instances", json_integer(ev->instances));
+        if (ev->reason)
+            json_object_set_new(data, "reason", json_string(ev->reason));
+    }
     invoker_publish(inv, topic, type, source, ev->app_name, data, 0);
     json_decref(data);
     inv->platform_events++;

@@ -1232,7 +1232,7 @@ void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
 }
 
 static int sched__set_instances(struct scheduler *s, const char *app, const char *process_type,
-                                int n, bool only_up)
+                                int n, bool only_up, const char *reason)
 {
     if (n < 0 || n > 1000)
         return -EINVAL;
@@ -1264,12 +1264,13 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
         struct sched_app *a = sched__app(s, sa->guid, true);
         sched__converge(s, a);
         struct platform_event ev = {.type = PLATFORM_APP_SCALED,
-                                     .app_guid = sa->guid,
-                                     .app_name = sa->name,
-                                     .process_type = p->type,
-                                     .index = -1,
-                                     .instances = n,
-                                     .exit_status = -1};
+                                    .app_guid = sa->guid,
+                                    .app_name = sa->name,
+                                    .process_type = p->type,
+                                    .index = -1,
+                                    .instances = n,
+                                    .exit_status = -1,
+                                    .reason = reason};
         sched__emit(s, &ev);
     }
     store_app_free(sa);
@@ -1279,12 +1280,18 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
 int scheduler_ensure_instances(struct scheduler *s, const char *app, const char *process_type,
                                int n)
 {
-    return sched__set_instances(s, app, process_type, n, true);
+    return sched__set_instances(s, app, process_type, n, true, NULL);
 }
 
 int scheduler_scale(struct scheduler *s, const char *app, const char *process_type, int n)
 {
-    return sched__set_instances(s, app, process_type, n, false);
+    return sched__set_instances(s, app, process_type, n, false, NULL);
+}
+
+int scheduler_scale_because(struct scheduler *s, const char *app, const char *process_type, int n,
+                            const char *reason)
+{
+    return sched__set_instances(s, app, process_type, n, false, reason);
 }
 
 /* ---- reading state ----------------------------------------------------------------------------

@@ -142,6 +142,9 @@ int scheduler_ensure_instances(struct scheduler *s, const char *app, const char 
                                int n);
 /* Sets the desired count to exactly n (0: scale to zero), persisted. */
 int scheduler_scale(struct scheduler *s, const char *app, const char *process_type, int n);
+/* The same, saying why in the PLATFORM_APP_SCALED event (the autoscaler's decisions). */
+int scheduler_scale_because(struct scheduler *s, const char *app, const char *process_type, int n,
+                            const char *reason);
 
 struct scheduler_instance_info {
     char guid[37];

@@ -191,6 +191,26 @@ static void test_rps_target(void **state)
     autoscaler_kpa_reset(&k);
 }
 
+static void test_no_scale_down_before_a_window_of_samples(void **state)
+{
+    (void)state;
+    struct autoscaler_policy p;
+    autoscaler_policy_init(&p, 0, 10, 10, false, 10000);
+    struct autoscaler_kpa k = {0};
+    int64_t now = 1000000;
+    /* a restarted skiffd: 8 ready, no report yet */
+    struct autoscaler_decision d = run(&k, &p, &now, 8, 0, 8);
+    assert_int_equal(d.desired, 8);
+    /* up is fine at once */
+    d = run(&k, &p, &now, 1, 200, 8);
+    assert_int_equal(d.desired, 10);
+    /* once the samples span the window, down goes as usual */
+    autoscaler_kpa_reset(&k);
+    d = run(&k, &p, &now, 10, 0, 8);
+    assert_int_equal(d.desired, 4);
+    autoscaler_kpa_reset(&k);
+}
+
 static void test_old_samples_are_dropped(void **state)
 {
     (void)state;
@@ -217,6 +237,7 @@ int main(void)
         cmocka_unit_test(test_max_scale_up_rate),
         cmocka_unit_test(test_scale_down_delay_holds_the_peak),
         cmocka_unit_test(test_rps_target),
+        cmocka_unit_test(test_no_scale_down_before_a_window_of_samples),
         cmocka_unit_test(test_old_samples_are_dropped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -103,9 +103,47 @@ static void test_the_length_bounds_the_line(void **state)
     assert_false(bus_access_parse_plain(two, (size_t)(strchr(two, '\n') - two) - 1, &a));
 }
 
+static void count_entry(void *ctx, const char *app, const char *process, double in_flight,
+                        double requests)
+{
+    double *sum = ctx;
+    assert_int_equal(strlen(app), 36);
+    assert_true(strlen(process) > 0 && strlen(process) < 64);
+    *sum += in_flight + requests;
+}
+
+static void test_metrics_entries_are_checked(void **state)
+{
+    (void)state;
+    json_t *msg = json_loads(
+        "{\"type\":\"metrics\",\"apps\":["
+        "{\"app_guid\":\"" GUID "\",\"process\":\"web\",\"in_flight\":2.5,\"requests\":10},"
+        "{\"app_guid\":\"short\",\"process\":\"web\",\"in_flight\":1,\"requests\":1},"
+        "{\"app_guid\":\"" GUID "\",\"process\":\"\",\"in_flight\":1,\"requests\":1},"
+        "{\"app_guid\":\"" GUID "\",\"process\":\"web\",\"in_flight\":-1,\"requests\":1},"
+        "{\"app_guid\":\"" GUID "\",\"process\":\"web\",\"in_flight\":1e300,\"requests\":1},"
+        "{\"app_guid\":\"" GUID "\",\"process\":\"web\",\"in_flight\":\"9\",\"requests\":1},"
+        "{\"app_guid\":\"" GUID "\",\"process\":\"web\"},"
+        "{\"app_guid\":\"" GUID "\",\"process\":\""
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "\",\"in_flight\":1,\"requests\":1},"
+        "7, null, [], {}]}",
+        0, NULL);
+    assert_non_null(msg);
+    double sum = 0;
+    assert_int_equal(bus_metrics_each(msg, count_entry, &sum), 1);
+    assert_true(sum == 12.5);
+    json_decref(msg);
+    msg = json_loads("{\"type\":\"metrics\",\"apps\":{}}", 0, NULL);
+    assert_int_equal(bus_metrics_each(msg, count_entry, &sum), 0);
+    json_decref(msg);
+    assert_int_equal(bus_metrics_each(NULL, count_entry, &sum), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_metrics_entries_are_checked),
         cmocka_unit_test(test_a_line_as_the_router_writes_it_is_read),
         cmocka_unit_test(test_other_lines_are_left_to_the_json_reader),
         cmocka_unit_test(test_the_length_bounds_the_line),

@@ -173,6 +173,10 @@ static struct store_app *sample_app(const char *name)
     app->processes[1].instances = 1;
     app->processes[0].min_instances = STORE_SCALE_MANUAL;
     app->processes[1].min_instances = 0;
+    app->processes[1].max_instances = 7; /* a request scaling policy (src/autoscaler) */
+    app->processes[1].target_rps = 40;
+    app->processes[1].window_ms = 6000;
+    app->processes[1].scale_down_delay_ms = 2500;
     app->n_env = 2;
     app->env = calloc(2, sizeof *app->env);
     app->env[0].name = xstrdup("A");
@@ -299,6 +303,15 @@ static void test_apps_round_trip_with_processes_and_env(void **state)
     assert_int_equal(got->processes[0].min_instances, STORE_SCALE_MANUAL);
     assert_int_equal(store_app_process(got, "worker")->min_instances, 0);
     assert_string_equal(store_app_process(got, "worker")->command, "python3 worker.py");
+    const struct store_process *worker = store_app_process(got, "worker");
+    assert_true(store_process_request_scaled(worker));
+    assert_false(store_process_request_scaled(&got->processes[0]));
+    assert_int_equal(worker->max_instances, 7);
+    assert_int_equal(worker->target_concurrency, 0);
+    assert_int_equal(worker->target_rps, 40);
+    assert_int_equal(worker->window_ms, 6000);
+    assert_int_equal(worker->scale_down_delay_ms, 2500);
+    assert_int_equal(got->processes[0].max_instances, 0);
     assert_int_equal(got->n_env, 2);
     assert_string_equal(got->env[1].value, "two words");
     assert_string_equal(got->health_check_http_endpoint, "/health");
