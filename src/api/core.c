@@ -149,8 +149,13 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
         core__json_str(b, p->type);
         buf_puts(b, ",\"command\":");
         core__json_str_or_null(b, p->command);
-        core__fmt(b, ",\"instances\":%d,\"memory_mb\":%d}", p->instances,
+        core__fmt(b, ",\"instances\":%d,\"memory_mb\":%d", p->instances,
                   p->memory_mb ? p->memory_mb : app->memory_mb);
+        if (store_process_is_function(p)) {
+            buf_puts(b, ",\"function\":");
+            buf_puts(b, p->function_json);
+        }
+        buf_putc(b, '}');
     }
     core__fmt(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
 }
@@ -1606,6 +1611,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
                       core);
     api_core__staging_register(core);
     api_core__revisions_register(core);
+    api_core__functions_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;

@@ -41,7 +41,17 @@ struct store_process {
     int instances;     /* desired */
     int memory_mb;     /* 0: the app's */
     int min_instances; /* the scaling policy: STORE_SCALE_MANUAL or the floor it scales to */
+    /* A function inside the app (docs/functions.md): {"handler": "FILE:FUNC", "runtime":
+     * "python"|"node"|"shell", "max_instances": N} as the API wrote it; NULL for web and
+     * other process types. */
+    char *function_json;
 };
+
+/* Whether the process runs one of its app's functions (rather than web or a worker). */
+static inline bool store_process_is_function(const struct store_process *p)
+{
+    return p && p->function_json;
+}
 
 /* The policy a process gets unless one is set: every process of a function, and an app's
  * process types other than web (the functions its manifest declares), scale to zero; an

@@ -79,6 +79,8 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN min_instances INTEGER NOT NULL DEFAULT -1;"
     "UPDATE processes SET min_instances = 0 WHERE type <> 'web' OR app_guid IN"
     "  (SELECT guid FROM apps WHERE kind = 'function');",
+    /* 7: functions inside apps (store.h's store_process.function_json) */
+    "ALTER TABLE processes ADD COLUMN function TEXT;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -314,12 +316,13 @@ static int pg__write_children(struct store_backend *b, const struct store_app *a
             p->command,
             pg__num(&inst, p->instances),
             pg__num(&mem, p->memory_mb),
-            pg__num(&min, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances)};
+            pg__num(&min, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances),
+            p->function_json};
         int rc = pg__write(b,
                            "INSERT INTO processes (app_guid, type, command, instances, memory_mb,"
-                           " min_instances) VALUES ($1, $2, $3, $4::integer, $5::integer,"
-                           " $6::integer)",
-                           6, v, false);
+                           " min_instances, function) VALUES ($1, $2, $3, $4::integer,"
+                           " $5::integer, $6::integer, $7)",
+                           7, v, false);
         if (rc < 0)
             return rc;
     }
@@ -396,6 +399,7 @@ static void pg__add_process(struct store_app *app, const PGresult *res, int row,
     p->instances = (int)pg__int(res, row, col + 2);
     p->memory_mb = (int)pg__int(res, row, col + 3);
     p->min_instances = (int)pg__int(res, row, col + 4);
+    p->function_json = pg__text(res, row, col + 5);
 }
 
 static void pg__add_env(struct store_app *app, const PGresult *res, int row, int col)
@@ -427,10 +431,11 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     struct store_app *app = pg__read_app(res, 0);
     PQclear(res);
     const char *g[] = {app->guid};
-    if (pg__exec(b,
-                 "SELECT type, command, instances, memory_mb, min_instances FROM processes"
-                 " WHERE app_guid = $1 ORDER BY type <> 'web', type COLLATE \"C\"",
-                 1, g, &res) < 0)
+    if (pg__exec(
+            b,
+            "SELECT type, command, instances, memory_mb, min_instances, function FROM processes"
+            " WHERE app_guid = $1 ORDER BY type <> 'web', type COLLATE \"C\"",
+            1, g, &res) < 0)
         goto fail;
     for (int r = 0; r < PQntuples(res); r++)
         pg__add_process(app, res, r, 0);
@@ -490,13 +495,14 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, pg__cmp_guid);
     if (pg__exec(b,
-                 space_guid ? "SELECT app_guid, type, command, instances, memory_mb, min_instances"
-                              " FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
-                              " space_guid = $1) ORDER BY app_guid, type <> 'web',"
-                              " type COLLATE \"C\""
-                            : "SELECT app_guid, type, command, instances, memory_mb, min_instances"
-                              " FROM processes ORDER BY app_guid, type <> 'web',"
-                              " type COLLATE \"C\"",
+                 space_guid
+                     ? "SELECT app_guid, type, command, instances, memory_mb, min_instances,"
+                       " function FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
+                       " space_guid = $1) ORDER BY app_guid, type <> 'web',"
+                       " type COLLATE \"C\""
+                     : "SELECT app_guid, type, command, instances, memory_mb, min_instances,"
+                       " function FROM processes ORDER BY app_guid, type <> 'web',"
+                       " type COLLATE \"C\"",
                  np, v, &res) < 0)
         goto fail;
     struct store_app *app;

@@ -80,6 +80,9 @@ const char *const store_sqlite_migrations[] = {
     "ALTER TABLE processes ADD COLUMN min_instances INTEGER NOT NULL DEFAULT -1;"
     "UPDATE processes SET min_instances = 0 WHERE type != 'web' OR app_guid IN"
     "  (SELECT guid FROM apps WHERE kind = 'function');",
+    /* 7: functions inside apps: a process type that runs a function of the app's own code
+     * keeps what makes it one (store.h's store_process.function_json) */
+    "ALTER TABLE processes ADD COLUMN function TEXT;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -360,8 +363,8 @@ static int store__write_children(struct store_backend *st, const struct store_ap
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
         sqlite3_stmt *ins = store__prepare(st, "INSERT INTO processes (app_guid, type, command,"
-                                               " instances, memory_mb, min_instances) VALUES"
-                                               " (?, ?, ?, ?, ?, ?)");
+                                               " instances, memory_mb, min_instances, function)"
+                                               " VALUES (?, ?, ?, ?, ?, ?, ?)");
         if (!ins)
             return -EIO;
         sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
@@ -370,6 +373,7 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         sqlite3_bind_int(ins, 4, p->instances);
         sqlite3_bind_int(ins, 5, p->memory_mb);
         sqlite3_bind_int(ins, 6, p->min_instances < 0 ? STORE_SCALE_MANUAL : p->min_instances);
+        store__bind_text(ins, 7, p->function_json);
         int rc = store__step_done(st, ins);
         if (rc < 0)
             return rc;
@@ -435,7 +439,7 @@ static int sqlite__app_update(struct store_backend *st, const struct store_app *
 }
 
 /* Appends the process in the row's columns from col on: type, command, instances, memory_mb,
- * min_instances. */
+ * min_instances, function. */
 static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
 {
     app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
@@ -445,6 +449,7 @@ static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
     p->instances = sqlite3_column_int(q, col + 2);
     p->memory_mb = sqlite3_column_int(q, col + 3);
     p->min_instances = sqlite3_column_int(q, col + 4);
+    p->function_json = store__col_text(q, col + 5);
 }
 
 /* Appends the variable in the row's columns from col on: name, value. */
@@ -470,9 +475,10 @@ static int store__read_done(struct store_backend *st, sqlite3_stmt *q, int step_
  * caller frees it). */
 static int store__app_load_children(struct store_backend *st, struct store_app *app)
 {
-    sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb,"
-                                         " min_instances FROM processes WHERE app_guid = ?"
-                                         " ORDER BY type != 'web', type");
+    sqlite3_stmt *q =
+        store__prepare(st, "SELECT type, command, instances, memory_mb,"
+                           " min_instances, function FROM processes WHERE app_guid = ?"
+                           " ORDER BY type != 'web', type");
     int step;
     if (!q)
         return -EIO;
@@ -580,11 +586,13 @@ static int sqlite__app_list_in(struct store_backend *st, const char *space_guid,
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
     q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances FROM processes WHERE app_guid IN"
+                                        " min_instances, function FROM processes WHERE"
+                                        " app_guid IN"
                                         " (SELECT guid FROM apps WHERE space_guid = ?1)"
                                         " ORDER BY app_guid, type"
                                       : "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances FROM processes ORDER BY app_guid, type");
+                                        " min_instances, function FROM processes"
+                                        " ORDER BY app_guid, type");
     if (!q)
         goto fail;
     if (space_guid)
