@@ -627,6 +627,8 @@ static int cli_push_mappings(const struct manifest_app *a)
                 json_object_set_new(body, "concurrency", json_integer(f->concurrency));
             if (f->max_instances > 0)
                 json_object_set_new(body, "max_instances", json_integer(f->max_instances));
+            if (f->idle_grace)
+                json_object_set_new(body, "idle_grace", json_string(f->idle_grace));
             rc = cli_api("POST", "/v1/event-mappings", body, NULL);
             json_decref(body);
             if (rc == 0)
