@@ -1260,7 +1260,8 @@ void invoker_note_traffic(void *invoker, const char *app_guid)
     int64_t now = time_now_ms();
     bool found = false;
     for (struct inv_target *t = inv->targets; t; t = t->next) {
-        if (strcmp(t->app_guid, app_guid) == 0) {
+        /* routes lead to web: a function inside the app is not kept up by them */
+        if (strcmp(t->app_guid, app_guid) == 0 && strcmp(t->process, "web") == 0) {
             t->last_busy_ms = now;
             found = true;
         }
