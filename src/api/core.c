@@ -452,10 +452,12 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
                 return false;
         }
     }
-    /* the kind may have changed: each process's scaling policy follows it */
+    /* the kind may have changed: each process's scaling policy follows it (a function inside
+     * the app keeps its own, set through its own endpoint) */
     for (size_t i = 0; i < app->n_processes; i++)
-        app->processes[i].min_instances =
-            store_process_default_min(app->kind, app->processes[i].type);
+        if (!store_process_is_function(&app->processes[i]))
+            app->processes[i].min_instances =
+                store_process_default_min(app->kind, app->processes[i].type);
     return true;
 }
 
