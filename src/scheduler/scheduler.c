@@ -12,12 +12,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 #include "common/buf.h"
@@ -557,33 +559,65 @@ static char *sched__tag(const struct sched_app *a, const char *type, bool functi
     return xasprintf("APP/%s/%s/%d", alone || function ? "FUNC" : "PROC", up, index);
 }
 
+/* The folder name below dirfd, made when missing, opened without following a symlink: a
+ * droplet is the tenant's (its buildpack wrote it), and a link there must not lead a write
+ * of the platform's out of it. -errno on failure (-ELOOP or -ENOTDIR for a link). */
+static int sched__open_dir_below(int dirfd, const char *name)
+{
+    if (mkdirat(dirfd, name, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
 /* A function inside an app runs the function buildpacks' server from the app's droplet
  * (.skiff/function/, where a function buildpack's supply step puts it): a droplet staged
  * without one gets it here, before the function's first instance starts. The files are the
- * platform's, the same for every droplet; what is there already is left alone. */
+ * platform's, the same for every droplet; whatever is at their names already (a file, or a
+ * link of the tenant's) is left alone, and nothing is written through a link. */
 static int sched__function_servers(struct scheduler *s, const char *app_dir)
 {
     static const char *const servers[] = {"function-python/lib/skiff_function.py",
                                           "function-node/lib/skiff_function.js"};
     if (!s->cfg.function_servers_dir)
         return -ENOENT;
-    char *dir = xasprintf("%s/.skiff/function", app_dir);
-    int rc = mkdir_p(dir, 0755);
+    int app = open(app_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int skiff = app < 0 ? -errno : sched__open_dir_below(app, ".skiff");
+    int dir = skiff < 0 ? skiff : sched__open_dir_below(skiff, "function");
+    int rc = dir < 0 ? dir : 0;
     for (size_t i = 0; i < ARRAY_SIZE(servers) && rc == 0; i++) {
-        char *to = xasprintf("%s/%s", dir, strrchr(servers[i], '/') + 1);
-        if (access(to, R_OK) != 0) {
-            char *from = xasprintf("%s/%s", s->cfg.function_servers_dir, servers[i]);
-            char *text = NULL;
-            size_t len = 0;
-            rc = file_read(from, &text, &len);
-            if (rc == 0)
-                rc = file_replace(to, text, len, 0644);
-            free(text);
-            free(from);
+        const char *name = strrchr(servers[i], '/') + 1;
+        int fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            rc = errno == EEXIST ? 0 : -errno;
+            continue;
         }
-        free(to);
+        char *from = xasprintf("%s/%s", s->cfg.function_servers_dir, servers[i]);
+        char *text = NULL;
+        size_t len = 0;
+        rc = file_read(from, &text, &len);
+        for (size_t done = 0; rc == 0 && done < len;) {
+            ssize_t n = write(fd, text + done, len - done);
+            if (n < 0 && errno != EINTR)
+                rc = -errno;
+            else if (n > 0)
+                done += (size_t)n;
+        }
+        close(fd);
+        if (rc < 0)
+            unlinkat(dir, name, 0); /* a half-written server would be "there already" */
+        free(text);
+        free(from);
     }
-    free(dir);
+    if (rc < 0)
+        log_warning("cannot put the function servers into %s/.skiff/function: %s", app_dir,
+                    strerror(-rc));
+    if (dir >= 0)
+        close(dir);
+    if (skiff >= 0)
+        close(skiff);
+    if (app >= 0)
+        close(app);
     return rc;
 }
 

@@ -262,3 +262,34 @@ def test_a_hostile_tenant_and_bad_functions(platform, tmp_path):
     assert platform.proc.poll() is None
     status, text = web(platform)
     assert status == 200, (status, text)
+
+
+def test_a_link_in_the_droplet_does_not_lead_the_function_server_out(platform, tmp_path):
+    """The platform writes the function server into the droplet when it lacks one: a droplet
+    whose buildpack left .skiff as a link to a host folder gets nothing written there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.chmod(str(outside), 0o777)
+    bp = tmp_path / "linky"
+    os.makedirs(str(bp / "bin"))
+    scripts = {
+        "detect": "#!/bin/sh\necho linky\n",
+        "compile": f"#!/bin/sh\nln -s {outside} \"$1/.skiff\"\n",
+        "release": "#!/bin/sh\nprintf -- '---\\ndefault_process_types:\\n  web: python3 app.py\\n'\n",
+    }
+    for name, text in scripts.items():
+        path = bp / "bin" / name
+        path.write_text(text)
+        os.chmod(str(path), 0o755)
+    app = shop_copy(tmp_path, "")
+    os.remove(os.path.join(app, "manifest.yml"))
+    cli_ok(platform, "push", "shop", "-p", app, "-b", str(bp))
+    cli_ok(platform, "create-function", "shop", "resize", "--handler", "shop/images.py:resize")
+    status, body = platform.api("PATCH", "/v1/apps/shop",
+                                {"processes": [{"type": "resize", "instances": 1}]})
+    assert status == 200, body
+    wait_for(lambda: "Cannot start function resize: cannot put the function server into the "
+             "droplet" in logs(platform), 60, "the start refused")
+    assert os.listdir(str(outside)) == []
+    status, text = web(platform)
+    assert status == 200, (status, text)
