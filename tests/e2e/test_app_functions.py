@@ -182,6 +182,29 @@ def test_create_function_without_a_manifest(platform, tmp_path):
     assert r.returncode != 0 and "has no function named 'thumbs'" in r.stderr, out(r)
 
 
+def test_node_and_shell_functions_inside_an_app(platform, tmp_path):
+    """The other runtimes of function snippets run from an app's droplet the same way."""
+    app = shop_copy(tmp_path, "")
+    os.remove(os.path.join(app, "manifest.yml"))
+    with open(os.path.join(app, "shop", "hooks.js"), "w") as f:
+        f.write("const os = require('os');\n"
+                "exports.onOrder = async (event) => ({order: event.data.id, node: true});\n")
+    with open(os.path.join(app, "shop", "count.sh"), "w") as f:
+        f.write('#!/bin/sh\ndata=$(cat)\nprintf \'{"chars": %d, "type": "%s"}\\n\' '
+                '"$(printf %s "$data" | wc -c)" "$CE_TYPE"\n')
+    cli_ok(platform, "push", "shop", "-p", app)
+    cli_ok(platform, "create-function", "shop", "orders", "--handler", "shop/hooks.js:onOrder")
+    cli_ok(platform, "create-function", "shop", "count", "--handler", "shop/count.sh:main")
+    fns = functions(platform)
+    assert (fns["orders"]["runtime"], fns["count"]["runtime"]) == ("node", "shell"), fns
+    r = cli_ok(platform, "invoke", "shop/orders", '{"id": 7}')
+    assert json.loads(r.stdout) == {"order": 7, "node": True}, r.stdout
+    r = cli_ok(platform, "invoke", "shop/count", "hello", "--type", "t.count")
+    assert json.loads(r.stdout) == {"chars": 5, "type": "t.count"}, r.stdout
+    status, text = web(platform)
+    assert status == 200, (status, text)
+
+
 def test_a_hostile_tenant_and_bad_functions(platform, tmp_path):
     admin = platform.token
     app = shop_copy(tmp_path, RESIZE)
