@@ -229,6 +229,16 @@ def test_a_hostile_tenant_and_bad_functions(platform, tmp_path):
                                 headers={"Content-Type": "application/json"})
     assert status == 400, body
     assert set(functions(platform)) == {"resize"}
+    # who made and who removed a function is on record
+    status, body = put("audited", {"handler": "shop/images.py:resize"})
+    assert status == 201, body
+    status, _ = platform.api("DELETE", "/v1/apps/shop/functions/audited")
+    assert status == 204
+    status, body = platform.api("GET", "/v1/audit_events?limit=50")
+    assert status == 200, body
+    types = [(e["type"], e["target"]) for e in body["audit_events"]]
+    assert ("audit.function.update", "shop") in types, types
+    assert ("audit.function.delete", "shop") in types, types
 
     # another space's developer: the shop of the default space is not theirs to see, invoke,
     # map or change, even through an app of their own called shop
