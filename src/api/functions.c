@@ -1,7 +1,7 @@
 /* Functions inside apps: a process type of an ordinary app that runs one function of the app's
  * own code (its droplet: same files, same dependencies) with the function servers of the
  * function buildpacks, so it is invoked, mapped to events and scaled on its own while the
- * app's web process goes on as before (docs/functions.md).
+ * app's web process goes on as before (docs/api.md, "Functions inside an app").
  *
  *   GET    /v1/apps/APP/functions          the app's functions
  *   PUT    /v1/apps/APP/functions/NAME     creates or changes one: {"handler": "FILE:FUNC",

@@ -41,7 +41,7 @@ struct store_process {
     int instances;     /* desired */
     int memory_mb;     /* 0: the app's */
     int min_instances; /* the scaling policy: STORE_SCALE_MANUAL or the floor it scales to */
-    /* A function inside the app (docs/functions.md): {"handler": "FILE:FUNC", "runtime":
+    /* A function inside the app (src/api/functions.c): {"handler": "FILE:FUNC", "runtime":
      * "python"|"node"|"shell", "max_instances": N} as the API wrote it; NULL for web and
      * other process types. */
     char *function_json;
