@@ -16,7 +16,8 @@
  * Functions (apps of kind "function", and functions inside apps: process types the store marks
  * with store_process_is_function) scale down by themselves when idle, whether events or
  * routed HTTP requests (invoker_note_traffic, which keep a web process busy) keep them busy;
- * other processes never do. A function inside an app scales up to its own max_instances. The
+ * a process its user scales (store.h's STORE_SCALE_MANUAL, such as an app's web) never does.
+ * A function inside an app scales up to its own max_instances. The
  * idle grace period is the mappings' (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s).
  *
  * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
