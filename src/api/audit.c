@@ -23,8 +23,8 @@ struct api_audit {
 
 /* The collections of the API: the noun of an event is the last one in its route. */
 static const char *const audit__collections[] = {
-    "apps", "routes", "users", "roles", "spaces", "orgs", "tokens", "domains", "event-mappings",
-    NULL,
+    "apps",   "routes",  "users",          "roles",     "spaces", "orgs",
+    "tokens", "domains", "event-mappings", "functions", NULL,
 };
 
 static bool audit__is_collection(const char *seg, size_t len)

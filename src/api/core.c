@@ -149,8 +149,13 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
         core__json_str(b, p->type);
         buf_puts(b, ",\"command\":");
         core__json_str_or_null(b, p->command);
-        core__fmt(b, ",\"instances\":%d,\"memory_mb\":%d}", p->instances,
+        core__fmt(b, ",\"instances\":%d,\"memory_mb\":%d", p->instances,
                   p->memory_mb ? p->memory_mb : app->memory_mb);
+        if (store_process_is_function(p)) {
+            buf_puts(b, ",\"function\":");
+            buf_puts(b, p->function_json);
+        }
+        buf_putc(b, '}');
     }
     core__fmt(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
 }
@@ -448,9 +453,11 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
         }
     }
     /* the kind may have changed: each process's scaling policy follows it, unless its user
-     * set one (`skiff autoscale`) */
+     * set one (`skiff autoscale`) or it is a function inside the app (it keeps its own, set
+     * through its own endpoint) */
     for (size_t i = 0; i < app->n_processes; i++)
-        if (!store_process_request_scaled(&app->processes[i]))
+        if (!store_process_request_scaled(&app->processes[i]) &&
+            !store_process_is_function(&app->processes[i]))
             app->processes[i].min_instances =
                 store_process_default_min(app->kind, app->processes[i].type);
     return true;
@@ -1609,6 +1616,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     api_core__staging_register(core);
     api_core__revisions_register(core);
     api_core__autoscale_register(core);
+    api_core__functions_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;

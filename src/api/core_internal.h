@@ -75,4 +75,17 @@ bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */
 void api_core__revisions_forget(struct api_core *core, const char *app_guid);
 
+/* functions.c */
+void api_core__functions_register(struct api_core *core);
+/* The app's functions as the API shows them (a new JSON array). */
+json_t *api_core__functions_json(struct api_core *core, const struct store_app *app);
+/* The runtime of a function's handler "FILE:FUNC" ("python", "node" or "shell", from the
+ * file's extension), or NULL with a message in err when it is not one a function may have:
+ * the file a relative path inside the app (no "..", no absolute path, plain characters), the
+ * function a name. */
+const char *api_function_runtime(const char *handler, char *err, size_t errsize);
+/* The command that runs the function server of runtime against handler (checked by
+ * api_function_runtime) in the app's droplet; caller frees. */
+char *api_function_command(const char *runtime, const char *handler);
+
 #endif

@@ -749,8 +749,10 @@ static void cli_print_api_error(const struct cli_request *req, const struct cli_
         return;
     }
     if (res->status == 404 && res->error_code && strcmp(res->error_code, "not_found") == 0) {
-        /* a binding's answer names what is missing itself */
-        char *app = strstr(req->path, "/service_bindings") ? NULL : cli_path_app(req->path);
+        /* a binding's answer names what is missing itself, and so does a function's */
+        bool names_it = strstr(req->path, "/service_bindings") ||
+                        strstr(req->path, "/functions/") || strstr(req->path, "process=");
+        char *app = names_it ? NULL : cli_path_app(req->path);
         if (app) {
             cli_error("app \"%s\" not found. `skiff apps` lists the apps.", app);
             free(app);

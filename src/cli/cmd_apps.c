@@ -1,4 +1,5 @@
 /* cmd_apps: help, login, and the commands that look at or change an existing app. */
+#include <ctype.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,6 +299,35 @@ int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
     return CLI_EXIT_OK;
 }
 
+/* The functions inside the app (process types that run one of its functions), one a line:
+ * APP/NAME, handler, runtime, running instances and the most it scales to. */
+static void cli_app_print_functions(const json_t *app)
+{
+    size_t i;
+    json_t *p;
+    bool first = true;
+    json_array_foreach(json_object_get(app, "processes"), i, p)
+    {
+        const json_t *fn = json_object_get(p, "function");
+        if (!json_is_object(fn))
+            continue;
+        const char *type = cli_json_str(p, "type");
+        long long running = 0;
+        size_t k;
+        json_t *inst;
+        json_array_foreach(json_object_get(app, "instances_detail"), k, inst)
+        {
+            running += !strcmp(cli_json_str(inst, "process_type"), type) &&
+                       !strcmp(cli_json_str(inst, "state"), "RUNNING");
+        }
+        printf("%s%s/%s: %s (%s), %lld running, up to %lld\n",
+               first ? "functions:   " : "             ", cli_json_str(app, "name"), type,
+               cli_json_str(fn, "handler"), cli_json_str(fn, "runtime"), running,
+               cli_json_int(fn, "max_instances"));
+        first = false;
+    }
+}
+
 int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
@@ -335,6 +365,7 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
         printf("function:    %s%s%s%s\n", cli_json_str(fn, "handler"),
                *cli_json_str(fn, "runtime") ? " (" : "", cli_json_str(fn, "runtime"),
                *cli_json_str(fn, "runtime") ? ")" : "");
+    cli_app_print_functions(app);
     const json_t *dep = json_object_get(app, "deployment");
     if (json_is_object(dep)) {
         const char *dstate = cli_json_str(dep, "state");
@@ -544,8 +575,11 @@ int cli_cmd_delete(const struct cli_command *cmd, int argc, char **argv)
 
 /* ---- logs and environment --------------------------------------------------------------- */
 
+/* Prints a log line; with arg (a tag such as "[APP/FUNC/RESIZE/"), only the lines of it. */
 static int cli_print_line(const char *line, size_t len, void *arg)
 {
+    if (arg && !memmem(line, len, arg, strlen(arg)))
+        return 0;
     fwrite(line, 1, len, stdout);
     putchar('\n');
     return 0;
@@ -568,12 +602,21 @@ int cli_cmd_logs(const struct cli_command *cmd, int argc, char **argv)
         snprintf(query, sizeof(query), "/logs?recent=1&lines=%ld", lines);
     else
         snprintf(query, sizeof(query), "/logs?recent=1");
-    char *path = cli_app_path(args.items[0], query);
-    struct cli_request req = {.method = "GET", .path = path, .on_line = cli_print_line};
+    /* APP/FUNC: the lines of a function inside the app, tagged [APP/FUNC/NAME/n] */
+    const char *slash = strchr(args.items[0], '/');
+    char *app =
+        slash ? xstrndup(args.items[0], (size_t)(slash - args.items[0])) : xstrdup(args.items[0]);
+    char *tag = slash ? xasprintf("[APP/FUNC/%s/", slash + 1) : NULL;
+    for (char *c = tag; c && *c; c++)
+        *c = (char)toupper((unsigned char)*c);
+    char *path = cli_app_path(app, query);
+    struct cli_request req = {.method = "GET", .path = path, .on_line = cli_print_line, .arg = tag};
     struct cli_response res;
     rc = cli_http(&req, &res);
     cli_response_free(&res);
     free(path);
+    free(app);
+    free(tag);
     if (rc)
         return CLI_EXIT_ERROR;
     /* Following never ends on our side: the API ended it. */

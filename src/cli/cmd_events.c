@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/manifest.h"
 #include "common/buf.h"
 #include "common/util.h"
 
@@ -252,9 +253,21 @@ static int cmd_tail(const struct cli_command *cmd, int argc, char **argv)
 /* ---- mappings and functions: map-event, unmap-event, event-mappings, replay, invoke -------- */
 
 /* Mappings of app (all apps when NULL), as a new reference to the API's array. */
-static int mappings_fetch(const char *app, json_t **out)
+/* APP or APP/FUNC (a function inside an app): the app's name (caller frees) and in *process
+ * the function's name, or NULL for APP alone. */
+static char *events_split_target(const char *ref, const char **process)
+{
+    const char *slash = strchr(ref, '/');
+    *process = slash ? slash + 1 : NULL;
+    return slash ? xstrndup(ref, (size_t)(slash - ref)) : xstrdup(ref);
+}
+
+/* The mappings of APP (any of its processes) or of APP/FUNC (that function's only), or all. */
+static int mappings_fetch(const char *target, json_t **out)
 {
     char *path;
+    const char *process = NULL;
+    char *app = target ? events_split_target(target, &process) : NULL;
     if (app) {
         char *e = cli_escape(app);
         path = xasprintf("/v1/event-mappings?app=%s", e);
@@ -262,16 +275,31 @@ static int mappings_fetch(const char *app, json_t **out)
     } else {
         path = xstrdup("/v1/event-mappings");
     }
+    free(app);
     json_t *res = NULL;
     int rc = cli_api("GET", path, NULL, &res);
     free(path);
     if (rc != 0)
         return rc;
-    *out = json_incref(json_object_get(res, "event_mappings"));
+    json_t *all = json_object_get(res, "event_mappings");
+    *out = json_array();
+    size_t i;
+    json_t *m;
+    json_array_foreach(all, i, m)
+    {
+        if (!process || !strcmp(cli_json_str(m, "process"), process))
+            json_array_append(*out, m);
+    }
     json_decref(res);
-    if (!*out)
-        *out = json_array();
     return 0;
+}
+
+/* Who a mapping invokes, as the user names it: APP, or APP/FUNC for a process other than web. */
+static char *mapping_target_text(const json_t *m)
+{
+    const char *process = cli_json_str(m, "process");
+    return *process && strcmp(process, "web") ? xasprintf("%s/%s", cli_json_str(m, "app"), process)
+                                              : xstrdup(cli_json_str(m, "app"));
 }
 
 /* "topic uploads", "schedule 0 3 * * *" or "app event shop:crashed". */
@@ -339,7 +367,17 @@ static int cmd_map_event(const struct cli_command *cmd, int argc, char **argv)
     if (triggers != 1)
         return cli_usage_error(cmd, "give exactly one trigger: a TOPIC, --schedule CRON or "
                                     "--on-app-event APP:EVENT");
-    json_t *body = json_pack("{s:s}", "app", args.items[0]);
+    const char *function = NULL;
+    char *app = events_split_target(args.items[0], &function);
+    if (function && process && strcmp(function, process)) {
+        free(app);
+        return cli_usage_error(cmd, "name the function once: %s or --process %s", args.items[0],
+                               process);
+    }
+    json_t *body = json_pack("{s:s}", "app", app);
+    free(app);
+    if (function)
+        process = function;
     if (topic)
         json_object_set_new(body, "topic", json_string(topic));
     if (schedule)
@@ -481,8 +519,10 @@ static int cmd_event_mappings(const struct cli_command *cmd, int argc, char **ar
                               "dead_lettered", "failed",    "instances"};
         for (int j = 0; j < 7; j++)
             snprintf(n[j], sizeof(n[j]), "%lld", cli_json_int(m, keys[j]));
-        cli_table_add(t, id, cli_json_str(m, "app"), what, f.len ? f.data : "-", n[0], n[1], n[2],
-                      n[3], n[4], n[5], n[6]);
+        char *target = mapping_target_text(m);
+        cli_table_add(t, id, target, what, f.len ? f.data : "-", n[0], n[1], n[2], n[3], n[4], n[5],
+                      n[6]);
+        free(target);
         buf_free(&f);
         free(what);
     }
@@ -494,7 +534,9 @@ static int cmd_event_mappings(const struct cli_command *cmd, int argc, char **ar
         json_t *failures = json_object_get(m, "failures");
         if (!*err && json_array_size(failures) == 0)
             continue;
-        printf("\nmapping %.8s (%s):\n", cli_json_str(m, "id"), cli_json_str(m, "app"));
+        char *target = mapping_target_text(m);
+        printf("\nmapping %.8s (%s):\n", cli_json_str(m, "id"), target);
+        free(target);
         if (*err)
             printf("  last error: %s\n", err);
         size_t k;
@@ -591,9 +633,16 @@ static int cmd_invoke(const struct cli_command *cmd, int argc, char **argv)
         goto done;
     if (type || source || subject)
         events_payload_binary(&payload, NULL, type ? type : "skiff.invoke", source, subject);
-    app = cli_escape(args.items[0]);
-    path = process ? xasprintf("/v1/apps/%s/invoke?process=%s", app, process)
+    const char *function = NULL;
+    char *name = events_split_target(args.items[0], &function);
+    app = cli_escape(name);
+    free(name);
+    if (function)
+        process = function;
+    char *process_q = process ? cli_escape(process) : NULL;
+    path = process ? xasprintf("/v1/apps/%s/invoke?process=%s", app, process_q)
                    : xasprintf("/v1/apps/%s/invoke", app);
+    free(process_q);
     rc = events_payload_post(&payload, path, 130, &res);
     if (rc == 0 && res.body && res.body_len) {
         fwrite(res.body, 1, res.body_len, stdout);
@@ -607,6 +656,104 @@ done:
     events_payload_free(&payload);
     return rc;
 }
+
+/* ---- functions inside apps ------------------------------------------------------------ */
+
+/* /v1/apps/APP/functions/NAME, escaped (caller frees). */
+static char *function_path(const char *app, const char *name)
+{
+    char *a = cli_escape(app), *n = cli_escape(name);
+    char *path = xasprintf("/v1/apps/%s/functions/%s", a, n);
+    free(a);
+    free(n);
+    return path;
+}
+
+static int cmd_create_function(const struct cli_command *cmd, int argc, char **argv)
+{
+    const char *handler = NULL, *memory = NULL;
+    long max_instances = -1, min_instances = -1;
+    struct cli_option opts[] = {
+        {"handler", 0, CLI_OPT_STRING, &handler},
+        {"max-instances", 0, CLI_OPT_INT, &max_instances},
+        {"min-instances", 0, CLI_OPT_INT, &min_instances},
+        {"memory", 'm', CLI_OPT_STRING, &memory},
+        {NULL, 0, 0, NULL},
+    };
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (!handler)
+        return cli_usage_error(cmd, "--handler FILE:FUNCTION is required, like "
+                                    "--handler shop/images.py:resize");
+    json_t *body = json_pack("{s:s}", "handler", handler);
+    if (max_instances >= 0)
+        json_object_set_new(body, "max_instances", json_integer(max_instances));
+    if (min_instances >= 0)
+        json_object_set_new(body, "min_instances", json_integer(min_instances));
+    long mb = 0;
+    if (memory && manifest_parse_megabytes(memory, &mb)) {
+        json_decref(body);
+        return cli_usage_error(cmd, "-m needs a size like 256M or 1G, not \"%s\"", memory);
+    }
+    if (memory)
+        json_object_set_new(body, "memory_mb", json_integer(mb));
+    char *path = function_path(args.items[0], args.items[1]);
+    json_t *out = NULL;
+    rc = cli_api("PUT", path, body, &out);
+    free(path);
+    json_decref(body);
+    if (rc != 0)
+        return rc;
+    if (!cli_json_printed(out)) {
+        printf("Function %s/%s runs %s (%s) from the droplet of %s, scaled from zero up to %lld "
+               "instances.\n",
+               args.items[0], args.items[1], cli_json_str(out, "handler"),
+               cli_json_str(out, "runtime"), args.items[0], cli_json_int(out, "max_instances"));
+        printf("Call it with `skiff invoke %s/%s DATA`, or map events to it with "
+               "`skiff map-event %s/%s TOPIC`.\n",
+               args.items[0], args.items[1], args.items[0], args.items[1]);
+        json_decref(out);
+    }
+    return 0;
+}
+
+static int cmd_delete_function(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool force = false;
+    struct cli_option opts[] = {{"force", 'f', CLI_OPT_FLAG, &force}, {NULL, 0, 0, NULL}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *what = xasprintf("%s/%s", args.items[0], args.items[1]);
+    char *question = xasprintf("Really delete the function %s and its event mappings?", what);
+    rc = cli_confirm(cmd, force, what, question);
+    free(question);
+    if (rc != CLI_CONTINUE) {
+        free(what);
+        return rc;
+    }
+    char *path = function_path(args.items[0], args.items[1]);
+    rc = cli_api("DELETE", path, NULL, NULL);
+    free(path);
+    if (rc == 0)
+        printf("Deleted the function %s and its event mappings.\n", what);
+    free(what);
+    return rc;
+}
+
+static const char create_function_help[] =
+    "  Pulls a function out of a running app: the function FUNCTION in FILE of the app's own\n"
+    "  code runs as its own process type from the app's droplet, with its own instances\n"
+    "  (from zero, scaled with its events and invokes), logs ([APP/FUNC/NAME/n]) and event\n"
+    "  mappings. The app's web process is left as it is. Again with another handler: changes it.\n"
+    "  --handler FILE:FUNCTION  a .py, .js or .sh file inside the app, and its function\n"
+    "  --max-instances N        the most instances it scales to (default 10)\n"
+    "  --min-instances N        the fewest it scales down to when idle (default 0)\n"
+    "  -m, --memory MEM         memory per instance (default: the app's)\n"
+    "  example: skiff create-function shop resize --handler shop/images.py:resize";
 
 static const char map_event_help[] =
     "  Invokes APP for each event of TOPIC, on a schedule, or on platform events. TOPIC is\n"
@@ -626,15 +773,18 @@ static const char map_event_help[] =
     "  --ordered                one event at a time per subject, in order\n"
     "  --max-instances N        scale up to N instances with the backlog (default 10)\n"
     "  --idle-grace DUR         scale a function to zero after DUR idle (default 60s)\n"
-    "  -p, --process P          the process type to invoke (default web)\n"
+    "  -p, --process P          the process type to invoke (default web); APP/FUNC names a\n"
+    "                           function inside an app the same way\n"
     "  --from beginning         also deliver the events already in the topic\n"
     "  examples: skiff map-event resize uploads --filter type=image.uploaded\n"
     "            skiff map-event nightly --schedule '0 3 * * *'\n"
-    "            skiff map-event notify --on-app-event shop:crashed";
+    "            skiff map-event notify --on-app-event shop:crashed\n"
+    "            skiff map-event shop/resize uploads   (a function inside the app shop)";
 
 static const char unmap_event_help[] =
     "  Removes APP's mappings of TOPIC (or: --schedule, --on-app-event APP:EVENT, --id ID\n"
-    "  (a prefix is enough), --all). Events stay in the topic.";
+    "  (a prefix is enough), --all). APP/FUNC: only those of a function inside APP. Events\n"
+    "  stay in the topic.";
 
 static const char replay_help[] =
     "  Delivers past events again: moves the mapping's cursor back.\n"
@@ -645,7 +795,8 @@ static const char invoke_help[] =
     "  Calls APP once with DATA ('-' reads standard input) as a CloudEvent, starting an\n"
     "  instance if none runs, and prints the reply.\n"
     "  -t, --type T, -s, --source S, --subject S   the event's attributes\n"
-    "  -p, --process P   the process type to call (default web)";
+    "  -p, --process P   the process type to call (default web)\n"
+    "  APP/FUNC calls a function inside an app: skiff invoke shop/resize '{\"id\": 7}'";
 
 static const char emit_help[] =
     "  DATA is the event's data (JSON is sent as application/json); '-' reads standard input.\n"
@@ -670,19 +821,27 @@ const struct cli_command cli_events_commands[] = {
      "Print a topic's events, and follow new ones as they are published", tail_help, cmd_tail},
     /* mappings and functions */
     {"map-event",
-     "map-event APP [TOPIC] [--filter K=V|K^=P] [--schedule CRON] [--on-app-event APP:EVENT] "
+     "map-event APP[/FUNC] [TOPIC] [--filter K=V|K^=P] [--schedule CRON] [--on-app-event "
+     "APP:EVENT] "
      "[--reply-topic T] [--dead-letter T] [--retries N] [...]",
      "Invoke an app or function when events arrive", map_event_help, cmd_map_event},
     {"unmap-event",
-     "unmap-event APP [TOPIC] [--schedule] [--on-app-event APP:EVENT] [--id ID] [--all]",
+     "unmap-event APP[/FUNC] [TOPIC] [--schedule] [--on-app-event APP:EVENT] [--id ID] [--all]",
      "Remove an event mapping", unmap_event_help, cmd_unmap_event},
-    {"event-mappings", "event-mappings [APP]",
+    {"event-mappings", "event-mappings [APP[/FUNC]]",
      "List event mappings with backlog, in flight, delivered, retried, dead-lettered "
      "and failed counts",
      NULL, cmd_event_mappings},
-    {"replay", "replay APP [TOPIC] --since 1h|TIME|OFFSET [--id ID]",
+    {"replay", "replay APP[/FUNC] [TOPIC] --since 1h|TIME|OFFSET [--id ID]",
      "Deliver a mapping's past events again", replay_help, cmd_replay},
-    {"invoke", "invoke APP [DATA|-] [--type T] [--subject S]",
+    {"create-function",
+     "create-function APP NAME --handler FILE:FUNCTION [--max-instances N] [--min-instances N] "
+     "[-m MEM]",
+     "Run a function of an app's own code as its own, independently scaled process",
+     create_function_help, cmd_create_function},
+    {"delete-function", "delete-function APP NAME [-f]",
+     "Remove a function from an app, with its event mappings", NULL, cmd_delete_function},
+    {"invoke", "invoke APP[/FUNC] [DATA|-] [--type T] [--subject S]",
      "Call a function once and print its reply", invoke_help, cmd_invoke},
     {NULL, NULL, NULL, NULL, NULL},
 };

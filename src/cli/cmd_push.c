@@ -606,14 +606,16 @@ static json_t *cli_first_array(json_t *obj)
     return NULL;
 }
 
-/* Whether a mapping for app with this topic or schedule exists already (a re-push). */
-static bool cli_mapping_exists(json_t *existing, const char *app, const struct manifest_event *e)
+/* Whether a mapping for app's process with this topic or schedule exists already (a re-push). */
+static bool cli_mapping_exists(json_t *existing, const char *app, const char *process,
+                               const struct manifest_event *e)
 {
     size_t i;
     json_t *m;
     json_array_foreach(cli_first_array(existing), i, m)
     {
-        if (strcmp(cli_json_str(m, "app"), app) != 0)
+        if (strcmp(cli_json_str(m, "app"), app) != 0 ||
+            strcmp(cli_json_str(m, "process"), process) != 0)
             continue;
         if (e->topic && strcmp(cli_json_str(m, "topic"), e->topic) == 0)
             return true;
@@ -639,9 +641,11 @@ static int cli_push_mappings(const struct manifest_app *a)
         const struct manifest_function *f = &a->functions[i];
         for (size_t j = 0; j < f->event_count && rc == CLI_EXIT_OK; j++) {
             const struct manifest_event *e = &f->events[j];
-            if (cli_mapping_exists(existing, a->name, e))
+            /* a top-level function is its app's web process; one inside an app its own */
+            const char *process = a->is_function ? "web" : f->name;
+            if (cli_mapping_exists(existing, a->name, process, e))
                 continue;
-            json_t *body = json_pack("{s:s}", "app", a->name);
+            json_t *body = json_pack("{s:s,s:s}", "app", a->name, "process", process);
             if (e->topic)
                 json_object_set_new(body, "topic", json_string(e->topic));
             else
@@ -664,12 +668,72 @@ static int cli_push_mappings(const struct manifest_app *a)
                 json_object_set_new(body, "concurrency", json_integer(f->concurrency));
             if (f->max_instances > 0)
                 json_object_set_new(body, "max_instances", json_integer(f->max_instances));
+            if (f->idle_grace)
+                json_object_set_new(body, "idle_grace", json_string(f->idle_grace));
             rc = cli_api("POST", "/v1/event-mappings", body, NULL);
             json_decref(body);
             if (rc == 0)
-                printf("Mapped %s %s to %s.\n", e->topic ? "the topic" : "the schedule",
-                       e->topic ? e->topic : e->schedule, a->name);
+                printf("Mapped %s %s to %s%s%s.\n", e->topic ? "the topic" : "the schedule",
+                       e->topic ? e->topic : e->schedule, a->name, a->is_function ? "" : "/",
+                       a->is_function ? "" : f->name);
         }
+    }
+    json_decref(existing);
+    return rc;
+}
+
+/* The functions: inside a manifest app become the app's functions (created or updated), and
+ * those the app has that the manifest does not list are removed, with their event mappings,
+ * each said on a line of its own. */
+static int cli_push_functions(const struct manifest_app *a)
+{
+    if (a->is_function)
+        return CLI_EXIT_OK;
+    char *path = cli_app_path(a->name, "/functions");
+    json_t *existing = NULL;
+    int rc = cli_api("GET", path, NULL, &existing) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    free(path);
+    for (size_t i = 0; i < a->function_count && rc == CLI_EXIT_OK; i++) {
+        const struct manifest_function *f = &a->functions[i];
+        json_t *body = json_pack("{s:s}", "handler", f->handler);
+        if (f->max_instances > 0)
+            json_object_set_new(body, "max_instances", json_integer(f->max_instances));
+        if (f->min_instances >= 0)
+            json_object_set_new(body, "min_instances", json_integer(f->min_instances));
+        if (f->memory_mb > 0)
+            json_object_set_new(body, "memory_mb", json_integer(f->memory_mb));
+        char *fname = cli_escape(f->name);
+        char *suffix = xasprintf("/functions/%s", fname);
+        free(fname);
+        path = cli_app_path(a->name, suffix);
+        rc = cli_api("PUT", path, body, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+        if (rc == CLI_EXIT_OK)
+            printf("Function %s/%s runs %s from the app's droplet.\n", a->name, f->name,
+                   f->handler);
+        free(path);
+        free(suffix);
+        json_decref(body);
+    }
+    size_t i;
+    json_t *fn;
+    json_array_foreach(json_object_get(existing, "functions"), i, fn)
+    {
+        const char *name = cli_json_str(fn, "name");
+        bool listed = false;
+        for (size_t k = 0; k < a->function_count && !listed; k++)
+            listed = !strcmp(a->functions[k].name, name);
+        if (listed || rc != CLI_EXIT_OK)
+            continue;
+        printf("Removing function %s/%s and its event mappings: the manifest no longer lists "
+               "it.\n",
+               a->name, name);
+        char *fname = cli_escape(name);
+        char *suffix = xasprintf("/functions/%s", fname);
+        free(fname);
+        path = cli_app_path(a->name, suffix);
+        rc = cli_api("DELETE", path, NULL, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+        free(path);
+        free(suffix);
     }
     json_decref(existing);
     return rc;
@@ -806,14 +870,6 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
     rc = CLI_EXIT_OK;
     for (size_t i = 0; i < m->app_count && rc == CLI_EXIT_OK; i++) {
         const struct manifest_app *a = &m->apps[i];
-        if (a->function_count && !a->is_function && (!name || strcmp(name, a->name) == 0))
-            rc = cli_error("%s line %d: the app %s lists functions: inside it, which this "
-                           "version cannot push yet. List each function under the top-level "
-                           "functions: with its own path instead.",
-                           manifest_path, a->line, a->name);
-    }
-    for (size_t i = 0; i < m->app_count && rc == CLI_EXIT_OK; i++) {
-        const struct manifest_app *a = &m->apps[i];
         if (name && strcmp(name, a->name) != 0)
             continue;
         if (m->app_count > 1 && !name && (json_object_size(flags) > 0 || path)) {
@@ -850,6 +906,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
             rc = cli_push_balances(a);
         if (rc == CLI_EXIT_OK && !a->is_function)
             rc = cli_push_autoscale(a);
+        if (rc == CLI_EXIT_OK)
+            rc = cli_push_functions(a);
         if (rc == CLI_EXIT_OK)
             rc = cli_push_mappings(a);
         pushed++;

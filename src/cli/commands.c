@@ -93,9 +93,10 @@ const struct cli_command cli_core_commands[] = {
     {"delete", "delete NAME [-f]", "Delete an app, its instances and its routes",
      "  -f, --force   do not ask for confirmation (needed when input is not a terminal)\n",
      cli_cmd_delete},
-    {"logs", "logs NAME [--recent]", "Show an app's logs (follows by default)",
+    {"logs", "logs NAME[/FUNC] [--recent]", "Show an app's logs (follows by default)",
      "Lines carry their source: [API], [STG/0] staging, [APP/PROC/WEB/n] the app's output,\n"
-     "[RTR/n] the router, [CELL/n] the executor.\n\n"
+     "[APP/FUNC/NAME/n] a function inside it, [RTR/n] the router, [CELL/n] the executor.\n"
+     "NAME/FUNC shows only the lines of the function FUNC of the app NAME.\n\n"
      "  --recent   print the recent lines and exit instead of following\n",
      cli_cmd_logs},
     {"env", "env NAME", "Show an app's environment variables",

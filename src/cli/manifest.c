@@ -744,6 +744,7 @@ static const struct manifest_field manifest_function_fields[] = {
     MANIFEST_INT("max-instances", struct manifest_function, max_instances, 1),
     MANIFEST_INT("concurrency", struct manifest_function, concurrency, 1),
     MANIFEST_SIZE("memory", struct manifest_function, memory_mb),
+    MANIFEST_STRING("idle-grace", struct manifest_function, idle_grace),
     MANIFEST_CUSTOM("path", manifest_function_path),
     {0},
 };
@@ -1464,6 +1465,7 @@ static void manifest_function_free(struct manifest_function *f)
 {
     free(f->name);
     free(f->handler);
+    free(f->idle_grace);
     for (size_t i = 0; i < f->event_count; i++) {
         free(f->events[i].topic);
         free(f->events[i].schedule);

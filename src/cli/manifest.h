@@ -76,6 +76,7 @@ struct manifest_function {
     long max_instances; /* -1: not set */
     long concurrency;   /* -1: not set */
     long memory_mb;     /* -1: not set */
+    char *idle_grace;   /* how long idle before it scales down ("30s"), NULL: not set */
 };
 
 /* One entry of an app's services: a name, or {name, binding_name, parameters}. */

@@ -608,7 +608,8 @@ int main(int argc, char **argv)
                                     .make_instance_token = make_instance_token,
                                     .token_ctx = d.api,
                                     .vcap_services = vcap_services,
-                                    .vcap_services_ctx = d.services};
+                                    .vcap_services_ctx = d.services,
+                                    .function_servers_dir = buildpacks};
     struct executor_config ecfg = {.home = d.home,
                                    .port_min = (int)env_long("SKIFF_PORT_MIN", 61000),
                                    .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),

@@ -307,6 +307,8 @@ const char *invoker_target_name(const struct inv_target *t)
     return slash ? slash + 1 : t->app;
 }
 
+static int target_read_policy(struct inv_target *t);
+
 struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process)
 {
     for (struct inv_target *t = inv->targets; t; t = t->next)
@@ -319,14 +321,32 @@ struct inv_target *invoker_target_get(struct invoker *inv, const char *app, cons
     t->last_busy_ms = time_now_ms();
     t->next = inv->targets;
     inv->targets = t;
-    struct store_app *a = NULL;
-    if (store_app_get(inv->store, app, &a) == 0) {
-        snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
-        store_app_free(a);
-    }
+    target_read_policy(t);
     target_refresh_instances(t);
     t->requested = t->instance_count;
     return t;
+}
+
+/* Reads the target's app from the store: its guid, and the process's scaling policy, which
+ * it returns (STORE_SCALE_MANUAL when the app or process is gone), with the max_instances of a
+ * function inside an app. */
+static int target_read_policy(struct inv_target *t)
+{
+    struct store_app *a = NULL;
+    if (store_app_get(t->inv->store, t->app, &a) < 0)
+        return STORE_SCALE_MANUAL;
+    snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
+    const struct store_process *p = store_app_process(a, t->process);
+    /* a request scaling policy's decisions are the autoscaler's: this work is then a floor */
+    int min = p && !store_process_request_scaled(p) ? p->min_instances : STORE_SCALE_MANUAL;
+    t->function_max_instances = 0;
+    if (store_process_is_function(p)) {
+        json_t *fn = json_loads(p->function_json, 0, NULL);
+        t->function_max_instances = (int)json_integer_value(json_object_get(fn, "max_instances"));
+        json_decref(fn);
+    }
+    store_app_free(a);
+    return min;
 }
 
 /* The ready instance with the fewest calls in flight, below `limit`; NULL when all are full. */
@@ -358,6 +378,8 @@ static int target_wanted(struct inv_target *t, uint64_t *work_out)
         if (m->spec.max_instances > max_instances)
             max_instances = m->spec.max_instances;
     }
+    if (t->function_max_instances > 0)
+        max_instances = t->function_max_instances;
     *work_out = work;
     uint64_t wanted = (work + (uint64_t)concurrency - 1) / (uint64_t)concurrency;
     return wanted > (uint64_t)max_instances ? max_instances : (int)wanted;
@@ -1278,7 +1300,8 @@ void invoker_note_traffic(void *invoker, const char *app_guid)
     int64_t now = time_now_ms();
     bool found = false;
     for (struct inv_target *t = inv->targets; t; t = t->next) {
-        if (strcmp(t->app_guid, app_guid) == 0) {
+        /* routes lead to web: a function inside the app is not kept up by them */
+        if (strcmp(t->app_guid, app_guid) == 0 && strcmp(t->process, "web") == 0) {
             t->last_busy_ms = now;
             found = true;
         }
@@ -1305,13 +1328,7 @@ static int64_t target_idle_grace(struct inv_target *t)
  * zero). */
 static int target_min_instances(struct inv_target *t)
 {
-    struct store_app *a = NULL;
-    if (store_app_get(t->inv->store, t->app, &a) < 0)
-        return STORE_SCALE_MANUAL;
-    const struct store_process *p = store_app_process(a, t->process);
-    int min = p && !store_process_request_scaled(p) ? p->min_instances : STORE_SCALE_MANUAL;
-    store_app_free(a);
-    return min;
+    return target_read_policy(t);
 }
 
 /* Only functions scale down by themselves (an app's instances are the user's choice): to
@@ -1379,10 +1396,18 @@ static void invoker_tick(uv_timer_t *h)
             next = m->next;
             struct store_app *a = NULL;
             int rc = m->deleted ? 0 : store_app_get(inv->store, m->app_ref, &a);
+            /* and those of a function removed from its app (mappings are made only to
+             * processes an app has, so a process gone is one that was removed) */
+            bool process_gone =
+                rc == 0 && strcmp(m->spec.process, "web") && !store_app_process(a, m->spec.process);
             store_app_free(a);
             if (rc == -ENOENT) {
                 log_info("event mapping %s removed: its app %s was deleted",
                         m->spec.id, m->spec.app);
+                invoker_mapping_remove(m);
+            } else if (process_gone) {
+                log_info("event mapping %s removed: %s of app %s was deleted", m->spec.id,
+                         m->spec.process, m->spec.app);
                 invoker_mapping_remove(m);
             }
         }

@@ -13,9 +13,12 @@
  * replayed. Platform events (app staged, started, stopped, crashed, scaled) go to
  * `skiff.app.<event>` with the app's name as subject; both are then delivered like any topic.
  *
- * Functions (apps of kind "function") scale down by themselves when idle, whether events or
- * routed HTTP requests (invoker_note_traffic) keep them busy; other apps never do. The idle
- * grace period is the mappings' (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s).
+ * Functions (apps of kind "function", and functions inside apps: process types the store marks
+ * with store_process_is_function) scale down by themselves when idle, whether events or
+ * routed HTTP requests (invoker_note_traffic, which keep a web process busy) keep them busy;
+ * a process its user scales (store.h's STORE_SCALE_MANUAL, such as an app's web) never does.
+ * A function inside an app scales up to its own max_instances. The
+ * idle grace period is the mappings' (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s).
  *
  * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
 #ifndef SKIFF_INVOKER_H

@@ -56,6 +56,9 @@ struct inv_target {
      * NULL (so queueing is O(1), not a walk) */
     struct inv_invoke **waiting_tail;
     int invokes_in_flight;
+    /* A function inside an app: its own max_instances (store.h's function_json), which caps
+     * its scaling whatever its mappings say; 0 for other targets. Read with its policy. */
+    int function_max_instances;
     char last_error[256]; /* why it cannot scale or run ("" when fine) */
     struct inv_target *next;
 };

@@ -26,18 +26,27 @@ static bool routes_mapping_in_space(const struct inv_mapping *m, const char *spa
     return !strcmp(m->spec.space ? m->spec.space : SKIFF_DEFAULT_SPACE_GUID, space);
 }
 
-static bool routes_app_exists(struct invoker *inv, struct api_request *req, const char *app)
+/* Whether the app is in the request's space and has the process (NULL or "web": any app);
+ * answers 404 when not. */
+static bool routes_app_exists(struct invoker *inv, struct api_request *req, const char *app,
+                              const char *process)
 {
     struct store_app *a = NULL;
-    if (store_app_find(inv->store, routes_space(req), app, &a) == 0) {
-        store_app_free(a);
-        return true;
+    if (store_app_find(inv->store, routes_space(req), app, &a) < 0) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          "no app named '%s' in this space: push it first (skiff push %s ...) "
+                          "or see skiff apps",
+                          app, app);
+        return false;
     }
-    api_respond_error(req, SKIFF_E_NOT_FOUND,
-                      "no app named '%s' in this space: push it first (skiff push %s ...) or see "
-                      "skiff apps",
-                      app, app);
-    return false;
+    bool found = !process || !strcmp(process, "web") || store_app_process(a, process);
+    store_app_free(a);
+    if (!found)
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          "app %s has no function or process named '%s': `skiff app %s` lists "
+                          "them",
+                          app, process, app);
+    return found;
 }
 
 /* Whether one more event mapping fits the quotas of the space and its org; answers 422
@@ -180,7 +189,8 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         mapping_spec_free(&spec);
         return;
     }
-    if (!routes_app_exists(inv, req, spec.app) || !routes_quota_admits(inv, req, spec.space)) {
+    if (!routes_app_exists(inv, req, spec.app, spec.process) ||
+        !routes_quota_admits(inv, req, spec.space)) {
         mapping_spec_free(&spec);
         return;
     }
@@ -394,7 +404,12 @@ static void routes_invoke(struct api_request *req, void *ctx)
     const char *process = api_request_query(req, "process");
     struct store_app *a = NULL;
     if (store_app_find(inv->store, routes_space(req), app, &a) < 0) {
-        routes_app_exists(inv, req, app); /* answers 404 */
+        routes_app_exists(inv, req, app, NULL); /* answers 404 */
+        return;
+    }
+    if (process && strcmp(process, "web") && !store_app_process(a, process)) {
+        store_app_free(a);
+        routes_app_exists(inv, req, app, process); /* answers 404 */
         return;
     }
     char *ref = xasprintf("%s/%s", a->space_guid, a->name);

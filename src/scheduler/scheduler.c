@@ -12,12 +12,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 #include "common/buf.h"
@@ -74,6 +76,7 @@ struct sched_slot {
 
 struct sched_proc {
     char type[64];
+    bool function; /* a function inside the app (store_process_is_function) */
     int desired;
     struct sched_slot **slots;
     size_t nslots;
@@ -542,15 +545,80 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
 
 /* ---- starting instances --------------------------------------------------------------------- */
 
-static char *sched__tag(const struct sched_app *a, const char *type, int index)
+/* The log source of an instance: APP/FUNC/NAME/n for a function (one pushed on its own, or
+ * one inside an app, named by its process type), else APP/PROC/TYPE/n. */
+static char *sched__tag(const struct sched_app *a, const char *type, bool function, int index)
 {
     char up[64];
-    const char *src = !strcmp(a->kind, "function") ? a->name : type;
+    bool alone = !strcmp(a->kind, "function");
+    const char *src = alone ? a->name : type;
     size_t i = 0;
     for (; src[i] && i < sizeof up - 1; i++)
         up[i] = (char)toupper((unsigned char)src[i]);
     up[i] = '\0';
-    return xasprintf("APP/%s/%s/%d", !strcmp(a->kind, "function") ? "FUNC" : "PROC", up, index);
+    return xasprintf("APP/%s/%s/%d", alone || function ? "FUNC" : "PROC", up, index);
+}
+
+/* The folder name below dirfd, made when missing, opened without following a symlink: a
+ * droplet is the tenant's (its buildpack wrote it), and a link there must not lead a write
+ * of the platform's out of it. -errno on failure (-ELOOP or -ENOTDIR for a link). */
+static int sched__open_dir_below(int dirfd, const char *name)
+{
+    if (mkdirat(dirfd, name, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/* A function inside an app runs the function buildpacks' server from the app's droplet
+ * (.skiff/function/, where a function buildpack's supply step puts it): a droplet staged
+ * without one gets it here, before the function's first instance starts. The files are the
+ * platform's, the same for every droplet; whatever is at their names already (a file, or a
+ * link of the tenant's) is left alone, and nothing is written through a link. */
+static int sched__function_servers(struct scheduler *s, const char *app_dir)
+{
+    static const char *const servers[] = {"function-python/lib/skiff_function.py",
+                                          "function-node/lib/skiff_function.js"};
+    if (!s->cfg.function_servers_dir)
+        return -ENOENT;
+    int app = open(app_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int skiff = app < 0 ? -errno : sched__open_dir_below(app, ".skiff");
+    int dir = skiff < 0 ? skiff : sched__open_dir_below(skiff, "function");
+    int rc = dir < 0 ? dir : 0;
+    for (size_t i = 0; i < ARRAY_SIZE(servers) && rc == 0; i++) {
+        const char *name = strrchr(servers[i], '/') + 1;
+        int fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            rc = errno == EEXIST ? 0 : -errno;
+            continue;
+        }
+        char *from = xasprintf("%s/%s", s->cfg.function_servers_dir, servers[i]);
+        char *text = NULL;
+        size_t len = 0;
+        rc = file_read(from, &text, &len);
+        for (size_t done = 0; rc == 0 && done < len;) {
+            ssize_t n = write(fd, text + done, len - done);
+            if (n < 0 && errno != EINTR)
+                rc = -errno;
+            else if (n > 0)
+                done += (size_t)n;
+        }
+        close(fd);
+        if (rc < 0)
+            unlinkat(dir, name, 0); /* a half-written server would be "there already" */
+        free(text);
+        free(from);
+    }
+    if (rc < 0)
+        log_warning("cannot put the function servers into %s/.skiff/function: %s", app_dir,
+                    strerror(-rc));
+    if (dir >= 0)
+        close(dir);
+    if (skiff >= 0)
+        close(skiff);
+    if (app >= 0)
+        close(app);
+    return rc;
 }
 
 static enum health_check_type sched__health(const char *t)
@@ -659,7 +727,20 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     si->s = s;
     snprintf(si->app_guid, sizeof si->app_guid, "%s", app->guid);
     snprintf(si->type, sizeof si->type, "%s", proc->type);
-    char *tag = sched__tag(a, proc->type, slot->index);
+    bool function = store_process_is_function(proc);
+    char *function_dir = function ? xasprintf("%s/app", drop->path) : NULL;
+    int servers = function ? sched__function_servers(s, function_dir) : 0;
+    free(function_dir);
+    if (servers < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start function %s: cannot put the function server into the "
+                     "droplet (see skiffd's output); trying again later",
+                     proc->type);
+        free(command_copy);
+        sched__retry_later(s, slot);
+        return NULL;
+    }
+    char *tag = sched__tag(a, proc->type, function, slot->index);
     snprintf(si->tag, sizeof si->tag, "%s", tag);
     free(tag);
     uuid_generate_v4(si->guid);
@@ -717,6 +798,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                  .start_timeout_s = app->timeout};
     if (!strcmp(a->kind, "function"))
         spec.health = sched__health(app->health_check_type);
+    else if (function)
+        spec.health = HEALTH_PORT; /* it serves its events on $PORT */
     else if (!web && s->listens && s->listens(s->listens_ctx, app->guid, app->name, proc->type))
         spec.health = HEALTH_PORT;
     int rc = executor_start(s->ex, &spec, &si->inst);
@@ -778,6 +861,7 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
                 continue;
             struct sched_proc *p = sched__proc(a, sp->type, true);
             p->desired = sp->instances;
+            p->function = store_process_is_function(sp);
             while (p->nslots < (size_t)p->desired) {
                 p->slots = xrealloc(p->slots, (p->nslots + 1) * sizeof *p->slots);
                 struct sched_slot *slot = xcalloc(1, sizeof *slot);
@@ -915,6 +999,8 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
     s->events_url = xasprintf("%s/v1", s->api_url);
     s->cfg.home = s->home;
     s->cfg.api_url = s->api_url;
+    s->cfg.function_servers_dir =
+        cfg->function_servers_dir ? xstrdup(cfg->function_servers_dir) : NULL;
     s->store = store;
     s->logs = logs;
     s->drain_timeout_ms =
@@ -953,6 +1039,7 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
     a->kind = xstrdup(app->kind);
     struct sched_proc *p = sched__proc(a, proc->type, true);
     p->desired = proc->instances;
+    p->function = store_process_is_function(proc);
     while (p->nslots <= (size_t)sp->index) {
         p->slots = xrealloc(p->slots, (p->nslots + 1) * sizeof *p->slots);
         struct sched_slot *fresh = xcalloc(1, sizeof *fresh);
@@ -990,7 +1077,8 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     si->inst = inst;
     snprintf(si->app_guid, sizeof si->app_guid, "%s", sp->app_guid);
     snprintf(si->type, sizeof si->type, "%s", sp->process_type);
-    char *tag = sched__tag(a, sp->process_type, sp->index);
+    struct sched_proc *sproc = sched__proc(a, sp->process_type, false);
+    char *tag = sched__tag(a, sp->process_type, sproc && sproc->function, sp->index);
     snprintf(si->tag, sizeof si->tag, "%s", tag);
     free(tag);
     snprintf(si->guid, sizeof si->guid, "%s", sp->instance_guid);
@@ -1095,6 +1183,7 @@ void scheduler_free(struct scheduler *s)
     }
     executor_free(s->ex);
     free(s->home);
+    free((char *)s->cfg.function_servers_dir);
     free(s->api_url);
     free(s->events_url);
     free(s);

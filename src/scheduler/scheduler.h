@@ -47,6 +47,9 @@ struct scheduler_config {
      * it, instances get "{}". */
     char *(*vcap_services)(void *ctx, const char *app_guid);
     void *vcap_services_ctx;
+    /* The buildpacks folder: the function servers a function inside an app runs
+     * (function-python/lib, function-node/lib). NULL: such functions cannot start. */
+    const char *function_servers_dir;
 };
 
 /* Whether a process type other than web listens on $PORT and takes requests (a function run

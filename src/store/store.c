@@ -264,6 +264,7 @@ void store_app_free(struct store_app *app)
     for (size_t i = 0; i < app->n_processes; i++) {
         free(app->processes[i].type);
         free(app->processes[i].command);
+        free(app->processes[i].function_json);
     }
     free(app->processes);
     for (size_t i = 0; i < app->n_env; i++) {
@@ -320,6 +321,7 @@ struct store_app *store_app_dup(const struct store_app *app)
         c->processes[i] = app->processes[i];
         c->processes[i].type = store__dup_or_null(app->processes[i].type);
         c->processes[i].command = store__dup_or_null(app->processes[i].command);
+        c->processes[i].function_json = store__dup_or_null(app->processes[i].function_json);
     }
     c->env = xcalloc(app->n_env ? app->n_env : 1, sizeof *c->env);
     for (size_t i = 0; i < app->n_env; i++) {

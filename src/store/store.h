@@ -49,7 +49,17 @@ struct store_process {
     int target_rps;          /* requests per second per instance (then instead of concurrency) */
     int window_ms;           /* the stable window (the panic window is a tenth of it) */
     int scale_down_delay_ms; /* how long a lower count must be wanted before it runs */
+    /* A function inside the app (src/api/functions.c): {"handler": "FILE:FUNC", "runtime":
+     * "python"|"node"|"shell", "max_instances": N} as the API wrote it; NULL for web and
+     * other process types. */
+    char *function_json;
 };
+
+/* Whether the process runs one of its app's functions (rather than web or a worker). */
+static inline bool store_process_is_function(const struct store_process *p)
+{
+    return p && p->function_json;
+}
 
 /* The policy a process gets unless one is set: every process of a function, and an app's
  * process types other than web (the functions its manifest declares), scale to zero; an

@@ -85,6 +85,8 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN target_rps INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE processes ADD COLUMN window_ms INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE processes ADD COLUMN scale_down_delay_ms INTEGER NOT NULL DEFAULT 0;",
+    /* 8: functions inside apps (store.h's store_process.function_json) */
+    "ALTER TABLE processes ADD COLUMN function TEXT;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -325,13 +327,15 @@ static int pg__write_children(struct store_backend *b, const struct store_app *a
             pg__num(&conc, p->target_concurrency),
             pg__num(&rps, p->target_rps),
             pg__num(&win, p->window_ms),
-            pg__num(&delay, p->scale_down_delay_ms)};
+            pg__num(&delay, p->scale_down_delay_ms),
+            p->function_json};
         int rc = pg__write(b,
                            "INSERT INTO processes (app_guid, type, command, instances, memory_mb,"
-                           " min_instances" STORE_PROCESS_POLICY_COLUMNS ") VALUES ($1, $2, $3,"
+                           " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                           ", function) VALUES ($1, $2, $3,"
                            " $4::integer, $5::integer, $6::integer, $7::integer, $8::integer,"
-                           " $9::integer, $10::integer, $11::integer)",
-                           11, v, false);
+                           " $9::integer, $10::integer, $11::integer, $12)",
+                           12, v, false);
         if (rc < 0)
             return rc;
     }
@@ -413,6 +417,7 @@ static void pg__add_process(struct store_app *app, const PGresult *res, int row,
     p->target_rps = (int)pg__int(res, row, col + 7);
     p->window_ms = (int)pg__int(res, row, col + 8);
     p->scale_down_delay_ms = (int)pg__int(res, row, col + 9);
+    p->function_json = pg__text(res, row, col + 10);
 }
 
 static void pg__add_env(struct store_app *app, const PGresult *res, int row, int col)
@@ -447,6 +452,7 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     if (pg__exec(
             b,
             "SELECT type, command, instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS
+            ", function"
             " FROM processes"
             " WHERE app_guid = $1 ORDER BY type <> 'web', type COLLATE \"C\"",
             1, g, &res) < 0)
@@ -510,12 +516,12 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
     qsort(by_guid, count, sizeof *by_guid, pg__cmp_guid);
     if (pg__exec(b,
                  space_guid ? "SELECT app_guid, type, command, instances, memory_mb, "
-                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
+                              "min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
                               " FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
                               " space_guid = $1) ORDER BY app_guid, type <> 'web',"
                               " type COLLATE \"C\""
                             : "SELECT app_guid, type, command, instances, memory_mb, "
-                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
+                              "min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
                               " FROM processes ORDER BY app_guid, type <> 'web',"
                               " type COLLATE \"C\"",
                  np, v, &res) < 0)

@@ -86,6 +86,9 @@ const char *const store_sqlite_migrations[] = {
     "ALTER TABLE processes ADD COLUMN target_rps INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE processes ADD COLUMN window_ms INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE processes ADD COLUMN scale_down_delay_ms INTEGER NOT NULL DEFAULT 0;",
+    /* 8: functions inside apps: a process type that runs a function of the app's own code
+     * keeps what makes it one (store.h's store_process.function_json) */
+    "ALTER TABLE processes ADD COLUMN function TEXT;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -367,8 +370,8 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         const struct store_process *p = &app->processes[i];
         sqlite3_stmt *ins = store__prepare(
             st, "INSERT INTO processes (app_guid, type, command,"
-                " instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS ") VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                " instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS ", function)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         if (!ins)
             return -EIO;
         sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
@@ -382,6 +385,7 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         sqlite3_bind_int(ins, 9, p->target_rps);
         sqlite3_bind_int(ins, 10, p->window_ms);
         sqlite3_bind_int(ins, 11, p->scale_down_delay_ms);
+        store__bind_text(ins, 12, p->function_json);
         int rc = store__step_done(st, ins);
         if (rc < 0)
             return rc;
@@ -447,7 +451,7 @@ static int sqlite__app_update(struct store_backend *st, const struct store_app *
 }
 
 /* Appends the process in the row's columns from col on: type, command, instances, memory_mb,
- * min_instances. */
+ * min_instances, function. */
 static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
 {
     app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
@@ -462,6 +466,7 @@ static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
     p->target_rps = sqlite3_column_int(q, col + 7);
     p->window_ms = sqlite3_column_int(q, col + 8);
     p->scale_down_delay_ms = sqlite3_column_int(q, col + 9);
+    p->function_json = store__col_text(q, col + 10);
 }
 
 /* Appends the variable in the row's columns from col on: name, value. */
@@ -488,7 +493,7 @@ static int store__read_done(struct store_backend *st, sqlite3_stmt *q, int step_
 static int store__app_load_children(struct store_backend *st, struct store_app *app)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb,"
-                                         " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                         " min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
                                          " FROM processes WHERE app_guid = ?"
                                          " ORDER BY type != 'web', type");
     int step;
@@ -598,12 +603,12 @@ static int sqlite__app_list_in(struct store_backend *st, const char *space_guid,
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
     q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
                                         " FROM processes WHERE app_guid IN"
                                         " (SELECT guid FROM apps WHERE space_guid = ?1)"
                                         " ORDER BY app_guid, type"
                                       : "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
                                         " FROM processes ORDER BY app_guid, type");
     if (!q)
         goto fail;

@@ -36,6 +36,9 @@ def test_apps_and_routes_survive_a_restart_on_postgres(pg_dir):
         assert status in (201, 422), body
         status, body = p.api("POST", "/v1/apps", {"name": "pg-app"})
         assert status == 409, body
+        status, body = p.api("PUT", "/v1/apps/pg-app/functions/resize",
+                             {"handler": "images.py:resize", "max_instances": 4})
+        assert status == 201, body
         p.stop()
         assert p.proc.returncode == 0, p.output()
         # the state is in PostgreSQL, not in a file in the home
@@ -45,6 +48,10 @@ def test_apps_and_routes_survive_a_restart_on_postgres(pg_dir):
         status, app = p.api("GET", "/v1/apps/pg-app")
         assert status == 200, app
         assert app["routes"] == ["pg-app.localhost/a", "pg-app.localhost/b"], app
+        status, fns = p.api("GET", "/v1/apps/pg-app/functions")
+        assert status == 200, fns
+        assert [(f["name"], f["handler"], f["max_instances"]) for f in fns["functions"]] == \
+            [("resize", "images.py:resize", 4)], fns
         status, listed = p.api("GET", "/v1/apps")
         assert status == 200, listed
         assert "pg-app" in [a["name"] for a in listed["apps"]], listed

@@ -262,6 +262,14 @@ def fill(world, method, path):
         if method == "PATCH":
             body = {"tags": ["matrix"]}
         return path.replace("*", name) + "?" + S, body, None, None
+    if path.startswith("/v1/apps/*/functions/"):
+        fn = "resize"
+        if method == "DELETE":
+            fn = unique("fn")
+            made("PUT", f"/v1/apps/shop/functions/{fn}?{S}", {"handler": "images.py:resize"})
+        else:
+            body = {"handler": "images.py:resize"}
+        return f"/v1/apps/shop/functions/{fn}?{S}", body, None, None
     if path.startswith("/v1/apps"):
         app = "shop"
         if method == "DELETE" and path == "/v1/apps/*":

@@ -138,6 +138,7 @@ static void test_functions(void **state)
                                   "  - name: resize\n"
                                   "    handler: resize.py:handle\n"
                                   "    concurrency: 4\n"
+                                  "    idle-grace: 30s\n"
                                   "    events:\n"
                                   "    - topic: uploads\n"
                                   "      filter: {type: image.created, subject: photos/*}\n"
@@ -158,6 +159,7 @@ static void test_functions(void **state)
     assert_string_equal(f->name, "resize");
     assert_string_equal(f->handler, "resize.py:handle");
     assert_int_equal(f->concurrency, 4);
+    assert_string_equal(f->idle_grace, "30s");
     assert_int_equal(f->min_instances, -1);
     assert_int_equal(f->event_count, 1);
     assert_string_equal(f->events[0].topic, "uploads");

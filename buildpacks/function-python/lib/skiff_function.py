@@ -122,6 +122,9 @@ def load_python_handler(spec):
         path, name = spec, "handle"
     import importlib.util
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    # a function inside an app imports the app's modules as the app does: from its folder
+    if os.getcwd() not in sys.path:
+        sys.path.insert(1, os.getcwd())
     modname = os.path.splitext(os.path.basename(path))[0]
     s = importlib.util.spec_from_file_location(modname, path)
     if s is None:
