@@ -108,13 +108,12 @@ static int api__load_key(const char *path, unsigned char *key, size_t len)
         if (st.st_uid != geteuid() || st.st_gid != getegid()) {
             if (fchown(fd, geteuid(), getegid()) < 0) {
                 int rc = -errno;
-                log_warning("%s is owned by uid %u, not skiffd's: %s", path,
-                        (unsigned)st.st_uid, strerror(errno));
+                log_warning("%s is owned by uid %u, not skiffd's: %s", path, (unsigned)st.st_uid,
+                            strerror(errno));
                 close(fd);
                 return rc;
             }
-            log_warning("%s was owned by uid %u: now skiffd's own", path,
-                    (unsigned)st.st_uid);
+            log_warning("%s was owned by uid %u: now skiffd's own", path, (unsigned)st.st_uid);
         }
         if ((st.st_mode & 07777) != 0600) {
             if (fchmod(fd, 0600) < 0) {
@@ -122,8 +121,8 @@ static int api__load_key(const char *path, unsigned char *key, size_t len)
                 close(fd);
                 return rc;
             }
-            log_warning("%s had mode %04o: now 0600 (readable by skiffd only)",
-                    path, (unsigned)(st.st_mode & 07777));
+            log_warning("%s had mode %04o: now 0600 (readable by skiffd only)", path,
+                        (unsigned)(st.st_mode & 07777));
         }
         size_t got = 0;
         while (got < len) {
@@ -306,11 +305,11 @@ json_t *api_routes_json(struct api *api)
             buf_puts(&path, r->segs[i]);
         }
         unsigned scope = (unsigned)(r->flags & API_SCOPE_MASK) >> 5;
-        json_array_append_new(
-            list, json_pack("{s:s, s:s%, s:s, s:s}", "method", r->method, "path",
-                            path.data ? path.data : "/", path.len, "permission",
-                            auth_perm_name((enum auth_perm)(r->flags & API_PERM_MASK)), "scope",
-                            scope < ARRAY_SIZE(scopes) ? scopes[scope] : "?"));
+        json_array_append_new(list,
+                              json_pack("{s:s, s:s%, s:s, s:s}", "method", r->method, "path",
+                                        path.data ? path.data : "/", path.len, "permission",
+                                        auth_perm_name((enum auth_perm)(r->flags & API_PERM_MASK)),
+                                        "scope", scope < ARRAY_SIZE(scopes) ? scopes[scope] : "?"));
         buf_free(&path);
     }
     return list;
@@ -353,8 +352,8 @@ static const struct api_route *api__match(struct api *api, struct api_request *r
 #define API_GUID_LEN 36
 
 /* skiffi.APP.INSTANCE.MAC, MAC = HMAC-SHA256 of "APP.INSTANCE" under the instance key */
-void api_instance_token(struct api *api, const char *app_guid, const char *instance_guid,
-                        char *out, size_t size)
+void api_instance_token(struct api *api, const char *app_guid, const char *instance_guid, char *out,
+                        size_t size)
 {
     char subject[2 * API_GUID_LEN + 2];
     int n = snprintf(subject, sizeof subject, "%s.%s", app_guid, instance_guid);
@@ -436,7 +435,8 @@ static bool api__looks_like_guid(const char *s)
     if (!s || strlen(s) != API_GUID_LEN)
         return false;
     for (size_t i = 0; i < API_GUID_LEN; i++)
-        if (!(i == 8 || i == 13 || i == 18 || i == 23 ? s[i] == '-' : isxdigit((unsigned char)s[i])))
+        if (!(i == 8 || i == 13 || i == 18 || i == 23 ? s[i] == '-'
+                                                      : isxdigit((unsigned char)s[i])))
             return false;
     return true;
 }
@@ -458,8 +458,10 @@ static enum skiff_err api__scope(struct api *api, struct api_request *req, int s
         if (ref && *ref) {
             space = auth_space_resolve(api->auth, ref);
             if (!space) {
-                snprintf(msg, msgsize, "no space \"%s\" (write ORG/SPACE; `skiff spaces` lists "
-                         "the spaces of an org)", ref);
+                snprintf(msg, msgsize,
+                         "no space \"%s\" (write ORG/SPACE; `skiff spaces` lists "
+                         "the spaces of an org)",
+                         ref);
                 return SKIFF_E_NOT_FOUND;
             }
         } else if (scope == API_SCOPE_APP && api->store &&
@@ -471,10 +473,11 @@ static enum skiff_err api__scope(struct api *api, struct api_request *req, int s
             }
         }
         if (!space)
-            space = auth_space_get(api->auth, p->space_guid[0] ? p->space_guid
-                                                               : AUTH_DEFAULT_SPACE_GUID);
+            space = auth_space_get(api->auth,
+                                   p->space_guid[0] ? p->space_guid : AUTH_DEFAULT_SPACE_GUID);
         if (!space) {
-            snprintf(msg, msgsize, "no space given, and the default space default/dev is gone: "
+            snprintf(msg, msgsize,
+                     "no space given, and the default space default/dev is gone: "
                      "add ?space=ORG/SPACE (`skiff target -o ORG -s SPACE`)");
             return SKIFF_E_NOT_FOUND;
         }
@@ -535,13 +538,15 @@ static enum skiff_err api__authorize(struct api *api, struct api_request *req, c
                         req->space_guid[0] ? req->space_guid : NULL);
     if (rc == 0)
         return SKIFF_OK;
-    const struct auth_space *space = req->space_guid[0] ? auth_space_get(api->auth, req->space_guid) : NULL;
+    const struct auth_space *space =
+        req->space_guid[0] ? auth_space_get(api->auth, req->space_guid) : NULL;
     const struct auth_org *org = req->org_guid[0] ? auth_org_find(api->auth, req->org_guid) : NULL;
     if (rc == -ENOENT) {
         if (space)
-            snprintf(msg, msgsize, "no space %s/%s that you can see (`skiff target` shows "
-                     "where you are; `skiff spaces` lists yours)", org ? org->name : "?",
-                     space->name);
+            snprintf(msg, msgsize,
+                     "no space %s/%s that you can see (`skiff target` shows "
+                     "where you are; `skiff spaces` lists yours)",
+                     org ? org->name : "?", space->name);
         else if (org)
             snprintf(msg, msgsize, "no org \"%s\": `skiff orgs` lists yours", org->name);
         else

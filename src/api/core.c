@@ -496,9 +496,8 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
     char **domains = NULL, **owners = NULL;
     store_domain_list(core->cfg.store, &domains, NULL, &owners);
     const char *best = NULL;
-    const struct auth_space *space = core->cfg.auth ? auth_space_get(core->cfg.auth,
-                                                                     api_core__space(req))
-                                                    : NULL;
+    const struct auth_space *space =
+        core->cfg.auth ? auth_space_get(core->cfg.auth, api_core__space(req)) : NULL;
     for (char **d = domains; d && *d; d++) {
         /* shared domains, and the private ones of the space's org: another org's is unknown */
         const char *owner = owners[d - domains];
@@ -813,11 +812,10 @@ bool api_core__quota_admits(struct api_core *core, struct api_request *req,
     struct auth *auth = core->cfg.auth;
     const struct auth_space *space = auth ? auth_space_get(auth, app->space_guid) : NULL;
     const struct auth_org *org = space ? auth_org_find(auth, space->org_guid) : NULL;
-    const struct auth_quota *sq = space && space->quota_guid[0]
-                                      ? auth_quota_find(auth, space->quota_guid)
-                                      : NULL;
-    const struct auth_quota *oq = org && org->quota_guid[0] ? auth_quota_find(auth, org->quota_guid)
-                                                            : NULL;
+    const struct auth_quota *sq =
+        space && space->quota_guid[0] ? auth_quota_find(auth, space->quota_guid) : NULL;
+    const struct auth_quota *oq =
+        org && org->quota_guid[0] ? auth_quota_find(auth, org->quota_guid) : NULL;
     if (!sq && !oq)
         return true;
     struct store_app **apps = NULL;
@@ -987,9 +985,9 @@ static void core__apps_get(struct api_request *req, void *ctx)
                                 info[i].host_uid >= 0 ? json_integer(info[i].host_uid)
                                                       : json_null());
             json_object_set_new(d, "warm_start", json_boolean(info[i].warm_start));
-            json_object_set_new(d, "warm_runtime", info[i].warm_runtime[0]
-                                                       ? json_string(info[i].warm_runtime)
-                                                       : json_null());
+            json_object_set_new(d, "warm_runtime",
+                                info[i].warm_runtime[0] ? json_string(info[i].warm_runtime)
+                                                        : json_null());
             json_object_set_new(d, "disk_bytes", json_integer((json_int_t)info[i].disk_bytes));
             json_object_set_new(d, "disk_quota_bytes",
                                 json_integer((json_int_t)info[i].disk_quota_bytes));
@@ -1395,8 +1393,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "\"balance\" must be \"round-robin\" or \"least-connection\"");
         goto done;
     }
-    if (!(app = api_core__app_named(core, req, name)) ||
-        !api_core__quota_admits(core, req, app, 1))
+    if (!(app = api_core__app_named(core, req, name)) || !api_core__quota_admits(core, req, app, 1))
         goto done;
     const char *path = json_string_value(pathv);
     if (strchr(host, '/')) {
@@ -1515,8 +1512,8 @@ static void core__domains_list(struct api_request *req, void *ctx)
         /* a private domain is listed to those who may see its org */
         const struct auth_org *org =
             *owners[i] && core->cfg.auth ? auth_org_find(core->cfg.auth, owners[i]) : NULL;
-        if (*owners[i] && (!org || !auth_can_see_org(core->cfg.auth, api_request_principal(req),
-                                                     org)))
+        if (*owners[i] &&
+            (!org || !auth_can_see_org(core->cfg.auth, api_request_principal(req), org)))
             continue;
         json_t *d = json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]);
         if (org)
@@ -1590,20 +1587,28 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     } routes[] = {
         {"GET", "/v1/info", API_PERM(AUTH_PERM_PUBLIC), core__info},
         {"GET", "/v1/apps", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, core__apps_list},
-        {"POST", "/v1/apps", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, core__apps_create},
+        {"POST", "/v1/apps", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE,
+         core__apps_create},
         {"GET", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, core__apps_get},
         {"PUT", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__apps_put},
-        {"PATCH", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__apps_patch},
-        {"DELETE", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__apps_delete},
-        {"POST", "/v1/apps/*/start", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, core__app_start},
-        {"POST", "/v1/apps/*/stop", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, core__app_stop},
-        {"POST", "/v1/apps/*/restart", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP, core__app_restart},
+        {"PATCH", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP,
+         core__apps_patch},
+        {"DELETE", "/v1/apps/*", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP,
+         core__apps_delete},
+        {"POST", "/v1/apps/*/start", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP,
+         core__app_start},
+        {"POST", "/v1/apps/*/stop", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP,
+         core__app_stop},
+        {"POST", "/v1/apps/*/restart", API_PERM(AUTH_PERM_SPACE_OPERATE) | API_SCOPE_APP,
+         core__app_restart},
         {"GET", "/v1/apps/*/env", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__env_get},
         {"PUT", "/v1/apps/*/env", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, core__env_put},
         {"GET", "/v1/apps/*/logs", API_PERM(AUTH_PERM_SPACE_LOGS) | API_SCOPE_APP, core__logs},
         {"GET", "/v1/routes", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, core__routes_list},
-        {"POST", "/v1/routes", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, core__routes_create},
-        {"DELETE", "/v1/routes", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE, core__routes_delete},
+        {"POST", "/v1/routes", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE,
+         core__routes_create},
+        {"DELETE", "/v1/routes", API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_SPACE,
+         core__routes_delete},
         {"GET", "/v1/domains", API_PERM(AUTH_PERM_USER), core__domains_list},
         {"GET", "/v1/stacks", API_PERM(AUTH_PERM_USER), core__stacks_list},
         {"POST", "/v1/domains", API_PERM(AUTH_PERM_ADMIN), core__domains_create},

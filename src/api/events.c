@@ -106,8 +106,7 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
     name = name ? name + 1 : param;
     const char *space = api_request_space(req);
     struct auth *auth = api_request_auth(req);
-    bool valid = name && (perm == AUTH_PERM_PUBLISH ? name_valid(name)
-                                                    : fabric_name_valid(name));
+    bool valid = name && (perm == AUTH_PERM_PUBLISH ? name_valid(name) : fabric_name_valid(name));
     if (!valid) {
         api_respond_error(req, SKIFF_E_BAD_NAME,
                           "topic name '%.80s' is not valid: use 1-63 of a-z, 0-9 and '-', "
@@ -122,9 +121,9 @@ static bool scoped_topic(struct api_request *req, enum auth_perm perm,
         size_t n = (size_t)(name - 1 - param);
         snprintf(ref, sizeof ref, "%.*s", (int)(n < sizeof ref ? n : sizeof ref - 1), param);
         const struct auth_space *other = auth ? auth_space_resolve(auth, ref) : NULL;
-        int rc = other ? auth_check(auth, api_request_principal(req), perm, other->org_guid,
-                                    other->guid)
-                       : -ENOENT;
+        int rc =
+            other ? auth_check(auth, api_request_principal(req), perm, other->org_guid, other->guid)
+                  : -ENOENT;
         if (rc == -EACCES) {
             api_respond_error(req, SKIFF_E_FORBIDDEN, "your roles in %s do not allow %s there", ref,
                               perm == AUTH_PERM_PUBLISH ? "publishing" : "reading events");
@@ -190,8 +189,7 @@ static void respond_published(struct publish *p, uint64_t first, size_t count)
 {
     struct buf out = {0};
     if (p->ids) {
-        buf_printf(&out, "{\"count\":%zu,\"first_offset\":%" PRIu64 ",\"events\":[", count,
-                   first);
+        buf_printf(&out, "{\"count\":%zu,\"first_offset\":%" PRIu64 ",\"events\":[", count, first);
         for (size_t i = 0; i < count; i++) {
             buf_puts(&out, i ? ",{\"id\":\"" : "{\"id\":\"");
             buf_append_json_escaped(&out, p->ids[i], strlen(p->ids[i]), 0);
@@ -376,7 +374,8 @@ static void tail_pump(struct tail *t)
         if (t->limit > 0 && (int64_t)want > t->limit)
             want = (size_t)t->limit;
         struct fabric_batch b;
-        int rc = fabric_read(t->events->fabric, t->topic, t->next_offset, want, TAIL_READ_BYTES, &b);
+        int rc =
+            fabric_read(t->events->fabric, t->topic, t->next_offset, want, TAIL_READ_BYTES, &b);
         if (rc == -ENOENT && t->follow)
             goto out; /* not created yet: the subscription wakes us */
         if (rc < 0 || b.count == 0) {
@@ -443,8 +442,8 @@ static void on_throttle_timer(uv_timer_t *h)
 }
 
 /* Where a read starts: "start", "end", an offset, an RFC 3339 time or a duration ago. */
-static int parse_from(struct api_events *events, struct api_request *req, const char *topic, const char *from, bool follow,
-                      uint64_t *out)
+static int parse_from(struct api_events *events, struct api_request *req, const char *topic,
+                      const char *from, bool follow, uint64_t *out)
 {
     struct fabric_topic_info info;
     int rc = fabric_topic_info(events->fabric, topic, &info);
@@ -571,10 +570,13 @@ int api_events_start(const struct api_services *svc, struct api_events **out, ch
         int flags;
         api_handler_fn fn;
     } routes[] = {
-        {"POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, handle_publish},
-        {"POST", "/v1/topics/*/events:batch", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, handle_publish_batch},
+        {"POST", "/v1/topics/*/events", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE,
+         handle_publish},
+        {"POST", "/v1/topics/*/events:batch", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE,
+         handle_publish_batch},
         {"GET", "/v1/topics", API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_SPACE, handle_topics},
-        {"GET", "/v1/topics/*/events", API_PERM(AUTH_PERM_SPACE_LOGS) | API_SCOPE_SPACE, handle_read},
+        {"GET", "/v1/topics/*/events", API_PERM(AUTH_PERM_SPACE_LOGS) | API_SCOPE_SPACE,
+         handle_read},
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
         rc = api_route_add(svc->api, routes[i].method, routes[i].pattern, routes[i].flags,

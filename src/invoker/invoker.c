@@ -21,7 +21,6 @@
 
 #define MAPPING_DOC_KIND "event_mapping"
 
-
 static void mapping_pump(struct inv_mapping *m);
 static void mapping_collect(struct inv_mapping *m);
 static void mapping_cron_fire(uv_timer_t *h);
@@ -138,7 +137,8 @@ static void invoker_append_done(void *arg, int status, uint64_t first_offset, si
         } else {
             if (a->dead_letter) {
                 m->dead_lettered++;
-                mapping_record_failure(m, s, a->reason, m->dead_letter_topic[0] ? m->dead_letter_topic : NULL);
+                mapping_record_failure(m, s, a->reason,
+                                       m->dead_letter_topic[0] ? m->dead_letter_topic : NULL);
             } else {
                 m->delivered++;
             }
@@ -410,7 +410,8 @@ static void target_scale_up(struct inv_target *t, int wanted)
     }
     int rc = scheduler_ensure_instances(t->inv->scheduler, t->app, t->process, wanted);
     if (rc < 0) {
-        snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s", invoker_target_name(t),
+        snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s",
+                 invoker_target_name(t),
                  rc == -EPERM     ? "the app is stopped (skiff start it)"
                  : rc == -ENODATA ? "the app has no droplet (push it)"
                  : rc == -ENOENT  ? "no such app or process (see skiff apps)"
@@ -584,7 +585,7 @@ static void slot_send(struct inv_slot *s, struct inv_instance *inst)
     buf_reset(&s->head);
     invoker_request_head(inst, &s->ev, &s->head);
     http_pool_send(inst->pool, s->head.data, s->head.len, s->ev.data, s->ev.data_len,
-                      INVOKER_DELIVERY_TIMEOUT_MS, delivery_done, s);
+                   INVOKER_DELIVERY_TIMEOUT_MS, delivery_done, s);
 }
 
 /* Whether a mapping may go on consuming its topic. One that reads another space's topic does
@@ -730,8 +731,8 @@ static void mapping_fill(struct inv_mapping *m)
                              4u << 20, &batch);
         if (rc < 0) {
             if (rc != -ENOENT)
-                snprintf(m->last_error, sizeof(m->last_error), "cannot read topic %s: %s",
-                         m->topic, fabric_strerror(rc));
+                snprintf(m->last_error, sizeof(m->last_error), "cannot read topic %s: %s", m->topic,
+                         fabric_strerror(rc));
             return;
         }
         if (batch.count == 0) {
@@ -798,8 +799,7 @@ static void mapping_commit(struct inv_mapping *m, uint64_t to)
         m->commit_again = true;
         return;
     }
-    int rc =
-        fabric_cursor_commit(m->inv->fabric, m->topic, m->consumer, to, cursor_committed, m);
+    int rc = fabric_cursor_commit(m->inv->fabric, m->topic, m->consumer, to, cursor_committed, m);
     if (rc < 0) {
         snprintf(m->last_error, sizeof(m->last_error), "cannot commit the cursor: %s",
                  fabric_strerror(rc));
@@ -972,8 +972,7 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
     }
     rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->topic,
-                 fabric_strerror(rc));
+        snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->topic, fabric_strerror(rc));
         goto fail;
     }
     uv_timer_init(inv->loop, &m->retry_timer);
@@ -1087,8 +1086,7 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     json_error_t jerr;
     json_t *doc = json_loads(text, 0, &jerr);
     if (!doc) {
-        log_warning("event mapping %s is not valid JSON (%s): skipped", id,
-                jerr.text);
+        log_warning("event mapping %s is not valid JSON (%s): skipped", id, jerr.text);
         return 0;
     }
     json_t *stats = json_incref(json_object_get(doc, "stats"));
@@ -1367,8 +1365,8 @@ static void target_maybe_scale_down(struct inv_target *t, int64_t now)
     /* Above zero the scheduler announces the instances it stops before it stops them. */
     int rc = scheduler_scale(t->inv->scheduler, t->app, t->process, to);
     if (rc < 0)
-        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s down to %d: %s", invoker_target_name(t), to,
-                 strerror(-rc));
+        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s down to %d: %s",
+                 invoker_target_name(t), to, strerror(-rc));
     t->requested = to;
     t->surplus_since_ms = 0;
 }
@@ -1402,8 +1400,8 @@ static void invoker_tick(uv_timer_t *h)
                 rc == 0 && strcmp(m->spec.process, "web") && !store_app_process(a, m->spec.process);
             store_app_free(a);
             if (rc == -ENOENT) {
-                log_info("event mapping %s removed: its app %s was deleted",
-                        m->spec.id, m->spec.app);
+                log_info("event mapping %s removed: its app %s was deleted", m->spec.id,
+                         m->spec.app);
                 invoker_mapping_remove(m);
             } else if (process_gone) {
                 log_info("event mapping %s removed: %s of app %s was deleted", m->spec.id,
@@ -1532,7 +1530,7 @@ void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg)
     while (inv->draining) {
         struct inv_instance *inst = inv->draining;
         http_pool_abort(inst->pool); /* the last callback frees it */
-        if (inv->draining == inst) {         /* no call was left after all */
+        if (inv->draining == inst) { /* no call was left after all */
             inv->draining = inst->next;
             instance_drain_release(inv, inst);
             http_pool_release(inst->pool, false);

@@ -160,8 +160,7 @@ int store_app_find(struct store *st, const char *space_guid, const char *name_or
                    struct store_app **out);
 /* Every app, or those of one space (space_guid NULL: all), by name. */
 int store_app_list(struct store *st, struct store_app ***out, size_t *n);
-int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out,
-                      size_t *n);
+int store_app_list_in(struct store *st, const char *space_guid, struct store_app ***out, size_t *n);
 /* Deletes the app, its processes, env, routes, packages and droplets (rows only). */
 int store_app_delete(struct store *st, const char *guid);
 void store_app_free(struct store_app *app);
@@ -211,9 +210,9 @@ int store_app_prune_artifacts(struct store *st, const char *app_guid, const char
 #define STORE_AUDIT_KEEP 100000
 
 struct store_audit_event {
-    int64_t id; /* given by the store, growing */
-    int64_t at; /* ms since the epoch */
-    char *type; /* "audit.app.update" */
+    int64_t id;  /* given by the store, growing */
+    int64_t at;  /* ms since the epoch */
+    char *type;  /* "audit.app.update" */
     char *actor; /* the user's name, or "admin" for the local admin token */
     char *actor_guid;
     char *token_guid;

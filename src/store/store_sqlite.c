@@ -757,7 +757,8 @@ static int sqlite__domain_add(struct store_backend *st, const char *name, const 
 static int sqlite__domain_list(struct store_backend *st, char ***names, bool **shared,
                                char ***org_guids)
 {
-    sqlite3_stmt *q = store__prepare(st, "SELECT name, shared, org_guid FROM domains ORDER BY name");
+    sqlite3_stmt *q =
+        store__prepare(st, "SELECT name, shared, org_guid FROM domains ORDER BY name");
     if (!q)
         return -EIO;
     char **v = xcalloc(1, sizeof *v);

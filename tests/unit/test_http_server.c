@@ -229,8 +229,7 @@ static void test_refusal_comes_before_the_body(void **state)
     RUN_UNTIL(fx, fx->frees == 1);
     /* a refusal in the owner's own words */
     s = connect_to(fx->port[0]);
-    exchange(fx, s, "POST /own HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", out,
-             sizeof out);
+    exchange(fx, s, "POST /own HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 412 "));
     assert_non_null(strstr(out, "\r\n\r\n{\"description\":\"no\"}"));
     close(s);
