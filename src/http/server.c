@@ -534,6 +534,7 @@ static void http__request_free(struct http_request *req)
     struct http_server *s = req->server;
     if (s->cfg.on_free)
         s->cfg.on_free(req, s->cfg.ctx);
+    free(req->target);
     free(req->path);
     free(req->query);
     for (size_t i = 0; i < req->nsegs; i++)
@@ -905,6 +906,7 @@ static int http__on_headers_complete(llhttp_t *p)
     const char *url = c->url.data ? c->url.data : "/";
     const char *q = strchr(url, '?');
     size_t plen = q ? (size_t)(q - url) : strlen(url);
+    req->target = xstrdup(url);
     req->query = q ? xstrdup(q + 1) : NULL;
     char *raw_path = xstrndup(url, plen);
     req->path = http_percent_decode(raw_path, plen, 0);

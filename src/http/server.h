@@ -83,6 +83,7 @@ struct http_request {
     enum http_request_state state;
     int listener;    /* the tag given to http_server_listen */
     char method[16]; /* "GET", ... */
+    char *target;    /* the request target as sent: path and query, not decoded */
     char *path;      /* percent-decoded */
     char *query;     /* as sent, without '?'; NULL when none */
     char **segs;     /* the path's segments, each percent-decoded */

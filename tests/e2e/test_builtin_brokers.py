@@ -364,10 +364,21 @@ def test_the_broker_refuses_strangers_and_bad_input(plat):
     with socket.create_connection(("127.0.0.1", cfg["broker_port"]), timeout=5) as s:
         s.sendall(b"GARBAGE \x00\x01\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
+    # a stranger's body is never read: refused from the head
     with socket.create_connection(("127.0.0.1", cfg["broker_port"]), timeout=5) as s:
         s.sendall(b"PUT /v2/service_instances/x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
         s.sendall(b"x" * (1 << 21))
-        assert s.recv(100).startswith(b"HTTP/1.1 400")
+        assert s.recv(100).startswith(b"HTTP/1.1 401")
+    # the platform's own: past 1 MiB is 413, also when the length is not announced
+    basic = base64.b64encode(f"{cfg['username']}:{cfg['password']}".encode())
+    head = (b"PUT /v2/service_instances/x HTTP/1.1\r\nAuthorization: Basic " + basic +
+            b"\r\nX-Broker-API-Version: 2.17\r\n")
+    with socket.create_connection(("127.0.0.1", cfg["broker_port"]), timeout=5) as s:
+        s.sendall(head + b"Content-Length: 99999999\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 413")
+    with socket.create_connection(("127.0.0.1", cfg["broker_port"]), timeout=5) as s:
+        s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n200000\r\n" + b"x" * (1 << 21))
+        assert s.recv(100).startswith(b"HTTP/1.1 413")
     assert osb(p, "GET", "/v2/catalog")[0] == 200
 
 
