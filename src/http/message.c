@@ -34,7 +34,7 @@ const char *http_status_reason(int status)
     case 412:
         return "Precondition Failed";
     case 413:
-        return "Payload Too Large";
+        return "Content Too Large";
     case 414:
         return "URI Too Long";
     case 415:

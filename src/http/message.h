@@ -1,5 +1,5 @@
 /* http/message: what Skiff's HTTP server, client and router share about a message: a header
- * pair and the reason phrase of a status. */
+ * pair and the reason phrase of a status (the router's own answers use it too). */
 #ifndef SKIFF_HTTP_MESSAGE_H
 #define SKIFF_HTTP_MESSAGE_H
 

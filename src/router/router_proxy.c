@@ -28,6 +28,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 #include "router/route_table.h"
+#include "http/message.h"
 #include "router/router_internal.h"
 
 #define ROUTER_HIGH_WATER (256 * 1024)
@@ -702,32 +703,6 @@ static void on_access_flush(uv_check_t *h)
 
 /* ---- local responses (errors the router answers itself) ------------------------------------ */
 
-static const char *status_reason(int status)
-{
-    switch (status) {
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 408:
-        return "Request Timeout";
-    case 413:
-        return "Content Too Large";
-    case 414:
-        return "URI Too Long";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Error";
-    }
-}
-
 /* Answers the current request with an error. `close` ends the connection after it (always so
  * when the request's body was not read). */
 static void client_respond_error(struct client *c, int status, const char *code, const char *text,
@@ -754,7 +729,7 @@ static void client_respond_error(struct client *c, int status, const char *code,
     outq_printf(&c->p,
                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
                 "%zu\r\nX-Skiff-Router-Error: %s\r\nX-Request-Id: %s\r\n%s\r\n",
-                status, status_reason(status), len + 1, code, x->request_id,
+                status, http_status_reason(status), len + 1, code, x->request_id,
                 x->client_close    ? "Connection: close\r\n"
                 : x->client_http10 ? "Connection: keep-alive\r\n"
                                    : "");
