@@ -93,14 +93,15 @@ def test_failed_staging_keeps_the_running_droplet(platform, tmp_path):
     assert status == 200 and "hello" in body
 
 
-def test_python_requirements_from_vendor(platform, tmp_path):
+def greeting_app(tmp_path, word):
+    """examples/python-web answering with skiffgreet.WORD, and a wheel of skiffgreet whose WORD
+    is `word` (not yet anywhere the buildpack looks): (app folder, wheel path)."""
+    import zipfile
     code = tmp_path / "app"
     shutil.copytree(os.path.join(EXAMPLES, "python-web"), code)
-    vendor = code / "vendor"
-    vendor.mkdir()
-    import zipfile
-    with zipfile.ZipFile(vendor / "skiffgreet-1.0-py3-none-any.whl", "w") as z:
-        z.writestr("skiffgreet/__init__.py", "WORD = 'vendored'\n")
+    wheel = tmp_path / "skiffgreet-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("skiffgreet/__init__.py", f"WORD = '{word}'\n")
         z.writestr("skiffgreet-1.0.dist-info/METADATA",
                    "Metadata-Version: 2.1\nName: skiffgreet\nVersion: 1.0\n")
         z.writestr("skiffgreet-1.0.dist-info/WHEEL",
@@ -111,7 +112,15 @@ def test_python_requirements_from_vendor(platform, tmp_path):
         (code / "app.py").read_text().replace(
             'greeting = os.environ.get("GREETING", "hello")',
             'import skiffgreet\n        greeting = skiffgreet.WORD'))
+    return code, wheel
+
+
+def test_python_requirements_from_vendor(platform, tmp_path):
+    code, wheel = greeting_app(tmp_path, "vendored")
+    (code / "vendor").mkdir()
+    shutil.move(str(wheel), code / "vendor" / wheel.name)
     r, (status, body) = push_and_get(platform, "vend", str(code))
+    assert "no package index is configured" in r.stdout, out(r)
     assert "Successfully installed skiffgreet-1.0" in r.stdout, out(r)
     assert status == 200 and "vendored from instance 0" in body, body
 
@@ -119,6 +128,48 @@ def test_python_requirements_from_vendor(platform, tmp_path):
     r = platform.cli("push", "vend", "-p", str(code), timeout=300)
     assert r.returncode == 0, out(r)
     assert "Requirements unchanged" in r.stdout, out(r)
+
+
+def simple_index(root, wheel):
+    """A package index in PEP 503's layout under root/simple, serving `wheel` (pip reads
+    file: indexes as it reads http ones: the project's page, then the link on it)."""
+    project = root / "simple" / "skiffgreet"
+    project.mkdir(parents=True)
+    shutil.move(str(wheel), project / wheel.name)
+    (project / "index.html").write_text(
+        f'<html><body><a href="{wheel.name}">{wheel.name}</a></body></html>\n')
+
+
+def test_python_requirements_from_a_package_index(platform, tmp_path):
+    """An index configured the way pip reads one is used: PIP_INDEX_URL in the app's env, or
+    a pip.conf in the app's root. Without one and without the package in vendor/, the
+    error says both ways out. (Staging containers reach no private address, so the index
+    is a file: one inside the upload, at the path the build folder has while staging.)"""
+    code, wheel = greeting_app(tmp_path, "from the index")
+    r = platform.cli("push", "noidx", "-p", str(code), timeout=300)
+    assert r.returncode != 0, out(r)
+    assert "no package index is configured and vendor/ does not have it" in r.stderr + r.stdout, out(r)
+    assert "PIP_INDEX_URL" in r.stderr + r.stdout and "vendor/" in r.stderr + r.stdout, out(r)
+
+    simple_index(code / "index", wheel)
+    (code / "manifest.yml").write_text(
+        "applications:\n- name: idx\n  env:\n    PIP_INDEX_URL: file:///tmp/app/index/simple\n")
+    r, (status, body) = push_and_get(platform, "idx", str(code), "-f", str(code / "manifest.yml"))
+    assert "from the package index (file:///tmp/app/index/simple)" in r.stdout, out(r)
+    assert status == 200 and "from the index from instance 0" in body, body
+
+    (code / "manifest.yml").unlink()
+    (code / "pip.conf").write_text("[global]\nindex-url = file:///tmp/app/index/simple\n")
+    r, (status, body) = push_and_get(platform, "conf", str(code))
+    assert "from the package index (the one in pip.conf)" in r.stdout, out(r)
+    assert status == 200 and "from the index from instance 0" in body, body
+
+    # an index that does not have the package: the error names it
+    (code / "pip.conf").write_text("[global]\nindex-url = file:///tmp/app/nowhere/simple\n")
+    r = platform.cli("push", "conf2", "-p", str(code), timeout=300)
+    assert r.returncode != 0, out(r)
+    assert "neither the package index (the one in pip.conf) nor vendor/ has it" in \
+        r.stderr + r.stdout, out(r)
 
 
 def test_memory_hog_is_reported_out_of_memory(platform, tmp_path):
