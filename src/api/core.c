@@ -1108,6 +1108,19 @@ static bool core__app_put_state(struct api_core *core, struct api_request *req,
     return true;
 }
 
+/* A start or restart applies what changed since the last revision (a set-env, a command):
+ * that makes a revision, named in the log line that says the app (re)started. */
+static void core__log_revision(struct api_core *core, const struct store_app *app,
+                               const char *verb)
+{
+    int version = 0;
+    if (api_core__revision_if_changed(core, app, &version) == 1)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s as revision %d",
+                     verb, app->name, version);
+    else
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s", verb, app->name);
+}
+
 static void core__app_set_state(struct api_request *req, struct api_core *core, const char *state)
 {
     struct store_app *app = api_core__find_app(core, req);
@@ -1118,9 +1131,10 @@ static void core__app_set_state(struct api_request *req, struct api_core *core, 
     bool changed = strcmp(app->state, state) != 0;
     if (!core__app_put_state(core, req, app, state))
         goto done;
-    if (changed)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s",
-                     strcmp(state, "STARTED") ? "Stopped" : "Started", app->name);
+    if (changed && !strcmp(state, "STARTED"))
+        core__log_revision(core, app, "Started");
+    else if (changed)
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Stopped app %s", app->name);
     api_core__respond_app(core, req, 200, app);
 done:
     store_app_free(app);
@@ -1153,7 +1167,7 @@ static void core__app_restart(struct api_request *req, void *ctx)
         scheduler_app_restart(core->cfg.scheduler, app->guid,
                               rolling && strcmp(rolling, "0") && strcmp(rolling, "false"));
     }
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Restarted app %s", app->name);
+    core__log_revision(core, app, "Restarted");
     api_core__respond_app(core, req, 200, app);
 done:
     store_app_free(app);

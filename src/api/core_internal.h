@@ -71,6 +71,12 @@ void api_core__autoscale_register(struct api_core *core);
  * only they used. 0, -ENODATA (no droplet) or -EIO. */
 int api_core__revision_add(struct api_core *core, const struct store_app *app,
                            const char *description, int *version_out);
+/* When the app's droplet, environment or commands differ from its newest revision's (a
+ * set-env or a new command, applied by a restart), records them as a new revision named after
+ * what changed, as Cloud Foundry does: 1 when one was made, 0 when nothing changed (or the app
+ * has no revision yet: staging makes its first), -EIO when the store failed. */
+int api_core__revision_if_changed(struct api_core *core, const struct store_app *app,
+                                  int *version_out);
 bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */
 void api_core__revisions_forget(struct api_core *core, const char *app_guid);

@@ -1,6 +1,7 @@
 /* Revisions, as Cloud Foundry keeps them: each new droplet an app is given (a push, a restage,
- * a rollback) is a revision, numbered from 1, holding the droplet, the environment and each
- * process's command at that moment. GET /v1/apps/NAME/revisions lists them, newest first;
+ * a rollback), and each start or restart that applies a changed environment or command, is a
+ * revision, numbered from 1, holding the droplet, the environment and each process's command
+ * at that moment. GET /v1/apps/NAME/revisions lists them, newest first;
  * POST /v1/apps/NAME/rollback {"revision": N} makes a new revision from revision N's droplet,
  * environment and commands and deploys it (rolling, as a push does).
  *
@@ -126,29 +127,36 @@ bool api_core__revisions_any(struct api_core *core, const char *app_guid)
     return any;
 }
 
-int api_core__revision_add(struct api_core *core, const struct store_app *app,
-                           const char *description, int *version_out)
+/* What a revision holds besides its droplet: the environment and each process's command. */
+static json_t *revisions__env(const struct store_app *app)
 {
-    if (!app->droplet_guid)
-        return -ENODATA;
-    json_t *all = revisions__load(core, app->guid);
-    if (!all)
-        return -EIO;
-    json_t *last = json_array_get(all, json_array_size(all) - 1);
-    json_int_t version = last ? json_integer_value(json_object_get(last, "version")) + 1 : 1;
     json_t *env = json_object();
     for (size_t i = 0; i < app->n_env; i++)
         json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
+    return env;
+}
+
+static json_t *revisions__commands(const struct store_app *app)
+{
     json_t *commands = json_object();
     for (size_t i = 0; i < app->n_processes; i++)
         json_object_set_new(commands, app->processes[i].type,
                             app->processes[i].command ? json_string(app->processes[i].command)
                                                       : json_null());
+    return commands;
+}
+
+/* Stores the app's settings as revision `last`'s successor; `all` (oldest first) gains it. */
+static int revisions__append(struct api_core *core, const struct store_app *app, json_t *all,
+                             const char *description, int *version_out)
+{
+    json_t *last = json_array_get(all, json_array_size(all) - 1);
+    json_int_t version = last ? json_integer_value(json_object_get(last, "version")) + 1 : 1;
     char when[40];
     time_format_rfc3339(time_now_ms(), when, sizeof when);
     json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:o, s:o}", "version", (json_int_t)version,
                           "droplet", app->droplet_guid, "description", description, "created_at",
-                          when, "env", env, "commands", commands);
+                          when, "env", revisions__env(app), "commands", revisions__commands(app));
     char *text = json_dumps(r, JSON_COMPACT);
     char *kind = revisions__kind(app->guid);
     char id[24];
@@ -163,6 +171,53 @@ int api_core__revision_add(struct api_core *core, const struct store_app *app,
             *version_out = (int)version;
     } else {
         json_decref(r);
+    }
+    return rc;
+}
+
+int api_core__revision_add(struct api_core *core, const struct store_app *app,
+                           const char *description, int *version_out)
+{
+    if (!app->droplet_guid)
+        return -ENODATA;
+    json_t *all = revisions__load(core, app->guid);
+    if (!all)
+        return -EIO;
+    int rc = revisions__append(core, app, all, description, version_out);
+    json_decref(all);
+    return rc;
+}
+
+int api_core__revision_if_changed(struct api_core *core, const struct store_app *app,
+                                  int *version_out)
+{
+    if (!app->droplet_guid)
+        return 0;
+    json_t *all = revisions__load(core, app->guid);
+    if (!all)
+        return -EIO;
+    json_t *last = json_array_get(all, json_array_size(all) - 1);
+    int rc = 0;
+    if (last) {
+        json_t *env = revisions__env(app), *commands = revisions__commands(app);
+        bool env_changed = !json_equal(env, json_object_get(last, "env"));
+        bool commands_changed = !json_equal(commands, json_object_get(last, "commands"));
+        bool droplet_changed =
+            strcmp(app->droplet_guid, json_string_value(json_object_get(last, "droplet")) ?: "");
+        json_decref(env);
+        json_decref(commands);
+        /* CF's descriptions, one clause for each thing that changed */
+        char description[160] = "";
+        if (droplet_changed)
+            strcat(description, "new droplet deployed; ");
+        if (env_changed)
+            strcat(description, "new environment variables deployed; ");
+        if (commands_changed)
+            strcat(description, "custom start command updated; ");
+        if (description[0]) {
+            description[strlen(description) - 2] = '\0';
+            rc = revisions__append(core, app, all, description, version_out) < 0 ? -EIO : 1;
+        }
     }
     json_decref(all);
     return rc;

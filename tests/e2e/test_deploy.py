@@ -260,6 +260,34 @@ def test_revisions_and_rollback(platform, tmp_path):
     assert r.returncode == 2, out(r)
 
 
+def test_an_environment_change_applied_by_a_restart_is_a_revision(platform, tmp_path):
+    p, name = platform, "envrev"
+    assert p.cli("push", name, "-p", write_app(tmp_path, "e1")).returncode == 0
+    assert p.cli("set-env", name, "FLAVOUR", "vanilla").returncode == 0
+    # set-env alone deploys nothing: no revision until a restart applies it
+    assert [r["version"] for r in revisions(p, name)] == [1]
+    assert p.cli("restart", name).returncode == 0
+    revs = revisions(p, name)
+    assert [(r["version"], r["description"]) for r in revs] == \
+        [(2, "new environment variables deployed"), (1, revs[1]["description"])], revs
+    assert revs[0]["droplet"] == revs[1]["droplet"] and revs[0]["env_names"] == ["FLAVOUR"], revs
+    logs = p.cli("logs", name, "--recent").stdout
+    assert f"Restarted app {name} as revision 2" in logs, logs
+    # a restart that changes nothing makes none
+    assert p.cli("restart", name).returncode == 0
+    assert [r["version"] for r in revisions(p, name)] == [2, 1]
+    # a stopped app started with a changed environment: one more
+    assert p.cli("stop", name).returncode == 0
+    assert p.cli("unset-env", name, "FLAVOUR").returncode == 0
+    assert p.cli("start", name).returncode == 0
+    revs = revisions(p, name)
+    assert [(r["version"], r["env_names"]) for r in revs[:2]] == [(3, []), (2, ["FLAVOUR"])], revs
+    # and rolling back to the revision with the variable brings it back
+    assert p.cli("rollback", name, "2").returncode == 0
+    status, env = p.api("GET", f"/v1/apps/{name}/env")
+    assert status == 200 and env["env"].get("FLAVOUR") == "vanilla", env
+
+
 def test_a_procfile_without_web_is_staged_and_named(platform, tmp_path):
     d = tmp_path / "workers"
     d.mkdir()
