@@ -1110,13 +1110,12 @@ static bool core__app_put_state(struct api_core *core, struct api_request *req,
 
 /* A start or restart applies what changed since the last revision (a set-env, a command):
  * that makes a revision, named in the log line that says the app (re)started. */
-static void core__log_revision(struct api_core *core, const struct store_app *app,
-                               const char *verb)
+static void core__log_revision(struct api_core *core, const struct store_app *app, const char *verb)
 {
     int version = 0;
     if (api_core__revision_if_changed(core, app, &version) == 1)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s as revision %d",
-                     verb, app->name, version);
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s as revision %d", verb,
+                     app->name, version);
     else
         logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s", verb, app->name);
 }
