@@ -1065,6 +1065,7 @@ static void core__apps_delete(struct api_request *req, void *ctx)
         return;
     }
     api_core__revisions_forget(core, app->guid);
+    hub_publish(core->cfg.hub, &PLATFORM_APP_EVENT(PLATFORM_PROCESS_REMOVED, app->guid, app->name));
     char *dir = xasprintf("%s/apps/%s", core->cfg.home, app->guid);
     rm_rf(dir);
     free(dir);

@@ -21,6 +21,7 @@
 
 #include "api/core_internal.h"
 #include "common/util.h"
+#include "hub/hub.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
@@ -286,10 +287,14 @@ static void functions__delete(struct api_request *req, void *ctx)
         api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
         goto done;
     }
-    /* its instances stop; its event mappings go with it (the invoker drops mappings whose
-     * process is gone, as it does those of a deleted app) */
+    /* its instances stop; its event mappings go with it at once (the invoker drops mappings
+     * whose process is gone when told, as it does those of a deleted app) */
     if (core->cfg.scheduler)
         scheduler_app_changed(core->cfg.scheduler, app->guid);
+    struct platform_event removed =
+        PLATFORM_APP_EVENT(PLATFORM_PROCESS_REMOVED, app->guid, app->name);
+    removed.process_type = name;
+    hub_publish(core->cfg.hub, &removed);
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Deleted function %s of app %s", name,
                  app->name);
     api_respond(req, 204, NULL, NULL, 0);

@@ -606,6 +606,16 @@ static json_t *cli_first_array(json_t *obj)
     return NULL;
 }
 
+/* Whether mapping m is of app's process and for event e's topic or schedule. */
+static bool cli_mapping_is(json_t *m, const char *app, const char *process,
+                           const struct manifest_event *e)
+{
+    if (strcmp(cli_json_str(m, "app"), app) != 0 || strcmp(cli_json_str(m, "process"), process))
+        return false;
+    return (e->topic && strcmp(cli_json_str(m, "topic"), e->topic) == 0) ||
+           (e->schedule && strcmp(cli_json_str(m, "schedule"), e->schedule) == 0);
+}
+
 /* Whether a mapping for app's process with this topic or schedule exists already (a re-push). */
 static bool cli_mapping_exists(json_t *existing, const char *app, const char *process,
                                const struct manifest_event *e)
@@ -614,24 +624,49 @@ static bool cli_mapping_exists(json_t *existing, const char *app, const char *pr
     json_t *m;
     json_array_foreach(cli_first_array(existing), i, m)
     {
-        if (strcmp(cli_json_str(m, "app"), app) != 0 ||
-            strcmp(cli_json_str(m, "process"), process) != 0)
-            continue;
-        if (e->topic && strcmp(cli_json_str(m, "topic"), e->topic) == 0)
-            return true;
-        if (e->schedule && strcmp(cli_json_str(m, "schedule"), e->schedule) == 0)
+        if (cli_mapping_is(m, app, process, e))
             return true;
     }
     return false;
 }
 
+/* A function whose manifest entry lists its events: the mappings of its process for any other
+ * topic or schedule go, each said on a line (the manifest is what the function listens to). */
+static int cli_push_unmap_dropped(const struct manifest_app *a, const struct manifest_function *f,
+                                  const char *process, json_t *existing)
+{
+    int rc = CLI_EXIT_OK;
+    size_t i;
+    json_t *m;
+    json_array_foreach(cli_first_array(existing), i, m)
+    {
+        if (strcmp(cli_json_str(m, "app"), a->name) || strcmp(cli_json_str(m, "process"), process))
+            continue;
+        bool listed = false;
+        for (size_t j = 0; j < f->event_count && !listed; j++)
+            listed = cli_mapping_is(m, a->name, process, &f->events[j]);
+        if (listed)
+            continue;
+        const char *schedule = cli_json_str(m, "schedule"); /* a schedule's topic is its own */
+        printf("Removing the mapping of %s %s to %s%s%s: the manifest no longer lists it.\n",
+               *schedule ? "the schedule" : "the topic",
+               *schedule ? schedule : cli_json_str(m, "topic"),
+               a->name, a->is_function ? "" : "/", a->is_function ? "" : f->name);
+        char *path = xasprintf("/v1/event-mappings/%s", cli_json_str(m, "id"));
+        if (cli_api("DELETE", path, NULL, NULL) != 0)
+            rc = CLI_EXIT_ERROR;
+        free(path);
+    }
+    return rc;
+}
+
 /* The events: of a manifest function become event mappings of its app. */
 static int cli_push_mappings(const struct manifest_app *a)
 {
-    size_t total = 0;
+    bool any = false;
     for (size_t i = 0; i < a->function_count; i++)
-        total += a->functions[i].event_count;
-    if (total == 0)
+        any |= a->functions[i].events_listed;
+    if (!any)
         return CLI_EXIT_OK;
     json_t *existing = NULL;
     if (cli_api("GET", "/v1/event-mappings", NULL, &existing) != 0)
@@ -639,10 +674,12 @@ static int cli_push_mappings(const struct manifest_app *a)
     int rc = CLI_EXIT_OK;
     for (size_t i = 0; i < a->function_count && rc == CLI_EXIT_OK; i++) {
         const struct manifest_function *f = &a->functions[i];
+        /* a top-level function is its app's web process; one inside an app its own */
+        const char *process = a->is_function ? "web" : f->name;
+        if (f->events_listed)
+            rc = cli_push_unmap_dropped(a, f, process, existing);
         for (size_t j = 0; j < f->event_count && rc == CLI_EXIT_OK; j++) {
             const struct manifest_event *e = &f->events[j];
-            /* a top-level function is its app's web process; one inside an app its own */
-            const char *process = a->is_function ? "web" : f->name;
             if (cli_mapping_exists(existing, a->name, process, e))
                 continue;
             json_t *body = json_pack("{s:s,s:s}", "app", a->name, "process", process);

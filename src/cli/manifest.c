@@ -573,7 +573,6 @@ static int manifest_field_parse(struct manifest_ctx *c, const struct manifest_fi
     return 0;
 }
 
-/* Checks the keys of the mapping n against `fields`, then reads each value into `block`. */
 /* Whether the map n has `key` (its own keys, not merged ones). */
 static bool manifest_has_key(struct manifest_ctx *c, const yaml_node_t *n, const char *key)
 {
@@ -756,6 +755,7 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void 
     int rc = manifest_block(c, n, "a function", manifest_function_fields, f);
     if (rc)
         return rc;
+    f->events_listed = manifest_has_key(c, n, "events");
     if (!f->name)
         return manifest_fail(c, n, "a function needs a \"name\"");
     if (!f->handler || !strchr(f->handler, ':'))

@@ -72,6 +72,8 @@ struct manifest_function {
     char *handler; /* "file.py:handle" */
     struct manifest_event *events;
     size_t event_count;
+    bool events_listed; /* "events:" is there: its mappings are exactly these (a push removes
+                         * the function's others); without it a push leaves them alone */
     long min_instances; /* -1: not set */
     long max_instances; /* -1: not set */
     long concurrency;   /* -1: not set */

@@ -1144,6 +1144,29 @@ static bool invoker_process_listens(void *ctx, const char *app_guid, const char 
     return false;
 }
 
+/* The mappings of a deleted app go with it, as its routes do, and so do those of a function
+ * removed from its app (mappings are made only to processes an app has, so a process gone is
+ * one that was removed). */
+static void invoker_mappings_prune(struct invoker *inv)
+{
+    for (struct inv_mapping *m = inv->mappings, *next; m; m = next) {
+        next = m->next;
+        struct store_app *a = NULL;
+        int rc = m->deleted ? 0 : store_app_get(inv->store, m->app_ref, &a);
+        bool process_gone =
+            rc == 0 && strcmp(m->spec.process, "web") && !store_app_process(a, m->spec.process);
+        store_app_free(a);
+        if (rc == -ENOENT) {
+            log_info("event mapping %s removed: its app %s was deleted", m->spec.id, m->spec.app);
+            invoker_mapping_remove(m);
+        } else if (process_gone) {
+            log_info("event mapping %s removed: %s of app %s was deleted", m->spec.id,
+                     m->spec.process, m->spec.app);
+            invoker_mapping_remove(m);
+        }
+    }
+}
+
 static void invoker_on_platform_event(void *ctx, const struct platform_event *ev)
 {
     struct invoker *inv = ctx;
@@ -1207,6 +1230,9 @@ static void invoker_on_platform_event(void *ctx, const struct platform_event *ev
         name = "staged";
         invoker_track_function(inv, ev->app_guid);
         break;
+    case PLATFORM_PROCESS_REMOVED:
+        invoker_mappings_prune(inv);
+        return;
     }
     if (!name)
         return;
@@ -1388,28 +1414,10 @@ static void invoker_tick(uv_timer_t *h)
             }
         }
     }
-    /* The mappings of a deleted app go with it, as its routes do (checked every 5 s). */
-    if (++inv->ticks % 5 == 0) {
-        for (struct inv_mapping *m = inv->mappings, *next; m; m = next) {
-            next = m->next;
-            struct store_app *a = NULL;
-            int rc = m->deleted ? 0 : store_app_get(inv->store, m->app_ref, &a);
-            /* and those of a function removed from its app (mappings are made only to
-             * processes an app has, so a process gone is one that was removed) */
-            bool process_gone =
-                rc == 0 && strcmp(m->spec.process, "web") && !store_app_process(a, m->spec.process);
-            store_app_free(a);
-            if (rc == -ENOENT) {
-                log_info("event mapping %s removed: its app %s was deleted", m->spec.id,
-                         m->spec.app);
-                invoker_mapping_remove(m);
-            } else if (process_gone) {
-                log_info("event mapping %s removed: %s of app %s was deleted", m->spec.id,
-                         m->spec.process, m->spec.app);
-                invoker_mapping_remove(m);
-            }
-        }
-    }
+    /* what the hub says at once (PLATFORM_PROCESS_REMOVED) is checked again every 5 s: an app
+     * deleted by another controller has no hub here to tell */
+    if (++inv->ticks % 5 == 0)
+        invoker_mappings_prune(inv);
     for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
         if (m->stats_dirty && !m->deleted)
             mapping_persist(m);

@@ -140,15 +140,19 @@ def test_a_function_pulled_out_of_an_app_by_its_manifest(platform, tmp_path):
            if i["process_type"] == "web"]
     assert now == web_guid[:1], (now, web_guid)
 
-    # removed from the manifest: the function and its mapping go, said on a line; the other
-    # function, its mapping and the web route stay
-    app = shop_copy(tmp_path / "again", REPORT)
+    # removed from the manifest: the function and its mapping go at once, said on a line; the
+    # other function and the web route stay, its mappings now the events its entry lists
+    app = shop_copy(tmp_path / "again", REPORT.replace('{schedule: "0 3 * * *"}',
+                                                       '{topic: reports}'))
     r = cli_ok(platform, "push", "-f", os.path.join(app, "manifest.yml"))
     assert ("Removing function shop/resize and its event mappings: the manifest no longer "
             "lists it.") in r.stdout, out(r)
+    assert ("Removing the mapping of the schedule 0 3 * * * to shop/nightly-report: the "
+            "manifest no longer lists it.") in r.stdout, out(r)
+    assert "Mapped the topic reports to shop/nightly-report." in r.stdout, out(r)
     assert set(functions(platform)) == {"nightly-report"}
-    wait_for(lambda: [m["process"] for m in mappings(platform)] == ["nightly-report"], 30,
-             "the removed function's mapping to go")
+    assert [(m["process"], m["topic"]) for m in mappings(platform)] == \
+        [("nightly-report", "reports")], mappings(platform)
     r = platform.cli("invoke", "shop/resize", "{}")
     assert r.returncode != 0 and "has no function or process named 'resize'" in r.stderr, out(r)
     status, text = web(platform)
@@ -176,8 +180,7 @@ def test_create_function_without_a_manifest(platform, tmp_path):
     r = cli_ok(platform, "delete-function", "shop", "thumbs", "-f")
     assert "Deleted the function shop/thumbs and its event mappings." in r.stdout, out(r)
     assert functions(platform) == {}
-    wait_for(lambda: [m["process"] for m in mappings(platform)] == ["web"], 30,
-             "the deleted function's mapping to go")
+    assert [m["process"] for m in mappings(platform)] == ["web"], mappings(platform)
     r = platform.cli("delete-function", "shop", "thumbs", "-f")
     assert r.returncode != 0 and "has no function named 'thumbs'" in r.stderr, out(r)
 
