@@ -650,8 +650,8 @@ static int cli_push_unmap_dropped(const struct manifest_app *a, const struct man
         const char *schedule = cli_json_str(m, "schedule"); /* a schedule's topic is its own */
         printf("Removing the mapping of %s %s to %s%s%s: the manifest no longer lists it.\n",
                *schedule ? "the schedule" : "the topic",
-               *schedule ? schedule : cli_json_str(m, "topic"),
-               a->name, a->is_function ? "" : "/", a->is_function ? "" : f->name);
+               *schedule ? schedule : cli_json_str(m, "topic"), a->name, a->is_function ? "" : "/",
+               a->is_function ? "" : f->name);
         char *path = xasprintf("/v1/event-mappings/%s", cli_json_str(m, "id"));
         if (cli_api("DELETE", path, NULL, NULL) != 0)
             rc = CLI_EXIT_ERROR;
