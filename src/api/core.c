@@ -1582,8 +1582,18 @@ done:
 static void core__on_platform_event(void *ctx, const struct platform_event *ev)
 {
     struct api_core *core = ctx;
-    (void)ev;
     core->instance_changes++;
+    struct store_app *app = NULL;
+    if (ev->type == PLATFORM_APP_DEPLOY_FAILED && ev->app_guid &&
+        store_app_get(core->cfg.store, ev->app_guid, &app) == 0) {
+        int version = api_core__revision_settings_restore(core, app);
+        if (version > 0)
+            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
+                         "The environment and commands of revision %d, which ran before, are "
+                         "back",
+                         version);
+    }
+    store_app_free(app);
 }
 
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out)

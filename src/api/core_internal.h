@@ -77,6 +77,10 @@ int api_core__revision_add(struct api_core *core, const struct store_app *app,
  * has no revision yet: staging makes its first), -EIO when the store failed. */
 int api_core__revision_if_changed(struct api_core *core, const struct store_app *app,
                                   int *version_out);
+/* After a deployment failed (the store's droplet is the one that ran before again): the
+ * environment and commands of the newest revision of that droplet are put back and stored.
+ * That revision's number, 0 when none matches or nothing differs, or a negative errno. */
+int api_core__revision_settings_restore(struct api_core *core, struct store_app *app);
 bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */
 void api_core__revisions_forget(struct api_core *core, const char *app_guid);

@@ -146,6 +146,36 @@ static json_t *revisions__commands(const struct store_app *app)
     return commands;
 }
 
+/* Gives app the environment and commands revision rev holds (instance counts and memory stay). */
+static void revisions__apply_settings(struct store_app *app, json_t *rev)
+{
+    for (size_t k = 0; k < app->n_env; k++) {
+        free(app->env[k].name);
+        free(app->env[k].value);
+    }
+    free(app->env);
+    app->env = NULL;
+    app->n_env = 0;
+    const char *key;
+    json_t *val;
+    json_t *env = json_object_get(rev, "env");
+    app->env = xcalloc(json_object_size(env) + 1, sizeof *app->env);
+    json_object_foreach(env, key, val)
+    {
+        app->env[app->n_env].name = xstrdup(key);
+        app->env[app->n_env].value = xstrdup(json_string_value(val) ?: "");
+        app->n_env++;
+    }
+    json_t *commands = json_object_get(rev, "commands");
+    for (size_t k = 0; k < app->n_processes; k++) {
+        json_t *c = json_object_get(commands, app->processes[k].type);
+        if (!c)
+            continue;
+        free(app->processes[k].command);
+        app->processes[k].command = json_is_string(c) ? xstrdup(json_string_value(c)) : NULL;
+    }
+}
+
 /* Stores the app's settings as revision `last`'s successor; `all` (oldest first) gains it. */
 static int revisions__append(struct api_core *core, const struct store_app *app, json_t *all,
                              const char *description, int *version_out)
@@ -219,6 +249,35 @@ int api_core__revision_if_changed(struct api_core *core, const struct store_app 
             rc = revisions__append(core, app, all, description, version_out) < 0 ? -EIO : 1;
         }
     }
+    json_decref(all);
+    return rc;
+}
+
+int api_core__revision_settings_restore(struct api_core *core, struct store_app *app)
+{
+    if (!app->droplet_guid)
+        return 0;
+    json_t *all = revisions__load(core, app->guid);
+    if (!all)
+        return -EIO;
+    json_t *rev = NULL;
+    for (size_t i = json_array_size(all); i-- > 0 && !rev;) {
+        json_t *r = json_array_get(all, i);
+        if (!strcmp(app->droplet_guid, json_string_value(json_object_get(r, "droplet")) ?: ""))
+            rev = r;
+    }
+    int rc = 0;
+    json_t *env = revisions__env(app), *commands = revisions__commands(app);
+    if (rev && (!json_equal(env, json_object_get(rev, "env")) ||
+                !json_equal(commands, json_object_get(rev, "commands")))) {
+        revisions__apply_settings(app, rev);
+        app->updated_at = time_now_ms();
+        rc = store_app_update(core->cfg.store, app) < 0
+                 ? -EIO
+                 : (int)json_integer_value(json_object_get(rev, "version"));
+    }
+    json_decref(env);
+    json_decref(commands);
     json_decref(all);
     return rc;
 }
@@ -326,31 +385,7 @@ static void revisions__rollback(struct api_request *req, void *ctx)
     app->droplet_guid = xstrdup(droplet);
     free(app->detected_buildpack);
     app->detected_buildpack = drop->buildpack ? xstrdup(drop->buildpack) : NULL;
-    for (size_t k = 0; k < app->n_env; k++) {
-        free(app->env[k].name);
-        free(app->env[k].value);
-    }
-    free(app->env);
-    app->env = NULL;
-    app->n_env = 0;
-    const char *key;
-    json_t *val;
-    json_t *env = json_object_get(rev, "env");
-    app->env = xcalloc(json_object_size(env) + 1, sizeof *app->env);
-    json_object_foreach(env, key, val)
-    {
-        app->env[app->n_env].name = xstrdup(key);
-        app->env[app->n_env].value = xstrdup(json_string_value(val) ?: "");
-        app->n_env++;
-    }
-    json_t *commands = json_object_get(rev, "commands");
-    for (size_t k = 0; k < app->n_processes; k++) {
-        json_t *c = json_object_get(commands, app->processes[k].type);
-        if (!c)
-            continue;
-        free(app->processes[k].command);
-        app->processes[k].command = json_is_string(c) ? xstrdup(json_string_value(c)) : NULL;
-    }
+    revisions__apply_settings(app, rev);
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app");

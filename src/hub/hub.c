@@ -124,6 +124,8 @@ const char *platform_event_name(enum platform_event_type type)
         return "app.scaled";
     case PLATFORM_APP_STAGED:
         return "app.staged";
+    case PLATFORM_APP_DEPLOY_FAILED:
+        return "app.deploy_failed";
     case PLATFORM_PROCESS_REMOVED:
         return "process.removed";
     }

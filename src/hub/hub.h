@@ -24,6 +24,8 @@ enum platform_event_type {
     PLATFORM_APP_CRASHED,       /* an instance crashed (exited without being asked) */
     PLATFORM_APP_SCALED,        /* the desired instance count of a process changed */
     PLATFORM_APP_STAGED,        /* a new droplet was recorded */
+    PLATFORM_APP_DEPLOY_FAILED, /* a new droplet's instance crashed before it was ready: the
+                                 * store's droplet is the one that ran before again */
     PLATFORM_PROCESS_REMOVED,   /* a process type left its app (a function deleted), or the app
                                  * was deleted (process_type NULL); the store says so already */
 };

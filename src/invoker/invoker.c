@@ -1233,6 +1233,8 @@ static void invoker_on_platform_event(void *ctx, const struct platform_event *ev
     case PLATFORM_PROCESS_REMOVED:
         invoker_mappings_prune(inv);
         return;
+    case PLATFORM_APP_DEPLOY_FAILED:
+        return;
     }
     if (!name)
         return;

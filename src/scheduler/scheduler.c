@@ -419,6 +419,8 @@ static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, con
         store_app_update(s->store, app);
     }
     store_app_free(app);
+    /* the API puts back the environment and commands that went with that droplet */
+    sched__emit_app(s, PLATFORM_APP_DEPLOY_FAILED, a->guid, sched__app_name(s, a->guid));
     /* no more of the new droplet: replacements under way stop, instances already on it are
      * replaced by the old droplet's, one at a time */
     for (size_t i = 0; i < a->nprocs; i++)

@@ -288,6 +288,29 @@ def test_an_environment_change_applied_by_a_restart_is_a_revision(platform, tmp_
     assert status == 200 and env["env"].get("FLAVOUR") == "vanilla", env
 
 
+def test_a_rollback_that_crashes_puts_back_the_environment_that_ran(platform, tmp_path):
+    p, name = platform, "undo"
+    host = f"{name}.localhost"
+    assert p.cli("push", name, "-p", write_app(tmp_path, "good")).returncode == 0
+    r = p.cli("push", name, "-p", write_app(tmp_path, "crash"))
+    assert r.returncode == 1, out(r)
+    assert p.cli("set-env", name, "FLAVOUR", "vanilla").returncode == 0
+    assert p.cli("restart", name).returncode == 0
+    revs = revisions(p, name)
+    assert [r["version"] for r in revs] == [3, 2, 1], revs
+    # revision 2 is the crashing droplet, without FLAVOUR: rolling back to it fails, and the
+    # app is left as it ran: the good droplet with its environment
+    r = p.cli("rollback", name, "2")
+    assert r.returncode == 1, out(r)
+    status, env = p.api("GET", f"/v1/apps/{name}/env")
+    assert status == 200 and env["env"].get("FLAVOUR") == "vanilla", env
+    assert app(p, name)["droplet"] == revs[0]["droplet"]
+    logs = p.cli("logs", name, "--recent").stdout
+    assert "The environment and commands of revision 3, which ran before, are back" in logs, logs
+    assert p.cli("restart", name).returncode == 0
+    assert serving(p, host) == "good"
+
+
 def test_a_procfile_without_web_is_staged_and_named(platform, tmp_path):
     d = tmp_path / "workers"
     d.mkdir()
