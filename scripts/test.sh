@@ -26,18 +26,8 @@ run_e2e() {
   # each test starts its own skiffd on free ports in its own home: they run side by side,
   # every one under a deadline
   SKIFF_BIN_DIR=$build/asan /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-    -n "${E2E_WORKERS:-2}" --timeout "${E2E_TIMEOUT:-600}" tests/e2e \
-    --ignore tests/e2e/test_builtin_brokers.py "$@"
+    -n "${E2E_WORKERS:-2}" --timeout "${E2E_TIMEOUT:-600}" tests/e2e "$@"
   rc=$?
-  # the built-in brokers' stores listen on the host address every platform's instances reach,
-  # with their ports open in the firewall there: beside another platform on the same machine,
-  # a store may take a port that platform's isolation tests expect to find closed. They run
-  # on their own, after the rest.
-  if [ $rc -eq 0 ]; then
-    SKIFF_BIN_DIR=$build/asan /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-      --timeout "${E2E_TIMEOUT:-600}" tests/e2e/test_builtin_brokers.py "$@"
-    rc=$?
-  fi
   # exit 5 means no test was collected: that is a failure of the suite, not a pass
   if [ $rc -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 }

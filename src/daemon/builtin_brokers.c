@@ -42,26 +42,51 @@ struct builtin_brokers {
     bool registered;
 };
 
-static int bb__free_port(void)
+/* Whether a TCP port is free on address ip. */
+static bool bb__port_free(const char *ip, int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    socklen_t len = sizeof sa;
-    int port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    bool ok = fd >= 0 && inet_pton(AF_INET, ip, &sa.sin_addr) == 1 &&
+              bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
     if (fd >= 0)
         close(fd);
-    return port;
+    return ok;
 }
 
-static int bb__port(json_t *cfg, const char *key)
+/* A port free on loopback and on the service host, below the kernel's ephemeral range. The
+ * stores' ports are open in the firewall on the host address every instance reaches, which
+ * all skiffds of a machine share: a port from the ephemeral range could be the number another
+ * program there was given for a socket of its own on loopback (a router's admin port), which
+ * its instances must not find answering on the host address. 0 when none is found. */
+static int bb__free_port(const char *service_host)
+{
+    int low = 32768;
+    char *range = NULL;
+    if (file_read("/proc/sys/net/ipv4/ip_local_port_range", &range, NULL) == 0) {
+        int a = atoi(range);
+        if (a > 0)
+            low = a;
+        free(range);
+    }
+    const int first = 20000;
+    if (low - first < 1000)
+        return 0;
+    int span = low - first;
+    int start = (int)randombytes_uniform((uint32_t)span);
+    for (int i = 0; i < span; i++) {
+        int port = first + (start + i) % span;
+        if (bb__port_free("127.0.0.1", port) && bb__port_free(service_host, port))
+            return port;
+    }
+    return 0;
+}
+
+static int bb__port(json_t *cfg, const char *key, const char *service_host)
 {
     json_int_t p = json_integer_value(json_object_get(cfg, key));
     if (p <= 0 || p > 65535) {
-        p = bb__free_port();
+        p = bb__free_port(service_host);
         json_object_set_new(cfg, key, json_integer(p));
     }
     return (int)p;
@@ -82,9 +107,14 @@ static int bb__config(struct builtin_brokers *bb, const struct builtin_brokers_c
         json_decref(c);
         c = json_object();
     }
-    int port = bb__port(c, "broker_port");
-    bb->ports[0] = bb__port(c, "postgres_port");
-    bb->ports[1] = bb__port(c, "redis_port");
+    int port = bb__port(c, "broker_port", "127.0.0.1");
+    bb->ports[0] = bb__port(c, "postgres_port", cfg->service_host);
+    bb->ports[1] = bb__port(c, "redis_port", cfg->service_host);
+    if (!port || !bb->ports[0] || !bb->ports[1]) {
+        log_error("built-in brokers: no free port between 20000 and the ephemeral range");
+        json_decref(c);
+        return -EADDRINUSE;
+    }
     if (!json_is_string(json_object_get(c, "username")))
         json_object_set_new(c, "username", json_string("skiff-builtin"));
     if (!json_is_string(json_object_get(c, "password"))) {
