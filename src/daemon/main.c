@@ -123,15 +123,17 @@ static const char *env_or(const char *name, const char *def)
     return v && *v ? v : def;
 }
 
-static long env_long(const char *name, long def)
+/* A whole number of at least min from the environment, def when unset or not one (said). */
+static long env_long(const char *name, long def, long min)
 {
     const char *v = getenv(name);
     if (!v || !*v)
         return def;
     char *end;
+    errno = 0;
     long n = strtol(v, &end, 10);
-    if (*end || n <= 0) {
-        log_warning("%s=%s is not a positive number; using %ld", name, v, def);
+    if (*end || errno || n < min) {
+        log_warning("%s=%s is not a whole number of at least %ld; using %ld", name, v, min, def);
         return def;
     }
     return n;
@@ -443,7 +445,7 @@ int main(int argc, char **argv)
         }
         *target = argv[++i];
     }
-    int drain_timeout_ms = (int)env_long("SKIFF_DRAIN_TIMEOUT_MS", SCHEDULER_DRAIN_TIMEOUT_MS);
+    int drain_timeout_ms = (int)env_long("SKIFF_DRAIN_TIMEOUT_MS", SCHEDULER_DRAIN_TIMEOUT_MS, 1);
     if (drain_timeout) {
         char *end;
         long ms = strtol(drain_timeout, &end, 10);
@@ -590,12 +592,12 @@ int main(int argc, char **argv)
                               .admin_token = d.token,
                               .auth = d.auth,
                               .store = d.store,
-                              .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024) << 20,
+                              .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024, 1) << 20,
                               .publish_addr = publish_addr,
                               .max_connections =
-                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0),
+                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0, 0),
                               .max_connections_per_client =
-                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0)};
+                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0)};
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
         log_error("cannot set up the API: %s", strerror(-rc));
@@ -611,16 +613,16 @@ int main(int argc, char **argv)
                                     .vcap_services_ctx = d.services,
                                     .function_servers_dir = buildpacks};
     struct executor_config ecfg = {.home = d.home,
-                                   .port_min = (int)env_long("SKIFF_PORT_MIN", 61000),
-                                   .port_max = (int)env_long("SKIFF_PORT_MAX", 64999),
-                                   .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000),
+                                   .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
+                                   .port_max = (int)env_long("SKIFF_PORT_MAX", 64999, 1),
+                                   .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000, 0),
                                    .shim_path = shim_bin,
                                    .isolation = contained ? EXECUTOR_CONTAINER : EXECUTOR_PROCESS,
                                    .init_path = init_bin,
                                    .net_pool = network_pool,
                                    .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE",
-                                                                  CONTAINER_DEFAULT_UID_BASE),
-                                   .egress = env_long("SKIFF_EGRESS", 1) != 0,
+                                                                  CONTAINER_DEFAULT_UID_BASE, 1),
+                                   .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
                                    .prewarm = (int)prewarm,
                                    .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
@@ -665,9 +667,9 @@ int main(int argc, char **argv)
         .home = d.home,
         .router_url = d.router_url,
         .buildpacks_dir = buildpacks,
-        .max_unpacked = (uint64_t)env_long("SKIFF_MAX_UNPACKED_MB", 4096) << 20,
-        .staging_timeout_s = (int)env_long("SKIFF_STAGING_TIMEOUT", 900),
-        .staging_disk_mb = (int)env_long("SKIFF_STAGING_DISK_MB", 0),
+        .max_unpacked = (uint64_t)env_long("SKIFF_MAX_UNPACKED_MB", 4096, 1) << 20,
+        .staging_timeout_s = (int)env_long("SKIFF_STAGING_TIMEOUT", 900, 1),
+        .staging_disk_mb = (int)env_long("SKIFF_STAGING_DISK_MB", 0, 0),
         .containers = executor_container_site(scheduler_executor(d.sched)),
         .store = d.store,
         .scheduler = d.sched,

@@ -462,3 +462,33 @@ def test_kill_9_during_writes_loses_nothing_that_was_answered(platform):
     assert not missing, missing
     status, app = p.api("GET", f"/v1/apps/{created[-1]}")
     assert app["env"]["I"] == created[-1].split("-")[1]
+
+
+def egress_pools():
+    r = subprocess.run(["nft", "list", "set", "inet", "skiff", "egress_pools"],
+                       capture_output=True, text=True)
+    return r.stdout
+
+
+def test_skiff_egress_0_turns_egress_off(tmp_path):
+    """SKIFF_EGRESS=0 (README: instances reach public addresses through NAT unless it is 0):
+    the pool is left out of the firewall's egress set. A pool of its own, so that no other
+    platform on the machine decides for it."""
+    pool = "10.239.0.0/16"
+    for egress, listed in (("0", False), ("1", True)):
+        p = Platform(extra_env={"SKIFF_EGRESS": egress, "SKIFF_NETWORK_POOL": pool}).start()
+        try:
+            assert (pool in egress_pools()) == listed, (egress, egress_pools())
+            assert "SKIFF_EGRESS" not in p.output(), p.output()
+        finally:
+            p.stop()
+            p.kill_all()
+            shutil.rmtree(p.home, ignore_errors=True)
+    # a value that is no number is said, and the default (on) kept
+    p = Platform(extra_env={"SKIFF_EGRESS": "off", "SKIFF_NETWORK_POOL": pool}).start()
+    try:
+        assert "SKIFF_EGRESS=off is not a whole number of at least 0" in p.output(), p.output()
+    finally:
+        p.stop()
+        p.kill_all()
+        shutil.rmtree(p.home, ignore_errors=True)
