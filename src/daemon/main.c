@@ -587,17 +587,17 @@ int main(int argc, char **argv)
         publish_addr = xasprintf("%s:%d", ip, publish_port);
         events_url = xasprintf("http://%s", publish_addr);
     }
-    struct api_config acfg = {.home = d.home,
-                              .addr = d.api_addr,
-                              .admin_token = d.token,
-                              .auth = d.auth,
-                              .store = d.store,
-                              .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024, 1) << 20,
-                              .publish_addr = publish_addr,
-                              .max_connections =
-                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0, 0),
-                              .max_connections_per_client =
-                                  (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0)};
+    struct api_config acfg = {
+        .home = d.home,
+        .addr = d.api_addr,
+        .admin_token = d.token,
+        .auth = d.auth,
+        .store = d.store,
+        .upload_max = (uint64_t)env_long("SKIFF_MAX_UPLOAD_MB", 1024, 1) << 20,
+        .publish_addr = publish_addr,
+        .max_connections = (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0, 0),
+        .max_connections_per_client =
+            (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0)};
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
         log_error("cannot set up the API: %s", strerror(-rc));
@@ -612,19 +612,19 @@ int main(int argc, char **argv)
                                     .vcap_services = vcap_services,
                                     .vcap_services_ctx = d.services,
                                     .function_servers_dir = buildpacks};
-    struct executor_config ecfg = {.home = d.home,
-                                   .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
-                                   .port_max = (int)env_long("SKIFF_PORT_MAX", 64999, 1),
-                                   .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000, 0),
-                                   .shim_path = shim_bin,
-                                   .isolation = contained ? EXECUTOR_CONTAINER : EXECUTOR_PROCESS,
-                                   .init_path = init_bin,
-                                   .net_pool = network_pool,
-                                   .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE",
-                                                                  CONTAINER_DEFAULT_UID_BASE, 1),
-                                   .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
-                                   .prewarm = (int)prewarm,
-                                   .runtimes_dir = buildpacks};
+    struct executor_config ecfg = {
+        .home = d.home,
+        .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
+        .port_max = (int)env_long("SKIFF_PORT_MAX", 64999, 1),
+        .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000, 0),
+        .shim_path = shim_bin,
+        .isolation = contained ? EXECUTOR_CONTAINER : EXECUTOR_PROCESS,
+        .init_path = init_bin,
+        .net_pool = network_pool,
+        .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
+        .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
+        .prewarm = (int)prewarm,
+        .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
         log_warning("%s is missing: no instance can start (build it with `make`, and "
                 "install it beside skiffd)",
