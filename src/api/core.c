@@ -207,7 +207,10 @@ static json_t *core__app_json_with_routes(struct api_core *core, const struct st
     buf_free(&b);
     free(mine);
     store_route_list_free(routes, n);
-    return o ? o : json_object();
+    if (!o)
+        o = json_object();
+    json_object_set_new(o, "metadata", api_core__metadata_get(core, app->guid));
+    return o;
 }
 
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
@@ -699,7 +702,17 @@ static void core__apps_list(struct api_request *req, void *ctx)
     struct api_core *core = ctx;
     char space[37]; /* the request is gone once answered */
     snprintf(space, sizeof space, "%s", api_core__space(req));
-    if (core->apps_cache && core->apps_cache_changes == store_change_count(core->cfg.store) &&
+    const char *selector = api_request_query(req, "label_selector");
+    char why[200];
+    json_t *none = json_object();
+    int checked = selector ? api_labels_match(none, selector, why, sizeof why) : 0;
+    json_decref(none);
+    if (checked < 0) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "label_selector: %s", why);
+        return;
+    }
+    if (!selector && core->apps_cache &&
+        core->apps_cache_changes == store_change_count(core->cfg.store) &&
         core->apps_cache_instance_changes == core->instance_changes &&
         !strcmp(core->apps_cache_space, space)) {
         api_respond(req, 200, "application/json", core->apps_cache, core->apps_cache_len);
@@ -724,9 +737,18 @@ static void core__apps_list(struct api_request *req, void *ctx)
     struct buf b = {0};
     buf_reserve(&b, n * 600 + 64);
     buf_puts(&b, "{\"apps\":[");
+    bool first_app = true;
     for (size_t i = 0; i < n; i++) {
-        if (i)
+        if (selector) {
+            json_t *m = api_core__metadata_get(core, apps[i]->guid);
+            int match = api_labels_match(json_object_get(m, "labels"), selector, why, sizeof why);
+            json_decref(m);
+            if (match != 1)
+                continue;
+        }
+        if (!first_app)
             buf_putc(&b, ',');
+        first_app = false;
         struct store_route key = {.app_guid = apps[i]->guid};
         const struct store_route *kp = &key;
         const struct store_route **first =
@@ -742,6 +764,13 @@ static void core__apps_list(struct api_request *req, void *ctx)
     }
     buf_puts(&b, "]}\n");
     api_respond(req, 200, "application/json", b.data, b.len);
+    if (selector) { /* only the whole list is kept */
+        buf_free(&b);
+        free(by_app);
+        store_app_list_free(apps, n);
+        store_route_list_free(routes, nr);
+        return;
+    }
     free(core->apps_cache);
     core->apps_cache_len = b.len;
     core->apps_cache = buf_steal(&b);
@@ -1065,6 +1094,7 @@ static void core__apps_delete(struct api_request *req, void *ctx)
         return;
     }
     api_core__revisions_forget(core, app->guid);
+    api_core__metadata_forget(core, app->guid);
     hub_publish(core->cfg.hub, &PLATFORM_APP_EVENT(PLATFORM_PROCESS_REMOVED, app->guid, app->name));
     char *dir = xasprintf("%s/apps/%s", core->cfg.home, app->guid);
     rm_rf(dir);
@@ -1644,6 +1674,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
                       core);
     api_core__staging_register(core);
     api_core__revisions_register(core);
+    api_core__metadata_register(core);
     api_core__autoscale_register(core);
     api_core__functions_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);

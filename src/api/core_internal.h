@@ -62,6 +62,20 @@ bool api_core__staging_busy(struct api_core *core, const char *app_guid);
 /* Cancels the staging of an app, or all of them when app_guid is NULL. */
 void api_core__staging_cancel(struct api_core *core, const char *app_guid);
 
+/* metadata.c: labels and annotations of apps */
+void api_core__metadata_register(struct api_core *core);
+/* The app's {"labels": {...}, "annotations": {...}} (new reference; empty objects when none). */
+json_t *api_core__metadata_get(struct api_core *core, const char *app_guid);
+void api_core__metadata_forget(struct api_core *core, const char *app_guid);
+/* Whether key is a metadata key: an optional DNS-subdomain prefix and '/', then a name of at
+ * most 63 of [A-Za-z0-9_.-] starting and ending with a letter or digit. */
+bool api_metadata_key_valid(const char *key);
+/* Whether value is a label's value: empty, or what a key's name may be. */
+bool api_label_value_valid(const char *value);
+/* Whether labels (a JSON object of strings) match a label selector ("env=prod,!legacy,tier in
+ * (web,api)"): 1 or 0, or -EINVAL with what is wrong in err. */
+int api_labels_match(json_t *labels, const char *selector, char *err, size_t errlen);
+
 /* revisions.c */
 void api_core__revisions_register(struct api_core *core);
 /* GET/PUT/DELETE /v1/apps/NAME/autoscale (autoscale.c). */

@@ -259,11 +259,18 @@ int cli_cmd_help(const struct cli_command *cmd, int argc, char **argv)
 int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    const char *selector = NULL;
+    struct cli_option opts[] = {{"labels", 0, CLI_OPT_STRING, &selector}, {0}};
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 0);
     if (rc != CLI_CONTINUE)
         return rc;
     json_t *res = NULL;
-    if (cli_api("GET", "/v1/apps", NULL, &res) != 0)
+    char *escaped = selector ? cli_escape(selector) : NULL;
+    char *path = selector ? xasprintf("/v1/apps?label_selector=%s", escaped) : xstrdup("/v1/apps");
+    rc = cli_api("GET", path, NULL, &res);
+    free(path);
+    free(escaped);
+    if (rc != 0)
         return CLI_EXIT_ERROR;
     if (cli_json_printed(res))
         return CLI_EXIT_OK;
@@ -272,6 +279,11 @@ int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv)
         printf("Getting apps in org %s / space %s as %s...\n\n", target->org, target->space,
                target->user ? target->user : "an API token");
     json_t *apps = json_object_get(res, "apps");
+    if (json_array_size(apps) == 0 && selector) {
+        printf("No app has labels matching %s.\n", selector);
+        json_decref(res);
+        return CLI_EXIT_OK;
+    }
     if (json_array_size(apps) == 0) {
         printf("No apps yet. Push one with `skiff push NAME -p FOLDER`.\n");
         json_decref(res);
@@ -366,6 +378,23 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
                *cli_json_str(fn, "runtime") ? " (" : "", cli_json_str(fn, "runtime"),
                *cli_json_str(fn, "runtime") ? ")" : "");
     cli_app_print_functions(app);
+    for (int part = 0; part < 2; part++) {
+        json_t *o =
+            json_object_get(json_object_get(app, "metadata"), part ? "annotations" : "labels");
+        if (json_object_size(o) == 0)
+            continue;
+        printf("%s", part ? "annotations: " : "labels:      ");
+        const char *k;
+        json_t *v;
+        bool first = true;
+        json_object_foreach(o, k, v)
+        {
+            printf("%s%s=%s", first ? "" : ", ", k,
+                   json_string_value(v) ? json_string_value(v) : "");
+            first = false;
+        }
+        putchar('\n');
+    }
     const json_t *dep = json_object_get(app, "deployment");
     if (json_is_object(dep)) {
         const char *dstate = cli_json_str(dep, "state");

@@ -593,6 +593,18 @@ static int cli_push_autoscale(const struct manifest_app *a)
     return rc;
 }
 
+/* A manifest's metadata: its labels and annotations are set (the app's others stay, as Cloud
+ * Foundry does; a null value removes one). */
+static int cli_push_metadata(const struct manifest_app *a)
+{
+    json_t *body = json_loads(a->metadata_json, 0, NULL);
+    char *path = cli_app_path(a->name, "/metadata");
+    int rc = cli_api("PATCH", path, body, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    free(path);
+    json_decref(body);
+    return rc;
+}
+
 /* The first array in an answer like {"event_mappings": [...]}. */
 static json_t *cli_first_array(json_t *obj)
 {
@@ -941,6 +953,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
             rc = cli_push_one(&plan);
         if (rc == CLI_EXIT_OK)
             rc = cli_push_balances(a);
+        if (rc == CLI_EXIT_OK && a->metadata_json)
+            rc = cli_push_metadata(a);
         if (rc == CLI_EXIT_OK && !a->is_function)
             rc = cli_push_autoscale(a);
         if (rc == CLI_EXIT_OK)

@@ -38,8 +38,12 @@ const struct cli_command cli_core_commands[] = {
      "  skiff push -f examples/manifest.yml\n"
      "  skiff push -f manifest.yml --vars-file prod.yml --var instances=3\n",
      cli_cmd_push},
-    {"apps", "apps", "List the apps",
-     "Shows each app's name, state, running/desired instances, memory and routes.\n", cli_cmd_apps},
+    {"apps", "apps [--labels SELECTOR]", "List the apps",
+     "Shows each app's name, state, running/desired instances, memory and routes.\n\n"
+     "  --labels SELECTOR   only the apps whose labels match: comma-separated KEY, !KEY,\n"
+     "                      KEY=VALUE, KEY!=VALUE, KEY in (V1,V2), KEY notin (V1,V2)\n\n"
+     "Example:\n  skiff apps --labels 'env=prod,tier in (web,api)'\n",
+     cli_cmd_apps},
     {"app", "app NAME", "Show an app and its instances",
      "Shows the app's settings and, for each instance: index, state, since, cpu, memory,\n"
      "port (and the exit status of crashed ones).\n",
@@ -99,6 +103,19 @@ const struct cli_command cli_core_commands[] = {
      "NAME/FUNC shows only the lines of the function FUNC of the app NAME.\n\n"
      "  --recent   print the recent lines and exit instead of following\n",
      cli_cmd_logs},
+    {"labels", "labels app NAME", "List an app's labels",
+     "Labels are KEY=VALUE pairs kept with an app (`skiff set-label`, or a manifest's\n"
+     "metadata.labels) that `skiff apps --labels` selects apps by. `skiff app` also shows its\n"
+     "annotations.\n",
+     cli_cmd_labels},
+    {"set-label", "set-label app NAME KEY=VALUE...", "Set labels of an app",
+     "A key is a name of at most 63 letters, digits, '-', '_' and '.', starting and ending\n"
+     "with a letter or digit, with an optional DNS prefix and '/' (example.com/team); a value\n"
+     "is empty or like a name.\n\n"
+     "Example:\n  skiff set-label app web env=prod example.com/team=shop\n",
+     cli_cmd_set_label},
+    {"unset-label", "unset-label app NAME KEY...", "Remove labels of an app", "",
+     cli_cmd_unset_label},
     {"env", "env NAME", "Show an app's environment variables",
      "Shows the variables set with set-env, and the system ones (VCAP_APPLICATION, ...).\n",
      cli_cmd_env},

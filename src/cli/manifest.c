@@ -1021,19 +1021,52 @@ static int manifest_app_lifecycle(struct manifest_ctx *c, const char *key, const
     return rc;
 }
 
+/* metadata.labels or metadata.annotations: a map of scalars, into out[part] (the API checks
+ * the keys and values, with the same rules as `skiff set-label`). */
+static int manifest_metadata_part(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                  void *block)
+{
+    json_t *out = block;
+    if (manifest_is_null(v))
+        return 0;
+    if (v->type != YAML_MAPPING_NODE)
+        return manifest_fail(c, v, "\"metadata.%s\" is a map of keys and values", key);
+    json_t *part = json_object();
+    json_object_set_new(out, key, part);
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        const yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+        const yaml_node_t *val = yaml_document_get_node(c->doc, p->value);
+        if (!manifest_scalar(k) || (!manifest_scalar(val) && !manifest_is_null(val)))
+            return manifest_fail(c, val, "\"metadata.%s\" maps a key to a text value", key);
+        json_object_set_new(part, manifest_scalar(k),
+                            manifest_is_null(val) ? json_null()
+                                                  : json_string(manifest_scalar(val)));
+    }
+    return 0;
+}
+
 static const struct manifest_field manifest_metadata_fields[] = {
-    MANIFEST_IGNORED("labels"),
-    MANIFEST_IGNORED("annotations"),
+    MANIFEST_CUSTOM("labels", manifest_metadata_part),
+    MANIFEST_CUSTOM("annotations", manifest_metadata_part),
     {0},
 };
 
 static int manifest_app_metadata(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
                                  void *block)
 {
-    (void)block;
-    int rc = manifest_check_keys(c, v, "\"metadata\"", manifest_metadata_fields);
-    if (!rc)
-        manifest_warn(c, v, key, "labels and annotations are not stored yet");
+    (void)key;
+    struct manifest_app *a = block;
+    if (manifest_is_null(v))
+        return 0;
+    if (v->type != YAML_MAPPING_NODE)
+        return manifest_fail(c, v, "\"metadata\" is a map with labels and annotations");
+    json_t *m = json_object();
+    int rc = manifest_block(c, v, "\"metadata\"", manifest_metadata_fields, m);
+    if (!rc && json_object_size(m)) {
+        free(a->metadata_json);
+        a->metadata_json = json_dumps(m, JSON_COMPACT);
+    }
+    json_decref(m);
     return rc;
 }
 
@@ -1491,6 +1524,7 @@ void manifest_free(struct manifest *m)
         }
         free(a->routes);
         free(a->stack);
+        free(a->metadata_json);
         manifest_strings_free(a->warnings, a->warning_count);
         free(a->health_check_type);
         free(a->health_check_http_endpoint);

@@ -117,6 +117,7 @@ struct manifest_app {
     struct manifest_autoscale autoscale; /* of the web process */
     bool is_function; /* an entry of the top-level functions: (functions[0] is it) */
     int line;         /* where the app starts in the file, for messages */
+    char *metadata_json; /* {"labels": {...}, "annotations": {...}} as given, NULL: none */
     char **warnings;  /* "manifest.yml line 9: shop: \"sidecars\" has no effect here: ..." */
     size_t warning_count;
 };

@@ -253,7 +253,7 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     assert env["system"]["VCAP_SERVICES"]["user-provided"][0]["credentials"] == {"uri": "db://x"}
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
     for key in ("health-check-interval", "readiness-health-check-type",
-                "log-rate-limit-per-second", "metadata", "protocol", "sidecars", "stack"):
+                "log-rate-limit-per-second", "protocol", "sidecars", "stack"):
         said = [w for w in warnings if f': cfmf: "{key}" has no effect here: ' in w]
         assert len(said) == 1, (key, warnings)
     assert not [w for w in warnings if "cfmf-canary" in w], warnings
@@ -261,6 +261,9 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     assert app["instances"] == 2  # --var wins over the vars file
     assert app["memory_mb"] == 64 and app["disk_mb"] == 256
     assert app["env"]["GREETING"] == "hello from web in dev"
+    assert app["metadata"] == {"labels": {"team": "web"},
+                               "annotations": {"note": "pushed by web"}}, app["metadata"]
+    assert not [w for w in warnings if '"metadata"' in w], warnings
     assert sorted(app["routes"]) == ["api.localhost/cfmf", "cfmf.localhost"]
     routes = json.loads(platform.cli("routes", "--json", check=True).stdout)["routes"]
     balance = {(r["host"], r["path"]): r["balance"] for r in routes if r["app"] == "cfmf"}
@@ -292,3 +295,73 @@ def test_docker_and_bad_vars_are_refused_before_anything_is_sent(home):
     r = skiff(home, "push", "-f", path, "--vars-file", os.path.join(home, "none.yml"))
     assert r.returncode == 1 and "cannot read the vars file" in r.stderr, r.stderr
     assert "not logged in" not in r.stderr
+
+
+def test_labels_and_annotations(platform, tmp_path):
+    """Cloud Foundry's metadata on apps: set by a manifest or `skiff set-label`, shown by
+    `skiff app` and `skiff labels`, selected on by `skiff apps --labels`; keys and values are
+    checked, and a stranger's app is not there to label."""
+    p = platform
+    for name in ("shop", "blog", "tools"):
+        r = p.cli("push", name, "-p", str(EXAMPLE), "--no-start")
+        assert r.returncode == 0, r.stdout + r.stderr
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text("applications:\n- name: shop\n  path: %s\n"
+                        "  metadata:\n    labels: {env: prod, tier: web}\n"
+                        "    annotations: {contact: \"ops@example.com, on call\"}\n" % EXAMPLE)
+    r = p.cli("push", "-f", str(manifest), "--no-start", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = p.cli("set-label", "app", "blog", "env=staging", "example.com/team=content")
+    assert r.returncode == 0 and "Set the labels for app blog." in r.stdout, r.stdout + r.stderr
+    shown = p.cli("app", "shop").stdout
+    assert "labels:      env=prod, tier=web" in shown, shown
+    assert "annotations: contact=ops@example.com, on call" in shown, shown
+    r = p.cli("labels", "app", "blog")
+    assert r.returncode == 0 and "example.com/team" in r.stdout and "content" in r.stdout, r.stdout
+
+    def selected(selector):
+        r = p.cli("apps", "--labels", selector, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        return sorted(a["name"] for a in json.loads(r.stdout)["apps"])
+    assert selected("env") == ["blog", "shop"]
+    assert selected("env=prod") == ["shop"]
+    assert selected("env!=prod") == ["blog", "tools"]
+    assert selected("!env") == ["tools"]
+    assert selected("env in (prod, staging),tier") == ["shop"]
+    assert selected("example.com/team notin (content)") == ["shop", "tools"]
+    r = p.cli("apps", "--labels", "env in prod")
+    assert r.returncode == 1 and "label_selector" in r.stderr, r.stdout + r.stderr
+    # the unfiltered list is still whole after a filtered one (only the whole list is kept)
+    assert sorted(a["name"] for a in json.loads(p.cli("apps", "--json").stdout)["apps"]) == \
+        ["blog", "shop", "tools"]
+
+    r = p.cli("unset-label", "app", "shop", "tier")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.api("GET", "/v1/apps/shop/metadata")[1]["labels"] == {"env": "prod"}
+    # a later manifest push sets what it lists and leaves the others
+    assert p.cli("set-label", "app", "shop", "owner=ann").returncode == 0
+    r = p.cli("push", "-f", str(manifest), "--no-start", timeout=300)
+    assert p.api("GET", "/v1/apps/shop/metadata")[1]["labels"] == \
+        {"env": "prod", "tier": "web", "owner": "ann"}
+
+    # what is refused, and why
+    for body, why in (({"labels": {"-bad": "x"}}, "label key"),
+                      ({"labels": {"Example.com/x": "y"}}, "label key"),
+                      ({"labels": {"env": "a b"}}, "the value is text of at most 63"),
+                      ({"labels": {"env": "x" * 64}}, "the value is text of at most 63"),
+                      ({"labels": {"env": 3}}, "the value is text"),
+                      ({"annotations": {"note": "x" * 5001}}, "at most 5000"),
+                      ({"labels": {f"k{i}": "v" for i in range(65)}}, "at most 64 labels"),
+                      ({"labels": []}, "object"),
+                      ({"tags": {}}, "unknown field \"tags\"")):
+        status, err = p.api("PATCH", "/v1/apps/blog/metadata", body)
+        assert status in (400, 422) and why in err["error"]["message"], (body.keys(), status, err)
+    r = p.cli("set-label", "app", "blog", "novalue")
+    assert r.returncode == 2, r.stdout + r.stderr
+    r = p.cli("set-label", "route", "blog", "a=b")
+    assert r.returncode == 2 and "labels are kept on apps" in r.stderr, r.stderr
+    assert p.api("PATCH", "/v1/apps/nobody/metadata", {"labels": {"a": "b"}})[0] == 404
+    # deleting an app takes its metadata with it: a new app of the same name starts bare
+    assert p.cli("delete", "blog", "-f").returncode == 0
+    assert p.cli("push", "blog", "-p", str(EXAMPLE), "--no-start").returncode == 0
+    assert p.api("GET", "/v1/apps/blog/metadata")[1] == {"labels": {}, "annotations": {}}

@@ -289,6 +289,8 @@ def fill(world, method, path):
             body = {"x": 1}
         elif path == "/v1/apps/*/rollback":
             body = {"revision": 0}  # 422 once allowed: nothing is rolled back
+        elif path == "/v1/apps/*/metadata" and method == "PATCH":
+            body = {"labels": {"env": "prod"}}
         query = S + ("&recent=1" if path.endswith("/logs") else "")
         return path.replace("*", app, 1) + "?" + query, body, raw, headers
     if path == "/v1/routes":
