@@ -228,14 +228,13 @@ static void tasks__create(struct api_request *req, void *ctx)
         goto done;
     json_t *jcommand = json_object_get(body, "command");
     json_t *jname = json_object_get(body, "name");
-    if ((jcommand && !json_is_string(jcommand)) ||
-        !api_task_command_check(json_string_value(jcommand), err, sizeof err)) {
+    /* a command that is not a string is as good as none */
+    if (!api_task_command_check(json_string_value(jcommand), err, sizeof err)) {
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s", err);
         goto done;
     }
     if (jname && !json_is_null(jname)) {
-        if (!json_is_string(jname) ||
-            !api_task_name_check(json_string_value(jname), err, sizeof err)) {
+        if (!api_task_name_check(json_string_value(jname), err, sizeof err)) {
             api_respond_error(req, SKIFF_E_INVALID_NAME, "%s", err);
             goto done;
         }

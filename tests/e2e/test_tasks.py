@@ -151,6 +151,7 @@ def test_bad_input_is_refused_with_a_reason(plat):
             ({"command": "true", "name": "../../etc"}, 422, "a task's name is"),
             ({"command": "true", "name": "a" * 49}, 422, "a task's name is"),
             ({"command": "true", "name": "a b"}, 422, "a task's name is"),
+            ({"command": "true", "name": 7}, 422, "a task's name is"),
             ({"command": "true", "memory_mb": 0}, 422, "memory_mb"),
             ({"command": "true", "memory_mb": "1G"}, 422, "memory_mb"),
             ({"command": "true", "disk": 1}, 400, "unknown field \"disk\"")):
@@ -181,7 +182,7 @@ def test_a_task_cannot_see_the_host(plat):
     logs = wait_for(lambda: "[APP/TASK/probe/0] OUT uid=" in (lg := recent_logs(p)) and lg,
                     30, "the probe's line")
     line = re.search(r"\[APP/TASK/probe/0\] OUT uid=(\d+) pids=(\d+) home=(\S+)", logs)
-    assert "LEAK" not in logs, logs
+    assert "[APP/TASK/probe/0] OUT LEAK" not in logs, logs
     assert line and line.group(3) == "/home/vcap/app", logs
     assert int(line.group(2)) < 10, "a task sees the host's processes:\n" + logs
 
@@ -312,3 +313,17 @@ def test_a_killed_skiffd_leaves_no_task_running(platform):
     # and the next task runs as before
     again = run(p, "true")
     assert wait_ended(p, again["sequence_id"])["state"] == "SUCCEEDED"
+
+
+def test_a_stopped_skiffd_ends_its_tasks(platform):
+    """skiffd stopped (SIGTERM) with a task running: it stops the task with its instances,
+    exits cleanly, and the next skiffd shows the task FAILED with a reason."""
+    p = platform
+    deploy(p)
+    t = run(p, "sleep 600", name="cut")
+    p.stop(signal.SIGTERM)
+    assert p.proc.returncode == 0, p.output()
+    assert "AddressSanitizer" not in p.output() and "LeakSanitizer" not in p.output()
+    p.start()
+    after = wait_ended(p, t["sequence_id"], timeout=30)
+    assert after["state"] == "FAILED" and "skiffd stopped" in after["failure_reason"], after
