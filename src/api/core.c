@@ -1655,7 +1655,6 @@ void api_core_free(struct api_core *core)
 {
     if (!core)
         return;
-    api_core__tasks_forget(core);
     hub_unsubscribe(core->cfg.hub, core->hub_sub);
     free((char *)core->cfg.home);
     free((char *)core->cfg.router_url);

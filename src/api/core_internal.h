@@ -95,8 +95,6 @@ char *api_function_command(const char *runtime, const char *handler);
 struct store_task;
 struct scheduler_task_end;
 void api_core__tasks_register(struct api_core *core);
-/* Stops telling the core about tasks that end (before it is freed). */
-void api_core__tasks_forget(struct api_core *core);
 /* The memory of the app's tasks that run (or wait to), among list: what the quota counts. */
 int64_t api_core__tasks_memory_mb(const struct store_task *list, size_t n, const char *app_guid);
 /* Whether the task is PENDING, RUNNING or CANCELING (it holds its memory). */

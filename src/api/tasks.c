@@ -430,6 +430,7 @@ static void tasks__end_leftovers(struct api_core *core)
 void api_core__tasks_register(struct api_core *core)
 {
     tasks__end_leftovers(core);
+    /* skiffd frees the scheduler before the core: no task's end comes to a freed core */
     if (core->cfg.scheduler)
         scheduler_set_task_ended(core->cfg.scheduler, tasks__ended, core);
     api_route_add(core->api, "POST", "/v1/apps/*/tasks",
@@ -440,10 +441,4 @@ void api_core__tasks_register(struct api_core *core)
                   API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, tasks__show, core);
     api_route_add(core->api, "POST", "/v1/apps/*/tasks/*/cancel",
                   API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, tasks__cancel, core);
-}
-
-void api_core__tasks_forget(struct api_core *core)
-{
-    if (core->cfg.scheduler)
-        scheduler_set_task_ended(core->cfg.scheduler, NULL, NULL);
 }
