@@ -327,3 +327,17 @@ def test_a_stopped_skiffd_ends_its_tasks(platform):
     p.start()
     after = wait_ended(p, t["sequence_id"], timeout=30)
     assert after["state"] == "FAILED" and "skiffd stopped" in after["failure_reason"], after
+
+
+def test_deleting_the_app_ends_its_tasks(plat):
+    p = plat
+    deploy(p, "doomed")
+    t = run(p, "sleep 600", app="doomed", name="orphan")
+    pidfile = os.path.join(p.home, "run", f"instance-{t['guid']}.pid")
+    wait_for(lambda: os.path.exists(pidfile), 30, "the task's pid file")
+    r = p.cli("delete", "doomed", "-f")
+    assert r.returncode == 0, out(r)
+    wait_for(lambda: not os.path.exists(pidfile), 30, "the deleted app's task to end")
+    status, body = p.api("GET", "/v1/apps/doomed/tasks")
+    assert status == 404, body
+    assert serves(p)
