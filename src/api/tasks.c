@@ -308,8 +308,8 @@ static void tasks__create(struct api_request *req, void *ctx)
     } else {
         tasks__set_state(core, &stored, TASK_RUNNING, NULL);
     }
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created task %lld (%s) of app %s: %s",
-                 (long long)stored.sequence_id, name, app->name, stored.command);
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created task %lld (%s) of app %s",
+                 (long long)stored.sequence_id, name, app->name);
     tasks__trim(core, list, n);
     tasks__respond(req, 202, &stored);
     free(stored.state);
