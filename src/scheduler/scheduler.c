@@ -701,12 +701,12 @@ static void sched__strv_free(char **v)
  * command, with the environment an instance of the app gets (its routes and service bindings
  * read now); si gets its guid, droplet, slot, address and instance and joins the live ones.
  * 0, or a negative errno once the app's log says why, naming si as `what` ("instance 2 of
- * web"): -EAGAIN when the store, the bindings or the slots cannot serve now (worth trying
- * again later), else executor_start's error. */
+ * web"): -EAGAIN when the store, the bindings or the slots cannot serve now (then says what
+ * follows: "; trying again later"), else executor_start's error. */
 static int sched__launch(struct scheduler *s, const struct store_app *app,
                          const struct store_droplet *drop, struct sched_inst *si,
                          const char *command, int memory, enum health_check_type health,
-                         const char *what)
+                         const char *what, const char *then)
 {
     /* its VCAP_APPLICATION names its routes: an instance told it has none would be wrong for
      * as long as it runs, so a store that cannot say is a start failure, tried again later */
@@ -715,8 +715,8 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     if (store_route_list(s->store, app->guid, &routes, &nr) < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start %s: cannot read the app's routes from the store (see "
-                     "skiffd's output); trying again later",
-                     what);
+                     "skiffd's output)%s",
+                     what, then);
         return -EAGAIN;
     }
     /* the services it is bound to: an instance told it has none would be wrong too */
@@ -725,8 +725,8 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         !(vcap_services = s->cfg.vcap_services(s->cfg.vcap_services_ctx, app->guid))) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start %s: cannot read the app's service bindings (see skiffd's "
-                     "output); trying again later",
-                     what);
+                     "output)%s",
+                     what, then);
         store_route_list_free(routes, nr);
         return -EAGAIN;
     }
@@ -734,7 +734,8 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     if (port < 0) {
         free(vcap_services);
         store_route_list_free(routes, nr);
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: no free port", what);
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: no free port%s",
+                     what, then);
         return -EAGAIN;
     }
     char **uris = xcalloc(nr + 1, sizeof *uris);
@@ -867,7 +868,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     char what[128];
     snprintf(what, sizeof what, "instance %d of %s", slot->index, proc->type);
     int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
-    if (sched__launch(s, app, drop, si, command, memory, health, what) < 0) {
+    if (sched__launch(s, app, drop, si, command, memory, health, what, "; trying again later") <
+        0) {
         free(si);
         free(command_copy);
         sched__retry_later(s, slot);
@@ -1650,7 +1652,8 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
     snprintf(si->guid, sizeof si->guid, "%s", t->task_guid);
     char what[96];
     snprintf(what, sizeof what, "task %s", t->name);
-    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, what);
+    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, what,
+                       "; the task failed to start (run it again)");
     if (rc < 0)
         free(si);
     else
