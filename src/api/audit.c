@@ -21,18 +21,25 @@ struct api_audit {
     struct auth *auth;
 };
 
-/* The collections of the API: the noun of an event is the last one in its route. */
-static const char *const audit__collections[] = {
-    "apps",   "routes",  "users",          "roles",     "spaces", "orgs",
-    "tokens", "domains", "event-mappings", "functions", NULL,
+/* The collections of the API: the noun of an event is the last one in its route, singular,
+ * or the name Cloud Foundry gives its events when it has another (a task is an app's). */
+static const struct {
+    const char *segment, *noun;
+} audit__collections[] = {
+    {"apps", "app"},           {"routes", "route"},   {"users", "user"},
+    {"roles", "role"},         {"spaces", "space"},   {"orgs", "org"},
+    {"tokens", "token"},       {"domains", "domain"}, {"event-mappings", "event-mapping"},
+    {"functions", "function"}, {"tasks", "app.task"},
 };
 
-static bool audit__is_collection(const char *seg, size_t len)
+/* The noun of the collection named seg, or NULL when it names none. */
+static const char *audit__collection_noun(const char *seg, size_t len)
 {
-    for (size_t i = 0; audit__collections[i]; i++)
-        if (strlen(audit__collections[i]) == len && !strncmp(audit__collections[i], seg, len))
-            return true;
-    return false;
+    for (size_t i = 0; i < ARRAY_SIZE(audit__collections); i++)
+        if (strlen(audit__collections[i].segment) == len &&
+            !strncmp(audit__collections[i].segment, seg, len))
+            return audit__collections[i].noun;
+    return NULL;
 }
 
 /* "audit.NOUN.VERB" from the route: POST /v1/apps -> audit.app.create, PUT /v1/apps/ * ->
@@ -52,9 +59,10 @@ void api_audit_type(const char *method, const char *pattern, char *out, size_t s
         size_t len = (size_t)(p - seg);
         if (len == 1 && *seg == '*')
             continue;
-        if (audit__is_collection(seg, len)) {
-            noun = seg;
-            noun_len = len - 1; /* "apps" -> "app" */
+        const char *collection = audit__collection_noun(seg, len);
+        if (collection) {
+            noun = collection;
+            noun_len = strlen(collection);
             verb = NULL;
         } else {
             verb = seg;

@@ -268,6 +268,12 @@ static bool core__int_field(struct api_request *req, json_t *obj, const char *ke
     return true;
 }
 
+bool api_core__int_field(struct api_request *req, json_t *obj, const char *key, int min, int max,
+                         int *out)
+{
+    return core__int_field(req, obj, key, min, max, out);
+}
+
 static bool core__string_field(struct api_request *req, json_t *obj, const char *key, bool nullable,
                                char **out)
 {
@@ -816,11 +822,17 @@ static void core__changed(struct api_core *core, const struct store_app *app, in
     hub_publish(core->cfg.hub, &ev);
 }
 
-/* Adds what app takes to u: its memory and instances over all its processes, itself, and
- * its routes among all. */
+/* Adds what app takes to u: its memory and instances over all its processes, the memory of
+ * its tasks that run, itself, and its routes among all. */
 static void core__usage_add(struct auth_usage *u, const struct store_app *app,
-                            const struct store_route *routes, size_t nroutes)
+                            const struct store_route *routes, size_t nroutes,
+                            const struct store_task *tasks, size_t ntasks)
 {
+    for (size_t i = 0; i < ntasks; i++)
+        if (!strcmp(tasks[i].app_guid, app->guid) && api_task_active(&tasks[i]) &&
+            tasks[i].memory_mb > u->use[AUTH_QUOTA_INSTANCE_MEMORY_MB])
+            u->use[AUTH_QUOTA_INSTANCE_MEMORY_MB] = tasks[i].memory_mb;
+    u->use[AUTH_QUOTA_TOTAL_MEMORY_MB] += api_core__tasks_memory_mb(tasks, ntasks, app->guid);
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
         int64_t mb = p->memory_mb ? p->memory_mb : app->memory_mb;
@@ -851,9 +863,13 @@ bool api_core__quota_admits(struct api_core *core, struct api_request *req,
     size_t n = 0;
     struct store_route *routes = NULL;
     size_t nr = 0;
+    struct store_task *tasks = NULL;
+    size_t nt = 0;
     if (store_app_list(core->cfg.store, &apps, &n) < 0 ||
-        store_route_list(core->cfg.store, NULL, &routes, &nr) < 0) {
+        store_route_list(core->cfg.store, NULL, &routes, &nr) < 0 ||
+        store_task_list(core->cfg.store, NULL, &tasks, &nt) < 0) {
         store_app_list_free(apps, n);
+        store_route_list_free(routes, nr);
         api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
         return false;
     }
@@ -863,12 +879,13 @@ bool api_core__quota_admits(struct api_core *core, struct api_request *req,
             continue; /* counted as it would be, below */
         const struct auth_space *s = auth_space_get(auth, apps[i]->space_guid);
         if (s && !strcmp(s->guid, space->guid))
-            core__usage_add(&in_space, apps[i], routes, nr);
+            core__usage_add(&in_space, apps[i], routes, nr, tasks, nt);
         if (s && !strcmp(s->org_guid, space->org_guid))
-            core__usage_add(&in_org, apps[i], routes, nr);
+            core__usage_add(&in_org, apps[i], routes, nr, tasks, nt);
     }
-    core__usage_add(&in_space, app, routes, nr);
-    core__usage_add(&in_org, app, routes, nr);
+    core__usage_add(&in_space, app, routes, nr, tasks, nt);
+    core__usage_add(&in_org, app, routes, nr, tasks, nt);
+    store_task_list_free(tasks, nt);
     in_space.use[AUTH_QUOTA_ROUTES] += extra_routes;
     in_org.use[AUTH_QUOTA_ROUTES] += extra_routes;
     store_app_list_free(apps, n);
@@ -1677,6 +1694,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     api_core__metadata_register(core);
     api_core__autoscale_register(core);
     api_core__functions_register(core);
+    api_core__tasks_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;

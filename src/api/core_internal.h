@@ -112,4 +112,28 @@ const char *api_function_runtime(const char *handler, char *err, size_t errsize)
  * api_function_runtime) in the app's droplet; caller frees. */
 char *api_function_command(const char *runtime, const char *handler);
 
+/* tasks.c: one-off tasks (POST/GET /v1/apps/APP/tasks...) */
+#define API_TASKS_KEEP 100        /* records kept per app, the newest */
+#define API_TASKS_RUNNING_MAX 10  /* tasks of one app running at once */
+#define API_TASK_COMMAND_MAX 4096 /* bytes of a task's command */
+struct store_task;
+struct scheduler_task_end;
+void api_core__tasks_register(struct api_core *core);
+/* The memory of the app's tasks that run (or wait to), among list: what the quota counts. */
+int64_t api_core__tasks_memory_mb(const struct store_task *list, size_t n, const char *app_guid);
+/* Whether the task is PENDING, RUNNING or CANCELING (it holds its memory). */
+bool api_task_active(const struct store_task *t);
+/* Whether name may be a task's name (1 to SCHEDULER_TASK_NAME_MAX of [A-Za-z0-9._-]), and
+ * whether command may be a task's (not blank, at most API_TASK_COMMAND_MAX bytes); when not,
+ * a message for the user in err. */
+bool api_task_name_check(const char *name, char *err, size_t errsize);
+bool api_task_command_check(const char *command, char *err, size_t errsize);
+/* The failure reason of a task that ended by itself other than with status 0. */
+void api_task_failure_reason(const struct scheduler_task_end *end, int memory_mb, char *out,
+                             size_t size);
+/* The integer field key of obj into *out when present: true, or false after answering 422 when
+ * it is not a whole number from min to max. */
+bool api_core__int_field(struct api_request *req, json_t *obj, const char *key, int min, int max,
+                         int *out);
+
 #endif

@@ -94,6 +94,23 @@ const struct cli_command cli_core_commands[] = {
      "revision before the current one) and deploys it as a push does: each instance replaced\n"
      "once its successor runs.\n",
      cli_cmd_rollback},
+    {"run-task", "run-task NAME \"COMMAND\" [--name TASK] [-m MEM]",
+     "Run a one-off task from an app's droplet",
+     "Runs COMMAND once in a container of its own, from the app's current droplet, with the\n"
+     "app's environment and services (no route, no health check, never restarted). Its output\n"
+     "goes to the app's logs as [APP/TASK/TASK/0]; `skiff tasks NAME` shows how it ended.\n"
+     "Its memory counts against the space's and org's quotas while it runs.\n\n"
+     "  --name TASK     the task's name (default: a random one)\n"
+     "  -m, --memory M  its memory limit, like 512M or 1G (default: the app's)\n\n"
+     "Example:\n  skiff run-task shop \"python manage.py migrate\" --name migrate\n",
+     cli_cmd_run_task},
+    {"tasks", "tasks NAME", "List an app's tasks",
+     "Shows each task's id, name, state (PENDING, RUNNING, CANCELING, SUCCEEDED, FAILED),\n"
+     "when it was created, its memory, its command and how it ended.\n",
+     cli_cmd_tasks},
+    {"terminate-task", "terminate-task NAME ID", "Stop a running task of an app",
+     "The task gets SIGTERM, then SIGKILL after 10 s; it ends FAILED, \"task was cancelled\".\n",
+     cli_cmd_terminate_task},
     {"delete", "delete NAME [-f]", "Delete an app, its instances and its routes",
      "  -f, --force   do not ask for confirmation (needed when input is not a terminal)\n",
      cli_cmd_delete},

@@ -51,6 +51,10 @@ int cli_cmd_restart(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_revisions(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_rollback(const struct cli_command *cmd, int argc, char **argv);
+/* cmd_tasks.c */
+int cli_cmd_run_task(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_tasks(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_terminate_task(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_delete(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_logs(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_env(const struct cli_command *cmd, int argc, char **argv);

@@ -57,6 +57,8 @@ struct sched_inst {
     int64_t stopping_since_ms; /* when it was stopped on purpose */
     struct sched_slot *slot;   /* NULL when stopping on purpose */
     struct sched_slot *shadow; /* a rolling replacement waiting to take over this slot */
+    bool task;                 /* a one-off task (scheduler_task_start): never in a slot, never
+                                  ready, never restarted; its end goes to task_ended */
     struct sched_inst *next;
 };
 
@@ -111,6 +113,8 @@ struct scheduler {
     struct sched_inst *insts; /* every live instance, attached or not */
     scheduler_listens_cb listens;
     void *listens_ctx;
+    scheduler_task_ended_cb task_ended;
+    void *task_ended_ctx;
     int drain_timeout_ms;
     uint64_t next_drain_id;
     uv_timer_t timer; /* crash restarts and drain deadlines */
@@ -439,6 +443,38 @@ static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, con
     return true;
 }
 
+/* A task takes no traffic: running is only told; its end is its record's (task_ended). */
+static void sched__task_state(struct scheduler *s, struct sched_inst *si, enum instance_state state,
+                              const struct instance_exit *ex)
+{
+    const char *name = si->type + strlen("task/");
+    if (state == INSTANCE_RUNNING) {
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT, "Task %s (%s) is running", name,
+                     si->guid);
+        return;
+    }
+    if (state != INSTANCE_DOWN && state != INSTANCE_CRASHED)
+        return;
+    sched__inst_unlink(s, si);
+    struct scheduler_task_end end = {.stopped = state == INSTANCE_DOWN,
+                                     .exit_status = ex ? ex->exit_status : -1,
+                                     .term_signal = ex ? ex->term_signal : 0,
+                                     .reason = ex && ex->reason ? ex->reason : "exited"};
+    if (end.stopped)
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT, "Task %s (%s) was stopped", name,
+                     si->guid);
+    else if (end.term_signal)
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Task %s (%s) was killed by signal %d (%s)", name, si->guid, end.term_signal,
+                     end.reason);
+    else
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Task %s (%s) exited with status %d", name, si->guid, end.exit_status);
+    if (s->task_ended)
+        s->task_ended(s->task_ended_ctx, si->app_guid, si->guid, &end);
+    free(si);
+}
+
 static void sched__on_state(void *ctx, struct instance *inst, enum instance_state state,
                             const struct instance_exit *ex)
 {
@@ -446,6 +482,10 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     struct sched_inst *si = instance_user_data(inst);
     if (!si)
         return;
+    if (si->task) {
+        sched__task_state(s, si, state, ex);
+        return;
+    }
     if (state == INSTANCE_RUNNING) {
         si->ready = true;
         logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
@@ -659,6 +699,118 @@ static void sched__strv_free(char **v)
     free(v);
 }
 
+/* Starts si (its app_guid, type, tag and index filled in) as a process of app on drop running
+ * command, with the environment an instance of the app gets (its routes and service bindings
+ * read now); si gets its guid, droplet, slot, address and instance and joins the live ones.
+ * 0, or a negative errno once the app's log says why, naming si as `what` ("instance 2 of
+ * web"): -EAGAIN when the store, the bindings or the slots cannot serve now (then says what
+ * follows: "; trying again later"), else executor_start's error. */
+static int sched__launch(struct scheduler *s, const struct store_app *app,
+                         const struct store_droplet *drop, struct sched_inst *si,
+                         const char *command, int memory, enum health_check_type health,
+                         const char *what, const char *then)
+{
+    /* its VCAP_APPLICATION names its routes: an instance told it has none would be wrong for
+     * as long as it runs, so a store that cannot say is a start failure, tried again later */
+    struct store_route *routes = NULL;
+    size_t nr = 0;
+    if (store_route_list(s->store, app->guid, &routes, &nr) < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start %s: cannot read the app's routes from the store (see "
+                     "skiffd's output)%s",
+                     what, then);
+        return -EAGAIN;
+    }
+    /* the services it is bound to: an instance told it has none would be wrong too */
+    char *vcap_services = NULL;
+    if (s->cfg.vcap_services &&
+        !(vcap_services = s->cfg.vcap_services(s->cfg.vcap_services_ctx, app->guid))) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start %s: cannot read the app's service bindings (see skiffd's "
+                     "output)%s",
+                     what, then);
+        store_route_list_free(routes, nr);
+        return -EAGAIN;
+    }
+    int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
+    if (port < 0) {
+        free(vcap_services);
+        store_route_list_free(routes, nr);
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: no free port%s",
+                     what, then);
+        return -EAGAIN;
+    }
+    char **uris = xcalloc(nr + 1, sizeof *uris);
+    for (size_t i = 0; i < nr; i++)
+        uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
+    store_route_list_free(routes, nr);
+    if (!si->guid[0])
+        uuid_generate_v4(si->guid);
+    snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
+    si->port = port;
+    struct instance_endpoint ep;
+    executor_endpoint(s->ex, port, &ep);
+    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
+
+    const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
+    for (size_t i = 0; i < app->n_env; i++) {
+        user[2 * i] = app->env[i].name;
+        user[2 * i + 1] = app->env[i].value;
+    }
+    char token[200];
+    sched__make_token(s, app->guid, si->guid, token, sizeof token);
+    char *app_dir = xasprintf("%s/app", drop->path);
+    char *home = NULL, *tmpdir = NULL;
+    executor_instance_dirs(s->ex, si->guid, app_dir, &home, &tmpdir);
+    struct scheduler_env_input in = {.app_guid = app->guid,
+                                     .app_name = app->name,
+                                     .instance_guid = si->guid,
+                                     .index = si->index,
+                                     .port = ep.port,
+                                     .addr = ep.addr,
+                                     .memory_mb = memory,
+                                     .disk_mb = app->disk_mb,
+                                     .home = home,
+                                     .tmpdir = tmpdir,
+                                     .uris = (const char *const *)uris,
+                                     .events_url = s->events_url,
+                                     .events_token = token,
+                                     .user_env = user,
+                                     .vcap_services_json = vcap_services};
+    char **env = scheduler_instance_env(&in);
+    free(vcap_services);
+    struct instance_spec spec = {.app_guid = app->guid,
+                                 .app_name = app->name,
+                                 .process_type = si->type,
+                                 .index = si->index,
+                                 .instance_guid = si->guid,
+                                 .app_dir = app_dir,
+                                 .command = command,
+                                 .env = env,
+                                 .port = port,
+                                 .memory_mb = memory,
+                                 .disk_mb = app->disk_mb,
+                                 .health = health,
+                                 .health_endpoint = app->health_check_http_endpoint,
+                                 .start_timeout_s = app->timeout};
+    int rc = executor_start(s->ex, &spec, &si->inst);
+    scheduler_env_free(env);
+    sched__strv_free(uris);
+    free(user);
+    free(home);
+    free(tmpdir);
+    free(app_dir);
+    if (rc < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
+                     strerror(-rc));
+        return rc;
+    }
+    instance_set_user_data(si->inst, si);
+    si->next = s->insts;
+    s->insts = si;
+    return 0;
+}
+
 /* Starts one instance for slot; returns it or NULL (and logs why). */
 static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                        const struct store_app *app,
@@ -685,50 +837,6 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         free(command_copy);
         return NULL;
     }
-    /* its VCAP_APPLICATION names its routes: an instance told it has none would be wrong for
-     * as long as it runs, so a store that cannot say is a start failure, tried again later */
-    struct store_route *routes = NULL;
-    size_t nr = 0;
-    if (store_route_list(s->store, app->guid, &routes, &nr) < 0) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
-                     "Cannot start instance %d of %s: cannot read the app's routes from the "
-                     "store (see skiffd's output); trying again later",
-                     slot->index, proc->type);
-        free(command_copy);
-        sched__retry_later(s, slot);
-        return NULL;
-    }
-    /* the services it is bound to: an instance told it has none would be wrong too */
-    char *vcap_services = NULL;
-    if (s->cfg.vcap_services &&
-        !(vcap_services = s->cfg.vcap_services(s->cfg.vcap_services_ctx, app->guid))) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
-                     "Cannot start instance %d of %s: cannot read the app's service bindings "
-                     "(see skiffd's output); trying again later",
-                     slot->index, proc->type);
-        store_route_list_free(routes, nr);
-        free(command_copy);
-        sched__retry_later(s, slot);
-        return NULL;
-    }
-    char **uris = xcalloc(nr + 1, sizeof *uris);
-    for (size_t i = 0; i < nr; i++)
-        uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
-    store_route_list_free(routes, nr);
-    int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
-    if (port < 0) {
-        free(vcap_services);
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
-                     "Cannot start instance %d of %s: no free port", slot->index, proc->type);
-        sched__strv_free(uris);
-        free(command_copy);
-        sched__retry_later(s, slot);
-        return NULL;
-    }
-    struct sched_inst *si = xcalloc(1, sizeof *si);
-    si->s = s;
-    snprintf(si->app_guid, sizeof si->app_guid, "%s", app->guid);
-    snprintf(si->type, sizeof si->type, "%s", proc->type);
     bool function = store_process_is_function(proc);
     char *function_dir = function ? xasprintf("%s/app", drop->path) : NULL;
     int servers = function ? sched__function_servers(s, function_dir) : 0;
@@ -742,87 +850,33 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         sched__retry_later(s, slot);
         return NULL;
     }
+    bool web = !strcmp(proc->type, "web");
+    /* only web processes must listen; others are checked alive */
+    enum health_check_type health = web ? sched__health(app->health_check_type) : HEALTH_PROCESS;
+    if (!strcmp(a->kind, "function"))
+        health = sched__health(app->health_check_type);
+    else if (function)
+        health = HEALTH_PORT; /* it serves its events on $PORT */
+    else if (!web && s->listens && s->listens(s->listens_ctx, app->guid, app->name, proc->type))
+        health = HEALTH_PORT;
+    struct sched_inst *si = xcalloc(1, sizeof *si);
+    si->s = s;
+    snprintf(si->app_guid, sizeof si->app_guid, "%s", app->guid);
+    snprintf(si->type, sizeof si->type, "%s", proc->type);
     char *tag = sched__tag(a, proc->type, function, slot->index);
     snprintf(si->tag, sizeof si->tag, "%s", tag);
     free(tag);
-    uuid_generate_v4(si->guid);
-    snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
     si->index = slot->index;
-    si->port = port;
-    struct instance_endpoint ep;
-    executor_endpoint(s->ex, port, &ep);
-    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
-
-    const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
-    for (size_t i = 0; i < app->n_env; i++) {
-        user[2 * i] = app->env[i].name;
-        user[2 * i + 1] = app->env[i].value;
-    }
-    char token[200];
-    sched__make_token(s, app->guid, si->guid, token, sizeof token);
-    char *app_dir = xasprintf("%s/app", drop->path);
-    char *home = NULL, *tmpdir = NULL;
-    executor_instance_dirs(s->ex, si->guid, app_dir, &home, &tmpdir);
+    char what[128];
+    snprintf(what, sizeof what, "instance %d of %s", slot->index, proc->type);
     int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
-    struct scheduler_env_input in = {.app_guid = app->guid,
-                                     .app_name = app->name,
-                                     .instance_guid = si->guid,
-                                     .index = slot->index,
-                                     .port = ep.port,
-                                     .addr = ep.addr,
-                                     .memory_mb = memory,
-                                     .disk_mb = app->disk_mb,
-                                     .home = home,
-                                     .tmpdir = tmpdir,
-                                     .uris = (const char *const *)uris,
-                                     .events_url = s->events_url,
-                                     .events_token = token,
-                                     .user_env = user,
-                                     .vcap_services_json = vcap_services};
-    char **env = scheduler_instance_env(&in);
-    free(vcap_services);
-    bool web = !strcmp(proc->type, "web");
-    struct instance_spec spec = {.app_guid = app->guid,
-                                 .app_name = app->name,
-                                 .process_type = proc->type,
-                                 .index = slot->index,
-                                 .instance_guid = si->guid,
-                                 .app_dir = app_dir,
-                                 .command = command,
-                                 .env = env,
-                                 .port = port,
-                                 .memory_mb = memory,
-                                 .disk_mb = app->disk_mb,
-                                 /* only web processes must listen; others are checked alive */
-                                 .health =
-                                     web ? sched__health(app->health_check_type) : HEALTH_PROCESS,
-                                 .health_endpoint = app->health_check_http_endpoint,
-                                 .start_timeout_s = app->timeout};
-    if (!strcmp(a->kind, "function"))
-        spec.health = sched__health(app->health_check_type);
-    else if (function)
-        spec.health = HEALTH_PORT; /* it serves its events on $PORT */
-    else if (!web && s->listens && s->listens(s->listens_ctx, app->guid, app->name, proc->type))
-        spec.health = HEALTH_PORT;
-    int rc = executor_start(s->ex, &spec, &si->inst);
-    scheduler_env_free(env);
-    sched__strv_free(uris);
-    free(user);
-    free(home);
-    free(tmpdir);
-    if (rc < 0) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s: %s",
-                     slot->index, proc->type, strerror(-rc));
-        free(app_dir);
+    if (sched__launch(s, app, drop, si, command, memory, health, what, "; trying again later") <
+        0) {
         free(si);
         free(command_copy);
         sched__retry_later(s, slot);
         return NULL;
     }
-    free(app_dir);
-    instance_set_user_data(si->inst, si);
-    si->next = s->insts;
-    s->insts = si;
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
                  "Starting instance %d of %s (%s) at %s: %s", slot->index, proc->type,
                  si->guid, si->addr, command);
@@ -1310,6 +1364,9 @@ const char *scheduler_deploy_state_name(enum scheduler_deploy_state st)
 
 void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
 {
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (si->task && si->phase == SCHED_INST_LIVE && !strcmp(si->app_guid, app_guid))
+            sched__halt(si);
     struct sched_app *a = sched__app(s, app_guid, false);
     if (!a)
         return;
@@ -1503,7 +1560,7 @@ int scheduler_app_instances(struct scheduler *s, const char *app,
         }
     }
     for (struct sched_inst *si = s->insts; si; si = si->next) {
-        if (si->phase == SCHED_INST_LIVE || strcmp(si->app_guid, guid))
+        if (si->phase == SCHED_INST_LIVE || si->task || strcmp(si->app_guid, guid))
             continue;
         if ((size_t)count < max)
             sched__fill_stopping(&out[count], si);
@@ -1563,4 +1620,59 @@ void scheduler_each_ready(struct scheduler *s,
 struct executor *scheduler_executor(struct scheduler *s)
 {
     return s->ex;
+}
+
+/* ---- tasks ---------------------------------------------------------------------------------- */
+
+void scheduler_set_task_ended(struct scheduler *s, scheduler_task_ended_cb cb, void *ctx)
+{
+    s->task_ended = cb;
+    s->task_ended_ctx = ctx;
+}
+
+int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
+{
+    if (s->shutting_down)
+        return -ESHUTDOWN;
+    struct store_app *app = NULL;
+    struct store_droplet *drop = NULL;
+    int rc = sched__resolve(s, t->app_guid, &app);
+    if (rc < 0)
+        return rc;
+    if (!app->droplet_guid || strcmp(app->droplet_guid, t->droplet_guid) ||
+        store_droplet_get(s->store, t->droplet_guid, &drop) < 0) {
+        store_app_free(app);
+        return -ENODATA;
+    }
+    struct sched_inst *si = xcalloc(1, sizeof *si);
+    si->s = s;
+    si->task = true;
+    snprintf(si->app_guid, sizeof si->app_guid, "%s", app->guid);
+    /* a name no process type has: a task a previous skiffd left is never adopted as one */
+    snprintf(si->type, sizeof si->type, "task/%s", t->name);
+    snprintf(si->tag, sizeof si->tag, "APP/TASK/%s/0", t->name);
+    snprintf(si->guid, sizeof si->guid, "%s", t->task_guid);
+    char what[96];
+    snprintf(what, sizeof what, "task %s", t->name);
+    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, what,
+                       "; the task failed to start (run it again)");
+    if (rc < 0)
+        free(si);
+    else
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT, "Starting task %s (%s) at %s: %s",
+                     t->name, si->guid, si->addr, t->command);
+    store_droplet_free(drop);
+    store_app_free(app);
+    return rc;
+}
+
+int scheduler_task_stop(struct scheduler *s, const char *task_guid)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (si->task && !strcmp(si->guid, task_guid)) {
+            if (si->phase == SCHED_INST_LIVE)
+                sched__halt(si);
+            return 0;
+        }
+    return -ENOENT;
 }

@@ -194,6 +194,41 @@ void scheduler_each_ready(struct scheduler *s,
                                      const struct scheduler_instance_info *inst),
                           void *ctx);
 
+/* ---- tasks: one-off processes of an app (src/api/tasks.c) -------------------------------- */
+
+#define SCHEDULER_TASK_NAME_MAX 48
+
+struct scheduler_task {
+    const char *app_guid;
+    const char *droplet_guid; /* the app's current droplet, which it runs */
+    const char *task_guid;    /* also its instance's guid */
+    const char *name;         /* its output is tagged APP/TASK/NAME/0; at most
+                                 SCHEDULER_TASK_NAME_MAX characters */
+    const char *command;      /* run with /bin/sh -c */
+    int memory_mb;
+};
+
+struct scheduler_task_end {
+    bool stopped;       /* by scheduler_task_stop (or skiffd's shutdown, or its app's deletion) */
+    int exit_status;    /* -1 when killed by a signal */
+    int term_signal;    /* 0 when it exited */
+    const char *reason; /* the executor's: "exited", "out of memory", ... */
+};
+/* A task ended; task_guid and end are valid during the call only. */
+typedef void (*scheduler_task_ended_cb)(void *ctx, const char *app_guid, const char *task_guid,
+                                        const struct scheduler_task_end *end);
+void scheduler_set_task_ended(struct scheduler *s, scheduler_task_ended_cb cb, void *ctx);
+/* Starts a task in a container like an instance's (the app's environment, VCAP_SERVICES and
+ * VCAP_APPLICATION, the app's disk, memory_mb as its limit), but with no route, no health
+ * check and no restart: it runs until its command ends or scheduler_task_stop. 0 (its end
+ * comes through the callback, never from inside this call); -ENOENT no such app; -ENODATA
+ * the app's droplet is not droplet_guid any more; -EAGAIN or another negative errno when it
+ * cannot start now (the app's log says why). The spec is copied. */
+int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t);
+/* SIGTERM, SIGKILL after the grace period; the callback then says stopped. -ENOENT when no
+ * task of that guid runs. */
+int scheduler_task_stop(struct scheduler *s, const char *task_guid);
+
 /* ---- pure parts (unit-tested) ------------------------------------------------------------ */
 
 /* Diego's restart delay for the n-th crash in a row (1-based): 0 for the first 3, then 30 s

@@ -223,6 +223,32 @@ int store_audit_list(struct store *st, const char *space_guid, const char *org_g
     return st->ops->audit_list(st->backend, space_guid, org_guid, target, before_id, limit, out, n);
 }
 
+int store_task_put(struct store *st, const struct store_task *task)
+{
+    return st->ops->task_put(st->backend, task);
+}
+
+int store_task_list(struct store *st, const char *app_guid, struct store_task **out, size_t *n)
+{
+    return st->ops->task_list(st->backend, app_guid, out, n);
+}
+
+int store_task_delete(struct store *st, const char *guid)
+{
+    return st->ops->task_delete(st->backend, guid);
+}
+
+void store_task_list_free(struct store_task *list, size_t n)
+{
+    for (size_t i = 0; list && i < n; i++) {
+        free(list[i].name);
+        free(list[i].command);
+        free(list[i].state);
+        free(list[i].failure_reason);
+    }
+    free(list);
+}
+
 int store_doc_put(struct store *st, const char *kind, const char *id, const char *json)
 {
     return st->ops->doc_put(st->backend, kind, id, json);

@@ -231,6 +231,32 @@ int store_audit_list(struct store *st, const char *space_guid, const char *org_g
                      struct store_audit_event **out, size_t *n);
 void store_audit_list_free(struct store_audit_event *list, size_t n);
 
+/* ---- tasks: one-off processes run from an app's droplet (src/api/tasks.c) ------------------ */
+
+struct store_task {
+    char guid[37];
+    char app_guid[37];   /* deleting the app deletes its tasks */
+    int64_t sequence_id; /* per app, from 1 */
+    char *name;
+    char *command;
+    char *state;          /* "PENDING", "RUNNING", "SUCCEEDED" or "FAILED" */
+    char *failure_reason; /* FAILED: why; else NULL */
+    int exit_status;      /* -1 until it exits by itself */
+    int memory_mb;
+    int disk_mb;
+    char droplet_guid[37]; /* what it runs */
+    int64_t created_at;    /* ms since the epoch */
+    int64_t updated_at;
+};
+
+/* Inserts or replaces (by guid). -EEXIST: the app has a task of that sequence_id already. */
+int store_task_put(struct store *st, const struct store_task *task);
+/* The tasks of one app (app_guid NULL: of every app), by app then sequence_id. */
+int store_task_list(struct store *st, const char *app_guid, struct store_task **out, size_t *n);
+/* -ENOENT when absent. */
+int store_task_delete(struct store *st, const char *guid);
+void store_task_list_free(struct store_task *list, size_t n);
+
 /* ---- documents: JSON records for other components ----------------------------------------- */
 
 /* Inserts or replaces. json is any text (normally a JSON object). */

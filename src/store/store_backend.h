@@ -52,6 +52,10 @@ struct store_ops {
                       const char *target, int64_t before_id, size_t limit,
                       struct store_audit_event **out, size_t *n);
 
+    int (*task_put)(struct store_backend *b, const struct store_task *task);
+    int (*task_list)(struct store_backend *b, const char *app_guid, struct store_task **out,
+                     size_t *n);
+    int (*task_delete)(struct store_backend *b, const char *guid);
     int (*doc_put)(struct store_backend *b, const char *kind, const char *id, const char *json);
     int (*doc_get)(struct store_backend *b, const char *kind, const char *id, char **json);
     int (*doc_delete)(struct store_backend *b, const char *kind, const char *id);

@@ -87,6 +87,15 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN scale_down_delay_ms INTEGER NOT NULL DEFAULT 0;",
     /* 8: functions inside apps (store.h's store_process.function_json) */
     "ALTER TABLE processes ADD COLUMN function TEXT;",
+    /* 9: one-off tasks run from an app's droplet (store.h's store_task) */
+    "CREATE TABLE tasks ("
+    "  guid TEXT PRIMARY KEY,"
+    "  app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,"
+    "  sequence_id BIGINT NOT NULL, name TEXT NOT NULL, command TEXT NOT NULL,"
+    "  state TEXT NOT NULL, failure_reason TEXT, exit_status INTEGER NOT NULL DEFAULT -1,"
+    "  memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL, droplet_guid TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,"
+    "  UNIQUE (app_guid, sequence_id));",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -832,6 +841,78 @@ static int pg__audit_list(struct store_backend *b, const char *space_guid, const
     return 0;
 }
 
+/* ---- tasks ------------------------------------------------------------------------------- */
+
+static int pg__task_put(struct store_backend *b, const struct store_task *t)
+{
+    struct pg_num seq, status, mem, disk, created, updated;
+    const char *v[] = {t->guid,
+                       t->app_guid,
+                       pg__num(&seq, t->sequence_id),
+                       t->name,
+                       t->command,
+                       t->state,
+                       t->failure_reason,
+                       pg__num(&status, t->exit_status),
+                       pg__num(&mem, t->memory_mb),
+                       pg__num(&disk, t->disk_mb),
+                       t->droplet_guid,
+                       pg__num(&created, t->created_at),
+                       pg__num(&updated, t->updated_at)};
+    return pg__write(
+        b,
+        "INSERT INTO tasks (guid, app_guid, sequence_id, name, command, state, failure_reason, "
+        "exit_status, memory_mb, disk_mb, droplet_guid, created_at, updated_at)"
+        " VALUES ($1, $2, $3::bigint, $4, $5, $6, $7, $8::integer, $9::integer,"
+        " $10::integer, $11, $12::bigint, $13::bigint) ON CONFLICT (guid) DO UPDATE"
+        " SET state = EXCLUDED.state, failure_reason = EXCLUDED.failure_reason,"
+        " exit_status = EXCLUDED.exit_status, updated_at = EXCLUDED.updated_at",
+        13, v, false);
+}
+
+static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
+                         size_t *n)
+{
+    const char *v[] = {app_guid};
+    PGresult *res = NULL;
+    if (pg__exec(b,
+                 "SELECT guid, app_guid, sequence_id, name, command, state, failure_reason, "
+                 "exit_status, memory_mb, disk_mb, droplet_guid, created_at, updated_at FROM tasks"
+                 " WHERE ($1::text IS NULL OR app_guid = $1)"
+                 " ORDER BY app_guid COLLATE \"C\", sequence_id",
+                 1, v, &res) < 0)
+        return -EIO;
+    size_t count = (size_t)PQntuples(res);
+    struct store_task *list = xcalloc(count + 1, sizeof *list);
+    for (size_t i = 0; i < count; i++) {
+        struct store_task *t = &list[i];
+        int r = (int)i;
+        pg__copy_guid(t->guid, res, r, 0);
+        pg__copy_guid(t->app_guid, res, r, 1);
+        t->sequence_id = pg__int(res, r, 2);
+        t->name = pg__text(res, r, 3);
+        t->command = pg__text(res, r, 4);
+        t->state = pg__text(res, r, 5);
+        t->failure_reason = pg__text(res, r, 6);
+        t->exit_status = (int)pg__int(res, r, 7);
+        t->memory_mb = (int)pg__int(res, r, 8);
+        t->disk_mb = (int)pg__int(res, r, 9);
+        pg__copy_guid(t->droplet_guid, res, r, 10);
+        t->created_at = pg__int(res, r, 11);
+        t->updated_at = pg__int(res, r, 12);
+    }
+    PQclear(res);
+    *out = list;
+    *n = count;
+    return 0;
+}
+
+static int pg__task_delete(struct store_backend *b, const char *guid)
+{
+    const char *v[] = {guid};
+    return pg__write(b, "DELETE FROM tasks WHERE guid = $1", 1, v, true);
+}
+
 /* ---- documents --------------------------------------------------------------------------- */
 
 static int pg__doc_put(struct store_backend *b, const char *kind, const char *id, const char *json)
@@ -905,6 +986,9 @@ const struct store_ops store_pg_ops = {
     .app_prune_artifacts = pg__app_prune_artifacts,
     .audit_add = pg__audit_add,
     .audit_list = pg__audit_list,
+    .task_put = pg__task_put,
+    .task_list = pg__task_list,
+    .task_delete = pg__task_delete,
     .doc_put = pg__doc_put,
     .doc_get = pg__doc_get,
     .doc_delete = pg__doc_delete,

@@ -89,6 +89,15 @@ const char *const store_sqlite_migrations[] = {
     /* 8: functions inside apps: a process type that runs a function of the app's own code
      * keeps what makes it one (store.h's store_process.function_json) */
     "ALTER TABLE processes ADD COLUMN function TEXT;",
+    /* 9: one-off tasks run from an app's droplet (store.h's store_task) */
+    "CREATE TABLE tasks ("
+    "  guid TEXT PRIMARY KEY,"
+    "  app_guid TEXT NOT NULL REFERENCES apps(guid) ON DELETE CASCADE,"
+    "  sequence_id INTEGER NOT NULL, name TEXT NOT NULL, command TEXT NOT NULL,"
+    "  state TEXT NOT NULL, failure_reason TEXT, exit_status INTEGER NOT NULL DEFAULT -1,"
+    "  memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL, droplet_guid TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    "  UNIQUE (app_guid, sequence_id));",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -999,6 +1008,91 @@ static int sqlite__audit_list(struct store_backend *st, const char *space_guid,
     return 0;
 }
 
+/* ---- tasks ------------------------------------------------------------------------------- */
+
+static int sqlite__task_put(struct store_backend *st, const struct store_task *t)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, "INSERT INTO tasks (guid, app_guid, sequence_id, name, command, state, failure_reason, "
+            "exit_status, memory_mb, disk_mb, droplet_guid, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (guid) DO UPDATE SET state = excluded.state,"
+            " failure_reason = excluded.failure_reason,"
+            " exit_status = excluded.exit_status,"
+            " updated_at = excluded.updated_at");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, t->guid);
+    store__bind_text(q, 2, t->app_guid);
+    sqlite3_bind_int64(q, 3, t->sequence_id);
+    store__bind_text(q, 4, t->name);
+    store__bind_text(q, 5, t->command);
+    store__bind_text(q, 6, t->state);
+    store__bind_text(q, 7, t->failure_reason);
+    sqlite3_bind_int(q, 8, t->exit_status);
+    sqlite3_bind_int(q, 9, t->memory_mb);
+    sqlite3_bind_int(q, 10, t->disk_mb);
+    store__bind_text(q, 11, t->droplet_guid);
+    sqlite3_bind_int64(q, 12, t->created_at);
+    sqlite3_bind_int64(q, 13, t->updated_at);
+    return store__step_done(st, q);
+}
+
+static int sqlite__task_list(struct store_backend *st, const char *app_guid,
+                             struct store_task **out, size_t *n)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, "SELECT guid, app_guid, sequence_id, name, command, state, failure_reason, "
+            "exit_status, memory_mb, disk_mb, droplet_guid, created_at, updated_at"
+            " FROM tasks WHERE (?1 IS NULL OR app_guid = ?1)"
+            " ORDER BY app_guid, sequence_id");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, app_guid);
+    struct store_task *list = NULL;
+    size_t count = 0;
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        list = xrealloc(list, (count + 1) * sizeof *list);
+        struct store_task *t = &list[count++];
+        memset(t, 0, sizeof *t);
+        snprintf(t->guid, sizeof t->guid, "%s", (const char *)sqlite3_column_text(q, 0) ?: "");
+        snprintf(t->app_guid, sizeof t->app_guid, "%s",
+                 (const char *)sqlite3_column_text(q, 1) ?: "");
+        t->sequence_id = sqlite3_column_int64(q, 2);
+        t->name = store__col_text(q, 3);
+        t->command = store__col_text(q, 4);
+        t->state = store__col_text(q, 5);
+        t->failure_reason = store__col_text(q, 6);
+        t->exit_status = sqlite3_column_int(q, 7);
+        t->memory_mb = sqlite3_column_int(q, 8);
+        t->disk_mb = sqlite3_column_int(q, 9);
+        snprintf(t->droplet_guid, sizeof t->droplet_guid, "%s",
+                 (const char *)sqlite3_column_text(q, 10) ?: "");
+        t->created_at = sqlite3_column_int64(q, 11);
+        t->updated_at = sqlite3_column_int64(q, 12);
+    }
+    if (store__read_done(st, q, step, "list tasks") < 0) {
+        store_task_list_free(list, count);
+        return -EIO;
+    }
+    *out = list;
+    *n = count;
+    return 0;
+}
+
+static int sqlite__task_delete(struct store_backend *st, const char *guid)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM tasks WHERE guid = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, guid);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
 /* ---- documents --------------------------------------------------------------------------- */
 
 static int sqlite__doc_put(struct store_backend *st, const char *kind, const char *id,
@@ -1086,6 +1180,9 @@ const struct store_ops store_sqlite_ops = {
     .app_prune_artifacts = sqlite__app_prune_artifacts,
     .audit_add = sqlite__audit_add,
     .audit_list = sqlite__audit_list,
+    .task_put = sqlite__task_put,
+    .task_list = sqlite__task_list,
+    .task_delete = sqlite__task_delete,
     .doc_put = sqlite__doc_put,
     .doc_get = sqlite__doc_get,
     .doc_delete = sqlite__doc_delete,

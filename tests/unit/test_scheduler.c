@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,21 @@ struct world {
     int last_scaled;
     int crashes_wanted;
     bool shut_down;
+    int tasks_ended;
+    struct scheduler_task_end last_task_end;
+    char last_task[37];
 };
+
+static void on_task_ended(void *ctx, const char *app_guid, const char *task_guid,
+                          const struct scheduler_task_end *end)
+{
+    struct world *w = ctx;
+    (void)app_guid;
+    w->tasks_ended++;
+    w->last_task_end = *end;
+    w->last_task_end.reason = NULL; /* valid during the call only */
+    snprintf(w->last_task, sizeof w->last_task, "%s", task_guid);
+}
 
 static void on_event(void *ctx, const struct platform_event *ev)
 {
@@ -144,6 +159,11 @@ static bool two_running(struct world *w)
     return scheduler_running_count(w->s, "web-app") == 2;
 }
 
+static bool one_running_only(struct world *w)
+{
+    return scheduler_running_count(w->s, "web-app") == 1;
+}
+
 static bool one_running(struct world *w)
 {
     return scheduler_running_count(w->s, "web-app") == 1 && w->counts[PLATFORM_INSTANCE_GONE] >= 1;
@@ -208,11 +228,69 @@ static void test_crashes_restart_at_once_three_times_then_wait(void **state)
     run_until(w, enough_crashes, "a crash after the restart");
 }
 
+static bool task_ended(struct world *w)
+{
+    return w->tasks_ended > 0;
+}
+
+/* A task runs once beside the app's instances: its lines are tagged with its name, its end
+ * (status, or stopped on request) goes to the callback, and it is never an instance: no
+ * readiness, no crash, no restart. */
+static void test_tasks_run_once_and_report_their_end(void **state)
+{
+    struct world *w = *state;
+    scheduler_set_task_ended(w->s, on_task_ended, w);
+    add_app(w, "web-app", "sleep 30", 1);
+    run_until(w, one_running_only, "the app running");
+    struct store_app *app = NULL;
+    assert_int_equal(store_app_get(w->store, "web-app", &app), 0);
+    char guid[37];
+    uuid_generate_v4(guid);
+    struct scheduler_task t = {.app_guid = app->guid,
+                               .droplet_guid = app->droplet_guid,
+                               .task_guid = guid,
+                               .name = "migrate",
+                               .command = "echo migrating; exit 3",
+                               .memory_mb = 64};
+    int ready = w->counts[PLATFORM_INSTANCE_READY];
+    assert_int_equal(scheduler_task_start(w->s, &t), 0);
+    assert_int_equal(w->tasks_ended, 0); /* never from inside the call */
+    run_until(w, task_ended, "the task's end");
+    assert_string_equal(w->last_task, guid);
+    assert_false(w->last_task_end.stopped);
+    assert_int_equal(w->last_task_end.exit_status, 3);
+    assert_int_equal(w->counts[PLATFORM_INSTANCE_READY], ready);
+    assert_int_equal(w->counts[PLATFORM_APP_CRASHED], 0);
+    size_t len = 0;
+    char *logs = logs_recent(w->logs, app->guid, 0, &len);
+    assert_non_null(strstr(logs, "[APP/TASK/migrate/0] OUT migrating"));
+    free(logs);
+    struct scheduler_instance_info info[4];
+    assert_int_equal(scheduler_app_instances(w->s, "web-app", info, 4), 1);
+
+    /* stopped on request */
+    w->tasks_ended = 0;
+    uuid_generate_v4(guid);
+    t.command = "sleep 30";
+    assert_int_equal(scheduler_task_start(w->s, &t), 0);
+    assert_int_equal(scheduler_task_stop(w->s, guid), 0);
+    run_until(w, task_ended, "the stopped task's end");
+    assert_true(w->last_task_end.stopped);
+    assert_int_equal(scheduler_task_stop(w->s, guid), -ENOENT);
+    /* only from the app's current droplet */
+    t.droplet_guid = "not-the-droplet";
+    assert_int_equal(scheduler_task_start(w->s, &t), -ENODATA);
+    t.app_guid = "no-such-app";
+    assert_int_equal(scheduler_task_start(w->s, &t), -ENOENT);
+    store_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_converges_to_the_desired_count_and_says_so, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_run_once_and_report_their_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crashes_restart_at_once_three_times_then_wait, setup,
                                         teardown),
     };

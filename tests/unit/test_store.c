@@ -597,6 +597,66 @@ static void test_documents(void **state)
     remove_db(path);
 }
 
+/* A task's record keeps what it ran and how it ended; a sequence id is the app's once; the
+ * app's deletion takes its tasks. */
+static void test_tasks_round_trip_and_go_with_their_app(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_task t = {.sequence_id = 1,
+                           .name = "migrate",
+                           .command = "rake db:migrate; echo 'it''s done'",
+                           .state = "RUNNING",
+                           .exit_status = -1,
+                           .memory_mb = 256,
+                           .disk_mb = 1024,
+                           .created_at = 1000,
+                           .updated_at = 1000};
+    uuid_generate_v4(t.guid);
+    snprintf(t.app_guid, sizeof t.app_guid, "%s", app->guid);
+    snprintf(t.droplet_guid, sizeof t.droplet_guid, "d-1");
+    assert_int_equal(store_task_put(st, &t), 0);
+    struct store_task second = t;
+    uuid_generate_v4(second.guid);
+    assert_int_equal(store_task_put(st, &second), -EEXIST); /* sequence id 1 is taken */
+    second.sequence_id = 2;
+    assert_int_equal(store_task_put(st, &second), 0);
+    t.state = "FAILED";
+    t.failure_reason = "exited with status 3";
+    t.exit_status = 3;
+    t.updated_at = 2000;
+    assert_int_equal(store_task_put(st, &t), 0);
+    struct store_task *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_task_list(st, app->guid, &list, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(list[0].sequence_id, 1);
+    assert_string_equal(list[0].guid, t.guid);
+    assert_string_equal(list[0].command, t.command);
+    assert_string_equal(list[0].state, "FAILED");
+    assert_string_equal(list[0].failure_reason, "exited with status 3");
+    assert_int_equal(list[0].exit_status, 3);
+    assert_int_equal(list[0].memory_mb, 256);
+    assert_int_equal(list[0].updated_at, 2000);
+    assert_null(list[1].failure_reason);
+    store_task_list_free(list, n);
+    assert_int_equal(store_task_delete(st, second.guid), 0);
+    assert_int_equal(store_task_delete(st, second.guid), -ENOENT);
+    assert_int_equal(store_task_list(st, NULL, &list, &n), 0);
+    assert_int_equal(n, 1);
+    store_task_list_free(list, n);
+    assert_int_equal(store_app_delete(st, app->guid), 0);
+    assert_int_equal(store_task_list(st, NULL, &list, &n), 0);
+    assert_int_equal(n, 0);
+    store_task_list_free(list, n);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 static void test_refuses_a_foreign_backend(void **state)
 {
     (void)state;
@@ -676,6 +736,7 @@ static void test_hostile_names_are_only_data(void **state)
         cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),                 \
         cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),                            \
         cmocka_unit_test(test_artifacts_and_pruning), cmocka_unit_test(test_documents),            \
+        cmocka_unit_test(test_tasks_round_trip_and_go_with_their_app),                             \
         cmocka_unit_test(test_hostile_names_are_only_data)
 
 int main(void)
