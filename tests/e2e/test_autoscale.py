@@ -280,6 +280,40 @@ def test_activator_queue_bound_and_timeout():
         p.close()
 
 
+def test_one_app_filling_its_hold_bound_does_not_refuse_another_apps_requests():
+    """A hostile tenant's app that never gets ready, its held requests at the bound: the bound
+    is per app process, so another app at zero is still woken and served."""
+    p = Platform(extra_env={"SKIFF_ROUTER_HOLD_TIMEOUT_MS": "20000",
+                            "SKIFF_ROUTER_HOLD_MAX": "2"}).start()
+    try:
+        deploy_bits(p, "never", [("Procfile", b"web: sleep 1000\n")], {"instances": 0})
+        code, body = p.api("POST", "/v1/routes", {"app": "never", "host": "never.localhost"})
+        assert code in (200, 201), body
+        autoscale(p, "never", "--min", "0", "--max", "1", "--window", "4s")
+        deploy(p, "good", instances=0)
+        autoscale(p, "good", "--min", "0", "--max", "1", "--window", "4s")
+        results = []
+
+        def flood():
+            r = get(p, "never.localhost", timeout=60)
+            results.append((r[0], r[1].get("X-Skiff-Router-Error")))
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        # the bound of never is full once two of its requests were refused at once
+        wait_for(lambda: sorted(results) == [(503, "scale-from-zero-queue-full")] * 2, 20,
+                 what="never's hold bound to be full")
+        code, headers, body = get(p, "good.localhost", timeout=30)
+        assert code == 200 and body.startswith("instance "), (code, headers, body)
+        for t in threads:
+            t.join(60)
+        assert sorted(results) == [(503, "scale-from-zero-queue-full")] * 2 + \
+            [(503, "scale-from-zero-timeout")] * 2, results
+    finally:
+        p.close()
+
+
 def test_manifest_sets_the_policy(plat, tmp_path):
     p = plat
     (tmp_path / "app").mkdir()
