@@ -440,10 +440,7 @@ void http_pool_send(struct http_pool *pool, const char *head, size_t head_len,
 
 const char *http_response_header(const struct http_response *resp, const char *name)
 {
-    for (size_t i = 0; i < resp->header_count; i++)
-        if (strcmp(resp->headers[i].name, name) == 0)
-            return resp->headers[i].value;
-    return NULL;
+    return http_header_find(resp->headers, resp->header_count, name);
 }
 
 static void http_settings_fill(llhttp_settings_t *s)

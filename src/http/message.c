@@ -1,5 +1,15 @@
 #include "http/message.h"
 
+#include <strings.h>
+
+const char *http_header_find(const struct http_header *headers, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcasecmp(headers[i].name, name))
+            return headers[i].value;
+    return NULL;
+}
+
 const char *http_status_reason(int status)
 {
     switch (status) {

@@ -3,10 +3,16 @@
 #ifndef SKIFF_HTTP_MESSAGE_H
 #define SKIFF_HTTP_MESSAGE_H
 
+#include <stddef.h>
+
 struct http_header {
     char *name; /* lower case in responses the client read; as sent in requests the server read */
     char *value;
 };
+
+/* The value of the first of n headers named name (compared without case, as RFC 9110 says
+ * names are), or NULL. */
+const char *http_header_find(const struct http_header *headers, size_t n, const char *name);
 
 /* The reason phrase of an HTTP status (RFC 9110), "Unknown" for one Skiff never sends. */
 const char *http_status_reason(int status);

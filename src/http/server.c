@@ -700,10 +700,7 @@ void http_stream_end(struct http_request *req)
 
 const char *http_request_header(const struct http_request *req, const char *name)
 {
-    for (size_t i = 0; i < req->nheaders; i++)
-        if (!strcasecmp(req->headers[i].name, name))
-            return req->headers[i].value;
-    return NULL;
+    return http_header_find(req->headers, req->nheaders, name);
 }
 
 char *http_request_query(const struct http_request *req, const char *name)
