@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "loop_socket.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -101,21 +103,10 @@ static void on_later(struct api_request *req, void *ctx)
     uv_timer_start(&l->timer, later_fire, 20, 0);
 }
 
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bind(s, (struct sockaddr *)&a, sizeof a);
-    getsockname(s, (struct sockaddr *)&a, &len);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
 static struct api *start_api(struct fixture *fx, unsigned per_client)
 {
     char addr[64];
-    fx->port = free_port();
+    fx->port = loop_socket_free_port();
     snprintf(addr, sizeof addr, "127.0.0.1:%d", fx->port);
     struct api_config cfg = {.home = fx->home,
                              .addr = addr,
@@ -171,39 +162,12 @@ static int teardown(void **state)
 
 static int connect_api(struct fixture *fx)
 {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)fx->port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
-    assert_true(rc == 0 || errno == EINPROGRESS);
-    return s;
+    return loop_socket_connect(fx->port);
 }
 
-/* Runs the loop until fd has something to read (or EOF), at most 3 s; what it read, or "" on
- * EOF. */
-static void exchange(struct fixture *fx, int s, const char *send_text, char *out, size_t size)
+static void exchange(struct fixture *fx, int s, const char *text, char *out, size_t size)
 {
-    if (send_text) {
-        for (int i = 0; i < 100; i++) {
-            uv_run(&fx->loop, UV_RUN_NOWAIT);
-            if (send(s, send_text, strlen(send_text), MSG_NOSIGNAL) >= 0)
-                break;
-            usleep(1000);
-        }
-    }
-    out[0] = '\0';
-    int64_t deadline = time_mono_ms() + 3000;
-    while (time_mono_ms() < deadline) {
-        uv_run(&fx->loop, UV_RUN_NOWAIT);
-        struct pollfd p = {.fd = s, .events = POLLIN};
-        if (poll(&p, 1, 5) == 1) {
-            ssize_t n = recv(s, out, size - 1, 0);
-            out[n > 0 ? n : 0] = '\0';
-            return;
-        }
-    }
-    fail_msg("no answer within 3 s");
+    loop_socket_exchange(&fx->loop, s, text, out, size);
 }
 
 static void publish_with(struct fixture *fx, const char *token, const char *extra, char *out,
@@ -325,7 +289,7 @@ static void test_authorization_step(void **state)
     }
 
     char addr[64];
-    fx->port = free_port();
+    fx->port = loop_socket_free_port();
     snprintf(addr, sizeof addr, "127.0.0.1:%d", fx->port);
     struct api_config cfg = {
         .home = fx->home, .addr = addr, .admin_token = "admin-token", .auth = auth, .store = st};

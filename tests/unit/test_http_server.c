@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "loop_socket.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
@@ -92,17 +94,6 @@ static void on_free(struct http_request *req, void *ctx)
     free(((struct owner_request *)req)->note);
 }
 
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bind(s, (struct sockaddr *)&a, sizeof a);
-    getsockname(s, (struct sockaddr *)&a, &len);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
 static void on_closed(void *arg)
 {
     *(bool *)arg = true;
@@ -126,7 +117,7 @@ static int setup(void **state)
         return -1;
     for (int i = 0; i < 2; i++) {
         char addr[64];
-        fx->port[i] = free_port();
+        fx->port[i] = loop_socket_free_port();
         snprintf(addr, sizeof addr, "127.0.0.1:%d", fx->port[i]);
         if (http_server_listen(fx->server, addr, 10 + i) < 0)
             return -1;
@@ -150,40 +141,9 @@ static int teardown(void **state)
     return 0;
 }
 
-static int connect_to(int port)
-{
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
-    assert_true(rc == 0 || errno == EINPROGRESS);
-    return s;
-}
-
-/* Sends text (when given), then runs the loop until the socket has something to read, at most
- * 3 s; what it read, or "" on EOF. */
 static void exchange(struct fixture *fx, int s, const char *text, char *out, size_t size)
 {
-    if (text) {
-        int64_t deadline = time_mono_ms() + 3000;
-        while (send(s, text, strlen(text), MSG_NOSIGNAL) < 0 && time_mono_ms() < deadline) {
-            uv_run(&fx->loop, UV_RUN_NOWAIT);
-            usleep(1000);
-        }
-    }
-    out[0] = '\0';
-    int64_t deadline = time_mono_ms() + 3000;
-    while (time_mono_ms() < deadline) {
-        uv_run(&fx->loop, UV_RUN_NOWAIT);
-        struct pollfd p = {.fd = s, .events = POLLIN};
-        if (poll(&p, 1, 5) == 1) {
-            ssize_t n = recv(s, out, size - 1, 0);
-            out[n > 0 ? n : 0] = '\0';
-            return;
-        }
-    }
-    fail_msg("no answer within 3 s");
+    loop_socket_exchange(&fx->loop, s, text, out, size);
 }
 
 /* Runs the loop until cond holds, at most 3 s. */
@@ -200,7 +160,7 @@ static void test_owner_sees_its_fields_and_listener_tags(void **state)
     struct fixture *fx = *state;
     char out[1024];
     for (int i = 0; i < 2; i++) {
-        int s = connect_to(fx->port[i]);
+        int s = loop_socket_connect(fx->port[i]);
         exchange(fx, s, "POST /a%2Fb HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", out,
                  sizeof out);
         char want[64];
@@ -217,7 +177,7 @@ static void test_refusal_comes_before_the_body(void **state)
 {
     struct fixture *fx = *state;
     char out[1024];
-    int s = connect_to(fx->port[0]);
+    int s = loop_socket_connect(fx->port[0]);
     /* a body of 1 GB is announced and never sent: the answer must not wait for it */
     exchange(fx, s, "POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", out,
              sizeof out);
@@ -228,7 +188,7 @@ static void test_refusal_comes_before_the_body(void **state)
     close(s);
     RUN_UNTIL(fx, fx->frees == 1);
     /* a refusal in the owner's own words */
-    s = connect_to(fx->port[0]);
+    s = loop_socket_connect(fx->port[0]);
     exchange(fx, s, "POST /own HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 412 "));
     assert_non_null(strstr(out, "\r\n\r\n{\"description\":\"no\"}"));
@@ -240,13 +200,13 @@ static void test_body_over_the_owners_limit_is_413(void **state)
 {
     struct fixture *fx = *state;
     char out[1024];
-    int s = connect_to(fx->port[0]);
+    int s = loop_socket_connect(fx->port[0]);
     exchange(fx, s, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\n\r\n", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 413 "));
     assert_non_null(strstr(out, "limit of 64 bytes"));
     close(s);
     /* chunked: no length to refuse from the head, refused once the body passes the limit */
-    s = connect_to(fx->port[0]);
+    s = loop_socket_connect(fx->port[0]);
     char chunk[256];
     snprintf(chunk, sizeof chunk,
              "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n%065d\r\n", 0);
@@ -260,7 +220,7 @@ static void test_body_to_a_file_is_removed_with_the_request(void **state)
 {
     struct fixture *fx = *state;
     char out[1024];
-    int s = connect_to(fx->port[0]);
+    int s = loop_socket_connect(fx->port[0]);
     exchange(fx, s, "PUT /file HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", out,
              sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
@@ -273,7 +233,7 @@ static void test_body_to_a_file_is_removed_with_the_request(void **state)
 static void test_client_that_leaves_aborts_its_request(void **state)
 {
     struct fixture *fx = *state;
-    int s = connect_to(fx->port[1]);
+    int s = loop_socket_connect(fx->port[1]);
     const char *text = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
     int64_t deadline = time_mono_ms() + 3000;
     while (send(s, text, strlen(text), MSG_NOSIGNAL) < 0 && time_mono_ms() < deadline)
@@ -288,7 +248,7 @@ static void test_escaped_nul_never_reaches_the_owner(void **state)
 {
     struct fixture *fx = *state;
     char out[1024];
-    int s = connect_to(fx->port[0]);
+    int s = loop_socket_connect(fx->port[0]);
     exchange(fx, s, "GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 400 "));
     assert_int_equal(fx->heads, 0);
@@ -300,7 +260,7 @@ static void test_pipelined_requests_answered_in_order(void **state)
 {
     struct fixture *fx = *state;
     char out[4096];
-    int s = connect_to(fx->port[0]);
+    int s = loop_socket_connect(fx->port[0]);
     exchange(fx, s, "GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", out,
              sizeof out);
     RUN_UNTIL(fx, fx->requests == 2);
