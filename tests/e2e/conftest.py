@@ -53,6 +53,11 @@ def wait_for(cond, timeout=10.0, what="condition", interval=0.02):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+# tests/e2e/apps/web.py: the web app of the deploy, drain and autoscaling tests, as bytes
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", "web.py"), "rb") as _f:
+    WEB_APP = _f.read()
+
+
 class Platform:
     def __init__(self, home=None, extra_env=None, extra_args=()):
         self.home = home or tempfile.mkdtemp(prefix="skiff-e2e-")

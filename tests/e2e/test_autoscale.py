@@ -13,35 +13,9 @@ import urllib.request
 
 import pytest
 
-from conftest import Platform, deploy_bits, out, wait_for
+from conftest import Platform, WEB_APP, deploy_bits, out, wait_for
 
-# A web app whose requests take as long as asked (/sleep/SECONDS).
-APP = b"""
-import os, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-INDEX = os.environ.get("CF_INSTANCE_INDEX", "?")
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        if self.path.startswith("/sleep/"):
-            time.sleep(float(self.path.split("/")[2]))
-        body = ("instance %s\\n" % INDEX).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"""
+APP = WEB_APP  # tests/e2e/apps/web.py
 
 
 def deploy(p, name, instances=1):

@@ -8,45 +8,15 @@ import threading
 
 import pytest
 
-from conftest import out, wait_for
+from conftest import WEB_APP, out, wait_for
 
-# Serves its VERSION on every path; slow to start on purpose, so a deploy that did not wait
-# for its successor to run would leave a gap. CRASH=1 in the version file: exits at once.
-APP = """\
-import os, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "version.txt")).read().strip()
-if VERSION.startswith("crash") or (VERSION.startswith("second-crashes") and
-                                    os.environ.get("CF_INSTANCE_INDEX") == "1"):
-    print("this version cannot start", flush=True)
-    sys.exit(3)
-time.sleep(0.3)
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = (VERSION + "\\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"""
+APP = WEB_APP  # tests/e2e/apps/web.py
 
 
 def write_app(tmp_path, version):
     d = tmp_path / version
     d.mkdir(exist_ok=True)
-    (d / "app.py").write_text(APP)
+    (d / "app.py").write_bytes(APP)
     (d / "Procfile").write_text("web: python3 app.py\n")
     (d / "version.txt").write_text(version + "\n")
     return str(d)

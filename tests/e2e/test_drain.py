@@ -8,40 +8,9 @@ import threading
 import urllib.error
 import urllib.request
 
-from conftest import Platform, deploy_bits, out, push_function, write
+from conftest import Platform, WEB_APP, deploy_bits, out, push_function, write
 
-# A web app whose requests take as long as the client asks (/sleep/SECONDS). Each request
-# prints a MARK line when it starts (read back from the app's logs), so a test knows it
-# reached the app. Python's
-# default SIGTERM action ends the process at once: without a drain, a request in flight fails.
-APP = b"""
-import os, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-INDEX = os.environ.get("CF_INSTANCE_INDEX", "?")
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        if self.path.startswith("/sleep/"):
-            print("MARK %s-%d-%d" % (INDEX, os.getpid(), time.monotonic_ns()), flush=True)
-        if self.path.startswith("/sleep/"):
-            time.sleep(float(self.path.split("/")[2]))
-        body = ("instance %s\\n" % INDEX).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"""
+APP = WEB_APP  # tests/e2e/apps/web.py
 
 
 def deploy(p, name, instances, env=None):
