@@ -49,7 +49,9 @@ struct sched_inst {
     int index;
     int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
     char addr[64]; /* where the platform reaches it: "IP:PORT" */
-    bool ready;
+    bool ready;    /* its health check passed: RUNNING */
+    bool readiness;    /* it has a readiness check: routed to only while that passes */
+    bool readiness_ok; /* the readiness check's last result */
     enum sched_inst_phase phase;
     uint64_t drain_id;         /* DRAINING: its id for scheduler_drain_hold/_release */
     int drain_holds;           /* DRAINING: holds not yet released */
@@ -59,6 +61,14 @@ struct sched_inst {
     struct sched_slot *shadow; /* a rolling replacement waiting to take over this slot */
     struct sched_inst *next;
 };
+
+/* Whether requests and events may go to the instance: the one answer for the route table,
+ * the invoker and the autoscaler. Not ready by its readiness check, it is running (and not
+ * restarted) but takes no new work. */
+static bool sched__routable(const struct sched_inst *si)
+{
+    return si->ready && (!si->readiness || si->readiness_ok);
+}
 
 struct sched_slot {
     int index;
@@ -196,6 +206,9 @@ static void sched__inst_unlink(struct scheduler *s, struct sched_inst *si)
 }
 
 static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready);
+static void sched__routed(struct scheduler *s, struct sched_inst *si);
+static void sched__on_final(struct scheduler *s, struct sched_inst *si, enum instance_state state,
+                            const struct instance_exit *ex);
 static void sched__arm_timer(struct scheduler *s);
 
 /* SIGTERM now (the executor sends SIGKILL after its grace period). */
@@ -247,11 +260,10 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
         return;
     si->stopping_since_ms = time_now_ms();
     /* A stopping instance takes no new work (scheduler.h: GONE when it leaves RUNNING). */
-    bool was_ready = si->ready;
-    if (si->ready) {
-        si->ready = false;
+    bool was_ready = sched__routable(si);
+    si->ready = false;
+    if (was_ready)
         sched__ready_event(s, si, false);
-    }
     if (!was_ready || s->shutting_down) {
         sched__halt(si);
         return;
@@ -364,9 +376,10 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
     struct sched_inst *si = instance_user_data(inst);
     if (!si)
         return;
-    if (stream == INSTANCE_STREAM_CELL) {
+    if (stream == INSTANCE_STREAM_CELL || stream == INSTANCE_STREAM_LOG) {
         char tag[32];
-        snprintf(tag, sizeof tag, "CELL/%d", si->index);
+        snprintf(tag, sizeof tag, "%s/%d", stream == INSTANCE_STREAM_LOG ? "LOG" : "CELL",
+                 si->index);
         logs_append(s->logs, si->app_guid, tag, LOGS_ERR, line, len);
         return;
     }
@@ -452,25 +465,70 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
         struct sched_slot *slot = si->slot;
         if (slot && slot->cur == si)
             slot->healthy_since_ms = time_now_ms();
-        sched__ready_event(s, si, true);
-        if (slot && slot->replacement == si) {
-            /* a rolling replacement is ready: the old instance goes, then the next slot */
-            struct sched_inst *old = slot->cur;
-            slot->cur = si;
-            slot->replacement = NULL;
-            slot->healthy_since_ms = time_now_ms();
-            slot->crash_count = 0;
-            sched__stop_inst(s, old);
-            struct sched_app *a = sched__app(s, si->app_guid, false);
-            if (a)
-                sched__converge(s, a);
-        }
+        if (sched__routable(si))
+            sched__routed(s, si);
+        else
+            logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                         "Instance %d of %s takes requests once its readiness check passes",
+                         si->index, si->type);
         return;
     }
     if (state != INSTANCE_DOWN && state != INSTANCE_CRASHED)
         return;
+    sched__on_final(s, si, state, ex);
+}
+
+/* The instance became routable (RUNNING, and ready when it has a readiness check): it joins
+ * the route table, and a rolling replacement takes over its slot now, not before, so that a
+ * deploy never leaves a slot with nothing to route to. */
+static void sched__routed(struct scheduler *s, struct sched_inst *si)
+{
+    struct sched_slot *slot = si->slot;
+    sched__ready_event(s, si, true);
+    if (slot && slot->replacement == si) {
+        /* a rolling replacement is ready: the old instance goes, then the next slot */
+        struct sched_inst *old = slot->cur;
+        slot->cur = si;
+        slot->replacement = NULL;
+        slot->healthy_since_ms = time_now_ms();
+        slot->crash_count = 0;
+        sched__stop_inst(s, old);
+        struct sched_app *a = sched__app(s, si->app_guid, false);
+        if (a)
+            sched__converge(s, a);
+    }
+}
+
+/* A RUNNING instance's readiness check changed its result: out of the route table while it
+ * fails, back when it passes; never a restart (Cloud Foundry's readiness checks). */
+static void sched__on_readiness(void *ctx, struct instance *inst, bool ready)
+{
+    struct scheduler *s = ctx;
+    struct sched_inst *si = instance_user_data(inst);
+    if (!si || si->readiness_ok == ready)
+        return;
+    bool was = sched__routable(si);
+    si->readiness_ok = ready;
+    if (!si->ready || si->phase != SCHED_INST_LIVE || was == sched__routable(si))
+        return;
+    if (ready) {
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s is ready: it takes requests", si->index, si->type);
+        sched__routed(s, si);
+    } else {
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
+                     "Instance %d of %s is not ready (its readiness check failed): it takes no "
+                     "requests until the check passes again; it is not restarted",
+                     si->index, si->type);
+        sched__ready_event(s, si, false);
+    }
+}
+
+static void sched__on_final(struct scheduler *s, struct sched_inst *si, enum instance_state state,
+                            const struct instance_exit *ex)
+{
     /* final: the executor frees inst when we return */
-    if (si->ready)
+    if (sched__routable(si))
         sched__ready_event(s, si, false);
     sched__inst_unlink(s, si);
     struct sched_slot *slot = si->slot;
@@ -628,6 +686,20 @@ static enum health_check_type sched__health(const char *t)
     if (t && !strcmp(t, "process"))
         return HEALTH_PROCESS;
     return HEALTH_PORT;
+}
+
+/* A process's check and log settings (store.h) into the executor's spec (executor.h). */
+static void sched__spec_checks(struct instance_spec *spec, const struct store_process_checks *c)
+{
+    spec->health_interval_ms = c->health_interval_s * 1000;
+    spec->health_timeout_ms = c->health_timeout_s * 1000;
+    spec->readiness = c->readiness_type != NULL;
+    spec->readiness_type = sched__health(c->readiness_type);
+    spec->readiness_endpoint = c->readiness_endpoint;
+    spec->readiness_interval_ms = c->readiness_interval_s * 1000;
+    spec->readiness_timeout_ms = c->readiness_timeout_s * 1000;
+    spec->log_rate_limited = c->log_rate_limited;
+    spec->log_rate_limit = c->log_rate_limit;
 }
 
 static void sched__make_token(struct scheduler *s, const char *app_guid, const char *instance_guid,
@@ -796,6 +868,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                      web ? sched__health(app->health_check_type) : HEALTH_PROCESS,
                                  .health_endpoint = app->health_check_http_endpoint,
                                  .start_timeout_s = app->timeout};
+    sched__spec_checks(&spec, &proc->checks);
+    si->readiness = spec.readiness;
     if (!strcmp(a->kind, "function"))
         spec.health = sched__health(app->health_check_type);
     else if (function)
@@ -987,7 +1061,9 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   struct scheduler **out)
 {
     struct scheduler *s = xcalloc(1, sizeof *s);
-    int rc = executor_new(loop, excfg, sched__on_output, sched__on_state, s, &s->ex);
+    struct executor_config ec = *excfg;
+    ec.on_readiness = sched__on_readiness;
+    int rc = executor_new(loop, &ec, sched__on_output, sched__on_state, s, &s->ex);
     if (rc < 0) {
         free(s);
         return rc;
@@ -1099,10 +1175,12 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
                  "skiffd%s",
                  si->index, si->type, si->guid, si->port,
                  running ? "" : "; checking its health again");
+    si->readiness = sp->readiness; /* its first result comes from the executor, soon */
     if (running) {
         si->ready = true;
         slot->healthy_since_ms = time_now_ms();
-        sched__ready_event(s, si, true);
+        if (sched__routable(si))
+            sched__ready_event(s, si, true);
     }
 }
 
@@ -1461,7 +1539,7 @@ int scheduler_ready_instances(struct scheduler *s, const char *app, const char *
             struct sched_slot *slot = p->slots[j];
             struct sched_inst *cands[2] = {slot->cur, slot->replacement};
             for (int k = 0; k < 2; k++) {
-                if (!cands[k] || !cands[k]->ready)
+                if (!cands[k] || !sched__routable(cands[k]))
                     continue;
                 if ((size_t)count < max)
                     sched__fill(&out[count], p, slot, cands[k]);
@@ -1548,7 +1626,7 @@ void scheduler_each_ready(struct scheduler *s,
                 struct sched_slot *slot = p->slots[j];
                 struct sched_inst *cands[2] = {slot->cur, slot->replacement};
                 for (int k = 0; k < 2; k++) {
-                    if (!cands[k] || !cands[k]->ready)
+                    if (!cands[k] || !sched__routable(cands[k]))
                         continue;
                     struct scheduler_instance_info info;
                     sched__fill(&info, p, slot, cands[k]);
