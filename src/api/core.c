@@ -1094,6 +1094,8 @@ static void core__apps_get(struct api_request *req, void *ctx)
             json_object_set_new(d, "disk_quota_bytes",
                                 json_integer((json_int_t)info[i].disk_quota_bytes));
             json_object_set_new(d, "disk_full", json_boolean(info[i].disk_full));
+            json_object_set_new(
+                d, "ready", json_boolean(!strcmp(info[i].state, "RUNNING") && !info[i].not_ready));
             json_object_set_new(d, "exit_status",
                                 info[i].exit_status >= 0 ? json_integer(info[i].exit_status)
                                                          : json_null());

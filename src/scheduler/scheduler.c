@@ -1495,6 +1495,7 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
         snprintf(info->state, sizeof info->state, "%s",
                  instance_state_name(instance_state(si->inst)));
         info->since_ms = instance_since_ms(si->inst);
+        info->not_ready = si->ready && !sched__routable(si);
         instance_usage(si->inst, &info->cpu, &info->memory_bytes);
     } else {
         snprintf(info->state, sizeof info->state, "%s", slot->restart_at_mono ? "CRASHED" : "DOWN");

@@ -161,6 +161,7 @@ struct scheduler_instance_info {
     uint64_t disk_bytes, disk_quota_bytes; /* a container's writable layer: used and size */
     bool disk_full;                        /* ... and its quota is used up */
     char state[16]; /* STARTING RUNNING CRASHED STOPPING DOWN */
+    bool not_ready; /* RUNNING, but its readiness check fails: it takes no requests */
     int64_t since_ms;
     double cpu;
     uint64_t memory_bytes;
