@@ -38,6 +38,7 @@
 #include "container/seccomp.h"
 #include "executor/cgroup.h"
 #include "executor/proc.h"
+#include "http/client.h"
 #include "shim/shim.h"
 
 #define HEALTH_STARTING_MS 20 /* at most, between probes of a starting instance */
@@ -88,6 +89,7 @@ struct instance {
     int handles; /* open timers; freed at zero once final */
     struct probe *probe;           /* the liveness probe in flight */
     struct probe *readiness_probe; /* the readiness probe in flight */
+    struct http_pool *http;        /* the HTTP checks' client, made at the first one */
     bool ready;                    /* the readiness check's last result, as reported */
     int liveness_failures;
     /* the log rate limit's window: a second from log_window_ms, log_bytes written in it */
@@ -1263,42 +1265,29 @@ static void executor__site_slot_give(void *ctx, int slot)
 
 /* ---- health probes ---------------------------------------------------------------------- */
 
-/* One TCP connect (HEALTH_PORT) or one GET (HEALTH_HTTP) with a deadline. It outlives its
- * instance when that goes first (inst is then NULL) and frees itself once closed. */
+/* One check with a deadline: a TCP connect (HEALTH_PORT), or a GET through the instance's HTTP
+ * client (HEALTH_HTTP, src/http/client.h: llhttp reads the status, the body is dropped). It
+ * outlives its instance when that goes first (inst is then NULL) and frees itself once done. */
 struct probe {
     struct instance *inst;
     bool readiness; /* a readiness probe (else liveness) */
     int answer_ms;  /* the deadline once connected */
+    /* HEALTH_PORT */
     uv_tcp_t tcp;
     uv_connect_t connect;
-    uv_write_t write;
     uv_timer_t timeout;
-    char *request;
-    char response[64];
-    size_t response_len;
     int handles;
     bool done;
+    /* HEALTH_HTTP */
+    char *request;
 };
 
 static void executor__health_result(struct instance *inst, bool healthy);
 static void executor__readiness_result(struct instance *inst, bool ready);
 
-static void probe__closed(uv_handle_t *h)
+/* Tells the probe's instance, if it is still there, what the probe found. */
+static void probe__report(struct probe *pr, bool healthy)
 {
-    struct probe *pr = h->data;
-    if (--pr->handles == 0) {
-        free(pr->request);
-        free(pr);
-    }
-}
-
-static void probe__finish(struct probe *pr, bool healthy)
-{
-    if (pr->done)
-        return;
-    pr->done = true;
-    uv_close((uv_handle_t *)&pr->tcp, probe__closed);
-    uv_close((uv_handle_t *)&pr->timeout, probe__closed);
     struct instance *inst = pr->inst;
     if (inst && pr->readiness) {
         inst->readiness_probe = NULL;
@@ -1309,97 +1298,91 @@ static void probe__finish(struct probe *pr, bool healthy)
     }
 }
 
+static void probe__closed(uv_handle_t *h)
+{
+    struct probe *pr = h->data;
+    if (--pr->handles == 0)
+        free(pr);
+}
+
+static void probe__finish(struct probe *pr, bool healthy)
+{
+    if (pr->done)
+        return;
+    pr->done = true;
+    uv_close((uv_handle_t *)&pr->tcp, probe__closed);
+    uv_close((uv_handle_t *)&pr->timeout, probe__closed);
+    probe__report(pr, healthy);
+}
+
 static void probe__timed_out(uv_timer_t *t)
 {
     probe__finish(t->data, false);
 }
 
-static void probe__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct probe *pr = h->data;
-    (void)suggested;
-    buf->base = pr->response + pr->response_len;
-    buf->len = sizeof(pr->response) - 1 - pr->response_len;
-}
-
-static void probe__read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    struct probe *pr = s->data;
-    (void)buf;
-    if (nread < 0 || pr->done) {
-        probe__finish(pr, false);
-        return;
-    }
-    pr->response_len += (size_t)nread;
-    pr->response[pr->response_len] = '\0';
-    char *eol = strstr(pr->response, "\r\n");
-    if (!eol && pr->response_len < sizeof(pr->response) - 1)
-        return; /* the status line is not complete yet */
-    /* "HTTP/1.1 200 OK": the status code is the second word */
-    const char *sp = strchr(pr->response, ' ');
-    bool ok = str_has_prefix(pr->response, "HTTP/1.") && sp && strncmp(sp + 1, "200", 3) == 0 &&
-              (sp[4] == ' ' || sp[4] == '\r');
-    probe__finish(pr, ok);
-}
-
-static void probe__written(uv_write_t *w, int status)
-{
-    struct probe *pr = w->data;
-    if (status < 0)
-        probe__finish(pr, false);
-}
-
 static void probe__connected(uv_connect_t *c, int status)
 {
     struct probe *pr = c->data;
-    if (pr->done)
-        return;
-    if (status < 0) {
-        probe__finish(pr, false);
-        return;
-    }
-    if (!pr->request) {
-        probe__finish(pr, true); /* a port check: accepting connections is healthy */
-        return;
-    }
-    uv_timer_start(&pr->timeout, probe__timed_out, (uint64_t)pr->answer_ms, 0); /* the answer */
-    uv_buf_t b = uv_buf_init(pr->request, (unsigned)strlen(pr->request));
-    pr->write.data = pr;
-    if (uv_write(&pr->write, (uv_stream_t *)&pr->tcp, &b, 1, probe__written) < 0 ||
-        uv_read_start((uv_stream_t *)&pr->tcp, probe__alloc, probe__read) < 0)
-        probe__finish(pr, false);
+    if (!pr->done)
+        probe__finish(pr, status == 0); /* accepting connections is healthy */
 }
 
-/* Starts the liveness probe, or with `readiness` the readiness probe, of inst. */
+/* An HTTP check passes on a 200 (Cloud Foundry's rule), nothing else. Runs once, also when
+ * the instance's client is released under it ("cancelled"). */
+static void probe__answered(void *arg, const struct http_response *resp)
+{
+    struct probe *pr = arg;
+    probe__report(pr, resp->status == 200);
+    free(pr->request);
+    free(pr);
+}
+
+/* Starts the liveness probe, or with `readiness` the readiness probe, of inst. While the
+ * instance starts, a connect gets HEALTH_CONNECT_STARTING_MS, then the answer its deadline. */
 static void executor__probe_start(struct instance *inst, bool readiness)
 {
+    struct executor *ex = inst->ex;
     struct probe *pr = xcalloc(1, sizeof(*pr));
     pr->inst = inst;
     pr->readiness = readiness;
     pr->answer_ms = readiness ? inst->readiness_timeout_ms : inst->health_timeout_ms;
-    uv_tcp_init(inst->ex->loop, &pr->tcp);
-    uv_timer_init(inst->ex->loop, &pr->timeout);
-    pr->tcp.data = pr->timeout.data = pr->connect.data = pr;
-    pr->handles = 2;
-    enum health_check_type type = readiness ? inst->readiness_type : inst->health;
-    const char *endpoint = readiness ? inst->readiness_endpoint : inst->health_endpoint;
-    if (type == HEALTH_HTTP) {
-        const char *path = endpoint && endpoint[0] == '/' ? endpoint : "/";
-        struct instance_endpoint ep;
-        executor_endpoint(inst->ex, inst->port, &ep);
-        pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: "
-                                "skiff-health-check\r\nConnection: close\r\n\r\n",
-                                path, ep.addr);
-    }
     if (readiness)
         inst->readiness_probe = pr;
     else
         inst->probe = pr;
+    bool starting = inst->state == INSTANCE_STARTING;
+    enum health_check_type type = readiness ? inst->readiness_type : inst->health;
+    struct instance_endpoint ep;
+    executor_endpoint(ex, inst->port, &ep);
+    if (type == HEALTH_HTTP) {
+        if (!inst->http && http_pool_new(ex->loop, ep.addr, &inst->http) < 0) {
+            probe__report(pr, false); /* cannot happen with an address of ours; fails safe */
+            free(pr);
+            return;
+        }
+        const char *endpoint = readiness ? inst->readiness_endpoint : inst->health_endpoint;
+        const char *path = endpoint && endpoint[0] == '/' ? endpoint : "/";
+        /* Connection: close: an idle kept-alive check connection would hold a single-threaded
+         * server's only worker away from the requests the router sends */
+        pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: "
+                                "skiff-health-check\r\nConnection: close\r\n\r\n",
+                                path, ep.addr);
+        struct http_call_limits limits = {.timeout_ms = pr->answer_ms,
+                                          .connect_timeout_ms =
+                                              starting ? HEALTH_CONNECT_STARTING_MS : 0,
+                                          .discard_body = true};
+        http_pool_send_limited(inst->http, pr->request, strlen(pr->request), NULL, 0, &limits,
+                               probe__answered, pr);
+        return;
+    }
+    uv_tcp_init(ex->loop, &pr->tcp);
+    uv_timer_init(ex->loop, &pr->timeout);
+    pr->tcp.data = pr->timeout.data = pr->connect.data = pr;
+    pr->handles = 2;
     struct sockaddr_in addr;
-    executor__sockaddr(inst->ex, inst->port, &addr);
-    uv_timer_start(
-        &pr->timeout, probe__timed_out,
-        inst->state == INSTANCE_STARTING ? HEALTH_CONNECT_STARTING_MS : (uint64_t)pr->answer_ms, 0);
+    executor__sockaddr(ex, inst->port, &addr);
+    uv_timer_start(&pr->timeout, probe__timed_out,
+                   starting ? HEALTH_CONNECT_STARTING_MS : (uint64_t)pr->answer_ms, 0);
     if (uv_tcp_connect(&pr->connect, &pr->tcp, (const struct sockaddr *)&addr, probe__connected) <
         0)
         probe__finish(pr, false);
@@ -1606,6 +1589,10 @@ static void executor__retire(struct instance *inst)
     if (inst->readiness_probe) {
         inst->readiness_probe->inst = NULL;
         inst->readiness_probe = NULL;
+    }
+    if (inst->http) { /* a check in flight ends now, telling nobody (its inst is NULL) */
+        http_pool_release(inst->http, true);
+        inst->http = NULL;
     }
     if (inst->proc) {
         proc_close(inst->proc);
