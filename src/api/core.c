@@ -401,6 +401,14 @@ static struct store_process *core__process_ensure(struct store_app *app, const c
     return p;
 }
 
+/* Whether e may be a check's HTTP endpoint: a path that goes into the request line as it is,
+ * so nothing that would end or split that line. */
+static bool core__endpoint_ok(const char *e)
+{
+    return e && e[0] == '/' && strlen(e) <= 1024 && !strpbrk(e, " \t\r\n");
+}
+#define CORE_ENDPOINT_RULE "must be a path starting with / (no spaces, at most 1024 characters)"
+
 /* Reads the CORE_CHECK_FIELDS of obj (an app body, for its web process, or an item of its
  * "processes") into c; answers and returns false on error, leaving c as it was. */
 static bool core__apply_checks(struct api_request *req, json_t *obj, struct store_process_checks *c)
@@ -423,9 +431,8 @@ static bool core__apply_checks(struct api_request *req, json_t *obj, struct stor
                          "must be \"http\", \"port\" or \"process\" (or null for none)");
     json_t *ep = json_object_get(obj, "readiness_health_check_http_endpoint");
     const char *e = json_string_value(ep);
-    if (ep && !json_is_null(ep) && (!e || e[0] != '/' || strlen(e) > 1024 || strpbrk(e, " \t\r\n")))
-        return core__bad(req, "readiness_health_check_http_endpoint",
-                         "must be a path starting with / (no spaces, at most 1024 characters)");
+    if (ep && !json_is_null(ep) && !core__endpoint_ok(e))
+        return core__bad(req, "readiness_health_check_http_endpoint", CORE_ENDPOINT_RULE);
     json_t *rate = json_object_get(obj, "log_rate_limit_per_second");
     if (rate) {
         json_int_t r = json_is_integer(rate) ? json_integer_value(rate) : -2;
@@ -474,8 +481,8 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
         free(app->health_check_type);
         app->health_check_type = xstrdup(strcmp(t, "none") ? t : "process");
     }
-    if (app->health_check_http_endpoint && app->health_check_http_endpoint[0] != '/')
-        return core__bad(req, "health_check_http_endpoint", "must start with /");
+    if (app->health_check_http_endpoint && !core__endpoint_ok(app->health_check_http_endpoint))
+        return core__bad(req, "health_check_http_endpoint", CORE_ENDPOINT_RULE);
     if ((v = json_object_get(body, "kind"))) {
         const char *k = json_string_value(v);
         if (!k || (strcmp(k, "app") && strcmp(k, "function")))

@@ -231,6 +231,7 @@ def test_bad_values_are_refused_with_what_to_do(platform, tmp_path):
            ({"readiness_health_check_type": "tcp"}, '"http", "port" or "process"'),
            ({"readiness_health_check_http_endpoint": "ready"}, "starting with /"),
            ({"readiness_health_check_http_endpoint": "/a b\r\nX: y"}, "no spaces"),
+           ({"health_check_http_endpoint": "/x\r\nHost: elsewhere"}, "no spaces"),
            ({"readiness_health_check_http_endpoint": "/" + "a" * 5000}, "1024 characters"),
            ({"processes": [{"type": "web", "log_rate_limit_per_second": 1.5}]},
             "log_rate_limit_per_second"),
