@@ -523,6 +523,33 @@ static int cli_restart_to_apply(const char *name, bool no_wait, long timeout)
     return cli_wait_running(name, timeout, asked_ms, NULL);
 }
 
+/* 0 when the app has a process of that type; else says which it has (a typo of a type must
+ * not make a new, empty one). */
+static int cli_app_has_process(const char *name, const char *type)
+{
+    char *path = cli_app_path(name, NULL);
+    json_t *app = NULL;
+    int rc = cli_api("GET", path, NULL, &app);
+    free(path);
+    if (rc)
+        return rc;
+    struct buf types = {0};
+    bool found = false;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(app, "processes"), i, p)
+    {
+        found = found || !strcmp(cli_json_str(p, "type"), type);
+        buf_printf(&types, "%s%s", i ? ", " : "", cli_json_str(p, "type"));
+    }
+    if (!found)
+        cli_error("%s has no process type %s; its process types: %s", name, type,
+                  types.data ? types.data : "(none)");
+    buf_free(&types);
+    json_decref(app);
+    return found ? 0 : CLI_EXIT_ERROR;
+}
+
 /* set-health-check and set-readiness-health-check: NAME TYPE [--endpoint PATH]
  * [--invocation-timeout S] [--interval S] (and, for readiness, [--process P]) as one PATCH.
  * The liveness type is the app's (its web process's); timing and readiness are per process. */
@@ -571,6 +598,10 @@ static int cli_set_check(const struct cli_command *cmd, int argc, char **argv, b
         json_object_set_new(fields, key, json_integer(interval));
     }
     json_t *body = fields;
+    if (strcmp(process, "web") && (rc = cli_app_has_process(name, process)) != 0) {
+        json_decref(fields);
+        return rc;
+    }
     if (strcmp(process, "web")) { /* another process type: an item of "processes" */
         json_object_set_new(fields, "type", json_string(process));
         body = json_pack("{s:[o]}", "processes", fields);

@@ -267,6 +267,16 @@ def test_bad_values_are_refused_with_what_to_do(platform, tmp_path):
             app["readiness_health_check_interval"],
             app["readiness_health_check_invocation_timeout"],
             app["health_check_interval"]) == ("http", "/readyz", 5, 2, 10), app
+    # another process type: per process, and a typo of one makes none
+    r = p.cli("set-readiness-health-check", "ok", "port", "--process", "wrker")
+    assert r.returncode != 0 and "ok has no process type wrker" in r.stderr, out(r)
+    assert p.api("PATCH", "/v1/apps/ok", {"processes": [{"type": "worker"}]})[0] == 200
+    r = p.cli("set-readiness-health-check", "ok", "process", "--process", "worker")
+    assert r.returncode == 0, out(r)
+    procs = {q["type"]: q for q in p.api("GET", "/v1/apps/ok")[1]["processes"]}
+    assert sorted(procs) == ["web", "worker"], procs
+    assert procs["worker"]["readiness_health_check_type"] == "process"
+    assert procs["web"]["readiness_health_check_type"] == "http"
     r = p.cli("set-readiness-health-check", "ok", "none")
     assert r.returncode == 0, out(r)
     assert p.api("GET", "/v1/apps/ok")[1]["readiness_health_check_type"] is None
