@@ -3,8 +3,9 @@ names), used as a developer would: an instance that is not ready leaves the rout
 is not restarted; a health check's invocation timeout decides how slow an answer may be; an
 app that prints past its log rate limit loses the lines over it, with one notice a second,
 and nobody else's logs suffer."""
-import json
+import os
 import re
+import signal
 import urllib.error
 import urllib.request
 
@@ -328,3 +329,32 @@ def test_another_spaces_developer_cannot_see_or_change_the_checks(platform):
             assert status == 404, (query, status, err)
     app = p.api("GET", "/v1/apps/guarded")[1]
     assert app["log_rate_limit_per_second"] == 2048 and app["readiness_health_check_type"] is None
+
+
+def test_an_adopted_instance_keeps_its_readiness_check(platform):
+    """skiffd restarts while an instance is not ready: the next skiffd adopts it with its
+    readiness check (not routed while it fails, not restarted) and routes it once it passes."""
+    p = platform
+    deploy_bits(p, "steady", FILES, {"readiness_health_check_type": "http",
+                                     "readiness_health_check_http_endpoint": "/readyz",
+                                     "readiness_health_check_interval": 1})
+    host = "steady.localhost"
+    p.wait_for(lambda: get(p, host)[0] == 200, 60, "steady routed")
+    (before,) = instances(p, "steady")
+    on_instance(before, "/unready")
+    p.wait_for(lambda: get(p, host)[0] == 503, 30, "steady out of the route table")
+
+    os.kill(p.proc.pid, signal.SIGUSR2)  # exits, leaving its instances to the next skiffd
+    p.proc.wait(30)
+    assert p.proc.returncode == 0, p.output()
+    p.start()
+    p.wait_for(lambda: instances(p, "steady")[0]["state"] == "RUNNING", 30, "steady adopted")
+    (adopted,) = instances(p, "steady")
+    assert (adopted["guid"], adopted["ready"]) == (before["guid"], False), adopted
+    status, headers, _ = get(p, host)
+    assert status == 503 and headers.get("X-Skiff-Router-Error") == "no-instance", headers
+
+    on_instance(adopted, "/ready")
+    p.wait_for(lambda: get(p, host)[0] == 200, 30, "steady routed again")
+    (after,) = instances(p, "steady")
+    assert (after["guid"], after["crash_count"], after["ready"]) == (before["guid"], 0, True)
