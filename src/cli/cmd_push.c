@@ -405,8 +405,9 @@ static void cli_manifest_warn_unsupported(const struct manifest *m, const struct
         if (p->disk_mb > 0 || p->health_check_type || p->health_check_http_endpoint ||
             p->timeout > 0)
             fprintf(stderr,
-                    "warning: %s: the %s process of %s sets disk_quota, health checks or "
-                    "timeout, which apply per app here: set them on the app.\n",
+                    "warning: %s: the %s process of %s sets disk_quota, health-check-type, "
+                    "health-check-http-endpoint or timeout, which apply per app here: set them "
+                    "on the app.\n",
                     m->file, p->type, a->name);
     }
 }
