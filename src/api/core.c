@@ -24,6 +24,11 @@
 #define SKIFF_VERSION "0.1.0"
 /* The most instances a process may ask for (POST/PUT/PATCH `instances`, `processes`). */
 #define CORE_MAX_INSTANCES 1000
+/* Bounds of a health or readiness check's interval and of one probe's deadline, seconds, and
+ * of a log rate limit, bytes a second: past these a value is a mistake, not a setting. */
+#define CORE_MAX_CHECK_INTERVAL_S 3600
+#define CORE_MAX_CHECK_TIMEOUT_S 600
+#define CORE_MAX_LOG_RATE (1LL << 30)
 
 /* The message of a 500 when the store fails a read (the store logs the backend's reason). */
 #define CORE_STORE_READ_FAILED "cannot read the store (see skiffd's output)"
@@ -77,6 +82,32 @@ static void core__json_str_or_null(struct buf *b, const char *s)
         buf_puts(b, "null");
 }
 
+/* The fields of store_process_checks, as the API names them (in an app body for its web
+ * process, and in each item of its "processes"); null: the platform's default. */
+static void core__checks_json(struct buf *b, const struct store_process_checks *c)
+{
+    const struct {
+        const char *key;
+        int value;
+    } numbers[] = {{"health_check_interval", c->health_interval_s},
+                   {"health_check_invocation_timeout", c->health_timeout_s},
+                   {"readiness_health_check_interval", c->readiness_interval_s},
+                   {"readiness_health_check_invocation_timeout", c->readiness_timeout_s}};
+    for (size_t i = 0; i < ARRAY_SIZE(numbers); i++)
+        if (numbers[i].value > 0)
+            core__fmt(b, ",\"%s\":%d", numbers[i].key, numbers[i].value);
+        else
+            core__fmt(b, ",\"%s\":null", numbers[i].key);
+    buf_puts(b, ",\"readiness_health_check_type\":");
+    core__json_str_or_null(b, c->readiness_type);
+    buf_puts(b, ",\"readiness_health_check_http_endpoint\":");
+    core__json_str_or_null(b, c->readiness_type && !strcmp(c->readiness_type, "http")
+                                  ? (c->readiness_endpoint ? c->readiness_endpoint : "/")
+                                  : NULL);
+    core__fmt(b, ",\"log_rate_limit_per_second\":%lld",
+              c->log_rate_limited ? (long long)c->log_rate_limit : -1LL);
+}
+
 /* Writes the app object of docs/api.md. Written by hand rather than through jansson because
  * GET /v1/apps serialises every app, and this is most of its time. routes are the app's. */
 void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
@@ -115,7 +146,10 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
     core__json_str(b, app->health_check_type);
     buf_puts(b, ",\"health_check_http_endpoint\":");
     core__json_str(b, app->health_check_http_endpoint);
-    core__fmt(b, ",\"timeout\":%d,\"env\":{", app->timeout);
+    core__fmt(b, ",\"timeout\":%d", app->timeout);
+    if (web)
+        core__checks_json(b, &web->checks);
+    buf_puts(b, ",\"env\":{");
     for (size_t i = 0; i < app->n_env; i++) {
         if (i)
             buf_putc(b, ',');
@@ -155,6 +189,7 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
             buf_puts(b, ",\"function\":");
             buf_puts(b, p->function_json);
         }
+        core__checks_json(b, &p->checks);
         buf_putc(b, '}');
     }
     core__fmt(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
@@ -239,13 +274,29 @@ static void core__info(struct api_request *req, void *ctx)
 
 /* ---- validating app bodies ---------------------------------------------------------------- */
 
-static const char *const core__app_fields[] = {
-    "name",    "instances",         "memory_mb",
-    "disk_mb", "command",           "buildpacks",
-    "env",     "health_check_type", "health_check_http_endpoint",
-    "timeout", "no_route",          "routes",
-    "kind",    "function",          "processes",
-    NULL};
+/* The keys core__apply_checks reads. */
+#define CORE_CHECK_FIELDS                                                                          \
+    "health_check_interval", "health_check_invocation_timeout", "readiness_health_check_type",     \
+        "readiness_health_check_http_endpoint", "readiness_health_check_interval",                 \
+        "readiness_health_check_invocation_timeout", "log_rate_limit_per_second"
+
+static const char *const core__app_fields[] = {"name",
+                                               "instances",
+                                               "memory_mb",
+                                               "disk_mb",
+                                               "command",
+                                               "buildpacks",
+                                               "env",
+                                               "health_check_type",
+                                               "health_check_http_endpoint",
+                                               "timeout",
+                                               "no_route",
+                                               "routes",
+                                               "kind",
+                                               "function",
+                                               "processes",
+                                               CORE_CHECK_FIELDS,
+                                               NULL};
 
 static bool core__bad(struct api_request *req, const char *field, const char *what)
 {
@@ -359,6 +410,60 @@ static struct store_process *core__process_ensure(struct store_app *app, const c
     return p;
 }
 
+/* Whether e may be a check's HTTP endpoint: a path that goes into the request line as it is,
+ * so nothing that would end or split that line. */
+static bool core__endpoint_ok(const char *e)
+{
+    return e && e[0] == '/' && strlen(e) <= 1024 && !strpbrk(e, " \t\r\n");
+}
+#define CORE_ENDPOINT_RULE "must be a path starting with / (no spaces, at most 1024 characters)"
+
+/* Reads the CORE_CHECK_FIELDS of obj (an app body, for its web process, or an item of its
+ * "processes") into c; answers and returns false on error, leaving c as it was. */
+static bool core__apply_checks(struct api_request *req, json_t *obj, struct store_process_checks *c)
+{
+    struct store_process_checks n = *c; /* strings still c's: replaced below on success */
+    if (!core__int_field(req, obj, "health_check_interval", 1, CORE_MAX_CHECK_INTERVAL_S,
+                         &n.health_interval_s) ||
+        !core__int_field(req, obj, "health_check_invocation_timeout", 1, CORE_MAX_CHECK_TIMEOUT_S,
+                         &n.health_timeout_s) ||
+        !core__int_field(req, obj, "readiness_health_check_interval", 1, CORE_MAX_CHECK_INTERVAL_S,
+                         &n.readiness_interval_s) ||
+        !core__int_field(req, obj, "readiness_health_check_invocation_timeout", 1,
+                         CORE_MAX_CHECK_TIMEOUT_S, &n.readiness_timeout_s))
+        return false;
+    json_t *type = json_object_get(obj, "readiness_health_check_type");
+    const char *t = json_string_value(type);
+    if (type && !json_is_null(type) &&
+        (!t || (strcmp(t, "http") && strcmp(t, "port") && strcmp(t, "process"))))
+        return core__bad(req, "readiness_health_check_type",
+                         "must be \"http\", \"port\" or \"process\" (or null for none)");
+    json_t *ep = json_object_get(obj, "readiness_health_check_http_endpoint");
+    const char *e = json_string_value(ep);
+    if (ep && !json_is_null(ep) && !core__endpoint_ok(e))
+        return core__bad(req, "readiness_health_check_http_endpoint", CORE_ENDPOINT_RULE);
+    json_t *rate = json_object_get(obj, "log_rate_limit_per_second");
+    if (rate) {
+        json_int_t r = json_is_integer(rate) ? json_integer_value(rate) : -2;
+        if (r < -1 || r > CORE_MAX_LOG_RATE)
+            return core__bad(req, "log_rate_limit_per_second",
+                             "must be -1 (unlimited) or a number of bytes a second from 0 to "
+                             "1073741824 (1G)");
+        n.log_rate_limited = r >= 0;
+        n.log_rate_limit = r >= 0 ? r : 0;
+    }
+    if (type) {
+        free(c->readiness_type);
+        n.readiness_type = t ? xstrdup(t) : NULL;
+    }
+    if (ep) {
+        free(c->readiness_endpoint);
+        n.readiness_endpoint = e ? xstrdup(e) : NULL;
+    }
+    *c = n;
+    return true;
+}
+
 /* Applies the fields of a POST/PUT/PATCH body to app; answers and returns false on error. */
 static bool core__apply(struct api_request *req, struct store_app *app, json_t *body)
 {
@@ -374,6 +479,8 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
         return false;
     web = core__process_ensure(app, "web");
     web->instances = instances;
+    if (!core__apply_checks(req, body, &web->checks))
+        return false;
     json_t *v;
     if ((v = json_object_get(body, "health_check_type"))) {
         const char *t = json_string_value(v);
@@ -383,8 +490,8 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
         free(app->health_check_type);
         app->health_check_type = xstrdup(strcmp(t, "none") ? t : "process");
     }
-    if (app->health_check_http_endpoint && app->health_check_http_endpoint[0] != '/')
-        return core__bad(req, "health_check_http_endpoint", "must start with /");
+    if (app->health_check_http_endpoint && !core__endpoint_ok(app->health_check_http_endpoint))
+        return core__bad(req, "health_check_http_endpoint", CORE_ENDPOINT_RULE);
     if ((v = json_object_get(body, "kind"))) {
         const char *k = json_string_value(v);
         if (!k || (strcmp(k, "app") && strcmp(k, "function")))
@@ -438,7 +545,8 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
         json_t *p;
         json_array_foreach(v, i, p)
         {
-            static const char *const fields[] = {"type", "command", "instances", "memory_mb", NULL};
+            static const char *const fields[] = {"type",      "command",         "instances",
+                                                 "memory_mb", CORE_CHECK_FIELDS, NULL};
             if (!json_is_object(p))
                 return core__bad(req, "processes", "must hold objects");
             if (!api_json_check_fields(req, p, fields))
@@ -457,7 +565,8 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
             proc = core__process_ensure(app, type);
             proc->command = cmd;
             if (!core__int_field(req, p, "instances", 0, CORE_MAX_INSTANCES, &proc->instances) ||
-                !core__int_field(req, p, "memory_mb", 0, 1 << 20, &proc->memory_mb))
+                !core__int_field(req, p, "memory_mb", 0, 1 << 20, &proc->memory_mb) ||
+                !core__apply_checks(req, p, &proc->checks))
                 return false;
         }
     }
@@ -1038,6 +1147,8 @@ static void core__apps_get(struct api_request *req, void *ctx)
             json_object_set_new(d, "disk_quota_bytes",
                                 json_integer((json_int_t)info[i].disk_quota_bytes));
             json_object_set_new(d, "disk_full", json_boolean(info[i].disk_full));
+            json_object_set_new(
+                d, "ready", json_boolean(!strcmp(info[i].state, "RUNNING") && !info[i].not_ready));
             json_object_set_new(d, "exit_status",
                                 info[i].exit_status >= 0 ? json_integer(info[i].exit_status)
                                                          : json_null());

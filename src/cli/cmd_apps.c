@@ -43,6 +43,36 @@ static void cli_format_bytes(long long bytes, char *out, size_t size)
         snprintf(out, size, "%.1fK", (double)bytes / 1024.0);
 }
 
+/* A log rate limit (bytes a second, -1 unlimited) as `cf scale -l` takes it: "16K", "1M". */
+static void cli_format_log_rate(long long bytes, char *out, size_t size)
+{
+    if (bytes < 0)
+        snprintf(out, size, "unlimited");
+    else if (bytes && bytes % (1LL << 30) == 0)
+        snprintf(out, size, "%lldG", bytes >> 30);
+    else if (bytes && bytes % (1 << 20) == 0)
+        snprintf(out, size, "%lldM", bytes >> 20);
+    else if (bytes && bytes % 1024 == 0)
+        snprintf(out, size, "%lldK", bytes >> 10);
+    else
+        snprintf(out, size, "%lldB", bytes);
+}
+
+/* One line of `skiff app` for a check: "http /health, every 10s, timeout 2s"; the interval
+ * and timeout only when set (else the platform's defaults apply). */
+static void cli_print_check(const char *label, const char *type, const char *endpoint,
+                            const json_t *interval, const json_t *timeout)
+{
+    printf("%-13s%s", label, type);
+    if (!strcmp(type, "http"))
+        printf(" %s", *endpoint ? endpoint : "/");
+    if (json_is_integer(interval))
+        printf(", every %llds", (long long)json_integer_value(interval));
+    if (json_is_integer(timeout))
+        printf(", timeout %llds", (long long)json_integer_value(timeout));
+    putchar('\n');
+}
+
 /* "a, b, c" from a JSON array of strings (or of route objects with "host"/"path"). */
 static char *cli_join(const json_t *array)
 {
@@ -372,6 +402,21 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
     printf("buildpack:   %s\n", *detected ? detected : *buildpacks ? buildpacks : "(not staged)");
     if (*command)
         printf("command:     %s\n", command);
+    cli_print_check("health:", cli_json_str(app, "health_check_type"),
+                    cli_json_str(app, "health_check_http_endpoint"),
+                    json_object_get(app, "health_check_interval"),
+                    json_object_get(app, "health_check_invocation_timeout"));
+    if (*cli_json_str(app, "readiness_health_check_type"))
+        cli_print_check("readiness:", cli_json_str(app, "readiness_health_check_type"),
+                        cli_json_str(app, "readiness_health_check_http_endpoint"),
+                        json_object_get(app, "readiness_health_check_interval"),
+                        json_object_get(app, "readiness_health_check_invocation_timeout"));
+    json_t *rate = json_object_get(app, "log_rate_limit_per_second");
+    if (json_is_integer(rate)) {
+        char text[32];
+        cli_format_log_rate(json_integer_value(rate), text, sizeof text);
+        printf("log rate:    %s%s\n", text, json_integer_value(rate) >= 0 ? "/s" : "");
+    }
     json_t *fn = json_object_get(app, "function");
     if (json_is_object(fn))
         printf("function:    %s%s%s%s\n", cli_json_str(fn, "handler"),
@@ -449,6 +494,12 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
             snprintf(disk_text, sizeof disk_text, "-");
         }
         cli_instance_detail(inst, detail, sizeof(detail));
+        if (json_is_false(json_object_get(inst, "ready")) &&
+            !strcmp(cli_json_str(inst, "state"), "RUNNING")) {
+            size_t dl = strlen(detail);
+            snprintf(detail + dl, sizeof detail - dl, "%snot ready (readiness check failing)",
+                     dl ? ", " : "");
+        }
         if (json_is_true(json_object_get(inst, "disk_full"))) {
             size_t dl = strlen(detail);
             snprintf(detail + dl, sizeof detail - dl, "%sdisk quota exceeded", dl ? ", " : "");
@@ -487,16 +538,139 @@ int cli_size_flags(const struct cli_command *cmd, long instances, const char *me
     return CLI_CONTINUE;
 }
 
+/* A rolling restart, so that the instances run with settings just changed; then waits for
+ * them unless no_wait. */
+static int cli_restart_to_apply(const char *name, bool no_wait, long timeout)
+{
+    char *path = cli_app_path(name, "/restart?rolling=1");
+    int64_t asked_ms = time_now_ms();
+    printf("Restarting %s to apply it...\n", name);
+    int rc = cli_api("POST", path, NULL, NULL);
+    free(path);
+    if (rc || no_wait)
+        return rc;
+    return cli_wait_running(name, timeout, asked_ms, NULL);
+}
+
+/* 0 when the app has a process of that type; else says which it has (a typo of a type must
+ * not make a new, empty one). */
+static int cli_app_has_process(const char *name, const char *type)
+{
+    char *path = cli_app_path(name, NULL);
+    json_t *app = NULL;
+    int rc = cli_api("GET", path, NULL, &app);
+    free(path);
+    if (rc)
+        return rc;
+    struct buf types = {0};
+    bool found = false;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(app, "processes"), i, p)
+    {
+        found = found || !strcmp(cli_json_str(p, "type"), type);
+        buf_printf(&types, "%s%s", i ? ", " : "", cli_json_str(p, "type"));
+    }
+    if (!found)
+        cli_error("%s has no process type %s; its process types: %s", name, type,
+                  types.data ? types.data : "(none)");
+    buf_free(&types);
+    json_decref(app);
+    return found ? 0 : CLI_EXIT_ERROR;
+}
+
+/* set-health-check and set-readiness-health-check: NAME TYPE [--endpoint PATH]
+ * [--invocation-timeout S] [--interval S] (and, for readiness, [--process P]) as one PATCH.
+ * The liveness type is the app's (its web process's); timing and readiness are per process. */
+static int cli_set_check(const struct cli_command *cmd, int argc, char **argv, bool readiness)
+{
+    const char *endpoint = NULL, *process = "web";
+    long timeout = LONG_MIN, interval = LONG_MIN;
+    struct cli_option opts[] = {{"endpoint", 0, CLI_OPT_STRING, &endpoint},
+                                {"invocation-timeout", 0, CLI_OPT_INT, &timeout},
+                                {"interval", 0, CLI_OPT_INT, &interval},
+                                /* ends the list here for set-health-check */
+                                {readiness ? "process" : NULL, 0, CLI_OPT_STRING, &process},
+                                {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0], *type = args.items[1];
+    static const char *const liveness_types[] = {"port", "http", "process", NULL};
+    static const char *const readiness_types[] = {"port", "http", "process", "none", NULL};
+    bool known = false;
+    for (const char *const *t = readiness ? readiness_types : liveness_types; *t; t++)
+        known = known || !strcmp(type, *t);
+    if (!known)
+        return cli_usage_error(cmd, "TYPE must be port, http or process%s, not \"%s\"",
+                               readiness ? " (none removes the check)" : "", type);
+    if (endpoint && strcmp(type, "http"))
+        return cli_usage_error(cmd, "--endpoint goes with the http type");
+    if ((timeout != LONG_MIN && timeout < 1) || (interval != LONG_MIN && interval < 1))
+        return cli_usage_error(cmd, "--invocation-timeout and --interval need seconds above 0");
+    const char *prefix = readiness ? "readiness_health_check" : "health_check";
+    json_t *fields = json_object();
+    char key[64];
+    snprintf(key, sizeof key, "%s_type", prefix);
+    json_object_set_new(fields, key, strcmp(type, "none") ? json_string(type) : json_null());
+    if (endpoint || !strcmp(type, "http")) {
+        snprintf(key, sizeof key, "%s_http_endpoint", prefix);
+        json_object_set_new(fields, key, json_string(endpoint ? endpoint : "/"));
+    }
+    if (timeout != LONG_MIN) {
+        snprintf(key, sizeof key, "%s_invocation_timeout", prefix);
+        json_object_set_new(fields, key, json_integer(timeout));
+    }
+    if (interval != LONG_MIN) {
+        snprintf(key, sizeof key, "%s_interval", prefix);
+        json_object_set_new(fields, key, json_integer(interval));
+    }
+    json_t *body = fields;
+    if (strcmp(process, "web") && (rc = cli_app_has_process(name, process)) != 0) {
+        json_decref(fields);
+        return rc;
+    }
+    if (strcmp(process, "web")) { /* another process type: an item of "processes" */
+        json_object_set_new(fields, "type", json_string(process));
+        body = json_pack("{s:[o]}", "processes", fields);
+    }
+    char *path = cli_app_path(name, NULL);
+    rc = cli_api("PATCH", path, body, NULL);
+    json_decref(body);
+    free(path);
+    if (rc)
+        return rc;
+    if (!cli_json_output)
+        printf("Set the %s check of %s (%s) to %s.\nRestart the app (`skiff restart %s`) for "
+               "its instances to use it.\n",
+               readiness ? "readiness" : "health", name, process, type, name);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_set_health_check(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_set_check(cmd, argc, argv, false);
+}
+
+int cli_cmd_set_readiness_health_check(const struct cli_command *cmd, int argc, char **argv)
+{
+    return cli_set_check(cmd, argc, argv, true);
+}
+
 int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
 {
     long instances = LONG_MIN; /* not given */
-    const char *memory = NULL, *disk = NULL;
+    const char *memory = NULL, *disk = NULL, *log_rate = NULL;
     bool no_wait = false;
     long timeout = 60;
-    struct cli_option opts[] = {
-        {"instances", 'i', CLI_OPT_INT, &instances}, {"memory", 'm', CLI_OPT_STRING, &memory},
-        {"disk", 'k', CLI_OPT_STRING, &disk},        {"no-wait", 0, CLI_OPT_FLAG, &no_wait},
-        {"timeout", 0, CLI_OPT_INT, &timeout},       {0}};
+    struct cli_option opts[] = {{"instances", 'i', CLI_OPT_INT, &instances},
+                                {"memory", 'm', CLI_OPT_STRING, &memory},
+                                {"disk", 'k', CLI_OPT_STRING, &disk},
+                                {"log-rate-limit", 'l', CLI_OPT_STRING, &log_rate},
+                                {"no-wait", 0, CLI_OPT_FLAG, &no_wait},
+                                {"timeout", 0, CLI_OPT_INT, &timeout},
+                                {0}};
     struct cli_args args;
     int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
     if (rc != CLI_CONTINUE)
@@ -504,8 +678,18 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
     const char *name = args.items[0];
     json_t *body = json_object();
     rc = cli_size_flags(cmd, instances, memory, disk, body);
+    long long rate = 0;
+    if (rc == CLI_CONTINUE && log_rate) {
+        if (manifest_parse_log_rate(log_rate, &rate))
+            rc = cli_usage_error(cmd,
+                                 "-l needs bytes a second like 16K, 1M or 512B, or -1 for "
+                                 "unlimited, not \"%s\"",
+                                 log_rate);
+        else
+            json_object_set_new(body, "log_rate_limit_per_second", json_integer(rate));
+    }
     if (rc == CLI_CONTINUE && json_object_size(body) == 0)
-        rc = cli_usage_error(cmd, "say what to change: -i, -m or -k");
+        rc = cli_usage_error(cmd, "say what to change: -i, -m, -k or -l");
     if (rc != CLI_CONTINUE) {
         json_decref(body);
         return rc;
@@ -524,6 +708,8 @@ int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv)
     printf("Scaled %s: %lld instances, %s memory.\n", name, cli_json_int(app, "instances"), mem);
     bool started = strcmp(cli_json_str(app, "state"), "STARTED") == 0;
     json_decref(app);
+    if (started && log_rate) /* as `cf scale -l`: the instances restart with the new limit */
+        return cli_restart_to_apply(name, no_wait, timeout);
     if (started && !no_wait)
         return cli_wait_running(name, timeout, 0, NULL);
     return CLI_EXIT_OK;

@@ -405,10 +405,34 @@ static void cli_manifest_warn_unsupported(const struct manifest *m, const struct
         if (p->disk_mb > 0 || p->health_check_type || p->health_check_http_endpoint ||
             p->timeout > 0)
             fprintf(stderr,
-                    "warning: %s: the %s process of %s sets disk_quota, health checks or "
-                    "timeout, which apply per app here: set them on the app.\n",
+                    "warning: %s: the %s process of %s sets disk_quota, health-check-type, "
+                    "health-check-http-endpoint or timeout, which apply per app here: set them "
+                    "on the app.\n",
                     m->file, p->type, a->name);
     }
+}
+
+/* A process's checks (manifest.h) into obj, an API app body or an item of its "processes". */
+static void cli_manifest_checks(json_t *obj, const struct manifest_checks *k)
+{
+    if (k->health_interval > 0)
+        json_object_set_new(obj, "health_check_interval", json_integer(k->health_interval));
+    if (k->health_timeout > 0)
+        json_object_set_new(obj, "health_check_invocation_timeout",
+                            json_integer(k->health_timeout));
+    if (k->readiness_type)
+        json_object_set_new(obj, "readiness_health_check_type", json_string(k->readiness_type));
+    if (k->readiness_endpoint)
+        json_object_set_new(obj, "readiness_health_check_http_endpoint",
+                            json_string(k->readiness_endpoint));
+    if (k->readiness_interval > 0)
+        json_object_set_new(obj, "readiness_health_check_interval",
+                            json_integer(k->readiness_interval));
+    if (k->readiness_timeout > 0)
+        json_object_set_new(obj, "readiness_health_check_invocation_timeout",
+                            json_integer(k->readiness_timeout));
+    if (k->log_rate != MANIFEST_LOG_RATE_UNSET)
+        json_object_set_new(obj, "log_rate_limit_per_second", json_integer(k->log_rate));
 }
 
 /* The settings of a manifest app, as the body of PUT /v1/apps/NAME. */
@@ -450,6 +474,7 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
                             json_string(a->health_check_http_endpoint));
     if (a->timeout > 0)
         json_object_set_new(body, "timeout", json_integer(a->timeout));
+    cli_manifest_checks(body, &a->checks);
     if (a->is_function) {
         /* A top-level function: an app of kind function whose code is the handler's file. */
         const struct manifest_function *f = &a->functions[0];
@@ -478,6 +503,7 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
                 json_object_set_new(o, "instances", json_integer(p->instances));
             if (p->memory_mb > 0)
                 json_object_set_new(o, "memory_mb", json_integer(p->memory_mb));
+            cli_manifest_checks(o, &p->checks);
             json_array_append_new(procs, o);
         }
         json_object_set_new(body, "processes", procs);

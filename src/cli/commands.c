@@ -48,12 +48,38 @@ const struct cli_command cli_core_commands[] = {
      "Shows the app's settings and, for each instance: index, state, since, cpu, memory,\n"
      "port (and the exit status of crashed ones).\n",
      cli_cmd_app},
-    {"scale", "scale NAME [-i N] [-m MEM] [-k DISK]", "Change an app's instances or memory",
-     "  -i, --instances N   number of instances\n"
-     "  -m, --memory MEM    memory per instance, like 256M or 1G\n"
-     "  -k, --disk MEM      disk quota per instance\n"
-     "  --no-wait           do not wait for the instances to run\n",
+    {"scale", "scale NAME [-i N] [-m MEM] [-k DISK] [-l RATE]",
+     "Change an app's instances, memory or log rate limit",
+     "  -i, --instances N        number of instances\n"
+     "  -m, --memory MEM         memory per instance, like 256M or 1G\n"
+     "  -k, --disk MEM           disk quota per instance\n"
+     "  -l, --log-rate-limit R   bytes of output a second per instance, like 16K or 1M, -1 for\n"
+     "                           unlimited; lines past it are dropped with one notice a second\n"
+     "                           (the instances restart, rolling, to apply it)\n"
+     "  --no-wait                do not wait for the instances to run\n",
      cli_cmd_scale},
+    {"set-health-check",
+     "set-health-check NAME TYPE [--endpoint PATH] [--invocation-timeout S] [--interval S]",
+     "Change how an app's instances are checked alive",
+     "TYPE is port (it accepts connections), http (GET PATH answers 200) or process (it runs).\n"
+     "Three failed checks in a row restart the instance. Applies at the next restart.\n"
+     "  --endpoint PATH            for http (default /)\n"
+     "  --invocation-timeout S     how long one check may take (default 1)\n"
+     "  --interval S               seconds between checks (default 3)\n",
+     cli_cmd_set_health_check},
+    {"set-readiness-health-check",
+     "set-readiness-health-check NAME TYPE [--endpoint PATH] [--invocation-timeout S] "
+     "[--interval S] [--process P]",
+     "Change when an app's instances take requests",
+     "An instance whose readiness check fails is taken out of the route table (no requests,\n"
+     "no events) but not restarted; when the check passes again it takes requests again.\n"
+     "TYPE is http, port or process, or none to remove the check. Applies at the next restart.\n"
+     "  --endpoint PATH            for http (default /)\n"
+     "  --invocation-timeout S     how long one check may take (default 1)\n"
+     "  --interval S               seconds between checks (default: the health check's)\n"
+     "  --process P                the process type (default web)\n"
+     "Example:\n  skiff set-readiness-health-check shop http --endpoint /ready --interval 5\n",
+     cli_cmd_set_readiness_health_check},
     {"autoscale",
      "autoscale NAME [--process P] [--min N] [--max N] [--target-concurrency N | --target-rps N] "
      "[--window DURATION] [--scale-down-delay DURATION] [--off]",

@@ -44,6 +44,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_apps(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_scale(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_set_health_check(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_set_readiness_health_check(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_autoscale(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_start(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_stop(const struct cli_command *cmd, int argc, char **argv);

@@ -40,6 +40,35 @@ int manifest_parse_megabytes(const char *s, long *mb)
     return 0;
 }
 
+int manifest_parse_log_rate(const char *s, long long *bytes)
+{
+    if (s && strcmp(s, "-1") == 0) {
+        *bytes = -1;
+        return 0;
+    }
+    char *end;
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || v < 0)
+        return -1;
+    static const struct {
+        const char *unit;
+        long long mult;
+    } units[] = {{"", 1},          {"B", 1},         {"K", 1024},      {"KB", 1024},
+                 {"M", 1 << 20},   {"MB", 1 << 20},  {"G", 1LL << 30}, {"GB", 1LL << 30},
+                 {"T", 1LL << 40}, {"TB", 1LL << 40}};
+    for (size_t i = 0; i < ARRAY_SIZE(units); i++)
+        if (strcasecmp(end, units[i].unit) == 0) {
+            if (v > (1LL << 50) / units[i].mult)
+                return -1;
+            *bytes = v * units[i].mult;
+            return 0;
+        }
+    return -1;
+}
+
 /* ---- the parser: a libyaml document checked against the schema below ------------------- */
 
 struct manifest_ctx {
@@ -137,6 +166,8 @@ enum manifest_field_kind {
     MANIFEST_FIELD_ENV,         /* struct manifest_kv *, its length at `count_offset` */
     MANIFEST_FIELD_LIST,        /* an array of `item_size` items, each read by `parse_item` */
     MANIFEST_FIELD_CUSTOM,      /* read by `parse` */
+    MANIFEST_FIELD_PATH,        /* char *, a URL path: starts with '/' */
+    MANIFEST_FIELD_LOG_RATE,    /* long long bytes a second, from "16K" or "1M"; -1: unlimited */
     MANIFEST_FIELD_IGNORED,     /* accepted silently: the block it is in has a warning */
     MANIFEST_FIELD_NO_EFFECT,   /* a Cloud Foundry key that does nothing here: one warning */
 };
@@ -190,6 +221,14 @@ struct manifest_field {
 #define MANIFEST_CUSTOM(k, parser)                                                                 \
     {                                                                                              \
         .key = k, .kind = MANIFEST_FIELD_CUSTOM, .parse = parser                                   \
+    }
+#define MANIFEST_PATH(k, type, member)                                                             \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_PATH, .offset = offsetof(type, member)                    \
+    }
+#define MANIFEST_LOG_RATE(k, type, member)                                                         \
+    {                                                                                              \
+        .key = k, .kind = MANIFEST_FIELD_LOG_RATE, .offset = offsetof(type, member)                \
     }
 #define MANIFEST_IGNORED(k)                                                                        \
     {                                                                                              \
@@ -444,6 +483,26 @@ static int manifest_size(struct manifest_ctx *c, const char *key, const yaml_nod
     return 0;
 }
 
+static int manifest_path(struct manifest_ctx *c, const char *key, const yaml_node_t *v, char **out)
+{
+    int rc = manifest_string(c, key, v, out);
+    if (!rc && (*out)[0] != '/')
+        rc = manifest_fail(c, v, "\"%s\" must be a path starting with /, not \"%s\"", key, *out);
+    return rc;
+}
+
+static int manifest_log_rate(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                             long long *out)
+{
+    const char *s = manifest_scalar(v);
+    if (!s || manifest_parse_log_rate(s, out) != 0)
+        return manifest_fail(c, v,
+                             "\"%s\" must be bytes a second like 16K, 1M or 512B, or -1 for "
+                             "unlimited, not %s%s%s",
+                             key, s ? "\"" : "", s ? s : manifest_kind(v), s ? "\"" : "");
+    return 0;
+}
+
 static int manifest_bool(struct manifest_ctx *c, const char *key, const yaml_node_t *v, bool *out)
 {
     const char *s = manifest_scalar(v);
@@ -564,6 +623,10 @@ static int manifest_field_parse(struct manifest_ctx *c, const struct manifest_fi
         return manifest_list(c, f, v, at, count);
     case MANIFEST_FIELD_CUSTOM:
         return f->parse(c, f->key, v, block);
+    case MANIFEST_FIELD_PATH:
+        return manifest_path(c, f->key, v, at);
+    case MANIFEST_FIELD_LOG_RATE:
+        return manifest_log_rate(c, f->key, v, at);
     case MANIFEST_FIELD_IGNORED:
         return 0;
     case MANIFEST_FIELD_NO_EFFECT:
@@ -625,22 +688,31 @@ static int manifest_block(struct manifest_ctx *c, const yaml_node_t *n, const ch
 
 static const char *const manifest_health_types[] = {"port", "http", "process", "none", NULL};
 
-/* Why Cloud Foundry keys that do nothing here do nothing, said once per key. */
-#define MANIFEST_WHY_TIMING "health checks here run on the platform's own interval and timeout"
-#define MANIFEST_WHY_READINESS                                                                     \
-    "there are no separate readiness checks yet: an instance is routed to once its health "        \
-    "check passes"
-#define MANIFEST_WHY_LOG_RATE "log lines are not rate limited yet"
+static const char *const manifest_readiness_types[] = {"http", "port", "process", NULL};
 
-/* The keys Cloud Foundry has for every process, app level and in "processes:" alike. */
-#define MANIFEST_PROCESS_NO_EFFECT_FIELDS                                                          \
-    MANIFEST_NO_EFFECT("health-check-invocation-timeout", MANIFEST_WHY_TIMING),                    \
-        MANIFEST_NO_EFFECT("health-check-interval", MANIFEST_WHY_TIMING),                          \
-        MANIFEST_NO_EFFECT("readiness-health-check-type", MANIFEST_WHY_READINESS),                 \
-        MANIFEST_NO_EFFECT("readiness-health-check-http-endpoint", MANIFEST_WHY_READINESS),        \
-        MANIFEST_NO_EFFECT("readiness-health-check-invocation-timeout", MANIFEST_WHY_READINESS),   \
-        MANIFEST_NO_EFFECT("readiness-health-check-interval", MANIFEST_WHY_READINESS),             \
-        MANIFEST_NO_EFFECT("log-rate-limit-per-second", MANIFEST_WHY_LOG_RATE)
+/* The keys Cloud Foundry has for every process, app level (for web) and in "processes:". */
+#define MANIFEST_CHECK_FIELDS(type)                                                                \
+    MANIFEST_INT("health-check-interval", type, checks.health_interval, 1),                        \
+        MANIFEST_INT("health-check-invocation-timeout", type, checks.health_timeout, 1),           \
+        MANIFEST_ONE_OF("readiness-health-check-type", type, checks.readiness_type,                \
+                        manifest_readiness_types),                                                 \
+        MANIFEST_PATH("readiness-health-check-http-endpoint", type, checks.readiness_endpoint),    \
+        MANIFEST_INT("readiness-health-check-interval", type, checks.readiness_interval, 1),       \
+        MANIFEST_INT("readiness-health-check-invocation-timeout", type, checks.readiness_timeout,  \
+                     1),                                                                           \
+        MANIFEST_LOG_RATE("log-rate-limit-per-second", type, checks.log_rate)
+
+static void manifest_checks_init(struct manifest_checks *k)
+{
+    k->health_interval = k->health_timeout = k->readiness_interval = k->readiness_timeout = -1;
+    k->log_rate = MANIFEST_LOG_RATE_UNSET;
+}
+
+static void manifest_checks_free(struct manifest_checks *k)
+{
+    free(k->readiness_type);
+    free(k->readiness_endpoint);
+}
 
 /* ---- processes ---- */
 
@@ -685,7 +757,7 @@ static const struct manifest_field manifest_process_fields[] = {
                     health_check_http_endpoint),
     MANIFEST_INT("timeout", struct manifest_process, timeout, 1),
     MANIFEST_AUTOSCALE_FIELDS(struct manifest_process),
-    MANIFEST_PROCESS_NO_EFFECT_FIELDS,
+    MANIFEST_CHECK_FIELDS(struct manifest_process),
     {0},
 };
 
@@ -694,6 +766,7 @@ static int manifest_process(struct manifest_ctx *c, const yaml_node_t *n, void *
     struct manifest_process *p = item;
     p->instances = p->memory_mb = p->disk_mb = p->timeout = -1;
     manifest_autoscale_init(&p->autoscale);
+    manifest_checks_init(&p->checks);
     int rc = manifest_block(c, n, "a process", manifest_process_fields, p);
     if (rc)
         return rc;
@@ -1109,7 +1182,7 @@ static const struct manifest_field manifest_app_fields[] = {
     MANIFEST_CUSTOM("metadata", manifest_app_metadata),
     MANIFEST_NO_EFFECT("sidecars", "sidecar processes are not run yet"),
     MANIFEST_NO_EFFECT("cnb-credentials", "apps are not staged with Cloud Native Buildpacks here"),
-    MANIFEST_PROCESS_NO_EFFECT_FIELDS,
+    MANIFEST_CHECK_FIELDS(struct manifest_app),
     {0},
 };
 
@@ -1117,6 +1190,7 @@ static int manifest_app(struct manifest_ctx *c, const yaml_node_t *n, struct man
 {
     a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
     manifest_autoscale_init(&a->autoscale);
+    manifest_checks_init(&a->checks);
     a->line = manifest_line(n);
     /* the name first, so that warnings about keys before it can name the app */
     if (n->type == YAML_MAPPING_NODE)
@@ -1155,6 +1229,7 @@ static int manifest_top_function(struct manifest_ctx *c, const yaml_node_t *n,
 {
     a->instances = a->memory_mb = a->disk_mb = a->timeout = -1;
     manifest_autoscale_init(&a->autoscale);
+    manifest_checks_init(&a->checks);
     a->line = manifest_line(n);
     a->functions = xcalloc(1, sizeof(*a->functions));
     a->function_count = 1;
@@ -1528,6 +1603,7 @@ void manifest_free(struct manifest *m)
         manifest_strings_free(a->warnings, a->warning_count);
         free(a->health_check_type);
         free(a->health_check_http_endpoint);
+        manifest_checks_free(&a->checks);
         for (size_t j = 0; j < a->service_count; j++) {
             free(a->services[j].name);
             free(a->services[j].binding_name);
@@ -1540,6 +1616,7 @@ void manifest_free(struct manifest *m)
             free(p->command);
             free(p->health_check_type);
             free(p->health_check_http_endpoint);
+            manifest_checks_free(&p->checks);
         }
         free(a->processes);
         for (size_t j = 0; j < a->function_count; j++)

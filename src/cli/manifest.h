@@ -48,6 +48,24 @@ struct manifest_autoscale {
     long target_rps;
 };
 
+/* A process's health-check timing, readiness check and log rate limit (Cloud Foundry's keys of
+ * those names); -1 and NULL for what is not set. */
+struct manifest_checks {
+    long health_interval;     /* health-check-interval, seconds */
+    long health_timeout;      /* health-check-invocation-timeout, seconds */
+    char *readiness_type;     /* readiness-health-check-type: http, port or process */
+    char *readiness_endpoint; /* readiness-health-check-http-endpoint */
+    long readiness_interval;  /* readiness-health-check-interval, seconds */
+    long readiness_timeout;   /* readiness-health-check-invocation-timeout, seconds */
+    long long log_rate;       /* log-rate-limit-per-second, bytes; -1: unlimited;
+                                 MANIFEST_LOG_RATE_UNSET: not set */
+};
+#define MANIFEST_LOG_RATE_UNSET (-2LL)
+
+/* "16K", "1M", "512B", "100" (bytes) or "-1" (unlimited), as `cf scale -l` and the manifest's
+ * log-rate-limit-per-second take them, into bytes a second: 0, or -1 when malformed. */
+int manifest_parse_log_rate(const char *s, long long *bytes);
+
 struct manifest_process {
     char *type;
     char *command;  /* NULL: not set */
@@ -58,6 +76,7 @@ struct manifest_process {
     char *health_check_http_endpoint;
     long timeout; /* -1: not set */
     struct manifest_autoscale autoscale;
+    struct manifest_checks checks;
 };
 
 struct manifest_event {
@@ -115,6 +134,7 @@ struct manifest_app {
     struct manifest_function *functions;
     size_t function_count;
     struct manifest_autoscale autoscale; /* of the web process */
+    struct manifest_checks checks;       /* of the web process */
     bool is_function; /* an entry of the top-level functions: (functions[0] is it) */
     int line;         /* where the app starts in the file, for messages */
     char *metadata_json; /* {"labels": {...}, "annotations": {...}} as given, NULL: none */

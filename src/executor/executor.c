@@ -7,10 +7,11 @@
  * Warm containers (made ahead, container.h) are the shim driver's: see "warm containers".
  *
  * Life of an instance: STARTING (health probes, 1 to HEALTH_STARTING_MS ms apart as it ages,
- * until one passes or the start timeout fires) -> RUNNING (liveness probes every liveness_ms; LIVENESS_FAILURES
- * failed probes in a row kill it) -> exit of its main process -> DOWN when a stop was asked
- * for, CRASHED otherwise. The final state is reported once the process is gone and its
- * output drained; the instance is freed right after that callback. */
+ * until one passes or the start timeout fires) -> RUNNING (liveness probes every
+ * health_interval_ms, LIVENESS_FAILURES failed probes in a row kill it; readiness probes, when
+ * the spec asks for them, only report ready/not ready and never kill) -> exit of its main process
+ * -> DOWN when a stop was asked for, CRASHED otherwise. The final state is reported once the
+ * process is gone and its output drained; the instance is freed right after that callback. */
 #include "executor/executor.h"
 
 #include <arpa/inet.h>
@@ -37,6 +38,7 @@
 #include "container/seccomp.h"
 #include "executor/cgroup.h"
 #include "executor/proc.h"
+#include "http/client.h"
 #include "shim/shim.h"
 
 #define HEALTH_STARTING_MS 20 /* at most, between probes of a starting instance */
@@ -68,6 +70,13 @@ struct instance {
     char **env;
     int index, port, memory_mb, disk_mb, pids_max, start_timeout_s;
     enum health_check_type health;
+    int health_interval_ms, health_timeout_ms; /* resolved: never 0 */
+    bool readiness;
+    enum health_check_type readiness_type;
+    char *readiness_endpoint;
+    int readiness_interval_ms, readiness_timeout_ms; /* resolved: never 0 */
+    bool log_rate_limited;
+    int64_t log_rate_limit;
     char *scratch_dir;
 
     enum instance_state state;
@@ -76,10 +85,16 @@ struct instance {
     struct executor__shim *shim; /* shim driver */
     int pid;                     /* the main process (its group's id), 0 while not known */
     struct cgroup *cg;
-    uv_timer_t start_timer, health_timer, grace_timer;
+    uv_timer_t start_timer, health_timer, grace_timer, readiness_timer;
     int handles; /* open timers; freed at zero once final */
-    struct probe *probe;
+    struct probe *probe;           /* the liveness probe in flight */
+    struct probe *readiness_probe; /* the readiness probe in flight */
+    struct http_pool *http;        /* the HTTP checks' client, made at the first one */
+    bool ready;                    /* the readiness check's last result, as reported */
     int liveness_failures;
+    /* the log rate limit's window: a second from log_window_ms, log_bytes written in it */
+    int64_t log_window_ms, log_bytes;
+    bool log_dropped; /* a line was dropped in this window (and the notice said) */
     bool stop_requested, final;
     bool detached;           /* left running for a later executor: nothing of it is ended */
     bool warm_started;       /* it took a warm container */
@@ -131,6 +146,7 @@ struct executor {
     bool disk_pool_again;                /* a size was used meanwhile: refill once more */
     bool disk_pool_told;                 /* a refill error was logged */
     instance_output_cb on_output;
+    instance_readiness_cb on_readiness;
     instance_state_cb on_state;
     void *ctx;
     struct instance *instances;
@@ -1249,30 +1265,44 @@ static void executor__site_slot_give(void *ctx, int slot)
 
 /* ---- health probes ---------------------------------------------------------------------- */
 
-/* One TCP connect (HEALTH_PORT) or one GET (HEALTH_HTTP) with a deadline. It outlives its
- * instance when that goes first (inst is then NULL) and frees itself once closed. */
+/* One check with a deadline: a TCP connect (HEALTH_PORT), or a GET through the instance's HTTP
+ * client (HEALTH_HTTP, src/http/client.h: llhttp reads the status, the body is dropped). It
+ * outlives its instance when that goes first (inst is then NULL) and frees itself once done. */
 struct probe {
     struct instance *inst;
+    bool readiness; /* a readiness probe (else liveness) */
+    int answer_ms;  /* the deadline once connected */
+    /* HEALTH_PORT */
     uv_tcp_t tcp;
     uv_connect_t connect;
-    uv_write_t write;
     uv_timer_t timeout;
-    char *request;
-    char response[64];
-    size_t response_len;
     int handles;
     bool done;
+    /* HEALTH_HTTP */
+    char *request;
 };
 
 static void executor__health_result(struct instance *inst, bool healthy);
+static void executor__readiness_result(struct instance *inst, bool ready);
+
+/* Tells the probe's instance, if it is still there, what the probe found. */
+static void probe__report(struct probe *pr, bool healthy)
+{
+    struct instance *inst = pr->inst;
+    if (inst && pr->readiness) {
+        inst->readiness_probe = NULL;
+        executor__readiness_result(inst, healthy);
+    } else if (inst) {
+        inst->probe = NULL;
+        executor__health_result(inst, healthy);
+    }
+}
 
 static void probe__closed(uv_handle_t *h)
 {
     struct probe *pr = h->data;
-    if (--pr->handles == 0) {
-        free(pr->request);
+    if (--pr->handles == 0)
         free(pr);
-    }
 }
 
 static void probe__finish(struct probe *pr, bool healthy)
@@ -1282,11 +1312,7 @@ static void probe__finish(struct probe *pr, bool healthy)
     pr->done = true;
     uv_close((uv_handle_t *)&pr->tcp, probe__closed);
     uv_close((uv_handle_t *)&pr->timeout, probe__closed);
-    struct instance *inst = pr->inst;
-    if (inst) {
-        inst->probe = NULL;
-        executor__health_result(inst, healthy);
-    }
+    probe__report(pr, healthy);
 }
 
 static void probe__timed_out(uv_timer_t *t)
@@ -1294,86 +1320,69 @@ static void probe__timed_out(uv_timer_t *t)
     probe__finish(t->data, false);
 }
 
-static void probe__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct probe *pr = h->data;
-    (void)suggested;
-    buf->base = pr->response + pr->response_len;
-    buf->len = sizeof(pr->response) - 1 - pr->response_len;
-}
-
-static void probe__read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    struct probe *pr = s->data;
-    (void)buf;
-    if (nread < 0 || pr->done) {
-        probe__finish(pr, false);
-        return;
-    }
-    pr->response_len += (size_t)nread;
-    pr->response[pr->response_len] = '\0';
-    char *eol = strstr(pr->response, "\r\n");
-    if (!eol && pr->response_len < sizeof(pr->response) - 1)
-        return; /* the status line is not complete yet */
-    /* "HTTP/1.1 200 OK": the status code is the second word */
-    const char *sp = strchr(pr->response, ' ');
-    bool ok = str_has_prefix(pr->response, "HTTP/1.") && sp && strncmp(sp + 1, "200", 3) == 0 &&
-              (sp[4] == ' ' || sp[4] == '\r');
-    probe__finish(pr, ok);
-}
-
-static void probe__written(uv_write_t *w, int status)
-{
-    struct probe *pr = w->data;
-    if (status < 0)
-        probe__finish(pr, false);
-}
-
 static void probe__connected(uv_connect_t *c, int status)
 {
     struct probe *pr = c->data;
-    if (pr->done)
-        return;
-    if (status < 0) {
-        probe__finish(pr, false);
-        return;
-    }
-    if (!pr->request) {
-        probe__finish(pr, true); /* a port check: accepting connections is healthy */
-        return;
-    }
-    uv_timer_start(&pr->timeout, probe__timed_out, HEALTH_PROBE_TIMEOUT_MS, 0); /* the answer */
-    uv_buf_t b = uv_buf_init(pr->request, (unsigned)strlen(pr->request));
-    pr->write.data = pr;
-    if (uv_write(&pr->write, (uv_stream_t *)&pr->tcp, &b, 1, probe__written) < 0 ||
-        uv_read_start((uv_stream_t *)&pr->tcp, probe__alloc, probe__read) < 0)
-        probe__finish(pr, false);
+    if (!pr->done)
+        probe__finish(pr, status == 0); /* accepting connections is healthy */
 }
 
-static void executor__probe_start(struct instance *inst)
+/* An HTTP check passes on a 200 (Cloud Foundry's rule), nothing else. Runs once, also when
+ * the instance's client is released under it ("cancelled"). */
+static void probe__answered(void *arg, const struct http_response *resp)
 {
+    struct probe *pr = arg;
+    probe__report(pr, resp->status == 200);
+    free(pr->request);
+    free(pr);
+}
+
+/* Starts the liveness probe, or with `readiness` the readiness probe, of inst. While the
+ * instance starts, a connect gets HEALTH_CONNECT_STARTING_MS, then the answer its deadline. */
+static void executor__probe_start(struct instance *inst, bool readiness)
+{
+    struct executor *ex = inst->ex;
     struct probe *pr = xcalloc(1, sizeof(*pr));
     pr->inst = inst;
-    uv_tcp_init(inst->ex->loop, &pr->tcp);
-    uv_timer_init(inst->ex->loop, &pr->timeout);
-    pr->tcp.data = pr->timeout.data = pr->connect.data = pr;
-    pr->handles = 2;
-    if (inst->health == HEALTH_HTTP) {
-        const char *path =
-            inst->health_endpoint && inst->health_endpoint[0] == '/' ? inst->health_endpoint : "/";
-        struct instance_endpoint ep;
-        executor_endpoint(inst->ex, inst->port, &ep);
+    pr->readiness = readiness;
+    pr->answer_ms = readiness ? inst->readiness_timeout_ms : inst->health_timeout_ms;
+    if (readiness)
+        inst->readiness_probe = pr;
+    else
+        inst->probe = pr;
+    bool starting = inst->state == INSTANCE_STARTING;
+    enum health_check_type type = readiness ? inst->readiness_type : inst->health;
+    struct instance_endpoint ep;
+    executor_endpoint(ex, inst->port, &ep);
+    if (type == HEALTH_HTTP) {
+        if (!inst->http && http_pool_new(ex->loop, ep.addr, &inst->http) < 0) {
+            probe__report(pr, false); /* cannot happen with an address of ours; fails safe */
+            free(pr);
+            return;
+        }
+        const char *endpoint = readiness ? inst->readiness_endpoint : inst->health_endpoint;
+        const char *path = endpoint && endpoint[0] == '/' ? endpoint : "/";
+        /* Connection: close: an idle kept-alive check connection would hold a single-threaded
+         * server's only worker away from the requests the router sends */
         pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: "
                                 "skiff-health-check\r\nConnection: close\r\n\r\n",
                                 path, ep.addr);
+        struct http_call_limits limits = {.timeout_ms = pr->answer_ms,
+                                          .connect_timeout_ms =
+                                              starting ? HEALTH_CONNECT_STARTING_MS : 0,
+                                          .discard_body = true};
+        http_pool_send_limited(inst->http, pr->request, strlen(pr->request), NULL, 0, &limits,
+                               probe__answered, pr);
+        return;
     }
-    inst->probe = pr;
+    uv_tcp_init(ex->loop, &pr->tcp);
+    uv_timer_init(ex->loop, &pr->timeout);
+    pr->tcp.data = pr->timeout.data = pr->connect.data = pr;
+    pr->handles = 2;
     struct sockaddr_in addr;
-    executor__sockaddr(inst->ex, inst->port, &addr);
+    executor__sockaddr(ex, inst->port, &addr);
     uv_timer_start(&pr->timeout, probe__timed_out,
-                   inst->state == INSTANCE_STARTING ? HEALTH_CONNECT_STARTING_MS
-                                                    : HEALTH_PROBE_TIMEOUT_MS,
-                   0);
+                   starting ? HEALTH_CONNECT_STARTING_MS : (uint64_t)pr->answer_ms, 0);
     if (uv_tcp_connect(&pr->connect, &pr->tcp, (const struct sockaddr *)&addr, probe__connected) <
         0)
         probe__finish(pr, false);
@@ -1403,7 +1412,43 @@ static void executor__health_tick(uv_timer_t *t)
         executor__health_result(inst, true);
         return;
     }
-    executor__probe_start(inst);
+    executor__probe_start(inst, false);
+}
+
+static void executor__readiness_tick(uv_timer_t *t)
+{
+    struct instance *inst = t->data;
+    if (inst->final || inst->readiness_probe || inst->stop_requested || inst->kill_reason)
+        return;
+    if (inst->readiness_type == HEALTH_PROCESS || inst->port <= 0) {
+        executor__readiness_result(inst, true);
+        return;
+    }
+    executor__probe_start(inst, true);
+}
+
+static void executor__readiness_result(struct instance *inst, bool ready)
+{
+    struct executor *ex = inst->ex;
+    if (inst->final || inst->stop_requested || inst->kill_reason || ready == inst->ready)
+        return;
+    inst->ready = ready;
+    if (ex->on_readiness)
+        ex->on_readiness(ex->ctx, inst, ready);
+}
+
+/* A RUNNING instance's periodic checks: liveness (unless a process check) and readiness,
+ * the first readiness probe at once so that a ready instance is routed to without a wait. */
+static void executor__checks_start(struct instance *inst)
+{
+    if (inst->health != HEALTH_PROCESS && inst->port > 0)
+        uv_timer_start(&inst->health_timer, executor__health_tick,
+                       (uint64_t)inst->health_interval_ms, (uint64_t)inst->health_interval_ms);
+    else
+        uv_timer_stop(&inst->health_timer);
+    if (inst->readiness)
+        uv_timer_start(&inst->readiness_timer, executor__readiness_tick, 0,
+                       (uint64_t)inst->readiness_interval_ms);
 }
 
 static void executor__health_result(struct instance *inst, bool healthy)
@@ -1428,11 +1473,7 @@ static void executor__health_result(struct instance *inst, bool healthy)
         }
         uv_timer_stop(&inst->start_timer);
         executor__set_state(inst, INSTANCE_RUNNING);
-        if (inst->health != HEALTH_PROCESS && inst->port > 0)
-            uv_timer_start(&inst->health_timer, executor__health_tick, (uint64_t)ex->liveness_ms,
-                           (uint64_t)ex->liveness_ms);
-        else
-            uv_timer_stop(&inst->health_timer);
+        executor__checks_start(inst);
         ex->on_state(ex->ctx, inst, INSTANCE_RUNNING, NULL);
         return;
     }
@@ -1456,10 +1497,37 @@ static void executor__grace_expired(uv_timer_t *t)
     inst->ex->driver->signal(inst, SIGKILL);
 }
 
+/* Whether a line of len bytes fits the instance's log rate limit (Cloud Foundry's: bytes a
+ * second, counted per one-second window); the first line dropped in a window is told once
+ * through on_output. The line's newline counts, as it would in CF's loggregator. */
+static bool executor__log_allowed(struct instance *inst, size_t len)
+{
+    if (!inst->log_rate_limited)
+        return true;
+    int64_t now = time_mono_ms();
+    if (now - inst->log_window_ms >= 1000) {
+        inst->log_window_ms = now;
+        inst->log_bytes = 0;
+        inst->log_dropped = false;
+    }
+    if (inst->log_bytes + (int64_t)len + 1 <= inst->log_rate_limit) {
+        inst->log_bytes += (int64_t)len + 1;
+        return true; /* after a drop too: a later, shorter line may still fit */
+    }
+    if (!inst->log_dropped) {
+        inst->log_dropped = true;
+        char msg[96];
+        int n = snprintf(msg, sizeof msg, "app instance exceeded log rate limit (%lld bytes/sec)",
+                         (long long)inst->log_rate_limit);
+        inst->ex->on_output(inst->ex->ctx, inst, INSTANCE_STREAM_LOG, msg, (size_t)n);
+    }
+    return false;
+}
+
 static void executor__instance_output(void *ctx, int stream, const char *line, size_t len)
 {
     struct instance *inst = ctx;
-    if (!inst->final)
+    if (!inst->final && executor__log_allowed(inst, len))
         inst->ex->on_output(inst->ex->ctx, inst, stream, line, len);
 }
 
@@ -1487,6 +1555,7 @@ static void executor__free_instance(struct instance *inst)
     free(inst->app_dir);
     free(inst->command);
     free(inst->health_endpoint);
+    free(inst->readiness_endpoint);
     free(inst->scratch_dir);
     if (inst->env) {
         for (char **e = inst->env; *e; e++)
@@ -1517,6 +1586,14 @@ static void executor__retire(struct instance *inst)
         inst->probe->inst = NULL;
         inst->probe = NULL;
     }
+    if (inst->readiness_probe) {
+        inst->readiness_probe->inst = NULL;
+        inst->readiness_probe = NULL;
+    }
+    if (inst->http) { /* a check in flight ends now, telling nobody (its inst is NULL) */
+        http_pool_release(inst->http, true);
+        inst->http = NULL;
+    }
     if (inst->proc) {
         proc_close(inst->proc);
         inst->proc = NULL;
@@ -1535,6 +1612,7 @@ static void executor__retire(struct instance *inst)
     uv_close((uv_handle_t *)&inst->start_timer, executor__timer_closed);
     uv_close((uv_handle_t *)&inst->health_timer, executor__timer_closed);
     uv_close((uv_handle_t *)&inst->grace_timer, executor__timer_closed);
+    uv_close((uv_handle_t *)&inst->readiness_timer, executor__timer_closed);
 }
 
 static void executor__maybe_shutdown_done(struct executor *ex)
@@ -1572,6 +1650,7 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
     uv_timer_stop(&inst->start_timer);
     uv_timer_stop(&inst->health_timer);
     uv_timer_stop(&inst->grace_timer);
+    uv_timer_stop(&inst->readiness_timer);
     executor__set_state(inst, final);
     ex->on_state(ex->ctx, inst, final, &info);
     executor__retire(inst);
@@ -1877,6 +1956,7 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
         ex->shim_path = xstrdup(cfg->shim_path);
     }
     ex->on_output = on_output;
+    ex->on_readiness = cfg->on_readiness;
     ex->on_state = on_state;
     ex->ctx = ctx;
     ex->usage_timer = xmalloc(sizeof(uv_timer_t));
@@ -2004,6 +2084,26 @@ static char *executor__dup(const char *s)
 
 static void executor__write_spec(struct instance *inst);
 
+/* The spec's check and log settings into inst, defaults resolved (one place for a new
+ * instance and an adopted one). */
+static void executor__copy_checks(struct instance *inst, const struct instance_spec *spec)
+{
+    int liveness_ms = inst->ex->liveness_ms;
+    inst->health_interval_ms =
+        spec->health_interval_ms > 0 ? spec->health_interval_ms : liveness_ms;
+    inst->health_timeout_ms =
+        spec->health_timeout_ms > 0 ? spec->health_timeout_ms : HEALTH_PROBE_TIMEOUT_MS;
+    inst->readiness = spec->readiness;
+    inst->readiness_type = spec->readiness_type;
+    inst->readiness_endpoint = executor__dup(spec->readiness_endpoint);
+    inst->readiness_interval_ms =
+        spec->readiness_interval_ms > 0 ? spec->readiness_interval_ms : inst->health_interval_ms;
+    inst->readiness_timeout_ms =
+        spec->readiness_timeout_ms > 0 ? spec->readiness_timeout_ms : HEALTH_PROBE_TIMEOUT_MS;
+    inst->log_rate_limited = spec->log_rate_limited;
+    inst->log_rate_limit = spec->log_rate_limit;
+}
+
 int executor_start(struct executor *ex, const struct instance_spec *spec, struct instance **out)
 {
     int rc = 0;
@@ -2038,6 +2138,7 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->health = spec->health;
     inst->start_timeout_s =
         spec->start_timeout_s > 0 ? spec->start_timeout_s : DEFAULT_START_TIMEOUT_S;
+    executor__copy_checks(inst, spec);
     /* scratch space the caller may point HOME/TMPDIR at; removed with the instance */
     inst->scratch_dir = xasprintf("%s/instances/%s", ex->home, inst->guid);
     char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
@@ -2066,8 +2167,10 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     uv_timer_init(ex->loop, &inst->start_timer);
     uv_timer_init(ex->loop, &inst->health_timer);
     uv_timer_init(ex->loop, &inst->grace_timer);
+    uv_timer_init(ex->loop, &inst->readiness_timer);
     inst->start_timer.data = inst->health_timer.data = inst->grace_timer.data = inst;
-    inst->handles = 3;
+    inst->readiness_timer.data = inst;
+    inst->handles = 4;
     uv_timer_start(&inst->start_timer, executor__start_timed_out,
                    (uint64_t)inst->start_timeout_s * 1000, 0);
     /* the first check comes on the next loop turn, never inside this call */
@@ -2094,6 +2197,7 @@ void executor_stop(struct instance *inst)
     executor__set_state(inst, INSTANCE_STOPPING);
     uv_timer_stop(&inst->start_timer);
     uv_timer_stop(&inst->health_timer);
+    uv_timer_stop(&inst->readiness_timer);
     inst->ex->driver->signal(inst, SIGTERM);
     uv_timer_start(&inst->grace_timer, executor__grace_expired, (uint64_t)inst->ex->grace_ms, 0);
 }
@@ -2135,6 +2239,15 @@ static void executor__write_spec(struct instance *inst)
                   "pids_max", inst->pids_max, "health", (int)inst->health, "health_endpoint",
                   inst->health_endpoint, "start_timeout_s", inst->start_timeout_s, "warm_started",
                   inst->warm_started);
+    if (j)
+        json_object_update_new(
+            j, json_pack("{s:i,s:i,s:b,s:i,s:s?,s:i,s:i,s:b,s:I}", "health_interval_ms",
+                         inst->health_interval_ms, "health_timeout_ms", inst->health_timeout_ms,
+                         "readiness", inst->readiness, "readiness_type", (int)inst->readiness_type,
+                         "readiness_endpoint", inst->readiness_endpoint, "readiness_interval_ms",
+                         inst->readiness_interval_ms, "readiness_timeout_ms",
+                         inst->readiness_timeout_ms, "log_rate_limited", inst->log_rate_limited,
+                         "log_rate_limit", (json_int_t)inst->log_rate_limit));
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text)
@@ -2246,6 +2359,19 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->health = (enum health_check_type)json_integer_value(json_object_get(j, "health"));
     inst->start_timeout_s = (int)json_integer_value(json_object_get(j, "start_timeout_s"));
     inst->warm_started = json_is_true(json_object_get(j, "warm_started"));
+    struct instance_spec checks = {
+        .health_interval_ms = (int)json_integer_value(json_object_get(j, "health_interval_ms")),
+        .health_timeout_ms = (int)json_integer_value(json_object_get(j, "health_timeout_ms")),
+        .readiness = json_is_true(json_object_get(j, "readiness")),
+        .readiness_type =
+            (enum health_check_type)json_integer_value(json_object_get(j, "readiness_type")),
+        .readiness_endpoint = json_string_value(json_object_get(j, "readiness_endpoint")),
+        .readiness_interval_ms =
+            (int)json_integer_value(json_object_get(j, "readiness_interval_ms")),
+        .readiness_timeout_ms = (int)json_integer_value(json_object_get(j, "readiness_timeout_ms")),
+        .log_rate_limited = json_is_true(json_object_get(j, "log_rate_limited")),
+        .log_rate_limit = json_integer_value(json_object_get(j, "log_rate_limit"))};
+    executor__copy_checks(inst, &checks);
     if (inst->start_timeout_s <= 0)
         inst->start_timeout_s = DEFAULT_START_TIMEOUT_S;
     inst->scratch_dir = scratch;
@@ -2267,16 +2393,16 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     uv_timer_init(ex->loop, &inst->start_timer);
     uv_timer_init(ex->loop, &inst->health_timer);
     uv_timer_init(ex->loop, &inst->grace_timer);
+    uv_timer_init(ex->loop, &inst->readiness_timer);
     inst->start_timer.data = inst->health_timer.data = inst->grace_timer.data = inst;
-    inst->handles = 3;
+    inst->readiness_timer.data = inst;
+    inst->handles = 4;
     /* An instance that exited while no daemon listened is reported by its shim (X) on the
      * loop; one that answers is RUNNING at once, so no request is turned away; one that does
      * not yet goes through STARTING as a new one would. */
     if (!exited && executor__answers_now(inst)) {
         executor__set_state(inst, INSTANCE_RUNNING);
-        if (inst->health != HEALTH_PROCESS && inst->port > 0)
-            uv_timer_start(&inst->health_timer, executor__health_tick, (uint64_t)ex->liveness_ms,
-                           (uint64_t)ex->liveness_ms);
+        executor__checks_start(inst);
     } else {
         executor__set_state(inst, INSTANCE_STARTING);
         if (!exited) {
@@ -2342,7 +2468,16 @@ int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
         if (!inst)
             continue;
         adopted++;
-        struct instance_spec spec = {.app_guid = inst->app_guid,
+        struct instance_spec spec = {.health_interval_ms = inst->health_interval_ms,
+                                     .health_timeout_ms = inst->health_timeout_ms,
+                                     .readiness = inst->readiness,
+                                     .readiness_type = inst->readiness_type,
+                                     .readiness_endpoint = inst->readiness_endpoint,
+                                     .readiness_interval_ms = inst->readiness_interval_ms,
+                                     .readiness_timeout_ms = inst->readiness_timeout_ms,
+                                     .log_rate_limited = inst->log_rate_limited,
+                                     .log_rate_limit = inst->log_rate_limit,
+                                     .app_guid = inst->app_guid,
                                      .app_name = inst->app_name,
                                      .process_type = inst->process_type,
                                      .index = inst->index,

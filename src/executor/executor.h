@@ -41,6 +41,9 @@ struct instance_exit {
                            "process limit reached" (it exited after a fork was refused) */
 };
 
+/* A RUNNING instance's readiness check changed its result (instance_spec.readiness). */
+typedef void (*instance_readiness_cb)(void *ctx, struct instance *inst, bool ready);
+
 enum executor_isolation {
     EXECUTOR_PROCESS,   /* host processes on 127.0.0.1:PORT: UNSAFE for untrusted code */
     EXECUTOR_CONTAINER, /* containers, each at its own address, listening on 8080 */
@@ -68,6 +71,7 @@ struct executor_config {
                     language runtime ahead, for each runtime an instance has started with */
     const char *runtimes_dir; /* the buildpacks folder: the runtimes' warm programs
                                  (function-python/warm/zygote.py); NULL: none */
+    instance_readiness_cb on_readiness; /* NULL: readiness results are not reported */
 };
 
 struct instance_spec {
@@ -87,11 +91,27 @@ struct instance_spec {
     enum health_check_type health;
     const char *health_endpoint; /* for HEALTH_HTTP */
     int start_timeout_s;         /* default 60 */
+    int health_interval_ms;      /* liveness probe period once RUNNING; 0: the executor's */
+    int health_timeout_ms;       /* one probe's deadline (connect and answer); 0: 1000 */
+    /* A readiness check (Cloud Foundry's): once RUNNING, probed every readiness_interval_ms
+     * (0: as the liveness check); each change of its result goes to on_readiness, starting
+     * from "not ready". A failing readiness check never kills the instance. */
+    bool readiness;
+    enum health_check_type readiness_type;
+    const char *readiness_endpoint; /* for HEALTH_HTTP; NULL: "/" */
+    int readiness_interval_ms;
+    int readiness_timeout_ms; /* 0: 1000 */
+    /* Output past log_rate_limit bytes in a second is dropped, with one notice a second
+     * through on_output (INSTANCE_STREAM_LOG). */
+    bool log_rate_limited;
+    int64_t log_rate_limit;
 };
 
 /* stream 1 and 2 are the instance's stdout and stderr; INSTANCE_STREAM_CELL is a notice of
  * the executor's own about it (e.g. "disk quota exceeded"). */
 #define INSTANCE_STREAM_CELL 3
+/* a notice of the executor's about the instance's logging (its log rate limit) */
+#define INSTANCE_STREAM_LOG 4
 typedef void (*instance_output_cb)(void *ctx, struct instance *inst, int stream,
                                    const char *line, size_t len);
 typedef void (*instance_state_cb)(void *ctx, struct instance *inst, enum instance_state state,

@@ -17,6 +17,8 @@ struct http_call {
     const void *body;
     size_t body_len;
     int64_t timeout_ms;
+    int64_t connect_timeout_ms; /* http_call_limits */
+    bool discard_body;
     http_response_cb cb;
     void *arg;
     bool resent; /* already sent once more after a stale keep-alive connection */
@@ -341,6 +343,8 @@ static void http_on_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    if (c->call->connect_timeout_ms > 0)
+        uv_timer_stop(&c->timer); /* the connect's deadline is met: the call's own starts */
     http_conn_start(c, c->call);
 }
 
@@ -357,8 +361,9 @@ static void http_open_and_start(struct http_pool *p, struct http_call *call)
     p->conns++;
     c->next_all = p->all;
     p->all = c;
-    if (call->timeout_ms > 0)
-        uv_timer_start(&c->timer, http_on_timeout, (uint64_t)call->timeout_ms, 0);
+    int64_t first = call->connect_timeout_ms > 0 ? call->connect_timeout_ms : call->timeout_ms;
+    if (first > 0)
+        uv_timer_start(&c->timer, http_on_timeout, (uint64_t)first, 0);
     c->connect_req.data = c;
     int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&p->addr, http_on_connect);
     if (rc < 0)
@@ -402,6 +407,8 @@ static int http_on_header_value_complete(llhttp_t *p)
 static int http_on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
+    if (c->call && c->call->discard_body)
+        return 0;
     if (c->body.len + len > (64u << 20))
         return -1; /* a reply larger than any event may be: refuse it */
     buf_append(&c->body, at, len);
@@ -419,12 +426,24 @@ void http_pool_send(struct http_pool *pool, const char *head, size_t head_len,
                        const void *body, size_t body_len, int64_t timeout_ms, http_response_cb cb,
                        void *arg)
 {
+    struct http_call_limits limits = {.timeout_ms = timeout_ms};
+    http_pool_send_limited(pool, head, head_len, body, body_len, &limits, cb, arg);
+}
+
+void http_pool_send_limited(struct http_pool *pool, const char *head, size_t head_len,
+                            const void *body, size_t body_len,
+                            const struct http_call_limits *limits, http_response_cb cb, void *arg)
+{
     struct http_call *call = xcalloc(1, sizeof(*call));
     call->head = head;
     call->head_len = head_len;
     call->body = body;
     call->body_len = body_len;
-    call->timeout_ms = timeout_ms;
+    if (limits) {
+        call->timeout_ms = limits->timeout_ms;
+        call->connect_timeout_ms = limits->connect_timeout_ms;
+        call->discard_body = limits->discard_body;
+    }
     call->cb = cb;
     call->arg = arg;
     pool->active++;

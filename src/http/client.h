@@ -55,6 +55,20 @@ void http_pool_send(struct http_pool *pool, const char *head, size_t head_len,
                        const void *body, size_t body_len, int64_t timeout_ms, http_response_cb cb,
                        void *arg);
 
+/* What http_pool_send_limited adds to a call's deadline. */
+struct http_call_limits {
+    int64_t timeout_ms;         /* bounds the whole call; 0: none */
+    int64_t connect_timeout_ms; /* a new connection must be up within this, after which
+                                   timeout_ms runs afresh; 0: timeout_ms covers the connect */
+    bool discard_body;          /* the body is read and dropped (resp->body is empty): for a
+                                   caller that wants the status only, whatever the size */
+};
+
+/* http_pool_send with limits (NULL: none). */
+void http_pool_send_limited(struct http_pool *pool, const char *head, size_t head_len,
+                            const void *body, size_t body_len,
+                            const struct http_call_limits *limits, http_response_cb cb, void *arg);
+
 /* The value of a response header by lower-case name; NULL when absent. */
 const char *http_response_header(const struct http_response *resp, const char *name);
 

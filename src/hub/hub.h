@@ -16,8 +16,10 @@
 #include <stdint.h>
 
 enum platform_event_type {
-    PLATFORM_INSTANCE_READY,    /* an instance became RUNNING: it may take traffic */
-    PLATFORM_INSTANCE_GONE,     /* an instance left RUNNING (stopping, down or crashed) */
+    PLATFORM_INSTANCE_READY,    /* an instance became RUNNING (and ready, with a readiness
+                                   check): it may take traffic */
+    PLATFORM_INSTANCE_GONE,     /* an instance left RUNNING (stopping, down or crashed), or
+                                   failed its readiness check: it takes no new traffic */
     PLATFORM_INSTANCE_DRAINING, /* an instance that was ready is to stop: drain_id may be held */
     PLATFORM_APP_STARTED,       /* the app was started (desired state STARTED) */
     PLATFORM_APP_STOPPED,       /* the app was stopped (desired state STOPPED) or deleted */

@@ -49,7 +49,9 @@ struct sched_inst {
     int index;
     int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
     char addr[64]; /* where the platform reaches it: "IP:PORT" */
-    bool ready;
+    bool ready;    /* its health check passed: RUNNING */
+    bool readiness;    /* it has a readiness check: routed to only while that passes */
+    bool readiness_ok; /* the readiness check's last result */
     enum sched_inst_phase phase;
     uint64_t drain_id;         /* DRAINING: its id for scheduler_drain_hold/_release */
     int drain_holds;           /* DRAINING: holds not yet released */
@@ -61,6 +63,14 @@ struct sched_inst {
                                   ready, never restarted; its end goes to task_ended */
     struct sched_inst *next;
 };
+
+/* Whether requests and events may go to the instance: the one answer for the route table,
+ * the invoker and the autoscaler. Not ready by its readiness check, it is running (and not
+ * restarted) but takes no new work. */
+static bool sched__routable(const struct sched_inst *si)
+{
+    return si->ready && (!si->readiness || si->readiness_ok);
+}
 
 struct sched_slot {
     int index;
@@ -200,6 +210,9 @@ static void sched__inst_unlink(struct scheduler *s, struct sched_inst *si)
 }
 
 static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool ready);
+static void sched__routed(struct scheduler *s, struct sched_inst *si);
+static void sched__on_final(struct scheduler *s, struct sched_inst *si, enum instance_state state,
+                            const struct instance_exit *ex);
 static void sched__arm_timer(struct scheduler *s);
 
 /* SIGTERM now (the executor sends SIGKILL after its grace period). */
@@ -251,11 +264,10 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
         return;
     si->stopping_since_ms = time_now_ms();
     /* A stopping instance takes no new work (scheduler.h: GONE when it leaves RUNNING). */
-    bool was_ready = si->ready;
-    if (si->ready) {
-        si->ready = false;
+    bool was_ready = sched__routable(si);
+    si->ready = false;
+    if (was_ready)
         sched__ready_event(s, si, false);
-    }
     if (!was_ready || s->shutting_down) {
         sched__halt(si);
         return;
@@ -368,9 +380,10 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
     struct sched_inst *si = instance_user_data(inst);
     if (!si)
         return;
-    if (stream == INSTANCE_STREAM_CELL) {
+    if (stream == INSTANCE_STREAM_CELL || stream == INSTANCE_STREAM_LOG) {
         char tag[32];
-        snprintf(tag, sizeof tag, "CELL/%d", si->index);
+        snprintf(tag, sizeof tag, "%s/%d", stream == INSTANCE_STREAM_LOG ? "LOG" : "CELL",
+                 si->index);
         logs_append(s->logs, si->app_guid, tag, LOGS_ERR, line, len);
         return;
     }
@@ -494,25 +507,70 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
         struct sched_slot *slot = si->slot;
         if (slot && slot->cur == si)
             slot->healthy_since_ms = time_now_ms();
-        sched__ready_event(s, si, true);
-        if (slot && slot->replacement == si) {
-            /* a rolling replacement is ready: the old instance goes, then the next slot */
-            struct sched_inst *old = slot->cur;
-            slot->cur = si;
-            slot->replacement = NULL;
-            slot->healthy_since_ms = time_now_ms();
-            slot->crash_count = 0;
-            sched__stop_inst(s, old);
-            struct sched_app *a = sched__app(s, si->app_guid, false);
-            if (a)
-                sched__converge(s, a);
-        }
+        if (sched__routable(si))
+            sched__routed(s, si);
+        else
+            logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                         "Instance %d of %s takes requests once its readiness check passes",
+                         si->index, si->type);
         return;
     }
     if (state != INSTANCE_DOWN && state != INSTANCE_CRASHED)
         return;
+    sched__on_final(s, si, state, ex);
+}
+
+/* The instance became routable (RUNNING, and ready when it has a readiness check): it joins
+ * the route table, and a rolling replacement takes over its slot now, not before, so that a
+ * deploy never leaves a slot with nothing to route to. */
+static void sched__routed(struct scheduler *s, struct sched_inst *si)
+{
+    struct sched_slot *slot = si->slot;
+    sched__ready_event(s, si, true);
+    if (slot && slot->replacement == si) {
+        /* a rolling replacement is ready: the old instance goes, then the next slot */
+        struct sched_inst *old = slot->cur;
+        slot->cur = si;
+        slot->replacement = NULL;
+        slot->healthy_since_ms = time_now_ms();
+        slot->crash_count = 0;
+        sched__stop_inst(s, old);
+        struct sched_app *a = sched__app(s, si->app_guid, false);
+        if (a)
+            sched__converge(s, a);
+    }
+}
+
+/* A RUNNING instance's readiness check changed its result: out of the route table while it
+ * fails, back when it passes; never a restart (Cloud Foundry's readiness checks). */
+static void sched__on_readiness(void *ctx, struct instance *inst, bool ready)
+{
+    struct scheduler *s = ctx;
+    struct sched_inst *si = instance_user_data(inst);
+    if (!si || si->readiness_ok == ready)
+        return;
+    bool was = sched__routable(si);
+    si->readiness_ok = ready;
+    if (!si->ready || si->phase != SCHED_INST_LIVE || was == sched__routable(si))
+        return;
+    if (ready) {
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s is ready: it takes requests", si->index, si->type);
+        sched__routed(s, si);
+    } else {
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_ERR,
+                     "Instance %d of %s is not ready (its readiness check failed): it takes no "
+                     "requests until the check passes again; it is not restarted",
+                     si->index, si->type);
+        sched__ready_event(s, si, false);
+    }
+}
+
+static void sched__on_final(struct scheduler *s, struct sched_inst *si, enum instance_state state,
+                            const struct instance_exit *ex)
+{
     /* final: the executor frees inst when we return */
-    if (si->ready)
+    if (sched__routable(si))
         sched__ready_event(s, si, false);
     sched__inst_unlink(s, si);
     struct sched_slot *slot = si->slot;
@@ -672,6 +730,20 @@ static enum health_check_type sched__health(const char *t)
     return HEALTH_PORT;
 }
 
+/* A process's check and log settings (store.h) into the executor's spec (executor.h). */
+static void sched__spec_checks(struct instance_spec *spec, const struct store_process_checks *c)
+{
+    spec->health_interval_ms = c->health_interval_s * 1000;
+    spec->health_timeout_ms = c->health_timeout_s * 1000;
+    spec->readiness = c->readiness_type != NULL;
+    spec->readiness_type = sched__health(c->readiness_type);
+    spec->readiness_endpoint = c->readiness_endpoint;
+    spec->readiness_interval_ms = c->readiness_interval_s * 1000;
+    spec->readiness_timeout_ms = c->readiness_timeout_s * 1000;
+    spec->log_rate_limited = c->log_rate_limited;
+    spec->log_rate_limit = c->log_rate_limit;
+}
+
 static void sched__make_token(struct scheduler *s, const char *app_guid, const char *instance_guid,
                               char *out, size_t size)
 {
@@ -703,12 +775,14 @@ static void sched__strv_free(char **v)
  * command, with the environment an instance of the app gets (its routes and service bindings
  * read now); si gets its guid, droplet, slot, address and instance and joins the live ones.
  * 0, or a negative errno once the app's log says why, naming si as `what` ("instance 2 of
- * web"): -EAGAIN when the store, the bindings or the slots cannot serve now (then says what
- * follows: "; trying again later"), else executor_start's error. */
+ * web"), with its process's checks (NULL: none but health): -EAGAIN when the store, the bindings or
+ * the slots cannot serve now (then says what follows: "; trying again later"), else
+ * executor_start's error. */
 static int sched__launch(struct scheduler *s, const struct store_app *app,
                          const struct store_droplet *drop, struct sched_inst *si,
                          const char *command, int memory, enum health_check_type health,
-                         const char *what, const char *then)
+                         const struct store_process_checks *checks, const char *what,
+                         const char *then)
 {
     /* its VCAP_APPLICATION names its routes: an instance told it has none would be wrong for
      * as long as it runs, so a store that cannot say is a start failure, tried again later */
@@ -793,6 +867,9 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
                                  .health = health,
                                  .health_endpoint = app->health_check_http_endpoint,
                                  .start_timeout_s = app->timeout};
+    if (checks)
+        sched__spec_checks(&spec, checks);
+    si->readiness = spec.readiness;
     int rc = executor_start(s->ex, &spec, &si->inst);
     scheduler_env_free(env);
     sched__strv_free(uris);
@@ -870,8 +947,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     char what[128];
     snprintf(what, sizeof what, "instance %d of %s", slot->index, proc->type);
     int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
-    if (sched__launch(s, app, drop, si, command, memory, health, what, "; trying again later") <
-        0) {
+    if (sched__launch(s, app, drop, si, command, memory, health, &proc->checks, what,
+                      "; trying again later") < 0) {
         free(si);
         free(command_copy);
         sched__retry_later(s, slot);
@@ -1043,7 +1120,9 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   struct scheduler **out)
 {
     struct scheduler *s = xcalloc(1, sizeof *s);
-    int rc = executor_new(loop, excfg, sched__on_output, sched__on_state, s, &s->ex);
+    struct executor_config ec = *excfg;
+    ec.on_readiness = sched__on_readiness;
+    int rc = executor_new(loop, &ec, sched__on_output, sched__on_state, s, &s->ex);
     if (rc < 0) {
         free(s);
         return rc;
@@ -1155,10 +1234,12 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
                  "skiffd%s",
                  si->index, si->type, si->guid, si->port,
                  running ? "" : "; checking its health again");
+    si->readiness = sp->readiness; /* its first result comes from the executor, soon */
     if (running) {
         si->ready = true;
         slot->healthy_since_ms = time_now_ms();
-        sched__ready_event(s, si, true);
+        if (sched__routable(si))
+            sched__ready_event(s, si, true);
     }
 }
 
@@ -1476,6 +1557,7 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
         snprintf(info->state, sizeof info->state, "%s",
                  instance_state_name(instance_state(si->inst)));
         info->since_ms = instance_since_ms(si->inst);
+        info->not_ready = si->ready && !sched__routable(si);
         instance_usage(si->inst, &info->cpu, &info->memory_bytes);
     } else {
         snprintf(info->state, sizeof info->state, "%s", slot->restart_at_mono ? "CRASHED" : "DOWN");
@@ -1520,7 +1602,7 @@ int scheduler_ready_instances(struct scheduler *s, const char *app, const char *
             struct sched_slot *slot = p->slots[j];
             struct sched_inst *cands[2] = {slot->cur, slot->replacement};
             for (int k = 0; k < 2; k++) {
-                if (!cands[k] || !cands[k]->ready)
+                if (!cands[k] || !sched__routable(cands[k]))
                     continue;
                 if ((size_t)count < max)
                     sched__fill(&out[count], p, slot, cands[k]);
@@ -1607,7 +1689,7 @@ void scheduler_each_ready(struct scheduler *s,
                 struct sched_slot *slot = p->slots[j];
                 struct sched_inst *cands[2] = {slot->cur, slot->replacement};
                 for (int k = 0; k < 2; k++) {
-                    if (!cands[k] || !cands[k]->ready)
+                    if (!cands[k] || !sched__routable(cands[k]))
                         continue;
                     struct scheduler_instance_info info;
                     sched__fill(&info, p, slot, cands[k]);
@@ -1654,7 +1736,7 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
     snprintf(si->guid, sizeof si->guid, "%s", t->task_guid);
     char what[96];
     snprintf(what, sizeof what, "task %s", t->name);
-    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, what,
+    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, NULL, what,
                        "; the task failed to start (run it again)");
     if (rc < 0)
         free(si);

@@ -6,6 +6,11 @@
  * (scheduler_instance_env) and publishes what happens to instances on the hub
  * (src/hub/hub.h): which are ready (only RUNNING ones take traffic), gone, draining, crashed.
  *
+ * Readiness checks (Cloud Foundry's, store.h's store_process_checks): an instance with one
+ * takes traffic only while it passes. One that fails it leaves the route table (GONE) and is
+ * not restarted; passing again, it is READY again. A rolling replacement takes over its slot
+ * only once it takes traffic.
+ *
  * Stopping on purpose (scale down, stop, delete, restart, new droplet, scale to zero) drains
  * an instance that was taking work: it is detached from its slot at once (its replacement
  * starts without waiting), leaves the route table (PLATFORM_INSTANCE_GONE), and then
@@ -161,6 +166,7 @@ struct scheduler_instance_info {
     uint64_t disk_bytes, disk_quota_bytes; /* a container's writable layer: used and size */
     bool disk_full;                        /* ... and its quota is used up */
     char state[16]; /* STARTING RUNNING CRASHED STOPPING DOWN */
+    bool not_ready; /* RUNNING, but its readiness check fails: it takes no requests */
     int64_t since_ms;
     double cpu;
     uint64_t memory_bytes;
@@ -170,7 +176,8 @@ struct scheduler_instance_info {
     char process_type[64];
 };
 
-/* Fills out (at most max) with the RUNNING instances of the process (all process types when
+/* Fills out (at most max) with the instances of the process that take traffic (RUNNING, and
+ * passing their readiness check when they have one) (all process types when
  * process_type is NULL); returns how many there are in total (may exceed max) or an error.
  * With max 0 (out may then be NULL) it only counts, to size out for a second call. */
 int scheduler_ready_instances(struct scheduler *s, const char *app, const char *process_type,
@@ -188,7 +195,7 @@ int scheduler_running_count(struct scheduler *s, const char *app_guid);
 bool scheduler_instance_alive(struct scheduler *s, const char *app_guid,
                               const char *instance_guid);
 
-/* Calls fn for every RUNNING instance of every app (the route table's backends). */
+/* Calls fn for every instance of every app that takes traffic (the route table's backends). */
 void scheduler_each_ready(struct scheduler *s,
                           void (*fn)(void *ctx, const char *app_guid, const char *process_type,
                                      const struct scheduler_instance_info *inst),

@@ -291,6 +291,8 @@ void store_app_free(struct store_app *app)
         free(app->processes[i].type);
         free(app->processes[i].command);
         free(app->processes[i].function_json);
+        free(app->processes[i].checks.readiness_type);
+        free(app->processes[i].checks.readiness_endpoint);
     }
     free(app->processes);
     for (size_t i = 0; i < app->n_env; i++) {
@@ -348,6 +350,10 @@ struct store_app *store_app_dup(const struct store_app *app)
         c->processes[i].type = store__dup_or_null(app->processes[i].type);
         c->processes[i].command = store__dup_or_null(app->processes[i].command);
         c->processes[i].function_json = store__dup_or_null(app->processes[i].function_json);
+        c->processes[i].checks.readiness_type =
+            store__dup_or_null(app->processes[i].checks.readiness_type);
+        c->processes[i].checks.readiness_endpoint =
+            store__dup_or_null(app->processes[i].checks.readiness_endpoint);
     }
     c->env = xcalloc(app->n_env ? app->n_env : 1, sizeof *c->env);
     for (size_t i = 0; i < app->n_env; i++) {

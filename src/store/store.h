@@ -35,6 +35,21 @@ struct store;
  * process is made or its app's kind changes; everyone else reads the field. */
 #define STORE_SCALE_MANUAL (-1)
 
+/* Cloud Foundry's per-process health and log settings (manifest keys of the same names). 0 in
+ * a number means the platform's default (executor.h); readiness_type NULL: no readiness check
+ * (the instance is routed to while its liveness check passes). */
+struct store_process_checks {
+    int health_interval_s;    /* health-check-interval: liveness probe period */
+    int health_timeout_s;     /* health-check-invocation-timeout: one probe's deadline */
+    char *readiness_type;     /* "http", "port", "process" or NULL */
+    char *readiness_endpoint; /* for "http"; NULL: "/" */
+    int readiness_interval_s; /* readiness-health-check-interval */
+    int readiness_timeout_s;  /* readiness-health-check-invocation-timeout */
+    bool log_rate_limited;    /* false: unlimited (CF's -1) */
+    int64_t log_rate_limit;   /* log-rate-limit-per-second: bytes an instance may log
+                                 a second when limited (0: nothing) */
+};
+
 struct store_process {
     char *type;        /* "web", or a function's name */
     char *command;     /* NULL: the droplet's command for this type */
@@ -53,6 +68,7 @@ struct store_process {
      * "python"|"node"|"shell", "max_instances": N} as the API wrote it; NULL for web and
      * other process types. */
     char *function_json;
+    struct store_process_checks checks;
 };
 
 /* Whether the process runs one of its app's functions (rather than web or a worker). */

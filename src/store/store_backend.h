@@ -16,6 +16,10 @@ struct store_backend;
  * backends read and write them (store_process's max_instances and on). */
 #define STORE_PROCESS_POLICY_COLUMNS                                                               \
     ", max_instances, target_concurrency, target_rps, window_ms, scale_down_delay_ms"
+/* store_process_checks, after the function column; log_rate_limit -1: unlimited */
+#define STORE_PROCESS_CHECK_COLUMNS                                                                \
+    ", health_check_interval, health_check_invocation_timeout, readiness_type,"                    \
+    " readiness_endpoint, readiness_interval, readiness_invocation_timeout, log_rate_limit"
 
 struct store_ops {
     const char *name; /* "sqlite" */

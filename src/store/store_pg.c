@@ -96,6 +96,15 @@ const char *const store_pg_migrations[] = {
     "  memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL, droplet_guid TEXT NOT NULL,"
     "  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,"
     "  UNIQUE (app_guid, sequence_id));",
+    /* 10: each process's health check timing, readiness check and log rate limit
+     * (store.h's store_process_checks) */
+    "ALTER TABLE processes ADD COLUMN health_check_interval INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN health_check_invocation_timeout INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN readiness_type TEXT;"
+    "ALTER TABLE processes ADD COLUMN readiness_endpoint TEXT;"
+    "ALTER TABLE processes ADD COLUMN readiness_interval INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN readiness_invocation_timeout INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN log_rate_limit BIGINT NOT NULL DEFAULT -1;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -324,7 +333,8 @@ static int pg__write_children(struct store_backend *b, const struct store_app *a
         return -EIO;
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
-        struct pg_num inst, mem, min, max, conc, rps, win, delay;
+        struct pg_num inst, mem, min, max, conc, rps, win, delay, hint, hto, rint, rto, lrl;
+        const struct store_process_checks *c = &p->checks;
         const char *v[] = {
             app->guid,
             p->type,
@@ -337,14 +347,22 @@ static int pg__write_children(struct store_backend *b, const struct store_app *a
             pg__num(&rps, p->target_rps),
             pg__num(&win, p->window_ms),
             pg__num(&delay, p->scale_down_delay_ms),
-            p->function_json};
+            p->function_json,
+            pg__num(&hint, c->health_interval_s),
+            pg__num(&hto, c->health_timeout_s),
+            c->readiness_type,
+            c->readiness_endpoint,
+            pg__num(&rint, c->readiness_interval_s),
+            pg__num(&rto, c->readiness_timeout_s),
+            pg__num(&lrl, c->log_rate_limited ? c->log_rate_limit : -1)};
         int rc = pg__write(b,
                            "INSERT INTO processes (app_guid, type, command, instances, memory_mb,"
                            " min_instances" STORE_PROCESS_POLICY_COLUMNS
-                           ", function) VALUES ($1, $2, $3,"
+                           ", function" STORE_PROCESS_CHECK_COLUMNS ") VALUES ($1, $2, $3,"
                            " $4::integer, $5::integer, $6::integer, $7::integer, $8::integer,"
-                           " $9::integer, $10::integer, $11::integer, $12)",
-                           12, v, false);
+                           " $9::integer, $10::integer, $11::integer, $12, $13::integer,"
+                           " $14::integer, $15, $16, $17::integer, $18::integer, $19::bigint)",
+                           19, v, false);
         if (rc < 0)
             return rc;
     }
@@ -427,6 +445,15 @@ static void pg__add_process(struct store_app *app, const PGresult *res, int row,
     p->window_ms = (int)pg__int(res, row, col + 8);
     p->scale_down_delay_ms = (int)pg__int(res, row, col + 9);
     p->function_json = pg__text(res, row, col + 10);
+    struct store_process_checks *c = &p->checks;
+    c->health_interval_s = (int)pg__int(res, row, col + 11);
+    c->health_timeout_s = (int)pg__int(res, row, col + 12);
+    c->readiness_type = pg__text(res, row, col + 13);
+    c->readiness_endpoint = pg__text(res, row, col + 14);
+    c->readiness_interval_s = (int)pg__int(res, row, col + 15);
+    c->readiness_timeout_s = (int)pg__int(res, row, col + 16);
+    c->log_rate_limit = pg__int(res, row, col + 17);
+    c->log_rate_limited = c->log_rate_limit >= 0;
 }
 
 static void pg__add_env(struct store_app *app, const PGresult *res, int row, int col)
@@ -461,8 +488,7 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     if (pg__exec(
             b,
             "SELECT type, command, instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS
-            ", function"
-            " FROM processes"
+            ", function" STORE_PROCESS_CHECK_COLUMNS " FROM processes"
             " WHERE app_guid = $1 ORDER BY type <> 'web', type COLLATE \"C\"",
             1, g, &res) < 0)
         goto fail;
@@ -525,12 +551,14 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
     qsort(by_guid, count, sizeof *by_guid, pg__cmp_guid);
     if (pg__exec(b,
                  space_guid ? "SELECT app_guid, type, command, instances, memory_mb, "
-                              "min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
+                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
+                              ", function" STORE_PROCESS_CHECK_COLUMNS
                               " FROM processes WHERE app_guid IN (SELECT guid FROM apps WHERE"
                               " space_guid = $1) ORDER BY app_guid, type <> 'web',"
                               " type COLLATE \"C\""
                             : "SELECT app_guid, type, command, instances, memory_mb, "
-                              "min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
+                              "min_instances" STORE_PROCESS_POLICY_COLUMNS
+                              ", function" STORE_PROCESS_CHECK_COLUMNS
                               " FROM processes ORDER BY app_guid, type <> 'web',"
                               " type COLLATE \"C\"",
                  np, v, &res) < 0)

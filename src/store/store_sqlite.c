@@ -98,6 +98,15 @@ const char *const store_sqlite_migrations[] = {
     "  memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL, droplet_guid TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
     "  UNIQUE (app_guid, sequence_id));",
+    /* 10: each process's health check timing, readiness check and log rate limit
+     * (store.h's store_process_checks) */
+    "ALTER TABLE processes ADD COLUMN health_check_interval INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN health_check_invocation_timeout INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN readiness_type TEXT;"
+    "ALTER TABLE processes ADD COLUMN readiness_endpoint TEXT;"
+    "ALTER TABLE processes ADD COLUMN readiness_interval INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN readiness_invocation_timeout INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE processes ADD COLUMN log_rate_limit BIGINT NOT NULL DEFAULT -1;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -377,10 +386,11 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         return -EIO;
     for (size_t i = 0; i < app->n_processes; i++) {
         const struct store_process *p = &app->processes[i];
-        sqlite3_stmt *ins = store__prepare(
-            st, "INSERT INTO processes (app_guid, type, command,"
-                " instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS ", function)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        sqlite3_stmt *ins =
+            store__prepare(st, "INSERT INTO processes (app_guid, type, command,"
+                               " instances, memory_mb, min_instances" STORE_PROCESS_POLICY_COLUMNS
+                               ", function" STORE_PROCESS_CHECK_COLUMNS ")"
+                               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         if (!ins)
             return -EIO;
         sqlite3_bind_text(ins, 1, app->guid, -1, SQLITE_STATIC);
@@ -395,6 +405,14 @@ static int store__write_children(struct store_backend *st, const struct store_ap
         sqlite3_bind_int(ins, 10, p->window_ms);
         sqlite3_bind_int(ins, 11, p->scale_down_delay_ms);
         store__bind_text(ins, 12, p->function_json);
+        const struct store_process_checks *c = &p->checks;
+        sqlite3_bind_int(ins, 13, c->health_interval_s);
+        sqlite3_bind_int(ins, 14, c->health_timeout_s);
+        store__bind_text(ins, 15, c->readiness_type);
+        store__bind_text(ins, 16, c->readiness_endpoint);
+        sqlite3_bind_int(ins, 17, c->readiness_interval_s);
+        sqlite3_bind_int(ins, 18, c->readiness_timeout_s);
+        sqlite3_bind_int64(ins, 19, c->log_rate_limited ? c->log_rate_limit : -1);
         int rc = store__step_done(st, ins);
         if (rc < 0)
             return rc;
@@ -460,7 +478,7 @@ static int sqlite__app_update(struct store_backend *st, const struct store_app *
 }
 
 /* Appends the process in the row's columns from col on: type, command, instances, memory_mb,
- * min_instances, function. */
+ * min_instances, the policy columns, function, the check columns. */
 static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
 {
     app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
@@ -476,6 +494,15 @@ static void store__add_process(struct store_app *app, sqlite3_stmt *q, int col)
     p->window_ms = sqlite3_column_int(q, col + 8);
     p->scale_down_delay_ms = sqlite3_column_int(q, col + 9);
     p->function_json = store__col_text(q, col + 10);
+    struct store_process_checks *c = &p->checks;
+    c->health_interval_s = sqlite3_column_int(q, col + 11);
+    c->health_timeout_s = sqlite3_column_int(q, col + 12);
+    c->readiness_type = store__col_text(q, col + 13);
+    c->readiness_endpoint = store__col_text(q, col + 14);
+    c->readiness_interval_s = sqlite3_column_int(q, col + 15);
+    c->readiness_timeout_s = sqlite3_column_int(q, col + 16);
+    c->log_rate_limit = sqlite3_column_int64(q, col + 17);
+    c->log_rate_limited = c->log_rate_limit >= 0;
 }
 
 /* Appends the variable in the row's columns from col on: name, value. */
@@ -502,7 +529,8 @@ static int store__read_done(struct store_backend *st, sqlite3_stmt *q, int step_
 static int store__app_load_children(struct store_backend *st, struct store_app *app)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT type, command, instances, memory_mb,"
-                                         " min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
+                                         " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                         ", function" STORE_PROCESS_CHECK_COLUMNS
                                          " FROM processes WHERE app_guid = ?"
                                          " ORDER BY type != 'web', type");
     int step;
@@ -612,12 +640,14 @@ static int sqlite__app_list_in(struct store_backend *st, const char *space_guid,
         memcpy(by_guid, apps, count * sizeof *apps);
     qsort(by_guid, count, sizeof *by_guid, store__cmp_guid);
     q = store__prepare(st, space_guid ? "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
+                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                        ", function" STORE_PROCESS_CHECK_COLUMNS
                                         " FROM processes WHERE app_guid IN"
                                         " (SELECT guid FROM apps WHERE space_guid = ?1)"
                                         " ORDER BY app_guid, type"
                                       : "SELECT app_guid, type, command, instances, memory_mb,"
-                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS ", function"
+                                        " min_instances" STORE_PROCESS_POLICY_COLUMNS
+                                        ", function" STORE_PROCESS_CHECK_COLUMNS
                                         " FROM processes ORDER BY app_guid, type");
     if (!q)
         goto fail;

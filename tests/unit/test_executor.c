@@ -34,6 +34,8 @@ struct world {
     struct instance_exit exit;
     char reason[64];
     bool shutdown_done;
+    int readiness[8]; /* the readiness results reported, in order */
+    int readiness_count;
 };
 
 static void on_output(void *ctx, struct instance *inst, int stream, const char *line, size_t len)
@@ -61,6 +63,14 @@ static void on_state(void *ctx, struct instance *inst, enum instance_state state
     w->exit.reason = w->reason;
 }
 
+static void on_readiness(void *ctx, struct instance *inst, bool ready)
+{
+    struct world *w = ctx;
+    (void)inst;
+    if (w->readiness_count < 8)
+        w->readiness[w->readiness_count++] = ready;
+}
+
 static int setup(void **state)
 {
     struct world *w = xcalloc(1, sizeof(*w));
@@ -68,8 +78,12 @@ static int setup(void **state)
     strcpy(w->home, "/tmp/skiff-exec-XXXXXX");
     if (!mkdtemp(w->home))
         return -1;
-    struct executor_config cfg = {
-        .home = w->home, .port_min = 20000, .port_max = 60000, .grace_ms = 500, .liveness_ms = 100};
+    struct executor_config cfg = {.home = w->home,
+                                  .port_min = 20000,
+                                  .port_max = 60000,
+                                  .grace_ms = 500,
+                                  .liveness_ms = 100,
+                                  .on_readiness = on_readiness};
     if (executor_new(&w->loop, &cfg, on_output, on_state, w, &w->ex) != 0)
         return -1;
     *state = w;
@@ -406,6 +420,96 @@ static void test_liveness_failure_crashes(void **state)
     assert_int_equal(w->final_state, INSTANCE_CRASHED);
     assert_string_equal(w->exit.reason, "health check failed");
     assert_int_equal(w->exit.term_signal, SIGKILL);
+}
+
+static bool readiness_reported(struct world *w, int n)
+{
+    return w->readiness_count >= n || w->finals > 0;
+}
+static bool one_readiness(struct world *w)
+{
+    return readiness_reported(w, 1);
+}
+static bool two_readiness(struct world *w)
+{
+    return readiness_reported(w, 2);
+}
+static bool three_readiness(struct world *w)
+{
+    return readiness_reported(w, 3);
+}
+
+/* A readiness check only reports: failing, the instance is told not ready and keeps running
+ * (its liveness check, a port check, still passes); passing again, it is told ready. */
+static void test_readiness_reports_and_never_kills(void **state)
+{
+    struct world *w = *state;
+    int port = executor_port_allocate(w->ex);
+    char portvar[32];
+    snprintf(portvar, sizeof(portvar), "PORT=%d", port);
+    char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
+    struct instance_spec spec = {
+        .instance_guid = "readiness-flips",
+        .app_dir = w->home,
+        .command = http_server,
+        .env = env,
+        .port = port,
+        .health = HEALTH_PORT,
+        .start_timeout_s = 20,
+        .readiness = true,
+        .readiness_type = HEALTH_HTTP,
+        .readiness_endpoint = "/ok",
+        .readiness_interval_ms = 50,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, one_readiness, 20000, "ready");
+    assert_int_equal(w->readiness[0], 1);
+    char *sick = xasprintf("%s/sick", w->home);
+    assert_int_equal(file_write_atomic(sick, "", 0, 0644), 0);
+    run_until(w, two_readiness, 10000, "not ready");
+    assert_int_equal(w->readiness[1], 0);
+    unlink(sick);
+    free(sick);
+    run_until(w, three_readiness, 10000, "ready again");
+    assert_int_equal(w->readiness[2], 1);
+    assert_int_equal(w->finals, 0);
+    assert_int_equal(instance_state(inst), INSTANCE_RUNNING);
+}
+
+static bool has_log_notice(struct world *w)
+{
+    return (w->out.data && strstr(w->out.data, "4:app instance exceeded log rate limit")) ||
+           w->finals > 0;
+}
+
+/* Output past the log rate limit is dropped, with one notice for the second it happened in;
+ * under the limit nothing is dropped. */
+static void test_log_rate_limit_drops_lines_with_one_notice(void **state)
+{
+    struct world *w = *state;
+    struct instance_spec spec = {
+        .instance_guid = "chatty",
+        .app_dir = w->home,
+        /* 200 lines of 20 bytes (with the newline) at once, against 100 bytes a second */
+        .command = "i=100; while [ $i -lt 300 ]; do echo line-$i-xxxxxxxxxx; i=$((i+1)); done;"
+                   " sleep 30",
+        .health = HEALTH_PROCESS,
+        .log_rate_limited = true,
+        .log_rate_limit = 100,
+    };
+    struct instance *inst;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), 0);
+    run_until(w, has_log_notice, 10000, "the notice");
+    assert_int_equal(w->finals, 0);
+    const char *o = w->out.data;
+    assert_non_null(strstr(o, "4:app instance exceeded log rate limit (100 bytes/sec)\n"));
+    /* the first five lines of the second went through, then nothing of it */
+    assert_non_null(strstr(o, "1:line-100-xxxxxxxxxx\n1:line-101-xxxxxxxxxx\n"));
+    assert_non_null(strstr(o, "1:line-104-xxxxxxxxxx\n"));
+    assert_null(strstr(o, "1:line-105-"));
+    /* one notice, however many lines were dropped in that second */
+    assert_null(strstr(strstr(o, "4:app instance") + 1, "4:app instance"));
 }
 
 static void test_start_timeout_port_never_opens(void **state)
@@ -883,6 +987,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_health_port_and_http_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_http_fail_hits_start_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_liveness_failure_crashes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readiness_reports_and_never_kills, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_rate_limit_drops_lines_with_one_notice, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_check_ignores_other_listeners, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leftovers_of_a_dead_daemon_are_ended, setup, teardown),

@@ -307,6 +307,34 @@ static void test_release_with_abort(void **state)
     fixture_stop(&f);
 }
 
+/* http_pool_send_limited: a body dropped when the status is all that is wanted; a connect
+ * deadline that, once met, leaves the call its own deadline. */
+static void test_limits(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_start(&f);
+    struct result r = {0};
+    char *head = head_for("/ok", 0);
+    struct http_call_limits drop = {.timeout_ms = 5000, .discard_body = true};
+    http_pool_send_limited(f.pool, head, strlen(head), NULL, 0, &drop, on_response, &r);
+    run_until(&f.loop, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "");
+    assert_string_equal(r.ce_id, "r1");
+    free(head);
+    memset(&r, 0, sizeof r);
+    head = head_for("/hang", 0);
+    struct http_call_limits connect = {.timeout_ms = 200, .connect_timeout_ms = 5000};
+    http_pool_send_limited(f.pool, head, strlen(head), NULL, 0, &connect, on_response, &r);
+    run_until(&f.loop, &r);
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.error, "timed out")); /* the call's own deadline ran once connected */
+    free(head);
+    http_pool_release(f.pool, false);
+    fixture_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -314,6 +342,7 @@ int main(void)
         cmocka_unit_test(test_stale_connection_is_resent_once),
         cmocka_unit_test(test_refused_and_timeout),
         cmocka_unit_test(test_release_with_abort),
+        cmocka_unit_test(test_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

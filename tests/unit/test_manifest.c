@@ -555,27 +555,30 @@ static void test_cloud_foundry_kitchen_sink(void **state)
     assert_string_equal(a->processes[1].command, "python worker.py");
 
     /* one warning per key, whether at app level, in a process or in several routes */
-    static const char *const no_effect[] = {"health-check-invocation-timeout",
-                                            "health-check-interval",
-                                            "readiness-health-check-type",
-                                            "readiness-health-check-http-endpoint",
-                                            "readiness-health-check-invocation-timeout",
-                                            "readiness-health-check-interval",
-                                            "log-rate-limit-per-second",
-                                            "metadata",
-                                            "protocol",
-                                            "loadbalancing: hash",
-                                            "hash_header",
-                                            "hash_balance",
-                                            "sidecars"};
+    static const char *const no_effect[] = {"protocol", "loadbalancing: hash", "hash_header",
+                                            "hash_balance", "sidecars"};
     for (size_t i = 0; i < ARRAY_SIZE(no_effect); i++)
         if (warnings_about(a, no_effect[i]) != 1)
             fail_msg("expected one warning about %s", no_effect[i]);
     assert_int_equal(a->warning_count, ARRAY_SIZE(no_effect));
-    assert_string_equal(a->warnings[0], "manifest.yml line 14: storefront: "
-                                        "\"health-check-invocation-timeout\" has no effect here: "
-                                        "health checks here run on the platform's own interval "
-                                        "and timeout");
+    /* metadata: kept, for the push to set on the app */
+    assert_string_equal(a->metadata_json,
+                        "{\"labels\":{\"tier\":\"web\"},\"annotations\":{\"contact\":"
+                        "\"team@example.com\"}}");
+    /* the health-check timing, readiness check and log rate limit: read, app level (its web
+     * process) and per process */
+    assert_int_equal(a->checks.health_timeout, 5);
+    assert_int_equal(a->checks.health_interval, 10);
+    assert_string_equal(a->checks.readiness_type, "http");
+    assert_string_equal(a->checks.readiness_endpoint, "/ready");
+    assert_int_equal(a->checks.readiness_timeout, 3);
+    assert_int_equal(a->checks.readiness_interval, 7);
+    assert_int_equal(a->checks.log_rate, 16 * 1024);
+    assert_string_equal(a->processes[0].checks.readiness_type, "port");
+    assert_int_equal(a->processes[0].checks.log_rate, 1024 * 1024);
+    assert_int_equal(a->processes[1].checks.log_rate, MANIFEST_LOG_RATE_UNSET);
+    assert_int_equal(a->processes[1].checks.health_interval, -1);
+    assert_null(a->processes[1].checks.readiness_type);
 
     const struct manifest_app *b = &m->apps[1];
     assert_true(b->no_route);
@@ -590,6 +593,55 @@ static void test_cloud_foundry_kitchen_sink(void **state)
     assert_int_equal(c->route_count, 0);
     assert_int_equal(c->warning_count, 0);
     manifest_free(m);
+}
+
+/* log-rate-limit-per-second and `skiff scale -l`: CF's units, -1 for unlimited; anything
+ * else refused, in the manifest with its line. */
+static void test_log_rate_limits_and_bad_check_values(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        long long bytes;
+    } good[] = {{"-1", -1},        {"0", 0},         {"512", 512},    {"512B", 512},
+                {"1K", 1024},      {"16k", 16384},   {"16KB", 16384}, {"1M", 1 << 20},
+                {"2G", 2LL << 30}, {"1T", 1LL << 40}};
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+        long long v = 0;
+        if (manifest_parse_log_rate(good[i].text, &v) != 0 || v != good[i].bytes)
+            fail_msg("%s: expected %lld, got %lld", good[i].text, good[i].bytes, v);
+    }
+    static const char *const bad[] = {"",         "-2",   "-1K", "K",    "16Q",
+                                      "1.5M",     "16 K", "abc", "0x10", "99999999999999999999",
+                                      "1048577T", NULL};
+    for (size_t i = 0; bad[i]; i++) {
+        long long v = 7;
+        if (manifest_parse_log_rate(bad[i], &v) == 0)
+            fail_msg("\"%s\" should be refused, got %lld", bad[i], v);
+    }
+    assert_int_equal(manifest_parse_log_rate(NULL, &(long long){0}), -1);
+
+    char *err = parse_err("applications:\n- name: a\n  log-rate-limit-per-second: 16Q\n",
+                          MANIFEST_ERR_SCHEMA);
+    assert_string_equal(err, "manifest.yml line 3: \"log-rate-limit-per-second\" must be bytes a "
+                             "second like 16K, 1M or 512B, or -1 for unlimited, not \"16Q\"");
+    free(err);
+    err = parse_err("applications:\n- name: a\n  processes:\n  - type: web\n"
+                    "    health-check-interval: -5\n",
+                    MANIFEST_ERR_SCHEMA);
+    assert_string_equal(err, "manifest.yml line 5: \"health-check-interval\" must be a whole "
+                             "number of at least 1, not \"-5\"");
+    free(err);
+    err = parse_err("applications:\n- name: a\n  readiness-health-check-type: tcp\n",
+                    MANIFEST_ERR_SCHEMA);
+    assert_string_equal(err, "manifest.yml line 3: \"readiness-health-check-type\" must be one "
+                             "of http, port, process, not \"tcp\"");
+    free(err);
+    err = parse_err("applications:\n- name: a\n  readiness-health-check-http-endpoint: ready\n",
+                    MANIFEST_ERR_SCHEMA);
+    assert_string_equal(err, "manifest.yml line 3: \"readiness-health-check-http-endpoint\" must "
+                             "be a path starting with /, not \"ready\"");
+    free(err);
 }
 
 static void test_cloud_foundry_keys_that_are_refused_or_conflict(void **state)
@@ -824,9 +876,9 @@ static void test_alias_bombs_depth_and_size_are_bounded(void **state)
 {
     (void)state;
     /* a "billion laughs": nine levels of nine aliases. libyaml keeps each alias as a reference
-     * to its node, and nothing here walks an ignored value, so it costs its text only. */
+     * to its node, and nothing here walks a value of no effect, so it costs its text only. */
     struct buf b = {0};
-    buf_printf(&b, "applications:\n- name: a\n  metadata:\n    labels:\n");
+    buf_printf(&b, "applications:\n- name: a\n  cnb-credentials:\n    labels:\n");
     buf_printf(&b, "      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for (int i = 1; i < 9; i++)
         buf_printf(&b, "      l%d: &l%d [*l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d]\n",
@@ -838,6 +890,15 @@ static void test_alias_bombs_depth_and_size_are_bounded(void **state)
     buf_printf(&b, "  env: *l8\n");
     char *err = parse_err(b.data, MANIFEST_ERR_SCHEMA);
     assert_non_null(strstr(err, "\"env\" must be a map of NAME: value, not a list"));
+    free(err);
+    buf_reset(&b);
+    buf_printf(&b, "applications:\n- name: a\n  metadata:\n    labels:\n");
+    buf_printf(&b, "      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (int i = 1; i < 9; i++)
+        buf_printf(&b, "      l%d: &l%d [*l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d, *l%d]\n",
+                   i, i, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
+    err = parse_err(b.data, MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "\"metadata.labels\" maps a key to a text value"));
     free(err);
     buf_reset(&b);
     /* an alias repeated in a list read entry by entry: linear in the text */
@@ -941,6 +1002,7 @@ int main(void)
         cmocka_unit_test(test_load_resolves_paths_and_reports_missing_file),
         cmocka_unit_test(test_hostile_input_does_not_crash),
         cmocka_unit_test(test_cloud_foundry_kitchen_sink),
+        cmocka_unit_test(test_log_rate_limits_and_bad_check_values),
         cmocka_unit_test(test_cloud_foundry_keys_that_are_refused_or_conflict),
         cmocka_unit_test(test_misspellings_never_suggest_the_opposite),
         cmocka_unit_test(test_autoscale_keys),

@@ -177,6 +177,16 @@ static struct store_app *sample_app(const char *name)
     app->processes[1].target_rps = 40;
     app->processes[1].window_ms = 6000;
     app->processes[1].scale_down_delay_ms = 2500;
+    /* health-check timing, a readiness check and a log rate limit on web; none on worker */
+    struct store_process_checks *c = &app->processes[0].checks;
+    c->health_interval_s = 10;
+    c->health_timeout_s = 2;
+    c->readiness_type = xstrdup("http");
+    c->readiness_endpoint = xstrdup("/ready");
+    c->readiness_interval_s = 5;
+    c->readiness_timeout_s = 3;
+    c->log_rate_limited = true;
+    c->log_rate_limit = 16384;
     app->n_env = 2;
     app->env = calloc(2, sizeof *app->env);
     app->env[0].name = xstrdup("A");
@@ -312,6 +322,20 @@ static void test_apps_round_trip_with_processes_and_env(void **state)
     assert_int_equal(worker->window_ms, 6000);
     assert_int_equal(worker->scale_down_delay_ms, 2500);
     assert_int_equal(got->processes[0].max_instances, 0);
+    const struct store_process_checks *c = &got->processes[0].checks;
+    assert_int_equal(c->health_interval_s, 10);
+    assert_int_equal(c->health_timeout_s, 2);
+    assert_string_equal(c->readiness_type, "http");
+    assert_string_equal(c->readiness_endpoint, "/ready");
+    assert_int_equal(c->readiness_interval_s, 5);
+    assert_int_equal(c->readiness_timeout_s, 3);
+    assert_true(c->log_rate_limited);
+    assert_int_equal(c->log_rate_limit, 16384);
+    c = &worker->checks; /* unset: defaults, unlimited */
+    assert_int_equal(c->health_interval_s, 0);
+    assert_null(c->readiness_type);
+    assert_null(c->readiness_endpoint);
+    assert_false(c->log_rate_limited);
     assert_int_equal(got->n_env, 2);
     assert_string_equal(got->env[1].value, "two words");
     assert_string_equal(got->health_check_http_endpoint, "/health");
