@@ -370,6 +370,22 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
         logs_append(s->logs, si->app_guid, tag, LOGS_ERR, line, len);
         return;
     }
+    if (stream >= INSTANCE_STREAM_SIDECAR) {
+        /* CF's tag: APP/PROC/WEB/SIDECAR/NAME/0 */
+        int k = (stream - INSTANCE_STREAM_SIDECAR) / 2;
+        const char *name = instance_sidecar_name(inst, (size_t)k);
+        const char *index = strrchr(si->tag, '/');
+        if (!name || !index)
+            return;
+        char tag[sizeof si->tag + 80];
+        int n = snprintf(tag, sizeof tag, "%.*s/SIDECAR/", (int)(index - si->tag), si->tag);
+        for (const char *c = name; *c && n < (int)sizeof tag - 16; c++)
+            tag[n++] = (char)toupper((unsigned char)*c);
+        snprintf(tag + n, sizeof tag - (size_t)n, "%s", index);
+        logs_append(s->logs, si->app_guid, tag,
+                    (stream - INSTANCE_STREAM_SIDECAR) % 2 ? LOGS_ERR : LOGS_OUT, line, len);
+        return;
+    }
     logs_append(s->logs, si->app_guid, si->tag, stream == 2 ? LOGS_ERR : LOGS_OUT, line, len);
 }
 
@@ -713,8 +729,24 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
     store_route_list_free(routes, nr);
-    int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
+    struct store_sidecar *sidecars = NULL;
+    size_t n_sidecars = 0;
+    if (store_app_sidecars(app, proc->type, &sidecars, &n_sidecars) < 0) {
+        free(vcap_services);
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start instance %d of %s: the app's sidecars cannot be read (set "
+                     "them again: `skiff push` with the manifest)",
+                     slot->index, proc->type);
+        sched__strv_free(uris);
+        free(command_copy);
+        sched__retry_later(s, slot);
+        return NULL;
+    }
+    /* a warm container runs no sidecars (executor.h) */
+    int port = n_sidecars ? executor_port_allocate(s->ex)
+                          : executor_port_allocate_for(s->ex, app->disk_mb, command);
     if (port < 0) {
+        store_sidecars_free(sidecars, n_sidecars);
         free(vcap_services);
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start instance %d of %s: no free port", slot->index, proc->type);
@@ -732,6 +764,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     int servers = function ? sched__function_servers(s, function_dir) : 0;
     free(function_dir);
     if (servers < 0) {
+        store_sidecars_free(sidecars, n_sidecars);
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start function %s: cannot put the function server into the "
                      "droplet (see skiffd's output); trying again later",
@@ -795,7 +828,13 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                  .health =
                                      web ? sched__health(app->health_check_type) : HEALTH_PROCESS,
                                  .health_endpoint = app->health_check_http_endpoint,
-                                 .start_timeout_s = app->timeout};
+                                 .start_timeout_s = app->timeout,
+                                 .n_sidecars = n_sidecars};
+    struct instance_sidecar *spec_sidecars = xcalloc(n_sidecars + 1, sizeof *spec_sidecars);
+    for (size_t i = 0; i < n_sidecars; i++)
+        spec_sidecars[i] =
+            (struct instance_sidecar){.name = sidecars[i].name, .command = sidecars[i].command};
+    spec.sidecars = spec_sidecars;
     if (!strcmp(a->kind, "function"))
         spec.health = sched__health(app->health_check_type);
     else if (function)
@@ -803,14 +842,29 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     else if (!web && s->listens && s->listens(s->listens_ctx, app->guid, app->name, proc->type))
         spec.health = HEALTH_PORT;
     int rc = executor_start(s->ex, &spec, &si->inst);
+    free(spec_sidecars);
+    char *with = NULL; /* "" or " with sidecars a, b" for the start's log line */
+    for (size_t i = 0; i < n_sidecars; i++) {
+        char *w = xasprintf("%s%s%s", i ? with : " with sidecar",
+                            i                ? ", "
+                            : n_sidecars > 1 ? "s "
+                                             : " ",
+                            sidecars[i].name);
+        free(with);
+        with = w;
+    }
+    store_sidecars_free(sidecars, n_sidecars);
     scheduler_env_free(env);
     sched__strv_free(uris);
     free(user);
     free(home);
     free(tmpdir);
     if (rc < 0) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s: %s",
-                     slot->index, proc->type, strerror(-rc));
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s%s: %s",
+                     slot->index, proc->type, with ? with : "",
+                     rc == -ENOTSUP ? "sidecars need containers (this skiffd runs host processes)"
+                                    : strerror(-rc));
+        free(with);
         free(app_dir);
         free(si);
         free(command_copy);
@@ -822,8 +876,9 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     si->next = s->insts;
     s->insts = si;
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
-                 "Starting instance %d of %s (%s) at %s: %s", slot->index, proc->type,
-                 si->guid, si->addr, command);
+                 "Starting instance %d of %s (%s) at %s: %s%s", slot->index, proc->type, si->guid,
+                 si->addr, command, with ? with : "");
+    free(with);
     free(command_copy);
     return si;
 }
