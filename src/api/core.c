@@ -451,7 +451,8 @@ static bool core__apply_sidecars(struct api_core *core, struct api_request *req,
                     }
                     api_respond_error(req, SKIFF_E_INVALID_VALUE,
                                       "sidecar \"%s\": the app has no process type \"%s\" (it "
-                                      "has: %s)",
+                                      "has: %s); declare it under processes: in the manifest, "
+                                      "or in a Procfile and push the app first",
                                       name, type ? type : "(not a string)", have);
                     free(have);
                     ok = false;

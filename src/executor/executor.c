@@ -329,9 +329,18 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
     char *command = proc_exec_form(inst->command);
     owned[0] = command;
     if (inst->ex->isolation == EXECUTOR_CONTAINER) {
-        int rc = executor__write_container_config(
-            inst->ex, inst->scratch_dir, inst->guid, inst->app_dir, -1, inst->port, inst->disk_mb,
-            inst->cg, inst->sidecars, inst->n_sidecars, &owned[1]);
+        /* a sidecar's command is run as the instance's is: its own end is what is told */
+        struct container_sidecar *sidecars = xcalloc(inst->n_sidecars + 1, sizeof *sidecars);
+        for (size_t k = 0; k < inst->n_sidecars; k++)
+            sidecars[k] =
+                (struct container_sidecar){.name = inst->sidecars[k].name,
+                                           .command = proc_exec_form(inst->sidecars[k].command)};
+        int rc = executor__write_container_config(inst->ex, inst->scratch_dir, inst->guid,
+                                                  inst->app_dir, -1, inst->port, inst->disk_mb,
+                                                  inst->cg, sidecars, inst->n_sidecars, &owned[1]);
+        for (size_t k = 0; k < inst->n_sidecars; k++)
+            free(sidecars[k].command);
+        free(sidecars);
         if (rc < 0)
             return rc;
         argv[(*argc)++] = inst->ex->init_path;
