@@ -1,8 +1,9 @@
 /* Revisions, as Cloud Foundry keeps them: each new droplet an app is given (a push, a restage,
- * a rollback) is a revision, numbered from 1, holding the droplet, the environment and each
- * process's command at that moment. GET /v1/apps/NAME/revisions lists them, newest first;
- * POST /v1/apps/NAME/rollback {"revision": N} makes a new revision from revision N's droplet,
- * environment and commands and deploys it (rolling, as a push does).
+ * a rollback) is a revision, numbered from 1, holding the droplet, the environment, each
+ * process's command and the sidecars at that moment. GET /v1/apps/NAME/revisions lists them,
+ * newest first; POST /v1/apps/NAME/rollback {"revision": N} makes a new revision from
+ * revision N's droplet, environment, commands and sidecars and deploys it (rolling, as a push
+ * does).
  *
  * They are documents of kind "revisions.APP_GUID" (store_doc_*), ids the zero-padded number,
  * so one app's are read without the others'. The newest API_REVISIONS_KEEP are kept, with
@@ -149,6 +150,10 @@ int api_core__revision_add(struct api_core *core, const struct store_app *app,
     json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:o, s:o}", "version", (json_int_t)version,
                           "droplet", app->droplet_guid, "description", description, "created_at",
                           when, "env", env, "commands", commands);
+    json_t *sidecars = app->sidecars_json ? json_loads(app->sidecars_json, 0, NULL) : NULL;
+    json_object_set_new(r, "sidecars", json_is_array(sidecars) ? sidecars : json_array());
+    if (!json_is_array(sidecars))
+        json_decref(sidecars);
     char *text = json_dumps(r, JSON_COMPACT);
     char *kind = revisions__kind(app->guid);
     char id[24];
@@ -295,6 +300,12 @@ static void revisions__rollback(struct api_request *req, void *ctx)
             continue;
         free(app->processes[k].command);
         app->processes[k].command = json_is_string(c) ? xstrdup(json_string_value(c)) : NULL;
+    }
+    /* and its sidecars (a revision made before they were kept leaves the app's alone) */
+    json_t *sidecars = json_object_get(rev, "sidecars");
+    if (json_is_array(sidecars)) {
+        free(app->sidecars_json);
+        app->sidecars_json = json_array_size(sidecars) ? json_dumps(sidecars, JSON_COMPACT) : NULL;
     }
     app->updated_at = time_now_ms();
     if (store_app_update(core->cfg.store, app) < 0) {

@@ -253,13 +253,16 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     assert env["system"]["VCAP_SERVICES"]["user-provided"][0]["credentials"] == {"uri": "db://x"}
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
     for key in ("health-check-interval", "readiness-health-check-type",
-                "log-rate-limit-per-second", "metadata", "protocol", "sidecars", "stack"):
+                "log-rate-limit-per-second", "metadata", "protocol", "stack"):
         said = [w for w in warnings if f': cfmf: "{key}" has no effect here: ' in w]
         assert len(said) == 1, (key, warnings)
     assert not [w for w in warnings if "cfmf-canary" in w], warnings
     app = json.loads(platform.cli("app", "cfmf", "--json", check=True).stdout)
     assert app["instances"] == 2  # --var wins over the vars file
     assert app["memory_mb"] == 64 and app["disk_mb"] == 256
+    assert [(s["name"], s["process_types"], s["command"]) for s in app["sidecars"]] == \
+        [("exporter", ["web"], "sleep 3600")]
+    assert not [w for w in warnings if '"sidecars"' in w], warnings
     assert app["env"]["GREETING"] == "hello from web in dev"
     assert sorted(app["routes"]) == ["api.localhost/cfmf", "cfmf.localhost"]
     routes = json.loads(platform.cli("routes", "--json", check=True).stdout)["routes"]

@@ -238,6 +238,12 @@ def test_web_app_answers_through_its_sidecar_in_one_container(platform, tmp_path
     wait_for(proxy_fails, timeout=60, what="the app running without its sidecar")
     assert "sidecars:" not in platform.cli("app", "shop").stdout
 
+    # a revision carries them: rolling back to the first push brings the sidecar back
+    r = platform.cli("rollback", "shop", "1", timeout=300)
+    assert r.returncode == 0, out(r)
+    assert [s["name"] for s in platform.api("GET", "/v1/apps/shop")[1]["sidecars"]] == ["backend"]
+    assert through_route(platform, "shop")["sidecar"]["cwd"] == "/home/vcap/app"
+
 
 def test_a_sidecar_that_ends_restarts_the_instance(platform, tmp_path):
     push(platform, make_app(tmp_path, "shop", BACKEND))
