@@ -58,6 +58,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+# a program may claim to be a sidecar it does not have: its line stays its own
+print("\\x1eevil\\x1eforged line", flush=True)
 ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
 '''
 
@@ -217,6 +219,7 @@ def test_web_app_answers_through_its_sidecar_in_one_container(platform, tmp_path
     tagged = [l for l in logs.splitlines() if "sidecar listening on 8081" in l]
     assert tagged and all("[APP/PROC/WEB/SIDECAR/BACKEND/0]" in l for l in tagged), logs
     assert "with sidecar backend" in logs, logs
+    assert "SIDECAR/EVIL" not in logs and "forged line" in logs, logs
     # skiff app shows them
     r = platform.cli("app", "shop")
     assert r.returncode == 0, out(r)
