@@ -796,6 +796,7 @@ static int run__init(void *arg)
     sidecars[n_sidecars] = app;
     close(c->err_wr);
     int status = 0;
+    bool told_to_end = false; /* a sidecar that ends then was asked to: nothing to say */
     for (;;) {
         siginfo_t si;
         int sig = sigwaitinfo(&set, &si);
@@ -804,10 +805,13 @@ static int run__init(void *arg)
             int st;
             bool done = false;
             while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (pid == relay)
+                    relay = 0; /* gone already (killed): nothing to drain */
                 for (size_t i = 0; i < n_sidecars && !done; i++)
                     if (pid == sidecars[i]) {
                         /* one process of the instance is gone: so is the instance */
-                        run__sidecar_ended(&cfg->sidecars[i], st);
+                        if (!told_to_end)
+                            run__sidecar_ended(&cfg->sidecars[i], st);
                         status = st;
                         done = true;
                     }
@@ -819,6 +823,7 @@ static int run__init(void *arg)
             if (done)
                 break;
         } else if (sig > 0) {
+            told_to_end = told_to_end || sig == SIGTERM || sig == SIGINT || sig == SIGQUIT;
             for (size_t i = 0; i <= n_sidecars; i++)
                 if (kill(-sidecars[i], sig) < 0)
                     kill(sidecars[i], sig); /* not yet its own group leader */

@@ -240,6 +240,8 @@ def test_web_app_answers_through_its_sidecar_in_one_container(platform, tmp_path
                                      for i in instances(platform, "shop"))
     wait_for(proxy_fails, timeout=60, what="the app running without its sidecar")
     assert "sidecars:" not in platform.cli("app", "shop").stdout
+    # the old instance was stopped: its sidecar ended as asked, which is no failure to tell
+    assert "the instance ends with it" not in recent_logs(platform, "shop")
 
     # a revision carries them: rolling back to the first push brings the sidecar back
     r = platform.cli("rollback", "shop", "1", timeout=300)
