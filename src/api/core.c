@@ -192,7 +192,10 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
         core__checks_json(b, &p->checks);
         buf_putc(b, '}');
     }
-    core__fmt(b, "],\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
+    /* stored as JSON made by json_dumps, so it is embedded as it is */
+    buf_puts(b, "],\"sidecars\":");
+    buf_puts(b, app->sidecars_json ? app->sidecars_json : "[]");
+    core__fmt(b, ",\"created_at\":\"%s\",\"updated_at\":\"%s\"}", created, updated);
 }
 
 const char *api_core__space(struct api_request *req)
@@ -296,6 +299,7 @@ static const char *const core__app_fields[] = {"name",
                                                "function",
                                                "processes",
                                                CORE_CHECK_FIELDS,
+                                               "sidecars",
                                                NULL};
 
 static bool core__bad(struct api_request *req, const char *field, const char *what)
@@ -464,8 +468,152 @@ static bool core__apply_checks(struct api_request *req, json_t *obj, struct stor
     return true;
 }
 
+/* Whether the app has (or its current droplet declares) process type `type`. */
+static bool core__process_type_exists(const struct store_app *app, json_t *droplet_types,
+                                      const char *type)
+{
+    return store_app_process(app, type) || json_object_get(droplet_types, type);
+}
+
+/* Sidecars (Cloud Foundry's): "sidecars" of the body replaces the app's (null or [] removes
+ * them); then, whatever changed, each process's sidecars must leave it some memory of its
+ * own. Answers and returns false on error. */
+static bool core__apply_sidecars(struct api_core *core, struct api_request *req,
+                                 struct store_app *app, json_t *body)
+{
+    json_t *given = json_object_get(body, "sidecars");
+    if (given && !json_is_null(given)) {
+        static const char *const fields[] = {"name", "process_types", "command", "memory_mb", NULL};
+        if (!json_is_array(given) || json_array_size(given) > CONTAINER_SIDECARS_MAX)
+            return core__bad(req, "sidecars",
+                             "must be a list of at most 8 {name, process_types, command, "
+                             "memory_mb}");
+        json_t *droplet_types = NULL;
+        struct store_droplet *drop = NULL;
+        if (app->droplet_guid &&
+            store_droplet_get(core->cfg.store, app->droplet_guid, &drop) == 0 &&
+            drop->process_types_json)
+            droplet_types = json_loads(drop->process_types_json, 0, NULL);
+        store_droplet_free(drop);
+        bool ok = true;
+        size_t i;
+        json_t *sc;
+        json_array_foreach(given, i, sc)
+        {
+            if (!json_is_object(sc)) {
+                ok = core__bad(req, "sidecars", "must hold objects");
+                break;
+            }
+            if (!(ok = api_json_check_fields(req, sc, fields)))
+                break;
+            const char *name = json_string_value(json_object_get(sc, "name"));
+            if (!name || !name_valid(name) || strlen(name) > CONTAINER_SIDECAR_NAME_MAX) {
+                ok = core__bad(req, "sidecars[].name",
+                               "must be a name of lowercase letters, digits and dashes (at most "
+                               "63)");
+                break;
+            }
+            for (size_t k = 0; k < i && ok; k++)
+                if (!strcmp(name,
+                            json_string_value(json_object_get(json_array_get(given, k), "name")))) {
+                    api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                                      "sidecar \"%s\" is named twice: give each sidecar a name of "
+                                      "its own",
+                                      name);
+                    ok = false;
+                }
+            const char *command = json_string_value(json_object_get(sc, "command"));
+            if (ok &&
+                (!command || !command[strspn(command, " \t\r\n")] || strlen(command) > 4096)) {
+                api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                                  "sidecar \"%s\" needs a command: what runs beside the process, "
+                                  "e.g. \"./proxy --port 8081\" (at most 4096 characters)",
+                                  name);
+                ok = false;
+            }
+            json_t *types = json_object_get(sc, "process_types");
+            if (ok && (!json_is_array(types) || !json_array_size(types))) {
+                api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                                  "sidecar \"%s\" needs process_types: the process types whose "
+                                  "instances it runs in, e.g. [\"web\"]",
+                                  name);
+                ok = false;
+            }
+            size_t k;
+            json_t *t;
+            json_array_foreach(types, k, t)
+            {
+                if (!ok)
+                    break;
+                const char *type = json_string_value(t);
+                if (!type || !core__process_type_exists(app, droplet_types, type)) {
+                    char *have = xstrdup("");
+                    for (size_t p = 0; p < app->n_processes; p++) {
+                        char *h =
+                            xasprintf("%s%s%s", have, *have ? ", " : "", app->processes[p].type);
+                        free(have);
+                        have = h;
+                    }
+                    api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                                      "sidecar \"%s\": the app has no process type \"%s\" (it "
+                                      "has: %s); declare it under processes: in the manifest, "
+                                      "or in a Procfile and push the app first",
+                                      name, type ? type : "(not a string)", have);
+                    free(have);
+                    ok = false;
+                }
+            }
+            json_t *mem = json_object_get(sc, "memory_mb");
+            if (ok && mem &&
+                (!json_is_integer(mem) || json_integer_value(mem) < 1 ||
+                 json_integer_value(mem) > (1 << 20))) {
+                api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                                  "sidecar \"%s\": memory_mb must be a whole number of MB from 1 "
+                                  "to %d",
+                                  name, 1 << 20);
+                ok = false;
+            }
+            if (!ok)
+                break;
+        }
+        json_decref(droplet_types);
+        if (!ok)
+            return false;
+        free(app->sidecars_json);
+        app->sidecars_json = json_array_size(given) ? json_dumps(given, JSON_COMPACT) : NULL;
+    } else if (given) {
+        free(app->sidecars_json);
+        app->sidecars_json = NULL;
+    }
+    /* Cloud Foundry's rule: a sidecar's memory comes out of its process's, which must keep
+     * some for the program */
+    for (size_t p = 0; p < app->n_processes; p++) {
+        const struct store_process *proc = &app->processes[p];
+        struct store_sidecar *list = NULL;
+        size_t n = 0;
+        if (store_app_sidecars(app, proc->type, &list, &n) < 0)
+            return core__bad(req, "sidecars", "are stored broken: set them again");
+        int total = 0;
+        for (size_t k = 0; k < n; k++)
+            total += list[k].memory_mb;
+        int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
+        if (n && total >= memory) {
+            api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                              "the sidecars of process %s take %d MB of memory, not less than "
+                              "the process's %d MB: a sidecar's memory comes out of its "
+                              "process's; give the sidecars less or the process more",
+                              proc->type, total, memory);
+            store_sidecars_free(list, n);
+            return false;
+        }
+        store_sidecars_free(list, n);
+    }
+    return true;
+}
+
 /* Applies the fields of a POST/PUT/PATCH body to app; answers and returns false on error. */
-static bool core__apply(struct api_request *req, struct store_app *app, json_t *body)
+static bool core__apply(struct api_core *core, struct api_request *req, struct store_app *app,
+                        json_t *body)
 {
     struct store_process *web = core__process_ensure(app, "web");
     int instances = web->instances;
@@ -578,7 +726,7 @@ static bool core__apply(struct api_request *req, struct store_app *app, json_t *
             !store_process_is_function(&app->processes[i]))
             app->processes[i].min_instances =
                 store_process_default_min(app->kind, app->processes[i].type);
-    return true;
+    return core__apply_sidecars(core, req, app, body);
 }
 
 /* host[/path] -> lower-case host and path; the domain it ends in. Answers on error. */
@@ -1050,7 +1198,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     }
     const struct store_process *web = store_app_process(app, "web");
     int before = web ? web->instances : 0;
-    if (!core__apply(req, app, body))
+    if (!core__apply(core, req, app, body))
         goto done;
     if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, creating)))
         goto done;
@@ -1186,7 +1334,7 @@ static void core__apps_patch(struct api_request *req, void *ctx)
         goto done;
     const struct store_process *web = store_app_process(app, "web");
     int before = web ? web->instances : 0;
-    if (!core__apply(req, app, body))
+    if (!core__apply(core, req, app, body))
         goto done;
     if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, false)))
         goto done;

@@ -1,9 +1,9 @@
 /* Revisions, as Cloud Foundry keeps them: each new droplet an app is given (a push, a restage,
  * a rollback), and each start or restart that applies a changed environment or command, is a
- * revision, numbered from 1, holding the droplet, the environment and each process's command
- * at that moment. GET /v1/apps/NAME/revisions lists them, newest first;
+ * revision, numbered from 1, holding the droplet, the environment, each process's command and
+ * the sidecars at that moment. GET /v1/apps/NAME/revisions lists them, newest first;
  * POST /v1/apps/NAME/rollback {"revision": N} makes a new revision from revision N's droplet,
- * environment and commands and deploys it (rolling, as a push does).
+ * environment, commands and sidecars and deploys it (rolling, as a push does).
  *
  * They are documents of kind "revisions.APP_GUID" (store_doc_*), ids the zero-padded number,
  * so one app's are read without the others'. The newest API_REVISIONS_KEEP are kept, with
@@ -146,7 +146,8 @@ static json_t *revisions__commands(const struct store_app *app)
     return commands;
 }
 
-/* Gives app the environment and commands revision rev holds (instance counts and memory stay). */
+/* Gives app the environment, commands and sidecars revision rev holds (instance counts and
+ * memory stay). */
 static void revisions__apply_settings(struct store_app *app, json_t *rev)
 {
     for (size_t k = 0; k < app->n_env; k++) {
@@ -174,6 +175,12 @@ static void revisions__apply_settings(struct store_app *app, json_t *rev)
         free(app->processes[k].command);
         app->processes[k].command = json_is_string(c) ? xstrdup(json_string_value(c)) : NULL;
     }
+    /* and its sidecars (a revision made before they were kept leaves the app's alone) */
+    json_t *sidecars = json_object_get(rev, "sidecars");
+    if (json_is_array(sidecars)) {
+        free(app->sidecars_json);
+        app->sidecars_json = json_array_size(sidecars) ? json_dumps(sidecars, JSON_COMPACT) : NULL;
+    }
 }
 
 /* Stores the app's settings as revision `last`'s successor; `all` (oldest first) gains it. */
@@ -187,6 +194,10 @@ static int revisions__append(struct api_core *core, const struct store_app *app,
     json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:o, s:o}", "version", (json_int_t)version,
                           "droplet", app->droplet_guid, "description", description, "created_at",
                           when, "env", revisions__env(app), "commands", revisions__commands(app));
+    json_t *sidecars = app->sidecars_json ? json_loads(app->sidecars_json, 0, NULL) : NULL;
+    json_object_set_new(r, "sidecars", json_is_array(sidecars) ? sidecars : json_array());
+    if (!json_is_array(sidecars))
+        json_decref(sidecars);
     char *text = json_dumps(r, JSON_COMPACT);
     char *kind = revisions__kind(app->guid);
     char id[24];

@@ -370,6 +370,26 @@ static void cli_app_print_functions(const json_t *app)
     }
 }
 
+/* The app's sidecars, one a line: NAME (in TYPES, MEMORY): COMMAND. */
+static void cli_app_print_sidecars(const json_t *app)
+{
+    size_t i;
+    json_t *sc;
+    json_array_foreach(json_object_get(app, "sidecars"), i, sc)
+    {
+        char *types = cli_join(json_object_get(sc, "process_types"));
+        char mem[32] = "";
+        if (cli_json_int(sc, "memory_mb") > 0) {
+            strcpy(mem, ", ");
+            cli_format_mb(cli_json_int(sc, "memory_mb"), mem + 2, sizeof mem - 2);
+        }
+        printf("%s%s (in %s%s): %s\n",
+               i ? "             " : "sidecars:    ", cli_json_str(sc, "name"), types, mem,
+               cli_json_str(sc, "command"));
+        free(types);
+    }
+}
+
 int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
@@ -440,6 +460,7 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
         }
         putchar('\n');
     }
+    cli_app_print_sidecars(app);
     const json_t *dep = json_object_get(app, "deployment");
     if (json_is_object(dep)) {
         const char *dstate = cli_json_str(dep, "state");

@@ -508,6 +508,20 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
         }
         json_object_set_new(body, "processes", procs);
     }
+    /* always: a manifest without sidecars removes the app's */
+    json_t *sidecars = json_array();
+    for (size_t i = 0; i < a->sidecar_count; i++) {
+        const struct manifest_sidecar *sc = &a->sidecars[i];
+        json_t *types = json_array();
+        for (size_t k = 0; k < sc->process_type_count; k++)
+            json_array_append_new(types, json_string(sc->process_types[k]));
+        json_t *o = json_pack("{s:s,s:o,s:s}", "name", sc->name, "process_types", types, "command",
+                              sc->command);
+        if (sc->memory_mb > 0)
+            json_object_set_new(o, "memory_mb", json_integer(sc->memory_mb));
+        json_array_append_new(sidecars, o);
+    }
+    json_object_set_new(body, "sidecars", sidecars);
     return body;
 }
 

@@ -775,6 +775,37 @@ static int manifest_process(struct manifest_ctx *c, const yaml_node_t *n, void *
     return manifest_autoscale_check(c, n, &p->autoscale, "a process");
 }
 
+/* ---- sidecars ---- */
+
+static const struct manifest_field manifest_sidecar_fields[] = {
+    MANIFEST_STRING("name", struct manifest_sidecar, name),
+    MANIFEST_STRING_LIST("process_types", struct manifest_sidecar, process_types,
+                         process_type_count),
+    MANIFEST_STRING("command", struct manifest_sidecar, command),
+    MANIFEST_SIZE("memory", struct manifest_sidecar, memory_mb),
+    {0},
+};
+
+static int manifest_sidecar(struct manifest_ctx *c, const yaml_node_t *n, void *item)
+{
+    struct manifest_sidecar *sc = item;
+    sc->memory_mb = -1;
+    int rc = manifest_block(c, n, "a sidecar", manifest_sidecar_fields, sc);
+    if (rc)
+        return rc;
+    if (!sc->name)
+        return manifest_fail(c, n, "a sidecar needs a \"name\"");
+    if (!sc->command || !*sc->command)
+        return manifest_fail(c, n, "sidecar %s needs a \"command\" (what runs beside the process)",
+                             sc->name);
+    if (!sc->process_type_count)
+        return manifest_fail(c, n,
+                             "sidecar %s needs \"process_types\": the process types it runs "
+                             "beside, e.g. [web]",
+                             sc->name);
+    return 0;
+}
+
 /* ---- functions and their events ---- */
 
 static const struct manifest_field manifest_event_fields[] = {
@@ -1180,7 +1211,7 @@ static const struct manifest_field manifest_app_fields[] = {
     MANIFEST_CUSTOM("docker", manifest_app_docker),
     MANIFEST_CUSTOM("lifecycle", manifest_app_lifecycle),
     MANIFEST_CUSTOM("metadata", manifest_app_metadata),
-    MANIFEST_NO_EFFECT("sidecars", "sidecar processes are not run yet"),
+    MANIFEST_LIST("sidecars", struct manifest_app, sidecars, sidecar_count, manifest_sidecar),
     MANIFEST_NO_EFFECT("cnb-credentials", "apps are not staged with Cloud Native Buildpacks here"),
     MANIFEST_CHECK_FIELDS(struct manifest_app),
     {0},
@@ -1622,6 +1653,12 @@ void manifest_free(struct manifest *m)
         for (size_t j = 0; j < a->function_count; j++)
             manifest_function_free(&a->functions[j]);
         free(a->functions);
+        for (size_t j = 0; j < a->sidecar_count; j++) {
+            free(a->sidecars[j].name);
+            manifest_strings_free(a->sidecars[j].process_types, a->sidecars[j].process_type_count);
+            free(a->sidecars[j].command);
+        }
+        free(a->sidecars);
     }
     free(m->apps);
     free(m->file);

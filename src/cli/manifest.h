@@ -100,6 +100,16 @@ struct manifest_function {
     char *idle_grace;   /* how long idle before it scales down ("30s"), NULL: not set */
 };
 
+/* A sidecar (Cloud Foundry's): a command run beside the process types' instances, in their
+ * containers. */
+struct manifest_sidecar {
+    char *name;
+    char **process_types;
+    size_t process_type_count;
+    char *command;
+    long memory_mb; /* -1: not set */
+};
+
 /* One entry of an app's services: a name, or {name, binding_name, parameters}. */
 struct manifest_service {
     char *name;
@@ -133,6 +143,8 @@ struct manifest_app {
     size_t process_count;
     struct manifest_function *functions;
     size_t function_count;
+    struct manifest_sidecar *sidecars; /* none: a push removes the app's */
+    size_t sidecar_count;
     struct manifest_autoscale autoscale; /* of the web process */
     struct manifest_checks checks;       /* of the web process */
     bool is_function; /* an entry of the top-level functions: (functions[0] is it) */

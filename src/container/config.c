@@ -41,6 +41,13 @@ char *container_config_to_json(const struct container_config *cfg)
             json_array_append_new(a, json_string(*v));
         json_object_set_new(j, "warm_program", a);
     }
+    if (cfg->n_sidecars) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < cfg->n_sidecars; i++)
+            json_array_append_new(a, json_pack("{s:s,s:s}", "name", cfg->sidecars[i].name,
+                                               "command", cfg->sidecars[i].command));
+        json_object_set_new(j, "sidecars", a);
+    }
     if (cfg->net_pool) {
         json_object_set_new(j, "net_pool", json_string(cfg->net_pool));
         json_object_set_new(j, "net_slot", json_integer(cfg->net_slot));
@@ -54,6 +61,37 @@ static char *config__string(json_t *j, const char *key)
 {
     const char *s = json_string_value(json_object_get(j, key));
     return s ? xstrdup(s) : NULL;
+}
+
+bool container_sidecar_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > CONTAINER_SIDECAR_NAME_MAX)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
+            return false;
+    return true;
+}
+
+static int config__sidecars(json_t *a, struct container_config *out, char *err, size_t errlen)
+{
+    if (json_array_size(a) > CONTAINER_SIDECARS_MAX) {
+        snprintf(err, errlen, "container config: more than %d sidecars", CONTAINER_SIDECARS_MAX);
+        return -22;
+    }
+    out->sidecars = xcalloc(json_array_size(a) + 1, sizeof *out->sidecars);
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        struct container_sidecar *sc = &out->sidecars[out->n_sidecars++];
+        sc->name = config__string(json_array_get(a, i), "name");
+        sc->command = config__string(json_array_get(a, i), "command");
+        if (!sc->name || !container_sidecar_name_valid(sc->name) || !sc->command ||
+            !sc->command[0]) {
+            snprintf(err, errlen, "container config: sidecar %zu is not {name, command}", i);
+            return -22;
+        }
+    }
+    return 0;
 }
 
 int container_config_from_json(const char *text, struct container_config *out, char *err,
@@ -110,6 +148,8 @@ int container_config_from_json(const char *text, struct container_config *out, c
         }
         cm->kind = (enum container_mount_kind)k;
     }
+    if (rc == 0)
+        rc = config__sidecars(json_object_get(j, "sidecars"), out, err, errlen);
     json_decref(j);
     if (rc == 0 && (!out->hostname || !out->stack || !out->scratch || !out->cwd ||
                     out->disk_mb <= 0 || out->uid_base == 0)) {
@@ -144,6 +184,11 @@ void container_config_clear(struct container_config *cfg)
         free(cfg->mounts[i].target);
     }
     free(cfg->mounts);
+    for (size_t i = 0; i < cfg->n_sidecars; i++) {
+        free(cfg->sidecars[i].name);
+        free(cfg->sidecars[i].command);
+    }
+    free(cfg->sidecars);
     memset(cfg, 0, sizeof *cfg);
 }
 

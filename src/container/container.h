@@ -25,7 +25,17 @@
  * as root; skiff-init stays on the host side as the container's keeper and ends as the
  * program ends: same exit status, or killed by the same signal. Inside, a small init is
  * PID 1: it reaps orphans and passes on SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
- * to the program's process group; when the program ends, the rest of the container ends. */
+ * to the program's process group; when the program ends, the rest of the container ends.
+ *
+ * Sidecars (Cloud Foundry's): more programs started beside the program, each with /bin/sh -c
+ * COMMAND, the same environment, working directory and drops (vcap, no capabilities,
+ * no_new_privs, the filter), in its own process group that gets the same signals. When the
+ * program or any sidecar ends, the container ends, with that one's wait status (a sidecar's
+ * end is told first on stderr, as a line of that sidecar). A sidecar's output reaches the
+ * container's stdout and stderr a line at a time, each line marked as
+ * CONTAINER_SIDECAR_MARK NAME CONTAINER_SIDECAR_MARK TEXT, so that whoever reads the output
+ * tells it from the program's (the program can write such a line too: the mark says which
+ * sidecar a line claims to be from, it proves nothing). */
 #ifndef SKIFF_CONTAINER_H
 #define SKIFF_CONTAINER_H
 
@@ -55,6 +65,18 @@ struct container_mount {
     enum container_mount_kind kind;
 };
 
+/* A sidecar's output line is at most this long (with its mark and newline): one write of
+ * at most PIPE_BUF, so that it never interleaves with the program's lines. */
+#define CONTAINER_SIDECAR_MARK '\x1e'
+#define CONTAINER_SIDECAR_NAME_MAX 63
+#define CONTAINER_SIDECAR_LINE_MAX 4096
+#define CONTAINER_SIDECARS_MAX 8
+
+struct container_sidecar {
+    char *name;    /* 1 to CONTAINER_SIDECAR_NAME_MAX of [a-z0-9_-]: marks its output */
+    char *command; /* run with /bin/sh -c */
+};
+
 struct container_config {
     char *hostname;
     char *stack;   /* the stack's skeleton folder (container_stack_prepare) */
@@ -77,6 +99,9 @@ struct container_config {
     char **warm_program; /* a warm container's program run ahead (a runtime's zygote), or
                             NULL: NULL-terminated argv, run as any program is (vcap, no
                             capabilities, the filter), the start then comes to it on fd 3 */
+    struct container_sidecar *sidecars; /* run beside the program (see above); none in a
+                                           warm container */
+    size_t n_sidecars;
 };
 
 /* What every container of one daemon shares. The executor sets it up (and owns the network
@@ -102,6 +127,8 @@ char *container_config_to_json(const struct container_config *cfg);
 int container_config_from_json(const char *text, struct container_config *out, char *err,
                                size_t errlen);
 void container_config_clear(struct container_config *cfg);
+/* Whether name may name a sidecar (what its output lines are marked with). */
+bool container_sidecar_name_valid(const char *name);
 
 /* Runs argv (argv[0] looked up in the container's PATH) with envp in a container as cfg
  * says, and returns once it has ended: its wait status (as waitpid gives it), or a negative

@@ -414,8 +414,9 @@ static void run__proc(struct run_child *c)
     free(proc);
 }
 
-/* The program, as vcap with nothing of root left. Does not return. */
-static void run__exec(struct run_child *c)
+/* This process as vcap with nothing of root left: what every process of the container's
+ * own runs as (the program, its sidecars, their output's relay). */
+static void run__drop(struct run_child *c)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -444,10 +445,172 @@ static void run__exec(struct run_child *c)
     char err[256] = "";
     if (seccomp_install_default(err, sizeof err) < 0)
         run__child_fail(c, "cannot install the seccomp filter: %s", err);
+}
+
+/* The program, as vcap with nothing of root left. Does not return. */
+static void run__exec(struct run_child *c)
+{
+    run__drop(c);
     extern char **environ;
     environ = (char **)c->envp; /* execvp looks PATH up in the program's own environment */
     execvp(c->argv[0], c->argv);
     run__child_fail(c, "cannot run %s: %s", c->argv[0], strerror(errno));
+}
+
+/* ---- sidecars --------------------------------------------------------------------------- */
+
+struct run_relay_stream {
+    int fd;  /* a sidecar's stdout or stderr, -1 once ended */
+    int out; /* 1 or 2: where its lines go */
+    const char *name;
+    size_t len; /* what is read of the current line */
+    char line[CONTAINER_SIDECAR_LINE_MAX];
+};
+
+/* One line of a sidecar, marked with its name, in one write (<= PIPE_BUF: never interleaved
+ * with another writer's line). */
+static void run__relay_line(const struct run_relay_stream *r, const char *text, size_t len)
+{
+    char out[CONTAINER_SIDECAR_LINE_MAX];
+    size_t head = strlen(r->name) + 2;
+    size_t room = sizeof out - head - 1;
+    if (len > room)
+        len = room;
+    out[0] = CONTAINER_SIDECAR_MARK;
+    memcpy(out + 1, r->name, head - 2);
+    out[head - 1] = CONTAINER_SIDECAR_MARK;
+    memcpy(out + head, text, len);
+    out[head + len] = '\n';
+    (void)run__write_all(r->out, out, head + len + 1);
+}
+
+/* The sidecars' output relay (as vcap, like them): each of their lines to the container's
+ * stdout or stderr, marked. Ends when every sidecar's pipes have. Does not return. */
+static void run__relay(struct run_child *c, struct run_relay_stream *rs, size_t n)
+{
+    run__drop(c);
+    close(c->err_wr); /* the host side waits for its end to know that all is running */
+    signal(SIGPIPE, SIG_IGN);
+    struct pollfd *pfd = xcalloc(n, sizeof *pfd);
+    size_t room = CONTAINER_SIDECAR_LINE_MAX - CONTAINER_SIDECAR_NAME_MAX - 3;
+    for (;;) {
+        size_t live = 0;
+        for (size_t i = 0; i < n; i++) {
+            pfd[i] = (struct pollfd){.fd = rs[i].fd, .events = POLLIN};
+            live += rs[i].fd >= 0;
+        }
+        if (!live)
+            _exit(0);
+        if (poll(pfd, n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(1);
+        }
+        for (size_t i = 0; i < n; i++) {
+            struct run_relay_stream *r = &rs[i];
+            if (r->fd < 0 || !pfd[i].revents)
+                continue;
+            ssize_t got = read(r->fd, r->line + r->len, room - r->len);
+            if (got < 0 && (errno == EINTR || errno == EAGAIN))
+                continue;
+            if (got <= 0) {
+                if (r->len)
+                    run__relay_line(r, r->line, r->len);
+                close(r->fd);
+                r->fd = -1;
+                continue;
+            }
+            r->len += (size_t)got;
+            char *start = r->line, *nl;
+            while ((nl = memchr(start, '\n', r->len - (size_t)(start - r->line)))) {
+                run__relay_line(r, start, (size_t)(nl - start));
+                start = nl + 1;
+            }
+            r->len -= (size_t)(start - r->line);
+            memmove(r->line, start, r->len);
+            if (r->len == room) { /* a line longer than a line may be: cut */
+                run__relay_line(r, r->line, r->len);
+                r->len = 0;
+            }
+        }
+    }
+}
+
+/* Forks the sidecars (pids[i]: sidecar i's, its own group's leader) and the relay of their
+ * output (its pid returned); init keeps none of their pipes. */
+static pid_t run__sidecars(struct run_child *c, pid_t *pids)
+{
+    size_t n = c->cfg->n_sidecars;
+    struct run_relay_stream *rs = xcalloc(2 * n, sizeof *rs);
+    for (size_t i = 0; i < n; i++) {
+        int out[2], errp[2];
+        if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
+            run__child_fail(c, "cannot make a sidecar's pipes: %s", strerror(errno));
+        pids[i] = fork();
+        if (pids[i] < 0)
+            run__child_fail(c, "cannot fork sidecar %s: %s", c->cfg->sidecars[i].name,
+                            strerror(errno));
+        if (pids[i] == 0) {
+            if (dup2(out[1], 1) < 0 || dup2(errp[1], 2) < 0)
+                _exit(125);
+            char *argv[] = {"/bin/sh", "-c", c->cfg->sidecars[i].command, NULL};
+            c->argv = argv;
+            run__exec(c);
+        }
+        close(out[1]);
+        close(errp[1]);
+        rs[2 * i] =
+            (struct run_relay_stream){.fd = out[0], .out = 1, .name = c->cfg->sidecars[i].name};
+        rs[2 * i + 1] =
+            (struct run_relay_stream){.fd = errp[0], .out = 2, .name = c->cfg->sidecars[i].name};
+    }
+    pid_t relay = fork();
+    if (relay < 0)
+        run__child_fail(c, "cannot fork the sidecars' relay: %s", strerror(errno));
+    if (relay == 0)
+        run__relay(c, rs, 2 * n);
+    for (size_t i = 0; i < 2 * n; i++)
+        close(rs[i].fd);
+    free(rs);
+    return relay;
+}
+
+/* The container is ending: its processes go first, so that the relay reads the sidecars'
+ * last lines (why one failed, often) to their end; a process that left its group and keeps a
+ * pipe open is waited for a second at most. */
+static void run__drain_relay(pid_t relay, const pid_t *groups, size_t n, const sigset_t *chld)
+{
+    for (size_t i = 0; i < n; i++)
+        kill(-groups[i], SIGKILL);
+    int64_t deadline = time_mono_ms() + 1000;
+    for (;;) {
+        pid_t pid;
+        while ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+            if (pid == relay)
+                return;
+        int64_t left = deadline - time_mono_ms();
+        if (pid < 0 || left <= 0)
+            return;
+        struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
+        sigtimedwait(chld, NULL, &ts);
+    }
+}
+
+/* Says on stderr, as a line of the sidecar, why the container ends. */
+static void run__sidecar_ended(const struct container_sidecar *sc, int status)
+{
+    char text[256];
+    int n;
+    if (WIFSIGNALED(status))
+        n = snprintf(text, sizeof text,
+                     "sidecar %s was killed by signal %d (%s): the instance ends with it", sc->name,
+                     WTERMSIG(status), strsignal(WTERMSIG(status)));
+    else
+        n = snprintf(text, sizeof text,
+                     "sidecar %s exited with status %d: the instance ends with it", sc->name,
+                     WEXITSTATUS(status));
+    struct run_relay_stream r = {.out = 2, .name = sc->name};
+    run__relay_line(&r, text, n > 0 ? (size_t)n : 0);
 }
 
 /* A warm container's program run ahead: forked now, as vcap like any program, reading its
@@ -627,8 +790,13 @@ static int run__init(void *arg)
         run__child_fail(c, "cannot fork: %s", strerror(errno));
     if (app == 0)
         run__exec(c);
+    size_t n_sidecars = cfg->n_sidecars;
+    pid_t *sidecars = xcalloc(n_sidecars + 1, sizeof *sidecars);
+    pid_t relay = n_sidecars ? run__sidecars(c, sidecars) : 0;
+    sidecars[n_sidecars] = app;
     close(c->err_wr);
     int status = 0;
+    bool told_to_end = false; /* a sidecar that ends then was asked to: nothing to say */
     for (;;) {
         siginfo_t si;
         int sig = sigwaitinfo(&set, &si);
@@ -636,18 +804,38 @@ static int run__init(void *arg)
             pid_t pid;
             int st;
             bool done = false;
-            while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
-                if (pid == app) {
+            while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (pid == relay)
+                    relay = 0; /* gone already (killed): nothing to drain */
+                for (size_t i = 0; i < n_sidecars && !done; i++)
+                    if (pid == sidecars[i]) {
+                        /* one process of the instance is gone: so is the instance */
+                        if (!told_to_end)
+                            run__sidecar_ended(&cfg->sidecars[i], st);
+                        status = st;
+                        done = true;
+                    }
+                if (pid == app && !done) {
                     status = st;
                     done = true;
                 }
+            }
             if (done)
                 break;
         } else if (sig > 0) {
-            if (kill(-app, sig) < 0)
-                kill(app, sig); /* not yet its own group leader */
+            told_to_end = told_to_end || sig == SIGTERM || sig == SIGINT || sig == SIGQUIT;
+            for (size_t i = 0; i <= n_sidecars; i++)
+                if (kill(-sidecars[i], sig) < 0)
+                    kill(sidecars[i], sig); /* not yet its own group leader */
         }
     }
+    if (relay > 0) {
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        run__drain_relay(relay, sidecars, n_sidecars + 1, &chld);
+    }
+    free(sidecars);
     kill(-1, SIGKILL); /* what the program left behind ends with it */
     if (write(c->status_wr, &status, sizeof status) != sizeof status)
         _exit(125);
@@ -804,6 +992,10 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
             (void)!fchown(fd, cfg->uid_base + CONTAINER_VCAP_UID, cfg->uid_base + CONTAINER_VCAP_UID);
     }
     bool warm = cfg->warm_socket != NULL;
+    if (warm && cfg->n_sidecars)
+        return run__fail(err, errlen, -EINVAL,
+                         "a warm container runs no sidecars: make the "
+                         "container at start instead");
     if (warm && (strchr(cfg->warm_socket, '/') || (!argv) != warm || chdir(cfg->scratch) < 0))
         return run__fail(err, errlen, -EINVAL, "a warm container needs its socket's name in "
                                                 "its scratch folder, and no program yet");

@@ -77,6 +77,8 @@ struct instance {
     int readiness_interval_ms, readiness_timeout_ms; /* resolved: never 0 */
     bool log_rate_limited;
     int64_t log_rate_limit;
+    struct container_sidecar *sidecars; /* owned */
+    size_t n_sidecars;
     char *scratch_dir;
 
     enum instance_state state;
@@ -271,9 +273,10 @@ static int executor__runtime_of_command(const char *command)
 /* The config of a container, written in its folder where skiff-init reads it: an instance's
  * (hostname its guid, its droplet), or a warm one's (app_dir NULL: no droplet yet). */
 static int executor__write_container_config(struct executor *ex, const char *dir,
-                                            const char *hostname, const char *app_dir,
-                                            int runtime, int slot, int disk_mb,
-                                            const struct cgroup *cg, char **path_out)
+                                            const char *hostname, const char *app_dir, int runtime,
+                                            int slot, int disk_mb, const struct cgroup *cg,
+                                            const struct container_sidecar *sidecars,
+                                            size_t n_sidecars, char **path_out)
 {
     struct container_mount droplet = {.source = (char *)app_dir,
                                       .target = CONTAINER_APP_DIR,
@@ -306,10 +309,14 @@ static int executor__write_container_config(struct executor *ex, const char *dir
         .net_slot = slot,
         .cwd = CONTAINER_APP_DIR,
         .cgroup_procs = cg ? (char **)cgroup_join_files(cg) : NULL,
-        .mounts = app_dir ? &droplet : program[0] ? runtime_files : NULL,
+        .mounts = app_dir      ? &droplet
+                  : program[0] ? runtime_files
+                               : NULL,
         .n_mounts = app_dir ? 1 : n_runtime_files,
         .warm_socket = app_dir ? NULL : (char *)EXECUTOR_WARM_SOCKET,
         .warm_program = program[0] ? program : NULL,
+        .sidecars = (struct container_sidecar *)sidecars,
+        .n_sidecars = n_sidecars,
     };
     char *text = container_config_to_json(&cfg);
     for (size_t i = 0; i < n_runtime_files; i++) {
@@ -338,9 +345,18 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
     char *command = proc_exec_form(inst->command);
     owned[0] = command;
     if (inst->ex->isolation == EXECUTOR_CONTAINER) {
+        /* a sidecar's command is run as the instance's is: its own end is what is told */
+        struct container_sidecar *sidecars = xcalloc(inst->n_sidecars + 1, sizeof *sidecars);
+        for (size_t k = 0; k < inst->n_sidecars; k++)
+            sidecars[k] =
+                (struct container_sidecar){.name = inst->sidecars[k].name,
+                                           .command = proc_exec_form(inst->sidecars[k].command)};
         int rc = executor__write_container_config(inst->ex, inst->scratch_dir, inst->guid,
                                                   inst->app_dir, -1, inst->port, inst->disk_mb,
-                                                  inst->cg, &owned[1]);
+                                                  inst->cg, sidecars, inst->n_sidecars, &owned[1]);
+        for (size_t k = 0; k < inst->n_sidecars; k++)
+            free(sidecars[k].command);
+        free(sidecars);
         if (rc < 0)
             return rc;
         argv[(*argc)++] = inst->ex->init_path;
@@ -1055,7 +1071,7 @@ static int warm__add(struct executor *ex, int runtime)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
     if (rc == 0)
         rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
-                                              DEFAULT_DISK_MB, w->cg, &config);
+                                              DEFAULT_DISK_MB, w->cg, NULL, 0, &config);
     if (rc == 0) {
         const char *cmd[] = {ex->init_path, "--config", config, NULL};
         w->sh = shim__new(ex, NULL);
@@ -1127,8 +1143,12 @@ static int warm__start(struct instance *inst)
     warm__unlink(w);
     w->next = NULL;
     char err[256] = "";
-    int rc = inst->disk_mb == DEFAULT_DISK_MB ? 0 : -EINVAL;
-    if (rc < 0)
+    int rc = inst->disk_mb == DEFAULT_DISK_MB && !inst->n_sidecars ? 0 : -EINVAL;
+    if (rc < 0 && inst->n_sidecars)
+        snprintf(err, sizeof err,
+                 "it runs no sidecars (the instance's slot must come from "
+                 "executor_port_allocate)");
+    else if (rc < 0)
         snprintf(err, sizeof err, "it was made for %d MB of disk, not %d", DEFAULT_DISK_MB,
                  inst->disk_mb);
     /* the instance's folder, cgroup and pid files are the warm container's, renamed */
@@ -1524,11 +1544,44 @@ static bool executor__log_allowed(struct instance *inst, size_t len)
     return false;
 }
 
+/* A line the container marked as one of a sidecar's (container.h): stream becomes that
+ * sidecar's and line its text. A mark naming no sidecar of the instance is left as it is. */
+static void executor__sidecar_line(const struct instance *inst, int *stream, const char **line,
+                                   size_t *len)
+{
+    if (!inst->n_sidecars || *len < 3 || (*line)[0] != CONTAINER_SIDECAR_MARK ||
+        (*stream != 1 && *stream != 2))
+        return;
+    const char *name = *line + 1;
+    const char *end = memchr(name, CONTAINER_SIDECAR_MARK, *len - 1);
+    if (!end)
+        return;
+    for (size_t k = 0; k < inst->n_sidecars; k++) {
+        const char *sc = inst->sidecars[k].name;
+        if (strlen(sc) == (size_t)(end - name) && !memcmp(sc, name, (size_t)(end - name))) {
+            *stream = INSTANCE_STREAM_SIDECAR + 2 * (int)k + (*stream == 2);
+            *len -= (size_t)(end + 1 - *line);
+            *line = end + 1;
+            return;
+        }
+    }
+}
+
 static void executor__instance_output(void *ctx, int stream, const char *line, size_t len)
 {
     struct instance *inst = ctx;
+    executor__sidecar_line(inst, &stream, &line, &len);
     if (!inst->final && executor__log_allowed(inst, len))
         inst->ex->on_output(inst->ex->ctx, inst, stream, line, len);
+}
+
+static void executor__sidecars_free(struct container_sidecar *sc, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(sc[i].name);
+        free(sc[i].command);
+    }
+    free(sc);
 }
 
 static void executor__port_release(struct executor *ex, int port)
@@ -1556,6 +1609,7 @@ static void executor__free_instance(struct instance *inst)
     free(inst->command);
     free(inst->health_endpoint);
     free(inst->readiness_endpoint);
+    executor__sidecars_free(inst->sidecars, inst->n_sidecars);
     free(inst->scratch_dir);
     if (inst->env) {
         for (char **e = inst->env; *e; e++)
@@ -2120,6 +2174,17 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
         rc = -ENOENT;
         goto fail_port;
     }
+    if (spec->n_sidecars && ex->isolation != EXECUTOR_CONTAINER) {
+        rc = -ENOTSUP; /* "extra processes in the same container": there is none */
+        goto fail_port;
+    }
+    for (size_t k = 0; k < spec->n_sidecars; k++)
+        if (spec->n_sidecars > CONTAINER_SIDECARS_MAX || !spec->sidecars[k].name ||
+            !container_sidecar_name_valid(spec->sidecars[k].name) || !spec->sidecars[k].command ||
+            !spec->sidecars[k].command[0]) {
+            rc = -EINVAL;
+            goto fail_port;
+        }
     struct instance *inst = xcalloc(1, sizeof(*inst));
     inst->ex = ex;
     inst->app_guid = executor__dup(spec->app_guid);
@@ -2129,6 +2194,11 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->app_dir = xstrdup(spec->app_dir);
     inst->command = xstrdup(spec->command);
     inst->health_endpoint = executor__dup(spec->health_endpoint);
+    inst->sidecars = xcalloc(spec->n_sidecars + 1, sizeof *inst->sidecars);
+    for (size_t k = 0; k < spec->n_sidecars; k++)
+        inst->sidecars[k] = (struct container_sidecar){
+            .name = xstrdup(spec->sidecars[k].name), .command = xstrdup(spec->sidecars[k].command)};
+    inst->n_sidecars = spec->n_sidecars;
     inst->env = executor__copy_env(spec->env);
     inst->index = spec->index;
     inst->port = spec->port;
@@ -2248,6 +2318,13 @@ static void executor__write_spec(struct instance *inst)
                          inst->readiness_interval_ms, "readiness_timeout_ms",
                          inst->readiness_timeout_ms, "log_rate_limited", inst->log_rate_limited,
                          "log_rate_limit", (json_int_t)inst->log_rate_limit));
+    if (j && inst->n_sidecars) {
+        json_t *a = json_array();
+        for (size_t k = 0; k < inst->n_sidecars; k++)
+            json_array_append_new(a, json_pack("{s:s,s:s}", "name", inst->sidecars[k].name,
+                                               "command", inst->sidecars[k].command));
+        json_object_set_new(j, "sidecars", a);
+    }
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text)
@@ -2352,6 +2429,19 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->app_dir = executor__json_str(j, "app_dir");
     inst->command = executor__json_str(j, "command");
     inst->health_endpoint = executor__json_str(j, "health_endpoint");
+    json_t *sidecars = json_object_get(j, "sidecars");
+    inst->sidecars = xcalloc(json_array_size(sidecars) + 1, sizeof *inst->sidecars);
+    for (size_t k = 0; k < json_array_size(sidecars) && k < CONTAINER_SIDECARS_MAX; k++) {
+        char *name = executor__json_str(json_array_get(sidecars, k), "name");
+        char *command = executor__json_str(json_array_get(sidecars, k), "command");
+        if (name && command)
+            inst->sidecars[inst->n_sidecars++] =
+                (struct container_sidecar){.name = name, .command = command};
+        else {
+            free(name);
+            free(command);
+        }
+    }
     inst->index = (int)json_integer_value(json_object_get(j, "index"));
     inst->port = (int)json_integer_value(json_object_get(j, "port"));
     inst->memory_mb = (int)json_integer_value(json_object_get(j, "memory_mb"));
@@ -2490,7 +2580,14 @@ int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx)
                                      .health = inst->health,
                                      .health_endpoint = inst->health_endpoint,
                                      .start_timeout_s = inst->start_timeout_s};
+        struct instance_sidecar *sidecars = xcalloc(inst->n_sidecars + 1, sizeof *sidecars);
+        for (size_t k = 0; k < inst->n_sidecars; k++)
+            sidecars[k] = (struct instance_sidecar){.name = inst->sidecars[k].name,
+                                                    .command = inst->sidecars[k].command};
+        spec.sidecars = sidecars;
+        spec.n_sidecars = inst->n_sidecars;
         cb(ctx, inst, &spec);
+        free(sidecars);
     }
     uv_fs_req_cleanup(&req);
     free(dir);
@@ -2646,6 +2743,11 @@ bool instance_started_warm(const struct instance *inst)
 const char *instance_warm_runtime(const struct instance *inst)
 {
     return inst->warm_runtime;
+}
+
+const char *instance_sidecar_name(const struct instance *inst, size_t k)
+{
+    return k < inst->n_sidecars ? inst->sidecars[k].name : NULL;
 }
 
 void *instance_user_data(const struct instance *inst)

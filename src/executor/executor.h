@@ -74,6 +74,15 @@ struct executor_config {
     instance_readiness_cb on_readiness; /* NULL: readiness results are not reported */
 };
 
+/* A sidecar (Cloud Foundry's): a command run beside the instance's, in its container (same
+ * network, files, environment, limits, drops), started and ended with it; its end is the
+ * instance's (a crash). Containers only, and never in a warm one: an instance with sidecars
+ * takes its slot from executor_port_allocate. */
+struct instance_sidecar {
+    const char *name;    /* container_sidecar_name_valid(); tags its output */
+    const char *command; /* run with /bin/sh -c */
+};
+
 struct instance_spec {
     const char *app_guid;
     const char *app_name;
@@ -105,6 +114,8 @@ struct instance_spec {
      * through on_output (INSTANCE_STREAM_LOG). */
     bool log_rate_limited;
     int64_t log_rate_limit;
+    const struct instance_sidecar *sidecars; /* at most CONTAINER_SIDECARS_MAX */
+    size_t n_sidecars;
 };
 
 /* stream 1 and 2 are the instance's stdout and stderr; INSTANCE_STREAM_CELL is a notice of
@@ -112,6 +123,9 @@ struct instance_spec {
 #define INSTANCE_STREAM_CELL 3
 /* a notice of the executor's about the instance's logging (its log rate limit) */
 #define INSTANCE_STREAM_LOG 4
+/* INSTANCE_STREAM_SIDECAR + 2k and + 2k + 1: the stdout and stderr of the instance's sidecar
+ * k (instance_sidecar_name), or the container's word on why it ended (stderr). */
+#define INSTANCE_STREAM_SIDECAR 5
 typedef void (*instance_output_cb)(void *ctx, struct instance *inst, int stream,
                                    const char *line, size_t len);
 typedef void (*instance_state_cb)(void *ctx, struct instance *inst, enum instance_state state,
@@ -200,6 +214,8 @@ int64_t instance_host_uid(const struct instance *inst);
 bool instance_started_warm(const struct instance *inst);
 /* The language runtime its warm container had started ahead ("python"), or NULL. */
 const char *instance_warm_runtime(const struct instance *inst);
+/* The name of its sidecar k (as its spec gave it), or NULL past the last. */
+const char *instance_sidecar_name(const struct instance *inst, size_t k);
 void *instance_user_data(const struct instance *inst);
 void instance_set_user_data(struct instance *inst, void *data);
 

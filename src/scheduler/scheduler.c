@@ -387,6 +387,22 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
         logs_append(s->logs, si->app_guid, tag, LOGS_ERR, line, len);
         return;
     }
+    if (stream >= INSTANCE_STREAM_SIDECAR) {
+        /* CF's tag: APP/PROC/WEB/SIDECAR/NAME/0 */
+        int k = (stream - INSTANCE_STREAM_SIDECAR) / 2;
+        const char *name = instance_sidecar_name(inst, (size_t)k);
+        const char *index = strrchr(si->tag, '/');
+        if (!name || !index)
+            return;
+        char tag[sizeof si->tag + 80];
+        int n = snprintf(tag, sizeof tag, "%.*s/SIDECAR/", (int)(index - si->tag), si->tag);
+        for (const char *c = name; *c && n < (int)sizeof tag - 16; c++)
+            tag[n++] = (char)toupper((unsigned char)*c);
+        snprintf(tag + n, sizeof tag - (size_t)n, "%s", index);
+        logs_append(s->logs, si->app_guid, tag,
+                    (stream - INSTANCE_STREAM_SIDECAR) % 2 ? LOGS_ERR : LOGS_OUT, line, len);
+        return;
+    }
     logs_append(s->logs, si->app_guid, si->tag, stream == 2 ? LOGS_ERR : LOGS_OUT, line, len);
 }
 
@@ -775,13 +791,14 @@ static void sched__strv_free(char **v)
  * command, with the environment an instance of the app gets (its routes and service bindings
  * read now); si gets its guid, droplet, slot, address and instance and joins the live ones.
  * 0, or a negative errno once the app's log says why, naming si as `what` ("instance 2 of
- * web"), with its process's checks (NULL: none but health): -EAGAIN when the store, the bindings or
- * the slots cannot serve now (then says what follows: "; trying again later"), else
+ * web"), with its process's checks (NULL: none but health) and sidecars: -EAGAIN when the store,
+ * the bindings or the slots cannot serve now (then says what follows: "; trying again later"), else
  * executor_start's error. */
 static int sched__launch(struct scheduler *s, const struct store_app *app,
                          const struct store_droplet *drop, struct sched_inst *si,
                          const char *command, int memory, enum health_check_type health,
-                         const struct store_process_checks *checks, const char *what,
+                         const struct store_process_checks *checks,
+                         const struct store_sidecar *sidecars, size_t n_sidecars, const char *what,
                          const char *then)
 {
     /* its VCAP_APPLICATION names its routes: an instance told it has none would be wrong for
@@ -806,7 +823,9 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         store_route_list_free(routes, nr);
         return -EAGAIN;
     }
-    int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
+    /* a warm container runs no sidecars (executor.h) */
+    int port = n_sidecars ? executor_port_allocate(s->ex)
+                          : executor_port_allocate_for(s->ex, app->disk_mb, command);
     if (port < 0) {
         free(vcap_services);
         store_route_list_free(routes, nr);
@@ -870,7 +889,14 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     if (checks)
         sched__spec_checks(&spec, checks);
     si->readiness = spec.readiness;
+    struct instance_sidecar *spec_sidecars = xcalloc(n_sidecars + 1, sizeof *spec_sidecars);
+    for (size_t i = 0; i < n_sidecars; i++)
+        spec_sidecars[i] =
+            (struct instance_sidecar){.name = sidecars[i].name, .command = sidecars[i].command};
+    spec.sidecars = spec_sidecars;
+    spec.n_sidecars = n_sidecars;
     int rc = executor_start(s->ex, &spec, &si->inst);
+    free(spec_sidecars);
     scheduler_env_free(env);
     sched__strv_free(uris);
     free(user);
@@ -879,7 +905,9 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     free(app_dir);
     if (rc < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
-                     strerror(-rc));
+                     rc == -ENOTSUP && n_sidecars
+                         ? "sidecars need containers (this skiffd runs host processes)"
+                         : strerror(-rc));
         return rc;
     }
     instance_set_user_data(si->inst, si);
@@ -914,11 +942,23 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         free(command_copy);
         return NULL;
     }
+    struct store_sidecar *sidecars = NULL;
+    size_t n_sidecars = 0;
+    if (store_app_sidecars(app, proc->type, &sidecars, &n_sidecars) < 0) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
+                     "Cannot start instance %d of %s: the app's sidecars cannot be read (set "
+                     "them again: `skiff push` with the manifest)",
+                     slot->index, proc->type);
+        free(command_copy);
+        sched__retry_later(s, slot);
+        return NULL;
+    }
     bool function = store_process_is_function(proc);
     char *function_dir = function ? xasprintf("%s/app", drop->path) : NULL;
     int servers = function ? sched__function_servers(s, function_dir) : 0;
     free(function_dir);
     if (servers < 0) {
+        store_sidecars_free(sidecars, n_sidecars);
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
                      "Cannot start function %s: cannot put the function server into the "
                      "droplet (see skiffd's output); trying again later",
@@ -947,16 +987,30 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     char what[128];
     snprintf(what, sizeof what, "instance %d of %s", slot->index, proc->type);
     int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
-    if (sched__launch(s, app, drop, si, command, memory, health, &proc->checks, what,
-                      "; trying again later") < 0) {
+    char *with = NULL; /* "" or " with sidecars a, b" for the start's log line */
+    for (size_t i = 0; i < n_sidecars; i++) {
+        char *w = xasprintf("%s%s%s", i ? with : " with sidecar",
+                            i                ? ", "
+                            : n_sidecars > 1 ? "s "
+                                             : " ",
+                            sidecars[i].name);
+        free(with);
+        with = w;
+    }
+    int rc = sched__launch(s, app, drop, si, command, memory, health, &proc->checks, sidecars,
+                           n_sidecars, what, "; trying again later");
+    store_sidecars_free(sidecars, n_sidecars);
+    if (rc < 0) {
+        free(with);
         free(si);
         free(command_copy);
         sched__retry_later(s, slot);
         return NULL;
     }
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
-                 "Starting instance %d of %s (%s) at %s: %s", slot->index, proc->type,
-                 si->guid, si->addr, command);
+                 "Starting instance %d of %s (%s) at %s: %s%s", slot->index, proc->type, si->guid,
+                 si->addr, command, with ? with : "");
+    free(with);
     free(command_copy);
     return si;
 }
@@ -1736,8 +1790,8 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
     snprintf(si->guid, sizeof si->guid, "%s", t->task_guid);
     char what[96];
     snprintf(what, sizeof what, "task %s", t->name);
-    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, NULL, what,
-                       "; the task failed to start (run it again)");
+    rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, NULL, NULL, 0,
+                       what, "; the task failed to start (run it again)");
     if (rc < 0)
         free(si);
     else

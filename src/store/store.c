@@ -2,6 +2,7 @@
 #include "store/store.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,6 +288,7 @@ void store_app_free(struct store_app *app)
     free(app->package_guid);
     free(app->droplet_guid);
     free(app->detected_buildpack);
+    free(app->sidecars_json);
     for (size_t i = 0; i < app->n_processes; i++) {
         free(app->processes[i].type);
         free(app->processes[i].command);
@@ -324,6 +326,62 @@ struct store_process *store_app_process(const struct store_app *app, const char 
     return NULL;
 }
 
+int store_app_sidecars(const struct store_app *app, const char *type, struct store_sidecar **out,
+                       size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!app->sidecars_json)
+        return 0;
+    json_t *all = json_loads(app->sidecars_json, 0, NULL);
+    if (!json_is_array(all)) {
+        json_decref(all);
+        return -EINVAL;
+    }
+    struct store_sidecar *list = xcalloc(json_array_size(all) + 1, sizeof *list);
+    size_t count = 0, i;
+    json_t *sc;
+    int rc = 0;
+    json_array_foreach(all, i, sc)
+    {
+        const char *name = json_string_value(json_object_get(sc, "name"));
+        const char *command = json_string_value(json_object_get(sc, "command"));
+        json_t *types = json_object_get(sc, "process_types");
+        if (!name || !command || !json_is_array(types)) {
+            rc = -EINVAL;
+            break;
+        }
+        size_t k;
+        json_t *t;
+        bool here = false;
+        json_array_foreach(types, k, t) here |=
+            json_is_string(t) && !strcmp(json_string_value(t), type);
+        if (!here)
+            continue;
+        list[count++] = (struct store_sidecar){
+            .name = xstrdup(name),
+            .command = xstrdup(command),
+            .memory_mb = (int)json_integer_value(json_object_get(sc, "memory_mb"))};
+    }
+    json_decref(all);
+    if (rc < 0 || !count) {
+        store_sidecars_free(list, count);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return 0;
+}
+
+void store_sidecars_free(struct store_sidecar *sidecars, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(sidecars[i].name);
+        free(sidecars[i].command);
+    }
+    free(sidecars);
+}
+
 static char *store__dup_or_null(const char *s)
 {
     return s ? xstrdup(s) : NULL;
@@ -344,6 +402,7 @@ struct store_app *store_app_dup(const struct store_app *app)
     c->package_guid = store__dup_or_null(app->package_guid);
     c->droplet_guid = store__dup_or_null(app->droplet_guid);
     c->detected_buildpack = store__dup_or_null(app->detected_buildpack);
+    c->sidecars_json = store__dup_or_null(app->sidecars_json);
     c->processes = xcalloc(app->n_processes ? app->n_processes : 1, sizeof *c->processes);
     for (size_t i = 0; i < app->n_processes; i++) {
         c->processes[i] = app->processes[i];

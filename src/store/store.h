@@ -119,6 +119,10 @@ struct store_app {
     char *package_guid;       /* NULL when none */
     char *droplet_guid;       /* NULL when none */
     char *detected_buildpack; /* of the current droplet, NULL when none */
+    /* Sidecars (Cloud Foundry's): [{"name", "process_types": [TYPE...], "command",
+     * "memory_mb"}] as the API checked and wrote it, NULL when none; read through
+     * store_app_sidecars */
+    char *sidecars_json;
     int64_t created_at;       /* ms since the epoch */
     int64_t updated_at;
     struct store_process *processes; /* "web" first when present */
@@ -185,6 +189,20 @@ void store_app_list_free(struct store_app **apps, size_t n);
 struct store_process *store_app_process(const struct store_app *app, const char *type);
 /* Deep copy. */
 struct store_app *store_app_dup(const struct store_app *app);
+
+/* A sidecar of the app's, for one of its process types. */
+struct store_sidecar {
+    char *name;
+    char *command;
+    int memory_mb; /* 0: none given */
+};
+/* The sidecars that run in the instances of the app's process `type`, in the order given
+ * (*out, *n: the caller frees with store_sidecars_free; NULL and 0 when none): the one
+ * answer to "what runs beside this process". -EINVAL when sidecars_json is not what the API
+ * writes. */
+int store_app_sidecars(const struct store_app *app, const char *type, struct store_sidecar **out,
+                       size_t *n);
+void store_sidecars_free(struct store_sidecar *sidecars, size_t n);
 
 /* ---- routes and domains ------------------------------------------------------------------ */
 

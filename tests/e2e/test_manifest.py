@@ -252,7 +252,7 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     env = platform.api("GET", "/v1/apps/cfmf/env")[1]
     assert env["system"]["VCAP_SERVICES"]["user-provided"][0]["credentials"] == {"uri": "db://x"}
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
-    for key in ("protocol", "sidecars", "stack"):
+    for key in ("protocol", "stack"):
         said = [w for w in warnings if f': cfmf: "{key}" has no effect here: ' in w]
         assert len(said) == 1, (key, warnings)
     # health-check timing, readiness checks and log rate limits are applied, not warned about
@@ -265,6 +265,9 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     assert (app["health_check_interval"], app["readiness_health_check_type"],
             app["log_rate_limit_per_second"]) == (5, "process", 16384), app
     assert app["memory_mb"] == 64 and app["disk_mb"] == 256
+    assert [(s["name"], s["process_types"], s["command"]) for s in app["sidecars"]] == \
+        [("exporter", ["web"], "sleep 3600")]
+    assert not [w for w in warnings if '"sidecars"' in w], warnings
     assert app["env"]["GREETING"] == "hello from web in dev"
     assert app["metadata"] == {"labels": {"team": "web"},
                                "annotations": {"note": "pushed by web"}}, app["metadata"]

@@ -38,6 +38,8 @@ struct world {
     bool warm;         /* run_in_container makes a warm container, then starts it */
     char **warm_program; /* and runs this in it ahead, when set */
     const char *warm_start; /* and sends this start instead of the script's, when set */
+    struct container_sidecar *sidecars; /* run beside the script */
+    size_t n_sidecars;
 };
 
 static int setup(void **state)
@@ -95,7 +97,9 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
                                    .uid_base = CONTAINER_DEFAULT_UID_BASE,
                                    .cwd = CONTAINER_APP_DIR,
                                    .mounts = &droplet,
-                                   .n_mounts = 1};
+                                   .n_mounts = 1,
+                                   .sidecars = w->sidecars,
+                                   .n_sidecars = w->n_sidecars};
     if (w->warm) {
         cfg.hostname = "warm";
         cfg.mounts = NULL;
@@ -190,6 +194,9 @@ static void test_config_json_round_trip(void **state)
                                   .n_mounts = 2,
                                   .seccomp_bpf = "/f.bpf",
                                   .disk_from = "/proc/1/fd/3"};
+    struct container_sidecar sc[] = {{.name = "proxy", .command = "exec proxy --port 8081"}};
+    in.sidecars = sc;
+    in.n_sidecars = 1;
     char *text = container_config_to_json(&in);
     struct container_config out;
     char err[256] = "";
@@ -208,6 +215,9 @@ static void test_config_json_round_trip(void **state)
     assert_int_equal(out.mounts[0].kind, CONTAINER_MOUNT_RW);
     assert_string_equal(out.mounts[1].target, "/x");
     assert_int_equal(out.mounts[1].kind, CONTAINER_MOUNT_OVERLAY);
+    assert_int_equal(out.n_sidecars, 1);
+    assert_string_equal(out.sidecars[0].name, "proxy");
+    assert_string_equal(out.sidecars[0].command, "exec proxy --port 8081");
     container_config_clear(&out);
     free(text);
 }
@@ -460,6 +470,93 @@ static void test_exit_status_and_signal_come_through(void **state)
     assert_int_equal(run_in_container(w, "exec /no/such/program", 16, out, sizeof out), 127);
 }
 
+/* A sidecar runs beside the program as it does (vcap, no capabilities, the filter, same
+ * environment and folder, same localhost), its lines marked with its name. */
+static void test_sidecars_run_beside_the_program_as_it_does(void **state)
+{
+    struct world *w = *state;
+    struct container_sidecar sc[] = {
+        {.name = "side",
+         .command = "echo out $(id -u) $(pwd) $HOME; echo err >&2; "
+                    "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+                    "printf no-newline-at-end; touch /home/vcap/tmp/side-was-here; exec sleep 60"}};
+    w->sidecars = sc;
+    w->n_sidecars = 1;
+    char out[4096];
+    /* the program sees what the sidecar wrote; the sidecar's output is drained at the end */
+    int rc = run_in_container(w,
+                              "while [ ! -e /home/vcap/tmp/side-was-here ]; do sleep 0.02; done; "
+                              "echo program saw it; exit 4",
+                              16, out, sizeof out);
+    assert_int_equal(rc, 4); /* the program's end is the container's, the sidecar killed */
+    assert_non_null(strstr(out, "program saw it\n"));
+    assert_non_null(strstr(out, "\x1eside\x1eout 2000 /home/vcap/app /home/vcap/app\n"));
+    assert_non_null(strstr(out, "\x1eside\x1e"
+                                "CapEff:\t0000000000000000\n"));
+    assert_non_null(strstr(out, "\x1eside\x1eNoNewPrivs:\t1\n"));
+    assert_non_null(strstr(out, "\x1eside\x1eSeccomp:\t2\n"));
+    assert_non_null(strstr(out, "\x1eside\x1eno-newline-at-end\n"));
+    assert_null(strstr(out, "\x1eside\x1e"
+                            "err")); /* stderr goes to stderr */
+}
+
+/* When a sidecar ends, the container ends with its status, and says so as its last line. */
+static void test_a_sidecar_ending_ends_the_container(void **state)
+{
+    struct world *w = *state;
+    struct container_sidecar sc[] = {{.name = "ok", .command = "exec sleep 60"},
+                                     {.name = "dies", .command = "echo last words; exit 3"}};
+    w->sidecars = sc;
+    w->n_sidecars = 2;
+    char out[4096];
+    int rc = run_in_container(w, "exec sleep 60", 16, out, sizeof out);
+    assert_int_equal(rc, 3);
+    assert_non_null(strstr(out, "\x1e"
+                                "dies\x1elast words\n"));
+}
+
+/* Lines longer than a line may be are cut, never interleaved with the program's. */
+static void test_sidecar_long_lines_are_cut(void **state)
+{
+    struct world *w = *state;
+    struct container_sidecar sc[] = {
+        {.name = "long", .command = "head -c 10000 /dev/zero | tr '\\0' x; echo; exit 0"}};
+    w->sidecars = sc;
+    w->n_sidecars = 1;
+    char out[16384];
+    assert_int_equal(run_in_container(w, "exec sleep 60", 16, out, sizeof out), 0);
+    size_t lines = 0;
+    for (char *p = out; (p = strstr(p, "\x1elong\x1e")); p++) {
+        char *nl = strchr(p, '\n');
+        assert_non_null(nl);
+        assert_true((size_t)(nl - p + 1) <= CONTAINER_SIDECAR_LINE_MAX);
+        lines++;
+    }
+    assert_true(lines >= 3);
+}
+
+static void test_config_refuses_bad_sidecars(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "{\"name\":\"../x\",\"command\":\"true\"}",
+        "{\"name\":\"a\",\"command\":\"\"}",
+        "{\"name\":\"a\"}",
+        "{\"name\":\"\\u001ex\",\"command\":\"true\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *text = xasprintf("{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\","
+                               "\"cwd\":\"/\",\"disk_mb\":16,\"uid_base\":200000,"
+                               "\"mounts\":[],\"sidecars\":[%s]}",
+                               bad[i]);
+        struct container_config cfg;
+        char err[256] = "";
+        assert_int_equal(container_config_from_json(text, &cfg, err, sizeof err), -22);
+        assert_non_null(strstr(err, "sidecar"));
+        free(text);
+    }
+}
+
 /* Limits as Cloud Foundry gives them: memory (no swap beyond it), processes, and CPU by
  * weight in proportion to memory. */
 static void test_cgroup_limits_follow_memory(void **state)
@@ -611,6 +708,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shared_disk_carries_over_and_holds_its_quota, setup,
                                         teardown),
         cmocka_unit_test(test_config_refuses_bad_json),
+        cmocka_unit_test(test_config_refuses_bad_sidecars),
+        cmocka_unit_test_setup_teardown(test_sidecars_run_beside_the_program_as_it_does, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_sidecar_ending_ends_the_container, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sidecar_long_lines_are_cut, setup, teardown),
         cmocka_unit_test(test_cgroup_limits_follow_memory),
         cmocka_unit_test_setup_teardown(test_stack_names_vcap_and_holds_no_host_secret, setup,
                                         teardown),

@@ -391,6 +391,27 @@ static void test_health_http_fail_hits_start_timeout(void **state)
     assert_string_equal(w->exit.reason, "start timeout");
 }
 
+/* Sidecars are processes in the instance's container: without containers there is none, and
+ * the start is refused (nothing runs) rather than the sidecar lost. */
+static void test_sidecars_need_containers(void **state)
+{
+    struct world *w = *state;
+    int port = executor_port_allocate(w->ex);
+    const struct instance_sidecar sidecar = {.name = "proxy", .command = "sleep 60"};
+    struct instance_spec spec = {
+        .instance_guid = "with-sidecar",
+        .app_dir = w->home,
+        .command = "sleep 60",
+        .port = port,
+        .health = HEALTH_PROCESS,
+        .sidecars = &sidecar,
+        .n_sidecars = 1,
+    };
+    struct instance *inst = NULL;
+    assert_int_equal(executor_start(w->ex, &spec, &inst), -ENOTSUP);
+    assert_null(inst);
+}
+
 static void test_liveness_failure_crashes(void **state)
 {
     struct world *w = *state;
@@ -986,6 +1007,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_kills_after_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_port_and_http_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_http_fail_hits_start_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sidecars_need_containers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_liveness_failure_crashes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readiness_reports_and_never_kills, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_rate_limit_drops_lines_with_one_notice, setup,

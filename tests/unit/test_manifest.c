@@ -291,6 +291,17 @@ static void test_structural_errors(void **state)
                  "    path: x\n",
                  MANIFEST_ERR_SCHEMA,
                  "manifest.yml line 6: \"path\" belongs to the app, not to a function in it");
+    expect_error("applications:\n- name: a\n  sidecars:\n  - name: s\n    process_types: [web]\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 4: sidecar s needs a \"command\" (what runs beside the "
+                 "process)");
+    expect_error("applications:\n- name: a\n  sidecars:\n  - name: s\n    command: ./s\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 4: sidecar s needs \"process_types\": the process types it "
+                 "runs beside, e.g. [web]");
+    expect_error("applications:\n- name: a\n  sidecars:\n  - command: ./s\n"
+                 "    process_types: [web]\n",
+                 MANIFEST_ERR_SCHEMA, "manifest.yml line 4: a sidecar needs a \"name\"");
 }
 
 static void test_not_yaml(void **state)
@@ -556,7 +567,7 @@ static void test_cloud_foundry_kitchen_sink(void **state)
 
     /* one warning per key, whether at app level, in a process or in several routes */
     static const char *const no_effect[] = {"protocol", "loadbalancing: hash", "hash_header",
-                                            "hash_balance", "sidecars"};
+                                            "hash_balance"};
     for (size_t i = 0; i < ARRAY_SIZE(no_effect); i++)
         if (warnings_about(a, no_effect[i]) != 1)
             fail_msg("expected one warning about %s", no_effect[i]);
@@ -579,6 +590,12 @@ static void test_cloud_foundry_kitchen_sink(void **state)
     assert_int_equal(a->processes[1].checks.log_rate, MANIFEST_LOG_RATE_UNSET);
     assert_int_equal(a->processes[1].checks.health_interval, -1);
     assert_null(a->processes[1].checks.readiness_type);
+    assert_int_equal(a->sidecar_count, 1);
+    assert_string_equal(a->sidecars[0].name, "metrics");
+    assert_int_equal(a->sidecars[0].process_type_count, 1);
+    assert_string_equal(a->sidecars[0].process_types[0], "web");
+    assert_string_equal(a->sidecars[0].command, "./exporter");
+    assert_int_equal(a->sidecars[0].memory_mb, 64);
 
     const struct manifest_app *b = &m->apps[1];
     assert_true(b->no_route);

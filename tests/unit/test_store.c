@@ -379,6 +379,55 @@ static void test_apps_round_trip_with_processes_and_env(void **state)
     remove_db(path);
 }
 
+/* Sidecars are kept with the app (both backends) and read per process type. */
+static void test_app_sidecars_round_trip_per_process_type(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    app->sidecars_json =
+        xstrdup("[{\"name\":\"proxy\",\"process_types\":[\"web\"],\"command\":\"./proxy\","
+                "\"memory_mb\":32},{\"name\":\"agent\",\"process_types\":[\"web\",\"worker\"],"
+                "\"command\":\"./agent\"}]");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_app *got = NULL;
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_string_equal(got->sidecars_json, app->sidecars_json);
+    struct store_sidecar *sc = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_sidecars(got, "web", &sc, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(sc[0].name, "proxy");
+    assert_string_equal(sc[0].command, "./proxy");
+    assert_int_equal(sc[0].memory_mb, 32);
+    assert_string_equal(sc[1].name, "agent");
+    store_sidecars_free(sc, n);
+    assert_int_equal(store_app_sidecars(got, "worker", &sc, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(sc[0].name, "agent");
+    store_sidecars_free(sc, n);
+    assert_int_equal(store_app_sidecars(got, "clock", &sc, &n), 0);
+    assert_int_equal(n, 0);
+    assert_null(sc);
+    /* a push without them removes them */
+    free(got->sidecars_json);
+    got->sidecars_json = NULL;
+    assert_int_equal(store_app_update(st, got), 0);
+    store_app_free(got);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_null(got->sidecars_json);
+    assert_int_equal(store_app_sidecars(got, "web", &sc, &n), 0);
+    assert_int_equal(n, 0);
+    free(got->sidecars_json);
+    got->sidecars_json = xstrdup("{\"not\":\"a list\"}");
+    assert_int_equal(store_app_sidecars(got, "web", &sc, &n), -EINVAL);
+    store_app_free(got);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 /* Renames a table behind the store's back, through a connection of its own. */
 static void rename_table(const char *path, const char *from, const char *to)
 {
@@ -756,6 +805,7 @@ static void test_hostile_names_are_only_data(void **state)
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
         cmocka_unit_test(test_refuses_a_newer_store),                                              \
         cmocka_unit_test(test_apps_round_trip_with_processes_and_env),                             \
+        cmocka_unit_test(test_app_sidecars_round_trip_per_process_type),                           \
         cmocka_unit_test(test_app_reads_fail_when_a_child_query_fails),                            \
         cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),                 \
         cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),                            \
