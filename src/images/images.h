@@ -1,0 +1,125 @@
+/* images: prebuilt OCI and Docker images as Skiff runs them.
+ *
+ * A content-addressed store under $SKIFF_HOME/images shared by every app:
+ *   blobs/sha256/HEX    blobs as they came (layers compressed, configs, manifests), each
+ *                       written under tmp/ while its sha256 is computed and renamed into
+ *                       place only when it matches: nothing half-stored is ever visible
+ *   layers/sha256/HEX   a layer blob unpacked, in overlayfs's format (a whiteout is a 0/0
+ *                       character device, an opaque folder has trusted.overlay.opaque=y),
+ *                       owned as the container's user namespace will see it
+ * An image's root file system is a read-only overlay of its layers' folders.
+ *
+ * Every call returns SKIFF_OK (0) or an error of common/err.h with a message in err (size
+ * errlen) that names what was wrong: which layer, which entry, which digest. Strings in the
+ * structs below are owned by the struct and freed by its _clear function. */
+#ifndef SKIFF_IMAGES_H
+#define SKIFF_IMAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+/* "sha256:" + 64 lowercase hex + NUL */
+#define IMAGE_DIGEST_LEN 72
+
+/* The one rule for a digest Skiff accepts: sha256 only, lowercase hex. */
+bool image_digest_valid(const char *digest);
+
+/* ---- the store ----------------------------------------------------------------------- */
+
+struct image_store {
+    char *root;         /* home/images */
+    unsigned uid_base;  /* host uid of the containers' root: layer files are owned from it */
+    uint64_t max_blob;  /* bytes one blob may have (a compressed layer); 0: 2 GiB */
+    uint64_t max_layer; /* bytes a layer may unpack to; 0: 8 GiB */
+};
+
+/* Makes (or opens) the store under home. */
+int image_store_open(struct image_store *s, const char *home, unsigned uid_base, char *err,
+                     size_t errlen);
+void image_store_close(struct image_store *s);
+/* Where a blob / an unpacked layer of a valid digest lives (it may not exist); caller frees;
+ * NULL for a digest that is not valid. */
+char *image_store_blob_path(const struct image_store *s, const char *digest);
+char *image_store_layer_path(const struct image_store *s, const char *digest);
+bool image_store_has_blob(const struct image_store *s, const char *digest);
+
+/* Storing a blob while it streams in: begin, write each piece, then commit (the sha256 is
+ * checked against expected, when one is given, and the blob renamed into place) or abort.
+ * Both commit and abort free the writer. A blob over s->max_blob fails the write with
+ * SKIFF_E_TOO_LARGE; a mismatch fails the commit with SKIFF_E_DIGEST_MISMATCH, naming `what`
+ * ("layer sha256:..."); neither leaves anything behind. */
+struct image_blob_writer;
+int image_blob_begin(const struct image_store *s, const char *expected, const char *what,
+                     struct image_blob_writer **out, char *err, size_t errlen);
+int image_blob_write(struct image_blob_writer *w, const void *data, size_t len, char *err,
+                     size_t errlen);
+int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN], char *err,
+                      size_t errlen);
+void image_blob_abort(struct image_blob_writer *w);
+/* A stored blob read whole (a manifest or a config), at most max bytes; caller frees. */
+int image_blob_read(const struct image_store *s, const char *digest, size_t max, char **out,
+                    size_t *len, char *err, size_t errlen);
+
+/* Unpacks the stored layer blob (tar, tar+gzip or tar+zstd) into layers/ once: a layer
+ * already unpacked is kept. Refused (SKIFF_E_UNSAFE_ARCHIVE, naming the entry): absolute
+ * paths and ".." components, device nodes, hard links to outside the layer, writing through a
+ * symbolic link (a link may point anywhere: it is resolved inside the container's root, but
+ * nothing is ever written through one while unpacking), more than max_layer bytes. setuid and
+ * setgid bits are dropped, extended attributes are not kept, owners over 65535 become 65534. */
+int image_layer_unpack(const struct image_store *s, const char *digest, char *err, size_t errlen);
+
+/* ---- what an image is ---------------------------------------------------------------- */
+
+/* The image config's "config" object: what decides the process. */
+struct image_config {
+    char **entrypoint; /* NULL-terminated, or NULL */
+    char **cmd;        /* NULL-terminated, or NULL */
+    char **env;        /* NULL-terminated KEY=VALUE, or NULL */
+    char *workdir;     /* or NULL */
+    char *user;        /* "name", "uid", "uid:gid", or NULL */
+    int port;          /* the lowest exposed TCP port, or 0 when none is exposed */
+};
+int image_config_parse(const char *json, size_t len, struct image_config *out, char *err,
+                       size_t errlen);
+void image_config_clear(struct image_config *c);
+
+/* An image manifest (Docker schema 2 or OCI), or an index / manifest list. */
+struct image_manifest {
+    char *config;  /* the config blob's digest */
+    char **layers; /* layer blob digests, bottom first, NULL-terminated */
+    size_t n_layers;
+};
+/* Parses a manifest; *is_index is set (and out left empty) when the document is an index or
+ * a manifest list, whose entry for os/arch image_index_pick then chooses. */
+int image_manifest_parse(const char *json, size_t len, struct image_manifest *out, bool *is_index,
+                         char *err, size_t errlen);
+void image_manifest_clear(struct image_manifest *m);
+/* The digest of the index's manifest for os/arch (Go's names: "linux", "amd64", "arm64").
+ * SKIFF_E_BAD_IMAGE naming the platforms it has when none fits. */
+int image_index_pick(const char *json, size_t len, const char *os, const char *arch,
+                     char digest[IMAGE_DIGEST_LEN], char *err, size_t errlen);
+/* This machine's platform in Go's names. */
+const char *image_host_arch(void);
+
+/* An image resolved and stored: all of its blobs are in the store, its layers unpacked. */
+struct image {
+    char *ref;    /* what the user named: "oci-archive:web.tar", "registry/team/web:1.4" */
+    char *digest; /* the manifest's digest (for a docker-archive: the config's, its image id) */
+    struct image_manifest manifest;
+    struct image_config config;
+};
+void image_clear(struct image *img);
+/* The record kept with an app's droplet, and back. */
+char *image_to_json(const struct image *img);
+int image_from_json(const char *json, struct image *out, char *err, size_t errlen);
+
+/* Imports a tarball: kind "oci-archive" (an OCI image layout) or "docker-archive" (`docker
+ * save` output). Every blob is stored (verified against its digest where the tarball names
+ * one), every layer unpacked; the result is in out. */
+int image_import_archive(const struct image_store *s, const char *kind, const char *path,
+                         struct image *out, char *err, size_t errlen);
+
+#endif
