@@ -74,9 +74,14 @@ struct container_config {
     size_t n_mounts;
     char *warm_socket; /* a warm container (see below): the Unix socket, relative to scratch,
                           it listens on once ready; NULL for one that runs its program now */
-    char **warm_program; /* a warm container's program run ahead (a runtime's zygote), or
-                            NULL: NULL-terminated argv, run as any program is (vcap, no
-                            capabilities, the filter), the start then comes to it on fd 3 */
+    char **warm_program;         /* a warm container's program run ahead (a runtime's zygote), or
+                                    NULL: NULL-terminated argv, run as any program is (vcap, no
+                                    capabilities, the filter), the start then comes to it on fd 3 */
+    char *image_layers;          /* an image's root instead of the stack's: its layers' folders,
+top first, ':'-separated (overlayfs's lowerdir), read-only under
+the writable layer; the stack gives only /etc/hosts and
+/etc/resolv.conf, the host's /usr is not mounted. NULL: the stack */
+    unsigned user_uid, user_gid; /* the program's ids inside (an image's User); 0: vcap */
 };
 
 /* What every container of one daemon shares. The executor sets it up (and owns the network

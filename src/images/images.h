@@ -122,4 +122,28 @@ int image_from_json(const char *json, struct image *out, char *err, size_t errle
 int image_import_archive(const struct image_store *s, const char *kind, const char *path,
                          struct image *out, char *err, size_t errlen);
 
+/* ---- image droplets ------------------------------------------------------------------ */
+
+/* An image app's droplet is a folder with the image's record (IMAGE_RECORD) and an empty
+ * app/ (the instance's HOME). Written by staging; nothing else of the image is copied. */
+#define IMAGE_RECORD "image.json"
+int image_droplet_write(const struct image *img, const char *droplet_dir, char *err, size_t errlen);
+bool image_droplet_is_image(const char *droplet_dir);
+/* The image's own command, Entrypoint then Cmd, each word shell-quoted: what `skiff app`
+ * shows and the droplet's web process runs unless the app names another. Caller frees. */
+char *image_default_command(const struct image_config *c);
+
+/* What an instance of an image droplet runs. */
+struct image_run {
+    char *layers;      /* its layers' folders, top first, ':'-separated (overlayfs lowerdir) */
+    char **argv;       /* the image's own Entrypoint+Cmd when command is its default, else
+                          /bin/sh -c command (in the image: it must have a shell then) */
+    char *cwd;         /* WorkingDir, else "/" */
+    char **env;        /* env, then each of the image's Env whose name env does not have */
+    unsigned uid, gid; /* the image's numeric User; 0 (root or none): vcap */
+};
+int image_run_prepare(const char *home, const char *droplet_dir, const char *command,
+                      char *const *env, struct image_run *out, char *err, size_t errlen);
+void image_run_clear(struct image_run *r);
+
 #endif
