@@ -13,7 +13,9 @@
 #include "api/core_internal.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "container/container.h"
 #include "hub/hub.h"
+#include "images/images.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "stager/stager.h"
@@ -56,10 +58,110 @@ void api_core__staging_cancel(struct api_core *core, const char *app_guid)
     while (s) {
         /* on_done may come from inside stager_cancel and free s */
         struct api_core_staging *next = s->next;
-        if (!app_guid || !strcmp(s->app_guid, app_guid))
-            stager_cancel(s->staging);
+        if ((!app_guid || !strcmp(s->app_guid, app_guid)) && s->staging)
+            stager_cancel(s->staging); /* an image's import ends on its own */
         s = next;
     }
+}
+
+static void staging__output(void *ctx, const char *line, size_t len);
+static void staging__done(void *ctx, const struct stage_result *res);
+
+/* ---- images: staging an image = storing its blobs and unpacking its layers --------------- */
+
+static const char *const staging__image_kinds[] = {"oci-archive", "docker-archive"};
+
+static bool staging__image_kind_valid(const char *kind)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(staging__image_kinds); i++)
+        if (!strcmp(kind, staging__image_kinds[i]))
+            return true;
+    return false;
+}
+
+/* An image tarball is kept as its package under "GUID.KIND" (staging__bits). */
+static const char *staging__image_kind_of(const char *package_path)
+{
+    const char *dot = strrchr(package_path, '.');
+    return dot && !strchr(dot, '/') && staging__image_kind_valid(dot + 1) ? dot + 1 : NULL;
+}
+
+struct staging_image {
+    uv_work_t work;
+    struct api_core_staging *s;
+    char *home, *kind, *path;
+    unsigned uid_base;
+    int rc;
+    char err[512];
+    char *command; /* the image's own: the droplet's web process */
+    char summary[256];
+};
+
+static void staging__image_work(uv_work_t *w)
+{
+    struct staging_image *si = w->data;
+    struct image_store store;
+    struct image img;
+    si->rc = image_store_open(&store, si->home, si->uid_base, si->err, sizeof si->err);
+    if (si->rc == SKIFF_OK)
+        si->rc = image_import_archive(&store, si->kind, si->path, &img, si->err, sizeof si->err);
+    if (si->rc == SKIFF_OK) {
+        si->rc = image_droplet_write(&img, si->s->droplet_dir, si->err, sizeof si->err);
+        si->command = image_default_command(&img.config);
+        snprintf(si->summary, sizeof si->summary, "Image %s, %zu layers, digest %s", si->kind,
+                 img.manifest.n_layers, img.digest);
+        image_clear(&img);
+    }
+    image_store_close(&store);
+}
+
+static void staging__image_done(uv_work_t *w, int status)
+{
+    struct staging_image *si = w->data;
+    struct stage_result res = {.ok = si->rc == SKIFF_OK && status == 0};
+    json_t *types = json_pack("{s:s}", "web", si->command ? si->command : "");
+    char *types_text = json_dumps(types, JSON_COMPACT);
+    json_decref(types);
+    if (res.ok) {
+        staging__output(si->s, si->summary, strlen(si->summary));
+        res.process_types_json = types_text;
+    } else {
+        res.error = si->err[0] ? si->err : "the image could not be imported";
+    }
+    staging__done(si->s, &res);
+    free(types_text);
+    free(si->command);
+    free(si->home);
+    free(si->kind);
+    free(si->path);
+    free(si);
+}
+
+/* Like stager_start: 0 and staging__done later, or a negative errno and nothing started. */
+static int staging__image_start(struct api_core_staging *s, const char *kind, const char *path)
+{
+    const struct container_site *site = s->core->cfg.containers;
+    if (!site)
+        return -ENOTSUP; /* an image is a root file system: it runs only in a container */
+    struct staging_image *si = xcalloc(1, sizeof *si);
+    si->s = s;
+    si->home = xstrdup(s->core->cfg.home);
+    si->kind = xstrdup(kind);
+    si->path = xstrdup(path);
+    si->uid_base = site->uid_base ? site->uid_base : CONTAINER_DEFAULT_UID_BASE;
+    si->work.data = si;
+    char line[160];
+    snprintf(line, sizeof line, "Importing the image from its %s tarball", kind);
+    staging__output(s, line, strlen(line));
+    int rc =
+        uv_queue_work(api_loop(s->core->api), &si->work, staging__image_work, staging__image_done);
+    if (rc < 0) {
+        free(si->home);
+        free(si->kind);
+        free(si->path);
+        free(si);
+    }
+    return rc;
 }
 
 /* ---- bits ---------------------------------------------------------------------------------- */
@@ -86,7 +188,16 @@ static void staging__bits(struct api_request *req, void *ctx)
                           "the upload is empty: send the app's folder as a tar.gz, tar or zip");
         goto done;
     }
-    int rc = package_check(path, core->cfg.max_unpacked, err, sizeof err);
+    /* ?image=oci-archive|docker-archive: an image tarball, read when it is staged */
+    const char *image = api_request_query(req, "image");
+    if (image && !staging__image_kind_valid(image)) {
+        api_respond_error(req, SKIFF_E_BAD_VALUE,
+                          "image=%.40s is not a tarball kind: oci-archive (an OCI image layout) "
+                          "or docker-archive (`docker save` output)",
+                          image);
+        goto done;
+    }
+    int rc = image ? 0 : package_check(path, core->cfg.max_unpacked, err, sizeof err);
     if (rc == PACKAGE_NOT_ARCHIVE) {
         api_respond_error(req, SKIFF_E_NOT_AN_ARCHIVE,
                           "the upload is not a tar.gz, tar or zip archive%s%s", *err ? ": " : "",
@@ -110,7 +221,7 @@ static void staging__bits(struct api_request *req, void *ctx)
         .app_guid = app->guid, .bytes = api_request_body_size(req), .created_at = time_now_ms()};
     uuid_generate_v4(pkg.guid);
     dir = xasprintf("%s/apps/%s/packages", core->cfg.home, app->guid);
-    dest = xasprintf("%s/%s", dir, pkg.guid);
+    dest = xasprintf("%s/%s%s%s", dir, pkg.guid, image ? "." : "", image ? image : "");
     if (mkdir_p(dir, 0700) < 0 || rename(path, dest) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, "cannot keep the upload: %s", strerror(errno));
         goto done;
@@ -378,8 +489,10 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
                  restage ? "Restaging" : "Staging", app->name);
-    int rc = stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done, s,
-                          &s->staging);
+    const char *kind = staging__image_kind_of(pkg->path);
+    int rc = kind ? staging__image_start(s, kind, pkg->path)
+                  : stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done,
+                                 s, &s->staging);
     free(droplets);
     free(cache);
     if (rc < 0) {
@@ -389,6 +502,9 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
                                     "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
                                     "restart skiffd",
                                     core->cfg.buildpacks_dir)
+                    : rc == -ENOTSUP
+                        ? xstrdup("staging could not start: an image runs only in a container, "
+                                  "and this skiffd runs apps as host processes")
                         : xasprintf("staging could not start: %s", strerror(-rc));
         logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
         staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",

@@ -66,6 +66,8 @@ struct instance {
     /* the spec, copied */
     char *app_guid, *app_name, *process_type, *guid, *app_dir, *command, *health_endpoint;
     char **env;
+    char *image_layers, **argv, *cwd; /* an image app's (instance_spec) */
+    unsigned user_uid, user_gid;
     int index, port, memory_mb, disk_mb, pids_max, start_timeout_s;
     enum health_check_type health;
     char *scratch_dir;
@@ -255,9 +257,9 @@ static int executor__runtime_of_command(const char *command)
 /* The config of a container, written in its folder where skiff-init reads it: an instance's
  * (hostname its guid, its droplet), or a warm one's (app_dir NULL: no droplet yet). */
 static int executor__write_container_config(struct executor *ex, const char *dir,
-                                            const char *hostname, const char *app_dir,
-                                            int runtime, int slot, int disk_mb,
-                                            const struct cgroup *cg, char **path_out)
+                                            const char *hostname, const char *app_dir, int runtime,
+                                            int slot, int disk_mb, const struct cgroup *cg,
+                                            const struct instance *image, char **path_out)
 {
     struct container_mount droplet = {.source = (char *)app_dir,
                                       .target = CONTAINER_APP_DIR,
@@ -295,6 +297,14 @@ static int executor__write_container_config(struct executor *ex, const char *dir
         .warm_socket = app_dir ? NULL : (char *)EXECUTOR_WARM_SOCKET,
         .warm_program = program[0] ? program : NULL,
     };
+    if (image) { /* its layers are all of it: no droplet */
+        cfg.image_layers = image->image_layers;
+        cfg.cwd = image->cwd;
+        cfg.mounts = NULL;
+        cfg.n_mounts = 0;
+        cfg.user_uid = image->user_uid;
+        cfg.user_gid = image->user_gid;
+    }
     char *text = container_config_to_json(&cfg);
     for (size_t i = 0; i < n_runtime_files; i++) {
         free(runtime_files[i].source);
@@ -311,7 +321,7 @@ static int executor__write_container_config(struct executor *ex, const char *dir
     return 0;
 }
 
-#define EXECUTOR_ARGV_MAX 16
+#define EXECUTOR_ARGV_MAX 64 /* an image's Entrypoint and Cmd words count too */
 
 /* The argv that runs the instance's command in its isolation: skiff-init with the
  * container's config, or (host processes) a shell that joins the cgroup first. The strings
@@ -322,18 +332,26 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
     char *command = proc_exec_form(inst->command);
     owned[0] = command;
     if (inst->ex->isolation == EXECUTOR_CONTAINER) {
-        int rc = executor__write_container_config(inst->ex, inst->scratch_dir, inst->guid,
-                                                  inst->app_dir, -1, inst->port, inst->disk_mb,
-                                                  inst->cg, &owned[1]);
+        int rc = executor__write_container_config(
+            inst->ex, inst->scratch_dir, inst->guid, inst->app_dir, -1, inst->port, inst->disk_mb,
+            inst->cg, inst->image_layers ? inst : NULL, &owned[1]);
         if (rc < 0)
             return rc;
         argv[(*argc)++] = inst->ex->init_path;
         argv[(*argc)++] = "--config";
         argv[(*argc)++] = owned[1];
         argv[(*argc)++] = "--";
-        argv[(*argc)++] = "/bin/sh";
-        argv[(*argc)++] = "-c";
-        argv[(*argc)++] = command;
+        if (inst->argv) { /* an image's own command: it may have no shell */
+            for (char **w = inst->argv; *w; w++) {
+                if (*argc >= EXECUTOR_ARGV_MAX - 1)
+                    return -E2BIG;
+                argv[(*argc)++] = *w;
+            }
+        } else {
+            argv[(*argc)++] = "/bin/sh";
+            argv[(*argc)++] = "-c";
+            argv[(*argc)++] = command;
+        }
     } else {
         argv[(*argc)++] = "/bin/sh";
         argv[(*argc)++] = "-c";
@@ -1039,7 +1057,7 @@ static int warm__add(struct executor *ex, int runtime)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
     if (rc == 0)
         rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
-                                              DEFAULT_DISK_MB, w->cg, &config);
+                                              DEFAULT_DISK_MB, w->cg, NULL, &config);
     if (rc == 0) {
         const char *cmd[] = {ex->init_path, "--config", config, NULL};
         w->sh = shim__new(ex, NULL);
@@ -1488,6 +1506,11 @@ static void executor__free_instance(struct instance *inst)
     free(inst->command);
     free(inst->health_endpoint);
     free(inst->scratch_dir);
+    free(inst->image_layers);
+    free(inst->cwd);
+    for (char **w = inst->argv; w && *w; w++)
+        free(*w);
+    free(inst->argv);
     if (inst->env) {
         for (char **e = inst->env; *e; e++)
             free(*e);
@@ -2020,6 +2043,10 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
         rc = -ENOENT;
         goto fail_port;
     }
+    if (spec->image_layers && (ex->isolation != EXECUTOR_CONTAINER || !spec->argv)) {
+        rc = -ENOTSUP; /* an image is a root file system: only a container has one */
+        goto fail_port;
+    }
     struct instance *inst = xcalloc(1, sizeof(*inst));
     inst->ex = ex;
     inst->app_guid = executor__dup(spec->app_guid);
@@ -2030,6 +2057,13 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->command = xstrdup(spec->command);
     inst->health_endpoint = executor__dup(spec->health_endpoint);
     inst->env = executor__copy_env(spec->env);
+    if (spec->image_layers) {
+        inst->image_layers = xstrdup(spec->image_layers);
+        inst->argv = executor__copy_env(spec->argv);
+        inst->cwd = xstrdup(spec->cwd ? spec->cwd : "/");
+        inst->user_uid = spec->user_uid;
+        inst->user_gid = spec->user_gid;
+    }
     inst->index = spec->index;
     inst->port = spec->port;
     inst->memory_mb = spec->memory_mb;

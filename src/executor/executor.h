@@ -87,6 +87,13 @@ struct instance_spec {
     enum health_check_type health;
     const char *health_endpoint; /* for HEALTH_HTTP */
     int start_timeout_s;         /* default 60 */
+    /* an image app's instance (containers only): its root is the image's layers (container.h
+     * image_layers) instead of the stack and the droplet, argv (NULL-terminated) is exec'd as
+     * it is (command is then only what is shown), in cwd, as user_uid:user_gid (0: vcap) */
+    const char *image_layers;
+    char *const *argv;
+    const char *cwd;
+    unsigned user_uid, user_gid;
 };
 
 /* stream 1 and 2 are the instance's stdout and stderr; INSTANCE_STREAM_CELL is a notice of

@@ -26,6 +26,7 @@
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
+#include "images/images.h"
 #include "logs/logs.h"
 #include "store/store.h"
 
@@ -713,7 +714,10 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
     store_route_list_free(routes, nr);
-    int port = executor_port_allocate_for(s->ex, app->disk_mb, command);
+    /* an image app's container is made for it (its root is the image): never a warm one */
+    bool image = image_droplet_is_image(drop->path);
+    int port = image ? executor_port_allocate(s->ex)
+                     : executor_port_allocate_for(s->ex, app->disk_mb, command);
     if (port < 0) {
         free(vcap_services);
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
@@ -796,6 +800,22 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
                                      web ? sched__health(app->health_check_type) : HEALTH_PROCESS,
                                  .health_endpoint = app->health_check_http_endpoint,
                                  .start_timeout_s = app->timeout};
+    struct image_run run = {0};
+    char image_err[512] = "";
+    if (image && image_run_prepare(s->cfg.home, drop->path, command, env, &run, image_err,
+                                   sizeof image_err) != SKIFF_OK) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start instance %d of %s: %s",
+                     slot->index, proc->type, image_err);
+        spec.app_dir = NULL; /* executor_start refuses it, and the start is tried again */
+    }
+    if (run.layers) {
+        spec.image_layers = run.layers;
+        spec.argv = run.argv;
+        spec.cwd = run.cwd;
+        spec.env = run.env;
+        spec.user_uid = run.uid;
+        spec.user_gid = run.gid;
+    }
     if (!strcmp(a->kind, "function"))
         spec.health = sched__health(app->health_check_type);
     else if (function)
@@ -804,6 +824,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         spec.health = HEALTH_PORT;
     int rc = executor_start(s->ex, &spec, &si->inst);
     scheduler_env_free(env);
+    image_run_clear(&run);
     sched__strv_free(uris);
     free(user);
     free(home);

@@ -1,0 +1,289 @@
+"""Images: `skiff push --docker-image oci-archive:FILE` and `docker-archive:FILE` run a prebuilt
+image's root file system, its config deciding the process, reached through the router like any
+app. The images are built here: a tiny static HTTP server compiled with `cc -static`, written
+into an OCI image layout (and `docker save`'s layout) by hand, in two layers with a whiteout."""
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from conftest import http_get, out
+
+# Answers every request with what the image's config decided: user, working directory,
+# environment, and files of both layers (one deleted by the upper layer's whiteout).
+SERVER_C = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char *file(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return "absent";
+    size_t got = fread(buf, 1, n - 1, f);
+    buf[got] = 0;
+    fclose(f);
+    while (got && buf[got - 1] == '\n')
+        buf[--got] = 0;
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    const char *port = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
+        return 1;
+    printf("listening on %s\n", port);
+    fflush(stdout);
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[4096];
+        if (read(c, req, sizeof req) <= 0) {
+            close(c);
+            continue;
+        }
+        char cwd[256], greeting[256], gone[256], body[2048];
+        int n = snprintf(body, sizeof body,
+                         "uid=%d gid=%d cwd=%s greeting=%s gone=%s GREETING=%s APP_ENV=%s "
+                         "args=%s\n",
+                         (int)getuid(), (int)getgid(), getcwd(cwd, sizeof cwd) ? cwd : "?",
+                         file("/srv/greeting", greeting, sizeof greeting),
+                         file("/srv/gone", gone, sizeof gone), getenv("GREETING"),
+                         getenv("APP_ENV") ? getenv("APP_ENV") : "unset",
+                         argc > 1 ? argv[1] : "none");
+        char head[256];
+        int h = snprintf(head, sizeof head,
+                         "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n);
+        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
+        }
+        close(c);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def server_binary(tmp_path_factory):
+    d = tmp_path_factory.mktemp("server")
+    src = d / "server.c"
+    src.write_text(SERVER_C)
+    binary = d / "server"
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(binary), str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return binary.read_bytes()
+
+
+def tar_bytes(entries, compress=False):
+    """A tar of (name, bytes | ('symlink', target) | ('dir',)), mode 0755 for files named
+    'server'."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1700000000
+            if isinstance(content, tuple) and content[0] == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, content[1]
+                t.addfile(info)
+            elif isinstance(content, tuple):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                t.addfile(info)
+            else:
+                info.size = len(content)
+                info.mode = 0o755 if name.endswith("server") else 0o644
+                t.addfile(info, io.BytesIO(content))
+    raw = data.getvalue()
+    return gzip.compress(raw, mtime=0) if compress else raw
+
+
+def digest(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_config(**config):
+    return json.dumps({"architecture": "amd64", "os": "linux", "config": config,
+                       "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+
+
+DEFAULT_CONFIG = dict(Entrypoint=["/srv/server"], Cmd=["from-cmd"],
+                      Env=["GREETING=hello-from-image", "APP_ENV=image-value",
+                           "PATH=/usr/bin:/bin"],
+                      WorkingDir="/srv/work", User="1000:1000",
+                      ExposedPorts={"8080/tcp": {}})
+
+
+def layers_of(server, greeting="layered"):
+    base = tar_bytes([("srv", ("dir",)), ("srv/server", server), ("srv/gone", b"still here\n")],
+                     compress=True)
+    top = tar_bytes([("srv/.wh.gone", b""), ("srv/greeting", greeting.encode() + b"\n")],
+                    compress=True)
+    return [base, top]
+
+
+def oci_archive(path, layers, config):
+    """Writes an OCI image layout tarball (what `skopeo copy ... oci-archive:` makes)."""
+    blobs = {digest(config): config}
+    for layer in layers:
+        blobs[digest(layer)] = layer
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest(x), "size": len(x)} for x in layers],
+    }).encode()
+    blobs[digest(manifest)] = manifest
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest(manifest), "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}).encode()
+    entries = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index)]
+    entries += [("blobs/sha256/" + d[7:], b) for d, b in blobs.items()]
+    with open(path, "wb") as f:
+        f.write(tar_bytes(entries))
+    return digest(manifest)
+
+
+def docker_archive(path, layers, config):
+    """Writes `docker save` output: manifest.json, the config, one folder per layer."""
+    raw = [gzip.decompress(x) for x in layers]
+    names = ["%s/layer.tar" % hashlib.sha256(x).hexdigest() for x in raw]
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["web:latest"],
+                            "Layers": names}]).encode()
+    entries = [("manifest.json", manifest), ("config.json", config)]
+    entries += list(zip(names, raw))
+    with open(path, "wb") as f:
+        f.write(tar_bytes(entries))
+    return digest(config)
+
+
+def get_app(platform, host):
+    status, body = http_get(platform.router_url + "/", host=host)
+    assert status == 200, (status, body)
+    return dict(kv.split("=", 1) for kv in body.split())
+
+
+def push(platform, name, ref, *extra):
+    return platform.cli("push", name, "--docker-image", ref, *extra, timeout=300)
+
+
+def test_an_oci_archive_runs_as_its_config_says(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    image_digest = oci_archive(archive, layers_of(server_binary), image_config(**DEFAULT_CONFIG))
+    r = push(platform, "web", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    assert image_digest in r.stdout  # staging says which image it runs
+
+    got = get_app(platform, "web.localhost")
+    assert got["uid"] == "1000" and got["gid"] == "1000"  # User, unprivileged on the host
+    assert got["cwd"] == "/srv/work"  # WorkingDir, made as Docker does
+    assert got["greeting"] == "layered"  # the upper layer
+    assert got["gone"] == "absent"  # the whiteout hides the lower layer's file
+    assert got["GREETING"] == "hello-from-image"  # the image's Env
+    assert got["args"] == "from-cmd"  # Entrypoint + Cmd, exec'd without a shell
+
+    # the app's env wins over the image's
+    r = platform.cli("set-env", "web", "APP_ENV", "app-value")
+    assert r.returncode == 0, out(r)
+    r = platform.cli("restart", "web")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: get_app(platform, "web.localhost")["APP_ENV"] == "app-value",
+                      60, "the app's env over the image's")
+
+
+def test_a_docker_archive_runs_too(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    docker_archive(archive, layers_of(server_binary, "from-docker"),
+                   image_config(**DEFAULT_CONFIG))
+    r = push(platform, "dock", f"docker-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    got = get_app(platform, "dock.localhost")
+    assert got["greeting"] == "from-docker" and got["gone"] == "absent"
+
+
+def test_two_images_share_their_base_layer(platform, tmp_path, server_binary):
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar"
+    la, lb = layers_of(server_binary, "one"), layers_of(server_binary, "two")
+    assert la[0] == lb[0] and la[1] != lb[1]
+    oci_archive(a, la, image_config(**DEFAULT_CONFIG))
+    oci_archive(b, lb, image_config(**DEFAULT_CONFIG))
+    for name, archive in (("one", a), ("two", b)):
+        r = push(platform, name, f"oci-archive:{archive}")
+        assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "one.localhost")["greeting"] == "one"
+    assert get_app(platform, "two.localhost")["greeting"] == "two"
+    stored = os.listdir(os.path.join(platform.home, "images", "layers", "sha256"))
+    assert sorted(stored) == sorted({digest(x)[7:] for x in la + lb})  # the base once
+
+
+def test_an_entrypoint_without_cmd_runs(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    config = dict(DEFAULT_CONFIG, Cmd=None)
+    oci_archive(archive, layers_of(server_binary), image_config(**config))
+    r = push(platform, "cmd", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "cmd.localhost")["args"] == "none"
+
+
+def test_hostile_layers_are_refused_naming_the_entry(platform, tmp_path, server_binary):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = tar_bytes([("escape", ("symlink", str(outside))), ("escape/pwned", b"x")],
+                     compress=True)
+    archive = tmp_path / "evil.tar"
+    oci_archive(archive, [layers_of(server_binary)[0], evil], image_config(**DEFAULT_CONFIG))
+    r = push(platform, "evil", f"oci-archive:{archive}")
+    assert r.returncode != 0
+    text = r.stdout + r.stderr
+    assert "escape/pwned" in text and "symbolic link" in text and digest(evil) in text, out(r)
+    assert os.listdir(outside) == []
+
+    dotdot = tar_bytes([("../../../../../../tmp/pwned-by-image", b"x")], compress=True)
+    oci_archive(archive, [dotdot], image_config(**DEFAULT_CONFIG))
+    r = push(platform, "evil", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "outside the layer" in r.stdout + r.stderr, out(r)
+    assert not os.path.exists("/tmp/pwned-by-image")
+
+
+def test_damaged_and_unknown_images_say_what_is_wrong(platform, tmp_path, server_binary):
+    layers = layers_of(server_binary)
+    archive = tmp_path / "bad.tar"
+    oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    # a blob whose content is not its name's digest
+    with tarfile.open(archive) as t:
+        members = [(m.name, t.extractfile(m).read()) for m in t.getmembers()]
+    victim = "blobs/sha256/" + digest(layers[1])[7:]
+    members = [(n, b"tampered" if n == victim else b) for n, b in members]
+    with open(archive, "wb") as f:
+        f.write(tar_bytes(members))
+    r = push(platform, "bad", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "does not match its digest" in r.stdout + r.stderr, out(r)
+    assert victim in r.stdout + r.stderr
+
+    # a docker save tarball named as an OCI layout
+    docker_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    r = push(platform, "bad", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "docker-archive:" in r.stdout + r.stderr, out(r)
+
+    r = push(platform, "bad", f"oci-archive:{tmp_path}/missing.tar")
+    assert r.returncode != 0 and "missing.tar" in r.stderr, out(r)
+
+    # a forged kind through the API
+    status, body = platform.api("PUT", "/v1/apps/bad/bits?image=../../x", raw=b"x",
+                                headers={"Content-Type": "application/octet-stream"})
+    assert status == 400 and "oci-archive" in json.dumps(body), body
