@@ -110,7 +110,8 @@ struct cli_push_plan {
     long timeout_s;
     const char *strategy; /* NULL: rolling for a running app (the API's default) */
     const struct manifest_app *manifest; /* its services are bound before the start; NULL */
-    const char *docker_image;            /* pushed instead of dir: KIND:PATH of an image tarball */
+    const char *docker_image;    /* pushed instead of dir: an image reference or KIND:PATH */
+    const char *docker_username; /* its registry's user (password: CF_DOCKER_PASSWORD) */
 };
 
 /* Binds the manifest's services to the app (those bound already stay as they are), so the
@@ -220,17 +221,44 @@ done:
 static const char *const cli_image_archives[] = {"oci-archive:", "docker-archive:", NULL};
 
 /* --docker-image KIND:PATH: the tarball uploaded as the app's package, marked as an image. */
-static int cli_push_image(const char *name, const char *ref)
+/* An image in a registry: its reference (and credentials) uploaded as the package, which
+ * skiffd pulls at each staging (a restage follows a tag that moved). */
+static int cli_push_image_ref(const char *name, const char *ref, const char *username)
+{
+    const char *password = getenv("CF_DOCKER_PASSWORD");
+    if (username && !password)
+        return cli_error("cannot push %s: --docker-username needs the password in "
+                         "CF_DOCKER_PASSWORD",
+                         name);
+    json_t *body = json_pack("{s:s}", "ref", ref);
+    if (username) {
+        json_object_set_new(body, "username", json_string(username));
+        json_object_set_new(body, "password", json_string(password));
+    }
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    FILE *f = tmpfile();
+    int rc = CLI_EXIT_ERROR;
+    if (!f || fputs(text, f) < 0 || fflush(f) != 0) {
+        rc = cli_error("cannot write a temporary file: %s", strerror(errno));
+    } else {
+        rewind(f);
+        printf("Image %s%s%s\n", ref, username ? " as " : "", username ? username : "");
+        rc = cli_push_send(name, "/bits?image=registry", f, (long)strlen(text));
+    }
+    if (f)
+        fclose(f);
+    free(text);
+    return rc;
+}
+
+static int cli_push_image(const char *name, const char *ref, const char *username)
 {
     const char *const *kind = cli_image_archives;
     while (*kind && !str_has_prefix(ref, *kind))
         kind++;
     if (!*kind)
-        return cli_error("cannot push %s from the image %s: pulling from a registry is not "
-                         "supported yet; push a tarball with oci-archive:PATH (an OCI image "
-                         "layout, e.g. from `skopeo copy ... oci-archive:web.tar`) or "
-                         "docker-archive:PATH (`docker save` output)",
-                         name, ref);
+        return cli_push_image_ref(name, ref, username);
     const char *file = ref + strlen(*kind);
     FILE *f = fopen(file, "rb");
     if (!f)
@@ -279,7 +307,7 @@ static int cli_push_one(const struct cli_push_plan *plan)
         goto done;
     if ((rc = cli_push_services(name, plan->manifest)))
         goto done;
-    if ((rc = plan->docker_image ? cli_push_image(name, plan->docker_image)
+    if ((rc = plan->docker_image ? cli_push_image(name, plan->docker_image, plan->docker_username)
                                  : cli_push_upload(name, plan->dir)))
         goto done;
     char *stage = cli_app_path(name, plan->strategy && !strcmp(plan->strategy, "recreate")
@@ -805,6 +833,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *path = NULL, *manifest_path = NULL, *memory = NULL, *disk = NULL;
     const char *command = NULL, *function = NULL, *strategy = NULL, *docker_image = NULL;
+    const char *docker_username = NULL;
     long instances = LONG_MIN, timeout = 60; /* LONG_MIN: not given */
     bool no_route = false, no_start = false, no_manifest = false;
     struct cli_list buildpacks = {0}, vars_files = {0}, var_flags = {0};
@@ -822,6 +851,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                 {"timeout", 't', CLI_OPT_INT, &timeout},
                                 {"strategy", 0, CLI_OPT_STRING, &strategy},
                                 {"docker-image", 'o', CLI_OPT_STRING, &docker_image},
+                                {"docker-username", 0, CLI_OPT_STRING, &docker_username},
                                 {"vars-file", 0, CLI_OPT_LIST, &vars_files},
                                 {"var", 0, CLI_OPT_LIST, &var_flags},
                                 {0}};
@@ -894,7 +924,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                      .no_start = no_start,
                                      .timeout_s = timeout,
                                      .strategy = strategy,
-                                     .docker_image = docker_image};
+                                     .docker_image = docker_image,
+                                     .docker_username = docker_username};
         rc = cli_push_one(&plan);
         free(plan.dir);
         json_decref(flags);

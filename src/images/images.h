@@ -122,6 +122,37 @@ int image_from_json(const char *json, struct image *out, char *err, size_t errle
 int image_import_archive(const struct image_store *s, const char *kind, const char *path,
                          struct image *out, char *err, size_t errlen);
 
+/* ---- registries (OCI Distribution v2) ------------------------------------------------- */
+
+/* [REGISTRY/]NAME[:TAG][@DIGEST] as Docker reads it: without a registry (a first component
+ * with no dot, no port and not "localhost") Docker Hub, where a one-word NAME is library/NAME;
+ * no tag and no digest: "latest". */
+struct image_ref {
+    char *registry;   /* host[:port] */
+    char *repository; /* e.g. team/web */
+    char *tag;        /* or NULL when only a digest is given */
+    char *digest;     /* or NULL */
+};
+int image_ref_parse(const char *text, struct image_ref *out, char *err, size_t errlen);
+void image_ref_clear(struct image_ref *r);
+
+struct image_pull_options {
+    const char *username, *password; /* NULL: anonymous */
+    const char *const *insecure;     /* NULL-terminated HOST:PORTs spoken to over http */
+    /* a line of progress (what is resolved, each layer pulled or found stored), or NULL */
+    void (*progress)(void *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+    void *progress_ctx;
+};
+/* Pulls reference: the manifest (an index resolved to linux and this machine's
+ * architecture), the config and every layer not stored yet, each verified against its
+ * digest, and unpacks the layers. Blocking: run it off the event loop. Errors name what went
+ * wrong: SKIFF_E_NOT_FOUND (no such image or tag), SKIFF_E_UNAUTHORIZED (401: credentials
+ * missing or wrong), SKIFF_E_FORBIDDEN (403), SKIFF_E_UNAVAILABLE (unreachable, or an
+ * answer that is not the protocol's), SKIFF_E_DIGEST_MISMATCH, SKIFF_E_TOO_LARGE,
+ * SKIFF_E_BAD_IMAGE. */
+int image_pull(const struct image_store *s, const char *reference,
+               const struct image_pull_options *opt, struct image *out, char *err, size_t errlen);
+
 /* ---- image droplets ------------------------------------------------------------------ */
 
 /* An image app's droplet is a folder with the image's record (IMAGE_RECORD) and an empty
