@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from conftest import http_get, out
+from conftest import BIN_DIR, http_get, out
 
 # Answers every request with what the image's config decided: user, working directory,
 # environment, and files of both layers (one deleted by the upper layer's whiteout).
@@ -287,3 +287,206 @@ def test_damaged_and_unknown_images_say_what_is_wrong(platform, tmp_path, server
     status, body = platform.api("PUT", "/v1/apps/bad/bits?image=../../x", raw=b"x",
                                 headers={"Content-Type": "application/octet-stream"})
     assert status == 400 and "oci-archive" in json.dumps(body), body
+
+
+# ---- from a registry: Debian's docker-registry on loopback, images pushed with skopeo ----------
+
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+{auth}"""
+
+
+def oci_layout(d, layers, config, tag="latest"):
+    """Writes an OCI image layout folder (what skopeo reads as oci:DIR:TAG)."""
+    os.makedirs(os.path.join(d, "blobs", "sha256"), exist_ok=True)
+    archive = os.path.join(d, "..", os.path.basename(d) + ".tar")
+    manifest_digest = oci_archive(archive, layers, config)
+    with tarfile.open(archive) as t:
+        t.extractall(d)
+    with open(os.path.join(d, "index.json")) as f:
+        index = json.load(f)
+    index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = tag
+    with open(os.path.join(d, "index.json"), "w") as f:
+        json.dump(index, f)
+    return manifest_digest
+
+
+class Registry:
+    def __init__(self, root, users=None):
+        from conftest import free_port, wait_for
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        auth = ""
+        if users:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+            with open(os.path.join(root, "htpasswd"), "w") as f:
+                for user, password in users.items():
+                    salt = crypt.mksalt(crypt.METHOD_BLOWFISH)
+                    f.write(f"{user}:{crypt.crypt(password, salt)}\n")
+            auth = (f"auth:\n  htpasswd:\n    realm: skiff-test\n"
+                    f"    path: {os.path.join(root, 'htpasswd')}\n")
+        config = os.path.join(root, "config.yml")
+        with open(config, "w") as f:
+            f.write(REGISTRY_CONFIG.format(root=os.path.join(root, "data"), port=self.port,
+                                           auth=auth))
+        self.log = open(os.path.join(root, "registry.log"), "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", config], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+        def up():
+            import urllib.error
+            import urllib.request
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                return True
+            except urllib.error.HTTPError:
+                return True  # 401: up, and asking for credentials
+            except OSError:
+                return False
+        wait_for(up, 30, "docker-registry to answer")
+
+    def push(self, layout, name, tag="latest", creds=None):
+        args = ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                f"docker://{self.host}/{name}:{tag}"]
+        if creds:
+            args[2:2] = ["--dest-creds", creds]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    os.makedirs(tmp_path / "registry-open")
+    r = Registry(str(tmp_path / "registry-open"))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def private_registry(tmp_path):
+    os.makedirs(tmp_path / "registry-private")
+    r = Registry(str(tmp_path / "registry-private"), users={"alice": "s3cret"})
+    yield r
+    r.close()
+
+
+def platform_for(registries):
+    from conftest import Platform
+    args = []
+    for r in registries:
+        args += ["--insecure-registry", r.host]
+    return Platform(extra_args=args).start()
+
+
+@pytest.fixture
+def closing():
+    """Platforms a test starts, closed after it."""
+    started = []
+    yield started
+    for p in started:
+        p.close()
+
+
+def test_push_from_a_registry_by_tag_and_by_digest(registry, tmp_path, server_binary, closing):
+    layout = str(tmp_path / "layout")
+    oci_layout(layout, layers_of(server_binary, "from-registry"), image_config(**DEFAULT_CONFIG))
+    registry.push(layout, "team/web", "1.0")
+    p = platform_for([registry])
+    closing.append(p)
+
+    r = push(p, "web", f"{registry.host}/team/web:1.0")
+    assert r.returncode == 0, out(r) + p.output()
+    assert "layer 1/2" in r.stdout and "pulled" in r.stdout, out(r)  # progress, like docker pull
+    got = get_app(p, "web.localhost")
+    assert got["greeting"] == "from-registry" and got["gone"] == "absent" and got["uid"] == "1000"
+
+    # `skiff app` shows the image and the digest it runs
+    app = p.cli("app", "web")
+    assert app.returncode == 0, out(app)
+    digest_line = [x for x in r.stdout.splitlines() if "digest sha256:" in x]
+    assert digest_line, out(r)
+    image_digest = digest_line[-1].split("digest ")[-1].strip()
+
+    # the digest pins it; the layers are stored already: nothing is pulled again
+    r = push(p, "pinned", f"{registry.host}/team/web@{image_digest}")
+    assert r.returncode == 0, out(r) + p.output()
+    assert "already stored" in r.stdout and "pulled" not in r.stdout, out(r)
+    assert get_app(p, "pinned.localhost")["greeting"] == "from-registry"
+
+    # a restage follows the tag where it moved
+    moved = str(tmp_path / "moved")
+    oci_layout(moved, layers_of(server_binary, "moved-on"), image_config(**DEFAULT_CONFIG))
+    registry.push(moved, "team/web", "1.0")
+    r = p.cli("restage", "web", timeout=300)
+    assert r.returncode == 0, out(r) + p.output()
+    p.wait_for(lambda: get_app(p, "web.localhost")["greeting"] == "moved-on", 60,
+               "the restaged image to answer")
+    assert get_app(p, "pinned.localhost")["greeting"] == "from-registry"
+
+    # errors that say what is wrong
+    r = push(p, "nope", f"{registry.host}/team/web:2.0")
+    assert r.returncode != 0 and "check the image's name and tag" in r.stdout + r.stderr, out(r)
+    r = push(p, "nope", f"{registry.host}/team/web@sha256:" + "0" * 64)
+    assert r.returncode != 0, out(r)
+    r = push(p, "nope", "127.0.0.1:1/team/web:1.0")
+    assert r.returncode != 0 and "cannot be reached" in r.stdout + r.stderr, out(r)
+    r = push(p, "nope", "Not A Reference")
+    assert r.returncode != 0 and "not an image reference" in r.stdout + r.stderr, out(r)
+
+
+def test_a_registry_not_named_insecure_is_spoken_to_over_https(registry, tmp_path,
+                                                                server_binary, closing):
+    layout = str(tmp_path / "layout")
+    oci_layout(layout, layers_of(server_binary), image_config(**DEFAULT_CONFIG))
+    registry.push(layout, "web")
+    p = platform_for([])
+    closing.append(p)
+    r = push(p, "web", f"{registry.host}/web")
+    assert r.returncode != 0 and "cannot be reached" in r.stdout + r.stderr, out(r)
+
+
+def test_a_private_registry_needs_the_right_credentials(private_registry, tmp_path,
+                                                        server_binary, closing):
+    layout = str(tmp_path / "layout")
+    oci_layout(layout, layers_of(server_binary, "private"), image_config(**DEFAULT_CONFIG))
+    private_registry.push(layout, "team/secret", creds="alice:s3cret")
+    p = platform_for([private_registry])
+    closing.append(p)
+    ref = f"{private_registry.host}/team/secret"
+
+    r = push(p, "secret", ref)
+    assert r.returncode != 0 and "401" in r.stdout + r.stderr, out(r)
+    assert "CF_DOCKER_PASSWORD" in r.stdout + r.stderr, out(r)
+
+    r = p.cli("push", "secret", "--docker-image", ref, "--docker-username", "alice")
+    assert r.returncode != 0 and "CF_DOCKER_PASSWORD" in r.stderr, out(r)
+
+    env = dict(p.env(), CF_DOCKER_PASSWORD="wrong")
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push",
+                        "secret", "--docker-image", ref, "--docker-username", "alice"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "wrong username or password" in r.stdout + r.stderr, out(r)
+
+    env["CF_DOCKER_PASSWORD"] = "s3cret"
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push",
+                        "secret", "--docker-image", ref, "--docker-username", "alice"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, out(r) + p.output()
+    assert get_app(p, "secret.localhost")["greeting"] == "private"
