@@ -963,7 +963,10 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                      .no_start = no_start,
                                      .timeout_s = timeout,
                                      .strategy = strategy,
-                                     .manifest = a};
+                                     .manifest = a,
+                                     .docker_image = docker_image ? docker_image : a->docker_image,
+                                     .docker_username =
+                                         docker_username ? docker_username : a->docker_username};
         json_object_update(plan.body, flags);
         if (path)
             plan.dir = xstrdup(path);

@@ -206,6 +206,18 @@ def test_an_oci_archive_runs_as_its_config_says(platform, tmp_path, server_binar
                       60, "the app's env over the image's")
 
 
+def test_a_manifest_names_the_image(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    oci_archive(archive, layers_of(server_binary, "from-manifest"),
+                image_config(**DEFAULT_CONFIG))
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text(f"applications:\n- name: fromfile\n  docker:\n"
+                        f"    image: oci-archive:{archive}\n")
+    r = platform.cli("push", "-f", str(manifest), timeout=300)
+    assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "fromfile.localhost")["greeting"] == "from-manifest"
+
+
 def test_a_docker_archive_runs_too(platform, tmp_path, server_binary):
     archive = tmp_path / "web.tar"
     docker_archive(archive, layers_of(server_binary, "from-docker"),
@@ -418,11 +430,13 @@ def test_push_from_a_registry_by_tag_and_by_digest(registry, tmp_path, server_bi
     assert got["greeting"] == "from-registry" and got["gone"] == "absent" and got["uid"] == "1000"
 
     # `skiff app` shows the image and the digest it runs
-    app = p.cli("app", "web")
-    assert app.returncode == 0, out(app)
     digest_line = [x for x in r.stdout.splitlines() if "digest sha256:" in x]
     assert digest_line, out(r)
     image_digest = digest_line[-1].split("digest ")[-1].strip()
+    app = p.cli("app", "web")
+    assert app.returncode == 0, out(app)
+    assert f"image:       {registry.host}/team/web:1.0" in app.stdout, out(app)
+    assert f"digest:      {image_digest}" in app.stdout, out(app)
 
     # the digest pins it; the layers are stored already: nothing is pulled again
     r = push(p, "pinned", f"{registry.host}/team/web@{image_digest}")
