@@ -504,3 +504,150 @@ def test_a_private_registry_needs_the_right_credentials(private_registry, tmp_pa
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, out(r) + p.output()
     assert get_app(p, "secret.localhost")["greeting"] == "private"
+
+
+@pytest.mark.parametrize("link", ["home", "proc", "etc"])
+def test_an_image_root_with_links_where_skiff_mounts_cannot_reach_out(platform, tmp_path,
+                                                                      server_binary, link):
+    # the image's /home (or /proc, /etc) leads to a folder of the host: Skiff must neither make
+    # its mount points there nor mount over it, and the instance must not start
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layers = layers_of(server_binary) + [
+        tar_bytes([(link, ("symlink", str(outside)))], compress=True)]
+    archive = tmp_path / "links.tar"
+    oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    r = push(platform, "links", f"oci-archive:{archive}", "-t", "15")
+    assert r.returncode != 0, out(r)
+    logs = platform.cli("logs", "links", "--recent").stdout
+    assert f"the image's /{link}" in logs and "symbolic link" in logs, logs
+    assert os.listdir(outside) == []
+
+
+# ---- the token flow, platform indexes, redirects, a lying registry: a registry of our own -------
+
+class TokenRegistry:
+    """A registry as the Distribution spec has it, in a few lines: every /v2/ request needs a
+    Bearer token, which its realm gives for alice's Basic credentials; blobs are redirected to
+    a storage path (as registries on object stores do); `tamper` names a blob it serves wrong."""
+
+    def __init__(self, blobs, tags):
+        import http.server
+        import threading
+        self.blobs, self.tags, self.tamper = blobs, tags, set()
+        self.token_requests = 0
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                import base64
+                port = self.server.server_address[1]
+                if self.path.startswith("/token?"):
+                    registry.token_requests += 1
+                    good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+                    if self.headers.get("Authorization") != good:
+                        return self.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+                    return self.send(200, b'{"token":"good-token"}')
+                if self.path.startswith("/storage/"):
+                    d = self.path[len("/storage/"):]
+                    body = registry.blobs[d]
+                    return self.send(200, b"tampered" if d in registry.tamper else body)
+                if self.headers.get("Authorization") != "Bearer good-token":
+                    challenge = (f'Bearer realm="http://127.0.0.1:{port}/token",'
+                                 f'service="token-registry",scope="repository:app:pull"')
+                    return self.send(401, b"{}", [("WWW-Authenticate", challenge)])
+                parts = self.path.split("/")  # ['', 'v2', 'app', 'manifests', REF]
+                if len(parts) != 5 or parts[1] != "v2" or parts[2] != "app":
+                    return self.send(404)
+                ref = registry.tags.get(parts[4], parts[4])
+                if parts[3] == "manifests" and ref in registry.blobs:
+                    doc = registry.blobs[ref]
+                    kind = json.loads(doc).get("mediaType", "")
+                    return self.send(200, doc, [("Content-Type", kind)])
+                if parts[3] == "blobs" and ref in registry.blobs:
+                    return self.send(307, b"", [("Location", f"/storage/{ref}")])
+                return self.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = "127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def multi_platform_image(server):
+    """An OCI index with an arm64 image (that must not be chosen) and an amd64 one."""
+    blobs = {}
+
+    def add(data):
+        blobs[digest(data)] = data
+        return digest(data)
+
+    images = {}
+    for arch, greeting in (("arm64", "wrong-platform"), ("amd64", "right-platform")):
+        layers = layers_of(server, greeting)
+        config = image_config(**DEFAULT_CONFIG)
+        for x in layers + [config]:
+            add(x)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": digest(x), "size": len(x)} for x in layers]}).encode()
+        images[arch] = (add(manifest), len(manifest), layers)
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": d, "size": n, "platform": {"os": "linux", "architecture": a}}
+                      for a, (d, n, _) in images.items()]}).encode()
+    return blobs, add(index), images
+
+
+def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing):
+    blobs, index_digest, images = multi_platform_image(server_binary)
+    reg = TokenRegistry(blobs, {"v1": index_digest})
+    try:
+        p = platform_for([reg])
+        closing.append(p)
+        ref = f"{reg.host}/app:v1"
+        r = push(p, "tok", ref)
+        assert r.returncode != 0 and "401" in r.stdout + r.stderr, out(r)
+
+        env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image", ref,
+                            "--docker-username", "alice"], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, out(r) + p.output()
+        assert reg.token_requests >= 2
+        assert get_app(p, "tok.localhost")["greeting"] == "right-platform"
+        assert images["amd64"][0] in r.stdout  # the platform's manifest is the digest run
+
+        # a registry that serves a layer that is not what its digest says
+        layer = images["arm64"][2][1]
+        reg.tamper.add(digest(layer))
+        reg.tags["v2"] = images["arm64"][0]
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "liar", "--docker-image",
+                            f"{reg.host}/app:v2", "--docker-username", "alice"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0, out(r)
+        assert "does not match its digest" in r.stdout + r.stderr, out(r)
+        assert digest(layer) in r.stdout + r.stderr, out(r)
+        blob = os.path.join(p.home, "images", "blobs", "sha256", digest(layer)[7:])
+        assert not os.path.exists(blob)  # nothing half-stored
+    finally:
+        reg.close()
