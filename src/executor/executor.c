@@ -68,6 +68,7 @@ struct instance {
     char **env;
     char *image_layers, **argv, *cwd; /* an image app's (instance_spec) */
     unsigned user_uid, user_gid;
+    int inside_port;
     int index, port, memory_mb, disk_mb, pids_max, start_timeout_s;
     enum health_check_type health;
     char *scratch_dir;
@@ -1209,14 +1210,15 @@ static int warm__start(struct instance *inst)
 
 /* ---- where instances are reached ------------------------------------------------------- */
 
-static void executor__sockaddr(const struct executor *ex, int slot, struct sockaddr_in *out)
+static void executor__sockaddr(const struct executor *ex, int slot, int inside_port,
+                               struct sockaddr_in *out)
 {
     memset(out, 0, sizeof *out);
     out->sin_family = AF_INET;
     if (ex->isolation == EXECUTOR_CONTAINER) {
         struct in_addr host;
         net_slot_addresses(&ex->net, slot, &host, &out->sin_addr);
-        out->sin_port = htons(CONTAINER_PORT);
+        out->sin_port = htons((uint16_t)(inside_port > 0 ? inside_port : CONTAINER_PORT));
     } else {
         out->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         out->sin_port = htons((uint16_t)slot);
@@ -1225,8 +1227,19 @@ static void executor__sockaddr(const struct executor *ex, int slot, struct socka
 
 void executor_endpoint(const struct executor *ex, int slot, struct instance_endpoint *out)
 {
+    executor_endpoint_at(ex, slot, 0, out);
+}
+
+void instance_endpoint(const struct instance *inst, struct instance_endpoint *out)
+{
+    executor_endpoint_at(inst->ex, inst->port, inst->inside_port, out);
+}
+
+void executor_endpoint_at(const struct executor *ex, int slot, int inside_port,
+                          struct instance_endpoint *out)
+{
     struct sockaddr_in sa;
-    executor__sockaddr(ex, slot, &sa);
+    executor__sockaddr(ex, slot, inside_port, &sa);
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
     snprintf(out->addr, sizeof out->addr, "%s:%d", ip, ntohs(sa.sin_port));
@@ -1380,14 +1393,14 @@ static void executor__probe_start(struct instance *inst)
         const char *path =
             inst->health_endpoint && inst->health_endpoint[0] == '/' ? inst->health_endpoint : "/";
         struct instance_endpoint ep;
-        executor_endpoint(inst->ex, inst->port, &ep);
+        instance_endpoint(inst, &ep);
         pr->request = xasprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: "
                                 "skiff-health-check\r\nConnection: close\r\n\r\n",
                                 path, ep.addr);
     }
     inst->probe = pr;
     struct sockaddr_in addr;
-    executor__sockaddr(inst->ex, inst->port, &addr);
+    executor__sockaddr(inst->ex, inst->port, inst->inside_port, &addr);
     uv_timer_start(&pr->timeout, probe__timed_out,
                    inst->state == INSTANCE_STARTING ? HEALTH_CONNECT_STARTING_MS
                                                     : HEALTH_PROBE_TIMEOUT_MS,
@@ -2066,6 +2079,7 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     }
     inst->index = spec->index;
     inst->port = spec->port;
+    inst->inside_port = spec->inside_port;
     inst->memory_mb = spec->memory_mb;
     inst->disk_mb = spec->disk_mb > 0 ? spec->disk_mb : DEFAULT_DISK_MB;
     inst->pids_max = spec->pids_max > 0 ? spec->pids_max : DEFAULT_PIDS_MAX;
@@ -2162,13 +2176,13 @@ void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg)
 static void executor__write_spec(struct instance *inst)
 {
     json_t *j =
-        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i,s:b}", "app_guid",
+        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i,s:b,s:i}", "app_guid",
                   inst->app_guid, "app_name", inst->app_name, "process_type", inst->process_type,
                   "index", inst->index, "instance_guid", inst->guid, "app_dir", inst->app_dir,
                   "command", inst->command, "port", inst->port, "memory_mb", inst->memory_mb,
                   "pids_max", inst->pids_max, "health", (int)inst->health, "health_endpoint",
                   inst->health_endpoint, "start_timeout_s", inst->start_timeout_s, "warm_started",
-                  inst->warm_started);
+                  inst->warm_started, "inside_port", inst->inside_port);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text)
@@ -2213,7 +2227,7 @@ static bool executor__answers_now(struct instance *inst)
     if (fd < 0)
         return false;
     struct sockaddr_in addr;
-    executor__sockaddr(inst->ex, inst->port, &addr);
+    executor__sockaddr(inst->ex, inst->port, inst->inside_port, &addr);
     bool ok = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
     if (!ok && errno == EINPROGRESS) {
         struct pollfd pfd = {.fd = fd, .events = POLLOUT};
@@ -2279,6 +2293,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->pids_max = (int)json_integer_value(json_object_get(j, "pids_max"));
     inst->health = (enum health_check_type)json_integer_value(json_object_get(j, "health"));
     inst->start_timeout_s = (int)json_integer_value(json_object_get(j, "start_timeout_s"));
+    inst->inside_port = (int)json_integer_value(json_object_get(j, "inside_port"));
     inst->warm_started = json_is_true(json_object_get(j, "warm_started"));
     if (inst->start_timeout_s <= 0)
         inst->start_timeout_s = DEFAULT_START_TIMEOUT_S;

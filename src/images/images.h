@@ -160,6 +160,9 @@ int image_pull(const struct image_store *s, const char *reference,
 #define IMAGE_RECORD "image.json"
 int image_droplet_write(const struct image *img, const char *droplet_dir, char *err, size_t errlen);
 bool image_droplet_is_image(const char *droplet_dir);
+/* The port its instances listen on: the image's lowest exposed TCP port; 0 when it exposes
+ * none (the container's default, 8080, then) or the record cannot be read. */
+int image_droplet_port(const char *droplet_dir);
 /* The image's own command, Entrypoint then Cmd, each word shell-quoted: what `skiff app`
  * shows and the droplet's web process runs unless the app names another. Caller frees. */
 char *image_default_command(const struct image_config *c);

@@ -36,6 +36,21 @@ bool image_droplet_is_image(const char *droplet_dir)
     return is;
 }
 
+int image_droplet_port(const char *droplet_dir)
+{
+    char *record = xasprintf("%s/%s", droplet_dir, IMAGE_RECORD);
+    char *json = NULL, err[256];
+    struct image img;
+    int port = 0;
+    if (file_read(record, &json, NULL) == 0 && image_from_json(json, &img, err, sizeof err) == 0) {
+        port = img.config.port;
+        image_clear(&img);
+    }
+    free(json);
+    free(record);
+    return port;
+}
+
 /* One word for /bin/sh: as it is when it holds only safe characters, else in single quotes. */
 static void image__quote(struct buf *b, const char *w)
 {

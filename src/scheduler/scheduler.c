@@ -751,8 +751,10 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
     si->index = slot->index;
     si->port = port;
+    /* an image listens where its config says (its first exposed port), and is told so */
+    int inside_port = image ? image_droplet_port(drop->path) : 0;
     struct instance_endpoint ep;
-    executor_endpoint(s->ex, port, &ep);
+    executor_endpoint_at(s->ex, port, inside_port, &ep);
     snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
 
     const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
@@ -809,6 +811,7 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         spec.app_dir = NULL; /* executor_start refuses it, and the start is tried again */
     }
     if (run.layers) {
+        spec.inside_port = inside_port;
         spec.image_layers = run.layers;
         spec.argv = run.argv;
         spec.cwd = run.cwd;
@@ -1107,7 +1110,7 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     si->index = sp->index;
     si->port = sp->port;
     struct instance_endpoint ep;
-    executor_endpoint(s->ex, sp->port, &ep);
+    instance_endpoint(inst, &ep);
     snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
     si->slot = slot;
     slot->cur = si;
@@ -1412,7 +1415,10 @@ int scheduler_scale_because(struct scheduler *s, const char *app, const char *pr
 static void sched__fill_placement(struct scheduler_instance_info *info, const struct sched_inst *si)
 {
     struct instance_endpoint ep;
-    executor_endpoint(si->s->ex, si->port, &ep);
+    if (si->inst)
+        instance_endpoint(si->inst, &ep);
+    else
+        executor_endpoint(si->s->ex, si->port, &ep);
     snprintf(info->addr, sizeof info->addr, "%s", si->addr);
     snprintf(info->droplet, sizeof info->droplet, "%s", si->droplet);
     info->port = ep.port;

@@ -58,9 +58,9 @@ int main(int argc, char **argv)
         }
         char cwd[256], greeting[256], gone[256], body[2048];
         int n = snprintf(body, sizeof body,
-                         "uid=%d gid=%d cwd=%s greeting=%s gone=%s GREETING=%s APP_ENV=%s "
-                         "args=%s\n",
-                         (int)getuid(), (int)getgid(), getcwd(cwd, sizeof cwd) ? cwd : "?",
+                         "port=%s uid=%d gid=%d cwd=%s greeting=%s gone=%s GREETING=%s "
+                         "APP_ENV=%s args=%s\n",
+                         port ? port : "unset", (int)getuid(), (int)getgid(), getcwd(cwd, sizeof cwd) ? cwd : "?",
                          file("/srv/greeting", greeting, sizeof greeting),
                          file("/srv/gone", gone, sizeof gone), getenv("GREETING"),
                          getenv("APP_ENV") ? getenv("APP_ENV") : "unset",
@@ -190,6 +190,7 @@ def test_an_oci_archive_runs_as_its_config_says(platform, tmp_path, server_binar
     assert image_digest in r.stdout  # staging says which image it runs
 
     got = get_app(platform, "web.localhost")
+    assert got["port"] == "8080"  # its exposed port
     assert got["uid"] == "1000" and got["gid"] == "1000"  # User, unprivileged on the host
     assert got["cwd"] == "/srv/work"  # WorkingDir, made as Docker does
     assert got["greeting"] == "layered"  # the upper layer
@@ -216,6 +217,17 @@ def test_a_manifest_names_the_image(platform, tmp_path, server_binary):
     r = platform.cli("push", "-f", str(manifest), timeout=300)
     assert r.returncode == 0, out(r) + platform.output()
     assert get_app(platform, "fromfile.localhost")["greeting"] == "from-manifest"
+
+
+def test_the_first_exposed_port_is_port(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    config = dict(DEFAULT_CONFIG, ExposedPorts={"9000/tcp": {}, "53/udp": {}})
+    oci_archive(archive, layers_of(server_binary), image_config(**config))
+    r = push(platform, "port", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "port.localhost")["port"] == "9000"  # reached there, and told
+    app = json.loads(platform.cli("app", "port", "--json").stdout)
+    assert all(i["address"].endswith(":9000") for i in app["instances_detail"]), app
 
 
 def test_a_docker_archive_runs_too(platform, tmp_path, server_binary):
