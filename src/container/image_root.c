@@ -27,6 +27,10 @@ static int image_root__make(int rootfd, const char *inside, bool dir, char *err,
     char *c = strtok_r(copy, "/", &save);
     while (c && fd >= 0) {
         char *next_name = strtok_r(NULL, "/", &save);
+        if (!strcmp(c, "..") || !strcmp(c, ".")) { /* ".." from the root is the host's */
+            rc = -EINVAL;
+            break;
+        }
         bool last = !next_name;
         if (last && !dir) {
             struct stat st;
@@ -60,7 +64,9 @@ static int image_root__make(int rootfd, const char *inside, bool dir, char *err,
                  inside, dir ? "folder" : "file", dir ? "folder" : "file");
         return rc;
     }
-    if (rc < 0)
+    if (rc == -EINVAL)
+        snprintf(err, errlen, "the image's %s has a \".\" or \"..\" component", inside);
+    else if (rc < 0)
         snprintf(err, errlen, "cannot make %s in the image's root: %s", inside, strerror(-rc));
     return rc;
 }

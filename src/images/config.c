@@ -82,6 +82,21 @@ void image_config_clear(struct image_config *c)
     memset(c, 0, sizeof(*c));
 }
 
+/* No "." or ".." component: a path that means what it says (the container's runtime makes
+ * WorkingDir from outside the container, where ".." leads out of it). */
+static bool image__path_plain(const char *path)
+{
+    for (const char *p = path; *p;) {
+        while (*p == '/')
+            p++;
+        size_t n = strcspn(p, "/");
+        if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+            return false;
+        p += n;
+    }
+    return true;
+}
+
 /* The lowest TCP port of ExposedPorts ({"8080/tcp": {}, "53/udp": {}}): Docker writes the
  * object with its keys sorted, so "the first one" is not a rule a reader can rely on. */
 static int image__port(json_t *ports, int *out, char *err, size_t errlen)
@@ -132,9 +147,11 @@ int image_config_parse(const char *json, size_t len, struct image_config *out, c
             if (!strchr(*e, '=') || (*e)[0] == '=')
                 rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
                                  "the image config's Env has '%.80s', which is not KEY=VALUE", *e);
-        if (rc == SKIFF_OK && out->workdir && out->workdir[0] != '/')
+        if (rc == SKIFF_OK && out->workdir &&
+            (out->workdir[0] != '/' || !image__path_plain(out->workdir)))
             rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
-                             "the image config's WorkingDir '%.200s' is not an absolute path",
+                             "the image config's WorkingDir '%.200s' is not an absolute path "
+                             "without \".\" or \"..\"",
                              out->workdir);
     }
     json_decref(root);

@@ -262,9 +262,14 @@ static int registry__authenticate(struct registry *g, const char *challenge)
     char *service = registry__param(challenge, "service");
     char *scope = registry__param(challenge, "scope");
     int rc = SKIFF_OK;
-    if (!realm || !(str_has_prefix(realm, "https://") || str_has_prefix(realm, "http://"))) {
+    /* a realm over http only for a registry spoken to over http: a registry must not make
+     * skiffd send credentials in the clear, or reach plain-http services on its network */
+    if (!realm || !(str_has_prefix(realm, "https://") ||
+                    (str_has_prefix(realm, "http://") && str_has_prefix(g->base, "http://")))) {
         rc = image__fail(g->err, g->errlen, SKIFF_E_UNAVAILABLE,
-                         "the registry %s asks for a token from no usable realm", g->ref.registry);
+                         "the registry %s asks for a token from no usable realm (%.100s): "
+                         "a registry over https needs an https realm",
+                         g->ref.registry, realm ? realm : "none");
         goto done;
     }
     CURL *esc = curl_easy_init();

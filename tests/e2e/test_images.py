@@ -283,6 +283,13 @@ def test_hostile_layers_are_refused_naming_the_entry(platform, tmp_path, server_
     assert r.returncode != 0 and "outside the layer" in r.stdout + r.stderr, out(r)
     assert not os.path.exists("/tmp/pwned-by-image")
 
+    # a WorkingDir that climbs: the runtime makes it from outside the container
+    climbing = dict(DEFAULT_CONFIG, WorkingDir=f"/../../../../..{tmp_path}/outside/made")
+    oci_archive(archive, layers_of(server_binary), image_config(**climbing))
+    r = push(platform, "evil", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "WorkingDir" in r.stdout + r.stderr, out(r)
+    assert os.listdir(outside) == []
+
 
 def test_damaged_and_unknown_images_say_what_is_wrong(platform, tmp_path, server_binary):
     layers = layers_of(server_binary)
