@@ -10,7 +10,7 @@ packages=(
   libcmocka-dev python3 python3-pytest python3-pytest-xdist python3-pytest-timeout python3-pip
   nodejs npm e2fsprogs
   nginx-light wrk hyperfine nats-server postgresql redis-server python3-psycopg2 curl iproute2
-  procps nftables
+  procps nftables docker-registry skopeo
 )
 
 missing=()

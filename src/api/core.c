@@ -16,6 +16,7 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "hub/hub.h"
+#include "images/images.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "services/services.h"
@@ -108,6 +109,27 @@ static void core__checks_json(struct buf *b, const struct store_process_checks *
               c->log_rate_limited ? (long long)c->log_rate_limit : -1LL);
 }
 
+/* An image app's droplet: the image it runs, as its record says. */
+static void core__image_json(struct api_core *core, struct buf *b, const struct store_app *app)
+{
+    if (!app->droplet_guid)
+        return;
+    char *record = xasprintf("%s/apps/%s/droplets/%s/%s", core->cfg.home, app->guid,
+                             app->droplet_guid, IMAGE_RECORD);
+    char *text = NULL, err[256];
+    struct image img;
+    if (file_read(record, &text, NULL) == 0 && image_from_json(text, &img, err, sizeof err) == 0) {
+        buf_puts(b, ",\"image\":{\"ref\":");
+        core__json_str(b, img.ref ? img.ref : "");
+        buf_puts(b, ",\"digest\":");
+        core__json_str(b, img.digest ? img.digest : "");
+        buf_putc(b, '}');
+        image_clear(&img);
+    }
+    free(text);
+    free(record);
+}
+
 /* Writes the app object of docs/api.md. Written by hand rather than through jansson because
  * GET /v1/apps serialises every app, and this is most of its time. routes are the app's. */
 void api_core__app_write(struct api_core *core, struct buf *b, const struct store_app *app,
@@ -170,6 +192,7 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
     core__json_str_or_null(b, app->droplet_guid);
     buf_puts(b, ",\"package\":");
     core__json_str_or_null(b, app->package_guid);
+    core__image_json(core, b, app);
     buf_puts(b, ",\"kind\":");
     core__json_str(b, app->kind);
     if (app->function_json) {

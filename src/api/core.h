@@ -26,6 +26,7 @@ struct api_core_config {
     int staging_timeout_s;
     int staging_disk_mb; /* every staging's disk; 0: the app's disk quota, as Cloud Foundry */
     const struct container_site *containers; /* where stagings run; NULL: host processes */
+    const char *const *insecure_registries;  /* image registries over http (HOST:PORT) */
     struct store *store;
     struct scheduler *scheduler;
     struct hub *hub; /* platform events: it publishes what users do, and follows instances */

@@ -4,6 +4,7 @@
  * the app's log as [STG/0]. The droplet is recorded only when staging succeeded, so a failed
  * stage leaves the previous droplet running. The staging goes on when the client leaves. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,9 @@
 #include "api/core_internal.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "container/container.h"
 #include "hub/hub.h"
+#include "images/images.h"
 #include "logs/logs.h"
 #include "scheduler/scheduler.h"
 #include "stager/stager.h"
@@ -56,10 +59,212 @@ void api_core__staging_cancel(struct api_core *core, const char *app_guid)
     while (s) {
         /* on_done may come from inside stager_cancel and free s */
         struct api_core_staging *next = s->next;
-        if (!app_guid || !strcmp(s->app_guid, app_guid))
-            stager_cancel(s->staging);
+        if ((!app_guid || !strcmp(s->app_guid, app_guid)) && s->staging)
+            stager_cancel(s->staging); /* an image's import ends on its own */
         s = next;
     }
+}
+
+static void staging__output(void *ctx, const char *line, size_t len);
+static void staging__done(void *ctx, const struct stage_result *res);
+
+/* ---- images: staging an image = storing its blobs and unpacking its layers --------------- */
+
+/* a tarball's kind, or "registry": a JSON {"ref", "username", "password"} to pull from */
+static const char *const staging__image_kinds[] = {"oci-archive", "docker-archive", "registry"};
+
+static bool staging__image_kind_valid(const char *kind)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(staging__image_kinds); i++)
+        if (!strcmp(kind, staging__image_kinds[i]))
+            return true;
+    return false;
+}
+
+/* An image tarball is kept as its package under "GUID.KIND" (staging__bits). */
+static const char *staging__image_kind_of(const char *package_path)
+{
+    const char *dot = strrchr(package_path, '.');
+    return dot && !strchr(dot, '/') && staging__image_kind_valid(dot + 1) ? dot + 1 : NULL;
+}
+
+/* A registry package: {"ref": REF, "username": U?, "password": P?}, REF an image reference.
+ * Answers the request (422) and returns false when it is not. */
+static bool staging__image_ref_ok(struct api_request *req, const char *path)
+{
+    char *text = NULL;
+    size_t len = 0;
+    json_error_t jerr;
+    json_t *j = NULL;
+    char err[512] = "";
+    bool ok = false;
+    if (file_read(path, &text, &len) == 0 && len <= 16384)
+        j = json_loadb(text, len, 0, &jerr);
+    free(text);
+    const char *ref = json_string_value(json_object_get(j, "ref"));
+    struct image_ref parsed;
+    json_t *user = json_object_get(j, "username"), *pass = json_object_get(j, "password");
+    if (!json_is_object(j) || !ref || (user && !json_is_string(user)) ||
+        (pass && !json_is_string(pass)) || json_object_size(j) > 3)
+        api_respond_error(
+            req, SKIFF_E_BAD_JSON,
+            "an image from a registry is {\"ref\": \"[REGISTRY/]NAME[:TAG][@DIGEST]\", "
+            "\"username\": \"...\", \"password\": \"...\"}");
+    else if (image_ref_parse(ref, &parsed, err, sizeof err) != SKIFF_OK)
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s", err);
+    else {
+        image_ref_clear(&parsed);
+        ok = true;
+    }
+    json_decref(j);
+    return ok;
+}
+
+struct staging_image {
+    uv_work_t work;
+    uv_async_t progress; /* lines from the pull, to the loop */
+    uv_mutex_t lock;
+    struct buf lines; /* under lock */
+    struct api_core_staging *s;
+    char *home, *kind, *path;
+    const char *const *insecure;
+    unsigned uid_base;
+    int rc;
+    char err[512];
+    char *command; /* the image's own: the droplet's web process */
+    char summary[256];
+};
+
+static void staging__image_progress(void *ctx, const char *fmt, ...)
+{
+    struct staging_image *si = ctx;
+    va_list ap;
+    va_start(ap, fmt);
+    uv_mutex_lock(&si->lock);
+    buf_vprintf(&si->lines, fmt, ap);
+    buf_putc(&si->lines, '\n');
+    uv_mutex_unlock(&si->lock);
+    va_end(ap);
+    uv_async_send(&si->progress);
+}
+
+static void staging__image_flush(uv_async_t *a)
+{
+    struct staging_image *si = a->data;
+    uv_mutex_lock(&si->lock);
+    char *text = buf_steal(&si->lines);
+    uv_mutex_unlock(&si->lock);
+    for (char *line = text, *nl; line && (nl = strchr(line, '\n')); line = nl + 1)
+        staging__output(si->s, line, (size_t)(nl - line));
+    free(text);
+}
+
+/* The pull of a registry package: {"ref", "username", "password"}. */
+static int staging__image_pull(struct staging_image *si, const struct image_store *store,
+                               struct image *img)
+{
+    char *text = NULL;
+    if (file_read(si->path, &text, NULL) < 0)
+        return snprintf(si->err, sizeof si->err, "cannot read the image's reference"),
+               SKIFF_E_INTERNAL;
+    json_t *j = json_loads(text, 0, NULL);
+    free(text);
+    struct image_pull_options opt = {.username = json_string_value(json_object_get(j, "username")),
+                                     .password = json_string_value(json_object_get(j, "password")),
+                                     .insecure = si->insecure,
+                                     .progress = staging__image_progress,
+                                     .progress_ctx = si};
+    const char *ref = json_string_value(json_object_get(j, "ref"));
+    int rc =
+        ref ? image_pull(store, ref, &opt, img, si->err, sizeof si->err)
+            : (snprintf(si->err, sizeof si->err, "the package names no image"), SKIFF_E_BAD_IMAGE);
+    json_decref(j);
+    return rc;
+}
+
+static void staging__image_work(uv_work_t *w)
+{
+    struct staging_image *si = w->data;
+    struct image_store store;
+    struct image img;
+    si->rc = image_store_open(&store, si->home, si->uid_base, si->err, sizeof si->err);
+    if (si->rc == SKIFF_OK)
+        si->rc = strcmp(si->kind, "registry") ? image_import_archive(&store, si->kind, si->path,
+                                                                     &img, si->err, sizeof si->err)
+                                              : staging__image_pull(si, &store, &img);
+    if (si->rc == SKIFF_OK) {
+        si->rc = image_droplet_write(&img, si->s->droplet_dir, si->err, sizeof si->err);
+        si->command = image_default_command(&img.config);
+        snprintf(si->summary, sizeof si->summary, "Image %.160s, %zu layers, digest %s", img.ref,
+                 img.manifest.n_layers, img.digest);
+        image_clear(&img);
+    }
+    image_store_close(&store);
+}
+
+static void staging__image_closed(uv_handle_t *h)
+{
+    struct staging_image *si = h->data;
+    buf_free(&si->lines);
+    uv_mutex_destroy(&si->lock);
+    free(si);
+}
+
+static void staging__image_done(uv_work_t *w, int status)
+{
+    struct staging_image *si = w->data;
+    staging__image_flush(&si->progress);
+    struct stage_result res = {.ok = si->rc == SKIFF_OK && status == 0};
+    json_t *types = json_pack("{s:s}", "web", si->command ? si->command : "");
+    char *types_text = json_dumps(types, JSON_COMPACT);
+    json_decref(types);
+    if (res.ok) {
+        staging__output(si->s, si->summary, strlen(si->summary));
+        res.process_types_json = types_text;
+    } else {
+        res.error = si->err[0] ? si->err : "the image could not be imported";
+    }
+    staging__done(si->s, &res);
+    free(types_text);
+    free(si->command);
+    free(si->home);
+    free(si->kind);
+    free(si->path);
+    uv_close((uv_handle_t *)&si->progress, staging__image_closed);
+}
+
+/* Like stager_start: 0 and staging__done later, or a negative errno and nothing started. */
+static int staging__image_start(struct api_core_staging *s, const char *kind, const char *path)
+{
+    const struct container_site *site = s->core->cfg.containers;
+    if (!site)
+        return -ENOTSUP; /* an image is a root file system: it runs only in a container */
+    struct staging_image *si = xcalloc(1, sizeof *si);
+    si->s = s;
+    si->home = xstrdup(s->core->cfg.home);
+    si->kind = xstrdup(kind);
+    si->path = xstrdup(path);
+    si->uid_base = site->uid_base ? site->uid_base : CONTAINER_DEFAULT_UID_BASE;
+    si->insecure = s->core->cfg.insecure_registries;
+    si->work.data = si;
+    si->progress.data = si;
+    uv_mutex_init(&si->lock);
+    uv_async_init(api_loop(s->core->api), &si->progress, staging__image_flush);
+    char line[160];
+    snprintf(line, sizeof line,
+             strcmp(kind, "registry") ? "Importing the image from its %s tarball"
+                                      : "Pulling the image from its %s",
+             kind);
+    staging__output(s, line, strlen(line));
+    int rc =
+        uv_queue_work(api_loop(s->core->api), &si->work, staging__image_work, staging__image_done);
+    if (rc < 0) {
+        free(si->home);
+        free(si->kind);
+        free(si->path);
+        uv_close((uv_handle_t *)&si->progress, staging__image_closed);
+    }
+    return rc;
 }
 
 /* ---- bits ---------------------------------------------------------------------------------- */
@@ -86,7 +291,18 @@ static void staging__bits(struct api_request *req, void *ctx)
                           "the upload is empty: send the app's folder as a tar.gz, tar or zip");
         goto done;
     }
-    int rc = package_check(path, core->cfg.max_unpacked, err, sizeof err);
+    /* ?image=oci-archive|docker-archive: an image tarball, read when it is staged */
+    const char *image = api_request_query(req, "image");
+    if (image && !staging__image_kind_valid(image)) {
+        api_respond_error(req, SKIFF_E_BAD_VALUE,
+                          "image=%.40s is not a tarball kind: oci-archive (an OCI image layout) "
+                          "or docker-archive (`docker save` output)",
+                          image);
+        goto done;
+    }
+    if (image && !strcmp(image, "registry") && !staging__image_ref_ok(req, path))
+        goto done;
+    int rc = image ? 0 : package_check(path, core->cfg.max_unpacked, err, sizeof err);
     if (rc == PACKAGE_NOT_ARCHIVE) {
         api_respond_error(req, SKIFF_E_NOT_AN_ARCHIVE,
                           "the upload is not a tar.gz, tar or zip archive%s%s", *err ? ": " : "",
@@ -110,7 +326,7 @@ static void staging__bits(struct api_request *req, void *ctx)
         .app_guid = app->guid, .bytes = api_request_body_size(req), .created_at = time_now_ms()};
     uuid_generate_v4(pkg.guid);
     dir = xasprintf("%s/apps/%s/packages", core->cfg.home, app->guid);
-    dest = xasprintf("%s/%s", dir, pkg.guid);
+    dest = xasprintf("%s/%s%s%s", dir, pkg.guid, image ? "." : "", image ? image : "");
     if (mkdir_p(dir, 0700) < 0 || rename(path, dest) < 0) {
         api_respond_error(req, SKIFF_E_INTERNAL, "cannot keep the upload: %s", strerror(errno));
         goto done;
@@ -378,8 +594,10 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
                  restage ? "Restaging" : "Staging", app->name);
-    int rc = stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done, s,
-                          &s->staging);
+    const char *kind = staging__image_kind_of(pkg->path);
+    int rc = kind ? staging__image_start(s, kind, pkg->path)
+                  : stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done,
+                                 s, &s->staging);
     free(droplets);
     free(cache);
     if (rc < 0) {
@@ -389,6 +607,9 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
                                     "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
                                     "restart skiffd",
                                     core->cfg.buildpacks_dir)
+                    : rc == -ENOTSUP
+                        ? xstrdup("staging could not start: an image runs only in a container, "
+                                  "and this skiffd runs apps as host processes")
                         : xasprintf("staging could not start: %s", strerror(-rc));
         logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
         staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",

@@ -419,7 +419,14 @@ int cli_cmd_app(const struct cli_command *cmd, int argc, char **argv)
     printf("memory:      %s\n", mem);
     printf("disk:        %s\n", disk);
     printf("routes:      %s\n", *routes ? routes : "(none)");
-    printf("buildpack:   %s\n", *detected ? detected : *buildpacks ? buildpacks : "(not staged)");
+    json_t *image = json_object_get(app, "image");
+    if (json_is_object(image))
+        printf("image:       %s\ndigest:      %s\n", cli_json_str(image, "ref"),
+               cli_json_str(image, "digest"));
+    else
+        printf("buildpack:   %s\n", *detected     ? detected
+                                    : *buildpacks ? buildpacks
+                                                  : "(not staged)");
     if (*command)
         printf("command:     %s\n", command);
     cli_print_check("health:", cli_json_str(app, "health_check_type"),

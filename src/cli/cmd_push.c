@@ -110,6 +110,8 @@ struct cli_push_plan {
     long timeout_s;
     const char *strategy; /* NULL: rolling for a running app (the API's default) */
     const struct manifest_app *manifest; /* its services are bound before the start; NULL */
+    const char *docker_image;    /* pushed instead of dir: an image reference or KIND:PATH */
+    const char *docker_username; /* its registry's user (password: CF_DOCKER_PASSWORD) */
 };
 
 /* Binds the manifest's services to the app (those bound already stay as they are), so the
@@ -170,6 +172,24 @@ static const char *cli_router_port(void)
     return colon + 1;
 }
 
+/* PUT of a file to the app's path suffix (the upload of its package). */
+static int cli_push_send(const char *name, const char *suffix, FILE *body, long size)
+{
+    char *path = cli_app_path(name, suffix);
+    struct cli_request req = {.method = "PUT",
+                              .path = path,
+                              .body_file = body,
+                              .body_len = (size_t)size,
+                              .content_type = "application/gzip",
+                              .progress = true,
+                              .timeout_s = 3600};
+    struct cli_response res;
+    int rc = cli_http(&req, &res) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
+    cli_response_free(&res);
+    free(path);
+    return rc;
+}
+
 static int cli_push_upload(const char *name, const char *dir)
 {
     size_t files = 0;
@@ -190,21 +210,70 @@ static int cli_push_upload(const char *name, const char *dir)
     char human[32];
     cli_human_bytes((double)size, human, sizeof(human));
     printf("Uploading %s: %zu files, %s\n", name, files, human);
-    char *path = cli_app_path(name, "/bits");
-    struct cli_request req = {.method = "PUT",
-                              .path = path,
-                              .body_file = tgz,
-                              .body_len = (size_t)size,
-                              .content_type = "application/gzip",
-                              .progress = true,
-                              .timeout_s = 3600};
-    struct cli_response res;
-    rc = cli_http(&req, &res) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
-    cli_response_free(&res);
-    free(path);
+    rc = cli_push_send(name, "/bits", tgz, size);
 done:
     free(err);
     fclose(tgz);
+    return rc;
+}
+
+/* The image kinds skiffd takes as a tarball (`KIND:PATH`). */
+static const char *const cli_image_archives[] = {"oci-archive:", "docker-archive:", NULL};
+
+/* --docker-image KIND:PATH: the tarball uploaded as the app's package, marked as an image. */
+/* An image in a registry: its reference (and credentials) uploaded as the package, which
+ * skiffd pulls at each staging (a restage follows a tag that moved). */
+static int cli_push_image_ref(const char *name, const char *ref, const char *username)
+{
+    const char *password = getenv("CF_DOCKER_PASSWORD");
+    if (username && !password)
+        return cli_error("cannot push %s: --docker-username needs the password in "
+                         "CF_DOCKER_PASSWORD",
+                         name);
+    json_t *body = json_pack("{s:s}", "ref", ref);
+    if (username) {
+        json_object_set_new(body, "username", json_string(username));
+        json_object_set_new(body, "password", json_string(password));
+    }
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    FILE *f = tmpfile();
+    int rc = CLI_EXIT_ERROR;
+    if (!f || fputs(text, f) < 0 || fflush(f) != 0) {
+        rc = cli_error("cannot write a temporary file: %s", strerror(errno));
+    } else {
+        rewind(f);
+        printf("Image %s%s%s\n", ref, username ? " as " : "", username ? username : "");
+        rc = cli_push_send(name, "/bits?image=registry", f, (long)strlen(text));
+    }
+    if (f)
+        fclose(f);
+    free(text);
+    return rc;
+}
+
+static int cli_push_image(const char *name, const char *ref, const char *username)
+{
+    const char *const *kind = cli_image_archives;
+    while (*kind && !str_has_prefix(ref, *kind))
+        kind++;
+    if (!*kind)
+        return cli_push_image_ref(name, ref, username);
+    const char *file = ref + strlen(*kind);
+    FILE *f = fopen(file, "rb");
+    if (!f)
+        return cli_error("cannot push %s: cannot read the image tarball %s: %s", name, file,
+                         strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    rewind(f);
+    char human[32];
+    cli_human_bytes((double)size, human, sizeof(human));
+    printf("Uploading %s: the image %s, %s\n", name, ref, human);
+    char *query = xasprintf("/bits?image=%.*s", (int)strlen(*kind) - 1, *kind);
+    int rc = cli_push_send(name, query, f, size);
+    free(query);
+    fclose(f);
     return rc;
 }
 
@@ -212,11 +281,13 @@ static int cli_push_one(const struct cli_push_plan *plan)
 {
     const char *name = plan->name;
     struct stat sb;
-    if (stat(plan->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    if (plan->docker_image)
+        printf("Pushing %s from the image %s\n", name, plan->docker_image);
+    else if (stat(plan->dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return cli_error("cannot push %s: %s is not a folder. Give the app's folder with -p.", name,
                          plan->dir);
-    DIR *d = opendir(plan->dir);
-    bool empty = true;
+    DIR *d = plan->docker_image ? NULL : opendir(plan->dir);
+    bool empty = !plan->docker_image;
     for (struct dirent *de; d && empty && (de = readdir(d));)
         empty = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
     if (d)
@@ -225,7 +296,8 @@ static int cli_push_one(const struct cli_push_plan *plan)
         return cli_error("cannot push %s: %s is empty (or cannot be read). Give the app's "
                          "folder with -p.",
                          name, plan->dir);
-    printf("Pushing %s from %s\n", name, plan->dir);
+    if (!plan->docker_image)
+        printf("Pushing %s from %s\n", name, plan->dir);
     char *path = cli_app_path(name, NULL);
     json_t *app = NULL;
     int rc = cli_api("PUT", path, plan->body, &app);
@@ -235,7 +307,8 @@ static int cli_push_one(const struct cli_push_plan *plan)
         goto done;
     if ((rc = cli_push_services(name, plan->manifest)))
         goto done;
-    if ((rc = cli_push_upload(name, plan->dir)))
+    if ((rc = plan->docker_image ? cli_push_image(name, plan->docker_image, plan->docker_username)
+                                 : cli_push_upload(name, plan->dir)))
         goto done;
     char *stage = cli_app_path(name, plan->strategy && !strcmp(plan->strategy, "recreate")
                                          ? "/stage?strategy=recreate"
@@ -848,7 +921,8 @@ static bool cli_manifest_lists(const char *path, const struct manifest_vars *var
 int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *path = NULL, *manifest_path = NULL, *memory = NULL, *disk = NULL;
-    const char *command = NULL, *function = NULL, *strategy = NULL;
+    const char *command = NULL, *function = NULL, *strategy = NULL, *docker_image = NULL;
+    const char *docker_username = NULL;
     long instances = LONG_MIN, timeout = 60; /* LONG_MIN: not given */
     bool no_route = false, no_start = false, no_manifest = false;
     struct cli_list buildpacks = {0}, vars_files = {0}, var_flags = {0};
@@ -865,6 +939,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                 {"function", 0, CLI_OPT_STRING, &function},
                                 {"timeout", 't', CLI_OPT_INT, &timeout},
                                 {"strategy", 0, CLI_OPT_STRING, &strategy},
+                                {"docker-image", 'o', CLI_OPT_STRING, &docker_image},
+                                {"docker-username", 0, CLI_OPT_STRING, &docker_username},
                                 {"vars-file", 0, CLI_OPT_LIST, &vars_files},
                                 {"var", 0, CLI_OPT_LIST, &var_flags},
                                 {0}};
@@ -936,7 +1012,9 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                      .body = flags,
                                      .no_start = no_start,
                                      .timeout_s = timeout,
-                                     .strategy = strategy};
+                                     .strategy = strategy,
+                                     .docker_image = docker_image,
+                                     .docker_username = docker_username};
         rc = cli_push_one(&plan);
         free(plan.dir);
         json_decref(flags);
@@ -974,7 +1052,10 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                      .no_start = no_start,
                                      .timeout_s = timeout,
                                      .strategy = strategy,
-                                     .manifest = a};
+                                     .manifest = a,
+                                     .docker_image = docker_image ? docker_image : a->docker_image,
+                                     .docker_username =
+                                         docker_username ? docker_username : a->docker_username};
         json_object_update(plan.body, flags);
         if (path)
             plan.dir = xstrdup(path);

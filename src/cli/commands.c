@@ -8,7 +8,8 @@ const struct cli_command cli_core_commands[] = {
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
      "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER] "
-     "[--strategy rolling|recreate] [--vars-file FILE]... [--var NAME=VALUE]...",
+     "[--strategy rolling|recreate] [--vars-file FILE]... [--var NAME=VALUE]... "
+     "[--docker-image REF [--docker-username USER]]",
      "Upload an app, stage it with a buildpack and start it",
      "Packs PATH (default: the current folder) as tar.gz, leaving out what .cfignore or\n"
      ".skiffignore lists, uploads it, stages it (the buildpack's output is shown as it comes)\n"
@@ -26,6 +27,12 @@ const struct cli_command cli_core_commands[] = {
      "  --no-start               upload and stage, but do not start\n"
      "  --no-manifest            ignore ./manifest.yml\n"
      "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
+     "  -o, --docker-image REF   push a prebuilt image instead of a folder: from a registry\n"
+     "                           ([REGISTRY/]NAME[:TAG][@DIGEST]; skiffd pulls it at each\n"
+     "                           staging), or a tarball: oci-archive:FILE (an OCI image\n"
+     "                           layout) or docker-archive:FILE (`docker save` output); its\n"
+     "                           config says what runs\n"
+     "  --docker-username USER   the registry's user; the password in CF_DOCKER_PASSWORD\n"
      "  --timeout SECONDS        how long to wait for instances to run (default: 60)\n"
      "  --strategy S             a running app's new droplet: rolling (default: each instance\n"
      "                           is replaced once its successor runs, and if one crashes the\n"

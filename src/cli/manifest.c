@@ -1098,15 +1098,21 @@ static int manifest_app_default_route(struct manifest_ctx *c, const char *key, c
     return manifest_bool(c, key, v, &wanted);
 }
 
-/* Prebuilt images: said plainly rather than pushed as something else. */
+/* Prebuilt images, as Cloud Foundry writes them: docker: {image: REF, username: USER}. */
+static const struct manifest_field manifest_docker_fields[] = {
+    MANIFEST_STRING("image", struct manifest_app, docker_image),
+    MANIFEST_STRING("username", struct manifest_app, docker_username),
+    {0},
+};
+
 static int manifest_app_docker(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
                                void *block)
 {
-    (void)block;
-    return manifest_fail(c, v,
-                         "\"%s\": pushing a prebuilt container image is not supported yet; "
-                         "push the app's code (\"path\") and let a buildpack stage it",
-                         key);
+    struct manifest_app *a = block;
+    int rc = manifest_block(c, v, "\"docker\"", manifest_docker_fields, block);
+    if (!rc && !a->docker_image)
+        rc = manifest_fail(c, v, "\"%s\" needs \"image\": the image's reference", key);
+    return rc;
 }
 
 static int manifest_app_lifecycle(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
@@ -1116,9 +1122,8 @@ static int manifest_app_lifecycle(struct manifest_ctx *c, const char *key, const
     static const char *const kinds[] = {"buildpack", "cnb", "docker", NULL};
     char *kind = NULL;
     int rc = manifest_one_of(c, key, v, kinds, &kind);
-    if (!rc && strcmp(kind, "docker") == 0)
-        rc = manifest_app_docker(c, "lifecycle: docker", v, block);
-    else if (!rc && strcmp(kind, "cnb") == 0)
+    /* docker: the "docker" key says which image */
+    if (!rc && strcmp(kind, "cnb") == 0)
         manifest_warn(c, v, "lifecycle: cnb",
                       "apps are staged with this platform's buildpacks, not Cloud Native ones");
     free(kind);
@@ -1622,6 +1627,8 @@ void manifest_free(struct manifest *m)
         free(a->name);
         free(a->path);
         free(a->command);
+        free(a->docker_image);
+        free(a->docker_username);
         manifest_strings_free(a->buildpacks, a->buildpack_count);
         manifest_kv_free(a->env, a->env_count);
         for (size_t j = 0; j < a->route_count; j++) {

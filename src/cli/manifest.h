@@ -124,6 +124,8 @@ struct manifest_app {
     long memory_mb;
     long disk_mb;
     char *command;
+    char *docker_image;    /* docker: image: (NULL: pushed from path) */
+    char *docker_username; /* docker: username: (the password: CF_DOCKER_PASSWORD) */
     char **buildpacks;
     size_t buildpack_count;
     struct manifest_kv *env;

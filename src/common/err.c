@@ -44,6 +44,9 @@ static const struct {
     [SKIFF_E_BROKER] = {"broker_error", 502, "the service broker failed"},
     [SKIFF_E_IN_PROGRESS] = {"operation_in_progress", 409,
                              "an operation on the service instance is under way: wait for it"},
+    [SKIFF_E_BAD_IMAGE] = {"invalid_image", 422, "the image is not a valid OCI or Docker image"},
+    [SKIFF_E_DIGEST_MISMATCH] = {"digest_mismatch", 422,
+                                 "a blob of the image does not match its digest"},
 };
 
 static int err__known(enum skiff_err err)

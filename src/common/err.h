@@ -42,6 +42,8 @@ enum skiff_err {
     SKIFF_E_NO_INSTANCE,          /* no instance to take the request */
     SKIFF_E_BROKER,               /* a service broker failed or answered what it may not */
     SKIFF_E_IN_PROGRESS,          /* an operation on the service instance is under way */
+    SKIFF_E_BAD_IMAGE,            /* an image (manifest, config, layout) that is not valid */
+    SKIFF_E_DIGEST_MISMATCH,      /* a blob whose content does not match its digest */
     SKIFF_ERR_COUNT
 };
 

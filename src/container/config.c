@@ -48,6 +48,11 @@ char *container_config_to_json(const struct container_config *cfg)
                                                "command", cfg->sidecars[i].command));
         json_object_set_new(j, "sidecars", a);
     }
+    if (cfg->image_layers)
+        json_object_set_new(j, "image_layers", json_string(cfg->image_layers));
+    if (cfg->user_uid)
+        json_object_set_new(
+            j, "user", json_pack("[I,I]", (json_int_t)cfg->user_uid, (json_int_t)cfg->user_gid));
     if (cfg->net_pool) {
         json_object_set_new(j, "net_pool", json_string(cfg->net_pool));
         json_object_set_new(j, "net_slot", json_integer(cfg->net_slot));
@@ -114,6 +119,13 @@ int container_config_from_json(const char *text, struct container_config *out, c
     out->seccomp_bpf = config__string(j, "seccomp_bpf");
     out->net_pool = config__string(j, "net_pool");
     out->warm_socket = config__string(j, "warm_socket");
+    out->image_layers = config__string(j, "image_layers");
+    json_int_t uid = json_integer_value(json_array_get(json_object_get(j, "user"), 0));
+    json_int_t gid = json_integer_value(json_array_get(json_object_get(j, "user"), 1));
+    if (uid > 0 && uid < CONTAINER_UID_RANGE && gid >= 0 && gid < CONTAINER_UID_RANGE) {
+        out->user_uid = (unsigned)uid;
+        out->user_gid = (unsigned)gid;
+    }
     json_t *prog = json_object_get(j, "warm_program");
     if (json_array_size(prog) > 0) {
         out->warm_program = xcalloc(json_array_size(prog) + 1, sizeof(char *));
@@ -173,6 +185,7 @@ void container_config_clear(struct container_config *cfg)
     free(cfg->seccomp_bpf);
     free(cfg->net_pool);
     free(cfg->warm_socket);
+    free(cfg->image_layers);
     for (char **v = cfg->warm_program; v && *v; v++)
         free(*v);
     free(cfg->warm_program);

@@ -102,6 +102,11 @@ struct container_config {
     struct container_sidecar *sidecars; /* run beside the program (see above); none in a
                                            warm container */
     size_t n_sidecars;
+    char *image_layers;          /* an image's root instead of the stack's: its layers' folders,
+top first, ':'-separated (overlayfs's lowerdir), read-only under
+the writable layer; the stack gives only /etc/hosts and
+/etc/resolv.conf, the host's /usr is not mounted. NULL: the stack */
+    unsigned user_uid, user_gid; /* the program's ids inside (an image's User); 0: vcap */
 };
 
 /* What every container of one daemon shares. The executor sets it up (and owns the network

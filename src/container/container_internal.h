@@ -21,6 +21,12 @@ int container__disk_make_detached(const char *pool_dir, int size_mb, char *err, 
  * at once or it has none of that size ready (the caller then makes its own). */
 int container__disk_receive(const char *pool_dir, int size_mb);
 
+struct container_config;
+/* In a root made of an image's layers (config image_layers), the mount points and the stack's
+ * /etc/hosts and /etc/resolv.conf, with no symbolic link of the image ever followed. */
+int container__image_root(const struct container_config *cfg, const char *root, char *err,
+                          size_t errlen);
+
 struct container_start;
 /* A start as it travels to a warm container (JSON), and back: the strings of *out are
  * owned by it until container__start_clear. */

@@ -282,7 +282,10 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
     }
     rc = run__disk(cfg, image, disk, err, errlen);
     if (rc == 0)
-        rc = run__overlay(cfg->stack, disk, "root", root, err, errlen);
+        rc = run__overlay(cfg->image_layers ? cfg->image_layers : cfg->stack, disk, "root", root,
+                          err, errlen);
+    if (rc == 0 && cfg->image_layers)
+        rc = container__image_root(cfg, root, err, errlen);
     if (rc < 0)
         goto out;
     /* vcap's home in this container's own layer */
@@ -294,12 +297,12 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
         free(p);
     }
     char *usr = run__path(root, "/usr");
-    if (rc == 0)
+    if (rc == 0 && !cfg->image_layers) /* an image brings its own */
         rc = run__bind("/usr", usr, false, err, errlen);
     free(usr);
     /* public material the host's programs look for: CA certificates, alternatives links */
     static const char *const etc[] = {"/etc/ssl", "/etc/alternatives"};
-    for (size_t i = 0; i < ARRAY_SIZE(etc) && rc == 0; i++) {
+    for (size_t i = 0; i < ARRAY_SIZE(etc) && rc == 0 && !cfg->image_layers; i++) {
         struct stat st;
         if (stat(etc[i], &st) < 0 || !S_ISDIR(st.st_mode))
             continue;
@@ -426,10 +429,10 @@ static void run__drop(struct run_child *c)
     setsid();
     for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
         prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
-    gid_t gid = CONTAINER_VCAP_UID;
-    if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
-        setresuid(CONTAINER_VCAP_UID, CONTAINER_VCAP_UID, CONTAINER_VCAP_UID) < 0)
-        run__child_fail(c, "cannot become vcap: %s", strerror(errno));
+    uid_t uid = c->cfg->user_uid ? c->cfg->user_uid : CONTAINER_VCAP_UID;
+    gid_t gid = c->cfg->user_uid ? c->cfg->user_gid : CONTAINER_VCAP_UID;
+    if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+        run__child_fail(c, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
     /* a uid change from 0 clears the permitted and effective sets; the ambient and
      * inheritable ones are cleared too, so no exec can bring a capability back */
     cap_t none_caps = cap_init();

@@ -92,6 +92,9 @@ static void usage(FILE *out)
         "                              ahead but for the droplet and the program, so that an\n"
         "                              instance of the default disk size starts in a few ms;\n"
         "                              each holds a network slot, a disk and ~2 MB; 0: none\n"
+        "  --insecure-registry HOST:PORT\n"
+        "                              an image registry spoken to over plain http instead of\n"
+        "                              https (repeatable; for a registry on this machine)\n"
         "  --drain-timeout-ms MS       the longest an instance stopped on purpose waits for the\n"
         "                              requests and event deliveries in flight to it before\n"
         "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
@@ -406,6 +409,8 @@ int main(int argc, char **argv)
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     bool no_builtin_brokers = false;
+    const char *insecure_registries[17] = {NULL};
+    size_t n_insecure = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **target = NULL;
@@ -427,7 +432,15 @@ int main(int argc, char **argv)
             target = &store_location;
         else if (!strcmp(a, "--prewarm"))
             target = &prewarm_text;
-        else if (!strcmp(a, "--no-builtin-brokers")) {
+        else if (!strcmp(a, "--insecure-registry")) {
+            if (i + 1 >= argc || n_insecure + 1 >= ARRAY_SIZE(insecure_registries)) {
+                log_error("--insecure-registry needs HOST:PORT (at most %zu of them)",
+                          ARRAY_SIZE(insecure_registries) - 1);
+                return 2;
+            }
+            insecure_registries[n_insecure++] = argv[++i];
+            continue;
+        } else if (!strcmp(a, "--no-builtin-brokers")) {
             no_builtin_brokers = true;
             continue;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -671,6 +684,7 @@ int main(int argc, char **argv)
         .staging_timeout_s = (int)env_long("SKIFF_STAGING_TIMEOUT", 900, 1),
         .staging_disk_mb = (int)env_long("SKIFF_STAGING_DISK_MB", 0, 0),
         .containers = executor_container_site(scheduler_executor(d.sched)),
+        .insecure_registries = insecure_registries,
         .store = d.store,
         .scheduler = d.sched,
         .hub = d.hub,

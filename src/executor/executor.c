@@ -68,6 +68,9 @@ struct instance {
     /* the spec, copied */
     char *app_guid, *app_name, *process_type, *guid, *app_dir, *command, *health_endpoint;
     char **env;
+    char *image_layers, **argv, *cwd; /* an image app's (instance_spec) */
+    unsigned user_uid, user_gid;
+    int inside_port;
     int index, port, memory_mb, disk_mb, pids_max, start_timeout_s;
     enum health_check_type health;
     int health_interval_ms, health_timeout_ms; /* resolved: never 0 */
@@ -276,7 +279,8 @@ static int executor__write_container_config(struct executor *ex, const char *dir
                                             const char *hostname, const char *app_dir, int runtime,
                                             int slot, int disk_mb, const struct cgroup *cg,
                                             const struct container_sidecar *sidecars,
-                                            size_t n_sidecars, char **path_out)
+                                            size_t n_sidecars, const struct instance *image,
+                                            char **path_out)
 {
     struct container_mount droplet = {.source = (char *)app_dir,
                                       .target = CONTAINER_APP_DIR,
@@ -318,6 +322,14 @@ static int executor__write_container_config(struct executor *ex, const char *dir
         .sidecars = (struct container_sidecar *)sidecars,
         .n_sidecars = n_sidecars,
     };
+    if (image) { /* its layers are all of it: no droplet */
+        cfg.image_layers = image->image_layers;
+        cfg.cwd = image->cwd;
+        cfg.mounts = NULL;
+        cfg.n_mounts = 0;
+        cfg.user_uid = image->user_uid;
+        cfg.user_gid = image->user_gid;
+    }
     char *text = container_config_to_json(&cfg);
     for (size_t i = 0; i < n_runtime_files; i++) {
         free(runtime_files[i].source);
@@ -334,7 +346,7 @@ static int executor__write_container_config(struct executor *ex, const char *dir
     return 0;
 }
 
-#define EXECUTOR_ARGV_MAX 16
+#define EXECUTOR_ARGV_MAX 64 /* an image's Entrypoint and Cmd words count too */
 
 /* The argv that runs the instance's command in its isolation: skiff-init with the
  * container's config, or (host processes) a shell that joins the cgroup first. The strings
@@ -351,9 +363,9 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
             sidecars[k] =
                 (struct container_sidecar){.name = inst->sidecars[k].name,
                                            .command = proc_exec_form(inst->sidecars[k].command)};
-        int rc = executor__write_container_config(inst->ex, inst->scratch_dir, inst->guid,
-                                                  inst->app_dir, -1, inst->port, inst->disk_mb,
-                                                  inst->cg, sidecars, inst->n_sidecars, &owned[1]);
+        int rc = executor__write_container_config(
+            inst->ex, inst->scratch_dir, inst->guid, inst->app_dir, -1, inst->port, inst->disk_mb,
+            inst->cg, sidecars, inst->n_sidecars, inst->image_layers ? inst : NULL, &owned[1]);
         for (size_t k = 0; k < inst->n_sidecars; k++)
             free(sidecars[k].command);
         free(sidecars);
@@ -363,9 +375,17 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
         argv[(*argc)++] = "--config";
         argv[(*argc)++] = owned[1];
         argv[(*argc)++] = "--";
-        argv[(*argc)++] = "/bin/sh";
-        argv[(*argc)++] = "-c";
-        argv[(*argc)++] = command;
+        if (inst->argv) { /* an image's own command: it may have no shell */
+            for (char **w = inst->argv; *w; w++) {
+                if (*argc >= EXECUTOR_ARGV_MAX - 1)
+                    return -E2BIG;
+                argv[(*argc)++] = *w;
+            }
+        } else {
+            argv[(*argc)++] = "/bin/sh";
+            argv[(*argc)++] = "-c";
+            argv[(*argc)++] = command;
+        }
     } else {
         argv[(*argc)++] = "/bin/sh";
         argv[(*argc)++] = "-c";
@@ -1071,7 +1091,7 @@ static int warm__add(struct executor *ex, int runtime)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
     if (rc == 0)
         rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
-                                              DEFAULT_DISK_MB, w->cg, NULL, 0, &config);
+                                              DEFAULT_DISK_MB, w->cg, NULL, 0, NULL, &config);
     if (rc == 0) {
         const char *cmd[] = {ex->init_path, "--config", config, NULL};
         w->sh = shim__new(ex, NULL);
@@ -1227,14 +1247,15 @@ static int warm__start(struct instance *inst)
 
 /* ---- where instances are reached ------------------------------------------------------- */
 
-static void executor__sockaddr(const struct executor *ex, int slot, struct sockaddr_in *out)
+static void executor__sockaddr(const struct executor *ex, int slot, int inside_port,
+                               struct sockaddr_in *out)
 {
     memset(out, 0, sizeof *out);
     out->sin_family = AF_INET;
     if (ex->isolation == EXECUTOR_CONTAINER) {
         struct in_addr host;
         net_slot_addresses(&ex->net, slot, &host, &out->sin_addr);
-        out->sin_port = htons(CONTAINER_PORT);
+        out->sin_port = htons((uint16_t)(inside_port > 0 ? inside_port : CONTAINER_PORT));
     } else {
         out->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         out->sin_port = htons((uint16_t)slot);
@@ -1243,8 +1264,19 @@ static void executor__sockaddr(const struct executor *ex, int slot, struct socka
 
 void executor_endpoint(const struct executor *ex, int slot, struct instance_endpoint *out)
 {
+    executor_endpoint_at(ex, slot, 0, out);
+}
+
+void instance_endpoint(const struct instance *inst, struct instance_endpoint *out)
+{
+    executor_endpoint_at(inst->ex, inst->port, inst->inside_port, out);
+}
+
+void executor_endpoint_at(const struct executor *ex, int slot, int inside_port,
+                          struct instance_endpoint *out)
+{
     struct sockaddr_in sa;
-    executor__sockaddr(ex, slot, &sa);
+    executor__sockaddr(ex, slot, inside_port, &sa);
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
     snprintf(out->addr, sizeof out->addr, "%s:%d", ip, ntohs(sa.sin_port));
@@ -1373,7 +1405,7 @@ static void executor__probe_start(struct instance *inst, bool readiness)
     bool starting = inst->state == INSTANCE_STARTING;
     enum health_check_type type = readiness ? inst->readiness_type : inst->health;
     struct instance_endpoint ep;
-    executor_endpoint(ex, inst->port, &ep);
+    instance_endpoint(inst, &ep); /* an image's where it listens inside */
     if (type == HEALTH_HTTP) {
         if (!inst->http && http_pool_new(ex->loop, ep.addr, &inst->http) < 0) {
             probe__report(pr, false); /* cannot happen with an address of ours; fails safe */
@@ -1400,7 +1432,7 @@ static void executor__probe_start(struct instance *inst, bool readiness)
     pr->tcp.data = pr->timeout.data = pr->connect.data = pr;
     pr->handles = 2;
     struct sockaddr_in addr;
-    executor__sockaddr(ex, inst->port, &addr);
+    executor__sockaddr(ex, inst->port, inst->inside_port, &addr);
     uv_timer_start(&pr->timeout, probe__timed_out,
                    starting ? HEALTH_CONNECT_STARTING_MS : (uint64_t)pr->answer_ms, 0);
     if (uv_tcp_connect(&pr->connect, &pr->tcp, (const struct sockaddr *)&addr, probe__connected) <
@@ -1611,6 +1643,11 @@ static void executor__free_instance(struct instance *inst)
     free(inst->readiness_endpoint);
     executor__sidecars_free(inst->sidecars, inst->n_sidecars);
     free(inst->scratch_dir);
+    free(inst->image_layers);
+    free(inst->cwd);
+    for (char **w = inst->argv; w && *w; w++)
+        free(*w);
+    free(inst->argv);
     if (inst->env) {
         for (char **e = inst->env; *e; e++)
             free(*e);
@@ -2185,6 +2222,10 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
             rc = -EINVAL;
             goto fail_port;
         }
+    if (spec->image_layers && (ex->isolation != EXECUTOR_CONTAINER || !spec->argv)) {
+        rc = -ENOTSUP; /* an image is a root file system: only a container has one */
+        goto fail_port;
+    }
     struct instance *inst = xcalloc(1, sizeof(*inst));
     inst->ex = ex;
     inst->app_guid = executor__dup(spec->app_guid);
@@ -2200,8 +2241,16 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
             .name = xstrdup(spec->sidecars[k].name), .command = xstrdup(spec->sidecars[k].command)};
     inst->n_sidecars = spec->n_sidecars;
     inst->env = executor__copy_env(spec->env);
+    if (spec->image_layers) {
+        inst->image_layers = xstrdup(spec->image_layers);
+        inst->argv = executor__copy_env(spec->argv);
+        inst->cwd = xstrdup(spec->cwd ? spec->cwd : "/");
+        inst->user_uid = spec->user_uid;
+        inst->user_gid = spec->user_gid;
+    }
     inst->index = spec->index;
     inst->port = spec->port;
+    inst->inside_port = spec->inside_port;
     inst->memory_mb = spec->memory_mb;
     inst->disk_mb = spec->disk_mb > 0 ? spec->disk_mb : DEFAULT_DISK_MB;
     inst->pids_max = spec->pids_max > 0 ? spec->pids_max : DEFAULT_PIDS_MAX;
@@ -2302,13 +2351,13 @@ void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg)
 static void executor__write_spec(struct instance *inst)
 {
     json_t *j =
-        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i,s:b}", "app_guid",
+        json_pack("{s:s?,s:s?,s:s?,s:i,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:s?,s:i,s:b,s:i}", "app_guid",
                   inst->app_guid, "app_name", inst->app_name, "process_type", inst->process_type,
                   "index", inst->index, "instance_guid", inst->guid, "app_dir", inst->app_dir,
                   "command", inst->command, "port", inst->port, "memory_mb", inst->memory_mb,
                   "pids_max", inst->pids_max, "health", (int)inst->health, "health_endpoint",
                   inst->health_endpoint, "start_timeout_s", inst->start_timeout_s, "warm_started",
-                  inst->warm_started);
+                  inst->warm_started, "inside_port", inst->inside_port);
     if (j)
         json_object_update_new(
             j, json_pack("{s:i,s:i,s:b,s:i,s:s?,s:i,s:i,s:b,s:I}", "health_interval_ms",
@@ -2369,7 +2418,7 @@ static bool executor__answers_now(struct instance *inst)
     if (fd < 0)
         return false;
     struct sockaddr_in addr;
-    executor__sockaddr(inst->ex, inst->port, &addr);
+    executor__sockaddr(inst->ex, inst->port, inst->inside_port, &addr);
     bool ok = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
     if (!ok && errno == EINPROGRESS) {
         struct pollfd pfd = {.fd = fd, .events = POLLOUT};
@@ -2448,6 +2497,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->pids_max = (int)json_integer_value(json_object_get(j, "pids_max"));
     inst->health = (enum health_check_type)json_integer_value(json_object_get(j, "health"));
     inst->start_timeout_s = (int)json_integer_value(json_object_get(j, "start_timeout_s"));
+    inst->inside_port = (int)json_integer_value(json_object_get(j, "inside_port"));
     inst->warm_started = json_is_true(json_object_get(j, "warm_started"));
     struct instance_spec checks = {
         .health_interval_ms = (int)json_integer_value(json_object_get(j, "health_interval_ms")),

@@ -116,6 +116,15 @@ struct instance_spec {
     int64_t log_rate_limit;
     const struct instance_sidecar *sidecars; /* at most CONTAINER_SIDECARS_MAX */
     size_t n_sidecars;
+    /* an image app's instance (containers only): its root is the image's layers (container.h
+     * image_layers) instead of the stack and the droplet, argv (NULL-terminated) is exec'd as
+     * it is (command is then only what is shown), in cwd, as user_uid:user_gid (0: vcap) */
+    const char *image_layers;
+    char *const *argv;
+    const char *cwd;
+    unsigned user_uid, user_gid;
+    int inside_port; /* the port it listens on inside its container (an image's exposed
+                        one); 0: CONTAINER_PORT. Containers only */
 };
 
 /* stream 1 and 2 are the instance's stdout and stderr; INSTANCE_STREAM_CELL is a notice of
@@ -174,6 +183,11 @@ struct instance_endpoint {
     int port;      /* $PORT: what the instance listens on */
 };
 void executor_endpoint(const struct executor *ex, int slot, struct instance_endpoint *out);
+/* The same for a program that listens on inside_port in its container (0: CONTAINER_PORT). */
+void executor_endpoint_at(const struct executor *ex, int slot, int inside_port,
+                          struct instance_endpoint *out);
+/* Where a live instance is reached (its spec's inside_port taken into account). */
+void instance_endpoint(const struct instance *inst, struct instance_endpoint *out);
 /* HOME and TMPDIR as the instance sees them (caller frees both). */
 void executor_instance_dirs(const struct executor *ex, const char *instance_guid,
                             const char *app_dir, char **home, char **tmpdir);

@@ -26,6 +26,7 @@
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
+#include "images/images.h"
 #include "logs/logs.h"
 #include "store/store.h"
 
@@ -823,9 +824,11 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         store_route_list_free(routes, nr);
         return -EAGAIN;
     }
-    /* a warm container runs no sidecars (executor.h) */
-    int port = n_sidecars ? executor_port_allocate(s->ex)
-                          : executor_port_allocate_for(s->ex, app->disk_mb, command);
+    /* a warm container runs no sidecars, nor an image's root (executor.h): an instance with
+     * either has its container made for it */
+    bool image = image_droplet_is_image(drop->path);
+    int port = n_sidecars || image ? executor_port_allocate(s->ex)
+                                   : executor_port_allocate_for(s->ex, app->disk_mb, command);
     if (port < 0) {
         free(vcap_services);
         store_route_list_free(routes, nr);
@@ -841,8 +844,10 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         uuid_generate_v4(si->guid);
     snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
     si->port = port;
+    /* an image listens where its config says (its first exposed port), and is told so */
+    int inside_port = image ? image_droplet_port(drop->path) : 0;
     struct instance_endpoint ep;
-    executor_endpoint(s->ex, port, &ep);
+    executor_endpoint_at(s->ex, port, inside_port, &ep);
     snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
 
     const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
@@ -895,7 +900,25 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
             (struct instance_sidecar){.name = sidecars[i].name, .command = sidecars[i].command};
     spec.sidecars = spec_sidecars;
     spec.n_sidecars = n_sidecars;
+    struct image_run run = {0};
+    char image_err[512] = "";
+    if (image && image_run_prepare(s->cfg.home, drop->path, command, env, &run, image_err,
+                                   sizeof image_err) != SKIFF_OK) {
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
+                     image_err);
+        spec.app_dir = NULL; /* executor_start refuses it, and the start is tried again */
+    }
+    if (run.layers) {
+        spec.inside_port = inside_port;
+        spec.image_layers = run.layers;
+        spec.argv = run.argv;
+        spec.cwd = run.cwd;
+        spec.env = run.env;
+        spec.user_uid = run.uid;
+        spec.user_gid = run.gid;
+    }
     int rc = executor_start(s->ex, &spec, &si->inst);
+    image_run_clear(&run);
     free(spec_sidecars);
     scheduler_env_free(env);
     sched__strv_free(uris);
@@ -1275,7 +1298,7 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     si->index = sp->index;
     si->port = sp->port;
     struct instance_endpoint ep;
-    executor_endpoint(s->ex, sp->port, &ep);
+    instance_endpoint(inst, &ep);
     snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
     si->slot = slot;
     slot->cur = si;
@@ -1585,7 +1608,10 @@ int scheduler_scale_because(struct scheduler *s, const char *app, const char *pr
 static void sched__fill_placement(struct scheduler_instance_info *info, const struct sched_inst *si)
 {
     struct instance_endpoint ep;
-    executor_endpoint(si->s->ex, si->port, &ep);
+    if (si->inst)
+        instance_endpoint(si->inst, &ep);
+    else
+        executor_endpoint(si->s->ex, si->port, &ep);
     snprintf(info->addr, sizeof info->addr, "%s", si->addr);
     snprintf(info->droplet, sizeof info->droplet, "%s", si->droplet);
     info->port = ep.port;

@@ -289,13 +289,13 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     assert canary["routes"] == [route]
 
 
-def test_docker_and_bad_vars_are_refused_before_anything_is_sent(home):
+def test_bad_docker_and_vars_are_refused_before_anything_is_sent(home):
     path = os.path.join(home, "manifest.yml")
     with open(path, "w") as f:
-        f.write("applications:\n- name: img\n  docker:\n    image: nginx\n")
+        f.write("applications:\n- name: img\n  docker:\n    username: bob\n")
     r = skiff(home, "push", "-f", path)
     assert r.returncode == 1
-    assert "line 4: \"docker\": pushing a prebuilt container image is not supported yet" in r.stderr
+    assert "line 4: \"docker\" needs \"image\"" in r.stderr, r.stderr
     with open(path, "w") as f:
         f.write("applications:\n- name: ((n))\n")
     r = skiff(home, "push", "-f", path, "--var", "n")

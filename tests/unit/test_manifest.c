@@ -664,13 +664,21 @@ static void test_log_rate_limits_and_bad_check_values(void **state)
 static void test_cloud_foundry_keys_that_are_refused_or_conflict(void **state)
 {
     (void)state;
-    char *err = parse_err("applications:\n- name: a\n  docker:\n    image: nginx:1.27\n",
-                          MANIFEST_ERR_SCHEMA);
-    assert_true(str_has_prefix(err, "manifest.yml line 4: \"docker\": pushing a prebuilt "
-                                    "container image is not supported yet"));
+    /* Cloud Foundry's docker block: the image and its registry's user */
+    struct manifest *img = parse_ok("applications:\n- name: a\n  lifecycle: docker\n  docker:\n"
+                                    "    image: registry.example:5000/team/web:1.4\n"
+                                    "    username: bob\n");
+    assert_string_equal(img->apps[0].docker_image, "registry.example:5000/team/web:1.4");
+    assert_string_equal(img->apps[0].docker_username, "bob");
+    manifest_free(img);
+    char *err =
+        parse_err("applications:\n- name: a\n  docker:\n    username: bob\n", MANIFEST_ERR_SCHEMA);
+    assert_true(str_has_prefix(err, "manifest.yml line 4: \"docker\" needs \"image\""));
     free(err);
-    err = parse_err("applications:\n- name: a\n  lifecycle: docker\n", MANIFEST_ERR_SCHEMA);
-    assert_non_null(strstr(err, "line 3: \"lifecycle: docker\": pushing a prebuilt"));
+    /* the password is never written in a manifest: CF_DOCKER_PASSWORD */
+    err = parse_err("applications:\n- name: a\n  docker:\n    image: x\n    password: p\n",
+                    MANIFEST_ERR_SCHEMA);
+    assert_non_null(strstr(err, "unknown key \"password\""));
     free(err);
     expect_error("applications:\n- name: a\n  random-route: true\n  no-route: true\n",
                  MANIFEST_ERR_SCHEMA,

@@ -1,0 +1,672 @@
+"""Images: `skiff push --docker-image oci-archive:FILE` and `docker-archive:FILE` run a prebuilt
+image's root file system, its config deciding the process, reached through the router like any
+app. The images are built here: a tiny static HTTP server compiled with `cc -static`, written
+into an OCI image layout (and `docker save`'s layout) by hand, in two layers with a whiteout."""
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from conftest import BIN_DIR, http_get, out
+
+# Answers every request with what the image's config decided: user, working directory,
+# environment, and files of both layers (one deleted by the upper layer's whiteout).
+SERVER_C = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char *file(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return "absent";
+    size_t got = fread(buf, 1, n - 1, f);
+    buf[got] = 0;
+    fclose(f);
+    while (got && buf[got - 1] == '\n')
+        buf[--got] = 0;
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    const char *port = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
+        return 1;
+    printf("listening on %s\n", port);
+    fflush(stdout);
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[4096];
+        if (read(c, req, sizeof req) <= 0) {
+            close(c);
+            continue;
+        }
+        char cwd[256], greeting[256], gone[256], body[2048];
+        int n = snprintf(body, sizeof body,
+                         "port=%s uid=%d gid=%d cwd=%s greeting=%s gone=%s GREETING=%s "
+                         "APP_ENV=%s args=%s\n",
+                         port ? port : "unset", (int)getuid(), (int)getgid(), getcwd(cwd, sizeof cwd) ? cwd : "?",
+                         file("/srv/greeting", greeting, sizeof greeting),
+                         file("/srv/gone", gone, sizeof gone), getenv("GREETING"),
+                         getenv("APP_ENV") ? getenv("APP_ENV") : "unset",
+                         argc > 1 ? argv[1] : "none");
+        char head[256];
+        int h = snprintf(head, sizeof head,
+                         "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n);
+        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
+        }
+        close(c);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def server_binary(tmp_path_factory):
+    d = tmp_path_factory.mktemp("server")
+    src = d / "server.c"
+    src.write_text(SERVER_C)
+    binary = d / "server"
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(binary), str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return binary.read_bytes()
+
+
+def tar_bytes(entries, compress=False):
+    """A tar of (name, bytes | ('symlink', target) | ('dir',)), mode 0755 for files named
+    'server'."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1700000000
+            if isinstance(content, tuple) and content[0] == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, content[1]
+                t.addfile(info)
+            elif isinstance(content, tuple):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                t.addfile(info)
+            else:
+                info.size = len(content)
+                info.mode = 0o755 if name.endswith("server") else 0o644
+                t.addfile(info, io.BytesIO(content))
+    raw = data.getvalue()
+    return gzip.compress(raw, mtime=0) if compress else raw
+
+
+def digest(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_config(**config):
+    return json.dumps({"architecture": "amd64", "os": "linux", "config": config,
+                       "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+
+
+DEFAULT_CONFIG = dict(Entrypoint=["/srv/server"], Cmd=["from-cmd"],
+                      Env=["GREETING=hello-from-image", "APP_ENV=image-value",
+                           "PATH=/usr/bin:/bin"],
+                      WorkingDir="/srv/work", User="1000:1000",
+                      ExposedPorts={"8080/tcp": {}})
+
+
+def layers_of(server, greeting="layered"):
+    base = tar_bytes([("srv", ("dir",)), ("srv/server", server), ("srv/gone", b"still here\n")],
+                     compress=True)
+    top = tar_bytes([("srv/.wh.gone", b""), ("srv/greeting", greeting.encode() + b"\n")],
+                    compress=True)
+    return [base, top]
+
+
+def oci_archive(path, layers, config):
+    """Writes an OCI image layout tarball (what `skopeo copy ... oci-archive:` makes)."""
+    blobs = {digest(config): config}
+    for layer in layers:
+        blobs[digest(layer)] = layer
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest(x), "size": len(x)} for x in layers],
+    }).encode()
+    blobs[digest(manifest)] = manifest
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest(manifest), "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}).encode()
+    entries = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index)]
+    entries += [("blobs/sha256/" + d[7:], b) for d, b in blobs.items()]
+    with open(path, "wb") as f:
+        f.write(tar_bytes(entries))
+    return digest(manifest)
+
+
+def docker_archive(path, layers, config):
+    """Writes `docker save` output: manifest.json, the config, one folder per layer."""
+    raw = [gzip.decompress(x) for x in layers]
+    names = ["%s/layer.tar" % hashlib.sha256(x).hexdigest() for x in raw]
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["web:latest"],
+                            "Layers": names}]).encode()
+    entries = [("manifest.json", manifest), ("config.json", config)]
+    entries += list(zip(names, raw))
+    with open(path, "wb") as f:
+        f.write(tar_bytes(entries))
+    return digest(config)
+
+
+def get_app(platform, host):
+    status, body = http_get(platform.router_url + "/", host=host)
+    assert status == 200, (status, body)
+    return dict(kv.split("=", 1) for kv in body.split())
+
+
+def push(platform, name, ref, *extra):
+    return platform.cli("push", name, "--docker-image", ref, *extra, timeout=300)
+
+
+def test_an_oci_archive_runs_as_its_config_says(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    image_digest = oci_archive(archive, layers_of(server_binary), image_config(**DEFAULT_CONFIG))
+    r = push(platform, "web", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    assert image_digest in r.stdout  # staging says which image it runs
+
+    got = get_app(platform, "web.localhost")
+    assert got["port"] == "8080"  # its exposed port
+    assert got["uid"] == "1000" and got["gid"] == "1000"  # User, unprivileged on the host
+    assert got["cwd"] == "/srv/work"  # WorkingDir, made as Docker does
+    assert got["greeting"] == "layered"  # the upper layer
+    assert got["gone"] == "absent"  # the whiteout hides the lower layer's file
+    assert got["GREETING"] == "hello-from-image"  # the image's Env
+    assert got["args"] == "from-cmd"  # Entrypoint + Cmd, exec'd without a shell
+
+    # the app's env wins over the image's
+    r = platform.cli("set-env", "web", "APP_ENV", "app-value")
+    assert r.returncode == 0, out(r)
+    r = platform.cli("restart", "web")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: get_app(platform, "web.localhost")["APP_ENV"] == "app-value",
+                      60, "the app's env over the image's")
+
+
+def test_a_manifest_names_the_image(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    oci_archive(archive, layers_of(server_binary, "from-manifest"),
+                image_config(**DEFAULT_CONFIG))
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text(f"applications:\n- name: fromfile\n  docker:\n"
+                        f"    image: oci-archive:{archive}\n")
+    r = platform.cli("push", "-f", str(manifest), timeout=300)
+    assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "fromfile.localhost")["greeting"] == "from-manifest"
+
+
+def test_the_first_exposed_port_is_port(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    config = dict(DEFAULT_CONFIG, ExposedPorts={"9000/tcp": {}, "53/udp": {}})
+    oci_archive(archive, layers_of(server_binary), image_config(**config))
+    r = push(platform, "port", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "port.localhost")["port"] == "9000"  # reached there, and told
+    app = json.loads(platform.cli("app", "port", "--json").stdout)
+    assert all(i["address"].endswith(":9000") for i in app["instances_detail"]), app
+
+
+def test_a_docker_archive_runs_too(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    docker_archive(archive, layers_of(server_binary, "from-docker"),
+                   image_config(**DEFAULT_CONFIG))
+    r = push(platform, "dock", f"docker-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    got = get_app(platform, "dock.localhost")
+    assert got["greeting"] == "from-docker" and got["gone"] == "absent"
+
+
+def test_two_images_share_their_base_layer(platform, tmp_path, server_binary):
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar"
+    la, lb = layers_of(server_binary, "one"), layers_of(server_binary, "two")
+    assert la[0] == lb[0] and la[1] != lb[1]
+    oci_archive(a, la, image_config(**DEFAULT_CONFIG))
+    oci_archive(b, lb, image_config(**DEFAULT_CONFIG))
+    for name, archive in (("one", a), ("two", b)):
+        r = push(platform, name, f"oci-archive:{archive}")
+        assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "one.localhost")["greeting"] == "one"
+    assert get_app(platform, "two.localhost")["greeting"] == "two"
+    stored = os.listdir(os.path.join(platform.home, "images", "layers", "sha256"))
+    assert sorted(stored) == sorted({digest(x)[7:] for x in la + lb})  # the base once
+
+
+def test_an_entrypoint_without_cmd_runs(platform, tmp_path, server_binary):
+    archive = tmp_path / "web.tar"
+    config = dict(DEFAULT_CONFIG, Cmd=None)
+    oci_archive(archive, layers_of(server_binary), image_config(**config))
+    r = push(platform, "cmd", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    assert get_app(platform, "cmd.localhost")["args"] == "none"
+
+
+def test_hostile_layers_are_refused_naming_the_entry(platform, tmp_path, server_binary):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = tar_bytes([("escape", ("symlink", str(outside))), ("escape/pwned", b"x")],
+                     compress=True)
+    archive = tmp_path / "evil.tar"
+    oci_archive(archive, [layers_of(server_binary)[0], evil], image_config(**DEFAULT_CONFIG))
+    r = push(platform, "evil", f"oci-archive:{archive}")
+    assert r.returncode != 0
+    text = r.stdout + r.stderr
+    assert "escape/pwned" in text and "symbolic link" in text and digest(evil) in text, out(r)
+    assert os.listdir(outside) == []
+
+    dotdot = tar_bytes([("../../../../../../tmp/pwned-by-image", b"x")], compress=True)
+    oci_archive(archive, [dotdot], image_config(**DEFAULT_CONFIG))
+    r = push(platform, "evil", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "outside the layer" in r.stdout + r.stderr, out(r)
+    assert not os.path.exists("/tmp/pwned-by-image")
+
+    # a WorkingDir that climbs: the runtime makes it from outside the container
+    climbing = dict(DEFAULT_CONFIG, WorkingDir=f"/../../../../..{tmp_path}/outside/made")
+    oci_archive(archive, layers_of(server_binary), image_config(**climbing))
+    r = push(platform, "evil", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "WorkingDir" in r.stdout + r.stderr, out(r)
+    assert os.listdir(outside) == []
+
+
+def test_damaged_and_unknown_images_say_what_is_wrong(platform, tmp_path, server_binary):
+    layers = layers_of(server_binary)
+    archive = tmp_path / "bad.tar"
+    oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    # a blob whose content is not its name's digest
+    with tarfile.open(archive) as t:
+        members = [(m.name, t.extractfile(m).read()) for m in t.getmembers()]
+    victim = "blobs/sha256/" + digest(layers[1])[7:]
+    members = [(n, b"tampered" if n == victim else b) for n, b in members]
+    with open(archive, "wb") as f:
+        f.write(tar_bytes(members))
+    r = push(platform, "bad", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "does not match its digest" in r.stdout + r.stderr, out(r)
+    assert victim in r.stdout + r.stderr
+
+    # a docker save tarball named as an OCI layout
+    docker_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    r = push(platform, "bad", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "docker-archive:" in r.stdout + r.stderr, out(r)
+
+    r = push(platform, "bad", f"oci-archive:{tmp_path}/missing.tar")
+    assert r.returncode != 0 and "missing.tar" in r.stderr, out(r)
+
+    # a forged kind through the API
+    status, body = platform.api("PUT", "/v1/apps/bad/bits?image=../../x", raw=b"x",
+                                headers={"Content-Type": "application/octet-stream"})
+    assert status == 400 and "oci-archive" in json.dumps(body), body
+
+
+# ---- from a registry: Debian's docker-registry on loopback, images pushed with skopeo ----------
+
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+{auth}"""
+
+
+def oci_layout(d, layers, config, tag="latest"):
+    """Writes an OCI image layout folder (what skopeo reads as oci:DIR:TAG)."""
+    os.makedirs(os.path.join(d, "blobs", "sha256"), exist_ok=True)
+    archive = os.path.join(d, "..", os.path.basename(d) + ".tar")
+    manifest_digest = oci_archive(archive, layers, config)
+    with tarfile.open(archive) as t:
+        t.extractall(d)
+    with open(os.path.join(d, "index.json")) as f:
+        index = json.load(f)
+    index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = tag
+    with open(os.path.join(d, "index.json"), "w") as f:
+        json.dump(index, f)
+    return manifest_digest
+
+
+class Registry:
+    def __init__(self, root, users=None):
+        from conftest import free_port, wait_for
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        auth = ""
+        if users:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+            with open(os.path.join(root, "htpasswd"), "w") as f:
+                for user, password in users.items():
+                    salt = crypt.mksalt(crypt.METHOD_BLOWFISH)
+                    f.write(f"{user}:{crypt.crypt(password, salt)}\n")
+            auth = (f"auth:\n  htpasswd:\n    realm: skiff-test\n"
+                    f"    path: {os.path.join(root, 'htpasswd')}\n")
+        config = os.path.join(root, "config.yml")
+        with open(config, "w") as f:
+            f.write(REGISTRY_CONFIG.format(root=os.path.join(root, "data"), port=self.port,
+                                           auth=auth))
+        self.log = open(os.path.join(root, "registry.log"), "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", config], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+        def up():
+            import urllib.error
+            import urllib.request
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                return True
+            except urllib.error.HTTPError:
+                return True  # 401: up, and asking for credentials
+            except OSError:
+                return False
+        wait_for(up, 30, "docker-registry to answer")
+
+    def push(self, layout, name, tag="latest", creds=None):
+        args = ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                f"docker://{self.host}/{name}:{tag}"]
+        if creds:
+            args[2:2] = ["--dest-creds", creds]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    os.makedirs(tmp_path / "registry-open")
+    r = Registry(str(tmp_path / "registry-open"))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def private_registry(tmp_path):
+    os.makedirs(tmp_path / "registry-private")
+    r = Registry(str(tmp_path / "registry-private"), users={"alice": "s3cret"})
+    yield r
+    r.close()
+
+
+def platform_for(registries):
+    from conftest import Platform
+    args = []
+    for r in registries:
+        args += ["--insecure-registry", r.host]
+    return Platform(extra_args=args).start()
+
+
+@pytest.fixture
+def closing():
+    """Platforms a test starts, closed after it."""
+    started = []
+    yield started
+    for p in started:
+        p.close()
+
+
+def test_push_from_a_registry_by_tag_and_by_digest(registry, tmp_path, server_binary, closing):
+    layout = str(tmp_path / "layout")
+    oci_layout(layout, layers_of(server_binary, "from-registry"), image_config(**DEFAULT_CONFIG))
+    registry.push(layout, "team/web", "1.0")
+    p = platform_for([registry])
+    closing.append(p)
+
+    r = push(p, "web", f"{registry.host}/team/web:1.0")
+    assert r.returncode == 0, out(r) + p.output()
+    assert "layer 1/2" in r.stdout and "pulled" in r.stdout, out(r)  # progress, like docker pull
+    got = get_app(p, "web.localhost")
+    assert got["greeting"] == "from-registry" and got["gone"] == "absent" and got["uid"] == "1000"
+
+    # `skiff app` shows the image and the digest it runs
+    digest_line = [x for x in r.stdout.splitlines() if "digest sha256:" in x]
+    assert digest_line, out(r)
+    image_digest = digest_line[-1].split("digest ")[-1].strip()
+    app = p.cli("app", "web")
+    assert app.returncode == 0, out(app)
+    assert f"image:       {registry.host}/team/web:1.0" in app.stdout, out(app)
+    assert f"digest:      {image_digest}" in app.stdout, out(app)
+
+    # the digest pins it; the layers are stored already: nothing is pulled again
+    r = push(p, "pinned", f"{registry.host}/team/web@{image_digest}")
+    assert r.returncode == 0, out(r) + p.output()
+    assert "already stored" in r.stdout and "pulled" not in r.stdout, out(r)
+    assert get_app(p, "pinned.localhost")["greeting"] == "from-registry"
+
+    # a restage follows the tag where it moved
+    moved = str(tmp_path / "moved")
+    oci_layout(moved, layers_of(server_binary, "moved-on"), image_config(**DEFAULT_CONFIG))
+    registry.push(moved, "team/web", "1.0")
+    r = p.cli("restage", "web", timeout=300)
+    assert r.returncode == 0, out(r) + p.output()
+    p.wait_for(lambda: get_app(p, "web.localhost")["greeting"] == "moved-on", 60,
+               "the restaged image to answer")
+    assert get_app(p, "pinned.localhost")["greeting"] == "from-registry"
+
+    # errors that say what is wrong
+    r = push(p, "nope", f"{registry.host}/team/web:2.0")
+    assert r.returncode != 0 and "check the image's name and tag" in r.stdout + r.stderr, out(r)
+    r = push(p, "nope", f"{registry.host}/team/web@sha256:" + "0" * 64)
+    assert r.returncode != 0, out(r)
+    r = push(p, "nope", "127.0.0.1:1/team/web:1.0")
+    assert r.returncode != 0 and "cannot be reached" in r.stdout + r.stderr, out(r)
+    r = push(p, "nope", "Not A Reference")
+    assert r.returncode != 0 and "not an image reference" in r.stdout + r.stderr, out(r)
+
+
+def test_a_registry_not_named_insecure_is_spoken_to_over_https(registry, tmp_path,
+                                                                server_binary, closing):
+    layout = str(tmp_path / "layout")
+    oci_layout(layout, layers_of(server_binary), image_config(**DEFAULT_CONFIG))
+    registry.push(layout, "web")
+    p = platform_for([])
+    closing.append(p)
+    r = push(p, "web", f"{registry.host}/web")
+    assert r.returncode != 0 and "cannot be reached" in r.stdout + r.stderr, out(r)
+
+
+def test_a_private_registry_needs_the_right_credentials(private_registry, tmp_path,
+                                                        server_binary, closing):
+    layout = str(tmp_path / "layout")
+    oci_layout(layout, layers_of(server_binary, "private"), image_config(**DEFAULT_CONFIG))
+    private_registry.push(layout, "team/secret", creds="alice:s3cret")
+    p = platform_for([private_registry])
+    closing.append(p)
+    ref = f"{private_registry.host}/team/secret"
+
+    r = push(p, "secret", ref)
+    assert r.returncode != 0 and "401" in r.stdout + r.stderr, out(r)
+    assert "CF_DOCKER_PASSWORD" in r.stdout + r.stderr, out(r)
+
+    r = p.cli("push", "secret", "--docker-image", ref, "--docker-username", "alice")
+    assert r.returncode != 0 and "CF_DOCKER_PASSWORD" in r.stderr, out(r)
+
+    env = dict(p.env(), CF_DOCKER_PASSWORD="wrong")
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push",
+                        "secret", "--docker-image", ref, "--docker-username", "alice"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "wrong username or password" in r.stdout + r.stderr, out(r)
+
+    env["CF_DOCKER_PASSWORD"] = "s3cret"
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push",
+                        "secret", "--docker-image", ref, "--docker-username", "alice"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, out(r) + p.output()
+    assert get_app(p, "secret.localhost")["greeting"] == "private"
+
+
+@pytest.mark.parametrize("link", ["home", "proc", "etc"])
+def test_an_image_root_with_links_where_skiff_mounts_cannot_reach_out(platform, tmp_path,
+                                                                      server_binary, link):
+    # the image's /home (or /proc, /etc) leads to a folder of the host: Skiff must neither make
+    # its mount points there nor mount over it, and the instance must not start
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layers = layers_of(server_binary) + [
+        tar_bytes([(link, ("symlink", str(outside)))], compress=True)]
+    archive = tmp_path / "links.tar"
+    oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    r = push(platform, "links", f"oci-archive:{archive}", "-t", "15")
+    assert r.returncode != 0, out(r)
+    logs = platform.cli("logs", "links", "--recent").stdout
+    assert f"the image's /{link}" in logs and "symbolic link" in logs, logs
+    assert os.listdir(outside) == []
+
+
+# ---- the token flow, platform indexes, redirects, a lying registry: a registry of our own -------
+
+class TokenRegistry:
+    """A registry as the Distribution spec has it, in a few lines: every /v2/ request needs a
+    Bearer token, which its realm gives for alice's Basic credentials; blobs are redirected to
+    a storage path (as registries on object stores do); `tamper` names a blob it serves wrong."""
+
+    def __init__(self, blobs, tags):
+        import http.server
+        import threading
+        self.blobs, self.tags, self.tamper = blobs, tags, set()
+        self.token_requests = 0
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                import base64
+                port = self.server.server_address[1]
+                if self.path.startswith("/token?"):
+                    registry.token_requests += 1
+                    good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+                    if self.headers.get("Authorization") != good:
+                        return self.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+                    return self.send(200, b'{"token":"good-token"}')
+                if self.path.startswith("/storage/"):
+                    d = self.path[len("/storage/"):]
+                    body = registry.blobs[d]
+                    return self.send(200, b"tampered" if d in registry.tamper else body)
+                if self.headers.get("Authorization") != "Bearer good-token":
+                    challenge = (f'Bearer realm="http://127.0.0.1:{port}/token",'
+                                 f'service="token-registry",scope="repository:app:pull"')
+                    return self.send(401, b"{}", [("WWW-Authenticate", challenge)])
+                parts = self.path.split("/")  # ['', 'v2', 'app', 'manifests', REF]
+                if len(parts) != 5 or parts[1] != "v2" or parts[2] != "app":
+                    return self.send(404)
+                ref = registry.tags.get(parts[4], parts[4])
+                if parts[3] == "manifests" and ref in registry.blobs:
+                    doc = registry.blobs[ref]
+                    kind = json.loads(doc).get("mediaType", "")
+                    return self.send(200, doc, [("Content-Type", kind)])
+                if parts[3] == "blobs" and ref in registry.blobs:
+                    return self.send(307, b"", [("Location", f"/storage/{ref}")])
+                return self.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = "127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def multi_platform_image(server):
+    """An OCI index with an arm64 image (that must not be chosen) and an amd64 one."""
+    blobs = {}
+
+    def add(data):
+        blobs[digest(data)] = data
+        return digest(data)
+
+    images = {}
+    for arch, greeting in (("arm64", "wrong-platform"), ("amd64", "right-platform")):
+        layers = layers_of(server, greeting)
+        config = image_config(**DEFAULT_CONFIG)
+        for x in layers + [config]:
+            add(x)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": digest(x), "size": len(x)} for x in layers]}).encode()
+        images[arch] = (add(manifest), len(manifest), layers)
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": d, "size": n, "platform": {"os": "linux", "architecture": a}}
+                      for a, (d, n, _) in images.items()]}).encode()
+    return blobs, add(index), images
+
+
+def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing):
+    blobs, index_digest, images = multi_platform_image(server_binary)
+    reg = TokenRegistry(blobs, {"v1": index_digest})
+    try:
+        p = platform_for([reg])
+        closing.append(p)
+        ref = f"{reg.host}/app:v1"
+        r = push(p, "tok", ref)
+        assert r.returncode != 0 and "401" in r.stdout + r.stderr, out(r)
+
+        env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image", ref,
+                            "--docker-username", "alice"], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, out(r) + p.output()
+        assert reg.token_requests >= 2
+        assert get_app(p, "tok.localhost")["greeting"] == "right-platform"
+        assert images["amd64"][0] in r.stdout  # the platform's manifest is the digest run
+
+        # a registry that serves a layer that is not what its digest says
+        layer = images["arm64"][2][1]
+        reg.tamper.add(digest(layer))
+        reg.tags["v2"] = images["arm64"][0]
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "liar", "--docker-image",
+                            f"{reg.host}/app:v2", "--docker-username", "alice"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0, out(r)
+        assert "does not match its digest" in r.stdout + r.stderr, out(r)
+        assert digest(layer) in r.stdout + r.stderr, out(r)
+        blob = os.path.join(p.home, "images", "blobs", "sha256", digest(layer)[7:])
+        assert not os.path.exists(blob)  # nothing half-stored
+    finally:
+        reg.close()
