@@ -72,7 +72,8 @@ static int metadata__patch(const char *name, json_t *labels, const char *done)
     return rc ? CLI_EXIT_ERROR : CLI_EXIT_OK;
 }
 
-int cli_cmd_set_label(const struct cli_command *cmd, int argc, char **argv)
+/* set-label (KEY=VALUE...) and unset-label (KEY...): one PATCH of the labels given. */
+static int metadata__labels_change(const struct cli_command *cmd, int argc, char **argv, bool set)
 {
     struct cli_args args;
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 3, -1);
@@ -83,6 +84,10 @@ int cli_cmd_set_label(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     json_t *labels = json_object();
     for (int i = 2; i < args.count; i++) {
+        if (!set) {
+            json_object_set_new(labels, args.items[i], json_null());
+            continue;
+        }
         const char *eq = strchr(args.items[i], '=');
         if (!eq || eq == args.items[i]) {
             json_decref(labels);
@@ -92,20 +97,15 @@ int cli_cmd_set_label(const struct cli_command *cmd, int argc, char **argv)
         json_object_set_new(labels, key, json_string(eq + 1));
         free(key);
     }
-    return metadata__patch(name, labels, "Set the labels");
+    return metadata__patch(name, labels, set ? "Set the labels" : "Removed the labels");
+}
+
+int cli_cmd_set_label(const struct cli_command *cmd, int argc, char **argv)
+{
+    return metadata__labels_change(cmd, argc, argv, true);
 }
 
 int cli_cmd_unset_label(const struct cli_command *cmd, int argc, char **argv)
 {
-    struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 3, -1);
-    if (rc != CLI_CONTINUE)
-        return rc;
-    const char *name = metadata__app(cmd, &args, &rc);
-    if (!name)
-        return rc;
-    json_t *labels = json_object();
-    for (int i = 2; i < args.count; i++)
-        json_object_set_new(labels, args.items[i], json_null());
-    return metadata__patch(name, labels, "Removed the labels");
+    return metadata__labels_change(cmd, argc, argv, false);
 }
