@@ -34,4 +34,10 @@ int container__start_from_json(const char *text, struct container__start *out, c
                                size_t errlen);
 void container__start_clear(struct container__start *s);
 
+/* Becomes a container's program: a session of its own, vcap, no capabilities (bounding,
+ * ambient and inheritable sets too), no_new_privs, the rlimits, the seccomp filter, then
+ * execvp(argv) with envp. The caller is its namespaces' root. Returns only on failure: a
+ * negative errno (-ENOENT: no such program) with err filled. */
+int container__program_exec(char *const argv[], char *const envp[], char *err, size_t errlen);
+
 #endif

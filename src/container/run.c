@@ -414,8 +414,10 @@ static void run__proc(struct run_child *c)
     free(proc);
 }
 
-/* The program, as vcap with nothing of root left. Does not return. */
-static void run__exec(struct run_child *c)
+/* The program, as vcap with nothing of root left (see container_internal.h): the one place
+ * that decides what a container's program may do, for instances, stagings and commands run
+ * in a running container (exec.c). Returns only on failure, with err filled. */
+int container__program_exec(char *const argv[], char *const envp[], char *err, size_t errlen)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -428,26 +430,34 @@ static void run__exec(struct run_child *c)
     gid_t gid = CONTAINER_VCAP_UID;
     if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
         setresuid(CONTAINER_VCAP_UID, CONTAINER_VCAP_UID, CONTAINER_VCAP_UID) < 0)
-        run__child_fail(c, "cannot become vcap: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot become vcap: %s", strerror(errno));
     /* a uid change from 0 clears the permitted and effective sets; the ambient and
      * inheritable ones are cleared too, so no exec can bring a capability back */
     cap_t none_caps = cap_init();
     if (!none_caps || cap_set_proc(none_caps) < 0)
-        run__child_fail(c, "cannot drop capabilities: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot drop capabilities: %s", strerror(errno));
     cap_free(none_caps);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        run__child_fail(c, "cannot set no_new_privs: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot set no_new_privs: %s", strerror(errno));
     struct rlimit core = {0, 0}, nofile = {CONTAINER_NOFILE, CONTAINER_NOFILE};
     setrlimit(RLIMIT_CORE, &core);
     setrlimit(RLIMIT_NOFILE, &nofile);
-    char err[256] = "";
-    if (seccomp_install_default(err, sizeof err) < 0)
-        run__child_fail(c, "cannot install the seccomp filter: %s", err);
+    char why[256] = "";
+    if (seccomp_install_default(why, sizeof why) < 0)
+        return run__fail(err, errlen, -EPERM, "cannot install the seccomp filter: %s", why);
     extern char **environ;
-    environ = (char **)c->envp; /* execvp looks PATH up in the program's own environment */
-    execvp(c->argv[0], c->argv);
-    run__child_fail(c, "cannot run %s: %s", c->argv[0], strerror(errno));
+    environ = (char **)envp; /* execvp looks PATH up in the program's own environment */
+    execvp(argv[0], argv);
+    return run__fail(err, errlen, -errno, "cannot run %s: %s", argv[0], strerror(errno));
+}
+
+/* The program of this container. Does not return. */
+static void run__exec(struct run_child *c)
+{
+    char err[512];
+    container__program_exec(c->argv, c->envp, err, sizeof err);
+    run__child_fail(c, "%s", err);
 }
 
 /* A warm container's program run ahead: forked now, as vcap like any program, reading its
