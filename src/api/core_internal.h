@@ -26,6 +26,7 @@ struct api_core {
     uint64_t instance_changes;
     int hub_sub; /* on cfg.hub: instance changes */
     uint64_t apps_cache_instance_changes;
+    struct api_core_ssh *ssh; /* ssh.c: the sessions open */
 };
 
 void api_core__routes_changed(struct api_core *core);
@@ -61,6 +62,11 @@ void api_core__staging_register(struct api_core *core);
 bool api_core__staging_busy(struct api_core *core, const char *app_guid);
 /* Cancels the staging of an app, or all of them when app_guid is NULL. */
 void api_core__staging_cancel(struct api_core *core, const char *app_guid);
+
+/* ssh.c: POST /v1/apps/NAME/ssh (skiff ssh); _end_all ends every session (shutdown). */
+void api_core__ssh_register(struct api_core *core);
+void api_core__ssh_end_all(struct api_core *core);
+void api_core__ssh_free(struct api_core *core);
 
 /* revisions.c */
 void api_core__revisions_register(struct api_core *core);
