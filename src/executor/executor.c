@@ -2550,6 +2550,11 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
         free(x);
         return rc;
     }
+    /* a quarter of the instance's processes stay its own, so that a fork bomb typed into a
+     * session does not stop the instance from serving (threads count too). Where a cgroup
+     * with processes cannot have limited children (v2), the instance's limit alone holds. */
+    int pids = inst->pids_max > 0 ? inst->pids_max : DEFAULT_PIDS_MAX;
+    cgroup_set_limits(x->cg, 0, pids - pids / 4 > 8 ? pids - pids / 4 : 8);
     size_t argc = 0;
     x->argv = xcalloc(32, sizeof *x->argv);
     x->argv[argc++] = xstrdup(inst->ex->init_path);
