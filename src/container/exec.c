@@ -242,6 +242,9 @@ int container_enter(const struct container_enter *e, char *const argv[], char *c
     if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
         return enter__fail(err, errlen, -errno, "cannot take the container's root: %s",
                            strerror(errno));
+    /* set after the credentials changed (a change clears it): a caller that dies takes the
+     * session with it, the command then loses its input and output */
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     int master = -1;
     if (e->tty) {
         master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
