@@ -134,6 +134,61 @@ def test_shell_reads_stdin_without_a_terminal(world):
     assert lines[2] == "not a tty", out(r)
 
 
+def test_a_shell_at_a_terminal_gets_one_inside(world):
+    """Typed at a terminal: a login shell on a terminal of the container's own, its size the
+    local window's and following it, the local terminal restored at the end."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    p = world["p"]
+    pid, fd = pty.fork()
+    if pid == 0:
+        env = p.env()
+        env["TERM"] = "xterm"
+        os.execve(os.path.join(BIN_DIR, "skiff"), ["skiff", "ssh", "box"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    seen = b""
+
+    def read_until(text, timeout=20):
+        nonlocal seen
+        deadline = time.time() + timeout
+        while text not in seen and time.time() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        return text in seen
+
+    try:
+        assert read_until(b"$ ", 60), seen  # the prompt: the shell reads its terminal now
+        os.write(fd, b"tty; stty size; echo T=$TERM; echo mark-$((40+2))\n")
+        assert read_until(b"mark-42\r\n"), seen  # output only: the echoed line has no 42
+        assert b"/dev/pts/0\r\n33 101\r\nT=xterm\r\n" in seen, seen
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        wait_for(lambda: os.write(fd, b"stty size\n") and read_until(b"50 160", 1), 20,
+                 "the new window size inside")
+        os.write(fd, b"exit 5\n")
+        read_until(b"logout")
+    finally:
+        deadline = time.time() + 20
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while not done and time.time() < deadline:
+            time.sleep(0.1)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 5, seen
+
+
 def test_large_output_arrives_whole(world):
     r = ssh(world["p"], "box", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo")
     assert r.returncode == 0, out(r)[:500]
