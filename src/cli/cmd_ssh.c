@@ -138,7 +138,7 @@ static int ssh_frames(struct buf *in)
             break;
         if (n < 0) {
             ssh_restore_terminal();
-            rc = cli_error("the API sent a malformed frame: is it a skiffd of this version?");
+            cli_error("the API sent a malformed frame: is it a skiffd of this version?");
             rc = SSH_EXIT_LOST;
             break;
         }
@@ -159,7 +159,7 @@ static int ssh_frames(struct buf *in)
     return rc;
 }
 
-static int ssh_session(CURL *curl, curl_socket_t sock, struct buf *in, bool tty)
+static int ssh_session(CURL *curl, curl_socket_t sock, struct buf *in)
 {
     bool stdin_open = true;
     struct buf out = {0};
@@ -212,7 +212,6 @@ static int ssh_session(CURL *curl, curl_socket_t sock, struct buf *in, bool tty)
         cli_error("the connection to the instance was lost before the command ended");
         return SSH_EXIT_LOST;
     }
-    (void)tty;
     return rc;
 }
 
@@ -352,7 +351,7 @@ int cli_cmd_ssh(const struct cli_command *cmd, int argc, char **argv)
         sigaction(SIGWINCH, &sa, NULL);
     }
     signal(SIGPIPE, SIG_IGN);
-    rc = ssh_session(curl, sock, &in, tty);
+    rc = ssh_session(curl, sock, &in);
 done:
     ssh_restore_terminal();
     buf_free(&in);
