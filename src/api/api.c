@@ -612,6 +612,11 @@ void api_respond(struct api_request *req, int status, const char *content_type, 
     http_respond(&req->http, status, content_type, body, len);
 }
 
+void api_upgrade(struct api_request *req, const char *protocol, api_upgrade_fn taken, void *ctx)
+{
+    http_upgrade(&req->http, protocol, taken, ctx);
+}
+
 void api_respond_json(struct api_request *req, int status, json_t *body)
 {
     if (!body) {

@@ -219,6 +219,13 @@ void api_respond_json(struct api_request *req, int status, json_t *body);
 void api_respond_error(struct api_request *req, enum skiff_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Switches the request's connection to another protocol instead of answering (101, see
+ * http_upgrade in src/http/server.h): taken gets the socket (fd -1 when the client left
+ * first) and the bytes that came after the request. This finishes the request (audited as
+ * a change answered 101). */
+typedef void (*api_upgrade_fn)(void *ctx, int fd, const char *early, size_t len);
+void api_upgrade(struct api_request *req, const char *protocol, api_upgrade_fn taken, void *ctx);
+
 /* Chunked streaming: begin once, write any number of times, end once (which finishes the
  * request). api_stream_write returns 0, or -EPIPE when the client is gone (keep calling
  * api_stream_end regardless). api_stream_pending says how many bytes wait to be sent, so a

@@ -1977,6 +1977,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     api_core__autoscale_register(core);
     api_core__functions_register(core);
     api_core__tasks_register(core);
+    api_core__ssh_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;
@@ -1986,6 +1987,7 @@ void api_core_shutdown(struct api_core *core)
 {
     api_core__staging_cancel(core, NULL);
     api_core__followers_end(core);
+    api_core__ssh_end_all(core);
 }
 
 void api_core_free(struct api_core *core)
@@ -1993,6 +1995,7 @@ void api_core_free(struct api_core *core)
     if (!core)
         return;
     hub_unsubscribe(core->cfg.hub, core->hub_sub);
+    api_core__ssh_free(core);
     free((char *)core->cfg.home);
     free((char *)core->cfg.router_url);
     free((char *)core->cfg.buildpacks_dir);

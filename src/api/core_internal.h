@@ -26,6 +26,7 @@ struct api_core {
     uint64_t instance_changes;
     int hub_sub; /* on cfg.hub: instance changes */
     uint64_t apps_cache_instance_changes;
+    struct api_core_ssh *ssh; /* ssh.c: the sessions open */
 };
 
 void api_core__routes_changed(struct api_core *core);
@@ -75,6 +76,10 @@ bool api_label_value_valid(const char *value);
 /* Whether labels (a JSON object of strings) match a label selector ("env=prod,!legacy,tier in
  * (web,api)"): 1 or 0, or -EINVAL with what is wrong in err. */
 int api_labels_match(json_t *labels, const char *selector, char *err, size_t errlen);
+/* ssh.c: POST /v1/apps/NAME/ssh (skiff ssh); _end_all ends every session (shutdown). */
+void api_core__ssh_register(struct api_core *core);
+void api_core__ssh_end_all(struct api_core *core);
+void api_core__ssh_free(struct api_core *core);
 
 /* revisions.c */
 void api_core__revisions_register(struct api_core *core);

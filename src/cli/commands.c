@@ -192,6 +192,23 @@ const struct cli_command cli_core_commands[] = {
     {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},
     {"create-domain", "create-domain NAME", "Add a shared domain for routes",
      "Example:\n  skiff create-domain example.test\n", cli_cmd_create_domain},
+    {"ssh", "ssh NAME [-i INDEX] [--process TYPE] [-c COMMAND] [-t|-T]",
+     "Run a shell or a command inside a running instance",
+     "Runs COMMAND (with /bin/sh -c), or a login shell without -c, inside the container of\n"
+     "instance INDEX (default 0) of the app's process TYPE (default web): its file system,\n"
+     "processes, network and limits, as vcap in /home/vcap/app with the instance's\n"
+     "environment. Input, output and errors are passed through; skiff ssh exits as the\n"
+     "command does (128+N when a signal N killed it, 255 when the session failed). A shell\n"
+     "typed at a terminal gets a terminal inside (its size follows the window's). Ending\n"
+     "skiff ssh ends everything the command started. Needs the right to change the app\n"
+     "(SpaceDeveloper).\n\n"
+     "  -i, --index INDEX          the instance (default 0)\n"
+     "  --process TYPE             the process type (default web)\n"
+     "  -c, --command COMMAND      run this instead of a shell\n"
+     "  -t, --force-pseudo-tty     a terminal even with -c or when stdin is not one\n"
+     "  -T, --disable-pseudo-tty   no terminal\n\n"
+     "Examples:\n  skiff ssh hello\n  skiff ssh hello -i 1 -c 'ps aux'\n",
+     cli_cmd_ssh},
     {"help", "help [COMMAND]", "Show the commands, or the help of one", NULL, cli_cmd_help},
     {NULL, NULL, NULL, NULL, NULL},
 };

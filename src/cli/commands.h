@@ -51,6 +51,7 @@ int cli_cmd_start(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_stop(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_restart(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_ssh(const struct cli_command *cmd, int argc, char **argv); /* cmd_ssh.c */
 int cli_cmd_revisions(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_rollback(const struct cli_command *cmd, int argc, char **argv);
 /* cmd_tasks.c */

@@ -177,6 +177,30 @@ struct container_start {
 int container_warm_start(const char *socket_path, const struct container_start *start,
                          char *err, size_t errlen);
 
+/* Running a command inside a container that runs already (`skiff ssh`): in all of its
+ * namespaces (user, mount, PID, IPC, UTS, network, cgroup), as vcap with what any program of
+ * a container gets (no capabilities, no_new_privs, the rlimits, the seccomp filter), with
+ * envp, in /home/vcap/app. The container's init is found in cgroup_procs (its cgroup), and
+ * the command first joins the cgroups of join (one of its own under the container's, so the
+ * container's limits hold and its owner can end every process the command started). With
+ * tty, the command gets a terminal of the container's /dev/pts (rows x cols) and this
+ * process moves bytes between its stdin/stdout and the terminal, reading window sizes from
+ * fd 3 (rows and columns, two bytes each, big-endian); without, the command has this
+ * process's stdin, stdout and stderr. Returns the command's wait status once it has ended
+ * (127: not found, 126: could not run, with a message on its stderr), or a negative errno
+ * with a message in err when it could not start (-ESRCH: the container is not running).
+ * The caller is root on the host and single-threaded (setns into a user namespace refuses
+ * threads); skiff-init --enter is that process. */
+struct container_enter {
+    const char *cgroup_procs;
+    char *const *join;       /* NULL-terminated, or NULL */
+    const char *seccomp_bpf; /* the filter built ahead (seccomp_export_default), or NULL */
+    bool tty;
+    unsigned short rows, cols; /* 0: 24 x 80 */
+};
+int container_enter(const struct container_enter *e, char *const argv[], char *const envp[],
+                    char *err, size_t errlen);
+
 /* The stack "host" under home/stacks/host: a skeleton root (generated /etc with passwd and
  * group naming vcap, hosts, resolv.conf, nsswitch.conf; mount points; /bin /lib /sbin as links
  * into /usr) made once and brought up to date at each daemon start. *dir is set to its path

@@ -40,4 +40,14 @@ int container__start_from_json(const char *text, struct container__start *out, c
                                size_t errlen);
 void container__start_clear(struct container__start *s);
 
+/* Becomes what a container's own processes run as: a session of its own, uid:gid (uid 0:
+ * vcap; an image's User otherwise), no capabilities (bounding, ambient and inheritable sets
+ * too), no_new_privs, the rlimits, the seccomp filter. The caller is its namespaces' root. 0,
+ * or a negative errno with err filled. */
+int container__drop(unsigned uid, unsigned gid, char *err, size_t errlen);
+/* container__drop, then execvp(argv) with envp. Returns only on failure: a negative errno
+ * (-ENOENT: no such program) with err filled. */
+int container__program_exec(char *const argv[], char *const envp[], unsigned uid, unsigned gid,
+                            char *err, size_t errlen);
+
 #endif

@@ -417,9 +417,9 @@ static void run__proc(struct run_child *c)
     free(proc);
 }
 
-/* This process as vcap with nothing of root left: what every process of the container's
- * own runs as (the program, its sidecars, their output's relay). */
-static void run__drop(struct run_child *c)
+/* This process as uid:gid (uid 0: vcap) with nothing of root left (see
+ * container_internal.h): what every process of the container's own runs as. */
+int container__drop(unsigned uid, unsigned gid, char *err, size_t errlen)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -429,35 +429,57 @@ static void run__drop(struct run_child *c)
     setsid();
     for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
         prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
-    uid_t uid = c->cfg->user_uid ? c->cfg->user_uid : CONTAINER_VCAP_UID;
-    gid_t gid = c->cfg->user_uid ? c->cfg->user_gid : CONTAINER_VCAP_UID;
-    if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
-        run__child_fail(c, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+    uid_t u = uid ? uid : CONTAINER_VCAP_UID;
+    gid_t g = uid ? gid : CONTAINER_VCAP_UID;
+    if (setgroups(1, &g) < 0 || setresgid(g, g, g) < 0 || setresuid(u, u, u) < 0)
+        return run__fail(err, errlen, -errno, "cannot become uid %u: %s", (unsigned)u,
+                         strerror(errno));
     /* a uid change from 0 clears the permitted and effective sets; the ambient and
      * inheritable ones are cleared too, so no exec can bring a capability back */
     cap_t none_caps = cap_init();
     if (!none_caps || cap_set_proc(none_caps) < 0)
-        run__child_fail(c, "cannot drop capabilities: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot drop capabilities: %s", strerror(errno));
     cap_free(none_caps);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        run__child_fail(c, "cannot set no_new_privs: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot set no_new_privs: %s", strerror(errno));
     struct rlimit core = {0, 0}, nofile = {CONTAINER_NOFILE, CONTAINER_NOFILE};
     setrlimit(RLIMIT_CORE, &core);
     setrlimit(RLIMIT_NOFILE, &nofile);
-    char err[256] = "";
-    if (seccomp_install_default(err, sizeof err) < 0)
-        run__child_fail(c, "cannot install the seccomp filter: %s", err);
+    char why[256] = "";
+    if (seccomp_install_default(why, sizeof why) < 0)
+        return run__fail(err, errlen, -EPERM, "cannot install the seccomp filter: %s", why);
+    return 0;
 }
 
-/* The program, as vcap with nothing of root left. Does not return. */
+/* The program, dropped as container__drop says: the one place that decides what a container's
+ * program may do, for instances, stagings and commands run in a running container (exec.c). */
+int container__program_exec(char *const argv[], char *const envp[], unsigned uid, unsigned gid,
+                            char *err, size_t errlen)
+{
+    int rc = container__drop(uid, gid, err, errlen);
+    if (rc < 0)
+        return rc;
+    extern char **environ;
+    environ = (char **)envp; /* execvp looks PATH up in the program's own environment */
+    execvp(argv[0], argv);
+    return run__fail(err, errlen, -errno, "cannot run %s: %s", argv[0], strerror(errno));
+}
+
+/* This process as the container's program runs (its sidecars, their output's relay). */
+static void run__drop(struct run_child *c)
+{
+    char err[512];
+    if (container__drop(c->cfg->user_uid, c->cfg->user_gid, err, sizeof err) < 0)
+        run__child_fail(c, "%s", err);
+}
+
+/* The program of this container. Does not return. */
 static void run__exec(struct run_child *c)
 {
-    run__drop(c);
-    extern char **environ;
-    environ = (char **)c->envp; /* execvp looks PATH up in the program's own environment */
-    execvp(c->argv[0], c->argv);
-    run__child_fail(c, "cannot run %s: %s", c->argv[0], strerror(errno));
+    char err[512];
+    container__program_exec(c->argv, c->envp, c->cfg->user_uid, c->cfg->user_gid, err, sizeof err);
+    run__child_fail(c, "%s", err);
 }
 
 /* ---- sidecars --------------------------------------------------------------------------- */
@@ -872,14 +894,20 @@ static int run__maps(pid_t pid, unsigned base, char *err, size_t errlen)
 static int run__warm_accept(const struct container_config *cfg, int init_err, char **text,
                             char *err, size_t errlen)
 {
+    /* bound and listening under another name first, then renamed: whoever sees the socket
+     * (the executor, by its name) may connect at once */
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", cfg->warm_socket);
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s.new", cfg->warm_socket);
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (lfd < 0)
         return run__fail(err, errlen, -errno, "cannot make the warm socket: %s", strerror(errno));
     unlink(cfg->warm_socket);
+    unlink(addr.sun_path);
     mode_t old = umask(0177); /* 0600 from the start: root alone may start it */
-    int rc = bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 1) < 0 ? -errno : 0;
+    int rc = bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 1) < 0 ||
+                     rename(addr.sun_path, cfg->warm_socket) < 0
+                 ? -errno
+                 : 0;
     umask(old);
     int fd = -1;
     while (rc == 0 && fd < 0) {

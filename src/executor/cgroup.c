@@ -1,6 +1,7 @@
 /* cgroup: see cgroup.h. */
 #include "executor/cgroup.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -369,6 +370,55 @@ int cgroup_remove_stale(int min_age_s)
     return removed;
 }
 
+int cgroup_create_child(const struct cgroup *parent, const char *name, struct cgroup **out)
+{
+    if (!cgroup__name_ok(name))
+        return -EINVAL;
+    struct cgroup *cg = xcalloc(1, sizeof(*cg));
+    cg->mode = parent->mode;
+    for (int i = 0; i < CG_COUNT; i++) {
+        if (!parent->dirs[i])
+            continue;
+        cg->dirs[i] = xasprintf("%s/%s", parent->dirs[i], name);
+        if (mkdir(cg->dirs[i], 0755) < 0) {
+            int rc = -errno;
+            free(cg->dirs[i]);
+            cg->dirs[i] = NULL;
+            cgroup_destroy(cg);
+            return rc;
+        }
+        cg->procs_storage[i] = xasprintf("%s/cgroup.procs", cg->dirs[i]);
+        cg->procs[i] = cg->procs_storage[i]; /* as the parent's: only the optional last may lack */
+    }
+    *out = cg;
+    return 0;
+}
+
+/* Removes the cgroups under dir (cgroup_create_child's), killing what is in them: a cgroup
+ * with children cannot be removed, and v1 kills only what is listed in a cgroup itself. */
+static void cgroup__remove_children(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_type != DT_DIR || de->d_name[0] == '.')
+            continue;
+        char *child = xasprintf("%s/%s", dir, de->d_name);
+        char *procs = xasprintf("%s/cgroup.procs", child);
+        for (int attempt = 0; attempt < 200; attempt++) {
+            cgroup__kill_listed(procs);
+            if (rmdir(child) == 0 || errno != EBUSY)
+                break;
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        }
+        free(procs);
+        free(child);
+    }
+    closedir(d);
+}
+
 void cgroup_destroy(struct cgroup *cg)
 {
     if (!cg)
@@ -377,6 +427,7 @@ void cgroup_destroy(struct cgroup *cg)
     for (int i = 0; i < CG_COUNT; i++) {
         if (!cg->dirs[i])
             continue;
+        cgroup__remove_children(cg->dirs[i]);
         /* killed processes leave their cgroup when the kernel has finished them: a moment */
         for (int attempt = 0; attempt < 200; attempt++) {
             if (rmdir(cg->dirs[i]) == 0 || errno == ENOENT)

@@ -27,6 +27,11 @@ int cgroup_set_limits(struct cgroup *cg, int memory_mb, int pids_max);
 /* Gives the cgroup another name, its processes staying in it (a warm container becomes an
  * instance). All or nothing across v1's hierarchies. */
 int cgroup_rename(struct cgroup *cg, const char *name);
+/* A cgroup of its own under parent (a command run inside an instance's container: the
+ * instance's limits hold for it, and destroying it ends every process it has). No limits of
+ * its own. -EEXIST when there is one of that name. cgroup_destroy removes it; destroying the
+ * parent removes it too. */
+int cgroup_create_child(const struct cgroup *parent, const char *name, struct cgroup **out);
 /* Frees cg and leaves the cgroup and its processes alone (the instance outlives us). */
 void cgroup_release(struct cgroup *cg);
 /* The cgroup.procs files a process writes its pid to, NULL-terminated; owned by cg. */

@@ -2808,3 +2808,100 @@ void instance_set_user_data(struct instance *inst, void *data)
 {
     inst->user_data = data;
 }
+
+/* ---- commands inside an instance (skiff ssh) ------------------------------------------------ */
+
+struct instance_exec {
+    struct cgroup *cg;
+    char **argv;
+    char **env;
+};
+
+/* The shell a session without a command gets: bash when the container has it, as Cloud
+ * Foundry's stacks do, else sh; a login shell either way. */
+#define EXECUTOR_LOGIN_SHELL                                                                       \
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
+
+int instance_exec_new(struct instance *inst, const struct instance_exec_spec *spec,
+                      struct instance_exec **out)
+{
+    if (inst->ex->isolation != EXECUTOR_CONTAINER || !inst->cg)
+        return -ENOTSUP;
+    if (inst->final || inst->state == INSTANCE_STOPPING)
+        return -ESRCH;
+    struct instance_exec *x = xcalloc(1, sizeof *x);
+    char name[80];
+    snprintf(name, sizeof name, "ssh-%s", spec->id);
+    int rc = cgroup_create_child(inst->cg, name, &x->cg);
+    if (rc < 0) {
+        free(x);
+        return rc;
+    }
+    /* a quarter of the instance's processes stay its own, so that a fork bomb typed into a
+     * session does not stop the instance from serving (threads count too). Where a cgroup
+     * with processes cannot have limited children (v2), the instance's limit alone holds. */
+    int pids = inst->pids_max > 0 ? inst->pids_max : DEFAULT_PIDS_MAX;
+    cgroup_set_limits(x->cg, 0, pids - pids / 4 > 8 ? pids - pids / 4 : 8);
+    size_t argc = 0;
+    x->argv = xcalloc(32, sizeof *x->argv);
+    x->argv[argc++] = xstrdup(inst->ex->init_path);
+    x->argv[argc++] = xstrdup("--enter");
+    x->argv[argc++] = xstrdup(cgroup_join_files(inst->cg)[0]);
+    for (const char *const *f = cgroup_join_files(x->cg); *f && argc < 20; f++) {
+        x->argv[argc++] = xstrdup("--join");
+        x->argv[argc++] = xstrdup(*f);
+    }
+    if (inst->ex->seccomp_bpf) {
+        x->argv[argc++] = xstrdup("--seccomp");
+        x->argv[argc++] = xstrdup(inst->ex->seccomp_bpf);
+    }
+    if (spec->tty) {
+        x->argv[argc++] = xstrdup("--tty");
+        x->argv[argc++] = xasprintf("%ux%u", spec->rows, spec->cols);
+    }
+    x->argv[argc++] = xstrdup("--");
+    x->argv[argc++] = xstrdup("/bin/sh");
+    x->argv[argc++] = xstrdup("-c");
+    x->argv[argc++] = xstrdup(spec->command ? spec->command : EXECUTOR_LOGIN_SHELL);
+    /* the instance's own environment; an adopted instance's was not handed over, and gets
+     * what every container's program starts from */
+    static char *const fallback[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" CONTAINER_APP_DIR,
+                                     "TMPDIR=" CONTAINER_TMP_DIR, "LANG=C.UTF-8", NULL};
+    char *const *env = inst->env ? inst->env : fallback;
+    size_t n = 0;
+    while (env[n])
+        n++;
+    x->env = xcalloc(n + 2, sizeof *x->env);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(spec->term && str_has_prefix(env[i], "TERM=")))
+            x->env[k++] = xstrdup(env[i]);
+    if (spec->term)
+        x->env[k++] = xasprintf("TERM=%s", spec->term);
+    *out = x;
+    return 0;
+}
+
+char *const *instance_exec_argv(const struct instance_exec *x)
+{
+    return x->argv;
+}
+
+char *const *instance_exec_env(const struct instance_exec *x)
+{
+    return x->env;
+}
+
+void instance_exec_free(struct instance_exec *x)
+{
+    if (!x)
+        return;
+    cgroup_destroy(x->cg);
+    for (char **v = x->argv; *v; v++)
+        free(*v);
+    free(x->argv);
+    for (char **v = x->env; *v; v++)
+        free(*v);
+    free(x->env);
+    free(x);
+}

@@ -210,6 +210,30 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
 /* SIGTERM, then SIGKILL after the grace period; ends with INSTANCE_DOWN. Idempotent. */
 void executor_stop(struct instance *inst);
 
+/* A command run inside a running instance's container (`skiff ssh`; container_enter says
+ * what inside means). instance_exec_new makes it a cgroup of its own under the instance's
+ * (the instance's memory and process limits hold for it; instance_exec_free ends every
+ * process it started) and the command line that runs it: argv (skiff-init --enter ...,
+ * `/bin/sh -c command`, or a login shell when command is NULL) with env (the instance's own
+ * environment, TERM replaced by term when given); the caller spawns it single-threaded (a
+ * process of its own). -ENOTSUP for an instance not in a container, -ESRCH for one that is
+ * stopping or gone, -EEXIST for an id in use. x does not depend on inst afterwards: when the
+ * instance ends, the command ends with its container. */
+struct instance_exec;
+struct instance_exec_spec {
+    const char *id;      /* unique among the instance's commands: [A-Za-z0-9-] */
+    const char *command; /* or NULL: a login shell */
+    bool tty;            /* a terminal of rows x cols (skiff-init reads resizes on fd 3) */
+    unsigned rows, cols;
+    const char *term; /* TERM for the command, or NULL */
+};
+int instance_exec_new(struct instance *inst, const struct instance_exec_spec *spec,
+                      struct instance_exec **out);
+char *const *instance_exec_argv(const struct instance_exec *x);
+char *const *instance_exec_env(const struct instance_exec *x);
+/* Kills what the command left running, removes its cgroup, frees x. */
+void instance_exec_free(struct instance_exec *x);
+
 enum instance_state instance_state(const struct instance *inst);
 const char *instance_state_name(enum instance_state state);
 const char *instance_guid(const struct instance *inst);

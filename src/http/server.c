@@ -115,6 +115,9 @@ struct http_conn {
     uint64_t linger_bytes;
     uv_shutdown_t shutdown;
     char peer[80];
+    /* http_upgrade: the taker, once the 101 is out and the parser has let go */
+    void (*upgrade_fn)(void *ctx, int fd, const char *early, size_t len);
+    void *upgrade_ctx;
 };
 
 struct http_write {
@@ -133,6 +136,7 @@ static void http__answer_now(struct http_conn *c, struct http_request *req, bool
 static void http__resume_accepting(uv_timer_t *t);
 static void http__on_listen_ready(uv_poll_t *h, int status, int events);
 static void http__sweep(uv_timer_t *t);
+static void http__upgrade_maybe(struct http_conn *c);
 
 /* ---- connection caps ------------------------------------------------------------------- */
 
@@ -472,6 +476,8 @@ static void http__write_done(uv_write_t *w, int status)
     /* a peer that is gone ends the connection (and aborts a stream to it) */
     if (status < 0) {
         http__conn_close(c);
+    } else if (c->upgrade_fn) {
+        http__upgrade_maybe(c);
     } else if (c->close_after_write && c->write_pending == 0) {
         http__close_or_linger(c);
     } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2 && !c->closing) {
@@ -761,6 +767,57 @@ void http_request_refuse_with(struct http_request *req, int status, const char *
 }
 
 /* ---- parsing ------------------------------------------------------------------------------ */
+
+/* Hands the connection over once the 101 is out and the parser is not running: a descriptor
+ * of the socket for the taker, then the request ends and the server forgets the
+ * connection (closing its own descriptor only). */
+static void http__upgrade_maybe(struct http_conn *c)
+{
+    if (!c->upgrade_fn || c->in_execute || c->write_pending > 0 || c->closing)
+        return;
+    void (*fn)(void *, int, const char *, size_t) = c->upgrade_fn;
+    c->upgrade_fn = NULL;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    uv_os_fd_t sock = -1;
+    int fd = uv_fileno((uv_handle_t *)&c->tcp, &sock) == 0 ? fcntl(sock, F_DUPFD_CLOEXEC, 3) : -1;
+    struct buf early = c->pending;
+    memset(&c->pending, 0, sizeof c->pending);
+    fn(c->upgrade_ctx, fd, early.data, early.len);
+    buf_free(&early);
+    struct http_request *req = c->req;
+    c->req = NULL;
+    if (req) {
+        req->conn = NULL;
+        req->state = HTTP_REQ_DONE;
+        http__request_free(req);
+    }
+    http__conn_close(c);
+}
+
+void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_fn taken, void *ctx)
+{
+    struct http_conn *c = req->conn;
+    req->status = 101;
+    if (!c || c->closing) {
+        taken(ctx, -1, NULL, 0);
+        req->state = HTTP_REQ_DONE;
+        http__request_free(req);
+        return;
+    }
+    req->state = HTTP_REQ_STREAMING; /* what the client sends meanwhile waits in pending */
+    struct buf head = {0};
+    buf_printf(&head, "HTTP/1.1 101 %s\r\nConnection: Upgrade\r\nUpgrade: %s\r\n",
+               http_status_reason(101), protocol);
+    for (size_t i = 0; i < req->nresp_headers; i++)
+        buf_printf(&head, "%s: %s\r\n", req->resp_headers[i].name, req->resp_headers[i].value);
+    buf_puts(&head, "\r\n");
+    c->upgrade_fn = taken;
+    c->upgrade_ctx = ctx;
+    http__write(c, head.data, head.len);
+    buf_free(&head);
+    http__upgrade_maybe(c);
+}
 
 char **http_path_split(const char *path, size_t *n, bool decode)
 {
@@ -1059,6 +1116,19 @@ static void http__conn_close(struct http_conn *c)
 {
     if (c->closing)
         return;
+    if (c->upgrade_fn) {
+        /* gone before it was handed over: the taker hears so, the request is over */
+        void (*fn)(void *, int, const char *, size_t) = c->upgrade_fn;
+        c->upgrade_fn = NULL;
+        struct http_request *up = c->req;
+        c->req = NULL;
+        fn(c->upgrade_ctx, -1, NULL, 0);
+        if (up) {
+            up->conn = NULL;
+            up->state = HTTP_REQ_DONE;
+            http__request_free(up);
+        }
+    }
     struct http_server *s = c->server;
     c->closing = true;
     if (c->prev)
@@ -1174,6 +1244,7 @@ static void http__feed(struct http_conn *c, const char *data, size_t len)
             buf_append(&keep, pos, rest);
         buf_free(&c->pending);
         c->pending = keep;
+        http__upgrade_maybe(c);
         return;
     }
     const char *reason = llhttp_get_error_reason(&c->parser);

@@ -160,6 +160,15 @@ void http_respond_error(struct http_request *req, enum skiff_err err, const char
     __attribute__((format(printf, 3, 4)));
 void http_respond_verror(struct http_request *req, enum skiff_err err, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+/* Switching protocols (RFC 9110 section 15.2.2), in place of an answer: sends 101 with
+ * `Upgrade: protocol` (and the headers added), and once it is out hands the connection over:
+ * taken(ctx, fd, early, len) gets a descriptor of the socket of its own (close-on-exec,
+ * non-blocking; the taker closes it) and the bytes the client sent after the request (valid
+ * during the call only); then the request is finished (on_free runs, status 101) and the
+ * server forgets the connection. A client gone before that: taken gets fd -1. Called at
+ * most once per request, instead of any other answer; taken may run before this returns. */
+typedef void (*http_upgrade_fn)(void *ctx, int fd, const char *early, size_t len);
+void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_fn taken, void *ctx);
 /* A chunked answer: begin, write (-EPIPE once the client is gone), end. pending: bytes
  * queued and not yet taken by the client. */
 void http_stream_begin(struct http_request *req, int status, const char *content_type);

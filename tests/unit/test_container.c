@@ -131,7 +131,7 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
     if (w->warm) {
         /* ready once its socket is there; the folder may move then (skiffd renames it) */
         char *sock = xasprintf("%s/warm.sock", scratch);
-        for (int i = 0; i < 5000 && access(sock, F_OK) < 0; i++)
+        for (int i = 0; i < 30000 && access(sock, F_OK) < 0; i++)
             usleep(1000);
         char *moved = xasprintf("%s-started", scratch);
         assert_int_equal(rename(scratch, moved), 0);
@@ -154,7 +154,7 @@ static int run_in_container(struct world *w, const char *script, int disk_mb, ch
                 fail_msg("container_warm_start: %s", err);
         }
         /* one start a container: the socket is gone */
-        for (int i = 0; i < 5000 && access(moved_sock, F_OK) == 0; i++)
+        for (int i = 0; i < 30000 && access(moved_sock, F_OK) == 0; i++)
             usleep(1000);
         assert_int_equal(access(moved_sock, F_OK), -1);
         free(sock);

@@ -37,6 +37,8 @@ struct fixture {
     int heads, requests, frees, aborts;
     char last_body_path[256];
     struct owner_request *held; /* a request answered only when the test says */
+    int taken_fd;               /* http_upgrade: the socket handed over, -2 before */
+    char early[64];             /* ... and what came after the request */
 };
 
 static void on_head(struct http_request *req, void *ctx)
@@ -65,11 +67,22 @@ static void on_abort(void *ctx)
     fx->held = NULL;
 }
 
+static void on_taken(void *ctx, int fd, const char *early, size_t len)
+{
+    struct fixture *fx = ctx;
+    fx->taken_fd = fd;
+    snprintf(fx->early, sizeof fx->early, "%.*s", (int)len, early ? early : "");
+}
+
 static void on_request(struct http_request *req, void *ctx)
 {
     struct fixture *fx = ctx;
     struct owner_request *r = (struct owner_request *)req;
     fx->requests++;
+    if (!strcmp(req->path, "/upgrade")) {
+        http_upgrade(req, "test-proto", on_taken, fx);
+        return;
+    }
     if (!strcmp(req->path, "/hold")) {
         fx->held = r;
         http_request_on_abort(req, on_abort, fx);
@@ -102,6 +115,7 @@ static void on_closed(void *arg)
 static int setup(void **state)
 {
     struct fixture *fx = xcalloc(1, sizeof *fx);
+    fx->taken_fd = -2;
     uv_loop_init(&fx->loop);
     snprintf(fx->tmp, sizeof fx->tmp, "/tmp/skiff-http-XXXXXX");
     if (!mkdtemp(fx->tmp))
@@ -277,6 +291,38 @@ static void test_pipelined_requests_answered_in_order(void **state)
     close(s);
 }
 
+/* 101, then the socket is the owner's: the bytes sent after the request come with it, both
+ * directions work on it, and the server has forgotten the connection and the request. */
+static void test_upgrade_hands_the_connection_over(void **state)
+{
+    struct fixture *fx = *state;
+    char out[1024];
+    int s = loop_socket_connect(fx->port[0]);
+    exchange(fx, s,
+             "POST /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+             "Upgrade: test-proto\r\nContent-Length: 0\r\n\r\nEARLY",
+             out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 101 Switching Protocols\r\n"));
+    assert_non_null(strstr(out, "Upgrade: test-proto\r\n"));
+    RUN_UNTIL(fx, fx->taken_fd >= 0);
+    assert_string_equal(fx->early, "EARLY");
+    RUN_UNTIL(fx, fx->frees == 1 && http_server_connections(fx->server) == 0);
+    assert_int_equal(write(fx->taken_fd, "back", 4), 4);
+    char got[16] = "";
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 3000), 1);
+    assert_int_equal(recv(s, got, sizeof got - 1, 0), 4);
+    assert_string_equal(got, "back");
+    assert_int_equal(send(s, "more", 4, MSG_NOSIGNAL), 4);
+    p.fd = fx->taken_fd;
+    assert_int_equal(poll(&p, 1, 3000), 1);
+    memset(got, 0, sizeof got);
+    assert_int_equal(read(fx->taken_fd, got, sizeof got - 1), 4);
+    assert_string_equal(got, "more");
+    close(fx->taken_fd);
+    close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -290,6 +336,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_escaped_nul_never_reaches_the_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_requests_answered_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_hands_the_connection_over, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
