@@ -27,6 +27,7 @@
 #include "container/net.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/router_proc.h"
+#include "tls/tls.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
 #include "invoker/invoker.h"
@@ -41,6 +42,7 @@ struct daemon {
     char *api_addr;
     char *router_addr;
     char *router_admin_addr;
+    char *router_tls_addr;
     char *router_url;
     char *token;
     struct store *store;
@@ -78,6 +80,9 @@ static void usage(FILE *out)
         "127.0.0.1:8080)\n"
         "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
         "127.0.0.1:8083)\n"
+        "  --router-tls-addr H:P       router HTTPS (SKIFF_ROUTER_TLS_ADDR, default "
+        "127.0.0.1:8443;\n"
+        "                              \"\" for none); certificates from HOME/tls\n"
         "  --isolation container|process\n"
         "                              how instances and stagings run (SKIFF_ISOLATION, default\n"
         "                              container). process runs tenants' code as skiffd's own\n"
@@ -349,6 +354,7 @@ static void daemon_free(struct daemon *d)
     free(d->api_addr);
     free(d->router_addr);
     free(d->router_admin_addr);
+    free(d->router_tls_addr);
     free(d->router_url);
     free(d->token);
 }
@@ -403,6 +409,7 @@ int main(int argc, char **argv)
     const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
+    const char *router_tls_addr = env_or("SKIFF_ROUTER_TLS_ADDR", "127.0.0.1:8443");
     const char *drain_timeout = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
@@ -422,6 +429,8 @@ int main(int argc, char **argv)
             target = &router_addr;
         else if (!strcmp(a, "--router-admin-addr"))
             target = &admin_addr;
+        else if (!strcmp(a, "--router-tls-addr"))
+            target = &router_tls_addr;
         else if (!strcmp(a, "--drain-timeout-ms"))
             target = &drain_timeout;
         else if (!strcmp(a, "--isolation"))
@@ -502,6 +511,7 @@ int main(int argc, char **argv)
     d.api_addr = xstrdup(api_addr);
     d.router_addr = xstrdup(router_addr);
     d.router_admin_addr = xstrdup(admin_addr);
+    d.router_tls_addr = xstrdup(router_tls_addr);
     d.router_url = xasprintf("http://%s", router_addr);
     char *dir = self_dir();
     char *buildpacks = find_buildpacks(dir);
@@ -510,6 +520,7 @@ int main(int argc, char **argv)
     char *init_bin = xasprintf("%s/skiff-init", dir);
     char *brokers_bin = xasprintf("%s/skiff-brokers", dir);
     char publish_host[INET_ADDRSTRLEN] = "127.0.0.1";
+    char *tls_dir = NULL;
     char *db = NULL, *bus_path = NULL, *api_url = NULL, *publish_addr = NULL, *events_url = NULL;
     bool publish_allowed = false;
     int publish_port = 0;
@@ -527,6 +538,13 @@ int main(int argc, char **argv)
     if (rc < 0) {
         log_error("cannot create %s: %s (set SKIFF_HOME or --home)", d.home,
                 strerror(-rc));
+        free(tmp);
+        goto fail;
+    }
+    tls_dir = xasprintf("%s/tls", d.home);
+    bool ca_made = false;
+    if (*d.router_tls_addr && tls_local_ca_ensure(tls_dir, &ca_made, err, sizeof err) < 0) {
+        log_error("HTTPS: %s", err);
         free(tmp);
         goto fail;
     }
@@ -673,7 +691,8 @@ int main(int argc, char **argv)
                                .scheduler = d.sched,
                                .hub = d.hub,
                                .logs = d.logs};
-    const char *own_addrs[] = {d.api_addr, d.router_addr, d.router_admin_addr, publish_addr, NULL};
+    const char *own_addrs[] = {d.api_addr,        d.router_addr, d.router_admin_addr,
+                               d.router_tls_addr, publish_addr,  NULL};
     struct api_svc_config svcfg = {.records = d.services, .own_addrs = own_addrs};
     api_svc_start(&svc, &svcfg, &d.svc);
     struct api_core_config ccfg = {
@@ -728,7 +747,8 @@ int main(int argc, char **argv)
     struct router_proc_config rcfg = {.binary = router_bin,
                                       .home = d.home,
                                       .addr = d.router_addr,
-                                      .admin_addr = d.router_admin_addr};
+                                      .admin_addr = d.router_admin_addr,
+                                      .tls_addr = d.router_tls_addr};
     router_proc_start(d.loop, &rcfg, &d.router);
     if (builtin_brokers)
         brokers = builtin_brokers_start(
@@ -751,6 +771,12 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigusr2, on_signal, SIGUSR2);
 
+    if (*d.router_tls_addr)
+        printf("  HTTPS:  https://%s  (apps answer at https://APP.localhost:%s/; trust the "
+               "local CA %s/ca.pem, e.g. curl --cacert %s/ca.pem)\n",
+               d.router_tls_addr,
+               strrchr(d.router_tls_addr, ':') ? strrchr(d.router_tls_addr, ':') + 1 : "8443",
+               tls_dir, tls_dir);
     printf("skiffd is running (data in %s)\n"
            "  API:    %s\n"
            "  router: %s  (apps answer at http://APP.localhost:%s/)\n"
@@ -805,6 +831,7 @@ out:
     free(dir);
     free(buildpacks);
     free(router_bin);
+    free(tls_dir);
     free(shim_bin);
     free(init_bin);
     free(brokers_bin);

@@ -1,0 +1,412 @@
+"""HTTPS in the router, with real TLS clients (curl, Python's ssl module, openssl s_client) and
+certificates made here with the openssl command line.
+
+The router runs alone with a bus server playing skiffd (tests/e2e/test_router.py's tools);
+the platform test at the end runs skiffd, which makes the local CA itself.
+"""
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import Platform, free_port, wait_for
+from test_router import Backend, BusServer, Router, route
+
+
+# ---- certificates -------------------------------------------------------------------------
+
+
+def openssl(*args, cwd=None, input=None):
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, input=input,
+                       timeout=60)
+    assert r.returncode == 0, f"openssl {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+class CA:
+    """A certificate authority in a folder: ca.pem and ca.key (EC P-256)."""
+
+    def __init__(self, folder, name="Test CA"):
+        self.dir = folder
+        os.makedirs(folder, exist_ok=True)
+        self.pem = os.path.join(folder, "ca.pem")
+        self.key = os.path.join(folder, "ca.key")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", self.key, "-out", self.pem, "-days", "30",
+                "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        os.chmod(self.key, 0o600)
+
+    def issue(self, name, sans, days=30, client=False, expired=False):
+        """(cert path, key path) of a leaf for the names (DNS names; 'IP:x' for addresses)."""
+        base = os.path.join(self.dir, name.replace("*", "star"))
+        key, csr, cert = base + ".key", base + ".csr", base + ".pem"
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        ext = os.path.join(self.dir, name.replace("*", "star") + ".ext")
+        alt = ",".join(s if s.startswith("IP:") else "DNS:" + s for s in sans)
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName={alt}\n")
+            f.write("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth") + "\n")
+        args = ["x509", "-req", "-in", csr, "-CA", self.pem, "-CAkey", self.key,
+                "-CAcreateserial", "-out", cert, "-extfile", ext]
+        if expired:  # valid yesterday only
+            args += ["-not_before", time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() - 172800)),
+                     "-not_after", time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() - 86400))]
+        else:
+            args += ["-days", str(days)]
+        openssl(*args)
+        return cert, key
+
+
+def pem_pair(cert, key):
+    with open(cert) as c, open(key) as k:
+        return c.read() + k.read()
+
+
+def install(home, name, cert, key, default=False):
+    """Writes a chain and key where the router reads them ($SKIFF_HOME/tls)."""
+    tls = os.path.join(home, "tls")
+    os.makedirs(os.path.join(tls, "domains"), mode=0o700, exist_ok=True)
+    path = os.path.join(tls, "default.pem" if default else os.path.join("domains", name + ".pem"))
+    tmp = path + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(pem_pair(cert, key))
+    os.rename(tmp, path)
+
+
+# ---- a router with HTTPS ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_env():
+    home = tempfile.mkdtemp(prefix="skiff-e2e-tls-")
+    ca = CA(os.path.join(home, "ca"))
+    # the local CA the router issues APP.localhost certificates with
+    shutil.copy(ca.pem, os.path.join(home, "lca.pem"))
+    os.makedirs(os.path.join(home, "tls", "domains"), mode=0o700)
+    shutil.copy(ca.pem, os.path.join(home, "tls", "ca.pem"))
+    shutil.copy(ca.key, os.path.join(home, "tls", "ca.key"))
+    cert, key = ca.issue("default.test", ["default.test", "localhost", "IP:127.0.0.1"])
+    install(home, "default", cert, key, default=True)
+    bus = BusServer(home)
+    backend = Backend("b")
+    env = {"home": home, "ca": ca, "bus": bus, "backend": backend, "routers": []}
+    yield env
+    for r in env["routers"]:
+        r.stop()
+    backend.close()
+    bus.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def start_router(env, *args):
+    tls_port = free_port()
+    r = Router(env["home"], ["--tls-addr", f"127.0.0.1:{tls_port}", *args]).start()
+    r.tls_port = tls_port
+    env["routers"].append(r)
+    return r
+
+
+def set_routes(env, router, hosts):
+    env["bus"].set_routes([route(h, [env["backend"]]) for h in hosts])
+    wait_for(lambda: router.get(hosts[0]).status == 200, 10, "routes")
+
+
+def context(cafile, **kw):
+    ctx = ssl.create_default_context(cafile=cafile)
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def tls_connect(port, host, cafile, **kw):
+    ctx = context(cafile, **kw)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(sock, server_hostname=host)
+
+
+def https_get(sock, host, path="/", headers=None):
+    """One keep-alive request on an open TLS socket; returns (status, parsed JSON body)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+    f = sock.makefile("rb")
+    status = int(f.readline().split()[1])
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        if k.lower() == "content-length":
+            length = int(v)
+    body = f.read(length)
+    f.close()
+    return status, json.loads(body) if body.startswith(b"{") else body
+
+
+def subject_cn(sock):
+    for rdn in sock.getpeercert()["subject"]:
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return None
+
+
+def curl(*args):
+    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+
+def test_curl_https_to_an_app_localhost_with_the_local_ca(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    ca = os.path.join(tls_env["home"], "lca.pem")
+    out = curl("--cacert", ca, "--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
+               "-H", "X-Forwarded-Proto: http", f"https://web.localhost:{r.tls_port}/hello")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["path"] == "/hello"
+    assert seen["headers"]["x-forwarded-proto"] == "https"  # the client's own is replaced
+    assert seen["headers"]["host"] == f"web.localhost:{r.tls_port}"
+    # HTTP/1.1 was agreed by ALPN (curl offers h2 first)
+    out = curl("-v", "--cacert", ca, "--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
+               f"https://web.localhost:{r.tls_port}/")
+    assert "ALPN: server accepted http/1.1" in out.stderr, out.stderr
+    # plain HTTP stays as it was
+    assert r.get("web.localhost").json()["headers"]["x-forwarded-proto"] == "http"
+    # a client that does not trust the CA is refused by curl itself
+    out = curl("--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
+               f"https://web.localhost:{r.tls_port}/")
+    assert out.returncode == 60, out
+
+
+def test_sni_picks_each_domains_certificate(tls_env):
+    ca = tls_env["ca"]
+    for name in ("shop.example.test", "blog.example.test"):
+        cert, key = ca.issue(name, [name])
+        install(tls_env["home"], name, cert, key)
+    cert, key = ca.issue("*.wild.test", ["*.wild.test"])
+    install(tls_env["home"], "wild.test", cert, key)
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["shop.example.test", "blog.example.test", "a.wild.test",
+                            "other.test"])
+    for host, cn in [("shop.example.test", "shop.example.test"),
+                     ("blog.example.test", "blog.example.test"),
+                     ("a.wild.test", "*.wild.test")]:
+        with tls_connect(r.tls_port, host, ca.pem) as s:
+            assert subject_cn(s) == cn
+            status, seen = https_get(s, host)
+            assert status == 200 and seen["headers"]["host"] == host
+    # a name no certificate has: the default, which the client then refuses for that name
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_connect(r.tls_port, "other.test", ca.pem)
+    ctx = context(ca.pem, check_hostname=False)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port)),
+                         server_hostname="other.test") as s:
+        assert subject_cn(s) == "default.test"
+
+
+def test_rotation_without_restart_keeps_open_connections(tls_env):
+    ca = tls_env["ca"]
+    cert, key = ca.issue("shop.example.test", ["shop.example.test"])
+    install(tls_env["home"], "shop.example.test", cert, key)
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["shop.example.test"])
+    old = tls_connect(r.tls_port, "shop.example.test", ca.pem)
+    old_serial = old.getpeercert()["serialNumber"]
+    assert https_get(old, "shop.example.test")[0] == 200
+
+    cert2, key2 = ca.issue("shop.example.test", ["shop.example.test"], days=60)
+    install(tls_env["home"], "shop.example.test", cert2, key2)
+    tls_env["bus"].set_routes(tls_env["bus"].routes)  # nothing new in the table...
+    with tls_env["bus"].lock:  # ...and the message skiffd sends when a certificate changed
+        for c in tls_env["bus"].conns:
+            c.sendall(b'{"type": "certs"}\n')
+
+    def new_serial():
+        with tls_connect(r.tls_port, "shop.example.test", ca.pem) as s:
+            return s.getpeercert()["serialNumber"]
+    wait_for(lambda: new_serial() != old_serial, 10, "the new certificate")
+    # the connection made before goes on with its certificate
+    assert https_get(old, "shop.example.test")[0] == 200
+    old.close()
+
+    # a broken file is refused and the certificate before stays
+    path = os.path.join(tls_env["home"], "tls", "domains", "shop.example.test.pem")
+    with open(path, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\ngarbage\n")
+    served = new_serial()
+    with tls_env["bus"].lock:
+        for c in tls_env["bus"].conns:
+            c.sendall(b'{"type": "certs"}\n')
+    wait_for(lambda: "were not reloaded" in r.log(), 10, "the refused reload")
+    assert new_serial() == served
+
+
+def test_old_versions_refused_and_tls12_13_accepted(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    for v in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        ctx = context(lca, minimum_version=v, maximum_version=v)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer it at all
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port), timeout=5),
+                            server_hostname="web.localhost")
+    for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        with tls_connect(r.tls_port, "web.localhost", lca, minimum_version=v,
+                         maximum_version=v) as s:
+            assert s.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
+                                   ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[v]
+            assert https_get(s, "web.localhost")[0] == 200
+
+
+def test_renegotiation_refused(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    # s_client's "R" line asks for a renegotiation
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{r.tls_port}",
+                        "-servername", "web.localhost", "-CAfile", lca, "-tls1_2"],
+                       input="R\n", capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr
+    assert "RENEGOTIATING" in out, out
+    assert "no renegotiation" in out, out  # the router's answer: the no_renegotiation alert
+
+
+def test_session_resumption(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    sess = os.path.join(tls_env["home"], "sess.pem")
+    # -ign_eof with Connection: close: s_client reads until the router closes, so the ticket
+    # that follows the handshake has arrived when the session is saved
+    request = "GET / HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n"
+    for version in ("-tls1_3", "-tls1_2"):
+        base = ["openssl", "s_client", "-connect", f"127.0.0.1:{r.tls_port}", "-servername",
+                "web.localhost", "-CAfile", lca, version, "-ign_eof"]
+        p = subprocess.run(base + ["-sess_out", sess], input=request, capture_output=True,
+                           text=True, timeout=30)
+        assert "New," in p.stdout and "HTTP/1.1 200" in p.stdout, p.stdout + p.stderr
+        p = subprocess.run(base + ["-sess_in", sess], input=request, capture_output=True,
+                           text=True, timeout=30)
+        assert "Reused," in p.stdout and "HTTP/1.1 200" in p.stdout, (version, p.stdout)
+
+
+def test_silent_connections_do_not_stop_others(tls_env):
+    r = start_router(tls_env, "--tls-max-handshakes", "8", "--tls-handshake-timeout-ms", "2000")
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    idle = [socket.create_connection(("127.0.0.1", r.tls_port)) for _ in range(100)]
+    try:
+        # others still get through at once: the oldest silent handshakes made room for them
+        start = time.monotonic()
+        for _ in range(5):
+            with tls_connect(r.tls_port, "web.localhost", lca) as s:
+                assert https_get(s, "web.localhost")[0] == 200
+        assert time.monotonic() - start < 10
+        # and a silent connection is closed by the handshake timeout
+        late = socket.create_connection(("127.0.0.1", r.tls_port))
+        late.settimeout(10)
+        start = time.monotonic()
+        assert late.recv(1) == b""
+        assert time.monotonic() - start >= 1.5
+        late.close()
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_client_sent_xfcc_is_stripped_and_client_certs_forwarded(tls_env):
+    ca = tls_env["ca"]
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    with tls_connect(r.tls_port, "web.localhost", lca) as s:
+        status, seen = https_get(s, "web.localhost", headers={"X-Forwarded-Client-Cert": "forged"})
+        assert status == 200 and "x-forwarded-client-cert" not in seen["headers"]
+    seen = r.get("web.localhost", headers={"X-Forwarded-Client-Cert": "forged"}).json()
+    assert "x-forwarded-client-cert" not in seen["headers"]
+
+    # with client certificates asked for, a verified one is passed on (base64 DER)
+    clients = CA(os.path.join(tls_env["home"], "clients"), "Client CA")
+    ccert, ckey = clients.issue("alice", ["alice.test"], client=True)
+    r2 = start_router(tls_env, "--tls-client-ca", clients.pem)
+    set_routes(tls_env, r2, ["web.localhost"])
+    ctx = context(lca)
+    ctx.load_cert_chain(ccert, ckey)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r2.tls_port)),
+                         server_hostname="web.localhost") as s:
+        status, seen = https_get(s, "web.localhost", headers={"X-Forwarded-Client-Cert": "forged"})
+    der = ssl.PEM_cert_to_DER_cert(open(ccert).read())
+    assert seen["headers"]["x-forwarded-client-cert"] == base64.b64encode(der).decode()
+    # without a certificate the connection goes on, with no header
+    with tls_connect(r2.tls_port, "web.localhost", lca) as s:
+        status, seen = https_get(s, "web.localhost", headers={"X-Forwarded-Client-Cert": "forged"})
+    assert status == 200 and "x-forwarded-client-cert" not in seen["headers"]
+    # a certificate of another CA fails the handshake
+    ctx = context(lca)
+    ctx.load_cert_chain(*ca.issue("mallory", ["mallory.test"], client=True))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r2.tls_port)),
+                             server_hostname="web.localhost") as s:
+            https_get(s, "web.localhost")
+
+
+def test_private_keys_never_in_the_log(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    path = os.path.join(tls_env["home"], "tls", "domains", "bad.pem")
+    with open(path, "w") as f:
+        f.write(open(tls_env["ca"].key).read())  # a key and no certificate
+    with tls_env["bus"].lock:
+        for c in tls_env["bus"].conns:
+            c.sendall(b'{"type": "certs"}\n')
+    wait_for(lambda: "were not reloaded" in r.log(), 10, "the refused reload")
+    log = r.log()
+    assert "PRIVATE KEY" not in log
+    key_body = open(tls_env["ca"].key).read().splitlines()[1]
+    assert key_body not in log
+
+
+# ---- with skiffd: the local CA ----------------------------------------------------------------
+
+
+def test_skiffd_makes_a_local_ca_and_serves_https():
+    tls_port = free_port()
+    p = Platform(extra_env={"SKIFF_ROUTER_TLS_ADDR": f"127.0.0.1:{tls_port}",
+                            "SKIFF_ISOLATION": "process"})
+    try:
+        p.start()
+        tls = os.path.join(p.home, "tls")
+        wait_for(lambda: "ca.pem" in p.output(), 10, "the start line")
+        assert f"{tls}/ca.pem" in p.output()
+        assert os.stat(tls).st_mode & 0o777 == 0o700
+        assert os.stat(os.path.join(tls, "ca.key")).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.join(tls, "default.pem")).st_mode & 0o777 == 0o600
+        ca = os.path.join(tls, "ca.pem")
+        # the router answers HTTPS for any APP.localhost (404 without a route), with a
+        # certificate curl trusts through the local CA
+        out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
+            curl("--cacert", ca, "--resolve", f"nothing.localhost:{tls_port}:127.0.0.1",
+                 "-o", "/dev/null", "-w", "%{http_code}",
+                 f"https://nothing.localhost:{tls_port}/")), 20, "HTTPS")
+        assert out.stdout == "404"
+        # and the same CA is kept across a restart
+        first = open(ca).read()
+        p.stop()
+        p.start()
+        assert open(ca).read() == first
+    finally:
+        p.close()
