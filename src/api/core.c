@@ -1861,6 +1861,9 @@ static void core__domains_list(struct api_request *req, void *ctx)
         json_t *d = json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]);
         if (org)
             json_object_set_new(d, "org", json_string(org->name));
+        json_t *cert = api_core__domain_cert_json(core, names[i]);
+        if (cert) /* what it is and until when; never its key */
+            json_object_set_new(d, "certificate", cert);
         json_array_append_new(arr, d);
     }
     store_strv_free(names);
@@ -1972,6 +1975,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,
                       core);
     api_core__staging_register(core);
+    api_core__certs_register(core);
     api_core__revisions_register(core);
     api_core__metadata_register(core);
     api_core__autoscale_register(core);

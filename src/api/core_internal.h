@@ -57,6 +57,12 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
 void api_core__follow_forget(struct api_core *core, void *follow);
 void api_core__followers_end(struct api_core *core);
 
+/* certs.c: a domain's own HTTPS certificate */
+void api_core__certs_register(struct api_core *core);
+/* {"subject", "issuer", "not_before", "not_after"} of the domain's certificate (new
+ * reference), or NULL when it has none. */
+json_t *api_core__domain_cert_json(struct api_core *core, const char *name);
+
 /* staging.c */
 void api_core__staging_register(struct api_core *core);
 bool api_core__staging_busy(struct api_core *core, const char *app_guid);

@@ -358,6 +358,22 @@ void bus_routes_changed_cb(void *bus)
     bus_routes_changed(bus);
 }
 
+static const char bus__certs_message[] = "{\"type\": \"certs\"}\n";
+
+void bus_certs_changed(struct bus *bus)
+{
+    if (!bus || bus->closing)
+        return;
+    for (struct bus_conn *c = bus->conns; c; c = c->next)
+        if (!c->closing)
+            bus__send(c, bus__certs_message, sizeof bus__certs_message - 1);
+}
+
+void bus_certs_changed_cb(void *bus)
+{
+    bus_certs_changed(bus);
+}
+
 /* A routed instance is to stop: the routers get a table without it (GONE came first, so it is
  * on its way), then the drain request; the scheduler waits for their answers. */
 static void bus__drain_begin(struct bus *bus, const struct platform_event *ev)
@@ -616,6 +632,8 @@ static void bus__on_connection(uv_stream_t *server, int status)
     /* it may have requests in flight to an instance draining now (it reconnected): it is
      * asked about those drains right after its table (bus__push) */
     bus__push(bus, c);
+    /* a certificate may have changed while it was away */
+    bus__send(c, bus__certs_message, sizeof bus__certs_message - 1);
 }
 
 /* ---- life --------------------------------------------------------------------------------- */

@@ -190,8 +190,17 @@ const struct cli_command cli_core_commands[] = {
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
     {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},
-    {"create-domain", "create-domain NAME", "Add a shared domain for routes",
-     "Example:\n  skiff create-domain example.test\n", cli_cmd_create_domain},
+    {"create-domain", "create-domain NAME [--cert FILE --key FILE]",
+     "Add a shared domain for routes (with its own HTTPS certificate)",
+     "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
+     "  --key FILE    its PEM private key (kept where only the platform reads it)\n"
+     "Example:\n  skiff create-domain example.test --cert example.pem --key example.key\n",
+     cli_cmd_create_domain},
+    {"update-domain", "update-domain NAME --cert FILE --key FILE",
+     "Give a domain a new HTTPS certificate (no restart; open connections keep theirs)",
+     "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
+     "  --key FILE    its PEM private key\n",
+     cli_cmd_update_domain},
     {"ssh", "ssh NAME [-i INDEX] [--process TYPE] [-c COMMAND] [-t|-T]",
      "Run a shell or a command inside a running instance",
      "Runs COMMAND (with /bin/sh -c), or a login shell without -c, inside the container of\n"

@@ -715,6 +715,8 @@ int main(int argc, char **argv)
         .app_deleted_ctx = d.svc,
         .routes_changed = bus_routes_changed_cb,
         .routes_ctx = d.bus,
+        .certs_changed = bus_certs_changed_cb,
+        .certs_ctx = d.bus,
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {

@@ -130,6 +130,10 @@ struct tls_cert_info {
 int tls_pair_check(const char *cert_pem, size_t cert_len, const char *key_pem, size_t key_len,
                    const char *domain, struct tls_cert_info *info, char *err, size_t errsize);
 
+/* What the first certificate of a PEM file is (its key, if the file has one, is not read
+ * into memory). */
+int tls_cert_file_info(const char *path, struct tls_cert_info *info);
+
 /* Makes sure DIR holds a local CA (ca.pem, ca.key 0600) and a default certificate signed by it
  * (default.pem: for *.localhost, localhost, 127.0.0.1 and ::1, 0600), creating what is
  * missing. *created tells whether anything was made. */

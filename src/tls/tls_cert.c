@@ -17,6 +17,8 @@
 #include "common/util.h"
 #include "tls/tls_internal.h"
 
+static void cert_info_fill(X509 *x, struct tls_cert_info *info);
+
 #define TLS_CA_DAYS 3650
 #define TLS_LEAF_DAYS 397 /* what browsers accept for a server certificate */
 
@@ -106,17 +108,36 @@ int tls_pair_check(const char *cert_pem, size_t cert_len, const char *key_pem, s
                      domain, domain);
         r = -EINVAL;
     }
-    if (r == 0 && info) {
-        memset(info, 0, sizeof *info);
-        X509_NAME_oneline(X509_get_subject_name(leaf), info->subject, sizeof info->subject);
-        X509_NAME_oneline(X509_get_issuer_name(leaf), info->issuer, sizeof info->issuer);
-        info->not_after = not_after;
-        info->not_before = not_before;
-    }
+    if (r == 0 && info)
+        cert_info_fill(leaf, info);
     X509_free(leaf);
     sk_X509_pop_free(chain, X509_free);
     EVP_PKEY_free(key);
     return r;
+}
+
+static void cert_info_fill(X509 *x, struct tls_cert_info *info)
+{
+    memset(info, 0, sizeof *info);
+    X509_NAME_oneline(X509_get_subject_name(x), info->subject, sizeof info->subject);
+    X509_NAME_oneline(X509_get_issuer_name(x), info->issuer, sizeof info->issuer);
+    info->not_after = asn1_time_unix(X509_get0_notAfter(x));
+    info->not_before = asn1_time_unix(X509_get0_notBefore(x));
+}
+
+int tls_cert_file_info(const char *path, struct tls_cert_info *info)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -errno;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    ERR_clear_error();
+    if (!x)
+        return -EINVAL;
+    cert_info_fill(x, info);
+    X509_free(x);
+    return 0;
 }
 
 /* ---- making certificates ----------------------------------------------------------------------

@@ -57,11 +57,8 @@ class CA:
             f.write("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth") + "\n")
         args = ["x509", "-req", "-in", csr, "-CA", self.pem, "-CAkey", self.key,
                 "-CAcreateserial", "-out", cert, "-extfile", ext]
-        if expired:  # valid yesterday only
-            args += ["-not_before", time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() - 172800)),
-                     "-not_after", time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() - 86400))]
-        else:
-            args += ["-days", str(days)]
+        # expired: its end a day before now (openssl 3.0's x509 has no -not_after)
+        args += ["-days", "-1" if expired else str(days)]
         openssl(*args)
         return cert, key
 
@@ -410,3 +407,143 @@ def test_skiffd_makes_a_local_ca_and_serves_https():
         assert open(ca).read() == first
     finally:
         p.close()
+
+
+# ---- domains with their own certificate (skiff create-domain / update-domain) -------------------
+
+PASSWORD = "a long enough password"
+
+
+class Shell:
+    """A user's own HOME, logged in with `skiff login` (no local admin token)."""
+
+    def __init__(self, p):
+        self.p = p
+        self.home = tempfile.mkdtemp(prefix="skiff-user-")
+
+    def run(self, *args):
+        env = dict(os.environ, HOME=self.home, SKIFF_HOME=self.home)
+        for k in ("SKIFF_API", "SKIFF_TOKEN"):
+            env.pop(k, None)
+        from conftest import BIN_DIR
+        return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def platform_ca():
+    p = Platform(extra_env={"SKIFF_PREWARM": "0"}).start()
+    folder = tempfile.mkdtemp(prefix="skiff-e2e-ca-")
+    try:
+        yield p, CA(folder)
+    finally:
+        p.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ok(p, *args):
+    r = p.cli(*args)
+    assert r.returncode == 0, f"skiff {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r
+
+
+def serial_for(p, ca, host):
+    with tls_connect(p.router_tls_port, host, ca.pem) as s:
+        return s.getpeercert()["serialNumber"]
+
+
+def test_create_and_update_domain_with_a_certificate(platform_ca):
+    p, ca = platform_ca
+    cert, key = ca.issue("shop.example.test", ["shop.example.test", "*.shop.example.test"])
+    r = ok(p, "create-domain", "shop.example.test", "--cert", cert, "--key", key)
+    assert "HTTPS on shop.example.test" in r.stdout
+    path = os.path.join(p.home, "tls", "domains", "shop.example.test.pem")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    # the API shows what the certificate is, never its key
+    status, body = p.api("GET", "/v1/domains")
+    d = [d for d in body["domains"] if d["name"] == "shop.example.test"][0]
+    assert "CN=shop.example.test" in d["certificate"]["subject"]
+    assert d["certificate"]["not_after"]
+    assert "PRIVATE" not in json.dumps(body)
+    # the router serves it by SNI for hosts under the domain
+    first = wait_for(lambda: serial_for(p, ca, "web.shop.example.test"), 10, "the certificate")
+    old = tls_connect(p.router_tls_port, "web.shop.example.test", ca.pem)
+    assert https_get(old, "web.shop.example.test")[0] == 404  # no route, but served
+
+    cert2, key2 = ca.issue("shop.example.test", ["*.shop.example.test"], days=60)
+    ok(p, "update-domain", "shop.example.test", "--cert", cert2, "--key", key2)
+    wait_for(lambda: serial_for(p, ca, "web.shop.example.test") != first, 10, "the new one")
+    assert https_get(old, "web.shop.example.test")[0] == 404  # the open connection goes on
+    old.close()
+    # no key in skiffd's or the router's output
+    assert "PRIVATE KEY" not in p.output()
+    assert open(key2).read().splitlines()[1] not in p.output()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("mismatch", "does not match"),
+    ("expired", "expired"),
+    ("names", "cover neither"),
+    ("garbage", "not PEM"),
+])
+def test_update_domain_refuses_bad_pairs(platform_ca, case, message):
+    p, ca = platform_ca
+    name = f"{case}.example.test"
+    ok(p, "create-domain", name)
+    cert, key = ca.issue(name, [name], expired=case == "expired")
+    if case == "mismatch":
+        key = ca.issue("other-" + name, [name])[1]
+    if case == "names":
+        cert, key = ca.issue("elsewhere.test", ["elsewhere.test"])
+    if case == "garbage":
+        cert = os.path.join(ca.dir, "garbage.pem")
+        with open(cert, "w") as f:
+            f.write("hello\n")
+    r = p.cli("update-domain", name, "--cert", cert, "--key", key)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(p.home, "tls", "domains", name + ".pem"))
+    # nor a domain that does not exist
+    r = p.cli("update-domain", "nowhere.test", "--cert", cert, "--key", key)
+    assert r.returncode == 1 and "no domain nowhere.test" in r.stderr
+
+
+def test_only_admins_and_the_orgs_managers_set_a_domains_certificate(platform_ca):
+    p, ca = platform_ca
+    for user in ("mgr", "dev"):
+        ok(p, "create-user", user, PASSWORD)
+    ok(p, "create-org", "acme")
+    ok(p, "create-space", "web", "-o", "acme")
+    ok(p, "set-space-role", "dev", "acme", "web", "SpaceDeveloper")
+    ok(p, "set-org-role", "mgr", "acme", "OrgManager")
+    ok(p, "create-private-domain", "acme", "acme.test")
+    ok(p, "create-domain", "shared.test")
+    cert, key = ca.issue("acme.test", ["*.acme.test"])
+    scert, skey = ca.issue("shared.test", ["*.shared.test"])
+    dev, mgr = Shell(p), Shell(p)
+    for shell, user in ((dev, "dev"), (mgr, "mgr")):
+        r = shell.run("login", "-a", p.api_url, "-u", user, "-p", PASSWORD)
+        assert r.returncode == 0, r.stderr
+    # a space developer: neither
+    r = dev.run("update-domain", "acme.test", "--cert", cert, "--key", key)
+    assert r.returncode == 1, r.stdout
+    r = dev.run("update-domain", "shared.test", "--cert", scert, "--key", skey)
+    assert r.returncode == 1
+    # the org's manager: its private domain, not a shared one
+    r = mgr.run("update-domain", "acme.test", "--cert", cert, "--key", key)
+    assert r.returncode == 0, r.stderr
+    status, _ = p.api("PUT", "/v1/domains/shared.test/certificate",
+                      {"cert": open(scert).read(), "key": open(skey).read()},
+                      token=json.load(open(os.path.join(mgr.home, ".skiff", "cli.json")))["token"])
+    assert status == 403
+    r = mgr.run("update-domain", "shared.test", "--cert", scert, "--key", skey)
+    assert r.returncode == 1
+    assert not os.path.exists(os.path.join(p.home, "tls", "domains", "shared.test.pem"))
+    # another org's manager cannot reach acme's domain through their own org
+    ok(p, "create-org", "other")
+    ok(p, "set-org-role", "dev", "other", "OrgManager")
+    status, body = p.api("PUT", "/v1/orgs/other/domains/acme.test/certificate",
+                         {"cert": open(cert).read(), "key": open(key).read()})
+    assert status == 404, body  # the admin's token, through the wrong org: not that org's
+    for s in (dev, mgr):
+        shutil.rmtree(s.home, ignore_errors=True)
