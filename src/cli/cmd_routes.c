@@ -12,15 +12,19 @@
  * checks the value). Returns CLI_CONTINUE, or the exit status to return now. */
 static int cli_route_args(const struct cli_command *cmd, int argc, char **argv,
                           struct cli_args *args, char **host, const char **path,
-                          const char **balance)
+                          const char **balance, bool *https_only)
 {
     const char *path_opt = NULL;
-    struct cli_option opts[] = {
-        {"path", 0, CLI_OPT_STRING, &path_opt}, {"balance", 0, CLI_OPT_STRING, balance}, {0}};
-    if (!balance)
+    struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt},
+                                {"balance", 0, CLI_OPT_STRING, balance},
+                                {"https-only", 0, CLI_OPT_FLAG, https_only},
+                                {0}};
+    if (!balance) { /* unmap-route: the path only */
         opts[1] = (struct cli_option){0};
-    else
+    } else {
         *balance = NULL;
+        *https_only = false;
+    }
     int rc = cli_parse_options(cmd, argc, argv, opts, args, 2, 2);
     if (rc != CLI_CONTINUE)
         return rc;
@@ -43,18 +47,24 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
     struct cli_args args;
     char *host;
     const char *path, *balance;
-    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, &balance);
+    bool https_only;
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, &balance, &https_only);
     if (rc != CLI_CONTINUE)
         return rc;
     json_t *body = json_pack("{s:s, s:s, s:s}", "app", args.items[0], "host", host, "path", path);
     if (balance)
         json_object_set_new(body, "balance", json_string(balance));
+    if (https_only) /* left out: a route the app has keeps its setting */
+        json_object_set_new(body, "https_only", json_true());
     json_t *route = NULL;
     rc = cli_api("POST", "/v1/routes", body, &route);
     json_decref(body);
     if (rc == 0) {
         if (cli_json_output)
             cli_print_json(route);
+        else if (https_only)
+            printf("Mapped %s%s to %s; plain HTTP requests are redirected to HTTPS.\n", host, path,
+                   args.items[0]);
         else if (balance)
             printf("Mapped %s%s to %s (%s).\n", host, path, args.items[0], balance);
         else
@@ -70,7 +80,7 @@ int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv)
     struct cli_args args;
     char *host;
     const char *path;
-    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, NULL);
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, NULL, NULL);
     if (rc != CLI_CONTINUE)
         return rc;
     char *app_q = cli_escape(args.items[0]), *host_q = cli_escape(host), *path_q = cli_escape(path);

@@ -173,14 +173,16 @@ const struct cli_command cli_core_commands[] = {
      "The app sees it after `skiff restart NAME`.\n", cli_cmd_set_env},
     {"unset-env", "unset-env NAME KEY", "Remove an environment variable of an app",
      "The app stops seeing it after `skiff restart NAME`.\n", cli_cmd_unset_env},
-    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY]",
+    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY] [--https-only]",
      "Route requests for HOST[/PATH] to an app",
      "HOST must end in a known domain (`skiff domains`), like hello.localhost.\n"
      "The longest matching path wins.\n\n"
      "  --path PATH        only requests under this path prefix, like /v1\n"
      "  --balance POLICY   how requests are spread over the app's instances: round-robin\n"
      "                     (the default) or least-connection (to the one with the fewest\n"
-     "                     requests in flight); on a route the app has, changes it\n\n"
+     "                     requests in flight); on a route the app has, changes it\n"
+     "  --https-only       plain HTTP requests get a redirect to HTTPS (301, or 308 for\n"
+     "                     methods other than GET and HEAD)\n\n"
      "Example:\n  skiff map-route hello api.localhost --path /v1 --balance least-connection\n",
      cli_cmd_map_route},
     {"unmap-route", "unmap-route NAME HOST [--path PATH]", "Remove a route from an app",

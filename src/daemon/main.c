@@ -773,19 +773,20 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigusr2, on_signal, SIGUSR2);
 
+    printf("skiffd is running (data in %s)\n"
+           "  API:    %s\n"
+           "  router: %s  (apps answer at http://APP.localhost:%s/)\n",
+           d.home, api_url, d.router_url,
+           strrchr(d.router_addr, ':') ? strrchr(d.router_addr, ':') + 1 : "8080");
     if (*d.router_tls_addr)
-        printf("  HTTPS:  https://%s  (apps answer at https://APP.localhost:%s/; trust the "
-               "local CA %s/ca.pem, e.g. curl --cacert %s/ca.pem)\n",
+        printf("  HTTPS:  https://%s  (apps answer at https://APP.localhost:%s/; the local CA "
+               "to trust is %s/ca.pem, e.g. curl --cacert %s/ca.pem)\n",
                d.router_tls_addr,
                strrchr(d.router_tls_addr, ':') ? strrchr(d.router_tls_addr, ':') + 1 : "8443",
                tls_dir, tls_dir);
-    printf("skiffd is running (data in %s)\n"
-           "  API:    %s\n"
-           "  router: %s  (apps answer at http://APP.localhost:%s/)\n"
-           "  The skiff CLI on this machine is logged in: it reads %s/api.json.\n"
+    printf("  The skiff CLI on this machine is logged in: it reads %s/api.json.\n"
            "  Try: skiff push hello -p examples/python-web\n",
-           d.home, api_url, d.router_url,
-           strrchr(d.router_addr, ':') ? strrchr(d.router_addr, ':') + 1 : "8080", d.home);
+           d.home);
 
     uv_run(d.loop, UV_RUN_DEFAULT);
     d.exit_code = 0;

@@ -803,6 +803,54 @@ static void client_answer_and_continue(struct client *c, int status, const char 
     }
 }
 
+/* The HTTPS listener's port as text ("" for 443 or without HTTPS: the scheme's own). */
+static const char *tls_port_text(const struct router_config *cfg)
+{
+    const char *colon = cfg->tls_addr && *cfg->tls_addr ? strrchr(cfg->tls_addr, ':') : NULL;
+    return colon && strcmp(colon + 1, "443") ? colon : "";
+}
+
+/* A route that is HTTPS only, asked over HTTP: 301 (GET, HEAD) or 308 (other methods, which
+ * must be repeated as they were) to the same host and target on the HTTPS port. The host was
+ * checked by router_authority_valid and the target by the parser: neither holds CR or LF. */
+static void client_redirect_https(struct client *c, const char *host, size_t host_len,
+                                  const char *url, size_t url_len)
+{
+    struct exchange *x = c->x;
+    size_t name_len = host_len;
+    const char *close_bracket = host[0] == '[' ? memchr(host, ']', host_len) : NULL;
+    const char *colon = close_bracket ? NULL : memchr(host, ':', host_len);
+    if (close_bracket)
+        name_len = (size_t)(close_bracket - host) + 1;
+    else if (colon)
+        name_len = (size_t)(colon - host);
+    bool keep_method = x->method == HTTP_GET || x->method == HTTP_HEAD;
+    int status = keep_method ? 301 : 308;
+    bool has_body = x->chunked || x->content_length > 0;
+    x->status = status;
+    x->local = true;
+    x->resp_started = x->resp_done = true;
+    x->client_close = has_body || !llhttp_should_keep_alive(&c->parser);
+    static const char text[] = "This route is served over HTTPS only.\n";
+    outq_printf(&c->p,
+                "HTTP/1.1 %d %s\r\nLocation: https://%.*s%s%.*s\r\nContent-Type: text/plain; "
+                "charset=utf-8\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\n%s\r\n",
+                status, http_status_reason(status), (int)name_len, host, tls_port_text(c->p.w->cfg),
+                (int)url_len, url, sizeof text - 1, x->request_id,
+                x->client_close    ? "Connection: close\r\n"
+                : x->client_http10 ? "Connection: keep-alive\r\n"
+                                   : "");
+    if (!x->is_head)
+        outq_add(&c->p, text, sizeof text - 1);
+    x->resp_bytes = sizeof text - 1;
+    peer_flush(&c->p);
+    if (x->client_close) {
+        exchange_finish(x);
+        return;
+    }
+    c->state = C_BODY; /* the parser still has to reach the end of the request */
+}
+
 /* ---- client connection ---------------------------------------------------------------------- */
 
 static void on_client_handle_closed(uv_handle_t *h)
@@ -1687,6 +1735,10 @@ static void route_and_connect(struct client *c)
                                    "No app is mapped to this host and path; map one with `skiff "
                                    "map-route APP HOST`.",
                                    false);
+        return;
+    }
+    if (x->route->https_only && !c->p.tls) {
+        client_redirect_https(c, host_s, host_len, url, url_len);
         return;
     }
     uint64_t max = w->cfg->max_body_bytes;

@@ -361,6 +361,33 @@ def test_client_sent_xfcc_is_stripped_and_client_certs_forwarded(tls_env):
             https_get(s, "web.localhost")
 
 
+def test_https_only_route_redirects_plain_http(tls_env):
+    r = start_router(tls_env)
+    secure = route("secure.localhost", [tls_env["backend"]])
+    secure["https_only"] = True
+    tls_env["bus"].set_routes([secure, route("open.localhost", [tls_env["backend"]])])
+    wait_for(lambda: r.get("open.localhost").status == 200, 10, "routes")
+    c = r.client()
+    try:
+        resp = c.request("GET", "/a/b?x=1", "secure.localhost:8080")
+        assert resp.status == 301
+        assert resp.headers["location"] == f"https://secure.localhost:{r.tls_port}/a/b?x=1"
+        # the connection goes on (keep-alive); a POST keeps its method: 308
+        resp = c.request("POST", "/form", "secure.localhost", body=b"k=v")
+        assert resp.status == 308
+        assert resp.headers["location"] == f"https://secure.localhost:{r.tls_port}/form"
+    finally:
+        c.close()
+    assert tls_env["backend"].hits == 1  # only the probe of open.localhost reached it
+    # over HTTPS the route is served
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    with tls_connect(r.tls_port, "secure.localhost", lca) as s:
+        status, seen = https_get(s, "secure.localhost", "/a")
+        assert status == 200 and seen["headers"]["x-forwarded-proto"] == "https"
+    # a route without the flag is served over HTTP
+    assert r.get("open.localhost").status == 200
+
+
 def test_private_keys_never_in_the_log(tls_env):
     r = start_router(tls_env)
     set_routes(tls_env, r, ["web.localhost"])
@@ -547,3 +574,35 @@ def test_only_admins_and_the_orgs_managers_set_a_domains_certificate(platform_ca
     assert status == 404, body  # the admin's token, through the wrong org: not that org's
     for s in (dev, mgr):
         shutil.rmtree(s.home, ignore_errors=True)
+
+
+def test_map_route_https_only_is_stored_and_redirects(platform_ca):
+    p, _ = platform_ca
+    status, body = p.api("POST", "/v1/apps", {"name": "secureweb"})
+    assert status == 201, body
+    r = ok(p, "map-route", "secureweb", "secureweb.localhost", "--https-only")
+    assert "redirected to HTTPS" in r.stdout
+    routes = json.loads(ok(p, "routes", "--json").stdout)["routes"]
+    assert [x["https_only"] for x in routes if x["host"] == "secureweb.localhost"] == [True]
+
+    def redirect():
+        c = socket.create_connection(("127.0.0.1", p.router_port), timeout=5)
+        c.sendall(b"GET /x HTTP/1.1\r\nHost: secureweb.localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        c.close()
+        return data.decode()
+    got = wait_for(lambda: (lambda d: d if " 301 " in d.split("\r\n")[0] else None)(redirect()),
+                   20, "the redirect")
+    assert f"Location: https://secureweb.localhost:{p.router_tls_port}/x\r\n" in got
+    # mapping it again without the flag keeps it; the API turns it off
+    ok(p, "map-route", "secureweb", "secureweb.localhost")
+    routes = json.loads(ok(p, "routes", "--json").stdout)["routes"]
+    assert [x["https_only"] for x in routes if x["host"] == "secureweb.localhost"] == [True]
+    status, body = p.api("POST", "/v1/routes", {"app": "secureweb", "host": "secureweb.localhost",
+                                                "https_only": False})
+    assert status == 201 and body["https_only"] is False, body
+    status, body = p.api("POST", "/v1/routes", {"app": "secureweb", "host": "secureweb.localhost",
+                                                "https_only": "yes"})
+    assert status == 422 and "https_only" in body["error"]["message"], body
