@@ -27,6 +27,7 @@
 #include "container/net.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/router_proc.h"
+#include "common/buf.h"
 #include "tls/tls.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -43,6 +44,8 @@ struct daemon {
     char *router_addr;
     char *router_admin_addr;
     char *router_tls_addr;
+    char *api_tls_addr;
+    struct tls_store *api_tls; /* the API's HTTPS certificate */
     char *router_url;
     char *token;
     struct store *store;
@@ -83,6 +86,14 @@ static void usage(FILE *out)
         "  --router-tls-addr H:P       router HTTPS (SKIFF_ROUTER_TLS_ADDR, default "
         "127.0.0.1:8443;\n"
         "                              \"\" for none); certificates from HOME/tls\n"
+        "  --api-tls-addr H:P          API over HTTPS (SKIFF_API_TLS_ADDR, default "
+        "127.0.0.1:8091;\n"
+        "                              \"\" for none)\n"
+        "  --tls-cert FILE --tls-key FILE\n"
+        "                              the API's HTTPS certificate chain and key "
+        "(SKIFF_TLS_CERT,\n"
+        "                              SKIFF_TLS_KEY; default: the local CA's "
+        "HOME/tls/default.pem)\n"
         "  --isolation container|process\n"
         "                              how instances and stagings run (SKIFF_ISOLATION, default\n"
         "                              container). process runs tenants' code as skiffd's own\n"
@@ -202,6 +213,8 @@ static int setup_token(struct daemon *d, const char *api_url)
     }
     json_t *j =
         json_pack("{s:s,s:s,s:s}", "url", api_url, "token", d->token, "router_url", d->router_url);
+    if (d->api_tls_addr && *d->api_tls_addr) /* the same API over HTTPS: skiff login takes it */
+        json_object_set_new(j, "tls_url", json_sprintf("https://%s", d->api_tls_addr));
     char *out = json_dumps(j, JSON_INDENT(2));
     json_decref(j);
     size_t len = strlen(out);
@@ -355,6 +368,8 @@ static void daemon_free(struct daemon *d)
     free(d->router_addr);
     free(d->router_admin_addr);
     free(d->router_tls_addr);
+    free(d->api_tls_addr);
+    tls_store_free(d->api_tls);
     free(d->router_url);
     free(d->token);
 }
@@ -401,6 +416,49 @@ static void walk_close(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* The API's HTTPS certificate: --tls-cert and --tls-key (checked first), else the local CA's
+ * default certificate (HOME/tls/default.pem). */
+static int daemon_api_tls(struct daemon *d, const char *tls_dir, const char *cert_path,
+                          const char *key_path, char *err, size_t errsize)
+{
+    if (!*cert_path != !*key_path) {
+        snprintf(err, errsize, "--tls-cert and --tls-key go together");
+        return -EINVAL;
+    }
+    char *own = *cert_path ? NULL : xasprintf("%s/default.pem", tls_dir);
+    char *cert = NULL, *key = NULL;
+    size_t cert_len = 0, key_len = 0;
+    int r = file_read(own ? own : cert_path, &cert, &cert_len);
+    if (r == 0 && (r = file_read(own ? own : key_path, &key, &key_len)) < 0)
+        snprintf(err, errsize, "cannot read %s: %s", own ? own : key_path, strerror(-r));
+    else if (r < 0)
+        snprintf(err, errsize, "cannot read %s: %s", own ? own : cert_path, strerror(-r));
+    if (r == 0)
+        r = tls_pair_check(cert, cert_len, key, key_len, NULL, NULL, err, errsize);
+    if (r == -EKEYEXPIRED) { /* served anyway: clients say so, and a new one needs a restart */
+        log_warning("API HTTPS: %s", err);
+        r = 0;
+    }
+    if (r == 0)
+        r = tls_store_new(NULL, &d->api_tls, err, errsize);
+    struct buf pair = {0};
+    if (r == 0) {
+        buf_append(&pair, cert, cert_len);
+        buf_puts(&pair, "\n");
+        buf_append(&pair, key, key_len);
+        r = tls_store_add_pem(d->api_tls, pair.data, pair.len, true, err, errsize);
+    }
+    if (pair.data)
+        memset(pair.data, 0, pair.len);
+    if (key)
+        memset(key, 0, key_len);
+    buf_free(&pair);
+    free(cert);
+    free(key);
+    free(own);
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     log_init("skiffd");
@@ -410,6 +468,8 @@ int main(int argc, char **argv)
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
     const char *router_tls_addr = env_or("SKIFF_ROUTER_TLS_ADDR", "127.0.0.1:8443");
+    const char *api_tls_addr = env_or("SKIFF_API_TLS_ADDR", "127.0.0.1:8091");
+    const char *tls_cert = env_or("SKIFF_TLS_CERT", ""), *tls_key = env_or("SKIFF_TLS_KEY", "");
     const char *drain_timeout = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
@@ -431,6 +491,12 @@ int main(int argc, char **argv)
             target = &admin_addr;
         else if (!strcmp(a, "--router-tls-addr"))
             target = &router_tls_addr;
+        else if (!strcmp(a, "--api-tls-addr"))
+            target = &api_tls_addr;
+        else if (!strcmp(a, "--tls-cert"))
+            target = &tls_cert;
+        else if (!strcmp(a, "--tls-key"))
+            target = &tls_key;
         else if (!strcmp(a, "--drain-timeout-ms"))
             target = &drain_timeout;
         else if (!strcmp(a, "--isolation"))
@@ -512,6 +578,7 @@ int main(int argc, char **argv)
     d.router_addr = xstrdup(router_addr);
     d.router_admin_addr = xstrdup(admin_addr);
     d.router_tls_addr = xstrdup(router_tls_addr);
+    d.api_tls_addr = xstrdup(api_tls_addr);
     d.router_url = xasprintf("http://%s", router_addr);
     char *dir = self_dir();
     char *buildpacks = find_buildpacks(dir);
@@ -543,7 +610,8 @@ int main(int argc, char **argv)
     }
     tls_dir = xasprintf("%s/tls", d.home);
     bool ca_made = false;
-    if (*d.router_tls_addr && tls_local_ca_ensure(tls_dir, &ca_made, err, sizeof err) < 0) {
+    if ((*d.router_tls_addr || *d.api_tls_addr) &&
+        tls_local_ca_ensure(tls_dir, &ca_made, err, sizeof err) < 0) {
         log_error("HTTPS: %s", err);
         free(tmp);
         goto fail;
@@ -628,7 +696,15 @@ int main(int argc, char **argv)
         .publish_addr = publish_addr,
         .max_connections = (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0, 0),
         .max_connections_per_client =
-            (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0)};
+            (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0),
+        .tls_addr = d.api_tls_addr};
+    if (*d.api_tls_addr) {
+        if (daemon_api_tls(&d, tls_dir, tls_cert, tls_key, err, sizeof err) < 0) {
+            log_error("API HTTPS: %s", err);
+            goto fail;
+        }
+        acfg.tls = d.api_tls;
+    }
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
         log_error("cannot set up the API: %s", strerror(-rc));
@@ -691,8 +767,9 @@ int main(int argc, char **argv)
                                .scheduler = d.sched,
                                .hub = d.hub,
                                .logs = d.logs};
-    const char *own_addrs[] = {d.api_addr,        d.router_addr, d.router_admin_addr,
-                               d.router_tls_addr, publish_addr,  NULL};
+    const char *own_addrs[] = {
+        d.api_addr,   d.router_addr, d.router_admin_addr, d.router_tls_addr, d.api_tls_addr,
+        publish_addr, NULL};
     struct api_svc_config svcfg = {.records = d.services, .own_addrs = own_addrs};
     api_svc_start(&svc, &svcfg, &d.svc);
     struct api_core_config ccfg = {
@@ -778,6 +855,8 @@ int main(int argc, char **argv)
            "  router: %s  (apps answer at http://APP.localhost:%s/)\n",
            d.home, api_url, d.router_url,
            strrchr(d.router_addr, ':') ? strrchr(d.router_addr, ':') + 1 : "8080");
+    if (*d.api_tls_addr)
+        printf("  API:    https://%s  (HTTPS)\n", d.api_tls_addr);
     if (*d.router_tls_addr)
         printf("  HTTPS:  https://%s  (apps answer at https://APP.localhost:%s/; the local CA "
                "to trust is %s/ca.pem, e.g. curl --cacert %s/ca.pem)\n",

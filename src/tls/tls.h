@@ -126,7 +126,8 @@ struct tls_cert_info {
 /* Checks a certificate chain and key given by a user: both parse as PEM, each within
  * TLS_PEM_MAX, the key matches the first certificate, the certificate is in its validity
  * period and its names cover `domain` (a DNS subject alternative name equal to it, or a
- * wildcard for it; NULL: not checked). Fills *info (may be NULL). */
+ * wildcard for it; NULL: not checked). Fills *info (may be NULL). -EKEYEXPIRED when all else
+ * holds but the certificate expired (or is not valid yet: -EINVAL then). */
 int tls_pair_check(const char *cert_pem, size_t cert_len, const char *key_pem, size_t key_len,
                    const char *domain, struct tls_cert_info *info, char *err, size_t errsize);
 

@@ -97,7 +97,7 @@ int tls_pair_check(const char *cert_pem, size_t cert_len, const char *key_pem, s
     int64_t not_before = asn1_time_unix(X509_get0_notBefore(leaf));
     if (not_after <= now) {
         tls__set_err(err, errsize, "the certificate expired; give one that is valid now");
-        r = -EINVAL;
+        r = -EKEYEXPIRED;
     } else if (not_before > now) {
         tls__set_err(err, errsize, "the certificate is not valid yet");
         r = -EINVAL;

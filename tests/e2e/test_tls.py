@@ -606,3 +606,90 @@ def test_map_route_https_only_is_stored_and_redirects(platform_ca):
     status, body = p.api("POST", "/v1/routes", {"app": "secureweb", "host": "secureweb.localhost",
                                                 "https_only": "yes"})
     assert status == 422 and "https_only" in body["error"]["message"], body
+
+
+# ---- the API over HTTPS and the CLI's checks ------------------------------------------------------
+
+
+class CliShell(Shell):
+    """A user's HOME and SKIFF_HOME; ca: a CA file put where the CLI finds a local skiffd's."""
+
+    def __init__(self, p, ca=None):
+        super().__init__(p)
+        if ca:
+            os.makedirs(os.path.join(self.home, "tls"))
+            shutil.copy(ca, os.path.join(self.home, "tls", "ca.pem"))
+
+
+def test_cli_over_https_with_the_local_ca(platform_ca):
+    p, _ = platform_ca
+    url = f"https://127.0.0.1:{p.api_tls_port}"
+    assert f"API:    {url}  (HTTPS)" in p.output()
+    # the CLI beside this skiffd: its CA ($SKIFF_HOME/tls/ca.pem) is trusted by itself, and
+    # the local admin token fits the HTTPS address too (api.json's tls_url)
+    r = p.cli("login", url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stderr
+    r = p.cli("domains")
+    assert r.returncode == 0 and "localhost" in r.stdout, r.stdout + r.stderr
+    # the API answers the same over HTTPS as over HTTP
+    out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), f"{url}/v1/info")
+    assert out.returncode == 0 and json.loads(out.stdout) == p.info()
+    # no upgrade (skiff ssh) over HTTPS: the connection is closed, the API goes on
+    out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), "-H", "Connection: Upgrade",
+               "-H", "Upgrade: skiff-ssh", f"{url}/v1/apps/nothing/ssh")
+    assert p.info()
+    r = p.cli("logout")
+
+
+@pytest.fixture(scope="module")
+def api_with_cert():
+    """A skiffd whose API serves a certificate of a CA no system trusts (and an expired one)."""
+    folder = tempfile.mkdtemp(prefix="skiff-e2e-apica-")
+    ca = CA(folder, "API CA")
+    good = ca.issue("api-good", ["localhost", "IP:127.0.0.1"])
+    old = ca.issue("api-old", ["localhost", "IP:127.0.0.1"], expired=True)
+    ps = []
+    try:
+        for cert, key in (good, old):
+            ps.append(Platform(extra_env={"SKIFF_PREWARM": "0"},
+                               extra_args=["--tls-cert", cert, "--tls-key", key]).start())
+        yield ca, ps[0], ps[1]
+    finally:
+        for p in ps:
+            p.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_cli_trusts_verifies_and_refuses_certificates(api_with_cert):
+    ca, good, expired = api_with_cert
+    assert "the certificate expired" in expired.output()  # said at start, served anyway
+    token = good.token
+    url = f"https://127.0.0.1:{good.api_tls_port}"
+    # trusted (its CA is known to this CLI): works
+    trusting = CliShell(good, ca.pem)
+    r = trusting.run("login", url, "--token", token)
+    assert r.returncode == 0, r.stderr
+    assert trusting.run("domains").returncode == 0
+    # untrusted: refused, with what to do
+    stranger = CliShell(good)
+    r = stranger.run("login", url, "--token", token)
+    assert r.returncode == 1
+    assert "does not trust" in r.stderr and "--skip-ssl-validation" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(stranger.home, ".skiff", "cli.json"))
+    # --skip-ssl-validation works, warns, and is kept with the login
+    r = stranger.run("login", url, "--token", token, "--skip-ssl-validation")
+    assert r.returncode == 0 and "warning: --skip-ssl-validation" in r.stderr, r.stderr
+    saved = json.load(open(os.path.join(stranger.home, ".skiff", "cli.json")))
+    assert saved["skip_ssl_validation"] is True
+    assert stranger.run("domains").returncode == 0
+    # a certificate whose name is not the host's: refused even by a CLI that trusts its CA
+    r = trusting.run("login", f"https://localhost.localdomain:{good.api_tls_port}", "--token",
+                     token)
+    assert r.returncode == 1
+    # expired: refused, the reason named
+    url_old = f"https://127.0.0.1:{expired.api_tls_port}"
+    r = CliShell(expired, ca.pem).run("login", url_old, "--token", expired.token)
+    assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    for s in (trusting, stranger):
+        shutil.rmtree(s.home, ignore_errors=True)
