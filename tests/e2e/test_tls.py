@@ -508,6 +508,25 @@ def test_create_and_update_domain_with_a_certificate(platform_ca):
     assert open(key2).read().splitlines()[1] not in p.output()
 
 
+def test_curl_https_to_a_pushed_app(platform_ca):
+    """A real app, pushed and running in its container, over HTTPS with the local CA only."""
+    p, _ = platform_ca
+    from conftest import ROOT
+    r = p.cli("push", "tlsweb", "-p", os.path.join(ROOT, "examples", "python-web"), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ca = os.path.join(p.home, "tls", "ca.pem")
+    url = f"https://tlsweb.localhost:{p.router_tls_port}/"
+    out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
+        curl("--cacert", ca, "--resolve", f"tlsweb.localhost:{p.router_tls_port}:127.0.0.1",
+             "-D", "-", url)), 30, "the app over HTTPS")
+    assert out.stdout.startswith("HTTP/1.1 200"), out.stdout
+    # the same through Python's ssl module, keep-alive: two requests on one connection
+    with tls_connect(p.router_tls_port, "tlsweb.localhost", ca) as s:
+        assert s.version() == "TLSv1.3"
+        assert https_get(s, "tlsweb.localhost")[0] == 200
+        assert https_get(s, "tlsweb.localhost")[0] == 200
+
+
 @pytest.mark.parametrize("case,message", [
     ("mismatch", "does not match"),
     ("expired", "expired"),
