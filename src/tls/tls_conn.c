@@ -15,7 +15,9 @@ struct tls_conn {
 
 struct tls_conn *tls_conn_new(struct tls_store *s)
 {
-    SSL *ssl = SSL_new(tls__store_base(s));
+    SSL_CTX *initial = tls__store_initial(s);
+    SSL *ssl = SSL_new(initial);
+    SSL_CTX_free(initial);
     if (!ssl)
         return NULL;
     struct tls_conn *c = xcalloc(1, sizeof *c);

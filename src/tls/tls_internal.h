@@ -28,7 +28,8 @@ int tls__ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t
 int tls__issue(X509 *issuer, EVP_PKEY *issuer_key, const char *const *names, bool ca, int days,
                char **pem, size_t *len, size_t *key_off, char *err, size_t errsize);
 
-/* The context a connection starts with, before SNI picks a certificate. */
-SSL_CTX *tls__store_base(struct tls_store *s);
+/* The context a connection starts with (a reference the caller frees), before SNI picks a
+ * certificate: the default's, or one without a certificate. */
+SSL_CTX *tls__store_initial(struct tls_store *s);
 
 #endif

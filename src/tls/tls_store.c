@@ -252,9 +252,15 @@ void tls_store_free(struct tls_store *s)
     free(s);
 }
 
-SSL_CTX *tls__store_base(struct tls_store *s)
+SSL_CTX *tls__store_initial(struct tls_store *s)
 {
-    return s->base;
+    /* the default certificate's context when there is one: a handshake without SNI (or
+     * for a name served by the default) then needs no switch, which copies the certificate */
+    pthread_rwlock_rdlock(&s->lock);
+    SSL_CTX *ctx = s->certs->def ? s->certs->def : s->base;
+    SSL_CTX_up_ref(ctx);
+    pthread_rwlock_unlock(&s->lock);
+    return ctx;
 }
 
 /* ---- names ---------------------------------------------------------------------------------- */
@@ -617,7 +623,8 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
         *alert = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    SSL_set_SSL_CTX(ssl, ctx); /* takes its own reference */
+    if (ctx != SSL_get_SSL_CTX(ssl))
+        SSL_set_SSL_CTX(ssl, ctx); /* takes its own reference */
     SSL_CTX_free(ctx);
     return SSL_TLSEXT_ERR_OK;
 }
