@@ -113,6 +113,9 @@ int tls_pair_check(const char *cert_pem, size_t cert_len, const char *key_pem, s
     X509_free(leaf);
     sk_X509_pop_free(chain, X509_free);
     EVP_PKEY_free(key);
+    /* what OpenSSL queued on the way (a name check, a time) must not reach a later
+     * SSL_get_error on this thread, where it would read as a failed connection */
+    ERR_clear_error();
     return r;
 }
 

@@ -353,6 +353,7 @@ out:
     X509_free(x);
     EVP_PKEY_free(key);
     sk_X509_pop_free(chain, X509_free);
+    ERR_clear_error(); /* this runs inside handshakes too (issued certificates) */
     return ctx;
 }
 
