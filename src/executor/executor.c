@@ -2374,6 +2374,14 @@ static void executor__write_spec(struct instance *inst)
                                                "command", inst->sidecars[k].command));
         json_object_set_new(j, "sidecars", a);
     }
+    if (j && inst->env) {
+        /* for the sessions (instance_exec_new) of whichever daemon adopts it; the file is
+         * skiffd's (0600, outside the container), as the store holding the same values is */
+        json_t *a = json_array();
+        for (char **e = inst->env; *e; e++)
+            json_array_append_new(a, json_string(*e));
+        json_object_set_new(j, "env", a);
+    }
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text)
@@ -2437,6 +2445,27 @@ static char *executor__json_str(json_t *j, const char *key)
     return v ? xstrdup(v) : NULL;
 }
 
+/* The environment executor__write_spec kept, NULL when none was (an instance started by a
+ * daemon that did not keep it, or a spec.json that is not what it wrote): strings only. */
+static char **executor__env_from_json(json_t *a)
+{
+    size_t n = json_array_size(a);
+    if (!n)
+        return NULL;
+    char **env = xcalloc(n + 1, sizeof *env);
+    for (size_t i = 0; i < n; i++) {
+        const char *v = json_string_value(json_array_get(a, i));
+        if (!v || !strchr(v, '=')) {
+            for (size_t k = 0; k < i; k++)
+                free(env[k]);
+            free(env);
+            return NULL;
+        }
+        env[i] = xstrdup(v);
+    }
+    return env;
+}
+
 /* One instance folder: its shim answers and tells how the instance is. NULL when there is
  * nothing to adopt there. */
 static struct instance *executor__adopt_one(struct executor *ex, const char *guid)
@@ -2491,6 +2520,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
             free(command);
         }
     }
+    inst->env = executor__env_from_json(json_object_get(j, "env"));
     inst->index = (int)json_integer_value(json_object_get(j, "index"));
     inst->port = (int)json_integer_value(json_object_get(j, "port"));
     inst->memory_mb = (int)json_integer_value(json_object_get(j, "memory_mb"));
@@ -2863,8 +2893,8 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
     x->argv[argc++] = xstrdup("/bin/sh");
     x->argv[argc++] = xstrdup("-c");
     x->argv[argc++] = xstrdup(spec->command ? spec->command : EXECUTOR_LOGIN_SHELL);
-    /* the instance's own environment; an adopted instance's was not handed over, and gets
-     * what every container's program starts from */
+    /* the instance's own environment (an adopted one's from its spec.json); one adopted from
+     * a daemon that did not keep it gets what every container's program starts from */
     static char *const fallback[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" CONTAINER_APP_DIR,
                                      "TMPDIR=" CONTAINER_TMP_DIR, "LANG=C.UTF-8", NULL};
     char *const *env = inst->env ? inst->env : fallback;
