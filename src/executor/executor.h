@@ -81,6 +81,8 @@ struct executor_config {
 struct instance_sidecar {
     const char *name;    /* container_sidecar_name_valid(); tags its output */
     const char *command; /* run with /bin/sh -c */
+    int memory_mb;       /* > 0: its own memory limit (a cgroup under the instance's, cgroup v1
+                            only); past it the kernel kills it, and its end is the instance's */
 };
 
 struct instance_spec {
