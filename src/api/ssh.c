@@ -534,6 +534,19 @@ static void ssh__enabled_get(struct api_request *req, void *ctx)
     store_app_free(app);
 }
 
+/* Cloud Foundry's features/NAME: ssh is the one there is here (so the audit record of a change
+ * is audit.app.features / audit.space.features, apart from a session's audit.app.ssh). False
+ * after answering 404 for another name. */
+static bool ssh__feature_named(struct api_request *req, unsigned param)
+{
+    const char *name = api_request_param(req, param);
+    if (name && !strcmp(name, "ssh"))
+        return true;
+    api_respond_error(req, SKIFF_E_NOT_FOUND, "no feature named %s: ssh is the one there is",
+                      name ? name : "");
+    return false;
+}
+
 /* {"enabled": true|false}, the body of both features/ssh PATCHes; -1 when it answered why not. */
 static int ssh__enabled_body(struct api_request *req)
 {
@@ -560,6 +573,8 @@ out:
 static void ssh__app_feature_patch(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
+    if (!ssh__feature_named(req, 1))
+        return;
     struct store_app *app = api_core__find_app(core, req);
     if (!app)
         return;
@@ -587,6 +602,8 @@ static void ssh__space_feature_respond(struct api_request *req, const struct aut
 static void ssh__space_feature_get(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
+    if (!ssh__feature_named(req, 2))
+        return;
     const struct auth_space *space =
         core->cfg.auth ? auth_space_get(core->cfg.auth, api_request_space(req)) : NULL;
     if (!space) {
@@ -601,6 +618,8 @@ static void ssh__space_feature_get(struct api_request *req, void *ctx)
 static void ssh__space_feature_patch(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
+    if (!ssh__feature_named(req, 2))
+        return;
     int enabled = ssh__enabled_body(req);
     if (enabled < 0)
         return;
@@ -776,13 +795,13 @@ void api_core__ssh_register(struct api_core *core)
                   API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, ssh__handle, core);
     api_route_add(core->api, "GET", "/v1/apps/*/ssh_enabled",
                   API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, ssh__enabled_get, core);
-    api_route_add(core->api, "PATCH", "/v1/apps/*/features/ssh",
+    api_route_add(core->api, "PATCH", "/v1/apps/*/features/*",
                   API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP | API_SMALL_BODY,
                   ssh__app_feature_patch, core);
-    api_route_add(core->api, "GET", "/v1/orgs/*/spaces/*/features/ssh",
+    api_route_add(core->api, "GET", "/v1/orgs/*/spaces/*/features/*",
                   API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_ORG_SPACE, ssh__space_feature_get,
                   core);
-    api_route_add(core->api, "PATCH", "/v1/orgs/*/spaces/*/features/ssh",
+    api_route_add(core->api, "PATCH", "/v1/orgs/*/spaces/*/features/*",
                   API_PERM(AUTH_PERM_SPACE_MANAGE) | API_SCOPE_ORG_SPACE | API_SMALL_BODY,
                   ssh__space_feature_patch, core);
 }

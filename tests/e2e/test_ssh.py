@@ -404,6 +404,13 @@ def test_ssh_needs_the_app_and_its_space_to_allow_it(world):
         r = cli_as(p, t["spmgr"], "allow-space-ssh", "default/dev")
         assert r.returncode == 0, out(r)
         assert ssh(p, "box", "-c", "echo in").stdout == "in\n"
+
+        # each change is on the audit record, apart from the sessions
+        status, body = p.api("GET", "/v1/audit_events?space=default/dev")
+        assert status == 200
+        kinds = {(e.get("type"), e.get("actor")) for e in body["audit_events"]}
+        assert ("audit.app.features", "dev") in kinds, kinds
+        assert ("audit.space.features", "spmgr") in kinds, kinds
     finally:
         p.api("PATCH", "/v1/apps/box/features/ssh?space=default/dev", {"enabled": True})
         p.api("PATCH", "/v1/orgs/default/spaces/dev/features/ssh", {"enabled": True})
@@ -435,6 +442,10 @@ def test_who_may_turn_ssh_on_and_off(world):
         assert status in (400, 422), (bad, status, body)
     assert p.api("GET", "/v1/apps/box/ssh_enabled?space=default/dev")[1]["enabled"] is True
     assert p.api("GET", space_path)[1]["enabled"] is True
+    # ssh is the one feature there is
+    status, body = p.api("PATCH", "/v1/apps/box/features/revisions?space=default/dev",
+                         {"enabled": False})
+    assert status == 404 and "ssh is the one" in body["error"]["message"], body
 
 
 def test_an_instances_own_token_cannot_ssh(world):
