@@ -670,3 +670,189 @@ def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing
         assert not os.path.exists(blob)  # nothing half-stored
     finally:
         reg.close()
+
+
+# ---- functions from images: the image serves the CloudEvents binary contract itself -------------
+
+# Answers each CloudEvent (binary mode) with its attributes and data as JSON and logs one line
+# per event; one request per connection.
+FUNCTION_C = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void header(const char *req, const char *name, char *out, size_t n)
+{
+    out[0] = 0;
+    for (const char *p = strstr(req, "\r\n"); p && p[2] != '\r'; p = strstr(p + 2, "\r\n")) {
+        size_t len = strlen(name);
+        if (!strncasecmp(p + 2, name, len) && p[2 + len] == ':') {
+            const char *v = p + 3 + len;
+            while (*v == ' ')
+                v++;
+            size_t k = strcspn(v, "\r");
+            snprintf(out, n, "%.*s", (int)(k < n ? k : n - 1), v);
+            return;
+        }
+    }
+}
+
+int main(void)
+{
+    const char *port = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
+        return 1;
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[16384];
+        size_t got = 0;
+        char *end = NULL;
+        while (got < sizeof req - 1 && !end) {
+            ssize_t n = read(c, req + got, sizeof req - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            req[got] = 0;
+            end = strstr(req, "\r\n\r\n");
+        }
+        if (!end) {
+            close(c);
+            continue;
+        }
+        char id[128], type[128], subject[128], length[32];
+        header(req, "ce-id", id, sizeof id);
+        header(req, "ce-type", type, sizeof type);
+        header(req, "ce-subject", subject, sizeof subject);
+        header(req, "content-length", length, sizeof length);
+        size_t want = (size_t)atoi(length), have = got - (size_t)(end + 4 - req);
+        while (have < want && got < sizeof req - 1) {
+            ssize_t n = read(c, req + got, sizeof req - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            have += (size_t)n;
+        }
+        req[got] = 0;
+        char body[4096];
+        int n = snprintf(body, sizeof body,
+                         "{\"id\": \"%s\", \"type\": \"%s\", \"subject\": \"%s\", \"data\": %s, "
+                         "\"uid\": %d}", id, type, subject, *(end + 4) ? end + 4 : "null",
+                         (int)getuid());
+        printf("image function got %s %s\n", type, subject);
+        fflush(stdout);
+        char head[256];
+        int h = snprintf(head, sizeof head,
+                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         "%d\r\nConnection: close\r\n\r\n", n);
+        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
+        }
+        close(c);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def function_archive(tmp_path_factory):
+    d = tmp_path_factory.mktemp("function")
+    (d / "fn.c").write_text(FUNCTION_C)
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "fn"), str(d / "fn.c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    layer = tar_bytes([("fn", ("dir",)), ("fn/server", (d / "fn").read_bytes())], compress=True)
+    archive = d / "fn.tar"
+    oci_archive(archive, [layer], image_config(Entrypoint=["/fn/server"], User="1000",
+                                               ExposedPorts={"7000/tcp": {}}))
+    return archive
+
+
+def app_state(p, name):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return app
+
+
+def scaled_to_zero(p, name):
+    app = app_state(p, name)
+    return app["instances"] == 0 and app["instances_detail"] == []
+
+
+def test_an_image_pushed_as_a_function_serves_events_from_zero(tmp_path, function_archive):
+    from conftest import Platform
+    p = Platform(extra_env={"SKIFF_FUNCTION_IDLE_GRACE": "2s"}).start()
+    try:
+        r = push(p, "imgfn", f"oci-archive:{function_archive}", "--function")
+        assert r.returncode == 0, out(r) + p.output()
+        assert app_state(p, "imgfn")["kind"] == "function"
+        p.wait_for(lambda: scaled_to_zero(p, "imgfn"), 30, "the function to start at zero")
+
+        # invoked directly: an instance starts from zero, on the image's port, as its user
+        r = p.cli("invoke", "imgfn", "--type", "img.direct", "--subject", "cat.png", '{"n": 1}',
+                  timeout=120)
+        assert r.returncode == 0, out(r) + p.output()
+        got = json.loads(r.stdout)
+        assert got["type"] == "img.direct" and got["subject"] == "cat.png", got
+        assert got["data"] == {"n": 1} and got["uid"] == 1000 and got["id"], got
+        assert all(i["address"].endswith(":7000")
+                   for i in app_state(p, "imgfn")["instances_detail"])
+        p.wait_for(lambda: scaled_to_zero(p, "imgfn"), 30, "scale to zero when idle")
+
+        # an event mapping: a published event wakes it and is delivered
+        r = p.cli("map-event", "imgfn", "uploads", "--idle-grace", "2s")
+        assert r.returncode == 0, out(r)
+        r = p.cli("emit", "uploads", "--type", "img.uploaded", "--subject", "dog.png", '{"n": 2}')
+        assert r.returncode == 0, out(r)
+        p.wait_for(lambda: "image function got img.uploaded dog.png"
+                   in p.cli("logs", "imgfn", "--recent").stdout, 60, "the event to be delivered")
+        logs = p.cli("logs", "imgfn", "--recent").stdout
+        assert "[APP/FUNC/IMGFN/" in logs, logs
+
+        def delivered():
+            r = p.cli("event-mappings", "--json", "imgfn")
+            m = json.loads(r.stdout)["event_mappings"] if r.returncode == 0 else []
+            return len(m) == 1 and m[0]["delivered"] == 1 and m[0]["failed"] == 0
+        p.wait_for(delivered, 30, "the mapping to count one delivery")
+        p.wait_for(lambda: scaled_to_zero(p, "imgfn"), 30, "scale to zero again")
+    finally:
+        p.close()
+
+
+def test_a_manifest_function_from_an_image(platform, tmp_path, function_archive):
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text(f"functions:\n- name: mfimg\n  docker:\n"
+                        f"    image: oci-archive:{function_archive}\n"
+                        f"  events:\n  - topic: mf-topic\n")
+    r = platform.cli("push", "-f", str(manifest), timeout=300)
+    assert r.returncode == 0, out(r) + platform.output()
+    r = platform.cli("emit", "mf-topic", "--type", "mf.new", "--subject", "x", "{}")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: "image function got mf.new x"
+                      in platform.cli("logs", "mfimg", "--recent").stdout, 60,
+                      "the manifest's mapping to deliver to the image")
+
+
+def test_image_function_mistakes_are_refused(platform, tmp_path, function_archive):
+    # a handler names code of Skiff's function buildpacks: an image has none
+    r = platform.cli("push", "x", "--docker-image", f"oci-archive:{function_archive}",
+                     "--function", "f.py:handle")
+    assert r.returncode == 2 and "serves the function itself" in r.stderr, out(r)
+    r = platform.cli("push", "x", "--function")
+    assert r.returncode == 2 and "FILE:HANDLER" in r.stderr, out(r)
+    for body, says in (
+            (f"functions:\n- name: both\n  handler: f.py:handle\n  docker:\n"
+             f"    image: oci-archive:{function_archive}\n", "both a \"handler\" and"),
+            (f"applications:\n- name: app\n  functions:\n  - name: inner\n    docker:\n"
+             f"      image: oci-archive:{function_archive}\n", "belongs to a top-level")):
+        manifest = tmp_path / "manifest.yml"
+        manifest.write_text(body)
+        r = platform.cli("push", "-f", str(manifest))
+        assert r.returncode != 0 and says in r.stderr, out(r)
