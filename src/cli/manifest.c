@@ -887,10 +887,9 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void 
                              "an image serves the function itself, keep one of them",
                              f->name);
     if (!image && (!f->handler || !strchr(f->handler, ':')))
-        return manifest_fail(c, n,
-                             "the function %s needs a \"handler\" like file.py:handle (or a "
-                             "\"docker\" image that serves it)",
-                             f->name);
+        return manifest_fail(c, n, "the function %s needs a \"handler\" like file.py:handle%s",
+                             f->name,
+                             c->function_app ? " (or a \"docker\" image that serves it)" : "");
     if (f->min_instances >= 0 && f->max_instances >= 0 && f->min_instances > f->max_instances)
         return manifest_fail(c, n, "the function %s has min-instances above max-instances",
                              f->name);
