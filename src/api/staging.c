@@ -192,6 +192,9 @@ static void staging__image_work(uv_work_t *w)
         si->rc = strcmp(si->kind, "registry") ? image_import_archive(&store, si->kind, si->path,
                                                                      &img, si->err, sizeof si->err)
                                               : staging__image_pull(si, &store, &img);
+    if (si->rc == SKIFF_OK &&
+        (si->rc = image_user_resolve(&store, &img, si->err, sizeof si->err)) != SKIFF_OK)
+        image_clear(&img);
     if (si->rc == SKIFF_OK) {
         si->rc = image_droplet_write(&img, si->s->droplet_dir, si->err, sizeof si->err);
         si->command = image_default_command(&img.config);

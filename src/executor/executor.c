@@ -2781,7 +2781,7 @@ bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *
 int64_t instance_host_uid(const struct instance *inst)
 {
     if (inst->ex->isolation == EXECUTOR_CONTAINER)
-        return (int64_t)inst->ex->uid_base + CONTAINER_VCAP_UID;
+        return (int64_t)inst->ex->uid_base + (inst->user_uid ? inst->user_uid : CONTAINER_VCAP_UID);
     return inst->pid > 0 ? (int64_t)getuid() : -1;
 }
 
@@ -2854,6 +2854,10 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
     if (inst->ex->seccomp_bpf) {
         x->argv[argc++] = xstrdup("--seccomp");
         x->argv[argc++] = xstrdup(inst->ex->seccomp_bpf);
+    }
+    if (inst->user_uid) { /* an image's User: the session is its, as the program is */
+        x->argv[argc++] = xstrdup("--user");
+        x->argv[argc++] = xasprintf("%u:%u", inst->user_uid, inst->user_gid);
     }
     if (spec->tty) {
         x->argv[argc++] = xstrdup("--tty");

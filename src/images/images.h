@@ -81,6 +81,8 @@ struct image_config {
     char *workdir;     /* or NULL */
     char *user;        /* "name", "uid", "uid:gid", or NULL */
     int port;          /* the lowest exposed TCP port, or 0 when none is exposed */
+    bool ids;          /* uid and gid are User resolved (image_user_resolve) */
+    unsigned uid, gid; /* the ids User names inside the container; 0 (root or none): vcap */
 };
 int image_config_parse(const char *json, size_t len, struct image_config *out, char *err,
                        size_t errlen);
@@ -153,6 +155,14 @@ struct image_pull_options {
 int image_pull(const struct image_store *s, const char *reference,
                const struct image_pull_options *opt, struct image *out, char *err, size_t errlen);
 
+/* Resolves the config's User (USER[:GROUP], each a name or a number) to ids through the
+ * image's own /etc/passwd and /etc/group, read from its unpacked layers as its root shows them
+ * (whiteouts and opaque folders applied), never through a link (a link there is refused), at
+ * most 1 MiB each. A user without a group gets its /etc/passwd group (a number it does not
+ * list: the same number). SKIFF_E_BAD_IMAGE naming the user or group the image does not have,
+ * or ids over 65535. Sets config.ids, uid and gid (0 for root: it runs as vcap). */
+int image_user_resolve(const struct image_store *s, struct image *img, char *err, size_t errlen);
+
 /* ---- image droplets ------------------------------------------------------------------ */
 
 /* An image app's droplet is a folder with the image's record (IMAGE_RECORD) and an empty
@@ -174,7 +184,8 @@ struct image_run {
                           /bin/sh -c command (in the image: it must have a shell then) */
     char *cwd;         /* WorkingDir, else "/" */
     char **env;        /* env, then each of the image's Env whose name env does not have */
-    unsigned uid, gid; /* the image's numeric User; 0 (root or none): vcap */
+    unsigned uid, gid; /* the image's User resolved at staging (numeric only in a record of
+                          before names were resolved); 0 (root or none): vcap */
 };
 int image_run_prepare(const char *home, const char *droplet_dir, const char *command,
                       char *const *env, struct image_run *out, char *err, size_t errlen);

@@ -90,7 +90,7 @@ def server_binary(tmp_path_factory):
 
 def tar_bytes(entries, compress=False):
     """A tar of (name, bytes | ('symlink', target) | ('dir',)), mode 0755 for files named
-    'server'."""
+    'server' and for bin/sh."""
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as t:
         for name, content in entries:
@@ -104,7 +104,7 @@ def tar_bytes(entries, compress=False):
                 t.addfile(info)
             else:
                 info.size = len(content)
-                info.mode = 0o755 if name.endswith("server") else 0o644
+                info.mode = 0o755 if name.endswith(("server", "bin/sh")) else 0o644
                 t.addfile(info, io.BytesIO(content))
     raw = data.getvalue()
     return gzip.compress(raw, mtime=0) if compress else raw
@@ -856,3 +856,74 @@ def test_image_function_mistakes_are_refused(platform, tmp_path, function_archiv
         manifest.write_text(body)
         r = platform.cli("push", "-f", str(manifest))
         assert r.returncode != 0 and says in r.stderr, out(r)
+
+
+# ---- User by name -------------------------------------------------------------------------------
+
+# What `skiff ssh` runs is /bin/sh -c COMMAND: this "shell" says who it runs as.
+WHOAMI_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void)
+{
+    printf("ssh-uid=%d ssh-gid=%d\n", (int)getuid(), (int)getgid());
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def whoami_binary(tmp_path_factory):
+    d = tmp_path_factory.mktemp("whoami")
+    (d / "whoami.c").write_text(WHOAMI_C)
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "sh"), str(d / "whoami.c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return (d / "sh").read_bytes()
+
+
+def named_user_image(path, server, whoami, user, accounts=None):
+    passwd, group = accounts or (b"root:x:0:0:root:/root:/bin/sh\nweb:x:1001:1002::/srv:/bin/sh\n",
+                                 b"root:x:0:\nstaff:x:50:web\nweb:x:1002:\n")
+    base = tar_bytes([("etc", ("dir",)), ("etc/passwd", passwd), ("etc/group", group),
+                      ("bin", ("dir",)), ("bin/sh", whoami)], compress=True)
+    layers = [base] + layers_of(server, "named")
+    oci_archive(path, layers, image_config(**dict(DEFAULT_CONFIG, User=user)))
+
+
+def test_a_user_by_name_runs_as_the_image_says_and_ssh_too(platform, tmp_path, server_binary,
+                                                           whoami_binary):
+    archive = tmp_path / "named.tar"
+    named_user_image(archive, server_binary, whoami_binary, "web:staff")
+    r = push(platform, "named", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    got = get_app(platform, "named.localhost")
+    assert (got["uid"], got["gid"]) == ("1001", "50"), got
+
+    # a session in the instance is the program's user, not vcap
+    r = platform.cli("ssh", "named", "-c", "id", timeout=60)
+    assert r.returncode == 0, out(r)
+    assert "ssh-uid=1001 ssh-gid=50" in r.stdout, out(r)
+
+
+@pytest.mark.parametrize("user,says", [
+    ("nobody", "\"nobody\" is not in its /etc/passwd"),
+    ("web:wheel", "\"wheel\", which is not in its /etc/group"),
+])
+def test_an_unknown_user_name_is_a_staging_error(platform, tmp_path, server_binary,
+                                                 whoami_binary, user, says):
+    archive = tmp_path / "unknown.tar"
+    named_user_image(archive, server_binary, whoami_binary, user)
+    r = push(platform, "unknown", f"oci-archive:{archive}")
+    assert r.returncode != 0 and says in r.stdout + r.stderr, out(r)
+
+
+def test_user_files_are_not_read_through_a_link(platform, tmp_path, server_binary):
+    # /etc/passwd a link to the host's: never read, the push fails saying why
+    base = tar_bytes([("etc", ("dir",)), ("etc/passwd", ("symlink", "/etc/passwd"))],
+                     compress=True)
+    archive = tmp_path / "link.tar"
+    oci_archive(archive, [base] + layers_of(server_binary),
+                image_config(**dict(DEFAULT_CONFIG, User="root")))
+    r = push(platform, "link", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "/etc/passwd is a symbolic link" in r.stdout + r.stderr, out(r)
