@@ -188,6 +188,12 @@ static void staging__image_work(uv_work_t *w)
     struct image_store store;
     struct image img;
     si->rc = image_store_open(&store, si->home, si->uid_base, si->err, sizeof si->err);
+    /* held until the droplet names what is stored: no collection runs in between */
+    int hold = si->rc == SKIFF_OK ? image_store_hold(&store) : -1;
+    if (si->rc == SKIFF_OK && hold < 0) {
+        snprintf(si->err, sizeof si->err, "cannot lock the image store: %s", strerror(-hold));
+        si->rc = SKIFF_E_INTERNAL;
+    }
     if (si->rc == SKIFF_OK)
         si->rc = strcmp(si->kind, "registry") ? image_import_archive(&store, si->kind, si->path,
                                                                      &img, si->err, sizeof si->err)
@@ -202,6 +208,7 @@ static void staging__image_work(uv_work_t *w)
                  img.manifest.n_layers, img.digest);
         image_clear(&img);
     }
+    image_store_release(hold);
     image_store_close(&store);
 }
 
@@ -503,6 +510,7 @@ static void staging__done(void *ctx, const struct stage_result *res)
                                    "staging_failed", "message", why));
         rm_rf(s->droplet_dir);
     }
+    api_core__images_gc_soon(core); /* a droplet replaced, or what a failed pull stored */
     if (s->req) {
         api_request_on_abort(s->req, NULL, NULL);
         api_stream_end(s->req);

@@ -2778,6 +2778,35 @@ bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *
     return inst->disk_full_told;
 }
 
+char **executor_image_layers(struct executor *ex)
+{
+    char *dir = xasprintf("%s/instances", ex->home);
+    DIR *d = opendir(dir);
+    size_t n = 0, cap = 8;
+    char **out = xcalloc(cap, sizeof *out);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (de->d_name[0] == '.')
+            continue;
+        char *path = xasprintf("%s/%s/container.json", dir, de->d_name);
+        char *text = NULL;
+        json_t *j = file_read(path, &text, NULL) == 0 ? json_loads(text, 0, NULL) : NULL;
+        const char *layers = json_string_value(json_object_get(j, "image_layers"));
+        if (layers) {
+            if (n + 1 == cap)
+                out = xrealloc(out, (cap *= 2) * sizeof *out);
+            out[n++] = xstrdup(layers);
+            out[n] = NULL;
+        }
+        json_decref(j);
+        free(text);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    return out;
+}
+
 int64_t instance_host_uid(const struct instance *inst)
 {
     if (inst->ex->isolation == EXECUTOR_CONTAINER)

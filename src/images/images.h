@@ -71,6 +71,35 @@ int image_blob_read(const struct image_store *s, const char *digest, size_t max,
  * setgid bits are dropped, extended attributes are not kept, owners over 65535 become 65534. */
 int image_layer_unpack(const struct image_store *s, const char *digest, char *err, size_t errlen);
 
+/* ---- garbage collection --------------------------------------------------------------- */
+
+/* A shared hold on the store, for as long as a pull or an import and the droplet record it
+ * ends in take: a collection never runs meanwhile (their blobs are named by nothing until the
+ * record is written). Waits while a collection runs. An fd for image_store_release, or a
+ * negative errno. */
+int image_store_hold(const struct image_store *s);
+void image_store_release(int hold);
+
+/* The digests a collection keeps: each named by a droplet's record (its manifest, config and
+ * layers) or by a running instance's layers (its overlay lowerdir, folders in this store). */
+struct image_keep {
+    char **digests;
+    size_t n, cap;
+};
+void image_keep_add(struct image_keep *k, const char *digest);
+void image_keep_record(struct image_keep *k, const char *droplet_dir); /* no record: nothing */
+void image_keep_layers(struct image_keep *k, const char *lowerdir);
+void image_keep_clear(struct image_keep *k);
+
+struct image_gc_result {
+    size_t blobs, layers; /* how many were removed */
+};
+/* Removes every blob and unpacked layer keep does not name (and what a killed pull left in
+ * tmp/). Only when it can take the store whole: while a pull or import holds it, SKIFF_E_BUSY
+ * and nothing is removed. Blocking (folders are removed): run it off the event loop. */
+int image_store_gc(const struct image_store *s, const struct image_keep *keep,
+                   struct image_gc_result *out, char *err, size_t errlen);
+
 /* ---- what an image is ---------------------------------------------------------------- */
 
 /* The image config's "config" object: what decides the process. */

@@ -251,8 +251,26 @@ def test_two_images_share_their_base_layer(platform, tmp_path, server_binary):
         assert r.returncode == 0, out(r) + platform.output()
     assert get_app(platform, "one.localhost")["greeting"] == "one"
     assert get_app(platform, "two.localhost")["greeting"] == "two"
-    stored = os.listdir(os.path.join(platform.home, "images", "layers", "sha256"))
-    assert sorted(stored) == sorted({digest(x)[7:] for x in la + lb})  # the base once
+    layers_dir = os.path.join(platform.home, "images", "layers", "sha256")
+    blobs_dir = os.path.join(platform.home, "images", "blobs", "sha256")
+    assert sorted(os.listdir(layers_dir)) == sorted({digest(x)[7:] for x in la + lb})  # base once
+
+    # deleting one app collects what only it used; the shared base stays for the other
+    r = platform.cli("delete", "one", "-f")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: sorted(os.listdir(layers_dir)) == sorted(
+        {digest(x)[7:] for x in lb}), 60, "one's own layer to be collected")
+    assert digest(la[1])[7:] not in os.listdir(blobs_dir)
+    r = platform.cli("restart", "two")
+    assert r.returncode == 0, out(r) + platform.output()
+    platform.wait_for(lambda: get_app(platform, "two.localhost")["greeting"] == "two", 60,
+                      "two to run again from its layers")
+
+    # deleting the last one: nothing of either image is left
+    r = platform.cli("delete", "two", "-f")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: os.listdir(layers_dir) == [] and os.listdir(blobs_dir) == [], 60,
+                      "every layer and blob to be collected")
 
 
 def test_an_entrypoint_without_cmd_runs(platform, tmp_path, server_binary):

@@ -414,6 +414,47 @@ static void test_user_files_are_never_read_through_links(void **state)
     expect_user_refused(f, layers, 1, "root", "/etc is not a folder");
 }
 
+static void test_gc_keeps_what_is_named_and_waits_for_pulls(void **state)
+{
+    struct fixture *f = *state;
+    const struct entry one[] = {{'f', "one", "1", 0, 0, 0}};
+    const struct entry two[] = {{'f', "two", "2", 0, 0, 0}};
+    const struct entry three[] = {{'f', "three", "3", 0, 0, 0}};
+    char a[IMAGE_DIGEST_LEN], b[IMAGE_DIGEST_LEN], c[IMAGE_DIGEST_LEN];
+    assert_int_equal(unpack(f, one, 1, a), SKIFF_OK);
+    assert_int_equal(unpack(f, two, 1, b), SKIFF_OK);
+    assert_int_equal(unpack(f, three, 1, c), SKIFF_OK);
+
+    /* a held store (a pull under way) is not collected at all */
+    struct image_keep keep = {0};
+    struct image_gc_result res;
+    int hold = image_store_hold(&f->store);
+    assert_true(hold >= 0);
+    assert_int_equal(image_store_gc(&f->store, &keep, &res, f->err, sizeof f->err), SKIFF_E_BUSY);
+    assert_true(image_store_has_blob(&f->store, a));
+    image_store_release(hold);
+
+    /* a: a droplet's; b: a running instance's lowerdir (among others); c: nobody's */
+    image_keep_add(&keep, a);
+    char *b_dir = image_store_layer_path(&f->store, b);
+    char *lowerdir = xasprintf("/elsewhere/x:%s:/srv/sha256/short", b_dir);
+    image_keep_layers(&keep, lowerdir);
+    image_keep_add(&keep, "not a digest");
+    assert_int_equal(keep.n, 2);
+    assert_int_equal(image_store_gc(&f->store, &keep, &res, f->err, sizeof f->err), SKIFF_OK);
+    assert_int_equal(res.layers, 1);
+    assert_int_equal(res.blobs, 1);
+    assert_true(image_store_has_blob(&f->store, a) && image_store_has_blob(&f->store, b));
+    assert_false(image_store_has_blob(&f->store, c));
+    char *c_dir = image_store_layer_path(&f->store, c);
+    assert_int_not_equal(access(c_dir, F_OK), 0);
+    assert_int_equal(access(b_dir, F_OK), 0);
+    free(c_dir);
+    free(b_dir);
+    free(lowerdir);
+    image_keep_clear(&keep);
+}
+
 static void test_layer_refuses_escaping_paths(void **state)
 {
     struct fixture *f = *state;
@@ -816,6 +857,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_layer_whiteouts_in_overlay_format, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_escaping_paths, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gc_keeps_what_is_named_and_waits_for_pulls, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_user_names_resolve_through_the_image, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_files_are_never_read_through_links, setup,
                                         teardown),
