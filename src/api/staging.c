@@ -129,6 +129,7 @@ struct staging_image {
     char *home, *kind, *path;
     const char *const *insecure;
     unsigned uid_base;
+    uint64_t max_image;
     int rc;
     char err[512];
     char *command; /* the image's own: the droplet's web process */
@@ -188,6 +189,7 @@ static void staging__image_work(uv_work_t *w)
     struct image_store store;
     struct image img;
     si->rc = image_store_open(&store, si->home, si->uid_base, si->err, sizeof si->err);
+    store.max_image = si->max_image;
     /* held until the droplet names what is stored: no collection runs in between */
     int hold = si->rc == SKIFF_OK ? image_store_hold(&store) : -1;
     if (si->rc == SKIFF_OK && hold < 0) {
@@ -256,6 +258,7 @@ static int staging__image_start(struct api_core_staging *s, const char *kind, co
     si->path = xstrdup(path);
     si->uid_base = site->uid_base ? site->uid_base : CONTAINER_DEFAULT_UID_BASE;
     si->insecure = s->core->cfg.insecure_registries;
+    si->max_image = s->core->cfg.max_image_bytes;
     si->work.data = si;
     si->progress.data = si;
     uv_mutex_init(&si->lock);

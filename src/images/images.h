@@ -34,7 +34,12 @@ struct image_store {
     unsigned uid_base;  /* host uid of the containers' root: layer files are owned from it */
     uint64_t max_blob;  /* bytes one blob may have (a compressed layer); 0: 2 GiB */
     uint64_t max_layer; /* bytes a layer may unpack to; 0: 8 GiB */
+    /* bytes an image may have: its blobs together as pulled (or its tarball), and what any one
+     * of its layers unpacks to (a layer bomb stops there); 0: IMAGE_DEFAULT_MAX_IMAGE. Both
+     * limits above are at most this one. */
+    uint64_t max_image;
 };
+#define IMAGE_DEFAULT_MAX_IMAGE (4ull << 30)
 
 /* Makes (or opens) the store under home. */
 int image_store_open(struct image_store *s, const char *home, unsigned uid_base, char *err,

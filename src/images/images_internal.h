@@ -12,6 +12,7 @@ int image__fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 uint64_t image__max_blob(const struct image_store *s);
 uint64_t image__max_layer(const struct image_store *s);
+uint64_t image__max_image(const struct image_store *s);
 /* A fresh name under the store's tmp/ (caller frees). */
 char *image__tmp_path(const struct image_store *s, const char *what);
 

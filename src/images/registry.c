@@ -111,9 +111,14 @@ struct registry {
     char *base;   /* scheme://host/v2/repository */
     char *bearer; /* a token the realm gave, or NULL */
     bool basic;   /* the registry asked for Basic */
+    uint64_t image_bytes;     /* the image's blobs so far, pulled or found stored */
+    int64_t last_progress_ms; /* when the last line of bytes went out */
     char *err;
     size_t errlen;
 };
+
+/* At most one line of bytes a second for a pull, whatever the registry's chunks are. */
+#define REGISTRY_PROGRESS_MS 1000
 
 struct registry_response {
     CURL *curl; /* while it runs */
@@ -125,7 +130,47 @@ struct registry_response {
     struct image_blob_writer *blob; /* or streamed here */
     int blob_rc;
     char blob_err[512];
+    struct registry *g;  /* a blob's pull: its bytes count to the image's, and are told */
+    const char *label;   /* "layer 2/5 sha256:..." */
+    uint64_t blob_bytes; /* of it so far */
 };
+
+/* "12.5 MB" */
+static void registry__human(uint64_t n, char *out, size_t size)
+{
+    if (n < (1u << 20))
+        snprintf(out, size, "%.1f kB", (double)n / 1024);
+    else
+        snprintf(out, size, "%.1f MB", (double)n / (1 << 20));
+}
+
+/* A streaming blob's bytes: counted against the image's limit, and told now and then. */
+static int registry__blob_bytes(struct registry_response *r, size_t len)
+{
+    struct registry *g = r->g;
+    r->blob_bytes += len;
+    g->image_bytes += len;
+    uint64_t max = image__max_image(g->s);
+    if (g->image_bytes > max) {
+        image__fail(r->blob_err, sizeof r->blob_err, SKIFF_E_TOO_LARGE,
+                    "the image %s is larger than the limit of %llu MB for an image (skiffd "
+                    "--max-image-size)",
+                    g->ref.repository, (unsigned long long)(max >> 20));
+        return SKIFF_E_TOO_LARGE;
+    }
+    int64_t now = time_mono_ms();
+    if (g->opt->progress && now - g->last_progress_ms >= REGISTRY_PROGRESS_MS) {
+        g->last_progress_ms = now;
+        curl_off_t total = -1;
+        curl_easy_getinfo(r->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &total);
+        char got[32], all[32] = "?";
+        registry__human(r->blob_bytes, got, sizeof got);
+        if (total > 0)
+            registry__human((uint64_t)total, all, sizeof all);
+        g->opt->progress(g->opt->progress_ctx, "%s: %s of %s", r->label, got, all);
+    }
+    return SKIFF_OK;
+}
 
 static size_t registry__header(char *data, size_t size, size_t n, void *arg)
 {
@@ -148,6 +193,8 @@ static size_t registry__body(char *data, size_t size, size_t n, void *arg)
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
     if (r->blob && status == 200) {
         r->blob_rc = image_blob_write(r->blob, data, len, r->blob_err, sizeof r->blob_err);
+        if (r->blob_rc == SKIFF_OK)
+            r->blob_rc = registry__blob_bytes(r, len);
         return r->blob_rc == SKIFF_OK ? len : 0;
     }
     if (r->body.len + len > r->max) {
@@ -342,8 +389,9 @@ static int registry__fetch(struct registry *g, const char *path, const char *wha
     case 200:
         if (r->over)
             return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
-                               "the %s of %s is larger than the limit of %zu bytes", what,
-                               g->ref.repository, r->max);
+                               "the registry %s sent more for the %s of %s than a manifest may "
+                               "have (it is larger than the limit of %zu kB): refused",
+                               g->ref.registry, what, g->ref.repository, r->max >> 10);
         return r->blob_rc ? image__fail(g->err, g->errlen, r->blob_rc, "%s", r->blob_err)
                           : SKIFF_OK;
     case 401:
@@ -399,13 +447,26 @@ static int registry__document(struct registry *g, const char *reference, const c
 static int registry__blob(struct registry *g, const char *digest, const char *what)
 {
     if (image_store_has_blob(g->s, digest)) {
+        /* stored already, but the image's size is all of it */
+        char *p = image_store_blob_path(g->s, digest);
+        struct stat st = {0};
+        stat(p, &st);
+        free(p);
+        g->image_bytes += (uint64_t)st.st_size;
+        if (g->image_bytes > image__max_image(g->s))
+            return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
+                               "the image %s is larger than the limit of %llu MB for an image "
+                               "(skiffd --max-image-size)",
+                               g->ref.repository,
+                               (unsigned long long)(image__max_image(g->s) >> 20));
         if (g->opt->progress)
             g->opt->progress(g->opt->progress_ctx, "%s %.19s: already stored", what, digest);
         return SKIFF_OK;
     }
-    char label[128];
+    char label[128], shown[64];
     snprintf(label, sizeof label, "%s %s", what, digest);
-    struct registry_response r = {.max = 64 << 10};
+    snprintf(shown, sizeof shown, "%s %.19s", what, digest);
+    struct registry_response r = {.max = 64 << 10, .g = g, .label = shown};
     int rc = image_blob_begin(g->s, digest, label, &r.blob, g->err, g->errlen);
     if (rc != SKIFF_OK)
         return rc;

@@ -40,14 +40,24 @@ bool image_digest_valid(const char *digest)
     return true;
 }
 
+uint64_t image__max_image(const struct image_store *s)
+{
+    return s->max_image ? s->max_image : IMAGE_DEFAULT_MAX_IMAGE;
+}
+
+static uint64_t store__min(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
 uint64_t image__max_blob(const struct image_store *s)
 {
-    return s->max_blob ? s->max_blob : IMAGE_DEFAULT_MAX_BLOB;
+    return store__min(s->max_blob ? s->max_blob : IMAGE_DEFAULT_MAX_BLOB, image__max_image(s));
 }
 
 uint64_t image__max_layer(const struct image_store *s)
 {
-    return s->max_layer ? s->max_layer : IMAGE_DEFAULT_MAX_LAYER;
+    return store__min(s->max_layer ? s->max_layer : IMAGE_DEFAULT_MAX_LAYER, image__max_image(s));
 }
 
 int image_store_open(struct image_store *s, const char *home, unsigned uid_base, char *err,

@@ -945,3 +945,221 @@ def test_user_files_are_not_read_through_a_link(platform, tmp_path, server_binar
                 image_config(**dict(DEFAULT_CONFIG, User="root")))
     r = push(platform, "link", f"oci-archive:{archive}")
     assert r.returncode != 0 and "/etc/passwd is a symbolic link" in r.stdout + r.stderr, out(r)
+
+
+# ---- pull progress, the image size limit, hostile registries ------------------------------------
+
+class HostileRegistry:
+    """An anonymous registry serving one image (app:v1), able to misbehave: `slow` serves the
+    big layer in 64 KiB pieces 50 ms apart; `endless` is "manifest" or "blob" (that document
+    never ends); with `token` every /v2/ request needs a Bearer token from a realm on another
+    host, 127.0.0.2 (which records what it was sent), and blobs are redirected to storage
+    there."""
+
+    def __init__(self, blobs, manifest, token=False):
+        import http.server
+        import threading
+        self.blobs, self.manifest = blobs, manifest
+        self.slow, self.endless = set(), None
+        self.token_auth, self.storage_auth = [], []
+        self.token_host = None
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def endless_body(self, content_type):
+                import time as _t
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()  # no length: it ends when the connection does
+                chunk = b"{" * 65536
+                deadline = _t.monotonic() + 120
+                try:
+                    while _t.monotonic() < deadline:
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass  # the client hung up: what it should do
+
+            def do_GET(self):
+                import time as _t
+                if self.path.startswith("/token"):
+                    registry.token_auth.append(self.headers.get("Authorization"))
+                    return self.send(200, b'{"token":"t0ken"}')
+                if self.path.startswith("/storage/"):
+                    registry.storage_auth.append(self.headers.get("Authorization"))
+                    return self.serve_blob(self.path[len("/storage/"):])
+                token_host = registry.token_host
+                if token_host and self.headers.get("Authorization") != "Bearer t0ken":
+                    challenge = (f'Bearer realm="http://{token_host}/token",'
+                                 f'service="hostile",scope="repository:app:pull"')
+                    return self.send(401, b"{}", [("WWW-Authenticate", challenge)])
+                parts = self.path.split("/")
+                if len(parts) != 5 or parts[1] != "v2" or parts[2] != "app":
+                    return self.send(404)
+                if parts[3] == "manifests":
+                    if registry.endless == "manifest":
+                        return self.endless_body("application/vnd.oci.image.manifest.v1+json")
+                    return self.send(200, registry.manifest,
+                                     [("Content-Type",
+                                       "application/vnd.oci.image.manifest.v1+json")])
+                if parts[3] == "blobs" and token_host:
+                    return self.send(307, b"", [("Location",
+                                                 f"http://{token_host}/storage/{parts[4]}")])
+                if parts[3] == "blobs":
+                    return self.serve_blob(parts[4])
+                return self.send(404)
+
+            def serve_blob(self, d):
+                import time as _t
+                if registry.endless == "blob" and d in registry.slow:
+                    return self.endless_body("application/octet-stream")
+                body = registry.blobs.get(d)
+                if body is None:
+                    return self.send(404)
+                if d not in registry.slow:
+                    return self.send(200, body)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(0, len(body), 65536):
+                    self.wfile.write(body[i:i + 65536])
+                    self.wfile.flush()
+                    _t.sleep(0.05)
+
+        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
+        self.host = "127.0.0.1:%d" % self.servers[0].server_address[1]
+        if token:
+            self.servers.append(http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler))
+            self.token_host = "127.0.0.2:%d" % self.servers[1].server_address[1]
+        for s in self.servers:
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+
+    def close(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+
+def big_layer_image(server, megabytes=3):
+    """The server image with a third layer of `megabytes` of incompressible bytes."""
+    big = tar_bytes([("srv/noise", os.urandom(megabytes << 20))], compress=True)
+    layers = layers_of(server, "big") + [big]
+    config = image_config(**DEFAULT_CONFIG)
+    blobs = {digest(x): x for x in layers + [config]}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest(x), "size": len(x)} for x in layers]}).encode()
+    return blobs, manifest, digest(big)
+
+
+def test_pull_progress_in_bytes_at_most_once_a_second(tmp_path, server_binary, closing):
+    blobs, manifest, big = big_layer_image(server_binary)
+    reg = HostileRegistry(blobs, manifest)
+    reg.slow.add(big)  # ~48 pieces, 50 ms apart: ~2.4 s
+    try:
+        p = platform_for([reg])
+        closing.append(p)
+        r = push(p, "slow", f"{reg.host}/app:v1")
+        assert r.returncode == 0, out(r) + p.output()
+        lines = [x for x in r.stdout.splitlines() if f"layer 3/3 {big[:19]}: " in x and " of " in x]
+        # told while it came, in bytes of its size, but not once per piece
+        assert 1 <= len(lines) <= 4, out(r)
+        assert all(x.rstrip().endswith(" MB of 3.0 MB") for x in lines), lines
+        assert f"layer 3/3 {big[:19]}: pulled" in r.stdout, out(r)
+    finally:
+        reg.close()
+
+
+@pytest.mark.parametrize("endless", ["manifest", "blob"])
+def test_an_endless_document_is_cut_at_its_limit(tmp_path, server_binary, closing, endless):
+    from conftest import Platform
+    blobs, manifest, big = big_layer_image(server_binary, 1)
+    reg = HostileRegistry(blobs, manifest)
+    reg.endless = endless
+    reg.slow.add(big)
+    try:
+        p = Platform(extra_args=["--insecure-registry", reg.host,
+                                 "--max-image-size", "8M"]).start()
+        closing.append(p)
+        r = push(p, "endless", f"{reg.host}/app:v1")
+        assert r.returncode != 0, out(r)
+        said = r.stdout + r.stderr
+        if endless == "manifest":
+            assert "manifest" in said and "larger than the limit" in said, out(r)
+        else:
+            assert "larger than the limit of 8 MB" in said and "--max-image-size" in said, out(r)
+        # nothing of it is kept, and skiffd still serves
+        assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
+        assert p.cli("apps").returncode == 0
+    finally:
+        reg.close()
+
+
+def test_an_image_over_the_limit_is_refused(tmp_path, server_binary, closing):
+    from conftest import Platform
+    blobs, manifest, big = big_layer_image(server_binary, 3)
+    reg = HostileRegistry(blobs, manifest)
+    try:
+        p = Platform(extra_args=["--insecure-registry", reg.host,
+                                 "--max-image-size", "2M"]).start()
+        closing.append(p)
+        r = push(p, "large", f"{reg.host}/app:v1")
+        assert r.returncode != 0, out(r)
+        assert "larger than the limit of 2 MB" in r.stdout + r.stderr, out(r)
+        # a tarball too
+        archive = tmp_path / "large.tar"
+        layers = [blobs[x["digest"]] for x in json.loads(manifest)["layers"]]
+        oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+        r = push(p, "large", f"oci-archive:{archive}")
+        assert r.returncode != 0 and "over the limit of 2 MB" in r.stdout + r.stderr, out(r)
+    finally:
+        reg.close()
+
+
+def test_a_layer_bomb_stops_at_the_limit(tmp_path, server_binary, closing):
+    from conftest import Platform
+    p = Platform(extra_args=["--max-image-size", "16M"]).start()
+    closing.append(p)
+    bomb = tar_bytes([("srv/zeros", bytes(256 << 20))], compress=True)  # 256 MB in ~250 kB
+    assert len(bomb) < (1 << 20)
+    archive = tmp_path / "bomb.tar"
+    oci_archive(archive, layers_of(server_binary) + [bomb], image_config(**DEFAULT_CONFIG))
+    r = push(p, "bomb", f"oci-archive:{archive}")
+    assert r.returncode != 0, out(r)
+    assert "unpacks to more than the limit of 16 MB" in r.stdout + r.stderr, out(r)
+    assert digest(bomb)[7:] not in os.listdir(os.path.join(p.home, "images", "layers", "sha256"))
+
+
+def test_credentials_go_only_where_the_registry_sends_them(tmp_path, server_binary, closing):
+    """The realm the registry's challenge names is its token service, on whatever host: it gets
+    the credentials (as Docker sends them). Storage a blob is redirected to is not the registry:
+    it gets neither the credentials nor the token."""
+    import base64
+    blobs, manifest, big = big_layer_image(server_binary, 1)
+    reg = HostileRegistry(blobs, manifest, token=True)
+    try:
+        p = platform_for([reg])
+        closing.append(p)
+        env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image",
+                            f"{reg.host}/app:v1", "--docker-username", "alice"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, out(r) + p.output()
+        basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        assert reg.token_auth and set(reg.token_auth) == {basic}, reg.token_auth
+        assert reg.storage_auth and set(reg.storage_auth) == {None}, reg.storage_auth
+    finally:
+        reg.close()
