@@ -1,8 +1,8 @@
 /* images_gc: the image store's garbage collection, run off the loop after what can leave a
  * layer unused: an app deleted, a staging ended (a droplet replaced, or a pull that failed),
- * revisions trimmed. What stays is what a droplet on disk (every app's, and those kept for
- * rollback) or a running instance names; a layer kept only for an instance that is stopping is
- * collected once it has stopped (the collection runs again while there is one). */
+ * revisions trimmed, and at skiffd's start. What stays is what a droplet on disk (every app's, and
+ * those kept for rollback) or a running instance names; a layer kept only for an instance that is
+ * stopping is collected once it has stopped (the collection runs again while there is one). */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,6 +165,8 @@ void api_core__images_gc_init(struct api_core *core)
     uv_timer_init(api_loop(core->api), &gc->timer);
     gc->timer.data = gc;
     core->images_gc = gc;
+    /* what a skiffd that ended mid-way left (an app deleted, a pull killed) goes at the start */
+    api_core__images_gc_soon(core);
 }
 
 void api_core__images_gc_soon(struct api_core *core)

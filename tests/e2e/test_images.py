@@ -1163,3 +1163,20 @@ def test_credentials_go_only_where_the_registry_sends_them(tmp_path, server_bina
         assert reg.storage_auth and set(reg.storage_auth) == {None}, reg.storage_auth
     finally:
         reg.close()
+
+
+def test_what_a_killed_skiffd_left_is_collected_at_start(tmp_path):
+    from conftest import Platform
+    home = tmp_path / "home"
+    orphan = "ab" * 32
+    for folder in ("layers", "blobs"):
+        os.makedirs(home / "images" / folder / "sha256", exist_ok=True)
+    os.makedirs(home / "images" / "layers" / "sha256" / orphan / "srv")
+    (home / "images" / "blobs" / "sha256" / orphan).write_bytes(b"left by a pull")
+    p = Platform(home=str(home)).start()
+    try:
+        p.wait_for(lambda: os.listdir(home / "images" / "layers" / "sha256") == [] and
+                   os.listdir(home / "images" / "blobs" / "sha256") == [], 30,
+                   "the orphans to be collected")
+    finally:
+        p.close()

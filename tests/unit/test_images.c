@@ -394,6 +394,23 @@ static void test_user_names_resolve_through_the_image(void **state)
     expect_ids(f, layers, 3, "4000:50", 4000, 50); /* numbers need nothing */
 }
 
+static void test_user_files_are_bounded(void **state)
+{
+    struct fixture *f = *state;
+    size_t big = (1u << 20) + 4096;
+    char *passwd = xmalloc(big + 1);
+    memset(passwd, '#', big);
+    passwd[big] = '\0';
+    const struct entry huge[] = {
+        {'d', "etc", NULL, 0, 0, 0},
+        {'f', "etc/passwd", passwd, big, 0, 0},
+    };
+    char layers[1][IMAGE_DIGEST_LEN];
+    assert_int_equal(unpack(f, huge, ARRAY_SIZE(huge), layers[0]), SKIFF_OK);
+    free(passwd);
+    expect_user_refused(f, layers, 1, "web", "/etc/passwd is over 1048576 bytes");
+}
+
 static void test_user_files_are_never_read_through_links(void **state)
 {
     struct fixture *f = *state;
@@ -860,6 +877,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gc_keeps_what_is_named_and_waits_for_pulls, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_user_names_resolve_through_the_image, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_files_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_files_are_never_read_through_links, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_writing_through_links, setup, teardown),
