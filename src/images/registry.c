@@ -9,7 +9,6 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -456,10 +455,7 @@ static int registry__document(struct registry *g, const char *reference, const c
         buf_free(&r.body);
         return rc;
     }
-    unsigned char sum[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(sum, (const unsigned char *)(r.body.data ? r.body.data : ""), r.body.len);
-    memcpy(digest, "sha256:", 7);
-    sodium_bin2hex(digest + 7, IMAGE_DIGEST_LEN - 7, sum, sizeof sum);
+    image__sha256(r.body.data ? r.body.data : "", r.body.len, digest);
     if (expected && strcmp(expected, digest)) {
         buf_free(&r.body);
         return image__fail(g->err, g->errlen, SKIFF_E_DIGEST_MISMATCH,
