@@ -141,11 +141,8 @@ int image_store_gc(const struct image_store *s, const struct image_keep *keep,
     out->layers = gc__sweep(s, "layers/sha256", keep);
     out->blobs = gc__sweep(s, "blobs/sha256", keep);
     /* nobody writes under tmp/ without holding the store: what is there was left by a pull
-     * that was killed */
-    char *tmp = xasprintf("%s/tmp", s->root);
-    rm_rf(tmp);
-    mkdir_p(tmp, 0700);
-    free(tmp);
+     * that was killed (its names are no digests: nothing there is kept) */
+    gc__sweep(s, "tmp", keep);
     image_store_release(lock);
     return SKIFF_OK;
 }
