@@ -1185,3 +1185,11 @@ def test_what_a_killed_skiffd_left_is_collected_at_start(tmp_path):
                    "the orphans to be collected")
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("size", ["12", "4X", "-1G", ""])
+def test_a_max_image_size_that_is_no_size_is_refused(tmp_path, size):
+    r = subprocess.run([os.path.join(BIN_DIR, "skiffd"), "--home", str(tmp_path),
+                        "--max-image-size", size], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--max-image-size" in r.stderr and "512M or 4G" in r.stderr, \
+        out(r)
