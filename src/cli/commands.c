@@ -7,7 +7,7 @@
 const struct cli_command cli_core_commands[] = {
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
-     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER] "
+     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function [FILE:HANDLER]] "
      "[--strategy rolling|recreate] [--vars-file FILE]... [--var NAME=VALUE]... "
      "[--docker-image REF [--docker-username USER]]",
      "Upload an app, stage it with a buildpack and start it",
@@ -26,7 +26,9 @@ const struct cli_command cli_core_commands[] = {
      "  --no-route               do not map the default route NAME.localhost\n"
      "  --no-start               upload and stage, but do not start\n"
      "  --no-manifest            ignore ./manifest.yml\n"
-     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
+     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh); with\n"
+     "                           --docker-image and no value, the image is the function: it\n"
+     "                           serves CloudEvents (binary mode) on its port, from zero\n"
      "  -o, --docker-image REF   push a prebuilt image instead of a folder: from a registry\n"
      "                           ([REGISTRY/]NAME[:TAG][@DIGEST]; skiffd pulls it at each\n"
      "                           staging), or a tarball: oci-archive:FILE (an OCI image\n"
