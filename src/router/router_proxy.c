@@ -2687,6 +2687,19 @@ static int router_listen(const char *addr_text, bool tls)
     return 0;
 }
 
+/* The local CA signs a certificate only for a host some route names (exactly): a client
+ * sending random names in SNI would otherwise have one made for each. */
+static bool router_tls_name_routed(void *ctx, const char *name)
+{
+    (void)ctx;
+    struct route_table *t = route_table_current();
+    bool found = false;
+    for (size_t i = 0; !found && i < route_table_route_count(t); i++)
+        found = !strcmp(route_table_route_at(t, i)->host, name);
+    route_table_unref(t);
+    return found;
+}
+
 /* Loads the certificates and opens the HTTPS listening sockets. */
 static int router_tls_start(const struct router_config *cfg)
 {
@@ -2709,6 +2722,7 @@ static int router_tls_start(const struct router_config *cfg)
         /* without a local CA, APP.localhost is served the default certificate */
         if (tls_store_set_issuer(tls_store, dir, "localhost", why, sizeof why) < 0)
             log_info("HTTPS: no local CA in %s, no certificate is made per APP.localhost", dir);
+        tls_store_set_issue_filter(tls_store, router_tls_name_routed, NULL);
     }
     free(dir);
     if (r < 0) {

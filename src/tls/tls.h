@@ -65,6 +65,12 @@ int tls_store_add_pem(struct tls_store *s, const char *pem, size_t len, bool def
 int tls_store_set_issuer(struct tls_store *s, const char *dir, const char *suffix, char *err,
                          size_t errsize);
 
+/* Limits what the store issues to names allow() accepts (called from any thread; NULL: any
+ * name under the suffix). Without it a client could make the store sign a certificate for
+ * every random name it sends. */
+void tls_store_set_issue_filter(struct tls_store *s, bool (*allow)(void *ctx, const char *name),
+                                void *ctx);
+
 /* Which certificate a handshake for `host` gets: fills `subject` (its subject CN, or "" when
  * nothing matches and there is no default) and returns 1 for an exact name, 2 for a
  * wildcard, 3 for the default, 4 for one issued by the store, 0 for none. */

@@ -54,6 +54,8 @@ struct tls_store {
     X509 *issuer_cert;
     EVP_PKEY *issuer_key;
     char *issuer_suffix; /* ".localhost" */
+    bool (*issue_allow)(void *ctx, const char *name);
+    void *issue_ctx;
     SSL_CTX *base;       /* what a connection starts with, before SNI picks its certificate */
     struct tls_store_options opts;
     char *client_ca_file;
@@ -523,6 +525,15 @@ int tls_store_set_issuer(struct tls_store *s, const char *dir, const char *suffi
     return 0;
 }
 
+void tls_store_set_issue_filter(struct tls_store *s, bool (*allow)(void *ctx, const char *name),
+                                void *ctx)
+{
+    pthread_rwlock_wrlock(&s->lock);
+    s->issue_allow = allow;
+    s->issue_ctx = ctx;
+    pthread_rwlock_unlock(&s->lock);
+}
+
 static bool issuable(const struct tls_store *s, const char *name)
 {
     if (!s->issuer_suffix || name[0] == '*')
@@ -541,6 +552,8 @@ static SSL_CTX *issued_get(struct tls_store *s, const char *name)
     pthread_rwlock_unlock(&s->lock);
     if (ctx)
         return ctx;
+    if (s->issue_allow && !s->issue_allow(s->issue_ctx, name))
+        return NULL; /* the default serves it */
     pthread_rwlock_wrlock(&s->lock);
     ctx = entries_find(s->issued, s->issued_n, name);
     if (!ctx && s->issuer_cert) {

@@ -182,6 +182,11 @@ def test_curl_https_to_an_app_localhost_with_the_local_ca(tls_env):
     assert "ALPN: server accepted http/1.1" in out.stderr, out.stderr
     # plain HTTP stays as it was
     assert r.get("web.localhost").json()["headers"]["x-forwarded-proto"] == "http"
+    # a name under localhost that no route has: the default certificate, nothing issued
+    with context(ca, check_hostname=False).wrap_socket(
+            socket.create_connection(("127.0.0.1", r.tls_port)),
+            server_hostname="random-name.localhost") as s:
+        assert subject_cn(s) == "default.test"
     # a client that does not trust the CA is refused by curl itself
     out = curl("--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
                f"https://web.localhost:{r.tls_port}/")
@@ -420,13 +425,19 @@ def test_skiffd_makes_a_local_ca_and_serves_https():
         assert os.stat(os.path.join(tls, "ca.key")).st_mode & 0o777 == 0o600
         assert os.stat(os.path.join(tls, "default.pem")).st_mode & 0o777 == 0o600
         ca = os.path.join(tls, "ca.pem")
-        # the router answers HTTPS for any APP.localhost (404 without a route), with a
-        # certificate curl trusts through the local CA
+        # a routed APP.localhost gets a certificate curl trusts through the local CA (503: the
+        # app has no instance)
+        assert p.api("POST", "/v1/apps", {"name": "routed"})[0] == 201
         out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
-            curl("--cacert", ca, "--resolve", f"nothing.localhost:{tls_port}:127.0.0.1",
+            curl("--cacert", ca, "--resolve", f"routed.localhost:{tls_port}:127.0.0.1",
                  "-o", "/dev/null", "-w", "%{http_code}",
-                 f"https://nothing.localhost:{tls_port}/")), 20, "HTTPS")
-        assert out.stdout == "404"
+                 f"https://routed.localhost:{tls_port}/")), 20, "HTTPS")
+        assert out.stdout == "503"
+        # a name no route has gets none made for it (the default's *.localhost, which curl
+        # refuses): a client cannot have the CA sign whatever names it sends
+        out = curl("--cacert", ca, "--resolve", f"nothing.localhost:{tls_port}:127.0.0.1",
+                   f"https://nothing.localhost:{tls_port}/")
+        assert out.returncode == 60, out
         # and the same CA is kept across a restart
         first = open(ca).read()
         p.stop()

@@ -107,6 +107,11 @@ static void test_sni_exact_then_wildcard_then_default(void **state)
     tls_store_free(s);
 }
 
+static bool only_shop(void *ctx, const char *name)
+{
+    return !strcmp(name, "shop.localhost");
+}
+
 static void test_issuer_makes_a_certificate_per_localhost_name(void **state)
 {
     struct tls_store *s = store_with(NULL, NULL, true);
@@ -118,6 +123,12 @@ static void test_issuer_makes_a_certificate_per_localhost_name(void **state)
     /* only under the suffix */
     assert_int_equal(tls_store_select(s, "web.localhost.evil.test", subject, sizeof subject), 3);
     assert_int_equal(tls_store_select(s, "localhost", subject, sizeof subject), 3);
+    /* with a filter, only the names it allows get one (those made before are kept) */
+    tls_store_set_issue_filter(s, only_shop, NULL);
+    assert_int_equal(tls_store_select(s, "random.localhost", subject, sizeof subject), 3);
+    assert_string_equal(subject, "default.test");
+    assert_int_equal(tls_store_select(s, "shop.localhost", subject, sizeof subject), 4);
+    assert_int_equal(tls_store_select(s, "web.localhost", subject, sizeof subject), 4);
     tls_store_free(s);
 }
 
