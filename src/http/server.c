@@ -21,8 +21,6 @@
 #include "http/url.h"
 
 #define HTTP_PENDING_MAX (1u << 20)
-/* Responses queued and not yet taken by a client: past this, pipelined requests wait. */
-#define HTTP_WRITE_PENDING_MAX (1u << 20)
 #define HTTP_CLIENT_BUCKETS 1024
 #define HTTP_ACCEPT_BATCH 64
 /* Accepting stops this long after a resource error (EMFILE, ENOMEM, ...), then resumes. */
@@ -88,7 +86,16 @@ struct http_conn {
     int listener;
     llhttp_t parser;
     struct http_conn *prev, *next;
-    struct http_request *req;
+    struct http_request *req; /* the request being parsed */
+    /* requests handed to the owner, oldest first: only the first writes to the socket, the
+     * others' answers are held (held_bytes in all) until it is finished */
+    struct http_request *first, *last;
+    unsigned inflight;
+    size_t held_bytes;
+    bool parse_paused; /* the parser stopped between requests: what comes waits in pending */
+    bool parse_failed; /* a malformed request: trailer (its 400) goes once the rest are out */
+    struct buf trailer;
+    struct http_request *upgrade_req;
     struct buf url;
     struct buf hfield;
     struct buf hvalue;
@@ -137,6 +144,7 @@ static void http__resume_accepting(uv_timer_t *t);
 static void http__on_listen_ready(uv_poll_t *h, int status, int events);
 static void http__sweep(uv_timer_t *t);
 static void http__upgrade_maybe(struct http_conn *c);
+static void http__continue(struct http_conn *c);
 
 /* ---- connection caps ------------------------------------------------------------------- */
 
@@ -483,8 +491,7 @@ static void http__write_done(uv_write_t *w, int status)
     } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2 && !c->closing) {
         /* the client took its answers: go on with the requests it pipelined */
         c->write_blocked = false;
-        llhttp_resume(&c->parser);
-        http__process_pending(c);
+        http__continue(c);
     }
 }
 
@@ -517,6 +524,75 @@ static int http__write(struct http_conn *c, const void *data, size_t len)
     }
     c->write_pending += len;
     return 0;
+}
+
+/* A request's bytes: to the socket when it is the oldest unanswered on its connection, else
+ * held until the ones ahead of it are answered (answers go out in the order of requests). */
+static int http__req_write(struct http_request *req, const void *data, size_t len)
+{
+    struct http_conn *c = req->conn;
+    if (!c || c->closing)
+        return -EPIPE;
+    if (c->first == req || !c->first)
+        return http__write(c, data, len);
+    buf_append(&req->held, data, len);
+    c->held_bytes += len;
+    return 0;
+}
+
+/* Whether the parser may go on to the next request on c. */
+static bool http__may_parse(const struct http_conn *c)
+{
+    if (c->closing || c->close_after_write || c->parse_failed || c->write_blocked ||
+        c->upgrade_fn || c->lingering)
+        return false;
+    if (c->inflight >= HTTP_PIPELINE_MAX ||
+        c->write_pending + c->held_bytes > HTTP_WRITE_PENDING_MAX)
+        return false;
+    return !c->last || (c->last->keep_alive && !c->last->no_pipeline);
+}
+
+/* The parser goes on with what waits in pending, when it stopped and may go on now. */
+static void http__continue(struct http_conn *c)
+{
+    if (!c->parse_paused || c->in_execute || !http__may_parse(c))
+        return;
+    c->parse_paused = false;
+    llhttp_resume(&c->parser);
+    http__process_pending(c);
+}
+
+/* A parsed request goes to the owner: it joins the connection's queue of requests handled. */
+static void http__enqueue(struct http_conn *c, struct http_request *req)
+{
+    if (c->req == req)
+        c->req = NULL;
+    req->next_in_conn = NULL;
+    if (c->last)
+        c->last->next_in_conn = req;
+    else
+        c->first = req;
+    c->last = req;
+    c->inflight++;
+}
+
+/* Takes req out of c's queue, wherever it is in it. */
+static void http__unlink(struct http_conn *c, struct http_request *req)
+{
+    struct http_request *prev = NULL;
+    for (struct http_request *r = c->first; r; prev = r, r = r->next_in_conn) {
+        if (r != req)
+            continue;
+        if (prev)
+            prev->next_in_conn = r->next_in_conn;
+        else
+            c->first = r->next_in_conn;
+        if (c->last == r)
+            c->last = prev;
+        c->inflight--;
+        r->next_in_conn = NULL;
+        return;
+    }
 }
 
 static void http__head(struct http_request *req, struct buf *out, int status,
@@ -557,6 +633,7 @@ static void http__request_free(struct http_request *req)
     }
     free(req->resp_headers);
     buf_free(&req->body);
+    buf_free(&req->held);
     s->body_memory -= req->body_memory;
     if (req->body_fd >= 0)
         close(req->body_fd);
@@ -569,32 +646,75 @@ static void http__request_free(struct http_request *req)
     free(req);
 }
 
-/* The response is queued: release the request and go on with the connection. */
+static void http__drain(struct http_conn *c);
+
+/* The response is queued (or held): release the request and go on with the connection, in
+ * the order of its requests. */
 static void http__finish(struct http_request *req)
 {
     struct http_conn *c = req->conn;
     req->state = HTTP_REQ_DONE;
-    bool keep = req->keep_alive;
-    if (c)
-        c->req = NULL;
-    http__request_free(req);
-    if (!c || c->closing)
+    if (!c) {
+        http__request_free(req);
         return;
-    if (!keep) {
+    }
+    if (c->req == req) /* answered while parsing (never handed over) */
+        c->req = NULL;
+    if (c->closing) {
+        http__unlink(c, req);
+        http__request_free(req);
+    } else if (c->first == req) {
+        http__drain(c);
+    } else if (!c->first) {
+        http__request_free(req);
+    }
+    /* else held, and freed by the drain once the ones ahead of it are finished */
+}
+
+/* Frees the finished requests at the head of c's queue, sends the held answers behind them
+ * in order, and goes on with the connection. */
+static void http__drain(struct http_conn *c)
+{
+    while (c->first && c->first->state == HTTP_REQ_DONE) {
+        struct http_request *req = c->first;
+        http__unlink(c, req);
+        bool keep = req->keep_alive;
+        http__request_free(req);
+        if (c->closing)
+            return;
+        c->active_ms = time_mono_ms();
+        c->served = true;
+        if (!keep) {
+            c->close_after_write = true;
+            if (c->write_pending == 0)
+                http__close_or_linger(c);
+            return;
+        }
+        struct http_request *next = c->first;
+        if (next && next->held.len) {
+            c->held_bytes -= next->held.len;
+            http__write(c, next->held.data, next->held.len);
+            buf_free(&next->held);
+            if (c->closing)
+                return;
+        }
+    }
+    if (c->first) {
+        if (c->first == c->upgrade_req)
+            http__upgrade_maybe(c);
+    } else if (c->parse_failed) {
+        http__write(c, c->trailer.data, c->trailer.len);
+        buf_free(&c->trailer);
         c->close_after_write = true;
         if (c->write_pending == 0)
             http__close_or_linger(c);
         return;
+    } else if (!c->req) {
+        http__idle_add(c);
     }
-    c->active_ms = time_mono_ms();
-    c->served = true;
-    http__idle_add(c);
     if (c->write_pending > HTTP_WRITE_PENDING_MAX)
         c->write_blocked = true; /* http__write_done goes on once the client reads */
-    if (c->in_execute || c->write_blocked)
-        return;
-    llhttp_resume(&c->parser);
-    http__process_pending(c);
+    http__continue(c);
 }
 
 void http_respond_header(struct http_request *req, const char *name, const char *value)
@@ -620,7 +740,7 @@ void http_respond(struct http_request *req, int status, const char *content_type
         http__head(req, &out, status, no_body ? NULL : content_type, no_body ? -2 : (long long)len);
         if (!head && !no_body && len)
             buf_append(&out, body, len);
-        http__write(req->conn, out.data, out.len);
+        http__req_write(req, out.data, out.len);
         buf_free(&out);
     }
     http__finish(req);
@@ -664,7 +784,7 @@ void http_stream_begin(struct http_request *req, int status, const char *content
     if (req->conn && !req->conn->closing) {
         struct buf out = {0};
         http__head(req, &out, status, content_type, -1);
-        http__write(req->conn, out.data, out.len);
+        http__req_write(req, out.data, out.len);
         buf_free(&out);
     }
 }
@@ -679,14 +799,16 @@ int http_stream_write(struct http_request *req, const void *data, size_t len)
     buf_printf(&out, "%zx\r\n", len);
     buf_append(&out, data, len);
     buf_puts(&out, "\r\n");
-    int rc = http__write(req->conn, out.data, out.len);
+    int rc = http__req_write(req, out.data, out.len);
     buf_free(&out);
     return rc;
 }
 
 size_t http_stream_pending(const struct http_request *req)
 {
-    return req->conn ? req->conn->write_pending : 0;
+    if (!req->conn)
+        return 0;
+    return req->conn->first == req ? req->conn->write_pending : req->held.len;
 }
 
 void http_stream_end(struct http_request *req)
@@ -698,7 +820,7 @@ void http_stream_end(struct http_request *req)
         return;
     }
     if (req->conn && !req->conn->closing)
-        http__write(req->conn, "0\r\n\r\n", 5);
+        http__req_write(req, "0\r\n\r\n", 5);
     http__finish(req);
 }
 
@@ -773,7 +895,8 @@ void http_request_refuse_with(struct http_request *req, int status, const char *
  * connection (closing its own descriptor only). */
 static void http__upgrade_maybe(struct http_conn *c)
 {
-    if (!c->upgrade_fn || c->in_execute || c->write_pending > 0 || c->closing)
+    if (!c->upgrade_fn || c->first != c->upgrade_req || c->in_execute || c->write_pending > 0 ||
+        c->closing)
         return;
     void (*fn)(void *, int, const char *, size_t) = c->upgrade_fn;
     c->upgrade_fn = NULL;
@@ -785,14 +908,13 @@ static void http__upgrade_maybe(struct http_conn *c)
     memset(&c->pending, 0, sizeof c->pending);
     fn(c->upgrade_ctx, fd, early.data, early.len);
     buf_free(&early);
-    struct http_request *req = c->req;
-    c->req = NULL;
-    if (req) {
-        req->conn = NULL;
-        req->state = HTTP_REQ_DONE;
-        http__request_free(req);
-    }
-    http__conn_close(c);
+    struct http_request *req = c->upgrade_req;
+    c->upgrade_req = NULL;
+    http__unlink(c, req);
+    req->conn = NULL;
+    req->state = HTTP_REQ_DONE;
+    http__request_free(req);
+    http__conn_close(c); /* requests pipelined after it, if any, are aborted */
 }
 
 void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_fn taken, void *ctx)
@@ -814,7 +936,8 @@ void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_f
     buf_puts(&head, "\r\n");
     c->upgrade_fn = taken;
     c->upgrade_ctx = ctx;
-    http__write(c, head.data, head.len);
+    c->upgrade_req = req;
+    http__req_write(req, head.data, head.len);
     buf_free(&head);
     http__upgrade_maybe(c);
 }
@@ -982,6 +1105,7 @@ static int http__on_headers_complete(llhttp_t *p)
                             "the request has more than %d headers: send fewer", HTTP_MAX_HEADERS);
     const char *expect = http_request_header(req, "expect");
     req->expect_continue = expect && !strcasecmp(expect, "100-continue");
+    req->no_pipeline = http_request_header(req, "upgrade") || p->method == HTTP_CONNECT;
 
     if (!req->early_err && s->cfg.on_head)
         s->cfg.on_head(req, s->cfg.ctx);
@@ -994,7 +1118,9 @@ static int http__on_headers_complete(llhttp_t *p)
                              ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
         return HPE_PAUSED;
     }
-    if (req->expect_continue) {
+    /* pipelined behind unanswered requests, a 100 would come before their answers: the
+     * client sends its body after its own wait instead */
+    if (req->expect_continue && !c->first) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         http__write(c, cont, sizeof cont - 1);
     }
@@ -1074,6 +1200,7 @@ static void http__answer_now(struct http_conn *c, struct http_request *req, bool
     req->keep_alive = false;
     c->linger_wanted = body_follows;
     req->state = HTTP_REQ_HANDLING;
+    http__enqueue(c, req);
     http__dispatch(req);
 }
 
@@ -1082,9 +1209,10 @@ static int http__on_message_complete(llhttp_t *p)
     struct http_conn *c = p->data;
     struct http_request *req = c->req;
     req->state = HTTP_REQ_HANDLING;
+    http__enqueue(c, req);
     http__dispatch(req);
-    /* pause: nothing more is parsed until this request is finished (it may already be) */
-    return HPE_PAUSED;
+    /* on with the next request pipelined, unless this one (or the queue) says wait */
+    return http__may_parse(c) ? 0 : HPE_PAUSED;
 }
 
 static void http__settings_fill(llhttp_settings_t *st)
@@ -1108,6 +1236,7 @@ static void http__conn_closed(uv_handle_t *h)
     buf_free(&c->hfield);
     buf_free(&c->hvalue);
     buf_free(&c->pending);
+    buf_free(&c->trailer);
     free(c);
     http__handle_closed(s);
 }
@@ -1120,14 +1249,10 @@ static void http__conn_close(struct http_conn *c)
         /* gone before it was handed over: the taker hears so, the request is over */
         void (*fn)(void *, int, const char *, size_t) = c->upgrade_fn;
         c->upgrade_fn = NULL;
-        struct http_request *up = c->req;
-        c->req = NULL;
         fn(c->upgrade_ctx, -1, NULL, 0);
-        if (up) {
-            up->conn = NULL;
-            up->state = HTTP_REQ_DONE;
-            http__request_free(up);
-        }
+        if (c->upgrade_req)
+            c->upgrade_req->state = HTTP_REQ_DONE; /* freed with the queue below */
+        c->upgrade_req = NULL;
     }
     struct http_server *s = c->server;
     c->closing = true;
@@ -1145,9 +1270,16 @@ static void http__conn_close(struct http_conn *c)
     c->req = NULL;
     if (req) {
         req->conn = NULL;
-        if (req->state == HTTP_REQ_PARSING) {
+        http__request_free(req); /* still being parsed: the owner never had it */
+    }
+    /* the requests handed over: answered ones are freed, the others are the owner's to end (an
+     * abort may end others of the queue: http__finish takes them out of it) */
+    while ((req = c->first)) {
+        http__unlink(c, req);
+        req->conn = NULL;
+        if (req->state == HTTP_REQ_DONE) {
             http__request_free(req);
-        } else if (req->state != HTTP_REQ_DONE) {
+        } else {
             req->aborted = true;
             if (req->abort_fn) {
                 void (*fn)(void *) = req->abort_fn;
@@ -1171,14 +1303,21 @@ static void http__bad_request(struct http_conn *c, const char *why)
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nConnection: close\r\n\r\n",
                      status, http_status_reason(status), n);
-    http__write(c, head, (size_t)h);
-    http__write(c, body, (size_t)n);
-    c->close_after_write = true;
     c->linger_wanted = true; /* the rest of what it sends is not read */
     if (c->req && c->req->state == HTTP_REQ_PARSING) {
         http__request_free(c->req);
         c->req = NULL;
     }
+    if (c->first) {
+        /* after the answers of the requests before it */
+        c->parse_failed = true;
+        buf_append(&c->trailer, head, (size_t)h);
+        buf_append(&c->trailer, body, (size_t)n);
+        return;
+    }
+    http__write(c, head, (size_t)h);
+    http__write(c, body, (size_t)n);
+    c->close_after_write = true;
     if (c->write_pending == 0)
         http__close_or_linger(c);
 }
@@ -1229,8 +1368,8 @@ static void http__feed(struct http_conn *c, const char *data, size_t len)
             break;
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t rest = pos && pos >= data && pos < data + len ? (size_t)(data + len - pos) : 0;
-        if (!c->req && !c->closing && !c->close_after_write && !c->write_blocked) {
-            /* the request was answered at once: go on with the pipelined rest */
+        if (http__may_parse(c)) {
+            /* the pause is over already (answered at once): go on with the pipelined rest */
             llhttp_resume(&c->parser);
             if (!rest)
                 return;
@@ -1244,6 +1383,7 @@ static void http__feed(struct http_conn *c, const char *data, size_t len)
             buf_append(&keep, pos, rest);
         buf_free(&c->pending);
         c->pending = keep;
+        c->parse_paused = true;
         http__upgrade_maybe(c);
         return;
     }
@@ -1291,10 +1431,11 @@ static void http__on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
             http__conn_close(c);
         return;
     }
-    if (n == 0 || c->closing || c->close_after_write)
+    if (n == 0 || c->closing || c->close_after_write || c->parse_failed)
         return;
-    if (c->write_blocked || (c->req && c->req->state != HTTP_REQ_PARSING)) {
-        /* a request is being handled: keep what comes (pipelined requests) for later */
+    if (c->parse_paused || !http__may_parse(c)) {
+        /* the parser waits for requests being handled: keep what comes for later */
+        c->parse_paused = true;
         buf_append(&c->pending, b->base, (size_t)n);
         if (c->pending.len > HTTP_PENDING_MAX) {
             uv_read_stop(st);
@@ -1443,7 +1584,7 @@ static void http__sweep(uv_timer_t *t)
         if (c->lingering) {
             if (now >= c->linger_until_ms)
                 http__conn_close(c);
-        } else if (req && req->state != HTTP_REQ_PARSING) {
+        } else if (c->first) {
             /* a request being handled or streamed is the handler's business, not a stall */
         } else if (req && req->path) {
             if (now - c->active_ms > HTTP_REQUEST_MS) /* a body that stalls */
