@@ -75,6 +75,11 @@ struct http_server {
     bool closing;
     int handles_open;
     uv_timer_t sweep; /* closes connections that stall (see http__sweep) */
+    /* connections with answers written this loop turn, sent together in one send each (see
+     * http__write): before the loop polls (prepare) and after it has (check) */
+    struct http_conn *flush_head;
+    uv_prepare_t flush_prepare;
+    uv_check_t flush_check;
     void (*close_cb)(void *arg);
     void *close_arg;
     char read_buf[HTTP_READ_BYTES];
@@ -102,7 +107,11 @@ struct http_conn {
     bool in_value;
     size_t header_bytes;
     struct buf pending;
-    size_t write_pending;
+    struct buf out;       /* written this loop turn, not sent yet */
+    size_t write_queued;  /* handed to libuv (uv_write), not taken by the client yet */
+    size_t write_pending; /* out and write_queued */
+    struct http_conn *flush_prev, *flush_next;
+    bool in_flush;
     bool reading;
     bool in_execute;   /* inside llhttp_execute: http__feed goes on with what follows */
     int64_t active_ms; /* last byte read or request finished (monotonic) */
@@ -145,6 +154,7 @@ static void http__on_listen_ready(uv_poll_t *h, int status, int events);
 static void http__sweep(uv_timer_t *t);
 static void http__upgrade_maybe(struct http_conn *c);
 static void http__continue(struct http_conn *c);
+static void http__flush_all(struct http_server *s);
 
 /* ---- connection caps ------------------------------------------------------------------- */
 
@@ -370,6 +380,12 @@ static void http__timers_start(struct http_server *s)
     s->accept_timer.data = s;
     s->handles_open++;
     uv_unref((uv_handle_t *)&s->accept_timer);
+    uv_prepare_init(s->loop, &s->flush_prepare);
+    s->flush_prepare.data = s;
+    s->handles_open++;
+    uv_check_init(s->loop, &s->flush_check);
+    s->flush_check.data = s;
+    s->handles_open++;
 }
 
 int http_server_listen(struct http_server *s, const char *addr, int tag)
@@ -446,6 +462,8 @@ void http_server_close(struct http_server *s, void (*cb)(void *arg), void *arg)
         s->timers_open = false;
         uv_close((uv_handle_t *)&s->accept_timer, http__timer_closed);
         uv_close((uv_handle_t *)&s->sweep, http__timer_closed);
+        uv_close((uv_handle_t *)&s->flush_prepare, http__timer_closed);
+        uv_close((uv_handle_t *)&s->flush_check, http__timer_closed);
     }
     struct http_conn *c = s->conns;
     while (c) {
@@ -475,54 +493,130 @@ void http_server_free(struct http_server *s)
 
 /* ---- writing ------------------------------------------------------------------------------ */
 
-static void http__write_done(uv_write_t *w, int status)
+/* What follows a send the client took: an upgrade, a close, or the requests that waited. */
+static void http__after_write(struct http_conn *c)
 {
-    struct http_write *hw = (struct http_write *)w;
-    struct http_conn *c = hw->conn;
-    c->write_pending -= hw->len;
-    free(hw);
-    /* a peer that is gone ends the connection (and aborts a stream to it) */
-    if (status < 0) {
-        http__conn_close(c);
-    } else if (c->upgrade_fn) {
+    if (c->closing)
+        return;
+    if (c->upgrade_fn) {
         http__upgrade_maybe(c);
     } else if (c->close_after_write && c->write_pending == 0) {
         http__close_or_linger(c);
-    } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2 && !c->closing) {
+    } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2) {
         /* the client took its answers: go on with the requests it pipelined */
         c->write_blocked = false;
         http__continue(c);
     }
 }
 
-/* Sends at once what the socket takes when nothing is queued before it (most answers: no copy,
- * no write request, no callback on a later loop turn); the rest is queued. A failed send is
- * left to the queued write, whose callback ends the connection as for any write error. */
+static void http__write_done(uv_write_t *w, int status)
+{
+    struct http_write *hw = (struct http_write *)w;
+    struct http_conn *c = hw->conn;
+    c->write_queued -= hw->len;
+    c->write_pending -= hw->len;
+    free(hw);
+    /* a peer that is gone ends the connection (and aborts a stream to it) */
+    if (status < 0)
+        http__conn_close(c);
+    else
+        http__after_write(c);
+}
+
+static void http__flush_remove(struct http_conn *c)
+{
+    if (!c->in_flush)
+        return;
+    if (c->flush_prev)
+        c->flush_prev->flush_next = c->flush_next;
+    else
+        c->server->flush_head = c->flush_next;
+    if (c->flush_next)
+        c->flush_next->flush_prev = c->flush_prev;
+    c->flush_prev = c->flush_next = NULL;
+    c->in_flush = false;
+}
+
+/* Sends what c was given this turn: at once what the socket takes when nothing is queued
+ * before it (most answers: no copy, no write request, no callback on a later loop turn), the
+ * rest queued. A failed send is left to the queued write, whose callback ends the connection
+ * as for any write error. */
+static void http__flush(struct http_conn *c)
+{
+    http__flush_remove(c);
+    if (c->closing || c->out.len == 0)
+        return;
+    const char *data = c->out.data;
+    size_t len = c->out.len, sent = 0;
+    if (c->write_queued == 0) {
+        uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+        if (n > 0)
+            sent = (size_t)n;
+    }
+    if (sent < len) {
+        struct http_write *hw = xmalloc(sizeof *hw + (len - sent));
+        hw->conn = c;
+        hw->len = len - sent;
+        memcpy(hw->data, data + sent, len - sent);
+        uv_buf_t b = uv_buf_init(hw->data, (unsigned)hw->len);
+        if (uv_write(&hw->req, (uv_stream_t *)&c->tcp, &b, 1, http__write_done) < 0) {
+            free(hw);
+            buf_reset(&c->out);
+            c->write_pending = c->write_queued;
+            http__conn_close(c);
+            return;
+        }
+        c->write_queued += hw->len;
+    }
+    buf_reset(&c->out);
+    c->write_pending = c->write_queued;
+    if (sent)
+        http__after_write(c);
+}
+
+static void http__flush_all(struct http_server *s)
+{
+    while (s->flush_head)
+        http__flush(s->flush_head);
+    uv_prepare_stop(&s->flush_prepare);
+    uv_check_stop(&s->flush_check);
+}
+
+static void http__on_flush_prepare(uv_prepare_t *h)
+{
+    http__flush_all(h->data);
+}
+
+static void http__on_flush_check(uv_check_t *h)
+{
+    http__flush_all(h->data);
+}
+
+/* Bytes for c's client. They go out at the end of this loop turn (before the loop next waits),
+ * together with whatever else is written to c meanwhile: the answers of the pipelined requests
+ * that one fsync made durable leave in one send. */
 static int http__write(struct http_conn *c, const void *data, size_t len)
 {
     if (!c || c->closing)
         return -EPIPE;
-    if (c->write_pending == 0 && len > 0) {
-        uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
-        if (n > 0) {
-            data = (const char *)data + n;
-            len -= (size_t)n;
-        }
-        if (len == 0)
-            return 0;
-    }
-    struct http_write *hw = xmalloc(sizeof *hw + len);
-    hw->conn = c;
-    hw->len = len;
-    memcpy(hw->data, data, len);
-    uv_buf_t b = uv_buf_init(hw->data, (unsigned)len);
-    int rc = uv_write(&hw->req, (uv_stream_t *)&c->tcp, &b, 1, http__write_done);
-    if (rc < 0) {
-        free(hw);
-        return -EPIPE;
-    }
+    if (len == 0)
+        return 0;
+    buf_append(&c->out, data, len);
     c->write_pending += len;
+    if (!c->in_flush) {
+        struct http_server *s = c->server;
+        c->in_flush = true;
+        c->flush_prev = NULL;
+        c->flush_next = s->flush_head;
+        if (s->flush_head)
+            s->flush_head->flush_prev = c;
+        s->flush_head = c;
+        if (s->timers_open && !uv_is_active((uv_handle_t *)&s->flush_check)) {
+            uv_prepare_start(&s->flush_prepare, http__on_flush_prepare);
+            uv_check_start(&s->flush_check, http__on_flush_check);
+        }
+    }
     return 0;
 }
 
@@ -1237,6 +1331,7 @@ static void http__conn_closed(uv_handle_t *h)
     buf_free(&c->hvalue);
     buf_free(&c->pending);
     buf_free(&c->trailer);
+    buf_free(&c->out);
     free(c);
     http__handle_closed(s);
 }
@@ -1256,6 +1351,7 @@ static void http__conn_close(struct http_conn *c)
     }
     struct http_server *s = c->server;
     c->closing = true;
+    http__flush_remove(c);
     if (c->prev)
         c->prev->next = c->next;
     else
