@@ -31,6 +31,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 results="$tmp/results"
 : >"$results"
 
+"$out/bench_fabric" fsync "$tmp/fsync" "$secs" | tee -a "$results"
 "$out/bench_fabric" lib "$tmp/fabric" "$secs" | tee -a "$results"
 "$out/bench_fabric" lib "$tmp/fabric-nosync" "$secs" nosync | tee -a "$results"
 
@@ -84,7 +85,7 @@ for line in open(sys.argv[1]):
         continue
     mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
-modes = [m for m in ["skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
+modes = [m for m in ["fdatasync-loop", "skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
 shapes = ["single", "concurrent", "pipelined", "batched"]
 # JetStream keeps its concurrent publishes on one connection: the peer of HTTP's pipelined shape
 if ("jetstream", "concurrent") in rows:
@@ -109,6 +110,8 @@ for m in modes:
     if m in lat:
         print("%-24s%14.0f%14.0f" % (m, lat[m][0], lat[m][1]))
 print()
+print("fdatasync-loop: a bare loop of one append + fdatasync on the same disk, nothing else: the")
+print("most single durable publishes per second that any durable path gets here.")
 print("skiff-lib: the fabric in-process, each acknowledgement after fdatasync (group commit).")
 print("skiff-http: POST to skiffd, 202 after fdatasync. skiff-lib-nosync: no fsync at all.")
 print("pipelined: HTTP only, 64 publishes in flight on one connection; its JetStream figure is")

@@ -5,6 +5,9 @@
  *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
  *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
+ *   bench_fabric fsync DIR SECONDS            the bound of a durable single publish on this
+ *                                             disk: a bare loop of one record's append and
+ *                                             fdatasync, nothing else (shape single only)
  *
  * Each mode runs three shapes and prints one line per shape:
  *   single      one publisher, one event at a time, each waiting for its acknowledgement
@@ -15,11 +18,13 @@
  *               publish: async publishes with 800 in flight)
  * Line format: "MODE SHAPE EVENTS SECONDS EVENTS_PER_SECOND". */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <nats/nats.h>
@@ -83,6 +88,39 @@ static void report_latency(const char *mode)
            latencies[nlatencies * 99 / 100] * 1e6);
     fflush(stdout);
     nlatencies = 0;
+}
+
+/* ---- a bare append + fdatasync loop ---------------------------------------------------- */
+
+static int run_fsync(const char *dir, double seconds)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/fsync-loop", dir);
+    mkdir_p(dir, 0700);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "bench: cannot open %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char rec[PAYLOAD_BYTES + 56]; /* about a stored record: its header, attributes, data */
+    memset(rec, 'x', sizeof rec);
+    uint64_t n = 0;
+    double t0 = now_s(), deadline = t0 + seconds;
+    for (double t = t0; t < deadline; n++) {
+        if (write(fd, rec, sizeof rec) != (ssize_t)sizeof rec || fdatasync(fd) < 0) {
+            fprintf(stderr, "bench: append + fdatasync: %s\n", strerror(errno));
+            close(fd);
+            return 1;
+        }
+        double now = now_s();
+        latency_add(now - t);
+        t = now;
+    }
+    close(fd);
+    unlink(path);
+    report("fdatasync-loop", "single", n, now_s() - t0);
+    report_latency("fdatasync-loop");
+    return 0;
 }
 
 /* ---- in-process fabric ------------------------------------------------------------------- */
@@ -491,10 +529,12 @@ int main(int argc, char **argv)
         return run_lib(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "nosync"));
     if (argc >= 5 && !strcmp(argv[1], "http"))
         return run_http(argv[2], argv[3], atof(argv[4]), argc > 5 ? argv[5] : NULL);
+    if (argc >= 4 && !strcmp(argv[1], "fsync"))
+        return run_fsync(argv[2], atof(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "jetstream"))
         return run_jetstream(argv[2], atof(argv[3]));
     fprintf(stderr,
             "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS [SHAPE] |"
-            " jetstream NATS_URL SECONDS\n");
+            " jetstream NATS_URL SECONDS | fsync DIR SECONDS\n");
     return 2;
 }

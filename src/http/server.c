@@ -104,6 +104,11 @@ struct http_conn {
     struct buf url;
     struct buf hfield;
     struct buf hvalue;
+    /* the head's headers so far, "name\0value\0" each, and where each starts: reused from
+     * request to request, then copied into the request in one piece (req->head_text) */
+    struct buf hstore;
+    size_t *hoff; /* name and value offsets, two per header */
+    size_t nhoff, hoff_cap;
     bool in_value;
     size_t header_bytes;
     struct buf pending;
@@ -716,11 +721,8 @@ static void http__request_free(struct http_request *req)
     for (size_t i = 0; i < req->nsegs; i++)
         free(req->segs[i]);
     free(req->segs);
-    for (size_t i = 0; i < req->nheaders; i++) {
-        free(req->headers[i].name);
-        free(req->headers[i].value);
-    }
     free(req->headers);
+    free(req->head_text);
     for (size_t i = 0; i < req->nresp_headers; i++) {
         free(req->resp_headers[i].name);
         free(req->resp_headers[i].value);
@@ -1077,6 +1079,8 @@ static int http__on_message_begin(llhttp_t *p)
     buf_reset(&c->url);
     buf_reset(&c->hfield);
     buf_reset(&c->hvalue);
+    buf_reset(&c->hstore);
+    c->nhoff = 0;
     c->in_value = false;
     c->header_bytes = 0;
     if (!c->head_start_ms)
@@ -1098,11 +1102,18 @@ static void http__push_header(struct http_conn *c)
     struct http_request *req = c->req;
     if (!c->hfield.len)
         return;
-    if (req->nheaders < HTTP_MAX_HEADERS) {
-        req->headers = xrealloc(req->headers, (req->nheaders + 1) * sizeof *req->headers);
-        req->headers[req->nheaders].name = xstrdup(c->hfield.data);
-        req->headers[req->nheaders].value = xstrdup(c->hvalue.data ? c->hvalue.data : "");
-        req->nheaders++;
+    if (c->nhoff / 2 < HTTP_MAX_HEADERS) {
+        if (c->nhoff + 2 > c->hoff_cap) {
+            c->hoff_cap = c->hoff_cap ? 2 * c->hoff_cap : 32;
+            c->hoff = xrealloc(c->hoff, c->hoff_cap * sizeof *c->hoff);
+        }
+        c->hoff[c->nhoff++] = c->hstore.len;
+        buf_append(&c->hstore, c->hfield.data, c->hfield.len + 1);
+        c->hoff[c->nhoff++] = c->hstore.len;
+        if (c->hvalue.data)
+            buf_append(&c->hstore, c->hvalue.data, c->hvalue.len + 1);
+        else
+            buf_append(&c->hstore, "", 1);
     } else {
         req->headers_dropped = true;
     }
@@ -1168,6 +1179,17 @@ static int http__on_headers_complete(llhttp_t *p)
     if (c->in_value)
         http__push_header(c);
     c->in_value = false;
+    /* the headers, in two allocations whatever their number */
+    req->nheaders = c->nhoff / 2;
+    if (req->nheaders) {
+        req->head_text = xmalloc(c->hstore.len);
+        memcpy(req->head_text, c->hstore.data, c->hstore.len);
+        req->headers = xmalloc(req->nheaders * sizeof *req->headers);
+        for (size_t i = 0; i < req->nheaders; i++) {
+            req->headers[i].name = req->head_text + c->hoff[2 * i];
+            req->headers[i].value = req->head_text + c->hoff[2 * i + 1];
+        }
+    }
     /* busy with a request from here: no longer the first to close when room is needed */
     http__idle_remove(c);
     c->head_start_ms = 0;
@@ -1329,6 +1351,8 @@ static void http__conn_closed(uv_handle_t *h)
     buf_free(&c->url);
     buf_free(&c->hfield);
     buf_free(&c->hvalue);
+    buf_free(&c->hstore);
+    free(c->hoff);
     buf_free(&c->pending);
     buf_free(&c->trailer);
     buf_free(&c->out);

@@ -93,7 +93,7 @@ struct http_request {
     char *query;     /* as sent, without '?'; NULL when none */
     char **segs;     /* the path's segments, each percent-decoded */
     size_t nsegs;
-    struct http_header *headers; /* as sent, in order */
+    struct http_header *headers; /* as sent, in order; the strings are in head_text */
     size_t nheaders;
     bool keep_alive;
     /* Set by on_head: the largest body taken (0: none), and whether it goes to a file
@@ -120,6 +120,7 @@ struct http_request {
     void *abort_ctx;
     struct http_header *resp_headers;
     size_t nresp_headers;
+    char *head_text;                   /* the headers' names and values, one allocation */
     bool no_pipeline;                  /* nothing after it is parsed until it is answered */
     struct http_request *next_in_conn; /* the next request handled on its connection */
     struct buf held;                   /* its answer, while one ahead of it is unanswered */
