@@ -651,13 +651,23 @@ static bool http__may_parse(const struct http_conn *c)
     return !c->last || (c->last->keep_alive && !c->last->no_pipeline);
 }
 
+/* Lets the parser go on: after a pause, or after an upgrade request that was answered without
+ * an upgrade (what follows it is HTTP again). */
+static void http__parser_resume(struct http_conn *c)
+{
+    if (llhttp_get_errno(&c->parser) == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(&c->parser);
+    else
+        llhttp_resume(&c->parser);
+}
+
 /* The parser goes on with what waits in pending, when it stopped and may go on now. */
 static void http__continue(struct http_conn *c)
 {
     if (!c->parse_paused || c->in_execute || !http__may_parse(c))
         return;
     c->parse_paused = false;
-    llhttp_resume(&c->parser);
+    http__parser_resume(c);
     http__process_pending(c);
 }
 
@@ -1325,9 +1335,14 @@ static int http__on_message_complete(llhttp_t *p)
     struct http_conn *c = p->data;
     struct http_request *req = c->req;
     req->state = HTTP_REQ_HANDLING;
+    bool upgrade = req->no_pipeline; /* req may be answered and freed by the dispatch */
     http__enqueue(c, req);
     http__dispatch(req);
-    /* on with the next request pipelined, unless this one (or the queue) says wait */
+    /* on with the next request pipelined, unless this one (or the queue) says wait. After an
+     * upgrade request always a pause, answered or not: going on from here, llhttp would take
+     * what follows for the new protocol (HPE_PAUSED_UPGRADE); resumed, it reads HTTP again. */
+    if (upgrade)
+        return HPE_PAUSED;
     return http__may_parse(c) ? 0 : HPE_PAUSED;
 }
 
@@ -1484,13 +1499,13 @@ static void http__feed(struct http_conn *c, const char *data, size_t len)
         c->in_execute = false;
         if (e == HPE_OK)
             return;
-        if (e != HPE_PAUSED)
+        if (e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE)
             break;
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t rest = pos && pos >= data && pos < data + len ? (size_t)(data + len - pos) : 0;
         if (http__may_parse(c)) {
             /* the pause is over already (answered at once): go on with the pipelined rest */
-            llhttp_resume(&c->parser);
+            http__parser_resume(c);
             if (!rest)
                 return;
             data = pos;

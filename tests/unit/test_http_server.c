@@ -431,6 +431,41 @@ static void test_bad_request_after_pipelined_ones_waits_its_turn(void **state)
     close(s);
 }
 
+/* An upgrade request answered without an upgrade (a refusal) leaves an ordinary connection:
+ * the next request on it is read as HTTP. */
+static void test_upgrade_refused_then_next_request(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    const char *reqs = "POST /refuse HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                       "Upgrade: test-proto\r\nContent-Length: 0\r\n\r\n";
+    char out[4096] = "";
+    send_all(fx, s, reqs, strlen(reqs));
+    read_until(fx, s, out, sizeof out, "not for you");
+    assert_non_null(strstr(out, "HTTP/1.1 403 Forbidden\r\n"));
+    assert_null(strstr(out, "HTTP/1.1 400 "));
+    close(s);
+    /* and answered by the owner (no early refusal), the connection stays open for more */
+    s = loop_socket_connect(fx->port[0]);
+    reqs = "POST /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+           "Upgrade: test-proto\r\nContent-Length: 0\r\n\r\n";
+    out[0] = '\0';
+    send_all(fx, s, reqs, strlen(reqs));
+    read_until(fx, s, out, sizeof out, "POST /plain");
+    run_for(fx, 50);
+    size_t have = strlen(out);
+    ssize_t n = recv(s, out + have, sizeof out - 1 - have, MSG_DONTWAIT);
+    out[have + (n > 0 ? (size_t)n : 0)] = '\0';
+    assert_null(strstr(out, "HTTP/1.1 400 "));
+    out[0] = '\0';
+    {
+        const char *after = "GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
+        send_all(fx, s, after, strlen(after));
+    }
+    read_until(fx, s, out, sizeof out, "GET /after");
+    close(s);
+}
+
 /* 101, then the socket is the owner's: the bytes sent after the request come with it, both
  * directions work on it, and the server has forgotten the connection and the request. */
 static void test_upgrade_hands_the_connection_over(void **state)
@@ -482,6 +517,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pipelining_is_bounded_per_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_request_after_pipelined_ones_waits_its_turn, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_refused_then_next_request, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
