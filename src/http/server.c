@@ -815,8 +815,12 @@ static void http__drain(struct http_conn *c)
         if (c->write_pending == 0)
             http__close_or_linger(c);
         return;
-    } else if (!c->req) {
+    } else if (!c->req || !c->req->path) {
+        /* waiting for a head again (one may be under way: it keeps its deadline), so the
+         * first to close when room is needed */
+        int64_t head_start = c->head_start_ms;
         http__idle_add(c);
+        c->head_start_ms = head_start;
     }
     if (c->write_pending > HTTP_WRITE_PENDING_MAX)
         c->write_blocked = true; /* http__write_done goes on once the client reads */
