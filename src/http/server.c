@@ -34,6 +34,9 @@
  * read brings is parsed, copied or dropped before the next read. */
 #define HTTP_READ_BYTES 65536
 #define HTTP_SWEEP_MS 1000
+/* A connection's own buffers (answers of a turn, header text) are kept between requests up to
+ * this size, and freed past it, so that idle connections hold little. */
+#define HTTP_KEEP_BYTES (16u << 10)
 
 /* A listening socket, polled and accepted from by hand (not uv_listen), so that a resource
  * error pauses accepting instead of spinning or giving up. */
@@ -574,7 +577,11 @@ static void http__flush(struct http_conn *c)
         }
         c->write_queued += hw->len;
     }
-    buf_reset(&c->out);
+    /* kept for the next turn unless one large answer grew it: idle connections hold little */
+    if (c->out.cap > HTTP_KEEP_BYTES)
+        buf_free(&c->out);
+    else
+        buf_reset(&c->out);
     c->write_pending = c->write_queued;
     if (sent)
         http__after_write(c);
@@ -1204,6 +1211,8 @@ static int http__on_headers_complete(llhttp_t *p)
             req->headers[i].value = req->head_text + c->hoff[2 * i + 1];
         }
     }
+    if (c->hstore.cap > HTTP_KEEP_BYTES)
+        buf_free(&c->hstore);
     /* busy with a request from here: no longer the first to close when room is needed */
     http__idle_remove(c);
     c->head_start_ms = 0;
