@@ -25,6 +25,8 @@
 #include "common/util.h"
 #include "http/server.h"
 
+#define BIG_ANSWER (200u << 10)
+
 struct owner_request {
     struct http_request http;
     char *note; /* the owner's own field, freed in on_free */
@@ -102,6 +104,13 @@ static void on_request(struct http_request *req, void *ctx)
         assert_true(fx->nparked < 2 * HTTP_PIPELINE_MAX);
         fx->parked[fx->nparked++] = r;
         http_request_on_abort(req, on_park_abort, fx);
+        return;
+    }
+    if (!strcmp(req->path, "/big")) {
+        char *big = xmalloc(BIG_ANSWER);
+        memset(big, 'b', BIG_ANSWER);
+        http_respond(req, 200, "text/plain", big, BIG_ANSWER);
+        free(big);
         return;
     }
     if (!strcmp(req->path, "/hold")) {
@@ -408,6 +417,41 @@ static void test_pipelining_is_bounded_per_connection(void **state)
     RUN_UNTIL(fx, http_server_connections(fx->server) == 0);
 }
 
+/* Answers held behind an unanswered request are bounded: a client that pipelines requests
+ * with large answers behind a slow one gets no more handled once about
+ * HTTP_WRITE_PENDING_MAX bytes wait; the rest are handled as it reads. */
+static void test_held_answers_are_bounded(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    struct buf reqs = {0};
+    buf_puts(&reqs, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (int i = 0; i < 30; i++)
+        buf_puts(&reqs, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_all(fx, s, reqs.data, reqs.len);
+    buf_free(&reqs);
+    int bound = 1 + (int)(HTTP_WRITE_PENDING_MAX / BIG_ANSWER) + 1;
+    RUN_UNTIL(fx, fx->requests == bound);
+    run_for(fx, 100);
+    assert_int_equal(fx->requests, bound); /* 6 MB of answers are not held for it */
+    http_respond(&fx->held->http, 200, "text/plain", "held", 4);
+    fx->held = NULL;
+    /* reading everything lets every request through */
+    size_t want = 30 * (size_t)BIG_ANSWER, got = 0;
+    char chunk[65536];
+    int64_t deadline = time_mono_ms() + 10000;
+    while (got < want && time_mono_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        ssize_t n = recv(s, chunk, sizeof chunk, MSG_DONTWAIT);
+        if (n > 0)
+            for (ssize_t i = 0; i < n; i++)
+                got += chunk[i] == 'b';
+    }
+    assert_int_equal(got, want);
+    assert_int_equal(fx->requests, 31);
+    close(s);
+}
+
 /* A malformed request behind unanswered ones: its 400 comes after their answers, and the
  * connection closes then. */
 static void test_bad_request_after_pipelined_ones_waits_its_turn(void **state)
@@ -518,6 +562,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_request_after_pipelined_ones_waits_its_turn, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_refused_then_next_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_held_answers_are_bounded, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
