@@ -31,6 +31,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 results="$tmp/results"
 : >"$results"
 
+"$out/bench_fabric" fsync "$tmp/fsync" "$secs" | tee -a "$results"
 "$out/bench_fabric" lib "$tmp/fabric" "$secs" | tee -a "$results"
 "$out/bench_fabric" lib "$tmp/fabric-nosync" "$secs" nosync | tee -a "$results"
 
@@ -47,7 +48,7 @@ if [ -x "$skiffd" ]; then
   if [ -s "$home/api.json" ]; then
     token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$home/api.json")
     # skiffd's CPU time (user + system, from /proc) over each shape, per event
-    for shape in single concurrent batched; do
+    for shape in single concurrent pipelined batched; do
       cpu0=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
       "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" "$shape" |
         tee "$tmp/shape" | tee -a "$results"
@@ -85,8 +86,11 @@ for line in open(sys.argv[1]):
         continue
     mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
-modes = [m for m in ["skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
-shapes = ["single", "concurrent", "batched"]
+modes = [m for m in ["fdatasync-loop", "skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
+shapes = ["single", "concurrent", "pipelined", "batched"]
+# JetStream keeps its concurrent publishes on one connection: the peer of HTTP's pipelined shape
+if ("jetstream", "concurrent") in rows:
+    rows[("jetstream", "pipelined")] = rows[("jetstream", "concurrent")]
 print()
 print("durable publishes per second (200-byte events); ratio = Skiff / JetStream")
 print("%-24s" % "" + "".join("%14s" % s for s in shapes))
@@ -107,8 +111,12 @@ for m in modes:
     if m in lat:
         print("%-24s%14.0f%14.0f" % (m, lat[m][0], lat[m][1]))
 print()
+print("fdatasync-loop: a bare loop of one append + fdatasync on the same disk, nothing else: the")
+print("most single durable publishes per second that any durable path gets here.")
 print("skiff-lib: the fabric in-process, each acknowledgement after fdatasync (group commit).")
 print("skiff-http: POST to skiffd, 202 after fdatasync. skiff-lib-nosync: no fsync at all.")
+print("pipelined: HTTP only, 64 publishes in flight on one connection; its JetStream figure is")
+print("JetStream's concurrent one (64 async publishes on one connection).")
 print("jetstream: %s, file storage; this version acknowledges before fsync (it syncs every" % sys.argv[2])
 print("2 minutes and has no sync_interval option), so compare it with skiff-lib-nosync.")
 PY

@@ -5,19 +5,26 @@
  *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
  *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
+ *   bench_fabric fsync DIR SECONDS            the bound of a durable single publish on this
+ *                                             disk: a bare loop of one record's append and
+ *                                             fdatasync, nothing else (shape single only)
  *
  * Each mode runs three shapes and prints one line per shape:
  *   single      one publisher, one event at a time, each waiting for its acknowledgement
- *   concurrent  64 publishes in flight, one event each
+ *   concurrent  64 publishes in flight, one event each (HTTP: 64 connections)
+ *   pipelined   HTTP only: 64 publishes in flight, one event each, pipelined on one connection
+ *               (as JetStream's concurrent shape keeps its 64 on one connection)
  *   batched     100 events per publish, 8 publishes in flight (JetStream has no batch
  *               publish: async publishes with 800 in flight)
  * Line format: "MODE SHAPE EVENTS SECONDS EVENTS_PER_SECOND". */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <nats/nats.h>
@@ -81,6 +88,39 @@ static void report_latency(const char *mode)
            latencies[nlatencies * 99 / 100] * 1e6);
     fflush(stdout);
     nlatencies = 0;
+}
+
+/* ---- a bare append + fdatasync loop ---------------------------------------------------- */
+
+static int run_fsync(const char *dir, double seconds)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/fsync-loop", dir);
+    mkdir_p(dir, 0700);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "bench: cannot open %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char rec[PAYLOAD_BYTES + 56]; /* about a stored record: its header, attributes, data */
+    memset(rec, 'x', sizeof rec);
+    uint64_t n = 0;
+    double t0 = now_s(), deadline = t0 + seconds;
+    for (double t = t0; t < deadline; n++) {
+        if (write(fd, rec, sizeof rec) != (ssize_t)sizeof rec || fdatasync(fd) < 0) {
+            fprintf(stderr, "bench: append + fdatasync: %s\n", strerror(errno));
+            close(fd);
+            return 1;
+        }
+        double now = now_s();
+        latency_add(now - t);
+        t = now;
+    }
+    close(fd);
+    unlink(path);
+    report("fdatasync-loop", "single", n, now_s() - t0);
+    report_latency("fdatasync-loop");
+    return 0;
 }
 
 /* ---- in-process fabric ------------------------------------------------------------------- */
@@ -200,7 +240,7 @@ struct http_conn {
     uv_connect_t connect;
     struct http_run *run;
     struct buf in;
-    bool busy;
+    int inflight;
     double sent_at;
 };
 
@@ -211,6 +251,7 @@ struct http_run {
     size_t events_per_request;
     struct http_conn *conns;
     int nconns;
+    int window; /* requests in flight per connection (pipelined) */
     double deadline;
     uint64_t acked;
     int open;
@@ -251,13 +292,13 @@ static bool http_parse(struct http_conn *c)
         if (c->in.len < head + body)
             return true;
         buf_consume(&c->in, head + body);
-        c->busy = false;
+        c->inflight--;
         if (status != 202) {
             c->run->failed_status = status;
             return false;
         }
         c->run->acked += c->run->events_per_request;
-        if (c->run->nconns == 1)
+        if (c->run->nconns == 1 && c->run->window == 1)
             latency_add(now_s() - c->sent_at);
         if (now_s() >= c->run->deadline)
             c->run->stop = true;
@@ -272,7 +313,7 @@ static void http_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (n > 0)
         buf_append(&c->in, b->base, (size_t)n);
     free(b->base);
-    if (n < 0 || !http_parse(c) || (c->run->stop && !c->busy)) {
+    if (n < 0 || !http_parse(c) || (c->run->stop && !c->inflight)) {
         if (n < 0 && !c->run->stop)
             c->run->failed_status = -1;
         c->run->stop = c->run->stop || n < 0 || c->run->failed_status;
@@ -285,7 +326,7 @@ static void http_send(struct http_conn *c)
 {
     uv_write_t *w = xmalloc(sizeof(*w));
     uv_buf_t b = uv_buf_init(c->run->request.data, (unsigned)c->run->request.len);
-    c->busy = true;
+    c->inflight++;
     c->sent_at = now_s();
     if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, http_on_write) < 0)
         free(w);
@@ -302,11 +343,12 @@ static void http_on_connect(uv_connect_t *req, int status)
         return;
     }
     uv_read_start((uv_stream_t *)&c->tcp, http_alloc, http_on_read);
-    http_send(c);
+    for (int i = 0; i < c->run->window; i++)
+        http_send(c);
 }
 
 static int run_http_shape(const char *url, const char *token, double seconds, const char *shape,
-                          int nconns, size_t per_request)
+                          int nconns, int window, size_t per_request)
 {
     char host[64] = "127.0.0.1";
     int port = 8090;
@@ -316,7 +358,8 @@ static int run_http_shape(const char *url, const char *token, double seconds, co
     }
     uv_loop_t loop;
     uv_loop_init(&loop);
-    struct http_run run = {.loop = &loop, .events_per_request = per_request, .nconns = nconns};
+    struct http_run run = {
+        .loop = &loop, .events_per_request = per_request, .nconns = nconns, .window = window};
     uv_ip4_addr(host, port, &run.addr);
     struct buf body = {0};
     if (per_request == 1) {
@@ -376,21 +419,23 @@ static int run_http(const char *url, const char *token, double seconds, const ch
 {
     struct {
         const char *shape;
-        int nconns;
+        int nconns, window;
         size_t per_request;
-    } shapes[] = {
-        {"single", 1, 1}, {"concurrent", CONCURRENT, 1}, {"batched", BATCHES_IN_FLIGHT, BATCH}};
+    } shapes[] = {{"single", 1, 1, 1},
+                  {"concurrent", CONCURRENT, 1, 1},
+                  {"pipelined", 1, CONCURRENT, 1},
+                  {"batched", BATCHES_IN_FLIGHT, 1, BATCH}};
     bool found = false;
-    for (size_t s = 0; s < 3; s++) {
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         if (only && strcmp(only, shapes[s].shape))
             continue;
         found = true;
         if (run_http_shape(url, token, seconds, shapes[s].shape, shapes[s].nconns,
-                           shapes[s].per_request))
+                           shapes[s].window, shapes[s].per_request))
             return 1;
     }
     if (!found)
-        fprintf(stderr, "bench: no shape %s (single, concurrent, batched)\n", only);
+        fprintf(stderr, "bench: no shape %s (single, concurrent, pipelined, batched)\n", only);
     return !found;
 }
 
@@ -484,10 +529,12 @@ int main(int argc, char **argv)
         return run_lib(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "nosync"));
     if (argc >= 5 && !strcmp(argv[1], "http"))
         return run_http(argv[2], argv[3], atof(argv[4]), argc > 5 ? argv[5] : NULL);
+    if (argc >= 4 && !strcmp(argv[1], "fsync"))
+        return run_fsync(argv[2], atof(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "jetstream"))
         return run_jetstream(argv[2], atof(argv[3]));
     fprintf(stderr,
             "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS [SHAPE] |"
-            " jetstream NATS_URL SECONDS\n");
+            " jetstream NATS_URL SECONDS | fsync DIR SECONDS\n");
     return 2;
 }

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
@@ -570,7 +571,7 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
                              "A request waits for this app but it cannot be started: %s",
                              rc == -EPERM     ? "it is stopped (`skiff start`)"
                              : rc == -ENODATA ? "it has no droplet (`skiff push`)"
-                                              : strerror(-rc));
+                                              : skiff_strerror(rc));
         }
     }
     json_decref(msg);
@@ -678,7 +679,7 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
         rc = uv_listen((uv_stream_t *)&bus->server, 64, bus__on_connection);
     if (rc < 0) {
         snprintf(err, errsize, "cannot listen on the bus socket %s: %s", socket_path,
-                 uv_strerror(rc));
+                 skiff_strerror(rc));
         *out = bus;
         return rc;
     }

@@ -33,7 +33,8 @@ struct logs;
 struct hub;
 
 /* The bus follows the hub's instance events (ready, gone, draining) to keep the routers' table
- * and holds draining instances for their requests in flight through the scheduler. */
+ * and holds draining instances for their requests in flight through the scheduler. 0, or a
+ * negative errno (the one error type of common/err.h) with the reason in err. */
 int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
             struct hub *hub, struct logs *logs, char *err, size_t errsize, struct bus **out);
 /* Who hears that requests reached an app (by guid) through a router, once per access line:

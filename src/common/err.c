@@ -1,5 +1,8 @@
 #include "common/err.h"
 
+#include <errno.h>
+#include <string.h>
+
 static const struct {
     const char *name;
     int status;
@@ -51,22 +54,80 @@ static const struct {
                               "ssh is disabled for the app or not allowed in its space"},
 };
 
-static int err__known(enum skiff_err err)
+/* The errno values the parts below the API return, each with the API error that answers it
+ * and, where Skiff has more to say than the C library, its own words (else strerror's). */
+static const struct {
+    int errnum;
+    enum skiff_err err;
+    const char *message;
+} err__errno_table[] = {
+    {ENOENT, SKIFF_E_NOT_FOUND, "not found"},
+    {EEXIST, SKIFF_E_NAME_TAKEN, "it exists already"},
+    {ENOTEMPTY, SKIFF_E_NOT_EMPTY, NULL},
+    {EINVAL, SKIFF_E_INVALID_VALUE, NULL},
+    {EMSGSIZE, SKIFF_E_TOO_LARGE, "it is larger than the limit: make it smaller"},
+    {E2BIG, SKIFF_E_TOO_LARGE, NULL},
+    {EFBIG, SKIFF_E_TOO_LARGE, NULL},
+    {ENOSPC, SKIFF_E_UNAVAILABLE, "the disk is full: free space on it"},
+    {EDQUOT, SKIFF_E_QUOTA, NULL},
+    {EIO, SKIFF_E_INTERNAL,
+     "a disk or a backend failed (input/output error): skiffd's log says "
+     "which"},
+    {ECANCELED, SKIFF_E_UNAVAILABLE, "skiffd is shutting down: retry once it is back"},
+    {ENOMEM, SKIFF_E_INTERNAL, NULL},
+    {EMFILE, SKIFF_E_BUSY, NULL},
+    {ENFILE, SKIFF_E_BUSY, NULL},
+    {EAGAIN, SKIFF_E_BUSY, NULL},
+    {EBUSY, SKIFF_E_BUSY, NULL},
+    {ETIMEDOUT, SKIFF_E_UNAVAILABLE, NULL},
+    {ECONNREFUSED, SKIFF_E_UNAVAILABLE, NULL},
+    {ECONNRESET, SKIFF_E_UNAVAILABLE, NULL},
+    {EPIPE, SKIFF_E_UNAVAILABLE, NULL},
+    {EACCES, SKIFF_E_INTERNAL, NULL},
+    {EPERM, SKIFF_E_INTERNAL, NULL},
+    {EBADMSG, SKIFF_E_BAD_VALUE, NULL},
+    {ERANGE, SKIFF_E_BAD_VALUE, NULL},
+};
+
+static int err__errno_row(int err)
 {
-    return (unsigned)err < SKIFF_ERR_COUNT && err__table[err].name;
+    for (size_t i = 0; i < sizeof err__errno_table / sizeof err__errno_table[0]; i++)
+        if (err__errno_table[i].errnum == -err)
+            return (int)i;
+    return -1;
 }
 
-const char *skiff_strerror(enum skiff_err err)
+static int err__known(int err)
 {
+    return err >= 0 && err < SKIFF_ERR_COUNT && err__table[err].name;
+}
+
+enum skiff_err skiff_err_from(int err)
+{
+    if (err >= 0)
+        return err__known(err) ? (enum skiff_err)err : SKIFF_E_INTERNAL;
+    int row = err__errno_row(err);
+    return row >= 0 ? err__errno_table[row].err : SKIFF_E_INTERNAL;
+}
+
+const char *skiff_strerror(int err)
+{
+    if (err < 0) {
+        int row = err__errno_row(err);
+        if (row >= 0 && err__errno_table[row].message)
+            return err__errno_table[row].message;
+        /* glibc's words for an errno are static strings; an unknown one gets "Unknown error" */
+        return err > -4096 ? strerror(-err) : "unknown error";
+    }
     return err__known(err) ? err__table[err].message : "unknown error";
 }
 
-const char *skiff_err_name(enum skiff_err err)
+const char *skiff_err_name(int err)
 {
-    return err__known(err) ? err__table[err].name : "internal";
+    return err__table[skiff_err_from(err)].name;
 }
 
-int skiff_err_http_status(enum skiff_err err)
+int skiff_err_http_status(int err)
 {
-    return err__known(err) ? err__table[err].status : 500;
+    return err__table[skiff_err_from(err)].status;
 }

@@ -2,7 +2,14 @@
  * turns it into words. Each error has a name (the "code" of an API error answer), the HTTP
  * status that answers it and a message that says what was wrong; skiff_strerror is to Skiff
  * what uv_strerror is to libuv. A place that knows more (which name, which limit) adds its own
- * detail; the name and status never come from anywhere else. */
+ * detail; the name and status never come from anywhere else.
+ *
+ * The one error type is an int, as libuv's is: 0 is success, a positive value is one of enum
+ * skiff_err (what a request did wrong, decided where requests are answered), and a negative
+ * value is a negative errno, which is what the parts below the API (store, fabric, stager,
+ * trigger, logs, bus, hub) return: -ENOENT, -EEXIST, -EIO, ... (libuv's own codes are the
+ * same values on Linux). The same three functions name, answer and word both halves, from
+ * the one table in err.c; skiff_err_from says which API error answers a part's errno. */
 #ifndef SKIFF_ERR_H
 #define SKIFF_ERR_H
 
@@ -49,10 +56,13 @@ enum skiff_err {
 };
 
 /* What went wrong, in a sentence for the user; never NULL (an unknown value has one too). */
-const char *skiff_strerror(enum skiff_err err);
+const char *skiff_strerror(int err);
 /* The stable name, e.g. "not_found": the "code" of an API error answer. */
-const char *skiff_err_name(enum skiff_err err);
+const char *skiff_err_name(int err);
 /* The HTTP status that answers it (500 for an unknown value). */
-int skiff_err_http_status(enum skiff_err err);
+int skiff_err_http_status(int err);
+/* The API error that answers err: a negative errno's row in the table (SKIFF_E_INTERNAL for
+ * one it does not have), an enum skiff_err as it is. */
+enum skiff_err skiff_err_from(int err);
 
 #endif

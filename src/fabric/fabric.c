@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
@@ -221,25 +222,22 @@ bool fabric_name_valid(const char *name)
 
 const char *fabric_strerror(int code)
 {
+    /* what the fabric knows beyond the table: which names it takes, what is not found */
     switch (code) {
-    case 0:
-        return "success";
     case -EINVAL:
         return "invalid topic or consumer name: use 1-128 of a-z, 0-9, '-', '.', '_', starting "
                "with a letter or digit";
-    case -EMSGSIZE:
-        return "event too large: make it smaller than the fabric's record limit";
     case -ENOENT:
         return "no such topic (or cursor): publish to the topic first, or check its name";
+    case -EMSGSIZE:
+        return "event too large: make it smaller than the fabric's record limit";
     case -ENOSPC:
         return "the disk holding the event log is full: free space or lower retention";
-    case -EIO:
+    case -EIO: /* a failed fsync stops appends until a restart */
         return "the event log could not be written or read (disk error): check the disk and "
                "restart skiffd";
-    case -ECANCELED:
-        return "the event fabric is shutting down: retry once skiffd is back";
     default:
-        return strerror(code < 0 ? -code : code);
+        return skiff_strerror(code);
     }
 }
 
@@ -584,7 +582,7 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
     DIR *d = opendir(t->dir);
     if (!d) {
         rc = -errno;
-        snprintf(errmsg, errlen, "cannot open %s: %s", t->dir, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot open %s: %s", t->dir, skiff_strerror(rc));
         goto fail;
     }
     struct dirent *de;
@@ -634,7 +632,7 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
         int fd = open(path, O_RDWR | O_CLOEXEC);
         if (fd < 0) {
             rc = -errno;
-            snprintf(errmsg, errlen, "cannot open %s: %s", path, strerror(-rc));
+            snprintf(errmsg, errlen, "cannot open %s: %s", path, skiff_strerror(rc));
             free(path);
             goto fail;
         }
@@ -657,7 +655,7 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
         int64_t good = segment_recover(s, &torn);
         if (good < 0) {
             rc = (int)good;
-            snprintf(errmsg, errlen, "cannot read %s: %s", path, strerror(-rc));
+            snprintf(errmsg, errlen, "cannot read %s: %s", path, skiff_strerror(rc));
             free(path);
             goto fail;
         }
@@ -681,7 +679,7 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
             free(idx);
             if (ftruncate(fd, good) < 0 || fdatasync(fd) < 0) {
                 rc = -errno;
-                snprintf(errmsg, errlen, "cannot repair %s: %s", path, strerror(-rc));
+                snprintf(errmsg, errlen, "cannot repair %s: %s", path, skiff_strerror(rc));
                 free(path);
                 goto fail;
             }
@@ -694,7 +692,7 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
     free(bases);
     bases = NULL;
     if (t->nsegs == 0 && (rc = topic_add_segment(f, t)) < 0) {
-        snprintf(errmsg, errlen, "cannot create a segment in %s: %s", t->dir, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot create a segment in %s: %s", t->dir, skiff_strerror(rc));
         goto fail;
     }
     t->durable_end = t->next_offset;
@@ -882,7 +880,7 @@ static int cursor_log_load(struct fabric *f, char *errmsg, size_t errlen)
     f->cursor_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (f->cursor_fd < 0) {
         rc = -errno;
-        snprintf(errmsg, errlen, "cannot open %s: %s", path, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot open %s: %s", path, skiff_strerror(rc));
         goto done;
     }
     struct stat st;
@@ -921,7 +919,7 @@ static int cursor_log_load(struct fabric *f, char *errmsg, size_t errlen)
     }
     reader_free(&r);
     if (rc < 0) {
-        snprintf(errmsg, errlen, "cannot read %s: %s", path, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot read %s: %s", path, skiff_strerror(rc));
         goto done;
     }
     rc = 0;
@@ -930,7 +928,7 @@ static int cursor_log_load(struct fabric *f, char *errmsg, size_t errlen)
     if (pos < (uint64_t)st.st_size &&
         (ftruncate(f->cursor_fd, (off_t)pos) < 0 || fdatasync(f->cursor_fd) < 0)) {
         rc = -errno;
-        snprintf(errmsg, errlen, "cannot repair %s: %s", path, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot repair %s: %s", path, skiff_strerror(rc));
     }
 done:
     free(path);
@@ -1077,7 +1075,8 @@ static void round_start(struct fabric *f)
         if (now - f->retry_logged_ms > 10000) {
             f->retry_logged_ms = now;
             log_error("fabric: cannot start a sync round now (%s): appends wait and it is "
-                            "tried again shortly", strerror(-rc));
+                      "tried again shortly",
+                      skiff_strerror(rc));
         }
         f->retry_ms = f->retry_ms ? f->retry_ms * 2 : ROUND_RETRY_MIN_MS;
         if (f->retry_ms > ROUND_RETRY_MAX_MS)
@@ -1176,7 +1175,7 @@ static void on_round_done(uv_async_t *h)
     f->stats.sync_us_total += (uint64_t)(r->ended_ns - r->started_ns) / 1000;
     if (r->status < 0 && !f->failed) {
         log_error("fabric: fsync failed: %s; refusing appends until restart",
-                strerror(-r->status));
+                  skiff_strerror(r->status));
         f->failed = r->status;
     }
     if (r->status == 0) {
@@ -1312,7 +1311,7 @@ int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob 
         if (ftruncate(s->fd, (off_t)s->size) < 0 || !passing) {
             f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
             log_error("fabric: write to topic %s failed: %s; refusing appends", t->name,
-                    strerror(-rc));
+                      skiff_strerror(rc));
             return f->failed;
         }
         return rc;
@@ -1821,14 +1820,14 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
     int rc;
     char *topics_dir = xasprintf("%s/topics", f->dir);
     if ((rc = mkdir_p(topics_dir, 0755)) < 0) {
-        snprintf(errmsg, errlen, "cannot create %s: %s", topics_dir, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot create %s: %s", topics_dir, skiff_strerror(rc));
         free(topics_dir);
         goto fail;
     }
     DIR *d = opendir(topics_dir);
     if (!d) {
         rc = -errno;
-        snprintf(errmsg, errlen, "cannot open %s: %s", topics_dir, strerror(-rc));
+        snprintf(errmsg, errlen, "cannot open %s: %s", topics_dir, skiff_strerror(rc));
         free(topics_dir);
         goto fail;
     }
@@ -1853,7 +1852,7 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
         fsync_path(f->dir);
 
     if ((rc = uv_async_init(loop, &f->async, on_round_done)) < 0) {
-        snprintf(errmsg, errlen, "cannot set up the fabric's wake-up: %s", uv_strerror(rc));
+        snprintf(errmsg, errlen, "cannot set up the fabric's wake-up: %s", skiff_strerror(rc));
         goto fail;
     }
     f->async.data = f;
@@ -1866,7 +1865,7 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
     f->round_idle.data = f;
     f->handles_open = 4;
     if ((rc = -pthread_create(&f->thread, NULL, writer_main, f)) < 0) {
-        snprintf(errmsg, errlen, "cannot start the fabric's writer thread: %s", strerror(-rc));
+        snprintf(errmsg, errlen, "cannot start the fabric's writer thread: %s", skiff_strerror(rc));
         f->closing = true;
         fabric_finish_close(f); /* frees f once the handles are closed */
         return rc;

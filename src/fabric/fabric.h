@@ -15,8 +15,10 @@
  * Threading: a fabric belongs to one libuv loop. Every call is made on that loop's thread and
  * every callback runs there, never from inside the call that registered it.
  *
- * Errors: calls return 0 or a negative errno value; fabric_strerror() gives a message a user
- * can act on. A call that returns an error never calls its callback.
+ * Errors: calls return 0 or a negative errno value, the one error type of common/err.h
+ * (skiff_strerror words it, skiff_err_from says which API error answers it); fabric_strerror()
+ * adds what the fabric knows (its name rules, which thing is missing). A call that returns an
+ * error never calls its callback.
  *
  * Visibility: readers and subscribers see a record only once it is durable, so nothing is
  * delivered that a crash could take back. */
@@ -172,7 +174,8 @@ int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consum
 
 /* ---- errors and statistics ----------------------------------------------------------- */
 
-/* A message for a negative code returned by this module, saying what to do about it. */
+/* A message for a negative code returned by this module, saying what to do about it: the
+ * fabric's own words for names, missing topics, sizes and its disk, else skiff_strerror's. */
 const char *fabric_strerror(int code);
 /* Whether name is a valid topic (or consumer) name. */
 bool fabric_name_valid(const char *name);

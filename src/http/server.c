@@ -22,8 +22,6 @@
 #include "tls/tls.h"
 
 #define HTTP_PENDING_MAX (1u << 20)
-/* Responses queued and not yet taken by a client: past this, pipelined requests wait. */
-#define HTTP_WRITE_PENDING_MAX (1u << 20)
 #define HTTP_CLIENT_BUCKETS 1024
 #define HTTP_ACCEPT_BATCH 64
 /* Accepting stops this long after a resource error (EMFILE, ENOMEM, ...), then resumes. */
@@ -37,6 +35,9 @@
  * read brings is parsed, copied or dropped before the next read. */
 #define HTTP_READ_BYTES 65536
 #define HTTP_SWEEP_MS 1000
+/* A connection's own buffers (answers of a turn, header text) are kept between requests up to
+ * this size, and freed past it, so that idle connections hold little. */
+#define HTTP_KEEP_BYTES (16u << 10)
 
 /* A listening socket, polled and accepted from by hand (not uv_listen), so that a resource
  * error pauses accepting instead of spinning or giving up. */
@@ -79,6 +80,11 @@ struct http_server {
     bool closing;
     int handles_open;
     uv_timer_t sweep; /* closes connections that stall (see http__sweep) */
+    /* connections with answers written this loop turn, sent together in one send each (see
+     * http__write): before the loop polls (prepare) and after it has (check) */
+    struct http_conn *flush_head;
+    uv_prepare_t flush_prepare;
+    uv_check_t flush_check;
     void (*close_cb)(void *arg);
     void *close_arg;
     char read_buf[HTTP_READ_BYTES];
@@ -91,14 +97,32 @@ struct http_conn {
     int listener;
     llhttp_t parser;
     struct http_conn *prev, *next;
-    struct http_request *req;
+    struct http_request *req; /* the request being parsed */
+    /* requests handed to the owner, oldest first: only the first writes to the socket, the
+     * others' answers are held (held_bytes in all) until it is finished */
+    struct http_request *first, *last;
+    unsigned inflight;
+    size_t held_bytes;
+    bool parse_paused; /* the parser stopped between requests: what comes waits in pending */
+    bool parse_failed; /* a malformed request: trailer (its 400) goes once the rest are out */
+    struct buf trailer;
+    struct http_request *upgrade_req;
     struct buf url;
     struct buf hfield;
     struct buf hvalue;
+    /* the head's headers so far, "name\0value\0" each, and where each starts: reused from
+     * request to request, then copied into the request in one piece (req->head_text) */
+    struct buf hstore;
+    size_t *hoff; /* name and value offsets, two per header */
+    size_t nhoff, hoff_cap;
     bool in_value;
     size_t header_bytes;
     struct buf pending;
-    size_t write_pending;
+    struct buf out;       /* written this loop turn, not sent yet */
+    size_t write_queued;  /* handed to libuv (uv_write), not taken by the client yet */
+    size_t write_pending; /* out and write_queued */
+    struct http_conn *flush_prev, *flush_next;
+    bool in_flush;
     bool reading;
     bool in_execute;   /* inside llhttp_execute: http__feed goes on with what follows */
     int64_t active_ms; /* last byte read or request finished (monotonic) */
@@ -141,6 +165,8 @@ static void http__resume_accepting(uv_timer_t *t);
 static void http__on_listen_ready(uv_poll_t *h, int status, int events);
 static void http__sweep(uv_timer_t *t);
 static void http__upgrade_maybe(struct http_conn *c);
+static void http__continue(struct http_conn *c);
+static void http__flush_all(struct http_server *s);
 
 /* ---- connection caps ------------------------------------------------------------------- */
 
@@ -366,6 +392,12 @@ static void http__timers_start(struct http_server *s)
     s->accept_timer.data = s;
     s->handles_open++;
     uv_unref((uv_handle_t *)&s->accept_timer);
+    uv_prepare_init(s->loop, &s->flush_prepare);
+    s->flush_prepare.data = s;
+    s->handles_open++;
+    uv_check_init(s->loop, &s->flush_check);
+    s->flush_check.data = s;
+    s->handles_open++;
 }
 
 int http_server_listen(struct http_server *s, const char *addr, int tag)
@@ -448,6 +480,8 @@ void http_server_close(struct http_server *s, void (*cb)(void *arg), void *arg)
         s->timers_open = false;
         uv_close((uv_handle_t *)&s->accept_timer, http__timer_closed);
         uv_close((uv_handle_t *)&s->sweep, http__timer_closed);
+        uv_close((uv_handle_t *)&s->flush_prepare, http__timer_closed);
+        uv_close((uv_handle_t *)&s->flush_check, http__timer_closed);
     }
     struct http_conn *c = s->conns;
     while (c) {
@@ -477,80 +511,251 @@ void http_server_free(struct http_server *s)
 
 /* ---- writing ------------------------------------------------------------------------------ */
 
+/* What follows a send the client took: an upgrade, a close, or the requests that waited. */
+static void http__after_write(struct http_conn *c)
+{
+    if (c->closing)
+        return;
+    if (c->upgrade_fn) {
+        http__upgrade_maybe(c);
+    } else if (c->close_after_write && c->write_pending == 0) {
+        http__close_or_linger(c);
+    } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2) {
+        /* the client took its answers: go on with the requests it pipelined */
+        c->write_blocked = false;
+        http__continue(c);
+    }
+}
+
 static void http__write_done(uv_write_t *w, int status)
 {
     struct http_write *hw = (struct http_write *)w;
     struct http_conn *c = hw->conn;
+    c->write_queued -= hw->len;
     c->write_pending -= hw->len;
     free(hw);
     /* a peer that is gone ends the connection (and aborts a stream to it) */
-    if (status < 0) {
+    if (status < 0)
         http__conn_close(c);
-    } else if (c->upgrade_fn) {
-        http__upgrade_maybe(c);
-    } else if (c->close_after_write && c->write_pending == 0) {
-        http__close_or_linger(c);
-    } else if (c->write_blocked && c->write_pending <= HTTP_WRITE_PENDING_MAX / 2 && !c->closing) {
-        /* the client took its answers: go on with the requests it pipelined */
-        c->write_blocked = false;
-        llhttp_resume(&c->parser);
-        http__process_pending(c);
-    }
+    else
+        http__after_write(c);
 }
 
-/* Sends at once what the socket takes when nothing is queued before it (most answers: no copy,
- * no write request, no callback on a later loop turn); the rest is queued. A failed send is
- * left to the queued write, whose callback ends the connection as for any write error. */
-static int http__write_raw(struct http_conn *c, const void *data, size_t len)
+static void http__flush_remove(struct http_conn *c)
 {
-    if (!c || c->closing)
-        return -EPIPE;
-    if (c->write_pending == 0 && len > 0) {
+    if (!c->in_flush)
+        return;
+    if (c->flush_prev)
+        c->flush_prev->flush_next = c->flush_next;
+    else
+        c->server->flush_head = c->flush_next;
+    if (c->flush_next)
+        c->flush_next->flush_prev = c->flush_prev;
+    c->flush_prev = c->flush_next = NULL;
+    c->in_flush = false;
+}
+
+/* Sends len bytes to c's socket: at once what it takes when nothing is queued before them (most
+ * answers: no copy, no write request, no callback on a later loop turn), the rest queued; what
+ * went at once is added to *sent_now. A failed send is left to the queued write, whose callback
+ * ends the connection as for any write error. */
+static int http__send(struct http_conn *c, const char *data, size_t len, size_t *sent_now)
+{
+    size_t sent = 0;
+    if (c->write_queued == 0) {
         uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
-        if (n > 0) {
-            data = (const char *)data + n;
-            len -= (size_t)n;
-        }
-        if (len == 0)
-            return 0;
+        if (n > 0)
+            sent = (size_t)n;
     }
-    struct http_write *hw = xmalloc(sizeof *hw + len);
+    *sent_now += sent;
+    if (sent == len)
+        return 0;
+    struct http_write *hw = xmalloc(sizeof *hw + (len - sent));
     hw->conn = c;
-    hw->len = len;
-    memcpy(hw->data, data, len);
-    uv_buf_t b = uv_buf_init(hw->data, (unsigned)len);
-    int rc = uv_write(&hw->req, (uv_stream_t *)&c->tcp, &b, 1, http__write_done);
-    if (rc < 0) {
+    hw->len = len - sent;
+    memcpy(hw->data, data + sent, len - sent);
+    uv_buf_t b = uv_buf_init(hw->data, (unsigned)hw->len);
+    if (uv_write(&hw->req, (uv_stream_t *)&c->tcp, &b, 1, http__write_done) < 0) {
         free(hw);
         return -EPIPE;
     }
-    c->write_pending += len;
+    c->write_queued += hw->len;
     return 0;
 }
 
 /* Sends what TLS has for the peer (records, alerts). */
-static int http__tls_flush(struct http_conn *c)
+static int http__tls_send(struct http_conn *c, size_t *sent_now)
 {
     const char *out;
     size_t n = tls_conn_output(c->tls, &out);
     if (n == 0)
         return 0;
-    int rc = http__write_raw(c, out, n);
+    int rc = http__send(c, out, n, sent_now);
     tls_conn_output_consumed(c->tls, n);
     return rc;
 }
 
-/* Writes plaintext: through TLS on an HTTPS connection. */
+/* Sends what c was given this turn, through TLS on an HTTPS connection. */
+static void http__flush(struct http_conn *c)
+{
+    http__flush_remove(c);
+    if (c->closing || c->out.len == 0)
+        return;
+    size_t sent = 0;
+    int rc;
+    if (c->tls)
+        rc =
+            tls_conn_write(c->tls, c->out.data, c->out.len) < 0 ? -EPIPE : http__tls_send(c, &sent);
+    else
+        rc = http__send(c, c->out.data, c->out.len, &sent);
+    /* kept for the next turn unless one large answer grew it: idle connections hold little */
+    if (c->out.cap > HTTP_KEEP_BYTES)
+        buf_free(&c->out);
+    else
+        buf_reset(&c->out);
+    c->write_pending = c->write_queued;
+    if (rc < 0) {
+        http__conn_close(c);
+        return;
+    }
+    if (sent)
+        http__after_write(c);
+}
+
+/* What TLS itself has to send now (the handshake, alerts, close_notify), apart from answers. */
+static void http__tls_flush(struct http_conn *c)
+{
+    size_t sent = 0;
+    if (c->closing)
+        return;
+    if (http__tls_send(c, &sent) < 0)
+        http__conn_close(c);
+    c->write_pending = c->write_queued + c->out.len;
+}
+
+static void http__flush_all(struct http_server *s)
+{
+    while (s->flush_head)
+        http__flush(s->flush_head);
+    uv_prepare_stop(&s->flush_prepare);
+    uv_check_stop(&s->flush_check);
+}
+
+static void http__on_flush_prepare(uv_prepare_t *h)
+{
+    http__flush_all(h->data);
+}
+
+static void http__on_flush_check(uv_check_t *h)
+{
+    http__flush_all(h->data);
+}
+
+/* Bytes for c's client. They go out at the end of this loop turn (before the loop next waits),
+ * together with whatever else is written to c meanwhile: the answers of the pipelined requests
+ * that one fsync made durable leave in one send. */
 static int http__write(struct http_conn *c, const void *data, size_t len)
 {
     if (!c || c->closing)
         return -EPIPE;
-    if (!c->tls)
-        return http__write_raw(c, data, len);
-    if (tls_conn_write(c->tls, data, len) < 0)
+    if (len == 0)
+        return 0;
+    buf_append(&c->out, data, len);
+    c->write_pending += len;
+    if (!c->in_flush) {
+        struct http_server *s = c->server;
+        c->in_flush = true;
+        c->flush_prev = NULL;
+        c->flush_next = s->flush_head;
+        if (s->flush_head)
+            s->flush_head->flush_prev = c;
+        s->flush_head = c;
+        if (s->timers_open && !uv_is_active((uv_handle_t *)&s->flush_check)) {
+            uv_prepare_start(&s->flush_prepare, http__on_flush_prepare);
+            uv_check_start(&s->flush_check, http__on_flush_check);
+        }
+    }
+    return 0;
+}
+
+/* A request's bytes: to the socket when it is the oldest unanswered on its connection, else
+ * held until the ones ahead of it are answered (answers go out in the order of requests). */
+static int http__req_write(struct http_request *req, const void *data, size_t len)
+{
+    struct http_conn *c = req->conn;
+    if (!c || c->closing)
         return -EPIPE;
-    return http__tls_flush(c);
+    if (c->first == req || !c->first)
+        return http__write(c, data, len);
+    buf_append(&req->held, data, len);
+    c->held_bytes += len;
+    return 0;
+}
+
+/* Whether the parser may go on to the next request on c. */
+static bool http__may_parse(const struct http_conn *c)
+{
+    if (c->closing || c->close_after_write || c->parse_failed || c->write_blocked ||
+        c->upgrade_fn || c->lingering)
+        return false;
+    if (c->inflight >= HTTP_PIPELINE_MAX ||
+        c->write_pending + c->held_bytes > HTTP_WRITE_PENDING_MAX)
+        return false;
+    return !c->last || (c->last->keep_alive && !c->last->no_pipeline);
+}
+
+/* Lets the parser go on: after a pause, or after an upgrade request that was answered without
+ * an upgrade (what follows it is HTTP again). */
+static void http__parser_resume(struct http_conn *c)
+{
+    if (llhttp_get_errno(&c->parser) == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(&c->parser);
+    else
+        llhttp_resume(&c->parser);
+}
+
+/* The parser goes on with what waits in pending, when it stopped and may go on now. */
+static void http__continue(struct http_conn *c)
+{
+    if (!c->parse_paused || c->in_execute || !http__may_parse(c))
+        return;
+    c->parse_paused = false;
+    http__parser_resume(c);
+    http__process_pending(c);
+}
+
+/* A parsed request goes to the owner: it joins the connection's queue of requests handled. */
+static void http__enqueue(struct http_conn *c, struct http_request *req)
+{
+    if (c->req == req)
+        c->req = NULL;
+    req->next_in_conn = NULL;
+    if (c->last)
+        c->last->next_in_conn = req;
+    else
+        c->first = req;
+    c->last = req;
+    c->inflight++;
+}
+
+/* Takes req out of c's queue, wherever it is in it. */
+static void http__unlink(struct http_conn *c, struct http_request *req)
+{
+    struct http_request *prev = NULL;
+    for (struct http_request *r = c->first; r; prev = r, r = r->next_in_conn) {
+        if (r != req)
+            continue;
+        if (prev)
+            prev->next_in_conn = r->next_in_conn;
+        else
+            c->first = r->next_in_conn;
+        if (c->last == r)
+            c->last = prev;
+        c->inflight--;
+        r->next_in_conn = NULL;
+        return;
+    }
 }
 
 static void http__head(struct http_request *req, struct buf *out, int status,
@@ -580,17 +785,15 @@ static void http__request_free(struct http_request *req)
     for (size_t i = 0; i < req->nsegs; i++)
         free(req->segs[i]);
     free(req->segs);
-    for (size_t i = 0; i < req->nheaders; i++) {
-        free(req->headers[i].name);
-        free(req->headers[i].value);
-    }
     free(req->headers);
+    free(req->head_text);
     for (size_t i = 0; i < req->nresp_headers; i++) {
         free(req->resp_headers[i].name);
         free(req->resp_headers[i].value);
     }
     free(req->resp_headers);
     buf_free(&req->body);
+    buf_free(&req->held);
     s->body_memory -= req->body_memory;
     if (req->body_fd >= 0)
         close(req->body_fd);
@@ -603,32 +806,79 @@ static void http__request_free(struct http_request *req)
     free(req);
 }
 
-/* The response is queued: release the request and go on with the connection. */
+static void http__drain(struct http_conn *c);
+
+/* The response is queued (or held): release the request and go on with the connection, in
+ * the order of its requests. */
 static void http__finish(struct http_request *req)
 {
     struct http_conn *c = req->conn;
     req->state = HTTP_REQ_DONE;
-    bool keep = req->keep_alive;
-    if (c)
-        c->req = NULL;
-    http__request_free(req);
-    if (!c || c->closing)
+    if (!c) {
+        http__request_free(req);
         return;
-    if (!keep) {
+    }
+    if (c->req == req) /* answered while parsing (never handed over) */
+        c->req = NULL;
+    if (c->closing) {
+        http__unlink(c, req);
+        http__request_free(req);
+    } else if (c->first == req) {
+        http__drain(c);
+    } else if (!c->first) {
+        http__request_free(req);
+    }
+    /* else held, and freed by the drain once the ones ahead of it are finished */
+}
+
+/* Frees the finished requests at the head of c's queue, sends the held answers behind them
+ * in order, and goes on with the connection. */
+static void http__drain(struct http_conn *c)
+{
+    while (c->first && c->first->state == HTTP_REQ_DONE) {
+        struct http_request *req = c->first;
+        http__unlink(c, req);
+        bool keep = req->keep_alive;
+        http__request_free(req);
+        if (c->closing)
+            return;
+        c->active_ms = time_mono_ms();
+        c->served = true;
+        if (!keep) {
+            c->close_after_write = true;
+            if (c->write_pending == 0)
+                http__close_or_linger(c);
+            return;
+        }
+        struct http_request *next = c->first;
+        if (next && next->held.len) {
+            c->held_bytes -= next->held.len;
+            http__write(c, next->held.data, next->held.len);
+            buf_free(&next->held);
+            if (c->closing)
+                return;
+        }
+    }
+    if (c->first) {
+        if (c->first == c->upgrade_req)
+            http__upgrade_maybe(c);
+    } else if (c->parse_failed) {
+        http__write(c, c->trailer.data, c->trailer.len);
+        buf_free(&c->trailer);
         c->close_after_write = true;
         if (c->write_pending == 0)
             http__close_or_linger(c);
         return;
+    } else if (!c->req || !c->req->path) {
+        /* waiting for a head again (one may be under way: it keeps its deadline), so the
+         * first to close when room is needed */
+        int64_t head_start = c->head_start_ms;
+        http__idle_add(c);
+        c->head_start_ms = head_start;
     }
-    c->active_ms = time_mono_ms();
-    c->served = true;
-    http__idle_add(c);
     if (c->write_pending > HTTP_WRITE_PENDING_MAX)
         c->write_blocked = true; /* http__write_done goes on once the client reads */
-    if (c->in_execute || c->write_blocked)
-        return;
-    llhttp_resume(&c->parser);
-    http__process_pending(c);
+    http__continue(c);
 }
 
 void http_respond_header(struct http_request *req, const char *name, const char *value)
@@ -654,7 +904,7 @@ void http_respond(struct http_request *req, int status, const char *content_type
         http__head(req, &out, status, no_body ? NULL : content_type, no_body ? -2 : (long long)len);
         if (!head && !no_body && len)
             buf_append(&out, body, len);
-        http__write(req->conn, out.data, out.len);
+        http__req_write(req, out.data, out.len);
         buf_free(&out);
     }
     http__finish(req);
@@ -698,7 +948,7 @@ void http_stream_begin(struct http_request *req, int status, const char *content
     if (req->conn && !req->conn->closing) {
         struct buf out = {0};
         http__head(req, &out, status, content_type, -1);
-        http__write(req->conn, out.data, out.len);
+        http__req_write(req, out.data, out.len);
         buf_free(&out);
     }
 }
@@ -713,14 +963,16 @@ int http_stream_write(struct http_request *req, const void *data, size_t len)
     buf_printf(&out, "%zx\r\n", len);
     buf_append(&out, data, len);
     buf_puts(&out, "\r\n");
-    int rc = http__write(req->conn, out.data, out.len);
+    int rc = http__req_write(req, out.data, out.len);
     buf_free(&out);
     return rc;
 }
 
 size_t http_stream_pending(const struct http_request *req)
 {
-    return req->conn ? req->conn->write_pending : 0;
+    if (!req->conn)
+        return 0;
+    return req->conn->first == req ? req->conn->write_pending : req->held.len;
 }
 
 void http_stream_end(struct http_request *req)
@@ -732,7 +984,7 @@ void http_stream_end(struct http_request *req)
         return;
     }
     if (req->conn && !req->conn->closing)
-        http__write(req->conn, "0\r\n\r\n", 5);
+        http__req_write(req, "0\r\n\r\n", 5);
     http__finish(req);
 }
 
@@ -807,7 +1059,8 @@ void http_request_refuse_with(struct http_request *req, int status, const char *
  * connection (closing its own descriptor only). */
 static void http__upgrade_maybe(struct http_conn *c)
 {
-    if (!c->upgrade_fn || c->in_execute || c->write_pending > 0 || c->closing)
+    if (!c->upgrade_fn || c->first != c->upgrade_req || c->in_execute || c->write_pending > 0 ||
+        c->closing)
         return;
     void (*fn)(void *, int, const char *, size_t) = c->upgrade_fn;
     c->upgrade_fn = NULL;
@@ -819,14 +1072,13 @@ static void http__upgrade_maybe(struct http_conn *c)
     memset(&c->pending, 0, sizeof c->pending);
     fn(c->upgrade_ctx, fd, early.data, early.len);
     buf_free(&early);
-    struct http_request *req = c->req;
-    c->req = NULL;
-    if (req) {
-        req->conn = NULL;
-        req->state = HTTP_REQ_DONE;
-        http__request_free(req);
-    }
-    http__conn_close(c);
+    struct http_request *req = c->upgrade_req;
+    c->upgrade_req = NULL;
+    http__unlink(c, req);
+    req->conn = NULL;
+    req->state = HTTP_REQ_DONE;
+    http__request_free(req);
+    http__conn_close(c); /* requests pipelined after it, if any, are aborted */
 }
 
 void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_fn taken, void *ctx)
@@ -854,7 +1106,8 @@ void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_f
     buf_puts(&head, "\r\n");
     c->upgrade_fn = taken;
     c->upgrade_ctx = ctx;
-    http__write(c, head.data, head.len);
+    c->upgrade_req = req;
+    http__req_write(req, head.data, head.len);
     buf_free(&head);
     http__upgrade_maybe(c);
 }
@@ -900,6 +1153,8 @@ static int http__on_message_begin(llhttp_t *p)
     buf_reset(&c->url);
     buf_reset(&c->hfield);
     buf_reset(&c->hvalue);
+    buf_reset(&c->hstore);
+    c->nhoff = 0;
     c->in_value = false;
     c->header_bytes = 0;
     if (!c->head_start_ms)
@@ -921,11 +1176,18 @@ static void http__push_header(struct http_conn *c)
     struct http_request *req = c->req;
     if (!c->hfield.len)
         return;
-    if (req->nheaders < HTTP_MAX_HEADERS) {
-        req->headers = xrealloc(req->headers, (req->nheaders + 1) * sizeof *req->headers);
-        req->headers[req->nheaders].name = xstrdup(c->hfield.data);
-        req->headers[req->nheaders].value = xstrdup(c->hvalue.data ? c->hvalue.data : "");
-        req->nheaders++;
+    if (c->nhoff / 2 < HTTP_MAX_HEADERS) {
+        if (c->nhoff + 2 > c->hoff_cap) {
+            c->hoff_cap = c->hoff_cap ? 2 * c->hoff_cap : 32;
+            c->hoff = xrealloc(c->hoff, c->hoff_cap * sizeof *c->hoff);
+        }
+        c->hoff[c->nhoff++] = c->hstore.len;
+        buf_append(&c->hstore, c->hfield.data, c->hfield.len + 1);
+        c->hoff[c->nhoff++] = c->hstore.len;
+        if (c->hvalue.data)
+            buf_append(&c->hstore, c->hvalue.data, c->hvalue.len + 1);
+        else
+            buf_append(&c->hstore, "", 1);
     } else {
         req->headers_dropped = true;
     }
@@ -991,6 +1253,19 @@ static int http__on_headers_complete(llhttp_t *p)
     if (c->in_value)
         http__push_header(c);
     c->in_value = false;
+    /* the headers, in two allocations whatever their number */
+    req->nheaders = c->nhoff / 2;
+    if (req->nheaders) {
+        req->head_text = xmalloc(c->hstore.len);
+        memcpy(req->head_text, c->hstore.data, c->hstore.len);
+        req->headers = xmalloc(req->nheaders * sizeof *req->headers);
+        for (size_t i = 0; i < req->nheaders; i++) {
+            req->headers[i].name = req->head_text + c->hoff[2 * i];
+            req->headers[i].value = req->head_text + c->hoff[2 * i + 1];
+        }
+    }
+    if (c->hstore.cap > HTTP_KEEP_BYTES)
+        buf_free(&c->hstore);
     /* busy with a request from here: no longer the first to close when room is needed */
     http__idle_remove(c);
     c->head_start_ms = 0;
@@ -1022,6 +1297,7 @@ static int http__on_headers_complete(llhttp_t *p)
                             "the request has more than %d headers: send fewer", HTTP_MAX_HEADERS);
     const char *expect = http_request_header(req, "expect");
     req->expect_continue = expect && !strcasecmp(expect, "100-continue");
+    req->no_pipeline = http_request_header(req, "upgrade") || p->method == HTTP_CONNECT;
 
     if (!req->early_err && s->cfg.on_head)
         s->cfg.on_head(req, s->cfg.ctx);
@@ -1034,7 +1310,9 @@ static int http__on_headers_complete(llhttp_t *p)
                              ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
         return HPE_PAUSED;
     }
-    if (req->expect_continue) {
+    /* pipelined behind unanswered requests, a 100 would come before their answers: the
+     * client sends its body after its own wait instead */
+    if (req->expect_continue && !c->first) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         http__write(c, cont, sizeof cont - 1);
     }
@@ -1114,6 +1392,7 @@ static void http__answer_now(struct http_conn *c, struct http_request *req, bool
     req->keep_alive = false;
     c->linger_wanted = body_follows;
     req->state = HTTP_REQ_HANDLING;
+    http__enqueue(c, req);
     http__dispatch(req);
 }
 
@@ -1122,9 +1401,15 @@ static int http__on_message_complete(llhttp_t *p)
     struct http_conn *c = p->data;
     struct http_request *req = c->req;
     req->state = HTTP_REQ_HANDLING;
+    bool upgrade = req->no_pipeline; /* req may be answered and freed by the dispatch */
+    http__enqueue(c, req);
     http__dispatch(req);
-    /* pause: nothing more is parsed until this request is finished (it may already be) */
-    return HPE_PAUSED;
+    /* on with the next request pipelined, unless this one (or the queue) says wait. After an
+     * upgrade request always a pause, answered or not: going on from here, llhttp would take
+     * what follows for the new protocol (HPE_PAUSED_UPGRADE); resumed, it reads HTTP again. */
+    if (upgrade)
+        return HPE_PAUSED;
+    return http__may_parse(c) ? 0 : HPE_PAUSED;
 }
 
 static void http__settings_fill(llhttp_settings_t *st)
@@ -1147,7 +1432,11 @@ static void http__conn_closed(uv_handle_t *h)
     buf_free(&c->url);
     buf_free(&c->hfield);
     buf_free(&c->hvalue);
+    buf_free(&c->hstore);
+    free(c->hoff);
     buf_free(&c->pending);
+    buf_free(&c->trailer);
+    buf_free(&c->out);
     tls_conn_free(c->tls);
     free(c);
     http__handle_closed(s);
@@ -1161,17 +1450,14 @@ static void http__conn_close(struct http_conn *c)
         /* gone before it was handed over: the taker hears so, the request is over */
         void (*fn)(void *, int, const char *, size_t) = c->upgrade_fn;
         c->upgrade_fn = NULL;
-        struct http_request *up = c->req;
-        c->req = NULL;
         fn(c->upgrade_ctx, -1, NULL, 0);
-        if (up) {
-            up->conn = NULL;
-            up->state = HTTP_REQ_DONE;
-            http__request_free(up);
-        }
+        if (c->upgrade_req)
+            c->upgrade_req->state = HTTP_REQ_DONE; /* freed with the queue below */
+        c->upgrade_req = NULL;
     }
     struct http_server *s = c->server;
     c->closing = true;
+    http__flush_remove(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -1186,9 +1472,16 @@ static void http__conn_close(struct http_conn *c)
     c->req = NULL;
     if (req) {
         req->conn = NULL;
-        if (req->state == HTTP_REQ_PARSING) {
+        http__request_free(req); /* still being parsed: the owner never had it */
+    }
+    /* the requests handed over: answered ones are freed, the others are the owner's to end (an
+     * abort may end others of the queue: http__finish takes them out of it) */
+    while ((req = c->first)) {
+        http__unlink(c, req);
+        req->conn = NULL;
+        if (req->state == HTTP_REQ_DONE) {
             http__request_free(req);
-        } else if (req->state != HTTP_REQ_DONE) {
+        } else {
             req->aborted = true;
             if (req->abort_fn) {
                 void (*fn)(void *) = req->abort_fn;
@@ -1212,14 +1505,21 @@ static void http__bad_request(struct http_conn *c, const char *why)
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nConnection: close\r\n\r\n",
                      status, http_status_reason(status), n);
-    http__write(c, head, (size_t)h);
-    http__write(c, body, (size_t)n);
-    c->close_after_write = true;
     c->linger_wanted = true; /* the rest of what it sends is not read */
     if (c->req && c->req->state == HTTP_REQ_PARSING) {
         http__request_free(c->req);
         c->req = NULL;
     }
+    if (c->first) {
+        /* after the answers of the requests before it */
+        c->parse_failed = true;
+        buf_append(&c->trailer, head, (size_t)h);
+        buf_append(&c->trailer, body, (size_t)n);
+        return;
+    }
+    http__write(c, head, (size_t)h);
+    http__write(c, body, (size_t)n);
+    c->close_after_write = true;
     if (c->write_pending == 0)
         http__close_or_linger(c);
 }
@@ -1270,13 +1570,13 @@ static void http__feed(struct http_conn *c, const char *data, size_t len)
         c->in_execute = false;
         if (e == HPE_OK)
             return;
-        if (e != HPE_PAUSED)
+        if (e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE)
             break;
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t rest = pos && pos >= data && pos < data + len ? (size_t)(data + len - pos) : 0;
-        if (!c->req && !c->closing && !c->close_after_write && !c->write_blocked) {
-            /* the request was answered at once: go on with the pipelined rest */
-            llhttp_resume(&c->parser);
+        if (http__may_parse(c)) {
+            /* the pause is over already (answered at once): go on with the pipelined rest */
+            http__parser_resume(c);
             if (!rest)
                 return;
             data = pos;
@@ -1289,6 +1589,7 @@ static void http__feed(struct http_conn *c, const char *data, size_t len)
             buf_append(&keep, pos, rest);
         buf_free(&c->pending);
         c->pending = keep;
+        c->parse_paused = true;
         http__upgrade_maybe(c);
         return;
     }
@@ -1322,13 +1623,14 @@ static void http__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     *b = uv_buf_init(c->server->read_buf, sizeof c->server->read_buf);
 }
 
-/* Plaintext from the client: parsed now, or kept while a request is being handled. */
+/* Plaintext from the client: parsed now, or kept while requests are being handled. */
 static void http__on_plain(struct http_conn *c, const char *data, size_t n)
 {
-    if (n == 0 || c->closing || c->close_after_write)
+    if (n == 0 || c->closing || c->close_after_write || c->parse_failed)
         return;
-    if (c->write_blocked || (c->req && c->req->state != HTTP_REQ_PARSING)) {
-        /* a request is being handled: keep what comes (pipelined requests) for later */
+    if (c->parse_paused || !http__may_parse(c)) {
+        /* the parser waits for requests being handled: keep what comes for later */
+        c->parse_paused = true;
         buf_append(&c->pending, data, n);
         if (c->pending.len > HTTP_PENDING_MAX && c->reading) {
             uv_read_stop((uv_stream_t *)&c->tcp);
@@ -1536,7 +1838,7 @@ static void http__sweep(uv_timer_t *t)
         if (c->lingering) {
             if (now >= c->linger_until_ms)
                 http__conn_close(c);
-        } else if (req && req->state != HTTP_REQ_PARSING) {
+        } else if (c->first) {
             /* a request being handled or streamed is the handler's business, not a stall */
         } else if (req && req->path) {
             if (now - c->active_ms > HTTP_REQUEST_MS) /* a body that stalls */

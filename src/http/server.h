@@ -14,14 +14,17 @@
  *      client that leaves meanwhile is told through http_request_on_abort.
  *   5. Once answered (or dropped), on_free runs and the request is freed.
  *
- * One request per connection is handled at a time: bytes that arrive meanwhile (pipelining)
- * wait and are parsed once the response is out. Responses a client does not take hold back
- * its pipelined requests. Caps: open connections in all and per client address; past a cap,
- * the connection that has waited longest for a request head is closed to make room, so idle
- * or slow clients cannot lock others out. A head must arrive within HTTP_HEAD_MS, a body may
- * not stall for HTTP_REQUEST_MS, an idle keep-alive connection closes after HTTP_IDLE_MS.
- * Resource errors while accepting (EMFILE, ENOMEM, ...) pause accepting for a moment and never
- * stop it.
+ * Pipelining: while a request is handled, the requests a client sent after it on the same
+ * connection are parsed and handed to on_request too (up to HTTP_PIPELINE_MAX at a time), so
+ * one connection can keep many in flight; their answers go out in the order of the requests
+ * (an answer ready before the ones ahead of it waits in memory). Parsing stops after a request
+ * that closes the connection or asks for an upgrade, and while answers the client does not
+ * take (sent or waiting) pass HTTP_WRITE_PENDING_MAX bytes. Caps: open connections in all and per
+ * client address; past a cap, the connection that has waited longest for a request head is closed
+ * to make room, so idle or slow clients cannot lock others out. A head must arrive within
+ * HTTP_HEAD_MS, a body may not stall for HTTP_REQUEST_MS, an idle keep-alive connection closes
+ * after HTTP_IDLE_MS. Resource errors while accepting (EMFILE, ENOMEM, ...) pause accepting for a
+ * moment and never stop it.
  *
  * Errors: every error the server answers has the body {"error": {"code", "message"}}, the
  * codes and statuses of common/err.h.
@@ -50,6 +53,8 @@
 #define HTTP_REQUEST_MS 60000
 #define HTTP_IDLE_MS 300000
 #define HTTP_MAX_LISTENERS 4
+#define HTTP_PIPELINE_MAX 64 /* requests handled at once on one connection */
+#define HTTP_WRITE_PENDING_MAX (1u << 20)
 
 struct http_server;
 struct http_conn;
@@ -88,7 +93,7 @@ struct http_request {
     char *query;     /* as sent, without '?'; NULL when none */
     char **segs;     /* the path's segments, each percent-decoded */
     size_t nsegs;
-    struct http_header *headers; /* as sent, in order */
+    struct http_header *headers; /* as sent, in order; the strings are in head_text */
     size_t nheaders;
     bool keep_alive;
     /* Set by on_head: the largest body taken (0: none), and whether it goes to a file
@@ -115,6 +120,10 @@ struct http_request {
     void *abort_ctx;
     struct http_header *resp_headers;
     size_t nresp_headers;
+    char *head_text;                   /* the headers' names and values, one allocation */
+    bool no_pipeline;                  /* nothing after it is parsed until it is answered */
+    struct http_request *next_in_conn; /* the next request handled on its connection */
+    struct buf held;                   /* its answer, while one ahead of it is unanswered */
 };
 
 /* -EIO when the tmp folder cannot be made. */

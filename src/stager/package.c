@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/err.h"
 #include "common/util.h"
 
 #define PACKAGE_BLOCK 65536
@@ -183,7 +184,8 @@ static int package__walk(const char *archive_path, const char *dir, size_t max_u
         err[0] = '\0';
     struct stat st;
     if (stat(archive_path, &st) != 0)
-        return package__fail(err, errsize, -errno, "cannot read the upload: %s", strerror(errno));
+        return package__fail(err, errsize, -errno, "cannot read the upload: %s",
+                             skiff_strerror(-errno));
     a = package__open(archive_path);
     if (!a) {
         rc = package__fail(err, errsize, PACKAGE_NOT_ARCHIVE,

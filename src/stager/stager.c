@@ -27,6 +27,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "container/container.h"
@@ -369,7 +370,7 @@ static char *stager__container(struct staging *s, const struct stager__buildpack
     free(cache);
     free(bp_in);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(-rc));
+        snprintf(err, errlen, "cannot write %s: %s", path, skiff_strerror(rc));
         free(path);
         return NULL;
     }
@@ -490,7 +491,7 @@ static void stager__start_step(struct staging *s)
         stager__fail(s,
                      "buildpack %s: cannot run bin/%s (%s): check that it exists and is "
                      "executable",
-                     bp->name, script, uv_strerror(rc));
+                     bp->name, script, skiff_strerror(rc));
 }
 
 /* Merges the release's process types with the app's Procfile, writes staging_info.json and
@@ -548,7 +549,7 @@ static void stager__complete(struct staging *s)
         free(skiff_dir);
         if (wrc < 0) {
             json_decref(types);
-            stager__fail(s, "cannot write the droplet: %s", strerror(-wrc));
+            stager__fail(s, "cannot write the droplet: %s", skiff_strerror(wrc));
             return;
         }
         const char *name;
@@ -575,14 +576,14 @@ static void stager__complete(struct staging *s)
     json_decref(info);
     if (rc < 0) {
         json_decref(types);
-        stager__fail(s, "cannot write the droplet: %s", strerror(-rc));
+        stager__fail(s, "cannot write the droplet: %s", skiff_strerror(rc));
         return;
     }
     if (rename(s->work_dir, s->droplet_dir) != 0) {
         int e = errno;
         json_decref(types);
         stager__fail(s, "cannot move the droplet into place at %s: %s", s->droplet_dir,
-                     strerror(e));
+                     skiff_strerror(-e));
         return;
     }
     types_text = json_dumps(types, JSON_COMPACT);
@@ -731,7 +732,7 @@ static int stager__disk_prepare(struct staging *s)
         if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
             rc = -errno;
             snprintf(s->job_err, sizeof s->job_err, "cannot make %s on the staging disk: %s",
-                     names[i], strerror(errno));
+                     names[i], skiff_strerror(-errno));
         }
         free(dir);
     }
@@ -776,13 +777,14 @@ static int stager__app_in(struct staging *s, const char *on_disk)
         rc = -EDQUOT;
     else if (rc < 0)
         snprintf(s->job_err, sizeof s->job_err, "cannot put the app on the staging disk: %s",
-                 strerror(-rc));
+                 skiff_strerror(rc));
     int cleared = rm_rf(s->build_dir);
     if (cleared == 0)
         cleared = mkdir_p(s->build_dir, 0755);
     if (rc == 0 && cleared < 0) {
         rc = cleared;
-        snprintf(s->job_err, sizeof s->job_err, "cannot empty %s: %s", s->build_dir, strerror(-rc));
+        snprintf(s->job_err, sizeof s->job_err, "cannot empty %s: %s", s->build_dir,
+                 skiff_strerror(rc));
     }
     return rc;
 }
@@ -812,7 +814,7 @@ static void stager__unpack_work(uv_work_t *w)
         s->job_rc = container_chown_tree(trees[i], s->site->uid_base);
         if (s->job_rc < 0)
             snprintf(s->job_err, sizeof s->job_err, "cannot hand %s to the container: %s", trees[i],
-                     strerror(-s->job_rc));
+                     skiff_strerror(s->job_rc));
     }
 out:
     for (size_t i = 0; i < ARRAY_SIZE(trees); i++)
@@ -834,7 +836,7 @@ static void stager__copy_out_work(uv_work_t *w)
         free(from);
     }
     if (s->job_rc < 0) {
-        snprintf(s->job_err, sizeof s->job_err, "%s", strerror(-s->job_rc));
+        snprintf(s->job_err, sizeof s->job_err, "%s", skiff_strerror(s->job_rc));
         return;
     }
     char *from = stager__on_disk(s, "cache");
@@ -881,7 +883,7 @@ static void stager__finish_build(struct staging *s)
     int rc = uv_queue_work(s->loop, &s->job, stager__copy_out_work, stager__copied);
     if (rc < 0) {
         s->in_job = false;
-        stager__fail(s, "cannot copy the droplet off the staging disk: %s", uv_strerror(rc));
+        stager__fail(s, "cannot copy the droplet off the staging disk: %s", skiff_strerror(rc));
     }
 }
 

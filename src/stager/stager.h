@@ -8,7 +8,10 @@
  * `bin/supply`/`bin/finalize` or `bin/compile`, then `bin/release`, each as a child process
  * on the caller's libuv loop, streaming output line by line. The droplet is a folder
  * (droplet_dir/app plus droplet_dir/staging_info.json) written to a temporary name and
- * renamed into place only on success, so a failed stage leaves nothing half-made. */
+ * renamed into place only on success, so a failed stage leaves nothing half-made.
+ *
+ * Errors: calls return 0 or a negative errno, the one error type of common/err.h, with a
+ * message for the user in err where they take one (worded with skiff_strerror). */
 #ifndef SKIFF_STAGER_H
 #define SKIFF_STAGER_H
 

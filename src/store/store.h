@@ -3,9 +3,10 @@
  *
  * The interface knows nothing of its backend (store_backend.h is the seam: a store_ops table
  * per backend). store_open("sqlite:PATH") or a plain path opens the embedded SQLite backend
- * (WAL mode). Every call is synchronous and returns 0 or a negative errno:
- * -ENOENT not found, -EEXIST a unique name taken, -EIO a backend failure (also logged to
- * stderr with the backend's message). Nothing here aborts except on out-of-memory.
+ * (WAL mode). Every call is synchronous and returns 0 or a negative errno, the one error type
+ * of common/err.h (skiff_strerror words it, skiff_err_from gives the API error that answers
+ * it): -ENOENT not found, -EEXIST a unique name taken, -EIO a backend failure (also logged,
+ * through common/log.h, with the backend's message). Nothing here aborts except on out-of-memory.
  *
  * Ownership: structs returned through an out pointer belong to the caller and are freed with
  * the matching *_free call. Structs passed in are only read. A read or list is whole or

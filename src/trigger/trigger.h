@@ -5,16 +5,18 @@
  * milliseconds since the epoch, and cron fields are evaluated in UTC (a schedule written on
  * a machine in another zone means the same instants everywhere).
  *
- * Errors: the parse functions return 0, or TRIGGER_EINVAL with a message in err (size
- * errsize) that names the offending field or token and says what is accepted. */
+ * Errors: the parse functions return 0, or TRIGGER_EINVAL (-EINVAL: the one error type of
+ * common/err.h) with a message in err (size errsize) that names the offending field or token
+ * and says what is accepted. */
 #ifndef SKIFF_TRIGGER_H
 #define SKIFF_TRIGGER_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#define TRIGGER_EINVAL (-22)
+#define TRIGGER_EINVAL (-EINVAL)
 
 /* ---- schedules ----------------------------------------------------------------------- */
 

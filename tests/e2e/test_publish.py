@@ -307,3 +307,63 @@ def test_garbage_never_crashes_the_daemon(shared_platform):
                            headers={"Content-Type": "application/json"})
     assert status == 400 and "event 0" in answer["error"]["message"]
     assert p.info()["version"]
+
+
+def _pipelined(platform, requests):
+    """Sends every request on one connection at once, then reads answers until the server
+    closes the connection or every request has one: their statuses and bodies, in order."""
+    import socket
+    sock = socket.create_connection(("127.0.0.1", platform.api_port), timeout=30)
+    sock.sendall(b"".join(requests))
+    data, answers = b"", []
+    while len(answers) < len(requests):
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(data) >= end + 4 + length:
+                body = data[end + 4:end + 4 + length]
+                answers.append((int(head.split()[1]), json.loads(body) if body else None))
+                data = data[end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return answers
+
+
+def test_pipelined_publishes_answered_in_order_each_authorised(shared_platform):
+    """40 publishes sent at once on one connection, a stranger's token on the 20th: the 19
+    before it are answered 202 in the order sent, the stranger's is refused (authorisation is
+    per request, not per connection) and ends the connection, and nothing sent after it is
+    handled: the topic holds exactly the 19, in order."""
+    p = shared_platform
+
+    def publish(i, token):
+        body = json.dumps({"n": i}).encode()
+        return ("POST /v1/topics/pipelined/events HTTP/1.1\r\nHost: x\r\n"
+                "Authorization: Bearer %s\r\nce-specversion: 1.0\r\nce-id: p-%d\r\n"
+                "ce-source: /tests\r\nce-type: t.piped\r\nContent-Type: application/json\r\n"
+                "Content-Length: %d\r\n\r\n" % (token, i, len(body))).encode() + body
+
+    reqs = [publish(i, "not-a-token" if i == 19 else p.token) for i in range(40)]
+    answers = _pipelined(p, reqs)
+    assert len(answers) == 20, answers
+    for i, (status, body) in enumerate(answers[:19]):
+        assert status == 202 and body["id"] == "p-%d" % i, (i, status, body)
+    assert answers[19][0] == 401, answers[19]
+    offsets = [body["offset"] for _, body in answers[:19]]
+    assert offsets == sorted(offsets)
+    events = read_topic(p, "pipelined", **{"from": "start", "limit": 100})
+    assert [e["data"]["n"] for e in events] == list(range(19))
+    # and all 40 from a client that behaves are answered and stored in order
+    answers = _pipelined(p, [publish(i, p.token) for i in range(100, 140)])
+    assert [status for status, _ in answers] == [202] * 40, answers
+    events = read_topic(p, "pipelined", **{"from": answers[0][1]["offset"], "limit": 100})
+    assert [e["data"]["n"] for e in events] == list(range(100, 140))

@@ -1,11 +1,13 @@
 /* Unit tests for the one error table: every error has a name, an HTTP status and a message,
- * and an unknown value still gets words rather than NULL. */
+ * an unknown value still gets words rather than NULL, and the negative errno values the parts
+ * below the API return are named, answered and worded by the same functions. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -35,11 +37,37 @@ static void test_an_unknown_error_still_has_words(void **state)
     assert_int_equal(skiff_err_http_status(SKIFF_ERR_COUNT), 500);
 }
 
+static void test_errno_values_share_the_table(void **state)
+{
+    (void)state;
+    assert_string_equal(skiff_err_name(-ENOENT), "not_found");
+    assert_int_equal(skiff_err_http_status(-ENOENT), 404);
+    assert_int_equal(skiff_err_from(-ENOENT), SKIFF_E_NOT_FOUND);
+    assert_int_equal(skiff_err_from(-EEXIST), SKIFF_E_NAME_TAKEN);
+    assert_int_equal(skiff_err_from(-EMSGSIZE), SKIFF_E_TOO_LARGE);
+    assert_int_equal(skiff_err_http_status(-EMSGSIZE), 413);
+    assert_int_equal(skiff_err_from(-ECANCELED), SKIFF_E_UNAVAILABLE);
+    assert_int_equal(skiff_err_http_status(-EIO), 500);
+    /* Skiff's words where it has more to say, the C library's otherwise; never NULL */
+    assert_non_null(strstr(skiff_strerror(-ENOSPC), "free space"));
+    assert_non_null(strstr(skiff_strerror(-ECANCELED), "retry"));
+    assert_string_equal(skiff_strerror(-EACCES), strerror(EACCES));
+    /* an errno the table does not have is still worded, and answered as Skiff's failure */
+    assert_string_equal(skiff_strerror(-ENOTSOCK), strerror(ENOTSOCK));
+    assert_int_equal(skiff_err_from(-ENOTSOCK), SKIFF_E_INTERNAL);
+    assert_string_equal(skiff_err_name(-ENOTSOCK), "internal");
+    assert_string_equal(skiff_strerror(-100000), "unknown error");
+    /* enum values pass through skiff_err_from unchanged */
+    assert_int_equal(skiff_err_from(SKIFF_E_QUOTA), SKIFF_E_QUOTA);
+    assert_int_equal(skiff_err_from(SKIFF_ERR_COUNT + 5), SKIFF_E_INTERNAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_error_has_a_name_a_status_and_a_message),
         cmocka_unit_test(test_an_unknown_error_still_has_words),
+        cmocka_unit_test(test_errno_values_share_the_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

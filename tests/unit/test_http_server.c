@@ -2,7 +2,8 @@
  * extends the server's, listener tags reach the owner, a refusal from on_head is answered
  * before the body is read, bodies go to memory or to a file under tmp_dir (removed with the
  * request), on_free runs once per request, a client that leaves aborts the request it was
- * waiting for, and a path with an escaped NUL never reaches the owner. */
+ * waiting for, a path with an escaped NUL never reaches the owner, and pipelined requests are
+ * handled together (up to HTTP_PIPELINE_MAX) and answered in their order. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +25,8 @@
 #include "common/util.h"
 #include "http/server.h"
 
+#define BIG_ANSWER (200u << 10)
+
 struct owner_request {
     struct http_request http;
     char *note; /* the owner's own field, freed in on_free */
@@ -37,6 +40,8 @@ struct fixture {
     int heads, requests, frees, aborts;
     char last_body_path[256];
     struct owner_request *held; /* a request answered only when the test says */
+    struct owner_request *parked[2 * HTTP_PIPELINE_MAX]; /* /park: answered when the test says */
+    int nparked;
     int taken_fd;               /* http_upgrade: the socket handed over, -2 before */
     char early[64];             /* ... and what came after the request */
 };
@@ -67,6 +72,18 @@ static void on_abort(void *ctx)
     fx->held = NULL;
 }
 
+/* A parked request whose client left: the owner still ends it, as an owner must. */
+static void on_park_abort(void *ctx)
+{
+    struct fixture *fx = ctx;
+    fx->aborts++;
+    for (int i = 0; i < fx->nparked; i++)
+        if (fx->parked[i] && fx->parked[i]->http.aborted) {
+            http_respond(&fx->parked[i]->http, 200, "text/plain", "gone", 4);
+            fx->parked[i] = NULL;
+        }
+}
+
 static void on_taken(void *ctx, int fd, const char *early, size_t len)
 {
     struct fixture *fx = ctx;
@@ -81,6 +98,19 @@ static void on_request(struct http_request *req, void *ctx)
     fx->requests++;
     if (!strcmp(req->path, "/upgrade")) {
         http_upgrade(req, "test-proto", on_taken, fx);
+        return;
+    }
+    if (!strcmp(req->path, "/park")) {
+        assert_true(fx->nparked < 2 * HTTP_PIPELINE_MAX);
+        fx->parked[fx->nparked++] = r;
+        http_request_on_abort(req, on_park_abort, fx);
+        return;
+    }
+    if (!strcmp(req->path, "/big")) {
+        char *big = xmalloc(BIG_ANSWER);
+        memset(big, 'b', BIG_ANSWER);
+        http_respond(req, 200, "text/plain", big, BIG_ANSWER);
+        free(big);
         return;
     }
     if (!strcmp(req->path, "/hold")) {
@@ -291,6 +321,195 @@ static void test_pipelined_requests_answered_in_order(void **state)
     close(s);
 }
 
+/* Reads from s, running the loop, until want appears in what came or 3 s pass. */
+static void read_until(struct fixture *fx, int s, char *out, size_t size, const char *want)
+{
+    size_t have = strlen(out);
+    int64_t deadline = time_mono_ms() + 3000;
+    while (!strstr(out, want) && time_mono_ms() < deadline && have + 1 < size) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        ssize_t n = recv(s, out + have, size - 1 - have, MSG_DONTWAIT);
+        if (n > 0)
+            have += (size_t)n;
+        out[have] = '\0';
+        if (n == 0)
+            break;
+    }
+    assert_non_null(strstr(out, want));
+}
+
+/* Sends all of data (once), running the loop meanwhile, at most 3 s. */
+static void send_all(struct fixture *fx, int s, const char *data, size_t len)
+{
+    int64_t deadline = time_mono_ms() + 3000;
+    while (len > 0 && time_mono_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        ssize_t n = send(s, data, len, MSG_NOSIGNAL);
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+        }
+    }
+    assert_int_equal(len, 0);
+}
+
+/* Runs the loop for ms (to show that something does not happen in that time). */
+static void run_for(struct fixture *fx, int ms)
+{
+    int64_t until = time_mono_ms() + ms;
+    while (time_mono_ms() < until) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+}
+
+/* The requests after an unanswered one are handed over at once (a slow request does not hold
+ * back the handling of the ones behind it), but their answers wait for it: out in order. */
+static void test_pipelined_requests_handled_together_answered_in_order(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    const char *reqs = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+    send_all(fx, s, reqs, strlen(reqs));
+    RUN_UNTIL(fx, fx->requests == 3);
+    run_for(fx, 50);
+    char out[4096] = "";
+    assert_int_equal(recv(s, out, sizeof out - 1, MSG_DONTWAIT), -1); /* nothing before /hold's */
+    http_respond(&fx->held->http, 200, "text/plain", "held answer", 11);
+    fx->held = NULL;
+    read_until(fx, s, out, sizeof out, "body=hi");
+    char *held = strstr(out, "held answer"), *one = strstr(out, "GET /one"),
+         *two = strstr(out, "POST /two body=hi");
+    assert_non_null(held);
+    assert_non_null(one);
+    assert_non_null(two);
+    assert_true(held < one && one < two);
+    close(s);
+    RUN_UNTIL(fx, fx->frees == 3);
+}
+
+/* A client that pipelines without end gets HTTP_PIPELINE_MAX requests handled at once, no
+ * more; the rest are handled as answers go out; when it leaves, every one unanswered is
+ * aborted and each request is freed once. */
+static void test_pipelining_is_bounded_per_connection(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    struct buf reqs = {0};
+    for (int i = 0; i < HTTP_PIPELINE_MAX + 10; i++)
+        buf_puts(&reqs, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_all(fx, s, reqs.data, reqs.len);
+    buf_free(&reqs);
+    RUN_UNTIL(fx, fx->requests == HTTP_PIPELINE_MAX);
+    run_for(fx, 50);
+    assert_int_equal(fx->requests, HTTP_PIPELINE_MAX);
+    /* answering the first lets one more in */
+    http_respond(&fx->parked[0]->http, 200, "text/plain", "first", 5);
+    fx->parked[0] = NULL;
+    RUN_UNTIL(fx, fx->requests == HTTP_PIPELINE_MAX + 1);
+    char out[1024] = "";
+    read_until(fx, s, out, sizeof out, "first");
+    close(s);
+    RUN_UNTIL(fx, fx->aborts == HTTP_PIPELINE_MAX);
+    RUN_UNTIL(fx, fx->frees == HTTP_PIPELINE_MAX + 1);
+    RUN_UNTIL(fx, http_server_connections(fx->server) == 0);
+}
+
+/* Answers held behind an unanswered request are bounded: a client that pipelines requests
+ * with large answers behind a slow one gets no more handled once about
+ * HTTP_WRITE_PENDING_MAX bytes wait; the rest are handled as it reads. */
+static void test_held_answers_are_bounded(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    struct buf reqs = {0};
+    buf_puts(&reqs, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (int i = 0; i < 30; i++)
+        buf_puts(&reqs, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_all(fx, s, reqs.data, reqs.len);
+    buf_free(&reqs);
+    int bound = 1 + (int)(HTTP_WRITE_PENDING_MAX / BIG_ANSWER) + 1;
+    RUN_UNTIL(fx, fx->requests == bound);
+    run_for(fx, 100);
+    assert_int_equal(fx->requests, bound); /* 6 MB of answers are not held for it */
+    http_respond(&fx->held->http, 200, "text/plain", "held", 4);
+    fx->held = NULL;
+    /* reading everything lets every request through */
+    size_t want = 30 * (size_t)BIG_ANSWER, got = 0;
+    char chunk[65536];
+    int64_t deadline = time_mono_ms() + 10000;
+    while (got < want && time_mono_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        ssize_t n = recv(s, chunk, sizeof chunk, MSG_DONTWAIT);
+        if (n > 0)
+            for (ssize_t i = 0; i < n; i++)
+                got += chunk[i] == 'b';
+    }
+    assert_int_equal(got, want);
+    assert_int_equal(fx->requests, 31);
+    close(s);
+}
+
+/* A malformed request behind unanswered ones: its 400 comes after their answers, and the
+ * connection closes then. */
+static void test_bad_request_after_pipelined_ones_waits_its_turn(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    const char *reqs = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n";
+    send_all(fx, s, reqs, strlen(reqs));
+    RUN_UNTIL(fx, fx->requests == 1);
+    run_for(fx, 50);
+    char out[4096] = "";
+    assert_int_equal(recv(s, out, sizeof out - 1, MSG_DONTWAIT), -1);
+    http_respond(&fx->held->http, 200, "text/plain", "held answer", 11);
+    fx->held = NULL;
+    read_until(fx, s, out, sizeof out, "invalid_request");
+    char *held = strstr(out, "held answer"), *bad = strstr(out, "HTTP/1.1 400 ");
+    assert_non_null(held);
+    assert_non_null(bad);
+    assert_true(held < bad);
+    RUN_UNTIL(fx, http_server_connections(fx->server) == 0);
+    close(s);
+}
+
+/* An upgrade request answered without an upgrade (a refusal) leaves an ordinary connection:
+ * the next request on it is read as HTTP. */
+static void test_upgrade_refused_then_next_request(void **state)
+{
+    struct fixture *fx = *state;
+    int s = loop_socket_connect(fx->port[0]);
+    const char *reqs = "POST /refuse HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                       "Upgrade: test-proto\r\nContent-Length: 0\r\n\r\n";
+    char out[4096] = "";
+    send_all(fx, s, reqs, strlen(reqs));
+    read_until(fx, s, out, sizeof out, "not for you");
+    assert_non_null(strstr(out, "HTTP/1.1 403 Forbidden\r\n"));
+    assert_null(strstr(out, "HTTP/1.1 400 "));
+    close(s);
+    /* and answered by the owner (no early refusal), the connection stays open for more */
+    s = loop_socket_connect(fx->port[0]);
+    reqs = "POST /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+           "Upgrade: test-proto\r\nContent-Length: 0\r\n\r\n";
+    out[0] = '\0';
+    send_all(fx, s, reqs, strlen(reqs));
+    read_until(fx, s, out, sizeof out, "POST /plain");
+    run_for(fx, 50);
+    size_t have = strlen(out);
+    ssize_t n = recv(s, out + have, sizeof out - 1 - have, MSG_DONTWAIT);
+    out[have + (n > 0 ? (size_t)n : 0)] = '\0';
+    assert_null(strstr(out, "HTTP/1.1 400 "));
+    out[0] = '\0';
+    {
+        const char *after = "GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
+        send_all(fx, s, after, strlen(after));
+    }
+    read_until(fx, s, out, sizeof out, "GET /after");
+    close(s);
+}
+
 /* 101, then the socket is the owner's: the bytes sent after the request come with it, both
  * directions work on it, and the server has forgotten the connection and the request. */
 static void test_upgrade_hands_the_connection_over(void **state)
@@ -337,6 +556,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_escaped_nul_never_reaches_the_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_requests_answered_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_hands_the_connection_over, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_requests_handled_together_answered_in_order,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelining_is_bounded_per_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_request_after_pipelined_ones_waits_its_turn, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_refused_then_next_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_held_answers_are_bounded, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
