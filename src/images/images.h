@@ -126,6 +126,8 @@ void image_config_clear(struct image_config *c);
 struct image_manifest {
     char *config;  /* the config blob's digest */
     char **layers; /* layer blob digests, bottom first, NULL-terminated */
+    uint64_t *sizes; /* each layer's size as the manifest says (0: not said), or NULL when the
+                        manifest was not parsed (an image's record) */
     size_t n_layers;
 };
 /* Parses a manifest; *is_index is set (and out left empty) when the document is an index or
