@@ -422,9 +422,10 @@ static int registry__fetch(struct registry *g, const char *path, const char *wha
     case 200:
         if (r->over)
             return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
-                               "the registry %s sent more for the %s of %s than a document may "
-                               "have (it is larger than the limit of %zu kB): refused",
-                               g->ref.registry, what, g->ref.repository, r->max >> 10);
+                               "the registry %s sent more for the %s of %s than a %s may have "
+                               "(it is larger than the limit of %zu kB): refused",
+                               g->ref.registry, what, g->ref.repository,
+                               strcmp(what, "config") ? "manifest" : "config", r->max >> 10);
         return r->blob_rc ? image__fail(g->err, g->errlen, r->blob_rc, "%s", r->blob_err)
                           : SKIFF_OK;
     case 401:
