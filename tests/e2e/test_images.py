@@ -687,7 +687,10 @@ def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing
         assert "does not match its digest" in r.stdout + r.stderr, out(r)
         assert digest(layer) in r.stdout + r.stderr, out(r)
         blob = os.path.join(p.home, "images", "blobs", "sha256", digest(layer)[7:])
-        assert not os.path.exists(blob)  # nothing half-stored
+        assert not os.path.exists(blob)  # nothing half-stored: no blob, no layer, nothing in tmp/
+        assert not os.path.exists(os.path.join(p.home, "images", "layers", "sha256",
+                                               digest(layer)[7:]))
+        assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
     finally:
         reg.close()
 
