@@ -20,9 +20,10 @@ void image__sha256(const void *data, size_t len, char out[IMAGE_DIGEST_LEN]);
 /* A fresh name under the store's tmp/ (caller frees). */
 char *image__tmp_path(const struct image_store *s, const char *what);
 
-/* What a pull stored under tmp/, each with the name it gets in the store: made durable by one
- * syncfs for all of it, then renamed into place (image__pending_commit), or removed
- * (image__pending_abort). Adding is thread-safe; both ends free the lists. */
+/* What a pull stored under tmp/, each with the name it gets in the store: each fsynced (a
+ * layer's files were synced as it was unpacked), then all renamed into place
+ * (image__pending_commit), or all removed (image__pending_abort). Adding is thread-safe; both
+ * ends free the lists. */
 struct image_pending {
     pthread_mutex_t lock;
     char **tmp, **final;

@@ -29,14 +29,51 @@
 /* the owner of what a layer names as over 65535: the container's "nobody" */
 #define LAYER_NOBODY 65534
 
+/* Files written and not yet known to be on disk, synced together (layer__sync). */
+#define LAYER_SYNC_BATCH 64
+
 struct layer {
     const struct image_store *s;
     const char *digest;
     int root; /* the layer's folder */
     uint64_t bytes, entries;
+    int unsynced[LAYER_SYNC_BATCH]; /* open regular files whose writeback was started */
+    size_t n_unsynced;
     char *err;
     size_t errlen;
 };
+
+/* Waits until the data of the files written so far is on disk (their writeback was started
+ * as each was written, so this mostly waits for what is under way), and closes them. */
+static int layer__sync(struct layer *l)
+{
+    int rc = SKIFF_OK;
+    for (size_t i = 0; i < l->n_unsynced; i++) {
+        if (rc == SKIFF_OK && fdatasync(l->unsynced[i]) != 0)
+            rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+                             "layer %s: cannot write it to disk: %s", l->digest, strerror(errno));
+        close(l->unsynced[i]);
+    }
+    l->n_unsynced = 0;
+    return rc;
+}
+
+/* A regular file written: its writeback starts now, beside the rest of the pull; it is
+ * synced with the next batch (kept open until then). */
+static int layer__written(struct layer *l, int fd)
+{
+    sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    l->unsynced[l->n_unsynced++] = fd;
+    return l->n_unsynced == LAYER_SYNC_BATCH ? layer__sync(l) : SKIFF_OK;
+}
+
+/* Closes what is still open without waiting for it: the layer is refused. */
+static void layer__drop_unsynced(struct layer *l)
+{
+    for (size_t i = 0; i < l->n_unsynced; i++)
+        close(l->unsynced[i]);
+    l->n_unsynced = 0;
+}
 
 /* Normalises an entry's name in place: leading "./" and "/" dropped only when the name is
  * relative ("./a"), "//" and "/./" collapsed, a trailing "/" dropped. NULL when the name is
@@ -230,12 +267,11 @@ static int layer__entry(struct layer *l, struct archive *a, struct archive_entry
         if (rc == SKIFF_OK && archive_entry_size_is_set(e) &&
             ftruncate(fd, archive_entry_size(e)) != 0)
             rc = layer__sys(l, "write", entry);
-        /* its writing to disk starts now, beside the rest of the pull, so that the one syncfs
-         * at the pull's end (image__pending_commit) finds little left to wait for */
-        if (rc == SKIFF_OK)
-            sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        close(fd);
-        if (rc != SKIFF_OK)
+        if (rc != SKIFF_OK) {
+            close(fd);
+            return rc;
+        }
+        if ((rc = layer__written(l, fd)) != SKIFF_OK)
             return rc;
         break;
     }
@@ -375,6 +411,20 @@ static int layer__walk(struct layer *l, struct archive *a)
     return rc;
 }
 
+/* Every entry of a, then all of it on disk: the files' data, then (one fsync of the folder:
+ * a journal's commit) what names them. Nothing of a refused layer is waited for. */
+static int layer__unpack(struct layer *l, struct archive *a)
+{
+    int rc = layer__walk(l, a);
+    if (rc == SKIFF_OK)
+        rc = layer__sync(l);
+    layer__drop_unsynced(l);
+    if (rc == SKIFF_OK && fsync(l->root) != 0)
+        rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+                         "layer %s: cannot write it to disk: %s", l->digest, strerror(errno));
+    return rc;
+}
+
 /* The folder a layer is unpacked in under tmp/ (*tmp, caller frees and removes), opened as
  * l->root. */
 static int layer__begin(const struct image_store *s, const char *digest, struct layer *l,
@@ -411,7 +461,7 @@ int image_layer_unpack(const struct image_store *s, const char *digest, char *er
         rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE, "layer %s is not a tar archive (%s)",
                          digest, archive_error_string(a));
     else
-        rc = layer__walk(&l, a);
+        rc = layer__unpack(&l, a);
     archive_read_free(a);
     if (rc == SKIFF_OK && rename(tmp, final) != 0 && access(final, F_OK) != 0)
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
@@ -451,7 +501,7 @@ static void *layer__stream_work(void *arg)
             image__fail(ls->err, sizeof ls->err, SKIFF_E_BAD_IMAGE,
                         "layer %s is not a tar archive (%s)", ls->digest, archive_error_string(a));
     else
-        ls->rc = layer__walk(&ls->l, a);
+        ls->rc = layer__unpack(&ls->l, a);
     archive_read_free(a);
     /* the rest of the blob (after the tar's end, or after a refusal) is only hashed: the
      * download's next send fails and it stops feeding */

@@ -332,17 +332,20 @@ void image__pending_abort(struct image_pending *p)
 int image__pending_commit(const struct image_store *s, struct image_pending *p, char *err,
                           size_t errlen)
 {
+    (void)s;
     int rc = SKIFF_OK;
-    if (p->n == 0)
-        return rc;
-    /* one flush of the file system for everything the pull wrote, before any of it is named:
-     * a crash never leaves a blob or a layer in place whose data did not reach the disk */
-    int fd = open(s->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || syncfs(fd) != 0)
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store the image in %s: %s", s->root,
-                         strerror(errno));
-    if (fd >= 0)
-        close(fd);
+    /* everything on disk before any of it is named: a crash never leaves a blob or a layer in
+     * place whose data is not there (a layer's files were synced as it was unpacked, so its
+     * folder's fsync finds nothing left; a blob's is its one wait). Only what this pull wrote
+     * is waited for: a syncfs would wait for every other writer of the file system too. */
+    for (size_t i = 0; i < p->n && rc == SKIFF_OK; i++) {
+        int fd = open(p->tmp[i], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0)
+            rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
+                             strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
     for (size_t i = 0; i < p->n && rc == SKIFF_OK; i++) {
         /* one stored meanwhile by another pull is the same content: it stays */
         if (rename(p->tmp[i], p->final[i]) != 0 && access(p->final[i], F_OK) != 0)
