@@ -30,7 +30,7 @@
 #define LAYER_NOBODY 65534
 
 /* Files written and not yet known to be on disk, synced together (layer__sync). */
-#define LAYER_SYNC_BATCH 64
+#define LAYER_SYNC_BATCH 32
 
 struct layer {
     const struct image_store *s;

@@ -296,6 +296,23 @@ static void test_layer_streamed_is_kept_only_when_its_digest_matched(void **stat
     hello = layer_file(f, digest, "padded");
     assert_int_equal(access(hello, F_OK), 0);
     free(hello);
+
+    /* more files than are synced in one batch: every one of them there, whole */
+    struct entry many[70];
+    char names[70][16];
+    for (int i = 0; i < 70; i++) {
+        snprintf(names[i], sizeof names[i], "f%02d", i);
+        many[i] = (struct entry){'f', names[i], names[i], 0, 0, 0};
+    }
+    f->from_file = false;
+    assert_int_equal(unpack(f, many, 70, digest), SKIFF_OK);
+    for (int i = 0; i < 70; i++) {
+        char *p = layer_file(f, digest, names[i]);
+        assert_int_equal(file_read(p, &text, &len), 0);
+        assert_string_equal(text, names[i]);
+        free(text);
+        free(p);
+    }
     free(layers);
     free(tmp);
     free(blobs);
