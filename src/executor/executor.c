@@ -2966,7 +2966,7 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
     int pids = inst->pids_max > 0 ? inst->pids_max : DEFAULT_PIDS_MAX;
     cgroup_set_limits(x->cg, 0, pids - pids / 4 > 8 ? pids - pids / 4 : 8);
     size_t argc = 0;
-    x->argv = xcalloc(32, sizeof *x->argv);
+    x->argv = xcalloc(40, sizeof *x->argv);
     x->argv[argc++] = xstrdup(inst->ex->init_path);
     x->argv[argc++] = xstrdup("--enter");
     x->argv[argc++] = xstrdup(cgroup_join_files(inst->cg)[0]);
@@ -2981,6 +2981,10 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
     if (inst->user_uid) { /* an image's User: the session is its, as the program is */
         x->argv[argc++] = xstrdup("--user");
         x->argv[argc++] = xasprintf("%u:%u", inst->user_uid, inst->user_gid);
+    }
+    if (inst->cwd) { /* an image's WorkingDir: a session starts where the program does */
+        x->argv[argc++] = xstrdup("--cwd");
+        x->argv[argc++] = xstrdup(inst->cwd);
     }
     if (spec->tty) {
         x->argv[argc++] = xstrdup("--tty");
