@@ -77,6 +77,8 @@ static void respond_fabric_error(struct api_request *req, int rc)
         break;
     case -ECANCELED:
     case -ENOSPC:
+    case -ENOTCONN:
+    case -ETIMEDOUT:
         api_respond_error(req, SKIFF_E_UNAVAILABLE, "%s", fabric_strerror(rc));
         break;
     case -EMFILE:

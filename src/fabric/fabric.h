@@ -16,7 +16,9 @@
  * every callback runs there, never from inside the call that registered it.
  *
  * Errors: calls return 0 or a negative errno value; fabric_strerror() gives a message a user
- * can act on. A call that returns an error never calls its callback.
+ * can act on. Over JetStream, -ENOTCONN: no NATS server answers, -ETIMEDOUT: JetStream did not
+ * acknowledge in time (the record may or may not have been stored). A call that returns an error
+ * never calls its callback.
  *
  * Visibility: readers and subscribers see a record only once it is durable, so nothing is
  * delivered that a crash could take back. */
@@ -48,6 +50,11 @@ struct fabric_config {
     int64_t segment_bytes;             /* roll a topic's segment past this; 0: 64 MiB */
     size_t max_record_bytes;           /* larger appends fail with -EMSGSIZE; 0: 1 MiB */
     bool no_sync;                      /* benchmarks only: skip fsync (not durable) */
+    /* NATS JetStream instead of the embedded log: "nats://h1:4222,nats://h2:4222" (NULL or
+     * empty: the embedded log in dir). A topic is then a stream, a cursor a record in the
+     * cursors stream; see src/fabric/README.md. */
+    const char *nats_url;
+    int nats_replicas; /* each stream's replicas (JetStream's R); 0: 1 */
 };
 
 /* Opens (or creates) the fabric in cfg->dir and recovers it: a record torn by a crash at the
@@ -194,5 +201,7 @@ struct fabric_stats {
     uint64_t pending;       /* appends waiting for their commit now */
 };
 void fabric_get_stats(struct fabric *f, struct fabric_stats *out);
+/* "log" (the embedded log) or "jetstream". */
+const char *fabric_backend_name(struct fabric *f);
 
 #endif
