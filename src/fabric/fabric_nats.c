@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 #define STREAM_PREFIX "SKIFF_EV_"
@@ -208,8 +209,13 @@ static void stream_config(struct fabric *f, jsStreamConfig *sc, const char *name
     sc->Retention = js_LimitsPolicy;
     sc->Discard = js_DiscardOld;
     sc->Replicas = f->cfg.nats_replicas > 0 ? f->cfg.nats_replicas : 1;
-    if (r && r->max_age_ms > 0)
-        sc->MaxAge = r->max_age_ms * 1000000;
+    if (r && r->max_age_ms > 0) {
+        /* JetStream's shortest max age is 100 ms */
+        sc->MaxAge = (r->max_age_ms < 100 ? 100 : r->max_age_ms) * 1000000;
+        /* JetStream refuses a de-duplication window longer than the records are kept */
+        if (sc->MaxAge < (int64_t)120 * 1000000000)
+            sc->Duplicates = sc->MaxAge;
+    }
     if (r && r->max_bytes > 0)
         sc->MaxBytes = r->max_bytes;
 }
@@ -227,6 +233,9 @@ static int stream_put(struct fabric *f, jsStreamConfig *sc)
         s = js_UpdateStream(&si, f->js, sc, &o, &jerr);
     }
     jsStreamInfo_Destroy(si);
+    if (s != NATS_OK)
+        log_warning("fabric: JetStream refused stream %s: %s (error %d)", sc->Name,
+                    nats_GetLastError(NULL), (int)jerr);
     return errno_of(s, jerr);
 }
 
@@ -391,7 +400,8 @@ static void pending_complete(struct fabric *f, struct pending *p)
 {
     f->stats.syncs++;
     f->stats.sync_us_total += (uint64_t)(uv_hrtime() / 1000 - (uint64_t)p->started_us);
-    f->stats.pending--;
+    if (--f->stats.pending == 0)
+        uv_unref((uv_handle_t *)&f->async);
     if (p->kind == PENDING_APPEND && p->append_cb)
         p->append_cb(p->arg, p->status, p->status == 0 ? p->first_seq - 1 : 0, p->count);
     else if (p->kind == PENDING_COMMIT && p->commit_cb)
@@ -458,7 +468,8 @@ static struct pending *pending_new(struct fabric *f, enum pending_kind kind, siz
         f->inflight->prev = p;
     f->inflight = p;
     pthread_mutex_unlock(&f->lock);
-    f->stats.pending++;
+    if (f->stats.pending++ == 0)
+        uv_ref((uv_handle_t *)&f->async); /* the loop runs until the acknowledgements came */
     return p;
 }
 
@@ -528,7 +539,8 @@ static int nats_append(struct fabric *f, const char *topic, const struct fabric_
                 if (p->next)
                     p->next->prev = p->prev;
                 pthread_mutex_unlock(&f->lock);
-                f->stats.pending--;
+                if (--f->stats.pending == 0)
+                    uv_unref((uv_handle_t *)&f->async);
                 free(p);
                 return rc;
             }
@@ -1052,6 +1064,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     natsOptions_Destroy(opts);
     uv_async_init(loop, &f->async, on_async);
     f->async.data = f;
+    uv_unref((uv_handle_t *)&f->async);
     *out = f;
     return 0;
 fail:
