@@ -1015,10 +1015,17 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     f->done_tail = &f->done;
     pthread_mutex_init(&f->lock, NULL);
 
+    /* "nats://h1:4222,nats://h2:4222": each server once, spaces around commas ignored */
+    const char *servers[16];
+    int nservers = 0;
+    char *list = xstrdup(f->url);
+    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok && nservers < 16;
+         tok = strtok_r(NULL, ", ", &save))
+        servers[nservers++] = tok;
     natsOptions *opts = NULL;
-    natsStatus s = natsOptions_Create(&opts);
+    natsStatus s = nservers ? natsOptions_Create(&opts) : NATS_INVALID_ARG;
     if (s == NATS_OK)
-        s = natsOptions_SetURL(opts, f->url);
+        s = natsOptions_SetServers(opts, servers, nservers);
     if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK)
@@ -1035,6 +1042,8 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
         goto fail;
     }
     s = natsConnection_Connect(&f->nc, opts);
+    free(list);
+    list = NULL;
     if (s != NATS_OK) {
         snprintf(errmsg, errlen,
                  "cannot connect to NATS at %s (%s): start nats-server "
@@ -1068,6 +1077,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     *out = f;
     return 0;
 fail:
+    free(list);
     natsOptions_Destroy(opts);
     jsCtx_Destroy(f->js);
     if (f->nc) {
