@@ -98,6 +98,7 @@ struct fabric {
     struct topic *topics;
     struct fabric_sub *subs;
     int dispatching;
+    size_t live_subs; /* subscriptions not yet unsubscribed */
     bool closing;
     uv_async_t async;
     void (*close_done)(void *arg);
@@ -372,6 +373,18 @@ static void on_all_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
 
 /* ---- the loop's side of the hand-over ---------------------------------------------------- */
 
+/* The hand-over keeps the loop alive while an acknowledgement or a subscriber's news may come:
+ * they arrive from libnats's threads, which the loop does not see. */
+static void async_ref_update(struct fabric *f)
+{
+    if (f->closing)
+        return;
+    if (f->stats.pending > 0 || f->live_subs > 0)
+        uv_ref((uv_handle_t *)&f->async);
+    else
+        uv_unref((uv_handle_t *)&f->async);
+}
+
 static void subs_sweep(struct fabric *f)
 {
     if (f->dispatching)
@@ -400,8 +413,8 @@ static void pending_complete(struct fabric *f, struct pending *p)
 {
     f->stats.syncs++;
     f->stats.sync_us_total += (uint64_t)(uv_hrtime() / 1000 - (uint64_t)p->started_us);
-    if (--f->stats.pending == 0)
-        uv_unref((uv_handle_t *)&f->async);
+    f->stats.pending--;
+    async_ref_update(f);
     if (p->kind == PENDING_APPEND && p->append_cb)
         p->append_cb(p->arg, p->status, p->status == 0 ? p->first_seq - 1 : 0, p->count);
     else if (p->kind == PENDING_COMMIT && p->commit_cb)
@@ -409,16 +422,28 @@ static void pending_complete(struct fabric *f, struct pending *p)
     free(p);
 }
 
+/* One topic's news taken from the shared state: its end when it was taken. */
+struct notice {
+    struct topic *topic;
+    uint64_t end;
+};
+
 static void dispatch(struct fabric *f)
 {
     pthread_mutex_lock(&f->lock);
     struct pending *done = f->done;
     f->done = NULL;
     f->done_tail = &f->done;
-    struct topic *notify = f->notify;
-    f->notify = NULL;
-    for (struct topic *t = notify; t; t = t->queued_next)
+    size_t n = 0;
+    for (struct topic *t = f->notify; t; t = t->queued_next)
+        n++;
+    struct notice *notices = n ? xcalloc(n, sizeof(*notices)) : NULL;
+    n = 0;
+    for (struct topic *t = f->notify; t; t = t->queued_next) {
         t->queued = false;
+        notices[n++] = (struct notice){t, t->seen_end};
+    }
+    f->notify = NULL;
     char **all = f->all_notify;
     size_t all_n = f->all_notify_n;
     f->all_notify = NULL;
@@ -430,13 +455,9 @@ static void dispatch(struct fabric *f)
         pending_complete(f, done);
         done = next;
     }
-    for (struct topic *t = notify, *next; t; t = next) {
-        next = t->queued_next;
-        pthread_mutex_lock(&f->lock);
-        uint64_t end = t->seen_end;
-        pthread_mutex_unlock(&f->lock);
-        notify_topic(f, t->name, t, end);
-    }
+    for (size_t i = 0; i < n; i++)
+        notify_topic(f, notices[i].topic->name, notices[i].topic, notices[i].end);
+    free(notices);
     for (size_t i = 0; i < all_n; i++) {
         jsStreamState st;
         if (!f->closing && topic_state(f, all[i], &st) == 0)
@@ -468,8 +489,8 @@ static struct pending *pending_new(struct fabric *f, enum pending_kind kind, siz
         f->inflight->prev = p;
     f->inflight = p;
     pthread_mutex_unlock(&f->lock);
-    if (f->stats.pending++ == 0)
-        uv_ref((uv_handle_t *)&f->async); /* the loop runs until the acknowledgements came */
+    f->stats.pending++;
+    async_ref_update(f);
     return p;
 }
 
@@ -539,8 +560,8 @@ static int nats_append(struct fabric *f, const char *topic, const struct fabric_
                 if (p->next)
                     p->next->prev = p->prev;
                 pthread_mutex_unlock(&f->lock);
-                if (--f->stats.pending == 0)
-                    uv_unref((uv_handle_t *)&f->async);
+                f->stats.pending--;
+                async_ref_update(f);
                 free(p);
                 return rc;
             }
@@ -816,6 +837,8 @@ static int nats_subscribe(struct fabric *f, const char *topic, fabric_notify_cb 
     s->arg = arg;
     s->next = f->subs;
     f->subs = s;
+    f->live_subs++;
+    async_ref_update(f);
     *out = s;
     return 0;
 }
@@ -825,6 +848,8 @@ static void nats_unsubscribe(struct fabric_sub *sub)
     if (!sub || sub->removed)
         return;
     sub->removed = true;
+    sub->f->live_subs--;
+    async_ref_update(sub->f);
     struct topic *t = sub->topic;
     if (t && --t->subscribers == 0 && t->watch) {
         natsSubscription_Unsubscribe(t->watch);

@@ -177,7 +177,8 @@ static void run_until(struct fixture *fx, const int *counter, int target)
 }
 
 /* Runs the loop until *counter reaches target: 10 s at most. */
-static void wait_until(struct fixture *fx, const int *counter, int target)
+#define wait_until(fx, counter, target) wait_until_(fx, counter, target, #counter)
+static void wait_until_(struct fixture *fx, const int *counter, int target, const char *what)
 {
     int64_t deadline = time_now_ms() + 10000;
     while (*counter < target && time_now_ms() < deadline) {
@@ -186,7 +187,7 @@ static void wait_until(struct fixture *fx, const int *counter, int target)
             usleep(1000);
     }
     if (*counter < target)
-        fail_msg("waited 10 s for %d calls, got %d", target, *counter);
+        fail_msg("waited 10 s for %d calls of %s, got %d", target, what, *counter);
 }
 
 static void append_text(struct fixture *fx, const char *topic, const char *text, struct acks *a)
@@ -859,6 +860,8 @@ static void test_nats_down(void **state)
     append_text(fx, "t", "after", &again);
     run_until(fx, &again.calls, 1);
     assert_int_equal(again.status, 0);
+    /* appends sent into the dead connection report to `a` by the close at the latest */
+    close_fabric(fx);
 }
 
 static bool nats_server_installed(void)
