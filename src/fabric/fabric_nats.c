@@ -937,6 +937,36 @@ static void nats_get_stats(struct fabric *f, struct fabric_stats *out)
 
 /* ---- open and close --------------------------------------------------------------------- */
 
+/* The server list with any "user:PASSWORD@" (or a token "TOKEN@") replaced by "***@", for
+ * messages: the caller frees it. */
+static char *url_masked(const char *url)
+{
+    char *out = xmalloc(strlen(url) * 2 + 8), *o = out;
+    const char *p = url;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *scheme = memmem(p, len, "://", 3);
+        const char *host = scheme ? scheme + 3 : p;
+        const char *at = memchr(host, '@', len - (size_t)(host - p));
+        if (at) {
+            memcpy(o, p, (size_t)(host - p));
+            o += host - p;
+            o += sprintf(o, "***");
+            memcpy(o, at, len - (size_t)(at - p));
+            o += len - (size_t)(at - p);
+        } else {
+            memcpy(o, p, len);
+            o += len;
+        }
+        p += len;
+        if (*p == ',')
+            *o++ = *p++;
+    }
+    *o = 0;
+    return out;
+}
+
 static void fabric_free(struct fabric *f)
 {
     while (f->topics) {
@@ -1036,6 +1066,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
         f->cfg.max_record_bytes = 1u << 20;
     f->url = xstrdup(cfg->nats_url);
     f->cfg.nats_url = f->url;
+    char *shown = url_masked(f->url); /* never a password in a message */
     f->cfg.dir = NULL;
     f->done_tail = &f->done;
     pthread_mutex_init(&f->lock, NULL);
@@ -1067,7 +1098,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
         snprintf(errmsg, errlen,
                  "bad NATS servers \"%s\" (%s): give --nats as "
                  "nats://HOST:PORT[,nats://HOST:PORT...]",
-                 f->url, natsStatus_GetText(s));
+                 shown, natsStatus_GetText(s));
         goto fail;
     }
     s = natsConnection_Connect(&f->nc, opts);
@@ -1077,7 +1108,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
         snprintf(errmsg, errlen,
                  "cannot connect to NATS at %s (%s): start nats-server "
                  "with -js, or fix --nats / SKIFF_NATS",
-                 f->url, natsStatus_GetText(s));
+                 shown, natsStatus_GetText(s));
         goto fail;
     }
     jsOptions jo;
@@ -1088,7 +1119,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     jo.PublishAsync.MaxPending = 1 << 16;
     s = natsConnection_JetStream(&f->js, f->nc, &jo);
     if (s != NATS_OK) {
-        snprintf(errmsg, errlen, "cannot use JetStream at %s: %s", f->url, natsStatus_GetText(s));
+        snprintf(errmsg, errlen, "cannot use JetStream at %s: %s", shown, natsStatus_GetText(s));
         goto fail;
     }
     int rc = cursor_stream_ensure(f);
@@ -1096,16 +1127,18 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
         snprintf(errmsg, errlen,
                  "JetStream at %s refused the cursors stream (%s): is "
                  "JetStream enabled (nats-server -js), with enough servers for %d replicas?",
-                 f->url, fabric_strerror(rc), cfg->nats_replicas > 0 ? cfg->nats_replicas : 1);
+                 shown, fabric_strerror(rc), cfg->nats_replicas > 0 ? cfg->nats_replicas : 1);
         goto fail;
     }
     natsOptions_Destroy(opts);
+    free(shown);
     uv_async_init(loop, &f->async, on_async);
     f->async.data = f;
     uv_unref((uv_handle_t *)&f->async);
     *out = f;
     return 0;
 fail:
+    free(shown);
     free(list);
     natsOptions_Destroy(opts);
     jsCtx_Destroy(f->js);

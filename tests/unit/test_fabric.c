@@ -864,6 +864,25 @@ static void test_nats_down(void **state)
     close_fabric(fx);
 }
 
+/* No server at the URL: open fails at once with a message that names the servers, never their
+ * password, and says what to do. */
+static void test_nats_unreachable(void **state)
+{
+    struct fixture *fx = *state;
+    char url[128], err[512] = "";
+    snprintf(url, sizeof(url), "nats://skiff:hunter2@127.0.0.1:%d,nats://tok3n@127.0.0.1:%d",
+             free_port(), free_port());
+    struct fabric_config cfg = {.nats_url = url};
+    int64_t t0 = time_now_ms();
+    assert_int_equal(fabric_open(&fx->loop, &cfg, &fx->f, err, sizeof(err)), -ENOTCONN);
+    assert_null(fx->f);
+    assert_true(time_now_ms() - t0 < 5000);
+    assert_null(strstr(err, "hunter2"));
+    assert_null(strstr(err, "tok3n"));
+    assert_non_null(strstr(err, "nats://***@127.0.0.1:"));
+    assert_non_null(strstr(err, "--nats"));
+}
+
 static bool nats_server_installed(void)
 {
     return system("command -v nats-server >/dev/null 2>&1") == 0;
@@ -884,6 +903,7 @@ int main(void)
     };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nats_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segment_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_descriptors_waits_and_recovers, setup,
