@@ -215,3 +215,47 @@ def test_r3_cluster_keeps_acknowledging_with_a_node_down(nats_cluster):
               (leader, new_leader[0]["cluster"]["leader"], len(acked)))
     finally:
         p.close()
+
+
+def test_spaces_stay_apart_on_jetstream(nats):
+    """Two orgs' topics of one name are two streams; no name a tenant can send reaches the
+    other's stream."""
+    from test_tenancy_isolation import PASSWORD, call
+    p = nats_platform([nats.url]).start()
+    try:
+        admin = p.token
+        tokens, space_guid = {}, {}
+        for user, org in (("alice", "a"), ("bob", "b")):
+            assert call(p, admin, "POST", "/v1/users", {"name": user, "password": PASSWORD})[0] == 201
+            assert call(p, admin, "POST", "/v1/orgs", {"name": org})[0] == 201
+            status, body = call(p, admin, "POST", "/v1/orgs/%s/spaces" % org, {"name": "dev"})
+            assert status == 201, body
+            space_guid[user] = body["guid"]
+            assert call(p, admin, "PUT", "/v1/orgs/%s/spaces/dev/users/%s/roles/SpaceDeveloper"
+                        % (org, user))[0] == 204
+            status, body = call(p, None, "POST", "/v1/auth/token", {
+                "grant_type": "password", "username": user, "password": PASSWORD})
+            assert status == 200, body
+            tokens[user] = body["access_token"]
+        A, B = "space=a%2Fdev", "space=b%2Fdev"
+        assert call(p, tokens["alice"], "POST", "/v1/topics/orders/events?" + A,
+                    {"from": "alice"})[0] == 202
+
+        def alice_stream():
+            hexid = space_guid["alice"].replace("-", "")
+            found = [st for st in nats.streams() if st["name"] == "SKIFF_EV_s%s~orders" % hexid]
+            assert len(found) == 1, [st["name"] for st in nats.streams()]
+            return found[0]["state"]["messages"]
+        assert alice_stream() == 1
+        hexid = space_guid["alice"].replace("-", "")
+        tricks = ["orders", "s%s.orders" % hexid, "s%s~orders" % hexid, "..%2Forders",
+                  "a%2Fdev%2Forders", "%2A", "%3E", "s" + hexid + ".%3E", "orders.%2A"]
+        for topic in tricks:
+            status, body = call(p, tokens["bob"], "POST", "/v1/topics/%s/events?%s" % (topic, B),
+                                {"from": "bob"})
+            assert status in (202, 400, 403, 404), (topic, status, body)
+        assert alice_stream() == 1
+        status, text = call(p, tokens["alice"], "GET", "/v1/topics/orders/events?%s&from=start" % A)
+        assert status == 200 and "bob" not in json.dumps(text), text
+    finally:
+        p.close()
