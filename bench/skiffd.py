@@ -83,19 +83,22 @@ class Skiffd:
         stop_home(self.home)
 
 
-def start(bindir, prefix="skiff-bench-", extra_env=None):
-    """skiffd from bindir in a new home on free loopback ports, once its API answers."""
+def start(bindir, prefix="skiff-bench-", extra_env=None, extra_args=()):
+    """skiffd from bindir (with extra_args) in a new home on free loopback ports, once its API
+    answers."""
     home = tempfile.mkdtemp(prefix=prefix)
     os.chmod(home, 0o755)
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
     env = dict(os.environ, SKIFF_HOME=home, HOME=home, SKIFF_API_ADDR=f"127.0.0.1:{api_port}",
                SKIFF_ROUTER_ADDR=f"127.0.0.1:{router_port}",
                SKIFF_ROUTER_ADMIN_ADDR=f"127.0.0.1:{admin_port}",
+               SKIFF_ROUTER_TLS_ADDR=f"127.0.0.1:{free_port()}",
+               SKIFF_API_TLS_ADDR=f"127.0.0.1:{free_port()}",
                SKIFF_BUILDPACKS=os.path.join(ROOT, "buildpacks"), **(extra_env or {}))
     env.pop("SKIFF_API", None)
     env.pop("SKIFF_TOKEN", None)
     with open(os.path.join(home, "skiffd.out"), "wb") as log:
-        proc = subprocess.Popen([os.path.join(bindir, "skiffd")], env=env, stdout=log,
+        proc = subprocess.Popen([os.path.join(bindir, "skiffd"), *extra_args], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     with open(os.path.join(home, "skiffd.pid"), "w") as f:
         f.write(str(proc.pid))

@@ -27,6 +27,7 @@ struct api_core {
     int hub_sub; /* on cfg.hub: instance changes */
     uint64_t apps_cache_instance_changes;
     struct api_core_ssh *ssh; /* ssh.c: the sessions open */
+    struct api_core_images_gc *images_gc; /* images_gc.c; NULL without containers */
 };
 
 void api_core__routes_changed(struct api_core *core);
@@ -50,12 +51,19 @@ void api_core__respond_app(struct api_core *core, struct api_request *req, int s
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
 /* Maps host/path to app; balance NULL: round-robin for a new route, unchanged for one the
- * app has. Answers and returns false on error. */
+ * app has; https_only 0 or 1 sets it, -1 keeps it (off for a new route). Answers and returns
+ * false on error. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const struct store_app *app, const char *spec, const char *path_in,
-                         const char *balance);
+                         const char *balance, int https_only);
 void api_core__follow_forget(struct api_core *core, void *follow);
 void api_core__followers_end(struct api_core *core);
+
+/* certs.c: a domain's own HTTPS certificate */
+void api_core__certs_register(struct api_core *core);
+/* {"subject", "issuer", "not_before", "not_after"} of the domain's certificate (new
+ * reference), or NULL when it has none. */
+json_t *api_core__domain_cert_json(struct api_core *core, const char *name);
 
 /* staging.c */
 void api_core__staging_register(struct api_core *core);
@@ -76,6 +84,13 @@ bool api_label_value_valid(const char *value);
 /* Whether labels (a JSON object of strings) match a label selector ("env=prod,!legacy,tier in
  * (web,api)"): 1 or 0, or -EINVAL with what is wrong in err. */
 int api_labels_match(json_t *labels, const char *selector, char *err, size_t errlen);
+/* images_gc.c: the image store's garbage collection. _soon after anything that can leave a
+ * layer unused (it runs off the loop, again while an instance still uses one); _close at
+ * shutdown. */
+void api_core__images_gc_init(struct api_core *core);
+void api_core__images_gc_soon(struct api_core *core);
+void api_core__images_gc_close(struct api_core *core);
+
 /* ssh.c: POST /v1/apps/NAME/ssh (skiff ssh); _end_all ends every session (shutdown). */
 void api_core__ssh_register(struct api_core *core);
 void api_core__ssh_end_all(struct api_core *core);

@@ -7,7 +7,7 @@
 const struct cli_command cli_core_commands[] = {
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
-     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER] "
+     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function [FILE:HANDLER]] "
      "[--strategy rolling|recreate] [--vars-file FILE]... [--var NAME=VALUE]... "
      "[--docker-image REF [--docker-username USER]]",
      "Upload an app, stage it with a buildpack and start it",
@@ -26,7 +26,9 @@ const struct cli_command cli_core_commands[] = {
      "  --no-route               do not map the default route NAME.localhost\n"
      "  --no-start               upload and stage, but do not start\n"
      "  --no-manifest            ignore ./manifest.yml\n"
-     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
+     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh); with\n"
+     "                           --docker-image and no value, the image is the function: it\n"
+     "                           serves CloudEvents (binary mode) on its port, from zero\n"
      "  -o, --docker-image REF   push a prebuilt image instead of a folder: from a registry\n"
      "                           ([REGISTRY/]NAME[:TAG][@DIGEST]; skiffd pulls it at each\n"
      "                           staging), or a tarball: oci-archive:FILE (an OCI image\n"
@@ -173,14 +175,16 @@ const struct cli_command cli_core_commands[] = {
      "The app sees it after `skiff restart NAME`.\n", cli_cmd_set_env},
     {"unset-env", "unset-env NAME KEY", "Remove an environment variable of an app",
      "The app stops seeing it after `skiff restart NAME`.\n", cli_cmd_unset_env},
-    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY]",
+    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY] [--https-only]",
      "Route requests for HOST[/PATH] to an app",
      "HOST must end in a known domain (`skiff domains`), like hello.localhost.\n"
      "The longest matching path wins.\n\n"
      "  --path PATH        only requests under this path prefix, like /v1\n"
      "  --balance POLICY   how requests are spread over the app's instances: round-robin\n"
      "                     (the default) or least-connection (to the one with the fewest\n"
-     "                     requests in flight); on a route the app has, changes it\n\n"
+     "                     requests in flight); on a route the app has, changes it\n"
+     "  --https-only       plain HTTP requests get a redirect to HTTPS (301, or 308 for\n"
+     "                     methods other than GET and HEAD)\n\n"
      "Example:\n  skiff map-route hello api.localhost --path /v1 --balance least-connection\n",
      cli_cmd_map_route},
     {"unmap-route", "unmap-route NAME HOST [--path PATH]", "Remove a route from an app",
@@ -190,8 +194,17 @@ const struct cli_command cli_core_commands[] = {
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
     {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},
-    {"create-domain", "create-domain NAME", "Add a shared domain for routes",
-     "Example:\n  skiff create-domain example.test\n", cli_cmd_create_domain},
+    {"create-domain", "create-domain NAME [--cert FILE --key FILE]",
+     "Add a shared domain for routes (with its own HTTPS certificate)",
+     "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
+     "  --key FILE    its PEM private key (kept where only the platform reads it)\n"
+     "Example:\n  skiff create-domain example.test --cert example.pem --key example.key\n",
+     cli_cmd_create_domain},
+    {"update-domain", "update-domain NAME --cert FILE --key FILE",
+     "Give a domain a new HTTPS certificate (no restart; open connections keep theirs)",
+     "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
+     "  --key FILE    its PEM private key\n",
+     cli_cmd_update_domain},
     {"ssh", "ssh NAME [-i INDEX] [--process TYPE] [-c COMMAND] [-t|-T]",
      "Run a shell or a command inside a running instance",
      "Runs COMMAND (with /bin/sh -c), or a login shell without -c, inside the container of\n"

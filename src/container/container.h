@@ -204,6 +204,7 @@ struct container_enter {
     const char *seccomp_bpf; /* the filter built ahead (seccomp_export_default), or NULL */
     bool tty;
     unsigned short rows, cols; /* 0: 24 x 80 */
+    unsigned uid, gid; /* the command's ids inside, the program's (an image's User); 0: vcap */
 };
 int container_enter(const struct container_enter *e, char *const argv[], char *const envp[],
                     char *err, size_t errlen);

@@ -2872,10 +2872,39 @@ bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *
     return inst->disk_full_told;
 }
 
+char **executor_image_layers(struct executor *ex)
+{
+    char *dir = xasprintf("%s/instances", ex->home);
+    DIR *d = opendir(dir);
+    size_t n = 0, cap = 8;
+    char **out = xcalloc(cap, sizeof *out);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (de->d_name[0] == '.')
+            continue;
+        char *path = xasprintf("%s/%s/container.json", dir, de->d_name);
+        char *text = NULL;
+        json_t *j = file_read(path, &text, NULL) == 0 ? json_loads(text, 0, NULL) : NULL;
+        const char *layers = json_string_value(json_object_get(j, "image_layers"));
+        if (layers) {
+            if (n + 1 == cap)
+                out = xrealloc(out, (cap *= 2) * sizeof *out);
+            out[n++] = xstrdup(layers);
+            out[n] = NULL;
+        }
+        json_decref(j);
+        free(text);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    return out;
+}
+
 int64_t instance_host_uid(const struct instance *inst)
 {
     if (inst->ex->isolation == EXECUTOR_CONTAINER)
-        return (int64_t)inst->ex->uid_base + CONTAINER_VCAP_UID;
+        return (int64_t)inst->ex->uid_base + (inst->user_uid ? inst->user_uid : CONTAINER_VCAP_UID);
     return inst->pid > 0 ? (int64_t)getuid() : -1;
 }
 
@@ -2948,6 +2977,10 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
     if (inst->ex->seccomp_bpf) {
         x->argv[argc++] = xstrdup("--seccomp");
         x->argv[argc++] = xstrdup(inst->ex->seccomp_bpf);
+    }
+    if (inst->user_uid) { /* an image's User: the session is its, as the program is */
+        x->argv[argc++] = xstrdup("--user");
+        x->argv[argc++] = xasprintf("%u:%u", inst->user_uid, inst->user_gid);
     }
     if (spec->tty) {
         x->argv[argc++] = xstrdup("--tty");

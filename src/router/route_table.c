@@ -200,6 +200,7 @@ static bool route_from_json(json_t *jr, struct route *r, int *skipped)
     r->balance = strcmp(balance, "least-connection") == 0 ? ROUTE_BALANCE_LEAST_CONNECTION
                                                           : ROUTE_BALANCE_ROUND_ROBIN;
     r->scale_from_zero = json_is_true(json_object_get(jr, "scale_from_zero"));
+    r->https_only = json_is_true(json_object_get(jr, "https_only"));
     if (r->app_guid[0])
         r->stats = route_stats_get(r->app_guid, r->process);
     json_t *jb = json_object_get(jr, "backends");

@@ -142,6 +142,7 @@ struct store_route {
     char *domain;  /* the domain the host ends in */
     char *balance; /* "round-robin" or "least-connection" (docs/bus.md); NULL on add means
                     * "round-robin". The store keeps the text; the API checks the value. */
+    bool https_only; /* a plain-HTTP request gets a redirect to HTTPS */
 };
 
 struct store_droplet {
@@ -215,6 +216,8 @@ int store_route_delete(struct store *st, const char *host, const char *path);
 /* Changes an existing route's balance; -ENOENT when there is no route host+path. */
 int store_route_set_balance(struct store *st, const char *host, const char *path,
                             const char *balance);
+/* Changes an existing route's https_only; -ENOENT when there is no route host+path. */
+int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on);
 /* All routes (app_guid NULL) or an app's, ordered by host then path. */
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n);
 void store_route_list_free(struct store_route *routes, size_t n);

@@ -113,6 +113,8 @@ const char *const store_sqlite_migrations[] = {
     /* 12: whether `skiff ssh` may enter the app's instances (Cloud Foundry's enable_ssh, on
      * unless turned off: store.h's store_app.ssh_disabled) */
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
+    /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
+    "ALTER TABLE routes ADD COLUMN https_only INTEGER NOT NULL DEFAULT 0;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -716,8 +718,8 @@ static int sqlite__app_delete(struct store_backend *st, const char *guid)
 static int sqlite__route_add(struct store_backend *st, const struct store_route *route)
 {
     sqlite3_stmt *q =
-        store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance) "
-                           "VALUES (?, ?, ?, ?, ?, ?)");
+        store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance, "
+                           "https_only) VALUES (?, ?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, route->guid);
@@ -726,7 +728,24 @@ static int sqlite__route_add(struct store_backend *st, const struct store_route 
     store__bind_text(q, 4, route->app_guid);
     store__bind_text(q, 5, route->domain);
     store__bind_text(q, 6, route->balance ? route->balance : "round-robin");
+    sqlite3_bind_int(q, 7, route->https_only ? 1 : 0);
     return store__step_done(st, q);
+}
+
+static int sqlite__route_set_https_only(struct store_backend *st, const char *host,
+                                        const char *path, bool on)
+{
+    sqlite3_stmt *q =
+        store__prepare(st, "UPDATE routes SET https_only = ? WHERE host = ? AND path = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_int(q, 1, on ? 1 : 0);
+    store__bind_text(q, 2, host);
+    store__bind_text(q, 3, path ? path : "");
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
 }
 
 static int sqlite__route_set_balance(struct store_backend *st, const char *host, const char *path,
@@ -762,10 +781,10 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
                               struct store_route **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
-        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance FROM routes "
-                       "WHERE app_guid = ? ORDER BY host, path"
-                     : "SELECT guid, host, path, app_guid, domain, balance FROM routes "
-                       "ORDER BY host, path");
+        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only FROM "
+                       "routes WHERE app_guid = ? ORDER BY host, path"
+                     : "SELECT guid, host, path, app_guid, domain, balance, https_only FROM "
+                       "routes ORDER BY host, path");
     if (!q)
         return -EIO;
     if (app_guid)
@@ -782,6 +801,7 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
         r->app_guid = store__col_text(q, 3);
         r->domain = store__col_text(q, 4);
         r->balance = store__col_text(q, 5);
+        r->https_only = sqlite3_column_int(q, 6) != 0;
     }
     if (store__read_done(st, q, step, "list routes") < 0) {
         store_route_list_free(routes, count);
@@ -1210,6 +1230,7 @@ const struct store_ops store_sqlite_ops = {
     .route_add = sqlite__route_add,
     .route_delete = sqlite__route_delete,
     .route_set_balance = sqlite__route_set_balance,
+    .route_set_https_only = sqlite__route_set_https_only,
     .route_list = sqlite__route_list,
     .domain_add = sqlite__domain_add,
     .domain_list = sqlite__domain_list,

@@ -585,7 +585,29 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_string_equal(routes[1].path, "/api");
     assert_string_equal(routes[1].balance, "least-connection");
     assert_string_equal(routes[2].balance, "least-connection");
+    assert_false(routes[0].https_only); /* off unless asked for */
     store_route_list_free(routes, n);
+    /* https_only: given at add, changed on a route that exists */
+    r.path = "/secure";
+    r.https_only = true;
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    assert_int_equal(store_route_set_https_only(st, "shop.localhost", "/api", true), 0);
+    assert_int_equal(store_route_set_https_only(st, "shop.localhost", "/none", true), -ENOENT);
+    assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
+    assert_int_equal(n, 4);
+    assert_false(routes[0].https_only);
+    assert_string_equal(routes[1].path, "/api");
+    assert_true(routes[1].https_only);
+    assert_false(routes[2].https_only);
+    assert_string_equal(routes[3].path, "/secure");
+    assert_true(routes[3].https_only);
+    store_route_list_free(routes, n);
+    assert_int_equal(store_route_set_https_only(st, "shop.localhost", "/api", false), 0);
+    assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
+    assert_false(routes[1].https_only);
+    store_route_list_free(routes, n);
+    assert_int_equal(store_route_delete(st, "shop.localhost", "/secure"), 0);
     assert_int_equal(store_route_delete(st, "shop.localhost", "/api"), 0);
     assert_int_equal(store_route_delete(st, "shop.localhost", "/api"), -ENOENT);
     /* deleting the app takes its routes */
