@@ -9,8 +9,8 @@
  * records become durable.
  *
  * This header is the whole contract; the embedded backend keeps one folder per fabric on the
- * local disk, and a NATS JetStream backend can implement the same calls (a topic is a stream,
- * a cursor a durable consumer). Nothing here exposes how records are laid out on disk.
+ * local disk, and the NATS JetStream backend (fabric_config.nats_url) implements the same calls
+ * (a topic is a stream; see README.md). Nothing here exposes how records are laid out.
  *
  * Threading: a fabric belongs to one libuv loop. Every call is made on that loop's thread and
  * every callback runs there, never from inside the call that registered it.
@@ -84,7 +84,8 @@ typedef void (*fabric_append_cb)(void *arg, int status, uint64_t first_offset, s
 /* Appends count records to topic (created on its first append) in one piece: they get
  * consecutive offsets and no other append interleaves. The payloads are copied before the
  * call returns. cb (may be NULL) runs once all of them are durable. first_offset (may be
- * NULL) receives the first offset at once; it is final but not yet durable.
+ * NULL) receives the first offset at once; it is final but not yet durable. On JetStream,
+ * which numbers records when it stores them, it receives UINT64_MAX: cb has the offset.
  * Errors: -EINVAL bad topic name or count 0, -EMSGSIZE a record too large, -EIO the disk
  * failed (the fabric then refuses appends until it is reopened), -ENOSPC the disk is full,
  * -EMFILE / -ENFILE / -ENOMEM a passing shortage (a new topic needs a descriptor): only this
