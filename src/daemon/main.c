@@ -100,6 +100,11 @@ static void usage(FILE *out)
         "                              user with no isolation at all: UNSAFE, for development\n"
         "  --store URL                 the store (SKIFF_STORE, default sqlite:HOME/skiff.db);\n"
         "                              postgres://USER[:PASSWORD]@HOST/DB for PostgreSQL\n"
+        "  --nats URL[,URL...]         keep events in NATS JetStream instead of the embedded log\n"
+        "                              (SKIFF_NATS), e.g. nats://h1:4222,nats://h2:4222\n"
+        "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
+        "                              default 1; a publish is acknowledged once a majority of\n"
+        "                              them stored it, JetStream's rule)\n"
         "  --no-builtin-brokers        do not run the built-in service brokers (postgresql,\n"
         "                              redis; SKIFF_BUILTIN_BROKERS=0)\n"
         "  --network-pool CIDR         containers' addresses (SKIFF_NETWORK_POOL, default\n"
@@ -494,6 +499,8 @@ int main(int argc, char **argv)
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     const char *store_location = env_or("SKIFF_STORE", "");
+    const char *nats_url = env_or("SKIFF_NATS", "");
+    const char *nats_replicas_text = env_or("SKIFF_NATS_REPLICAS", "1");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
     bool no_builtin_brokers = false;
@@ -528,6 +535,10 @@ int main(int argc, char **argv)
             target = &store_location;
         else if (!strcmp(a, "--prewarm"))
             target = &prewarm_text;
+        else if (!strcmp(a, "--nats"))
+            target = &nats_url;
+        else if (!strcmp(a, "--nats-replicas"))
+            target = &nats_replicas_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--insecure-registry")) {
@@ -555,6 +566,15 @@ int main(int argc, char **argv)
             return 2;
         }
         *target = argv[++i];
+    }
+    char *replicas_end;
+    long nats_replicas = strtol(nats_replicas_text, &replicas_end, 10);
+    if (*replicas_end || replicas_end == nats_replicas_text || nats_replicas < 1 ||
+        nats_replicas > 5) {
+        log_error("--nats-replicas %s is not a number of replicas from 1 to 5 (JetStream's "
+                  "limit)",
+                  nats_replicas_text);
+        return 2;
     }
     int drain_timeout_ms = (int)env_long("SKIFF_DRAIN_TIMEOUT_MS", SCHEDULER_DRAIN_TIMEOUT_MS, 1);
     if (drain_timeout) {
@@ -795,7 +815,9 @@ int main(int argc, char **argv)
                                .store = d.store,
                                .scheduler = d.sched,
                                .hub = d.hub,
-                               .logs = d.logs};
+                               .logs = d.logs,
+                               .nats_url = nats_url,
+                               .nats_replicas = (int)nats_replicas};
     const char *own_addrs[] = {
         d.api_addr,   d.router_addr, d.router_admin_addr, d.router_tls_addr, d.api_tls_addr,
         publish_addr, NULL};
