@@ -623,6 +623,24 @@ static void http__flush(struct http_conn *c)
         http__after_write(c);
 }
 
+/* A connection closed on purpose in the turn it was written to (a stream ended as the server
+ * stops, an answer followed by a close): what the socket takes of it goes now, as a send made
+ * at once would have. Nothing is queued: the handle is about to close. */
+static void http__flush_last(struct http_conn *c)
+{
+    if (c->out.len == 0 || c->write_queued)
+        return;
+    const char *data = c->out.data;
+    size_t len = c->out.len;
+    if (c->tls) {
+        if (tls_conn_write(c->tls, c->out.data, c->out.len) < 0)
+            return;
+        len = tls_conn_output(c->tls, &data);
+    }
+    uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+    (void)uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+}
+
 /* What TLS itself has to send now (the handshake, alerts, close_notify), apart from answers. */
 static void http__tls_flush(struct http_conn *c)
 {
@@ -1457,6 +1475,7 @@ static void http__conn_close(struct http_conn *c)
     }
     struct http_server *s = c->server;
     c->closing = true;
+    http__flush_last(c);
     http__flush_remove(c);
     if (c->prev)
         c->prev->next = c->next;
