@@ -433,7 +433,7 @@ static struct store_process *core__process_ensure(struct store_app *app, const c
     memset(p, 0, sizeof *p);
     p->type = xstrdup(type);
     p->instances = strcmp(type, "web") ? 0 : 1;
-    p->min_instances = store_process_default_min(app->kind, type);
+    store_process_default_policy(app->kind, p);
     return p;
 }
 

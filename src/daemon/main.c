@@ -223,9 +223,29 @@ static void daemon_autoscaler_router_gone(void *as, int router)
     autoscaler_router_gone(as, router);
 }
 
-static void daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
+static int daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
 {
-    autoscaler_woken(as, app_guid, process);
+    return autoscaler_woken(as, app_guid, process);
+}
+
+/* ---- the invoker's event work to the autoscaler (invoker -> autoscaler, wired here) ---------- */
+
+static bool daemon_invoker_work(void *invoker, const char *app_guid, const char *process,
+                                struct autoscaler_work *out)
+{
+    struct invoker_work w;
+    if (!invoker_work_of(invoker, app_guid, process, &w))
+        return false;
+    *out = (struct autoscaler_work){.load = w.load,
+                                    .peak = w.peak,
+                                    .max_instances = w.max_instances,
+                                    .idle_grace_ms = w.idle_grace_ms};
+    return true;
+}
+
+static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted)
+{
+    return autoscaler_wake(as, app_guid, process, wanted);
 }
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
@@ -714,7 +734,8 @@ int main(int argc, char **argv)
         goto fail;
     }
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
-    autoscaler_set_floor(d.autoscaler, invoker_instances_wanted, d.invoker);
+    autoscaler_set_work(d.autoscaler, daemon_invoker_work, d.invoker);
+    invoker_set_wake(d.invoker, daemon_invoker_wake, d.autoscaler);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);

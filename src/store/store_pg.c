@@ -107,6 +107,16 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN log_rate_limit BIGINT NOT NULL DEFAULT -1;",
     /* 11: sidecars (store.h's store_app.sidecars_json) */
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
+    /* 12: a function's max_instances has one owner, its scaling policy (store_sqlite.c) */
+    "UPDATE processes SET max_instances ="
+    "  COALESCE((function::jsonb->>'max_instances')::integer, 10)"
+    "  WHERE function IS NOT NULL AND max_instances = 0 AND min_instances >= 0;"
+    "UPDATE processes SET function = (function::jsonb - 'max_instances')::text"
+    "  WHERE function IS NOT NULL;"
+    "UPDATE processes SET max_instances = 10 WHERE max_instances = 0 AND min_instances >= 0"
+    "  AND type = 'web' AND app_guid IN (SELECT guid FROM apps WHERE kind = 'function');"
+    "UPDATE processes SET target_concurrency = 100 WHERE max_instances > 0"
+    "  AND target_concurrency = 0 AND target_rps = 0;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 

@@ -110,6 +110,17 @@ const char *const store_sqlite_migrations[] = {
     /* 11: sidecars, Cloud Foundry's extra processes in an instance's container (store.h's
      * store_app.sidecars_json) */
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
+    /* 12: a function's max_instances has one owner, its scaling policy: a function inside an
+     * app takes it from its function document (which no longer holds it), a function app's
+     * process gets the default policy (store_process_default_policy) */
+    "UPDATE processes SET max_instances = COALESCE(json_extract(function, '$.max_instances'), 10)"
+    "  WHERE function IS NOT NULL AND max_instances = 0 AND min_instances >= 0;"
+    "UPDATE processes SET function = json_remove(function, '$.max_instances')"
+    "  WHERE function IS NOT NULL;"
+    "UPDATE processes SET max_instances = 10 WHERE max_instances = 0 AND min_instances >= 0"
+    "  AND type = 'web' AND app_guid IN (SELECT guid FROM apps WHERE kind = 'function');"
+    "UPDATE processes SET target_concurrency = 100 WHERE max_instances > 0"
+    "  AND target_concurrency = 0 AND target_rps = 0;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
