@@ -92,6 +92,9 @@ static void usage(FILE *out)
         "                              ahead but for the droplet and the program, so that an\n"
         "                              instance of the default disk size starts in a few ms;\n"
         "                              each holds a network slot, a disk and ~2 MB; 0: none\n"
+        "  --prewarm-memory MB         the warm containers' memory budget (SKIFF_PREWARM_MEMORY,\n"
+        "                              default 256): the pool is refilled only while its\n"
+        "                              containers' memory and one more fit in it\n"
         "  --insecure-registry HOST:PORT\n"
         "                              an image registry spoken to over plain http instead of\n"
         "                              https (repeatable; for a registry on this machine)\n"
@@ -428,6 +431,7 @@ int main(int argc, char **argv)
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
+    const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256");
     bool no_builtin_brokers = false;
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
@@ -452,6 +456,8 @@ int main(int argc, char **argv)
             target = &store_location;
         else if (!strcmp(a, "--prewarm"))
             target = &prewarm_text;
+        else if (!strcmp(a, "--prewarm-memory"))
+            target = &prewarm_memory_text;
         else if (!strcmp(a, "--insecure-registry")) {
             if (i + 1 >= argc || n_insecure + 1 >= ARRAY_SIZE(insecure_registries)) {
                 log_error("--insecure-registry needs HOST:PORT (at most %zu of them)",
@@ -494,6 +500,13 @@ int main(int argc, char **argv)
     long prewarm = strtol(prewarm_text, &prewarm_end, 10);
     if (*prewarm_end || prewarm_end == prewarm_text || prewarm < 0 || prewarm > 64) {
         log_error("--prewarm %s is not a number of containers from 0 to 64", prewarm_text);
+        return 2;
+    }
+    long prewarm_memory = strtol(prewarm_memory_text, &prewarm_end, 10);
+    if (*prewarm_end || prewarm_end == prewarm_memory_text || prewarm_memory < 1 ||
+        prewarm_memory > 1048576) {
+        log_error("--prewarm-memory %s is not a number of megabytes from 1 to 1048576",
+                  prewarm_memory_text);
         return 2;
     }
     bool contained = !strcmp(isolation, "container");
@@ -657,6 +670,7 @@ int main(int argc, char **argv)
         .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
         .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
         .prewarm = (int)prewarm,
+        .prewarm_memory_mb = (int)prewarm_memory,
         .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
         log_warning("%s is missing: no instance can start (build it with `make`, and "

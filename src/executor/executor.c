@@ -140,6 +140,9 @@ struct executor {
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
     int prewarm;                         /* warm containers kept, of each kind in use */
+    uint64_t prewarm_budget;             /* bytes the pool may use (executor_config) */
+    /* the most memory a warm container of each kind has used, as measured: [0] plain */
+    uint64_t warm_charge_seen[1 + EXECUTOR_RUNTIMES];
     char *runtimes_dir;                  /* where the runtimes' zygotes are (buildpacks) */
     bool runtime_usable[EXECUTOR_RUNTIMES]; /* its zygote is there */
     bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
@@ -1113,9 +1116,31 @@ static int warm__add(struct executor *ex, int runtime)
     return rc;
 }
 
+bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes)
+{
+    return pool_bytes <= budget_bytes && next_bytes <= budget_bytes - pool_bytes;
+}
+
+/* What the warm pool uses now, by its containers' cgroups; each measure raises the most its
+ * kind has used (the charge of the next one of that kind). */
+static uint64_t warm__pool_bytes(struct executor *ex)
+{
+    uint64_t total = 0;
+    for (struct executor__warm *w = ex->warm; w; w = w->next) {
+        uint64_t cpu = 0, mem = 0;
+        if (!w->cg || cgroup_usage(w->cg, &cpu, &mem) < 0)
+            continue;
+        total += mem;
+        if (mem > ex->warm_charge_seen[1 + w->runtime])
+            ex->warm_charge_seen[1 + w->runtime] = mem;
+    }
+    return total;
+}
+
 static void warm__refill(uv_timer_t *t)
 {
     struct executor *ex = t->data;
+    bool again = false;
     /* prewarm plain ones, and prewarm of each runtime an instance has started with */
     for (int kind = -1; kind < EXECUTOR_RUNTIMES; kind++) {
         if (kind >= 0 && !ex->runtime_wanted[kind])
@@ -1124,9 +1149,23 @@ static void warm__refill(uv_timer_t *t)
         for (struct executor__warm *w = ex->warm; w; w = w->next)
             have += w->runtime == kind;
         while (!ex->shutting_down && have < ex->prewarm &&
-               ex->warm_failures[1 + kind] < WARM_FAILURES_MAX && warm__add(ex, kind) == 0)
+               ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
+            /* the budget: what the pool uses, and the most one of this kind has used; while
+             * that is unknown (none measured yet), one at a time, measured before the next */
+            uint64_t next = ex->warm_charge_seen[1 + kind];
+            if (!executor_warm_fits(warm__pool_bytes(ex), next, ex->prewarm_budget))
+                break;
+            if (warm__add(ex, kind) < 0)
+                break;
             have++;
+            if (next == 0) {
+                again = have < ex->prewarm;
+                break;
+            }
+        }
     }
+    if (again) /* the new ones' memory shows once their programs are up */
+        warm__refill_soon(ex, 500);
 }
 
 static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
@@ -2061,6 +2100,9 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
     ex->prewarm = cfg->prewarm;
+    ex->prewarm_budget = (uint64_t)(cfg->prewarm_memory_mb > 0 ? cfg->prewarm_memory_mb
+                                                               : EXECUTOR_DEFAULT_PREWARM_MEMORY_MB)
+                         << 20;
     ex->runtimes_dir = cfg->runtimes_dir ? xstrdup(cfg->runtimes_dir) : NULL;
     for (int r = 0; r < EXECUTOR_RUNTIMES; r++) {
         char *zygote = ex->runtimes_dir
