@@ -92,9 +92,10 @@ static void usage(FILE *out)
         "                              ahead but for the droplet and the program, so that an\n"
         "                              instance of the default disk size starts in a few ms;\n"
         "                              each holds a network slot, a disk and ~2 MB; 0: none\n"
-        "  --prewarm-memory MB         the warm containers' memory budget (SKIFF_PREWARM_MEMORY,\n"
-        "                              default 256): the pool is refilled only while its\n"
-        "                              containers' memory and one more fit in it\n"
+        "  --prewarm-memory SIZE       the warm containers' memory budget (SKIFF_PREWARM_MEMORY,\n"
+        "                              default 256M; K, M or G, M when none): the pool is\n"
+        "                              refilled only while its containers' memory, as their\n"
+        "                              cgroups count it, and one more fit in it\n"
         "  --insecure-registry HOST:PORT\n"
         "                              an image registry spoken to over plain http instead of\n"
         "                              https (repeatable; for a registry on this machine)\n"
@@ -431,7 +432,7 @@ int main(int argc, char **argv)
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
-    const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256");
+    const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
@@ -503,9 +504,13 @@ int main(int argc, char **argv)
         return 2;
     }
     long prewarm_memory = strtol(prewarm_memory_text, &prewarm_end, 10);
-    if (*prewarm_end || prewarm_end == prewarm_memory_text || prewarm_memory < 1 ||
-        prewarm_memory > 1048576) {
-        log_error("--prewarm-memory %s is not a number of megabytes from 1 to 1048576",
+    int prewarm_shift = !*prewarm_end || !strcmp(prewarm_end, "M") ? 20
+                        : !strcmp(prewarm_end, "K")                ? 10
+                        : !strcmp(prewarm_end, "G")                ? 30
+                                                                   : -1;
+    if (prewarm_shift < 0 || prewarm_end == prewarm_memory_text || prewarm_memory < 1 ||
+        (uint64_t)prewarm_memory > (1ull << 40) >> prewarm_shift) {
+        log_error("--prewarm-memory %s is not a size from 1K to 1024G (like 256M)",
                   prewarm_memory_text);
         return 2;
     }
@@ -670,7 +675,7 @@ int main(int argc, char **argv)
         .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
         .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
         .prewarm = (int)prewarm,
-        .prewarm_memory_mb = (int)prewarm_memory,
+        .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
         .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
         log_warning("%s is missing: no instance can start (build it with `make`, and "

@@ -143,6 +143,7 @@ struct executor {
     uint64_t prewarm_budget;             /* bytes the pool may use (executor_config) */
     /* the most memory a warm container of each kind has used, as measured: [0] plain */
     uint64_t warm_charge_seen[1 + EXECUTOR_RUNTIMES];
+    bool warm_budget_told;               /* the budget stopped a refill, and the log says so */
     char *runtimes_dir;                  /* where the runtimes' zygotes are (buildpacks) */
     bool runtime_usable[EXECUTOR_RUNTIMES]; /* its zygote is there */
     bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
@@ -1121,8 +1122,10 @@ bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budge
     return pool_bytes <= budget_bytes && next_bytes <= budget_bytes - pool_bytes;
 }
 
-/* What the warm pool uses now, by its containers' cgroups; each measure raises the most its
- * kind has used (the charge of the next one of that kind). */
+static bool warm__ready(struct executor__warm *w);
+
+/* What the warm pool uses now, by its containers' cgroups; the measure of a ready one (its
+ * program up and listening) raises the most its kind has used: the charge of the next one. */
 static uint64_t warm__pool_bytes(struct executor *ex)
 {
     uint64_t total = 0;
@@ -1131,8 +1134,32 @@ static uint64_t warm__pool_bytes(struct executor *ex)
         if (!w->cg || cgroup_usage(w->cg, &cpu, &mem) < 0)
             continue;
         total += mem;
-        if (mem > ex->warm_charge_seen[1 + w->runtime])
+        if (warm__ready(w) && mem > ex->warm_charge_seen[1 + w->runtime])
             ex->warm_charge_seen[1 + w->runtime] = mem;
+    }
+    return total;
+}
+
+/* Keeps the pool within its budget once measured: a container whose kind was not measured
+ * before it was made may not fit; the newest that are not taken go. */
+static uint64_t warm__trim(struct executor *ex)
+{
+    uint64_t total = warm__pool_bytes(ex);
+    while (total > ex->prewarm_budget) {
+        struct executor__warm *w = ex->warm; /* newest first */
+        while (w && w->reserved)
+            w = w->next;
+        if (!w)
+            break;
+        uint64_t cpu = 0, mem = 0;
+        if (w->cg)
+            cgroup_usage(w->cg, &cpu, &mem);
+        log_info("a warm container (%llu K) goes: the pool is over its memory budget "
+                 "(%llu K of %llu K)",
+                 (unsigned long long)(mem >> 10), (unsigned long long)(total >> 10),
+                 (unsigned long long)(ex->prewarm_budget >> 10));
+        warm__discard(w);
+        total = total > mem ? total - mem : 0;
     }
     return total;
 }
@@ -1140,30 +1167,45 @@ static uint64_t warm__pool_bytes(struct executor *ex)
 static void warm__refill(uv_timer_t *t)
 {
     struct executor *ex = t->data;
-    bool again = false;
+    bool again = false, over = false;
+    warm__trim(ex);
     /* prewarm plain ones, and prewarm of each runtime an instance has started with */
     for (int kind = -1; kind < EXECUTOR_RUNTIMES; kind++) {
         if (kind >= 0 && !ex->runtime_wanted[kind])
             continue;
-        int have = 0;
+        int have = 0, coming = 0;
         for (struct executor__warm *w = ex->warm; w; w = w->next)
-            have += w->runtime == kind;
+            if (w->runtime == kind) {
+                have++;
+                coming += !w->reserved && !warm__ready(w);
+            }
+        /* the pool is measured again once those coming are up */
+        again |= coming > 0;
         while (!ex->shutting_down && have < ex->prewarm &&
                ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
-            /* the budget: what the pool uses, and the most one of this kind has used; while
-             * that is unknown (none measured yet), one at a time, measured before the next */
-            uint64_t next = ex->warm_charge_seen[1 + kind];
-            if (!executor_warm_fits(warm__pool_bytes(ex), next, ex->prewarm_budget))
+            /* one at a time, each measured once up before the next is made; the budget: what
+             * the pool uses, and the most one of this kind has used */
+            if (coming > 0)
                 break;
+            uint64_t next = ex->warm_charge_seen[1 + kind];
+            uint64_t pool = warm__pool_bytes(ex);
+            if (!executor_warm_fits(pool, next, ex->prewarm_budget)) {
+                if (!ex->warm_budget_told)
+                    log_info("warm containers: the pool's memory budget holds no more (%llu K "
+                             "in use, %llu K the next, of %llu K)",
+                             (unsigned long long)(pool >> 10), (unsigned long long)(next >> 10),
+                             (unsigned long long)(ex->prewarm_budget >> 10));
+                over = true;
+                break;
+            }
             if (warm__add(ex, kind) < 0)
                 break;
             have++;
-            if (next == 0) {
-                again = have < ex->prewarm;
-                break;
-            }
+            coming++;
+            again = true;
         }
     }
+    ex->warm_budget_told = over;
     if (again) /* the new ones' memory shows once their programs are up */
         warm__refill_soon(ex, 500);
 }
@@ -2100,9 +2142,9 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
     ex->prewarm = cfg->prewarm;
-    ex->prewarm_budget = (uint64_t)(cfg->prewarm_memory_mb > 0 ? cfg->prewarm_memory_mb
-                                                               : EXECUTOR_DEFAULT_PREWARM_MEMORY_MB)
-                         << 20;
+    ex->prewarm_budget = cfg->prewarm_memory_bytes
+                             ? cfg->prewarm_memory_bytes
+                             : (uint64_t)EXECUTOR_DEFAULT_PREWARM_MEMORY_MB << 20;
     ex->runtimes_dir = cfg->runtimes_dir ? xstrdup(cfg->runtimes_dir) : NULL;
     for (int r = 0; r < EXECUTOR_RUNTIMES; r++) {
         char *zygote = ex->runtimes_dir
