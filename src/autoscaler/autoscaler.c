@@ -214,6 +214,12 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
         ready = 0;
     struct autoscaler_decision d = autoscaler_kpa_decide(&p->kpa, &pol, ready, now);
     int desired = d.desired;
+    /* a process met less than a stable window ago (just pushed, or skiffd restarted) keeps
+     * the instances it was given, started or still starting, until there is a window of
+     * samples to judge them by */
+    if (p->kpa.n_samples && now - p->kpa.samples[0].at_ms < pol.window_ms - 1000 &&
+        desired < sp->instances)
+        desired = sp->instances > pol.max_instances ? pol.max_instances : sp->instances;
     int floor = w ? as__instances_for(w->load) : 0;
     if (floor > desired)
         desired = floor > pol.max_instances ? pol.max_instances : floor;

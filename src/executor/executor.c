@@ -884,11 +884,19 @@ out:
 
 static int warm__start(struct instance *inst);
 
+static void executor__scratch_make(struct instance *inst)
+{
+    char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
+    mkdir_p(tmp, 0700);
+    free(tmp);
+}
+
 static int shim_driver_start(struct instance *inst)
 {
     int rc = warm__start(inst);
     if (rc != -ENOENT)
         return rc; /* started warm, or a warm container meant for it failed */
+    executor__scratch_make(inst); /* made at start only when no warm container was reserved */
     rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
     if (rc < 0)
         inst->cg = NULL; /* no usable cgroups here: a plain process group */
@@ -1233,6 +1241,15 @@ static bool warm__is_ours(struct executor *ex, const char *name)
 /* The instance takes the warm container reserved for its slot: -ENOENT when there is none
  * (it starts as any other), 0 when it runs, another error when the warm container failed
  * (it is gone then, and nothing of the instance runs). */
+/* Whether a warm container is reserved for the instance on that slot. */
+static bool warm__reserved_for(struct executor *ex, int slot)
+{
+    for (struct executor__warm *w = ex->warm; w; w = w->next)
+        if (w->reserved && w->slot == slot)
+            return true;
+    return false;
+}
+
 static int warm__start(struct instance *inst)
 {
     struct executor *ex = inst->ex;
@@ -2342,11 +2359,12 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->start_timeout_s =
         spec->start_timeout_s > 0 ? spec->start_timeout_s : DEFAULT_START_TIMEOUT_S;
     executor__copy_checks(inst, spec);
-    /* scratch space the caller may point HOME/TMPDIR at; removed with the instance */
+    /* scratch space the caller may point HOME/TMPDIR at; removed with the instance. A warm
+     * container's folder becomes it (warm__start): made here only otherwise, as making it to
+     * remove it again cost a few ms of a start from zero */
     inst->scratch_dir = xasprintf("%s/instances/%s", ex->home, inst->guid);
-    char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
-    mkdir_p(tmp, 0700);
-    free(tmp);
+    if (!warm__reserved_for(ex, inst->port))
+        executor__scratch_make(inst);
     executor__set_state(inst, INSTANCE_STARTING);
 
     if (ex->isolation == EXECUTOR_CONTAINER)
