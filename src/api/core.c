@@ -761,8 +761,7 @@ static bool core__apply(struct api_core *core, struct api_request *req, struct s
     for (size_t i = 0; i < app->n_processes; i++)
         if (!store_process_request_scaled(&app->processes[i]) &&
             !store_process_is_function(&app->processes[i]))
-            app->processes[i].min_instances =
-                store_process_default_min(app->kind, app->processes[i].type);
+            store_process_default_policy(app->kind, &app->processes[i]);
     return core__apply_sidecars(core, req, app, body);
 }
 
