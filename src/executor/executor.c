@@ -58,6 +58,7 @@
 #define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
 #define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
 #define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
+#define WARM_POLL_MS 20     /* while a warm container comes up, the refill looks this often */
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -1214,8 +1215,8 @@ static void warm__refill(uv_timer_t *t)
         }
     }
     ex->warm_budget_told = over;
-    if (again) /* the new ones' memory shows once their programs are up */
-        warm__refill_soon(ex, 500);
+    if (again) /* the next is made once this one is up and measured: a few ms */
+        warm__refill_soon(ex, WARM_POLL_MS);
 }
 
 static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
