@@ -113,6 +113,10 @@ static void usage(FILE *out)
         "                              ahead but for the droplet and the program, so that an\n"
         "                              instance of the default disk size starts in a few ms;\n"
         "                              each holds a network slot, a disk and ~2 MB; 0: none\n"
+        "  --prewarm-memory SIZE       the warm containers' memory budget (SKIFF_PREWARM_MEMORY,\n"
+        "                              default 256M; K, M or G, M when none): the pool is\n"
+        "                              refilled only while its containers' memory, as their\n"
+        "                              cgroups count it, and one more fit in it\n"
         "  --insecure-registry HOST:PORT\n"
         "                              an image registry spoken to over plain http instead of\n"
         "                              https (repeatable; for a registry on this machine)\n"
@@ -249,9 +253,29 @@ static void daemon_autoscaler_router_gone(void *as, int router)
     autoscaler_router_gone(as, router);
 }
 
-static void daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
+static int daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
 {
-    autoscaler_woken(as, app_guid, process);
+    return autoscaler_woken(as, app_guid, process);
+}
+
+/* ---- the invoker's event work to the autoscaler (invoker -> autoscaler, wired here) ---------- */
+
+static bool daemon_invoker_work(void *invoker, const char *app_guid, const char *process,
+                                struct autoscaler_work *out)
+{
+    struct invoker_work w;
+    if (!invoker_work_of(invoker, app_guid, process, &w))
+        return false;
+    *out = (struct autoscaler_work){.load = w.load,
+                                    .peak = w.peak,
+                                    .max_instances = w.max_instances,
+                                    .idle_grace_ms = w.idle_grace_ms};
+    return true;
+}
+
+static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted)
+{
+    return autoscaler_wake(as, app_guid, process, wanted);
 }
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
@@ -503,6 +527,7 @@ int main(int argc, char **argv)
     const char *nats_replicas_text = env_or("SKIFF_NATS_REPLICAS", "1");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
+    const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
@@ -541,6 +566,8 @@ int main(int argc, char **argv)
             target = &nats_replicas_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
+        else if (!strcmp(a, "--prewarm-memory"))
+            target = &prewarm_memory_text;
         else if (!strcmp(a, "--insecure-registry")) {
             if (i + 1 >= argc || n_insecure + 1 >= ARRAY_SIZE(insecure_registries)) {
                 log_error("--insecure-registry needs HOST:PORT (at most %zu of them)",
@@ -598,6 +625,17 @@ int main(int argc, char **argv)
     long prewarm = strtol(prewarm_text, &prewarm_end, 10);
     if (*prewarm_end || prewarm_end == prewarm_text || prewarm < 0 || prewarm > 64) {
         log_error("--prewarm %s is not a number of containers from 0 to 64", prewarm_text);
+        return 2;
+    }
+    long prewarm_memory = strtol(prewarm_memory_text, &prewarm_end, 10);
+    int prewarm_shift = !*prewarm_end || !strcmp(prewarm_end, "M") ? 20
+                        : !strcmp(prewarm_end, "K")                ? 10
+                        : !strcmp(prewarm_end, "G")                ? 30
+                                                                   : -1;
+    if (prewarm_shift < 0 || prewarm_end == prewarm_memory_text || prewarm_memory < 1 ||
+        (uint64_t)prewarm_memory > (1ull << 40) >> prewarm_shift) {
+        log_error("--prewarm-memory %s is not a size from 1K to 1024G (like 256M)",
+                  prewarm_memory_text);
         return 2;
     }
     bool contained = !strcmp(isolation, "container");
@@ -780,6 +818,7 @@ int main(int argc, char **argv)
         .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
         .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
         .prewarm = (int)prewarm,
+        .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
         .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
         log_warning("%s is missing: no instance can start (build it with `make`, and "
@@ -864,7 +903,8 @@ int main(int argc, char **argv)
         goto fail;
     }
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
-    autoscaler_set_floor(d.autoscaler, invoker_instances_wanted, d.invoker);
+    autoscaler_set_work(d.autoscaler, daemon_invoker_work, d.invoker);
+    invoker_set_wake(d.invoker, daemon_invoker_wake, d.autoscaler);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);

@@ -211,7 +211,7 @@ struct exchange {
     struct table_hold *hold; /* the table x->route lives in */
     struct route *route;
     struct route_backend *backend; /* counted in backend->active while set */
-    struct route_stats *stats;     /* counted in stats->in_flight while set */
+    struct route_stats *stats;     /* counted in its worker's in-flight slot while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
@@ -676,7 +676,7 @@ static void exchange_free(struct exchange *x)
     struct worker *w = x->c->p.w;
     exchange_release_backend(x);
     if (x->stats) {
-        __atomic_sub_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        route_stats_change(x->stats, w->index, -1, now_us());
         x->stats = NULL;
     }
     table_hold_release(w, x->hold);
@@ -1770,7 +1770,7 @@ static void route_and_connect(struct client *c)
     router_head_build_request(&x->head, &rh);
     x->stats = x->route->stats;
     if (x->stats) { /* what the autoscaler sees: requests in flight, held ones included */
-        __atomic_add_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        route_stats_change(x->stats, w->index, 1, now_us());
         __atomic_add_fetch(&x->stats->requests, 1, __ATOMIC_RELAXED);
     }
     if (x->route->backend_count == 0) {
