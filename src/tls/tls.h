@@ -58,6 +58,12 @@ int tls_store_load_dir(struct tls_store *s, const char *dir, char *err, size_t e
 int tls_store_add_pem(struct tls_store *s, const char *pem, size_t len, bool default_cert,
                       char *err, size_t errsize);
 
+/* Replaces every certificate with this one chain and key (PEM), the default too: handshakes
+ * from now on get it, connections already made keep theirs; on error nothing changes (a
+ * server with one certificate of its own, reloading it). */
+int tls_store_set_only_pem(struct tls_store *s, const char *pem, size_t len, char *err,
+                           size_t errsize);
+
 /* Lets the store issue certificates itself, signed by the CA in DIR (ca.pem, ca.key), for
  * any name under `suffix` that no loaded certificate serves exactly: a wildcard such as
  * "*.localhost" is refused by curl, OpenSSL and browsers (a wildcard needs two labels after

@@ -440,6 +440,19 @@ int tls_store_add_pem(struct tls_store *s, const char *pem, size_t len, bool def
     return 0;
 }
 
+int tls_store_set_only_pem(struct tls_store *s, const char *pem, size_t len, char *err,
+                           size_t errsize)
+{
+    struct tls_certs *c = xcalloc(1, sizeof *c);
+    int r = certs_add(s, c, pem, len, true, err, errsize);
+    if (r < 0) {
+        certs_free(c);
+        return r;
+    }
+    store_publish(s, c);
+    return 0;
+}
+
 static int load_file(struct tls_store *s, struct tls_certs *c, const char *path, bool def,
                      char *err, size_t errsize)
 {

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -727,3 +728,44 @@ def test_cli_trusts_verifies_and_refuses_certificates(api_with_cert):
     assert r.returncode == 1 and "expired" in r.stderr, r.stderr
     for s in (trusting, stranger):
         shutil.rmtree(s.home, ignore_errors=True)
+
+
+def test_sighup_reloads_the_apis_certificate():
+    """skiffd reads --tls-cert/--tls-key again on SIGHUP: a connection made after it gets the
+    new certificate, one made before keeps working; a bad pair keeps the one served."""
+    folder = tempfile.mkdtemp(prefix="skiff-e2e-apireload-")
+    ca = CA(folder, "Reload CA")
+    first = ca.issue("api-first", ["localhost", "IP:127.0.0.1"])
+    second = ca.issue("api-second", ["localhost", "IP:127.0.0.1"])
+    cert, key = os.path.join(folder, "api.pem"), os.path.join(folder, "api.key")
+    shutil.copy(first[0], cert)
+    shutil.copy(first[1], key)
+    p = Platform(extra_env={"SKIFF_PREWARM": "0"},
+                 extra_args=["--tls-cert", cert, "--tls-key", key]).start()
+
+    def served_cn():
+        with tls_connect(p.api_tls_port, "localhost", ca.pem) as s:
+            return dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+
+    try:
+        assert served_cn() == "api-first"
+        before = tls_connect(p.api_tls_port, "localhost", ca.pem)
+        shutil.copy(second[0], cert)
+        shutil.copy(second[1], key)
+        assert served_cn() == "api-first"  # nothing is read until the signal
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: served_cn() == "api-second", 10, "the new certificate to be served")
+        assert "the API's certificate was reloaded" in p.output()
+        status, body = https_get(before, "localhost", "/v1/info")
+        assert status == 200 and body == p.info()
+        before.close()
+        # a broken pair: said in the log, the one served stays
+        with open(key, "w") as f:
+            f.write("garbage")
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "was not reloaded" in p.output(), 10, "the refusal in the log")
+        assert served_cn() == "api-second"
+        assert p.proc.poll() is None
+    finally:
+        p.close()
+        shutil.rmtree(folder, ignore_errors=True)
