@@ -769,3 +769,50 @@ def test_sighup_reloads_the_apis_certificate():
     finally:
         p.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_skiff_api_sets_the_target_and_checks_its_certificate(api_with_cert):
+    ca, good, expired = api_with_cert
+    url = f"https://127.0.0.1:{good.api_tls_port}"
+    # untrusted: refused, nothing saved
+    stranger = CliShell(good)
+    saved_path = os.path.join(stranger.home, ".skiff", "cli.json")
+    r = stranger.run("api", url)
+    assert r.returncode == 1 and "does not trust" in r.stderr, r.stderr
+    assert not os.path.exists(saved_path)
+    # --skip-ssl-validation: saved with the URL, warned about, and login goes on with it
+    r = stranger.run("api", url + "/", "--skip-ssl-validation")
+    assert r.returncode == 0 and "warning: --skip-ssl-validation" in r.stderr, r.stdout + r.stderr
+    assert "Not logged in" in r.stdout
+    saved = json.load(open(saved_path))
+    assert saved == {"url": url, "router_url": saved["router_url"], "skip_ssl_validation": True}
+    r = stranger.run("api")
+    assert r.returncode == 0 and url in r.stdout and "not checked" in r.stdout, r.stdout
+    r = stranger.run("login", "--token", good.token)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert stranger.run("domains").returncode == 0
+    # trusted: no warning; the login stays while the API is the same, goes when it changes
+    trusting = CliShell(good, ca.pem)
+    r = trusting.run("api", url)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stdout + r.stderr
+    assert trusting.run("login", "--token", good.token).returncode == 0
+    r = trusting.run("api", url)
+    assert r.returncode == 0 and "Still logged in" in r.stdout, r.stdout
+    assert trusting.run("domains").returncode == 0
+    r = trusting.run("api", f"http://127.0.0.1:{expired.api_port}")
+    assert r.returncode == 0 and "Not logged in" in r.stdout, r.stdout
+    assert "token" not in json.load(open(os.path.join(trusting.home, ".skiff", "cli.json")))
+    # an expired certificate, a URL that is not http(s), nothing listening: refused, kept
+    r = trusting.run("api", f"https://127.0.0.1:{expired.api_tls_port}")
+    assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    r = trusting.run("api", "ftp://127.0.0.1/")
+    assert r.returncode != 0 and "http:// or https://" in r.stderr, r.stderr
+    r = trusting.run("api", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "cannot reach" in r.stderr, r.stderr
+    assert json.load(open(os.path.join(trusting.home, ".skiff", "cli.json")))["url"] == \
+        f"http://127.0.0.1:{expired.api_port}"
+    r = trusting.run("api", "--unset")
+    assert r.returncode == 0 and not os.path.exists(os.path.join(trusting.home, ".skiff",
+                                                                 "cli.json"))
+    for s in (trusting, stranger):
+        shutil.rmtree(s.home, ignore_errors=True)
