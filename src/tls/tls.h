@@ -77,6 +77,16 @@ int tls_store_set_issuer(struct tls_store *s, const char *dir, const char *suffi
 void tls_store_set_issue_filter(struct tls_store *s, bool (*allow)(void *ctx, const char *name),
                                 void *ctx);
 
+/* OCSP stapling: a thread of the store's own fetches, for every certificate served whose leaf
+ * names an OCSP responder (Authority Information Access) and whose issuer is in its chain, a
+ * response from that responder (libcurl, 10 s at most), checks it (signed by the issuer or its
+ * delegate, about this certificate, within thisUpdate/nextUpdate) and staples it to handshakes
+ * that ask (status_request) until its nextUpdate; it is fetched again halfway there. Without a
+ * valid response handshakes go on unstapled; a failed fetch is tried again after retry_s
+ * (<= 0: 60). Certificates loaded later are picked up within a second. Handshakes never wait
+ * for the network. Stopped by tls_store_free. */
+int tls_store_ocsp_start(struct tls_store *s, int retry_s, char *err, size_t errsize);
+
 /* Which certificate a handshake for `host` gets: fills `subject` (its subject CN, or "" when
  * nothing matches and there is no default) and returns 1 for an exact name, 2 for a
  * wildcard, 3 for the default, 4 for one issued by the store, 0 for none. */

@@ -45,7 +45,7 @@ class CA:
                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         os.chmod(self.key, 0o600)
 
-    def issue(self, name, sans, days=30, client=False, expired=False):
+    def issue(self, name, sans, days=30, client=False, expired=False, ocsp=None):
         """(cert path, key path) of a leaf for the names (DNS names; 'IP:x' for addresses)."""
         base = os.path.join(self.dir, name.replace("*", "star"))
         key, csr, cert = base + ".key", base + ".csr", base + ".pem"
@@ -56,6 +56,8 @@ class CA:
         with open(ext, "w") as f:
             f.write(f"subjectAltName={alt}\n")
             f.write("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth") + "\n")
+            if ocsp:  # the responder's URL (Authority Information Access)
+                f.write(f"authorityInfoAccess=OCSP;URI:{ocsp}\n")
         args = ["x509", "-req", "-in", csr, "-CA", self.pem, "-CAkey", self.key,
                 "-CAcreateserial", "-out", cert, "-extfile", ext]
         # expired: its end a day before now (openssl 3.0's x509 has no -not_after)
@@ -218,6 +220,71 @@ def test_sni_picks_each_domains_certificate(tls_env):
     with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port)),
                          server_hostname="other.test") as s:
         assert subject_cn(s) == "default.test"
+
+
+def s_client_status(port, host, cafile):
+    """What `openssl s_client -status` prints of a handshake asking for a stapled response."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+                        host, "-status", "-CAfile", cafile, "-verify_return_error"],
+                       input="", capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout
+
+
+def ocsp_responder(ca, port, *certs):
+    """`openssl ocsp` answering for the CA (it takes a port only; the router asks on loopback):
+    every cert good, nextUpdate 1 min on."""
+    index = os.path.join(ca.dir, "index.txt")
+    with open(index, "w") as f:
+        for cert in certs:
+            serial = openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1]
+            f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
+    p = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
+                          "-rsigner", ca.pem, "-rkey", ca.key, "-CA", ca.pem, "-nmin", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p
+
+
+def this_update(text):
+    for line in text.splitlines():
+        if "This Update:" in line:
+            return line.split("This Update:")[1].strip()
+    return None
+
+
+def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
+    ca = tls_env["ca"]
+    port = free_port()
+    host = "shop.ocsp.test"
+    leaf, key = ca.issue(host, [host], ocsp=f"http://127.0.0.1:{port}/")
+    # the issuer goes in the chain: a response is checked against it
+    cert = os.path.join(ca.dir, "shop-chain.pem")
+    with open(cert, "w") as f:
+        f.write(open(leaf).read() + open(ca.pem).read())
+    install(tls_env["home"], host, cert, key)
+    r = start_router(tls_env, "--tls-ocsp-retry-ms", "1000")
+    set_routes(tls_env, r, [host])
+    # the responder is down: handshakes go on, unstapled
+    rc, text = s_client_status(r.tls_port, host, ca.pem)
+    assert rc == 0 and "OCSP response: no response sent" in text, text
+    wait_for(lambda: "no response from" in r.log(), 20, "the failed fetch in the log")
+    # up: within the retry, the response is stapled and verifies against the CA
+    responder = ocsp_responder(ca, port, leaf)
+    try:
+        def stapled():
+            rc, text = s_client_status(r.tls_port, host, ca.pem)
+            return text if rc == 0 and "Cert Status: good" in text else None
+        text = wait_for(stapled, 20, "a stapled response")
+        assert "OCSP Response Status: successful" in text
+        first = this_update(text)
+        # fetched again before its nextUpdate (1 min): halfway there
+        text = wait_for(lambda: (t := stapled()) and this_update(t) != first and t, 60,
+                        "a newer stapled response")
+        # a certificate without a responder never staples; the default has none
+        rc, text = s_client_status(r.tls_port, "default.test", ca.pem)
+        assert rc == 0 and "OCSP response: no response sent" in text, text
+    finally:
+        responder.kill()
+        responder.wait()
 
 
 def test_rotation_without_restart_keeps_open_connections(tls_env):
