@@ -287,6 +287,38 @@ def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
         responder.wait()
 
 
+def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
+    """A responder (or anyone on the path to it) signing with a key of its own: the router
+    checks the signature against the certificate's issuer and staples nothing."""
+    ca = tls_env["ca"]
+    rogue = CA(os.path.join(tls_env["home"], "rogue"), "Rogue CA")
+    port = free_port()
+    host = "forged.ocsp.test"
+    leaf, key = ca.issue(host, [host], ocsp=f"http://127.0.0.1:{port}/")
+    cert = os.path.join(ca.dir, "forged-chain.pem")
+    with open(cert, "w") as f:
+        f.write(open(leaf).read() + open(ca.pem).read())
+    install(tls_env["home"], host, cert, key)
+    index = os.path.join(ca.dir, "index.txt")
+    serial = openssl("x509", "-in", leaf, "-noout", "-serial").strip().split("=")[1]
+    with open(index, "w") as f:
+        f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
+    responder = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
+                                  "-rsigner", rogue.pem, "-rkey", rogue.key, "-CA", ca.pem,
+                                  "-nmin", "1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = start_router(tls_env, "--tls-ocsp-retry-ms", "1000")
+        set_routes(tls_env, r, [host])
+        wait_for(lambda: "does not verify against the issuer" in r.log(), 20,
+                 "the forged response refused")
+        rc, text = s_client_status(r.tls_port, host, ca.pem)
+        assert rc == 0 and "OCSP response: no response sent" in text, text
+    finally:
+        responder.kill()
+        responder.wait()
+
+
 def test_rotation_without_restart_keeps_open_connections(tls_env):
     ca = tls_env["ca"]
     cert, key = ca.issue("shop.example.test", ["shop.example.test"])
