@@ -17,10 +17,14 @@
  * neither a fast client nor a fast taker can make the relay hold more than this each way. */
 #define TLS_RELAY_QUEUE_MAX (1u << 20)
 #define TLS_RELAY_READ_BYTES 16384
+/* Once the taker has closed, what is queued for the client gets this long to go out: a
+ * client that stopped reading cannot keep the relay (or skiffd's shutdown) waiting. */
+#define TLS_RELAY_LINGER_MS 5000
 
 struct tls_relay {
     uv_tcp_t tcp;   /* the client: TLS records */
     uv_pipe_t pair; /* our end of the socketpair: plaintext for and from the taker */
+    uv_timer_t linger;
     struct tls_conn *tls;
     int handles; /* open handles; the relay is freed when the last one closed */
     bool closing;
@@ -66,6 +70,12 @@ static void tls_relay__close(struct tls_relay *r)
     r->closing = true;
     uv_close((uv_handle_t *)&r->tcp, tls_relay__closed);
     uv_close((uv_handle_t *)&r->pair, tls_relay__closed);
+    uv_close((uv_handle_t *)&r->linger, tls_relay__closed);
+}
+
+static void tls_relay__linger_over(uv_timer_t *t)
+{
+    tls_relay__close(t->data);
 }
 
 /* Reading from one side goes on only while the other side's queue has room. */
@@ -168,6 +178,7 @@ static void tls_relay__on_pair(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     struct tls_relay *r = st->data;
     if (n < 0) {
         r->ending = true;
+        uv_timer_start(&r->linger, tls_relay__linger_over, TLS_RELAY_LINGER_MS, 0);
         tls_conn_close_notify(r->tls);
         if (tls_relay__flush(r) < 0 || r->to_tcp == 0)
             tls_relay__close(r);
@@ -197,9 +208,11 @@ int tls_relay_start(uv_loop_t *loop, int sock, struct tls_conn *tls)
     r->tls = tls;
     uv_tcp_init(loop, &r->tcp);
     uv_pipe_init(loop, &r->pair, 0);
+    uv_timer_init(loop, &r->linger);
     r->tcp.data = r;
     r->pair.data = r;
-    r->handles = 2;
+    r->linger.data = r;
+    r->handles = 3;
     if (uv_tcp_open(&r->tcp, sock) < 0) {
         close(sock);
         close(sv[0]);
