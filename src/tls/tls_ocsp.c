@@ -284,8 +284,10 @@ static void tls_ocsp__fetch_due(struct tls_ocsp_fetcher *f)
                             "one, trying again in %d s",
                             o->url, why, f->retry_s);
             } else {
-                log_info("OCSP: a response from %s is stapled until %lld", o->url,
-                         (long long)o->expires);
+                char until[32];
+                struct tm tm;
+                strftime(until, sizeof until, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&o->expires, &tm));
+                log_info("OCSP: a response from %s is stapled until %s", o->url, until);
             }
         }
         SSL_CTX_free(ctxs[i]);
