@@ -46,6 +46,7 @@ struct daemon {
     char *router_tls_addr;
     char *api_tls_addr;
     struct tls_store *api_tls; /* the API's HTTPS certificate */
+    char *api_cert_path, *api_key_path; /* read again on SIGHUP */
     char *router_url;
     char *token;
     struct store *store;
@@ -64,7 +65,7 @@ struct daemon {
     struct api_events *events; /* the topics' endpoints and the fabric */
     struct services *services; /* service instances, bindings, brokers (records) */
     struct api_svc *svc;       /* their endpoints and the broker calls */
-    uv_signal_t sigterm, sigint, sigusr2;
+    uv_signal_t sigterm, sigint, sigusr2, sighup;
     bool stopping;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
     int exit_code;
@@ -143,6 +144,9 @@ static void usage(FILE *out)
         "                   exits 0 and leaves nothing running.\n"
         "  SIGUSR2          exit at once and leave the router and the instances serving, for\n"
         "                   a restart or an upgrade of skiffd; the next skiffd adopts them.\n"
+        "  SIGHUP           read the API's certificate and key again (--tls-cert, --tls-key or\n"
+        "                   HOME/tls/default.pem): connections made after it get the new\n"
+        "                   one; a bad pair is logged and the one before stays.\n"
         "A crash or kill -9 of skiffd leaves them serving too: each instance runs under its\n"
         "own skiff-shim, which keeps its output (the last 1000 lines) until skiffd is back.\n",
         out);
@@ -286,6 +290,7 @@ static void shutdown_router_done(void *arg)
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigusr2, NULL);
+    uv_close((uv_handle_t *)&d->sighup, NULL);
 }
 
 static void shutdown_bus_done(void *arg)
@@ -402,6 +407,8 @@ static void daemon_free(struct daemon *d)
     free(d->router_tls_addr);
     free(d->api_tls_addr);
     tls_store_free(d->api_tls);
+    free(d->api_cert_path);
+    free(d->api_key_path);
     free(d->router_url);
     free(d->token);
 }
@@ -467,35 +474,43 @@ static uint64_t daemon_size(const char *text)
 
 /* The API's HTTPS certificate: --tls-cert and --tls-key (checked first), else the local CA's
  * default certificate (HOME/tls/default.pem). */
-static int daemon_api_tls(struct daemon *d, const char *tls_dir, const char *cert_path,
-                          const char *key_path, char *err, size_t errsize)
+static int daemon_api_tls_paths(struct daemon *d, const char *tls_dir, const char *cert_path,
+                                const char *key_path, char *err, size_t errsize)
 {
     if (!*cert_path != !*key_path) {
         snprintf(err, errsize, "--tls-cert and --tls-key go together");
         return -EINVAL;
     }
-    char *own = *cert_path ? NULL : xasprintf("%s/default.pem", tls_dir);
+    d->api_cert_path = *cert_path ? xstrdup(cert_path) : xasprintf("%s/default.pem", tls_dir);
+    d->api_key_path = *key_path ? xstrdup(key_path) : xasprintf("%s/default.pem", tls_dir);
+    return 0;
+}
+
+/* (Re)reads the API's certificate and key and serves them to handshakes from now on (made
+ * ones keep theirs); on any error the certificate served so far stays. */
+static int daemon_api_tls_load(struct daemon *d, char *err, size_t errsize)
+{
     char *cert = NULL, *key = NULL;
     size_t cert_len = 0, key_len = 0;
-    int r = file_read(own ? own : cert_path, &cert, &cert_len);
-    if (r == 0 && (r = file_read(own ? own : key_path, &key, &key_len)) < 0)
-        snprintf(err, errsize, "cannot read %s: %s", own ? own : key_path, strerror(-r));
+    int r = file_read(d->api_cert_path, &cert, &cert_len);
+    if (r == 0 && (r = file_read(d->api_key_path, &key, &key_len)) < 0)
+        snprintf(err, errsize, "cannot read %s: %s", d->api_key_path, strerror(-r));
     else if (r < 0)
-        snprintf(err, errsize, "cannot read %s: %s", own ? own : cert_path, strerror(-r));
+        snprintf(err, errsize, "cannot read %s: %s", d->api_cert_path, strerror(-r));
     if (r == 0)
         r = tls_pair_check(cert, cert_len, key, key_len, NULL, NULL, err, errsize);
-    if (r == -EKEYEXPIRED) { /* served anyway: clients say so, and a new one needs a restart */
+    if (r == -EKEYEXPIRED) { /* served anyway: clients say so; a new one is read on SIGHUP */
         log_warning("API HTTPS: %s", err);
         r = 0;
     }
-    if (r == 0)
+    if (r == 0 && !d->api_tls)
         r = tls_store_new(NULL, &d->api_tls, err, errsize);
     struct buf pair = {0};
     if (r == 0) {
         buf_append(&pair, cert, cert_len);
         buf_puts(&pair, "\n");
         buf_append(&pair, key, key_len);
-        r = tls_store_add_pem(d->api_tls, pair.data, pair.len, true, err, errsize);
+        r = tls_store_set_only_pem(d->api_tls, pair.data, pair.len, err, errsize);
     }
     if (pair.data)
         memset(pair.data, 0, pair.len);
@@ -504,8 +519,21 @@ static int daemon_api_tls(struct daemon *d, const char *tls_dir, const char *cer
     buf_free(&pair);
     free(cert);
     free(key);
-    free(own);
     return r;
+}
+
+/* SIGHUP: the API's certificate is read again (a renewed one needs no restart). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    struct daemon *d = h->data;
+    if (!d->api_tls)
+        return;
+    char err[512];
+    if (daemon_api_tls_load(d, err, sizeof err) < 0)
+        log_error("SIGHUP: the API's certificate was not reloaded, the one before stays: %s", err);
+    else
+        log_info("SIGHUP: the API's certificate was reloaded from %s", d->api_cert_path);
 }
 
 int main(int argc, char **argv)
@@ -786,7 +814,8 @@ int main(int argc, char **argv)
             (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0),
         .tls_addr = d.api_tls_addr};
     if (*d.api_tls_addr) {
-        if (daemon_api_tls(&d, tls_dir, tls_cert, tls_key, err, sizeof err) < 0) {
+        if (daemon_api_tls_paths(&d, tls_dir, tls_cert, tls_key, err, sizeof err) < 0 ||
+            daemon_api_tls_load(&d, err, sizeof err) < 0) {
             log_error("API HTTPS: %s", err);
             goto fail;
         }
@@ -941,6 +970,9 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigusr2, on_signal, SIGUSR2);
+    uv_signal_init(d.loop, &d.sighup);
+    d.sighup.data = &d;
+    uv_signal_start(&d.sighup, on_sighup, SIGHUP);
 
     printf("skiffd is running (data in %s)\n"
            "  API:    %s\n"

@@ -2723,6 +2723,10 @@ static int router_tls_start(const struct router_config *cfg)
         if (tls_store_set_issuer(tls_store, dir, "localhost", why, sizeof why) < 0)
             log_info("HTTPS: no local CA in %s, no certificate is made per APP.localhost", dir);
         tls_store_set_issue_filter(tls_store, router_tls_name_routed, NULL);
+        /* OCSP stapling for certificates that name a responder: fetched on a thread of its own */
+        int retry_s = (cfg->tls_ocsp_retry_ms + 999) / 1000;
+        if (tls_store_ocsp_start(tls_store, retry_s, why, sizeof why) < 0)
+            log_warning("HTTPS: no OCSP stapling: %s", why);
     }
     free(dir);
     if (r < 0) {
