@@ -30,6 +30,7 @@
 #include "router/route_table.h"
 #include "http/message.h"
 #include "router/router_internal.h"
+#include "router/router_h2.h"
 
 #define ROUTER_HIGH_WATER (256 * 1024)
 #define ROUTER_LOW_WATER (64 * 1024)
@@ -129,6 +130,17 @@ struct client {
     uint64_t woken_at;
     int open_handles;
     char ip[INET6_ADDRSTRLEN];
+    /* HTTP/2 (router_h2.h): a connection that sent the client preface has a session; each of
+     * its streams is a client of its own without a socket (h2s set), whose request bytes come
+     * from the session and whose response bytes go back to it */
+    struct router_h2_session *h2;
+    struct router_h2_stream *h2s;
+    struct client *h2_conn;       /* the connection a stream belongs to */
+    struct client *h2_dirty_next; /* in the worker's list of sessions with output */
+    bool h2_dirty;
+    bool proto_known; /* HTTP/1.1 or HTTP/2, told by the first bytes */
+    uint8_t preface_len;
+    char preface[24];
 };
 
 enum upstream_state { U_CONNECTING, U_ACTIVE, U_IDLE };
@@ -258,6 +270,8 @@ struct worker {
     bool stopping;
     uint64_t id_prefix, id_counter;
     struct router_metrics m;
+    struct client *h2_dirty;           /* HTTP/2 connections with output to send */
+    struct router_h2_limits h2_limits; /* from cfg */
     struct router_header *view; /* scratch for one head's headers */
     size_t view_cap;
     char readbuf[ROUTER_READ_BUF];
@@ -286,6 +300,10 @@ static void hold_request(struct client *c);
 static void hold_unlink(struct client *c);
 static void connect_backend(struct exchange *x);
 static void worker_maybe_done(struct worker *w);
+static int stream_flush(struct client *c);
+static void h2_want_output(void *ctx);
+static void h2_conn_input(struct client *c, const char *data, size_t len);
+static bool client_sniff(struct client *c, const char *data, size_t len);
 
 /* ---- output queue ----------------------------------------------------------------------- */
 
@@ -347,6 +365,8 @@ static int peer_flush(struct peer *p)
         q->scratch.len = 0;
         return p->write_error;
     }
+    if (p->kind == PEER_CLIENT && ((struct client *)p)->h2_conn)
+        return stream_flush((struct client *)p);
     uv_buf_t bufs[OUTQ_PIECES];
     size_t total = 0;
     for (unsigned i = 0; i < q->count; i++) {
@@ -393,8 +413,31 @@ static int peer_flush(struct peer *p)
     return p->write_error;
 }
 
+/* A stream of an HTTP/2 connection: its response bytes go to the session, which sends them
+ * as the client's window allows (router_h2_stream_queued counts what waits). */
+static int stream_flush(struct client *c)
+{
+    struct outq *q = &c->p.out;
+    for (unsigned i = 0; i < q->count && c->h2s; i++) {
+        const char *base = q->pieces[i].ptr ? q->pieces[i].ptr : q->scratch.data + q->pieces[i].off;
+        if (router_h2_stream_response(c->h2s, base, q->pieces[i].len) < 0) {
+            c->p.write_error = UV_EPROTO;
+            break;
+        }
+    }
+    q->count = 0;
+    q->scratch.len = 0;
+    if (q->scratch.cap > 64 * 1024)
+        buf_free(&q->scratch);
+    return c->p.write_error;
+}
+
 static size_t peer_queued(struct peer *p)
 {
+    if (p->kind == PEER_CLIENT && ((struct client *)p)->h2_conn) {
+        struct client *c = (struct client *)p;
+        return c->h2s ? router_h2_stream_queued(c->h2s) : 0;
+    }
     return uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp);
 }
 
@@ -689,9 +732,17 @@ static void access_log(struct exchange *x)
     w->access_lines++;
 }
 
+static void h2_conn_flush(struct client *c);
+
 static void on_access_flush(uv_check_t *h)
 {
     struct worker *w = h->data;
+    while (w->h2_dirty) { /* HTTP/2 output made during this turn */
+        struct client *c = w->h2_dirty;
+        w->h2_dirty = c->h2_dirty_next;
+        c->h2_dirty = false;
+        h2_conn_flush(c);
+    }
     if (w->access.len == 0)
         return;
     router_bus_send_lines(w->access.data, w->access.len, w->access_lines);
@@ -788,6 +839,24 @@ static void client_close(struct client *c)
         metrics_count(w, x);
         exchange_free(x);
     }
+    if (c->h2_conn) { /* a stream: no socket of its own, not in the worker's list */
+        if (c->h2s) {
+            router_h2_stream_detach(c->h2s);
+            c->h2s = NULL;
+            h2_want_output(c->h2_conn);
+        }
+        uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
+        return;
+    }
+    if (c->h2) {
+        router_h2_session_free(c->h2); /* closes its streams' clients */
+        c->h2 = NULL;
+        for (struct client **pp = &w->h2_dirty; *pp; pp = &(*pp)->h2_dirty_next)
+            if (*pp == c) {
+                *pp = c->h2_dirty_next;
+                break;
+            }
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -817,6 +886,10 @@ static void client_shutdown(struct client *c)
 {
     if (c->p.closing || c->shutting_down)
         return;
+    if (c->h2_conn) { /* a stream ends with its exchange */
+        client_close(c);
+        return;
+    }
     c->shutting_down = true;
     c->p.throttled = false;
     client_update_reading(c);
@@ -929,6 +1002,11 @@ static void client_update_reading(struct client *c)
     if (want == c->p.reading)
         return;
     c->p.reading = want;
+    if (c->h2_conn) {
+        if (c->h2s)
+            router_h2_stream_set_reading(c->h2s, want);
+        return;
+    }
     if (want)
         uv_read_start((uv_stream_t *)&c->p.tcp, on_alloc, on_client_read);
     else
@@ -947,7 +1025,7 @@ static void client_expect_request(struct client *c)
 /* Starts the next request on a kept-alive connection. */
 static void client_next_request(struct client *c)
 {
-    if (c->eof && c->pending.len == 0) {
+    if (c->h2_conn || (c->eof && c->pending.len == 0)) { /* a stream carries one request */
         client_shutdown(c);
         return;
     }
@@ -1135,6 +1213,12 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread > 0) {
         client_touch(c);
+        if (c->h2) {
+            h2_conn_input(c, buf->base, (size_t)nread);
+            return;
+        }
+        if (!c->proto_known && !client_sniff(c, buf->base, (size_t)nread))
+            return;
         client_feed(c, buf->base, (size_t)nread);
         return;
     }
@@ -1162,6 +1246,153 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     client_close(c);
+}
+
+/* ---- HTTP/2 connections (router_h2.h) ---------------------------------------------------- */
+
+/* The client's response queue drained: its backend may be read again. */
+static void client_drained(struct client *c)
+{
+    if (c->x && c->x->u && c->x->u->p.throttled && !(c->state == C_TUNNEL && c->p.closing)) {
+        c->x->u->p.throttled = false;
+        upstream_update_reading(c->x->u);
+    }
+}
+
+/* Sends what the session has, while the socket keeps up; closes once the session is over. */
+static void h2_conn_flush(struct client *c)
+{
+    struct worker *w = c->p.w;
+    while (!c->p.closing && !c->shutting_down && c->h2 && peer_queued(&c->p) <= ROUTER_HIGH_WATER) {
+        size_t off;
+        struct buf *b = outq_scratch_begin(&c->p, &off);
+        size_t n = router_h2_session_output(c->h2, b, 64 * 1024);
+        if (n)
+            outq_scratch_end(&c->p, off);
+        peer_flush(&c->p);
+        if (c->p.write_error) {
+            client_close(c);
+            return;
+        }
+        if (n == 0)
+            break;
+    }
+    if (c->p.closing || c->shutting_down || !c->h2)
+        return;
+    if (router_h2_session_done(c->h2) ||
+        (w->stopping && router_h2_session_streams(c->h2) == 0 && peer_queued(&c->p) == 0)) {
+        const char *why = router_h2_session_error(c->h2);
+        if (why[0])
+            log_debug("router: HTTP/2 connection from %s ends: %s", c->ip, why);
+        client_shutdown(c);
+    }
+}
+
+static void h2_want_output(void *ctx)
+{
+    struct client *conn = ctx;
+    struct worker *w = conn->p.w;
+    if (conn->h2_dirty || conn->p.closing)
+        return;
+    conn->h2_dirty = true;
+    conn->h2_dirty_next = w->h2_dirty;
+    w->h2_dirty = conn;
+}
+
+/* A stream's request head is complete: it becomes a client of its own, without a socket. */
+static void *h2_stream_open(void *ctx, struct router_h2_stream *s)
+{
+    struct client *conn = ctx;
+    struct worker *w = conn->p.w;
+    if (w->stopping)
+        return NULL;
+    struct client *c = xcalloc(1, sizeof(*c));
+    c->p.w = w;
+    c->p.kind = PEER_CLIENT;
+    c->h2s = s;
+    c->h2_conn = conn;
+    c->proto_known = true;
+    uv_timer_init(&w->loop, &c->timer);
+    c->timer.data = c;
+    c->open_handles = 1;
+    memcpy(c->ip, conn->ip, sizeof(c->ip));
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    c->state = C_HEAD;
+    client_update_reading(c);
+    return c;
+}
+
+static void h2_stream_request(void *owner, const char *p, size_t n, bool end)
+{
+    struct client *c = owner;
+    if (end) /* as a client that half-closes after its request: answered, then closed */
+        c->eof = true;
+    if (n)
+        client_feed(c, p, n);
+    if (c->p.closing)
+        return;
+    if (end && c->state == C_HEAD && !c->x) { /* already answered */
+        client_close(c);
+        return;
+    }
+    client_update_reading(c);
+}
+
+static void h2_stream_drained(void *owner)
+{
+    client_drained(owner);
+}
+
+static void h2_stream_closed(void *owner)
+{
+    struct client *c = owner;
+    c->h2s = NULL; /* the session forgets it: nothing more is said to it */
+    client_close(c);
+}
+
+static const struct router_h2_ops h2_ops = {
+    .stream_open = h2_stream_open,
+    .stream_request = h2_stream_request,
+    .stream_drained = h2_stream_drained,
+    .stream_closed = h2_stream_closed,
+    .want_output = h2_want_output,
+};
+
+static void h2_conn_input(struct client *c, const char *data, size_t len)
+{
+    if (router_h2_session_input(c->h2, data, len) < 0)
+        ROUTER_METRIC_ADD(c->p.w->m.bad_requests, 1);
+    h2_conn_flush(c);
+}
+
+/* Tells HTTP/2's client preface from HTTP/1.1 on a new connection. Returns whether `data` is
+ * for the HTTP/1.1 parser (the bytes held while it was unclear are fed to it first). */
+static bool client_sniff(struct client *c, const char *data, size_t len)
+{
+    char head[sizeof(c->preface)];
+    size_t have = c->preface_len;
+    size_t add = len < sizeof(head) - have ? len : sizeof(head) - have;
+    memcpy(head, c->preface, have);
+    memcpy(head + have, data, add);
+    int m = router_h2_preface_match(head, have + add);
+    if (m == 0) { /* all of data matches so far */
+        memcpy(c->preface, head, have + add);
+        c->preface_len = (uint8_t)(have + add);
+        return false;
+    }
+    c->proto_known = true;
+    if (m > 0) {
+        c->h2 = router_h2_session_new(&c->p.w->h2_limits, &h2_ops, c);
+        client_set_deadline(c, D_TUNNEL, c->p.w->cfg->idle_timeout_ms);
+        if (have)
+            router_h2_session_input(c->h2, c->preface, have);
+        h2_conn_input(c, data, len);
+        return false;
+    }
+    if (have)
+        client_feed(c, c->preface, have);
+    return !c->p.closing;
 }
 
 /* Takes a connection accepted from the shared listening socket. */
@@ -1376,6 +1607,19 @@ static int on_req_header_field_complete(llhttp_t *p)
     return 0;
 }
 
+/* Whether the request asks to upgrade to h2c (and so to nothing the router offers). */
+static bool upgrade_to_h2c(const struct exchange *x)
+{
+    for (uint32_t i = 0; i < x->req.count; i++) {
+        const struct hdr_ix *ix = &x->req.ix[i];
+        struct router_header h = {x->req.raw.data + ix->name_off, ix->name_len,
+                                  x->req.raw.data + ix->value_off, ix->value_len};
+        if (router_header_is(&h, "upgrade") && router_header_has_token(h.value, h.value_len, "h2c"))
+            return true;
+    }
+    return false;
+}
+
 static int on_req_headers_complete(llhttp_t *p)
 {
     struct client *c = p->data;
@@ -1388,6 +1632,13 @@ static int on_req_headers_complete(llhttp_t *p)
     x->content_length = x->has_length ? p->content_length : 0;
     x->upgrade = p->upgrade != 0;
     x->client_http10 = p->http_major == 1 && p->http_minor == 0;
+    if (x->upgrade && upgrade_to_h2c(x)) {
+        /* h2c by Upgrade (RFC 7540 3.2; RFC 9113 dropped it) is declined, as the RFC allows:
+         * the request is answered in HTTP/1.1, and the backend sees no Upgrade. HTTP/2 in
+         * cleartext starts with the client preface instead. */
+        x->upgrade = false;
+        p->upgrade = 0;
+    }
     if (p->method == HTTP_CONNECT)
         return req_reject(x, 400, "bad-request", "CONNECT is not supported by this router.");
     if ((p->flags & F_TRANSFER_ENCODING) && !x->chunked)
@@ -2190,10 +2441,10 @@ static void on_write(uv_write_t *req, int status)
     /* drained: let the other side read again */
     if (p->kind == PEER_CLIENT) {
         struct client *c = (struct client *)p;
-        if (c->x && c->x->u && c->x->u->p.throttled && !(c->state == C_TUNNEL && c->p.closing)) {
-            c->x->u->p.throttled = false;
-            upstream_update_reading(c->x->u);
-        }
+        if (c->h2)
+            h2_conn_flush(c);
+        else
+            client_drained(c);
     } else {
         struct upstream *u = (struct upstream *)p;
         if (u->x && u->x->c->p.throttled) {
@@ -2265,6 +2516,10 @@ static void on_wakeup(uv_async_t *a)
     struct client *next;
     for (struct client *c = w->clients; c; c = next) {
         next = c->next;
+        if (c->h2 && router_h2_session_streams(c->h2) > 0 && !c->shutting_down) {
+            router_h2_session_goaway(c->h2); /* its streams finish; it closes after them */
+            continue;
+        }
         if (!c->x || c->held || c->shutting_down)
             client_close(c);
         else
@@ -2495,6 +2750,9 @@ int router_proxy_start(const struct router_config *cfg)
         w->index = i;
         w->cfg = cfg;
         w->client_cap = cfg->max_connections / n + 1;
+        router_h2_limits_defaults(&w->h2_limits);
+        w->h2_limits.max_header_bytes = cfg->max_header_bytes;
+        w->h2_limits.max_headers = cfg->max_headers;
         w->id_prefix = prefix + (uint64_t)i;
         uv_loop_init(&w->loop);
         for (int k = 0; k < listen_count; k++) {
