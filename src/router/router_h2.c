@@ -194,7 +194,8 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
         return NGHTTP2_ERR_DEFERRED;
     }
     size_t n = before < length ? before : length;
-    memcpy(dst, st->out.data + st->out_off, n);
+    if (n)
+        memcpy(dst, st->out.data + st->out_off, n);
     st->out_off += n;
     if (st->out_off == st->out.len) {
         st->out.len = st->out_off = 0;

@@ -1,0 +1,543 @@
+"""skiff-router speaking HTTP/2 in cleartext (prior knowledge: the client preface on the HTTP
+port), with real clients (curl, nghttp, h2load) and with frames written by hand here, for
+what real clients never send: smuggling attempts across the HTTP/2 -> HTTP/1.1 downgrade and
+the attacks on HTTP/2 itself (rapid reset, CONTINUATION and settings floods, HPACK bombs,
+stream and window limits). HPACK is python3-hpack's where it can be; a field no encoder would
+write is written literally by hand.
+"""
+import hashlib
+import json
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import hpack
+import pytest
+
+from conftest import wait_for
+from test_router import Backend, RawBackend, chunked_backend, requests_on, route
+
+# Fixtures of test_router.py, used here under the same names.
+from test_router import backends, bus, home, router_factory  # noqa: F401
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x1, 0x2, 0x7, 0x8, 0xB
+
+
+def frame(type_, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([type_, flags]) + \
+        struct.pack(">I", stream) + payload
+
+
+def hpack_int(value, prefix_bits, first=0):
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name, value, indexed=False):
+    """A field as a literal with a new name, no Huffman: whatever bytes it holds."""
+    name = name if isinstance(name, bytes) else name.encode()
+    value = value if isinstance(value, bytes) else value.encode()
+    first = 0x40 if indexed else 0x00
+    return bytes([first]) + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+class Response:
+    def __init__(self):
+        self.headers, self.body, self.trailers, self.reset = [], b"", [], None
+        self.ended = False
+
+    @property
+    def status(self):
+        return int(dict(self.headers).get(":status", 0))
+
+    def header(self, name):
+        return dict(self.headers).get(name)
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class H2:
+    """A client connection: frames out exactly as written, frames in read and recorded."""
+
+    def __init__(self, port, settings=None, window_updates=True, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.enc, self.dec = hpack.Encoder(), hpack.Decoder()
+        self.dec.max_allowed_table_size = 65536
+        self.buf = b""
+        self.streams = {}
+        self.goaway = None
+        self.closed = False
+        self.server_settings = {}
+        self.window_updates = window_updates
+        self.next_id = 1
+        payload = b"".join(struct.pack(">HI", k, v) for k, v in (settings or {}).items())
+        self.send(PREFACE + frame(SETTINGS, 0, 0, payload))
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def new_stream(self):
+        sid = self.next_id
+        self.next_id += 2
+        self.streams[sid] = Response()
+        return sid
+
+    def block(self, method="GET", path="/", authority="app.localhost", fields=()):
+        pseudo = [(":method", method), (":scheme", "http"), (":path", path)]
+        if authority is not None:
+            pseudo.append((":authority", authority))
+        return self.enc.encode(pseudo + list(fields))
+
+    def headers(self, sid, block, end_stream=True):
+        flags = END_HEADERS | (END_STREAM if end_stream else 0)
+        self.send(frame(HEADERS, flags, sid, block))
+
+    def data(self, sid, payload, end_stream=False):
+        """DATA frames of at most 16 KB (the default SETTINGS_MAX_FRAME_SIZE)."""
+        pieces = [payload[i:i + 16384] for i in range(0, len(payload), 16384)] or [b""]
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            self.send(frame(DATA, END_STREAM if end_stream and last else 0, sid, piece))
+
+    def request(self, method="GET", path="/", authority="app.localhost", fields=(), body=None,
+                trailers=None, wait=True):
+        sid = self.new_stream()
+        end = body is None and not trailers
+        self.headers(sid, self.block(method, path, authority, fields), end_stream=end)
+        if body is not None:
+            self.data(sid, body, end_stream=not trailers)
+        if trailers:
+            self.headers(sid, self.enc.encode(trailers), end_stream=True)
+        if wait:
+            self.wait(lambda: self.streams[sid].ended or self.streams[sid].reset is not None,
+                      f"stream {sid} to end")
+        return self.streams[sid]
+
+    def read_frame(self):
+        while len(self.buf) < 9:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.closed = True
+                raise EOFError
+            self.buf += data
+        length = int.from_bytes(self.buf[:3], "big")
+        while len(self.buf) < 9 + length:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.closed = True
+                raise EOFError
+            self.buf += data
+        type_, flags = self.buf[3], self.buf[4]
+        sid = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+        payload = self.buf[9:9 + length]
+        self.buf = self.buf[9 + length:]
+        return type_, flags, sid, payload
+
+    def pump(self):
+        """Reads one frame and records what it says."""
+        type_, flags, sid, payload = self.read_frame()
+        r = self.streams.get(sid)
+        if type_ == SETTINGS and not flags & ACK:
+            for i in range(0, len(payload), 6):
+                k, v = struct.unpack(">HI", payload[i:i + 6])
+                self.server_settings[k] = v
+            self.send(frame(SETTINGS, ACK, 0))
+        elif type_ == PING and not flags & ACK:
+            self.send(frame(PING, ACK, 0, payload))
+        elif type_ == HEADERS and r is not None:
+            fields = [(k.decode() if isinstance(k, bytes) else k,
+                       v.decode() if isinstance(v, bytes) else v)
+                      for k, v in self.dec.decode(payload, raw=True)]
+            if r.headers:
+                r.trailers += fields
+            else:
+                r.headers = fields
+            if flags & END_STREAM:
+                r.ended = True
+        elif type_ == DATA and r is not None:
+            r.body += payload
+            if payload and self.window_updates:
+                inc = struct.pack(">I", len(payload))
+                self.send(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+            if flags & END_STREAM:
+                r.ended = True
+        elif type_ == RST_STREAM and r is not None:
+            r.reset = struct.unpack(">I", payload)[0]
+        elif type_ == GOAWAY:
+            self.goaway = struct.unpack(">II", payload[:8])
+        return type_
+
+    def wait(self, cond, what="condition", timeout=10):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for " + what)
+            self.pump()
+
+    def wait_closed(self, timeout=10):
+        """Reads until the router closes the connection; True when it did in time."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                self.pump()
+        except (EOFError, ConnectionResetError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def app(router_factory, backends):
+    b = backends("a")
+    r = router_factory([route("app.localhost", [b])])
+    return r, b
+
+
+def curl(*args):
+    out = subprocess.run(["curl", "-s", "--max-time", "20", *args], capture_output=True,
+                         text=True, timeout=30)
+    return out.stdout
+
+
+# ---- HTTP/2 -> HTTP/1.1 to instances -----------------------------------------------------------
+
+
+def test_real_clients_speak_h2_and_the_app_sees_what_http11_gives_it(app):
+    r, b = app
+    out = curl("--http2-prior-knowledge", "-H", "Host: app.localhost", "-w",
+               "\n%{http_version}", f"http://127.0.0.1:{r.port}/hello?x=1")
+    body, version = out.rsplit("\n", 1)
+    assert version == "2"
+    seen = json.loads(body)
+    assert seen["path"] == "/hello?x=1"
+    h = seen["headers"]
+    assert h["host"] == "app.localhost" and h["x-forwarded-host"] == "app.localhost"
+    assert h["x-forwarded-for"] == "127.0.0.1" and h["x-forwarded-proto"] == "http"
+    assert len(h["x-request-id"]) == 32
+    out = subprocess.run(["nghttp", "-n", "-s", "-H", ":authority: app.localhost",
+                          f"http://127.0.0.1:{r.port}/a", f"http://127.0.0.1:{r.port}/b"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("200") >= 2, out.stdout
+
+
+def test_streams_of_one_connection_are_answered_each_with_its_own(app):
+    r, b = app
+    c = H2(r.port)
+    sids = []
+    for i in range(40):
+        sid = c.new_stream()
+        c.headers(sid, c.block(path=f"/n/{i}", fields=[("x-n", str(i))]))
+        sids.append((sid, i))
+    c.wait(lambda: all(c.streams[s].ended for s, _ in sids), "40 answers")
+    for sid, i in sids:
+        seen = c.streams[sid].json()
+        assert seen["path"] == f"/n/{i}" and seen["headers"]["x-n"] == str(i)
+    c.close()
+
+
+def test_request_bodies_with_and_without_length(app):
+    r, b = app
+    c = H2(r.port)
+    body = bytes(range(256)) * 100
+    with_length = c.request("POST", "/p", fields=[("content-length", str(len(body)))],
+                            body=body).json()
+    assert with_length["headers"]["content-length"] == str(len(body))
+    assert with_length["body_sha"] == hashlib.sha256(body).hexdigest()
+    without = c.request("POST", "/p", body=body).json()
+    assert without["headers"]["transfer-encoding"] == "chunked"
+    assert without["body_sha"] == hashlib.sha256(body).hexdigest()
+    # split cookies are one field again for HTTP/1.1
+    seen = c.request(fields=[("cookie", "a=1"), ("cookie", "b=2")]).json()
+    assert seen["headers"]["cookie"] == "a=1; b=2"
+    c.close()
+
+
+def test_head_404_and_router_errors_keep_their_reason(app):
+    r, b = app
+    c = H2(r.port)
+    head = c.request("HEAD", "/")
+    assert head.status == 200 and head.body == b""
+    missing = c.request(authority="nope.localhost")
+    assert missing.status == 404 and missing.header("x-skiff-router-error") == "unknown-route"
+    assert b"map-route" in missing.body
+    # the connection goes on after both
+    assert c.request().status == 200
+    c.close()
+
+
+def test_response_trailers_pass_through(router_factory):
+    backend = RawBackend(chunked_backend)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    resp = c.request(fields=[("te", "trailers")])
+    assert resp.status == 200
+    assert resp.body == b"hello, world"
+    assert ("x-trailer", "1") in resp.trailers, resp.trailers
+    c.close()
+
+
+def test_request_trailers_reach_the_backend(router_factory):
+    seen = {}
+
+    def behaviour(conn):
+        for first, headers, f in requests_on(conn):
+            seen["headers"] = headers
+            raw = b""
+            while not raw.endswith(b"0\r\n") and b"\r\n0\r\n" not in raw:
+                raw += f.read1(65536)
+            while not raw.endswith(b"\r\n\r\n"):
+                raw += f.read1(65536)
+            seen["raw"] = raw
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    backend = RawBackend(behaviour)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    resp = c.request("POST", "/", fields=[("te", "trailers")], body=b"abc",
+                     trailers=[("x-sum", "42")])
+    assert resp.status == 204
+    assert seen["headers"]["transfer-encoding"] == "chunked"
+    assert b"x-sum: 42\r\n" in seen["raw"]
+    c.close()
+
+
+def test_access_lines_and_metrics_count_h2_requests(app, bus):
+    r, b = app
+    before = r.metric("skiff_router_requests_total")
+    c = H2(r.port)
+    c.request(path="/counted")
+    c.close()
+    wait_for(lambda: r.metric("skiff_router_requests_total") >= before + 1, 10, "the metric")
+    wait_for(lambda: any("GET /counted 200" in m["line"] for m in bus.messages("access")), 10,
+             "the access line")
+
+
+def test_upgrade_to_h2c_is_declined_and_answered_in_http11(app):
+    r, b = app
+    out = curl("--http2", "-H", "Host: app.localhost", "-w", "\n%{http_version}",
+               f"http://127.0.0.1:{r.port}/up")
+    body, version = out.rsplit("\n", 1)
+    assert version == "1.1"
+    h = json.loads(body)["headers"]
+    assert "upgrade" not in h and "http2-settings" not in h
+
+
+# Requests that mean one thing to the router and could mean another to an HTTP/1.1 backend:
+# none of them reaches the backend.
+SMUGGLING = {
+    "uppercase name": [literal("X-Upper", "1")],
+    "colon in a name": [literal("x-a:b", "1")],
+    "space in a name": [literal("x a", "1")],
+    "CRLF in a value": [literal("x-a", "1\r\nx-injected: 1")],
+    "LF in a value": [literal("x-a", "1\nGET /admin HTTP/1.1")],
+    "NUL in a value": [literal("x-a", "1\x002")],
+    "transfer-encoding": [literal("transfer-encoding", "chunked")],
+    "connection": [literal("connection", "close")],
+    "keep-alive": [literal("keep-alive", "timeout=5")],
+    "upgrade": [literal("upgrade", "websocket")],
+    "proxy-connection": [literal("proxy-connection", "keep-alive")],
+    "te other than trailers": [literal("te", "gzip")],
+    "two hosts": [literal("host", "app.localhost"), literal("host", "other.localhost")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLING))
+def test_smuggling_fields_are_refused_before_the_backend(app, case):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    c.headers(sid, c.block() + b"".join(SMUGGLING[case]))
+    c.wait(lambda: c.streams[sid].reset is not None or c.streams[sid].ended, "an answer")
+    resp = c.streams[sid]
+    assert resp.reset == PROTOCOL_ERROR or resp.status == 400, (case, resp.headers)
+    assert b.hits == 0
+    # the connection still serves a good request
+    assert c.request().status == 200 and b.hits == 1
+    c.close()
+
+
+def test_authority_and_host_must_agree(app):
+    r, b = app
+    c = H2(r.port)
+    resp = c.request(fields=[("host", "other.localhost")])
+    assert resp.status == 400 and resp.header("x-skiff-router-error") == "bad-request"
+    same = c.request(fields=[("host", "APP.localhost")])
+    assert same.status == 200
+    # no :authority: host is the authority
+    assert c.request(authority=None, fields=[("host", "app.localhost")]).status == 200
+    assert b.hits == 2
+    c.close()
+
+
+def test_content_length_must_match_the_data(app):
+    r, b = app
+    for sent in (b"abc", b"x" * 20):
+        c = H2(r.port)
+        sid = c.new_stream()
+        c.headers(sid, c.block("POST", fields=[("content-length", "10")]), end_stream=False)
+        c.data(sid, sent, end_stream=True)
+        c.wait(lambda: c.streams[sid].reset is not None or c.streams[sid].ended, "an answer")
+        assert c.streams[sid].reset == PROTOCOL_ERROR, c.streams[sid].headers
+        c.close()
+    # what reached the backend (the head, before the body fell short) got no complete body
+    # to act on: the router never wrote more than the 10 bytes it announced
+
+
+# ---- attacks on HTTP/2 itself --------------------------------------------------------------------
+
+
+def test_rapid_reset_gets_goaway(app):
+    r, b = app
+    c = H2(r.port)
+    block = c.block(path="/delay/200")
+    burst = b""
+    for _ in range(1000):
+        sid = c.new_stream()
+        burst += frame(HEADERS, END_HEADERS | END_STREAM, sid, block)
+        burst += frame(RST_STREAM, 0, sid, struct.pack(">I", CANCEL))
+    try:
+        c.send(burst)
+    except OSError:
+        pass
+    assert c.wait_closed(15), "the connection stayed open"
+    # nghttp2's reset rate limit ends the session with INTERNAL_ERROR
+    assert c.goaway is not None and c.goaway[1] == INTERNAL_ERROR, c.goaway
+    # far from every one of the thousand reached the backend
+    assert b.hits < 400, b.hits
+    assert r.proc.poll() is None
+
+
+def test_continuation_flood_gets_goaway(app):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    flood = frame(HEADERS, 0, sid, c.block())
+    for _ in range(5000):
+        flood += frame(CONTINUATION, 0, sid, literal("x-a", "b"))
+    try:
+        c.send(flood)
+    except OSError:
+        pass
+    assert c.wait_closed(10)
+    assert c.goaway is not None
+    assert b.hits == 0
+
+
+def test_hpack_bomb_is_refused_with_431(app):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    # one 4 KB value in the dynamic table, then referenced a thousand times: about 20 bytes
+    # on the wire for each 4 KB decoded (62 is the first dynamic table entry)
+    block = c.block() + literal("x-bomb", "A" * 4000, indexed=True) + bytes([0x80 | 62]) * 1000
+    c.headers(sid, block)
+    c.wait(lambda: c.streams[sid].ended or c.streams[sid].reset is not None, "an answer")
+    assert c.streams[sid].status == 431
+    assert c.streams[sid].header("x-skiff-router-error") == "headers-too-large"
+    assert b.hits == 0
+    c.close()
+
+
+def test_settings_flood_gets_goaway(app):
+    r, b = app
+    c = H2(r.port)
+    try:
+        c.send(frame(SETTINGS, 0, 0) * 5000)
+    except OSError:
+        pass
+    assert c.wait_closed(10)
+    assert c.goaway is not None and c.goaway[1] == ENHANCE_YOUR_CALM, c.goaway
+
+
+def test_ping_flood_gets_goaway(app):
+    r, b = app
+    c = H2(r.port)
+    try:
+        c.send(frame(PING, 0, 0, b"12345678") * 5000)
+    except OSError:
+        pass
+    assert c.wait_closed(10)
+    assert c.goaway is not None and c.goaway[1] == ENHANCE_YOUR_CALM, c.goaway
+
+
+def test_too_many_concurrent_streams_are_refused(router_factory):
+    release = threading.Event()
+
+    def slow(conn):  # answers only once released
+        for first, headers, f in requests_on(conn):
+            release.wait(20)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    backend = RawBackend(slow)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    c.wait(lambda: 3 in c.server_settings, "the router's SETTINGS")
+    limit = c.server_settings[3]
+    assert limit == 100
+    sids = []
+    for _ in range(limit + 5):
+        sid = c.new_stream()
+        c.headers(sid, c.block())
+        sids.append(sid)
+    c.wait(lambda: sum(c.streams[s].reset is not None for s in sids) >= 5 or c.goaway,
+           "the streams over the limit refused")
+    if not c.goaway:
+        refused = [s for s in sids if c.streams[s].reset is not None]
+        assert refused == sids[limit:]
+        assert all(c.streams[s].reset in (REFUSED_STREAM, PROTOCOL_ERROR) for s in refused)
+    release.set()
+    c.close()
+
+
+def test_a_client_that_never_opens_its_window_holds_bounded_memory(router_factory):
+    size = 16 * 1024 * 1024
+    sent = {"bytes": 0}
+
+    def big(conn):
+        for first, headers, f in requests_on(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            chunk = b"x" * 65536
+            for _ in range(size // len(chunk)):
+                conn.sendall(chunk)
+                sent["bytes"] += len(chunk)
+
+    backend = RawBackend(big)
+    r = router_factory([route("app.localhost", [backend])])
+    before = r.rss_kb()
+    # a window of 0 for every stream: the router may send no DATA at all
+    c = H2(r.port, settings={4: 0}, window_updates=False)
+    streams = 20
+    for _ in range(streams):
+        c.headers(c.new_stream(), c.block())
+    wait_for(lambda: sent["bytes"] > 0, 10, "the backends to start")
+    # each backend stops being read once its stream's queue is full: the total sent stays
+    # a small part of the 320 MB asked for (kernel buffers, plus the router's bound)
+    last = -1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sent["bytes"] != last:
+        last = sent["bytes"]
+        time.sleep(0.5)
+    grown = r.rss_kb() - before
+    print(f"backends sent {sent['bytes']} bytes; the router grew by {grown} KB")
+    assert sent["bytes"] < streams * size / 2, sent["bytes"]
+    assert grown < 64 * 1024, f"router grew by {grown} KB"
+    c.close()
