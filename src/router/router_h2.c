@@ -95,8 +95,7 @@ static bool name_is(const char *name, size_t len, const char *lower)
     return len == n && strncasecmp(name, lower, n) == 0;
 }
 
-/* Fields that describe one HTTP/1.1 connection and mean nothing (or harm) across HTTP/2. */
-static bool connection_specific(const char *name, size_t len)
+bool router_h2_connection_specific(const char *name, size_t len)
 {
     return name_is(name, len, "connection") || name_is(name, len, "keep-alive") ||
            name_is(name, len, "proxy-connection") || name_is(name, len, "transfer-encoding") ||
@@ -121,7 +120,7 @@ const char *router_h2_field_check(const char *name, size_t name_len, const char 
     if (value_len && (value[0] == ' ' || value[0] == '\t' || value[value_len - 1] == ' ' ||
                       value[value_len - 1] == '\t'))
         return "a field value begins or ends with white space";
-    if (connection_specific(name, name_len))
+    if (router_h2_connection_specific(name, name_len))
         return "connection-specific fields (connection, keep-alive, proxy-connection, "
                "transfer-encoding, upgrade) are not allowed in HTTP/2";
     if (name_is(name, name_len, "te") && !name_is(value, value_len, "trailers"))
@@ -309,7 +308,7 @@ static int on_resp_value_complete(llhttp_t *p)
     const char *value = st->fvalue.data ? st->fvalue.data : "";
     size_t nl = st->fname.len, vl = st->fvalue.len;
     st->fname.len = st->fvalue.len = 0;
-    if (connection_specific(name, nl) || name_is(name, nl, "te"))
+    if (router_h2_connection_specific(name, nl) || name_is(name, nl, "te"))
         return 0;
     if (st->in_trailers)
         push_field(&st->resp_trailers, &st->resp_trailer_count, name, nl, value, vl);

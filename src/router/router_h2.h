@@ -93,6 +93,31 @@ void router_h2_stream_set_reading(struct router_h2_stream *st, bool reading);
 /* The owner is gone: the stream is reset (CANCEL) unless its whole response was given. */
 void router_h2_stream_detach(struct router_h2_stream *st);
 
+/* ---- h2c to instances (router_h2c.c) ----
+ *
+ * A backend connection to an instance of a route marked `protocol: http2` speaks h2c (prior
+ * knowledge), one request at a time, and stays in the pool between them. The proxy keeps
+ * writing and reading HTTP/1.1: router_h2c turns the request bytes it writes into a stream
+ * (HEADERS, DATA, trailers) and the stream the instance answers with into HTTP/1.1 response
+ * bytes (always chunked when it has a body, so trailers such as grpc-status pass through). */
+struct router_h2c;
+
+struct router_h2c *router_h2c_new(void);
+void router_h2c_free(struct router_h2c *c);
+/* The bytes given next are a new request (a new stream). False when the connection can take
+ * no more (the instance sent GOAWAY, or it failed). */
+bool router_h2c_begin(struct router_h2c *c);
+/* HTTP/1.1 request bytes from the proxy: head, body in its framing, trailers. Returns 0, or -1
+ * when they cannot be sent (the connection is not to be used again). */
+int router_h2c_request(struct router_h2c *c, const char *p, size_t n);
+/* Bytes from the instance; the HTTP/1.1 response bytes they complete are appended to resp.
+ * Returns 0, or -1 when the instance broke the protocol or reset the stream. */
+int router_h2c_input(struct router_h2c *c, const char *p, size_t n, struct buf *resp);
+/* Appends what is to be sent to the instance to out; returns how many bytes. */
+size_t router_h2c_output(struct router_h2c *c, struct buf *out);
+/* Request body bytes waiting for the instance's window. */
+size_t router_h2c_queued(const struct router_h2c *c);
+
 /* ---- pure functions (unit-tested) ---- */
 
 /* Whether p[0..n) is the start of the HTTP/2 client preface: 1 when the whole preface (24
@@ -103,6 +128,9 @@ int router_h2_preface_match(const char *p, size_t n);
  * no ':', CR, LF, NUL or space), a value with CR, LF or NUL or white space at either end, the
  * connection-specific fields (connection, keep-alive, proxy-connection, transfer-encoding,
  * upgrade, http2-settings) and te other than "trailers". */
+/* Whether a field describes one HTTP/1.1 connection and so means nothing (or harm) in HTTP/2:
+ * connection, keep-alive, proxy-connection, transfer-encoding, upgrade, http2-settings. */
+bool router_h2_connection_specific(const char *name, size_t len);
 const char *router_h2_field_check(const char *name, size_t name_len, const char *value,
                                   size_t value_len);
 

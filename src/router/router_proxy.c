@@ -149,6 +149,7 @@ struct pool {
     struct pool *next;
     struct sockaddr_storage addr;
     socklen_t addr_len;
+    bool h2c;              /* its connections speak h2c (a route marked protocol http2) */
     struct upstream *idle; /* most recently used first */
     int idle_count;
     int in_flight; /* exchanges of this worker using this backend (a drain waits for 0) */
@@ -178,6 +179,7 @@ struct upstream {
     struct exchange *x;
     struct upstream *idle_prev, *idle_next;
     uv_connect_t connect_req;
+    struct router_h2c *h2c; /* h2c to the instance (router_h2c.c), or NULL: HTTP/1.1 */
     uint64_t idle_since;
     uint8_t state;
     bool reused, got_bytes, pause_done, reusable;
@@ -271,6 +273,7 @@ struct worker {
     uint64_t id_prefix, id_counter;
     struct router_metrics m;
     struct client *h2_dirty;           /* HTTP/2 connections with output to send */
+    struct buf h2c_resp;               /* HTTP/1.1 bytes made from an h2c backend's frames */
     struct router_h2_limits h2_limits; /* from cfg */
     struct router_header *view; /* scratch for one head's headers */
     size_t view_cap;
@@ -301,6 +304,7 @@ static void hold_unlink(struct client *c);
 static void connect_backend(struct exchange *x);
 static void worker_maybe_done(struct worker *w);
 static int stream_flush(struct client *c);
+static int h2c_translate(struct upstream *u);
 static void h2_want_output(void *ctx);
 static void h2_conn_input(struct client *c, const char *data, size_t len);
 static bool client_sniff(struct client *c, const char *data, size_t len);
@@ -358,6 +362,9 @@ static void on_write(uv_write_t *req, int status);
 static int peer_flush(struct peer *p)
 {
     struct outq *q = &p->out;
+    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c && !p->closing && !p->write_error &&
+        h2c_translate((struct upstream *)p) < 0)
+        p->write_error = UV_EPROTO;
     if (q->count == 0)
         return 0;
     if (p->closing || p->write_error) {
@@ -432,8 +439,33 @@ static int stream_flush(struct client *c)
     return c->p.write_error;
 }
 
+/* A backend connection speaking h2c: the HTTP/1.1 bytes queued become HTTP/2 frames
+ * (router_h2c.c), sent with whatever else the session has (SETTINGS, WINDOW_UPDATE, body
+ * the instance's window now admits). */
+static int h2c_translate(struct upstream *u)
+{
+    struct outq *q = &u->p.out;
+    int rc = 0;
+    for (unsigned i = 0; i < q->count && rc == 0; i++) {
+        const char *base = q->pieces[i].ptr ? q->pieces[i].ptr : q->scratch.data + q->pieces[i].off;
+        rc = router_h2c_request(u->h2c, base, q->pieces[i].len);
+    }
+    q->count = 0;
+    q->scratch.len = 0;
+    if (router_h2c_output(u->h2c, &q->scratch) > 0) {
+        q->pieces[0].ptr = NULL;
+        q->pieces[0].off = 0;
+        q->pieces[0].len = q->scratch.len;
+        q->count = 1;
+    }
+    return rc;
+}
+
 static size_t peer_queued(struct peer *p)
 {
+    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c)
+        return uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) +
+               router_h2c_queued(((struct upstream *)p)->h2c);
     if (p->kind == PEER_CLIENT && ((struct client *)p)->h2_conn) {
         struct client *c = (struct client *)p;
         return c->h2s ? router_h2_stream_queued(c->h2s) : 0;
@@ -1916,12 +1948,14 @@ static void hold_request(struct client *c)
 
 /* ---- backend connections ------------------------------------------------------------------ */
 
-static struct pool *pool_for(struct worker *w, const struct route_backend *b)
+static struct pool *pool_for(struct worker *w, const struct route_backend *b, bool h2c)
 {
     for (struct pool *p = w->pools; p; p = p->next)
-        if (p->addr_len == b->addr_len && memcmp(&p->addr, &b->addr, b->addr_len) == 0)
+        if (p->addr_len == b->addr_len && memcmp(&p->addr, &b->addr, b->addr_len) == 0 &&
+            p->h2c == h2c)
             return p;
     struct pool *p = xcalloc(1, sizeof(*p));
+    p->h2c = h2c;
     memcpy(&p->addr, &b->addr, b->addr_len);
     p->addr_len = b->addr_len;
     p->next = w->pools;
@@ -1945,6 +1979,7 @@ static void pool_remove(struct upstream *u)
 static void on_upstream_closed(uv_handle_t *h)
 {
     struct upstream *u = h->data;
+    router_h2c_free(u->h2c);
     buf_free(&u->p.out.scratch);
     free(u);
 }
@@ -1988,6 +2023,8 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
+    if (u->h2c)
+        router_h2c_begin(u->h2c);
     outq_add(&u->p, x->head.data, x->head.len);
     peer_flush(&u->p);
     upstream_update_reading(u);
@@ -2036,12 +2073,17 @@ static void connect_backend(struct exchange *x)
     /* counted only where it decides: a shared counter costs every core a cache miss */
     if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
         __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
-    struct pool *pool = pool_for(w, b);
+    struct pool *pool = pool_for(w, b, x->route->protocol == ROUTE_PROTOCOL_HTTP2);
     x->pool = pool;
     pool->in_flight++;
     while (pool->idle && !x->fresh_connection) {
         struct upstream *u = pool->idle;
         pool_remove(u);
+        if (u->h2c && !router_h2c_begin(u->h2c)) { /* the instance said GOAWAY meanwhile */
+            u->state = U_ACTIVE;
+            upstream_close(u);
+            continue;
+        }
         u->reused = true;
         ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
         upstream_start(u, x);
@@ -2052,6 +2094,8 @@ static void connect_backend(struct exchange *x)
     u->p.kind = PEER_UPSTREAM;
     u->pool = pool;
     u->state = U_CONNECTING;
+    if (pool->h2c)
+        u->h2c = router_h2c_new();
     uv_tcp_init(&w->loop, &u->p.tcp);
     u->p.tcp.data = u;
     u->connect_req.data = u;
@@ -2365,6 +2409,24 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
     upstream_failed(u, UV_EPROTO, false);
 }
 
+/* Frames from an h2c backend: what they make of the response goes through the HTTP/1.1
+ * response path; what the session answers (ACKs, window updates, more body) is sent. */
+static void h2c_feed(struct upstream *u, const char *data, size_t len)
+{
+    struct buf *resp = &u->p.w->h2c_resp;
+    resp->len = 0;
+    int r = router_h2c_input(u->h2c, data, len, resp);
+    peer_flush(&u->p);
+    if (u->x && u->x->c->p.throttled && peer_queued(&u->p) <= ROUTER_LOW_WATER) {
+        u->x->c->p.throttled = false;
+        client_update_reading(u->x->c);
+    }
+    if (resp->len && u->x)
+        upstream_feed(u, resp->data, resp->len);
+    if ((r < 0 || u->p.write_error) && u->x && !u->p.closing)
+        upstream_failed(u, UV_EPROTO, false);
+}
+
 static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upstream *u = s->data;
@@ -2378,7 +2440,10 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct exchange *x = u->x;
     if (nread > 0) {
         client_touch(x->c);
-        upstream_feed(u, buf->base, (size_t)nread);
+        if (u->h2c)
+            h2c_feed(u, buf->base, (size_t)nread);
+        else
+            upstream_feed(u, buf->base, (size_t)nread);
         return;
     }
     if (x->c->state == C_TUNNEL) {
@@ -2829,6 +2894,7 @@ void router_proxy_stop(void)
         }
         free(w->view);
         buf_free(&w->access);
+        buf_free(&w->h2c_resp);
         while (w->spare) {
             struct exchange *x = w->spare;
             w->spare = (struct exchange *)x->u;

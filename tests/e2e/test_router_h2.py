@@ -541,3 +541,130 @@ def test_a_client_that_never_opens_its_window_holds_bounded_memory(router_factor
     assert sent["bytes"] < streams * size / 2, sent["bytes"]
     assert grown < 64 * 1024, f"router grew by {grown} KB"
     c.close()
+
+
+# ---- routes marked protocol http2: h2c to the instance ------------------------------------------
+
+
+class H2cInstance:
+    """An instance that speaks only h2c, gRPC style: each stream is answered with HEADERS
+    (200, application/grpc), its request body echoed in DATA, then trailers (grpc-status).
+    A request to /reset is answered with RST_STREAM instead."""
+
+    def __init__(self):
+        self.requests = []
+        self.backend = RawBackend(self.serve)
+        self.addr = self.backend.addr
+
+    @property
+    def accepted(self):
+        return self.backend.accepted
+
+    def serve(self, conn):
+        f = conn.makefile("rb")
+        if f.read(24) != PREFACE:
+            return
+        conn.sendall(frame(SETTINGS, 0, 0))
+        dec, enc = hpack.Decoder(), hpack.Encoder()
+        streams = {}
+        while True:
+            head = f.read(9)
+            if len(head) < 9:
+                return
+            length = int.from_bytes(head[:3], "big")
+            type_, flags = head[3], head[4]
+            sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+            payload = f.read(length)
+            if type_ == SETTINGS and not flags & ACK:
+                conn.sendall(frame(SETTINGS, ACK, 0))
+            elif type_ == PING and not flags & ACK:
+                conn.sendall(frame(PING, ACK, 0, payload))
+            elif type_ == HEADERS:
+                fields = [(k.decode(), v.decode()) for k, v in dec.decode(payload, raw=True)]
+                s = streams.setdefault(sid, {"headers": None, "body": b"", "trailers": []})
+                if s["headers"] is None:
+                    s["headers"] = fields
+                else:
+                    s["trailers"] = fields
+            elif type_ == DATA and sid in streams:
+                streams[sid]["body"] += payload
+                if payload:
+                    inc = struct.pack(">I", len(payload))
+                    conn.sendall(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+            elif type_ == GOAWAY:
+                return
+            if type_ in (HEADERS, DATA) and flags & END_STREAM and sid in streams:
+                s = streams.pop(sid)
+                self.requests.append(s)
+                if dict(s["headers"]).get(":path") == "/reset":
+                    conn.sendall(frame(RST_STREAM, 0, sid, struct.pack(">I", INTERNAL_ERROR)))
+                    continue
+                out = frame(HEADERS, END_HEADERS, sid, enc.encode(
+                    [(":status", "200"), ("content-type", "application/grpc")]))
+                if s["body"]:
+                    out += frame(DATA, 0, sid, s["body"])
+                out += frame(HEADERS, END_HEADERS | END_STREAM, sid, enc.encode(
+                    [("grpc-status", "0"), ("grpc-message", "ok")]))
+                conn.sendall(out)
+
+
+@pytest.fixture
+def grpc_app(router_factory):
+    inst = H2cInstance()
+    r = router_factory([dict(route("grpc.localhost", [inst]), protocol="http2")])
+    yield r, inst
+    inst.backend.close()
+
+
+def grpc_message(data):
+    return b"\x00" + struct.pack(">I", len(data)) + data
+
+
+def test_http2_route_is_h2c_end_to_end_and_trailers_pass_through(grpc_app):
+    r, inst = grpc_app
+    assert json.loads(r.admin("/routes")[1])["routes"][0]["protocol"] == "http2"
+    c = H2(r.port)
+    msg = grpc_message(b"hello")
+    resp = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
+                     fields=[("content-type", "application/grpc"), ("te", "trailers")], body=msg)
+    assert resp.status == 200 and resp.header("content-type") == "application/grpc"
+    assert resp.body == msg
+    assert ("grpc-status", "0") in resp.trailers and ("grpc-message", "ok") in resp.trailers
+    seen = inst.requests[-1]
+    h = dict(seen["headers"])
+    assert h[":method"] == "POST" and h[":path"] == "/pkg.Greeter/SayHello"
+    assert h[":authority"] == "grpc.localhost" and h["te"] == "trailers"
+    assert h["x-forwarded-for"] == "127.0.0.1" and len(h["x-request-id"]) == 32
+    assert not any(k in h for k in ("connection", "transfer-encoding", "host", "keep-alive"))
+    assert seen["body"] == msg
+    # more requests reuse the one h2c connection, one stream each
+    for i in range(3):
+        again = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
+                          fields=[("te", "trailers")], body=grpc_message(b"x%d" % i))
+        assert again.body == grpc_message(b"x%d" % i)
+        assert ("grpc-status", "0") in again.trailers
+    assert inst.accepted == 1
+    c.close()
+
+
+def test_http11_clients_reach_an_http2_route_with_trailers(grpc_app):
+    r, inst = grpc_app
+    from test_router import Client
+    c = Client(r.port)
+    resp = c.request("POST", "/pkg.Greeter/SayHello", "grpc.localhost",
+                     headers={"TE": "trailers", "Content-Type": "application/grpc"},
+                     body=grpc_message(b"hi"))
+    assert resp.status == 200 and resp.body == grpc_message(b"hi")
+    assert resp.trailers.get("grpc-status") == "0"
+    c.close()
+
+
+def test_an_instance_resetting_its_stream_is_a_502(grpc_app):
+    r, inst = grpc_app
+    c = H2(r.port)
+    resp = c.request("GET", "/reset", authority="grpc.localhost")
+    assert resp.status == 502 and resp.header("x-skiff-router-error") == "backend-failed"
+    ok = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
+                   body=grpc_message(b"after"))
+    assert ok.status == 200 and ok.body == grpc_message(b"after")
+    c.close()
