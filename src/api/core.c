@@ -820,11 +820,11 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
     return true;
 }
 
-/* A route already the app's is fine (and takes the balance when one is given); another
+/* A route already the app's is fine (and takes the balance and protocol given); another
  * app's is route_taken. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const struct store_app *app, const char *spec, const char *path_in,
-                         const char *balance)
+                         const char *balance, const char *protocol)
 {
     char *host = NULL, *path = NULL, *domain = NULL;
     if (!core__parse_route(core, req, spec, path_in, &host, &path, &domain))
@@ -833,7 +833,8 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                             .path = path,
                             .app_guid = (char *)app->guid,
                             .domain = domain,
-                            .balance = (char *)balance};
+                            .balance = (char *)balance,
+                            .protocol = (char *)protocol};
     uuid_generate_v4(r.guid);
     int rc = store_route_add(core->cfg.store, &r);
     bool ok = true;
@@ -853,8 +854,9 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                                   "first or pick another host",
                                   host, path);
                 ok = false;
-            } else if (balance && strcmp(all[i].balance, balance) &&
-                       store_route_set_balance(core->cfg.store, host, path, balance) < 0) {
+            } else if (((balance && strcmp(all[i].balance, balance)) ||
+                        (protocol && strcmp(all[i].protocol, protocol))) &&
+                       store_route_update(core->cfg.store, host, path, balance, protocol) < 0) {
                 api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the route");
                 ok = false;
             }
@@ -913,7 +915,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
         }
         json_array_foreach(routes, i, r)
         {
-            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL))
+            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL, NULL))
                 return false;
         }
         api_core__routes_changed(core);
@@ -932,7 +934,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
                 spec = xasprintf("%s-%s-%s.localhost", app->name, space->name, org->name);
             }
         }
-        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL);
+        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL, NULL);
         free(spec);
         api_core__routes_changed(core);
         return ok;
@@ -1674,10 +1676,11 @@ static void core__logs(struct api_request *req, void *ctx)
 static json_t *core__route_json(struct api_core *core, const struct store_route *r,
                                 const char *app_name)
 {
-    return json_pack(
-        "{s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "guid", r->guid, "host", r->host, "path", r->path, "app",
-        app_name ? app_name : "", "domain", r->domain, "balance", r->balance, "instances",
-        core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid) : 0);
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "guid", r->guid, "host", r->host, "path",
+                     r->path, "app", app_name ? app_name : "", "domain", r->domain, "balance",
+                     r->balance, "protocol", r->protocol, "instances",
+                     core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid)
+                                         : 0);
 }
 
 static void core__routes_list(struct api_request *req, void *ctx)
@@ -1712,7 +1715,7 @@ static void core__routes_list(struct api_request *req, void *ctx)
 static void core__routes_create(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
-    static const char *const fields[] = {"app", "host", "path", "balance", NULL};
+    static const char *const fields[] = {"app", "host", "path", "balance", "protocol", NULL};
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -1736,6 +1739,16 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "\"balance\" must be \"round-robin\" or \"least-connection\"");
         goto done;
     }
+    /* what the router speaks to the instances: http1, or h2c for http2 (gRPC) */
+    json_t *protocolv = json_object_get(body, "protocol");
+    const char *protocol = json_string_value(protocolv);
+    if ((protocolv && !json_is_null(protocolv) && !protocol) ||
+        (protocol && strcmp(protocol, "http1") && strcmp(protocol, "http2"))) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                          "\"protocol\" must be \"http1\" or \"http2\" (h2c to the app's "
+                          "instances)");
+        goto done;
+    }
     if (!(app = api_core__app_named(core, req, name)) || !api_core__quota_admits(core, req, app, 1))
         goto done;
     const char *path = json_string_value(pathv);
@@ -1745,7 +1758,7 @@ static void core__routes_create(struct api_request *req, void *ctx)
         goto done;
     }
     char *spec = xstrdup(host);
-    bool ok = api_core__map_route(core, req, app, spec, path ? path : "", balance);
+    bool ok = api_core__map_route(core, req, app, spec, path ? path : "", balance, protocol);
     free(spec);
     if (!ok)
         goto done;

@@ -873,18 +873,20 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void 
 
 /* ---- routes and services ---- */
 
-/* http1 is what the router speaks; http2 and tcp routes are accepted as http1 ones. */
+/* http1 and http2 are the route's protocol (what the router speaks to the instances); a tcp
+ * route is accepted as an http1 one. */
 static int manifest_route_protocol(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
                                    void *block)
 {
-    (void)block;
+    struct manifest_route *r = block;
     static const char *const protocols[] = {"http1", "http2", "tcp", NULL};
-    char *protocol = NULL;
-    int rc = manifest_one_of(c, key, v, protocols, &protocol);
-    if (!rc && strcmp(protocol, "http1") != 0)
+    int rc = manifest_one_of(c, key, v, protocols, &r->protocol);
+    if (!rc && strcmp(r->protocol, "tcp") == 0) {
         manifest_warn(c, v, key,
-                      "routes are served over HTTP/1.1 here; the route is mapped as an http1 one");
-    free(protocol);
+                      "the router has no TCP routes; the route is mapped as an http1 one");
+        free(r->protocol);
+        r->protocol = NULL;
+    }
     return rc;
 }
 
@@ -1634,6 +1636,7 @@ void manifest_free(struct manifest *m)
         for (size_t j = 0; j < a->route_count; j++) {
             free(a->routes[j].route);
             free(a->routes[j].balance);
+            free(a->routes[j].protocol);
         }
         free(a->routes);
         free(a->stack);

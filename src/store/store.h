@@ -139,6 +139,8 @@ struct store_route {
     char *domain;  /* the domain the host ends in */
     char *balance; /* "round-robin" or "least-connection" (docs/bus.md); NULL on add means
                     * "round-robin". The store keeps the text; the API checks the value. */
+    char *protocol; /* what the router speaks to the instances: "http1" or "http2" (h2c);
+                     * NULL on add means "http1". Checked by the API, like balance. */
 };
 
 struct store_droplet {
@@ -209,9 +211,10 @@ void store_sidecars_free(struct store_sidecar *sidecars, size_t n);
 /* -EEXIST when host+path is taken. */
 int store_route_add(struct store *st, const struct store_route *route);
 int store_route_delete(struct store *st, const char *host, const char *path);
-/* Changes an existing route's balance; -ENOENT when there is no route host+path. */
-int store_route_set_balance(struct store *st, const char *host, const char *path,
-                            const char *balance);
+/* Changes an existing route's balance and protocol (each NULL: as it is); -ENOENT when there
+ * is no route host+path. */
+int store_route_update(struct store *st, const char *host, const char *path, const char *balance,
+                       const char *protocol);
 /* All routes (app_guid NULL) or an app's, ordered by host then path. */
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n);
 void store_route_list_free(struct store_route *routes, size_t n);

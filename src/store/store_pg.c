@@ -107,6 +107,8 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN log_rate_limit BIGINT NOT NULL DEFAULT -1;",
     /* 11: sidecars (store.h's store_app.sidecars_json) */
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
+    /* 12: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -605,20 +607,27 @@ static int pg__app_delete(struct store_backend *b, const char *guid)
 
 static int pg__route_add(struct store_backend *b, const struct store_route *route)
 {
-    const char *v[] = {
-        route->guid,     route->host,   route->path ? route->path : "",
-        route->app_guid, route->domain, route->balance ? route->balance : "round-robin"};
+    const char *v[] = {route->guid,
+                       route->host,
+                       route->path ? route->path : "",
+                       route->app_guid,
+                       route->domain,
+                       route->balance ? route->balance : "round-robin",
+                       route->protocol ? route->protocol : "http1"};
     return pg__write(b,
-                     "INSERT INTO routes (guid, host, path, app_guid, domain, balance)"
-                     " VALUES ($1, $2, $3, $4, $5, $6)",
-                     6, v, false);
+                     "INSERT INTO routes (guid, host, path, app_guid, domain, balance, protocol)"
+                     " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     7, v, false);
 }
 
-static int pg__route_set_balance(struct store_backend *b, const char *host, const char *path,
-                                 const char *balance)
+static int pg__route_update(struct store_backend *b, const char *host, const char *path,
+                            const char *balance, const char *protocol)
 {
-    const char *v[] = {balance, host, path ? path : ""};
-    return pg__write(b, "UPDATE routes SET balance = $1 WHERE host = $2 AND path = $3", 3, v, true);
+    const char *v[] = {balance, protocol, host, path ? path : ""};
+    return pg__write(b,
+                     "UPDATE routes SET balance = COALESCE($1, balance),"
+                     " protocol = COALESCE($2, protocol) WHERE host = $3 AND path = $4",
+                     4, v, true);
 }
 
 static int pg__route_delete(struct store_backend *b, const char *host, const char *path)
@@ -633,10 +642,11 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
     const char *v[] = {app_guid};
     PGresult *res = NULL;
     if (pg__exec(b,
-                 app_guid ? "SELECT guid, host, path, app_guid, domain, balance FROM routes"
-                            " WHERE app_guid = $1 ORDER BY host COLLATE \"C\", path COLLATE \"C\""
-                          : "SELECT guid, host, path, app_guid, domain, balance FROM routes"
-                            " ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
+                 app_guid
+                     ? "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes"
+                       " WHERE app_guid = $1 ORDER BY host COLLATE \"C\", path COLLATE \"C\""
+                     : "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes"
+                       " ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
                  app_guid ? 1 : 0, v, &res) < 0)
         return -EIO;
     size_t count = (size_t)PQntuples(res);
@@ -649,6 +659,7 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
         r->app_guid = pg__text(res, (int)i, 3);
         r->domain = pg__text(res, (int)i, 4);
         r->balance = pg__text(res, (int)i, 5);
+        r->protocol = pg__text(res, (int)i, 6);
     }
     PQclear(res);
     *out = routes;
@@ -1007,7 +1018,7 @@ const struct store_ops store_pg_ops = {
     .app_delete = pg__app_delete,
     .route_add = pg__route_add,
     .route_delete = pg__route_delete,
-    .route_set_balance = pg__route_set_balance,
+    .route_update = pg__route_update,
     .route_list = pg__route_list,
     .domain_add = pg__domain_add,
     .domain_list = pg__domain_list,

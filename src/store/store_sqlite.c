@@ -110,6 +110,8 @@ const char *const store_sqlite_migrations[] = {
     /* 11: sidecars, Cloud Foundry's extra processes in an instance's container (store.h's
      * store_app.sidecars_json) */
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
+    /* 12: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -710,8 +712,8 @@ static int sqlite__app_delete(struct store_backend *st, const char *guid)
 static int sqlite__route_add(struct store_backend *st, const struct store_route *route)
 {
     sqlite3_stmt *q =
-        store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance) "
-                           "VALUES (?, ?, ?, ?, ?, ?)");
+        store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance, "
+                           "protocol) VALUES (?, ?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, route->guid);
@@ -720,19 +722,22 @@ static int sqlite__route_add(struct store_backend *st, const struct store_route 
     store__bind_text(q, 4, route->app_guid);
     store__bind_text(q, 5, route->domain);
     store__bind_text(q, 6, route->balance ? route->balance : "round-robin");
+    store__bind_text(q, 7, route->protocol ? route->protocol : "http1");
     return store__step_done(st, q);
 }
 
-static int sqlite__route_set_balance(struct store_backend *st, const char *host, const char *path,
-                                     const char *balance)
+static int sqlite__route_update(struct store_backend *st, const char *host, const char *path,
+                                const char *balance, const char *protocol)
 {
-    sqlite3_stmt *q =
-        store__prepare(st, "UPDATE routes SET balance = ? WHERE host = ? AND path = ?");
+    sqlite3_stmt *q = store__prepare(st, "UPDATE routes SET balance = COALESCE(?, balance), "
+                                         "protocol = COALESCE(?, protocol) "
+                                         "WHERE host = ? AND path = ?");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, balance);
-    store__bind_text(q, 2, host);
-    store__bind_text(q, 3, path ? path : "");
+    store__bind_text(q, 2, protocol);
+    store__bind_text(q, 3, host);
+    store__bind_text(q, 4, path ? path : "");
     int rc = store__step_done(st, q);
     if (rc == 0 && sqlite3_changes(st->db) == 0)
         return -ENOENT;
@@ -756,9 +761,9 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
                               struct store_route **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
-        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance FROM routes "
+        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes "
                        "WHERE app_guid = ? ORDER BY host, path"
-                     : "SELECT guid, host, path, app_guid, domain, balance FROM routes "
+                     : "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes "
                        "ORDER BY host, path");
     if (!q)
         return -EIO;
@@ -776,6 +781,7 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
         r->app_guid = store__col_text(q, 3);
         r->domain = store__col_text(q, 4);
         r->balance = store__col_text(q, 5);
+        r->protocol = store__col_text(q, 6);
     }
     if (store__read_done(st, q, step, "list routes") < 0) {
         store_route_list_free(routes, count);
@@ -1203,7 +1209,7 @@ const struct store_ops store_sqlite_ops = {
     .app_delete = sqlite__app_delete,
     .route_add = sqlite__route_add,
     .route_delete = sqlite__route_delete,
-    .route_set_balance = sqlite__route_set_balance,
+    .route_update = sqlite__route_update,
     .route_list = sqlite__route_list,
     .domain_add = sqlite__domain_add,
     .domain_list = sqlite__domain_list,

@@ -553,6 +553,9 @@ static void test_cloud_foundry_kitchen_sink(void **state)
     assert_string_equal(a->routes[1].route, "store.localhost/api");
     assert_string_equal(a->routes[1].balance, "round-robin");
     assert_null(a->routes[2].balance); /* hash: the router has none, the route keeps its own */
+    assert_string_equal(a->routes[0].protocol, "http1");
+    assert_string_equal(a->routes[1].protocol, "http2"); /* h2c to the instances */
+    assert_null(a->routes[2].protocol); /* tcp: no TCP routes, mapped as http1 with a warning */
     assert_int_equal(a->service_count, 2);
     assert_string_equal(a->services[0].name, "orders-db");
     assert_null(a->services[0].binding_name);

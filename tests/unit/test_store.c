@@ -270,6 +270,7 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     assert_int_equal(store_route_list(st, "g-old", &routes, &n), 0);
     assert_int_equal(n, 1);
     assert_string_equal(routes[0].balance, "round-robin");
+    assert_string_equal(routes[0].protocol, "http1"); /* and the protocol HTTP/1.1 */
     store_route_list_free(routes, n);
     /* the newer tables work */
     assert_int_equal(store_doc_put(st, "mapping", "m1", "{\"a\":1}"), 0);
@@ -544,10 +545,13 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_int_equal(n, 2);
     assert_string_equal(routes[1].path, "/api");
     assert_string_equal(routes[1].balance, "round-robin"); /* none given */
+    assert_string_equal(routes[1].protocol, "http1");
     store_route_list_free(routes, n);
-    assert_int_equal(store_route_set_balance(st, "shop.localhost", "/api", "least-connection"), 0);
-    assert_int_equal(store_route_set_balance(st, "shop.localhost", "/none", "round-robin"),
+    assert_int_equal(store_route_update(st, "shop.localhost", "/api", "least-connection", NULL), 0);
+    assert_int_equal(store_route_update(st, "shop.localhost", "/none", "round-robin", NULL),
                      -ENOENT);
+    /* the protocol alone, the balance kept */
+    assert_int_equal(store_route_update(st, "shop.localhost", "", NULL, "http2"), 0);
     r.path = "/lc";
     r.balance = "least-connection";
     uuid_generate_v4(r.guid);
@@ -555,8 +559,10 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
     assert_int_equal(n, 3);
     assert_string_equal(routes[0].balance, "round-robin");
+    assert_string_equal(routes[0].protocol, "http2");
     assert_string_equal(routes[1].path, "/api");
     assert_string_equal(routes[1].balance, "least-connection");
+    assert_string_equal(routes[1].protocol, "http1");
     assert_string_equal(routes[2].balance, "least-connection");
     store_route_list_free(routes, n);
     assert_int_equal(store_route_delete(st, "shop.localhost", "/api"), 0);
