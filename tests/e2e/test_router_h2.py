@@ -7,6 +7,7 @@ write is written literally by hand.
 """
 import hashlib
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -668,3 +669,33 @@ def test_an_instance_resetting_its_stream_is_a_502(grpc_app):
                    body=grpc_message(b"after"))
     assert ok.status == 200 and ok.body == grpc_message(b"after")
     c.close()
+
+
+def test_grpc_through_the_platform_to_a_pushed_h2c_app(platform, tmp_path):
+    """The whole path: an app pushed with a command that speaks only h2c, a route mapped with
+    `skiff map-route --protocol http2`, an HTTP/2 client through skiffd's router: the stream
+    reaches the app as HTTP/2 and its trailers come back."""
+    app = tmp_path / "grpc"
+    app.mkdir()
+    with open(os.path.join(os.path.dirname(__file__), "apps", "grpc_h2c.py"), "rb") as f:
+        (app / "app.py").write_bytes(f.read())
+    (app / "Procfile").write_text("web: python3 app.py\n")
+    r = platform.cli("push", "greeter", "-p", str(app), "--no-route", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = platform.cli("map-route", "greeter", "greeter.localhost", "--protocol", "http2")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def answered():
+        c = H2(platform.router_port)
+        try:
+            return c.request("POST", "/pkg.Greeter/SayHello", authority="greeter.localhost",
+                             fields=[("content-type", "application/grpc"), ("te", "trailers")],
+                             body=grpc_message(b"through the platform"))
+        finally:
+            c.close()
+
+    resp = wait_for(lambda: (lambda x: x if x.status == 200 else None)(answered()), 30,
+                    "the app to answer over h2c")
+    assert resp.header("x-instance") == "0"
+    assert resp.body == grpc_message(b"through the platform")
+    assert ("grpc-status", "0") in resp.trailers, resp.trailers
