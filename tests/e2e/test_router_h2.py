@@ -7,6 +7,7 @@ write is written literally by hand.
 """
 import hashlib
 import json
+import signal
 import os
 import socket
 import struct
@@ -699,3 +700,27 @@ def test_grpc_through_the_platform_to_a_pushed_h2c_app(platform, tmp_path):
     assert resp.header("x-instance") == "0"
     assert resp.body == grpc_message(b"through the platform")
     assert ("grpc-status", "0") in resp.trailers, resp.trailers
+
+
+def test_a_stream_in_flight_finishes_when_the_router_stops(router_factory):
+    started = threading.Event()
+
+    def slow(conn):
+        for first, headers, f in requests_on(conn):
+            started.set()
+            time.sleep(0.5)  # the backend's own pace: the router's stop comes meanwhile
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+    backend = RawBackend(slow)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    sid = c.new_stream()
+    c.headers(sid, c.block())
+    assert started.wait(10)
+    r.proc.send_signal(signal.SIGTERM)
+    c.wait(lambda: c.streams[sid].ended, "the answer")
+    assert c.streams[sid].body == b"done"
+    assert c.wait_closed(10)
+    assert c.goaway is not None and c.goaway[1] == 0  # NO_ERROR: a graceful end
+    r.proc.wait(20)
+    assert r.proc.returncode == 0, r.log()
