@@ -320,7 +320,13 @@ static int on_resp_value_complete(llhttp_t *p)
 static int on_resp_headers_complete(llhttp_t *p)
 {
     struct router_h2_stream *st = p->data;
-    if (p->status_code < 200) { /* interim: not passed on (HTTP/2 clients need none) */
+    if (p->status_code < 200) { /* interim (100 Continue, 103): HEADERS without END_STREAM */
+        char status[8];
+        snprintf(status, sizeof(status), "%d", p->status_code);
+        nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)status, 7, strlen(status),
+                         NGHTTP2_NV_FLAG_NONE};
+        if (p->status_code != 101 && !st->submitted)
+            nghttp2_submit_headers(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
         st->resp_fields.len = 0;
         st->resp_field_count = 0;
         return 0;

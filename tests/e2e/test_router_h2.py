@@ -60,6 +60,7 @@ def literal(name, value, indexed=False):
 class Response:
     def __init__(self):
         self.headers, self.body, self.trailers, self.reset = [], b"", [], None
+        self.interim = []  # 1xx heads
         self.ended = False
 
     @property
@@ -165,7 +166,9 @@ class H2:
             fields = [(k.decode() if isinstance(k, bytes) else k,
                        v.decode() if isinstance(v, bytes) else v)
                       for k, v in self.dec.decode(payload, raw=True)]
-            if r.headers:
+            if dict(fields).get(":status", "").startswith("1"):
+                r.interim.append(fields)
+            elif r.headers:
                 r.trailers += fields
             else:
                 r.headers = fields
@@ -283,6 +286,20 @@ def test_head_404_and_router_errors_keep_their_reason(app):
     assert b"map-route" in missing.body
     # the connection goes on after both
     assert c.request().status == 200
+    c.close()
+
+
+def test_expect_100_continue_is_passed_as_interim_headers(app):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    c.headers(sid, c.block("PUT", "/up", fields=[("content-length", "4"),
+                                                ("expect", "100-continue")]), end_stream=False)
+    c.wait(lambda: c.streams[sid].interim, "100 Continue")
+    assert dict(c.streams[sid].interim[0])[":status"] == "100"
+    c.data(sid, b"data", end_stream=True)
+    c.wait(lambda: c.streams[sid].ended, "the answer")
+    assert c.streams[sid].status == 200 and c.streams[sid].json()["body_len"] == 4
     c.close()
 
 
