@@ -59,6 +59,7 @@ struct router_h2_session {
     struct router_h2_stream *streams;
     size_t stream_count;
     struct buf scratch;
+    struct buf *output; /* where DATA goes during router_h2_session_output (send_data) */
     uint64_t window_start_ms;
     uint32_t control_frames;
     const char *error;
@@ -182,29 +183,20 @@ static size_t stream_queued(const struct router_h2_stream *st)
     return st->out.len - st->out_off;
 }
 
-/* Gives the stream's body to nghttp2 as the client's window allows. */
+/* Says how much of the stream's body the next DATA frame carries, as the client's window
+ * allows; the bytes themselves are copied once, straight into the output, by send_data. */
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
     struct router_h2_stream *st = src->ptr;
-    size_t before = stream_queued(st);
-    if (before == 0 && !st->resp_ended) {
+    size_t queued = stream_queued(st);
+    if (queued == 0 && !st->resp_ended) {
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
-    size_t n = before < length ? before : length;
-    if (n)
-        memcpy(dst, st->out.data + st->out_off, n);
-    st->out_off += n;
-    if (st->out_off == st->out.len) {
-        st->out.len = st->out_off = 0;
-        if (st->out.cap > 1024 * 1024)
-            buf_free(&st->out);
-    }
-    if (before > ROUTER_H2_LOW_WATER && stream_queued(st) <= ROUTER_H2_LOW_WATER && st->owner &&
-        st->sess->ops->stream_drained)
-        st->sess->ops->stream_drained(st->owner);
-    if (stream_queued(st) == 0 && st->resp_ended) {
+    size_t n = queued < length ? queued : length;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (queued == n && st->resp_ended) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (st->resp_trailer_count) {
             nghttp2_nv *nv = xcalloc(st->resp_trailer_count, sizeof(*nv));
@@ -221,6 +213,33 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
         }
     }
     return (ssize_t)n;
+}
+
+/* A DATA frame read_body sized: its header, then the body bytes, into the output. */
+static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
+                     size_t length, nghttp2_data_source *src, void *ud)
+{
+    struct router_h2_session *s = ud;
+    struct router_h2_stream *st = src->ptr;
+    size_t before = stream_queued(st);
+    if (!s->output || length > before)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    buf_append(s->output, framehd, 9);
+    if (frame->data.padlen > 0)
+        buf_putc(s->output, (char)(frame->data.padlen - 1));
+    buf_append(s->output, st->out.data + st->out_off, length);
+    for (size_t i = 1; i < frame->data.padlen; i++)
+        buf_putc(s->output, 0);
+    st->out_off += length;
+    if (st->out_off == st->out.len) {
+        st->out.len = st->out_off = 0;
+        if (st->out.cap > 1024 * 1024)
+            buf_free(&st->out);
+    }
+    if (before > ROUTER_H2_LOW_WATER && stream_queued(st) <= ROUTER_H2_LOW_WATER && st->owner &&
+        s->ops->stream_drained)
+        s->ops->stream_drained(st->owner);
+    return 0;
 }
 
 static void stream_resume(struct router_h2_stream *st)
@@ -333,6 +352,9 @@ static int on_resp_headers_complete(llhttp_t *p)
     }
     st->status = p->status_code;
     st->in_trailers = true;
+    if ((p->flags & F_CONTENT_LENGTH) && !st->is_head) /* one allocation for the body */
+        buf_reserve(&st->out,
+                    p->content_length < 256 * 1024 ? (size_t)p->content_length : 256 * 1024);
     if (stream_submit(st) != 0)
         return HPE_USER;
     return st->is_head ? 1 : 0;
@@ -680,6 +702,7 @@ struct router_h2_session *router_h2_session_new(const struct router_h2_limits *l
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     nghttp2_option *opt;
     nghttp2_option_new(&opt);
     nghttp2_option_set_no_auto_window_update(opt, 1);
@@ -741,19 +764,21 @@ int router_h2_session_input(struct router_h2_session *s, const char *p, size_t n
 
 size_t router_h2_session_output(struct router_h2_session *s, struct buf *out, size_t max)
 {
-    size_t total = 0;
-    while (total < max) {
+    size_t start = out->len;
+    s->output = out;
+    while (out->len - start < max) {
         const uint8_t *data;
+        size_t before = out->len;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
-        if (n <= 0) {
-            if (n < 0 && !s->error[0])
-                s->error = nghttp2_strerror((int)n);
-            break;
-        }
-        buf_append(out, data, (size_t)n);
-        total += (size_t)n;
+        if (n < 0 && !s->error[0])
+            s->error = nghttp2_strerror((int)n);
+        if (n > 0)
+            buf_append(out, data, (size_t)n);
+        else if (n < 0 || out->len == before)
+            break; /* 0 after send_data wrote a frame: more may follow */
     }
-    return total;
+    s->output = NULL;
+    return out->len - start;
 }
 
 bool router_h2_session_done(const struct router_h2_session *s)

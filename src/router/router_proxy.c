@@ -138,6 +138,7 @@ struct client {
     struct client *h2_conn;       /* the connection a stream belongs to */
     struct client *h2_dirty_next; /* in the worker's list of sessions with output */
     bool h2_dirty;
+    struct buf h2_out; /* frames to send, made by the session */
     bool proto_known; /* HTTP/1.1 or HTTP/2, told by the first bytes */
     uint8_t preface_len;
     char preface[24];
@@ -848,6 +849,7 @@ static void on_client_handle_closed(uv_handle_t *h)
         return;
     buf_free(&c->pending);
     buf_free(&c->p.out.scratch);
+    buf_free(&c->h2_out);
     free(c);
 }
 
@@ -1296,11 +1298,11 @@ static void h2_conn_flush(struct client *c)
 {
     struct worker *w = c->p.w;
     while (!c->p.closing && !c->shutting_down && c->h2 && peer_queued(&c->p) <= ROUTER_HIGH_WATER) {
-        size_t off;
-        struct buf *b = outq_scratch_begin(&c->p, &off);
-        size_t n = router_h2_session_output(c->h2, b, 64 * 1024);
-        if (n)
-            outq_scratch_end(&c->p, off);
+        /* the frames go from this buffer (kept with its capacity) to the socket; what the
+         * socket does not take now is copied into a write request by peer_flush */
+        c->h2_out.len = 0;
+        size_t n = router_h2_session_output(c->h2, &c->h2_out, 64 * 1024);
+        outq_add(&c->p, c->h2_out.data, n);
         peer_flush(&c->p);
         if (c->p.write_error) {
             client_close(c);
