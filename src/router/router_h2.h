@@ -115,6 +115,9 @@ int router_h2c_request(struct router_h2c *c, const char *p, size_t n);
 int router_h2c_input(struct router_h2c *c, const char *p, size_t n, struct buf *resp);
 /* Appends what is to be sent to the instance to out; returns how many bytes. */
 size_t router_h2c_output(struct router_h2c *c, struct buf *out);
+/* Whether the stream in progress failed (reset by the instance, or refused by the router)
+ * before its response ended: what input and output do can find that. */
+bool router_h2c_broken(const struct router_h2c *c);
 /* Request body bytes waiting for the instance's window. */
 size_t router_h2c_queued(const struct router_h2c *c);
 

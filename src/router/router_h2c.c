@@ -32,6 +32,10 @@ struct router_h2c {
     bool resp_chunked, resp_done;
 };
 
+/* The response head (or trailers) an instance may send, decoded: the proxy's own bound for
+ * HTTP/1.1 response heads. */
+#define ROUTER_H2C_MAX_HEADER_BYTES (64 * 1024)
+
 static llhttp_settings_t request_settings;
 static bool request_settings_ready;
 
@@ -220,6 +224,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     if (!trailer && name_is(name, nl, "content-length"))
         return 0; /* the router frames the body itself */
     struct buf *b = trailer ? &c->resp_trailers : &c->resp_fields;
+    if (b->len + nl + vl + 4 > ROUTER_H2C_MAX_HEADER_BYTES) {
+        c->failed = true; /* an instance's HPACK bomb: a 502, and no more of this connection */
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     buf_append(b, name, nl);
     buf_puts(b, ": ");
     buf_append(b, value, vl);
@@ -384,6 +392,11 @@ size_t router_h2c_output(struct router_h2c *c, struct buf *out)
         buf_append(out, data, (size_t)n);
         total += (size_t)n;
     }
+}
+
+bool router_h2c_broken(const struct router_h2c *c)
+{
+    return c->failed && !c->resp_done;
 }
 
 size_t router_h2c_queued(const struct router_h2c *c)

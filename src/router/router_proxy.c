@@ -2425,7 +2425,7 @@ static void h2c_feed(struct upstream *u, const char *data, size_t len)
     }
     if (resp->len && u->x)
         upstream_feed(u, resp->data, resp->len);
-    if ((r < 0 || u->p.write_error) && u->x && !u->p.closing)
+    if ((r < 0 || u->p.write_error || router_h2c_broken(u->h2c)) && u->x && !u->p.closing)
         upstream_failed(u, UV_EPROTO, false);
 }
 

@@ -741,3 +741,35 @@ def test_a_stream_in_flight_finishes_when_the_router_stops(router_factory):
     assert c.goaway is not None and c.goaway[1] == 0  # NO_ERROR: a graceful end
     r.proc.wait(20)
     assert r.proc.returncode == 0, r.log()
+
+
+def test_an_instance_hpack_bomb_is_a_502(router_factory):
+    """A hostile h2c instance: a small header block that decodes to megabytes."""
+
+    def bomb(conn):
+        f = conn.makefile("rb")
+        if f.read(24) != PREFACE:
+            return
+        conn.sendall(frame(SETTINGS, 0, 0))
+        while True:
+            head = f.read(9)
+            if len(head) < 9:
+                return
+            length, type_, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+            sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+            f.read(length)
+            if type_ == SETTINGS and not flags & ACK:
+                conn.sendall(frame(SETTINGS, ACK, 0))
+            if type_ in (HEADERS, DATA) and flags & END_STREAM:
+                block = bytes([0x88]) + literal("x-bomb", "B" * 4000, indexed=True) + \
+                    bytes([0x80 | 62]) * 4000
+                conn.sendall(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+
+    backend = RawBackend(bomb)
+    r = router_factory([dict(route("app.localhost", [backend]), protocol="http2")])
+    before = r.rss_kb()
+    c = H2(r.port)
+    resp = c.request()
+    assert resp.status == 502 and resp.header("x-skiff-router-error") == "backend-failed"
+    assert r.rss_kb() - before < 32 * 1024
+    c.close()
