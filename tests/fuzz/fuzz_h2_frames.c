@@ -1,6 +1,7 @@
 /* libFuzzer target: arbitrary HTTP/2 frames from a client through the router's HTTP/2 session
  * (router_h2.c: nghttp2, the field checks, the HTTP/1.1 request it builds, the response it
- * parses back), with no sockets.
+ * parses back), with no sockets; or (first byte & 4) arbitrary frames from an instance of an
+ * http2 route through router_h2c.
  *
  * The input follows the client preface. Its first byte picks how streams are answered: at
  * once with a canned response (chunked, with trailers), with the input's own tail as the
@@ -75,10 +76,38 @@ static void on_output(void *ctx) {}
 
 static const struct router_h2_ops ops = {on_open, on_request, on_drained, on_closed, on_output};
 
+/* The other side: the frames an instance of an http2 route answers with, into router_h2c
+ * (after a request it was given), which must turn them into HTTP/1.1 the proxy's own response
+ * parser accepts or into a failure. */
+static void instance_frames(const char *in, size_t n)
+{
+    static const char request[] = "POST /pkg.S/M HTTP/1.1\r\nHost: app.localhost\r\n"
+                                  "TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  "5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n";
+    struct router_h2c *c = router_h2c_new();
+    struct buf out = {0}, resp = {0};
+    for (int round = 0; round < 2 && router_h2c_begin(c); round++) {
+        router_h2c_request(c, request, sizeof(request) - 1);
+        router_h2c_output(c, &out);
+        size_t half = n / 2;
+        if (router_h2c_input(c, in, half, &resp) == 0)
+            router_h2c_input(c, in + half, n - half, &resp);
+        router_h2c_output(c, &out);
+        out.len = resp.len = 0;
+    }
+    router_h2c_free(c);
+    buf_free(&out);
+    buf_free(&resp);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
+    if (data[0] & 4) {
+        instance_frames((const char *)data + 1, size - 1);
+        return 0;
+    }
     mode = data[0] & 3;
     size_t split = size > 2 ? (size_t)data[1] * (size - 2) / 255 : 0;
     const char *in = (const char *)data + 2;
