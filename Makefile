@@ -7,7 +7,7 @@
 # which makes the component a program (daemon -> skiffd, router -> skiff-router, cli -> skiff,
 # shim -> skiff-shim, init -> skiff-init, brokers -> skiff-brokers).
 
-PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libseccomp libnats libpq libnghttp2
+PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libcrypto libseccomp libnats libpq libnghttp2
 LLHTTP   := /usr/share/llhttp
 CC       ?= cc
 
@@ -108,9 +108,13 @@ fuzz-build: deps $(patsubst tests/fuzz/%.c,$(FUZZ)/%,$(FUZZ_SRCS))
 fuzz: fuzz-build
 	@bash scripts/test.sh fuzz
 
-# The binary example is pushed prebuilt: this compiles it (no binaries live in git).
+# The binary example is pushed prebuilt: this compiles it; the Flask example is pushed with its
+# dependencies in vendor/: this makes their wheels from Debian's python3-flask (no binaries
+# live in git).
+FLASK_WHEELS = Flask Werkzeug Jinja2 MarkupSafe itsdangerous click
 examples:
 	$(MAKE) -C examples/binary
+	/usr/bin/python3 scripts/debian_wheels.py -d examples/python-flask/vendor $(FLASK_WHEELS)
 
 bench: build
 	@bash bench/run.sh

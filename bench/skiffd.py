@@ -83,8 +83,9 @@ class Skiffd:
         stop_home(self.home)
 
 
-def start(bindir, prefix="skiff-bench-", extra_env=None):
-    """skiffd from bindir in a new home on free loopback ports, once its API answers."""
+def start(bindir, prefix="skiff-bench-", extra_env=None, extra_args=()):
+    """skiffd from bindir (with extra_args) in a new home on free loopback ports, once its API
+    answers."""
     home = tempfile.mkdtemp(prefix=prefix)
     os.chmod(home, 0o755)
     api_port, router_port, admin_port = free_port(), free_port(), free_port()
@@ -95,7 +96,7 @@ def start(bindir, prefix="skiff-bench-", extra_env=None):
     env.pop("SKIFF_API", None)
     env.pop("SKIFF_TOKEN", None)
     with open(os.path.join(home, "skiffd.out"), "wb") as log:
-        proc = subprocess.Popen([os.path.join(bindir, "skiffd")], env=env, stdout=log,
+        proc = subprocess.Popen([os.path.join(bindir, "skiffd"), *extra_args], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     with open(os.path.join(home, "skiffd.pid"), "w") as f:
         f.write(str(proc.pid))

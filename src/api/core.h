@@ -27,6 +27,7 @@ struct api_core_config {
     int staging_disk_mb; /* every staging's disk; 0: the app's disk quota, as Cloud Foundry */
     const struct container_site *containers; /* where stagings run; NULL: host processes */
     const char *const *insecure_registries;  /* image registries over http (HOST:PORT) */
+    uint64_t max_image_bytes; /* the largest image staging takes; 0: IMAGE_DEFAULT_MAX_IMAGE */
     struct store *store;
     struct scheduler *scheduler;
     struct hub *hub; /* platform events: it publishes what users do, and follows instances */

@@ -27,6 +27,7 @@ struct api_core {
     int hub_sub; /* on cfg.hub: instance changes */
     uint64_t apps_cache_instance_changes;
     struct api_core_ssh *ssh; /* ssh.c: the sessions open */
+    struct api_core_images_gc *images_gc; /* images_gc.c; NULL without containers */
 };
 
 void api_core__routes_changed(struct api_core *core);
@@ -77,6 +78,13 @@ bool api_label_value_valid(const char *value);
 /* Whether labels (a JSON object of strings) match a label selector ("env=prod,!legacy,tier in
  * (web,api)"): 1 or 0, or -EINVAL with what is wrong in err. */
 int api_labels_match(json_t *labels, const char *selector, char *err, size_t errlen);
+/* images_gc.c: the image store's garbage collection. _soon after anything that can leave a
+ * layer unused (it runs off the loop, again while an instance still uses one); _close at
+ * shutdown. */
+void api_core__images_gc_init(struct api_core *core);
+void api_core__images_gc_soon(struct api_core *core);
+void api_core__images_gc_close(struct api_core *core);
+
 /* ssh.c: POST /v1/apps/NAME/ssh (skiff ssh); _end_all ends every session (shutdown). */
 void api_core__ssh_register(struct api_core *core);
 void api_core__ssh_end_all(struct api_core *core);

@@ -12,7 +12,13 @@
  * reading stops on either side while SSH_BUFFER_MAX bytes wait for the other (a client that
  * never reads stalls its own command, nothing else); a malformed frame ends the session.
  * When the client goes away or the session ends otherwise, every process the command started
- * is killed (its cgroup). */
+ * is killed (its cgroup).
+ *
+ * Whether a session may start at all is Cloud Foundry's rule, decided in ssh__allowed alone:
+ * the app allows it (enable-ssh / disable-ssh: PATCH /v1/apps/NAME/features/ssh, a
+ * SpaceDeveloper) and so does its space (allow-space-ssh / disallow-space-ssh: PATCH
+ * /v1/orgs/ORG/spaces/SPACE/features/ssh, a SpaceManager or the OrgManager); both default to
+ * allowed. GET /v1/apps/NAME/ssh_enabled says whether and why not, as CF's does. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +27,7 @@
 #include <uv.h>
 
 #include "api/core_internal.h"
+#include "auth/auth.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/ssh_frame.h"
@@ -487,6 +494,146 @@ static bool ssh__instance(struct api_core *core, struct api_request *req,
     return ok;
 }
 
+/* The one answer to "may a session enter this app's instances?": the app has ssh enabled and
+ * its space allows it. When not, reason says which and how to change it. */
+static bool ssh__allowed(struct api_core *core, const struct store_app *app, char *reason,
+                         size_t size)
+{
+    const struct auth_space *space =
+        core->cfg.auth ? auth_space_get(core->cfg.auth, app->space_guid) : NULL;
+    if (space && space->ssh_disallowed) {
+        snprintf(reason, size,
+                 "ssh is not allowed in space %s (app %s): a SpaceManager allows it with "
+                 "`skiff allow-space-ssh %s`",
+                 space->name, app->name, space->name);
+        return false;
+    }
+    if (app->ssh_disabled) {
+        snprintf(reason, size,
+                 "ssh is disabled for app %s: a SpaceDeveloper enables it with `skiff "
+                 "enable-ssh %s`",
+                 app->name, app->name);
+        return false;
+    }
+    reason[0] = 0;
+    return true;
+}
+
+/* GET /v1/apps/NAME/ssh_enabled: {"enabled", "reason"} (Cloud Foundry's ssh_enabled). */
+static void ssh__enabled_get(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    char reason[512];
+    bool ok = ssh__allowed(core, app, reason, sizeof reason);
+    api_respond_json(req, 200,
+                     json_pack("{s:b, s:s, s:b}", "enabled", ok, "reason", reason, "app_enabled",
+                               !app->ssh_disabled));
+    store_app_free(app);
+}
+
+/* Cloud Foundry's features/NAME: ssh is the one there is here (so the audit record of a change
+ * is audit.app.features / audit.space.features, apart from a session's audit.app.ssh). False
+ * after answering 404 for another name. */
+static bool ssh__feature_named(struct api_request *req, unsigned param)
+{
+    const char *name = api_request_param(req, param);
+    if (name && !strcmp(name, "ssh"))
+        return true;
+    api_respond_error(req, SKIFF_E_NOT_FOUND, "no feature named %s: ssh is the one there is",
+                      name ? name : "");
+    return false;
+}
+
+/* {"enabled": true|false}, the body of both features/ssh PATCHes; -1 when it answered why not. */
+static int ssh__enabled_body(struct api_request *req)
+{
+    json_t *body = api_request_json_object(req);
+    if (!body)
+        return -1;
+    static const char *const fields[] = {"enabled", NULL};
+    int enabled = -1;
+    if (!api_json_check_fields(req, body, fields))
+        goto out;
+    json_t *v = json_object_get(body, "enabled");
+    if (!json_is_boolean(v)) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "enabled must be true or false");
+        goto out;
+    }
+    enabled = json_is_true(v);
+out:
+    json_decref(body);
+    return enabled;
+}
+
+/* PATCH /v1/apps/NAME/features/ssh {"enabled": B}: enable-ssh / disable-ssh. Sessions already
+ * open stay open, as in Cloud Foundry; new ones are refused. */
+static void ssh__app_feature_patch(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    if (!ssh__feature_named(req, 1))
+        return;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    int enabled = ssh__enabled_body(req);
+    if (enabled < 0)
+        goto out;
+    app->ssh_disabled = !enabled;
+    if (store_app_update(core->cfg.store, app) < 0) {
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app's ssh setting");
+        goto out;
+    }
+    api_respond_json(req, 200, json_pack("{s:s, s:b}", "name", "ssh", "enabled", enabled));
+out:
+    store_app_free(app);
+}
+
+static void ssh__space_feature_respond(struct api_request *req, const struct auth_space *space)
+{
+    api_respond_json(req, 200,
+                     json_pack("{s:s, s:s, s:b}", "name", "ssh", "space", space->name, "enabled",
+                               !space->ssh_disallowed));
+}
+
+/* GET /v1/orgs/ORG/spaces/SPACE/features/ssh: space-ssh-allowed. */
+static void ssh__space_feature_get(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    if (!ssh__feature_named(req, 2))
+        return;
+    const struct auth_space *space =
+        core->cfg.auth ? auth_space_get(core->cfg.auth, api_request_space(req)) : NULL;
+    if (!space) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no such space");
+        return;
+    }
+    ssh__space_feature_respond(req, space);
+}
+
+/* PATCH /v1/orgs/ORG/spaces/SPACE/features/ssh {"enabled": B}: allow-space-ssh /
+ * disallow-space-ssh. */
+static void ssh__space_feature_patch(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    if (!ssh__feature_named(req, 2))
+        return;
+    int enabled = ssh__enabled_body(req);
+    if (enabled < 0)
+        return;
+    int rc = core->cfg.auth
+                 ? auth_space_set_ssh_allowed(core->cfg.auth, api_request_space(req), enabled)
+                 : -ENOENT;
+    if (rc == -ENOENT)
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no such space");
+    else if (rc < 0)
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the space's ssh setting");
+    else
+        ssh__space_feature_respond(req, auth_space_get(core->cfg.auth, api_request_space(req)));
+}
+
 static void ssh__handle(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -510,6 +657,11 @@ static void ssh__handle(struct api_request *req, void *ctx)
                           "this endpoint switches to the %s protocol (Connection: Upgrade, "
                           "Upgrade: %s): use `skiff ssh %s`",
                           SSH_PROTOCOL, SSH_PROTOCOL, app->name);
+        goto out;
+    }
+    char reason[512];
+    if (!ssh__allowed(core, app, reason, sizeof reason)) {
+        api_respond_error(req, SKIFF_E_SSH_DISABLED, "%s", reason);
         goto out;
     }
     if (!process)
@@ -641,6 +793,17 @@ void api_core__ssh_register(struct api_core *core)
     core->ssh = xcalloc(1, sizeof *core->ssh);
     api_route_add(core->api, "POST", "/v1/apps/*/ssh",
                   API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP, ssh__handle, core);
+    api_route_add(core->api, "GET", "/v1/apps/*/ssh_enabled",
+                  API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_APP, ssh__enabled_get, core);
+    api_route_add(core->api, "PATCH", "/v1/apps/*/features/*",
+                  API_PERM(AUTH_PERM_SPACE_DEVELOP) | API_SCOPE_APP | API_SMALL_BODY,
+                  ssh__app_feature_patch, core);
+    api_route_add(core->api, "GET", "/v1/orgs/*/spaces/*/features/*",
+                  API_PERM(AUTH_PERM_SPACE_READ) | API_SCOPE_ORG_SPACE, ssh__space_feature_get,
+                  core);
+    api_route_add(core->api, "PATCH", "/v1/orgs/*/spaces/*/features/*",
+                  API_PERM(AUTH_PERM_SPACE_MANAGE) | API_SCOPE_ORG_SPACE | API_SMALL_BODY,
+                  ssh__space_feature_patch, core);
 }
 
 void api_core__ssh_end_all(struct api_core *core)

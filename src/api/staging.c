@@ -129,6 +129,7 @@ struct staging_image {
     char *home, *kind, *path;
     const char *const *insecure;
     unsigned uid_base;
+    uint64_t max_image;
     int rc;
     char err[512];
     char *command; /* the image's own: the droplet's web process */
@@ -188,10 +189,20 @@ static void staging__image_work(uv_work_t *w)
     struct image_store store;
     struct image img;
     si->rc = image_store_open(&store, si->home, si->uid_base, si->err, sizeof si->err);
+    store.max_image = si->max_image;
+    /* held until the droplet names what is stored: no collection runs in between */
+    int hold = si->rc == SKIFF_OK ? image_store_hold(&store) : -1;
+    if (si->rc == SKIFF_OK && hold < 0) {
+        snprintf(si->err, sizeof si->err, "cannot lock the image store: %s", strerror(-hold));
+        si->rc = SKIFF_E_INTERNAL;
+    }
     if (si->rc == SKIFF_OK)
         si->rc = strcmp(si->kind, "registry") ? image_import_archive(&store, si->kind, si->path,
                                                                      &img, si->err, sizeof si->err)
                                               : staging__image_pull(si, &store, &img);
+    if (si->rc == SKIFF_OK &&
+        (si->rc = image_user_resolve(&store, &img, si->err, sizeof si->err)) != SKIFF_OK)
+        image_clear(&img);
     if (si->rc == SKIFF_OK) {
         si->rc = image_droplet_write(&img, si->s->droplet_dir, si->err, sizeof si->err);
         si->command = image_default_command(&img.config);
@@ -199,6 +210,7 @@ static void staging__image_work(uv_work_t *w)
                  img.manifest.n_layers, img.digest);
         image_clear(&img);
     }
+    image_store_release(hold);
     image_store_close(&store);
 }
 
@@ -246,6 +258,7 @@ static int staging__image_start(struct api_core_staging *s, const char *kind, co
     si->path = xstrdup(path);
     si->uid_base = site->uid_base ? site->uid_base : CONTAINER_DEFAULT_UID_BASE;
     si->insecure = s->core->cfg.insecure_registries;
+    si->max_image = s->core->cfg.max_image_bytes;
     si->work.data = si;
     si->progress.data = si;
     uv_mutex_init(&si->lock);
@@ -500,6 +513,7 @@ static void staging__done(void *ctx, const struct stage_result *res)
                                    "staging_failed", "message", why));
         rm_rf(s->droplet_dir);
     }
+    api_core__images_gc_soon(core); /* a droplet replaced, or what a failed pull stored */
     if (s->req) {
         api_request_on_abort(s->req, NULL, NULL);
         api_stream_end(s->req);

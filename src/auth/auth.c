@@ -243,8 +243,9 @@ static int auth__org_save(struct auth *a, const struct auth_org *o)
 static int auth__space_save(struct auth *a, const struct auth_space *s)
 {
     return auth__put(a, AUTH_DOC_SPACE, s->guid,
-                     json_pack("{s:s, s:s, s:s, s:I}", "org", s->org_guid, "name", s->name,
-                               "quota", s->quota_guid, "created_at", (json_int_t)s->created_at));
+                     json_pack("{s:s, s:s, s:s, s:b, s:I}", "org", s->org_guid, "name", s->name,
+                               "quota", s->quota_guid, "allow_ssh", !s->ssh_disallowed,
+                               "created_at", (json_int_t)s->created_at));
 }
 
 static const char *const auth__limit_names[AUTH_QUOTA_LIMITS] = {
@@ -372,8 +373,9 @@ static int auth__load_space(void *ctx, const char *id, const char *text)
     json_t *o = json_loads(text, 0, NULL);
     const char *name = NULL, *org = NULL, *quota = "";
     json_int_t created = 0;
-    if (o && json_unpack(o, "{s:s, s:s, s?:s, s?:I}", "org", &org, "name", &name, "quota",
-                         &quota, "created_at", &created) == 0) {
+    int allow_ssh = 1; /* spaces stored before it was a setting allow it, as CF's default */
+    if (o && json_unpack(o, "{s:s, s:s, s?:s, s?:b, s?:I}", "org", &org, "name", &name, "quota",
+                         &quota, "allow_ssh", &allow_ssh, "created_at", &created) == 0) {
         a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
         struct auth_space *s = &a->spaces[a->n_spaces++];
         memset(s, 0, sizeof *s);
@@ -381,6 +383,7 @@ static int auth__load_space(void *ctx, const char *id, const char *text)
         AUTH_COPY(s->org_guid, org);
         AUTH_COPY(s->name, name);
         AUTH_COPY(s->quota_guid, quota);
+        s->ssh_disallowed = !allow_ssh;
         s->created_at = created;
     }
     json_decref(o);
@@ -865,6 +868,19 @@ int auth_space_set_quota(struct auth *a, const char *space_guid, const char *quo
         return -ENOENT;
     struct auth_space next = *s;
     AUTH_COPY(next.quota_guid, quota_guid);
+    if (auth__space_save(a, &next) < 0)
+        return -EIO;
+    *s = next;
+    return 0;
+}
+
+int auth_space_set_ssh_allowed(struct auth *a, const char *space_guid, bool allowed)
+{
+    struct auth_space *s = (struct auth_space *)auth_space_get(a, space_guid);
+    if (!s)
+        return -ENOENT;
+    struct auth_space next = *s;
+    next.ssh_disallowed = !allowed;
     if (auth__space_save(a, &next) < 0)
         return -EIO;
     *s = next;

@@ -131,6 +131,9 @@ struct auth_space {
     char org_guid[AUTH_GUID_LEN + 1];
     char name[AUTH_NAME_MAX + 1];
     char quota_guid[AUTH_GUID_LEN + 1]; /* "" without a quota */
+    /* Cloud Foundry's allow_ssh, inverted so that a zeroed space allows ssh (CF's default):
+     * `skiff ssh` enters an app's instance only when the app and its space allow it */
+    bool ssh_disallowed;
     int64_t created_at;
 };
 
@@ -235,6 +238,8 @@ void auth_quota_each(const struct auth *a, void (*fn)(void *ctx, const struct au
 /* quota_guid NULL: none. */
 int auth_org_set_quota(struct auth *a, const char *org_guid, const char *quota_guid);
 int auth_space_set_quota(struct auth *a, const char *space_guid, const char *quota_guid);
+/* allow-space-ssh / disallow-space-ssh. -ENOENT: no such space; -EIO: not stored. */
+int auth_space_set_ssh_allowed(struct auth *a, const char *space_guid, bool allowed);
 /* Whether use fits the quota: true, or false with a message naming the quota, the limit and
  * the numbers (where: "org acme" or "space acme/prod"). */
 bool auth_quota_admits(const struct auth_quota *q, const struct auth_usage *use,

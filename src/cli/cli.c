@@ -153,6 +153,7 @@ static int cli_option_set(const struct cli_command *cmd, const struct cli_option
         *(bool *)o->value = true;
         return 0;
     case CLI_OPT_STRING:
+    case CLI_OPT_OPTIONAL:
         *(const char **)o->value = arg;
         return 0;
     case CLI_OPT_INT: {
@@ -261,6 +262,8 @@ int cli_parse_options(const struct cli_command *cmd, int argc, char **argv,
                 return cli_usage_error(cmd, "%.*s takes no value", (int)(inline_arg - a - 1), a);
         } else if (inline_arg) {
             arg = inline_arg;
+        } else if (o->kind == CLI_OPT_OPTIONAL && (i + 1 == argc || argv[i + 1][0] == '-')) {
+            arg = "";
         } else if (i + 1 < argc) {
             arg = argv[++i];
         } else {

@@ -65,6 +65,9 @@ enum cli_option_kind {
     CLI_OPT_STRING, /* const char **: the argument (points into argv) */
     CLI_OPT_INT,    /* long *: a whole number; anything else is a usage error */
     CLI_OPT_LIST,   /* struct cli_list *: repeatable, each argument appended */
+    /* const char **: the argument (--opt=VALUE, or the next one when it is not an option),
+     * or "" when given bare (last, or followed by another option) */
+    CLI_OPT_OPTIONAL,
 };
 
 struct cli_list {

@@ -670,8 +670,9 @@ static int cli_set_check(const struct cli_command *cmd, int argc, char **argv, b
     if (rc)
         return rc;
     if (!cli_json_output)
-        printf("Set the %s check of %s (%s) to %s.\nRestart the app (`skiff restart %s`) for "
-               "its instances to use it.\n",
+        printf("Set the %s check of %s (%s) to %s.\n\nTIP: An app restart is required for the "
+               "change to take effect: running instances keep the check they started with "
+               "(`skiff restart %s`).\n",
                readiness ? "readiness" : "health", name, process, type, name);
     return CLI_EXIT_OK;
 }

@@ -415,7 +415,8 @@ static int cli_push_function(const struct cli_command *cmd, const char *spec, co
 {
     const char *colon = strrchr(spec, ':');
     if (!colon || colon == spec || !colon[1])
-        return cli_usage_error(cmd, "--function needs FILE:HANDLER, like resize.py:handle");
+        return cli_usage_error(cmd, "--function needs FILE:HANDLER, like resize.py:handle (or "
+                                    "--docker-image REF: an image that serves the function)");
     char *file = xstrndup(spec, (size_t)(colon - spec));
     const char *runtime = cli_function_runtime(file);
     int rc = CLI_CONTINUE;
@@ -448,6 +449,21 @@ static int cli_push_function(const struct cli_command *cmd, const char *spec, co
 done:
     free(file);
     return rc;
+}
+
+/* --docker-image REF --function: the image is the function, serving the CloudEvents contract
+ * on its port itself (no handler: nothing of Skiff's runs in it). */
+static int cli_push_image_function(const struct cli_command *cmd, const char *spec, json_t *body)
+{
+    if (*spec)
+        return cli_usage_error(cmd,
+                               "--function takes no FILE:HANDLER with --docker-image (\"%s\"): "
+                               "the image serves the function itself; give NAME before the "
+                               "options",
+                               spec);
+    json_object_set_new(body, "kind", json_string("function"));
+    json_object_set_new(body, "function", json_null());
+    return CLI_CONTINUE;
 }
 
 /* Settings the manifest format has and the API does not take yet: said, never silently lost. */
@@ -551,13 +567,16 @@ static json_t *cli_manifest_body(const struct manifest_app *a)
     if (a->is_function) {
         /* A top-level function: an app of kind function whose code is the handler's file. */
         const struct manifest_function *f = &a->functions[0];
-        const char *colon = strrchr(f->handler, ':');
-        char *file = xstrndup(f->handler, (size_t)(colon - f->handler));
-        const char *runtime = cli_function_runtime(file);
-        free(file);
-        json_t *fn = json_pack("{s:s}", "handler", f->handler);
-        if (runtime)
-            json_object_set_new(fn, "runtime", json_string(runtime));
+        json_t *fn = json_null(); /* an image: it serves the function itself */
+        if (f->handler) {
+            const char *colon = strrchr(f->handler, ':');
+            char *file = xstrndup(f->handler, (size_t)(colon - f->handler));
+            const char *runtime = cli_function_runtime(file);
+            free(file);
+            fn = json_pack("{s:s}", "handler", f->handler);
+            if (runtime)
+                json_object_set_new(fn, "runtime", json_string(runtime));
+        }
         json_object_set_new(body, "kind", json_string("function"));
         json_object_set_new(body, "function", fn);
         if (f->memory_mb > 0)
@@ -940,7 +959,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
                                 {"no-route", 0, CLI_OPT_FLAG, &no_route},
                                 {"no-start", 0, CLI_OPT_FLAG, &no_start},
                                 {"no-manifest", 0, CLI_OPT_FLAG, &no_manifest},
-                                {"function", 0, CLI_OPT_STRING, &function},
+                                {"function", 0, CLI_OPT_OPTIONAL, &function},
                                 {"timeout", 't', CLI_OPT_INT, &timeout},
                                 {"strategy", 0, CLI_OPT_STRING, &strategy},
                                 {"docker-image", 'o', CLI_OPT_STRING, &docker_image},
@@ -987,7 +1006,8 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         rc = cli_usage_error(cmd, "--timeout needs a number of seconds above 0");
     char *function_dir = NULL;
     if (function && rc == CLI_CONTINUE)
-        rc = cli_push_function(cmd, function, path, flags, &function_dir);
+        rc = docker_image ? cli_push_image_function(cmd, function, flags)
+                          : cli_push_function(cmd, function, path, flags, &function_dir);
     if (rc != CLI_CONTINUE) {
         json_decref(flags);
         free(function_dir);

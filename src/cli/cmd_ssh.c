@@ -361,3 +361,117 @@ done:
         curl_easy_cleanup(curl);
     return rc;
 }
+
+/* ---- who may ssh: enable-ssh, disable-ssh, ssh-enabled and the space's three ---------------- */
+
+/* enable-ssh APP / disable-ssh APP. */
+static int ssh_app_feature(const struct cli_command *cmd, int argc, char **argv, bool enabled)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *app = args.items[0];
+    char *path = cli_app_path(app, "/features/ssh");
+    json_t *body = json_pack("{s:b}", "enabled", enabled);
+    json_t *res = NULL;
+    rc = cli_api("PATCH", path, body, &res);
+    if (rc == 0 && !cli_json_printed(res)) {
+        printf("ssh is now %s for app %s.\n", enabled ? "enabled" : "disabled", app);
+        json_decref(res);
+    }
+    json_decref(body);
+    free(path);
+    return rc;
+}
+
+int cli_cmd_enable_ssh(const struct cli_command *cmd, int argc, char **argv)
+{
+    return ssh_app_feature(cmd, argc, argv, true);
+}
+
+int cli_cmd_disable_ssh(const struct cli_command *cmd, int argc, char **argv)
+{
+    return ssh_app_feature(cmd, argc, argv, false);
+}
+
+/* ssh-enabled APP: whether `skiff ssh APP` may start a session, and why not (exit 0 either
+ * way, as cf ssh-enabled). */
+int cli_cmd_ssh_enabled(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *app = args.items[0];
+    char *path = cli_app_path(app, "/ssh_enabled");
+    json_t *res = NULL;
+    rc = cli_api("GET", path, NULL, &res);
+    free(path);
+    if (rc != 0 || cli_json_printed(res))
+        return rc;
+    const char *reason = json_string_value(json_object_get(res, "reason"));
+    if (json_is_true(json_object_get(res, "enabled")))
+        printf("ssh is enabled for app %s.\n", app);
+    else
+        printf("ssh is disabled for app %s: %s\n", app, reason && *reason ? reason : "");
+    json_decref(res);
+    return 0;
+}
+
+/* The path of SPACE's ssh feature: SPACE in the target org, or ORG/SPACE. */
+static char *ssh_space_path(const char *space)
+{
+    const struct cli_target *t = cli_target();
+    if (!t)
+        return NULL;
+    const char *slash = strchr(space, '/');
+    char *org =
+        slash ? xstrndup(space, (size_t)(slash - space)) : xstrdup(t->org ? t->org : "default");
+    char *e_org = cli_escape(org), *e_space = cli_escape(slash ? slash + 1 : space);
+    char *path = xasprintf("/v1/orgs/%s/spaces/%s/features/ssh", e_org, e_space);
+    free(org);
+    free(e_org);
+    free(e_space);
+    return path;
+}
+
+/* allow-space-ssh SPACE / disallow-space-ssh SPACE / space-ssh-allowed SPACE (set < 0). */
+static int ssh_space_feature(const struct cli_command *cmd, int argc, char **argv, int set)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *space = args.items[0];
+    char *path = ssh_space_path(space);
+    if (!path)
+        return CLI_EXIT_ERROR;
+    json_t *body = set < 0 ? NULL : json_pack("{s:b}", "enabled", set > 0);
+    json_t *res = NULL;
+    rc = cli_api(set < 0 ? "GET" : "PATCH", path, body, &res);
+    if (rc == 0 && !cli_json_printed(res)) {
+        bool allowed = json_is_true(json_object_get(res, "enabled"));
+        printf("ssh is %s%s in space %s.\n", set < 0 ? "" : "now ",
+               allowed ? "allowed" : "not allowed", space);
+        json_decref(res);
+    }
+    json_decref(body);
+    free(path);
+    return rc;
+}
+
+int cli_cmd_allow_space_ssh(const struct cli_command *cmd, int argc, char **argv)
+{
+    return ssh_space_feature(cmd, argc, argv, 1);
+}
+
+int cli_cmd_disallow_space_ssh(const struct cli_command *cmd, int argc, char **argv)
+{
+    return ssh_space_feature(cmd, argc, argv, 0);
+}
+
+int cli_cmd_space_ssh_allowed(const struct cli_command *cmd, int argc, char **argv)
+{
+    return ssh_space_feature(cmd, argc, argv, -1);
+}

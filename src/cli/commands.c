@@ -7,7 +7,7 @@
 const struct cli_command cli_core_commands[] = {
     {"push",
      "push [NAME] [-p PATH] [-f MANIFEST] [-i N] [-m MEM] [-k DISK] [-b BUILDPACK]... "
-     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function FILE:HANDLER] "
+     "[-c COMMAND] [--no-route] [--no-start] [--no-manifest] [--function [FILE:HANDLER]] "
      "[--strategy rolling|recreate] [--vars-file FILE]... [--var NAME=VALUE]... "
      "[--docker-image REF [--docker-username USER]]",
      "Upload an app, stage it with a buildpack and start it",
@@ -26,7 +26,9 @@ const struct cli_command cli_core_commands[] = {
      "  --no-route               do not map the default route NAME.localhost\n"
      "  --no-start               upload and stage, but do not start\n"
      "  --no-manifest            ignore ./manifest.yml\n"
-     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh)\n"
+     "  --function FILE:HANDLER  push a function: the handler in FILE (.py, .js or .sh); with\n"
+     "                           --docker-image and no value, the image is the function: it\n"
+     "                           serves CloudEvents (binary mode) on its port, from zero\n"
      "  -o, --docker-image REF   push a prebuilt image instead of a folder: from a registry\n"
      "                           ([REGISTRY/]NAME[:TAG][@DIGEST]; skiffd pulls it at each\n"
      "                           staging), or a tarball: oci-archive:FILE (an OCI image\n"
@@ -214,6 +216,25 @@ const struct cli_command cli_core_commands[] = {
      "  -T, --disable-pseudo-tty   no terminal\n\n"
      "Examples:\n  skiff ssh hello\n  skiff ssh hello -i 1 -c 'ps aux'\n",
      cli_cmd_ssh},
+    {"enable-ssh", "enable-ssh NAME", "Let skiff ssh enter the app's instances (the default)",
+     "Sessions also need the app's space to allow ssh (`skiff space-ssh-allowed SPACE`).\n"
+     "Takes effect at once, with no restart. Needs SpaceDeveloper.\n",
+     cli_cmd_enable_ssh},
+    {"disable-ssh", "disable-ssh NAME", "Refuse new skiff ssh sessions into the app",
+     "Sessions already open go on until they end. Needs SpaceDeveloper.\n", cli_cmd_disable_ssh},
+    {"ssh-enabled", "ssh-enabled NAME", "Say whether skiff ssh may enter the app, and why not",
+     NULL, cli_cmd_ssh_enabled},
+    {"allow-space-ssh", "allow-space-ssh SPACE", "Allow ssh into the apps of a space (the default)",
+     "SPACE is in the target org, or give ORG/SPACE. Each app's own setting (enable-ssh)\n"
+     "still applies. Needs SpaceManager (or the org's OrgManager).\n",
+     cli_cmd_allow_space_ssh},
+    {"disallow-space-ssh", "disallow-space-ssh SPACE",
+     "Refuse new ssh sessions into every app of a space",
+     "SPACE is in the target org, or give ORG/SPACE. Needs SpaceManager (or the org's\n"
+     "OrgManager).\n",
+     cli_cmd_disallow_space_ssh},
+    {"space-ssh-allowed", "space-ssh-allowed SPACE", "Say whether a space allows ssh into its apps",
+     "SPACE is in the target org, or give ORG/SPACE.\n", cli_cmd_space_ssh_allowed},
     {"help", "help [COMMAND]", "Show the commands, or the help of one", NULL, cli_cmd_help},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -52,6 +52,12 @@ int cli_cmd_stop(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_restart(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_restage(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_ssh(const struct cli_command *cmd, int argc, char **argv); /* cmd_ssh.c */
+int cli_cmd_enable_ssh(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_disable_ssh(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_ssh_enabled(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_allow_space_ssh(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_disallow_space_ssh(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_space_ssh_allowed(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_revisions(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_rollback(const struct cli_command *cmd, int argc, char **argv);
 /* cmd_tasks.c */

@@ -77,6 +77,7 @@ struct manifest_ctx {
     yaml_document_t *doc;
     char *err;
     char **function_path; /* where a top-level function's "path" goes; NULL inside an app */
+    struct manifest_app *function_app; /* a top-level function's app (its image); or NULL */
     struct manifest_app *app; /* the app being read, for its warnings; NULL at the top level */
     struct buf warned;        /* "\nkey\n" for each key the app has a warning for */
 };
@@ -839,6 +840,22 @@ static int manifest_function_path(struct manifest_ctx *c, const char *key, const
     return manifest_string(c, key, v, c->function_path);
 }
 
+static int manifest_app_docker(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                               void *block);
+
+/* A top-level function may be an image that serves the CloudEvents contract itself: its
+ * "docker" block is its app's, as an application's is. */
+static int manifest_function_docker(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                    void *block)
+{
+    (void)block;
+    if (!c->function_app)
+        return manifest_fail(c, v,
+                             "\"docker\" belongs to a top-level function (an image is an app of "
+                             "its own), not to a function inside an app");
+    return manifest_app_docker(c, key, v, c->function_app);
+}
+
 static const struct manifest_field manifest_function_fields[] = {
     MANIFEST_STRING("name", struct manifest_function, name),
     MANIFEST_STRING("handler", struct manifest_function, handler),
@@ -849,6 +866,7 @@ static const struct manifest_field manifest_function_fields[] = {
     MANIFEST_SIZE("memory", struct manifest_function, memory_mb),
     MANIFEST_STRING("idle-grace", struct manifest_function, idle_grace),
     MANIFEST_CUSTOM("path", manifest_function_path),
+    MANIFEST_CUSTOM("docker", manifest_function_docker),
     {0},
 };
 
@@ -862,9 +880,16 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void 
     f->events_listed = manifest_has_key(c, n, "events");
     if (!f->name)
         return manifest_fail(c, n, "a function needs a \"name\"");
-    if (!f->handler || !strchr(f->handler, ':'))
-        return manifest_fail(c, n, "the function %s needs a \"handler\" like file.py:handle",
+    bool image = c->function_app && c->function_app->docker_image;
+    if (image && f->handler)
+        return manifest_fail(c, n,
+                             "the function %s has both a \"handler\" and a \"docker\" image: "
+                             "an image serves the function itself, keep one of them",
                              f->name);
+    if (!image && (!f->handler || !strchr(f->handler, ':')))
+        return manifest_fail(c, n, "the function %s needs a \"handler\" like file.py:handle%s",
+                             f->name,
+                             c->function_app ? " (or a \"docker\" image that serves it)" : "");
     if (f->min_instances >= 0 && f->max_instances >= 0 && f->min_instances > f->max_instances)
         return manifest_fail(c, n, "the function %s has min-instances above max-instances",
                              f->name);
@@ -1274,8 +1299,10 @@ static int manifest_top_function(struct manifest_ctx *c, const yaml_node_t *n,
     a->is_function = true;
     char *path = NULL;
     c->function_path = &path;
+    c->function_app = a;
     int rc = manifest_function(c, n, &a->functions[0]);
     c->function_path = NULL;
+    c->function_app = NULL;
     if (path) {
         a->path = manifest_resolve(c, path);
         free(path);

@@ -47,6 +47,8 @@ static const struct {
     [SKIFF_E_BAD_IMAGE] = {"invalid_image", 422, "the image is not a valid OCI or Docker image"},
     [SKIFF_E_DIGEST_MISMATCH] = {"digest_mismatch", 422,
                                  "a blob of the image does not match its digest"},
+    [SKIFF_E_SSH_DISABLED] = {"ssh_disabled", 409,
+                              "ssh is disabled for the app or not allowed in its space"},
 };
 
 static int err__known(enum skiff_err err)

@@ -44,6 +44,7 @@ enum skiff_err {
     SKIFF_E_IN_PROGRESS,          /* an operation on the service instance is under way */
     SKIFF_E_BAD_IMAGE,            /* an image (manifest, config, layout) that is not valid */
     SKIFF_E_DIGEST_MISMATCH,      /* a blob whose content does not match its digest */
+    SKIFF_E_SSH_DISABLED,         /* ssh is turned off for the app or not allowed in its space */
     SKIFF_ERR_COUNT
 };
 

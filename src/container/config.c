@@ -43,9 +43,17 @@ char *container_config_to_json(const struct container_config *cfg)
     }
     if (cfg->n_sidecars) {
         json_t *a = json_array();
-        for (size_t i = 0; i < cfg->n_sidecars; i++)
-            json_array_append_new(a, json_pack("{s:s,s:s}", "name", cfg->sidecars[i].name,
-                                               "command", cfg->sidecars[i].command));
+        for (size_t i = 0; i < cfg->n_sidecars; i++) {
+            json_t *sc = json_pack("{s:s,s:s}", "name", cfg->sidecars[i].name, "command",
+                                   cfg->sidecars[i].command);
+            if (cfg->sidecars[i].cgroup_procs) {
+                json_t *files = json_array();
+                for (char **f = cfg->sidecars[i].cgroup_procs; *f; f++)
+                    json_array_append_new(files, json_string(*f));
+                json_object_set_new(sc, "cgroup_procs", files);
+            }
+            json_array_append_new(a, sc);
+        }
         json_object_set_new(j, "sidecars", a);
     }
     if (cfg->image_layers)
@@ -94,6 +102,29 @@ static int config__sidecars(json_t *a, struct container_config *out, char *err, 
             !sc->command[0]) {
             snprintf(err, errlen, "container config: sidecar %zu is not {name, command}", i);
             return -22;
+        }
+        json_t *files = json_object_get(json_array_get(a, i), "cgroup_procs");
+        if (files && (!json_is_array(files) || json_array_size(files) == 0 ||
+                      json_array_size(files) > CONTAINER_SIDECAR_CGROUP_FILES)) {
+            snprintf(err, errlen,
+                     "container config: sidecar %zu's cgroup_procs is not a list of 1 to %d "
+                     "files",
+                     i, CONTAINER_SIDECAR_CGROUP_FILES);
+            return -22;
+        }
+        if (files) {
+            sc->cgroup_procs = xcalloc(json_array_size(files) + 1, sizeof(char *));
+            for (size_t k = 0; k < json_array_size(files); k++) {
+                const char *f = json_string_value(json_array_get(files, k));
+                if (!f || f[0] != '/') {
+                    snprintf(err, errlen,
+                             "container config: sidecar %zu's cgroup_procs names no absolute "
+                             "path",
+                             i);
+                    return -22;
+                }
+                sc->cgroup_procs[k] = xstrdup(f);
+            }
         }
     }
     return 0;
@@ -200,6 +231,9 @@ void container_config_clear(struct container_config *cfg)
     for (size_t i = 0; i < cfg->n_sidecars; i++) {
         free(cfg->sidecars[i].name);
         free(cfg->sidecars[i].command);
+        for (char **f = cfg->sidecars[i].cgroup_procs; f && *f; f++)
+            free(*f);
+        free(cfg->sidecars[i].cgroup_procs);
     }
     free(cfg->sidecars);
     memset(cfg, 0, sizeof *cfg);

@@ -72,9 +72,16 @@ struct container_mount {
 #define CONTAINER_SIDECAR_LINE_MAX 4096
 #define CONTAINER_SIDECARS_MAX 8
 
+#define CONTAINER_SIDECAR_CGROUP_FILES 4 /* v1's hierarchies: memory, pids, cpuacct, cpu */
+
 struct container_sidecar {
     char *name;    /* 1 to CONTAINER_SIDECAR_NAME_MAX of [a-z0-9_-]: marks its output */
     char *command; /* run with /bin/sh -c */
+    /* NULL-terminated cgroup.procs files (at most CONTAINER_SIDECAR_CGROUP_FILES) of a cgroup
+     * of its own under the container's, which the sidecar joins before it runs (a memory
+     * limit apart from the program's), or NULL: it stays in the container's. skiff-init opens
+     * them on the host side and the sidecar writes itself to them from inside. */
+    char **cgroup_procs;
 };
 
 struct container_config {
@@ -197,6 +204,7 @@ struct container_enter {
     const char *seccomp_bpf; /* the filter built ahead (seccomp_export_default), or NULL */
     bool tty;
     unsigned short rows, cols; /* 0: 24 x 80 */
+    unsigned uid, gid; /* the command's ids inside, the program's (an image's User); 0: vcap */
 };
 int container_enter(const struct container_enter *e, char *const argv[], char *const envp[],
                     char *err, size_t errlen);

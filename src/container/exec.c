@@ -167,8 +167,8 @@ static void enter__relay(int master, int child_pidfd)
     }
 }
 
-/* The command, in the container's namespaces as its root: its terminal, then vcap and the
- * rest as any program gets it. Does not return. */
+/* The command, in the container's namespaces as its root: its terminal, then the program's
+ * user (vcap, or an image's) and the rest as any program gets it. Does not return. */
 static void enter__command(const struct container_enter *e, int master, char *const argv[],
                            char *const envp[])
 {
@@ -178,10 +178,11 @@ static void enter__command(const struct container_enter *e, int master, char *co
         int slave = -1;
         if (ptsname_r(master, name, sizeof name) == 0)
             slave = open(name, O_RDWR | O_NOCTTY);
-        /* vcap's own terminal, as a login's is, so the shell may open /dev/tty */
+        /* the user's own terminal, as a login's is, so the shell may open /dev/tty */
         if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0 ||
-            fchown(slave, CONTAINER_VCAP_UID, CONTAINER_VCAP_UID) < 0 || dup2(slave, 0) < 0 ||
-            dup2(slave, 1) < 0 || dup2(slave, 2) < 0) {
+            fchown(slave, e->uid ? e->uid : CONTAINER_VCAP_UID,
+                   e->uid ? e->gid : CONTAINER_VCAP_UID) < 0 ||
+            dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0) {
             dprintf(2, "skiff: cannot set up the terminal: %s\n", strerror(errno));
             _exit(126);
         }
@@ -192,7 +193,8 @@ static void enter__command(const struct container_enter *e, int master, char *co
     if (chdir(CONTAINER_APP_DIR) < 0 && chdir("/home/vcap") < 0 && chdir("/") < 0)
         _exit(126);
     char err[512];
-    int rc = container__program_exec(argv, envp, 0, 0, err, sizeof err); /* as vcap */
+    /* as the container's program runs: an image's user, else vcap */
+    int rc = container__program_exec(argv, envp, e->uid, e->gid, err, sizeof err);
     dprintf(2, "skiff: %s\n", err);
     _exit(rc == -ENOENT ? 127 : 126); /* as a shell says "not found" and "cannot run" */
 }

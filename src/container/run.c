@@ -58,6 +58,9 @@ struct run_child {
     char *start;  /* the start as init read it, and its length */
     size_t start_len;
     bool start_afresh; /* the program run ahead is ended, argv run as usual */
+    /* sidecar i's cgroup.procs files, opened on the host side (close-on-exec):
+     * sidecar_cgroups[i * CONTAINER_SIDECAR_CGROUP_FILES + k], -1 past its last */
+    int *sidecar_cgroups;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -561,6 +564,52 @@ static void run__relay(struct run_child *c, struct run_relay_stream *rs, size_t 
     }
 }
 
+/* In sidecar i, before anything runs: into its own cgroup ("0" is the writer itself, whatever
+ * its PID namespace), through the files opened outside (the kernel checks the opener). */
+static void run__sidecar_join(struct run_child *c, size_t i)
+{
+    for (size_t k = 0; c->sidecar_cgroups && k < CONTAINER_SIDECAR_CGROUP_FILES; k++) {
+        int fd = c->sidecar_cgroups[i * CONTAINER_SIDECAR_CGROUP_FILES + k];
+        if (fd >= 0 && write(fd, "0", 1) != 1)
+            run__child_fail(c, "sidecar %s cannot join its cgroup (%s): %s",
+                            c->cfg->sidecars[i].name, c->cfg->sidecars[i].cgroup_procs[k],
+                            strerror(errno));
+    }
+}
+
+/* Opens the sidecars' cgroup.procs files while the host's are in view (c->sidecar_cgroups);
+ * 0 or a negative errno with a message. */
+static int run__sidecar_cgroups_open(const struct container_config *cfg, struct run_child *c,
+                                     char *err, size_t errlen)
+{
+    size_t n = cfg->n_sidecars * CONTAINER_SIDECAR_CGROUP_FILES;
+    c->sidecar_cgroups = xmalloc((n ? n : 1) * sizeof *c->sidecar_cgroups);
+    for (size_t i = 0; i < n; i++)
+        c->sidecar_cgroups[i] = -1;
+    for (size_t i = 0; i < cfg->n_sidecars; i++)
+        for (size_t k = 0; cfg->sidecars[i].cgroup_procs && cfg->sidecars[i].cgroup_procs[k] &&
+                           k < CONTAINER_SIDECAR_CGROUP_FILES;
+             k++) {
+            const char *f = cfg->sidecars[i].cgroup_procs[k];
+            int fd = open(f, O_WRONLY | O_CLOEXEC);
+            if (fd < 0)
+                return run__fail(err, errlen, -errno, "cannot open sidecar %s's cgroup %s: %s",
+                                 cfg->sidecars[i].name, f, strerror(errno));
+            c->sidecar_cgroups[i * CONTAINER_SIDECAR_CGROUP_FILES + k] = fd;
+        }
+    return 0;
+}
+
+static void run__sidecar_cgroups_close(const struct container_config *cfg, struct run_child *c)
+{
+    for (size_t i = 0; c->sidecar_cgroups && i < cfg->n_sidecars * CONTAINER_SIDECAR_CGROUP_FILES;
+         i++)
+        if (c->sidecar_cgroups[i] >= 0)
+            close(c->sidecar_cgroups[i]);
+    free(c->sidecar_cgroups);
+    c->sidecar_cgroups = NULL;
+}
+
 /* Forks the sidecars (pids[i]: sidecar i's, its own group's leader) and the relay of their
  * output (its pid returned); init keeps none of their pipes. */
 static pid_t run__sidecars(struct run_child *c, pid_t *pids)
@@ -576,6 +625,7 @@ static pid_t run__sidecars(struct run_child *c, pid_t *pids)
             run__child_fail(c, "cannot fork sidecar %s: %s", c->cfg->sidecars[i].name,
                             strerror(errno));
         if (pids[i] == 0) {
+            run__sidecar_join(c, i);
             if (dup2(out[1], 1) < 0 || dup2(errp[1], 2) < 0)
                 _exit(125);
             char *argv[] = {"/bin/sh", "-c", c->cfg->sidecars[i].command, NULL};
@@ -818,6 +868,7 @@ static int run__init(void *arg)
     size_t n_sidecars = cfg->n_sidecars;
     pid_t *sidecars = xcalloc(n_sidecars + 1, sizeof *sidecars);
     pid_t relay = n_sidecars ? run__sidecars(c, sidecars) : 0;
+    run__sidecar_cgroups_close(cfg, c);
     sidecars[n_sidecars] = app;
     close(c->err_wr);
     int status = 0;
@@ -1055,6 +1106,24 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
                           .ready_wr = ready[1],
                           .start_rd = startp[0],
                           .start_wr = startp[1]};
+    rc = run__sidecar_cgroups_open(cfg, &c, err, errlen);
+    if (rc < 0) {
+        run__sidecar_cgroups_close(cfg, &c);
+        close(sync[0]);
+        close(sync[1]);
+        close(errp[0]);
+        close(errp[1]);
+        close(statusp[0]);
+        close(statusp[1]);
+        if (warm) {
+            close(ready[0]);
+            close(ready[1]);
+            close(startp[0]);
+            close(startp[1]);
+        }
+        free(root);
+        return rc;
+    }
     /* clone as fork does (no new stack: the child runs on a copy of ours), so that nothing
      * switches stacks under a sanitizer's feet */
     pid_t pid = (pid_t)syscall(SYS_clone,
@@ -1063,6 +1132,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
                                NULL, NULL, NULL, 0);
     if (pid == 0)
         _exit(run__init(&c));
+    run__sidecar_cgroups_close(cfg, &c);
     close(sync[0]);
     close(errp[1]);
     close(statusp[1]);

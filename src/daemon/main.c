@@ -95,6 +95,9 @@ static void usage(FILE *out)
         "  --insecure-registry HOST:PORT\n"
         "                              an image registry spoken to over plain http instead of\n"
         "                              https (repeatable; for a registry on this machine)\n"
+        "  --max-image-size SIZE       the largest image a push may bring (SKIFF_MAX_IMAGE_SIZE,\n"
+        "                              default 4G; K, M or G): its blobs together, and what any\n"
+        "                              one of its layers unpacks to\n"
         "  --drain-timeout-ms MS       the longest an instance stopped on purpose waits for the\n"
         "                              requests and event deliveries in flight to it before\n"
         "                              its SIGTERM (SKIFF_DRAIN_TIMEOUT_MS, default 10000)\n"
@@ -395,6 +398,23 @@ static void walk_close(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* "4G", "512M", "1048576K": bytes; 0 when it is not a size of at least 1 MiB. */
+static uint64_t daemon_size(const char *text)
+{
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno || end == text || text[0] == '-')
+        return 0;
+    unsigned shift = *end == 'G' ? 30 : *end == 'M' ? 20 : *end == 'K' ? 10 : 0;
+    if (shift)
+        end++;
+    if (*end || n > (1ull << (63 - shift)))
+        return 0;
+    uint64_t bytes = (uint64_t)n << shift;
+    return bytes >= (1u << 20) ? bytes : 0;
+}
+
 int main(int argc, char **argv)
 {
     log_init("skiffd");
@@ -408,6 +428,7 @@ int main(int argc, char **argv)
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
+    const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
     bool no_builtin_brokers = false;
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
@@ -432,6 +453,8 @@ int main(int argc, char **argv)
             target = &store_location;
         else if (!strcmp(a, "--prewarm"))
             target = &prewarm_text;
+        else if (!strcmp(a, "--max-image-size"))
+            target = &max_image_text;
         else if (!strcmp(a, "--insecure-registry")) {
             if (i + 1 >= argc || n_insecure + 1 >= ARRAY_SIZE(insecure_registries)) {
                 log_error("--insecure-registry needs HOST:PORT (at most %zu of them)",
@@ -471,6 +494,12 @@ int main(int argc, char **argv)
         drain_timeout_ms = (int)ms;
     }
     char *prewarm_end;
+    uint64_t max_image_bytes = daemon_size(max_image_text);
+    if (!max_image_bytes) {
+        log_error("--max-image-size %s is not a size like 512M or 4G (at least 1M)",
+                  max_image_text);
+        return 2;
+    }
     long prewarm = strtol(prewarm_text, &prewarm_end, 10);
     if (*prewarm_end || prewarm_end == prewarm_text || prewarm < 0 || prewarm > 64) {
         log_error("--prewarm %s is not a number of containers from 0 to 64", prewarm_text);
@@ -685,6 +714,7 @@ int main(int argc, char **argv)
         .staging_disk_mb = (int)env_long("SKIFF_STAGING_DISK_MB", 0, 0),
         .containers = executor_container_site(scheduler_executor(d.sched)),
         .insecure_registries = insecure_registries,
+        .max_image_bytes = max_image_bytes,
         .store = d.store,
         .scheduler = d.sched,
         .hub = d.hub,

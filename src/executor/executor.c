@@ -82,6 +82,10 @@ struct instance {
     int64_t log_rate_limit;
     struct container_sidecar *sidecars; /* owned */
     size_t n_sidecars;
+    int *sidecar_memory_mb;       /* [n_sidecars]: 0 shares the instance's limit */
+    struct cgroup **sidecar_cgs;  /* [n_sidecars]: its own under cg, or NULL (released, never
+                                     destroyed: destroying cg removes them) */
+    char sidecar_oom_reason[128]; /* info.reason when a sidecar ran out of its memory */
     char *scratch_dir;
 
     enum instance_state state;
@@ -348,6 +352,45 @@ static int executor__write_container_config(struct executor *ex, const char *dir
 
 #define EXECUTOR_ARGV_MAX 64 /* an image's Entrypoint and Cmd words count too */
 
+/* Sidecar k's own cgroup under the instance's, limited to its memory (Cloud Foundry's
+ * sidecar `memory`), so that a sidecar past it is what the kernel kills, never the program for
+ * it. Only with cgroup v1: v2 lets a cgroup that holds processes (the instance's) have no
+ * children with limits, so there the sidecar shares the instance's limit. 0 or a negative
+ * errno. */
+static int executor__sidecar_cgroup(struct instance *inst, size_t k)
+{
+    if (!inst->sidecar_cgs || inst->sidecar_cgs[k] || !inst->cg ||
+        inst->sidecar_memory_mb[k] <= 0 || strcmp(cgroup_mode(), "v1"))
+        return 0;
+    char name[8 + CONTAINER_SIDECAR_NAME_MAX + 1];
+    snprintf(name, sizeof name, "sidecar-%s", inst->sidecars[k].name);
+    struct cgroup *cg = NULL;
+    int rc = cgroup_create_child(inst->cg, name, &cg);
+    if (rc == 0)
+        rc = cgroup_set_limits(cg, inst->sidecar_memory_mb[k], 0);
+    if (rc < 0) {
+        cgroup_destroy(cg);
+        log_warning("instance %s: cannot make sidecar %s's cgroup: %s", inst->guid,
+                    inst->sidecars[k].name, strerror(-rc));
+        return rc;
+    }
+    inst->sidecar_cgs[k] = cg;
+    return 0;
+}
+
+/* The sidecar the kernel killed for its own memory limit: a reason naming it, or NULL. */
+static const char *executor__sidecar_oom(struct instance *inst)
+{
+    for (size_t k = 0; inst->sidecar_cgs && k < inst->n_sidecars; k++)
+        if (inst->sidecar_cgs[k] && cgroup_oom_killed(inst->sidecar_cgs[k])) {
+            snprintf(inst->sidecar_oom_reason, sizeof inst->sidecar_oom_reason,
+                     "sidecar %s out of memory (its limit: %d MB)", inst->sidecars[k].name,
+                     inst->sidecar_memory_mb[k]);
+            return inst->sidecar_oom_reason;
+        }
+    return NULL;
+}
+
 /* The argv that runs the instance's command in its isolation: skiff-init with the
  * container's config, or (host processes) a shell that joins the cgroup first. The strings
  * that argv borrows from are kept in owned[0..1] (the caller frees them). */
@@ -359,10 +402,20 @@ static int executor__instance_argv(struct instance *inst, const char **argv, int
     if (inst->ex->isolation == EXECUTOR_CONTAINER) {
         /* a sidecar's command is run as the instance's is: its own end is what is told */
         struct container_sidecar *sidecars = xcalloc(inst->n_sidecars + 1, sizeof *sidecars);
-        for (size_t k = 0; k < inst->n_sidecars; k++)
-            sidecars[k] =
-                (struct container_sidecar){.name = inst->sidecars[k].name,
-                                           .command = proc_exec_form(inst->sidecars[k].command)};
+        for (size_t k = 0; k < inst->n_sidecars; k++) {
+            int rc = executor__sidecar_cgroup(inst, k);
+            if (rc < 0) {
+                for (size_t j = 0; j < k; j++)
+                    free(sidecars[j].command);
+                free(sidecars);
+                return rc;
+            }
+            sidecars[k] = (struct container_sidecar){
+                .name = inst->sidecars[k].name,
+                .command = proc_exec_form(inst->sidecars[k].command),
+                .cgroup_procs =
+                    inst->sidecar_cgs[k] ? (char **)cgroup_join_files(inst->sidecar_cgs[k]) : NULL};
+        }
         int rc = executor__write_container_config(
             inst->ex, inst->scratch_dir, inst->guid, inst->app_dir, -1, inst->port, inst->disk_mb,
             inst->cg, sidecars, inst->n_sidecars, inst->image_layers ? inst : NULL, &owned[1]);
@@ -1641,6 +1694,10 @@ static void executor__free_instance(struct instance *inst)
     free(inst->command);
     free(inst->health_endpoint);
     free(inst->readiness_endpoint);
+    for (size_t k = 0; inst->sidecar_cgs && k < inst->n_sidecars; k++)
+        cgroup_release(inst->sidecar_cgs[k]);
+    free(inst->sidecar_cgs);
+    free(inst->sidecar_memory_mb);
     executor__sidecars_free(inst->sidecars, inst->n_sidecars);
     free(inst->scratch_dir);
     free(inst->image_layers);
@@ -1726,7 +1783,10 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
         info.reason = "stopped";
     } else {
         final = INSTANCE_CRASHED;
-        if (inst->ex->driver->oom_killed(inst))
+        const char *sidecar_oom = executor__sidecar_oom(inst);
+        if (sidecar_oom)
+            info.reason = sidecar_oom;
+        else if (inst->ex->driver->oom_killed(inst))
             info.reason = "out of memory";
         else if (inst->kill_reason)
             info.reason = inst->kill_reason;
@@ -2236,9 +2296,13 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->command = xstrdup(spec->command);
     inst->health_endpoint = executor__dup(spec->health_endpoint);
     inst->sidecars = xcalloc(spec->n_sidecars + 1, sizeof *inst->sidecars);
-    for (size_t k = 0; k < spec->n_sidecars; k++)
+    inst->sidecar_memory_mb = xcalloc(spec->n_sidecars + 1, sizeof *inst->sidecar_memory_mb);
+    inst->sidecar_cgs = xcalloc(spec->n_sidecars + 1, sizeof *inst->sidecar_cgs);
+    for (size_t k = 0; k < spec->n_sidecars; k++) {
         inst->sidecars[k] = (struct container_sidecar){
             .name = xstrdup(spec->sidecars[k].name), .command = xstrdup(spec->sidecars[k].command)};
+        inst->sidecar_memory_mb[k] = spec->sidecars[k].memory_mb;
+    }
     inst->n_sidecars = spec->n_sidecars;
     inst->env = executor__copy_env(spec->env);
     if (spec->image_layers) {
@@ -2374,6 +2438,14 @@ static void executor__write_spec(struct instance *inst)
                                                "command", inst->sidecars[k].command));
         json_object_set_new(j, "sidecars", a);
     }
+    if (j && inst->env) {
+        /* for the sessions (instance_exec_new) of whichever daemon adopts it; the file is
+         * skiffd's (0600, outside the container), as the store holding the same values is */
+        json_t *a = json_array();
+        for (char **e = inst->env; *e; e++)
+            json_array_append_new(a, json_string(*e));
+        json_object_set_new(j, "env", a);
+    }
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!text)
@@ -2437,6 +2509,27 @@ static char *executor__json_str(json_t *j, const char *key)
     return v ? xstrdup(v) : NULL;
 }
 
+/* The environment executor__write_spec kept, NULL when none was (an instance started by a
+ * daemon that did not keep it, or a spec.json that is not what it wrote): strings only. */
+static char **executor__env_from_json(json_t *a)
+{
+    size_t n = json_array_size(a);
+    if (!n)
+        return NULL;
+    char **env = xcalloc(n + 1, sizeof *env);
+    for (size_t i = 0; i < n; i++) {
+        const char *v = json_string_value(json_array_get(a, i));
+        if (!v || !strchr(v, '=')) {
+            for (size_t k = 0; k < i; k++)
+                free(env[k]);
+            free(env);
+            return NULL;
+        }
+        env[i] = xstrdup(v);
+    }
+    return env;
+}
+
 /* One instance folder: its shim answers and tells how the instance is. NULL when there is
  * nothing to adopt there. */
 static struct instance *executor__adopt_one(struct executor *ex, const char *guid)
@@ -2491,6 +2584,7 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
             free(command);
         }
     }
+    inst->env = executor__env_from_json(json_object_get(j, "env"));
     inst->index = (int)json_integer_value(json_object_get(j, "index"));
     inst->port = (int)json_integer_value(json_object_get(j, "port"));
     inst->memory_mb = (int)json_integer_value(json_object_get(j, "memory_mb"));
@@ -2778,10 +2872,39 @@ bool instance_disk_usage(const struct instance *inst, uint64_t *used, uint64_t *
     return inst->disk_full_told;
 }
 
+char **executor_image_layers(struct executor *ex)
+{
+    char *dir = xasprintf("%s/instances", ex->home);
+    DIR *d = opendir(dir);
+    size_t n = 0, cap = 8;
+    char **out = xcalloc(cap, sizeof *out);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (de->d_name[0] == '.')
+            continue;
+        char *path = xasprintf("%s/%s/container.json", dir, de->d_name);
+        char *text = NULL;
+        json_t *j = file_read(path, &text, NULL) == 0 ? json_loads(text, 0, NULL) : NULL;
+        const char *layers = json_string_value(json_object_get(j, "image_layers"));
+        if (layers) {
+            if (n + 1 == cap)
+                out = xrealloc(out, (cap *= 2) * sizeof *out);
+            out[n++] = xstrdup(layers);
+            out[n] = NULL;
+        }
+        json_decref(j);
+        free(text);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    return out;
+}
+
 int64_t instance_host_uid(const struct instance *inst)
 {
     if (inst->ex->isolation == EXECUTOR_CONTAINER)
-        return (int64_t)inst->ex->uid_base + CONTAINER_VCAP_UID;
+        return (int64_t)inst->ex->uid_base + (inst->user_uid ? inst->user_uid : CONTAINER_VCAP_UID);
     return inst->pid > 0 ? (int64_t)getuid() : -1;
 }
 
@@ -2855,6 +2978,10 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
         x->argv[argc++] = xstrdup("--seccomp");
         x->argv[argc++] = xstrdup(inst->ex->seccomp_bpf);
     }
+    if (inst->user_uid) { /* an image's User: the session is its, as the program is */
+        x->argv[argc++] = xstrdup("--user");
+        x->argv[argc++] = xasprintf("%u:%u", inst->user_uid, inst->user_gid);
+    }
     if (spec->tty) {
         x->argv[argc++] = xstrdup("--tty");
         x->argv[argc++] = xasprintf("%ux%u", spec->rows, spec->cols);
@@ -2863,8 +2990,8 @@ int instance_exec_new(struct instance *inst, const struct instance_exec_spec *sp
     x->argv[argc++] = xstrdup("/bin/sh");
     x->argv[argc++] = xstrdup("-c");
     x->argv[argc++] = xstrdup(spec->command ? spec->command : EXECUTOR_LOGIN_SHELL);
-    /* the instance's own environment; an adopted instance's was not handed over, and gets
-     * what every container's program starts from */
+    /* the instance's own environment (an adopted one's from its spec.json); one adopted from
+     * a daemon that did not keep it gets what every container's program starts from */
     static char *const fallback[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" CONTAINER_APP_DIR,
                                      "TMPDIR=" CONTAINER_TMP_DIR, "LANG=C.UTF-8", NULL};
     char *const *env = inst->env ? inst->env : fallback;

@@ -81,6 +81,8 @@ struct executor_config {
 struct instance_sidecar {
     const char *name;    /* container_sidecar_name_valid(); tags its output */
     const char *command; /* run with /bin/sh -c */
+    int memory_mb;       /* > 0: its own memory limit (a cgroup under the instance's, cgroup v1
+                            only); past it the kernel kills it, and its end is the instance's */
 };
 
 struct instance_spec {
@@ -168,6 +170,11 @@ typedef void (*executor_adopt_cb)(void *ctx, struct instance *inst,
 int executor_adopt(struct executor *ex, executor_adopt_cb cb, void *ctx);
 /* The live instance with that guid, or NULL. */
 struct instance *executor_find(struct executor *ex, const char *instance_guid);
+/* The image layers (an overlay lowerdir each) of every instance whose container this machine
+ * has configured and not yet ended, adopted ones included: NULL-terminated, caller frees each
+ * and the list. Read from their container configs on disk: what is told here is what they
+ * mount. */
+char **executor_image_layers(struct executor *ex);
 
 /* A free slot for a new instance, or a negative errno when none is left: a port on
  * 127.0.0.1 for EXECUTOR_PROCESS, a network slot (its own address) for containers. */

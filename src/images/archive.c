@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -291,6 +292,13 @@ int image_import_archive(const struct image_store *s, const char *kind, const ch
     struct archive_files files = {0};
     char *doc = NULL;
     size_t len;
+    struct stat st;
+    if (stat(path, &st) == 0 && (uint64_t)st.st_size > image__max_image(s))
+        return image__fail(err, errlen, SKIFF_E_TOO_LARGE,
+                           "the image tarball has %llu MB, over the limit of %llu MB for an image "
+                           "(skiffd --max-image-size)",
+                           (unsigned long long)st.st_size >> 20,
+                           (unsigned long long)image__max_image(s) >> 20);
     int rc = archive__walk(s, path, &files, err, errlen);
     if (rc == SKIFF_OK)
         rc = oci ? archive__oci(s, &files, out, err, errlen)

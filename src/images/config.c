@@ -347,6 +347,10 @@ char *image_to_json(const struct image *img)
                              img->digest ? img->digest : "", "config_digest",
                              img->manifest.config ? img->manifest.config : "", "layers",
                              image__strv_json(img->manifest.layers), "config", cfg);
+    if (c->ids) {
+        json_object_set_new(cfg, "uid", json_integer(c->uid));
+        json_object_set_new(cfg, "gid", json_integer(c->gid));
+    }
     char *s = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     return s;
@@ -373,6 +377,18 @@ int image_from_json(const char *json, struct image *out, char *err, size_t errle
         (rc = image__str(c, "user", &out->config.user, err, errlen)))
         goto done;
     out->config.port = (int)json_integer_value(json_object_get(c, "port"));
+    json_t *uid = json_object_get(c, "uid"), *gid = json_object_get(c, "gid");
+    if (json_is_integer(uid) && json_is_integer(gid)) {
+        json_int_t u = json_integer_value(uid), g = json_integer_value(gid);
+        if (u < 0 || u > 65535 || g < 0 || g > 65535) {
+            rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
+                             "the image record's uid and gid are outside 0-65535");
+            goto done;
+        }
+        out->config.ids = true;
+        out->config.uid = (unsigned)u;
+        out->config.gid = (unsigned)g;
+    }
     for (char **l = out->manifest.layers; l && *l; l++) {
         if (!image_digest_valid(*l)) {
             rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,

@@ -34,7 +34,12 @@ struct image_store {
     unsigned uid_base;  /* host uid of the containers' root: layer files are owned from it */
     uint64_t max_blob;  /* bytes one blob may have (a compressed layer); 0: 2 GiB */
     uint64_t max_layer; /* bytes a layer may unpack to; 0: 8 GiB */
+    /* bytes an image may have: its blobs together as pulled (or its tarball), and what any one
+     * of its layers unpacks to (a layer bomb stops there); 0: IMAGE_DEFAULT_MAX_IMAGE. Both
+     * limits above are at most this one. */
+    uint64_t max_image;
 };
+#define IMAGE_DEFAULT_MAX_IMAGE (4ull << 30)
 
 /* Makes (or opens) the store under home. */
 int image_store_open(struct image_store *s, const char *home, unsigned uid_base, char *err,
@@ -71,6 +76,35 @@ int image_blob_read(const struct image_store *s, const char *digest, size_t max,
  * setgid bits are dropped, extended attributes are not kept, owners over 65535 become 65534. */
 int image_layer_unpack(const struct image_store *s, const char *digest, char *err, size_t errlen);
 
+/* ---- garbage collection --------------------------------------------------------------- */
+
+/* A shared hold on the store, for as long as a pull or an import and the droplet record it
+ * ends in take: a collection never runs meanwhile (their blobs are named by nothing until the
+ * record is written). Waits while a collection runs. An fd for image_store_release, or a
+ * negative errno. */
+int image_store_hold(const struct image_store *s);
+void image_store_release(int hold);
+
+/* The digests a collection keeps: each named by a droplet's record (its manifest, config and
+ * layers) or by a running instance's layers (its overlay lowerdir, folders in this store). */
+struct image_keep {
+    char **digests;
+    size_t n, cap;
+};
+void image_keep_add(struct image_keep *k, const char *digest);
+void image_keep_record(struct image_keep *k, const char *droplet_dir); /* no record: nothing */
+void image_keep_layers(struct image_keep *k, const char *lowerdir);
+void image_keep_clear(struct image_keep *k);
+
+struct image_gc_result {
+    size_t blobs, layers; /* how many were removed */
+};
+/* Removes every blob and unpacked layer keep does not name (and what a killed pull left in
+ * tmp/). Only when it can take the store whole: while a pull or import holds it, SKIFF_E_BUSY
+ * and nothing is removed. Blocking (folders are removed): run it off the event loop. */
+int image_store_gc(const struct image_store *s, const struct image_keep *keep,
+                   struct image_gc_result *out, char *err, size_t errlen);
+
 /* ---- what an image is ---------------------------------------------------------------- */
 
 /* The image config's "config" object: what decides the process. */
@@ -81,6 +115,8 @@ struct image_config {
     char *workdir;     /* or NULL */
     char *user;        /* "name", "uid", "uid:gid", or NULL */
     int port;          /* the lowest exposed TCP port, or 0 when none is exposed */
+    bool ids;          /* uid and gid are User resolved (image_user_resolve) */
+    unsigned uid, gid; /* the ids User names inside the container; 0 (root or none): vcap */
 };
 int image_config_parse(const char *json, size_t len, struct image_config *out, char *err,
                        size_t errlen);
@@ -153,6 +189,14 @@ struct image_pull_options {
 int image_pull(const struct image_store *s, const char *reference,
                const struct image_pull_options *opt, struct image *out, char *err, size_t errlen);
 
+/* Resolves the config's User (USER[:GROUP], each a name or a number) to ids through the
+ * image's own /etc/passwd and /etc/group, read from its unpacked layers as its root shows them
+ * (whiteouts and opaque folders applied), never through a link (a link there is refused), at
+ * most 1 MiB each. A user without a group gets its /etc/passwd group (a number it does not
+ * list: the same number). SKIFF_E_BAD_IMAGE naming the user or group the image does not have,
+ * or ids over 65535. Sets config.ids, uid and gid (0 for root: it runs as vcap). */
+int image_user_resolve(const struct image_store *s, struct image *img, char *err, size_t errlen);
+
 /* ---- image droplets ------------------------------------------------------------------ */
 
 /* An image app's droplet is a folder with the image's record (IMAGE_RECORD) and an empty
@@ -174,7 +218,8 @@ struct image_run {
                           /bin/sh -c command (in the image: it must have a shell then) */
     char *cwd;         /* WorkingDir, else "/" */
     char **env;        /* env, then each of the image's Env whose name env does not have */
-    unsigned uid, gid; /* the image's numeric User; 0 (root or none): vcap */
+    unsigned uid, gid; /* the image's User resolved at staging (numeric only in a record of
+                          before names were resolved); 0 (root or none): vcap */
 };
 int image_run_prepare(const char *home, const char *droplet_dir, const char *command,
                       char *const *env, struct image_run *out, char *err, size_t errlen);

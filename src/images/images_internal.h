@@ -12,6 +12,9 @@ int image__fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 uint64_t image__max_blob(const struct image_store *s);
 uint64_t image__max_layer(const struct image_store *s);
+uint64_t image__max_image(const struct image_store *s);
+/* "sha256:HEX" of data (libcrypto's: the CPU's SHA instructions where there are some). */
+void image__sha256(const void *data, size_t len, char out[IMAGE_DIGEST_LEN]);
 /* A fresh name under the store's tmp/ (caller frees). */
 char *image__tmp_path(const struct image_store *s, const char *what);
 

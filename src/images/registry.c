@@ -8,7 +8,7 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <jansson.h>
-#include <sodium.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +19,10 @@
 #include "images/images.h"
 #include "images/images_internal.h"
 
+/* At most one line of bytes a second for a pull, whatever the registry's chunks are. */
+#define REGISTRY_PROGRESS_MS 1000
+/* Layers pulled (and unpacked) side by side, as docker pull and skopeo do. */
+#define REGISTRY_PARALLEL_LAYERS 4
 #define REGISTRY_DOCKER_HUB "registry-1.docker.io"
 #define REGISTRY_ACCEPT                                                                            \
     "Accept: application/vnd.oci.image.index.v1+json, "                                            \
@@ -111,9 +115,41 @@ struct registry {
     char *base;   /* scheme://host/v2/repository */
     char *bearer; /* a token the realm gave, or NULL */
     bool basic;   /* the registry asked for Basic */
+    struct registry_pull *pull; /* what the pull's layers share */
     char *err;
     size_t errlen;
 };
+
+/* What the layers of one pull share while they are pulled side by side. */
+struct registry_pull {
+    pthread_mutex_t lock;
+    uint64_t image_bytes;     /* the image's blobs so far, pulled or found stored */
+    int64_t last_progress_ms; /* when the last line of bytes went out */
+    size_t next;              /* the next layer a worker takes */
+    bool failed;              /* a layer failed: the others stop taking more */
+};
+
+/* Adds n bytes to the image's; false when that makes it larger than its limit. */
+static bool registry__count(struct registry *g, uint64_t n)
+{
+    pthread_mutex_lock(&g->pull->lock);
+    g->pull->image_bytes += n;
+    bool ok = g->pull->image_bytes <= image__max_image(g->s);
+    pthread_mutex_unlock(&g->pull->lock);
+    return ok;
+}
+
+/* Whether a line of bytes may go out now (at most one a second for the whole pull). */
+static bool registry__progress_due(struct registry *g)
+{
+    int64_t now = time_mono_ms();
+    pthread_mutex_lock(&g->pull->lock);
+    bool due = now - g->pull->last_progress_ms >= REGISTRY_PROGRESS_MS;
+    if (due)
+        g->pull->last_progress_ms = now;
+    pthread_mutex_unlock(&g->pull->lock);
+    return due;
+}
 
 struct registry_response {
     CURL *curl; /* while it runs */
@@ -125,7 +161,44 @@ struct registry_response {
     struct image_blob_writer *blob; /* or streamed here */
     int blob_rc;
     char blob_err[512];
+    struct registry *g;  /* a blob's pull: its bytes count to the image's, and are told */
+    const char *label;   /* "layer 2/5 sha256:..." */
+    uint64_t blob_bytes; /* of it so far */
 };
+
+/* "12.5 MB" */
+static void registry__human(uint64_t n, char *out, size_t size)
+{
+    if (n < (1u << 20))
+        snprintf(out, size, "%.1f kB", (double)n / 1024);
+    else
+        snprintf(out, size, "%.1f MB", (double)n / (1 << 20));
+}
+
+/* A streaming blob's bytes: counted against the image's limit, and told now and then. */
+static int registry__blob_bytes(struct registry_response *r, size_t len)
+{
+    struct registry *g = r->g;
+    r->blob_bytes += len;
+    uint64_t max = image__max_image(g->s);
+    if (!registry__count(g, len)) {
+        image__fail(r->blob_err, sizeof r->blob_err, SKIFF_E_TOO_LARGE,
+                    "the image %s is larger than the limit of %llu MB for an image (skiffd "
+                    "--max-image-size)",
+                    g->ref.repository, (unsigned long long)(max >> 20));
+        return SKIFF_E_TOO_LARGE;
+    }
+    if (g->opt->progress && registry__progress_due(g)) {
+        curl_off_t total = -1;
+        curl_easy_getinfo(r->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &total);
+        char got[32], all[32] = "?";
+        registry__human(r->blob_bytes, got, sizeof got);
+        if (total > 0)
+            registry__human((uint64_t)total, all, sizeof all);
+        g->opt->progress(g->opt->progress_ctx, "%s: %s of %s", r->label, got, all);
+    }
+    return SKIFF_OK;
+}
 
 static size_t registry__header(char *data, size_t size, size_t n, void *arg)
 {
@@ -148,6 +221,8 @@ static size_t registry__body(char *data, size_t size, size_t n, void *arg)
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
     if (r->blob && status == 200) {
         r->blob_rc = image_blob_write(r->blob, data, len, r->blob_err, sizeof r->blob_err);
+        if (r->blob_rc == SKIFF_OK)
+            r->blob_rc = registry__blob_bytes(r, len);
         return r->blob_rc == SKIFF_OK ? len : 0;
     }
     if (r->body.len + len > r->max) {
@@ -342,8 +417,9 @@ static int registry__fetch(struct registry *g, const char *path, const char *wha
     case 200:
         if (r->over)
             return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
-                               "the %s of %s is larger than the limit of %zu bytes", what,
-                               g->ref.repository, r->max);
+                               "the registry %s sent more for the %s of %s than a manifest may "
+                               "have (it is larger than the limit of %zu kB): refused",
+                               g->ref.registry, what, g->ref.repository, r->max >> 10);
         return r->blob_rc ? image__fail(g->err, g->errlen, r->blob_rc, "%s", r->blob_err)
                           : SKIFF_OK;
     case 401:
@@ -379,10 +455,7 @@ static int registry__document(struct registry *g, const char *reference, const c
         buf_free(&r.body);
         return rc;
     }
-    unsigned char sum[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(sum, (const unsigned char *)(r.body.data ? r.body.data : ""), r.body.len);
-    memcpy(digest, "sha256:", 7);
-    sodium_bin2hex(digest + 7, IMAGE_DIGEST_LEN - 7, sum, sizeof sum);
+    image__sha256(r.body.data ? r.body.data : "", r.body.len, digest);
     if (expected && strcmp(expected, digest)) {
         buf_free(&r.body);
         return image__fail(g->err, g->errlen, SKIFF_E_DIGEST_MISMATCH,
@@ -399,13 +472,25 @@ static int registry__document(struct registry *g, const char *reference, const c
 static int registry__blob(struct registry *g, const char *digest, const char *what)
 {
     if (image_store_has_blob(g->s, digest)) {
+        /* stored already, but the image's size is all of it */
+        char *p = image_store_blob_path(g->s, digest);
+        struct stat st = {0};
+        stat(p, &st);
+        free(p);
+        if (!registry__count(g, (uint64_t)st.st_size))
+            return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
+                               "the image %s is larger than the limit of %llu MB for an image "
+                               "(skiffd --max-image-size)",
+                               g->ref.repository,
+                               (unsigned long long)(image__max_image(g->s) >> 20));
         if (g->opt->progress)
             g->opt->progress(g->opt->progress_ctx, "%s %.19s: already stored", what, digest);
         return SKIFF_OK;
     }
-    char label[128];
+    char label[128], shown[64];
     snprintf(label, sizeof label, "%s %s", what, digest);
-    struct registry_response r = {.max = 64 << 10};
+    snprintf(shown, sizeof shown, "%s %.19s", what, digest);
+    struct registry_response r = {.max = 64 << 10, .g = g, .label = shown};
     int rc = image_blob_begin(g->s, digest, label, &r.blob, g->err, g->errlen);
     if (rc != SKIFF_OK)
         return rc;
@@ -430,11 +515,86 @@ static int registry__blob(struct registry *g, const char *digest, const char *wh
     return rc;
 }
 
+/* One worker of a pull's layers: takes the next layer not taken yet, pulls and unpacks it,
+ * until none is left or one failed. Its own copy of the registry (its own token when it must
+ * ask again, its own error). */
+struct registry_worker {
+    struct registry g;
+    const struct image_manifest *m;
+    pthread_t thread;
+    bool started;
+    int rc;
+    char err[512];
+};
+
+static void *registry__layers_work(void *arg)
+{
+    struct registry_worker *w = arg;
+    struct registry *g = &w->g;
+    for (;;) {
+        pthread_mutex_lock(&g->pull->lock);
+        size_t i = g->pull->failed ? w->m->n_layers : g->pull->next++;
+        pthread_mutex_unlock(&g->pull->lock);
+        if (i >= w->m->n_layers)
+            break;
+        bool again = false; /* an image may list a layer twice: the first one does it */
+        for (size_t k = 0; k < i && !again; k++)
+            again = !strcmp(w->m->layers[k], w->m->layers[i]);
+        if (again)
+            continue;
+        char what[64];
+        snprintf(what, sizeof what, "layer %zu/%zu", i + 1, w->m->n_layers);
+        w->rc = registry__blob(g, w->m->layers[i], what);
+        if (w->rc == SKIFF_OK)
+            w->rc = image_layer_unpack(g->s, w->m->layers[i], w->err, sizeof w->err);
+        if (w->rc != SKIFF_OK) {
+            pthread_mutex_lock(&g->pull->lock);
+            g->pull->failed = true;
+            pthread_mutex_unlock(&g->pull->lock);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* Every layer of m pulled and unpacked, up to REGISTRY_PARALLEL_LAYERS side by side (the
+ * first here, the others on threads of their own). The first failed worker's error is the
+ * pull's. */
+static int registry__layers(struct registry *g, const struct image_manifest *m)
+{
+    size_t n = m->n_layers < REGISTRY_PARALLEL_LAYERS ? m->n_layers : REGISTRY_PARALLEL_LAYERS;
+    if (n == 0)
+        return SKIFF_OK;
+    struct registry_worker *w = xcalloc(n, sizeof *w);
+    for (size_t k = 0; k < n; k++) {
+        w[k].g = *g;
+        w[k].g.bearer = g->bearer ? xstrdup(g->bearer) : NULL;
+        w[k].g.err = w[k].err;
+        w[k].g.errlen = sizeof w[k].err;
+        w[k].m = m;
+        /* a thread that cannot start leaves its share to the others */
+        w[k].started =
+            k > 0 && pthread_create(&w[k].thread, NULL, registry__layers_work, &w[k]) == 0;
+    }
+    registry__layers_work(&w[0]);
+    int rc = SKIFF_OK;
+    for (size_t k = 0; k < n; k++) {
+        if (w[k].started)
+            pthread_join(w[k].thread, NULL);
+        if (rc == SKIFF_OK && w[k].rc != SKIFF_OK)
+            rc = image__fail(g->err, g->errlen, w[k].rc, "%s", w[k].err);
+        free(w[k].g.bearer);
+    }
+    free(w);
+    return rc;
+}
+
 int image_pull(const struct image_store *s, const char *reference,
                const struct image_pull_options *opt, struct image *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    struct registry g = {.s = s, .opt = opt, .err = err, .errlen = errlen};
+    struct registry_pull pull = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    struct registry g = {.s = s, .opt = opt, .pull = &pull, .err = err, .errlen = errlen};
     int rc = image_ref_parse(reference, &g.ref, err, errlen);
     if (rc != SKIFF_OK)
         return rc;
@@ -477,13 +637,8 @@ int image_pull(const struct image_store *s, const char *reference,
     if (rc == SKIFF_OK && opt->progress)
         opt->progress(opt->progress_ctx, "Image %s: %zu layers, digest %s", reference,
                       out->manifest.n_layers, out->digest);
-    for (size_t i = 0; rc == SKIFF_OK && i < out->manifest.n_layers; i++) {
-        char what[64];
-        snprintf(what, sizeof what, "layer %zu/%zu", i + 1, out->manifest.n_layers);
-        rc = registry__blob(&g, out->manifest.layers[i], what);
-        if (rc == SKIFF_OK)
-            rc = image_layer_unpack(s, out->manifest.layers[i], err, errlen);
-    }
+    if (rc == SKIFF_OK)
+        rc = registry__layers(&g, &out->manifest);
     free(doc);
     free(g.base);
     free(g.bearer);

@@ -111,11 +111,18 @@ static char **image__env_merge(char *const *env, char *const *image_env)
     return out;
 }
 
-/* "uid" or "uid:gid", numbers only: a name would need the image's /etc/passwd (not read
- * yet). 0 and a name run as vcap. */
-static void image__user(const char *user, unsigned *uid, unsigned *gid)
+/* The ids staging resolved (image_user_resolve); a record written before names were
+ * resolved has "uid" or "uid:gid", numbers only, and anything else runs as vcap, as it did.
+ * 0 is vcap. */
+static void image__user(const struct image_config *c, unsigned *uid, unsigned *gid)
 {
     *uid = *gid = 0;
+    const char *user = c->user;
+    if (c->ids) {
+        *uid = c->uid;
+        *gid = c->gid;
+        return;
+    }
     if (!user)
         return;
     char *end;
@@ -176,7 +183,7 @@ int image_run_prepare(const char *home, const char *droplet_dir, const char *com
     free(own);
     out->cwd = xstrdup(img.config.workdir ? img.config.workdir : "/");
     out->env = image__env_merge(env, img.config.env);
-    image__user(img.config.user, &out->uid, &out->gid);
+    image__user(&img.config, &out->uid, &out->gid);
     image_clear(&img);
     if (!out->argv[0]) {
         image_run_clear(out);

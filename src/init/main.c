@@ -2,7 +2,8 @@
  *
  *   skiff-init --config FILE -- PROGRAM ARG...
  *   skiff-init --config FILE          (a warm container: the config names warm_socket)
- *   skiff-init --enter PROCS [--join FILE]... [--seccomp BPF] [--tty ROWSxCOLS] -- PROGRAM ARG...
+ *   skiff-init --enter PROCS [--join FILE]... [--seccomp BPF] [--tty ROWSxCOLS] [--user UID:GID] --
+ * PROGRAM ARG...
  *
  * FILE is a container_config as JSON. The program gets skiff-init's own environment; a warm
  * container's program and environment come with its start (container_warm_start). It runs
@@ -34,6 +35,7 @@ static int init_usage(void)
 {
     fputs("usage: skiff-init --config FILE [-- PROGRAM ARG...]\n"
           "       skiff-init --enter PROCS [--join FILE]... [--seccomp BPF] [--tty ROWSxCOLS]"
+          " [--user UID:GID]"
           " -- PROGRAM ARG...\n"
           "Runs a program in a Skiff container; started by skiff-shim, the stager and skiffd.\n",
           stderr);
@@ -74,6 +76,9 @@ static int init_enter(int argc, char **argv)
             return init_usage();
         if (!strcmp(argv[i], "--join") && njoin + 1 < ARRAY_SIZE(join)) {
             join[njoin++] = argv[++i];
+        } else if (!strcmp(argv[i], "--user")) {
+            if (sscanf(argv[++i], "%u:%u", &e.uid, &e.gid) != 2 || e.uid > 65535 || e.gid > 65535)
+                return init_usage();
         } else if (!strcmp(argv[i], "--seccomp")) {
             e.seccomp_bpf = argv[++i];
         } else if (!strcmp(argv[i], "--tty")) {

@@ -896,8 +896,9 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     si->readiness = spec.readiness;
     struct instance_sidecar *spec_sidecars = xcalloc(n_sidecars + 1, sizeof *spec_sidecars);
     for (size_t i = 0; i < n_sidecars; i++)
-        spec_sidecars[i] =
-            (struct instance_sidecar){.name = sidecars[i].name, .command = sidecars[i].command};
+        spec_sidecars[i] = (struct instance_sidecar){.name = sidecars[i].name,
+                                                     .command = sidecars[i].command,
+                                                     .memory_mb = sidecars[i].memory_mb};
     spec.sidecars = spec_sidecars;
     spec.n_sidecars = n_sidecars;
     struct image_run run = {0};

@@ -123,6 +123,9 @@ struct store_app {
      * "memory_mb"}] as the API checked and wrote it, NULL when none; read through
      * store_app_sidecars */
     char *sidecars_json;
+    /* Cloud Foundry's enable_ssh, inverted so that a zeroed app has ssh on (CF's default);
+     * whether a session may start also needs its space to allow it (api/ssh.c) */
+    bool ssh_disabled;
     int64_t created_at;       /* ms since the epoch */
     int64_t updated_at;
     struct store_process *processes; /* "web" first when present */

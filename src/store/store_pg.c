@@ -107,7 +107,9 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE processes ADD COLUMN log_rate_limit BIGINT NOT NULL DEFAULT -1;",
     /* 11: sidecars (store.h's store_app.sidecars_json) */
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
-    /* 12: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    /* 12: whether `skiff ssh` may enter the app's instances (store.h's store_app.ssh_disabled) */
+    "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
+    /* 13: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
@@ -303,7 +305,8 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
 #define PG_APP_COLUMNS                                                                             \
     "guid, name, state, kind, memory_mb, disk_mb, timeout, command, buildpacks,"                   \
     " health_check_type, health_check_http_endpoint, function, package_guid, droplet_guid,"        \
-    " created_at, updated_at, detected_buildpack, space_guid, sidecars"
+    " created_at, updated_at, detected_buildpack, space_guid, sidecars,"                           \
+    " ssh_disabled"
 
 static struct store_app *pg__read_app(const PGresult *res, int row)
 {
@@ -327,6 +330,7 @@ static struct store_app *pg__read_app(const PGresult *res, int row)
     app->detected_buildpack = pg__text(res, row, 16);
     pg__copy_guid(app->space_guid, res, row, 17);
     app->sidecars_json = pg__text(res, row, 18);
+    app->ssh_disabled = pg__int(res, row, 19) != 0;
     return app;
 }
 
@@ -403,6 +407,7 @@ static int pg__app_write(struct store_backend *b, const struct store_app *app, b
         app->detected_buildpack,
         app->space_guid[0] ? app->space_guid : STORE_DEFAULT_SPACE_GUID,
         app->sidecars_json,
+        app->ssh_disabled ? "1" : "0",
     };
     if (pg__cmd(b, "BEGIN") < 0)
         return -EIO;
@@ -410,14 +415,14 @@ static int pg__app_write(struct store_backend *b, const struct store_app *app, b
         b,
         create ? "INSERT INTO apps (" PG_APP_COLUMNS ") VALUES ($1, $2, $3, $4, $5::integer,"
                  " $6::integer, $7::integer, $8, $9, $10, $11, $12, $13, $14, $15::bigint,"
-                 " $16::bigint, $17, $18, $19)"
+                 " $16::bigint, $17, $18, $19, $20::integer)"
                : "UPDATE apps SET name=$2, state=$3, kind=$4, memory_mb=$5::integer,"
                  " disk_mb=$6::integer, timeout=$7::integer, command=$8, buildpacks=$9,"
                  " health_check_type=$10, health_check_http_endpoint=$11, function=$12,"
                  " package_guid=$13, droplet_guid=$14, created_at=$15::bigint,"
                  " updated_at=$16::bigint, detected_buildpack=$17, space_guid=$18,"
-                 " sidecars=$19 WHERE guid=$1",
-        19, v, !create);
+                 " sidecars=$19, ssh_disabled=$20::integer WHERE guid=$1",
+        20, v, !create);
     if (rc == 0)
         rc = pg__write_children(b, app);
     if (rc == 0 && pg__cmd(b, "COMMIT") < 0)

@@ -110,7 +110,10 @@ const char *const store_sqlite_migrations[] = {
     /* 11: sidecars, Cloud Foundry's extra processes in an instance's container (store.h's
      * store_app.sidecars_json) */
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
-    /* 12: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    /* 12: whether `skiff ssh` may enter the app's instances (Cloud Foundry's enable_ssh, on
+     * unless turned off: store.h's store_app.ssh_disabled) */
+    "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
+    /* 13: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_sqlite_migrations_count =
@@ -325,7 +328,8 @@ static void sqlite__close(struct store_backend *st)
 #define STORE_APP_COLUMNS                                                                          \
     "guid, name, state, kind, memory_mb, disk_mb, timeout, command, buildpacks,"                   \
     " health_check_type, health_check_http_endpoint, function, package_guid, droplet_guid,"        \
-    " created_at, updated_at, detected_buildpack, space_guid, sidecars"
+    " created_at, updated_at, detected_buildpack, space_guid, sidecars,"                           \
+    " ssh_disabled"
 
 static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
 {
@@ -349,6 +353,7 @@ static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
     store__bind_text(stmt, 17, app->detected_buildpack);
     store__bind_text(stmt, 18, app->space_guid[0] ? app->space_guid : STORE_DEFAULT_SPACE_GUID);
     store__bind_text(stmt, 19, app->sidecars_json);
+    sqlite3_bind_int(stmt, 20, app->ssh_disabled);
 }
 
 static struct store_app *store__read_app(sqlite3_stmt *stmt)
@@ -372,6 +377,7 @@ static struct store_app *store__read_app(sqlite3_stmt *stmt)
     app->updated_at = sqlite3_column_int64(stmt, 15);
     app->detected_buildpack = store__col_text(stmt, 16);
     app->sidecars_json = store__col_text(stmt, 18);
+    app->ssh_disabled = sqlite3_column_int(stmt, 19) != 0;
     const unsigned char *space = sqlite3_column_text(stmt, 17);
     snprintf(app->space_guid, sizeof app->space_guid, "%s", space ? (const char *)space : "");
     return app;
@@ -444,12 +450,12 @@ static int store__app_write(struct store_backend *st, const struct store_app *ap
         return -EIO;
     sqlite3_stmt *stmt = store__prepare(
         st, create ? "INSERT INTO apps (" STORE_APP_COLUMNS
-                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                    : "UPDATE apps SET name=?2, state=?3, kind=?4, memory_mb=?5, disk_mb=?6,"
                      " timeout=?7, command=?8, buildpacks=?9, health_check_type=?10,"
                      " health_check_http_endpoint=?11, function=?12, package_guid=?13,"
                      " droplet_guid=?14, created_at=?15, updated_at=?16, detected_buildpack=?17,"
-                     " space_guid=?18, sidecars=?19 WHERE guid=?1");
+                     " space_guid=?18, sidecars=?19, ssh_disabled=?20 WHERE guid=?1");
     int rc = -EIO;
     if (!stmt)
         goto fail;

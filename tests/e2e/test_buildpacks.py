@@ -130,6 +130,39 @@ def test_python_requirements_from_vendor(platform, tmp_path):
     assert "Requirements unchanged" in r.stdout, out(r)
 
 
+FLASK_WHEELS = ["Flask", "Werkzeug", "Jinja2", "MarkupSafe", "itsdangerous", "click"]
+
+
+def test_the_flask_sample_with_debians_flask_vendored(platform, tmp_path):
+    """examples/python-flask (Cloud Foundry's Python sample's shape) as `make examples` makes
+    it: wheels of Debian's python3-flask and its dependencies in vendor/, installed by the
+    buildpack without a package index, and Flask imported from the app's own copy, not from
+    the machine's."""
+    code = tmp_path / "python-flask"
+    shutil.copytree(os.path.join(EXAMPLES, "python-flask"), code,
+                    ignore=shutil.ignore_patterns("vendor"))
+    made = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "debian_wheels.py"),
+                           "-d", str(code / "vendor"), *FLASK_WHEELS],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert len(list((code / "vendor").glob("*.whl"))) == len(FLASK_WHEELS)
+    r = platform.cli("push", "-f", str(code / "manifest.yml"), "-p", str(code), timeout=300)
+    assert r.returncode == 0, out(r)
+    assert "no package index is configured" in r.stdout, out(r)
+    assert "Successfully installed" in r.stdout and "Flask-2.2.2" in r.stdout, out(r)
+    ports = platform.wait_for(lambda: running_ports(platform, "python-flask"), timeout=30,
+                              what="python-flask running")
+    status, body = http_get(f"http://{ports[0]}/")
+    assert status == 200 and body == "Hello World! I am instance 0\n", (status, body)
+    status, body = http_get(f"http://{ports[0]}/flask")
+    assert status == 200, body
+    assert '"version":"2.2.2"' in body.replace(" ", ""), body
+    assert "/home/vcap/app/.python_packages/flask/" in body, body
+    # the manifest's random route and http health check are what Cloud Foundry's sample has
+    app = app_json(platform, "python-flask")
+    assert app["health_check_type"] == "http", app
+
+
 def simple_index(root, wheel):
     """A package index in PEP 503's layout under root/simple, serving `wheel` (pip reads
     file: indexes as it reads http ones: the project's page, then the link on it)."""

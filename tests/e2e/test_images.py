@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -90,7 +91,7 @@ def server_binary(tmp_path_factory):
 
 def tar_bytes(entries, compress=False):
     """A tar of (name, bytes | ('symlink', target) | ('dir',)), mode 0755 for files named
-    'server'."""
+    'server' and for bin/sh."""
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as t:
         for name, content in entries:
@@ -104,7 +105,7 @@ def tar_bytes(entries, compress=False):
                 t.addfile(info)
             else:
                 info.size = len(content)
-                info.mode = 0o755 if name.endswith("server") else 0o644
+                info.mode = 0o755 if name.endswith(("server", "bin/sh")) else 0o644
                 t.addfile(info, io.BytesIO(content))
     raw = data.getvalue()
     return gzip.compress(raw, mtime=0) if compress else raw
@@ -251,8 +252,27 @@ def test_two_images_share_their_base_layer(platform, tmp_path, server_binary):
         assert r.returncode == 0, out(r) + platform.output()
     assert get_app(platform, "one.localhost")["greeting"] == "one"
     assert get_app(platform, "two.localhost")["greeting"] == "two"
-    stored = os.listdir(os.path.join(platform.home, "images", "layers", "sha256"))
-    assert sorted(stored) == sorted({digest(x)[7:] for x in la + lb})  # the base once
+    layers_dir = os.path.join(platform.home, "images", "layers", "sha256")
+    blobs_dir = os.path.join(platform.home, "images", "blobs", "sha256")
+    assert sorted(os.listdir(layers_dir)) == sorted({digest(x)[7:] for x in la + lb})  # base once
+
+    # deleting one app collects what only it used; the shared base stays for the other
+    r = platform.cli("delete", "one", "-f")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: sorted(os.listdir(layers_dir)) == sorted(
+        {digest(x)[7:] for x in lb}) and digest(la[1])[7:] not in os.listdir(blobs_dir), 60,
+        "one's own layer and blob to be collected")
+    assert digest(la[0])[7:] in os.listdir(blobs_dir)  # the shared base stays
+    r = platform.cli("restart", "two")
+    assert r.returncode == 0, out(r) + platform.output()
+    platform.wait_for(lambda: get_app(platform, "two.localhost")["greeting"] == "two", 60,
+                      "two to run again from its layers")
+
+    # deleting the last one: nothing of either image is left
+    r = platform.cli("delete", "two", "-f")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: os.listdir(layers_dir) == [] and os.listdir(blobs_dir) == [], 60,
+                      "every layer and blob to be collected")
 
 
 def test_an_entrypoint_without_cmd_runs(platform, tmp_path, server_binary):
@@ -670,3 +690,506 @@ def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing
         assert not os.path.exists(blob)  # nothing half-stored
     finally:
         reg.close()
+
+
+# ---- functions from images: the image serves the CloudEvents binary contract itself -------------
+
+# Answers each CloudEvent (binary mode) with its attributes and data as JSON and logs one line
+# per event; one request per connection.
+FUNCTION_C = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void header(const char *req, const char *name, char *out, size_t n)
+{
+    out[0] = 0;
+    for (const char *p = strstr(req, "\r\n"); p && p[2] != '\r'; p = strstr(p + 2, "\r\n")) {
+        size_t len = strlen(name);
+        if (!strncasecmp(p + 2, name, len) && p[2 + len] == ':') {
+            const char *v = p + 3 + len;
+            while (*v == ' ')
+                v++;
+            size_t k = strcspn(v, "\r");
+            snprintf(out, n, "%.*s", (int)(k < n ? k : n - 1), v);
+            return;
+        }
+    }
+}
+
+int main(void)
+{
+    const char *port = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
+        return 1;
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[16384];
+        size_t got = 0;
+        char *end = NULL;
+        while (got < sizeof req - 1 && !end) {
+            ssize_t n = read(c, req + got, sizeof req - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            req[got] = 0;
+            end = strstr(req, "\r\n\r\n");
+        }
+        if (!end) {
+            close(c);
+            continue;
+        }
+        char id[128], type[128], subject[128], length[32];
+        header(req, "ce-id", id, sizeof id);
+        header(req, "ce-type", type, sizeof type);
+        header(req, "ce-subject", subject, sizeof subject);
+        header(req, "content-length", length, sizeof length);
+        size_t want = (size_t)atoi(length), have = got - (size_t)(end + 4 - req);
+        while (have < want && got < sizeof req - 1) {
+            ssize_t n = read(c, req + got, sizeof req - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            have += (size_t)n;
+        }
+        req[got] = 0;
+        char body[4096];
+        int n = snprintf(body, sizeof body,
+                         "{\"id\": \"%s\", \"type\": \"%s\", \"subject\": \"%s\", \"data\": %s, "
+                         "\"uid\": %d}", id, type, subject, *(end + 4) ? end + 4 : "null",
+                         (int)getuid());
+        printf("image function got %s %s\n", type, subject);
+        fflush(stdout);
+        char head[256];
+        int h = snprintf(head, sizeof head,
+                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         "%d\r\nConnection: close\r\n\r\n", n);
+        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
+        }
+        close(c);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def function_archive(tmp_path_factory):
+    d = tmp_path_factory.mktemp("function")
+    (d / "fn.c").write_text(FUNCTION_C)
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "fn"), str(d / "fn.c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    layer = tar_bytes([("fn", ("dir",)), ("fn/server", (d / "fn").read_bytes())], compress=True)
+    archive = d / "fn.tar"
+    oci_archive(archive, [layer], image_config(Entrypoint=["/fn/server"], User="1000",
+                                               ExposedPorts={"7000/tcp": {}}))
+    return archive
+
+
+def app_state(p, name):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return app
+
+
+def scaled_to_zero(p, name):
+    app = app_state(p, name)
+    return app["instances"] == 0 and app["instances_detail"] == []
+
+
+def test_an_image_pushed_as_a_function_serves_events_from_zero(tmp_path, function_archive):
+    from conftest import Platform
+    p = Platform(extra_env={"SKIFF_FUNCTION_IDLE_GRACE": "2s"}).start()
+    try:
+        r = push(p, "imgfn", f"oci-archive:{function_archive}", "--function")
+        assert r.returncode == 0, out(r) + p.output()
+        assert app_state(p, "imgfn")["kind"] == "function"
+        p.wait_for(lambda: scaled_to_zero(p, "imgfn"), 30, "the function to start at zero")
+
+        # invoked directly: an instance starts from zero, on the image's port, as its user
+        r = p.cli("invoke", "imgfn", "--type", "img.direct", "--subject", "cat.png", '{"n": 1}',
+                  timeout=120)
+        assert r.returncode == 0, out(r) + p.output()
+        got = json.loads(r.stdout)
+        assert got["type"] == "img.direct" and got["subject"] == "cat.png", got
+        assert got["data"] == {"n": 1} and got["uid"] == 1000 and got["id"], got
+        assert all(i["address"].endswith(":7000")
+                   for i in app_state(p, "imgfn")["instances_detail"])
+        p.wait_for(lambda: scaled_to_zero(p, "imgfn"), 30, "scale to zero when idle")
+
+        # an event mapping: a published event wakes it and is delivered
+        r = p.cli("map-event", "imgfn", "uploads", "--idle-grace", "2s")
+        assert r.returncode == 0, out(r)
+        r = p.cli("emit", "uploads", "--type", "img.uploaded", "--subject", "dog.png", '{"n": 2}')
+        assert r.returncode == 0, out(r)
+        p.wait_for(lambda: "image function got img.uploaded dog.png"
+                   in p.cli("logs", "imgfn", "--recent").stdout, 60, "the event to be delivered")
+        logs = p.cli("logs", "imgfn", "--recent").stdout
+        assert "[APP/FUNC/IMGFN/" in logs, logs
+
+        def delivered():
+            r = p.cli("event-mappings", "--json", "imgfn")
+            m = json.loads(r.stdout)["event_mappings"] if r.returncode == 0 else []
+            return len(m) == 1 and m[0]["delivered"] == 1 and m[0]["failed"] == 0
+        p.wait_for(delivered, 30, "the mapping to count one delivery")
+        p.wait_for(lambda: scaled_to_zero(p, "imgfn"), 30, "scale to zero again")
+    finally:
+        p.close()
+
+
+def test_a_manifest_function_from_an_image(platform, tmp_path, function_archive):
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text(f"functions:\n- name: mfimg\n  docker:\n"
+                        f"    image: oci-archive:{function_archive}\n"
+                        f"  events:\n  - topic: mf-topic\n")
+    r = platform.cli("push", "-f", str(manifest), timeout=300)
+    assert r.returncode == 0, out(r) + platform.output()
+    r = platform.cli("emit", "mf-topic", "--type", "mf.new", "--subject", "x", "{}")
+    assert r.returncode == 0, out(r)
+    platform.wait_for(lambda: "image function got mf.new x"
+                      in platform.cli("logs", "mfimg", "--recent").stdout, 60,
+                      "the manifest's mapping to deliver to the image")
+
+
+def test_image_function_mistakes_are_refused(platform, tmp_path, function_archive):
+    # a handler names code of Skiff's function buildpacks: an image has none
+    r = platform.cli("push", "x", "--docker-image", f"oci-archive:{function_archive}",
+                     "--function", "f.py:handle")
+    assert r.returncode == 2 and "serves the function itself" in r.stderr, out(r)
+    r = platform.cli("push", "x", "--function")
+    assert r.returncode == 2 and "FILE:HANDLER" in r.stderr, out(r)
+    for body, says in (
+            (f"functions:\n- name: both\n  handler: f.py:handle\n  docker:\n"
+             f"    image: oci-archive:{function_archive}\n", "both a \"handler\" and"),
+            (f"applications:\n- name: app\n  functions:\n  - name: inner\n    docker:\n"
+             f"      image: oci-archive:{function_archive}\n", "belongs to a top-level")):
+        manifest = tmp_path / "manifest.yml"
+        manifest.write_text(body)
+        r = platform.cli("push", "-f", str(manifest))
+        assert r.returncode != 0 and says in r.stderr, out(r)
+
+
+# ---- User by name -------------------------------------------------------------------------------
+
+# What `skiff ssh` runs is /bin/sh -c COMMAND: this "shell" says who it runs as.
+WHOAMI_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void)
+{
+    printf("ssh-uid=%d ssh-gid=%d\n", (int)getuid(), (int)getgid());
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def whoami_binary(tmp_path_factory):
+    d = tmp_path_factory.mktemp("whoami")
+    (d / "whoami.c").write_text(WHOAMI_C)
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "sh"), str(d / "whoami.c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return (d / "sh").read_bytes()
+
+
+def named_user_image(path, server, whoami, user, accounts=None):
+    passwd, group = accounts or (b"root:x:0:0:root:/root:/bin/sh\nweb:x:1001:1002::/srv:/bin/sh\n",
+                                 b"root:x:0:\nstaff:x:50:web\nweb:x:1002:\n")
+    base = tar_bytes([("etc", ("dir",)), ("etc/passwd", passwd), ("etc/group", group),
+                      ("bin", ("dir",)), ("bin/sh", whoami)], compress=True)
+    layers = [base] + layers_of(server, "named")
+    oci_archive(path, layers, image_config(**dict(DEFAULT_CONFIG, User=user)))
+
+
+def test_a_user_by_name_runs_as_the_image_says_and_ssh_too(platform, tmp_path, server_binary,
+                                                           whoami_binary):
+    archive = tmp_path / "named.tar"
+    named_user_image(archive, server_binary, whoami_binary, "web:staff")
+    r = push(platform, "named", f"oci-archive:{archive}")
+    assert r.returncode == 0, out(r) + platform.output()
+    got = get_app(platform, "named.localhost")
+    assert (got["uid"], got["gid"]) == ("1001", "50"), got
+
+    # a session in the instance is the program's user, not vcap
+    r = platform.cli("ssh", "named", "-c", "id", timeout=60)
+    assert r.returncode == 0, out(r)
+    assert "ssh-uid=1001 ssh-gid=50" in r.stdout, out(r)
+
+
+@pytest.mark.parametrize("user,says", [
+    ("nobody", "\"nobody\" is not in its /etc/passwd"),
+    ("web:wheel", "\"wheel\", which is not in its /etc/group"),
+])
+def test_an_unknown_user_name_is_a_staging_error(platform, tmp_path, server_binary,
+                                                 whoami_binary, user, says):
+    archive = tmp_path / "unknown.tar"
+    named_user_image(archive, server_binary, whoami_binary, user)
+    r = push(platform, "unknown", f"oci-archive:{archive}")
+    assert r.returncode != 0 and says in r.stdout + r.stderr, out(r)
+
+
+def test_user_files_are_not_read_through_a_link(platform, tmp_path, server_binary):
+    # /etc/passwd a link to the host's: never read, the push fails saying why
+    base = tar_bytes([("etc", ("dir",)), ("etc/passwd", ("symlink", "/etc/passwd"))],
+                     compress=True)
+    archive = tmp_path / "link.tar"
+    oci_archive(archive, [base] + layers_of(server_binary),
+                image_config(**dict(DEFAULT_CONFIG, User="root")))
+    r = push(platform, "link", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "/etc/passwd is a symbolic link" in r.stdout + r.stderr, out(r)
+
+
+# ---- pull progress, the image size limit, hostile registries ------------------------------------
+
+class HostileRegistry:
+    """An anonymous registry serving one image (app:v1), able to misbehave: `slow` serves the
+    big layer in 64 KiB pieces 50 ms apart; `endless` is "manifest" or "blob" (that document
+    never ends); with `token` every /v2/ request needs a Bearer token from a realm on another
+    host, 127.0.0.2 (which records what it was sent), and blobs are redirected to storage
+    there."""
+
+    def __init__(self, blobs, manifest, token=False):
+        import http.server
+        import threading
+        self.blobs, self.manifest = blobs, manifest
+        self.slow, self.endless = set(), None
+        self.token_auth, self.storage_auth = [], []
+        self.token_host = None
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def endless_body(self, content_type):
+                import time as _t
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()  # no length: it ends when the connection does
+                chunk = b"{" * 65536
+                deadline = _t.monotonic() + 120
+                try:
+                    while _t.monotonic() < deadline:
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass  # the client hung up: what it should do
+
+            def do_GET(self):
+                import time as _t
+                if self.path.startswith("/token"):
+                    registry.token_auth.append(self.headers.get("Authorization"))
+                    return self.send(200, b'{"token":"t0ken"}')
+                if self.path.startswith("/storage/"):
+                    registry.storage_auth.append(self.headers.get("Authorization"))
+                    return self.serve_blob(self.path[len("/storage/"):])
+                token_host = registry.token_host
+                if token_host and self.headers.get("Authorization") != "Bearer t0ken":
+                    challenge = (f'Bearer realm="http://{token_host}/token",'
+                                 f'service="hostile",scope="repository:app:pull"')
+                    return self.send(401, b"{}", [("WWW-Authenticate", challenge)])
+                parts = self.path.split("/")
+                if len(parts) != 5 or parts[1] != "v2" or parts[2] != "app":
+                    return self.send(404)
+                if parts[3] == "manifests":
+                    if registry.endless == "manifest":
+                        return self.endless_body("application/vnd.oci.image.manifest.v1+json")
+                    return self.send(200, registry.manifest,
+                                     [("Content-Type",
+                                       "application/vnd.oci.image.manifest.v1+json")])
+                if parts[3] == "blobs" and token_host:
+                    return self.send(307, b"", [("Location",
+                                                 f"http://{token_host}/storage/{parts[4]}")])
+                if parts[3] == "blobs":
+                    return self.serve_blob(parts[4])
+                return self.send(404)
+
+            def serve_blob(self, d):
+                import time as _t
+                if registry.endless == "blob" and d in registry.slow:
+                    return self.endless_body("application/octet-stream")
+                body = registry.blobs.get(d)
+                if body is None:
+                    return self.send(404)
+                if d not in registry.slow:
+                    return self.send(200, body)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(0, len(body), 65536):
+                    self.wfile.write(body[i:i + 65536])
+                    self.wfile.flush()
+                    _t.sleep(0.05)
+
+        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
+        self.host = "127.0.0.1:%d" % self.servers[0].server_address[1]
+        if token:
+            self.servers.append(http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler))
+            self.token_host = "127.0.0.2:%d" % self.servers[1].server_address[1]
+        for s in self.servers:
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+
+    def close(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+
+def big_layer_image(server, megabytes=3):
+    """The server image with a third layer of `megabytes` of incompressible bytes."""
+    big = tar_bytes([("srv/noise", os.urandom(megabytes << 20))], compress=True)
+    layers = layers_of(server, "big") + [big]
+    config = image_config(**DEFAULT_CONFIG)
+    blobs = {digest(x): x for x in layers + [config]}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest(x), "size": len(x)} for x in layers]}).encode()
+    return blobs, manifest, digest(big)
+
+
+def test_pull_progress_in_bytes_at_most_once_a_second(tmp_path, server_binary, closing):
+    blobs, manifest, big = big_layer_image(server_binary)
+    reg = HostileRegistry(blobs, manifest)
+    reg.slow.add(big)  # ~48 pieces, 50 ms apart: ~2.4 s
+    try:
+        p = platform_for([reg])
+        closing.append(p)
+        started = time.monotonic()
+        r = push(p, "slow", f"{reg.host}/app:v1")
+        took = time.monotonic() - started
+        assert r.returncode == 0, out(r) + p.output()
+        lines = [x for x in r.stdout.splitlines() if f"layer 3/3 {big[:19]}: " in x and " of " in x]
+        # told while it came (it took over 2 s), in bytes of its size, but not once per piece
+        # (48 of them): at most a line a second
+        assert 1 <= len(lines) <= int(took) + 1, (took, out(r))
+        assert all(x.rstrip().endswith(" of 3.0 MB") for x in lines), lines
+        assert f"layer 3/3 {big[:19]}: pulled" in r.stdout, out(r)
+    finally:
+        reg.close()
+
+
+@pytest.mark.parametrize("endless", ["manifest", "blob"])
+def test_an_endless_document_is_cut_at_its_limit(tmp_path, server_binary, closing, endless):
+    from conftest import Platform
+    blobs, manifest, big = big_layer_image(server_binary, 1)
+    reg = HostileRegistry(blobs, manifest)
+    reg.endless = endless
+    reg.slow.add(big)
+    try:
+        p = Platform(extra_args=["--insecure-registry", reg.host,
+                                 "--max-image-size", "8M"]).start()
+        closing.append(p)
+        r = push(p, "endless", f"{reg.host}/app:v1")
+        assert r.returncode != 0, out(r)
+        said = r.stdout + r.stderr
+        if endless == "manifest":
+            assert "manifest" in said and "larger than the limit" in said, out(r)
+        else:
+            assert "larger than the limit of 8 MB" in said and "--max-image-size" in said, out(r)
+        # nothing of it is kept, and skiffd still serves
+        assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
+        assert p.cli("apps").returncode == 0
+    finally:
+        reg.close()
+
+
+def test_an_image_over_the_limit_is_refused(tmp_path, server_binary, closing):
+    from conftest import Platform
+    blobs, manifest, big = big_layer_image(server_binary, 3)
+    reg = HostileRegistry(blobs, manifest)
+    try:
+        p = Platform(extra_args=["--insecure-registry", reg.host,
+                                 "--max-image-size", "2M"]).start()
+        closing.append(p)
+        r = push(p, "large", f"{reg.host}/app:v1")
+        assert r.returncode != 0, out(r)
+        assert "larger than the limit of 2 MB" in r.stdout + r.stderr, out(r)
+        # a tarball too
+        archive = tmp_path / "large.tar"
+        layers = [blobs[x["digest"]] for x in json.loads(manifest)["layers"]]
+        oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+        r = push(p, "large", f"oci-archive:{archive}")
+        assert r.returncode != 0 and "over the limit of 2 MB" in r.stdout + r.stderr, out(r)
+    finally:
+        reg.close()
+
+
+def test_a_layer_bomb_stops_at_the_limit(tmp_path, server_binary, closing):
+    from conftest import Platform
+    p = Platform(extra_args=["--max-image-size", "16M"]).start()
+    closing.append(p)
+    bomb = tar_bytes([("srv/zeros", bytes(256 << 20))], compress=True)  # 256 MB in ~250 kB
+    assert len(bomb) < (1 << 20)
+    archive = tmp_path / "bomb.tar"
+    oci_archive(archive, layers_of(server_binary) + [bomb], image_config(**DEFAULT_CONFIG))
+    r = push(p, "bomb", f"oci-archive:{archive}")
+    assert r.returncode != 0, out(r)
+    assert "unpacks to more than the limit of 16 MB" in r.stdout + r.stderr, out(r)
+    assert digest(bomb)[7:] not in os.listdir(os.path.join(p.home, "images", "layers", "sha256"))
+
+
+def test_credentials_go_only_where_the_registry_sends_them(tmp_path, server_binary, closing):
+    """The realm the registry's challenge names is its token service, on whatever host: it gets
+    the credentials (as Docker sends them). Storage a blob is redirected to is not the registry:
+    it gets neither the credentials nor the token."""
+    import base64
+    blobs, manifest, big = big_layer_image(server_binary, 1)
+    reg = HostileRegistry(blobs, manifest, token=True)
+    try:
+        p = platform_for([reg])
+        closing.append(p)
+        env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
+        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image",
+                            f"{reg.host}/app:v1", "--docker-username", "alice"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, out(r) + p.output()
+        basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        assert reg.token_auth and set(reg.token_auth) == {basic}, reg.token_auth
+        assert reg.storage_auth and set(reg.storage_auth) == {None}, reg.storage_auth
+    finally:
+        reg.close()
+
+
+def test_what_a_killed_skiffd_left_is_collected_at_start(tmp_path):
+    from conftest import Platform
+    home = tmp_path / "home"
+    orphan = "ab" * 32
+    for folder in ("layers", "blobs"):
+        os.makedirs(home / "images" / folder / "sha256", exist_ok=True)
+    os.makedirs(home / "images" / "layers" / "sha256" / orphan / "srv")
+    (home / "images" / "blobs" / "sha256" / orphan).write_bytes(b"left by a pull")
+    p = Platform(home=str(home)).start()
+    try:
+        p.wait_for(lambda: os.listdir(home / "images" / "layers" / "sha256") == [] and
+                   os.listdir(home / "images" / "blobs" / "sha256") == [], 30,
+                   "the orphans to be collected")
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("size", ["12", "4X", "-1G", ""])
+def test_a_max_image_size_that_is_no_size_is_refused(tmp_path, size):
+    r = subprocess.run([os.path.join(BIN_DIR, "skiffd"), "--home", str(tmp_path),
+                        "--max-image-size", size], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--max-image-size" in r.stderr and "512M or 4G" in r.stderr, \
+        out(r)

@@ -14,7 +14,7 @@ from conftest import deploy_bits, instance_url, out, write
 # A web app whose readiness the test flips per instance: GET /unready and /ready (sent to the
 # instance itself, not through the router) set it; /readyz answers 200 or 503 accordingly.
 # /health answers after HEALTH_DELAY seconds once /slow was asked (0 before), and prints a line
-# for each check it answered. LINES_PER_TICK lines of LINE_BYTES are printed every 0.1 s.
+# for each check it answered; /probe answers at once and prints a line too. LINES_PER_TICK lines of LINE_BYTES are printed every 0.1 s.
 APP = b"""
 import os, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +42,9 @@ class Handler(BaseHTTPRequestHandler):
             state["slow"] = True
         if self.path == "/readyz":
             return self.answer(200 if state["ready"] else 503, "ready" if state["ready"] else "no")
+        if self.path == "/probe":
+            print("PROBE-ANSWERED %s" % INDEX, flush=True)
+            return self.answer(200, "ok")
         if self.path == "/health":
             if state["slow"]:
                 time.sleep(float(os.environ.get("HEALTH_DELAY", "0")))
@@ -181,6 +184,40 @@ def test_a_health_check_invocation_timeout_lets_a_slow_check_pass(platform):
                "four slow checks answered")
     now = instances(p, "patient")[0]
     assert (now["guid"], now["crash_count"], now["state"]) == (patient["guid"], 0, "RUNNING"), now
+
+
+def test_a_changed_health_check_applies_once_the_app_restarts(platform):
+    """As in Cloud Foundry: a running instance keeps the check it started with, and the CLI
+    says that a restart applies the change; the instances started after it use the new one."""
+    p = platform
+    deploy_bits(p, "later", FILES, {"health_check_type": "http",
+                                    "health_check_http_endpoint": "/health",
+                                    "health_check_interval": 1})
+    p.wait_for(lambda: [i["state"] for i in instances(p, "later")] == ["RUNNING"], 60,
+               "later running")
+    first = instances(p, "later")[0]
+    on_instance(first, "/slow")  # from now on each /health check prints a line
+    p.wait_for(lambda: recent_logs(p, "later").count("SLOW-HEALTH-ANSWERED") >= 1, 30,
+               "a /health check answered")
+
+    r = p.cli("set-health-check", "later", "http", "--endpoint", "/probe", "--interval", "1")
+    assert r.returncode == 0, out(r)
+    assert "TIP: An app restart is required for the change to take effect" in r.stdout, out(r)
+    assert "skiff restart later" in r.stdout, out(r)
+    assert p.api("GET", "/v1/apps/later")[1]["health_check_http_endpoint"] == "/probe"
+    # the running instance goes on being checked on /health, never on /probe
+    seen = recent_logs(p, "later").count("SLOW-HEALTH-ANSWERED")
+    p.wait_for(lambda: recent_logs(p, "later").count("SLOW-HEALTH-ANSWERED") >= seen + 3, 30,
+               "three more /health checks after the change")
+    assert "PROBE-ANSWERED" not in recent_logs(p, "later")
+    now = instances(p, "later")[0]
+    assert (now["guid"], now["crash_count"]) == (first["guid"], 0), now
+
+    # a restart starts instances with the new check
+    r = p.cli("restart", "later", timeout=120)
+    assert r.returncode == 0, out(r)
+    p.wait_for(lambda: "PROBE-ANSWERED" in recent_logs(p, "later"), 30, "a /probe check")
+    assert instances(p, "later")[0]["guid"] != first["guid"]
 
 
 def test_output_past_the_log_rate_limit_is_dropped_with_a_notice(platform):

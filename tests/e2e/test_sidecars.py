@@ -191,6 +191,27 @@ def host_pids_of(instance_guid, script):
     return pids
 
 
+def cgroup_lines(text):
+    """{controllers: path} of a /proc/PID/cgroup."""
+    return {l.split(":", 2)[1]: l.split(":", 2)[2] for l in text.splitlines() if l.count(":") >= 2}
+
+
+def cgroup_v1(text):
+    return any("memory" in c.split(",") for c in cgroup_lines(text))
+
+
+def assert_own_memory_cgroup(web, side, name):
+    """A sidecar with `memory` is in a cgroup of its own under the program's (cgroup v1; on v2
+    it shares the program's, which cannot have limited children while it holds processes)."""
+    if not cgroup_v1(web):
+        assert side == web
+        return
+    web_lines, side_lines = cgroup_lines(web), cgroup_lines(side)
+    for controllers, path in web_lines.items():
+        if set(controllers.split(",")) & {"memory", "pids", "cpuacct"}:
+            assert side_lines[controllers] == path.rstrip("/") + "/sidecar-" + name, (web, side)
+
+
 def test_web_app_answers_through_its_sidecar_in_one_container(platform, tmp_path):
     manifest = make_app(tmp_path, "shop", BACKEND)
     push(platform, manifest)
@@ -201,7 +222,7 @@ def test_web_app_answers_through_its_sidecar_in_one_container(platform, tmp_path
     assert side["port_env"] == "8080"
     assert side["vcap_application"]["application_name"] == "shop"
     assert side["cwd"] == "/home/vcap/app"
-    assert side["cgroup"] == web["cgroup"]
+    assert_own_memory_cgroup(web["cgroup"], side["cgroup"], "backend")
     assert side["pid"] in web["pids"] and web["pid"] in side["pids"]
     # as the program is: vcap, nothing of root, the filter
     for who in (web, side):
@@ -267,6 +288,47 @@ def test_a_sidecar_that_ends_restarts_the_instance(platform, tmp_path):
             or "sidecar backend was killed by signal 9" in logs), logs
     assert any(i["crash_count"] >= 1 for i in instances(platform, "shop")), \
         instances(platform, "shop")
+
+
+# Takes memory 4 MB at a time, saying how much it holds, then holds it: past its limit the
+# kernel kills it on the way.
+HOG_PY = '''\
+import sys, time
+held = []
+for i in range(1, 33):
+    held.append(b"x" * (4 << 20))
+    print("holding", 4 * i, "MB", flush=True)
+print("held it all", flush=True)
+time.sleep(100000)
+'''
+
+
+def test_a_sidecar_past_its_memory_is_killed_not_the_program(platform, tmp_path):
+    """Cloud Foundry's sidecar `memory`, enforced apart (cgroup v1): a sidecar that takes more
+    than its 32M is killed by the kernel at its limit, although the instance (256M) has room;
+    the program is not what is killed for it. As in Cloud Foundry (a sidecar and its process
+    are codependent), the instance then ends with the sidecar and is restarted, its crash
+    naming the sidecar."""
+    with open("/proc/self/cgroup") as f:
+        if not cgroup_v1(f.read()) and not os.path.isdir("/sys/fs/cgroup/memory"):
+            pytest.skip("cgroup v2: a sidecar's memory is not enforced apart there")
+    sidecars = ("  - name: hog\n    process_types: [web]\n    command: python3 hog.py\n"
+                "    memory: 32M\n")
+    push(platform, make_app(tmp_path, "hoggy", sidecars, extra={"hog.py": HOG_PY}), ok=False)
+
+    def crashed_for_it():
+        logs = recent_logs(platform, "hoggy")
+        return "sidecar hog out of memory (its limit: 32 MB)" in logs and logs
+    logs = wait_for(crashed_for_it, timeout=120, what="the instance's crash naming the sidecar")
+    held = [int(l.split("holding ")[1].split()[0]) for l in logs.splitlines()
+            if "[APP/PROC/WEB/SIDECAR/HOG/0]" in l and "holding " in l]
+    assert held and max(held) <= 32, logs  # stopped at its own limit, not the instance's
+    assert "held it all" not in logs, logs
+    assert "crashed: out of memory" not in logs, logs  # the instance's own limit was not hit
+    assert any(i["crash_count"] >= 1 for i in instances(platform, "hoggy"))
+    # restarted, and killed again at the same place: the program never outlives it
+    wait_for(lambda: recent_logs(platform, "hoggy").count(
+        "sidecar hog out of memory") >= 2, timeout=120, what="a second start and kill")
 
 
 @pytest.mark.parametrize("sidecars, message", [

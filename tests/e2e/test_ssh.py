@@ -3,8 +3,10 @@
 Command mode passes stdin, stdout and stderr and exits as the command did; the command runs
 inside the container only (its processes, its files, vcap, no capabilities, the filter), is
 bounded by the instance's limits, and everything it started ends with the client. Who may:
-developers of the app's space (403 for auditors, 404 for other spaces, 401 without a token).
-Hostile clients (malformed frames, one that never reads, too many sessions) do not hurt
+developers of the app's space (403 for auditors, 404 for other spaces, 401 without a token),
+never an instance's own publish token, and only while the app (enable-ssh) and its space
+(allow-space-ssh) allow it. After a skiffd restart an adopted instance's sessions still get its
+own environment. Hostile clients (malformed frames, one that never reads, too many sessions) do not hurt
 skiffd."""
 import json
 import os
@@ -28,15 +30,16 @@ def world():
         r = p.cli("push", "box", "-p", APP, "-i", "2", timeout=300)
         assert r.returncode == 0, out(r)
         admin = p.token
-        for u in ("dev", "aud", "outsider"):
+        for u in ("dev", "aud", "outsider", "spmgr"):
             assert p.api("POST", "/v1/users", {"name": u, "password": PASSWORD})[0] == 201
         assert p.api("PUT", "/v1/orgs/default/spaces/dev/users/dev/roles/SpaceDeveloper")[0] == 204
+        assert p.api("PUT", "/v1/orgs/default/spaces/dev/users/spmgr/roles/SpaceManager")[0] == 204
         assert p.api("PUT", "/v1/orgs/default/spaces/dev/users/aud/roles/SpaceAuditor")[0] == 204
         assert p.api("POST", "/v1/orgs", {"name": "other"})[0] == 201
         assert p.api("POST", "/v1/orgs/other/spaces", {"name": "x"})[0] == 201
         assert p.api("PUT", "/v1/orgs/other/spaces/x/users/outsider/roles/SpaceDeveloper")[0] == 204
         tokens = {}
-        for u in ("dev", "aud", "outsider"):
+        for u in ("dev", "aud", "outsider", "spmgr"):
             status, body = p.api("POST", "/v1/auth/token", {"grant_type": "password",
                                                             "username": u, "password": PASSWORD},
                                  token=False)
@@ -49,6 +52,18 @@ def world():
 
 def ssh(p, *args, input=None, timeout=60):
     return p.cli("ssh", *args, input=input, timeout=timeout)
+
+
+def cli_as(p, token, *args, home=None):
+    """`skiff ARGS` with a user's token (SKIFF_API + SKIFF_TOKEN), or with the login saved
+    in home when token is None."""
+    env = p.env()
+    if token:
+        env.update({"SKIFF_API": p.api_url, "SKIFF_TOKEN": token})
+    if home:
+        env["HOME"] = home
+    return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
 
 
 def upgrade(p, path, token, extra=b""):
@@ -346,6 +361,136 @@ def test_only_the_spaces_developers_may_ssh(world):
     assert any(e.get("type") == "audit.app.ssh" and e.get("actor") == "dev" for e in events), events
 
 
+# ---- enable-ssh, allow-space-ssh ------------------------------------------------------------
+
+def test_ssh_needs_the_app_and_its_space_to_allow_it(world):
+    p, t = world["p"], world["tokens"]
+    try:
+        r = p.cli("ssh-enabled", "box", check=True)
+        assert r.stdout == "ssh is enabled for app box.\n", out(r)
+        r = p.cli("space-ssh-allowed", "dev", check=True)
+        assert r.stdout == "ssh is allowed in space dev.\n", out(r)
+
+        # the app: a developer turns it off; sessions are refused saying why and what to do
+        r = cli_as(p, t["dev"], "disable-ssh", "box")
+        assert r.returncode == 0 and "ssh is now disabled for app box" in r.stdout, out(r)
+        r = ssh(p, "box", "-c", "echo in")
+        assert r.returncode == 1 and r.stdout == "", out(r)
+        assert "ssh is disabled for app box" in r.stderr, out(r)
+        assert "skiff enable-ssh box" in r.stderr, out(r)
+        status, head, s = upgrade(p, "/v1/apps/box/ssh?command=true", world["admin"])
+        s.close()
+        assert status == 409, head
+        r = cli_as(p, t["aud"], "ssh-enabled", "box")  # an auditor may look
+        assert r.returncode == 0 and "ssh is disabled for app box" in r.stdout, out(r)
+        r = cli_as(p, t["dev"], "enable-ssh", "box")
+        assert r.returncode == 0, out(r)
+        assert ssh(p, "box", "-c", "echo in").stdout == "in\n"
+
+        # the space: its manager disallows it; the app's own setting does not override that
+        r = cli_as(p, t["spmgr"], "disallow-space-ssh", "default/dev")
+        assert r.returncode == 0 and "ssh is now not allowed in space default/dev" in r.stdout, \
+            out(r)
+        r = p.cli("space-ssh-allowed", "dev", check=True)
+        assert r.stdout == "ssh is not allowed in space dev.\n", out(r)
+        r = ssh(p, "box", "-c", "echo in")
+        assert r.returncode == 1 and "ssh is not allowed in space dev" in r.stderr, out(r)
+        assert "skiff allow-space-ssh dev" in r.stderr, out(r)
+        r = cli_as(p, t["dev"], "enable-ssh", "box")
+        assert r.returncode == 0, out(r)
+        assert ssh(p, "box", "-c", "true").returncode == 1
+        r = p.cli("ssh-enabled", "box", check=True)
+        assert "not allowed in space dev" in r.stdout, out(r)
+        r = cli_as(p, t["spmgr"], "allow-space-ssh", "default/dev")
+        assert r.returncode == 0, out(r)
+        assert ssh(p, "box", "-c", "echo in").stdout == "in\n"
+
+        # each change is on the audit record, apart from the sessions
+        status, body = p.api("GET", "/v1/audit_events?space=default/dev")
+        assert status == 200
+        kinds = {(e.get("type"), e.get("actor")) for e in body["audit_events"]}
+        assert ("audit.app.features", "dev") in kinds, kinds
+        assert ("audit.space.features", "spmgr") in kinds, kinds
+    finally:
+        p.api("PATCH", "/v1/apps/box/features/ssh?space=default/dev", {"enabled": True})
+        p.api("PATCH", "/v1/orgs/default/spaces/dev/features/ssh", {"enabled": True})
+
+
+def test_who_may_turn_ssh_on_and_off(world):
+    """CF's table: SpaceDeveloper for the app, SpaceManager (or the OrgManager) for the space;
+    an auditor toggles neither, a developer not the space, another space's developer sees
+    nothing."""
+    p, t = world["p"], world["tokens"]
+    app_path = "/v1/apps/box/features/ssh?space=default/dev"
+    space_path = "/v1/orgs/default/spaces/dev/features/ssh"
+    for who, path, expected in [("aud", app_path, 403), ("spmgr", app_path, 403),
+                                ("outsider", app_path, 404), ("aud", space_path, 403),
+                                ("dev", space_path, 403), ("outsider", space_path, 404)]:
+        status, body = p.api("PATCH", path, {"enabled": False}, token=t[who])
+        assert status == expected, (who, path, status, body)
+    r = cli_as(p, t["aud"], "disable-ssh", "box")
+    assert r.returncode == 1 and "SpaceDeveloper" in r.stderr, out(r)
+    for who in ("aud", "dev"):
+        r = cli_as(p, t[who], "disallow-space-ssh", "dev")
+        assert r.returncode == 1 and "SpaceManager" in r.stderr, out(r)
+    # nothing changed, and a body that is not a boolean is refused
+    assert p.api("GET", "/v1/apps/box/ssh_enabled?space=default/dev")[1]["enabled"] is True
+    for bad in ({"enabled": "no"}, {"enabled": 0}, {}, {"enabled": False, "x": 1}):
+        status, body = p.api("PATCH", app_path, bad)
+        assert status in (400, 422), (bad, status, body)
+        status, body = p.api("PATCH", space_path, bad)
+        assert status in (400, 422), (bad, status, body)
+    assert p.api("GET", "/v1/apps/box/ssh_enabled?space=default/dev")[1]["enabled"] is True
+    assert p.api("GET", space_path)[1]["enabled"] is True
+    # ssh is the one feature there is
+    status, body = p.api("PATCH", "/v1/apps/box/features/revisions?space=default/dev",
+                         {"enabled": False})
+    assert status == 404 and "ssh is the one" in body["error"]["message"], body
+
+
+def test_an_instances_own_token_cannot_ssh(world):
+    """The publish token an instance finds in its environment (SKIFF_EVENTS_TOKEN) publishes
+    events and nothing else: not an ssh session into its own app, its neighbour or another
+    space's app."""
+    p = world["p"]
+    r = ssh(p, "box", "-c", 'printf %s "$SKIFF_EVENTS_TOKEN"')
+    assert r.returncode == 0 and r.stdout, out(r)
+    own = r.stdout
+    # the other space's instance token too: an app pushed there by the admin
+    home = p.home + "/other-login"
+    os.makedirs(home + "/.skiff", exist_ok=True)
+    with open(home + "/.skiff/cli.json", "w") as f:
+        json.dump({"url": p.api_url, "token": world["admin"], "org": "other", "space": "x"}, f)
+    r = cli_as(p, None, "push", "far", "-p", APP, home=home)
+    assert r.returncode == 0, out(r)
+    r = cli_as(p, None, "ssh", "far", "-c", 'printf %s "$SKIFF_EVENTS_TOKEN"', home=home)
+    assert r.returncode == 0 and r.stdout, out(r)
+    far = r.stdout
+    assert own != far
+    # refused before the place is looked at: the same 403 (what the token is for) whether the
+    # app is its own, in another space, or does not exist
+    for token, path in [(own, "/v1/apps/box/ssh?command=true"),
+                        (own, "/v1/apps/box/ssh?command=true&space=default/dev"),
+                        (own, "/v1/apps/box/ssh?index=1&command=true"),
+                        (own, "/v1/apps/far/ssh?command=true&space=other/x"),
+                        (own, "/v1/apps/nope/ssh?command=true&space=nope/nope"),
+                        (far, "/v1/apps/box/ssh?command=true&space=default/dev"),
+                        (far, "/v1/apps/far/ssh?command=true&space=other/x")]:
+        status, head, s = upgrade(p, path, token)
+        s.close()
+        assert status == 403 and b"may only publish events" in head, (path, head[:300])
+    # nor can it turn ssh off for its app or space
+    status, _ = p.api("PATCH", "/v1/apps/box/features/ssh", {"enabled": False}, token=own)
+    assert status == 403
+    status, _ = p.api("PATCH", "/v1/orgs/default/spaces/dev/features/ssh", {"enabled": False},
+                      token=own)
+    assert status == 403
+    assert p.api("GET", "/v1/apps/box/ssh_enabled?space=default/dev")[1]["enabled"] is True
+    # the token still does what it is for
+    status, _ = p.api("POST", "/v1/topics/t/events", {"n": 1}, token=own)
+    assert status == 202
+
+
 # ---- hostile clients -------------------------------------------------------------------------
 
 def test_malformed_frames_end_the_session_not_skiffd(world):
@@ -413,3 +558,36 @@ def test_sessions_are_capped(world):
     status, _, s = upgrade(p, "/v1/apps/box/ssh?command=true", world["admin"])
     s.close()
     assert status == 101
+
+
+# ---- after a skiffd restart ----------------------------------------------------------------------
+
+def test_an_adopted_instance_gives_sessions_its_own_environment(world):
+    """skiffd goes away (SIGUSR2: its instances keep running under their shims) and the next
+    one adopts them: a session then sees the instance's VCAP_APPLICATION, PORT, CF_INSTANCE_*
+    as before, not a plain environment. The ssh settings survive the restart too. Last in
+    this file: it restarts the module's skiffd."""
+    p = world["p"]
+    show = 'printf "%s|%s|%s|%s" "$CF_INSTANCE_GUID" "$PORT" "$VCAP_APPLICATION" "$TMPDIR"'
+    before = ssh(p, "box", "-i", "1", "-c", show)
+    assert before.returncode == 0 and '"application_name":"box"' in before.stdout.replace(
+        " ", ""), out(before)
+    guid = instance(p, 1)["guid"]
+    assert before.stdout.startswith(guid + "|8080|"), out(before)
+    assert p.cli("disable-ssh", "box").returncode == 0
+    os.kill(p.proc.pid, signal.SIGUSR2)
+    p.proc.wait(20)
+    assert p.proc.returncode == 0, p.output()
+    p.start()
+    def adopted():
+        try:
+            return instance(p, 1)["state"] == "RUNNING"
+        except (IndexError, AssertionError):
+            return False
+    wait_for(adopted, 30, "instance 1 adopted")
+    assert instance(p, 1)["guid"] == guid  # the same instance, not a new one
+    r = ssh(p, "box", "-i", "1", "-c", "true")
+    assert r.returncode == 1 and "ssh is disabled for app box" in r.stderr, out(r)
+    assert p.cli("enable-ssh", "box").returncode == 0
+    after = ssh(p, "box", "-i", "1", "-c", show)
+    assert after.returncode == 0 and after.stdout == before.stdout, (out(before), out(after))

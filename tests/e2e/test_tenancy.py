@@ -291,7 +291,10 @@ def fill(world, method, path):
             body = {"revision": 0}  # 422 once allowed: nothing is rolled back
         elif path == "/v1/apps/*/metadata" and method == "PATCH":
             body = {"labels": {"env": "prod"}}
+        elif path == "/v1/apps/*/features/*":
+            body = {"enabled": True}
         query = S + ("&recent=1" if path.endswith("/logs") else "")
+        path = path.replace("/features/*", "/features/ssh")
         return path.replace("*", app, 1) + "?" + query, body, raw, headers
     if path == "/v1/routes":
         host = unique("r") + ".localhost"
@@ -367,6 +370,9 @@ def fill(world, method, path):
         if rest.endswith("/quota"):
             return "/v1/orgs/acme" + rest.replace("/spaces/*", "/spaces/prod"), \
                 {"quota": None}, None, None
+        if rest == "/spaces/*/features/*":
+            return "/v1/orgs/acme/spaces/prod/features/ssh", \
+                {"enabled": True} if method == "PATCH" else None, None, None
         if rest.startswith("/users/*/roles/*"):
             return "/v1/orgs/acme/users/target/roles/BillingManager", None, None, None
         return "/v1/orgs/acme" + rest.replace("/spaces/*", "/spaces/prod"), None, None, None

@@ -100,6 +100,30 @@ static void test_first_start_makes_default_space_and_admin(void **state)
     assert_non_null(auth_user_find(fx->auth, "admin"));
 }
 
+/* allow-space-ssh: allowed by default (also for a space stored before the setting existed),
+ * kept across a restart. */
+static void test_space_ssh_setting_is_kept(void **state)
+{
+    struct fixture *fx = *state;
+    const struct auth_space *dev = auth_space_get(fx->auth, AUTH_DEFAULT_SPACE_GUID);
+    assert_false(dev->ssh_disallowed);
+    assert_int_equal(auth_space_set_ssh_allowed(fx->auth, AUTH_DEFAULT_SPACE_GUID, false), 0);
+    assert_true(auth_space_get(fx->auth, AUTH_DEFAULT_SPACE_GUID)->ssh_disallowed);
+    reopen(fx);
+    assert_true(auth_space_get(fx->auth, AUTH_DEFAULT_SPACE_GUID)->ssh_disallowed);
+    assert_int_equal(auth_space_set_ssh_allowed(fx->auth, AUTH_DEFAULT_SPACE_GUID, true), 0);
+    reopen(fx);
+    assert_false(auth_space_get(fx->auth, AUTH_DEFAULT_SPACE_GUID)->ssh_disallowed);
+    assert_int_equal(auth_space_set_ssh_allowed(fx->auth, "no-such-space", false), -ENOENT);
+    /* a record written before allow_ssh was one */
+    assert_int_equal(store_doc_put(fx->st, "auth.space", AUTH_DEFAULT_SPACE_GUID,
+                                   "{\"org\":\"" AUTH_DEFAULT_ORG_GUID "\",\"name\":\"dev\","
+                                   "\"quota\":\"\",\"created_at\":1}"),
+                     0);
+    reopen(fx);
+    assert_false(auth_space_get(fx->auth, AUTH_DEFAULT_SPACE_GUID)->ssh_disallowed);
+}
+
 static void test_passwords_and_names(void **state)
 {
     struct fixture *fx = *state;
@@ -253,6 +277,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_first_start_makes_default_space_and_admin, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_passwords_and_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_space_ssh_setting_is_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roles_decide_with_404_for_strangers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test(test_role_names_round_trip),

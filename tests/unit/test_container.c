@@ -194,9 +194,12 @@ static void test_config_json_round_trip(void **state)
                                   .n_mounts = 2,
                                   .seccomp_bpf = "/f.bpf",
                                   .disk_from = "/proc/1/fd/3"};
-    struct container_sidecar sc[] = {{.name = "proxy", .command = "exec proxy --port 8081"}};
+    char *proxy_cg[] = {"/sys/fs/cgroup/memory/skiff/i/sidecar-proxy/cgroup.procs", NULL};
+    struct container_sidecar sc[] = {
+        {.name = "proxy", .command = "exec proxy --port 8081", .cgroup_procs = proxy_cg},
+        {.name = "agent", .command = "exec agent"}};
     in.sidecars = sc;
-    in.n_sidecars = 1;
+    in.n_sidecars = 2;
     char *text = container_config_to_json(&in);
     struct container_config out;
     char err[256] = "";
@@ -215,9 +218,12 @@ static void test_config_json_round_trip(void **state)
     assert_int_equal(out.mounts[0].kind, CONTAINER_MOUNT_RW);
     assert_string_equal(out.mounts[1].target, "/x");
     assert_int_equal(out.mounts[1].kind, CONTAINER_MOUNT_OVERLAY);
-    assert_int_equal(out.n_sidecars, 1);
+    assert_int_equal(out.n_sidecars, 2);
     assert_string_equal(out.sidecars[0].name, "proxy");
     assert_string_equal(out.sidecars[0].command, "exec proxy --port 8081");
+    assert_string_equal(out.sidecars[0].cgroup_procs[0], proxy_cg[0]);
+    assert_null(out.sidecars[0].cgroup_procs[1]);
+    assert_null(out.sidecars[1].cgroup_procs);
     container_config_clear(&out);
     free(text);
 }
@@ -235,6 +241,10 @@ static void test_config_refuses_bad_json(void **state)
         /* an unknown kind */
         "{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\",\"cwd\":\"/\",\"disk_mb\":1,"
         "\"uid_base\":1,\"mounts\":[{\"source\":\"/a\",\"target\":\"/t\",\"kind\":\"rwx\"}]}",
+        /* a sidecar's cgroup file that is not an absolute path */
+        "{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\",\"cwd\":\"/\",\"disk_mb\":1,"
+        "\"uid_base\":1,\"sidecars\":[{\"name\":\"s\",\"command\":\"c\","
+        "\"cgroup_procs\":[\"rel/cgroup.procs\"]}]}",
         /* no disk */
         "{\"hostname\":\"h\",\"stack\":\"/s\",\"scratch\":\"/x\",\"cwd\":\"/\",\"disk_mb\":0,"
         "\"uid_base\":1}",

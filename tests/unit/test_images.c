@@ -316,6 +316,162 @@ static void test_layer_whiteouts_in_overlay_format(void **state)
     free(p);
 }
 
+/* User of an image of these layers (bottom first) resolved; *uid:*gid set when it is. */
+static int resolve_user(struct fixture *f, char (*layers)[IMAGE_DIGEST_LEN], size_t n,
+                        const char *user, unsigned *uid, unsigned *gid)
+{
+    char *names[8] = {0};
+    for (size_t i = 0; i < n; i++)
+        names[i] = layers[i];
+    struct image img = {.manifest = {.layers = names, .n_layers = n}};
+    img.config.user = (char *)user;
+    f->err[0] = '\0';
+    int rc = image_user_resolve(&f->store, &img, f->err, sizeof f->err);
+    *uid = img.config.uid;
+    *gid = img.config.gid;
+    assert_true(img.config.ids == (rc == SKIFF_OK));
+    return rc;
+}
+
+static void expect_ids(struct fixture *f, char (*layers)[IMAGE_DIGEST_LEN], size_t n,
+                       const char *user, unsigned want_uid, unsigned want_gid)
+{
+    unsigned uid, gid;
+    if (resolve_user(f, layers, n, user, &uid, &gid) != SKIFF_OK)
+        fail_msg("%s: %s", user, f->err);
+    assert_int_equal(uid, want_uid);
+    assert_int_equal(gid, want_gid);
+}
+
+static void expect_user_refused(struct fixture *f, char (*layers)[IMAGE_DIGEST_LEN], size_t n,
+                                const char *user, const char *says)
+{
+    unsigned uid, gid;
+    assert_int_equal(resolve_user(f, layers, n, user, &uid, &gid), SKIFF_E_BAD_IMAGE);
+    if (!strstr(f->err, says))
+        fail_msg("%s: \"%s\" does not say \"%s\"", user, f->err, says);
+}
+
+static void test_user_names_resolve_through_the_image(void **state)
+{
+    struct fixture *f = *state;
+    const struct entry base[] = {
+        {'d', "etc", NULL, 0, 0, 0},
+        {'f', "etc/passwd", "root:x:0:0:root:/root:/bin/sh\nweb:x:1001:1002::/srv:/bin/sh\n", 0, 0,
+         0},
+        {'f', "etc/group", "root:x:0:\nstaff:x:50:web\nweb:x:1002:\n", 0, 0, 0},
+    };
+    char layers[3][IMAGE_DIGEST_LEN];
+    assert_int_equal(unpack(f, base, ARRAY_SIZE(base), layers[0]), SKIFF_OK);
+    expect_ids(f, layers, 1, "web", 1001, 1002);     /* its group from /etc/passwd */
+    expect_ids(f, layers, 1, "web:staff", 1001, 50); /* a group by name */
+    expect_ids(f, layers, 1, "web:7", 1001, 7);      /* a group by number */
+    expect_ids(f, layers, 1, "1001", 1001, 1002);    /* a number it lists */
+    expect_ids(f, layers, 1, "4000", 4000, 4000);    /* a number it does not */
+    expect_ids(f, layers, 1, "4000:staff", 4000, 50);
+    expect_ids(f, layers, 1, "root", 0, 0); /* root runs as vcap */
+    expect_ids(f, layers, 1, NULL, 0, 0);
+    expect_user_refused(f, layers, 1, "nobody", "\"nobody\" is not in its /etc/passwd");
+    expect_user_refused(f, layers, 1, "web:wheel", "\"wheel\", which is not in its /etc/group");
+    expect_user_refused(f, layers, 1, "70000", "outside the ids 0-65535");
+    expect_user_refused(f, layers, 1, "web:", "is not USER[:GROUP]");
+    expect_user_refused(f, layers, 1, ":staff", "is not USER[:GROUP]");
+
+    /* the top layer's file wins; a whiteout hides the lower one */
+    const struct entry newer[] = {
+        {'d', "etc", NULL, 0, 0, 0},
+        {'f', "etc/passwd", "web:x:2000:2000::/:/bin/sh\n", 0, 0, 0},
+    };
+    assert_int_equal(unpack(f, newer, ARRAY_SIZE(newer), layers[1]), SKIFF_OK);
+    expect_ids(f, layers, 2, "web", 2000, 2000);
+    expect_ids(f, layers, 2, "web:staff", 2000, 50); /* /etc/group from below */
+    const struct entry gone[] = {
+        {'d', "etc", NULL, 0, 0, 0},
+        {'f', "etc/.wh.passwd", "", 1, 0, 0},
+    };
+    assert_int_equal(unpack(f, gone, ARRAY_SIZE(gone), layers[2]), SKIFF_OK);
+    expect_user_refused(f, layers, 3, "web", "has no /etc/passwd");
+    expect_ids(f, layers, 3, "4000:50", 4000, 50); /* numbers need nothing */
+}
+
+static void test_user_files_are_bounded(void **state)
+{
+    struct fixture *f = *state;
+    size_t big = (1u << 20) + 4096;
+    char *passwd = xmalloc(big + 1);
+    memset(passwd, '#', big);
+    passwd[big] = '\0';
+    const struct entry huge[] = {
+        {'d', "etc", NULL, 0, 0, 0},
+        {'f', "etc/passwd", passwd, big, 0, 0},
+    };
+    char layers[1][IMAGE_DIGEST_LEN];
+    assert_int_equal(unpack(f, huge, ARRAY_SIZE(huge), layers[0]), SKIFF_OK);
+    free(passwd);
+    expect_user_refused(f, layers, 1, "web", "/etc/passwd is over 1048576 bytes");
+}
+
+static void test_user_files_are_never_read_through_links(void **state)
+{
+    struct fixture *f = *state;
+    /* a link to the host's own /etc/passwd (or anywhere) is not followed, whether it is the
+     * file or the folder */
+    const struct entry file_link[] = {
+        {'d', "etc", NULL, 0, 0, 0},
+        {'l', "etc/passwd", "/etc/passwd", 0, 0, 0},
+    };
+    const struct entry dir_link[] = {{'l', "etc", "/etc", 0, 0, 0}};
+    const struct entry fifo_dir[] = {{'f', "etc", "not a folder", 0, 0, 0}};
+    char layers[1][IMAGE_DIGEST_LEN];
+    assert_int_equal(unpack(f, file_link, ARRAY_SIZE(file_link), layers[0]), SKIFF_OK);
+    expect_user_refused(f, layers, 1, "root", "/etc/passwd is a symbolic link");
+    assert_int_equal(unpack(f, dir_link, ARRAY_SIZE(dir_link), layers[0]), SKIFF_OK);
+    expect_user_refused(f, layers, 1, "root", "/etc is a symbolic link");
+    assert_int_equal(unpack(f, fifo_dir, ARRAY_SIZE(fifo_dir), layers[0]), SKIFF_OK);
+    expect_user_refused(f, layers, 1, "root", "/etc is not a folder");
+}
+
+static void test_gc_keeps_what_is_named_and_waits_for_pulls(void **state)
+{
+    struct fixture *f = *state;
+    const struct entry one[] = {{'f', "one", "1", 0, 0, 0}};
+    const struct entry two[] = {{'f', "two", "2", 0, 0, 0}};
+    const struct entry three[] = {{'f', "three", "3", 0, 0, 0}};
+    char a[IMAGE_DIGEST_LEN], b[IMAGE_DIGEST_LEN], c[IMAGE_DIGEST_LEN];
+    assert_int_equal(unpack(f, one, 1, a), SKIFF_OK);
+    assert_int_equal(unpack(f, two, 1, b), SKIFF_OK);
+    assert_int_equal(unpack(f, three, 1, c), SKIFF_OK);
+
+    /* a held store (a pull under way) is not collected at all */
+    struct image_keep keep = {0};
+    struct image_gc_result res;
+    int hold = image_store_hold(&f->store);
+    assert_true(hold >= 0);
+    assert_int_equal(image_store_gc(&f->store, &keep, &res, f->err, sizeof f->err), SKIFF_E_BUSY);
+    assert_true(image_store_has_blob(&f->store, a));
+    image_store_release(hold);
+
+    /* a: a droplet's; b: a running instance's lowerdir (among others); c: nobody's */
+    image_keep_add(&keep, a);
+    char *b_dir = image_store_layer_path(&f->store, b);
+    char *lowerdir = xasprintf("/elsewhere/x:%s:/srv/sha256/short", b_dir);
+    image_keep_layers(&keep, lowerdir);
+    image_keep_add(&keep, "not a digest");
+    assert_int_equal(keep.n, 2);
+    assert_int_equal(image_store_gc(&f->store, &keep, &res, f->err, sizeof f->err), SKIFF_OK);
+    assert_int_equal(res.layers, 1);
+    assert_int_equal(res.blobs, 1);
+    assert_true(image_store_has_blob(&f->store, a) && image_store_has_blob(&f->store, b));
+    assert_false(image_store_has_blob(&f->store, c));
+    char *c_dir = image_store_layer_path(&f->store, c);
+    assert_int_not_equal(access(c_dir, F_OK), 0);
+    assert_int_equal(access(b_dir, F_OK), 0);
+    free(c_dir);
+    free(b_dir);
+    free(lowerdir);
+    image_keep_clear(&keep);
+}
+
 static void test_layer_refuses_escaping_paths(void **state)
 {
     struct fixture *f = *state;
@@ -718,6 +874,12 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_layer_whiteouts_in_overlay_format, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_escaping_paths, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gc_keeps_what_is_named_and_waits_for_pulls, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_user_names_resolve_through_the_image, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_files_are_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_files_are_never_read_through_links, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_writing_through_links, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_hard_links_outside, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_devices, setup, teardown),

@@ -274,7 +274,16 @@ static void test_structural_errors(void **state)
     expect_error("applications:\n- name: a\n  processes:\n  - command: x\n", MANIFEST_ERR_SCHEMA,
                  "manifest.yml line 4: a process needs a \"type\" (like web or worker)");
     expect_error("functions:\n- name: f\n  handler: f.py\n", MANIFEST_ERR_SCHEMA,
-                 "manifest.yml line 2: the function f needs a \"handler\" like file.py:handle");
+                 "manifest.yml line 2: the function f needs a \"handler\" like file.py:handle "
+                 "(or a \"docker\" image that serves it)");
+    expect_error("functions:\n- name: f\n  handler: f.py:h\n  docker: {image: x/y}\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 2: the function f has both a \"handler\" and a \"docker\" "
+                 "image: an image serves the function itself, keep one of them");
+    expect_error("applications:\n- name: a\n  functions:\n  - name: f\n    docker: {image: x}\n",
+                 MANIFEST_ERR_SCHEMA,
+                 "manifest.yml line 5: \"docker\" belongs to a top-level function (an image is "
+                 "an app of its own), not to a function inside an app");
     expect_error("functions:\n- name: f\n  handler: f.py:h\n  events:\n  - topic: t\n"
                  "    schedule: \"@every 1s\"\n",
                  MANIFEST_ERR_SCHEMA,

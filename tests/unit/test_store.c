@@ -429,6 +429,33 @@ static void test_app_sidecars_round_trip_per_process_type(void **state)
     remove_db(path);
 }
 
+/* enable-ssh / disable-ssh is kept with the app (both backends); a new app has ssh on. */
+static void test_app_ssh_setting_round_trips(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_app *got = NULL;
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_false(got->ssh_disabled);
+    got->ssh_disabled = true;
+    assert_int_equal(store_app_update(st, got), 0);
+    store_app_free(got);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_true(got->ssh_disabled);
+    got->ssh_disabled = false;
+    assert_int_equal(store_app_update(st, got), 0);
+    store_app_free(got);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_false(got->ssh_disabled);
+    store_app_free(got);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 /* Renames a table behind the store's back, through a connection of its own. */
 static void rename_table(const char *path, const char *from, const char *to)
 {
@@ -812,6 +839,7 @@ static void test_hostile_names_are_only_data(void **state)
         cmocka_unit_test(test_refuses_a_newer_store),                                              \
         cmocka_unit_test(test_apps_round_trip_with_processes_and_env),                             \
         cmocka_unit_test(test_app_sidecars_round_trip_per_process_type),                           \
+        cmocka_unit_test(test_app_ssh_setting_round_trips),                                        \
         cmocka_unit_test(test_app_reads_fail_when_a_child_query_fails),                            \
         cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),                 \
         cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),                            \
