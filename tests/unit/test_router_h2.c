@@ -184,6 +184,55 @@ static void test_a_crlf_in_a_value_never_reaches_an_owner(void **state)
     buf_free(&frames);
 }
 
+/* ---- h2c to an instance (router_h2c.c) ---- */
+
+static void test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11(void **state)
+{
+    (void)state;
+    struct router_h2c *c = router_h2c_new();
+    assert_true(router_h2c_begin(c));
+    const char req[] = "POST /pkg.S/M HTTP/1.1\r\nHost: grpc.localhost\r\nTE: trailers\r\n"
+                       "Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "5\r\nhello\r\n0\r\n\r\n";
+    assert_int_equal(router_h2c_request(c, req, sizeof(req) - 1), 0);
+    struct buf out = {0};
+    assert_true(router_h2c_output(c, &out) > 24);
+    assert_memory_equal(out.data, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+    assert_non_null(memmem(out.data, out.len, "hello", 5));
+    assert_null(memmem(out.data, out.len, "keep-alive", 10)); /* no connection fields */
+    /* the instance: SETTINGS, then HEADERS (:status 200, literal fields), DATA, trailers */
+    struct buf in = {0}, block = {0}, trailers = {0};
+    frame(&in, 4, 0, 0, "", 0);
+    buf_putc(&block, (char)0x88); /* :status 200, from the static table */
+    literal(&block, "content-type", "application/grpc", 16);
+    frame(&in, 1, 4, 1, block.data, block.len);
+    frame(&in, 0, 0, 1, "world", 5);
+    literal(&trailers, "grpc-status", "0", 1);
+    frame(&in, 1, 5, 1, trailers.data, trailers.len);
+    struct buf resp = {0};
+    assert_int_equal(router_h2c_input(c, in.data, in.len, &resp), 0);
+    buf_putc(&resp, '\0');
+    assert_string_equal(resp.data, "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n"
+                                   "0\r\ngrpc-status: 0\r\n\r\n");
+    assert_false(router_h2c_broken(c));
+    /* a stream reset by the instance is a failure */
+    assert_true(router_h2c_begin(c));
+    const char get[] = "GET / HTTP/1.1\r\nHost: grpc.localhost\r\n\r\n";
+    assert_int_equal(router_h2c_request(c, get, sizeof(get) - 1), 0);
+    out.len = in.len = resp.len = 0;
+    router_h2c_output(c, &out);
+    static const uint8_t rst[] = {0, 0, 0, 0, 2}; /* INTERNAL_ERROR */
+    frame(&in, 3, 0, 3, rst + 1, 4);
+    assert_int_equal(router_h2c_input(c, in.data, in.len, &resp), -1);
+    router_h2c_free(c);
+    buf_free(&out);
+    buf_free(&in);
+    buf_free(&block);
+    buf_free(&trailers);
+    buf_free(&resp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_field_checks),
         cmocka_unit_test(test_a_stream_becomes_an_http11_request),
         cmocka_unit_test(test_a_crlf_in_a_value_never_reaches_an_owner),
+        cmocka_unit_test(test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
