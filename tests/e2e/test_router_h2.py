@@ -773,3 +773,13 @@ def test_an_instance_hpack_bomb_is_a_502(router_factory):
     assert resp.status == 502 and resp.header("x-skiff-router-error") == "backend-failed"
     assert r.rss_kb() - before < 32 * 1024
     c.close()
+
+
+def test_an_idle_h2_connection_is_closed(router_factory, backends):
+    b = backends("a")
+    r = router_factory([route("app.localhost", [b])], "--idle-timeout-ms", "500")
+    c = H2(r.port)
+    assert c.request().status == 200
+    start = time.monotonic()
+    assert c.wait_closed(10)
+    assert time.monotonic() - start < 5
