@@ -1246,11 +1246,11 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0) {
-        client_touch(c);
         if (c->h2) {
             h2_conn_input(c, buf->base, (size_t)nread);
             return;
         }
+        client_touch(c);
         if (!c->proto_known && !client_sniff(c, buf->base, (size_t)nread))
             return;
         client_feed(c, buf->base, (size_t)nread);
@@ -1397,6 +1397,10 @@ static void h2_conn_input(struct client *c, const char *data, size_t len)
 {
     if (router_h2_session_input(c->h2, data, len) < 0)
         ROUTER_METRIC_ADD(c->p.w->m.bad_requests, 1);
+    /* only a connection with streams is kept from its idle timeout: PINGs or SETTINGS alone
+     * do not hold a connection open forever */
+    if (c->h2 && router_h2_session_streams(c->h2) > 0)
+        client_touch(c);
     h2_conn_flush(c);
 }
 

@@ -783,3 +783,15 @@ def test_an_idle_h2_connection_is_closed(router_factory, backends):
     start = time.monotonic()
     assert c.wait_closed(10)
     assert time.monotonic() - start < 5
+    # PINGs alone do not keep a connection without streams open
+    c = H2(r.port)
+    c.wait(lambda: 3 in c.server_settings, "the router's SETTINGS")
+    start = time.monotonic()
+    closed = False
+    while time.monotonic() - start < 5 and not closed:
+        try:
+            c.send(frame(PING, 0, 0, b"12345678"))
+            closed = c.wait_closed(0.1)
+        except OSError:
+            closed = True
+    assert closed, "PINGs kept an idle connection open"
