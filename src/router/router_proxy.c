@@ -2433,13 +2433,28 @@ static void h2c_feed(struct upstream *u, const char *data, size_t len)
         upstream_failed(u, UV_EPROTO, false);
 }
 
+/* Frames on an idle pooled h2c connection: answered (PING ACK, SETTINGS ACK), and the
+ * connection stays pooled unless they broke the session or carried response bytes. */
+static bool h2c_idle_feed(struct upstream *u, const char *data, size_t len)
+{
+    struct buf *resp = &u->p.w->h2c_resp;
+    resp->len = 0;
+    if (router_h2c_input(u->h2c, data, len, resp) < 0 || resp->len)
+        return false;
+    peer_flush(&u->p);
+    return !u->p.write_error;
+}
+
 static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upstream *u = s->data;
     if (nread == 0)
         return;
     if (u->state == U_IDLE || !u->x) {
-        /* an idle pooled connection spoke or closed: it cannot be used any more */
+        /* an idle pooled connection spoke or closed: it cannot be used any more, unless it
+         * speaks h2c and said nothing about a stream (a PING, SETTINGS, WINDOW_UPDATE) */
+        if (u->h2c && nread > 0 && u->state == U_IDLE && h2c_idle_feed(u, buf->base, (size_t)nread))
+            return;
         upstream_close(u);
         return;
     }

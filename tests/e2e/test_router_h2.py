@@ -567,11 +567,12 @@ def test_a_client_that_never_opens_its_window_holds_bounded_memory(router_factor
 
 class H2cInstance:
     """An instance that speaks only h2c, gRPC style: each stream is answered with HEADERS
-    (200, application/grpc), its request body echoed in DATA, then trailers (grpc-status).
-    A request to /reset is answered with RST_STREAM instead."""
+    (200, application/grpc), its request body echoed in DATA, then trailers (grpc-status),
+    then a PING a moment later. A request to /reset is answered with RST_STREAM instead."""
 
     def __init__(self):
         self.requests = []
+        self.ping_acks = 0
         self.backend = RawBackend(self.serve)
         self.addr = self.backend.addr
 
@@ -598,6 +599,8 @@ class H2cInstance:
                 conn.sendall(frame(SETTINGS, ACK, 0))
             elif type_ == PING and not flags & ACK:
                 conn.sendall(frame(PING, ACK, 0, payload))
+            elif type_ == PING:
+                self.ping_acks += 1
             elif type_ == HEADERS:
                 fields = [(k.decode(), v.decode()) for k, v in dec.decode(payload, raw=True)]
                 s = streams.setdefault(sid, {"headers": None, "body": b"", "trailers": []})
@@ -625,6 +628,10 @@ class H2cInstance:
                 out += frame(HEADERS, END_HEADERS | END_STREAM, sid, enc.encode(
                     [("grpc-status", "0"), ("grpc-message", "ok")]))
                 conn.sendall(out)
+                # a keepalive PING once the stream is over, as gRPC servers send them: the
+                # router answers it and keeps the connection in its pool
+                time.sleep(0.05)
+                conn.sendall(frame(PING, 0, 0, b"keepaliv"))
 
 
 @pytest.fixture
@@ -656,7 +663,9 @@ def test_http2_route_is_h2c_end_to_end_and_trailers_pass_through(grpc_app):
     assert h["x-forwarded-for"] == "127.0.0.1" and len(h["x-request-id"]) == 32
     assert not any(k in h for k in ("connection", "transfer-encoding", "host", "keep-alive"))
     assert seen["body"] == msg
-    # more requests reuse the one h2c connection, one stream each
+    # the connection, idle in the router's pool, answers the instance's PING and stays there:
+    # more requests reuse it, one stream each
+    wait_for(lambda: inst.ping_acks >= 1, 10, "the router to answer the idle connection's PING")
     for i in range(3):
         again = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
                           fields=[("te", "trailers")], body=grpc_message(b"x%d" % i))
