@@ -11,9 +11,10 @@
  * routing, head rewriting, access lines and metrics are the same for both.
  *
  * The session owns its streams' memory; an owner hears of the end of its stream once
- * (stream_closed) and calls nothing on it after. No callback is made from within a call the
- * owner makes on its own stream (router_h2_stream_*), except stream_drained from
- * router_h2_session_output. */
+ * (stream_closed) and calls nothing on it after. Calls an owner makes on its own stream
+ * (router_h2_stream_*) make no callback but want_output; the others come from
+ * router_h2_session_input, router_h2_session_output (stream_drained, and stream_closed once a
+ * stream's last frame is sent) and router_h2_session_free. */
 #ifndef SKIFF_ROUTER_H2_H
 #define SKIFF_ROUTER_H2_H
 
@@ -57,8 +58,9 @@ struct router_h2_ops {
     void (*want_output)(void *ctx);
 };
 
-/* Response bytes a stream queues before its owner is told to stop reading (router_h2_stream_
- * queued says how many), and the level at which stream_drained is called. */
+/* When a stream's queued response bytes (router_h2_stream_queued) fall to this level from
+ * above, stream_drained is called: the owner, which stops reading its backend past its own
+ * high water, may read again. */
 #define ROUTER_H2_LOW_WATER (64 * 1024)
 
 /* A new server session. The client preface is expected first in the input. */
