@@ -92,6 +92,8 @@ def start(bindir, prefix="skiff-bench-", extra_env=None, extra_args=()):
     env = dict(os.environ, SKIFF_HOME=home, HOME=home, SKIFF_API_ADDR=f"127.0.0.1:{api_port}",
                SKIFF_ROUTER_ADDR=f"127.0.0.1:{router_port}",
                SKIFF_ROUTER_ADMIN_ADDR=f"127.0.0.1:{admin_port}",
+               SKIFF_ROUTER_TLS_ADDR=f"127.0.0.1:{free_port()}",
+               SKIFF_API_TLS_ADDR=f"127.0.0.1:{free_port()}",
                SKIFF_BUILDPACKS=os.path.join(ROOT, "buildpacks"), **(extra_env or {}))
     env.pop("SKIFF_API", None)
     env.pop("SKIFF_TOKEN", None)

@@ -40,6 +40,7 @@ if [ -x "$skiffd" ]; then
   api_port=$(free_port)
   SKIFF_HOME="$home" HOME="$home" SKIFF_API_ADDR="127.0.0.1:$api_port" \
     SKIFF_ROUTER_ADDR="127.0.0.1:$(free_port)" SKIFF_ROUTER_ADMIN_ADDR="127.0.0.1:$(free_port)" \
+    SKIFF_ROUTER_TLS_ADDR="127.0.0.1:$(free_port)" SKIFF_API_TLS_ADDR="127.0.0.1:$(free_port)" \
     "$skiffd" >"$tmp/skiffd.log" 2>&1 &
   skiffd_pid=$!
   for _ in $(seq 100); do [ -s "$home/api.json" ] && curl -sf "http://127.0.0.1:$api_port/v1/info" >/dev/null && break; sleep 0.1; done

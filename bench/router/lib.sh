@@ -82,7 +82,7 @@ run_wrk_once() {
   [[ $addr == *:* ]] || addr=127.0.0.1:$addr
   local -a before=()
   for p in "$@"; do before+=("$(cpu_ticks "$p")"); done
-  out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $host" "http://$addr/$path" 2>&1)
+  out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $host" "${scheme:-http}://$addr/$path" 2>&1)
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers from $addr:" >&2; echo "$out" >&2; fi
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")

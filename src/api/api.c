@@ -45,6 +45,8 @@ struct api {
     uv_loop_t *loop;
     struct http_server *server;
     char *publish_addr;
+    char *tls_addr;
+    struct tls_store *tls;
     char *home;
     char *addr;
     char *url;
@@ -159,6 +161,8 @@ int api_new(uv_loop_t *loop, const struct api_config *cfg, struct api **out)
     api->home = xstrdup(cfg->home);
     api->addr = xstrdup(cfg->addr);
     api->publish_addr = cfg->publish_addr ? xstrdup(cfg->publish_addr) : NULL;
+    api->tls_addr = cfg->tls_addr && *cfg->tls_addr && cfg->tls ? xstrdup(cfg->tls_addr) : NULL;
+    api->tls = cfg->tls;
     api->url = xasprintf("http://%s", cfg->addr);
     api->upload_max = cfg->upload_max ? cfg->upload_max : (1ull << 30);
     api->auth = cfg->auth;
@@ -243,6 +247,14 @@ int api_listen(struct api *api, char *err, size_t errsize)
                  uv_strerror(rc));
         return rc;
     }
+    if (api->tls_addr &&
+        (rc = http_server_listen_tls(api->server, api->tls_addr, API_LISTENER_API, api->tls)) < 0) {
+        snprintf(err, errsize,
+                 "cannot listen for HTTPS on %s: %s (set SKIFF_API_TLS_ADDR or --api-tls-addr; "
+                 "\"\" for none)",
+                 api->tls_addr, uv_strerror(rc));
+        return rc;
+    }
     return 0;
 }
 
@@ -270,6 +282,7 @@ void api_free(struct api *api)
     free(api->home);
     free(api->addr);
     free(api->publish_addr);
+    free(api->tls_addr);
     free(api->url);
     free(api);
 }

@@ -93,6 +93,10 @@ struct api_config {
      * of RLIMIT_NOFILE, so the rest of skiffd keeps descriptors whatever clients do. */
     unsigned max_connections;
     unsigned max_connections_per_client;
+    /* HTTPS beside HTTP (NULL or "": none): the same API, its certificate from tls (src/tls;
+     * the caller keeps it alive until api_free) */
+    const char *tls_addr;
+    struct tls_store *tls;
 };
 
 #define API_MAX_CONNECTIONS 4096

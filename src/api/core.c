@@ -824,7 +824,7 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
  * app's is route_taken. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const struct store_app *app, const char *spec, const char *path_in,
-                         const char *balance, const char *protocol)
+                         const char *balance, const char *protocol, int https_only)
 {
     char *host = NULL, *path = NULL, *domain = NULL;
     if (!core__parse_route(core, req, spec, path_in, &host, &path, &domain))
@@ -834,7 +834,8 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                             .app_guid = (char *)app->guid,
                             .domain = domain,
                             .balance = (char *)balance,
-                            .protocol = (char *)protocol};
+                            .protocol = (char *)protocol,
+                            .https_only = https_only == 1};
     uuid_generate_v4(r.guid);
     int rc = store_route_add(core->cfg.store, &r);
     bool ok = true;
@@ -854,9 +855,12 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                                   "first or pick another host",
                                   host, path);
                 ok = false;
-            } else if (((balance && strcmp(all[i].balance, balance)) ||
-                        (protocol && strcmp(all[i].protocol, protocol))) &&
-                       store_route_update(core->cfg.store, host, path, balance, protocol) < 0) {
+            } else if ((((balance && strcmp(all[i].balance, balance)) ||
+                         (protocol && strcmp(all[i].protocol, protocol))) &&
+                        store_route_update(core->cfg.store, host, path, balance, protocol) < 0) ||
+                       (https_only >= 0 && all[i].https_only != (https_only == 1) &&
+                        store_route_set_https_only(core->cfg.store, host, path, https_only == 1) <
+                            0)) {
                 api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the route");
                 ok = false;
             }
@@ -915,7 +919,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
         }
         json_array_foreach(routes, i, r)
         {
-            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL, NULL))
+            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL, NULL, -1))
                 return false;
         }
         api_core__routes_changed(core);
@@ -934,7 +938,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
                 spec = xasprintf("%s-%s-%s.localhost", app->name, space->name, org->name);
             }
         }
-        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL, NULL);
+        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL, NULL, -1);
         free(spec);
         api_core__routes_changed(core);
         return ok;
@@ -1677,11 +1681,12 @@ static void core__logs(struct api_request *req, void *ctx)
 static json_t *core__route_json(struct api_core *core, const struct store_route *r,
                                 const char *app_name)
 {
-    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "guid", r->guid, "host", r->host, "path",
-                     r->path, "app", app_name ? app_name : "", "domain", r->domain, "balance",
-                     r->balance, "protocol", r->protocol, "instances",
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:b}", "guid", r->guid, "host", r->host,
+                     "path", r->path, "app", app_name ? app_name : "", "domain", r->domain,
+                     "balance", r->balance, "protocol", r->protocol, "instances",
                      core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid)
-                                         : 0);
+                                         : 0,
+                     "https_only", r->https_only);
 }
 
 static void core__routes_list(struct api_request *req, void *ctx)
@@ -1716,7 +1721,8 @@ static void core__routes_list(struct api_request *req, void *ctx)
 static void core__routes_create(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
-    static const char *const fields[] = {"app", "host", "path", "balance", "protocol", NULL};
+    static const char *const fields[] = {"app",      "host",       "path", "balance",
+                                         "protocol", "https_only", NULL};
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -1750,6 +1756,13 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "instances)");
         goto done;
     }
+    /* absent or null: off for a new route, as it was for one the app has */
+    json_t *httpsv = json_object_get(body, "https_only");
+    if (httpsv && !json_is_null(httpsv) && !json_is_boolean(httpsv)) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "\"https_only\" is true or false");
+        goto done;
+    }
+    int https_only = json_is_boolean(httpsv) ? json_is_true(httpsv) : -1;
     if (!(app = api_core__app_named(core, req, name)) || !api_core__quota_admits(core, req, app, 1))
         goto done;
     const char *path = json_string_value(pathv);
@@ -1759,7 +1772,8 @@ static void core__routes_create(struct api_request *req, void *ctx)
         goto done;
     }
     char *spec = xstrdup(host);
-    bool ok = api_core__map_route(core, req, app, spec, path ? path : "", balance, protocol);
+    bool ok =
+        api_core__map_route(core, req, app, spec, path ? path : "", balance, protocol, https_only);
     free(spec);
     if (!ok)
         goto done;
@@ -1875,6 +1889,9 @@ static void core__domains_list(struct api_request *req, void *ctx)
         json_t *d = json_pack("{s:s,s:b}", "name", names[i], "shared", shared[i]);
         if (org)
             json_object_set_new(d, "org", json_string(org->name));
+        json_t *cert = api_core__domain_cert_json(core, names[i]);
+        if (cert) /* what it is and until when; never its key */
+            json_object_set_new(d, "certificate", cert);
         json_array_append_new(arr, d);
     }
     store_strv_free(names);
@@ -1986,6 +2003,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,
                       core);
     api_core__staging_register(core);
+    api_core__certs_register(core);
     api_core__revisions_register(core);
     api_core__metadata_register(core);
     api_core__autoscale_register(core);

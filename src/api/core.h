@@ -41,6 +41,9 @@ struct api_core_config {
     /* called after any change of routes or domains */
     void (*routes_changed)(void *ctx);
     void *routes_ctx;
+    /* called after a domain's certificate changed in HOME/tls/domains (NULL: nobody) */
+    void (*certs_changed)(void *ctx);
+    void *certs_ctx;
 };
 
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out);

@@ -51,13 +51,19 @@ void api_core__respond_app(struct api_core *core, struct api_request *req, int s
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
 /* Maps host/path to app; balance NULL: round-robin for a new route, unchanged for one the
- * app has; protocol likewise (NULL: http1, or unchanged). Answers and returns false on
- * error. */
+ * app has; protocol likewise (NULL: http1, or unchanged); https_only 0 or 1 sets it, -1 keeps
+ * it (off for a new route). Answers and returns false on error. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const struct store_app *app, const char *spec, const char *path_in,
-                         const char *balance, const char *protocol);
+                         const char *balance, const char *protocol, int https_only);
 void api_core__follow_forget(struct api_core *core, void *follow);
 void api_core__followers_end(struct api_core *core);
+
+/* certs.c: a domain's own HTTPS certificate */
+void api_core__certs_register(struct api_core *core);
+/* {"subject", "issuer", "not_before", "not_after"} of the domain's certificate (new
+ * reference), or NULL when it has none. */
+json_t *api_core__domain_cert_json(struct api_core *core, const char *name);
 
 /* staging.c */
 void api_core__staging_register(struct api_core *core);

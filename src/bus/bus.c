@@ -268,10 +268,11 @@ char *bus_route_table_json(struct bus *bus)
                          !strcmp(app->state, "STARTED");
         json_t *list = backends ? json_incref(backends) : json_array();
         json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b}", "host", routes[i].host, "path",
-                           routes[i].path, "app_guid", app->guid, "app_name", app->name, "process",
-                           "web", "balance", routes[i].balance, "protocol", routes[i].protocol,
-                           "backends", list, "scale_from_zero", from_zero));
+            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b,s:b}", "host", routes[i].host,
+                           "path", routes[i].path, "app_guid", app->guid, "app_name", app->name,
+                           "process", "web", "balance", routes[i].balance, "protocol",
+                           routes[i].protocol, "backends", list, "scale_from_zero", from_zero,
+                           "https_only", routes[i].https_only));
     }
     json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)bus->version,
                             "routes", arr);
@@ -356,6 +357,22 @@ void bus_routes_changed(struct bus *bus)
 void bus_routes_changed_cb(void *bus)
 {
     bus_routes_changed(bus);
+}
+
+static const char bus__certs_message[] = "{\"type\": \"certs\"}\n";
+
+void bus_certs_changed(struct bus *bus)
+{
+    if (!bus || bus->closing)
+        return;
+    for (struct bus_conn *c = bus->conns; c; c = c->next)
+        if (!c->closing)
+            bus__send(c, bus__certs_message, sizeof bus__certs_message - 1);
+}
+
+void bus_certs_changed_cb(void *bus)
+{
+    bus_certs_changed(bus);
 }
 
 /* A routed instance is to stop: the routers get a table without it (GONE came first, so it is
@@ -616,6 +633,8 @@ static void bus__on_connection(uv_stream_t *server, int status)
     /* it may have requests in flight to an instance draining now (it reconnected): it is
      * asked about those drains right after its table (bus__push) */
     bus__push(bus, c);
+    /* a certificate may have changed while it was away */
+    bus__send(c, bus__certs_message, sizeof bus__certs_message - 1);
 }
 
 /* ---- life --------------------------------------------------------------------------------- */

@@ -54,6 +54,10 @@ void bus_set_metrics(struct bus *bus, const struct bus_metrics_sink *sink, void 
 void bus_routes_changed(struct bus *bus);
 /* Adapter for callbacks taking a void *ctx. */
 void bus_routes_changed_cb(void *bus);
+/* A certificate under $SKIFF_HOME/tls changed: every router reloads them (docs/bus.md
+ * "certs"; a router connecting later is told too). */
+void bus_certs_changed(struct bus *bus);
+void bus_certs_changed_cb(void *bus);
 /* Closes the socket and every connection; done is called when all handles are closed. */
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
 void bus_free(struct bus *bus);

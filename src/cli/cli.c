@@ -2,6 +2,9 @@
 #include "cli/cli.h"
 
 #include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -487,6 +490,7 @@ static int cli_target_from_file(const char *path, const char *from)
         cli_current.user = cli_dup_or_null(cli_json_str(j, "user"));
         cli_current.org = cli_dup_or_null(cli_json_str(j, "org"));
         cli_current.space = cli_dup_or_null(cli_json_str(j, "space"));
+        cli_current.skip_ssl_validation = json_is_true(json_object_get(j, "skip_ssl_validation"));
     }
     json_decref(j);
     return 1;
@@ -501,6 +505,8 @@ int cli_login_save(const char *url, const char *token, const char *refresh_token
     for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
         if (values[i] && *values[i])
             json_object_set_new(saved, keys[i], json_string(values[i]));
+    if (cli_skip_ssl_validation())
+        json_object_set_new(saved, "skip_ssl_validation", json_true());
     char *path = cli_login_path();
     char *dir = xstrndup(path, (size_t)(strrchr(path, '/') - path));
     char *text = json_dumps(saved, JSON_INDENT(2));
@@ -552,11 +558,14 @@ char *cli_local_token(const char *url)
     json_t *j = json_load_file(path, 0, &jerr);
     free(path);
     char *want = cli_strip_slash(url), *have = cli_strip_slash(cli_json_str(j, "url"));
+    char *have_tls = cli_strip_slash(cli_json_str(j, "tls_url"));
     char *token = NULL;
-    if (strcmp(want, have) == 0 && *cli_json_str(j, "token"))
+    if ((strcmp(want, have) == 0 || (*have_tls && strcmp(want, have_tls) == 0)) &&
+        *cli_json_str(j, "token"))
         token = xstrdup(cli_json_str(j, "token"));
     free(want);
     free(have);
+    free(have_tls);
     json_decref(j);
     return token;
 }
@@ -595,6 +604,60 @@ const struct cli_target *cli_target(void)
         return NULL;
     }
     return &cli_current;
+}
+
+/* ---- TLS -------------------------------------------------------------------------------- */
+
+bool cli_skip_ssl_validation(void)
+{
+    const char *env = getenv("SKIFF_SKIP_SSL_VALIDATION");
+    if (env && !strcmp(env, "1"))
+        return true;
+    return cli_target_loaded && cli_current.api_url && cli_current.skip_ssl_validation;
+}
+
+/* $SKIFF_HOME/tls/ca.pem (the local skiffd's CA), or NULL when there is none. */
+static char *cli_local_ca_path(void)
+{
+    const char *skiff_home = getenv("SKIFF_HOME");
+    char *dir = skiff_home && *skiff_home ? xstrdup(skiff_home) : path_expand_home("~/.skiff");
+    char *path = xasprintf("%s/tls/ca.pem", dir);
+    free(dir);
+    if (access(path, R_OK) == 0)
+        return path;
+    free(path);
+    return NULL;
+}
+
+/* Adds the local CA to the CAs libcurl loaded (the system's), for this connection. */
+static CURLcode cli_add_local_ca(CURL *curl, void *ssl_ctx, void *arg)
+{
+    (void)curl;
+    X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);
+    if (store && X509_STORE_load_file(store, arg) != 1)
+        ERR_clear_error(); /* unreadable: the system's CAs decide alone */
+    return CURLE_OK;
+}
+
+void cli_curl_tls(void *curl)
+{
+    static char *local_ca;
+    static bool looked;
+    if (cli_skip_ssl_validation()) {
+        curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 0L);
+        return;
+    }
+    if (!looked) {
+        looked = true;
+        local_ca = cli_local_ca_path(); /* kept for the process's life */
+    }
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (local_ca) {
+        curl_easy_setopt(curl, CURLOPT_SSL_CTX_FUNCTION, cli_add_local_ca);
+        curl_easy_setopt(curl, CURLOPT_SSL_CTX_DATA, local_ca);
+    }
 }
 
 /* ---- HTTP ------------------------------------------------------------------------------- */
@@ -909,6 +972,9 @@ static int cli_http_once(const struct cli_request *req, struct cli_response *res
     curl_easy_setopt(x.curl, CURLOPT_WRITEFUNCTION, cli_on_write);
     curl_easy_setopt(x.curl, CURLOPT_WRITEDATA, &x);
     curl_easy_setopt(x.curl, CURLOPT_USERAGENT, "skiff-cli");
+    char curl_err[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(x.curl, CURLOPT_ERRORBUFFER, curl_err);
+    cli_curl_tls(x.curl);
     if (t->token) {
         char *auth = xasprintf("Authorization: Bearer %s", t->token);
         headers = curl_slist_append(headers, auth);
@@ -954,6 +1020,15 @@ static int cli_http_once(const struct cli_request *req, struct cli_response *res
                       "Start it with `make run` (or `skiffd`), or log in to another one with "
                       "`skiff login URL --token TOKEN`.",
                       t->api_url, t->from);
+        } else if (cc == CURLE_PEER_FAILED_VERIFICATION) {
+            cli_error("the API at %s has a certificate this machine does not trust (%s).\n"
+                      "Give its CA to the system's store (a local skiffd's is trusted by itself: "
+                      "$SKIFF_HOME/tls/ca.pem), or, only if you know why, log in with "
+                      "`skiff login %s --skip-ssl-validation`.",
+                      t->api_url, curl_err[0] ? curl_err : curl_easy_strerror(cc), t->api_url);
+        } else if (cc == CURLE_SSL_CONNECT_ERROR || cc == CURLE_SSL_CERTPROBLEM) {
+            cli_error("TLS with the API at %s failed: %s", t->api_url,
+                      curl_err[0] ? curl_err : curl_easy_strerror(cc));
         } else if (cc == CURLE_OPERATION_TIMEDOUT) {
             cli_error("the API at %s did not answer %s %s in time", t->api_url, req->method,
                       req->path);

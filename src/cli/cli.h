@@ -168,6 +168,7 @@ struct cli_target {
     char *org, *space; /* the target (`skiff target`): requests about apps, routes, event
                         * mappings, topics and audit events carry ?space=ORG/SPACE */
     bool from_login;
+    bool skip_ssl_validation; /* saved by `skiff login --skip-ssl-validation` */
 };
 /* Where `skiff login` keeps the login: $HOME/.skiff/cli.json. Caller frees. */
 char *cli_login_path(void);
@@ -175,6 +176,12 @@ char *cli_login_path(void);
  * the CLI uses them. Returns 0, or prints why not and returns CLI_EXIT_ERROR. */
 int cli_login_save(const char *url, const char *token, const char *refresh_token,
                    const char *router_url, const char *user, const char *org, const char *space);
+/* Sets a libcurl handle's TLS checks for the API: the peer's certificate and name are
+ * verified against the system's CAs and, when $SKIFF_HOME/tls/ca.pem exists (a local
+ * skiffd's CA), that one too; unless the login asked for --skip-ssl-validation. */
+void cli_curl_tls(void *curl);
+/* Whether certificates go unchecked (skiff login --skip-ssl-validation, kept with the login). */
+bool cli_skip_ssl_validation(void);
 /* Forgets what cli_target loaded, so the next call reads it again. */
 void cli_target_reset(void);
 /* "ORG/SPACE" percent-escaped for a query (caller frees), or NULL without a target space. */

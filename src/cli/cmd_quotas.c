@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/commands.h"
 #include "common/util.h"
 
 /* The limits as the API names them, and the options that set them. */
@@ -247,9 +248,14 @@ static int cmd_events(const struct cli_command *cmd, int argc, char **argv)
 static int cmd_create_private_domain(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 2, 2);
+    const char *cert = NULL, *key = NULL;
+    const struct cli_option opts[] = {
+        {"cert", 0, CLI_OPT_STRING, &cert}, {"key", 0, CLI_OPT_STRING, &key}, {NULL, 0, 0, NULL}};
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 2, 2);
     if (rc != CLI_CONTINUE)
         return rc;
+    if (!cert != !key)
+        return cli_usage_error(cmd, "--cert and --key go together");
     char *org = cli_escape(args.items[0]);
     char *path = xasprintf("/v1/orgs/%s/domains", org);
     json_t *body = json_pack("{s:s}", "name", args.items[1]);
@@ -264,6 +270,8 @@ static int cmd_create_private_domain(const struct cli_command *cmd, int argc, ch
     json_decref(body);
     free(path);
     free(org);
+    if (rc == 0 && cert)
+        rc = cli_domain_set_cert(args.items[1], args.items[0], cert, key);
     return rc;
 }
 
@@ -293,8 +301,11 @@ const struct cli_command cli_quota_commands[] = {
      "  -o, --org ORG   the org's own events (spaces, roles, quota)\n"
      "      --all       every event of the platform (admin)\n",
      cmd_events},
-    {"create-private-domain", "create-private-domain ORG DOMAIN",
-     "make a domain only ORG's spaces may map hosts in (OrgManager)", NULL,
+    {"create-private-domain", "create-private-domain ORG DOMAIN [--cert FILE --key FILE]",
+     "make a domain only ORG's spaces may map hosts in (OrgManager), with its own HTTPS "
+     "certificate",
+     "  --cert FILE   PEM certificate chain whose names cover DOMAIN or *.DOMAIN\n"
+     "  --key FILE    its PEM private key\n",
      cmd_create_private_domain},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -13,17 +13,20 @@
  * now. */
 static int cli_route_args(const struct cli_command *cmd, int argc, char **argv,
                           struct cli_args *args, char **host, const char **path,
-                          const char **balance, const char **protocol)
+                          const char **balance, const char **protocol, bool *https_only)
 {
     const char *path_opt = NULL;
     struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt},
                                 {"balance", 0, CLI_OPT_STRING, balance},
                                 {"protocol", 0, CLI_OPT_STRING, protocol},
+                                {"https-only", 0, CLI_OPT_FLAG, https_only},
                                 {0}};
-    if (!balance)
+    if (!balance) { /* unmap-route: the path only */
         opts[1] = (struct cli_option){0};
-    else
+    } else {
         *balance = *protocol = NULL;
+        *https_only = false;
+    }
     int rc = cli_parse_options(cmd, argc, argv, opts, args, 2, 2);
     if (rc != CLI_CONTINUE)
         return rc;
@@ -46,7 +49,8 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
     struct cli_args args;
     char *host;
     const char *path, *balance, *protocol;
-    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, &balance, &protocol);
+    bool https_only;
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, &balance, &protocol, &https_only);
     if (rc != CLI_CONTINUE)
         return rc;
     json_t *body = json_pack("{s:s, s:s, s:s}", "app", args.items[0], "host", host, "path", path);
@@ -54,6 +58,8 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
         json_object_set_new(body, "balance", json_string(balance));
     if (protocol)
         json_object_set_new(body, "protocol", json_string(protocol));
+    if (https_only) /* left out: a route the app has keeps its setting */
+        json_object_set_new(body, "https_only", json_true());
     json_t *route = NULL;
     rc = cli_api("POST", "/v1/routes", body, &route);
     json_decref(body);
@@ -61,9 +67,13 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
         if (cli_json_output)
             cli_print_json(route);
         else if (balance || protocol)
-            printf("Mapped %s%s to %s (%s%s%s).\n", host, path, args.items[0],
+            printf("Mapped %s%s to %s (%s%s%s)%s.\n", host, path, args.items[0],
                    balance ? balance : "", balance && protocol ? ", " : "",
-                   protocol ? protocol : "");
+                   protocol ? protocol : "",
+                   https_only ? "; plain HTTP requests are redirected to HTTPS" : "");
+        else if (https_only)
+            printf("Mapped %s%s to %s; plain HTTP requests are redirected to HTTPS.\n", host, path,
+                   args.items[0]);
         else
             printf("Mapped %s%s to %s.\n", host, path, args.items[0]);
     }
@@ -77,7 +87,7 @@ int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv)
     struct cli_args args;
     char *host;
     const char *path;
-    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, NULL, NULL);
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, NULL, NULL, NULL);
     if (rc != CLI_CONTINUE)
         return rc;
     char *app_q = cli_escape(args.items[0]), *host_q = cli_escape(host), *path_q = cli_escape(path);
@@ -110,8 +120,8 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
         json_decref(res);
         return CLI_EXIT_OK;
     }
-    static const char *const headers[] = {"host",    "path",     "app", "instances",
-                                          "balance", "protocol", NULL};
+    static const char *const headers[] = {"host",    "path",     "app",        "instances",
+                                          "balance", "protocol", "https-only", NULL};
     struct cli_table *t = cli_table_new(headers);
     size_t i;
     json_t *r;
@@ -120,7 +130,8 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
         char inst[24];
         snprintf(inst, sizeof(inst), "%lld", cli_json_int(r, "instances"));
         cli_table_add(t, cli_json_str(r, "host"), cli_json_str(r, "path"), cli_json_str(r, "app"),
-                      inst, cli_json_str(r, "balance"), cli_json_str(r, "protocol"));
+                      inst, cli_json_str(r, "balance"), cli_json_str(r, "protocol"),
+                      json_is_true(json_object_get(r, "https_only")) ? "yes" : "no");
     }
     cli_table_print(t);
     json_decref(res);
@@ -156,12 +167,97 @@ int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv)
     return cli_list("/v1/domains", "domains", cols);
 }
 
+/* Reads a PEM file given to --cert or --key. */
+static int routes__read_pem(const char *flag, const char *path, char **out, size_t *len)
+{
+    int r = file_read(path, out, len);
+    if (r < 0)
+        return cli_error("%s %s: %s", flag, path, strerror(-r));
+    return 0;
+}
+
+int cli_domain_set_cert(const char *domain, const char *org, const char *cert_path,
+                        const char *key_path)
+{
+    char *cert = NULL, *key = NULL;
+    size_t cert_len = 0, key_len = 0;
+    if (routes__read_pem("--cert", cert_path, &cert, &cert_len) ||
+        routes__read_pem("--key", key_path, &key, &key_len)) {
+        free(cert);
+        free(key);
+        return CLI_EXIT_ERROR;
+    }
+    char *d = cli_escape(domain), *o = org ? cli_escape(org) : NULL;
+    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s/certificate", o, d)
+                   : xasprintf("/v1/domains/%s/certificate", d);
+    json_t *body = json_pack("{s:s%,s:s%}", "cert", cert, cert_len, "key", key, key_len);
+    memset(key, 0, key_len);
+    free(cert);
+    free(key);
+    json_t *res = NULL;
+    int rc = body ? cli_api("PUT", path, body, &res)
+                  : cli_error("the certificate or key file is not text (PEM is)");
+    if (rc == 0 && !cli_json_printed(res)) {
+        json_t *c = json_object_get(res, "certificate");
+        printf("HTTPS on %s now uses the certificate %s (until %s); the routers serve it to new "
+               "connections.\n",
+               domain, json_string_value(json_object_get(c, "subject")) ?: "?",
+               json_string_value(json_object_get(c, "not_after")) ?: "?");
+        json_decref(res);
+    }
+    json_decref(body); /* the key is in it: jansson's copy goes with it */
+    free(path);
+    free(d);
+    free(o);
+    return rc;
+}
+
+int cli_cmd_update_domain(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    const char *cert = NULL, *key = NULL;
+    const struct cli_option opts[] = {
+        {"cert", 0, CLI_OPT_STRING, &cert}, {"key", 0, CLI_OPT_STRING, &key}, {NULL, 0, 0, NULL}};
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (!cert || !key)
+        return cli_usage_error(cmd, "update-domain needs --cert FILE and --key FILE");
+    /* a private domain's certificate is set through its org */
+    json_t *res = NULL;
+    if (cli_api("GET", "/v1/domains", NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    const char *org = NULL;
+    bool found = false;
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(res, "domains"), i, d)
+    {
+        if (!strcmp(json_string_value(json_object_get(d, "name")) ?: "", args.items[0])) {
+            found = true;
+            org = json_string_value(json_object_get(d, "org"));
+        }
+    }
+    if (!found) {
+        json_decref(res);
+        return cli_error("there is no domain %s (see `skiff domains`)", args.items[0]);
+    }
+    rc = cli_domain_set_cert(args.items[0], org, cert, key);
+    json_decref(res);
+    return rc;
+}
+
 int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
-    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    const char *cert = NULL, *key = NULL;
+    const struct cli_option opts[] = {
+        {"cert", 0, CLI_OPT_STRING, &cert}, {"key", 0, CLI_OPT_STRING, &key}, {NULL, 0, 0, NULL}};
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
     if (rc != CLI_CONTINUE)
         return rc;
+    if (!cert != !key)
+        return cli_usage_error(cmd, "--cert and --key go together");
     json_t *body = json_pack("{s:s}", "name", args.items[0]);
     json_t *res = NULL;
     rc = cli_api("POST", "/v1/domains", body, &res);
@@ -175,5 +271,7 @@ int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv)
                    args.items[0], args.items[0]);
     }
     json_decref(res);
+    if (rc == 0 && cert)
+        rc = cli_domain_set_cert(args.items[0], NULL, cert, key);
     return rc;
 }

@@ -291,6 +291,7 @@ int cli_cmd_ssh(const struct cli_command *cmd, int argc, char **argv)
     }
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_CONNECT_ONLY, 1L);
+    cli_curl_tls(curl);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
     CURLcode cc = curl_easy_perform(curl);

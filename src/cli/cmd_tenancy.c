@@ -149,13 +149,12 @@ static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *api = NULL, *user = NULL, *password = NULL, *org = NULL, *space = NULL;
     const char *token = NULL;
-    struct cli_option opts[] = {{"api", 'a', CLI_OPT_STRING, &api},
-                                {"user", 'u', CLI_OPT_STRING, &user},
-                                {"password", 'p', CLI_OPT_STRING, &password},
-                                {"org", 'o', CLI_OPT_STRING, &org},
-                                {"space", 's', CLI_OPT_STRING, &space},
-                                {"token", 't', CLI_OPT_STRING, &token},
-                                {NULL, 0, 0, NULL}};
+    bool skip_ssl = false;
+    struct cli_option opts[] = {
+        {"api", 'a', CLI_OPT_STRING, &api},     {"skip-ssl-validation", 0, CLI_OPT_FLAG, &skip_ssl},
+        {"user", 'u', CLI_OPT_STRING, &user},   {"password", 'p', CLI_OPT_STRING, &password},
+        {"org", 'o', CLI_OPT_STRING, &org},     {"space", 's', CLI_OPT_STRING, &space},
+        {"token", 't', CLI_OPT_STRING, &token}, {NULL, 0, 0, NULL}};
     struct cli_args args;
     int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 1);
     if (rc != CLI_CONTINUE)
@@ -173,6 +172,14 @@ static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
     if (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://"))
         return cli_usage_error(cmd, "the API URL must start with http:// or https://, not \"%s\"",
                                url);
+    if (skip_ssl) { /* as cf does: it works, and says what it gives up */
+        fprintf(stderr, "warning: --skip-ssl-validation: the API's certificate is not checked; "
+                        "anyone between here and it can read and change what is sent, "
+                        "passwords and tokens included.\n");
+        setenv("SKIFF_SKIP_SSL_VALIDATION", "1", 1);
+    } else {
+        unsetenv("SKIFF_SKIP_SSL_VALIDATION");
+    }
     char *the_url = xstrdup(url);
     for (size_t n = strlen(the_url); n > 0 && the_url[n - 1] == '/'; n--)
         the_url[n - 1] = '\0';
@@ -805,7 +812,9 @@ static int cmd_space_users(const struct cli_command *cmd, int argc, char **argv)
     "SpaceDeveloper, SpaceAuditor, SpaceSupporter. docs/roles.md says what each may do.\n"
 
 const struct cli_command cli_tenancy_commands[] = {
-    {"login", "login [URL | -a URL] [-u USER] [-p PASSWORD] [-o ORG] [-s SPACE] [--token TOKEN]",
+    {"login",
+     "login [URL | -a URL] [-u USER] [-p PASSWORD] [-o ORG] [-s SPACE] [--token TOKEN] "
+     "[--skip-ssl-validation]",
      "Log in to a Skiff API and save the login",
      "Logs in as a user (asking for what is not given; the password without echo) and saves\n"
      "the API URL, the tokens and the target in ~/.skiff/cli.json (mode 0600). The access\n"
@@ -817,12 +826,14 @@ const struct cli_command cli_tenancy_commands[] = {
      "  -u, --user USER\n"
      "  -p, --password PASS    (asked for when left out)\n"
      "  -o, --org ORG, -s, --space SPACE   the target\n"
-     "  --token TOKEN          an API token instead of a user and password\n",
+     "  --token TOKEN          an API token instead of a user and password\n"
+     "  --skip-ssl-validation  do not check the API's HTTPS certificate (warns; kept with the\n"
+     "                         login). A local skiffd's CA ($SKIFF_HOME/tls/ca.pem) is trusted\n"
+     "                         without it.\n",
      cmd_login},
     {"logout", "logout", "End the session and forget the saved login", NULL, cmd_logout},
     {"target", "target [-o ORG] [-s SPACE]", "Show or set the org and space commands work in",
-     "Apps, routes, event mappings, topics and audit events are the target space's.\n",
-     cmd_target},
+     "Apps, routes, event mappings, topics and audit events are the target space's.\n", cmd_target},
     {"create-user", "create-user USER [PASSWORD] [--admin]",
      "Make a user (admin); without PASSWORD one is made and shown once", NULL, cmd_create_user},
     {"delete-user", "delete-user USER [-f]", "Delete a user with its roles and tokens (admin)",

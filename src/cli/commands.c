@@ -175,7 +175,8 @@ const struct cli_command cli_core_commands[] = {
      "The app sees it after `skiff restart NAME`.\n", cli_cmd_set_env},
     {"unset-env", "unset-env NAME KEY", "Remove an environment variable of an app",
      "The app stops seeing it after `skiff restart NAME`.\n", cli_cmd_unset_env},
-    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY] [--protocol PROTOCOL]",
+    {"map-route",
+     "map-route NAME HOST [--path PATH] [--balance POLICY] [--protocol PROTOCOL] [--https-only]",
      "Route requests for HOST[/PATH] to an app",
      "HOST must end in a known domain (`skiff domains`), like hello.localhost.\n"
      "The longest matching path wins.\n\n"
@@ -185,7 +186,9 @@ const struct cli_command cli_core_commands[] = {
      "                     requests in flight); on a route the app has, changes it\n"
      "  --protocol PROTOCOL what the router speaks to the app's instances: http1 (the\n"
      "                     default) or http2 (h2c, for gRPC: HTTP/2 end to end, trailers\n"
-     "                     included); on a route the app has, changes it\n\n"
+     "                     included); on a route the app has, changes it\n"
+     "  --https-only       plain HTTP requests get a redirect to HTTPS (301, or 308 for\n"
+     "                     methods other than GET and HEAD)\n\n"
      "Example:\n  skiff map-route hello api.localhost --path /v1 --balance least-connection\n"
      "  skiff map-route greeter grpc.localhost --protocol http2\n",
      cli_cmd_map_route},
@@ -197,8 +200,17 @@ const struct cli_command cli_core_commands[] = {
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
     {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},
-    {"create-domain", "create-domain NAME", "Add a shared domain for routes",
-     "Example:\n  skiff create-domain example.test\n", cli_cmd_create_domain},
+    {"create-domain", "create-domain NAME [--cert FILE --key FILE]",
+     "Add a shared domain for routes (with its own HTTPS certificate)",
+     "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
+     "  --key FILE    its PEM private key (kept where only the platform reads it)\n"
+     "Example:\n  skiff create-domain example.test --cert example.pem --key example.key\n",
+     cli_cmd_create_domain},
+    {"update-domain", "update-domain NAME --cert FILE --key FILE",
+     "Give a domain a new HTTPS certificate (no restart; open connections keep theirs)",
+     "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
+     "  --key FILE    its PEM private key\n",
+     cli_cmd_update_domain},
     {"ssh", "ssh NAME [-i INDEX] [--process TYPE] [-c COMMAND] [-t|-T]",
      "Run a shell or a command inside a running instance",
      "Runs COMMAND (with /bin/sh -c), or a login shell without -c, inside the container of\n"

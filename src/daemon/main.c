@@ -27,6 +27,8 @@
 #include "container/net.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/router_proc.h"
+#include "common/buf.h"
+#include "tls/tls.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
 #include "invoker/invoker.h"
@@ -41,6 +43,9 @@ struct daemon {
     char *api_addr;
     char *router_addr;
     char *router_admin_addr;
+    char *router_tls_addr;
+    char *api_tls_addr;
+    struct tls_store *api_tls; /* the API's HTTPS certificate */
     char *router_url;
     char *token;
     struct store *store;
@@ -78,6 +83,17 @@ static void usage(FILE *out)
         "127.0.0.1:8080)\n"
         "  --router-admin-addr H:P     router admin (SKIFF_ROUTER_ADMIN_ADDR, default "
         "127.0.0.1:8083)\n"
+        "  --router-tls-addr H:P       router HTTPS (SKIFF_ROUTER_TLS_ADDR, default "
+        "127.0.0.1:8443;\n"
+        "                              \"\" for none); certificates from HOME/tls\n"
+        "  --api-tls-addr H:P          API over HTTPS (SKIFF_API_TLS_ADDR, default "
+        "127.0.0.1:8091;\n"
+        "                              \"\" for none)\n"
+        "  --tls-cert FILE --tls-key FILE\n"
+        "                              the API's HTTPS certificate chain and key "
+        "(SKIFF_TLS_CERT,\n"
+        "                              SKIFF_TLS_KEY; default: the local CA's "
+        "HOME/tls/default.pem)\n"
         "  --isolation container|process\n"
         "                              how instances and stagings run (SKIFF_ISOLATION, default\n"
         "                              container). process runs tenants' code as skiffd's own\n"
@@ -200,6 +216,8 @@ static int setup_token(struct daemon *d, const char *api_url)
     }
     json_t *j =
         json_pack("{s:s,s:s,s:s}", "url", api_url, "token", d->token, "router_url", d->router_url);
+    if (d->api_tls_addr && *d->api_tls_addr) /* the same API over HTTPS: skiff login takes it */
+        json_object_set_new(j, "tls_url", json_sprintf("https://%s", d->api_tls_addr));
     char *out = json_dumps(j, JSON_INDENT(2));
     json_decref(j);
     size_t len = strlen(out);
@@ -352,6 +370,9 @@ static void daemon_free(struct daemon *d)
     free(d->api_addr);
     free(d->router_addr);
     free(d->router_admin_addr);
+    free(d->router_tls_addr);
+    free(d->api_tls_addr);
+    tls_store_free(d->api_tls);
     free(d->router_url);
     free(d->token);
 }
@@ -415,6 +436,49 @@ static uint64_t daemon_size(const char *text)
     return bytes >= (1u << 20) ? bytes : 0;
 }
 
+/* The API's HTTPS certificate: --tls-cert and --tls-key (checked first), else the local CA's
+ * default certificate (HOME/tls/default.pem). */
+static int daemon_api_tls(struct daemon *d, const char *tls_dir, const char *cert_path,
+                          const char *key_path, char *err, size_t errsize)
+{
+    if (!*cert_path != !*key_path) {
+        snprintf(err, errsize, "--tls-cert and --tls-key go together");
+        return -EINVAL;
+    }
+    char *own = *cert_path ? NULL : xasprintf("%s/default.pem", tls_dir);
+    char *cert = NULL, *key = NULL;
+    size_t cert_len = 0, key_len = 0;
+    int r = file_read(own ? own : cert_path, &cert, &cert_len);
+    if (r == 0 && (r = file_read(own ? own : key_path, &key, &key_len)) < 0)
+        snprintf(err, errsize, "cannot read %s: %s", own ? own : key_path, strerror(-r));
+    else if (r < 0)
+        snprintf(err, errsize, "cannot read %s: %s", own ? own : cert_path, strerror(-r));
+    if (r == 0)
+        r = tls_pair_check(cert, cert_len, key, key_len, NULL, NULL, err, errsize);
+    if (r == -EKEYEXPIRED) { /* served anyway: clients say so, and a new one needs a restart */
+        log_warning("API HTTPS: %s", err);
+        r = 0;
+    }
+    if (r == 0)
+        r = tls_store_new(NULL, &d->api_tls, err, errsize);
+    struct buf pair = {0};
+    if (r == 0) {
+        buf_append(&pair, cert, cert_len);
+        buf_puts(&pair, "\n");
+        buf_append(&pair, key, key_len);
+        r = tls_store_add_pem(d->api_tls, pair.data, pair.len, true, err, errsize);
+    }
+    if (pair.data)
+        memset(pair.data, 0, pair.len);
+    if (key)
+        memset(key, 0, key_len);
+    buf_free(&pair);
+    free(cert);
+    free(key);
+    free(own);
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     log_init("skiffd");
@@ -423,6 +487,9 @@ int main(int argc, char **argv)
     const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
+    const char *router_tls_addr = env_or("SKIFF_ROUTER_TLS_ADDR", "127.0.0.1:8443");
+    const char *api_tls_addr = env_or("SKIFF_API_TLS_ADDR", "127.0.0.1:8091");
+    const char *tls_cert = env_or("SKIFF_TLS_CERT", ""), *tls_key = env_or("SKIFF_TLS_KEY", "");
     const char *drain_timeout = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
@@ -443,6 +510,14 @@ int main(int argc, char **argv)
             target = &router_addr;
         else if (!strcmp(a, "--router-admin-addr"))
             target = &admin_addr;
+        else if (!strcmp(a, "--router-tls-addr"))
+            target = &router_tls_addr;
+        else if (!strcmp(a, "--api-tls-addr"))
+            target = &api_tls_addr;
+        else if (!strcmp(a, "--tls-cert"))
+            target = &tls_cert;
+        else if (!strcmp(a, "--tls-key"))
+            target = &tls_key;
         else if (!strcmp(a, "--drain-timeout-ms"))
             target = &drain_timeout;
         else if (!strcmp(a, "--isolation"))
@@ -531,6 +606,8 @@ int main(int argc, char **argv)
     d.api_addr = xstrdup(api_addr);
     d.router_addr = xstrdup(router_addr);
     d.router_admin_addr = xstrdup(admin_addr);
+    d.router_tls_addr = xstrdup(router_tls_addr);
+    d.api_tls_addr = xstrdup(api_tls_addr);
     d.router_url = xasprintf("http://%s", router_addr);
     char *dir = self_dir();
     char *buildpacks = find_buildpacks(dir);
@@ -539,6 +616,7 @@ int main(int argc, char **argv)
     char *init_bin = xasprintf("%s/skiff-init", dir);
     char *brokers_bin = xasprintf("%s/skiff-brokers", dir);
     char publish_host[INET_ADDRSTRLEN] = "127.0.0.1";
+    char *tls_dir = NULL;
     char *db = NULL, *bus_path = NULL, *api_url = NULL, *publish_addr = NULL, *events_url = NULL;
     bool publish_allowed = false;
     int publish_port = 0;
@@ -556,6 +634,14 @@ int main(int argc, char **argv)
     if (rc < 0) {
         log_error("cannot create %s: %s (set SKIFF_HOME or --home)", d.home,
                 strerror(-rc));
+        free(tmp);
+        goto fail;
+    }
+    tls_dir = xasprintf("%s/tls", d.home);
+    bool ca_made = false;
+    if ((*d.router_tls_addr || *d.api_tls_addr) &&
+        tls_local_ca_ensure(tls_dir, &ca_made, err, sizeof err) < 0) {
+        log_error("HTTPS: %s", err);
         free(tmp);
         goto fail;
     }
@@ -639,7 +725,15 @@ int main(int argc, char **argv)
         .publish_addr = publish_addr,
         .max_connections = (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS", 0, 0),
         .max_connections_per_client =
-            (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0)};
+            (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0),
+        .tls_addr = d.api_tls_addr};
+    if (*d.api_tls_addr) {
+        if (daemon_api_tls(&d, tls_dir, tls_cert, tls_key, err, sizeof err) < 0) {
+            log_error("API HTTPS: %s", err);
+            goto fail;
+        }
+        acfg.tls = d.api_tls;
+    }
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
         log_error("cannot set up the API: %s", strerror(-rc));
@@ -702,7 +796,9 @@ int main(int argc, char **argv)
                                .scheduler = d.sched,
                                .hub = d.hub,
                                .logs = d.logs};
-    const char *own_addrs[] = {d.api_addr, d.router_addr, d.router_admin_addr, publish_addr, NULL};
+    const char *own_addrs[] = {
+        d.api_addr,   d.router_addr, d.router_admin_addr, d.router_tls_addr, d.api_tls_addr,
+        publish_addr, NULL};
     struct api_svc_config svcfg = {.records = d.services, .own_addrs = own_addrs};
     api_svc_start(&svc, &svcfg, &d.svc);
     struct api_core_config ccfg = {
@@ -726,6 +822,8 @@ int main(int argc, char **argv)
         .app_deleted_ctx = d.svc,
         .routes_changed = bus_routes_changed_cb,
         .routes_ctx = d.bus,
+        .certs_changed = bus_certs_changed_cb,
+        .certs_ctx = d.bus,
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {
@@ -758,7 +856,8 @@ int main(int argc, char **argv)
     struct router_proc_config rcfg = {.binary = router_bin,
                                       .home = d.home,
                                       .addr = d.router_addr,
-                                      .admin_addr = d.router_admin_addr};
+                                      .admin_addr = d.router_admin_addr,
+                                      .tls_addr = d.router_tls_addr};
     router_proc_start(d.loop, &rcfg, &d.router);
     if (builtin_brokers)
         brokers = builtin_brokers_start(
@@ -783,11 +882,20 @@ int main(int argc, char **argv)
 
     printf("skiffd is running (data in %s)\n"
            "  API:    %s\n"
-           "  router: %s  (apps answer at http://APP.localhost:%s/)\n"
-           "  The skiff CLI on this machine is logged in: it reads %s/api.json.\n"
-           "  Try: skiff push hello -p examples/python-web\n",
+           "  router: %s  (apps answer at http://APP.localhost:%s/)\n",
            d.home, api_url, d.router_url,
-           strrchr(d.router_addr, ':') ? strrchr(d.router_addr, ':') + 1 : "8080", d.home);
+           strrchr(d.router_addr, ':') ? strrchr(d.router_addr, ':') + 1 : "8080");
+    if (*d.api_tls_addr)
+        printf("  API:    https://%s  (HTTPS)\n", d.api_tls_addr);
+    if (*d.router_tls_addr)
+        printf("  HTTPS:  https://%s  (apps answer at https://APP.localhost:%s/; the local CA "
+               "to trust is %s/ca.pem, e.g. curl --cacert %s/ca.pem)\n",
+               d.router_tls_addr,
+               strrchr(d.router_tls_addr, ':') ? strrchr(d.router_tls_addr, ':') + 1 : "8443",
+               tls_dir, tls_dir);
+    printf("  The skiff CLI on this machine is logged in: it reads %s/api.json.\n"
+           "  Try: skiff push hello -p examples/python-web\n",
+           d.home);
 
     uv_run(d.loop, UV_RUN_DEFAULT);
     d.exit_code = 0;
@@ -835,6 +943,7 @@ out:
     free(dir);
     free(buildpacks);
     free(router_bin);
+    free(tls_dir);
     free(shim_bin);
     free(init_bin);
     free(brokers_bin);

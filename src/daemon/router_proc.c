@@ -17,7 +17,7 @@
 
 struct router_proc {
     uv_loop_t *loop;
-    char *binary, *home, *addr, *admin_addr;
+    char *binary, *home, *addr, *admin_addr, *tls_addr;
     uv_process_t *proc; /* our child while it lives (closed and freed when it exits) */
     int adopted_pid;    /* a router we did not start, or 0 */
     int stopping_pid;   /* the router being stopped with the platform, or 0 */
@@ -112,8 +112,8 @@ static void router_proc__spawn(struct router_proc *rp)
         uv_timer_start(&rp->timer, router_proc__tick, ROUTER_PROC_WATCH_MS, ROUTER_PROC_WATCH_MS);
         return;
     }
-    char *args[] = {rp->binary, "--home",       rp->home,       "--addr",
-                    rp->addr,   "--admin-addr", rp->admin_addr, NULL};
+    char *args[] = {rp->binary,     "--home",       rp->home,     "--addr",     rp->addr,
+                    "--admin-addr", rp->admin_addr, "--tls-addr", rp->tls_addr, NULL};
     uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE},
                                      {.flags = UV_INHERIT_FD, .data.fd = 1},
                                      {.flags = UV_INHERIT_FD, .data.fd = 2}};
@@ -157,6 +157,7 @@ int router_proc_start(uv_loop_t *loop, const struct router_proc_config *cfg,
     rp->home = xstrdup(cfg->home);
     rp->addr = xstrdup(cfg->addr);
     rp->admin_addr = xstrdup(cfg->admin_addr);
+    rp->tls_addr = xstrdup(cfg->tls_addr ? cfg->tls_addr : "");
     uv_timer_init(loop, &rp->timer);
     rp->timer.data = rp;
     rp->handles = 1;
@@ -245,5 +246,6 @@ void router_proc_free(struct router_proc *rp)
     free(rp->home);
     free(rp->addr);
     free(rp->admin_addr);
+    free(rp->tls_addr);
     free(rp);
 }

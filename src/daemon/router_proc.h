@@ -18,6 +18,7 @@ struct router_proc_config {
     const char *home;
     const char *addr;
     const char *admin_addr;
+    const char *tls_addr; /* HTTPS, HOST:PORT; "" or NULL: none */
 };
 
 int router_proc_start(uv_loop_t *loop, const struct router_proc_config *cfg,

@@ -19,6 +19,7 @@
 #include "common/util.h"
 #include "http/parser.h"
 #include "http/url.h"
+#include "tls/tls.h"
 
 #define HTTP_PENDING_MAX (1u << 20)
 /* Responses queued and not yet taken by a client: past this, pipelined requests wait. */
@@ -44,7 +45,8 @@ struct http_listener {
     uv_poll_t poll;
     int fd;
     int tag;
-    bool open; /* poll initialised and not closed */
+    bool open;             /* poll initialised and not closed */
+    struct tls_store *tls; /* HTTPS: connections speak TLS (not owned) */
 };
 
 /* The connections of one client address (IPv4 as v4-mapped IPv6). */
@@ -80,6 +82,7 @@ struct http_server {
     void (*close_cb)(void *arg);
     void *close_arg;
     char read_buf[HTTP_READ_BYTES];
+    char tls_plain[HTTP_READ_BYTES]; /* what one TLS read decrypts into */
 };
 
 struct http_conn {
@@ -118,6 +121,7 @@ struct http_conn {
     /* http_upgrade: the taker, once the 101 is out and the parser has let go */
     void (*upgrade_fn)(void *ctx, int fd, const char *early, size_t len);
     void *upgrade_ctx;
+    struct tls_conn *tls; /* HTTPS: every byte passes through it */
 };
 
 struct http_write {
@@ -366,6 +370,11 @@ static void http__timers_start(struct http_server *s)
 
 int http_server_listen(struct http_server *s, const char *addr, int tag)
 {
+    return http_server_listen_tls(s, addr, tag, NULL);
+}
+
+int http_server_listen_tls(struct http_server *s, const char *addr, int tag, struct tls_store *tls)
+{
     if (s->nlisteners >= HTTP_MAX_LISTENERS || s->closing)
         return -EINVAL;
     struct sockaddr_storage ss;
@@ -387,6 +396,7 @@ int http_server_listen(struct http_server *s, const char *addr, int tag)
     struct http_listener *l = &s->listeners[s->nlisteners];
     l->server = s;
     l->tag = tag;
+    l->tls = tls;
     if ((rc = uv_poll_init(s->loop, &l->poll, fd)) < 0) {
         close(fd);
         return rc;
@@ -491,7 +501,7 @@ static void http__write_done(uv_write_t *w, int status)
 /* Sends at once what the socket takes when nothing is queued before it (most answers: no copy,
  * no write request, no callback on a later loop turn); the rest is queued. A failed send is
  * left to the queued write, whose callback ends the connection as for any write error. */
-static int http__write(struct http_conn *c, const void *data, size_t len)
+static int http__write_raw(struct http_conn *c, const void *data, size_t len)
 {
     if (!c || c->closing)
         return -EPIPE;
@@ -517,6 +527,30 @@ static int http__write(struct http_conn *c, const void *data, size_t len)
     }
     c->write_pending += len;
     return 0;
+}
+
+/* Sends what TLS has for the peer (records, alerts). */
+static int http__tls_flush(struct http_conn *c)
+{
+    const char *out;
+    size_t n = tls_conn_output(c->tls, &out);
+    if (n == 0)
+        return 0;
+    int rc = http__write_raw(c, out, n);
+    tls_conn_output_consumed(c->tls, n);
+    return rc;
+}
+
+/* Writes plaintext: through TLS on an HTTPS connection. */
+static int http__write(struct http_conn *c, const void *data, size_t len)
+{
+    if (!c || c->closing)
+        return -EPIPE;
+    if (!c->tls)
+        return http__write_raw(c, data, len);
+    if (tls_conn_write(c->tls, data, len) < 0)
+        return -EPIPE;
+    return http__tls_flush(c);
 }
 
 static void http__head(struct http_request *req, struct buf *out, int status,
@@ -799,6 +833,12 @@ void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_f
 {
     struct http_conn *c = req->conn;
     req->status = 101;
+    if (c && c->tls) { /* the taker gets a socket: over HTTPS it would get ciphertext */
+        log_warning("%s: an upgrade (%s) over HTTPS is refused; use the HTTP address",
+                    c->server->name, protocol);
+        http__conn_close(c);
+        c = NULL;
+    }
     if (!c || c->closing) {
         taken(ctx, -1, NULL, 0);
         req->state = HTTP_REQ_DONE;
@@ -1108,6 +1148,7 @@ static void http__conn_closed(uv_handle_t *h)
     buf_free(&c->hfield);
     buf_free(&c->hvalue);
     buf_free(&c->pending);
+    tls_conn_free(c->tls);
     free(c);
     http__handle_closed(s);
 }
@@ -1205,6 +1246,10 @@ static void http__close_or_linger(struct http_conn *c)
     c->linger_until_ms = time_mono_ms() + HTTP_LINGER_MS;
     http__idle_add_front(c);
     c->shutdown.data = c;
+    if (c->tls) {
+        tls_conn_close_notify(c->tls);
+        http__tls_flush(c);
+    }
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, http__on_shutdown) < 0) {
         http__conn_close(c);
         return;
@@ -1277,6 +1322,56 @@ static void http__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     *b = uv_buf_init(c->server->read_buf, sizeof c->server->read_buf);
 }
 
+/* Plaintext from the client: parsed now, or kept while a request is being handled. */
+static void http__on_plain(struct http_conn *c, const char *data, size_t n)
+{
+    if (n == 0 || c->closing || c->close_after_write)
+        return;
+    if (c->write_blocked || (c->req && c->req->state != HTTP_REQ_PARSING)) {
+        /* a request is being handled: keep what comes (pipelined requests) for later */
+        buf_append(&c->pending, data, n);
+        if (c->pending.len > HTTP_PENDING_MAX && c->reading) {
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = false;
+        }
+        return;
+    }
+    http__feed(c, data, n);
+}
+
+/* Ciphertext from an HTTPS client: the handshake, then each record's plaintext. */
+static void http__on_tls(struct http_conn *c, const char *data, size_t n)
+{
+    struct http_server *s = c->server;
+    tls_conn_feed(c->tls, data, n);
+    if (!tls_conn_established(c->tls)) {
+        char err[256];
+        int r = tls_conn_handshake(c->tls, err, sizeof err);
+        http__tls_flush(c);
+        if (r < 0) {
+            log_debug("%s: TLS from %s: %s", s->name, c->peer, err);
+            http__conn_close(c);
+        }
+        if (r <= 0)
+            return;
+    }
+    for (;;) {
+        if (c->closing)
+            return;
+        long got = tls_conn_read(c->tls, s->tls_plain, sizeof s->tls_plain);
+        if (got == 0)
+            break;
+        if (got < 0) { /* close_notify, a renegotiation attempt, a bad record */
+            http__tls_flush(c);
+            http__conn_close(c);
+            return;
+        }
+        http__on_plain(c, s->tls_plain, (size_t)got);
+    }
+    if (!c->closing)
+        http__tls_flush(c);
+}
+
 static void http__on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 {
     struct http_conn *c = st->data;
@@ -1291,18 +1386,10 @@ static void http__on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
             http__conn_close(c);
         return;
     }
-    if (n == 0 || c->closing || c->close_after_write)
-        return;
-    if (c->write_blocked || (c->req && c->req->state != HTTP_REQ_PARSING)) {
-        /* a request is being handled: keep what comes (pipelined requests) for later */
-        buf_append(&c->pending, b->base, (size_t)n);
-        if (c->pending.len > HTTP_PENDING_MAX) {
-            uv_read_stop(st);
-            c->reading = false;
-        }
-        return;
-    }
-    http__feed(c, b->base, (size_t)n);
+    if (c->tls && n > 0)
+        http__on_tls(c, b->base, (size_t)n);
+    else
+        http__on_plain(c, b->base, (size_t)n);
 }
 
 static void http__start_reading(struct http_conn *c)
@@ -1326,6 +1413,12 @@ static void http__conn_start(struct http_server *s, struct http_listener *l, int
     struct http_conn *c = xcalloc(1, sizeof *c);
     c->server = s;
     c->listener = l->tag;
+    if (l->tls && !(c->tls = tls_conn_new(l->tls))) {
+        http__client_put(s, cl);
+        free(c);
+        close(fd);
+        return;
+    }
     uv_tcp_init(s->loop, &c->tcp);
     c->tcp.data = c;
     s->handles_open++;

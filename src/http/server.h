@@ -124,6 +124,10 @@ int http_server_new(uv_loop_t *loop, const struct http_server_config *cfg,
  * in on it carry tag in req->listener. -EINVAL for an address that is not one, or a negative
  * errno (libuv's codes, uv_strerror). */
 int http_server_listen(struct http_server *s, const char *addr, int tag);
+/* The same for HTTPS: connections speak TLS with the certificates of tls (src/tls; the caller
+ * keeps it alive until the server is freed). Upgrades (http_upgrade) are refused there. */
+struct tls_store;
+int http_server_listen_tls(struct http_server *s, const char *addr, int tag, struct tls_store *tls);
 /* Stops listening and closes every connection (requests being handled are aborted); cb runs
  * once every handle is closed. Then http_server_free. */
 void http_server_close(struct http_server *s, void (*cb)(void *arg), void *arg);

@@ -13,13 +13,16 @@ static void usage(FILE *f)
 {
     fputs(
         "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
+        "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE]\n"
+        "                    [--tls-handshake-timeout-ms N] [--tls-max-handshakes N]\n"
         "                    [--workers N] [--index N] [--max-body-bytes N]\n"
         "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
         "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
         "                    [--upstream-timeout-ms N] [--connect-timeout-ms N]\n"
         "                    [--max-connections N] [--upstream-idle-max N]\n"
         "                    [--upstream-idle-timeout-ms N] [--hold-timeout-ms N] [--hold-max N]\n"
-        "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR, and\n"
+        "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR,\n"
+        "SKIFF_ROUTER_TLS_ADDR, SKIFF_ROUTER_TLS_CLIENT_CA, and\n"
         "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
         f);
 }
@@ -66,6 +69,9 @@ static const struct numeric_option numeric_options[] = {
     OPT("upstream-idle-max", "SKIFF_ROUTER_UPSTREAM_IDLE_MAX", 0, upstream_idle_max),
     OPT("upstream-idle-timeout-ms", "SKIFF_ROUTER_UPSTREAM_IDLE_TIMEOUT_MS", 0,
         upstream_idle_timeout_ms),
+    OPT("tls-handshake-timeout-ms", "SKIFF_ROUTER_TLS_HANDSHAKE_TIMEOUT_MS", 0,
+        tls_handshake_timeout_ms),
+    OPT("tls-max-handshakes", "SKIFF_ROUTER_TLS_MAX_HANDSHAKES", 0, tls_max_handshakes),
 };
 
 static int set_numeric(struct router_config *cfg, const struct numeric_option *o, const char *v)
@@ -96,6 +102,8 @@ int main(int argc, char **argv)
     if (getenv("SKIFF_ROUTER_ADDR"))
         cfg.addr = getenv("SKIFF_ROUTER_ADDR");
     cfg.admin_addr = getenv("SKIFF_ROUTER_ADMIN_ADDR");
+    cfg.tls_addr = getenv("SKIFF_ROUTER_TLS_ADDR");
+    cfg.tls_client_ca = getenv("SKIFF_ROUTER_TLS_CLIENT_CA");
     for (size_t i = 0; i < ARRAY_SIZE(numeric_options); i++) {
         const char *v = getenv(numeric_options[i].env);
         if (v && *v && set_numeric(&cfg, &numeric_options[i], v) < 0)
@@ -121,6 +129,10 @@ int main(int argc, char **argv)
             cfg.addr = v;
         else if (strcmp(name, "admin-addr") == 0)
             cfg.admin_addr = v;
+        else if (strcmp(name, "tls-addr") == 0)
+            cfg.tls_addr = v;
+        else if (strcmp(name, "tls-client-ca") == 0)
+            cfg.tls_client_ca = v;
         else {
             const struct numeric_option *o = NULL;
             for (size_t k = 0; k < ARRAY_SIZE(numeric_options); k++)

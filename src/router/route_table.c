@@ -202,6 +202,7 @@ static bool route_from_json(json_t *jr, struct route *r, int *skipped)
     r->protocol = strcmp(json_str(jr, "protocol", "http1"), "http2") == 0 ? ROUTE_PROTOCOL_HTTP2
                                                                           : ROUTE_PROTOCOL_HTTP1;
     r->scale_from_zero = json_is_true(json_object_get(jr, "scale_from_zero"));
+    r->https_only = json_is_true(json_object_get(jr, "https_only"));
     if (r->app_guid[0])
         r->stats = route_stats_get(r->app_guid, r->process);
     json_t *jb = json_object_get(jr, "backends");

@@ -80,6 +80,7 @@ struct route {
     enum route_balance balance;
     enum route_protocol protocol;
     bool scale_from_zero;
+    bool https_only;           /* a request over plain HTTP is redirected to HTTPS */
     struct route_stats *stats; /* NULL for a route without an app guid */
     struct route_backend *backends;
     size_t backend_count;

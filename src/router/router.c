@@ -30,6 +30,8 @@ void router_config_defaults(struct router_config *cfg)
     cfg->max_connections = 50000;
     cfg->upstream_idle_max = 1024;
     cfg->upstream_idle_timeout_ms = 30 * 1000;
+    cfg->tls_handshake_timeout_ms = 10 * 1000;
+    cfg->tls_max_handshakes = 1024;
 }
 
 static uv_signal_t sig_term, sig_int;

@@ -37,6 +37,13 @@ struct router_config {
     int max_connections;     /* client connections, all workers together */
     int upstream_idle_max;   /* idle pooled connections per backend per worker */
     int upstream_idle_timeout_ms;
+
+    /* HTTPS beside HTTP (src/router/README.md, "HTTPS") */
+    const char *tls_addr;         /* HOST:PORT for HTTPS; NULL or "" disables it */
+    const char *tls_client_ca;    /* PEM file: ask clients for certificates signed by it and
+                                     pass them on in X-Forwarded-Client-Cert; NULL: never */
+    int tls_handshake_timeout_ms; /* from accept to the end of the handshake */
+    int tls_max_handshakes;       /* handshakes in flight per worker; over it the oldest goes */
 };
 
 /* Fills the defaults (documented in src/router/README.md). */
@@ -89,12 +96,16 @@ struct router_request_head {
     bool has_length;
     uint64_t content_length;
     bool upgrade; /* keep Connection: upgrade and the Upgrade header */
+    bool https;   /* the client came over TLS: X-Forwarded-Proto: https */
+    const char *client_cert; /* base64 DER of the client's verified certificate, or NULL:
+                                sent as X-Forwarded-Client-Cert (a client's own is dropped) */
 };
 
 /* Writes the request head for a backend: Host (the authority routed on), the client's
  * headers minus hop-by-hop ones (and those named in Connection) and its Host, its own framing,
  * X-Forwarded-For appended, X-Forwarded-Proto, X-Forwarded-Host (the authority routed on) and
- * X-Request-Id. */
+ * X-Request-Id. A client-sent X-Forwarded-Client-Cert is always dropped; the router's own is
+ * written when h->client_cert is set. */
 void router_head_build_request(struct buf *out, const struct router_request_head *h);
 
 /* Writes the response head for the client: status line, the backend's headers minus hop-by-hop

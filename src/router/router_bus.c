@@ -292,6 +292,8 @@ static void bus_handle_line(const char *line, size_t len)
             router_proxy_drain(&addr, addr_len, id);
         else
             log_warning("ignoring a drain request: %s", err);
+    } else if (type && strcmp(type, "certs") == 0) {
+        router_tls_reload(bus.cfg); /* skiffd changed a certificate file */
     } else if (router_bus_unknown_type_is_new(type)) {
         if (type)
             log_warning("skipping bus messages of type \"%s\", which this router does "

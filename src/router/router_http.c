@@ -105,6 +105,7 @@ enum header_kind {
     HK_XFP,
     HK_XFH,
     HK_REQUEST_ID,
+    HK_XFCC,
 };
 
 /* What a header is to a proxy: by length first, so most names cost one comparison at most. */
@@ -127,8 +128,9 @@ static enum header_kind classify(const struct router_header *h)
         {"x-forwarded-proto", HK_XFP},
         {"x-forwarded-host", HK_XFH},
         {"x-request-id", HK_REQUEST_ID},
+        {"x-forwarded-client-cert", HK_XFCC},
     };
-    static const unsigned char lengths[] = {4, 7, 10, 10, 16, 2, 18, 17, 14, 15, 17, 16, 12};
+    static const unsigned char lengths[] = {4, 7, 10, 10, 16, 2, 18, 17, 14, 15, 17, 16, 12, 23};
     char first = h->name_len ? (char)(h->name[0] | 0x20) : 0;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (lengths[i] == h->name_len && known[i].name[0] == first &&
@@ -253,7 +255,10 @@ void router_head_build_request(struct buf *out, const struct router_request_head
         }
     }
     put(out, h->client_ip, ip_len);
-    PUT_LITERAL(out, "\r\nX-Forwarded-Proto: http\r\n");
+    if (h->https)
+        PUT_LITERAL(out, "\r\nX-Forwarded-Proto: https\r\n");
+    else
+        PUT_LITERAL(out, "\r\nX-Forwarded-Proto: http\r\n");
     if (host) {
         PUT_LITERAL(out, "X-Forwarded-Host: ");
         put(out, host, host_len);
@@ -263,6 +268,11 @@ void router_head_build_request(struct buf *out, const struct router_request_head
     put(out, h->request_id, id_len);
     PUT_LITERAL(out, "\r\n");
     out->data[out->len] = '\0';
+    if (h->client_cert) {
+        buf_puts(out, "X-Forwarded-Client-Cert: ");
+        buf_puts(out, h->client_cert);
+        buf_puts(out, "\r\n");
+    }
     if (te_trailers)
         buf_puts(out, "TE: trailers\r\n");
     if (h->chunked)

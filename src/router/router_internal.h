@@ -51,6 +51,16 @@ void router_proxy_metrics(struct router_metrics *out);
  * router_bus_drained(id) answers skiffd. Ignored once the workers are stopping. */
 void router_proxy_drain(const struct sockaddr_storage *addr, socklen_t addr_len, uint64_t id);
 
+/* ALPN protocols an HTTPS client may choose, in wire format (length-prefixed names), in the
+ * router's order of preference: "http/1.1" only. A protocol added here must be served by
+ * the connection that negotiates it (tls_conn_alpn tells which one was agreed). */
+extern const unsigned char router_alpn_protocols[];
+extern const size_t router_alpn_protocols_len;
+
+/* Reads the certificates again ($SKIFF_HOME/tls): new handshakes use them, connections made
+ * keep theirs; on error the ones before stay (logged). Thread-safe; 0 without HTTPS. */
+int router_tls_reload(const struct router_config *cfg);
+
 /* Bus client on the main loop (router_bus.c). */
 int router_bus_start(uv_loop_t *loop, const struct router_config *cfg);
 void router_bus_stop(void);

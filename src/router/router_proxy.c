@@ -31,6 +31,7 @@
 #include "http/message.h"
 #include "router/router_internal.h"
 #include "router/router_h2.h"
+#include "tls/tls.h"
 
 #define ROUTER_HIGH_WATER (256 * 1024)
 #define ROUTER_LOW_WATER (64 * 1024)
@@ -43,7 +44,8 @@
 #define ROUTER_SPARE_EXCHANGES 64
 #define ROUTER_DRAIN_MS 5000
 #define ROUTER_BACKEND_DOWN_MS 2000
-#define ROUTER_LISTENERS 2         /* the address, and [::1] beside 127.0.0.1 */
+#define ROUTER_LISTENERS 4 /* the address, and [::1] beside 127.0.0.1; the same for HTTPS */
+#define ROUTER_TLS_PLAIN (64 * 1024) /* plaintext decrypted per step */
 #define ROUTER_ACCEPT_BATCH 8      /* connections one worker takes per wakeup */
 #define ROUTER_ACCEPT_PAUSE_MS 100 /* after EMFILE and the like */
 #define ROUTER_ACCEPT_SLACK 4      /* clients more than another worker's before yielding */
@@ -81,6 +83,7 @@ struct peer {
     bool throttled; /* reading stopped because the other side's writes are backed up */
     bool closing;
     int write_error;
+    struct tls_conn *tls; /* a client over HTTPS: bytes pass through it both ways */
 };
 
 struct write_req {
@@ -106,7 +109,17 @@ enum client_state {
     C_TUNNEL,        /* after 101 Switching Protocols: bytes both ways */
 };
 
-enum deadline_kind { D_NONE, D_IDLE, D_HEADER, D_CONNECT, D_ACTIVE, D_TUNNEL, D_CLOSING, D_HOLD };
+enum deadline_kind {
+    D_NONE,
+    D_IDLE,
+    D_HEADER,
+    D_CONNECT,
+    D_ACTIVE,
+    D_TUNNEL,
+    D_CLOSING,
+    D_HOLD,
+    D_HANDSHAKE
+};
 
 enum pause_reason { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
 
@@ -129,6 +142,8 @@ struct client {
     struct client *hold_prev, *hold_next;
     uint64_t woken_at;
     int open_handles;
+    struct client *hs_prev, *hs_next; /* in the worker's handshakes in flight, oldest first */
+    bool handshaking;
     char ip[INET6_ADDRSTRLEN];
     /* HTTP/2 (router_h2.h): a connection that sent the client preface has a session; each of
      * its streams is a client of its own without a socket (h2s set), whose request bytes come
@@ -278,6 +293,10 @@ struct worker {
     struct router_h2_limits h2_limits; /* from cfg */
     struct router_header *view; /* scratch for one head's headers */
     size_t view_cap;
+    struct client *hs_first, *hs_last; /* TLS handshakes in flight, oldest first */
+    int hs_count;
+    struct buf tls_out; /* plaintext gathered for one TLS write */
+    char tls_plain[ROUTER_TLS_PLAIN];
     char readbuf[ROUTER_READ_BUF];
 };
 
@@ -285,7 +304,13 @@ static struct worker *workers;
 static int worker_count;
 /* The listening sockets, opened by the main thread and polled by every worker. */
 static int listen_fds[ROUTER_LISTENERS];
+static bool listen_tls[ROUTER_LISTENERS]; /* HTTPS */
 static int listen_count;
+/* The certificates, shared by the workers (see src/tls/README.md). */
+static struct tls_store *tls_store;
+
+const unsigned char router_alpn_protocols[] = "\x08http/1.1";
+const size_t router_alpn_protocols_len = sizeof(router_alpn_protocols) - 1;
 
 static llhttp_settings_t request_settings, response_settings;
 
@@ -309,6 +334,7 @@ static int h2c_translate(struct upstream *u);
 static void h2_want_output(void *ctx);
 static void h2_conn_input(struct client *c, const char *data, size_t len);
 static bool client_sniff(struct client *c, const char *data, size_t len);
+static void handshake_unlink(struct client *c);
 
 /* ---- output queue ----------------------------------------------------------------------- */
 
@@ -366,8 +392,11 @@ static int peer_flush(struct peer *p)
     if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c && !p->closing && !p->write_error &&
         h2c_translate((struct upstream *)p) < 0)
         p->write_error = UV_EPROTO;
-    if (q->count == 0)
-        return 0;
+    if (q->count == 0) { /* a TLS client may still have handshake records or an alert */
+        const char *unused;
+        if (!p->tls || tls_conn_output(p->tls, &unused) == 0)
+            return 0;
+    }
     if (p->closing || p->write_error) {
         q->count = 0;
         q->scratch.len = 0;
@@ -382,9 +411,25 @@ static int peer_flush(struct peer *p)
         bufs[i] = uv_buf_init((char *)base, (unsigned)q->pieces[i].len);
         total += q->pieces[i].len;
     }
+    unsigned nbufs = q->count;
+    size_t plain_total = total;
+    if (p->tls) { /* the pieces become records: one buffer of ciphertext to write */
+        struct buf *g = &p->w->tls_out;
+        g->len = 0;
+        for (unsigned i = 0; i < q->count; i++)
+            buf_append(g, bufs[i].base, bufs[i].len);
+        if (tls_conn_write(p->tls, g->data, g->len) < 0)
+            p->write_error = UV_EPROTO;
+        const char *cipher;
+        total = tls_conn_output(p->tls, &cipher);
+        bufs[0] = uv_buf_init((char *)cipher, (unsigned)total);
+        nbufs = 1;
+        if (g->cap > 1024 * 1024)
+            buf_free(g);
+    }
     size_t written = 0;
     if (uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) == 0) {
-        int r = uv_try_write((uv_stream_t *)&p->tcp, bufs, q->count);
+        int r = uv_try_write((uv_stream_t *)&p->tcp, bufs, nbufs);
         if (r >= 0)
             written = (size_t)r;
         else if (r != UV_EAGAIN && r != UV_ENOSYS)
@@ -393,7 +438,7 @@ static int peer_flush(struct peer *p)
     if (!p->write_error && written < total) {
         struct write_req *wr = xmalloc(sizeof(*wr) + (total - written));
         size_t skip = written, at = 0;
-        for (unsigned i = 0; i < q->count; i++) {
+        for (unsigned i = 0; i < nbufs; i++) {
             size_t len = bufs[i].len;
             if (skip >= len) {
                 skip -= len;
@@ -411,8 +456,10 @@ static int peer_flush(struct peer *p)
             p->write_error = r;
         }
     }
+    if (p->tls)
+        tls_conn_output_consumed(p->tls, total);
     if (p->kind == PEER_CLIENT)
-        ROUTER_METRIC_ADD(p->w->m.bytes_to_clients, total);
+        ROUTER_METRIC_ADD(p->w->m.bytes_to_clients, plain_total);
     q->count = 0;
     q->scratch.len = 0;
     if (q->scratch.cap > 64 * 1024) { /* a huge head once should not stay with the connection */
@@ -840,6 +887,54 @@ static void client_answer_and_continue(struct client *c, int status, const char 
     }
 }
 
+/* The HTTPS listener's port as text ("" for 443 or without HTTPS: the scheme's own). */
+static const char *tls_port_text(const struct router_config *cfg)
+{
+    const char *colon = cfg->tls_addr && *cfg->tls_addr ? strrchr(cfg->tls_addr, ':') : NULL;
+    return colon && strcmp(colon + 1, "443") ? colon : "";
+}
+
+/* A route that is HTTPS only, asked over HTTP: 301 (GET, HEAD) or 308 (other methods, which
+ * must be repeated as they were) to the same host and target on the HTTPS port. The host was
+ * checked by router_authority_valid and the target by the parser: neither holds CR or LF. */
+static void client_redirect_https(struct client *c, const char *host, size_t host_len,
+                                  const char *url, size_t url_len)
+{
+    struct exchange *x = c->x;
+    size_t name_len = host_len;
+    const char *close_bracket = host[0] == '[' ? memchr(host, ']', host_len) : NULL;
+    const char *colon = close_bracket ? NULL : memchr(host, ':', host_len);
+    if (close_bracket)
+        name_len = (size_t)(close_bracket - host) + 1;
+    else if (colon)
+        name_len = (size_t)(colon - host);
+    bool keep_method = x->method == HTTP_GET || x->method == HTTP_HEAD;
+    int status = keep_method ? 301 : 308;
+    bool has_body = x->chunked || x->content_length > 0;
+    x->status = status;
+    x->local = true;
+    x->resp_started = x->resp_done = true;
+    x->client_close = has_body || !llhttp_should_keep_alive(&c->parser);
+    static const char text[] = "This route is served over HTTPS only.\n";
+    outq_printf(&c->p,
+                "HTTP/1.1 %d %s\r\nLocation: https://%.*s%s%.*s\r\nContent-Type: text/plain; "
+                "charset=utf-8\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\n%s\r\n",
+                status, http_status_reason(status), (int)name_len, host, tls_port_text(c->p.w->cfg),
+                (int)url_len, url, sizeof text - 1, x->request_id,
+                x->client_close    ? "Connection: close\r\n"
+                : x->client_http10 ? "Connection: keep-alive\r\n"
+                                   : "");
+    if (!x->is_head)
+        outq_add(&c->p, text, sizeof text - 1);
+    x->resp_bytes = sizeof text - 1;
+    peer_flush(&c->p);
+    if (x->client_close) {
+        exchange_finish(x);
+        return;
+    }
+    c->state = C_BODY; /* the parser still has to reach the end of the request */
+}
+
 /* ---- client connection ---------------------------------------------------------------------- */
 
 static void on_client_handle_closed(uv_handle_t *h)
@@ -850,6 +945,7 @@ static void on_client_handle_closed(uv_handle_t *h)
     buf_free(&c->pending);
     buf_free(&c->p.out.scratch);
     buf_free(&c->h2_out);
+    tls_conn_free(c->p.tls);
     free(c);
 }
 
@@ -861,6 +957,7 @@ static void client_close(struct client *c)
     struct worker *w = c->p.w;
     struct exchange *x = c->x;
     hold_unlink(c);
+    handshake_unlink(c);
     if (x) {
         c->x = NULL;
         if (x->u) {
@@ -930,6 +1027,10 @@ static void client_shutdown(struct client *c)
     if (c->p.write_error) {
         client_close(c);
         return;
+    }
+    if (c->p.tls) {
+        tls_conn_close_notify(c->p.tls);
+        peer_flush(&c->p);
     }
     uv_shutdown_t *req = xmalloc(sizeof(*req));
     req->data = c;
@@ -1003,6 +1104,10 @@ static void on_timer(uv_timer_t *t)
         else
             client_respond_error(c, 504, "backend-timeout", "The app did not answer in time.",
                                  true);
+        break;
+    case D_HANDSHAKE: /* a slow or silent handshake holds nothing but its socket, then goes */
+        ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
+        client_close(c);
         break;
     case D_HOLD:
         hold_unlink(c);
@@ -1232,6 +1337,86 @@ static void on_half_close_done(uv_shutdown_t *req, int status)
     free(req);
 }
 
+/* ---- HTTPS clients: ciphertext in, plaintext to client_feed -------------------------------- */
+
+static void handshake_unlink(struct client *c)
+{
+    if (!c->handshaking)
+        return;
+    struct worker *w = c->p.w;
+    c->handshaking = false;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        w->hs_first = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        w->hs_last = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    w->hs_count--;
+}
+
+/* A new HTTPS connection waits for its handshake. Past the cap the oldest handshake in flight
+ * is dropped, not the new one: a client that opens connections and never says a word holds
+ * the oldest places, and a real client's handshake lasts milliseconds. */
+static void handshake_begin(struct client *c)
+{
+    struct worker *w = c->p.w;
+    int cap = w->cfg->tls_max_handshakes > 0 ? w->cfg->tls_max_handshakes : 1;
+    while (w->hs_count >= cap && w->hs_first) {
+        ROUTER_METRIC_ADD(w->m.timeouts, 1);
+        client_close(w->hs_first);
+    }
+    c->handshaking = true;
+    c->hs_prev = w->hs_last;
+    if (w->hs_last)
+        w->hs_last->hs_next = c;
+    else
+        w->hs_first = c;
+    w->hs_last = c;
+    w->hs_count++;
+    client_set_deadline(c, D_HANDSHAKE, w->cfg->tls_handshake_timeout_ms);
+}
+
+/* Ciphertext from an HTTPS client: the handshake first, then every record's plaintext goes to
+ * client_feed (all of it: what one read brings stays bounded by the read buffer). */
+static void client_tls_input(struct client *c, const char *data, size_t len)
+{
+    struct worker *w = c->p.w;
+    tls_conn_feed(c->p.tls, data, len);
+    if (c->handshaking) {
+        char err[256];
+        int r = tls_conn_handshake(c->p.tls, err, sizeof err);
+        peer_flush(&c->p);
+        if (r < 0) {
+            log_debug("TLS handshake from %s: %s", c->ip, err);
+            client_close(c);
+            return;
+        }
+        if (r == 0)
+            return;
+        handshake_unlink(c);
+        client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+    }
+    for (;;) {
+        if (c->p.closing)
+            return;
+        long n = tls_conn_read(c->p.tls, w->tls_plain, sizeof(w->tls_plain));
+        if (n == 0)
+            break;
+        if (n < 0) { /* close_notify, a renegotiation attempt or a bad record */
+            peer_flush(&c->p);
+            client_close(c);
+            return;
+        }
+        client_touch(c);
+        client_feed(c, w->tls_plain, (size_t)n);
+    }
+    if (!c->p.closing)
+        peer_flush(&c->p); /* records TLS writes by itself (a key update's answer) */
+}
+
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
@@ -1243,6 +1428,10 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             if (c->fin_sent || nread != UV_EOF)
                 client_close(c);
         }
+        return;
+    }
+    if (nread > 0 && c->p.tls) {
+        client_tls_input(c, buf->base, (size_t)nread);
         return;
     }
     if (nread > 0) {
@@ -1434,7 +1623,7 @@ static bool client_sniff(struct client *c, const char *data, size_t len)
 }
 
 /* Takes a connection accepted from the shared listening socket. */
-static void client_start(struct worker *w, int fd)
+static void client_start(struct worker *w, int fd, bool tls)
 {
     struct client *c = xcalloc(1, sizeof(*c));
     c->p.w = w;
@@ -1474,7 +1663,16 @@ static void client_start(struct worker *w, int fd)
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
     c->state = C_HEAD;
-    client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+    if (tls) {
+        c->p.tls = tls_conn_new(tls_store);
+        if (!c->p.tls) {
+            client_close(c);
+            return;
+        }
+        handshake_begin(c);
+    } else {
+        client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+    }
     client_update_reading(c);
 }
 
@@ -1537,6 +1735,10 @@ static void on_accept_ready(uv_poll_t *h, int status, int events)
     int fd;
     if (w->stopping || uv_fileno((uv_handle_t *)h, &fd) < 0)
         return;
+    bool tls = false;
+    for (int i = 0; i < listen_count; i++)
+        if (listen_fds[i] == fd)
+            tls = listen_tls[i];
     if (status < 0) { /* libuv stopped the poll: try again in a while */
         worker_pause_accepting(w, ROUTER_ACCEPT_PAUSE_MS, true);
         return;
@@ -1548,7 +1750,7 @@ static void on_accept_ready(uv_poll_t *h, int status, int events)
         }
         int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd >= 0) {
-            client_start(w, cfd);
+            client_start(w, cfd, tls);
             n++;
             continue;
         }
@@ -1824,6 +2026,10 @@ static void route_and_connect(struct client *c)
                                    false);
         return;
     }
+    if (x->route->https_only && !c->p.tls) {
+        client_redirect_https(c, host_s, host_len, url, url_len);
+        return;
+    }
     uint64_t max = w->cfg->max_body_bytes;
     if (max && x->has_length && x->content_length > max) {
         client_respond_error(c, 413, "body-too-large",
@@ -1844,7 +2050,12 @@ static void route_and_connect(struct client *c)
         .has_length = x->has_length,
         .content_length = x->content_length,
         .upgrade = x->upgrade,
+        .https = c->p.tls != NULL,
     };
+    char cert_b64[8192];
+    if (c->p.tls && w->cfg->tls_client_ca &&
+        tls_conn_client_cert_b64(c->p.tls, cert_b64, sizeof cert_b64) > 0)
+        rh.client_cert = cert_b64;
     router_head_build_request(&x->head, &rh);
     x->stats = x->route->stats;
     if (x->stats) { /* what the autoscaler sees: requests in flight, held ones included */
@@ -2768,8 +2979,9 @@ static int listen_on(const struct sockaddr_storage *ss, const char *addr_text, b
  * shared by the workers costs nothing measurable with keep-alive clients, see
  * bench/router/README.md). Beside 127.0.0.1 the same port of [::1] is held too: browsers and
  * curl try ::1 first for *.localhost, and whoever listened there would receive them. */
-static int router_listen(const char *addr_text)
+static int router_listen(const char *addr_text, bool tls)
 {
+    int first = listen_count;
     char host[256];
     const char *colon = strrchr(addr_text, ':');
     if (!colon || (size_t)(colon - addr_text) >= sizeof(host)) {
@@ -2793,25 +3005,87 @@ static int router_listen(const char *addr_text)
         log_error("%s is not an IP address and port", addr_text);
         return -EINVAL;
     }
-    int r = listen_on(&ss, addr_text, false, &listen_fds[0]);
+    int r = listen_on(&ss, addr_text, false, &listen_fds[first]);
     if (r < 0)
         return r;
-    listen_count = 1;
+    listen_tls[first] = tls;
+    listen_count = first + 1;
     if (ss.ss_family != AF_INET || strcmp(h, "127.0.0.1") != 0 || port == 0)
         return 0;
     struct sockaddr_storage ss6;
     uv_ip6_addr("::1", port, (struct sockaddr_in6 *)&ss6);
     char text6[64];
     snprintf(text6, sizeof(text6), "[::1]:%d", port);
-    r = listen_on(&ss6, text6, true, &listen_fds[1]);
+    r = listen_on(&ss6, text6, true, &listen_fds[first + 1]);
     if (r == 0) {
-        listen_count = 2;
+        listen_tls[first + 1] = tls;
+        listen_count = first + 2;
     } else if (r == -EADDRINUSE) {
-        close(listen_fds[0]);
-        listen_count = 0;
+        close(listen_fds[first]);
+        listen_count = first;
         return r;
     } /* else no IPv6 loopback on this machine: nobody can listen there either */
     return 0;
+}
+
+/* The local CA signs a certificate only for a host some route names (exactly): a client
+ * sending random names in SNI would otherwise have one made for each. */
+static bool router_tls_name_routed(void *ctx, const char *name)
+{
+    (void)ctx;
+    struct route_table *t = route_table_current();
+    bool found = false;
+    for (size_t i = 0; !found && i < route_table_route_count(t); i++)
+        found = !strcmp(route_table_route_at(t, i)->host, name);
+    route_table_unref(t);
+    return found;
+}
+
+/* Loads the certificates and opens the HTTPS listening sockets. */
+static int router_tls_start(const struct router_config *cfg)
+{
+    char err[512] = "";
+    struct tls_store_options opts = {.alpn = router_alpn_protocols,
+                                     .alpn_len = router_alpn_protocols_len,
+                                     .client_ca_file = cfg->tls_client_ca};
+    char *dir = xasprintf("%s/tls", cfg->home);
+    int r = tls_store_new(&opts, &tls_store, err, sizeof err);
+    if (r == 0)
+        r = tls_store_load_dir(tls_store, dir, err, sizeof err);
+    if (r == 0 && tls_store_count(tls_store) == 0) {
+        snprintf(err, sizeof err,
+                 "no certificate in %s (default.pem or domains/*.pem); skiffd makes one at start",
+                 dir);
+        r = -ENOENT;
+    }
+    if (r == 0) {
+        char why[256] = "";
+        /* without a local CA, APP.localhost is served the default certificate */
+        if (tls_store_set_issuer(tls_store, dir, "localhost", why, sizeof why) < 0)
+            log_info("HTTPS: no local CA in %s, no certificate is made per APP.localhost", dir);
+        tls_store_set_issue_filter(tls_store, router_tls_name_routed, NULL);
+    }
+    free(dir);
+    if (r < 0) {
+        log_error("HTTPS: %s", err);
+        return r;
+    }
+    return router_listen(cfg->tls_addr, true);
+}
+
+int router_tls_reload(const struct router_config *cfg)
+{
+    if (!tls_store)
+        return 0;
+    char err[512] = "";
+    char *dir = xasprintf("%s/tls", cfg->home);
+    int r = tls_store_load_dir(tls_store, dir, err, sizeof err);
+    free(dir);
+    if (r < 0)
+        log_error("HTTPS: the certificates were not reloaded, the ones before stay: %s", err);
+    else
+        log_info("HTTPS: %zu certificates loaded", tls_store_count(tls_store));
+    return r;
 }
 
 int router_proxy_start(const struct router_config *cfg)
@@ -2824,9 +3098,15 @@ int router_proxy_start(const struct router_config *cfg)
         n = 1;
     if (n > 64)
         n = 64;
-    int r = router_listen(cfg->addr);
+    int r = router_listen(cfg->addr, false);
     if (r < 0)
         return r;
+    if (cfg->tls_addr && *cfg->tls_addr && (r = router_tls_start(cfg)) < 0) {
+        for (int i = 0; i < listen_count; i++)
+            close(listen_fds[i]);
+        listen_count = 0;
+        return r;
+    }
     workers = xcalloc((size_t)n, sizeof(*workers));
     uint64_t prefix;
     prefix = ((uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 40));
@@ -2916,6 +3196,7 @@ void router_proxy_stop(void)
         free(w->view);
         buf_free(&w->access);
         buf_free(&w->h2c_resp);
+        buf_free(&w->tls_out);
         while (w->spare) {
             struct exchange *x = w->spare;
             w->spare = (struct exchange *)x->u;
@@ -2929,6 +3210,8 @@ void router_proxy_stop(void)
         close(listen_fds[i]);
     listen_count = 0;
     stop_sent = false;
+    tls_store_free(tls_store);
+    tls_store = NULL;
 }
 
 void router_proxy_metrics(struct router_metrics *out)

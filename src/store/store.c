@@ -166,6 +166,11 @@ int store_route_update(struct store *st, const char *host, const char *path, con
     return st->ops->route_update(st->backend, host, path, balance, protocol);
 }
 
+int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on)
+{
+    return st->ops->route_set_https_only(st->backend, host, path, on);
+}
+
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n)
 {
     return st->ops->route_list(st->backend, app_guid, out, n);

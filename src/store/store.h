@@ -144,6 +144,7 @@ struct store_route {
                     * "round-robin". The store keeps the text; the API checks the value. */
     char *protocol; /* what the router speaks to the instances: "http1" or "http2" (h2c);
                      * NULL on add means "http1". Checked by the API, like balance. */
+    bool https_only; /* a plain-HTTP request gets a redirect to HTTPS */
 };
 
 struct store_droplet {
@@ -218,6 +219,8 @@ int store_route_delete(struct store *st, const char *host, const char *path);
  * is no route host+path. */
 int store_route_update(struct store *st, const char *host, const char *path, const char *balance,
                        const char *protocol);
+/* Changes an existing route's https_only; -ENOENT when there is no route host+path. */
+int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on);
 /* All routes (app_guid NULL) or an app's, ordered by host then path. */
 int store_route_list(struct store *st, const char *app_guid, struct store_route **out, size_t *n);
 void store_route_list_free(struct store_route *routes, size_t n);

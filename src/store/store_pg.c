@@ -109,7 +109,9 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE apps ADD COLUMN sidecars TEXT;",
     /* 12: whether `skiff ssh` may enter the app's instances (store.h's store_app.ssh_disabled) */
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
-    /* 13: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
+    "ALTER TABLE routes ADD COLUMN https_only BOOLEAN NOT NULL DEFAULT FALSE;",
+    /* 14: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
@@ -618,11 +620,20 @@ static int pg__route_add(struct store_backend *b, const struct store_route *rout
                        route->app_guid,
                        route->domain,
                        route->balance ? route->balance : "round-robin",
+                       route->https_only ? "true" : "false",
                        route->protocol ? route->protocol : "http1"};
     return pg__write(b,
-                     "INSERT INTO routes (guid, host, path, app_guid, domain, balance, protocol)"
-                     " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                     7, v, false);
+                     "INSERT INTO routes (guid, host, path, app_guid, domain, balance, https_only,"
+                     " protocol) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     8, v, false);
+}
+
+static int pg__route_set_https_only(struct store_backend *b, const char *host, const char *path,
+                                    bool on)
+{
+    const char *v[] = {on ? "true" : "false", host, path ? path : ""};
+    return pg__write(b, "UPDATE routes SET https_only = $1 WHERE host = $2 AND path = $3", 3, v,
+                     true);
 }
 
 static int pg__route_update(struct store_backend *b, const char *host, const char *path,
@@ -647,11 +658,11 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
     const char *v[] = {app_guid};
     PGresult *res = NULL;
     if (pg__exec(b,
-                 app_guid
-                     ? "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes"
-                       " WHERE app_guid = $1 ORDER BY host COLLATE \"C\", path COLLATE \"C\""
-                     : "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes"
-                       " ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
+                 app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only,"
+                            " protocol FROM routes WHERE app_guid = $1"
+                            " ORDER BY host COLLATE \"C\", path COLLATE \"C\""
+                          : "SELECT guid, host, path, app_guid, domain, balance, https_only,"
+                            " protocol FROM routes ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
                  app_guid ? 1 : 0, v, &res) < 0)
         return -EIO;
     size_t count = (size_t)PQntuples(res);
@@ -664,7 +675,8 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
         r->app_guid = pg__text(res, (int)i, 3);
         r->domain = pg__text(res, (int)i, 4);
         r->balance = pg__text(res, (int)i, 5);
-        r->protocol = pg__text(res, (int)i, 6);
+        r->https_only = PQgetvalue(res, (int)i, 6)[0] == 't';
+        r->protocol = pg__text(res, (int)i, 7);
     }
     PQclear(res);
     *out = routes;
@@ -1024,6 +1036,7 @@ const struct store_ops store_pg_ops = {
     .route_add = pg__route_add,
     .route_delete = pg__route_delete,
     .route_update = pg__route_update,
+    .route_set_https_only = pg__route_set_https_only,
     .route_list = pg__route_list,
     .domain_add = pg__domain_add,
     .domain_list = pg__domain_list,

@@ -113,7 +113,9 @@ const char *const store_sqlite_migrations[] = {
     /* 12: whether `skiff ssh` may enter the app's instances (Cloud Foundry's enable_ssh, on
      * unless turned off: store.h's store_app.ssh_disabled) */
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
-    /* 13: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
+    "ALTER TABLE routes ADD COLUMN https_only INTEGER NOT NULL DEFAULT 0;",
+    /* 14: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_sqlite_migrations_count =
@@ -719,7 +721,7 @@ static int sqlite__route_add(struct store_backend *st, const struct store_route 
 {
     sqlite3_stmt *q =
         store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance, "
-                           "protocol) VALUES (?, ?, ?, ?, ?, ?, ?)");
+                           "https_only, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, route->guid);
@@ -728,8 +730,25 @@ static int sqlite__route_add(struct store_backend *st, const struct store_route 
     store__bind_text(q, 4, route->app_guid);
     store__bind_text(q, 5, route->domain);
     store__bind_text(q, 6, route->balance ? route->balance : "round-robin");
-    store__bind_text(q, 7, route->protocol ? route->protocol : "http1");
+    sqlite3_bind_int(q, 7, route->https_only ? 1 : 0);
+    store__bind_text(q, 8, route->protocol ? route->protocol : "http1");
     return store__step_done(st, q);
+}
+
+static int sqlite__route_set_https_only(struct store_backend *st, const char *host,
+                                        const char *path, bool on)
+{
+    sqlite3_stmt *q =
+        store__prepare(st, "UPDATE routes SET https_only = ? WHERE host = ? AND path = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_int(q, 1, on ? 1 : 0);
+    store__bind_text(q, 2, host);
+    store__bind_text(q, 3, path ? path : "");
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
 }
 
 static int sqlite__route_update(struct store_backend *st, const char *host, const char *path,
@@ -767,10 +786,10 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
                               struct store_route **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
-        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes "
-                       "WHERE app_guid = ? ORDER BY host, path"
-                     : "SELECT guid, host, path, app_guid, domain, balance, protocol FROM routes "
-                       "ORDER BY host, path");
+        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only, protocol "
+                       "FROM routes WHERE app_guid = ? ORDER BY host, path"
+                     : "SELECT guid, host, path, app_guid, domain, balance, https_only, protocol "
+                       "FROM routes ORDER BY host, path");
     if (!q)
         return -EIO;
     if (app_guid)
@@ -787,7 +806,8 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
         r->app_guid = store__col_text(q, 3);
         r->domain = store__col_text(q, 4);
         r->balance = store__col_text(q, 5);
-        r->protocol = store__col_text(q, 6);
+        r->https_only = sqlite3_column_int(q, 6) != 0;
+        r->protocol = store__col_text(q, 7);
     }
     if (store__read_done(st, q, step, "list routes") < 0) {
         store_route_list_free(routes, count);
@@ -1216,6 +1236,7 @@ const struct store_ops store_sqlite_ops = {
     .route_add = sqlite__route_add,
     .route_delete = sqlite__route_delete,
     .route_update = sqlite__route_update,
+    .route_set_https_only = sqlite__route_set_https_only,
     .route_list = sqlite__route_list,
     .domain_add = sqlite__domain_add,
     .domain_list = sqlite__domain_list,

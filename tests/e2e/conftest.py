@@ -64,6 +64,8 @@ class Platform:
         self.api_port = free_port()
         self.router_port = free_port()
         self.router_admin_port = free_port()
+        self.router_tls_port = free_port()
+        self.api_tls_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.router_url = f"http://127.0.0.1:{self.router_port}"
         self.extra_env = dict(extra_env or {})
@@ -78,6 +80,8 @@ class Platform:
             "SKIFF_API_ADDR": f"127.0.0.1:{self.api_port}",
             "SKIFF_ROUTER_ADDR": f"127.0.0.1:{self.router_port}",
             "SKIFF_ROUTER_ADMIN_ADDR": f"127.0.0.1:{self.router_admin_port}",
+            "SKIFF_ROUTER_TLS_ADDR": f"127.0.0.1:{self.router_tls_port}",
+            "SKIFF_API_TLS_ADDR": f"127.0.0.1:{self.api_tls_port}",
             "HOME": self.home,  # the CLI keeps its login under $HOME/.skiff: keep it per test
             # the binaries may be built outside the tree (make BUILD=...): name the buildpacks
             "SKIFF_BUILDPACKS": os.path.join(ROOT, "buildpacks"),

@@ -290,6 +290,18 @@ def test_cannot_read_platform_database(world):
               "the platform's database must not be readable from an instance")
 
 
+def test_cannot_read_tls_private_keys(world):
+    """$SKIFF_HOME/tls holds the local CA's key (with it a tenant makes certificates every
+    browser that trusts the CA accepts) and the keys of every HTTPS certificate the router
+    serves. Their real paths are known; reading them must fail."""
+    tls = os.path.join(world.p.home, "tls")
+    for name in ("ca.key", "default.pem"):
+        path = os.path.join(tls, name)
+        assert os.path.exists(path)
+        contained(attack(world.p, "hostile", "read", path=path),
+                  "%s must not be readable from an instance" % path)
+
+
 def test_cannot_connect_to_skiffd_bus(world):
     """skiffd's bus socket ($SKIFF_HOME/run/bus.sock, real path passed in) carries the route
     table and access lines between skiffd and the router: a client on it could announce

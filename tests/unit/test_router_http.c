@@ -138,6 +138,46 @@ static void test_request_head_rewriting(void **state)
     buf_free(&out);
 }
 
+/* Over HTTPS: X-Forwarded-Proto says so; a client's X-Forwarded-Client-Cert never passes, in
+ * any spelling, and the router's own is written only when it verified a certificate. */
+static void test_https_head_and_client_cert_header(void **state)
+{
+    (void)state;
+    struct router_header hs[] = {
+        H("X-Forwarded-Client-Cert", "forged"),
+        H("x-forwarded-client-cert", "forged too"),
+        H("Accept", "*/*"),
+    };
+    struct router_request_head h = {
+        .method = "GET",
+        .url = "/",
+        .url_len = 1,
+        .headers = hs,
+        .header_count = 3,
+        .host = "a.localhost",
+        .host_len = 11,
+        .client_ip = "127.0.0.9",
+        .request_id = "rid-2",
+        .https = true,
+    };
+    struct buf out = {0};
+    router_head_build_request(&out, &h);
+    assert_string_equal(out.data, "GET / HTTP/1.1\r\n"
+                                  "Host: a.localhost\r\n"
+                                  "Accept: */*\r\n"
+                                  "X-Forwarded-For: 127.0.0.9\r\n"
+                                  "X-Forwarded-Proto: https\r\n"
+                                  "X-Forwarded-Host: a.localhost\r\n"
+                                  "X-Request-Id: rid-2\r\n"
+                                  "\r\n");
+    buf_reset(&out);
+    h.client_cert = "TUlJQg==";
+    router_head_build_request(&out, &h);
+    assert_non_null(strstr(out.data, "X-Forwarded-Client-Cert: TUlJQg==\r\n"));
+    assert_null(strstr(out.data, "forged"));
+    buf_free(&out);
+}
+
 static void test_response_head_rewriting(void **state)
 {
     (void)state;
@@ -341,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_scan_rejects_bare_lf_cr_and_folding),
         cmocka_unit_test(test_request_id_and_header_names),
         cmocka_unit_test(test_request_head_rewriting),
+        cmocka_unit_test(test_https_head_and_client_cert_header),
         cmocka_unit_test(test_response_head_rewriting),
         cmocka_unit_test(test_trailers_end_a_chunked_body),
         cmocka_unit_test(test_targets_are_normalized),

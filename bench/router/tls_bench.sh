@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# HTTPS benchmark: the same static backend (nginx, one worker) behind nginx terminating TLS
+# (proxy_pass with upstream keepalive, one worker) and behind skiff-router's HTTPS listener
+# (one worker), with the same certificate (EC P-256) and the cipher both pick (TLS 1.3,
+# TLS_AES_256_GCM_SHA384, X25519, checked below): keep-alive requests with wrk at 32
+# connections for a small and a 64 KB response, then new handshakes per second with
+# `openssl s_time`, full (-new) and resumed by session ticket (-reuse).
+#   bench/router/tls_bench.sh   (SECONDS_PER_RUN=3, REPEAT=3)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+router_bin=${ROUTER_BIN:-$root/build/rel/skiff-router}
+secs=${SECONDS_PER_RUN:-3}
+threads=${WRK_THREADS:-2}
+host=bench.localhost
+scheme=https
+[ -x "$router_bin" ] || { echo "build the router first: make build" >&2; exit 1; }
+command -v wrk >/dev/null && command -v nginx >/dev/null && command -v openssl >/dev/null ||
+  { echo "needs wrk, nginx and openssl (scripts/deps.sh)" >&2; exit 1; }
+ulimit -n 65536 2>/dev/null || true
+
+work=$(mktemp -d /tmp/skiff-bench-tls.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+. "$here/lib.sh"
+
+mkdir -p "$work/www"
+printf 'hello, world\n' >"$work/www/small"
+head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
+chmod -R a+rX "$work/www"
+
+# one certificate for both
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=$host" -addext "subjectAltName=DNS:$host,IP:127.0.0.1" \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+
+backend_port=$(free_port)
+nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
+nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
+
+nginx_port=$(free_port)
+# nginx's proxy_conf, listening with TLS on the same certificate
+nginx_conf nginx 1 "upstream app { server 127.0.0.1:$backend_port; keepalive 256; }
+  server { listen 127.0.0.1:$nginx_port ssl;
+    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve X25519:prime256v1:secp384r1;
+    ssl_session_tickets on; ssl_session_cache off;
+    location / { proxy_pass http://app; proxy_http_version 1.1;
+      proxy_set_header Connection \"\"; proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 16 16k; } }"
+nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+nginx_pid=$!
+
+skiff_home="$work/skiff"
+mkdir -p "$skiff_home/run" "$skiff_home/tls"
+cat "$work/cert.pem" "$work/key.pem" >"$skiff_home/tls/default.pem"
+chmod 600 "$skiff_home/tls/default.pem"
+printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"127.0.0.1:%s","index":0}]}]}\n' "$host" "$backend_port" >"$skiff_home/run/routes.json"
+skiff_port=$(free_port)
+"$router_bin" --home "$skiff_home" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$skiff_port" \
+  --admin-addr "127.0.0.1:$(free_port)" --workers 1 2>"$skiff_home/router.err" & pids+=($!)
+skiff_pid=$!
+for p in $backend_port $nginx_port $skiff_port; do wait_port "$p"; done
+
+for name in nginx skiff; do
+  port_var=${name}_port
+  printf '%-6s ' "$name"
+  openssl s_client -connect "127.0.0.1:${!port_var}" -servername "$host" </dev/null 2>/dev/null |
+    awk '/^Server Temp Key/ {k = $4} /^New,/ {p = $2 " " $5} END {print p, k}'
+done
+
+repeat=${REPEAT:-3}
+printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %6s\n' size conns nginx p99ms cpuus skiff p99ms cpuus "x"
+for size in small 64k; do
+  conns=32
+  n_runs="" s_runs=""
+  for _ in $(seq "$repeat"); do
+    n_runs+="$(run_wrk_once "$nginx_port" "$conns" "$size" "$nginx_pid")"$'\n'
+    s_runs+="$(run_wrk_once "$skiff_port" "$conns" "$size" "$skiff_pid")"$'\n'
+  done
+  read -r n np nc < <(printf '%s' "$n_runs" | median)
+  read -r s sp sc < <(printf '%s' "$s_runs" | median)
+  printf '%-7s %-6s | %9.0f %7.2f %5s | %9.0f %7.2f %5s | %6s\n' "$size" "$conns" "$n" "$np" "$nc" "$s" "$sp" "$sc" \
+    "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+done
+echo "(requests/s over keep-alive HTTPS/1.1, p99 ms, CPU µs per request: medians of $repeat runs of ${secs} s)"
+
+# handshakes per second: two s_time clients at once (one per core), summed; a median of runs
+handshakes() { # PORT MODE -> connections per second (of wall time)
+  local total=0 rate k
+  local -a clients=()
+  for k in 1 2; do
+    openssl s_time -connect "127.0.0.1:$1" "$2" -time "$secs" >"$work/st.$k" 2>/dev/null &
+    clients+=($!)
+  done
+  wait "${clients[@]}" || true
+  for k in 1 2; do
+    rate=$(awk '/connections in .* real seconds/ {r = ($4 > 0 ? $1 / $4 : 0)} END {print r + 0}' "$work/st.$k")
+    total=$(awk -v a="$total" -v b="$rate" 'BEGIN { print a + b }')
+  done
+  echo "$total"
+}
+printf '\n%-8s | %9s %9s | %6s\n' handshake nginx skiff x
+for mode in -new -reuse; do
+  n_runs="" s_runs=""
+  for _ in $(seq "$repeat"); do
+    n_runs+="$(handshakes "$nginx_port" "$mode")"$'\n'
+    s_runs+="$(handshakes "$skiff_port" "$mode")"$'\n'
+  done
+  n=$(printf '%s' "$n_runs" | median)
+  s=$(printf '%s' "$s_runs" | median)
+  printf '%-8s | %9.0f %9.0f | %6s\n' "${mode#-}" "$n" "$s" "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+done
+echo "(new TLS connections per second, two openssl s_time clients side by side; new = full handshake, reuse = resumed)"

@@ -1,0 +1,725 @@
+"""HTTPS in the router, with real TLS clients (curl, Python's ssl module, openssl s_client) and
+certificates made here with the openssl command line.
+
+The router runs alone with a bus server playing skiffd (tests/e2e/test_router.py's tools);
+the platform test at the end runs skiffd, which makes the local CA itself.
+"""
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import Platform, free_port, wait_for
+from test_router import Backend, BusServer, Router, route
+
+
+# ---- certificates -------------------------------------------------------------------------
+
+
+def openssl(*args, cwd=None, input=None):
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, input=input,
+                       timeout=60)
+    assert r.returncode == 0, f"openssl {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+class CA:
+    """A certificate authority in a folder: ca.pem and ca.key (EC P-256)."""
+
+    def __init__(self, folder, name="Test CA"):
+        self.dir = folder
+        os.makedirs(folder, exist_ok=True)
+        self.pem = os.path.join(folder, "ca.pem")
+        self.key = os.path.join(folder, "ca.key")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", self.key, "-out", self.pem, "-days", "30",
+                "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        os.chmod(self.key, 0o600)
+
+    def issue(self, name, sans, days=30, client=False, expired=False):
+        """(cert path, key path) of a leaf for the names (DNS names; 'IP:x' for addresses)."""
+        base = os.path.join(self.dir, name.replace("*", "star"))
+        key, csr, cert = base + ".key", base + ".csr", base + ".pem"
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        ext = os.path.join(self.dir, name.replace("*", "star") + ".ext")
+        alt = ",".join(s if s.startswith("IP:") else "DNS:" + s for s in sans)
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName={alt}\n")
+            f.write("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth") + "\n")
+        args = ["x509", "-req", "-in", csr, "-CA", self.pem, "-CAkey", self.key,
+                "-CAcreateserial", "-out", cert, "-extfile", ext]
+        # expired: its end a day before now (openssl 3.0's x509 has no -not_after)
+        args += ["-days", "-1" if expired else str(days)]
+        openssl(*args)
+        return cert, key
+
+
+def pem_pair(cert, key):
+    with open(cert) as c, open(key) as k:
+        return c.read() + k.read()
+
+
+def install(home, name, cert, key, default=False):
+    """Writes a chain and key where the router reads them ($SKIFF_HOME/tls)."""
+    tls = os.path.join(home, "tls")
+    os.makedirs(os.path.join(tls, "domains"), mode=0o700, exist_ok=True)
+    path = os.path.join(tls, "default.pem" if default else os.path.join("domains", name + ".pem"))
+    tmp = path + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(pem_pair(cert, key))
+    os.rename(tmp, path)
+
+
+# ---- a router with HTTPS ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_env():
+    home = tempfile.mkdtemp(prefix="skiff-e2e-tls-")
+    ca = CA(os.path.join(home, "ca"))
+    # the local CA the router issues APP.localhost certificates with
+    shutil.copy(ca.pem, os.path.join(home, "lca.pem"))
+    os.makedirs(os.path.join(home, "tls", "domains"), mode=0o700)
+    shutil.copy(ca.pem, os.path.join(home, "tls", "ca.pem"))
+    shutil.copy(ca.key, os.path.join(home, "tls", "ca.key"))
+    cert, key = ca.issue("default.test", ["default.test", "localhost", "IP:127.0.0.1"])
+    install(home, "default", cert, key, default=True)
+    bus = BusServer(home)
+    backend = Backend("b")
+    env = {"home": home, "ca": ca, "bus": bus, "backend": backend, "routers": []}
+    yield env
+    for r in env["routers"]:
+        r.stop()
+    backend.close()
+    bus.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def start_router(env, *args):
+    tls_port = free_port()
+    r = Router(env["home"], ["--tls-addr", f"127.0.0.1:{tls_port}", *args]).start()
+    r.tls_port = tls_port
+    env["routers"].append(r)
+    return r
+
+
+def set_routes(env, router, hosts):
+    env["bus"].set_routes([route(h, [env["backend"]]) for h in hosts])
+    wait_for(lambda: router.get(hosts[0]).status == 200, 10, "routes")
+
+
+def context(cafile, **kw):
+    ctx = ssl.create_default_context(cafile=cafile)
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def tls_connect(port, host, cafile, **kw):
+    ctx = context(cafile, **kw)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(sock, server_hostname=host)
+
+
+def https_get(sock, host, path="/", headers=None):
+    """One keep-alive request on an open TLS socket; returns (status, parsed JSON body)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+    f = sock.makefile("rb")
+    status = int(f.readline().split()[1])
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        if k.lower() == "content-length":
+            length = int(v)
+    body = f.read(length)
+    f.close()
+    return status, json.loads(body) if body.startswith(b"{") else body
+
+
+def subject_cn(sock):
+    for rdn in sock.getpeercert()["subject"]:
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return None
+
+
+def curl(*args):
+    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+
+def test_curl_https_to_an_app_localhost_with_the_local_ca(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    ca = os.path.join(tls_env["home"], "lca.pem")
+    out = curl("--cacert", ca, "--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
+               "-H", "X-Forwarded-Proto: http", f"https://web.localhost:{r.tls_port}/hello")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["path"] == "/hello"
+    assert seen["headers"]["x-forwarded-proto"] == "https"  # the client's own is replaced
+    assert seen["headers"]["host"] == f"web.localhost:{r.tls_port}"
+    # HTTP/1.1 was agreed by ALPN (curl offers h2 first)
+    out = curl("-v", "--cacert", ca, "--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
+               f"https://web.localhost:{r.tls_port}/")
+    assert "ALPN: server accepted http/1.1" in out.stderr, out.stderr
+    # plain HTTP stays as it was
+    assert r.get("web.localhost").json()["headers"]["x-forwarded-proto"] == "http"
+    # a name under localhost that no route has: the default certificate, nothing issued
+    with context(ca, check_hostname=False).wrap_socket(
+            socket.create_connection(("127.0.0.1", r.tls_port)),
+            server_hostname="random-name.localhost") as s:
+        assert subject_cn(s) == "default.test"
+    # a client that does not trust the CA is refused by curl itself
+    out = curl("--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
+               f"https://web.localhost:{r.tls_port}/")
+    assert out.returncode == 60, out
+
+
+def test_sni_picks_each_domains_certificate(tls_env):
+    ca = tls_env["ca"]
+    for name in ("shop.example.test", "blog.example.test"):
+        cert, key = ca.issue(name, [name])
+        install(tls_env["home"], name, cert, key)
+    cert, key = ca.issue("*.wild.test", ["*.wild.test"])
+    install(tls_env["home"], "wild.test", cert, key)
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["shop.example.test", "blog.example.test", "a.wild.test",
+                            "other.test"])
+    for host, cn in [("shop.example.test", "shop.example.test"),
+                     ("blog.example.test", "blog.example.test"),
+                     ("a.wild.test", "*.wild.test")]:
+        with tls_connect(r.tls_port, host, ca.pem) as s:
+            assert subject_cn(s) == cn
+            status, seen = https_get(s, host)
+            assert status == 200 and seen["headers"]["host"] == host
+    # a name no certificate has: the default, which the client then refuses for that name
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_connect(r.tls_port, "other.test", ca.pem)
+    ctx = context(ca.pem, check_hostname=False)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port)),
+                         server_hostname="other.test") as s:
+        assert subject_cn(s) == "default.test"
+
+
+def test_rotation_without_restart_keeps_open_connections(tls_env):
+    ca = tls_env["ca"]
+    cert, key = ca.issue("shop.example.test", ["shop.example.test"])
+    install(tls_env["home"], "shop.example.test", cert, key)
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["shop.example.test"])
+    old = tls_connect(r.tls_port, "shop.example.test", ca.pem)
+    old_serial = old.getpeercert()["serialNumber"]
+    assert https_get(old, "shop.example.test")[0] == 200
+
+    cert2, key2 = ca.issue("shop.example.test", ["shop.example.test"], days=60)
+    install(tls_env["home"], "shop.example.test", cert2, key2)
+    tls_env["bus"].set_routes(tls_env["bus"].routes)  # nothing new in the table...
+    with tls_env["bus"].lock:  # ...and the message skiffd sends when a certificate changed
+        for c in tls_env["bus"].conns:
+            c.sendall(b'{"type": "certs"}\n')
+
+    def new_serial():
+        with tls_connect(r.tls_port, "shop.example.test", ca.pem) as s:
+            return s.getpeercert()["serialNumber"]
+    wait_for(lambda: new_serial() != old_serial, 10, "the new certificate")
+    # the connection made before goes on with its certificate
+    assert https_get(old, "shop.example.test")[0] == 200
+    old.close()
+
+    # a broken file is refused and the certificate before stays
+    path = os.path.join(tls_env["home"], "tls", "domains", "shop.example.test.pem")
+    with open(path, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\ngarbage\n")
+    served = new_serial()
+    with tls_env["bus"].lock:
+        for c in tls_env["bus"].conns:
+            c.sendall(b'{"type": "certs"}\n')
+    wait_for(lambda: "were not reloaded" in r.log(), 10, "the refused reload")
+    assert new_serial() == served
+
+
+def test_old_versions_refused_and_tls12_13_accepted(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    for v in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        ctx = context(lca, minimum_version=v, maximum_version=v)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer it at all
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port), timeout=5),
+                            server_hostname="web.localhost")
+    for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        with tls_connect(r.tls_port, "web.localhost", lca, minimum_version=v,
+                         maximum_version=v) as s:
+            assert s.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
+                                   ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[v]
+            assert https_get(s, "web.localhost")[0] == 200
+
+
+def test_renegotiation_refused(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    # s_client's "R" line asks for a renegotiation
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{r.tls_port}",
+                        "-servername", "web.localhost", "-CAfile", lca, "-tls1_2"],
+                       input="R\n", capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr
+    assert "RENEGOTIATING" in out, out
+    assert "no renegotiation" in out, out  # the router's answer: the no_renegotiation alert
+
+
+def test_session_resumption(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    sess = os.path.join(tls_env["home"], "sess.pem")
+    # -ign_eof with Connection: close: s_client reads until the router closes, so the ticket
+    # that follows the handshake has arrived when the session is saved
+    request = "GET / HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n"
+    for version in ("-tls1_3", "-tls1_2"):
+        base = ["openssl", "s_client", "-connect", f"127.0.0.1:{r.tls_port}", "-servername",
+                "web.localhost", "-CAfile", lca, version, "-ign_eof"]
+        p = subprocess.run(base + ["-sess_out", sess], input=request, capture_output=True,
+                           text=True, timeout=30)
+        assert "New," in p.stdout and "HTTP/1.1 200" in p.stdout, p.stdout + p.stderr
+        p = subprocess.run(base + ["-sess_in", sess], input=request, capture_output=True,
+                           text=True, timeout=30)
+        assert "Reused," in p.stdout and "HTTP/1.1 200" in p.stdout, (version, p.stdout)
+
+
+def test_silent_connections_do_not_stop_others(tls_env):
+    r = start_router(tls_env, "--tls-max-handshakes", "8", "--tls-handshake-timeout-ms", "2000")
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    idle = [socket.create_connection(("127.0.0.1", r.tls_port)) for _ in range(100)]
+    try:
+        # others still get through at once: the oldest silent handshakes made room for them
+        start = time.monotonic()
+        for _ in range(5):
+            with tls_connect(r.tls_port, "web.localhost", lca) as s:
+                assert https_get(s, "web.localhost")[0] == 200
+        assert time.monotonic() - start < 10
+        # and a silent connection is closed by the handshake timeout
+        late = socket.create_connection(("127.0.0.1", r.tls_port))
+        late.settimeout(10)
+        start = time.monotonic()
+        assert late.recv(1) == b""
+        assert time.monotonic() - start >= 1.5
+        late.close()
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_client_sent_xfcc_is_stripped_and_client_certs_forwarded(tls_env):
+    ca = tls_env["ca"]
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    with tls_connect(r.tls_port, "web.localhost", lca) as s:
+        status, seen = https_get(s, "web.localhost", headers={"X-Forwarded-Client-Cert": "forged"})
+        assert status == 200 and "x-forwarded-client-cert" not in seen["headers"]
+    seen = r.get("web.localhost", headers={"X-Forwarded-Client-Cert": "forged"}).json()
+    assert "x-forwarded-client-cert" not in seen["headers"]
+
+    # with client certificates asked for, a verified one is passed on (base64 DER)
+    clients = CA(os.path.join(tls_env["home"], "clients"), "Client CA")
+    ccert, ckey = clients.issue("alice", ["alice.test"], client=True)
+    r2 = start_router(tls_env, "--tls-client-ca", clients.pem)
+    set_routes(tls_env, r2, ["web.localhost"])
+    ctx = context(lca)
+    ctx.load_cert_chain(ccert, ckey)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r2.tls_port)),
+                         server_hostname="web.localhost") as s:
+        status, seen = https_get(s, "web.localhost", headers={"X-Forwarded-Client-Cert": "forged"})
+    der = ssl.PEM_cert_to_DER_cert(open(ccert).read())
+    assert seen["headers"]["x-forwarded-client-cert"] == base64.b64encode(der).decode()
+    # without a certificate the connection goes on, with no header
+    with tls_connect(r2.tls_port, "web.localhost", lca) as s:
+        status, seen = https_get(s, "web.localhost", headers={"X-Forwarded-Client-Cert": "forged"})
+    assert status == 200 and "x-forwarded-client-cert" not in seen["headers"]
+    # a certificate of another CA fails the handshake
+    ctx = context(lca)
+    ctx.load_cert_chain(*ca.issue("mallory", ["mallory.test"], client=True))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r2.tls_port)),
+                             server_hostname="web.localhost") as s:
+            https_get(s, "web.localhost")
+
+
+def test_https_only_route_redirects_plain_http(tls_env):
+    r = start_router(tls_env)
+    secure = route("secure.localhost", [tls_env["backend"]])
+    secure["https_only"] = True
+    tls_env["bus"].set_routes([secure, route("open.localhost", [tls_env["backend"]])])
+    wait_for(lambda: r.get("open.localhost").status == 200, 10, "routes")
+    c = r.client()
+    try:
+        resp = c.request("GET", "/a/b?x=1", "secure.localhost:8080")
+        assert resp.status == 301
+        assert resp.headers["location"] == f"https://secure.localhost:{r.tls_port}/a/b?x=1"
+        # the connection goes on (keep-alive); a POST keeps its method: 308
+        resp = c.request("POST", "/form", "secure.localhost", body=b"k=v")
+        assert resp.status == 308
+        assert resp.headers["location"] == f"https://secure.localhost:{r.tls_port}/form"
+    finally:
+        c.close()
+    assert tls_env["backend"].hits == 1  # only the probe of open.localhost reached it
+    # over HTTPS the route is served
+    lca = os.path.join(tls_env["home"], "lca.pem")
+    with tls_connect(r.tls_port, "secure.localhost", lca) as s:
+        status, seen = https_get(s, "secure.localhost", "/a")
+        assert status == 200 and seen["headers"]["x-forwarded-proto"] == "https"
+    # a route without the flag is served over HTTP
+    assert r.get("open.localhost").status == 200
+
+
+def test_private_keys_never_in_the_log(tls_env):
+    r = start_router(tls_env)
+    set_routes(tls_env, r, ["web.localhost"])
+    path = os.path.join(tls_env["home"], "tls", "domains", "bad.pem")
+    with open(path, "w") as f:
+        f.write(open(tls_env["ca"].key).read())  # a key and no certificate
+    with tls_env["bus"].lock:
+        for c in tls_env["bus"].conns:
+            c.sendall(b'{"type": "certs"}\n')
+    wait_for(lambda: "were not reloaded" in r.log(), 10, "the refused reload")
+    log = r.log()
+    assert "PRIVATE KEY" not in log
+    key_body = open(tls_env["ca"].key).read().splitlines()[1]
+    assert key_body not in log
+
+
+# ---- with skiffd: the local CA ----------------------------------------------------------------
+
+
+def test_skiffd_makes_a_local_ca_and_serves_https():
+    tls_port = free_port()
+    p = Platform(extra_env={"SKIFF_ROUTER_TLS_ADDR": f"127.0.0.1:{tls_port}",
+                            "SKIFF_ISOLATION": "process"})
+    try:
+        p.start()
+        tls = os.path.join(p.home, "tls")
+        wait_for(lambda: "ca.pem" in p.output(), 10, "the start line")
+        assert f"{tls}/ca.pem" in p.output()
+        assert os.stat(tls).st_mode & 0o777 == 0o700
+        assert os.stat(os.path.join(tls, "ca.key")).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.join(tls, "default.pem")).st_mode & 0o777 == 0o600
+        ca = os.path.join(tls, "ca.pem")
+        # a routed APP.localhost gets a certificate curl trusts through the local CA (503: the
+        # app has no instance)
+        assert p.api("POST", "/v1/apps", {"name": "routed"})[0] == 201
+        out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
+            curl("--cacert", ca, "--resolve", f"routed.localhost:{tls_port}:127.0.0.1",
+                 "-o", "/dev/null", "-w", "%{http_code}",
+                 f"https://routed.localhost:{tls_port}/")), 20, "HTTPS")
+        assert out.stdout == "503"
+        # a name no route has gets none made for it (the default's *.localhost, which curl
+        # refuses): a client cannot have the CA sign whatever names it sends
+        out = curl("--cacert", ca, "--resolve", f"nothing.localhost:{tls_port}:127.0.0.1",
+                   f"https://nothing.localhost:{tls_port}/")
+        assert out.returncode == 60, out
+        # and the same CA is kept across a restart
+        first = open(ca).read()
+        p.stop()
+        p.start()
+        assert open(ca).read() == first
+    finally:
+        p.close()
+
+
+# ---- domains with their own certificate (skiff create-domain / update-domain) -------------------
+
+PASSWORD = "a long enough password"
+
+
+class Shell:
+    """A user's own HOME, logged in with `skiff login` (no local admin token)."""
+
+    def __init__(self, p):
+        self.p = p
+        self.home = tempfile.mkdtemp(prefix="skiff-user-")
+
+    def run(self, *args):
+        env = dict(os.environ, HOME=self.home, SKIFF_HOME=self.home)
+        for k in ("SKIFF_API", "SKIFF_TOKEN"):
+            env.pop(k, None)
+        from conftest import BIN_DIR
+        return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def platform_ca():
+    p = Platform(extra_env={"SKIFF_PREWARM": "0"}).start()
+    folder = tempfile.mkdtemp(prefix="skiff-e2e-ca-")
+    try:
+        yield p, CA(folder)
+    finally:
+        p.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ok(p, *args):
+    r = p.cli(*args)
+    assert r.returncode == 0, f"skiff {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r
+
+
+def serial_for(p, ca, host):
+    with tls_connect(p.router_tls_port, host, ca.pem) as s:
+        return s.getpeercert()["serialNumber"]
+
+
+def test_create_and_update_domain_with_a_certificate(platform_ca):
+    p, ca = platform_ca
+    cert, key = ca.issue("shop.example.test", ["shop.example.test", "*.shop.example.test"])
+    r = ok(p, "create-domain", "shop.example.test", "--cert", cert, "--key", key)
+    assert "HTTPS on shop.example.test" in r.stdout
+    path = os.path.join(p.home, "tls", "domains", "shop.example.test.pem")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    # the API shows what the certificate is, never its key
+    status, body = p.api("GET", "/v1/domains")
+    d = [d for d in body["domains"] if d["name"] == "shop.example.test"][0]
+    assert "CN=shop.example.test" in d["certificate"]["subject"]
+    assert d["certificate"]["not_after"]
+    assert "PRIVATE" not in json.dumps(body)
+    # the router serves it by SNI for hosts under the domain
+    first = wait_for(lambda: serial_for(p, ca, "web.shop.example.test"), 10, "the certificate")
+    old = tls_connect(p.router_tls_port, "web.shop.example.test", ca.pem)
+    assert https_get(old, "web.shop.example.test")[0] == 404  # no route, but served
+
+    cert2, key2 = ca.issue("shop.example.test", ["*.shop.example.test"], days=60)
+    ok(p, "update-domain", "shop.example.test", "--cert", cert2, "--key", key2)
+    wait_for(lambda: serial_for(p, ca, "web.shop.example.test") != first, 10, "the new one")
+    assert https_get(old, "web.shop.example.test")[0] == 404  # the open connection goes on
+    old.close()
+    # no key in skiffd's or the router's output
+    assert "PRIVATE KEY" not in p.output()
+    assert open(key2).read().splitlines()[1] not in p.output()
+
+
+def test_curl_https_to_a_pushed_app(platform_ca):
+    """A real app, pushed and running in its container, over HTTPS with the local CA only."""
+    p, _ = platform_ca
+    from conftest import ROOT
+    r = p.cli("push", "tlsweb", "-p", os.path.join(ROOT, "examples", "python-web"), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ca = os.path.join(p.home, "tls", "ca.pem")
+    url = f"https://tlsweb.localhost:{p.router_tls_port}/"
+    out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
+        curl("--cacert", ca, "--resolve", f"tlsweb.localhost:{p.router_tls_port}:127.0.0.1",
+             "-D", "-", url)), 30, "the app over HTTPS")
+    assert out.stdout.startswith("HTTP/1.1 200"), out.stdout
+    # the same through Python's ssl module, keep-alive: two requests on one connection
+    with tls_connect(p.router_tls_port, "tlsweb.localhost", ca) as s:
+        assert s.version() == "TLSv1.3"
+        assert https_get(s, "tlsweb.localhost")[0] == 200
+        assert https_get(s, "tlsweb.localhost")[0] == 200
+
+
+@pytest.mark.parametrize("case,message", [
+    ("mismatch", "does not match"),
+    ("expired", "expired"),
+    ("names", "cover neither"),
+    ("garbage", "not PEM"),
+])
+def test_update_domain_refuses_bad_pairs(platform_ca, case, message):
+    p, ca = platform_ca
+    name = f"{case}.example.test"
+    ok(p, "create-domain", name)
+    cert, key = ca.issue(name, [name], expired=case == "expired")
+    if case == "mismatch":
+        key = ca.issue("other-" + name, [name])[1]
+    if case == "names":
+        cert, key = ca.issue("elsewhere.test", ["elsewhere.test"])
+    if case == "garbage":
+        cert = os.path.join(ca.dir, "garbage.pem")
+        with open(cert, "w") as f:
+            f.write("hello\n")
+    r = p.cli("update-domain", name, "--cert", cert, "--key", key)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(p.home, "tls", "domains", name + ".pem"))
+    # nor a domain that does not exist
+    r = p.cli("update-domain", "nowhere.test", "--cert", cert, "--key", key)
+    assert r.returncode == 1 and "no domain nowhere.test" in r.stderr
+
+
+def test_only_admins_and_the_orgs_managers_set_a_domains_certificate(platform_ca):
+    p, ca = platform_ca
+    for user in ("mgr", "dev"):
+        ok(p, "create-user", user, PASSWORD)
+    ok(p, "create-org", "acme")
+    ok(p, "create-space", "web", "-o", "acme")
+    ok(p, "set-space-role", "dev", "acme", "web", "SpaceDeveloper")
+    ok(p, "set-org-role", "mgr", "acme", "OrgManager")
+    ok(p, "create-private-domain", "acme", "acme.test")
+    ok(p, "create-domain", "shared.test")
+    cert, key = ca.issue("acme.test", ["*.acme.test"])
+    scert, skey = ca.issue("shared.test", ["*.shared.test"])
+    dev, mgr = Shell(p), Shell(p)
+    for shell, user in ((dev, "dev"), (mgr, "mgr")):
+        r = shell.run("login", "-a", p.api_url, "-u", user, "-p", PASSWORD)
+        assert r.returncode == 0, r.stderr
+    # a space developer: neither
+    r = dev.run("update-domain", "acme.test", "--cert", cert, "--key", key)
+    assert r.returncode == 1, r.stdout
+    r = dev.run("update-domain", "shared.test", "--cert", scert, "--key", skey)
+    assert r.returncode == 1
+    # the org's manager: its private domain, not a shared one
+    r = mgr.run("update-domain", "acme.test", "--cert", cert, "--key", key)
+    assert r.returncode == 0, r.stderr
+    status, _ = p.api("PUT", "/v1/domains/shared.test/certificate",
+                      {"cert": open(scert).read(), "key": open(skey).read()},
+                      token=json.load(open(os.path.join(mgr.home, ".skiff", "cli.json")))["token"])
+    assert status == 403
+    r = mgr.run("update-domain", "shared.test", "--cert", scert, "--key", skey)
+    assert r.returncode == 1
+    assert not os.path.exists(os.path.join(p.home, "tls", "domains", "shared.test.pem"))
+    # another org's manager cannot reach acme's domain through their own org
+    ok(p, "create-org", "other")
+    ok(p, "set-org-role", "dev", "other", "OrgManager")
+    status, body = p.api("PUT", "/v1/orgs/other/domains/acme.test/certificate",
+                         {"cert": open(cert).read(), "key": open(key).read()})
+    assert status == 404, body  # the admin's token, through the wrong org: not that org's
+    for s in (dev, mgr):
+        shutil.rmtree(s.home, ignore_errors=True)
+
+
+def test_map_route_https_only_is_stored_and_redirects(platform_ca):
+    p, _ = platform_ca
+    status, body = p.api("POST", "/v1/apps", {"name": "secureweb"})
+    assert status == 201, body
+    r = ok(p, "map-route", "secureweb", "secureweb.localhost", "--https-only")
+    assert "redirected to HTTPS" in r.stdout
+    routes = json.loads(ok(p, "routes", "--json").stdout)["routes"]
+    assert [x["https_only"] for x in routes if x["host"] == "secureweb.localhost"] == [True]
+
+    def redirect():
+        c = socket.create_connection(("127.0.0.1", p.router_port), timeout=5)
+        c.sendall(b"GET /x HTTP/1.1\r\nHost: secureweb.localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        c.close()
+        return data.decode()
+    got = wait_for(lambda: (lambda d: d if " 301 " in d.split("\r\n")[0] else None)(redirect()),
+                   20, "the redirect")
+    assert f"Location: https://secureweb.localhost:{p.router_tls_port}/x\r\n" in got
+    # mapping it again without the flag keeps it; the API turns it off
+    ok(p, "map-route", "secureweb", "secureweb.localhost")
+    routes = json.loads(ok(p, "routes", "--json").stdout)["routes"]
+    assert [x["https_only"] for x in routes if x["host"] == "secureweb.localhost"] == [True]
+    status, body = p.api("POST", "/v1/routes", {"app": "secureweb", "host": "secureweb.localhost",
+                                                "https_only": False})
+    assert status == 201 and body["https_only"] is False, body
+    status, body = p.api("POST", "/v1/routes", {"app": "secureweb", "host": "secureweb.localhost",
+                                                "https_only": "yes"})
+    assert status == 422 and "https_only" in body["error"]["message"], body
+
+
+# ---- the API over HTTPS and the CLI's checks ------------------------------------------------------
+
+
+class CliShell(Shell):
+    """A user's HOME and SKIFF_HOME; ca: a CA file put where the CLI finds a local skiffd's."""
+
+    def __init__(self, p, ca=None):
+        super().__init__(p)
+        if ca:
+            os.makedirs(os.path.join(self.home, "tls"))
+            shutil.copy(ca, os.path.join(self.home, "tls", "ca.pem"))
+
+
+def test_cli_over_https_with_the_local_ca(platform_ca):
+    p, _ = platform_ca
+    url = f"https://127.0.0.1:{p.api_tls_port}"
+    assert f"API:    {url}  (HTTPS)" in p.output()
+    # the CLI beside this skiffd: its CA ($SKIFF_HOME/tls/ca.pem) is trusted by itself, and
+    # the local admin token fits the HTTPS address too (api.json's tls_url)
+    r = p.cli("login", url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stderr
+    r = p.cli("domains")
+    assert r.returncode == 0 and "localhost" in r.stdout, r.stdout + r.stderr
+    # the API answers the same over HTTPS as over HTTP
+    out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), f"{url}/v1/info")
+    assert out.returncode == 0 and json.loads(out.stdout) == p.info()
+    # no upgrade (skiff ssh) over HTTPS: the connection is closed, the API goes on
+    out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), "-H", "Connection: Upgrade",
+               "-H", "Upgrade: skiff-ssh", f"{url}/v1/apps/nothing/ssh")
+    assert p.info()
+    r = p.cli("logout")
+
+
+@pytest.fixture(scope="module")
+def api_with_cert():
+    """A skiffd whose API serves a certificate of a CA no system trusts (and an expired one)."""
+    folder = tempfile.mkdtemp(prefix="skiff-e2e-apica-")
+    ca = CA(folder, "API CA")
+    good = ca.issue("api-good", ["localhost", "IP:127.0.0.1"])
+    old = ca.issue("api-old", ["localhost", "IP:127.0.0.1"], expired=True)
+    ps = []
+    try:
+        for cert, key in (good, old):
+            ps.append(Platform(extra_env={"SKIFF_PREWARM": "0"},
+                               extra_args=["--tls-cert", cert, "--tls-key", key]).start())
+        yield ca, ps[0], ps[1]
+    finally:
+        for p in ps:
+            p.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_cli_trusts_verifies_and_refuses_certificates(api_with_cert):
+    ca, good, expired = api_with_cert
+    assert "the certificate expired" in expired.output()  # said at start, served anyway
+    token = good.token
+    url = f"https://127.0.0.1:{good.api_tls_port}"
+    # trusted (its CA is known to this CLI): works
+    trusting = CliShell(good, ca.pem)
+    r = trusting.run("login", url, "--token", token)
+    assert r.returncode == 0, r.stderr
+    assert trusting.run("domains").returncode == 0
+    # untrusted: refused, with what to do
+    stranger = CliShell(good)
+    r = stranger.run("login", url, "--token", token)
+    assert r.returncode == 1
+    assert "does not trust" in r.stderr and "--skip-ssl-validation" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(stranger.home, ".skiff", "cli.json"))
+    # --skip-ssl-validation works, warns, and is kept with the login
+    r = stranger.run("login", url, "--token", token, "--skip-ssl-validation")
+    assert r.returncode == 0 and "warning: --skip-ssl-validation" in r.stderr, r.stderr
+    saved = json.load(open(os.path.join(stranger.home, ".skiff", "cli.json")))
+    assert saved["skip_ssl_validation"] is True
+    assert stranger.run("domains").returncode == 0
+    # a certificate whose name is not the host's: refused even by a CLI that trusts its CA
+    r = trusting.run("login", f"https://localhost.localdomain:{good.api_tls_port}", "--token",
+                     token)
+    assert r.returncode == 1
+    # expired: refused, the reason named
+    url_old = f"https://127.0.0.1:{expired.api_tls_port}"
+    r = CliShell(expired, ca.pem).run("login", url_old, "--token", expired.token)
+    assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    for s in (trusting, stranger):
+        shutil.rmtree(s.home, ignore_errors=True)
