@@ -248,6 +248,8 @@ struct exchange {
     bool interim;
     bool fresh_connection; /* a pooled connection failed: do not take another */
     bool client_http10;    /* the client speaks HTTP/1.0: no chunked framing towards it */
+    bool client_ends;      /* the request says the connection ends after it (Connection: close,
+                            * or HTTP/1.0 without keep-alive) */
     bool dechunk;          /* a chunked response forwarded unframed, ended by closing */
     uint64_t req_chunk_size, resp_chunk_size; /* of the chunk being read */
     struct chunk_guard req_guard, resp_guard;
@@ -309,7 +311,7 @@ static int listen_count;
 /* The certificates, shared by the workers (see src/tls/README.md). */
 static struct tls_store *tls_store;
 
-const unsigned char router_alpn_protocols[] = "\x08http/1.1";
+const unsigned char router_alpn_protocols[] = "\x02h2\x08http/1.1";
 const size_t router_alpn_protocols_len = sizeof(router_alpn_protocols) - 1;
 
 static llhttp_settings_t request_settings, response_settings;
@@ -333,6 +335,8 @@ static int stream_flush(struct client *c);
 static int h2c_translate(struct upstream *u);
 static void h2_want_output(void *ctx);
 static void h2_conn_input(struct client *c, const char *data, size_t len);
+static void h2_conn_flush(struct client *c);
+static void client_h2_start(struct client *c);
 static bool client_sniff(struct client *c, const char *data, size_t len);
 static void handshake_unlink(struct client *c);
 
@@ -873,18 +877,26 @@ static void client_respond_error(struct client *c, int status, const char *code,
 }
 
 /* Answers a request the router cannot route; the connection goes on to the next request when
- * this one has no body to skip. */
+ * this one has no body to skip and the client did not ask for it to end. */
 static void client_answer_and_continue(struct client *c, int status, const char *code,
                                        const char *text, bool drain)
 {
     struct exchange *x = c->x;
     bool has_body = x->chunked || x->content_length > 0;
-    client_respond_error(c, status, code, text, has_body);
-    if (!has_body && !c->p.closing && !c->shutting_down) {
+    bool close = has_body || x->client_ends;
+    client_respond_error(c, status, code, text, close);
+    if (!close && !c->p.closing && !c->shutting_down) {
         c->state = C_BODY; /* the parser still has to reach the end of the request */
         if (drain)
             client_drain_pending(c);
     }
+}
+
+/* The TLS connection a request came over: its own, or its HTTP/2 connection's; NULL for
+ * plain HTTP. */
+static struct tls_conn *client_tls(const struct client *c)
+{
+    return c->h2_conn ? c->h2_conn->p.tls : c->p.tls;
 }
 
 /* The HTTPS listener's port as text ("" for 443 or without HTTPS: the scheme's own). */
@@ -1397,10 +1409,18 @@ static void client_tls_input(struct client *c, const char *data, size_t len)
         if (r == 0)
             return;
         handshake_unlink(c);
-        client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+        c->proto_known = true; /* by ALPN only: h2 over TLS needs it (RFC 9113 3.2) */
+        size_t alpn_len = 0;
+        const char *alpn = tls_conn_alpn(c->p.tls, &alpn_len);
+        if (alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) {
+            client_h2_start(c);
+            h2_conn_flush(c); /* the server's SETTINGS */
+        } else {
+            client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+        }
     }
     for (;;) {
-        if (c->p.closing)
+        if (c->p.closing || (c->h2 && c->shutting_down))
             return;
         long n = tls_conn_read(c->p.tls, w->tls_plain, sizeof(w->tls_plain));
         if (n == 0)
@@ -1409,6 +1429,10 @@ static void client_tls_input(struct client *c, const char *data, size_t len)
             peer_flush(&c->p);
             client_close(c);
             return;
+        }
+        if (c->h2) { /* HTTP/2: the session decides what keeps the connection alive */
+            h2_conn_input(c, w->tls_plain, (size_t)n);
+            continue;
         }
         client_touch(c);
         client_feed(c, w->tls_plain, (size_t)n);
@@ -1593,6 +1617,13 @@ static void h2_conn_input(struct client *c, const char *data, size_t len)
     h2_conn_flush(c);
 }
 
+/* The connection speaks HTTP/2 from now on (the client preface seen, or h2 agreed by ALPN). */
+static void client_h2_start(struct client *c)
+{
+    c->h2 = router_h2_session_new(&c->p.w->h2_limits, &h2_ops, c);
+    client_set_deadline(c, D_TUNNEL, c->p.w->cfg->idle_timeout_ms);
+}
+
 /* Tells HTTP/2's client preface from HTTP/1.1 on a new connection. Returns whether `data` is
  * for the HTTP/1.1 parser (the bytes held while it was unclear are fed to it first). */
 static bool client_sniff(struct client *c, const char *data, size_t len)
@@ -1610,8 +1641,7 @@ static bool client_sniff(struct client *c, const char *data, size_t len)
     }
     c->proto_known = true;
     if (m > 0) {
-        c->h2 = router_h2_session_new(&c->p.w->h2_limits, &h2_ops, c);
-        client_set_deadline(c, D_TUNNEL, c->p.w->cfg->idle_timeout_ms);
+        client_h2_start(c);
         if (have)
             router_h2_session_input(c->h2, c->preface, have);
         h2_conn_input(c, data, len);
@@ -1872,6 +1902,7 @@ static int on_req_headers_complete(llhttp_t *p)
     x->content_length = x->has_length ? p->content_length : 0;
     x->upgrade = p->upgrade != 0;
     x->client_http10 = p->http_major == 1 && p->http_minor == 0;
+    x->client_ends = !llhttp_should_keep_alive(p);
     if (x->upgrade && upgrade_to_h2c(x)) {
         /* h2c by Upgrade (RFC 7540 3.2; RFC 9113 dropped it) is declined, as the RFC allows:
          * the request is answered in HTTP/1.1, and the backend sees no Upgrade. HTTP/2 in
@@ -2026,7 +2057,8 @@ static void route_and_connect(struct client *c)
                                    false);
         return;
     }
-    if (x->route->https_only && !c->p.tls) {
+    struct tls_conn *tls = client_tls(c);
+    if (x->route->https_only && !tls) {
         client_redirect_https(c, host_s, host_len, url, url_len);
         return;
     }
@@ -2050,11 +2082,11 @@ static void route_and_connect(struct client *c)
         .has_length = x->has_length,
         .content_length = x->content_length,
         .upgrade = x->upgrade,
-        .https = c->p.tls != NULL,
+        .https = tls != NULL,
     };
     char cert_b64[8192];
-    if (c->p.tls && w->cfg->tls_client_ca &&
-        tls_conn_client_cert_b64(c->p.tls, cert_b64, sizeof cert_b64) > 0)
+    if (tls && w->cfg->tls_client_ca &&
+        tls_conn_client_cert_b64(tls, cert_b64, sizeof cert_b64) > 0)
         rh.client_cert = cert_b64;
     router_head_build_request(&x->head, &rh);
     x->stats = x->route->stats;

@@ -1,5 +1,5 @@
 """skiff-router speaking HTTP/2 in cleartext (prior knowledge: the client preface on the HTTP
-port), with real clients (curl, nghttp, h2load) and with frames written by hand here, for
+port) and over TLS (ALPN h2 on the HTTPS port), with real clients (curl, nghttp, h2load) and with frames written by hand here, for
 what real clients never send: smuggling attempts across the HTTP/2 -> HTTP/1.1 downgrade and
 the attacks on HTTP/2 itself (rapid reset, CONTINUATION and settings floods, HPACK bombs,
 stream and window limits). HPACK is python3-hpack's where it can be; a field no encoder would
@@ -10,6 +10,7 @@ import json
 import signal
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -18,8 +19,9 @@ import time
 import hpack
 import pytest
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 from test_router import Backend, RawBackend, chunked_backend, requests_on, route
+from test_tls import CA, install
 
 # Fixtures of test_router.py, used here under the same names.
 from test_router import backends, bus, home, router_factory  # noqa: F401
@@ -77,8 +79,13 @@ class Response:
 class H2:
     """A client connection: frames out exactly as written, frames in read and recorded."""
 
-    def __init__(self, port, settings=None, window_updates=True, timeout=10):
+    def __init__(self, port, settings=None, window_updates=True, timeout=10, tls_ca=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls_ca:  # HTTP/2 over TLS: h2 agreed by ALPN, then the same frames
+            ctx = ssl.create_default_context(cafile=tls_ca)
+            ctx.set_alpn_protocols(["h2"])
+            self.sock = ctx.wrap_socket(self.sock, server_hostname="app.localhost")
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.enc, self.dec = hpack.Encoder(), hpack.Decoder()
         self.dec.max_allowed_table_size = 65536
         self.buf = b""
@@ -216,6 +223,36 @@ def app(router_factory, backends):
     return r, b
 
 
+def tls_router(home, router_factory, routes):
+    """A router with an HTTPS listener whose certificate (made here) covers app.localhost;
+    r.tls_port is the HTTPS port, r.ca the CA that signed it."""
+    ca = CA(os.path.join(home, "ca"))
+    cert, key = ca.issue("app.localhost", ["app.localhost", "*.localhost", "IP:127.0.0.1"])
+    install(home, "default", cert, key, default=True)
+    port = free_port()
+    r = router_factory(routes, "--tls-addr", f"127.0.0.1:{port}")
+    r.tls_port, r.ca = port, ca.pem
+    return r
+
+
+@pytest.fixture
+def tls_app(home, router_factory, backends):
+    b = backends("a")
+    return tls_router(home, router_factory, [route("app.localhost", [b])]), b
+
+
+@pytest.fixture(params=["h2c", "tls"])
+def either_app(request, home, router_factory, backends):
+    """(router, backend, port, CA or None): the same app over h2c and over HTTP/2 in TLS."""
+    b = backends("a")
+    routes = [route("app.localhost", [b])]
+    if request.param == "h2c":
+        r = router_factory(routes)
+        return r, b, r.port, None
+    r = tls_router(home, router_factory, routes)
+    return r, b, r.tls_port, r.ca
+
+
 def curl(*args):
     out = subprocess.run(["curl", "-s", "--max-time", "20", *args], capture_output=True,
                          text=True, timeout=30)
@@ -242,6 +279,73 @@ def test_real_clients_speak_h2_and_the_app_sees_what_http11_gives_it(app):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("200") >= 2, out.stdout
+
+
+# ---- HTTP/2 over TLS (ALPN h2) ---------------------------------------------------------------
+
+
+def test_real_clients_speak_h2_over_tls(tls_app):
+    r, b = tls_app
+    resolve = ["--cacert", r.ca, "--resolve", f"app.localhost:{r.tls_port}:127.0.0.1"]
+    url = f"https://app.localhost:{r.tls_port}"
+    out = curl(*resolve, "--http2", "-H", "X-Forwarded-Proto: http", "-w", "\n%{http_version}",
+               url + "/hello?x=1")
+    body, version = out.rsplit("\n", 1)
+    assert version == "2", out
+    seen = json.loads(body)
+    assert seen["path"] == "/hello?x=1"
+    # the stream came over TLS: https, the client's own value replaced
+    assert seen["headers"]["x-forwarded-proto"] == "https", seen
+    assert seen["headers"]["host"] == f"app.localhost:{r.tls_port}"
+    # a client that asks for HTTP/1.1 by ALPN still gets it
+    out = curl(*resolve, "--http1.1", "-w", "\n%{http_version}", url + "/")
+    assert out.rsplit("\n", 1)[1] == "1.1", out
+    # the router's own answers go over the same streams
+    out = curl(*resolve, "--http2", "-H", "Host: nothing.localhost", "-w", "\n%{http_code}",
+               "-o", "/dev/null", url + "/")
+    assert out.strip() == "404", out
+    out = subprocess.run(["nghttp", "-n", "-s", "-H", ":authority: app.localhost",
+                          f"https://127.0.0.1:{r.tls_port}/a", f"https://127.0.0.1:{r.tls_port}/b"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("200") >= 2, out.stdout
+    out = subprocess.run(["h2load", "-n", "200", "-c", "2", "-m", "10", "-H",
+                          ":authority: app.localhost", f"https://127.0.0.1:{r.tls_port}/"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Application protocol: h2" in out.stdout, out.stdout
+    assert "200 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
+    assert "status codes: 200 2xx" in out.stdout, out.stdout
+    assert r.proc.poll() is None
+
+
+def test_h2_over_tls_is_by_alpn_only_and_https_only_routes_are_served(home, router_factory,
+                                                                      backends):
+    b = backends("a")
+    secure = route("app.localhost", [b])
+    secure["https_only"] = True
+    r = tls_router(home, router_factory, [secure])
+    # HTTP/2 over TLS is HTTPS: an HTTPS-only route answers, no redirect
+    c = H2(r.tls_port, tls_ca=r.ca)
+    resp = c.request(path="/s")
+    assert resp.status == 200, resp.headers
+    assert resp.json()["headers"]["x-forwarded-proto"] == "https"
+    c.close()
+    # the same route over h2c is plain HTTP: redirected to HTTPS
+    c = H2(r.port)
+    resp = c.request(path="/s")
+    assert resp.status == 301 and resp.header("location").startswith("https://app.localhost:")
+    c.close()
+    # the client preface over TLS after ALPN said http/1.1 is not HTTP/2 (RFC 9113 3.2)
+    ctx = ssl.create_default_context(cafile=r.ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port), timeout=10),
+                         server_hostname="app.localhost") as s:
+        assert s.selected_alpn_protocol() == "http/1.1"
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        got = s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 4"), got[:200]
+    assert b.hits == 1  # only the stream over TLS reached the backend
 
 
 def test_streams_of_one_connection_are_answered_each_with_its_own(app):
@@ -424,9 +528,9 @@ def test_content_length_must_match_the_data(app):
 # ---- attacks on HTTP/2 itself --------------------------------------------------------------------
 
 
-def test_rapid_reset_gets_goaway(app):
-    r, b = app
-    c = H2(r.port)
+def test_rapid_reset_gets_goaway(either_app):
+    r, b, port, ca = either_app
+    c = H2(port, tls_ca=ca)
     block = c.block(path="/delay/200")
     burst = b""
     for _ in range(1000):
@@ -445,9 +549,9 @@ def test_rapid_reset_gets_goaway(app):
     assert r.proc.poll() is None
 
 
-def test_continuation_flood_gets_goaway(app):
-    r, b = app
-    c = H2(r.port)
+def test_continuation_flood_gets_goaway(either_app):
+    r, b, port, ca = either_app
+    c = H2(port, tls_ca=ca)
     sid = c.new_stream()
     flood = frame(HEADERS, 0, sid, c.block())
     for _ in range(5000):
