@@ -51,23 +51,6 @@ read -r skiffn_port skiffn_pid < <(start_router skiffn 0 "127.0.0.1:$backend_por
 pids+=("$skiff1_pid" "$skiffn_pid")
 for p in $backend_port $nginx1_port $nginxn_port $skiff1_port $skiffn_port; do wait_port "$p"; done
 
-# run_h2load_once PORT CONNS PATH PID -> "rps mean_ms cpu_us_per_request"
-run_h2load_once() {
-  local out rps mean reqs before hz
-  before=$(cpu_ticks "$4")
-  out=$(h2load -t"$threads" -c"$2" -m"$streams" -D"$secs" --warm-up-time=1 \
-    -H ":authority: $host" "http://127.0.0.1:$1/$3" 2>&1)
-  if ! grep -q " 0 failed, 0 errored" <<<"$out" || grep -q "status codes: [0-9]* 2xx.* [1-9][0-9]* [45]xx" <<<"$out"; then
-    echo "failures from port $1:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2
-  fi
-  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
-  reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
-  mean=$(awk '$1=="time" && $3=="request:" {v=$6; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
-  hz=$(getconf CLK_TCK)
-  echo "${rps:-0} ${mean:-0} $(awk -v t=$(($(cpu_ticks "$4") - before)) -v n="${reqs:-0}" -v hz="$hz" \
-    'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')"
-}
-
 repeat=${REPEAT:-3}
 declare -A runs
 printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %6s %6s\n' \
