@@ -664,14 +664,14 @@ static int cli_push_random_route(const struct manifest_app *a, json_t *body)
     return CLI_EXIT_OK;
 }
 
-/* options: loadbalancing and protocol of the manifest's routes, as each route's balance and
- * protocol. */
+/* options: loadbalancing, protocol and https_only of the manifest's routes, as each route's
+ * balance, protocol and https_only. */
 static int cli_push_route_options(const struct manifest_app *a)
 {
     int rc = CLI_EXIT_OK;
     for (size_t i = 0; i < a->route_count && rc == CLI_EXIT_OK; i++) {
         const struct manifest_route *r = &a->routes[i];
-        if (!r->balance && !r->protocol)
+        if (!r->balance && !r->protocol && !r->https_only_set)
             continue;
         const char *slash = strchr(r->route, '/');
         json_t *body = json_pack("{s:s, s:s%}", "app", a->name, "host", r->route,
@@ -680,6 +680,8 @@ static int cli_push_route_options(const struct manifest_app *a)
             json_object_set_new(body, "balance", json_string(r->balance));
         if (r->protocol)
             json_object_set_new(body, "protocol", json_string(r->protocol));
+        if (r->https_only_set)
+            json_object_set_new(body, "https_only", json_boolean(r->https_only));
         if (slash)
             json_object_set_new(body, "path", json_string(slash));
         rc = cli_api("POST", "/v1/routes", body, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;

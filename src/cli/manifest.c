@@ -915,6 +915,15 @@ static int manifest_route_protocol(struct manifest_ctx *c, const char *key, cons
     return rc;
 }
 
+/* https_only (Skiff's, not Cloud Foundry's): the route's https_only, set only when given. */
+static int manifest_route_https_only(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                     void *block)
+{
+    struct manifest_route *r = block;
+    r->https_only_set = true;
+    return manifest_bool(c, key, v, &r->https_only);
+}
+
 /* Cloud Foundry's balancing names are the router's: they become the route's "balance". */
 static int manifest_route_balancing(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
                                     void *block)
@@ -951,6 +960,7 @@ static int manifest_route_options(struct manifest_ctx *c, const char *key, const
 static const struct manifest_field manifest_route_fields[] = {
     MANIFEST_STRING("route", struct manifest_route, route),
     MANIFEST_CUSTOM("protocol", manifest_route_protocol),
+    MANIFEST_CUSTOM("https_only", manifest_route_https_only),
     MANIFEST_CUSTOM("options", manifest_route_options),
     {0},
 };

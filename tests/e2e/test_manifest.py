@@ -218,6 +218,7 @@ applications:
       loadbalancing: least-connection
   - route: api.localhost/((app))
     protocol: http2
+    https_only: true
   services: [((app))-db]
   sidecars:
   - name: exporter
@@ -259,6 +260,9 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     routes = {(r["host"], r["path"]): r for r in platform.api("GET", "/v1/routes")[1]["routes"]}
     assert routes[("cfmf.localhost", "")]["protocol"] == "http1"
     assert routes[("api.localhost", "/cfmf")]["protocol"] == "http2"
+    # https_only beside the protocol; not given: off
+    assert routes[("api.localhost", "/cfmf")]["https_only"] is True
+    assert routes[("cfmf.localhost", "")]["https_only"] is False
     # health-check timing, readiness checks and log rate limits are applied, not warned about
     for key in ("health-check-interval", "readiness-health-check-type",
                 "log-rate-limit-per-second"):
