@@ -269,10 +269,11 @@ char *bus_route_table_json(struct bus *bus)
                          !strcmp(app->state, "STARTED");
         json_t *list = backends ? json_incref(backends) : json_array();
         json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b,s:b}", "host", routes[i].host, "path",
-                           routes[i].path, "app_guid", app->guid, "app_name", app->name, "process",
-                           "web", "balance", routes[i].balance, "backends", list, "scale_from_zero",
-                           from_zero, "https_only", routes[i].https_only));
+            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b,s:b}", "host", routes[i].host,
+                           "path", routes[i].path, "app_guid", app->guid, "app_name", app->name,
+                           "process", "web", "balance", routes[i].balance, "protocol",
+                           routes[i].protocol, "backends", list, "scale_from_zero", from_zero,
+                           "https_only", routes[i].https_only));
     }
     json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)bus->version,
                             "routes", arr);

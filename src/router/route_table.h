@@ -27,6 +27,13 @@ enum route_balance {
     ROUTE_BALANCE_LEAST_CONNECTION,
 };
 
+/* What the router speaks to a route's instances ("protocol" in docs/bus.md): HTTP/1.1, or h2c
+ * (HTTP/2 with prior knowledge, for gRPC and other HTTP/2-only apps). */
+enum route_protocol {
+    ROUTE_PROTOCOL_HTTP1 = 0,
+    ROUTE_PROTOCOL_HTTP2,
+};
+
 struct route_backend {
     struct sockaddr_storage addr;
     socklen_t addr_len;
@@ -98,6 +105,7 @@ struct route {
     char *app_name;
     char *process;
     enum route_balance balance;
+    enum route_protocol protocol;
     bool scale_from_zero;
     bool https_only;           /* a request over plain HTTP is redirected to HTTPS */
     struct route_stats *stats; /* NULL for a route without an app guid */

@@ -160,10 +160,10 @@ int store_route_delete(struct store *st, const char *host, const char *path)
     return st->ops->route_delete(st->backend, host, path);
 }
 
-int store_route_set_balance(struct store *st, const char *host, const char *path,
-                            const char *balance)
+int store_route_update(struct store *st, const char *host, const char *path, const char *balance,
+                       const char *protocol)
 {
-    return st->ops->route_set_balance(st->backend, host, path, balance);
+    return st->ops->route_update(st->backend, host, path, balance, protocol);
 }
 
 int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on)
@@ -444,6 +444,7 @@ void store_route_list_free(struct store_route *routes, size_t n)
         free(routes[i].app_guid);
         free(routes[i].domain);
         free(routes[i].balance);
+        free(routes[i].protocol);
     }
     free(routes);
 }

@@ -152,6 +152,8 @@ struct store_route {
     char *domain;  /* the domain the host ends in */
     char *balance; /* "round-robin" or "least-connection" (docs/bus.md); NULL on add means
                     * "round-robin". The store keeps the text; the API checks the value. */
+    char *protocol;  /* what the router speaks to the instances: "http1" or "http2" (h2c);
+                      * NULL on add means "http1". Checked by the API, like balance. */
     bool https_only; /* a plain-HTTP request gets a redirect to HTTPS */
 };
 
@@ -223,9 +225,10 @@ void store_sidecars_free(struct store_sidecar *sidecars, size_t n);
 /* -EEXIST when host+path is taken. */
 int store_route_add(struct store *st, const struct store_route *route);
 int store_route_delete(struct store *st, const char *host, const char *path);
-/* Changes an existing route's balance; -ENOENT when there is no route host+path. */
-int store_route_set_balance(struct store *st, const char *host, const char *path,
-                            const char *balance);
+/* Changes an existing route's balance and protocol (each NULL: as it is); -ENOENT when there
+ * is no route host+path. */
+int store_route_update(struct store *st, const char *host, const char *path, const char *balance,
+                       const char *protocol);
 /* Changes an existing route's https_only; -ENOENT when there is no route host+path. */
 int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on);
 /* All routes (app_guid NULL) or an app's, ordered by host then path. */

@@ -56,7 +56,7 @@ struct tls_store {
     char *issuer_suffix; /* ".localhost" */
     bool (*issue_allow)(void *ctx, const char *name);
     void *issue_ctx;
-    SSL_CTX *base;       /* what a connection starts with, before SNI picks its certificate */
+    SSL_CTX *base; /* what a connection starts with, before SNI picks its certificate */
     struct tls_store_options opts;
     char *client_ca_file;
     pthread_mutex_t ticket_lock;

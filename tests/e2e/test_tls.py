@@ -179,9 +179,12 @@ def test_curl_https_to_an_app_localhost_with_the_local_ca(tls_env):
     assert seen["path"] == "/hello"
     assert seen["headers"]["x-forwarded-proto"] == "https"  # the client's own is replaced
     assert seen["headers"]["host"] == f"web.localhost:{r.tls_port}"
-    # HTTP/1.1 was agreed by ALPN (curl offers h2 first)
+    # ALPN: h2 when the client offers it (curl offers h2 first), http/1.1 when it asks for it
     out = curl("-v", "--cacert", ca, "--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
                f"https://web.localhost:{r.tls_port}/")
+    assert "ALPN: server accepted h2" in out.stderr, out.stderr
+    out = curl("-v", "--http1.1", "--cacert", ca, "--resolve",
+               f"web.localhost:{r.tls_port}:127.0.0.1", f"https://web.localhost:{r.tls_port}/")
     assert "ALPN: server accepted http/1.1" in out.stderr, out.stderr
     # plain HTTP stays as it was
     assert r.get("web.localhost").json()["headers"]["x-forwarded-proto"] == "http"
@@ -630,7 +633,12 @@ def test_curl_https_to_a_pushed_app(platform_ca):
     out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
         curl("--cacert", ca, "--resolve", f"tlsweb.localhost:{p.router_tls_port}:127.0.0.1",
              "-D", "-", url)), 30, "the app over HTTPS")
-    assert out.stdout.startswith("HTTP/1.1 200"), out.stdout
+    assert out.stdout.startswith("HTTP/1.1 200") or out.stdout.startswith("HTTP/2 200"), out.stdout
+    # HTTP/2 over TLS to the app (ALPN h2), then HTTP/1.1 when asked for
+    for flag, status_line in (("--http2", "HTTP/2 200"), ("--http1.1", "HTTP/1.1 200")):
+        out = curl(flag, "--cacert", ca, "--resolve",
+                   f"tlsweb.localhost:{p.router_tls_port}:127.0.0.1", "-D", "-", url)
+        assert out.returncode == 0 and out.stdout.startswith(status_line), out.stdout + out.stderr
     # the same through Python's ssl module, keep-alive: two requests on one connection
     with tls_connect(p.router_tls_port, "tlsweb.localhost", ca) as s:
         assert s.version() == "TLSv1.3"
