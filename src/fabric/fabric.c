@@ -150,6 +150,7 @@ struct fabric {
     bool cursors_dirty;
     bool root_dir_dirty;
     bool sealed_pending; /* a segment was sealed: the next round syncs it and writes its index */
+    size_t last_round_waiters; /* how many the last round answered (round_is_lone) */
 
     struct fabric_sub *subs;
     int notifying;
@@ -1113,7 +1114,7 @@ static bool transient_error(int rc)
 #define ROUND_RETRY_MAX_MS 200
 
 static void round_start(struct fabric *f);
-static bool round_is_lone(const struct round *r);
+static bool round_is_lone(const struct fabric *f, const struct round *r);
 static void round_run_here(struct fabric *f, struct round *r);
 
 static void on_retry_timer(uv_timer_t *h)
@@ -1199,7 +1200,7 @@ static void round_start(struct fabric *f)
     f->cursors_dirty = false;
     f->round = r;
     f->stats.syncs++;
-    if (round_is_lone(r)) {
+    if (round_is_lone(f, r)) {
         round_run_here(f, r);
         return;
     }
@@ -1275,8 +1276,10 @@ static void round_complete(struct fabric *f, struct round *r)
             }
         }
     }
+    f->last_round_waiters = 0;
     for (struct waiter *w = r->waiters, *next; w; w = next) {
         next = w->next;
+        f->last_round_waiters++;
         f->stats.pending--;
         if (w->append_cb)
             w->append_cb(w->arg, r->status, w->first, w->count);
@@ -1295,13 +1298,15 @@ static void round_complete(struct fabric *f, struct round *r)
     f->completing = false;
 }
 
-/* A round of one publish and nothing else runs on the loop: one fdatasync and the answer,
- * without the two thread wake-ups (loop to writer, writer to loop) a handed-over round costs.
- * With more waiting, the writer thread syncs while the loop takes the next requests. */
-static bool round_is_lone(const struct round *r)
+/* A round of one publish and nothing else, after a round that answered one too (publishes come
+ * one at a time), runs on the loop: one fdatasync and the answer, without the two thread
+ * wake-ups (loop to writer, writer to loop) a handed-over round costs. Otherwise (many
+ * publishers: more arrive during the sync) the writer thread syncs while the loop takes the
+ * next requests, or the loop would sync for one while the others wait behind it. */
+static bool round_is_lone(const struct fabric *f, const struct round *r)
 {
     return r->status == 0 && r->count == 1 && r->targets[0].borrowed && r->waiters &&
-           !r->waiters->next;
+           !r->waiters->next && f->last_round_waiters <= 1;
 }
 
 static void round_run_here(struct fabric *f, struct round *r)
