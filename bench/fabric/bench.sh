@@ -16,15 +16,15 @@ tmp=$(mktemp -d /tmp/skiff-bench-fabric-XXXXXX)
 nats_pid=""
 skiffd_pid=""
 cleanup() {
-  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
   [ -n "$skiffd_pid" ] && kill -INT "$skiffd_pid" 2>/dev/null && wait "$skiffd_pid" 2>/dev/null
+  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
 pkgs="libuv jansson libsodium libnats"
 cc -std=gnu11 -O2 -g -D_GNU_SOURCE -Isrc $(pkg-config --cflags $pkgs) -o "$out/bench_fabric" \
-  bench/fabric/bench_fabric.c src/fabric/fabric.c src/fabric/crc32c.c src/fabric/cloudevents.c src/http/url.c \
+  bench/fabric/bench_fabric.c src/fabric/fabric.c src/fabric/fabric_backend.c src/fabric/fabric_nats.c src/fabric/crc32c.c src/fabric/cloudevents.c src/http/url.c \
   src/common/*.c $(pkg-config --libs $pkgs) -lpthread -lm || exit 1
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -35,14 +35,25 @@ results="$tmp/results"
 "$out/bench_fabric" lib "$tmp/fabric" "$secs" | tee -a "$results"
 "$out/bench_fabric" lib "$tmp/fabric-nosync" "$secs" nosync | tee -a "$results"
 
-# skiffd over HTTP, when the release build exists and starts
-if [ -x "$skiffd" ]; then
-  home="$tmp/home"; mkdir -p "$home"
-  api_port=$(free_port)
+# NATS JetStream with file storage: publishing to it directly, and Skiff's fabric on it
+nats_port=$(free_port)
+printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/nats" }\n' "$nats_port" "$tmp" >"$tmp/nats.conf"
+nats-server -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 &
+nats_pid=$!
+for _ in $(seq 100); do grep -q "Server is ready" "$tmp/nats.log" && break; sleep 0.1; done
+nats_url="nats://127.0.0.1:$nats_port"
+"$out/bench_fabric" jetstream "$nats_url" "$secs" | tee -a "$results"
+"$out/bench_fabric" lib-jetstream "$nats_url" "$secs" | tee -a "$results"
+
+# skiffd over HTTP (MODE, then skiffd's extra arguments), when the release build exists
+http_rows() {
+  local mode=$1; shift
+  local home="$tmp/home-$mode"; mkdir -p "$home"
+  local api_port; api_port=$(free_port)
   SKIFF_HOME="$home" HOME="$home" SKIFF_API_ADDR="127.0.0.1:$api_port" \
     SKIFF_ROUTER_ADDR="127.0.0.1:$(free_port)" SKIFF_ROUTER_ADMIN_ADDR="127.0.0.1:$(free_port)" \
     SKIFF_ROUTER_TLS_ADDR="127.0.0.1:$(free_port)" SKIFF_API_TLS_ADDR="127.0.0.1:$(free_port)" \
-    "$skiffd" >"$tmp/skiffd.log" 2>&1 &
+    "$skiffd" "$@" >"$tmp/skiffd-$mode.log" 2>&1 &
   skiffd_pid=$!
   for _ in $(seq 100); do [ -s "$home/api.json" ] && curl -sf "http://127.0.0.1:$api_port/v1/info" >/dev/null && break; sleep 0.1; done
   if [ -s "$home/api.json" ]; then
@@ -50,25 +61,23 @@ if [ -x "$skiffd" ]; then
     # skiffd's CPU time (user + system, from /proc) over each shape, per event
     for shape in single concurrent pipelined batched; do
       cpu0=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
-      "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" "$shape" |
+      BENCH_HTTP_MODE=$mode "$out/bench_fabric" http "http://127.0.0.1:$api_port" "$token" "$secs" "$shape" |
         tee "$tmp/shape" | tee -a "$results"
       cpu1=$(awk '{print $14 + $15}' "/proc/$skiffd_pid/stat")
-      awk -v ticks=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v shape="$shape" \
-        '$2 == shape { printf "skiff-http cpu %s %.2f\n", shape, ticks / hz * 1e6 / $3 }' \
+      awk -v ticks=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v shape="$shape" -v mode="$mode" \
+        '$2 == shape { printf "%s cpu %s %.2f\n", mode, shape, ticks / hz * 1e6 / $3 }' \
         "$tmp/shape" | tee -a "$results"
     done
   else
-    echo "skiffd did not start; HTTP figures skipped (see $tmp/skiffd.log)" >&2
+    echo "skiffd did not start; $mode figures skipped (see $tmp/skiffd-$mode.log)" >&2
   fi
+  kill -INT "$skiffd_pid" 2>/dev/null && wait "$skiffd_pid" 2>/dev/null
+  skiffd_pid=""
+}
+if [ -x "$skiffd" ]; then
+  http_rows skiff-http
+  http_rows skiff-http-js --nats "$nats_url"
 fi
-
-# NATS JetStream with file storage
-nats_port=$(free_port)
-printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/nats" }\n' "$nats_port" "$tmp" >"$tmp/nats.conf"
-nats-server -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 &
-nats_pid=$!
-for _ in $(seq 100); do grep -q "Server is ready" "$tmp/nats.log" && break; sleep 0.1; done
-"$out/bench_fabric" jetstream "nats://127.0.0.1:$nats_port" "$secs" | tee -a "$results"
 nats_version=$(nats-server --version)
 
 python3 - "$results" "$nats_version" <<'PY'
@@ -82,11 +91,11 @@ for line in open(sys.argv[1]):
         lat[parts[0]] = (float(parts[2]), float(parts[3]))
         continue
     if parts[1] == "cpu":
-        cpu[parts[2]] = float(parts[3])
+        cpu[(parts[0], parts[2])] = float(parts[3])
         continue
     mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
-modes = [m for m in ["fdatasync-loop", "skiff-lib", "skiff-http", "skiff-lib-nosync", "jetstream"] if any(k[0] == m for k in rows)]
+modes = [m for m in ["fdatasync-loop", "skiff-lib", "skiff-http", "skiff-lib-nosync", "skiff-lib-js", "skiff-http-js", "jetstream"] if any(k[0] == m for k in rows)]
 shapes = ["single", "concurrent", "pipelined", "batched"]
 # JetStream keeps its concurrent publishes on one connection: the peer of HTTP's pipelined shape
 if ("jetstream", "concurrent") in rows:
@@ -102,8 +111,9 @@ for m in modes:
     print("%-24s" % (m + " / js") + "".join(
         "%14s" % ("%.2fx" % (rows[(m, s)] / rows[("jetstream", s)]) if (m, s) in rows and rows.get(("jetstream", s)) else "-")
         for s in shapes))
-if cpu:
-    print("%-24s" % "skiffd CPU us/event" + "".join("%14s" % ("%.1f" % cpu[s] if s in cpu else "-") for s in shapes))
+for m in ("skiff-http", "skiff-http-js"):
+    if any(k[0] == m for k in cpu):
+        print("%-24s" % (m + " CPU us/ev") + "".join("%14s" % ("%.1f" % cpu[(m, s)] if (m, s) in cpu else "-") for s in shapes))
 print()
 print("single-publish acknowledgement latency (microseconds)")
 print("%-24s%14s%14s" % ("", "p50", "p99"))
@@ -119,4 +129,6 @@ print("pipelined: HTTP only, 64 publishes in flight on one connection; its JetSt
 print("JetStream's concurrent one (64 async publishes on one connection).")
 print("jetstream: %s, file storage; this version acknowledges before fsync (it syncs every" % sys.argv[2])
 print("2 minutes and has no sync_interval option), so compare it with skiff-lib-nosync.")
+print("skiff-lib-js / skiff-http-js: Skiff's fabric on that same nats-server (skiffd --nats),")
+print("acknowledged when JetStream acknowledged (R1): the cost of Skiff over JetStream itself.")
 PY

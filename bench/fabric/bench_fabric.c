@@ -2,6 +2,8 @@
  * harness, so the figures compare.
  *
  *   bench_fabric lib DIR SECONDS [nosync]     the fabric in-process (no HTTP)
+ *   bench_fabric lib-jetstream NATS_URL SECONDS
+ *                                             the fabric in-process on its JetStream backend
  *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
  *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
@@ -172,11 +174,12 @@ static void on_closed(void *arg)
     *(bool *)arg = true;
 }
 
-static int run_lib(const char *dir, double seconds, bool nosync)
+/* nats_url: the fabric on JetStream instead of the embedded log in dir */
+static int run_lib(const char *dir, double seconds, bool nosync, const char *nats_url)
 {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    struct fabric_config cfg = {.dir = dir, .no_sync = nosync};
+    struct fabric_config cfg = {.dir = dir, .no_sync = nosync, .nats_url = nats_url};
     char err[256];
     struct fabric *f;
     if (fabric_open(&loop, &cfg, &f, err, sizeof(err)) < 0) {
@@ -194,7 +197,7 @@ static int run_lib(const char *dir, double seconds, bool nosync)
                             .data_len = PAYLOAD_BYTES};
     struct buf rec = {0};
     cloudevent_encode_record(&ev, &rec);
-    const char *mode = nosync ? "skiff-lib-nosync" : "skiff-lib";
+    const char *mode = nats_url ? "skiff-lib-js" : nosync ? "skiff-lib-nosync" : "skiff-lib";
     struct {
         const char *shape;
         size_t per;
@@ -409,8 +412,10 @@ static int run_http_shape(const char *url, const char *token, double seconds, co
         fprintf(stderr, "bench: publish failed (status %d)\n", run.failed_status);
         return 1;
     }
-    report("skiff-http", shape, run.acked, secs);
-    report_latency("skiff-http");
+    /* BENCH_HTTP_MODE names the row: skiffd on another backend (bench.sh) */
+    const char *mode = getenv("BENCH_HTTP_MODE") ? getenv("BENCH_HTTP_MODE") : "skiff-http";
+    report(mode, shape, run.acked, secs);
+    report_latency(mode);
     return 0;
 }
 
@@ -526,7 +531,9 @@ int main(int argc, char **argv)
     atexit(free_latencies);
     memset(payload, 'x', PAYLOAD_BYTES);
     if (argc >= 4 && !strcmp(argv[1], "lib"))
-        return run_lib(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "nosync"));
+        return run_lib(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "nosync"), NULL);
+    if (argc >= 4 && !strcmp(argv[1], "lib-jetstream"))
+        return run_lib(NULL, atof(argv[3]), false, argv[2]);
     if (argc >= 5 && !strcmp(argv[1], "http"))
         return run_http(argv[2], argv[3], atof(argv[4]), argc > 5 ? argv[5] : NULL);
     if (argc >= 4 && !strcmp(argv[1], "fsync"))

@@ -7,9 +7,11 @@ HTTP server (bench/container/listen.c), written as an OCI layout here and pushed
 to Debian's docker-registry, started on loopback.
 
 1. Pull and unpack: `skiff push NAME --docker-image REF --no-start` (the app made, the
-   manifest, config and 5 layers pulled, verified and unpacked: the staging) beside
-   `skopeo copy docker://REF oci:DIR` (pulled and verified, not unpacked), alternating, each
-   from nothing (the app is deleted between runs and its layers collected).
+   manifest, config and 5 layers pulled, each layer verified and unpacked in one pass, its
+   compressed blob not kept, all of it synced to disk: the staging) beside
+   `skopeo copy docker://REF oci:DIR` (pulled, verified and stored as compressed blobs, not
+   unpacked), alternating, each from nothing (the app is deleted between runs and its layers
+   collected).
 2. A second push of the same image, layers stored: `skiff push` to the first 200 through the
    router.
 3. An instance's start, scale 0 -> 1 to the first byte (bench/coldstart's measure), from the
@@ -198,7 +200,7 @@ def main():
         print("images (%d runs; the image: 5 layers, %.1f MB compressed)" % (args.runs,
                                                                              size / 1e6))
         print("  %-58s %8s %8s" % ("", "p50", "max"))
-        print("  %-58s %6.0f ms %6.0f ms" % ("skopeo copy docker:// -> oci: (pull, verify)",
+        print("  %-58s %6.0f ms %6.0f ms" % ("skopeo copy docker:// -> oci: (pull, verify, store)",
                                              ms(pct(skopeo_s, 50)), ms(max(skopeo_s))))
         print("  %-58s %6.0f ms %6.0f ms   %.2fx skopeo" % (
             "skiff push --no-start (pull, verify, unpack, staging)", ms(pct(skiff_s, 50)),

@@ -255,6 +255,8 @@ struct api_services {
     struct scheduler *scheduler; /* src/scheduler/scheduler.h */
     struct hub *hub;             /* src/hub/hub.h: platform events */
     struct logs *logs;           /* src/logs/logs.h */
+    const char *nats_url;        /* events in NATS JetStream ("": the embedded log) */
+    int nats_replicas;           /* each JetStream stream's replicas */
 };
 
 /* The events component (src/api/events.c): the topics' endpoints on the fabric it opens.

@@ -110,6 +110,20 @@ static void core__checks_json(struct buf *b, const struct store_process_checks *
 }
 
 /* An image app's droplet: the image it runs, as its record says. */
+/* A function's document (stored as json_dumps made it: one object) with its max_instances,
+ * which its scaling policy keeps. */
+static void core__function_json(struct buf *b, const struct store_process *p)
+{
+    const char *fj = p->function_json;
+    const char *end = strrchr(fj, '}');
+    if (!end) {
+        buf_puts(b, fj);
+        return;
+    }
+    buf_append(b, fj, (size_t)(end - fj));
+    core__fmt(b, "%s\"max_instances\":%d}", end - fj > 1 ? "," : "", p->max_instances);
+}
+
 static void core__image_json(struct api_core *core, struct buf *b, const struct store_app *app)
 {
     if (!app->droplet_guid)
@@ -210,7 +224,7 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
                   p->memory_mb ? p->memory_mb : app->memory_mb);
         if (store_process_is_function(p)) {
             buf_puts(b, ",\"function\":");
-            buf_puts(b, p->function_json);
+            core__function_json(b, p);
         }
         core__checks_json(b, &p->checks);
         buf_putc(b, '}');
@@ -433,7 +447,7 @@ static struct store_process *core__process_ensure(struct store_app *app, const c
     memset(p, 0, sizeof *p);
     p->type = xstrdup(type);
     p->instances = strcmp(type, "web") ? 0 : 1;
-    p->min_instances = store_process_default_min(app->kind, type);
+    store_process_default_policy(app->kind, p);
     return p;
 }
 
@@ -747,8 +761,7 @@ static bool core__apply(struct api_core *core, struct api_request *req, struct s
     for (size_t i = 0; i < app->n_processes; i++)
         if (!store_process_request_scaled(&app->processes[i]) &&
             !store_process_is_function(&app->processes[i]))
-            app->processes[i].min_instances =
-                store_process_default_min(app->kind, app->processes[i].type);
+            store_process_default_policy(app->kind, &app->processes[i]);
     return core__apply_sidecars(core, req, app, body);
 }
 

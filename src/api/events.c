@@ -77,6 +77,8 @@ static void respond_fabric_error(struct api_request *req, int rc)
         break;
     case -ECANCELED:
     case -ENOSPC:
+    case -ENOTCONN:
+    case -ETIMEDOUT:
         api_respond_error(req, SKIFF_E_UNAVAILABLE, "%s", fabric_strerror(rc));
         break;
     case -EMFILE:
@@ -553,6 +555,8 @@ int api_events_start(const struct api_services *svc, struct api_events **out, ch
         .dir = dir,
         .retention = {.max_age_ms = RETENTION_MAX_AGE_MS, .max_bytes = RETENTION_MAX_BYTES},
         .max_record_bytes = EVENTS_MAX_RECORD_BYTES,
+        .nats_url = svc->nats_url,
+        .nats_replicas = svc->nats_replicas,
     };
     int rc = fabric_open(svc->loop, &cfg, &events->fabric, err, errsize);
     free(dir);

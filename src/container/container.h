@@ -187,8 +187,8 @@ int container_warm_start(const char *socket_path, const struct container_start *
 /* Running a command inside a container that runs already (`skiff ssh`): in all of its
  * namespaces (user, mount, PID, IPC, UTS, network, cgroup), as vcap with what any program of
  * a container gets (no capabilities, no_new_privs, the rlimits, the seccomp filter), with
- * envp, in /home/vcap/app. The container's init is found in cgroup_procs (its cgroup), and
- * the command first joins the cgroups of join (one of its own under the container's, so the
+ * envp, in cwd (else /home/vcap/app). The container's init is found in cgroup_procs (its cgroup),
+ * and the command first joins the cgroups of join (one of its own under the container's, so the
  * container's limits hold and its owner can end every process the command started). With
  * tty, the command gets a terminal of the container's /dev/pts (rows x cols) and this
  * process moves bytes between its stdin/stdout and the terminal, reading window sizes from
@@ -205,6 +205,8 @@ struct container_enter {
     bool tty;
     unsigned short rows, cols; /* 0: 24 x 80 */
     unsigned uid, gid; /* the command's ids inside, the program's (an image's User); 0: vcap */
+    const char *cwd; /* where it starts inside (an image's WorkingDir), or NULL: CONTAINER_APP_DIR;
+                        one that is not there: the next of /home/vcap/app, /home/vcap, / */
 };
 int container_enter(const struct container_enter *e, char *const argv[], char *const envp[],
                     char *err, size_t errlen);

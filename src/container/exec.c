@@ -190,7 +190,8 @@ static void enter__command(const struct container_enter *e, int master, char *co
             close(slave);
         close(master);
     }
-    if (chdir(CONTAINER_APP_DIR) < 0 && chdir("/home/vcap") < 0 && chdir("/") < 0)
+    if ((!e->cwd || chdir(e->cwd) < 0) && chdir(CONTAINER_APP_DIR) < 0 && chdir("/home/vcap") < 0 &&
+        chdir("/") < 0)
         _exit(126);
     char err[512];
     /* as the container's program runs: an image's user, else vcap */

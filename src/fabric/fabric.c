@@ -8,6 +8,7 @@
  * turn (every request one poll brought in) share it. Acknowledgements and notifications then
  * run on the loop, in offset order. */
 #include "fabric/fabric.h"
+#include "fabric/fabric_backend.h"
 #include "fabric/fabric_internal.h"
 
 #include <dirent.h>
@@ -116,6 +117,7 @@ struct cursor {
 };
 
 struct fabric {
+    const struct fabric_ops *ops; /* first: see fabric_backend.h */
     uv_loop_t *loop;
     char *dir;
     struct fabric_config cfg;
@@ -240,6 +242,12 @@ const char *fabric_strerror(int code)
     case -EIO: /* a failed fsync stops appends until a restart */
         return "the event log could not be written or read (disk error): check the disk and "
                "restart skiffd";
+    case -ENOTCONN:
+        return "no NATS server of the event fabric answers: check that they run and that "
+               "skiffd's --nats names them, then retry";
+    case -ETIMEDOUT:
+        return "JetStream did not acknowledge in time (too few replicas up?): retry; an event "
+               "may then be stored twice (de-duplicate by source and id)";
     default:
         return skiff_strerror(code);
     }
@@ -1406,8 +1414,8 @@ static int topic_roll(struct fabric *f, struct topic *t)
     return 0;
 }
 
-int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob *records,
-                  size_t count, fabric_append_cb cb, void *arg, uint64_t *first_offset)
+static int embedded_append(struct fabric *f, const char *topic, const struct fabric_blob *records,
+                           size_t count, fabric_append_cb cb, void *arg, uint64_t *first_offset)
 {
     if (f->closing)
         return -ECANCELED;
@@ -1520,8 +1528,8 @@ struct read_slot {
     size_t at, len; /* within storage */
 };
 
-int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_records,
-                size_t max_bytes, struct fabric_batch *out)
+static int embedded_read(struct fabric *f, const char *topic, uint64_t from, size_t max_records,
+                         size_t max_bytes, struct fabric_batch *out)
 {
     memset(out, 0, sizeof(*out));
     struct topic *t;
@@ -1602,7 +1610,8 @@ void fabric_batch_free(struct fabric_batch *b)
     memset(b, 0, sizeof(*b));
 }
 
-int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset)
+static int embedded_seek_time(struct fabric *f, const char *topic, int64_t time_ms,
+                              uint64_t *offset)
 {
     struct topic *t;
     int rc = topic_get(f, topic, false, &t);
@@ -1663,7 +1672,7 @@ static void topic_describe(const struct topic *t, struct fabric_topic_info *out)
     out->last_time_ms = out->records ? t->last_time : 0;
 }
 
-int fabric_topic_info(struct fabric *f, const char *topic, struct fabric_topic_info *out)
+static int embedded_topic_info(struct fabric *f, const char *topic, struct fabric_topic_info *out)
 {
     struct topic *t;
     int rc = topic_get(f, topic, false, &t);
@@ -1673,7 +1682,7 @@ int fabric_topic_info(struct fabric *f, const char *topic, struct fabric_topic_i
     return 0;
 }
 
-int fabric_topics(struct fabric *f, struct fabric_topic_info **out, size_t *count)
+static int embedded_topics(struct fabric *f, struct fabric_topic_info **out, size_t *count)
 {
     *out = xcalloc(f->ntopics ? f->ntopics : 1, sizeof(**out));
     for (size_t i = 0; i < f->ntopics; i++)
@@ -1682,7 +1691,7 @@ int fabric_topics(struct fabric *f, struct fabric_topic_info **out, size_t *coun
     return 0;
 }
 
-int fabric_topic_create(struct fabric *f, const char *topic)
+static int embedded_topic_create(struct fabric *f, const char *topic)
 {
     struct topic *t;
     return topic_get(f, topic, true, &t);
@@ -1731,7 +1740,7 @@ static void topic_enforce(struct fabric *f, struct topic *t, int64_t now)
     }
 }
 
-void fabric_enforce_retention(struct fabric *f)
+static void embedded_enforce_retention(struct fabric *f)
 {
     int64_t now = time_now_ms();
     for (size_t i = 0; i < f->ntopics; i++)
@@ -1743,8 +1752,8 @@ static void on_retention_timer(uv_timer_t *h)
     fabric_enforce_retention(h->data);
 }
 
-int fabric_topic_set_retention(struct fabric *f, const char *topic,
-                               const struct fabric_retention *r)
+static int embedded_topic_set_retention(struct fabric *f, const char *topic,
+                                        const struct fabric_retention *r)
 {
     struct topic *t;
     int rc = topic_get(f, topic, true, &t);
@@ -1757,8 +1766,8 @@ int fabric_topic_set_retention(struct fabric *f, const char *topic,
 
 /* ---- subscriptions ------------------------------------------------------------------------ */
 
-int fabric_subscribe(struct fabric *f, const char *topic, fabric_notify_cb cb, void *arg,
-                     struct fabric_sub **out)
+static int embedded_subscribe(struct fabric *f, const char *topic, fabric_notify_cb cb, void *arg,
+                              struct fabric_sub **out)
 {
     if (topic && !fabric_name_valid(topic))
         return -EINVAL;
@@ -1773,7 +1782,7 @@ int fabric_subscribe(struct fabric *f, const char *topic, fabric_notify_cb cb, v
     return 0;
 }
 
-void fabric_unsubscribe(struct fabric_sub *sub)
+static void embedded_unsubscribe(struct fabric_sub *sub)
 {
     if (!sub)
         return;
@@ -1783,8 +1792,8 @@ void fabric_unsubscribe(struct fabric_sub *sub)
 
 /* ---- cursors (public) ------------------------------------------------------------------- */
 
-int fabric_cursor_get(struct fabric *f, const char *topic, const char *consumer,
-                      uint64_t *next_offset)
+static int embedded_cursor_get(struct fabric *f, const char *topic, const char *consumer,
+                               uint64_t *next_offset)
 {
     if (!fabric_name_valid(topic) || !fabric_name_valid(consumer))
         return -EINVAL;
@@ -1834,20 +1843,21 @@ static int cursor_change(struct fabric *f, const char *topic, const char *consum
     return 0;
 }
 
-int fabric_cursor_commit(struct fabric *f, const char *topic, const char *consumer,
-                         uint64_t next_offset, void (*cb)(void *arg, int status), void *arg)
+static int embedded_cursor_commit(struct fabric *f, const char *topic, const char *consumer,
+                                  uint64_t next_offset, void (*cb)(void *arg, int status),
+                                  void *arg)
 {
     return cursor_change(f, topic, consumer, next_offset, false, cb, arg);
 }
 
-int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consumer)
+static int embedded_cursor_delete(struct fabric *f, const char *topic, const char *consumer)
 {
     return cursor_change(f, topic, consumer, 0, true, NULL, NULL);
 }
 
 /* ---- open and close ----------------------------------------------------------------------- */
 
-void fabric_get_stats(struct fabric *f, struct fabric_stats *out)
+static void embedded_get_stats(struct fabric *f, struct fabric_stats *out)
 {
     *out = f->stats;
 }
@@ -1907,7 +1917,7 @@ static void fabric_finish_close(struct fabric *f)
     uv_close((uv_handle_t *)&f->round_idle, on_handle_closed);
 }
 
-void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
+static void embedded_close(struct fabric *f, void (*done)(void *arg), void *arg)
 {
     if (f->closing)
         return;
@@ -1928,8 +1938,8 @@ void fabric_close(struct fabric *f, void (*done)(void *arg), void *arg)
         fabric_finish_close(f);
 }
 
-int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric **out, char *errmsg,
-                size_t errlen)
+int fabric_log_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric **out,
+                    char *errmsg, size_t errlen)
 {
     char scratch_err[16];
     if (!errmsg) {
@@ -1942,6 +1952,7 @@ int fabric_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fabric 
         return -EINVAL;
     }
     struct fabric *f = xcalloc(1, sizeof(*f));
+    f->ops = &fabric_log_ops;
     f->loop = loop;
     f->dir = xstrdup(cfg->dir);
     f->cfg = *cfg;
@@ -2021,3 +2032,22 @@ fail:
     fabric_free(f);
     return rc;
 }
+
+const struct fabric_ops fabric_log_ops = {
+    .name = "log",
+    .close = embedded_close,
+    .append = embedded_append,
+    .read = embedded_read,
+    .seek_time = embedded_seek_time,
+    .topic_info = embedded_topic_info,
+    .topics = embedded_topics,
+    .topic_create = embedded_topic_create,
+    .topic_set_retention = embedded_topic_set_retention,
+    .enforce_retention = embedded_enforce_retention,
+    .subscribe = embedded_subscribe,
+    .unsubscribe = embedded_unsubscribe,
+    .cursor_get = embedded_cursor_get,
+    .cursor_commit = embedded_cursor_commit,
+    .cursor_delete = embedded_cursor_delete,
+    .get_stats = embedded_get_stats,
+};

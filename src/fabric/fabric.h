@@ -9,16 +9,17 @@
  * records become durable.
  *
  * This header is the whole contract; the embedded backend keeps one folder per fabric on the
- * local disk, and a NATS JetStream backend can implement the same calls (a topic is a stream,
- * a cursor a durable consumer). Nothing here exposes how records are laid out on disk.
+ * local disk, and the NATS JetStream backend (fabric_config.nats_url) implements the same calls
+ * (a topic is a stream; see README.md). Nothing here exposes how records are laid out.
  *
  * Threading: a fabric belongs to one libuv loop. Every call is made on that loop's thread and
  * every callback runs there, never from inside the call that registered it.
  *
  * Errors: calls return 0 or a negative errno value, the one error type of common/err.h
  * (skiff_strerror words it, skiff_err_from says which API error answers it); fabric_strerror()
- * adds what the fabric knows (its name rules, which thing is missing). A call that returns an
- * error never calls its callback.
+ * adds what the fabric knows (its name rules, which thing is missing). Over JetStream,
+ * -ENOTCONN: no NATS server answers, -ETIMEDOUT: JetStream did not acknowledge in time (the
+ * record may or may not have been stored). A call that returns an error never calls its callback.
  *
  * Visibility: readers and subscribers see a record only once it is durable, so nothing is
  * delivered that a crash could take back. */
@@ -50,6 +51,11 @@ struct fabric_config {
     int64_t segment_bytes;             /* roll a topic's segment past this; 0: 64 MiB */
     size_t max_record_bytes;           /* larger appends fail with -EMSGSIZE; 0: 1 MiB */
     bool no_sync;                      /* benchmarks only: skip fsync (not durable) */
+    /* NATS JetStream instead of the embedded log: "nats://h1:4222,nats://h2:4222" (NULL or
+     * empty: the embedded log in dir). A topic is then a stream, a cursor a record in the
+     * cursors stream; see src/fabric/README.md. */
+    const char *nats_url;
+    int nats_replicas; /* each stream's replicas (JetStream's R); 0: 1 */
 };
 
 /* Opens (or creates) the fabric in cfg->dir and recovers it: a record torn by a crash at the
@@ -79,7 +85,8 @@ typedef void (*fabric_append_cb)(void *arg, int status, uint64_t first_offset, s
 /* Appends count records to topic (created on its first append) in one piece: they get
  * consecutive offsets and no other append interleaves. The payloads are copied before the
  * call returns. cb (may be NULL) runs once all of them are durable. first_offset (may be
- * NULL) receives the first offset at once; it is final but not yet durable.
+ * NULL) receives the first offset at once; it is final but not yet durable. On JetStream,
+ * which numbers records when it stores them, it receives UINT64_MAX: cb has the offset.
  * Errors: -EINVAL bad topic name or count 0, -EMSGSIZE a record too large, -EIO the disk
  * failed (the fabric then refuses appends until it is reopened), -ENOSPC the disk is full,
  * -EMFILE / -ENFILE / -ENOMEM a passing shortage (a new topic needs a descriptor): only this
@@ -197,5 +204,7 @@ struct fabric_stats {
     uint64_t pending;       /* appends waiting for their commit now */
 };
 void fabric_get_stats(struct fabric *f, struct fabric_stats *out);
+/* "log" (the embedded log) or "jetstream". */
+const char *fabric_backend_name(struct fabric *f);
 
 #endif

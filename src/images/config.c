@@ -164,6 +164,7 @@ void image_manifest_clear(struct image_manifest *m)
 {
     free(m->config);
     image__strv_free(m->layers);
+    free(m->sizes);
     memset(m, 0, sizeof(*m));
 }
 
@@ -236,12 +237,15 @@ int image_manifest_parse(const char *json, size_t len, struct image_manifest *ou
         goto done;
     }
     out->layers = xcalloc(n + 1, sizeof(char *));
+    out->sizes = xcalloc(n + 1, sizeof(uint64_t));
     for (size_t i = 0; i < n; i++) {
         json_t *l = json_array_get(layers, i);
         char what[32];
         snprintf(what, sizeof what, "layer %zu", i);
         if ((rc = image__descriptor(l, what, &out->layers[i], err, errlen)))
             goto done;
+        json_int_t size = json_integer_value(json_object_get(l, "size"));
+        out->sizes[i] = size > 0 ? (uint64_t)size : 0;
         out->n_layers = i + 1;
         if (!image__layer_type_ok(image__media_type(l))) {
             rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,

@@ -1,12 +1,13 @@
 /* images: prebuilt OCI and Docker images as Skiff runs them.
  *
  * A content-addressed store under $SKIFF_HOME/images shared by every app:
- *   blobs/sha256/HEX    blobs as they came (layers compressed, configs, manifests), each
+ *   blobs/sha256/HEX    blobs as they came (configs, manifests, a tarball's layers), each
  *                       written under tmp/ while its sha256 is computed and renamed into
  *                       place only when it matches: nothing half-stored is ever visible
  *   layers/sha256/HEX   a layer blob unpacked, in overlayfs's format (a whiteout is a 0/0
  *                       character device, an opaque folder has trusted.overlay.opaque=y),
- *                       owned as the container's user namespace will see it
+ *                       owned as the container's user namespace will see it; a pulled layer
+ *                       is unpacked while it streams in and only this is kept of it
  * An image's root file system is a read-only overlay of its layers' folders.
  *
  * Every call returns SKIFF_OK (0) or an error of common/err.h with a message in err (size
@@ -126,6 +127,8 @@ void image_config_clear(struct image_config *c);
 struct image_manifest {
     char *config;  /* the config blob's digest */
     char **layers; /* layer blob digests, bottom first, NULL-terminated */
+    uint64_t *sizes; /* each layer's size as the manifest says (0: not said), or NULL when the
+                        manifest was not parsed (an image's record) */
     size_t n_layers;
 };
 /* Parses a manifest; *is_index is set (and out left empty) when the document is an index or

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -27,14 +29,51 @@
 /* the owner of what a layer names as over 65535: the container's "nobody" */
 #define LAYER_NOBODY 65534
 
+/* Files written and not yet known to be on disk, synced together (layer__sync). */
+#define LAYER_SYNC_BATCH 32
+
 struct layer {
     const struct image_store *s;
     const char *digest;
     int root; /* the layer's folder */
     uint64_t bytes, entries;
+    int unsynced[LAYER_SYNC_BATCH]; /* open regular files whose writeback was started */
+    size_t n_unsynced;
     char *err;
     size_t errlen;
 };
+
+/* Waits until the data of the files written so far is on disk (their writeback was started
+ * as each was written, so this mostly waits for what is under way), and closes them. */
+static int layer__sync(struct layer *l)
+{
+    int rc = SKIFF_OK;
+    for (size_t i = 0; i < l->n_unsynced; i++) {
+        if (rc == SKIFF_OK && fdatasync(l->unsynced[i]) != 0)
+            rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+                             "layer %s: cannot write it to disk: %s", l->digest, strerror(errno));
+        close(l->unsynced[i]);
+    }
+    l->n_unsynced = 0;
+    return rc;
+}
+
+/* A regular file written: its writeback starts now, beside the rest of the pull; it is
+ * synced with the next batch (kept open until then). */
+static int layer__written(struct layer *l, int fd)
+{
+    sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    l->unsynced[l->n_unsynced++] = fd;
+    return l->n_unsynced == LAYER_SYNC_BATCH ? layer__sync(l) : SKIFF_OK;
+}
+
+/* Closes what is still open without waiting for it: the layer is refused. */
+static void layer__drop_unsynced(struct layer *l)
+{
+    for (size_t i = 0; i < l->n_unsynced; i++)
+        close(l->unsynced[i]);
+    l->n_unsynced = 0;
+}
 
 /* Normalises an entry's name in place: leading "./" and "/" dropped only when the name is
  * relative ("./a"), "//" and "/./" collapsed, a trailing "/" dropped. NULL when the name is
@@ -228,8 +267,11 @@ static int layer__entry(struct layer *l, struct archive *a, struct archive_entry
         if (rc == SKIFF_OK && archive_entry_size_is_set(e) &&
             ftruncate(fd, archive_entry_size(e)) != 0)
             rc = layer__sys(l, "write", entry);
-        close(fd);
-        if (rc != SKIFF_OK)
+        if (rc != SKIFF_OK) {
+            close(fd);
+            return rc;
+        }
+        if ((rc = layer__written(l, fd)) != SKIFF_OK)
             return rc;
         break;
     }
@@ -305,41 +347,37 @@ done:
     return rc;
 }
 
-static int layer__walk(struct layer *l, const char *blob)
+/* A reader of layer blobs: tar, compressed any way libarchive knows. */
+static struct archive *layer__archive_new(void)
 {
     struct archive *a = archive_read_new();
     archive_read_support_filter_all(a);
     archive_read_support_format_tar(a);
     archive_read_support_format_gnutar(a);
+    return a;
+}
+
+/* Every entry of the opened archive a, written under l->root. */
+static int layer__walk(struct layer *l, struct archive *a)
+{
     int rc = SKIFF_OK;
-    if (archive_read_open_filename(a, blob, LAYER_BLOCK) != ARCHIVE_OK) {
-        rc = image__fail(l->err, l->errlen, SKIFF_E_BAD_IMAGE, "layer %s is not a tar archive (%s)",
-                         l->digest, archive_error_string(a));
-        goto done;
-    }
     for (;;) {
         struct archive_entry *e;
         int r = archive_read_next_header(a, &e);
         if (r == ARCHIVE_EOF)
             break;
-        if (r < ARCHIVE_WARN) {
-            rc = image__fail(l->err, l->errlen, SKIFF_E_BAD_IMAGE,
-                             "layer %s is not a tar archive or is damaged after %llu entries "
-                             "(%s)",
-                             l->digest, (unsigned long long)l->entries, archive_error_string(a));
-            goto done;
-        }
-        if (++l->entries > LAYER_MAX_ENTRIES) {
-            rc = image__fail(l->err, l->errlen, SKIFF_E_TOO_LARGE,
-                             "layer %s has more than %d entries", l->digest, LAYER_MAX_ENTRIES);
-            goto done;
-        }
+        if (r < ARCHIVE_WARN)
+            return image__fail(l->err, l->errlen, SKIFF_E_BAD_IMAGE,
+                               "layer %s is not a tar archive or is damaged after %llu entries "
+                               "(%s)",
+                               l->digest, (unsigned long long)l->entries, archive_error_string(a));
+        if (++l->entries > LAYER_MAX_ENTRIES)
+            return image__fail(l->err, l->errlen, SKIFF_E_TOO_LARGE,
+                               "layer %s has more than %d entries", l->digest, LAYER_MAX_ENTRIES);
         const char *raw = archive_entry_pathname(e);
-        if (!raw) {
-            rc = image__fail(l->err, l->errlen, SKIFF_E_BAD_IMAGE,
-                             "layer %s: an entry has no readable name", l->digest);
-            goto done;
-        }
+        if (!raw)
+            return image__fail(l->err, l->errlen, SKIFF_E_BAD_IMAGE,
+                               "layer %s: an entry has no readable name", l->digest);
         char *path = xstrdup(raw);
         char *clean = layer__clean(path);
         if (!clean) {
@@ -347,7 +385,7 @@ static int layer__walk(struct layer *l, const char *blob)
                              "layer %s: entry '%.200s' is %s: the layer is refused", l->digest, raw,
                              raw[0] == '/' ? "an absolute path" : "outside the layer ('..')");
             free(path);
-            goto done;
+            return rc;
         }
         if (!clean[0]) { /* the root itself: it is the container's root's */
             free(path);
@@ -368,11 +406,39 @@ static int layer__walk(struct layer *l, const char *blob)
         free(shown);
         free(path);
         if (rc != SKIFF_OK)
-            goto done;
+            return rc;
     }
-done:
-    archive_read_free(a);
     return rc;
+}
+
+/* Every entry of a, then all of it on disk: the files' data, then (one fsync of the folder:
+ * a journal's commit) what names them. Nothing of a refused layer is waited for. */
+static int layer__unpack(struct layer *l, struct archive *a)
+{
+    int rc = layer__walk(l, a);
+    if (rc == SKIFF_OK)
+        rc = layer__sync(l);
+    layer__drop_unsynced(l);
+    if (rc == SKIFF_OK && fsync(l->root) != 0)
+        rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+                         "layer %s: cannot write it to disk: %s", l->digest, strerror(errno));
+    return rc;
+}
+
+/* The folder a layer is unpacked in under tmp/ (*tmp, caller frees and removes), opened as
+ * l->root. */
+static int layer__begin(const struct image_store *s, const char *digest, struct layer *l,
+                        char **tmp, char *err, size_t errlen)
+{
+    *l = (struct layer){.s = s, .digest = digest, .root = -1, .err = err, .errlen = errlen};
+    *tmp = image__tmp_path(s, "layer");
+    if (mkdir(*tmp, 0755) != 0 || chown(*tmp, s->uid_base, s->uid_base) != 0 ||
+        (l->root = open(*tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
+                           strerror(errno));
+    if (err && errlen)
+        err[0] = '\0';
+    return SKIFF_OK;
 }
 
 int image_layer_unpack(const struct image_store *s, const char *digest, char *err, size_t errlen)
@@ -380,6 +446,7 @@ int image_layer_unpack(const struct image_store *s, const char *digest, char *er
     char *blob = image_store_blob_path(s, digest);
     char *final = image_store_layer_path(s, digest);
     char *tmp = NULL;
+    struct layer l = {.root = -1};
     int rc = SKIFF_OK;
     if (!blob) {
         rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE, "'%.80s' is not a sha256 digest", digest);
@@ -387,31 +454,143 @@ int image_layer_unpack(const struct image_store *s, const char *digest, char *er
     }
     if (access(final, F_OK) == 0)
         goto done; /* unpacked once, for every image that has it */
-    tmp = image__tmp_path(s, "layer");
-    if (mkdir(tmp, 0755) != 0 || chown(tmp, s->uid_base, s->uid_base) != 0) {
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
-                         strerror(errno));
+    if ((rc = layer__begin(s, digest, &l, &tmp, err, errlen)) != SKIFF_OK)
         goto done;
-    }
-    struct layer l = {.s = s, .digest = digest, .err = err, .errlen = errlen};
-    l.root = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (l.root < 0) {
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
-                         strerror(errno));
-        goto done;
-    }
-    if (err && errlen)
-        err[0] = '\0';
-    rc = layer__walk(&l, blob);
-    close(l.root);
+    struct archive *a = layer__archive_new();
+    if (archive_read_open_filename(a, blob, LAYER_BLOCK) != ARCHIVE_OK)
+        rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE, "layer %s is not a tar archive (%s)",
+                         digest, archive_error_string(a));
+    else
+        rc = layer__unpack(&l, a);
+    archive_read_free(a);
     if (rc == SKIFF_OK && rename(tmp, final) != 0 && access(final, F_OK) != 0)
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
                          strerror(errno));
 done:
+    if (l.root >= 0)
+        close(l.root);
     if (tmp)
         rm_rf(tmp); /* gone after the rename; what a refused layer left otherwise */
     free(tmp);
     free(blob);
     free(final);
+    return rc;
+}
+
+/* ---- unpacking while the blob streams in ------------------------------------------------ */
+
+/* The socket buffer between the download and the unpacking: a few of curl's writes. */
+#define LAYER_STREAM_BUFFER (1 << 20)
+
+struct image_layer_stream {
+    struct layer l;
+    char digest[IMAGE_DIGEST_LEN];
+    char *tmp;
+    int in, out; /* the unpacking reads in; the download writes out (-1: stopped) */
+    pthread_t thread;
+    int rc;
+    char err[512];
+};
+
+static void *layer__stream_work(void *arg)
+{
+    struct image_layer_stream *ls = arg;
+    struct archive *a = layer__archive_new();
+    if (archive_read_open_fd(a, ls->in, LAYER_BLOCK) != ARCHIVE_OK)
+        ls->rc =
+            image__fail(ls->err, sizeof ls->err, SKIFF_E_BAD_IMAGE,
+                        "layer %s is not a tar archive (%s)", ls->digest, archive_error_string(a));
+    else
+        ls->rc = layer__unpack(&ls->l, a);
+    archive_read_free(a);
+    /* the rest of the blob (after the tar's end, or after a refusal) is only hashed: the
+     * download's next send fails and it stops feeding */
+    close(ls->in);
+    ls->in = -1;
+    return NULL;
+}
+
+static void layer__stream_free(struct image_layer_stream *ls)
+{
+    if (ls->l.root >= 0)
+        close(ls->l.root);
+    if (ls->in >= 0)
+        close(ls->in);
+    if (ls->out >= 0)
+        close(ls->out);
+    if (ls->tmp)
+        rm_rf(ls->tmp);
+    free(ls->tmp);
+    free(ls);
+}
+
+int image__layer_stream_begin(const struct image_store *s, const char *digest,
+                              struct image_layer_stream **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!image_digest_valid(digest))
+        return image__fail(err, errlen, SKIFF_E_BAD_IMAGE, "'%.80s' is not a sha256 digest",
+                           digest);
+    struct image_layer_stream *ls = xcalloc(1, sizeof *ls);
+    ls->in = ls->out = -1;
+    snprintf(ls->digest, sizeof ls->digest, "%s", digest);
+    int rc = layer__begin(s, ls->digest, &ls->l, &ls->tmp, ls->err, sizeof ls->err);
+    int fds[2];
+    if (rc == SKIFF_OK && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+        rc = image__fail(ls->err, sizeof ls->err, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s",
+                         digest, strerror(errno));
+    if (rc == SKIFF_OK) {
+        ls->in = fds[0];
+        ls->out = fds[1];
+        int size = LAYER_STREAM_BUFFER;
+        setsockopt(ls->out, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        setsockopt(ls->in, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        int e = pthread_create(&ls->thread, NULL, layer__stream_work, ls);
+        if (e != 0)
+            rc = image__fail(ls->err, sizeof ls->err, SKIFF_E_INTERNAL,
+                             "cannot unpack layer %s: %s", digest, strerror(e));
+    }
+    if (rc != SKIFF_OK) {
+        image__fail(err, errlen, rc, "%s", ls->err);
+        layer__stream_free(ls);
+        return rc;
+    }
+    *out = ls;
+    return SKIFF_OK;
+}
+
+void image__layer_stream_write(struct image_layer_stream *ls, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len && ls->out >= 0) {
+        ssize_t n = send(ls->out, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) { /* the unpacking stopped: what it said is end's */
+            close(ls->out);
+            ls->out = -1;
+            return;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+int image__layer_stream_end(struct image_layer_stream *ls, bool verified, struct image_pending *p,
+                            char *err, size_t errlen)
+{
+    if (ls->out >= 0)
+        close(ls->out); /* the end of the blob: the unpacking reads to it */
+    ls->out = -1;
+    pthread_join(ls->thread, NULL);
+    int rc = verified ? ls->rc : SKIFF_OK;
+    if (rc != SKIFF_OK)
+        image__fail(err, errlen, rc, "%s", ls->err);
+    if (verified && rc == SKIFF_OK) {
+        char *final = image_store_layer_path(ls->l.s, ls->digest);
+        image__pending_add(p, ls->tmp, final);
+        ls->tmp = NULL;
+    }
+    layer__stream_free(ls);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/util.h"
@@ -127,6 +128,7 @@ struct registry_pull {
     int64_t last_progress_ms; /* when the last line of bytes went out */
     size_t next;              /* the next layer a worker takes */
     bool failed;              /* a layer failed: the others stop taking more */
+    struct image_pending pending; /* what it stored, put in place when all of it is there */
 };
 
 /* Adds n bytes to the image's; false when that makes it larger than its limit. */
@@ -158,7 +160,8 @@ struct registry_response {
     size_t max;                     /* bytes body may have */
     bool over;                      /* it had more */
     struct buf challenge;           /* WWW-Authenticate */
-    struct image_blob_writer *blob; /* or streamed here */
+    struct image_blob_writer *blob; /* or streamed here (its digest) */
+    struct image_layer_stream *layer; /* and there (unpacked as it comes) */
     int blob_rc;
     char blob_err[512];
     struct registry *g;  /* a blob's pull: its bytes count to the image's, and are told */
@@ -223,6 +226,8 @@ static size_t registry__body(char *data, size_t size, size_t n, void *arg)
         r->blob_rc = image_blob_write(r->blob, data, len, r->blob_err, sizeof r->blob_err);
         if (r->blob_rc == SKIFF_OK)
             r->blob_rc = registry__blob_bytes(r, len);
+        if (r->blob_rc == SKIFF_OK && r->layer)
+            image__layer_stream_write(r->layer, data, len);
         return r->blob_rc == SKIFF_OK ? len : 0;
     }
     if (r->body.len + len > r->max) {
@@ -417,9 +422,10 @@ static int registry__fetch(struct registry *g, const char *path, const char *wha
     case 200:
         if (r->over)
             return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
-                               "the registry %s sent more for the %s of %s than a manifest may "
-                               "have (it is larger than the limit of %zu kB): refused",
-                               g->ref.registry, what, g->ref.repository, r->max >> 10);
+                               "the registry %s sent more for the %s of %s than a %s may have "
+                               "(it is larger than the limit of %zu kB): refused",
+                               g->ref.registry, what, g->ref.repository,
+                               strcmp(what, "config") ? "manifest" : "config", r->max >> 10);
         return r->blob_rc ? image__fail(g->err, g->errlen, r->blob_rc, "%s", r->blob_err)
                           : SKIFF_OK;
     case 401:
@@ -442,13 +448,20 @@ static int registry__fetch(struct registry *g, const char *path, const char *wha
     }
 }
 
-/* A document (manifest or index, or the config) checked against digest when one is given. */
-static int registry__document(struct registry *g, const char *reference, const char *expected,
-                              char **out, size_t *len, char digest[IMAGE_DIGEST_LEN])
+/* A document (a manifest or index under manifests/, the config under blobs/) checked against
+ * digest when one is given. */
+static int registry__document(struct registry *g, const char *kind, const char *reference,
+                              const char *expected, char **out, size_t *len,
+                              char digest[IMAGE_DIGEST_LEN])
 {
     struct registry_response r = {.max = IMAGE_MAX_DOCUMENT};
-    char *path = xasprintf("manifests/%s", reference);
-    int rc = registry__fetch(g, path, expected ? "manifest" : "image (tag)", &r, REGISTRY_ACCEPT);
+    char *path = xasprintf("%s/%s", kind, reference);
+    bool manifest = !strcmp(kind, "manifests");
+    int rc = registry__fetch(g, path,
+                             !manifest  ? "config"
+                             : expected ? "manifest"
+                                        : "image (tag)",
+                             &r, manifest ? REGISTRY_ACCEPT : NULL);
     free(path);
     buf_free(&r.challenge);
     if (rc != SKIFF_OK) {
@@ -459,9 +472,9 @@ static int registry__document(struct registry *g, const char *reference, const c
     if (expected && strcmp(expected, digest)) {
         buf_free(&r.body);
         return image__fail(g->err, g->errlen, SKIFF_E_DIGEST_MISMATCH,
-                           "the manifest %s of %s does not match its digest (its content is "
+                           "the %s %s of %s does not match its digest (its content is "
                            "%s): the registry changed or damaged it",
-                           expected, g->ref.repository, digest);
+                           manifest ? "manifest" : "config", expected, g->ref.repository, digest);
     }
     *len = r.body.len;
     buf_puts(&r.body, "");
@@ -469,49 +482,98 @@ static int registry__document(struct registry *g, const char *reference, const c
     return SKIFF_OK;
 }
 
-static int registry__blob(struct registry *g, const char *digest, const char *what)
+static int registry__too_large(struct registry *g)
 {
-    if (image_store_has_blob(g->s, digest)) {
-        /* stored already, but the image's size is all of it */
-        char *p = image_store_blob_path(g->s, digest);
-        struct stat st = {0};
-        stat(p, &st);
-        free(p);
-        if (!registry__count(g, (uint64_t)st.st_size))
-            return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
-                               "the image %s is larger than the limit of %llu MB for an image "
-                               "(skiffd --max-image-size)",
-                               g->ref.repository,
-                               (unsigned long long)(image__max_image(g->s) >> 20));
+    return image__fail(g->err, g->errlen, SKIFF_E_TOO_LARGE,
+                       "the image %s is larger than the limit of %llu MB for an image (skiffd "
+                       "--max-image-size)",
+                       g->ref.repository, (unsigned long long)(image__max_image(g->s) >> 20));
+}
+
+/* The config: stored already, or fetched whole (it is small), checked against its digest and
+ * stored with the pull's other blobs. *out its bytes (caller frees). */
+static int registry__config(struct registry *g, const char *digest, char **out, size_t *len)
+{
+    struct image_blob_writer *w = NULL;
+    const struct image_pull_options *opt = g->opt;
+    char got[IMAGE_DIGEST_LEN];
+    int rc;
+    bool stored = image_store_has_blob(g->s, digest);
+    if (stored)
+        rc = image_blob_read(g->s, digest, IMAGE_MAX_DOCUMENT, out, len, g->err, g->errlen);
+    else
+        rc = registry__document(g, "blobs", digest, digest, out, len, got);
+    if (rc == SKIFF_OK && !registry__count(g, *len))
+        rc = registry__too_large(g);
+    if (rc == SKIFF_OK && !stored &&
+        (rc = image__blob_begin(g->s, digest, "config", true, &w, g->err, g->errlen)) == SKIFF_OK) {
+        rc = image_blob_write(w, *out, *len, g->err, g->errlen);
+        if (rc == SKIFF_OK)
+            rc = image__blob_verify(w, &g->pull->pending, g->err, g->errlen);
+        else
+            image_blob_abort(w);
+    }
+    if (rc == SKIFF_OK && opt->progress && stored)
+        opt->progress(opt->progress_ctx, "config %.19s: already stored", digest);
+    else if (rc == SKIFF_OK && opt->progress)
+        opt->progress(opt->progress_ctx, "config %.19s: pulled %zu bytes", digest, *len);
+    if (rc != SKIFF_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* A layer stored already (its folder, or its blob from a tarball: unpacked then), or pulled and
+ * unpacked in one pass: the blob streams into the unpacking while its digest is computed, and
+ * the unpacked folder goes on the pull's pending list only when the digest matched. The blob
+ * itself is not kept. declared: its size as the manifest says (what a layer stored already
+ * counts to the image's size when its blob is not kept). */
+static int registry__layer(struct registry *g, const char *digest, const char *what,
+                           uint64_t declared)
+{
+    char *folder = image_store_layer_path(g->s, digest);
+    char *blob = image_store_blob_path(g->s, digest);
+    struct stat st = {0};
+    bool has_blob = blob && stat(blob, &st) == 0;
+    bool stored = has_blob || (folder && access(folder, F_OK) == 0);
+    free(folder);
+    free(blob);
+    if (stored) {
+        if (!registry__count(g, has_blob ? (uint64_t)st.st_size : declared))
+            return registry__too_large(g);
         if (g->opt->progress)
             g->opt->progress(g->opt->progress_ctx, "%s %.19s: already stored", what, digest);
-        return SKIFF_OK;
+        return image_layer_unpack(g->s, digest, g->err, g->errlen); /* once */
     }
     char label[128], shown[64];
     snprintf(label, sizeof label, "%s %s", what, digest);
     snprintf(shown, sizeof shown, "%s %.19s", what, digest);
     struct registry_response r = {.max = 64 << 10, .g = g, .label = shown};
-    int rc = image_blob_begin(g->s, digest, label, &r.blob, g->err, g->errlen);
+    int rc = image__blob_begin(g->s, digest, label, false, &r.blob, g->err, g->errlen);
     if (rc != SKIFF_OK)
         return rc;
+    if ((rc = image__layer_stream_begin(g->s, digest, &r.layer, g->err, g->errlen))) {
+        image_blob_abort(r.blob);
+        return rc;
+    }
     char *path = xasprintf("blobs/%s", digest);
     rc = registry__fetch(g, path, what, &r, NULL);
     free(path);
     buf_free(&r.body);
     buf_free(&r.challenge);
-    if (rc != SKIFF_OK) {
+    if (rc == SKIFF_OK)
+        rc = image__blob_verify(r.blob, &g->pull->pending, g->err, g->errlen);
+    else
         image_blob_abort(r.blob);
-        return rc;
-    }
-    rc = image_blob_commit(r.blob, NULL, g->err, g->errlen);
-    if (rc == SKIFF_OK && g->opt->progress) {
-        char *p = image_store_blob_path(g->s, digest);
-        struct stat st = {0};
-        stat(p, &st);
-        free(p);
-        g->opt->progress(g->opt->progress_ctx, "%s %.19s: pulled %lld bytes", what, digest,
-                         (long long)st.st_size);
-    }
+    /* the digest's verdict first: what a damaged blob unpacked to says nothing */
+    int unpacked =
+        image__layer_stream_end(r.layer, rc == SKIFF_OK, &g->pull->pending, g->err, g->errlen);
+    if (rc == SKIFF_OK)
+        rc = unpacked;
+    if (rc == SKIFF_OK && g->opt->progress)
+        g->opt->progress(g->opt->progress_ctx, "%s %.19s: pulled %llu bytes", what, digest,
+                         (unsigned long long)r.blob_bytes);
     return rc;
 }
 
@@ -544,9 +606,7 @@ static void *registry__layers_work(void *arg)
             continue;
         char what[64];
         snprintf(what, sizeof what, "layer %zu/%zu", i + 1, w->m->n_layers);
-        w->rc = registry__blob(g, w->m->layers[i], what);
-        if (w->rc == SKIFF_OK)
-            w->rc = image_layer_unpack(g->s, w->m->layers[i], w->err, sizeof w->err);
+        w->rc = registry__layer(g, w->m->layers[i], what, w->m->sizes ? w->m->sizes[i] : 0);
         if (w->rc != SKIFF_OK) {
             pthread_mutex_lock(&g->pull->lock);
             g->pull->failed = true;
@@ -593,7 +653,7 @@ int image_pull(const struct image_store *s, const char *reference,
                const struct image_pull_options *opt, struct image *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    struct registry_pull pull = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    struct registry_pull pull = {.lock = PTHREAD_MUTEX_INITIALIZER, .pending = IMAGE_PENDING_INIT};
     struct registry g = {.s = s, .opt = opt, .pull = &pull, .err = err, .errlen = errlen};
     int rc = image_ref_parse(reference, &g.ref, err, errlen);
     if (rc != SKIFF_OK)
@@ -607,8 +667,8 @@ int image_pull(const struct image_store *s, const char *reference,
     size_t len = 0;
     if (opt->progress)
         opt->progress(opt->progress_ctx, "Resolving %s", reference);
-    rc = registry__document(&g, g.ref.digest ? g.ref.digest : g.ref.tag, g.ref.digest, &doc, &len,
-                            digest);
+    rc = registry__document(&g, "manifests", g.ref.digest ? g.ref.digest : g.ref.tag, g.ref.digest,
+                            &doc, &len, digest);
     for (int depth = 0; rc == SKIFF_OK; depth++) {
         bool is_index;
         rc = image_manifest_parse(doc, len, &out->manifest, &is_index, err, errlen);
@@ -622,16 +682,14 @@ int image_pull(const struct image_store *s, const char *reference,
         free(doc);
         doc = NULL;
         if (rc == SKIFF_OK)
-            rc = registry__document(&g, pick, pick, &doc, &len, digest);
+            rc = registry__document(&g, "manifests", pick, pick, &doc, &len, digest);
     }
     if (rc == SKIFF_OK)
         out->digest = xstrdup(digest);
-    if (rc == SKIFF_OK)
-        rc = registry__blob(&g, out->manifest.config, "config");
     free(doc);
     doc = NULL;
     if (rc == SKIFF_OK)
-        rc = image_blob_read(s, out->manifest.config, IMAGE_MAX_DOCUMENT, &doc, &len, err, errlen);
+        rc = registry__config(&g, out->manifest.config, &doc, &len);
     if (rc == SKIFF_OK)
         rc = image_config_parse(doc, len, &out->config, err, errlen);
     if (rc == SKIFF_OK && opt->progress)
@@ -639,6 +697,9 @@ int image_pull(const struct image_store *s, const char *reference,
                       out->manifest.n_layers, out->digest);
     if (rc == SKIFF_OK)
         rc = registry__layers(&g, &out->manifest);
+    if (rc == SKIFF_OK)
+        rc = image__pending_commit(s, &pull.pending, err, errlen);
+    image__pending_abort(&pull.pending); /* a failed pull's: nothing of it stays */
     free(doc);
     free(g.base);
     free(g.bearer);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -154,19 +155,29 @@ struct image_blob_writer {
 int image_blob_begin(const struct image_store *s, const char *expected, const char *what,
                      struct image_blob_writer **out, char *err, size_t errlen)
 {
+    return image__blob_begin(s, expected, what, true, out, err, errlen);
+}
+
+int image__blob_begin(const struct image_store *s, const char *expected, const char *what,
+                      bool keep, struct image_blob_writer **out, char *err, size_t errlen)
+{
     *out = NULL;
     if (expected && !image_digest_valid(expected))
         return image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
                            "%s: '%.80s' is not a sha256 digest (sha256:64 hex digits)", what,
                            expected);
     struct image_blob_writer *w = xcalloc(1, sizeof(*w));
-    w->tmp = image__tmp_path(s, "blob");
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (w->fd < 0) {
-        int e = errno;
-        free(w->tmp);
-        free(w);
-        return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", what, strerror(e));
+    w->fd = -1;
+    if (keep) {
+        w->tmp = image__tmp_path(s, "blob");
+        w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (w->fd < 0) {
+            int e = errno;
+            free(w->tmp);
+            free(w);
+            return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", what,
+                               strerror(e));
+        }
     }
     w->sha = EVP_MD_CTX_new();
     if (!w->sha || EVP_DigestInit_ex(w->sha, EVP_sha256(), NULL) != 1) {
@@ -189,6 +200,10 @@ int image_blob_write(struct image_blob_writer *w, const void *data, size_t len, 
         return image__fail(err, errlen, SKIFF_E_TOO_LARGE, "%s is larger than the limit of %llu MB",
                            w->what, (unsigned long long)(w->max >> 20));
     EVP_DigestUpdate(w->sha, data, len);
+    if (w->fd < 0) { /* nothing kept: only the digest */
+        w->written += len;
+        return SKIFF_OK;
+    }
     const char *p = data;
     while (len) {
         ssize_t n = write(w->fd, p, len);
@@ -210,7 +225,8 @@ void image_blob_abort(struct image_blob_writer *w)
         return;
     if (w->fd >= 0)
         close(w->fd);
-    unlink(w->tmp);
+    if (w->tmp)
+        unlink(w->tmp);
     EVP_MD_CTX_free(w->sha);
     free(w->tmp);
     free(w->what);
@@ -218,23 +234,30 @@ void image_blob_abort(struct image_blob_writer *w)
     free(w);
 }
 
-int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN], char *err,
-                      size_t errlen)
+/* The blob's digest into got; SKIFF_E_DIGEST_MISMATCH when it is not the one expected. */
+static int blob__check(struct image_blob_writer *w, char got[IMAGE_DIGEST_LEN], char *err,
+                       size_t errlen)
 {
     unsigned char sum[32];
     unsigned int n = 0;
     EVP_DigestFinal_ex(w->sha, sum, &n);
-    char got[IMAGE_DIGEST_LEN];
     memcpy(got, "sha256:", 7);
-    sodium_bin2hex(got + 7, sizeof got - 7, sum, sizeof sum);
-    int rc = SKIFF_OK;
-    if (w->expected[0] && strcmp(w->expected, got) != 0) {
-        rc = image__fail(err, errlen, SKIFF_E_DIGEST_MISMATCH,
-                         "%s does not match its digest: its content is %s (%llu bytes): the "
-                         "image is damaged or was changed",
-                         w->what, got, (unsigned long long)w->written);
+    sodium_bin2hex(got + 7, IMAGE_DIGEST_LEN - 7, sum, sizeof sum);
+    if (w->expected[0] && strcmp(w->expected, got) != 0)
+        return image__fail(err, errlen, SKIFF_E_DIGEST_MISMATCH,
+                           "%s does not match its digest: its content is %s (%llu bytes): the "
+                           "image is damaged or was changed",
+                           w->what, got, (unsigned long long)w->written);
+    return SKIFF_OK;
+}
+
+int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN], char *err,
+                      size_t errlen)
+{
+    char got[IMAGE_DIGEST_LEN];
+    int rc = blob__check(w, got, err, errlen);
+    if (rc != SKIFF_OK || w->fd < 0)
         goto done;
-    }
     if (fsync(w->fd) != 0 || close(w->fd) != 0) {
         w->fd = -1;
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
@@ -248,10 +271,88 @@ int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN]
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
                          strerror(errno));
     free(final);
+done:
     if (digest && rc == SKIFF_OK)
         memcpy(digest, got, IMAGE_DIGEST_LEN);
-done:
     image_blob_abort(w);
+    return rc;
+}
+
+int image__blob_verify(struct image_blob_writer *w, struct image_pending *p, char *err,
+                       size_t errlen)
+{
+    char got[IMAGE_DIGEST_LEN];
+    int rc = blob__check(w, got, err, errlen);
+    if (rc == SKIFF_OK && w->fd >= 0 && close(w->fd) != 0)
+        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
+                         strerror(errno));
+    w->fd = -1;
+    if (rc == SKIFF_OK && w->tmp) {
+        image__pending_add(p, w->tmp, xasprintf("%s/%s", w->final_dir, got + 7));
+        w->tmp = NULL; /* the pending list's now */
+    }
+    image_blob_abort(w);
+    return rc;
+}
+
+/* ---- what a pull stored, made durable at once --------------------------------------------- */
+
+void image__pending_add(struct image_pending *p, char *tmp, char *final)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->n == p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 8;
+        p->tmp = xrealloc(p->tmp, p->cap * sizeof(char *));
+        p->final = xrealloc(p->final, p->cap * sizeof(char *));
+    }
+    p->tmp[p->n] = tmp;
+    p->final[p->n++] = final;
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void pending__free(struct image_pending *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->tmp[i]);
+        free(p->final[i]);
+    }
+    free(p->tmp);
+    free(p->final);
+    p->tmp = p->final = NULL;
+    p->n = p->cap = 0;
+}
+
+void image__pending_abort(struct image_pending *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        rm_rf(p->tmp[i]);
+    pending__free(p);
+}
+
+int image__pending_commit(const struct image_store *s, struct image_pending *p, char *err,
+                          size_t errlen)
+{
+    (void)s;
+    int rc = SKIFF_OK;
+    /* everything on disk before any of it is named: a crash never leaves a blob or a layer in
+     * place whose data is not there (a layer's files were synced as it was unpacked, so its
+     * folder's fsync finds nothing left; a blob's is its one wait). Only what this pull wrote
+     * is waited for: a syncfs would wait for every other writer of the file system too. */
+    for (size_t i = 0; i < p->n && rc == SKIFF_OK; i++) {
+        int fd = open(p->tmp[i], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0)
+            rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
+                             strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    for (size_t i = 0; i < p->n && rc == SKIFF_OK; i++) {
+        /* one stored meanwhile by another pull is the same content: it stays */
+        if (rename(p->tmp[i], p->final[i]) != 0 && access(p->final[i], F_OK) != 0)
+            rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
+                             strerror(errno));
+    }
+    image__pending_abort(p); /* what was not moved */
     return rc;
 }
 

@@ -2,8 +2,8 @@
  *
  *   skiff-init --config FILE -- PROGRAM ARG...
  *   skiff-init --config FILE          (a warm container: the config names warm_socket)
- *   skiff-init --enter PROCS [--join FILE]... [--seccomp BPF] [--tty ROWSxCOLS] [--user UID:GID] --
- * PROGRAM ARG...
+ *   skiff-init --enter PROCS [--join FILE]... [--seccomp BPF] [--tty ROWSxCOLS] [--user UID:GID]
+ *              [--cwd DIR] -- PROGRAM ARG...
  *
  * FILE is a container_config as JSON. The program gets skiff-init's own environment; a warm
  * container's program and environment come with its start (container_warm_start). It runs
@@ -14,7 +14,8 @@
  *
  * --enter runs a program inside a container that runs already (container_enter: `skiff
  * ssh`): PROCS is the container's cgroup.procs, each --join a cgroup.procs the program joins
- * first; it gets skiff-init's environment, and skiff-init ends as the program does (127 and
+ * first; it starts in DIR (an image's WorkingDir; else /home/vcap/app); it gets skiff-init's
+ * environment, and skiff-init ends as the program does (127 and
  * 126 as a shell's "not found" and "cannot run"; 125 when the container cannot be entered). */
 #include <errno.h>
 #include <signal.h>
@@ -35,7 +36,7 @@ static int init_usage(void)
 {
     fputs("usage: skiff-init --config FILE [-- PROGRAM ARG...]\n"
           "       skiff-init --enter PROCS [--join FILE]... [--seccomp BPF] [--tty ROWSxCOLS]"
-          " [--user UID:GID]"
+          " [--user UID:GID] [--cwd DIR]"
           " -- PROGRAM ARG...\n"
           "Runs a program in a Skiff container; started by skiff-shim, the stager and skiffd.\n",
           stderr);
@@ -79,6 +80,8 @@ static int init_enter(int argc, char **argv)
         } else if (!strcmp(argv[i], "--user")) {
             if (sscanf(argv[++i], "%u:%u", &e.uid, &e.gid) != 2 || e.uid > 65535 || e.gid > 65535)
                 return init_usage();
+        } else if (!strcmp(argv[i], "--cwd")) {
+            e.cwd = argv[++i];
         } else if (!strcmp(argv[i], "--seccomp")) {
             e.seccomp_bpf = argv[++i];
         } else if (!strcmp(argv[i], "--tty")) {

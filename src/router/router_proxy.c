@@ -211,7 +211,7 @@ struct exchange {
     struct table_hold *hold; /* the table x->route lives in */
     struct route *route;
     struct route_backend *backend; /* counted in backend->active while set */
-    struct route_stats *stats;     /* counted in stats->in_flight while set */
+    struct route_stats *stats;     /* counted in its worker's in-flight slot while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
@@ -676,7 +676,7 @@ static void exchange_free(struct exchange *x)
     struct worker *w = x->c->p.w;
     exchange_release_backend(x);
     if (x->stats) {
-        __atomic_sub_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        route_stats_change(x->stats, w->index, -1, now_us());
         x->stats = NULL;
     }
     table_hold_release(w, x->hold);
@@ -1770,7 +1770,7 @@ static void route_and_connect(struct client *c)
     router_head_build_request(&x->head, &rh);
     x->stats = x->route->stats;
     if (x->stats) { /* what the autoscaler sees: requests in flight, held ones included */
-        __atomic_add_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        route_stats_change(x->stats, w->index, 1, now_us());
         __atomic_add_fetch(&x->stats->requests, 1, __ATOMIC_RELAXED);
     }
     if (x->route->backend_count == 0) {
@@ -2723,6 +2723,10 @@ static int router_tls_start(const struct router_config *cfg)
         if (tls_store_set_issuer(tls_store, dir, "localhost", why, sizeof why) < 0)
             log_info("HTTPS: no local CA in %s, no certificate is made per APP.localhost", dir);
         tls_store_set_issue_filter(tls_store, router_tls_name_routed, NULL);
+        /* OCSP stapling for certificates that name a responder: fetched on a thread of its own */
+        int retry_s = (cfg->tls_ocsp_retry_ms + 999) / 1000;
+        if (tls_store_ocsp_start(tls_store, retry_s, why, sizeof why) < 0)
+            log_warning("HTTPS: no OCSP stapling: %s", why);
     }
     free(dir);
     if (r < 0) {

@@ -323,6 +323,15 @@ int store_process_default_min(const char *app_kind, const char *type)
     return function || strcmp(type, "web") ? 0 : STORE_SCALE_MANUAL;
 }
 
+void store_process_default_policy(const char *app_kind, struct store_process *p)
+{
+    p->min_instances = store_process_default_min(app_kind, p->type);
+    bool function = (app_kind && !strcmp(app_kind, "function")) || p->function_json;
+    p->max_instances = function ? STORE_FUNCTION_DEFAULT_MAX_INSTANCES : 0;
+    p->target_concurrency = function ? STORE_DEFAULT_TARGET_CONCURRENCY : 0;
+    p->target_rps = p->window_ms = p->scale_down_delay_ms = 0;
+}
+
 struct store_process *store_app_process(const struct store_app *app, const char *type)
 {
     for (size_t i = 0; i < app->n_processes; i++)

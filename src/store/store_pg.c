@@ -111,6 +111,16 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
     /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
     "ALTER TABLE routes ADD COLUMN https_only BOOLEAN NOT NULL DEFAULT FALSE;",
+    /* 14: a function's max_instances has one owner, its scaling policy (store_sqlite.c) */
+    "UPDATE processes SET max_instances ="
+    "  COALESCE((function::jsonb->>'max_instances')::integer, 10)"
+    "  WHERE function IS NOT NULL AND max_instances = 0 AND min_instances >= 0;"
+    "UPDATE processes SET function = (function::jsonb - 'max_instances')::text"
+    "  WHERE function IS NOT NULL;"
+    "UPDATE processes SET max_instances = 10 WHERE max_instances = 0 AND min_instances >= 0"
+    "  AND type = 'web' AND app_guid IN (SELECT guid FROM apps WHERE kind = 'function');"
+    "UPDATE processes SET target_concurrency = 100 WHERE max_instances > 0"
+    "  AND target_concurrency = 0 AND target_rps = 0;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 

@@ -115,6 +115,17 @@ const char *const store_sqlite_migrations[] = {
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
     /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
     "ALTER TABLE routes ADD COLUMN https_only INTEGER NOT NULL DEFAULT 0;",
+    /* 14: a function's max_instances has one owner, its scaling policy: a function inside an
+     * app takes it from its function document (which no longer holds it), a function app's
+     * process gets the default policy (store_process_default_policy) */
+    "UPDATE processes SET max_instances = COALESCE(json_extract(function, '$.max_instances'), 10)"
+    "  WHERE function IS NOT NULL AND max_instances = 0 AND min_instances >= 0;"
+    "UPDATE processes SET function = json_remove(function, '$.max_instances')"
+    "  WHERE function IS NOT NULL;"
+    "UPDATE processes SET max_instances = 10 WHERE max_instances = 0 AND min_instances >= 0"
+    "  AND type = 'web' AND app_guid IN (SELECT guid FROM apps WHERE kind = 'function');"
+    "UPDATE processes SET target_concurrency = 100 WHERE max_instances > 0"
+    "  AND target_concurrency = 0 AND target_rps = 0;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];

@@ -687,7 +687,10 @@ def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing
         assert "does not match its digest" in r.stdout + r.stderr, out(r)
         assert digest(layer) in r.stdout + r.stderr, out(r)
         blob = os.path.join(p.home, "images", "blobs", "sha256", digest(layer)[7:])
-        assert not os.path.exists(blob)  # nothing half-stored
+        assert not os.path.exists(blob)  # nothing half-stored: no blob, no layer, nothing in tmp/
+        assert not os.path.exists(os.path.join(p.home, "images", "layers", "sha256",
+                                               digest(layer)[7:]))
+        assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
     finally:
         reg.close()
 
@@ -880,13 +883,15 @@ def test_image_function_mistakes_are_refused(platform, tmp_path, function_archiv
 
 # ---- User by name -------------------------------------------------------------------------------
 
-# What `skiff ssh` runs is /bin/sh -c COMMAND: this "shell" says who it runs as.
+# What `skiff ssh` runs is /bin/sh -c COMMAND: this "shell" says who it runs as, and where.
 WHOAMI_C = r"""
 #include <stdio.h>
 #include <unistd.h>
 int main(void)
 {
-    printf("ssh-uid=%d ssh-gid=%d\n", (int)getuid(), (int)getgid());
+    char cwd[256];
+    printf("ssh-uid=%d ssh-gid=%d ssh-cwd=%s\n", (int)getuid(), (int)getgid(),
+           getcwd(cwd, sizeof cwd) ? cwd : "?");
     return 0;
 }
 """
@@ -920,10 +925,11 @@ def test_a_user_by_name_runs_as_the_image_says_and_ssh_too(platform, tmp_path, s
     got = get_app(platform, "named.localhost")
     assert (got["uid"], got["gid"]) == ("1001", "50"), got
 
-    # a session in the instance is the program's user, not vcap
+    # a session in the instance is the program's user, not vcap, and starts where the program
+    # does: the image's WorkingDir, not /home/vcap/app
     r = platform.cli("ssh", "named", "-c", "id", timeout=60)
     assert r.returncode == 0, out(r)
-    assert "ssh-uid=1001 ssh-gid=50" in r.stdout, out(r)
+    assert "ssh-uid=1001 ssh-gid=50 ssh-cwd=/srv/work" in r.stdout, out(r)
 
 
 @pytest.mark.parametrize("user,says", [

@@ -1,7 +1,8 @@
 /* libFuzzer target: arbitrary bytes as the documents a registry or a tarball hands skiffd (an
  * image config, a manifest or index, Skiff's own record of an image) and as an image
  * reference. Each parser must return a result or an error message, never crash, leak or trip
- * a sanitizer; what it accepts must come back whole through image_to_json. */
+ * a sanitizer; what it accepts must come back whole through image_to_json (its layers, its
+ * port and the user's ids staging resolved). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -31,6 +32,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *back = image_to_json(&img);
         struct image again;
         if (!back || image_from_json(back, &again, err, sizeof err) != SKIFF_OK)
+            abort();
+        if (again.manifest.n_layers != img.manifest.n_layers ||
+            again.config.ids != img.config.ids || again.config.uid != img.config.uid ||
+            again.config.gid != img.config.gid || again.config.port != img.config.port)
             abort();
         image_clear(&again);
         free(back);

@@ -20,6 +20,7 @@
 
 #include "common/util.h"
 #include "images/images.h"
+#include "images/images_internal.h"
 
 #define UID_BASE 300000
 
@@ -39,6 +40,7 @@ struct fixture {
     struct image_store store;
     char *outside; /* a folder a hostile layer must never reach */
     char err[512];
+    bool from_file; /* unpack(): from the stored blob (a tarball's import), not as a pull does */
 };
 
 static int setup(void **state)
@@ -148,18 +150,66 @@ static int store_file(struct fixture *f, const char *path, const char *expected,
     return rc;
 }
 
-/* Builds a layer from entries, stores and unpacks it; the layer's digest in digest. */
+/* A layer as a pull stores it: the blob in pieces into its digest and into the unpacking at
+ * once (the blob not kept), the folder put in place by the pull's one commit. expected: the
+ * digest the manifest names. */
+static int unpack_streamed(struct fixture *f, const char *path, const char *expected)
+{
+    char *data;
+    size_t len;
+    assert_int_equal(file_read(path, &data, &len), 0);
+    struct image_pending p = IMAGE_PENDING_INIT;
+    struct image_blob_writer *w;
+    struct image_layer_stream *ls;
+    assert_int_equal(image__blob_begin(&f->store, expected, "layer under test", false, &w, f->err,
+                                       sizeof f->err),
+                     SKIFF_OK);
+    assert_int_equal(image__layer_stream_begin(&f->store, expected, &ls, f->err, sizeof f->err),
+                     SKIFF_OK);
+    int rc = SKIFF_OK;
+    for (size_t off = 0; rc == SKIFF_OK && off < len; off += 100) {
+        size_t piece = len - off < 100 ? len - off : 100;
+        rc = image_blob_write(w, data + off, piece, f->err, sizeof f->err);
+        image__layer_stream_write(ls, data + off, piece);
+    }
+    if (rc == SKIFF_OK)
+        rc = image__blob_verify(w, &p, f->err, sizeof f->err);
+    else
+        image_blob_abort(w);
+    int unpacked = image__layer_stream_end(ls, rc == SKIFF_OK, &p, f->err, sizeof f->err);
+    if (rc == SKIFF_OK)
+        rc = unpacked;
+    if (rc == SKIFF_OK)
+        rc = image__pending_commit(&f->store, &p, f->err, sizeof f->err);
+    image__pending_abort(&p);
+    free(data);
+    return rc;
+}
+
+/* Builds a layer from entries and unpacks it as a pull does (f->from_file: stores it, then
+ * unpacks the stored blob); the layer's digest in digest. */
 static int unpack(struct fixture *f, const struct entry *entries, size_t n,
                   char digest[IMAGE_DIGEST_LEN])
 {
     char *path = xasprintf("%s/layer.tgz", f->dir);
     write_tar(path, true, entries, n);
-    int rc = store_file(f, path, NULL, digest);
-    assert_int_equal(rc, SKIFF_OK);
+    char *data;
+    size_t len;
+    sha256_file(path, digest, &data, &len);
+    free(data);
+    f->err[0] = '\0';
+    int rc;
+    if (f->from_file) {
+        assert_int_equal(store_file(f, path, NULL, digest), SKIFF_OK);
+        f->err[0] = '\0';
+        rc = image_layer_unpack(&f->store, digest, f->err, sizeof f->err);
+    } else {
+        rc = unpack_streamed(f, path, digest);
+        assert_false(image_store_has_blob(&f->store, digest)); /* the layer is stored once */
+    }
     unlink(path);
     free(path);
-    f->err[0] = '\0';
-    return image_layer_unpack(&f->store, digest, f->err, sizeof f->err);
+    return rc;
 }
 
 static char *layer_file(struct fixture *f, const char *digest, const char *name)
@@ -178,21 +228,95 @@ static bool dir_empty(const char *path)
     return rc == 0;
 }
 
+/* Refused both as a pull unpacks it and from a stored blob. */
 static void assert_refused(struct fixture *f, const struct entry *entries, size_t n,
                            const char *words)
 {
-    char digest[IMAGE_DIGEST_LEN];
-    assert_int_equal(unpack(f, entries, n, digest), SKIFF_E_UNSAFE_ARCHIVE);
-    if (!strstr(f->err, words))
-        fail_msg("message '%s' does not say '%s'", f->err, words);
-    assert_non_null(strstr(f->err, digest)); /* names the layer */
-    char *layer = image_store_layer_path(&f->store, digest);
-    assert_int_not_equal(access(layer, F_OK), 0); /* nothing half-unpacked */
-    free(layer);
+    for (int from_file = 0; from_file < 2; from_file++) {
+        f->from_file = from_file;
+        char digest[IMAGE_DIGEST_LEN];
+        assert_int_equal(unpack(f, entries, n, digest), SKIFF_E_UNSAFE_ARCHIVE);
+        if (!strstr(f->err, words))
+            fail_msg("message '%s' does not say '%s'", f->err, words);
+        assert_non_null(strstr(f->err, digest)); /* names the layer */
+        char *layer = image_store_layer_path(&f->store, digest);
+        assert_int_not_equal(access(layer, F_OK), 0); /* nothing half-unpacked */
+        free(layer);
+        char *tmp = xasprintf("%s/images/tmp", f->dir);
+        assert_true(dir_empty(tmp));
+        free(tmp);
+        assert_true(dir_empty(f->outside));
+    }
+    f->from_file = false;
+}
+
+/* A pull's layer whose blob is not what the manifest's digest says: refused as the digest
+ * mismatch it is (even though what streamed in was a fine layer), nothing stored anywhere. */
+static void test_layer_streamed_is_kept_only_when_its_digest_matched(void **state)
+{
+    struct fixture *f = *state;
+    const struct entry fine[] = {{'f', "hello", "world", 0, 0, 0}};
+    char *path = xasprintf("%s/layer.tgz", f->dir);
+    write_tar(path, true, fine, 1);
+    static const char wrong[] =
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    assert_int_equal(unpack_streamed(f, path, wrong), SKIFF_E_DIGEST_MISMATCH);
+    assert_non_null(strstr(f->err, "does not match its digest"));
+    char *layers = xasprintf("%s/images/layers/sha256", f->dir);
     char *tmp = xasprintf("%s/images/tmp", f->dir);
-    assert_true(dir_empty(tmp));
+    char *blobs = xasprintf("%s/images/blobs/sha256", f->dir);
+    assert_true(dir_empty(layers) && dir_empty(tmp) && dir_empty(blobs));
+
+    /* the same layer under its own digest: unpacked, in place, and only its folder stored */
+    char digest[IMAGE_DIGEST_LEN], *data;
+    size_t len;
+    sha256_file(path, digest, &data, &len);
+    free(data);
+    assert_int_equal(unpack_streamed(f, path, digest), SKIFF_OK);
+    char *hello = layer_file(f, digest, "hello");
+    char *text;
+    assert_int_equal(file_read(hello, &text, &len), 0);
+    assert_string_equal(text, "world");
+    assert_true(dir_empty(tmp) && dir_empty(blobs));
+
+    /* a tar that ends long before its blob does (3 MiB of zeros after it, more than the
+     * unpacking's buffer): the rest is only hashed, and the pull does not wait on it */
+    free(text);
+    free(hello);
+    const struct entry padded[] = {{'f', "padded", "yes", 0, 0, 0}};
+    write_tar(path, false, padded, 1);
+    assert_int_equal(file_read(path, &data, &len), 0);
+    data = xrealloc(data, len + (3u << 20));
+    memset(data + len, 0, 3u << 20);
+    assert_int_equal(file_write_atomic(path, data, len + (3u << 20), 0644), 0);
+    free(data);
+    sha256_file(path, digest, &data, &len);
+    free(data);
+    assert_int_equal(unpack_streamed(f, path, digest), SKIFF_OK);
+    hello = layer_file(f, digest, "padded");
+    assert_int_equal(access(hello, F_OK), 0);
+    free(hello);
+
+    /* more files than are synced in one batch: every one of them there, whole */
+    struct entry many[70];
+    char names[70][16];
+    for (int i = 0; i < 70; i++) {
+        snprintf(names[i], sizeof names[i], "f%02d", i);
+        many[i] = (struct entry){'f', names[i], names[i], 0, 0, 0};
+    }
+    f->from_file = false;
+    assert_int_equal(unpack(f, many, 70, digest), SKIFF_OK);
+    for (int i = 0; i < 70; i++) {
+        char *p = layer_file(f, digest, names[i]);
+        assert_int_equal(file_read(p, &text, &len), 0);
+        assert_string_equal(text, names[i]);
+        free(text);
+        free(p);
+    }
+    free(layers);
     free(tmp);
-    assert_true(dir_empty(f->outside));
+    free(blobs);
+    free(path);
 }
 
 /* ---- the blob store ------------------------------------------------------------------ */
@@ -434,6 +558,7 @@ static void test_user_files_are_never_read_through_links(void **state)
 static void test_gc_keeps_what_is_named_and_waits_for_pulls(void **state)
 {
     struct fixture *f = *state;
+    f->from_file = true; /* blobs and layers both, as a tarball's import stores them */
     const struct entry one[] = {{'f', "one", "1", 0, 0, 0}};
     const struct entry two[] = {{'f', "two", "2", 0, 0, 0}};
     const struct entry three[] = {{'f', "three", "3", 0, 0, 0}};
@@ -874,6 +999,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_layer_whiteouts_in_overlay_format, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_refuses_escaping_paths, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_layer_streamed_is_kept_only_when_its_digest_matched,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_keeps_what_is_named_and_waits_for_pulls, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_user_names_resolve_through_the_image, setup, teardown),

@@ -849,9 +849,60 @@ static void test_hostile_names_are_only_data(void **state)
     remove_db(path);
 }
 
+/* Migration 14: a function's max_instances moves from its function document into its
+ * scaling policy, the one place it is kept, and a function app's process gets the default
+ * policy; an app's web process keeps none. */
+static void test_migration_moves_a_functions_max_into_its_policy(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    raw_sql(path, "CREATE TABLE schema_version (version INTEGER NOT NULL,"
+                  " applied_at BIGINT NOT NULL);"
+                  "INSERT INTO schema_version VALUES (11, 0);");
+    for (size_t v = 0; v < 11; v++)
+        raw_sql(path, migrations()[v]);
+    raw_sql(path, "INSERT INTO apps (guid, space_guid, name, state, kind, memory_mb, disk_mb, "
+                  "timeout, created_at, updated_at) VALUES ('g-shop', '" STORE_DEFAULT_SPACE_GUID
+                  "', 'shop', 'STARTED', 'app', 64, 128, 60, 1, 1);"
+                  "INSERT INTO apps (guid, space_guid, name, state, kind, memory_mb, disk_mb, "
+                  "timeout, created_at, updated_at) VALUES ('g-fn', '" STORE_DEFAULT_SPACE_GUID
+                  "', 'fn', 'STARTED', 'function', 64, 128, 60, 1, 1);"
+                  "INSERT INTO processes (app_guid, type, command, instances, memory_mb, "
+                  "min_instances) VALUES ('g-shop', 'web', NULL, 2, 0, -1);"
+                  "INSERT INTO processes (app_guid, type, command, instances, memory_mb, "
+                  "min_instances, function) VALUES ('g-shop', 'resize', NULL, 0, 0, 0, "
+                  "'{\"handler\":\"shop/images.py:resize\",\"runtime\":\"python\","
+                  "\"max_instances\":3}');"
+                  "INSERT INTO processes (app_guid, type, command, instances, memory_mb, "
+                  "min_instances) VALUES ('g-fn', 'web', NULL, 0, 0, 0);");
+    struct store *st = open_ok(path);
+    assert_int_equal(store_schema_version(st), (int)migrations_count());
+    struct store_app *app = NULL;
+    assert_int_equal(store_app_get(st, "shop", &app), 0);
+    const struct store_process *web = store_app_process(app, "web");
+    assert_false(store_process_request_scaled(web));
+    const struct store_process *fn = store_app_process(app, "resize");
+    assert_true(store_process_request_scaled(fn));
+    assert_int_equal(fn->max_instances, 3);
+    assert_int_equal(fn->min_instances, 0);
+    assert_int_equal(fn->target_concurrency, STORE_DEFAULT_TARGET_CONCURRENCY);
+    assert_null(strstr(fn->function_json, "max_instances"));
+    assert_non_null(strstr(fn->function_json, "shop/images.py:resize"));
+    store_app_free(app);
+    assert_int_equal(store_app_get(st, "fn", &app), 0);
+    web = store_app_process(app, "web");
+    assert_true(store_process_request_scaled(web));
+    assert_int_equal(web->max_instances, STORE_FUNCTION_DEFAULT_MAX_INSTANCES);
+    assert_int_equal(web->target_concurrency, STORE_DEFAULT_TARGET_CONCURRENCY);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
+        cmocka_unit_test(test_migration_moves_a_functions_max_into_its_policy),                    \
         cmocka_unit_test(test_refuses_a_newer_store),                                              \
         cmocka_unit_test(test_apps_round_trip_with_processes_and_env),                             \
         cmocka_unit_test(test_app_sidecars_round_trip_per_process_type),                           \
