@@ -108,13 +108,14 @@ fuzz-build: deps $(patsubst tests/fuzz/%.c,$(FUZZ)/%,$(FUZZ_SRCS))
 fuzz: fuzz-build
 	@bash scripts/test.sh fuzz
 
-# The binary example is pushed prebuilt: this compiles it; the Flask example is pushed with its
-# dependencies in vendor/: this makes their wheels from Debian's python3-flask (no binaries
-# live in git).
+# The binary example is pushed prebuilt: this compiles it; the Flask examples (python-flask and
+# shop) are pushed with their dependencies in vendor/: this makes their wheels from Debian's
+# python3-flask (no binaries live in git).
 FLASK_WHEELS = Flask Werkzeug Jinja2 MarkupSafe itsdangerous click
 examples:
 	$(MAKE) -C examples/binary
 	/usr/bin/python3 scripts/debian_wheels.py -d examples/python-flask/vendor $(FLASK_WHEELS)
+	/usr/bin/python3 scripts/debian_wheels.py -d examples/shop/vendor $(FLASK_WHEELS)
 
 bench: build
 	@bash bench/run.sh

@@ -112,6 +112,9 @@ def main():
     ap.add_argument("--burst", type=int, default=40)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
     a = ap.parse_args()
+    if not os.path.isdir(os.path.join(SHOP, "vendor")):
+        raise SystemExit("examples/shop/vendor/ is missing: run `make examples` first (it makes "
+                         "the wheels of the shop's Flask)")
     d = skiffd.start(a.bin, "skiff-bench-appfuncs-", {"SKIFF_FUNCTION_IDLE_GRACE": "1s"})
     try:
         ok(d.cli("push", "-f", os.path.join(SHOP, "manifest.yml")))

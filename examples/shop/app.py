@@ -1,21 +1,30 @@
-"""The shop: a small web app (standard library only) with functions inside it.
+"""The shop: a small Flask web app with functions inside it.
 
 GET  /                  the catalogue
 POST /upload?name=N     takes an image and publishes `image.uploaded` on the topic uploads;
                         the function resize (shop/images.py), pulled out of this app by its
                         manifest, makes the thumbnail on its own instances
+GET  /flask             the version of Flask serving it and where it was imported from: the
+                        app's vendored copy, which the Python buildpack installed from vendor/
+                        into .python_packages
 Each request prints one log line ([APP/PROC/WEB/n]); the function's are [APP/FUNC/RESIZE/n].
+Flask is vendored: `make examples` puts wheels of Debian's python3-flask in vendor/. The
+functions do not use Flask: they are plain handlers importing the shop's own modules.
 """
 import json
 import os
 import signal
 import sys
-import urllib.parse
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import flask
+from flask import Flask, Response, request
+from werkzeug.serving import WSGIRequestHandler
 
 from shop import catalog
+
+app = Flask(__name__)
 
 
 def publish(topic, data, type, subject):
@@ -30,39 +39,50 @@ def publish(topic, data, type, subject):
         return r.status
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "shop"
+def text(status, body):
+    return Response(body, status=status, content_type="text/plain; charset=utf-8")
 
-    def do_GET(self):
-        if self.path != "/":
-            return self.reply(404, "not found\n")
-        lines = ["%s %s" % (p, catalog.thumbnail_name(p)) for p in catalog.PRODUCTS]
-        self.reply(200, "shop: %d products\n%s\n" % (len(lines), "\n".join(lines)))
 
-    def do_POST(self):
-        url = urllib.parse.urlparse(self.path)
-        name = urllib.parse.parse_qs(url.query).get("name", [""])[0]
-        if url.path != "/upload" or not name:
-            return self.reply(404, "POST /upload?name=NAME\n")
-        length = int(self.headers.get("Content-Length") or 0)
-        size = len(self.rfile.read(length))
-        publish("uploads", {"size": size}, "image.uploaded", name)
-        self.reply(202, "uploaded %s (%d bytes): its thumbnail is on its way\n" % (name, size))
+@app.get("/")
+def products():
+    lines = ["%s %s" % (p, catalog.thumbnail_name(p)) for p in catalog.PRODUCTS]
+    return text(200, "shop: %d products\n%s\n" % (len(lines), "\n".join(lines)))
 
-    def reply(self, status, text):
-        body = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, fmt, *args):
-        print("web: " + fmt % args, flush=True)
+@app.post("/upload")
+def upload():
+    name = request.args.get("name", "")
+    if not name:
+        return text(404, "POST /upload?name=NAME\n")
+    size = len(request.get_data(cache=False))
+    publish("uploads", {"size": size}, "image.uploaded", name)
+    return text(202, "uploaded %s (%d bytes): its thumbnail is on its way\n" % (name, size))
+
+
+@app.get("/flask")
+def which_flask():
+    return {"version": flask.__version__, "file": flask.__file__}
+
+
+@app.errorhandler(404)
+@app.errorhandler(405)
+def not_found(_):
+    if request.method == "POST":
+        return text(404, "POST /upload?name=NAME\n")
+    return text(404, "not found\n")
+
+
+class RequestLog(WSGIRequestHandler):
+    """One line per request on stdout, plain (Werkzeug's own colours it and goes to stderr)."""
+
+    def log_request(self, code="-", size="-"):
+        print('web: "%s" %s %s' % (self.requestline, getattr(code, "value", code), size),
+              flush=True)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server = ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler)
-    print("shop listening on", server.server_address[1], flush=True)
-    server.serve_forever()
+    print("shop listening on", os.environ.get("PORT", "8080"), "with Flask", flask.__version__,
+          flush=True)
+    app.run(host="0.0.0.0", port=int(os.environ.get("PORT", "8080")), threaded=True,
+            request_handler=RequestLog)

@@ -1,5 +1,5 @@
-"""End-to-end: functions inside apps. An app (examples/shop: a standard-library web app) pushed
-with a manifest whose application lists functions: each function runs from the app's own
+"""End-to-end: functions inside apps. An app (examples/shop: a Flask web app, Flask vendored as
+`make examples` does it) pushed with a manifest whose application lists functions: each function runs from the app's own
 droplet as its own process type, receives its events, scales to zero and back on its own and
 logs as [APP/FUNC/NAME/n], while the web process serves its route untouched. Removing a
 function from the manifest removes it and its event mappings. Without a manifest,
@@ -8,23 +8,41 @@ hostile tenant cannot point a handler out of the droplet nor reach another space
 import json
 import os
 import shutil
+import subprocess
 import threading
+
+import pytest
 
 from conftest import ROOT, out, wait_for, http_get
 
 SHOP = os.path.join(ROOT, "examples", "shop")
+FLASK_WHEELS = ["Flask", "Werkzeug", "Jinja2", "MarkupSafe", "itsdangerous", "click"]
 
 
 def cli_ok(platform, *args):
-    r = platform.cli(*args)
+    r = platform.cli(*args, timeout=300)
     assert r.returncode == 0, out(r)
     return r
 
 
-def shop_copy(tmp_path, functions):
-    """examples/shop in tmp_path/shop with a manifest listing `functions` (YAML text)."""
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory):
+    """The shop's vendor/ as `make examples` makes it: wheels of Debian's python3-flask and its
+    dependencies (scripts/debian_wheels.py), made once for the module."""
+    vendor = tmp_path_factory.mktemp("shop-wheels") / "vendor"
+    made = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts", "debian_wheels.py"),
+                           "-d", str(vendor), *FLASK_WHEELS], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert len(list(vendor.glob("*.whl"))) == len(FLASK_WHEELS)
+    return str(vendor)
+
+
+def shop_copy(tmp_path, functions, wheels):
+    """examples/shop in tmp_path/shop, its vendor/ the wheels, with a manifest listing
+    `functions` (YAML text)."""
     app = os.path.join(str(tmp_path), "shop")
-    shutil.copytree(SHOP, app)
+    shutil.copytree(SHOP, app, ignore=shutil.ignore_patterns("vendor", "__pycache__"))
+    shutil.copytree(wheels, os.path.join(app, "vendor"))
     with open(os.path.join(app, "manifest.yml"), "w") as f:
         f.write("applications:\n- name: shop\n  path: .\n  routes: [{route: shop.localhost}]\n")
         if functions:
@@ -81,14 +99,25 @@ def web(platform, path="/", method="GET", data=None):
         return e.code, e.read().decode()
 
 
-def test_a_function_pulled_out_of_an_app_by_its_manifest(platform, tmp_path):
-    app = shop_copy(tmp_path, RESIZE + REPORT)
+def test_a_function_pulled_out_of_an_app_by_its_manifest(platform, tmp_path, wheels):
+    app = shop_copy(tmp_path, RESIZE + REPORT, wheels)
     r = cli_ok(platform, "push", "-f", os.path.join(app, "manifest.yml"))
     assert "Function shop/resize runs shop/images.py:resize" in r.stdout, out(r)
     assert "Mapped the topic uploads to shop/resize." in r.stdout, out(r)
     assert "Mapped the schedule 0 3 * * * to shop/nightly-report." in r.stdout, out(r)
     status, text = web(platform)
     assert status == 200 and text.startswith("shop: 3 products"), (status, text)
+    # the web process serves through Flask, imported from the app's own vendored copy (the
+    # buildpack installed vendor/ into the droplet), not from the machine's
+    assert "Installing requirements from vendor/ (no package index is configured)" in r.stdout, \
+        out(r)
+    status, text = web(platform, "/flask")
+    assert status == 200, (status, text)
+    which = json.loads(text)
+    assert which["version"] == "2.2.2", which
+    assert which["file"].startswith("/home/vcap/app/.python_packages/flask/"), which
+    status, text = web(platform, "/nothing-here")
+    assert (status, text) == (404, "not found\n"), (status, text)
 
     # skiff app lists the functions; they start at zero
     r = cli_ok(platform, "app", "shop")
@@ -143,7 +172,7 @@ def test_a_function_pulled_out_of_an_app_by_its_manifest(platform, tmp_path):
     # removed from the manifest: the function and its mapping go at once, said on a line; the
     # other function and the web route stay, its mappings now the events its entry lists
     app = shop_copy(tmp_path / "again", REPORT.replace('{schedule: "0 3 * * *"}',
-                                                       '{topic: reports}'))
+                                                       '{topic: reports}'), wheels)
     r = cli_ok(platform, "push", "-f", os.path.join(app, "manifest.yml"))
     assert ("Removing function shop/resize and its event mappings: the manifest no longer "
             "lists it.") in r.stdout, out(r)
@@ -159,8 +188,8 @@ def test_a_function_pulled_out_of_an_app_by_its_manifest(platform, tmp_path):
     assert status == 200 and text.startswith("shop: 3 products"), (status, text)
 
 
-def test_create_function_without_a_manifest(platform, tmp_path):
-    app = shop_copy(tmp_path, "")
+def test_create_function_without_a_manifest(platform, tmp_path, wheels):
+    app = shop_copy(tmp_path, "", wheels)
     os.remove(os.path.join(app, "manifest.yml"))
     cli_ok(platform, "push", "shop", "-p", app)
     r = cli_ok(platform, "create-function", "shop", "thumbs", "--handler",
@@ -185,9 +214,9 @@ def test_create_function_without_a_manifest(platform, tmp_path):
     assert r.returncode != 0 and "has no function named 'thumbs'" in r.stderr, out(r)
 
 
-def test_node_and_shell_functions_inside_an_app(platform, tmp_path):
+def test_node_and_shell_functions_inside_an_app(platform, tmp_path, wheels):
     """The other runtimes of function snippets run from an app's droplet the same way."""
-    app = shop_copy(tmp_path, "")
+    app = shop_copy(tmp_path, "", wheels)
     os.remove(os.path.join(app, "manifest.yml"))
     with open(os.path.join(app, "shop", "hooks.js"), "w") as f:
         f.write("const os = require('os');\n"
@@ -208,9 +237,9 @@ def test_node_and_shell_functions_inside_an_app(platform, tmp_path):
     assert status == 200, (status, text)
 
 
-def test_a_hostile_tenant_and_bad_functions(platform, tmp_path):
+def test_a_hostile_tenant_and_bad_functions(platform, tmp_path, wheels):
     admin = platform.token
-    app = shop_copy(tmp_path, RESIZE)
+    app = shop_copy(tmp_path, RESIZE, wheels)
     cli_ok(platform, "push", "-f", os.path.join(app, "manifest.yml"))
 
     def put(name, body, token=admin, app="shop", space=""):
@@ -300,7 +329,7 @@ def test_a_hostile_tenant_and_bad_functions(platform, tmp_path):
     assert status == 200, (status, text)
 
 
-def test_a_link_in_the_droplet_does_not_lead_the_function_server_out(platform, tmp_path):
+def test_a_link_in_the_droplet_does_not_lead_the_function_server_out(platform, tmp_path, wheels):
     """The platform writes the function server into the droplet when it lacks one: a droplet
     whose buildpack left .skiff as a link to a host folder gets nothing written there."""
     outside = tmp_path / "outside"
@@ -317,7 +346,7 @@ def test_a_link_in_the_droplet_does_not_lead_the_function_server_out(platform, t
         path = bp / "bin" / name
         path.write_text(text)
         os.chmod(str(path), 0o755)
-    app = shop_copy(tmp_path, "")
+    app = shop_copy(tmp_path, "", wheels)
     os.remove(os.path.join(app, "manifest.yml"))
     cli_ok(platform, "push", "shop", "-p", app, "-b", str(bp))
     cli_ok(platform, "create-function", "shop", "resize", "--handler", "shop/images.py:resize")
