@@ -54,7 +54,8 @@ def wait_routed(p, name, n):
     def ready():
         if states(p, name) != ["RUNNING"] * n:
             return False
-        return len({get(p, host)[1] for _ in range(n)}) == n
+        answers = [get(p, host) for _ in range(n)]
+        return all(a[0] == 200 for a in answers) and len({a[1] for a in answers}) == n
     p.wait_for(ready, 60, f"{n} routed instances of {name}")
 
 
