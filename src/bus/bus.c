@@ -516,11 +516,11 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         log_info("bus: the store answers again; the routers get the current "
                         "table");
     bus->store_failing = false;
+    if (!only && bus->nats)
+        bus__nats_announce(bus, text);
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
-    if (!only && bus->nats)
-        bus__nats_announce(bus, text);
     struct bus_conn *c = only ? only : bus->conns;
     while (c) {
         struct bus_conn *next = only ? NULL : c->next;
