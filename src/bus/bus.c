@@ -111,6 +111,8 @@ static void bus__conn_closed(uv_handle_t *h)
 #define BUS_NATS_PREFIX "skiff.bus."
 #define BUS_NATS_VERSION 1
 #define BUS_NATS_MAX_ROUTERS 256
+/* Routers say hello every 5 s (router_nats.c): one silent for three of those is gone. */
+#define BUS_NATS_ROUTER_LIVE_MS 15000
 
 /* A router heard on NATS (its hello, every few seconds): drains wait for the live ones. */
 struct bus_nats_router {
@@ -208,7 +210,7 @@ static size_t bus__nats_live_routers(struct bus *bus)
         return 0;
     int64_t now = time_mono_ms();
     for (size_t i = 0; i < n->n_routers;)
-        if (now - n->routers[i].seen_ms > n->ttl_ms)
+        if (now - n->routers[i].seen_ms > BUS_NATS_ROUTER_LIVE_MS)
             n->routers[i] = n->routers[--n->n_routers];
         else
             i++;
@@ -280,11 +282,12 @@ static void bus__nats_on_msg(void *ctx, const char *subject, const char *reply, 
         return;
     }
     /* lines as on the socket: hello, access, wake, metrics */
+    static const char hello[] = "{\"type\":\"hello\",";
     const char *p = data, *end = data + len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (n > 9 && !memcmp(p, "{\"type\":\"hello\"", n < 16 ? n : 16))
+        if (n >= sizeof hello - 1 && !memcmp(p, hello, sizeof hello - 1))
             bus__nats_router_seen(bus, p, n);
         else if (n)
             bus__message(&bus->nats->routers_conn, p, n);
