@@ -10,11 +10,13 @@ The announce interval and TTL are shortened here (1 s and 3 s) through SKIFF_BUS
 and SKIFF_BUS_TTL_MS; the defaults are 10 s and 30 s."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -262,4 +264,45 @@ def test_an_instance_cannot_reach_nats(nats):
         contained(attack(p, "hostile", "connect", addr=host_side(nats.port)),
                   "an instance must not reach the NATS server")
     finally:
+        p.close()
+
+
+def test_a_request_in_flight_through_the_remote_router_finishes_before_its_instance_stops(
+        nats, tmp_path):
+    """Scale 2 -> 1 while a slow request is in flight to the instance that goes, through the
+    remote router only: skiffd's drain request over NATS is answered by that router once the
+    request ended, so the request succeeds, and the instance stops well before the 10 s drain
+    timeout (the answer, not the timeout, released it)."""
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "slow", "v0", instances=2)
+        wait_for(lambda: rr.get("slow.localhost") == (200, "v0\n"), 30, "slow served remotely")
+        wait_for(lambda: "a router on NATS said hello" in p.output(), 10, "the router's hello")
+        # one slow request in flight to each instance (round robin), so one is to index 1
+        results = []
+        threads = []
+        for _ in range(2):
+            t = threading.Thread(target=lambda: results.append(
+                rr.get("slow.localhost", "/sleep/2")))
+            t.start()
+            threads.append(t)
+        wait_for(lambda: len(re.findall(r"MARK \d", p.api(
+            "GET", "/v1/apps/slow/logs?recent=1")[1])) >= 2, 10, "both requests at the app")
+        t0 = time.monotonic()
+        status, body = p.api("PATCH", "/v1/apps/slow", {"instances": 1})
+        assert status == 200, body
+        for t in threads:
+            t.join(30)
+        assert results == [(200, "v0\n")] * 2, results
+
+        def one_left():
+            _, app = p.api("GET", "/v1/apps/slow")
+            return [i["state"] for i in app["instances_detail"]] == ["RUNNING"]
+        wait_for(one_left, 30, "the drained instance to stop")
+        took = time.monotonic() - t0
+        print("drained through the remote router and stopped in %.1f s" % took)
+        assert took < 8, took
+    finally:
+        rr.close()
         p.close()
