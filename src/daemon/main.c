@@ -105,8 +105,8 @@ static void usage(FILE *out)
         "                              announce the route table on NATS core for routers on\n"
         "                              other hosts (docs/bus.md; SKIFF_BUS_ANNOUNCE_MS, default\n"
         "                              10000, and SKIFF_BUS_TTL_MS, default 30000)\n"
-        "  --role all|router           all (default): the whole platform; router: only a\n"
-        "                              skiff-router that learns its routes from --nats (no\n"
+        "  --role all|router           all (default, SKIFF_ROLE): the whole platform; router: a\n"
+        "                              lone skiff-router that learns its routes from --nats (no\n"
         "                              API, scheduler or executor), on --router-addr,\n"
         "                              --router-admin-addr and, when given, --router-tls-addr\n"
         "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
@@ -860,8 +860,15 @@ int main(int argc, char **argv)
         goto fail;
     }
     if (*nats_url) {
-        rc = bus_nats_start(d.bus, nats_url, (int)env_long("SKIFF_BUS_ANNOUNCE_MS", 10000, 100),
-                            (int)env_long("SKIFF_BUS_TTL_MS", 30000, 300), err, sizeof err);
+        long announce_ms = env_long("SKIFF_BUS_ANNOUNCE_MS", 10000, 100);
+        long ttl_ms = env_long("SKIFF_BUS_TTL_MS", 30000, 300);
+        if (ttl_ms <= announce_ms || ttl_ms > 3600000) {
+            log_error("SKIFF_BUS_TTL_MS (%ld) must be over SKIFF_BUS_ANNOUNCE_MS (%ld), so a "
+                      "route is announced again before it expires, and at most 3600000",
+                      ttl_ms, announce_ms);
+            goto fail;
+        }
+        rc = bus_nats_start(d.bus, nats_url, (int)announce_ms, (int)ttl_ms, err, sizeof err);
         if (rc < 0) {
             log_error("%s", err);
             goto fail;
