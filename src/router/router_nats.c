@@ -354,10 +354,16 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
         log_error("bus: %s", err);
         return rc;
     }
-    rc = natsconn_subscribe(rn.conn, ROUTER_NATS_PREFIX "*");
-    if (rc < 0) {
-        log_error("bus: cannot subscribe to " ROUTER_NATS_PREFIX "*: %s", strerror(-rc));
-        return rc;
+    /* not skiff.bus.*: that would bring every router's access lines to every router */
+    static const char *const subjects[] = {ROUTER_NATS_PREFIX "register",
+                                           ROUTER_NATS_PREFIX "unregister",
+                                           ROUTER_NATS_PREFIX "drain", ROUTER_NATS_PREFIX "certs"};
+    for (size_t i = 0; i < ARRAY_SIZE(subjects); i++) {
+        rc = natsconn_subscribe(rn.conn, subjects[i]);
+        if (rc < 0) {
+            log_error("bus: cannot subscribe to %s: %s", subjects[i], strerror(-rc));
+            return rc;
+        }
     }
     uv_timer_init(loop, &rn.prune);
     uv_timer_start(&rn.prune, rn__on_prune, ROUTER_NATS_PRUNE_MS, ROUTER_NATS_PRUNE_MS);
