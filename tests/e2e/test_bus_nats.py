@@ -140,6 +140,12 @@ def test_a_router_on_another_host_learns_routes_from_nats(nats, tmp_path):
         saved = json.load(open(os.path.join(rr.home, "run", "routes.json")))
         assert [r["host"] for r in saved["routes"]] == ["far.localhost"], saved
 
+        # its access lines come back over NATS into the app's log (no request went through
+        # skiffd's own router)
+        rr.get("far.localhost", "/from-the-remote-router")
+        wait_for(lambda: "GET /from-the-remote-router 200" in str(
+            p.api("GET", "/v1/apps/far/logs?recent=1")[1]), 10, "the access line in the log")
+
         # unmap: unregistered at once, well within the announce interval
         r = p.cli("unmap-route", "far", "far.localhost")
         assert r.returncode == 0, out(r)
