@@ -114,9 +114,11 @@ static void bus__conn_closed(uv_handle_t *h)
 /* Routers say hello every 5 s (router_nats.c): one silent for three of those is gone. */
 #define BUS_NATS_ROUTER_LIVE_MS 15000
 
-/* A router heard on NATS (its hello, every few seconds): drains wait for the live ones. */
+/* A router heard on NATS (each publishes on skiff.bus.router.<its id>, a hello at least every
+ * few seconds): drains wait for the live ones, and its metrics have a slot of their own. */
 struct bus_nats_router {
-    char key[96]; /* its hello line: pid and index */
+    char id[33];
+    int conn_id; /* its slot in the metrics sink */
     int64_t seen_ms;
 };
 
@@ -210,28 +212,43 @@ static size_t bus__nats_live_routers(struct bus *bus)
         return 0;
     int64_t now = time_mono_ms();
     for (size_t i = 0; i < n->n_routers;)
-        if (now - n->routers[i].seen_ms > BUS_NATS_ROUTER_LIVE_MS)
+        if (now - n->routers[i].seen_ms > BUS_NATS_ROUTER_LIVE_MS) {
+            log_info("bus: the router %s on NATS is silent; forgotten", n->routers[i].id);
+            if (bus->metrics) /* what it counted no longer holds */
+                bus->metrics->router_gone(bus->metrics_ctx, n->routers[i].conn_id);
             n->routers[i] = n->routers[--n->n_routers];
-        else
+        } else {
             i++;
+        }
     return n->n_routers;
 }
 
-static void bus__nats_router_seen(struct bus *bus, const char *line, size_t len)
+/* A router's id: 1 to 32 lowercase hex digits. */
+static bool bus__nats_router_id_valid(const char *id)
+{
+    size_t len = strspn(id, "0123456789abcdef");
+    return len > 0 && len <= 32 && id[len] == 0;
+}
+
+/* The router that published on skiff.bus.router.<id>: seen now. NULL when there are too
+ * many already (its lines are still read, on a shared slot). */
+static struct bus_nats_router *bus__nats_router_seen(struct bus *bus, const char *id)
 {
     struct bus_nats *n = bus->nats;
-    char key[96];
-    snprintf(key, sizeof key, "%.*s", (int)(len < sizeof key ? len : sizeof key - 1), line);
+    bus__nats_live_routers(bus);
     for (size_t i = 0; i < n->n_routers; i++)
-        if (!strcmp(n->routers[i].key, key)) {
+        if (!strcmp(n->routers[i].id, id)) {
             n->routers[i].seen_ms = time_mono_ms();
-            return;
+            return &n->routers[i];
         }
     if (n->n_routers == BUS_NATS_MAX_ROUTERS)
-        return;
-    log_info("bus: a router on NATS said hello: %s", key);
-    snprintf(n->routers[n->n_routers].key, sizeof key, "%s", key);
-    n->routers[n->n_routers++].seen_ms = time_mono_ms();
+        return NULL;
+    log_info("bus: a router on NATS said hello: %s", id);
+    struct bus_nats_router *r = &n->routers[n->n_routers++];
+    snprintf(r->id, sizeof r->id, "%s", id);
+    r->conn_id = ++bus->next_conn_id;
+    r->seen_ms = time_mono_ms();
+    return r;
 }
 
 static void bus__drain_one_done(struct bus *bus, uint64_t id);
@@ -281,16 +298,23 @@ static void bus__nats_on_msg(void *ctx, const char *subject, const char *reply, 
         bus__nats_drained(bus, data, len);
         return;
     }
-    /* lines as on the socket: hello, access, wake, metrics */
+    /* skiff.bus.router.<id>: lines as on the socket (hello, access, wake, metrics) */
+    const char *id = subject + strlen(BUS_NATS_PREFIX "router.");
+    if (strncmp(subject, BUS_NATS_PREFIX "router.", strlen(BUS_NATS_PREFIX "router.")) ||
+        !bus__nats_router_id_valid(id))
+        return;
+    struct bus_nats_router *r = bus__nats_router_seen(bus, id);
+    struct bus_conn *c = &bus->nats->routers_conn;
+    c->id = r ? r->conn_id : c->id; /* metrics count per router */
+    c->router_index = 0;
     static const char hello[] = "{\"type\":\"hello\",";
     const char *p = data, *end = data + len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (n >= sizeof hello - 1 && !memcmp(p, hello, sizeof hello - 1))
-            bus__nats_router_seen(bus, p, n);
-        else if (n)
-            bus__message(&bus->nats->routers_conn, p, n);
+        /* a hello only says it is alive (above); the socket's would log each one */
+        if (n && !(n >= sizeof hello - 1 && !memcmp(p, hello, sizeof hello - 1)))
+            bus__message(c, p, n);
         p += n + 1;
     }
 }
@@ -927,7 +951,7 @@ int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_m
     char *inbox = natsconn_new_inbox(n->conn);
     n->drained_subject = xasprintf(BUS_NATS_PREFIX "drained.%s", inbox ? inbox : "x");
     free(inbox);
-    rc = natsconn_subscribe(n->conn, BUS_NATS_PREFIX "router");
+    rc = natsconn_subscribe(n->conn, BUS_NATS_PREFIX "router.*");
     if (rc == 0)
         rc = natsconn_subscribe(n->conn, n->drained_subject);
     if (rc < 0) {

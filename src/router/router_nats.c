@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -47,6 +48,7 @@ static struct {
     uv_timer_t hello;
     int64_t version;
     bool up;
+    char subject[64];     /* skiff.bus.router.<id>: where this router's lines go */
     char *unknown_logged; /* subjects already logged as unknown or malformed, '\n'-separated */
     pthread_mutex_t lock; /* drains: answered from workers */
     struct rn_drain drains[ROUTER_NATS_MAX_DRAINS];
@@ -292,7 +294,7 @@ static void rn__hello(void)
 {
     char *hello = xasprintf("{\"type\":\"hello\",\"pid\":%d,\"router_index\":%d}\n", (int)getpid(),
                             rn.cfg->router_index);
-    natsconn_publish(rn.conn, ROUTER_NATS_PREFIX "router", NULL, hello, strlen(hello));
+    natsconn_publish(rn.conn, rn.subject, NULL, hello, strlen(hello));
     free(hello);
 }
 
@@ -343,6 +345,11 @@ static void rn__seed(void)
 int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
 {
     rn.cfg = cfg;
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+        id = (uint64_t)time_now_ms() ^ ((uint64_t)getpid() << 32);
+    snprintf(rn.subject, sizeof rn.subject, ROUTER_NATS_PREFIX "router.%016llx",
+             (unsigned long long)id);
     rn__seed();
     char err[256];
     struct natsconn_config ncfg = {.urls = cfg->nats_urls,
@@ -379,7 +386,7 @@ bool router_nats_active(void)
 
 void router_nats_send(const char *lines, size_t len)
 {
-    natsconn_publish(rn.conn, ROUTER_NATS_PREFIX "router", NULL, lines, len);
+    natsconn_publish(rn.conn, rn.subject, NULL, lines, len);
 }
 
 bool router_nats_drained(uint64_t id)

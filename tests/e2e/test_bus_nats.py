@@ -242,7 +242,9 @@ def test_malformed_messages_on_nats_are_skipped(nats, tmp_path):
             ("skiff.bus.certs", b"\x00\xff"),
             ("skiff.bus.whatever", b"{}"),
             ("skiff.bus.register", b"{" * 100000),
-            ("skiff.bus.router", b"{\"type\":\"wake\",\"app_guid\":12}\n\n\x00garbage\n"),
+            ("skiff.bus.router.abc", b"{\"type\":\"wake\",\"app_guid\":12}\n\n\x00garbage\n"),
+            ("skiff.bus.router.abc", b"{\"type\":\"metrics\",\"apps\":[{\"app_guid\":1e999}]}"),
+            ("skiff.bus.router.NOT-HEX", b"{\"type\":\"wake\",\"app_guid\":\"x\"}"),
         ]
         for subject, payload in hostile:
             nats_publish(nats, subject, payload)
