@@ -317,3 +317,25 @@ def test_a_request_in_flight_through_the_remote_router_finishes_before_its_insta
     finally:
         rr.close()
         p.close()
+
+
+def test_the_router_role_needs_nats_and_a_role_it_knows(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+    skiffd = os.path.join(BIN_DIR, "skiffd")
+    r = subprocess.run([skiffd, "--role", "router", "--home", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "give --nats" in r.stderr, (r.returncode, r.stderr)
+    r = subprocess.run([skiffd, "--role", "cell", "--home", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--role is all or router" in r.stderr, (r.returncode, r.stderr)
+    # the announce interval must be under the TTL
+    env.update({"SKIFF_BUS_ANNOUNCE_MS": "5000", "SKIFF_BUS_TTL_MS": "4000",
+                "SKIFF_HOME": str(tmp_path), "SKIFF_BUILTIN_BROKERS": "0"})
+    r = subprocess.run([skiffd, "--nats", "nats://127.0.0.1:1", "--isolation", "process",
+                        "--api-addr", "127.0.0.1:%d" % free_port(),
+                        "--router-addr", "127.0.0.1:%d" % free_port(),
+                        "--router-admin-addr", "127.0.0.1:%d" % free_port(),
+                        "--router-tls-addr", "127.0.0.1:%d" % free_port(),
+                        "--api-tls-addr", "127.0.0.1:%d" % free_port()],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "must be over SKIFF_BUS_ANNOUNCE_MS" in r.stderr, r.stderr
