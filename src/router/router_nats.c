@@ -22,6 +22,9 @@
 #include "router/router_internal.h"
 
 #define ROUTER_NATS_PRUNE_MS 250
+/* Announcements within this long make one new table (a re-announcement of N routes is N
+ * messages): one parse, swap and save instead of N. */
+#define ROUTER_NATS_COALESCE_MS 5
 #define ROUTER_NATS_HELLO_MS 5000
 #define ROUTER_NATS_DEFAULT_TTL_MS 30000
 #define ROUTER_NATS_MAX_ROUTES 100000
@@ -46,6 +49,7 @@ static struct {
     size_t n, cap;
     uv_timer_t prune;
     uv_timer_t hello;
+    uv_timer_t coalesce;
     int64_t version;
     bool up;
     char subject[64];     /* skiff.bus.router.<id>: where this router's lines go */
@@ -179,7 +183,9 @@ static void rn__publish(void)
     free(text);
 }
 
-static void rn__upsert(json_t *route, int64_t ttl_ms)
+/* Whether the table changed (a new route, or one announced differently); an announcement
+ * of the same route only renews its time. */
+static bool rn__upsert(json_t *route, int64_t ttl_ms)
 {
     const char *host = json_string_value(json_object_get(route, "host"));
     const char *path = json_string_value(json_object_get(route, "path"));
@@ -188,7 +194,7 @@ static void rn__upsert(json_t *route, int64_t ttl_ms)
         if (rn.n >= ROUTER_NATS_MAX_ROUTES) {
             log_warning("bus: over %d routes announced on NATS; skipping %s%s",
                         ROUTER_NATS_MAX_ROUTES, host, path);
-            return;
+            return false;
         }
         if (rn.n == rn.cap) {
             rn.cap = rn.cap ? rn.cap * 2 : 64;
@@ -198,10 +204,25 @@ static void rn__upsert(json_t *route, int64_t ttl_ms)
         e->key = rn__key(host, path);
         e->route = NULL;
     }
-    json_decref(e->route);
-    e->route = json_incref(route);
     e->ttl_ms = ttl_ms;
     e->expires_ms = time_mono_ms() + ttl_ms;
+    if (e->route && json_equal(e->route, route))
+        return false;
+    json_decref(e->route);
+    e->route = json_incref(route);
+    return true;
+}
+
+static void rn__on_coalesced(uv_timer_t *t)
+{
+    rn__publish();
+}
+
+/* The table changed: publish it soon. */
+static void rn__changed(void)
+{
+    if (!uv_is_active((uv_handle_t *)&rn.coalesce))
+        uv_timer_start(&rn.coalesce, rn__on_coalesced, ROUTER_NATS_COALESCE_MS, 0);
 }
 
 static void rn__on_prune(uv_timer_t *t)
@@ -221,7 +242,7 @@ static void rn__on_prune(uv_timer_t *t)
             i++;
         }
     if (changed)
-        rn__publish();
+        rn__changed();
 }
 
 /* Logged once per subject (bounded), then skipped silently. */
@@ -256,14 +277,14 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
     }
     switch (m.kind) {
     case ROUTER_NATS_REGISTER:
-        rn__upsert(m.route, m.ttl_ms);
-        rn__publish();
+        if (rn__upsert(m.route, m.ttl_ms))
+            rn__changed();
         break;
     case ROUTER_NATS_UNREGISTER:
         for (size_t i = 0; i < rn.n; i++)
             if (rn__key_eq(rn.entries[i].key, m.host, m.path)) {
                 rn__remove(i);
-                rn__publish();
+                rn__changed();
                 break;
             }
         break;
@@ -277,6 +298,12 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
         if (room)
             rn.drains[rn.n_drains++] = (struct rn_drain){m.drain_id, xstrdup(reply)};
         pthread_mutex_unlock(&rn.lock);
+        /* skiffd sent the table without the instance first: it must be served before the
+         * drain is answered, or a new request could still pick the instance */
+        if (uv_is_active((uv_handle_t *)&rn.coalesce)) {
+            uv_timer_stop(&rn.coalesce);
+            rn__publish();
+        }
         if (room)
             router_proxy_drain(&m.addr, m.addr_len, m.drain_id);
         break;
@@ -350,6 +377,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
         id = (uint64_t)time_now_ms() ^ ((uint64_t)getpid() << 32);
     snprintf(rn.subject, sizeof rn.subject, ROUTER_NATS_PREFIX "router.%016llx",
              (unsigned long long)id);
+    uv_timer_init(loop, &rn.coalesce);
     rn__seed();
     char err[256];
     struct natsconn_config ncfg = {.urls = cfg->nats_urls,
@@ -415,6 +443,7 @@ void router_nats_stop(void)
     if (!rn.conn)
         return;
     uv_close((uv_handle_t *)&rn.prune, NULL);
+    uv_close((uv_handle_t *)&rn.coalesce, NULL);
     uv_close((uv_handle_t *)&rn.hello, NULL);
     natsconn_close(rn.conn);
     rn.conn = NULL;
