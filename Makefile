@@ -7,7 +7,7 @@
 # which makes the component a program (daemon -> skiffd, router -> skiff-router, cli -> skiff,
 # shim -> skiff-shim, init -> skiff-init, brokers -> skiff-brokers).
 
-PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libcrypto libseccomp libnats libpq openssl
+PKGS     := libuv jansson sqlite3 libcurl yaml-0.1 libarchive libsodium libcrypto libseccomp libnats libpq libnghttp2 openssl
 LLHTTP   := /usr/share/llhttp
 CC       ?= cc
 

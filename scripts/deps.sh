@@ -7,11 +7,12 @@ packages=(
   build-essential pkg-config clang libclang-rt-14-dev
   libuv1-dev node-llhttp libjansson-dev libsqlite3-dev libcurl4-openssl-dev libyaml-dev
   libarchive-dev libsodium-dev libseccomp-dev libcap-dev libnats-dev libpq-dev libssl-dev openssl
+  libnghttp2-dev
   libcmocka-dev python3 python3-pytest python3-pytest-xdist python3-pytest-timeout python3-pip
   python3-flask
   nodejs npm e2fsprogs
   nginx-light wrk hyperfine nats-server postgresql redis-server python3-psycopg2 curl iproute2
-  procps nftables docker-registry skopeo
+  procps nftables docker-registry skopeo nghttp2-client python3-hpack
 )
 
 missing=()

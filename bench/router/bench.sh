@@ -2,7 +2,8 @@
 # Router benchmark: the same static backend (nginx, one worker) reached directly, through nginx
 # as a reverse proxy (upstream keepalive; one worker, then worker_processes auto), and through
 # skiff-router (one worker, then one per core), with wrk at 32 and 256 connections, for a small
-# and a 64 KB response; then the memory of skiff-router holding 10,000 idle keep-alive clients.
+# and a 64 KB response; then the memory of skiff-router holding 10,000 idle keep-alive clients;
+# then the route update time, and HTTP/2 against nginx (h2_bench.sh).
 #   bench/router/bench.sh       (SECONDS_PER_RUN=2, REPEAT=5: about four minutes in all)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -88,3 +89,7 @@ echo "(router RSS before: $((rss_before / 1024)) MB)"
 # how long a route change made through the API takes to reach the router
 echo
 /usr/bin/python3 "$here/route_update.py" --bin "$(dirname "$router_bin")"
+
+# the same proxies over HTTP/2 (h2load, prior knowledge)
+echo
+ROUTER_BIN="$router_bin" bash "$here/h2_bench.sh"

@@ -97,6 +97,25 @@ run_wrk_once() {
   echo "${rps:-0} ${p99:-0}$cpus"
 }
 
+# run_h2load_once PORT CONNS PATH PID [SCHEME] -> "rps mean_ms cpu_us_per_request": h2load with
+# $threads threads and $streams streams per connection for $secs s, :authority $host; http:
+# prior knowledge, https: h2 by ALPN
+run_h2load_once() {
+  local out rps mean reqs before hz
+  before=$(cpu_ticks "$4")
+  out=$(h2load -t"$threads" -c"$2" -m"$streams" -D"$secs" --warm-up-time=1 \
+    -H ":authority: $host" "${5:-http}://127.0.0.1:$1/$3" 2>&1)
+  if ! grep -q " 0 failed, 0 errored" <<<"$out" || grep -q "status codes: [0-9]* 2xx.* [1-9][0-9]* [45]xx" <<<"$out"; then
+    echo "failures from port $1:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2
+  fi
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+  mean=$(awk '$1=="time" && $3=="request:" {v=$6; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
+  hz=$(getconf CLK_TCK)
+  echo "${rps:-0} ${mean:-0} $(awk -v t=$(($(cpu_ticks "$4") - before)) -v n="${reqs:-0}" -v hz="$hz" \
+    'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')"
+}
+
 # The median of each column of the lines on stdin (one run a line).
 median_col() { sort -n -k"$1","$1" | awk -v c="$1" '{a[NR]=$c} END {print a[int((NR+1)/2)]}'; }
 median() {

@@ -4,7 +4,8 @@
 # (one worker), with the same certificate (EC P-256) and the cipher both pick (TLS 1.3,
 # TLS_AES_256_GCM_SHA384, X25519, checked below): keep-alive requests with wrk at 32
 # connections for a small and a 64 KB response, then new handshakes per second with
-# `openssl s_time`, full (-new) and resumed by session ticket (-reuse).
+# `openssl s_time`, full (-new) and resumed by session ticket (-reuse); last, HTTP/2 over TLS
+# (ALPN h2; nginx `listen ... ssl http2`) with h2load at 32 and 256 connections of 8 streams.
 #   bench/router/tls_bench.sh   (SECONDS_PER_RUN=3, REPEAT=3)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,11 +13,12 @@ root=$(cd "$here/../.." && pwd)
 router_bin=${ROUTER_BIN:-$root/build/rel/skiff-router}
 secs=${SECONDS_PER_RUN:-3}
 threads=${WRK_THREADS:-2}
+streams=${H2_STREAMS:-8}
 host=bench.localhost
 scheme=https
 [ -x "$router_bin" ] || { echo "build the router first: make build" >&2; exit 1; }
-command -v wrk >/dev/null && command -v nginx >/dev/null && command -v openssl >/dev/null ||
-  { echo "needs wrk, nginx and openssl (scripts/deps.sh)" >&2; exit 1; }
+command -v wrk >/dev/null && command -v nginx >/dev/null && command -v openssl >/dev/null &&
+  command -v h2load >/dev/null || { echo "needs wrk, nginx, openssl and h2load (scripts/deps.sh)" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || true
 
 work=$(mktemp -d /tmp/skiff-bench-tls.XXXXXX)
@@ -45,9 +47,10 @@ nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }
 nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
 
 nginx_port=$(free_port)
-# nginx's proxy_conf, listening with TLS on the same certificate
+# nginx's proxy_conf, listening with TLS on the same certificate, h2 and http/1.1 by ALPN (as
+# the router's listener)
 nginx_conf nginx 1 "upstream app { server 127.0.0.1:$backend_port; keepalive 256; }
-  server { listen 127.0.0.1:$nginx_port ssl;
+  server { listen 127.0.0.1:$nginx_port ssl http2;
     ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve X25519:prime256v1:secp384r1;
     ssl_session_tickets on; ssl_session_cache off;
@@ -120,3 +123,21 @@ for mode in -new -reuse; do
   printf '%-8s | %9.0f %9.0f | %6s\n' "${mode#-}" "$n" "$s" "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
 done
 echo "(new TLS connections per second, two openssl s_time clients side by side; new = full handshake, reuse = resumed)"
+
+# HTTP/2 over TLS: h2load, h2 agreed by ALPN, on the same listeners
+printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %6s\n' size conns nginx-h2 meanms cpuus skiff-h2 meanms cpuus "x"
+for size in small 64k; do
+  for conns in 32 256; do
+    n_runs="" s_runs=""
+    for _ in $(seq "$repeat"); do
+      n_runs+="$(run_h2load_once "$nginx_port" "$conns" "$size" "$nginx_pid" https)"$'\n'
+      s_runs+="$(run_h2load_once "$skiff_port" "$conns" "$size" "$skiff_pid" https)"$'\n'
+    done
+    read -r n np nc < <(printf '%s' "$n_runs" | median)
+    read -r s sp sc < <(printf '%s' "$s_runs" | median)
+    printf '%-7s %-6s | %9.0f %7.2f %5s | %9.0f %7.2f %5s | %6s\n' "$size" "$conns" "$n" "$np" "$nc" "$s" "$sp" "$sc" \
+      "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+  done
+done
+echo "(HTTP/2 over TLS: requests/s, mean ms per request, CPU µs per request: medians of $repeat runs"
+echo " of ${secs} s, $streams streams per connection, one worker each; 'x' = skiff / nginx)"

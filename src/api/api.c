@@ -339,10 +339,13 @@ static const struct api_route *api__match(struct api *api, struct api_request *r
         unsigned np = 0;
         size_t i;
         for (i = 0; i < r->nsegs; i++) {
-            if (!strcmp(r->segs[i], "*")) {
+            const char *want = r->segs[i], *got = req->http.segs[i];
+            if (want[0] == '*' && want[1] == '\0') {
                 if (np < API_MAX_PARAMS)
-                    req->params[np++] = req->http.segs[i];
-            } else if (strcmp(r->segs[i], req->http.segs[i])) {
+                    req->params[np++] = got;
+            } else if (want[0] != got[0] || strcmp(want, got)) {
+                /* the first byte tells most routes apart: every request is matched against
+                 * the whole table, so that it costs no call per route */
                 break;
             }
         }

@@ -207,11 +207,13 @@ static void autoscale__delete(struct api_request *req, void *ctx)
     struct store_app *app = autoscale__find(core, req, &p);
     if (!app)
         return;
-    p->min_instances = store_process_default_min(app->kind, p->type);
-    p->max_instances = p->target_concurrency = p->target_rps = 0;
-    p->window_ms = p->scale_down_delay_ms = 0;
+    store_process_default_policy(app->kind, p);
     char what[160];
-    snprintf(what, sizeof what, "Autoscaling of %s off: %d instances", p->type, p->instances);
+    if (store_process_request_scaled(p))
+        snprintf(what, sizeof what, "Autoscaling of %s back to the default: %d to %d instances",
+                 p->type, p->min_instances, p->max_instances);
+    else
+        snprintf(what, sizeof what, "Autoscaling of %s off: %d instances", p->type, p->instances);
     autoscale__store(core, req, app, p, what);
     store_app_free(app);
 }

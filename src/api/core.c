@@ -110,6 +110,20 @@ static void core__checks_json(struct buf *b, const struct store_process_checks *
 }
 
 /* An image app's droplet: the image it runs, as its record says. */
+/* A function's document (stored as json_dumps made it: one object) with its max_instances,
+ * which its scaling policy keeps. */
+static void core__function_json(struct buf *b, const struct store_process *p)
+{
+    const char *fj = p->function_json;
+    const char *end = strrchr(fj, '}');
+    if (!end) {
+        buf_puts(b, fj);
+        return;
+    }
+    buf_append(b, fj, (size_t)(end - fj));
+    core__fmt(b, "%s\"max_instances\":%d}", end - fj > 1 ? "," : "", p->max_instances);
+}
+
 static void core__image_json(struct api_core *core, struct buf *b, const struct store_app *app)
 {
     if (!app->droplet_guid)
@@ -210,7 +224,7 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
                   p->memory_mb ? p->memory_mb : app->memory_mb);
         if (store_process_is_function(p)) {
             buf_puts(b, ",\"function\":");
-            buf_puts(b, p->function_json);
+            core__function_json(b, p);
         }
         core__checks_json(b, &p->checks);
         buf_putc(b, '}');
@@ -433,7 +447,7 @@ static struct store_process *core__process_ensure(struct store_app *app, const c
     memset(p, 0, sizeof *p);
     p->type = xstrdup(type);
     p->instances = strcmp(type, "web") ? 0 : 1;
-    p->min_instances = store_process_default_min(app->kind, type);
+    store_process_default_policy(app->kind, p);
     return p;
 }
 
@@ -747,8 +761,7 @@ static bool core__apply(struct api_core *core, struct api_request *req, struct s
     for (size_t i = 0; i < app->n_processes; i++)
         if (!store_process_request_scaled(&app->processes[i]) &&
             !store_process_is_function(&app->processes[i]))
-            app->processes[i].min_instances =
-                store_process_default_min(app->kind, app->processes[i].type);
+            store_process_default_policy(app->kind, &app->processes[i]);
     return core__apply_sidecars(core, req, app, body);
 }
 
@@ -820,11 +833,11 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
     return true;
 }
 
-/* A route already the app's is fine (and takes the balance when one is given); another
+/* A route already the app's is fine (and takes the balance and protocol given); another
  * app's is route_taken. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const struct store_app *app, const char *spec, const char *path_in,
-                         const char *balance, int https_only)
+                         const char *balance, const char *protocol, int https_only)
 {
     char *host = NULL, *path = NULL, *domain = NULL;
     if (!core__parse_route(core, req, spec, path_in, &host, &path, &domain))
@@ -834,6 +847,7 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                             .app_guid = (char *)app->guid,
                             .domain = domain,
                             .balance = (char *)balance,
+                            .protocol = (char *)protocol,
                             .https_only = https_only == 1};
     uuid_generate_v4(r.guid);
     int rc = store_route_add(core->cfg.store, &r);
@@ -854,8 +868,9 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                                   "first or pick another host",
                                   host, path);
                 ok = false;
-            } else if ((balance && strcmp(all[i].balance, balance) &&
-                        store_route_set_balance(core->cfg.store, host, path, balance) < 0) ||
+            } else if ((((balance && strcmp(all[i].balance, balance)) ||
+                         (protocol && strcmp(all[i].protocol, protocol))) &&
+                        store_route_update(core->cfg.store, host, path, balance, protocol) < 0) ||
                        (https_only >= 0 && all[i].https_only != (https_only == 1) &&
                         store_route_set_https_only(core->cfg.store, host, path, https_only == 1) <
                             0)) {
@@ -917,7 +932,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
         }
         json_array_foreach(routes, i, r)
         {
-            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL, -1))
+            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL, NULL, -1))
                 return false;
         }
         api_core__routes_changed(core);
@@ -936,7 +951,7 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
                 spec = xasprintf("%s-%s-%s.localhost", app->name, space->name, org->name);
             }
         }
-        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL, -1);
+        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL, NULL, -1);
         free(spec);
         api_core__routes_changed(core);
         return ok;
@@ -1679,11 +1694,12 @@ static void core__logs(struct api_request *req, void *ctx)
 static json_t *core__route_json(struct api_core *core, const struct store_route *r,
                                 const char *app_name)
 {
-    return json_pack(
-        "{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:b}", "guid", r->guid, "host", r->host, "path", r->path,
-        "app", app_name ? app_name : "", "domain", r->domain, "balance", r->balance, "instances",
-        core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid) : 0,
-        "https_only", r->https_only);
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:b}", "guid", r->guid, "host", r->host,
+                     "path", r->path, "app", app_name ? app_name : "", "domain", r->domain,
+                     "balance", r->balance, "protocol", r->protocol, "instances",
+                     core->cfg.scheduler ? scheduler_running_count(core->cfg.scheduler, r->app_guid)
+                                         : 0,
+                     "https_only", r->https_only);
 }
 
 static void core__routes_list(struct api_request *req, void *ctx)
@@ -1718,7 +1734,8 @@ static void core__routes_list(struct api_request *req, void *ctx)
 static void core__routes_create(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
-    static const char *const fields[] = {"app", "host", "path", "balance", "https_only", NULL};
+    static const char *const fields[] = {"app",      "host",       "path", "balance",
+                                         "protocol", "https_only", NULL};
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -1742,6 +1759,16 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "\"balance\" must be \"round-robin\" or \"least-connection\"");
         goto done;
     }
+    /* what the router speaks to the instances: http1, or h2c for http2 (gRPC) */
+    json_t *protocolv = json_object_get(body, "protocol");
+    const char *protocol = json_string_value(protocolv);
+    if ((protocolv && !json_is_null(protocolv) && !protocol) ||
+        (protocol && strcmp(protocol, "http1") && strcmp(protocol, "http2"))) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                          "\"protocol\" must be \"http1\" or \"http2\" (h2c to the app's "
+                          "instances)");
+        goto done;
+    }
     /* absent or null: off for a new route, as it was for one the app has */
     json_t *httpsv = json_object_get(body, "https_only");
     if (httpsv && !json_is_null(httpsv) && !json_is_boolean(httpsv)) {
@@ -1758,7 +1785,8 @@ static void core__routes_create(struct api_request *req, void *ctx)
         goto done;
     }
     char *spec = xstrdup(host);
-    bool ok = api_core__map_route(core, req, app, spec, path ? path : "", balance, https_only);
+    bool ok =
+        api_core__map_route(core, req, app, spec, path ? path : "", balance, protocol, https_only);
     free(spec);
     if (!ok)
         goto done;

@@ -51,11 +51,11 @@ void api_core__respond_app(struct api_core *core, struct api_request *req, int s
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
 /* Maps host/path to app; balance NULL: round-robin for a new route, unchanged for one the
- * app has; https_only 0 or 1 sets it, -1 keeps it (off for a new route). Answers and returns
- * false on error. */
+ * app has; protocol likewise (NULL: http1, or unchanged); https_only 0 or 1 sets it, -1 keeps
+ * it (off for a new route). Answers and returns false on error. */
 bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const struct store_app *app, const char *spec, const char *path_in,
-                         const char *balance, int https_only);
+                         const char *balance, const char *protocol, int https_only);
 void api_core__follow_forget(struct api_core *core, void *follow);
 void api_core__followers_end(struct api_core *core);
 

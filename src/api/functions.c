@@ -11,8 +11,10 @@
  *
  * A function is a store_process whose function_json is set (store.h); its command runs the
  * runtime's server from the droplet (.skiff/function/, put there by the scheduler when the
- * droplet lacks it) against the handler. Its scaling policy is the one of every function:
- * from zero with its backlog, up to max_instances, back to zero when idle. */
+ * droplet lacks it) against the handler. Its scaling policy is stored like any process's
+ * (store.h; the one owner of its max_instances, also set by `skiff autoscale APP --process
+ * NAME`): the autoscaler takes it from zero with its backlog and requests, up to
+ * max_instances, back to min_instances when idle. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -26,7 +28,6 @@
 #include "scheduler/scheduler.h"
 #include "store/store.h"
 
-#define FUNCTIONS_DEFAULT_MAX_INSTANCES 10
 #define FUNCTIONS_MAX_INSTANCES 100
 #define FUNCTIONS_HANDLER_MAX 255
 
@@ -119,6 +120,7 @@ static json_t *functions__json(struct api_core *core, const struct store_app *ap
     json_object_set_new(fn, "app", json_string(app->name));
     json_object_set_new(fn, "instances", json_integer(p->instances));
     json_object_set_new(fn, "min_instances", json_integer(p->min_instances));
+    json_object_set_new(fn, "max_instances", json_integer(p->max_instances));
     json_object_set_new(fn, "memory_mb",
                         json_integer(p->memory_mb ? p->memory_mb : app->memory_mb));
     int running = core->cfg.scheduler
@@ -188,7 +190,7 @@ static void functions__put(struct api_request *req, void *ctx)
         goto done;
     }
     json_t *v;
-    json_int_t max = FUNCTIONS_DEFAULT_MAX_INSTANCES, min = 0, memory = 0;
+    json_int_t max = STORE_FUNCTION_DEFAULT_MAX_INSTANCES, min = 0, memory = 0;
     if ((v = json_object_get(body, "max_instances")) &&
         (!json_is_integer(v) || (max = json_integer_value(v)) < 1 ||
          max > FUNCTIONS_MAX_INSTANCES)) {
@@ -235,15 +237,20 @@ static void functions__put(struct api_request *req, void *ctx)
         p->type = xstrdup(name);
         p->instances = 0; /* from zero: its events and invokes scale it */
     }
-    /* it scales with its work, down to min_instances when idle (0: to zero) */
+    /* it scales with its work, down to min_instances when idle (0: to zero): a stored policy
+     * (store_process_default_policy's, with the bounds given) */
+    if (created || !store_process_request_scaled(p)) {
+        store_process_default_policy(app->kind, p);
+        p->target_concurrency = STORE_DEFAULT_TARGET_CONCURRENCY;
+    }
     p->min_instances = (int)min;
+    p->max_instances = (int)max;
     if (p->instances < p->min_instances)
         p->instances = p->min_instances;
     free(p->command);
     p->command = api_function_command(runtime, handler);
     free(p->function_json);
-    json_t *fn =
-        json_pack("{s:s,s:s,s:I}", "handler", handler, "runtime", runtime, "max_instances", max);
+    json_t *fn = json_pack("{s:s,s:s}", "handler", handler, "runtime", runtime);
     p->function_json = json_dumps(fn, JSON_COMPACT);
     json_decref(fn);
     if (json_object_get(body, "memory_mb"))

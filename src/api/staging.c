@@ -469,7 +469,7 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
         p->type = xstrdup(type);
         /* a function's own process starts at zero: events scale it */
         p->instances = 0;
-        p->min_instances = store_process_default_min(app->kind, type);
+        store_process_default_policy(app->kind, p);
     }
     json_decref(types);
     app->updated_at = time_now_ms();

@@ -53,8 +53,8 @@ struct autoscaler {
     struct logs *logs;
     uv_timer_t tick;
     struct as_proc *procs;
-    autoscaler_floor_cb floor;
-    void *floor_ctx;
+    autoscaler_work_cb work;
+    void *work_ctx;
     /* the apps as last listed, read again only when the store changed (or every
      * AUTOSCALER_RELIST_TICKS): a list a second would cost a round trip to PostgreSQL each */
     struct store_app **apps;
@@ -121,24 +121,30 @@ void autoscaler_router_gone(struct autoscaler *as, int router_id)
             }
 }
 
-void autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process)
+void autoscaler_set_work(struct autoscaler *as, autoscaler_work_cb fn, void *ctx)
 {
-    as__proc(as, app_guid, process, true)->woken = true;
+    as->work = fn;
+    as->work_ctx = ctx;
 }
 
-void autoscaler_set_floor(struct autoscaler *as, autoscaler_floor_cb fn, void *ctx)
+/* The policy of a process the platform scales: as stored when it has one (request scaled),
+ * else its minimum and the max its event work allows; the stable window is the event work's
+ * idle grace when the policy sets none. w: its work, NULL when none. */
+static void as__policy(const struct store_process *sp, const struct autoscaler_work *w,
+                       struct autoscaler_policy *pol)
 {
-    as->floor = fn;
-    as->floor_ctx = ctx;
-}
-
-/* The policy of a request-scaled process, as stored. */
-static void as__policy(const struct store_process *sp, struct autoscaler_policy *pol)
-{
-    bool rps = sp->target_rps > 0;
-    double target = rps ? sp->target_rps : sp->target_concurrency;
-    autoscaler_policy_init(pol, sp->min_instances, sp->max_instances, target, rps, sp->window_ms);
-    pol->scale_down_delay_ms = sp->scale_down_delay_ms > 0 ? sp->scale_down_delay_ms : 0;
+    bool stored = store_process_request_scaled(sp);
+    bool rps = stored && sp->target_rps > 0;
+    double target = !stored ? 0 : rps ? sp->target_rps : sp->target_concurrency;
+    int max = stored                      ? sp->max_instances
+              : w && w->max_instances > 0 ? w->max_instances
+                                          : STORE_FUNCTION_DEFAULT_MAX_INSTANCES;
+    int64_t window = stored && sp->window_ms > 0 ? sp->window_ms
+                     : w && w->idle_grace_ms > 0 ? w->idle_grace_ms
+                                                 : 0;
+    int min = sp->min_instances > max ? max : sp->min_instances;
+    autoscaler_policy_init(pol, min, max, target, rps, window);
+    pol->scale_down_delay_ms = stored && sp->scale_down_delay_ms > 0 ? sp->scale_down_delay_ms : 0;
 }
 
 static void as__record_decision(struct as_proc *p, int from, int to, const char *reason)
@@ -151,8 +157,34 @@ static void as__record_decision(struct as_proc *p, int from, int to, const char 
     snprintf(d->reason, sizeof d->reason, "%s", reason);
 }
 
+/* Scales (app, process) from `from` to `to` for `reason`: the scheduler, the app's log and
+ * the history `skiff autoscale` shows. */
+static int as__scale(struct autoscaler *as, struct as_proc *p, const struct store_app *app,
+                     const char *process, int from, int to, const char *reason)
+{
+    char line[160];
+    snprintf(line, sizeof line, "%d -> %d: %s", from, to, reason);
+    int rc = scheduler_scale_because(as->sched, app->guid, process, to, line);
+    if (rc < 0) {
+        log_warning("autoscaler: cannot scale %s/%s to %d: %s", app->name, process, to,
+                    strerror(-rc));
+        return rc;
+    }
+    logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%s", line);
+    if (p)
+        as__record_decision(p, from, to, reason);
+    return 0;
+}
+
+/* Instances for event work of `load` instances' worth (tiny float noise is not worth one). */
+static int as__instances_for(double load)
+{
+    double n = ceil(load - 1e-9);
+    return n <= 0 ? 0 : n > 1e6 ? 1000000 : (int)n;
+}
+
 static void as__decide(struct autoscaler *as, const struct store_app *app,
-                       const struct store_process *sp, int64_t now)
+                       const struct store_process *sp, const struct autoscaler_work *w, int64_t now)
 {
     struct as_proc *p = as__proc(as, app->guid, sp->type, true);
     p->seen = true;
@@ -166,20 +198,29 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
     p->in_flight = in_flight;
     p->rps = requests;
     struct autoscaler_policy pol;
-    as__policy(sp, &pol);
+    as__policy(sp, w, &pol);
     double value = pol.rps ? requests : in_flight;
     /* a request that woke it counts before the router's next report says so, or the tick in
      * between would scale the instance starting for it away again */
     if (p->woken && value < 1)
         value = 1;
     p->woken = false;
+    /* event work in the same unit: instances' worth x the target per instance */
+    if (w)
+        value += (double)w->peak * pol.target;
     autoscaler_kpa_record(&p->kpa, now, value);
     int ready = scheduler_ready_instances(as->sched, app->guid, sp->type, NULL, 0);
     if (ready < 0)
         ready = 0;
     struct autoscaler_decision d = autoscaler_kpa_decide(&p->kpa, &pol, ready, now);
     int desired = d.desired;
-    int floor = as->floor ? as->floor(as->floor_ctx, app->guid, sp->type) : 0;
+    /* a process met less than a stable window ago (just pushed, or skiffd restarted) keeps
+     * the instances it was given, started or still starting, until there is a window of
+     * samples to judge them by */
+    if (p->kpa.n_samples && now - p->kpa.samples[0].at_ms < pol.window_ms - 1000 &&
+        desired < sp->instances)
+        desired = sp->instances > pol.max_instances ? pol.max_instances : sp->instances;
+    int floor = w ? as__instances_for(w->load) : 0;
     if (floor > desired)
         desired = floor > pol.max_instances ? pol.max_instances : floor;
     p->last = d;
@@ -196,16 +237,65 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
     else
         snprintf(reason, sizeof reason, "%.0f in flight, target %.0f%s",
                  d.value > 0 ? ceil(d.value - 1e-9) : 0.0, pol.target, d.panic ? " (panic)" : "");
-    char line[160];
-    snprintf(line, sizeof line, "%d -> %d: %s", sp->instances, desired, reason);
-    int rc = scheduler_scale_because(as->sched, app->guid, sp->type, desired, line);
-    if (rc < 0) {
-        log_warning("autoscaler: cannot scale %s/%s to %d: %s", app->name, sp->type, desired,
-                    strerror(-rc));
+    as__scale(as, p, app, sp->type, sp->instances, desired, reason);
+}
+
+/* A process its user scales: event work raises it, nothing lowers it. */
+static void as__raise_manual(struct autoscaler *as, const struct store_app *app,
+                             const struct store_process *sp, const struct autoscaler_work *w)
+{
+    int wanted = as__instances_for(w->load);
+    if (wanted <= sp->instances)
         return;
+    char reason[128];
+    snprintf(reason, sizeof reason, "%d wanted by event work", wanted);
+    as__scale(as, NULL, app, sp->type, sp->instances, wanted, reason);
+}
+
+int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *process, int wanted)
+{
+    struct store_app *app = NULL;
+    if (store_app_get(as->store, app_guid, &app) < 0)
+        return -ENOENT;
+    const struct store_process *sp = store_app_process(app, process);
+    int rc;
+    if (!sp)
+        rc = -ENOENT;
+    else if (strcmp(app->state, "STARTED"))
+        rc = -EPERM;
+    else if (!app->droplet_guid)
+        rc = -ENODATA;
+    else if (!store_process_autoscaled(sp)) {
+        rc = wanted > sp->instances
+                 ? as__scale(as, NULL, app, process, sp->instances, wanted, "wanted by event work")
+                 : 0;
+        rc = rc < 0 ? rc : wanted > sp->instances ? wanted : sp->instances;
+    } else {
+        struct autoscaler_policy pol;
+        as__policy(sp, NULL, &pol);
+        /* without a stored policy, the work's own bound (its mappings') is already applied */
+        int max = store_process_request_scaled(sp) ? pol.max_instances : wanted;
+        int to = wanted > max ? max : wanted;
+        rc = sp->instances;
+        if (to > sp->instances) {
+            struct as_proc *p = as__proc(as, app->guid, process, true);
+            /* the windows remember the demand, so the next tick does not undo it */
+            autoscaler_kpa_record(&p->kpa, time_mono_ms(), (double)to * pol.target);
+            char reason[128];
+            snprintf(reason, sizeof reason, "%d wanted by waiting work", wanted);
+            rc = as__scale(as, p, app, process, sp->instances, to, reason);
+            if (rc == 0)
+                rc = to;
+        }
     }
-    logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%s", line);
-    as__record_decision(p, sp->instances, desired, reason);
+    store_app_free(app);
+    return rc;
+}
+
+int autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process)
+{
+    as__proc(as, app_guid, process, true)->woken = true;
+    return autoscaler_wake(as, app_guid, process, 1);
 }
 
 static void as__proc_free(struct as_proc *p)
@@ -238,9 +328,15 @@ void autoscaler_tick_now(struct autoscaler *as)
         const struct store_app *a = apps[i];
         if (strcmp(a->state, "STARTED") || !a->droplet_guid)
             continue;
-        for (size_t j = 0; j < a->n_processes; j++)
-            if (store_process_request_scaled(&a->processes[j]))
-                as__decide(as, a, &a->processes[j], now);
+        for (size_t j = 0; j < a->n_processes; j++) {
+            const struct store_process *sp = &a->processes[j];
+            struct autoscaler_work w;
+            bool has_work = as->work && as->work(as->work_ctx, a->guid, sp->type, &w);
+            if (store_process_request_scaled(sp) || (has_work && store_process_autoscaled(sp)))
+                as__decide(as, a, sp, has_work ? &w : NULL, now);
+            else if (has_work)
+                as__raise_manual(as, a, sp, &w);
+        }
     }
     /* what is no longer request-scaled starts afresh if it becomes so again */
     for (struct as_proc **pp = &as->procs; *pp;) {

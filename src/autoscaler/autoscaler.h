@@ -11,13 +11,17 @@
  * span a stable window nothing goes below the ready count (no data is no reason to scale
  * down); min and max clamp the result.
  *
- * The runtime (struct autoscaler) runs on skiffd's loop: the routers' per-second metrics
- * come in through autoscaler_router_metrics, a one-second tick decides for every process
- * whose policy asks for request scaling (store_process_request_scaled) and scales it through
- * the scheduler, which publishes PLATFORM_APP_SCALED (the platform event skiff.app.scaled).
- * Each change is logged to the app's log as `[AUTOSCALER] a -> b: N in flight, target T`.
- * It is the one owner of scaling for those processes: the invoker leaves their idle scale
- * down to it, and the event work it counts is a floor (autoscaler_set_floor). */
+ * The runtime (struct autoscaler) runs on skiffd's loop and is the one component that decides
+ * how many instances a process the platform scales runs. Its inputs: the routers' per-second
+ * metrics (autoscaler_router_metrics), the invoker's event work (autoscaler_set_work: read
+ * once a second, and autoscaler_wake at once when work waits for instances), and the routers'
+ * wakes (autoscaler_woken). A one-second tick decides for every process whose stored policy
+ * asks for request scaling (store_process_request_scaled; every function has one), and for a
+ * process that scales to zero without one but has event work (a policy made of its
+ * minimum and its mappings' max); it scales through the scheduler, which publishes
+ * PLATFORM_APP_SCALED (the platform event skiff.app.scaled). A process its user scales
+ * (STORE_SCALE_MANUAL) is only ever raised, to what its event work asks for. Each change is
+ * logged to the app's log as `[AUTOSCALER] a -> b: N in flight, target T`. */
 #ifndef SKIFF_AUTOSCALER_H
 #define SKIFF_AUTOSCALER_H
 
@@ -115,16 +119,34 @@ void autoscaler_free(struct autoscaler *as);
  * A report replaces that router's previous one for the process. */
 void autoscaler_router_metrics(struct autoscaler *as, int router_id, const char *app_guid,
                                const char *process, double in_flight, double requests);
-/* A request waits for (app, process) at zero (a router's wake): it counts as one in flight
- * until the routers' reports say more, so the instance started for it is not scaled away. */
-void autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process);
+/* A request waits for (app, process) at zero (a router's wake): one instance is asked for at
+ * once, and the wake counts as one in flight until the routers' reports say more, so the
+ * instance started for it is not scaled away. Returns autoscaler_wake's answer. */
+int autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process);
 /* A router went away: its reports no longer count. */
 void autoscaler_router_gone(struct autoscaler *as, int router_id);
 
-/* The instances work other than requests asks for (the invoker's event backlog and in-flight
- * deliveries): the autoscaler never goes below it. NULL fn: none. */
-typedef int (*autoscaler_floor_cb)(void *ctx, const char *app_guid, const char *process);
-void autoscaler_set_floor(struct autoscaler *as, autoscaler_floor_cb fn, void *ctx);
+/* The event work of a process (the invoker's backlog and deliveries in flight). */
+struct autoscaler_work {
+    double load;           /* instances' worth of it now: the autoscaler never goes below */
+    int peak;              /* the most instances it asked for since the previous read: the
+                              sample it adds to the windows, so short work between two ticks
+                              still counts */
+    int max_instances;     /* the most its mappings allow (0: none): the max of a process
+                              without a stored policy */
+    int64_t idle_grace_ms; /* the stable window of a policy that sets none (> 0) */
+};
+/* Fills the work of (app_guid, process); false when there is none to report (nothing is
+ * delivered to it). Called once per process and tick. NULL fn: none. */
+typedef bool (*autoscaler_work_cb)(void *ctx, const char *app_guid, const char *process,
+                                   struct autoscaler_work *out);
+void autoscaler_set_work(struct autoscaler *as, autoscaler_work_cb fn, void *ctx);
+
+/* Work waits for (app_guid, process) and asks for `wanted` instances: decides at once, up
+ * only (at most the policy's max), recording the demand as a sample so the windows keep it.
+ * Returns the instances it runs now, or a negative errno (-ENOENT: no such app or process;
+ * -EPERM: the app is stopped; -ENODATA: no droplet; or the scheduler's). */
+int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *process, int wanted);
 
 /* Decides at once for every request-scaled process: what the one-second tick does. */
 void autoscaler_tick_now(struct autoscaler *as);

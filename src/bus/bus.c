@@ -504,10 +504,11 @@ char *bus_route_table_json(struct bus *bus)
                          !strcmp(app->state, "STARTED");
         json_t *list = backends ? json_incref(backends) : json_array();
         json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b,s:b}", "host", routes[i].host, "path",
-                           routes[i].path, "app_guid", app->guid, "app_name", app->name, "process",
-                           "web", "balance", routes[i].balance, "backends", list, "scale_from_zero",
-                           from_zero, "https_only", routes[i].https_only));
+            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:b,s:b}", "host", routes[i].host,
+                           "path", routes[i].path, "app_guid", app->guid, "app_name", app->name,
+                           "process", "web", "balance", routes[i].balance, "protocol",
+                           routes[i].protocol, "backends", list, "scale_from_zero", from_zero,
+                           "https_only", routes[i].https_only));
     }
     json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)bus->version,
                             "routes", arr);
@@ -801,12 +802,12 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
     } else if (!strcmp(type, "wake")) {
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
         if (app) {
-            /* a request waits: the function is busy, even before its access line comes, so
-             * an idle check in between does not scale the woken instance away again */
+            /* a request waits: the autoscaler (the one owner of instance counts) asks for
+             * one at once and counts it in flight until the routers' next report */
             bus__note_traffic(bus, app);
-            if (bus->metrics && strlen(app) == 36)
-                bus->metrics->woken(bus->metrics_ctx, app, "web");
-            int rc = scheduler_ensure_instances(bus->sched, app, "web", 1);
+            int rc = bus->metrics && strlen(app) == 36
+                         ? bus->metrics->woken(bus->metrics_ctx, app, "web")
+                         : -ENOENT;
             if (rc < 0 && rc != -ENOENT)
                 logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
                              "A request waits for this app but it cannot be started: %s",

@@ -608,6 +608,29 @@ const struct cli_target *cli_target(void)
 
 /* ---- TLS -------------------------------------------------------------------------------- */
 
+bool cli_connect_error(const struct cli_target *t, int code, const char *detail)
+{
+    CURLcode cc = (CURLcode)code;
+    const char *why = detail && detail[0] ? detail : curl_easy_strerror(cc);
+    if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST) {
+        cli_error("cannot reach the Skiff API at %s (found through %s): is skiffd running?\n"
+                  "Start it with `make run` (or `skiffd`), or log in to another one with "
+                  "`skiff login URL --token TOKEN`.",
+                  t->api_url, t->from);
+    } else if (cc == CURLE_PEER_FAILED_VERIFICATION) {
+        cli_error("the API at %s has a certificate this machine does not trust (%s).\n"
+                  "Give its CA to the system's store (a local skiffd's is trusted by itself: "
+                  "$SKIFF_HOME/tls/ca.pem), or, only if you know why, log in with "
+                  "`skiff login %s --skip-ssl-validation`.",
+                  t->api_url, why, t->api_url);
+    } else if (cc == CURLE_SSL_CONNECT_ERROR || cc == CURLE_SSL_CERTPROBLEM) {
+        cli_error("TLS with the API at %s failed: %s", t->api_url, why);
+    } else {
+        return false;
+    }
+    return true;
+}
+
 bool cli_skip_ssl_validation(void)
 {
     const char *env = getenv("SKIFF_SKIP_SSL_VALIDATION");
@@ -1015,20 +1038,8 @@ static int cli_http_once(const struct cli_request *req, struct cli_response *res
     if (x.progress_shown == 1 && isatty(STDOUT_FILENO))
         putchar('\n');
     if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && x.stopped)) {
-        if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST) {
-            cli_error("cannot reach the Skiff API at %s (found through %s): is skiffd running?\n"
-                      "Start it with `make run` (or `skiffd`), or log in to another one with "
-                      "`skiff login URL --token TOKEN`.",
-                      t->api_url, t->from);
-        } else if (cc == CURLE_PEER_FAILED_VERIFICATION) {
-            cli_error("the API at %s has a certificate this machine does not trust (%s).\n"
-                      "Give its CA to the system's store (a local skiffd's is trusted by itself: "
-                      "$SKIFF_HOME/tls/ca.pem), or, only if you know why, log in with "
-                      "`skiff login %s --skip-ssl-validation`.",
-                      t->api_url, curl_err[0] ? curl_err : curl_easy_strerror(cc), t->api_url);
-        } else if (cc == CURLE_SSL_CONNECT_ERROR || cc == CURLE_SSL_CERTPROBLEM) {
-            cli_error("TLS with the API at %s failed: %s", t->api_url,
-                      curl_err[0] ? curl_err : curl_easy_strerror(cc));
+        if (cli_connect_error(t, cc, curl_err)) {
+            /* said */
         } else if (cc == CURLE_OPERATION_TIMEDOUT) {
             cli_error("the API at %s did not answer %s %s in time", t->api_url, req->method,
                       req->path);

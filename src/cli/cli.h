@@ -180,6 +180,9 @@ int cli_login_save(const char *url, const char *token, const char *refresh_token
  * verified against the system's CAs and, when $SKIFF_HOME/tls/ca.pem exists (a local
  * skiffd's CA), that one too; unless the login asked for --skip-ssl-validation. */
 void cli_curl_tls(void *curl);
+/* Says why a connection to the API failed (libcurl's code, its error buffer or NULL) when it is
+ * the API being unreachable or its certificate: true when said, false for other codes. */
+bool cli_connect_error(const struct cli_target *t, int code, const char *detail);
 /* Whether certificates go unchecked (skiff login --skip-ssl-validation, kept with the login). */
 bool cli_skip_ssl_validation(void);
 /* Forgets what cli_target loaded, so the next call reads it again. */

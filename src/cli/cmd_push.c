@@ -664,18 +664,24 @@ static int cli_push_random_route(const struct manifest_app *a, json_t *body)
     return CLI_EXIT_OK;
 }
 
-/* options: loadbalancing of the manifest's routes, as each route's balance. */
-static int cli_push_balances(const struct manifest_app *a)
+/* options: loadbalancing, protocol and https_only of the manifest's routes, as each route's
+ * balance, protocol and https_only. */
+static int cli_push_route_options(const struct manifest_app *a)
 {
     int rc = CLI_EXIT_OK;
     for (size_t i = 0; i < a->route_count && rc == CLI_EXIT_OK; i++) {
         const struct manifest_route *r = &a->routes[i];
-        if (!r->balance)
+        if (!r->balance && !r->protocol && !r->https_only_set)
             continue;
         const char *slash = strchr(r->route, '/');
-        json_t *body =
-            json_pack("{s:s, s:s%, s:s}", "app", a->name, "host", r->route,
-                      slash ? (size_t)(slash - r->route) : strlen(r->route), "balance", r->balance);
+        json_t *body = json_pack("{s:s, s:s%}", "app", a->name, "host", r->route,
+                                 slash ? (size_t)(slash - r->route) : strlen(r->route));
+        if (r->balance)
+            json_object_set_new(body, "balance", json_string(r->balance));
+        if (r->protocol)
+            json_object_set_new(body, "protocol", json_string(r->protocol));
+        if (r->https_only_set)
+            json_object_set_new(body, "https_only", json_boolean(r->https_only));
         if (slash)
             json_object_set_new(body, "path", json_string(slash));
         rc = cli_api("POST", "/v1/routes", body, NULL) ? CLI_EXIT_ERROR : CLI_EXIT_OK;
@@ -1093,7 +1099,7 @@ int cli_cmd_push(const struct cli_command *cmd, int argc, char **argv)
         if (rc == CLI_EXIT_OK)
             rc = cli_push_one(&plan);
         if (rc == CLI_EXIT_OK)
-            rc = cli_push_balances(a);
+            rc = cli_push_route_options(a);
         if (rc == CLI_EXIT_OK && a->metadata_json)
             rc = cli_push_metadata(a);
         if (rc == CLI_EXIT_OK && !a->is_function)

@@ -8,21 +8,23 @@
 
 /* Parses `APP HOST[/PATH] [--path /PATH]` (map-route, unmap-route): --path wins when both give
  * a path. Fills *args, *host (caller frees) and *path (a pointer into argv, or ""). With
- * balance not NULL, --balance is accepted too and *balance is its argument or NULL (the API
- * checks the value). Returns CLI_CONTINUE, or the exit status to return now. */
+ * balance and protocol not NULL, --balance and --protocol are accepted too, each NULL when
+ * not given (the API checks the values). Returns CLI_CONTINUE, or the exit status to return
+ * now. */
 static int cli_route_args(const struct cli_command *cmd, int argc, char **argv,
                           struct cli_args *args, char **host, const char **path,
-                          const char **balance, bool *https_only)
+                          const char **balance, const char **protocol, bool *https_only)
 {
     const char *path_opt = NULL;
     struct cli_option opts[] = {{"path", 0, CLI_OPT_STRING, &path_opt},
                                 {"balance", 0, CLI_OPT_STRING, balance},
+                                {"protocol", 0, CLI_OPT_STRING, protocol},
                                 {"https-only", 0, CLI_OPT_FLAG, https_only},
                                 {0}};
     if (!balance) { /* unmap-route: the path only */
         opts[1] = (struct cli_option){0};
     } else {
-        *balance = NULL;
+        *balance = *protocol = NULL;
         *https_only = false;
     }
     int rc = cli_parse_options(cmd, argc, argv, opts, args, 2, 2);
@@ -46,14 +48,16 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
     char *host;
-    const char *path, *balance;
+    const char *path, *balance, *protocol;
     bool https_only;
-    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, &balance, &https_only);
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, &balance, &protocol, &https_only);
     if (rc != CLI_CONTINUE)
         return rc;
     json_t *body = json_pack("{s:s, s:s, s:s}", "app", args.items[0], "host", host, "path", path);
     if (balance)
         json_object_set_new(body, "balance", json_string(balance));
+    if (protocol)
+        json_object_set_new(body, "protocol", json_string(protocol));
     if (https_only) /* left out: a route the app has keeps its setting */
         json_object_set_new(body, "https_only", json_true());
     json_t *route = NULL;
@@ -62,11 +66,14 @@ int cli_cmd_map_route(const struct cli_command *cmd, int argc, char **argv)
     if (rc == 0) {
         if (cli_json_output)
             cli_print_json(route);
+        else if (balance || protocol)
+            printf("Mapped %s%s to %s (%s%s%s)%s.\n", host, path, args.items[0],
+                   balance ? balance : "", balance && protocol ? ", " : "",
+                   protocol ? protocol : "",
+                   https_only ? "; plain HTTP requests are redirected to HTTPS" : "");
         else if (https_only)
             printf("Mapped %s%s to %s; plain HTTP requests are redirected to HTTPS.\n", host, path,
                    args.items[0]);
-        else if (balance)
-            printf("Mapped %s%s to %s (%s).\n", host, path, args.items[0], balance);
         else
             printf("Mapped %s%s to %s.\n", host, path, args.items[0]);
     }
@@ -80,7 +87,7 @@ int cli_cmd_unmap_route(const struct cli_command *cmd, int argc, char **argv)
     struct cli_args args;
     char *host;
     const char *path;
-    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, NULL, NULL);
+    int rc = cli_route_args(cmd, argc, argv, &args, &host, &path, NULL, NULL, NULL);
     if (rc != CLI_CONTINUE)
         return rc;
     char *app_q = cli_escape(args.items[0]), *host_q = cli_escape(host), *path_q = cli_escape(path);
@@ -113,7 +120,8 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
         json_decref(res);
         return CLI_EXIT_OK;
     }
-    static const char *const headers[] = {"host", "path", "app", "instances", "balance", NULL};
+    static const char *const headers[] = {"host",    "path",     "app",        "instances",
+                                          "balance", "protocol", "https-only", NULL};
     struct cli_table *t = cli_table_new(headers);
     size_t i;
     json_t *r;
@@ -122,7 +130,8 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv)
         char inst[24];
         snprintf(inst, sizeof(inst), "%lld", cli_json_int(r, "instances"));
         cli_table_add(t, cli_json_str(r, "host"), cli_json_str(r, "path"), cli_json_str(r, "app"),
-                      inst, cli_json_str(r, "balance"));
+                      inst, cli_json_str(r, "balance"), cli_json_str(r, "protocol"),
+                      json_is_true(json_object_get(r, "https_only")) ? "yes" : "no");
     }
     cli_table_print(t);
     json_decref(res);

@@ -292,6 +292,8 @@ int cli_cmd_ssh(const struct cli_command *cmd, int argc, char **argv)
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_CONNECT_ONLY, 1L);
     cli_curl_tls(curl);
+    char curl_err[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
     CURLcode cc = curl_easy_perform(curl);
@@ -299,8 +301,9 @@ int cli_cmd_ssh(const struct cli_command *cmd, int argc, char **argv)
     if (cc == CURLE_OK)
         curl_easy_getinfo(curl, CURLINFO_ACTIVESOCKET, &sock);
     if (cc != CURLE_OK || sock == CURL_SOCKET_BAD) {
-        cli_error("cannot reach the Skiff API at %s (found through %s): %s", t->api_url, t->from,
-                  curl_easy_strerror(cc));
+        if (!cli_connect_error(t, cc, curl_err))
+            cli_error("cannot reach the Skiff API at %s (found through %s): %s", t->api_url,
+                      t->from, curl_easy_strerror(cc));
         goto done;
     }
     if (ssh_send_all(curl, sock, req.data, req.len) < 0) {

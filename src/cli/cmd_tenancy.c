@@ -145,6 +145,118 @@ static void tenancy__single_space(json_t *me, char **org, char **space)
         *space = xstrdup(the_space);
 }
 
+/* The API URL given to login or api: http(s), without trailing slashes; with skip_ssl the
+ * warning is printed and certificates go unchecked for the rest of this run (and in what is
+ * saved). NULL after a usage error (*rc says which). */
+static char *tenancy__api_url(const struct cli_command *cmd, const char *url, bool skip_ssl,
+                              int *rc)
+{
+    if (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://")) {
+        *rc = cli_usage_error(cmd, "the API URL must start with http:// or https://, not \"%s\"",
+                              url);
+        return NULL;
+    }
+    if (skip_ssl) { /* as cf does: it works, and says what it gives up */
+        fprintf(stderr, "warning: --skip-ssl-validation: the API's certificate is not checked; "
+                        "anyone between here and it can read and change what is sent, "
+                        "passwords and tokens included.\n");
+        setenv("SKIFF_SKIP_SSL_VALIDATION", "1", 1);
+    } else {
+        unsetenv("SKIFF_SKIP_SSL_VALIDATION");
+    }
+    char *the_url = xstrdup(url);
+    for (size_t n = strlen(the_url); n > 0 && the_url[n - 1] == '/'; n--)
+        the_url[n - 1] = '\0';
+    return the_url;
+}
+
+/* skiff api: what the CLI talks to now, without URL. */
+static int tenancy__api_show(void)
+{
+    const struct cli_target *t = cli_target();
+    if (!t)
+        return CLI_EXIT_ERROR;
+    printf("API: %s (from %s)\n", t->api_url, t->from);
+    if (str_has_prefix(t->api_url, "https://") && cli_skip_ssl_validation())
+        printf("Its certificate is not checked (--skip-ssl-validation).\n");
+    if (!t->token)
+        printf("Not logged in: `skiff login` logs in.\n");
+    else if (t->user)
+        printf("Logged in as %s.\n", t->user);
+    return 0;
+}
+
+/* skiff api --unset: forgets the saved API (and the login with it). */
+static int tenancy__api_unset(void)
+{
+    char *path = cli_login_path();
+    int rc = 0;
+    if (unlink(path) < 0 && errno != ENOENT) {
+        cli_error("could not remove %s: %s", path, strerror(errno));
+        rc = CLI_EXIT_ERROR;
+    } else {
+        printf("No API saved (%s removed): the local skiffd's is used, if any.\n", path);
+    }
+    free(path);
+    return rc;
+}
+
+static int cmd_api(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool skip_ssl = false, unset = false;
+    struct cli_option opts[] = {{"skip-ssl-validation", 0, CLI_OPT_FLAG, &skip_ssl},
+                                {"unset", 0, CLI_OPT_FLAG, &unset},
+                                {NULL, 0, 0, NULL}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 0, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (unset && (args.count || skip_ssl))
+        return cli_usage_error(cmd, "--unset takes nothing else");
+    if (unset)
+        return tenancy__api_unset();
+    if (!args.count) {
+        if (skip_ssl)
+            return cli_usage_error(cmd, "--skip-ssl-validation goes with a URL");
+        return tenancy__api_show();
+    }
+    char *the_url = tenancy__api_url(cmd, args.items[0], skip_ssl, &rc);
+    if (!the_url)
+        return rc;
+    /* the API must answer (and its certificate pass) before it is saved */
+    setenv("SKIFF_API", the_url, 1);
+    unsetenv("SKIFF_TOKEN");
+    cli_target_reset();
+    json_t *info = NULL;
+    rc = CLI_EXIT_ERROR;
+    if (cli_api("GET", "/v1/info", NULL, &info) != 0)
+        goto done;
+    unsetenv("SKIFF_API");
+    /* a login saved for this same API stays; one for another API is forgotten */
+    char *path = cli_login_path();
+    json_error_t jerr;
+    json_t *old = json_load_file(path, 0, &jerr);
+    free(path);
+    char *old_url = xstrdup(cli_json_str(old, "url"));
+    for (size_t n = strlen(old_url); n > 0 && old_url[n - 1] == '/'; n--)
+        old_url[n - 1] = '\0';
+    bool same = !strcmp(old_url, the_url) && *cli_json_str(old, "token");
+    free(old_url);
+#define OLD(key) (same ? cli_json_str(old, key) : NULL)
+    rc = cli_login_save(the_url, OLD("token"), OLD("refresh_token"),
+                        cli_json_str(info, "router_url"), OLD("user"), OLD("org"), OLD("space"));
+#undef OLD
+    json_decref(old);
+    if (rc == 0) {
+        printf("API: %s\n", the_url);
+        printf(same ? "Still logged in.\n" : "Not logged in: `skiff login` logs in.\n");
+    }
+done:
+    json_decref(info);
+    free(the_url);
+    return rc;
+}
+
 static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
 {
     const char *api = NULL, *user = NULL, *password = NULL, *org = NULL, *space = NULL;
@@ -168,21 +280,11 @@ static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
         if (!known)
             return CLI_EXIT_ERROR;
         url = known->api_url;
+        skip_ssl = skip_ssl || cli_skip_ssl_validation(); /* as saved by skiff api */
     }
-    if (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://"))
-        return cli_usage_error(cmd, "the API URL must start with http:// or https://, not \"%s\"",
-                               url);
-    if (skip_ssl) { /* as cf does: it works, and says what it gives up */
-        fprintf(stderr, "warning: --skip-ssl-validation: the API's certificate is not checked; "
-                        "anyone between here and it can read and change what is sent, "
-                        "passwords and tokens included.\n");
-        setenv("SKIFF_SKIP_SSL_VALIDATION", "1", 1);
-    } else {
-        unsetenv("SKIFF_SKIP_SSL_VALIDATION");
-    }
-    char *the_url = xstrdup(url);
-    for (size_t n = strlen(the_url); n > 0 && the_url[n - 1] == '/'; n--)
-        the_url[n - 1] = '\0';
+    char *the_url = tenancy__api_url(cmd, url, skip_ssl, &rc);
+    if (!the_url)
+        return rc;
     char *local_token = NULL, *name = NULL, *secret = NULL, *access = NULL, *refresh = NULL;
     char *org_name = org ? xstrdup(org) : NULL, *space_name = space ? xstrdup(space) : NULL;
     json_t *info = NULL;
@@ -831,6 +933,15 @@ const struct cli_command cli_tenancy_commands[] = {
      "                         login). A local skiffd's CA ($SKIFF_HOME/tls/ca.pem) is trusted\n"
      "                         without it.\n",
      cmd_login},
+    {"api", "api [URL [--skip-ssl-validation] | --unset]", "Show or set the API the CLI talks to",
+     "With URL: checks that a Skiff API answers there (and that its certificate passes), then\n"
+     "saves it in ~/.skiff/cli.json; a login saved for another API is forgotten (`skiff login`\n"
+     "logs in). Without URL: the API used now and where it comes from.\n\n"
+     "  --skip-ssl-validation  do not check the API's HTTPS certificate (warns; kept with the\n"
+     "                         URL). A local skiffd's CA ($SKIFF_HOME/tls/ca.pem) is trusted\n"
+     "                         without it.\n"
+     "  --unset                forget the saved API and login\n",
+     cmd_api},
     {"logout", "logout", "End the session and forget the saved login", NULL, cmd_logout},
     {"target", "target [-o ORG] [-s SPACE]", "Show or set the org and space commands work in",
      "Apps, routes, event mappings, topics and audit events are the target space's.\n", cmd_target},

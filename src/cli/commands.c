@@ -175,7 +175,8 @@ const struct cli_command cli_core_commands[] = {
      "The app sees it after `skiff restart NAME`.\n", cli_cmd_set_env},
     {"unset-env", "unset-env NAME KEY", "Remove an environment variable of an app",
      "The app stops seeing it after `skiff restart NAME`.\n", cli_cmd_unset_env},
-    {"map-route", "map-route NAME HOST [--path PATH] [--balance POLICY] [--https-only]",
+    {"map-route",
+     "map-route NAME HOST [--path PATH] [--balance POLICY] [--protocol PROTOCOL] [--https-only]",
      "Route requests for HOST[/PATH] to an app",
      "HOST must end in a known domain (`skiff domains`), like hello.localhost.\n"
      "The longest matching path wins.\n\n"
@@ -183,14 +184,19 @@ const struct cli_command cli_core_commands[] = {
      "  --balance POLICY   how requests are spread over the app's instances: round-robin\n"
      "                     (the default) or least-connection (to the one with the fewest\n"
      "                     requests in flight); on a route the app has, changes it\n"
+     "  --protocol PROTOCOL what the router speaks to the app's instances: http1 (the\n"
+     "                     default) or http2 (h2c, for gRPC: HTTP/2 end to end, trailers\n"
+     "                     included); on a route the app has, changes it\n"
      "  --https-only       plain HTTP requests get a redirect to HTTPS (301, or 308 for\n"
      "                     methods other than GET and HEAD)\n\n"
-     "Example:\n  skiff map-route hello api.localhost --path /v1 --balance least-connection\n",
+     "Example:\n  skiff map-route hello api.localhost --path /v1 --balance least-connection\n"
+     "  skiff map-route greeter grpc.localhost --protocol http2\n",
      cli_cmd_map_route},
     {"unmap-route", "unmap-route NAME HOST [--path PATH]", "Remove a route from an app",
      "  --path PATH   the path the route was mapped with\n", cli_cmd_unmap_route},
     {"routes", "routes", "List the routes",
-     "Shows each route's host, path, app, the instances behind it and its balance.\n",
+     "Shows each route's host, path, app, the instances behind it, its balance and its\n"
+     "protocol.\n",
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
     {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},

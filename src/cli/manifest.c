@@ -898,19 +898,30 @@ static int manifest_function(struct manifest_ctx *c, const yaml_node_t *n, void 
 
 /* ---- routes and services ---- */
 
-/* http1 is what the router speaks; http2 and tcp routes are accepted as http1 ones. */
+/* http1 and http2 are the route's protocol (what the router speaks to the instances); a tcp
+ * route is accepted as an http1 one. */
 static int manifest_route_protocol(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
                                    void *block)
 {
-    (void)block;
+    struct manifest_route *r = block;
     static const char *const protocols[] = {"http1", "http2", "tcp", NULL};
-    char *protocol = NULL;
-    int rc = manifest_one_of(c, key, v, protocols, &protocol);
-    if (!rc && strcmp(protocol, "http1") != 0)
+    int rc = manifest_one_of(c, key, v, protocols, &r->protocol);
+    if (!rc && strcmp(r->protocol, "tcp") == 0) {
         manifest_warn(c, v, key,
-                      "routes are served over HTTP/1.1 here; the route is mapped as an http1 one");
-    free(protocol);
+                      "the router has no TCP routes; the route is mapped as an http1 one");
+        free(r->protocol);
+        r->protocol = NULL;
+    }
     return rc;
+}
+
+/* https_only (Skiff's, not Cloud Foundry's): the route's https_only, set only when given. */
+static int manifest_route_https_only(struct manifest_ctx *c, const char *key, const yaml_node_t *v,
+                                     void *block)
+{
+    struct manifest_route *r = block;
+    r->https_only_set = true;
+    return manifest_bool(c, key, v, &r->https_only);
 }
 
 /* Cloud Foundry's balancing names are the router's: they become the route's "balance". */
@@ -949,6 +960,7 @@ static int manifest_route_options(struct manifest_ctx *c, const char *key, const
 static const struct manifest_field manifest_route_fields[] = {
     MANIFEST_STRING("route", struct manifest_route, route),
     MANIFEST_CUSTOM("protocol", manifest_route_protocol),
+    MANIFEST_CUSTOM("https_only", manifest_route_https_only),
     MANIFEST_CUSTOM("options", manifest_route_options),
     {0},
 };
@@ -1661,6 +1673,7 @@ void manifest_free(struct manifest *m)
         for (size_t j = 0; j < a->route_count; j++) {
             free(a->routes[j].route);
             free(a->routes[j].balance);
+            free(a->routes[j].protocol);
         }
         free(a->routes);
         free(a->stack);

@@ -37,6 +37,9 @@ struct manifest_vars {
 struct manifest_route {
     char *route;   /* "host[/path]" */
     char *balance; /* "round-robin" or "least-connection"; NULL: not set */
+    char *protocol;  /* "http1" or "http2" (h2c to the instances); NULL: not set */
+    bool https_only; /* plain HTTP requests get a redirect to HTTPS (Skiff's own key) */
+    bool https_only_set;
 };
 
 /* A process's request scaling policy (`skiff autoscale`): -1 for what is not set; set when

@@ -46,6 +46,7 @@ struct daemon {
     char *router_tls_addr;
     char *api_tls_addr;
     struct tls_store *api_tls; /* the API's HTTPS certificate */
+    char *api_cert_path, *api_key_path; /* read again on SIGHUP */
     char *router_url;
     char *token;
     struct store *store;
@@ -64,7 +65,7 @@ struct daemon {
     struct api_events *events; /* the topics' endpoints and the fabric */
     struct services *services; /* service instances, bindings, brokers (records) */
     struct api_svc *svc;       /* their endpoints and the broker calls */
-    uv_signal_t sigterm, sigint, sigusr2;
+    uv_signal_t sigterm, sigint, sigusr2, sighup;
     bool stopping;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
     int exit_code;
@@ -120,6 +121,10 @@ static void usage(FILE *out)
         "                              ahead but for the droplet and the program, so that an\n"
         "                              instance of the default disk size starts in a few ms;\n"
         "                              each holds a network slot, a disk and ~2 MB; 0: none\n"
+        "  --prewarm-memory SIZE       the warm containers' memory budget (SKIFF_PREWARM_MEMORY,\n"
+        "                              default 256M; K, M or G, M when none): the pool is\n"
+        "                              refilled only while its containers' memory, as their\n"
+        "                              cgroups count it, and one more fit in it\n"
         "  --insecure-registry HOST:PORT\n"
         "                              an image registry spoken to over plain http instead of\n"
         "                              https (repeatable; for a registry on this machine)\n"
@@ -146,6 +151,9 @@ static void usage(FILE *out)
         "                   exits 0 and leaves nothing running.\n"
         "  SIGUSR2          exit at once and leave the router and the instances serving, for\n"
         "                   a restart or an upgrade of skiffd; the next skiffd adopts them.\n"
+        "  SIGHUP           read the API's certificate and key again (--tls-cert, --tls-key or\n"
+        "                   HOME/tls/default.pem): connections made after it get the new\n"
+        "                   one; a bad pair is logged and the one before stays.\n"
         "A crash or kill -9 of skiffd leaves them serving too: each instance runs under its\n"
         "own skiff-shim, which keeps its output (the last 1000 lines) until skiffd is back.\n",
         out);
@@ -256,9 +264,29 @@ static void daemon_autoscaler_router_gone(void *as, int router)
     autoscaler_router_gone(as, router);
 }
 
-static void daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
+static int daemon_autoscaler_woken(void *as, const char *app_guid, const char *process)
 {
-    autoscaler_woken(as, app_guid, process);
+    return autoscaler_woken(as, app_guid, process);
+}
+
+/* ---- the invoker's event work to the autoscaler (invoker -> autoscaler, wired here) ---------- */
+
+static bool daemon_invoker_work(void *invoker, const char *app_guid, const char *process,
+                                struct autoscaler_work *out)
+{
+    struct invoker_work w;
+    if (!invoker_work_of(invoker, app_guid, process, &w))
+        return false;
+    *out = (struct autoscaler_work){.load = w.load,
+                                    .peak = w.peak,
+                                    .max_instances = w.max_instances,
+                                    .idle_grace_ms = w.idle_grace_ms};
+    return true;
+}
+
+static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted)
+{
+    return autoscaler_wake(as, app_guid, process, wanted);
 }
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
@@ -269,6 +297,7 @@ static void shutdown_router_done(void *arg)
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigusr2, NULL);
+    uv_close((uv_handle_t *)&d->sighup, NULL);
 }
 
 static void shutdown_bus_done(void *arg)
@@ -385,6 +414,8 @@ static void daemon_free(struct daemon *d)
     free(d->router_tls_addr);
     free(d->api_tls_addr);
     tls_store_free(d->api_tls);
+    free(d->api_cert_path);
+    free(d->api_key_path);
     free(d->router_url);
     free(d->token);
 }
@@ -450,35 +481,43 @@ static uint64_t daemon_size(const char *text)
 
 /* The API's HTTPS certificate: --tls-cert and --tls-key (checked first), else the local CA's
  * default certificate (HOME/tls/default.pem). */
-static int daemon_api_tls(struct daemon *d, const char *tls_dir, const char *cert_path,
-                          const char *key_path, char *err, size_t errsize)
+static int daemon_api_tls_paths(struct daemon *d, const char *tls_dir, const char *cert_path,
+                                const char *key_path, char *err, size_t errsize)
 {
     if (!*cert_path != !*key_path) {
         snprintf(err, errsize, "--tls-cert and --tls-key go together");
         return -EINVAL;
     }
-    char *own = *cert_path ? NULL : xasprintf("%s/default.pem", tls_dir);
+    d->api_cert_path = *cert_path ? xstrdup(cert_path) : xasprintf("%s/default.pem", tls_dir);
+    d->api_key_path = *key_path ? xstrdup(key_path) : xasprintf("%s/default.pem", tls_dir);
+    return 0;
+}
+
+/* (Re)reads the API's certificate and key and serves them to handshakes from now on (made
+ * ones keep theirs); on any error the certificate served so far stays. */
+static int daemon_api_tls_load(struct daemon *d, char *err, size_t errsize)
+{
     char *cert = NULL, *key = NULL;
     size_t cert_len = 0, key_len = 0;
-    int r = file_read(own ? own : cert_path, &cert, &cert_len);
-    if (r == 0 && (r = file_read(own ? own : key_path, &key, &key_len)) < 0)
-        snprintf(err, errsize, "cannot read %s: %s", own ? own : key_path, strerror(-r));
+    int r = file_read(d->api_cert_path, &cert, &cert_len);
+    if (r == 0 && (r = file_read(d->api_key_path, &key, &key_len)) < 0)
+        snprintf(err, errsize, "cannot read %s: %s", d->api_key_path, strerror(-r));
     else if (r < 0)
-        snprintf(err, errsize, "cannot read %s: %s", own ? own : cert_path, strerror(-r));
+        snprintf(err, errsize, "cannot read %s: %s", d->api_cert_path, strerror(-r));
     if (r == 0)
         r = tls_pair_check(cert, cert_len, key, key_len, NULL, NULL, err, errsize);
-    if (r == -EKEYEXPIRED) { /* served anyway: clients say so, and a new one needs a restart */
+    if (r == -EKEYEXPIRED) { /* served anyway: clients say so; a new one is read on SIGHUP */
         log_warning("API HTTPS: %s", err);
         r = 0;
     }
-    if (r == 0)
+    if (r == 0 && !d->api_tls)
         r = tls_store_new(NULL, &d->api_tls, err, errsize);
     struct buf pair = {0};
     if (r == 0) {
         buf_append(&pair, cert, cert_len);
         buf_puts(&pair, "\n");
         buf_append(&pair, key, key_len);
-        r = tls_store_add_pem(d->api_tls, pair.data, pair.len, true, err, errsize);
+        r = tls_store_set_only_pem(d->api_tls, pair.data, pair.len, err, errsize);
     }
     if (pair.data)
         memset(pair.data, 0, pair.len);
@@ -487,8 +526,21 @@ static int daemon_api_tls(struct daemon *d, const char *tls_dir, const char *cer
     buf_free(&pair);
     free(cert);
     free(key);
-    free(own);
     return r;
+}
+
+/* SIGHUP: the API's certificate is read again (a renewed one needs no restart). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    struct daemon *d = h->data;
+    if (!d->api_tls)
+        return;
+    char err[512];
+    if (daemon_api_tls_load(d, err, sizeof err) < 0)
+        log_error("SIGHUP: the API's certificate was not reloaded, the one before stays: %s", err);
+    else
+        log_info("SIGHUP: the API's certificate was reloaded from %s", d->api_cert_path);
 }
 
 /* skiffd --role router: this process becomes a skiff-router that learns routes from NATS.
@@ -551,6 +603,7 @@ int main(int argc, char **argv)
     bool tls_addr_given = getenv("SKIFF_ROUTER_TLS_ADDR") != NULL;
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
+    const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
@@ -592,6 +645,8 @@ int main(int argc, char **argv)
             target = &nats_replicas_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
+        else if (!strcmp(a, "--prewarm-memory"))
+            target = &prewarm_memory_text;
         else if (!strcmp(a, "--insecure-registry")) {
             if (i + 1 >= argc || n_insecure + 1 >= ARRAY_SIZE(insecure_registries)) {
                 log_error("--insecure-registry needs HOST:PORT (at most %zu of them)",
@@ -656,6 +711,17 @@ int main(int argc, char **argv)
     long prewarm = strtol(prewarm_text, &prewarm_end, 10);
     if (*prewarm_end || prewarm_end == prewarm_text || prewarm < 0 || prewarm > 64) {
         log_error("--prewarm %s is not a number of containers from 0 to 64", prewarm_text);
+        return 2;
+    }
+    long prewarm_memory = strtol(prewarm_memory_text, &prewarm_end, 10);
+    int prewarm_shift = !*prewarm_end || !strcmp(prewarm_end, "M") ? 20
+                        : !strcmp(prewarm_end, "K")                ? 10
+                        : !strcmp(prewarm_end, "G")                ? 30
+                                                                   : -1;
+    if (prewarm_shift < 0 || prewarm_end == prewarm_memory_text || prewarm_memory < 1 ||
+        (uint64_t)prewarm_memory > (1ull << 40) >> prewarm_shift) {
+        log_error("--prewarm-memory %s is not a size from 1K to 1024G (like 256M)",
+                  prewarm_memory_text);
         return 2;
     }
     bool contained = !strcmp(isolation, "container");
@@ -806,7 +872,8 @@ int main(int argc, char **argv)
             (unsigned)env_long("SKIFF_API_MAX_CONNECTIONS_PER_CLIENT", 0, 0),
         .tls_addr = d.api_tls_addr};
     if (*d.api_tls_addr) {
-        if (daemon_api_tls(&d, tls_dir, tls_cert, tls_key, err, sizeof err) < 0) {
+        if (daemon_api_tls_paths(&d, tls_dir, tls_cert, tls_key, err, sizeof err) < 0 ||
+            daemon_api_tls_load(&d, err, sizeof err) < 0) {
             log_error("API HTTPS: %s", err);
             goto fail;
         }
@@ -838,6 +905,7 @@ int main(int argc, char **argv)
         .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
         .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
         .prewarm = (int)prewarm,
+        .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
         .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)
         log_warning("%s is missing: no instance can start (build it with `make`, and "
@@ -937,7 +1005,8 @@ int main(int argc, char **argv)
         goto fail;
     }
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
-    autoscaler_set_floor(d.autoscaler, invoker_instances_wanted, d.invoker);
+    autoscaler_set_work(d.autoscaler, daemon_invoker_work, d.invoker);
+    invoker_set_wake(d.invoker, daemon_invoker_wake, d.autoscaler);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);
@@ -974,6 +1043,9 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigusr2, on_signal, SIGUSR2);
+    uv_signal_init(d.loop, &d.sighup);
+    d.sighup.data = &d;
+    uv_signal_start(&d.sighup, on_sighup, SIGHUP);
 
     printf("skiffd is running (data in %s)\n"
            "  API:    %s\n"

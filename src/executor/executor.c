@@ -58,6 +58,7 @@
 #define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
 #define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
 #define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
+#define WARM_POLL_MS 20     /* while a warm container comes up, the refill looks this often */
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -144,6 +145,10 @@ struct executor {
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
     int prewarm;                         /* warm containers kept, of each kind in use */
+    uint64_t prewarm_budget;             /* bytes the pool may use (executor_config) */
+    /* the most memory a warm container of each kind has used, as measured: [0] plain */
+    uint64_t warm_charge_seen[1 + EXECUTOR_RUNTIMES];
+    bool warm_budget_told;               /* the budget stopped a refill, and the log says so */
     char *runtimes_dir;                  /* where the runtimes' zygotes are (buildpacks) */
     bool runtime_usable[EXECUTOR_RUNTIMES]; /* its zygote is there */
     bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
@@ -933,11 +938,19 @@ out:
 
 static int warm__start(struct instance *inst);
 
+static void executor__scratch_make(struct instance *inst)
+{
+    char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
+    mkdir_p(tmp, 0700);
+    free(tmp);
+}
+
 static int shim_driver_start(struct instance *inst)
 {
     int rc = warm__start(inst);
     if (rc != -ENOENT)
         return rc; /* started warm, or a warm container meant for it failed */
+    executor__scratch_make(inst); /* made at start only when no warm container was reserved */
     rc = cgroup_create(inst->guid, inst->memory_mb, inst->pids_max, &inst->cg);
     if (rc < 0)
         inst->cg = NULL; /* no usable cgroups here: a plain process group */
@@ -1166,20 +1179,97 @@ static int warm__add(struct executor *ex, int runtime)
     return rc;
 }
 
+bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes)
+{
+    return pool_bytes <= budget_bytes && next_bytes <= budget_bytes - pool_bytes;
+}
+
+static bool warm__ready(struct executor__warm *w);
+
+/* What the warm pool uses now, by its containers' cgroups; the measure of a ready one (its
+ * program up and listening) raises the most its kind has used: the charge of the next one. */
+static uint64_t warm__pool_bytes(struct executor *ex)
+{
+    uint64_t total = 0;
+    for (struct executor__warm *w = ex->warm; w; w = w->next) {
+        uint64_t cpu = 0, mem = 0;
+        if (!w->cg || cgroup_usage(w->cg, &cpu, &mem) < 0)
+            continue;
+        total += mem;
+        if (warm__ready(w) && mem > ex->warm_charge_seen[1 + w->runtime])
+            ex->warm_charge_seen[1 + w->runtime] = mem;
+    }
+    return total;
+}
+
+/* Keeps the pool within its budget once measured: a container whose kind was not measured
+ * before it was made may not fit; the newest that are not taken go. */
+static uint64_t warm__trim(struct executor *ex)
+{
+    uint64_t total = warm__pool_bytes(ex);
+    while (total > ex->prewarm_budget) {
+        struct executor__warm *w = ex->warm; /* newest first */
+        while (w && w->reserved)
+            w = w->next;
+        if (!w)
+            break;
+        uint64_t cpu = 0, mem = 0;
+        if (w->cg)
+            cgroup_usage(w->cg, &cpu, &mem);
+        log_info("a warm container (%llu K) goes: the pool is over its memory budget "
+                 "(%llu K of %llu K)",
+                 (unsigned long long)(mem >> 10), (unsigned long long)(total >> 10),
+                 (unsigned long long)(ex->prewarm_budget >> 10));
+        warm__discard(w);
+        total = total > mem ? total - mem : 0;
+    }
+    return total;
+}
+
 static void warm__refill(uv_timer_t *t)
 {
     struct executor *ex = t->data;
+    bool again = false, over = false;
+    warm__trim(ex);
     /* prewarm plain ones, and prewarm of each runtime an instance has started with */
     for (int kind = -1; kind < EXECUTOR_RUNTIMES; kind++) {
         if (kind >= 0 && !ex->runtime_wanted[kind])
             continue;
-        int have = 0;
+        int have = 0, coming = 0;
         for (struct executor__warm *w = ex->warm; w; w = w->next)
-            have += w->runtime == kind;
+            if (w->runtime == kind) {
+                have++;
+                coming += !w->reserved && !warm__ready(w);
+            }
+        /* the pool is measured again once those coming are up */
+        again |= coming > 0;
         while (!ex->shutting_down && have < ex->prewarm &&
-               ex->warm_failures[1 + kind] < WARM_FAILURES_MAX && warm__add(ex, kind) == 0)
+               ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
+            /* one at a time, each measured once up before the next is made; the budget: what
+             * the pool uses, and the most one of this kind has used */
+            if (coming > 0)
+                break;
+            uint64_t next = ex->warm_charge_seen[1 + kind];
+            uint64_t pool = warm__pool_bytes(ex);
+            if (!executor_warm_fits(pool, next, ex->prewarm_budget)) {
+                if (!ex->warm_budget_told)
+                    log_info("warm containers: the pool's memory budget holds no more (%llu K "
+                             "in use, %llu K the next, of %llu K)",
+                             (unsigned long long)(pool >> 10), (unsigned long long)(next >> 10),
+                             (unsigned long long)(ex->prewarm_budget >> 10));
+                over = true;
+                break;
+            }
+            if (warm__add(ex, kind) < 0)
+                break;
             have++;
+            coming++;
+            again = true;
+        }
     }
+    ex->warm_budget_told = over;
+    if (again) /* the next is made once this one is up and measured: a few ms */
+        warm__refill_soon(ex, WARM_POLL_MS);
 }
 
 static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
@@ -1205,6 +1295,15 @@ static bool warm__is_ours(struct executor *ex, const char *name)
 /* The instance takes the warm container reserved for its slot: -ENOENT when there is none
  * (it starts as any other), 0 when it runs, another error when the warm container failed
  * (it is gone then, and nothing of the instance runs). */
+/* Whether a warm container is reserved for the instance on that slot. */
+static bool warm__reserved_for(struct executor *ex, int slot)
+{
+    for (struct executor__warm *w = ex->warm; w; w = w->next)
+        if (w->reserved && w->slot == slot)
+            return true;
+    return false;
+}
+
 static int warm__start(struct instance *inst)
 {
     struct executor *ex = inst->ex;
@@ -2121,6 +2220,9 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
     ex->prewarm = cfg->prewarm;
+    ex->prewarm_budget = cfg->prewarm_memory_bytes
+                             ? cfg->prewarm_memory_bytes
+                             : (uint64_t)EXECUTOR_DEFAULT_PREWARM_MEMORY_MB << 20;
     ex->runtimes_dir = cfg->runtimes_dir ? xstrdup(cfg->runtimes_dir) : NULL;
     for (int r = 0; r < EXECUTOR_RUNTIMES; r++) {
         char *zygote = ex->runtimes_dir
@@ -2322,11 +2424,12 @@ int executor_start(struct executor *ex, const struct instance_spec *spec, struct
     inst->start_timeout_s =
         spec->start_timeout_s > 0 ? spec->start_timeout_s : DEFAULT_START_TIMEOUT_S;
     executor__copy_checks(inst, spec);
-    /* scratch space the caller may point HOME/TMPDIR at; removed with the instance */
+    /* scratch space the caller may point HOME/TMPDIR at; removed with the instance. A warm
+     * container's folder becomes it (warm__start): made here only otherwise, as making it to
+     * remove it again cost a few ms of a start from zero */
     inst->scratch_dir = xasprintf("%s/instances/%s", ex->home, inst->guid);
-    char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
-    mkdir_p(tmp, 0700);
-    free(tmp);
+    if (!warm__reserved_for(ex, inst->port))
+        executor__scratch_make(inst);
     executor__set_state(inst, INSTANCE_STARTING);
 
     if (ex->isolation == EXECUTOR_CONTAINER)

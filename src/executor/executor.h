@@ -69,10 +69,21 @@ struct executor_config {
                     of the default disk size takes one and starts in a few milliseconds
                     instead of having its container made; 0: none. As many again run a
                     language runtime ahead, for each runtime an instance has started with */
+    uint64_t prewarm_memory_bytes; /* the warm containers' memory budget: refill stops when
+                                      the pool's memory (each container's cgroup, as
+                                      measured) and one more of the kind (the most one of its
+                                      kind has used) would pass it; 0: the default,
+                                      EXECUTOR_DEFAULT_PREWARM_MEMORY_MB */
     const char *runtimes_dir; /* the buildpacks folder: the runtimes' warm programs
                                  (function-python/warm/zygote.py); NULL: none */
     instance_readiness_cb on_readiness; /* NULL: readiness results are not reported */
 };
+
+#define EXECUTOR_DEFAULT_PREWARM_MEMORY_MB 256
+
+/* Whether a warm container of `next_bytes` fits beside a pool that uses `pool_bytes` within
+ * `budget_bytes` (the refill's rule). */
+bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes);
 
 /* A sidecar (Cloud Foundry's): a command run beside the instance's, in its container (same
  * network, files, environment, limits, drops), started and ended with it; its end is the

@@ -30,6 +30,7 @@
 #define INDEX_EVERY_BYTES 4096
 #define RETENTION_PERIOD_MS 5000
 #define CURSOR_LOG_COMPACT_BYTES (1u << 20)
+#define SEGMENT_PREALLOC_BYTES (1u << 20) /* zero-filled space kept ahead of the last record */
 
 struct index_entry {
     uint64_t offset;
@@ -41,6 +42,7 @@ struct segment {
     uint64_t base; /* offset of the first record */
     uint64_t end;  /* one past the last record written */
     uint64_t size; /* bytes written */
+    uint64_t alloc; /* file length: the records, then zero-filled space for the next ones */
     int64_t first_time, last_time;
     int fd;
     struct index_entry *index; /* sparse: one entry per INDEX_EVERY_BYTES */
@@ -84,7 +86,8 @@ struct sealed {
 struct sync_target {
     struct topic *topic; /* NULL for the cursor log or a directory */
     uint64_t end;        /* topic: durable up to here once synced */
-    int fd;              /* dup()ed; the writer closes it */
+    int fd;              /* dup()ed and closed by the writer, unless borrowed */
+    bool borrowed;       /* the active segment's own fd: the loop keeps it open (segment_busy) */
     char *idx_path;      /* a sealed segment: its index, written after the sync (writer frees) */
     struct buf idx;
 };
@@ -149,6 +152,7 @@ struct fabric {
     bool cursors_dirty;
     bool root_dir_dirty;
     bool sealed_pending; /* a segment was sealed: the next round syncs it and writes its index */
+    size_t last_round_waiters; /* how many the last round answered (round_is_lone) */
 
     struct fabric_sub *subs;
     int notifying;
@@ -522,6 +526,29 @@ static int topic_add_segment(struct fabric *f, struct topic *t)
     return 0;
 }
 
+/* 1 when the bytes [from, to) of fd are all zero, 0 when not, or a negative errno. */
+static int file_is_zero(int fd, uint64_t from, uint64_t to)
+{
+    uint8_t chunk[16 << 10];
+    while (from < to) {
+        size_t want = to - from < sizeof(chunk) ? (size_t)(to - from) : sizeof(chunk);
+        ssize_t n = pread(fd, chunk, want, (off_t)from);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return 1;
+        for (ssize_t i = 0; i < n; i++)
+            if (chunk[i])
+                return 0;
+        from += (uint64_t)n;
+    }
+    return 1;
+}
+
+static int write_all(int fd, const void *data, size_t len, uint64_t pos);
+
 /* Scans one segment from its start, checking every record. Returns the number of good bytes
  * (everything after them is torn or corrupt) or a negative errno. */
 static int64_t segment_recover(struct segment *s, bool *torn)
@@ -551,8 +578,42 @@ static int64_t segment_recover(struct segment *s, bool *torn)
         return rc;
     s->end = offset;
     s->size = pos;
-    *torn = pos < (uint64_t)st.st_size;
+    s->alloc = (uint64_t)st.st_size;
+    /* Zero-filled space ahead of the records (segment_prealloc) is not a torn write; anything
+     * else after the last good record is. */
+    rc = pos < (uint64_t)st.st_size ? file_is_zero(s->fd, pos, (uint64_t)st.st_size) : 1;
+    if (rc < 0)
+        return rc;
+    *torn = rc == 0;
     return (int64_t)pos;
+}
+
+/* Keeps zero-filled, allocated space ahead of the active segment's last record, so that a
+ * durable write overwrites blocks the file already has: its fdatasync then changes neither the
+ * file's size nor its extent map and flushes the data alone. Called after a round, never on
+ * an append; the zeros reach the disk with the next round. Failure is harmless (appends then
+ * grow the file, as without it), so it is not reported. */
+static void segment_prealloc(struct fabric *f, struct segment *s)
+{
+    uint64_t limit = (uint64_t)f->cfg.segment_bytes + SEGMENT_PREALLOC_BYTES;
+    if (s->alloc < s->size)
+        s->alloc = s->size;
+    if (s->alloc - s->size >= SEGMENT_PREALLOC_BYTES / 2 || s->alloc >= limit)
+        return;
+    uint64_t from = s->alloc, to = s->size + SEGMENT_PREALLOC_BYTES;
+    (void)fallocate(s->fd, 0, (off_t)from, (off_t)(to - from)); /* contiguous blocks if it can */
+    static const uint8_t zeros[64 << 10];
+    for (uint64_t pos = from; pos < to;) {
+        size_t n = to - pos < sizeof(zeros) ? (size_t)(to - pos) : sizeof(zeros);
+        if (write_all(s->fd, zeros, n, pos) < 0) {
+            /* a full disk: give back what is not zero-filled, keep the records */
+            if (ftruncate(s->fd, (off_t)pos) == 0)
+                s->alloc = pos;
+            return;
+        }
+        pos += n;
+    }
+    s->alloc = to;
 }
 
 static int compare_u64(const void *a, const void *b)
@@ -691,6 +752,12 @@ static int topic_load(struct fabric *f, const char *name, struct topic **out, ch
                 free(path);
                 goto fail;
             }
+            s->alloc = (uint64_t)good;
+        } else if (i + 1 < nbases && s->alloc > s->size) {
+            /* a sealed segment keeps no zero-filled space (a crash between its seal and its
+             * index): its index, written next time, describes the file's whole length */
+            if (ftruncate(fd, good) == 0)
+                s->alloc = s->size;
         }
         free(path);
         t->next_offset = s->end;
@@ -961,7 +1028,8 @@ static void *writer_main(void *arg)
         for (size_t i = 0; i < r->count; i++) {
             if (!f->cfg.no_sync && fdatasync(r->targets[i].fd) < 0 && r->status == 0)
                 r->status = errno == ENOSPC ? -ENOSPC : -EIO;
-            close(r->targets[i].fd);
+            if (!r->targets[i].borrowed)
+                close(r->targets[i].fd);
             r->targets[i].fd = -1;
         }
         for (size_t i = 0; i < r->count; i++) {
@@ -985,6 +1053,15 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+static void round_push(struct round *r, struct sync_target target)
+{
+    if (r->count == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 8;
+        r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
+    }
+    r->targets[r->count++] = target;
+}
+
 /* Adds a descriptor to sync (dup()ed: the loop may close the original meanwhile). 0 or a
  * negative errno, the round unchanged. */
 static int round_add(struct round *r, struct topic *t, uint64_t end, int fd)
@@ -992,23 +1069,34 @@ static int round_add(struct round *r, struct topic *t, uint64_t end, int fd)
     int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (dupfd < 0)
         return -errno;
-    if (r->count == r->cap) {
-        r->cap = r->cap ? r->cap * 2 : 8;
-        r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
-    }
-    r->targets[r->count++] = (struct sync_target){.topic = t, .end = end, .fd = dupfd};
+    round_push(r, (struct sync_target){.topic = t, .end = end, .fd = dupfd});
     return 0;
+}
+
+/* Adds a topic's active segment by its own descriptor: no dup and close per round. The loop
+ * closes a segment's descriptor only when it drops the segment, which it does not do while a
+ * round holds it (segment_busy). */
+static void round_add_active(struct round *r, struct topic *t)
+{
+    round_push(r, (struct sync_target){.topic = t,
+                                       .end = t->next_offset,
+                                       .fd = t->segs[t->nsegs - 1].fd,
+                                       .borrowed = true});
+}
+
+/* Whether the round in flight syncs this segment's own descriptor. */
+static bool segment_busy(const struct fabric *f, const struct segment *s)
+{
+    for (size_t i = 0; f->round && i < f->round->count; i++)
+        if (f->round->targets[i].borrowed && f->round->targets[i].fd == s->fd)
+            return true;
+    return false;
 }
 
 /* Adds a sealed segment; the round takes over its descriptor and index. */
 static void round_add_sealed(struct round *r, struct sealed *sl)
 {
-    if (r->count == r->cap) {
-        r->cap = r->cap ? r->cap * 2 : 8;
-        r->targets = xrealloc(r->targets, r->cap * sizeof(*r->targets));
-    }
-    r->targets[r->count++] =
-        (struct sync_target){.fd = sl->fd, .idx_path = sl->idx_path, .idx = sl->idx};
+    round_push(r, (struct sync_target){.fd = sl->fd, .idx_path = sl->idx_path, .idx = sl->idx});
     memset(sl, 0, sizeof(*sl));
 }
 
@@ -1034,6 +1122,8 @@ static bool transient_error(int rc)
 #define ROUND_RETRY_MAX_MS 200
 
 static void round_start(struct fabric *f);
+static bool round_is_lone(const struct fabric *f, const struct round *r);
+static void round_run_here(struct fabric *f, struct round *r);
 
 static void on_retry_timer(uv_timer_t *h)
 {
@@ -1059,7 +1149,7 @@ static int round_gather(struct fabric *f, struct round *r)
         if (!t->dir_synced)
             rc = round_add_dir(r, t->dir);
         if (rc == 0)
-            rc = round_add(r, t, t->next_offset, t->segs[t->nsegs - 1].fd);
+            round_add_active(r, t);
     }
     if (rc == 0 && f->cursors_dirty)
         rc = round_add(r, NULL, 0, f->cursor_fd);
@@ -1076,7 +1166,8 @@ static void round_start(struct fabric *f)
     if (rc < 0 && transient_error(rc) && !f->closing) {
         /* e.g. out of descriptors: nothing is lost or refused, the appends wait a little */
         for (size_t i = 0; i < r->count; i++)
-            close(r->targets[i].fd);
+            if (!r->targets[i].borrowed)
+                close(r->targets[i].fd);
         free(r->targets);
         free(r);
         int64_t now = time_mono_ms();
@@ -1117,6 +1208,10 @@ static void round_start(struct fabric *f)
     f->cursors_dirty = false;
     f->round = r;
     f->stats.syncs++;
+    if (round_is_lone(f, r)) {
+        round_run_here(f, r);
+        return;
+    }
     uv_ref((uv_handle_t *)&f->async);
     pthread_mutex_lock(&f->mu);
     f->thread_job = r;
@@ -1169,15 +1264,9 @@ static void notify(struct fabric *f, struct topic *t)
 
 static void fabric_finish_close(struct fabric *f);
 
-static void on_round_done(uv_async_t *h)
+/* Makes a finished round's records visible and answers its waiters. */
+static void round_complete(struct fabric *f, struct round *r)
 {
-    struct fabric *f = h->data;
-    pthread_mutex_lock(&f->mu);
-    struct round *r = f->thread_done;
-    f->thread_done = NULL;
-    pthread_mutex_unlock(&f->mu);
-    if (!r)
-        return;
     f->round = NULL;
     f->completing = true;
     f->stats.sync_us_total += (uint64_t)(r->ended_ns - r->started_ns) / 1000;
@@ -1195,8 +1284,10 @@ static void on_round_done(uv_async_t *h)
             }
         }
     }
+    f->last_round_waiters = 0;
     for (struct waiter *w = r->waiters, *next; w; w = next) {
         next = w->next;
+        f->last_round_waiters++;
         f->stats.pending--;
         if (w->append_cb)
             w->append_cb(w->arg, r->status, w->first, w->count);
@@ -1204,9 +1295,52 @@ static void on_round_done(uv_async_t *h)
             w->cursor_cb(w->arg, r->status);
         free(w);
     }
+    /* zero-filled space for the next records, now that this round's answers are out */
+    for (size_t i = 0; i < r->count; i++) {
+        struct topic *t = r->targets[i].topic;
+        if (t && r->status == 0 && !f->failed && !f->closing)
+            segment_prealloc(f, &t->segs[t->nsegs - 1]);
+    }
     free(r->targets);
     free(r);
     f->completing = false;
+}
+
+/* A round of one publish and nothing else, after a round that answered one too (publishes come
+ * one at a time), runs on the loop: one fdatasync and the answer, without the two thread
+ * wake-ups (loop to writer, writer to loop) a handed-over round costs. Otherwise (many
+ * publishers: more arrive during the sync) the writer thread syncs while the loop takes the
+ * next requests, or the loop would sync for one while the others wait behind it. */
+static bool round_is_lone(const struct fabric *f, const struct round *r)
+{
+    return r->status == 0 && r->count == 1 && r->targets[0].borrowed && r->waiters &&
+           !r->waiters->next && f->last_round_waiters <= 1;
+}
+
+static void round_run_here(struct fabric *f, struct round *r)
+{
+    if (!f->cfg.no_sync && fdatasync(r->targets[0].fd) < 0)
+        r->status = errno == ENOSPC ? -ENOSPC : -EIO;
+    r->ended_ns = time_now_ns();
+    round_complete(f, r);
+    if (f->closing)
+        round_start(f); /* what the callbacks left waiting gets its round before the close */
+    else if (f->waiting || f->sealed_pending)
+        round_schedule(f);
+    if (f->closing && !f->round)
+        fabric_finish_close(f);
+}
+
+static void on_round_done(uv_async_t *h)
+{
+    struct fabric *f = h->data;
+    pthread_mutex_lock(&f->mu);
+    struct round *r = f->thread_done;
+    f->thread_done = NULL;
+    pthread_mutex_unlock(&f->mu);
+    if (!r)
+        return;
+    round_complete(f, r);
     round_start(f);
     /* An idle fabric does not keep the loop alive; a round in flight does. */
     if (!f->round)
@@ -1245,6 +1379,9 @@ static int write_all(int fd, const void *data, size_t len, uint64_t pos)
 static int topic_roll(struct fabric *f, struct topic *t)
 {
     struct segment *s = &t->segs[t->nsegs - 1];
+    /* a sealed segment ends at its last record: its index describes the whole file */
+    if (s->alloc > s->size && ftruncate(s->fd, (off_t)s->size) == 0)
+        s->alloc = s->size;
     struct sealed sealed = {.fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0)};
     if (sealed.fd < 0) {
         /* Out of descriptors: sync it here rather than not at all (and go without an index). */
@@ -1316,6 +1453,7 @@ static int embedded_append(struct fabric *f, const char *topic, const struct fab
         /* Leave no partial record behind; if even that fails, or the disk failed, stop
          * accepting. A full disk or a passing shortage (memory) refuses this append only. */
         bool passing = rc == -ENOSPC || transient_error(rc);
+        s->alloc = s->size;
         if (ftruncate(s->fd, (off_t)s->size) < 0 || !passing) {
             f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
             log_error("fabric: write to topic %s failed: %s; refusing appends", t->name,
@@ -1586,14 +1724,16 @@ static void topic_enforce(struct fabric *f, struct topic *t, int64_t now)
             topic_roll(f, t);
             round_start(f);
         }
-        while (t->nsegs > 1 && t->segs[0].last_time < cutoff && t->segs[0].end <= t->durable_end)
+        while (t->nsegs > 1 && t->segs[0].last_time < cutoff && t->segs[0].end <= t->durable_end &&
+               !segment_busy(f, &t->segs[0]))
             topic_drop_oldest(t);
     }
     if (r->max_bytes > 0) {
         uint64_t total = 0;
         for (size_t i = 0; i < t->nsegs; i++)
             total += t->segs[i].size;
-        while (t->nsegs > 1 && total > (uint64_t)r->max_bytes && t->segs[0].end <= t->durable_end) {
+        while (t->nsegs > 1 && total > (uint64_t)r->max_bytes && t->segs[0].end <= t->durable_end &&
+               !segment_busy(f, &t->segs[0])) {
             total -= t->segs[0].size;
             topic_drop_oldest(t);
         }

@@ -19,6 +19,7 @@
 #include "common/util.h"
 #include "http/parser.h"
 #include "http/url.h"
+#include "http/tls_relay.h"
 #include "tls/tls.h"
 
 #define HTTP_PENDING_MAX (1u << 20)
@@ -623,6 +624,24 @@ static void http__flush(struct http_conn *c)
         http__after_write(c);
 }
 
+/* A connection closed on purpose in the turn it was written to (a stream ended as the server
+ * stops, an answer followed by a close): what the socket takes of it goes now, as a send made
+ * at once would have. Nothing is queued: the handle is about to close. */
+static void http__flush_last(struct http_conn *c)
+{
+    if (c->out.len == 0 || c->write_queued)
+        return;
+    const char *data = c->out.data;
+    size_t len = c->out.len;
+    if (c->tls) {
+        if (tls_conn_write(c->tls, c->out.data, c->out.len) < 0)
+            return;
+        len = tls_conn_output(c->tls, &data);
+    }
+    uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+    (void)uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+}
+
 /* What TLS itself has to send now (the handshake, alerts, close_notify), apart from answers. */
 static void http__tls_flush(struct http_conn *c)
 {
@@ -1055,8 +1074,8 @@ void http_request_refuse_with(struct http_request *req, int status, const char *
 /* ---- parsing ------------------------------------------------------------------------------ */
 
 /* Hands the connection over once the 101 is out and the parser is not running: a descriptor
- * of the socket for the taker, then the request ends and the server forgets the
- * connection (closing its own descriptor only). */
+ * of the socket for the taker (over HTTPS, of a relay's socketpair), then the request ends and the
+ * server forgets the connection (closing its own descriptor only). */
 static void http__upgrade_maybe(struct http_conn *c)
 {
     if (!c->upgrade_fn || c->first != c->upgrade_req || c->in_execute || c->write_pending > 0 ||
@@ -1068,6 +1087,10 @@ static void http__upgrade_maybe(struct http_conn *c)
     c->reading = false;
     uv_os_fd_t sock = -1;
     int fd = uv_fileno((uv_handle_t *)&c->tcp, &sock) == 0 ? fcntl(sock, F_DUPFD_CLOEXEC, 3) : -1;
+    if (c->tls && fd >= 0) { /* over HTTPS the taker gets plaintext, through a relay */
+        fd = tls_relay_start(c->server->loop, fd, c->tls);
+        c->tls = NULL;
+    }
     struct buf early = c->pending;
     memset(&c->pending, 0, sizeof c->pending);
     fn(c->upgrade_ctx, fd, early.data, early.len);
@@ -1085,12 +1108,6 @@ void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_f
 {
     struct http_conn *c = req->conn;
     req->status = 101;
-    if (c && c->tls) { /* the taker gets a socket: over HTTPS it would get ciphertext */
-        log_warning("%s: an upgrade (%s) over HTTPS is refused; use the HTTP address",
-                    c->server->name, protocol);
-        http__conn_close(c);
-        c = NULL;
-    }
     if (!c || c->closing) {
         taken(ctx, -1, NULL, 0);
         req->state = HTTP_REQ_DONE;
@@ -1457,6 +1474,7 @@ static void http__conn_close(struct http_conn *c)
     }
     struct http_server *s = c->server;
     c->closing = true;
+    http__flush_last(c);
     http__flush_remove(c);
     if (c->prev)
         c->prev->next = c->next;

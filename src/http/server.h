@@ -134,7 +134,8 @@ int http_server_new(uv_loop_t *loop, const struct http_server_config *cfg,
  * errno (libuv's codes, uv_strerror). */
 int http_server_listen(struct http_server *s, const char *addr, int tag);
 /* The same for HTTPS: connections speak TLS with the certificates of tls (src/tls; the caller
- * keeps it alive until the server is freed). Upgrades (http_upgrade) are refused there. */
+ * keeps it alive until the server is freed). An upgrade's taker gets
+ * plaintext there: one end of a socketpair that a relay (tls_relay.h) carries over TLS. */
 struct tls_store;
 int http_server_listen_tls(struct http_server *s, const char *addr, int tag, struct tls_store *tls);
 /* Stops listening and closes every connection (requests being handled are aborted); cb runs

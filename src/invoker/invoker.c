@@ -307,7 +307,7 @@ const char *invoker_target_name(const struct inv_target *t)
     return slash ? slash + 1 : t->app;
 }
 
-static int target_read_policy(struct inv_target *t);
+static void target_read_guid(struct inv_target *t);
 
 struct inv_target *invoker_target_get(struct invoker *inv, const char *app, const char *process)
 {
@@ -318,35 +318,22 @@ struct inv_target *invoker_target_get(struct invoker *inv, const char *app, cons
     t->inv = inv;
     t->app = xstrdup(app);
     t->process = xstrdup(process);
-    t->last_busy_ms = time_now_ms();
     t->next = inv->targets;
     inv->targets = t;
-    target_read_policy(t);
+    target_read_guid(t);
     target_refresh_instances(t);
     t->requested = t->instance_count;
     return t;
 }
 
-/* Reads the target's app from the store: its guid, and the process's scaling policy, which
- * it returns (STORE_SCALE_MANUAL when the app or process is gone), with the max_instances of a
- * function inside an app. */
-static int target_read_policy(struct inv_target *t)
+/* Reads the guid of the target's app from the store (what the autoscaler knows it by). */
+static void target_read_guid(struct inv_target *t)
 {
     struct store_app *a = NULL;
     if (store_app_get(t->inv->store, t->app, &a) < 0)
-        return STORE_SCALE_MANUAL;
+        return;
     snprintf(t->app_guid, sizeof(t->app_guid), "%s", a->guid);
-    const struct store_process *p = store_app_process(a, t->process);
-    /* a request scaling policy's decisions are the autoscaler's: this work is then a floor */
-    int min = p && !store_process_request_scaled(p) ? p->min_instances : STORE_SCALE_MANUAL;
-    t->function_max_instances = 0;
-    if (store_process_is_function(p)) {
-        json_t *fn = json_loads(p->function_json, 0, NULL);
-        t->function_max_instances = (int)json_integer_value(json_object_get(fn, "max_instances"));
-        json_decref(fn);
-    }
     store_app_free(a);
-    return min;
 }
 
 /* The ready instance with the fewest calls in flight, below `limit`; NULL when all are full. */
@@ -360,11 +347,12 @@ static struct inv_instance *target_pick(struct inv_target *t, int limit)
 }
 
 /* How many instances the target's work asks for: ceil((in flight + backlog) / concurrency),
- * at most max_instances (the largest among its mappings). */
-static int target_wanted(struct inv_target *t, uint64_t *work_out)
+ * at most max_instances (the largest among its mappings; with none, its policy's max is the
+ * only bound, which the autoscaler applies). *load_out: the same before rounding up. */
+static int target_wanted(struct inv_target *t, uint64_t *work_out, double *load_out, int *max_out)
 {
     uint64_t work = (uint64_t)t->invokes_waiting + (uint64_t)t->invokes_in_flight;
-    int concurrency = 1, max_instances = 1;
+    int concurrency = 1, max_instances = 0;
     for (struct inv_mapping *m = t->inv->mappings; m; m = m->next) {
         if (m->target != t || m->deleted)
             continue;
@@ -378,37 +366,33 @@ static int target_wanted(struct inv_target *t, uint64_t *work_out)
         if (m->spec.max_instances > max_instances)
             max_instances = m->spec.max_instances;
     }
-    if (t->function_max_instances > 0)
-        max_instances = t->function_max_instances;
     *work_out = work;
+    double load = (double)work / (double)concurrency;
     uint64_t wanted = (work + (uint64_t)concurrency - 1) / (uint64_t)concurrency;
-    return wanted > (uint64_t)max_instances ? max_instances : (int)wanted;
+    if (max_instances > 0 && wanted > (uint64_t)max_instances) {
+        wanted = (uint64_t)max_instances;
+        load = max_instances;
+    }
+    if (wanted > INT32_MAX)
+        wanted = INT32_MAX;
+    if (load_out)
+        *load_out = load;
+    if (max_out)
+        *max_out = max_instances;
+    if ((int)wanted > t->wanted_peak)
+        t->wanted_peak = (int)wanted;
+    return (int)wanted;
 }
 
-/* The most instances a request scaling policy allows the target's process (0: no policy):
- * event work never takes a process past what its policy (and so its quota) holds. */
-static int target_policy_max(struct inv_target *t)
-{
-    struct store_app *a = NULL;
-    if (store_app_get(t->inv->store, t->app, &a) < 0)
-        return 0;
-    const struct store_process *p = store_app_process(a, t->process);
-    int max = store_process_request_scaled(p) ? p->max_instances : 0;
-    store_app_free(a);
-    return max;
-}
-
+/* The work asks for more instances than the target has: the autoscaler decides how many. */
 static void target_scale_up(struct inv_target *t, int wanted)
 {
-    if (wanted <= t->instance_count || wanted <= t->requested)
+    if (wanted <= t->instance_count || wanted <= t->requested || !t->inv->wake)
         return;
-    int max = target_policy_max(t);
-    if (max > 0 && wanted > max) {
-        wanted = max;
-        if (wanted <= t->instance_count || wanted <= t->requested)
-            return;
-    }
-    int rc = scheduler_ensure_instances(t->inv->scheduler, t->app, t->process, wanted);
+    if (!t->app_guid[0])
+        target_read_guid(t);
+    int rc =
+        t->app_guid[0] ? t->inv->wake(t->inv->wake_ctx, t->app_guid, t->process, wanted) : -ENOENT;
     if (rc < 0) {
         snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s",
                  invoker_target_name(t),
@@ -418,7 +402,7 @@ static void target_scale_up(struct inv_target *t, int wanted)
                                   : strerror(-rc));
         return;
     }
-    t->requested = wanted;
+    t->requested = rc;
     t->last_error[0] = '\0';
 }
 
@@ -492,7 +476,6 @@ static void delivery_done(void *arg, const struct http_response *resp)
     struct inv_slot *s = arg;
     struct inv_mapping *m = s->m;
     struct inv_instance *inst = s->inst;
-    struct inv_target *t = m->target;
     s->inst = NULL;
     char addr[64];
     snprintf(addr, sizeof(addr), "%s", inst->addr);
@@ -510,7 +493,6 @@ static void delivery_done(void *arg, const struct http_response *resp)
 
     int status = resp->status;
     if (status >= 200 && status < 300) {
-        t->last_busy_ms = time_now_ms();
         if (m->reply_topic[0]) {
             struct cloudevent_header hs[64];
             size_t n = 0;
@@ -703,10 +685,7 @@ void invoker_target_pump(struct inv_target *t)
         if (m->target == t && !m->deleted)
             mapping_dispatch(m);
     uint64_t work;
-    int wanted = target_wanted(t, &work);
-    if (work > 0)
-        t->last_busy_ms = time_now_ms();
-    target_scale_up(t, wanted);
+    target_scale_up(t, target_wanted(t, &work, NULL, NULL));
 }
 
 /* ---- reading the topic and moving the cursor ---------------------------------------------- */
@@ -1275,10 +1254,10 @@ static void invoker_on_platform_event(void *ctx, const struct platform_event *ev
 
 /* ---- functions without mappings: idle scaling and routed traffic ----------------------------- */
 
-/* Every app whose web process the platform scales (a function) gets a target, so that it
- * scales to zero when idle even if no mapping points at it (a function that only serves
- * routed requests, or was only invoked). Remembered per app, so that routed requests to apps
- * scaled by their users cost no lookup. */
+/* Every app whose web process the platform scales (a function) gets a target, so that its
+ * invokes and idle grace reach the autoscaler even if no mapping points at it (a function
+ * that only serves routed requests, or was only invoked). Remembered per app, so that routed
+ * requests to apps scaled by their users cost no lookup. */
 static void invoker_track_each(struct invoker *inv, const struct store_app *a)
 {
     bool autoscaled = store_process_autoscaled(store_app_process(a, "web"));
@@ -1301,43 +1280,6 @@ static void invoker_track_function(struct invoker *inv, const char *app_guid_or_
     store_app_free(a);
 }
 
-int invoker_instances_wanted(void *invoker, const char *app_guid, const char *process)
-{
-    struct invoker *inv = invoker;
-    if (!inv || inv->stopping)
-        return 0;
-    int wanted = 0;
-    for (struct inv_target *t = inv->targets; t; t = t->next) {
-        if (strcmp(t->app_guid, app_guid) || strcmp(t->process, process))
-            continue;
-        uint64_t work;
-        int n = target_wanted(t, &work);
-        if (n > wanted)
-            wanted = n;
-    }
-    return wanted;
-}
-
-void invoker_note_traffic(void *invoker, const char *app_guid)
-{
-    struct invoker *inv = invoker;
-    if (!inv || inv->stopping || !app_guid)
-        return;
-    int64_t now = time_now_ms();
-    bool found = false;
-    for (struct inv_target *t = inv->targets; t; t = t->next) {
-        /* routes lead to web: a function inside the app is not kept up by them */
-        if (strcmp(t->app_guid, app_guid) == 0 && strcmp(t->process, "web") == 0) {
-            t->last_busy_ms = now;
-            found = true;
-        }
-    }
-    if (!found && !json_object_get(inv->app_kinds, app_guid))
-        invoker_track_function(inv, app_guid);
-}
-
-/* ---- the tick: scale to zero, save counts, expire invokes ------------------------------------ */
-
 static int64_t target_idle_grace(struct inv_target *t)
 {
     int64_t grace = -1;
@@ -1347,57 +1289,50 @@ static int64_t target_idle_grace(struct inv_target *t)
     return grace < 0 ? t->inv->idle_grace_ms : grace;
 }
 
-/* The target's stored scaling policy (store.h): STORE_SCALE_MANUAL when its user scales it
- * or the autoscaler does (a request scaling policy: its decisions take this work as a
- * floor), else the fewest instances it scales down to (a function's process, or an app's
- * process type other than web: functions declared in an app's manifest, which start at
- * zero). */
-static int target_min_instances(struct inv_target *t)
+bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
+                     struct invoker_work *out)
 {
-    return target_read_policy(t);
+    struct invoker *inv = invoker;
+    memset(out, 0, sizeof *out);
+    if (!inv || inv->stopping)
+        return false;
+    bool found = false;
+    for (struct inv_target *t = inv->targets; t; t = t->next) {
+        if (strcmp(t->app_guid, app_guid) || strcmp(t->process, process))
+            continue;
+        uint64_t work;
+        double load;
+        int max;
+        int wanted = target_wanted(t, &work, &load, &max);
+        out->load += load;
+        out->peak += t->wanted_peak > wanted ? t->wanted_peak : wanted;
+        t->wanted_peak = wanted;
+        if (max > out->max_instances)
+            out->max_instances = max;
+        int64_t grace = target_idle_grace(t);
+        if (!found || grace < out->idle_grace_ms)
+            out->idle_grace_ms = grace;
+        found = true;
+    }
+    return found;
 }
 
-/* Only functions scale down by themselves (an app's instances are the user's choice): to
- * zero after the idle grace period, or to what the work asks for once it has asked for
- * fewer instances for that long. */
-static void target_maybe_scale_down(struct inv_target *t, int64_t now)
+void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx)
 {
-    uint64_t work;
-    int wanted = target_wanted(t, &work);
-    if (work > 0)
-        t->last_busy_ms = now;
-    if (wanted >= t->instance_count || t->instance_count <= 1)
-        t->surplus_since_ms = 0;
-    else if (!t->surplus_since_ms)
-        t->surplus_since_ms = now;
-    int64_t grace = target_idle_grace(t);
-    int to;
-    if (work == 0 && (t->instance_count > 0 || t->requested > 0) && now - t->last_busy_ms >= grace)
-        to = 0;
-    else if (t->surplus_since_ms && now - t->surplus_since_ms >= grace)
-        to = wanted > 0 ? wanted : 1; /* to zero only once idle for the whole grace */
-    else
-        return;
-    int min = target_min_instances(t);
-    if (min < 0)
-        return; /* its user's to scale */
-    if (to < min)
-        to = min;
-    if (to >= t->instance_count && to >= t->requested)
-        return;
-    if (to == 0) {
-        /* Forget the instances first, so nothing is sent to one that is stopping. */
-        while (t->instances)
-            target_instance_remove(t, t->instances, false);
-    }
-    /* Above zero the scheduler announces the instances it stops before it stops them. */
-    int rc = scheduler_scale(t->inv->scheduler, t->app, t->process, to);
-    if (rc < 0)
-        snprintf(t->last_error, sizeof(t->last_error), "cannot scale %s down to %d: %s",
-                 invoker_target_name(t), to, strerror(-rc));
-    t->requested = to;
-    t->surplus_since_ms = 0;
+    inv->wake = fn;
+    inv->wake_ctx = ctx;
 }
+
+void invoker_note_traffic(void *invoker, const char *app_guid)
+{
+    struct invoker *inv = invoker;
+    if (!inv || inv->stopping || !app_guid)
+        return;
+    if (!json_object_get(inv->app_kinds, app_guid))
+        invoker_track_function(inv, app_guid);
+}
+
+/* ---- the tick: save counts, expire invokes ---------------------------------------------- */
 
 static void invoker_tick(uv_timer_t *h)
 {
@@ -1405,11 +1340,10 @@ static void invoker_tick(uv_timer_t *h)
     int64_t now = time_now_ms();
     for (struct inv_target *t = inv->targets; t; t = t->next) {
         invoker_invokes_expire(t, now);
-        target_maybe_scale_down(t, now);
-        /* A scale-up the scheduler could not honour yet is asked again. */
+        /* A scale-up that could not be honoured yet is asked again. */
         if (t->instance_count < t->requested || t->last_error[0]) {
             uint64_t work;
-            int wanted = target_wanted(t, &work);
+            int wanted = target_wanted(t, &work, NULL, NULL);
             if (wanted > t->instance_count) {
                 t->requested = t->instance_count;
                 target_scale_up(t, wanted);

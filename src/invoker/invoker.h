@@ -13,12 +13,12 @@
  * replayed. Platform events (app staged, started, stopped, crashed, scaled) go to
  * `skiff.app.<event>` with the app's name as subject; both are then delivered like any topic.
  *
- * Functions (apps of kind "function", and functions inside apps: process types the store marks
- * with store_process_is_function) scale down by themselves when idle, whether events or
- * routed HTTP requests (invoker_note_traffic, which keep a web process busy) keep them busy;
- * a process its user scales (store.h's STORE_SCALE_MANUAL, such as an app's web) never does.
- * A function inside an app scales up to its own max_instances. The
- * idle grace period is the mappings' (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s).
+ * The invoker decides no instance count: it reports its work to the autoscaler (src/autoscaler),
+ * the one owner of scaling: invoker_work_of once a second (backlog and deliveries in flight as
+ * the instances they ask for), and a wake (invoker_set_wake) at once when its work asks for more
+ * instances than it has. With that work it reports how long it keeps a process up once idle:
+ * the mappings' idle grace (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s); the
+ * autoscaler takes it as the stable window of a policy that sets none.
  *
  * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
 #ifndef SKIFF_INVOKER_H
@@ -152,14 +152,26 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, struct 
  * freed; the fabric may be closed after that. NULL is stopped at once. */
 void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg);
 
-/* An HTTP request reached the app (by guid) through the router: a function that serves
- * requests is not idle, so it is not scaled to zero under them. invoker is a struct invoker
- * (void so that the bus takes it as its traffic callback). A no-op while it stops. Cheap:
- * called once per proxied request. */
-/* How many instances the event work of (app_guid, process) asks for now (backlog and
- * deliveries in flight, by the mappings' concurrency): the autoscaler's floor for a process it
- * scales (autoscaler_set_floor). 0 when none. */
-int invoker_instances_wanted(void *invoker, const char *app_guid, const char *process);
+/* An HTTP request reached the app (by guid) through the router: a function the invoker does
+ * not know yet gets its target. invoker is a struct invoker (void so that the bus takes it as
+ * its traffic callback). A no-op while it stops. Cheap: called once per proxied request. */
 void invoker_note_traffic(void *invoker, const char *app_guid);
+
+/* The event work of one process, as the autoscaler reads it. */
+struct invoker_work {
+    double load;           /* instances' worth: (backlog + in flight) / concurrency, now */
+    int peak;              /* the most instances it asked for since the previous report */
+    int max_instances;     /* the most its mappings allow (0: no mapping) */
+    int64_t idle_grace_ms; /* how long it keeps the process up once idle */
+};
+/* Fills the work of (app_guid, process) and starts the next report's peak; false when the
+ * invoker delivers nothing to it (no mapping, not a function). invoker is a struct invoker. */
+bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
+                     struct invoker_work *out);
+/* Called when the work of (app_guid, process) asks for `wanted` instances, more than it has:
+ * returns the count it runs now (at most what its policy allows) or a negative errno (-EPERM:
+ * the app is stopped; -ENODATA: no droplet; -ENOENT: no such app or process). */
+typedef int (*invoker_wake_fn)(void *ctx, const char *app_guid, const char *process, int wanted);
+void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx);
 
 #endif

@@ -47,18 +47,14 @@ struct inv_target {
     char app_guid[37];
     struct inv_instance *instances;
     int instance_count;
-    int requested;            /* the instance count we last asked the scheduler for */
-    int64_t last_busy_ms;     /* the last time it had work */
-    int64_t surplus_since_ms; /* since when its work asks for fewer instances; 0: it does not */
+    int requested;   /* the instance count the autoscaler last gave its work */
+    int wanted_peak; /* the most instances its work asked for since the autoscaler's last look */
     int invokes_waiting;
     struct inv_invoke *waiting; /* invokes waiting for an instance, oldest first */
     /* where the next waiting invoke goes: the last one's `next`, valid while waiting is not
      * NULL (so queueing is O(1), not a walk) */
     struct inv_invoke **waiting_tail;
     int invokes_in_flight;
-    /* A function inside an app: its own max_instances (store.h's function_json), which caps
-     * its scaling whatever its mappings say; 0 for other targets. Read with its policy. */
-    int function_max_instances;
     char last_error[256]; /* why it cannot scale or run ("" when fine) */
     struct inv_target *next;
 };
@@ -133,6 +129,8 @@ struct invoker {
     struct hub *hub;
     int sched_sub; /* its subscription on the hub */
     int64_t idle_grace_ms; /* for functions no mapping gives a grace period */
+    invoker_wake_fn wake;  /* asks the autoscaler for instances (invoker_set_wake) */
+    void *wake_ctx;
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */
     uint64_t ticks;
     struct inv_mapping *mappings;

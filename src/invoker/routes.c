@@ -302,7 +302,6 @@ static void invoke_done(void *arg, const struct http_response *resp)
     snprintf(addr, sizeof(addr), "%s", inst->addr);
     invoker_instance_call_done(t->inv, inst); /* may free it */
     t->invokes_in_flight--;
-    t->last_busy_ms = time_now_ms();
     if (resp->status >= 200 && resp->status < 300) {
         for (size_t i = 0; i < resp->header_count; i++) {
             const char *name = resp->headers[i].name;

@@ -15,6 +15,7 @@ static void usage(FILE *f)
         "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
         "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE] [--nats URL[,URL]]\n"
         "                    [--tls-handshake-timeout-ms N] [--tls-max-handshakes N]\n"
+        "                    [--tls-ocsp-retry-ms N]\n"
         "                    [--workers N] [--index N] [--max-body-bytes N]\n"
         "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
         "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
@@ -72,6 +73,7 @@ static const struct numeric_option numeric_options[] = {
     OPT("tls-handshake-timeout-ms", "SKIFF_ROUTER_TLS_HANDSHAKE_TIMEOUT_MS", 0,
         tls_handshake_timeout_ms),
     OPT("tls-max-handshakes", "SKIFF_ROUTER_TLS_MAX_HANDSHAKES", 0, tls_max_handshakes),
+    OPT("tls-ocsp-retry-ms", "SKIFF_ROUTER_TLS_OCSP_RETRY_MS", 0, tls_ocsp_retry_ms),
 };
 
 static int set_numeric(struct router_config *cfg, const struct numeric_option *o, const char *v)

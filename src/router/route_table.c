@@ -199,6 +199,8 @@ static bool route_from_json(json_t *jr, struct route *r, int *skipped)
     const char *balance = json_str(jr, "balance", "round-robin");
     r->balance = strcmp(balance, "least-connection") == 0 ? ROUTE_BALANCE_LEAST_CONNECTION
                                                           : ROUTE_BALANCE_ROUND_ROBIN;
+    r->protocol = strcmp(json_str(jr, "protocol", "http1"), "http2") == 0 ? ROUTE_PROTOCOL_HTTP2
+                                                                          : ROUTE_PROTOCOL_HTTP1;
     r->scale_from_zero = json_is_true(json_object_get(jr, "scale_from_zero"));
     r->https_only = json_is_true(json_object_get(jr, "https_only"));
     if (r->app_guid[0])

@@ -27,6 +27,13 @@ enum route_balance {
     ROUTE_BALANCE_LEAST_CONNECTION,
 };
 
+/* What the router speaks to a route's instances ("protocol" in docs/bus.md): HTTP/1.1, or h2c
+ * (HTTP/2 with prior knowledge, for gRPC and other HTTP/2-only apps). */
+enum route_protocol {
+    ROUTE_PROTOCOL_HTTP1 = 0,
+    ROUTE_PROTOCOL_HTTP2,
+};
+
 struct route_backend {
     struct sockaddr_storage addr;
     socklen_t addr_len;
@@ -37,25 +44,52 @@ struct route_backend {
     int64_t down_until_ms; /* refused a connection: passed over until then (atomic) */
 };
 
+/* The router's workers are at most this many (router_proxy_start clamps --workers). */
+#define ROUTE_STATS_WORKERS 64
+
+/* One worker's share of a process's requests in flight and their integral over time. Only
+ * that worker writes it (route_stats_change); the main loop reads it under `seq`, a
+ * single-writer sequence lock (odd while a write is under way), so the request path takes no
+ * lock and a reader never sees a half-made update. */
+struct route_stats_slot {
+    unsigned seq;         /* atomic */
+    int in_flight;        /* atomic */
+    uint64_t last_us;     /* when in_flight last changed (atomic) */
+    uint64_t integral_us; /* sum of in_flight x microseconds until last_us (atomic) */
+};
+
 /* What the router counts per (app, process), for the autoscaler (docs/bus.md "metrics"): one
  * object for the process's life, shared by every table and worker, so a request keeps its
- * counter across table changes. Workers touch only the atomics; the sums belong to the main
- * loop that samples them (router_bus.c). */
+ * counter across table changes. Workers touch only the atomics and their own slot; the
+ * report state belongs to the main loop (router_bus.c). */
 struct route_stats {
     char app_guid[37];
     char process[64];
-    int in_flight;     /* requests routed to it and not finished, held ones included (atomic) */
-    int held;          /* of them, held while it starts from zero (atomic) */
+    struct route_stats_slot slots[ROUTE_STATS_WORKERS];
+    int held;          /* requests held while it starts from zero (atomic) */
     uint64_t requests; /* routed so far (atomic) */
     /* main loop only */
-    double sample_sum;
-    int samples;
+    uint64_t reported_integral_us; /* the integral at the previous report */
+    uint64_t reported_at_us;       /* when that was (at first: when the stats were made) */
     uint64_t requests_reported;
     bool reported_busy; /* the last report was not all zeros */
     struct route_stats *next;
 };
 
-/* The counters of (app_guid, process), made on first use; never NULL, never freed before
+/* A request to the process began (delta +1) or ended (-1) on `worker` at now_us (a monotonic
+ * clock, the same for every caller). Only that worker's thread calls it for that worker;
+ * routed requests count from routing to the end of their exchange, held ones included. */
+void route_stats_change(struct route_stats *st, int worker, int delta, uint64_t now_us);
+/* Requests in flight now, all workers. Any thread. */
+int route_stats_in_flight(struct route_stats *st);
+/* The time-weighted average of the requests in flight between the previous call and now_us
+ * (Knative's average concurrency: a request in flight for a tenth of the period counts 0.1,
+ * however short it was); the first call averages from when route_stats_get made it. One
+ * caller (the main loop). */
+double route_stats_take_average(struct route_stats *st, uint64_t now_us);
+
+/* The counters of (app_guid, process), made on first use (dated by the monotonic clock, in
+ * microseconds like uv_hrtime() / 1000); never NULL, never freed before
  * route_stats_clear. Thread-safe; not for the hot path (tables call it when parsed). */
 struct route_stats *route_stats_get(const char *app_guid, const char *process);
 /* Calls fn for every counter (main loop; counters made meanwhile may be missed). */
@@ -71,6 +105,7 @@ struct route {
     char *app_name;
     char *process;
     enum route_balance balance;
+    enum route_protocol protocol;
     bool scale_from_zero;
     bool https_only;           /* a request over plain HTTP is redirected to HTTPS */
     struct route_stats *stats; /* NULL for a route without an app guid */

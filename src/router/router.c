@@ -32,6 +32,7 @@ void router_config_defaults(struct router_config *cfg)
     cfg->upstream_idle_timeout_ms = 30 * 1000;
     cfg->tls_handshake_timeout_ms = 10 * 1000;
     cfg->tls_max_handshakes = 1024;
+    cfg->tls_ocsp_retry_ms = 60 * 1000;
 }
 
 static uv_signal_t sig_term, sig_int;

@@ -45,6 +45,7 @@ struct router_config {
                                      pass them on in X-Forwarded-Client-Cert; NULL: never */
     int tls_handshake_timeout_ms; /* from accept to the end of the handshake */
     int tls_max_handshakes;       /* handshakes in flight per worker; over it the oldest goes */
+    int tls_ocsp_retry_ms;        /* OCSP stapling: a failed fetch is tried again after this long */
 };
 
 /* Fills the defaults (documented in src/router/README.md). */

@@ -132,12 +132,13 @@ static void format_routes(struct buf *out)
         json_t *backends = json_array();
         for (size_t k = 0; k < r->backend_count; k++)
             json_array_append_new(backends, json_string(r->backends[k].addr_text));
-        json_array_append_new(routes, json_pack("{s:s, s:s, s:s, s:s, s:o}", "host", r->host,
-                                                "path", r->path, "app_guid", r->app_guid, "balance",
-                                                r->balance == ROUTE_BALANCE_LEAST_CONNECTION
-                                                    ? "least-connection"
-                                                    : "round-robin",
-                                                "backends", backends));
+        json_array_append_new(
+            routes, json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:o}", "host", r->host, "path",
+                              r->path, "app_guid", r->app_guid, "balance",
+                              r->balance == ROUTE_BALANCE_LEAST_CONNECTION ? "least-connection"
+                                                                           : "round-robin",
+                              "protocol", r->protocol == ROUTE_PROTOCOL_HTTP2 ? "http2" : "http1",
+                              "https_only", r->https_only, "backends", backends));
     }
     json_t *doc =
         json_pack("{s:I, s:o}", "version", (json_int_t)route_table_version(t), "routes", routes);

@@ -23,10 +23,10 @@
  * "Inside the platform"). Logs may be that late; wake and drained go at once. */
 #define BUS_ACCESS_FLUSH_MS 10
 #define BUS_FLUSH_NOW_BYTES (256u * 1024) /* or as soon as this much waits */
-/* Requests in flight are sampled this often and reported once a second, averaged (docs/bus.md
- * "metrics"): the autoscaler's input, never one message per request. */
-#define BUS_METRICS_SAMPLE_MS 100
-#define BUS_METRICS_SAMPLES 10
+/* The average of requests in flight over each second, integrated over time by the workers
+ * (route_stats_take_average), goes to skiffd once a second (docs/bus.md "metrics"): the
+ * autoscaler's input, never one message per request. */
+#define BUS_METRICS_INTERVAL_MS 1000
 
 static struct {
     uv_loop_t *loop;
@@ -44,7 +44,6 @@ static struct {
     uv_async_t wake;
     uv_timer_t flush;
     uv_timer_t metrics;
-    int metrics_ticks;
     pthread_mutex_t lock;
     struct buf queue;        /* access lines (JSON, one a line) written by workers */
     bool urgent;             /* the queue holds a message to send at once (under lock) */
@@ -213,24 +212,15 @@ static void on_bus_wake(uv_async_t *a)
     }
 }
 
-static void bus__metrics_sample(void *ctx, struct route_stats *st)
-{
-    (void)ctx;
-    st->sample_sum += __atomic_load_n(&st->in_flight, __ATOMIC_RELAXED);
-    st->samples++;
-}
-
 /* Adds one process's second to the report; a process is reported while busy and once more
  * when it went quiet, so skiffd sees it drop to zero. */
 static void bus__metrics_report(void *ctx, struct route_stats *st)
 {
     json_t *apps = ctx;
-    double avg = st->samples ? st->sample_sum / st->samples : 0;
+    double avg = route_stats_take_average(st, uv_hrtime() / 1000);
     uint64_t total = __atomic_load_n(&st->requests, __ATOMIC_RELAXED);
     uint64_t requests = total - st->requests_reported;
     st->requests_reported = total;
-    st->sample_sum = 0;
-    st->samples = 0;
     bool busy = avg > 0 || requests > 0;
     if (busy || st->reported_busy)
         json_array_append_new(apps, json_pack("{s:s, s:s, s:f, s:I}", "app_guid", st->app_guid,
@@ -241,10 +231,6 @@ static void bus__metrics_report(void *ctx, struct route_stats *st)
 
 static void on_bus_metrics(uv_timer_t *t)
 {
-    route_stats_each(bus__metrics_sample, NULL);
-    if (++bus.metrics_ticks < BUS_METRICS_SAMPLES)
-        return;
-    bus.metrics_ticks = 0;
     json_t *apps = json_array();
     route_stats_each(bus__metrics_report, apps);
     if (json_array_size(apps) == 0 || !router_bus_connected()) {
@@ -253,7 +239,7 @@ static void on_bus_metrics(uv_timer_t *t)
     }
     json_t *msg =
         json_pack("{s:s, s:i, s:i, s:o}", "type", "metrics", "router_index", bus.cfg->router_index,
-                  "interval_ms", BUS_METRICS_SAMPLE_MS * BUS_METRICS_SAMPLES, "apps", apps);
+                  "interval_ms", BUS_METRICS_INTERVAL_MS, "apps", apps);
     char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
     json_decref(msg);
     if (!text)
@@ -420,7 +406,7 @@ int router_bus_start(uv_loop_t *loop, const struct router_config *cfg)
     uv_async_init(loop, &bus.wake, on_bus_wake);
     uv_timer_init(loop, &bus.flush);
     uv_timer_init(loop, &bus.metrics);
-    uv_timer_start(&bus.metrics, on_bus_metrics, BUS_METRICS_SAMPLE_MS, BUS_METRICS_SAMPLE_MS);
+    uv_timer_start(&bus.metrics, on_bus_metrics, BUS_METRICS_INTERVAL_MS, BUS_METRICS_INTERVAL_MS);
     if (cfg->nats_urls && *cfg->nats_urls)
         return router_nats_start(loop, cfg); /* instead of skiffd's socket */
     bus_connect(&bus.retry);

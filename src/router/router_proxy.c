@@ -30,6 +30,7 @@
 #include "router/route_table.h"
 #include "http/message.h"
 #include "router/router_internal.h"
+#include "router/router_h2.h"
 #include "tls/tls.h"
 
 #define ROUTER_HIGH_WATER (256 * 1024)
@@ -144,6 +145,18 @@ struct client {
     struct client *hs_prev, *hs_next; /* in the worker's handshakes in flight, oldest first */
     bool handshaking;
     char ip[INET6_ADDRSTRLEN];
+    /* HTTP/2 (router_h2.h): a connection that sent the client preface has a session; each of
+     * its streams is a client of its own without a socket (h2s set), whose request bytes come
+     * from the session and whose response bytes go back to it */
+    struct router_h2_session *h2;
+    struct router_h2_stream *h2s;
+    struct client *h2_conn;       /* the connection a stream belongs to */
+    struct client *h2_dirty_next; /* in the worker's list of sessions with output */
+    bool h2_dirty;
+    struct buf h2_out; /* frames to send, made by the session */
+    bool proto_known;  /* HTTP/1.1 or HTTP/2, told by the first bytes */
+    uint8_t preface_len;
+    char preface[24];
 };
 
 enum upstream_state { U_CONNECTING, U_ACTIVE, U_IDLE };
@@ -152,6 +165,7 @@ struct pool {
     struct pool *next;
     struct sockaddr_storage addr;
     socklen_t addr_len;
+    bool h2c;              /* its connections speak h2c (a route marked protocol http2) */
     struct upstream *idle; /* most recently used first */
     int idle_count;
     int in_flight; /* exchanges of this worker using this backend (a drain waits for 0) */
@@ -181,6 +195,7 @@ struct upstream {
     struct exchange *x;
     struct upstream *idle_prev, *idle_next;
     uv_connect_t connect_req;
+    struct router_h2c *h2c; /* h2c to the instance (router_h2c.c), or NULL: HTTP/1.1 */
     uint64_t idle_since;
     uint8_t state;
     bool reused, got_bytes, pause_done, reusable;
@@ -211,7 +226,7 @@ struct exchange {
     struct table_hold *hold; /* the table x->route lives in */
     struct route *route;
     struct route_backend *backend; /* counted in backend->active while set */
-    struct route_stats *stats;     /* counted in stats->in_flight while set */
+    struct route_stats *stats;     /* counted in its worker's in-flight slot while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
@@ -233,6 +248,8 @@ struct exchange {
     bool interim;
     bool fresh_connection; /* a pooled connection failed: do not take another */
     bool client_http10;    /* the client speaks HTTP/1.0: no chunked framing towards it */
+    bool client_ends;      /* the request says the connection ends after it (Connection: close,
+                            * or HTTP/1.0 without keep-alive) */
     bool dechunk;          /* a chunked response forwarded unframed, ended by closing */
     uint64_t req_chunk_size, resp_chunk_size; /* of the chunk being read */
     struct chunk_guard req_guard, resp_guard;
@@ -273,6 +290,9 @@ struct worker {
     bool stopping;
     uint64_t id_prefix, id_counter;
     struct router_metrics m;
+    struct client *h2_dirty;           /* HTTP/2 connections with output to send */
+    struct buf h2c_resp;               /* HTTP/1.1 bytes made from an h2c backend's frames */
+    struct router_h2_limits h2_limits; /* from cfg */
     struct router_header *view; /* scratch for one head's headers */
     size_t view_cap;
     struct client *hs_first, *hs_last; /* TLS handshakes in flight, oldest first */
@@ -291,7 +311,7 @@ static int listen_count;
 /* The certificates, shared by the workers (see src/tls/README.md). */
 static struct tls_store *tls_store;
 
-const unsigned char router_alpn_protocols[] = "\x08http/1.1";
+const unsigned char router_alpn_protocols[] = "\x02h2\x08http/1.1";
 const size_t router_alpn_protocols_len = sizeof(router_alpn_protocols) - 1;
 
 static llhttp_settings_t request_settings, response_settings;
@@ -311,6 +331,13 @@ static void hold_request(struct client *c);
 static void hold_unlink(struct client *c);
 static void connect_backend(struct exchange *x);
 static void worker_maybe_done(struct worker *w);
+static int stream_flush(struct client *c);
+static int h2c_translate(struct upstream *u);
+static void h2_want_output(void *ctx);
+static void h2_conn_input(struct client *c, const char *data, size_t len);
+static void h2_conn_flush(struct client *c);
+static void client_h2_start(struct client *c);
+static bool client_sniff(struct client *c, const char *data, size_t len);
 static void handshake_unlink(struct client *c);
 
 /* ---- output queue ----------------------------------------------------------------------- */
@@ -366,6 +393,9 @@ static void on_write(uv_write_t *req, int status);
 static int peer_flush(struct peer *p)
 {
     struct outq *q = &p->out;
+    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c && !p->closing && !p->write_error &&
+        h2c_translate((struct upstream *)p) < 0)
+        p->write_error = UV_EPROTO;
     if (q->count == 0) { /* a TLS client may still have handshake records or an alert */
         const char *unused;
         if (!p->tls || tls_conn_output(p->tls, &unused) == 0)
@@ -376,6 +406,8 @@ static int peer_flush(struct peer *p)
         q->scratch.len = 0;
         return p->write_error;
     }
+    if (p->kind == PEER_CLIENT && ((struct client *)p)->h2_conn)
+        return stream_flush((struct client *)p);
     uv_buf_t bufs[OUTQ_PIECES];
     size_t total = 0;
     for (unsigned i = 0; i < q->count; i++) {
@@ -440,8 +472,56 @@ static int peer_flush(struct peer *p)
     return p->write_error;
 }
 
+/* A stream of an HTTP/2 connection: its response bytes go to the session, which sends them
+ * as the client's window allows (router_h2_stream_queued counts what waits). */
+static int stream_flush(struct client *c)
+{
+    struct outq *q = &c->p.out;
+    for (unsigned i = 0; i < q->count && c->h2s; i++) {
+        const char *base = q->pieces[i].ptr ? q->pieces[i].ptr : q->scratch.data + q->pieces[i].off;
+        if (router_h2_stream_response(c->h2s, base, q->pieces[i].len) < 0) {
+            c->p.write_error = UV_EPROTO;
+            break;
+        }
+    }
+    q->count = 0;
+    q->scratch.len = 0;
+    if (q->scratch.cap > 64 * 1024)
+        buf_free(&q->scratch);
+    return c->p.write_error;
+}
+
+/* A backend connection speaking h2c: the HTTP/1.1 bytes queued become HTTP/2 frames
+ * (router_h2c.c), sent with whatever else the session has (SETTINGS, WINDOW_UPDATE, body
+ * the instance's window now admits). */
+static int h2c_translate(struct upstream *u)
+{
+    struct outq *q = &u->p.out;
+    int rc = 0;
+    for (unsigned i = 0; i < q->count && rc == 0; i++) {
+        const char *base = q->pieces[i].ptr ? q->pieces[i].ptr : q->scratch.data + q->pieces[i].off;
+        rc = router_h2c_request(u->h2c, base, q->pieces[i].len);
+    }
+    q->count = 0;
+    q->scratch.len = 0;
+    if (router_h2c_output(u->h2c, &q->scratch) > 0) {
+        q->pieces[0].ptr = NULL;
+        q->pieces[0].off = 0;
+        q->pieces[0].len = q->scratch.len;
+        q->count = 1;
+    }
+    return rc;
+}
+
 static size_t peer_queued(struct peer *p)
 {
+    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c)
+        return uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) +
+               router_h2c_queued(((struct upstream *)p)->h2c);
+    if (p->kind == PEER_CLIENT && ((struct client *)p)->h2_conn) {
+        struct client *c = (struct client *)p;
+        return c->h2s ? router_h2_stream_queued(c->h2s) : 0;
+    }
     return uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp);
 }
 
@@ -676,7 +756,7 @@ static void exchange_free(struct exchange *x)
     struct worker *w = x->c->p.w;
     exchange_release_backend(x);
     if (x->stats) {
-        __atomic_sub_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        route_stats_change(x->stats, w->index, -1, now_us());
         x->stats = NULL;
     }
     table_hold_release(w, x->hold);
@@ -736,9 +816,17 @@ static void access_log(struct exchange *x)
     w->access_lines++;
 }
 
+static void h2_conn_flush(struct client *c);
+
 static void on_access_flush(uv_check_t *h)
 {
     struct worker *w = h->data;
+    while (w->h2_dirty) { /* HTTP/2 output made during this turn */
+        struct client *c = w->h2_dirty;
+        w->h2_dirty = c->h2_dirty_next;
+        c->h2_dirty = false;
+        h2_conn_flush(c);
+    }
     if (w->access.len == 0)
         return;
     router_bus_send_lines(w->access.data, w->access.len, w->access_lines);
@@ -789,18 +877,26 @@ static void client_respond_error(struct client *c, int status, const char *code,
 }
 
 /* Answers a request the router cannot route; the connection goes on to the next request when
- * this one has no body to skip. */
+ * this one has no body to skip and the client did not ask for it to end. */
 static void client_answer_and_continue(struct client *c, int status, const char *code,
                                        const char *text, bool drain)
 {
     struct exchange *x = c->x;
     bool has_body = x->chunked || x->content_length > 0;
-    client_respond_error(c, status, code, text, has_body);
-    if (!has_body && !c->p.closing && !c->shutting_down) {
+    bool close = has_body || x->client_ends;
+    client_respond_error(c, status, code, text, close);
+    if (!close && !c->p.closing && !c->shutting_down) {
         c->state = C_BODY; /* the parser still has to reach the end of the request */
         if (drain)
             client_drain_pending(c);
     }
+}
+
+/* The TLS connection a request came over: its own, or its HTTP/2 connection's; NULL for
+ * plain HTTP. */
+static struct tls_conn *client_tls(const struct client *c)
+{
+    return c->h2_conn ? c->h2_conn->p.tls : c->p.tls;
 }
 
 /* The HTTPS listener's port as text ("" for 443 or without HTTPS: the scheme's own). */
@@ -860,6 +956,7 @@ static void on_client_handle_closed(uv_handle_t *h)
         return;
     buf_free(&c->pending);
     buf_free(&c->p.out.scratch);
+    buf_free(&c->h2_out);
     tls_conn_free(c->p.tls);
     free(c);
 }
@@ -884,6 +981,24 @@ static void client_close(struct client *c)
             x->status = 499; /* closed before a response: counted with client errors */
         metrics_count(w, x);
         exchange_free(x);
+    }
+    if (c->h2_conn) { /* a stream: no socket of its own, not in the worker's list */
+        if (c->h2s) {
+            router_h2_stream_detach(c->h2s);
+            c->h2s = NULL;
+            h2_want_output(c->h2_conn);
+        }
+        uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
+        return;
+    }
+    if (c->h2) {
+        router_h2_session_free(c->h2); /* closes its streams' clients */
+        c->h2 = NULL;
+        for (struct client **pp = &w->h2_dirty; *pp; pp = &(*pp)->h2_dirty_next)
+            if (*pp == c) {
+                *pp = c->h2_dirty_next;
+                break;
+            }
     }
     if (c->prev)
         c->prev->next = c->next;
@@ -914,6 +1029,10 @@ static void client_shutdown(struct client *c)
 {
     if (c->p.closing || c->shutting_down)
         return;
+    if (c->h2_conn) { /* a stream ends with its exchange */
+        client_close(c);
+        return;
+    }
     c->shutting_down = true;
     c->p.throttled = false;
     client_update_reading(c);
@@ -1034,6 +1153,11 @@ static void client_update_reading(struct client *c)
     if (want == c->p.reading)
         return;
     c->p.reading = want;
+    if (c->h2_conn) {
+        if (c->h2s)
+            router_h2_stream_set_reading(c->h2s, want);
+        return;
+    }
     if (want)
         uv_read_start((uv_stream_t *)&c->p.tcp, on_alloc, on_client_read);
     else
@@ -1052,7 +1176,7 @@ static void client_expect_request(struct client *c)
 /* Starts the next request on a kept-alive connection. */
 static void client_next_request(struct client *c)
 {
-    if (c->eof && c->pending.len == 0) {
+    if (c->h2_conn || (c->eof && c->pending.len == 0)) { /* a stream carries one request */
         client_shutdown(c);
         return;
     }
@@ -1285,10 +1409,18 @@ static void client_tls_input(struct client *c, const char *data, size_t len)
         if (r == 0)
             return;
         handshake_unlink(c);
-        client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+        c->proto_known = true; /* by ALPN only: h2 over TLS needs it (RFC 9113 3.2) */
+        size_t alpn_len = 0;
+        const char *alpn = tls_conn_alpn(c->p.tls, &alpn_len);
+        if (alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) {
+            client_h2_start(c);
+            h2_conn_flush(c); /* the server's SETTINGS */
+        } else {
+            client_set_deadline(c, D_IDLE, w->cfg->header_timeout_ms);
+        }
     }
     for (;;) {
-        if (c->p.closing)
+        if (c->p.closing || (c->h2 && c->shutting_down))
             return;
         long n = tls_conn_read(c->p.tls, w->tls_plain, sizeof(w->tls_plain));
         if (n == 0)
@@ -1297,6 +1429,10 @@ static void client_tls_input(struct client *c, const char *data, size_t len)
             peer_flush(&c->p);
             client_close(c);
             return;
+        }
+        if (c->h2) { /* HTTP/2: the session decides what keeps the connection alive */
+            h2_conn_input(c, w->tls_plain, (size_t)n);
+            continue;
         }
         client_touch(c);
         client_feed(c, w->tls_plain, (size_t)n);
@@ -1323,7 +1459,13 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0) {
+        if (c->h2) {
+            h2_conn_input(c, buf->base, (size_t)nread);
+            return;
+        }
         client_touch(c);
+        if (!c->proto_known && !client_sniff(c, buf->base, (size_t)nread))
+            return;
         client_feed(c, buf->base, (size_t)nread);
         return;
     }
@@ -1351,6 +1493,163 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     client_close(c);
+}
+
+/* ---- HTTP/2 connections (router_h2.h) ---------------------------------------------------- */
+
+/* The client's response queue drained: its backend may be read again. */
+static void client_drained(struct client *c)
+{
+    if (c->x && c->x->u && c->x->u->p.throttled && !(c->state == C_TUNNEL && c->p.closing)) {
+        c->x->u->p.throttled = false;
+        upstream_update_reading(c->x->u);
+    }
+}
+
+/* Sends what the session has, while the socket keeps up; closes once the session is over. */
+static void h2_conn_flush(struct client *c)
+{
+    struct worker *w = c->p.w;
+    while (!c->p.closing && !c->shutting_down && c->h2 && peer_queued(&c->p) <= ROUTER_HIGH_WATER) {
+        /* the frames go from this buffer (kept with its capacity) to the socket; what the
+         * socket does not take now is copied into a write request by peer_flush */
+        c->h2_out.len = 0;
+        size_t n = router_h2_session_output(c->h2, &c->h2_out, 64 * 1024);
+        outq_add(&c->p, c->h2_out.data, n);
+        peer_flush(&c->p);
+        if (c->p.write_error) {
+            client_close(c);
+            return;
+        }
+        if (n == 0)
+            break;
+    }
+    if (c->p.closing || c->shutting_down || !c->h2)
+        return;
+    if (router_h2_session_done(c->h2) ||
+        (w->stopping && router_h2_session_streams(c->h2) == 0 && peer_queued(&c->p) == 0)) {
+        const char *why = router_h2_session_error(c->h2);
+        if (why[0])
+            log_debug("router: HTTP/2 connection from %s ends: %s", c->ip, why);
+        client_shutdown(c);
+    }
+}
+
+static void h2_want_output(void *ctx)
+{
+    struct client *conn = ctx;
+    struct worker *w = conn->p.w;
+    if (conn->h2_dirty || conn->p.closing)
+        return;
+    conn->h2_dirty = true;
+    conn->h2_dirty_next = w->h2_dirty;
+    w->h2_dirty = conn;
+}
+
+/* A stream's request head is complete: it becomes a client of its own, without a socket. */
+static void *h2_stream_open(void *ctx, struct router_h2_stream *s)
+{
+    struct client *conn = ctx;
+    struct worker *w = conn->p.w;
+    if (w->stopping)
+        return NULL;
+    struct client *c = xcalloc(1, sizeof(*c));
+    c->p.w = w;
+    c->p.kind = PEER_CLIENT;
+    c->h2s = s;
+    c->h2_conn = conn;
+    c->proto_known = true;
+    uv_timer_init(&w->loop, &c->timer);
+    c->timer.data = c;
+    c->open_handles = 1;
+    memcpy(c->ip, conn->ip, sizeof(c->ip));
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    c->state = C_HEAD;
+    client_update_reading(c);
+    return c;
+}
+
+static void h2_stream_request(void *owner, const char *p, size_t n, bool end)
+{
+    struct client *c = owner;
+    if (end) /* as a client that half-closes after its request: answered, then closed */
+        c->eof = true;
+    if (n)
+        client_feed(c, p, n);
+    if (c->p.closing)
+        return;
+    if (end && c->state == C_HEAD && !c->x) { /* already answered */
+        client_close(c);
+        return;
+    }
+    client_update_reading(c);
+}
+
+static void h2_stream_drained(void *owner)
+{
+    client_drained(owner);
+}
+
+static void h2_stream_closed(void *owner)
+{
+    struct client *c = owner;
+    c->h2s = NULL; /* the session forgets it: nothing more is said to it */
+    client_close(c);
+}
+
+static const struct router_h2_ops h2_ops = {
+    .stream_open = h2_stream_open,
+    .stream_request = h2_stream_request,
+    .stream_drained = h2_stream_drained,
+    .stream_closed = h2_stream_closed,
+    .want_output = h2_want_output,
+};
+
+static void h2_conn_input(struct client *c, const char *data, size_t len)
+{
+    if (router_h2_session_input(c->h2, data, len) < 0)
+        ROUTER_METRIC_ADD(c->p.w->m.bad_requests, 1);
+    /* only a connection with streams is kept from its idle timeout: PINGs or SETTINGS alone
+     * do not hold a connection open forever */
+    if (c->h2 && router_h2_session_streams(c->h2) > 0)
+        client_touch(c);
+    h2_conn_flush(c);
+}
+
+/* The connection speaks HTTP/2 from now on (the client preface seen, or h2 agreed by ALPN). */
+static void client_h2_start(struct client *c)
+{
+    c->h2 = router_h2_session_new(&c->p.w->h2_limits, &h2_ops, c);
+    client_set_deadline(c, D_TUNNEL, c->p.w->cfg->idle_timeout_ms);
+}
+
+/* Tells HTTP/2's client preface from HTTP/1.1 on a new connection. Returns whether `data` is
+ * for the HTTP/1.1 parser (the bytes held while it was unclear are fed to it first). */
+static bool client_sniff(struct client *c, const char *data, size_t len)
+{
+    char head[sizeof(c->preface)];
+    size_t have = c->preface_len;
+    size_t add = len < sizeof(head) - have ? len : sizeof(head) - have;
+    memcpy(head, c->preface, have);
+    memcpy(head + have, data, add);
+    int m = router_h2_preface_match(head, have + add);
+    if (m == 0) { /* all of data matches so far */
+        memcpy(c->preface, head, have + add);
+        c->preface_len = (uint8_t)(have + add);
+        return false;
+    }
+    c->proto_known = true;
+    if (m > 0) {
+        client_h2_start(c);
+        if (have)
+            router_h2_session_input(c->h2, c->preface, have);
+        h2_conn_input(c, data, len);
+        return false;
+    }
+    if (have)
+        client_feed(c, c->preface, have);
+    return !c->p.closing;
 }
 
 /* Takes a connection accepted from the shared listening socket. */
@@ -1578,6 +1877,19 @@ static int on_req_header_field_complete(llhttp_t *p)
     return 0;
 }
 
+/* Whether the request asks to upgrade to h2c (and so to nothing the router offers). */
+static bool upgrade_to_h2c(const struct exchange *x)
+{
+    for (uint32_t i = 0; i < x->req.count; i++) {
+        const struct hdr_ix *ix = &x->req.ix[i];
+        struct router_header h = {x->req.raw.data + ix->name_off, ix->name_len,
+                                  x->req.raw.data + ix->value_off, ix->value_len};
+        if (router_header_is(&h, "upgrade") && router_header_has_token(h.value, h.value_len, "h2c"))
+            return true;
+    }
+    return false;
+}
+
 static int on_req_headers_complete(llhttp_t *p)
 {
     struct client *c = p->data;
@@ -1590,6 +1902,14 @@ static int on_req_headers_complete(llhttp_t *p)
     x->content_length = x->has_length ? p->content_length : 0;
     x->upgrade = p->upgrade != 0;
     x->client_http10 = p->http_major == 1 && p->http_minor == 0;
+    x->client_ends = !llhttp_should_keep_alive(p);
+    if (x->upgrade && upgrade_to_h2c(x)) {
+        /* h2c by Upgrade (RFC 7540 3.2; RFC 9113 dropped it) is declined, as the RFC allows:
+         * the request is answered in HTTP/1.1, and the backend sees no Upgrade. HTTP/2 in
+         * cleartext starts with the client preface instead. */
+        x->upgrade = false;
+        p->upgrade = 0;
+    }
     if (p->method == HTTP_CONNECT)
         return req_reject(x, 400, "bad-request", "CONNECT is not supported by this router.");
     if ((p->flags & F_TRANSFER_ENCODING) && !x->chunked)
@@ -1737,7 +2057,8 @@ static void route_and_connect(struct client *c)
                                    false);
         return;
     }
-    if (x->route->https_only && !c->p.tls) {
+    struct tls_conn *tls = client_tls(c);
+    if (x->route->https_only && !tls) {
         client_redirect_https(c, host_s, host_len, url, url_len);
         return;
     }
@@ -1761,16 +2082,16 @@ static void route_and_connect(struct client *c)
         .has_length = x->has_length,
         .content_length = x->content_length,
         .upgrade = x->upgrade,
-        .https = c->p.tls != NULL,
+        .https = tls != NULL,
     };
     char cert_b64[8192];
-    if (c->p.tls && w->cfg->tls_client_ca &&
-        tls_conn_client_cert_b64(c->p.tls, cert_b64, sizeof cert_b64) > 0)
+    if (tls && w->cfg->tls_client_ca &&
+        tls_conn_client_cert_b64(tls, cert_b64, sizeof cert_b64) > 0)
         rh.client_cert = cert_b64;
     router_head_build_request(&x->head, &rh);
     x->stats = x->route->stats;
     if (x->stats) { /* what the autoscaler sees: requests in flight, held ones included */
-        __atomic_add_fetch(&x->stats->in_flight, 1, __ATOMIC_RELAXED);
+        route_stats_change(x->stats, w->index, 1, now_us());
         __atomic_add_fetch(&x->stats->requests, 1, __ATOMIC_RELAXED);
     }
     if (x->route->backend_count == 0) {
@@ -1876,12 +2197,14 @@ static void hold_request(struct client *c)
 
 /* ---- backend connections ------------------------------------------------------------------ */
 
-static struct pool *pool_for(struct worker *w, const struct route_backend *b)
+static struct pool *pool_for(struct worker *w, const struct route_backend *b, bool h2c)
 {
     for (struct pool *p = w->pools; p; p = p->next)
-        if (p->addr_len == b->addr_len && memcmp(&p->addr, &b->addr, b->addr_len) == 0)
+        if (p->addr_len == b->addr_len && memcmp(&p->addr, &b->addr, b->addr_len) == 0 &&
+            p->h2c == h2c)
             return p;
     struct pool *p = xcalloc(1, sizeof(*p));
+    p->h2c = h2c;
     memcpy(&p->addr, &b->addr, b->addr_len);
     p->addr_len = b->addr_len;
     p->next = w->pools;
@@ -1905,6 +2228,7 @@ static void pool_remove(struct upstream *u)
 static void on_upstream_closed(uv_handle_t *h)
 {
     struct upstream *u = h->data;
+    router_h2c_free(u->h2c);
     buf_free(&u->p.out.scratch);
     free(u);
 }
@@ -1948,6 +2272,8 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
+    if (u->h2c)
+        router_h2c_begin(u->h2c);
     outq_add(&u->p, x->head.data, x->head.len);
     peer_flush(&u->p);
     upstream_update_reading(u);
@@ -1996,12 +2322,17 @@ static void connect_backend(struct exchange *x)
     /* counted only where it decides: a shared counter costs every core a cache miss */
     if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
         __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
-    struct pool *pool = pool_for(w, b);
+    struct pool *pool = pool_for(w, b, x->route->protocol == ROUTE_PROTOCOL_HTTP2);
     x->pool = pool;
     pool->in_flight++;
     while (pool->idle && !x->fresh_connection) {
         struct upstream *u = pool->idle;
         pool_remove(u);
+        if (u->h2c && !router_h2c_begin(u->h2c)) { /* the instance said GOAWAY meanwhile */
+            u->state = U_ACTIVE;
+            upstream_close(u);
+            continue;
+        }
         u->reused = true;
         ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
         upstream_start(u, x);
@@ -2012,6 +2343,8 @@ static void connect_backend(struct exchange *x)
     u->p.kind = PEER_UPSTREAM;
     u->pool = pool;
     u->state = U_CONNECTING;
+    if (pool->h2c)
+        u->h2c = router_h2c_new();
     uv_tcp_init(&w->loop, &u->p.tcp);
     u->p.tcp.data = u;
     u->connect_req.data = u;
@@ -2325,20 +2658,56 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
     upstream_failed(u, UV_EPROTO, false);
 }
 
+/* Frames from an h2c backend: what they make of the response goes through the HTTP/1.1
+ * response path; what the session answers (ACKs, window updates, more body) is sent. */
+static void h2c_feed(struct upstream *u, const char *data, size_t len)
+{
+    struct buf *resp = &u->p.w->h2c_resp;
+    resp->len = 0;
+    int r = router_h2c_input(u->h2c, data, len, resp);
+    peer_flush(&u->p);
+    if (u->x && u->x->c->p.throttled && peer_queued(&u->p) <= ROUTER_LOW_WATER) {
+        u->x->c->p.throttled = false;
+        client_update_reading(u->x->c);
+    }
+    if (resp->len && u->x)
+        upstream_feed(u, resp->data, resp->len);
+    if ((r < 0 || u->p.write_error || router_h2c_broken(u->h2c)) && u->x && !u->p.closing)
+        upstream_failed(u, UV_EPROTO, false);
+}
+
+/* Frames on an idle pooled h2c connection: answered (PING ACK, SETTINGS ACK), and the
+ * connection stays pooled unless they broke the session or carried response bytes. */
+static bool h2c_idle_feed(struct upstream *u, const char *data, size_t len)
+{
+    struct buf *resp = &u->p.w->h2c_resp;
+    resp->len = 0;
+    if (router_h2c_input(u->h2c, data, len, resp) < 0 || resp->len)
+        return false;
+    peer_flush(&u->p);
+    return !u->p.write_error;
+}
+
 static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upstream *u = s->data;
     if (nread == 0)
         return;
     if (u->state == U_IDLE || !u->x) {
-        /* an idle pooled connection spoke or closed: it cannot be used any more */
+        /* an idle pooled connection spoke or closed: it cannot be used any more, unless it
+         * speaks h2c and said nothing about a stream (a PING, SETTINGS, WINDOW_UPDATE) */
+        if (u->h2c && nread > 0 && u->state == U_IDLE && h2c_idle_feed(u, buf->base, (size_t)nread))
+            return;
         upstream_close(u);
         return;
     }
     struct exchange *x = u->x;
     if (nread > 0) {
         client_touch(x->c);
-        upstream_feed(u, buf->base, (size_t)nread);
+        if (u->h2c)
+            h2c_feed(u, buf->base, (size_t)nread);
+        else
+            upstream_feed(u, buf->base, (size_t)nread);
         return;
     }
     if (x->c->state == C_TUNNEL) {
@@ -2401,10 +2770,10 @@ static void on_write(uv_write_t *req, int status)
     /* drained: let the other side read again */
     if (p->kind == PEER_CLIENT) {
         struct client *c = (struct client *)p;
-        if (c->x && c->x->u && c->x->u->p.throttled && !(c->state == C_TUNNEL && c->p.closing)) {
-            c->x->u->p.throttled = false;
-            upstream_update_reading(c->x->u);
-        }
+        if (c->h2)
+            h2_conn_flush(c);
+        else
+            client_drained(c);
     } else {
         struct upstream *u = (struct upstream *)p;
         if (u->x && u->x->c->p.throttled) {
@@ -2476,6 +2845,10 @@ static void on_wakeup(uv_async_t *a)
     struct client *next;
     for (struct client *c = w->clients; c; c = next) {
         next = c->next;
+        if (c->h2 && router_h2_session_streams(c->h2) > 0 && !c->shutting_down) {
+            router_h2_session_goaway(c->h2); /* its streams finish; it closes after them */
+            continue;
+        }
         if (!c->x || c->held || c->shutting_down)
             client_close(c);
         else
@@ -2723,6 +3096,10 @@ static int router_tls_start(const struct router_config *cfg)
         if (tls_store_set_issuer(tls_store, dir, "localhost", why, sizeof why) < 0)
             log_info("HTTPS: no local CA in %s, no certificate is made per APP.localhost", dir);
         tls_store_set_issue_filter(tls_store, router_tls_name_routed, NULL);
+        /* OCSP stapling for certificates that name a responder: fetched on a thread of its own */
+        int retry_s = (cfg->tls_ocsp_retry_ms + 999) / 1000;
+        if (tls_store_ocsp_start(tls_store, retry_s, why, sizeof why) < 0)
+            log_warning("HTTPS: no OCSP stapling: %s", why);
     }
     free(dir);
     if (r < 0) {
@@ -2775,6 +3152,9 @@ int router_proxy_start(const struct router_config *cfg)
         w->index = i;
         w->cfg = cfg;
         w->client_cap = cfg->max_connections / n + 1;
+        router_h2_limits_defaults(&w->h2_limits);
+        w->h2_limits.max_header_bytes = cfg->max_header_bytes;
+        w->h2_limits.max_headers = cfg->max_headers;
         w->id_prefix = prefix + (uint64_t)i;
         uv_loop_init(&w->loop);
         for (int k = 0; k < listen_count; k++) {
@@ -2851,6 +3231,7 @@ void router_proxy_stop(void)
         }
         free(w->view);
         buf_free(&w->access);
+        buf_free(&w->h2c_resp);
         buf_free(&w->tls_out);
         while (w->spare) {
             struct exchange *x = w->spare;

@@ -160,10 +160,10 @@ int store_route_delete(struct store *st, const char *host, const char *path)
     return st->ops->route_delete(st->backend, host, path);
 }
 
-int store_route_set_balance(struct store *st, const char *host, const char *path,
-                            const char *balance)
+int store_route_update(struct store *st, const char *host, const char *path, const char *balance,
+                       const char *protocol)
 {
-    return st->ops->route_set_balance(st->backend, host, path, balance);
+    return st->ops->route_update(st->backend, host, path, balance, protocol);
 }
 
 int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on)
@@ -323,6 +323,15 @@ int store_process_default_min(const char *app_kind, const char *type)
     return function || strcmp(type, "web") ? 0 : STORE_SCALE_MANUAL;
 }
 
+void store_process_default_policy(const char *app_kind, struct store_process *p)
+{
+    p->min_instances = store_process_default_min(app_kind, p->type);
+    bool function = (app_kind && !strcmp(app_kind, "function")) || p->function_json;
+    p->max_instances = function ? STORE_FUNCTION_DEFAULT_MAX_INSTANCES : 0;
+    p->target_concurrency = function ? STORE_DEFAULT_TARGET_CONCURRENCY : 0;
+    p->target_rps = p->window_ms = p->scale_down_delay_ms = 0;
+}
+
 struct store_process *store_app_process(const struct store_app *app, const char *type)
 {
     for (size_t i = 0; i < app->n_processes; i++)
@@ -435,6 +444,7 @@ void store_route_list_free(struct store_route *routes, size_t n)
         free(routes[i].app_guid);
         free(routes[i].domain);
         free(routes[i].balance);
+        free(routes[i].protocol);
     }
     free(routes);
 }

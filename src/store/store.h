@@ -66,8 +66,8 @@ struct store_process {
     int window_ms;           /* the stable window (the panic window is a tenth of it) */
     int scale_down_delay_ms; /* how long a lower count must be wanted before it runs */
     /* A function inside the app (src/api/functions.c): {"handler": "FILE:FUNC", "runtime":
-     * "python"|"node"|"shell", "max_instances": N} as the API wrote it; NULL for web and
-     * other process types. */
+     * "python"|"node"|"shell"} as the API wrote it (its max_instances is the policy's above);
+     * NULL for web and other process types. */
     char *function_json;
     struct store_process_checks checks;
 };
@@ -82,6 +82,15 @@ static inline bool store_process_is_function(const struct store_process *p)
  * process types other than web (the functions its manifest declares), scale to zero; an
  * app's web process is scaled by its user (STORE_SCALE_MANUAL). */
 int store_process_default_min(const char *app_kind, const char *type);
+
+/* A function's policy unless its user sets one (the one owner of its max_instances). */
+#define STORE_FUNCTION_DEFAULT_MAX_INSTANCES 10
+#define STORE_DEFAULT_TARGET_CONCURRENCY 100
+/* Sets p's scaling policy to the default for its type in an app of app_kind: the minimum of
+ * store_process_default_min, and for a function's process a stored request scaling policy
+ * (min 0, max STORE_FUNCTION_DEFAULT_MAX_INSTANCES, target STORE_DEFAULT_TARGET_CONCURRENCY
+ * in flight), so the autoscaler is what scales it; no request scaling for the others. */
+void store_process_default_policy(const char *app_kind, struct store_process *p);
 /* Whether the platform scales the process by itself (and so may scale it to zero). */
 static inline bool store_process_autoscaled(const struct store_process *p)
 {
@@ -143,6 +152,8 @@ struct store_route {
     char *domain;  /* the domain the host ends in */
     char *balance; /* "round-robin" or "least-connection" (docs/bus.md); NULL on add means
                     * "round-robin". The store keeps the text; the API checks the value. */
+    char *protocol;  /* what the router speaks to the instances: "http1" or "http2" (h2c);
+                      * NULL on add means "http1". Checked by the API, like balance. */
     bool https_only; /* a plain-HTTP request gets a redirect to HTTPS */
 };
 
@@ -214,9 +225,10 @@ void store_sidecars_free(struct store_sidecar *sidecars, size_t n);
 /* -EEXIST when host+path is taken. */
 int store_route_add(struct store *st, const struct store_route *route);
 int store_route_delete(struct store *st, const char *host, const char *path);
-/* Changes an existing route's balance; -ENOENT when there is no route host+path. */
-int store_route_set_balance(struct store *st, const char *host, const char *path,
-                            const char *balance);
+/* Changes an existing route's balance and protocol (each NULL: as it is); -ENOENT when there
+ * is no route host+path. */
+int store_route_update(struct store *st, const char *host, const char *path, const char *balance,
+                       const char *protocol);
 /* Changes an existing route's https_only; -ENOENT when there is no route host+path. */
 int store_route_set_https_only(struct store *st, const char *host, const char *path, bool on);
 /* All routes (app_guid NULL) or an app's, ordered by host then path. */

@@ -36,8 +36,8 @@ struct store_ops {
 
     int (*route_add)(struct store_backend *b, const struct store_route *route);
     int (*route_delete)(struct store_backend *b, const char *host, const char *path);
-    int (*route_set_balance)(struct store_backend *b, const char *host, const char *path,
-                             const char *balance);
+    int (*route_update)(struct store_backend *b, const char *host, const char *path,
+                        const char *balance, const char *protocol);
     int (*route_set_https_only)(struct store_backend *b, const char *host, const char *path,
                                 bool on);
     int (*route_list)(struct store_backend *b, const char *app_guid, struct store_route **out,

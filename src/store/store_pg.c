@@ -111,6 +111,18 @@ const char *const store_pg_migrations[] = {
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
     /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
     "ALTER TABLE routes ADD COLUMN https_only BOOLEAN NOT NULL DEFAULT FALSE;",
+    /* 14: a function's max_instances has one owner, its scaling policy (store_sqlite.c) */
+    "UPDATE processes SET max_instances ="
+    "  COALESCE((function::jsonb->>'max_instances')::integer, 10)"
+    "  WHERE function IS NOT NULL AND max_instances = 0 AND min_instances >= 0;"
+    "UPDATE processes SET function = (function::jsonb - 'max_instances')::text"
+    "  WHERE function IS NOT NULL;"
+    "UPDATE processes SET max_instances = 10 WHERE max_instances = 0 AND min_instances >= 0"
+    "  AND type = 'web' AND app_guid IN (SELECT guid FROM apps WHERE kind = 'function');"
+    "UPDATE processes SET target_concurrency = 100 WHERE max_instances > 0"
+    "  AND target_concurrency = 0 AND target_rps = 0;",
+    /* 15: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -618,11 +630,12 @@ static int pg__route_add(struct store_backend *b, const struct store_route *rout
                        route->app_guid,
                        route->domain,
                        route->balance ? route->balance : "round-robin",
-                       route->https_only ? "true" : "false"};
+                       route->https_only ? "true" : "false",
+                       route->protocol ? route->protocol : "http1"};
     return pg__write(b,
-                     "INSERT INTO routes (guid, host, path, app_guid, domain, balance, https_only)"
-                     " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                     7, v, false);
+                     "INSERT INTO routes (guid, host, path, app_guid, domain, balance, https_only,"
+                     " protocol) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     8, v, false);
 }
 
 static int pg__route_set_https_only(struct store_backend *b, const char *host, const char *path,
@@ -633,11 +646,14 @@ static int pg__route_set_https_only(struct store_backend *b, const char *host, c
                      true);
 }
 
-static int pg__route_set_balance(struct store_backend *b, const char *host, const char *path,
-                                 const char *balance)
+static int pg__route_update(struct store_backend *b, const char *host, const char *path,
+                            const char *balance, const char *protocol)
 {
-    const char *v[] = {balance, host, path ? path : ""};
-    return pg__write(b, "UPDATE routes SET balance = $1 WHERE host = $2 AND path = $3", 3, v, true);
+    const char *v[] = {balance, protocol, host, path ? path : ""};
+    return pg__write(b,
+                     "UPDATE routes SET balance = COALESCE($1, balance),"
+                     " protocol = COALESCE($2, protocol) WHERE host = $3 AND path = $4",
+                     4, v, true);
 }
 
 static int pg__route_delete(struct store_backend *b, const char *host, const char *path)
@@ -652,11 +668,11 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
     const char *v[] = {app_guid};
     PGresult *res = NULL;
     if (pg__exec(b,
-                 app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only"
-                            " FROM routes WHERE app_guid = $1"
+                 app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only,"
+                            " protocol FROM routes WHERE app_guid = $1"
                             " ORDER BY host COLLATE \"C\", path COLLATE \"C\""
-                          : "SELECT guid, host, path, app_guid, domain, balance, https_only"
-                            " FROM routes ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
+                          : "SELECT guid, host, path, app_guid, domain, balance, https_only,"
+                            " protocol FROM routes ORDER BY host COLLATE \"C\", path COLLATE \"C\"",
                  app_guid ? 1 : 0, v, &res) < 0)
         return -EIO;
     size_t count = (size_t)PQntuples(res);
@@ -670,6 +686,7 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
         r->domain = pg__text(res, (int)i, 4);
         r->balance = pg__text(res, (int)i, 5);
         r->https_only = PQgetvalue(res, (int)i, 6)[0] == 't';
+        r->protocol = pg__text(res, (int)i, 7);
     }
     PQclear(res);
     *out = routes;
@@ -1028,7 +1045,7 @@ const struct store_ops store_pg_ops = {
     .app_delete = pg__app_delete,
     .route_add = pg__route_add,
     .route_delete = pg__route_delete,
-    .route_set_balance = pg__route_set_balance,
+    .route_update = pg__route_update,
     .route_set_https_only = pg__route_set_https_only,
     .route_list = pg__route_list,
     .domain_add = pg__domain_add,

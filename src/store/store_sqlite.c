@@ -115,6 +115,19 @@ const char *const store_sqlite_migrations[] = {
     "ALTER TABLE apps ADD COLUMN ssh_disabled INTEGER NOT NULL DEFAULT 0;",
     /* 13: routes that redirect plain HTTP to HTTPS (store.h's store_route.https_only) */
     "ALTER TABLE routes ADD COLUMN https_only INTEGER NOT NULL DEFAULT 0;",
+    /* 14: a function's max_instances has one owner, its scaling policy: a function inside an
+     * app takes it from its function document (which no longer holds it), a function app's
+     * process gets the default policy (store_process_default_policy) */
+    "UPDATE processes SET max_instances = COALESCE(json_extract(function, '$.max_instances'), 10)"
+    "  WHERE function IS NOT NULL AND max_instances = 0 AND min_instances >= 0;"
+    "UPDATE processes SET function = json_remove(function, '$.max_instances')"
+    "  WHERE function IS NOT NULL;"
+    "UPDATE processes SET max_instances = 10 WHERE max_instances = 0 AND min_instances >= 0"
+    "  AND type = 'web' AND app_guid IN (SELECT guid FROM apps WHERE kind = 'function');"
+    "UPDATE processes SET target_concurrency = 100 WHERE max_instances > 0"
+    "  AND target_concurrency = 0 AND target_rps = 0;",
+    /* 15: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
+    "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -719,7 +732,7 @@ static int sqlite__route_add(struct store_backend *st, const struct store_route 
 {
     sqlite3_stmt *q =
         store__prepare(st, "INSERT INTO routes (guid, host, path, app_guid, domain, balance, "
-                           "https_only) VALUES (?, ?, ?, ?, ?, ?, ?)");
+                           "https_only, protocol) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, route->guid);
@@ -729,6 +742,7 @@ static int sqlite__route_add(struct store_backend *st, const struct store_route 
     store__bind_text(q, 5, route->domain);
     store__bind_text(q, 6, route->balance ? route->balance : "round-robin");
     sqlite3_bind_int(q, 7, route->https_only ? 1 : 0);
+    store__bind_text(q, 8, route->protocol ? route->protocol : "http1");
     return store__step_done(st, q);
 }
 
@@ -748,16 +762,18 @@ static int sqlite__route_set_https_only(struct store_backend *st, const char *ho
     return rc;
 }
 
-static int sqlite__route_set_balance(struct store_backend *st, const char *host, const char *path,
-                                     const char *balance)
+static int sqlite__route_update(struct store_backend *st, const char *host, const char *path,
+                                const char *balance, const char *protocol)
 {
-    sqlite3_stmt *q =
-        store__prepare(st, "UPDATE routes SET balance = ? WHERE host = ? AND path = ?");
+    sqlite3_stmt *q = store__prepare(st, "UPDATE routes SET balance = COALESCE(?, balance), "
+                                         "protocol = COALESCE(?, protocol) "
+                                         "WHERE host = ? AND path = ?");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, balance);
-    store__bind_text(q, 2, host);
-    store__bind_text(q, 3, path ? path : "");
+    store__bind_text(q, 2, protocol);
+    store__bind_text(q, 3, host);
+    store__bind_text(q, 4, path ? path : "");
     int rc = store__step_done(st, q);
     if (rc == 0 && sqlite3_changes(st->db) == 0)
         return -ENOENT;
@@ -781,10 +797,10 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
                               struct store_route **out, size_t *n)
 {
     sqlite3_stmt *q = store__prepare(
-        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only FROM "
-                       "routes WHERE app_guid = ? ORDER BY host, path"
-                     : "SELECT guid, host, path, app_guid, domain, balance, https_only FROM "
-                       "routes ORDER BY host, path");
+        st, app_guid ? "SELECT guid, host, path, app_guid, domain, balance, https_only, protocol "
+                       "FROM routes WHERE app_guid = ? ORDER BY host, path"
+                     : "SELECT guid, host, path, app_guid, domain, balance, https_only, protocol "
+                       "FROM routes ORDER BY host, path");
     if (!q)
         return -EIO;
     if (app_guid)
@@ -802,6 +818,7 @@ static int sqlite__route_list(struct store_backend *st, const char *app_guid,
         r->domain = store__col_text(q, 4);
         r->balance = store__col_text(q, 5);
         r->https_only = sqlite3_column_int(q, 6) != 0;
+        r->protocol = store__col_text(q, 7);
     }
     if (store__read_done(st, q, step, "list routes") < 0) {
         store_route_list_free(routes, count);
@@ -1229,7 +1246,7 @@ const struct store_ops store_sqlite_ops = {
     .app_delete = sqlite__app_delete,
     .route_add = sqlite__route_add,
     .route_delete = sqlite__route_delete,
-    .route_set_balance = sqlite__route_set_balance,
+    .route_update = sqlite__route_update,
     .route_set_https_only = sqlite__route_set_https_only,
     .route_list = sqlite__route_list,
     .domain_add = sqlite__domain_add,

@@ -58,6 +58,12 @@ int tls_store_load_dir(struct tls_store *s, const char *dir, char *err, size_t e
 int tls_store_add_pem(struct tls_store *s, const char *pem, size_t len, bool default_cert,
                       char *err, size_t errsize);
 
+/* Replaces every certificate with this one chain and key (PEM), the default too: handshakes
+ * from now on get it, connections already made keep theirs; on error nothing changes (a
+ * server with one certificate of its own, reloading it). */
+int tls_store_set_only_pem(struct tls_store *s, const char *pem, size_t len, char *err,
+                           size_t errsize);
+
 /* Lets the store issue certificates itself, signed by the CA in DIR (ca.pem, ca.key), for
  * any name under `suffix` that no loaded certificate serves exactly: a wildcard such as
  * "*.localhost" is refused by curl, OpenSSL and browsers (a wildcard needs two labels after
@@ -70,6 +76,16 @@ int tls_store_set_issuer(struct tls_store *s, const char *dir, const char *suffi
  * every random name it sends. */
 void tls_store_set_issue_filter(struct tls_store *s, bool (*allow)(void *ctx, const char *name),
                                 void *ctx);
+
+/* OCSP stapling: a thread of the store's own fetches, for every certificate served whose leaf
+ * names an OCSP responder (Authority Information Access) and whose issuer is in its chain, a
+ * response from that responder (libcurl, 10 s at most), checks it (signed by the issuer or its
+ * delegate, about this certificate, within thisUpdate/nextUpdate) and staples it to handshakes
+ * that ask (status_request) until its nextUpdate; it is fetched again halfway there. Without a
+ * valid response handshakes go on unstapled; a failed fetch is tried again after retry_s
+ * (<= 0: 60). Certificates loaded later are picked up within a second. Handshakes never wait
+ * for the network. Stopped by tls_store_free. */
+int tls_store_ocsp_start(struct tls_store *s, int retry_s, char *err, size_t errsize);
 
 /* Which certificate a handshake for `host` gets: fills `subject` (its subject CN, or "" when
  * nothing matches and there is no default) and returns 1 for an exact name, 2 for a

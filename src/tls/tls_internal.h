@@ -32,4 +32,16 @@ int tls__issue(X509 *issuer, EVP_PKEY *issuer_key, const char *const *names, boo
  * certificate: the default's, or one without a certificate. */
 SSL_CTX *tls__store_initial(struct tls_store *s);
 
+/* Every certificate context the store serves now (the default and each name's, once each,
+ * issued ones left out), each a reference the caller frees, in a malloc'ed array. */
+size_t tls__store_contexts(struct tls_store *s, SSL_CTX ***out);
+
+/* OCSP (tls_ocsp.c): gives ctx a place for a stapled response and the status callback when
+ * the leaf names an OCSP responder and its issuer is in the chain; otherwise nothing. */
+void tls__ocsp_attach(SSL_CTX *ctx, X509 *leaf, STACK_OF(X509) * chain);
+struct tls_ocsp_fetcher;
+struct tls_ocsp_fetcher *tls__ocsp_fetcher_start(struct tls_store *s, int retry_s, char *err,
+                                                 size_t errsize);
+void tls__ocsp_fetcher_stop(struct tls_ocsp_fetcher *f);
+
 #endif

@@ -56,11 +56,12 @@ struct tls_store {
     char *issuer_suffix; /* ".localhost" */
     bool (*issue_allow)(void *ctx, const char *name);
     void *issue_ctx;
-    SSL_CTX *base;       /* what a connection starts with, before SNI picks its certificate */
+    SSL_CTX *base; /* what a connection starts with, before SNI picks its certificate */
     struct tls_store_options opts;
     char *client_ca_file;
     pthread_mutex_t ticket_lock;
     struct ticket_key ticket[2]; /* [0] current, [1] previous */
+    struct tls_ocsp_fetcher *ocsp; /* tls_store_ocsp_start */
 };
 
 void tls__set_err(char *err, size_t errsize, const char *fmt, ...)
@@ -237,6 +238,7 @@ void tls_store_free(struct tls_store *s)
 {
     if (!s)
         return;
+    tls__ocsp_fetcher_stop(s->ocsp);
     certs_free(s->certs);
     for (size_t i = 0; i < s->issued_n; i++) {
         free(s->issued[i].name);
@@ -263,6 +265,34 @@ SSL_CTX *tls__store_initial(struct tls_store *s)
     SSL_CTX_up_ref(ctx);
     pthread_rwlock_unlock(&s->lock);
     return ctx;
+}
+
+size_t tls__store_contexts(struct tls_store *s, SSL_CTX ***out)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    SSL_CTX **v = xcalloc(s->certs->n + 1, sizeof *v);
+    size_t n = 0;
+    for (size_t i = 0; i <= s->certs->n; i++) {
+        SSL_CTX *ctx = i < s->certs->n ? s->certs->v[i].ctx : s->certs->def;
+        bool seen = !ctx;
+        for (size_t k = 0; k < n && !seen; k++)
+            seen = v[k] == ctx;
+        if (!seen) {
+            SSL_CTX_up_ref(ctx);
+            v[n++] = ctx;
+        }
+    }
+    pthread_rwlock_unlock(&s->lock);
+    *out = v;
+    return n;
+}
+
+int tls_store_ocsp_start(struct tls_store *s, int retry_s, char *err, size_t errsize)
+{
+    if (s->ocsp)
+        return 0;
+    s->ocsp = tls__ocsp_fetcher_start(s, retry_s, err, errsize);
+    return s->ocsp ? 0 : -EAGAIN;
 }
 
 /* ---- names ---------------------------------------------------------------------------------- */
@@ -349,6 +379,7 @@ static SSL_CTX *ctx_from_pem(struct tls_store *s, const char *pem, size_t len, X
         ctx = NULL;
         goto out;
     }
+    tls__ocsp_attach(ctx, x, chain);
     *leaf = x;
     x = NULL;
 out:
@@ -432,6 +463,19 @@ int tls_store_add_pem(struct tls_store *s, const char *pem, size_t len, bool def
         c->def = NULL;
     }
     int r = certs_add(s, c, pem, len, default_cert, err, errsize);
+    if (r < 0) {
+        certs_free(c);
+        return r;
+    }
+    store_publish(s, c);
+    return 0;
+}
+
+int tls_store_set_only_pem(struct tls_store *s, const char *pem, size_t len, char *err,
+                           size_t errsize)
+{
+    struct tls_certs *c = xcalloc(1, sizeof *c);
+    int r = certs_add(s, c, pem, len, true, err, errsize);
     if (r < 0) {
         certs_free(c);
         return r;

@@ -25,9 +25,10 @@ def deploy(p, name, instances=1):
     assert status in (200, 201), body
 
 
-def get(p, host, path="/", timeout=60):
+def get(p, host, path="/", timeout=60, method="GET"):
     """(status, headers, body) through the router; network errors are status 0."""
-    req = urllib.request.Request(p.router_url + path, headers={"Host": host})
+    req = urllib.request.Request(p.router_url + path, headers={"Host": host}, method=method,
+                                 data=b"{}" if method == "POST" else None)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read().decode()
@@ -68,8 +69,8 @@ def recent_logs(p, name):
 class Load:
     """n client threads, each sending requests back to back until stopped; counts answers."""
 
-    def __init__(self, p, host, n, path="/sleep/0.3"):
-        self.p, self.host, self.path = p, host, path
+    def __init__(self, p, host, n, path="/sleep/0.3", method="GET"):
+        self.p, self.host, self.path, self.method = p, host, path, method
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
         self.ok = 0
@@ -78,7 +79,7 @@ class Load:
 
     def run(self):
         while not self.stop_flag.is_set():
-            code, headers, body = get(self.p, self.host, self.path)
+            code, headers, body = get(self.p, self.host, self.path, method=self.method)
             with self.lock:
                 if code == 200:
                     self.ok += 1
@@ -319,7 +320,8 @@ def test_a_function_scales_with_its_requests(plat, tmp_path):
     assert r.returncode == 0, out(r)
     autoscale(p, "slowfn", "--min", "0", "--max", "3", "--target-concurrency", "1",
               "--window", "4s")
-    with Load(p, "slowfn.localhost", 4, "/") as load:
+    # a POST runs the handler (0.4 s); a function answers a GET at once (its health check)
+    with Load(p, "slowfn.localhost", 4, "/", method="POST") as load:
         wait_for(lambda: desired(p, "slowfn") == 3, 60, "the function to reach its max")
         wait_for(lambda: running(p, "slowfn") == 3, 120, "3 instances of the function to run")
     assert load.failed == [], load.failed[:5]

@@ -218,6 +218,7 @@ applications:
       loadbalancing: least-connection
   - route: api.localhost/((app))
     protocol: http2
+    https_only: true
   services: [((app))-db]
   sidecars:
   - name: exporter
@@ -252,9 +253,16 @@ def test_cloud_foundry_manifest_with_vars(platform, tmp_path):
     env = platform.api("GET", "/v1/apps/cfmf/env")[1]
     assert env["system"]["VCAP_SERVICES"]["user-provided"][0]["credentials"] == {"uri": "db://x"}
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
-    for key in ("protocol", "stack"):
-        said = [w for w in warnings if f': cfmf: "{key}" has no effect here: ' in w]
-        assert len(said) == 1, (key, warnings)
+    said = [w for w in warnings if ': cfmf: "stack" has no effect here: ' in w]
+    assert len(said) == 1, warnings
+    # protocol: http1 and http2 are the routes' protocols, with no warning
+    assert not [w for w in warnings if '"protocol"' in w], warnings
+    routes = {(r["host"], r["path"]): r for r in platform.api("GET", "/v1/routes")[1]["routes"]}
+    assert routes[("cfmf.localhost", "")]["protocol"] == "http1"
+    assert routes[("api.localhost", "/cfmf")]["protocol"] == "http2"
+    # https_only beside the protocol; not given: off
+    assert routes[("api.localhost", "/cfmf")]["https_only"] is True
+    assert routes[("cfmf.localhost", "")]["https_only"] is False
     # health-check timing, readiness checks and log rate limits are applied, not warned about
     for key in ("health-check-interval", "readiness-health-check-type",
                 "log-rate-limit-per-second"):

@@ -541,6 +541,39 @@ def test_unknown_route_is_404_and_connection_stays_usable(router_factory, backen
     c.close()
 
 
+def test_router_errors_honour_connection_close(router_factory, backends):
+    """The router's own answers (404, 503) end the connection when the client said so
+    (Connection: close, or HTTP/1.0 without keep-alive), and only then."""
+    a = backends("a")
+    r = router_factory([route("app.localhost", [a]), route("empty.localhost", [])])
+    for host in ("nobody.localhost", "empty.localhost"):
+        c = r.client()
+        resp = c.request(host=host, headers={"Connection": "close"})
+        assert resp.status in (404, 503) and resp.headers["x-skiff-router-error"], resp.headers
+        assert resp.headers.get("connection", "").lower() == "close", resp.headers
+        assert c.closed(), f"the connection stayed open after a {resp.status} to Connection: close"
+        c.close()
+    # HTTP/1.0 without keep-alive: closed as well; with keep-alive: kept
+    c = r.client()
+    c.send(b"GET / HTTP/1.0\r\nHost: nobody.localhost\r\n\r\n")
+    assert c.response().status == 404
+    assert c.closed()
+    c.close()
+    c = r.client()
+    c.send(b"GET / HTTP/1.0\r\nHost: nobody.localhost\r\nConnection: keep-alive\r\n\r\n")
+    resp = c.response()
+    assert resp.status == 404 and resp.headers.get("connection", "").lower() == "keep-alive"
+    assert c.request(host="app.localhost").status == 200
+    c.close()
+    # without Connection: close the connection goes on (as before)
+    c = r.client()
+    assert c.request(host="nobody.localhost").status == 404
+    assert not c.closed(timeout=0.5)
+    assert c.request(host="app.localhost").status == 200
+    c.close()
+    assert a.hits == 2
+
+
 def test_no_ready_instance_is_503(router_factory):
     r = router_factory([route("app.localhost", [])])
     resp = r.get("app.localhost")

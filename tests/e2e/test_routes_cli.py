@@ -20,13 +20,13 @@ def routes_balance(platform):
     return {(rt["host"], rt["path"]): rt["balance"] for rt in json.loads(r.stdout)["routes"]}
 
 
-def router_table(platform):
-    """{(host, path): balance} as the router serves it (its admin port's /routes, which needs
-    the admin token)."""
+def router_table(platform, field="balance"):
+    """{(host, path): balance (or another field)} as the router serves it (its admin port's
+    /routes, which needs the admin token)."""
     req = urllib.request.Request(f"http://127.0.0.1:{platform.router_admin_port}/routes",
                                  headers={"Authorization": "Bearer " + platform.token})
     with urllib.request.urlopen(req, timeout=5) as r:
-        return {(rt["host"], rt["path"]): rt["balance"] for rt in json.load(r)["routes"]}
+        return {(rt["host"], rt["path"]): rt[field] for rt in json.load(r)["routes"]}
 
 
 def through_router(platform, host, path="/"):
@@ -64,7 +64,8 @@ def test_map_unmap_and_list_routes(platform):
                                 ("api.localhost", "/v2"): "rb"}
     r = platform.cli("routes", check=True)
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["host", "path", "app", "instances", "balance"]
+    assert lines[0].split() == ["host", "path", "app", "instances", "balance", "protocol",
+                                "https-only"]
     assert any(l.split()[:3] == ["api.localhost", "/v1", "ra"] for l in lines), r.stdout
     r = platform.cli("app", "ra", check=True)
     assert "api.localhost/v1" in r.stdout
@@ -99,7 +100,8 @@ def test_balance_is_a_per_route_option_the_router_receives(platform):
     assert status == 200 and {rt["balance"] for rt in body["routes"]} == {
         "least-connection", "round-robin"}, body
     lines = platform.cli("routes", check=True).stdout.splitlines()
-    assert any(l.split() == ["lb.localhost", "lb", "0", "least-connection"] for l in lines), lines
+    assert any(l.split() == ["lb.localhost", "lb", "0", "least-connection", "http1", "no"]
+               for l in lines), lines
 
     platform.wait_for(lambda: router_table(platform).get(("lb.localhost", "")) == "least-connection"
                       and router_table(platform).get(("lb.localhost", "/rr")) == "round-robin",
@@ -124,6 +126,72 @@ def test_balance_is_a_per_route_option_the_router_receives(platform):
     assert routes_balance(platform)[("lb.localhost", "")] == "round-robin"
     platform.wait_for(lambda: router_table(platform).get(("lb.localhost", "")) == "round-robin",
                       timeout=10, what="the router to receive the changed balance")
+
+
+def test_protocol_is_a_per_route_option_the_router_receives(platform):
+    new_app(platform, "gr")
+    r = platform.cli("map-route", "gr", "gr.localhost", "--protocol", "http2")
+    assert r.returncode == 0, out(r)
+    assert "Mapped gr.localhost to gr (http2)." in r.stdout
+    platform.cli("map-route", "gr", "gr.localhost", "--path", "/h1", check=True)
+    r = platform.cli("routes", "--json", check=True)
+    got = {(rt["host"], rt["path"]): rt["protocol"] for rt in json.loads(r.stdout)["routes"]}
+    assert got[("gr.localhost", "")] == "http2" and got[("gr.localhost", "/h1")] == "http1"
+    platform.wait_for(lambda: router_table(platform, "protocol").get(("gr.localhost", ""))
+                      == "http2", timeout=10, what="the router to receive the http2 route")
+
+    # a value the router does not speak: a message naming the allowed ones, exit 1, no change
+    r = platform.cli("map-route", "gr", "gr.localhost", "--protocol", "http3")
+    assert r.returncode == 1, out(r)
+    assert "http1" in r.stderr and "http2" in r.stderr, out(r)
+    status, body = platform.api("POST", "/v1/routes", {"app": "gr", "host": "gr.localhost",
+                                                       "protocol": 2})
+    assert status == 422 and body["error"]["code"] == "invalid_value", body
+
+    # mapped again with the other protocol: changed, the balance kept
+    platform.cli("map-route", "gr", "gr.localhost", "--balance", "least-connection", check=True)
+    platform.cli("map-route", "gr", "gr.localhost", "--protocol", "http1", check=True)
+    r = platform.cli("routes", "--json", check=True)
+    rt = [x for x in json.loads(r.stdout)["routes"] if (x["host"], x["path"]) == ("gr.localhost", "")]
+    assert rt[0]["protocol"] == "http1" and rt[0]["balance"] == "least-connection", rt
+    platform.wait_for(lambda: router_table(platform, "protocol").get(("gr.localhost", ""))
+                      == "http1", timeout=10, what="the router to receive the change")
+
+
+def test_protocol_and_https_only_are_kept_apart(platform):
+    """A route has both a protocol and https_only: each is set by its own flag, changing one
+    keeps the other, in the API, the CLI's table and the router's table."""
+    new_app(platform, "both")
+    r = platform.cli("map-route", "both", "both.localhost", "--protocol", "http2", "--https-only")
+    assert r.returncode == 0, out(r)
+    assert "Mapped both.localhost to both (http2); plain HTTP requests are redirected to HTTPS." \
+        in r.stdout, out(r)
+
+    def api_route():
+        rts = json.loads(platform.cli("routes", "--json", check=True).stdout)["routes"]
+        return [x for x in rts if (x["host"], x["path"]) == ("both.localhost", "")][0]
+
+    rt = api_route()
+    assert (rt["protocol"], rt["https_only"], rt["balance"]) == ("http2", True, "round-robin"), rt
+    row = [l.split() for l in platform.cli("routes", check=True).stdout.splitlines()
+           if l.startswith("both.localhost")]
+    assert row and row[0][-2:] == ["http2", "yes"], row
+    platform.wait_for(lambda: router_table(platform, "protocol").get(("both.localhost", ""))
+                      == "http2" and router_table(platform, "https_only").get(
+                          ("both.localhost", "")) is True,
+                      timeout=10, what="the router to receive protocol and https_only")
+    # the protocol changed: https_only kept
+    platform.cli("map-route", "both", "both.localhost", "--protocol", "http1", check=True)
+    rt = api_route()
+    assert (rt["protocol"], rt["https_only"]) == ("http1", True), rt
+    # https_only turned off through the API: the protocol kept
+    status, body = platform.api("POST", "/v1/routes", {"app": "both", "host": "both.localhost",
+                                                       "https_only": False, "protocol": None})
+    assert status == 201 and body["https_only"] is False and body["protocol"] == "http1", body
+    platform.wait_for(lambda: router_table(platform, "https_only").get(("both.localhost", ""))
+                      is False and router_table(platform, "protocol").get(
+                          ("both.localhost", "")) == "http1",
+                      timeout=10, what="the router to receive the change")
 
 
 def test_domains(platform):

@@ -10,8 +10,10 @@ own environment. Hostile clients (malformed frames, one that never reads, too ma
 skiffd."""
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -591,3 +593,106 @@ def test_an_adopted_instance_gives_sessions_its_own_environment(world):
     assert p.cli("enable-ssh", "box").returncode == 0
     after = ssh(p, "box", "-i", "1", "-c", show)
     assert after.returncode == 0 and after.stdout == before.stdout, (out(before), out(after))
+
+
+# ---- over the HTTPS API --------------------------------------------------------------------
+
+def https_env(p, home, trust=True):
+    """The CLI in its own HOME aimed at the HTTPS API with the admin token; trust: the local
+    CA is where the CLI finds a local skiffd's ($SKIFF_HOME/tls/ca.pem)."""
+    if trust:
+        os.makedirs(os.path.join(home, "tls"), exist_ok=True)
+        shutil.copy(os.path.join(p.home, "tls", "ca.pem"), os.path.join(home, "tls", "ca.pem"))
+    env = p.env()
+    env.update({"HOME": home, "SKIFF_HOME": home,
+                "SKIFF_API": f"https://127.0.0.1:{p.api_tls_port}", "SKIFF_TOKEN": p.token})
+    env.pop("SKIFF_SKIP_SSL_VALIDATION", None)
+    return env
+
+
+def skiff_with(env, *args, input=None):
+    return subprocess.run([os.path.join(BIN_DIR, "skiff"), *args], env=env, input=input,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_ssh_over_the_https_api(world, tmp_path):
+    p = world["p"]
+    env = https_env(p, str(tmp_path))
+    r = skiff_with(env, "ssh", "box", "-c", "cat; echo out; echo err >&2; exit 3",
+                   input="from stdin\n")
+    assert r.returncode == 3, out(r)
+    assert r.stdout == "from stdin\nout\n" and "err" in r.stderr, out(r)
+    # a few MB each way: the relay's queues fill and drain without losing a byte
+    big = "y" * 2_000_000 + "\n"
+    r = skiff_with(env, "ssh", "box", "-c", "wc -c; head -c 3000000 /dev/zero | tr '\\0' x",
+                   input=big)
+    assert r.returncode == 0, out(r)[:500]
+    lines = r.stdout.split("\n", 1)
+    assert lines[0].strip() == str(len(big)) and lines[1] == "x" * 3000000, out(r)[:500]
+
+
+def test_ssh_over_https_refuses_an_untrusted_certificate(world, tmp_path):
+    p = world["p"]
+    marker = "sleep 7361"
+    r = skiff_with(https_env(p, str(tmp_path), trust=False), "ssh", "box", "-c", marker)
+    assert r.returncode == 1, out(r)
+    assert "does not trust" in r.stderr and "--skip-ssl-validation" in r.stderr, out(r)
+    assert not host_processes(marker)
+
+
+def test_closing_an_https_ssh_client_ends_its_command(world, tmp_path):
+    p = world["p"]
+    marker = "sleep 7362"
+    proc = subprocess.Popen([os.path.join(BIN_DIR, "skiff"), "ssh", "box", "-c", marker],
+                            env=https_env(p, str(tmp_path)), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: host_processes(marker), 20, "the command to run")
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: not host_processes(marker), 20, "the command to end with its client")
+    assert p.info()
+
+
+def test_https_upgrade_attacks_leave_skiffd_serving(world):
+    """Over TLS: an upgrade without a token is refused; one that sends garbage frames, or
+    leaves in the middle of a record, ends its own session only."""
+    p = world["p"]
+    ctx = ssl.create_default_context(cafile=os.path.join(p.home, "tls", "ca.pem"))
+
+    def tls_upgrade(token, extra=b""):
+        raw = socket.create_connection(("127.0.0.1", p.api_tls_port), timeout=30)
+        s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        head = ("POST /v1/apps/box/ssh?command=cat HTTP/1.1\r\nHost: x\r\n"
+                "Connection: Upgrade\r\nUpgrade: skiff-ssh\r\nContent-Length: 0\r\n")
+        if token:
+            head += f"Authorization: Bearer {token}\r\n"
+        s.sendall(head.encode() + b"\r\n" + extra)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return (int(data.split(b" ", 2)[1]) if data else 0), s
+
+    status, s = tls_upgrade(None)
+    s.close()
+    assert status == 401
+    status, s = tls_upgrade(world["admin"], b"\xff\xff\xff\xff garbage")
+    assert status == 101
+    s.settimeout(30)
+    frames = read_frames(s)  # the server ends the session and closes, close_notify first
+    s.close()
+    assert all(t != 1 for t, _ in frames), frames  # nothing of cat's came out
+    status, s = tls_upgrade(world["admin"])
+    assert status == 101
+    # half a record on the same connection, then gone
+    raw = socket.socket(fileno=os.dup(s.fileno()))
+    raw.sendall(b"\x17\x03\x03\x40\x00" + b"z" * 100)
+    raw.close()
+    s.close()
+    assert p.info()
+    r = ssh(p, "box", "-c", "echo still")
+    assert r.returncode == 0 and r.stdout == "still\n", out(r)

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -44,7 +45,7 @@ class CA:
                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         os.chmod(self.key, 0o600)
 
-    def issue(self, name, sans, days=30, client=False, expired=False):
+    def issue(self, name, sans, days=30, client=False, expired=False, ocsp=None):
         """(cert path, key path) of a leaf for the names (DNS names; 'IP:x' for addresses)."""
         base = os.path.join(self.dir, name.replace("*", "star"))
         key, csr, cert = base + ".key", base + ".csr", base + ".pem"
@@ -55,6 +56,8 @@ class CA:
         with open(ext, "w") as f:
             f.write(f"subjectAltName={alt}\n")
             f.write("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth") + "\n")
+            if ocsp:  # the responder's URL (Authority Information Access)
+                f.write(f"authorityInfoAccess=OCSP;URI:{ocsp}\n")
         args = ["x509", "-req", "-in", csr, "-CA", self.pem, "-CAkey", self.key,
                 "-CAcreateserial", "-out", cert, "-extfile", ext]
         # expired: its end a day before now (openssl 3.0's x509 has no -not_after)
@@ -176,9 +179,12 @@ def test_curl_https_to_an_app_localhost_with_the_local_ca(tls_env):
     assert seen["path"] == "/hello"
     assert seen["headers"]["x-forwarded-proto"] == "https"  # the client's own is replaced
     assert seen["headers"]["host"] == f"web.localhost:{r.tls_port}"
-    # HTTP/1.1 was agreed by ALPN (curl offers h2 first)
+    # ALPN: h2 when the client offers it (curl offers h2 first), http/1.1 when it asks for it
     out = curl("-v", "--cacert", ca, "--resolve", f"web.localhost:{r.tls_port}:127.0.0.1",
                f"https://web.localhost:{r.tls_port}/")
+    assert "ALPN: server accepted h2" in out.stderr, out.stderr
+    out = curl("-v", "--http1.1", "--cacert", ca, "--resolve",
+               f"web.localhost:{r.tls_port}:127.0.0.1", f"https://web.localhost:{r.tls_port}/")
     assert "ALPN: server accepted http/1.1" in out.stderr, out.stderr
     # plain HTTP stays as it was
     assert r.get("web.localhost").json()["headers"]["x-forwarded-proto"] == "http"
@@ -217,6 +223,103 @@ def test_sni_picks_each_domains_certificate(tls_env):
     with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port)),
                          server_hostname="other.test") as s:
         assert subject_cn(s) == "default.test"
+
+
+def s_client_status(port, host, cafile):
+    """What `openssl s_client -status` prints of a handshake asking for a stapled response."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+                        host, "-status", "-CAfile", cafile, "-verify_return_error"],
+                       input="", capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout
+
+
+def ocsp_responder(ca, port, *certs):
+    """`openssl ocsp` answering for the CA (it takes a port only; the router asks on loopback):
+    every cert good, nextUpdate 1 min on."""
+    index = os.path.join(ca.dir, "index.txt")
+    with open(index, "w") as f:
+        for cert in certs:
+            serial = openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1]
+            f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
+    p = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
+                          "-rsigner", ca.pem, "-rkey", ca.key, "-CA", ca.pem, "-nmin", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p
+
+
+def this_update(text):
+    for line in text.splitlines():
+        if "This Update:" in line:
+            return line.split("This Update:")[1].strip()
+    return None
+
+
+def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
+    ca = tls_env["ca"]
+    port = free_port()
+    host = "shop.ocsp.test"
+    leaf, key = ca.issue(host, [host], ocsp=f"http://127.0.0.1:{port}/")
+    # the issuer goes in the chain: a response is checked against it
+    cert = os.path.join(ca.dir, "shop-chain.pem")
+    with open(cert, "w") as f:
+        f.write(open(leaf).read() + open(ca.pem).read())
+    install(tls_env["home"], host, cert, key)
+    r = start_router(tls_env, "--tls-ocsp-retry-ms", "1000")
+    set_routes(tls_env, r, [host])
+    # the responder is down: handshakes go on, unstapled
+    rc, text = s_client_status(r.tls_port, host, ca.pem)
+    assert rc == 0 and "OCSP response: no response sent" in text, text
+    wait_for(lambda: "no response from" in r.log(), 20, "the failed fetch in the log")
+    # up: within the retry, the response is stapled and verifies against the CA
+    responder = ocsp_responder(ca, port, leaf)
+    try:
+        def stapled():
+            rc, text = s_client_status(r.tls_port, host, ca.pem)
+            return text if rc == 0 and "Cert Status: good" in text else None
+        text = wait_for(stapled, 20, "a stapled response")
+        assert "OCSP Response Status: successful" in text
+        first = this_update(text)
+        # fetched again before its nextUpdate (1 min): halfway there
+        text = wait_for(lambda: (t := stapled()) and this_update(t) != first and t, 60,
+                        "a newer stapled response")
+        # a certificate without a responder never staples; the default has none
+        rc, text = s_client_status(r.tls_port, "default.test", ca.pem)
+        assert rc == 0 and "OCSP response: no response sent" in text, text
+    finally:
+        responder.kill()
+        responder.wait()
+
+
+def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
+    """A responder (or anyone on the path to it) signing with a key of its own: the router
+    checks the signature against the certificate's issuer and staples nothing."""
+    ca = tls_env["ca"]
+    rogue = CA(os.path.join(tls_env["home"], "rogue"), "Rogue CA")
+    port = free_port()
+    host = "forged.ocsp.test"
+    leaf, key = ca.issue(host, [host], ocsp=f"http://127.0.0.1:{port}/")
+    cert = os.path.join(ca.dir, "forged-chain.pem")
+    with open(cert, "w") as f:
+        f.write(open(leaf).read() + open(ca.pem).read())
+    install(tls_env["home"], host, cert, key)
+    index = os.path.join(ca.dir, "index.txt")
+    serial = openssl("x509", "-in", leaf, "-noout", "-serial").strip().split("=")[1]
+    with open(index, "w") as f:
+        f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
+    responder = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
+                                  "-rsigner", rogue.pem, "-rkey", rogue.key, "-CA", ca.pem,
+                                  "-nmin", "1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = start_router(tls_env, "--tls-ocsp-retry-ms", "1000")
+        set_routes(tls_env, r, [host])
+        wait_for(lambda: "does not verify against the issuer" in r.log(), 20,
+                 "the forged response refused")
+        rc, text = s_client_status(r.tls_port, host, ca.pem)
+        assert rc == 0 and "OCSP response: no response sent" in text, text
+    finally:
+        responder.kill()
+        responder.wait()
 
 
 def test_rotation_without_restart_keeps_open_connections(tls_env):
@@ -530,7 +633,12 @@ def test_curl_https_to_a_pushed_app(platform_ca):
     out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
         curl("--cacert", ca, "--resolve", f"tlsweb.localhost:{p.router_tls_port}:127.0.0.1",
              "-D", "-", url)), 30, "the app over HTTPS")
-    assert out.stdout.startswith("HTTP/1.1 200"), out.stdout
+    assert out.stdout.startswith("HTTP/1.1 200") or out.stdout.startswith("HTTP/2 200"), out.stdout
+    # HTTP/2 over TLS to the app (ALPN h2), then HTTP/1.1 when asked for
+    for flag, status_line in (("--http2", "HTTP/2 200"), ("--http1.1", "HTTP/1.1 200")):
+        out = curl(flag, "--cacert", ca, "--resolve",
+                   f"tlsweb.localhost:{p.router_tls_port}:127.0.0.1", "-D", "-", url)
+        assert out.returncode == 0 and out.stdout.startswith(status_line), out.stdout + out.stderr
     # the same through Python's ssl module, keep-alive: two requests on one connection
     with tls_connect(p.router_tls_port, "tlsweb.localhost", ca) as s:
         assert s.version() == "TLSv1.3"
@@ -665,9 +773,13 @@ def test_cli_over_https_with_the_local_ca(platform_ca):
     # the API answers the same over HTTPS as over HTTP
     out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), f"{url}/v1/info")
     assert out.returncode == 0 and json.loads(out.stdout) == p.info()
-    # no upgrade (skiff ssh) over HTTPS: the connection is closed, the API goes on
-    out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), "-H", "Connection: Upgrade",
-               "-H", "Upgrade: skiff-ssh", f"{url}/v1/apps/nothing/ssh")
+    # an upgrade (skiff ssh) over HTTPS is answered as over HTTP (tests/e2e/test_ssh.py runs
+    # sessions over it): here, an app that does not exist
+    out = curl("--cacert", os.path.join(p.home, "tls", "ca.pem"), "-X", "POST", "-H",
+               "Authorization: Bearer " + p.token, "-H", "Connection: Upgrade", "-H",
+               "Upgrade: skiff-ssh", "-w", "%{http_code}", "-o", "/dev/null",
+               f"{url}/v1/apps/nothing/ssh")
+    assert out.stdout == "404", out
     assert p.info()
     r = p.cli("logout")
 
@@ -721,5 +833,93 @@ def test_cli_trusts_verifies_and_refuses_certificates(api_with_cert):
     url_old = f"https://127.0.0.1:{expired.api_tls_port}"
     r = CliShell(expired, ca.pem).run("login", url_old, "--token", expired.token)
     assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    for s in (trusting, stranger):
+        shutil.rmtree(s.home, ignore_errors=True)
+
+
+def test_sighup_reloads_the_apis_certificate():
+    """skiffd reads --tls-cert/--tls-key again on SIGHUP: a connection made after it gets the
+    new certificate, one made before keeps working; a bad pair keeps the one served."""
+    folder = tempfile.mkdtemp(prefix="skiff-e2e-apireload-")
+    ca = CA(folder, "Reload CA")
+    first = ca.issue("api-first", ["localhost", "IP:127.0.0.1"])
+    second = ca.issue("api-second", ["localhost", "IP:127.0.0.1"])
+    cert, key = os.path.join(folder, "api.pem"), os.path.join(folder, "api.key")
+    shutil.copy(first[0], cert)
+    shutil.copy(first[1], key)
+    p = Platform(extra_env={"SKIFF_PREWARM": "0"},
+                 extra_args=["--tls-cert", cert, "--tls-key", key]).start()
+
+    def served_cn():
+        with tls_connect(p.api_tls_port, "localhost", ca.pem) as s:
+            return dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+
+    try:
+        assert served_cn() == "api-first"
+        before = tls_connect(p.api_tls_port, "localhost", ca.pem)
+        shutil.copy(second[0], cert)
+        shutil.copy(second[1], key)
+        assert served_cn() == "api-first"  # nothing is read until the signal
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: served_cn() == "api-second", 10, "the new certificate to be served")
+        assert "the API's certificate was reloaded" in p.output()
+        status, body = https_get(before, "localhost", "/v1/info")
+        assert status == 200 and body == p.info()
+        before.close()
+        # a broken pair: said in the log, the one served stays
+        with open(key, "w") as f:
+            f.write("garbage")
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "was not reloaded" in p.output(), 10, "the refusal in the log")
+        assert served_cn() == "api-second"
+        assert p.proc.poll() is None
+    finally:
+        p.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_skiff_api_sets_the_target_and_checks_its_certificate(api_with_cert):
+    ca, good, expired = api_with_cert
+    url = f"https://127.0.0.1:{good.api_tls_port}"
+    # untrusted: refused, nothing saved
+    stranger = CliShell(good)
+    saved_path = os.path.join(stranger.home, ".skiff", "cli.json")
+    r = stranger.run("api", url)
+    assert r.returncode == 1 and "does not trust" in r.stderr, r.stderr
+    assert not os.path.exists(saved_path)
+    # --skip-ssl-validation: saved with the URL, warned about, and login goes on with it
+    r = stranger.run("api", url + "/", "--skip-ssl-validation")
+    assert r.returncode == 0 and "warning: --skip-ssl-validation" in r.stderr, r.stdout + r.stderr
+    assert "Not logged in" in r.stdout
+    saved = json.load(open(saved_path))
+    assert saved == {"url": url, "router_url": saved["router_url"], "skip_ssl_validation": True}
+    r = stranger.run("api")
+    assert r.returncode == 0 and url in r.stdout and "not checked" in r.stdout, r.stdout
+    r = stranger.run("login", "--token", good.token)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert stranger.run("domains").returncode == 0
+    # trusted: no warning; the login stays while the API is the same, goes when it changes
+    trusting = CliShell(good, ca.pem)
+    r = trusting.run("api", url)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stdout + r.stderr
+    assert trusting.run("login", "--token", good.token).returncode == 0
+    r = trusting.run("api", url)
+    assert r.returncode == 0 and "Still logged in" in r.stdout, r.stdout
+    assert trusting.run("domains").returncode == 0
+    r = trusting.run("api", f"http://127.0.0.1:{expired.api_port}")
+    assert r.returncode == 0 and "Not logged in" in r.stdout, r.stdout
+    assert "token" not in json.load(open(os.path.join(trusting.home, ".skiff", "cli.json")))
+    # an expired certificate, a URL that is not http(s), nothing listening: refused, kept
+    r = trusting.run("api", f"https://127.0.0.1:{expired.api_tls_port}")
+    assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    r = trusting.run("api", "ftp://127.0.0.1/")
+    assert r.returncode != 0 and "http:// or https://" in r.stderr, r.stderr
+    r = trusting.run("api", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "cannot reach" in r.stderr, r.stderr
+    assert json.load(open(os.path.join(trusting.home, ".skiff", "cli.json")))["url"] == \
+        f"http://127.0.0.1:{expired.api_port}"
+    r = trusting.run("api", "--unset")
+    assert r.returncode == 0 and not os.path.exists(os.path.join(trusting.home, ".skiff",
+                                                                 "cli.json"))
     for s in (trusting, stranger):
         shutil.rmtree(s.home, ignore_errors=True)

@@ -132,6 +132,87 @@ def test_prewarm_must_be_a_number():
         p.close()
 
 
+def test_prewarm_memory_must_be_a_size():
+    p = Platform()
+    try:
+        for bad in ("lots", "0", "12T", "-5M", "99999999G"):
+            r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
+                                             "skiffd"), "--home", p.home,
+                                "--prewarm-memory", bad],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 2 and "--prewarm-memory" in r.stderr, (bad, r.stderr)
+    finally:
+        p.close()
+
+
+def warm_memory(name):
+    """A warm container's memory as the executor counts it (its cgroup's anonymous memory),
+    or None when its cgroup is not there."""
+    for path, key in (("/sys/fs/cgroup/skiff/%s/memory.stat" % name, "anon"),
+                      ("/sys/fs/cgroup/memory/skiff/%s/memory.stat" % name, "total_rss")):
+        try:
+            with open(path) as f:
+                return int(dict(line.split() for line in f)[key])
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
+
+
+def skiffd_said(p, text):
+    with open(p.log_path, errors="replace") as f:
+        return text in f.read()
+
+
+def test_the_pool_stays_within_its_memory_budget():
+    # with room to spare: 4 containers, and how much one takes
+    p = Platform(extra_env={"SKIFF_PREWARM": "4"}).start()
+    try:
+        names = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 4 and warm_dirs(p),
+                           timeout=60, what="four warm containers")
+        sizes = p.wait_for(lambda: (lambda m: m if all(m) else None)(
+            [warm_memory(n) for n in names]), timeout=30, what="their memory counted")
+    except AssertionError:
+        if all(warm_memory(n) is None for n in warm_dirs(p)):
+            pytest.skip("no memory cgroup for containers on this machine")
+        raise
+    finally:
+        p.close()
+    one = max(sizes)
+    # a budget for two and a half: two are kept, a third would not fit beside them
+    budget_k = (one * 5 // 2) >> 10
+    p = Platform(extra_env={"SKIFF_PREWARM": "4", "SKIFF_PREWARM_MEMORY": "%dK" % budget_k})
+    p.start()
+    try:
+        p.wait_for(lambda: skiffd_said(p, "the pool's memory budget holds no more"), timeout=60,
+                   what="the refill to stop at the budget")
+        kept = warm_dirs(p)
+        assert len(kept) == 2, kept
+        used = sum(warm_memory(n) or 0 for n in kept)
+        assert used <= budget_k << 10, (used, budget_k)
+        # an instance takes one; the refill makes one again, and still no more than two
+        r = p.cli("push", "web", "-p", "examples/static", timeout=300)
+        assert r.returncode == 0, out(r)
+        (inst,) = started(p, "web", 1)
+        assert inst["warm_start"] is True
+        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+                   what="the pool to refill to two")
+        assert len(warm_dirs(p)) == 2
+    finally:
+        p.close()
+    # a budget below one container: the one made to learn the size goes, none is made again
+    p = Platform(extra_env={"SKIFF_PREWARM": "4", "SKIFF_PREWARM_MEMORY": "1K"}).start()
+    try:
+        p.wait_for(lambda: skiffd_said(p, "the pool's memory budget holds no more")
+                   and warm_dirs(p) == [], timeout=60, what="an empty pool")
+        r = p.cli("push", "web", "-p", "examples/static", timeout=300)
+        assert r.returncode == 0, out(r)
+        (inst,) = started(p, "web", 1)
+        assert inst["warm_start"] is False
+        assert warm_dirs(p) == []
+    finally:
+        p.close()
+
+
 def test_a_stopped_skiffd_leaves_no_warm_container():
     p = Platform(extra_env={"SKIFF_PREWARM": "3"}).start()
     try:

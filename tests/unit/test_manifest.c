@@ -240,9 +240,10 @@ static void test_wrong_types_name_key_and_line(void **state)
                  "none, not \"tcp\"");
     expect_error("applications:\n- name: a\n  routes: a.localhost\n", MANIFEST_ERR_SCHEMA,
                  "manifest.yml line 3: \"routes\" must be a list, not a single value");
-    expect_error("applications:\n- name: a\n  routes:\n  - host: a.localhost\n",
-                 MANIFEST_ERR_SCHEMA,
-                 "manifest.yml line 4: unknown key \"host\" in a route (known keys: route, protocol, options)");
+    expect_error(
+        "applications:\n- name: a\n  routes:\n  - host: a.localhost\n", MANIFEST_ERR_SCHEMA,
+        "manifest.yml line 4: unknown key \"host\" in a route (known keys: route, protocol, "
+        "https_only, options)");
     expect_error("applications:\n  name: a\n", MANIFEST_ERR_SCHEMA,
                  "manifest.yml line 2: \"applications\" must be a list (each entry starting "
                  "with \"- \"), not a map of keys");
@@ -490,6 +491,7 @@ static void test_cloud_foundry_kitchen_sink(void **state)
                  "      loadbalancing: least-connection\n"
                  "  - route: store.localhost/api\n"
                  "    protocol: http2\n"
+                 "    https_only: true\n"
                  "    options:\n"
                  "      loadbalancing: round-robin\n"
                  "  - route: store-tcp.localhost\n"
@@ -562,6 +564,11 @@ static void test_cloud_foundry_kitchen_sink(void **state)
     assert_string_equal(a->routes[1].route, "store.localhost/api");
     assert_string_equal(a->routes[1].balance, "round-robin");
     assert_null(a->routes[2].balance); /* hash: the router has none, the route keeps its own */
+    assert_string_equal(a->routes[0].protocol, "http1");
+    assert_string_equal(a->routes[1].protocol, "http2"); /* h2c to the instances */
+    assert_null(a->routes[2].protocol); /* tcp: no TCP routes, mapped as http1 with a warning */
+    assert_true(a->routes[1].https_only && a->routes[1].https_only_set); /* beside http2 */
+    assert_false(a->routes[0].https_only_set); /* not given: the route keeps its own */
     assert_int_equal(a->service_count, 2);
     assert_string_equal(a->services[0].name, "orders-db");
     assert_null(a->services[0].binding_name);

@@ -270,9 +270,54 @@ static void test_migrates_an_older_store_keeping_its_data(void **state)
     assert_int_equal(store_route_list(st, "g-old", &routes, &n), 0);
     assert_int_equal(n, 1);
     assert_string_equal(routes[0].balance, "round-robin");
+    assert_string_equal(routes[0].protocol, "http1"); /* and the protocol HTTP/1.1 */
     store_route_list_free(routes, n);
     /* the newer tables work */
     assert_int_equal(store_doc_put(st, "mapping", "m1", "{\"a\":1}"), 0);
+    store_close(st);
+    remove_db(path);
+}
+
+static void test_migrates_a_store_with_https_only_routes_to_protocols(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    /* a store made by a skiffd that knew migrations 1 to 13 (routes.https_only), with an
+     * HTTPS-only route: migrations 14 and 15 give it a protocol and keeps its https_only */
+    raw_sql(path, "CREATE TABLE schema_version (version INTEGER NOT NULL,"
+                  " applied_at BIGINT NOT NULL);"
+                  "INSERT INTO schema_version VALUES (13, 0);");
+    for (size_t i = 0; i < 13; i++)
+        raw_sql(path, migrations()[i]);
+    raw_sql(path, "INSERT INTO apps (guid, name, state, memory_mb, disk_mb, timeout, "
+                  "created_at, updated_at, space_guid) VALUES ('g-tls', 'tls', 'STOPPED', 64, "
+                  "128, 60, 1, 1, '" STORE_DEFAULT_SPACE_GUID "');"
+                  "INSERT INTO routes (guid, host, path, app_guid, domain, balance, https_only)"
+                  " VALUES ('r-tls', 'tls.localhost', '', 'g-tls', 'localhost',"
+                  " 'least-connection', TRUE);");
+    struct store *st = open_ok(path);
+    assert_int_equal(store_schema_version(st), (int)migrations_count());
+    assert_int_equal(migrations_count(), 15);
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
+    assert_int_equal(n, 1);
+    assert_true(routes[0].https_only);
+    assert_string_equal(routes[0].balance, "least-connection");
+    assert_string_equal(routes[0].protocol, "http1");
+    store_route_list_free(routes, n);
+    /* each setter changes its own column only */
+    assert_int_equal(store_route_update(st, "tls.localhost", "", NULL, "http2"), 0);
+    assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
+    assert_true(routes[0].https_only);
+    assert_string_equal(routes[0].protocol, "http2");
+    store_route_list_free(routes, n);
+    assert_int_equal(store_route_set_https_only(st, "tls.localhost", "", false), 0);
+    assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
+    assert_false(routes[0].https_only);
+    assert_string_equal(routes[0].protocol, "http2");
+    assert_string_equal(routes[0].balance, "least-connection");
+    store_route_list_free(routes, n);
     store_close(st);
     remove_db(path);
 }
@@ -571,10 +616,13 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_int_equal(n, 2);
     assert_string_equal(routes[1].path, "/api");
     assert_string_equal(routes[1].balance, "round-robin"); /* none given */
+    assert_string_equal(routes[1].protocol, "http1");
     store_route_list_free(routes, n);
-    assert_int_equal(store_route_set_balance(st, "shop.localhost", "/api", "least-connection"), 0);
-    assert_int_equal(store_route_set_balance(st, "shop.localhost", "/none", "round-robin"),
+    assert_int_equal(store_route_update(st, "shop.localhost", "/api", "least-connection", NULL), 0);
+    assert_int_equal(store_route_update(st, "shop.localhost", "/none", "round-robin", NULL),
                      -ENOENT);
+    /* the protocol alone, the balance kept */
+    assert_int_equal(store_route_update(st, "shop.localhost", "", NULL, "http2"), 0);
     r.path = "/lc";
     r.balance = "least-connection";
     uuid_generate_v4(r.guid);
@@ -582,14 +630,17 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
     assert_int_equal(n, 3);
     assert_string_equal(routes[0].balance, "round-robin");
+    assert_string_equal(routes[0].protocol, "http2");
     assert_string_equal(routes[1].path, "/api");
     assert_string_equal(routes[1].balance, "least-connection");
+    assert_string_equal(routes[1].protocol, "http1");
     assert_string_equal(routes[2].balance, "least-connection");
     assert_false(routes[0].https_only); /* off unless asked for */
     store_route_list_free(routes, n);
     /* https_only: given at add, changed on a route that exists */
     r.path = "/secure";
     r.https_only = true;
+    r.protocol = "http2";
     uuid_generate_v4(r.guid);
     assert_int_equal(store_route_add(st, &r), 0);
     assert_int_equal(store_route_set_https_only(st, "shop.localhost", "/api", true), 0);
@@ -602,6 +653,8 @@ static void test_routes_are_unique_and_go_with_their_app(void **state)
     assert_false(routes[2].https_only);
     assert_string_equal(routes[3].path, "/secure");
     assert_true(routes[3].https_only);
+    assert_string_equal(routes[3].protocol, "http2"); /* both given at add, both kept */
+    assert_string_equal(routes[1].protocol, "http1");
     store_route_list_free(routes, n);
     assert_int_equal(store_route_set_https_only(st, "shop.localhost", "/api", false), 0);
     assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
@@ -849,9 +902,61 @@ static void test_hostile_names_are_only_data(void **state)
     remove_db(path);
 }
 
+/* Migration 14: a function's max_instances moves from its function document into its
+ * scaling policy, the one place it is kept, and a function app's process gets the default
+ * policy; an app's web process keeps none. */
+static void test_migration_moves_a_functions_max_into_its_policy(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    raw_sql(path, "CREATE TABLE schema_version (version INTEGER NOT NULL,"
+                  " applied_at BIGINT NOT NULL);"
+                  "INSERT INTO schema_version VALUES (11, 0);");
+    for (size_t v = 0; v < 11; v++)
+        raw_sql(path, migrations()[v]);
+    raw_sql(path, "INSERT INTO apps (guid, space_guid, name, state, kind, memory_mb, disk_mb, "
+                  "timeout, created_at, updated_at) VALUES ('g-shop', '" STORE_DEFAULT_SPACE_GUID
+                  "', 'shop', 'STARTED', 'app', 64, 128, 60, 1, 1);"
+                  "INSERT INTO apps (guid, space_guid, name, state, kind, memory_mb, disk_mb, "
+                  "timeout, created_at, updated_at) VALUES ('g-fn', '" STORE_DEFAULT_SPACE_GUID
+                  "', 'fn', 'STARTED', 'function', 64, 128, 60, 1, 1);"
+                  "INSERT INTO processes (app_guid, type, command, instances, memory_mb, "
+                  "min_instances) VALUES ('g-shop', 'web', NULL, 2, 0, -1);"
+                  "INSERT INTO processes (app_guid, type, command, instances, memory_mb, "
+                  "min_instances, function) VALUES ('g-shop', 'resize', NULL, 0, 0, 0, "
+                  "'{\"handler\":\"shop/images.py:resize\",\"runtime\":\"python\","
+                  "\"max_instances\":3}');"
+                  "INSERT INTO processes (app_guid, type, command, instances, memory_mb, "
+                  "min_instances) VALUES ('g-fn', 'web', NULL, 0, 0, 0);");
+    struct store *st = open_ok(path);
+    assert_int_equal(store_schema_version(st), (int)migrations_count());
+    struct store_app *app = NULL;
+    assert_int_equal(store_app_get(st, "shop", &app), 0);
+    const struct store_process *web = store_app_process(app, "web");
+    assert_false(store_process_request_scaled(web));
+    const struct store_process *fn = store_app_process(app, "resize");
+    assert_true(store_process_request_scaled(fn));
+    assert_int_equal(fn->max_instances, 3);
+    assert_int_equal(fn->min_instances, 0);
+    assert_int_equal(fn->target_concurrency, STORE_DEFAULT_TARGET_CONCURRENCY);
+    assert_null(strstr(fn->function_json, "max_instances"));
+    assert_non_null(strstr(fn->function_json, "shop/images.py:resize"));
+    store_app_free(app);
+    assert_int_equal(store_app_get(st, "fn", &app), 0);
+    web = store_app_process(app, "web");
+    assert_true(store_process_request_scaled(web));
+    assert_int_equal(web->max_instances, STORE_FUNCTION_DEFAULT_MAX_INSTANCES);
+    assert_int_equal(web->target_concurrency, STORE_DEFAULT_TARGET_CONCURRENCY);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
+        cmocka_unit_test(test_migration_moves_a_functions_max_into_its_policy),                    \
+        cmocka_unit_test(test_migrates_a_store_with_https_only_routes_to_protocols),               \
         cmocka_unit_test(test_refuses_a_newer_store),                                              \
         cmocka_unit_test(test_apps_round_trip_with_processes_and_env),                             \
         cmocka_unit_test(test_app_sidecars_round_trip_per_process_type),                           \

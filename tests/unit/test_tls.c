@@ -164,6 +164,31 @@ static void test_reload_from_a_directory_replaces_the_certificates(void **state)
     rm_rf(dir);
 }
 
+/* tls_store_set_only_pem (the API's certificate on SIGHUP): the new one takes every name and
+ * the default; names only the old one had are gone; a bad pair changes nothing. */
+static void test_set_only_replaces_every_certificate(void **state)
+{
+    const char *old_names[] = {"localhost", "old.test", NULL};
+    const char *new_names[] = {"localhost", "new.test", NULL};
+    struct tls_store *s = store_with(NULL, NULL, false);
+    char err[256] = "", subject[256];
+    struct pair a = issue(old_names, 30), b = issue(new_names, 30);
+    assert_int_equal(tls_store_set_only_pem(s, a.pem, a.len, err, sizeof err), 0);
+    assert_int_equal(tls_store_select(s, "old.test", subject, sizeof subject), 1);
+    assert_int_equal(tls_store_set_only_pem(s, b.pem, b.len, err, sizeof err), 0);
+    assert_int_equal(tls_store_select(s, "localhost", subject, sizeof subject), 1);
+    assert_string_equal(subject, "localhost");
+    assert_int_equal(tls_store_select(s, "new.test", subject, sizeof subject), 1);
+    assert_int_equal(tls_store_select(s, "old.test", subject, sizeof subject), 3);
+    assert_int_equal(tls_store_select(s, NULL, subject, sizeof subject), 3);
+    assert_int_equal(tls_store_count(s), 1);
+    assert_true(tls_store_set_only_pem(s, "garbage", 7, err, sizeof err) < 0);
+    assert_int_equal(tls_store_select(s, "new.test", subject, sizeof subject), 1);
+    free(a.pem);
+    free(b.pem);
+    tls_store_free(s);
+}
+
 static void test_pair_check(void **state)
 {
     const char *names[] = {"shop.example.test", "*.shop.example.test", NULL};
@@ -368,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_sni_exact_then_wildcard_then_default),
         cmocka_unit_test(test_issuer_makes_a_certificate_per_localhost_name),
         cmocka_unit_test(test_reload_from_a_directory_replaces_the_certificates),
+        cmocka_unit_test(test_set_only_replaces_every_certificate),
         cmocka_unit_test(test_pair_check),
         cmocka_unit_test(test_local_ca_files_and_modes),
         cmocka_unit_test(test_handshake_versions_alpn_and_data),

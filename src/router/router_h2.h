@@ -1,0 +1,142 @@
+/* router_h2: the server side of an HTTP/2 connection (nghttp2), driven by bytes in and bytes
+ * out, so a cleartext connection that sent the client preface and a TLS connection whose ALPN
+ * said "h2" are served alike.
+ *
+ * Each stream is handed to its owner as one HTTP/1.1 request: a head the session builds from
+ * the stream's fields (after checking them: no CR, LF, NUL or ':' where HTTP/1.1 would read
+ * them as framing, no connection-specific fields, :authority and host in agreement), then
+ * the body framed with Content-Length or chunked, then request trailers. The owner answers
+ * with the bytes of an HTTP/1.1 response, which the session parses and sends as HEADERS, DATA
+ * and trailers. The proxy runs each stream through the same path as an HTTP/1.1 request, so
+ * routing, head rewriting, access lines and metrics are the same for both.
+ *
+ * The session owns its streams' memory; an owner hears of the end of its stream once
+ * (stream_closed) and calls nothing on it after. Calls an owner makes on its own stream
+ * (router_h2_stream_*) make no callback but want_output; the others come from
+ * router_h2_session_input, router_h2_session_output (stream_drained, and stream_closed once a
+ * stream's last frame is sent) and router_h2_session_free. */
+#ifndef SKIFF_ROUTER_H2_H
+#define SKIFF_ROUTER_H2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+
+struct router_h2_session;
+struct router_h2_stream;
+
+/* What a client may ask of one connection (src/router/README.md, "HTTP/2"). */
+struct router_h2_limits {
+    size_t max_header_bytes;            /* decoded header list: name + value + 32 per field */
+    size_t max_headers;                 /* fields in one header block */
+    uint32_t max_concurrent_streams;    /* SETTINGS_MAX_CONCURRENT_STREAMS */
+    uint32_t stream_window;             /* request body bytes one stream may have unread */
+    uint32_t resets_burst;              /* RST_STREAM from the client: a token bucket of this */
+    uint32_t resets_per_second;         /* size, refilled at this rate; empty: GOAWAY */
+    uint32_t control_frames_per_second; /* SETTINGS, PING, PRIORITY, empty DATA; past: GOAWAY */
+    uint32_t max_continuations;         /* CONTINUATION frames after one HEADERS */
+};
+void router_h2_limits_defaults(struct router_h2_limits *l);
+
+struct router_h2_ops {
+    /* A stream has a complete request head: returns its owner, or NULL to refuse it (the
+     * stream is reset with REFUSED_STREAM). The head is given by stream_request next. */
+    void *(*stream_open)(void *ctx, struct router_h2_stream *s);
+    /* HTTP/1.1 request bytes for the owner: the head, then body and framing; `end` with the
+     * last of them. The bytes are valid during the call only. */
+    void (*stream_request)(void *owner, const char *p, size_t n, bool end);
+    /* Response bytes queued on the stream fell to the low water mark: the owner may read its
+     * backend again. */
+    void (*stream_drained)(void *owner);
+    /* The stream is over (answered, reset by the client, or the connection is going): the
+     * owner forgets it. */
+    void (*stream_closed)(void *owner);
+    /* The session has bytes to send: the caller should call router_h2_session_output soon,
+     * from its own loop (never from within this callback). */
+    void (*want_output)(void *ctx);
+};
+
+/* When a stream's queued response bytes (router_h2_stream_queued) fall to this level from
+ * above, stream_drained is called: the owner, which stops reading its backend past its own
+ * high water, may read again. */
+#define ROUTER_H2_LOW_WATER (64 * 1024)
+
+/* A new server session. The client preface is expected first in the input. */
+struct router_h2_session *router_h2_session_new(const struct router_h2_limits *limits,
+                                                const struct router_h2_ops *ops, void *ctx);
+/* Frees the session; stream_closed is called for each stream that still has an owner. */
+void router_h2_session_free(struct router_h2_session *s);
+/* Bytes from the client. Returns 0, or -1 when the connection is to end: a protocol error or
+ * a limit crossed (the GOAWAY that says why is in the output). */
+int router_h2_session_input(struct router_h2_session *s, const char *p, size_t n);
+/* Appends up to about `max` bytes to send to out; returns how many were appended. */
+size_t router_h2_session_output(struct router_h2_session *s, struct buf *out, size_t max);
+/* Whether the connection should close once its output is written: the session ended (a
+ * GOAWAY sent, or the client's received) and nothing is left to send. */
+bool router_h2_session_done(const struct router_h2_session *s);
+/* Streams open (with or without owners). */
+size_t router_h2_session_streams(const struct router_h2_session *s);
+/* A graceful end: GOAWAY with the last stream accepted; streams open are finished. */
+void router_h2_session_goaway(struct router_h2_session *s);
+/* Why the session ended, for the log ("" while it runs). */
+const char *router_h2_session_error(const struct router_h2_session *s);
+
+/* HTTP/1.1 response bytes from the owner for its stream (status line, fields, body in its
+ * framing, trailers). Returns 0, or -1 when they are not a valid response (the stream is
+ * reset). */
+int router_h2_stream_response(struct router_h2_stream *st, const char *p, size_t n);
+/* Response bytes queued on the stream, not yet sent (the client's window decides). */
+size_t router_h2_stream_queued(const struct router_h2_stream *st);
+/* Whether the owner takes more request body: while not, the stream's window is not reopened,
+ * so a client can have at most `stream_window` bytes of it in the router. */
+void router_h2_stream_set_reading(struct router_h2_stream *st, bool reading);
+/* The owner is gone: the stream is reset (CANCEL) unless its whole response was given. */
+void router_h2_stream_detach(struct router_h2_stream *st);
+
+/* ---- h2c to instances (router_h2c.c) ----
+ *
+ * A backend connection to an instance of a route marked `protocol: http2` speaks h2c (prior
+ * knowledge), one request at a time, and stays in the pool between them. The proxy keeps
+ * writing and reading HTTP/1.1: router_h2c turns the request bytes it writes into a stream
+ * (HEADERS, DATA, trailers) and the stream the instance answers with into HTTP/1.1 response
+ * bytes (always chunked when it has a body, so trailers such as grpc-status pass through). */
+struct router_h2c;
+
+struct router_h2c *router_h2c_new(void);
+void router_h2c_free(struct router_h2c *c);
+/* The bytes given next are a new request (a new stream). False when the connection can take
+ * no more (the instance sent GOAWAY, or it failed). */
+bool router_h2c_begin(struct router_h2c *c);
+/* HTTP/1.1 request bytes from the proxy: head, body in its framing, trailers. Returns 0, or -1
+ * when they cannot be sent (the connection is not to be used again). */
+int router_h2c_request(struct router_h2c *c, const char *p, size_t n);
+/* Bytes from the instance; the HTTP/1.1 response bytes they complete are appended to resp.
+ * Returns 0, or -1 when the instance broke the protocol or reset the stream. */
+int router_h2c_input(struct router_h2c *c, const char *p, size_t n, struct buf *resp);
+/* Appends what is to be sent to the instance to out; returns how many bytes. */
+size_t router_h2c_output(struct router_h2c *c, struct buf *out);
+/* Whether the stream in progress failed (reset by the instance, or refused by the router)
+ * before its response ended: what input and output do can find that. */
+bool router_h2c_broken(const struct router_h2c *c);
+/* Request body bytes waiting for the instance's window. */
+size_t router_h2c_queued(const struct router_h2c *c);
+
+/* ---- pure functions (unit-tested) ---- */
+
+/* Whether p[0..n) is the start of the HTTP/2 client preface: 1 when the whole preface (24
+ * bytes) is there, 0 when what there is matches so far, -1 when it is not the preface. */
+int router_h2_preface_match(const char *p, size_t n);
+/* Checks a regular (not pseudo) request field before it becomes an HTTP/1.1 header line:
+ * NULL when it may pass, else the reason. Refused: a name that is not a lowercase token (so
+ * no ':', CR, LF, NUL or space), a value with CR, LF or NUL or white space at either end, the
+ * connection-specific fields (connection, keep-alive, proxy-connection, transfer-encoding,
+ * upgrade, http2-settings) and te other than "trailers". */
+/* Whether a field describes one HTTP/1.1 connection and so means nothing (or harm) in HTTP/2:
+ * connection, keep-alive, proxy-connection, transfer-encoding, upgrade, http2-settings. */
+bool router_h2_connection_specific(const char *name, size_t len);
+const char *router_h2_field_check(const char *name, size_t name_len, const char *value,
+                                  size_t value_len);
+
+#endif

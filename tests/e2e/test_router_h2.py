@@ -1,0 +1,910 @@
+"""skiff-router speaking HTTP/2 in cleartext (prior knowledge: the client preface on the HTTP
+port) and over TLS (ALPN h2 on the HTTPS port), with real clients (curl, nghttp, h2load) and with frames written by hand here, for
+what real clients never send: smuggling attempts across the HTTP/2 -> HTTP/1.1 downgrade and
+the attacks on HTTP/2 itself (rapid reset, CONTINUATION and settings floods, HPACK bombs,
+stream and window limits). HPACK is python3-hpack's where it can be; a field no encoder would
+write is written literally by hand.
+"""
+import hashlib
+import json
+import signal
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+import hpack
+import pytest
+
+from conftest import free_port, wait_for
+from test_router import Backend, RawBackend, chunked_backend, requests_on, route
+from test_tls import CA, install
+
+# Fixtures of test_router.py, used here under the same names.
+from test_router import backends, bus, home, router_factory  # noqa: F401
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x1, 0x2, 0x7, 0x8, 0xB
+
+
+def frame(type_, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([type_, flags]) + \
+        struct.pack(">I", stream) + payload
+
+
+def hpack_int(value, prefix_bits, first=0):
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name, value, indexed=False):
+    """A field as a literal with a new name, no Huffman: whatever bytes it holds."""
+    name = name if isinstance(name, bytes) else name.encode()
+    value = value if isinstance(value, bytes) else value.encode()
+    first = 0x40 if indexed else 0x00
+    return bytes([first]) + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+class Response:
+    def __init__(self):
+        self.headers, self.body, self.trailers, self.reset = [], b"", [], None
+        self.interim = []  # 1xx heads
+        self.ended = False
+
+    @property
+    def status(self):
+        return int(dict(self.headers).get(":status", 0))
+
+    def header(self, name):
+        return dict(self.headers).get(name)
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class H2:
+    """A client connection: frames out exactly as written, frames in read and recorded."""
+
+    def __init__(self, port, settings=None, window_updates=True, timeout=10, tls_ca=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls_ca:  # HTTP/2 over TLS: h2 agreed by ALPN, then the same frames
+            ctx = ssl.create_default_context(cafile=tls_ca)
+            ctx.set_alpn_protocols(["h2"])
+            self.sock = ctx.wrap_socket(self.sock, server_hostname="app.localhost")
+            assert self.sock.selected_alpn_protocol() == "h2"
+        self.enc, self.dec = hpack.Encoder(), hpack.Decoder()
+        self.dec.max_allowed_table_size = 65536
+        self.buf = b""
+        self.streams = {}
+        self.goaway = None
+        self.closed = False
+        self.server_settings = {}
+        self.window_updates = window_updates
+        self.next_id = 1
+        payload = b"".join(struct.pack(">HI", k, v) for k, v in (settings or {}).items())
+        self.send(PREFACE + frame(SETTINGS, 0, 0, payload))
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def new_stream(self):
+        sid = self.next_id
+        self.next_id += 2
+        self.streams[sid] = Response()
+        return sid
+
+    def block(self, method="GET", path="/", authority="app.localhost", fields=()):
+        pseudo = [(":method", method), (":scheme", "http"), (":path", path)]
+        if authority is not None:
+            pseudo.append((":authority", authority))
+        return self.enc.encode(pseudo + list(fields))
+
+    def headers(self, sid, block, end_stream=True):
+        flags = END_HEADERS | (END_STREAM if end_stream else 0)
+        self.send(frame(HEADERS, flags, sid, block))
+
+    def data(self, sid, payload, end_stream=False):
+        """DATA frames of at most 16 KB (the default SETTINGS_MAX_FRAME_SIZE)."""
+        pieces = [payload[i:i + 16384] for i in range(0, len(payload), 16384)] or [b""]
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            self.send(frame(DATA, END_STREAM if end_stream and last else 0, sid, piece))
+
+    def request(self, method="GET", path="/", authority="app.localhost", fields=(), body=None,
+                trailers=None, wait=True):
+        sid = self.new_stream()
+        end = body is None and not trailers
+        self.headers(sid, self.block(method, path, authority, fields), end_stream=end)
+        if body is not None:
+            self.data(sid, body, end_stream=not trailers)
+        if trailers:
+            self.headers(sid, self.enc.encode(trailers), end_stream=True)
+        if wait:
+            self.wait(lambda: self.streams[sid].ended or self.streams[sid].reset is not None,
+                      f"stream {sid} to end")
+        return self.streams[sid]
+
+    def read_frame(self):
+        while len(self.buf) < 9:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.closed = True
+                raise EOFError
+            self.buf += data
+        length = int.from_bytes(self.buf[:3], "big")
+        while len(self.buf) < 9 + length:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.closed = True
+                raise EOFError
+            self.buf += data
+        type_, flags = self.buf[3], self.buf[4]
+        sid = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+        payload = self.buf[9:9 + length]
+        self.buf = self.buf[9 + length:]
+        return type_, flags, sid, payload
+
+    def pump(self):
+        """Reads one frame and records what it says."""
+        type_, flags, sid, payload = self.read_frame()
+        r = self.streams.get(sid)
+        if type_ == SETTINGS and not flags & ACK:
+            for i in range(0, len(payload), 6):
+                k, v = struct.unpack(">HI", payload[i:i + 6])
+                self.server_settings[k] = v
+            self.send(frame(SETTINGS, ACK, 0))
+        elif type_ == PING and not flags & ACK:
+            self.send(frame(PING, ACK, 0, payload))
+        elif type_ == HEADERS and r is not None:
+            fields = [(k.decode() if isinstance(k, bytes) else k,
+                       v.decode() if isinstance(v, bytes) else v)
+                      for k, v in self.dec.decode(payload, raw=True)]
+            if dict(fields).get(":status", "").startswith("1"):
+                r.interim.append(fields)
+            elif r.headers:
+                r.trailers += fields
+            else:
+                r.headers = fields
+            if flags & END_STREAM:
+                r.ended = True
+        elif type_ == DATA and r is not None:
+            r.body += payload
+            if payload and self.window_updates:
+                inc = struct.pack(">I", len(payload))
+                self.send(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+            if flags & END_STREAM:
+                r.ended = True
+        elif type_ == RST_STREAM and r is not None:
+            r.reset = struct.unpack(">I", payload)[0]
+        elif type_ == GOAWAY:
+            self.goaway = struct.unpack(">II", payload[:8])
+        return type_
+
+    def wait(self, cond, what="condition", timeout=10):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for " + what)
+            self.pump()
+
+    def wait_closed(self, timeout=10):
+        """Reads until the router closes the connection; True when it did in time."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                self.pump()
+        except (EOFError, ConnectionResetError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def app(router_factory, backends):
+    b = backends("a")
+    r = router_factory([route("app.localhost", [b])])
+    return r, b
+
+
+def tls_router(home, router_factory, routes):
+    """A router with an HTTPS listener whose certificate (made here) covers app.localhost;
+    r.tls_port is the HTTPS port, r.ca the CA that signed it."""
+    ca = CA(os.path.join(home, "ca"))
+    cert, key = ca.issue("app.localhost", ["app.localhost", "*.localhost", "IP:127.0.0.1"])
+    install(home, "default", cert, key, default=True)
+    port = free_port()
+    r = router_factory(routes, "--tls-addr", f"127.0.0.1:{port}")
+    r.tls_port, r.ca = port, ca.pem
+    return r
+
+
+@pytest.fixture
+def tls_app(home, router_factory, backends):
+    b = backends("a")
+    return tls_router(home, router_factory, [route("app.localhost", [b])]), b
+
+
+@pytest.fixture(params=["h2c", "tls"])
+def either_app(request, home, router_factory, backends):
+    """(router, backend, port, CA or None): the same app over h2c and over HTTP/2 in TLS."""
+    b = backends("a")
+    routes = [route("app.localhost", [b])]
+    if request.param == "h2c":
+        r = router_factory(routes)
+        return r, b, r.port, None
+    r = tls_router(home, router_factory, routes)
+    return r, b, r.tls_port, r.ca
+
+
+def curl(*args):
+    out = subprocess.run(["curl", "-s", "--max-time", "20", *args], capture_output=True,
+                         text=True, timeout=30)
+    return out.stdout
+
+
+# ---- HTTP/2 -> HTTP/1.1 to instances -----------------------------------------------------------
+
+
+def test_real_clients_speak_h2_and_the_app_sees_what_http11_gives_it(app):
+    r, b = app
+    out = curl("--http2-prior-knowledge", "-H", "Host: app.localhost", "-w",
+               "\n%{http_version}", f"http://127.0.0.1:{r.port}/hello?x=1")
+    body, version = out.rsplit("\n", 1)
+    assert version == "2"
+    seen = json.loads(body)
+    assert seen["path"] == "/hello?x=1"
+    h = seen["headers"]
+    assert h["host"] == "app.localhost" and h["x-forwarded-host"] == "app.localhost"
+    assert h["x-forwarded-for"] == "127.0.0.1" and h["x-forwarded-proto"] == "http"
+    assert len(h["x-request-id"]) == 32
+    out = subprocess.run(["nghttp", "-n", "-s", "-H", ":authority: app.localhost",
+                          f"http://127.0.0.1:{r.port}/a", f"http://127.0.0.1:{r.port}/b"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("200") >= 2, out.stdout
+
+
+# ---- HTTP/2 over TLS (ALPN h2) ---------------------------------------------------------------
+
+
+def test_real_clients_speak_h2_over_tls(tls_app):
+    r, b = tls_app
+    resolve = ["--cacert", r.ca, "--resolve", f"app.localhost:{r.tls_port}:127.0.0.1"]
+    url = f"https://app.localhost:{r.tls_port}"
+    out = curl(*resolve, "--http2", "-H", "X-Forwarded-Proto: http", "-w", "\n%{http_version}",
+               url + "/hello?x=1")
+    body, version = out.rsplit("\n", 1)
+    assert version == "2", out
+    seen = json.loads(body)
+    assert seen["path"] == "/hello?x=1"
+    # the stream came over TLS: https, the client's own value replaced
+    assert seen["headers"]["x-forwarded-proto"] == "https", seen
+    assert seen["headers"]["host"] == f"app.localhost:{r.tls_port}"
+    # a client that asks for HTTP/1.1 by ALPN still gets it
+    out = curl(*resolve, "--http1.1", "-w", "\n%{http_version}", url + "/")
+    assert out.rsplit("\n", 1)[1] == "1.1", out
+    # the router's own answers go over the same streams
+    out = curl(*resolve, "--http2", "-H", "Host: nothing.localhost", "-w", "\n%{http_code}",
+               "-o", "/dev/null", url + "/")
+    assert out.strip() == "404", out
+    out = subprocess.run(["nghttp", "-n", "-s", "-H", ":authority: app.localhost",
+                          f"https://127.0.0.1:{r.tls_port}/a", f"https://127.0.0.1:{r.tls_port}/b"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("200") >= 2, out.stdout
+    out = subprocess.run(["h2load", "-n", "200", "-c", "2", "-m", "10", "-H",
+                          ":authority: app.localhost", f"https://127.0.0.1:{r.tls_port}/"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Application protocol: h2" in out.stdout, out.stdout
+    assert "200 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
+    assert "status codes: 200 2xx" in out.stdout, out.stdout
+    assert r.proc.poll() is None
+
+
+def test_h2_over_tls_is_by_alpn_only_and_https_only_routes_are_served(home, router_factory,
+                                                                      backends):
+    b = backends("a")
+    secure = route("app.localhost", [b])
+    secure["https_only"] = True
+    r = tls_router(home, router_factory, [secure])
+    # HTTP/2 over TLS is HTTPS: an HTTPS-only route answers, no redirect
+    c = H2(r.tls_port, tls_ca=r.ca)
+    resp = c.request(path="/s")
+    assert resp.status == 200, resp.headers
+    assert resp.json()["headers"]["x-forwarded-proto"] == "https"
+    c.close()
+    # the same route over h2c is plain HTTP: redirected to HTTPS
+    c = H2(r.port)
+    resp = c.request(path="/s")
+    assert resp.status == 301 and resp.header("location").startswith("https://app.localhost:")
+    c.close()
+    # the client preface over TLS after ALPN said http/1.1 is not HTTP/2 (RFC 9113 3.2)
+    ctx = ssl.create_default_context(cafile=r.ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", r.tls_port), timeout=10),
+                         server_hostname="app.localhost") as s:
+        assert s.selected_alpn_protocol() == "http/1.1"
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        got = s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 4"), got[:200]
+    assert b.hits == 1  # only the stream over TLS reached the backend
+
+
+def test_streams_of_one_connection_are_answered_each_with_its_own(app):
+    r, b = app
+    c = H2(r.port)
+    sids = []
+    for i in range(40):
+        sid = c.new_stream()
+        c.headers(sid, c.block(path=f"/n/{i}", fields=[("x-n", str(i))]))
+        sids.append((sid, i))
+    c.wait(lambda: all(c.streams[s].ended for s, _ in sids), "40 answers")
+    for sid, i in sids:
+        seen = c.streams[sid].json()
+        assert seen["path"] == f"/n/{i}" and seen["headers"]["x-n"] == str(i)
+    c.close()
+
+
+def test_request_bodies_with_and_without_length(app):
+    r, b = app
+    c = H2(r.port)
+    body = bytes(range(256)) * 100
+    with_length = c.request("POST", "/p", fields=[("content-length", str(len(body)))],
+                            body=body).json()
+    assert with_length["headers"]["content-length"] == str(len(body))
+    assert with_length["body_sha"] == hashlib.sha256(body).hexdigest()
+    without = c.request("POST", "/p", body=body).json()
+    assert without["headers"]["transfer-encoding"] == "chunked"
+    assert without["body_sha"] == hashlib.sha256(body).hexdigest()
+    # split cookies are one field again for HTTP/1.1
+    seen = c.request(fields=[("cookie", "a=1"), ("cookie", "b=2")]).json()
+    assert seen["headers"]["cookie"] == "a=1; b=2"
+    c.close()
+
+
+def test_head_404_and_router_errors_keep_their_reason(app):
+    r, b = app
+    c = H2(r.port)
+    head = c.request("HEAD", "/")
+    assert head.status == 200 and head.body == b""
+    missing = c.request(authority="nope.localhost")
+    assert missing.status == 404 and missing.header("x-skiff-router-error") == "unknown-route"
+    assert b"map-route" in missing.body
+    # the connection goes on after both
+    assert c.request().status == 200
+    c.close()
+
+
+def test_expect_100_continue_is_passed_as_interim_headers(app):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    c.headers(sid, c.block("PUT", "/up", fields=[("content-length", "4"),
+                                                ("expect", "100-continue")]), end_stream=False)
+    c.wait(lambda: c.streams[sid].interim, "100 Continue")
+    assert dict(c.streams[sid].interim[0])[":status"] == "100"
+    c.data(sid, b"data", end_stream=True)
+    c.wait(lambda: c.streams[sid].ended, "the answer")
+    assert c.streams[sid].status == 200 and c.streams[sid].json()["body_len"] == 4
+    c.close()
+
+
+def test_response_trailers_pass_through(router_factory):
+    backend = RawBackend(chunked_backend)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    resp = c.request(fields=[("te", "trailers")])
+    assert resp.status == 200
+    assert resp.body == b"hello, world"
+    assert ("x-trailer", "1") in resp.trailers, resp.trailers
+    c.close()
+
+
+def test_request_trailers_reach_the_backend(router_factory):
+    seen = {}
+
+    def behaviour(conn):
+        for first, headers, f in requests_on(conn):
+            seen["headers"] = headers
+            raw = b""
+            while not raw.endswith(b"0\r\n") and b"\r\n0\r\n" not in raw:
+                raw += f.read1(65536)
+            while not raw.endswith(b"\r\n\r\n"):
+                raw += f.read1(65536)
+            seen["raw"] = raw
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    backend = RawBackend(behaviour)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    resp = c.request("POST", "/", fields=[("te", "trailers")], body=b"abc",
+                     trailers=[("x-sum", "42")])
+    assert resp.status == 204
+    assert seen["headers"]["transfer-encoding"] == "chunked"
+    assert b"x-sum: 42\r\n" in seen["raw"]
+    c.close()
+
+
+def test_access_lines_and_metrics_count_h2_requests(app, bus):
+    r, b = app
+    before = r.metric("skiff_router_requests_total")
+    c = H2(r.port)
+    c.request(path="/counted")
+    c.close()
+    wait_for(lambda: r.metric("skiff_router_requests_total") >= before + 1, 10, "the metric")
+    wait_for(lambda: any("GET /counted 200" in m["line"] for m in bus.messages("access")), 10,
+             "the access line")
+
+
+def test_upgrade_to_h2c_is_declined_and_answered_in_http11(app):
+    r, b = app
+    out = curl("--http2", "-H", "Host: app.localhost", "-w", "\n%{http_version}",
+               f"http://127.0.0.1:{r.port}/up")
+    body, version = out.rsplit("\n", 1)
+    assert version == "1.1"
+    h = json.loads(body)["headers"]
+    assert "upgrade" not in h and "http2-settings" not in h
+
+
+# Requests that mean one thing to the router and could mean another to an HTTP/1.1 backend:
+# none of them reaches the backend.
+SMUGGLING = {
+    "uppercase name": [literal("X-Upper", "1")],
+    "colon in a name": [literal("x-a:b", "1")],
+    "space in a name": [literal("x a", "1")],
+    "CRLF in a value": [literal("x-a", "1\r\nx-injected: 1")],
+    "LF in a value": [literal("x-a", "1\nGET /admin HTTP/1.1")],
+    "NUL in a value": [literal("x-a", "1\x002")],
+    "transfer-encoding": [literal("transfer-encoding", "chunked")],
+    "connection": [literal("connection", "close")],
+    "keep-alive": [literal("keep-alive", "timeout=5")],
+    "upgrade": [literal("upgrade", "websocket")],
+    "proxy-connection": [literal("proxy-connection", "keep-alive")],
+    "te other than trailers": [literal("te", "gzip")],
+    "two hosts": [literal("host", "app.localhost"), literal("host", "other.localhost")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLING))
+def test_smuggling_fields_are_refused_before_the_backend(app, case):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    c.headers(sid, c.block() + b"".join(SMUGGLING[case]))
+    c.wait(lambda: c.streams[sid].reset is not None or c.streams[sid].ended, "an answer")
+    resp = c.streams[sid]
+    assert resp.reset == PROTOCOL_ERROR or resp.status == 400, (case, resp.headers)
+    assert b.hits == 0
+    # the connection still serves a good request
+    assert c.request().status == 200 and b.hits == 1
+    c.close()
+
+
+def test_authority_and_host_must_agree(app):
+    r, b = app
+    c = H2(r.port)
+    resp = c.request(fields=[("host", "other.localhost")])
+    assert resp.status == 400 and resp.header("x-skiff-router-error") == "bad-request"
+    same = c.request(fields=[("host", "APP.localhost")])
+    assert same.status == 200
+    # no :authority: host is the authority
+    assert c.request(authority=None, fields=[("host", "app.localhost")]).status == 200
+    assert b.hits == 2
+    c.close()
+
+
+def test_content_length_must_match_the_data(app):
+    r, b = app
+    for sent in (b"abc", b"x" * 20):
+        c = H2(r.port)
+        sid = c.new_stream()
+        c.headers(sid, c.block("POST", fields=[("content-length", "10")]), end_stream=False)
+        c.data(sid, sent, end_stream=True)
+        c.wait(lambda: c.streams[sid].reset is not None or c.streams[sid].ended, "an answer")
+        assert c.streams[sid].reset == PROTOCOL_ERROR, c.streams[sid].headers
+        c.close()
+    # what reached the backend (the head, before the body fell short) got no complete body
+    # to act on: the router never wrote more than the 10 bytes it announced
+
+
+# ---- attacks on HTTP/2 itself --------------------------------------------------------------------
+
+
+def test_rapid_reset_gets_goaway(either_app):
+    r, b, port, ca = either_app
+    c = H2(port, tls_ca=ca)
+    block = c.block(path="/delay/200")
+    burst = b""
+    for _ in range(1000):
+        sid = c.new_stream()
+        burst += frame(HEADERS, END_HEADERS | END_STREAM, sid, block)
+        burst += frame(RST_STREAM, 0, sid, struct.pack(">I", CANCEL))
+    try:
+        c.send(burst)
+    except OSError:
+        pass
+    assert c.wait_closed(15), "the connection stayed open"
+    # nghttp2's reset rate limit ends the session with INTERNAL_ERROR
+    assert c.goaway is not None and c.goaway[1] == INTERNAL_ERROR, c.goaway
+    # far from every one of the thousand reached the backend
+    assert b.hits < 400, b.hits
+    assert r.proc.poll() is None
+
+
+def test_continuation_flood_gets_goaway(either_app):
+    r, b, port, ca = either_app
+    c = H2(port, tls_ca=ca)
+    sid = c.new_stream()
+    flood = frame(HEADERS, 0, sid, c.block())
+    for _ in range(5000):
+        flood += frame(CONTINUATION, 0, sid, literal("x-a", "b"))
+    try:
+        c.send(flood)
+    except OSError:
+        pass
+    assert c.wait_closed(10)
+    assert c.goaway is not None
+    assert b.hits == 0
+
+
+def test_hpack_bomb_is_refused_with_431(app):
+    r, b = app
+    c = H2(r.port)
+    sid = c.new_stream()
+    # one 4 KB value in the dynamic table, then referenced a thousand times: about 20 bytes
+    # on the wire for each 4 KB decoded (62 is the first dynamic table entry)
+    block = c.block() + literal("x-bomb", "A" * 4000, indexed=True) + bytes([0x80 | 62]) * 1000
+    c.headers(sid, block)
+    c.wait(lambda: c.streams[sid].ended or c.streams[sid].reset is not None, "an answer")
+    assert c.streams[sid].status == 431
+    assert c.streams[sid].header("x-skiff-router-error") == "headers-too-large"
+    assert b.hits == 0
+    c.close()
+
+
+def test_settings_flood_gets_goaway(app):
+    r, b = app
+    c = H2(r.port)
+    try:
+        c.send(frame(SETTINGS, 0, 0) * 5000)
+    except OSError:
+        pass
+    assert c.wait_closed(10)
+    assert c.goaway is not None and c.goaway[1] == ENHANCE_YOUR_CALM, c.goaway
+
+
+def test_ping_flood_gets_goaway(app):
+    r, b = app
+    c = H2(r.port)
+    try:
+        c.send(frame(PING, 0, 0, b"12345678") * 5000)
+    except OSError:
+        pass
+    assert c.wait_closed(10)
+    assert c.goaway is not None and c.goaway[1] == ENHANCE_YOUR_CALM, c.goaway
+
+
+def test_too_many_concurrent_streams_are_refused(router_factory):
+    release = threading.Event()
+
+    def slow(conn):  # answers only once released
+        for first, headers, f in requests_on(conn):
+            release.wait(20)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    backend = RawBackend(slow)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    c.wait(lambda: 3 in c.server_settings, "the router's SETTINGS")
+    limit = c.server_settings[3]
+    assert limit == 100
+    sids = []
+    for _ in range(limit + 5):
+        sid = c.new_stream()
+        c.headers(sid, c.block())
+        sids.append(sid)
+    c.wait(lambda: sum(c.streams[s].reset is not None for s in sids) >= 5 or c.goaway,
+           "the streams over the limit refused")
+    if not c.goaway:
+        refused = [s for s in sids if c.streams[s].reset is not None]
+        assert refused == sids[limit:]
+        assert all(c.streams[s].reset in (REFUSED_STREAM, PROTOCOL_ERROR) for s in refused)
+    release.set()
+    c.close()
+
+
+def test_a_client_that_never_opens_its_window_holds_bounded_memory(router_factory):
+    size = 16 * 1024 * 1024
+    sent = {"bytes": 0}
+
+    def big(conn):
+        for first, headers, f in requests_on(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            chunk = b"x" * 65536
+            for _ in range(size // len(chunk)):
+                conn.sendall(chunk)
+                sent["bytes"] += len(chunk)
+
+    backend = RawBackend(big)
+    r = router_factory([route("app.localhost", [backend])])
+    before = r.rss_kb()
+    # a window of 0 for every stream: the router may send no DATA at all
+    c = H2(r.port, settings={4: 0}, window_updates=False)
+    streams = 20
+    for _ in range(streams):
+        c.headers(c.new_stream(), c.block())
+    wait_for(lambda: sent["bytes"] > 0, 10, "the backends to start")
+    # each backend stops being read once its stream's queue is full: the total sent stays
+    # a small part of the 320 MB asked for (kernel buffers, plus the router's bound)
+    last = -1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sent["bytes"] != last:
+        last = sent["bytes"]
+        time.sleep(0.5)
+    grown = r.rss_kb() - before
+    print(f"backends sent {sent['bytes']} bytes; the router grew by {grown} KB")
+    assert sent["bytes"] < streams * size / 2, sent["bytes"]
+    assert grown < 64 * 1024, f"router grew by {grown} KB"
+    c.close()
+
+
+# ---- routes marked protocol http2: h2c to the instance ------------------------------------------
+
+
+class H2cInstance:
+    """An instance that speaks only h2c, gRPC style: each stream is answered with HEADERS
+    (200, application/grpc), its request body echoed in DATA, then trailers (grpc-status),
+    then a PING a moment later. A request to /reset is answered with RST_STREAM instead."""
+
+    def __init__(self):
+        self.requests = []
+        self.ping_acks = 0
+        self.backend = RawBackend(self.serve)
+        self.addr = self.backend.addr
+
+    @property
+    def accepted(self):
+        return self.backend.accepted
+
+    def serve(self, conn):
+        f = conn.makefile("rb")
+        if f.read(24) != PREFACE:
+            return
+        conn.sendall(frame(SETTINGS, 0, 0))
+        dec, enc = hpack.Decoder(), hpack.Encoder()
+        streams = {}
+        while True:
+            head = f.read(9)
+            if len(head) < 9:
+                return
+            length = int.from_bytes(head[:3], "big")
+            type_, flags = head[3], head[4]
+            sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+            payload = f.read(length)
+            if type_ == SETTINGS and not flags & ACK:
+                conn.sendall(frame(SETTINGS, ACK, 0))
+            elif type_ == PING and not flags & ACK:
+                conn.sendall(frame(PING, ACK, 0, payload))
+            elif type_ == PING:
+                self.ping_acks += 1
+            elif type_ == HEADERS:
+                fields = [(k.decode(), v.decode()) for k, v in dec.decode(payload, raw=True)]
+                s = streams.setdefault(sid, {"headers": None, "body": b"", "trailers": []})
+                if s["headers"] is None:
+                    s["headers"] = fields
+                else:
+                    s["trailers"] = fields
+            elif type_ == DATA and sid in streams:
+                streams[sid]["body"] += payload
+                if payload:
+                    inc = struct.pack(">I", len(payload))
+                    conn.sendall(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+            elif type_ == GOAWAY:
+                return
+            if type_ in (HEADERS, DATA) and flags & END_STREAM and sid in streams:
+                s = streams.pop(sid)
+                self.requests.append(s)
+                if dict(s["headers"]).get(":path") == "/reset":
+                    conn.sendall(frame(RST_STREAM, 0, sid, struct.pack(">I", INTERNAL_ERROR)))
+                    continue
+                out = frame(HEADERS, END_HEADERS, sid, enc.encode(
+                    [(":status", "200"), ("content-type", "application/grpc")]))
+                if s["body"]:
+                    out += frame(DATA, 0, sid, s["body"])
+                out += frame(HEADERS, END_HEADERS | END_STREAM, sid, enc.encode(
+                    [("grpc-status", "0"), ("grpc-message", "ok")]))
+                conn.sendall(out)
+                # a keepalive PING once the stream is over, as gRPC servers send them: the
+                # router answers it and keeps the connection in its pool
+                time.sleep(0.05)
+                conn.sendall(frame(PING, 0, 0, b"keepaliv"))
+
+
+@pytest.fixture
+def grpc_app(router_factory):
+    inst = H2cInstance()
+    r = router_factory([dict(route("grpc.localhost", [inst]), protocol="http2")])
+    yield r, inst
+    inst.backend.close()
+
+
+def grpc_message(data):
+    return b"\x00" + struct.pack(">I", len(data)) + data
+
+
+def test_http2_route_is_h2c_end_to_end_and_trailers_pass_through(grpc_app):
+    r, inst = grpc_app
+    assert json.loads(r.admin("/routes")[1])["routes"][0]["protocol"] == "http2"
+    c = H2(r.port)
+    msg = grpc_message(b"hello")
+    resp = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
+                     fields=[("content-type", "application/grpc"), ("te", "trailers")], body=msg)
+    assert resp.status == 200 and resp.header("content-type") == "application/grpc"
+    assert resp.body == msg
+    assert ("grpc-status", "0") in resp.trailers and ("grpc-message", "ok") in resp.trailers
+    seen = inst.requests[-1]
+    h = dict(seen["headers"])
+    assert h[":method"] == "POST" and h[":path"] == "/pkg.Greeter/SayHello"
+    assert h[":authority"] == "grpc.localhost" and h["te"] == "trailers"
+    assert h["x-forwarded-for"] == "127.0.0.1" and len(h["x-request-id"]) == 32
+    assert not any(k in h for k in ("connection", "transfer-encoding", "host", "keep-alive"))
+    assert seen["body"] == msg
+    # the connection, idle in the router's pool, answers the instance's PING and stays there:
+    # more requests reuse it, one stream each
+    wait_for(lambda: inst.ping_acks >= 1, 10, "the router to answer the idle connection's PING")
+    for i in range(3):
+        again = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
+                          fields=[("te", "trailers")], body=grpc_message(b"x%d" % i))
+        assert again.body == grpc_message(b"x%d" % i)
+        assert ("grpc-status", "0") in again.trailers
+    assert inst.accepted == 1
+    c.close()
+
+
+def test_http11_clients_reach_an_http2_route_with_trailers(grpc_app):
+    r, inst = grpc_app
+    from test_router import Client
+    c = Client(r.port)
+    resp = c.request("POST", "/pkg.Greeter/SayHello", "grpc.localhost",
+                     headers={"TE": "trailers", "Content-Type": "application/grpc"},
+                     body=grpc_message(b"hi"))
+    assert resp.status == 200 and resp.body == grpc_message(b"hi")
+    assert resp.trailers.get("grpc-status") == "0"
+    c.close()
+
+
+def test_an_instance_resetting_its_stream_is_a_502(grpc_app):
+    r, inst = grpc_app
+    c = H2(r.port)
+    resp = c.request("GET", "/reset", authority="grpc.localhost")
+    assert resp.status == 502 and resp.header("x-skiff-router-error") == "backend-failed"
+    ok = c.request("POST", "/pkg.Greeter/SayHello", authority="grpc.localhost",
+                   body=grpc_message(b"after"))
+    assert ok.status == 200 and ok.body == grpc_message(b"after")
+    c.close()
+
+
+def test_grpc_through_the_platform_to_a_pushed_h2c_app(platform, tmp_path):
+    """The whole path: an app pushed with a command that speaks only h2c, a route mapped with
+    `skiff map-route --protocol http2`, an HTTP/2 client through skiffd's router: the stream
+    reaches the app as HTTP/2 and its trailers come back."""
+    app = tmp_path / "grpc"
+    app.mkdir()
+    with open(os.path.join(os.path.dirname(__file__), "apps", "grpc_h2c.py"), "rb") as f:
+        (app / "app.py").write_bytes(f.read())
+    (app / "Procfile").write_text("web: python3 app.py\n")
+    r = platform.cli("push", "greeter", "-p", str(app), "--no-route", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = platform.cli("map-route", "greeter", "greeter.localhost", "--protocol", "http2")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def answered():
+        c = H2(platform.router_port)
+        try:
+            return c.request("POST", "/pkg.Greeter/SayHello", authority="greeter.localhost",
+                             fields=[("content-type", "application/grpc"), ("te", "trailers")],
+                             body=grpc_message(b"through the platform"))
+        finally:
+            c.close()
+
+    resp = wait_for(lambda: (lambda x: x if x.status == 200 else None)(answered()), 30,
+                    "the app to answer over h2c")
+    assert resp.header("x-instance") == "0"
+    assert resp.body == grpc_message(b"through the platform")
+    assert ("grpc-status", "0") in resp.trailers, resp.trailers
+
+
+def test_a_stream_in_flight_finishes_when_the_router_stops(router_factory):
+    started = threading.Event()
+
+    def slow(conn):
+        for first, headers, f in requests_on(conn):
+            started.set()
+            time.sleep(0.5)  # the backend's own pace: the router's stop comes meanwhile
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+    backend = RawBackend(slow)
+    r = router_factory([route("app.localhost", [backend])])
+    c = H2(r.port)
+    sid = c.new_stream()
+    c.headers(sid, c.block())
+    assert started.wait(10)
+    r.proc.send_signal(signal.SIGTERM)
+    c.wait(lambda: c.streams[sid].ended, "the answer")
+    assert c.streams[sid].body == b"done"
+    assert c.wait_closed(10)
+    assert c.goaway is not None and c.goaway[1] == 0  # NO_ERROR: a graceful end
+    r.proc.wait(20)
+    assert r.proc.returncode == 0, r.log()
+
+
+def test_an_instance_hpack_bomb_is_a_502(router_factory):
+    """A hostile h2c instance: a small header block that decodes to megabytes."""
+
+    def bomb(conn):
+        f = conn.makefile("rb")
+        if f.read(24) != PREFACE:
+            return
+        conn.sendall(frame(SETTINGS, 0, 0))
+        while True:
+            head = f.read(9)
+            if len(head) < 9:
+                return
+            length, type_, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+            sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+            f.read(length)
+            if type_ == SETTINGS and not flags & ACK:
+                conn.sendall(frame(SETTINGS, ACK, 0))
+            if type_ in (HEADERS, DATA) and flags & END_STREAM:
+                block = bytes([0x88]) + literal("x-bomb", "B" * 4000, indexed=True) + \
+                    bytes([0x80 | 62]) * 4000
+                conn.sendall(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+
+    backend = RawBackend(bomb)
+    r = router_factory([dict(route("app.localhost", [backend]), protocol="http2")])
+    before = r.rss_kb()
+    c = H2(r.port)
+    resp = c.request()
+    assert resp.status == 502 and resp.header("x-skiff-router-error") == "backend-failed"
+    assert r.rss_kb() - before < 32 * 1024
+    c.close()
+
+
+def test_an_idle_h2_connection_is_closed(router_factory, backends):
+    b = backends("a")
+    r = router_factory([route("app.localhost", [b])], "--idle-timeout-ms", "500")
+    c = H2(r.port)
+    assert c.request().status == 200
+    start = time.monotonic()
+    assert c.wait_closed(10)
+    assert time.monotonic() - start < 5
+    # PINGs alone do not keep a connection without streams open
+    c = H2(r.port)
+    c.wait(lambda: 3 in c.server_settings, "the router's SETTINGS")
+    start = time.monotonic()
+    closed = False
+    while time.monotonic() - start < 5 and not closed:
+        try:
+            c.send(frame(PING, 0, 0, b"12345678"))
+            closed = c.wait_closed(0.1)
+        except OSError:
+            closed = True
+    assert closed, "PINGs kept an idle connection open"

@@ -1,0 +1,246 @@
+/* Unit tests for the router's HTTP/2 session (router_h2.c): the preface test, the field
+ * checks, and a session driven by frames in memory: the HTTP/1.1 request it builds, the
+ * response it sends back, and what it refuses. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "router/router_h2.h"
+
+static void test_preface(void **state)
+{
+    (void)state;
+    const char *p = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    assert_int_equal(router_h2_preface_match(p, 24), 1);
+    assert_int_equal(router_h2_preface_match(p, 30), 1);
+    assert_int_equal(router_h2_preface_match(p, 3), 0);
+    assert_int_equal(router_h2_preface_match("P", 1), 0);
+    assert_int_equal(router_h2_preface_match("PUT / HTTP/1.1\r\n", 16), -1);
+    assert_int_equal(router_h2_preface_match("GET", 3), -1);
+}
+
+#define CHECK(n, v) router_h2_field_check(n, sizeof(n) - 1, v, sizeof(v) - 1)
+
+static void test_field_checks(void **state)
+{
+    (void)state;
+    assert_null(CHECK("x-a", "1"));
+    assert_null(CHECK("te", "trailers"));
+    assert_null(CHECK("content-length", "10"));
+    assert_null(CHECK("x-empty", ""));
+    assert_non_null(CHECK("X-A", "1"));
+    assert_non_null(CHECK("x:a", "1"));
+    assert_non_null(CHECK("x a", "1"));
+    assert_non_null(CHECK("", "1"));
+    assert_non_null(CHECK("x-a", "1\r\nx-b: 2"));
+    assert_non_null(CHECK("x-a", "1\n"));
+    assert_non_null(CHECK("x-a", "a\0b"));
+    assert_non_null(CHECK("x-a", " 1"));
+    assert_non_null(CHECK("x-a", "1\t"));
+    assert_non_null(CHECK("transfer-encoding", "chunked"));
+    assert_non_null(CHECK("connection", "close"));
+    assert_non_null(CHECK("keep-alive", "5"));
+    assert_non_null(CHECK("proxy-connection", "x"));
+    assert_non_null(CHECK("upgrade", "h2c"));
+    assert_non_null(CHECK("te", "gzip"));
+}
+
+/* ---- a session in memory ---- */
+
+struct owner {
+    struct router_h2_stream *st;
+    struct buf req;
+    bool ended, closed;
+};
+
+static struct owner owners[4];
+static int owner_count;
+
+static void *on_open(void *ctx, struct router_h2_stream *st)
+{
+    struct owner *o = &owners[owner_count++];
+    o->st = st;
+    return o;
+}
+
+static void on_request(void *owner, const char *p, size_t n, bool end)
+{
+    struct owner *o = owner;
+    buf_append(&o->req, p, n);
+    o->ended |= end;
+}
+
+static void on_drained(void *owner) {}
+
+static void on_closed(void *owner)
+{
+    ((struct owner *)owner)->closed = true;
+}
+
+static void on_output(void *ctx) {}
+
+static const struct router_h2_ops ops = {on_open, on_request, on_drained, on_closed, on_output};
+
+static void frame(struct buf *b, int type, int flags, int sid, const void *payload, size_t n)
+{
+    uint8_t hd[9] = {
+        (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n, (uint8_t)type, (uint8_t)flags, 0, 0, 0,
+        (uint8_t)sid};
+    buf_append(b, hd, 9);
+    buf_append(b, payload, n);
+}
+
+/* A literal field with a new name, not indexed, no Huffman (names and values under 127). */
+static void literal(struct buf *b, const char *name, const char *value, size_t value_len)
+{
+    buf_putc(b, 0);
+    buf_putc(b, (char)strlen(name));
+    buf_puts(b, name);
+    buf_putc(b, (char)value_len);
+    buf_append(b, value, value_len);
+}
+
+static void request_block(struct buf *b, const char *method, const char *path)
+{
+    literal(b, ":method", method, strlen(method));
+    literal(b, ":scheme", "http", 4);
+    literal(b, ":path", path, strlen(path));
+    literal(b, ":authority", "app.localhost", 13);
+}
+
+static struct router_h2_session *session_with(const struct buf *frames)
+{
+    memset(owners, 0, sizeof(owners));
+    owner_count = 0;
+    struct router_h2_limits l;
+    router_h2_limits_defaults(&l);
+    struct router_h2_session *s = router_h2_session_new(&l, &ops, NULL);
+    struct buf in = {0};
+    buf_puts(&in, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    frame(&in, 4, 0, 0, "", 0); /* SETTINGS */
+    buf_append(&in, frames->data, frames->len);
+    assert_int_equal(router_h2_session_input(s, in.data, in.len), 0);
+    buf_free(&in);
+    return s;
+}
+
+static void test_a_stream_becomes_an_http11_request(void **state)
+{
+    (void)state;
+    struct buf block = {0}, frames = {0};
+    request_block(&block, "POST", "/p?q=1");
+    literal(&block, "cookie", "a=1", 3);
+    literal(&block, "x-a", "1", 1);
+    literal(&block, "cookie", "b=2", 3);
+    frame(&frames, 1, 4, 1, block.data, block.len); /* HEADERS, END_HEADERS */
+    frame(&frames, 0, 1, 1, "hello", 5);            /* DATA, END_STREAM */
+    struct router_h2_session *s = session_with(&frames);
+    assert_int_equal(owner_count, 1);
+    buf_putc(&owners[0].req, '\0');
+    assert_string_equal(owners[0].req.data,
+                        "POST /p?q=1 HTTP/1.1\r\nHost: app.localhost\r\nx-a: 1\r\n"
+                        "cookie: a=1; b=2\r\ntransfer-encoding: chunked\r\n\r\n"
+                        "5\r\nhello\r\n0\r\n\r\n");
+    assert_true(owners[0].ended);
+    /* the answer goes out as HEADERS and DATA */
+    const char resp[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+    assert_int_equal(router_h2_stream_response(owners[0].st, resp, sizeof(resp) - 1), 0);
+    struct buf out = {0};
+    assert_true(router_h2_session_output(s, &out, 1 << 20) > 0);
+    assert_non_null(memmem(out.data, out.len, "ok", 2));
+    assert_null(memmem(out.data, out.len, "keep-alive", 10)); /* no connection fields */
+    assert_true(owners[0].closed); /* the stream ended with its response */
+    router_h2_session_free(s);
+    buf_free(&out);
+    buf_free(&owners[0].req);
+    buf_free(&block);
+    buf_free(&frames);
+}
+
+static void test_a_crlf_in_a_value_never_reaches_an_owner(void **state)
+{
+    (void)state;
+    struct buf block = {0}, frames = {0};
+    request_block(&block, "GET", "/");
+    literal(&block, "x-a", "1\r\nx-b: 2", 9);
+    frame(&frames, 1, 5, 1, block.data, block.len);
+    struct router_h2_session *s = session_with(&frames);
+    assert_int_equal(owner_count, 0);
+    struct buf out = {0};
+    router_h2_session_output(s, &out, 1 << 20);
+    /* RST_STREAM (type 3) on stream 1 with PROTOCOL_ERROR */
+    static const uint8_t rst[] = {0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 1};
+    assert_non_null(memmem(out.data, out.len, rst, sizeof(rst)));
+    router_h2_session_free(s);
+    buf_free(&out);
+    buf_free(&block);
+    buf_free(&frames);
+}
+
+/* ---- h2c to an instance (router_h2c.c) ---- */
+
+static void test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11(void **state)
+{
+    (void)state;
+    struct router_h2c *c = router_h2c_new();
+    assert_true(router_h2c_begin(c));
+    const char req[] = "POST /pkg.S/M HTTP/1.1\r\nHost: grpc.localhost\r\nTE: trailers\r\n"
+                       "Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "5\r\nhello\r\n0\r\n\r\n";
+    assert_int_equal(router_h2c_request(c, req, sizeof(req) - 1), 0);
+    struct buf out = {0};
+    assert_true(router_h2c_output(c, &out) > 24);
+    assert_memory_equal(out.data, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+    assert_non_null(memmem(out.data, out.len, "hello", 5));
+    assert_null(memmem(out.data, out.len, "keep-alive", 10)); /* no connection fields */
+    /* the instance: SETTINGS, then HEADERS (:status 200, literal fields), DATA, trailers */
+    struct buf in = {0}, block = {0}, trailers = {0};
+    frame(&in, 4, 0, 0, "", 0);
+    buf_putc(&block, (char)0x88); /* :status 200, from the static table */
+    literal(&block, "content-type", "application/grpc", 16);
+    frame(&in, 1, 4, 1, block.data, block.len);
+    frame(&in, 0, 0, 1, "world", 5);
+    literal(&trailers, "grpc-status", "0", 1);
+    frame(&in, 1, 5, 1, trailers.data, trailers.len);
+    struct buf resp = {0};
+    assert_int_equal(router_h2c_input(c, in.data, in.len, &resp), 0);
+    buf_putc(&resp, '\0');
+    assert_string_equal(resp.data, "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n"
+                                   "0\r\ngrpc-status: 0\r\n\r\n");
+    assert_false(router_h2c_broken(c));
+    /* a stream reset by the instance is a failure */
+    assert_true(router_h2c_begin(c));
+    const char get[] = "GET / HTTP/1.1\r\nHost: grpc.localhost\r\n\r\n";
+    assert_int_equal(router_h2c_request(c, get, sizeof(get) - 1), 0);
+    out.len = in.len = resp.len = 0;
+    router_h2c_output(c, &out);
+    static const uint8_t rst[] = {0, 0, 0, 0, 2}; /* INTERNAL_ERROR */
+    frame(&in, 3, 0, 3, rst + 1, 4);
+    assert_int_equal(router_h2c_input(c, in.data, in.len, &resp), -1);
+    router_h2c_free(c);
+    buf_free(&out);
+    buf_free(&in);
+    buf_free(&block);
+    buf_free(&trailers);
+    buf_free(&resp);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_preface),
+        cmocka_unit_test(test_field_checks),
+        cmocka_unit_test(test_a_stream_becomes_an_http11_request),
+        cmocka_unit_test(test_a_crlf_in_a_value_never_reaches_an_owner),
+        cmocka_unit_test(test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
