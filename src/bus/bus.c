@@ -15,6 +15,7 @@
 #include "common/util.h"
 #include "hub/hub.h"
 #include "logs/logs.h"
+#include "natsconn/natsconn.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
 
@@ -66,6 +67,7 @@ struct bus {
     int next_conn_id;
     int handles;
     bool store_failing; /* logged once until the store answers again */
+    struct bus_nats *nats; /* the routers on NATS core; NULL: none */
     bool closing;
     void (*done)(void *);
     void *done_arg;
@@ -104,6 +106,231 @@ static void bus__conn_closed(uv_handle_t *h)
     bus__handle_gone(bus);
 }
 
+/* ---- NATS core (docs/bus.md "On NATS") ----------------------------------------------------- */
+
+#define BUS_NATS_PREFIX "skiff.bus."
+#define BUS_NATS_VERSION 1
+#define BUS_NATS_MAX_ROUTERS 256
+/* Routers say hello every 5 s (router_nats.c): one silent for three of those is gone. */
+#define BUS_NATS_ROUTER_LIVE_MS 15000
+
+/* A router heard on NATS (each publishes on skiff.bus.router.<its id>, a hello at least every
+ * few seconds): drains wait for the live ones, and its metrics have a slot of their own. */
+struct bus_nats_router {
+    char id[33];
+    int conn_id; /* its slot in the metrics sink */
+    int64_t seen_ms;
+};
+
+/* A drain sent on NATS: how many live routers have not answered yet. */
+struct bus_nats_wait {
+    uint64_t id;
+    int left;
+};
+
+struct bus_nats {
+    struct natsconn *conn;
+    struct bus_conn routers_conn; /* what bus__message takes for lines from NATS routers */
+    uv_timer_t announce;
+    int announce_ms, ttl_ms;
+    char *table;           /* the last table announced (a "routes" message) */
+    json_t *announced;     /* "host path" -> the route's host and path, as announced last */
+    char *drained_subject; /* where routers answer this skiffd's drain requests */
+    struct bus_nats_router routers[BUS_NATS_MAX_ROUTERS];
+    size_t n_routers;
+    struct bus_nats_wait *waits;
+    size_t n_waits;
+};
+
+static void bus__nats_publish_json(struct bus *bus, const char *subject, const char *reply,
+                                   json_t *msg)
+{
+    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!text)
+        return;
+    int rc = natsconn_publish(bus->nats->conn, subject, reply, text, strlen(text));
+    if (rc < 0 && rc != -ENOTCONN)
+        log_warning("bus: cannot publish on %s: %s", subject, skiff_strerror(rc));
+    free(text);
+}
+
+/* Announces every route of a "routes" message (register, with the TTL) and unregisters those
+ * announced before that it no longer has. */
+static void bus__nats_announce(struct bus *bus, const char *table)
+{
+    struct bus_nats *n = bus->nats;
+    if (table != n->table) {
+        free(n->table);
+        n->table = xstrdup(table);
+    }
+    json_t *msg = json_loads(table, 0, NULL);
+    json_t *now = json_object();
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(msg, "routes"), i, r)
+    {
+        const char *host = json_string_value(json_object_get(r, "host"));
+        const char *path = json_string_value(json_object_get(r, "path"));
+        if (!host || !path)
+            continue;
+        char *key = xasprintf("%s %s", host, path);
+        json_object_set_new(now, key, json_pack("{s:s,s:s}", "host", host, "path", path));
+        free(key);
+        bus__nats_publish_json(
+            bus, BUS_NATS_PREFIX "register", NULL,
+            json_pack("{s:i,s:i,s:O}", "v", BUS_NATS_VERSION, "ttl_ms", n->ttl_ms, "route", r));
+    }
+    const char *key;
+    json_t *gone;
+    json_object_foreach(n->announced, key, gone)
+    {
+        if (json_object_get(now, key))
+            continue;
+        bus__nats_publish_json(bus, BUS_NATS_PREFIX "unregister", NULL,
+                               json_pack("{s:i,s:O,s:O}", "v", BUS_NATS_VERSION, "host",
+                                         json_object_get(gone, "host"), "path",
+                                         json_object_get(gone, "path")));
+    }
+    json_decref(n->announced);
+    n->announced = now;
+    json_decref(msg);
+}
+
+static void bus__nats_on_announce(uv_timer_t *t)
+{
+    struct bus *bus = t->data;
+    if (bus->nats->table)
+        bus__nats_announce(bus, bus->nats->table);
+}
+
+/* Routers heard within the TTL; the others are forgotten. */
+static size_t bus__nats_live_routers(struct bus *bus)
+{
+    struct bus_nats *n = bus->nats;
+    if (!n)
+        return 0;
+    int64_t now = time_mono_ms();
+    for (size_t i = 0; i < n->n_routers;)
+        if (now - n->routers[i].seen_ms > BUS_NATS_ROUTER_LIVE_MS) {
+            log_info("bus: the router %s on NATS is silent; forgotten", n->routers[i].id);
+            if (bus->metrics) /* what it counted no longer holds */
+                bus->metrics->router_gone(bus->metrics_ctx, n->routers[i].conn_id);
+            n->routers[i] = n->routers[--n->n_routers];
+        } else {
+            i++;
+        }
+    return n->n_routers;
+}
+
+/* A router's id: 1 to 32 lowercase hex digits. */
+static bool bus__nats_router_id_valid(const char *id)
+{
+    size_t len = strspn(id, "0123456789abcdef");
+    return len > 0 && len <= 32 && id[len] == 0;
+}
+
+/* The router that published on skiff.bus.router.<id>: seen now. NULL when there are too
+ * many already (its lines are still read, on a shared slot). */
+static struct bus_nats_router *bus__nats_router_seen(struct bus *bus, const char *id)
+{
+    struct bus_nats *n = bus->nats;
+    bus__nats_live_routers(bus);
+    for (size_t i = 0; i < n->n_routers; i++)
+        if (!strcmp(n->routers[i].id, id)) {
+            n->routers[i].seen_ms = time_mono_ms();
+            return &n->routers[i];
+        }
+    if (n->n_routers == BUS_NATS_MAX_ROUTERS)
+        return NULL;
+    log_info("bus: a router on NATS said hello: %s", id);
+    struct bus_nats_router *r = &n->routers[n->n_routers++];
+    snprintf(r->id, sizeof r->id, "%s", id);
+    r->conn_id = ++bus->next_conn_id;
+    r->seen_ms = time_mono_ms();
+    return r;
+}
+
+static void bus__drain_one_done(struct bus *bus, uint64_t id);
+
+static void bus__nats_drain_send(struct bus *bus, struct bus_drain *d)
+{
+    struct bus_nats *n = bus->nats;
+    size_t live = bus__nats_live_routers(bus);
+    if (!live)
+        return;
+    n->waits = xrealloc(n->waits, (n->n_waits + 1) * sizeof *n->waits);
+    n->waits[n->n_waits++] = (struct bus_nats_wait){d->id, (int)live};
+    d->waiting++;
+    bus__nats_publish_json(bus, BUS_NATS_PREFIX "drain", n->drained_subject,
+                           json_pack("{s:i,s:s,s:I}", "v", BUS_NATS_VERSION, "addr", d->addr, "id",
+                                     (json_int_t)d->id));
+}
+
+/* A router's answer on our drained subject. */
+static void bus__nats_drained(struct bus *bus, const char *data, size_t len)
+{
+    struct bus_nats *n = bus->nats;
+    json_t *msg = json_loadb(data, len, 0, NULL);
+    json_t *id = json_object_get(msg, "id");
+    if (json_is_integer(id) && json_integer_value(id) > 0)
+        for (size_t i = 0; i < n->n_waits; i++)
+            if (n->waits[i].id == (uint64_t)json_integer_value(id)) {
+                if (--n->waits[i].left == 0) {
+                    uint64_t done = n->waits[i].id;
+                    n->waits[i] = n->waits[--n->n_waits];
+                    bus__drain_one_done(bus, done);
+                }
+                break;
+            }
+    json_decref(msg);
+}
+
+static void bus__message(struct bus_conn *c, const char *line, size_t len);
+
+static void bus__nats_on_msg(void *ctx, const char *subject, const char *reply, const char *data,
+                             size_t len)
+{
+    struct bus *bus = ctx;
+    if (bus->closing)
+        return;
+    if (!strcmp(subject, bus->nats->drained_subject)) {
+        bus__nats_drained(bus, data, len);
+        return;
+    }
+    /* skiff.bus.router.<id>: lines as on the socket (hello, access, wake, metrics) */
+    const char *id = subject + strlen(BUS_NATS_PREFIX "router.");
+    if (strncmp(subject, BUS_NATS_PREFIX "router.", strlen(BUS_NATS_PREFIX "router.")) ||
+        !bus__nats_router_id_valid(id))
+        return;
+    struct bus_nats_router *r = bus__nats_router_seen(bus, id);
+    struct bus_conn *c = &bus->nats->routers_conn;
+    c->id = r ? r->conn_id : c->id; /* metrics count per router */
+    c->router_index = 0;
+    static const char hello[] = "{\"type\":\"hello\",";
+    const char *p = data, *end = data + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        /* a hello only says it is alive (above); the socket's would log each one */
+        if (n && !(n >= sizeof hello - 1 && !memcmp(p, hello, sizeof hello - 1)))
+            bus__message(c, p, n);
+        p += n + 1;
+    }
+}
+
+static void bus__nats_on_state(void *ctx, bool up)
+{
+    struct bus *bus = ctx;
+    if (up) {
+        log_info("bus: connected to NATS; announcing the route table");
+        if (bus->nats->table)
+            bus__nats_announce(bus, bus->nats->table);
+    } else {
+        log_warning("bus: NATS is unreachable; routers on it keep their last table");
+    }
+}
+
 /* ---- drains ------------------------------------------------------------------------------- */
 
 static void bus__drain_free(struct bus *bus, struct bus_drain *d)
@@ -126,6 +353,12 @@ static void bus__drain_answered(struct bus_conn *c, uint64_t id)
     if (i == c->n_awaited)
         return; /* not asked, or already answered: nothing to do */
     c->awaited[i] = c->awaited[--c->n_awaited];
+    bus__drain_one_done(bus, id);
+}
+
+/* One router (or every router on NATS) is done with drain id. */
+static void bus__drain_one_done(struct bus *bus, uint64_t id)
+{
     for (struct bus_drain *d = bus->drains; d; d = d->next)
         if (d->id == id && d->sent && --d->waiting == 0) {
             bus__drain_free(bus, d);
@@ -162,6 +395,8 @@ static void bus__drains_send(struct bus *bus)
             d->sent = true;
             for (struct bus_conn *c = bus->conns; c; c = c->next)
                 bus__drain_send(c, d);
+            if (bus->nats)
+                bus__nats_drain_send(bus, d);
             if (d->waiting == 0) { /* every router went away meanwhile */
                 uint64_t id = d->id;
                 bus__drain_free(bus, d);
@@ -309,6 +544,8 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         log_info("bus: the store answers again; the routers get the current "
                         "table");
     bus->store_failing = false;
+    if (!only && bus->nats)
+        bus__nats_announce(bus, text);
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
@@ -369,6 +606,9 @@ void bus_certs_changed(struct bus *bus)
     for (struct bus_conn *c = bus->conns; c; c = c->next)
         if (!c->closing)
             bus__send(c, bus__certs_message, sizeof bus__certs_message - 1);
+    if (bus->nats)
+        bus__nats_publish_json(bus, BUS_NATS_PREFIX "certs", NULL,
+                               json_pack("{s:i}", "v", BUS_NATS_VERSION));
 }
 
 void bus_certs_changed_cb(void *bus)
@@ -380,7 +620,8 @@ void bus_certs_changed_cb(void *bus)
  * on its way), then the drain request; the scheduler waits for their answers. */
 static void bus__drain_begin(struct bus *bus, const struct platform_event *ev)
 {
-    if (!bus->conns || !ev->addr || !ev->process_type || strcmp(ev->process_type, "web"))
+    if ((!bus->conns && !bus__nats_live_routers(bus)) || !ev->addr || !ev->process_type ||
+        strcmp(ev->process_type, "web"))
         return; /* no router, or not routed: nothing can be in flight through us */
     struct bus_drain *d = xcalloc(1, sizeof *d);
     d->id = ev->drain_id;
@@ -690,6 +931,43 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     return 0;
 }
 
+int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_ms, char *err,
+                   size_t errsize)
+{
+    struct bus_nats *n = xcalloc(1, sizeof *n);
+    n->announce_ms = announce_ms;
+    n->ttl_ms = ttl_ms;
+    n->announced = json_object();
+    n->routers_conn.bus = bus;
+    n->routers_conn.id = ++bus->next_conn_id;
+    bus->nats = n;
+    struct natsconn_config cfg = {.urls = urls,
+                                  .name = "skiffd",
+                                  .on_msg = bus__nats_on_msg,
+                                  .on_state = bus__nats_on_state,
+                                  .ctx = bus};
+    int rc = natsconn_open(bus->loop, &cfg, &n->conn, err, errsize);
+    if (rc < 0)
+        return rc;
+    char *inbox = natsconn_new_inbox(n->conn);
+    n->drained_subject = xasprintf(BUS_NATS_PREFIX "drained.%s", inbox ? inbox : "x");
+    free(inbox);
+    rc = natsconn_subscribe(n->conn, BUS_NATS_PREFIX "router.*");
+    if (rc == 0)
+        rc = natsconn_subscribe(n->conn, n->drained_subject);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot subscribe on NATS: %s", skiff_strerror(rc));
+        return rc;
+    }
+    uv_timer_init(bus->loop, &n->announce);
+    n->announce.data = bus;
+    bus->handles++;
+    uv_timer_start(&n->announce, bus__nats_on_announce, (uint64_t)announce_ms,
+                   (uint64_t)announce_ms);
+    bus_routes_changed(bus); /* the first announcement */
+    return 0;
+}
+
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
 {
     bus->closing = true;
@@ -702,6 +980,12 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
         bus__conn_close(bus->conns);
     while (bus->drains) /* the scheduler stops everything itself now */
         bus__drain_free(bus, bus->drains);
+    if (bus->nats) {
+        natsconn_close(bus->nats->conn);
+        bus->nats->conn = NULL;
+        if (bus->nats->announce.data == bus) /* initialised */
+            uv_close((uv_handle_t *)&bus->nats->announce, bus__handle_closed);
+    }
     uv_close((uv_handle_t *)&bus->coalesce, bus__handle_closed);
     uv_close((uv_handle_t *)&bus->retry, bus__handle_closed);
     uv_close((uv_handle_t *)&bus->server, bus__handle_closed);
@@ -712,6 +996,14 @@ void bus_free(struct bus *bus)
 {
     if (!bus)
         return;
+    if (bus->nats) {
+        natsconn_close(bus->nats->conn); /* when bus_close was never called */
+        free(bus->nats->table);
+        json_decref(bus->nats->announced);
+        free(bus->nats->drained_subject);
+        free(bus->nats->waits);
+        free(bus->nats);
+    }
     free(bus->path);
     free(bus);
 }

@@ -102,7 +102,14 @@ static void usage(FILE *out)
         "  --store URL                 the store (SKIFF_STORE, default sqlite:HOME/skiff.db);\n"
         "                              postgres://USER[:PASSWORD]@HOST/DB for PostgreSQL\n"
         "  --nats URL[,URL...]         keep events in NATS JetStream instead of the embedded log\n"
-        "                              (SKIFF_NATS), e.g. nats://h1:4222,nats://h2:4222\n"
+        "                              (SKIFF_NATS), e.g. nats://h1:4222,nats://h2:4222, and\n"
+        "                              announce the route table on NATS core for routers on\n"
+        "                              other hosts (docs/bus.md; SKIFF_BUS_ANNOUNCE_MS, default\n"
+        "                              10000, and SKIFF_BUS_TTL_MS, default 30000)\n"
+        "  --role all|router           all (default, SKIFF_ROLE): the whole platform; router: a\n"
+        "                              lone skiff-router that learns its routes from --nats (no\n"
+        "                              API, scheduler or executor), on --router-addr,\n"
+        "                              --router-admin-addr and, when given, --router-tls-addr\n"
         "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
         "                              default 1; a publish is acknowledged once a majority of\n"
         "                              them stored it, JetStream's rule)\n"
@@ -536,6 +543,45 @@ static void on_sighup(uv_signal_t *h, int signum)
         log_info("SIGHUP: the API's certificate was reloaded from %s", d->api_cert_path);
 }
 
+/* skiffd --role router: this process becomes a skiff-router that learns routes from NATS.
+ * The server list goes in the environment, never on a command line (it may hold a password).
+ * Returns only on error. */
+static int daemon_run_router(const char *home, const char *nats_url, const char *addr,
+                             const char *admin_addr, const char *tls_addr)
+{
+    if (!*nats_url) {
+        log_error("--role router learns its routes from NATS: give --nats URL[,URL...] "
+                  "(or SKIFF_NATS)");
+        return 2;
+    }
+    char *dir = self_dir();
+    char *bin = xasprintf("%s/skiff-router", dir);
+    char *h = path_expand_home(home);
+    int rc = mkdir_p(h, 0700);
+    char *run = xasprintf("%s/run", h);
+    if (rc == 0)
+        rc = mkdir_p(run, 0755);
+    if (rc < 0) {
+        log_error("cannot create %s: %s (set SKIFF_HOME or --home)", run, strerror(-rc));
+        return 1;
+    }
+    setenv("SKIFF_ROUTER_NATS", nats_url, 1);
+    const char *argv[12] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
+    int n = 7;
+    if (tls_addr && *tls_addr) {
+        argv[n++] = "--tls-addr";
+        argv[n++] = tls_addr;
+    }
+    argv[n] = NULL;
+    execv(bin, (char *const *)argv);
+    log_error("cannot run %s: %s", bin, strerror(errno));
+    free(run);
+    free(h);
+    free(bin);
+    free(dir);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     log_init("skiffd");
@@ -553,6 +599,8 @@ int main(int argc, char **argv)
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *nats_url = env_or("SKIFF_NATS", "");
     const char *nats_replicas_text = env_or("SKIFF_NATS_REPLICAS", "1");
+    const char *role = env_or("SKIFF_ROLE", "all");
+    bool tls_addr_given = getenv("SKIFF_ROUTER_TLS_ADDR") != NULL;
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
     const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
@@ -570,8 +618,11 @@ int main(int argc, char **argv)
             target = &router_addr;
         else if (!strcmp(a, "--router-admin-addr"))
             target = &admin_addr;
-        else if (!strcmp(a, "--router-tls-addr"))
+        else if (!strcmp(a, "--router-tls-addr")) {
             target = &router_tls_addr;
+            tls_addr_given = true;
+        } else if (!strcmp(a, "--role"))
+            target = &role;
         else if (!strcmp(a, "--api-tls-addr"))
             target = &api_tls_addr;
         else if (!strcmp(a, "--tls-cert"))
@@ -621,6 +672,13 @@ int main(int argc, char **argv)
             return 2;
         }
         *target = argv[++i];
+    }
+    if (!strcmp(role, "router"))
+        return daemon_run_router(home, nats_url, router_addr, admin_addr,
+                                 tls_addr_given ? router_tls_addr : NULL);
+    if (strcmp(role, "all")) {
+        log_error("--role is all or router, not \"%s\"", role);
+        return 2;
     }
     char *replicas_end;
     long nats_replicas = strtol(nats_replicas_text, &replicas_end, 10);
@@ -868,6 +926,21 @@ int main(int argc, char **argv)
     if (rc < 0) {
         log_error("%s", err);
         goto fail;
+    }
+    if (*nats_url) {
+        long announce_ms = env_long("SKIFF_BUS_ANNOUNCE_MS", 10000, 100);
+        long ttl_ms = env_long("SKIFF_BUS_TTL_MS", 30000, 300);
+        if (ttl_ms <= announce_ms || ttl_ms > 3600000) {
+            log_error("SKIFF_BUS_TTL_MS (%ld) must be over SKIFF_BUS_ANNOUNCE_MS (%ld), so a "
+                      "route is announced again before it expires, and at most 3600000",
+                      ttl_ms, announce_ms);
+            goto fail;
+        }
+        rc = bus_nats_start(d.bus, nats_url, (int)announce_ms, (int)ttl_ms, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            goto fail;
+        }
     }
     autoscaler_new(d.loop, d.store, d.sched, d.logs, &d.autoscaler);
     static const struct bus_metrics_sink autoscaler_sink = {

@@ -33,6 +33,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "natsconn/natsconn.h"
 
 #define STREAM_PREFIX "SKIFF_EV_"
 #define SUBJECT_PREFIX "skiff.events."
@@ -149,22 +150,7 @@ static int errno_of(natsStatus s, jsErrCode jerr)
         return 0;
     if (jerr == JSStreamNotFoundErr || jerr == JSNoMessageFoundErr || s == NATS_NOT_FOUND)
         return -ENOENT;
-    switch (s) {
-    case NATS_TIMEOUT:
-        return -ETIMEDOUT;
-    case NATS_NO_MEMORY:
-        return -ENOMEM;
-    case NATS_CONNECTION_CLOSED:
-    case NATS_CONNECTION_DISCONNECTED:
-    case NATS_NO_SERVER:
-    case NATS_NO_RESPONDERS:
-    case NATS_STALE_CONNECTION:
-        return -ENOTCONN;
-    case NATS_MAX_PAYLOAD:
-        return -EMSGSIZE;
-    default:
-        return -EIO;
-    }
+    return natsconn_errno(s);
 }
 
 static bool connected(struct fabric *f)
@@ -673,7 +659,7 @@ static int nats_seek_time(struct fabric *f, const char *topic, int64_t time_ms, 
     struct topic *t = topic_find(f, topic, false);
     uint64_t lo = st.FirstSeq ? st.FirstSeq : st.LastSeq + 1, hi = st.LastSeq + 1;
     while (lo < hi) {
-        uint64_t mid = lo + (hi - lo) / 2, at;
+        uint64_t mid = lo + (hi - lo) / 2, at = 0;
         natsMsg *m = NULL;
         rc = first_present(f, t->stream, mid, hi - 1, &at, &m);
         if (rc < 0)
@@ -937,36 +923,6 @@ static void nats_get_stats(struct fabric *f, struct fabric_stats *out)
 
 /* ---- open and close --------------------------------------------------------------------- */
 
-/* The server list with any "user:PASSWORD@" (or a token "TOKEN@") replaced by "***@", for
- * messages: the caller frees it. */
-static char *url_masked(const char *url)
-{
-    char *out = xmalloc(strlen(url) * 2 + 8), *o = out;
-    const char *p = url;
-    while (*p) {
-        const char *end = strchr(p, ',');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        const char *scheme = memmem(p, len, "://", 3);
-        const char *host = scheme ? scheme + 3 : p;
-        const char *at = memchr(host, '@', len - (size_t)(host - p));
-        if (at) {
-            memcpy(o, p, (size_t)(host - p));
-            o += host - p;
-            o += sprintf(o, "***");
-            memcpy(o, at, len - (size_t)(at - p));
-            o += len - (size_t)(at - p);
-        } else {
-            memcpy(o, p, len);
-            o += len;
-        }
-        p += len;
-        if (*p == ',')
-            *o++ = *p++;
-    }
-    *o = 0;
-    return out;
-}
-
 static void fabric_free(struct fabric *f)
 {
     while (f->topics) {
@@ -1066,44 +1022,25 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
         f->cfg.max_record_bytes = 1u << 20;
     f->url = xstrdup(cfg->nats_url);
     f->cfg.nats_url = f->url;
-    char *shown = url_masked(f->url); /* never a password in a message */
+    char *shown = natsconn_url_masked(f->url); /* never a password in a message */
     f->cfg.dir = NULL;
     f->done_tail = &f->done;
     pthread_mutex_init(&f->lock, NULL);
 
-    /* "nats://h1:4222,nats://h2:4222": each server once, spaces around commas ignored */
-    const char *servers[16];
-    int nservers = 0;
-    char *list = xstrdup(f->url);
-    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok && nservers < 16;
-         tok = strtok_r(NULL, ", ", &save))
-        servers[nservers++] = tok;
     natsOptions *opts = NULL;
-    natsStatus s = nservers ? natsOptions_Create(&opts) : NATS_INVALID_ARG;
-    if (s == NATS_OK)
-        s = natsOptions_SetServers(opts, servers, nservers);
-    if (s == NATS_OK)
-        s = natsOptions_SetMaxReconnect(opts, -1);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectWait(opts, 250);
-    if (s == NATS_OK)
-        s = natsOptions_SetTimeout(opts, REQUEST_WAIT_MS);
-    if (s == NATS_OK)
-        s = natsOptions_UseGlobalMessageDelivery(opts, true);
+    if (natsconn_options(f->url, REQUEST_WAIT_MS, &opts, errmsg, errlen) < 0)
+        goto fail;
+    natsStatus s = natsOptions_UseGlobalMessageDelivery(opts, true);
     /* a publish goes out at once instead of waiting for libnats's flusher: single-publish
      * acknowledgement latency 1,003 -> 99 us p50 (bench/fabric) */
     if (s == NATS_OK)
         s = natsOptions_SetSendAsap(opts, true);
     if (s != NATS_OK) {
-        snprintf(errmsg, errlen,
-                 "bad NATS servers \"%s\" (%s): give --nats as "
-                 "nats://HOST:PORT[,nats://HOST:PORT...]",
-                 shown, natsStatus_GetText(s));
+        snprintf(errmsg, errlen, "cannot set NATS options for %s: %s", shown,
+                 natsStatus_GetText(s));
         goto fail;
     }
     s = natsConnection_Connect(&f->nc, opts);
-    free(list);
-    list = NULL;
     if (s != NATS_OK) {
         snprintf(errmsg, errlen,
                  "cannot connect to NATS at %s (%s): start nats-server "
@@ -1139,7 +1076,6 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     return 0;
 fail:
     free(shown);
-    free(list);
     natsOptions_Destroy(opts);
     jsCtx_Destroy(f->js);
     if (f->nc) {

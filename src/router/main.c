@@ -13,7 +13,7 @@ static void usage(FILE *f)
 {
     fputs(
         "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
-        "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE]\n"
+        "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE] [--nats URL[,URL]]\n"
         "                    [--tls-handshake-timeout-ms N] [--tls-max-handshakes N]\n"
         "                    [--tls-ocsp-retry-ms N]\n"
         "                    [--workers N] [--index N] [--max-body-bytes N]\n"
@@ -106,6 +106,7 @@ int main(int argc, char **argv)
     cfg.admin_addr = getenv("SKIFF_ROUTER_ADMIN_ADDR");
     cfg.tls_addr = getenv("SKIFF_ROUTER_TLS_ADDR");
     cfg.tls_client_ca = getenv("SKIFF_ROUTER_TLS_CLIENT_CA");
+    cfg.nats_urls = getenv("SKIFF_ROUTER_NATS"); /* where a password may be: not on argv */
     for (size_t i = 0; i < ARRAY_SIZE(numeric_options); i++) {
         const char *v = getenv(numeric_options[i].env);
         if (v && *v && set_numeric(&cfg, &numeric_options[i], v) < 0)
@@ -135,6 +136,8 @@ int main(int argc, char **argv)
             cfg.tls_addr = v;
         else if (strcmp(name, "tls-client-ca") == 0)
             cfg.tls_client_ca = v;
+        else if (strcmp(name, "nats") == 0)
+            cfg.nats_urls = v;
         else {
             const struct numeric_option *o = NULL;
             for (size_t k = 0; k < ARRAY_SIZE(numeric_options); k++)

@@ -23,6 +23,7 @@ struct router_config {
     const char *admin_addr; /* HOST:PORT for /metrics; NULL or "" disables it */
     int workers;            /* loops (threads); <= 0 means one per core */
     int router_index;       /* n in [RTR/n] */
+    const char *nats_urls;  /* learn routes from NATS core instead of run/bus.sock; NULL: no */
 
     uint64_t max_body_bytes; /* 0: unlimited (bodies are streamed, never held) */
     size_t max_header_bytes; /* request line + headers */

@@ -69,8 +69,18 @@ static void on_bus_write(uv_write_t *req, int status)
     free(req);
 }
 
+void router_bus_set_connected(bool connected)
+{
+    __atomic_store_n(&bus.connected, connected, __ATOMIC_RELAXED);
+}
+
 static void bus_send(char *owned, size_t len)
 {
+    if (router_nats_active()) {
+        router_nats_send(owned, len);
+        free(owned);
+        return;
+    }
     if (!bus.pipe_open || !bus.connected) {
         free(owned);
         return;
@@ -139,6 +149,8 @@ void router_bus_wake(const char *app_guid)
 
 void router_bus_drained(uint64_t id)
 {
+    if (router_nats_drained(id))
+        return;
     bus_queue(json_pack("{s:s, s:I}", "type", "drained", "id", (json_int_t)id));
 }
 
@@ -239,7 +251,7 @@ static void on_bus_metrics(uv_timer_t *t)
     free(text);
 }
 
-static void bus_apply_routes(const char *line, size_t len, bool save)
+void router_bus_apply_routes(const char *line, size_t len, bool save)
 {
     char err[256];
     int skipped = 0;
@@ -266,7 +278,7 @@ static void bus_handle_line(const char *line, size_t len)
     const char *type = json_string_value(json_object_get(o, "type"));
     if (type && strcmp(type, "routes") == 0) {
         json_decref(o); /* the table parser reads the line itself */
-        bus_apply_routes(line, len, true);
+        router_bus_apply_routes(line, len, true);
         return;
     }
     if (type && strcmp(type, "drain") == 0) {
@@ -395,12 +407,15 @@ int router_bus_start(uv_loop_t *loop, const struct router_config *cfg)
     uv_timer_init(loop, &bus.flush);
     uv_timer_init(loop, &bus.metrics);
     uv_timer_start(&bus.metrics, on_bus_metrics, BUS_METRICS_INTERVAL_MS, BUS_METRICS_INTERVAL_MS);
+    if (cfg->nats_urls && *cfg->nats_urls)
+        return router_nats_start(loop, cfg); /* instead of skiffd's socket */
     bus_connect(&bus.retry);
     return 0;
 }
 
 void router_bus_stop(void)
 {
+    router_nats_stop();
     bus.stopping = true;
     __atomic_store_n(&bus.connected, false, __ATOMIC_RELAXED);
     uv_close((uv_handle_t *)&bus.retry, NULL);

@@ -91,6 +91,47 @@ bool router_bus_connected(void);
 /* Loads $SKIFF_HOME/run/routes.json into the current table, if present and valid. */
 void router_bus_load_saved(const struct router_config *cfg);
 
+/* Replaces the table with a "routes" message (docs/bus.md) and, with save, writes it to
+ * run/routes.json. A message that does not parse is logged and changes nothing. Main thread. */
+void router_bus_apply_routes(const char *line, size_t len, bool save);
+/* The bus is up (lines for skiffd are queued) or down (they are dropped, counted). */
+void router_bus_set_connected(bool connected);
+
+/* ---- the bus on NATS core (router_nats.c; docs/bus.md "On NATS") ---- */
+#define ROUTER_NATS_PREFIX "skiff.bus."
+#define ROUTER_NATS_VERSION 1
+enum router_nats_kind {
+    ROUTER_NATS_UNKNOWN, /* a subject under the prefix this router does not know */
+    ROUTER_NATS_REGISTER,
+    ROUTER_NATS_UNREGISTER,
+    ROUTER_NATS_DRAIN,
+    ROUTER_NATS_CERTS,
+};
+struct router_nats_msg {
+    enum router_nats_kind kind;
+    json_t *route;              /* REGISTER: the route object (a reference; router_nats_msg_free) */
+    int64_t ttl_ms;             /* REGISTER: 100..3600000 */
+    char host[254], path[1025]; /* UNREGISTER */
+    struct sockaddr_storage addr; /* DRAIN */
+    socklen_t addr_len;
+    uint64_t drain_id;
+};
+/* Reads one message from skiffd on NATS: the subject decides its kind, the body must be a JSON
+ * object with "v": ROUTER_NATS_VERSION and the kind's fields. 0 (kind UNKNOWN for a subject
+ * this router does not know), or -EINVAL with the reason in err for anything malformed. */
+int router_nats_parse(const char *subject, const char *data, size_t len,
+                      struct router_nats_msg *out, char *err, size_t errsize);
+void router_nats_msg_free(struct router_nats_msg *m);
+/* Connects (in the background when NATS is not up yet) and learns routes from it; the saved
+ * table's routes are kept until their time runs out. Main thread. */
+int router_nats_start(uv_loop_t *loop, const struct router_config *cfg);
+void router_nats_stop(void);
+bool router_nats_active(void);
+/* Lines for skiffd (hello, access, wake, metrics), newline-terminated. */
+void router_nats_send(const char *lines, size_t len);
+/* Answers the drain request id came with; false when it did not come over NATS. Thread-safe. */
+bool router_nats_drained(uint64_t id);
+
 /* Admin server on the main loop (router_admin.c). */
 int router_admin_start(uv_loop_t *loop, const struct router_config *cfg);
 void router_admin_stop(void);

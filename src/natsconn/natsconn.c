@@ -1,0 +1,359 @@
+#include "natsconn/natsconn.h"
+
+#include <errno.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define NATSCONN_MAX_SERVERS 16
+#define NATSCONN_INBOX_MAX 65536
+#define NATSCONN_CLOSE_FLUSH_MS 1000
+
+/* A message copied off libnats's thread, waiting for the loop. */
+struct natsconn_item {
+    struct natsconn_item *next;
+    char *subject, *reply;
+    size_t len;
+    char data[]; /* len bytes and a NUL */
+};
+
+struct natsconn {
+    uv_loop_t *loop;
+    struct natsconn_config cfg;
+    char *urls;
+    natsConnection *nc;
+    natsSubscription *subs[8];
+    size_t n_subs;
+    uv_async_t async;
+
+    pthread_mutex_t lock; /* the rest */
+    struct natsconn_item *head, **tail;
+    size_t queued;
+    bool state_changed;
+    bool up;
+    bool closed; /* libnats's last callback for the connection came */
+    pthread_cond_t closed_cond;
+    unsigned long long dropped;
+};
+
+char *natsconn_url_masked(const char *url)
+{
+    char *out = xmalloc(strlen(url) * 2 + 8), *o = out;
+    const char *p = url;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *scheme = memmem(p, len, "://", 3);
+        const char *host = scheme ? scheme + 3 : p;
+        const char *at = memchr(host, '@', len - (size_t)(host - p));
+        if (at) {
+            memcpy(o, p, (size_t)(host - p));
+            o += host - p;
+            o += sprintf(o, "***");
+            memcpy(o, at, len - (size_t)(at - p));
+            o += len - (size_t)(at - p);
+        } else {
+            memcpy(o, p, len);
+            o += len;
+        }
+        p += len;
+        if (*p == ',')
+            *o++ = *p++;
+    }
+    *o = 0;
+    return out;
+}
+
+int natsconn_errno(int nats_status)
+{
+    switch ((natsStatus)nats_status) {
+    case NATS_OK:
+        return 0;
+    case NATS_NOT_FOUND:
+        return -ENOENT;
+    case NATS_TIMEOUT:
+        return -ETIMEDOUT;
+    case NATS_NO_MEMORY:
+        return -ENOMEM;
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NO_SERVER:
+    case NATS_NO_RESPONDERS:
+    case NATS_STALE_CONNECTION:
+    case NATS_NOT_YET_CONNECTED:
+        return -ENOTCONN;
+    case NATS_MAX_PAYLOAD:
+        return -EMSGSIZE;
+    case NATS_INVALID_ARG:
+    case NATS_INVALID_SUBJECT:
+        return -EINVAL;
+    default:
+        return -EIO;
+    }
+}
+
+int natsconn_options(const char *urls, int timeout_ms, natsOptions **out, char *err, size_t errsize)
+{
+    const char *servers[NATSCONN_MAX_SERVERS];
+    int n = 0;
+    char *list = xstrdup(urls);
+    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok && n < NATSCONN_MAX_SERVERS;
+         tok = strtok_r(NULL, ", ", &save))
+        servers[n++] = tok;
+    natsOptions *opts = NULL;
+    natsStatus s = n ? natsOptions_Create(&opts) : NATS_INVALID_ARG;
+    if (s == NATS_OK)
+        s = natsOptions_SetServers(opts, servers, n);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, timeout_ms);
+    free(list);
+    if (s != NATS_OK) {
+        char *shown = natsconn_url_masked(urls);
+        snprintf(err, errsize,
+                 "bad NATS servers \"%s\" (%s): give --nats as "
+                 "nats://HOST:PORT[,nats://HOST:PORT...]",
+                 shown, natsStatus_GetText(s));
+        free(shown);
+        natsOptions_Destroy(opts);
+        return -EINVAL;
+    }
+    *out = opts;
+    return 0;
+}
+
+/* ---- libnats's threads ------------------------------------------------------------------ */
+
+static void natsconn__on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct natsconn *c = closure;
+    const char *subject = natsMsg_GetSubject(msg), *reply = natsMsg_GetReply(msg);
+    int len = natsMsg_GetDataLength(msg);
+    struct natsconn_item *it = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (c->queued < c->cfg.inbox_max && len >= 0) {
+        it = xmalloc(sizeof *it + (size_t)len + 1);
+        it->next = NULL;
+        it->subject = xstrdup(subject ? subject : "");
+        it->reply = reply && *reply ? xstrdup(reply) : NULL;
+        it->len = (size_t)len;
+        memcpy(it->data, natsMsg_GetData(msg), (size_t)len);
+        it->data[len] = 0;
+        *c->tail = it;
+        c->tail = &it->next;
+        c->queued++;
+    } else {
+        c->dropped++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (it)
+        uv_async_send(&c->async);
+    natsMsg_Destroy(msg);
+}
+
+static void natsconn__state(struct natsconn *c, bool up)
+{
+    pthread_mutex_lock(&c->lock);
+    c->up = up;
+    c->state_changed = true;
+    pthread_mutex_unlock(&c->lock);
+    uv_async_send(&c->async);
+}
+
+static void natsconn__on_up(natsConnection *nc, void *closure)
+{
+    natsconn__state(closure, true);
+}
+
+static void natsconn__on_down(natsConnection *nc, void *closure)
+{
+    natsconn__state(closure, false);
+}
+
+/* libnats calls it after every other callback of the connection: natsconn_close waits for it
+ * so that no callback can come after the natsconn is freed. */
+static void natsconn__on_closed(natsConnection *nc, void *closure)
+{
+    struct natsconn *c = closure;
+    pthread_mutex_lock(&c->lock);
+    c->closed = true;
+    pthread_cond_signal(&c->closed_cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* ---- the loop --------------------------------------------------------------------------- */
+
+static void natsconn__dispatch(uv_async_t *a)
+{
+    struct natsconn *c = a->data;
+    pthread_mutex_lock(&c->lock);
+    struct natsconn_item *it = c->head;
+    c->head = NULL;
+    c->tail = &c->head;
+    c->queued = 0;
+    bool changed = c->state_changed, up = c->up;
+    c->state_changed = false;
+    pthread_mutex_unlock(&c->lock);
+    if (changed && c->cfg.on_state)
+        c->cfg.on_state(c->cfg.ctx, up);
+    while (it) {
+        struct natsconn_item *next = it->next;
+        if (c->nc)
+            c->cfg.on_msg(c->cfg.ctx, it->subject, it->reply, it->data, it->len);
+        free(it->subject);
+        free(it->reply);
+        free(it);
+        it = next;
+    }
+}
+
+int natsconn_open(uv_loop_t *loop, const struct natsconn_config *cfg, struct natsconn **out,
+                  char *err, size_t errsize)
+{
+    *out = NULL;
+    natsOptions *opts = NULL;
+    int rc = natsconn_options(cfg->urls, 2000, &opts, err, errsize);
+    if (rc < 0)
+        return rc;
+    struct natsconn *c = xcalloc(1, sizeof *c);
+    c->loop = loop;
+    c->cfg = *cfg;
+    c->urls = xstrdup(cfg->urls);
+    c->cfg.urls = c->urls;
+    if (!c->cfg.inbox_max)
+        c->cfg.inbox_max = NATSCONN_INBOX_MAX;
+    c->tail = &c->head;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->closed_cond, NULL);
+    natsStatus s = NATS_OK;
+    if (cfg->name)
+        s = natsOptions_SetName(opts, cfg->name);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(opts, true, natsconn__on_up, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(opts, natsconn__on_up, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(opts, natsconn__on_down, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(opts, natsconn__on_closed, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(opts, true);
+    uv_async_init(loop, &c->async, natsconn__dispatch);
+    c->async.data = c;
+    if (s == NATS_OK) {
+        s = natsConnection_Connect(&c->nc, opts);
+        if (s == NATS_OK)
+            natsconn__state(c, true);
+        else if (s == NATS_NOT_YET_CONNECTED)
+            s = NATS_OK; /* it keeps trying; on_up tells */
+    }
+    natsOptions_Destroy(opts);
+    if (s != NATS_OK) {
+        char *shown = natsconn_url_masked(cfg->urls);
+        snprintf(err, errsize, "cannot use NATS at %s: %s", shown, natsStatus_GetText(s));
+        free(shown);
+        natsconn_close(c);
+        return natsconn_errno(s) ? natsconn_errno(s) : -EIO;
+    }
+    *out = c;
+    return 0;
+}
+
+int natsconn_subscribe(struct natsconn *c, const char *subject)
+{
+    if (c->n_subs == ARRAY_SIZE(c->subs))
+        return -ENOSPC;
+    natsSubscription *sub = NULL;
+    natsStatus s = natsConnection_Subscribe(&sub, c->nc, subject, natsconn__on_msg, c);
+    if (s != NATS_OK)
+        return natsconn_errno(s);
+    natsSubscription_SetPendingLimits(sub, -1, -1); /* bounded by our inbox instead */
+    c->subs[c->n_subs++] = sub;
+    return 0;
+}
+
+int natsconn_publish(struct natsconn *c, const char *subject, const char *reply, const void *data,
+                     size_t len)
+{
+    if (!c->nc)
+        return -ENOTCONN;
+    natsStatus s = reply ? natsConnection_PublishRequest(c->nc, subject, reply, data, (int)len)
+                         : natsConnection_Publish(c->nc, subject, data, (int)len);
+    return natsconn_errno(s);
+}
+
+char *natsconn_new_inbox(struct natsconn *c)
+{
+    natsInbox *inbox = NULL;
+    if (natsInbox_Create(&inbox) != NATS_OK)
+        return NULL;
+    char *out = xstrdup(inbox);
+    natsInbox_Destroy(inbox);
+    return out;
+}
+
+bool natsconn_connected(const struct natsconn *c)
+{
+    return c && c->nc && natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+unsigned long long natsconn_dropped(const struct natsconn *c)
+{
+    pthread_mutex_t *lock = (pthread_mutex_t *)&c->lock;
+    pthread_mutex_lock(lock);
+    unsigned long long n = c->dropped;
+    pthread_mutex_unlock(lock);
+    return n;
+}
+
+static void natsconn__closed(uv_handle_t *h)
+{
+    struct natsconn *c = h->data;
+    while (c->head) {
+        struct natsconn_item *it = c->head;
+        c->head = it->next;
+        free(it->subject);
+        free(it->reply);
+        free(it);
+    }
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->closed_cond);
+    free(c->urls);
+    free(c);
+}
+
+void natsconn_close(struct natsconn *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_subs; i++) {
+        natsSubscription_Unsubscribe(c->subs[i]);
+        natsSubscription_Destroy(c->subs[i]);
+    }
+    c->n_subs = 0;
+    if (c->nc) {
+        if (natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
+            natsConnection_FlushTimeout(c->nc, NATSCONN_CLOSE_FLUSH_MS);
+        natsConnection_Close(c->nc);
+        /* bounded: the closed callback comes within milliseconds of Close */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 2;
+        pthread_mutex_lock(&c->lock);
+        while (!c->closed && pthread_cond_timedwait(&c->closed_cond, &c->lock, &until) == 0)
+            ;
+        pthread_mutex_unlock(&c->lock);
+        natsConnection_Destroy(c->nc);
+        c->nc = NULL;
+    }
+    uv_close((uv_handle_t *)&c->async, natsconn__closed);
+}

@@ -1,0 +1,460 @@
+/* The router's bus on NATS core (docs/bus.md, "On NATS"): every route is learnt from
+ * skiff.bus.register announcements, each valid for its ttl_ms after the last one; an entry not
+ * announced again in time is pruned, one unregistered goes at once. The table is rebuilt from
+ * the entries (as a "routes" message, so one parser serves both buses) and saved to
+ * run/routes.json. While NATS is down nothing expires: the router serves what it knew, and
+ * entries get a full TTL again when the connection comes back (skiffd re-announces within
+ * its interval). Lines for skiffd (hello, access, wake, metrics) go to skiff.bus.router;
+ * drained answers go to the drain request's reply subject. */
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "natsconn/natsconn.h"
+#include "router/route_table.h"
+#include "router/router_internal.h"
+
+#define ROUTER_NATS_PRUNE_MS 250
+/* Announcements within this long make one new table (a re-announcement of N routes is N
+ * messages): one parse, swap and save instead of N. */
+#define ROUTER_NATS_COALESCE_MS 5
+#define ROUTER_NATS_HELLO_MS 5000
+#define ROUTER_NATS_DEFAULT_TTL_MS 30000
+#define ROUTER_NATS_MAX_ROUTES 100000
+#define ROUTER_NATS_MAX_DRAINS 1024
+
+struct rn_entry {
+    char *key; /* host NUL path */
+    json_t *route;
+    int64_t expires_ms;
+    int64_t ttl_ms;
+};
+
+struct rn_drain {
+    uint64_t id;
+    char *reply;
+};
+
+static struct {
+    const struct router_config *cfg;
+    struct natsconn *conn;
+    struct rn_entry *entries;
+    size_t n, cap;
+    uv_timer_t prune;
+    uv_timer_t hello;
+    uv_timer_t coalesce;
+    int64_t version;
+    bool up;
+    char subject[64];     /* skiff.bus.router.<id>: where this router's lines go */
+    char *unknown_logged; /* subjects already logged as unknown or malformed, '\n'-separated */
+    pthread_mutex_t lock; /* drains: answered from workers */
+    struct rn_drain drains[ROUTER_NATS_MAX_DRAINS];
+    size_t n_drains;
+} rn = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* ---- parsing (pure, unit-tested with hostile input) ------------------------------------- */
+
+static bool rn__text(json_t *o, const char *key, size_t max)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s && strlen(s) <= max;
+}
+
+int router_nats_parse(const char *subject, const char *data, size_t len,
+                      struct router_nats_msg *out, char *err, size_t errsize)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = ROUTER_NATS_UNKNOWN;
+    if (!subject || strncmp(subject, ROUTER_NATS_PREFIX, strlen(ROUTER_NATS_PREFIX))) {
+        snprintf(err, errsize, "a subject outside " ROUTER_NATS_PREFIX "*");
+        return -EINVAL;
+    }
+    const char *name = subject + strlen(ROUTER_NATS_PREFIX);
+    enum router_nats_kind kind = !strcmp(name, "register")     ? ROUTER_NATS_REGISTER
+                                 : !strcmp(name, "unregister") ? ROUTER_NATS_UNREGISTER
+                                 : !strcmp(name, "drain")      ? ROUTER_NATS_DRAIN
+                                 : !strcmp(name, "certs")      ? ROUTER_NATS_CERTS
+                                                               : ROUTER_NATS_UNKNOWN;
+    if (kind == ROUTER_NATS_UNKNOWN)
+        return 0; /* a newer skiffd's subject: the caller logs it once */
+    json_error_t jerr;
+    json_t *o = data ? json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    json_t *v = json_object_get(o, "v");
+    if (!json_is_object(o)) {
+        snprintf(err, errsize, "%s: not a JSON object", subject);
+        goto bad;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) != ROUTER_NATS_VERSION) {
+        snprintf(err, errsize, "%s: \"v\" is not %d (a message of another version)", subject,
+                 ROUTER_NATS_VERSION);
+        goto bad;
+    }
+    if (kind == ROUTER_NATS_REGISTER) {
+        json_t *route = json_object_get(o, "route"), *ttl = json_object_get(o, "ttl_ms");
+        if (!json_is_object(route) || !rn__text(route, "host", 253) ||
+            !rn__text(route, "path", 1024)) {
+            snprintf(err, errsize, "%s: \"route\" needs \"host\" and \"path\" strings", subject);
+            goto bad;
+        }
+        if (!json_is_integer(ttl) || json_integer_value(ttl) < 100 ||
+            json_integer_value(ttl) > 3600000) {
+            snprintf(err, errsize, "%s: \"ttl_ms\" is not a number from 100 to 3600000", subject);
+            goto bad;
+        }
+        out->route = json_incref(route);
+        out->ttl_ms = json_integer_value(ttl);
+    } else if (kind == ROUTER_NATS_UNREGISTER) {
+        if (!rn__text(o, "host", 253) || !rn__text(o, "path", 1024)) {
+            snprintf(err, errsize, "%s: needs \"host\" and \"path\" strings", subject);
+            goto bad;
+        }
+        snprintf(out->host, sizeof out->host, "%s", json_string_value(json_object_get(o, "host")));
+        snprintf(out->path, sizeof out->path, "%s", json_string_value(json_object_get(o, "path")));
+    } else if (kind == ROUTER_NATS_DRAIN) {
+        if (router_bus_parse_drain(o, &out->addr, &out->addr_len, &out->drain_id, err, errsize) < 0)
+            goto bad;
+    }
+    out->kind = kind;
+    json_decref(o);
+    return 0;
+bad:
+    json_decref(o);
+    return -EINVAL;
+}
+
+void router_nats_msg_free(struct router_nats_msg *m)
+{
+    json_decref(m->route);
+    m->route = NULL;
+}
+
+/* ---- the table --------------------------------------------------------------------------- */
+
+static char *rn__key(const char *host, const char *path)
+{
+    size_t h = strlen(host), p = strlen(path);
+    char *k = xmalloc(h + p + 2);
+    memcpy(k, host, h + 1);
+    memcpy(k + h + 1, path, p + 1);
+    return k;
+}
+
+static bool rn__key_eq(const char *k, const char *host, const char *path)
+{
+    return !strcmp(k, host) && !strcmp(k + strlen(k) + 1, path);
+}
+
+static struct rn_entry *rn__find(const char *host, const char *path)
+{
+    for (size_t i = 0; i < rn.n; i++)
+        if (rn__key_eq(rn.entries[i].key, host, path))
+            return &rn.entries[i];
+    return NULL;
+}
+
+static void rn__remove(size_t i)
+{
+    free(rn.entries[i].key);
+    json_decref(rn.entries[i].route);
+    rn.entries[i] = rn.entries[--rn.n];
+}
+
+/* Publishes the entries as the current table (and saves it). */
+static void rn__publish(void)
+{
+    json_t *routes = json_array();
+    for (size_t i = 0; i < rn.n; i++)
+        json_array_append(routes, rn.entries[i].route);
+    int64_t now = time_now_ms();
+    rn.version = now > rn.version ? now : rn.version + 1;
+    json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)rn.version,
+                            "routes", routes);
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (text)
+        router_bus_apply_routes(text, strlen(text), true);
+    free(text);
+}
+
+/* Whether the table changed (a new route, or one announced differently); an announcement
+ * of the same route only renews its time. */
+static bool rn__upsert(json_t *route, int64_t ttl_ms)
+{
+    const char *host = json_string_value(json_object_get(route, "host"));
+    const char *path = json_string_value(json_object_get(route, "path"));
+    struct rn_entry *e = rn__find(host, path);
+    if (!e) {
+        if (rn.n >= ROUTER_NATS_MAX_ROUTES) {
+            log_warning("bus: over %d routes announced on NATS; skipping %s%s",
+                        ROUTER_NATS_MAX_ROUTES, host, path);
+            return false;
+        }
+        if (rn.n == rn.cap) {
+            rn.cap = rn.cap ? rn.cap * 2 : 64;
+            rn.entries = xrealloc(rn.entries, rn.cap * sizeof *rn.entries);
+        }
+        e = &rn.entries[rn.n++];
+        e->key = rn__key(host, path);
+        e->route = NULL;
+    }
+    e->ttl_ms = ttl_ms;
+    e->expires_ms = time_mono_ms() + ttl_ms;
+    if (e->route && json_equal(e->route, route))
+        return false;
+    json_decref(e->route);
+    e->route = json_incref(route);
+    return true;
+}
+
+static void rn__on_coalesced(uv_timer_t *t)
+{
+    rn__publish();
+}
+
+/* The table changed: publish it soon. */
+static void rn__changed(void)
+{
+    if (!uv_is_active((uv_handle_t *)&rn.coalesce))
+        uv_timer_start(&rn.coalesce, rn__on_coalesced, ROUTER_NATS_COALESCE_MS, 0);
+}
+
+static void rn__on_prune(uv_timer_t *t)
+{
+    if (!rn.up)
+        return; /* NATS is down: serve what we knew */
+    int64_t now = time_mono_ms();
+    bool changed = false;
+    for (size_t i = 0; i < rn.n;)
+        if (rn.entries[i].expires_ms <= now) {
+            log_info("bus: route %s%s was not announced again within %lld ms; pruned",
+                     rn.entries[i].key, rn.entries[i].key + strlen(rn.entries[i].key) + 1,
+                     (long long)rn.entries[i].ttl_ms);
+            rn__remove(i);
+            changed = true;
+        } else {
+            i++;
+        }
+    if (changed)
+        rn__changed();
+}
+
+/* Logged once per subject (bounded), then skipped silently. */
+static void rn__log_once(const char *subject, const char *what)
+{
+    size_t n = strlen(subject);
+    const char *l = rn.unknown_logged;
+    while (l && *l) {
+        const char *e = strchr(l, '\n');
+        if ((size_t)(e - l) == n && !memcmp(l, subject, n))
+            return;
+        l = e + 1;
+    }
+    size_t have = rn.unknown_logged ? strlen(rn.unknown_logged) : 0;
+    if (have > 64 * 1024)
+        return;
+    rn.unknown_logged = xrealloc(rn.unknown_logged, have + n + 2);
+    memcpy(rn.unknown_logged + have, subject, n);
+    rn.unknown_logged[have + n] = '\n';
+    rn.unknown_logged[have + n + 1] = 0;
+    log_warning("bus: skipping NATS messages on %s: %s (logged once)", subject, what);
+}
+
+static void rn__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
+                       size_t len)
+{
+    struct router_nats_msg m;
+    char err[256];
+    if (router_nats_parse(subject, data, len, &m, err, sizeof err) < 0) {
+        rn__log_once(subject, err);
+        return;
+    }
+    switch (m.kind) {
+    case ROUTER_NATS_REGISTER:
+        if (rn__upsert(m.route, m.ttl_ms))
+            rn__changed();
+        break;
+    case ROUTER_NATS_UNREGISTER:
+        for (size_t i = 0; i < rn.n; i++)
+            if (rn__key_eq(rn.entries[i].key, m.host, m.path)) {
+                rn__remove(i);
+                rn__changed();
+                break;
+            }
+        break;
+    case ROUTER_NATS_DRAIN:
+        if (!reply) {
+            rn__log_once(subject, "a drain request without a reply subject");
+            break;
+        }
+        pthread_mutex_lock(&rn.lock);
+        bool room = rn.n_drains < ROUTER_NATS_MAX_DRAINS;
+        if (room)
+            rn.drains[rn.n_drains++] = (struct rn_drain){m.drain_id, xstrdup(reply)};
+        pthread_mutex_unlock(&rn.lock);
+        /* skiffd sent the table without the instance first: it must be served before the
+         * drain is answered, or a new request could still pick the instance */
+        if (uv_is_active((uv_handle_t *)&rn.coalesce)) {
+            uv_timer_stop(&rn.coalesce);
+            rn__publish();
+        }
+        if (room)
+            router_proxy_drain(&m.addr, m.addr_len, m.drain_id);
+        break;
+    case ROUTER_NATS_CERTS:
+        router_tls_reload(rn.cfg);
+        break;
+    case ROUTER_NATS_UNKNOWN:
+        rn__log_once(subject, "a subject this router does not know (is skiffd newer?)");
+        break;
+    }
+    router_nats_msg_free(&m);
+}
+
+static void rn__hello(void)
+{
+    char *hello = xasprintf("{\"type\":\"hello\",\"pid\":%d,\"router_index\":%d}\n", (int)getpid(),
+                            rn.cfg->router_index);
+    natsconn_publish(rn.conn, rn.subject, NULL, hello, strlen(hello));
+    free(hello);
+}
+
+static void rn__on_hello(uv_timer_t *t)
+{
+    if (rn.up)
+        rn__hello();
+}
+
+static void rn__on_state(void *ctx, bool up)
+{
+    rn.up = up;
+    router_bus_set_connected(up);
+    if (up) {
+        /* skiffd re-announces within its interval: every entry gets its full time again */
+        int64_t now = time_mono_ms();
+        for (size_t i = 0; i < rn.n; i++)
+            rn.entries[i].expires_ms = now + rn.entries[i].ttl_ms;
+        log_info("bus: connected to NATS");
+        rn__hello();
+    } else {
+        log_warning("bus: NATS is unreachable; serving the last route table");
+    }
+}
+
+/* The saved table's routes become entries (a full default TTL), so a restarted router serves
+ * them and skiffd's next announcements replace them. */
+static void rn__seed(void)
+{
+    char *path = xasprintf("%s/run/routes.json", rn.cfg->home);
+    char *data = NULL;
+    size_t len = 0;
+    if (file_read(path, &data, &len) == 0) {
+        json_t *o = json_loadb(data, len, 0, NULL);
+        size_t i;
+        json_t *r;
+        json_array_foreach(json_object_get(o, "routes"), i, r)
+        {
+            if (json_is_object(r) && rn__text(r, "host", 253) && rn__text(r, "path", 1024))
+                rn__upsert(r, ROUTER_NATS_DEFAULT_TTL_MS);
+        }
+        json_decref(o);
+    }
+    free(data);
+    free(path);
+}
+
+int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
+{
+    rn.cfg = cfg;
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+        id = (uint64_t)time_now_ms() ^ ((uint64_t)getpid() << 32);
+    snprintf(rn.subject, sizeof rn.subject, ROUTER_NATS_PREFIX "router.%016llx",
+             (unsigned long long)id);
+    uv_timer_init(loop, &rn.coalesce);
+    rn__seed();
+    char err[256];
+    struct natsconn_config ncfg = {.urls = cfg->nats_urls,
+                                   .name = "skiff-router",
+                                   .on_msg = rn__on_msg,
+                                   .on_state = rn__on_state};
+    int rc = natsconn_open(loop, &ncfg, &rn.conn, err, sizeof err);
+    if (rc < 0) {
+        log_error("bus: %s", err);
+        return rc;
+    }
+    /* not skiff.bus.*: that would bring every router's access lines to every router */
+    static const char *const subjects[] = {ROUTER_NATS_PREFIX "register",
+                                           ROUTER_NATS_PREFIX "unregister",
+                                           ROUTER_NATS_PREFIX "drain", ROUTER_NATS_PREFIX "certs"};
+    for (size_t i = 0; i < ARRAY_SIZE(subjects); i++) {
+        rc = natsconn_subscribe(rn.conn, subjects[i]);
+        if (rc < 0) {
+            log_error("bus: cannot subscribe to %s: %s", subjects[i], strerror(-rc));
+            return rc;
+        }
+    }
+    uv_timer_init(loop, &rn.prune);
+    uv_timer_start(&rn.prune, rn__on_prune, ROUTER_NATS_PRUNE_MS, ROUTER_NATS_PRUNE_MS);
+    uv_timer_init(loop, &rn.hello);
+    uv_timer_start(&rn.hello, rn__on_hello, ROUTER_NATS_HELLO_MS, ROUTER_NATS_HELLO_MS);
+    return 0;
+}
+
+bool router_nats_active(void)
+{
+    return rn.conn != NULL;
+}
+
+void router_nats_send(const char *lines, size_t len)
+{
+    natsconn_publish(rn.conn, rn.subject, NULL, lines, len);
+}
+
+bool router_nats_drained(uint64_t id)
+{
+    char *reply = NULL;
+    pthread_mutex_lock(&rn.lock);
+    for (size_t i = 0; i < rn.n_drains; i++)
+        if (rn.drains[i].id == id) {
+            reply = rn.drains[i].reply;
+            rn.drains[i] = rn.drains[--rn.n_drains];
+            break;
+        }
+    pthread_mutex_unlock(&rn.lock);
+    if (!reply)
+        return false;
+    char line[96];
+    int n =
+        snprintf(line, sizeof line, "{\"type\":\"drained\",\"id\":%llu}\n", (unsigned long long)id);
+    natsconn_publish(rn.conn, reply, NULL, line, (size_t)n);
+    free(reply);
+    return true;
+}
+
+void router_nats_stop(void)
+{
+    if (!rn.conn)
+        return;
+    uv_close((uv_handle_t *)&rn.prune, NULL);
+    uv_close((uv_handle_t *)&rn.coalesce, NULL);
+    uv_close((uv_handle_t *)&rn.hello, NULL);
+    natsconn_close(rn.conn);
+    rn.conn = NULL;
+    while (rn.n)
+        rn__remove(rn.n - 1);
+    free(rn.entries);
+    rn.entries = NULL;
+    rn.cap = 0;
+    free(rn.unknown_logged);
+    rn.unknown_logged = NULL;
+    for (size_t i = 0; i < rn.n_drains; i++)
+        free(rn.drains[i].reply);
+    rn.n_drains = 0;
+}

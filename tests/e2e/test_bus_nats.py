@@ -1,0 +1,341 @@
+"""The bus on NATS core: skiffd --nats announces its route table (skiff.bus.register with a
+TTL, re-announced; skiff.bus.unregister), and a router on "another host" (`skiffd --role router
+--nats`, its own home and ports) learns every route from NATS alone: it serves an app pushed to
+skiffd, drops an unmapped route at once, prunes every route once skiffd is gone for the TTL,
+keeps serving its last table (and its saved routes.json after a restart) while NATS is down,
+and loses no request through a rolling push (drain over NATS). Messages on NATS that are not
+well-formed are skipped; an instance cannot connect to the NATS port at all.
+
+The announce interval and TTL are shortened here (1 s and 3 s) through SKIFF_BUS_ANNOUNCE_MS
+and SKIFF_BUS_TTL_MS; the defaults are 10 s and 30 s."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import BIN_DIR, Platform, free_port, out, wait_for
+from test_deploy import Traffic, write_app
+from test_fabric_nats import NatsServer
+from test_isolation import attack, contained, host_side, push_hostile
+
+pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
+                                reason="nats-server is not installed (scripts/deps.sh)")
+
+ANNOUNCE_MS, TTL_MS = 1000, 3000
+
+
+@pytest.fixture
+def nats():
+    store = tempfile.mkdtemp(prefix="skiff-natsbus-")
+    s = NatsServer(store).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+class RemoteRouter:
+    """`skiffd --role router --nats URL` with a home and ports of its own."""
+
+    def __init__(self, nats_url, home=None):
+        self.nats_url = nats_url
+        self.home = home or tempfile.mkdtemp(prefix="skiff-rtr-")
+        self.port, self.admin_port = free_port(), free_port()
+        self.router_url = "http://127.0.0.1:%d" % self.port
+        self.proc = None
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+        env["HOME"] = self.home
+        log = open(os.path.join(self.home, "router.out"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN_DIR, "skiffd"), "--role", "router", "--nats", self.nats_url,
+             "--home", self.home, "--router-addr", "127.0.0.1:%d" % self.port,
+             "--router-admin-addr", "127.0.0.1:%d" % self.admin_port],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(lambda: self.proc.poll() is not None or self.health(), 20, "the router to start")
+        assert self.proc.poll() is None, self.output()
+        return self
+
+    def health(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % self.admin_port,
+                                    timeout=2) as r:
+            return r.status == 200
+
+    def get(self, host, path="/"):
+        req = urllib.request.Request(self.router_url + path, headers={"Host": host})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("X-Skiff-Router-Error", "")
+        except OSError as e:
+            return 0, repr(e)
+
+    def output(self):
+        with open(os.path.join(self.home, "router.out"), errors="replace") as f:
+            return f.read()[-10000:]
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def nats_platform(nats):
+    return Platform(extra_args=["--nats", nats.url],
+                    extra_env={"SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                               "SKIFF_BUS_TTL_MS": str(TTL_MS)})
+
+
+def nats_publish(nats, subject, payload):
+    """Publishes on NATS core with the plain text protocol (no client library needed)."""
+    with socket.create_connection(("127.0.0.1", nats.port), timeout=5) as s:
+        s.recv(4096)  # INFO
+        data = payload if isinstance(payload, bytes) else payload.encode()
+        s.sendall(b"CONNECT {\"verbose\":false}\r\nPUB %s %d\r\n%s\r\nPING\r\n"
+                  % (subject.encode(), len(data), data))
+        got = b""
+        while b"PONG" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+
+
+def push_web(p, tmp_path, name, version="v0", instances=1):
+    r = p.cli("push", name, "-p", write_app(tmp_path, version), "-i", str(instances), timeout=300)
+    assert r.returncode == 0, out(r)
+
+
+def test_a_router_on_another_host_learns_routes_from_nats(nats, tmp_path):
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "far")
+        wait_for(lambda: rr.get("far.localhost") == (200, "v0\n"), 30,
+                 "the remote router to serve far")
+        # it saved what it learnt, as a router of skiffd's own socket does
+        saved = json.load(open(os.path.join(rr.home, "run", "routes.json")))
+        assert [r["host"] for r in saved["routes"]] == ["far.localhost"], saved
+
+        # its access lines come back over NATS into the app's log (no request went through
+        # skiffd's own router)
+        rr.get("far.localhost", "/from-the-remote-router")
+        wait_for(lambda: "GET /from-the-remote-router 200" in str(
+            p.api("GET", "/v1/apps/far/logs?recent=1")[1]), 10, "the access line in the log")
+
+        # unmap: unregistered at once, well within the announce interval
+        r = p.cli("unmap-route", "far", "far.localhost")
+        assert r.returncode == 0, out(r)
+        t0 = time.monotonic()
+        wait_for(lambda: rr.get("far.localhost")[0] == 404, ANNOUNCE_MS / 1000,
+                 "the unmapped route to leave the remote router")
+        print("unmap -> gone from the remote router in %.0f ms" % ((time.monotonic() - t0) * 1000))
+        t0 = time.monotonic()
+        r = p.cli("map-route", "far", "far.localhost")
+        assert r.returncode == 0, out(r)
+        wait_for(lambda: rr.get("far.localhost") == (200, "v0\n"), 10, "the route back")
+        print("map-route -> served by the remote router in %.0f ms (CLI included)"
+              % ((time.monotonic() - t0) * 1000))
+
+        # skiffd killed: the remote router serves until the TTL passes, then prunes
+        p.proc.send_signal(signal.SIGKILL)
+        p.proc.wait(10)
+        t0 = time.monotonic()
+        assert rr.get("far.localhost") == (200, "v0\n")
+        wait_for(lambda: rr.get("far.localhost")[0] == 404, TTL_MS / 1000 + 3,
+                 "the remote router to prune the route after its TTL")
+        gone_after = time.monotonic() - t0
+        assert gone_after >= (TTL_MS - ANNOUNCE_MS) / 1000 - 0.2, gone_after
+        assert "not announced again" in rr.output(), rr.output()
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_the_remote_router_keeps_its_table_while_nats_is_down(nats, tmp_path):
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "steady")
+        wait_for(lambda: rr.get("steady.localhost") == (200, "v0\n"), 30, "steady served")
+        nats.stop()
+        # well past the TTL: nothing expires while NATS is unreachable
+        deadline = time.monotonic() + TTL_MS / 1000 + 2
+        while time.monotonic() < deadline:
+            assert rr.get("steady.localhost") == (200, "v0\n")
+            time.sleep(0.2)
+        # restarted with NATS still down: it serves its saved routes.json
+        rr.stop()
+        rr = RemoteRouter(nats.url, home=rr.home).start()
+        assert rr.get("steady.localhost") == (200, "v0\n"), rr.output()
+        # NATS back: the table is announced again and stays
+        nats.start()
+        time.sleep(TTL_MS / 1000 + 1)
+        assert rr.get("steady.localhost") == (200, "v0\n"), rr.output()
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_a_rolling_push_fails_no_request_through_the_remote_router(nats, tmp_path):
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "roll", "v0", instances=2)
+        wait_for(lambda: rr.get("roll.localhost") == (200, "v0\n"), 30, "v0 served remotely")
+        # the remote router said hello, so drains wait for it
+        wait_for(lambda: "a router on NATS said hello" in p.output(), 10, "the router's hello")
+        with Traffic(SimpleNamespace(router_url=rr.router_url), "roll.localhost") as traffic:
+            wait_for(lambda: traffic.answered() > 20, 30, what="traffic flowing")
+            for version in ("v1", "v2"):
+                push_web(p, tmp_path, "roll", version, instances=2)
+                wait_for(lambda: rr.get("roll.localhost") == (200, version + "\n"), 30,
+                         version + " served remotely")
+                before = traffic.answered()
+                wait_for(lambda: traffic.answered() > before + 20, 30, what="traffic after")
+        print("%d requests through the remote router, %d failed" % (traffic.answered(),
+                                                                    len(traffic.failures)))
+        assert traffic.failures == [], traffic.failures[:10]
+        assert {"v0", "v1", "v2"} <= traffic.seen, traffic.seen
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_malformed_messages_on_nats_are_skipped(nats, tmp_path):
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "calm")
+        wait_for(lambda: rr.get("calm.localhost") == (200, "v0\n"), 30, "calm served")
+        hostile = [
+            ("skiff.bus.register", b"not json"),
+            ("skiff.bus.register", b"{\"v\":2,\"ttl_ms\":1000,\"route\":{}}"),
+            ("skiff.bus.register", b"{\"v\":1,\"ttl_ms\":-5,\"route\":{\"host\":\"a\",\"path\":\"\"}}"),
+            ("skiff.bus.register", b"{\"v\":1,\"ttl_ms\":1000,\"route\":{\"host\":7}}"),
+            ("skiff.bus.register", b"[1,2,3]"),
+            ("skiff.bus.unregister", b"{\"v\":1}"),
+            ("skiff.bus.drain", b"{\"v\":1,\"addr\":\"nowhere\",\"id\":-1}"),
+            ("skiff.bus.certs", b"\x00\xff"),
+            ("skiff.bus.whatever", b"{}"),
+            ("skiff.bus.register", b"{" * 100000),
+            ("skiff.bus.router.abc", b"{\"type\":\"wake\",\"app_guid\":12}\n\n\x00garbage\n"),
+            ("skiff.bus.router.abc", b"{\"type\":\"metrics\",\"apps\":[{\"app_guid\":1e999}]}"),
+            ("skiff.bus.router.NOT-HEX", b"{\"type\":\"wake\",\"app_guid\":\"x\"}"),
+        ]
+        for subject, payload in hostile:
+            nats_publish(nats, subject, payload)
+        # a register of a route that points at nothing real is still only a route: the app's
+        # own route keeps working and both processes are alive
+        nats_publish(nats, "skiff.bus.register", json.dumps(
+            {"v": 1, "ttl_ms": 1000, "route": {"host": "calm.localhost", "path": "/x",
+                                               "app_guid": "0" * 36, "backends": []}}))
+        wait_for(lambda: rr.get("calm.localhost", "/x")[0] == 503, 5, "the extra route")
+        assert rr.get("calm.localhost") == (200, "v0\n")
+        assert rr.proc.poll() is None and p.proc.poll() is None
+        log = rr.output()
+        assert log.count("skipping NATS messages on skiff.bus.register") == 1, log
+        assert "skiff.bus.drain" in log and "skiff.bus.unregister" in log, log
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_an_instance_cannot_reach_nats(nats):
+    """NATS carries every route and drain: a tenant that could publish there could send any
+    router's traffic anywhere. nats-server listens on the host's loopback and instances live in
+    their own network namespaces: the NATS port must not accept a connection from one (tried at
+    127.0.0.1 and at every address of the host)."""
+    p = nats_platform(nats).start()
+    try:
+        push_hostile(p, "hostile")
+        contained(attack(p, "hostile", "connect", addr=host_side(nats.port)),
+                  "an instance must not reach the NATS server")
+    finally:
+        p.close()
+
+
+def test_a_request_in_flight_through_the_remote_router_finishes_before_its_instance_stops(
+        nats, tmp_path):
+    """Scale 2 -> 1 while a slow request is in flight to the instance that goes, through the
+    remote router only: skiffd's drain request over NATS is answered by that router once the
+    request ended, so the request succeeds, and the instance stops well before the 10 s drain
+    timeout (the answer, not the timeout, released it)."""
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        push_web(p, tmp_path, "slow", "v0", instances=2)
+        wait_for(lambda: rr.get("slow.localhost") == (200, "v0\n"), 30, "slow served remotely")
+        wait_for(lambda: "a router on NATS said hello" in p.output(), 10, "the router's hello")
+        # one slow request in flight to each instance (round robin), so one is to index 1
+        results = []
+        threads = []
+        for _ in range(2):
+            t = threading.Thread(target=lambda: results.append(
+                rr.get("slow.localhost", "/sleep/2")))
+            t.start()
+            threads.append(t)
+        wait_for(lambda: len(re.findall(r"MARK \d", p.api(
+            "GET", "/v1/apps/slow/logs?recent=1")[1])) >= 2, 10, "both requests at the app")
+        t0 = time.monotonic()
+        status, body = p.api("PATCH", "/v1/apps/slow", {"instances": 1})
+        assert status == 200, body
+        for t in threads:
+            t.join(30)
+        assert results == [(200, "v0\n")] * 2, results
+
+        def one_left():
+            _, app = p.api("GET", "/v1/apps/slow")
+            return [i["state"] for i in app["instances_detail"]] == ["RUNNING"]
+        wait_for(one_left, 30, "the drained instance to stop")
+        took = time.monotonic() - t0
+        print("drained through the remote router and stopped in %.1f s" % took)
+        assert took < 8, took
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_the_router_role_needs_nats_and_a_role_it_knows(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+    skiffd = os.path.join(BIN_DIR, "skiffd")
+    r = subprocess.run([skiffd, "--role", "router", "--home", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "give --nats" in r.stderr, (r.returncode, r.stderr)
+    r = subprocess.run([skiffd, "--role", "cell", "--home", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--role is all or router" in r.stderr, (r.returncode, r.stderr)
+    # the announce interval must be under the TTL
+    env.update({"SKIFF_BUS_ANNOUNCE_MS": "5000", "SKIFF_BUS_TTL_MS": "4000",
+                "SKIFF_HOME": str(tmp_path), "SKIFF_BUILTIN_BROKERS": "0"})
+    r = subprocess.run([skiffd, "--nats", "nats://127.0.0.1:1", "--isolation", "process",
+                        "--api-addr", "127.0.0.1:%d" % free_port(),
+                        "--router-addr", "127.0.0.1:%d" % free_port(),
+                        "--router-admin-addr", "127.0.0.1:%d" % free_port(),
+                        "--router-tls-addr", "127.0.0.1:%d" % free_port(),
+                        "--api-tls-addr", "127.0.0.1:%d" % free_port()],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "must be over SKIFF_BUS_ANNOUNCE_MS" in r.stderr, r.stderr
