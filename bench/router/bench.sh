@@ -16,26 +16,11 @@ host=bench.localhost
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (scripts/deps.sh)" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || true
 
-work=$(mktemp -d /tmp/skiff-bench-router.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . "$here/lib.sh"
+bench_workdir router
 
-mkdir -p "$work/www"
-printf 'hello, world\n' >"$work/www/small"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
-chmod -R a+rX "$work/www"
-
-backend_port=$(free_port)
-nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
-nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
-direct_pid=$!
+bench_backend
+direct_pid=$backend_pid
 
 nginx1_port=$(free_port)
 nginx_conf nginx1 1 "$(proxy_conf "$nginx1_port" "127.0.0.1:$backend_port")"

@@ -16,25 +16,10 @@ host=bench.localhost
 command -v h2load >/dev/null && command -v nginx >/dev/null || { echo "needs h2load and nginx (scripts/deps.sh)" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || true
 
-work=$(mktemp -d /tmp/skiff-bench-h2.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . "$here/lib.sh"
+bench_workdir h2
 
-mkdir -p "$work/www"
-printf 'hello, world\n' >"$work/www/small"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
-chmod -R a+rX "$work/www"
-
-backend_port=$(free_port)
-nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
-nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
+bench_backend
 
 # nginx as the HTTP/2 peer: the same proxy settings as bench.sh's, on an h2c listener
 h2_proxy_conf() { proxy_conf "$1" "$2" | sed "s/listen 127.0.0.1:$1;/listen 127.0.0.1:$1 http2;/"; }

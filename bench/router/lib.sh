@@ -1,9 +1,37 @@
-# What the router benchmarks share (sourced by bench.sh and platform_bench.sh): ports, nginx
+# What the router benchmarks share (sourced by bench.sh, h2_bench.sh, tls_bench.sh and platform_bench.sh): ports, nginx
 # configs, a standalone router, wrk runs with the CPU each process spent on them, medians. Uses
 # $work (a temporary folder), $secs (seconds per wrk run), $threads (wrk threads), $host (the
 # Host header) and $router_bin.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# bench_workdir NAME: $work (a temporary folder, removed at exit with every process in $pids)
+# and the two bodies every router benchmark serves, $work/www/small and $work/www/64k
+bench_workdir() {
+  work=$(mktemp -d "/tmp/skiff-bench-$1.XXXXXX")
+  chmod 755 "$work"
+  pids=()
+  trap bench_cleanup EXIT
+  mkdir -p "$work/www"
+  printf 'hello, world\n' >"$work/www/small"
+  head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
+  chmod -R a+rX "$work/www"
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# bench_backend: nginx (one worker) serving $work/www on $backend_port; its pid is $backend_pid
+bench_backend() {
+  backend_port=$(free_port)
+  nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
+  nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" &
+  backend_pid=$!
+  pids+=("$backend_pid")
+}
 
 # wait_port PORT [ADDRESS]: until something accepts there (5 s at most)
 wait_port() {

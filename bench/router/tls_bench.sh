@@ -21,30 +21,15 @@ command -v wrk >/dev/null && command -v nginx >/dev/null && command -v openssl >
   command -v h2load >/dev/null || { echo "needs wrk, nginx, openssl and h2load (scripts/deps.sh)" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || true
 
-work=$(mktemp -d /tmp/skiff-bench-tls.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . "$here/lib.sh"
-
-mkdir -p "$work/www"
-printf 'hello, world\n' >"$work/www/small"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$work/www/64k"
-chmod -R a+rX "$work/www"
+bench_workdir tls
 
 # one certificate for both
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj "/CN=$host" -addext "subjectAltName=DNS:$host,IP:127.0.0.1" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-backend_port=$(free_port)
-nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
-nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" & pids+=($!)
+bench_backend
 
 nginx_port=$(free_port)
 # nginx's proxy_conf, listening with TLS on the same certificate, h2 and http/1.1 by ALPN (as

@@ -1,16 +1,18 @@
 """The skiff CLI as a script sees it: help, exit statuses, and the messages that say what to do
 when something is wrong (daemon not running, not logged in, unknown app, bad flags, the API's
 own error messages)."""
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 
 import pytest
 
-from conftest import BIN_DIR, ROOT, cli_at_home, free_port
+from conftest import BIN_DIR, cli_at_home
 
 CORE_COMMANDS = ["login", "push", "apps", "app", "scale", "start", "stop", "restart", "restage",
                  "delete", "logs", "env", "set-env", "unset-env", "map-route", "unmap-route",
@@ -80,23 +82,37 @@ def test_not_logged_in_says_what_to_do(bare_home):
     assert "make run" in r.stderr and "skiff login" in r.stderr
 
 
+@contextlib.contextmanager
+def refused_port():
+    """A loopback port held bound and not listening while the block runs: every connection to
+    it is refused, and no server of a test running beside this one can take it meanwhile (as it
+    could a port found free and let go)."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    try:
+        yield held.getsockname()[1]
+    finally:
+        held.close()
+
+
 def test_daemon_not_running_says_to_start_it(bare_home):
     # what a local skiffd leaves behind after it stopped
-    with open(os.path.join(bare_home, "api.json"), "w") as f:
-        json.dump({"url": f"http://127.0.0.1:{free_port()}", "token": "x"}, f)
-    for args in (["apps"], ["app", "hello"], ["logs", "hello", "--recent"]):
-        r = cli_at_home(bare_home, *args)
-        assert r.returncode == 1, r
-        assert "is skiffd running?" in r.stderr, r.stderr
-        assert "make run" in r.stderr
+    with refused_port() as port:
+        with open(os.path.join(bare_home, "api.json"), "w") as f:
+            json.dump({"url": f"http://127.0.0.1:{port}", "token": "x"}, f)
+        for args in (["apps"], ["app", "hello"], ["logs", "hello", "--recent"]):
+            r = cli_at_home(bare_home, *args)
+            assert r.returncode == 1, r
+            assert "is skiffd running?" in r.stderr, r.stderr
+            assert "make run" in r.stderr
 
 
 def test_environment_wins_over_local_daemon(bare_home):
     with open(os.path.join(bare_home, "api.json"), "w") as f:
         json.dump({"url": "http://127.0.0.1:1", "token": "x"}, f)
-    port = free_port()
-    r = cli_at_home(bare_home, "apps", extra_env={"SKIFF_API": f"http://127.0.0.1:{port}/",
-                                          "SKIFF_TOKEN": "t"})
+    with refused_port() as port:
+        r = cli_at_home(bare_home, "apps", extra_env={"SKIFF_API": f"http://127.0.0.1:{port}/",
+                                                      "SKIFF_TOKEN": "t"})
     assert r.returncode == 1
     assert f"http://127.0.0.1:{port} (found through SKIFF_API)" in r.stderr
 
