@@ -90,7 +90,7 @@ int router_h2_preface_match(const char *p, size_t n)
     return n >= H2_PREFACE_LEN ? 1 : 0;
 }
 
-static bool name_is(const char *name, size_t len, const char *lower)
+bool router_h2_name_is(const char *name, size_t len, const char *lower)
 {
     size_t n = strlen(lower);
     return len == n && strncasecmp(name, lower, n) == 0;
@@ -98,9 +98,12 @@ static bool name_is(const char *name, size_t len, const char *lower)
 
 bool router_h2_connection_specific(const char *name, size_t len)
 {
-    return name_is(name, len, "connection") || name_is(name, len, "keep-alive") ||
-           name_is(name, len, "proxy-connection") || name_is(name, len, "transfer-encoding") ||
-           name_is(name, len, "upgrade") || name_is(name, len, "http2-settings");
+    return router_h2_name_is(name, len, "connection") ||
+           router_h2_name_is(name, len, "keep-alive") ||
+           router_h2_name_is(name, len, "proxy-connection") ||
+           router_h2_name_is(name, len, "transfer-encoding") ||
+           router_h2_name_is(name, len, "upgrade") ||
+           router_h2_name_is(name, len, "http2-settings");
 }
 
 const char *router_h2_field_check(const char *name, size_t name_len, const char *value,
@@ -124,7 +127,7 @@ const char *router_h2_field_check(const char *name, size_t name_len, const char 
     if (router_h2_connection_specific(name, name_len))
         return "connection-specific fields (connection, keep-alive, proxy-connection, "
                "transfer-encoding, upgrade) are not allowed in HTTP/2";
-    if (name_is(name, name_len, "te") && !name_is(value, value_len, "trailers"))
+    if (router_h2_name_is(name, name_len, "te") && !router_h2_name_is(value, value_len, "trailers"))
         return "te may only be \"trailers\" in HTTP/2";
     return NULL;
 }
@@ -199,14 +202,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
     if (queued == n && st->resp_ended) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (st->resp_trailer_count) {
-            nghttp2_nv *nv = xcalloc(st->resp_trailer_count, sizeof(*nv));
-            const char *p = st->resp_trailers.data;
-            for (size_t i = 0; i < st->resp_trailer_count; i++) {
-                size_t nl = strlen(p), vl = strlen(p + nl + 1);
-                nv[i] =
-                    (nghttp2_nv){(uint8_t *)p, (uint8_t *)p + nl + 1, nl, vl, NGHTTP2_NV_FLAG_NONE};
-                p += nl + vl + 2;
-            }
+            nghttp2_nv *nv = router_h2_fields_nv(&st->resp_trailers, st->resp_trailer_count, 0);
             if (nghttp2_submit_trailer(ng, id, nv, st->resp_trailer_count) == 0)
                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             free(nv);
@@ -256,15 +252,9 @@ static int stream_submit(struct router_h2_stream *st)
 {
     char status[8];
     snprintf(status, sizeof(status), "%d", st->status);
-    nghttp2_nv *nv = xcalloc(st->resp_field_count + 1, sizeof(*nv));
+    nghttp2_nv *nv = router_h2_fields_nv(&st->resp_fields, st->resp_field_count, 1);
     nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status),
                          NGHTTP2_NV_FLAG_NONE};
-    const char *p = st->resp_fields.data;
-    for (size_t i = 0; i < st->resp_field_count; i++) {
-        size_t nl = strlen(p), vl = strlen(p + nl + 1);
-        nv[i + 1] = (nghttp2_nv){(uint8_t *)p, (uint8_t *)p + nl + 1, nl, vl, NGHTTP2_NV_FLAG_NONE};
-        p += nl + vl + 2;
-    }
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
     int r = nghttp2_submit_response(st->sess->ng, st->id, nv, st->resp_field_count + 1, &dp);
     free(nv);
@@ -273,8 +263,8 @@ static int stream_submit(struct router_h2_stream *st)
     return r;
 }
 
-static void push_field(struct buf *b, size_t *count, const char *name, size_t nl, const char *value,
-                       size_t vl)
+void router_h2_fields_push(struct buf *b, size_t *count, const char *name, size_t nl,
+                           const char *value, size_t vl)
 {
     for (size_t i = 0; i < nl; i++) {
         char c = name[i];
@@ -286,6 +276,19 @@ static void push_field(struct buf *b, size_t *count, const char *name, size_t nl
     (*count)++;
 }
 
+nghttp2_nv *router_h2_fields_nv(const struct buf *b, size_t count, size_t extra)
+{
+    nghttp2_nv *nv = xcalloc(count + extra + 1, sizeof(*nv));
+    const char *p = b->data;
+    for (size_t i = 0; i < count; i++) {
+        size_t nl = strlen(p), vl = strlen(p + nl + 1);
+        nv[extra + i] =
+            (nghttp2_nv){(uint8_t *)p, (uint8_t *)p + nl + 1, nl, vl, NGHTTP2_NV_FLAG_NONE};
+        p += nl + vl + 2;
+    }
+    return nv;
+}
+
 /* An answer from the session itself (the request never reached an owner). */
 static void stream_local_response(struct router_h2_stream *st, int status, const char *code,
                                   const char *text)
@@ -293,10 +296,10 @@ static void stream_local_response(struct router_h2_stream *st, int status, const
     st->status = status;
     st->resp_fields.len = 0;
     st->resp_field_count = 0;
-    push_field(&st->resp_fields, &st->resp_field_count, "content-type", 12,
-               "text/plain; charset=utf-8", 25);
-    push_field(&st->resp_fields, &st->resp_field_count, "x-skiff-router-error", 20, code,
-               strlen(code));
+    router_h2_fields_push(&st->resp_fields, &st->resp_field_count, "content-type", 12,
+                          "text/plain; charset=utf-8", 25);
+    router_h2_fields_push(&st->resp_fields, &st->resp_field_count, "x-skiff-router-error", 20, code,
+                          strlen(code));
     st->out.len = st->out_off = 0;
     buf_puts(&st->out, text);
     buf_putc(&st->out, '\n');
@@ -327,12 +330,12 @@ static int on_resp_value_complete(llhttp_t *p)
     const char *value = st->fvalue.data ? st->fvalue.data : "";
     size_t nl = st->fname.len, vl = st->fvalue.len;
     st->fname.len = st->fvalue.len = 0;
-    if (router_h2_connection_specific(name, nl) || name_is(name, nl, "te"))
+    if (router_h2_connection_specific(name, nl) || router_h2_name_is(name, nl, "te"))
         return 0;
     if (st->in_trailers)
-        push_field(&st->resp_trailers, &st->resp_trailer_count, name, nl, value, vl);
+        router_h2_fields_push(&st->resp_trailers, &st->resp_trailer_count, name, nl, value, vl);
     else
-        push_field(&st->resp_fields, &st->resp_field_count, name, nl, value, vl);
+        router_h2_fields_push(&st->resp_fields, &st->resp_field_count, name, nl, value, vl);
     return 0;
 }
 
@@ -452,7 +455,7 @@ static void stream_begin(struct router_h2_stream *st, bool end_stream)
                               "The request headers are too large; keep them under the limit.");
         return;
     }
-    if (name_is(st->method.data ? st->method.data : "", st->method.len, "connect")) {
+    if (router_h2_name_is(st->method.data ? st->method.data : "", st->method.len, "connect")) {
         stream_local_response(st, 400, "bad-request", "CONNECT is not supported by this router.");
         return;
     }
@@ -575,18 +578,18 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     if (nl && name[0] == ':') { /* nghttp2 has checked pseudo-fields and their values */
         if (trailer)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        if (name_is(name, nl, ":method"))
+        if (router_h2_name_is(name, nl, ":method"))
             buf_append(&st->method, value, vl);
-        else if (name_is(name, nl, ":path"))
+        else if (router_h2_name_is(name, nl, ":path"))
             buf_append(&st->path, value, vl);
-        else if (name_is(name, nl, ":authority"))
+        else if (router_h2_name_is(name, nl, ":authority"))
             buf_append(&st->authority, value, vl);
         return 0;
     }
     if (router_h2_field_check(name, nl, value, vl))
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM PROTOCOL_ERROR */
     if (trailer) {
-        if (name_is(name, nl, "content-length") || name_is(name, nl, "host"))
+        if (router_h2_name_is(name, nl, "content-length") || router_h2_name_is(name, nl, "host"))
             return 0;
         buf_append(&st->trailers, name, nl);
         buf_puts(&st->trailers, ": ");
@@ -594,19 +597,19 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         buf_puts(&st->trailers, "\r\n");
         return 0;
     }
-    if (name_is(name, nl, "host")) {
+    if (router_h2_name_is(name, nl, "host")) {
         if (st->host.len) /* nghttp2 lets a second one through */
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         buf_append(&st->host, value, vl);
         return 0;
     }
-    if (name_is(name, nl, "cookie")) { /* split in HTTP/2, one field in HTTP/1.1 */
+    if (router_h2_name_is(name, nl, "cookie")) { /* split in HTTP/2, one field in HTTP/1.1 */
         if (st->cookie.len)
             buf_puts(&st->cookie, "; ");
         buf_append(&st->cookie, value, vl);
         return 0;
     }
-    if (name_is(name, nl, "content-length"))
+    if (router_h2_name_is(name, nl, "content-length"))
         st->has_length = true;
     buf_append(&st->fields, name, nl);
     buf_puts(&st->fields, ": ");

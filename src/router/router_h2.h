@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <nghttp2/nghttp2.h>
+
 #include "common/buf.h"
 
 struct router_h2_session;
@@ -128,14 +130,23 @@ size_t router_h2c_queued(const struct router_h2c *c);
 /* Whether p[0..n) is the start of the HTTP/2 client preface: 1 when the whole preface (24
  * bytes) is there, 0 when what there is matches so far, -1 when it is not the preface. */
 int router_h2_preface_match(const char *p, size_t n);
+/* Whether a field describes one HTTP/1.1 connection and so means nothing (or harm) in HTTP/2:
+ * connection, keep-alive, proxy-connection, transfer-encoding, upgrade, http2-settings. */
+bool router_h2_connection_specific(const char *name, size_t len);
+/* Whether name[0..len) is lower (itself lowercase), case aside. */
+bool router_h2_name_is(const char *name, size_t len, const char *lower);
+/* Header fields as both sides of the router keep them between HTTP/1.1 and HTTP/2: pairs
+ * "name\0value\0" in one buf, names lowercased, *count of them. */
+void router_h2_fields_push(struct buf *b, size_t *count, const char *name, size_t nl,
+                           const char *value, size_t vl);
+/* nghttp2's view of b's count fields after `extra` slots left zero at the front (for
+ * pseudo-fields): the array is the caller's to free, the strings stay b's. */
+nghttp2_nv *router_h2_fields_nv(const struct buf *b, size_t count, size_t extra);
 /* Checks a regular (not pseudo) request field before it becomes an HTTP/1.1 header line:
  * NULL when it may pass, else the reason. Refused: a name that is not a lowercase token (so
  * no ':', CR, LF, NUL or space), a value with CR, LF or NUL or white space at either end, the
  * connection-specific fields (connection, keep-alive, proxy-connection, transfer-encoding,
  * upgrade, http2-settings) and te other than "trailers". */
-/* Whether a field describes one HTTP/1.1 connection and so means nothing (or harm) in HTTP/2:
- * connection, keep-alive, proxy-connection, transfer-encoding, upgrade, http2-settings. */
-bool router_h2_connection_specific(const char *name, size_t len);
 const char *router_h2_field_check(const char *name, size_t name_len, const char *value,
                                   size_t value_len);
 

@@ -39,38 +39,6 @@ struct router_h2c {
 static llhttp_settings_t request_settings;
 static bool request_settings_ready;
 
-static bool name_is(const char *name, size_t len, const char *lower)
-{
-    size_t n = strlen(lower);
-    return len == n && strncasecmp(name, lower, n) == 0;
-}
-
-static void push_pair(struct buf *b, size_t *count, const char *name, size_t nl, const char *value,
-                      size_t vl)
-{
-    for (size_t i = 0; i < nl; i++) {
-        char ch = name[i];
-        buf_putc(b, ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch);
-    }
-    buf_putc(b, '\0');
-    buf_append(b, value, vl);
-    buf_putc(b, '\0');
-    (*count)++;
-}
-
-static nghttp2_nv *pairs_to_nv(const struct buf *b, size_t count, size_t extra)
-{
-    nghttp2_nv *nv = xcalloc(count + extra + 1, sizeof(*nv));
-    const char *p = b->data;
-    for (size_t i = 0; i < count; i++) {
-        size_t nl = strlen(p), vl = strlen(p + nl + 1);
-        nv[extra + i] =
-            (nghttp2_nv){(uint8_t *)p, (uint8_t *)p + nl + 1, nl, vl, NGHTTP2_NV_FLAG_NONE};
-        p += nl + vl + 2;
-    }
-    return nv;
-}
-
 /* ---- the request (HTTP/1.1 from the proxy) ------------------------------------------------ */
 
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t length,
@@ -91,7 +59,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
     if (c->body.len == 0 && c->req_ended) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (c->trailer_count) {
-            nghttp2_nv *nv = pairs_to_nv(&c->trailers, c->trailer_count, 0);
+            nghttp2_nv *nv = router_h2_fields_nv(&c->trailers, c->trailer_count, 0);
             if (nghttp2_submit_trailer(ng, id, nv, c->trailer_count) == 0)
                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             free(nv);
@@ -131,17 +99,17 @@ static int on_req_value_complete(llhttp_t *p)
     if (router_h2_connection_specific(name, nl))
         return 0;
     if (c->in_trailers) {
-        push_pair(&c->trailers, &c->trailer_count, name, nl, value, vl);
+        router_h2_fields_push(&c->trailers, &c->trailer_count, name, nl, value, vl);
         return 0;
     }
-    if (name_is(name, nl, "host")) {
+    if (router_h2_name_is(name, nl, "host")) {
         c->authority.len = 0;
         buf_append(&c->authority, value, vl);
         return 0;
     }
-    if (name_is(name, nl, "te") && !name_is(value, vl, "trailers"))
+    if (router_h2_name_is(name, nl, "te") && !router_h2_name_is(value, vl, "trailers"))
         return 0;
-    push_pair(&c->fields, &c->field_count, name, nl, value, vl);
+    router_h2_fields_push(&c->fields, &c->field_count, name, nl, value, vl);
     return 0;
 }
 
@@ -154,7 +122,7 @@ static int on_req_headers_complete(llhttp_t *p)
     bool body = (p->flags & F_CHUNKED) || p->content_length > 0;
     buf_putc(&c->url, '\0');
     buf_putc(&c->authority, '\0');
-    nghttp2_nv *nv = pairs_to_nv(&c->fields, c->field_count, 4);
+    nghttp2_nv *nv = router_h2_fields_nv(&c->fields, c->field_count, 4);
     nv[0] = (nghttp2_nv){(uint8_t *)":method", (uint8_t *)method, 7, strlen(method),
                          NGHTTP2_NV_FLAG_NONE};
     nv[1] = (nghttp2_nv){(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, NGHTTP2_NV_FLAG_NONE};
@@ -214,14 +182,14 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return 0;
     const char *name = (const char *)name_u, *value = (const char *)value_u;
     if (nl && name[0] == ':') {
-        if (name_is(name, nl, ":status"))
+        if (router_h2_name_is(name, nl, ":status"))
             c->status = atoi(value);
         return 0;
     }
     if (router_h2_connection_specific(name, nl))
         return 0;
     bool trailer = c->final_head;
-    if (!trailer && name_is(name, nl, "content-length"))
+    if (!trailer && router_h2_name_is(name, nl, "content-length"))
         return 0; /* the router frames the body itself */
     struct buf *b = trailer ? &c->resp_trailers : &c->resp_fields;
     if (b->len + nl + vl + 4 > ROUTER_H2C_MAX_HEADER_BYTES) {
