@@ -727,6 +727,17 @@ static struct exchange *exchange_new(struct client *c)
 
 static void worker_drain_pool_idle(struct worker *w, struct pool *p);
 
+/* The backend has answered: least-connection stops counting the request before the answer's
+ * last bytes reach the client, whose next request (on any worker) must see the backend idle. */
+static void exchange_backend_answered(struct exchange *x)
+{
+    if (x->backend) {
+        if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
+            __atomic_sub_fetch(&x->backend->active, 1, __ATOMIC_RELAXED);
+        x->backend = NULL;
+    }
+}
+
 static void exchange_release_backend(struct exchange *x)
 {
     if (x->pool) {
@@ -734,11 +745,7 @@ static void exchange_release_backend(struct exchange *x)
             worker_drain_pool_idle(x->c->p.w, x->pool);
         x->pool = NULL;
     }
-    if (x->backend) {
-        if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
-            __atomic_sub_fetch(&x->backend->active, 1, __ATOMIC_RELAXED);
-        x->backend = NULL;
-    }
+    exchange_backend_answered(x);
 }
 
 static void exchange_destroy(struct exchange *x)
@@ -2592,6 +2599,7 @@ static int on_resp_message_complete(llhttp_t *p)
         end_chunked(&x->c->p, &x->resp);
     if (p->upgrade)
         return 0;
+    exchange_backend_answered(x);
     u->pause_done = true;
     return HPE_PAUSED;
 }
