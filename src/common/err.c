@@ -74,12 +74,19 @@ static const struct {
      "a disk or a backend failed (input/output error): skiffd's log says "
      "which"},
     {ECANCELED, SKIFF_E_UNAVAILABLE, "skiffd is shutting down: retry once it is back"},
-    {ENOMEM, SKIFF_E_INTERNAL, NULL},
+    /* skiffd aborts when its own allocations fail: an ENOMEM from a part is the kernel's
+     * passing pressure (socket buffers, a cgroup), as ENOBUFS is */
+    {ENOMEM, SKIFF_E_BUSY, NULL},
+    {ENOBUFS, SKIFF_E_BUSY, NULL},
     {EMFILE, SKIFF_E_BUSY, NULL},
     {ENFILE, SKIFF_E_BUSY, NULL},
-    {EAGAIN, SKIFF_E_BUSY, NULL},
+    {EAGAIN, SKIFF_E_BUSY, "skiffd is short of resources right now: retry in a moment"},
     {EBUSY, SKIFF_E_BUSY, NULL},
     {ETIMEDOUT, SKIFF_E_UNAVAILABLE, NULL},
+    {ENOTCONN, SKIFF_E_UNAVAILABLE, NULL},
+    {ENOTSUP, SKIFF_E_UNAVAILABLE, NULL},
+    {ENOSYS, SKIFF_E_UNAVAILABLE, NULL},
+    {ESRCH, SKIFF_E_NO_INSTANCE, "the instance is gone or stopping"},
     {ECONNREFUSED, SKIFF_E_UNAVAILABLE, NULL},
     {ECONNRESET, SKIFF_E_UNAVAILABLE, NULL},
     {EPIPE, SKIFF_E_UNAVAILABLE, NULL},

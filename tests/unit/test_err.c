@@ -57,6 +57,16 @@ static void test_errno_values_share_the_table(void **state)
     assert_int_equal(skiff_err_from(-ENOTSOCK), SKIFF_E_INTERNAL);
     assert_string_equal(skiff_err_name(-ENOTSOCK), "internal");
     assert_string_equal(skiff_strerror(-100000), "unknown error");
+    /* passing pressure is "busy" (503, worth a retry), a part not reachable "unavailable" */
+    assert_int_equal(skiff_err_from(-EAGAIN), SKIFF_E_BUSY);
+    assert_int_equal(skiff_err_from(-ENOBUFS), SKIFF_E_BUSY);
+    assert_int_equal(skiff_err_from(-ENOMEM), SKIFF_E_BUSY);
+    assert_int_equal(skiff_err_http_status(-EAGAIN), 503);
+    assert_non_null(strstr(skiff_strerror(-EAGAIN), "retry"));
+    assert_int_equal(skiff_err_from(-ENOTCONN), SKIFF_E_UNAVAILABLE);
+    assert_int_equal(skiff_err_from(-ENOTSUP), SKIFF_E_UNAVAILABLE);
+    assert_int_equal(skiff_err_from(-ESRCH), SKIFF_E_NO_INSTANCE);
+    assert_string_equal(skiff_err_name(-ESRCH), "no_instance");
     /* enum values pass through skiff_err_from unchanged */
     assert_int_equal(skiff_err_from(SKIFF_E_QUOTA), SKIFF_E_QUOTA);
     assert_int_equal(skiff_err_from(SKIFF_ERR_COUNT + 5), SKIFF_E_INTERNAL);
