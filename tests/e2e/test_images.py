@@ -17,15 +17,42 @@ import pytest
 
 from conftest import BIN_DIR, http_get, out
 
-# Answers every request with what the image's config decided: user, working directory,
-# environment, and files of both layers (one deleted by the upper layer's whiteout).
-SERVER_C = r"""
+# What the servers built here share: listening on $PORT (8080 without it), and answering a
+# connection with a body and closing it.
+SERVE_C = r"""
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static int listen_on_port(void)
+{
+    const char *port = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
+        exit(1);
+    return s;
+}
+
+static void answer(int c, const char *extra_headers, const char *body, int n)
+{
+    char head[256];
+    int h = snprintf(head, sizeof head,
+                     "HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n",
+                     extra_headers, n);
+    if (write(c, head, h) < 0 || write(c, body, n) < 0) {
+    }
+    close(c);
+}
+"""
+
+# Answers every request with what the image's config decided: user, working directory,
+# environment, and files of both layers (one deleted by the upper layer's whiteout).
+SERVER_C = SERVE_C + r"""
 
 static const char *file(const char *path, char *buf, size_t n)
 {
@@ -43,11 +70,7 @@ static const char *file(const char *path, char *buf, size_t n)
 int main(int argc, char **argv)
 {
     const char *port = getenv("PORT");
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
-        return 1;
+    int s = listen_on_port();
     printf("listening on %s\n", port);
     fflush(stdout);
     for (;;) {
@@ -68,27 +91,25 @@ int main(int argc, char **argv)
                          file("/srv/gone", gone, sizeof gone), getenv("GREETING"),
                          getenv("APP_ENV") ? getenv("APP_ENV") : "unset",
                          argc > 1 ? argv[1] : "none");
-        char head[256];
-        int h = snprintf(head, sizeof head,
-                         "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n);
-        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
-        }
-        close(c);
+        answer(c, "", body, n);
     }
 }
 """
 
 
-@pytest.fixture(scope="module")
-def server_binary(tmp_path_factory):
-    d = tmp_path_factory.mktemp("server")
-    src = d / "server.c"
-    src.write_text(SERVER_C)
-    binary = d / "server"
-    r = subprocess.run(["cc", "-static", "-O2", "-o", str(binary), str(src)],
+def static_binary(tmp_path_factory, name, source):
+    """source compiled with `cc -static` in a folder of its own: the folder and the binary."""
+    d = tmp_path_factory.mktemp(name)
+    (d / (name + ".c")).write_text(source)
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / name), str(d / (name + ".c"))],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return binary.read_bytes()
+    return d, (d / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server_binary(tmp_path_factory):
+    return static_binary(tmp_path_factory, "server", SERVER_C)[1]
 
 
 def tar_bytes(entries, compress=False):
@@ -709,14 +730,8 @@ def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing
 
 # Answers each CloudEvent (binary mode) with its attributes and data as JSON and logs one line
 # per event; one request per connection.
-FUNCTION_C = r"""
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+FUNCTION_C = SERVE_C + r"""
 #include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 static void header(const char *req, const char *name, char *out, size_t n)
 {
@@ -736,12 +751,7 @@ static void header(const char *req, const char *name, char *out, size_t n)
 
 int main(void)
 {
-    const char *port = getenv("PORT");
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
-        return 1;
+    int s = listen_on_port();
     for (;;) {
         int c = accept(s, NULL, NULL);
         if (c < 0)
@@ -782,13 +792,7 @@ int main(void)
                          (int)getuid());
         printf("image function got %s %s\n", type, subject);
         fflush(stdout);
-        char head[256];
-        int h = snprintf(head, sizeof head,
-                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         "%d\r\nConnection: close\r\n\r\n", n);
-        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
-        }
-        close(c);
+        answer(c, "Content-Type: application/json\r\n", body, n);
     }
 }
 """
@@ -796,12 +800,8 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def function_archive(tmp_path_factory):
-    d = tmp_path_factory.mktemp("function")
-    (d / "fn.c").write_text(FUNCTION_C)
-    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "fn"), str(d / "fn.c")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    layer = tar_bytes([("fn", ("dir",)), ("fn/server", (d / "fn").read_bytes())], compress=True)
+    d, fn = static_binary(tmp_path_factory, "fn", FUNCTION_C)
+    layer = tar_bytes([("fn", ("dir",)), ("fn/server", fn)], compress=True)
     archive = d / "fn.tar"
     oci_archive(archive, [layer], image_config(Entrypoint=["/fn/server"], User="1000",
                                                ExposedPorts={"7000/tcp": {}}))
@@ -909,12 +909,7 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def whoami_binary(tmp_path_factory):
-    d = tmp_path_factory.mktemp("whoami")
-    (d / "whoami.c").write_text(WHOAMI_C)
-    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "sh"), str(d / "whoami.c")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return (d / "sh").read_bytes()
+    return static_binary(tmp_path_factory, "whoami", WHOAMI_C)[1]
 
 
 def named_user_image(path, server, whoami, user, accounts=None):
