@@ -494,6 +494,14 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     return 0;
 }
 
+/* The stream's last line for a staging that ended without a droplet: done, not ok, and the
+ * error as every API error is worded, its code from the one table. */
+static void staging__send_failure(struct api_core_staging *s, const char *why)
+{
+    staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
+                               skiff_err_name(SKIFF_E_STAGING_FAILED), "message", why));
+}
+
 static void staging__done(void *ctx, const struct stage_result *res)
 {
     struct api_core_staging *s = ctx;
@@ -513,8 +521,7 @@ static void staging__done(void *ctx, const struct stage_result *res)
         const char *why = res->ok ? err : (res->error ? res->error : "staging failed");
         logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_ERR,
                      "Staging failed: %s (the previous droplet, if any, keeps running)", why);
-        staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
-                                   "staging_failed", "message", why));
+        staging__send_failure(s, why);
         rm_rf(s->droplet_dir);
     }
     api_core__images_gc_soon(core); /* a droplet replaced, or what a failed pull stored */
@@ -630,8 +637,7 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
                                   "and this skiffd runs apps as host processes")
                         : xasprintf("staging could not start: %s", skiff_strerror(rc));
         logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
-        staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
-                                   "staging_failed", "message", why));
+        staging__send_failure(s, why);
         free(why);
         api_stream_end(req);
         staging__free(s);

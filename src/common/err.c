@@ -52,6 +52,8 @@ static const struct {
                                  "a blob of the image does not match its digest"},
     [SKIFF_E_SSH_DISABLED] = {"ssh_disabled", 409,
                               "ssh is disabled for the app or not allowed in its space"},
+    [SKIFF_E_STAGING_FAILED] = {"staging_failed", 422,
+                                "staging failed: `skiff logs APP --recent` says why"},
 };
 
 /* The errno values the parts below the API return, each with the API error that answers it

@@ -27,6 +27,8 @@ static void test_every_error_has_a_name_a_status_and_a_message(void **state)
     assert_int_equal(skiff_err_http_status(SKIFF_E_HEAD_TOO_LARGE), 431);
     assert_int_equal(skiff_err_http_status(SKIFF_E_BAD_VALUE), 400);
     assert_int_equal(skiff_err_http_status(SKIFF_E_INVALID_VALUE), 422);
+    /* the code a staging stream ends with, as the API's answers have theirs */
+    assert_string_equal(skiff_err_name(SKIFF_E_STAGING_FAILED), "staging_failed");
 }
 
 static void test_an_unknown_error_still_has_words(void **state)
