@@ -78,12 +78,12 @@ static const struct {
     {ECANCELED, SKIFF_E_UNAVAILABLE, "skiffd is shutting down: retry once it is back"},
     /* skiffd aborts when its own allocations fail: an ENOMEM from a part is the kernel's
      * passing pressure (socket buffers, a cgroup), as ENOBUFS is */
-    {ENOMEM, SKIFF_E_BUSY, NULL},
-    {ENOBUFS, SKIFF_E_BUSY, NULL},
-    {EMFILE, SKIFF_E_BUSY, NULL},
-    {ENFILE, SKIFF_E_BUSY, NULL},
+    {ENOMEM, SKIFF_E_BUSY, "the kernel is short of memory right now: retry in a moment"},
+    {ENOBUFS, SKIFF_E_BUSY, "the kernel is short of buffers right now: retry in a moment"},
+    {EMFILE, SKIFF_E_BUSY, "skiffd has too many files open right now: retry in a moment"},
+    {ENFILE, SKIFF_E_BUSY, "the system has too many files open right now: retry in a moment"},
     {EAGAIN, SKIFF_E_BUSY, "skiffd is short of resources right now: retry in a moment"},
-    {EBUSY, SKIFF_E_BUSY, NULL},
+    {EBUSY, SKIFF_E_BUSY, "busy right now: retry in a moment"},
     {ETIMEDOUT, SKIFF_E_UNAVAILABLE, NULL},
     {ENOTCONN, SKIFF_E_UNAVAILABLE, NULL},
     {ENOTSUP, SKIFF_E_UNAVAILABLE, NULL},
