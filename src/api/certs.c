@@ -11,6 +11,7 @@
 #include "api/core_internal.h"
 #include "auth/auth.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "store/store.h"
 #include "tls/tls.h"
@@ -96,7 +97,7 @@ static void certs__put(struct api_request *req, void *ctx)
         goto done;
     int r = certs__domain_owned(core, name, org);
     if (r == -EIO) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the domains");
+        api_respond_error(req, r, "cannot read the domains: %s", skiff_strerror(r));
         goto done;
     }
     if (r < 0) {
@@ -137,7 +138,7 @@ static void certs__put(struct api_request *req, void *ctx)
     free(dir);
     free(path);
     if (r < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the certificate: %s", strerror(-r));
+        api_respond_error(req, r, "cannot store the certificate: %s", skiff_strerror(r));
         goto done;
     }
     if (core->cfg.certs_changed)

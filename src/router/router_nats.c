@@ -15,6 +15,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "natsconn/natsconn.h"
@@ -396,7 +397,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
     for (size_t i = 0; i < ARRAY_SIZE(subjects); i++) {
         rc = natsconn_subscribe(rn.conn, subjects[i]);
         if (rc < 0) {
-            log_error("bus: cannot subscribe to %s: %s", subjects[i], strerror(-rc));
+            log_error("bus: cannot subscribe to %s: %s", subjects[i], skiff_strerror(rc));
             return rc;
         }
     }
