@@ -931,8 +931,8 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     return 0;
 }
 
-int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_ms, char *err,
-                   size_t errsize)
+int bus_nats_start(struct bus *bus, const char *urls, const struct natsconn_security *security,
+                   int announce_ms, int ttl_ms, char *err, size_t errsize)
 {
     struct bus_nats *n = xcalloc(1, sizeof *n);
     n->announce_ms = announce_ms;
@@ -943,6 +943,7 @@ int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_m
     bus->nats = n;
     struct natsconn_config cfg = {.urls = urls,
                                   .name = "skiffd",
+                                  .security = security ? *security : (struct natsconn_security){0},
                                   .on_msg = bus__nats_on_msg,
                                   .on_state = bus__nats_on_state,
                                   .ctx = bus};

@@ -382,6 +382,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
     char err[256];
     struct natsconn_config ncfg = {.urls = cfg->nats_urls,
                                    .name = "skiff-router",
+                                   .security = cfg->nats_security,
                                    .on_msg = rn__on_msg,
                                    .on_state = rn__on_state};
     int rc = natsconn_open(loop, &ncfg, &rn.conn, err, sizeof err);

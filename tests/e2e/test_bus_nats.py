@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -49,8 +50,10 @@ def nats():
 class RemoteRouter:
     """`skiffd --role router --nats URL` with a home and ports of its own."""
 
-    def __init__(self, nats_url, home=None):
+    def __init__(self, nats_url, home=None, extra_args=(), extra_env=None):
         self.nats_url = nats_url
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.home = home or tempfile.mkdtemp(prefix="skiff-rtr-")
         self.port, self.admin_port = free_port(), free_port()
         self.router_url = "http://127.0.0.1:%d" % self.port
@@ -59,11 +62,13 @@ class RemoteRouter:
     def start(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
         env["HOME"] = self.home
+        env.update(self.extra_env)
+        nats = [] if "SKIFF_NATS" in self.extra_env else ["--nats", self.nats_url]
         log = open(os.path.join(self.home, "router.out"), "ab")
         self.proc = subprocess.Popen(
-            [os.path.join(BIN_DIR, "skiffd"), "--role", "router", "--nats", self.nats_url,
+            [os.path.join(BIN_DIR, "skiffd"), "--role", "router", *nats,
              "--home", self.home, "--router-addr", "127.0.0.1:%d" % self.port,
-             "--router-admin-addr", "127.0.0.1:%d" % self.admin_port],
+             "--router-admin-addr", "127.0.0.1:%d" % self.admin_port, *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or self.health(), 20, "the router to start")
@@ -339,3 +344,214 @@ def test_the_router_role_needs_nats_and_a_role_it_knows(tmp_path):
                         "--api-tls-addr", "127.0.0.1:%d" % free_port()],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "must be over SKIFF_BUS_ANNOUNCE_MS" in r.stderr, r.stderr
+
+
+# ---- credentials, permissions and TLS -------------------------------------------------------
+#
+# nats-server as an operator would run it across hosts (docs/bus.md, "Credentials and
+# permissions"): TLS only, with certificates from a CA made here; every client must show a
+# certificate of that CA, and the certificate's subject is its user (verify_and_map), whose
+# permissions say what it may publish and subscribe to. skiffd is "CN=skiffd", every router
+# "CN=skiff-router".
+
+SKIFFD_PERMISSIONS = {
+    "publish": ["skiff.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
+    "subscribe": ["skiff.>", "_INBOX.>"],
+}
+ROUTER_PERMISSIONS = {
+    "publish": ["skiff.bus.router.*", "skiff.bus.drained.>"],
+    "subscribe": ["skiff.bus.register", "skiff.bus.unregister", "skiff.bus.drain",
+                  "skiff.bus.certs"],
+}
+
+
+class SecureNats(NatsServer):
+    """A nats-server with TLS required, client certificates mapped to users, and the users'
+    permissions; the certificates under store/pki."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        from test_tls import CA
+        pki = os.path.join(store, "pki")
+        self.ca = CA(os.path.join(pki, "ca"), "NATS Test CA")
+        self.server_cert = self.ca.issue("nats.test", ["localhost", "IP:127.0.0.1"])
+        self.skiffd_cert = self.ca.issue("skiffd", ["skiffd.test"], client=True)
+        self.router_cert = self.ca.issue("skiff-router", ["router.test"], client=True)
+        # another CA, and a client certificate of it with the router's name
+        self.other_ca = CA(os.path.join(pki, "other"), "Another CA")
+        self.impostor_cert = self.other_ca.issue("skiff-router", ["router.test"], client=True)
+
+    @property
+    def url(self):
+        return "tls://127.0.0.1:%d" % self.port
+
+    def config(self):
+        users = [{"user": "CN=skiffd", "permissions": SKIFFD_PERMISSIONS},
+                 {"user": "CN=skiff-router", "permissions": ROUTER_PERMISSIONS}]
+        # the nats-server configuration format accepts JSON
+        return json.dumps({
+            "listen": "127.0.0.1:%d" % self.port,
+            "http": "127.0.0.1:%d" % self.monitor_port,
+            "server_name": self.name,
+            "jetstream": {"store_dir": os.path.join(self.store, self.name)},
+            "tls": {"cert_file": self.server_cert[0], "key_file": self.server_cert[1],
+                    "ca_file": self.ca.pem, "verify_and_map": True, "timeout": 2},
+            "authorization": {"users": users},
+        }, indent=1)
+
+    def start(self):
+        conf = os.path.join(self.store, "nats.conf")
+        with open(conf, "w") as f:
+            f.write(self.config())
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.jsz() is not None, 15, "the secure nats-server to answer")
+        return self
+
+    def flags(self, who):
+        cert, key = self.skiffd_cert if who == "skiffd" else self.router_cert
+        return ["--nats-tls-ca", self.ca.pem, "--nats-tls-cert", cert, "--nats-tls-key", key]
+
+
+@pytest.fixture
+def secure_nats():
+    store = tempfile.mkdtemp(prefix="skiff-natssec-")
+    s = SecureNats(store).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def secure_platform(nats):
+    return Platform(extra_args=["--nats", nats.url, *nats.flags("skiffd")],
+                    extra_env={"SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                               "SKIFF_BUS_TTL_MS": str(TTL_MS)})
+
+
+def nats_talk(nats, lines, cafile=None, cert=None, tls=True):
+    """Connects as a host process would (TLS with cafile and the client certificate cert, a
+    (cert, key) pair, or none; or no TLS at all), sends the protocol lines and a PING, and
+    returns what the server answered (b"" when it closed the connection), or the TLS error."""
+    raw = socket.create_connection(("127.0.0.1", nats.port), timeout=5)
+    try:
+        raw.recv(4096)  # INFO, in the clear, before the TLS handshake
+        sock = raw
+        if tls:
+            ctx = ssl.create_default_context(cafile=cafile or nats.ca.pem)
+            if cert:
+                ctx.load_cert_chain(*cert)
+            sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(b"CONNECT {\"verbose\":false}\r\n" + b"".join(lines) + b"PING\r\n")
+        got = b""
+        while b"PONG" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    except (ssl.SSLError, OSError) as e:
+        return repr(e).encode()
+    finally:
+        raw.close()
+
+
+def pub(subject, payload):
+    data = payload.encode() if isinstance(payload, str) else payload
+    return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data)
+
+
+def test_routers_with_credentials_learn_routes_over_tls_and_others_cannot_forge_them(
+        secure_nats, tmp_path):
+    nats = secure_nats
+    p = secure_platform(nats).start()
+    rr = RemoteRouter(nats.url, extra_args=nats.flags("router")).start()
+    try:
+        push_web(p, tmp_path, "safe")
+        wait_for(lambda: rr.get("safe.localhost") == (200, "v0\n"), 30,
+                 "the remote router to serve safe over TLS NATS")
+        # its lines come back over NATS: the router may publish on its own subject
+        wait_for(lambda: "a router on NATS said hello" in p.output(), 10, "the router's hello")
+        # both connections are TLS, both authenticated as their certificate's user
+        conns = json.load(urllib.request.urlopen(
+            "http://127.0.0.1:%d/connz?auth=true" % nats.monitor_port, timeout=5))["connections"]
+        names = {c.get("name"): c for c in conns}
+        assert names["skiff-router"]["authorized_user"] == "CN=skiff-router", names
+        assert names["skiff-router"].get("tls_version"), names
+        assert names["skiffd"]["authorized_user"] == "CN=skiffd", names
+
+        forged = json.dumps({"v": 1, "ttl_ms": 60000, "route": {
+            "host": "safe.localhost", "path": "", "app_guid": "0" * 36,
+            "backends": [{"addr": "127.0.0.1:1", "index": 0, "instance_guid": "x"}]}})
+        # no client certificate: the server ends the handshake
+        got = nats_talk(nats, [pub("skiff.bus.register", forged)])
+        assert b"PONG" not in got, got
+        # no TLS at all: refused
+        got = nats_talk(nats, [pub("skiff.bus.register", forged)], tls=False)
+        assert b"PONG" not in got, got
+        # a certificate of another CA with the router's name: refused
+        got = nats_talk(nats, [pub("skiff.bus.register", forged)], cert=nats.impostor_cert)
+        assert b"PONG" not in got, got
+        # the router's own credentials: connected, but the server refuses the publish
+        got = nats_talk(nats, [pub("skiff.bus.register", forged),
+                               pub("skiff.bus.unregister", '{"v":1,"host":"safe.localhost",'
+                                                           '"path":""}'),
+                               pub("skiff.bus.drain", '{"v":1,"addr":"127.0.0.1:1","id":1}'),
+                               pub("skiff.events.orders", "x")],
+                        cert=nats.router_cert)
+        assert b"PONG" in got, got
+        assert got.count(b"Permissions Violation for Publish") == 4, got
+        # ... and may not read what other routers send either
+        got = nats_talk(nats, [b"SUB skiff.bus.router.* 1\r\n", b"SUB skiff.> 2\r\n"],
+                        cert=nats.router_cert)
+        assert got.count(b"Permissions Violation for Subscription") == 2, got
+        # the routers keep routing correctly, well past the forged entry's would-be effect
+        deadline = time.monotonic() + 2 * ANNOUNCE_MS / 1000
+        while time.monotonic() < deadline:
+            assert rr.get("safe.localhost") == (200, "v0\n")
+            time.sleep(0.1)
+        assert rr.proc.poll() is None and p.proc.poll() is None
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_a_router_refuses_a_nats_server_its_ca_does_not_vouch_for(secure_nats):
+    nats = secure_nats
+    cert, key = nats.router_cert
+    rr = RemoteRouter(nats.url, extra_args=["--nats-tls-ca", nats.other_ca.pem,
+                                            "--nats-tls-cert", cert, "--nats-tls-key", key])
+    rr.start()  # it serves (its saved table) while NATS is not usable
+    try:
+        wait_for(lambda: "NATS at tls://127.0.0.1:%d refused the connection" % nats.port
+                 in rr.output(), 10, "the router to say why it is not connected")
+        log = rr.output()
+        assert "unable to get local issuer certificate" in log, log
+        assert "must be signed by the CA of --nats-tls-ca" in log, log
+        conns = json.load(urllib.request.urlopen(
+            "http://127.0.0.1:%d/connz" % nats.monitor_port, timeout=5))["connections"]
+        assert not [c for c in conns if c.get("name") == "skiff-router"], conns
+    finally:
+        rr.close()
+
+
+def test_nats_security_files_that_do_not_load_stop_the_start(secure_nats, tmp_path):
+    nats = secure_nats
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+    skiffd = os.path.join(BIN_DIR, "skiffd")
+    base = [skiffd, "--role", "router", "--nats", nats.url, "--home", str(tmp_path),
+            "--router-addr", "127.0.0.1:%d" % free_port(),
+            "--router-admin-addr", "127.0.0.1:%d" % free_port()]
+    cert, key = nats.router_cert
+    cases = [
+        (["--nats-tls-ca", str(tmp_path / "missing.pem")], "--nats-tls-ca"),
+        (["--nats-tls-ca", key], "--nats-tls-ca"),
+        (["--nats-tls-ca", nats.ca.pem, "--nats-tls-cert", cert], "go together"),
+        (["--nats-creds", str(tmp_path / "none.creds")], "--nats-creds"),
+    ]
+    for extra, message in cases:
+        r = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and message in r.stderr, (extra, r.returncode, r.stderr)
