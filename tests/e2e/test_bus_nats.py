@@ -555,3 +555,144 @@ def test_nats_security_files_that_do_not_load_stop_the_start(secure_nats, tmp_pa
     for extra, message in cases:
         r = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and message in r.stderr, (extra, r.returncode, r.stderr)
+
+
+# ---- domain certificates to routers on other hosts ------------------------------------------
+
+
+class Sniffer(threading.Thread):
+    """A host process on a cleartext NATS that reads everything under skiff.> (what anyone on
+    the network path could read)."""
+
+    def __init__(self, nats):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", nats.port), timeout=5)
+        self.sock.recv(4096)
+        self.sock.sendall(b"CONNECT {\"verbose\":false}\r\nSUB skiff.> 1\r\nPING\r\n")
+        self.data = b""
+        self.stopped = False
+
+    def run(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped:
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.data += chunk
+            if b"PING\r\n" in chunk:
+                self.sock.sendall(b"PONG\r\n")
+
+    def stop(self):
+        self.stopped = True
+        self.join(5)
+        self.sock.close()
+
+
+def https_router(nats_url, web_ca, extra_args=()):
+    """A remote router with HTTPS: a default certificate of its own host (the operator's), the
+    domains' certificates from skiffd."""
+    from test_tls import install
+    rr = RemoteRouter(nats_url, extra_args=list(extra_args))
+    rr.tls_port = free_port()
+    rr.extra_args += ["--router-tls-addr", "127.0.0.1:%d" % rr.tls_port]
+    cert, key = web_ca.issue("router-default.test", ["router-default.test"])
+    install(rr.home, "default", cert, key, default=True)
+    return rr.start()
+
+
+def serial_at(port, host, cafile):
+    """The serial of the certificate served for host (SNI), whichever names it has."""
+    from test_tls import tls_connect
+    with tls_connect(port, host, cafile, check_hostname=False) as s:
+        return s.getpeercert()["serialNumber"]
+
+
+def test_a_remote_router_on_tls_nats_serves_a_domains_certificate_and_its_rotation(
+        secure_nats, tmp_path):
+    from test_tls import CA
+    nats = secure_nats
+    web_ca = CA(str(tmp_path / "web-ca"), "Web CA")
+    p = secure_platform(nats).start()
+    rr = https_router(nats.url, web_ca, nats.flags("router"))
+    try:
+        for args in (("create-org", "acme"), ("create-private-domain", "acme", "acme.test")):
+            r = p.cli(*args)
+            assert r.returncode == 0, out(r)
+        cert, key = web_ca.issue("acme.test", ["acme.test", "*.acme.test"])
+        r = p.cli("update-domain", "acme.test", "--cert", cert, "--key", key)
+        assert r.returncode == 0, out(r)
+        first = wait_for(lambda: (lambda s: s if s == serial_of(cert) else None)(
+            serial_at(rr.tls_port, "shop.acme.test", web_ca.pem)), 20,
+            "the remote router to serve acme.test's certificate by SNI")
+        path = os.path.join(rr.home, "tls", "domains", "acme.test.pem")
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        # other names still get the router's own default
+        assert serial_at(rr.tls_port, "other.test", web_ca.pem) != first
+
+        # rotation, no restart
+        cert2, key2 = web_ca.issue("acme.test", ["*.acme.test"], days=60)
+        r = p.cli("update-domain", "acme.test", "--cert", cert2, "--key", key2)
+        assert r.returncode == 0, out(r)
+        wait_for(lambda: serial_at(rr.tls_port, "shop.acme.test", web_ca.pem) ==
+                 serial_of(cert2), 20, "the rotated certificate on the remote router")
+
+        # a router that starts later gets it too (sent when it first says hello)
+        late = https_router(nats.url, web_ca, nats.flags("router"))
+        try:
+            wait_for(lambda: serial_at(late.tls_port, "shop.acme.test", web_ca.pem) ==
+                     serial_of(cert2), 20, "a router started later to get the certificate")
+        finally:
+            late.close()
+        for text in (p.output(), rr.output()):
+            assert "PRIVATE KEY" not in text
+            assert open(key2).read().splitlines()[1] not in text
+        assert p.proc.poll() is None and rr.proc.poll() is None
+    finally:
+        rr.close()
+        p.close()
+
+
+def serial_of(cert):
+    from test_tls import openssl
+    return openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1].upper()
+
+
+def test_over_cleartext_nats_no_key_is_sent(nats, tmp_path):
+    from test_tls import CA
+    web_ca = CA(str(tmp_path / "web-ca"), "Web CA")
+    p = nats_platform(nats).start()
+    rr = https_router(nats.url, web_ca)
+    sniffer = Sniffer(nats)
+    sniffer.start()
+    try:
+        r = p.cli("create-domain", "shop.test")
+        assert r.returncode == 0, out(r)
+        cert, key = web_ca.issue("shop.test", ["*.shop.test"])
+        r = p.cli("update-domain", "shop.test", "--cert", cert, "--key", key)
+        assert r.returncode == 0, out(r)
+        # the notice to reload goes, the pair does not
+        wait_for(lambda: b"MSG skiff.bus.certs" in sniffer.data, 10, "the certs notice")
+        # this host's router serves it (from the store through skiffd's files)
+        wait_for(lambda: serial_at(p.router_tls_port, "www.shop.test", web_ca.pem) ==
+                 serial_of(cert), 10, "skiffd's own router to serve it")
+        # a router saying hello later does not make skiffd send it either
+        late = https_router(nats.url, web_ca)
+        wait_for(lambda: p.output().count("a router on NATS said hello") >= 2, 15,
+                 "the second router's hello")
+        late.close()
+        time.sleep(0.5)  # whatever skiffd sent after that hello has arrived on loopback
+        secret = open(key).read().splitlines()[1].encode()
+        assert secret not in sniffer.data and b"PRIVATE KEY" not in sniffer.data
+        assert not os.path.exists(os.path.join(rr.home, "tls", "domains", "shop.test.pem"))
+        assert serial_at(rr.tls_port, "www.shop.test", web_ca.pem) != serial_of(cert)
+        log = p.output()
+        assert log.count("domain certificates are not sent to routers on NATS") == 1, log
+    finally:
+        sniffer.stop()
+        rr.close()
+        p.close()
