@@ -696,3 +696,71 @@ def test_over_cleartext_nats_no_key_is_sent(nats, tmp_path):
         sniffer.stop()
         rr.close()
         p.close()
+
+
+# ---- a user and password in the URL ---------------------------------------------------------
+
+SKIFFD_PASSWORD, ROUTER_PASSWORD = "skiffd-s3cret-pw", "router-s3cret-pw"
+
+
+class PasswordNats(NatsServer):
+    """A nats-server (no TLS: loopback) whose users authenticate with passwords and carry the
+    permissions of docs/bus.md."""
+
+    def start(self):
+        conf = os.path.join(self.store, "nats.conf")
+        with open(conf, "w") as f:
+            json.dump({
+                "listen": "127.0.0.1:%d" % self.port,
+                "http": "127.0.0.1:%d" % self.monitor_port,
+                "server_name": self.name,
+                "jetstream": {"store_dir": os.path.join(self.store, self.name)},
+                "authorization": {"users": [
+                    {"user": "skiffd", "password": SKIFFD_PASSWORD,
+                     "permissions": SKIFFD_PERMISSIONS},
+                    {"user": "router", "password": ROUTER_PASSWORD,
+                     "permissions": ROUTER_PERMISSIONS}]},
+            }, f)
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.jsz() is not None, 15, "the nats-server with users to answer")
+        return self
+
+    def url_for(self, user, password):
+        return "nats://%s:%s@127.0.0.1:%d" % (user, password, self.port)
+
+
+def test_a_password_in_the_url_authenticates_and_is_never_shown(tmp_path):
+    store = tempfile.mkdtemp(prefix="skiff-natspw-")
+    nats = PasswordNats(store).start()
+    p = Platform(extra_env={"SKIFF_NATS": nats.url_for("skiffd", SKIFFD_PASSWORD),
+                            "SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                            "SKIFF_BUS_TTL_MS": str(TTL_MS)}).start()
+    rr = RemoteRouter(nats.url, extra_env={
+        "SKIFF_NATS": nats.url_for("router", ROUTER_PASSWORD)}).start()
+    bad = RemoteRouter(nats.url, extra_env={
+        "SKIFF_NATS": nats.url_for("router", "not-the-" + ROUTER_PASSWORD)}).start()
+    try:
+        push_web(p, tmp_path, "pw")
+        wait_for(lambda: rr.get("pw.localhost") == (200, "v0\n"), 30,
+                 "the router with the router's password to serve pw")
+        wait_for(lambda: "refused the connection" in bad.output(), 10, "the refusal logged")
+        assert "Authorization Violation" in bad.output(), bad.output()
+        assert "check the credentials" in bad.output(), bad.output()
+        assert "nats://***@127.0.0.1:%d" % nats.port in bad.output(), bad.output()
+        assert bad.get("pw.localhost")[0] == 404
+        # nowhere in what the processes print, nor on their command lines
+        for proc in (p.proc, rr.proc, bad.proc):
+            with open("/proc/%d/cmdline" % proc.pid, "rb") as f:
+                cmdline = f.read()
+            assert b"s3cret" not in cmdline, cmdline
+        for text in (p.output(), rr.output(), bad.output()):
+            assert "s3cret" not in text, text
+    finally:
+        bad.close()
+        rr.close()
+        p.close()
+        nats.stop()
+        shutil.rmtree(store, ignore_errors=True)
