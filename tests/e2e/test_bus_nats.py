@@ -8,6 +8,8 @@ well-formed are skipped; an instance cannot connect to the NATS port at all.
 
 The announce interval and TTL are shortened here (1 s and 3 s) through SKIFF_BUS_ANNOUNCE_MS
 and SKIFF_BUS_TTL_MS; the defaults are 10 s and 30 s."""
+import base64
+import hashlib
 import json
 import os
 import re
@@ -760,6 +762,154 @@ def test_a_password_in_the_url_authenticates_and_is_never_shown(tmp_path):
             assert "s3cret" not in text, text
     finally:
         bad.close()
+        rr.close()
+        p.close()
+        nats.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+# ---- a NATS credentials file (operator mode: JWTs signed with nkeys, made here) --------------
+
+
+def _crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def _b32(b):
+    return base64.b32encode(b).decode().rstrip("=")
+
+
+def _b64url(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+class NKey:
+    """An ed25519 key in NATS's nkey encoding (O: operator, A: account, U: user)."""
+    PREFIX = {"O": 14 << 3, "A": 0, "U": 20 << 3}
+
+    def __init__(self, kind):
+        from cryptography.hazmat.primitives import serialization as ser
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        self.key = Ed25519PrivateKey.generate()
+        seed = self.key.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw,
+                                      ser.NoEncryption())
+        pub = self.key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+        p = self.PREFIX[kind]
+        b = bytes([p]) + pub
+        self.public = _b32(b + _crc16(b).to_bytes(2, "little"))
+        s = bytes([(18 << 3) | (p >> 5), (p & 31) << 3]) + seed
+        self.seed = _b32(s + _crc16(s).to_bytes(2, "little"))
+
+    def jwt(self, subject, name, nats):
+        """A JWT about subject, signed by this key."""
+        header = _b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+        claims = {"iat": int(time.time()), "iss": self.public, "name": name,
+                  "sub": subject.public, "nats": nats}
+        claims["jti"] = _b32(hashlib.sha256(json.dumps(claims, sort_keys=True).encode())
+                             .digest())
+        body = _b64url(json.dumps(claims).encode())
+        return "%s.%s.%s" % (header, body, _b64url(self.key.sign((header + "." + body)
+                                                                 .encode())))
+
+
+class OperatorNats(NatsServer):
+    """A nats-server in operator mode (accounts and users as JWTs, the way `nsc` sets it up),
+    with a user for skiffd and one for routers, each with the permissions of docs/bus.md."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.operator, self.system, self.account = NKey("O"), NKey("A"), NKey("A")
+        self.creds = {}
+
+    def user_creds(self, name, permissions):
+        user = NKey("U")
+        token = self.account.jwt(user, name, {
+            "type": "user", "version": 2, "pub": {"allow": permissions["publish"]},
+            "sub": {"allow": permissions["subscribe"]}, "subs": -1, "data": -1, "payload": -1})
+        path = os.path.join(self.store, name + ".creds")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write("-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n\n"
+                    "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n"
+                    % (token, user.seed))
+        return path, user, token
+
+    def start(self):
+        op = self.operator
+        limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                  "wildcards": True, "conn": -1, "leaf": -1}
+        op_jwt = os.path.join(self.store, "operator.jwt")
+        with open(op_jwt, "w") as f:
+            f.write(op.jwt(op, "skiff-test", {"type": "operator", "version": 2,
+                                              "system_account": self.system.public}))
+        accounts = {
+            self.system.public: op.jwt(self.system, "SYS", {"type": "account", "version": 2,
+                                                            "limits": limits}),
+            self.account.public: op.jwt(self.account, "skiff", {
+                "type": "account", "version": 2,
+                "limits": dict(limits, mem_storage=-1, disk_storage=-1, streams=-1,
+                               consumer=-1)}),
+        }
+        conf = os.path.join(self.store, "nats.conf")
+        with open(conf, "w") as f:
+            json.dump({"listen": "127.0.0.1:%d" % self.port,
+                       "http": "127.0.0.1:%d" % self.monitor_port,
+                       "server_name": self.name, "operator": op_jwt,
+                       "system_account": self.system.public, "resolver": "MEMORY",
+                       "resolver_preload": accounts,
+                       "jetstream": {"store_dir": os.path.join(self.store, self.name)}}, f)
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.jsz() is not None, 15, "the operator-mode nats-server to answer")
+        return self
+
+
+def test_credentials_files_authenticate_skiffd_and_routers(tmp_path):
+    store = tempfile.mkdtemp(prefix="skiff-natscreds-")
+    nats = OperatorNats(store).start()
+    skiffd_creds, _, _ = nats.user_creds("skiffd", SKIFFD_PERMISSIONS)
+    router_creds, router_user, router_jwt = nats.user_creds("router", ROUTER_PERMISSIONS)
+    p = Platform(extra_args=["--nats", nats.url, "--nats-creds", skiffd_creds],
+                 extra_env={"SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                            "SKIFF_BUS_TTL_MS": str(TTL_MS)}).start()
+    rr = RemoteRouter(nats.url, extra_args=["--nats-creds", router_creds]).start()
+    try:
+        push_web(p, tmp_path, "jwt")
+        wait_for(lambda: rr.get("jwt.localhost") == (200, "v0\n"), 30,
+                 "the router with the router's credentials file to serve jwt")
+
+        def talk(lines, creds=True):
+            with socket.create_connection(("127.0.0.1", nats.port), timeout=5) as s:
+                info = json.loads(s.recv(4096).decode().split(" ", 1)[1])
+                connect = {"verbose": False}
+                if creds:  # what libnats does with the file: the JWT and the nonce signed
+                    connect.update(jwt=router_jwt, sig=_b64url(router_user.key.sign(
+                        info["nonce"].encode())))
+                s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" +
+                          b"".join(lines) + b"PING\r\n")
+                got = b""
+                while b"PONG" not in got and b"-ERR" not in got:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                return got
+        forged = json.dumps({"v": 1, "ttl_ms": 60000, "route": {
+            "host": "jwt.localhost", "path": "", "backends": [{"addr": "127.0.0.1:1"}]}})
+        assert b"Authorization Violation" in talk([pub("skiff.bus.register", forged)], False)
+        got = talk([pub("skiff.bus.register", forged)])
+        assert b"Permissions Violation for Publish" in got, got
+        for _ in range(10):
+            assert rr.get("jwt.localhost") == (200, "v0\n")
+            time.sleep(0.1)
+    finally:
         rr.close()
         p.close()
         nats.stop()
