@@ -616,7 +616,8 @@ void bus_certs_changed(struct bus *bus)
 }
 
 /* One domain's pair on skiff.bus.certs; the key's copies wiped. */
-static void bus__nats_cert_publish(struct bus *bus, const char *domain, char *cert, char *key)
+static void bus__nats_cert_publish(struct bus *bus, const char *domain, const char *cert,
+                                   const char *key)
 {
     json_t *msg = json_pack("{s:i,s:s,s:s,s:s}", "v", BUS_NATS_VERSION, "domain", domain, "cert",
                             cert, "key", key);

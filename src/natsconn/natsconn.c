@@ -395,6 +395,7 @@ int natsconn_open(uv_loop_t *loop, const struct natsconn_config *cfg, struct nat
         c->cfg.inbox_max = NATSCONN_INBOX_MAX;
     c->tail = &c->head;
     c->tls = natsconn_security_tls(cfg->urls, &cfg->security);
+    c->cfg.security = (struct natsconn_security){0}; /* the caller's strings: not kept */
     c->shown = natsconn_url_masked(cfg->urls);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->closed_cond, NULL);

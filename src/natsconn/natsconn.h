@@ -57,7 +57,7 @@ typedef void (*natsconn_state_fn)(void *ctx, bool connected);
 struct natsconn_config {
     const char *urls;
     const char *name; /* the connection's name the server shows (monitoring) */
-    struct natsconn_security security; /* copied: the strings must outlive natsconn_open only */
+    struct natsconn_security security; /* read by natsconn_open only (not kept) */
     natsconn_msg_fn on_msg;
     natsconn_state_fn on_state; /* NULL: nobody */
     void *ctx;
