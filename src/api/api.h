@@ -48,6 +48,7 @@
 
 #include "auth/auth.h"
 #include "common/err.h"
+#include "natsconn/natsconn.h"
 
 struct api;
 struct api_request;
@@ -261,6 +262,7 @@ struct api_services {
     struct logs *logs;           /* src/logs/logs.h */
     const char *nats_url;        /* events in NATS JetStream ("": the embedded log) */
     int nats_replicas;           /* each JetStream stream's replicas */
+    struct natsconn_security nats_security; /* credentials and TLS for nats_url */
 };
 
 /* The events component (src/api/events.c): the topics' endpoints on the fabric it opens.

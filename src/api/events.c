@@ -539,6 +539,7 @@ int api_events_start(const struct api_services *svc, struct api_events **out, ch
         .max_record_bytes = EVENTS_MAX_RECORD_BYTES,
         .nats_url = svc->nats_url,
         .nats_replicas = svc->nats_replicas,
+        .nats_security = svc->nats_security,
     };
     int rc = fabric_open(svc->loop, &cfg, &events->fabric, err, errsize);
     free(dir);
