@@ -120,8 +120,8 @@ static void leader__lost(struct leader *l, const char *why)
     l->phase = LEADER__IDLE;
     if (was) {
         log_warning("[LEADER] this skiffd stopped leading: %s (%s); it tries for the lock again "
-                    "every %d ms",
-                    why, l->masked, l->try_ms);
+                    "in %d ms, then every %d ms",
+                    why, l->masked, LEADER_LOST_BACKOFF * l->try_ms, l->try_ms);
         l->complained = true;
         l->on_change(l->ctx, false);
     } else if (!l->complained) {
@@ -131,7 +131,7 @@ static void leader__lost(struct leader *l, const char *why)
         l->complained = true;
     }
     if (!l->closing)
-        leader__arm(l, l->try_ms);
+        leader__arm(l, (was ? LEADER_LOST_BACKOFF : 1) * l->try_ms);
 }
 
 /* libpq's last error, on one line. */

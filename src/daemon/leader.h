@@ -28,6 +28,9 @@
 #define LEADER_LOCK_KEY 0x736b69666631LL /* "skiff1"; the migrations' lock is "skiff" */
 #define LEADER_TRY_INTERVAL_MS 1000
 #define LEADER_CHECK_TIMEOUT_MS 3000
+/* A skiffd that stopped leading waits this many try intervals before trying again, so that a
+ * follower whose session is sound takes over rather than the one whose session just failed. */
+#define LEADER_LOST_BACKOFF 3
 
 struct leader;
 
