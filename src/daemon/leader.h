@@ -25,7 +25,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define LEADER_LOCK_KEY 0x736b69666631LL /* "skiff1"; the migrations' lock is "skiff" */
+/* 0x736b69666631, "skiff1" (the migrations' lock is "skiff"), in decimal for the SQL text */
+#define LEADER_LOCK_KEY 126905167013425
 #define LEADER_TRY_INTERVAL_MS 1000
 #define LEADER_CHECK_TIMEOUT_MS 3000
 /* A skiffd that stopped leading waits this many try intervals before trying again, so that a
