@@ -51,7 +51,11 @@ const char *cells_state(int64_t heartbeat_ms, int64_t interval_ms, int64_t now_m
 {
     if (interval_ms <= 0 || heartbeat_ms <= 0)
         return "missing";
-    return now_ms - heartbeat_ms <= CELLS_MISSING_INTERVALS * interval_ms ? "up" : "missing";
+    int64_t age = now_ms - heartbeat_ms; /* both are times since the epoch: no overflow */
+    /* age <= N * interval, without the product (an interval read from the store is any size) */
+    bool up =
+        age <= 0 || (age + CELLS_MISSING_INTERVALS - 1) / CELLS_MISSING_INTERVALS <= interval_ms;
+    return up ? "up" : "missing";
 }
 
 static bool cells__id_valid(const char *id)

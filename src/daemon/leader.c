@@ -140,7 +140,7 @@ static const char *leader__pq_error(struct leader *l, char *out, size_t size)
     const char *m = l->conn ? PQerrorMessage(l->conn) : "";
     snprintf(out, size, "%s", m && *m ? m : "the connection broke");
     for (char *p = out; *p; p++)
-        if (*p == '\n')
+        if (*p == '\n' || *p == '\t')
             *p = *(p + 1) ? ' ' : '\0';
     return out;
 }
@@ -282,6 +282,14 @@ static void leader__on_poll(uv_poll_t *h, int status, int events)
         leader__read_results(l);
 }
 
+/* The server's notices (and the FATAL it sends before it ends a session) go to the log, not
+ * to stderr as libpq's default would write them: the lost session is logged by the caller. */
+static void leader__notice(void *arg, const char *message)
+{
+    (void)arg;
+    log_msg(LOG_DEBUG, "[LEADER] the store says: %.*s", (int)strcspn(message, "\n"), message);
+}
+
 static void leader__connect(struct leader *l)
 {
     const char *keys[] = {"dbname",
@@ -301,6 +309,7 @@ static void leader__connect(struct leader *l)
         leader__lost_pq(l);
         return;
     }
+    PQsetNoticeProcessor(l->conn, leader__notice, NULL);
     l->phase = LEADER__CONNECTING;
     uv_timer_start(&l->deadline, leader__on_deadline, (uint64_t)l->check_ms, 0);
     leader__connect_step(l, PGRES_POLLING_WRITING);

@@ -94,6 +94,10 @@ def pair(pg_dir):
         wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
         assert not leading(b), cells(b)
         yield a, b
+        for p in made:
+            p.stop()
+            text = p.output()
+            assert "Sanitizer" not in text and "runtime error" not in text, text
     finally:
         for p in made:
             p.close()
