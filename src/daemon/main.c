@@ -571,11 +571,15 @@ static bool daemon_leading(void *ctx)
     return !d->leader || leader_is_leading(d->leader);
 }
 
+/* What other skiffds wrote: apps converge, and the route table is made again from the store
+ * and sent to this skiffd's routers (a route mapped through another skiffd reaches them). */
 static void daemon_on_resync(uv_timer_t *t)
 {
     struct daemon *d = t->data;
-    if (!d->stopping)
-        scheduler_resync(d->sched);
+    if (d->stopping)
+        return;
+    scheduler_resync(d->sched);
+    bus_routes_changed(d->bus);
 }
 
 /* The one place that says what leading changes: the scheduler first (it stops or starts

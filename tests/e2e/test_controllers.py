@@ -70,8 +70,8 @@ def running_here(p, name):
     return [i for i in app.get("instances_detail", []) if i.get("state") == "RUNNING"]
 
 
-def serves(p, name):
-    status, text = http_get(p.router_url + "/", host=f"{name}.localhost")
+def serves(p, name, host=None):
+    status, text = http_get(p.router_url + "/", host=host or f"{name}.localhost")
     return status == 200 and text.startswith("instance")
 
 
@@ -110,6 +110,11 @@ def test_push_through_a_follower_runs_on_the_leader_and_a_killed_leader_is_repla
              "the follower")
     wait_for(lambda: serves(a, "ctl"), 20, "the app through the leader's router")
     assert running_here(b, "ctl") == [], "a follower runs nothing"
+    # a route mapped through the follower reaches the leader's router
+    status, body = b.api("POST", "/v1/routes", {"app": "ctl", "host": "ctl-two.localhost"})
+    assert status in (200, 201), body
+    wait_for(lambda: serves(a, "ctl", "ctl-two.localhost"), 10,
+             "a route mapped through the follower to be served by the leader's router")
     assert "[LEADER] this skiffd leads" in a.output(), a.output()
     assert "[LEADER] another skiffd leads" in b.output(), b.output()
 
