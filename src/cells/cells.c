@@ -47,6 +47,17 @@ bool cells_zone_valid(const char *zone)
     return true;
 }
 
+int cells_zone_check(const char *zone, char *err, size_t errsize)
+{
+    if (cells_zone_valid(zone))
+        return 0;
+    snprintf(err, errsize,
+             "--zone \"%s\" is not a zone name: 1 to %d of a-z, 0-9, '.', '_' and '-', "
+             "starting with a letter or digit",
+             zone ? zone : "", CELLS_ZONE_MAX);
+    return -EINVAL;
+}
+
 const char *cells_state(int64_t heartbeat_ms, int64_t interval_ms, int64_t now_ms)
 {
     if (interval_ms <= 0 || heartbeat_ms <= 0)
@@ -134,15 +145,11 @@ static void cells__on_timer(uv_timer_t *t)
 int cells_start(uv_loop_t *loop, const struct cells_config *cfg, struct cells **out, char *err,
                 size_t errsize)
 {
-    if (!cells_zone_valid(cfg->zone)) {
-        snprintf(err, errsize,
-                 "--zone \"%s\" is not a zone name: 1 to %d of a-z, 0-9, '.', '_' and '-', "
-                 "starting with a letter or digit",
-                 cfg->zone ? cfg->zone : "", CELLS_ZONE_MAX);
-        return -EINVAL;
-    }
+    int rc = cells_zone_check(cfg->zone, err, errsize);
+    if (rc < 0)
+        return rc;
     struct cells *c = xcalloc(1, sizeof *c);
-    int rc = cells__load_id(c, cfg->home, err, errsize);
+    rc = cells__load_id(c, cfg->home, err, errsize);
     if (rc < 0) {
         free(c);
         return rc;

@@ -54,6 +54,8 @@ void cells_free(struct cells *c);
 
 /* A zone name: 1 to CELLS_ZONE_MAX of [a-z0-9._-], starting with a letter or digit. */
 bool cells_zone_valid(const char *zone);
+/* The same, with the message for the user in err when it is not: -EINVAL. */
+int cells_zone_check(const char *zone, char *err, size_t errsize);
 /* "up" when the heartbeat at heartbeat_ms is at most CELLS_MISSING_INTERVALS intervals old
  * at now_ms, "missing" otherwise (and for a malformed interval). */
 const char *cells_state(int64_t heartbeat_ms, int64_t interval_ms, int64_t now_ms);

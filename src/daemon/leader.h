@@ -12,7 +12,8 @@
  * closing it (a host that lost power) is ended by TCP keepalives the connection asks the
  * server for (idle 5 s, then 3 probes 1 s apart: 8 s), later than the old leader's own
  * check_timeout_ms, so two never lead at once. Over a Unix socket a dead client's session
- * ends at once.
+ * ends at once. A session the server ends is the exception: it frees the lock before the
+ * old leader reads that its session is over (src/daemon/README.md, "No split brain").
  *
  * on_change is called on the loop whenever leading changes, and once with false when the
  * first try finds the lock taken (never from inside leader_start or leader_close). Errors are

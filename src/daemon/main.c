@@ -562,8 +562,7 @@ static void on_sighup(uv_signal_t *h, int signum)
         log_info("SIGHUP: the API's certificate was reloaded from %s", d->api_cert_path);
 }
 
-/* ---- leading a shared store (leader.h) --------------------------------------------------------
- */
+/* ---- leading a shared store (leader.h) ------------------------------------------------------ */
 
 /* How often the leader converges what other skiffds wrote to the shared store. */
 #define DAEMON_RESYNC_MS 1000
@@ -789,10 +788,9 @@ int main(int argc, char **argv)
                   prewarm_memory_text);
         return 2;
     }
-    if (!cells_zone_valid(zone)) {
-        log_error("--zone \"%s\" is not a zone name: 1 to %d of a-z, 0-9, '.', '_' and '-', "
-                  "starting with a letter or digit",
-                  zone, CELLS_ZONE_MAX);
+    char zone_err[200];
+    if (cells_zone_check(zone, zone_err, sizeof zone_err) < 0) {
+        log_error("%s", zone_err);
         return 2;
     }
     bool contained = !strcmp(isolation, "container");

@@ -215,3 +215,39 @@ def test_a_bad_zone_is_refused(tmp_path):
         assert "--zone" in p.output() and "is not a zone name" in p.output(), p.output()
     finally:
         p.close()
+
+
+def schedule_fires(p):
+    status, text = p.api("GET", "/metrics")
+    assert status == 200, text
+    line = next(ln for ln in text.splitlines() if ln.startswith("skiff_schedule_fires_total "))
+    return int(line.split()[1])
+
+
+def test_only_the_leader_fires_schedules_and_the_next_one_takes_them_over(pg_dir):
+    a = skiffd(pg_dir, "zone-a").start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        assert a.api("PUT", "/v1/apps/tick", {"no_route": True})[0] in (200, 201)
+        status, body = a.api("POST", "/v1/event-mappings", {"app": "tick",
+                                                            "schedule": "@every 1s"})
+        assert status == 201, body
+        wait_for(lambda: schedule_fires(a) >= 1, 10, "the leader's first fire")
+        # b loads the same mapping from the store at its start, and follows
+        b = skiffd(pg_dir, "zone-b").start()
+        made.append(b)
+        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
+        assert not leading(b)
+        base = schedule_fires(a)
+        wait_for(lambda: schedule_fires(a) >= base + 3, 10, "three more fires on the leader")
+        assert schedule_fires(b) == 0, "a follower fires no schedule"
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
+        wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after kill -9")
+        wait_for(lambda: schedule_fires(b) >= 2, 10, "the new leader to fire the schedule")
+        b.stop()
+        assert "Sanitizer" not in b.output() and "runtime error" not in b.output(), b.output()
+    finally:
+        for p in made:
+            p.close()

@@ -23,6 +23,11 @@
 static char pg_dir[64];
 static char url[256];
 static bool have_pg;
+/* Whether a leader may be told it leads while the other still thinks it does. Never when the
+ * old one's own side ends its session (it stops before its lock is freed); when the server
+ * ends it, the server frees the lock first and the old leader learns it one read later (here
+ * the same loop turn; across hosts one network trip): that test bounds the delay instead. */
+static bool overlap_allowed;
 
 struct watcher {
     struct leader *l;
@@ -36,7 +41,8 @@ static void on_change(void *ctx, bool leading)
     struct watcher *w = ctx;
     if (leading) {
         /* never two at once: the other must have stopped before this one was told */
-        assert_false(w->other && w->other->leading);
+        if (!overlap_allowed)
+            assert_false(w->other && w->other->leading);
         w->became++;
     } else if (w->leading) {
         w->stopped++;
@@ -173,6 +179,7 @@ static void test_a_session_the_server_ends_stops_leading_at_once(void **state)
     struct watcher w[2] = {{0}};
     w[0].other = &w[1];
     w[1].other = &w[0];
+    overlap_allowed = true;
     start(&loop, &w[0], "unit leader doomed", url);
     assert_true(run_until(&loop, is_leading, &w[0], 5000));
     start(&loop, &w[1], "unit leader heir", url);
@@ -198,6 +205,7 @@ static void test_a_session_the_server_ends_stops_leading_at_once(void **state)
     assert_int_equal(w[0].became, 1);
     finish(&loop, &w[0]);
     finish(&loop, &w[1]);
+    overlap_allowed = false;
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
