@@ -54,7 +54,7 @@ struct leader {
     bool query_ok; /* every result of the query in flight was a success */
     bool got_lock; /* ... and pg_try_advisory_lock said true */
     bool leading;
-    bool decided;    /* on_change was called once (the first try's answer) */
+    bool decided;    /* on_change was called for the first try since the start or a loss */
     bool complained; /* a connection failure was logged since the last success */
     bool closing;
     int open_handles;
@@ -112,6 +112,8 @@ static void leader__lost(struct leader *l, const char *why)
 {
     bool was = l->leading;
     l->leading = false;
+    if (was)
+        l->decided = false; /* its next answer says again who leads */
     uv_timer_stop(&l->deadline);
     leader__poll_release(l); /* before libpq closes the socket under it */
     if (l->conn)

@@ -15,9 +15,9 @@
  * ends at once. A session the server ends is the exception: it frees the lock before the
  * old leader reads that its session is over (src/daemon/README.md, "No split brain").
  *
- * on_change is called on the loop whenever leading changes, and once with false when the
- * first try finds the lock taken (never from inside leader_start or leader_close). Errors are
- * negative errno values. */
+ * on_change is called on the loop whenever leading changes, and with false when the first try
+ * after the start or after losing the lead finds the lock taken (never from inside
+ * leader_start or leader_close). Errors are negative errno values. */
 #ifndef SKIFF_LEADER_H
 #define SKIFF_LEADER_H
 

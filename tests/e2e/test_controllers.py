@@ -165,8 +165,9 @@ def test_a_leader_whose_session_ends_stops_at_once_and_the_other_takes_over(pair
     assert "[LEADER] this skiffd stopped leading" in a.output(), a.output()
     wait_for(lambda: leading(b), LEADER_BOUND_S, "the other skiffd to take the lock")
     wait_for(lambda: running_here(b, "sess"), 60, "the new leader to run the app")
-    # never two leaders: a tries again and finds the lock taken
-    time.sleep(2.5)  # two of a's tries (one a second): a bounded look, not a wait for a state
+    # never two leaders: a tries again (after three intervals) and finds the lock taken
+    wait_for(lambda: a.output().count("[LEADER] another skiffd leads") == 1, 10,
+             "the old leader to try again and follow")
     assert leading(b) and not leading(a), (cells(a), cells(b))
     assert not running_here(a, "sess")
     assert a.proc.poll() is None and b.proc.poll() is None

@@ -203,6 +203,7 @@ static void test_a_session_the_server_ends_stops_leading_at_once(void **state)
     run_until(&loop, NULL, NULL, 5 * TRY_MS);
     assert_false(w[0].leading);
     assert_int_equal(w[0].became, 1);
+    assert_int_equal(w[0].follower, 1); /* its first try after the loss found the lock taken */
     finish(&loop, &w[0]);
     finish(&loop, &w[1]);
     overlap_allowed = false;
