@@ -115,6 +115,13 @@ def test_push_through_a_follower_runs_on_the_leader_and_a_killed_leader_is_repla
     assert status in (200, 201), body
     wait_for(lambda: serves(a, "ctl", "ctl-two.localhost"), 10,
              "a route mapped through the follower to be served by the leader's router")
+    # a stop, a scale and a start through the follower are carried out by the leader
+    assert b.api("POST", "/v1/apps/ctl/stop")[0] == 200
+    wait_for(lambda: not running_here(a, "ctl"), 15, "the leader to stop the app")
+    assert b.api("PATCH", "/v1/apps/ctl", {"instances": 2})[0] == 200
+    assert b.api("POST", "/v1/apps/ctl/start")[0] == 200
+    wait_for(lambda: len(running_here(a, "ctl")) == 2, 60, "the leader to run two instances")
+    assert running_here(b, "ctl") == []
     assert "[LEADER] this skiffd leads" in a.output(), a.output()
     assert "[LEADER] another skiffd leads" in b.output(), b.output()
 
