@@ -180,6 +180,16 @@ def test_a_leader_whose_session_ends_stops_at_once_and_the_other_takes_over(pair
     assert a.proc.poll() is None and b.proc.poll() is None
 
 
+def test_a_leader_stopped_with_sigterm_hands_over_at_once(pair):
+    a, b = pair
+    stopping = time.monotonic()
+    a.stop()
+    assert a.proc.returncode == 0, a.output()
+    # its session ended as it began to stop: b's next try takes the lock
+    wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after a SIGTERM")
+    print(f"leading went over {time.monotonic() - stopping:.2f} s after SIGTERM")
+
+
 def test_cells_is_for_the_platform_admin_only(pair):
     a, b = pair
     admin = b.token
