@@ -141,6 +141,9 @@ struct autoscaler_work {
 typedef bool (*autoscaler_work_cb)(void *ctx, const char *app_guid, const char *process,
                                    struct autoscaler_work *out);
 void autoscaler_set_work(struct autoscaler *as, autoscaler_work_cb fn, void *ctx);
+/* Whether this autoscaler decides (true at start): of several skiffds on one store only the
+ * one that leads does (src/daemon/leader.h); the others' ticks do nothing. */
+void autoscaler_set_leading(struct autoscaler *as, bool leading);
 
 /* Work waits for (app_guid, process) and asks for `wanted` instances: decides at once, up
  * only (at most the policy's max), recording the demand as a sample so the windows keep it.

@@ -859,6 +859,11 @@ static void mapping_cron_fire(uv_timer_t *h)
     struct inv_mapping *m = h->data;
     if (m->deleted || m->inv->stopping)
         return;
+    if (m->inv->following) { /* the skiffd that leads publishes this fire */
+        m->last_fire_ms = m->cron_due_ms;
+        mapping_arm_cron(m);
+        return;
+    }
     char source[80], when[40];
     snprintf(source, sizeof(source), "/skiff/schedules/%s", m->spec.id);
     time_format_rfc3339(time_now_ms(), when, sizeof(when));
@@ -1315,6 +1320,11 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
         found = true;
     }
     return found;
+}
+
+void invoker_set_leading(struct invoker *inv, bool leading)
+{
+    inv->following = !leading;
 }
 
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx)

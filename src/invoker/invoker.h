@@ -173,5 +173,9 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
  * the app is stopped; -ENODATA: no droplet; -ENOENT: no such app or process). */
 typedef int (*invoker_wake_fn)(void *ctx, const char *app_guid, const char *process, int wanted);
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx);
+/* Whether this skiffd fires schedules (true at start). Several skiffds on one store load the
+ * same mappings; only the one that leads (src/daemon/leader.h) publishes their fires, and a
+ * fire that comes due while no skiffd leads is not made up. */
+void invoker_set_leading(struct invoker *inv, bool leading);
 
 #endif

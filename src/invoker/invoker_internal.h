@@ -129,6 +129,7 @@ struct invoker {
     struct hub *hub;
     int sched_sub; /* its subscription on the hub */
     int64_t idle_grace_ms; /* for functions no mapping gives a grace period */
+    bool following;        /* invoker_set_leading(false): another skiffd fires the schedules */
     invoker_wake_fn wake;  /* asks the autoscaler for instances (invoker_set_wake) */
     void *wake_ctx;
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */

@@ -52,6 +52,11 @@ char *store_location_masked(const char *location)
     return m;
 }
 
+bool store_location_is_postgres(const char *location)
+{
+    return str_has_prefix(location, "postgres://") || str_has_prefix(location, "postgresql://");
+}
+
 /* The location names the backend: "sqlite:PATH" or a plain path is the embedded SQLite;
  * "postgres://..." or "postgresql://..." is PostgreSQL; any other URL is refused. */
 int store_open(const char *location, char *err, size_t errsize, struct store **out)
@@ -61,8 +66,7 @@ int store_open(const char *location, char *err, size_t errsize, struct store **o
     const char *rest = location;
     if (str_has_prefix(location, "sqlite:")) {
         rest = location + strlen("sqlite:");
-    } else if (str_has_prefix(location, "postgres://") ||
-               str_has_prefix(location, "postgresql://")) {
+    } else if (store_location_is_postgres(location)) {
         ops = &store_pg_ops;
         open_backend = store_pg_open;
     } else if (strstr(location, "://")) {

@@ -177,6 +177,9 @@ struct store_package {
 /* Opens (creating when needed) and migrates the store. err gets a message on failure. */
 int store_open(const char *location, char *err, size_t errsize, struct store **out);
 void store_close(struct store *st);
+/* Whether the location names PostgreSQL (postgres:// or postgresql://): a store several
+ * skiffds may share, where one leads (src/daemon/leader.h). */
+bool store_location_is_postgres(const char *location);
 /* The schema version after migrations (for tests and diagnostics). */
 int store_schema_version(struct store *st);
 /* A number that changes whenever anything was written through this store (a cheap check
