@@ -672,8 +672,13 @@ int main(int argc, char **argv)
     const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
-    const char *router_tls_addr = env_or("SKIFF_ROUTER_TLS_ADDR", "127.0.0.1:8443");
-    const char *api_tls_addr = env_or("SKIFF_API_TLS_ADDR", "127.0.0.1:8091");
+    /* an empty value set on purpose means no HTTPS there, as "" does on the command line */
+    const char *router_tls_addr = getenv("SKIFF_ROUTER_TLS_ADDR");
+    const char *api_tls_addr = getenv("SKIFF_API_TLS_ADDR");
+    if (!router_tls_addr)
+        router_tls_addr = "127.0.0.1:8443";
+    if (!api_tls_addr)
+        api_tls_addr = "127.0.0.1:8091";
     const char *tls_cert = env_or("SKIFF_TLS_CERT", ""), *tls_key = env_or("SKIFF_TLS_KEY", "");
     const char *drain_timeout = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");

@@ -550,6 +550,19 @@ def test_skiffd_makes_a_local_ca_and_serves_https():
         p.close()
 
 
+def test_empty_https_addresses_in_the_environment_mean_no_https():
+    p = Platform(extra_env={"SKIFF_ROUTER_TLS_ADDR": "", "SKIFF_API_TLS_ADDR": "",
+                            "SKIFF_ISOLATION": "process"})
+    try:
+        p.start()
+        status, info = p.api("GET", "/v1/info")
+        assert status == 200 and "tls_url" not in info, info
+        assert "HTTPS" not in p.output()
+        assert not os.path.exists(os.path.join(p.home, "tls", "ca.key"))
+    finally:
+        p.close()
+
+
 # ---- domains with their own certificate (skiff create-domain / update-domain) -------------------
 
 PASSWORD = "a long enough password"
