@@ -208,7 +208,7 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
     p->woken = false;
     /* event work in the same unit: instances' worth x the target per instance */
     if (w)
-        value += (double)w->peak * pol.target;
+        value += w->average * pol.target;
     autoscaler_kpa_record(&p->kpa, now, value);
     int ready = scheduler_ready_instances(as->sched, app->guid, sp->type, NULL, 0);
     if (ready < 0)

@@ -129,9 +129,10 @@ void autoscaler_router_gone(struct autoscaler *as, int router_id);
 /* The event work of a process (the invoker's backlog and deliveries in flight). */
 struct autoscaler_work {
     double load;           /* instances' worth of it now: the autoscaler never goes below */
-    int peak;              /* the most instances it asked for since the previous read: the
-                              sample it adds to the windows, so short work between two ticks
-                              still counts */
+    double average;        /* instances' worth of it averaged over the time since the previous
+                              read (a time integral, as the routers' in flight): the sample it
+                              adds to the windows, so work between two ticks counts for what
+                              it lasted */
     int max_instances;     /* the most its mappings allow (0: none): the max of a process
                               without a stored policy */
     int64_t idle_grace_ms; /* the stable window of a policy that sets none (> 0) */

@@ -298,7 +298,7 @@ static bool daemon_invoker_work(void *invoker, const char *app_guid, const char 
     if (!invoker_work_of(invoker, app_guid, process, &w))
         return false;
     *out = (struct autoscaler_work){.load = w.load,
-                                    .peak = w.peak,
+                                    .average = w.average,
                                     .max_instances = w.max_instances,
                                     .idle_grace_ms = w.idle_grace_ms};
     return true;

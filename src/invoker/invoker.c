@@ -379,8 +379,7 @@ static int target_wanted(struct inv_target *t, uint64_t *work_out, double *load_
         *load_out = load;
     if (max_out)
         *max_out = max_instances;
-    if ((int)wanted > t->wanted_peak)
-        t->wanted_peak = (int)wanted;
+    work_meter_set(&t->work, load, uv_hrtime() / 1000);
     return (int)wanted;
 }
 
@@ -1308,10 +1307,9 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
         uint64_t work;
         double load;
         int max;
-        int wanted = target_wanted(t, &work, &load, &max);
+        target_wanted(t, &work, &load, &max);
         out->load += load;
-        out->peak += t->wanted_peak > wanted ? t->wanted_peak : wanted;
-        t->wanted_peak = wanted;
+        out->average += work_meter_take_average(&t->work, uv_hrtime() / 1000);
         if (max > out->max_instances)
             out->max_instances = max;
         int64_t grace = target_idle_grace(t);
