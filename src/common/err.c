@@ -52,6 +52,8 @@ static const struct {
                                  "a blob of the image does not match its digest"},
     [SKIFF_E_SSH_DISABLED] = {"ssh_disabled", 409,
                               "ssh is disabled for the app or not allowed in its space"},
+    [SKIFF_E_CONFLICT] = {"conflict", 409,
+                          "it was changed by someone else meanwhile: read it again and retry"},
 };
 
 /* The errno values the parts below the API return, each with the API error that answers it
@@ -78,6 +80,7 @@ static const struct {
     {EMFILE, SKIFF_E_BUSY, NULL},
     {ENFILE, SKIFF_E_BUSY, NULL},
     {EAGAIN, SKIFF_E_BUSY, NULL},
+    {ESTALE, SKIFF_E_CONFLICT, "it was changed by someone else meanwhile: read it again and retry"},
     {EBUSY, SKIFF_E_BUSY, NULL},
     {ETIMEDOUT, SKIFF_E_UNAVAILABLE, NULL},
     {ECONNREFUSED, SKIFF_E_UNAVAILABLE, NULL},

@@ -39,6 +39,7 @@
 
 struct daemon {
     uv_loop_t *loop;
+    uv_poll_t store_feed; /* the store's change feed (PostgreSQL): other skiffds' writes */
     char *home;
     char *api_addr;
     char *router_addr;
@@ -453,6 +454,43 @@ static void raise_nofile(void)
                                                                                 : rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+}
+
+/* An app another skiffd on the same store created, changed or deleted: the scheduler
+ * converges it as it does after this skiffd's API changed it (app_guid NULL: any app). */
+static void daemon_store_app_changed(void *ctx, const char *app_guid)
+{
+    struct daemon *d = ctx;
+    if (app_guid) {
+        if (scheduler_app_changed(d->sched, app_guid) == -ENOENT)
+            scheduler_app_deleted(d->sched, app_guid);
+        return;
+    }
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    if (store_app_list(d->store, &apps, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        scheduler_app_changed(d->sched, apps[i]->guid);
+    store_app_list_free(apps, n);
+}
+
+static void daemon_store_feed(uv_poll_t *h, int status, int events)
+{
+    struct daemon *d = h->data;
+    store_feed_take(d->store, daemon_store_app_changed, d);
+    if (status < 0 || store_feed_fd(d->store) < 0)
+        uv_poll_stop(h); /* the feed is lost (the store logged it) */
+}
+
+/* Watches the store's change feed on the loop, when it has one (PostgreSQL). */
+static void daemon_watch_store(struct daemon *d)
+{
+    int fd = store_feed_fd(d->store);
+    if (fd < 0 || uv_poll_init(d->loop, &d->store_feed, fd) < 0)
+        return;
+    d->store_feed.data = d;
+    uv_poll_start(&d->store_feed, UV_READABLE, daemon_store_feed);
 }
 
 static void walk_close(uv_handle_t *h, void *arg)
@@ -1035,6 +1073,7 @@ int main(int argc, char **argv)
                                              .records = d.services,
                                              .events_url = events_url ? events_url : api_url});
     scheduler_reconcile_all(d.sched);
+    daemon_watch_store(&d);
 
     uv_signal_init(d.loop, &d.sigterm);
     uv_signal_init(d.loop, &d.sigint);

@@ -182,9 +182,10 @@ struct store_backend {
     int version;
     uint64_t writes; /* this process's writes that changed something */
     /* The change feed: a connection of its own that LISTENs, non-blocking, read whenever
-     * the store is asked anything (and by its owner's uv_poll on store_feed_fd); NULL once
-     * lost, and then nothing is cached. */
+     * the store is asked anything (and by its owner's uv_poll on store_feed_fd); once lost,
+     * nothing is cached. */
     PGconn *feed;
+    bool feed_lost; /* the connection is kept (its descriptor may still be watched) */
     uint64_t heard; /* notifications from other writers */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
     char (*changed)[37];
@@ -302,8 +303,7 @@ static void pg__feed_lost(struct store_backend *b)
     log_error("store: the change feed was lost (%s); from now on every read goes to the"
               " database and other writers' changes are not announced: restart skiffd",
               PQerrorMessage(b->feed));
-    PQfinish(b->feed);
-    b->feed = NULL;
+    b->feed_lost = true;
     b->changed_all = true;
     b->apps_gen++;
     b->routes_gen++;
@@ -314,7 +314,7 @@ static void pg__feed_lost(struct store_backend *b)
  * counts. */
 static void pg__feed_read(struct store_backend *b)
 {
-    if (!b->feed)
+    if (b->feed_lost)
         return;
     if (!PQconsumeInput(b->feed)) {
         pg__feed_lost(b);
@@ -345,7 +345,7 @@ static void pg__feed_read(struct store_backend *b)
 static uint64_t pg__change_count(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (!b->feed)
+    if (b->feed_lost)
         b->lost++;
     return b->writes + b->heard + b->lost;
 }
@@ -353,7 +353,7 @@ static uint64_t pg__change_count(struct store_backend *b)
 static int pg__feed_fd(struct store_backend *b)
 {
     pg__feed_read(b);
-    return b->feed ? PQsocket(b->feed) : -1;
+    return b->feed_lost ? -1 : PQsocket(b->feed);
 }
 
 static size_t pg__feed_take(struct store_backend *b, void (*fn)(void *ctx, const char *app_guid),
@@ -830,7 +830,7 @@ fail:
 static int pg__apps_cached(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (!b->feed)
+    if (b->feed_lost)
         return 1;
     if (b->apps && b->apps_at == b->apps_gen)
         return 0;
@@ -984,7 +984,7 @@ static char *pg__dup(const char *s)
 static int pg__routes_cached(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (!b->feed)
+    if (b->feed_lost)
         return 1;
     if (b->routes && b->routes_at == b->routes_gen)
         return 0;
