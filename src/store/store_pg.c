@@ -9,9 +9,13 @@
  * A URL may carry a password; it is never logged: messages name the location with the
  * password masked (store_location_masked).
  *
- * Not yet: every call is a synchronous round trip, so it blocks the caller's event loop for
- * as long as the server takes (see README.md beside this file); writers in two processes are
- * only kept apart by the unique constraints and by the migrations' advisory lock. */
+ * Apps carry a version: an update is a compare-and-swap (-ESTALE when another writer came
+ * first). Every write transaction NOTIFYs (migration 17's triggers); a second, non-blocking
+ * connection LISTENs, and what it hears keeps a read cache of apps and routes current, so
+ * app_get, app_list and route_list do not go to the server while nothing changed.
+ *
+ * Not yet: writes are synchronous round trips, so they block the caller's event loop for as
+ * long as the server takes (see README.md beside this file). */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <stdio.h>

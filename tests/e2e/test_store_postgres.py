@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -78,3 +79,54 @@ def test_skiffd_refuses_an_unreachable_store_naming_no_password(tmp_path):
         assert "not-for-logs" not in p.output(), p.output()
     finally:
         p.close()
+
+
+def wait_for(what, check, timeout=15):
+    """check() until it returns a true value, for timeout seconds at most."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def test_a_second_skiffd_sees_what_the_first_writes(pg_dir):
+    # two skiffds on one database: each answers from its read cache, which the change feed
+    # (LISTEN/NOTIFY) keeps current with the other's writes
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    a = Platform(extra_args=["--store", url]).start()
+    b = Platform(extra_args=["--store", url]).start()
+    try:
+        # b reads first, so that its cache is loaded before a writes
+        status, listed = b.api("GET", "/v1/apps")
+        assert status == 200, listed
+        assert "two-app" not in [x["name"] for x in listed["apps"]], listed
+        status, body = a.api("POST", "/v1/apps", {"name": "two-app", "env": {"K": "1"}})
+        assert status == 201, body
+        got = wait_for("b sees the app a made",
+                       lambda: b.api("GET", "/v1/apps/two-app")[0] == 200)
+        assert got
+        wait_for("b lists it", lambda: "two-app" in [
+            x["name"] for x in b.api("GET", "/v1/apps")[1]["apps"]])
+        status, body = a.api("PUT", "/v1/apps/two-app/env", {"K": "2"})
+        assert status == 200, body
+        wait_for("b sees a's change",
+                 lambda: b.api("GET", "/v1/apps/two-app/env")[1].get("env", {}).get("K") == "2")
+        # and the other way round
+        status, body = b.api("PUT", "/v1/apps/two-app/env", {"K": "3"})
+        assert status == 200, body
+        wait_for("a sees b's change",
+                 lambda: a.api("GET", "/v1/apps/two-app/env")[1].get("env", {}).get("K") == "3")
+        status, body = a.api("DELETE", "/v1/apps/two-app")
+        assert status in (200, 202, 204), body
+        wait_for("b sees it gone", lambda: b.api("GET", "/v1/apps/two-app")[0] == 404)
+        for p in (a, b):
+            p.stop()
+            assert p.proc.returncode == 0, p.output()
+            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        b.close()
+        a.close()
