@@ -40,6 +40,7 @@
 struct daemon {
     uv_loop_t *loop;
     uv_poll_t store_feed; /* the store's change feed (PostgreSQL): other skiffds' writes */
+    bool store_feed_on;   /* store_feed is open (closed first on shutdown) */
     char *home;
     char *api_addr;
     char *router_addr;
@@ -358,6 +359,10 @@ static void daemon_stop(struct daemon *d)
     if (d->stopping)
         return;
     d->stopping = true;
+    if (d->store_feed_on) { /* no convergence of other skiffds' changes while stopping */
+        uv_close((uv_handle_t *)&d->store_feed, NULL);
+        d->store_feed_on = false;
+    }
     if (d->core)
         api_core_shutdown(d->core);
     if (d->svc)
@@ -490,6 +495,7 @@ static void daemon_watch_store(struct daemon *d)
     if (fd < 0 || uv_poll_init(d->loop, &d->store_feed, fd) < 0)
         return;
     d->store_feed.data = d;
+    d->store_feed_on = true;
     uv_poll_start(&d->store_feed, UV_READABLE, daemon_store_feed);
 }
 
@@ -1112,6 +1118,10 @@ fail:
     /* what was started is closed before freeing */
     if (!d.stopping) {
         d.stopping = true;
+        if (d.store_feed_on) {
+            uv_close((uv_handle_t *)&d.store_feed, NULL);
+            d.store_feed_on = false;
+        }
         if (d.api)
             api_close(d.api, NULL, NULL);
         if (d.bus)
