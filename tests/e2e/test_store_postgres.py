@@ -130,3 +130,40 @@ def test_a_second_skiffd_sees_what_the_first_writes(pg_dir):
     finally:
         b.close()
         a.close()
+
+
+def test_an_update_of_an_app_changed_meanwhile_is_a_409_naming_it(pg_dir):
+    # another writer changes the app's row (its version) and skiffd has not heard of it yet
+    # (no NOTIFY: as if its notification were still on the way): skiffd's write from its
+    # cached read must not overwrite it, but answer 409; sent again, it goes through
+    subprocess.run(["psql", "-q", "-h", pg_dir, "-U", "postgres", "-c", "CREATE DATABASE cas",
+                    "postgres"], check=True, capture_output=True, timeout=60)
+    url = f"postgresql:///cas?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "cas-app", "env": {"K": "1"}})
+        assert status == 201, body
+        status, body = p.api("GET", "/v1/apps/cas-app/env")  # read, and cached
+        assert status == 200 and body["env"] == {"K": "1"}, body
+        sql = ("ALTER TABLE apps DISABLE TRIGGER apps_notify;"
+               "UPDATE apps SET version = version + 1, memory_mb = 77 WHERE name = 'cas-app';"
+               "ALTER TABLE apps ENABLE TRIGGER apps_notify;")
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg_dir, "-U", "postgres",
+                        "-c", sql, "cas"], check=True, capture_output=True, timeout=60)
+        status, body = p.api("PUT", "/v1/apps/cas-app/env", {"K": "2"})
+        assert status == 409, body
+        assert body["error"]["code"] == "conflict", body
+        assert "cas-app" in body["error"]["message"], body
+        assert "changed by someone else" in body["error"]["message"], body
+        # the other writer's change is kept, and the request sent again succeeds on top of it
+        status, body = p.api("PUT", "/v1/apps/cas-app/env", {"K": "2"})
+        assert status == 200, body
+        status, app = p.api("GET", "/v1/apps/cas-app")
+        assert status == 200 and app["memory_mb"] == 77, app
+        status, body = p.api("GET", "/v1/apps/cas-app/env")
+        assert status == 200 and body["env"] == {"K": "2"}, body
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        p.close()
