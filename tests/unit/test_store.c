@@ -1207,6 +1207,51 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     remove_db(path);
 }
 
+/* When the feed's connection is lost, the store says so and trusts no cache: reads go to
+ * the database (and see what others wrote), the change count moves on every call, and the
+ * feed names "any app". */
+static void test_a_lost_feed_turns_the_cache_off(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_app_get(st, "shop", &got), 0); /* cached */
+    store_app_free(got);
+    raw_sql(path, "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND query = 'LISTEN skiff_store';"
+                  " END $$;");
+    for (int i = 0; i < 1000 && store_feed_fd(st) >= 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_feed_fd(st), -1);
+    assert_true(store_change_count(st) != store_change_count(st));
+    struct seen seen = {0};
+    assert_int_equal(store_feed_take(st, seen_app, &seen), 1);
+    assert_int_equal(seen.any, 1);
+    /* another writer's change (its notification goes nowhere) is read from the database */
+    assert_int_equal(store_app_get(other, "shop", &got), 0);
+    got->processes[0].instances = 8;
+    assert_int_equal(store_app_update(other, got), 0);
+    store_app_free(got);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 8);
+    store_app_free(got);
+    struct store_app **list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &list, &n), 0);
+    assert_int_equal(n, 1);
+    store_app_list_free(list, n);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
@@ -1224,7 +1269,8 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
         cmocka_unit_test(test_hostile_names_are_only_data),                                        \
         cmocka_unit_test(test_an_update_of_a_version_read_before_another_write_fails),             \
         cmocka_unit_test(test_racing_writers_lose_no_update),                                      \
-        cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes)
+        cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
+        cmocka_unit_test(test_a_lost_feed_turns_the_cache_off)
 
 int main(void)
 {
