@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Platform
+from conftest import ROOT, Platform, app_json
 
 PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
 
@@ -167,3 +167,37 @@ def test_an_update_of_an_app_changed_meanwhile_is_a_409_naming_it(pg_dir):
         assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
     finally:
         p.close()
+
+
+def test_a_second_skiffd_converges_what_is_pushed_through_the_first(pg_dir):
+    # the second skiffd's scheduler hears of the app through the change feed and runs it
+    # too (both schedule: there is no leader yet); stopping it through the first stops it on
+    # the second
+    subprocess.run(["psql", "-q", "-h", pg_dir, "-U", "postgres", "-c", "CREATE DATABASE conv",
+                    "postgres"], check=True, capture_output=True, timeout=60)
+    url = f"postgresql:///conv?host={pg_dir}&user=postgres"
+    a = Platform(extra_args=["--store", url]).start()
+    b = Platform(extra_args=["--store", url]).start()
+    try:
+        r = a.cli("push", "conv", "-p", os.path.join(ROOT, "examples", "python-web"),
+                  timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        def running_on(p):
+            app = app_json(p, "conv")
+            return [i for i in app["instances_detail"] if i["state"] == "RUNNING"]
+
+        wait_for("b runs the app pushed through a", lambda: len(running_on(b)) == 1, timeout=60)
+        r = a.cli("scale", "conv", "-i", "2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for("b scales it", lambda: len(running_on(b)) == 2, timeout=60)
+        r = a.cli("stop", "conv")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for("b stops it", lambda: not running_on(b), timeout=60)
+        for p in (b, a):
+            p.stop()
+            assert p.proc.returncode == 0, p.output()
+            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        b.close()
+        a.close()
