@@ -480,10 +480,15 @@ static void daemon_store_app_changed(void *ctx, const char *app_guid)
     store_app_list_free(apps, n);
 }
 
+/* Something was written to the store (by this skiffd or another): the apps others changed
+ * converge, and the route table is sent again (a route another skiffd mapped is served
+ * here too; the table is built from the store's read cache, at most every 5 ms). */
 static void daemon_store_feed(uv_poll_t *h, int status, int events)
 {
     struct daemon *d = h->data;
     store_feed_take(d->store, daemon_store_app_changed, d);
+    if (d->bus)
+        bus_routes_changed(d->bus);
     if (status < 0 || store_feed_fd(d->store) < 0)
         uv_poll_stop(h); /* the feed is lost (the store logged it) */
 }

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Platform, app_json
+from conftest import ROOT, Platform, app_json, http_get
 
 PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
 
@@ -188,6 +188,12 @@ def test_a_second_skiffd_converges_what_is_pushed_through_the_first(pg_dir):
             return [i for i in app["instances_detail"] if i["state"] == "RUNNING"]
 
         wait_for("b runs the app pushed through a", lambda: len(running_on(b)) == 1, timeout=60)
+        # a route mapped through a is served by b's router as well
+        r = a.cli("map-route", "conv", "conv-too.localhost")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for("b's router serves a's new route",
+                 lambda: http_get(b.router_url + "/", "conv-too.localhost")[0] == 200,
+                 timeout=30)
         r = a.cli("scale", "conv", "-i", "2")
         assert r.returncode == 0, r.stdout + r.stderr
         wait_for("b scales it", lambda: len(running_on(b)) == 2, timeout=60)
