@@ -1973,7 +1973,15 @@ static void core__on_platform_event(void *ctx, const struct platform_event *ev)
     if (ev->type == PLATFORM_APP_DEPLOY_FAILED && ev->app_guid &&
         store_app_get(core->cfg.store, ev->app_guid, &app) == 0) {
         int version = api_core__revision_settings_restore(core, app);
-        if (version > 0)
+        /* another writer came first: the settings go back on the row as it is now */
+        for (int try = 1; version == -ESTALE && try < STORE_MODIFY_TRIES; try++) {
+            store_app_free(app);
+            app = NULL;
+            if (store_app_get(core->cfg.store, ev->app_guid, &app) < 0)
+                break;
+            version = api_core__revision_settings_restore(core, app);
+        }
+        if (version > 0 && app)
             logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
                          "The environment and commands of revision %d, which ran before, are "
                          "back",

@@ -118,7 +118,8 @@ int api_core__revision_if_changed(struct api_core *core, const struct store_app 
                                   int *version_out);
 /* After a deployment failed (the store's droplet is the one that ran before again): the
  * environment and commands of the newest revision of that droplet are put back and stored.
- * That revision's number, 0 when none matches or nothing differs, or a negative errno. */
+ * That revision's number, 0 when none matches or nothing differs, or a negative errno
+ * (-ESTALE: another writer changed the app since it was read; read it again and retry). */
 int api_core__revision_settings_restore(struct api_core *core, struct store_app *app);
 bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */
