@@ -1252,6 +1252,56 @@ static void test_a_lost_feed_turns_the_cache_off(void **state)
     remove_db(path);
 }
 
+/* On PostgreSQL, app and route reads are answered from memory while nothing is announced:
+ * with the tables renamed behind the store's back (DDL announces nothing), they still
+ * answer, and they go to the database again once a change is announced. */
+static void test_reads_come_from_the_cache_until_a_change_is_announced(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_route r = {
+        .host = "shop.localhost", .path = "", .app_guid = app->guid, .domain = "localhost"};
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    store_app_free(got);
+    assert_int_equal(store_route_list(st, NULL, &routes, &n), 0);
+    store_route_list_free(routes, n);
+    raw_sql(path,
+            "ALTER TABLE apps RENAME TO apps_away; ALTER TABLE routes RENAME TO routes_away;");
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(store_app_get(st, app->guid, &got), 0);
+        assert_int_equal(got->n_processes, 2);
+        store_app_free(got);
+        assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
+        assert_int_equal(n, 1);
+        store_route_list_free(routes, n);
+    }
+    uint64_t before = store_change_count(st);
+    raw_sql(path, "NOTIFY skiff_store, 'all'");
+    wait_for_change(st, before);
+    got = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &got), -EIO);
+    assert_null(got);
+    assert_int_equal(store_route_list(st, NULL, &routes, &n), -EIO);
+    raw_sql(path,
+            "ALTER TABLE apps_away RENAME TO apps; ALTER TABLE routes_away RENAME TO routes;");
+    assert_int_equal(store_app_get(st, app->guid, &got), 0);
+    store_app_free(got);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
@@ -1270,7 +1320,8 @@ static void test_a_lost_feed_turns_the_cache_off(void **state)
         cmocka_unit_test(test_an_update_of_a_version_read_before_another_write_fails),             \
         cmocka_unit_test(test_racing_writers_lose_no_update),                                      \
         cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
-        cmocka_unit_test(test_a_lost_feed_turns_the_cache_off)
+        cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
+        cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
 
 int main(void)
 {
