@@ -196,11 +196,15 @@ struct store_backend {
     size_t n_changed;
     bool changed_all;
     /* The read cache of apps (with processes and env) and routes: loaded whole by one read,
-     * kept while nothing changed them. *_gen counts their changes (this store's writes and
-     * the feed's news); a cache loaded at generation *_at is current while they are equal. */
+     * kept while nothing changed them. *_gen counts the changes that outdate all of them (the
+     * feed lost, "all", too many apps changed at once, any route change); a cache loaded at
+     * generation *_at is current while they are equal, but for the apps in stale. */
     struct store_app **apps;
     size_t n_apps;
     uint64_t apps_gen, apps_at;
+    /* apps changed since the cache was loaded (by guid): read again one by one */
+    char (*stale)[37];
+    size_t n_stale;
     struct store_route *routes;
     size_t n_routes;
     uint64_t routes_gen, routes_at;
@@ -302,6 +306,22 @@ static void pg__feed_remember(struct store_backend *b, const char *app_guid)
     snprintf(b->changed[b->n_changed++], sizeof b->changed[0], "%s", app_guid);
 }
 
+/* The app's cached copy is outdated (a write through this store, or the feed's news): it
+ * is read again before the next cached read; too many at once outdate them all. */
+static void pg__stale_app(struct store_backend *b, const char *guid)
+{
+    for (size_t i = 0; i < b->n_stale; i++)
+        if (!strcmp(b->stale[i], guid))
+            return;
+    if (b->n_stale == PG_FEED_KEEP || strlen(guid) >= sizeof b->stale[0]) {
+        b->apps_gen++;
+        return;
+    }
+    if (!b->stale)
+        b->stale = xcalloc(PG_FEED_KEEP, sizeof *b->stale);
+    snprintf(b->stale[b->n_stale++], sizeof b->stale[0], "%s", guid);
+}
+
 static void pg__feed_lost(struct store_backend *b)
 {
     log_error("store: the change feed was lost (%s); from now on every read goes to the"
@@ -329,7 +349,7 @@ static void pg__feed_read(struct store_backend *b)
         if (n->be_pid != b->pid) {
             b->heard++;
             if (str_has_prefix(n->extra, "app:")) {
-                b->apps_gen++;
+                pg__stale_app(b, n->extra + strlen("app:"));
                 pg__feed_remember(b, n->extra + strlen("app:"));
             } else if (!strcmp(n->extra, "routes")) {
                 b->routes_gen++;
@@ -463,6 +483,7 @@ static void pg__close(struct store_backend *b)
     store_app_list_free(b->apps, b->n_apps);
     store_route_list_free(b->routes, b->n_routes);
     free(b->changed);
+    free(b->stale);
     PQfinish(b->feed);
     PQfinish(b->conn);
     free(b);
@@ -625,8 +646,8 @@ static int pg__app_write(struct store_backend *b, struct store_app *app, bool cr
         app->ssh_disabled ? "1" : "0",
         pg__num(&version, app->version),
     };
-    /* whatever happens, a cached copy of the apps is no longer known current */
-    b->apps_gen++;
+    /* whatever happens, the app's cached copy is no longer known current */
+    pg__stale_app(b, app->guid);
     if (pg__cmd(b, "BEGIN") < 0)
         return -EIO;
     int rc = pg__write(
@@ -827,23 +848,81 @@ fail:
     return -EIO;
 }
 
-/* Whether the read cache of apps may answer (0; loaded now when it was not current), or
- * the database must (1: the feed is lost, so nothing can be known current); < 0: loading
- * failed. A cache loaded while news came stays in use for this read only: the news is newer
- * than the snapshot or already in it, and the next read loads again. */
+/* The cached apps' order: by name, then space (byte order, as the list query's). */
+static int pg__app_order(const struct store_app *x, const struct store_app *y)
+{
+    int c = strcmp(x->name, y->name);
+    return c ? c : strcmp(x->space_guid, y->space_guid);
+}
+
+/* Puts the app (the cache's now, NULL: none) in place of the cached one of that guid. */
+static void pg__cache_put(struct store_backend *b, const char *guid, struct store_app *app)
+{
+    for (size_t i = 0; i < b->n_apps; i++)
+        if (!strcmp(b->apps[i]->guid, guid)) {
+            store_app_free(b->apps[i]);
+            memmove(&b->apps[i], &b->apps[i + 1], (b->n_apps - i - 1) * sizeof *b->apps);
+            b->apps[--b->n_apps] = NULL;
+            break;
+        }
+    if (!app)
+        return;
+    size_t at = 0;
+    while (at < b->n_apps && pg__app_order(b->apps[at], app) < 0)
+        at++;
+    b->apps = xrealloc(b->apps, (b->n_apps + 2) * sizeof *b->apps);
+    memmove(&b->apps[at + 1], &b->apps[at], (b->n_apps - at) * sizeof *b->apps);
+    b->apps[at] = app;
+    b->n_apps++;
+    b->apps[b->n_apps] = NULL;
+}
+
+/* Reads the stale apps again, one by one (an app gone leaves the cache). The list is taken
+ * first: news that comes while they are read names them again for the next read. */
+static int pg__cache_refresh(struct store_backend *b)
+{
+    size_t n = b->n_stale;
+    char(*guids)[37] = xcalloc(n + 1, sizeof *guids);
+    memcpy(guids, b->stale, n * sizeof *guids);
+    b->n_stale = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct store_app *app = NULL;
+        rc = pg__app_get_query(b, guids[i], &app);
+        if (rc == 0 && strcmp(app->guid, guids[i])) { /* a name that looks like the guid */
+            store_app_free(app);
+            app = NULL;
+            rc = -ENOENT;
+        }
+        if (rc == 0 || rc == -ENOENT) {
+            pg__cache_put(b, guids[i], app);
+            rc = 0;
+        }
+    }
+    if (rc < 0)
+        b->apps_gen++; /* some not read again: all of them next time */
+    free(guids);
+    return rc;
+}
+
+/* Whether the read cache of apps may answer (0; loaded, or its stale apps read again, now
+ * when it was not current), or the database must (1: the feed is lost, so nothing can be
+ * known current); < 0: reading failed. Changes announced while it loads mark it again: the
+ * next read takes them. */
 static int pg__apps_cached(struct store_backend *b)
 {
     pg__feed_read(b);
     if (b->feed_lost)
         return 1;
     if (b->apps && b->apps_at == b->apps_gen)
-        return 0;
+        return b->n_stale ? pg__cache_refresh(b) : 0;
     uint64_t at = b->apps_gen;
+    b->n_stale = 0;
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = pg__app_list_query(b, NULL, &apps, &n);
     if (rc < 0)
-        return rc;
+        return rc; /* still not current: the next read loads the whole again */
     store_app_list_free(b->apps, b->n_apps);
     b->apps = apps;
     b->n_apps = n;
@@ -896,7 +975,7 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
 static int pg__app_delete(struct store_backend *b, const char *guid)
 {
     const char *v[] = {guid};
-    b->apps_gen++;
+    pg__stale_app(b, guid);
     b->routes_gen++; /* the app's routes go with it */
     return pg__write(b, "DELETE FROM apps WHERE guid = $1", 1, v, true);
 }

@@ -1170,6 +1170,38 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     assert_string_equal(seen.guids[0], app->guid);
     assert_int_equal(store_feed_take(b, seen_app, &seen), 0);
 
+    /* apps made one by one through a come into b's cache in name order */
+    struct store_app *first = sample_app("alpha"), *last = sample_app("zulu");
+    before = store_change_count(b);
+    assert_int_equal(store_app_create(a, last), 0);
+    assert_int_equal(store_app_create(a, first), 0);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(store_app_list(b, &list, &n), 0);
+        store_app_list_free(list, n);
+        if (n == 3)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_int_equal(store_app_list(b, &list, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(list[0]->name, "alpha");
+    assert_string_equal(list[1]->name, "shop");
+    assert_string_equal(list[2]->name, "zulu");
+    store_app_list_free(list, n);
+    assert_int_equal(store_app_delete(a, first->guid), 0);
+    assert_int_equal(store_app_delete(a, last->guid), 0);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(store_app_list(b, &list, &n), 0);
+        store_app_list_free(list, n);
+        if (n == 1)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_int_equal(n, 1);
+    store_app_free(first);
+    store_app_free(last);
+    assert_int_equal(store_feed_take(b, NULL, NULL), 2);
+
     /* an update through a: b's cached copy is replaced by the new version */
     assert_int_equal(store_app_get(a, app->guid, &got), 0);
     got->processes[0].instances = 9;
