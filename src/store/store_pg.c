@@ -131,8 +131,9 @@ const char *const store_pg_migrations[] = {
     "SET LOCAL client_min_messages = warning;",
     /* 17: row versions, for compare-and-swap updates (store.h's store_app.version), and the
      * change feed: every write transaction NOTIFYs channel skiff_store, whichever program
-     * makes it. "app:GUID" for an app, its processes or env (PostgreSQL sends one of each
-     * text per transaction), the table's name for the other tables. */
+     * makes it. "app:GUID" for a row of apps (an app's processes and env are written only
+     * in its transaction, which writes its row: their own triggers would cost a call per
+     * row for nothing), the table's name for the other tables. */
     "ALTER TABLE apps ADD COLUMN version BIGINT NOT NULL DEFAULT 1;"
     "CREATE FUNCTION skiff_notify_app() RETURNS trigger LANGUAGE plpgsql AS $$"
     " BEGIN"
@@ -140,20 +141,10 @@ const char *const store_pg_migrations[] = {
     "  ELSE PERFORM pg_notify('skiff_store', 'app:' || NEW.guid); END IF;"
     "  RETURN NULL;"
     " END $$;"
-    "CREATE FUNCTION skiff_notify_app_child() RETURNS trigger LANGUAGE plpgsql AS $$"
-    " BEGIN"
-    "  IF TG_OP = 'DELETE' THEN PERFORM pg_notify('skiff_store', 'app:' || OLD.app_guid);"
-    "  ELSE PERFORM pg_notify('skiff_store', 'app:' || NEW.app_guid); END IF;"
-    "  RETURN NULL;"
-    " END $$;"
     "CREATE FUNCTION skiff_notify_table() RETURNS trigger LANGUAGE plpgsql AS $$"
     " BEGIN PERFORM pg_notify('skiff_store', TG_TABLE_NAME); RETURN NULL; END $$;"
     "CREATE TRIGGER apps_notify AFTER INSERT OR UPDATE OR DELETE ON apps"
     "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_app();"
-    "CREATE TRIGGER processes_notify AFTER INSERT OR UPDATE OR DELETE ON processes"
-    "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_app_child();"
-    "CREATE TRIGGER env_vars_notify AFTER INSERT OR UPDATE OR DELETE ON env_vars"
-    "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_app_child();"
     "CREATE TRIGGER routes_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON routes"
     "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
     "CREATE TRIGGER domains_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON domains"
