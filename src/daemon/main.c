@@ -108,6 +108,14 @@ static void usage(FILE *out)
         "                              announce the route table on NATS core for routers on\n"
         "                              other hosts (docs/bus.md; SKIFF_BUS_ANNOUNCE_MS, default\n"
         "                              10000, and SKIFF_BUS_TTL_MS, default 30000)\n"
+        "  --nats-creds FILE           a NATS credentials file (JWT and seed, as nats --creds;\n"
+        "                              SKIFF_NATS_CREDS); a user and password go in the URL\n"
+        "                              (nats://USER:PASSWORD@HOST:PORT, best in SKIFF_NATS)\n"
+        "  --nats-tls-ca FILE          TLS to NATS, trusting this CA (SKIFF_NATS_TLS_CA); so do\n"
+        "                              tls:// URLs\n"
+        "  --nats-tls-cert FILE --nats-tls-key FILE\n"
+        "                              a client certificate for NATS (SKIFF_NATS_TLS_CERT,\n"
+        "                              SKIFF_NATS_TLS_KEY); docs/bus.md has the permissions\n"
         "  --role all|router           all (default, SKIFF_ROLE): the whole platform; router: a\n"
         "                              lone skiff-router that learns its routes from --nats (no\n"
         "                              API, scheduler or executor), on --router-addr,\n"
@@ -595,7 +603,8 @@ static void on_sighup(uv_signal_t *h, int signum)
 /* skiffd --role router: this process becomes a skiff-router that learns routes from NATS.
  * The server list goes in the environment, never on a command line (it may hold a password).
  * Returns only on error. */
-static int daemon_run_router(const char *home, const char *nats_url, const char *addr,
+static int daemon_run_router(const char *home, const char *nats_url,
+                             const struct natsconn_security *sec, const char *addr,
                              const char *admin_addr, const char *tls_addr)
 {
     if (!*nats_url) {
@@ -615,12 +624,24 @@ static int daemon_run_router(const char *home, const char *nats_url, const char 
         return 1;
     }
     setenv("SKIFF_ROUTER_NATS", nats_url, 1);
-    const char *argv[12] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
+    const char *argv[20] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
     int n = 7;
     if (tls_addr && *tls_addr) {
         argv[n++] = "--tls-addr";
         argv[n++] = tls_addr;
     }
+    /* file names only: what they hold stays in the files */
+    const struct {
+        const char *flag, *value;
+    } files[] = {{"--nats-creds", sec->creds},
+                 {"--nats-tls-ca", sec->tls_ca},
+                 {"--nats-tls-cert", sec->tls_cert},
+                 {"--nats-tls-key", sec->tls_key}};
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++)
+        if (files[i].value && *files[i].value) {
+            argv[n++] = files[i].flag;
+            argv[n++] = files[i].value;
+        }
     argv[n] = NULL;
     execv(bin, (char *const *)argv);
     log_error("cannot run %s: %s", bin, strerror(errno));
@@ -648,6 +669,10 @@ int main(int argc, char **argv)
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *nats_url = env_or("SKIFF_NATS", "");
     const char *nats_replicas_text = env_or("SKIFF_NATS_REPLICAS", "1");
+    struct natsconn_security nats_sec = {.creds = getenv("SKIFF_NATS_CREDS"),
+                                         .tls_ca = getenv("SKIFF_NATS_TLS_CA"),
+                                         .tls_cert = getenv("SKIFF_NATS_TLS_CERT"),
+                                         .tls_key = getenv("SKIFF_NATS_TLS_KEY")};
     const char *role = env_or("SKIFF_ROLE", "all");
     bool tls_addr_given = getenv("SKIFF_ROUTER_TLS_ADDR") != NULL;
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
@@ -692,6 +717,14 @@ int main(int argc, char **argv)
             target = &nats_url;
         else if (!strcmp(a, "--nats-replicas"))
             target = &nats_replicas_text;
+        else if (!strcmp(a, "--nats-creds"))
+            target = &nats_sec.creds;
+        else if (!strcmp(a, "--nats-tls-ca"))
+            target = &nats_sec.tls_ca;
+        else if (!strcmp(a, "--nats-tls-cert"))
+            target = &nats_sec.tls_cert;
+        else if (!strcmp(a, "--nats-tls-key"))
+            target = &nats_sec.tls_key;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-memory"))
@@ -723,7 +756,7 @@ int main(int argc, char **argv)
         *target = argv[++i];
     }
     if (!strcmp(role, "router"))
-        return daemon_run_router(home, nats_url, router_addr, admin_addr,
+        return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
                                  tls_addr_given ? router_tls_addr : NULL);
     if (strcmp(role, "all")) {
         log_error("--role is all or router, not \"%s\"", role);
@@ -985,7 +1018,8 @@ int main(int argc, char **argv)
                       ttl_ms, announce_ms);
             goto fail;
         }
-        rc = bus_nats_start(d.bus, nats_url, (int)announce_ms, (int)ttl_ms, err, sizeof err);
+        rc = bus_nats_start(d.bus, nats_url, &nats_sec, (int)announce_ms, (int)ttl_ms, err,
+                            sizeof err);
         if (rc < 0) {
             log_error("%s", err);
             goto fail;
@@ -1007,7 +1041,8 @@ int main(int argc, char **argv)
                                .hub = d.hub,
                                .logs = d.logs,
                                .nats_url = nats_url,
-                               .nats_replicas = (int)nats_replicas};
+                               .nats_replicas = (int)nats_replicas,
+                               .nats_security = nats_sec};
     const char *own_addrs[] = {
         d.api_addr,   d.router_addr, d.router_admin_addr, d.router_tls_addr, d.api_tls_addr,
         publish_addr, NULL};

@@ -23,6 +23,7 @@
 
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -736,7 +737,7 @@ static int sched__function_servers(struct scheduler *s, const char *app_dir)
     }
     if (rc < 0)
         log_warning("cannot put the function servers into %s/.skiff/function: %s", app_dir,
-                    strerror(-rc));
+                    skiff_strerror(rc));
     if (dir >= 0)
         close(dir);
     if (skiff >= 0)
@@ -939,7 +940,7 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
                      rc == -ENOTSUP && n_sidecars
                          ? "sidecars need containers (this skiffd runs host processes)"
-                         : strerror(-rc));
+                         : skiff_strerror(rc));
         return rc;
     }
     instance_set_user_data(si->inst, si);

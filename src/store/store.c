@@ -224,6 +224,22 @@ int store_domain_list(struct store *st, char ***names, bool **shared, char ***or
     return st->ops->domain_list(st->backend, names, shared, org_guids);
 }
 
+int store_domain_cert_set(struct store *st, const char *domain, const char *cert_pem,
+                          const char *key_pem)
+{
+    return st->ops->domain_cert_set(st->backend, domain, cert_pem, key_pem);
+}
+
+int store_domain_cert_get(struct store *st, const char *domain, char **cert_pem, char **key_pem)
+{
+    return st->ops->domain_cert_get(st->backend, domain, cert_pem, key_pem);
+}
+
+int store_domain_cert_list(struct store *st, char ***domains)
+{
+    return st->ops->domain_cert_list(st->backend, domains);
+}
+
 int store_package_add(struct store *st, const struct store_package *pkg)
 {
     return st->ops->package_add(st->backend, pkg);
