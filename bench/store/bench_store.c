@@ -1,5 +1,7 @@
-/* Per-call latency of store calls on one backend: store_app_get, store_app_list (of 20 apps)
- * and store_doc_put, each timed call by call; prints p50 and p99 in microseconds.
+/* Per-call latency of store calls on one backend: store_app_get, store_app_list (of 20 apps),
+ * store_doc_put, store_app_update, and store_app_get just after an update (on PostgreSQL the
+ * read cache is then loaded again), each timed call by call; prints p50 and p99 in
+ * microseconds.
  *   bench_store LOCATION [ITERATIONS] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +96,35 @@ int main(int argc, char **argv)
             return 1;
     }
     report("doc_put", t, iterations);
+    for (int i = 0; i < iterations; i++) {
+        struct store_app *app = NULL;
+        if (store_app_get(st, "bench-7", &app) < 0)
+            return 1;
+        app->processes[0].instances = 1 + i % 3;
+        double t0 = now_us();
+        int rc = store_app_update(st, app);
+        t[i] = now_us() - t0;
+        store_app_free(app);
+        if (rc < 0)
+            return 1;
+    }
+    report("app_update", t, iterations);
+    for (int i = 0; i < iterations; i++) {
+        struct store_app *app = NULL;
+        if (store_app_get(st, "bench-7", &app) < 0)
+            return 1;
+        app->processes[0].instances = 1 + i % 3;
+        int rc = store_app_update(st, app);
+        store_app_free(app);
+        app = NULL;
+        double t0 = now_us();
+        rc = rc < 0 ? rc : store_app_get(st, "bench-3", &app);
+        t[i] = now_us() - t0;
+        store_app_free(app);
+        if (rc < 0)
+            return 1;
+    }
+    report("get_after_upd", t, iterations);
     free(t);
     store_close(st);
     return 0;

@@ -104,10 +104,8 @@ static void autoscale__store(struct api_core *core, struct api_request *req, str
                              struct store_process *p, const char *what)
 {
     app->updated_at = time_now_ms();
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the policy");
+    if (!api_core__app_update(core, req, app, "cannot store the policy"))
         return;
-    }
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s", what);
     if (core->cfg.scheduler)
         scheduler_app_changed(core->cfg.scheduler, app->guid);

@@ -265,6 +265,19 @@ struct store_app *api_core__find_app(struct api_core *core, struct api_request *
     return api_core__app_named(core, req, api_request_param(req, 0));
 }
 
+bool api_core__app_update(struct api_core *core, struct api_request *req, struct store_app *app,
+                          const char *what)
+{
+    int rc = store_app_update(core->cfg.store, app);
+    if (rc == -ESTALE)
+        api_respond_error(req, SKIFF_E_CONFLICT,
+                          "app %s was changed by someone else meanwhile: read it again and retry",
+                          app->name);
+    else if (rc < 0)
+        api_respond_error(req, SKIFF_E_INTERNAL, "%s (see skiffd's output)", what);
+    return rc == 0;
+}
+
 /* NULL when the store cannot list the app's routes: an app shown without them would look
  * unmapped. */
 static json_t *core__app_json_with_routes(struct api_core *core, const struct store_app *app)
@@ -1250,6 +1263,12 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
         core__name_taken(req, name);
         goto done;
     }
+    if (rc == -ESTALE) {
+        api_respond_error(req, SKIFF_E_CONFLICT,
+                          "app %s was changed by someone else meanwhile: read it again and retry",
+                          app->name);
+        goto done;
+    }
     if (rc < 0) {
         api_respond_error(req, rc, "cannot store the app (see skiffd's output)");
         goto done;
@@ -1381,10 +1400,8 @@ static void core__apps_patch(struct api_request *req, void *ctx)
     if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, false)))
         goto done;
     app->updated_at = time_now_ms();
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
+    if (!api_core__app_update(core, req, app, "cannot store the app"))
         goto done;
-    }
     if (!core__map_routes(core, req, app, body, false))
         goto done;
     core__changed(core, app, before);
@@ -1444,10 +1461,8 @@ static bool core__app_put_state(struct api_core *core, struct api_request *req,
     free(app->state);
     app->state = xstrdup(state);
     app->updated_at = time_now_ms();
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
+    if (!api_core__app_update(core, req, app, "cannot store the app"))
         return false;
-    }
     if (core->cfg.scheduler)
         scheduler_app_changed(core->cfg.scheduler, app->guid);
     if (changed)
@@ -1584,9 +1599,7 @@ static void core__env_put(struct api_request *req, void *ctx)
     struct store_app *app = api_core__find_app(core, req);
     if (app && api_core__merge_env(req, app, body)) {
         app->updated_at = time_now_ms();
-        if (store_app_update(core->cfg.store, app) < 0) {
-            api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
-        } else {
+        if (api_core__app_update(core, req, app, "cannot store the app")) {
             json_t *env = json_object();
             for (size_t i = 0; i < app->n_env; i++)
                 json_object_set_new(env, app->env[i].name, json_string(app->env[i].value));
@@ -1960,7 +1973,15 @@ static void core__on_platform_event(void *ctx, const struct platform_event *ev)
     if (ev->type == PLATFORM_APP_DEPLOY_FAILED && ev->app_guid &&
         store_app_get(core->cfg.store, ev->app_guid, &app) == 0) {
         int version = api_core__revision_settings_restore(core, app);
-        if (version > 0)
+        /* another writer came first: the settings go back on the row as it is now */
+        for (int try = 1; version == -ESTALE && try < STORE_MODIFY_TRIES; try++) {
+            store_app_free(app);
+            app = NULL;
+            if (store_app_get(core->cfg.store, ev->app_guid, &app) < 0)
+                break;
+            version = api_core__revision_settings_restore(core, app);
+        }
+        if (version > 0 && app)
             logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT,
                          "The environment and commands of revision %d, which ran before, are "
                          "back",

@@ -47,6 +47,11 @@ struct store_app *api_core__app_named(struct api_core *core, struct api_request 
                                       const char *name);
 /* The same for the app named in the path (param 0). */
 struct store_app *api_core__find_app(struct api_core *core, struct api_request *req);
+/* store_app_update of an app the request read; false after answering: 409 naming the app
+ * when another writer changed it since (compare-and-swap, store.h), else 500 with what
+ * could not be stored. */
+bool api_core__app_update(struct api_core *core, struct api_request *req, struct store_app *app,
+                          const char *what);
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
@@ -113,7 +118,8 @@ int api_core__revision_if_changed(struct api_core *core, const struct store_app 
                                   int *version_out);
 /* After a deployment failed (the store's droplet is the one that ran before again): the
  * environment and commands of the newest revision of that droplet are put back and stored.
- * That revision's number, 0 when none matches or nothing differs, or a negative errno. */
+ * That revision's number, 0 when none matches or nothing differs, or a negative errno
+ * (-ESTALE: another writer changed the app since it was read; read it again and retry). */
 int api_core__revision_settings_restore(struct api_core *core, struct store_app *app);
 bool api_core__revisions_any(struct api_core *core, const char *app_guid);
 /* Deletes every revision of an app being deleted (its droplets go with the app). */

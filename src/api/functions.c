@@ -258,10 +258,8 @@ static void functions__put(struct api_request *req, void *ctx)
     if (created && !api_core__quota_admits(core, req, app, 0))
         goto done;
     app->updated_at = time_now_ms();
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the function (see skiffd's output)");
+    if (!api_core__app_update(core, req, app, "cannot store the function"))
         goto done;
-    }
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s function %s of app %s: %s",
                  created ? "Created" : "Updated", name, app->name, handler);
     if (core->cfg.scheduler)
@@ -290,10 +288,8 @@ static void functions__delete(struct api_request *req, void *ctx)
     memmove(p, p + 1, (app->n_processes - at - 1) * sizeof *p);
     app->n_processes--;
     app->updated_at = time_now_ms();
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
+    if (!api_core__app_update(core, req, app, "cannot store the app"))
         goto done;
-    }
     /* its instances stop; its event mappings go with it at once (the invoker drops mappings
      * whose process is gone when told, as it does those of a deleted app) */
     if (core->cfg.scheduler)

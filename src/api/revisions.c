@@ -284,9 +284,9 @@ int api_core__revision_settings_restore(struct api_core *core, struct store_app 
                 !json_equal(commands, json_object_get(rev, "commands")))) {
         revisions__apply_settings(app, rev);
         app->updated_at = time_now_ms();
-        rc = store_app_update(core->cfg.store, app) < 0
-                 ? -EIO
-                 : (int)json_integer_value(json_object_get(rev, "version"));
+        rc = store_app_update(core->cfg.store, app);
+        if (rc == 0)
+            rc = (int)json_integer_value(json_object_get(rev, "version"));
     }
     json_decref(env);
     json_decref(commands);
@@ -399,10 +399,8 @@ static void revisions__rollback(struct api_request *req, void *ctx)
     app->detected_buildpack = drop->buildpack ? xstrdup(drop->buildpack) : NULL;
     revisions__apply_settings(app, rev);
     app->updated_at = time_now_ms();
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app");
+    if (!api_core__app_update(core, req, app, "cannot store the app"))
         goto done;
-    }
     char description[64];
     snprintf(description, sizeof description, "rollback to revision %lld", (long long)version);
     int made = 0;

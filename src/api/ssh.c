@@ -583,10 +583,8 @@ static void ssh__app_feature_patch(struct api_request *req, void *ctx)
     if (enabled < 0)
         goto out;
     app->ssh_disabled = !enabled;
-    if (store_app_update(core->cfg.store, app) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app's ssh setting");
+    if (!api_core__app_update(core, req, app, "cannot store the app's ssh setting"))
         goto out;
-    }
     api_respond_json(req, 200, json_pack("{s:s, s:b}", "name", "ssh", "enabled", enabled));
 out:
     store_app_free(app);

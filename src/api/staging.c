@@ -281,6 +281,52 @@ static int staging__image_start(struct api_core_staging *s, const char *kind, co
     return rc;
 }
 
+struct staging_record {
+    struct api_core_staging *s;
+    const struct stage_result *res;
+};
+
+/* The droplet, its buildpack and the process types it declares, on the app's row: a function
+ * of the row, made again on the new row when another writer came first (store_app_modify). */
+static int staging__record_change(void *ctx, struct store_app *app)
+{
+    struct staging_record *rec = ctx;
+    struct api_core_staging *s = rec->s;
+    const struct stage_result *res = rec->res;
+    free(app->droplet_guid);
+    app->droplet_guid = xstrdup(s->droplet_guid);
+    free(app->detected_buildpack);
+    app->detected_buildpack = res->buildpack ? xstrdup(res->buildpack) : NULL;
+    /* process types the droplet declares become processes (web exists already) */
+    json_t *types = res->process_types_json ? json_loads(res->process_types_json, 0, NULL) : NULL;
+    const char *type;
+    json_t *cmd;
+    json_object_foreach(types, type, cmd)
+    {
+        if (!name_valid(type) || store_app_process(app, type))
+            continue;
+        app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
+        struct store_process *p = &app->processes[app->n_processes++];
+        memset(p, 0, sizeof *p);
+        p->type = xstrdup(type);
+        /* a function's own process starts at zero: events scale it */
+        p->instances = 0;
+        store_process_default_policy(app->kind, p);
+    }
+    json_decref(types);
+    app->updated_at = time_now_ms();
+    return 0;
+}
+
+/* The uploaded package on the app's row (store_app_modify, as above). */
+static int staging__set_package(void *ctx, struct store_app *app)
+{
+    free(app->package_guid);
+    app->package_guid = xstrdup(ctx);
+    app->updated_at = time_now_ms();
+    return 0;
+}
+
 /* ---- bits ---------------------------------------------------------------------------------- */
 
 static void staging__bits(struct api_request *req, void *ctx)
@@ -354,10 +400,15 @@ static void staging__bits(struct api_request *req, void *ctx)
         api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the package");
         goto done;
     }
-    free(app->package_guid);
-    app->package_guid = xstrdup(pkg.guid);
-    app->updated_at = time_now_ms();
-    store_app_update(core->cfg.store, app);
+    struct store_app *updated = NULL;
+    rc = store_app_modify(core->cfg.store, app->guid, staging__set_package, pkg.guid, &updated);
+    if (rc < 0) {
+        api_respond_error(req, skiff_err_from(rc), "cannot record the package on app %s: %s",
+                          app->name, skiff_strerror(rc));
+        goto done;
+    }
+    store_app_free(app);
+    app = updated;
     /* older packages go; droplets stay with their revisions (revisions.c), except those of an
      * app that has none yet (made before revisions were kept): all but its current one */
     store_app_prune_artifacts(core->cfg.store, app->guid, pkg.guid,
@@ -455,29 +506,14 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
         snprintf(err, errsize, "cannot store the droplet");
         return -EIO;
     }
-    free(app->droplet_guid);
-    app->droplet_guid = xstrdup(s->droplet_guid);
-    free(app->detected_buildpack);
-    app->detected_buildpack = res->buildpack ? xstrdup(res->buildpack) : NULL;
-    /* process types the droplet declares become processes (web exists already) */
-    json_t *types = res->process_types_json ? json_loads(res->process_types_json, 0, NULL) : NULL;
-    const char *type;
-    json_t *cmd;
-    json_object_foreach(types, type, cmd)
-    {
-        if (!name_valid(type) || store_app_process(app, type))
-            continue;
-        app->processes = xrealloc(app->processes, (app->n_processes + 1) * sizeof *app->processes);
-        struct store_process *p = &app->processes[app->n_processes++];
-        memset(p, 0, sizeof *p);
-        p->type = xstrdup(type);
-        /* a function's own process starts at zero: events scale it */
-        p->instances = 0;
-        store_process_default_policy(app->kind, p);
+    store_app_free(app);
+    app = NULL;
+    struct staging_record rec = {.s = s, .res = res};
+    int rc = store_app_modify(core->cfg.store, s->app_guid, staging__record_change, &rec, &app);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot record the droplet on the app: %s", skiff_strerror(rc));
+        return rc;
     }
-    json_decref(types);
-    app->updated_at = time_now_ms();
-    store_app_update(core->cfg.store, app);
     char description[160];
     snprintf(description, sizeof description, "staged%s%s", res->buildpack ? " with " : "",
              res->buildpack ? res->buildpack : "");

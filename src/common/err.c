@@ -54,6 +54,8 @@ static const struct {
                               "ssh is disabled for the app or not allowed in its space"},
     [SKIFF_E_STAGING_FAILED] = {"staging_failed", 422,
                                 "staging failed: `skiff logs APP --recent` says why"},
+    [SKIFF_E_CONFLICT] = {"conflict", 409,
+                          "it was changed by someone else meanwhile: read it again and retry"},
 };
 
 /* The errno values the parts below the API return, each with the API error that answers it
@@ -84,6 +86,7 @@ static const struct {
     {ENFILE, SKIFF_E_BUSY, "the system has too many files open right now: retry in a moment"},
     {EAGAIN, SKIFF_E_BUSY, "skiffd is short of resources right now: retry in a moment"},
     {EBUSY, SKIFF_E_BUSY, "busy right now: retry in a moment"},
+    {ESTALE, SKIFF_E_CONFLICT, "it was changed by someone else meanwhile: read it again and retry"},
     {ETIMEDOUT, SKIFF_E_UNAVAILABLE, NULL},
     {ENOTCONN, SKIFF_E_UNAVAILABLE, NULL},
     {ENOTSUP, SKIFF_E_UNAVAILABLE, NULL},

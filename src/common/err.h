@@ -53,6 +53,7 @@ enum skiff_err {
     SKIFF_E_DIGEST_MISMATCH,      /* a blob whose content does not match its digest */
     SKIFF_E_SSH_DISABLED,         /* ssh is turned off for the app or not allowed in its space */
     SKIFF_E_STAGING_FAILED,       /* a staging ended without a droplet (told in its stream) */
+    SKIFF_E_CONFLICT,             /* another writer changed the thing since it was read */
     SKIFF_ERR_COUNT
 };
 

@@ -41,6 +41,8 @@
 
 struct daemon {
     uv_loop_t *loop;
+    uv_poll_t store_feed; /* the store's change feed (PostgreSQL): other skiffds' writes */
+    bool store_feed_on;   /* store_feed is open (closed first on shutdown) */
     char *home;
     char *api_addr;
     char *router_addr;
@@ -382,6 +384,10 @@ static void daemon_stop(struct daemon *d)
         leader_close(d->leader, NULL, NULL);
     cells_close(d->cells);
     uv_timer_stop(&d->resync);
+    if (d->store_feed_on) { /* no convergence of other skiffds' changes while stopping */
+        uv_close((uv_handle_t *)&d->store_feed, NULL);
+        d->store_feed_on = false;
+    }
     if (d->core)
         api_core_shutdown(d->core);
     if (d->svc)
@@ -480,6 +486,49 @@ static void raise_nofile(void)
                                                                                 : rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+}
+
+/* An app another skiffd on the same store created, changed or deleted: the scheduler
+ * converges it as it does after this skiffd's API changed it (app_guid NULL: any app). */
+static void daemon_store_app_changed(void *ctx, const char *app_guid)
+{
+    struct daemon *d = ctx;
+    if (app_guid) {
+        if (scheduler_app_changed(d->sched, app_guid) == -ENOENT)
+            scheduler_app_deleted(d->sched, app_guid);
+        return;
+    }
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    if (store_app_list(d->store, &apps, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        scheduler_app_changed(d->sched, apps[i]->guid);
+    store_app_list_free(apps, n);
+}
+
+/* Something was written to the store (by this skiffd or another): the apps others changed
+ * converge, and the route table is sent again (a route another skiffd mapped is served
+ * here too; the table is built from the store's read cache, at most every 5 ms). */
+static void daemon_store_feed(uv_poll_t *h, int status, int events)
+{
+    struct daemon *d = h->data;
+    store_feed_take(d->store, daemon_store_app_changed, d);
+    if (d->bus)
+        bus_routes_changed(d->bus);
+    if (status < 0 || store_feed_fd(d->store) < 0)
+        uv_poll_stop(h); /* the feed is lost (the store logged it) */
+}
+
+/* Watches the store's change feed on the loop, when it has one (PostgreSQL). */
+static void daemon_watch_store(struct daemon *d)
+{
+    int fd = store_feed_fd(d->store);
+    if (fd < 0 || uv_poll_init(d->loop, &d->store_feed, fd) < 0)
+        return;
+    d->store_feed.data = d;
+    d->store_feed_on = true;
+    uv_poll_start(&d->store_feed, UV_READABLE, daemon_store_feed);
 }
 
 static void walk_close(uv_handle_t *h, void *arg)
@@ -1183,6 +1232,7 @@ int main(int argc, char **argv)
             goto fail;
         }
     }
+    daemon_watch_store(&d);
 
     uv_signal_init(d.loop, &d.sigterm);
     uv_signal_init(d.loop, &d.sigint);
@@ -1221,6 +1271,10 @@ fail:
     /* what was started is closed before freeing */
     if (!d.stopping) {
         d.stopping = true;
+        if (d.store_feed_on) {
+            uv_close((uv_handle_t *)&d.store_feed, NULL);
+            d.store_feed_on = false;
+        }
         if (d.api)
             api_close(d.api, NULL, NULL);
         if (d.bus)

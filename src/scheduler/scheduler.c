@@ -430,6 +430,19 @@ static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool 
  * app keeps serving), the store's current droplet with them, and the crash is the
  * deployment's error (GET /v1/apps/NAME shows it; `skiff push` exits 1 with it). False when
  * no deployment goes on (a rolling restart retries instead). */
+/* A failed deployment's app back on the droplet it came from, unless someone has put it on
+ * another since (a function of the row: retried on the new row when another writer wins). */
+static int sched__droplet_back(void *ctx, struct store_app *app)
+{
+    struct sched_app *a = ctx;
+    if (!app->droplet_guid || strcmp(app->droplet_guid, a->deploy_to))
+        return 1;
+    free(app->droplet_guid);
+    app->droplet_guid = xstrdup(a->deploy_from);
+    app->updated_at = time_now_ms();
+    return 0;
+}
+
 static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, const char *reason,
                                  int status, int sig)
 {
@@ -448,15 +461,10 @@ static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, con
     logs_appendf(s->logs, a->guid, "CELL/0", LOGS_ERR,
                  "Deployment failed: %s; the app stays on droplet %s", a->deploy_error,
                  a->deploy_from);
-    struct store_app *app = NULL;
-    if (store_app_get(s->store, a->guid, &app) == 0 && app->droplet_guid &&
-        !strcmp(app->droplet_guid, a->deploy_to)) {
-        free(app->droplet_guid);
-        app->droplet_guid = xstrdup(a->deploy_from);
-        app->updated_at = time_now_ms();
-        store_app_update(s->store, app);
-    }
-    store_app_free(app);
+    int rc = store_app_modify(s->store, a->guid, sched__droplet_back, a, NULL);
+    if (rc < 0)
+        log_error("scheduler: cannot put app %s back on droplet %s: %s", a->guid, a->deploy_from,
+                  skiff_strerror(rc));
     /* the API puts back the environment and commands that went with that droplet */
     sched__emit_app(s, PLATFORM_APP_DEPLOY_FAILED, a->guid, sched__app_name(s, a->guid));
     /* no more of the new droplet: replacements under way stop, instances already on it are
@@ -1638,6 +1646,34 @@ void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
     free(name);
 }
 
+struct sched_scale {
+    const char *type;
+    int n;
+    bool only_up;
+    bool wrote;
+};
+
+/* The change a scale makes to the app's row: a function of the row alone, so a write that
+ * loses to another writer's is made again on the new row (store_app_modify). */
+static int sched__scale_change(void *ctx, struct store_app *sa)
+{
+    struct sched_scale *c = ctx;
+    c->wrote = false;
+    struct store_process *p = store_app_process(sa, c->type);
+    if (!p)
+        return -ENOENT;
+    if (strcmp(sa->state, "STARTED"))
+        return -EPERM;
+    if (!sa->droplet_guid)
+        return -ENODATA;
+    if (p->instances == c->n || (c->only_up && p->instances >= c->n))
+        return 1;
+    p->instances = c->n;
+    sa->updated_at = time_now_ms();
+    c->wrote = true;
+    return 0;
+}
+
 static int sched__set_instances(struct scheduler *s, const char *app, const char *process_type,
                                 int n, bool only_up, const char *reason)
 {
@@ -1647,33 +1683,20 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
     int rc = sched__resolve(s, app, &sa);
     if (rc < 0)
         return rc;
-    struct store_process *p = store_app_process(sa, process_type ? process_type : "web");
-    if (!p) {
-        store_app_free(sa);
-        return -ENOENT;
-    }
-    if (strcmp(sa->state, "STARTED")) {
-        store_app_free(sa);
-        return -EPERM;
-    }
-    if (!sa->droplet_guid) {
-        store_app_free(sa);
-        return -ENODATA;
-    }
-    if (p->instances == n || (only_up && p->instances >= n)) {
-        store_app_free(sa);
-        return 0;
-    }
-    p->instances = n;
-    sa->updated_at = time_now_ms();
-    rc = store_app_update(s->store, sa);
-    if (rc == 0) {
+    char guid[37];
+    snprintf(guid, sizeof guid, "%s", sa->guid);
+    store_app_free(sa);
+    sa = NULL;
+    struct sched_scale c = {
+        .type = process_type ? process_type : "web", .n = n, .only_up = only_up};
+    rc = store_app_modify(s->store, guid, sched__scale_change, &c, &sa);
+    if (rc == 0 && c.wrote) {
         struct sched_app *a = sched__app(s, sa->guid, true);
         sched__converge(s, a);
         struct platform_event ev = {.type = PLATFORM_APP_SCALED,
                                     .app_guid = sa->guid,
                                     .app_name = sa->name,
-                                    .process_type = p->type,
+                                    .process_type = c.type,
                                     .index = -1,
                                     .instances = n,
                                     .exit_status = -1,

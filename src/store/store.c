@@ -110,14 +110,52 @@ uint64_t store_change_count(struct store *st)
     return st->ops->change_count(st->backend);
 }
 
-int store_app_create(struct store *st, const struct store_app *app)
+int store_feed_fd(struct store *st)
 {
-    return st->ops->app_create(st->backend, app);
+    return st->ops->feed_fd(st->backend);
 }
 
-int store_app_update(struct store *st, const struct store_app *app)
+size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_guid), void *ctx)
 {
+    return st->ops->feed_take(st->backend, fn, ctx);
+}
+
+int store_app_create(struct store *st, struct store_app *app)
+{
+    int rc = st->ops->app_create(st->backend, app);
+    if (rc == 0)
+        app->version = 1;
+    return rc;
+}
+
+int store_app_update(struct store *st, struct store_app *app)
+{
+    if (app->version <= 0)
+        return -EINVAL;
     return st->ops->app_update(st->backend, app);
+}
+
+int store_app_modify(struct store *st, const char *guid,
+                     int (*change)(void *ctx, struct store_app *app), void *ctx,
+                     struct store_app **out)
+{
+    int rc = -ESTALE;
+    for (int try = 0; try < STORE_MODIFY_TRIES && rc == -ESTALE; try++) {
+        struct store_app *app = NULL;
+        rc = store_app_get(st, guid, &app);
+        if (rc == 0 && strcmp(app->guid, guid))
+            rc = -ENOENT; /* a name that happens to look like the guid asked for */
+        if (rc == 0)
+            rc = change(ctx, app);
+        if (rc == 0)
+            rc = store_app_update(st, app);
+        if (rc >= 0 && out) {
+            *out = app;
+            app = NULL;
+        }
+        store_app_free(app);
+    }
+    return rc > 0 ? 0 : rc;
 }
 
 int store_app_get(struct store *st, const char *ref, struct store_app **out)

@@ -138,6 +138,10 @@ struct store_app {
     bool ssh_disabled;
     int64_t created_at;       /* ms since the epoch */
     int64_t updated_at;
+    /* The row's version, from 1, raised by every update of the app (its processes and env
+     * are written only with it, so it is theirs too). store_app_update names the version
+     * it was read at and fails with -ESTALE when another writer changed the app since. */
+    int64_t version;
     struct store_process *processes; /* "web" first when present */
     size_t n_processes;
     struct store_env_var *env; /* sorted by name */
@@ -182,16 +186,42 @@ void store_close(struct store *st);
 bool store_location_is_postgres(const char *location);
 /* The schema version after migrations (for tests and diagnostics). */
 int store_schema_version(struct store *st);
-/* A number that changes whenever anything was written through this store (a cheap check
- * that a cached view is still current). */
+/* A number that changes whenever anything was written: through this store, and on
+ * PostgreSQL by any other writer on the database as well (its change feed, below). A cheap
+ * check that a cached view is still current; never waits. */
 uint64_t store_change_count(struct store *st);
+
+/* The change feed: what other writers on the same database changed. On PostgreSQL a
+ * LISTEN connection of its own (non-blocking) that every write transaction NOTIFYs (schema
+ * triggers, so every writer does, whatever code it runs); on SQLite there is none (-1),
+ * all changes come through this process. store_feed_fd is the descriptor to watch for
+ * reading (uv_poll); it changes only when the feed is lost (then -1). */
+int store_feed_fd(struct store *st);
+/* Reads what has come on the feed, never waiting, and calls fn (when not NULL) once with the
+ * guid of each app another writer created, changed or deleted since the last call; app_guid
+ * NULL means "any app may have changed" (too many to name, or the feed was lost). Returns
+ * the number of calls made. */
+size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_guid), void *ctx);
 
 /* ---- apps (with their processes and env, written together) ------------------------------- */
 
-/* Creates the app; the guid is filled in by the caller. -EEXIST: name taken. */
-int store_app_create(struct store *st, const struct store_app *app);
-/* Replaces everything about an existing app (found by guid), processes and env included. */
-int store_app_update(struct store *st, const struct store_app *app);
+/* Creates the app; the guid is filled in by the caller, app->version is set to 1. -EEXIST:
+ * name taken. */
+int store_app_create(struct store *st, struct store_app *app);
+/* Replaces everything about an existing app (found by guid), processes and env included,
+ * if it is still at app->version (compare-and-swap); on success app->version is the new
+ * version. -ESTALE: another writer changed it since it was read (read it again; the API
+ * answers 409); -ENOENT: no such app; -EINVAL: app->version is 0 (never read). */
+int store_app_update(struct store *st, struct store_app *app);
+/* Reads the app (by guid), lets change() alter it and updates it, reading and changing it
+ * again when another writer came first (-ESTALE), at most STORE_MODIFY_TRIES times: for
+ * a change that is a function of the current row alone. change returns < 0 to stop with
+ * that error, 0 to write, > 0 when there is nothing to write. *out (when not NULL) gets the
+ * app as written (the caller's). */
+#define STORE_MODIFY_TRIES 8
+int store_app_modify(struct store *st, const char *guid,
+                     int (*change)(void *ctx, struct store_app *app), void *ctx,
+                     struct store_app **out);
 /* By guid, by "SPACE_GUID/NAME", or by a bare name in the default space. */
 int store_app_get(struct store *st, const char *ref, struct store_app **out);
 /* By name or guid, only in that space (-ENOENT for another space's app). */

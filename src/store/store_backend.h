@@ -26,9 +26,12 @@ struct store_ops {
     void (*close)(struct store_backend *b);
     int (*schema_version)(struct store_backend *b);
     uint64_t (*change_count)(struct store_backend *b);
+    int (*feed_fd)(struct store_backend *b);
+    size_t (*feed_take)(struct store_backend *b, void (*fn)(void *ctx, const char *app_guid),
+                        void *ctx);
 
-    int (*app_create)(struct store_backend *b, const struct store_app *app);
-    int (*app_update)(struct store_backend *b, const struct store_app *app);
+    int (*app_create)(struct store_backend *b, struct store_app *app);
+    int (*app_update)(struct store_backend *b, struct store_app *app);
     int (*app_get)(struct store_backend *b, const char *ref, struct store_app **out);
     int (*app_list_in)(struct store_backend *b, const char *space_guid, struct store_app ***out,
                        size_t *n);

@@ -9,9 +9,13 @@
  * A URL may carry a password; it is never logged: messages name the location with the
  * password masked (store_location_masked).
  *
- * Not yet: every call is a synchronous round trip, so it blocks the caller's event loop for
- * as long as the server takes (see README.md beside this file); writers in two processes are
- * only kept apart by the unique constraints and by the migrations' advisory lock. */
+ * Apps carry a version: an update is a compare-and-swap (-ESTALE when another writer came
+ * first). Every write transaction NOTIFYs (migration 17's triggers); a second, non-blocking
+ * connection LISTENs, and what it hears keeps a read cache of apps and routes current, so
+ * app_get, app_list and route_list do not go to the server while nothing changed.
+ *
+ * Not yet: writes are synchronous round trips, so they block the caller's event loop for as
+ * long as the server takes (see README.md beside this file). */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -129,6 +133,38 @@ const char *const store_pg_migrations[] = {
     "  domain TEXT PRIMARY KEY REFERENCES domains(name), cert TEXT NOT NULL, key TEXT NOT NULL,"
     "  updated_at BIGINT NOT NULL);"
     "REVOKE ALL ON domain_certs FROM PUBLIC;",
+    /* 17: row versions, for compare-and-swap updates (store.h's store_app.version), and the
+     * change feed: every write transaction NOTIFYs channel skiff_store, whichever program
+     * makes it. "app:GUID" for a row of apps (an app's processes and env are written only
+     * in its transaction, which writes its row: their own triggers would cost a call per
+     * row for nothing), the table's name for the other tables. */
+    "ALTER TABLE apps ADD COLUMN version BIGINT NOT NULL DEFAULT 1;"
+    "CREATE FUNCTION skiff_notify_app() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN"
+    "  IF TG_OP = 'DELETE' THEN PERFORM pg_notify('skiff_store', 'app:' || OLD.guid);"
+    "  ELSE PERFORM pg_notify('skiff_store', 'app:' || NEW.guid); END IF;"
+    "  RETURN NULL;"
+    " END $$;"
+    "CREATE FUNCTION skiff_notify_table() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN PERFORM pg_notify('skiff_store', TG_TABLE_NAME); RETURN NULL; END $$;"
+    "CREATE TRIGGER apps_notify AFTER INSERT OR UPDATE OR DELETE ON apps"
+    "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_app();"
+    "CREATE TRIGGER routes_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON routes"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER domains_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON domains"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER packages_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON packages"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER droplets_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON droplets"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tasks"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER documents_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON documents"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER domain_certs_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
+    "  ON domain_certs FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
+    "CREATE TRIGGER audit_events_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
+    "  ON audit_events FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -136,10 +172,39 @@ const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof sto
  * once on one database migrate one after the other, the second finding nothing to do. */
 #define STORE_PG_MIGRATE_LOCK 0x736b696666LL /* "skiff" */
 
+/* The channel every write transaction NOTIFYs (migration 17's triggers). */
+#define PG_FEED_CHANNEL "skiff_store"
+/* App guids kept for store_feed_take; more than this between two takes is "any app". */
+#define PG_FEED_KEEP 256
+
 struct store_backend {
     PGconn *conn;
+    int pid; /* conn's server process: the feed's notifications from it are this store's own */
     int version;
     uint64_t writes; /* this process's writes that changed something */
+    /* The change feed: a connection of its own that LISTENs, non-blocking, read whenever
+     * the store is asked anything (and by its owner's uv_poll on store_feed_fd); once lost,
+     * nothing is cached. */
+    PGconn *feed;
+    bool feed_lost; /* the connection is kept (its descriptor may still be watched) */
+    uint64_t heard; /* notifications from other writers */
+    uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
+    char (*changed)[37];
+    size_t n_changed;
+    bool changed_all;
+    /* The read cache of apps (with processes and env) and routes: loaded whole by one read,
+     * kept while nothing changed them. *_gen counts the changes that outdate all of them (the
+     * feed lost, "all", too many apps changed at once, any route change); a cache loaded at
+     * generation *_at is current while they are equal, but for the apps in stale. */
+    struct store_app **apps;
+    size_t n_apps;
+    uint64_t apps_gen, apps_at;
+    /* apps changed since the cache was loaded (by guid): read again one by one */
+    char (*stale)[37];
+    size_t n_stale;
+    struct store_route *routes;
+    size_t n_routes;
+    uint64_t routes_gen, routes_at;
 };
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
@@ -222,9 +287,135 @@ static int pg__schema_version(struct store_backend *b)
  * rows this process changed, which is what store.h's callers (a cache of their own writes)
  * need while one skiffd writes; changes made by another process are not seen until a change
  * feed (LISTEN/NOTIFY) replaces it. */
+static void pg__feed_remember(struct store_backend *b, const char *app_guid)
+{
+    if (b->changed_all)
+        return;
+    for (size_t i = 0; i < b->n_changed; i++)
+        if (!strcmp(b->changed[i], app_guid))
+            return;
+    if (b->n_changed == PG_FEED_KEEP || strlen(app_guid) >= sizeof b->changed[0]) {
+        b->changed_all = true;
+        return;
+    }
+    if (!b->changed)
+        b->changed = xcalloc(PG_FEED_KEEP, sizeof *b->changed);
+    snprintf(b->changed[b->n_changed++], sizeof b->changed[0], "%s", app_guid);
+}
+
+/* The app's cached copy is outdated (a write through this store, or the feed's news): it
+ * is read again before the next cached read; too many at once outdate them all. */
+static void pg__stale_app(struct store_backend *b, const char *guid)
+{
+    for (size_t i = 0; i < b->n_stale; i++)
+        if (!strcmp(b->stale[i], guid))
+            return;
+    if (b->n_stale == PG_FEED_KEEP || strlen(guid) >= sizeof b->stale[0]) {
+        b->apps_gen++;
+        return;
+    }
+    if (!b->stale)
+        b->stale = xcalloc(PG_FEED_KEEP, sizeof *b->stale);
+    snprintf(b->stale[b->n_stale++], sizeof b->stale[0], "%s", guid);
+}
+
+static void pg__feed_lost(struct store_backend *b)
+{
+    log_error("store: the change feed was lost (%s); from now on every read goes to the"
+              " database and other writers' changes are not announced: restart skiffd",
+              PQerrorMessage(b->feed));
+    b->feed_lost = true;
+    b->changed_all = true;
+    b->apps_gen++;
+    b->routes_gen++;
+}
+
+/* Reads what has come on the feed without waiting (the socket is non-blocking) and
+ * outdates what it names: "app:GUID" the apps, "routes" the routes, "all" both; any news
+ * counts. */
+static void pg__feed_read(struct store_backend *b)
+{
+    if (b->feed_lost)
+        return;
+    if (!PQconsumeInput(b->feed)) {
+        pg__feed_lost(b);
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(b->feed))) {
+        if (n->be_pid != b->pid) {
+            b->heard++;
+            if (str_has_prefix(n->extra, "app:")) {
+                pg__stale_app(b, n->extra + strlen("app:"));
+                pg__feed_remember(b, n->extra + strlen("app:"));
+            } else if (!strcmp(n->extra, "routes")) {
+                b->routes_gen++;
+            } else if (!strcmp(n->extra, "all")) {
+                /* NOTIFY skiff_store, 'all': after changing the database by other means */
+                b->apps_gen++;
+                b->routes_gen++;
+                b->changed_all = true;
+            }
+        }
+        PQfreemem(n);
+    }
+}
+
+/* The rows this process changed, and every change another writer made (the feed). With the
+ * feed lost, a new number on every call: a caller's view can never be known current. */
 static uint64_t pg__change_count(struct store_backend *b)
 {
-    return b->writes;
+    pg__feed_read(b);
+    if (b->feed_lost)
+        b->lost++;
+    return b->writes + b->heard + b->lost;
+}
+
+static int pg__feed_fd(struct store_backend *b)
+{
+    pg__feed_read(b);
+    return b->feed_lost ? -1 : PQsocket(b->feed);
+}
+
+static size_t pg__feed_take(struct store_backend *b, void (*fn)(void *ctx, const char *app_guid),
+                            void *ctx)
+{
+    pg__feed_read(b);
+    size_t calls = 0;
+    if (b->changed_all) {
+        if (fn)
+            fn(ctx, NULL);
+        calls = 1;
+    } else {
+        for (size_t i = 0; i < b->n_changed; i++)
+            if (fn)
+                fn(ctx, b->changed[i]);
+        calls = b->n_changed;
+    }
+    b->n_changed = 0;
+    b->changed_all = false;
+    return calls;
+}
+
+/* Opens the feed: a second connection that LISTENs, then reads without blocking. */
+static int pg__feed_open(struct store_backend *b, const char *url, char *err, size_t errsize)
+{
+    b->feed = PQconnectdb(url);
+    PGresult *res = NULL;
+    if (b->feed && PQstatus(b->feed) == CONNECTION_OK)
+        res = PQexec(b->feed, "LISTEN " PG_FEED_CHANNEL);
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK && PQsetnonblocking(b->feed, 1) == 0;
+    PQclear(res);
+    if (!ok) {
+        char *masked = store_location_masked(url);
+        snprintf(err, errsize, "cannot open the store's change feed on %s: %s", masked,
+                 b->feed ? PQerrorMessage(b->feed) : "out of memory");
+        free(masked);
+        PQfinish(b->feed);
+        b->feed = NULL;
+        return -EIO;
+    }
+    return 0;
 }
 
 /* One migration per transaction, each under the advisory lock and reading the version
@@ -286,6 +477,11 @@ static void pg__close(struct store_backend *b)
 {
     if (!b)
         return;
+    store_app_list_free(b->apps, b->n_apps);
+    store_route_list_free(b->routes, b->n_routes);
+    free(b->changed);
+    free(b->stale);
+    PQfinish(b->feed);
     PQfinish(b->conn);
     free(b);
 }
@@ -310,10 +506,13 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
         return -EIO;
     }
     int rc = pg__migrate(b, err, errsize);
+    if (rc == 0)
+        rc = pg__feed_open(b, url, err, errsize);
     if (rc < 0) {
         pg__close(b);
         return rc;
     }
+    b->pid = PQbackendPID(b->conn);
     *out = b;
     return 0;
 }
@@ -324,7 +523,7 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
     "guid, name, state, kind, memory_mb, disk_mb, timeout, command, buildpacks,"                   \
     " health_check_type, health_check_http_endpoint, function, package_guid, droplet_guid,"        \
     " created_at, updated_at, detected_buildpack, space_guid, sidecars,"                           \
-    " ssh_disabled"
+    " ssh_disabled, version"
 
 static struct store_app *pg__read_app(const PGresult *res, int row)
 {
@@ -349,6 +548,7 @@ static struct store_app *pg__read_app(const PGresult *res, int row)
     pg__copy_guid(app->space_guid, res, row, 17);
     app->sidecars_json = pg__text(res, row, 18);
     app->ssh_disabled = pg__int(res, row, 19) != 0;
+    app->version = pg__int(res, row, 20);
     return app;
 }
 
@@ -402,9 +602,24 @@ static int pg__write_children(struct store_backend *b, const struct store_app *a
     return 0;
 }
 
-static int pg__app_write(struct store_backend *b, const struct store_app *app, bool create)
+/* After an update that changed no row: -ESTALE when the app is there (at another version),
+ * -ENOENT when it is not. */
+static int pg__app_missed(struct store_backend *b, const char *guid)
 {
-    struct pg_num mem, disk, timeout, created, updated;
+    const char *v[] = {guid};
+    PGresult *res = NULL;
+    if (pg__exec(b, "SELECT 1 FROM apps WHERE guid = $1", 1, v, &res) < 0)
+        return -EIO;
+    int rc = PQntuples(res) > 0 ? -ESTALE : -ENOENT;
+    PQclear(res);
+    return rc;
+}
+
+/* Create: inserts at version 1. Update: only the row still at app->version, raising it
+ * (compare-and-swap: of two writers that read one version, the second finds none). */
+static int pg__app_write(struct store_backend *b, struct store_app *app, bool create)
+{
+    struct pg_num mem, disk, timeout, created, updated, version;
     const char *v[] = {
         app->guid,
         app->name,
@@ -426,36 +641,46 @@ static int pg__app_write(struct store_backend *b, const struct store_app *app, b
         app->space_guid[0] ? app->space_guid : STORE_DEFAULT_SPACE_GUID,
         app->sidecars_json,
         app->ssh_disabled ? "1" : "0",
+        pg__num(&version, app->version),
     };
+    /* whatever happens, the app's cached copy is no longer known current */
+    pg__stale_app(b, app->guid);
     if (pg__cmd(b, "BEGIN") < 0)
         return -EIO;
     int rc = pg__write(
         b,
         create ? "INSERT INTO apps (" PG_APP_COLUMNS ") VALUES ($1, $2, $3, $4, $5::integer,"
                  " $6::integer, $7::integer, $8, $9, $10, $11, $12, $13, $14, $15::bigint,"
-                 " $16::bigint, $17, $18, $19, $20::integer)"
+                 " $16::bigint, $17, $18, $19, $20::integer, 1)"
                : "UPDATE apps SET name=$2, state=$3, kind=$4, memory_mb=$5::integer,"
                  " disk_mb=$6::integer, timeout=$7::integer, command=$8, buildpacks=$9,"
                  " health_check_type=$10, health_check_http_endpoint=$11, function=$12,"
                  " package_guid=$13, droplet_guid=$14, created_at=$15::bigint,"
                  " updated_at=$16::bigint, detected_buildpack=$17, space_guid=$18,"
-                 " sidecars=$19, ssh_disabled=$20::integer WHERE guid=$1",
-        20, v, !create);
+                 " sidecars=$19, ssh_disabled=$20::integer, version = version + 1"
+                 " WHERE guid=$1 AND version=$21::bigint",
+        create ? 20 : 21, v, !create);
+    if (rc == -ENOENT)
+        rc = pg__app_missed(b, app->guid);
     if (rc == 0)
         rc = pg__write_children(b, app);
     if (rc == 0 && pg__cmd(b, "COMMIT") < 0)
         rc = -EIO;
-    if (rc < 0)
+    if (rc < 0) {
         pg__cmd(b, "ROLLBACK");
-    return rc;
+        return rc;
+    }
+    if (!create)
+        app->version++;
+    return 0;
 }
 
-static int pg__app_create(struct store_backend *b, const struct store_app *app)
+static int pg__app_create(struct store_backend *b, struct store_app *app)
 {
     return pg__app_write(b, app, true);
 }
 
-static int pg__app_update(struct store_backend *b, const struct store_app *app)
+static int pg__app_update(struct store_backend *b, struct store_app *app)
 {
     return pg__app_write(b, app, false);
 }
@@ -496,7 +721,7 @@ static void pg__add_env(struct store_app *app, const PGresult *res, int row, int
 
 /* Text is ordered byte by byte (COLLATE "C"), as SQLite orders it, whatever the database's
  * locale. */
-static int pg__app_get(struct store_backend *b, const char *ref, struct store_app **out)
+static int pg__app_get_query(struct store_backend *b, const char *ref, struct store_app **out)
 {
     char space[37];
     const char *name = store_ref_split(ref, space);
@@ -555,8 +780,8 @@ static struct store_app *pg__find_guid(struct store_app **by_guid, size_t count,
 }
 
 /* Three queries for all apps (not one per app); children are matched by guid. */
-static int pg__app_list_in(struct store_backend *b, const char *space_guid, struct store_app ***out,
-                           size_t *n)
+static int pg__app_list_query(struct store_backend *b, const char *space_guid,
+                              struct store_app ***out, size_t *n)
 {
     struct store_app **apps = NULL, **by_guid = NULL;
     size_t count = 0;
@@ -620,9 +845,135 @@ fail:
     return -EIO;
 }
 
+/* The cached apps' order: by name, then space (byte order, as the list query's). */
+static int pg__app_order(const struct store_app *x, const struct store_app *y)
+{
+    int c = strcmp(x->name, y->name);
+    return c ? c : strcmp(x->space_guid, y->space_guid);
+}
+
+/* Puts the app (the cache's now, NULL: none) in place of the cached one of that guid. */
+static void pg__cache_put(struct store_backend *b, const char *guid, struct store_app *app)
+{
+    for (size_t i = 0; i < b->n_apps; i++)
+        if (!strcmp(b->apps[i]->guid, guid)) {
+            store_app_free(b->apps[i]);
+            memmove(&b->apps[i], &b->apps[i + 1], (b->n_apps - i - 1) * sizeof *b->apps);
+            b->apps[--b->n_apps] = NULL;
+            break;
+        }
+    if (!app)
+        return;
+    size_t at = 0;
+    while (at < b->n_apps && pg__app_order(b->apps[at], app) < 0)
+        at++;
+    b->apps = xrealloc(b->apps, (b->n_apps + 2) * sizeof *b->apps);
+    memmove(&b->apps[at + 1], &b->apps[at], (b->n_apps - at) * sizeof *b->apps);
+    b->apps[at] = app;
+    b->n_apps++;
+    b->apps[b->n_apps] = NULL;
+}
+
+/* Reads the stale apps again, one by one (an app gone leaves the cache). The list is taken
+ * first: news that comes while they are read names them again for the next read. */
+static int pg__cache_refresh(struct store_backend *b)
+{
+    size_t n = b->n_stale;
+    char(*guids)[37] = xcalloc(n + 1, sizeof *guids);
+    memcpy(guids, b->stale, n * sizeof *guids);
+    b->n_stale = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct store_app *app = NULL;
+        rc = pg__app_get_query(b, guids[i], &app);
+        if (rc == 0 && strcmp(app->guid, guids[i])) { /* a name that looks like the guid */
+            store_app_free(app);
+            app = NULL;
+            rc = -ENOENT;
+        }
+        if (rc == 0 || rc == -ENOENT) {
+            pg__cache_put(b, guids[i], app);
+            rc = 0;
+        }
+    }
+    if (rc < 0)
+        b->apps_gen++; /* some not read again: all of them next time */
+    free(guids);
+    return rc;
+}
+
+/* Whether the read cache of apps may answer (0; loaded, or its stale apps read again, now
+ * when it was not current), or the database must (1: the feed is lost, so nothing can be
+ * known current); < 0: reading failed. Changes announced while it loads mark it again: the
+ * next read takes them. */
+static int pg__apps_cached(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_lost)
+        return 1;
+    if (b->apps && b->apps_at == b->apps_gen)
+        return b->n_stale ? pg__cache_refresh(b) : 0;
+    uint64_t at = b->apps_gen;
+    b->n_stale = 0;
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    int rc = pg__app_list_query(b, NULL, &apps, &n);
+    if (rc < 0)
+        return rc; /* still not current: the next read loads the whole again */
+    store_app_list_free(b->apps, b->n_apps);
+    b->apps = apps;
+    b->n_apps = n;
+    b->apps_at = at;
+    return 0;
+}
+
+/* By guid first, then by space and name, as the query's UNION ALL. */
+static int pg__app_get(struct store_backend *b, const char *ref, struct store_app **out)
+{
+    int rc = pg__apps_cached(b);
+    if (rc < 0)
+        return rc;
+    if (rc > 0)
+        return pg__app_get_query(b, ref, out);
+    char space[37];
+    const char *name = store_ref_split(ref, space);
+    for (size_t i = 0; i < b->n_apps; i++)
+        if (!strcmp(b->apps[i]->guid, ref)) {
+            *out = store_app_dup(b->apps[i]);
+            return 0;
+        }
+    for (size_t i = 0; i < b->n_apps; i++)
+        if (!strcmp(b->apps[i]->space_guid, space) && !strcmp(b->apps[i]->name, name)) {
+            *out = store_app_dup(b->apps[i]);
+            return 0;
+        }
+    return -ENOENT;
+}
+
+/* The cache is in name then space order; one space's apps keep their name order. */
+static int pg__app_list_in(struct store_backend *b, const char *space_guid, struct store_app ***out,
+                           size_t *n)
+{
+    int rc = pg__apps_cached(b);
+    if (rc < 0)
+        return rc;
+    if (rc > 0)
+        return pg__app_list_query(b, space_guid, out, n);
+    struct store_app **apps = xcalloc(b->n_apps + 1, sizeof *apps);
+    size_t count = 0;
+    for (size_t i = 0; i < b->n_apps; i++)
+        if (!space_guid || !strcmp(b->apps[i]->space_guid, space_guid))
+            apps[count++] = store_app_dup(b->apps[i]);
+    *out = apps;
+    *n = count;
+    return 0;
+}
+
 static int pg__app_delete(struct store_backend *b, const char *guid)
 {
     const char *v[] = {guid};
+    pg__stale_app(b, guid);
+    b->routes_gen++; /* the app's routes go with it */
     return pg__write(b, "DELETE FROM apps WHERE guid = $1", 1, v, true);
 }
 
@@ -630,6 +981,7 @@ static int pg__app_delete(struct store_backend *b, const char *guid)
 
 static int pg__route_add(struct store_backend *b, const struct store_route *route)
 {
+    b->routes_gen++;
     const char *v[] = {route->guid,
                        route->host,
                        route->path ? route->path : "",
@@ -647,6 +999,7 @@ static int pg__route_add(struct store_backend *b, const struct store_route *rout
 static int pg__route_set_https_only(struct store_backend *b, const char *host, const char *path,
                                     bool on)
 {
+    b->routes_gen++;
     const char *v[] = {on ? "true" : "false", host, path ? path : ""};
     return pg__write(b, "UPDATE routes SET https_only = $1 WHERE host = $2 AND path = $3", 3, v,
                      true);
@@ -655,6 +1008,7 @@ static int pg__route_set_https_only(struct store_backend *b, const char *host, c
 static int pg__route_update(struct store_backend *b, const char *host, const char *path,
                             const char *balance, const char *protocol)
 {
+    b->routes_gen++;
     const char *v[] = {balance, protocol, host, path ? path : ""};
     return pg__write(b,
                      "UPDATE routes SET balance = COALESCE($1, balance),"
@@ -664,12 +1018,13 @@ static int pg__route_update(struct store_backend *b, const char *host, const cha
 
 static int pg__route_delete(struct store_backend *b, const char *host, const char *path)
 {
+    b->routes_gen++;
     const char *v[] = {host, path ? path : ""};
     return pg__write(b, "DELETE FROM routes WHERE host = $1 AND path = $2", 2, v, true);
 }
 
-static int pg__route_list(struct store_backend *b, const char *app_guid, struct store_route **out,
-                          size_t *n)
+static int pg__route_list_query(struct store_backend *b, const char *app_guid,
+                                struct store_route **out, size_t *n)
 {
     const char *v[] = {app_guid};
     PGresult *res = NULL;
@@ -695,6 +1050,61 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
         r->protocol = pg__text(res, (int)i, 7);
     }
     PQclear(res);
+    *out = routes;
+    *n = count;
+    return 0;
+}
+
+static char *pg__dup(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+/* As pg__apps_cached, for the routes. */
+static int pg__routes_cached(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_lost)
+        return 1;
+    if (b->routes && b->routes_at == b->routes_gen)
+        return 0;
+    uint64_t at = b->routes_gen;
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    int rc = pg__route_list_query(b, NULL, &routes, &n);
+    if (rc < 0)
+        return rc;
+    store_route_list_free(b->routes, b->n_routes);
+    b->routes = routes;
+    b->n_routes = n;
+    b->routes_at = at;
+    return 0;
+}
+
+/* The cache is in host then path order, as each app's routes are. */
+static int pg__route_list(struct store_backend *b, const char *app_guid, struct store_route **out,
+                          size_t *n)
+{
+    int rc = pg__routes_cached(b);
+    if (rc < 0)
+        return rc;
+    if (rc > 0)
+        return pg__route_list_query(b, app_guid, out, n);
+    struct store_route *routes = xcalloc(b->n_routes + 1, sizeof *routes);
+    size_t count = 0;
+    for (size_t i = 0; i < b->n_routes; i++) {
+        const struct store_route *r = &b->routes[i];
+        if (app_guid && strcmp(r->app_guid, app_guid))
+            continue;
+        struct store_route *c = &routes[count++];
+        *c = *r;
+        c->host = pg__dup(r->host);
+        c->path = pg__dup(r->path);
+        c->app_guid = pg__dup(r->app_guid);
+        c->domain = pg__dup(r->domain);
+        c->balance = pg__dup(r->balance);
+        c->protocol = pg__dup(r->protocol);
+    }
     *out = routes;
     *n = count;
     return 0;
@@ -1088,6 +1498,8 @@ const struct store_ops store_pg_ops = {
     .close = pg__close,
     .schema_version = pg__schema_version,
     .change_count = pg__change_count,
+    .feed_fd = pg__feed_fd,
+    .feed_take = pg__feed_take,
     .app_create = pg__app_create,
     .app_update = pg__app_update,
     .app_get = pg__app_get,

@@ -134,6 +134,8 @@ const char *const store_sqlite_migrations[] = {
     "CREATE TABLE domain_certs ("
     "  domain TEXT PRIMARY KEY REFERENCES domains(name), cert TEXT NOT NULL, key TEXT NOT NULL,"
     "  updated_at INTEGER NOT NULL);",
+    /* 17: row versions, for compare-and-swap updates (store.h's store_app.version) */
+    "ALTER TABLE apps ADD COLUMN version INTEGER NOT NULL DEFAULT 1;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -246,6 +248,18 @@ static uint64_t sqlite__change_count(struct store_backend *st)
     return (uint64_t)sqlite3_total_changes64(st->db);
 }
 
+/* No feed: every change to an SQLite store is made through this process's store. */
+static int sqlite__feed_fd(struct store_backend *st)
+{
+    return -1;
+}
+
+static size_t sqlite__feed_take(struct store_backend *st,
+                                void (*fn)(void *ctx, const char *app_guid), void *ctx)
+{
+    return 0;
+}
+
 static int store__migrate(struct store_backend *st, char *err, size_t errsize)
 {
     if (store__exec(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL,"
@@ -353,7 +367,7 @@ static void sqlite__close(struct store_backend *st)
     "guid, name, state, kind, memory_mb, disk_mb, timeout, command, buildpacks,"                   \
     " health_check_type, health_check_http_endpoint, function, package_guid, droplet_guid,"        \
     " created_at, updated_at, detected_buildpack, space_guid, sidecars,"                           \
-    " ssh_disabled"
+    " ssh_disabled, version"
 
 static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
 {
@@ -378,6 +392,7 @@ static void store__bind_app(sqlite3_stmt *stmt, const struct store_app *app)
     store__bind_text(stmt, 18, app->space_guid[0] ? app->space_guid : STORE_DEFAULT_SPACE_GUID);
     store__bind_text(stmt, 19, app->sidecars_json);
     sqlite3_bind_int(stmt, 20, app->ssh_disabled);
+    sqlite3_bind_int64(stmt, 21, app->version > 0 ? app->version : 1);
 }
 
 static struct store_app *store__read_app(sqlite3_stmt *stmt)
@@ -402,6 +417,7 @@ static struct store_app *store__read_app(sqlite3_stmt *stmt)
     app->detected_buildpack = store__col_text(stmt, 16);
     app->sidecars_json = store__col_text(stmt, 18);
     app->ssh_disabled = sqlite3_column_int(stmt, 19) != 0;
+    app->version = sqlite3_column_int64(stmt, 20);
     const unsigned char *space = sqlite3_column_text(stmt, 17);
     snprintf(app->space_guid, sizeof app->space_guid, "%s", space ? (const char *)space : "");
     return app;
@@ -468,18 +484,36 @@ static int store__write_children(struct store_backend *st, const struct store_ap
     return 0;
 }
 
-static int store__app_write(struct store_backend *st, const struct store_app *app, bool create)
+/* After an update that changed no row: -ESTALE when the app is there (at another version),
+ * -ENOENT when it is not. */
+static int store__app_missed(struct store_backend *st, const char *guid)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT 1 FROM apps WHERE guid = ?");
+    if (!q)
+        return -EIO;
+    sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
+    int step = sqlite3_step(q);
+    int rc = step == SQLITE_ROW    ? -ESTALE
+             : step == SQLITE_DONE ? -ENOENT
+                                   : store__fail(st, "read app");
+    store__release(st, q);
+    return rc;
+}
+
+/* Create: inserts at version 1. Update: only the row still at app->version, raising it. */
+static int store__app_write(struct store_backend *st, struct store_app *app, bool create)
 {
     if (store__exec(st, "BEGIN IMMEDIATE") < 0)
         return -EIO;
     sqlite3_stmt *stmt = store__prepare(
         st, create ? "INSERT INTO apps (" STORE_APP_COLUMNS
-                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                     ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)"
                    : "UPDATE apps SET name=?2, state=?3, kind=?4, memory_mb=?5, disk_mb=?6,"
                      " timeout=?7, command=?8, buildpacks=?9, health_check_type=?10,"
                      " health_check_http_endpoint=?11, function=?12, package_guid=?13,"
                      " droplet_guid=?14, created_at=?15, updated_at=?16, detected_buildpack=?17,"
-                     " space_guid=?18, sidecars=?19, ssh_disabled=?20 WHERE guid=?1");
+                     " space_guid=?18, sidecars=?19, ssh_disabled=?20, version=version+1"
+                     " WHERE guid=?1 AND version=?21");
     int rc = -EIO;
     if (!stmt)
         goto fail;
@@ -488,7 +522,7 @@ static int store__app_write(struct store_backend *st, const struct store_app *ap
     if (rc < 0)
         goto fail;
     if (!create && sqlite3_changes(st->db) == 0) {
-        rc = -ENOENT;
+        rc = store__app_missed(st, app->guid);
         goto fail;
     }
     rc = store__write_children(st, app);
@@ -498,18 +532,20 @@ static int store__app_write(struct store_backend *st, const struct store_app *ap
         rc = -EIO;
         goto fail;
     }
+    if (!create)
+        app->version++;
     return 0;
 fail:
     store__exec(st, "ROLLBACK");
     return rc;
 }
 
-static int sqlite__app_create(struct store_backend *st, const struct store_app *app)
+static int sqlite__app_create(struct store_backend *st, struct store_app *app)
 {
     return store__app_write(st, app, true);
 }
 
-static int sqlite__app_update(struct store_backend *st, const struct store_app *app)
+static int sqlite__app_update(struct store_backend *st, struct store_app *app)
 {
     return store__app_write(st, app, false);
 }
@@ -1307,6 +1343,8 @@ const struct store_ops store_sqlite_ops = {
     .close = sqlite__close,
     .schema_version = sqlite__schema_version,
     .change_count = sqlite__change_count,
+    .feed_fd = sqlite__feed_fd,
+    .feed_take = sqlite__feed_take,
     .app_create = sqlite__app_create,
     .app_update = sqlite__app_update,
     .app_get = sqlite__app_get,

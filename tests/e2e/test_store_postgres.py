@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 
 import pytest
 
-from conftest import ROOT, Platform
+from conftest import ROOT, Platform, app_json, http_get
 
 PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
 
@@ -76,5 +77,93 @@ def test_skiffd_refuses_an_unreachable_store_naming_no_password(tmp_path):
         assert p.proc.returncode != 0
         assert "cannot connect to the store" in p.output(), p.output()
         assert "not-for-logs" not in p.output(), p.output()
+    finally:
+        p.close()
+
+
+def wait_for(what, check, timeout=15):
+    """check() until it returns a true value, for timeout seconds at most."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def test_a_second_skiffd_sees_what_the_first_writes(pg_dir):
+    # two skiffds on one database: each answers from its read cache, which the change feed
+    # (LISTEN/NOTIFY) keeps current with the other's writes
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    a = Platform(extra_args=["--store", url]).start()
+    b = Platform(extra_args=["--store", url]).start()
+    try:
+        # b reads first, so that its cache is loaded before a writes
+        status, listed = b.api("GET", "/v1/apps")
+        assert status == 200, listed
+        assert "two-app" not in [x["name"] for x in listed["apps"]], listed
+        status, body = a.api("POST", "/v1/apps", {"name": "two-app", "env": {"K": "1"}})
+        assert status == 201, body
+        got = wait_for("b sees the app a made",
+                       lambda: b.api("GET", "/v1/apps/two-app")[0] == 200)
+        assert got
+        wait_for("b lists it", lambda: "two-app" in [
+            x["name"] for x in b.api("GET", "/v1/apps")[1]["apps"]])
+        status, body = a.api("PUT", "/v1/apps/two-app/env", {"K": "2"})
+        assert status == 200, body
+        wait_for("b sees a's change",
+                 lambda: b.api("GET", "/v1/apps/two-app/env")[1].get("env", {}).get("K") == "2")
+        # and the other way round
+        status, body = b.api("PUT", "/v1/apps/two-app/env", {"K": "3"})
+        assert status == 200, body
+        wait_for("a sees b's change",
+                 lambda: a.api("GET", "/v1/apps/two-app/env")[1].get("env", {}).get("K") == "3")
+        status, body = a.api("DELETE", "/v1/apps/two-app")
+        assert status in (200, 202, 204), body
+        wait_for("b sees it gone", lambda: b.api("GET", "/v1/apps/two-app")[0] == 404)
+        for p in (a, b):
+            p.stop()
+            assert p.proc.returncode == 0, p.output()
+            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        b.close()
+        a.close()
+
+
+def test_an_update_of_an_app_changed_meanwhile_is_a_409_naming_it(pg_dir):
+    # another writer changes the app's row (its version) and skiffd has not heard of it yet
+    # (no NOTIFY: as if its notification were still on the way): skiffd's write from its
+    # cached read must not overwrite it, but answer 409; sent again, it goes through
+    subprocess.run(["psql", "-q", "-h", pg_dir, "-U", "postgres", "-c", "CREATE DATABASE cas",
+                    "postgres"], check=True, capture_output=True, timeout=60)
+    url = f"postgresql:///cas?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    try:
+        status, body = p.api("POST", "/v1/apps", {"name": "cas-app", "env": {"K": "1"}})
+        assert status == 201, body
+        status, body = p.api("GET", "/v1/apps/cas-app/env")  # read, and cached
+        assert status == 200 and body["env"] == {"K": "1"}, body
+        sql = ("ALTER TABLE apps DISABLE TRIGGER apps_notify;"
+               "UPDATE apps SET version = version + 1, memory_mb = 77 WHERE name = 'cas-app';"
+               "ALTER TABLE apps ENABLE TRIGGER apps_notify;")
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg_dir, "-U", "postgres",
+                        "-c", sql, "cas"], check=True, capture_output=True, timeout=60)
+        status, body = p.api("PUT", "/v1/apps/cas-app/env", {"K": "2"})
+        assert status == 409, body
+        assert body["error"]["code"] == "conflict", body
+        assert "cas-app" in body["error"]["message"], body
+        assert "changed by someone else" in body["error"]["message"], body
+        # the other writer's change is kept, and the request sent again succeeds on top of it
+        status, body = p.api("PUT", "/v1/apps/cas-app/env", {"K": "2"})
+        assert status == 200, body
+        status, app = p.api("GET", "/v1/apps/cas-app")
+        assert status == 200 and app["memory_mb"] == 77, app
+        status, body = p.api("GET", "/v1/apps/cas-app/env")
+        assert status == 200 and body["env"] == {"K": "2"}, body
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
     finally:
         p.close()

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -297,7 +298,7 @@ static void test_migrates_a_store_with_https_only_routes_to_protocols(void **sta
                   " 'least-connection', TRUE);");
     struct store *st = open_ok(path);
     assert_int_equal(store_schema_version(st), (int)migrations_count());
-    assert_int_equal(migrations_count(), 16);
+    assert_int_equal(migrations_count(), 17);
     struct store_route *routes = NULL;
     size_t n = 0;
     assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
@@ -501,11 +502,27 @@ static void test_app_ssh_setting_round_trips(void **state)
 }
 
 /* Renames a table behind the store's back, through a connection of its own. */
-static void rename_table(const char *path, const char *from, const char *to)
+/* Waits (10 s at most) until st's change count moves from before: another writer's change
+ * has come through the change feed. */
+static void wait_for_change(struct store *st, uint64_t before)
 {
-    char *sql = xasprintf("ALTER TABLE %s RENAME TO %s", from, to);
+    for (int i = 0; i < 1000 && store_change_count(st) == before; i++)
+        usleep(10 * 1000);
+    assert_true(store_change_count(st) != before);
+}
+
+/* Renames a table behind st's back. On PostgreSQL the change is announced as an operator
+ * would after changing the database by hand (NOTIFY skiff_store, 'all'), so that st's read
+ * cache is dropped and its next read goes to the database; DDL fires no trigger. */
+static void rename_table(struct store *st, const char *path, const char *from, const char *to)
+{
+    uint64_t before = store_change_count(st);
+    char *sql = xasprintf("ALTER TABLE %s RENAME TO %s;%s", from, to,
+                          on_pg(path) ? "NOTIFY skiff_store, 'all';" : "");
     raw_sql(path, sql);
     free(sql);
+    if (on_pg(path))
+        wait_for_change(st, before);
 }
 
 /* When a child query (processes, env) fails, reading apps fails as a whole: an app without
@@ -530,7 +547,7 @@ static void test_app_reads_fail_when_a_child_query_fails(void **state)
         list = NULL;
         n = 7;
 
-        rename_table(path, children[c], "gone");
+        rename_table(st, path, children[c], "gone");
         assert_int_equal(store_app_get(st, "shop", &got), -EIO);
         assert_null(got);
         assert_int_equal(store_app_list(st, &list, &n), -EIO);
@@ -538,7 +555,7 @@ static void test_app_reads_fail_when_a_child_query_fails(void **state)
         assert_int_equal(n, 7);
 
         /* and the store reads again once the table is back */
-        rename_table(path, "gone", children[c]);
+        rename_table(st, path, "gone", children[c]);
         assert_int_equal(store_app_get(st, "shop", &got), 0);
         assert_int_equal(got->n_processes, 2);
         assert_int_equal(got->n_env, 2);
@@ -575,18 +592,18 @@ static void test_route_and_domain_lists_fail_when_their_query_fails(void **state
     routes = NULL;
     n = 0;
 
-    rename_table(path, "routes", "gone");
+    rename_table(st, path, "routes", "gone");
     assert_int_equal(store_route_list(st, app->guid, &routes, &n), -EIO);
     assert_int_equal(store_route_list(st, NULL, &routes, &n), -EIO);
     assert_null(routes);
     assert_int_equal(n, 0);
-    rename_table(path, "gone", "routes");
+    rename_table(st, path, "gone", "routes");
 
-    rename_table(path, "domains", "gone");
+    rename_table(st, path, "domains", "gone");
     char **domains = NULL;
     assert_int_equal(store_domain_list(st, &domains, NULL, NULL), -EIO);
     assert_null(domains);
-    rename_table(path, "gone", "domains");
+    rename_table(st, path, "gone", "domains");
     assert_int_equal(store_domain_list(st, &domains, NULL, NULL), 0);
     assert_string_equal(domains[0], "localhost");
     store_strv_free(domains);
@@ -985,6 +1002,371 @@ static void test_domain_certificates_round_trip(void **state)
     remove_db(path);
 }
 
+/* Two writers read one version of an app: the first update wins, the second is told
+ * (-ESTALE) and changes nothing; read again, it succeeds. */
+static void test_an_update_of_a_version_read_before_another_write_fails(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *a = open_ok(path), *b = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(a, app), 0);
+    assert_int_equal(app->version, 1);
+    struct store_app *mine = NULL, *theirs = NULL;
+    assert_int_equal(store_app_get(a, app->guid, &mine), 0);
+    assert_int_equal(store_app_get(b, app->guid, &theirs), 0);
+    assert_int_equal(mine->version, 1);
+    assert_int_equal(theirs->version, 1);
+    mine->processes[0].instances = 5;
+    assert_int_equal(store_app_update(a, mine), 0);
+    assert_int_equal(mine->version, 2);
+    theirs->processes[0].instances = 7;
+    free(theirs->state);
+    theirs->state = xstrdup("STOPPED");
+    assert_int_equal(store_app_update(b, theirs), -ESTALE);
+    store_app_free(theirs);
+    /* nothing of the losing write is there, on either handle */
+    struct store *handles[] = {a, b};
+    for (size_t i = 0; i < ARRAY_SIZE(handles); i++) {
+        assert_int_equal(store_app_get(handles[i], app->guid, &theirs), 0);
+        assert_int_equal(theirs->version, 2);
+        assert_int_equal(theirs->processes[0].instances, 5);
+        assert_string_equal(theirs->state, "STARTED");
+        store_app_free(theirs);
+    }
+    /* read again, the second writer's update goes through */
+    assert_int_equal(store_app_get(b, app->guid, &theirs), 0);
+    theirs->processes[0].instances = 7;
+    assert_int_equal(store_app_update(b, theirs), 0);
+    assert_int_equal(theirs->version, 3);
+    /* an update naming no version read, or an app that is gone, is refused */
+    theirs->version = 0;
+    assert_int_equal(store_app_update(b, theirs), -EINVAL);
+    assert_int_equal(store_app_delete(a, app->guid), 0);
+    theirs->version = 3;
+    assert_int_equal(store_app_update(b, theirs), -ENOENT);
+    store_app_free(theirs);
+    store_app_free(mine);
+    store_app_free(app);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
+#define RACE_ROUNDS 40
+
+struct racer {
+    const char *path;
+    const char *guid;
+    int won;       /* increments stored */
+    int conflicts; /* updates told another writer came first */
+};
+
+static int racer_add_one(void *ctx, struct store_app *app)
+{
+    (void)ctx;
+    app->processes[0].instances++;
+    return 0;
+}
+
+/* Each racer has a store handle of its own on the database: one skiffd each. Half of its
+ * rounds are a plain read-then-update (a conflict is counted, the round lost), half go
+ * through store_app_modify (which retries). */
+static void *racer_run(void *arg)
+{
+    struct racer *r = arg;
+    char err[256];
+    struct store *st = NULL;
+    if (store_open(r->path, err, sizeof err, &st) < 0)
+        return NULL;
+    for (int i = 0; i < RACE_ROUNDS; i++) {
+        int rc;
+        if (i % 2) {
+            rc = store_app_modify(st, r->guid, racer_add_one, NULL, NULL);
+        } else {
+            struct store_app *app = NULL;
+            rc = store_app_get(st, r->guid, &app);
+            if (rc == 0) {
+                app->processes[0].instances++;
+                rc = store_app_update(st, app);
+            }
+            store_app_free(app);
+        }
+        if (rc == 0)
+            r->won++;
+        else if (rc == -ESTALE)
+            r->conflicts++;
+        else
+            break;
+    }
+    store_close(st);
+    return NULL;
+}
+
+/* Two writers on one database racing to add to one app's instances: every increment that
+ * was reported stored is in the row (none lost), and the version counts every one. */
+static void test_racing_writers_lose_no_update(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("race");
+    app->processes[0].instances = 0;
+    assert_int_equal(store_app_create(st, app), 0);
+    struct racer racers[2] = {{.path = path, .guid = app->guid}, {.path = path, .guid = app->guid}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&threads[i], NULL, racer_run, &racers[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(threads[i], NULL);
+    int won = racers[0].won + racers[1].won;
+    assert_int_equal(won + racers[0].conflicts + racers[1].conflicts, 2 * RACE_ROUNDS);
+    struct store_app *got = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &got), 0);
+    assert_int_equal(got->processes[0].instances, won);
+    assert_int_equal(got->version, 1 + won);
+    store_app_free(got);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
+struct seen {
+    char guids[8][37];
+    int n;
+    int any;
+};
+
+static void seen_app(void *ctx, const char *app_guid)
+{
+    struct seen *s = ctx;
+    if (!app_guid)
+        s->any++;
+    else if (s->n < 8)
+        snprintf(s->guids[s->n++], 37, "%s", app_guid);
+}
+
+/* What one writer changes, a second store on the database hears on its change feed: its
+ * change count moves, its (cached) reads show the change, and store_feed_take names the
+ * app; its own writes are not news to it. SQLite has no feed: every change comes through
+ * its one process. */
+static void test_the_change_feed_tells_of_another_writers_changes(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *a = open_ok(path), *b = open_ok(path);
+    if (!on_pg(path)) {
+        assert_int_equal(store_feed_fd(a), -1);
+        assert_int_equal(store_feed_take(a, NULL, NULL), 0);
+        store_close(b);
+        store_close(a);
+        remove_db(path);
+        return;
+    }
+    assert_true(store_feed_fd(b) >= 0);
+    struct store_app **list = NULL;
+    size_t n = 9;
+    assert_int_equal(store_app_list(b, &list, &n), 0); /* b's cache: no apps */
+    assert_int_equal(n, 0);
+    store_app_list_free(list, n);
+    struct store_route *routes = NULL;
+    assert_int_equal(store_route_list(b, NULL, &routes, &n), 0);
+    assert_int_equal(n, 0);
+    store_route_list_free(routes, n);
+
+    uint64_t before = store_change_count(b);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(a, app), 0);
+    struct store_route r = {
+        .host = "shop.localhost", .path = "", .app_guid = app->guid, .domain = "localhost"};
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(a, &r), 0);
+    wait_for_change(b, before);
+    struct store_app *got = NULL;
+    /* both notifications may not be in yet: wait for the route's too */
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(store_route_list(b, NULL, &routes, &n), 0);
+        store_route_list_free(routes, n);
+        if (n == 1)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_int_equal(n, 1);
+    assert_int_equal(store_app_get(b, "shop", &got), 0);
+    assert_string_equal(got->guid, app->guid);
+    assert_int_equal(got->processes[0].instances, 3);
+    store_app_free(got);
+
+    struct seen seen = {0};
+    assert_int_equal(store_feed_take(b, seen_app, &seen), 1);
+    assert_int_equal(seen.n, 1);
+    assert_string_equal(seen.guids[0], app->guid);
+    assert_int_equal(store_feed_take(b, seen_app, &seen), 0);
+
+    /* apps made one by one through a come into b's cache in name order */
+    struct store_app *first = sample_app("alpha"), *last = sample_app("zulu");
+    before = store_change_count(b);
+    assert_int_equal(store_app_create(a, last), 0);
+    assert_int_equal(store_app_create(a, first), 0);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(store_app_list(b, &list, &n), 0);
+        store_app_list_free(list, n);
+        if (n == 3)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_int_equal(store_app_list(b, &list, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(list[0]->name, "alpha");
+    assert_string_equal(list[1]->name, "shop");
+    assert_string_equal(list[2]->name, "zulu");
+    store_app_list_free(list, n);
+    assert_int_equal(store_app_delete(a, first->guid), 0);
+    assert_int_equal(store_app_delete(a, last->guid), 0);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(store_app_list(b, &list, &n), 0);
+        store_app_list_free(list, n);
+        if (n == 1)
+            break;
+        usleep(10 * 1000);
+    }
+    assert_int_equal(n, 1);
+    store_app_free(first);
+    store_app_free(last);
+    assert_int_equal(store_feed_take(b, NULL, NULL), 2);
+
+    /* an update through a: b's cached copy is replaced by the new version */
+    assert_int_equal(store_app_get(a, app->guid, &got), 0);
+    got->processes[0].instances = 9;
+    before = store_change_count(b);
+    assert_int_equal(store_app_update(a, got), 0);
+    store_app_free(got);
+    wait_for_change(b, before);
+    assert_int_equal(store_app_get(b, app->guid, &got), 0);
+    assert_int_equal(got->processes[0].instances, 9);
+    assert_int_equal(got->version, 2);
+    /* b's own write is not news to b, but is to a */
+    got->processes[0].instances = 4;
+    before = store_change_count(a);
+    assert_int_equal(store_app_update(b, got), 0);
+    store_app_free(got);
+    wait_for_change(a, before);
+    memset(&seen, 0, sizeof seen);
+    usleep(100 * 1000); /* room for b's own notification to come, were it taken as news */
+    assert_int_equal(store_feed_take(b, seen_app, &seen), 1); /* a's update, not b's */
+    assert_int_equal(store_feed_take(a, seen_app, &seen), 1); /* b's update */
+    assert_int_equal(seen.n, 2);
+    assert_string_equal(seen.guids[1], app->guid);
+
+    /* a deletion through a: gone for b too, and named */
+    before = store_change_count(b);
+    assert_int_equal(store_app_delete(a, app->guid), 0);
+    wait_for_change(b, before);
+    assert_int_equal(store_app_get(b, app->guid, &got), -ENOENT);
+    memset(&seen, 0, sizeof seen);
+    assert_int_equal(store_feed_take(b, seen_app, &seen), 1);
+    assert_string_equal(seen.guids[0], app->guid);
+    store_app_free(app);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
+/* When the feed's connection is lost, the store says so and trusts no cache: reads go to
+ * the database (and see what others wrote), the change count moves on every call, and the
+ * feed names "any app". */
+static void test_a_lost_feed_turns_the_cache_off(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_app_get(st, "shop", &got), 0); /* cached */
+    store_app_free(got);
+    raw_sql(path, "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND query = 'LISTEN skiff_store';"
+                  " END $$;");
+    for (int i = 0; i < 1000 && store_feed_fd(st) >= 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_feed_fd(st), -1);
+    assert_true(store_change_count(st) != store_change_count(st));
+    struct seen seen = {0};
+    assert_int_equal(store_feed_take(st, seen_app, &seen), 1);
+    assert_int_equal(seen.any, 1);
+    /* another writer's change (its notification goes nowhere) is read from the database */
+    assert_int_equal(store_app_get(other, "shop", &got), 0);
+    got->processes[0].instances = 8;
+    assert_int_equal(store_app_update(other, got), 0);
+    store_app_free(got);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 8);
+    store_app_free(got);
+    struct store_app **list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &list, &n), 0);
+    assert_int_equal(n, 1);
+    store_app_list_free(list, n);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* On PostgreSQL, app and route reads are answered from memory while nothing is announced:
+ * with the tables renamed behind the store's back (DDL announces nothing), they still
+ * answer, and they go to the database again once a change is announced. */
+static void test_reads_come_from_the_cache_until_a_change_is_announced(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_route r = {
+        .host = "shop.localhost", .path = "", .app_guid = app->guid, .domain = "localhost"};
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    store_app_free(got);
+    assert_int_equal(store_route_list(st, NULL, &routes, &n), 0);
+    store_route_list_free(routes, n);
+    raw_sql(path,
+            "ALTER TABLE apps RENAME TO apps_away; ALTER TABLE routes RENAME TO routes_away;");
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(store_app_get(st, app->guid, &got), 0);
+        assert_int_equal(got->n_processes, 2);
+        store_app_free(got);
+        assert_int_equal(store_route_list(st, app->guid, &routes, &n), 0);
+        assert_int_equal(n, 1);
+        store_route_list_free(routes, n);
+    }
+    uint64_t before = store_change_count(st);
+    raw_sql(path, "NOTIFY skiff_store, 'all'");
+    wait_for_change(st, before);
+    got = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &got), -EIO);
+    assert_null(got);
+    assert_int_equal(store_route_list(st, NULL, &routes, &n), -EIO);
+    raw_sql(path,
+            "ALTER TABLE apps_away RENAME TO apps; ALTER TABLE routes_away RENAME TO routes;");
+    assert_int_equal(store_app_get(st, app->guid, &got), 0);
+    store_app_free(got);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -1000,7 +1382,12 @@ static void test_domain_certificates_round_trip(void **state)
         cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),                            \
         cmocka_unit_test(test_artifacts_and_pruning), cmocka_unit_test(test_documents),            \
         cmocka_unit_test(test_tasks_round_trip_and_go_with_their_app),                             \
-        cmocka_unit_test(test_hostile_names_are_only_data)
+        cmocka_unit_test(test_hostile_names_are_only_data),                                        \
+        cmocka_unit_test(test_an_update_of_a_version_read_before_another_write_fails),             \
+        cmocka_unit_test(test_racing_writers_lose_no_update),                                      \
+        cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
+        cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
+        cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
 
 int main(void)
 {
