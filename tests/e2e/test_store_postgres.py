@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Platform, app_json, http_get
+from conftest import ROOT, Platform
 
 PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
 
