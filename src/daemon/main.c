@@ -1275,6 +1275,14 @@ fail:
             uv_close((uv_handle_t *)&d.store_feed, NULL);
             d.store_feed_on = false;
         }
+        if (d.leader)
+            leader_close(d.leader, NULL, NULL);
+        cells_close(d.cells);
+        uv_timer_stop(&d.resync);
+        if (d.core)
+            api_core_shutdown(d.core);
+        if (d.svc)
+            api_svc_shutdown(d.svc);
         if (d.api)
             api_close(d.api, NULL, NULL);
         if (d.bus)

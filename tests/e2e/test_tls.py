@@ -550,6 +550,24 @@ def test_skiffd_makes_a_local_ca_and_serves_https():
         p.close()
 
 
+@pytest.mark.parametrize("taken", ["api_port", "api_tls_port"])
+def test_a_taken_api_port_stops_the_start_cleanly(taken):
+    p = Platform(extra_env={"SKIFF_ISOLATION": "process"})
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", getattr(p, taken)))
+        holder.listen(1)
+        with pytest.raises(AssertionError):
+            p.start(timeout=20)
+        p.proc.wait(30)
+        assert p.proc.returncode == 1, p.output()
+        assert "Address already in use" in p.output(), p.output()
+        assert "Assertion" not in p.output() and "Sanitizer" not in p.output(), p.output()
+    finally:
+        holder.close()
+        p.close()
+
+
 def test_empty_https_addresses_in_the_environment_mean_no_https():
     p = Platform(extra_env={"SKIFF_ROUTER_TLS_ADDR": "", "SKIFF_API_TLS_ADDR": "",
                             "SKIFF_ISOLATION": "process"})
