@@ -31,6 +31,7 @@
 #define RETENTION_PERIOD_MS 5000
 #define CURSOR_LOG_COMPACT_BYTES (1u << 20)
 #define SEGMENT_PREALLOC_BYTES (1u << 20) /* zero-filled space kept ahead of the last record */
+#define ZERO_FILL_CHUNK (64u << 10)          /* the writer zero-fills in steps of this much */
 
 struct index_entry {
     uint64_t offset;
@@ -152,7 +153,28 @@ struct fabric {
     bool cursors_dirty;
     bool root_dir_dirty;
     bool sealed_pending; /* a segment was sealed: the next round syncs it and writes its index */
-    size_t last_round_waiters; /* how many the last round answered (round_is_lone) */
+
+    /* Zero-filling the space ahead of an active segment (zero_fill_post), done by the writer
+     * thread between rounds. One job at a time. The loop owns zero_topic, zero_base, zero_fd,
+     * zero_from and zero_stopped; `zero` is shared, under zero_mu, which each step of the
+     * writer holds while it writes, so that once the loop has set `stop` no zero lands after
+     * it (on a record the loop writes next, or on a sealed segment). */
+    pthread_mutex_t zero_mu;
+    struct {
+        int fd;
+        uint64_t from, to;
+        uint64_t filled; /* [from, from + filled) holds zeros */
+        bool stop;       /* the loop wants no more writes */
+    } zero;
+    bool zero_queued;   /* under mu: the writer has a zero-fill job */
+    bool zero_finished; /* under mu: the writer is done with it (the loop collects) */
+    bool zero_posted;   /* loop: a job is out (until collected) */
+    bool zero_stopped;  /* loop: it was told to stop */
+    struct topic *zero_topic;
+    uint64_t zero_base;
+    int zero_fd;
+    uint64_t zero_from;
+    int test_sync_delay_ms; /* SKIFF_FABRIC_TEST_SYNC_DELAY_MS, test builds only */
 
     struct fabric_sub *subs;
     int notifying;
@@ -590,30 +612,88 @@ static int64_t segment_recover(struct segment *s, bool *torn)
 
 /* Keeps zero-filled, allocated space ahead of the active segment's last record, so that a
  * durable write overwrites blocks the file already has: its fdatasync then changes neither the
- * file's size nor its extent map and flushes the data alone. Called after a round, never on
- * an append; the zeros reach the disk with the next round. Failure is harmless (appends then
- * grow the file, as without it), so it is not reported. */
-static void segment_prealloc(struct fabric *f, struct segment *s)
+ * file's size nor its extent map and flushes the data alone. The loop only posts the job (after
+ * a round has answered); the writer thread fallocates and writes the zeros between rounds
+ * (zero_fill_step), so neither costs the loop anything; the zeros reach the disk with a later
+ * round. Failure is harmless (appends then grow the file, as without it), so it is not
+ * reported. */
+static void zero_fill_post(struct fabric *f, struct topic *t)
 {
+    struct segment *s = &t->segs[t->nsegs - 1];
     uint64_t limit = (uint64_t)f->cfg.segment_bytes + SEGMENT_PREALLOC_BYTES;
     if (s->alloc < s->size)
         s->alloc = s->size;
-    if (s->alloc - s->size >= SEGMENT_PREALLOC_BYTES / 2 || s->alloc >= limit)
+    if (f->zero_posted || s->alloc - s->size >= SEGMENT_PREALLOC_BYTES / 2 || s->alloc >= limit)
         return;
-    uint64_t from = s->alloc, to = s->size + SEGMENT_PREALLOC_BYTES;
-    (void)fallocate(s->fd, 0, (off_t)from, (off_t)(to - from)); /* contiguous blocks if it can */
-    static const uint8_t zeros[64 << 10];
-    for (uint64_t pos = from; pos < to;) {
-        size_t n = to - pos < sizeof(zeros) ? (size_t)(to - pos) : sizeof(zeros);
-        if (write_all(s->fd, zeros, n, pos) < 0) {
-            /* a full disk: give back what is not zero-filled, keep the records */
-            if (ftruncate(s->fd, (off_t)pos) == 0)
-                s->alloc = pos;
-            return;
-        }
-        pos += n;
+    f->zero_posted = true;
+    f->zero_stopped = false;
+    f->zero_topic = t;
+    f->zero_base = s->base;
+    f->zero_fd = s->fd;
+    f->zero_from = s->alloc;
+    pthread_mutex_lock(&f->zero_mu);
+    f->zero.fd = s->fd;
+    f->zero.from = s->alloc;
+    f->zero.to = s->size + SEGMENT_PREALLOC_BYTES;
+    f->zero.filled = 0;
+    f->zero.stop = false;
+    pthread_mutex_unlock(&f->zero_mu);
+    pthread_mutex_lock(&f->mu);
+    f->zero_queued = true;
+    pthread_mutex_unlock(&f->mu);
+    pthread_cond_signal(&f->cond);
+}
+
+/* Tells the writer to write no more zeros into the segment of descriptor fd: the loop is about
+ * to write past zero_from, or to seal the segment. Waits at most for one step in progress. */
+static void zero_fill_stop(struct fabric *f, int fd)
+{
+    if (!f->zero_posted || f->zero_stopped || f->zero_fd != fd)
+        return;
+    pthread_mutex_lock(&f->zero_mu);
+    f->zero.stop = true;
+    pthread_mutex_unlock(&f->zero_mu);
+    f->zero_stopped = true;
+}
+
+/* The writer's part: one step of the job (the fallocate, then ZERO_FILL_CHUNK of zeros). True
+ * when the job is over. */
+static bool zero_fill_step(struct fabric *f)
+{
+    static const uint8_t zeros[ZERO_FILL_CHUNK];
+    bool over;
+    pthread_mutex_lock(&f->zero_mu);
+    uint64_t pos = f->zero.from + f->zero.filled;
+    if (f->zero.stop || pos >= f->zero.to) {
+        over = true;
+    } else {
+        if (f->zero.filled == 0) /* contiguous blocks if it can */
+            (void)fallocate(f->zero.fd, 0, (off_t)pos, (off_t)(f->zero.to - pos));
+        size_t n = f->zero.to - pos < ZERO_FILL_CHUNK ? (size_t)(f->zero.to - pos) : ZERO_FILL_CHUNK;
+        /* a full disk ends the job; what was filled stays filled */
+        over = write_all(f->zero.fd, zeros, n, pos) < 0;
+        if (!over)
+            f->zero.filled += n;
     }
-    s->alloc = to;
+    pthread_mutex_unlock(&f->zero_mu);
+    return over;
+}
+
+/* On the loop, once the writer is done with a job: the segment's zero-filled space grows by what
+ * it wrote, if the segment is still the one written to. */
+static void zero_fill_collect(struct fabric *f)
+{
+    pthread_mutex_lock(&f->zero_mu);
+    uint64_t end = f->zero.from + f->zero.filled;
+    pthread_mutex_unlock(&f->zero_mu);
+    struct topic *t = f->zero_topic;
+    f->zero_posted = false;
+    f->zero_topic = NULL;
+    struct segment *s = &t->segs[t->nsegs - 1];
+    if (s->base != f->zero_base || s->fd != f->zero_fd)
+        return; /* sealed meanwhile */
+    if (end > s->alloc)
+        s->alloc = end;
 }
 
 static int compare_u64(const void *a, const void *b)
@@ -1017,14 +1097,32 @@ static void *writer_main(void *arg)
     struct fabric *f = arg;
     pthread_mutex_lock(&f->mu);
     for (;;) {
-        while (!f->thread_job && !f->thread_quit)
+        while (!f->thread_job && !f->thread_quit && !f->zero_queued)
             pthread_cond_wait(&f->cond, &f->mu);
         if (!f->thread_job && f->thread_quit)
             break;
+        if (!f->thread_job) {
+            /* zero-filling, one step at a time: a round handed over meanwhile goes first */
+            pthread_mutex_unlock(&f->mu);
+            bool over = zero_fill_step(f);
+            pthread_mutex_lock(&f->mu);
+            if (over) {
+                f->zero_queued = false;
+                f->zero_finished = true;
+                pthread_mutex_unlock(&f->mu);
+                uv_async_send(&f->async);
+                pthread_mutex_lock(&f->mu);
+            }
+            continue;
+        }
         struct round *r = f->thread_job;
         f->thread_job = NULL;
         pthread_mutex_unlock(&f->mu);
 
+#ifdef SKIFF_TEST_HOOKS
+        if (f->test_sync_delay_ms > 0) /* a stalling disk, for tests that the loop goes on */
+            usleep((useconds_t)f->test_sync_delay_ms * 1000);
+#endif
         for (size_t i = 0; i < r->count; i++) {
             if (!f->cfg.no_sync && fdatasync(r->targets[i].fd) < 0 && r->status == 0)
                 r->status = errno == ENOSPC ? -ENOSPC : -EIO;
@@ -1122,8 +1220,6 @@ static bool transient_error(int rc)
 #define ROUND_RETRY_MAX_MS 200
 
 static void round_start(struct fabric *f);
-static bool round_is_lone(const struct fabric *f, const struct round *r);
-static void round_run_here(struct fabric *f, struct round *r);
 
 static void on_retry_timer(uv_timer_t *h)
 {
@@ -1208,10 +1304,6 @@ static void round_start(struct fabric *f)
     f->cursors_dirty = false;
     f->round = r;
     f->stats.syncs++;
-    if (round_is_lone(f, r)) {
-        round_run_here(f, r);
-        return;
-    }
     uv_ref((uv_handle_t *)&f->async);
     pthread_mutex_lock(&f->mu);
     f->thread_job = r;
@@ -1284,10 +1376,8 @@ static void round_complete(struct fabric *f, struct round *r)
             }
         }
     }
-    f->last_round_waiters = 0;
     for (struct waiter *w = r->waiters, *next; w; w = next) {
         next = w->next;
-        f->last_round_waiters++;
         f->stats.pending--;
         if (w->append_cb)
             w->append_cb(w->arg, r->status, w->first, w->count);
@@ -1299,36 +1389,11 @@ static void round_complete(struct fabric *f, struct round *r)
     for (size_t i = 0; i < r->count; i++) {
         struct topic *t = r->targets[i].topic;
         if (t && r->status == 0 && !f->failed && !f->closing)
-            segment_prealloc(f, &t->segs[t->nsegs - 1]);
+            zero_fill_post(f, t);
     }
     free(r->targets);
     free(r);
     f->completing = false;
-}
-
-/* A round of one publish and nothing else, after a round that answered one too (publishes come
- * one at a time), runs on the loop: one fdatasync and the answer, without the two thread
- * wake-ups (loop to writer, writer to loop) a handed-over round costs. Otherwise (many
- * publishers: more arrive during the sync) the writer thread syncs while the loop takes the
- * next requests, or the loop would sync for one while the others wait behind it. */
-static bool round_is_lone(const struct fabric *f, const struct round *r)
-{
-    return r->status == 0 && r->count == 1 && r->targets[0].borrowed && r->waiters &&
-           !r->waiters->next && f->last_round_waiters <= 1;
-}
-
-static void round_run_here(struct fabric *f, struct round *r)
-{
-    if (!f->cfg.no_sync && fdatasync(r->targets[0].fd) < 0)
-        r->status = errno == ENOSPC ? -ENOSPC : -EIO;
-    r->ended_ns = time_now_ns();
-    round_complete(f, r);
-    if (f->closing)
-        round_start(f); /* what the callbacks left waiting gets its round before the close */
-    else if (f->waiting || f->sealed_pending)
-        round_schedule(f);
-    if (f->closing && !f->round)
-        fabric_finish_close(f);
 }
 
 static void on_round_done(uv_async_t *h)
@@ -1337,7 +1402,15 @@ static void on_round_done(uv_async_t *h)
     pthread_mutex_lock(&f->mu);
     struct round *r = f->thread_done;
     f->thread_done = NULL;
+    bool zero_finished = f->zero_finished;
+    f->zero_finished = false;
     pthread_mutex_unlock(&f->mu);
+    if (zero_finished) {
+        struct topic *zt = f->zero_topic;
+        zero_fill_collect(f);
+        if (!f->failed && !f->closing)
+            zero_fill_post(f, zt); /* when records filled the space faster than it was made */
+    }
     if (!r)
         return;
     round_complete(f, r);
@@ -1379,8 +1452,10 @@ static int write_all(int fd, const void *data, size_t len, uint64_t pos)
 static int topic_roll(struct fabric *f, struct topic *t)
 {
     struct segment *s = &t->segs[t->nsegs - 1];
-    /* a sealed segment ends at its last record: its index describes the whole file */
-    if (s->alloc > s->size && ftruncate(s->fd, (off_t)s->size) == 0)
+    /* a sealed segment ends at its last record: its index describes the whole file (the
+     * writer may have fallocated past what the loop knows as zero-filled) */
+    zero_fill_stop(f, s->fd);
+    if (ftruncate(s->fd, (off_t)s->size) == 0)
         s->alloc = s->size;
     struct sealed sealed = {.fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0)};
     if (sealed.fd < 0) {
@@ -1449,6 +1524,8 @@ static int embedded_append(struct fabric *f, const char *topic, const struct fab
         record_frame(&f->scratch, first + i, now, records[i].data, records[i].len);
         payload_bytes += records[i].len;
     }
+    if (s->size + f->scratch.len > f->zero_from)
+        zero_fill_stop(f, s->fd);
     if ((rc = write_all(s->fd, f->scratch.data, f->scratch.len, s->size)) < 0) {
         /* Leave no partial record behind; if even that fails, or the disk failed, stop
          * accepting. A full disk or a passing shortage (memory) refuses this append only. */
@@ -1881,6 +1958,7 @@ static void fabric_free(struct fabric *f)
     }
     buf_free(&f->scratch);
     pthread_mutex_destroy(&f->mu);
+    pthread_mutex_destroy(&f->zero_mu);
     pthread_cond_destroy(&f->cond);
     free(f->dir);
     free(f);
@@ -1966,7 +2044,13 @@ int fabric_log_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fab
     f->cursor_fd = -1;
     f->waiting_tail = &f->waiting;
     pthread_mutex_init(&f->mu, NULL);
+    pthread_mutex_init(&f->zero_mu, NULL);
     pthread_cond_init(&f->cond, NULL);
+    f->zero_fd = -1;
+#ifdef SKIFF_TEST_HOOKS
+    const char *delay = getenv("SKIFF_FABRIC_TEST_SYNC_DELAY_MS");
+    f->test_sync_delay_ms = delay ? atoi(delay) : 0;
+#endif
 
     int rc;
     char *topics_dir = xasprintf("%s/topics", f->dir);
