@@ -761,35 +761,57 @@ static off_t wait_file_size(struct fixture *fx, const char *path, off_t min)
 }
 
 /* Appends that run into the space the writer thread is zero-filling at that moment: no zero is
- * written over a record. Large records fill the 1 MiB ahead within a few rounds, so most rounds
- * post a zero-fill that the next appends cross; every record reads back intact, before and
- * after a reopen. */
+ * written over a record. Each append is a batch of 576 KiB made from the previous one's
+ * acknowledgement, right after the round posted a zero-fill of the space ahead, so it crosses
+ * into that space while the writer is at it; every record reads back intact, before and after
+ * a reopen. */
+enum { ZF_RECORD = 48 << 10, ZF_BATCH = 12, ZF_BATCHES = 24 };
+struct zero_fill_chain;
+static void on_zero_fill_chain(void *arg, int status, uint64_t first, size_t count);
+struct zero_fill_chain {
+    struct fixture *fx;
+    struct acks acks;
+    int sent;
+};
+
+static void zero_fill_chain_next(struct zero_fill_chain *c)
+{
+    static char data[ZF_BATCH][ZF_RECORD];
+    struct fabric_blob blobs[ZF_BATCH];
+    for (int i = 0; i < ZF_BATCH; i++) {
+        memset(data[i], 'a' + (c->sent * ZF_BATCH + i) % 26, ZF_RECORD);
+        blobs[i] = (struct fabric_blob){data[i], ZF_RECORD};
+    }
+    c->sent++;
+    struct fabric_blob *b = blobs;
+    assert_int_equal(fabric_append(c->fx->f, "z", b, ZF_BATCH, on_zero_fill_chain, c, NULL), 0);
+}
+
+static void on_zero_fill_chain(void *arg, int status, uint64_t first, size_t count)
+{
+    struct zero_fill_chain *c = arg;
+    on_append(&c->acks, status, first, count);
+    if (c->sent < ZF_BATCHES)
+        zero_fill_chain_next(c);
+}
+
 static void test_zero_fill_under_appends(void **state)
 {
     struct fixture *fx = *state;
     fx->f = open_fabric(fx, 64 << 20);
-    enum { RECORD = 48 << 10, ROUNDS = 60, PER_ROUND = 4 };
-    static char data[RECORD];
-    struct acks a = {0};
-    for (int r = 0; r < ROUNDS; r++) {
-        for (int i = 0; i < PER_ROUND; i++) {
-            memset(data, 'a' + (r * PER_ROUND + i) % 26, sizeof(data));
-            struct fabric_blob b = {data, sizeof(data)};
-            assert_int_equal(fabric_append(fx->f, "z", &b, 1, on_append, &a, NULL), 0);
-        }
-        wait_until(fx, &a.calls, (r + 1) * PER_ROUND);
-        if (r % 3 == 0) /* let the writer start on the zeros, then cross them */
-            usleep(200);
-    }
-    assert_int_equal(a.status, 0);
+    struct zero_fill_chain c = {.fx = fx};
+    zero_fill_chain_next(&c);
+    wait_until(fx, &c.acks.calls, ZF_BATCHES);
+    assert_int_equal(c.acks.status, 0);
+    static char want[ZF_RECORD];
     for (int pass = 0; pass < 2; pass++) {
-        for (uint64_t off = 0; off < ROUNDS * PER_ROUND; off++) {
+        for (uint64_t off = 0; off < ZF_BATCHES * ZF_BATCH; off++) {
             struct fabric_batch b;
             assert_int_equal(fabric_read(fx->f, "z", off, 1, 1 << 20, &b), 0);
             assert_int_equal(b.count, 1);
-            assert_int_equal(b.records[0].len, RECORD);
-            memset(data, 'a' + (int)(off % 26), sizeof(data));
-            assert_memory_equal(b.records[0].data, data, RECORD);
+            assert_int_equal(b.records[0].len, ZF_RECORD);
+            memset(want, 'a' + (int)(off % 26), sizeof(want));
+            assert_memory_equal(b.records[0].data, want, ZF_RECORD);
             fabric_batch_free(&b);
         }
         close_fabric(fx);
