@@ -24,7 +24,7 @@ trap cleanup EXIT
 
 pkgs="libuv jansson libsodium libnats"
 cc -std=gnu11 -O2 -g -D_GNU_SOURCE -Isrc $(pkg-config --cflags $pkgs) -o "$out/bench_fabric" \
-  bench/fabric/bench_fabric.c src/fabric/fabric.c src/fabric/fabric_backend.c src/fabric/fabric_nats.c src/fabric/crc32c.c src/fabric/cloudevents.c src/http/url.c \
+  bench/fabric/bench_fabric.c src/fabric/fabric.c src/fabric/fabric_backend.c src/fabric/fabric_nats.c src/fabric/crc32c.c src/fabric/cloudevents.c src/http/url.c src/natsconn/natsconn.c \
   src/common/*.c $(pkg-config --libs $pkgs) -lpthread -lm || exit 1
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

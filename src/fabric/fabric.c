@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -32,6 +33,7 @@
 #define CURSOR_LOG_COMPACT_BYTES (1u << 20)
 #define SEGMENT_PREALLOC_BYTES (1u << 20) /* zero-filled space kept ahead of the last record */
 #define ZERO_FILL_CHUNK (64u << 10)          /* the writer zero-fills in steps of this much */
+#define GATHER_MAX_NS 500000                 /* the longest a round waits for answered publishers */
 
 struct index_entry {
     uint64_t offset;
@@ -126,6 +128,14 @@ struct fabric {
     size_t ntopics, topics_cap;
 
     struct waiter *waiting, **waiting_tail;
+    size_t nwaiting; /* in `waiting` */
+    /* After a round, the next one waits (until gather_until at most) for gather_target waiters:
+     * those that came during the sync plus the publishers just answered, whose next publishes
+     * are on their way (round_gathering). */
+    size_t gather_target;
+    int64_t gather_until_ns;
+    int gather_fd; /* a timerfd: libuv's timers count milliseconds */
+    uv_poll_t gather_poll;
     struct round *round; /* in flight, or NULL */
     int failed;          /* a negative errno once the disk failed */
 
@@ -157,14 +167,16 @@ struct fabric {
     /* Zero-filling the space ahead of an active segment (zero_fill_post), done by the writer
      * thread between rounds. One job at a time. The loop owns zero_topic, zero_base, zero_fd,
      * zero_from and zero_stopped; `zero` is shared, under zero_mu, which each step of the
-     * writer holds while it writes, so that once the loop has set `stop` no zero lands after
-     * it (on a record the loop writes next, or on a sealed segment). */
+     * writer holds while it writes: once the loop has raised `written_to` (before it writes
+     * records there) no zero lands below it, and once it has set `stop` (a sealed segment) no
+     * zero lands at all. */
     pthread_mutex_t zero_mu;
     struct {
         int fd;
         uint64_t from, to;
-        uint64_t filled; /* [from, from + filled) holds zeros */
-        bool stop;       /* the loop wants no more writes */
+        uint64_t filled;     /* [from, from + filled) is done: zeros, or records over them */
+        uint64_t written_to; /* the loop writes records up to here: zeros go only after it */
+        bool stop;           /* the loop wants no more writes */
     } zero;
     bool zero_queued;   /* under mu: the writer has a zero-fill job */
     bool zero_finished; /* under mu: the writer is done with it (the loop collects) */
@@ -636,6 +648,7 @@ static void zero_fill_post(struct fabric *f, struct topic *t)
     f->zero.from = s->alloc;
     f->zero.to = s->size + SEGMENT_PREALLOC_BYTES;
     f->zero.filled = 0;
+    f->zero.written_to = 0;
     f->zero.stop = false;
     pthread_mutex_unlock(&f->zero_mu);
     pthread_mutex_lock(&f->mu);
@@ -645,7 +658,7 @@ static void zero_fill_post(struct fabric *f, struct topic *t)
 }
 
 /* Tells the writer to write no more zeros into the segment of descriptor fd: the loop is about
- * to write past zero_from, or to seal the segment. Waits at most for one step in progress. */
+ * to seal the segment. Waits at most for one step in progress. */
 static void zero_fill_stop(struct fabric *f, int fd)
 {
     if (!f->zero_posted || f->zero_stopped || f->zero_fd != fd)
@@ -654,6 +667,18 @@ static void zero_fill_stop(struct fabric *f, int fd)
     f->zero.stop = true;
     pthread_mutex_unlock(&f->zero_mu);
     f->zero_stopped = true;
+}
+
+/* Before the loop writes records up to `end` of the segment of descriptor fd: when that runs
+ * into the space being zero-filled, the writer leaves everything below `end` alone from now on
+ * (a step in progress finishes first, so its zeros come before the records). */
+static void zero_fill_claim(struct fabric *f, int fd, uint64_t end)
+{
+    if (!f->zero_posted || f->zero_stopped || f->zero_fd != fd || end <= f->zero_from)
+        return;
+    pthread_mutex_lock(&f->zero_mu);
+    f->zero.written_to = end;
+    pthread_mutex_unlock(&f->zero_mu);
 }
 
 /* The writer's part: one step of the job (the fallocate, then ZERO_FILL_CHUNK of zeros). True
@@ -669,11 +694,12 @@ static bool zero_fill_step(struct fabric *f)
     } else {
         if (f->zero.filled == 0) /* contiguous blocks if it can */
             (void)fallocate(f->zero.fd, 0, (off_t)pos, (off_t)(f->zero.to - pos));
-        size_t n = f->zero.to - pos < ZERO_FILL_CHUNK ? (size_t)(f->zero.to - pos) : ZERO_FILL_CHUNK;
+        uint64_t step_end = f->zero.to - pos < ZERO_FILL_CHUNK ? f->zero.to : pos + ZERO_FILL_CHUNK;
+        uint64_t start = pos > f->zero.written_to ? pos : f->zero.written_to;
         /* a full disk ends the job; what was filled stays filled */
-        over = write_all(f->zero.fd, zeros, n, pos) < 0;
+        over = start < step_end && write_all(f->zero.fd, zeros, step_end - start, start) < 0;
         if (!over)
-            f->zero.filled += n;
+            f->zero.filled = step_end - f->zero.from;
     }
     pthread_mutex_unlock(&f->zero_mu);
     return over;
@@ -1220,12 +1246,61 @@ static bool transient_error(int rc)
 #define ROUND_RETRY_MAX_MS 200
 
 static void round_start(struct fabric *f);
+static bool round_gathering(struct fabric *f);
 
 static void on_retry_timer(uv_timer_t *h)
 {
     struct fabric *f = h->data;
     f->retry_armed = false;
     round_start(f);
+}
+
+static void on_gather_timer(uv_poll_t *h, int status, int events)
+{
+    struct fabric *f = h->data;
+    uint64_t expirations;
+    (void)status;
+    (void)events;
+    (void)!read(f->gather_fd, &expirations, sizeof(expirations));
+    uv_poll_stop(h);
+    f->gather_until_ns = 0;
+    round_start(f);
+}
+
+/* Whether the next round should wait a little longer for publishes on their way. Many
+ * publishers that each wait for their answer come back together, a moment after a round
+ * answered them; a round started at the first of them would split them into two rounds of
+ * half as many, each one fdatasync (measured: 27-30 publishes per sync with 64 connections,
+ * instead of 64). So after a round, the next one waits until as many publishes are waiting as
+ * the round answered plus those that came meanwhile, or half the round's sync time has passed
+ * (GATHER_MAX_NS at most), whichever is first. A lone publisher is back to one waiting, which is
+ * the target: its round starts at once. */
+static bool round_gathering(struct fabric *f)
+{
+    if (f->closing || f->nwaiting >= f->gather_target || f->gather_fd < 0)
+        return false;
+    int64_t now = time_now_ns();
+    if (now >= f->gather_until_ns)
+        return false;
+    if (!uv_is_active((uv_handle_t *)&f->gather_poll)) {
+        struct itimerspec its = {.it_value = {.tv_sec = (f->gather_until_ns - now) / 1000000000,
+                                              .tv_nsec = (f->gather_until_ns - now) % 1000000000}};
+        if (timerfd_settime(f->gather_fd, 0, &its, NULL) < 0 ||
+            uv_poll_start(&f->gather_poll, UV_READABLE, on_gather_timer) < 0)
+            return false;
+    }
+    return true;
+}
+
+/* Called as an append joins the waiting: the gathering ends once the target is reached. */
+static void round_gathered(struct fabric *f)
+{
+    if (f->gather_target && f->nwaiting >= f->gather_target &&
+        uv_is_active((uv_handle_t *)&f->gather_poll)) {
+        uv_poll_stop(&f->gather_poll);
+        struct itimerspec off = {0};
+        timerfd_settime(f->gather_fd, 0, &off, NULL);
+    }
 }
 
 /* The descriptors a round syncs, gathered before anything is taken from the fabric's state, so
@@ -1256,6 +1331,8 @@ static int round_gather(struct fabric *f, struct round *r)
 static void round_start(struct fabric *f)
 {
     if (f->round || f->finished || f->retry_armed || (!f->waiting && !f->sealed_pending))
+        return;
+    if (round_gathering(f))
         return;
     struct round *r = xcalloc(1, sizeof(*r));
     int rc = round_gather(f, r);
@@ -1289,6 +1366,8 @@ static void round_start(struct fabric *f)
     r->waiters = f->waiting;
     f->waiting = NULL;
     f->waiting_tail = &f->waiting;
+    f->nwaiting = 0;
+    f->gather_target = 0;
     f->root_dir_dirty = false;
     for (size_t i = 0; i < f->ntopics; i++) {
         struct topic *t = f->topics[i];
@@ -1322,7 +1401,9 @@ static void on_round_idle(uv_idle_t *h)
  * go in the same round (without delay: an idle handle keeps the next poll from waiting). */
 static void round_schedule(struct fabric *f)
 {
-    if (!f->round && !uv_is_active((uv_handle_t *)&f->round_idle))
+    round_gathered(f);
+    if (!f->round && !uv_is_active((uv_handle_t *)&f->round_idle) &&
+        !uv_is_active((uv_handle_t *)&f->gather_poll))
         uv_idle_start(&f->round_idle, on_round_idle);
 }
 
@@ -1356,9 +1437,10 @@ static void notify(struct fabric *f, struct topic *t)
 
 static void fabric_finish_close(struct fabric *f);
 
-/* Makes a finished round's records visible and answers its waiters. */
-static void round_complete(struct fabric *f, struct round *r)
+/* Makes a finished round's records visible and answers its waiters; how many it answered. */
+static size_t round_complete(struct fabric *f, struct round *r)
 {
+    size_t answered = 0;
     f->round = NULL;
     f->completing = true;
     f->stats.sync_us_total += (uint64_t)(r->ended_ns - r->started_ns) / 1000;
@@ -1378,6 +1460,7 @@ static void round_complete(struct fabric *f, struct round *r)
     }
     for (struct waiter *w = r->waiters, *next; w; w = next) {
         next = w->next;
+        answered++;
         f->stats.pending--;
         if (w->append_cb)
             w->append_cb(w->arg, r->status, w->first, w->count);
@@ -1394,6 +1477,7 @@ static void round_complete(struct fabric *f, struct round *r)
     free(r->targets);
     free(r);
     f->completing = false;
+    return answered;
 }
 
 static void on_round_done(uv_async_t *h)
@@ -1413,7 +1497,12 @@ static void on_round_done(uv_async_t *h)
     }
     if (!r)
         return;
-    round_complete(f, r);
+    size_t came = f->nwaiting;
+    int64_t sync_ns = r->ended_ns - r->started_ns;
+    size_t answered = round_complete(f, r);
+    f->gather_target = came + answered;
+    f->gather_until_ns =
+        time_now_ns() + (sync_ns / 2 < GATHER_MAX_NS ? sync_ns / 2 : GATHER_MAX_NS);
     round_start(f);
     /* An idle fabric does not keep the loop alive; a round in flight does. */
     if (!f->round)
@@ -1427,6 +1516,7 @@ static void waiter_push(struct fabric *f, struct waiter *w)
     w->next = NULL;
     *f->waiting_tail = w;
     f->waiting_tail = &w->next;
+    f->nwaiting++;
     f->stats.pending++;
 }
 
@@ -1524,8 +1614,7 @@ static int embedded_append(struct fabric *f, const char *topic, const struct fab
         record_frame(&f->scratch, first + i, now, records[i].data, records[i].len);
         payload_bytes += records[i].len;
     }
-    if (s->size + f->scratch.len > f->zero_from)
-        zero_fill_stop(f, s->fd);
+    zero_fill_claim(f, s->fd, s->size + f->scratch.len);
     if ((rc = write_all(s->fd, f->scratch.data, f->scratch.len, s->size)) < 0) {
         /* Leave no partial record behind; if even that fails, or the disk failed, stop
          * accepting. A full disk or a passing shortage (memory) refuses this append only. */
@@ -1951,6 +2040,8 @@ static void fabric_free(struct fabric *f)
     free(f->cursors);
     if (f->cursor_fd >= 0)
         close(f->cursor_fd);
+    if (f->gather_fd >= 0)
+        close(f->gather_fd);
     for (struct fabric_sub *s = f->subs, *n; s; s = n) {
         n = s->next;
         free(s->topic);
@@ -1993,6 +2084,7 @@ static void fabric_finish_close(struct fabric *f)
     uv_close((uv_handle_t *)&f->retention_timer, on_handle_closed);
     uv_close((uv_handle_t *)&f->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&f->round_idle, on_handle_closed);
+    uv_close((uv_handle_t *)&f->gather_poll, on_handle_closed);
 }
 
 static void embedded_close(struct fabric *f, void (*done)(void *arg), void *arg)
@@ -2042,6 +2134,7 @@ int fabric_log_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fab
     if (f->cfg.max_record_bytes > FABRIC_RECORD_HARD_MAX)
         f->cfg.max_record_bytes = FABRIC_RECORD_HARD_MAX;
     f->cursor_fd = -1;
+    f->gather_fd = -1;
     f->waiting_tail = &f->waiting;
     pthread_mutex_init(&f->mu, NULL);
     pthread_mutex_init(&f->zero_mu, NULL);
@@ -2086,6 +2179,14 @@ int fabric_log_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fab
     if (!f->cfg.no_sync)
         fsync_path(f->dir);
 
+    /* the first handle: a failure here leaves nothing to close */
+    f->gather_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    rc = f->gather_fd < 0 ? -errno : uv_poll_init(loop, &f->gather_poll, f->gather_fd);
+    if (rc < 0) {
+        snprintf(errmsg, errlen, "cannot set up the fabric's round timer: %s", skiff_strerror(rc));
+        goto fail;
+    }
+    f->gather_poll.data = f;
     if ((rc = uv_async_init(loop, &f->async, on_round_done)) < 0) {
         snprintf(errmsg, errlen, "cannot set up the fabric's wake-up: %s", skiff_strerror(rc));
         goto fail;
@@ -2098,7 +2199,7 @@ int fabric_log_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fab
     f->retry_timer.data = f;
     uv_idle_init(loop, &f->round_idle);
     f->round_idle.data = f;
-    f->handles_open = 4;
+    f->handles_open = 5;
     if ((rc = -pthread_create(&f->thread, NULL, writer_main, f)) < 0) {
         snprintf(errmsg, errlen, "cannot start the fabric's writer thread: %s", skiff_strerror(rc));
         f->closing = true;

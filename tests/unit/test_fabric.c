@@ -190,6 +190,21 @@ static void wait_until_(struct fixture *fx, const int *counter, int target, cons
         fail_msg("waited 10 s for %d calls of %s, got %d", target, what, *counter);
 }
 
+/* Runs the loop until the file at path is at least min bytes long (10 s at most); its size. */
+static off_t wait_file_size(struct fixture *fx, const char *path, off_t min)
+{
+    int64_t deadline = time_now_ms() + 10000;
+    struct stat st = {0};
+    while ((stat(path, &st) < 0 || st.st_size < min) && time_now_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    if (st.st_size < min)
+        fail_msg("waited 10 s for %s to reach %lld bytes, it has %lld", path, (long long)min,
+                 (long long)st.st_size);
+    return st.st_size;
+}
+
 static void append_text(struct fixture *fx, const char *topic, const char *text, struct acks *a)
 {
     struct fabric_blob b = {text, strlen(text)};
@@ -693,9 +708,10 @@ static void test_torn_tail_recovery(void **state)
     append_text(fx, "t", "first record", &a);
     append_text(fx, "t", "second record", &a);
     run_until(fx, &a.calls, 2);
-    close_fabric(fx);
     char seg[256], saved[256];
     snprintf(seg, sizeof(seg), "%s/topics/t/" FABRIC_SEGMENT_NAME_FMT, fx->dir, 0ULL);
+    wait_file_size(fx, seg, 512 << 10); /* the writer's zero-fill ahead */
+    close_fabric(fx);
     snprintf(saved, sizeof(saved), "%s/saved.log", fx->dir);
     struct stat st;
     assert_int_equal(stat(seg, &st), 0);
@@ -743,21 +759,6 @@ static void test_torn_tail_recovery(void **state)
         }
     }
     assert_int_equal(a.status, 0);
-}
-
-/* Runs the loop until the file at path is at least min bytes long (10 s at most); its size. */
-static off_t wait_file_size(struct fixture *fx, const char *path, off_t min)
-{
-    int64_t deadline = time_now_ms() + 10000;
-    struct stat st = {0};
-    while ((stat(path, &st) < 0 || st.st_size < min) && time_now_ms() < deadline) {
-        uv_run(&fx->loop, UV_RUN_NOWAIT);
-        usleep(1000);
-    }
-    if (st.st_size < min)
-        fail_msg("waited 10 s for %s to reach %lld bytes, it has %lld", path, (long long)min,
-                 (long long)st.st_size);
-    return st.st_size;
 }
 
 /* Appends that run into the space the writer thread is zero-filling at that moment: no zero is
