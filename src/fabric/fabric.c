@@ -1,11 +1,13 @@
 /* fabric: the embedded backend, a folder of segment files per topic (see fabric_internal.h).
  *
  * Writes happen on the loop thread (pwrite into the page cache is quick and keeps readers
- * consistent); fsync runs on one writer thread. Group commit: while one fsync round runs,
+ * consistent); every fsync, and the zero-fill of the space ahead, runs on one writer thread,
+ * so nothing on the loop waits for the disk. Group commit: while one fsync round runs,
  * appends pile up in `waiting`; when it ends they all go into the next round, so one fsync
  * covers as many appends as arrived during the previous one. When no round runs, a round is
  * started on the loop's next turn rather than by the first append, so that the appends of one
- * turn (every request one poll brought in) share it. Acknowledgements and notifications then
+ * turn (every request one poll brought in) share it, and right after a round it waits a little
+ * for the publishers just answered (round_gathering). Acknowledgements and notifications then
  * run on the loop, in offset order. */
 #include "fabric/fabric.h"
 #include "fabric/fabric_backend.h"
