@@ -7,7 +7,7 @@
  * covers as many appends as arrived during the previous one. When no round runs, a round is
  * started on the loop's next turn rather than by the first append, so that the appends of one
  * turn (every request one poll brought in) share it, and right after a round it waits a little
- * for the publishers just answered (round_gathering). Acknowledgements and notifications then
+ * for the publishers just answered (round_held). Acknowledgements and notifications then
  * run on the loop, in offset order. */
 #include "fabric/fabric.h"
 #include "fabric/fabric_backend.h"
@@ -134,7 +134,7 @@ struct fabric {
     size_t nwaiting; /* in `waiting` */
     /* After a round, the next one waits (until gather_until at most) for gather_target waiters:
      * those that came during the sync plus the publishers just answered, whose next publishes
-     * are on their way (round_gathering). */
+     * are on their way (round_held). */
     size_t gather_target;
     int64_t gather_until_ns;
     int64_t gather_last_ns; /* when the round ended or the last publish came, if later */
@@ -1250,7 +1250,7 @@ static bool transient_error(int rc)
 #define ROUND_RETRY_MAX_MS 200
 
 static void round_start(struct fabric *f);
-static bool round_gathering(struct fabric *f);
+static bool round_held(struct fabric *f);
 
 static void on_retry_timer(uv_timer_t *h)
 {
@@ -1267,7 +1267,7 @@ static void on_gather_timer(uv_poll_t *h, int status, int events)
     (void)events;
     (void)!read(f->gather_fd, &expirations, sizeof(expirations));
     uv_poll_stop(h);
-    round_start(f); /* waits on when a publish came meanwhile (round_gathering) */
+    round_start(f); /* waits on when a publish came meanwhile (round_held) */
 }
 
 /* Whether the next round should wait a little longer for publishes on their way. Many
@@ -1279,7 +1279,7 @@ static void on_gather_timer(uv_poll_t *h, int status, int events)
  * the round's end or the last publish that came (they stopped coming: the others are not on
  * their way), nor than half the round's sync time (GATHER_MAX_NS at most). A lone publisher is
  * back to one waiting, which is the target: its round starts at once. */
-static bool round_gathering(struct fabric *f)
+static bool round_held(struct fabric *f)
 {
     if (f->closing || f->nwaiting >= f->gather_target || f->gather_fd < 0)
         return false;
@@ -1299,7 +1299,7 @@ static bool round_gathering(struct fabric *f)
 }
 
 /* Called as an append joins the waiting: the gathering ends once the target is reached. */
-static void round_gathered(struct fabric *f)
+static void round_hold_update(struct fabric *f)
 {
     if (f->gather_target)
         f->gather_last_ns = time_now_ns();
@@ -1340,7 +1340,7 @@ static void round_start(struct fabric *f)
 {
     if (f->round || f->finished || f->retry_armed || (!f->waiting && !f->sealed_pending))
         return;
-    if (round_gathering(f))
+    if (round_held(f))
         return;
     struct round *r = xcalloc(1, sizeof(*r));
     int rc = round_gather(f, r);
@@ -1409,7 +1409,7 @@ static void on_round_idle(uv_idle_t *h)
  * go in the same round (without delay: an idle handle keeps the next poll from waiting). */
 static void round_schedule(struct fabric *f)
 {
-    round_gathered(f);
+    round_hold_update(f);
     if (!f->round && !uv_is_active((uv_handle_t *)&f->round_idle) &&
         !uv_is_active((uv_handle_t *)&f->gather_poll))
         uv_idle_start(&f->round_idle, on_round_idle);
