@@ -14,7 +14,8 @@ CC       ?= cc
 BASE_CFLAGS := -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla \
                -D_GNU_SOURCE -Isrc -I/usr/share/include/llhttp -g -MMD -MP
 REL_CFLAGS  := -O2
-ASAN_CFLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_CFLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+               -DSKIFF_TEST_HOOKS
 PKG_CFLAGS   = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcap -lpthread -lm
 

@@ -7,9 +7,11 @@
  *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
  *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
- *   bench_fabric fsync DIR SECONDS            the bound of a durable single publish on this
+ *   bench_fabric fsync DIR SECONDS [prezero]  the bound of a durable single publish on this
  *                                             disk: a bare loop of one record's append and
- *                                             fdatasync, nothing else (shape single only)
+ *                                             fdatasync, nothing else (shape single only);
+ *                                             prezero: into zero-filled space, as the fabric
+ *                                             writes (no size change to journal)
  *
  * Each mode runs three shapes and prints one line per shape:
  *   single      one publisher, one event at a time, each waiting for its acknowledgement
@@ -20,6 +22,7 @@
  *               publish: async publishes with 800 in flight)
  * Line format: "MODE SHAPE EVENTS SECONDS EVENTS_PER_SECOND". */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -94,7 +97,11 @@ static void report_latency(const char *mode)
 
 /* ---- a bare append + fdatasync loop ---------------------------------------------------- */
 
-static int run_fsync(const char *dir, double seconds)
+/* prezero: the records overwrite a file already written with zeros and synced, as the fabric's
+ * do (its segments keep zero-filled space ahead), so fdatasync flushes data and no metadata:
+ * the floor of one durable publish on this disk. Otherwise the file grows with each record. */
+#define PREZERO_BYTES (64u << 20)
+static int run_fsync(const char *dir, double seconds, bool prezero)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/fsync-loop", dir);
@@ -104,11 +111,25 @@ static int run_fsync(const char *dir, double seconds)
         fprintf(stderr, "bench: cannot open %s: %s\n", path, strerror(errno));
         return 1;
     }
+    if (prezero) {
+        static const char zeros[1 << 16];
+        for (off_t pos = 0; pos < (off_t)PREZERO_BYTES; pos += (off_t)sizeof zeros)
+            if (pwrite(fd, zeros, sizeof zeros, pos) != (ssize_t)sizeof zeros)
+                break;
+        if (fdatasync(fd) < 0 || lseek(fd, 0, SEEK_SET) < 0) {
+            fprintf(stderr, "bench: zero-filling %s: %s\n", path, strerror(errno));
+            close(fd);
+            return 1;
+        }
+    }
+    const char *mode = prezero ? "fdatasync-prezero" : "fdatasync-loop";
     char rec[PAYLOAD_BYTES + 56]; /* about a stored record: its header, attributes, data */
     memset(rec, 'x', sizeof rec);
     uint64_t n = 0;
     double t0 = now_s(), deadline = t0 + seconds;
     for (double t = t0; t < deadline; n++) {
+        if (prezero && (n + 1) * sizeof rec > PREZERO_BYTES)
+            break;
         if (write(fd, rec, sizeof rec) != (ssize_t)sizeof rec || fdatasync(fd) < 0) {
             fprintf(stderr, "bench: append + fdatasync: %s\n", strerror(errno));
             close(fd);
@@ -120,8 +141,8 @@ static int run_fsync(const char *dir, double seconds)
     }
     close(fd);
     unlink(path);
-    report("fdatasync-loop", "single", n, now_s() - t0);
-    report_latency("fdatasync-loop");
+    report(mode, "single", n, now_s() - t0);
+    report_latency(mode);
     return 0;
 }
 
@@ -537,11 +558,11 @@ int main(int argc, char **argv)
     if (argc >= 5 && !strcmp(argv[1], "http"))
         return run_http(argv[2], argv[3], atof(argv[4]), argc > 5 ? argv[5] : NULL);
     if (argc >= 4 && !strcmp(argv[1], "fsync"))
-        return run_fsync(argv[2], atof(argv[3]));
+        return run_fsync(argv[2], atof(argv[3]), argc > 4 && !strcmp(argv[4], "prezero"));
     if (argc >= 4 && !strcmp(argv[1], "jetstream"))
         return run_jetstream(argv[2], atof(argv[3]));
     fprintf(stderr,
             "usage: bench_fabric lib DIR SECONDS [nosync] | http API_URL TOKEN SECONDS [SHAPE] |"
-            " jetstream NATS_URL SECONDS | fsync DIR SECONDS\n");
+            " jetstream NATS_URL SECONDS | fsync DIR SECONDS [prezero]\n");
     return 2;
 }

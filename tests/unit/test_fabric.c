@@ -190,6 +190,21 @@ static void wait_until_(struct fixture *fx, const int *counter, int target, cons
         fail_msg("waited 10 s for %d calls of %s, got %d", target, what, *counter);
 }
 
+/* Runs the loop until the file at path is at least min bytes long (10 s at most); its size. */
+static off_t wait_file_size(struct fixture *fx, const char *path, off_t min)
+{
+    int64_t deadline = time_now_ms() + 10000;
+    struct stat st = {0};
+    while ((stat(path, &st) < 0 || st.st_size < min) && time_now_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    if (st.st_size < min)
+        fail_msg("waited 10 s for %s to reach %lld bytes, it has %lld", path, (long long)min,
+                 (long long)st.st_size);
+    return st.st_size;
+}
+
 static void append_text(struct fixture *fx, const char *topic, const char *text, struct acks *a)
 {
     struct fabric_blob b = {text, strlen(text)};
@@ -693,9 +708,10 @@ static void test_torn_tail_recovery(void **state)
     append_text(fx, "t", "first record", &a);
     append_text(fx, "t", "second record", &a);
     run_until(fx, &a.calls, 2);
-    close_fabric(fx);
     char seg[256], saved[256];
     snprintf(seg, sizeof(seg), "%s/topics/t/" FABRIC_SEGMENT_NAME_FMT, fx->dir, 0ULL);
+    wait_file_size(fx, seg, 512 << 10); /* the writer's zero-fill ahead */
+    close_fabric(fx);
     snprintf(saved, sizeof(saved), "%s/saved.log", fx->dir);
     struct stat st;
     assert_int_equal(stat(seg, &st), 0);
@@ -745,6 +761,65 @@ static void test_torn_tail_recovery(void **state)
     assert_int_equal(a.status, 0);
 }
 
+/* Appends that run into the space the writer thread is zero-filling at that moment: no zero is
+ * written over a record. Each append is a batch of 576 KiB made from the previous one's
+ * acknowledgement, right after the round posted a zero-fill of the space ahead, so it crosses
+ * into that space while the writer is at it; every record reads back intact, before and after
+ * a reopen. */
+enum { ZF_RECORD = 48 << 10, ZF_BATCH = 12, ZF_BATCHES = 24 };
+struct zero_fill_chain;
+static void on_zero_fill_chain(void *arg, int status, uint64_t first, size_t count);
+struct zero_fill_chain {
+    struct fixture *fx;
+    struct acks acks;
+    int sent;
+};
+
+static void zero_fill_chain_next(struct zero_fill_chain *c)
+{
+    static char data[ZF_BATCH][ZF_RECORD];
+    struct fabric_blob blobs[ZF_BATCH];
+    for (int i = 0; i < ZF_BATCH; i++) {
+        memset(data[i], 'a' + (c->sent * ZF_BATCH + i) % 26, ZF_RECORD);
+        blobs[i] = (struct fabric_blob){data[i], ZF_RECORD};
+    }
+    c->sent++;
+    struct fabric_blob *b = blobs;
+    assert_int_equal(fabric_append(c->fx->f, "z", b, ZF_BATCH, on_zero_fill_chain, c, NULL), 0);
+}
+
+static void on_zero_fill_chain(void *arg, int status, uint64_t first, size_t count)
+{
+    struct zero_fill_chain *c = arg;
+    on_append(&c->acks, status, first, count);
+    if (c->sent < ZF_BATCHES)
+        zero_fill_chain_next(c);
+}
+
+static void test_zero_fill_under_appends(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 64 << 20);
+    struct zero_fill_chain c = {.fx = fx};
+    zero_fill_chain_next(&c);
+    wait_until(fx, &c.acks.calls, ZF_BATCHES);
+    assert_int_equal(c.acks.status, 0);
+    static char want[ZF_RECORD];
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint64_t off = 0; off < ZF_BATCHES * ZF_BATCH; off++) {
+            struct fabric_batch b;
+            assert_int_equal(fabric_read(fx->f, "z", off, 1, 1 << 20, &b), 0);
+            assert_int_equal(b.count, 1);
+            assert_int_equal(b.records[0].len, ZF_RECORD);
+            memset(want, 'a' + (int)(off % 26), sizeof(want));
+            assert_memory_equal(b.records[0].data, want, ZF_RECORD);
+            fabric_batch_free(&b);
+        }
+        close_fabric(fx);
+        fx->f = open_fabric(fx, 64 << 20);
+    }
+}
+
 /* Durable appends write into zero-filled space the segment already has: the file does not grow
  * with each one, the zeros are never read as records (after a reopen too), and a sealed
  * segment is cut back to its records so that its index describes it. */
@@ -758,9 +833,8 @@ static void test_preallocated_tail(void **state)
     char seg[256];
     snprintf(seg, sizeof(seg), "%s/topics/t/" FABRIC_SEGMENT_NAME_FMT, fx->dir, 0ULL);
     struct stat st;
-    assert_int_equal(stat(seg, &st), 0);
-    off_t file = st.st_size;
-    assert_true(file >= (off_t)(512 << 10)); /* zero-filled ahead after the first round */
+    /* the writer thread zero-fills ahead after the first round, off the loop */
+    off_t file = wait_file_size(fx, seg, 512 << 10);
     for (int i = 0; i < 5; i++) {
         append_text(fx, "t", "more", &a);
         run_until(fx, &a.calls, 2 + i);
@@ -990,6 +1064,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_segment_indexes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_preallocated_tail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_zero_fill_under_appends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_descriptors_waits_and_recovers, setup,
                                         teardown),
     };
