@@ -457,6 +457,47 @@ int container__drop(unsigned uid, unsigned gid, char *err, size_t errlen)
 
 /* The program, dropped as container__drop says: the one place that decides what a container's
  * program may do, for instances, stagings and commands run in a running container (exec.c). */
+/* container_internal.h; the form is proc_exec_form's simple command */
+char **container__shell_words(char *const argv[])
+{
+    static const char plain[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                                "_-./:,+@%^ \t";
+    if (!argv[0] || strcmp(argv[0], "/bin/sh") || !argv[1] || strcmp(argv[1], "-c") || !argv[2] ||
+        argv[3] || strncmp(argv[2], "exec ", 5))
+        return NULL;
+    const char *cmd = argv[2] + 5;
+    if (cmd[strspn(cmd, plain)] != '\0')
+        return NULL;
+    char *copy = xstrdup(cmd);
+    size_t n = 0;
+    char **words = xcalloc(strlen(copy) / 2 + 2, sizeof *words);
+    for (char *save = NULL, *w = strtok_r(copy, " \t", &save); w; w = strtok_r(NULL, " \t", &save))
+        words[n++] = w;
+    if (n == 0) {
+        free(copy);
+        free(words);
+        return NULL;
+    }
+    return words;
+}
+
+/* envp with PWD added as the shell adds it (the working directory) when it has none; NULL
+ * when it has one (the shell might change it: the shell runs then). */
+static char **run__with_pwd(char *const envp[])
+{
+    size_t n = 0;
+    for (; envp[n]; n++)
+        if (!strncmp(envp[n], "PWD=", 4))
+            return NULL;
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd))
+        return NULL;
+    char **env = xcalloc(n + 2, sizeof *env);
+    memcpy(env, envp, n * sizeof *env);
+    env[n] = xasprintf("PWD=%s", cwd);
+    return env;
+}
+
 int container__program_exec(char *const argv[], char *const envp[], unsigned uid, unsigned gid,
                             char *err, size_t errlen)
 {
@@ -464,6 +505,14 @@ int container__program_exec(char *const argv[], char *const envp[], unsigned uid
     if (rc < 0)
         return rc;
     extern char **environ;
+    /* a command the shell would only split: run without the shell, in the environment the
+     * shell would have given it (one program's start less); should that exec fail, the shell
+     * runs as asked and says why as it always did */
+    char **words = container__shell_words(argv), **env = words ? run__with_pwd(envp) : NULL;
+    if (words && env) {
+        environ = env;
+        execvp(words[0], words);
+    }
     environ = (char **)envp; /* execvp looks PATH up in the program's own environment */
     execvp(argv[0], argv);
     return run__fail(err, errlen, -errno, "cannot run %s: %s", argv[0], strerror(errno));

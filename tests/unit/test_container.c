@@ -630,6 +630,58 @@ static void test_warm_container_runs_the_start_isolated(void **state)
     w->warm = false;
 }
 
+/* `/bin/sh -c 'exec WORDS'` runs WORDS without the shell only when the shell would merely
+ * split them; anything it would interpret keeps the shell. */
+static void test_shell_words_only_when_the_shell_would_only_split(void **state)
+{
+    (void)state;
+    char *plain[] = {"/bin/sh", "-c", "exec ./hello  --port 8080\t-v", NULL};
+    char **words = container__shell_words(plain);
+    assert_non_null(words);
+    assert_string_equal(words[0], "./hello");
+    assert_string_equal(words[1], "--port");
+    assert_string_equal(words[2], "8080");
+    assert_string_equal(words[3], "-v");
+    assert_null(words[4]);
+    free(words[0]);
+    free(words);
+    static const char *const shell[] = {
+        "exec ./hello $PORT", "exec ./hello '$PORT'", "exec ./a \"b c\"", "exec ./a b\\ c",
+        "exec ./a *",         "exec ./a ?",           "exec ./a [ab]",    "exec ~/a",
+        "exec ./a > log",     "exec ./a < in",        "exec ./a # note",  "exec A=1 ./a",
+        "exec ./a; ./b",      "exec ./a && ./b",      "exec ./a | ./b",   "exec ./a `b`",
+        "exec ./a $(b)",      "exec ./a\n./b",        "./hello",          "exec ",
+        "exec ./a {b,c}",     "exec ./a !b",          "exec ./a (b)"};
+    for (size_t i = 0; i < ARRAY_SIZE(shell); i++) {
+        char *argv[] = {"/bin/sh", "-c", (char *)shell[i], NULL};
+        if (container__shell_words(argv))
+            fail_msg("%s was run without the shell", shell[i]);
+    }
+    /* not the executor's form: left as it is */
+    char *other[][5] = {{"/bin/bash", "-c", "exec ./a", NULL},
+                        {"/bin/sh", "-e", "exec ./a", NULL},
+                        {"/bin/sh", "-c", "exec ./a", "name", NULL}};
+    for (size_t i = 0; i < ARRAY_SIZE(other); i++)
+        assert_null(container__shell_words(other[i]));
+}
+
+/* A command run without the shell has what the shell would have given it: PWD, its
+ * arguments as they are; one the shell must interpret still runs with it, and a program
+ * that is not there is said so by the shell, with its status (127). */
+static void test_simple_command_runs_as_the_shell_would_run_it(void **state)
+{
+    struct world *w = *state;
+    char out[4096];
+    assert_int_equal(run_in_container(w, "exec /usr/bin/env", 64, out, sizeof out), 0);
+    assert_non_null(strstr(out, "PWD=/home/vcap/app\n"));
+    assert_non_null(strstr(out, "PATH=/usr/bin:/bin\n"));
+    assert_int_equal(run_in_container(w, "exec /usr/bin/printf %s- a b", 64, out, sizeof out), 0);
+    assert_string_equal(out, "a-b-");
+    assert_int_equal(run_in_container(w, "exec /usr/bin/printf %s- $HOME", 64, out, sizeof out), 0);
+    assert_string_equal(out, "/home/vcap/app-");
+    assert_int_equal(run_in_container(w, "exec ./not-there", 64, out, sizeof out), 127);
+}
+
 /* A program run ahead (a runtime's zygote) is a program like any other: vcap, nothing of
  * root; its start comes on fd 3 once the droplet is there and the hostname set. */
 static void test_warm_program_runs_ahead_and_takes_its_start(void **state)
@@ -734,6 +786,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_disk_quota_is_enospc_and_droplet_stays, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup, teardown),
+        cmocka_unit_test(test_shell_words_only_when_the_shell_would_only_split),
+        cmocka_unit_test_setup_teardown(test_simple_command_runs_as_the_shell_would_run_it, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_warm_container_runs_the_start_isolated, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_warm_container_refuses_a_bad_start, setup, teardown),
