@@ -703,6 +703,100 @@ static void test_warm_program_runs_ahead_and_takes_its_start(void **state)
     w->warm = false;
 }
 
+/* The one child of pid (its PPid), or 0. */
+static pid_t child_of(pid_t pid)
+{
+    char *text = NULL, want[32];
+    snprintf(want, sizeof want, "\nPPid:\t%d\n", (int)pid);
+    glob_t g;
+    pid_t found = 0;
+    if (glob("/proc/[0-9]*/status", 0, NULL, &g) != 0)
+        return 0;
+    for (size_t i = 0; i < g.gl_pathc && !found; i++) {
+        if (file_read(g.gl_pathv[i], &text, NULL) == 0 && strstr(text, want))
+            found = (pid_t)atoi(g.gl_pathv[i] + strlen("/proc/"));
+        free(text);
+        text = NULL;
+    }
+    globfree(&g);
+    return found;
+}
+
+/* A plain warm container's program is there before its start, already vcap with nothing of
+ * root and under the filter, and it is the very process that then runs the start's argv. */
+static void test_warm_container_program_waits_dropped_and_runs_the_start(void **state)
+{
+    struct world *w = *state;
+    char *scratch = xasprintf("%s/ahead", w->home);
+    assert_int_equal(mkdir_p(scratch, 0700), 0);
+    struct container_config cfg = {.hostname = "warm",
+                                   .stack = w->stack,
+                                   .scratch = scratch,
+                                   .disk_mb = 64,
+                                   .disk_pool = w->pool,
+                                   .seccomp_bpf = w->seccomp_bpf,
+                                   .uid_base = CONTAINER_DEFAULT_UID_BASE,
+                                   .cwd = CONTAINER_APP_DIR,
+                                   .warm_socket = "warm.sock"};
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t keeper = fork();
+    assert_true(keeper >= 0);
+    if (keeper == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        char err[512] = "";
+        int st = container_run(&cfg, NULL, NULL, err, sizeof err);
+        _exit(st < 0 ? 125 : WIFEXITED(st) ? WEXITSTATUS(st) : 126);
+    }
+    close(pipefd[1]);
+    char *sock = xasprintf("%s/warm.sock", scratch);
+    for (int i = 0; i < 30000 && access(sock, F_OK) < 0; i++)
+        usleep(1000);
+    assert_int_equal(access(sock, F_OK), 0);
+    pid_t init = child_of(keeper), program = init > 0 ? child_of(init) : 0;
+    assert_true(program > 0);
+    char path[64], *status = NULL;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)program);
+    assert_int_equal(file_read(path, &status, NULL), 0);
+    char uid[64];
+    unsigned host_vcap = CONTAINER_DEFAULT_UID_BASE + CONTAINER_VCAP_UID;
+    snprintf(uid, sizeof uid, "\nUid:\t%u\t%u\t%u\t%u\n", host_vcap, host_vcap, host_vcap,
+             host_vcap);
+    if (!strstr(status, uid) || !strstr(status, "CapEff:\t0000000000000000") ||
+        !strstr(status, "CapBnd:\t0000000000000000") || !strstr(status, "NoNewPrivs:\t1") ||
+        !strstr(status, "Seccomp:\t2"))
+        fail_msg("the program waiting for its start is not dropped:\n%s", status);
+    const char *nspid = strstr(status, "NSpid:");
+    assert_non_null(nspid);
+    int host_pid = 0, inner_pid = 0;
+    assert_int_equal(sscanf(nspid, "NSpid:\t%d\t%d", &host_pid, &inner_pid), 2);
+    free(status);
+    char *argv[] = {"/bin/sh", "-c", "echo $$; hostname; pwd", NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+    struct container_start start = {
+        .hostname = "the-instance", .app_dir = w->droplet, .argv = argv, .envp = envp};
+    char err[256] = "";
+    if (container_warm_start(sock, &start, err, sizeof err) < 0)
+        fail_msg("container_warm_start: %s", err);
+    char out[512];
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < sizeof out && (r = read(pipefd[0], out + len, sizeof out - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = '\0';
+    close(pipefd[0]);
+    int st = 0;
+    assert_int_equal(waitpid(keeper, &st, 0), keeper);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    char want[128];
+    snprintf(want, sizeof want, "%d\nthe-instance\n/home/vcap/app\n", inner_pid);
+    assert_string_equal(out, want);
+    free(sock);
+    free(scratch);
+}
+
 /* A program run ahead that ends before its start ends the container, which takes none. */
 static void test_warm_program_ending_early_ends_the_container(void **state)
 {
@@ -794,6 +888,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_warm_container_refuses_a_bad_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warm_program_runs_ahead_and_takes_its_start, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_warm_container_program_waits_dropped_and_runs_the_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warm_program_ending_early_ends_the_container, setup,
                                         teardown),
     };
