@@ -35,6 +35,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -806,6 +807,7 @@ static pid_t run__warm_stem(struct run_child *c)
         if (container__drop(c->cfg->user_uid, c->cfg->user_gid, err, sizeof err) < 0)
             run__child_fail(c, "%s", err);
         run__start_read(c, -1);
+        start_trace("program: start read, exec");
         if (chdir(c->cfg->cwd) < 0)
             run__child_fail(c, "cannot enter %s: %s", c->cfg->cwd, strerror(errno));
         run__exec_dropped(c->argv, c->envp, err, sizeof err);
@@ -892,6 +894,7 @@ static int run__init(void *arg)
     char go = 0;
     if (read(c->sync_rd, &go, 1) != 1 || go != 'g')
         _exit(125);
+    start_trace_keep_open();
     close(c->sync_rd);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* The root's mount came from the host's namespace and is locked there: a bind of it made
@@ -1139,6 +1142,7 @@ static int run__warm_serve(const struct container_config *cfg, pid_t init, int s
 {
     char *text = NULL;
     int rc = run__warm_accept(cfg, init_err, &text, err, errlen);
+    start_trace("keeper: start accepted");
     if (rc != 0)
         return rc;
     struct container__start start;
@@ -1151,6 +1155,7 @@ static int run__warm_serve(const struct container_config *cfg, pid_t init, int s
         rc = run__fail(err, errlen, -ENOENT, "the droplet %s is not a folder", start.app_dir);
     else
         rc = run__overlay(start.app_dir, "disk", "app", "root" CONTAINER_APP_DIR, err, errlen);
+    start_trace("keeper: droplet mounted");
     if (rc == 0)
         rc = run__hostname(init, start.hostname, err, errlen);
     size_t argc = 0;
@@ -1170,6 +1175,7 @@ static int run__warm_serve(const struct container_config *cfg, pid_t init, int s
         rc = run__write_all(start_wr, *v, strlen(*v) + 1);
     if (rc < 0 && !err[0])
         run__fail(err, errlen, rc, "the container's init went away");
+    start_trace("keeper: hostname set, start handed on");
     container__start_clear(&start);
     return rc;
 }

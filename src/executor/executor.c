@@ -12,6 +12,7 @@
  * the spec asks for them, only report ready/not ready and never kill) -> exit of its main process
  * -> DOWN when a stop was asked for, CRASHED otherwise. The final state is reported once the
  * process is gone and its output drained; the instance is freed right after that callback. */
+#include "common/start_trace.h"
 #include "executor/executor.h"
 
 #include <arpa/inet.h>
@@ -1314,6 +1315,7 @@ static int warm__start(struct instance *inst)
         return -ENOENT;
     warm__unlink(w);
     w->next = NULL;
+    start_trace("executor: warm container found");
     char err[256] = "";
     int rc = inst->disk_mb == DEFAULT_DISK_MB && !inst->n_sidecars ? 0 : -EINVAL;
     if (rc < 0 && inst->n_sidecars)
@@ -1365,8 +1367,10 @@ static int warm__start(struct instance *inst)
         start.afresh = true;
     }
     char *sock = xasprintf("%s/%s", inst->scratch_dir, EXECUTOR_WARM_SOCKET);
+    start_trace("executor: renamed, limits set; sending the start");
     if (rc == 0)
         rc = container_warm_start(sock, &start, err, sizeof err);
+    start_trace("executor: start sent");
     free(sock);
     free(command);
     free(words);
@@ -1616,6 +1620,8 @@ static void executor__health_tick(uv_timer_t *t)
         executor__health_result(inst, true);
         return;
     }
+    if (inst->state == INSTANCE_STARTING)
+        start_trace("executor: probe");
     executor__probe_start(inst, false);
 }
 
