@@ -922,13 +922,14 @@ static int run__init(void *arg)
         run__lo_up();
     pid_t app = 0;
     int program_start = -1;
+    bool forked_ahead = cfg->warm_socket && !cfg->warm_program; /* it enters cwd itself */
     if (cfg->warm_socket && cfg->warm_program)
         app = run__warm_program(c, &program_start);
-    if (cfg->warm_socket && !cfg->warm_program)
-        app = run__warm_stem(c); /* the program's own working directory */
+    if (forked_ahead)
+        app = run__warm_stem(c);
     else if (cfg->warm_socket)
         run__warm_wait(c, app);
-    if (!(cfg->warm_socket && !cfg->warm_program) && chdir(cfg->cwd) < 0)
+    if (!forked_ahead && chdir(cfg->cwd) < 0)
         run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
     if (program_start >= 0 && c->start_afresh) {
         close(program_start);
@@ -1112,9 +1113,6 @@ static int run__warm_accept(const struct container_config *cfg, int init_err, ch
     return 0;
 }
 
-/* The keeper of a warm container whose init is ready: takes the start, mounts its droplet
- * (propagated into the container) and hands init the rest. Relative paths: the scratch
- * folder (the keeper's working directory) may have been renamed since. */
 /* The container's hostname, set from the host side in its UTS namespace (init's), so that
  * it is there before the program has its start. */
 static int run__hostname(pid_t init, const char *name, char *err, size_t errlen)
@@ -1137,6 +1135,10 @@ static int run__hostname(pid_t init, const char *name, char *err, size_t errlen)
     return rc;
 }
 
+/* The keeper of a warm container whose init is ready: takes the start, mounts its droplet
+ * (propagated into the container), sets the hostname and hands the rest on (to the program
+ * waiting for it, or to init). Relative paths: the scratch folder (the keeper's working
+ * directory) may have been renamed since. */
 static int run__warm_serve(const struct container_config *cfg, pid_t init, int start_wr,
                            int init_err, char *err, size_t errlen)
 {
