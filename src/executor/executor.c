@@ -1246,12 +1246,14 @@ static void warm__refill(uv_timer_t *t)
         again |= coming > 0;
         while (!ex->shutting_down && have < ex->prewarm &&
                ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
-            /* one at a time, each measured once up before the next is made; the budget: what
-             * the pool uses, and the most one of this kind has used */
-            if (coming > 0)
-                break;
+            /* the first of a kind alone, measured once up before another is made; once its
+             * size is known, those missing are made together (starts in quick succession
+             * outran a refill of one at a time), each counted at that size until it is up.
+             * The budget: what the pool uses, and the most one of this kind has used */
             uint64_t next = ex->warm_charge_seen[1 + kind];
-            uint64_t pool = warm__pool_bytes(ex);
+            if (coming > 0 && next == 0)
+                break;
+            uint64_t pool = warm__pool_bytes(ex) + (uint64_t)coming * next;
             if (!executor_warm_fits(pool, next, ex->prewarm_budget)) {
                 if (!ex->warm_budget_told)
                     log_info("warm containers: the pool's memory budget holds no more (%llu K "
