@@ -215,12 +215,14 @@ def push(d, work, app, files, *args):
         raise SystemExit("push %s failed:\n%s%s" % (app, r.stdout, r.stderr))
 
 
-def measure_platform(bindir, prewarm, runs, work, listen):
+def measure_platform(bindir, prewarm, runs, work, listen, only):
     d = skiffd.start(bindir, "skiff-bench-coldstart-", {"SKIFF_PREWARM": str(prewarm)})
     rows = {}
     try:
         for runtime, name, code in (("python", "fn.py", PY_FUNCTION),
                                     ("node", "fn.js", NODE_FUNCTION)):
+            if only and runtime not in only:
+                continue
             app = "cold" + runtime
             src = os.path.join(work, "%s-%d" % (app, prewarm))
             os.makedirs(src, exist_ok=True)
@@ -233,6 +235,8 @@ def measure_platform(bindir, prewarm, runs, work, listen):
                                   {"app": app, "topic": "cold-" + app, "idle_grace_ms": 1000})
             assert status == 201, body
             rows[runtime] = bench_function(d, app, runs, "%s%d" % (runtime, prewarm))
+        if only and "binary" not in only:
+            return rows
         with open(listen, "rb") as f:
             binary = f.read()
         push(d, work, "coldbin%d" % prewarm, {"hello": (binary, 0o755),
@@ -257,7 +261,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
+    ap.add_argument("--only", default="", help="comma-separated: python, node, binary "
+                    "(default all)")
+    ap.add_argument("--prewarm", default="2,0", help="the skiffd runs: --prewarm values")
     args = ap.parse_args()
+    only = [w for w in args.only.split(",") if w]
     work = tempfile.mkdtemp(prefix="skiff-bench-coldstart-")
     os.chmod(work, 0o755)
     try:
@@ -268,7 +276,8 @@ def main():
         floor = {"python": floor_command(["/usr/bin/python3", "-c", "pass"], args.runs),
                  "node": floor_command(["/usr/bin/node", "-e", "0"], args.runs),
                  "binary": floor_listen(listen, args.runs)}
-        measured = {p: measure_platform(args.bin, p, args.runs, work, listen) for p in (2, 0)}
+        measured = {p: measure_platform(args.bin, p, args.runs, work, listen, only)
+                    for p in (int(w) for w in args.prewarm.split(","))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("bench/coldstart: %d runs each, %d cores, load %.1f; p50 / p99 ms, the ratio to the "
@@ -282,10 +291,14 @@ def main():
         print("skiff, %s:" % ("warm containers (--prewarm 2)" if prewarm else
                               "containers made at start (--prewarm 0)"))
         for runtime in ("python", "node"):
+            if runtime not in rows:
+                continue
             event, request, shares, warm = rows[runtime]
             show("%s function: event to invocation" % runtime, event, floor[runtime],
                  ("decision", "container+runtime", "delivery"), shares, warm, len(event))
             show("%s function: request to first byte" % runtime, request, floor[runtime])
+        if "binary" not in rows:
+            continue
         times, shares, warm = rows["binary"]
         show("static binary app: scale to first byte", times, floor["binary"],
              ("decision", "container+process"), shares, warm, len(times))

@@ -1,5 +1,6 @@
 /* The core endpoints (docs/api.md): info, apps, env, logs, routes, domains. Staging and
  * bits live in staging.c. */
+#include "common/start_trace.h"
 #include "auth/auth.h"
 #include "api/core.h"
 
@@ -1386,6 +1387,7 @@ static void core__apps_get(struct api_request *req, void *ctx)
 static void core__apps_patch(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
+    start_trace("api: PATCH app");
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -1404,8 +1406,10 @@ static void core__apps_patch(struct api_request *req, void *ctx)
         goto done;
     if (!core__map_routes(core, req, app, body, false))
         goto done;
+    start_trace("api: stored");
     core__changed(core, app, before);
     api_core__respond_app(core, req, 200, app);
+    start_trace("api: answered");
 done:
     store_app_free(app);
     json_decref(body);

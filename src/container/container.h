@@ -155,8 +155,11 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
  * scratch/warm_socket (0600) and waits. container_warm_start hands it what an instance is:
  * the keeper mounts the droplet (an overlay under the writable layer, as for any container)
  * at /home/vcap/app, where it reaches the container by mount propagation (a slave of the
- * keeper's mount: nothing flows back), and init sets the hostname and runs the program as
- * any container's. From then on it is an ordinary container: same keeper, same exit. The
+ * keeper's mount: nothing flows back), sets the hostname in the container's UTS namespace,
+ * and hands argv and environment to the program, which init forked ahead and which waits
+ * for them already as any container's program is (vcap, nothing of root, the filter): it
+ * enters /home/vcap/app and execs them. From then on it is an ordinary container: same
+ * keeper, same exit. The
  * scratch folder may be renamed once the socket is there (the keeper works relative to it).
  * One start per warm container: the socket is gone once a start is taken, so a container
  * never carries anything from one instance to another.

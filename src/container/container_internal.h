@@ -45,6 +45,11 @@ void container__start_clear(struct container__start *s);
  * too), no_new_privs, the rlimits, the seccomp filter. The caller is its namespaces' root. 0,
  * or a negative errno with err filled. */
 int container__drop(unsigned uid, unsigned gid, char *err, size_t errlen);
+/* The words of argv when it is `/bin/sh -c 'exec WORDS'` and the shell would do nothing to
+ * WORDS but split them on blanks (no quote, expansion, glob, redirection, comment or leading
+ * assignment): they are then run without the shell. NULL otherwise. The words point into
+ * one allocation, words[0]'s; free(words[0]) and free(words). */
+char **container__shell_words(char *const argv[]);
 /* container__drop, then execvp(argv) with envp. Returns only on failure: a negative errno
  * (-ENOENT: no such program) with err filled. */
 int container__program_exec(char *const argv[], char *const envp[], unsigned uid, unsigned gid,

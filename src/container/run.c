@@ -35,6 +35,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -455,6 +456,49 @@ int container__drop(unsigned uid, unsigned gid, char *err, size_t errlen)
     return 0;
 }
 
+/* container_internal.h; the form is proc_exec_form's simple command */
+char **container__shell_words(char *const argv[])
+{
+    static const char plain[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                                "_-./:,+@%^ \t";
+    if (!argv[0] || strcmp(argv[0], "/bin/sh") || !argv[1] || strcmp(argv[1], "-c") || !argv[2] ||
+        argv[3] || strncmp(argv[2], "exec ", 5))
+        return NULL;
+    const char *cmd = argv[2] + 5;
+    if (cmd[strspn(cmd, plain)] != '\0')
+        return NULL;
+    char *copy = xstrdup(cmd);
+    size_t n = 0;
+    char **words = xcalloc(strlen(copy) / 2 + 2, sizeof *words);
+    for (char *save = NULL, *w = strtok_r(copy, " \t", &save); w; w = strtok_r(NULL, " \t", &save))
+        words[n++] = w;
+    if (n == 0) {
+        free(copy);
+        free(words);
+        return NULL;
+    }
+    return words;
+}
+
+/* envp with PWD added as the shell adds it (the working directory) when it has none; NULL
+ * when it has one (the shell might change it: the shell runs then). */
+static char **run__with_pwd(char *const envp[])
+{
+    size_t n = 0;
+    for (; envp[n]; n++)
+        if (!strncmp(envp[n], "PWD=", 4))
+            return NULL;
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd))
+        return NULL;
+    char **env = xcalloc(n + 2, sizeof *env);
+    memcpy(env, envp, n * sizeof *env);
+    env[n] = xasprintf("PWD=%s", cwd);
+    return env;
+}
+
+static int run__exec_dropped(char *const argv[], char *const envp[], char *err, size_t errlen);
+
 /* The program, dropped as container__drop says: the one place that decides what a container's
  * program may do, for instances, stagings and commands run in a running container (exec.c). */
 int container__program_exec(char *const argv[], char *const envp[], unsigned uid, unsigned gid,
@@ -463,7 +507,21 @@ int container__program_exec(char *const argv[], char *const envp[], unsigned uid
     int rc = container__drop(uid, gid, err, errlen);
     if (rc < 0)
         return rc;
+    return run__exec_dropped(argv, envp, err, errlen);
+}
+
+/* The exec of container__program_exec, for a caller already dropped. */
+static int run__exec_dropped(char *const argv[], char *const envp[], char *err, size_t errlen)
+{
     extern char **environ;
+    /* a command the shell would only split: run without the shell, in the environment the
+     * shell would have given it (one program's start less); should that exec fail, the shell
+     * runs as asked and says why as it always did */
+    char **words = container__shell_words(argv), **env = words ? run__with_pwd(envp) : NULL;
+    if (words && env) {
+        environ = env;
+        execvp(words[0], words);
+    }
     environ = (char **)envp; /* execvp looks PATH up in the program's own environment */
     execvp(argv[0], argv);
     return run__fail(err, errlen, -errno, "cannot run %s: %s", argv[0], strerror(errno));
@@ -716,8 +774,10 @@ static pid_t run__warm_program(struct run_child *c, int *start_wr)
     return pid;
 }
 
+static void run__start_read(struct run_child *c, int pidfd);
+
 /* A warm container's init, all made: says so, then takes the start the keeper passes on
- * (the droplet is mounted by then) and becomes the instance's. */
+ * (the droplet is mounted and the hostname set by then) and becomes the instance's. */
 static void run__warm_wait(struct run_child *c, pid_t program)
 {
     close(c->start_wr);
@@ -727,6 +787,44 @@ static void run__warm_wait(struct run_child *c, pid_t program)
     if (write(c->ready_wr, "r", 1) != 1)
         _exit(125);
     close(c->ready_wr);
+    run__start_read(c, pidfd);
+}
+
+/* A plain warm container's program, forked ahead by init: already all a program is
+ * (container__drop: vcap, no capability, the filter), it waits for its start, enters the
+ * working directory and execs. A start then wakes one process that execs at once, instead
+ * of init, which forked, and the child, which dropped everything before its exec. Returns
+ * its pid, in init, once init has said it is ready. */
+static pid_t run__warm_stem(struct run_child *c)
+{
+    close(c->start_wr);
+    pid_t pid = fork();
+    if (pid < 0)
+        run__child_fail(c, "cannot fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(c->ready_wr);
+        char err[512];
+        if (container__drop(c->cfg->user_uid, c->cfg->user_gid, err, sizeof err) < 0)
+            run__child_fail(c, "%s", err);
+        run__start_read(c, -1);
+        start_trace("program: start read, exec");
+        if (chdir(c->cfg->cwd) < 0)
+            run__child_fail(c, "cannot enter %s: %s", c->cfg->cwd, strerror(errno));
+        run__exec_dropped(c->argv, c->envp, err, sizeof err);
+        run__child_fail(c, "%s", err);
+    }
+    close(c->start_rd);
+    if (write(c->ready_wr, "r", 1) != 1)
+        _exit(125);
+    close(c->ready_wr);
+    return pid;
+}
+
+/* The start from the keeper, read to its end (watching the program run ahead through pidfd,
+ * when >= 0): c->argv, c->envp and c->start_afresh are set from it. Ends the process when
+ * there is none. */
+static void run__start_read(struct run_child *c, int pidfd)
+{
     size_t len = 0, cap = 64 * 1024;
     char *buf = xmalloc(cap);
     for (;;) {
@@ -775,8 +873,6 @@ static void run__warm_wait(struct run_child *c, pid_t program)
     c->argv = argv;
     c->envp = strs + 3 + argc; /* NULL-terminated by the calloc */
     c->start_afresh = strs[1][0] == '1';
-    if (sethostname(strs[0], strlen(strs[0])) < 0)
-        run__child_fail(c, "cannot set the hostname: %s", strerror(errno));
 }
 
 static void run__noop(int sig)
@@ -798,6 +894,7 @@ static int run__init(void *arg)
     char go = 0;
     if (read(c->sync_rd, &go, 1) != 1 || go != 'g')
         _exit(125);
+    start_trace_keep_open();
     close(c->sync_rd);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* The root's mount came from the host's namespace and is locked there: a bind of it made
@@ -825,11 +922,14 @@ static int run__init(void *arg)
         run__lo_up();
     pid_t app = 0;
     int program_start = -1;
+    bool forked_ahead = cfg->warm_socket && !cfg->warm_program; /* it enters cwd itself */
     if (cfg->warm_socket && cfg->warm_program)
         app = run__warm_program(c, &program_start);
-    if (cfg->warm_socket)
+    if (forked_ahead)
+        app = run__warm_stem(c);
+    else if (cfg->warm_socket)
         run__warm_wait(c, app);
-    if (chdir(cfg->cwd) < 0)
+    if (!forked_ahead && chdir(cfg->cwd) < 0)
         run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
     if (program_start >= 0 && c->start_afresh) {
         close(program_start);
@@ -1013,14 +1113,38 @@ static int run__warm_accept(const struct container_config *cfg, int init_err, ch
     return 0;
 }
 
+/* The container's hostname, set from the host side in its UTS namespace (init's), so that
+ * it is there before the program has its start. */
+static int run__hostname(pid_t init, const char *name, char *err, size_t errlen)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/uts", (int)init);
+    int ns = open(path, O_RDONLY | O_CLOEXEC),
+        self = open("/proc/self/ns/uts", O_RDONLY | O_CLOEXEC);
+    int rc = ns < 0 || self < 0 || setns(ns, CLONE_NEWUTS) < 0 ? -errno : 0;
+    if (rc == 0 && sethostname(name, strlen(name)) < 0)
+        rc = -errno;
+    if (rc < 0)
+        run__fail(err, errlen, rc, "cannot set the hostname: %s", strerror(-rc));
+    if (self >= 0 && setns(self, CLONE_NEWUTS) < 0)
+        abort(); /* the keeper must not stay in the container's namespace */
+    if (ns >= 0)
+        close(ns);
+    if (self >= 0)
+        close(self);
+    return rc;
+}
+
 /* The keeper of a warm container whose init is ready: takes the start, mounts its droplet
- * (propagated into the container) and hands init the rest. Relative paths: the scratch
- * folder (the keeper's working directory) may have been renamed since. */
-static int run__warm_serve(const struct container_config *cfg, int start_wr, int init_err,
-                           char *err, size_t errlen)
+ * (propagated into the container), sets the hostname and hands the rest on (to the program
+ * waiting for it, or to init). Relative paths: the scratch folder (the keeper's working
+ * directory) may have been renamed since. */
+static int run__warm_serve(const struct container_config *cfg, pid_t init, int start_wr,
+                           int init_err, char *err, size_t errlen)
 {
     char *text = NULL;
     int rc = run__warm_accept(cfg, init_err, &text, err, errlen);
+    start_trace("keeper: start accepted");
     if (rc != 0)
         return rc;
     struct container__start start;
@@ -1033,6 +1157,9 @@ static int run__warm_serve(const struct container_config *cfg, int start_wr, int
         rc = run__fail(err, errlen, -ENOENT, "the droplet %s is not a folder", start.app_dir);
     else
         rc = run__overlay(start.app_dir, "disk", "app", "root" CONTAINER_APP_DIR, err, errlen);
+    start_trace("keeper: droplet mounted");
+    if (rc == 0)
+        rc = run__hostname(init, start.hostname, err, errlen);
     size_t argc = 0;
     while (start.argv[argc])
         argc++;
@@ -1050,6 +1177,7 @@ static int run__warm_serve(const struct container_config *cfg, int start_wr, int
         rc = run__write_all(start_wr, *v, strlen(*v) + 1);
     if (rc < 0 && !err[0])
         run__fail(err, errlen, rc, "the container's init went away");
+    start_trace("keeper: hostname set, start handed on");
     container__start_clear(&start);
     return rc;
 }
@@ -1163,7 +1291,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
             ;
         /* not ready: init failed, and its message follows on errp */
         if (rc == 0 && n == 1 && r == 'r')
-            rc = run__warm_serve(cfg, startp[1], errp[0], err, errlen);
+            rc = run__warm_serve(cfg, pid, startp[1], errp[0], err, errlen);
         if (rc == RUN_INIT_ENDED)
             rc = 0; /* its message follows on errp */
         close(ready[0]);

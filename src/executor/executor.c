@@ -12,6 +12,7 @@
  * the spec asks for them, only report ready/not ready and never kill) -> exit of its main process
  * -> DOWN when a stop was asked for, CRASHED otherwise. The final state is reported once the
  * process is gone and its output drained; the instance is freed right after that callback. */
+#include "common/start_trace.h"
 #include "executor/executor.h"
 
 #include <arpa/inet.h>
@@ -1245,12 +1246,14 @@ static void warm__refill(uv_timer_t *t)
         again |= coming > 0;
         while (!ex->shutting_down && have < ex->prewarm &&
                ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
-            /* one at a time, each measured once up before the next is made; the budget: what
-             * the pool uses, and the most one of this kind has used */
-            if (coming > 0)
-                break;
+            /* the first of a kind alone, measured once up before another is made; once its
+             * size is known, those missing are made together (starts in quick succession
+             * outran a refill of one at a time), each counted at that size until it is up.
+             * The budget: what the pool uses, and the most one of this kind has used */
             uint64_t next = ex->warm_charge_seen[1 + kind];
-            uint64_t pool = warm__pool_bytes(ex);
+            if (coming > 0 && next == 0)
+                break;
+            uint64_t pool = warm__pool_bytes(ex) + (uint64_t)coming * next;
             if (!executor_warm_fits(pool, next, ex->prewarm_budget)) {
                 if (!ex->warm_budget_told)
                     log_info("warm containers: the pool's memory budget holds no more (%llu K "
@@ -1314,6 +1317,7 @@ static int warm__start(struct instance *inst)
         return -ENOENT;
     warm__unlink(w);
     w->next = NULL;
+    start_trace("executor: warm container found");
     char err[256] = "";
     int rc = inst->disk_mb == DEFAULT_DISK_MB && !inst->n_sidecars ? 0 : -EINVAL;
     if (rc < 0 && inst->n_sidecars)
@@ -1365,8 +1369,10 @@ static int warm__start(struct instance *inst)
         start.afresh = true;
     }
     char *sock = xasprintf("%s/%s", inst->scratch_dir, EXECUTOR_WARM_SOCKET);
+    start_trace("executor: renamed, limits set; sending the start");
     if (rc == 0)
         rc = container_warm_start(sock, &start, err, sizeof err);
+    start_trace("executor: start sent");
     free(sock);
     free(command);
     free(words);
@@ -1616,6 +1622,8 @@ static void executor__health_tick(uv_timer_t *t)
         executor__health_result(inst, true);
         return;
     }
+    if (inst->state == INSTANCE_STARTING)
+        start_trace("executor: probe");
     executor__probe_start(inst, false);
 }
 

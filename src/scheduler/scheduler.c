@@ -8,6 +8,7 @@
  * An instance's phase: LIVE (in its slot), then, once stopped on purpose, DRAINING (out of the
  * route table, work in flight to it finishing: scheduler.h) and STOPPING (executor_stop sent
  * SIGTERM), until the executor reports it down and it is freed. */
+#include "common/start_trace.h"
 #include "scheduler/scheduler.h"
 
 #include <ctype.h>
@@ -530,6 +531,7 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     }
     if (state == INSTANCE_RUNNING) {
         si->ready = true;
+        start_trace("scheduler: running");
         logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
                      "Instance %d of %s (%s) is running at %s", si->index, si->type, si->guid,
                      si->addr);
@@ -930,7 +932,9 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         spec.user_uid = run.uid;
         spec.user_gid = run.gid;
     }
+    start_trace("scheduler: executor_start");
     int rc = executor_start(s->ex, &spec, &si->inst);
+    start_trace("scheduler: executor_start returned");
     image_run_clear(&run);
     free(spec_sidecars);
     scheduler_env_free(env);

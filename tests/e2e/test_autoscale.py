@@ -19,10 +19,13 @@ APP = WEB_APP  # tests/e2e/apps/web.py
 
 
 def deploy(p, name, instances=1):
+    """The app up with its route, its instances running: a request sent before the first one
+    is ready would be refused (503 no-instance: a process not at zero is not held for)."""
     deploy_bits(p, name, [("Procfile", b"web: python3 app.py\n"), ("app.py", APP)],
                 {"instances": instances})
     status, body = p.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
     assert status in (200, 201), body
+    wait_for(lambda: running(p, name) >= instances, 60, f"{name}'s {instances} instances to run")
 
 
 def get(p, host, path="/", timeout=60, method="GET"):

@@ -355,3 +355,52 @@ def test_a_node_function_starts_from_a_warm_node_runtime(tmp_path, prewarm):
         assert got["seccomp"] == "2"
     finally:
         p.close()
+
+
+def memory_limit(guid):
+    """The memory limit of an instance's cgroup in bytes (v2 or v1), or None without one."""
+    for path in ("/sys/fs/cgroup/skiff/%s/memory.max" % guid,
+                 "/sys/fs/cgroup/memory/skiff/%s/memory.limit_in_bytes" % guid):
+        try:
+            with open(path) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_a_warm_container_never_carries_one_app_into_the_next():
+    """App A, started warm, writes marker files everywhere it may write (its droplet's
+    overlay, /tmp, TMPDIR) and is stopped; app B, started warm from the refilled pool, sees
+    none of them, and its environment and cgroup limit are B's own."""
+    import test_isolation as iso
+    p = Platform(extra_env={"SKIFF_PREWARM": "1"}).start()
+    try:
+        p.wait_for(lambda: warm_dirs(p, ready=True), timeout=30, what="a warm container")
+        iso.push_hostile(p, "tenant-a", "-m", "128M")
+        a = iso.instance(p, "tenant-a")
+        assert a["warm_start"] is True, a
+        marks = {"path": ["~/skiff-marker", "/tmp/skiff-marker"], "path_env": ["TMPDIR"]}
+        wrote = iso.attack(p, "tenant-a", "write", **marks)
+        assert wrote["escaped"] is True, "A cannot write its own files: %s" % wrote["detail"]
+        assert iso.attack(p, "tenant-a", "read", **marks)["escaped"] is True
+        a_pid = read_pid_file(os.path.join(p.home, "run", "instance-%s.pid" % a["guid"]))
+        r = p.cli("stop", "tenant-a")
+        assert r.returncode == 0, out(r)
+        p.wait_for(lambda: not os.path.exists("/proc/%d" % a_pid), timeout=30,
+                   what="A's instance to end")
+        p.wait_for(lambda: warm_dirs(p, ready=True), timeout=30, what="the pool to refill")
+        iso.push_hostile(p, "tenant-b", "-m", "64M")
+        b = iso.instance(p, "tenant-b")
+        assert b["warm_start"] is True, b
+        assert b["guid"] != a["guid"]
+        seen = iso.attack(p, "tenant-b", "read", **marks)
+        assert seen["escaped"] is False, "B sees what A left: %s" % seen["detail"]
+        status, body = http_get(instance_url(b, "/whoami"))
+        assert status == 200 and json.loads(body) == {"app": "tenant-b", "guid": b["guid"]}, body
+        limit = memory_limit(b["guid"])
+        if limit is not None:
+            assert limit == 64 << 20, limit
+        assert memory_limit(a["guid"]) is None  # A's cgroup went with A
+    finally:
+        p.close()

@@ -630,6 +630,58 @@ static void test_warm_container_runs_the_start_isolated(void **state)
     w->warm = false;
 }
 
+/* `/bin/sh -c 'exec WORDS'` runs WORDS without the shell only when the shell would merely
+ * split them; anything it would interpret keeps the shell. */
+static void test_shell_words_only_when_the_shell_would_only_split(void **state)
+{
+    (void)state;
+    char *plain[] = {"/bin/sh", "-c", "exec ./hello  --port 8080\t-v", NULL};
+    char **words = container__shell_words(plain);
+    assert_non_null(words);
+    assert_string_equal(words[0], "./hello");
+    assert_string_equal(words[1], "--port");
+    assert_string_equal(words[2], "8080");
+    assert_string_equal(words[3], "-v");
+    assert_null(words[4]);
+    free(words[0]);
+    free(words);
+    static const char *const shell[] = {
+        "exec ./hello $PORT", "exec ./hello '$PORT'", "exec ./a \"b c\"", "exec ./a b\\ c",
+        "exec ./a *",         "exec ./a ?",           "exec ./a [ab]",    "exec ~/a",
+        "exec ./a > log",     "exec ./a < in",        "exec ./a # note",  "exec A=1 ./a",
+        "exec ./a; ./b",      "exec ./a && ./b",      "exec ./a | ./b",   "exec ./a `b`",
+        "exec ./a $(b)",      "exec ./a\n./b",        "./hello",          "exec ",
+        "exec ./a {b,c}",     "exec ./a !b",          "exec ./a (b)"};
+    for (size_t i = 0; i < ARRAY_SIZE(shell); i++) {
+        char *argv[] = {"/bin/sh", "-c", (char *)shell[i], NULL};
+        if (container__shell_words(argv))
+            fail_msg("%s was run without the shell", shell[i]);
+    }
+    /* not the executor's form: left as it is */
+    char *other[][5] = {{"/bin/bash", "-c", "exec ./a", NULL},
+                        {"/bin/sh", "-e", "exec ./a", NULL},
+                        {"/bin/sh", "-c", "exec ./a", "name", NULL}};
+    for (size_t i = 0; i < ARRAY_SIZE(other); i++)
+        assert_null(container__shell_words(other[i]));
+}
+
+/* A command run without the shell has what the shell would have given it: PWD, its
+ * arguments as they are; one the shell must interpret still runs with it, and a program
+ * that is not there is said so by the shell, with its status (127). */
+static void test_simple_command_runs_as_the_shell_would_run_it(void **state)
+{
+    struct world *w = *state;
+    char out[4096];
+    assert_int_equal(run_in_container(w, "exec /usr/bin/env", 64, out, sizeof out), 0);
+    assert_non_null(strstr(out, "PWD=/home/vcap/app\n"));
+    assert_non_null(strstr(out, "PATH=/usr/bin:/bin\n"));
+    assert_int_equal(run_in_container(w, "exec /usr/bin/printf %s- a b", 64, out, sizeof out), 0);
+    assert_string_equal(out, "a-b-");
+    assert_int_equal(run_in_container(w, "exec /usr/bin/printf %s- $HOME", 64, out, sizeof out), 0);
+    assert_string_equal(out, "/home/vcap/app-");
+    assert_int_equal(run_in_container(w, "exec ./not-there", 64, out, sizeof out), 127);
+}
+
 /* A program run ahead (a runtime's zygote) is a program like any other: vcap, nothing of
  * root; its start comes on fd 3 once the droplet is there and the hostname set. */
 static void test_warm_program_runs_ahead_and_takes_its_start(void **state)
@@ -649,6 +701,100 @@ static void test_warm_program_runs_ahead_and_takes_its_start(void **state)
                                 "PATH=/usr/bin:/bin\nHOME=/home/vcap/app\ntest-instance\nhello\n"));
     w->warm_program = NULL;
     w->warm = false;
+}
+
+/* The one child of pid (its PPid), or 0. */
+static pid_t child_of(pid_t pid)
+{
+    char *text = NULL, want[32];
+    snprintf(want, sizeof want, "\nPPid:\t%d\n", (int)pid);
+    glob_t g;
+    pid_t found = 0;
+    if (glob("/proc/[0-9]*/status", 0, NULL, &g) != 0)
+        return 0;
+    for (size_t i = 0; i < g.gl_pathc && !found; i++) {
+        if (file_read(g.gl_pathv[i], &text, NULL) == 0 && strstr(text, want))
+            found = (pid_t)atoi(g.gl_pathv[i] + strlen("/proc/"));
+        free(text);
+        text = NULL;
+    }
+    globfree(&g);
+    return found;
+}
+
+/* A plain warm container's program is there before its start, already vcap with nothing of
+ * root and under the filter, and it is the very process that then runs the start's argv. */
+static void test_warm_container_program_waits_dropped_and_runs_the_start(void **state)
+{
+    struct world *w = *state;
+    char *scratch = xasprintf("%s/ahead", w->home);
+    assert_int_equal(mkdir_p(scratch, 0700), 0);
+    struct container_config cfg = {.hostname = "warm",
+                                   .stack = w->stack,
+                                   .scratch = scratch,
+                                   .disk_mb = 64,
+                                   .disk_pool = w->pool,
+                                   .seccomp_bpf = w->seccomp_bpf,
+                                   .uid_base = CONTAINER_DEFAULT_UID_BASE,
+                                   .cwd = CONTAINER_APP_DIR,
+                                   .warm_socket = "warm.sock"};
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t keeper = fork();
+    assert_true(keeper >= 0);
+    if (keeper == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        char err[512] = "";
+        int st = container_run(&cfg, NULL, NULL, err, sizeof err);
+        _exit(st < 0 ? 125 : WIFEXITED(st) ? WEXITSTATUS(st) : 126);
+    }
+    close(pipefd[1]);
+    char *sock = xasprintf("%s/warm.sock", scratch);
+    for (int i = 0; i < 30000 && access(sock, F_OK) < 0; i++)
+        usleep(1000);
+    assert_int_equal(access(sock, F_OK), 0);
+    pid_t init = child_of(keeper), program = init > 0 ? child_of(init) : 0;
+    assert_true(program > 0);
+    char path[64], *status = NULL;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)program);
+    assert_int_equal(file_read(path, &status, NULL), 0);
+    char uid[64];
+    unsigned host_vcap = CONTAINER_DEFAULT_UID_BASE + CONTAINER_VCAP_UID;
+    snprintf(uid, sizeof uid, "\nUid:\t%u\t%u\t%u\t%u\n", host_vcap, host_vcap, host_vcap,
+             host_vcap);
+    if (!strstr(status, uid) || !strstr(status, "CapEff:\t0000000000000000") ||
+        !strstr(status, "CapBnd:\t0000000000000000") || !strstr(status, "NoNewPrivs:\t1") ||
+        !strstr(status, "Seccomp:\t2"))
+        fail_msg("the program waiting for its start is not dropped:\n%s", status);
+    const char *nspid = strstr(status, "NSpid:");
+    assert_non_null(nspid);
+    int host_pid = 0, inner_pid = 0;
+    assert_int_equal(sscanf(nspid, "NSpid:\t%d\t%d", &host_pid, &inner_pid), 2);
+    free(status);
+    char *argv[] = {"/bin/sh", "-c", "echo $$; hostname; pwd", NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+    struct container_start start = {
+        .hostname = "the-instance", .app_dir = w->droplet, .argv = argv, .envp = envp};
+    char err[256] = "";
+    if (container_warm_start(sock, &start, err, sizeof err) < 0)
+        fail_msg("container_warm_start: %s", err);
+    char out[512];
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < sizeof out && (r = read(pipefd[0], out + len, sizeof out - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = '\0';
+    close(pipefd[0]);
+    int st = 0;
+    assert_int_equal(waitpid(keeper, &st, 0), keeper);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    char want[128];
+    snprintf(want, sizeof want, "%d\nthe-instance\n/home/vcap/app\n", inner_pid);
+    assert_string_equal(out, want);
+    free(sock);
+    free(scratch);
 }
 
 /* A program run ahead that ends before its start ends the container, which takes none. */
@@ -734,11 +880,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_disk_quota_is_enospc_and_droplet_stays, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_exit_status_and_signal_come_through, setup, teardown),
+        cmocka_unit_test(test_shell_words_only_when_the_shell_would_only_split),
+        cmocka_unit_test_setup_teardown(test_simple_command_runs_as_the_shell_would_run_it, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_warm_container_runs_the_start_isolated, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_warm_container_refuses_a_bad_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warm_program_runs_ahead_and_takes_its_start, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_warm_container_program_waits_dropped_and_runs_the_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warm_program_ending_early_ends_the_container, setup,
                                         teardown),
     };

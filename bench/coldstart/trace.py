@@ -1,0 +1,114 @@
+"""Where a static binary app's start from zero goes, step by step, on a traced build.
+
+    make BUILD=/tmp/bt REL_CFLAGS='-O2 -DSKIFF_START_TRACE=\\"/tmp/skiff-start-trace.log\\"' build
+    /usr/bin/python3 bench/coldstart/trace.py --bin /tmp/bt/rel [--runs 10]
+
+(src/common/start_trace.h). The client does what bench.py does for the static binary app
+(PATCH instances 0 -> 1, GET the app until its instance has an address, connect until the
+first byte) and writes its own steps to the same file; skiffd, the keeper and the container's
+program write theirs. Prints, for each step, the p50 and minimum over the runs of the time
+since the client's PATCH and of the time since the step before (the minimum is nearest the
+work itself: on a loaded machine most of the rest is waiting for a CPU)."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import bench  # noqa: E402
+import skiffd  # noqa: E402
+
+TRACE = "/tmp/skiff-start-trace.log"
+
+
+def mark(step):
+    with open(TRACE, "a") as f:
+        f.write("%.6f %d %s\n" % (time.monotonic(), os.getpid(), step))
+
+
+def one_start(d, app):
+    d.call("PATCH", "/v1/apps/" + app, {"instances": 0})
+    bench.at_zero(d, app)
+    time.sleep(0.3)  # the previous instance's teardown out of the way
+    mark("=== start")
+    mark("client: PATCH sent")
+    d.call("PATCH", "/v1/apps/" + app, {"instances": 1})
+    mark("client: PATCH answered")
+    addr, t = None, time.monotonic()
+    while time.monotonic() - t < 60:
+        if not addr:
+            _, body = d.call("GET", "/v1/apps/" + app)
+            insts = [i for i in json.loads(body)["instances_detail"] if i.get("address")]
+            addr = insts[0]["address"].split(":") if insts else None
+            mark("client: GET answered" + (" (address)" if addr else ""))
+        elif bench.first_byte(addr[0], int(addr[1])):
+            mark("client: first byte")
+            return
+        else:
+            time.sleep(0.0002)
+    raise SystemExit("the instance never answered")
+
+
+def report(runs):
+    since, step_gap, order = {}, {}, []
+    for events in runs:
+        t0, prev, seen = events[0][0], events[0][0], set()
+        for t, step in events:
+            if step in seen:
+                continue  # a step's first time only (probes repeat)
+            seen.add(step)
+            if step not in since:
+                order.append(step)
+            since.setdefault(step, []).append((t - t0) * 1000)
+            step_gap.setdefault(step, []).append((t - prev) * 1000)
+            prev = t
+    print("%-52s %17s %17s" % ("step (first time in each run)", "since PATCH p50/min",
+                                "since last p50/min"))
+    for step in sorted(order, key=lambda s: bench.pct(since[s], 50)):
+        print("%-52s %8.2f %8.2f %8.2f %8.2f" % (step, bench.pct(since[step], 50), min(since[step]),
+                                                 bench.pct(step_gap[step], 50), min(step_gap[step])))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True, help="a build made with -DSKIFF_START_TRACE")
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="skiff-bench-trace-")
+    os.chmod(work, 0o755)
+    listen = os.path.join(work, "hello")
+    subprocess.run(["cc", "-O2", "-static", "-o", listen,
+                    os.path.join(os.path.dirname(HERE), "container", "listen.c")], check=True)
+    with open(TRACE, "w"):
+        pass
+    os.chmod(TRACE, 0o666)  # the container's init and program write as unprivileged uids
+    d = skiffd.start(args.bin, "skiff-bench-trace-", {"SKIFF_PREWARM": "2"})
+    try:
+        with open(listen, "rb") as f:
+            bench.push(d, work, "traced", {"hello": (f.read(), 0o755),
+                                           "Procfile": ("web: ./hello\n", 0o644)})
+        for _ in range(args.runs):
+            one_start(d, "traced")
+    finally:
+        d.stop()
+    runs, cur = [], None
+    with open(TRACE) as f:
+        for line in f:
+            t, _pid, step = line.rstrip("\n").split(" ", 2)
+            if step == "=== start":
+                cur = []
+                runs.append(cur)
+            elif cur is not None:
+                cur.append((float(t), step))
+    runs = [r for r in runs if any(s == "client: first byte" for _, s in r)]
+    print("bench/coldstart/trace.py: %d starts, load %.1f" % (len(runs), os.getloadavg()[0]))
+    report(runs)
+
+
+if __name__ == "__main__":
+    main()
