@@ -2434,6 +2434,7 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
     struct exchange *x = u->x;
     bool was_reused = u->reused;
     bool got_bytes = u->got_bytes;
+    bool h2c_stream = u->h2c;
     u->x = NULL;
     upstream_close(u);
     if (!x)
@@ -2453,8 +2454,9 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
         connect_backend(x);
         return;
     }
-    if (was_reused && replayable) {
-        /* a pooled connection the backend had closed: once more on a fresh one */
+    if (was_reused && replayable && !h2c_stream) {
+        /* a pooled connection the backend had closed: once more on a fresh one (not for an
+         * h2c stream: the instance answered it with a reset; h2c_stream_refused replays) */
         x->attempts--;
         x->fresh_connection = true;
         if (!x->req_done)
