@@ -464,6 +464,25 @@ def test_upgrade_to_h2c_is_declined_and_answered_in_http11(app):
     assert "upgrade" not in h and "http2-settings" not in h
 
 
+def test_upgrade_h2c_by_hand_is_served_as_http11(app):
+    """Upgrade: h2c with HTTP2-Settings, on a GET and on a POST with a body (RFC 7540 3.2's
+    form, deprecated by RFC 9113 3.1): each is answered with an HTTP/1.1 status line, never
+    101, the backend sees neither field, and the connection goes on in HTTP/1.1."""
+    r, b = app
+    from test_router import Client
+    c = Client(r.port)
+    fields = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+              "HTTP2-Settings": "AAMAAABkAAQAoAAAAAIAAAAA"}
+    for method, body in (("GET", None), ("POST", b"payload")):
+        resp = c.request(method, "/up", "app.localhost", headers=fields, body=body)
+        assert resp.status == 200, (method, resp.status)  # not 101: no switch
+        h = resp.json()["headers"]
+        assert "upgrade" not in h and "http2-settings" not in h, h
+    c.send(b"GET /raw HTTP/1.1\r\nHost: app.localhost\r\n\r\n")  # still HTTP/1.1
+    assert c._line().startswith(b"HTTP/1.1 200 ")
+    c.close()
+
+
 # Requests that mean one thing to the router and could mean another to an HTTP/1.1 backend:
 # none of them reaches the backend.
 SMUGGLING = {
