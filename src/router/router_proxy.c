@@ -2829,8 +2829,9 @@ static void h2c_conn_connect_failed(struct h2c_conn *conn, int err)
     struct pool *pool = conn->pool;
     ROUTER_METRIC_ADD(conn->p.w->m.upstream_connect_failures, 1);
     h2c_conn_close(conn);
-    if (pool->conns)
-        return;
+    for (struct h2c_conn *other = pool->conns; other; other = other->next)
+        if (!router_h2c_finished(other->h2c))
+            return; /* it may still take them */
     struct upstream *u = pool->waiting;
     pool->waiting = pool->waiting_last = NULL;
     while (u) {
@@ -2933,7 +2934,7 @@ static void h2c_conn_settle(struct h2c_conn *conn)
             h2c_conn_connect_failed(conn, UV_ECONNREFUSED);
             return;
         }
-        if (finished || w->stopping || pool->drains || conn->p.write_error) {
+        if (finished || conn->p.write_error || ((w->stopping || pool->drains) && !pool->waiting)) {
             h2c_conn_close(conn);
             h2c_pool_serve(pool);
             return;
@@ -3179,7 +3180,7 @@ static void pool_close_idle(struct pool *p)
     while (p->idle)
         upstream_close(p->idle);
     struct h2c_conn *conn = p->conns, *next;
-    for (; conn; conn = next) {
+    for (; conn && !p->waiting; conn = next) { /* those waiting need a connection */
         next = conn->next;
         if (router_h2c_streams(conn->h2c) == 0)
             h2c_conn_close(conn);
