@@ -145,8 +145,11 @@ run_h2load_once() {
   [[ $addr == *:* ]] || addr=127.0.0.1:$addr
   local -a before=()
   for p in "$@"; do before+=("$(cpu_ticks "$p")"); done
-  out=$(h2load -t"$threads" -c"$conns" -m"$streams" -D"$secs" --warm-up-time=1 \
-    --log-file="$work/h2load.log" -H ":authority: $host" "$scheme://$addr/$path" 2>&1)
+  # a stream that never ends would hold h2load past -D: a connection silent for 10 s is
+  # closed (-N), and h2load itself is stopped a minute after its time (a run counted as failed)
+  out=$(timeout $((secs + 60)) h2load -t"$threads" -c"$conns" -m"$streams" -D"$secs" \
+    --warm-up-time=1 -N10 --log-file="$work/h2load.log" -H ":authority: $host" \
+    "$scheme://$addr/$path" 2>&1) || true
   if ! grep -q " 0 failed, 0 errored" <<<"$out" || grep -q "status codes: [0-9]* 2xx.* [1-9][0-9]* [45]xx" <<<"$out"; then
     echo "failures from $addr:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2
   fi
