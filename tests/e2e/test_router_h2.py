@@ -959,6 +959,28 @@ class MuxInstance:
     class Ctx:
         def __init__(self, conn):
             self.conn, self.enc, self.lock = conn, hpack.Encoder(), threading.Lock()
+            # the router's windows for what this side sends (RFC 9113 6.9)
+            self.cv = threading.Condition()
+            self.initial, self.conn_window, self.windows = 65535, 65535, {}
+            self.reset, self.closed = set(), False
+
+        def send_data(self, sid, total, sent):
+            """DATA on sid up to `total` bytes as the router's windows allow (sent[0] counts),
+            then END_STREAM; stops when the stream is reset or the connection goes."""
+            piece = b"d" * 16384
+            while sent[0] < total:
+                n = min(len(piece), total - sent[0])
+                with self.cv:
+                    while not self.closed and sid not in self.reset and \
+                            min(self.conn_window, self.windows.get(sid, self.initial)) < n:
+                        self.cv.wait(0.2)
+                    if self.closed or sid in self.reset:
+                        return
+                    self.conn_window -= n
+                    self.windows[sid] = self.windows.get(sid, self.initial) - n
+                self.send(frame(DATA, 0, sid, piece[:n]))
+                sent[0] += n
+            self.send(frame(DATA, END_STREAM, sid))
 
         def send(self, data):
             with self.lock:
@@ -985,6 +1007,14 @@ class MuxInstance:
             return
         buf = buf[24:]
         ctx = self.Ctx(conn)
+        try:
+            self._serve(conn, ctx, buf)
+        finally:
+            with ctx.cv:
+                ctx.closed = True
+                ctx.cv.notify_all()
+
+    def _serve(self, conn, ctx, buf):
         payload = b"".join(struct.pack(">HI", k, v) for k, v in self.settings.items())
         ctx.send(frame(SETTINGS, 0, 0, payload))
         dec = hpack.Decoder()
@@ -1012,10 +1042,29 @@ class MuxInstance:
             sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
             payload, buf = buf[9:9 + length], buf[9 + length:]
             if type_ == SETTINGS and not flags & ACK:
+                with ctx.cv:
+                    for i in range(0, len(payload), 6):
+                        k, v = struct.unpack(">HI", payload[i:i + 6])
+                        if k == 4:  # SETTINGS_INITIAL_WINDOW_SIZE
+                            for w in ctx.windows:
+                                ctx.windows[w] += v - ctx.initial
+                            ctx.initial = v
+                    ctx.cv.notify_all()
                 ctx.send(frame(SETTINGS, ACK, 0))
             elif type_ == PING and not flags & ACK:
                 ctx.send(frame(PING, ACK, 0, payload))
+            elif type_ == WINDOW_UPDATE:
+                inc = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+                with ctx.cv:
+                    if sid == 0:
+                        ctx.conn_window += inc
+                    else:
+                        ctx.windows[sid] = ctx.windows.get(sid, ctx.initial) + inc
+                    ctx.cv.notify_all()
             elif type_ == RST_STREAM:
+                with ctx.cv:
+                    ctx.reset.add(sid)
+                    ctx.cv.notify_all()
                 with self.lock:
                     self.resets.append((sid, struct.unpack(">I", payload)[0]))
                 streams.pop(sid, None)
@@ -1266,3 +1315,39 @@ def test_frames_for_a_stream_never_opened_end_that_connection_only(router_factor
     assert c.request().status == 200
     assert r.proc.poll() is None
     c.close()
+
+
+def test_a_client_that_does_not_read_stops_only_its_stream_at_the_instance(router_factory):
+    """Per-stream flow control: an instance sends 8 MB on a stream as the router's windows
+    allow, to a client that never opens its own window. The router queues a bounded amount and
+    stops acknowledging that stream, so the instance stops there; other calls on the same
+    connection to the instance go on (its window is reopened as bytes come)."""
+    sent = [0]
+
+    def hook(ctx, sid, s):
+        if dict(s["headers"]).get(":path") != "/big":
+            return False
+        ctx.send(frame(HEADERS, END_HEADERS, sid, ctx.enc.encode([(":status", "200")])))
+        threading.Thread(target=ctx.send_data, args=(sid, 8 << 20, sent), daemon=True).start()
+        return True
+
+    r, inst = mux_app(router_factory, hook=hook)
+    before = r.rss_kb()
+    slow = H2(r.port, window_updates=False)
+    slow.request("GET", "/big", authority="grpc.localhost", wait=False)
+    wait_for(lambda: sent[0] > 0, 10, "the instance to start sending")
+    # the router's share: its client window (64 KB), its high water (256 KB) and the stream's
+    # window at the instance (256 KB), with frames in flight
+    plateau = wait_for(lambda: (lambda a: (time.sleep(0.5), a == sent[0] and a)[1])(sent[0]),
+                       20, "the instance to be stopped by the stream's window")
+    assert plateau < 1 << 20, plateau
+    fast = H2(r.port)
+    for i in range(3):
+        resp = grpc_call(fast, b"meanwhile %d" % i, wait=True)
+        assert resp.status == 200 and ("grpc-status", "0") in resp.trailers
+    assert sent[0] == plateau  # still stopped
+    assert inst.accepted <= 2  # one per worker: nothing cut for the stall
+    assert r.rss_kb() - before < 16 * 1024
+    slow.close()  # the client goes: its stream is reset at the instance
+    wait_for(lambda: any(code == CANCEL for _, code in inst.resets), 10, "the reset")
+    fast.close()
