@@ -119,6 +119,9 @@ def main():
     try:
         ok(d.cli("push", "-f", os.path.join(SHOP, "manifest.yml")))
         ok(d.cli("push", "resize-alone", "-p", SHOP, "--function", "shop/images.py:resize"))
+        # a function's policy allows 10 unless raised; a mapping asking for more is refused
+        ok(d.cli("autoscale", "shop", "--process", "resize", "--max", "20"))
+        ok(d.cli("autoscale", "resize-alone", "--max", "20"))
         # each its own topic, so one's burst is not the other's
         ok(d.cli("map-event", "shop/resize", "uploadsshop", "--max-instances", "20",
                  "--idle-grace", "1s"))

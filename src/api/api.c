@@ -20,6 +20,7 @@
 
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "http/server.h"
 #include "services/services.h"
@@ -111,7 +112,7 @@ static int api__load_key(const char *path, unsigned char *key, size_t len)
             if (fchown(fd, geteuid(), getegid()) < 0) {
                 int rc = -errno;
                 log_warning("%s is owned by uid %u, not skiffd's: %s", path, (unsigned)st.st_uid,
-                            strerror(errno));
+                            skiff_strerror(-errno));
                 close(fd);
                 return rc;
             }
@@ -238,13 +239,13 @@ int api_listen(struct api *api, char *err, size_t errsize)
         snprintf(err, errsize,
                  "cannot listen on %s: %s (another skiffd running? set "
                  "SKIFF_API_ADDR or --api-addr)",
-                 api->addr, uv_strerror(rc));
+                 api->addr, skiff_strerror(rc));
         return rc;
     }
     if (api->publish_addr &&
         (rc = http_server_listen(api->server, api->publish_addr, API_LISTENER_PUBLISH)) < 0) {
         snprintf(err, errsize, "cannot listen for publishing on %s: %s", api->publish_addr,
-                 uv_strerror(rc));
+                 skiff_strerror(rc));
         return rc;
     }
     if (api->tls_addr &&
@@ -252,7 +253,7 @@ int api_listen(struct api *api, char *err, size_t errsize)
         snprintf(err, errsize,
                  "cannot listen for HTTPS on %s: %s (set SKIFF_API_TLS_ADDR or --api-tls-addr; "
                  "\"\" for none)",
-                 api->tls_addr, uv_strerror(rc));
+                 api->tls_addr, skiff_strerror(rc));
         return rc;
     }
     return 0;
@@ -652,7 +653,7 @@ void api_respond_json(struct api_request *req, int status, json_t *body)
     free(text);
 }
 
-void api_respond_error(struct api_request *req, enum skiff_err err, const char *fmt, ...)
+void api_respond_error(struct api_request *req, int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

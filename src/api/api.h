@@ -48,6 +48,7 @@
 
 #include "auth/auth.h"
 #include "common/err.h"
+#include "natsconn/natsconn.h"
 
 struct api;
 struct api_request;
@@ -218,9 +219,13 @@ void api_respond(struct api_request *req, int status, const char *content_type, 
                  size_t len);
 /* A JSON response; takes the reference to body (may be NULL: no body). */
 void api_respond_json(struct api_request *req, int status, json_t *body);
-/* {"error": {"code": skiff_err_name(err), "message": formatted}} with err's HTTP status, all
- * three from the one table in common/err.h; a NULL fmt says skiff_strerror(err). */
-void api_respond_error(struct api_request *req, enum skiff_err err, const char *fmt, ...)
+/* The one way a handler answers an error: {"error": {"code": skiff_err_name(err), "message":
+ * formatted}} with skiff_err_http_status(err), from the one table in common/err.h; a NULL fmt
+ * says skiff_strerror(err). err is an enum skiff_err (what the request did wrong) or the
+ * negative errno a part below the API returned, answered as the table's row for it says (a
+ * store's -ENOENT is a 404, its -EIO a 500, a full disk a 503): the handler adds the words
+ * only it knows ("no app named ..."), never its own status. */
+void api_respond_error(struct api_request *req, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Switches the request's connection to another protocol instead of answering (101, see
@@ -257,6 +262,7 @@ struct api_services {
     struct logs *logs;           /* src/logs/logs.h */
     const char *nats_url;        /* events in NATS JetStream ("": the embedded log) */
     int nats_replicas;           /* each JetStream stream's replicas */
+    struct natsconn_security nats_security; /* credentials and TLS for nats_url */
 };
 
 /* The events component (src/api/events.c): the topics' endpoints on the fabric it opens.

@@ -1,6 +1,7 @@
 /* A domain's own HTTPS certificate (docs/api.md "Domains"): checked with tls_pair_check, kept
- * in HOME/tls/domains/DOMAIN.pem (0600, read by skiffd and the router only), announced to the
- * routers over the bus; the key is never answered, logged or stored elsewhere. */
+ * in the store (store_domain_cert_set: every skiffd and, through it, every router gets it) and
+ * written to HOME/tls/domains/DOMAIN.pem (0600) for this host's router, announced to the
+ * routers over the bus (docs/bus.md); the key is never answered or logged. */
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -11,6 +12,8 @@
 #include "api/core_internal.h"
 #include "auth/auth.h"
 #include "common/buf.h"
+#include "common/err.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "store/store.h"
 #include "tls/tls.h"
@@ -21,13 +24,45 @@ static char *certs__path(struct api_core *core, const char *name)
     return xasprintf("%s/tls/domains/%s.pem", core->cfg.home, name);
 }
 
+/* Writes a domain's pair where this host's router reads it (0600 in a 0700 folder). */
+static int certs__write_file(struct api_core *core, const char *name, const char *cert,
+                             const char *key)
+{
+    struct buf pem = {0};
+    buf_puts(&pem, cert);
+    if (pem.len && pem.data[pem.len - 1] != '\n')
+        buf_puts(&pem, "\n");
+    buf_puts(&pem, key);
+    char *dir = xasprintf("%s/tls/domains", core->cfg.home);
+    char *path = certs__path(core, name);
+    int r = mkdir_p(dir, 0700);
+    if (r == 0)
+        r = file_write_atomic(path, pem.data, pem.len, 0600);
+    if (r == 0)
+        r = chmod(path, 0600) < 0 ? -errno : 0;
+    OPENSSL_cleanse(pem.data, pem.len);
+    buf_free(&pem);
+    free(dir);
+    free(path);
+    return r;
+}
+
+static void certs__free_key(char *key)
+{
+    if (key)
+        OPENSSL_cleanse(key, strlen(key));
+    free(key);
+}
+
 /* The certificate part of a domain's answer, or NULL when it has none. */
 json_t *api_core__domain_cert_json(struct api_core *core, const char *name)
 {
-    char *path = certs__path(core, name);
+    char *cert = NULL;
     struct tls_cert_info info;
-    int r = tls_cert_file_info(path, &info);
-    free(path);
+    int r = store_domain_cert_get(core->cfg.store, name, &cert, NULL);
+    if (r == 0)
+        r = tls_cert_pem_info(cert, strlen(cert), &info);
+    free(cert);
     if (r < 0)
         return NULL;
     char not_after[40], not_before[40];
@@ -96,7 +131,7 @@ static void certs__put(struct api_request *req, void *ctx)
         goto done;
     int r = certs__domain_owned(core, name, org);
     if (r == -EIO) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the domains");
+        api_respond_error(req, r, "cannot read the domains: %s", skiff_strerror(r));
         goto done;
     }
     if (r < 0) {
@@ -121,25 +156,21 @@ static void certs__put(struct api_request *req, void *ctx)
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s", err);
         goto done;
     }
-    struct buf pem = {0};
-    buf_append(&pem, json_string_value(cert), json_string_length(cert));
-    buf_puts(&pem, "\n");
-    buf_append(&pem, json_string_value(key), json_string_length(key));
-    char *dir = xasprintf("%s/tls/domains", core->cfg.home);
-    char *path = certs__path(core, name);
-    r = mkdir_p(dir, 0700);
-    if (r == 0)
-        r = file_write_atomic(path, pem.data, pem.len, 0600);
-    if (r == 0)
-        r = chmod(path, 0600) < 0 ? -errno : 0;
-    OPENSSL_cleanse(pem.data, pem.len);
-    buf_free(&pem);
-    free(dir);
-    free(path);
-    if (r < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the certificate: %s", strerror(-r));
+    if (strlen(json_string_value(cert)) != json_string_length(cert) ||
+        strlen(json_string_value(key)) != json_string_length(key)) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE, "cert and key are PEM text, without NUL");
         goto done;
     }
+    r = store_domain_cert_set(core->cfg.store, name, json_string_value(cert),
+                              json_string_value(key));
+    if (r < 0) {
+        api_respond_error(req, r, "cannot store the certificate: %s", skiff_strerror(r));
+        goto done;
+    }
+    r = certs__write_file(core, name, json_string_value(cert), json_string_value(key));
+    if (r < 0) /* stored: the routers on NATS get it; this host's router keeps the one before */
+        log_error("cannot write %s's certificate for this host's router: %s", name,
+                  skiff_strerror(r));
     if (core->cfg.certs_changed)
         core->cfg.certs_changed(core->cfg.certs_ctx);
     json_t *out = api_core__domain_cert_json(core, name);
@@ -148,8 +179,63 @@ done:
     certs__body_free(body);
 }
 
+/* A pair file of a domain that has none in the store yet (written before certificates were
+ * kept there) moves in when it passes the checks a new one would. */
+static void certs__import_file(struct api_core *core, const char *name)
+{
+    char *path = certs__path(core, name), *text = NULL, *cert = NULL, *key = NULL;
+    size_t len = 0;
+    if (file_read(path, &text, &len) < 0)
+        goto done;
+    char err[512] = "";
+    struct tls_cert_info info;
+    int r = tls_pem_pair_split(text, len, &cert, &key);
+    if (r < 0)
+        snprintf(err, sizeof err, "not a certificate chain followed by its key");
+    else
+        r = certs__check(cert, strlen(cert), key, strlen(key), name, &info, err, sizeof err);
+    if (r == 0 || r == -EKEYEXPIRED) /* an expired one was served before: keep it so */
+        r = store_domain_cert_set(core->cfg.store, name, cert, key);
+    if (r == 0)
+        log_info("moved %s's certificate from %s into the store", name, path);
+    else
+        log_warning("%s's certificate in %s stays out of the store: %s", name, path,
+                    *err ? err : "the store refused it");
+done:
+    if (text)
+        OPENSSL_cleanse(text, len);
+    free(text);
+    free(cert);
+    certs__free_key(key);
+    free(path);
+}
+
+/* At start: files of domains the store has no certificate for move into the store, then this
+ * host's router gets the store's pairs as files (the store wins). */
+static void certs__sync(struct api_core *core)
+{
+    char **names = NULL;
+    if (store_domain_list(core->cfg.store, &names, NULL, NULL) < 0) {
+        log_error("cannot read the domains: their certificates were not synchronised");
+        return;
+    }
+    for (size_t i = 0; names[i]; i++) {
+        char *cert = NULL, *key = NULL;
+        int r = store_domain_cert_get(core->cfg.store, names[i], &cert, &key);
+        if (r == -ENOENT)
+            certs__import_file(core, names[i]);
+        else if (r == 0 && (r = certs__write_file(core, names[i], cert, key)) < 0)
+            log_error("cannot write %s's certificate for this host's router: %s", names[i],
+                      strerror(-r));
+        free(cert);
+        certs__free_key(key);
+    }
+    store_strv_free(names);
+}
+
 void api_core__certs_register(struct api_core *core)
 {
+    certs__sync(core);
     api_route_add(core->api, "PUT", "/v1/domains/*/certificate", API_PERM(AUTH_PERM_ADMIN),
                   certs__put, core);
     api_route_add(core->api, "PUT", "/v1/orgs/*/domains/*/certificate",

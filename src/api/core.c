@@ -247,14 +247,14 @@ struct store_app *api_core__app_named(struct api_core *core, struct api_request 
     struct store_app *app = NULL;
     int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
     if (rc == -ENOENT) {
-        api_respond_error(req, SKIFF_E_NOT_FOUND,
+        api_respond_error(req, rc,
                           "no app named \"%s\" in this space: `skiff apps` lists the apps there "
                           "are (`skiff target` says which space)",
                           name);
         return NULL;
     }
     if (rc < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+        api_respond_error(req, rc, CORE_STORE_READ_FAILED);
         return NULL;
     }
     return app;
@@ -880,7 +880,7 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
         }
         store_route_list_free(all, n);
     } else if (rc < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the route");
+        api_respond_error(req, rc, "cannot store the route");
         ok = false;
     }
     free(host);
@@ -1226,7 +1226,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     int rc = store_app_find(core->cfg.store, api_core__space(req), name, &app);
     bool creating = rc == -ENOENT;
     if (rc < 0 && !creating) {
-        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+        api_respond_error(req, rc, CORE_STORE_READ_FAILED);
         return;
     }
     if (!creating && (!allow_update || strcmp(app->name, name))) {
@@ -1251,7 +1251,7 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
         goto done;
     }
     if (rc < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the app (see skiffd's output)");
+        api_respond_error(req, rc, "cannot store the app (see skiffd's output)");
         goto done;
     }
     if (!core__map_routes(core, req, app, body, creating))
@@ -1937,11 +1937,11 @@ static void core__domains_create(struct api_request *req, void *ctx)
     const char *org = api_request_org(req);
     int rc = store_domain_add(core->cfg.store, name, org);
     if (rc == -EEXIST) {
-        api_respond_error(req, SKIFF_E_NAME_TAKEN, "the domain %s exists already", name);
+        api_respond_error(req, rc, "the domain %s exists already", name);
         goto done;
     }
     if (rc < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the domain");
+        api_respond_error(req, rc, "cannot store the domain");
         goto done;
     }
     api_respond_json(req, 201, json_pack("{s:s,s:b}", "name", name, "shared", org == NULL));

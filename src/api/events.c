@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 
 /* A follower with this much unsent output stops reading until the client catches up. */
@@ -60,41 +61,22 @@ struct api_events {
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
+/* The answer to a fabric's error: its status from the one table, its words from the fabric
+ * (fabric_strerror), with what only the API knows: the encoded size limit, that the names a
+ * request gives are in its path (so a name the fabric refuses is a 400), and that passing
+ * pressure (busy) is worth a retry a moment later. */
 static void respond_fabric_error(struct api_request *req, int rc)
 {
-    switch (rc) {
-    case -EMSGSIZE:
-        api_respond_error(req, SKIFF_E_TOO_LARGE,
+    if (rc == -EMSGSIZE) {
+        api_respond_error(req, rc,
                           "the event is larger than the limit of %u bytes once encoded: make it "
                           "smaller (for large data, publish where the data is kept instead)",
                           EVENTS_MAX_RECORD_BYTES);
-        break;
-    case -EINVAL:
-        api_respond_error(req, SKIFF_E_BAD_NAME, "%s", fabric_strerror(rc));
-        break;
-    case -ENOENT:
-        api_respond_error(req, SKIFF_E_NOT_FOUND, "%s", fabric_strerror(rc));
-        break;
-    case -ECANCELED:
-    case -ENOSPC:
-    case -ENOTCONN:
-    case -ETIMEDOUT:
-        api_respond_error(req, SKIFF_E_UNAVAILABLE, "%s", fabric_strerror(rc));
-        break;
-    case -EMFILE:
-    case -ENFILE:
-    case -ENOMEM:
-    case -ENOBUFS:
-    case -EAGAIN:
-        /* passing pressure: nothing is wrong with the event, and the fabric is not stopped */
-        api_response_header(req, "Retry-After", "1");
-        api_respond_error(req, SKIFF_E_UNAVAILABLE,
-                          "skiffd is short of resources right now (%s): retry in a moment",
-                          strerror(-rc));
-        break;
-    default:
-        api_respond_error(req, SKIFF_E_INTERNAL, "%s", fabric_strerror(rc));
+        return;
     }
+    if (skiff_err_from(rc) == SKIFF_E_BUSY)
+        api_response_header(req, "Retry-After", "1");
+    api_respond_error(req, rc == -EINVAL ? SKIFF_E_BAD_NAME : rc, "%s", fabric_strerror(rc));
 }
 
 /* The fabric's name of the request's topic: NAME in the request's space, or ORG/SPACE/NAME
@@ -557,6 +539,7 @@ int api_events_start(const struct api_services *svc, struct api_events **out, ch
         .max_record_bytes = EVENTS_MAX_RECORD_BYTES,
         .nats_url = svc->nats_url,
         .nats_replicas = svc->nats_replicas,
+        .nats_security = svc->nats_security,
     };
     int rc = fabric_open(svc->loop, &cfg, &events->fabric, err, errsize);
     free(dir);

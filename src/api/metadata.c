@@ -290,7 +290,7 @@ static void metadata__patch(struct api_request *req, void *ctx)
     int rc = store_doc_put(core->cfg.store, METADATA_KIND, app->guid, text);
     free(text);
     if (rc < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the metadata (see skiffd's output)");
+        api_respond_error(req, rc, "cannot store the metadata (see skiffd's output)");
         goto done;
     }
     api_respond_json(req, 200, json_incref(m));

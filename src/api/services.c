@@ -424,10 +424,10 @@ struct store_app *svc__app(struct api_svc *a, struct api_request *req)
     const char *name = api_request_param(req, 0);
     int rc = store_app_find(a->store, svc__space(req), name, &app);
     if (rc == -ENOENT)
-        api_respond_error(req, SKIFF_E_NOT_FOUND,
-                          "no app named \"%s\" in this space: `skiff apps` lists them", name);
+        api_respond_error(req, rc, "no app named \"%s\" in this space: `skiff apps` lists them",
+                          name);
     else if (rc < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot read the app (see skiffd's output)");
+        api_respond_error(req, rc, "cannot read the app (see skiffd's output)");
     return rc < 0 ? NULL : app;
 }
 

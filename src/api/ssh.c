@@ -29,6 +29,7 @@
 #include "api/core_internal.h"
 #include "auth/auth.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/ssh_frame.h"
 #include "common/util.h"
@@ -627,9 +628,9 @@ static void ssh__space_feature_patch(struct api_request *req, void *ctx)
                  ? auth_space_set_ssh_allowed(core->cfg.auth, api_request_space(req), enabled)
                  : -ENOENT;
     if (rc == -ENOENT)
-        api_respond_error(req, SKIFF_E_NOT_FOUND, "no such space");
+        api_respond_error(req, rc, "no such space");
     else if (rc < 0)
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the space's ssh setting");
+        api_respond_error(req, rc, "cannot store the space's ssh setting: %s", skiff_strerror(rc));
     else
         ssh__space_feature_respond(req, auth_space_get(core->cfg.auth, api_request_space(req)));
 }
@@ -727,15 +728,13 @@ static void ssh__handle(struct api_request *req, void *ctx)
     if (rc < 0) {
         free(s);
         if (rc == -ENOTSUP)
-            api_respond_error(req, SKIFF_E_UNAVAILABLE,
+            api_respond_error(req, rc,
                               "ssh needs instances in containers: this skiffd runs them as "
                               "host processes");
         else if (rc == -ESRCH)
-            api_respond_error(req, SKIFF_E_NO_INSTANCE, "instance %ld of app %s is stopping", index,
-                              app->name);
+            api_respond_error(req, rc, "instance %ld of app %s is stopping", index, app->name);
         else
-            api_respond_error(req, SKIFF_E_INTERNAL, "cannot prepare the session: %s",
-                              strerror(-rc));
+            api_respond_error(req, rc, "cannot prepare the session: %s", skiff_strerror(rc));
         goto out;
     }
     uv_loop_t *loop = api_loop(core->api);
@@ -765,7 +764,7 @@ static void ssh__handle(struct api_request *req, void *ctx)
     o->count++;
     rc = uv_spawn(loop, &s->proc, &opts);
     if (rc < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot start skiff-init: %s", uv_strerror(rc));
+        api_respond_error(req, rc, "cannot start skiff-init: %s", skiff_strerror(rc));
         s->exited = true; /* nothing to kill, nothing to wait for */
         s->ending = true;
         instance_exec_free(s->exec);

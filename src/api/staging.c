@@ -13,6 +13,7 @@
 #include "api/api.h"
 #include "api/core_internal.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "hub/hub.h"
@@ -193,7 +194,7 @@ static void staging__image_work(uv_work_t *w)
     /* held until the droplet names what is stored: no collection runs in between */
     int hold = si->rc == SKIFF_OK ? image_store_hold(&store) : -1;
     if (si->rc == SKIFF_OK && hold < 0) {
-        snprintf(si->err, sizeof si->err, "cannot lock the image store: %s", strerror(-hold));
+        snprintf(si->err, sizeof si->err, "cannot lock the image store: %s", skiff_strerror(hold));
         si->rc = SKIFF_E_INTERNAL;
     }
     if (si->rc == SKIFF_OK)
@@ -332,7 +333,7 @@ static void staging__bits(struct api_request *req, void *ctx)
     }
     if (rc < 0) {
         api_respond_error(req, SKIFF_E_NOT_AN_ARCHIVE, "the upload cannot be read: %s",
-                          *err ? err : strerror(-rc));
+                          *err ? err : skiff_strerror(rc));
         goto done;
     }
     struct store_package pkg = {
@@ -340,8 +341,11 @@ static void staging__bits(struct api_request *req, void *ctx)
     uuid_generate_v4(pkg.guid);
     dir = xasprintf("%s/apps/%s/packages", core->cfg.home, app->guid);
     dest = xasprintf("%s/%s%s%s", dir, pkg.guid, image ? "." : "", image ? image : "");
-    if (mkdir_p(dir, 0700) < 0 || rename(path, dest) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot keep the upload: %s", strerror(errno));
+    int e = mkdir_p(dir, 0700);
+    if (e == 0 && rename(path, dest) < 0)
+        e = -errno;
+    if (e < 0) {
+        api_respond_error(req, e, "cannot keep the upload: %s", skiff_strerror(e));
         goto done;
     }
     pkg.path = dest;
@@ -490,6 +494,14 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     return 0;
 }
 
+/* The stream's last line for a staging that ended without a droplet: done, not ok, and the
+ * error as every API error is worded, its code from the one table. */
+static void staging__send_failure(struct api_core_staging *s, const char *why)
+{
+    staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
+                               skiff_err_name(SKIFF_E_STAGING_FAILED), "message", why));
+}
+
 static void staging__done(void *ctx, const struct stage_result *res)
 {
     struct api_core_staging *s = ctx;
@@ -509,8 +521,7 @@ static void staging__done(void *ctx, const struct stage_result *res)
         const char *why = res->ok ? err : (res->error ? res->error : "staging failed");
         logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_ERR,
                      "Staging failed: %s (the previous droplet, if any, keeps running)", why);
-        staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
-                                   "staging_failed", "message", why));
+        staging__send_failure(s, why);
         rm_rf(s->droplet_dir);
     }
     api_core__images_gc_soon(core); /* a droplet replaced, or what a failed pull stored */
@@ -624,10 +635,9 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
                     : rc == -ENOTSUP
                         ? xstrdup("staging could not start: an image runs only in a container, "
                                   "and this skiffd runs apps as host processes")
-                        : xasprintf("staging could not start: %s", strerror(-rc));
+                        : xasprintf("staging could not start: %s", skiff_strerror(rc));
         logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
-        staging__send(s, json_pack("{s:b,s:b,s:{s:s,s:s}}", "done", 1, "ok", 0, "error", "code",
-                                   "staging_failed", "message", why));
+        staging__send_failure(s, why);
         free(why);
         api_stream_end(req);
         staging__free(s);

@@ -23,6 +23,7 @@
 
 #include "api/core_internal.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "logs/logs.h"
@@ -303,7 +304,7 @@ static void tasks__create(struct api_request *req, void *ctx)
     stored.failure_reason = NULL;
     if (rc < 0) {
         snprintf(err, sizeof err, "the task could not start: %s (`skiff logs %s --recent`)",
-                 rc == -EAGAIN ? "no resources to run it now" : strerror(-rc), app->name);
+                 skiff_strerror(rc), app->name);
         tasks__set_state(core, &stored, TASK_FAILED, err);
     } else {
         tasks__set_state(core, &stored, TASK_RUNNING, NULL);

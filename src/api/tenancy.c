@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "services/services.h"
 #include "store/store.h"
@@ -102,26 +103,21 @@ static json_t *tenancy__token_json(struct api_tenancy *t, const struct auth_toke
 /* Answers a failed auth call; what names "what" (e.g. "user \"bob\""). */
 static void tenancy__fail(struct api_request *req, int rc, const char *what)
 {
-    switch (rc) {
-    case -ENOENT:
-        api_respond_error(req, SKIFF_E_NOT_FOUND, "no %s", what);
-        break;
-    case -EEXIST:
-        api_respond_error(req, SKIFF_E_NAME_TAKEN, "%s exists already", what);
-        break;
-    case -EINVAL:
+    /* auth's -EINVAL is a name against its rules and its -EPERM a role that cannot be held in
+     * that place (auth.h): errors of the request's body, not of the store */
+    if (rc == -EINVAL)
         api_respond_error(req, SKIFF_E_INVALID_NAME,
                           "%s: names are 1-63 of a-z, 0-9 and '-', starting with a letter or "
                           "digit (user names: 1-64 of A-Z a-z 0-9 . _ @ -)",
                           what);
-        break;
-    case -EPERM:
+    else if (rc == -EPERM)
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s cannot be held there", what);
-        break;
-    default:
-        api_respond_error(req, SKIFF_E_INTERNAL, "the store failed: %s (see skiffd's log)",
-                          strerror(-rc));
-    }
+    else if (rc == -ENOENT)
+        api_respond_error(req, rc, "no %s", what);
+    else if (rc == -EEXIST)
+        api_respond_error(req, rc, "%s exists already", what);
+    else
+        api_respond_error(req, rc, "the store failed: %s (see skiffd's log)", skiff_strerror(rc));
 }
 
 /* The principal's user, or NULL (the local admin token has none). */

@@ -55,6 +55,7 @@ struct autoscaler {
     struct as_proc *procs;
     autoscaler_work_cb work;
     void *work_ctx;
+    bool following; /* autoscaler_set_leading(false): another skiffd decides */
     /* the apps as last listed, read again only when the store changed (or every
      * AUTOSCALER_RELIST_TICKS): a list a second would cost a round trip to PostgreSQL each */
     struct store_app **apps;
@@ -207,7 +208,7 @@ static void as__decide(struct autoscaler *as, const struct store_app *app,
     p->woken = false;
     /* event work in the same unit: instances' worth x the target per instance */
     if (w)
-        value += (double)w->peak * pol.target;
+        value += w->average * pol.target;
     autoscaler_kpa_record(&p->kpa, now, value);
     int ready = scheduler_ready_instances(as->sched, app->guid, sp->type, NULL, 0);
     if (ready < 0)
@@ -304,8 +305,15 @@ static void as__proc_free(struct as_proc *p)
     free(p);
 }
 
+void autoscaler_set_leading(struct autoscaler *as, bool leading)
+{
+    as->following = !leading;
+}
+
 void autoscaler_tick_now(struct autoscaler *as)
 {
+    if (as->following)
+        return;
     uint64_t changes = store_change_count(as->store);
     if (!as->apps || changes != as->apps_changes ||
         ++as->ticks_since_list >= AUTOSCALER_RELIST_TICKS) {

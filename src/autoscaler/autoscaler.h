@@ -129,9 +129,10 @@ void autoscaler_router_gone(struct autoscaler *as, int router_id);
 /* The event work of a process (the invoker's backlog and deliveries in flight). */
 struct autoscaler_work {
     double load;           /* instances' worth of it now: the autoscaler never goes below */
-    int peak;              /* the most instances it asked for since the previous read: the
-                              sample it adds to the windows, so short work between two ticks
-                              still counts */
+    double average;        /* instances' worth of it averaged over the time since the previous
+                              read (a time integral, as the routers' in flight): the sample it
+                              adds to the windows, so work between two ticks counts for what
+                              it lasted */
     int max_instances;     /* the most its mappings allow (0: none): the max of a process
                               without a stored policy */
     int64_t idle_grace_ms; /* the stable window of a policy that sets none (> 0) */
@@ -141,6 +142,9 @@ struct autoscaler_work {
 typedef bool (*autoscaler_work_cb)(void *ctx, const char *app_guid, const char *process,
                                    struct autoscaler_work *out);
 void autoscaler_set_work(struct autoscaler *as, autoscaler_work_cb fn, void *ctx);
+/* Whether this autoscaler decides (true at start): of several skiffds on one store only the
+ * one that leads does (src/daemon/leader.h); the others' ticks do nothing. */
+void autoscaler_set_leading(struct autoscaler *as, bool leading);
 
 /* Work waits for (app_guid, process) and asks for `wanted` instances: decides at once, up
  * only (at most the policy's max), recording the demand as a sample so the windows keep it.

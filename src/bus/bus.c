@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +139,7 @@ struct bus_nats {
     char *drained_subject; /* where routers answer this skiffd's drain requests */
     struct bus_nats_router routers[BUS_NATS_MAX_ROUTERS];
     size_t n_routers;
+    bool cleartext_logged; /* "no keys over cleartext NATS" said once */
     struct bus_nats_wait *waits;
     size_t n_waits;
 };
@@ -223,6 +225,8 @@ static size_t bus__nats_live_routers(struct bus *bus)
     return n->n_routers;
 }
 
+static void bus__nats_certs(struct bus *bus);
+
 /* A router's id: 1 to 32 lowercase hex digits. */
 static bool bus__nats_router_id_valid(const char *id)
 {
@@ -248,6 +252,7 @@ static struct bus_nats_router *bus__nats_router_seen(struct bus *bus, const char
     snprintf(r->id, sizeof r->id, "%s", id);
     r->conn_id = ++bus->next_conn_id;
     r->seen_ms = time_mono_ms();
+    bus__nats_certs(bus); /* a router that was not there at the last change */
     return r;
 }
 
@@ -607,8 +612,58 @@ void bus_certs_changed(struct bus *bus)
         if (!c->closing)
             bus__send(c, bus__certs_message, sizeof bus__certs_message - 1);
     if (bus->nats)
-        bus__nats_publish_json(bus, BUS_NATS_PREFIX "certs", NULL,
-                               json_pack("{s:i}", "v", BUS_NATS_VERSION));
+        bus__nats_certs(bus);
+}
+
+/* One domain's pair on skiff.bus.certs; the key's copies wiped. */
+static void bus__nats_cert_publish(struct bus *bus, const char *domain, const char *cert,
+                                   const char *key)
+{
+    json_t *msg = json_pack("{s:i,s:s,s:s,s:s}", "v", BUS_NATS_VERSION, "domain", domain, "cert",
+                            cert, "key", key);
+    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    if (msg)
+        OPENSSL_cleanse((char *)json_string_value(json_object_get(msg, "key")), strlen(key));
+    json_decref(msg);
+    if (!text)
+        return;
+    int rc = natsconn_publish(bus->nats->conn, BUS_NATS_PREFIX "certs", NULL, text, strlen(text));
+    if (rc < 0 && rc != -ENOTCONN)
+        log_warning("bus: cannot publish %s's certificate: %s", domain, skiff_strerror(rc));
+    OPENSSL_cleanse(text, strlen(text));
+    free(text);
+}
+
+/* Routers on NATS get every domain's certificate and key from the store, one message each,
+ * then the notice to reload: only over TLS, since a key must never cross a network in the
+ * clear (docs/bus.md "Domain certificates"). Over cleartext NATS the notice alone goes. */
+static void bus__nats_certs(struct bus *bus)
+{
+    struct bus_nats *n = bus->nats;
+    char **names = NULL;
+    if (store_domain_cert_list(bus->store, &names) < 0)
+        log_error("bus: cannot read the domain certificates for the routers on NATS");
+    bool send = names && names[0];
+    if (send && !natsconn_tls(n->conn)) {
+        if (!n->cleartext_logged)
+            log_warning("bus: domain certificates are not sent to routers on NATS: the "
+                        "connection to NATS is not TLS and keys never travel in the clear "
+                        "(give --nats-tls-ca FILE or tls:// URLs; docs/bus.md)");
+        n->cleartext_logged = true;
+        send = false;
+    }
+    for (size_t i = 0; send && names[i]; i++) {
+        char *cert = NULL, *key = NULL;
+        if (store_domain_cert_get(bus->store, names[i], &cert, &key) == 0) {
+            bus__nats_cert_publish(bus, names[i], cert, key);
+            OPENSSL_cleanse(key, strlen(key));
+        }
+        free(cert);
+        free(key);
+    }
+    store_strv_free(names);
+    bus__nats_publish_json(bus, BUS_NATS_PREFIX "certs", NULL,
+                           json_pack("{s:i}", "v", BUS_NATS_VERSION));
 }
 
 void bus_certs_changed_cb(void *bus)
@@ -709,8 +764,21 @@ bool bus_access_parse_plain(const char *line, size_t len, struct bus_access *out
  * requests is not idle. */
 static void bus__access(struct bus_conn *c, const struct bus_access *a)
 {
-    char tag[32];
-    snprintf(tag, sizeof tag, "RTR/%d", a->has_router_index ? a->router_index : c->router_index);
+    /* "RTR/n" by hand: one per access line, the busiest path of skiffd under traffic */
+    int index = a->has_router_index ? a->router_index : c->router_index;
+    char tag[32] = "RTR/", digits[12];
+    size_t n = 0;
+    unsigned v = index < 0 ? 0u - (unsigned)index : (unsigned)index;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    size_t at = 4;
+    if (index < 0)
+        tag[at++] = '-';
+    while (n)
+        tag[at++] = digits[--n];
+    tag[at] = '\0';
     if (strlen(a->app_guid) != 36)
         return;
     logs_append(c->bus->logs, a->app_guid, tag, LOGS_OUT, a->text, a->text_len);
@@ -931,8 +999,8 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     return 0;
 }
 
-int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_ms, char *err,
-                   size_t errsize)
+int bus_nats_start(struct bus *bus, const char *urls, const struct natsconn_security *security,
+                   int announce_ms, int ttl_ms, char *err, size_t errsize)
 {
     struct bus_nats *n = xcalloc(1, sizeof *n);
     n->announce_ms = announce_ms;
@@ -943,6 +1011,7 @@ int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_m
     bus->nats = n;
     struct natsconn_config cfg = {.urls = urls,
                                   .name = "skiffd",
+                                  .security = security ? *security : (struct natsconn_security){0},
                                   .on_msg = bus__nats_on_msg,
                                   .on_state = bus__nats_on_state,
                                   .ctx = bus};

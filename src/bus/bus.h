@@ -64,8 +64,9 @@ void bus_certs_changed_cb(void *bus);
  * skiff.bus.register with ttl_ms, again every announce_ms, skiff.bus.unregister when one goes;
  * drains, certificate notices and the routers' lines on their subjects. NATS unreachable at
  * start is not an error (the connection keeps trying). 0, or a negative errno with err. */
-int bus_nats_start(struct bus *bus, const char *urls, int announce_ms, int ttl_ms, char *err,
-                   size_t errsize);
+struct natsconn_security;
+int bus_nats_start(struct bus *bus, const char *urls, const struct natsconn_security *security,
+                   int announce_ms, int ttl_ms, char *err, size_t errsize);
 /* Closes the socket and every connection; done is called when all handles are closed. */
 void bus_close(struct bus *bus, void (*done)(void *arg), void *arg);
 void bus_free(struct bus *bus);

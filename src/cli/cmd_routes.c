@@ -212,13 +212,21 @@ int cli_domain_set_cert(const char *domain, const char *org, const char *cert_pa
     return rc;
 }
 
+/* The options of create-domain and update-domain: the domain, then --cert FILE and --key FILE
+ * (which of them a command needs is its own say). */
+static int routes__domain_options(const struct cli_command *cmd, int argc, char **argv,
+                                  struct cli_args *args, const char **cert, const char **key)
+{
+    const struct cli_option opts[] = {
+        {"cert", 0, CLI_OPT_STRING, cert}, {"key", 0, CLI_OPT_STRING, key}, {NULL, 0, 0, NULL}};
+    return cli_parse_options(cmd, argc, argv, opts, args, 1, 1);
+}
+
 int cli_cmd_update_domain(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
     const char *cert = NULL, *key = NULL;
-    const struct cli_option opts[] = {
-        {"cert", 0, CLI_OPT_STRING, &cert}, {"key", 0, CLI_OPT_STRING, &key}, {NULL, 0, 0, NULL}};
-    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    int rc = routes__domain_options(cmd, argc, argv, &args, &cert, &key);
     if (rc != CLI_CONTINUE)
         return rc;
     if (!cert || !key)
@@ -251,9 +259,7 @@ int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
     const char *cert = NULL, *key = NULL;
-    const struct cli_option opts[] = {
-        {"cert", 0, CLI_OPT_STRING, &cert}, {"key", 0, CLI_OPT_STRING, &key}, {NULL, 0, 0, NULL}};
-    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    int rc = routes__domain_options(cmd, argc, argv, &args, &cert, &key);
     if (rc != CLI_CONTINUE)
         return rc;
     if (!cert != !key)

@@ -200,6 +200,11 @@ const struct cli_command cli_core_commands[] = {
      cli_cmd_routes},
     {"domains", "domains", "List the domains routes can use", NULL, cli_cmd_domains},
     {"stacks", "stacks", "List the stacks (root file systems) apps run on", NULL, cli_cmd_stacks},
+    {"cells", "cells", "List the skiffds that run instances (platform admin)",
+     "Shows each cell's id, host, zone, state (up, or missing when it has not sent a\n"
+     "heartbeat for three of its intervals), whether it leads, its memory (used / capacity),\n"
+     "its instances and its last heartbeat.\n",
+     cli_cmd_cells},
     {"create-domain", "create-domain NAME [--cert FILE --key FILE]",
      "Add a shared domain for routes (with its own HTTPS certificate)",
      "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"

@@ -82,6 +82,7 @@ int cli_cmd_update_domain(const struct cli_command *cmd, int argc, char **argv);
 int cli_domain_set_cert(const char *domain, const char *org, const char *cert_path,
                         const char *key_path);
 int cli_cmd_stacks(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_cells(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv);
 
 #endif

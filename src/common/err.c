@@ -52,6 +52,8 @@ static const struct {
                                  "a blob of the image does not match its digest"},
     [SKIFF_E_SSH_DISABLED] = {"ssh_disabled", 409,
                               "ssh is disabled for the app or not allowed in its space"},
+    [SKIFF_E_STAGING_FAILED] = {"staging_failed", 422,
+                                "staging failed: `skiff logs APP --recent` says why"},
 };
 
 /* The errno values the parts below the API return, each with the API error that answers it
@@ -74,12 +76,19 @@ static const struct {
      "a disk or a backend failed (input/output error): skiffd's log says "
      "which"},
     {ECANCELED, SKIFF_E_UNAVAILABLE, "skiffd is shutting down: retry once it is back"},
-    {ENOMEM, SKIFF_E_INTERNAL, NULL},
-    {EMFILE, SKIFF_E_BUSY, NULL},
-    {ENFILE, SKIFF_E_BUSY, NULL},
-    {EAGAIN, SKIFF_E_BUSY, NULL},
-    {EBUSY, SKIFF_E_BUSY, NULL},
+    /* skiffd aborts when its own allocations fail: an ENOMEM from a part is the kernel's
+     * passing pressure (socket buffers, a cgroup), as ENOBUFS is */
+    {ENOMEM, SKIFF_E_BUSY, "the kernel is short of memory right now: retry in a moment"},
+    {ENOBUFS, SKIFF_E_BUSY, "the kernel is short of buffers right now: retry in a moment"},
+    {EMFILE, SKIFF_E_BUSY, "skiffd has too many files open right now: retry in a moment"},
+    {ENFILE, SKIFF_E_BUSY, "the system has too many files open right now: retry in a moment"},
+    {EAGAIN, SKIFF_E_BUSY, "skiffd is short of resources right now: retry in a moment"},
+    {EBUSY, SKIFF_E_BUSY, "busy right now: retry in a moment"},
     {ETIMEDOUT, SKIFF_E_UNAVAILABLE, NULL},
+    {ENOTCONN, SKIFF_E_UNAVAILABLE, NULL},
+    {ENOTSUP, SKIFF_E_UNAVAILABLE, NULL},
+    {ENOSYS, SKIFF_E_UNAVAILABLE, NULL},
+    {ESRCH, SKIFF_E_NO_INSTANCE, "the instance is gone or stopping"},
     {ECONNREFUSED, SKIFF_E_UNAVAILABLE, NULL},
     {ECONNRESET, SKIFF_E_UNAVAILABLE, NULL},
     {EPIPE, SKIFF_E_UNAVAILABLE, NULL},

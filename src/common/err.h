@@ -52,6 +52,7 @@ enum skiff_err {
     SKIFF_E_BAD_IMAGE,            /* an image (manifest, config, layout) that is not valid */
     SKIFF_E_DIGEST_MISMATCH,      /* a blob whose content does not match its digest */
     SKIFF_E_SSH_DISABLED,         /* ssh is turned off for the app or not allowed in its space */
+    SKIFF_E_STAGING_FAILED,       /* a staging ended without a droplet (told in its stream) */
     SKIFF_ERR_COUNT
 };
 

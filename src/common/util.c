@@ -369,7 +369,20 @@ void time_format_rfc3339(int64_t ms, char *out, size_t size)
         strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
         last_secs = secs;
     }
-    snprintf(out, size, "%s.%03dZ", date, (int)(ms % 1000));
+    int milli = (int)(ms % 1000);
+    if (milli < 0 || size < sizeof date + 5) {
+        snprintf(out, size, "%s.%03dZ", date, milli);
+        return;
+    }
+    /* by hand: a log line is stamped many times a second */
+    size_t n = strlen(date);
+    memcpy(out, date, n);
+    out[n] = '.';
+    out[n + 1] = (char)('0' + milli / 100);
+    out[n + 2] = (char)('0' + milli / 10 % 10);
+    out[n + 3] = (char)('0' + milli % 10);
+    out[n + 4] = 'Z';
+    out[n + 5] = '\0';
 }
 
 char *path_expand_home(const char *path)

@@ -250,7 +250,7 @@ static int net__send(int fd, struct net__batch *b, int *failed, char *why, size_
             return rc ? rc : -errno;
         }
         int len = (int)n;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, len);
+        for (struct nlmsghdr *h = (struct nlmsghdr *)reply; len > 0 && NLMSG_OK(h, (unsigned)len);
              h = NLMSG_NEXT(h, len)) {
             if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_seq < b->first_seq ||
                 h->nlmsg_seq >= b->first_seq + (uint32_t)b->count)

@@ -25,7 +25,9 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "container/net.h"
+#include "cells/cells.h"
 #include "daemon/builtin_brokers.h"
+#include "daemon/leader.h"
 #include "daemon/router_proc.h"
 #include "common/buf.h"
 #include "tls/tls.h"
@@ -65,6 +67,11 @@ struct daemon {
     struct api_events *events; /* the topics' endpoints and the fabric */
     struct services *services; /* service instances, bindings, brokers (records) */
     struct api_svc *svc;       /* their endpoints and the broker calls */
+    /* a shared store (PostgreSQL): whether this skiffd leads (NULL: it always does) */
+    struct leader *leader;
+    bool leading_decided; /* the leader said once whether this skiffd leads */
+    uv_timer_t resync;    /* while leading a shared store: other skiffds' writes converged */
+    struct cells *cells;  /* this skiffd's heartbeats, GET /v1/cells */
     uv_signal_t sigterm, sigint, sigusr2, sighup;
     bool stopping;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
@@ -106,6 +113,16 @@ static void usage(FILE *out)
         "                              announce the route table on NATS core for routers on\n"
         "                              other hosts (docs/bus.md; SKIFF_BUS_ANNOUNCE_MS, default\n"
         "                              10000, and SKIFF_BUS_TTL_MS, default 30000)\n"
+        "  --nats-creds FILE           a NATS credentials file (JWT and seed, as nats --creds;\n"
+        "                              SKIFF_NATS_CREDS); a user and password go in the URL\n"
+        "                              (nats://USER:PASSWORD@HOST:PORT, best in SKIFF_NATS)\n"
+        "  --nats-tls-ca FILE          TLS to NATS, trusting this CA (SKIFF_NATS_TLS_CA); so do\n"
+        "                              tls:// URLs\n"
+        "  --nats-tls-cert FILE --nats-tls-key FILE\n"
+        "                              a client certificate for NATS (SKIFF_NATS_TLS_CERT,\n"
+        "                              SKIFF_NATS_TLS_KEY); docs/bus.md has the permissions\n"
+        "  --zone NAME                 this cell's zone, shown by `skiff cells` (SKIFF_ZONE,\n"
+        "                              default \"default\")\n"
         "  --role all|router           all (default, SKIFF_ROLE): the whole platform; router: a\n"
         "                              lone skiff-router that learns its routes from --nats (no\n"
         "                              API, scheduler or executor), on --router-addr,\n"
@@ -143,7 +160,10 @@ static void usage(FILE *out)
         "public address; default 1), SKIFF_CONTAINER_UID_BASE (host uid of containers' root,\n"
         "default 200000; vcap is that + 2000), SKIFF_API_MAX_CONNECTIONS (default 4096, at\n"
         "most half of the open-file limit), SKIFF_API_MAX_CONNECTIONS_PER_CLIENT (default a\n"
-        "quarter of that).\n"
+        "quarter of that), SKIFF_CELL_HEARTBEAT_MS (how often this skiffd records its heartbeat\n"
+        "for `skiff cells`, default 5000).\n"
+        "With --store postgres://..., several skiffds (each with its own home) share the store:\n"
+        "one leads and runs the instances, the others serve the API (src/daemon/README.md).\n"
         "\n"
         "Signals:\n"
         "  SIGTERM, SIGINT  stop the platform: every instance gracefully (SIGTERM, then SIGKILL\n"
@@ -278,7 +298,7 @@ static bool daemon_invoker_work(void *invoker, const char *app_guid, const char 
     if (!invoker_work_of(invoker, app_guid, process, &w))
         return false;
     *out = (struct autoscaler_work){.load = w.load,
-                                    .peak = w.peak,
+                                    .average = w.average,
                                     .max_instances = w.max_instances,
                                     .idle_grace_ms = w.idle_grace_ms};
     return true;
@@ -357,6 +377,11 @@ static void daemon_stop(struct daemon *d)
     if (d->stopping)
         return;
     d->stopping = true;
+    /* the lock goes at once, so another skiffd takes over while this one stops */
+    if (d->leader)
+        leader_close(d->leader, NULL, NULL);
+    cells_close(d->cells);
+    uv_timer_stop(&d->resync);
     if (d->core)
         api_core_shutdown(d->core);
     if (d->svc)
@@ -393,6 +418,8 @@ static char *vcap_services(void *ctx, const char *app_guid)
 
 static void daemon_free(struct daemon *d)
 {
+    leader_free(d->leader);
+    cells_free(d->cells);
     api_core_free(d->core);
     api_svc_stop(d->svc);
     services_free(d->services);
@@ -543,10 +570,53 @@ static void on_sighup(uv_signal_t *h, int signum)
         log_info("SIGHUP: the API's certificate was reloaded from %s", d->api_cert_path);
 }
 
+/* ---- leading a shared store (leader.h) ------------------------------------------------------ */
+
+/* How often the leader converges what other skiffds wrote to the shared store. */
+#define DAEMON_RESYNC_MS 1000
+
+static bool daemon_leading(void *ctx)
+{
+    struct daemon *d = ctx;
+    return !d->leader || leader_is_leading(d->leader);
+}
+
+/* What other skiffds wrote: apps converge, and the route table is made again from the store
+ * and sent to this skiffd's routers (a route mapped through another skiffd reaches them). */
+static void daemon_on_resync(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    if (d->stopping)
+        return;
+    scheduler_resync(d->sched);
+    bus_routes_changed(d->bus);
+}
+
+/* The one place that says what leading changes: the scheduler first (it stops or starts
+ * instances at once), then the autoscaler and the schedules, then the heartbeat. */
+static void daemon_leading_changed(void *ctx, bool leading)
+{
+    struct daemon *d = ctx;
+    if (d->stopping)
+        return;
+    scheduler_set_leading(d->sched, leading);
+    if (!leading && !d->leading_decided)
+        scheduler_reconcile_all(d->sched); /* what a predecessor left here stops */
+    d->leading_decided = true;
+    autoscaler_set_leading(d->autoscaler, leading);
+    invoker_set_leading(d->invoker, leading);
+    if (leading)
+        uv_timer_start(&d->resync, daemon_on_resync, DAEMON_RESYNC_MS, DAEMON_RESYNC_MS);
+    else
+        uv_timer_stop(&d->resync);
+    cells_beat(d->cells);
+}
+
 /* skiffd --role router: this process becomes a skiff-router that learns routes from NATS.
  * The server list goes in the environment, never on a command line (it may hold a password).
  * Returns only on error. */
-static int daemon_run_router(const char *home, const char *nats_url, const char *addr,
+static int daemon_run_router(const char *home, const char *nats_url,
+                             const struct natsconn_security *sec, const char *addr,
                              const char *admin_addr, const char *tls_addr)
 {
     if (!*nats_url) {
@@ -566,12 +636,24 @@ static int daemon_run_router(const char *home, const char *nats_url, const char 
         return 1;
     }
     setenv("SKIFF_ROUTER_NATS", nats_url, 1);
-    const char *argv[12] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
+    const char *argv[20] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
     int n = 7;
     if (tls_addr && *tls_addr) {
         argv[n++] = "--tls-addr";
         argv[n++] = tls_addr;
     }
+    /* file names only: what they hold stays in the files */
+    const struct {
+        const char *flag, *value;
+    } files[] = {{"--nats-creds", sec->creds},
+                 {"--nats-tls-ca", sec->tls_ca},
+                 {"--nats-tls-cert", sec->tls_cert},
+                 {"--nats-tls-key", sec->tls_key}};
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++)
+        if (files[i].value && *files[i].value) {
+            argv[n++] = files[i].flag;
+            argv[n++] = files[i].value;
+        }
     argv[n] = NULL;
     execv(bin, (char *const *)argv);
     log_error("cannot run %s: %s", bin, strerror(errno));
@@ -590,8 +672,13 @@ int main(int argc, char **argv)
     const char *api_addr = env_or("SKIFF_API_ADDR", "127.0.0.1:8090");
     const char *router_addr = env_or("SKIFF_ROUTER_ADDR", "127.0.0.1:8080");
     const char *admin_addr = env_or("SKIFF_ROUTER_ADMIN_ADDR", "127.0.0.1:8083");
-    const char *router_tls_addr = env_or("SKIFF_ROUTER_TLS_ADDR", "127.0.0.1:8443");
-    const char *api_tls_addr = env_or("SKIFF_API_TLS_ADDR", "127.0.0.1:8091");
+    /* an empty value set on purpose means no HTTPS there, as "" does on the command line */
+    const char *router_tls_addr = getenv("SKIFF_ROUTER_TLS_ADDR");
+    const char *api_tls_addr = getenv("SKIFF_API_TLS_ADDR");
+    if (!router_tls_addr)
+        router_tls_addr = "127.0.0.1:8443";
+    if (!api_tls_addr)
+        api_tls_addr = "127.0.0.1:8091";
     const char *tls_cert = env_or("SKIFF_TLS_CERT", ""), *tls_key = env_or("SKIFF_TLS_KEY", "");
     const char *drain_timeout = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
@@ -599,7 +686,12 @@ int main(int argc, char **argv)
     const char *store_location = env_or("SKIFF_STORE", "");
     const char *nats_url = env_or("SKIFF_NATS", "");
     const char *nats_replicas_text = env_or("SKIFF_NATS_REPLICAS", "1");
+    struct natsconn_security nats_sec = {.creds = getenv("SKIFF_NATS_CREDS"),
+                                         .tls_ca = getenv("SKIFF_NATS_TLS_CA"),
+                                         .tls_cert = getenv("SKIFF_NATS_TLS_CERT"),
+                                         .tls_key = getenv("SKIFF_NATS_TLS_KEY")};
     const char *role = env_or("SKIFF_ROLE", "all");
+    const char *zone = env_or("SKIFF_ZONE", "default");
     bool tls_addr_given = getenv("SKIFF_ROUTER_TLS_ADDR") != NULL;
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
@@ -641,8 +733,18 @@ int main(int argc, char **argv)
             target = &prewarm_text;
         else if (!strcmp(a, "--nats"))
             target = &nats_url;
+        else if (!strcmp(a, "--zone"))
+            target = &zone;
         else if (!strcmp(a, "--nats-replicas"))
             target = &nats_replicas_text;
+        else if (!strcmp(a, "--nats-creds"))
+            target = &nats_sec.creds;
+        else if (!strcmp(a, "--nats-tls-ca"))
+            target = &nats_sec.tls_ca;
+        else if (!strcmp(a, "--nats-tls-cert"))
+            target = &nats_sec.tls_cert;
+        else if (!strcmp(a, "--nats-tls-key"))
+            target = &nats_sec.tls_key;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-memory"))
@@ -674,7 +776,7 @@ int main(int argc, char **argv)
         *target = argv[++i];
     }
     if (!strcmp(role, "router"))
-        return daemon_run_router(home, nats_url, router_addr, admin_addr,
+        return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
                                  tls_addr_given ? router_tls_addr : NULL);
     if (strcmp(role, "all")) {
         log_error("--role is all or router, not \"%s\"", role);
@@ -722,6 +824,11 @@ int main(int argc, char **argv)
         (uint64_t)prewarm_memory > (1ull << 40) >> prewarm_shift) {
         log_error("--prewarm-memory %s is not a size from 1K to 1024G (like 256M)",
                   prewarm_memory_text);
+        return 2;
+    }
+    char zone_err[200];
+    if (cells_zone_check(zone, zone_err, sizeof zone_err) < 0) {
+        log_error("%s", zone_err);
         return 2;
     }
     bool contained = !strcmp(isolation, "container");
@@ -921,6 +1028,28 @@ int main(int argc, char **argv)
         goto fail;
     }
     api_set_instance_check(d.api, instance_token_live, &d);
+    /* on a shared store nothing runs here until the leader's lock says this skiffd leads */
+    bool shared_store = store_location_is_postgres(db);
+    if (shared_store)
+        scheduler_set_leading(d.sched, false);
+    uv_timer_init(d.loop, &d.resync);
+    d.resync.data = &d;
+    rc = cells_start(
+        d.loop,
+        &(struct cells_config){.home = d.home,
+                               .zone = zone,
+                               .api_addr = d.api_addr,
+                               .heartbeat_ms = (int)env_long("SKIFF_CELL_HEARTBEAT_MS", 0, 100),
+                               .store = d.store,
+                               .sched = d.sched,
+                               .leading = daemon_leading,
+                               .leading_ctx = &d},
+        &d.cells, err, sizeof err);
+    if (rc < 0) {
+        log_error("%s", err);
+        goto fail;
+    }
+    cells_register(d.cells, d.api);
     bus_path = xasprintf("%s/run/bus.sock", d.home);
     rc = bus_new(d.loop, bus_path, d.store, d.sched, d.hub, d.logs, err, sizeof err, &d.bus);
     if (rc < 0) {
@@ -936,13 +1065,15 @@ int main(int argc, char **argv)
                       ttl_ms, announce_ms);
             goto fail;
         }
-        rc = bus_nats_start(d.bus, nats_url, (int)announce_ms, (int)ttl_ms, err, sizeof err);
+        rc = bus_nats_start(d.bus, nats_url, &nats_sec, (int)announce_ms, (int)ttl_ms, err,
+                            sizeof err);
         if (rc < 0) {
             log_error("%s", err);
             goto fail;
         }
     }
     autoscaler_new(d.loop, d.store, d.sched, d.logs, &d.autoscaler);
+    autoscaler_set_leading(d.autoscaler, !shared_store);
     static const struct bus_metrics_sink autoscaler_sink = {
         .report = daemon_autoscaler_report,
         .router_gone = daemon_autoscaler_router_gone,
@@ -958,7 +1089,8 @@ int main(int argc, char **argv)
                                .hub = d.hub,
                                .logs = d.logs,
                                .nats_url = nats_url,
-                               .nats_replicas = (int)nats_replicas};
+                               .nats_replicas = (int)nats_replicas,
+                               .nats_security = nats_sec};
     const char *own_addrs[] = {
         d.api_addr,   d.router_addr, d.router_admin_addr, d.router_tls_addr, d.api_tls_addr,
         publish_addr, NULL};
@@ -1004,6 +1136,7 @@ int main(int argc, char **argv)
         log_error("cannot start event delivery: %s", err);
         goto fail;
     }
+    invoker_set_leading(d.invoker, !shared_store);
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
     autoscaler_set_work(d.autoscaler, daemon_invoker_work, d.invoker);
     invoker_set_wake(d.invoker, daemon_invoker_wake, d.autoscaler);
@@ -1034,7 +1167,22 @@ int main(int argc, char **argv)
                                              .api = d.api,
                                              .records = d.services,
                                              .events_url = events_url ? events_url : api_url});
-    scheduler_reconcile_all(d.sched);
+    if (!shared_store) {
+        scheduler_reconcile_all(d.sched); /* the embedded store has one skiffd: it leads */
+    } else {
+        char *leader_name = xasprintf("skiffd leader %s", cells_id(d.cells));
+        rc = leader_start(d.loop,
+                          &(struct leader_config){.location = db,
+                                                  .name = leader_name,
+                                                  .on_change = daemon_leading_changed,
+                                                  .ctx = &d},
+                          &d.leader);
+        free(leader_name);
+        if (rc < 0) {
+            log_error("cannot try for the leader's lock: %s", strerror(-rc));
+            goto fail;
+        }
+    }
 
     uv_signal_init(d.loop, &d.sigterm);
     uv_signal_init(d.loop, &d.sigint);

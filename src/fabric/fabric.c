@@ -246,8 +246,8 @@ const char *fabric_strerror(int code)
         return "no NATS server of the event fabric answers: check that they run and that "
                "skiffd's --nats names them, then retry";
     case -ETIMEDOUT:
-        return "JetStream did not acknowledge in time (too few replicas up?): retry; an event "
-               "may then be stored twice (de-duplicate by source and id)";
+        return "JetStream did not acknowledge in time (NATS down, or too few replicas up?): "
+               "retry; an event may then be stored twice (de-duplicate by source and id)";
     default:
         return skiff_strerror(code);
     }

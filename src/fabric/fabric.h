@@ -31,6 +31,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "natsconn/natsconn.h"
+
 struct fabric;
 struct fabric_sub;
 
@@ -55,7 +57,8 @@ struct fabric_config {
      * empty: the embedded log in dir). A topic is then a stream, a cursor a record in the
      * cursors stream; see src/fabric/README.md. */
     const char *nats_url;
-    int nats_replicas; /* each stream's replicas (JetStream's R); 0: 1 */
+    struct natsconn_security nats_security; /* credentials and TLS for nats_url */
+    int nats_replicas;                      /* each stream's replicas (JetStream's R); 0: 1 */
 };
 
 /* Opens (or creates) the fabric in cfg->dir and recovers it: a record torn by a crash at the

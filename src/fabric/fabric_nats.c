@@ -1028,7 +1028,7 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     pthread_mutex_init(&f->lock, NULL);
 
     natsOptions *opts = NULL;
-    if (natsconn_options(f->url, REQUEST_WAIT_MS, &opts, errmsg, errlen) < 0)
+    if (natsconn_options(f->url, &cfg->nats_security, REQUEST_WAIT_MS, &opts, errmsg, errlen) < 0)
         goto fail;
     natsStatus s = natsOptions_UseGlobalMessageDelivery(opts, true);
     /* a publish goes out at once instead of waiting for libnats's flusher: single-publish

@@ -929,7 +929,7 @@ void http_respond(struct http_request *req, int status, const char *content_type
     http__finish(req);
 }
 
-void http_respond_verror(struct http_request *req, enum skiff_err err, const char *fmt, va_list ap)
+void http_respond_verror(struct http_request *req, int err, const char *fmt, va_list ap)
 {
     struct buf msg = {0};
     if (fmt)
@@ -948,7 +948,7 @@ void http_respond_verror(struct http_request *req, enum skiff_err err, const cha
     free(text);
 }
 
-void http_respond_error(struct http_request *req, enum skiff_err err, const char *fmt, ...)
+void http_respond_error(struct http_request *req, int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

@@ -169,10 +169,11 @@ void http_request_on_abort(struct http_request *req, void (*fn)(void *ctx), void
 void http_respond_header(struct http_request *req, const char *name, const char *value);
 void http_respond(struct http_request *req, int status, const char *content_type, const void *body,
                   size_t len);
-/* {"error": {"code", "message"}} with err's status; fmt NULL: err's own message. */
-void http_respond_error(struct http_request *req, enum skiff_err err, const char *fmt, ...)
+/* {"error": {"code", "message"}} with err's status; fmt NULL: err's own message. err is the one
+ * error type of common/err.h: an enum skiff_err or a negative errno, answered as its row says. */
+void http_respond_error(struct http_request *req, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void http_respond_verror(struct http_request *req, enum skiff_err err, const char *fmt, va_list ap)
+void http_respond_verror(struct http_request *req, int err, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 /* Switching protocols (RFC 9110 section 15.2.2), in place of an answer: sends 101 with
  * `Upgrade: protocol` (and the headers added), and once it is out hands the connection over:

@@ -10,6 +10,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "images/images.h"
 #include "images/images_internal.h"
@@ -137,7 +138,7 @@ int image_store_gc(const struct image_store *s, const struct image_keep *keep,
                            "a pull or an import holds the image store: collected after it");
     if (lock < 0)
         return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot lock the image store: %s",
-                           strerror(-lock));
+                           skiff_strerror(lock));
     out->layers = gc__sweep(s, "layers/sha256", keep);
     out->blobs = gc__sweep(s, "blobs/sha256", keep);
     /* nobody writes under tmp/ without holding the store: what is there was left by a pull

@@ -18,6 +18,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "images/images.h"
 #include "images/images_internal.h"
@@ -51,7 +52,8 @@ static int layer__sync(struct layer *l)
     for (size_t i = 0; i < l->n_unsynced; i++) {
         if (rc == SKIFF_OK && fdatasync(l->unsynced[i]) != 0)
             rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
-                             "layer %s: cannot write it to disk: %s", l->digest, strerror(errno));
+                             "layer %s: cannot write it to disk: %s", l->digest,
+                             skiff_strerror(-errno));
         close(l->unsynced[i]);
     }
     l->n_unsynced = 0;
@@ -155,7 +157,7 @@ static int layer__open_dir(struct layer *l, const char *dir, const char *entry, 
     return SKIFF_OK;
 sys:
     return image__fail(l->err, l->errlen, SKIFF_E_INTERNAL, "layer %s: cannot unpack '%.200s': %s",
-                       l->digest, entry, strerror(errno));
+                       l->digest, entry, skiff_strerror(-errno));
 }
 
 /* Splits a clean path into its folder (written over name's copy) and its last component. */
@@ -209,7 +211,7 @@ static int layer__write_data(struct layer *l, struct archive *a, int fd, const c
             if (n < 0)
                 return image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
                                    "layer %s: cannot write '%.200s': %s", l->digest, entry,
-                                   strerror(errno));
+                                   skiff_strerror(-errno));
             p += n;
             size -= (size_t)n;
             offset += n;
@@ -222,7 +224,7 @@ static int layer__write_data(struct layer *l, struct archive *a, int fd, const c
 static int layer__sys(struct layer *l, const char *what, const char *entry)
 {
     return image__fail(l->err, l->errlen, SKIFF_E_INTERNAL, "layer %s: cannot %s '%.200s': %s",
-                       l->digest, what, entry, strerror(errno));
+                       l->digest, what, entry, skiff_strerror(-errno));
 }
 
 /* One entry, written under the folder fd dir as name. */
@@ -420,8 +422,9 @@ static int layer__unpack(struct layer *l, struct archive *a)
         rc = layer__sync(l);
     layer__drop_unsynced(l);
     if (rc == SKIFF_OK && fsync(l->root) != 0)
-        rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
-                         "layer %s: cannot write it to disk: %s", l->digest, strerror(errno));
+        rc =
+            image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+                        "layer %s: cannot write it to disk: %s", l->digest, skiff_strerror(-errno));
     return rc;
 }
 
@@ -435,7 +438,7 @@ static int layer__begin(const struct image_store *s, const char *digest, struct 
     if (mkdir(*tmp, 0755) != 0 || chown(*tmp, s->uid_base, s->uid_base) != 0 ||
         (l->root = open(*tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
         return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
-                           strerror(errno));
+                           skiff_strerror(-errno));
     if (err && errlen)
         err[0] = '\0';
     return SKIFF_OK;
@@ -465,7 +468,7 @@ int image_layer_unpack(const struct image_store *s, const char *digest, char *er
     archive_read_free(a);
     if (rc == SKIFF_OK && rename(tmp, final) != 0 && access(final, F_OK) != 0)
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
-                         strerror(errno));
+                         skiff_strerror(-errno));
 done:
     if (l.root >= 0)
         close(l.root);
@@ -538,7 +541,7 @@ int image__layer_stream_begin(const struct image_store *s, const char *digest,
     int fds[2];
     if (rc == SKIFF_OK && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
         rc = image__fail(ls->err, sizeof ls->err, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s",
-                         digest, strerror(errno));
+                         digest, skiff_strerror(-errno));
     if (rc == SKIFF_OK) {
         ls->in = fds[0];
         ls->out = fds[1];
@@ -548,7 +551,7 @@ int image__layer_stream_begin(const struct image_store *s, const char *digest,
         int e = pthread_create(&ls->thread, NULL, layer__stream_work, ls);
         if (e != 0)
             rc = image__fail(ls->err, sizeof ls->err, SKIFF_E_INTERNAL,
-                             "cannot unpack layer %s: %s", digest, strerror(e));
+                             "cannot unpack layer %s: %s", digest, skiff_strerror(-e));
     }
     if (rc != SKIFF_OK) {
         image__fail(err, errlen, rc, "%s", ls->err);

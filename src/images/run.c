@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "images/images.h"
 #include "images/images_internal.h"
@@ -21,7 +22,7 @@ int image_droplet_write(const struct image *img, const char *droplet_dir, char *
         rc = file_write_atomic(record, json, strlen(json), 0644);
     if (rc < 0)
         image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot write the droplet %s: %s", droplet_dir,
-                    strerror(-rc));
+                    skiff_strerror(rc));
     free(app);
     free(record);
     free(json);

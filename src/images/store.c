@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "images/images_internal.h"
 
@@ -77,7 +78,7 @@ int image_store_open(struct image_store *s, const char *home, unsigned uid_base,
         free(d);
         if (rc < 0) {
             image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot make the image store in %s: %s",
-                        s->root, strerror(-rc));
+                        s->root, skiff_strerror(rc));
             image_store_close(s);
             return SKIFF_E_INTERNAL;
         }
@@ -176,7 +177,7 @@ int image__blob_begin(const struct image_store *s, const char *expected, const c
             free(w->tmp);
             free(w);
             return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", what,
-                               strerror(e));
+                               skiff_strerror(-e));
         }
     }
     w->sha = EVP_MD_CTX_new();
@@ -211,7 +212,7 @@ int image_blob_write(struct image_blob_writer *w, const void *data, size_t len, 
             continue;
         if (n < 0)
             return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
-                               strerror(errno));
+                               skiff_strerror(-errno));
         p += n;
         len -= (size_t)n;
         w->written += (uint64_t)n;
@@ -261,7 +262,7 @@ int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN]
     if (fsync(w->fd) != 0 || close(w->fd) != 0) {
         w->fd = -1;
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
-                         strerror(errno));
+                         skiff_strerror(-errno));
         goto done;
     }
     w->fd = -1;
@@ -269,7 +270,7 @@ int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN]
     /* a blob stored meanwhile by another pull is the same bytes: either copy may win */
     if (rename(w->tmp, final) != 0)
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
-                         strerror(errno));
+                         skiff_strerror(-errno));
     free(final);
 done:
     if (digest && rc == SKIFF_OK)
@@ -285,7 +286,7 @@ int image__blob_verify(struct image_blob_writer *w, struct image_pending *p, cha
     int rc = blob__check(w, got, err, errlen);
     if (rc == SKIFF_OK && w->fd >= 0 && close(w->fd) != 0)
         rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
-                         strerror(errno));
+                         skiff_strerror(-errno));
     w->fd = -1;
     if (rc == SKIFF_OK && w->tmp) {
         image__pending_add(p, w->tmp, xasprintf("%s/%s", w->final_dir, got + 7));
@@ -342,7 +343,7 @@ int image__pending_commit(const struct image_store *s, struct image_pending *p, 
         int fd = open(p->tmp[i], O_RDONLY | O_CLOEXEC);
         if (fd < 0 || fsync(fd) != 0)
             rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
-                             strerror(errno));
+                             skiff_strerror(-errno));
         if (fd >= 0)
             close(fd);
     }
@@ -350,7 +351,7 @@ int image__pending_commit(const struct image_store *s, struct image_pending *p, 
         /* one stored meanwhile by another pull is the same content: it stays */
         if (rename(p->tmp[i], p->final[i]) != 0 && access(p->final[i], F_OK) != 0)
             rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
-                             strerror(errno));
+                             skiff_strerror(-errno));
     }
     image__pending_abort(p); /* what was not moved */
     return rc;

@@ -10,6 +10,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "images/images.h"
 #include "images/images_internal.h"
@@ -34,7 +35,7 @@ static int user__open(int dirfd, const char *name, bool want_dir, int *fd, const
         return errno == ENOENT
                    ? USER_ABSENT
                    : -image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot read the image's %s: %s",
-                                  shown, strerror(errno));
+                                  shown, skiff_strerror(-errno));
     if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0))
         return USER_HIDDEN;
     if (S_ISLNK(st.st_mode) || (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)))
@@ -49,7 +50,7 @@ static int user__open(int dirfd, const char *name, bool want_dir, int *fd, const
                  O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | (want_dir ? O_DIRECTORY : 0));
     if (*fd < 0)
         return -image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot open the image's %s: %s", shown,
-                            strerror(errno));
+                            skiff_strerror(-errno));
     return USER_FILE;
 }
 
@@ -81,7 +82,7 @@ static int user__read(int fd, const char *shown, char **out, char *err, size_t e
         if (n < 0) {
             free(text);
             return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot read the image's %s: %s",
-                               shown, strerror(errno));
+                               shown, skiff_strerror(-errno));
         }
         if (n == 0)
             break;

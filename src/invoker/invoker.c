@@ -379,8 +379,7 @@ static int target_wanted(struct inv_target *t, uint64_t *work_out, double *load_
         *load_out = load;
     if (max_out)
         *max_out = max_instances;
-    if ((int)wanted > t->wanted_peak)
-        t->wanted_peak = (int)wanted;
+    work_meter_set(&t->work, load, uv_hrtime() / 1000);
     return (int)wanted;
 }
 
@@ -859,6 +858,11 @@ static void mapping_cron_fire(uv_timer_t *h)
     struct inv_mapping *m = h->data;
     if (m->deleted || m->inv->stopping)
         return;
+    if (m->inv->following) { /* the skiffd that leads publishes this fire */
+        m->last_fire_ms = m->cron_due_ms;
+        mapping_arm_cron(m);
+        return;
+    }
     char source[80], when[40];
     snprintf(source, sizeof(source), "/skiff/schedules/%s", m->spec.id);
     time_format_rfc3339(time_now_ms(), when, sizeof(when));
@@ -1303,10 +1307,9 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
         uint64_t work;
         double load;
         int max;
-        int wanted = target_wanted(t, &work, &load, &max);
+        target_wanted(t, &work, &load, &max);
         out->load += load;
-        out->peak += t->wanted_peak > wanted ? t->wanted_peak : wanted;
-        t->wanted_peak = wanted;
+        out->average += work_meter_take_average(&t->work, uv_hrtime() / 1000);
         if (max > out->max_instances)
             out->max_instances = max;
         int64_t grace = target_idle_grace(t);
@@ -1315,6 +1318,11 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
         found = true;
     }
     return found;
+}
+
+void invoker_set_leading(struct invoker *inv, bool leading)
+{
+    inv->following = !leading;
 }
 
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx)

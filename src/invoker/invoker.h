@@ -20,7 +20,8 @@
  * the mappings' idle grace (the shortest), else $SKIFF_FUNCTION_IDLE_GRACE (60s); the
  * autoscaler takes it as the stable window of a policy that sets none.
  *
- * The delivery policy and mapping specs (first two sections) are pure: no I/O, no clock. */
+ * The delivery policy, mapping specs and the work meter (first three sections) are pure: no I/O,
+ * no clock (the caller gives the time). */
 #ifndef SKIFF_INVOKER_H
 #define SKIFF_INVOKER_H
 
@@ -133,6 +134,24 @@ json_t *mapping_spec_to_json(const struct mapping_spec *spec);
 char *mapping_app_ref(const struct mapping_spec *spec);
 void mapping_spec_free(struct mapping_spec *spec);
 
+/* ---- the work meter ------------------------------------------------------------------ */
+
+/* The time integral of a target's work (instances' worth: backlog and deliveries in flight over
+ * the concurrency per instance) between two reads, as the routers keep their requests in flight
+ * (src/router/route_stats.c): the autoscaler's sample is the average over the second, so a
+ * burst of short deliveries weighs what it lasted, not what it peaked at. */
+struct work_meter {
+    double level;        /* instances' worth since changed_us */
+    uint64_t changed_us; /* when level was last set (0: never) */
+    double integral;     /* instance-microseconds since read_us */
+    uint64_t read_us;    /* the last read (0: never; the first set starts the span) */
+};
+/* The work is `level` from now_us on. A clock that goes back counts nothing for the step. */
+void work_meter_set(struct work_meter *wm, double level, uint64_t now_us);
+/* The average level since the previous read (or the first set), and starts the next span. A
+ * span of zero length reads as the level now. */
+double work_meter_take_average(struct work_meter *wm, uint64_t now_us);
+
 /* ---- the delivery engine ----------------------------------------------------------- */
 
 struct api_services;
@@ -160,11 +179,12 @@ void invoker_note_traffic(void *invoker, const char *app_guid);
 /* The event work of one process, as the autoscaler reads it. */
 struct invoker_work {
     double load;           /* instances' worth: (backlog + in flight) / concurrency, now */
-    int peak;              /* the most instances it asked for since the previous report */
+    double average;        /* the same averaged over the time since the previous report (the
+                              work meter's integral): what the windows sample */
     int max_instances;     /* the most its mappings allow (0: no mapping) */
     int64_t idle_grace_ms; /* how long it keeps the process up once idle */
 };
-/* Fills the work of (app_guid, process) and starts the next report's peak; false when the
+/* Fills the work of (app_guid, process) and starts the next report's span; false when the
  * invoker delivers nothing to it (no mapping, not a function). invoker is a struct invoker. */
 bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
                      struct invoker_work *out);
@@ -173,5 +193,9 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
  * the app is stopped; -ENODATA: no droplet; -ENOENT: no such app or process). */
 typedef int (*invoker_wake_fn)(void *ctx, const char *app_guid, const char *process, int wanted);
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx);
+/* Whether this skiffd fires schedules (true at start). Several skiffds on one store load the
+ * same mappings; only the one that leads (src/daemon/leader.h) publishes their fires, and a
+ * fire that comes due while no skiffd leads is not made up. */
+void invoker_set_leading(struct invoker *inv, bool leading);
 
 #endif

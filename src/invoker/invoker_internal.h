@@ -48,7 +48,9 @@ struct inv_target {
     struct inv_instance *instances;
     int instance_count;
     int requested;   /* the instance count the autoscaler last gave its work */
-    int wanted_peak; /* the most instances its work asked for since the autoscaler's last look */
+    /* its work (instances' worth, at most its max) integrated over time since the autoscaler's
+     * last look: set wherever the work is counted (target_wanted) */
+    struct work_meter work;
     int invokes_waiting;
     struct inv_invoke *waiting; /* invokes waiting for an instance, oldest first */
     /* where the next waiting invoke goes: the last one's `next`, valid while waiting is not
@@ -129,6 +131,7 @@ struct invoker {
     struct hub *hub;
     int sched_sub; /* its subscription on the hub */
     int64_t idle_grace_ms; /* for functions no mapping gives a grace period */
+    bool following;        /* invoker_set_leading(false): another skiffd fires the schedules */
     invoker_wake_fn wake;  /* asks the autoscaler for instances (invoker_set_wake) */
     void *wake_ctx;
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */

@@ -49,6 +49,34 @@ static bool routes_app_exists(struct invoker *inv, struct api_request *req, cons
     return found;
 }
 
+/* A mapping that asks for more instances than the process's stored autoscale policy allows is
+ * refused (422) with the command that raises the policy: the policy's max is the one bound the
+ * autoscaler applies (and quotas are checked against), so it would cap the mapping silently.
+ * Only an explicit max_instances is checked; the default one is the policy's to bound. */
+static bool routes_policy_admits(struct invoker *inv, struct api_request *req,
+                                 const struct mapping_spec *spec, bool max_given)
+{
+    struct store_app *a = NULL;
+    if (!max_given || store_app_find(inv->store, routes_space(req), spec->app, &a) < 0)
+        return true;
+    const char *process = spec->process ? spec->process : "web";
+    const struct store_process *sp = store_app_process(a, process);
+    bool ok = !sp || !store_process_request_scaled(sp) || spec->max_instances <= sp->max_instances;
+    if (!ok) {
+        bool web = !strcmp(process, "web");
+        api_respond_error(
+            req, SKIFF_E_INVALID_VALUE,
+            "max_instances %d is above the %d instances the autoscale policy of %s%s%s "
+            "allows, which would cap it: raise the policy first with `skiff autoscale "
+            "%s%s%s --max %d`, or ask for %d or fewer",
+            spec->max_instances, sp->max_instances, a->name, web ? "" : "/", web ? "" : process,
+            a->name, web ? "" : " --process ", web ? "" : process, spec->max_instances,
+            sp->max_instances);
+    }
+    store_app_free(a);
+    return ok;
+}
+
 /* Whether one more event mapping fits the quotas of the space and its org; answers 422
  * `quota_exceeded` itself when not. */
 static bool routes_quota_admits(struct invoker *inv, struct api_request *req, const char *space_guid)
@@ -167,6 +195,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     enum skiff_err code;
     char err[512];
     int rc = mapping_spec_from_json(body, &spec, &code, err, sizeof(err));
+    bool max_given = json_object_get(body, "max_instances") != NULL;
     json_decref(body);
     if (rc < 0) {
         api_respond_error(req, code, "%s", err);
@@ -190,6 +219,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         return;
     }
     if (!routes_app_exists(inv, req, spec.app, spec.process) ||
+        !routes_policy_admits(inv, req, &spec, max_given) ||
         !routes_quota_admits(inv, req, spec.space)) {
         mapping_spec_free(&spec);
         return;

@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <nats/nats.h>
+#include <strings.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 #define NATSCONN_MAX_SERVERS 16
 #define NATSCONN_INBOX_MAX 65536
 #define NATSCONN_CLOSE_FLUSH_MS 1000
+#define NATSCONN_PROBE_MS 1000
 
 /* A message copied off libnats's thread, waiting for the loop. */
 struct natsconn_item {
@@ -40,6 +43,10 @@ struct natsconn {
     bool closed; /* libnats's last callback for the connection came */
     pthread_cond_t closed_cond;
     unsigned long long dropped;
+    char last_refusal[256]; /* the server's last asynchronous error, logged once */
+    bool tls;
+    bool closing; /* natsconn_close was called: a closed connection is no news */
+    char *shown;  /* urls fit for a message */
 };
 
 char *natsconn_url_masked(const char *url)
@@ -98,7 +105,89 @@ int natsconn_errno(int nats_status)
     }
 }
 
-int natsconn_options(const char *urls, int timeout_ms, natsOptions **out, char *err, size_t errsize)
+bool natsconn_security_tls(const char *urls, const struct natsconn_security *sec)
+{
+    if (sec && ((sec->tls_ca && *sec->tls_ca) || (sec->tls_cert && *sec->tls_cert)))
+        return true;
+    for (const char *p = urls; p && *p;) {
+        p += strspn(p, ", ");
+        if (!strncasecmp(p, "tls://", 6))
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* A file the process must read: a sentence naming the flag when it cannot. */
+static int natsconn__readable(const char *flag, const char *path, char *err, size_t errsize)
+{
+    if (access(path, R_OK) == 0)
+        return 0;
+    snprintf(err, errsize, "%s %s: cannot read it (%s)", flag, path, strerror(errno));
+    return -EINVAL;
+}
+
+/* libnats's last error on this thread, for a message. */
+static const char *natsconn__last_error(natsStatus s)
+{
+    natsStatus last;
+    const char *text = nats_GetLastError(&last);
+    return text && *text ? text : natsStatus_GetText(s);
+}
+
+static int natsconn__apply_security(natsOptions *opts, const char *urls,
+                                    const struct natsconn_security *sec, char *err, size_t errsize)
+{
+    struct natsconn_security none = {0};
+    if (!sec)
+        sec = &none;
+    bool has_cert = sec->tls_cert && *sec->tls_cert, has_key = sec->tls_key && *sec->tls_key;
+    if (has_cert != has_key) {
+        snprintf(err, errsize,
+                 "--nats-tls-cert and --nats-tls-key go together: give both "
+                 "(a client certificate and its key) or neither");
+        return -EINVAL;
+    }
+    natsStatus s = NATS_OK;
+    if (natsconn_security_tls(urls, sec))
+        s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && sec->tls_ca && *sec->tls_ca) {
+        if (natsconn__readable("--nats-tls-ca", sec->tls_ca, err, errsize) < 0)
+            return -EINVAL;
+        s = natsOptions_LoadCATrustedCertificates(opts, sec->tls_ca);
+        if (s != NATS_OK) {
+            snprintf(err, errsize, "--nats-tls-ca %s: not a PEM file of CA certificates (%s)",
+                     sec->tls_ca, natsconn__last_error(s));
+            return -EINVAL;
+        }
+    }
+    if (s == NATS_OK && has_cert) {
+        if (natsconn__readable("--nats-tls-cert", sec->tls_cert, err, errsize) < 0 ||
+            natsconn__readable("--nats-tls-key", sec->tls_key, err, errsize) < 0)
+            return -EINVAL;
+        s = natsOptions_LoadCertificatesChain(opts, sec->tls_cert, sec->tls_key);
+        if (s != NATS_OK) {
+            snprintf(err, errsize,
+                     "--nats-tls-cert %s / --nats-tls-key %s: not a PEM certificate chain and "
+                     "its key (%s)",
+                     sec->tls_cert, sec->tls_key, natsconn__last_error(s));
+            return -EINVAL;
+        }
+    }
+    if (s == NATS_OK && sec->creds && *sec->creds) {
+        if (natsconn__readable("--nats-creds", sec->creds, err, errsize) < 0)
+            return -EINVAL;
+        s = natsOptions_SetUserCredentialsFromFiles(opts, sec->creds, NULL);
+    }
+    if (s != NATS_OK) {
+        snprintf(err, errsize, "cannot set NATS security options: %s", natsconn__last_error(s));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int natsconn_options(const char *urls, const struct natsconn_security *sec, int timeout_ms,
+                     natsOptions **out, char *err, size_t errsize)
 {
     const char *servers[NATSCONN_MAX_SERVERS];
     int n = 0;
@@ -117,6 +206,10 @@ int natsconn_options(const char *urls, int timeout_ms, natsOptions **out, char *
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(opts, timeout_ms);
     free(list);
+    if (s == NATS_OK && natsconn__apply_security(opts, urls, sec, err, errsize) < 0) {
+        natsOptions_Destroy(opts);
+        return -EINVAL;
+    }
     if (s != NATS_OK) {
         char *shown = natsconn_url_masked(urls);
         snprintf(err, errsize,
@@ -179,11 +272,54 @@ static void natsconn__on_down(natsConnection *nc, void *closure)
     natsconn__state(closure, false);
 }
 
+/* What an operator should check when NATS refuses us, from libnats's reason. */
+static const char *natsconn__hint(const char *reason)
+{
+    if (strcasestr(reason, "verify") || strcasestr(reason, "certificate"))
+        return ": the server's certificate must be signed by the CA of --nats-tls-ca (and name "
+               "the host of the URL), and a client certificate by a CA the server trusts";
+    if (strcasestr(reason, "authorization") || strcasestr(reason, "authentication"))
+        return ": check the credentials (--nats-creds, or USER:PASSWORD@ in the URL)";
+    if (strcasestr(reason, "permissions violation"))
+        return ": the server's permissions for these credentials forbid it (docs/bus.md, "
+               "\"Credentials and permissions\")";
+    if (strcasestr(reason, "secure") || strcasestr(reason, "ssl") || strcasestr(reason, "tls"))
+        return ": the server and this process must agree on TLS (tls:// URLs, --nats-tls-ca)";
+    return "";
+}
+
+/* The server's asynchronous errors (a publish or a subscription its permissions forbid, a
+ * slow consumer): each kind logged once, from libnats's thread (log_msg writes whole lines). */
+static void natsconn__on_error(natsConnection *nc, natsSubscription *sub, natsStatus s,
+                               void *closure)
+{
+    struct natsconn *c = closure;
+    const char *text = NULL;
+    if (natsConnection_GetLastError(nc, &text) == NATS_OK || !text || !*text)
+        text = natsStatus_GetText(s);
+    pthread_mutex_lock(&c->lock);
+    bool fresh = strncmp(c->last_refusal, text, sizeof c->last_refusal - 1) != 0;
+    if (fresh)
+        snprintf(c->last_refusal, sizeof c->last_refusal, "%s", text);
+    pthread_mutex_unlock(&c->lock);
+    if (fresh)
+        log_warning("NATS (%s): %s%s", c->cfg.name ? c->cfg.name : "connection", text,
+                    natsconn__hint(text));
+}
+
 /* libnats calls it after every other callback of the connection: natsconn_close waits for it
  * so that no callback can come after the natsconn is freed. */
 static void natsconn__on_closed(natsConnection *nc, void *closure)
 {
     struct natsconn *c = closure;
+    pthread_mutex_lock(&c->lock);
+    bool ours = c->closing;
+    pthread_mutex_unlock(&c->lock);
+    /* libnats retries an unreachable server forever but gives up on a TLS failure (a server
+     * certificate the CA does not vouch for, a client certificate refused): say why */
+    const char *text = NULL;
+    if (!ours && natsConnection_GetLastError(nc, &text) != NATS_OK && text && *text)
+        log_error("NATS at %s: gave up connecting: %s%s", c->shown, text, natsconn__hint(text));
     pthread_mutex_lock(&c->lock);
     c->closed = true;
     pthread_cond_signal(&c->closed_cond);
@@ -216,12 +352,38 @@ static void natsconn__dispatch(uv_async_t *a)
     }
 }
 
+/* One connection attempt in the foreground, its failure logged with libnats's reason: the
+ * background attempts keep none (a refused certificate, bad credentials) and libnats gives up
+ * on a TLS failure. An unreachable server is no news (the background attempts go on). */
+static void natsconn__probe(const struct natsconn_config *cfg, const char *shown)
+{
+    natsOptions *probe = NULL;
+    char err[256];
+    if (natsconn_options(cfg->urls, &cfg->security, NATSCONN_PROBE_MS, &probe, err, sizeof err) < 0)
+        return;
+    natsConnection *nc = NULL;
+    natsStatus s = natsOptions_SetMaxReconnect(probe, 0);
+    if (s == NATS_OK && cfg->name)
+        s = natsOptions_SetName(probe, cfg->name);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&nc, probe);
+    if (s != NATS_OK && s != NATS_NO_SERVER) {
+        const char *why = natsconn__last_error(s);
+        log_error("NATS at %s refused the connection: %s%s", shown, why, natsconn__hint(why));
+    }
+    if (nc) {
+        natsConnection_Close(nc);
+        natsConnection_Destroy(nc);
+    }
+    natsOptions_Destroy(probe);
+}
+
 int natsconn_open(uv_loop_t *loop, const struct natsconn_config *cfg, struct natsconn **out,
                   char *err, size_t errsize)
 {
     *out = NULL;
     natsOptions *opts = NULL;
-    int rc = natsconn_options(cfg->urls, 2000, &opts, err, errsize);
+    int rc = natsconn_options(cfg->urls, &cfg->security, 2000, &opts, err, errsize);
     if (rc < 0)
         return rc;
     struct natsconn *c = xcalloc(1, sizeof *c);
@@ -232,11 +394,16 @@ int natsconn_open(uv_loop_t *loop, const struct natsconn_config *cfg, struct nat
     if (!c->cfg.inbox_max)
         c->cfg.inbox_max = NATSCONN_INBOX_MAX;
     c->tail = &c->head;
+    c->tls = natsconn_security_tls(cfg->urls, &cfg->security);
+    c->cfg.security = (struct natsconn_security){0}; /* the caller's strings: not kept */
+    c->shown = natsconn_url_masked(cfg->urls);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->closed_cond, NULL);
     natsStatus s = NATS_OK;
     if (cfg->name)
         s = natsOptions_SetName(opts, cfg->name);
+    if (s == NATS_OK)
+        natsconn__probe(cfg, c->shown);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(opts, true, natsconn__on_up, c);
     if (s == NATS_OK)
@@ -246,6 +413,8 @@ int natsconn_open(uv_loop_t *loop, const struct natsconn_config *cfg, struct nat
     if (s == NATS_OK)
         s = natsOptions_SetClosedCB(opts, natsconn__on_closed, c);
     if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(opts, natsconn__on_error, c);
+    if (s == NATS_OK)
         s = natsOptions_SetSendAsap(opts, true);
     uv_async_init(loop, &c->async, natsconn__dispatch);
     c->async.data = c;
@@ -254,7 +423,7 @@ int natsconn_open(uv_loop_t *loop, const struct natsconn_config *cfg, struct nat
         if (s == NATS_OK)
             natsconn__state(c, true);
         else if (s == NATS_NOT_YET_CONNECTED)
-            s = NATS_OK; /* it keeps trying; on_up tells */
+            s = NATS_OK; /* it keeps trying; on_up tells, on_closed says why it gave up */
     }
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {
@@ -306,6 +475,11 @@ bool natsconn_connected(const struct natsconn *c)
     return c && c->nc && natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
 }
 
+bool natsconn_tls(const struct natsconn *c)
+{
+    return c && c->tls;
+}
+
 unsigned long long natsconn_dropped(const struct natsconn *c)
 {
     pthread_mutex_t *lock = (pthread_mutex_t *)&c->lock;
@@ -328,6 +502,7 @@ static void natsconn__closed(uv_handle_t *h)
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->closed_cond);
     free(c->urls);
+    free(c->shown);
     free(c);
 }
 
@@ -340,6 +515,9 @@ void natsconn_close(struct natsconn *c)
         natsSubscription_Destroy(c->subs[i]);
     }
     c->n_subs = 0;
+    pthread_mutex_lock(&c->lock);
+    c->closing = true;
+    pthread_mutex_unlock(&c->lock);
     if (c->nc) {
         if (natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
             natsConnection_FlushTimeout(c->nc, NATSCONN_CLOSE_FLUSH_MS);

@@ -1,6 +1,7 @@
 /* skiff-router: the shared HTTP router. See router.h and src/router/README.md. */
 #include <errno.h>
 #include <getopt.h>
+#include <nats/nats.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,8 @@ static void usage(FILE *f)
     fputs(
         "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
         "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE] [--nats URL[,URL]]\n"
+        "                    [--nats-creds FILE] [--nats-tls-ca FILE]\n"
+        "                    [--nats-tls-cert FILE --nats-tls-key FILE]\n"
         "                    [--tls-handshake-timeout-ms N] [--tls-max-handshakes N]\n"
         "                    [--tls-ocsp-retry-ms N]\n"
         "                    [--workers N] [--index N] [--max-body-bytes N]\n"
@@ -23,7 +26,9 @@ static void usage(FILE *f)
         "                    [--max-connections N] [--upstream-idle-max N]\n"
         "                    [--upstream-idle-timeout-ms N] [--hold-timeout-ms N] [--hold-max N]\n"
         "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR,\n"
-        "SKIFF_ROUTER_TLS_ADDR, SKIFF_ROUTER_TLS_CLIENT_CA, and\n"
+        "SKIFF_ROUTER_TLS_ADDR, SKIFF_ROUTER_TLS_CLIENT_CA, SKIFF_ROUTER_NATS (the place for a\n"
+        "password: nats://USER:PASSWORD@HOST:PORT), SKIFF_ROUTER_NATS_CREDS,\n"
+        "SKIFF_ROUTER_NATS_TLS_CA, SKIFF_ROUTER_NATS_TLS_CERT, SKIFF_ROUTER_NATS_TLS_KEY, and\n"
         "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
         f);
 }
@@ -107,6 +112,10 @@ int main(int argc, char **argv)
     cfg.tls_addr = getenv("SKIFF_ROUTER_TLS_ADDR");
     cfg.tls_client_ca = getenv("SKIFF_ROUTER_TLS_CLIENT_CA");
     cfg.nats_urls = getenv("SKIFF_ROUTER_NATS"); /* where a password may be: not on argv */
+    cfg.nats_security.creds = getenv("SKIFF_ROUTER_NATS_CREDS");
+    cfg.nats_security.tls_ca = getenv("SKIFF_ROUTER_NATS_TLS_CA");
+    cfg.nats_security.tls_cert = getenv("SKIFF_ROUTER_NATS_TLS_CERT");
+    cfg.nats_security.tls_key = getenv("SKIFF_ROUTER_NATS_TLS_KEY");
     for (size_t i = 0; i < ARRAY_SIZE(numeric_options); i++) {
         const char *v = getenv(numeric_options[i].env);
         if (v && *v && set_numeric(&cfg, &numeric_options[i], v) < 0)
@@ -138,6 +147,14 @@ int main(int argc, char **argv)
             cfg.tls_client_ca = v;
         else if (strcmp(name, "nats") == 0)
             cfg.nats_urls = v;
+        else if (strcmp(name, "nats-creds") == 0)
+            cfg.nats_security.creds = v;
+        else if (strcmp(name, "nats-tls-ca") == 0)
+            cfg.nats_security.tls_ca = v;
+        else if (strcmp(name, "nats-tls-cert") == 0)
+            cfg.nats_security.tls_cert = v;
+        else if (strcmp(name, "nats-tls-key") == 0)
+            cfg.nats_security.tls_key = v;
         else {
             const struct numeric_option *o = NULL;
             for (size_t k = 0; k < ARRAY_SIZE(numeric_options); k++)
@@ -151,6 +168,15 @@ int main(int argc, char **argv)
             if (set_numeric(&cfg, o, v) < 0)
                 return 2;
         }
+    }
+    if (cfg.nats_urls && *cfg.nats_urls) { /* a file that does not load: say so before starting */
+        natsOptions *opts = NULL;
+        char err[512];
+        if (natsconn_options(cfg.nats_urls, &cfg.nats_security, 1000, &opts, err, sizeof err) < 0) {
+            log_error("%s", err);
+            return 2;
+        }
+        natsOptions_Destroy(opts);
     }
     char *home_owned = path_expand_home(home && *home ? home : "~/.skiff");
     cfg.home = home_owned;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "router/route_table.h"
@@ -59,8 +60,7 @@ static void raise_fd_limit(void)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-            log_error("cannot raise the open file limit: %s",
-                    strerror(errno));
+            log_error("cannot raise the open file limit: %s", skiff_strerror(-errno));
     }
 }
 
@@ -72,7 +72,7 @@ int router_run(const struct router_config *cfg)
     char *pid_path = xasprintf("%s/router.pid", run_dir);
     int r = mkdir_p(run_dir, 0755);
     if (r < 0) {
-        log_error("cannot create %s: %s", run_dir, strerror(-r));
+        log_error("cannot create %s: %s", run_dir, skiff_strerror(r));
         goto out;
     }
     router_bus_load_saved(cfg);

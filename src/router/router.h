@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "natsconn/natsconn.h"
 
 struct router_config {
     const char *home;       /* $SKIFF_HOME: run/bus.sock, run/router.pid, run/routes.json */
@@ -24,6 +25,7 @@ struct router_config {
     int workers;            /* loops (threads); <= 0 means one per core */
     int router_index;       /* n in [RTR/n] */
     const char *nats_urls;  /* learn routes from NATS core instead of run/bus.sock; NULL: no */
+    struct natsconn_security nats_security; /* credentials and TLS for nats_urls */
 
     uint64_t max_body_bytes; /* 0: unlimited (bodies are streamed, never held) */
     size_t max_header_bytes; /* request line + headers */

@@ -12,7 +12,9 @@
 
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
+#include "http/message.h"
 #include "router/route_table.h"
 #include "router/router_internal.h"
 
@@ -239,8 +241,8 @@ enum router_admin_answer router_admin_decide(const char *head, const char *token
 static void admin_answer(struct admin_conn *a)
 {
     struct buf body = {0};
-    int status = 200;
-    const char *type = "text/plain; version=0.0.4", *reason = "OK", *extra = "";
+    int err = SKIFF_OK;
+    const char *type = "text/plain; version=0.0.4", *extra = "";
     /* the token is read only for the endpoints that need it */
     bool needs_token =
         str_has_prefix(a->in.data, "GET /metrics") || str_has_prefix(a->in.data, "GET /routes");
@@ -257,41 +259,37 @@ static void admin_answer(struct admin_conn *a)
         type = "application/json";
         break;
     case ROUTER_ADMIN_UNAUTHORIZED:
-        status = 401;
-        reason = "Unauthorized";
-        type = "text/plain";
+        err = SKIFF_E_UNAUTHORIZED;
         extra = "WWW-Authenticate: Bearer\r\n";
         buf_puts(&body, "unauthorized: send \"Authorization: Bearer TOKEN\" with the admin token "
                         "from $SKIFF_HOME/api.json\n");
         break;
     case ROUTER_ADMIN_NO_TOKEN:
-        status = 503;
-        reason = "Service Unavailable";
-        type = "text/plain";
+        err = SKIFF_E_UNAVAILABLE;
         buf_printf(&body,
                    "the router has no admin token to check against: %s/api.json has none "
                    "(skiffd writes it)\n",
                    admin_home);
         break;
     case ROUTER_ADMIN_BAD_REQUEST:
-        status = 400;
-        reason = "Bad Request";
-        type = "text/plain";
+        err = SKIFF_E_BAD_REQUEST;
         buf_puts(&body, "bad request\n");
         break;
     default:
-        status = 404;
-        reason = "Not Found";
-        type = "text/plain";
+        err = SKIFF_E_NOT_FOUND;
         buf_puts(&body, "not found: try /metrics, /health or /routes\n");
         break;
     }
+    /* an error's status is the one table's (common/err.h), its words the text above */
+    int status = err ? skiff_err_http_status(err) : 200;
+    if (err)
+        type = "text/plain";
     free(token);
     struct buf resp = {0};
     buf_printf(&resp,
                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%sConnection: "
                "close\r\n\r\n",
-               status, reason, type, body.len, extra);
+               status, http_status_reason(status), type, body.len, extra);
     buf_append(&resp, body.data, body.len);
     buf_free(&body);
     /* the response lives in a->in from now on, freed with the connection */
@@ -378,8 +376,7 @@ int router_admin_start(uv_loop_t *loop, const struct router_config *cfg)
     if (r == 0)
         r = uv_listen((uv_stream_t *)&admin_listener, 128, on_admin_connection);
     if (r < 0) {
-        log_error("cannot listen on admin address %s: %s", cfg->admin_addr,
-                uv_strerror(r));
+        log_error("cannot listen on admin address %s: %s", cfg->admin_addr, skiff_strerror(r));
         uv_close((uv_handle_t *)&admin_listener, NULL);
         return r;
     }

@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "router/route_table.h"
 #include "router/router_internal.h"
@@ -267,7 +268,7 @@ void router_bus_apply_routes(const char *line, size_t len, bool save)
     if (save) {
         int r = file_write_atomic(bus.saved_path, line, len, 0600);
         if (r < 0)
-            log_error("cannot save %s: %s", bus.saved_path, strerror(-r));
+            log_error("cannot save %s: %s", bus.saved_path, skiff_strerror(r));
     }
 }
 

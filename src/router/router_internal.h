@@ -115,6 +115,8 @@ struct router_nats_msg {
     struct sockaddr_storage addr; /* DRAIN */
     socklen_t addr_len;
     uint64_t drain_id;
+    char domain[254]; /* CERTS with a pair: the domain ("" for the notice to reload alone) */
+    json_t *pair;     /* CERTS with a pair: the message, its "cert" and "key" (a reference) */
 };
 /* Reads one message from skiffd on NATS: the subject decides its kind, the body must be a JSON
  * object with "v": ROUTER_NATS_VERSION and the kind's fields. 0 (kind UNKNOWN for a subject

@@ -8,18 +8,23 @@
  * drained answers go to the drain request's reply subject. */
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/buf.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "natsconn/natsconn.h"
 #include "router/route_table.h"
 #include "router/router_internal.h"
+#include "tls/tls.h"
 
 #define ROUTER_NATS_PRUNE_MS 250
 /* Announcements within this long make one new table (a re-announcement of N routes is N
@@ -65,6 +70,37 @@ static bool rn__text(json_t *o, const char *key, size_t max)
 {
     const char *s = json_string_value(json_object_get(o, key));
     return s && strlen(s) <= max;
+}
+
+/* A PEM text of a pair message: a string within TLS_PEM_MAX, without NUL. */
+static bool rn__pem(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) && json_string_length(v) <= TLS_PEM_MAX &&
+           strlen(json_string_value(v)) == json_string_length(v) && json_string_length(v) > 0;
+}
+
+/* A domain's pair: its name becomes a file name, so only a DNS name (lowercase letters,
+ * digits, '-' and '.', no empty label) passes. */
+static int rn__parse_pair(json_t *o, struct router_nats_msg *out, char *err, size_t errsize)
+{
+    const char *d = json_string_value(json_object_get(o, "domain"));
+    size_t len = d ? strlen(d) : 0;
+    bool ok = len > 0 && len < sizeof out->domain &&
+              strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789-.") == len && d[0] != '.' &&
+              d[len - 1] != '.' && !strstr(d, "..");
+    if (!ok) {
+        snprintf(err, errsize, "\"domain\" is not a DNS name");
+        return -EINVAL;
+    }
+    if (!rn__pem(o, "cert") || !rn__pem(o, "key")) {
+        snprintf(err, errsize, "\"cert\" and \"key\" must be PEM text of at most %d bytes",
+                 TLS_PEM_MAX);
+        return -EINVAL;
+    }
+    snprintf(out->domain, sizeof out->domain, "%s", d);
+    out->pair = json_incref(o);
+    return 0;
 }
 
 int router_nats_parse(const char *subject, const char *data, size_t len,
@@ -120,6 +156,11 @@ int router_nats_parse(const char *subject, const char *data, size_t len,
     } else if (kind == ROUTER_NATS_DRAIN) {
         if (router_bus_parse_drain(o, &out->addr, &out->addr_len, &out->drain_id, err, errsize) < 0)
             goto bad;
+    } else if (kind == ROUTER_NATS_CERTS && json_object_get(o, "domain")) {
+        if (rn__parse_pair(o, out, err, errsize) < 0) {
+            snprintf(err + strlen(err), errsize - strlen(err), " (%s)", subject);
+            goto bad;
+        }
     }
     out->kind = kind;
     json_decref(o);
@@ -133,6 +174,12 @@ void router_nats_msg_free(struct router_nats_msg *m)
 {
     json_decref(m->route);
     m->route = NULL;
+    if (m->pair) { /* the key's text wiped before jansson frees it */
+        json_t *k = json_object_get(m->pair, "key");
+        OPENSSL_cleanse((char *)json_string_value(k), json_string_length(k));
+        json_decref(m->pair);
+        m->pair = NULL;
+    }
 }
 
 /* ---- the table --------------------------------------------------------------------------- */
@@ -266,6 +313,45 @@ static void rn__log_once(const char *subject, const char *what)
     log_warning("bus: skipping NATS messages on %s: %s (logged once)", subject, what);
 }
 
+/* A domain's pair from skiffd becomes HOME/tls/domains/DOMAIN.pem (0600, in a 0700 folder),
+ * where this router reads certificates, unless the file already holds exactly it. */
+static void rn__cert_write(const struct router_nats_msg *m)
+{
+    const char *cert = json_string_value(json_object_get(m->pair, "cert"));
+    const char *key = json_string_value(json_object_get(m->pair, "key"));
+    struct buf pem = {0};
+    buf_puts(&pem, cert);
+    if (pem.data[pem.len - 1] != '\n')
+        buf_puts(&pem, "\n");
+    buf_puts(&pem, key);
+    char *dir = xasprintf("%s/tls/domains", rn.cfg->home);
+    char *path = xasprintf("%s/%s.pem", dir, m->domain);
+    char *old = NULL;
+    size_t old_len = 0;
+    bool same = file_read(path, &old, &old_len) == 0 && old_len == pem.len &&
+                memcmp(old, pem.data, pem.len) == 0;
+    if (old)
+        OPENSSL_cleanse(old, old_len);
+    free(old);
+    int r = 0;
+    if (!same) {
+        r = mkdir_p(dir, 0700);
+        if (r == 0)
+            r = file_write_atomic(path, pem.data, pem.len, 0600);
+        if (r == 0)
+            r = chmod(path, 0600) < 0 ? -errno : 0;
+        if (r < 0)
+            log_error("HTTPS: cannot write %s's certificate to %s: %s", m->domain, path,
+                      strerror(-r));
+        else
+            log_info("HTTPS: %s's certificate came from skiffd", m->domain);
+    }
+    OPENSSL_cleanse(pem.data, pem.len);
+    buf_free(&pem);
+    free(path);
+    free(dir);
+}
+
 static void rn__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
                        size_t len)
 {
@@ -308,7 +394,10 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
             router_proxy_drain(&m.addr, m.addr_len, m.drain_id);
         break;
     case ROUTER_NATS_CERTS:
-        router_tls_reload(rn.cfg);
+        if (m.pair)
+            rn__cert_write(&m); /* the notice that follows the pairs reloads them */
+        else
+            router_tls_reload(rn.cfg);
         break;
     case ROUTER_NATS_UNKNOWN:
         rn__log_once(subject, "a subject this router does not know (is skiffd newer?)");
@@ -382,6 +471,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
     char err[256];
     struct natsconn_config ncfg = {.urls = cfg->nats_urls,
                                    .name = "skiff-router",
+                                   .security = cfg->nats_security,
                                    .on_msg = rn__on_msg,
                                    .on_state = rn__on_state};
     int rc = natsconn_open(loop, &ncfg, &rn.conn, err, sizeof err);
@@ -396,7 +486,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
     for (size_t i = 0; i < ARRAY_SIZE(subjects); i++) {
         rc = natsconn_subscribe(rn.conn, subjects[i]);
         if (rc < 0) {
-            log_error("bus: cannot subscribe to %s: %s", subjects[i], strerror(-rc));
+            log_error("bus: cannot subscribe to %s: %s", subjects[i], skiff_strerror(rc));
             return rc;
         }
     }

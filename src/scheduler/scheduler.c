@@ -23,6 +23,7 @@
 
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -105,6 +106,8 @@ struct sched_app {
     enum scheduler_deploy_state deploy;
     char deploy_from[37], deploy_to[37]; /* the droplets: what ran before, what is deployed */
     char deploy_error[256];
+    /* scheduler_resync: a droplet the store named that no instance runs yet, seen once */
+    char stale_droplet[37];
     struct sched_proc **procs;
     size_t nprocs;
     struct sched_app *next;
@@ -130,6 +133,7 @@ struct scheduler {
     uint64_t next_drain_id;
     uv_timer_t timer; /* crash restarts and drain deadlines */
     bool shutting_down;
+    bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
     void (*shutdown_done)(void *);
     void *shutdown_arg;
 };
@@ -728,7 +732,7 @@ static int sched__function_servers(struct scheduler *s, const char *app_dir)
     }
     if (rc < 0)
         log_warning("cannot put the function servers into %s/.skiff/function: %s", app_dir,
-                    strerror(-rc));
+                    skiff_strerror(rc));
     if (dir >= 0)
         close(dir);
     if (skiff >= 0)
@@ -931,7 +935,7 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
                      rc == -ENOTSUP && n_sidecars
                          ? "sidecars need containers (this skiffd runs host processes)"
-                         : strerror(-rc));
+                         : skiff_strerror(rc));
         return rc;
     }
     instance_set_user_data(si->inst, si);
@@ -1148,7 +1152,7 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
 
 static void sched__converge(struct scheduler *s, struct sched_app *a)
 {
-    if (s->shutting_down)
+    if (s->shutting_down || !s->leading)
         return;
     struct store_app *app = NULL;
     int rc = store_app_get(s->store, a->guid, &app);
@@ -1216,6 +1220,7 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
         cfg->function_servers_dir ? xstrdup(cfg->function_servers_dir) : NULL;
     s->store = store;
     s->logs = logs;
+    s->leading = true;
     s->drain_timeout_ms =
         cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : SCHEDULER_DRAIN_TIMEOUT_MS;
     uv_timer_init(loop, &s->timer);
@@ -1232,7 +1237,7 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
     struct store_app *app = NULL;
     struct store_droplet *drop = NULL;
     struct sched_slot *slot = NULL;
-    if (!sp->app_guid || !sp->process_type || sp->index < 0 ||
+    if (!s->leading || !sp->app_guid || !sp->process_type || sp->index < 0 ||
         store_app_get(s->store, sp->app_guid, &app) < 0)
         return NULL;
     const struct store_process *proc = store_app_process(app, sp->process_type);
@@ -1323,7 +1328,9 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
 
 int scheduler_reconcile_all(struct scheduler *s)
 {
-    executor_adopt(s->ex, sched__adopt, s);
+    executor_adopt(s->ex, sched__adopt, s); /* not leading: each is stopped */
+    if (!s->leading)
+        return 0;
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = store_app_list(s->store, &apps, &n);
@@ -1337,6 +1344,99 @@ int scheduler_reconcile_all(struct scheduler *s)
     }
     store_app_list_free(apps, n);
     return 0;
+}
+
+/* ---- leading (several skiffds on one store) ------------------------------------------------ */
+
+void scheduler_set_leading(struct scheduler *s, bool leading)
+{
+    if (s->leading == leading)
+        return;
+    s->leading = leading;
+    if (leading) {
+        scheduler_reconcile_all(s);
+        return;
+    }
+    /* another skiffd converges from now on: nothing runs here (each instance drains first) */
+    while (s->apps)
+        sched__app_remove(s, s->apps);
+}
+
+bool scheduler_leading(const struct scheduler *s)
+{
+    return s->leading;
+}
+
+/* A droplet put into service through another skiffd (its API asked its own scheduler, which
+ * does not lead): rolled out here once seen on two resyncs in a row, so that a deployment
+ * this scheduler is told about in the meantime is not started twice. */
+static bool sched__resync_droplet(struct scheduler *s, struct sched_app *a,
+                                  const struct store_app *app)
+{
+    char from[37] = "";
+    for (size_t i = 0; i < a->nprocs && !from[0]; i++)
+        for (size_t j = 0; j < a->procs[i]->nslots && !from[0]; j++)
+            if (a->procs[i]->slots[j]->cur)
+                snprintf(from, sizeof from, "%s", a->procs[i]->slots[j]->cur->droplet);
+    if (!from[0] || !strcmp(from, app->droplet_guid) || a->rolling ||
+        a->deploy == SCHED_DEPLOY_ACTIVE) {
+        a->stale_droplet[0] = '\0';
+        return false;
+    }
+    if (strcmp(a->stale_droplet, app->droplet_guid)) {
+        snprintf(a->stale_droplet, sizeof a->stale_droplet, "%s", app->droplet_guid);
+        return false;
+    }
+    a->stale_droplet[0] = '\0';
+    scheduler_app_deploy(s, app->guid, true);
+    return true;
+}
+
+static bool sched__listed(struct store_app **apps, size_t n, const char *guid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(apps[i]->guid, guid))
+            return true;
+    return false;
+}
+
+int scheduler_resync(struct scheduler *s)
+{
+    if (!s->leading || s->shutting_down)
+        return 0;
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    int rc = store_app_list(s->store, &apps, &n);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        bool wants = !strcmp(apps[i]->state, "STARTED") && apps[i]->droplet_guid;
+        struct sched_app *a = sched__app(s, apps[i]->guid, wants);
+        if (!a || (wants && sched__resync_droplet(s, a, apps[i])))
+            continue;
+        sched__converge(s, a);
+    }
+    for (struct sched_app *a = s->apps, *next; a; a = next) {
+        next = a->next;
+        if (!sched__listed(apps, n, a->guid))
+            sched__converge(s, a); /* deleted: its instances stop */
+    }
+    store_app_list_free(apps, n);
+    return 0;
+}
+
+void scheduler_usage(struct scheduler *s, struct scheduler_usage *out)
+{
+    memset(out, 0, sizeof *out);
+    for (struct sched_inst *si = s->insts; si; si = si->next) {
+        if (!si->inst)
+            continue;
+        double cpu = 0;
+        uint64_t memory = 0;
+        instance_usage(si->inst, &cpu, &memory);
+        out->instances++;
+        out->memory_bytes += memory;
+    }
 }
 
 static void sched__timer_closed(uv_handle_t *h)

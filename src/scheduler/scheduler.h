@@ -102,6 +102,27 @@ void scheduler_free(struct scheduler *s);
  * containers). */
 struct executor *scheduler_executor(struct scheduler *s);
 
+/* ---- leading: several skiffds on one shared store (src/daemon/leader.h) ------------------ */
+
+/* Whether this scheduler converges (true from scheduler_new). Set false, it stops every
+ * instance it runs (each drains as on a stop) and, until set true again, starts nothing,
+ * adopts nothing (scheduler_reconcile_all stops what a predecessor left) and never restarts:
+ * the API's calls still write the store, and the scheduler that leads acts on them. Set true,
+ * it adopts and converges every app (scheduler_reconcile_all). Tasks are not concerned. */
+void scheduler_set_leading(struct scheduler *s, bool leading);
+bool scheduler_leading(const struct scheduler *s);
+/* For a store other skiffds write too: converges every app the store lists and every app it
+ * runs (a deleted one's instances stop), and rolls out (rolling) a droplet put into service
+ * elsewhere once two resyncs in a row saw it. One store_app_list, and one store_app_get and
+ * store_droplet_get per started app. A no-op when not leading. */
+int scheduler_resync(struct scheduler *s);
+
+struct scheduler_usage {
+    int instances;         /* live instances, tasks and draining ones included */
+    uint64_t memory_bytes; /* their memory use, as their cgroups (or /proc) count it */
+};
+void scheduler_usage(struct scheduler *s, struct scheduler_usage *out);
+
 /* ---- what the API asks ------------------------------------------------------------------- */
 
 /* Re-reads the app from the store and converges (after any change to its desired state:

@@ -52,6 +52,11 @@ char *store_location_masked(const char *location)
     return m;
 }
 
+bool store_location_is_postgres(const char *location)
+{
+    return str_has_prefix(location, "postgres://") || str_has_prefix(location, "postgresql://");
+}
+
 /* The location names the backend: "sqlite:PATH" or a plain path is the embedded SQLite;
  * "postgres://..." or "postgresql://..." is PostgreSQL; any other URL is refused. */
 int store_open(const char *location, char *err, size_t errsize, struct store **out)
@@ -61,8 +66,7 @@ int store_open(const char *location, char *err, size_t errsize, struct store **o
     const char *rest = location;
     if (str_has_prefix(location, "sqlite:")) {
         rest = location + strlen("sqlite:");
-    } else if (str_has_prefix(location, "postgres://") ||
-               str_has_prefix(location, "postgresql://")) {
+    } else if (store_location_is_postgres(location)) {
         ops = &store_pg_ops;
         open_backend = store_pg_open;
     } else if (strstr(location, "://")) {
@@ -184,6 +188,22 @@ int store_domain_add(struct store *st, const char *name, const char *org_guid)
 int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids)
 {
     return st->ops->domain_list(st->backend, names, shared, org_guids);
+}
+
+int store_domain_cert_set(struct store *st, const char *domain, const char *cert_pem,
+                          const char *key_pem)
+{
+    return st->ops->domain_cert_set(st->backend, domain, cert_pem, key_pem);
+}
+
+int store_domain_cert_get(struct store *st, const char *domain, char **cert_pem, char **key_pem)
+{
+    return st->ops->domain_cert_get(st->backend, domain, cert_pem, key_pem);
+}
+
+int store_domain_cert_list(struct store *st, char ***domains)
+{
+    return st->ops->domain_cert_list(st->backend, domains);
 }
 
 int store_package_add(struct store *st, const struct store_package *pkg)

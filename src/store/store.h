@@ -177,6 +177,9 @@ struct store_package {
 /* Opens (creating when needed) and migrates the store. err gets a message on failure. */
 int store_open(const char *location, char *err, size_t errsize, struct store **out);
 void store_close(struct store *st);
+/* Whether the location names PostgreSQL (postgres:// or postgresql://): a store several
+ * skiffds may share, where one leads (src/daemon/leader.h). */
+bool store_location_is_postgres(const char *location);
 /* The schema version after migrations (for tests and diagnostics). */
 int store_schema_version(struct store *st);
 /* A number that changes whenever anything was written through this store (a cheap check
@@ -240,6 +243,19 @@ int store_domain_add(struct store *st, const char *name, const char *org_guid);
 /* NULL-terminated list of names (free with store_strv_free); shared[i] and org_guids[i] ("" for
  * a shared domain; NULL-terminated too) set when the pointers are not NULL. */
 int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids);
+
+/* A domain's own HTTPS certificate: its chain and key (PEM), checked by the caller
+ * (tls_pair_check). The key is for skiffd and the routers only (src/tls/README.md, "Domain
+ * certificates"): the table holding it is readable by skiffd's database user alone (the
+ * SQLite file is 0600; on PostgreSQL nothing is granted on it to PUBLIC), and the API never
+ * answers it. Set replaces what the domain had. */
+int store_domain_cert_set(struct store *st, const char *domain, const char *cert_pem,
+                          const char *key_pem);
+/* 0 with *cert_pem and *key_pem (the caller frees them, the key wiped first), or -ENOENT when
+ * the domain has no certificate of its own; key_pem may be NULL (the chain alone). */
+int store_domain_cert_get(struct store *st, const char *domain, char **cert_pem, char **key_pem);
+/* The domains that have a certificate of their own, by name (NULL-terminated, store_strv_free). */
+int store_domain_cert_list(struct store *st, char ***domains);
 void store_strv_free(char **v);
 
 /* ---- packages and droplets ---------------------------------------------------------------- */

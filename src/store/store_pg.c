@@ -123,6 +123,12 @@ const char *const store_pg_migrations[] = {
     "  AND target_concurrency = 0 AND target_rps = 0;",
     /* 15: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
+    /* 16: a domain's own HTTPS certificate and key (store_sqlite.c); nobody but the owner,
+     * skiffd's database user, may read the keys */
+    "CREATE TABLE domain_certs ("
+    "  domain TEXT PRIMARY KEY REFERENCES domains(name), cert TEXT NOT NULL, key TEXT NOT NULL,"
+    "  updated_at BIGINT NOT NULL);"
+    "REVOKE ALL ON domain_certs FROM PUBLIC;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -731,6 +737,50 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
     return 0;
 }
 
+static int pg__domain_cert_set(struct store_backend *b, const char *domain, const char *cert_pem,
+                               const char *key_pem)
+{
+    struct pg_num at;
+    const char *v[] = {domain, cert_pem, key_pem, pg__num(&at, time_now_ms())};
+    return pg__write(b,
+                     "INSERT INTO domain_certs (domain, cert, key, updated_at)"
+                     " VALUES ($1, $2, $3, $4::bigint) ON CONFLICT (domain) DO UPDATE SET"
+                     " cert = excluded.cert, key = excluded.key, updated_at = excluded.updated_at",
+                     4, v, false);
+}
+
+static int pg__domain_cert_get(struct store_backend *b, const char *domain, char **cert_pem,
+                               char **key_pem)
+{
+    PGresult *res = NULL;
+    const char *v[] = {domain};
+    if (pg__exec(b, "SELECT cert, key FROM domain_certs WHERE domain = $1", 1, v, &res) < 0)
+        return -EIO;
+    int rc = PQntuples(res) == 1 ? 0 : -ENOENT;
+    if (rc == 0) {
+        *cert_pem = pg__text(res, 0, 0);
+        if (key_pem)
+            *key_pem = pg__text(res, 0, 1);
+    }
+    PQclear(res);
+    return rc;
+}
+
+static int pg__domain_cert_list(struct store_backend *b, char ***domains)
+{
+    PGresult *res = NULL;
+    if (pg__exec(b, "SELECT domain FROM domain_certs ORDER BY domain COLLATE \"C\"", 0, NULL,
+                 &res) < 0)
+        return -EIO;
+    size_t n = (size_t)PQntuples(res);
+    char **v = xcalloc(n + 1, sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = pg__text(res, (int)i, 0);
+    PQclear(res);
+    *domains = v;
+    return 0;
+}
+
 /* ---- packages and droplets --------------------------------------------------------------- */
 
 static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
@@ -1050,6 +1100,9 @@ const struct store_ops store_pg_ops = {
     .route_list = pg__route_list,
     .domain_add = pg__domain_add,
     .domain_list = pg__domain_list,
+    .domain_cert_set = pg__domain_cert_set,
+    .domain_cert_get = pg__domain_cert_get,
+    .domain_cert_list = pg__domain_cert_list,
     .package_add = pg__package_add,
     .package_get = pg__package_get,
     .droplet_add = pg__droplet_add,

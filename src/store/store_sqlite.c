@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -128,6 +129,11 @@ const char *const store_sqlite_migrations[] = {
     "  AND target_concurrency = 0 AND target_rps = 0;",
     /* 15: what the router speaks to a route's instances, http1 or http2 (docs/bus.md) */
     "ALTER TABLE routes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'http1';",
+    /* 16: a domain's own HTTPS certificate and key (store_domain_cert_set), in the store so
+     * that every router gets it (before: files under HOME/tls/domains, moved in at start) */
+    "CREATE TABLE domain_certs ("
+    "  domain TEXT PRIMARY KEY REFERENCES domains(name), cert TEXT NOT NULL, key TEXT NOT NULL,"
+    "  updated_at INTEGER NOT NULL);",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -306,6 +312,11 @@ int store_sqlite_open(const char *location, char *err, size_t errsize, struct st
                  st->db ? sqlite3_errmsg(st->db) : "out of memory");
         goto fail;
     }
+    /* domain keys live here (store_domain_cert_set): skiffd's alone; a new file's WAL and
+     * shared-memory files take this mode from it */
+    if (strcmp(location, ":memory:") != 0 && chmod(location, 0600) < 0)
+        log_warning("cannot make the store %s readable by skiffd alone: %s", location,
+                    strerror(errno));
     sqlite3_busy_timeout(st->db, 5000);
     if (store__exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                         " PRAGMA foreign_keys=ON;") < 0) {
@@ -841,6 +852,63 @@ static int sqlite__domain_add(struct store_backend *st, const char *name, const 
     return store__step_done(st, q);
 }
 
+static int sqlite__domain_cert_set(struct store_backend *st, const char *domain,
+                                   const char *cert_pem, const char *key_pem)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, "INSERT INTO domain_certs (domain, cert, key, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(domain) DO UPDATE SET cert = excluded.cert, key = excluded.key,"
+            " updated_at = excluded.updated_at");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, domain);
+    store__bind_text(q, 2, cert_pem);
+    store__bind_text(q, 3, key_pem);
+    sqlite3_bind_int64(q, 4, time_now_ms());
+    return store__step_done(st, q);
+}
+
+static int sqlite__domain_cert_get(struct store_backend *st, const char *domain, char **cert_pem,
+                                   char **key_pem)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT cert, key FROM domain_certs WHERE domain = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, domain);
+    int step = sqlite3_step(q);
+    if (step == SQLITE_ROW) {
+        *cert_pem = store__col_text(q, 0);
+        if (key_pem)
+            *key_pem = store__col_text(q, 1);
+    }
+    if (step == SQLITE_ROW) {
+        store__release(st, q);
+        return 0;
+    }
+    return store__read_done(st, q, step, "read a certificate") < 0 ? -EIO : -ENOENT;
+}
+
+static int sqlite__domain_cert_list(struct store_backend *st, char ***domains)
+{
+    sqlite3_stmt *q = store__prepare(st, "SELECT domain FROM domain_certs ORDER BY domain");
+    if (!q)
+        return -EIO;
+    char **v = xcalloc(1, sizeof *v);
+    size_t n = 0;
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        v = xrealloc(v, (n + 2) * sizeof *v);
+        v[n++] = store__col_text(q, 0);
+        v[n] = NULL;
+    }
+    if (store__read_done(st, q, step, "list certificates") < 0) {
+        store_strv_free(v);
+        return -EIO;
+    }
+    *domains = v;
+    return 0;
+}
+
 static int sqlite__domain_list(struct store_backend *st, char ***names, bool **shared,
                                char ***org_guids)
 {
@@ -1251,6 +1319,9 @@ const struct store_ops store_sqlite_ops = {
     .route_list = sqlite__route_list,
     .domain_add = sqlite__domain_add,
     .domain_list = sqlite__domain_list,
+    .domain_cert_set = sqlite__domain_cert_set,
+    .domain_cert_get = sqlite__domain_cert_get,
+    .domain_cert_list = sqlite__domain_cert_list,
     .package_add = sqlite__package_add,
     .package_get = sqlite__package_get,
     .droplet_add = sqlite__droplet_add,

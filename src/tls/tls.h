@@ -156,6 +156,13 @@ int tls_pair_check(const char *cert_pem, size_t cert_len, const char *key_pem, s
 /* What the first certificate of a PEM file is (its key, if the file has one, is not read
  * into memory). */
 int tls_cert_file_info(const char *path, struct tls_cert_info *info);
+/* The same for the first certificate of PEM text in memory. */
+int tls_cert_pem_info(const char *pem, size_t len, struct tls_cert_info *info);
+
+/* Splits a pair file's text (a certificate chain, then its key, as DIR/domains/NAME.pem
+ * holds) into the chain and the key block: 0 and both set (the caller frees them, the key
+ * wiped first), or -EINVAL when there is no certificate before a private key block. */
+int tls_pem_pair_split(const char *pem, size_t len, char **cert_pem, char **key_pem);
 
 /* Makes sure DIR holds a local CA (ca.pem, ca.key 0600) and a default certificate signed by it
  * (default.pem: for *.localhost, localhost, 127.0.0.1 and ::1, 0600), creating what is

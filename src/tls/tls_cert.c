@@ -143,6 +143,45 @@ int tls_cert_file_info(const char *path, struct tls_cert_info *info)
     return 0;
 }
 
+int tls_cert_pem_info(const char *pem, size_t len, struct tls_cert_info *info)
+{
+    if (len > TLS_PEM_MAX)
+        return -E2BIG;
+    BIO *b = BIO_new_mem_buf(pem, (int)len);
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    ERR_clear_error();
+    if (!x)
+        return -EINVAL;
+    cert_info_fill(x, info);
+    X509_free(x);
+    return 0;
+}
+
+int tls_pem_pair_split(const char *pem, size_t len, char **cert_pem, char **key_pem)
+{
+    const char *end = pem + len;
+    const char *key = NULL;
+    for (const char *p = pem; (p = memmem(p, (size_t)(end - p), "-----BEGIN ", 11)); p += 11) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = eol ? eol : end;
+        if (memmem(p, (size_t)(line_end - p), "PRIVATE KEY-----", 16)) {
+            key = p;
+            break;
+        }
+    }
+    if (!key || !memmem(pem, (size_t)(key - pem), "-----BEGIN CERTIFICATE-----", 27))
+        return -EINVAL;
+    const char *key_end = memmem(key, (size_t)(end - key), "-----END ", 9);
+    const char *eol = key_end ? memchr(key_end, '\n', (size_t)(end - key_end)) : NULL;
+    if (!key_end)
+        return -EINVAL;
+    key_end = eol ? eol + 1 : end;
+    *cert_pem = xstrndup(pem, (size_t)(key - pem));
+    *key_pem = xstrndup(key, (size_t)(key_end - key));
+    return 0;
+}
+
 /* ---- making certificates ----------------------------------------------------------------------
  */
 

@@ -195,6 +195,10 @@ def test_create_function_without_a_manifest(platform, tmp_path, wheels):
     r = cli_ok(platform, "create-function", "shop", "thumbs", "--handler",
                "shop/images.py:resize", "--max-instances", "2")
     assert "Function shop/thumbs runs shop/images.py:resize (python)" in r.stdout, out(r)
+    # its policy allows 2: a mapping asking for 3 would be capped, so it is refused
+    r = platform.cli("map-event", "shop/thumbs", "pics", "--max-instances", "3")
+    assert r.returncode != 0, out(r)
+    assert "skiff autoscale shop --process thumbs --max 3" in out(r), out(r)
     cli_ok(platform, "map-event", "shop/thumbs", "pics", "--idle-grace", "2s")
     r = cli_ok(platform, "event-mappings")
     assert "shop/thumbs" in r.stdout, r.stdout

@@ -356,8 +356,8 @@ def test_event_work_is_a_floor_within_the_policy_max(plat, tmp_path):
     autoscale(p, "jobs", "--min", "0", "--max", "2", "--target-concurrency", "1",
               "--window", "4s")
     wait_for(lambda: desired(p, "jobs") == 0, 60, "jobs at zero")
-    code, body = p.api("POST", "/v1/event-mappings",
-                       {"app": "jobs", "topic": "work", "max_instances": 5})
+    # no max of its own: the mapping's default (10) is the policy's to bound
+    code, body = p.api("POST", "/v1/event-mappings", {"app": "jobs", "topic": "work"})
     assert code == 201, body
     for i in range(40):
         code, body = p.api("POST", "/v1/topics/work/events", {"n": i})
@@ -371,3 +371,34 @@ def test_event_work_is_a_floor_within_the_policy_max(plat, tmp_path):
     assert max(seen) == 2 and min(seen) >= 1, seen  # up while work waits, never past max
     wait_for(lambda: desired(p, "jobs") == 0 and running(p, "jobs") == 0, 120,
              "jobs back to zero once the backlog is done")
+
+
+def test_a_mapping_max_above_the_policy_is_refused_with_the_command_to_raise_it(plat, tmp_path):
+    """A mapping asking for more instances than its function's autoscale policy allows (max 10
+    by default) would be capped without a word: it is refused, naming `skiff autoscale FN
+    --max N`; once the policy is raised the same mapping is taken, and a mapping within the
+    policy, or without a max of its own, always was."""
+    p = plat
+    (tmp_path / "fn.py").write_text("def handle(event):\n    return None\n")
+    r = p.cli("push", "capped", "--function", f"{tmp_path / 'fn.py'}:handle", timeout=300)
+    assert r.returncode == 0, out(r)
+    assert status(p, "capped")["policy"]["max_instances"] == 10
+    r = p.cli("map-event", "capped", "work", "--max-instances", "20")
+    assert r.returncode != 0, out(r)
+    assert "skiff autoscale capped --max 20" in out(r) and "10" in out(r), out(r)
+    code, err = p.api("POST", "/v1/event-mappings",
+                      {"app": "capped", "topic": "work", "max_instances": 11})
+    assert code == 422 and err["error"]["code"] == "invalid_value", err
+    assert "skiff autoscale capped --max 11" in err["error"]["message"], err
+    code, body = p.api("GET", "/v1/event-mappings")
+    assert code == 200 and not [m for m in body["event_mappings"] if m["app"] == "capped"], body
+    # within the policy, or with the default max: taken
+    r = p.cli("map-event", "capped", "work", "--max-instances", "10")
+    assert r.returncode == 0, out(r)
+    code, body = p.api("POST", "/v1/event-mappings", {"app": "capped", "topic": "other"})
+    assert code == 201, body
+    # raised as the message says: the same mapping is taken and the policy bounds it no more
+    autoscale(p, "capped", "--max", "20")
+    r = p.cli("map-event", "capped", "work2", "--max-instances", "20")
+    assert r.returncode == 0, out(r)
+    assert status(p, "capped")["policy"]["max_instances"] == 20

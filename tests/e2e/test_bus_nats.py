@@ -8,12 +8,15 @@ well-formed are skipped; an instance cannot connect to the NATS port at all.
 
 The announce interval and TTL are shortened here (1 s and 3 s) through SKIFF_BUS_ANNOUNCE_MS
 and SKIFF_BUS_TTL_MS; the defaults are 10 s and 30 s."""
+import base64
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -49,8 +52,10 @@ def nats():
 class RemoteRouter:
     """`skiffd --role router --nats URL` with a home and ports of its own."""
 
-    def __init__(self, nats_url, home=None):
+    def __init__(self, nats_url, home=None, extra_args=(), extra_env=None):
         self.nats_url = nats_url
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.home = home or tempfile.mkdtemp(prefix="skiff-rtr-")
         self.port, self.admin_port = free_port(), free_port()
         self.router_url = "http://127.0.0.1:%d" % self.port
@@ -59,11 +64,13 @@ class RemoteRouter:
     def start(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
         env["HOME"] = self.home
+        env.update(self.extra_env)
+        nats = [] if "SKIFF_NATS" in self.extra_env else ["--nats", self.nats_url]
         log = open(os.path.join(self.home, "router.out"), "ab")
         self.proc = subprocess.Popen(
-            [os.path.join(BIN_DIR, "skiffd"), "--role", "router", "--nats", self.nats_url,
+            [os.path.join(BIN_DIR, "skiffd"), "--role", "router", *nats,
              "--home", self.home, "--router-addr", "127.0.0.1:%d" % self.port,
-             "--router-admin-addr", "127.0.0.1:%d" % self.admin_port],
+             "--router-admin-addr", "127.0.0.1:%d" % self.admin_port, *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or self.health(), 20, "the router to start")
@@ -339,3 +346,574 @@ def test_the_router_role_needs_nats_and_a_role_it_knows(tmp_path):
                         "--api-tls-addr", "127.0.0.1:%d" % free_port()],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "must be over SKIFF_BUS_ANNOUNCE_MS" in r.stderr, r.stderr
+
+
+# ---- credentials, permissions and TLS -------------------------------------------------------
+#
+# nats-server as an operator would run it across hosts (docs/bus.md, "Credentials and
+# permissions"): TLS only, with certificates from a CA made here; every client must show a
+# certificate of that CA, and the certificate's subject is its user (verify_and_map), whose
+# permissions say what it may publish and subscribe to. skiffd is "CN=skiffd", every router
+# "CN=skiff-router".
+
+SKIFFD_PERMISSIONS = {
+    "publish": ["skiff.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
+    "subscribe": ["skiff.>", "_INBOX.>"],
+}
+ROUTER_PERMISSIONS = {
+    "publish": ["skiff.bus.router.*", "skiff.bus.drained.>"],
+    "subscribe": ["skiff.bus.register", "skiff.bus.unregister", "skiff.bus.drain",
+                  "skiff.bus.certs"],
+}
+
+
+class SecureNats(NatsServer):
+    """A nats-server with TLS required, client certificates mapped to users, and the users'
+    permissions; the certificates under store/pki."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        from test_tls import CA
+        pki = os.path.join(store, "pki")
+        self.ca = CA(os.path.join(pki, "ca"), "NATS Test CA")
+        self.server_cert = self.ca.issue("nats.test", ["localhost", "IP:127.0.0.1"])
+        self.skiffd_cert = self.ca.issue("skiffd", ["skiffd.test"], client=True)
+        self.router_cert = self.ca.issue("skiff-router", ["router.test"], client=True)
+        # another CA, and a client certificate of it with the router's name
+        self.other_ca = CA(os.path.join(pki, "other"), "Another CA")
+        self.impostor_cert = self.other_ca.issue("skiff-router", ["router.test"], client=True)
+
+    @property
+    def url(self):
+        return "tls://127.0.0.1:%d" % self.port
+
+    def config(self):
+        users = [{"user": "CN=skiffd", "permissions": SKIFFD_PERMISSIONS},
+                 {"user": "CN=skiff-router", "permissions": ROUTER_PERMISSIONS}]
+        # the nats-server configuration format accepts JSON
+        return json.dumps({
+            "listen": "127.0.0.1:%d" % self.port,
+            "http": "127.0.0.1:%d" % self.monitor_port,
+            "server_name": self.name,
+            "jetstream": {"store_dir": os.path.join(self.store, self.name)},
+            "tls": {"cert_file": self.server_cert[0], "key_file": self.server_cert[1],
+                    "ca_file": self.ca.pem, "verify_and_map": True, "timeout": 2},
+            "authorization": {"users": users},
+        }, indent=1)
+
+    def start(self):
+        conf = os.path.join(self.store, "nats.conf")
+        with open(conf, "w") as f:
+            f.write(self.config())
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.jsz() is not None, 15, "the secure nats-server to answer")
+        return self
+
+    def flags(self, who):
+        cert, key = self.skiffd_cert if who == "skiffd" else self.router_cert
+        return ["--nats-tls-ca", self.ca.pem, "--nats-tls-cert", cert, "--nats-tls-key", key]
+
+
+@pytest.fixture
+def secure_nats():
+    store = tempfile.mkdtemp(prefix="skiff-natssec-")
+    s = SecureNats(store).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def secure_platform(nats):
+    return Platform(extra_args=["--nats", nats.url, *nats.flags("skiffd")],
+                    extra_env={"SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                               "SKIFF_BUS_TTL_MS": str(TTL_MS)})
+
+
+def nats_talk(nats, lines, cafile=None, cert=None, tls=True):
+    """Connects as a host process would (TLS with cafile and the client certificate cert, a
+    (cert, key) pair, or none; or no TLS at all), sends the protocol lines and a PING, and
+    returns what the server answered (b"" when it closed the connection), or the TLS error."""
+    raw = socket.create_connection(("127.0.0.1", nats.port), timeout=5)
+    try:
+        raw.recv(4096)  # INFO, in the clear, before the TLS handshake
+        sock = raw
+        if tls:
+            ctx = ssl.create_default_context(cafile=cafile or nats.ca.pem)
+            if cert:
+                ctx.load_cert_chain(*cert)
+            sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(b"CONNECT {\"verbose\":false}\r\n" + b"".join(lines) + b"PING\r\n")
+        got = b""
+        while b"PONG" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    except (ssl.SSLError, OSError) as e:
+        return repr(e).encode()
+    finally:
+        raw.close()
+
+
+def pub(subject, payload):
+    data = payload.encode() if isinstance(payload, str) else payload
+    return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data)
+
+
+def test_routers_with_credentials_learn_routes_over_tls_and_others_cannot_forge_them(
+        secure_nats, tmp_path):
+    nats = secure_nats
+    p = secure_platform(nats).start()
+    rr = RemoteRouter(nats.url, extra_args=nats.flags("router")).start()
+    try:
+        push_web(p, tmp_path, "safe")
+        wait_for(lambda: rr.get("safe.localhost") == (200, "v0\n"), 30,
+                 "the remote router to serve safe over TLS NATS")
+        # its lines come back over NATS: the router may publish on its own subject
+        wait_for(lambda: "a router on NATS said hello" in p.output(), 10, "the router's hello")
+        # both connections are TLS, both authenticated as their certificate's user
+        conns = json.load(urllib.request.urlopen(
+            "http://127.0.0.1:%d/connz?auth=true" % nats.monitor_port, timeout=5))["connections"]
+        names = {c.get("name"): c for c in conns}
+        assert names["skiff-router"]["authorized_user"] == "CN=skiff-router", names
+        assert names["skiff-router"].get("tls_version"), names
+        assert names["skiffd"]["authorized_user"] == "CN=skiffd", names
+
+        forged = json.dumps({"v": 1, "ttl_ms": 60000, "route": {
+            "host": "safe.localhost", "path": "", "app_guid": "0" * 36,
+            "backends": [{"addr": "127.0.0.1:1", "index": 0, "instance_guid": "x"}]}})
+        # no client certificate: the server ends the handshake
+        got = nats_talk(nats, [pub("skiff.bus.register", forged)])
+        assert b"PONG" not in got, got
+        # no TLS at all: refused
+        got = nats_talk(nats, [pub("skiff.bus.register", forged)], tls=False)
+        assert b"PONG" not in got, got
+        # a certificate of another CA with the router's name: refused
+        got = nats_talk(nats, [pub("skiff.bus.register", forged)], cert=nats.impostor_cert)
+        assert b"PONG" not in got, got
+        # the router's own credentials: connected, but the server refuses the publish
+        got = nats_talk(nats, [pub("skiff.bus.register", forged),
+                               pub("skiff.bus.unregister", '{"v":1,"host":"safe.localhost",'
+                                                           '"path":""}'),
+                               pub("skiff.bus.drain", '{"v":1,"addr":"127.0.0.1:1","id":1}'),
+                               pub("skiff.events.orders", "x")],
+                        cert=nats.router_cert)
+        assert b"PONG" in got, got
+        assert got.count(b"Permissions Violation for Publish") == 4, got
+        # ... and may not read what other routers send either
+        got = nats_talk(nats, [b"SUB skiff.bus.router.* 1\r\n", b"SUB skiff.> 2\r\n"],
+                        cert=nats.router_cert)
+        assert got.count(b"Permissions Violation for Subscription") == 2, got
+        # the routers keep routing correctly, well past the forged entry's would-be effect
+        deadline = time.monotonic() + 2 * ANNOUNCE_MS / 1000
+        while time.monotonic() < deadline:
+            assert rr.get("safe.localhost") == (200, "v0\n")
+            time.sleep(0.1)
+        assert rr.proc.poll() is None and p.proc.poll() is None
+    finally:
+        rr.close()
+        p.close()
+
+
+def test_a_router_refuses_a_nats_server_its_ca_does_not_vouch_for(secure_nats):
+    nats = secure_nats
+    cert, key = nats.router_cert
+    rr = RemoteRouter(nats.url, extra_args=["--nats-tls-ca", nats.other_ca.pem,
+                                            "--nats-tls-cert", cert, "--nats-tls-key", key])
+    rr.start()  # it serves (its saved table) while NATS is not usable
+    try:
+        wait_for(lambda: "NATS at tls://127.0.0.1:%d refused the connection" % nats.port
+                 in rr.output(), 10, "the router to say why it is not connected")
+        log = rr.output()
+        assert "unable to get local issuer certificate" in log, log
+        assert "must be signed by the CA of --nats-tls-ca" in log, log
+        conns = json.load(urllib.request.urlopen(
+            "http://127.0.0.1:%d/connz" % nats.monitor_port, timeout=5))["connections"]
+        assert not [c for c in conns if c.get("name") == "skiff-router"], conns
+    finally:
+        rr.close()
+
+
+def test_nats_security_files_that_do_not_load_stop_the_start(secure_nats, tmp_path):
+    nats = secure_nats
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+    skiffd = os.path.join(BIN_DIR, "skiffd")
+    base = [skiffd, "--role", "router", "--nats", nats.url, "--home", str(tmp_path),
+            "--router-addr", "127.0.0.1:%d" % free_port(),
+            "--router-admin-addr", "127.0.0.1:%d" % free_port()]
+    cert, key = nats.router_cert
+    cases = [
+        (["--nats-tls-ca", str(tmp_path / "missing.pem")], "--nats-tls-ca"),
+        (["--nats-tls-ca", key], "--nats-tls-ca"),
+        (["--nats-tls-ca", nats.ca.pem, "--nats-tls-cert", cert], "go together"),
+        (["--nats-creds", str(tmp_path / "none.creds")], "--nats-creds"),
+    ]
+    for extra, message in cases:
+        r = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and message in r.stderr, (extra, r.returncode, r.stderr)
+
+
+# ---- domain certificates to routers on other hosts ------------------------------------------
+
+
+class Sniffer(threading.Thread):
+    """A host process on a cleartext NATS that reads everything under skiff.> (what anyone on
+    the network path could read)."""
+
+    def __init__(self, nats):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", nats.port), timeout=5)
+        self.sock.recv(4096)
+        self.sock.sendall(b"CONNECT {\"verbose\":false}\r\nSUB skiff.> 1\r\nPING\r\n")
+        self.data = b""
+        self.stopped = False
+
+    def run(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped:
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.data += chunk
+            if b"PING\r\n" in chunk:
+                self.sock.sendall(b"PONG\r\n")
+
+    def stop(self):
+        self.stopped = True
+        self.join(5)
+        self.sock.close()
+
+
+def https_router(nats_url, web_ca, extra_args=()):
+    """A remote router with HTTPS: a default certificate of its own host (the operator's), the
+    domains' certificates from skiffd."""
+    from test_tls import install
+    rr = RemoteRouter(nats_url, extra_args=list(extra_args))
+    rr.tls_port = free_port()
+    rr.extra_args += ["--router-tls-addr", "127.0.0.1:%d" % rr.tls_port]
+    cert, key = web_ca.issue("router-default.test", ["router-default.test"])
+    install(rr.home, "default", cert, key, default=True)
+    return rr.start()
+
+
+def serial_at(port, host, cafile):
+    """The serial of the certificate served for host (SNI), whichever names it has."""
+    from test_tls import tls_connect
+    with tls_connect(port, host, cafile, check_hostname=False) as s:
+        return s.getpeercert()["serialNumber"]
+
+
+def test_a_remote_router_on_tls_nats_serves_a_domains_certificate_and_its_rotation(
+        secure_nats, tmp_path):
+    from test_tls import CA
+    nats = secure_nats
+    web_ca = CA(str(tmp_path / "web-ca"), "Web CA")
+    p = secure_platform(nats).start()
+    rr = https_router(nats.url, web_ca, nats.flags("router"))
+    try:
+        for args in (("create-org", "acme"), ("create-private-domain", "acme", "acme.test")):
+            r = p.cli(*args)
+            assert r.returncode == 0, out(r)
+        cert, key = web_ca.issue("acme.test", ["acme.test", "*.acme.test"])
+        r = p.cli("update-domain", "acme.test", "--cert", cert, "--key", key)
+        assert r.returncode == 0, out(r)
+        first = wait_for(lambda: (lambda s: s if s == serial_of(cert) else None)(
+            serial_at(rr.tls_port, "shop.acme.test", web_ca.pem)), 20,
+            "the remote router to serve acme.test's certificate by SNI")
+        path = os.path.join(rr.home, "tls", "domains", "acme.test.pem")
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        # other names still get the router's own default
+        assert serial_at(rr.tls_port, "other.test", web_ca.pem) != first
+
+        # rotation, no restart
+        cert2, key2 = web_ca.issue("acme.test", ["*.acme.test"], days=60)
+        t0 = time.monotonic()
+        r = p.cli("update-domain", "acme.test", "--cert", cert2, "--key", key2)
+        assert r.returncode == 0, out(r)
+        wait_for(lambda: serial_at(rr.tls_port, "shop.acme.test", web_ca.pem) ==
+                 serial_of(cert2), 20, "the rotated certificate on the remote router")
+        print("update-domain -> served by the remote router in %.0f ms (CLI included)"
+              % ((time.monotonic() - t0) * 1000))
+
+        # a router that starts later gets it too (sent when it first says hello)
+        late = https_router(nats.url, web_ca, nats.flags("router"))
+        try:
+            wait_for(lambda: serial_at(late.tls_port, "shop.acme.test", web_ca.pem) ==
+                     serial_of(cert2), 20, "a router started later to get the certificate")
+        finally:
+            late.close()
+        for text in (p.output(), rr.output()):
+            assert "PRIVATE KEY" not in text
+            assert open(key2).read().splitlines()[1] not in text
+        assert p.proc.poll() is None and rr.proc.poll() is None
+    finally:
+        rr.close()
+        p.close()
+
+
+def serial_of(cert):
+    from test_tls import openssl
+    return openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1].upper()
+
+
+def test_over_cleartext_nats_no_key_is_sent(nats, tmp_path):
+    from test_tls import CA
+    web_ca = CA(str(tmp_path / "web-ca"), "Web CA")
+    p = nats_platform(nats).start()
+    rr = https_router(nats.url, web_ca)
+    sniffer = Sniffer(nats)
+    sniffer.start()
+    try:
+        r = p.cli("create-domain", "shop.test")
+        assert r.returncode == 0, out(r)
+        cert, key = web_ca.issue("shop.test", ["*.shop.test"])
+        r = p.cli("update-domain", "shop.test", "--cert", cert, "--key", key)
+        assert r.returncode == 0, out(r)
+        # the notice to reload goes, the pair does not
+        wait_for(lambda: b"MSG skiff.bus.certs" in sniffer.data, 10, "the certs notice")
+        # this host's router serves it (from the store through skiffd's files)
+        wait_for(lambda: serial_at(p.router_tls_port, "www.shop.test", web_ca.pem) ==
+                 serial_of(cert), 10, "skiffd's own router to serve it")
+        # a router saying hello later does not make skiffd send it either
+        late = https_router(nats.url, web_ca)
+        wait_for(lambda: p.output().count("a router on NATS said hello") >= 2, 15,
+                 "the second router's hello")
+        late.close()
+        time.sleep(0.5)  # whatever skiffd sent after that hello has arrived on loopback
+        secret = open(key).read().splitlines()[1].encode()
+        assert secret not in sniffer.data and b"PRIVATE KEY" not in sniffer.data
+        assert not os.path.exists(os.path.join(rr.home, "tls", "domains", "shop.test.pem"))
+        assert serial_at(rr.tls_port, "www.shop.test", web_ca.pem) != serial_of(cert)
+        log = p.output()
+        assert log.count("domain certificates are not sent to routers on NATS") == 1, log
+    finally:
+        sniffer.stop()
+        rr.close()
+        p.close()
+
+
+# ---- a user and password in the URL ---------------------------------------------------------
+
+SKIFFD_PASSWORD, ROUTER_PASSWORD = "skiffd-s3cret-pw", "router-s3cret-pw"
+
+
+class PasswordNats(NatsServer):
+    """A nats-server (no TLS: loopback) whose users authenticate with passwords and carry the
+    permissions of docs/bus.md."""
+
+    def start(self):
+        conf = os.path.join(self.store, "nats.conf")
+        with open(conf, "w") as f:
+            json.dump({
+                "listen": "127.0.0.1:%d" % self.port,
+                "http": "127.0.0.1:%d" % self.monitor_port,
+                "server_name": self.name,
+                "jetstream": {"store_dir": os.path.join(self.store, self.name)},
+                "authorization": {"users": [
+                    {"user": "skiffd", "password": SKIFFD_PASSWORD,
+                     "permissions": SKIFFD_PERMISSIONS},
+                    {"user": "router", "password": ROUTER_PASSWORD,
+                     "permissions": ROUTER_PERMISSIONS}]},
+            }, f)
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.jsz() is not None, 15, "the nats-server with users to answer")
+        return self
+
+    def url_for(self, user, password):
+        return "nats://%s:%s@127.0.0.1:%d" % (user, password, self.port)
+
+
+def test_a_password_in_the_url_authenticates_and_is_never_shown(tmp_path):
+    store = tempfile.mkdtemp(prefix="skiff-natspw-")
+    nats = PasswordNats(store).start()
+    p = Platform(extra_env={"SKIFF_NATS": nats.url_for("skiffd", SKIFFD_PASSWORD),
+                            "SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                            "SKIFF_BUS_TTL_MS": str(TTL_MS)}).start()
+    rr = RemoteRouter(nats.url, extra_env={
+        "SKIFF_NATS": nats.url_for("router", ROUTER_PASSWORD)}).start()
+    bad = RemoteRouter(nats.url, extra_env={
+        "SKIFF_NATS": nats.url_for("router", "not-the-" + ROUTER_PASSWORD)}).start()
+    try:
+        push_web(p, tmp_path, "pw")
+        wait_for(lambda: rr.get("pw.localhost") == (200, "v0\n"), 30,
+                 "the router with the router's password to serve pw")
+        wait_for(lambda: "refused the connection" in bad.output(), 10, "the refusal logged")
+        assert "Authorization Violation" in bad.output(), bad.output()
+        assert "check the credentials" in bad.output(), bad.output()
+        assert "nats://***@127.0.0.1:%d" % nats.port in bad.output(), bad.output()
+        assert bad.get("pw.localhost")[0] == 404
+        # nowhere in what the processes print, nor on their command lines
+        for proc in (p.proc, rr.proc, bad.proc):
+            with open("/proc/%d/cmdline" % proc.pid, "rb") as f:
+                cmdline = f.read()
+            assert b"s3cret" not in cmdline, cmdline
+        for text in (p.output(), rr.output(), bad.output()):
+            assert "s3cret" not in text, text
+    finally:
+        bad.close()
+        rr.close()
+        p.close()
+        nats.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+# ---- a NATS credentials file (operator mode: JWTs signed with nkeys, made here) --------------
+
+
+def _crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def _b32(b):
+    return base64.b32encode(b).decode().rstrip("=")
+
+
+def _b64url(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+class NKey:
+    """An ed25519 key in NATS's nkey encoding (O: operator, A: account, U: user)."""
+    PREFIX = {"O": 14 << 3, "A": 0, "U": 20 << 3}
+
+    def __init__(self, kind):
+        from cryptography.hazmat.primitives import serialization as ser
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        self.key = Ed25519PrivateKey.generate()
+        seed = self.key.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw,
+                                      ser.NoEncryption())
+        pub = self.key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+        p = self.PREFIX[kind]
+        b = bytes([p]) + pub
+        self.public = _b32(b + _crc16(b).to_bytes(2, "little"))
+        s = bytes([(18 << 3) | (p >> 5), (p & 31) << 3]) + seed
+        self.seed = _b32(s + _crc16(s).to_bytes(2, "little"))
+
+    def jwt(self, subject, name, nats):
+        """A JWT about subject, signed by this key."""
+        header = _b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+        claims = {"iat": int(time.time()), "iss": self.public, "name": name,
+                  "sub": subject.public, "nats": nats}
+        claims["jti"] = _b32(hashlib.sha256(json.dumps(claims, sort_keys=True).encode())
+                             .digest())
+        body = _b64url(json.dumps(claims).encode())
+        return "%s.%s.%s" % (header, body, _b64url(self.key.sign((header + "." + body)
+                                                                 .encode())))
+
+
+class OperatorNats(NatsServer):
+    """A nats-server in operator mode (accounts and users as JWTs, the way `nsc` sets it up),
+    with a user for skiffd and one for routers, each with the permissions of docs/bus.md."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.operator, self.system, self.account = NKey("O"), NKey("A"), NKey("A")
+        self.creds = {}
+
+    def user_creds(self, name, permissions):
+        user = NKey("U")
+        token = self.account.jwt(user, name, {
+            "type": "user", "version": 2, "pub": {"allow": permissions["publish"]},
+            "sub": {"allow": permissions["subscribe"]}, "subs": -1, "data": -1, "payload": -1})
+        path = os.path.join(self.store, name + ".creds")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write("-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n\n"
+                    "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n"
+                    % (token, user.seed))
+        return path, user, token
+
+    def start(self):
+        op = self.operator
+        limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                  "wildcards": True, "conn": -1, "leaf": -1}
+        op_jwt = os.path.join(self.store, "operator.jwt")
+        with open(op_jwt, "w") as f:
+            f.write(op.jwt(op, "skiff-test", {"type": "operator", "version": 2,
+                                              "system_account": self.system.public}))
+        accounts = {
+            self.system.public: op.jwt(self.system, "SYS", {"type": "account", "version": 2,
+                                                            "limits": limits}),
+            self.account.public: op.jwt(self.account, "skiff", {
+                "type": "account", "version": 2,
+                "limits": dict(limits, mem_storage=-1, disk_storage=-1, streams=-1,
+                               consumer=-1)}),
+        }
+        conf = os.path.join(self.store, "nats.conf")
+        with open(conf, "w") as f:
+            json.dump({"listen": "127.0.0.1:%d" % self.port,
+                       "http": "127.0.0.1:%d" % self.monitor_port,
+                       "server_name": self.name, "operator": op_jwt,
+                       "system_account": self.system.public, "resolver": "MEMORY",
+                       "resolver_preload": accounts,
+                       "jetstream": {"store_dir": os.path.join(self.store, self.name)}}, f)
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.jsz() is not None, 15, "the operator-mode nats-server to answer")
+        return self
+
+
+def test_credentials_files_authenticate_skiffd_and_routers(tmp_path):
+    store = tempfile.mkdtemp(prefix="skiff-natscreds-")
+    nats = OperatorNats(store).start()
+    skiffd_creds, _, _ = nats.user_creds("skiffd", SKIFFD_PERMISSIONS)
+    router_creds, router_user, router_jwt = nats.user_creds("router", ROUTER_PERMISSIONS)
+    p = Platform(extra_args=["--nats", nats.url, "--nats-creds", skiffd_creds],
+                 extra_env={"SKIFF_BUS_ANNOUNCE_MS": str(ANNOUNCE_MS),
+                            "SKIFF_BUS_TTL_MS": str(TTL_MS)}).start()
+    rr = RemoteRouter(nats.url, extra_args=["--nats-creds", router_creds]).start()
+    try:
+        push_web(p, tmp_path, "jwt")
+        wait_for(lambda: rr.get("jwt.localhost") == (200, "v0\n"), 30,
+                 "the router with the router's credentials file to serve jwt")
+
+        def talk(lines, creds=True):
+            with socket.create_connection(("127.0.0.1", nats.port), timeout=5) as s:
+                info = json.loads(s.recv(4096).decode().split(" ", 1)[1])
+                connect = {"verbose": False}
+                if creds:  # what libnats does with the file: the JWT and the nonce signed
+                    connect.update(jwt=router_jwt, sig=_b64url(router_user.key.sign(
+                        info["nonce"].encode())))
+                s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" +
+                          b"".join(lines) + b"PING\r\n")
+                got = b""
+                while b"PONG" not in got and b"-ERR" not in got:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                return got
+        forged = json.dumps({"v": 1, "ttl_ms": 60000, "route": {
+            "host": "jwt.localhost", "path": "", "backends": [{"addr": "127.0.0.1:1"}]}})
+        assert b"Authorization Violation" in talk([pub("skiff.bus.register", forged)], False)
+        got = talk([pub("skiff.bus.register", forged)])
+        assert b"Permissions Violation for Publish" in got, got
+        for _ in range(10):
+            assert rr.get("jwt.localhost") == (200, "v0\n")
+            time.sleep(0.1)
+    finally:
+        rr.close()
+        p.close()
+        nats.stop()
+        shutil.rmtree(store, ignore_errors=True)

@@ -4,26 +4,55 @@ app. The images are built here: a tiny static HTTP server compiled with `cc -sta
 into an OCI image layout (and `docker save`'s layout) by hand, in two layers with a whiteout."""
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
 import subprocess
 import tarfile
+import threading
 import time
 
 import pytest
 
 from conftest import BIN_DIR, http_get, out
 
-# Answers every request with what the image's config decided: user, working directory,
-# environment, and files of both layers (one deleted by the upper layer's whiteout).
-SERVER_C = r"""
+# What the servers built here share: listening on $PORT (8080 without it), and answering a
+# connection with a body and closing it.
+SERVE_C = r"""
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static int listen_on_port(void)
+{
+    const char *port = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
+        exit(1);
+    return s;
+}
+
+static void answer(int c, const char *extra_headers, const char *body, int n)
+{
+    char head[256];
+    int h = snprintf(head, sizeof head,
+                     "HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n",
+                     extra_headers, n);
+    if (write(c, head, h) < 0 || write(c, body, n) < 0) {
+    }
+    close(c);
+}
+"""
+
+# Answers every request with what the image's config decided: user, working directory,
+# environment, and files of both layers (one deleted by the upper layer's whiteout).
+SERVER_C = SERVE_C + r"""
 
 static const char *file(const char *path, char *buf, size_t n)
 {
@@ -41,11 +70,7 @@ static const char *file(const char *path, char *buf, size_t n)
 int main(int argc, char **argv)
 {
     const char *port = getenv("PORT");
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
-        return 1;
+    int s = listen_on_port();
     printf("listening on %s\n", port);
     fflush(stdout);
     for (;;) {
@@ -66,27 +91,25 @@ int main(int argc, char **argv)
                          file("/srv/gone", gone, sizeof gone), getenv("GREETING"),
                          getenv("APP_ENV") ? getenv("APP_ENV") : "unset",
                          argc > 1 ? argv[1] : "none");
-        char head[256];
-        int h = snprintf(head, sizeof head,
-                         "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", n);
-        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
-        }
-        close(c);
+        answer(c, "", body, n);
     }
 }
 """
 
 
-@pytest.fixture(scope="module")
-def server_binary(tmp_path_factory):
-    d = tmp_path_factory.mktemp("server")
-    src = d / "server.c"
-    src.write_text(SERVER_C)
-    binary = d / "server"
-    r = subprocess.run(["cc", "-static", "-O2", "-o", str(binary), str(src)],
+def static_binary(tmp_path_factory, name, source):
+    """source compiled with `cc -static` in a folder of its own: the folder and the binary."""
+    d = tmp_path_factory.mktemp(name)
+    (d / (name + ".c")).write_text(source)
+    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / name), str(d / (name + ".c"))],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return binary.read_bytes()
+    return d, (d / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server_binary(tmp_path_factory):
+    return static_binary(tmp_path_factory, "server", SERVER_C)[1]
 
 
 def tar_bytes(entries, compress=False):
@@ -135,12 +158,9 @@ def layers_of(server, greeting="layered"):
     return [base, top]
 
 
-def oci_archive(path, layers, config):
-    """Writes an OCI image layout tarball (what `skopeo copy ... oci-archive:` makes)."""
-    blobs = {digest(config): config}
-    for layer in layers:
-        blobs[digest(layer)] = layer
-    manifest = json.dumps({
+def image_manifest(layers, config):
+    """An OCI image manifest of gzipped layers and a config, as bytes."""
+    return json.dumps({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -148,6 +168,14 @@ def oci_archive(path, layers, config):
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": digest(x), "size": len(x)} for x in layers],
     }).encode()
+
+
+def oci_archive(path, layers, config):
+    """Writes an OCI image layout tarball (what `skopeo copy ... oci-archive:` makes)."""
+    blobs = {digest(config): config}
+    for layer in layers:
+        blobs[digest(layer)] = layer
+    manifest = image_manifest(layers, config)
     blobs[digest(manifest)] = manifest
     index = json.dumps({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -376,6 +404,7 @@ class Registry:
         from conftest import free_port, wait_for
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
+        os.makedirs(root)
         auth = ""
         if users:
             import warnings
@@ -423,19 +452,13 @@ class Registry:
 
 
 @pytest.fixture
-def registry(tmp_path):
-    os.makedirs(tmp_path / "registry-open")
-    r = Registry(str(tmp_path / "registry-open"))
-    yield r
-    r.close()
+def registry(tmp_path, closing):
+    return closing.add(Registry(str(tmp_path / "registry-open")))
 
 
 @pytest.fixture
-def private_registry(tmp_path):
-    os.makedirs(tmp_path / "registry-private")
-    r = Registry(str(tmp_path / "registry-private"), users={"alice": "s3cret"})
-    yield r
-    r.close()
+def private_registry(tmp_path, closing):
+    return closing.add(Registry(str(tmp_path / "registry-private"), users={"alice": "s3cret"}))
 
 
 def platform_for(registries):
@@ -446,21 +469,27 @@ def platform_for(registries):
     return Platform(extra_args=args).start()
 
 
+class Closing(list):
+    """What a test starts (platforms, registries), closed after it, the last started first."""
+
+    def add(self, thing):
+        self.append(thing)
+        return thing
+
+
 @pytest.fixture
 def closing():
-    """Platforms a test starts, closed after it."""
-    started = []
+    started = Closing()
     yield started
-    for p in started:
-        p.close()
+    for thing in reversed(started):
+        thing.close()
 
 
 def test_push_from_a_registry_by_tag_and_by_digest(registry, tmp_path, server_binary, closing):
     layout = str(tmp_path / "layout")
     oci_layout(layout, layers_of(server_binary, "from-registry"), image_config(**DEFAULT_CONFIG))
     registry.push(layout, "team/web", "1.0")
-    p = platform_for([registry])
-    closing.append(p)
+    p = closing.add(platform_for([registry]))
 
     r = push(p, "web", f"{registry.host}/team/web:1.0")
     assert r.returncode == 0, out(r) + p.output()
@@ -520,8 +549,7 @@ def test_a_private_registry_needs_the_right_credentials(private_registry, tmp_pa
     layout = str(tmp_path / "layout")
     oci_layout(layout, layers_of(server_binary, "private"), image_config(**DEFAULT_CONFIG))
     private_registry.push(layout, "team/secret", creds="alice:s3cret")
-    p = platform_for([private_registry])
-    closing.append(p)
+    p = closing.add(platform_for([private_registry]))
     ref = f"{private_registry.host}/team/secret"
 
     r = push(p, "secret", ref)
@@ -565,29 +593,48 @@ def test_an_image_root_with_links_where_skiff_mounts_cannot_reach_out(platform, 
 
 # ---- the token flow, platform indexes, redirects, a lying registry: a registry of our own -------
 
-class TokenRegistry:
+class RegistryHandler(http.server.BaseHTTPRequestHandler):
+    """What the registries of our own answer with: send(status, body, headers), no log."""
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class OwnRegistry:
+    """The servers of a registry of our own, each on a thread; host is the first one's."""
+
+    def serve(self, handler, addresses=("127.0.0.1",)):
+        self.servers = [http.server.ThreadingHTTPServer((a, 0), handler) for a in addresses]
+        self.hosts = ["%s:%d" % s.server_address[:2] for s in self.servers]
+        self.host = self.hosts[0]
+        for s in self.servers:
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+
+    def close(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+
+class TokenRegistry(OwnRegistry):
     """A registry as the Distribution spec has it, in a few lines: every /v2/ request needs a
     Bearer token, which its realm gives for alice's Basic credentials; blobs are redirected to
     a storage path (as registries on object stores do); `tamper` names a blob it serves wrong."""
 
     def __init__(self, blobs, tags):
-        import http.server
-        import threading
         self.blobs, self.tags, self.tamper = blobs, tags, set()
         self.token_requests = 0
         registry = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def send(self, status, body=b"", headers=()):
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class Handler(RegistryHandler):
 
             def do_GET(self):
                 import base64
@@ -618,14 +665,7 @@ class TokenRegistry:
                     return self.send(307, b"", [("Location", f"/storage/{ref}")])
                 return self.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = "127.0.0.1:%d" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def multi_platform_image(server):
@@ -642,12 +682,7 @@ def multi_platform_image(server):
         config = image_config(**DEFAULT_CONFIG)
         for x in layers + [config]:
             add(x)
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": digest(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": digest(x), "size": len(x)} for x in layers]}).encode()
+        manifest = image_manifest(layers, config)
         images[arch] = (add(manifest), len(manifest), layers)
     index = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -659,54 +694,44 @@ def multi_platform_image(server):
 
 def test_a_token_registry_with_a_platform_index(tmp_path, server_binary, closing):
     blobs, index_digest, images = multi_platform_image(server_binary)
-    reg = TokenRegistry(blobs, {"v1": index_digest})
-    try:
-        p = platform_for([reg])
-        closing.append(p)
-        ref = f"{reg.host}/app:v1"
-        r = push(p, "tok", ref)
-        assert r.returncode != 0 and "401" in r.stdout + r.stderr, out(r)
+    reg = closing.add(TokenRegistry(blobs, {"v1": index_digest}))
+    p = closing.add(platform_for([reg]))
+    ref = f"{reg.host}/app:v1"
+    r = push(p, "tok", ref)
+    assert r.returncode != 0 and "401" in r.stdout + r.stderr, out(r)
 
-        env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
-        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image", ref,
-                            "--docker-username", "alice"], env=env, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, out(r) + p.output()
-        assert reg.token_requests >= 2
-        assert get_app(p, "tok.localhost")["greeting"] == "right-platform"
-        assert images["amd64"][0] in r.stdout  # the platform's manifest is the digest run
+    env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image", ref,
+                        "--docker-username", "alice"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, out(r) + p.output()
+    assert reg.token_requests >= 2
+    assert get_app(p, "tok.localhost")["greeting"] == "right-platform"
+    assert images["amd64"][0] in r.stdout  # the platform's manifest is the digest run
 
-        # a registry that serves a layer that is not what its digest says
-        layer = images["arm64"][2][1]
-        reg.tamper.add(digest(layer))
-        reg.tags["v2"] = images["arm64"][0]
-        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "liar", "--docker-image",
-                            f"{reg.host}/app:v2", "--docker-username", "alice"], env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode != 0, out(r)
-        assert "does not match its digest" in r.stdout + r.stderr, out(r)
-        assert digest(layer) in r.stdout + r.stderr, out(r)
-        blob = os.path.join(p.home, "images", "blobs", "sha256", digest(layer)[7:])
-        assert not os.path.exists(blob)  # nothing half-stored: no blob, no layer, nothing in tmp/
-        assert not os.path.exists(os.path.join(p.home, "images", "layers", "sha256",
-                                               digest(layer)[7:]))
-        assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
-    finally:
-        reg.close()
+    # a registry that serves a layer that is not what its digest says
+    layer = images["arm64"][2][1]
+    reg.tamper.add(digest(layer))
+    reg.tags["v2"] = images["arm64"][0]
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "liar", "--docker-image",
+                        f"{reg.host}/app:v2", "--docker-username", "alice"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0, out(r)
+    assert "does not match its digest" in r.stdout + r.stderr, out(r)
+    assert digest(layer) in r.stdout + r.stderr, out(r)
+    blob = os.path.join(p.home, "images", "blobs", "sha256", digest(layer)[7:])
+    assert not os.path.exists(blob)  # nothing half-stored: no blob, no layer, nothing in tmp/
+    assert not os.path.exists(os.path.join(p.home, "images", "layers", "sha256",
+                                           digest(layer)[7:]))
+    assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
 
 
 # ---- functions from images: the image serves the CloudEvents binary contract itself -------------
 
 # Answers each CloudEvent (binary mode) with its attributes and data as JSON and logs one line
 # per event; one request per connection.
-FUNCTION_C = r"""
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+FUNCTION_C = SERVE_C + r"""
 #include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 static void header(const char *req, const char *name, char *out, size_t n)
 {
@@ -726,12 +751,7 @@ static void header(const char *req, const char *name, char *out, size_t n)
 
 int main(void)
 {
-    const char *port = getenv("PORT");
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port ? port : "8080"))};
-    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64))
-        return 1;
+    int s = listen_on_port();
     for (;;) {
         int c = accept(s, NULL, NULL);
         if (c < 0)
@@ -772,13 +792,7 @@ int main(void)
                          (int)getuid());
         printf("image function got %s %s\n", type, subject);
         fflush(stdout);
-        char head[256];
-        int h = snprintf(head, sizeof head,
-                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         "%d\r\nConnection: close\r\n\r\n", n);
-        if (write(c, head, h) < 0 || write(c, body, n) < 0) {
-        }
-        close(c);
+        answer(c, "Content-Type: application/json\r\n", body, n);
     }
 }
 """
@@ -786,12 +800,8 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def function_archive(tmp_path_factory):
-    d = tmp_path_factory.mktemp("function")
-    (d / "fn.c").write_text(FUNCTION_C)
-    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "fn"), str(d / "fn.c")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    layer = tar_bytes([("fn", ("dir",)), ("fn/server", (d / "fn").read_bytes())], compress=True)
+    d, fn = static_binary(tmp_path_factory, "fn", FUNCTION_C)
+    layer = tar_bytes([("fn", ("dir",)), ("fn/server", fn)], compress=True)
     archive = d / "fn.tar"
     oci_archive(archive, [layer], image_config(Entrypoint=["/fn/server"], User="1000",
                                                ExposedPorts={"7000/tcp": {}}))
@@ -899,12 +909,7 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def whoami_binary(tmp_path_factory):
-    d = tmp_path_factory.mktemp("whoami")
-    (d / "whoami.c").write_text(WHOAMI_C)
-    r = subprocess.run(["cc", "-static", "-O2", "-o", str(d / "sh"), str(d / "whoami.c")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return (d / "sh").read_bytes()
+    return static_binary(tmp_path_factory, "whoami", WHOAMI_C)[1]
 
 
 def named_user_image(path, server, whoami, user, accounts=None):
@@ -957,7 +962,7 @@ def test_user_files_are_not_read_through_a_link(platform, tmp_path, server_binar
 
 # ---- pull progress, the image size limit, hostile registries ------------------------------------
 
-class HostileRegistry:
+class HostileRegistry(OwnRegistry):
     """An anonymous registry serving one image (app:v1), able to misbehave: `slow` serves the
     big layer in 64 KiB pieces 50 ms apart; `endless` is "manifest" or "blob" (that document
     never ends); with `token` every /v2/ request needs a Bearer token from a realm on another
@@ -965,25 +970,12 @@ class HostileRegistry:
     there."""
 
     def __init__(self, blobs, manifest, token=False):
-        import http.server
-        import threading
         self.blobs, self.manifest = blobs, manifest
         self.slow, self.endless = set(), None
         self.token_auth, self.storage_auth = [], []
-        self.token_host = None
         registry = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def send(self, status, body=b"", headers=()):
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class Handler(RegistryHandler):
 
             def endless_body(self, content_type):
                 import time as _t
@@ -1044,18 +1036,8 @@ class HostileRegistry:
                     self.wfile.flush()
                     _t.sleep(0.05)
 
-        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
-        self.host = "127.0.0.1:%d" % self.servers[0].server_address[1]
-        if token:
-            self.servers.append(http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler))
-            self.token_host = "127.0.0.2:%d" % self.servers[1].server_address[1]
-        for s in self.servers:
-            threading.Thread(target=s.serve_forever, daemon=True).start()
-
-    def close(self):
-        for s in self.servers:
-            s.shutdown()
-            s.server_close()
+        self.serve(Handler, ("127.0.0.1", "127.0.0.2") if token else ("127.0.0.1",))
+        self.token_host = self.hosts[1] if token else None
 
 
 def big_layer_image(server, megabytes=3):
@@ -1064,80 +1046,64 @@ def big_layer_image(server, megabytes=3):
     layers = layers_of(server, "big") + [big]
     config = image_config(**DEFAULT_CONFIG)
     blobs = {digest(x): x for x in layers + [config]}
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": digest(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": digest(x), "size": len(x)} for x in layers]}).encode()
-    return blobs, manifest, digest(big)
+    return blobs, image_manifest(layers, config), digest(big)
 
 
 def test_pull_progress_in_bytes_at_most_once_a_second(tmp_path, server_binary, closing):
     blobs, manifest, big = big_layer_image(server_binary)
-    reg = HostileRegistry(blobs, manifest)
+    reg = closing.add(HostileRegistry(blobs, manifest))
     reg.slow.add(big)  # ~48 pieces, 50 ms apart: ~2.4 s
-    try:
-        p = platform_for([reg])
-        closing.append(p)
-        started = time.monotonic()
-        r = push(p, "slow", f"{reg.host}/app:v1")
-        took = time.monotonic() - started
-        assert r.returncode == 0, out(r) + p.output()
-        lines = [x for x in r.stdout.splitlines() if f"layer 3/3 {big[:19]}: " in x and " of " in x]
-        # told while it came (it took over 2 s), in bytes of its size, but not once per piece
-        # (48 of them): at most a line a second
-        assert 1 <= len(lines) <= int(took) + 1, (took, out(r))
-        assert all(x.rstrip().endswith(" of 3.0 MB") for x in lines), lines
-        assert f"layer 3/3 {big[:19]}: pulled" in r.stdout, out(r)
-    finally:
-        reg.close()
+    p = closing.add(platform_for([reg]))
+    started = time.monotonic()
+    r = push(p, "slow", f"{reg.host}/app:v1")
+    took = time.monotonic() - started
+    assert r.returncode == 0, out(r) + p.output()
+    lines = [x for x in r.stdout.splitlines() if f"layer 3/3 {big[:19]}: " in x and " of " in x]
+    # told while it came (it took over 2 s), in bytes of its size, but not once per piece
+    # (48 of them): at most a line a second
+    assert 1 <= len(lines) <= int(took) + 1, (took, out(r))
+    assert all(x.rstrip().endswith(" of 3.0 MB") for x in lines), lines
+    assert f"layer 3/3 {big[:19]}: pulled" in r.stdout, out(r)
 
 
 @pytest.mark.parametrize("endless", ["manifest", "blob"])
 def test_an_endless_document_is_cut_at_its_limit(tmp_path, server_binary, closing, endless):
     from conftest import Platform
     blobs, manifest, big = big_layer_image(server_binary, 1)
-    reg = HostileRegistry(blobs, manifest)
+    reg = closing.add(HostileRegistry(blobs, manifest))
     reg.endless = endless
     reg.slow.add(big)
-    try:
-        p = Platform(extra_args=["--insecure-registry", reg.host,
-                                 "--max-image-size", "8M"]).start()
-        closing.append(p)
-        r = push(p, "endless", f"{reg.host}/app:v1")
-        assert r.returncode != 0, out(r)
-        said = r.stdout + r.stderr
-        if endless == "manifest":
-            assert "manifest" in said and "larger than the limit" in said, out(r)
-        else:
-            assert "larger than the limit of 8 MB" in said and "--max-image-size" in said, out(r)
-        # nothing of it is kept, and skiffd still serves
-        assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
-        assert p.cli("apps").returncode == 0
-    finally:
-        reg.close()
+    p = Platform(extra_args=["--insecure-registry", reg.host,
+                             "--max-image-size", "8M"]).start()
+    closing.append(p)
+    r = push(p, "endless", f"{reg.host}/app:v1")
+    assert r.returncode != 0, out(r)
+    said = r.stdout + r.stderr
+    if endless == "manifest":
+        assert "manifest" in said and "larger than the limit" in said, out(r)
+    else:
+        assert "larger than the limit of 8 MB" in said and "--max-image-size" in said, out(r)
+    # nothing of it is kept, and skiffd still serves
+    assert os.listdir(os.path.join(p.home, "images", "tmp")) == []
+    assert p.cli("apps").returncode == 0
 
 
 def test_an_image_over_the_limit_is_refused(tmp_path, server_binary, closing):
     from conftest import Platform
     blobs, manifest, big = big_layer_image(server_binary, 3)
-    reg = HostileRegistry(blobs, manifest)
-    try:
-        p = Platform(extra_args=["--insecure-registry", reg.host,
-                                 "--max-image-size", "2M"]).start()
-        closing.append(p)
-        r = push(p, "large", f"{reg.host}/app:v1")
-        assert r.returncode != 0, out(r)
-        assert "larger than the limit of 2 MB" in r.stdout + r.stderr, out(r)
-        # a tarball too
-        archive = tmp_path / "large.tar"
-        layers = [blobs[x["digest"]] for x in json.loads(manifest)["layers"]]
-        oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
-        r = push(p, "large", f"oci-archive:{archive}")
-        assert r.returncode != 0 and "over the limit of 2 MB" in r.stdout + r.stderr, out(r)
-    finally:
-        reg.close()
+    reg = closing.add(HostileRegistry(blobs, manifest))
+    p = Platform(extra_args=["--insecure-registry", reg.host,
+                             "--max-image-size", "2M"]).start()
+    closing.append(p)
+    r = push(p, "large", f"{reg.host}/app:v1")
+    assert r.returncode != 0, out(r)
+    assert "larger than the limit of 2 MB" in r.stdout + r.stderr, out(r)
+    # a tarball too
+    archive = tmp_path / "large.tar"
+    layers = [blobs[x["digest"]] for x in json.loads(manifest)["layers"]]
+    oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+    r = push(p, "large", f"oci-archive:{archive}")
+    assert r.returncode != 0 and "over the limit of 2 MB" in r.stdout + r.stderr, out(r)
 
 
 def test_a_layer_bomb_stops_at_the_limit(tmp_path, server_binary, closing):
@@ -1160,20 +1126,16 @@ def test_credentials_go_only_where_the_registry_sends_them(tmp_path, server_bina
     it gets neither the credentials nor the token."""
     import base64
     blobs, manifest, big = big_layer_image(server_binary, 1)
-    reg = HostileRegistry(blobs, manifest, token=True)
-    try:
-        p = platform_for([reg])
-        closing.append(p)
-        env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
-        r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image",
-                            f"{reg.host}/app:v1", "--docker-username", "alice"], env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, out(r) + p.output()
-        basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
-        assert reg.token_auth and set(reg.token_auth) == {basic}, reg.token_auth
-        assert reg.storage_auth and set(reg.storage_auth) == {None}, reg.storage_auth
-    finally:
-        reg.close()
+    reg = closing.add(HostileRegistry(blobs, manifest, token=True))
+    p = closing.add(platform_for([reg]))
+    env = dict(p.env(), CF_DOCKER_PASSWORD="s3cret")
+    r = subprocess.run([os.path.join(BIN_DIR, "skiff"), "push", "tok", "--docker-image",
+                        f"{reg.host}/app:v1", "--docker-username", "alice"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, out(r) + p.output()
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert reg.token_auth and set(reg.token_auth) == {basic}, reg.token_auth
+    assert reg.storage_auth and set(reg.storage_auth) == {None}, reg.storage_auth
 
 
 def test_what_a_killed_skiffd_left_is_collected_at_start(tmp_path):

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -1349,6 +1350,9 @@ def test_access_lines_go_to_the_bus(router_factory, bus, backends):
     assert m["app_guid"] == "app-guid-1" and m["router_index"] == 0
     assert m["line"].startswith("GET /some/path?x=1 200 ")
     assert "x_request_id:rid-42" in m["line"]
+    # method, target, status, bytes, duration to a tenth of a millisecond, request id
+    assert re.fullmatch(r"GET /some/path\?x=1 200 [1-9][0-9]*B [0-9]+\.[0-9]ms x_request_id:rid-42",
+                        m["line"]), m["line"]
     # whatever bytes a request target carries, the line stays valid JSON (and valid UTF-8)
     c = r.client()
     c.send(b'GET /odd"\\\xc3\xa9{} HTTP/1.1\r\nHost: app.localhost\r\n\r\n')

@@ -22,20 +22,14 @@ import pytest
 from conftest import free_port, wait_for
 from test_router import Backend, RawBackend, chunked_backend, requests_on, route
 from test_tls import CA, install
+from apps import h2frames
+from apps.h2frames import (ACK, CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,
+                           ENHANCE_YOUR_CALM, GOAWAY, HEADERS, INTERNAL_ERROR, PING, PREFACE,
+                           PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+                           frame, grpc_answer)
 
 # Fixtures of test_router.py, used here under the same names.
 from test_router import backends, bus, home, router_factory  # noqa: F401
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
-PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x1, 0x2, 0x7, 0x8, 0xB
-
-
-def frame(type_, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([type_, flags]) + \
-        struct.pack(">I", stream) + payload
 
 
 def hpack_int(value, prefix_bits, first=0):
@@ -704,57 +698,21 @@ class H2cInstance:
         return self.backend.accepted
 
     def serve(self, conn):
-        f = conn.makefile("rb")
-        if f.read(24) != PREFACE:
+        h2frames.serve(conn, self.answer, on_ping_ack=self.ping_acked)
+
+    def ping_acked(self):
+        self.ping_acks += 1
+
+    def answer(self, conn, enc, sid, stream):
+        self.requests.append(stream)
+        if dict(stream["headers"]).get(":path") == "/reset":
+            conn.sendall(frame(RST_STREAM, 0, sid, struct.pack(">I", INTERNAL_ERROR)))
             return
-        conn.sendall(frame(SETTINGS, 0, 0))
-        dec, enc = hpack.Decoder(), hpack.Encoder()
-        streams = {}
-        while True:
-            head = f.read(9)
-            if len(head) < 9:
-                return
-            length = int.from_bytes(head[:3], "big")
-            type_, flags = head[3], head[4]
-            sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-            payload = f.read(length)
-            if type_ == SETTINGS and not flags & ACK:
-                conn.sendall(frame(SETTINGS, ACK, 0))
-            elif type_ == PING and not flags & ACK:
-                conn.sendall(frame(PING, ACK, 0, payload))
-            elif type_ == PING:
-                self.ping_acks += 1
-            elif type_ == HEADERS:
-                fields = [(k.decode(), v.decode()) for k, v in dec.decode(payload, raw=True)]
-                s = streams.setdefault(sid, {"headers": None, "body": b"", "trailers": []})
-                if s["headers"] is None:
-                    s["headers"] = fields
-                else:
-                    s["trailers"] = fields
-            elif type_ == DATA and sid in streams:
-                streams[sid]["body"] += payload
-                if payload:
-                    inc = struct.pack(">I", len(payload))
-                    conn.sendall(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
-            elif type_ == GOAWAY:
-                return
-            if type_ in (HEADERS, DATA) and flags & END_STREAM and sid in streams:
-                s = streams.pop(sid)
-                self.requests.append(s)
-                if dict(s["headers"]).get(":path") == "/reset":
-                    conn.sendall(frame(RST_STREAM, 0, sid, struct.pack(">I", INTERNAL_ERROR)))
-                    continue
-                out = frame(HEADERS, END_HEADERS, sid, enc.encode(
-                    [(":status", "200"), ("content-type", "application/grpc")]))
-                if s["body"]:
-                    out += frame(DATA, 0, sid, s["body"])
-                out += frame(HEADERS, END_HEADERS | END_STREAM, sid, enc.encode(
-                    [("grpc-status", "0"), ("grpc-message", "ok")]))
-                conn.sendall(out)
-                # a keepalive PING once the stream is over, as gRPC servers send them: the
-                # router answers it and keeps the connection in its pool
-                time.sleep(0.05)
-                conn.sendall(frame(PING, 0, 0, b"keepaliv"))
+        conn.sendall(grpc_answer(enc, sid, stream["body"]))
+        # a keepalive PING once the stream is over, as gRPC servers send them: the
+        # router answers it and keeps the connection in its pool
+        time.sleep(0.05)
+        conn.sendall(frame(PING, 0, 0, b"keepaliv"))
 
 
 @pytest.fixture
@@ -827,8 +785,10 @@ def test_grpc_through_the_platform_to_a_pushed_h2c_app(platform, tmp_path):
     reaches the app as HTTP/2 and its trailers come back."""
     app = tmp_path / "grpc"
     app.mkdir()
-    with open(os.path.join(os.path.dirname(__file__), "apps", "grpc_h2c.py"), "rb") as f:
-        (app / "app.py").write_bytes(f.read())
+    apps = os.path.join(os.path.dirname(__file__), "apps")
+    for src, dst in (("grpc_h2c.py", "app.py"), ("h2frames.py", "h2frames.py")):
+        with open(os.path.join(apps, src), "rb") as f:
+            (app / dst).write_bytes(f.read())
     (app / "Procfile").write_text("web: python3 app.py\n")
     r = platform.cli("push", "greeter", "-p", str(app), "--no-route", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

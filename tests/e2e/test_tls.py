@@ -550,6 +550,19 @@ def test_skiffd_makes_a_local_ca_and_serves_https():
         p.close()
 
 
+def test_empty_https_addresses_in_the_environment_mean_no_https():
+    p = Platform(extra_env={"SKIFF_ROUTER_TLS_ADDR": "", "SKIFF_API_TLS_ADDR": "",
+                            "SKIFF_ISOLATION": "process"})
+    try:
+        p.start()
+        status, info = p.api("GET", "/v1/info")
+        assert status == 200 and "tls_url" not in info, info
+        assert "HTTPS" not in p.output()
+        assert not os.path.exists(os.path.join(p.home, "tls", "ca.key"))
+    finally:
+        p.close()
+
+
 # ---- domains with their own certificate (skiff create-domain / update-domain) -------------------
 
 PASSWORD = "a long enough password"
@@ -712,6 +725,81 @@ def test_only_admins_and_the_orgs_managers_set_a_domains_certificate(platform_ca
     assert status == 404, body  # the admin's token, through the wrong org: not that org's
     for s in (dev, mgr):
         shutil.rmtree(s.home, ignore_errors=True)
+
+
+def test_another_orgs_developer_cannot_read_or_replace_a_domains_certificate(platform_ca):
+    p, ca = platform_ca
+    ok(p, "create-user", "mallory", PASSWORD)
+    ok(p, "create-org", "victim")
+    ok(p, "create-org", "evil")
+    ok(p, "create-space", "s", "-o", "evil")
+    ok(p, "set-space-role", "mallory", "evil", "s", "SpaceDeveloper")
+    ok(p, "create-private-domain", "victim", "victim.test")
+    cert, key = ca.issue("victim.test", ["*.victim.test"])
+    ok(p, "update-domain", "victim.test", "--cert", cert, "--key", key)
+    good = wait_for(lambda: serial_for(p, ca, "www.victim.test"), 10, "victim's certificate")
+    sh = Shell(p)
+    try:
+        r = sh.run("login", "-a", p.api_url, "-u", "mallory", "-p", PASSWORD)
+        assert r.returncode == 0, r.stderr
+        token = json.load(open(os.path.join(sh.home, ".skiff", "cli.json")))["token"]
+        secret = open(key).read().splitlines()[1]
+        # reading: the domains list names no key (nor does any answer she can get)
+        for path in ("/v1/domains", "/v1/orgs/victim/domains", "/v1/orgs/evil/domains",
+                     "/v1/domains/victim.test/certificate",
+                     "/v1/orgs/victim/domains/victim.test/certificate"):
+            status, body = p.api("GET", path, token=token)
+            assert secret not in json.dumps(body) and "PRIVATE" not in json.dumps(body), body
+        # replacing: through the domain, its org, and her own org
+        mine, mykey = ca.issue("victim.test", ["*.victim.test"])
+        pair = {"cert": open(mine).read(), "key": open(mykey).read()}
+        for path in ("/v1/domains/victim.test/certificate",
+                     "/v1/orgs/victim/domains/victim.test/certificate",
+                     "/v1/orgs/evil/domains/victim.test/certificate"):
+            status, body = p.api("PUT", path, pair, token=token)
+            assert status in (403, 404), (path, status, body)
+        r = sh.run("update-domain", "victim.test", "--cert", mine, "--key", mykey)
+        assert r.returncode == 1, r.stdout
+        assert serial_for(p, ca, "www.victim.test") == good
+    finally:
+        shutil.rmtree(sh.home, ignore_errors=True)
+
+
+def test_domain_certificate_files_move_into_the_store_at_start(tmp_path):
+    """A skiffd from before certificates were kept in the store wrote them to
+    tls/domains/NAME.pem only: at start they move into the store (SQLite file 0600), and the
+    router goes on serving them."""
+    import sqlite3
+    ca = CA(str(tmp_path / "ca"))
+    p = Platform(extra_env={"SKIFF_PREWARM": "0"}).start()
+    try:
+        ok(p, "create-domain", "legacy.test")
+        p.stop()
+        cert, key = ca.issue("legacy.test", ["*.legacy.test"])
+        install(p.home, "legacy.test", cert, key)
+        # and a file for a domain the store does not know stays out
+        other, other_key = ca.issue("unknown.test", ["*.unknown.test"])
+        install(p.home, "unknown.test", other, other_key)
+        p.start()
+        assert "moved legacy.test's certificate" in p.output(), p.output()
+        db = os.path.join(p.home, "skiff.db")
+        assert os.stat(db).st_mode & 0o777 == 0o600
+        with sqlite3.connect(db) as c:
+            rows = c.execute("SELECT domain, cert, key FROM domain_certs").fetchall()
+        assert [r[0] for r in rows] == ["legacy.test"], rows
+        assert rows[0][1] == open(cert).read() and rows[0][2] == open(key).read()
+        status, body = p.api("GET", "/v1/domains")
+        d = [d for d in body["domains"] if d["name"] == "legacy.test"][0]
+        assert "CN=legacy.test" in d["certificate"]["subject"], d
+        serial = ca_serial(cert)
+        wait_for(lambda: serial_for(p, ca, "www.legacy.test").upper() == serial, 10,
+                 "the moved certificate served")
+    finally:
+        p.close()
+
+
+def ca_serial(cert):
+    return openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1].upper()
 
 
 def test_map_route_https_only_is_stored_and_redirects(platform_ca):

@@ -2,8 +2,9 @@
  * request, revoked by the check), the signing key's permissions, answers decided from the head
  * (401, 413 for a declared huge body, 431 for too many headers) sent before the body, the
  * per-client connection cap closing the longest idle first, answers larger than the socket
- * takes at once arriving whole and in order, and pipelined requests answered in their order
- * when a handler answers later. */
+ * takes at once arriving whole and in order, pipelined requests answered in their order
+ * when a handler answers later, and a handler's error answered with the one table's status and
+ * code whether it is an enum skiff_err or a part's negative errno. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +27,7 @@
 #include "api/api.h"
 #include "auth/auth.h"
 #include "common/buf.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "store/store.h"
 
@@ -103,6 +105,18 @@ static void on_later(struct api_request *req, void *ctx)
     uv_timer_start(&l->timer, later_fire, 20, 0);
 }
 
+/* Answers with api_respond_error(err from ?err=N): ?detail=1 adds the handler's own words. */
+static void on_fail(struct api_request *req, void *ctx)
+{
+    (void)ctx;
+    const char *err = api_request_query(req, "err"), *detail = api_request_query(req, "detail");
+    int e = err ? atoi(err) : 0;
+    if (detail)
+        api_respond_error(req, e, "cannot keep the thing: %s", skiff_strerror(e));
+    else
+        api_respond_error(req, e, NULL);
+}
+
 static struct api *start_api(struct fixture *fx, unsigned per_client)
 {
     char addr[64];
@@ -119,6 +133,8 @@ static struct api *start_api(struct fixture *fx, unsigned per_client)
     api_route_add(api, "POST", "/v1/big", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_big,
                   NULL);
     api_route_add(api, "POST", "/v1/echo", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_echo,
+                  NULL);
+    api_route_add(api, "GET", "/v1/fail", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_fail,
                   NULL);
     api_route_add(api, "POST", "/v1/later", API_PERM(AUTH_PERM_PUBLISH) | API_SCOPE_SPACE, on_later,
                   &fx->loop);
@@ -554,6 +570,38 @@ static void test_pipelined_requests_are_answered_in_order(void **state)
     close(s);
 }
 
+/* What a handler answers for an error: the status and code of the one table's row, for an
+ * enum skiff_err and for a part's negative errno alike, and the table's words or its own. */
+static void check_error_answer(struct fixture *fx, int err, bool detail, int status,
+                               const char *code, const char *words)
+{
+    char path[128], out[4096];
+    snprintf(path, sizeof path, "/v1/fail?err=%d%s", err, detail ? "&detail=1" : "");
+    int got = status_of(fx, "GET", path, "admin-token", out, sizeof out);
+    char want[64];
+    snprintf(want, sizeof want, "\"code\":\"%s\"", code);
+    if (got != status || !strstr(out, want) || !strstr(out, words))
+        fail_msg("error %d: want %d %s \"%s\", got:\n%s", err, status, code, words, out);
+}
+
+static void test_errors_are_answered_from_the_one_table(void **state)
+{
+    struct fixture *fx = *state;
+    fx->api = start_api(fx, 0);
+    check_error_answer(fx, SKIFF_E_QUOTA, false, 422, "quota_exceeded", "over the quota");
+    check_error_answer(fx, -ENOENT, false, 404, "not_found", "not found");
+    check_error_answer(fx, -EEXIST, false, 409, "name_taken", "exists already");
+    check_error_answer(fx, -EIO, true, 500, "internal",
+                       "cannot keep the thing: a disk or a backend failed");
+    check_error_answer(fx, -ENOSPC, true, 503, "unavailable", "the disk is full");
+    check_error_answer(fx, -EAGAIN, false, 503, "busy", "retry in a moment");
+    check_error_answer(fx, -ESRCH, false, 503, "no_instance", "stopping");
+    /* an errno the table does not have is Skiff's failure, in the C library's words */
+    check_error_answer(fx, -ENOTSOCK, true, 500, "internal", strerror(ENOTSOCK));
+    /* nor does an out-of-range value give a client anything but a 500 */
+    check_error_answer(fx, 9999, false, 500, "internal", "unknown error");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -567,6 +615,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_big_answer_then_pipelined_one, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_requests_are_answered_in_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_errors_are_answered_from_the_one_table, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

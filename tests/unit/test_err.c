@@ -27,6 +27,8 @@ static void test_every_error_has_a_name_a_status_and_a_message(void **state)
     assert_int_equal(skiff_err_http_status(SKIFF_E_HEAD_TOO_LARGE), 431);
     assert_int_equal(skiff_err_http_status(SKIFF_E_BAD_VALUE), 400);
     assert_int_equal(skiff_err_http_status(SKIFF_E_INVALID_VALUE), 422);
+    /* the code a staging stream ends with, as the API's answers have theirs */
+    assert_string_equal(skiff_err_name(SKIFF_E_STAGING_FAILED), "staging_failed");
 }
 
 static void test_an_unknown_error_still_has_words(void **state)
@@ -57,6 +59,20 @@ static void test_errno_values_share_the_table(void **state)
     assert_int_equal(skiff_err_from(-ENOTSOCK), SKIFF_E_INTERNAL);
     assert_string_equal(skiff_err_name(-ENOTSOCK), "internal");
     assert_string_equal(skiff_strerror(-100000), "unknown error");
+    /* passing pressure is "busy" (503, worth a retry), a part not reachable "unavailable" */
+    assert_int_equal(skiff_err_from(-EAGAIN), SKIFF_E_BUSY);
+    assert_int_equal(skiff_err_from(-ENOBUFS), SKIFF_E_BUSY);
+    assert_int_equal(skiff_err_from(-ENOMEM), SKIFF_E_BUSY);
+    assert_int_equal(skiff_err_http_status(-EAGAIN), 503);
+    /* and its words say so, whichever resource ran short */
+    const int pressure[] = {EAGAIN, ENOBUFS, ENOMEM, EMFILE, ENFILE, EBUSY};
+    for (size_t i = 0; i < sizeof pressure / sizeof pressure[0]; i++)
+        if (!strstr(skiff_strerror(-pressure[i]), "retry in a moment"))
+            fail_msg("-%s is busy but does not say to retry", strerror(pressure[i]));
+    assert_int_equal(skiff_err_from(-ENOTCONN), SKIFF_E_UNAVAILABLE);
+    assert_int_equal(skiff_err_from(-ENOTSUP), SKIFF_E_UNAVAILABLE);
+    assert_int_equal(skiff_err_from(-ESRCH), SKIFF_E_NO_INSTANCE);
+    assert_string_equal(skiff_err_name(-ESRCH), "no_instance");
     /* enum values pass through skiff_err_from unchanged */
     assert_int_equal(skiff_err_from(SKIFF_E_QUOTA), SKIFF_E_QUOTA);
     assert_int_equal(skiff_err_from(SKIFF_ERR_COUNT + 5), SKIFF_E_INTERNAL);

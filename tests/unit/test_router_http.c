@@ -138,6 +138,24 @@ static void test_request_head_rewriting(void **state)
     buf_free(&out);
 }
 
+/* GET / routed by a.localhost, from 127.0.0.9, with the client's headers hs (of which only
+ * an Accept: star/star is passed on), and what the backend is sent for it over proto. */
+static struct router_request_head get_for_a_localhost(const struct router_header *hs, size_t n)
+{
+    return (struct router_request_head){.method = "GET",
+                                        .url = "/",
+                                        .url_len = 1,
+                                        .host = "a.localhost",
+                                        .host_len = 11,
+                                        .headers = hs,
+                                        .header_count = n,
+                                        .client_ip = "127.0.0.9",
+                                        .request_id = "rid-1"};
+}
+#define GET_FOR_A_LOCALHOST(proto)                                                                 \
+    "GET / HTTP/1.1\r\nHost: a.localhost\r\nAccept: */*\r\nX-Forwarded-For: 127.0.0.9\r\n"         \
+    "X-Forwarded-Proto: " proto "\r\nX-Forwarded-Host: a.localhost\r\nX-Request-Id: rid-1\r\n\r\n"
+
 /* Over HTTPS: X-Forwarded-Proto says so; a client's X-Forwarded-Client-Cert never passes, in
  * any spelling, and the router's own is written only when it verified a certificate. */
 static void test_https_head_and_client_cert_header(void **state)
@@ -148,28 +166,11 @@ static void test_https_head_and_client_cert_header(void **state)
         H("x-forwarded-client-cert", "forged too"),
         H("Accept", "*/*"),
     };
-    struct router_request_head h = {
-        .method = "GET",
-        .url = "/",
-        .url_len = 1,
-        .headers = hs,
-        .header_count = 3,
-        .host = "a.localhost",
-        .host_len = 11,
-        .client_ip = "127.0.0.9",
-        .request_id = "rid-2",
-        .https = true,
-    };
+    struct router_request_head h = get_for_a_localhost(hs, 3);
+    h.https = true;
     struct buf out = {0};
     router_head_build_request(&out, &h);
-    assert_string_equal(out.data, "GET / HTTP/1.1\r\n"
-                                  "Host: a.localhost\r\n"
-                                  "Accept: */*\r\n"
-                                  "X-Forwarded-For: 127.0.0.9\r\n"
-                                  "X-Forwarded-Proto: https\r\n"
-                                  "X-Forwarded-Host: a.localhost\r\n"
-                                  "X-Request-Id: rid-2\r\n"
-                                  "\r\n");
+    assert_string_equal(out.data, GET_FOR_A_LOCALHOST("https"));
     buf_reset(&out);
     h.client_cert = "TUlJQg==";
     router_head_build_request(&out, &h);
@@ -350,27 +351,10 @@ static void test_the_app_sees_the_authority_it_was_routed_by(void **state)
         H("Host", "victim.localhost"),
         H("X-Forwarded-Host", "victim.localhost"),
     };
-    struct router_request_head h = {
-        .method = "GET",
-        .url = "/",
-        .url_len = 1,
-        .host = "a.localhost",
-        .host_len = 11,
-        .headers = hs,
-        .header_count = 3,
-        .client_ip = "127.0.0.9",
-        .request_id = "rid-1",
-    };
+    struct router_request_head h = get_for_a_localhost(hs, 3);
     struct buf out = {0};
     router_head_build_request(&out, &h);
-    assert_string_equal(out.data, "GET / HTTP/1.1\r\n"
-                                  "Host: a.localhost\r\n"
-                                  "Accept: */*\r\n"
-                                  "X-Forwarded-For: 127.0.0.9\r\n"
-                                  "X-Forwarded-Proto: http\r\n"
-                                  "X-Forwarded-Host: a.localhost\r\n"
-                                  "X-Request-Id: rid-1\r\n"
-                                  "\r\n");
+    assert_string_equal(out.data, GET_FOR_A_LOCALHOST("http"));
     buf_free(&out);
 }
 

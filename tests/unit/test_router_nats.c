@@ -56,6 +56,19 @@ static void test_what_skiffd_sends_is_read(void **state)
 
     assert_int_equal(parse_text("skiff.bus.certs", "{\"v\":1}", &m, err), 0);
     assert_int_equal(m.kind, ROUTER_NATS_CERTS);
+    assert_null(m.pair);
+
+    /* a domain's pair (over TLS NATS only, docs/bus.md) */
+    assert_int_equal(parse_text("skiff.bus.certs",
+                                "{\"v\":1,\"domain\":\"shop.example-1.test\",\"cert\":\"C\","
+                                "\"key\":\"K\"}",
+                                &m, err),
+                     0);
+    assert_int_equal(m.kind, ROUTER_NATS_CERTS);
+    assert_string_equal(m.domain, "shop.example-1.test");
+    assert_string_equal(json_string_value(json_object_get(m.pair, "key")), "K");
+    router_nats_msg_free(&m);
+    assert_null(m.pair);
 
     /* a newer skiffd's subject: not an error, the caller logs it once */
     assert_int_equal(parse_text("skiff.bus.newthing", "whatever", &m, err), 0);
@@ -94,6 +107,26 @@ static void test_hostile_messages_are_refused_with_a_reason(void **state)
         {"skiff.bus.drain", "{\"v\":1,\"addr\":\"nowhere\",\"id\":3}", "HOST:PORT"},
         {"skiff.bus.drain", "{\"v\":1,\"id\":3}", "HOST:PORT"},
         {"skiff.bus.certs", "{\"v\":0}", "another version"},
+        /* a domain becomes a file name: nothing but a DNS name */
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"../../etc/x\",\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a/b\",\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"..\",\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\".hidden\",\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"\",\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"UPPER.test\",\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":7,\"cert\":\"C\",\"key\":\"K\"}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a.test\",\"cert\":\"C\"}", "PEM text"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a.test\",\"cert\":\"\",\"key\":\"K\"}",
+         "PEM text"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a.test\",\"cert\":\"C\\u0000x\",\"key\":\"K\"}",
+         "not a JSON object"}, /* jansson refuses NUL */
         {"skiff.router", "{\"v\":1}", "outside"},
         {"", "{\"v\":1}", "outside"},
         {"skiff.bus", "{\"v\":1}", "outside"},
@@ -106,6 +139,7 @@ static void test_hostile_messages_are_refused_with_a_reason(void **state)
             fail_msg("%s %s: rc %d, err \"%s\" (wanted one with \"%s\")", cases[i].subject,
                      cases[i].body, rc, err, cases[i].reason);
         assert_null(m.route);
+        assert_null(m.pair);
     }
 }
 

@@ -285,12 +285,95 @@ static void test_tasks_run_once_and_report_their_end(void **state)
     store_app_free(app);
 }
 
+static bool none_running(struct world *w)
+{
+    return scheduler_running_count(w->s, "web-app") == 0;
+}
+
+static char expected_droplet[37];
+
+static bool all_on_expected_droplet(struct world *w)
+{
+    struct scheduler_instance_info info[4];
+    int n = scheduler_app_instances(w->s, "web-app", info, 4);
+    if (n != 1 || strcmp(info[0].state, "RUNNING"))
+        return false;
+    return !strcmp(info[0].droplet, expected_droplet);
+}
+
+/* Several skiffds on one store (src/daemon/leader.h): a scheduler that does not lead starts
+ * nothing however it is asked; leading, it converges what the store says, resyncs writes
+ * made without telling it (scale, a new droplet: rolled out on the second resync that sees
+ * it), and stops everything at once when it stops leading. */
+static void test_only_a_leading_scheduler_runs_instances(void **state)
+{
+    struct world *w = *state;
+    scheduler_set_leading(w->s, false);
+    assert_false(scheduler_leading(w->s));
+    add_app(w, "web-app", "sleep 30", 2);
+    assert_int_equal(scheduler_ensure_instances(w->s, "web-app", "web", 2), 0);
+    int64_t until = time_mono_ms() + 300;
+    while (time_mono_ms() < until)
+        uv_run(&w->loop, UV_RUN_NOWAIT);
+    assert_int_equal(w->counts[PLATFORM_INSTANCE_READY], 0);
+    assert_int_equal(scheduler_resync(w->s), 0); /* a no-op when not leading */
+    assert_int_equal(scheduler_app_instances(w->s, "web-app", NULL, 0), 0);
+
+    scheduler_set_leading(w->s, true);
+    run_until(w, two_running, "two instances once leading");
+
+    /* another skiffd scaled it down: the store says so, nobody told this scheduler */
+    struct store_app *app = NULL;
+    assert_int_equal(store_app_get(w->store, "web-app", &app), 0);
+    store_app_process(app, "web")->instances = 1;
+    assert_int_equal(store_app_update(w->store, app), 0);
+    assert_int_equal(scheduler_resync(w->s), 0);
+    run_until(w, one_running_only, "one instance after a resync");
+
+    /* ... and put a new droplet into service */
+    struct store_droplet drop = {.app_guid = app->guid, .process_types_json = "{}"};
+    uuid_generate_v4(drop.guid);
+    drop.path = xasprintf("%s/droplets/%s", w->home, drop.guid);
+    char *app_dir = xasprintf("%s/app", drop.path);
+    assert_int_equal(mkdir_p(app_dir, 0755), 0);
+    assert_int_equal(store_droplet_add(w->store, &drop), 0);
+    free(app->droplet_guid);
+    app->droplet_guid = xstrdup(drop.guid);
+    assert_int_equal(store_app_update(w->store, app), 0);
+    snprintf(expected_droplet, sizeof expected_droplet, "%s", drop.guid);
+    free(app_dir);
+    free(drop.path);
+    store_app_free(app);
+    int ready = w->counts[PLATFORM_INSTANCE_READY];
+    assert_int_equal(scheduler_resync(w->s), 0);
+    until = time_mono_ms() + 300;
+    while (time_mono_ms() < until)
+        uv_run(&w->loop, UV_RUN_NOWAIT);
+    /* seen once: nothing started yet (a deployment asked here meanwhile is not doubled) */
+    assert_int_equal(w->counts[PLATFORM_INSTANCE_READY], ready);
+    assert_false(all_on_expected_droplet(w));
+    assert_int_equal(scheduler_resync(w->s), 0);
+    run_until(w, all_on_expected_droplet, "the new droplet rolled out");
+
+    /* no longer leading: everything stops, and nothing restarts it */
+    int gone = w->counts[PLATFORM_INSTANCE_GONE];
+    scheduler_set_leading(w->s, false);
+    assert_true(w->counts[PLATFORM_INSTANCE_GONE] > gone); /* out of the route table at once */
+    run_until(w, none_running, "nothing running after stepping down");
+    until = time_mono_ms() + 300;
+    while (time_mono_ms() < until)
+        uv_run(&w->loop, UV_RUN_NOWAIT);
+    assert_int_equal(scheduler_running_count(w->s, "web-app"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_converges_to_the_desired_count_and_says_so, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_tasks_run_once_and_report_their_end, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_only_a_leading_scheduler_runs_instances, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_crashes_restart_at_once_three_times_then_wait, setup,
                                         teardown),
     };

@@ -297,7 +297,7 @@ static void test_migrates_a_store_with_https_only_routes_to_protocols(void **sta
                   " 'least-connection', TRUE);");
     struct store *st = open_ok(path);
     assert_int_equal(store_schema_version(st), (int)migrations_count());
-    assert_int_equal(migrations_count(), 15);
+    assert_int_equal(migrations_count(), 16);
     struct store_route *routes = NULL;
     size_t n = 0;
     assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
@@ -952,8 +952,42 @@ static void test_migration_moves_a_functions_max_into_its_policy(void **state)
     remove_db(path);
 }
 
+/* A domain's certificate and key: set, replaced, read back; only a domain that exists may
+ * have one; a domain without one is -ENOENT. */
+static void test_domain_certificates_round_trip(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    char **names = NULL;
+    assert_int_equal(store_domain_cert_list(st, &names), 0);
+    assert_null(names[0]);
+    store_strv_free(names);
+    char *cert = NULL, *key = NULL;
+    assert_int_equal(store_domain_cert_get(st, "localhost", &cert, &key), -ENOENT);
+    assert_true(store_domain_cert_set(st, "nowhere.test", "C", "K") < 0); /* no such domain */
+    assert_int_equal(store_domain_add(st, "shop.test", NULL), 0);
+    assert_int_equal(store_domain_cert_set(st, "shop.test", "CERT1", "KEY1"), 0);
+    assert_int_equal(store_domain_cert_set(st, "shop.test", "CERT2", "KEY2"), 0);
+    assert_int_equal(store_domain_cert_get(st, "shop.test", &cert, &key), 0);
+    assert_string_equal(cert, "CERT2");
+    assert_string_equal(key, "KEY2");
+    free(cert);
+    free(key);
+    assert_int_equal(store_domain_cert_get(st, "shop.test", &cert, NULL), 0);
+    assert_string_equal(cert, "CERT2");
+    free(cert);
+    assert_int_equal(store_domain_cert_list(st, &names), 0);
+    assert_string_equal(names[0], "shop.test");
+    assert_null(names[1]);
+    store_strv_free(names);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
+        cmocka_unit_test(test_domain_certificates_round_trip),                                     \
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
         cmocka_unit_test(test_migration_moves_a_functions_max_into_its_policy),                    \
         cmocka_unit_test(test_migrates_a_store_with_https_only_routes_to_protocols),               \

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -235,6 +236,40 @@ static void test_pair_check(void **state)
     free(q.pem);
 }
 
+/* A pair file (chain then key) splits into the two; what has no certificate before a private
+ * key, or no key, does not; the first certificate's details come from memory too. */
+static void test_pair_split_and_info_from_memory(void **state)
+{
+    const char *names[] = {"split.example.test", NULL};
+    struct pair p = issue(names, 30);
+    char *cert = NULL, *key = NULL;
+    assert_int_equal(tls_pem_pair_split(p.pem, p.len, &cert, &key), 0);
+    assert_int_equal(strlen(cert), p.key_off);
+    assert_memory_equal(cert, p.pem, p.key_off);
+    assert_string_equal(key, p.pem + p.key_off);
+    char err[256] = "";
+    assert_int_equal(tls_pair_check(cert, strlen(cert), key, strlen(key), "split.example.test",
+                                    NULL, err, sizeof err),
+                     0);
+    struct tls_cert_info info;
+    assert_int_equal(tls_cert_pem_info(cert, strlen(cert), &info), 0);
+    assert_non_null(strstr(info.subject, "CN=split.example.test"));
+    assert_int_equal(tls_cert_pem_info("hello", 5, &info), -EINVAL);
+    free(cert);
+    free(key);
+    char *c2 = NULL, *k2 = NULL;
+    /* the key alone, the chain alone, the key before the chain, nothing */
+    assert_int_equal(tls_pem_pair_split(p.pem + p.key_off, p.len - p.key_off, &c2, &k2), -EINVAL);
+    assert_int_equal(tls_pem_pair_split(p.pem, p.key_off, &c2, &k2), -EINVAL);
+    char *swapped = xasprintf("%s%.*s", p.pem + p.key_off, (int)p.key_off, p.pem);
+    assert_int_equal(tls_pem_pair_split(swapped, strlen(swapped), &c2, &k2), -EINVAL);
+    assert_int_equal(tls_pem_pair_split("", 0, &c2, &k2), -EINVAL);
+    assert_null(c2);
+    assert_null(k2);
+    free(swapped);
+    free(p.pem);
+}
+
 static void test_local_ca_files_and_modes(void **state)
 {
     struct stat st;
@@ -395,6 +430,7 @@ int main(void)
         cmocka_unit_test(test_reload_from_a_directory_replaces_the_certificates),
         cmocka_unit_test(test_set_only_replaces_every_certificate),
         cmocka_unit_test(test_pair_check),
+        cmocka_unit_test(test_pair_split_and_info_from_memory),
         cmocka_unit_test(test_local_ca_files_and_modes),
         cmocka_unit_test(test_handshake_versions_alpn_and_data),
     };

@@ -274,6 +274,23 @@ static void test_buf_json_escaped(void **state)
     expect_escaped("", 0, 0, "\"\"");
 }
 
+/* buf_put_uint writes what "%llu" writes, at the edges of its digits too */
+static void test_buf_put_uint_is_llu(void **state)
+{
+    (void)state;
+    const unsigned long long cases[] = {0, 7, 9, 10, 99, 100, 1234567890, 18446744073709551615ull};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct buf b = {0};
+        char want[32];
+        buf_puts(&b, "[");
+        buf_put_uint(&b, cases[i]);
+        buf_puts(&b, "]");
+        snprintf(want, sizeof want, "[%llu]", cases[i]);
+        assert_string_equal(b.data, want);
+        buf_free(&b);
+    }
+}
+
 static void test_rfc3339_times(void **state)
 {
     (void)state;
@@ -307,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_files_round_trip),
         cmocka_unit_test(test_copy_tree_copies_and_keeps_to_its_budget),
         cmocka_unit_test(test_rfc3339_times),
+        cmocka_unit_test(test_buf_put_uint_is_llu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,271 @@
+"""Several skiffds on one PostgreSQL store: one leads (runs the instances), the others serve
+the API; the leader's death or the loss of its database session hands leading over within
+LEADER_BOUND_S; `skiff cells` lists every skiffd from its heartbeats.
+
+Each skiffd has its own home and ports. They run instances as host processes (--isolation
+process) so that two of them on one machine do not share a container network; droplets are
+read at the path the store records, which on one machine every skiffd reaches (on several
+hosts that takes a shared file system: src/daemon/README.md)."""
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import ROOT, WEB_APP, Platform, deploy_bits, http_get, out, wait_for
+
+PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+HEARTBEAT_MS = 300
+# src/daemon/leader.h: a follower tries for the lock every second; a dead leader's session
+# (kill -9, or ended by the server) frees it at once. Two tries and the time to converge.
+LEADER_BOUND_S = 5.0
+
+pytestmark = pytest.mark.skipif(
+    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
+    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
+
+
+@pytest.fixture
+def pg_dir():
+    d = tempfile.mkdtemp(prefix="skiff-pg-")
+    subprocess.run([PG, "start", d], check=True, capture_output=True, timeout=120)
+    try:
+        yield d
+    finally:
+        subprocess.run([PG, "stop", d], check=True, timeout=120)
+
+
+def psql(pg_dir, sql):
+    cmd = [os.path.join(PG_BIN, "psql"), "-h", pg_dir, "-U", "postgres", "-d", "postgres",
+           "-Atc", sql]
+    if os.getuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--"] + cmd
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def skiffd(pg_dir, zone):
+    url = f"postgresql://postgres@/postgres?host={pg_dir}"
+    return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
+                    extra_env={"SKIFF_CELL_HEARTBEAT_MS": str(HEARTBEAT_MS),
+                               "SKIFF_PREWARM": "0"})
+
+
+def cells(p):
+    status, body = p.api("GET", "/v1/cells")
+    assert status == 200, body
+    return body
+
+
+def leading(p):
+    return cells(p)["leading"]
+
+
+def running_here(p, name):
+    """The RUNNING web instances this skiffd's scheduler runs for the app."""
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return [i for i in app.get("instances_detail", []) if i.get("state") == "RUNNING"]
+
+
+def serves(p, name, host=None):
+    status, text = http_get(p.router_url + "/", host=host or f"{name}.localhost")
+    return status == 200 and text.startswith("instance")
+
+
+def deploy_through(p, name):
+    deploy_bits(p, name, [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)],
+                {"instances": 1})
+    status, body = p.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
+    assert status in (200, 201), body
+
+
+@pytest.fixture
+def pair(pg_dir):
+    """Two skiffds on the store: a, started first, leads; b follows."""
+    a = skiffd(pg_dir, "zone-a").start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        b = skiffd(pg_dir, "zone-b").start()
+        made.append(b)
+        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
+        assert not leading(b), cells(b)
+        yield a, b
+        for p in made:
+            p.stop()
+            text = p.output()
+            assert "Sanitizer" not in text and "runtime error" not in text, text
+    finally:
+        for p in made:
+            p.close()
+
+
+def test_push_through_a_follower_runs_on_the_leader_and_a_killed_leader_is_replaced(pair):
+    a, b = pair
+    deploy_through(b, "ctl")
+    wait_for(lambda: running_here(a, "ctl"), 60, "the leader to run the app pushed through "
+             "the follower")
+    wait_for(lambda: serves(a, "ctl"), 20, "the app through the leader's router")
+    assert running_here(b, "ctl") == [], "a follower runs nothing"
+    # a route mapped through the follower reaches the leader's router
+    status, body = b.api("POST", "/v1/routes", {"app": "ctl", "host": "ctl-two.localhost"})
+    assert status in (200, 201), body
+    wait_for(lambda: serves(a, "ctl", "ctl-two.localhost"), 10,
+             "a route mapped through the follower to be served by the leader's router")
+    # a stop, a scale and a start through the follower are carried out by the leader
+    assert b.api("POST", "/v1/apps/ctl/stop")[0] == 200
+    wait_for(lambda: not running_here(a, "ctl"), 15, "the leader to stop the app")
+    assert b.api("PATCH", "/v1/apps/ctl", {"instances": 2})[0] == 200
+    assert b.api("POST", "/v1/apps/ctl/start")[0] == 200
+    wait_for(lambda: len(running_here(a, "ctl")) == 2, 60, "the leader to run two instances")
+    assert running_here(b, "ctl") == []
+    assert "[LEADER] this skiffd leads" in a.output(), a.output()
+    assert "[LEADER] another skiffd leads" in b.output(), b.output()
+
+    # skiff cells: both, up, the leader marked, with their zones
+    r = b.cli("cells", check=True)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3, r.stdout
+    listed = {c["zone"]: c for c in cells(b)["cells"]}
+    assert set(listed) == {"zone-a", "zone-b"}, listed
+    assert [c["state"] for c in listed.values()] == ["up", "up"], listed
+    assert listed["zone-a"]["leader"] and not listed["zone-b"]["leader"], listed
+    wait_for(lambda: {c["zone"]: c for c in cells(b)["cells"]}["zone-a"]["instances"] >= 1, 10,
+             "the leader's heartbeat to count its instance")
+    assert all(c["memory_capacity_bytes"] > 0 for c in listed.values()), listed
+    a_id = listed["zone-a"]["id"]
+
+    # kill -9 the leader: b leads within the bound and runs the app itself
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    killed = time.monotonic()
+    wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after kill -9")
+    took = time.monotonic() - killed
+    print(f"leading went over {took:.2f} s after kill -9")
+    wait_for(lambda: running_here(b, "ctl"), 60, "the new leader to run the app")
+    wait_for(lambda: serves(b, "ctl"), 20, "the app through the new leader's router")
+
+    # the killed one is missing after three heartbeat intervals, and leads nothing
+    def a_missing():
+        c = {c["id"]: c for c in cells(b)["cells"]}[a_id]
+        return c["state"] == "missing" and not c["leader"]
+    wait_for(a_missing, 10, "the killed skiffd listed as missing")
+    r = b.cli("cells", check=True)
+    assert "missing" in r.stdout and "up" in r.stdout, out(r)
+
+
+def test_a_leader_whose_session_ends_stops_at_once_and_the_other_takes_over(pair, pg_dir):
+    a, b = pair
+    deploy_through(a, "sess")
+    wait_for(lambda: running_here(a, "sess"), 60, "the leader to run the app")
+    a_id = next(c["id"] for c in cells(a)["cells"] if c["zone"] == "zone-a")
+    # a hostile or failing database ends the leader's session under it (as a restart would)
+    ended = psql(pg_dir, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         f"WHERE application_name = 'skiffd leader {a_id}'")
+    assert ended.strip() == "1", ended
+    # a stops leading at once: no instance of it stays routable, nothing restarts it
+    wait_for(lambda: not leading(a), 2, "the leader to stop leading when its session ends")
+    wait_for(lambda: not running_here(a, "sess"), 15, "the old leader's instance to stop")
+    assert "[LEADER] this skiffd stopped leading" in a.output(), a.output()
+    wait_for(lambda: leading(b), LEADER_BOUND_S, "the other skiffd to take the lock")
+    wait_for(lambda: running_here(b, "sess"), 60, "the new leader to run the app")
+    # never two leaders: a tries again (after three intervals) and finds the lock taken
+    wait_for(lambda: a.output().count("[LEADER] another skiffd leads") == 1, 10,
+             "the old leader to try again and follow")
+    assert leading(b) and not leading(a), (cells(a), cells(b))
+    assert not running_here(a, "sess")
+    assert a.proc.poll() is None and b.proc.poll() is None
+
+
+def test_a_leader_stopped_with_sigterm_hands_over_at_once(pair):
+    a, b = pair
+    stopping = time.monotonic()
+    a.stop()
+    assert a.proc.returncode == 0, a.output()
+    # its session ended as it began to stop: b's next try takes the lock
+    wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after a SIGTERM")
+    print(f"leading went over {time.monotonic() - stopping:.2f} s after SIGTERM")
+
+
+def test_cells_is_for_the_platform_admin_only(pair):
+    a, b = pair
+    admin = b.token
+    assert b.api("POST", "/v1/users", {"name": "dev1", "password": "correct horse battery"},
+                 token=admin)[0] == 201
+    assert b.api("POST", "/v1/orgs", {"name": "acme"}, token=admin)[0] == 201
+    assert b.api("POST", "/v1/orgs/acme/spaces", {"name": "prod"}, token=admin)[0] == 201
+    assert b.api("PUT", "/v1/orgs/acme/spaces/prod/users/dev1/roles/SpaceDeveloper",
+                 token=admin)[0] == 204
+    status, tok = b.api("POST", "/v1/auth/token", {"grant_type": "password", "username": "dev1",
+                                                   "password": "correct horse battery"},
+                        token=False)
+    assert status == 200, tok
+    status, body = b.api("GET", "/v1/cells", token=tok["access_token"])
+    assert status == 403, body
+    assert "cells" not in body, body
+    # (each skiffd keeps users and tokens in memory, loaded at its start: a token made by b is
+    # unknown to a, src/daemon/README.md)
+    for p in (a, b):
+        status, body = p.api("GET", "/v1/cells", token=False)
+        assert status == 401, body
+        status, body = p.api("GET", "/v1/cells", token="skiffa_forged")
+        assert status == 401, body
+
+
+def test_a_skiffd_on_the_embedded_store_always_leads(shared_platform):
+    body = cells(shared_platform)
+    assert body["leading"] is True, body
+    assert [c["state"] for c in body["cells"]] == ["up"], body
+    assert body["cells"][0]["leader"] is True, body
+    assert body["cells"][0]["zone"] == "default", body
+
+
+def test_a_bad_zone_is_refused(tmp_path):
+    p = Platform(extra_args=["--zone", "Zone A;rm"])
+    try:
+        with pytest.raises(AssertionError):
+            p.start(timeout=10)
+        p.proc.wait(10)
+        assert p.proc.returncode == 2, p.output()
+        assert "--zone" in p.output() and "is not a zone name" in p.output(), p.output()
+    finally:
+        p.close()
+
+
+def schedule_fires(p):
+    status, text = p.api("GET", "/metrics")
+    assert status == 200, text
+    line = next(ln for ln in text.splitlines() if ln.startswith("skiff_schedule_fires_total "))
+    return int(line.split()[1])
+
+
+def test_only_the_leader_fires_schedules_and_the_next_one_takes_them_over(pg_dir):
+    a = skiffd(pg_dir, "zone-a").start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        assert a.api("PUT", "/v1/apps/tick", {"no_route": True})[0] in (200, 201)
+        status, body = a.api("POST", "/v1/event-mappings", {"app": "tick",
+                                                            "schedule": "@every 1s"})
+        assert status == 201, body
+        wait_for(lambda: schedule_fires(a) >= 1, 10, "the leader's first fire")
+        # b loads the same mapping from the store at its start, and follows
+        b = skiffd(pg_dir, "zone-b").start()
+        made.append(b)
+        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
+        assert not leading(b)
+        base = schedule_fires(a)
+        wait_for(lambda: schedule_fires(a) >= base + 3, 10, "three more fires on the leader")
+        assert schedule_fires(b) == 0, "a follower fires no schedule"
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
+        wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after kill -9")
+        wait_for(lambda: schedule_fires(b) >= 2, 10, "the new leader to fire the schedule")
+        b.stop()
+        assert "Sanitizer" not in b.output() and "runtime error" not in b.output(), b.output()
+    finally:
+        for p in made:
+            p.close()
