@@ -12,7 +12,7 @@ packages=(
   python3-flask
   nodejs npm e2fsprogs
   nginx-light wrk hyperfine nats-server postgresql redis-server python3-psycopg2 curl iproute2
-  procps nftables docker-registry skopeo nghttp2-client python3-hpack python3-cryptography
+  procps nftables docker-registry skopeo nghttp2-client nghttp2-server python3-hpack python3-cryptography
 )
 
 missing=()

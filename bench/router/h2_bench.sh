@@ -39,14 +39,14 @@ for p in $backend_port $nginx1_port $nginxn_port $skiff1_port $skiffn_port; do w
 repeat=${REPEAT:-3}
 declare -A runs
 printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %9s %7s %5s | %6s %6s\n' \
-  size conns nginx-1w meanms cpuus skiff-1w meanms cpuus nginx-Nw meanms cpuus skiff-Nw meanms cpuus "1w x" "Nw x"
+  size conns nginx-1w p99ms cpuus skiff-1w p99ms cpuus nginx-Nw p99ms cpuus skiff-Nw p99ms cpuus "1w x" "Nw x"
 for size in small 64k; do
   for conns in 32 256; do
     for name in nginx1 skiff1 nginxn skiffn; do runs[$name]=""; done
     for _ in $(seq "$repeat"); do
       for name in nginx1 skiff1 nginxn skiffn; do
         port_var=${name}_port pid_var=${name}_pid
-        runs[$name]+="$(run_h2load_once "${!port_var}" "$conns" "$size" "${!pid_var}")"$'\n'
+        runs[$name]+="$(run_h2load_once "${!port_var}" "$conns" "$size" http "${!pid_var}")"$'\n'
       done
     done
     read -r n1 n1p n1c < <(printf '%s' "${runs[nginx1]}" | median)
@@ -59,6 +59,6 @@ for size in small 64k; do
       "$size" "$conns" "$n1" "$n1p" "$n1c" "$s1" "$s1p" "$s1c" "$nn" "$nnp" "$nnc" "$sn" "$snp" "$snc" "$r1" "$rn"
   done
 done
-echo "(HTTP/2 requests/s, mean time per request in ms and proxy CPU microseconds per request: each"
+echo "(HTTP/2 requests/s, p99 time per request in ms and proxy CPU microseconds per request: each"
 echo " the median of $repeat runs of ${secs}s, $streams streams per connection; 'x' = skiff-router"
 echo " throughput / nginx's with the same workers)"

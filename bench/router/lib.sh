@@ -78,6 +78,15 @@ proxy_conf() {
     proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 16 16k; } }"
 }
 
+# tls_proxy_conf PORT UPSTREAM CERT KEY: proxy_conf listening with TLS (h2 and http/1.1 by
+# ALPN, as the router's HTTPS listener) on CERT and KEY, with the router's TLS settings
+tls_proxy_conf() {
+  proxy_conf "$1" "$2" | sed "s|listen 127.0.0.1:$1;|listen 127.0.0.1:$1 ssl http2;\\
+    ssl_certificate $3; ssl_certificate_key $4;\\
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve X25519:prime256v1:secp384r1;\\
+    ssl_session_tickets on; ssl_session_cache off;|"
+}
+
 # start_router NAME WORKERS BACKEND -> "PORT PID": $router_bin on a free loopback port with a
 # saved table of one route, $host to BACKEND (HOST:PORT); no skiffd, so no bus
 start_router() {
@@ -125,23 +134,37 @@ run_wrk_once() {
   echo "${rps:-0} ${p99:-0}$cpus"
 }
 
-# run_h2load_once PORT CONNS PATH PID [SCHEME] -> "rps mean_ms cpu_us_per_request": h2load with
-# $threads threads and $streams streams per connection for $secs s, :authority $host; http:
-# prior knowledge, https: h2 by ALPN
+# run_h2load_once ADDR CONNS PATH SCHEME [PID...] -> "rps p99_ms cpu_us_per_request...": h2load
+# with $threads threads and $streams streams per connection for $secs s (after 1 s of warm-up),
+# :authority $host; SCHEME http: prior knowledge, https: h2 by ALPN. ADDR is HOST:PORT, or a
+# port on 127.0.0.1. p99 is of the per-request times h2load logs (--log-file); one CPU figure
+# per PID, as for run_wrk_once.
 run_h2load_once() {
-  local out rps mean reqs before hz
-  before=$(cpu_ticks "$4")
-  out=$(h2load -t"$threads" -c"$2" -m"$streams" -D"$secs" --warm-up-time=1 \
-    -H ":authority: $host" "${5:-http}://127.0.0.1:$1/$3" 2>&1)
+  local addr=$1 conns=$2 path=$3 scheme=$4 out rps p99 reqs p cpus="" hz
+  shift 4
+  [[ $addr == *:* ]] || addr=127.0.0.1:$addr
+  local -a before=()
+  for p in "$@"; do before+=("$(cpu_ticks "$p")"); done
+  # a stream that never ends would hold h2load past -D: a connection silent for 10 s is
+  # closed (-N), and h2load itself is stopped a minute after its time (a run counted as failed)
+  out=$(timeout $((secs + 60)) h2load -t"$threads" -c"$conns" -m"$streams" -D"$secs" \
+    --warm-up-time=1 -N10 --log-file="$work/h2load.log" -H ":authority: $host" \
+    "$scheme://$addr/$path" 2>&1) || true
   if ! grep -q " 0 failed, 0 errored" <<<"$out" || grep -q "status codes: [0-9]* 2xx.* [1-9][0-9]* [45]xx" <<<"$out"; then
-    echo "failures from port $1:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2
+    echo "failures from $addr:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2
   fi
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
   reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
-  mean=$(awk '$1=="time" && $3=="request:" {v=$6; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
+  p99=$(sort -n -k3,3 "$work/h2load.log" | awk '{v[NR] = $3} END {i = int(NR * 0.99); if (i < 1) i = 1; printf "%.2f", (NR ? v[i] / 1000 : 0)}')
+  rm -f "$work/h2load.log"
   hz=$(getconf CLK_TCK)
-  echo "${rps:-0} ${mean:-0} $(awk -v t=$(($(cpu_ticks "$4") - before)) -v n="${reqs:-0}" -v hz="$hz" \
-    'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')"
+  local i=0
+  for p in "$@"; do
+    cpus+=" $(awk -v t=$(($(cpu_ticks "$p") - before[i])) -v n="${reqs:-0}" -v hz="$hz" \
+      'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')"
+    i=$((i + 1))
+  done
+  echo "${rps:-0} ${p99:-0}$cpus"
 }
 
 # The median of each column of the lines on stdin (one run a line).

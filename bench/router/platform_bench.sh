@@ -8,6 +8,10 @@
 #   - nginx: proxy_pass (one worker, upstream keepalive) to the container's own address,
 #     writing a buffered access log (the platform logs every request too);
 #   - direct: wrk to the container's address, and to the bare process, with no proxy.
+# Then HTTPS: skiffd's router on its HTTPS listener against nginx terminating TLS with the
+# same certificate (the platform's default.pem, which both serve to a client that connects by
+# address) and proxying to the same container, HTTP/1.1 (wrk) and HTTP/2 (h2load, ALPN h2,
+# $H2_STREAMS streams per connection), taking turns.
 # Root only (containers). BUILD=DIR for binaries elsewhere (default build, i.e. build/rel).
 #   bench/router/platform_bench.sh       (REPEAT=3, SECONDS_PER_RUN=3: about three minutes)
 set -euo pipefail
@@ -24,7 +28,9 @@ for b in skiffd skiff skiff-router skiff-init skiff-shim; do
   [ -x "$bin/$b" ] || { echo "build Skiff first: make build (or BUILD=DIR for $bin)" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "runs as root: skiffd makes containers" >&2; exit 1; }
-command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (scripts/deps.sh)" >&2; exit 1; }
+command -v wrk >/dev/null && command -v nginx >/dev/null && command -v h2load >/dev/null ||
+  { echo "needs wrk, nginx and h2load (scripts/deps.sh)" >&2; exit 1; }
+streams=${H2_STREAMS:-8}
 ulimit -n 65536 2>/dev/null || true
 
 work=$(mktemp -d /tmp/skiff-bench-platform.XXXXXX)
@@ -48,7 +54,7 @@ chmod -R a+rX "$work/app"
 
 echo "starting skiffd and pushing the app..." >&2
 started=$(/usr/bin/python3 "$here/platform_up.py" start --bin "$bin" --app "$work/app" --name bench)
-eval "$started" # home, skiffd_pid, router_pid, router_port, instance_addr
+eval "$started" # home, skiffd_pid, router_pid, router_port, router_tls_port, instance_addr
 platform_home=$home
 
 # loopback: the same program bare, behind the same router binary alone (workers: one per core,
@@ -67,7 +73,15 @@ nginx_conf nginx 1 "$(proxy_conf "$nginx_port" "$instance_addr")" \
   "$work/nginx/access.log combined buffer=64k flush=1s"
 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
-for p in $bare_port $alone_port $nginx_port; do wait_port "$p"; done
+# nginx terminating TLS on the platform's own default certificate, to the container's address,
+# logging as the plain one does
+tls_pem=$platform_home/tls/default.pem
+nginx_tls_port=$(free_port)
+nginx_conf nginx_tls 1 "$(tls_proxy_conf "$nginx_tls_port" "$instance_addr" "$tls_pem" "$tls_pem")" \
+  "$work/nginx_tls/access.log combined buffer=64k flush=1s"
+nginx -c "$work/nginx_tls/nginx.conf" -e "$work/nginx_tls/error.log" & pids+=($!)
+nginx_tls_pid=$!
+for p in $bare_port $alone_port $nginx_port $nginx_tls_port $router_tls_port; do wait_port "$p"; done
 
 # name -> address and the processes whose CPU is counted (the proxy's; for the platform's
 # router also skiffd's, which receives its access lines)
@@ -108,4 +122,45 @@ echo "(requests/s, p99 latency in ms, CPU microseconds per request of the proxy 
 echo " skiffd (skfd), each the median of $repeat runs of ${secs}s, the cases taking turns;"
 echo " plat/nginx = the platform's router / nginx to the same container;"
 echo " veth/lo = the platform's router to the container / the router alone to the bare process)"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# HTTPS/1.1 (wrk) and HTTP/2 over TLS (h2load): the platform's router on its HTTPS listener and
+# nginx with the same certificate, both to the container, taking turns
+for name in platform nginx; do
+  port=$router_tls_port
+  [ "$name" = nginx ] && port=$nginx_tls_port
+  printf '%-8s %s\n' "$name" "$(openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null |
+    awk '/^Server Temp Key/ {k = $4} /^New,/ {p = $2 " " $5} END {print p, k}')"
+done
+declare -A tls_addr_of=([platform]="$router_tls_port" [nginx]="$nginx_tls_port")
+declare -A tls_pids_of=([platform]="$router_pid self:$skiffd_pid" [nginx]="$nginx_tls_pid")
+for proto in https1 h2; do
+  printf '\n%-6s %-6s %-5s | %8s %7s %5s %5s | %8s %7s %5s | %6s %6s\n' "" "" "" \
+    "platform" "" "" "" "nginx" "" "" "plat/" "p99"
+  printf '%-6s %-6s %-5s | %8s %7s %5s %5s | %8s %7s %5s | %6s %6s\n' proto size conns \
+    req/s p99ms cpu skfd req/s p99ms cpu nginx "plat/n"
+  for size in small 64k; do
+    for conns in 32 256; do
+      for name in platform nginx; do runs[$name]=""; done
+      for _ in $(seq "$repeat"); do
+        for name in platform nginx; do
+          # shellcheck disable=SC2086 # the pids are words
+          if [ "$proto" = https1 ]; then
+            runs[$name]+="$(scheme=https run_wrk_once "${tls_addr_of[$name]}" "$conns" "$size" ${tls_pids_of[$name]})"$'\n'
+          else
+            runs[$name]+="$(run_h2load_once "${tls_addr_of[$name]}" "$conns" "$size" https ${tls_pids_of[$name]})"$'\n'
+          fi
+        done
+      done
+      read -r p pp pc ps < <(printf '%s' "${runs[platform]}" | median)
+      read -r n np nc < <(printf '%s' "${runs[nginx]}" | median)
+      printf '%-6s %-6s %-5s | %8.0f %7.2f %5s %5s | %8.0f %7.2f %5s | %6s %6s\n' \
+        "$proto" "$size" "$conns" "$p" "$pp" "$pc" "$ps" "$n" "$np" "$nc" "$(ratio "$p" "$n")" "$(ratio "$pp" "$np")"
+    done
+  done
+done
+echo "(https1: keep-alive HTTPS/1.1 with wrk; h2: HTTP/2 over TLS with h2load, $streams streams per"
+echo " connection; requests/s, p99 ms, CPU µs per request of the proxy (cpu) and of skiffd (skfd),"
+echo " medians of $repeat runs of ${secs}s, the two taking turns; plat/nginx = throughput ratio,"
+echo " p99 plat/n = the platform's p99 / nginx's: below 1 is better)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -5,8 +5,9 @@
       starts skiffd (container isolation, the default) in a new home on free loopback ports,
       pushes FOLDER as app NAME with `skiff push` (its default route NAME.localhost), waits for
       its instance to run and for the router to answer through that route, and prints shell
-      assignments: home, skiffd_pid, router_pid, router_port, instance_addr (the container's
-      own HOST:PORT, as GET /v1/apps/NAME shows it). skiffd keeps running.
+      assignments: home, skiffd_pid, router_pid, router_port, router_tls_port (its HTTPS
+      listener), instance_addr (the container's own HOST:PORT, as GET /v1/apps/NAME shows it).
+      skiffd keeps running.
   platform_up.py stop HOME
       stops that skiffd (SIGTERM: the router and the instances go too), kills what is left
       of it and removes the home."""
@@ -42,12 +43,13 @@ def start(bindir, app_dir, name):
 
         wait_for(routed, 30, f"the router to answer for {name}.localhost", interval=0.05)
         router_pid = int(open(os.path.join(d.home, "run", "router.pid")).read().split()[0])
+        tls_port = int(d.env["SKIFF_ROUTER_TLS_ADDR"].rsplit(":", 1)[1])
     except BaseException:
         sys.stderr.write("skiffd's output ends with:\n" + skiffd.tail(d.home))
         d.stop()
         raise
     print(f"home={d.home} skiffd_pid={d.proc.pid} router_pid={router_pid} "
-          f"router_port={d.router_port} instance_addr={addr}")
+          f"router_port={d.router_port} router_tls_port={tls_port} instance_addr={addr}")
 
 
 def main():

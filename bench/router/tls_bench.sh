@@ -2,7 +2,7 @@
 # HTTPS benchmark: the same static backend (nginx, one worker) behind nginx terminating TLS
 # (proxy_pass with upstream keepalive, one worker) and behind skiff-router's HTTPS listener
 # (one worker), with the same certificate (EC P-256) and the cipher both pick (TLS 1.3,
-# TLS_AES_256_GCM_SHA384, X25519, checked below): keep-alive requests with wrk at 32
+# TLS_AES_256_GCM_SHA384, X25519, checked below): keep-alive requests with wrk at 32 and 256
 # connections for a small and a 64 KB response, then new handshakes per second with
 # `openssl s_time`, full (-new) and resumed by session ticket (-reuse); last, HTTP/2 over TLS
 # (ALPN h2; nginx `listen ... ssl http2`) with h2load at 32 and 256 connections of 8 streams.
@@ -33,17 +33,8 @@ bench_backend
 
 nginx_port=$(free_port)
 # nginx's proxy_conf, listening with TLS on the same certificate, h2 and http/1.1 by ALPN (as
-# the router's listener)
-nginx_conf nginx 1 "upstream app { server 127.0.0.1:$backend_port; keepalive 256; }
-  server { listen 127.0.0.1:$nginx_port ssl http2;
-    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3; ssl_ecdh_curve X25519:prime256v1:secp384r1;
-    ssl_session_tickets on; ssl_session_cache off;
-    location / { proxy_pass http://app; proxy_http_version 1.1;
-      proxy_set_header Connection \"\"; proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 16 16k; } }"
+# the router's listener: lib.sh's tls_proxy_conf)
+nginx_conf nginx 1 "$(tls_proxy_conf "$nginx_port" "127.0.0.1:$backend_port" "$work/cert.pem" "$work/key.pem")"
 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
 
@@ -68,16 +59,17 @@ done
 repeat=${REPEAT:-3}
 printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %6s\n' size conns nginx p99ms cpuus skiff p99ms cpuus "x"
 for size in small 64k; do
-  conns=32
-  n_runs="" s_runs=""
-  for _ in $(seq "$repeat"); do
-    n_runs+="$(run_wrk_once "$nginx_port" "$conns" "$size" "$nginx_pid")"$'\n'
-    s_runs+="$(run_wrk_once "$skiff_port" "$conns" "$size" "$skiff_pid")"$'\n'
+  for conns in 32 256; do
+    n_runs="" s_runs=""
+    for _ in $(seq "$repeat"); do
+      n_runs+="$(run_wrk_once "$nginx_port" "$conns" "$size" "$nginx_pid")"$'\n'
+      s_runs+="$(run_wrk_once "$skiff_port" "$conns" "$size" "$skiff_pid")"$'\n'
+    done
+    read -r n np nc < <(printf '%s' "$n_runs" | median)
+    read -r s sp sc < <(printf '%s' "$s_runs" | median)
+    printf '%-7s %-6s | %9.0f %7.2f %5s | %9.0f %7.2f %5s | %6s\n' "$size" "$conns" "$n" "$np" "$nc" "$s" "$sp" "$sc" \
+      "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
   done
-  read -r n np nc < <(printf '%s' "$n_runs" | median)
-  read -r s sp sc < <(printf '%s' "$s_runs" | median)
-  printf '%-7s %-6s | %9.0f %7.2f %5s | %9.0f %7.2f %5s | %6s\n' "$size" "$conns" "$n" "$np" "$nc" "$s" "$sp" "$sc" \
-    "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
 done
 echo "(requests/s over keep-alive HTTPS/1.1, p99 ms, CPU µs per request: medians of $repeat runs of ${secs} s)"
 
@@ -110,13 +102,13 @@ done
 echo "(new TLS connections per second, two openssl s_time clients side by side; new = full handshake, reuse = resumed)"
 
 # HTTP/2 over TLS: h2load, h2 agreed by ALPN, on the same listeners
-printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %6s\n' size conns nginx-h2 meanms cpuus skiff-h2 meanms cpuus "x"
+printf '\n%-7s %-6s | %9s %7s %5s | %9s %7s %5s | %6s\n' size conns nginx-h2 p99ms cpuus skiff-h2 p99ms cpuus "x"
 for size in small 64k; do
   for conns in 32 256; do
     n_runs="" s_runs=""
     for _ in $(seq "$repeat"); do
-      n_runs+="$(run_h2load_once "$nginx_port" "$conns" "$size" "$nginx_pid" https)"$'\n'
-      s_runs+="$(run_h2load_once "$skiff_port" "$conns" "$size" "$skiff_pid" https)"$'\n'
+      n_runs+="$(run_h2load_once "$nginx_port" "$conns" "$size" https "$nginx_pid")"$'\n'
+      s_runs+="$(run_h2load_once "$skiff_port" "$conns" "$size" https "$skiff_pid")"$'\n'
     done
     read -r n np nc < <(printf '%s' "$n_runs" | median)
     read -r s sp sc < <(printf '%s' "$s_runs" | median)
@@ -124,5 +116,5 @@ for size in small 64k; do
       "$(awk -v a="$s" -v b="$n" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
   done
 done
-echo "(HTTP/2 over TLS: requests/s, mean ms per request, CPU µs per request: medians of $repeat runs"
+echo "(HTTP/2 over TLS: requests/s, p99 ms per request, CPU µs per request: medians of $repeat runs"
 echo " of ${secs} s, $streams streams per connection, one worker each; 'x' = skiff / nginx)"

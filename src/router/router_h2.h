@@ -99,31 +99,71 @@ void router_h2_stream_detach(struct router_h2_stream *st);
 
 /* ---- h2c to instances (router_h2c.c) ----
  *
- * A backend connection to an instance of a route marked `protocol: http2` speaks h2c (prior
- * knowledge), one request at a time, and stays in the pool between them. The proxy keeps
- * writing and reading HTTP/1.1: router_h2c turns the request bytes it writes into a stream
- * (HEADERS, DATA, trailers) and the stream the instance answers with into HTTP/1.1 response
- * bytes (always chunked when it has a body, so trailers such as grpc-status pass through). */
+ * A connection to an instance of a route marked `protocol: http2` speaks h2c (prior
+ * knowledge) and carries many streams at once, as many as the instance's
+ * SETTINGS_MAX_CONCURRENT_STREAMS allows (ROUTER_H2C_MAX_STREAMS at most). Each exchange of
+ * the proxy has a stream; it keeps writing and reading HTTP/1.1: the request bytes it writes
+ * become the stream's HEADERS, DATA and trailers, and what the instance answers on the stream
+ * becomes HTTP/1.1 response bytes (always chunked when there is a body, so trailers such as
+ * grpc-status pass through).
+ *
+ * The session (router_h2c) belongs to the proxy's connection; a stream belongs to its
+ * exchange, which closes it (router_h2c_stream_close) before the session is freed. Nothing
+ * here calls back: after router_h2c_input the owner of each stream looks at its state and
+ * takes its response bytes. */
 struct router_h2c;
+struct router_h2c_stream;
+
+/* Streams one connection carries at most, whatever the instance allows. */
+#define ROUTER_H2C_MAX_STREAMS 128
+/* Response body bytes one stream may receive that its client has not taken yet (the
+ * instance's window for the stream); the connection's window is reopened at once. */
+#define ROUTER_H2C_STREAM_WINDOW (256 * 1024)
+
+enum router_h2c_state {
+    ROUTER_H2C_OPEN,    /* the response is still to come, or to end */
+    ROUTER_H2C_DONE,    /* the whole response was given */
+    ROUTER_H2C_FAILED,  /* reset, or ended without its whole response: a 502 or a cut */
+    ROUTER_H2C_REFUSED, /* never processed by the instance (REFUSED_STREAM, above a GOAWAY's
+                         * last stream, or never sent): another connection may take it */
+};
 
 struct router_h2c *router_h2c_new(void);
+/* Frees the session; its streams are closed first by their owners. */
 void router_h2c_free(struct router_h2c *c);
-/* The bytes given next are a new request (a new stream). False when the connection can take
- * no more (the instance sent GOAWAY, or it failed). */
-bool router_h2c_begin(struct router_h2c *c);
-/* HTTP/1.1 request bytes from the proxy: head, body in its framing, trailers. Returns 0, or -1
- * when they cannot be sent (the connection is not to be used again). */
-int router_h2c_request(struct router_h2c *c, const char *p, size_t n);
-/* Bytes from the instance; the HTTP/1.1 response bytes they complete are appended to resp.
- * Returns 0, or -1 when the instance broke the protocol or reset the stream. */
-int router_h2c_input(struct router_h2c *c, const char *p, size_t n, struct buf *resp);
+/* Whether the instance's SETTINGS came: until then no stream opens (its limit is unknown). */
+bool router_h2c_ready(const struct router_h2c *c);
+/* Whether a stream may open now: ready, neither failed nor going away, and fewer streams than
+ * the instance allows. */
+bool router_h2c_can_open(const struct router_h2c *c);
+/* Whether no stream will open on it any more: it failed, a GOAWAY came, or the instance
+ * allows none. */
+bool router_h2c_finished(const struct router_h2c *c);
+/* Streams open on the connection (closed by their owners or not yet). */
+size_t router_h2c_streams(const struct router_h2c *c);
+/* Bytes from the instance. Returns 0, or -1 when the connection is broken (the instance broke
+ * the protocol): every stream is then FAILED, or REFUSED if its request never went out. */
+int router_h2c_input(struct router_h2c *c, const char *p, size_t n);
+/* The connection is gone (closed, or a read or write failed): as input's -1. */
+void router_h2c_abort(struct router_h2c *c);
 /* Appends what is to be sent to the instance to out; returns how many bytes. */
 size_t router_h2c_output(struct router_h2c *c, struct buf *out);
-/* Whether the stream in progress failed (reset by the instance, or refused by the router)
- * before its response ended: what input and output do can find that. */
-bool router_h2c_broken(const struct router_h2c *c);
+
+/* A new stream; the request bytes given next are its request. NULL unless can_open. */
+struct router_h2c_stream *router_h2c_stream_open(struct router_h2c *c);
+/* HTTP/1.1 request bytes from the proxy: head, body in its framing, trailers. Returns 0, or -1
+ * when they cannot be sent (the stream fails). */
+int router_h2c_stream_request(struct router_h2c_stream *s, const char *p, size_t n);
+enum router_h2c_state router_h2c_stream_state(const struct router_h2c_stream *s);
+/* Moves the HTTP/1.1 response bytes made since the last call into `into` (emptied first). */
+void router_h2c_stream_take_response(struct router_h2c_stream *s, struct buf *into);
 /* Request body bytes waiting for the instance's window. */
-size_t router_h2c_queued(const struct router_h2c *c);
+size_t router_h2c_stream_queued(const struct router_h2c_stream *s);
+/* While not reading, response bytes received on the stream are not acknowledged, so the
+ * instance stops at the stream's window; reading again acknowledges them. */
+void router_h2c_stream_set_reading(struct router_h2c_stream *s, bool reading);
+/* The owner is done with it: reset (CANCEL) if it is still open on the wire, and freed. */
+void router_h2c_stream_close(struct router_h2c_stream *s);
 
 /* ---- pure functions (unit-tested) ---- */
 

@@ -50,6 +50,7 @@
 #define ROUTER_ACCEPT_PAUSE_MS 100 /* after EMFILE and the like */
 #define ROUTER_ACCEPT_SLACK 4      /* clients more than another worker's before yielding */
 #define ROUTER_ACCEPT_YIELD_MS 1
+#define ROUTER_H2C_CONNS 4 /* h2c connections per instance and worker, each of many streams */
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000, 30000000};
@@ -71,7 +72,7 @@ struct outq {
     unsigned count;
 };
 
-enum peer_kind { PEER_CLIENT = 1, PEER_UPSTREAM };
+enum peer_kind { PEER_CLIENT = 1, PEER_UPSTREAM, PEER_H2C };
 
 /* What clients and backend connections share: first member of both. */
 struct peer {
@@ -168,6 +169,10 @@ struct pool {
     bool h2c;              /* its connections speak h2c (a route marked protocol http2) */
     struct upstream *idle; /* most recently used first */
     int idle_count;
+    /* h2c: the connections (each carrying streams), and the exchanges waiting for a stream */
+    struct h2c_conn *conns;
+    int conn_count;
+    struct upstream *waiting, *waiting_last;
     int in_flight; /* exchanges of this worker using this backend (a drain waits for 0) */
     int drains;    /* drain requests waiting for in_flight to reach 0: nothing is pooled */
 };
@@ -187,6 +192,9 @@ struct drain_wait {
     struct drain_wait *next;
 };
 
+/* A backend connection, or (h2c set) one stream of an h2c connection: then its socket is
+ * never connected (its handle only defers the free to the loop, as for the others), what it
+ * writes goes to its stream and what the instance answers on the stream is fed to it. */
 struct upstream {
     struct peer p;
     llhttp_t parser;
@@ -195,10 +203,28 @@ struct upstream {
     struct exchange *x;
     struct upstream *idle_prev, *idle_next;
     uv_connect_t connect_req;
-    struct router_h2c *h2c; /* h2c to the instance (router_h2c.c), or NULL: HTTP/1.1 */
+    bool h2c;                      /* a stream of an h2c connection (a route marked http2) */
+    struct h2c_conn *conn;         /* its connection, once it has a stream */
+    struct router_h2c_stream *h2s; /* its stream (router_h2c.c) */
+    struct upstream *conn_prev, *conn_next; /* in conn's streams, or in the pool's waiting */
     uint64_t idle_since;
     uint8_t state;
     bool reused, got_bytes, pause_done, reusable;
+    bool waiting; /* in the pool's waiting: no stream yet */
+};
+
+/* An h2c connection to an instance (router_h2c.c): its socket and session, shared by the
+ * streams of as many exchanges as the instance allows at once. */
+struct h2c_conn {
+    struct peer p; /* PEER_H2C */
+    struct pool *pool;
+    struct router_h2c *h2c;
+    struct h2c_conn *next;    /* in the pool's conns */
+    struct upstream *streams; /* the upstreams of its streams */
+    uv_connect_t connect_req;
+    uint64_t idle_since; /* when its last stream ended */
+    unsigned served;     /* streams it has carried */
+    bool connected, dispatching;
 };
 
 /* A worker's hold on a route table: the exchanges that route with it count themselves here
@@ -247,6 +273,7 @@ struct exchange {
     bool req_done, resp_done, resp_started, client_close, local;
     bool interim;
     bool fresh_connection; /* a pooled connection failed: do not take another */
+    uint8_t refusals;      /* h2c streams refused unprocessed, sent again */
     bool client_http10;    /* the client speaks HTTP/1.0: no chunked framing towards it */
     bool client_ends;      /* the request says the connection ends after it (Connection: close,
                             * or HTTP/1.0 without keep-alive) */
@@ -332,7 +359,10 @@ static void hold_unlink(struct client *c);
 static void connect_backend(struct exchange *x);
 static void worker_maybe_done(struct worker *w);
 static int stream_flush(struct client *c);
-static int h2c_translate(struct upstream *u);
+static int h2c_stream_flush(struct upstream *u);
+static void h2c_conn_pull(struct h2c_conn *conn);
+static void h2c_conn_fail(struct h2c_conn *conn, int err);
+static void h2c_pool_serve(struct pool *pool);
 static void h2_want_output(void *ctx);
 static void h2_conn_input(struct client *c, const char *data, size_t len);
 static void h2_conn_flush(struct client *c);
@@ -387,15 +417,17 @@ static void outq_printf(struct peer *p, const char *fmt, ...)
 }
 
 static void on_write(uv_write_t *req, int status);
+static void h2c_conn_drained(struct h2c_conn *conn);
 
 /* Writes what is queued: as much as the socket takes now without copying, the rest copied
  * into one write request. Errors are kept in p->write_error for the owner to act on. */
 static int peer_flush(struct peer *p)
 {
     struct outq *q = &p->out;
-    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c && !p->closing && !p->write_error &&
-        h2c_translate((struct upstream *)p) < 0)
-        p->write_error = UV_EPROTO;
+    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c)
+        return h2c_stream_flush((struct upstream *)p);
+    if (p->kind == PEER_H2C && !p->closing && !p->write_error)
+        h2c_conn_pull((struct h2c_conn *)p);
     if (q->count == 0) { /* a TLS client may still have handshake records or an alert */
         const char *unused;
         if (!p->tls || tls_conn_output(p->tls, &unused) == 0)
@@ -491,33 +523,51 @@ static int stream_flush(struct client *c)
     return c->p.write_error;
 }
 
-/* A backend connection speaking h2c: the HTTP/1.1 bytes queued become HTTP/2 frames
- * (router_h2c.c), sent with whatever else the session has (SETTINGS, WINDOW_UPDATE, body
- * the instance's window now admits). */
-static int h2c_translate(struct upstream *u)
+/* What an h2c connection's session has to send (SETTINGS, HEADERS, DATA the instance's
+ * windows now admit, WINDOW_UPDATE, RST_STREAM) joins its queue. */
+static void h2c_conn_pull(struct h2c_conn *conn)
+{
+    struct outq *q = &conn->p.out;
+    if (q->count == OUTQ_PIECES)
+        return; /* written first; peer_flush pulls again next time */
+    size_t off = q->scratch.len;
+    if (router_h2c_output(conn->h2c, &q->scratch) > 0) {
+        q->pieces[q->count].ptr = NULL;
+        q->pieces[q->count].off = off;
+        q->pieces[q->count].len = q->scratch.len - off;
+        q->count++;
+    }
+}
+
+/* A stream of an h2c connection: the HTTP/1.1 bytes queued become its frames (router_h2c.c),
+ * sent on the connection with whatever else the session has. */
+static int h2c_stream_flush(struct upstream *u)
 {
     struct outq *q = &u->p.out;
-    int rc = 0;
+    int rc = u->p.write_error;
     for (unsigned i = 0; i < q->count && rc == 0; i++) {
         const char *base = q->pieces[i].ptr ? q->pieces[i].ptr : q->scratch.data + q->pieces[i].off;
-        rc = router_h2c_request(u->h2c, base, q->pieces[i].len);
+        if (!u->h2s || router_h2c_stream_request(u->h2s, base, q->pieces[i].len) < 0)
+            rc = UV_EPROTO;
     }
     q->count = 0;
     q->scratch.len = 0;
-    if (router_h2c_output(u->h2c, &q->scratch) > 0) {
-        q->pieces[0].ptr = NULL;
-        q->pieces[0].off = 0;
-        q->pieces[0].len = q->scratch.len;
-        q->count = 1;
-    }
-    return rc;
+    if (rc && !u->p.write_error)
+        u->p.write_error = rc;
+    if (u->conn && !u->conn->dispatching)
+        peer_flush(&u->conn->p);
+    return u->p.write_error;
 }
 
 static size_t peer_queued(struct peer *p)
 {
-    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c)
-        return uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) +
-               router_h2c_queued(((struct upstream *)p)->h2c);
+    if (p->kind == PEER_UPSTREAM && ((struct upstream *)p)->h2c) {
+        struct upstream *u = (struct upstream *)p;
+        if (!u->conn || !u->h2s)
+            return 0;
+        return uv_stream_get_write_queue_size((uv_stream_t *)&u->conn->p.tcp) +
+               router_h2c_stream_queued(u->h2s);
+    }
     if (p->kind == PEER_CLIENT && ((struct client *)p)->h2_conn) {
         struct client *c = (struct client *)p;
         return c->h2s ? router_h2_stream_queued(c->h2s) : 0;
@@ -2251,10 +2301,11 @@ static void pool_remove(struct upstream *u)
 static void on_upstream_closed(uv_handle_t *h)
 {
     struct upstream *u = h->data;
-    router_h2c_free(u->h2c);
     buf_free(&u->p.out.scratch);
     free(u);
 }
+
+static void h2c_stream_detach(struct upstream *u);
 
 static void upstream_close(struct upstream *u)
 {
@@ -2263,6 +2314,8 @@ static void upstream_close(struct upstream *u)
     if (u->state == U_IDLE)
         pool_remove(u);
     u->p.closing = true;
+    if (u->h2c)
+        h2c_stream_detach(u);
     uv_close((uv_handle_t *)&u->p.tcp, on_upstream_closed);
 }
 
@@ -2276,6 +2329,13 @@ static void upstream_update_reading(struct upstream *u)
     if (want == u->p.reading)
         return;
     u->p.reading = want;
+    if (u->h2c) { /* the connection reads on: the stream's window stays shut while throttled */
+        if (u->h2s)
+            router_h2c_stream_set_reading(u->h2s, want);
+        if (want && u->conn && !u->conn->dispatching)
+            peer_flush(&u->conn->p);
+        return;
+    }
     if (want)
         uv_read_start((uv_stream_t *)&u->p.tcp, on_alloc, on_upstream_read);
     else
@@ -2295,8 +2355,6 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
-    if (u->h2c)
-        router_h2c_begin(u->h2c);
     outq_add(&u->p, x->head.data, x->head.len);
     peer_flush(&u->p);
     upstream_update_reading(u);
@@ -2328,6 +2386,8 @@ static void on_upstream_connect(uv_connect_t *req, int status)
     upstream_start(u, u->x);
 }
 
+static void h2c_stream_begin(struct exchange *x, struct pool *pool);
+
 static void connect_backend(struct exchange *x)
 {
     struct client *c = x->c;
@@ -2348,14 +2408,13 @@ static void connect_backend(struct exchange *x)
     struct pool *pool = pool_for(w, b, x->route->protocol == ROUTE_PROTOCOL_HTTP2);
     x->pool = pool;
     pool->in_flight++;
+    if (pool->h2c) {
+        h2c_stream_begin(x, pool);
+        return;
+    }
     while (pool->idle && !x->fresh_connection) {
         struct upstream *u = pool->idle;
         pool_remove(u);
-        if (u->h2c && !router_h2c_begin(u->h2c)) { /* the instance said GOAWAY meanwhile */
-            u->state = U_ACTIVE;
-            upstream_close(u);
-            continue;
-        }
         u->reused = true;
         ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
         upstream_start(u, x);
@@ -2366,8 +2425,6 @@ static void connect_backend(struct exchange *x)
     u->p.kind = PEER_UPSTREAM;
     u->pool = pool;
     u->state = U_CONNECTING;
-    if (pool->h2c)
-        u->h2c = router_h2c_new();
     uv_tcp_init(&w->loop, &u->p.tcp);
     u->p.tcp.data = u;
     u->connect_req.data = u;
@@ -2393,6 +2450,7 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
     struct exchange *x = u->x;
     bool was_reused = u->reused;
     bool got_bytes = u->got_bytes;
+    bool h2c_stream = u->h2c;
     u->x = NULL;
     upstream_close(u);
     if (!x)
@@ -2412,8 +2470,9 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
         connect_backend(x);
         return;
     }
-    if (was_reused && replayable) {
-        /* a pooled connection the backend had closed: once more on a fresh one */
+    if (was_reused && replayable && !h2c_stream) {
+        /* a pooled connection the backend had closed: once more on a fresh one (not for an
+         * h2c stream: the instance answered it with a reset; h2c_stream_refused replays) */
         x->attempts--;
         x->fresh_connection = true;
         if (!x->req_done)
@@ -2461,7 +2520,7 @@ static bool exchange_end(struct exchange *x)
     if (u) {
         u->x = NULL;
         x->u = NULL;
-        if (u->reusable && x->req_done && x->resp_done && !x->upgrade)
+        if (u->reusable && x->req_done && x->resp_done && !x->upgrade && !u->h2c)
             upstream_to_pool(u);
         else
             upstream_close(u);
@@ -2682,56 +2741,20 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
     upstream_failed(u, UV_EPROTO, false);
 }
 
-/* Frames from an h2c backend: what they make of the response goes through the HTTP/1.1
- * response path; what the session answers (ACKs, window updates, more body) is sent. */
-static void h2c_feed(struct upstream *u, const char *data, size_t len)
-{
-    struct buf *resp = &u->p.w->h2c_resp;
-    resp->len = 0;
-    int r = router_h2c_input(u->h2c, data, len, resp);
-    peer_flush(&u->p);
-    if (u->x && u->x->c->p.throttled && peer_queued(&u->p) <= ROUTER_LOW_WATER) {
-        u->x->c->p.throttled = false;
-        client_update_reading(u->x->c);
-    }
-    if (resp->len && u->x)
-        upstream_feed(u, resp->data, resp->len);
-    if ((r < 0 || u->p.write_error || router_h2c_broken(u->h2c)) && u->x && !u->p.closing)
-        upstream_failed(u, UV_EPROTO, false);
-}
-
-/* Frames on an idle pooled h2c connection: answered (PING ACK, SETTINGS ACK), and the
- * connection stays pooled unless they broke the session or carried response bytes. */
-static bool h2c_idle_feed(struct upstream *u, const char *data, size_t len)
-{
-    struct buf *resp = &u->p.w->h2c_resp;
-    resp->len = 0;
-    if (router_h2c_input(u->h2c, data, len, resp) < 0 || resp->len)
-        return false;
-    peer_flush(&u->p);
-    return !u->p.write_error;
-}
-
 static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upstream *u = s->data;
     if (nread == 0)
         return;
     if (u->state == U_IDLE || !u->x) {
-        /* an idle pooled connection spoke or closed: it cannot be used any more, unless it
-         * speaks h2c and said nothing about a stream (a PING, SETTINGS, WINDOW_UPDATE) */
-        if (u->h2c && nread > 0 && u->state == U_IDLE && h2c_idle_feed(u, buf->base, (size_t)nread))
-            return;
+        /* an idle pooled connection spoke or closed: it cannot be used any more */
         upstream_close(u);
         return;
     }
     struct exchange *x = u->x;
     if (nread > 0) {
         client_touch(x->c);
-        if (u->h2c)
-            h2c_feed(u, buf->base, (size_t)nread);
-        else
-            upstream_feed(u, buf->base, (size_t)nread);
+        upstream_feed(u, buf->base, (size_t)nread);
         return;
     }
     if (x->c->state == C_TUNNEL) {
@@ -2767,6 +2790,338 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     upstream_failed(u, (int)nread, false);
 }
 
+/* ---- h2c connections (router_h2c.c) ------------------------------------------------------ */
+
+/* An exchange to an instance of a route marked http2 has an upstream that is a stream: it
+ * waits in its pool until a connection can open one (connected, the instance's SETTINGS read,
+ * fewer streams than it allows), then goes as any upstream. A pool has ROUTER_H2C_CONNS
+ * connections at most; one more opens when exchanges wait and none is on its way. */
+
+static void on_h2c_conn_closed(uv_handle_t *h)
+{
+    struct h2c_conn *conn = h->data;
+    router_h2c_free(conn->h2c);
+    buf_free(&conn->p.out.scratch);
+    free(conn);
+}
+
+static void waiting_unlink(struct upstream *u)
+{
+    struct pool *pool = u->pool;
+    if (u->conn_prev)
+        u->conn_prev->conn_next = u->conn_next;
+    else
+        pool->waiting = u->conn_next;
+    if (u->conn_next)
+        u->conn_next->conn_prev = u->conn_prev;
+    else
+        pool->waiting_last = u->conn_prev;
+    u->conn_prev = u->conn_next = NULL;
+    u->waiting = false;
+}
+
+/* Closes the connection; the owners of its streams were told first (h2c_conn_dispatch). */
+static void h2c_conn_close(struct h2c_conn *conn)
+{
+    if (conn->p.closing)
+        return;
+    conn->p.closing = true;
+    struct pool *pool = conn->pool;
+    for (struct h2c_conn **pp = &pool->conns; *pp; pp = &(*pp)->next)
+        if (*pp == conn) {
+            *pp = conn->next;
+            break;
+        }
+    pool->conn_count--;
+    while (conn->streams)
+        h2c_stream_detach(conn->streams);
+    uv_close((uv_handle_t *)&conn->p.tcp, on_h2c_conn_closed);
+}
+
+/* The connection could not serve: the exchanges waiting try another instance (as after a
+ * refused connect), unless another connection of the pool may still take them. */
+static void h2c_conn_connect_failed(struct h2c_conn *conn, int err)
+{
+    struct pool *pool = conn->pool;
+    ROUTER_METRIC_ADD(conn->p.w->m.upstream_connect_failures, 1);
+    h2c_conn_close(conn);
+    for (struct h2c_conn *other = pool->conns; other; other = other->next)
+        if (!router_h2c_finished(other->h2c))
+            return; /* it may still take them */
+    struct upstream *u = pool->waiting;
+    pool->waiting = pool->waiting_last = NULL;
+    while (u) {
+        struct upstream *next = u->conn_next;
+        u->conn_prev = u->conn_next = NULL;
+        u->waiting = false;
+        upstream_failed(u, err, true);
+        u = next;
+    }
+}
+
+static void on_h2c_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_h2c_conn_connect(uv_connect_t *req, int status)
+{
+    struct h2c_conn *conn = req->data;
+    if (conn->p.closing)
+        return;
+    if (status < 0) {
+        h2c_conn_connect_failed(conn, status);
+        return;
+    }
+    uv_tcp_nodelay(&conn->p.tcp, 1);
+    conn->connected = true;
+    conn->p.reading = true;
+    uv_read_start((uv_stream_t *)&conn->p.tcp, on_alloc, on_h2c_conn_read);
+    peer_flush(&conn->p); /* the preface and SETTINGS; streams wait for the instance's */
+}
+
+static void h2c_conn_open(struct worker *w, struct pool *pool)
+{
+    struct h2c_conn *conn = xcalloc(1, sizeof(*conn));
+    conn->p.w = w;
+    conn->p.kind = PEER_H2C;
+    conn->pool = pool;
+    conn->h2c = router_h2c_new();
+    conn->idle_since = uv_now(&w->loop);
+    uv_tcp_init(&w->loop, &conn->p.tcp);
+    conn->p.tcp.data = conn;
+    conn->connect_req.data = conn;
+    conn->next = pool->conns;
+    pool->conns = conn;
+    pool->conn_count++;
+    ROUTER_METRIC_ADD(w->m.upstream_connects, 1);
+    int r = uv_tcp_connect(&conn->connect_req, &conn->p.tcp, (struct sockaddr *)&pool->addr,
+                           on_h2c_conn_connect);
+    if (r < 0)
+        h2c_conn_connect_failed(conn, r);
+}
+
+/* The waiting exchange gets a stream on conn and starts. */
+static void h2c_attach(struct upstream *u, struct h2c_conn *conn)
+{
+    waiting_unlink(u);
+    u->h2s = router_h2c_stream_open(conn->h2c);
+    u->conn = conn;
+    u->conn_next = conn->streams;
+    if (conn->streams)
+        conn->streams->conn_prev = u;
+    conn->streams = u;
+    u->reused = conn->served++ > 0;
+    if (u->reused)
+        ROUTER_METRIC_ADD(u->p.w->m.upstream_reused, 1);
+    upstream_start(u, u->x);
+}
+
+/* Gives waiting exchanges streams where connections can open them; opens a connection when
+ * some still wait and none is on its way. */
+static void h2c_pool_serve(struct pool *pool)
+{
+    while (pool->waiting) {
+        struct h2c_conn *conn = pool->conns;
+        while (conn && !(conn->connected && router_h2c_can_open(conn->h2c)))
+            conn = conn->next;
+        if (!conn)
+            break;
+        h2c_attach(pool->waiting, conn);
+    }
+    if (!pool->waiting || pool->conn_count >= ROUTER_H2C_CONNS)
+        return;
+    for (struct h2c_conn *conn = pool->conns; conn; conn = conn->next)
+        if (!conn->connected || !router_h2c_ready(conn->h2c))
+            return; /* one on its way */
+    h2c_conn_open(pool->waiting->p.w, pool);
+}
+
+/* After a change on the connection: its output goes, an idle one that cannot serve closes,
+ * and waiting exchanges may get its free streams. */
+static void h2c_conn_settle(struct h2c_conn *conn)
+{
+    if (conn->p.closing)
+        return;
+    struct pool *pool = conn->pool;
+    struct worker *w = conn->p.w;
+    peer_flush(&conn->p);
+    if (router_h2c_streams(conn->h2c) == 0) {
+        bool finished = router_h2c_finished(conn->h2c);
+        if (finished && conn->served == 0) {
+            /* the instance allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0, GOAWAY) */
+            h2c_conn_connect_failed(conn, UV_ECONNREFUSED);
+            return;
+        }
+        if (finished || conn->p.write_error || ((w->stopping || pool->drains) && !pool->waiting)) {
+            h2c_conn_close(conn);
+            h2c_pool_serve(pool);
+            return;
+        }
+    }
+    h2c_pool_serve(pool);
+}
+
+/* The exchange's upstream lets go of its stream (reset if still open) or of its place in the
+ * waiting line. */
+static void h2c_stream_detach(struct upstream *u)
+{
+    if (u->waiting) {
+        waiting_unlink(u);
+        return;
+    }
+    struct h2c_conn *conn = u->conn;
+    if (!conn)
+        return;
+    if (u->h2s) {
+        router_h2c_stream_close(u->h2s);
+        u->h2s = NULL;
+    }
+    if (u->conn_prev)
+        u->conn_prev->conn_next = u->conn_next;
+    else
+        conn->streams = u->conn_next;
+    if (u->conn_next)
+        u->conn_next->conn_prev = u->conn_prev;
+    u->conn_prev = u->conn_next = NULL;
+    u->conn = NULL;
+    if (conn->p.closing)
+        return;
+    if (router_h2c_streams(conn->h2c) == 0)
+        conn->idle_since = uv_now(&conn->p.w->loop);
+    if (!conn->dispatching)
+        h2c_conn_settle(conn);
+}
+
+static void h2c_stream_begin(struct exchange *x, struct pool *pool)
+{
+    struct worker *w = x->c->p.w;
+    struct upstream *u = xcalloc(1, sizeof(*u));
+    u->p.w = w;
+    u->p.kind = PEER_UPSTREAM;
+    u->pool = pool;
+    u->state = U_CONNECTING;
+    u->h2c = true;
+    uv_tcp_init(&w->loop, &u->p.tcp); /* never connected: no socket is made */
+    u->p.tcp.data = u;
+    u->x = x;
+    x->u = u;
+    u->waiting = true;
+    u->conn_prev = pool->waiting_last;
+    if (pool->waiting_last)
+        pool->waiting_last->conn_next = u;
+    else
+        pool->waiting = u;
+    pool->waiting_last = u;
+    client_set_deadline(x->c, D_CONNECT, w->cfg->connect_timeout_ms);
+    h2c_pool_serve(pool);
+}
+
+/* The instance did not process the stream (RFC 9113 8.7): a request without a body goes
+ * again on a stream of its own, on this instance (a few times at most); else a 502. */
+static void h2c_stream_refused(struct upstream *u)
+{
+    struct exchange *x = u->x;
+    if (x->chunked || x->content_length > 0 || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+        upstream_failed(u, UV_EPROTO, false);
+        return;
+    }
+    x->refusals++;
+    u->x = NULL;
+    x->u = NULL;
+    upstream_close(u);
+    struct client *c = x->c;
+    if (!x->req_done)
+        c->state = C_WAIT_UPSTREAM;
+    client_update_reading(c);
+    ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
+    h2c_stream_begin(x, x->pool);
+}
+
+/* What the instance said on the stream goes to its exchange: response bytes, then the end,
+ * a failure or a refusal. */
+static void h2c_stream_deliver(struct upstream *u)
+{
+    struct buf *resp = &u->p.w->h2c_resp;
+    router_h2c_stream_take_response(u->h2s, resp);
+    if (resp->len && u->x) {
+        client_touch(u->x->c);
+        upstream_feed(u, resp->data, resp->len);
+    }
+    if (u->p.closing || !u->h2s)
+        return;
+    if (!u->x) {
+        upstream_close(u);
+        return;
+    }
+    switch (router_h2c_stream_state(u->h2s)) {
+    case ROUTER_H2C_FAILED:
+        upstream_failed(u, UV_EPROTO, false);
+        return;
+    case ROUTER_H2C_REFUSED:
+        h2c_stream_refused(u);
+        return;
+    default:
+        break;
+    }
+    struct client *c = u->x->c;
+    if (c->p.throttled && peer_queued(&u->p) <= ROUTER_LOW_WATER) {
+        c->p.throttled = false; /* the instance's window took more of the request body */
+        client_update_reading(c);
+    }
+}
+
+/* Each stream of the connection hears what input (or its failure) did to it. */
+static void h2c_conn_dispatch(struct h2c_conn *conn)
+{
+    struct upstream *list[ROUTER_H2C_MAX_STREAMS];
+    size_t n = 0;
+    for (struct upstream *u = conn->streams; u && n < ROUTER_H2C_MAX_STREAMS; u = u->conn_next)
+        list[n++] = u;
+    conn->dispatching = true;
+    for (size_t i = 0; i < n; i++) /* closed ones stay allocated until the loop frees them */
+        if (!list[i]->p.closing && list[i]->conn == conn)
+            h2c_stream_deliver(list[i]);
+    conn->dispatching = false;
+}
+
+static void h2c_conn_fail(struct h2c_conn *conn, int err)
+{
+    (void)err;
+    if (conn->p.closing)
+        return;
+    struct pool *pool = conn->pool;
+    router_h2c_abort(conn->h2c);
+    h2c_conn_dispatch(conn);
+    h2c_conn_close(conn);
+    h2c_pool_serve(pool);
+}
+
+static void h2c_conn_drained(struct h2c_conn *conn)
+{
+    if (peer_queued(&conn->p) > ROUTER_LOW_WATER)
+        return;
+    for (struct upstream *u = conn->streams; u; u = u->conn_next)
+        if (u->x && u->x->c->p.throttled && peer_queued(&u->p) <= ROUTER_LOW_WATER) {
+            u->x->c->p.throttled = false;
+            client_update_reading(u->x->c);
+        }
+}
+
+static void on_h2c_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct h2c_conn *conn = s->data;
+    if (nread == 0 || conn->p.closing)
+        return;
+    if (nread < 0) {
+        h2c_conn_fail(conn, (int)nread);
+        return;
+    }
+    if (router_h2c_input(conn->h2c, buf->base, (size_t)nread) < 0) {
+        h2c_conn_fail(conn, UV_EPROTO);
+        return;
+    }
+    h2c_conn_dispatch(conn);
+    h2c_conn_settle(conn);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     struct write_req *wr = (struct write_req *)req;
@@ -2776,12 +3131,16 @@ static void on_write(uv_write_t *req, int status)
         return;
     if (status < 0) {
         p->write_error = status;
-        if (p->kind == PEER_CLIENT) {
+        if (p->kind == PEER_CLIENT)
             client_close((struct client *)p);
-        } else {
-            struct upstream *u = (struct upstream *)p;
-            upstream_failed(u, status, false);
-        }
+        else if (p->kind == PEER_H2C)
+            h2c_conn_fail((struct h2c_conn *)p, status);
+        else
+            upstream_failed((struct upstream *)p, status, false);
+        return;
+    }
+    if (p->kind == PEER_H2C) {
+        h2c_conn_drained((struct h2c_conn *)p);
         return;
     }
     /* a slow reader that still reads is not idle */
@@ -2820,6 +3179,27 @@ static void sweep_idle(uv_timer_t *t)
             if (now - u->idle_since >= (uint64_t)w->cfg->upstream_idle_timeout_ms)
                 upstream_close(u);
         }
+        struct h2c_conn *conn = p->conns, *cnext;
+        for (; conn; conn = cnext) {
+            cnext = conn->next;
+            if (router_h2c_streams(conn->h2c) == 0 &&
+                now - conn->idle_since >= (uint64_t)w->cfg->upstream_idle_timeout_ms)
+                h2c_conn_close(conn);
+        }
+    }
+}
+
+/* Closes the pool's connections that carry nothing (the others close after their last
+ * exchange, while stopping or draining). */
+static void pool_close_idle(struct pool *p)
+{
+    while (p->idle)
+        upstream_close(p->idle);
+    struct h2c_conn *conn = p->conns, *next;
+    for (; conn && !p->waiting; conn = next) { /* those waiting need a connection */
+        next = conn->next;
+        if (router_h2c_streams(conn->h2c) == 0)
+            h2c_conn_close(conn);
     }
 }
 
@@ -2845,8 +3225,7 @@ static void worker_maybe_done(struct worker *w)
     for (int i = 0; i < listen_count; i++)
         close_handle_if_open((uv_handle_t *)&w->accepts[i]);
     for (struct pool *p = w->pools; p; p = p->next)
-        while (p->idle)
-            upstream_close(p->idle);
+        pool_close_idle(p);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -2879,8 +3258,7 @@ static void on_wakeup(uv_async_t *a)
             c->x->client_close = true;
     }
     for (struct pool *p = w->pools; p; p = p->next)
-        while (p->idle)
-            upstream_close(p->idle);
+        pool_close_idle(p);
     if (w->clients)
         uv_timer_start(&w->drain, on_drain_timeout, ROUTER_DRAIN_MS, 0);
     worker_maybe_done(w);
@@ -2930,8 +3308,7 @@ static void on_drain_wakeup(uv_async_t *a)
                       memcmp(&p->addr, &dw->d->addr, p->addr_len) == 0))
             p = p->next;
         if (p) /* idle connections would only be cut by the instance's stop */
-            while (p->idle)
-                upstream_close(p->idle);
+            pool_close_idle(p);
         if (!p || p->in_flight == 0) {
             drain_report(dw->d);
             free(dw);

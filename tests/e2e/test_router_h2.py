@@ -458,6 +458,25 @@ def test_upgrade_to_h2c_is_declined_and_answered_in_http11(app):
     assert "upgrade" not in h and "http2-settings" not in h
 
 
+def test_upgrade_h2c_by_hand_is_served_as_http11(app):
+    """Upgrade: h2c with HTTP2-Settings, on a GET and on a POST with a body (RFC 7540 3.2's
+    form, deprecated by RFC 9113 3.1): each is answered with an HTTP/1.1 status line, never
+    101, the backend sees neither field, and the connection goes on in HTTP/1.1."""
+    r, b = app
+    from test_router import Client
+    c = Client(r.port)
+    fields = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+              "HTTP2-Settings": "AAMAAABkAAQAoAAAAAIAAAAA"}
+    for method, body in (("GET", None), ("POST", b"payload")):
+        resp = c.request(method, "/up", "app.localhost", headers=fields, body=body)
+        assert resp.status == 200, (method, resp.status)  # not 101: no switch
+        h = resp.json()["headers"]
+        assert "upgrade" not in h and "http2-settings" not in h, h
+    c.send(b"GET /raw HTTP/1.1\r\nHost: app.localhost\r\n\r\n")  # still HTTP/1.1
+    assert c._line().startswith(b"HTTP/1.1 200 ")
+    c.close()
+
+
 # Requests that mean one thing to the router and could mean another to an HTTP/1.1 backend:
 # none of them reaches the backend.
 SMUGGLING = {
@@ -868,3 +887,427 @@ def test_an_idle_h2_connection_is_closed(router_factory, backends):
         except OSError:
             closed = True
     assert closed, "PINGs kept an idle connection open"
+
+
+# ---- many streams on one h2c connection to an instance ------------------------------------------
+
+
+class MuxInstance:
+    """An h2c instance that answers many streams at once on one connection and records what
+    the router does with it: connections accepted, the most streams open at once on one of them,
+    the RST_STREAMs it received. Streams are answered as H2cInstance does (HEADERS, the body
+    echoed, grpc-status trailers), once `hold` complete requests are waiting on the connection
+    (or 5 s passed): so a test sees whether they were all in flight together. `hook(ctx, sid,
+    stream)` may answer a complete request itself (True) with ctx.send(frames)."""
+
+    def __init__(self, settings=None, window_updates=True, hold=1, hook=None):
+        self.settings = settings or {}
+        self.window_updates = window_updates
+        self.hold = hold
+        self.hook = hook
+        self.max_open = 0
+        self.resets = []
+        self.requests = []
+        self.lock = threading.Lock()
+        self.backend = RawBackend(self.serve)
+        self.addr = self.backend.addr
+
+    @property
+    def accepted(self):
+        return self.backend.accepted
+
+    class Ctx:
+        def __init__(self, conn):
+            self.conn, self.enc, self.lock = conn, hpack.Encoder(), threading.Lock()
+            # the router's windows for what this side sends (RFC 9113 6.9)
+            self.cv = threading.Condition()
+            self.initial, self.conn_window, self.windows = 65535, 65535, {}
+            self.reset, self.closed = set(), False
+
+        def send_data(self, sid, total, sent):
+            """DATA on sid up to `total` bytes as the router's windows allow (sent[0] counts),
+            then END_STREAM; stops when the stream is reset or the connection goes."""
+            piece = b"d" * 16384
+            while sent[0] < total:
+                n = min(len(piece), total - sent[0])
+                with self.cv:
+                    while not self.closed and sid not in self.reset and \
+                            min(self.conn_window, self.windows.get(sid, self.initial)) < n:
+                        self.cv.wait(0.2)
+                    if self.closed or sid in self.reset:
+                        return
+                    self.conn_window -= n
+                    self.windows[sid] = self.windows.get(sid, self.initial) - n
+                self.send(frame(DATA, 0, sid, piece[:n]))
+                sent[0] += n
+            self.send(frame(DATA, END_STREAM, sid))
+
+        def send(self, data):
+            with self.lock:
+                self.conn.sendall(data)
+
+        def answer(self, sid, body=b"", status="200"):
+            out = frame(HEADERS, END_HEADERS, sid, self.enc.encode(
+                [(":status", status), ("content-type", "application/grpc")]))
+            for i in range(0, len(body), 16384):
+                out += frame(DATA, 0, sid, body[i:i + 16384])
+            out += frame(HEADERS, END_HEADERS | END_STREAM, sid, self.enc.encode(
+                [("grpc-status", "0"), ("grpc-message", "ok")]))
+            self.send(out)
+
+    def serve(self, conn):
+        buf = b""
+        conn.settimeout(10)
+        while len(buf) < 24:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
+        if buf[:24] != PREFACE:
+            return
+        buf = buf[24:]
+        ctx = self.Ctx(conn)
+        try:
+            self._serve(conn, ctx, buf)
+        finally:
+            with ctx.cv:
+                ctx.closed = True
+                ctx.cv.notify_all()
+
+    def _serve(self, conn, ctx, buf):
+        payload = b"".join(struct.pack(">HI", k, v) for k, v in self.settings.items())
+        ctx.send(frame(SETTINGS, 0, 0, payload))
+        dec = hpack.Decoder()
+        streams, ready, first_ready = {}, [], None
+        conn.settimeout(0.05)
+        while True:
+            if ready and (len(ready) >= self.hold or time.monotonic() - first_ready > 5):
+                for sid in ready:
+                    s = streams.pop(sid, None)
+                    if s is not None:
+                        ctx.answer(sid, s["body"])
+                ready, first_ready = [], None
+            while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                try:
+                    data = conn.recv(1 << 20)
+                except socket.timeout:
+                    break
+                if not data:
+                    return
+                buf += data
+            if len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                continue
+            length = int.from_bytes(buf[:3], "big")
+            type_, flags = buf[3], buf[4]
+            sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            payload, buf = buf[9:9 + length], buf[9 + length:]
+            if type_ == SETTINGS and not flags & ACK:
+                with ctx.cv:
+                    for i in range(0, len(payload), 6):
+                        k, v = struct.unpack(">HI", payload[i:i + 6])
+                        if k == 4:  # SETTINGS_INITIAL_WINDOW_SIZE
+                            for w in ctx.windows:
+                                ctx.windows[w] += v - ctx.initial
+                            ctx.initial = v
+                    ctx.cv.notify_all()
+                ctx.send(frame(SETTINGS, ACK, 0))
+            elif type_ == PING and not flags & ACK:
+                ctx.send(frame(PING, ACK, 0, payload))
+            elif type_ == WINDOW_UPDATE:
+                inc = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+                with ctx.cv:
+                    if sid == 0:
+                        ctx.conn_window += inc
+                    else:
+                        ctx.windows[sid] = ctx.windows.get(sid, ctx.initial) + inc
+                    ctx.cv.notify_all()
+            elif type_ == RST_STREAM:
+                with ctx.cv:
+                    ctx.reset.add(sid)
+                    ctx.cv.notify_all()
+                with self.lock:
+                    self.resets.append((sid, struct.unpack(">I", payload)[0]))
+                streams.pop(sid, None)
+                ready = [r for r in ready if r != sid]
+            elif type_ == HEADERS:
+                fields = [(k.decode(), v.decode()) for k, v in dec.decode(payload, raw=True)]
+                if sid not in streams:
+                    streams[sid] = {"headers": fields, "body": b"", "done": False}
+                    with self.lock:
+                        self.max_open = max(self.max_open, len(streams))
+            elif type_ == DATA and sid in streams:
+                streams[sid]["body"] += payload
+                if payload and self.window_updates:
+                    inc = struct.pack(">I", len(payload))
+                    ctx.send(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+            elif type_ == GOAWAY:
+                return
+            if type_ in (HEADERS, DATA) and flags & END_STREAM and sid in streams:
+                s = streams[sid]
+                with self.lock:
+                    self.requests.append(s)
+                if self.hook and self.hook(ctx, sid, s):
+                    streams.pop(sid, None)
+                    continue
+                ready.append(sid)
+                first_ready = first_ready or time.monotonic()
+
+
+def mux_app(router_factory, *args, **kw):
+    inst = MuxInstance(**kw)
+    r = router_factory([dict(route("grpc.localhost", [inst]), protocol="http2")], *args)
+    return r, inst
+
+
+def grpc_call(c, data, path="/pkg.Greeter/SayHello", wait=False):
+    return c.request("POST", path, authority="grpc.localhost",
+                     fields=[("content-type", "application/grpc"), ("te", "trailers")],
+                     body=grpc_message(data), wait=wait)
+
+
+def test_twenty_concurrent_calls_share_one_connection_with_trailers(router_factory):
+    """20 gRPC calls in flight at once on one client connection: the instance holds its
+    answers until all 20 are open on its side, so they can only succeed if they are
+    multiplexed; one TCP connection carries them, each answer keeps its trailers."""
+    r, inst = mux_app(router_factory, hold=20)
+    c = H2(r.port)
+    calls = [grpc_call(c, b"call %d" % i) for i in range(20)]
+    sids = sorted(c.streams)
+    c.wait(lambda: all(c.streams[s].ended or c.streams[s].reset is not None for s in sids),
+           "the 20 answers", timeout=20)
+    for i, resp in enumerate(calls):
+        assert resp.status == 200 and resp.body == grpc_message(b"call %d" % i), i
+        assert ("grpc-status", "0") in resp.trailers and ("grpc-message", "ok") in resp.trailers
+    assert inst.accepted == 1 and inst.max_open == 20
+    c.close()
+
+
+def test_twenty_clients_over_http11_use_a_few_connections(router_factory):
+    """20 HTTP/1.1 clients at once (spread over the router's 2 workers): at most one h2c
+    connection per worker, every answer with its trailers."""
+    from test_router import Client
+    r, inst = mux_app(router_factory, hold=5)
+    results = [None] * 20
+
+    def call(i):
+        cl = Client(r.port, timeout=20)
+        results[i] = cl.request("POST", "/pkg.Greeter/SayHello", "grpc.localhost",
+                                headers={"TE": "trailers", "Content-Type": "application/grpc"},
+                                body=grpc_message(b"hi %d" % i))
+        cl.close()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for i, resp in enumerate(results):
+        assert resp is not None and resp.status == 200, i
+        assert resp.body == grpc_message(b"hi %d" % i)
+        assert resp.trailers.get("grpc-status") == "0"
+    assert 1 <= inst.accepted <= 2, inst.accepted
+    assert inst.max_open >= 5
+
+
+def test_an_instance_allowing_one_stream_gets_one_at_a_time(router_factory):
+    """SETTINGS_MAX_CONCURRENT_STREAMS 1: never two streams at once on one connection; the
+    calls beyond wait for a stream or go on another connection (4 per worker at most)."""
+    r, inst = mux_app(router_factory, settings={3: 1})
+    c = H2(r.port)
+    calls = [grpc_call(c, b"one %d" % i) for i in range(8)]
+    sids = sorted(c.streams)
+    c.wait(lambda: all(c.streams[s].ended or c.streams[s].reset is not None for s in sids),
+           "the answers", timeout=20)
+    for i, resp in enumerate(calls):
+        assert resp.status == 200 and resp.body == grpc_message(b"one %d" % i), i
+        assert ("grpc-status", "0") in resp.trailers
+    assert inst.max_open == 1
+    assert 1 <= inst.accepted <= 4, inst.accepted
+    c.close()
+
+
+def test_an_instance_allowing_no_stream_is_a_502_and_the_router_goes_on(router_factory, backends):
+    inst = MuxInstance(settings={3: 0})
+    other = backends("other")
+    r = router_factory([dict(route("grpc.localhost", [inst]), protocol="http2"),
+                        route("app.localhost", [other])])
+    c = H2(r.port)
+    start = time.monotonic()
+    resp = c.request("GET", "/", authority="grpc.localhost")
+    assert resp.status == 502 and resp.header("x-skiff-router-error") == "backend-unreachable"
+    assert time.monotonic() - start < 5
+    assert inst.requests == []  # no stream was ever sent to it
+    assert c.request().status == 200  # another route, the same client connection
+    c.close()
+    assert r.proc.poll() is None
+
+
+def test_a_reset_stream_fails_alone(router_factory):
+    """The instance resets one stream while another is in flight on the same connection: the
+    first is a 502, the second is answered, and the connection stays (one accept)."""
+    r, inst = mux_app(router_factory, hold=2,
+                      hook=lambda ctx, sid, s: dict(s["headers"]).get(":path") == "/reset" and
+                      (ctx.send(frame(RST_STREAM, 0, sid, struct.pack(">I", INTERNAL_ERROR))) or True))
+    c = H2(r.port)
+    held = grpc_call(c, b"a")
+    reset = c.request("GET", "/reset", authority="grpc.localhost")
+    assert reset.status == 502 and reset.header("x-skiff-router-error") == "backend-failed"
+    second = grpc_call(c, b"b")  # the held one is answered with this one
+    c.wait(lambda: held.ended and second.ended, "the two answers")
+    assert held.body == grpc_message(b"a") and second.body == grpc_message(b"b")
+    assert ("grpc-status", "0") in held.trailers
+    assert inst.accepted == 1
+    c.close()
+
+
+def test_a_client_that_goes_cancels_only_its_stream(router_factory):
+    """A client resets its stream (and another closes its connection) while their calls are in
+    flight: the instance gets RST_STREAM CANCEL for those streams, and a call of a third client
+    on the same connection to the instance is answered."""
+    r, inst = mux_app(router_factory, hold=3)
+    a, b, keep = H2(r.port), H2(r.port), H2(r.port)
+    sa = grpc_call(a, b"a")
+    grpc_call(b, b"b")
+    wait_for(lambda: len(inst.requests) == 2, 10, "two calls at the instance")
+    a.send(frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL)))
+    b.close()
+    wait_for(lambda: len(inst.resets) == 2, 10, "two RST_STREAMs at the instance")
+    assert all(code == CANCEL for _, code in inst.resets), inst.resets
+    assert sa.status == 0
+    inst.hold = 1
+    resp = grpc_call(keep, b"kept", wait=True)
+    assert resp.status == 200 and resp.body == grpc_message(b"kept")
+    assert ("grpc-status", "0") in resp.trailers
+    assert inst.accepted <= 2  # the two workers at most; no connection was cut for a cancel
+    a.close()
+    keep.close()
+
+
+def test_an_instance_that_never_opens_its_window_stalls_only_its_streams(router_factory):
+    """No WINDOW_UPDATE ever: a call with a body over the initial window (64 KB) stalls there,
+    calls without a body on the same connection are answered meanwhile, and the stalled call
+    ends with the router's timeout (504), its stream reset at the instance, the connection
+    kept."""
+    r, inst = mux_app(router_factory, "--upstream-timeout-ms", "3000", window_updates=False)
+    from test_router import Client
+    big = Client(r.port, timeout=20)
+    body = b"x" * (200 * 1024)
+    big.send(b"POST /big HTTP/1.1\r\nHost: grpc.localhost\r\nContent-Length: %d\r\n\r\n"
+             % len(body) + body)
+    wait_for(lambda: inst.max_open >= 1, 10, "the big call at the instance")
+    c = H2(r.port)
+    for i in range(3):
+        small = c.request("GET", "/small%d" % i, authority="grpc.localhost")
+        assert small.status == 200 and ("grpc-status", "0") in small.trailers
+    assert inst.requests and all(dict(q["headers"])[":path"] != "/big" for q in inst.requests)
+    resp = big.response()
+    assert resp.status == 504 and resp.headers.get("x-skiff-router-error") == "backend-timeout"
+    wait_for(lambda: any(code == CANCEL for _, code in inst.resets), 10, "the reset")
+    assert inst.accepted <= 2  # one per worker: the stall cut no connection
+    assert c.request("GET", "/after", authority="grpc.localhost").status == 200
+    c.close()
+    big.close()
+
+
+def test_goaway_mid_flight_retries_what_was_not_processed(router_factory):
+    """The instance says GOAWAY with the first stream as its last while a second is in flight:
+    the first is answered; the second, a GET, was not processed and goes again on a new
+    connection; a call with a body above the last stream id cannot be replayed: a 502."""
+    state = {"conns": 0}
+
+    def hook(ctx, sid, s):
+        path = dict(s["headers"]).get(":path")
+        if path == "/first":
+            state["first"] = (ctx, sid)
+            return True
+        if path in ("/second", "/posted") and "first" in state:
+            first_ctx, first_sid = state.pop("first")
+            if first_ctx is ctx:
+                ctx.send(frame(GOAWAY, 0, 0, struct.pack(">II", first_sid, 0)))
+                ctx.answer(first_sid, b"first")
+                return True
+        return False
+
+    r, inst = mux_app(router_factory, hook=hook)
+    c = H2(r.port)
+    first = c.request("GET", "/first", authority="grpc.localhost", wait=False)
+    wait_for(lambda: len(inst.requests) == 1, 10, "the first stream at the instance")
+    second = c.request("GET", "/second", authority="grpc.localhost")
+    c.wait(lambda: first.ended, "the first answer")
+    assert first.status == 200 and first.body == b"first"
+    assert second.status == 200 and ("grpc-status", "0") in second.trailers
+    assert inst.accepted == 2  # the second went again on a new connection
+    # the same with a body: not replayable
+    first = c.request("GET", "/first", authority="grpc.localhost", wait=False)
+    wait_for(lambda: "first" in state, 10, "the first stream at the instance")
+    posted = c.request("POST", "/posted", authority="grpc.localhost", body=b"data")
+    c.wait(lambda: first.ended, "the first answer")
+    assert first.status == 200
+    assert posted.status == 502 and posted.header("x-skiff-router-error") == "backend-failed"
+    assert c.request("GET", "/after", authority="grpc.localhost").status == 200
+    c.close()
+
+
+def test_frames_for_a_stream_never_opened_end_that_connection_only(router_factory, backends):
+    """The instance sends DATA and HEADERS on a stream the router never opened: a protocol
+    error that ends that connection (its call is a 502); the router stays up, the next call
+    goes on a new connection and other routes are served."""
+    sent = []
+
+    def hook(ctx, sid, s):
+        if dict(s["headers"]).get(":path") == "/bogus" and not sent:
+            sent.append(sid)
+            ctx.send(frame(DATA, 0, sid + 40, b"who asked") +
+                     frame(HEADERS, END_HEADERS, sid + 42, ctx.enc.encode([(":status", "200")])))
+            return True
+        return False
+
+    inst = MuxInstance(hook=hook)
+    other = backends("other")
+    r = router_factory([dict(route("grpc.localhost", [inst]), protocol="http2"),
+                        route("app.localhost", [other])])
+    c = H2(r.port)
+    bad = c.request("GET", "/bogus", authority="grpc.localhost")
+    assert bad.status == 502
+    ok = grpc_call(c, b"next", wait=True)
+    assert ok.status == 200 and ("grpc-status", "0") in ok.trailers
+    assert inst.accepted == 2
+    assert c.request().status == 200
+    assert r.proc.poll() is None
+    c.close()
+
+
+def test_a_client_that_does_not_read_stops_only_its_stream_at_the_instance(router_factory):
+    """Per-stream flow control: an instance sends 8 MB on a stream as the router's windows
+    allow, to a client that never opens its own window. The router queues a bounded amount and
+    stops acknowledging that stream, so the instance stops there; other calls on the same
+    connection to the instance go on (its window is reopened as bytes come)."""
+    sent = [0]
+
+    def hook(ctx, sid, s):
+        if dict(s["headers"]).get(":path") != "/big":
+            return False
+        ctx.send(frame(HEADERS, END_HEADERS, sid, ctx.enc.encode([(":status", "200")])))
+        threading.Thread(target=ctx.send_data, args=(sid, 8 << 20, sent), daemon=True).start()
+        return True
+
+    r, inst = mux_app(router_factory, hook=hook)
+    before = r.rss_kb()
+    slow = H2(r.port, window_updates=False)
+    slow.request("GET", "/big", authority="grpc.localhost", wait=False)
+    wait_for(lambda: sent[0] > 0, 10, "the instance to start sending")
+    # the router's share: its client window (64 KB), its high water (256 KB) and the stream's
+    # window at the instance (256 KB), with frames in flight
+    plateau = wait_for(lambda: (lambda a: (time.sleep(0.5), a == sent[0] and a)[1])(sent[0]),
+                       20, "the instance to be stopped by the stream's window")
+    assert plateau < 1 << 20, plateau
+    fast = H2(r.port)
+    for i in range(3):
+        resp = grpc_call(fast, b"meanwhile %d" % i, wait=True)
+        assert resp.status == 200 and ("grpc-status", "0") in resp.trailers
+    assert sent[0] == plateau  # still stopped
+    assert inst.accepted <= 2  # one per worker: nothing cut for the stall
+    assert r.rss_kb() - before < 16 * 1024
+    slow.close()  # the client goes: its stream is reset at the instance
+    wait_for(lambda: any(code == CANCEL for _, code in inst.resets), 10, "the reset")
+    fast.close()

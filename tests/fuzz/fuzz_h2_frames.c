@@ -77,25 +77,39 @@ static void on_output(void *ctx) {}
 static const struct router_h2_ops ops = {on_open, on_request, on_drained, on_closed, on_output};
 
 /* The other side: the frames an instance of an http2 route answers with, into router_h2c
- * (after a request it was given), which must turn them into HTTP/1.1 the proxy's own response
- * parser accepts or into a failure. */
+ * (after two requests it was given on two streams of the connection), which must turn them
+ * into HTTP/1.1 the proxy's own response parser accepts or into failures. */
 static void instance_frames(const char *in, size_t n)
 {
     static const char request[] = "POST /pkg.S/M HTTP/1.1\r\nHost: app.localhost\r\n"
                                   "TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n"
                                   "5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n";
+    static const char settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
     struct router_h2c *c = router_h2c_new();
     struct buf out = {0}, resp = {0};
-    for (int round = 0; round < 2 && router_h2c_begin(c); round++) {
-        router_h2c_request(c, request, sizeof(request) - 1);
-        router_h2c_output(c, &out);
-        size_t half = n / 2;
-        if (router_h2c_input(c, in, half, &resp) == 0)
-            router_h2c_input(c, in + half, n - half, &resp);
-        router_h2c_output(c, &out);
-        out.len = resp.len = 0;
+    struct router_h2c_stream *st[2] = {NULL, NULL};
+    router_h2c_input(c, settings, sizeof(settings));
+    for (int i = 0; i < 2; i++) {
+        st[i] = router_h2c_stream_open(c);
+        if (st[i])
+            router_h2c_stream_request(st[i], request, sizeof(request) - 1);
     }
-    router_h2c_free(c);
+    router_h2c_output(c, &out);
+    size_t half = n / 2;
+    if (router_h2c_input(c, in, half) == 0)
+        router_h2c_input(c, in + half, n - half);
+    for (int i = 0; i < 2; i++)
+        if (st[i]) {
+            router_h2c_stream_take_response(st[i], &resp);
+            router_h2c_stream_set_reading(st[i], i == 0);
+            (void)router_h2c_stream_state(st[i]);
+        }
+    if (st[0])
+        router_h2c_stream_close(st[0]); /* one owner goes early: a reset, the other goes on */
+    router_h2c_output(c, &out);
+    router_h2c_free(c); /* before the second owner closes its stream */
+    if (st[1])
+        router_h2c_stream_close(st[1]);
     buf_free(&out);
     buf_free(&resp);
 }

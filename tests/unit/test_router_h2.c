@@ -186,50 +186,105 @@ static void test_a_crlf_in_a_value_never_reaches_an_owner(void **state)
 
 /* ---- h2c to an instance (router_h2c.c) ---- */
 
+/* The instance's SETTINGS frame, with SETTINGS_MAX_CONCURRENT_STREAMS when max >= 0. */
+static void instance_settings(struct buf *in, int max)
+{
+    uint8_t mcs[6] = {0, 3, 0, 0, (uint8_t)(max >> 8), (uint8_t)max};
+    frame(in, 4, 0, 0, mcs, max >= 0 ? 6 : 0);
+}
+
 static void test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11(void **state)
 {
     (void)state;
     struct router_h2c *c = router_h2c_new();
-    assert_true(router_h2c_begin(c));
+    assert_false(router_h2c_can_open(c)); /* not before the instance's SETTINGS */
+    struct buf in = {0}, out = {0}, block = {0}, trailers = {0}, resp = {0};
+    instance_settings(&in, -1);
+    assert_int_equal(router_h2c_input(c, in.data, in.len), 0);
+    assert_true(router_h2c_can_open(c));
+    struct router_h2c_stream *s = router_h2c_stream_open(c);
     const char req[] = "POST /pkg.S/M HTTP/1.1\r\nHost: grpc.localhost\r\nTE: trailers\r\n"
                        "Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
                        "5\r\nhello\r\n0\r\n\r\n";
-    assert_int_equal(router_h2c_request(c, req, sizeof(req) - 1), 0);
-    struct buf out = {0};
+    assert_int_equal(router_h2c_stream_request(s, req, sizeof(req) - 1), 0);
     assert_true(router_h2c_output(c, &out) > 24);
     assert_memory_equal(out.data, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
     assert_non_null(memmem(out.data, out.len, "hello", 5));
     assert_null(memmem(out.data, out.len, "keep-alive", 10)); /* no connection fields */
-    /* the instance: SETTINGS, then HEADERS (:status 200, literal fields), DATA, trailers */
-    struct buf in = {0}, block = {0}, trailers = {0};
-    frame(&in, 4, 0, 0, "", 0);
+    /* the instance: HEADERS (:status 200, literal fields), DATA, trailers */
+    in.len = 0;
     buf_putc(&block, (char)0x88); /* :status 200, from the static table */
     literal(&block, "content-type", "application/grpc", 16);
     frame(&in, 1, 4, 1, block.data, block.len);
     frame(&in, 0, 0, 1, "world", 5);
     literal(&trailers, "grpc-status", "0", 1);
     frame(&in, 1, 5, 1, trailers.data, trailers.len);
-    struct buf resp = {0};
-    assert_int_equal(router_h2c_input(c, in.data, in.len, &resp), 0);
+    assert_int_equal(router_h2c_input(c, in.data, in.len), 0);
+    router_h2c_stream_take_response(s, &resp);
     buf_putc(&resp, '\0');
     assert_string_equal(resp.data, "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
                                    "Transfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n"
                                    "0\r\ngrpc-status: 0\r\n\r\n");
-    assert_false(router_h2c_broken(c));
-    /* a stream reset by the instance is a failure */
-    assert_true(router_h2c_begin(c));
-    const char get[] = "GET / HTTP/1.1\r\nHost: grpc.localhost\r\n\r\n";
-    assert_int_equal(router_h2c_request(c, get, sizeof(get) - 1), 0);
-    out.len = in.len = resp.len = 0;
-    router_h2c_output(c, &out);
-    static const uint8_t rst[] = {0, 0, 0, 0, 2}; /* INTERNAL_ERROR */
-    frame(&in, 3, 0, 3, rst + 1, 4);
-    assert_int_equal(router_h2c_input(c, in.data, in.len, &resp), -1);
+    assert_int_equal(router_h2c_stream_state(s), ROUTER_H2C_DONE);
+    router_h2c_stream_close(s);
+    assert_int_equal(router_h2c_streams(c), 0);
     router_h2c_free(c);
     buf_free(&out);
     buf_free(&in);
     buf_free(&block);
     buf_free(&trailers);
+    buf_free(&resp);
+}
+
+/* Two streams at once: one reset by the instance fails alone, the other is answered; a GOAWAY
+ * refuses the streams above its last id, and no stream opens after it. */
+static void test_h2c_streams_share_a_connection_and_fail_alone(void **state)
+{
+    (void)state;
+    struct router_h2c *c = router_h2c_new();
+    struct buf in = {0}, out = {0}, resp = {0};
+    instance_settings(&in, 3);
+    assert_int_equal(router_h2c_input(c, in.data, in.len), 0);
+    const char get[] = "GET / HTTP/1.1\r\nHost: grpc.localhost\r\n\r\n";
+    struct router_h2c_stream *st[3];
+    for (int i = 0; i < 3; i++) {
+        st[i] = router_h2c_stream_open(c);
+        assert_non_null(st[i]);
+        assert_int_equal(router_h2c_stream_request(st[i], get, sizeof(get) - 1), 0);
+    }
+    assert_false(router_h2c_can_open(c)); /* the instance allows 3 */
+    assert_null(router_h2c_stream_open(c));
+    router_h2c_output(c, &out);
+    /* stream 1 (the first opened) reset, stream 3 answered, then GOAWAY with last id 3 */
+    in.len = 0;
+    static const uint8_t rst[] = {0, 0, 0, 2};                /* INTERNAL_ERROR */
+    static const uint8_t goaway[] = {0, 0, 0, 3, 0, 0, 0, 0}; /* last 3, NO_ERROR */
+    frame(&in, 3, 0, 1, rst, 4);
+    uint8_t status = 0x88;
+    frame(&in, 1, 5, 3, &status, 1);
+    frame(&in, 7, 0, 0, goaway, 8);
+    assert_int_equal(router_h2c_input(c, in.data, in.len), 0);
+    assert_int_equal(router_h2c_stream_state(st[0]), ROUTER_H2C_FAILED);
+    assert_int_equal(router_h2c_stream_state(st[1]), ROUTER_H2C_DONE);
+    router_h2c_stream_take_response(st[1], &resp);
+    assert_true(resp.len > 12 && memcmp(resp.data, "HTTP/1.1 200", 12) == 0);
+    assert_int_equal(router_h2c_stream_state(st[2]), ROUTER_H2C_REFUSED); /* stream 5 */
+    assert_true(router_h2c_finished(c));
+    for (int i = 0; i < 3; i++)
+        router_h2c_stream_close(st[i]);
+    assert_false(router_h2c_can_open(c));
+    /* frames for a stream never opened break the connection, not the process */
+    struct router_h2c *d = router_h2c_new();
+    in.len = 0;
+    instance_settings(&in, -1);
+    frame(&in, 0, 0, 9, "boo", 3);
+    router_h2c_input(d, in.data, in.len);
+    assert_true(router_h2c_finished(d));
+    assert_false(router_h2c_can_open(d));
+    router_h2c_free(d);
+    router_h2c_free(c);
+    buf_free(&out);
+    buf_free(&in);
     buf_free(&resp);
 }
 
@@ -241,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_a_stream_becomes_an_http11_request),
         cmocka_unit_test(test_a_crlf_in_a_value_never_reaches_an_owner),
         cmocka_unit_test(test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11),
+        cmocka_unit_test(test_h2c_streams_share_a_connection_and_fail_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
