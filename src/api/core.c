@@ -1951,6 +1951,13 @@ done:
 
 /* ---- registration ------------------------------------------------------------------------- */
 
+void api_core_store_changed(struct api_core *core)
+{
+    free(core->apps_cache);
+    core->apps_cache = NULL;
+    core->apps_cache_len = 0;
+}
+
 /* "running" counts change with readiness: the cached list is stale then. */
 static void core__on_platform_event(void *ctx, const struct platform_event *ev)
 {

@@ -50,6 +50,8 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
 /* Cancels stagings in progress (their requests get a failure line and end). */
 void api_core_shutdown(struct api_core *core);
 void api_core_free(struct api_core *core);
-
+/* The store may have changed under this skiffd (another one on a shared store wrote it): what
+ * the core keeps from it (the app list) is read again on its next use. */
+void api_core_store_changed(struct api_core *core);
 
 #endif

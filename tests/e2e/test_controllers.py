@@ -206,13 +206,81 @@ def test_cells_is_for_the_platform_admin_only(pair):
     status, body = b.api("GET", "/v1/cells", token=tok["access_token"])
     assert status == 403, body
     assert "cells" not in body, body
-    # (each skiffd keeps users and tokens in memory, loaded at its start: a token made by b is
-    # unknown to a, src/daemon/README.md)
+    # a token made through b is a user's token on a too, with the same limits
+    status, body = a.api("GET", "/v1/cells", token=tok["access_token"])
+    assert status == 403, body
     for p in (a, b):
         status, body = p.api("GET", "/v1/cells", token=False)
         assert status == 401, body
         status, body = p.api("GET", "/v1/cells", token="skiffa_forged")
         assert status == 401, body
+
+
+# src/daemon/main.c: every skiffd on a shared store reads users and tokens again once a second
+# (DAEMON_RESYNC_MS); a revocation is refused by the others within that, plus the reading.
+REVOKE_BOUND_S = 2.0
+
+
+def login(p, name, password):
+    return p.api("POST", "/v1/auth/token", {"grant_type": "password", "username": name,
+                                            "password": password}, token=False)
+
+
+def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
+    a, b = pair
+    assert a.api("POST", "/v1/users", {"name": "dev2", "password": "first password ok"})[0] == 201
+    # at once through b: a token b does not know makes it read the store
+    status, tok = login(b, "dev2", "first password ok")
+    assert status == 200, tok
+    access = tok["access_token"]
+    assert a.api("GET", "/v1/orgs", token=access)[0] == 200
+    assert b.api("GET", "/v1/orgs", token=access)[0] == 200
+    # a user made through a cannot be made again through b
+    status, body = b.api("POST", "/v1/users", {"name": "dev2", "password": "another one ok"})
+    assert status == 409, body
+    # a role given through b for a user made through a
+    assert b.api("PUT", "/v1/orgs/default/spaces/dev/users/dev2/roles/SpaceAuditor")[0] == 204
+    # an API token made through a works through b, and a refresh token made through b on a
+    status, made = a.api("POST", "/v1/tokens", {"name": "ci"}, token=access)
+    assert status == 201, made
+    assert b.api("GET", "/v1/orgs", token=made["token"])[0] == 200
+    status, again = a.api("POST", "/v1/auth/token", {"grant_type": "refresh_token",
+                                                     "refresh_token": tok["refresh_token"]},
+                          token=False)
+    assert status == 200, again
+
+    # revoked through a: refused by b within the bound (b had it in memory)
+    assert a.api("DELETE", "/v1/tokens/ci", token=access)[0] == 204
+    revoked = time.monotonic()
+    wait_for(lambda: b.api("GET", "/v1/orgs", token=made["token"])[0] == 401, REVOKE_BOUND_S,
+             "the token revoked through a to be refused by b")
+    print(f"a token revoked through one skiffd was refused by the other after "
+          f"{time.monotonic() - revoked:.2f} s")
+    assert a.api("GET", "/v1/orgs", token=made["token"])[0] == 401
+    # a refresh token used once through a is not good again through b
+    status, body = b.api("POST", "/v1/auth/token", {"grant_type": "refresh_token",
+                                                    "refresh_token": tok["refresh_token"]},
+                         token=False)
+    assert status == 401, body
+
+    # a new password through b: the old one and the user's other tokens end on a too
+    access2 = again["access_token"]
+    assert a.api("GET", "/v1/orgs", token=access2)[0] == 200
+    status, body = b.api("PUT", "/v1/users/dev2/password", {"password": "second password ok"})
+    assert status == 204, body
+    changed = time.monotonic()
+    wait_for(lambda: a.api("GET", "/v1/orgs", token=access2)[0] == 401, REVOKE_BOUND_S,
+             "a's copy of the user's token to end with the new password")
+    assert login(a, "dev2", "first password ok")[0] == 401
+    assert time.monotonic() - changed < REVOKE_BOUND_S + 1
+    assert login(a, "dev2", "second password ok")[0] == 200
+    # a user deleted through a is gone on b, and its tokens with it
+    status, tok3 = login(b, "dev2", "second password ok")
+    assert status == 200, tok3
+    assert a.api("DELETE", "/v1/users/dev2")[0] == 204
+    wait_for(lambda: b.api("GET", "/v1/orgs", token=tok3["access_token"])[0] == 401,
+             REVOKE_BOUND_S, "the deleted user's token to be refused by b")
+    assert login(b, "dev2", "second password ok")[0] == 401
 
 
 def test_a_skiffd_on_the_embedded_store_always_leads(shared_platform):
