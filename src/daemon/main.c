@@ -607,8 +607,16 @@ static void daemon_on_catch_up(uv_timer_t *t)
         log_warning("cannot read users and tokens again from the store: this skiffd keeps "
                     "what it read before and tries again in %d ms",
                     DAEMON_RESYNC_MS);
-    if (d->core)
+    if (d->core) {
         api_core_store_changed(d->core);
+        api_core_record_instances(d->core, daemon_leading(d));
+    }
+}
+
+static bool daemon_cell_leads(void *ctx, const char *cell_id)
+{
+    struct daemon *d = ctx;
+    return cells_leads(d->cells, cell_id);
 }
 
 /* The one place that says what leading changes: the scheduler first (it stops or starts
@@ -1139,6 +1147,9 @@ int main(int argc, char **argv)
         .routes_ctx = d.bus,
         .certs_changed = bus_certs_changed_cb,
         .certs_ctx = d.bus,
+        .cell_leads = shared_store ? daemon_cell_leads : NULL,
+        .cell_ctx = &d,
+        .cell_id = cells_id(d.cells),
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {

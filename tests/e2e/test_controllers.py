@@ -64,10 +64,13 @@ def leading(p):
 
 
 def running_here(p, name):
-    """The RUNNING web instances this skiffd's scheduler runs for the app."""
+    """The RUNNING web instances this skiffd's scheduler runs for the app (any skiffd shows
+    the leader's: each instance names its cell)."""
     status, app = p.api("GET", f"/v1/apps/{name}")
     assert status == 200, app
-    return [i for i in app.get("instances_detail", []) if i.get("state") == "RUNNING"]
+    here = cells(p)["this_cell"]
+    return [i for i in app.get("instances_detail", [])
+            if i.get("state") == "RUNNING" and i.get("cell") == here]
 
 
 def serves(p, name, host=None):
@@ -214,6 +217,27 @@ def test_cells_is_for_the_platform_admin_only(pair):
         assert status == 401, body
         status, body = p.api("GET", "/v1/cells", token="skiffa_forged")
         assert status == 401, body
+
+
+def test_skiff_push_through_a_follower_waits_for_the_leaders_instances(pair):
+    a, b = pair
+    # the real CLI, through the follower: it waits until the leader's instance is RUNNING
+    r = b.cli("push", "viab", "-p", os.path.join(ROOT, "examples", "python-web"), timeout=300)
+    assert r.returncode == 0, out(r)
+    assert "viab is running: 1 of 1 instances" in r.stdout, out(r)
+    status, _ = http_get(a.router_url + "/", host="viab.localhost")
+    assert status == 200
+    # the follower shows the instance the leader runs, as the leader does
+    status, app = b.api("GET", "/v1/apps/viab")
+    assert status == 200, app
+    mine = [i["guid"] for i in running_here(a, "viab")]
+    assert [i["guid"] for i in app["instances_detail"]] == mine, (app, mine)
+    assert running_here(b, "viab") == [], app
+    assert app["running"] == 1, app
+    # stopped through the follower: the leader's record of the instance goes with it
+    assert b.api("POST", "/v1/apps/viab/stop")[0] == 200
+    wait_for(lambda: b.api("GET", "/v1/apps/viab")[1]["instances_detail"] == [], 15,
+             "the follower to show no instance once the leader stopped it")
 
 
 # src/daemon/main.c: every skiffd on a shared store reads users and tokens again once a second
