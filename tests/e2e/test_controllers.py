@@ -46,10 +46,11 @@ def psql(pg_dir, sql):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
-def skiffd(pg_dir, zone):
+def skiffd(pg_dir, zone, heartbeat_ms=HEARTBEAT_MS, more_args=()):
     url = f"postgresql://postgres@/postgres?host={pg_dir}"
-    return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
-                    extra_env={"SKIFF_CELL_HEARTBEAT_MS": str(HEARTBEAT_MS),
+    return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone,
+                                *more_args],
+                    extra_env={"SKIFF_CELL_HEARTBEAT_MS": str(heartbeat_ms),
                                "SKIFF_PREWARM": "0"})
 
 
@@ -325,6 +326,39 @@ def test_a_bad_zone_is_refused(tmp_path):
         assert "--zone" in p.output() and "is not a zone name" in p.output(), p.output()
     finally:
         p.close()
+
+
+def app_names(p):
+    status, body = p.api("GET", "/v1/apps")
+    assert status == 200, body
+    return {x["name"] for x in body["apps"]}
+
+
+def test_an_app_made_through_one_skiffd_is_listed_by_the_other(pg_dir):
+    # heartbeats far apart and no brokers to register, so that the follower writes nothing of
+    # its own that would drop its cached app list by chance: only catching up with the store
+    # (once a second) does
+    a = skiffd(pg_dir, "zone-a", 60000, ["--no-builtin-brokers"]).start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        b = skiffd(pg_dir, "zone-b", 60000, ["--no-builtin-brokers"]).start()
+        made.append(b)
+        assert "listed" not in app_names(b)  # b's list is cached now
+        assert app_names(b) == app_names(b)
+        assert a.api("PUT", "/v1/apps/listed", {"no_route": True})[0] in (200, 201)
+        made_at = time.monotonic()
+        wait_for(lambda: "listed" in app_names(b), 3, "b to list the app made through a")
+        print(f"an app made through one skiffd was listed by the other after "
+              f"{time.monotonic() - made_at:.2f} s")
+        assert b.api("DELETE", "/v1/apps/listed")[0] in (200, 204)
+        wait_for(lambda: "listed" not in app_names(a), 3, "a to drop the app deleted through b")
+        for p in made:
+            p.stop()
+            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        for p in made:
+            p.close()
 
 
 def schedule_fires(p):
