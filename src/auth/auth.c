@@ -43,7 +43,8 @@ struct auth {
     size_t n_tokens;
     struct auth_quota *quotas;
     size_t n_quotas;
-    bool shared; /* other skiffds write the same store (auth_set_shared) */
+    bool shared;      /* other skiffds write the same store (auth_set_shared) */
+    char *generation; /* the AUTH_DOC_GENERATION read at the last auth_catch_up */
 };
 
 static void auth__copy(char *dst, size_t size, const char *src)
@@ -218,6 +219,31 @@ bool auth_password_verify(const char *hash, const char *password)
  * a token's hash (hex) and a user's name, each to the guid. */
 #define AUTH_DOC_TOKEN_HASH "auth.token.hash"
 #define AUTH_DOC_USER_NAME "auth.user.name"
+/* One document, rewritten with a new random value after every change other than a token made
+ * (those are found by their hash), so that the others read everything again only then. */
+#define AUTH_DOC_GENERATION "auth.generation"
+
+/* Tells the other skiffds on the store that something changed (auth_catch_up). */
+static void auth__changed(struct auth *a)
+{
+    if (!a->shared)
+        return;
+    char value[33];
+    random_hex(value, 16);
+    char *text = xasprintf("{\"generation\":\"%s\"}", value);
+    store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text);
+    free(text);
+}
+
+/* A record goes from the store (absent already is fine), and the others are told. */
+static int auth__delete(struct auth *a, const char *kind, const char *id)
+{
+    int rc = store_doc_delete(a->store, kind, id);
+    if (rc < 0 && rc != -ENOENT)
+        return -EIO;
+    auth__changed(a);
+    return 0;
+}
 
 static int auth__put(struct auth *a, const char *kind, const char *id, json_t *doc)
 {
@@ -227,7 +253,11 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
         return -ENOMEM;
     int rc = store_doc_put(a->store, kind, id, text);
     free(text);
-    return rc < 0 ? -EIO : 0;
+    if (rc < 0)
+        return -EIO;
+    if (strcmp(kind, AUTH_DOC_TOKEN) && strcmp(kind, AUTH_DOC_TOKEN_HASH))
+        auth__changed(a);
+    return 0;
 }
 
 static int auth__user_save(struct auth *a, const struct auth_user *u)
@@ -312,9 +342,9 @@ static int auth__role_save(struct auth *a, const struct auth_role_row *r)
 static int auth__role_forget(struct auth *a, const struct auth_role_row *r)
 {
     char *id = auth__role_id(r);
-    int rc = store_doc_delete(a->store, AUTH_DOC_ROLE, id);
+    int rc = auth__delete(a, AUTH_DOC_ROLE, id);
     free(id);
-    return rc < 0 && rc != -ENOENT ? -EIO : 0;
+    return rc;
 }
 
 /* A token ends in the store: its record and its hash's index. */
@@ -322,11 +352,8 @@ static int auth__token_forget(struct auth *a, const struct auth_token_row *t)
 {
     char hex[2 * AUTH_HASH_BYTES + 1];
     sodium_bin2hex(hex, sizeof hex, t->hash, sizeof t->hash);
-    int rc = store_doc_delete(a->store, AUTH_DOC_TOKEN, t->info.guid);
-    if (rc < 0 && rc != -ENOENT)
-        return -EIO;
     store_doc_delete(a->store, AUTH_DOC_TOKEN_HASH, hex); /* absent for older tokens */
-    return 0;
+    return auth__delete(a, AUTH_DOC_TOKEN, t->info.guid);
 }
 
 static int auth__token_save(struct auth *a, const struct auth_token_row *t)
@@ -612,7 +639,7 @@ int auth_user_delete(struct auth *a, const char *guid)
     const struct auth_user *u = auth_user_find(a, guid);
     if (!u || strcmp(u->guid, guid))
         return -ENOENT;
-    if (store_doc_delete(a->store, AUTH_DOC_USER, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_USER, guid) < 0)
         return -EIO;
     store_doc_delete(a->store, AUTH_DOC_USER_NAME, u->name);
     size_t w = 0;
@@ -757,7 +784,7 @@ int auth_space_delete(struct auth *a, const char *guid)
     const struct auth_space *s = auth_space_get(a, guid);
     if (!s)
         return -ENOENT;
-    if (store_doc_delete(a->store, AUTH_DOC_SPACE, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_SPACE, guid) < 0)
         return -EIO;
     auth__roles_drop(a, NULL, guid);
     /* tokens limited to the space are of no use any more */
@@ -787,7 +814,7 @@ int auth_org_delete(struct auth *a, const char *guid)
             if (rc < 0)
                 return rc;
         }
-    if (store_doc_delete(a->store, AUTH_DOC_ORG, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_ORG, guid) < 0)
         return -EIO;
     auth__roles_drop(a, guid, NULL);
     o = auth_org_find(a, guid);
@@ -858,7 +885,7 @@ int auth_quota_delete(struct auth *a, const char *guid)
     for (size_t i = 0; i < a->n_spaces; i++)
         if (!strcmp(a->spaces[i].quota_guid, guid))
             auth_space_set_quota(a, a->spaces[i].guid, NULL);
-    if (store_doc_delete(a->store, AUTH_DOC_QUOTA, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_QUOTA, guid) < 0)
         return -EIO;
     size_t idx = (size_t)(q - a->quotas);
     a->quotas[idx] = a->quotas[--a->n_quotas];
@@ -1501,6 +1528,8 @@ static void auth__swap(struct auth *a, struct auth *b)
     *b = t;
     a->store = t.store;
     a->shared = t.shared;
+    a->generation = t.generation;
+    b->generation = NULL;
 }
 
 int auth_reload(struct auth *a)
@@ -1511,6 +1540,28 @@ int auth_reload(struct auth *a)
     auth__swap(a, fresh);
     auth_free(fresh); /* what was in memory before */
     return 0;
+}
+
+int auth_catch_up(struct auth *a)
+{
+    char *text = NULL;
+    int rc = store_doc_get(a->store, AUTH_DOC_GENERATION, "auth", &text);
+    if (rc == -ENOENT)
+        text = xstrdup("");
+    else if (rc < 0)
+        return -EIO;
+    if (a->generation && !strcmp(a->generation, text)) {
+        free(text);
+        return 0;
+    }
+    rc = auth_reload(a); /* what changes after the read above is seen at the next call */
+    if (rc == 0) {
+        free(a->generation);
+        a->generation = text;
+        return 1;
+    }
+    free(text);
+    return rc;
 }
 
 void auth_set_shared(struct auth *a, bool shared)
@@ -1573,6 +1624,7 @@ void auth_free(struct auth *a)
     free(a->spaces);
     free(a->roles);
     free(a->quotas);
+    free(a->generation);
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
     free(a);

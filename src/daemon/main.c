@@ -595,15 +595,20 @@ static void daemon_on_resync(uv_timer_t *t)
 }
 
 /* Every skiffd on a shared store, leading or not, once a DAEMON_RESYNC_MS: what other skiffds
- * wrote becomes what this one's API answers with. Users, roles and tokens are read again
- * (a token ended or a password changed through another skiffd is refused here from then on),
- * and the API's cached app list is dropped. */
+ * wrote becomes what this one's API answers with. Users, roles and tokens are read again when
+ * they changed (a token ended or a password changed through another skiffd is refused here
+ * from then on), the API's cached app list is dropped, and the leader records its instances. */
 static void daemon_on_catch_up(uv_timer_t *t)
 {
     struct daemon *d = t->data;
     if (d->stopping)
         return;
-    if (auth_reload(d->auth) < 0)
+    int64_t began = time_mono_ms();
+    int rc = auth_catch_up(d->auth);
+    if (rc > 0)
+        log_msg(LOG_DEBUG, "users, roles and tokens changed: read again from the store in %lld ms",
+                (long long)(time_mono_ms() - began));
+    if (rc < 0)
         log_warning("cannot read users and tokens again from the store: this skiffd keeps "
                     "what it read before and tries again in %d ms",
                     DAEMON_RESYNC_MS);
