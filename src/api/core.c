@@ -1315,25 +1315,15 @@ static void core__apps_put(struct api_request *req, void *ctx)
     json_decref(body);
 }
 
-static void core__apps_get(struct api_request *req, void *ctx)
+json_t *api_core__instances_detail(struct api_core *core, const char *app_guid)
 {
-    struct api_core *core = ctx;
-    struct store_app *app = api_core__find_app(core, req);
-    if (!app)
-        return;
-    json_t *o = core__app_json_with_routes(core, app);
-    if (!o) {
-        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
-        store_app_free(app);
-        return;
-    }
     json_t *detail = json_array();
     if (core->cfg.scheduler) {
         /* every slot of every process: up to CORE_MAX_INSTANCES each, so sized by a count */
-        int total = scheduler_app_instances(core->cfg.scheduler, app->guid, NULL, 0);
+        int total = scheduler_app_instances(core->cfg.scheduler, app_guid, NULL, 0);
         size_t cap = total > 0 ? (size_t)total : 0;
         struct scheduler_instance_info *info = xcalloc(cap ? cap : 1, sizeof *info);
-        int n = scheduler_app_instances(core->cfg.scheduler, app->guid, info, cap);
+        int n = scheduler_app_instances(core->cfg.scheduler, app_guid, info, cap);
         for (int i = 0; i < n && (size_t)i < cap; i++) {
             char since[40];
             time_format_rfc3339(info[i].since_ms, since, sizeof since);
@@ -1344,6 +1334,7 @@ static void core__apps_get(struct api_request *req, void *ctx)
                           "crash_count", info[i].crash_count, "process_type", info[i].process_type);
             json_object_set_new(d, "droplet",
                                 info[i].droplet[0] ? json_string(info[i].droplet) : json_null());
+            json_object_set_new(d, "cell", json_string(core->cfg.cell_id));
             json_object_set_new(d, "address",
                                 info[i].addr[0] ? json_string(info[i].addr) : json_null());
             json_object_set_new(d, "host_uid",
@@ -1370,6 +1361,99 @@ static void core__apps_get(struct api_request *req, void *ctx)
             json_array_append_new(detail, d);
         }
         free(info);
+    }
+    return detail;
+}
+
+/* ---- instances recorded by the leader (several skiffds on one store) ------------------- */
+
+#define CORE_INSTANCES_KIND "app.instances"
+
+/* The leader's record of the app's instances, when the cell that wrote it leads now. */
+static bool core__recorded_instances(struct api_core *core, const char *app_guid, json_t **detail)
+{
+    if (!core->cfg.cell_leads)
+        return false;
+    char *text = NULL;
+    if (store_doc_get(core->cfg.store, CORE_INSTANCES_KIND, app_guid, &text) < 0)
+        return false;
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    json_t *list = json_object_get(doc, "instances");
+    bool live =
+        json_is_array(list) &&
+        core->cfg.cell_leads(core->cfg.cell_ctx, json_string_value(json_object_get(doc, "cell")));
+    if (live) {
+        json_decref(*detail);
+        *detail = json_incref(list);
+    }
+    json_decref(doc);
+    return live;
+}
+
+static void core__instances_touched(struct api_core *core, const char *app_guid)
+{
+    if (!core->cfg.cell_leads || !app_guid || strlen(app_guid) > 36)
+        return;
+    for (size_t i = 0; i < core->ntouched; i++)
+        if (!strcmp(core->touched[i], app_guid))
+            return;
+    core->touched = xrealloc(core->touched, (core->ntouched + 1) * sizeof *core->touched);
+    snprintf(core->touched[core->ntouched++], sizeof *core->touched, "%s", app_guid);
+}
+
+void api_core_record_instances(struct api_core *core, bool leading)
+{
+    if (!leading) {
+        core->ntouched = 0;
+        return;
+    }
+    for (size_t i = 0; i < core->ntouched; i++) {
+        const char *guid = core->touched[i];
+        json_t *detail = api_core__instances_detail(core, guid);
+        int rc;
+        if (json_array_size(detail) == 0) {
+            rc = store_doc_delete(core->cfg.store, CORE_INSTANCES_KIND, guid);
+            rc = rc == -ENOENT ? 0 : rc;
+        } else {
+            json_t *doc = json_pack("{s:s, s:I, s:O}", "cell", core->cfg.cell_id, "at_ms",
+                                    (json_int_t)time_now_ms(), "instances", detail);
+            char *text = json_dumps(doc, JSON_COMPACT);
+            json_decref(doc);
+            rc = text ? store_doc_put(core->cfg.store, CORE_INSTANCES_KIND, guid, text) : -ENOMEM;
+            free(text);
+        }
+        json_decref(detail);
+        if (rc < 0) { /* kept for the next tick, with those after it */
+            memmove(core->touched, core->touched + i, (core->ntouched - i) * sizeof *core->touched);
+            core->ntouched -= i;
+            return;
+        }
+    }
+    core->ntouched = 0;
+}
+
+static void core__apps_get(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    json_t *o = core__app_json_with_routes(core, app);
+    if (!o) {
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+        store_app_free(app);
+        return;
+    }
+    json_t *detail = api_core__instances_detail(core, app->guid);
+    if (json_array_size(detail) == 0 && core__recorded_instances(core, app->guid, &detail)) {
+        size_t i, running = 0;
+        json_t *d;
+        json_array_foreach(detail, i, d)
+        {
+            running += !strcmp(json_string_value(json_object_get(d, "state")) ?: "", "RUNNING");
+        }
+        json_object_set_new(o, "running", json_integer((json_int_t)running));
     }
     json_object_set_new(o, "instances_detail", detail);
     struct scheduler_deployment dep;
@@ -1968,11 +2052,19 @@ done:
 
 /* ---- registration ------------------------------------------------------------------------- */
 
+void api_core_store_changed(struct api_core *core)
+{
+    free(core->apps_cache);
+    core->apps_cache = NULL;
+    core->apps_cache_len = 0;
+}
+
 /* "running" counts change with readiness: the cached list is stale then. */
 static void core__on_platform_event(void *ctx, const struct platform_event *ev)
 {
     struct api_core *core = ctx;
     core->instance_changes++;
+    core__instances_touched(core, ev->app_guid);
     struct store_app *app = NULL;
     if (ev->type == PLATFORM_APP_DEPLOY_FAILED && ev->app_guid &&
         store_app_get(core->cfg.store, ev->app_guid, &app) == 0) {
@@ -2000,6 +2092,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     core->api = api;
     core->cfg = *cfg;
     core->cfg.home = xstrdup(cfg->home);
+    core->cfg.cell_id = xstrdup(cfg->cell_id ? cfg->cell_id : "");
     core->cfg.router_url = xstrdup(cfg->router_url);
     core->cfg.buildpacks_dir = cfg->buildpacks_dir ? xstrdup(cfg->buildpacks_dir) : NULL;
     static const struct {
@@ -2070,9 +2163,11 @@ void api_core_free(struct api_core *core)
     api_core__ssh_free(core);
     api_core__images_gc_close(core);
     free((char *)core->cfg.home);
+    free((char *)core->cfg.cell_id);
     free((char *)core->cfg.router_url);
     free((char *)core->cfg.buildpacks_dir);
     free(core->follows);
     free(core->apps_cache);
+    free(core->touched);
     free(core);
 }

@@ -44,12 +44,24 @@ struct api_core_config {
     /* called after a domain's certificate changed in HOME/tls/domains (NULL: nobody) */
     void (*certs_changed)(void *ctx);
     void *certs_ctx;
+    /* Several skiffds on one store: the leader records its instances' states there
+     * (api_core_record_instances), and a skiffd that runs none of an app's instances shows
+     * the record of the cell that leads now (NULL: the embedded store, nothing recorded). */
+    bool (*cell_leads)(void *ctx, const char *cell_id);
+    void *cell_ctx;
+    const char *cell_id; /* this skiffd's cell (copied): each instance says where it runs */
 };
 
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out);
 /* Cancels stagings in progress (their requests get a failure line and end). */
 void api_core_shutdown(struct api_core *core);
 void api_core_free(struct api_core *core);
-
+/* The store may have changed under this skiffd (another one on a shared store wrote it): what
+ * the core keeps from it (the app list) is read again on its next use. */
+void api_core_store_changed(struct api_core *core);
+/* The leader, once a tick: the instances of every app whose instances changed since the last
+ * call are written to the store as this cell's record (an app with none: its record goes).
+ * Not leading: nothing is written, and the changes are forgotten. */
+void api_core_record_instances(struct api_core *core, bool leading);
 
 #endif

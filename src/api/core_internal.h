@@ -28,7 +28,12 @@ struct api_core {
     uint64_t apps_cache_instance_changes;
     struct api_core_ssh *ssh; /* ssh.c: the sessions open */
     struct api_core_images_gc *images_gc; /* images_gc.c; NULL without containers */
+    char (*touched)[37]; /* apps whose instances changed since the last record (guids) */
+    size_t ntouched;
 };
+
+/* The instances the scheduler runs here for the app, as GET /v1/apps/NAME shows them. */
+json_t *api_core__instances_detail(struct api_core *core, const char *app_guid);
 
 void api_core__routes_changed(struct api_core *core);
 struct buf;

@@ -120,6 +120,16 @@ static void tenancy__fail(struct api_request *req, int rc, const char *what)
         api_respond_error(req, rc, "the store failed: %s (see skiffd's log)", skiff_strerror(rc));
 }
 
+/* A user by name or guid; one made through another skiffd on a shared store a moment ago is
+ * found too (auth_catch_up_user on a miss). */
+static const struct auth_user *tenancy__user_named(struct api_tenancy *t, const char *name)
+{
+    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    if (!u && auth_catch_up_user(tenancy__auth(t), name))
+        u = auth_user_find(tenancy__auth(t), name);
+    return u;
+}
+
 /* The principal's user, or NULL (the local admin token has none). */
 static const struct auth_user *tenancy__me(struct api_tenancy *t, struct api_request *req)
 {
@@ -320,7 +330,14 @@ static void tenancy__token(struct api_request *req, void *ctx)
     }
     struct tenancy_job *j = xcalloc(1, sizeof *j);
     j->kind = JOB_LOGIN;
-    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    const struct auth_user *u = tenancy__user_named(t, name);
+    if (u && !strcmp(u->name, name)) {
+        /* its password may have changed through another skiffd on a shared store */
+        char guid[AUTH_GUID_LEN + 1];
+        snprintf(guid, sizeof guid, "%s", u->guid);
+        auth_user_reread(tenancy__auth(t), guid);
+        u = auth_user_find(tenancy__auth(t), guid);
+    }
     /* by name only: a guid is no user name */
     if (u && !strcmp(u->name, name)) {
         j->hash = xstrdup(u->password_hash);
@@ -428,7 +445,7 @@ static void tenancy__users_create(struct api_request *req, void *ctx)
         json_decref(body);
         return;
     }
-    if (auth_user_find(tenancy__auth(t), name)) {
+    if (tenancy__user_named(t, name)) {
         api_respond_error(req, SKIFF_E_NAME_TAKEN, "user \"%s\" exists already", name);
         json_decref(body);
         return;
@@ -452,7 +469,7 @@ static void tenancy__users_delete(struct api_request *req, void *ctx)
 {
     struct api_tenancy *t = ctx;
     const char *name = api_request_param(req, 0);
-    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    const struct auth_user *u = tenancy__user_named(t, name);
     char what[AUTH_NAME_MAX + 16];
     snprintf(what, sizeof what, "user \"%s\"", name);
     if (!u) {
@@ -473,7 +490,7 @@ static void tenancy__password(struct api_request *req, void *ctx)
     struct api_tenancy *t = ctx;
     const struct auth_principal *p = api_request_principal(req);
     const char *name = api_request_param(req, 0);
-    const struct auth_user *u = auth_user_find(tenancy__auth(t), name);
+    const struct auth_user *u = tenancy__user_named(t, name);
     const struct auth_user *me = tenancy__me(t, req);
     bool admin = p->admin || p->kind == AUTH_LOCAL_ADMIN;
     /* only the user, or an admin: anyone else is told there is no such user */
@@ -910,7 +927,7 @@ static void tenancy__role_change(struct api_request *req, struct api_tenancy *t,
     struct auth *a = tenancy__auth(t);
     const char *user_name = api_request_param(req, first);
     const char *role_name = api_request_param(req, first + 1);
-    const struct auth_user *u = auth_user_find(a, user_name);
+    const struct auth_user *u = tenancy__user_named(t, user_name);
     int role = auth_role_parse(role_name);
     if (!u) {
         api_respond_error(req, SKIFF_E_NOT_FOUND, "no user \"%s\"", user_name);

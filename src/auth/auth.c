@@ -43,6 +43,8 @@ struct auth {
     size_t n_tokens;
     struct auth_quota *quotas;
     size_t n_quotas;
+    bool shared;      /* other skiffds write the same store (auth_set_shared) */
+    char *generation; /* the AUTH_DOC_GENERATION read at the last auth_catch_up */
 };
 
 static void auth__copy(char *dst, size_t size, const char *src)
@@ -213,6 +215,35 @@ bool auth_password_verify(const char *hash, const char *password)
 #define AUTH_DOC_ROLE "auth.role"
 #define AUTH_DOC_TOKEN "auth.token"
 #define AUTH_DOC_QUOTA "auth.quota"
+/* Indexes for other skiffds on a shared store, so that a miss there costs one keyed read:
+ * a token's hash (hex) and a user's name, each to the guid. */
+#define AUTH_DOC_TOKEN_HASH "auth.token.hash"
+#define AUTH_DOC_USER_NAME "auth.user.name"
+/* One document, rewritten with a new random value after every change other than a token made
+ * (those are found by their hash), so that the others read everything again only then. */
+#define AUTH_DOC_GENERATION "auth.generation"
+
+/* Tells the other skiffds on the store that something changed (auth_catch_up). */
+static void auth__changed(struct auth *a)
+{
+    if (!a->shared)
+        return;
+    char value[33];
+    random_hex(value, 16);
+    char *text = xasprintf("{\"generation\":\"%s\"}", value);
+    store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text);
+    free(text);
+}
+
+/* A record goes from the store (absent already is fine), and the others are told. */
+static int auth__delete(struct auth *a, const char *kind, const char *id)
+{
+    int rc = store_doc_delete(a->store, kind, id);
+    if (rc < 0 && rc != -ENOENT)
+        return -EIO;
+    auth__changed(a);
+    return 0;
+}
 
 static int auth__put(struct auth *a, const char *kind, const char *id, json_t *doc)
 {
@@ -222,15 +253,22 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
         return -ENOMEM;
     int rc = store_doc_put(a->store, kind, id, text);
     free(text);
-    return rc < 0 ? -EIO : 0;
+    if (rc < 0)
+        return -EIO;
+    if (strcmp(kind, AUTH_DOC_TOKEN) && strcmp(kind, AUTH_DOC_TOKEN_HASH))
+        auth__changed(a);
+    return 0;
 }
 
 static int auth__user_save(struct auth *a, const struct auth_user *u)
 {
-    return auth__put(a, AUTH_DOC_USER, u->guid,
-                     json_pack("{s:s, s:s, s:b, s:I}", "name", u->name, "password_hash",
-                               u->password_hash ? u->password_hash : "", "admin", u->admin,
-                               "created_at", (json_int_t)u->created_at));
+    int rc = auth__put(a, AUTH_DOC_USER, u->guid,
+                       json_pack("{s:s, s:s, s:b, s:I}", "name", u->name, "password_hash",
+                                 u->password_hash ? u->password_hash : "", "admin", u->admin,
+                                 "created_at", (json_int_t)u->created_at));
+    if (rc < 0)
+        return rc;
+    return auth__put(a, AUTH_DOC_USER_NAME, u->name, json_pack("{s:s}", "user", u->guid));
 }
 
 static int auth__org_save(struct auth *a, const struct auth_org *o)
@@ -304,9 +342,18 @@ static int auth__role_save(struct auth *a, const struct auth_role_row *r)
 static int auth__role_forget(struct auth *a, const struct auth_role_row *r)
 {
     char *id = auth__role_id(r);
-    int rc = store_doc_delete(a->store, AUTH_DOC_ROLE, id);
+    int rc = auth__delete(a, AUTH_DOC_ROLE, id);
     free(id);
-    return rc < 0 && rc != -ENOENT ? -EIO : 0;
+    return rc;
+}
+
+/* A token ends in the store: its record and its hash's index. */
+static int auth__token_forget(struct auth *a, const struct auth_token_row *t)
+{
+    char hex[2 * AUTH_HASH_BYTES + 1];
+    sodium_bin2hex(hex, sizeof hex, t->hash, sizeof t->hash);
+    store_doc_delete(a->store, AUTH_DOC_TOKEN_HASH, hex); /* absent for older tokens */
+    return auth__delete(a, AUTH_DOC_TOKEN, t->info.guid);
 }
 
 static int auth__token_save(struct auth *a, const struct auth_token_row *t)
@@ -314,6 +361,9 @@ static int auth__token_save(struct auth *a, const struct auth_token_row *t)
     static const char *const kinds[] = {"access", "refresh", "api"};
     char hex[2 * AUTH_HASH_BYTES + 1];
     sodium_bin2hex(hex, sizeof hex, t->hash, sizeof t->hash);
+    int rc = auth__put(a, AUTH_DOC_TOKEN_HASH, hex, json_pack("{s:s}", "token", t->info.guid));
+    if (rc < 0)
+        return rc;
     return auth__put(a, AUTH_DOC_TOKEN, t->info.guid,
                      json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I}", "hash", hex, "user",
                                t->info.user_guid, "kind", kinds[t->info.kind], "name",
@@ -549,7 +599,7 @@ int auth_user_create(struct auth *a, const char *name, const char *password_hash
 {
     if (!auth_user_name_valid(name))
         return -EINVAL;
-    if (auth_user_find(a, name))
+    if (auth_user_find(a, name) || (auth_catch_up_user(a, name) && auth_user_find(a, name)))
         return -EEXIST;
     struct auth_user u = {0};
     uuid_generate_v4(u.guid);
@@ -576,7 +626,7 @@ static void auth__tokens_end_where(struct auth *a, const char *user_guid, const 
     for (size_t i = 0; i < a->n_tokens; i++) {
         struct auth_token_row *t = &a->tokens[i];
         if (!strcmp(t->info.user_guid, user_guid) && !(keep && !strcmp(t->info.guid, keep))) {
-            store_doc_delete(a->store, AUTH_DOC_TOKEN, t->info.guid);
+            auth__token_forget(a, t);
             continue;
         }
         a->tokens[w++] = *t;
@@ -589,8 +639,9 @@ int auth_user_delete(struct auth *a, const char *guid)
     const struct auth_user *u = auth_user_find(a, guid);
     if (!u || strcmp(u->guid, guid))
         return -ENOENT;
-    if (store_doc_delete(a->store, AUTH_DOC_USER, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_USER, guid) < 0)
         return -EIO;
+    store_doc_delete(a->store, AUTH_DOC_USER_NAME, u->name);
     size_t w = 0;
     for (size_t i = 0; i < a->n_roles; i++) {
         if (!strcmp(a->roles[i].user_guid, guid)) {
@@ -733,14 +784,14 @@ int auth_space_delete(struct auth *a, const char *guid)
     const struct auth_space *s = auth_space_get(a, guid);
     if (!s)
         return -ENOENT;
-    if (store_doc_delete(a->store, AUTH_DOC_SPACE, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_SPACE, guid) < 0)
         return -EIO;
     auth__roles_drop(a, NULL, guid);
     /* tokens limited to the space are of no use any more */
     size_t w = 0;
     for (size_t i = 0; i < a->n_tokens; i++) {
         if (!strcmp(a->tokens[i].info.space_guid, guid)) {
-            store_doc_delete(a->store, AUTH_DOC_TOKEN, a->tokens[i].info.guid);
+            auth__token_forget(a, &a->tokens[i]);
             continue;
         }
         a->tokens[w++] = a->tokens[i];
@@ -763,7 +814,7 @@ int auth_org_delete(struct auth *a, const char *guid)
             if (rc < 0)
                 return rc;
         }
-    if (store_doc_delete(a->store, AUTH_DOC_ORG, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_ORG, guid) < 0)
         return -EIO;
     auth__roles_drop(a, guid, NULL);
     o = auth_org_find(a, guid);
@@ -834,7 +885,7 @@ int auth_quota_delete(struct auth *a, const char *guid)
     for (size_t i = 0; i < a->n_spaces; i++)
         if (!strcmp(a->spaces[i].quota_guid, guid))
             auth_space_set_quota(a, a->spaces[i].guid, NULL);
-    if (store_doc_delete(a->store, AUTH_DOC_QUOTA, guid) < 0)
+    if (auth__delete(a, AUTH_DOC_QUOTA, guid) < 0)
         return -EIO;
     size_t idx = (size_t)(q - a->quotas);
     a->quotas[idx] = a->quotas[--a->n_quotas];
@@ -1065,6 +1116,8 @@ void auth_user_roles_each(const struct auth *a, const char *user_guid,
 
 static const char *const auth__token_prefix[] = {"skiffa_", "skiffr_", "skifft_"};
 
+static bool auth__catch_up_token(struct auth *a, const char *text);
+
 static void auth__hash(const char *text, unsigned char hash[AUTH_HASH_BYTES])
 {
     crypto_generichash(hash, AUTH_HASH_BYTES, (const unsigned char *)text, strlen(text), NULL, 0);
@@ -1078,7 +1131,7 @@ static void auth__tokens_prune(struct auth *a)
     for (size_t i = 0; i < a->n_tokens; i++) {
         struct auth_token_row *t = &a->tokens[i];
         if (t->info.expires_at && t->info.expires_at <= now) {
-            store_doc_delete(a->store, AUTH_DOC_TOKEN, t->info.guid);
+            auth__token_forget(a, t);
             continue;
         }
         a->tokens[w++] = *t;
@@ -1165,6 +1218,8 @@ int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_
                  char access[AUTH_TOKEN_TEXT_MAX], char refresh[AUTH_TOKEN_TEXT_MAX])
 {
     struct auth_token_row *t = auth__token_by_text(a, refresh_token);
+    if (!t && auth__catch_up_token(a, refresh_token))
+        t = auth__token_by_text(a, refresh_token);
     if (!t || t->info.kind != AUTH_TOKEN_REFRESH ||
         (t->info.expires_at && t->info.expires_at <= time_now_ms()) ||
         !auth_user_find(a, t->info.user_guid))
@@ -1201,8 +1256,7 @@ int auth_token_revoke(struct auth *a, const char *guid)
     for (size_t i = 0; i < a->n_tokens; i++) {
         if (strcmp(a->tokens[i].info.guid, guid))
             continue;
-        int rc = store_doc_delete(a->store, AUTH_DOC_TOKEN, guid);
-        if (rc < 0 && rc != -ENOENT)
+        if (auth__token_forget(a, &a->tokens[i]) < 0)
             return -EIO;
         memmove(&a->tokens[i], &a->tokens[i + 1], (a->n_tokens - i - 1) * sizeof *a->tokens);
         a->n_tokens--;
@@ -1264,12 +1318,60 @@ void auth_token_each(const struct auth *a, const char *user_guid,
     free(mine);
 }
 
+/* Whether the store holds what this skiffd missed (one keyed read): then it reads
+ * everything again, so a miss costs a reload only when something new is there. */
+static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
+{
+    if (!a->shared)
+        return false;
+    char *json = NULL;
+    if (store_doc_get(a->store, kind, id, &json) < 0)
+        return false;
+    free(json);
+    return auth_reload(a) == 0;
+}
+
+static bool auth__catch_up_token(struct auth *a, const char *text)
+{
+    unsigned char hash[AUTH_HASH_BYTES];
+    char hex[2 * AUTH_HASH_BYTES + 1];
+    auth__hash(text, hash);
+    sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
+    return auth__catch_up(a, AUTH_DOC_TOKEN_HASH, hex);
+}
+
+bool auth_catch_up_user(struct auth *a, const char *name)
+{
+    return auth_user_name_valid(name) && auth__catch_up(a, AUTH_DOC_USER_NAME, name);
+}
+
+int auth_user_reread(struct auth *a, const char *guid)
+{
+    const struct auth_user *u = auth_user_find(a, guid);
+    if (!a->shared || !u)
+        return 0;
+    char *json = NULL;
+    int rc = store_doc_get(a->store, AUTH_DOC_USER, guid, &json);
+    if (rc == -ENOENT)
+        return auth_reload(a); /* deleted through another skiffd */
+    if (rc < 0)
+        return -EIO;
+    json_t *o = json_loads(json, 0, NULL);
+    free(json);
+    const char *hash = json_string_value(json_object_get(o, "password_hash"));
+    bool same = hash && u->password_hash && !strcmp(hash, u->password_hash);
+    json_decref(o);
+    return same ? 0 : auth_reload(a); /* a new password, and the user's tokens ended */
+}
+
 int auth_authenticate(struct auth *a, const char *token, struct auth_principal *out)
 {
     if (!token || (strncmp(token, auth__token_prefix[AUTH_TOKEN_ACCESS], 7) &&
                    strncmp(token, auth__token_prefix[AUTH_TOKEN_API], 7)))
         return -ENOENT;
     const struct auth_token_row *t = auth__token_by_text(a, token);
+    if (!t && auth__catch_up_token(a, token))
+        t = auth__token_by_text(a, token);
     if (!t || t->info.kind == AUTH_TOKEN_REFRESH ||
         (t->info.expires_at && t->info.expires_at <= time_now_ms()))
         return -ENOENT;
@@ -1391,22 +1493,19 @@ bool auth_can_see_org(const struct auth *a, const struct auth_principal *p,
 
 /* ---- opening ------------------------------------------------------------------------------- */
 
-int auth_open(struct store *st, char **new_admin_password, struct auth **out)
+/* Everything auth keeps, read from the store and indexed; NULL when the store failed. */
+static struct auth *auth__load(struct store *st)
 {
-    if (sodium_init() < 0)
-        return -ENOMEM;
-    *new_admin_password = NULL;
     struct auth *a = xcalloc(1, sizeof *a);
     a->store = st;
-    int rc = 0;
     if (store_doc_each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
         store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
         store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
         store_doc_each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
         store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
         store_doc_each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
-        rc = -EIO;
-        goto fail;
+        auth_free(a);
+        return NULL;
     }
     if (a->n_users)
         qsort(a->users, a->n_users, sizeof *a->users, auth__cmp_user);
@@ -1418,6 +1517,67 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
         qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
     if (a->n_tokens)
         qsort(a->tokens, a->n_tokens, sizeof *a->tokens, auth__cmp_token_hash);
+    return a;
+}
+
+/* The contents of a and b change places (the store and the setting stay). */
+static void auth__swap(struct auth *a, struct auth *b)
+{
+    struct auth t = *a;
+    *a = *b;
+    *b = t;
+    a->store = t.store;
+    a->shared = t.shared;
+    a->generation = t.generation;
+    b->generation = NULL;
+}
+
+int auth_reload(struct auth *a)
+{
+    struct auth *fresh = auth__load(a->store);
+    if (!fresh)
+        return -EIO;
+    auth__swap(a, fresh);
+    auth_free(fresh); /* what was in memory before */
+    return 0;
+}
+
+int auth_catch_up(struct auth *a)
+{
+    char *text = NULL;
+    int rc = store_doc_get(a->store, AUTH_DOC_GENERATION, "auth", &text);
+    if (rc == -ENOENT)
+        text = xstrdup("");
+    else if (rc < 0)
+        return -EIO;
+    if (a->generation && !strcmp(a->generation, text)) {
+        free(text);
+        return 0;
+    }
+    rc = auth_reload(a); /* what changes after the read above is seen at the next call */
+    if (rc == 0) {
+        free(a->generation);
+        a->generation = text;
+        return 1;
+    }
+    free(text);
+    return rc;
+}
+
+void auth_set_shared(struct auth *a, bool shared)
+{
+    a->shared = shared;
+}
+
+int auth_open(struct store *st, char **new_admin_password, struct auth **out)
+{
+    if (sodium_init() < 0)
+        return -ENOMEM;
+    *new_admin_password = NULL;
+    struct auth *a = auth__load(st);
+    if (!a)
+        return -EIO;
+    int rc = 0;
     if (a->n_orgs == 0) {
         if ((rc = auth__org_add(a, AUTH_DEFAULT_ORG_GUID, "default", NULL)) < 0 ||
             (rc = auth__space_add(a, AUTH_DEFAULT_SPACE_GUID, AUTH_DEFAULT_ORG_GUID, "dev",
@@ -1464,6 +1624,7 @@ void auth_free(struct auth *a)
     free(a->spaces);
     free(a->roles);
     free(a->quotas);
+    free(a->generation);
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
     free(a);

@@ -181,6 +181,26 @@ struct auth_token_info {
 int auth_open(struct store *st, char **new_admin_password, struct auth **out);
 void auth_free(struct auth *a);
 
+/* Several skiffds on one store (PostgreSQL): what another one wrote (users, passwords, roles,
+ * orgs, spaces, quotas, tokens made or ended) is seen here after auth_reload, which reads
+ * everything again and replaces what is in memory (pointers from lookups are invalid after
+ * it; on -EIO nothing changed). With shared set, every change but a token made also writes
+ * a new value into one generation record, and auth_catch_up (skiffd calls it once a second)
+ * reads that record and reloads only when it changed: 1, reloaded; 0, nothing new; -EIO.
+ * With shared set, a miss
+ * looks in the store first, by key (one read): a bearer or refresh token (auth_authenticate,
+ * auth_refresh) or a user name (auth_catch_up_user, auth_user_create) that another skiffd
+ * made is found at once, and a made-up one costs that one read. */
+int auth_reload(struct auth *a);
+int auth_catch_up(struct auth *a);
+void auth_set_shared(struct auth *a, bool shared);
+/* Whether the store holds a user of that name this skiffd did not know; it has reloaded
+ * then (look again). */
+bool auth_catch_up_user(struct auth *a, const char *name);
+/* Before a login: the user's record is read again (one read), and everything reloaded when its
+ * password changed or it was deleted through another skiffd. 0, or -EIO. */
+int auth_user_reread(struct auth *a, const char *guid);
+
 /* ---- passwords (any thread) ---------------------------------------------------------------- */
 
 /* 0, or -EINVAL when the password's length is out of bounds, -ENOMEM when hashing fails. */

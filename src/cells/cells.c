@@ -209,6 +209,18 @@ static json_t *cells__entry(const char *id, const char *text, int64_t now)
     return e;
 }
 
+bool cells_leads(struct cells *c, const char *id)
+{
+    char *text = NULL;
+    if (!id || !*id || store_doc_get(c->store, CELLS_KIND, id, &text) < 0)
+        return false;
+    json_t *e = cells__entry(id, text, time_now_ms());
+    free(text);
+    bool leads = e && json_is_true(json_object_get(e, "leader"));
+    json_decref(e);
+    return leads;
+}
+
 struct cells__list {
     json_t *cells;
     int64_t now;

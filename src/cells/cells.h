@@ -46,6 +46,8 @@ void cells_register(struct cells *c, struct api *api);
 /* Records a heartbeat now (e.g. when leading changed). */
 void cells_beat(struct cells *c);
 const char *cells_id(const struct cells *c);
+/* Whether the cell of that id is up and says it leads (its last heartbeat, one store read). */
+bool cells_leads(struct cells *c, const char *id);
 /* Stops the heartbeats (the handle closes on the loop); then cells_free. */
 void cells_close(struct cells *c);
 void cells_free(struct cells *c);

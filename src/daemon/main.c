@@ -73,6 +73,7 @@ struct daemon {
     struct leader *leader;
     bool leading_decided; /* the leader said once whether this skiffd leads */
     uv_timer_t resync;    /* while leading a shared store: other skiffds' writes converged */
+    uv_timer_t catch_up;  /* on a shared store, leading or not: other skiffds' writes seen */
     struct cells *cells;  /* this skiffd's heartbeats, GET /v1/cells */
     uv_signal_t sigterm, sigint, sigusr2, sighup;
     bool stopping;
@@ -384,6 +385,7 @@ static void daemon_stop(struct daemon *d)
         leader_close(d->leader, NULL, NULL);
     cells_close(d->cells);
     uv_timer_stop(&d->resync);
+    uv_timer_stop(&d->catch_up);
     if (d->store_feed_on) { /* no convergence of other skiffds' changes while stopping */
         uv_close((uv_handle_t *)&d->store_feed, NULL);
         d->store_feed_on = false;
@@ -639,6 +641,36 @@ static void daemon_on_resync(uv_timer_t *t)
         return;
     scheduler_resync(d->sched);
     bus_routes_changed(d->bus);
+}
+
+/* Every skiffd on a shared store, leading or not, once a DAEMON_RESYNC_MS: what other skiffds
+ * wrote becomes what this one's API answers with. Users, roles and tokens are read again when
+ * they changed (a token ended or a password changed through another skiffd is refused here
+ * from then on), the API's cached app list is dropped, and the leader records its instances. */
+static void daemon_on_catch_up(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    if (d->stopping)
+        return;
+    int64_t began = time_mono_ms();
+    int rc = auth_catch_up(d->auth);
+    if (rc > 0)
+        log_msg(LOG_DEBUG, "users, roles and tokens changed: read again from the store in %lld ms",
+                (long long)(time_mono_ms() - began));
+    if (rc < 0)
+        log_warning("cannot read users and tokens again from the store: this skiffd keeps "
+                    "what it read before and tries again in %d ms",
+                    DAEMON_RESYNC_MS);
+    if (d->core) {
+        api_core_store_changed(d->core);
+        api_core_record_instances(d->core, daemon_leading(d));
+    }
+}
+
+static bool daemon_cell_leads(void *ctx, const char *cell_id)
+{
+    struct daemon *d = ctx;
+    return cells_leads(d->cells, cell_id);
 }
 
 /* The one place that says what leading changes: the scheduler first (it stops or starts
@@ -1083,6 +1115,12 @@ int main(int argc, char **argv)
         scheduler_set_leading(d.sched, false);
     uv_timer_init(d.loop, &d.resync);
     d.resync.data = &d;
+    uv_timer_init(d.loop, &d.catch_up);
+    d.catch_up.data = &d;
+    if (shared_store) {
+        auth_set_shared(d.auth, true);
+        uv_timer_start(&d.catch_up, daemon_on_catch_up, DAEMON_RESYNC_MS, DAEMON_RESYNC_MS);
+    }
     rc = cells_start(
         d.loop,
         &(struct cells_config){.home = d.home,
@@ -1168,6 +1206,9 @@ int main(int argc, char **argv)
         .routes_ctx = d.bus,
         .certs_changed = bus_certs_changed_cb,
         .certs_ctx = d.bus,
+        .cell_leads = shared_store ? daemon_cell_leads : NULL,
+        .cell_ctx = &d,
+        .cell_id = cells_id(d.cells),
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {
@@ -1279,6 +1320,7 @@ fail:
             leader_close(d.leader, NULL, NULL);
         cells_close(d.cells);
         uv_timer_stop(&d.resync);
+        uv_timer_stop(&d.catch_up);
         if (d.core)
             api_core_shutdown(d.core);
         if (d.svc)

@@ -46,10 +46,11 @@ def psql(pg_dir, sql):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
-def skiffd(pg_dir, zone):
+def skiffd(pg_dir, zone, heartbeat_ms=HEARTBEAT_MS, more_args=()):
     url = f"postgresql://postgres@/postgres?host={pg_dir}"
-    return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone],
-                    extra_env={"SKIFF_CELL_HEARTBEAT_MS": str(HEARTBEAT_MS),
+    return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone,
+                                *more_args],
+                    extra_env={"SKIFF_CELL_HEARTBEAT_MS": str(heartbeat_ms),
                                "SKIFF_PREWARM": "0"})
 
 
@@ -64,10 +65,13 @@ def leading(p):
 
 
 def running_here(p, name):
-    """The RUNNING web instances this skiffd's scheduler runs for the app."""
+    """The RUNNING web instances this skiffd's scheduler runs for the app (any skiffd shows
+    the leader's: each instance names its cell)."""
     status, app = p.api("GET", f"/v1/apps/{name}")
     assert status == 200, app
-    return [i for i in app.get("instances_detail", []) if i.get("state") == "RUNNING"]
+    here = cells(p)["this_cell"]
+    return [i for i in app.get("instances_detail", [])
+            if i.get("state") == "RUNNING" and i.get("cell") == here]
 
 
 def serves(p, name, host=None):
@@ -206,13 +210,102 @@ def test_cells_is_for_the_platform_admin_only(pair):
     status, body = b.api("GET", "/v1/cells", token=tok["access_token"])
     assert status == 403, body
     assert "cells" not in body, body
-    # (each skiffd keeps users and tokens in memory, loaded at its start: a token made by b is
-    # unknown to a, src/daemon/README.md)
+    # a token made through b is a user's token on a too, with the same limits
+    status, body = a.api("GET", "/v1/cells", token=tok["access_token"])
+    assert status == 403, body
     for p in (a, b):
         status, body = p.api("GET", "/v1/cells", token=False)
         assert status == 401, body
         status, body = p.api("GET", "/v1/cells", token="skiffa_forged")
         assert status == 401, body
+
+
+def test_skiff_push_through_a_follower_waits_for_the_leaders_instances(pair):
+    a, b = pair
+    # the real CLI, through the follower: it waits until the leader's instance is RUNNING
+    r = b.cli("push", "viab", "-p", os.path.join(ROOT, "examples", "python-web"), timeout=300)
+    assert r.returncode == 0, out(r)
+    assert "viab is running: 1 of 1 instances" in r.stdout, out(r)
+    status, _ = http_get(a.router_url + "/", host="viab.localhost")
+    assert status == 200
+    # the follower shows the instance the leader runs, as the leader does
+    status, app = b.api("GET", "/v1/apps/viab")
+    assert status == 200, app
+    mine = [i["guid"] for i in running_here(a, "viab")]
+    assert [i["guid"] for i in app["instances_detail"]] == mine, (app, mine)
+    assert running_here(b, "viab") == [], app
+    assert app["running"] == 1, app
+    # stopped through the follower: the leader's record of the instance goes with it
+    assert b.api("POST", "/v1/apps/viab/stop")[0] == 200
+    wait_for(lambda: b.api("GET", "/v1/apps/viab")[1]["instances_detail"] == [], 15,
+             "the follower to show no instance once the leader stopped it")
+
+
+# src/daemon/main.c: every skiffd on a shared store reads users and tokens again once a second
+# (DAEMON_RESYNC_MS); a revocation is refused by the others within that, plus the reading.
+REVOKE_BOUND_S = 2.0
+
+
+def login(p, name, password):
+    return p.api("POST", "/v1/auth/token", {"grant_type": "password", "username": name,
+                                            "password": password}, token=False)
+
+
+def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
+    a, b = pair
+    assert a.api("POST", "/v1/users", {"name": "dev2", "password": "first password ok"})[0] == 201
+    # at once through b: a token b does not know makes it read the store
+    status, tok = login(b, "dev2", "first password ok")
+    assert status == 200, tok
+    access = tok["access_token"]
+    assert a.api("GET", "/v1/orgs", token=access)[0] == 200
+    assert b.api("GET", "/v1/orgs", token=access)[0] == 200
+    # a user made through a cannot be made again through b
+    status, body = b.api("POST", "/v1/users", {"name": "dev2", "password": "another one ok"})
+    assert status == 409, body
+    # a role given through b for a user made through a
+    assert b.api("PUT", "/v1/orgs/default/spaces/dev/users/dev2/roles/SpaceAuditor")[0] == 204
+    # an API token made through a works through b, and a refresh token made through b on a
+    status, made = a.api("POST", "/v1/tokens", {"name": "ci"}, token=access)
+    assert status == 201, made
+    assert b.api("GET", "/v1/orgs", token=made["token"])[0] == 200
+    status, again = a.api("POST", "/v1/auth/token", {"grant_type": "refresh_token",
+                                                     "refresh_token": tok["refresh_token"]},
+                          token=False)
+    assert status == 200, again
+
+    # revoked through a: refused by b within the bound (b had it in memory)
+    assert a.api("DELETE", "/v1/tokens/ci", token=access)[0] == 204
+    revoked = time.monotonic()
+    wait_for(lambda: b.api("GET", "/v1/orgs", token=made["token"])[0] == 401, REVOKE_BOUND_S,
+             "the token revoked through a to be refused by b")
+    print(f"a token revoked through one skiffd was refused by the other after "
+          f"{time.monotonic() - revoked:.2f} s")
+    assert a.api("GET", "/v1/orgs", token=made["token"])[0] == 401
+    # a refresh token used once through a is not good again through b
+    status, body = b.api("POST", "/v1/auth/token", {"grant_type": "refresh_token",
+                                                    "refresh_token": tok["refresh_token"]},
+                         token=False)
+    assert status == 401, body
+
+    # a new password through b: the old one and the user's other tokens end on a too
+    access2 = again["access_token"]
+    assert a.api("GET", "/v1/orgs", token=access2)[0] == 200
+    status, body = b.api("PUT", "/v1/users/dev2/password", {"password": "second password ok"})
+    assert status == 204, body
+    changed = time.monotonic()
+    wait_for(lambda: a.api("GET", "/v1/orgs", token=access2)[0] == 401, REVOKE_BOUND_S,
+             "a's copy of the user's token to end with the new password")
+    assert login(a, "dev2", "first password ok")[0] == 401
+    assert time.monotonic() - changed < REVOKE_BOUND_S + 1
+    assert login(a, "dev2", "second password ok")[0] == 200
+    # a user deleted through a is gone on b, and its tokens with it
+    status, tok3 = login(b, "dev2", "second password ok")
+    assert status == 200, tok3
+    assert a.api("DELETE", "/v1/users/dev2")[0] == 204
+    wait_for(lambda: b.api("GET", "/v1/orgs", token=tok3["access_token"])[0] == 401,
+             REVOKE_BOUND_S, "the deleted user's token to be refused by b")
+    assert login(b, "dev2", "second password ok")[0] == 401
 
 
 def test_a_skiffd_on_the_embedded_store_always_leads(shared_platform):
@@ -233,6 +326,39 @@ def test_a_bad_zone_is_refused(tmp_path):
         assert "--zone" in p.output() and "is not a zone name" in p.output(), p.output()
     finally:
         p.close()
+
+
+def app_names(p):
+    status, body = p.api("GET", "/v1/apps")
+    assert status == 200, body
+    return {x["name"] for x in body["apps"]}
+
+
+def test_an_app_made_through_one_skiffd_is_listed_by_the_other(pg_dir):
+    # heartbeats far apart and no brokers to register, so that the follower writes nothing of
+    # its own that would drop its cached app list by chance: only catching up with the store
+    # (once a second) does
+    a = skiffd(pg_dir, "zone-a", 60000, ["--no-builtin-brokers"]).start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        b = skiffd(pg_dir, "zone-b", 60000, ["--no-builtin-brokers"]).start()
+        made.append(b)
+        assert "listed" not in app_names(b)  # b's list is cached now
+        assert app_names(b) == app_names(b)
+        assert a.api("PUT", "/v1/apps/listed", {"no_route": True})[0] in (200, 201)
+        made_at = time.monotonic()
+        wait_for(lambda: "listed" in app_names(b), 3, "b to list the app made through a")
+        print(f"an app made through one skiffd was listed by the other after "
+              f"{time.monotonic() - made_at:.2f} s")
+        assert b.api("DELETE", "/v1/apps/listed")[0] in (200, 204)
+        wait_for(lambda: "listed" not in app_names(a), 3, "a to drop the app deleted through b")
+        for p in made:
+            p.stop()
+            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+    finally:
+        for p in made:
+            p.close()
 
 
 def schedule_fires(p):

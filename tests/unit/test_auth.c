@@ -260,6 +260,70 @@ static void test_tokens(void **state)
     assert_int_equal(auth_authenticate(fx->auth, access2, &p), -ENOENT);
 }
 
+/* Two skiffds on one store, as on PostgreSQL: each holds a copy and catches up with the other. */
+static void test_two_copies_on_one_store_catch_up(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *st2 = NULL;
+    struct auth *b = NULL;
+    char err[256] = "";
+    assert_int_equal(store_open(fx->db, err, sizeof err, &st2), 0);
+    char *pw = NULL;
+    assert_int_equal(auth_open(st2, &pw, &b), 0);
+    assert_null(pw);
+    struct auth *a = fx->auth;
+    auth_set_shared(a, true);
+    auth_set_shared(b, true);
+    assert_int_equal(auth_catch_up(b), 1); /* the first call reads */
+    assert_int_equal(auth_catch_up(b), 0); /* nothing changed since */
+
+    /* a user made through a: unknown to b's copy, found by its name in one read */
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(a, "dev", hash, false, &u), 0);
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", u->guid);
+    assert_null(auth_user_find(b, "dev"));
+    assert_false(auth_catch_up_user(b, "nobody"));
+    assert_false(auth_catch_up_user(b, "../x"));
+    assert_true(auth_catch_up_user(b, "dev"));
+    assert_non_null(auth_user_find(b, "dev"));
+    /* the same name cannot be made through b */
+    assert_int_equal(auth_user_create(b, "dev", hash, false, NULL), -EEXIST);
+
+    /* a token made through a works through b at once; a made-up one does not */
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    assert_int_equal(auth_login(a, guid, access, refresh), 0);
+    struct auth_principal p;
+    assert_int_equal(auth_authenticate(b, access, &p), 0);
+    assert_string_equal(p.user_guid, guid);
+    assert_int_equal(auth_authenticate(b, "skiffa_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &p),
+                     -ENOENT);
+    assert_int_equal(auth_catch_up(b), 1); /* the user made through a moved the generation */
+    assert_int_equal(auth_catch_up(b), 0); /* a token made does not */
+
+    /* revoked through a: b's copy accepts it until b catches up, then refuses it */
+    assert_int_equal(auth_token_revoke_text(a, access), 0);
+    assert_int_equal(auth_authenticate(b, access, &p), 0);
+    assert_int_equal(auth_catch_up(b), 1);
+    assert_int_equal(auth_authenticate(b, access, &p), -ENOENT);
+    /* a refresh token used through a is not good again through b */
+    char user[AUTH_GUID_LEN + 1], access2[AUTH_TOKEN_TEXT_MAX], refresh2[AUTH_TOKEN_TEXT_MAX];
+    assert_int_equal(auth_refresh(a, refresh, user, access2, refresh2), 0);
+    assert_int_equal(auth_catch_up(b), 1);
+    char access3[AUTH_TOKEN_TEXT_MAX], refresh3[AUTH_TOKEN_TEXT_MAX];
+    assert_int_equal(auth_refresh(b, refresh, user, access3, refresh3), -ENOENT);
+    /* a new password through a ends the user's tokens on b too */
+    assert_int_equal(auth_authenticate(b, access2, &p), 0);
+    assert_int_equal(auth_user_set_password(a, guid, hash, NULL), 0);
+    assert_int_equal(auth_catch_up(b), 1);
+    assert_int_equal(auth_authenticate(b, access2, &p), -ENOENT);
+
+    auth_free(b);
+    store_close(st2);
+}
+
 static void test_role_names_round_trip(void **state)
 {
     (void)state;
@@ -280,6 +344,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_space_ssh_setting_is_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roles_decide_with_404_for_strangers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_copies_on_one_store_catch_up, setup, teardown),
         cmocka_unit_test(test_role_names_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
