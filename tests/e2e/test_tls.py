@@ -783,6 +783,93 @@ def test_another_orgs_developer_cannot_read_or_replace_a_domains_certificate(pla
         shutil.rmtree(sh.home, ignore_errors=True)
 
 
+def served_der(port, host):
+    """The certificate the router sends for SNI host (DER), whoever issued it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname=host) as s:
+            return s.getpeercert(binary_form=True)
+
+
+def test_delete_domain_cert_falls_back_to_the_default_at_once(platform_ca):
+    """The pair leaves the store and the router's home; new handshakes for the domain get the
+    default certificate, connections already open go on."""
+    p, ca = platform_ca
+    cert, key = ca.issue("gone.example.test", ["*.gone.example.test"])
+    ok(p, "create-domain", "gone.example.test", "--cert", cert, "--key", key)
+    path = os.path.join(p.home, "tls", "domains", "gone.example.test.pem")
+    wait_for(lambda: serial_for(p, ca, "www.gone.example.test"), 10, "the domain's certificate")
+    default = served_der(p.router_tls_port, "nothing-here.invalid")
+    assert served_der(p.router_tls_port, "www.gone.example.test") != default
+    old = tls_connect(p.router_tls_port, "www.gone.example.test", ca.pem)
+    assert https_get(old, "www.gone.example.test")[0] == 404
+
+    r = ok(p, "delete-domain-cert", "gone.example.test")
+    assert "default certificate" in r.stdout, r.stdout
+    assert not os.path.exists(path)
+    wait_for(lambda: served_der(p.router_tls_port, "www.gone.example.test") == default, 10,
+             "the default certificate for the domain")
+    assert https_get(old, "www.gone.example.test")[0] == 404  # the open connection goes on
+    old.close()
+    status, body = p.api("GET", "/v1/domains")
+    d = [d for d in body["domains"] if d["name"] == "gone.example.test"][0]
+    assert not d.get("certificate"), d
+    # a second removal says there is none; a domain that does not exist neither
+    r = p.cli("delete-domain-cert", "gone.example.test")
+    assert r.returncode == 1 and "has no certificate" in r.stderr, r.stderr
+    status, _ = p.api("DELETE", "/v1/domains/nowhere.test/certificate")
+    assert status == 404
+    # nothing of it is left in the router's home
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.startswith("gone.")]
+
+
+def test_another_orgs_developer_cannot_delete_a_domains_certificate(platform_ca):
+    p, ca = platform_ca
+    ok(p, "create-user", "eve", PASSWORD)
+    ok(p, "create-user", "vmgr", PASSWORD)
+    ok(p, "create-org", "target")
+    ok(p, "create-org", "attacker")
+    ok(p, "create-space", "s", "-o", "attacker")
+    ok(p, "set-space-role", "eve", "attacker", "s", "SpaceDeveloper")
+    ok(p, "set-org-role", "vmgr", "target", "OrgManager")
+    ok(p, "create-private-domain", "target", "target.test")
+    ok(p, "create-domain", "sharedgone.test")
+    cert, key = ca.issue("target.test", ["*.target.test"])
+    scert, skey = ca.issue("sharedgone.test", ["*.sharedgone.test"])
+    ok(p, "update-domain", "target.test", "--cert", cert, "--key", key)
+    ok(p, "update-domain", "sharedgone.test", "--cert", scert, "--key", skey)
+    good = wait_for(lambda: serial_for(p, ca, "www.target.test"), 10, "target's certificate")
+    path = os.path.join(p.home, "tls", "domains", "target.test.pem")
+    eve, mgr = Shell(p), Shell(p)
+    try:
+        for shell, user in ((eve, "eve"), (mgr, "vmgr")):
+            r = shell.run("login", "-a", p.api_url, "-u", user, "-p", PASSWORD)
+            assert r.returncode == 0, r.stderr
+        token = json.load(open(os.path.join(eve.home, ".skiff", "cli.json")))["token"]
+        for url in ("/v1/domains/target.test/certificate",
+                    "/v1/orgs/target/domains/target.test/certificate",
+                    "/v1/orgs/attacker/domains/target.test/certificate"):
+            status, body = p.api("DELETE", url, token=token)
+            assert status in (403, 404), (url, status, body)
+        r = eve.run("delete-domain-cert", "target.test")
+        assert r.returncode == 1, r.stdout
+        assert os.path.exists(path)
+        assert serial_for(p, ca, "www.target.test") == good
+        # the org's manager: its private domain, not a shared one
+        mtoken = json.load(open(os.path.join(mgr.home, ".skiff", "cli.json")))["token"]
+        status, _ = p.api("DELETE", "/v1/domains/sharedgone.test/certificate", token=mtoken)
+        assert status == 403
+        assert os.path.exists(os.path.join(p.home, "tls", "domains", "sharedgone.test.pem"))
+        r = mgr.run("delete-domain-cert", "target.test")
+        assert r.returncode == 0, r.stderr
+        assert not os.path.exists(path)
+    finally:
+        for sh in (eve, mgr):
+            shutil.rmtree(sh.home, ignore_errors=True)
+
+
 def test_domain_certificate_files_move_into_the_store_at_start(tmp_path):
     """A skiffd from before certificates were kept in the store wrote them to
     tls/domains/NAME.pem only: at start they move into the store (SQLite file 0600), and the
