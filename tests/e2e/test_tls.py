@@ -233,18 +233,70 @@ def s_client_status(port, host, cafile):
     return r.returncode, r.stdout
 
 
-def ocsp_responder(ca, port, *certs):
-    """`openssl ocsp` answering for the CA (it takes a port only; the router asks on loopback):
-    every cert good, nextUpdate 1 min on."""
+class LoopbackOcsp:
+    """An OCSP responder on 127.0.0.1 only (`openssl ocsp -port` takes a port and listens on
+    every address): a small HTTP server here, each POSTed request answered by `openssl ocsp
+    -reqin ... -respout ...` with the given index, signer and key."""
+
+    def __init__(self, port, index, ca, signer, signer_key):
+        import http.server
+        import threading
+        args = ["openssl", "ocsp", "-index", index, "-CA", ca, "-rsigner", signer,
+                "-rkey", signer_key, "-nmin", "1"]
+        folder = tempfile.mkdtemp(prefix="skiff-ocsp-")
+        self.folder = folder
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                req = os.path.join(folder, "req-%d.der" % threading.get_ident())
+                resp = req.replace("req-", "resp-")
+                with open(req, "wb") as f:
+                    f.write(body)
+                r = subprocess.run(args + ["-reqin", req, "-respout", resp],
+                                   capture_output=True, timeout=30)
+                data = open(resp, "rb").read() if r.returncode == 0 else b""
+                self.send_response(200 if data else 500)
+                self.send_header("Content-Type", "application/ocsp-response")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def host_addresses():
+    """This host's IPv4 addresses outside 127.0.0.0/8."""
+    r = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=10)
+    addrs = [line.split()[3].split("/")[0] for line in r.stdout.splitlines()
+             if len(line.split()) > 3]
+    return [a for a in addrs if not a.startswith("127.")]
+
+
+def ocsp_index(ca, *certs):
+    """An `openssl ocsp` index where every cert is good."""
     index = os.path.join(ca.dir, "index.txt")
     with open(index, "w") as f:
         for cert in certs:
             serial = openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1]
             f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
-    p = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
-                          "-rsigner", ca.pem, "-rkey", ca.key, "-CA", ca.pem, "-nmin", "1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return p
+    return index
+
+
+def ocsp_responder(ca, port, *certs):
+    """A responder for the CA on 127.0.0.1:port: every cert good, nextUpdate 1 min on."""
+    return LoopbackOcsp(port, ocsp_index(ca, *certs), ca.pem, ca.pem, ca.key)
 
 
 def this_update(text):
@@ -278,6 +330,10 @@ def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
             return text if rc == 0 and "Cert Status: good" in text else None
         text = wait_for(stapled, 20, "a stapled response")
         assert "OCSP Response Status: successful" in text
+        # the responder is on loopback alone: the host's other addresses refuse
+        for addr in host_addresses():
+            with pytest.raises(OSError):
+                socket.create_connection((addr, port), timeout=2).close()
         first = this_update(text)
         # fetched again before its nextUpdate (1 min): halfway there
         text = wait_for(lambda: (t := stapled()) and this_update(t) != first and t, 60,
@@ -286,8 +342,7 @@ def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
         rc, text = s_client_status(r.tls_port, "default.test", ca.pem)
         assert rc == 0 and "OCSP response: no response sent" in text, text
     finally:
-        responder.kill()
-        responder.wait()
+        responder.close()
 
 
 def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
@@ -302,14 +357,7 @@ def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
     with open(cert, "w") as f:
         f.write(open(leaf).read() + open(ca.pem).read())
     install(tls_env["home"], host, cert, key)
-    index = os.path.join(ca.dir, "index.txt")
-    serial = openssl("x509", "-in", leaf, "-noout", "-serial").strip().split("=")[1]
-    with open(index, "w") as f:
-        f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
-    responder = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
-                                  "-rsigner", rogue.pem, "-rkey", rogue.key, "-CA", ca.pem,
-                                  "-nmin", "1"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    responder = LoopbackOcsp(port, ocsp_index(ca, leaf), ca.pem, rogue.pem, rogue.key)
     try:
         r = start_router(tls_env, "--tls-ocsp-retry-ms", "1000")
         set_routes(tls_env, r, [host])
@@ -318,8 +366,7 @@ def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
         rc, text = s_client_status(r.tls_port, host, ca.pem)
         assert rc == 0 and "OCSP response: no response sent" in text, text
     finally:
-        responder.kill()
-        responder.wait()
+        responder.close()
 
 
 def test_rotation_without_restart_keeps_open_connections(tls_env):
