@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "api/core_internal.h"
 #include "auth/auth.h"
@@ -87,6 +88,22 @@ static int certs__domain_owned(struct api_core *core, const char *name, const ch
     return r;
 }
 
+/* Answers when the domain is not there for this request (or its store could not be read);
+ * true when it is. */
+static bool certs__found(struct api_request *req, struct api_core *core, const char *name,
+                         const char *org)
+{
+    int r = certs__domain_owned(core, name, org);
+    if (r == -EIO)
+        api_respond_error(req, r, "cannot read the domains: %s", skiff_strerror(r));
+    else if (r < 0)
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          org ? "the org has no private domain %s (see `skiff domains`)"
+                              : "there is no domain %s (see `skiff domains`)",
+                          name);
+    return r == 0;
+}
+
 /* The names must cover the domain itself or the hosts of its routes (a wildcard *.DOMAIN). */
 static int certs__check(const char *cert, size_t cert_len, const char *key, size_t key_len,
                         const char *name, struct tls_cert_info *info, char *err, size_t errsize)
@@ -129,18 +146,8 @@ static void certs__put(struct api_request *req, void *ctx)
         return;
     if (!api_json_check_fields(req, body, fields))
         goto done;
-    int r = certs__domain_owned(core, name, org);
-    if (r == -EIO) {
-        api_respond_error(req, r, "cannot read the domains: %s", skiff_strerror(r));
+    if (!certs__found(req, core, name, org))
         goto done;
-    }
-    if (r < 0) {
-        api_respond_error(req, SKIFF_E_NOT_FOUND,
-                          org ? "the org has no private domain %s (see `skiff domains`)"
-                              : "there is no domain %s (see `skiff domains`)",
-                          name);
-        goto done;
-    }
     json_t *cert = json_object_get(body, "cert"), *key = json_object_get(body, "key");
     if (!json_is_string(cert) || !json_is_string(key)) {
         api_respond_error(req, SKIFF_E_INVALID_VALUE,
@@ -161,8 +168,8 @@ static void certs__put(struct api_request *req, void *ctx)
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "cert and key are PEM text, without NUL");
         goto done;
     }
-    r = store_domain_cert_set(core->cfg.store, name, json_string_value(cert),
-                              json_string_value(key));
+    int r = store_domain_cert_set(core->cfg.store, name, json_string_value(cert),
+                                  json_string_value(key));
     if (r < 0) {
         api_respond_error(req, r, "cannot store the certificate: %s", skiff_strerror(r));
         goto done;
@@ -177,6 +184,40 @@ static void certs__put(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:s,s:o*}", "name", name, "certificate", out));
 done:
     certs__body_free(body);
+}
+
+/* DELETE /v1/domains/DOMAIN/certificate (the admin) and
+ * DELETE /v1/orgs/ORG/domains/DOMAIN/certificate (the org's managers): the pair leaves the
+ * store, this host's router's file goes, and the routers on NATS are told to remove theirs
+ * (bus.c); every router then answers the domain's names with the default certificate. */
+static void certs__delete(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    const char *org = api_request_org(req);
+    const char *name = api_request_param(req, org ? 1 : 0);
+    if (!certs__found(req, core, name, org))
+        return;
+    int r = store_domain_cert_delete(core->cfg.store, name);
+    if (r == -ENOENT) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          "the domain %s has no certificate of its own (it is served with the "
+                          "default one)",
+                          name);
+        return;
+    }
+    if (r < 0) {
+        api_respond_error(req, r, "cannot remove the certificate: %s", skiff_strerror(r));
+        return;
+    }
+    char *path = certs__path(core, name);
+    if (unlink(path) < 0 && errno != ENOENT)
+        log_error("cannot remove %s (%s's certificate, out of the store): %s", path, name,
+                  strerror(errno));
+    free(path);
+    if (core->cfg.certs_changed)
+        core->cfg.certs_changed(core->cfg.certs_ctx);
+    log_info("removed %s's certificate", name);
+    api_respond(req, 204, NULL, NULL, 0);
 }
 
 /* A pair file of a domain that has none in the store yet (written before certificates were
@@ -240,4 +281,8 @@ void api_core__certs_register(struct api_core *core)
                   certs__put, core);
     api_route_add(core->api, "PUT", "/v1/orgs/*/domains/*/certificate",
                   API_PERM(AUTH_PERM_ORG_MANAGE) | API_SCOPE_ORG, certs__put, core);
+    api_route_add(core->api, "DELETE", "/v1/domains/*/certificate", API_PERM(AUTH_PERM_ADMIN),
+                  certs__delete, core);
+    api_route_add(core->api, "DELETE", "/v1/orgs/*/domains/*/certificate",
+                  API_PERM(AUTH_PERM_ORG_MANAGE) | API_SCOPE_ORG, certs__delete, core);
 }

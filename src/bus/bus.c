@@ -140,6 +140,7 @@ struct bus_nats {
     struct bus_nats_router routers[BUS_NATS_MAX_ROUTERS];
     size_t n_routers;
     bool cleartext_logged; /* "no keys over cleartext NATS" said once */
+    json_t *cert_domains;  /* domain -> true: the pairs sent last (a removal is told once) */
     struct bus_nats_wait *waits;
     size_t n_waits;
 };
@@ -634,24 +635,48 @@ static void bus__nats_cert_publish(struct bus *bus, const char *domain, const ch
     free(text);
 }
 
+/* The domains sent before that are no longer in names: each router removes its copy
+ * ({"v":1,"domain":D,"removed":true}); what was sent is now names. */
+static void bus__nats_certs_removed(struct bus *bus, char **names)
+{
+    struct bus_nats *n = bus->nats;
+    json_t *now = json_object();
+    for (size_t i = 0; names && names[i]; i++)
+        json_object_set_new(now, names[i], json_true());
+    const char *domain;
+    json_t *was;
+    json_object_foreach(n->cert_domains, domain, was)
+    {
+        if (!json_object_get(now, domain))
+            bus__nats_publish_json(
+                bus, BUS_NATS_PREFIX "certs", NULL,
+                json_pack("{s:i,s:s,s:b}", "v", BUS_NATS_VERSION, "domain", domain, "removed", 1));
+    }
+    json_decref(n->cert_domains);
+    n->cert_domains = now;
+}
+
 /* Routers on NATS get every domain's certificate and key from the store, one message each,
  * then the notice to reload: only over TLS, since a key must never cross a network in the
- * clear (docs/bus.md "Domain certificates"). Over cleartext NATS the notice alone goes. */
+ * clear (docs/bus.md "Domain certificates"). A domain whose certificate was sent before and
+ * is gone from the store is removed first. Over cleartext NATS the notice alone goes. */
 static void bus__nats_certs(struct bus *bus)
 {
     struct bus_nats *n = bus->nats;
     char **names = NULL;
-    if (store_domain_cert_list(bus->store, &names) < 0)
+    bool send = natsconn_tls(n->conn);
+    if (store_domain_cert_list(bus->store, &names) < 0) {
         log_error("bus: cannot read the domain certificates for the routers on NATS");
-    bool send = names && names[0];
-    if (send && !natsconn_tls(n->conn)) {
-        if (!n->cleartext_logged)
-            log_warning("bus: domain certificates are not sent to routers on NATS: the "
-                        "connection to NATS is not TLS and keys never travel in the clear "
-                        "(give --nats-tls-ca FILE or tls:// URLs; docs/bus.md)");
-        n->cleartext_logged = true;
-        send = false;
+        send = false; /* nothing is taken for removed when the store could not say */
     }
+    if (!send && names && names[0] && !n->cleartext_logged) {
+        log_warning("bus: domain certificates are not sent to routers on NATS: the "
+                    "connection to NATS is not TLS and keys never travel in the clear "
+                    "(give --nats-tls-ca FILE or tls:// URLs; docs/bus.md)");
+        n->cleartext_logged = true;
+    }
+    if (send)
+        bus__nats_certs_removed(bus, names);
     for (size_t i = 0; send && names[i]; i++) {
         char *cert = NULL, *key = NULL;
         if (store_domain_cert_get(bus->store, names[i], &cert, &key) == 0) {
@@ -1006,6 +1031,7 @@ int bus_nats_start(struct bus *bus, const char *urls, const struct natsconn_secu
     n->announce_ms = announce_ms;
     n->ttl_ms = ttl_ms;
     n->announced = json_object();
+    n->cert_domains = json_object();
     n->routers_conn.bus = bus;
     n->routers_conn.id = ++bus->next_conn_id;
     bus->nats = n;
@@ -1069,6 +1095,7 @@ void bus_free(struct bus *bus)
         natsconn_close(bus->nats->conn); /* when bus_close was never called */
         free(bus->nats->table);
         json_decref(bus->nats->announced);
+        json_decref(bus->nats->cert_domains);
         free(bus->nats->drained_subject);
         free(bus->nats->waits);
         free(bus->nats);

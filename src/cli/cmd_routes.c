@@ -222,6 +222,28 @@ static int routes__domain_options(const struct cli_command *cmd, int argc, char 
     return cli_parse_options(cmd, argc, argv, opts, args, 1, 1);
 }
 
+/* The org of a private domain (*org NULL for a shared one): its certificate is set and
+ * removed through the org. 0, or an error already printed. */
+static int routes__domain_org(const char *domain, char **org)
+{
+    json_t *res = NULL;
+    if (cli_api("GET", "/v1/domains", NULL, &res) != 0)
+        return CLI_EXIT_ERROR;
+    bool found = false;
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(res, "domains"), i, d)
+    {
+        if (!strcmp(json_string_value(json_object_get(d, "name")) ?: "", domain)) {
+            found = true;
+            const char *o = json_string_value(json_object_get(d, "org"));
+            *org = o ? xstrdup(o) : NULL;
+        }
+    }
+    json_decref(res);
+    return found ? 0 : cli_error("there is no domain %s (see `skiff domains`)", domain);
+}
+
 int cli_cmd_update_domain(const struct cli_command *cmd, int argc, char **argv)
 {
     struct cli_args args;
@@ -231,27 +253,39 @@ int cli_cmd_update_domain(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     if (!cert || !key)
         return cli_usage_error(cmd, "update-domain needs --cert FILE and --key FILE");
-    /* a private domain's certificate is set through its org */
-    json_t *res = NULL;
-    if (cli_api("GET", "/v1/domains", NULL, &res) != 0)
+    char *org = NULL;
+    if (routes__domain_org(args.items[0], &org) != 0)
         return CLI_EXIT_ERROR;
-    const char *org = NULL;
-    bool found = false;
-    size_t i;
-    json_t *d;
-    json_array_foreach(json_object_get(res, "domains"), i, d)
-    {
-        if (!strcmp(json_string_value(json_object_get(d, "name")) ?: "", args.items[0])) {
-            found = true;
-            org = json_string_value(json_object_get(d, "org"));
-        }
-    }
-    if (!found) {
-        json_decref(res);
-        return cli_error("there is no domain %s (see `skiff domains`)", args.items[0]);
-    }
     rc = cli_domain_set_cert(args.items[0], org, cert, key);
-    json_decref(res);
+    free(org);
+    return rc;
+}
+
+int cli_cmd_delete_domain_cert(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *org = NULL;
+    if (routes__domain_org(args.items[0], &org) != 0)
+        return CLI_EXIT_ERROR;
+    char *d = cli_escape(args.items[0]), *o = org ? cli_escape(org) : NULL;
+    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s/certificate", o, d)
+                   : xasprintf("/v1/domains/%s/certificate", d);
+    json_t *res = NULL;
+    rc = cli_api("DELETE", path, NULL, &res);
+    bool printed = rc == 0 && cli_json_printed(res); /* it drops res */
+    if (rc == 0 && !printed)
+        printf("HTTPS on %s now uses the default certificate; the routers serve it to new "
+               "connections.\n",
+               args.items[0]);
+    if (!printed)
+        json_decref(res);
+    free(path);
+    free(d);
+    free(o);
+    free(org);
     return rc;
 }
 

@@ -216,6 +216,12 @@ const struct cli_command cli_core_commands[] = {
      "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"
      "  --key FILE    its PEM private key\n",
      cli_cmd_update_domain},
+    {"delete-domain-cert", "delete-domain-cert NAME",
+     "Remove a domain's own HTTPS certificate (the default one serves it again)",
+     "Removes the certificate and key from the store, from this host's router and from every\n"
+     "router on TLS NATS; new connections to NAME get the default certificate at once, open\n"
+     "ones keep theirs. A private domain's needs its OrgManager, a shared one's the admin.\n",
+     cli_cmd_delete_domain_cert},
     {"ssh", "ssh NAME [-i INDEX] [--process TYPE] [-c COMMAND] [-t|-T]",
      "Run a shell or a command inside a running instance",
      "Runs COMMAND (with /bin/sh -c), or a login shell without -c, inside the container of\n"

@@ -117,6 +117,7 @@ struct router_nats_msg {
     uint64_t drain_id;
     char domain[254]; /* CERTS with a pair: the domain ("" for the notice to reload alone) */
     json_t *pair;     /* CERTS with a pair: the message, its "cert" and "key" (a reference) */
+    bool removed;     /* CERTS: the domain's certificate left the store (no pair) */
 };
 /* Reads one message from skiffd on NATS: the subject decides its kind, the body must be a JSON
  * object with "v": ROUTER_NATS_VERSION and the kind's fields. 0 (kind UNKNOWN for a subject

@@ -80,9 +80,9 @@ static bool rn__pem(json_t *o, const char *key)
            strlen(json_string_value(v)) == json_string_length(v) && json_string_length(v) > 0;
 }
 
-/* A domain's pair: its name becomes a file name, so only a DNS name (lowercase letters,
- * digits, '-' and '.', no empty label) passes. */
-static int rn__parse_pair(json_t *o, struct router_nats_msg *out, char *err, size_t errsize)
+/* A domain's name becomes a file name, so only a DNS name (lowercase letters, digits, '-' and
+ * '.', no empty label) passes. */
+static int rn__parse_domain(json_t *o, struct router_nats_msg *out, char *err, size_t errsize)
 {
     const char *d = json_string_value(json_object_get(o, "domain"));
     size_t len = d ? strlen(d) : 0;
@@ -93,12 +93,35 @@ static int rn__parse_pair(json_t *o, struct router_nats_msg *out, char *err, siz
         snprintf(err, errsize, "\"domain\" is not a DNS name");
         return -EINVAL;
     }
+    snprintf(out->domain, sizeof out->domain, "%s", d);
+    return 0;
+}
+
+/* A domain's removal: {"v":1,"domain":D,"removed":true}, nothing else. */
+static int rn__parse_removal(json_t *o, struct router_nats_msg *out, char *err, size_t errsize)
+{
+    if (!json_is_true(json_object_get(o, "removed")) || json_object_size(o) != 3) {
+        snprintf(err, errsize, "a removal is {\"v\",\"domain\",\"removed\":true} alone");
+        return -EINVAL;
+    }
+    if (rn__parse_domain(o, out, err, errsize) < 0)
+        return -EINVAL;
+    out->removed = true;
+    return 0;
+}
+
+/* A domain's pair: its DNS name, "cert" and "key". */
+static int rn__parse_pair(json_t *o, struct router_nats_msg *out, char *err, size_t errsize)
+{
+    if (json_object_get(o, "removed"))
+        return rn__parse_removal(o, out, err, errsize);
+    if (rn__parse_domain(o, out, err, errsize) < 0)
+        return -EINVAL;
     if (!rn__pem(o, "cert") || !rn__pem(o, "key")) {
         snprintf(err, errsize, "\"cert\" and \"key\" must be PEM text of at most %d bytes",
                  TLS_PEM_MAX);
         return -EINVAL;
     }
-    snprintf(out->domain, sizeof out->domain, "%s", d);
     out->pair = json_incref(o);
     return 0;
 }
@@ -352,6 +375,17 @@ static void rn__cert_write(const struct router_nats_msg *m)
     free(dir);
 }
 
+/* A domain's certificate left the store: its file goes (the notice that follows reloads). */
+static void rn__cert_remove(const struct router_nats_msg *m)
+{
+    char *path = xasprintf("%s/tls/domains/%s.pem", rn.cfg->home, m->domain);
+    if (unlink(path) == 0)
+        log_info("HTTPS: %s's certificate was removed by skiffd", m->domain);
+    else if (errno != ENOENT)
+        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path, strerror(errno));
+    free(path);
+}
+
 static void rn__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
                        size_t len)
 {
@@ -394,7 +428,9 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
             router_proxy_drain(&m.addr, m.addr_len, m.drain_id);
         break;
     case ROUTER_NATS_CERTS:
-        if (m.pair)
+        if (m.removed)
+            rn__cert_remove(&m);
+        else if (m.pair)
             rn__cert_write(&m); /* the notice that follows the pairs reloads them */
         else
             router_tls_reload(rn.cfg);

@@ -244,6 +244,11 @@ int store_domain_cert_list(struct store *st, char ***domains)
     return st->ops->domain_cert_list(st->backend, domains);
 }
 
+int store_domain_cert_delete(struct store *st, const char *domain)
+{
+    return st->ops->domain_cert_delete(st->backend, domain);
+}
+
 int store_package_add(struct store *st, const struct store_package *pkg)
 {
     return st->ops->package_add(st->backend, pkg);

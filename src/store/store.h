@@ -286,6 +286,8 @@ int store_domain_cert_set(struct store *st, const char *domain, const char *cert
 int store_domain_cert_get(struct store *st, const char *domain, char **cert_pem, char **key_pem);
 /* The domains that have a certificate of their own, by name (NULL-terminated, store_strv_free). */
 int store_domain_cert_list(struct store *st, char ***domains);
+/* Removes a domain's certificate and key; -ENOENT when it had none. */
+int store_domain_cert_delete(struct store *st, const char *domain);
 void store_strv_free(char **v);
 
 /* ---- packages and droplets ---------------------------------------------------------------- */

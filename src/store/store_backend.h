@@ -52,6 +52,7 @@ struct store_ops {
     int (*domain_cert_get)(struct store_backend *b, const char *domain, char **cert_pem,
                            char **key_pem);
     int (*domain_cert_list)(struct store_backend *b, char ***domains);
+    int (*domain_cert_delete)(struct store_backend *b, const char *domain);
 
     int (*package_add)(struct store_backend *b, const struct store_package *pkg);
     int (*package_get)(struct store_backend *b, const char *guid, struct store_package **out);

@@ -1191,6 +1191,12 @@ static int pg__domain_cert_list(struct store_backend *b, char ***domains)
     return 0;
 }
 
+static int pg__domain_cert_delete(struct store_backend *b, const char *domain)
+{
+    const char *v[] = {domain};
+    return pg__write(b, "DELETE FROM domain_certs WHERE domain = $1", 1, v, true);
+}
+
 /* ---- packages and droplets --------------------------------------------------------------- */
 
 static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
@@ -1515,6 +1521,7 @@ const struct store_ops store_pg_ops = {
     .domain_cert_set = pg__domain_cert_set,
     .domain_cert_get = pg__domain_cert_get,
     .domain_cert_list = pg__domain_cert_list,
+    .domain_cert_delete = pg__domain_cert_delete,
     .package_add = pg__package_add,
     .package_get = pg__package_get,
     .droplet_add = pg__droplet_add,

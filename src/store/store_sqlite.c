@@ -924,6 +924,18 @@ static int sqlite__domain_cert_get(struct store_backend *st, const char *domain,
     return store__read_done(st, q, step, "read a certificate") < 0 ? -EIO : -ENOENT;
 }
 
+static int sqlite__domain_cert_delete(struct store_backend *st, const char *domain)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM domain_certs WHERE domain = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, domain);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
 static int sqlite__domain_cert_list(struct store_backend *st, char ***domains)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT domain FROM domain_certs ORDER BY domain");
@@ -1360,6 +1372,7 @@ const struct store_ops store_sqlite_ops = {
     .domain_cert_set = sqlite__domain_cert_set,
     .domain_cert_get = sqlite__domain_cert_get,
     .domain_cert_list = sqlite__domain_cert_list,
+    .domain_cert_delete = sqlite__domain_cert_delete,
     .package_add = sqlite__package_add,
     .package_get = sqlite__package_get,
     .droplet_add = sqlite__droplet_add,

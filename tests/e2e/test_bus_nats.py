@@ -502,10 +502,12 @@ def test_routers_with_credentials_learn_routes_over_tls_and_others_cannot_forge_
                                pub("skiff.bus.unregister", '{"v":1,"host":"safe.localhost",'
                                                            '"path":""}'),
                                pub("skiff.bus.drain", '{"v":1,"addr":"127.0.0.1:1","id":1}'),
+                               pub("skiff.bus.certs", '{"v":1,"domain":"safe.localhost",'
+                                                      '"removed":true}'),
                                pub("skiff.events.orders", "x")],
                         cert=nats.router_cert)
         assert b"PONG" in got, got
-        assert got.count(b"Permissions Violation for Publish") == 4, got
+        assert got.count(b"Permissions Violation for Publish") == 5, got
         # ... and may not read what other routers send either
         got = nats_talk(nats, [b"SUB skiff.bus.router.* 1\r\n", b"SUB skiff.> 2\r\n"],
                         cert=nats.router_cert)
@@ -653,6 +655,30 @@ def test_a_remote_router_on_tls_nats_serves_a_domains_certificate_and_its_rotati
                      serial_of(cert2), 20, "a router started later to get the certificate")
         finally:
             late.close()
+
+        # removal: the store, this host's router and the remote router's copy; both then serve
+        # their default certificate for the name, connections open going on
+        from test_tls import https_get, tls_connect
+        local_default = serial_at(p.router_tls_port, "nothing.invalid", p.home + "/tls/ca.pem")
+        remote_default = serial_at(rr.tls_port, "nothing.invalid", web_ca.pem)
+        open_conn = tls_connect(rr.tls_port, "shop.acme.test", web_ca.pem)
+        assert https_get(open_conn, "shop.acme.test")[0] == 404
+        t0 = time.monotonic()
+        r = p.cli("delete-domain-cert", "acme.test")
+        assert r.returncode == 0, out(r)
+        wait_for(lambda: serial_at(rr.tls_port, "shop.acme.test", web_ca.pem) == remote_default,
+                 20, "the remote router to serve its default certificate for acme.test")
+        print("delete-domain-cert -> default served by the remote router in %.0f ms (CLI "
+              "included)" % ((time.monotonic() - t0) * 1000))
+        wait_for(lambda: serial_at(p.router_tls_port, "shop.acme.test",
+                                   p.home + "/tls/ca.pem") == local_default, 10,
+                 "this host's router to serve the default certificate for acme.test")
+        assert not os.path.exists(path)
+        assert not os.path.exists(os.path.join(p.home, "tls", "domains", "acme.test.pem"))
+        assert https_get(open_conn, "shop.acme.test")[0] == 404
+        open_conn.close()
+        assert "acme.test's certificate was removed by skiffd" in rr.output()
+
         for text in (p.output(), rr.output()):
             assert "PRIVATE KEY" not in text
             assert open(key2).read().splitlines()[1] not in text

@@ -323,6 +323,19 @@ def fill(world, method, path):
         if method == "POST":
             return f"/v1/topics/orders/events?{S}", {"n": 2}, None, None
         return f"/v1/topics/orders/events?{S}&limit=1", None, None, None
+    if path.endswith("/domains/*/certificate") and method == "DELETE":
+        # a fresh domain with a certificate of its own to remove (shared, or acme's private)
+        from test_tls import CA
+        if "ca" not in world:
+            world["ca"] = CA(os.path.join(world["p"].home, "matrix-ca"))
+        name = unique("c") + ".test"
+        of_org = path.startswith("/v1/orgs/")
+        made("POST", "/v1/orgs/acme/domains" if of_org else "/v1/domains", {"name": name})
+        cert, key = world["ca"].issue(name, [name])
+        base = f"/v1/orgs/acme/domains/{name}" if of_org else f"/v1/domains/{name}"
+        with open(cert) as c, open(key) as k:
+            made("PUT", base + "/certificate", {"cert": c.read(), "key": k.read()})
+        return base + "/certificate", None, None, None
     if path == "/v1/domains" and method == "POST":
         return path, {"name": unique("d") + ".test"}, None, None
     if path == "/v1/users" and method == "POST":

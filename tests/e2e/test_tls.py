@@ -233,18 +233,70 @@ def s_client_status(port, host, cafile):
     return r.returncode, r.stdout
 
 
-def ocsp_responder(ca, port, *certs):
-    """`openssl ocsp` answering for the CA (it takes a port only; the router asks on loopback):
-    every cert good, nextUpdate 1 min on."""
+class LoopbackOcsp:
+    """An OCSP responder on 127.0.0.1 only (`openssl ocsp -port` takes a port and listens on
+    every address): a small HTTP server here, each POSTed request answered by `openssl ocsp
+    -reqin ... -respout ...` with the given index, signer and key."""
+
+    def __init__(self, port, index, ca, signer, signer_key):
+        import http.server
+        import threading
+        args = ["openssl", "ocsp", "-index", index, "-CA", ca, "-rsigner", signer,
+                "-rkey", signer_key, "-nmin", "1"]
+        folder = tempfile.mkdtemp(prefix="skiff-ocsp-")
+        self.folder = folder
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                req = os.path.join(folder, "req-%d.der" % threading.get_ident())
+                resp = req.replace("req-", "resp-")
+                with open(req, "wb") as f:
+                    f.write(body)
+                r = subprocess.run(args + ["-reqin", req, "-respout", resp],
+                                   capture_output=True, timeout=30)
+                data = open(resp, "rb").read() if r.returncode == 0 else b""
+                self.send_response(200 if data else 500)
+                self.send_header("Content-Type", "application/ocsp-response")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def host_addresses():
+    """This host's IPv4 addresses outside 127.0.0.0/8."""
+    r = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=10)
+    addrs = [line.split()[3].split("/")[0] for line in r.stdout.splitlines()
+             if len(line.split()) > 3]
+    return [a for a in addrs if not a.startswith("127.")]
+
+
+def ocsp_index(ca, *certs):
+    """An `openssl ocsp` index where every cert is good."""
     index = os.path.join(ca.dir, "index.txt")
     with open(index, "w") as f:
         for cert in certs:
             serial = openssl("x509", "-in", cert, "-noout", "-serial").strip().split("=")[1]
             f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
-    p = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
-                          "-rsigner", ca.pem, "-rkey", ca.key, "-CA", ca.pem, "-nmin", "1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return p
+    return index
+
+
+def ocsp_responder(ca, port, *certs):
+    """A responder for the CA on 127.0.0.1:port: every cert good, nextUpdate 1 min on."""
+    return LoopbackOcsp(port, ocsp_index(ca, *certs), ca.pem, ca.pem, ca.key)
 
 
 def this_update(text):
@@ -278,6 +330,10 @@ def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
             return text if rc == 0 and "Cert Status: good" in text else None
         text = wait_for(stapled, 20, "a stapled response")
         assert "OCSP Response Status: successful" in text
+        # the responder is on loopback alone: the host's other addresses refuse
+        for addr in host_addresses():
+            with pytest.raises(OSError):
+                socket.create_connection((addr, port), timeout=2).close()
         first = this_update(text)
         # fetched again before its nextUpdate (1 min): halfway there
         text = wait_for(lambda: (t := stapled()) and this_update(t) != first and t, 60,
@@ -286,8 +342,7 @@ def test_ocsp_stapling_fetched_refreshed_and_optional(tls_env):
         rc, text = s_client_status(r.tls_port, "default.test", ca.pem)
         assert rc == 0 and "OCSP response: no response sent" in text, text
     finally:
-        responder.kill()
-        responder.wait()
+        responder.close()
 
 
 def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
@@ -302,14 +357,7 @@ def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
     with open(cert, "w") as f:
         f.write(open(leaf).read() + open(ca.pem).read())
     install(tls_env["home"], host, cert, key)
-    index = os.path.join(ca.dir, "index.txt")
-    serial = openssl("x509", "-in", leaf, "-noout", "-serial").strip().split("=")[1]
-    with open(index, "w") as f:
-        f.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=x\n")
-    responder = subprocess.Popen(["openssl", "ocsp", "-index", index, "-port", str(port),
-                                  "-rsigner", rogue.pem, "-rkey", rogue.key, "-CA", ca.pem,
-                                  "-nmin", "1"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    responder = LoopbackOcsp(port, ocsp_index(ca, leaf), ca.pem, rogue.pem, rogue.key)
     try:
         r = start_router(tls_env, "--tls-ocsp-retry-ms", "1000")
         set_routes(tls_env, r, [host])
@@ -318,8 +366,7 @@ def test_ocsp_response_not_signed_by_the_issuer_is_never_stapled(tls_env):
         rc, text = s_client_status(r.tls_port, host, ca.pem)
         assert rc == 0 and "OCSP response: no response sent" in text, text
     finally:
-        responder.kill()
-        responder.wait()
+        responder.close()
 
 
 def test_rotation_without_restart_keeps_open_connections(tls_env):
@@ -781,6 +828,93 @@ def test_another_orgs_developer_cannot_read_or_replace_a_domains_certificate(pla
         assert serial_for(p, ca, "www.victim.test") == good
     finally:
         shutil.rmtree(sh.home, ignore_errors=True)
+
+
+def served_der(port, host):
+    """The certificate the router sends for SNI host (DER), whoever issued it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname=host) as s:
+            return s.getpeercert(binary_form=True)
+
+
+def test_delete_domain_cert_falls_back_to_the_default_at_once(platform_ca):
+    """The pair leaves the store and the router's home; new handshakes for the domain get the
+    default certificate, connections already open go on."""
+    p, ca = platform_ca
+    cert, key = ca.issue("gone.example.test", ["*.gone.example.test"])
+    ok(p, "create-domain", "gone.example.test", "--cert", cert, "--key", key)
+    path = os.path.join(p.home, "tls", "domains", "gone.example.test.pem")
+    wait_for(lambda: serial_for(p, ca, "www.gone.example.test"), 10, "the domain's certificate")
+    default = served_der(p.router_tls_port, "nothing-here.invalid")
+    assert served_der(p.router_tls_port, "www.gone.example.test") != default
+    old = tls_connect(p.router_tls_port, "www.gone.example.test", ca.pem)
+    assert https_get(old, "www.gone.example.test")[0] == 404
+
+    r = ok(p, "delete-domain-cert", "gone.example.test")
+    assert "default certificate" in r.stdout, r.stdout
+    assert not os.path.exists(path)
+    wait_for(lambda: served_der(p.router_tls_port, "www.gone.example.test") == default, 10,
+             "the default certificate for the domain")
+    assert https_get(old, "www.gone.example.test")[0] == 404  # the open connection goes on
+    old.close()
+    status, body = p.api("GET", "/v1/domains")
+    d = [d for d in body["domains"] if d["name"] == "gone.example.test"][0]
+    assert not d.get("certificate"), d
+    # a second removal says there is none; a domain that does not exist neither
+    r = p.cli("delete-domain-cert", "gone.example.test")
+    assert r.returncode == 1 and "has no certificate" in r.stderr, r.stderr
+    status, _ = p.api("DELETE", "/v1/domains/nowhere.test/certificate")
+    assert status == 404
+    # nothing of it is left in the router's home
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.startswith("gone.")]
+
+
+def test_another_orgs_developer_cannot_delete_a_domains_certificate(platform_ca):
+    p, ca = platform_ca
+    ok(p, "create-user", "eve", PASSWORD)
+    ok(p, "create-user", "vmgr", PASSWORD)
+    ok(p, "create-org", "target")
+    ok(p, "create-org", "attacker")
+    ok(p, "create-space", "s", "-o", "attacker")
+    ok(p, "set-space-role", "eve", "attacker", "s", "SpaceDeveloper")
+    ok(p, "set-org-role", "vmgr", "target", "OrgManager")
+    ok(p, "create-private-domain", "target", "target.test")
+    ok(p, "create-domain", "sharedgone.test")
+    cert, key = ca.issue("target.test", ["*.target.test"])
+    scert, skey = ca.issue("sharedgone.test", ["*.sharedgone.test"])
+    ok(p, "update-domain", "target.test", "--cert", cert, "--key", key)
+    ok(p, "update-domain", "sharedgone.test", "--cert", scert, "--key", skey)
+    good = wait_for(lambda: serial_for(p, ca, "www.target.test"), 10, "target's certificate")
+    path = os.path.join(p.home, "tls", "domains", "target.test.pem")
+    eve, mgr = Shell(p), Shell(p)
+    try:
+        for shell, user in ((eve, "eve"), (mgr, "vmgr")):
+            r = shell.run("login", "-a", p.api_url, "-u", user, "-p", PASSWORD)
+            assert r.returncode == 0, r.stderr
+        token = json.load(open(os.path.join(eve.home, ".skiff", "cli.json")))["token"]
+        for url in ("/v1/domains/target.test/certificate",
+                    "/v1/orgs/target/domains/target.test/certificate",
+                    "/v1/orgs/attacker/domains/target.test/certificate"):
+            status, body = p.api("DELETE", url, token=token)
+            assert status in (403, 404), (url, status, body)
+        r = eve.run("delete-domain-cert", "target.test")
+        assert r.returncode == 1, r.stdout
+        assert os.path.exists(path)
+        assert serial_for(p, ca, "www.target.test") == good
+        # the org's manager: its private domain, not a shared one
+        mtoken = json.load(open(os.path.join(mgr.home, ".skiff", "cli.json")))["token"]
+        status, _ = p.api("DELETE", "/v1/domains/sharedgone.test/certificate", token=mtoken)
+        assert status == 403
+        assert os.path.exists(os.path.join(p.home, "tls", "domains", "sharedgone.test.pem"))
+        r = mgr.run("delete-domain-cert", "target.test")
+        assert r.returncode == 0, r.stderr
+        assert not os.path.exists(path)
+    finally:
+        for sh in (eve, mgr):
+            shutil.rmtree(sh.home, ignore_errors=True)
 
 
 def test_domain_certificate_files_move_into_the_store_at_start(tmp_path):

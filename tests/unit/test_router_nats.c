@@ -70,6 +70,16 @@ static void test_what_skiffd_sends_is_read(void **state)
     router_nats_msg_free(&m);
     assert_null(m.pair);
 
+    /* a domain's certificate left the store: the name alone, no pair */
+    assert_int_equal(parse_text("skiff.bus.certs",
+                                "{\"v\":1,\"domain\":\"shop.test\",\"removed\":true}", &m, err),
+                     0);
+    assert_int_equal(m.kind, ROUTER_NATS_CERTS);
+    assert_true(m.removed);
+    assert_string_equal(m.domain, "shop.test");
+    assert_null(m.pair);
+    router_nats_msg_free(&m);
+
     /* a newer skiffd's subject: not an error, the caller logs it once */
     assert_int_equal(parse_text("skiff.bus.newthing", "whatever", &m, err), 0);
     assert_int_equal(m.kind, ROUTER_NATS_UNKNOWN);
@@ -127,6 +137,15 @@ static void test_hostile_messages_are_refused_with_a_reason(void **state)
          "PEM text"},
         {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a.test\",\"cert\":\"C\\u0000x\",\"key\":\"K\"}",
          "not a JSON object"}, /* jansson refuses NUL */
+        /* a removal names a file to unlink: a DNS name, and nothing else in the message */
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"../../etc/passwd\",\"removed\":true}",
+         "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a/b\",\"removed\":true}", "not a DNS name"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"default\",\"removed\":\"yes\"}", "removal"},
+        {"skiff.bus.certs", "{\"v\":1,\"domain\":\"a.test\",\"removed\":false}", "removal"},
+        {"skiff.bus.certs",
+         "{\"v\":1,\"domain\":\"a.test\",\"removed\":true,\"cert\":\"C\",\"key\":\"K\"}",
+         "removal"},
         {"skiff.router", "{\"v\":1}", "outside"},
         {"", "{\"v\":1}", "outside"},
         {"skiff.bus", "{\"v\":1}", "outside"},

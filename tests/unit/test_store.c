@@ -998,6 +998,13 @@ static void test_domain_certificates_round_trip(void **state)
     assert_string_equal(names[0], "shop.test");
     assert_null(names[1]);
     store_strv_free(names);
+    assert_int_equal(store_domain_cert_delete(st, "shop.test"), 0);
+    assert_int_equal(store_domain_cert_get(st, "shop.test", &cert, &key), -ENOENT);
+    assert_int_equal(store_domain_cert_delete(st, "shop.test"), -ENOENT); /* had none left */
+    assert_int_equal(store_domain_cert_delete(st, "nowhere.test"), -ENOENT);
+    assert_int_equal(store_domain_cert_list(st, &names), 0);
+    assert_null(names[0]);
+    store_strv_free(names);
     store_close(st);
     remove_db(path);
 }
