@@ -18,6 +18,7 @@
  * long as the server takes (see README.md beside this file). */
 #include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,6 +178,14 @@ const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof sto
 /* App guids kept for store_feed_take; more than this between two takes is "any app". */
 #define PG_FEED_KEEP 256
 
+/* A lost feed is reopened after the first delay, doubled after each failed try up to the
+ * last (milliseconds); tests may change them. */
+int64_t store_pg_feed_retry_ms[2] = {100, 30000};
+
+/* The feed's connection: on (LISTENing), or lost and waiting for its next try, or being
+ * reopened (connecting, then its LISTEN sent and awaited), never blocking. */
+enum pg_feed_state { PG_FEED_ON, PG_FEED_WAIT, PG_FEED_CONNECTING, PG_FEED_LISTENING };
+
 struct store_backend {
     PGconn *conn;
     int pid; /* conn's server process: the feed's notifications from it are this store's own */
@@ -186,7 +195,15 @@ struct store_backend {
      * the store is asked anything (and by its owner's uv_poll on store_feed_fd); once lost,
      * nothing is cached. */
     PGconn *feed;
-    bool feed_lost; /* the connection is kept (its descriptor may still be watched) */
+    char *url;
+    enum pg_feed_state feed_state;
+    PostgresPollingStatusType feed_poll; /* what the connect waits for (PG_FEED_CONNECTING) */
+    int64_t retry_at, retry_ms;          /* the next try (PG_FEED_WAIT), the delay after it */
+    /* the owner's watch (store_feed_watch): told of every change of the descriptor */
+    void (*watch)(void *ctx, int fd, bool writable);
+    void *watch_ctx;
+    int watch_fd;
+    bool watch_write;
     uint64_t heard; /* notifications from other writers */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
     char (*changed)[37];
@@ -319,24 +336,150 @@ static void pg__stale_app(struct store_backend *b, const char *guid)
     snprintf(b->stale[b->n_stale++], sizeof b->stale[0], "%s", guid);
 }
 
-static void pg__feed_lost(struct store_backend *b)
+/* Tells the owner (store_feed_watch) which descriptor to watch now, and for what, when
+ * that changed: -1 none (the feed is waiting for its next try). */
+static void pg__feed_watch(struct store_backend *b, int fd, bool writable)
 {
-    log_error("store: the change feed was lost (%s); from now on every read goes to the"
-              " database and other writers' changes are not announced: restart skiffd",
-              PQerrorMessage(b->feed));
-    b->feed_lost = true;
+    if (fd == b->watch_fd && writable == b->watch_write)
+        return;
+    b->watch_fd = fd;
+    b->watch_write = writable;
+    if (b->watch)
+        b->watch(b->watch_ctx, fd, writable);
+}
+
+/* Nothing announced meanwhile can be known: every app and route is read again, and every
+ * app is news to store_feed_take's caller. */
+static void pg__feed_outdate_all(struct store_backend *b)
+{
     b->changed_all = true;
     b->apps_gen++;
     b->routes_gen++;
 }
 
+/* The connection (lost, or a try that failed) is closed; the next try is due after the
+ * delay, which doubles up to its bound. The owner stops watching first: the descriptor is
+ * closed and its number may come back with the next try. */
+static void pg__feed_wait(struct store_backend *b)
+{
+    pg__feed_watch(b, -1, false);
+    PQfinish(b->feed);
+    b->feed = NULL;
+    b->feed_state = PG_FEED_WAIT;
+    b->retry_at = time_now_ms() + b->retry_ms;
+    b->retry_ms =
+        b->retry_ms * 2 > store_pg_feed_retry_ms[1] ? store_pg_feed_retry_ms[1] : b->retry_ms * 2;
+}
+
+static void pg__feed_lost(struct store_backend *b)
+{
+    log_error("store: the change feed was lost (%s); every read goes to the database until it"
+              " is reopened (first try in %lld ms)",
+              PQerrorMessage(b->feed), (long long)store_pg_feed_retry_ms[0]);
+    b->retry_ms = store_pg_feed_retry_ms[0];
+    pg__feed_outdate_all(b);
+    pg__feed_wait(b);
+}
+
+static void pg__feed_try_failed(struct store_backend *b, const char *what)
+{
+    log_error("store: cannot reopen the change feed (%s: %s); next try in %lld ms", what,
+              b->feed ? PQerrorMessage(b->feed) : "out of memory", (long long)b->retry_ms);
+    pg__feed_wait(b);
+}
+
+/* Whether the feed's socket is ready for what the connect waits for, without waiting. */
+static bool pg__feed_ready(struct store_backend *b)
+{
+    struct pollfd p = {.fd = PQsocket(b->feed),
+                       .events = b->feed_poll == PGRES_POLLING_WRITING ? POLLOUT : POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* One step of the connect (PQconnectPoll, only when its socket is ready); once connected,
+ * LISTEN is sent. */
+static void pg__feed_connect_step(struct store_backend *b)
+{
+    while (b->feed_state == PG_FEED_CONNECTING && pg__feed_ready(b)) {
+        b->feed_poll = PQconnectPoll(b->feed);
+        if (b->feed_poll == PGRES_POLLING_FAILED) {
+            pg__feed_try_failed(b, "connect");
+            return;
+        }
+        if (b->feed_poll == PGRES_POLLING_OK) {
+            if (PQsetnonblocking(b->feed, 1) != 0 ||
+                !PQsendQuery(b->feed, "LISTEN " PG_FEED_CHANNEL)) {
+                pg__feed_try_failed(b, "LISTEN");
+                return;
+            }
+            b->feed_state = PG_FEED_LISTENING;
+            return;
+        }
+    }
+    if (b->feed_state == PG_FEED_CONNECTING)
+        pg__feed_watch(b, PQsocket(b->feed), b->feed_poll == PGRES_POLLING_WRITING);
+}
+
+/* Awaits LISTEN's answer without waiting; once it is in, the feed is on again and all that
+ * was cached is read again (what changed meanwhile was announced to nobody). */
+static void pg__feed_listen_step(struct store_backend *b)
+{
+    int flushed = PQflush(b->feed);
+    if (flushed < 0 || !PQconsumeInput(b->feed)) {
+        pg__feed_try_failed(b, "LISTEN");
+        return;
+    }
+    if (flushed > 0 || PQisBusy(b->feed)) {
+        pg__feed_watch(b, PQsocket(b->feed), flushed > 0);
+        return;
+    }
+    PGresult *res = PQgetResult(b->feed);
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    while (res) {
+        PQclear(res);
+        res = PQgetResult(b->feed);
+    }
+    if (!ok) {
+        pg__feed_try_failed(b, "LISTEN");
+        return;
+    }
+    log_info("store: the change feed is reopened; the read cache is loaded again");
+    b->feed_state = PG_FEED_ON;
+    b->heard++;
+    pg__feed_outdate_all(b);
+    pg__feed_watch(b, PQsocket(b->feed), false);
+}
+
+/* Moves a lost feed's reopening on, never waiting: a new try when it is due, then the
+ * connect's and LISTEN's steps as their socket is ready. */
+static void pg__feed_reopen(struct store_backend *b)
+{
+    if (b->feed_state == PG_FEED_WAIT) {
+        if (time_now_ms() < b->retry_at)
+            return;
+        b->feed = PQconnectStart(b->url);
+        if (!b->feed || PQstatus(b->feed) == CONNECTION_BAD) {
+            pg__feed_try_failed(b, "connect");
+            return;
+        }
+        b->feed_state = PG_FEED_CONNECTING;
+        b->feed_poll = PGRES_POLLING_WRITING;
+    }
+    if (b->feed_state == PG_FEED_CONNECTING)
+        pg__feed_connect_step(b);
+    if (b->feed_state == PG_FEED_LISTENING)
+        pg__feed_listen_step(b);
+}
+
 /* Reads what has come on the feed without waiting (the socket is non-blocking) and
  * outdates what it names: "app:GUID" the apps, "routes" the routes, "all" both; any news
- * counts. */
+ * counts. A lost feed is reopened instead (pg__feed_reopen). */
 static void pg__feed_read(struct store_backend *b)
 {
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON) {
+        pg__feed_reopen(b);
         return;
+    }
     if (!PQconsumeInput(b->feed)) {
         pg__feed_lost(b);
         return;
@@ -352,9 +495,7 @@ static void pg__feed_read(struct store_backend *b)
                 b->routes_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
-                b->apps_gen++;
-                b->routes_gen++;
-                b->changed_all = true;
+                pg__feed_outdate_all(b);
             }
         }
         PQfreemem(n);
@@ -366,7 +507,7 @@ static void pg__feed_read(struct store_backend *b)
 static uint64_t pg__change_count(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON)
         b->lost++;
     return b->writes + b->heard + b->lost;
 }
@@ -374,7 +515,23 @@ static uint64_t pg__change_count(struct store_backend *b)
 static int pg__feed_fd(struct store_backend *b)
 {
     pg__feed_read(b);
-    return b->feed_lost ? -1 : PQsocket(b->feed);
+    return b->watch_fd;
+}
+
+static void pg__feed_set_watch(struct store_backend *b,
+                               void (*fn)(void *ctx, int fd, bool writable), void *ctx)
+{
+    b->watch = fn;
+    b->watch_ctx = ctx;
+}
+
+static int64_t pg__feed_retry_ms(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_WAIT)
+        return -1;
+    int64_t left = b->retry_at - time_now_ms();
+    return left > 0 ? left : 0;
 }
 
 static size_t pg__feed_take(struct store_backend *b, void (*fn)(void *ctx, const char *app_guid),
@@ -415,6 +572,8 @@ static int pg__feed_open(struct store_backend *b, const char *url, char *err, si
         b->feed = NULL;
         return -EIO;
     }
+    b->url = xstrdup(url);
+    b->watch_fd = PQsocket(b->feed);
     return 0;
 }
 
@@ -483,6 +642,7 @@ static void pg__close(struct store_backend *b)
     free(b->stale);
     PQfinish(b->feed);
     PQfinish(b->conn);
+    free(b->url);
     free(b);
 }
 
@@ -909,7 +1069,7 @@ static int pg__cache_refresh(struct store_backend *b)
 static int pg__apps_cached(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON)
         return 1;
     if (b->apps && b->apps_at == b->apps_gen)
         return b->n_stale ? pg__cache_refresh(b) : 0;
@@ -1064,7 +1224,7 @@ static char *pg__dup(const char *s)
 static int pg__routes_cached(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON)
         return 1;
     if (b->routes && b->routes_at == b->routes_gen)
         return 0;
@@ -1500,6 +1660,8 @@ const struct store_ops store_pg_ops = {
     .change_count = pg__change_count,
     .feed_fd = pg__feed_fd,
     .feed_take = pg__feed_take,
+    .feed_watch = pg__feed_set_watch,
+    .feed_retry_ms = pg__feed_retry_ms,
     .app_create = pg__app_create,
     .app_update = pg__app_update,
     .app_get = pg__app_get,

@@ -24,6 +24,7 @@ extern const char *const store_sqlite_migrations[];
 extern const size_t store_sqlite_migrations_count;
 extern const char *const store_pg_migrations[];
 extern const size_t store_pg_migrations_count;
+extern int64_t store_pg_feed_retry_ms[2];
 
 /* The PostgreSQL server's socket folder while the PostgreSQL group runs; NULL: SQLite. */
 static char *pg_dir;
@@ -1283,6 +1284,8 @@ static void test_a_lost_feed_turns_the_cache_off(void **state)
         remove_db(path);
         return;
     }
+    int64_t first_try = store_pg_feed_retry_ms[0];
+    store_pg_feed_retry_ms[0] = 600 * 1000; /* not reopened during this test */
     struct store *st = open_ok(path), *other = open_ok(path);
     struct store_app *app = sample_app("shop"), *got = NULL;
     assert_int_equal(store_app_create(st, app), 0);
@@ -1311,6 +1314,84 @@ static void test_a_lost_feed_turns_the_cache_off(void **state)
     assert_int_equal(store_app_list(st, &list, &n), 0);
     assert_int_equal(n, 1);
     store_app_list_free(list, n);
+    assert_true(store_feed_retry_ms(st) > 0);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    store_pg_feed_retry_ms[0] = first_try;
+    remove_db(path);
+}
+
+struct watched {
+    int lost; /* calls with fd -1 */
+    int last_fd;
+};
+
+static void watch_feed(void *ctx, int fd, bool writable)
+{
+    (void)writable;
+    struct watched *w = ctx;
+    if (fd < 0)
+        w->lost++;
+    w->last_fd = fd;
+}
+
+/* A lost feed is reopened: the owner is told of the descriptor's changes (none while
+ * waiting, the new one after), and what another writer changed meanwhile (announced to
+ * nobody) is read again, after which reads are cached again (the change count holds). */
+static void test_a_lost_feed_is_reopened_and_the_cache_reloaded(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct watched w = {0, store_feed_fd(st)};
+    store_feed_watch(st, watch_feed, &w);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_app_get(st, "shop", &got), 0); /* cached */
+    assert_int_equal(got->processes[0].instances, app->processes[0].instances);
+    store_app_free(got);
+    store_feed_take(st, NULL, NULL);
+    raw_sql(path, "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND query = 'LISTEN skiff_store';"
+                  " END $$;");
+    /* changed while st's feed is gone: its notification reaches no listener of st's */
+    assert_int_equal(store_app_get(other, "shop", &got), 0);
+    got->processes[0].instances = 8;
+    assert_int_equal(store_app_update(other, got), 0);
+    store_app_free(got);
+    /* lost, then reopened (the cache is off meanwhile: the count moves on every call) */
+    for (int i = 0; i < 1000 && w.lost == 0; i++) {
+        store_change_count(st);
+        usleep(10 * 1000);
+    }
+    assert_int_equal(w.lost, 1);
+    for (int i = 0; i < 1000 && store_change_count(st) != store_change_count(st); i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_change_count(st), store_change_count(st));
+    assert_int_equal(store_feed_retry_ms(st), -1);
+    assert_true(w.last_fd >= 0);
+    assert_int_equal(store_feed_fd(st), w.last_fd);
+    struct seen seen = {0};
+    assert_int_equal(store_feed_take(st, seen_app, &seen), 1);
+    assert_int_equal(seen.any, 1);
+    uint64_t count = store_change_count(st);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 8);
+    store_app_free(got);
+    /* and the reopened feed carries news again */
+    assert_int_equal(store_app_get(other, "shop", &got), 0);
+    got->processes[0].instances = 9;
+    assert_int_equal(store_app_update(other, got), 0);
+    store_app_free(got);
+    wait_for_change(st, count);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 9);
+    store_app_free(got);
     store_app_free(app);
     store_close(other);
     store_close(st);
@@ -1387,6 +1468,7 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_racing_writers_lose_no_update),                                      \
         cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
+        cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
 
 int main(void)
