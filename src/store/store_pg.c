@@ -213,7 +213,8 @@ struct store_backend {
      * kept while nothing changed them. *_gen counts the changes that outdate all of them (the
      * feed lost, "all", too many apps changed at once, any route change); a cache loaded at
      * generation *_at is current while they are equal, but for the apps in stale. */
-    struct store_app **apps;
+    struct store_app **apps;    /* in name then space order (the list's), n_apps of them */
+    struct store_app **by_guid; /* the same apps in guid order: the index of app_get */
     size_t n_apps;
     uint64_t apps_gen, apps_at;
     /* apps changed since the cache was loaded (by guid): read again one by one */
@@ -637,6 +638,7 @@ static void pg__close(struct store_backend *b)
     if (!b)
         return;
     store_app_list_free(b->apps, b->n_apps);
+    free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
     free(b->changed);
     free(b->stale);
@@ -1005,33 +1007,93 @@ fail:
     return -EIO;
 }
 
-/* The cached apps' order: by name, then space (byte order, as the list query's). */
-static int pg__app_order(const struct store_app *x, const struct store_app *y)
+/* Where guid is (found) or would go in the cached apps' guid order. */
+static size_t pg__guid_at(const struct store_backend *b, const char *guid, bool *found)
 {
-    int c = strcmp(x->name, y->name);
-    return c ? c : strcmp(x->space_guid, y->space_guid);
+    size_t lo = 0, hi = b->n_apps;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(b->by_guid[mid]->guid, guid) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = lo < b->n_apps && !strcmp(b->by_guid[lo]->guid, guid);
+    return lo;
+}
+
+/* The first cached app at or after (name, space) in the list's order. */
+static size_t pg__name_at(const struct store_backend *b, const char *space, const char *name)
+{
+    size_t lo = 0, hi = b->n_apps;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct store_app *a = b->apps[mid];
+        int c = strcmp(a->name, name);
+        if ((c ? c : strcmp(a->space_guid, space)) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void pg__array_remove(struct store_app **v, size_t n, size_t at)
+{
+    memmove(&v[at], &v[at + 1], (n - at - 1) * sizeof *v);
+    v[n - 1] = NULL;
+}
+
+static void pg__array_insert(struct store_app **v, size_t n, size_t at, struct store_app *app)
+{
+    memmove(&v[at + 1], &v[at], (n - at) * sizeof *v);
+    v[at] = app;
+}
+
+/* Takes the cached app out of both orders. Two cached apps may share a space and name for
+ * a moment (one renamed, another created with its old name, read again one by one): the
+ * one taken out is this one. */
+static void pg__cache_remove(struct store_backend *b, size_t guid_at)
+{
+    struct store_app *old = b->by_guid[guid_at];
+    pg__array_remove(b->by_guid, b->n_apps, guid_at);
+    size_t at = pg__name_at(b, old->space_guid, old->name);
+    while (at < b->n_apps && b->apps[at] != old)
+        at++;
+    pg__array_remove(b->apps, b->n_apps, at);
+    b->n_apps--;
+    store_app_free(old);
 }
 
 /* Puts the app (the cache's now, NULL: none) in place of the cached one of that guid. */
 static void pg__cache_put(struct store_backend *b, const char *guid, struct store_app *app)
 {
-    for (size_t i = 0; i < b->n_apps; i++)
-        if (!strcmp(b->apps[i]->guid, guid)) {
-            store_app_free(b->apps[i]);
-            memmove(&b->apps[i], &b->apps[i + 1], (b->n_apps - i - 1) * sizeof *b->apps);
-            b->apps[--b->n_apps] = NULL;
-            break;
-        }
+    bool found;
+    size_t at = pg__guid_at(b, guid, &found);
+    if (found)
+        pg__cache_remove(b, at);
     if (!app)
         return;
-    size_t at = 0;
-    while (at < b->n_apps && pg__app_order(b->apps[at], app) < 0)
-        at++;
     b->apps = xrealloc(b->apps, (b->n_apps + 2) * sizeof *b->apps);
-    memmove(&b->apps[at + 1], &b->apps[at], (b->n_apps - at) * sizeof *b->apps);
-    b->apps[at] = app;
+    b->by_guid = xrealloc(b->by_guid, (b->n_apps + 2) * sizeof *b->by_guid);
+    pg__array_insert(b->by_guid, b->n_apps, pg__guid_at(b, app->guid, &found), app);
+    pg__array_insert(b->apps, b->n_apps, pg__name_at(b, app->space_guid, app->name), app);
     b->n_apps++;
     b->apps[b->n_apps] = NULL;
+    b->by_guid[b->n_apps] = NULL;
+}
+
+/* The loaded apps (in the list's order) become the cache, indexed by guid. */
+static void pg__cache_set(struct store_backend *b, struct store_app **apps, size_t n)
+{
+    store_app_list_free(b->apps, b->n_apps);
+    free(b->by_guid);
+    b->apps = apps;
+    b->n_apps = n;
+    b->by_guid = xcalloc(n + 1, sizeof *b->by_guid);
+    if (n)
+        memcpy(b->by_guid, apps, n * sizeof *apps);
+    qsort(b->by_guid, n, sizeof *b->by_guid, pg__cmp_guid);
 }
 
 /* Reads the stale apps again, one by one (an app gone leaves the cache). The list is taken
@@ -1080,9 +1142,7 @@ static int pg__apps_cached(struct store_backend *b)
     int rc = pg__app_list_query(b, NULL, &apps, &n);
     if (rc < 0)
         return rc; /* still not current: the next read loads the whole again */
-    store_app_list_free(b->apps, b->n_apps);
-    b->apps = apps;
-    b->n_apps = n;
+    pg__cache_set(b, apps, n);
     b->apps_at = at;
     return 0;
 }
@@ -1095,18 +1155,20 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
         return rc;
     if (rc > 0)
         return pg__app_get_query(b, ref, out);
+    bool found;
+    size_t at = pg__guid_at(b, ref, &found);
+    if (found) {
+        *out = store_app_dup(b->by_guid[at]);
+        return 0;
+    }
     char space[37];
     const char *name = store_ref_split(ref, space);
-    for (size_t i = 0; i < b->n_apps; i++)
-        if (!strcmp(b->apps[i]->guid, ref)) {
-            *out = store_app_dup(b->apps[i]);
-            return 0;
-        }
-    for (size_t i = 0; i < b->n_apps; i++)
-        if (!strcmp(b->apps[i]->space_guid, space) && !strcmp(b->apps[i]->name, name)) {
-            *out = store_app_dup(b->apps[i]);
-            return 0;
-        }
+    at = pg__name_at(b, space, name);
+    if (at < b->n_apps && !strcmp(b->apps[at]->name, name) &&
+        !strcmp(b->apps[at]->space_guid, space)) {
+        *out = store_app_dup(b->apps[at]);
+        return 0;
+    }
     return -ENOENT;
 }
 

@@ -1398,6 +1398,87 @@ static void test_a_lost_feed_is_reopened_and_the_cache_reloaded(void **state)
     remove_db(path);
 }
 
+/* Each of many apps in two spaces (created in no order, renamed, deleted) is found by its
+ * guid and by its space and name, and only by those: on PostgreSQL from the cache's index,
+ * kept as apps come and go (every read after a write is answered from it). */
+static void test_app_get_finds_each_of_many_apps_by_guid_and_by_name(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    enum { N = 60 };
+    struct store_app *apps[N];
+    const char *spaces[2] = {"11111111-1111-4111-8111-111111111111",
+                             "22222222-2222-4222-8222-222222222222"};
+    for (int k = 0; k < N; k++) {
+        int i = (k * 37) % N; /* every index once, in no order */
+        char name[16];
+        snprintf(name, sizeof name, "a%02d", i / 2);
+        apps[i] = sample_app(name);
+        snprintf(apps[i]->space_guid, sizeof apps[i]->space_guid, "%s", spaces[i % 2]);
+        assert_int_equal(store_app_create(st, apps[i]), 0);
+        struct store_app *got = NULL;
+        assert_int_equal(store_app_get(st, apps[i]->guid, &got), 0); /* a cache now */
+        store_app_free(got);
+    }
+    /* renamed to a name that sorts first, and the old name taken by a new app */
+    free(apps[10]->name);
+    apps[10]->name = xstrdup("0first");
+    assert_int_equal(store_app_update(st, apps[10]), 0);
+    struct store_app *again = sample_app("a05");
+    snprintf(again->space_guid, sizeof again->space_guid, "%s", spaces[0]);
+    assert_int_equal(store_app_create(st, again), 0);
+    assert_int_equal(store_app_delete(st, apps[33]->guid), 0);
+    for (int i = 0; i < N; i++) {
+        struct store_app *got = NULL;
+        char ref[80];
+        snprintf(ref, sizeof ref, "%s/%s", apps[i]->space_guid, apps[i]->name);
+        if (i == 33) {
+            assert_int_equal(store_app_get(st, apps[i]->guid, &got), -ENOENT);
+            assert_int_equal(store_app_get(st, ref, &got), -ENOENT);
+            continue;
+        }
+        assert_int_equal(store_app_get(st, apps[i]->guid, &got), 0);
+        assert_string_equal(got->guid, apps[i]->guid);
+        assert_string_equal(got->name, apps[i]->name);
+        store_app_free(got);
+        assert_int_equal(store_app_get(st, ref, &got), 0);
+        assert_string_equal(got->guid, apps[i]->guid);
+        store_app_free(got);
+    }
+    struct store_app *got = NULL;
+    char ref[80];
+    snprintf(ref, sizeof ref, "%s/a05", spaces[0]);
+    assert_int_equal(store_app_get(st, ref, &got), 0);
+    assert_string_equal(got->guid, again->guid);
+    store_app_free(got);
+    snprintf(ref, sizeof ref, "%s/a05", spaces[1]); /* apps[11] */
+    assert_int_equal(store_app_get(st, ref, &got), 0);
+    assert_string_equal(got->guid, apps[11]->guid);
+    store_app_free(got);
+    snprintf(ref, sizeof ref, "%s/a16", spaces[1]); /* apps[33], deleted */
+    assert_int_equal(store_app_get(st, ref, &got), -ENOENT);
+    snprintf(ref, sizeof ref, "%s/a99", spaces[0]);
+    assert_int_equal(store_app_get(st, ref, &got), -ENOENT);
+    assert_int_equal(store_app_get(st, "a00", &got), -ENOENT); /* the default space: none */
+    assert_int_equal(store_app_get(st, "ffffffff-ffff-4fff-8fff-ffffffffffff", &got), -ENOENT);
+    struct store_app **list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &list, &n), 0);
+    assert_int_equal(n, N);
+    assert_string_equal(list[0]->name, "0first");
+    for (size_t i = 1; i < n; i++) {
+        int c = strcmp(list[i - 1]->name, list[i]->name);
+        assert_true(c < 0 || (c == 0 && strcmp(list[i - 1]->space_guid, list[i]->space_guid) < 0));
+    }
+    store_app_list_free(list, n);
+    for (int i = 0; i < N; i++)
+        store_app_free(apps[i]);
+    store_app_free(again);
+    store_close(st);
+    remove_db(path);
+}
+
 /* On PostgreSQL, app and route reads are answered from memory while nothing is announced:
  * with the tables renamed behind the store's back (DDL announces nothing), they still
  * answer, and they go to the database again once a change is announced. */
@@ -1469,6 +1550,7 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
+        cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
         cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
 
 int main(void)
