@@ -1398,6 +1398,59 @@ static void test_a_lost_feed_is_reopened_and_the_cache_reloaded(void **state)
     remove_db(path);
 }
 
+/* Runs sql (with %s the test database's name) on the server's own database. */
+static void admin_sql(const char *path, const char *fmt)
+{
+    const char *name = path + strlen("postgres:///");
+    char db[64];
+    snprintf(db, sizeof db, "%.*s", (int)strcspn(name, "?"), name);
+    char *admin = pg_url("postgres");
+    char *sql = xasprintf(fmt, db);
+    raw_sql(admin, sql);
+    free(sql);
+    free(admin);
+}
+
+/* While the database refuses connections, the lost feed's tries fail and come further
+ * apart (the delay doubles), reads still answer from the database, and once it accepts
+ * them again the feed is reopened and the cache is on. */
+static void test_a_feed_that_cannot_be_reopened_is_tried_again_later(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    admin_sql(path, "ALTER DATABASE %s ALLOW_CONNECTIONS false");
+    admin_sql(path, "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = '%s' AND query = 'LISTEN skiff_store'; END $$;");
+    /* the first try is due within 100 ms of the loss; after a failed one, within 200 */
+    int64_t longest = -1;
+    for (int i = 0; i < 1000 && longest <= store_pg_feed_retry_ms[0]; i++) {
+        int64_t left = store_feed_retry_ms(st);
+        longest = left > longest ? left : longest;
+        usleep(5 * 1000);
+    }
+    assert_true(longest > store_pg_feed_retry_ms[0]);
+    assert_true(longest <= 2 * store_pg_feed_retry_ms[0]);
+    assert_true(store_change_count(st) != store_change_count(st)); /* no cache */
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    store_app_free(got);
+    admin_sql(path, "ALTER DATABASE %s ALLOW_CONNECTIONS true");
+    for (int i = 0; i < 1000 && store_change_count(st) != store_change_count(st); i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_change_count(st), store_change_count(st));
+    assert_true(store_feed_fd(st) >= 0);
+    assert_int_equal(store_feed_retry_ms(st), -1);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 /* Each of many apps in two spaces (created in no order, renamed, deleted) is found by its
  * guid and by its space and name, and only by those: on PostgreSQL from the cache's index,
  * kept as apps come and go (every read after a write is answered from it). */
@@ -1551,6 +1604,7 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
+        cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
         cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
 
 int main(void)
