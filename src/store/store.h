@@ -203,7 +203,9 @@ int store_feed_fd(struct store *st);
  * none until store_feed_retry_ms has passed) and whether to watch it for writing as well
  * as reading (while connecting). The owner stops watching the old descriptor first (it is
  * closed, and its number may be the new one's); a readable or writable event calls
- * store_feed_take. No call on SQLite. */
+ * store_feed_take. No call on SQLite. Without a watch set, the first connection stays open
+ * once lost (until store_close), so that its descriptor's number is not reused under an
+ * owner still watching it. */
 void store_feed_watch(struct store *st, void (*fn)(void *ctx, int fd, bool writable), void *ctx);
 /* Milliseconds until the lost feed's next try, which any store call after it makes (a
  * timer's due: call store_feed_take then); -1 when no try is waiting. */

@@ -195,6 +195,10 @@ struct store_backend {
      * the store is asked anything (and by its owner's uv_poll on store_feed_fd); once lost,
      * nothing is cached. */
     PGconn *feed;
+    /* the first feed connection, once lost, when no owner's watch was set: an owner that
+     * watched its descriptor without being told of changes may still hold it, so it stays
+     * open (its number not reused) until the store is closed */
+    PGconn *kept;
     char *url;
     enum pg_feed_state feed_state;
     PostgresPollingStatusType feed_poll; /* what the connect waits for (PG_FEED_CONNECTING) */
@@ -364,7 +368,10 @@ static void pg__feed_outdate_all(struct store_backend *b)
 static void pg__feed_wait(struct store_backend *b)
 {
     pg__feed_watch(b, -1, false);
-    PQfinish(b->feed);
+    if (!b->watch && !b->kept)
+        b->kept = b->feed;
+    else
+        PQfinish(b->feed);
     b->feed = NULL;
     b->feed_state = PG_FEED_WAIT;
     b->retry_at = time_now_ms() + b->retry_ms;
@@ -643,6 +650,7 @@ static void pg__close(struct store_backend *b)
     free(b->changed);
     free(b->stale);
     PQfinish(b->feed);
+    PQfinish(b->kept);
     PQfinish(b->conn);
     free(b->url);
     free(b);
