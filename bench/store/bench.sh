@@ -3,8 +3,8 @@
 # on this machine), per call, and PostgreSQL's p50 over SQLite's. On PostgreSQL app_get and
 # app_list are answered from the read cache the change feed keeps (src/store/README.md);
 # doc_put is a write, a round trip. With BASE=REV, the store of that git revision runs too,
-# on the same server in the same run (before/after).
-#   [BASE=REV] bench/store/bench.sh [ITERATIONS]
+# on the same server in the same run (before/after). APPS apps are made (20 by default).
+#   [BASE=REV] [APPS=N] bench/store/bench.sh [ITERATIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=build/bench
@@ -29,14 +29,14 @@ fi
 scripts/pg-throwaway.sh start "$pg" >/dev/null
 url() { echo "postgres:///$1?host=$pg&user=postgres"; }
 echo "-- sqlite"
-"$out/bench_store" "sqlite:$tmp/skiff.db" "$n" | tee "$tmp/sqlite.txt"
+"$out/bench_store" "sqlite:$tmp/skiff.db" "$n" "${APPS:-20}" | tee "$tmp/sqlite.txt"
 if [ -n "${BASE:-}" ]; then
   psql -q -h "$pg" -U postgres -c "CREATE DATABASE base" postgres
   echo "-- postgresql (unix socket), $BASE"
-  "$out/bench_store_base" "$(url base)" "$n" | tee "$tmp/base.txt"
+  "$out/bench_store_base" "$(url base)" "$n" "${APPS:-20}" | tee "$tmp/base.txt"
 fi
 echo "-- postgresql (unix socket)"
-"$out/bench_store" "$(url postgres)" "$n" | tee "$tmp/pg.txt"
+"$out/bench_store" "$(url postgres)" "$n" "${APPS:-20}" | tee "$tmp/pg.txt"
 echo "-- postgresql / sqlite, p50"
 if [ -n "${BASE:-}" ]; then
   paste "$tmp/sqlite.txt" "$tmp/base.txt" "$tmp/pg.txt" |

@@ -2,7 +2,8 @@
  * store_doc_put, store_app_update, and store_app_get just after an update (on PostgreSQL the
  * read cache is then loaded again), each timed call by call; prints p50 and p99 in
  * microseconds.
- *   bench_store LOCATION [ITERATIONS] */
+ * APPS apps are made (20 unless given); app_get looks one up by name, app_get_guid by guid.
+ *   bench_store LOCATION [ITERATIONS] [APPS] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,13 +40,15 @@ int main(int argc, char **argv)
         return 2;
     }
     int iterations = argc > 2 ? atoi(argv[2]) : 2000;
+    int n_apps = argc > 3 ? atoi(argv[3]) : APPS;
     char err[512];
     struct store *st = NULL;
     if (store_open(argv[1], err, sizeof err, &st) < 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    for (int i = 0; i < APPS; i++) {
+    char guid7[37] = "";
+    for (int i = 0; i < n_apps; i++) {
         struct store_process web = {.type = "web", .instances = 1, .min_instances = -1};
         struct store_env_var env = {.name = "A", .value = "1"};
         struct store_app app = {.memory_mb = 128,
@@ -63,6 +66,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "cannot create %s (is the store empty?)\n", name);
             return 1;
         }
+        if (i == 7)
+            memcpy(guid7, app.guid, sizeof guid7);
     }
     double *t = calloc((size_t)iterations, sizeof *t);
     for (int i = 0; i < iterations; i++) {
@@ -76,16 +81,26 @@ int main(int argc, char **argv)
     }
     report("app_get", t, iterations);
     for (int i = 0; i < iterations; i++) {
+        struct store_app *app = NULL;
+        double t0 = now_us();
+        int rc = store_app_get(st, guid7, &app);
+        t[i] = now_us() - t0;
+        if (rc < 0)
+            return 1;
+        store_app_free(app);
+    }
+    report("app_get_guid", t, iterations);
+    for (int i = 0; i < iterations; i++) {
         struct store_app **apps = NULL;
         size_t n = 0;
         double t0 = now_us();
         int rc = store_app_list(st, &apps, &n);
         t[i] = now_us() - t0;
-        if (rc < 0 || n != APPS)
+        if (rc < 0 || n != (size_t)n_apps)
             return 1;
         store_app_list_free(apps, n);
     }
-    report("app_list(20)", t, iterations);
+    report("app_list", t, iterations);
     for (int i = 0; i < iterations; i++) {
         char id[16];
         snprintf(id, sizeof id, "d%d", i % 100);

@@ -115,6 +115,17 @@ int store_feed_fd(struct store *st)
     return st->ops->feed_fd(st->backend);
 }
 
+void store_feed_watch(struct store *st, void (*fn)(void *ctx, int fd, bool writable), void *ctx)
+{
+    if (st->ops->feed_watch)
+        st->ops->feed_watch(st->backend, fn, ctx);
+}
+
+int64_t store_feed_retry_ms(struct store *st)
+{
+    return st->ops->feed_retry_ms ? st->ops->feed_retry_ms(st->backend) : -1;
+}
+
 size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_guid), void *ctx)
 {
     return st->ops->feed_take(st->backend, fn, ctx);

@@ -195,8 +195,21 @@ uint64_t store_change_count(struct store *st);
  * LISTEN connection of its own (non-blocking) that every write transaction NOTIFYs (schema
  * triggers, so every writer does, whatever code it runs); on SQLite there is none (-1),
  * all changes come through this process. store_feed_fd is the descriptor to watch for
- * reading (uv_poll); it changes only when the feed is lost (then -1). */
+ * reading (uv_poll). A lost feed is reopened (a non-blocking connect, tried again after a
+ * delay that doubles from 100 ms up to 30 s), so the descriptor changes: -1 while waiting
+ * for the next try, the new connection's while it connects and once it is on again. */
 int store_feed_fd(struct store *st);
+/* Calls fn whenever the descriptor to watch changes, from within a store call: fd (-1:
+ * none until store_feed_retry_ms has passed) and whether to watch it for writing as well
+ * as reading (while connecting). The owner stops watching the old descriptor first (it is
+ * closed, and its number may be the new one's); a readable or writable event calls
+ * store_feed_take. No call on SQLite. Without a watch set, the first connection stays open
+ * once lost (until store_close), so that its descriptor's number is not reused under an
+ * owner still watching it. */
+void store_feed_watch(struct store *st, void (*fn)(void *ctx, int fd, bool writable), void *ctx);
+/* Milliseconds until the lost feed's next try, which any store call after it makes (a
+ * timer's due: call store_feed_take then); -1 when no try is waiting. */
+int64_t store_feed_retry_ms(struct store *st);
 /* Reads what has come on the feed, never waiting, and calls fn (when not NULL) once with the
  * guid of each app another writer created, changed or deleted since the last call; app_guid
  * NULL means "any app may have changed" (too many to name, or the feed was lost). Returns

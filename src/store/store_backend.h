@@ -29,6 +29,10 @@ struct store_ops {
     int (*feed_fd)(struct store_backend *b);
     size_t (*feed_take)(struct store_backend *b, void (*fn)(void *ctx, const char *app_guid),
                         void *ctx);
+    /* NULL on a backend without a feed */
+    void (*feed_watch)(struct store_backend *b, void (*fn)(void *ctx, int fd, bool writable),
+                       void *ctx);
+    int64_t (*feed_retry_ms)(struct store_backend *b);
 
     int (*app_create)(struct store_backend *b, struct store_app *app);
     int (*app_update)(struct store_backend *b, struct store_app *app);

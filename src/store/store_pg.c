@@ -18,6 +18,7 @@
  * long as the server takes (see README.md beside this file). */
 #include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,6 +178,14 @@ const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof sto
 /* App guids kept for store_feed_take; more than this between two takes is "any app". */
 #define PG_FEED_KEEP 256
 
+/* A lost feed is reopened after the first delay, doubled after each failed try up to the
+ * last (milliseconds); tests may change them. */
+int64_t store_pg_feed_retry_ms[2] = {100, 30000};
+
+/* The feed's connection: on (LISTENing), or lost and waiting for its next try, or being
+ * reopened (connecting, then its LISTEN sent and awaited), never blocking. */
+enum pg_feed_state { PG_FEED_ON, PG_FEED_WAIT, PG_FEED_CONNECTING, PG_FEED_LISTENING };
+
 struct store_backend {
     PGconn *conn;
     int pid; /* conn's server process: the feed's notifications from it are this store's own */
@@ -186,7 +195,19 @@ struct store_backend {
      * the store is asked anything (and by its owner's uv_poll on store_feed_fd); once lost,
      * nothing is cached. */
     PGconn *feed;
-    bool feed_lost; /* the connection is kept (its descriptor may still be watched) */
+    /* the first feed connection, once lost, when no owner's watch was set: an owner that
+     * watched its descriptor without being told of changes may still hold it, so it stays
+     * open (its number not reused) until the store is closed */
+    PGconn *kept;
+    char *url;
+    enum pg_feed_state feed_state;
+    PostgresPollingStatusType feed_poll; /* what the connect waits for (PG_FEED_CONNECTING) */
+    int64_t retry_at, retry_ms;          /* the next try (PG_FEED_WAIT), the delay after it */
+    /* the owner's watch (store_feed_watch): told of every change of the descriptor */
+    void (*watch)(void *ctx, int fd, bool writable);
+    void *watch_ctx;
+    int watch_fd;
+    bool watch_write;
     uint64_t heard; /* notifications from other writers */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
     char (*changed)[37];
@@ -196,7 +217,8 @@ struct store_backend {
      * kept while nothing changed them. *_gen counts the changes that outdate all of them (the
      * feed lost, "all", too many apps changed at once, any route change); a cache loaded at
      * generation *_at is current while they are equal, but for the apps in stale. */
-    struct store_app **apps;
+    struct store_app **apps;    /* in name then space order (the list's), n_apps of them */
+    struct store_app **by_guid; /* the same apps in guid order: the index of app_get */
     size_t n_apps;
     uint64_t apps_gen, apps_at;
     /* apps changed since the cache was loaded (by guid): read again one by one */
@@ -319,24 +341,153 @@ static void pg__stale_app(struct store_backend *b, const char *guid)
     snprintf(b->stale[b->n_stale++], sizeof b->stale[0], "%s", guid);
 }
 
-static void pg__feed_lost(struct store_backend *b)
+/* Tells the owner (store_feed_watch) which descriptor to watch now, and for what, when
+ * that changed: -1 none (the feed is waiting for its next try). */
+static void pg__feed_watch(struct store_backend *b, int fd, bool writable)
 {
-    log_error("store: the change feed was lost (%s); from now on every read goes to the"
-              " database and other writers' changes are not announced: restart skiffd",
-              PQerrorMessage(b->feed));
-    b->feed_lost = true;
+    if (fd == b->watch_fd && writable == b->watch_write)
+        return;
+    b->watch_fd = fd;
+    b->watch_write = writable;
+    if (b->watch)
+        b->watch(b->watch_ctx, fd, writable);
+}
+
+/* Nothing announced meanwhile can be known: every app and route is read again, and every
+ * app is news to store_feed_take's caller. */
+static void pg__feed_outdate_all(struct store_backend *b)
+{
     b->changed_all = true;
     b->apps_gen++;
     b->routes_gen++;
 }
 
+/* The connection (lost, or a try that failed) is closed; the next try is due after the
+ * delay, which doubles up to its bound. The owner stops watching first: the descriptor is
+ * closed and its number may come back with the next try. */
+static void pg__feed_wait(struct store_backend *b)
+{
+    pg__feed_watch(b, -1, false);
+    if (!b->watch && !b->kept)
+        b->kept = b->feed;
+    else
+        PQfinish(b->feed);
+    b->feed = NULL;
+    b->feed_state = PG_FEED_WAIT;
+    b->retry_at = time_now_ms() + b->retry_ms;
+    b->retry_ms =
+        b->retry_ms * 2 > store_pg_feed_retry_ms[1] ? store_pg_feed_retry_ms[1] : b->retry_ms * 2;
+}
+
+static void pg__feed_lost(struct store_backend *b)
+{
+    log_error("store: the change feed was lost (%s); every read goes to the database until it"
+              " is reopened (first try in %lld ms)",
+              PQerrorMessage(b->feed), (long long)store_pg_feed_retry_ms[0]);
+    b->retry_ms = store_pg_feed_retry_ms[0];
+    pg__feed_outdate_all(b);
+    pg__feed_wait(b);
+}
+
+static void pg__feed_try_failed(struct store_backend *b, const char *what)
+{
+    log_error("store: cannot reopen the change feed (%s: %s); next try in %lld ms", what,
+              b->feed ? PQerrorMessage(b->feed) : "out of memory", (long long)b->retry_ms);
+    pg__feed_wait(b);
+}
+
+/* Whether the feed's socket is ready for what the connect waits for, without waiting. */
+static bool pg__feed_ready(struct store_backend *b)
+{
+    struct pollfd p = {.fd = PQsocket(b->feed),
+                       .events = b->feed_poll == PGRES_POLLING_WRITING ? POLLOUT : POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* One step of the connect (PQconnectPoll, only when its socket is ready); once connected,
+ * LISTEN is sent. */
+static void pg__feed_connect_step(struct store_backend *b)
+{
+    while (b->feed_state == PG_FEED_CONNECTING && pg__feed_ready(b)) {
+        b->feed_poll = PQconnectPoll(b->feed);
+        if (b->feed_poll == PGRES_POLLING_FAILED) {
+            pg__feed_try_failed(b, "connect");
+            return;
+        }
+        if (b->feed_poll == PGRES_POLLING_OK) {
+            if (PQsetnonblocking(b->feed, 1) != 0 ||
+                !PQsendQuery(b->feed, "LISTEN " PG_FEED_CHANNEL)) {
+                pg__feed_try_failed(b, "LISTEN");
+                return;
+            }
+            b->feed_state = PG_FEED_LISTENING;
+            return;
+        }
+    }
+    if (b->feed_state == PG_FEED_CONNECTING)
+        pg__feed_watch(b, PQsocket(b->feed), b->feed_poll == PGRES_POLLING_WRITING);
+}
+
+/* Awaits LISTEN's answer without waiting; once it is in, the feed is on again and all that
+ * was cached is read again (what changed meanwhile was announced to nobody). */
+static void pg__feed_listen_step(struct store_backend *b)
+{
+    int flushed = PQflush(b->feed);
+    if (flushed < 0 || !PQconsumeInput(b->feed)) {
+        pg__feed_try_failed(b, "LISTEN");
+        return;
+    }
+    if (flushed > 0 || PQisBusy(b->feed)) {
+        pg__feed_watch(b, PQsocket(b->feed), flushed > 0);
+        return;
+    }
+    PGresult *res = PQgetResult(b->feed);
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    while (res) {
+        PQclear(res);
+        res = PQgetResult(b->feed);
+    }
+    if (!ok) {
+        pg__feed_try_failed(b, "LISTEN");
+        return;
+    }
+    log_info("store: the change feed is reopened; the read cache is loaded again");
+    b->feed_state = PG_FEED_ON;
+    b->heard++;
+    pg__feed_outdate_all(b);
+    pg__feed_watch(b, PQsocket(b->feed), false);
+}
+
+/* Moves a lost feed's reopening on, never waiting: a new try when it is due, then the
+ * connect's and LISTEN's steps as their socket is ready. */
+static void pg__feed_reopen(struct store_backend *b)
+{
+    if (b->feed_state == PG_FEED_WAIT) {
+        if (time_now_ms() < b->retry_at)
+            return;
+        b->feed = PQconnectStart(b->url);
+        if (!b->feed || PQstatus(b->feed) == CONNECTION_BAD) {
+            pg__feed_try_failed(b, "connect");
+            return;
+        }
+        b->feed_state = PG_FEED_CONNECTING;
+        b->feed_poll = PGRES_POLLING_WRITING;
+    }
+    if (b->feed_state == PG_FEED_CONNECTING)
+        pg__feed_connect_step(b);
+    if (b->feed_state == PG_FEED_LISTENING)
+        pg__feed_listen_step(b);
+}
+
 /* Reads what has come on the feed without waiting (the socket is non-blocking) and
  * outdates what it names: "app:GUID" the apps, "routes" the routes, "all" both; any news
- * counts. */
+ * counts. A lost feed is reopened instead (pg__feed_reopen). */
 static void pg__feed_read(struct store_backend *b)
 {
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON) {
+        pg__feed_reopen(b);
         return;
+    }
     if (!PQconsumeInput(b->feed)) {
         pg__feed_lost(b);
         return;
@@ -352,9 +503,7 @@ static void pg__feed_read(struct store_backend *b)
                 b->routes_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
-                b->apps_gen++;
-                b->routes_gen++;
-                b->changed_all = true;
+                pg__feed_outdate_all(b);
             }
         }
         PQfreemem(n);
@@ -366,7 +515,7 @@ static void pg__feed_read(struct store_backend *b)
 static uint64_t pg__change_count(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON)
         b->lost++;
     return b->writes + b->heard + b->lost;
 }
@@ -374,7 +523,23 @@ static uint64_t pg__change_count(struct store_backend *b)
 static int pg__feed_fd(struct store_backend *b)
 {
     pg__feed_read(b);
-    return b->feed_lost ? -1 : PQsocket(b->feed);
+    return b->watch_fd;
+}
+
+static void pg__feed_set_watch(struct store_backend *b,
+                               void (*fn)(void *ctx, int fd, bool writable), void *ctx)
+{
+    b->watch = fn;
+    b->watch_ctx = ctx;
+}
+
+static int64_t pg__feed_retry_ms(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_WAIT)
+        return -1;
+    int64_t left = b->retry_at - time_now_ms();
+    return left > 0 ? left : 0;
 }
 
 static size_t pg__feed_take(struct store_backend *b, void (*fn)(void *ctx, const char *app_guid),
@@ -415,6 +580,8 @@ static int pg__feed_open(struct store_backend *b, const char *url, char *err, si
         b->feed = NULL;
         return -EIO;
     }
+    b->url = xstrdup(url);
+    b->watch_fd = PQsocket(b->feed);
     return 0;
 }
 
@@ -478,11 +645,14 @@ static void pg__close(struct store_backend *b)
     if (!b)
         return;
     store_app_list_free(b->apps, b->n_apps);
+    free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
     free(b->changed);
     free(b->stale);
     PQfinish(b->feed);
+    PQfinish(b->kept);
     PQfinish(b->conn);
+    free(b->url);
     free(b);
 }
 
@@ -845,33 +1015,93 @@ fail:
     return -EIO;
 }
 
-/* The cached apps' order: by name, then space (byte order, as the list query's). */
-static int pg__app_order(const struct store_app *x, const struct store_app *y)
+/* Where guid is (found) or would go in the cached apps' guid order. */
+static size_t pg__guid_at(const struct store_backend *b, const char *guid, bool *found)
 {
-    int c = strcmp(x->name, y->name);
-    return c ? c : strcmp(x->space_guid, y->space_guid);
+    size_t lo = 0, hi = b->n_apps;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(b->by_guid[mid]->guid, guid) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = lo < b->n_apps && !strcmp(b->by_guid[lo]->guid, guid);
+    return lo;
+}
+
+/* The first cached app at or after (name, space) in the list's order. */
+static size_t pg__name_at(const struct store_backend *b, const char *space, const char *name)
+{
+    size_t lo = 0, hi = b->n_apps;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct store_app *a = b->apps[mid];
+        int c = strcmp(a->name, name);
+        if ((c ? c : strcmp(a->space_guid, space)) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void pg__array_remove(struct store_app **v, size_t n, size_t at)
+{
+    memmove(&v[at], &v[at + 1], (n - at - 1) * sizeof *v);
+    v[n - 1] = NULL;
+}
+
+static void pg__array_insert(struct store_app **v, size_t n, size_t at, struct store_app *app)
+{
+    memmove(&v[at + 1], &v[at], (n - at) * sizeof *v);
+    v[at] = app;
+}
+
+/* Takes the cached app out of both orders. Two cached apps may share a space and name for
+ * a moment (one renamed, another created with its old name, read again one by one): the
+ * one taken out is this one. */
+static void pg__cache_remove(struct store_backend *b, size_t guid_at)
+{
+    struct store_app *old = b->by_guid[guid_at];
+    pg__array_remove(b->by_guid, b->n_apps, guid_at);
+    size_t at = pg__name_at(b, old->space_guid, old->name);
+    while (at < b->n_apps && b->apps[at] != old)
+        at++;
+    pg__array_remove(b->apps, b->n_apps, at);
+    b->n_apps--;
+    store_app_free(old);
 }
 
 /* Puts the app (the cache's now, NULL: none) in place of the cached one of that guid. */
 static void pg__cache_put(struct store_backend *b, const char *guid, struct store_app *app)
 {
-    for (size_t i = 0; i < b->n_apps; i++)
-        if (!strcmp(b->apps[i]->guid, guid)) {
-            store_app_free(b->apps[i]);
-            memmove(&b->apps[i], &b->apps[i + 1], (b->n_apps - i - 1) * sizeof *b->apps);
-            b->apps[--b->n_apps] = NULL;
-            break;
-        }
+    bool found;
+    size_t at = pg__guid_at(b, guid, &found);
+    if (found)
+        pg__cache_remove(b, at);
     if (!app)
         return;
-    size_t at = 0;
-    while (at < b->n_apps && pg__app_order(b->apps[at], app) < 0)
-        at++;
     b->apps = xrealloc(b->apps, (b->n_apps + 2) * sizeof *b->apps);
-    memmove(&b->apps[at + 1], &b->apps[at], (b->n_apps - at) * sizeof *b->apps);
-    b->apps[at] = app;
+    b->by_guid = xrealloc(b->by_guid, (b->n_apps + 2) * sizeof *b->by_guid);
+    pg__array_insert(b->by_guid, b->n_apps, pg__guid_at(b, app->guid, &found), app);
+    pg__array_insert(b->apps, b->n_apps, pg__name_at(b, app->space_guid, app->name), app);
     b->n_apps++;
     b->apps[b->n_apps] = NULL;
+    b->by_guid[b->n_apps] = NULL;
+}
+
+/* The loaded apps (in the list's order) become the cache, indexed by guid. */
+static void pg__cache_set(struct store_backend *b, struct store_app **apps, size_t n)
+{
+    store_app_list_free(b->apps, b->n_apps);
+    free(b->by_guid);
+    b->apps = apps;
+    b->n_apps = n;
+    b->by_guid = xcalloc(n + 1, sizeof *b->by_guid);
+    if (n)
+        memcpy(b->by_guid, apps, n * sizeof *apps);
+    qsort(b->by_guid, n, sizeof *b->by_guid, pg__cmp_guid);
 }
 
 /* Reads the stale apps again, one by one (an app gone leaves the cache). The list is taken
@@ -909,7 +1139,7 @@ static int pg__cache_refresh(struct store_backend *b)
 static int pg__apps_cached(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON)
         return 1;
     if (b->apps && b->apps_at == b->apps_gen)
         return b->n_stale ? pg__cache_refresh(b) : 0;
@@ -920,9 +1150,7 @@ static int pg__apps_cached(struct store_backend *b)
     int rc = pg__app_list_query(b, NULL, &apps, &n);
     if (rc < 0)
         return rc; /* still not current: the next read loads the whole again */
-    store_app_list_free(b->apps, b->n_apps);
-    b->apps = apps;
-    b->n_apps = n;
+    pg__cache_set(b, apps, n);
     b->apps_at = at;
     return 0;
 }
@@ -935,18 +1163,20 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
         return rc;
     if (rc > 0)
         return pg__app_get_query(b, ref, out);
+    bool found;
+    size_t at = pg__guid_at(b, ref, &found);
+    if (found) {
+        *out = store_app_dup(b->by_guid[at]);
+        return 0;
+    }
     char space[37];
     const char *name = store_ref_split(ref, space);
-    for (size_t i = 0; i < b->n_apps; i++)
-        if (!strcmp(b->apps[i]->guid, ref)) {
-            *out = store_app_dup(b->apps[i]);
-            return 0;
-        }
-    for (size_t i = 0; i < b->n_apps; i++)
-        if (!strcmp(b->apps[i]->space_guid, space) && !strcmp(b->apps[i]->name, name)) {
-            *out = store_app_dup(b->apps[i]);
-            return 0;
-        }
+    at = pg__name_at(b, space, name);
+    if (at < b->n_apps && !strcmp(b->apps[at]->name, name) &&
+        !strcmp(b->apps[at]->space_guid, space)) {
+        *out = store_app_dup(b->apps[at]);
+        return 0;
+    }
     return -ENOENT;
 }
 
@@ -1064,7 +1294,7 @@ static char *pg__dup(const char *s)
 static int pg__routes_cached(struct store_backend *b)
 {
     pg__feed_read(b);
-    if (b->feed_lost)
+    if (b->feed_state != PG_FEED_ON)
         return 1;
     if (b->routes && b->routes_at == b->routes_gen)
         return 0;
@@ -1506,6 +1736,8 @@ const struct store_ops store_pg_ops = {
     .change_count = pg__change_count,
     .feed_fd = pg__feed_fd,
     .feed_take = pg__feed_take,
+    .feed_watch = pg__feed_set_watch,
+    .feed_retry_ms = pg__feed_retry_ms,
     .app_create = pg__app_create,
     .app_update = pg__app_update,
     .app_get = pg__app_get,

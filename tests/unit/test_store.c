@@ -24,6 +24,7 @@ extern const char *const store_sqlite_migrations[];
 extern const size_t store_sqlite_migrations_count;
 extern const char *const store_pg_migrations[];
 extern const size_t store_pg_migrations_count;
+extern int64_t store_pg_feed_retry_ms[2];
 
 /* The PostgreSQL server's socket folder while the PostgreSQL group runs; NULL: SQLite. */
 static char *pg_dir;
@@ -1290,6 +1291,8 @@ static void test_a_lost_feed_turns_the_cache_off(void **state)
         remove_db(path);
         return;
     }
+    int64_t first_try = store_pg_feed_retry_ms[0];
+    store_pg_feed_retry_ms[0] = 600 * 1000; /* not reopened during this test */
     struct store *st = open_ok(path), *other = open_ok(path);
     struct store_app *app = sample_app("shop"), *got = NULL;
     assert_int_equal(store_app_create(st, app), 0);
@@ -1318,8 +1321,220 @@ static void test_a_lost_feed_turns_the_cache_off(void **state)
     assert_int_equal(store_app_list(st, &list, &n), 0);
     assert_int_equal(n, 1);
     store_app_list_free(list, n);
+    assert_true(store_feed_retry_ms(st) > 0);
     store_app_free(app);
     store_close(other);
+    store_close(st);
+    store_pg_feed_retry_ms[0] = first_try;
+    remove_db(path);
+}
+
+struct watched {
+    int lost; /* calls with fd -1 */
+    int last_fd;
+};
+
+static void watch_feed(void *ctx, int fd, bool writable)
+{
+    (void)writable;
+    struct watched *w = ctx;
+    if (fd < 0)
+        w->lost++;
+    w->last_fd = fd;
+}
+
+/* A lost feed is reopened: the owner is told of the descriptor's changes (none while
+ * waiting, the new one after), and what another writer changed meanwhile (announced to
+ * nobody) is read again, after which reads are cached again (the change count holds). */
+static void test_a_lost_feed_is_reopened_and_the_cache_reloaded(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct watched w = {0, store_feed_fd(st)};
+    store_feed_watch(st, watch_feed, &w);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_app_get(st, "shop", &got), 0); /* cached */
+    assert_int_equal(got->processes[0].instances, app->processes[0].instances);
+    store_app_free(got);
+    store_feed_take(st, NULL, NULL);
+    raw_sql(path, "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND query = 'LISTEN skiff_store';"
+                  " END $$;");
+    /* changed while st's feed is gone: its notification reaches no listener of st's */
+    assert_int_equal(store_app_get(other, "shop", &got), 0);
+    got->processes[0].instances = 8;
+    assert_int_equal(store_app_update(other, got), 0);
+    store_app_free(got);
+    /* lost, then reopened (the cache is off meanwhile: the count moves on every call) */
+    for (int i = 0; i < 1000 && w.lost == 0; i++) {
+        store_change_count(st);
+        usleep(10 * 1000);
+    }
+    assert_int_equal(w.lost, 1);
+    for (int i = 0; i < 1000 && store_change_count(st) != store_change_count(st); i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_change_count(st), store_change_count(st));
+    assert_int_equal(store_feed_retry_ms(st), -1);
+    assert_true(w.last_fd >= 0);
+    assert_int_equal(store_feed_fd(st), w.last_fd);
+    struct seen seen = {0};
+    assert_int_equal(store_feed_take(st, seen_app, &seen), 1);
+    assert_int_equal(seen.any, 1);
+    uint64_t count = store_change_count(st);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 8);
+    store_app_free(got);
+    /* and the reopened feed carries news again */
+    assert_int_equal(store_app_get(other, "shop", &got), 0);
+    got->processes[0].instances = 9;
+    assert_int_equal(store_app_update(other, got), 0);
+    store_app_free(got);
+    wait_for_change(st, count);
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    assert_int_equal(got->processes[0].instances, 9);
+    store_app_free(got);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* Runs sql (with %s the test database's name) on the server's own database. */
+static void admin_sql(const char *path, const char *fmt)
+{
+    const char *name = path + strlen("postgres:///");
+    char db[64];
+    snprintf(db, sizeof db, "%.*s", (int)strcspn(name, "?"), name);
+    char *admin = pg_url("postgres");
+    char *sql = xasprintf(fmt, db);
+    raw_sql(admin, sql);
+    free(sql);
+    free(admin);
+}
+
+/* While the database refuses connections, the lost feed's tries fail and come further
+ * apart (the delay doubles), reads still answer from the database, and once it accepts
+ * them again the feed is reopened and the cache is on. */
+static void test_a_feed_that_cannot_be_reopened_is_tried_again_later(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop"), *got = NULL;
+    assert_int_equal(store_app_create(st, app), 0);
+    admin_sql(path, "ALTER DATABASE %s ALLOW_CONNECTIONS false");
+    admin_sql(path, "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = '%s' AND query = 'LISTEN skiff_store'; END $$;");
+    /* the first try is due within 100 ms of the loss; after a failed one, within 200 */
+    int64_t longest = -1;
+    for (int i = 0; i < 1000 && longest <= store_pg_feed_retry_ms[0]; i++) {
+        int64_t left = store_feed_retry_ms(st);
+        longest = left > longest ? left : longest;
+        usleep(5 * 1000);
+    }
+    assert_true(longest > store_pg_feed_retry_ms[0]);
+    assert_true(longest <= 2 * store_pg_feed_retry_ms[0]);
+    assert_true(store_change_count(st) != store_change_count(st)); /* no cache */
+    assert_int_equal(store_app_get(st, "shop", &got), 0);
+    store_app_free(got);
+    admin_sql(path, "ALTER DATABASE %s ALLOW_CONNECTIONS true");
+    for (int i = 0; i < 1000 && store_change_count(st) != store_change_count(st); i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_change_count(st), store_change_count(st));
+    assert_true(store_feed_fd(st) >= 0);
+    assert_int_equal(store_feed_retry_ms(st), -1);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
+/* Each of many apps in two spaces (created in no order, renamed, deleted) is found by its
+ * guid and by its space and name, and only by those: on PostgreSQL from the cache's index,
+ * kept as apps come and go (every read after a write is answered from it). */
+static void test_app_get_finds_each_of_many_apps_by_guid_and_by_name(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    enum { N = 60 };
+    struct store_app *apps[N];
+    const char *spaces[2] = {"11111111-1111-4111-8111-111111111111",
+                             "22222222-2222-4222-8222-222222222222"};
+    for (int k = 0; k < N; k++) {
+        int i = (k * 37) % N; /* every index once, in no order */
+        char name[16];
+        snprintf(name, sizeof name, "a%02d", i / 2);
+        apps[i] = sample_app(name);
+        snprintf(apps[i]->space_guid, sizeof apps[i]->space_guid, "%s", spaces[i % 2]);
+        assert_int_equal(store_app_create(st, apps[i]), 0);
+        struct store_app *got = NULL;
+        assert_int_equal(store_app_get(st, apps[i]->guid, &got), 0); /* a cache now */
+        store_app_free(got);
+    }
+    /* renamed to a name that sorts first, and the old name taken by a new app */
+    free(apps[10]->name);
+    apps[10]->name = xstrdup("0first");
+    assert_int_equal(store_app_update(st, apps[10]), 0);
+    struct store_app *again = sample_app("a05");
+    snprintf(again->space_guid, sizeof again->space_guid, "%s", spaces[0]);
+    assert_int_equal(store_app_create(st, again), 0);
+    assert_int_equal(store_app_delete(st, apps[33]->guid), 0);
+    for (int i = 0; i < N; i++) {
+        struct store_app *got = NULL;
+        char ref[80];
+        snprintf(ref, sizeof ref, "%s/%s", apps[i]->space_guid, apps[i]->name);
+        if (i == 33) {
+            assert_int_equal(store_app_get(st, apps[i]->guid, &got), -ENOENT);
+            assert_int_equal(store_app_get(st, ref, &got), -ENOENT);
+            continue;
+        }
+        assert_int_equal(store_app_get(st, apps[i]->guid, &got), 0);
+        assert_string_equal(got->guid, apps[i]->guid);
+        assert_string_equal(got->name, apps[i]->name);
+        store_app_free(got);
+        assert_int_equal(store_app_get(st, ref, &got), 0);
+        assert_string_equal(got->guid, apps[i]->guid);
+        store_app_free(got);
+    }
+    struct store_app *got = NULL;
+    char ref[80];
+    snprintf(ref, sizeof ref, "%s/a05", spaces[0]);
+    assert_int_equal(store_app_get(st, ref, &got), 0);
+    assert_string_equal(got->guid, again->guid);
+    store_app_free(got);
+    snprintf(ref, sizeof ref, "%s/a05", spaces[1]); /* apps[11] */
+    assert_int_equal(store_app_get(st, ref, &got), 0);
+    assert_string_equal(got->guid, apps[11]->guid);
+    store_app_free(got);
+    snprintf(ref, sizeof ref, "%s/a16", spaces[1]); /* apps[33], deleted */
+    assert_int_equal(store_app_get(st, ref, &got), -ENOENT);
+    snprintf(ref, sizeof ref, "%s/a99", spaces[0]);
+    assert_int_equal(store_app_get(st, ref, &got), -ENOENT);
+    assert_int_equal(store_app_get(st, "a00", &got), -ENOENT); /* the default space: none */
+    assert_int_equal(store_app_get(st, "ffffffff-ffff-4fff-8fff-ffffffffffff", &got), -ENOENT);
+    struct store_app **list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &list, &n), 0);
+    assert_int_equal(n, N);
+    assert_string_equal(list[0]->name, "0first");
+    for (size_t i = 1; i < n; i++) {
+        int c = strcmp(list[i - 1]->name, list[i]->name);
+        assert_true(c < 0 || (c == 0 && strcmp(list[i - 1]->space_guid, list[i]->space_guid) < 0));
+    }
+    store_app_list_free(list, n);
+    for (int i = 0; i < N; i++)
+        store_app_free(apps[i]);
+    store_app_free(again);
     store_close(st);
     remove_db(path);
 }
@@ -1394,6 +1609,9 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_racing_writers_lose_no_update),                                      \
         cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
+        cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
+        cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
+        cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
         cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
 
 int main(void)
