@@ -41,8 +41,8 @@
 
 struct daemon {
     uv_loop_t *loop;
-    uv_poll_t store_feed; /* the store's change feed (PostgreSQL): other skiffds' writes */
-    bool store_feed_on;   /* store_feed is open (closed first on shutdown) */
+    uv_poll_t *store_feed;       /* the store's change feed (PostgreSQL): other skiffds' writes */
+    uv_timer_t store_feed_retry; /* a lost feed's next try */
     char *home;
     char *api_addr;
     char *router_addr;
@@ -375,6 +375,8 @@ static void shutdown_api_done(void *arg)
     invoker_stop(d->invoker, shutdown_invoker_done, d);
 }
 
+static void daemon_unwatch_store(struct daemon *d);
+
 static void daemon_stop(struct daemon *d)
 {
     if (d->stopping)
@@ -386,10 +388,7 @@ static void daemon_stop(struct daemon *d)
     cells_close(d->cells);
     uv_timer_stop(&d->resync);
     uv_timer_stop(&d->catch_up);
-    if (d->store_feed_on) { /* no convergence of other skiffds' changes while stopping */
-        uv_close((uv_handle_t *)&d->store_feed, NULL);
-        d->store_feed_on = false;
-    }
+    daemon_unwatch_store(d); /* no convergence of other skiffds' changes while stopping */
     if (d->core)
         api_core_shutdown(d->core);
     if (d->svc)
@@ -511,26 +510,79 @@ static void daemon_store_app_changed(void *ctx, const char *app_guid)
 
 /* Something was written to the store (by this skiffd or another): the apps others changed
  * converge, and the route table is sent again (a route another skiffd mapped is served
- * here too; the table is built from the store's read cache, at most every 5 ms). */
+ * here too; the table is built from the store's read cache, at most every 5 ms). A lost
+ * feed is reopened by the store, which says which descriptor to watch instead
+ * (daemon_store_feed_moved). */
 static void daemon_store_feed(uv_poll_t *h, int status, int events)
 {
     struct daemon *d = h->data;
     store_feed_take(d->store, daemon_store_app_changed, d);
     if (d->bus)
         bus_routes_changed(d->bus);
-    if (status < 0 || store_feed_fd(d->store) < 0)
-        uv_poll_stop(h); /* the feed is lost (the store logged it) */
+}
+
+static void daemon_store_feed_poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void daemon_store_feed_retry(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    /* any store call makes the try; its outcome comes through daemon_store_feed_moved */
+    store_feed_take(d->store, daemon_store_app_changed, d);
+    int64_t due = store_feed_retry_ms(d->store);
+    if (!d->stopping && !d->store_feed && due >= 0)
+        uv_timer_start(&d->store_feed_retry, daemon_store_feed_retry, (uint64_t)due, 0);
+}
+
+/* The descriptor to watch changed: the old one is let go first (it is closed, and the new
+ * one may have its number); -1 means none until the next try. */
+static void daemon_store_feed_moved(void *ctx, int fd, bool writable)
+{
+    struct daemon *d = ctx;
+    if (d->store_feed) {
+        uv_close((uv_handle_t *)d->store_feed, daemon_store_feed_poll_closed);
+        d->store_feed = NULL;
+    }
+    uv_timer_stop(&d->store_feed_retry);
+    if (d->stopping)
+        return;
+    if (fd < 0) {
+        int64_t due = store_feed_retry_ms(d->store);
+        if (due >= 0)
+            uv_timer_start(&d->store_feed_retry, daemon_store_feed_retry, (uint64_t)due, 0);
+        return;
+    }
+    uv_poll_t *h = xmalloc(sizeof *h);
+    if (uv_poll_init(d->loop, h, fd) < 0) {
+        free(h);
+        log_error("cannot watch the store's change feed: other skiffds' changes are seen at "
+                  "the next resync only");
+        return;
+    }
+    h->data = d;
+    d->store_feed = h;
+    uv_poll_start(h, UV_READABLE | (writable ? UV_WRITABLE : 0), daemon_store_feed);
 }
 
 /* Watches the store's change feed on the loop, when it has one (PostgreSQL). */
 static void daemon_watch_store(struct daemon *d)
 {
     int fd = store_feed_fd(d->store);
-    if (fd < 0 || uv_poll_init(d->loop, &d->store_feed, fd) < 0)
-        return;
-    d->store_feed.data = d;
-    d->store_feed_on = true;
-    uv_poll_start(&d->store_feed, UV_READABLE, daemon_store_feed);
+    if (fd < 0)
+        return; /* SQLite: every change comes through this skiffd */
+    store_feed_watch(d->store, daemon_store_feed_moved, d);
+    daemon_store_feed_moved(d, fd, false);
+}
+
+static void daemon_unwatch_store(struct daemon *d)
+{
+    uv_timer_stop(&d->store_feed_retry);
+    if (d->store_feed) {
+        uv_close((uv_handle_t *)d->store_feed, daemon_store_feed_poll_closed);
+        d->store_feed = NULL;
+    }
 }
 
 static void walk_close(uv_handle_t *h, void *arg)
@@ -1115,6 +1167,8 @@ int main(int argc, char **argv)
         scheduler_set_leading(d.sched, false);
     uv_timer_init(d.loop, &d.resync);
     d.resync.data = &d;
+    uv_timer_init(d.loop, &d.store_feed_retry);
+    d.store_feed_retry.data = &d;
     uv_timer_init(d.loop, &d.catch_up);
     d.catch_up.data = &d;
     if (shared_store) {
@@ -1312,10 +1366,7 @@ fail:
     /* what was started is closed before freeing */
     if (!d.stopping) {
         d.stopping = true;
-        if (d.store_feed_on) {
-            uv_close((uv_handle_t *)&d.store_feed, NULL);
-            d.store_feed_on = false;
-        }
+        daemon_unwatch_store(&d);
         if (d.leader)
             leader_close(d.leader, NULL, NULL);
         cells_close(d.cells);

@@ -395,3 +395,25 @@ def test_only_the_leader_fires_schedules_and_the_next_one_takes_them_over(pg_dir
     finally:
         for p in made:
             p.close()
+
+
+def test_a_lost_change_feed_is_reopened_and_carries_changes_again(pair, pg_dir):
+    a, b = pair
+    deploy_through(a, "feed")
+    wait_for(lambda: serves(a, "feed"), 60, "the leader to serve the app")
+    # the database ends both skiffds' change feeds (their LISTEN sessions) under them
+    ended = psql(pg_dir, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE query LIKE 'LISTEN%'")
+    assert ended.strip() == "2", ended
+    for p in (a, b):
+        wait_for(lambda: "the change feed is reopened" in p.output(), 15,
+                 "the feed to be reopened")
+    wait_for(lambda: psql(pg_dir, "SELECT count(*) FROM pg_stat_activity "
+                                  "WHERE query LIKE 'LISTEN%'").strip() == "2", 10,
+             "both feeds to listen again")
+    # what the follower writes reaches the leader again: a new route is served there
+    status, body = b.api("POST", "/v1/routes", {"app": "feed", "host": "feed-two.localhost"})
+    assert status in (200, 201), body
+    wait_for(lambda: serves(a, "feed", "feed-two.localhost"), 10,
+             "the leader to serve the route mapped through the follower")
+    assert a.proc.poll() is None and b.proc.poll() is None
