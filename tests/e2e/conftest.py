@@ -6,6 +6,7 @@ and the real skiff CLI pointed at it. Tests use the platform as a user does.
         assert r.returncode == 0
         platform.wait_for(lambda: ..., timeout=10, what="app running")
 """
+import contextlib
 import io
 import json
 import os
@@ -25,6 +26,18 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN_DIR = os.environ.get("SKIFF_BIN_DIR", os.path.join(ROOT, "build", "asan"))
 
+
+@contextlib.contextmanager
+def throwaway_postgres():
+    """A PostgreSQL server of its own on a Unix socket in a new folder (scripts/pg-throwaway.sh),
+    stopped at the end; a server that cannot start fails the test (there is no skip)."""
+    d = tempfile.mkdtemp(prefix="skiff-pg-")
+    script = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
+    subprocess.run([script, "start", d], check=True, capture_output=True, timeout=120)
+    try:
+        yield d
+    finally:
+        subprocess.run([script, "stop", d], check=True, timeout=120)
 
 
 def read_pid_file(path):

@@ -9,14 +9,13 @@ hosts that takes a shared file system: src/daemon/README.md)."""
 import os
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from conftest import ROOT, WEB_APP, Platform, deploy_bits, http_get, out, wait_for
+from conftest import (ROOT, WEB_APP, Platform, deploy_bits, http_get, out, throwaway_postgres,
+                      wait_for)
 
-PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 HEARTBEAT_MS = 300
 # src/daemon/leader.h: a follower tries for the lock every second; a dead leader's session
@@ -30,12 +29,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def pg_dir():
-    d = tempfile.mkdtemp(prefix="skiff-pg-")
-    subprocess.run([PG, "start", d], check=True, capture_output=True, timeout=120)
-    try:
+    with throwaway_postgres() as d:
         yield d
-    finally:
-        subprocess.run([PG, "stop", d], check=True, timeout=120)
 
 
 def psql(pg_dir, sql):

@@ -3,25 +3,16 @@ routes made through the API, skiffd restarted, and everything found again."""
 import json
 import os
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from conftest import ROOT, Platform
-
-PG = os.path.join(ROOT, "scripts", "pg-throwaway.sh")
-
+from conftest import Platform, throwaway_postgres
 
 @pytest.fixture(scope="module")
 def pg_dir():
-    d = tempfile.mkdtemp(prefix="skiff-pg-")
-    # a server that cannot start fails the test: there is no skip
-    subprocess.run([PG, "start", d], check=True, capture_output=True, timeout=120)
-    try:
+    with throwaway_postgres() as d:
         yield d
-    finally:
-        subprocess.run([PG, "stop", d], check=True, timeout=120)
 
 
 def test_apps_and_routes_survive_a_restart_on_postgres(pg_dir):
