@@ -244,8 +244,9 @@ def test_delete_domain_is_refused_while_routes_use_it(platform):
     platform.cli("map-route", "busyapp", "www.busy.test", check=True)
     platform.cli("map-route", "busyapp", "api.busy.test", "--path", "/v1", check=True)
     status, body = platform.api("DELETE", "/v1/domains/busy.test")
-    assert status == 422 and body["code"] == "domain_in_use", body
-    assert "www.busy.test" in body["message"] and "api.busy.test/v1" in body["message"], body
+    assert status == 422 and body["error"]["code"] == "domain_in_use", body
+    message = body["error"]["message"]
+    assert "www.busy.test" in message and "api.busy.test/v1" in message, body
     r = platform.cli("delete-domain", "busy.test", "-f")
     assert r.returncode == 1 and "www.busy.test" in r.stderr and "unmap" in r.stderr, out(r)
     assert "busy.test" in domain_names(platform)
@@ -258,11 +259,11 @@ def test_delete_domain_is_refused_while_routes_use_it(platform):
     assert "busy.test" not in domain_names(platform)
 
 
-def test_localhost_cannot_be_deleted(platform):
+def test_the_localhost_domain_cannot_be_deleted(platform):
     r = platform.cli("delete-domain", "localhost", "-f")
     assert r.returncode == 1 and "built-in" in r.stderr, out(r)
     status, body = platform.api("DELETE", "/v1/domains/localhost")
-    assert status == 422 and "built-in" in body["message"], body
+    assert status == 422 and "built-in" in body["error"]["message"], body
     assert "localhost" in domain_names(platform)
 
 
