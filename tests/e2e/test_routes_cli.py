@@ -251,6 +251,14 @@ def test_delete_domain_is_refused_while_routes_use_it(platform):
     assert r.returncode == 1 and "www.busy.test" in r.stderr and "unmap" in r.stderr, out(r)
     assert "busy.test" in domain_names(platform)
     assert routes(platform).get(("www.busy.test", "")) == "busyapp"  # nothing was deleted
+    # many routes: the first ten are named, then how many more
+    for i in range(11):
+        platform.cli("map-route", "busyapp", f"h{i:02}.busy.test", check=True)
+    status, body = platform.api("DELETE", "/v1/domains/busy.test")
+    message = body["error"]["message"]
+    assert status == 422 and "and 3 more" in message and message.count(".busy.test") == 10, body
+    for i in range(11):
+        platform.cli("unmap-route", "busyapp", f"h{i:02}.busy.test", check=True)
     platform.cli("unmap-route", "busyapp", "www.busy.test", check=True)
     r = platform.cli("delete-domain", "busy.test", "-f")
     assert r.returncode == 1 and "api.busy.test/v1" in r.stderr and "www." not in r.stderr, out(r)
