@@ -186,6 +186,25 @@ done:
     certs__body_free(body);
 }
 
+/* The one removal of a domain's pair (delete-domain-cert and delete-domain): out of the store,
+ * this host's router's file goes, and the routers on NATS are told to remove theirs (bus.c).
+ * 0, -ENOENT when the domain had no certificate of its own, or the store's error. */
+int api_core__domain_cert_remove(struct api_core *core, const char *name)
+{
+    int r = store_domain_cert_delete(core->cfg.store, name);
+    if (r < 0)
+        return r;
+    char *path = certs__path(core, name);
+    if (unlink(path) < 0 && errno != ENOENT)
+        log_error("cannot remove %s (%s's certificate, out of the store): %s", path, name,
+                  strerror(errno));
+    free(path);
+    if (core->cfg.certs_changed)
+        core->cfg.certs_changed(core->cfg.certs_ctx);
+    log_info("removed %s's certificate", name);
+    return 0;
+}
+
 /* DELETE /v1/domains/DOMAIN/certificate (the admin) and
  * DELETE /v1/orgs/ORG/domains/DOMAIN/certificate (the org's managers): the pair leaves the
  * store, this host's router's file goes, and the routers on NATS are told to remove theirs
@@ -197,7 +216,7 @@ static void certs__delete(struct api_request *req, void *ctx)
     const char *name = api_request_param(req, org ? 1 : 0);
     if (!certs__found(req, core, name, org))
         return;
-    int r = store_domain_cert_delete(core->cfg.store, name);
+    int r = api_core__domain_cert_remove(core, name);
     if (r == -ENOENT) {
         api_respond_error(req, SKIFF_E_NOT_FOUND,
                           "the domain %s has no certificate of its own (it is served with the "
@@ -209,14 +228,6 @@ static void certs__delete(struct api_request *req, void *ctx)
         api_respond_error(req, r, "cannot remove the certificate: %s", skiff_strerror(r));
         return;
     }
-    char *path = certs__path(core, name);
-    if (unlink(path) < 0 && errno != ENOENT)
-        log_error("cannot remove %s (%s's certificate, out of the store): %s", path, name,
-                  strerror(errno));
-    free(path);
-    if (core->cfg.certs_changed)
-        core->cfg.certs_changed(core->cfg.certs_ctx);
-    log_info("removed %s's certificate", name);
     api_respond(req, 204, NULL, NULL, 0);
 }
 

@@ -14,6 +14,7 @@
 #include "api/api.h"
 #include "api/core_internal.h"
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "hub/hub.h"
@@ -2050,6 +2051,101 @@ done:
     json_decref(body);
 }
 
+/* Whether the domain is there for this request: a shared one through /v1/domains, the org's
+ * own through /v1/orgs/ORG/domains. 0, -ENOENT, or -EIO when the store could not be read. */
+static int core__domain_reachable(struct api_core *core, const char *name, const char *org)
+{
+    char **names = NULL, **owners = NULL;
+    if (store_domain_list(core->cfg.store, &names, NULL, &owners) < 0)
+        return -EIO;
+    int r = -ENOENT;
+    for (size_t i = 0; names[i]; i++)
+        if (!strcmp(names[i], name))
+            r = !strcmp(owners[i], org ? org : "") ? 0 : -ENOENT;
+    store_strv_free(names);
+    store_strv_free(owners);
+    return r;
+}
+
+/* The routes mapped on the domain, as "host[/path], ..." (at most 10 named); NULL for none,
+ * or on a store error (*err set). */
+static char *core__domain_routes(struct api_core *core, const char *name, int *err)
+{
+    struct store_route *routes = NULL;
+    size_t n = 0, named = 0, more = 0;
+    *err = store_route_list(core->cfg.store, NULL, &routes, &n);
+    if (*err < 0)
+        return NULL;
+    struct buf b = {0};
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(routes[i].domain, name))
+            continue;
+        if (named == 10) {
+            more++;
+            continue;
+        }
+        buf_printf(&b, "%s%s%s", named++ ? ", " : "", routes[i].host, routes[i].path);
+    }
+    if (more)
+        buf_printf(&b, " and %zu more", more);
+    store_route_list_free(routes, n);
+    return b.data; /* NULL when nothing was written */
+}
+
+/* DELETE /v1/domains/DOMAIN (the admin, a shared domain) and DELETE /v1/orgs/ORG/domains/DOMAIN
+ * (the org's managers, its private domain). Refused while routes use it (Cloud Foundry deletes
+ * them with the domain: here their owners unmap them first); localhost, the built-in shared
+ * domain, stays. Its certificate goes first, through the removal delete-domain-cert uses. */
+static void core__domains_delete(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    const char *org = api_request_org(req);
+    const char *name = api_request_param(req, org ? 1 : 0);
+    if (!strcmp(name, "localhost")) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                          "localhost is the built-in shared domain: it cannot be deleted");
+        return;
+    }
+    int r = core__domain_reachable(core, name, org);
+    if (r == -ENOENT) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND,
+                          org ? "the org has no private domain %s (see `skiff domains`)"
+                              : "there is no shared domain %s (see `skiff domains`)",
+                          name);
+        return;
+    }
+    char *routes = r < 0 ? NULL : core__domain_routes(core, name, &r);
+    if (r < 0) {
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+        return;
+    }
+    if (routes) {
+        api_respond_error(req, SKIFF_E_DOMAIN_IN_USE,
+                          "the domain %s still has routes: %s; unmap them first (`skiff "
+                          "unmap-route APP HOST`)",
+                          name, routes);
+        free(routes);
+        return;
+    }
+    r = api_core__domain_cert_remove(core, name);
+    if (r < 0 && r != -ENOENT) {
+        api_respond_error(req, r, "cannot remove the domain's certificate: %s", skiff_strerror(r));
+        return;
+    }
+    r = store_domain_delete(core->cfg.store, name);
+    if (r == -EEXIST) /* a route was mapped on it meanwhile (the store's foreign key) */
+        api_respond_error(req, SKIFF_E_DOMAIN_IN_USE,
+                          "the domain %s has a new route: unmap it first (`skiff routes`)", name);
+    else if (r == -ENOENT)
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "the domain %s was deleted meanwhile", name);
+    else if (r < 0)
+        api_respond_error(req, r, "cannot delete the domain: %s", skiff_strerror(r));
+    else {
+        log_info("deleted the domain %s", name);
+        api_respond(req, 204, NULL, NULL, 0);
+    }
+}
+
 /* ---- registration ------------------------------------------------------------------------- */
 
 void api_core_store_changed(struct api_core *core)
@@ -2129,6 +2225,9 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
         {"POST", "/v1/domains", API_PERM(AUTH_PERM_ADMIN), core__domains_create},
         {"POST", "/v1/orgs/*/domains", API_PERM(AUTH_PERM_ORG_MANAGE) | API_SCOPE_ORG,
          core__domains_create},
+        {"DELETE", "/v1/domains/*", API_PERM(AUTH_PERM_ADMIN), core__domains_delete},
+        {"DELETE", "/v1/orgs/*/domains/*", API_PERM(AUTH_PERM_ORG_MANAGE) | API_SCOPE_ORG,
+         core__domains_delete},
     };
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
         api_route_add(api, routes[i].method, routes[i].pattern, routes[i].flags, routes[i].fn,

@@ -74,6 +74,9 @@ void api_core__certs_register(struct api_core *core);
 /* {"subject", "issuer", "not_before", "not_after"} of the domain's certificate (new
  * reference), or NULL when it has none. */
 json_t *api_core__domain_cert_json(struct api_core *core, const char *name);
+/* Removes a domain's certificate everywhere (store, this host's router, the routers on NATS):
+ * 0, -ENOENT when it had none, or the store's error. */
+int api_core__domain_cert_remove(struct api_core *core, const char *name);
 
 /* staging.c */
 void api_core__staging_register(struct api_core *core);

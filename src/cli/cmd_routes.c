@@ -1,4 +1,4 @@
-/* cmd_routes: map-route, unmap-route, routes, domains, create-domain. */
+/* cmd_routes: map-route, unmap-route, routes, domains, create-domain, delete-domain. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -282,6 +282,37 @@ int cli_cmd_delete_domain_cert(const struct cli_command *cmd, int argc, char **a
                args.items[0]);
     if (!printed)
         json_decref(res);
+    free(path);
+    free(d);
+    free(o);
+    free(org);
+    return rc;
+}
+
+int cli_cmd_delete_domain(const struct cli_command *cmd, int argc, char **argv)
+{
+    bool force = false;
+    struct cli_option opts[] = {{"force", 'f', CLI_OPT_FLAG, &force}, {0}};
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    const char *name = args.items[0];
+    char *org = NULL;
+    if (routes__domain_org(name, &org) != 0)
+        return CLI_EXIT_ERROR;
+    char *question = xasprintf("Really delete the domain %s and its certificate?", name);
+    rc = cli_confirm(cmd, force, name, question);
+    free(question);
+    if (rc != CLI_CONTINUE) {
+        free(org);
+        return rc;
+    }
+    char *d = cli_escape(name), *o = org ? cli_escape(org) : NULL;
+    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s", o, d) : xasprintf("/v1/domains/%s", d);
+    rc = cli_api("DELETE", path, NULL, NULL);
+    if (rc == 0 && !cli_json_output)
+        printf("Deleted the domain %s.\n", name);
     free(path);
     free(d);
     free(o);

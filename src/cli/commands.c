@@ -222,6 +222,13 @@ const struct cli_command cli_core_commands[] = {
      "router on TLS NATS; new connections to NAME get the default certificate at once, open\n"
      "ones keep theirs. A private domain's needs its OrgManager, a shared one's the admin.\n",
      cli_cmd_delete_domain_cert},
+    {"delete-domain", "delete-domain NAME [-f]",
+     "Delete a domain and its HTTPS certificate (refused while routes use it)",
+     "  -f, --force   do not ask for confirmation\n"
+     "A shared domain needs the admin, a private one its org's OrgManager. Routes on the\n"
+     "domain are not deleted with it: the request is refused, naming them, until they are\n"
+     "unmapped (`skiff unmap-route`). localhost, the built-in shared domain, cannot be deleted.\n",
+     cli_cmd_delete_domain},
     {"ssh", "ssh NAME [-i INDEX] [--process TYPE] [-c COMMAND] [-t|-T]",
      "Run a shell or a command inside a running instance",
      "Runs COMMAND (with /bin/sh -c), or a login shell without -c, inside the container of\n"

@@ -78,6 +78,7 @@ int cli_cmd_routes(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_domains(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_update_domain(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_delete_domain_cert(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_delete_domain(const struct cli_command *cmd, int argc, char **argv);
 /* Gives a domain its own HTTPS certificate (PEM files; org: its org for a private domain,
  * else NULL) and prints what it is. Returns a CLI exit status. */
 int cli_domain_set_cert(const char *domain, const char *org, const char *cert_path,

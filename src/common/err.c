@@ -56,6 +56,8 @@ static const struct {
                                 "staging failed: `skiff logs APP --recent` says why"},
     [SKIFF_E_CONFLICT] = {"conflict", 409,
                           "it was changed by someone else meanwhile: read it again and retry"},
+    [SKIFF_E_DOMAIN_IN_USE] = {"domain_in_use", 422,
+                               "routes use the domain: `skiff unmap-route` them first"},
 };
 
 /* The errno values the parts below the API return, each with the API error that answers it

@@ -54,6 +54,7 @@ enum skiff_err {
     SKIFF_E_SSH_DISABLED,         /* ssh is turned off for the app or not allowed in its space */
     SKIFF_E_STAGING_FAILED,       /* a staging ended without a droplet (told in its stream) */
     SKIFF_E_CONFLICT,             /* another writer changed the thing since it was read */
+    SKIFF_E_DOMAIN_IN_USE,        /* routes are mapped on the domain to be deleted */
     SKIFF_ERR_COUNT
 };
 

@@ -239,6 +239,11 @@ int store_domain_list(struct store *st, char ***names, bool **shared, char ***or
     return st->ops->domain_list(st->backend, names, shared, org_guids);
 }
 
+int store_domain_delete(struct store *st, const char *name)
+{
+    return st->ops->domain_delete(st->backend, name);
+}
+
 int store_domain_cert_set(struct store *st, const char *domain, const char *cert_pem,
                           const char *key_pem)
 {

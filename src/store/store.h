@@ -286,6 +286,10 @@ int store_domain_add(struct store *st, const char *name, const char *org_guid);
 /* NULL-terminated list of names (free with store_strv_free); shared[i] and org_guids[i] ("" for
  * a shared domain; NULL-terminated too) set when the pointers are not NULL. */
 int store_domain_list(struct store *st, char ***names, bool **shared, char ***org_guids);
+/* Removes a domain: -ENOENT when there is none, -EEXIST while a route or its certificate
+ * still refers to it (the caller removes the certificate first and refuses while routes use
+ * the domain; the store's foreign keys refuse a route added in between). */
+int store_domain_delete(struct store *st, const char *name);
 
 /* A domain's own HTTPS certificate: its chain and key (PEM), checked by the caller
  * (tls_pair_check). The key is for skiffd and the routers only (src/tls/README.md, "Domain

@@ -51,6 +51,7 @@ struct store_ops {
                       size_t *n);
     int (*domain_add)(struct store_backend *b, const char *name, const char *org_guid);
     int (*domain_list)(struct store_backend *b, char ***names, bool **shared, char ***org_guids);
+    int (*domain_delete)(struct store_backend *b, const char *name);
     int (*domain_cert_set)(struct store_backend *b, const char *domain, const char *cert_pem,
                            const char *key_pem);
     int (*domain_cert_get)(struct store_backend *b, const char *domain, char **cert_pem,

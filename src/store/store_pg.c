@@ -1377,6 +1377,12 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
     return 0;
 }
 
+static int pg__domain_delete(struct store_backend *b, const char *name)
+{
+    const char *v[] = {name};
+    return pg__write(b, "DELETE FROM domains WHERE name = $1", 1, v, true);
+}
+
 static int pg__domain_cert_set(struct store_backend *b, const char *domain, const char *cert_pem,
                                const char *key_pem)
 {
@@ -1750,6 +1756,7 @@ const struct store_ops store_pg_ops = {
     .route_list = pg__route_list,
     .domain_add = pg__domain_add,
     .domain_list = pg__domain_list,
+    .domain_delete = pg__domain_delete,
     .domain_cert_set = pg__domain_cert_set,
     .domain_cert_get = pg__domain_cert_get,
     .domain_cert_list = pg__domain_cert_list,

@@ -888,6 +888,18 @@ static int sqlite__domain_add(struct store_backend *st, const char *name, const 
     return store__step_done(st, q);
 }
 
+static int sqlite__domain_delete(struct store_backend *st, const char *name)
+{
+    sqlite3_stmt *q = store__prepare(st, "DELETE FROM domains WHERE name = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, name);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
 static int sqlite__domain_cert_set(struct store_backend *st, const char *domain,
                                    const char *cert_pem, const char *key_pem)
 {
@@ -1369,6 +1381,7 @@ const struct store_ops store_sqlite_ops = {
     .route_list = sqlite__route_list,
     .domain_add = sqlite__domain_add,
     .domain_list = sqlite__domain_list,
+    .domain_delete = sqlite__domain_delete,
     .domain_cert_set = sqlite__domain_cert_set,
     .domain_cert_get = sqlite__domain_cert_get,
     .domain_cert_list = sqlite__domain_cert_list,

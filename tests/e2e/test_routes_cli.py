@@ -1,5 +1,5 @@
-"""The route commands of the CLI (map-route, unmap-route, routes, domains, create-domain) and
-what they do to traffic through the router."""
+"""The route commands of the CLI (map-route, unmap-route, routes, domains, create-domain,
+delete-domain) and what they do to traffic through the router."""
 import json
 import os
 import urllib.error
@@ -207,6 +207,72 @@ def test_domains(platform):
     assert r.returncode == 0, out(r)
     r = platform.cli("create-domain", "example.test")
     assert r.returncode == 1, out(r)
+
+
+def domain_names(platform):
+    r = platform.cli("domains", "--json", check=True)
+    return [d["name"] for d in json.loads(r.stdout)["domains"]]
+
+
+def test_delete_domain(platform):
+    platform.cli("create-domain", "gone.test", check=True)
+    # without a terminal to ask, -f is needed, and nothing is deleted
+    r = platform.cli("delete-domain", "gone.test", input="")
+    assert r.returncode != 0 and "-f" in r.stderr, out(r)
+    assert "gone.test" in domain_names(platform)
+    r = platform.cli("delete-domain", "gone.test", "-f")
+    assert r.returncode == 0 and "Deleted the domain gone.test" in r.stdout, out(r)
+    assert "gone.test" not in domain_names(platform)
+    assert not any(l.split()[:1] == ["gone.test"]
+                   for l in platform.cli("domains", check=True).stdout.splitlines())
+    # gone: a second delete, and a route on it, are refused
+    r = platform.cli("delete-domain", "gone.test", "-f")
+    assert r.returncode == 1 and "no domain gone.test" in r.stderr, out(r)
+    status, body = platform.api("DELETE", "/v1/domains/gone.test")
+    assert status == 404, body
+    new_app(platform, "gonehost")
+    r = platform.cli("map-route", "gonehost", "www.gone.test")
+    assert r.returncode == 1, out(r)
+    # created again, it starts empty
+    platform.cli("create-domain", "gone.test", check=True)
+    platform.cli("delete-domain", "gone.test", "-f", check=True)
+
+
+def test_delete_domain_is_refused_while_routes_use_it(platform):
+    platform.cli("create-domain", "busy.test", check=True)
+    new_app(platform, "busyapp")
+    platform.cli("map-route", "busyapp", "www.busy.test", check=True)
+    platform.cli("map-route", "busyapp", "api.busy.test", "--path", "/v1", check=True)
+    status, body = platform.api("DELETE", "/v1/domains/busy.test")
+    assert status == 422 and body["error"]["code"] == "domain_in_use", body
+    message = body["error"]["message"]
+    assert "www.busy.test" in message and "api.busy.test/v1" in message, body
+    r = platform.cli("delete-domain", "busy.test", "-f")
+    assert r.returncode == 1 and "www.busy.test" in r.stderr and "unmap" in r.stderr, out(r)
+    assert "busy.test" in domain_names(platform)
+    assert routes(platform).get(("www.busy.test", "")) == "busyapp"  # nothing was deleted
+    # many routes: the first ten are named, then how many more
+    for i in range(11):
+        platform.cli("map-route", "busyapp", f"h{i:02}.busy.test", check=True)
+    status, body = platform.api("DELETE", "/v1/domains/busy.test")
+    message = body["error"]["message"]
+    assert status == 422 and "and 3 more" in message and message.count(".busy.test") == 10, body
+    for i in range(11):
+        platform.cli("unmap-route", "busyapp", f"h{i:02}.busy.test", check=True)
+    platform.cli("unmap-route", "busyapp", "www.busy.test", check=True)
+    r = platform.cli("delete-domain", "busy.test", "-f")
+    assert r.returncode == 1 and "api.busy.test/v1" in r.stderr and "www." not in r.stderr, out(r)
+    platform.cli("unmap-route", "busyapp", "api.busy.test", "--path", "/v1", check=True)
+    platform.cli("delete-domain", "busy.test", "-f", check=True)
+    assert "busy.test" not in domain_names(platform)
+
+
+def test_the_localhost_domain_cannot_be_deleted(platform):
+    r = platform.cli("delete-domain", "localhost", "-f")
+    assert r.returncode == 1 and "built-in" in r.stderr, out(r)
+    status, body = platform.api("DELETE", "/v1/domains/localhost")
+    assert status == 422 and "built-in" in body["error"]["message"], body
+    assert "localhost" in domain_names(platform)
 
 
 def test_push_maps_default_route_unless_told_not_to(platform):

@@ -323,6 +323,13 @@ def fill(world, method, path):
         if method == "POST":
             return f"/v1/topics/orders/events?{S}", {"n": 2}, None, None
         return f"/v1/topics/orders/events?{S}&limit=1", None, None, None
+    if path in ("/v1/domains/*", "/v1/orgs/*/domains/*") and method == "DELETE":
+        # a fresh domain to delete (shared, or acme's private), no route on it
+        name = unique("x") + ".test"
+        of_org = path.startswith("/v1/orgs/")
+        made("POST", "/v1/orgs/acme/domains" if of_org else "/v1/domains", {"name": name})
+        return (f"/v1/orgs/acme/domains/{name}" if of_org else f"/v1/domains/{name}"), None, \
+            None, None
     if path.endswith("/domains/*/certificate") and method == "DELETE":
         # a fresh domain with a certificate of its own to remove (shared, or acme's private)
         from test_tls import CA

@@ -917,6 +917,116 @@ def test_another_orgs_developer_cannot_delete_a_domains_certificate(platform_ca)
             shutil.rmtree(sh.home, ignore_errors=True)
 
 
+def test_delete_domain_takes_its_certificate_and_sni_falls_back(platform_ca):
+    """Deleting a domain removes its pair through delete-domain-cert's path: out of the store
+    and the router's home; new handshakes for its names get the default certificate."""
+    p, ca = platform_ca
+    cert, key = ca.issue("bye.example.test", ["*.bye.example.test"])
+    ok(p, "create-domain", "bye.example.test", "--cert", cert, "--key", key)
+    path = os.path.join(p.home, "tls", "domains", "bye.example.test.pem")
+    wait_for(lambda: serial_for(p, ca, "www.bye.example.test"), 10, "the domain's certificate")
+    default = served_der(p.router_tls_port, "nothing-here.invalid")
+    assert served_der(p.router_tls_port, "www.bye.example.test") != default
+    r = ok(p, "delete-domain", "bye.example.test", "-f")
+    assert "Deleted the domain bye.example.test" in r.stdout, r.stdout
+    assert not os.path.exists(path)
+    wait_for(lambda: served_der(p.router_tls_port, "www.bye.example.test") == default, 10,
+             "the default certificate for the deleted domain")
+    status, body = p.api("GET", "/v1/domains")
+    assert "bye.example.test" not in [d["name"] for d in body["domains"]], body
+    status, _ = p.api("DELETE", "/v1/domains/bye.example.test/certificate")
+    assert status == 404
+    # created again, it has no certificate of its own: the old pair did not survive anywhere
+    ok(p, "create-domain", "bye.example.test")
+    status, body = p.api("GET", "/v1/domains")
+    d = [d for d in body["domains"] if d["name"] == "bye.example.test"][0]
+    assert not d.get("certificate"), d
+    assert served_der(p.router_tls_port, "www.bye.example.test") == default
+    ok(p, "delete-domain", "bye.example.test", "-f")
+
+
+def test_delete_domain_with_a_route_keeps_domain_and_certificate(platform_ca):
+    p, ca = platform_ca
+    cert, key = ca.issue("kept.example.test", ["*.kept.example.test"])
+    ok(p, "create-domain", "kept.example.test", "--cert", cert, "--key", key)
+    good = wait_for(lambda: serial_for(p, ca, "www.kept.example.test"), 10, "its certificate")
+    assert p.api("POST", "/v1/apps", {"name": "keptapp", "no_route": True})[0] == 201
+    ok(p, "map-route", "keptapp", "www.kept.example.test")
+    r = p.cli("delete-domain", "kept.example.test", "-f")
+    assert r.returncode == 1 and "www.kept.example.test" in r.stderr, r.stderr
+    # refused before anything was removed: the certificate is still served
+    assert os.path.exists(os.path.join(p.home, "tls", "domains", "kept.example.test.pem"))
+    assert serial_for(p, ca, "www.kept.example.test") == good
+    ok(p, "unmap-route", "keptapp", "www.kept.example.test")
+    ok(p, "delete-domain", "kept.example.test", "-f")
+
+
+def test_other_orgs_users_cannot_delete_a_private_domain(platform_ca):
+    p, ca = platform_ca
+    ok(p, "create-user", "dd-eve", PASSWORD)
+    ok(p, "create-user", "dd-evemgr", PASSWORD)
+    ok(p, "create-user", "dd-mgr", PASSWORD)
+    ok(p, "create-org", "ddtarget")
+    ok(p, "create-org", "ddattacker")
+    ok(p, "create-space", "s", "-o", "ddattacker")
+    ok(p, "set-space-role", "dd-eve", "ddattacker", "s", "SpaceDeveloper")
+    ok(p, "set-org-role", "dd-evemgr", "ddattacker", "OrgManager")
+    ok(p, "set-org-role", "dd-mgr", "ddtarget", "OrgManager")
+    ok(p, "create-private-domain", "ddtarget", "ddtarget.test")
+    ok(p, "create-domain", "ddshared.test")
+    cert, key = ca.issue("ddtarget.test", ["*.ddtarget.test"])
+    ok(p, "update-domain", "ddtarget.test", "--cert", cert, "--key", key)
+    good = wait_for(lambda: serial_for(p, ca, "www.ddtarget.test"), 10, "target's certificate")
+    path = os.path.join(p.home, "tls", "domains", "ddtarget.test.pem")
+    shells = {u: Shell(p) for u in ("dd-eve", "dd-evemgr", "dd-mgr")}
+    try:
+        tokens = {}
+        for user, sh in shells.items():
+            r = sh.run("login", "-a", p.api_url, "-u", user, "-p", PASSWORD)
+            assert r.returncode == 0, r.stderr
+            tokens[user] = json.load(open(os.path.join(sh.home, ".skiff", "cli.json")))["token"]
+        # another org's developer and another org's manager: through the domain, its org and
+        # their own org; neither the API nor the CLI deletes it
+        for user in ("dd-eve", "dd-evemgr"):
+            for url in ("/v1/domains/ddtarget.test", "/v1/orgs/ddtarget/domains/ddtarget.test",
+                        "/v1/orgs/ddattacker/domains/ddtarget.test"):
+                status, body = p.api("DELETE", url, token=tokens[user])
+                assert status in (403, 404), (user, url, status, body)
+            r = shells[user].run("delete-domain", "ddtarget.test", "-f")
+            assert r.returncode == 1, r.stdout
+        status, _ = p.api("DELETE", "/v1/orgs/ddtarget/domains/ddtarget.test",
+                          token=tokens["dd-eve"])
+        assert status == 404  # no role in the org: as if it did not exist (docs/roles.md)
+        status, _ = p.api("DELETE", "/v1/orgs/ddattacker/domains/ddtarget.test",
+                          token=tokens["dd-evemgr"])
+        assert status == 404  # allowed in their own org, which has no such domain
+        status, body = p.api("GET", "/v1/domains")
+        assert "ddtarget.test" in [d["name"] for d in body["domains"]]
+        assert os.path.exists(path) and serial_for(p, ca, "www.ddtarget.test") == good
+        # the org's own manager: not a shared domain, nor through the shared path
+        status, _ = p.api("DELETE", "/v1/domains/ddshared.test", token=tokens["dd-mgr"])
+        assert status == 403
+        status, _ = p.api("DELETE", "/v1/domains/ddtarget.test", token=tokens["dd-mgr"])
+        assert status == 403
+        r = shells["dd-mgr"].run("delete-domain", "ddshared.test", "-f")
+        assert r.returncode == 1
+        # the admin cannot delete a private domain as if it were shared, nor through another org
+        status, _ = p.api("DELETE", "/v1/domains/ddtarget.test")
+        assert status == 404
+        status, _ = p.api("DELETE", "/v1/orgs/ddattacker/domains/ddtarget.test")
+        assert status == 404
+        # its manager deletes it, and its certificate with it
+        r = shells["dd-mgr"].run("delete-domain", "ddtarget.test", "-f")
+        assert r.returncode == 0, r.stderr
+        assert not os.path.exists(path)
+        status, body = p.api("GET", "/v1/domains")
+        names = [d["name"] for d in body["domains"]]
+        assert "ddtarget.test" not in names and "ddshared.test" in names
+    finally:
+        for sh in shells.values():
+            shutil.rmtree(sh.home, ignore_errors=True)
+
+
 def test_domain_certificate_files_move_into_the_store_at_start(tmp_path):
     """A skiffd from before certificates were kept in the store wrote them to
     tls/domains/NAME.pem only: at start they move into the store (SQLite file 0600), and the

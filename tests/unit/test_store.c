@@ -1010,6 +1010,37 @@ static void test_domain_certificates_round_trip(void **state)
     remove_db(path);
 }
 
+/* A domain goes only when nothing refers to it: not while a route or its certificate does. */
+static void test_a_domain_is_deleted_once_nothing_refers_to_it(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_domain_add(st, "shop.test", NULL), 0);
+    assert_int_equal(store_domain_cert_set(st, "shop.test", "CERT", "KEY"), 0);
+    assert_int_equal(store_domain_delete(st, "shop.test"), -EEXIST); /* its certificate */
+    assert_int_equal(store_domain_cert_delete(st, "shop.test"), 0);
+    struct store_route r = {
+        .host = "www.shop.test", .path = "", .app_guid = app->guid, .domain = "shop.test"};
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    assert_int_equal(store_domain_delete(st, "shop.test"), -EEXIST); /* its route */
+    assert_int_equal(store_route_delete(st, "www.shop.test", ""), 0);
+    assert_int_equal(store_domain_delete(st, "shop.test"), 0);
+    assert_int_equal(store_domain_delete(st, "shop.test"), -ENOENT);
+    assert_int_equal(store_domain_delete(st, "nowhere.test"), -ENOENT);
+    char **names = NULL;
+    assert_int_equal(store_domain_list(st, &names, NULL, NULL), 0);
+    for (char **n = names; *n; n++)
+        assert_string_not_equal(*n, "shop.test");
+    store_strv_free(names);
+    store_app_free(app);
+    store_close(st);
+    remove_db(path);
+}
+
 /* Two writers read one version of an app: the first update wins, the second is told
  * (-ESTALE) and changes nothing; read again, it succeeds. */
 static void test_an_update_of_a_version_read_before_another_write_fails(void **state)
@@ -1592,6 +1623,7 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
+        cmocka_unit_test(test_a_domain_is_deleted_once_nothing_refers_to_it),                      \
         cmocka_unit_test(test_migrates_an_older_store_keeping_its_data),                           \
         cmocka_unit_test(test_migration_moves_a_functions_max_into_its_policy),                    \
         cmocka_unit_test(test_migrates_a_store_with_https_only_routes_to_protocols),               \
