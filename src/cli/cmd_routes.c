@@ -176,6 +176,18 @@ static int routes__read_pem(const char *flag, const char *path, char **out, size
     return 0;
 }
 
+/* A domain's API path: under its org for a private domain, else the shared one; tail is ""
+ * or "/certificate". */
+static char *routes__domain_path(const char *domain, const char *org, const char *tail)
+{
+    char *d = cli_escape(domain), *o = org ? cli_escape(org) : NULL;
+    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s%s", o, d, tail)
+                   : xasprintf("/v1/domains/%s%s", d, tail);
+    free(d);
+    free(o);
+    return path;
+}
+
 int cli_domain_set_cert(const char *domain, const char *org, const char *cert_path,
                         const char *key_path)
 {
@@ -187,9 +199,7 @@ int cli_domain_set_cert(const char *domain, const char *org, const char *cert_pa
         free(key);
         return CLI_EXIT_ERROR;
     }
-    char *d = cli_escape(domain), *o = org ? cli_escape(org) : NULL;
-    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s/certificate", o, d)
-                   : xasprintf("/v1/domains/%s/certificate", d);
+    char *path = routes__domain_path(domain, org, "/certificate");
     json_t *body = json_pack("{s:s%,s:s%}", "cert", cert, cert_len, "key", key, key_len);
     memset(key, 0, key_len);
     free(cert);
@@ -207,8 +217,6 @@ int cli_domain_set_cert(const char *domain, const char *org, const char *cert_pa
     }
     json_decref(body); /* the key is in it: jansson's copy goes with it */
     free(path);
-    free(d);
-    free(o);
     return rc;
 }
 
@@ -270,9 +278,7 @@ int cli_cmd_delete_domain_cert(const struct cli_command *cmd, int argc, char **a
     char *org = NULL;
     if (routes__domain_org(args.items[0], &org) != 0)
         return CLI_EXIT_ERROR;
-    char *d = cli_escape(args.items[0]), *o = org ? cli_escape(org) : NULL;
-    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s/certificate", o, d)
-                   : xasprintf("/v1/domains/%s/certificate", d);
+    char *path = routes__domain_path(args.items[0], org, "/certificate");
     json_t *res = NULL;
     rc = cli_api("DELETE", path, NULL, &res);
     bool printed = rc == 0 && cli_json_printed(res); /* it drops res */
@@ -283,8 +289,6 @@ int cli_cmd_delete_domain_cert(const struct cli_command *cmd, int argc, char **a
     if (!printed)
         json_decref(res);
     free(path);
-    free(d);
-    free(o);
     free(org);
     return rc;
 }
@@ -308,14 +312,11 @@ int cli_cmd_delete_domain(const struct cli_command *cmd, int argc, char **argv)
         free(org);
         return rc;
     }
-    char *d = cli_escape(name), *o = org ? cli_escape(org) : NULL;
-    char *path = o ? xasprintf("/v1/orgs/%s/domains/%s", o, d) : xasprintf("/v1/domains/%s", d);
+    char *path = routes__domain_path(name, org, "");
     rc = cli_api("DELETE", path, NULL, NULL);
     if (rc == 0 && !cli_json_output)
         printf("Deleted the domain %s.\n", name);
     free(path);
-    free(d);
-    free(o);
     free(org);
     return rc;
 }

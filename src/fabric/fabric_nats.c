@@ -847,21 +847,31 @@ static void nats_unsubscribe(struct fabric_sub *sub)
 
 /* ---- cursors ---------------------------------------------------------------------------- */
 
-static int nats_cursor_get(struct fabric *f, const char *topic, const char *consumer,
-                           uint64_t *next_offset)
+/* What every cursor call checks first, then the cursor's subject. */
+static int cursor_begin(struct fabric *f, const char *topic, const char *consumer, char *subject,
+                        size_t size)
 {
     if (!fabric_name_valid(topic) || !fabric_name_valid(consumer))
         return -EINVAL;
     if (!connected(f))
         return -ENOTCONN;
+    cursor_subject(topic, consumer, subject, size);
+    return 0;
+}
+
+static int nats_cursor_get(struct fabric *f, const char *topic, const char *consumer,
+                           uint64_t *next_offset)
+{
     char subject[2 * NAME_SIZE];
-    cursor_subject(topic, consumer, subject, sizeof(subject));
+    int rc = cursor_begin(f, topic, consumer, subject, sizeof(subject));
+    if (rc < 0)
+        return rc;
     jsOptions o;
     request_options(&o);
     jsErrCode jerr = 0;
     natsMsg *m = NULL;
     natsStatus s = js_GetLastMsg(&m, f->js, CURSOR_STREAM, subject, &o, &jerr);
-    int rc = errno_of(s, jerr);
+    rc = errno_of(s, jerr);
     if (rc == 0) {
         char buf[32] = "";
         int len = natsMsg_GetDataLength(m);
@@ -883,17 +893,15 @@ static int nats_cursor_commit(struct fabric *f, const char *topic, const char *c
 {
     if (f->closing)
         return -ECANCELED;
-    if (!fabric_name_valid(topic) || !fabric_name_valid(consumer))
-        return -EINVAL;
-    if (!connected(f))
-        return -ENOTCONN;
     char subject[2 * NAME_SIZE], value[32];
-    cursor_subject(topic, consumer, subject, sizeof(subject));
+    int rc = cursor_begin(f, topic, consumer, subject, sizeof(subject));
+    if (rc < 0)
+        return rc;
     int len = snprintf(value, sizeof(value), "%" PRIu64, next_offset);
     struct pending *p = pending_new(f, PENDING_COMMIT, 1);
     p->commit_cb = cb;
     p->arg = arg;
-    int rc = publish(f, p, subject, value, (size_t)len);
+    rc = publish(f, p, subject, value, (size_t)len);
     if (rc < 0)
         pending_unsent(f, p, 1, rc); /* the callback says so, as a failed fsync would */
     return 0;
@@ -901,18 +909,16 @@ static int nats_cursor_commit(struct fabric *f, const char *topic, const char *c
 
 static int nats_cursor_delete(struct fabric *f, const char *topic, const char *consumer)
 {
-    if (!fabric_name_valid(topic) || !fabric_name_valid(consumer))
-        return -EINVAL;
-    if (!connected(f))
-        return -ENOTCONN;
     char subject[2 * NAME_SIZE];
-    cursor_subject(topic, consumer, subject, sizeof(subject));
+    int rc = cursor_begin(f, topic, consumer, subject, sizeof(subject));
+    if (rc < 0)
+        return rc;
     jsOptions o;
     request_options(&o);
     o.Stream.Purge.Subject = subject;
     jsErrCode jerr = 0;
     natsStatus s = js_PurgeStream(f->js, CURSOR_STREAM, &o, &jerr);
-    int rc = errno_of(s, jerr);
+    rc = errno_of(s, jerr);
     return rc == -ENOENT ? 0 : rc;
 }
 

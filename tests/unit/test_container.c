@@ -722,6 +722,15 @@ static pid_t child_of(pid_t pid)
     return found;
 }
 
+/* /proc/PID/status of a process running as uid_line's user with nothing of root and under the
+ * seccomp filter. */
+static bool status_dropped(const char *status, const char *uid_line)
+{
+    return strstr(status, uid_line) && strstr(status, "CapEff:\t0000000000000000") &&
+           strstr(status, "CapBnd:\t0000000000000000") && strstr(status, "NoNewPrivs:\t1") &&
+           strstr(status, "Seccomp:\t2");
+}
+
 /* A plain warm container's program is there before its start, already vcap with nothing of
  * root and under the filter, and it is the very process that then runs the start's argv. */
 static void test_warm_container_program_waits_dropped_and_runs_the_start(void **state)
@@ -767,15 +776,11 @@ static void test_warm_container_program_waits_dropped_and_runs_the_start(void **
         free(status);
         status = NULL;
         assert_int_equal(file_read(path, &status, NULL), 0);
-        if (strstr(status, uid) && strstr(status, "CapEff:\t0000000000000000") &&
-            strstr(status, "CapBnd:\t0000000000000000") && strstr(status, "NoNewPrivs:\t1") &&
-            strstr(status, "Seccomp:\t2"))
+        if (status_dropped(status, uid))
             break;
         usleep(1000);
     }
-    if (!strstr(status, uid) || !strstr(status, "CapEff:\t0000000000000000") ||
-        !strstr(status, "CapBnd:\t0000000000000000") || !strstr(status, "NoNewPrivs:\t1") ||
-        !strstr(status, "Seccomp:\t2"))
+    if (!status_dropped(status, uid))
         fail_msg("the program waiting for its start is not dropped:\n%s", status);
     const char *nspid = strstr(status, "NSpid:");
     assert_non_null(nspid);
