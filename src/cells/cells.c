@@ -80,6 +80,16 @@ static bool cells__id_valid(const char *id)
 }
 
 /* HOME/cell-id: made once, so a cell keeps its id across restarts. */
+static int cells__load_id(struct cells *c, const char *home, char *err, size_t errsize);
+
+int cells_load_id(const char *home, char id[CELLS_ID_LEN + 1], char *err, size_t errsize)
+{
+    struct cells c = {0};
+    int rc = cells__load_id(&c, home, err, errsize);
+    snprintf(id, CELLS_ID_LEN + 1, "%s", c.id);
+    return rc;
+}
+
 static int cells__load_id(struct cells *c, const char *home, char *err, size_t errsize)
 {
     char *path = xasprintf("%s/cell-id", home);

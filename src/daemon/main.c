@@ -25,6 +25,7 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "container/net.h"
+#include "cell/cell.h"
 #include "cells/cells.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/leader.h"
@@ -126,10 +127,14 @@ static void usage(FILE *out)
         "                              SKIFF_NATS_TLS_KEY); docs/bus.md has the permissions\n"
         "  --zone NAME                 this cell's zone, shown by `skiff cells` (SKIFF_ZONE,\n"
         "                              default \"default\")\n"
-        "  --role all|router           all (default, SKIFF_ROLE): the whole platform; router: a\n"
+        "  --role all|cell|router      all (default, SKIFF_ROLE): the whole platform; router: a\n"
         "                              lone skiff-router that learns its routes from --nats (no\n"
         "                              API, scheduler or executor), on --router-addr,\n"
-        "                              --router-admin-addr and, when given, --router-tls-addr\n"
+        "                              --router-admin-addr and, when given, --router-tls-addr;\n"
+        "                              cell: an executor that takes start and stop requests\n"
+        "                              from --nats and reports on it (docs/bus.md \"Cells\")\n"
+        "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
+        "                              default: the host's RAM)\n"
         "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
         "                              default 1; a publish is acknowledged once a majority of\n"
         "                              them stored it, JetStream's rule)\n"
@@ -797,6 +802,86 @@ static int daemon_run_router(const char *home, const char *nats_url,
     return 1;
 }
 
+/* ---- skiffd --role cell: an executor that takes its instances from the leader over NATS ---- */
+
+struct daemon_cell {
+    uv_signal_t sigterm, sigint, sigusr2;
+    struct cell_agent *agent;
+    bool stopping;
+};
+
+static void daemon_cell_closed(void *arg)
+{
+    struct daemon_cell *c = arg;
+    uv_close((uv_handle_t *)&c->sigterm, NULL);
+    uv_close((uv_handle_t *)&c->sigint, NULL);
+    uv_close((uv_handle_t *)&c->sigusr2, NULL);
+}
+
+static void daemon_cell_on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon_cell *c = h->data;
+    if (c->stopping)
+        return;
+    c->stopping = true;
+    bool leave = signum == SIGUSR2;
+    log_info("%s: %s, then exiting",
+             leave              ? "SIGUSR2"
+             : signum == SIGINT ? "interrupted"
+                                : "terminated",
+             leave ? "the instances keep running for the next cell on this home"
+                   : "stopping the instances");
+    cell_agent_close(c->agent, leave, daemon_cell_closed, c);
+}
+
+/* Runs until a signal; 0 after a clean stop. */
+static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg_in)
+{
+    struct cell_agent_config cfg = *cfg_in;
+    char *h = path_expand_home(home);
+    char *run = xasprintf("%s/run", h);
+    int rc = mkdir_p(run, 0755);
+    char *lock_path = xasprintf("%s/skiffd.lock", run);
+    int lock_fd = rc < 0 ? -1 : open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (rc < 0 || lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        log_error("cannot use %s as this cell's home (%s): another skiffd runs with it, or it "
+                  "cannot be made; use another --home",
+                  h, rc < 0 ? strerror(-rc) : lock_path);
+        rc = 1;
+        goto out;
+    }
+    cfg.home = h;
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    uv_loop_t *loop = uv_default_loop();
+    struct daemon_cell c = {0};
+    char err[512] = "";
+    rc = cell_agent_start(loop, &cfg, &c.agent, err, sizeof err);
+    if (rc < 0) {
+        log_error("%s", err);
+        rc = 2;
+        goto out;
+    }
+    uv_signal_t *sigs[] = {&c.sigterm, &c.sigint, &c.sigusr2};
+    int nums[] = {SIGTERM, SIGINT, SIGUSR2};
+    for (size_t i = 0; i < ARRAY_SIZE(sigs); i++) {
+        uv_signal_init(loop, sigs[i]);
+        sigs[i]->data = &c;
+        uv_signal_start(sigs[i], daemon_cell_on_signal, nums[i]);
+    }
+    uv_run(loop, UV_RUN_DEFAULT);
+    cell_agent_free(c.agent);
+    uv_loop_close(loop);
+    rc = 0;
+out:
+    if (lock_fd >= 0)
+        close(lock_fd);
+    free(lock_path);
+    free(run);
+    free(h);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     log_init("skiffd");
@@ -830,6 +915,7 @@ int main(int argc, char **argv)
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
     const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
+    const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     for (int i = 1; i < argc; i++) {
@@ -878,6 +964,8 @@ int main(int argc, char **argv)
             target = &nats_sec.tls_cert;
         else if (!strcmp(a, "--nats-tls-key"))
             target = &nats_sec.tls_key;
+        else if (!strcmp(a, "--memory"))
+            target = &cell_memory_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-memory"))
@@ -911,8 +999,8 @@ int main(int argc, char **argv)
     if (!strcmp(role, "router"))
         return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
                                  tls_addr_given ? router_tls_addr : NULL);
-    if (strcmp(role, "all")) {
-        log_error("--role is all or router, not \"%s\"", role);
+    if (strcmp(role, "all") && strcmp(role, "cell")) {
+        log_error("--role is all, cell or router, not \"%s\"", role);
         return 2;
     }
     char *replicas_end;
@@ -979,6 +1067,48 @@ int main(int argc, char **argv)
         log_warning("--isolation process: every app and buildpack runs as "
                         "skiffd's own user, in the host's namespaces, with no seccomp: any of "
                         "them can take the platform over. Use it for development only.");
+    if (!strcmp(role, "cell")) {
+        uint64_t cell_memory = 0;
+        if (*cell_memory_text && !(cell_memory = daemon_size(cell_memory_text))) {
+            log_error("--memory %s is not a size like 4G or 512M (at least 1M)", cell_memory_text);
+            return 2;
+        }
+        char *bin_dir = self_dir();
+        char *cell_shim = xasprintf("%s/skiff-shim", bin_dir);
+        char *cell_init = xasprintf("%s/skiff-init", bin_dir);
+        char *cell_buildpacks = find_buildpacks(bin_dir);
+        char *cell_home = path_expand_home(home);
+        struct executor_config cell_ex = {
+            .home = cell_home,
+            .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
+            .port_max = (int)env_long("SKIFF_PORT_MAX", 64999, 1),
+            .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000, 0),
+            .shim_path = cell_shim,
+            .isolation = contained ? EXECUTOR_CONTAINER : EXECUTOR_PROCESS,
+            .init_path = cell_init,
+            .net_pool = network_pool,
+            .uid_base =
+                (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
+            .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
+            .prewarm = (int)prewarm,
+            .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
+            .runtimes_dir = cell_buildpacks};
+        struct cell_agent_config cell_cfg = {
+            .home = cell_home,
+            .zone = zone,
+            .memory_bytes = cell_memory,
+            .heartbeat_ms = (int)env_long("SKIFF_CELL_HEARTBEAT_MS", CELL_HEARTBEAT_MS, 100),
+            .nats_urls = nats_url,
+            .nats_security = nats_sec,
+            .executor = &cell_ex};
+        int cell_rc = daemon_run_cell(home, &cell_cfg);
+        free(cell_home);
+        free(cell_buildpacks);
+        free(cell_init);
+        free(cell_shim);
+        free(bin_dir);
+        return cell_rc;
+    }
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     raise_nofile();

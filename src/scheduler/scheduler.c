@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/err.h"
+#include "cell/cell.h"
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -761,18 +762,18 @@ static enum health_check_type sched__health(const char *t)
     return HEALTH_PORT;
 }
 
-/* A process's check and log settings (store.h) into the executor's spec (executor.h). */
-static void sched__spec_checks(struct instance_spec *spec, const struct store_process_checks *c)
+/* A process's check and log settings (store.h) into its launch (cell.h). */
+static void sched__launch_checks(struct cell_launch *l, const struct store_process_checks *c)
 {
-    spec->health_interval_ms = c->health_interval_s * 1000;
-    spec->health_timeout_ms = c->health_timeout_s * 1000;
-    spec->readiness = c->readiness_type != NULL;
-    spec->readiness_type = sched__health(c->readiness_type);
-    spec->readiness_endpoint = c->readiness_endpoint;
-    spec->readiness_interval_ms = c->readiness_interval_s * 1000;
-    spec->readiness_timeout_ms = c->readiness_timeout_s * 1000;
-    spec->log_rate_limited = c->log_rate_limited;
-    spec->log_rate_limit = c->log_rate_limit;
+    l->health_interval_ms = c->health_interval_s * 1000;
+    l->health_timeout_ms = c->health_timeout_s * 1000;
+    l->readiness = c->readiness_type != NULL;
+    l->readiness_type = sched__health(c->readiness_type);
+    l->readiness_endpoint = c->readiness_endpoint;
+    l->readiness_interval_ms = c->readiness_interval_s * 1000;
+    l->readiness_timeout_ms = c->readiness_timeout_s * 1000;
+    l->log_rate_limited = c->log_rate_limited;
+    l->log_rate_limit = c->log_rate_limit;
 }
 
 static void sched__make_token(struct scheduler *s, const char *app_guid, const char *instance_guid,
@@ -838,18 +839,6 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         store_route_list_free(routes, nr);
         return -EAGAIN;
     }
-    /* a warm container runs no sidecars, nor an image's root (executor.h): an instance with
-     * either has its container made for it */
-    bool image = image_droplet_is_image(drop->path);
-    int port = n_sidecars || image ? executor_port_allocate(s->ex)
-                                   : executor_port_allocate_for(s->ex, app->disk_mb, command);
-    if (port < 0) {
-        free(vcap_services);
-        store_route_list_free(routes, nr);
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: no free port%s",
-                     what, then);
-        return -EAGAIN;
-    }
     char **uris = xcalloc(nr + 1, sizeof *uris);
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
@@ -857,13 +846,6 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     if (!si->guid[0])
         uuid_generate_v4(si->guid);
     snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
-    si->port = port;
-    /* an image listens where its config says (its first exposed port), and is told so */
-    int inside_port = image ? image_droplet_port(drop->path) : 0;
-    struct instance_endpoint ep;
-    executor_endpoint_at(s->ex, port, inside_port, &ep);
-    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
-
     const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
     for (size_t i = 0; i < app->n_env; i++) {
         user[2 * i] = app->env[i].name;
@@ -871,85 +853,49 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     }
     char token[200];
     sched__make_token(s, app->guid, si->guid, token, sizeof token);
-    char *app_dir = xasprintf("%s/app", drop->path);
-    char *home = NULL, *tmpdir = NULL;
-    executor_instance_dirs(s->ex, si->guid, app_dir, &home, &tmpdir);
-    struct scheduler_env_input in = {.app_guid = app->guid,
-                                     .app_name = app->name,
-                                     .instance_guid = si->guid,
-                                     .index = si->index,
-                                     .port = ep.port,
-                                     .addr = ep.addr,
-                                     .memory_mb = memory,
-                                     .disk_mb = app->disk_mb,
-                                     .home = home,
-                                     .tmpdir = tmpdir,
-                                     .uris = (const char *const *)uris,
-                                     .events_url = s->events_url,
-                                     .events_token = token,
-                                     .user_env = user,
-                                     .vcap_services_json = vcap_services};
-    char **env = scheduler_instance_env(&in);
-    free(vcap_services);
-    struct instance_spec spec = {.app_guid = app->guid,
-                                 .app_name = app->name,
-                                 .process_type = si->type,
-                                 .index = si->index,
-                                 .instance_guid = si->guid,
-                                 .app_dir = app_dir,
-                                 .command = command,
-                                 .env = env,
-                                 .port = port,
-                                 .memory_mb = memory,
-                                 .disk_mb = app->disk_mb,
-                                 .health = health,
-                                 .health_endpoint = app->health_check_http_endpoint,
-                                 .start_timeout_s = app->timeout};
-    if (checks)
-        sched__spec_checks(&spec, checks);
-    si->readiness = spec.readiness;
     struct instance_sidecar *spec_sidecars = xcalloc(n_sidecars + 1, sizeof *spec_sidecars);
     for (size_t i = 0; i < n_sidecars; i++)
         spec_sidecars[i] = (struct instance_sidecar){.name = sidecars[i].name,
                                                      .command = sidecars[i].command,
                                                      .memory_mb = sidecars[i].memory_mb};
-    spec.sidecars = spec_sidecars;
-    spec.n_sidecars = n_sidecars;
-    struct image_run run = {0};
-    char image_err[512] = "";
-    if (image && image_run_prepare(s->cfg.home, drop->path, command, env, &run, image_err,
-                                   sizeof image_err) != SKIFF_OK) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
-                     image_err);
-        spec.app_dir = NULL; /* executor_start refuses it, and the start is tried again */
-    }
-    if (run.layers) {
-        spec.inside_port = inside_port;
-        spec.image_layers = run.layers;
-        spec.argv = run.argv;
-        spec.cwd = run.cwd;
-        spec.env = run.env;
-        spec.user_uid = run.uid;
-        spec.user_gid = run.gid;
-    }
+    struct cell_launch l = {.app_guid = app->guid,
+                            .app_name = app->name,
+                            .process_type = si->type,
+                            .index = si->index,
+                            .instance_guid = si->guid,
+                            .droplet_guid = drop->guid,
+                            .droplet_path = drop->path,
+                            .command = command,
+                            .memory_mb = memory,
+                            .disk_mb = app->disk_mb,
+                            .health = health,
+                            .health_endpoint = app->health_check_http_endpoint,
+                            .start_timeout_s = app->timeout,
+                            .sidecars = spec_sidecars,
+                            .n_sidecars = n_sidecars,
+                            .uris = (const char *const *)uris,
+                            .events_url = s->events_url,
+                            .events_token = token,
+                            .user_env = user,
+                            .vcap_services_json = vcap_services};
+    if (checks)
+        sched__launch_checks(&l, checks);
+    si->readiness = l.readiness;
+    char why[512] = "";
     start_trace("scheduler: executor_start");
-    int rc = executor_start(s->ex, &spec, &si->inst);
+    int rc =
+        cell_launch_start(s->ex, s->cfg.home, &l, drop->path, &si->inst, si->addr, why, sizeof why);
     start_trace("scheduler: executor_start returned");
-    image_run_clear(&run);
+    free(vcap_services);
     free(spec_sidecars);
-    scheduler_env_free(env);
     sched__strv_free(uris);
     free(user);
-    free(home);
-    free(tmpdir);
-    free(app_dir);
     if (rc < 0) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
-                     rc == -ENOTSUP && n_sidecars
-                         ? "sidecars need containers (this skiffd runs host processes)"
-                         : skiff_strerror(rc));
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s%s", what, why,
+                     rc == -EAGAIN ? then : "");
         return rc;
     }
+    si->port = instance_port(si->inst);
     instance_set_user_data(si->inst, si);
     si->next = s->insts;
     s->insts = si;

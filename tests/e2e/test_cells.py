@@ -1,0 +1,407 @@
+"""skiffd --role cell: an executor that takes start and stop requests over NATS and reports on
+it (docs/bus.md "Cells"). Here the test plays the leader: it speaks NATS's text protocol with
+the controller's credentials, asks two cells (each its own home, port range and NATS user) to
+start instances of a droplet on this machine's file system, and reads their heartbeats, state
+reports and batched output. A cell's credentials cannot send another cell a start (the server
+refuses the publish), nor can a client without credentials connect. A cell killed with kill -9
+and started again keeps the instance its shim kept running (adopted, same guid and address).
+
+Placement and convergence by the leader's scheduler are not done yet (src/cell/README.md): the
+leader part is played by this test."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import BIN_DIR, free_port, http_get, wait_for
+from test_fabric_nats import NatsServer
+
+pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
+                                reason="nats-server is not installed (scripts/deps.sh)")
+
+CELL_A, CELL_B = "a" * 32, "b" * 32
+PASSWORDS = {"skiffd": "ctl-pw-1", CELL_A: "cell-a-pw-1", CELL_B: "cell-b-pw-1"}
+CONTROLLER_PERMISSIONS = {"publish": ["skiff.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
+                          "subscribe": ["skiff.>", "_INBOX.>"]}
+
+
+def cell_permissions(cell_id):
+    """docs/bus.md: a cell publishes only its own reports, subscribes only to its requests."""
+    return {"publish": ["skiff.cell.%s.up" % cell_id],
+            "subscribe": ["skiff.cell.%s.req" % cell_id]}
+
+
+class UsersNats(NatsServer):
+    def start(self):
+        conf = os.path.join(self.store, "nats.conf")
+        users = [{"user": "skiffd", "password": PASSWORDS["skiffd"],
+                  "permissions": CONTROLLER_PERMISSIONS}]
+        users += [{"user": c, "password": PASSWORDS[c], "permissions": cell_permissions(c)}
+                  for c in (CELL_A, CELL_B)]
+        with open(conf, "w") as f:
+            json.dump({"listen": "127.0.0.1:%d" % self.port,
+                       "http": "127.0.0.1:%d" % self.monitor_port,
+                       "server_name": self.name,
+                       "authorization": {"users": users}}, f)
+        log = open(os.path.join(self.store, self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: self.varz(), 15, "the nats-server with users to answer")
+        return self
+
+    def varz(self):
+        import urllib.request
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/varz" % self.monitor_port,
+                                        timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def url_for(self, user):
+        return "nats://%s:%s@127.0.0.1:%d" % (user, PASSWORDS[user], self.port)
+
+
+class Client:
+    """NATS's text protocol, enough for a test: CONNECT, SUB, PUB, and reading MSGs."""
+
+    def __init__(self, port, user=None, password=None):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+        self._line()  # INFO
+        connect = {"verbose": False, "pedantic": False}
+        if user:
+            connect.update(user=user, **{"pass": password})
+        self.s.sendall(b"CONNECT %s\r\nPING\r\n" % json.dumps(connect).encode())
+        self.errors = []
+        self.msgs = []
+        self.sid = 0
+        self._until(lambda: self._pong, 5)
+
+    _pong = False
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def _read_one(self):
+        line = self._line()
+        if line.startswith("MSG "):
+            parts = line.split()
+            n = int(parts[-1])
+            while len(self.buf) < n + 2:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed")
+                self.buf += chunk
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            self.msgs.append((parts[1], json.loads(data)))
+        elif line == "PING":
+            self.s.sendall(b"PONG\r\n")
+        elif line == "PONG":
+            self._pong = True
+        elif line.startswith("-ERR"):
+            self.errors.append(line)
+
+    def _until(self, cond, timeout):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("NATS: condition not met")
+            self.s.settimeout(left)
+            try:
+                self._read_one()
+            except socket.timeout:
+                raise TimeoutError("NATS: condition not met")
+
+    def sub(self, subject):
+        self.sid += 1
+        self.s.sendall(b"SUB %s %d\r\n" % (subject.encode(), self.sid))
+        self.flush()
+
+    def pub(self, subject, obj):
+        data = json.dumps(obj).encode()
+        self.s.sendall(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data))
+        self.flush()
+
+    def flush(self):
+        self._pong = False
+        self.s.sendall(b"PING\r\n")
+        self._until(lambda: self._pong, 5)
+
+    def wait_msg(self, pred, timeout, what):
+        """The first message (subject, body) so far or to come for which pred is true."""
+        found = []
+
+        def seen():
+            for m in self.msgs:
+                if pred(*m):
+                    found.append(m)
+                    return True
+            return False
+        try:
+            self._until(seen, timeout)
+        except TimeoutError:
+            raise AssertionError("no NATS message: %s" % what)
+        return found[0]
+
+    def close(self):
+        self.s.close()
+
+
+class Cell:
+    """skiffd --role cell with its own home (its id written there first, as an operator does
+    to name it in NATS permissions), port range and NATS user."""
+
+    def __init__(self, nats, cell_id, zone, ports):
+        self.nats, self.id, self.zone, self.ports = nats, cell_id, zone, ports
+        self.home = tempfile.mkdtemp(prefix="skiff-cell-")
+        with open(os.path.join(self.home, "cell-id"), "w") as f:
+            f.write(cell_id + "\n")
+        self.proc = None
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+        env.update(HOME=self.home, SKIFF_NATS=self.nats.url_for(self.id),
+                   SKIFF_PORT_MIN=str(self.ports[0]), SKIFF_PORT_MAX=str(self.ports[1]),
+                   SKIFF_CELL_HEARTBEAT_MS="300", SKIFF_PREWARM="0", SKIFF_GRACE_MS="2000")
+        log = open(os.path.join(self.home, "cell.out"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
+             "--zone", self.zone, "--memory", "2G", "--isolation", "process"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def output(self):
+        with open(os.path.join(self.home, "cell.out"), errors="replace") as f:
+            return f.read()[-20000:]
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self):
+        self.stop()
+        # what a kill -9 of the cell left under its shims
+        for name in os.listdir(os.path.join(self.home, "run")) if os.path.isdir(
+                os.path.join(self.home, "run")) else []:
+            if name.startswith("instance-") and name.endswith(".pid"):
+                try:
+                    with open(os.path.join(self.home, "run", name)) as f:
+                        os.killpg(int(f.read().split()[0]), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+WEB_APP = b"""import os, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("instance %s\\n" % os.environ["CF_INSTANCE_INDEX"]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+print("listening on", os.environ["PORT"], flush=True)
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+@pytest.fixture
+def setup():
+    store = tempfile.mkdtemp(prefix="skiff-cells-")
+    nats = UsersNats(store).start()
+    droplet = os.path.join(store, "droplet")
+    os.makedirs(os.path.join(droplet, "app"))
+    with open(os.path.join(droplet, "app", "app.py"), "wb") as f:
+        f.write(WEB_APP)
+    base = 40000 + (os.getpid() % 500) * 20
+    cells = [Cell(nats, CELL_A, "zone-a", (base, base + 9)),
+             Cell(nats, CELL_B, "zone-b", (base + 10, base + 19))]
+    ctl = None
+    try:
+        for c in cells:
+            c.start()
+        ctl = Client(nats.port, "skiffd", PASSWORDS["skiffd"])
+        ctl.sub("skiff.cell.*.up")
+        yield nats, ctl, cells, droplet
+        for c in cells:
+            c.stop()
+            text = c.output()
+            assert "Sanitizer" not in text and "runtime error" not in text, text
+    finally:
+        if ctl:
+            ctl.close()
+        for c in cells:
+            c.close()
+        nats.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def launch(droplet, index=0, guid=None, digest="sha256:" + "0" * 64):
+    return {"app_guid": "0b3a0c0e-1111-4222-8333-444455556666", "app_name": "shop",
+            "process_type": "web", "index": index,
+            "instance_guid": guid or str(uuid.uuid4()),
+            "droplet_guid": "7b3a0c0e-1111-4222-8333-444455556666",
+            "droplet_digest": digest, "droplet_path": droplet,
+            "command": "python3 app.py", "memory_mb": 128, "health": "port",
+            "uris": ["shop.localhost"], "user_env": []}
+
+
+def heartbeat(ctl, cell_id, pred=lambda hb: True, timeout=15, what="a heartbeat"):
+    subject = "skiff.cell.%s.up" % cell_id
+    _, hb = ctl.wait_msg(lambda s, m: s == subject and m.get("type") == "heartbeat" and pred(m),
+                         timeout, what)
+    return hb
+
+
+def state_of(ctl, cell_id, guid, state, timeout=30):
+    subject = "skiff.cell.%s.up" % cell_id
+    _, m = ctl.wait_msg(lambda s, b: s == subject and b.get("type") == "state" and
+                        b.get("guid") == guid and b.get("state") == state, timeout,
+                        "%s of %s on cell %s" % (state, guid, cell_id[:4]))
+    return m
+
+
+def serves(addr, index):
+    status, text = http_get("http://%s/" % addr)
+    return status == 200 and text == "instance %d\n" % index
+
+
+def test_cells_announce_themselves_and_run_what_the_leader_asks(setup):
+    nats, ctl, (a, b), droplet = setup
+    for c in (a, b):
+        hb = heartbeat(ctl, c.id, what="cell %s's heartbeat" % c.zone)
+        assert hb["v"] == 1 and hb["zone"] == c.zone and hb["id"] == c.id, hb
+        assert hb["memory_capacity_bytes"] == 2 << 30 and hb["interval_ms"] == 300, hb
+        assert hb["instances"] == [], hb
+    # one instance on each cell
+    guids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    for i, c in enumerate((a, b)):
+        ctl.pub("skiff.cell.%s.req" % c.id,
+                {"v": 1, "op": "start", "launch": launch(droplet, i, guids[i])})
+    addrs = []
+    for i, c in enumerate((a, b)):
+        starting = state_of(ctl, c.id, guids[i], "STARTING")
+        running = state_of(ctl, c.id, guids[i], "RUNNING")
+        assert running["addr"] == starting["addr"], (starting, running)
+        port = int(running["addr"].rsplit(":", 1)[1])
+        assert c.ports[0] <= port <= c.ports[1], running  # the cell's own slot
+        addrs.append(running["addr"])
+        wait_for(lambda: serves(addrs[i], i), 10, "instance %d to answer" % i)
+        hb = heartbeat(ctl, c.id, lambda m: len(m["instances"]) == 1, what="one instance")
+        inst = hb["instances"][0]
+        assert inst["guid"] == guids[i] and inst["state"] == "RUNNING", hb
+        assert inst["addr"] == addrs[i] and inst["index"] == i, hb
+        assert inst["droplet_guid"] == "7b3a0c0e-1111-4222-8333-444455556666", hb
+    # its output comes back batched, naming the instance
+    _, out = ctl.wait_msg(lambda s, m: m.get("type") == "output" and any(
+        ln["guid"] == guids[0] and "listening on" in ln["line"] for ln in m["lines"]),
+        10, "the instance's output")
+    assert all(ln["stream"] in (1, 2) for ln in out["lines"]), out
+    # asked twice (a leader that did not hear): one instance still
+    ctl.pub("skiff.cell.%s.req" % a.id,
+            {"v": 1, "op": "start", "launch": launch(droplet, 0, guids[0])})
+    heartbeat(ctl, a.id, lambda m: len(m["instances"]) == 1)
+    # a stop ends it: DOWN, no longer listed, no longer answering
+    ctl.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "stop", "guid": guids[0]})
+    state_of(ctl, a.id, guids[0], "DOWN", timeout=15)
+    heartbeat(ctl, a.id, lambda m: m["instances"] == [], what="no instance on a")
+    assert http_get("http://%s/" % addrs[0])[0] != 200
+    assert serves(addrs[1], 1)
+
+
+def test_a_droplet_not_on_the_cell_fails_the_start_with_its_digest(setup):
+    nats, ctl, (a, b), droplet = setup
+    heartbeat(ctl, a.id)
+    guid = str(uuid.uuid4())
+    digest = "sha256:" + "ab" * 32
+    ctl.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "start", "launch": launch(
+        os.path.join(droplet, "not-here"), 0, guid, digest)})
+    m = state_of(ctl, a.id, guid, "CRASHED", timeout=10)
+    assert "droplet %s not on this cell" % digest in m["reason"], m
+    # a malformed one is refused with the field named, and nothing runs
+    bad = launch(droplet, 0, str(uuid.uuid4()))
+    bad["droplet_path"] = "../../etc"
+    ctl.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "start", "launch": bad})
+    m = state_of(ctl, a.id, bad["instance_guid"], "CRASHED", timeout=10)
+    assert '"droplet_path" must be an absolute path' in m["reason"], m
+    heartbeat(ctl, a.id, lambda hb: hb["instances"] == [])
+    assert a.proc.poll() is None
+
+
+def test_only_the_controllers_credentials_can_ask_a_cell(setup):
+    nats, ctl, (a, b), droplet = setup
+    heartbeat(ctl, a.id)
+    # cell b's credentials forging a start for cell a: the server refuses the publish
+    forger = Client(nats.port, CELL_B, PASSWORDS[CELL_B])
+    try:
+        guid = str(uuid.uuid4())
+        forger.pub("skiff.cell.%s.req" % a.id,
+                   {"v": 1, "op": "start", "launch": launch(droplet, 0, guid)})
+        assert any("Permissions Violation for Publish" in e for e in forger.errors), \
+            forger.errors
+        # nor may it read another cell's requests, nor speak as another cell
+        forger.sub("skiff.cell.%s.req" % a.id)
+        forger.pub("skiff.cell.%s.up" % a.id, {"v": 1, "type": "state", "guid": guid,
+                                                "state": "RUNNING", "addr": "10.9.9.9:80"})
+        assert sum("Permissions Violation" in e for e in forger.errors) == 3, forger.errors
+    finally:
+        forger.close()
+    # nothing started on a, and no forged report reached the controller
+    for _ in range(3):
+        hb = heartbeat(ctl, a.id, lambda m, n=len(ctl.msgs): True)
+    hb = heartbeat(ctl, a.id, lambda m: True)
+    assert hb["instances"] == [], hb
+    assert not [m for s, m in ctl.msgs if m.get("addr") == "10.9.9.9:80"]
+    assert "starting instance" not in a.output()
+    # without credentials: no connection at all
+    with pytest.raises((AssertionError, ConnectionError, TimeoutError, OSError)):
+        anon = Client(nats.port)
+        anon.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "start", "launch": launch(droplet)})
+        assert not anon.errors, anon.errors
+    time.sleep(0)
+
+
+def test_a_cell_killed_and_started_again_keeps_its_instance(setup):
+    nats, ctl, (a, b), droplet = setup
+    heartbeat(ctl, a.id)
+    guid = str(uuid.uuid4())
+    ctl.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "start", "launch": launch(droplet, 0,
+                                                                                   guid)})
+    addr = state_of(ctl, a.id, guid, "RUNNING")["addr"]
+    wait_for(lambda: serves(addr, 0), 10, "the instance to answer")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    assert serves(addr, 0), "the instance outlives its cell's process (its shim keeps it)"
+    ctl.msgs.clear()
+    a.start()
+    hb = heartbeat(ctl, a.id, lambda m: len(m["instances"]) == 1, timeout=20,
+                   what="the restarted cell to list the instance it kept")
+    inst = hb["instances"][0]
+    assert inst["guid"] == guid and inst["addr"] == addr, hb
+    assert inst["droplet_guid"] == "7b3a0c0e-1111-4222-8333-444455556666", hb
+    assert serves(addr, 0)
+    assert "kept instance 0 of web" in a.output(), a.output()
+    # and it still obeys: a stop ends it
+    ctl.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "stop", "guid": guid})
+    state_of(ctl, a.id, guid, "DOWN", timeout=15)
