@@ -12,6 +12,7 @@
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "cell/client.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "scheduler/scheduler.h"
@@ -257,6 +258,23 @@ static void cells__list_handler(struct api_request *req, void *ctx)
                           "store; see skiffd's output");
         return;
     }
+    /* the cells that announce themselves on NATS (skiffd --role cell), as this skiffd hears
+     * them: state "up", or "lost" once silent for SKIFF_CELL_LOST_MS */
+    json_t *remote = c->sched ? cellc_remote_cells(scheduler_cells(c->sched)) : json_array();
+    size_t k;
+    json_t *e;
+    json_array_foreach(remote, k, e)
+    {
+        json_int_t age = json_integer_value(json_object_get(e, "heartbeat_age_ms"));
+        char when[40];
+        time_format_rfc3339(l.now - age, when, sizeof when);
+        json_object_set_new(e, "heartbeat_at", json_string(when));
+        json_object_set_new(e, "api_addr", json_string(""));
+        json_object_set_new(e, "leader", json_false());
+        json_object_set_new(e, "role", json_string("cell"));
+        json_array_append(l.cells, e);
+    }
+    json_decref(remote);
     api_respond_json(req, 200,
                      json_pack("{s:o,s:s,s:b}", "cells", l.cells, "this_cell", c->id, "leading",
                                c->leading(c->leading_ctx)));

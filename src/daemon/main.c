@@ -26,6 +26,7 @@
 #include "container/container.h"
 #include "container/net.h"
 #include "cell/cell.h"
+#include "cell/client.h"
 #include "cells/cells.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/leader.h"
@@ -127,12 +128,16 @@ static void usage(FILE *out)
         "                              SKIFF_NATS_TLS_KEY); docs/bus.md has the permissions\n"
         "  --zone NAME                 this cell's zone, shown by `skiff cells` (SKIFF_ZONE,\n"
         "                              default \"default\")\n"
-        "  --role all|cell|router      all (default, SKIFF_ROLE): the whole platform; router: a\n"
+        "  --role all|controller|cell|router\n"
+        "                              all (default, SKIFF_ROLE): the whole platform; router: a\n"
         "                              lone skiff-router that learns its routes from --nats (no\n"
         "                              API, scheduler or executor), on --router-addr,\n"
         "                              --router-admin-addr and, when given, --router-tls-addr;\n"
         "                              cell: an executor that takes start and stop requests\n"
-        "                              from --nats and reports on it (docs/bus.md \"Cells\")\n"
+        "                              from --nats and reports on it (docs/bus.md \"Cells\");\n"
+        "                              controller: API, scheduler and leading, its instances\n"
+        "                              placed on the cells (SKIFF_CELL_LOST_MS, default 5000:\n"
+        "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
         "                              default: the host's RAM)\n"
         "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
@@ -999,8 +1004,8 @@ int main(int argc, char **argv)
     if (!strcmp(role, "router"))
         return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
                                  tls_addr_given ? router_tls_addr : NULL);
-    if (strcmp(role, "all") && strcmp(role, "cell")) {
-        log_error("--role is all, cell or router, not \"%s\"", role);
+    if (strcmp(role, "all") && strcmp(role, "cell") && strcmp(role, "controller")) {
+        log_error("--role is all, controller, cell or router, not \"%s\"", role);
         return 2;
     }
     char *replicas_end;
@@ -1254,7 +1259,26 @@ int main(int argc, char **argv)
         log_error("cannot set up the API: %s", strerror(-rc));
         goto fail;
     }
+    char cell_id[CELLS_ID_LEN + 1] = "";
+    if (cells_load_id(d.home, cell_id, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto fail;
+    }
+    bool controller_only = !strcmp(role, "controller");
+    if (controller_only && !*nats_url) {
+        log_error("--role controller runs no instance itself: it places them on the cells that "
+                  "announce themselves on NATS; give --nats URL[,URL...] (or SKIFF_NATS)");
+        goto fail;
+    }
+    struct cellc_config cellcfg = {.local_cell = !controller_only,
+                                   .local_id = cell_id,
+                                   .local_zone = zone,
+                                   .nats_urls = nats_url,
+                                   .nats_security = nats_sec,
+                                   .lost_ms =
+                                       (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500)};
     struct scheduler_config scfg = {.home = d.home,
+                                    .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,
                                     .drain_timeout_ms = drain_timeout_ms,
                                     .hub = d.hub,

@@ -26,6 +26,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "cell/cell.h"
+#include "cell/client.h"
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -44,7 +45,7 @@ enum sched_inst_phase {
 
 struct sched_inst {
     struct scheduler *s;
-    struct instance *inst;
+    struct cellc_inst *inst; /* on whichever cell runs it (cell/client.h) */
     char app_guid[37];
     char type[64];
     char tag[96]; /* log source, e.g. APP/PROC/WEB/0 */
@@ -124,7 +125,7 @@ struct scheduler {
     struct scheduler_config cfg;
     struct store *store;
     struct logs *logs;
-    struct executor *ex;
+    struct cellc *cells; /* the cells it runs instances on (local and remote) */
     struct sched_app *apps;
     struct sched_inst *insts; /* every live instance, attached or not */
     scheduler_listens_cb listens;
@@ -133,7 +134,8 @@ struct scheduler {
     void *task_ended_ctx;
     int drain_timeout_ms;
     uint64_t next_drain_id;
-    uv_timer_t timer; /* crash restarts and drain deadlines */
+    uv_timer_t timer;  /* crash restarts and drain deadlines */
+    uv_timer_t settle; /* the first convergence after leading began (cellc_settle_ms) */
     bool shutting_down;
     bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
     void (*shutdown_done)(void *);
@@ -226,7 +228,7 @@ static void sched__arm_timer(struct scheduler *s);
 static void sched__halt(struct sched_inst *si)
 {
     si->phase = SCHED_INST_STOPPING;
-    executor_stop(si->inst); /* reports nothing from inside: si stays valid */
+    cellc_stop(si->inst); /* reports nothing from inside: si stays valid */
 }
 
 static struct sched_inst *sched__draining(struct scheduler *s, uint64_t drain_id)
@@ -380,11 +382,11 @@ static void sched__arm_timer(struct scheduler *s)
 
 /* ---- executor callbacks --------------------------------------------------------------------- */
 
-static void sched__on_output(void *ctx, struct instance *inst, int stream, const char *line,
+static void sched__on_output(void *ctx, struct cellc_inst *inst, int stream, const char *line,
                              size_t len)
 {
     struct scheduler *s = ctx;
-    struct sched_inst *si = instance_user_data(inst);
+    struct sched_inst *si = cellc_inst_user_data(inst);
     if (!si)
         return;
     if (stream == INSTANCE_STREAM_CELL || stream == INSTANCE_STREAM_LOG) {
@@ -397,7 +399,7 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
     if (stream >= INSTANCE_STREAM_SIDECAR) {
         /* CF's tag: APP/PROC/WEB/SIDECAR/NAME/0 */
         int k = (stream - INSTANCE_STREAM_SIDECAR) / 2;
-        const char *name = instance_sidecar_name(inst, (size_t)k);
+        const char *name = cellc_inst_sidecar_name(inst, (size_t)k);
         const char *index = strrchr(si->tag, '/');
         if (!name || !index)
             return;
@@ -519,11 +521,11 @@ static void sched__task_state(struct scheduler *s, struct sched_inst *si, enum i
     free(si);
 }
 
-static void sched__on_state(void *ctx, struct instance *inst, enum instance_state state,
+static void sched__on_state(void *ctx, struct cellc_inst *inst, enum instance_state state,
                             const struct instance_exit *ex)
 {
     struct scheduler *s = ctx;
-    struct sched_inst *si = instance_user_data(inst);
+    struct sched_inst *si = cellc_inst_user_data(inst);
     if (!si)
         return;
     if (si->task) {
@@ -533,6 +535,10 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     if (state == INSTANCE_RUNNING) {
         si->ready = true;
         start_trace("scheduler: running");
+        struct cellc_inst_info where;
+        cellc_inst_info(inst, &where); /* a remote cell says its address once it has one */
+        if (where.addr[0])
+            snprintf(si->addr, sizeof si->addr, "%s", where.addr);
         logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
                      "Instance %d of %s (%s) is running at %s", si->index, si->type, si->guid,
                      si->addr);
@@ -575,10 +581,10 @@ static void sched__routed(struct scheduler *s, struct sched_inst *si)
 
 /* A RUNNING instance's readiness check changed its result: out of the route table while it
  * fails, back when it passes; never a restart (Cloud Foundry's readiness checks). */
-static void sched__on_readiness(void *ctx, struct instance *inst, bool ready)
+static void sched__on_readiness(void *ctx, struct cellc_inst *inst, bool ready)
 {
     struct scheduler *s = ctx;
-    struct sched_inst *si = instance_user_data(inst);
+    struct sched_inst *si = cellc_inst_user_data(inst);
     if (!si || si->readiness_ok == ready)
         return;
     bool was = sched__routable(si);
@@ -883,8 +889,8 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     si->readiness = l.readiness;
     char why[512] = "";
     start_trace("scheduler: executor_start");
-    int rc =
-        cell_launch_start(s->ex, s->cfg.home, &l, drop->path, &si->inst, si->addr, why, sizeof why);
+    int rc = cellc_launch(s->cells, &l, (uint64_t)(memory > 0 ? memory : 0) << 20, &si->inst,
+                          si->addr, why, sizeof why);
     start_trace("scheduler: executor_start returned");
     free(vcap_services);
     free(spec_sidecars);
@@ -895,8 +901,12 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
                      rc == -EAGAIN ? then : "");
         return rc;
     }
-    si->port = instance_port(si->inst);
-    instance_set_user_data(si->inst, si);
+    struct cellc_inst_info where;
+    cellc_inst_info(si->inst, &where);
+    si->port = where.port;
+    if (!si->addr[0])
+        snprintf(si->addr, sizeof si->addr, "cell %.8s", where.cell);
+    cellc_inst_set_user_data(si->inst, si);
     si->next = s->insts;
     s->insts = si;
     return 0;
@@ -1155,15 +1165,25 @@ static void sched__tick(uv_timer_t *t)
 
 /* ---- life ----------------------------------------------------------------------------------- */
 
+static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *f);
+
 int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   const struct executor_config *excfg, struct store *store, struct logs *logs,
                   struct scheduler **out)
 {
     struct scheduler *s = xcalloc(1, sizeof *s);
-    struct executor_config ec = *excfg;
-    ec.on_readiness = sched__on_readiness;
-    int rc = executor_new(loop, &ec, sched__on_output, sched__on_state, s, &s->ex);
+    struct cellc_config cc = cfg->cells ? *cfg->cells : (struct cellc_config){.local_cell = true};
+    cc.executor = excfg;
+    cc.home = cfg->home;
+    struct cellc_callbacks cb = {.on_output = sched__on_output,
+                                 .on_state = sched__on_state,
+                                 .on_readiness = sched__on_readiness,
+                                 .on_found = sched__adopt,
+                                 .ctx = s};
+    char err[512] = "";
+    int rc = cellc_new(loop, &cc, &cb, &s->cells, err, sizeof err);
     if (rc < 0) {
+        log_error("%s", err);
         free(s);
         return rc;
     }
@@ -1183,13 +1203,15 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
         cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : SCHEDULER_DRAIN_TIMEOUT_MS;
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
+    uv_timer_init(loop, &s->settle);
+    s->settle.data = s;
     *out = s;
     return 0;
 }
 
 /* The slot an adopted instance belongs in, when the store still wants it there: same app
  * (STARTED), same droplet, a process type that runs at least index + 1 instances. */
-static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct instance_spec *sp,
+static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct cellc_found *sp,
                                                struct sched_app **app_out, char droplet[37])
 {
     struct store_app *app = NULL;
@@ -1203,7 +1225,8 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
         proc->instances <= sp->index || store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
         goto out;
     char *app_dir = xasprintf("%s/app", drop->path);
-    bool same = !strcmp(app_dir, sp->app_dir);
+    bool same = sp->droplet_guid ? !strcmp(sp->droplet_guid, drop->guid)
+                                 : sp->app_dir && !strcmp(app_dir, sp->app_dir);
     free(app_dir);
     if (!same)
         goto out;
@@ -1234,8 +1257,9 @@ out:
     return slot;
 }
 
-/* executor_adopt: an instance a previous skiffd left running. */
-static void sched__adopt(void *ctx, struct instance *inst, const struct instance_spec *sp)
+/* An instance found running: one a previous skiffd left under its shim here, or one a cell
+ * runs that this scheduler did not start (cell/client.h). */
+static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *sp)
 {
     struct scheduler *s = ctx;
     struct sched_app *a = NULL;
@@ -1245,7 +1269,7 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
         log_warning("stopping instance %s left by a previous skiffd: its app no "
                 "longer wants it",
                 sp->instance_guid);
-        executor_stop(inst); /* no user data: its end concerns nobody */
+        cellc_stop(inst); /* no user data: its end concerns nobody */
         return;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
@@ -1261,15 +1285,17 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     snprintf(si->droplet, sizeof si->droplet, "%s", droplet);
     si->index = sp->index;
     si->port = sp->port;
-    struct instance_endpoint ep;
-    instance_endpoint(inst, &ep);
-    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
+    struct cellc_inst_info where;
+    cellc_inst_info(inst, &where);
+    snprintf(si->addr, sizeof si->addr, "%s", where.addr);
+    if (!si->port)
+        si->port = where.port;
     si->slot = slot;
     slot->cur = si;
-    instance_set_user_data(inst, si);
+    cellc_inst_set_user_data(inst, si);
     si->next = s->insts;
     s->insts = si;
-    bool running = instance_state(inst) == INSTANCE_RUNNING;
+    bool running = where.state == INSTANCE_RUNNING;
     logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
                  "Instance %d of %s (%s) on port %d was kept running across a restart of "
                  "skiffd%s",
@@ -1284,11 +1310,33 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     }
 }
 
+static int sched__converge_all(struct scheduler *s);
+static void sched__on_settled(uv_timer_t *t);
+
 int scheduler_reconcile_all(struct scheduler *s)
 {
-    executor_adopt(s->ex, sched__adopt, s); /* not leading: each is stopped */
+    cellc_adopt_local(s->cells); /* not leading: each is stopped */
     if (!s->leading)
         return 0;
+    /* the remote cells' instances are offered as their heartbeats come: converging waits for
+     * them, so that what a cell runs is adopted, not started a second time */
+    int settle = cellc_settle_ms(s->cells);
+    if (settle > 0) {
+        uv_timer_start(&s->settle, sched__on_settled, (uint64_t)settle, 0);
+        return 0;
+    }
+    return sched__converge_all(s);
+}
+
+static void sched__on_settled(uv_timer_t *t)
+{
+    struct scheduler *s = t->data;
+    if (s->leading && !s->shutting_down)
+        sched__converge_all(s);
+}
+
+static int sched__converge_all(struct scheduler *s)
+{
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = store_app_list(s->store, &apps, &n);
@@ -1311,10 +1359,12 @@ void scheduler_set_leading(struct scheduler *s, bool leading)
     if (s->leading == leading)
         return;
     s->leading = leading;
+    cellc_set_leading(s->cells, leading); /* before anything stops: the cells keep theirs */
     if (leading) {
         scheduler_reconcile_all(s);
         return;
     }
+    uv_timer_stop(&s->settle);
     /* another skiffd converges from now on: nothing runs here (each instance drains first) */
     while (s->apps)
         sched__app_remove(s, s->apps);
@@ -1383,17 +1433,23 @@ int scheduler_resync(struct scheduler *s)
     return 0;
 }
 
+struct cellc *scheduler_cells(struct scheduler *s)
+{
+    return s->cells;
+}
+
 void scheduler_usage(struct scheduler *s, struct scheduler_usage *out)
 {
     memset(out, 0, sizeof *out);
     for (struct sched_inst *si = s->insts; si; si = si->next) {
         if (!si->inst)
             continue;
-        double cpu = 0;
-        uint64_t memory = 0;
-        instance_usage(si->inst, &cpu, &memory);
+        if (!cellc_inst_local(si->inst))
+            continue; /* this skiffd's own use: other cells count theirs */
+        struct cellc_inst_info where;
+        cellc_inst_info(si->inst, &where);
         out->instances++;
-        out->memory_bytes += memory;
+        out->memory_bytes += where.memory_bytes;
     }
 }
 
@@ -1410,6 +1466,7 @@ static void sched__timer_closed(uv_handle_t *h)
 static void sched__executor_down(void *arg)
 {
     struct scheduler *s = arg;
+    uv_close((uv_handle_t *)&s->settle, NULL);
     uv_close((uv_handle_t *)&s->timer, sched__timer_closed);
 }
 
@@ -1419,7 +1476,8 @@ void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg)
     s->shutdown_done = done;
     s->shutdown_arg = arg;
     uv_timer_stop(&s->timer);
-    executor_shutdown(s->ex, sched__executor_down, s);
+    uv_timer_stop(&s->settle);
+    cellc_shutdown(s->cells, sched__executor_down, s); /* remote cells keep theirs */
 }
 
 void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg)
@@ -1428,7 +1486,8 @@ void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg)
     s->shutdown_done = done;
     s->shutdown_arg = arg;
     uv_timer_stop(&s->timer);
-    executor_detach(s->ex, sched__executor_down, s);
+    uv_timer_stop(&s->settle);
+    cellc_detach(s->cells, sched__executor_down, s);
 }
 
 void scheduler_free(struct scheduler *s)
@@ -1454,7 +1513,7 @@ void scheduler_free(struct scheduler *s)
         s->insts = si->next;
         free(si);
     }
-    executor_free(s->ex);
+    cellc_free(s->cells);
     free(s->home);
     free((char *)s->cfg.function_servers_dir);
     free(s->api_url);
@@ -1681,19 +1740,18 @@ int scheduler_scale_because(struct scheduler *s, const char *app, const char *pr
 /* Where an instance is and what it may use, for `skiff app`. */
 static void sched__fill_placement(struct scheduler_instance_info *info, const struct sched_inst *si)
 {
-    struct instance_endpoint ep;
-    if (si->inst)
-        instance_endpoint(si->inst, &ep);
-    else
-        executor_endpoint(si->s->ex, si->port, &ep);
+    struct cellc_inst_info where;
+    cellc_inst_info(si->inst, &where);
     snprintf(info->addr, sizeof info->addr, "%s", si->addr);
     snprintf(info->droplet, sizeof info->droplet, "%s", si->droplet);
-    info->port = ep.port;
-    info->host_uid = instance_host_uid(si->inst);
-    info->warm_start = instance_started_warm(si->inst);
-    const char *runtime = instance_warm_runtime(si->inst);
-    snprintf(info->warm_runtime, sizeof info->warm_runtime, "%s", runtime ? runtime : "");
-    info->disk_full = instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
+    snprintf(info->cell, sizeof info->cell, "%s", where.cell);
+    info->port = where.port;
+    info->host_uid = where.host_uid;
+    info->warm_start = where.warm_start;
+    snprintf(info->warm_runtime, sizeof info->warm_runtime, "%s", where.warm_runtime);
+    info->disk_full = where.disk_full;
+    info->disk_bytes = where.disk_bytes;
+    info->disk_quota_bytes = where.disk_quota_bytes;
 }
 
 static void sched__fill(struct scheduler_instance_info *info, const struct sched_proc *p,
@@ -1708,11 +1766,13 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
     if (si) {
         snprintf(info->guid, sizeof info->guid, "%s", si->guid);
         sched__fill_placement(info, si);
-        snprintf(info->state, sizeof info->state, "%s",
-                 instance_state_name(instance_state(si->inst)));
-        info->since_ms = instance_since_ms(si->inst);
+        struct cellc_inst_info where;
+        cellc_inst_info(si->inst, &where);
+        snprintf(info->state, sizeof info->state, "%s", instance_state_name(where.state));
+        info->since_ms = where.since_ms;
         info->not_ready = si->ready && !sched__routable(si);
-        instance_usage(si->inst, &info->cpu, &info->memory_bytes);
+        info->cpu = where.cpu;
+        info->memory_bytes = where.memory_bytes;
     } else {
         snprintf(info->state, sizeof info->state, "%s", slot->restart_at_mono ? "CRASHED" : "DOWN");
         info->since_ms = slot->crashed_at_ms ? slot->crashed_at_ms : time_now_ms();
@@ -1778,7 +1838,10 @@ static void sched__fill_stopping(struct scheduler_instance_info *info, const str
     sched__fill_placement(info, si);
     snprintf(info->state, sizeof info->state, "STOPPING");
     info->since_ms = si->stopping_since_ms;
-    instance_usage(si->inst, &info->cpu, &info->memory_bytes);
+    struct cellc_inst_info where;
+    cellc_inst_info(si->inst, &where);
+    info->cpu = where.cpu;
+    info->memory_bytes = where.memory_bytes;
 }
 
 int scheduler_app_instances(struct scheduler *s, const char *app,
@@ -1855,7 +1918,7 @@ void scheduler_each_ready(struct scheduler *s,
 
 struct executor *scheduler_executor(struct scheduler *s)
 {
-    return s->ex;
+    return cellc_executor(s->cells);
 }
 
 /* ---- tasks ---------------------------------------------------------------------------------- */

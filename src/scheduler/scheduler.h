@@ -39,6 +39,7 @@ struct store;
 struct logs;
 struct executor;
 struct hub;
+struct cellc_config;
 
 struct scheduler_config {
     const char *home;     /* $SKIFF_HOME: droplets and instance scratch live below */
@@ -57,6 +58,9 @@ struct scheduler_config {
     /* The buildpacks folder: the function servers a function inside an app runs
      * (function-python/lib, function-node/lib). NULL: such functions cannot start. */
     const char *function_servers_dir;
+    /* The cells it runs instances on (cell/client.h): NULL, or local_cell with no NATS, runs
+     * every instance on its own executor, as a single skiffd does. */
+    const struct cellc_config *cells;
 };
 
 /* Whether a process type other than web listens on $PORT and takes requests (a function run
@@ -118,6 +122,9 @@ bool scheduler_leading(const struct scheduler *s);
  * elsewhere once two resyncs in a row saw it. One store_app_list, and one store_app_get and
  * store_droplet_get per started app. A no-op when not leading. */
 int scheduler_resync(struct scheduler *s);
+
+/* The cells it runs instances on (cell/client.h), e.g. for GET /v1/cells. */
+struct cellc *scheduler_cells(struct scheduler *s);
 
 struct scheduler_usage {
     int instances;         /* live instances, tasks and draining ones included */
@@ -193,6 +200,7 @@ struct scheduler_instance_info {
     int64_t since_ms;
     double cpu;
     uint64_t memory_bytes;
+    char cell[33];   /* the id of the cell it runs on ("" for a slot without an instance) */
     int exit_status; /* of the last crash at this index, -1 if none */
     int exit_signal; /* 0 if none */
     int crash_count;

@@ -49,6 +49,7 @@ class UsersNats(NatsServer):
             json.dump({"listen": "127.0.0.1:%d" % self.port,
                        "http": "127.0.0.1:%d" % self.monitor_port,
                        "server_name": self.name,
+                       "jetstream": {"store_dir": os.path.join(self.store, self.name)},
                        "authorization": {"users": users}}, f)
         log = open(os.path.join(self.store, self.name + ".log"), "ab")
         self.proc = subprocess.Popen(["nats-server", "-c", conf], stdout=log,
@@ -413,3 +414,185 @@ def test_a_cell_killed_and_started_again_keeps_its_instance(setup):
     # and it still obeys: a stop ends it
     ctl.pub("skiff.cell.%s.req" % a.id, {"v": 1, "op": "stop", "guid": guid})
     state_of(ctl, a.id, guid, "DOWN", timeout=15)
+
+
+# ---- a controller and two cells: placement, convergence, controllers coming and going -------
+
+from types import SimpleNamespace  # noqa: E402
+
+from conftest import Platform, WEB_APP as PLATFORM_WEB_APP, deploy_bits, throwaway_postgres  # noqa
+
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+needs_postgres = pytest.mark.skipif(
+    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
+    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
+
+LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default: a cell silent that long is lost
+
+
+def kill_cell_with_everything(cell):
+    """kill -9 the cell and every process it started: its instances' shims and programs."""
+    cell.proc.send_signal(signal.SIGKILL)
+    cell.proc.wait(10)
+    run = os.path.join(cell.home, "run")
+    for name in os.listdir(run):
+        if name.endswith(".pid"):
+            try:
+                with open(os.path.join(run, name)) as f:
+                    os.killpg(int(f.read().split()[0]), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+
+
+def controller(pg_dir, nats, home=None):
+    url = f"postgresql://postgres@/postgres?host={pg_dir}"
+    return Platform(home=home, extra_args=["--role", "controller", "--store", url,
+                                           "--isolation", "process", "--zone", "zone-c"],
+                    extra_env={"SKIFF_NATS": nats.url_for("skiffd"), "SKIFF_PREWARM": "0",
+                               "SKIFF_CELL_HEARTBEAT_MS": "500"})
+
+
+def instances(p, name):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return [i for i in app.get("instances_detail", []) if i.get("guid")]
+
+
+def running(p, name):
+    return [i for i in instances(p, name) if i["state"] == "RUNNING"]
+
+
+def through_router(p, name):
+    try:
+        status, text = http_get(p.router_url + "/", host=f"{name}.localhost")
+    except OSError:
+        return False
+    return status == 200 and text.startswith("instance")
+
+
+@pytest.fixture
+def cluster():
+    with throwaway_postgres() as pg_dir:
+        store = tempfile.mkdtemp(prefix="skiff-cluster-")
+        nats = UsersNats(store).start()
+        base = 42000 + (os.getpid() % 400) * 20
+        cells = [Cell(nats, CELL_A, "zone-a", (base, base + 9)),
+                 Cell(nats, CELL_B, "zone-b", (base + 10, base + 19))]
+        ctl = None
+        try:
+            for c in cells:
+                c.start()
+            ctl = controller(pg_dir, nats).start()
+            wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller "
+                     "to lead")
+            yield SimpleNamespace(pg_dir=pg_dir, nats=nats, cells=cells, ctl=ctl)
+        finally:
+            if ctl:
+                ctl.close()
+            for c in cells:
+                c.close()
+            nats.stop()
+            shutil.rmtree(store, ignore_errors=True)
+
+
+@needs_postgres
+def test_a_controller_places_instances_on_cells_and_converges(cluster):
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    listed = lambda: {c["id"]: c for c in ctl.api("GET", "/v1/cells")[1]["cells"]
+                      if c.get("role") == "cell"}
+    wait_for(lambda: {k for k, c in listed().items() if c["state"] == "up"} == {a.id, b.id},
+             15, "both cells to be listed up")
+    assert listed()[a.id]["zone"] == "zone-a" and listed()[b.id]["zone"] == "zone-b"
+    deploy_bits(ctl, "two", [("Procfile", b"web: python3 app.py\n"),
+                             ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
+    status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
+    assert status in (200, 201), body
+
+    # one instance on each cell (the controller runs none)
+    wait_for(lambda: len(running(ctl, "two")) == 2, 60, "two instances running")
+    placed = {i["cell"]: i for i in running(ctl, "two")}
+    assert set(placed) == {a.id, b.id}, placed
+    for c in (a, b):
+        assert "starting instance" in c.output(), c.output()
+        port = int(placed[c.id]["address"].rsplit(":", 1)[1])
+        assert c.ports[0] <= port <= c.ports[1], placed
+    wait_for(lambda: through_router(ctl, "two"), 20, "the route to serve")
+
+    # kill -9 cell a with its instance: lost after LOST_MS, its instance started on b
+    kill_cell_with_everything(a)
+    killed = time.monotonic()
+    failures = 0
+
+    def both_on_b():
+        nonlocal failures
+        if not through_router(ctl, "two"):
+            failures += 1
+        now = running(ctl, "two")
+        return len(now) == 2 and {i["cell"] for i in now} == {b.id}
+    wait_for(both_on_b, 30, "the lost cell's instance to run on the other cell", interval=0.2)
+    took = time.monotonic() - killed
+    print(f"cell lost to its instance running elsewhere: {took:.1f} s "
+          f"({failures} failed requests through the router meanwhile)")
+    assert "is lost: no heartbeat" in ctl.output(), ctl.output()
+    for _ in range(20):
+        assert through_router(ctl, "two")
+
+    # a restarted cell a comes back empty (its processes were killed): placed on again later
+    a.start()
+    wait_for(lambda: listed()[a.id]["state"] == "up", 15, "cell a to be back")
+
+    # a cell that goes silent while its instances run (stopped, not killed), then comes back:
+    # its instances were started elsewhere meanwhile, and its duplicates are stopped
+    b_guids = {i["guid"] for i in running(ctl, "two")}
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: {i["cell"] for i in running(ctl, "two")} == {a.id}
+                 and len(running(ctl, "two")) == 2, 30,
+                 "b's instances to run on a while b is silent", interval=0.2)
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    wait_for(lambda: "stopping instance" in b.output() and b.output().count("stopping instance")
+             >= 2, 20, "b to be told to stop both of its duplicates")
+    for g in b_guids:
+        wait_for(lambda: f"({g})" in b.output(), 5, "b to name the stopped duplicate")
+    assert len(running(ctl, "two")) == 2
+    assert through_router(ctl, "two")
+
+
+@needs_postgres
+def test_instances_outlive_the_controller_and_a_new_one_adopts_them(cluster):
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    deploy_bits(ctl, "keep", [("Procfile", b"web: python3 app.py\n"),
+                              ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
+    wait_for(lambda: len(running(ctl, "keep")) == 2, 60, "two instances running")
+    before = {i["guid"]: i for i in running(ctl, "keep")}
+    assert {i["cell"] for i in before.values()} == {a.id, b.id}, before
+    addrs = [i["address"] for i in before.values()]
+
+    # the controller stops: the instances keep answering where they run
+    ctl.stop()
+    for addr in addrs:
+        assert answers(addr)[0] == 200, addr
+    # it starts again (same home and store): it leads, adopts both, starts nothing
+    ctl.start()
+    wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller to lead")
+    wait_for(lambda: set(i["guid"] for i in running(ctl, "keep")) == set(before), 20,
+             "the restarted controller to show the cells' instances")
+    # a second look, after two more heartbeats of each cell (the convergence came between)
+    watch = Client(cluster.nats.port, "skiffd", PASSWORDS["skiffd"])
+    try:
+        watch.sub("skiff.cell.*.up")
+        for c in (a, b):
+            for _ in range(2):
+                watch.msgs.clear()
+                hb = heartbeat(watch, c.id)
+                assert [i["guid"] for i in hb["instances"]] == [
+                    g for g, i in before.items() if i["cell"] == c.id], hb
+    finally:
+        watch.close()
+    assert set(i["guid"] for i in running(ctl, "keep")) == set(before)
+    for c in (a, b):
+        assert c.output().count("starting instance") == 1, c.output()
+        assert "stopping instance" not in c.output(), c.output()
+    for addr in addrs:
+        assert answers(addr)[0] == 200, addr
