@@ -73,6 +73,12 @@ int cell_launch_start(struct executor *ex, const char *home, const struct cell_l
  * sha256:... not on this cell" in err. *out is the caller's to free. */
 int cell_droplet_path(const char *path, const char *digest, char **out, char *err, size_t errsize);
 
+/* The droplet folder's digest, "sha256:HEX": SHA-256 over a walk of the folder in name
+ * order (for each entry its kind, path relative to dir, mode, and a file's size and bytes or
+ * a link's target). What a start request carries as droplet_digest; a cell does not check it
+ * yet (cell_droplet_path). Reads every byte: the caller keeps it (one per droplet). */
+int cell_droplet_digest(const char *dir, char out[CELL_DIGEST_LEN], char *err, size_t errsize);
+
 /* ---- the start request (docs/bus.md "Cells") ---------------------------------------------- */
 
 /* l as a JSON object (a new reference). */

@@ -13,6 +13,7 @@
 
 #define CELLC__CHECK_MS 250
 #define CELLC__SETTLE_MS 2000  /* a heartbeat (1 s) and a margin, after leading began */
+#define CELLC__SETTLE_GIVE_UP_MS 10000 /* NATS still down: converge without the cells' word */
 #define CELLC__MISSING_MS 3000 /* launched this long ago and not in a heartbeat: gone */
 
 struct cellc__cell {
@@ -25,6 +26,13 @@ struct cellc__cell {
     int instances;
     bool lost;
     struct cellc__cell *next;
+};
+
+/* A droplet's digest, made once (cell_droplet_digest reads every byte). */
+struct cellc__digest {
+    char droplet[37];
+    char digest[CELL_DIGEST_LEN];
+    struct cellc__digest *next;
 };
 
 struct cellc_inst {
@@ -58,8 +66,10 @@ struct cellc {
     struct natsconn *nc;
     struct cellc__cell *cells;
     struct cellc_inst *insts;
+    struct cellc__digest *digests;
     bool leading;
     int64_t leading_since_mono;
+    int64_t connected_since_mono; /* 0 while NATS is down */
     uv_timer_t check; /* lost cells, and forgotten instances' DOWN */
     bool closing;
     void (*done)(void *);
@@ -400,6 +410,12 @@ static void cellc__output(struct cellc *c, struct cellc__cell *cell, json_t *m)
     }
 }
 
+static void cellc__on_nats(void *ctx, bool connected)
+{
+    struct cellc *c = ctx;
+    c->connected_since_mono = connected ? time_mono_ms() : 0;
+}
+
 static void cellc__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
                           size_t len)
 {
@@ -487,6 +503,25 @@ static int cellc__count(const struct cellc *c, const struct cellc__cell *cell, c
     return n;
 }
 
+static const char *cellc__droplet_digest(struct cellc *c, const struct cell_launch *l, char *err,
+                                         size_t errsize)
+{
+    if (l->droplet_digest)
+        return l->droplet_digest;
+    for (struct cellc__digest *d = c->digests; d; d = d->next)
+        if (!strcmp(d->droplet, l->droplet_guid))
+            return d->digest;
+    struct cellc__digest *d = xcalloc(1, sizeof *d);
+    if (cell_droplet_digest(l->droplet_path, d->digest, err, errsize) < 0) {
+        free(d);
+        return NULL;
+    }
+    snprintf(d->droplet, sizeof d->droplet, "%s", l->droplet_guid);
+    d->next = c->digests;
+    c->digests = d;
+    return d->digest;
+}
+
 int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_bytes,
                  struct cellc_inst **out, char addr[64], char *err, size_t errsize)
 {
@@ -541,10 +576,16 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
         *out = cellc__wrap_local(c, inst, l->app_guid, l->process_type, l->index, l->droplet_guid);
         return 0;
     }
+    const char *digest = cellc__droplet_digest(c, l, err, errsize);
+    if (!digest)
+        return -EIO;
+    struct cell_launch sent = *l;
+    sent.droplet_digest = digest;
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);
     cell->placed += memory_bytes;
-    cellc__send(c, cell, json_pack("{s:s,s:o}", "op", "start", "launch", cell_launch_to_json(l)));
+    cellc__send(c, cell,
+                json_pack("{s:s,s:o}", "op", "start", "launch", cell_launch_to_json(&sent)));
     addr[0] = '\0';
     *out = i;
     return 0;
@@ -661,6 +702,7 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
                                      .name = "skiffd cells",
                                      .security = cfg->nats_security,
                                      .on_msg = cellc__on_msg,
+                                     .on_state = cellc__on_nats,
                                      .ctx = c};
         rc = natsconn_open(loop, &nc, &c->nc, err, errsize);
         if (rc == 0 && (rc = natsconn_subscribe(c->nc, "skiff.cell.*.up")) < 0)
@@ -702,7 +744,14 @@ int cellc_settle_ms(const struct cellc *c)
 {
     if (!c->nc)
         return 0;
-    int64_t left = c->leading_since_mono + CELLC__SETTLE_MS - time_mono_ms();
+    int64_t now = time_mono_ms();
+    /* heard from NATS for CELLC__SETTLE_MS while leading; without NATS, converge anyway once
+     * the cells could not have answered (CELLC__SETTLE_GIVE_UP_MS) */
+    if (!c->connected_since_mono)
+        return now - c->leading_since_mono >= CELLC__SETTLE_GIVE_UP_MS ? 0 : CELLC__CHECK_MS;
+    int64_t from = c->leading_since_mono > c->connected_since_mono ? c->leading_since_mono
+                                                                   : c->connected_since_mono;
+    int64_t left = from + CELLC__SETTLE_MS - now;
     return left > 0 ? (int)left : 0;
 }
 
@@ -754,6 +803,11 @@ void cellc_free(struct cellc *c)
         struct cellc__cell *cell = c->cells;
         c->cells = cell->next;
         free(cell);
+    }
+    while (c->digests) {
+        struct cellc__digest *d = c->digests;
+        c->digests = d->next;
+        free(d);
     }
     free(c->home);
     free(c);

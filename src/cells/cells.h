@@ -8,8 +8,9 @@
  * The store was chosen over NATS: it is what every skiffd sharing desired state already
  * reaches (PostgreSQL), and any of them answers the list from it at once, where a NATS
  * subscriber would know no cell until each had beaten again after its own start; it works
- * with the embedded store alone too. Placement across cells is not done yet: each skiffd
- * that leads runs every instance itself. Runs on the loop; errors are negative errno. */
+ * with the embedded store alone too. The cells that run instances for the leader over NATS
+ * (skiffd --role cell) are heard by the scheduler's cells client (cell/client.h) and listed
+ * beside these. Runs on the loop; errors are negative errno. */
 #ifndef SKIFF_CELLS_H
 #define SKIFF_CELLS_H
 

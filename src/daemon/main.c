@@ -1008,6 +1008,11 @@ int main(int argc, char **argv)
         log_error("--role is all, controller, cell or router, not \"%s\"", role);
         return 2;
     }
+    if (!strcmp(role, "controller") && !*nats_url) {
+        log_error("--role controller runs no instance itself: it places them on the cells that "
+                  "announce themselves on NATS; give --nats URL[,URL...] (or SKIFF_NATS)");
+        return 2;
+    }
     char *replicas_end;
     long nats_replicas = strtol(nats_replicas_text, &replicas_end, 10);
     if (*replicas_end || replicas_end == nats_replicas_text || nats_replicas < 1 ||
@@ -1265,11 +1270,6 @@ int main(int argc, char **argv)
         goto fail;
     }
     bool controller_only = !strcmp(role, "controller");
-    if (controller_only && !*nats_url) {
-        log_error("--role controller runs no instance itself: it places them on the cells that "
-                  "announce themselves on NATS; give --nats URL[,URL...] (or SKIFF_NATS)");
-        goto fail;
-    }
     struct cellc_config cellcfg = {.local_cell = !controller_only,
                                    .local_id = cell_id,
                                    .local_zone = zone,

@@ -1331,7 +1331,12 @@ int scheduler_reconcile_all(struct scheduler *s)
 static void sched__on_settled(uv_timer_t *t)
 {
     struct scheduler *s = t->data;
-    if (s->leading && !s->shutting_down)
+    if (!s->leading || s->shutting_down)
+        return;
+    int settle = cellc_settle_ms(s->cells);
+    if (settle > 0)
+        uv_timer_start(&s->settle, sched__on_settled, (uint64_t)settle, 0);
+    else
         sched__converge_all(s);
 }
 

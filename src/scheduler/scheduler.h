@@ -1,7 +1,8 @@
 /* scheduler: keeps the instances that run (actual) equal to what the store says (desired).
  *
- * For every STARTED app with a droplet, each process type gets `instances` instances through
- * the executor (src/executor/executor.h); STOPPED apps get none. The scheduler decides about
+ * For every STARTED app with a droplet, each process type gets `instances` instances on the
+ * cells (src/cell/client.h: its own executor, src/executor/executor.h, and the cells on NATS,
+ * placed by src/cell/cell.h's rule); STOPPED apps get none. The scheduler decides about
  * crashes (Diego's rules, scheduler_crash_delay_ms), builds each instance's environment
  * (scheduler_instance_env) and publishes what happens to instances on the hub
  * (src/hub/hub.h): which are ready (only RUNNING ones take traffic), gone, draining, crashed.

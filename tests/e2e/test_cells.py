@@ -10,6 +10,7 @@ Placement and convergence by the leader's scheduler are not done yet (src/cell/R
 leader part is played by this test."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -403,9 +404,10 @@ def test_a_cell_killed_and_started_again_keeps_its_instance(setup):
     a.proc.wait(10)
     assert serves(addr, 0), "the instance outlives its cell's process (its shim keeps it)"
     ctl.msgs.clear()
+    restarted_ms = time.time() * 1000
     a.start()
-    hb = heartbeat(ctl, a.id, lambda m: len(m["instances"]) == 1, timeout=20,
-                   what="the restarted cell to list the instance it kept")
+    hb = heartbeat(ctl, a.id, lambda m: m["at_ms"] >= restarted_ms and len(m["instances"]) == 1,
+                   timeout=20, what="the restarted cell to list the instance it kept")
     inst = hb["instances"][0]
     assert inst["guid"] == guid and inst["addr"] == addr, hb
     assert inst["droplet_guid"] == "7b3a0c0e-1111-4222-8333-444455556666", hb
@@ -503,6 +505,8 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     wait_for(lambda: {k for k, c in listed().items() if c["state"] == "up"} == {a.id, b.id},
              15, "both cells to be listed up")
     assert listed()[a.id]["zone"] == "zone-a" and listed()[b.id]["zone"] == "zone-b"
+    spy = Client(cluster.nats.port, "skiffd", PASSWORDS["skiffd"])
+    spy.sub("skiff.cell.*.req")
     deploy_bits(ctl, "two", [("Procfile", b"web: python3 app.py\n"),
                              ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
     status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
@@ -517,6 +521,12 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
         port = int(placed[c.id]["address"].rsplit(":", 1)[1])
         assert c.ports[0] <= port <= c.ports[1], placed
     wait_for(lambda: through_router(ctl, "two"), 20, "the route to serve")
+    # the start requests carried the droplet's guid and digest
+    _, start = spy.wait_msg(lambda s, m: m.get("op") == "start", 5, "a start request")
+    spy.close()
+    digest = start["launch"]["droplet_digest"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), start
+    assert start["launch"]["droplet_guid"] == placed[a.id]["droplet"], start
 
     # kill -9 cell a with its instance: lost after LOST_MS, its instance started on b
     kill_cell_with_everything(a)

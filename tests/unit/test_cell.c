@@ -5,7 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -212,6 +215,47 @@ static void test_a_droplet_not_here_names_its_digest(void **state)
     free(path);
 }
 
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    chmod(path, mode);
+}
+
+static void test_a_droplets_digest_follows_its_content(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/skiff-test-digest-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256], err[256] = "", one[CELL_DIGEST_LEN], two[CELL_DIGEST_LEN];
+    snprintf(path, sizeof path, "%s/app", dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/app/a.py", dir);
+    write_file(path, "print(1)\n", 0644);
+    assert_int_equal(cell_droplet_digest(dir, one, err, sizeof err), 0);
+    assert_int_equal(strlen(one), 7 + 64);
+    assert_memory_equal(one, "sha256:", 7);
+    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
+    assert_string_equal(one, two); /* the same tree, the same digest */
+    write_file(path, "print(2)\n", 0644);
+    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
+    assert_string_not_equal(one, two); /* a byte changed */
+    write_file(path, "print(1)\n", 0755);
+    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
+    assert_string_not_equal(one, two); /* a mode changed */
+    write_file(path, "print(1)\n", 0644);
+    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
+    assert_string_equal(one, two);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/app", dir);
+    rmdir(path);
+    rmdir(dir);
+    assert_true(cell_droplet_digest(dir, two, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "cannot read droplet"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -223,6 +267,7 @@ int main(void)
         cmocka_unit_test(test_a_launch_reads_back_as_written),
         cmocka_unit_test(test_a_hostile_launch_is_refused_with_the_field_named),
         cmocka_unit_test(test_a_droplet_not_here_names_its_digest),
+        cmocka_unit_test(test_a_droplets_digest_follows_its_content),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
