@@ -507,6 +507,7 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     assert listed()[a.id]["zone"] == "zone-a" and listed()[b.id]["zone"] == "zone-b"
     spy = Client(cluster.nats.port, "skiffd", PASSWORDS["skiffd"])
     spy.sub("skiff.cell.*.req")
+    spy.sub("skiff.cell.*.up")
     deploy_bits(ctl, "two", [("Procfile", b"web: python3 app.py\n"),
                              ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
     status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
@@ -521,9 +522,15 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
         port = int(placed[c.id]["address"].rsplit(":", 1)[1])
         assert c.ports[0] <= port <= c.ports[1], placed
     wait_for(lambda: through_router(ctl, "two"), 20, "the route to serve")
+    # each cell's own executor runs one (its heartbeat says so)
+    for c in (a, b):
+        heartbeat(spy, c.id, lambda m: [(i["guid"], i["state"]) for i in m["instances"]] == [
+            (placed[c.id]["guid"], "RUNNING")], what="cell %s to list its one instance" % c.zone)
     # the start requests carried the droplet's guid and digest
     _, start = spy.wait_msg(lambda s, m: m.get("op") == "start", 5, "a start request")
     spy.close()
+    r = ctl.cli("cells", check=True)
+    assert a.id in r.stdout and b.id in r.stdout and "zone-a" in r.stdout, r.stdout
     digest = start["launch"]["droplet_digest"]
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), start
     assert start["launch"]["droplet_guid"] == placed[a.id]["droplet"], start
