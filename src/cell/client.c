@@ -604,7 +604,8 @@ void cellc_stop(struct cellc_inst *i)
     if (!c->leading || c->closing) {
         /* the cell keeps it running for the controller that leads next */
         i->forgotten = true;
-        uv_timer_start(&c->check, cellc__on_check, 0, CELLC__CHECK_MS);
+        if (!c->closing)
+            uv_timer_start(&c->check, cellc__on_check, 0, CELLC__CHECK_MS);
         return;
     }
     if (i->state != INSTANCE_STOPPING)

@@ -22,13 +22,15 @@ import uuid
 import pytest
 
 from conftest import BIN_DIR, free_port, http_get, wait_for
+from test_bus_nats import ROUTER_PERMISSIONS, RemoteRouter
 from test_fabric_nats import NatsServer
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
                                 reason="nats-server is not installed (scripts/deps.sh)")
 
 CELL_A, CELL_B = "a" * 32, "b" * 32
-PASSWORDS = {"skiffd": "ctl-pw-1", CELL_A: "cell-a-pw-1", CELL_B: "cell-b-pw-1"}
+PASSWORDS = {"skiffd": "ctl-pw-1", "router": "router-pw-1", CELL_A: "cell-a-pw-1",
+             CELL_B: "cell-b-pw-1"}
 CONTROLLER_PERMISSIONS = {"publish": ["skiff.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"],
                           "subscribe": ["skiff.>", "_INBOX.>"]}
 
@@ -46,6 +48,8 @@ class UsersNats(NatsServer):
                   "permissions": CONTROLLER_PERMISSIONS}]
         users += [{"user": c, "password": PASSWORDS[c], "permissions": cell_permissions(c)}
                   for c in (CELL_A, CELL_B)]
+        users.append({"user": "router", "password": PASSWORDS["router"],
+                      "permissions": ROUTER_PERMISSIONS})
         with open(conf, "w") as f:
             json.dump({"listen": "127.0.0.1:%d" % self.port,
                        "http": "127.0.0.1:%d" % self.monitor_port,
@@ -488,6 +492,11 @@ def cluster():
             wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller "
                      "to lead")
             yield SimpleNamespace(pg_dir=pg_dir, nats=nats, cells=cells, ctl=ctl)
+            ctl.stop()
+            for c in cells:
+                c.stop()
+            for text in [ctl.output()] + [c.output() for c in cells]:
+                assert "Sanitizer" not in text and "runtime error" not in text, text
         finally:
             if ctl:
                 ctl.close()
@@ -577,19 +586,31 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
 
 
 @needs_postgres
-def test_instances_outlive_the_controller_and_a_new_one_adopts_them(cluster):
+def test_instances_outlive_the_controller_and_a_new_one_adopts_them(cluster, request):
     ctl, (a, b) = cluster.ctl, cluster.cells
+    rr = RemoteRouter(cluster.nats.url,
+                      extra_env={"SKIFF_NATS": cluster.nats.url_for("router")})
+    request.addfinalizer(rr.close)
+    rr.start()
     deploy_bits(ctl, "keep", [("Procfile", b"web: python3 app.py\n"),
                               ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
+    status, body = ctl.api("POST", "/v1/routes", {"app": "keep", "host": "keep.localhost"})
+    assert status in (200, 201), body
     wait_for(lambda: len(running(ctl, "keep")) == 2, 60, "two instances running")
     before = {i["guid"]: i for i in running(ctl, "keep")}
     assert {i["cell"] for i in before.values()} == {a.id, b.id}, before
     addrs = [i["address"] for i in before.values()]
 
-    # the controller stops: the instances keep answering where they run
+    remote_serves = lambda: rr.get("keep.localhost")[0] == 200  # noqa: E731
+    wait_for(remote_serves, 20, "a router on NATS to serve the app")
+
+    # the controller stops: the instances keep answering, where they run and through the
+    # router on NATS (which keeps a route for its TTL, 30 s, after the last announcement)
     ctl.stop()
     for addr in addrs:
         assert answers(addr)[0] == 200, addr
+    for _ in range(10):
+        assert remote_serves()
     # it starts again (same home and store): it leads, adopts both, starts nothing
     ctl.start()
     wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller to lead")
@@ -613,3 +634,4 @@ def test_instances_outlive_the_controller_and_a_new_one_adopts_them(cluster):
         assert "stopping instance" not in c.output(), c.output()
     for addr in addrs:
         assert answers(addr)[0] == 200, addr
+    assert remote_serves()
