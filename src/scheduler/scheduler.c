@@ -815,7 +815,7 @@ static void sched__strv_free(char **v)
  * 0, or a negative errno once the app's log says why, naming si as `what` ("instance 2 of
  * web"), with its process's checks (NULL: none but health) and sidecars: -EAGAIN when the store,
  * the bindings or the slots cannot serve now (then says what follows: "; trying again later"), else
- * executor_start's error. */
+ * the cell's error (cellc_launch). */
 static int sched__launch(struct scheduler *s, const struct store_app *app,
                          const struct store_droplet *drop, struct sched_inst *si,
                          const char *command, int memory, enum health_check_type health,
@@ -888,10 +888,10 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         sched__launch_checks(&l, checks);
     si->readiness = l.readiness;
     char why[512] = "";
-    start_trace("scheduler: executor_start");
+    start_trace("scheduler: cellc_launch");
     int rc = cellc_launch(s->cells, &l, (uint64_t)(memory > 0 ? memory : 0) << 20, &si->inst,
                           si->addr, why, sizeof why);
-    start_trace("scheduler: executor_start returned");
+    start_trace("scheduler: cellc_launch returned");
     free(vcap_services);
     free(spec_sidecars);
     sched__strv_free(uris);
@@ -1296,11 +1296,17 @@ static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_
     si->next = s->insts;
     s->insts = si;
     bool running = where.state == INSTANCE_RUNNING;
-    logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
-                 "Instance %d of %s (%s) on port %d was kept running across a restart of "
-                 "skiffd%s",
-                 si->index, si->type, si->guid, si->port,
-                 running ? "" : "; checking its health again");
+    if (cellc_inst_local(inst))
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s (%s) on port %d was kept running across a restart of "
+                     "skiffd%s",
+                     si->index, si->type, si->guid, si->port,
+                     running ? "" : "; checking its health again");
+    else
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s (%s) at %s runs on cell %.8s: taken over as it runs%s",
+                     si->index, si->type, si->guid, si->addr, where.cell,
+                     running ? "" : " (not running yet)");
     si->readiness = sp->readiness; /* its first result comes from the executor, soon */
     if (running) {
         si->ready = true;

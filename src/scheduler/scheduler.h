@@ -96,7 +96,9 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
  * the store still wants them (same app, droplet, process type and index): those that answer
  * are ready at once, before any route table goes out. Others are stopped, and instances left
  * without a shim are killed (their pids are recorded under home/run). Then starts what the
- * store wants running and is missing. */
+ * store wants running and is missing; with cells on NATS, only once it has heard them for a
+ * while (cellc_settle_ms), their instances being offered for adoption the same way as their
+ * heartbeats come (cell/client.h). */
 int scheduler_reconcile_all(struct scheduler *s);
 /* Stops every instance gracefully; done is called when all are down and the scheduler's
  * handles are closed; then scheduler_free. */
