@@ -53,6 +53,7 @@ struct sched_inst {
     int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
     char addr[64]; /* where the platform reaches it: "IP:PORT" */
     bool ready;    /* its health check passed: RUNNING */
+    int route_holds;   /* routed, but not every router has a table with it yet: STARTING */
     bool readiness;    /* it has a readiness check: routed to only while that passes */
     bool readiness_ok; /* the readiness check's last result */
     enum sched_inst_phase phase;
@@ -73,6 +74,13 @@ struct sched_inst {
 static bool sched__routable(const struct sched_inst *si)
 {
     return si->ready && (!si->readiness || si->readiness_ok);
+}
+
+/* Whether the API shows the instance RUNNING: healthy and, for a routed one, in the table of
+ * every router (scheduler_route_hold), so a request sent at once finds it. */
+static bool sched__shown_running(const struct sched_inst *si)
+{
+    return si->ready && si->route_holds == 0;
 }
 
 struct sched_slot {
@@ -250,6 +258,28 @@ void scheduler_drain_release(struct scheduler *s, uint64_t drain_id)
         return;
     sched__halt(si);
     sched__arm_timer(s);
+}
+
+static struct sched_inst *sched__by_guid(struct scheduler *s, const char *instance_guid)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (!strcmp(si->guid, instance_guid))
+            return si;
+    return NULL;
+}
+
+void scheduler_route_hold(struct scheduler *s, const char *instance_guid)
+{
+    struct sched_inst *si = sched__by_guid(s, instance_guid);
+    if (si)
+        si->route_holds++;
+}
+
+void scheduler_route_release(struct scheduler *s, const char *instance_guid)
+{
+    struct sched_inst *si = sched__by_guid(s, instance_guid);
+    if (si && si->route_holds > 0)
+        si->route_holds--;
 }
 
 /* Detaches and stops an instance on purpose: one that was taking work drains first
@@ -1620,7 +1650,7 @@ int scheduler_app_deployment(struct scheduler *s, const char *app, struct schedu
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_slot *slot = a->procs[i]->slots[j];
             out->total++;
-            if (slot->cur && slot->cur->ready && !slot->cur->shadow &&
+            if (slot->cur && sched__shown_running(slot->cur) && !slot->cur->shadow &&
                 !strcmp(slot->cur->droplet, a->deploy_to))
                 out->updated++;
         }
@@ -1762,8 +1792,11 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
     if (si) {
         snprintf(info->guid, sizeof info->guid, "%s", si->guid);
         sched__fill_placement(info, si);
+        enum instance_state st = instance_state(si->inst);
+        /* healthy, but a router may not route to it yet */
+        bool joining = st == INSTANCE_RUNNING && !sched__shown_running(si);
         snprintf(info->state, sizeof info->state, "%s",
-                 instance_state_name(instance_state(si->inst)));
+                 joining ? instance_state_name(INSTANCE_STARTING) : instance_state_name(st));
         info->since_ms = instance_since_ms(si->inst);
         info->not_ready = si->ready && !sched__routable(si);
         instance_usage(si->inst, &info->cpu, &info->memory_bytes);
@@ -1870,7 +1903,7 @@ int scheduler_running_count(struct scheduler *s, const char *app_guid)
             continue;
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_inst *si = a->procs[i]->slots[j]->cur;
-            if (si && si->ready)
+            if (si && sched__shown_running(si))
                 count++;
         }
     }

@@ -78,6 +78,17 @@ void scheduler_drain_hold(struct scheduler *s, uint64_t drain_id);
 /* Ends one hold; the instance is stopped when none is left. Safe on a drain that is over. */
 void scheduler_drain_release(struct scheduler *s, uint64_t drain_id);
 
+/* ---- joining the route table -------------------------------------------------------------- */
+
+/* An instance that became routable (PLATFORM_INSTANCE_READY) is shown STARTING, not RUNNING
+ * (scheduler_app_instances, scheduler_running_count, a deployment's "updated"), until every
+ * hold taken on it is released: the bus holds it until every connected router has
+ * acknowledged a route table with it (docs/bus.md "ack"), so that a client told RUNNING is
+ * never answered "no instance" by a router. Traffic is not held back: it is routable from
+ * READY on. A hold on an unknown instance is a no-op; each hold needs exactly one release. */
+void scheduler_route_hold(struct scheduler *s, const char *instance_guid);
+void scheduler_route_release(struct scheduler *s, const char *instance_guid);
+
 /* ---- life ---------------------------------------------------------------------------------- */
 
 /* Creates the scheduler and the executor it drives (configured by excfg). */
