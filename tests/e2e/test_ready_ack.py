@@ -4,11 +4,15 @@ instance shown RUNNING is in the router's table at that moment, so a request sen
 not acknowledge its tables delays that by BUS_ACK_TIMEOUT_MS at most (logged), never for ever."""
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+
+import pytest
 
 from conftest import ROOT, WEB_APP, Platform, deploy_bits, out
 
@@ -137,3 +141,32 @@ def test_a_router_that_never_acknowledges_is_not_waited_for_beyond_the_bound():
         if silent:
             silent.close()
         p.close()
+
+
+@pytest.mark.skipif(shutil.which("nats-server") is None,
+                    reason="nats-server is not installed (scripts/deps.sh)")
+def test_a_router_on_nats_has_the_instance_when_it_is_shown_running(tmp_path):
+    from test_bus_nats import RemoteRouter, nats_platform, push_web
+    from test_fabric_nats import NatsServer
+    store = tempfile.mkdtemp(prefix="skiff-readyack-")
+    nats = NatsServer(store).start()
+    p = nats_platform(nats).start()
+    rr = RemoteRouter(nats.url).start()
+    try:
+        p.wait_for(lambda: "a router on NATS said hello" in p.output(), 20, "the router's hello")
+        push_web(p, tmp_path, "far")
+        assert rr.get("far.localhost") == (200, "v0\n")  # at once: no retry
+        for n in range(1, 5):
+            r = p.cli("scale", "far", "-i", "0")
+            assert r.returncode == 0, out(r)
+            p.wait_for(lambda: not shown_running(p, "far"), 30, "no instance running")
+            status, app = p.api("PATCH", "/v1/apps/far", {"instances": n})
+            assert status == 200, app
+            p.wait_for(lambda: shown_running(p, "far"), 60, "an instance RUNNING", interval=0.005)
+            assert rr.get("far.localhost") == (200, "v0\n"), n
+        assert "did not acknowledge" not in p.output(), p.output()
+    finally:
+        rr.close()
+        p.close()
+        nats.stop()
+        shutil.rmtree(store, ignore_errors=True)
