@@ -1646,6 +1646,7 @@ int scheduler_app_deployment(struct scheduler *s, const char *app, struct schedu
     snprintf(out->from, sizeof out->from, "%s", a->deploy_from);
     snprintf(out->to, sizeof out->to, "%s", a->deploy_to);
     snprintf(out->error, sizeof out->error, "%s", a->deploy_error);
+    bool joining = false;
     for (size_t i = 0; i < a->nprocs; i++)
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_slot *slot = a->procs[i]->slots[j];
@@ -1653,7 +1654,12 @@ int scheduler_app_deployment(struct scheduler *s, const char *app, struct schedu
             if (slot->cur && sched__shown_running(slot->cur) && !slot->cur->shadow &&
                 !strcmp(slot->cur->droplet, a->deploy_to))
                 out->updated++;
+            else if (slot->cur && slot->cur->route_holds)
+                joining = true;
         }
+    /* done once its last instance is RUNNING as scheduler_app_instances shows it */
+    if (out->state == SCHED_DEPLOY_DONE && joining)
+        out->state = SCHED_DEPLOY_ACTIVE;
     return 0;
 }
 

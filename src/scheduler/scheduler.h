@@ -81,7 +81,8 @@ void scheduler_drain_release(struct scheduler *s, uint64_t drain_id);
 /* ---- joining the route table -------------------------------------------------------------- */
 
 /* An instance that became routable (PLATFORM_INSTANCE_READY) is shown STARTING, not RUNNING
- * (scheduler_app_instances, scheduler_running_count, a deployment's "updated"), until every
+ * (scheduler_app_instances, scheduler_running_count, a deployment's "updated", which is
+ * DEPLOYED only then), until every
  * hold taken on it is released: the bus holds it until every connected router has
  * acknowledged a route table with it (docs/bus.md "ack"), so that a client told RUNNING is
  * never answered "no instance" by a router. Traffic is not held back: it is routable from
