@@ -406,7 +406,7 @@ static void rn__cert_write(const struct router_nats_msg *m)
             r = chmod(path, 0600) < 0 ? -errno : 0;
         if (r < 0)
             log_error("HTTPS: cannot write %s's certificate to %s: %s", m->domain, path,
-                      strerror(-r));
+                      skiff_strerror(r));
         else
             log_info("HTTPS: %s's certificate came from skiffd", m->domain);
     }
@@ -423,7 +423,8 @@ static void rn__cert_remove(const struct router_nats_msg *m)
     if (unlink(path) == 0)
         log_info("HTTPS: %s's certificate was removed by skiffd", m->domain);
     else if (errno != ENOENT)
-        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path, strerror(errno));
+        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path,
+                  skiff_strerror(-errno));
     free(path);
 }
 
