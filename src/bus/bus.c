@@ -1084,12 +1084,10 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
             int rc = bus->metrics && strlen(app) == 36
                          ? bus->metrics->woken(bus->metrics_ctx, app, "web")
                          : -ENOENT;
-            if (rc < 0 && rc != -ENOENT)
+            if (rc != 0 && rc != -ENOENT)
                 logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
                              "A request waits for this app but it cannot be started: %s",
-                             rc == -EPERM     ? "it is stopped (`skiff start`)"
-                             : rc == -ENODATA ? "it has no droplet (`skiff push`)"
-                                              : skiff_strerror(rc));
+                             skiff_strerror(rc));
         }
     }
     json_decref(msg);

@@ -55,7 +55,7 @@ struct bus_metrics_sink {
     void (*report)(void *ctx, int router, const char *app_guid, const char *process,
                    double in_flight, double requests);
     void (*router_gone)(void *ctx, int router);
-    /* a wake came: an instance is asked for at once; 0, a count, or a negative errno */
+    /* a wake came: an instance is asked for at once; 0 or an error of common/err.h */
     int (*woken)(void *ctx, const char *app_guid, const char *process);
 };
 void bus_set_metrics(struct bus *bus, const struct bus_metrics_sink *sink, void *ctx);

@@ -1691,6 +1691,7 @@ struct sched_scale {
     int n;
     bool only_up;
     bool wrote;
+    int refused; /* SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, or SKIFF_OK */
 };
 
 /* The change a scale makes to the app's row: a function of the row alone, so a write that
@@ -1702,10 +1703,11 @@ static int sched__scale_change(void *ctx, struct store_app *sa)
     struct store_process *p = store_app_process(sa, c->type);
     if (!p)
         return -ENOENT;
-    if (strcmp(sa->state, "STARTED"))
-        return -EPERM;
-    if (!sa->droplet_guid)
-        return -ENODATA;
+    c->refused = strcmp(sa->state, "STARTED") ? SKIFF_E_APP_STOPPED
+                 : !sa->droplet_guid          ? SKIFF_E_NOT_STAGED
+                                              : SKIFF_OK;
+    if (c->refused)
+        return 1; /* nothing to write: sched__set_instances answers it */
     if (p->instances == c->n || (c->only_up && p->instances >= c->n))
         return 1;
     p->instances = c->n;
@@ -1730,6 +1732,8 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
     struct sched_scale c = {
         .type = process_type ? process_type : "web", .n = n, .only_up = only_up};
     rc = store_app_modify(s->store, guid, sched__scale_change, &c, &sa);
+    if (rc == 0 && c.refused)
+        rc = c.refused;
     if (rc == 0 && c.wrote) {
         struct sched_app *a = sched__app(s, sa->guid, true);
         sched__converge(s, a);
@@ -1970,8 +1974,9 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
         return rc;
     if (!app->droplet_guid || strcmp(app->droplet_guid, t->droplet_guid) ||
         store_droplet_get(s->store, t->droplet_guid, &drop) < 0) {
+        rc = app->droplet_guid ? SKIFF_E_CONFLICT : SKIFF_E_NOT_STAGED;
         store_app_free(app);
-        return -ENODATA;
+        return rc;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
     si->s = s;
