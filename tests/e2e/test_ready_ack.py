@@ -48,6 +48,16 @@ def get(p, host):
         return e.code, e.read().decode(errors="replace")
 
 
+def from_zero(p, name, n):
+    """Scales name to 0, waits until none runs, then asks for n instances through the API
+    (which answers at once; the instances start after)."""
+    r = p.cli("scale", name, "-i", "0")
+    assert r.returncode == 0, out(r)
+    p.wait_for(lambda: not shown_running(p, name), 30, "no instance running")
+    status, app = p.api("PATCH", f"/v1/apps/{name}", {"instances": n})
+    assert status == 200, app
+
+
 def check_running_are_routed(p, name):
     """Every instance the API shows RUNNING is in the router's table already; returns them."""
     running = shown_running(p, name)
@@ -73,11 +83,7 @@ def test_instances_shown_running_are_in_the_routers_table_at_once():
         # from none to N instances, N times: each poll of the API that shows an instance
         # RUNNING finds it in the router's table, and a request sent then is answered by one
         for n in range(1, 5):
-            r = p.cli("scale", "quick", "-i", "0")
-            assert r.returncode == 0, out(r)
-            p.wait_for(lambda: not shown_running(p, "quick"), 30, "no instance running")
-            status, app = p.api("PATCH", "/v1/apps/quick", {"instances": n})
-            assert status == 200, app
+            from_zero(p, "quick", n)
             deadline = time.monotonic() + 60
             while True:
                 running = check_running_are_routed(p, "quick")
@@ -157,11 +163,7 @@ def test_a_router_on_nats_has_the_instance_when_it_is_shown_running(tmp_path):
         push_web(p, tmp_path, "far")
         assert rr.get("far.localhost") == (200, "v0\n")  # at once: no retry
         for n in range(1, 5):
-            r = p.cli("scale", "far", "-i", "0")
-            assert r.returncode == 0, out(r)
-            p.wait_for(lambda: not shown_running(p, "far"), 30, "no instance running")
-            status, app = p.api("PATCH", "/v1/apps/far", {"instances": n})
-            assert status == 200, app
+            from_zero(p, "far", n)
             p.wait_for(lambda: shown_running(p, "far"), 60, "an instance RUNNING", interval=0.005)
             assert rr.get("far.localhost") == (200, "v0\n"), n
         assert "did not acknowledge" not in p.output(), p.output()
