@@ -54,6 +54,7 @@ struct bus_joining {
     char instance_guid[37];
     char app_guid[37];
     int64_t version;       /* the first table version sent with it; 0: none yet */
+    int64_t ready_mono;    /* when it became routable */
     int64_t deadline_mono; /* then it is released whoever has not acknowledged */
     struct bus_joining *next;
 };
@@ -535,8 +536,11 @@ static void bus__joining_check(struct bus *bus)
     struct bus_joining *j = bus->joining;
     while (j) {
         struct bus_joining *next = j->next;
-        if (j->version > 0 && bus__laggards(bus, j->version, NULL) == 0)
+        if (j->version > 0 && bus__laggards(bus, j->version, NULL) == 0) {
+            log_debug("bus: every router serves instance %s, %lld ms after it became ready",
+                      j->instance_guid, (long long)(time_mono_ms() - j->ready_mono));
             bus__joining_free(bus, j, true);
+        }
         j = next;
     }
 }
@@ -592,7 +596,8 @@ static void bus__joining_begin(struct bus *bus, const struct platform_event *ev)
     struct bus_joining *j = xcalloc(1, sizeof *j);
     snprintf(j->instance_guid, sizeof j->instance_guid, "%s", ev->instance_guid);
     snprintf(j->app_guid, sizeof j->app_guid, "%s", ev->app_guid ? ev->app_guid : "");
-    j->deadline_mono = time_mono_ms() + BUS_ACK_TIMEOUT_MS;
+    j->ready_mono = time_mono_ms();
+    j->deadline_mono = j->ready_mono + BUS_ACK_TIMEOUT_MS;
     j->next = bus->joining;
     bus->joining = j;
     scheduler_route_hold(bus->sched, j->instance_guid);
