@@ -99,13 +99,17 @@ def test_instances_shown_running_are_in_the_routers_table_at_once():
 
 
 class SilentRouter:
-    """A process on the bus socket that says hello as a router and never acknowledges."""
+    """A process on the bus socket that says hello as a router and never acknowledges a table:
+    what it sends that looks like an acknowledgement is not one."""
 
     def __init__(self, home, index):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(os.path.join(home, "run", "bus.sock"))
         self.sock.sendall(json.dumps({"type": "hello", "pid": os.getpid(),
                                       "router_index": index}).encode() + b"\n")
+        self.sock.sendall(b'{"type":"ack"}\n{"type":"ack","version":"99999999999999"}\n'
+                          b'{"type":"ack","version":-1}\n{"type":"ack","version":1.5e300}\n'
+                          b'{"type":"ack","version":[1]}\n{"type":"ack","version":null}\n')
         self.tables = 0
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -143,6 +147,7 @@ def test_a_router_that_never_acknowledges_is_not_waited_for_beyond_the_bound():
         assert status == 200, (status, text)
         p.wait_for(lambda: "router 7 did not acknowledge a route table with instance" in
                    p.output(), 10, "the silent router logged")
+        assert p.proc.poll() is None and "Sanitizer" not in p.output()
     finally:
         if silent:
             silent.close()
