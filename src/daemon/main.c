@@ -317,9 +317,10 @@ static bool daemon_invoker_work(void *invoker, const char *app_guid, const char 
     return true;
 }
 
-static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted)
+static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted,
+                               int *running)
 {
-    return autoscaler_wake(as, app_guid, process, wanted);
+    return autoscaler_wake(as, app_guid, process, wanted, running);
 }
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */

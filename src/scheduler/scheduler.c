@@ -55,6 +55,7 @@ struct sched_inst {
     int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
     char addr[64]; /* where the platform reaches it: "IP:PORT" */
     bool ready;    /* its health check passed: RUNNING */
+    int route_holds;   /* routed, but not every router has a table with it yet: STARTING */
     bool readiness;    /* it has a readiness check: routed to only while that passes */
     bool readiness_ok; /* the readiness check's last result */
     enum sched_inst_phase phase;
@@ -75,6 +76,13 @@ struct sched_inst {
 static bool sched__routable(const struct sched_inst *si)
 {
     return si->ready && (!si->readiness || si->readiness_ok);
+}
+
+/* Whether the API shows the instance RUNNING: healthy and, for a routed one, in the table of
+ * every router (scheduler_route_hold), so a request sent at once finds it. */
+static bool sched__shown_running(const struct sched_inst *si)
+{
+    return si->ready && si->route_holds == 0;
 }
 
 struct sched_slot {
@@ -253,6 +261,28 @@ void scheduler_drain_release(struct scheduler *s, uint64_t drain_id)
         return;
     sched__halt(si);
     sched__arm_timer(s);
+}
+
+static struct sched_inst *sched__by_guid(struct scheduler *s, const char *instance_guid)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (!strcmp(si->guid, instance_guid))
+            return si;
+    return NULL;
+}
+
+void scheduler_route_hold(struct scheduler *s, const char *instance_guid)
+{
+    struct sched_inst *si = sched__by_guid(s, instance_guid);
+    if (si)
+        si->route_holds++;
+}
+
+void scheduler_route_release(struct scheduler *s, const char *instance_guid)
+{
+    struct sched_inst *si = sched__by_guid(s, instance_guid);
+    if (si && si->route_holds > 0)
+        si->route_holds--;
 }
 
 /* Detaches and stops an instance on purpose: one that was taking work drains first
@@ -1632,14 +1662,20 @@ int scheduler_app_deployment(struct scheduler *s, const char *app, struct schedu
     snprintf(out->from, sizeof out->from, "%s", a->deploy_from);
     snprintf(out->to, sizeof out->to, "%s", a->deploy_to);
     snprintf(out->error, sizeof out->error, "%s", a->deploy_error);
+    bool joining = false;
     for (size_t i = 0; i < a->nprocs; i++)
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_slot *slot = a->procs[i]->slots[j];
             out->total++;
-            if (slot->cur && slot->cur->ready && !slot->cur->shadow &&
+            if (slot->cur && sched__shown_running(slot->cur) && !slot->cur->shadow &&
                 !strcmp(slot->cur->droplet, a->deploy_to))
                 out->updated++;
+            else if (slot->cur && slot->cur->route_holds)
+                joining = true;
         }
+    /* done once its last instance is RUNNING as scheduler_app_instances shows it */
+    if (out->state == SCHED_DEPLOY_DONE && joining)
+        out->state = SCHED_DEPLOY_ACTIVE;
     return 0;
 }
 
@@ -1671,6 +1707,7 @@ struct sched_scale {
     int n;
     bool only_up;
     bool wrote;
+    int refused; /* SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, or SKIFF_OK */
 };
 
 /* The change a scale makes to the app's row: a function of the row alone, so a write that
@@ -1682,10 +1719,11 @@ static int sched__scale_change(void *ctx, struct store_app *sa)
     struct store_process *p = store_app_process(sa, c->type);
     if (!p)
         return -ENOENT;
-    if (strcmp(sa->state, "STARTED"))
-        return -EPERM;
-    if (!sa->droplet_guid)
-        return -ENODATA;
+    c->refused = strcmp(sa->state, "STARTED") ? SKIFF_E_APP_STOPPED
+                 : !sa->droplet_guid          ? SKIFF_E_NOT_STAGED
+                                              : SKIFF_OK;
+    if (c->refused)
+        return 1; /* nothing to write: sched__set_instances answers it */
     if (p->instances == c->n || (c->only_up && p->instances >= c->n))
         return 1;
     p->instances = c->n;
@@ -1710,6 +1748,8 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
     struct sched_scale c = {
         .type = process_type ? process_type : "web", .n = n, .only_up = only_up};
     rc = store_app_modify(s->store, guid, sched__scale_change, &c, &sa);
+    if (rc == 0 && c.refused)
+        rc = c.refused;
     if (rc == 0 && c.wrote) {
         struct sched_app *a = sched__app(s, sa->guid, true);
         sched__converge(s, a);
@@ -1779,7 +1819,10 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
         sched__fill_placement(info, si);
         struct cellc_inst_info where;
         cellc_inst_info(si->inst, &where);
-        snprintf(info->state, sizeof info->state, "%s", instance_state_name(where.state));
+        /* healthy, but a router may not route to it yet */
+        bool joining = where.state == INSTANCE_RUNNING && !sched__shown_running(si);
+        snprintf(info->state, sizeof info->state, "%s",
+                 instance_state_name(joining ? INSTANCE_STARTING : where.state));
         info->since_ms = where.since_ms;
         info->not_ready = si->ready && !sched__routable(si);
         info->cpu = where.cpu;
@@ -1890,7 +1933,7 @@ int scheduler_running_count(struct scheduler *s, const char *app_guid)
             continue;
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_inst *si = a->procs[i]->slots[j]->cur;
-            if (si && si->ready)
+            if (si && sched__shown_running(si))
                 count++;
         }
     }
@@ -1951,8 +1994,9 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
         return rc;
     if (!app->droplet_guid || strcmp(app->droplet_guid, t->droplet_guid) ||
         store_droplet_get(s->store, t->droplet_guid, &drop) < 0) {
+        rc = app->droplet_guid ? SKIFF_E_CONFLICT : SKIFF_E_NOT_STAGED;
         store_app_free(app);
-        return -ENODATA;
+        return rc;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
     si->s = s;

@@ -22,9 +22,10 @@
  * so is every instance when skiffd shuts down.
  *
  * Apps are named by name or guid wherever a `const char *app` is taken. Every call runs on
- * the scheduler's libuv loop and is not thread-safe; callbacks run on that loop. Errors are
- * negative errno values: -ENOENT unknown app or process type, -EPERM app is STOPPED,
- * -ENODATA app has no droplet. */
+ * the scheduler's libuv loop and is not thread-safe; callbacks run on that loop. Errors are the
+ * one error type of common/err.h (0 is success, so test rc != 0): a negative errno (-ENOENT
+ * unknown app or process type, or the store's), or SKIFF_E_APP_STOPPED (the app is STOPPED),
+ * SKIFF_E_NOT_STAGED (it has no droplet), worded by skiff_strerror. */
 #ifndef SKIFF_SCHEDULER_H
 #define SKIFF_SCHEDULER_H
 
@@ -84,6 +85,18 @@ void scheduler_set_listens(struct scheduler *s, scheduler_listens_cb cb, void *c
 void scheduler_drain_hold(struct scheduler *s, uint64_t drain_id);
 /* Ends one hold; the instance is stopped when none is left. Safe on a drain that is over. */
 void scheduler_drain_release(struct scheduler *s, uint64_t drain_id);
+
+/* ---- joining the route table -------------------------------------------------------------- */
+
+/* An instance that became routable (PLATFORM_INSTANCE_READY) is shown STARTING, not RUNNING
+ * (scheduler_app_instances, scheduler_running_count, a deployment's "updated", which is
+ * DEPLOYED only then), until every
+ * hold taken on it is released: the bus holds it until every connected router has
+ * acknowledged a route table with it (docs/bus.md "ack"), so that a client told RUNNING is
+ * never answered "no instance" by a router. Traffic is not held back: it is routable from
+ * READY on. A hold on an unknown instance is a no-op; each hold needs exactly one release. */
+void scheduler_route_hold(struct scheduler *s, const char *instance_guid);
+void scheduler_route_release(struct scheduler *s, const char *instance_guid);
 
 /* ---- life ---------------------------------------------------------------------------------- */
 
@@ -262,8 +275,9 @@ void scheduler_set_task_ended(struct scheduler *s, scheduler_task_ended_cb cb, v
 /* Starts a task in a container like an instance's (the app's environment, VCAP_SERVICES and
  * VCAP_APPLICATION, the app's disk, memory_mb as its limit), but with no route, no health
  * check and no restart: it runs until its command ends or scheduler_task_stop. 0 (its end
- * comes through the callback, never from inside this call); -ENOENT no such app; -ENODATA
- * the app's droplet is not droplet_guid any more; -EAGAIN or another negative errno when it
+ * comes through the callback, never from inside this call); -ENOENT no such app;
+ * SKIFF_E_NOT_STAGED it has no droplet, SKIFF_E_CONFLICT its droplet is not droplet_guid any
+ * more; -EAGAIN or another negative errno when it
  * cannot start now (the app's log says why). The spec is copied. */
 int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t);
 /* SIGTERM, SIGKILL after the grace period; the callback then says stopped. -ENOENT when no
