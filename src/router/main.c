@@ -15,7 +15,7 @@ static void usage(FILE *f)
     fputs(
         "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
         "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE] [--nats URL[,URL]]\n"
-        "                    [--nats-creds FILE] [--nats-tls-ca FILE]\n"
+        "                    [--nats-creds FILE] [--nats-tls-ca FILE] [--host-addr IP]\n"
         "                    [--nats-tls-cert FILE --nats-tls-key FILE]\n"
         "                    [--tls-handshake-timeout-ms N] [--tls-max-handshakes N]\n"
         "                    [--tls-ocsp-retry-ms N]\n"
@@ -28,7 +28,8 @@ static void usage(FILE *f)
         "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR,\n"
         "SKIFF_ROUTER_TLS_ADDR, SKIFF_ROUTER_TLS_CLIENT_CA, SKIFF_ROUTER_NATS (the place for a\n"
         "password: nats://USER:PASSWORD@HOST:PORT), SKIFF_ROUTER_NATS_CREDS,\n"
-        "SKIFF_ROUTER_NATS_TLS_CA, SKIFF_ROUTER_NATS_TLS_CERT, SKIFF_ROUTER_NATS_TLS_KEY, and\n"
+        "SKIFF_ROUTER_NATS_TLS_CA, SKIFF_ROUTER_NATS_TLS_CERT, SKIFF_ROUTER_NATS_TLS_KEY,\n"
+        "SKIFF_ROUTER_HOST_ADDR, and\n"
         "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
         f);
 }
@@ -113,6 +114,7 @@ int main(int argc, char **argv)
     cfg.tls_client_ca = getenv("SKIFF_ROUTER_TLS_CLIENT_CA");
     cfg.nats_urls = getenv("SKIFF_ROUTER_NATS"); /* where a password may be: not on argv */
     cfg.nats_security.creds = getenv("SKIFF_ROUTER_NATS_CREDS");
+    cfg.host_addr = getenv("SKIFF_ROUTER_HOST_ADDR");
     cfg.nats_security.tls_ca = getenv("SKIFF_ROUTER_NATS_TLS_CA");
     cfg.nats_security.tls_cert = getenv("SKIFF_ROUTER_NATS_TLS_CERT");
     cfg.nats_security.tls_key = getenv("SKIFF_ROUTER_NATS_TLS_KEY");
@@ -147,6 +149,8 @@ int main(int argc, char **argv)
             cfg.tls_client_ca = v;
         else if (strcmp(name, "nats") == 0)
             cfg.nats_urls = v;
+        else if (strcmp(name, "host-addr") == 0)
+            cfg.host_addr = v;
         else if (strcmp(name, "nats-creds") == 0)
             cfg.nats_security.creds = v;
         else if (strcmp(name, "nats-tls-ca") == 0)
