@@ -1,18 +1,19 @@
 """Several hosts on one machine, for the end-to-end tests and bench/scaleout.
 
 Each host is a network namespace the harness creates ("skmh-<pid>-<name>"), joined to the
-others by a veth pair into one bridge ("skm<pid36>b", in the root namespace) on a private /24
-of 10.250.0.0/16 that no route of the machine uses yet; the bridge holds .1 and hosts get .10,
-.11, ... A 3-node nats-server cluster with JetStream and a PostgreSQL server run in the root
-namespace and listen on the bridge's address only, so every host reaches them and nothing
-outside the machine does. skiffd and its routers run in their host's namespace through
-`ip netns exec`. The bridge does not pass its frames to the root namespace's firewall
-(nf_call_iptables 0): the hosts' own firewalls are what is tested.
+others by a veth pair into one bridge on a private /24 of 10.250.0.0/16 that no route of the
+machine uses yet. The bridge lives in a namespace of its own ("skmh-<pid>-switch"): in the
+root namespace, the machine's br_netfilter (bridge-nf-call-iptables) would hand every frame
+between hosts to the root namespace's firewall, which is not the one under test. The root
+namespace joins the bridge too (a veth "skm<pid36>g" holding .1); hosts get .10, .11, ...
+A 3-node nats-server cluster with JetStream and a PostgreSQL server run in the root
+namespace and listen on .1 only, so every host reaches them and nothing outside the machine
+does. skiffd and its routers run in their host's namespace through `ip netns exec`.
 
 Everything is torn down by Cluster.down (the fixtures call it in a finally), and what a killed
-run left (namespaces and bridges named after a pid that no longer runs) is removed by
-cleanup_leftovers, which Cluster.up calls first. Names carry the pytest-xdist worker's pid, so
-parallel workers never share one.
+run left (namespaces named after a pid that no longer runs; the veths go with them) is removed
+by cleanup_leftovers, which Cluster.up calls first. Names carry the pytest-xdist worker's pid,
+so parallel workers never share one.
 
 Needs root (netns, bridges), iproute2, nats-server and PostgreSQL 15's server binaries.
 """
@@ -73,8 +74,8 @@ def cleanup_leftovers():
         if m and not _alive(int(m.group(1))):
             _kill_netns_pids(name)
             _ip("netns", "del", name, check=False)
-    for line in _ip("-o", "link", "show", "type", "bridge").splitlines():
-        m = re.match(r"^\d+: (skm([0-9a-z]+)b)[:@]", line)
+    for line in _ip("-o", "link", "show", "type", "veth").splitlines():
+        m = re.match(r"^\d+: (skm([0-9a-z]+)g)[:@]", line)
         if m and not _alive(int(m.group(2), 36)):
             _ip("link", "del", m.group(1), check=False)
 
@@ -98,12 +99,14 @@ class Host:
         self.name = name
         self.ns = "%s%d-%s" % (NS_PREFIX, os.getpid(), name)
         self.addr = "%s.%d" % (cluster.subnet, 10 + index)
-        self.link = "%s%sh%d" % (LINK_PREFIX, cluster.tag, index)  # the root namespace's end
+        self.link = "h%d" % index  # its end in the switch's namespace
 
     def up(self):
+        sw = self.cluster.switch_ns
         _ip("netns", "add", self.ns)
-        _ip("link", "add", self.link, "type", "veth", "peer", "name", "lan0", "netns", self.ns)
-        _ip("link", "set", self.link, "master", self.cluster.bridge, "up")
+        _ip("link", "add", self.link, "type", "veth", "peer", "name", "lan0", "netns", self.ns,
+            ns=sw)
+        _ip("link", "set", self.link, "master", "br0", "up", ns=sw)
         _ip("addr", "add", self.addr + "/24", "dev", "lan0", ns=self.ns)
         _ip("link", "set", "lo", "up", ns=self.ns)
         _ip("link", "set", "lan0", "up", ns=self.ns)
@@ -131,7 +134,6 @@ class Host:
     def down(self):
         _kill_netns_pids(self.ns)
         _ip("netns", "del", self.ns, check=False)
-        _ip("link", "del", self.link, check=False)
 
 
 class NatsNode:
@@ -172,7 +174,8 @@ class Cluster:
     def __init__(self, names=("a", "b", "c"), nats_nodes=3, postgres=True):
         self.names = list(names)
         self.tag = _b36(os.getpid())
-        self.bridge = "%s%sb" % (LINK_PREFIX, self.tag)
+        self.switch_ns = "%s%d-switch" % (NS_PREFIX, os.getpid())
+        self.uplink = "%s%sg" % (LINK_PREFIX, self.tag)  # the root namespace's port
         self.subnet = None
         self.gateway = None
         self.hosts = {}
@@ -194,9 +197,14 @@ class Cluster:
         cleanup_leftovers()
         self.subnet = _free_subnet()
         self.gateway = self.subnet + ".1"
-        _ip("link", "add", self.bridge, "type", "bridge", "nf_call_iptables", "0")
-        _ip("addr", "add", self.gateway + "/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        _ip("netns", "add", self.switch_ns)
+        _ip("link", "add", "br0", "type", "bridge", ns=self.switch_ns)
+        _ip("link", "set", "br0", "up", ns=self.switch_ns)
+        _ip("link", "add", self.uplink, "type", "veth", "peer", "name", "up0", "netns",
+            self.switch_ns)
+        _ip("link", "set", "up0", "master", "br0", "up", ns=self.switch_ns)
+        _ip("addr", "add", self.gateway + "/24", "dev", self.uplink)
+        _ip("link", "set", self.uplink, "up")
         for i, name in enumerate(self.names):
             h = Host(self, name, i)
             self.hosts[name] = h
@@ -273,7 +281,8 @@ class Cluster:
                             "60", "stop")
             except RuntimeError as e:
                 errors.append(e)
-        _ip("link", "del", self.bridge, check=False)
+        _ip("netns", "del", self.switch_ns, check=False)
+        _ip("link", "del", self.uplink, check=False)
         shutil.rmtree(self.store, ignore_errors=True)
         if errors:
             raise errors[0]

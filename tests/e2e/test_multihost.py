@@ -1,0 +1,232 @@
+"""Several hosts (network namespaces on a bridge, tests/e2e/multihost.py): host A runs skiffd
+(all roles) on PostgreSQL and a 3-node JetStream cluster, host B runs `skiffd --role router`,
+host C runs nothing of Skiff.
+
+An app pushed on A is served by B's router (a request from the root namespace to B's address):
+B routes A's container pool via A's address, learnt from A's announcement on NATS. Only the
+hosts announced as routers or controllers get through A's firewall to an instance: C, with a
+route to A's pool of its own making, cannot connect; an instance cannot reach B's router, its
+admin port, NATS or PostgreSQL. B's link taken down loses its routes; up again, they come back
+and B serves again. A pool that overlaps one another host announced is refused at start."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import BIN_DIR, WEB_APP, out, wait_for
+from multihost import Cluster, HostPlatform, HostRouter, NS_PREFIX
+from test_isolation import HOSTILE
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed"),
+    pytest.mark.skipif(os.getuid() != 0, reason="network namespaces need root"),
+]
+
+HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(("a", "b", "c"))
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+_db = [0]
+
+
+def start_a(cluster, host="a", extra_args=(), check=True):
+    _db[0] += 1
+    url = cluster.create_database("skiff_%d_%d" % (os.getpid(), _db[0]))
+    h = cluster.host(host)
+    p = HostPlatform(h, extra_args=["--store", url, "--nats", cluster.nats_urls,
+                                    "--nats-replicas", "3", "--host-addr", h.addr,
+                                    "--prewarm", "0", *extra_args],
+                     extra_env=dict(HOSTS_MS))
+    return p.start() if check else p
+
+
+@pytest.fixture
+def hosts(cluster):
+    """(A's platform, B's router), both stopped and removed at the end."""
+    started = []
+    try:
+        a = start_a(cluster)
+        started.append(a)
+        b = HostRouter(cluster.host("b"), cluster.nats_urls, extra_env=HOSTS_MS).start()
+        started.append(b)
+        yield a, b
+    finally:
+        for s in reversed(started):
+            try:
+                s.close()
+            except Exception as e:  # the other one is closed still
+                print("closing:", e)
+
+
+def write_web(tmp_path, version):
+    d = tmp_path / version
+    d.mkdir(exist_ok=True)
+    (d / "app.py").write_bytes(WEB_APP)
+    (d / "Procfile").write_text("web: python3 app.py\n")
+    if version != "index":  # "index": it answers "instance N"
+        (d / "version.txt").write_text(version + "\n")
+    return str(d)
+
+
+def push_web(a, tmp_path, name, version="v0", instances=1):
+    r = a.cli("push", name, "-p", write_web(tmp_path, version), "-i", str(instances),
+              timeout=300)
+    assert r.returncode == 0, out(r)
+
+
+def instances(a, name):
+    status, app = a.api("GET", "/v1/apps/%s" % name)
+    assert status == 200, app
+    return app["instances_detail"]
+
+
+def connect_from(host, addr, timeout=2):
+    """Whether a TCP connection from host's namespace to addr (HOST:PORT) is accepted."""
+    ip, port = addr.rsplit(":", 1)
+    code = ("import socket,sys\n"
+            "s=socket.socket(); s.settimeout(%s)\n"
+            "try:\n s.connect((%r,%s)); print('connected')\n"
+            "except OSError as e: print('failed', e)\n" % (timeout, ip, port))
+    r = host.run("/usr/bin/python3", "-c", code, check=False, timeout=30)
+    return r.stdout.strip()
+
+
+def test_an_app_on_host_a_is_served_by_the_router_on_host_b_and_only_routers_reach_it(
+        cluster, hosts, tmp_path):
+    a, b = hosts
+    A, B, C = cluster.host("a"), cluster.host("b"), cluster.host("c")
+    # B routes A's pool via A, from A's announcement; A lets B in
+    wait_for(lambda: "10.244.0.0/16 via %s" % A.addr in B.routes(proto=83), 15,
+             "B's route to A's pool")
+    push_web(a, tmp_path, "web")
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(b.get("web.localhost")),
+                            30, "web served by the router on B")
+    assert body == "v0\n", body
+    addr = instances(a, "web")[0]["address"]
+    assert addr.startswith("10.244."), addr
+
+    # B reaches the instance itself; C, given the same route B has, does not
+    assert connect_from(B, addr) == "connected"
+    C.run("ip", "route", "replace", "10.244.0.0/16", "via", A.addr)
+    got = connect_from(C, addr)
+    assert got.startswith("failed"), "host C, which runs no router, reached %s: %s" % (addr, got)
+
+    # an instance on A reaches neither B's router nor its admin port, NATS or PostgreSQL
+    r = a.cli("push", "hostile", "-p", HOSTILE, timeout=300)
+    assert r.returncode == 0, out(r)
+    targets = ["%s:%d" % (B.addr, b.port), "%s:%d" % (B.addr, b.admin_port),
+               "%s:%d" % (cluster.gateway, cluster.pg_port)]
+    targets += [n.url[len("nats://"):] for n in cluster.nats]
+    query = urllib.parse.urlencode([("addr", t) for t in targets])
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        b.get("hostile.localhost", "/attack/connect?" + query, timeout=60)), 60,
+        "the hostile app to answer through B")
+    result = json.loads(body)
+    assert result["escaped"] is False, "an instance on A reached: %s" % result["detail"]
+
+
+def test_a_router_host_whose_link_goes_down_and_up_gets_its_routes_back(cluster, hosts, tmp_path):
+    a, b = hosts
+    A, B = cluster.host("a"), cluster.host("b")
+    push_web(a, tmp_path, "flap")
+    wait_for(lambda: b.get("flap.localhost") == (200, "v0\n"), 30, "flap served through B")
+    B.link_down()
+    try:
+        assert "proto 83" not in B.routes(), B.routes()  # the kernel took it with the link
+        assert b.get("flap.localhost", timeout=3)[0] != 200
+    finally:
+        B.link_up()
+    t0 = time.monotonic()
+    wait_for(lambda: "10.244.0.0/16 via %s" % A.addr in B.routes(proto=83), 15,
+             "B's route to A's pool after the link came back")
+    wait_for(lambda: b.get("flap.localhost") == (200, "v0\n"), 30, "flap served through B again")
+    print("B served again %.2f s after its link came back" % (time.monotonic() - t0))
+
+
+def test_the_walkthrough_across_hosts(cluster, hosts, tmp_path):
+    """push, map-route, map-event with a function and publish, scale, logs: through A's API,
+    every request through B's router."""
+    a, b = hosts
+    push_web(a, tmp_path, "shop", "index")
+    r = a.cli("map-route", "shop", "store.localhost")
+    assert r.returncode == 0, out(r)
+    wait_for(lambda: b.get("store.localhost") == (200, "instance 0\n"), 30,
+             "store.localhost through B")
+
+    fn = tmp_path / "resize.py"
+    fn.write_text("def handle(event):\n    return {'resized': event['data']['n']}\n")
+    r = a.cli("push", "resize", "--function", "%s:handle" % fn, timeout=300)
+    assert r.returncode == 0, out(r)
+    r = a.cli("map-event", "resize", "uploads", "--reply-topic", "resized")
+    assert r.returncode == 0, out(r)
+    for n in range(3):
+        status, body = a.api("POST", "/v1/topics/uploads/events", raw=json.dumps({"n": n}).encode(),
+                             headers={"Content-Type": "application/json"})
+        assert status == 202, body
+
+    def replies():
+        status, body = a.api("GET", "/v1/topics/resized/events?from=0&limit=10")
+        events = body.get("events", []) if isinstance(body, dict) else []
+        return sorted(e["data"]["resized"] for e in events) == [0, 1, 2]
+    wait_for(replies, 120, "the function's three replies")
+
+    r = a.cli("scale", "shop", "-i", "2")
+    assert r.returncode == 0, out(r)
+    # both instances answer through B (round robin over the two backends it learnt)
+    wait_for(lambda: {b.get("shop.localhost")[1] for _ in range(4)} ==
+             {"instance 0\n", "instance 1\n"}, 60, "B to balance over both instances")
+
+    # B's access lines reach A's log of the app as [RTR/n]
+    def rtr_lines():
+        r = a.cli("logs", "shop", "--recent")
+        return r.returncode == 0 and "[RTR/" in r.stdout and r.stdout
+    wait_for(rtr_lines, 30, "B's access lines in `skiff logs shop --recent`")
+
+
+def test_a_pool_that_overlaps_another_hosts_is_refused_and_a_disjoint_one_is_routed(cluster,
+                                                                                   hosts):
+    a, b = hosts
+    A, B, C = cluster.host("a"), cluster.host("b"), cluster.host("c")
+    clash = start_a(cluster, "c", extra_args=["--network-pool", "10.244.128.0/17"], check=False)
+    try:
+        r = subprocess.run(C.cmd(os.path.join(BIN_DIR, "skiffd"), *clash.extra_args),
+                           env=clash.env(), capture_output=True, text=True, timeout=60)
+        text = r.stdout + r.stderr
+        assert r.returncode != 0, text
+        assert ("the container pool 10.244.128.0/17 of this host overlaps the pool "
+                "10.244.0.0/16 announced by the host at %s" % A.addr) in text, text
+        assert "--network-pool" in text, text
+    finally:
+        clash.close()
+    assert "10.244.128.0/17" not in B.routes(proto=83)
+
+    other = start_a(cluster, "c", extra_args=["--network-pool", "10.245.0.0/16"])
+    try:
+        wait_for(lambda: "10.245.0.0/16 via %s" % C.addr in B.routes(proto=83) and
+                 "10.245.0.0/16 via %s" % C.addr in A.routes(proto=83), 15,
+                 "A and B routing C's pool via C")
+    finally:
+        other.close()
+    # C is forgotten once its announcements stop: its pool is no longer routed
+    wait_for(lambda: "10.245.0.0/16" not in B.routes(proto=83), 15, "C's pool forgotten on B")
+
+
+def test_leftover_namespaces_are_named_for_the_run_that_made_them(cluster):
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    mine = [line.split()[0] for line in names.splitlines()
+            if line.startswith("%s%d-" % (NS_PREFIX, os.getpid()))]
+    assert sorted(mine) == sorted(h.ns for h in cluster.hosts.values()), names
