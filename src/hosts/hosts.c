@@ -39,6 +39,7 @@ struct hosts {
     uv_timer_t tick;
     uv_timer_t settle; /* hosts_settle's deadline */
     int settle_state;  /* 0 waiting for NATS, 1 announced, waiting for answers, 2 done */
+    bool joining;      /* a cell until hosts_settle found no overlap: asks, is not recorded */
     bool said_hello;
     struct hosts_peer *peers;
     size_t n_peers;
@@ -68,6 +69,8 @@ static void hosts__announce(struct hosts *h, bool hello)
         json_array_append_new(roles, json_string("router"));
     json_t *o = json_pack("{s:i,s:s,s:s,s:o,s:i}", "v", HOSTS_VERSION, "id", h->id, "addr", addr,
                           "roles", roles, "ttl_ms", h->ttl_ms);
+    if (h->joining) /* only asks: a pool that may yet be refused is routed nowhere */
+        json_object_set_new(o, "joining", json_true());
     if (h->has_pool) {
         net_pool_format(&h->pool, pool);
         json_object_set_new(o, "pool", json_string(pool));
@@ -148,7 +151,7 @@ static unsigned hosts__roles(json_t *arr, bool *ok)
 /* Parses one announcement. The subject bounds what it may claim: on skiff.hosts.router
  * (the only one a router's NATS permissions allow it) nothing but the router role and no pool. */
 static int hosts__parse(const char *subject, const char *data, size_t len, struct hosts_peer *out,
-                        bool *hello, char *err, size_t errsize)
+                        bool *hello, bool *joining, char *err, size_t errsize)
 {
     bool from_router = !strcmp(subject, HOSTS_PREFIX "router");
     json_error_t jerr;
@@ -186,6 +189,7 @@ static int hosts__parse(const char *subject, const char *data, size_t len, struc
         out->has_pool = pool != NULL;
         out->expires_ms = time_mono_ms() + json_integer_value(ttl);
         *hello = json_is_true(json_object_get(o, "hello"));
+        *joining = json_is_true(json_object_get(o, "joining"));
         rc = 0;
     }
     json_decref(o);
@@ -205,9 +209,9 @@ static void hosts__on_msg(void *ctx, const char *subject, const char *reply, con
 {
     struct hosts *h = ctx;
     struct hosts_peer in;
-    bool hello = false;
+    bool hello = false, joining = false;
     char err[200];
-    if (hosts__parse(subject, data, len, &in, &hello, err, sizeof err) < 0) {
+    if (hosts__parse(subject, data, len, &in, &hello, &joining, err, sizeof err) < 0) {
         log_msg(LOG_DEBUG, "hosts: an announcement on %s was skipped: %s", subject, err);
         return;
     }
@@ -227,8 +231,10 @@ static void hosts__on_msg(void *ctx, const char *subject, const char *reply, con
                 h->overlap);
         in.has_pool = false; /* never routed over this host's own */
     }
-    if (hello)
+    if (hello || joining)
         hosts__announce(h, false); /* a newcomer learns of this host at once */
+    if (joining)
+        return;
     struct hosts_peer *p = hosts__find(h, in.id);
     bool changed = !p || p->addr.s_addr != in.addr.s_addr || p->roles != in.roles ||
                    p->has_pool != in.has_pool ||
@@ -323,6 +329,7 @@ int hosts_start(uv_loop_t *loop, const struct hosts_config *cfg, struct hosts **
     h->has_pool = (cfg->roles & HOSTS_CELL) != 0;
     if (h->has_pool)
         h->pool = *cfg->pool;
+    h->joining = h->has_pool;
     h->announce_ms =
         cfg->announce_ms > 0 ? cfg->announce_ms : hosts__env_ms("SKIFF_HOSTS_ANNOUNCE_MS", 2000);
     h->ttl_ms = cfg->ttl_ms > 0 ? cfg->ttl_ms : hosts__env_ms("SKIFF_HOSTS_TTL_MS", 10000);
@@ -379,6 +386,9 @@ int hosts_settle(struct hosts *h, int timeout_ms, char *err, size_t errsize)
         snprintf(err, errsize, "%s", h->overlap);
         return -EADDRINUSE;
     }
+    h->joining = false;
+    if (natsconn_connected(h->conn))
+        hosts__announce(h, true); /* now with its pool, to be routed */
     return 0;
 }
 

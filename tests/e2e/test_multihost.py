@@ -20,6 +20,7 @@ import pytest
 
 from conftest import BIN_DIR, WEB_APP, out, wait_for
 from multihost import Cluster, HostPlatform, HostRouter, NS_PREFIX
+from test_fabric_crash import read_all
 from test_isolation import HOSTILE
 
 pytestmark = [
@@ -178,11 +179,8 @@ def test_the_walkthrough_across_hosts(cluster, hosts, tmp_path):
                              headers={"Content-Type": "application/json"})
         assert status == 202, body
 
-    def replies():
-        status, body = a.api("GET", "/v1/topics/resized/events?from=0&limit=10")
-        events = body.get("events", []) if isinstance(body, dict) else []
-        return sorted(e["data"]["resized"] for e in events) == [0, 1, 2]
-    wait_for(replies, 120, "the function's three replies")
+    wait_for(lambda: sorted(e["data"]["resized"] for e in read_all(a, "resized")) == [0, 1, 2],
+             120, "the function's three replies")
 
     r = a.cli("scale", "shop", "-i", "2")
     assert r.returncode == 0, out(r)
@@ -229,4 +227,5 @@ def test_leftover_namespaces_are_named_for_the_run_that_made_them(cluster):
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     mine = [line.split()[0] for line in names.splitlines()
             if line.startswith("%s%d-" % (NS_PREFIX, os.getpid()))]
-    assert sorted(mine) == sorted(h.ns for h in cluster.hosts.values()), names
+    assert sorted(mine) == sorted([cluster.switch_ns] + [h.ns for h in cluster.hosts.values()]), \
+        names
