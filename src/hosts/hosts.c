@@ -204,6 +204,38 @@ static struct hosts_peer *hosts__find(struct hosts *h, const char *id)
     return NULL;
 }
 
+/* A host that restarted announces itself under a new id from the same address: the entry of
+ * its previous run goes (else its pool would clash with itself until the old entry expired). */
+static void hosts__forget_restarted(struct hosts *h, const struct hosts_peer *in)
+{
+    for (size_t i = 0; i < h->n_peers;) {
+        if (h->peers[i].addr.s_addr == in->addr.s_addr && strcmp(h->peers[i].id, in->id))
+            h->peers[i] = h->peers[--h->n_peers];
+        else
+            i++;
+    }
+}
+
+/* The first host to announce a pool keeps it: a later announcement of an overlapping pool from
+ * another address is not routed (it would take the first host's instances' traffic). */
+static void hosts__pool_claimed(struct hosts *h, struct hosts_peer *in, const char *addr)
+{
+    for (size_t i = 0; i < h->n_peers && in->has_pool; i++) {
+        const struct hosts_peer *p = &h->peers[i];
+        if (!p->has_pool || !strcmp(p->id, in->id) || !net_pool_overlaps(&p->pool, &in->pool))
+            continue;
+        char theirs[NET_POOL_STRLEN], first[NET_POOL_STRLEN], first_addr[INET_ADDRSTRLEN];
+        net_pool_format(&in->pool, theirs);
+        net_pool_format(&p->pool, first);
+        inet_ntop(AF_INET, &p->addr, first_addr, sizeof first_addr);
+        if (!hosts__find(h, in->id)) /* said once per host, not at each announcement */
+            log_error("hosts: the host at %s announced the pool %s, which overlaps the pool %s of "
+                      "the host at %s: not routed (give each host a pool of its own)",
+                      addr, theirs, first, first_addr);
+        in->has_pool = false;
+    }
+}
+
 static void hosts__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
                           size_t len)
 {
@@ -235,6 +267,8 @@ static void hosts__on_msg(void *ctx, const char *subject, const char *reply, con
         hosts__announce(h, false); /* a newcomer learns of this host at once */
     if (joining)
         return;
+    hosts__forget_restarted(h, &in);
+    hosts__pool_claimed(h, &in, addr);
     struct hosts_peer *p = hosts__find(h, in.id);
     bool changed = !p || p->addr.s_addr != in.addr.s_addr || p->roles != in.roles ||
                    p->has_pool != in.has_pool ||

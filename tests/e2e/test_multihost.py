@@ -229,3 +229,48 @@ def test_leftover_namespaces_are_named_for_the_run_that_made_them(cluster):
             if line.startswith("%s%d-" % (NS_PREFIX, os.getpid()))]
     assert sorted(mine) == sorted([cluster.switch_ns] + [h.ns for h in cluster.hosts.values()]), \
         names
+
+
+def nats_publish(cluster, messages):
+    """Publishes (subject, payload) pairs in order on one connection to the first NATS node,
+    with the plain text protocol, from the root namespace."""
+    node = cluster.nats[0]
+    with socket.create_connection((cluster.gateway, node.port), timeout=5) as s:
+        s.recv(4096)  # INFO
+        data = b"CONNECT {\"verbose\":false}\r\n"
+        for subject, payload in messages:
+            body = json.dumps(payload).encode()
+            data += b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(body), body)
+        s.sendall(data + b"PING\r\n")
+        got = b""
+        while b"PONG" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+
+
+def test_forged_host_announcements_route_nothing(cluster, hosts):
+    """What a client that may publish on skiff.hosts.* could try: a router's subject claiming
+    a pool, and another address claiming A's pool. Neither is routed; A's pool stays via A. A
+    well-formed announcement sent after them on the same connection is the mark that they were
+    all read."""
+    a, b = hosts
+    A, B = cluster.host("a"), cluster.host("b")
+    wait_for(lambda: "10.244.0.0/16 via %s" % A.addr in B.routes(proto=83), 15, "A's pool on B")
+    forger = cluster.subnet + ".99"
+    base = {"v": 1, "addr": forger, "ttl_ms": 60000}
+    nats_publish(cluster, [
+        ("skiff.hosts.router", dict(base, id="f1", roles=["cell"], pool="10.99.0.0/16")),
+        ("skiff.hosts.router", dict(base, id="f2", roles=["router"], pool="10.98.0.0/16")),
+        ("skiff.hosts.skiffd", dict(base, id="f3", roles=["controller", "cell"],
+                                    pool="10.244.0.0/17")),
+        ("skiff.hosts.skiffd", dict(base, id="f4", roles=["cell"], pool="10.97.0.0/16")),
+    ])
+    wait_for(lambda: "10.97.0.0/16 via %s" % forger in B.routes(proto=83), 15,
+             "the well-formed announcement routed on B")
+    routes = B.routes(proto=83)
+    assert "10.99.0.0" not in routes and "10.98.0.0" not in routes, routes
+    assert "10.244.0.0/17" not in routes, routes
+    assert "10.244.0.0/16 via %s" % A.addr in routes, routes
+    assert "overlaps the pool 10.244.0.0/16 of the host at %s: not routed" % A.addr in b.output()
