@@ -19,7 +19,7 @@ import urllib.parse
 import pytest
 
 from conftest import BIN_DIR, WEB_APP, out, wait_for
-from multihost import Cluster, HostPlatform, HostRouter, NS_PREFIX
+from multihost import NS_PREFIX, Cluster, HostPlatform, HostRouter, cleanup_leftovers
 from test_fabric_crash import read_all
 from test_isolation import HOSTILE
 
@@ -274,3 +274,26 @@ def test_forged_host_announcements_route_nothing(cluster, hosts):
     assert "10.244.0.0/17" not in routes, routes
     assert "10.244.0.0/16 via %s" % A.addr in routes, routes
     assert "overlaps the pool 10.244.0.0/16 of the host at %s: not routed" % A.addr in b.output()
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next():
+    """A namespace named for a run whose process is gone, with a process still in it, is
+    removed (the process killed) by cleanup_leftovers, which every Cluster.up calls first; a
+    namespace of a live run is left alone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, live = "%s%d-x" % (NS_PREFIX, gone.pid), "%s%d-y" % (NS_PREFIX, os.getpid())
+    try:
+        for ns in (dead, live):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        sleeper = subprocess.Popen(["ip", "netns", "exec", dead, "sleep", "600"])
+        wait_for(lambda: str(sleeper.pid) in subprocess.run(
+            ["ip", "netns", "pids", dead], capture_output=True, text=True).stdout, 10,
+            "the process in the leftover namespace")
+        cleanup_leftovers()
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert dead not in names and live in names, names
+        assert sleeper.wait(10) == -9
+    finally:
+        for ns in (dead, live):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
