@@ -778,7 +778,7 @@ static int daemon_run_router(const char *home, const char *nats_url,
         return 1;
     }
     setenv("SKIFF_ROUTER_NATS", nats_url, 1);
-    const char *argv[20] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
+    const char *argv[24] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
     int n = 7;
     if (tls_addr && *tls_addr) {
         argv[n++] = "--tls-addr";

@@ -1,4 +1,5 @@
 /* skiff-router: the shared HTTP router. See router.h and src/router/README.md. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <nats/nats.h>
@@ -181,6 +182,14 @@ int main(int argc, char **argv)
             return 2;
         }
         natsOptions_Destroy(opts);
+    }
+    struct in_addr host_addr;
+    if (cfg.host_addr && *cfg.host_addr &&
+        (!cfg.nats_urls || !*cfg.nats_urls || inet_pton(AF_INET, cfg.host_addr, &host_addr) != 1)) {
+        log_error("--host-addr \"%s\" needs --nats and an IPv4 address (this host's address on "
+                  "the network between hosts)",
+                  cfg.host_addr);
+        return 2;
     }
     char *home_owned = path_expand_home(home && *home ? home : "~/.skiff");
     cfg.home = home_owned;

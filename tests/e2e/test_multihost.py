@@ -18,7 +18,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import BIN_DIR, WEB_APP, out, wait_for
+from conftest import BIN_DIR, WEB_APP, free_port, out, wait_for
 from multihost import NS_PREFIX, Cluster, HostPlatform, HostRouter, cleanup_leftovers
 from test_fabric_crash import read_all
 from test_isolation import HOSTILE
@@ -297,3 +297,25 @@ def test_what_a_killed_run_left_is_removed_by_the_next():
     finally:
         for ns in (dead, live):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_host_address_is_checked_before_anything_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+    env.update({"SKIFF_HOME": str(tmp_path), "SKIFF_BUILTIN_BROKERS": "0"})
+    skiffd = os.path.join(BIN_DIR, "skiffd")
+
+    def run(*args):
+        r = subprocess.run([skiffd, *args], env=env, capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout + r.stderr
+    rc, text = run("--host-addr", "10.250.0.10")
+    assert rc == 2 and "--host-addr is announced to the other hosts on NATS: give --nats" in text
+    rc, text = run("--role", "router", "--nats", "nats://127.0.0.1:1", "--host-addr", "host-b")
+    assert rc == 2 and "--host-addr \"host-b\" needs --nats and an IPv4 address" in text, text
+    ports = ["--api-addr", "127.0.0.1:%d" % free_port(), "--router-addr",
+             "127.0.0.1:%d" % free_port(), "--router-admin-addr", "127.0.0.1:%d" % free_port(),
+             "--router-tls-addr", "", "--api-tls-addr", ""]
+    rc, text = run("--nats", "nats://127.0.0.1:1", "--host-addr", "10.250.0.300", *ports)
+    assert rc == 1 and "--host-addr \"10.250.0.300\" is not an IPv4 address" in text, text
+    rc, text = run("--nats", "nats://127.0.0.1:1", "--host-addr", "10.250.0.10",
+                   "--isolation", "process", *ports)
+    assert rc == 1 and "--host-addr needs --isolation container" in text, text
