@@ -27,6 +27,7 @@
 #include "container/net.h"
 #include "cell/cell.h"
 #include "cell/client.h"
+#include "hosts/hosts.h"
 #include "cells/cells.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/leader.h"
@@ -67,6 +68,7 @@ struct daemon {
     struct invoker *invoker; /* event delivery, on the events API's fabric */
     struct autoscaler *autoscaler; /* request scaling, fed by the routers through the bus */
     struct bus *bus;
+    struct hosts *hosts; /* --host-addr: the other hosts on NATS (src/hosts) */
     struct router_proc *router;
     struct api_events *events; /* the topics' endpoints and the fabric */
     struct services *services; /* service instances, bindings, brokers (records) */
@@ -140,6 +142,11 @@ static void usage(FILE *out)
         "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
         "                              default: the host's RAM)\n"
+        "  --host-addr IP              with --nats: this host's address on the network between\n"
+        "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
+        "                              pool, so routers of other hosts reach its instances (and\n"
+        "                              only they); every other host's pool is routed via its own\n"
+        "                              (README.md \"Several hosts\")\n"
         "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
         "                              default 1; a publish is acknowledged once a majority of\n"
         "                              them stored it, JetStream's rule)\n"
@@ -346,6 +353,8 @@ static void shutdown_bus_done(void *arg)
 static void shutdown_sched_done(void *arg)
 {
     struct daemon *d = arg;
+    hosts_stop(d->hosts);
+    d->hosts = NULL;
     if (d->bus)
         bus_close(d->bus, shutdown_bus_done, d);
     else
@@ -761,7 +770,7 @@ static void daemon_leading_changed(void *ctx, bool leading)
  * Returns only on error. */
 static int daemon_run_router(const char *home, const char *nats_url,
                              const struct natsconn_security *sec, const char *addr,
-                             const char *admin_addr, const char *tls_addr)
+                             const char *admin_addr, const char *tls_addr, const char *host_addr)
 {
     if (!*nats_url) {
         log_error("--role router learns its routes from NATS: give --nats URL[,URL...] "
@@ -780,11 +789,15 @@ static int daemon_run_router(const char *home, const char *nats_url,
         return 1;
     }
     setenv("SKIFF_ROUTER_NATS", nats_url, 1);
-    const char *argv[20] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
+    const char *argv[24] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
     int n = 7;
     if (tls_addr && *tls_addr) {
         argv[n++] = "--tls-addr";
         argv[n++] = tls_addr;
+    }
+    if (*host_addr) {
+        argv[n++] = "--host-addr";
+        argv[n++] = host_addr;
     }
     /* file names only: what they hold stays in the files */
     const struct {
@@ -915,6 +928,7 @@ int main(int argc, char **argv)
                                          .tls_cert = getenv("SKIFF_NATS_TLS_CERT"),
                                          .tls_key = getenv("SKIFF_NATS_TLS_KEY")};
     const char *role = env_or("SKIFF_ROLE", "all");
+    const char *host_addr = env_or("SKIFF_HOST_ADDR", "");
     const char *zone = env_or("SKIFF_ZONE", "default");
     bool tls_addr_given = getenv("SKIFF_ROUTER_TLS_ADDR") != NULL;
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
@@ -960,6 +974,8 @@ int main(int argc, char **argv)
             target = &nats_url;
         else if (!strcmp(a, "--zone"))
             target = &zone;
+        else if (!strcmp(a, "--host-addr"))
+            target = &host_addr;
         else if (!strcmp(a, "--nats-replicas"))
             target = &nats_replicas_text;
         else if (!strcmp(a, "--nats-creds"))
@@ -1002,9 +1018,13 @@ int main(int argc, char **argv)
         }
         *target = argv[++i];
     }
+    if (*host_addr && !*nats_url) {
+        log_error("--host-addr is announced to the other hosts on NATS: give --nats too");
+        return 2;
+    }
     if (!strcmp(role, "router"))
         return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
-                                 tls_addr_given ? router_tls_addr : NULL);
+                                 tls_addr_given ? router_tls_addr : NULL, host_addr);
     if (strcmp(role, "all") && strcmp(role, "cell") && strcmp(role, "controller")) {
         log_error("--role is all, controller, cell or router, not \"%s\"", role);
         return 2;
@@ -1187,6 +1207,29 @@ int main(int argc, char **argv)
     rm_rf(tmp); /* uploads and scratch of a previous run */
     mkdir_p(tmp, 0700);
     free(tmp);
+
+    /* before any instance starts: a pool another host announced that overlaps this one's
+     * would send that host's instances' traffic here, and this one's there */
+    if (*host_addr) {
+        if (!contained) {
+            log_error("--host-addr needs --isolation container: instances of other hosts are "
+                      "reached at their container addresses");
+            goto fail;
+        }
+        rc = hosts_start(d.loop,
+                         &(struct hosts_config){.nats_urls = nats_url,
+                                                .security = nats_sec,
+                                                .addr = host_addr,
+                                                .roles = HOSTS_CONTROLLER | HOSTS_CELL,
+                                                .pool = &pool},
+                         &d.hosts, err, sizeof err);
+        if (rc == 0)
+            rc = hosts_settle(d.hosts, 3000, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            goto fail;
+        }
+    }
 
     /* the store's location names its backend: sqlite:PATH (the default, in the home) or
      * postgres://...; a URL's password is never logged (store_open's messages mask it) */
@@ -1549,6 +1592,8 @@ fail:
             scheduler_shutdown(d.sched, NULL, NULL);
         if (d.bus)
             bus_close(d.bus, NULL, NULL);
+        hosts_stop(d.hosts);
+        d.hosts = NULL;
         uv_run(d.loop, UV_RUN_DEFAULT);
     }
 out:

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hosts/hosts.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -50,6 +51,7 @@ struct rn_drain {
 static struct {
     const struct router_config *cfg;
     struct natsconn *conn;
+    struct hosts *hosts; /* --host-addr: routes to the cells' pools (src/hosts) */
     struct rn_entry *entries;
     size_t n, cap;
     uv_timer_t prune;
@@ -569,6 +571,18 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
             return rc;
         }
     }
+    if (cfg->host_addr && *cfg->host_addr) {
+        rc = hosts_start(loop,
+                         &(struct hosts_config){.nats_urls = cfg->nats_urls,
+                                                .security = cfg->nats_security,
+                                                .addr = cfg->host_addr,
+                                                .roles = HOSTS_ROUTER},
+                         &rn.hosts, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            return rc;
+        }
+    }
     uv_timer_init(loop, &rn.prune);
     uv_timer_start(&rn.prune, rn__on_prune, ROUTER_NATS_PRUNE_MS, ROUTER_NATS_PRUNE_MS);
     uv_timer_init(loop, &rn.hello);
@@ -616,6 +630,8 @@ void router_nats_stop(void)
     uv_close((uv_handle_t *)&rn.hello, NULL);
     natsconn_close(rn.conn);
     rn.conn = NULL;
+    hosts_stop(rn.hosts);
+    rn.hosts = NULL;
     while (rn.n)
         rn__remove(rn.n - 1);
     free(rn.entries);
