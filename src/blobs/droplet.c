@@ -150,7 +150,7 @@ static bool unpack__name_ok(const char *name)
             return false;
         p += len;
         if (*p == '/' && !*++p)
-            return false;
+            return true; /* a folder's trailing slash */
     }
     return true;
 }
