@@ -115,6 +115,11 @@ int blob_put_file_async(struct blob_store *bs, uv_loop_t *loop, const char *path
                         void *ctx);
 int blob_put_droplet_async(struct blob_store *bs, uv_loop_t *loop, const char *droplet_dir,
                            blob_put_cb done, void *ctx);
+/* blob_gc on the thread pool (keep is copied); done(ctx, rc, deleted) on the loop (NULL: no
+ * call). 0, or a negative errno and no call. */
+typedef void (*blob_gc_cb)(void *ctx, int rc, size_t deleted);
+int blob_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *keep, size_t n_keep,
+                  int64_t min_age_ms, blob_gc_cb done, void *ctx);
 
 /* ---- fetching from controllers (for cells on other hosts) ---------------------------------- */
 

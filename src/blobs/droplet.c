@@ -481,3 +481,57 @@ int blob_put_droplet_async(struct blob_store *bs, uv_loop_t *loop, const char *d
 {
     return put__start(bs, loop, droplet_dir, true, done, ctx);
 }
+
+/* ---- garbage collection on the thread pool ------------------------------------------------ */
+
+struct blobs_gc {
+    uv_work_t work;
+    struct blob_store *bs;
+    char **keep;
+    size_t n_keep;
+    int64_t min_age_ms;
+    blob_gc_cb done;
+    void *ctx;
+    int rc;
+    size_t deleted;
+};
+
+static void gc__work(uv_work_t *w)
+{
+    struct blobs_gc *g = w->data;
+    g->rc = blob_gc(g->bs, (const char *const *)g->keep, g->n_keep, g->min_age_ms, &g->deleted);
+}
+
+static void gc__done(uv_work_t *w, int status)
+{
+    struct blobs_gc *g = w->data;
+    if (g->done)
+        g->done(g->ctx, status < 0 ? status : g->rc, g->deleted);
+    blobs__work_end(g->bs);
+    for (size_t i = 0; i < g->n_keep; i++)
+        free(g->keep[i]);
+    free(g->keep);
+    free(g);
+}
+
+int blob_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *keep, size_t n_keep,
+                  int64_t min_age_ms, blob_gc_cb done, void *ctx)
+{
+    struct blobs_gc *g = xcalloc(1, sizeof *g);
+    g->bs = bs;
+    g->keep = xcalloc(n_keep + 1, sizeof *g->keep);
+    for (size_t i = 0; i < n_keep; i++)
+        g->keep[i] = xstrdup(keep[i] ? keep[i] : "");
+    g->n_keep = n_keep;
+    g->min_age_ms = min_age_ms;
+    g->done = done;
+    g->ctx = ctx;
+    g->work.data = g;
+    blobs__work_begin(bs);
+    int rc = uv_queue_work(loop, &g->work, gc__work, gc__done);
+    if (rc < 0) {
+        g->done = NULL;
+        gc__done(&g->work, rc);
+    }
+    return rc;
+}

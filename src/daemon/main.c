@@ -19,6 +19,7 @@
 #include "api/core.h"
 #include "api/tenancy.h"
 #include "auth/auth.h"
+#include "blobs/blobs.h"
 #include "autoscaler/autoscaler.h"
 #include "bus/bus.h"
 #include "common/log.h"
@@ -41,6 +42,7 @@
 
 struct daemon {
     uv_loop_t *loop;
+    struct blob_store *blobs;    /* packages and droplets (src/blobs), beside the store */
     uv_poll_t *store_feed;       /* the store's change feed (PostgreSQL): other skiffds' writes */
     uv_timer_t store_feed_retry; /* a lost feed's next try */
     char *home;
@@ -389,6 +391,8 @@ static void daemon_stop(struct daemon *d)
     uv_timer_stop(&d->resync);
     uv_timer_stop(&d->catch_up);
     daemon_unwatch_store(d); /* no convergence of other skiffds' changes while stopping */
+    if (d->blobs)            /* droplets being brought here start nothing any more */
+        blob_droplet_forget(d->blobs);
     if (d->core)
         api_core_shutdown(d->core);
     if (d->svc)
@@ -440,6 +444,7 @@ static void daemon_free(struct daemon *d)
     router_proc_free(d->router);
     hub_free(d->hub);
     logs_free(d->logs);
+    blob_store_close(d->blobs);
     store_close(d->store);
     free(d->home);
     free(d->api_addr);
@@ -1055,6 +1060,8 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto fail;
     }
+    /* blobs live where the store is: in its database, or in files under the home */
+    blob_store_open(db, d.home, &d.blobs);
     char *admin_password = NULL;
     rc = auth_open(d.store, &admin_password, &d.auth);
     if (rc < 0) {
@@ -1124,6 +1131,10 @@ int main(int argc, char **argv)
         log_error("cannot set up the API: %s", strerror(-rc));
         goto fail;
     }
+    if (api_cell_token_setup(d.api, d.store, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto fail;
+    }
     struct scheduler_config scfg = {.home = d.home,
                                     .api_url = events_url ? events_url : api_url,
                                     .drain_timeout_ms = drain_timeout_ms,
@@ -1132,7 +1143,8 @@ int main(int argc, char **argv)
                                     .token_ctx = d.api,
                                     .vcap_services = vcap_services,
                                     .vcap_services_ctx = d.services,
-                                    .function_servers_dir = buildpacks};
+                                    .function_servers_dir = buildpacks,
+                                    .blobs = d.blobs};
     struct executor_config ecfg = {
         .home = d.home,
         .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
@@ -1263,6 +1275,7 @@ int main(int argc, char **argv)
         .cell_leads = shared_store ? daemon_cell_leads : NULL,
         .cell_ctx = &d,
         .cell_id = cells_id(d.cells),
+        .blobs = d.blobs,
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {

@@ -37,6 +37,7 @@ struct store;
 struct logs;
 struct executor;
 struct hub;
+struct blob_store;
 
 struct scheduler_config {
     const char *home;     /* $SKIFF_HOME: droplets and instance scratch live below */
@@ -55,6 +56,10 @@ struct scheduler_config {
     /* The buildpacks folder: the function servers a function inside an app runs
      * (function-python/lib, function-node/lib). NULL: such functions cannot start. */
     const char *function_servers_dir;
+    /* Where droplets made on other hosts come from (src/blobs): a droplet whose folder is not
+     * on this host is materialised from its blob before its instances start, and the app is
+     * converged again once it is here. NULL: the folder the store records, as it is. */
+    struct blob_store *blobs;
 };
 
 /* Whether a process type other than web listens on $PORT and takes requests (a function run
