@@ -57,7 +57,8 @@ static int pack__tree(struct archive *a, const char *dir, const char *rel)
             names[n++] = xstrdup(e->d_name);
         }
     closedir(d);
-    qsort(names, n, sizeof *names, pack__cmp);
+    if (n)
+        qsort(names, n, sizeof *names, pack__cmp);
     int rc = 0;
     char *buf = NULL;
     for (size_t i = 0; i < n && rc == 0; i++) {
