@@ -38,6 +38,11 @@ struct api_core_staging {
     bool recreate; /* ?strategy=recreate: stop every instance, then start on the new droplet */
     /* a staging that succeeded, while its droplet is put into the blob store: its result */
     char *buildpack, *process_types_json;
+    char *package_path;     /* the upload here, or where its blob is fetched to */
+    const char *image_kind; /* a static string: the package is an image's (NULL: code) */
+    char *cache_dir;
+    int disk_mb;
+    bool cancelled; /* while its package is fetched */
     struct api_core_staging *next;
 };
 
@@ -66,6 +71,8 @@ void api_core__staging_cancel(struct api_core *core, const char *app_guid)
         struct api_core_staging *next = s->next;
         if ((!app_guid || !strcmp(s->app_guid, app_guid)) && s->staging)
             stager_cancel(s->staging); /* an image's import ends on its own */
+        else if (!app_guid || !strcmp(s->app_guid, app_guid))
+            s->cancelled = true; /* a package being fetched: nothing starts after it */
         s = next;
     }
 }
@@ -502,6 +509,8 @@ static void staging__output(void *ctx, const char *line, size_t len)
 
 static void staging__free(struct api_core_staging *s)
 {
+    free(s->package_path);
+    free(s->cache_dir);
     free(s->buildpack);
     free(s->process_types_json);
     free(s->app_name);
@@ -649,6 +658,72 @@ static void staging__done(void *ctx, const struct stage_result *res)
     staging__finish(s, res, NULL);
 }
 
+/* Ends a staging that could not start: its failure line, the stream, s. */
+static void staging__start_failed(struct api_core_staging *s, const char *why)
+{
+    struct api_core *core = s->core;
+    staging__unlink(core, s);
+    logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_ERR, "%s", why);
+    staging__send_failure(s, why);
+    if (s->req) {
+        api_request_on_abort(s->req, NULL, NULL);
+        api_stream_end(s->req);
+        s->req = NULL;
+    }
+    staging__free(s);
+}
+
+/* Runs the buildpacks (or an image's import) on s->package_path. */
+static void staging__run(struct api_core_staging *s)
+{
+    struct api_core *core = s->core;
+    struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
+                                 .home = core->cfg.home,
+                                 .containers = core->cfg.containers};
+    struct stage_request sreq = {.app_name = s->app_name,
+                                 .package_path = s->package_path,
+                                 .buildpacks = (const char *const *)s->buildpacks,
+                                 .cache_dir = s->cache_dir,
+                                 .droplet_dir = s->droplet_dir,
+                                 .env = s->env,
+                                 .timeout_s = core->cfg.staging_timeout_s,
+                                 .disk_mb = s->disk_mb};
+    int rc = s->image_kind ? staging__image_start(s, s->image_kind, s->package_path)
+                           : stager_start(api_loop(core->api), &scfg, &sreq, staging__output,
+                                          staging__done, s, &s->staging);
+    if (rc == 0)
+        return;
+    /* the cases a user can fix: say which and how */
+    char *why =
+        rc == -ENOENT    ? xasprintf("staging could not start: no buildpack found in %s; set "
+                                        "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
+                                        "restart skiffd",
+                                     core->cfg.buildpacks_dir)
+        : rc == -ENOTSUP ? xstrdup("staging could not start: an image runs only in a container, "
+                                   "and this skiffd runs apps as host processes")
+                         : xasprintf("staging could not start: %s", skiff_strerror(rc));
+    staging__start_failed(s, why);
+    free(why);
+}
+
+static void staging__package_fetched(void *ctx, int rc, const char *digest)
+{
+    struct api_core_staging *s = ctx;
+    if (s->cancelled) {
+        staging__start_failed(s, "staging was cancelled");
+        return;
+    }
+    if (rc < 0) {
+        char *why = xasprintf("staging could not start: the package (%s) could not be fetched "
+                              "from the blob store: %s; upload it again",
+                              digest ? digest : "?", skiff_strerror(rc));
+        staging__start_failed(s, why);
+        free(why);
+        return;
+    }
+    staging__run(s);
+}
+
 static void staging__start(struct api_request *req, struct api_core *core, bool restage)
 {
     struct store_app *app = api_core__find_app(core, req);
@@ -720,48 +795,37 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
         json_decref(fn);
     }
     s->env[ne] = NULL;
-    struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
-                                 .home = core->cfg.home,
-                                 .containers = core->cfg.containers};
-    struct stage_request sreq = {
-        .app_name = app->name,
-        .package_path = pkg->path,
-        .buildpacks = (const char *const *)s->buildpacks,
-        .cache_dir = cache,
-        .droplet_dir = s->droplet_dir,
-        .env = s->env,
-        .timeout_s = core->cfg.staging_timeout_s,
-        .disk_mb = core->cfg.staging_disk_mb > 0 ? core->cfg.staging_disk_mb : app->disk_mb};
+    s->package_path = xstrdup(pkg->path);
+    s->image_kind = staging__image_kind_of(pkg->path);
+    s->cache_dir = cache;
+    s->disk_mb = core->cfg.staging_disk_mb > 0 ? core->cfg.staging_disk_mb : app->disk_mb;
+    free(droplets);
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
                  restage ? "Restaging" : "Staging", app->name);
-    const char *kind = staging__image_kind_of(pkg->path);
-    int rc = kind ? staging__image_start(s, kind, pkg->path)
-                  : stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done,
-                                 s, &s->staging);
-    free(droplets);
-    free(cache);
-    if (rc < 0) {
-        /* the cases a user can fix: say which and how */
-        char *why = rc == -ENOENT
-                        ? xasprintf("staging could not start: no buildpack found in %s; set "
-                                    "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
-                                    "restart skiffd",
-                                    core->cfg.buildpacks_dir)
-                    : rc == -ENOTSUP
-                        ? xstrdup("staging could not start: an image runs only in a container, "
-                                  "and this skiffd runs apps as host processes")
-                        : xasprintf("staging could not start: %s", skiff_strerror(rc));
-        logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
-        staging__send_failure(s, why);
-        free(why);
-        api_stream_end(req);
-        staging__free(s);
-        goto done;
-    }
     s->next = core->stagings;
     core->stagings = s;
     api_request_on_abort(req, staging__abort, s);
+    if (access(pkg->path, R_OK) == 0 || !blob_digest_valid(pkg->digest) || !core->cfg.blobs) {
+        staging__run(s);
+        goto done;
+    }
+    /* uploaded through another skiffd: its package comes from the blob store */
+    char *dest = xasprintf("%s/blobs/packages/%s%s%s", core->cfg.home, pkg->digest + 7,
+                           s->image_kind ? "." : "", s->image_kind ? s->image_kind : "");
+    free(s->package_path);
+    s->package_path = dest;
+    char line[160];
+    snprintf(line, sizeof line, "Fetching the package (%s) from the blob store", pkg->digest);
+    staging__output(s, line, strlen(line));
+    char *dir = xasprintf("%s/blobs/packages", core->cfg.home);
+    int rc = mkdir_p(dir, 0700);
+    free(dir);
+    if (rc == 0 && access(dest, R_OK) == 0)
+        staging__package_fetched(s, 0, pkg->digest);
+    else if (rc < 0 || (rc = blob_get_file_async(core->cfg.blobs, api_loop(core->api), pkg->digest,
+                                                 dest, staging__package_fetched, s)) < 0)
+        staging__package_fetched(s, rc, NULL);
 done:
     store_package_free(pkg);
     store_app_free(app);

@@ -115,6 +115,10 @@ int blob_put_file_async(struct blob_store *bs, uv_loop_t *loop, const char *path
                         void *ctx);
 int blob_put_droplet_async(struct blob_store *bs, uv_loop_t *loop, const char *droplet_dir,
                            blob_put_cb done, void *ctx);
+/* blob_get_file on the thread pool (strings copied); done(ctx, rc, digest) on the loop. 0 and
+ * done later, or a negative errno and no call. */
+int blob_get_file_async(struct blob_store *bs, uv_loop_t *loop, const char *digest,
+                        const char *dest, blob_put_cb done, void *ctx);
 /* blob_gc on the thread pool (keep is copied); done(ctx, rc, deleted) on the loop (NULL: no
  * call). 0, or a negative errno and no call. */
 typedef void (*blob_gc_cb)(void *ctx, int rc, size_t deleted);

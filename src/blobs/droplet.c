@@ -420,6 +420,7 @@ struct blobs_put {
     uv_work_t work;
     struct blob_store *bs;
     char *path;
+    char *dest; /* a get's: path is then the digest */
     bool droplet;
     blob_put_cb done;
     void *ctx;
@@ -430,6 +431,11 @@ struct blobs_put {
 static void put__work(uv_work_t *w)
 {
     struct blobs_put *p = w->data;
+    if (p->dest) {
+        snprintf(p->digest, sizeof p->digest, "%s", p->path);
+        p->rc = blob_get_file(p->bs, p->path, p->dest, 0);
+        return;
+    }
     if (!p->droplet) {
         p->rc = blob_put_file(p->bs, p->path, p->digest, NULL);
         return;
@@ -448,15 +454,17 @@ static void put__done(uv_work_t *w, int status)
     p->done(p->ctx, rc, rc == 0 ? p->digest : NULL);
     blobs__work_end(p->bs);
     free(p->path);
+    free(p->dest);
     free(p);
 }
 
 static int put__start(struct blob_store *bs, uv_loop_t *loop, const char *path, bool droplet,
-                      blob_put_cb done, void *ctx)
+                      const char *dest, blob_put_cb done, void *ctx)
 {
     struct blobs_put *p = xcalloc(1, sizeof *p);
     p->bs = bs;
     p->path = xstrdup(path);
+    p->dest = dest ? xstrdup(dest) : NULL;
     p->droplet = droplet;
     p->done = done;
     p->ctx = ctx;
@@ -466,6 +474,7 @@ static int put__start(struct blob_store *bs, uv_loop_t *loop, const char *path, 
     if (rc < 0) {
         blobs__work_end(bs);
         free(p->path);
+        free(p->dest);
         free(p);
     }
     return rc;
@@ -474,13 +483,21 @@ static int put__start(struct blob_store *bs, uv_loop_t *loop, const char *path, 
 int blob_put_file_async(struct blob_store *bs, uv_loop_t *loop, const char *path, blob_put_cb done,
                         void *ctx)
 {
-    return put__start(bs, loop, path, false, done, ctx);
+    return put__start(bs, loop, path, false, NULL, done, ctx);
 }
 
 int blob_put_droplet_async(struct blob_store *bs, uv_loop_t *loop, const char *droplet_dir,
                            blob_put_cb done, void *ctx)
 {
-    return put__start(bs, loop, droplet_dir, true, done, ctx);
+    return put__start(bs, loop, droplet_dir, true, NULL, done, ctx);
+}
+
+int blob_get_file_async(struct blob_store *bs, uv_loop_t *loop, const char *digest,
+                        const char *dest, blob_put_cb done, void *ctx)
+{
+    if (!blob_digest_valid(digest))
+        return -EINVAL;
+    return put__start(bs, loop, digest, false, dest, done, ctx);
 }
 
 /* ---- garbage collection on the thread pool ------------------------------------------------ */

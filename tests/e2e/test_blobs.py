@@ -179,3 +179,27 @@ def test_on_the_embedded_store_blobs_are_files_in_the_home(platform):
                                platform.token)
         assert status == 200 and hashlib.sha256(body).hexdigest() == os.path.basename(path)
     assert not glob.glob(os.path.join(platform.home, "blobs", "tmp", "*"))
+
+
+def test_bits_uploaded_through_one_skiffd_are_staged_through_the_other(pair, pg_dir):
+    a, b = pair
+    status, body = b.api("PUT", "/v1/apps/carried", {"instances": 1})
+    assert status in (200, 201), body
+    status, body = b.api("PUT", "/v1/apps/carried/bits",
+                         raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    digest = body["digest"]
+    shutil.rmtree(os.path.join(b.home, "apps"))  # the upload is gone from b's home
+    status, text = a.api("POST", "/v1/apps/carried/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    assert f"Fetching the package ({digest}) from the blob store" in text, text
+    fetched = os.path.join(a.home, "blobs", "packages", digest[len("sha256:"):])
+    with open(fetched, "rb") as f:
+        assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == digest
+    # a package whose blob is gone: the staging says so and what to do
+    psql(pg_dir, f"DELETE FROM blobs WHERE digest = '{digest}'")
+    os.unlink(fetched)
+    status, text = b.api("POST", "/v1/apps/carried/stage")
+    assert status == 200 and '"ok":false' in text.replace(" ", ""), text
+    assert "could not be fetched from the blob store" in text and "upload it again" in text, text
