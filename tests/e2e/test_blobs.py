@@ -203,3 +203,23 @@ def test_bits_uploaded_through_one_skiffd_are_staged_through_the_other(pair, pg_
     status, text = b.api("POST", "/v1/apps/carried/stage")
     assert status == 200 and '"ok":false' in text.replace(" ", ""), text
     assert "could not be fetched from the blob store" in text and "upload it again" in text, text
+
+
+def test_a_droplet_blob_changed_in_the_database_is_refused_and_nothing_is_cached(pair, pg_dir):
+    a, b = pair
+    stage_stopped(b, "forged")
+    _, digest = droplet_row(pg_dir, "forged")
+    shutil.rmtree(os.path.join(b.home, "apps"))
+    # someone with write access to the database swaps the droplet's first chunk
+    psql(pg_dir, "UPDATE blob_chunks SET data = 'not the droplet'::bytea WHERE seq = 0 AND "
+                 f"blob_id = (SELECT id FROM blobs WHERE digest = '{digest}')")
+    assert b.api("POST", "/v1/apps/forged/start")[0] == 200
+    wait_for(lambda: "has the content of" in a.output(), 30,
+             "the leader to refuse the droplet whose content is not its digest's")
+    assert f"blob {digest} read from the database" in a.output(), a.output()
+    droplets = os.path.join(a.home, "blobs", "droplets")
+    assert not os.path.exists(os.path.join(droplets, digest[len("sha256:"):]))
+    assert not os.path.exists(droplets) or not [
+        n for n in os.listdir(droplets) if digest[len("sha256:"):] in n]
+    assert not glob.glob(os.path.join(a.home, "blobs", "tmp", "*"))
+    assert running_here(a, "forged") == []
