@@ -28,6 +28,7 @@ struct blob_reader {
     PGconn *pg;
     long long id;
     int next_seq;
+    bool done;   /* the query's rows have all come */
     char *chunk; /* the chunk being handed out */
     size_t chunk_len, chunk_off;
 };

@@ -259,6 +259,18 @@ int blobs__pg_reader_open(struct blob_store *bs, const char *digest, struct blob
         PQfinish(c);
         return rc;
     }
+    /* one query for every chunk, its rows taken one by one as they come */
+    char id_text[32];
+    snprintf(id_text, sizeof id_text, "%lld", id);
+    const char *v[] = {id_text};
+    if (!PQsendQueryParams(c,
+                           "SELECT data FROM blob_chunks WHERE blob_id = $1::bigint ORDER BY seq",
+                           1, NULL, v, NULL, NULL, 1) ||
+        !PQsetSingleRowMode(c)) {
+        log_error("blobs: cannot read blob %s: %s", digest, PQerrorMessage(c));
+        PQfinish(c);
+        return -EIO;
+    }
     struct blob_reader *r = xcalloc(1, sizeof *r);
     r->fd = -1;
     r->pg = c;
@@ -273,15 +285,22 @@ int blobs__pg_reader_open(struct blob_store *bs, const char *digest, struct blob
 /* The next chunk into r->chunk: 1, 0 at the end, or -EIO. */
 static int pg__next_chunk(struct blob_reader *r)
 {
-    char id[32], seq[16];
-    snprintf(id, sizeof id, "%lld", r->id);
-    snprintf(seq, sizeof seq, "%d", r->next_seq);
-    const char *v[] = {id, seq};
-    PGresult *res = pg__query(
-        r->pg, "SELECT data FROM blob_chunks WHERE blob_id = $1::bigint AND seq = $2::integer", 2,
-        v, 1);
-    if (!res)
+    if (r->done)
+        return 0;
+    PGresult *res = PQgetResult(r->pg);
+    ExecStatusType st = PQresultStatus(res);
+    if (!res || st == PGRES_TUPLES_OK) { /* the end: the query's last, empty result */
+        PQclear(res);
+        while ((res = PQgetResult(r->pg)))
+            PQclear(res);
+        r->done = true;
+        return 0;
+    }
+    if (st != PGRES_SINGLE_TUPLE) {
+        log_error("blobs: cannot read a chunk: %s", PQerrorMessage(r->pg));
+        PQclear(res);
         return -EIO;
+    }
     int rc = 0;
     if (PQntuples(res) == 1) {
         size_t len = (size_t)PQgetlength(res, 0, 0);
