@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,8 +180,17 @@ static void fetch__cached(uv_timer_t *t)
     uv_close((uv_handle_t *)t, fetch__closed);
 }
 
+/* libcurl's global set-up is not thread-safe: once, on the caller's thread, before any
+ * transfer runs on the pool */
+static pthread_once_t fetch__once = PTHREAD_ONCE_INIT;
+static void fetch__global_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
 int blob_fetch(uv_loop_t *loop, const struct blob_fetch_options *opt, blob_fetch_cb done, void *ctx)
 {
+    pthread_once(&fetch__once, fetch__global_init);
     if (!opt || !blob_digest_valid(opt->digest) || !opt->urls || !opt->urls[0] || !opt->cache_dir ||
         !*opt->cache_dir || !done)
         return -EINVAL;
