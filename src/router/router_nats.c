@@ -56,6 +56,9 @@ static struct {
     uv_timer_t hello;
     uv_timer_t coalesce;
     int64_t version;
+    /* skiffd's table versions (docs/bus.md "ack"): the newest one announced, how many of its
+     * routes came, the newest one that came whole, and the last one acknowledged */
+    int64_t seen_version, seen_count, whole_version, acked_version;
     bool up;
     char subject[64];     /* skiff.bus.router.<id>: where this router's lines go */
     char *unknown_logged; /* subjects already logged as unknown or malformed, '\n'-separated */
@@ -167,6 +170,12 @@ int router_nats_parse(const char *subject, const char *data, size_t len,
             snprintf(err, errsize, "%s: \"ttl_ms\" is not a number from 100 to 3600000", subject);
             goto bad;
         }
+        json_t *version = json_object_get(o, "version"), *count = json_object_get(o, "count");
+        if (json_is_integer(version) && json_integer_value(version) > 0 && json_is_integer(count) &&
+            json_integer_value(count) > 0) {
+            out->table_version = json_integer_value(version);
+            out->table_count = json_integer_value(count);
+        }
         out->route = json_incref(route);
         out->ttl_ms = json_integer_value(ttl);
     } else if (kind == ROUTER_NATS_UNREGISTER) {
@@ -236,6 +245,37 @@ static void rn__remove(size_t i)
     rn.entries[i] = rn.entries[--rn.n];
 }
 
+static void rn__publish(void);
+
+/* Tells skiffd the newest of its versions this router serves whole. */
+static void rn__ack(void)
+{
+    if (rn.whole_version <= rn.acked_version || !rn.up)
+        return;
+    rn.acked_version = rn.whole_version;
+    char line[64];
+    int n = snprintf(line, sizeof line, "{\"type\":\"ack\",\"version\":%lld}\n",
+                     (long long)rn.acked_version);
+    natsconn_publish(rn.conn, rn.subject, NULL, line, (size_t)n);
+}
+
+/* A register of skiffd's table version (of count routes) came: once all of them have, and
+ * the table with them is served, that version is acknowledged. */
+static void rn__table_seen(int64_t version, int64_t count)
+{
+    if (version <= 0 || version < rn.seen_version)
+        return;
+    if (version > rn.seen_version) {
+        rn.seen_version = version;
+        rn.seen_count = 0;
+    }
+    if (++rn.seen_count != count)
+        return;
+    rn.whole_version = version;
+    if (!uv_is_active((uv_handle_t *)&rn.coalesce))
+        rn__ack(); /* else once the coalesced table is published */
+}
+
 /* Publishes the entries as the current table (and saves it). */
 static void rn__publish(void)
 {
@@ -251,6 +291,7 @@ static void rn__publish(void)
     if (text)
         router_bus_apply_routes(text, strlen(text), true);
     free(text);
+    rn__ack();
 }
 
 /* Whether the table changed (a new route, or one announced differently); an announcement
@@ -365,7 +406,7 @@ static void rn__cert_write(const struct router_nats_msg *m)
             r = chmod(path, 0600) < 0 ? -errno : 0;
         if (r < 0)
             log_error("HTTPS: cannot write %s's certificate to %s: %s", m->domain, path,
-                      strerror(-r));
+                      skiff_strerror(r));
         else
             log_info("HTTPS: %s's certificate came from skiffd", m->domain);
     }
@@ -382,7 +423,8 @@ static void rn__cert_remove(const struct router_nats_msg *m)
     if (unlink(path) == 0)
         log_info("HTTPS: %s's certificate was removed by skiffd", m->domain);
     else if (errno != ENOENT)
-        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path, strerror(errno));
+        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path,
+                  skiff_strerror(-errno));
     free(path);
 }
 
@@ -399,6 +441,7 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
     case ROUTER_NATS_REGISTER:
         if (rn__upsert(m.route, m.ttl_ms))
             rn__changed();
+        rn__table_seen(m.table_version, m.table_count);
         break;
     case ROUTER_NATS_UNREGISTER:
         for (size_t i = 0; i < rn.n; i++)
