@@ -593,7 +593,7 @@ static void test_errors_are_answered_from_the_one_table(void **state)
     check_error_answer(fx, -EEXIST, false, 409, "name_taken", "exists already");
     check_error_answer(fx, -EIO, true, 500, "internal",
                        "cannot keep the thing: a disk or a backend failed");
-    check_error_answer(fx, -ENOSPC, true, 503, "unavailable", "the disk is full");
+    check_error_answer(fx, -ENOSPC, true, 507, "insufficient_storage", "the disk is full");
     check_error_answer(fx, -EAGAIN, false, 503, "busy", "retry in a moment");
     check_error_answer(fx, -ESRCH, false, 503, "no_instance", "stopping");
     /* an errno the table does not have is Skiff's failure, in the C library's words */
