@@ -271,8 +271,6 @@ void api_free(struct api *api)
     struct api_route *r = api->routes;
     while (r) {
         struct api_route *next = r->next;
-        for (size_t i = 0; i < r->nsegs; i++)
-            free(r->segs[i]);
         free(r->segs);
         free(r->pattern);
         free(r);
@@ -299,6 +297,14 @@ int api_route_add(struct api *api, const char *method, const char *pattern, int 
     snprintf(r->method, sizeof r->method, "%s", method);
     r->pattern = xstrdup(pattern);
     r->segs = http_path_split(pattern, &r->nsegs, false);
+    /* a literal segment another route has at the same place becomes that route's string, so
+     * that matching compares each distinct one once per request (api__match) */
+    for (size_t i = 0; i < r->nsegs; i++)
+        for (const struct api_route *o = api->routes; o; o = o->next)
+            if (i < o->nsegs && !strcmp(o->segs[i], r->segs[i])) {
+                r->segs[i] = o->segs[i];
+                break;
+            }
     r->flags = flags;
     r->fn = handler;
     r->ctx = ctx;
@@ -333,6 +339,12 @@ json_t *api_routes_json(struct api *api)
 static const struct api_route *api__match(struct api *api, struct api_request *req,
                                           bool *path_known)
 {
+    /* Every request is matched against the whole table, in order. Routes share their literal
+     * segments (api_route_add), so a comparison made for one route at a place holds for every
+     * route with the same string there: remembered, each distinct segment is compared once. */
+    enum { MEMO = 8 };
+    const char *memo_want[MEMO] = {NULL};
+    bool memo_equal[MEMO];
     *path_known = false;
     for (const struct api_route *r = api->routes; r; r = r->next) {
         if (r->nsegs != req->http.nsegs)
@@ -341,14 +353,23 @@ static const struct api_route *api__match(struct api *api, struct api_request *r
         size_t i;
         for (i = 0; i < r->nsegs; i++) {
             const char *want = r->segs[i], *got = req->http.segs[i];
+            bool equal;
             if (want[0] == '*' && want[1] == '\0') {
                 if (np < API_MAX_PARAMS)
                     req->params[np++] = got;
-            } else if (want[0] != got[0] || strcmp(want, got)) {
-                /* the first byte tells most routes apart: every request is matched against
-                 * the whole table, so that it costs no call per route */
-                break;
+                continue;
             }
+            if (i < MEMO && memo_want[i] == want) {
+                equal = memo_equal[i];
+            } else {
+                equal = want[0] == got[0] && !strcmp(want, got);
+                if (i < MEMO) {
+                    memo_want[i] = want;
+                    memo_equal[i] = equal;
+                }
+            }
+            if (!equal)
+                break;
         }
         if (i < r->nsegs)
             continue;

@@ -801,8 +801,6 @@ static void http__request_free(struct http_request *req)
     free(req->target);
     free(req->path);
     free(req->query);
-    for (size_t i = 0; i < req->nsegs; i++)
-        free(req->segs[i]);
     free(req->segs);
     free(req->headers);
     free(req->head_text);
@@ -1131,29 +1129,39 @@ void http_upgrade(struct http_request *req, const char *protocol, http_upgrade_f
 
 char **http_path_split(const char *path, size_t *n, bool decode)
 {
-    char **segs = NULL;
-    size_t count = 0;
-    const char *p = path;
-    while (*p) {
+    /* one block: the pointers, then the segments (decoding never makes one longer) */
+    size_t count = 0, bytes = 0;
+    for (const char *p = path; *p;) {
         while (*p == '/')
             p++;
         if (!*p)
             break;
-        const char *end = strchr(p, '/');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        char *seg = decode ? http_percent_decode(p, len, 0) : xstrndup(p, len);
-        if (!seg) {
-            for (size_t i = 0; i < count; i++)
-                free(segs[i]);
+        size_t len = strcspn(p, "/");
+        count++;
+        bytes += len + 1;
+        p += len;
+    }
+    char **segs = xmalloc((count + 1) * sizeof *segs + bytes);
+    char *out = (char *)(segs + count + 1);
+    size_t i = 0;
+    for (const char *p = path; i < count;) {
+        while (*p == '/')
+            p++;
+        size_t len = strcspn(p, "/");
+        if (!decode) {
+            memcpy(out, p, len);
+            out[len] = '\0';
+        } else if (http_percent_decode_into(p, len, 0, out) < 0) {
             free(segs);
             return NULL;
         }
-        segs = xrealloc(segs, (count + 1) * sizeof *segs);
-        segs[count++] = seg;
+        segs[i++] = out;
+        out += strlen(out) + 1;
         p += len;
     }
+    segs[count] = NULL;
     *n = count;
-    return segs ? segs : xcalloc(1, sizeof *segs);
+    return segs;
 }
 
 static int http__on_message_begin(llhttp_t *p)
