@@ -1332,7 +1332,8 @@ static void refused_answer(struct fabric *f)
     for (struct waiter *w = list, *next; w; w = next) {
         next = w->next;
         f->stats.pending--;
-        w->append_cb(w->arg, w->status, w->first, w->count);
+        if (w->append_cb)
+            w->append_cb(w->arg, w->status, w->first, w->count);
         free(w);
     }
 }
