@@ -183,7 +183,9 @@ static void respond_published(struct publish *p, uint64_t first, size_t count)
     } else {
         buf_puts(&out, "{\"id\":\"");
         buf_append_json_escaped(&out, p->id, strlen(p->id), 0);
-        buf_printf(&out, "\",\"offset\":%" PRIu64 "}\n", first);
+        buf_puts(&out, "\",\"offset\":");
+        buf_put_uint(&out, first);
+        buf_puts(&out, "}\n");
     }
     api_respond(p->req, 202, "application/json", out.data, out.len);
     buf_free(&out);

@@ -780,15 +780,30 @@ static void http__unlink(struct http_conn *c, struct http_request *req)
 static void http__head(struct http_request *req, struct buf *out, int status,
                        const char *content_type, long long content_length)
 {
-    buf_printf(out, "HTTP/1.1 %d %s\r\n", status, http_status_reason(status));
-    if (content_type)
-        buf_printf(out, "Content-Type: %s\r\n", content_type);
-    if (content_length >= 0)
-        buf_printf(out, "Content-Length: %lld\r\n", content_length);
-    else if (content_length == -1)
+    /* pieces, not printf: every answer goes through here (3% of skiffd's CPU per publish) */
+    buf_puts(out, "HTTP/1.1 ");
+    buf_put_uint(out, status > 0 ? (unsigned)status : 0);
+    buf_putc(out, ' ');
+    buf_puts(out, http_status_reason(status));
+    buf_puts(out, "\r\n");
+    if (content_type) {
+        buf_puts(out, "Content-Type: ");
+        buf_puts(out, content_type);
+        buf_puts(out, "\r\n");
+    }
+    if (content_length >= 0) {
+        buf_puts(out, "Content-Length: ");
+        buf_put_uint(out, (unsigned long long)content_length);
+        buf_puts(out, "\r\n");
+    } else if (content_length == -1) {
         buf_puts(out, "Transfer-Encoding: chunked\r\n");
-    for (size_t i = 0; i < req->nresp_headers; i++)
-        buf_printf(out, "%s: %s\r\n", req->resp_headers[i].name, req->resp_headers[i].value);
+    }
+    for (size_t i = 0; i < req->nresp_headers; i++) {
+        buf_puts(out, req->resp_headers[i].name);
+        buf_puts(out, ": ");
+        buf_puts(out, req->resp_headers[i].value);
+        buf_puts(out, "\r\n");
+    }
     buf_puts(out, req->keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
     buf_puts(out, "\r\n");
 }
