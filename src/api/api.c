@@ -42,6 +42,8 @@ struct api_route {
     struct api_route *next;
 };
 
+#define API_ROUTE_BUCKETS 12
+
 struct api {
     uv_loop_t *loop;
     struct http_server *server;
@@ -54,8 +56,12 @@ struct api {
     unsigned char admin_hash[crypto_generichash_BYTES];
     unsigned char instance_key[crypto_auth_hmacsha256_KEYBYTES];
     uint64_t upload_max;
-    struct api_route *routes;
+    struct api_route *routes; /* in the order they were added: the first that matches wins */
     struct api_route **routes_tail;
+    /* the same routes by their number of segments (the last: that many or more), in the same
+     * order: a request walks only those that can match, in an array */
+    struct api_route **by_nsegs[API_ROUTE_BUCKETS];
+    size_t nby_nsegs[API_ROUTE_BUCKETS];
     api_instance_live_fn instance_live;
     void *instance_live_ctx;
     api_binding_check_fn binding_check;
@@ -276,6 +282,8 @@ void api_free(struct api *api)
         free(r);
         r = next;
     }
+    for (size_t i = 0; i < API_ROUTE_BUCKETS; i++)
+        free(api->by_nsegs[i]);
     sodium_memzero(api->instance_key, sizeof api->instance_key);
     http_server_free(api->server);
     free(api->home);
@@ -310,6 +318,9 @@ int api_route_add(struct api *api, const char *method, const char *pattern, int 
     r->ctx = ctx;
     *api->routes_tail = r;
     api->routes_tail = &r->next;
+    size_t k = r->nsegs < API_ROUTE_BUCKETS ? r->nsegs : API_ROUTE_BUCKETS - 1;
+    api->by_nsegs[k] = xrealloc(api->by_nsegs[k], (api->nby_nsegs[k] + 1) * sizeof(r));
+    api->by_nsegs[k][api->nby_nsegs[k]++] = r;
     return 0;
 }
 
@@ -346,7 +357,9 @@ static const struct api_route *api__match(struct api *api, struct api_request *r
     const char *memo_want[MEMO] = {NULL};
     bool memo_equal[MEMO];
     *path_known = false;
-    for (const struct api_route *r = api->routes; r; r = r->next) {
+    size_t k = req->http.nsegs < API_ROUTE_BUCKETS ? req->http.nsegs : API_ROUTE_BUCKETS - 1;
+    for (size_t j = 0; j < api->nby_nsegs[k]; j++) {
+        const struct api_route *r = api->by_nsegs[k][j];
         if (r->nsegs != req->http.nsegs)
             continue;
         unsigned np = 0;
