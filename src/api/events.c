@@ -223,6 +223,7 @@ static void handle_publish(struct api_request *req, void *ctx)
     if (api_request_caller_app(req) || api_request_topic_limit(req))
         ev.source = source;
     struct buf rec = {0};
+    buf_reserve(&rec, len + 512); /* the attributes and the data: one allocation, no regrowth */
     cloudevent_encode_record(&ev, &rec);
     struct publish *p = xcalloc(1, sizeof(*p));
     p->req = req;
