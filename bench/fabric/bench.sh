@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Durable publishes per second: Skiff's fabric (in-process, and over HTTP through skiffd when
 # it can be started) beside NATS JetStream (Debian's nats-server, file storage, on loopback
-# with a temporary store), all driven by bench_fabric.c. Prints a table with ratios.
+# with a temporary store; a second one with `sync_interval: always` where the server accepts it,
+# as the durable peer), all driven by bench_fabric.c. Prints a table with ratios.
 #   bash bench/fabric/bench.sh [SECONDS_PER_SHAPE]     (default 3)
 # BUILD=DIR takes skiffd from DIR/rel (as `make BUILD=DIR build` puts it); SKIFFD=PATH names the
 # binary itself (to compare two builds in one sitting).

@@ -7,6 +7,7 @@
  *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
  *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
+ *                                             (BENCH_JS_MODE names the row: jetstream-sync)
  *   bench_fabric fsync DIR SECONDS [prezero]  the bound of a durable single publish on this
  *                                             disk: a bare loop of one record's append and
  *                                             fdatasync, nothing else (shape single only);
