@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Durable publishes per second: Skiff's fabric (in-process, and over HTTP through skiffd when
 # it can be started) beside NATS JetStream (Debian's nats-server, file storage, on loopback
-# with a temporary store), all driven by bench_fabric.c. Prints a table with ratios.
+# with a temporary store; a second one with `sync_interval: always` where the server accepts it,
+# as the durable peer), all driven by bench_fabric.c. Prints a table with ratios.
 #   bash bench/fabric/bench.sh [SECONDS_PER_SHAPE]     (default 3)
 # BUILD=DIR takes skiffd from DIR/rel (as `make BUILD=DIR build` puts it); SKIFFD=PATH names the
 # binary itself (to compare two builds in one sitting).
@@ -14,10 +15,12 @@ out=$build/bench
 mkdir -p "$out"
 tmp=$(mktemp -d /tmp/skiff-bench-fabric-XXXXXX)
 nats_pid=""
+nats_sync_pid=""
 skiffd_pid=""
 cleanup() {
   [ -n "$skiffd_pid" ] && kill -INT "$skiffd_pid" 2>/dev/null && wait "$skiffd_pid" 2>/dev/null
   [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
+  [ -n "$nats_sync_pid" ] && kill "$nats_sync_pid" 2>/dev/null && wait "$nats_sync_pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -45,6 +48,26 @@ for _ in $(seq 100); do grep -q "Server is ready" "$tmp/nats.log" && break; slee
 nats_url="nats://127.0.0.1:$nats_port"
 "$out/bench_fabric" jetstream "$nats_url" "$secs" | tee -a "$results"
 "$out/bench_fabric" lib-jetstream "$nats_url" "$secs" | tee -a "$results"
+
+# JetStream that fsyncs every write before it acknowledges (`sync_interval: always`, nats-server
+# 2.10 and later): as durable as the Skiff rows. A server without the option refuses the
+# configuration, and the row is left out with its words.
+sync_note="$tmp/sync-note"
+: >"$sync_note"
+printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/nats-sync", sync_interval: always }\n' \
+  "$(free_port)" "$tmp" >"$tmp/nats-sync.conf"
+if nats-server -t -c "$tmp/nats-sync.conf" >"$tmp/nats-sync-check.log" 2>&1; then
+  nats-server -c "$tmp/nats-sync.conf" >"$tmp/nats-sync.log" 2>&1 &
+  nats_sync_pid=$!
+  for _ in $(seq 100); do grep -q "Server is ready" "$tmp/nats-sync.log" && break; sleep 0.1; done
+  sync_url="nats://127.0.0.1:$(sed -n 's/^listen: 127.0.0.1:\([0-9]*\)$/\1/p' "$tmp/nats-sync.conf")"
+  BENCH_JS_MODE=jetstream-sync "$out/bench_fabric" jetstream "$sync_url" "$secs" | tee -a "$results"
+  kill "$nats_sync_pid" 2>/dev/null && wait "$nats_sync_pid" 2>/dev/null
+  nats_sync_pid=""
+else
+  grep -m1 . "$tmp/nats-sync-check.log" | sed "s/^.*conf:[0-9:]* //" >"$sync_note"
+  echo "jetstream-sync: left out, this nats-server refuses sync_interval: $(cat "$sync_note")" >&2
+fi
 
 # skiffd over HTTP (MODE, then skiffd's extra arguments), when the release build exists
 http_rows() {
@@ -81,7 +104,7 @@ if [ -x "$skiffd" ]; then
 fi
 nats_version=$(nats-server --version)
 
-python3 - "$results" "$nats_version" <<'PY'
+python3 - "$results" "$nats_version" "$(cat "$sync_note")" <<'PY'
 import sys
 rows = {}
 lat = {}
@@ -96,25 +119,30 @@ for line in open(sys.argv[1]):
         continue
     mode, shape, n, secs, rate = parts
     rows[(mode, shape)] = float(rate)
-modes = [m for m in ["fdatasync-loop", "fdatasync-prezero", "skiff-lib", "skiff-http", "skiff-lib-nosync", "skiff-lib-js", "skiff-http-js", "jetstream"] if any(k[0] == m for k in rows)]
+modes = [m for m in ["fdatasync-loop", "fdatasync-prezero", "skiff-lib", "skiff-http", "skiff-lib-nosync", "skiff-lib-js", "skiff-http-js", "jetstream", "jetstream-sync"] if any(k[0] == m for k in rows)]
+peers = [p for p in ("jetstream", "jetstream-sync") if p in modes]
 shapes = ["single", "concurrent", "pipelined", "batched"]
 # JetStream keeps its concurrent publishes on one connection: the peer of HTTP's pipelined shape
-if ("jetstream", "concurrent") in rows:
-    rows[("jetstream", "pipelined")] = rows[("jetstream", "concurrent")]
+for p in peers:
+    if (p, "concurrent") in rows:
+        rows[(p, "pipelined")] = rows[(p, "concurrent")]
 print()
 print("durable publishes per second (200-byte events); ratio = Skiff / JetStream")
-print("%-24s" % "" + "".join("%14s" % s for s in shapes))
+print("%-28s" % "" + "".join("%14s" % s for s in shapes))
 for m in modes:
-    print("%-24s" % m + "".join("%14.0f" % rows.get((m, s), 0) for s in shapes))
-for m in modes:
-    if m == "jetstream":
-        continue
-    print("%-24s" % (m + " / js") + "".join(
-        "%14s" % ("%.2fx" % (rows[(m, s)] / rows[("jetstream", s)]) if (m, s) in rows and rows.get(("jetstream", s)) else "-")
-        for s in shapes))
+    print("%-28s" % m + "".join("%14.0f" % rows.get((m, s), 0) for s in shapes))
+# the durable peer is compared with the durable rows (the others are there for JetStream's default)
+durable = ("fdatasync-loop", "fdatasync-prezero", "skiff-lib", "skiff-http")
+for p in peers:
+    for m in modes:
+        if m in peers or (p == "jetstream-sync" and m not in durable):
+            continue
+        print("%-28s" % (m + " / " + p.replace("jetstream", "js")) + "".join(
+            "%14s" % ("%.2fx" % (rows[(m, s)] / rows[(p, s)]) if (m, s) in rows and rows.get((p, s)) else "-")
+            for s in shapes))
 for m in ("skiff-http", "skiff-http-js"):
     if any(k[0] == m for k in cpu):
-        print("%-24s" % (m + " CPU us/ev") + "".join("%14s" % ("%.1f" % cpu[(m, s)] if (m, s) in cpu else "-") for s in shapes))
+        print("%-28s" % (m + " CPU us/ev") + "".join("%14s" % ("%.1f" % cpu[(m, s)] if (m, s) in cpu else "-") for s in shapes))
 print()
 print("single-publish acknowledgement latency (microseconds)")
 print("%-24s%14s%14s" % ("", "p50", "p99"))
@@ -129,8 +157,14 @@ print("skiff-lib: the fabric in-process, each acknowledgement after fdatasync (g
 print("skiff-http: POST to skiffd, 202 after fdatasync. skiff-lib-nosync: no fsync at all.")
 print("pipelined: HTTP only, 64 publishes in flight on one connection; its JetStream figure is")
 print("JetStream's concurrent one (64 async publishes on one connection).")
-print("jetstream: %s, file storage; this version acknowledges before fsync (it syncs every" % sys.argv[2])
-print("2 minutes and has no sync_interval option), so compare it with skiff-lib-nosync.")
+print("jetstream: %s, file storage, its default: it acknowledges before it fsyncs (2.9 syncs" % sys.argv[2])
+print("a stream's files every 60 s, 2.10 and later every 2 minutes), so compare it with skiff-lib-nosync.")
+if "jetstream-sync" in peers:
+    print("jetstream-sync: the same server with sync_interval: always, an fsync before each")
+    print("acknowledgement: the durable peer of the Skiff rows.")
+else:
+    print("jetstream-sync (sync_interval: always, the durable peer) left out: this nats-server")
+    print("refuses the option (%s); it came in 2.10.0." % (sys.argv[3] or "no reason given"))
 print("skiff-lib-js / skiff-http-js: Skiff's fabric on that same nats-server (skiffd --nats),")
 print("acknowledged when JetStream acknowledged (R1): the cost of Skiff over JetStream itself.")
 PY

@@ -7,6 +7,7 @@
  *   bench_fabric http API_URL TOKEN SECONDS [SHAPE]
  *                                             POST /v1/topics/.../events[:batch] to skiffd
  *   bench_fabric jetstream NATS_URL SECONDS   js_Publish / js_PublishAsync through libnats
+ *                                             (BENCH_JS_MODE names the row: jetstream-sync)
  *   bench_fabric fsync DIR SECONDS [prezero]  the bound of a durable single publish on this
  *                                             disk: a bare loop of one record's append and
  *                                             fdatasync, nothing else (shape single only);
@@ -469,6 +470,8 @@ static int run_http(const char *url, const char *token, double seconds, const ch
 
 static int run_jetstream(const char *url, double seconds)
 {
+    /* BENCH_JS_MODE names the row: a server configured otherwise (bench.sh) */
+    const char *mode = getenv("BENCH_JS_MODE") ? getenv("BENCH_JS_MODE") : "jetstream";
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     jsOptions jo;
@@ -510,8 +513,8 @@ static int run_jetstream(const char *url, double seconds)
         latency_add(now_s() - sent);
         n++;
     }
-    report("jetstream", "single", n, now_s() - t0);
-    report_latency("jetstream");
+    report(mode, "single", n, now_s() - t0);
+    report_latency(mode);
     /* concurrent and batched: async publishes with a window of acks in flight */
     int windows[] = {CONCURRENT, BATCH * BATCHES_IN_FLIGHT};
     const char *names[] = {"concurrent", "batched"};
@@ -538,7 +541,7 @@ static int run_jetstream(const char *url, double seconds)
             fprintf(stderr, "bench: JetStream acks did not all come\n");
             return 1;
         }
-        report("jetstream", names[w], n, now_s() - t0);
+        report(mode, names[w], n, now_s() - t0);
         jsCtx_Destroy(ajs);
     }
     jsCtx_Destroy(js);

@@ -42,6 +42,8 @@ struct api_route {
     struct api_route *next;
 };
 
+#define API_ROUTE_BUCKETS 12
+
 struct api {
     uv_loop_t *loop;
     struct http_server *server;
@@ -54,8 +56,12 @@ struct api {
     unsigned char admin_hash[crypto_generichash_BYTES];
     unsigned char instance_key[crypto_auth_hmacsha256_KEYBYTES];
     uint64_t upload_max;
-    struct api_route *routes;
+    struct api_route *routes; /* in the order they were added: the first that matches wins */
     struct api_route **routes_tail;
+    /* the same routes by their number of segments (the last: that many or more), in the same
+     * order: a request walks only those that can match, in an array */
+    struct api_route **by_nsegs[API_ROUTE_BUCKETS];
+    size_t nby_nsegs[API_ROUTE_BUCKETS];
     api_instance_live_fn instance_live;
     void *instance_live_ctx;
     api_binding_check_fn binding_check;
@@ -273,13 +279,13 @@ void api_free(struct api *api)
     struct api_route *r = api->routes;
     while (r) {
         struct api_route *next = r->next;
-        for (size_t i = 0; i < r->nsegs; i++)
-            free(r->segs[i]);
         free(r->segs);
         free(r->pattern);
         free(r);
         r = next;
     }
+    for (size_t i = 0; i < API_ROUTE_BUCKETS; i++)
+        free(api->by_nsegs[i]);
     sodium_memzero(api->instance_key, sizeof api->instance_key);
     http_server_free(api->server);
     free(api->home);
@@ -301,11 +307,22 @@ int api_route_add(struct api *api, const char *method, const char *pattern, int 
     snprintf(r->method, sizeof r->method, "%s", method);
     r->pattern = xstrdup(pattern);
     r->segs = http_path_split(pattern, &r->nsegs, false);
+    /* a literal segment another route has at the same place becomes that route's string, so
+     * that matching compares each distinct one once per request (api__match) */
+    for (size_t i = 0; i < r->nsegs; i++)
+        for (const struct api_route *o = api->routes; o; o = o->next)
+            if (i < o->nsegs && !strcmp(o->segs[i], r->segs[i])) {
+                r->segs[i] = o->segs[i];
+                break;
+            }
     r->flags = flags;
     r->fn = handler;
     r->ctx = ctx;
     *api->routes_tail = r;
     api->routes_tail = &r->next;
+    size_t k = r->nsegs < API_ROUTE_BUCKETS ? r->nsegs : API_ROUTE_BUCKETS - 1;
+    api->by_nsegs[k] = xrealloc(api->by_nsegs[k], (api->nby_nsegs[k] + 1) * sizeof(r));
+    api->by_nsegs[k][api->nby_nsegs[k]++] = r;
     return 0;
 }
 
@@ -335,22 +352,39 @@ json_t *api_routes_json(struct api *api)
 static const struct api_route *api__match(struct api *api, struct api_request *req,
                                           bool *path_known)
 {
+    /* Every request is matched against the whole table, in order. Routes share their literal
+     * segments (api_route_add), so a comparison made for one route at a place holds for every
+     * route with the same string there: remembered, each distinct segment is compared once. */
+    enum { MEMO = 8 };
+    const char *memo_want[MEMO] = {NULL};
+    bool memo_equal[MEMO];
     *path_known = false;
-    for (const struct api_route *r = api->routes; r; r = r->next) {
+    size_t k = req->http.nsegs < API_ROUTE_BUCKETS ? req->http.nsegs : API_ROUTE_BUCKETS - 1;
+    for (size_t j = 0; j < api->nby_nsegs[k]; j++) {
+        const struct api_route *r = api->by_nsegs[k][j];
         if (r->nsegs != req->http.nsegs)
             continue;
         unsigned np = 0;
         size_t i;
         for (i = 0; i < r->nsegs; i++) {
             const char *want = r->segs[i], *got = req->http.segs[i];
+            bool equal;
             if (want[0] == '*' && want[1] == '\0') {
                 if (np < API_MAX_PARAMS)
                     req->params[np++] = got;
-            } else if (want[0] != got[0] || strcmp(want, got)) {
-                /* the first byte tells most routes apart: every request is matched against
-                 * the whole table, so that it costs no call per route */
-                break;
+                continue;
             }
+            if (i < MEMO && memo_want[i] == want) {
+                equal = memo_equal[i];
+            } else {
+                equal = want[0] == got[0] && !strcmp(want, got);
+                if (i < MEMO) {
+                    memo_want[i] = want;
+                    memo_equal[i] = equal;
+                }
+            }
+            if (!equal)
+                break;
         }
         if (i < r->nsegs)
             continue;

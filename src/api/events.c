@@ -183,7 +183,9 @@ static void respond_published(struct publish *p, uint64_t first, size_t count)
     } else {
         buf_puts(&out, "{\"id\":\"");
         buf_append_json_escaped(&out, p->id, strlen(p->id), 0);
-        buf_printf(&out, "\",\"offset\":%" PRIu64 "}\n", first);
+        buf_puts(&out, "\",\"offset\":");
+        buf_put_uint(&out, first);
+        buf_puts(&out, "}\n");
     }
     api_respond(p->req, 202, "application/json", out.data, out.len);
     buf_free(&out);
@@ -221,6 +223,7 @@ static void handle_publish(struct api_request *req, void *ctx)
     if (api_request_caller_app(req) || api_request_topic_limit(req))
         ev.source = source;
     struct buf rec = {0};
+    buf_reserve(&rec, len + 512); /* the attributes and the data: one allocation, no regrowth */
     cloudevent_encode_record(&ev, &rec);
     struct publish *p = xcalloc(1, sizeof(*p));
     p->req = req;

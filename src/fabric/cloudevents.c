@@ -25,16 +25,39 @@
 
 /* ---- ownership ---------------------------------------------------------------------------- */
 
+/* What an event owns, released at once by cloudevent_free: its strings are copied into one
+ * block (one allocation per event instead of one per attribute, on the path of every
+ * publish), and whatever does not fit, and the data, are kept as pieces. */
+#define CE_ARENA_BYTES 1024
+#define CE_ARENA_FEW 4
+
 struct ce_arena {
-    void **ptrs;
+    void *few[CE_ARENA_FEW]; /* the first pieces */
+    size_t nfew;
+    void **ptrs; /* the pieces after them */
     size_t count, cap;
+    size_t used; /* of bytes */
+    char bytes[CE_ARENA_BYTES];
 };
+
+static struct ce_arena *arena_of(struct cloudevent *ev)
+{
+    struct ce_arena *a = ev->owned_;
+    if (!a) {
+        a = ev->owned_ = xmalloc(sizeof(*a));
+        a->nfew = a->count = a->cap = a->used = 0;
+        a->ptrs = NULL;
+    }
+    return a;
+}
 
 static void *arena_keep(struct cloudevent *ev, void *p)
 {
-    struct ce_arena *a = ev->owned_;
-    if (!a)
-        a = ev->owned_ = xcalloc(1, sizeof(*a));
+    struct ce_arena *a = arena_of(ev);
+    if (a->nfew < CE_ARENA_FEW) {
+        a->few[a->nfew++] = p;
+        return p;
+    }
     if (a->count == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 16;
         a->ptrs = xrealloc(a->ptrs, a->cap * sizeof(*a->ptrs));
@@ -45,13 +68,21 @@ static void *arena_keep(struct cloudevent *ev, void *p)
 
 static const char *arena_strdup(struct cloudevent *ev, const char *s)
 {
-    return arena_keep(ev, xstrdup(s));
+    struct ce_arena *a = arena_of(ev);
+    size_t n = strlen(s) + 1;
+    if (n > CE_ARENA_BYTES - a->used)
+        return arena_keep(ev, xstrdup(s));
+    char *p = memcpy(a->bytes + a->used, s, n);
+    a->used += n;
+    return p;
 }
 
 void cloudevent_free(struct cloudevent *ev)
 {
     struct ce_arena *a = ev->owned_;
     if (a) {
+        for (size_t i = 0; i < a->nfew; i++)
+            free(a->few[i]);
         for (size_t i = 0; i < a->count; i++)
             free(a->ptrs[i]);
         free(a->ptrs);
@@ -286,6 +317,24 @@ static char *percent_decode(const char *s)
     return http_percent_decode(s, strlen(s), HTTP_DECODE_STRICT);
 }
 
+/* A header's value percent-decoded (strictly) into the event's storage; NULL when it is
+ * malformed or holds %00. */
+static const char *arena_decode(struct cloudevent *ev, const char *s)
+{
+    struct ce_arena *a = arena_of(ev);
+    size_t n = strlen(s);
+    if (n + 1 > CE_ARENA_BYTES - a->used) {
+        char *v = percent_decode(s);
+        return v ? arena_keep(ev, v) : NULL;
+    }
+    long got = http_percent_decode_into(s, n, HTTP_DECODE_STRICT, a->bytes + a->used);
+    if (got < 0)
+        return NULL;
+    const char *v = a->bytes + a->used;
+    a->used += (size_t)got + 1;
+    return v;
+}
+
 static const char *header_get(const struct cloudevent_header *h, size_t n, const char *name)
 {
     for (size_t i = 0; i < n; i++)
@@ -338,13 +387,12 @@ static int from_binary(const struct cloudevent_header *headers, size_t count, co
                         name);
         if (cloudevent_attr(ev, lower))
             return fail(errmsg, errlen, "header '%.60s' is given twice: send it once", name);
-        char *value = percent_decode(headers[i].value);
+        const char *value = arena_decode(ev, headers[i].value);
         if (!value)
             return fail(errmsg, errlen,
                         "header '%.60s' has a bad percent-encoding: write %%XX with two hex "
                         "digits (and no %%00)",
                         name);
-        arena_keep(ev, value);
         if ((rc = attr_set(ev, arena_strdup(ev, lower), value, errmsg, errlen)) < 0)
             return rc;
     }

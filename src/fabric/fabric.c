@@ -37,6 +37,7 @@
 #define ZERO_FILL_CHUNK (64u << 10)          /* the writer zero-fills in steps of this much */
 #define GATHER_MAX_NS 500000                 /* the longest a round waits for answered publishers */
 #define GATHER_QUIET_NS 100000               /* ... and for the next of them after the last one */
+#define PENDING_MAX_BYTES (256u << 10)       /* records held for one write before it is made */
 
 struct index_entry {
     uint64_t offset;
@@ -70,10 +71,17 @@ struct topic {
     size_t nsealed, sealed_cap;
     bool has_retention;
     struct fabric_retention retention;
+    /* Records appended since the last write, framed, for the active segment: the appends of one
+     * loop turn go out in one pwrite (topic_flush), before the round that syncs them. */
+    struct buf pending;
+    uint64_t pending_pos;   /* where they go in the file */
+    uint64_t pending_first; /* the offset of the first */
 };
 
 struct waiter {
     struct waiter *next;
+    struct topic *topic; /* an append's; NULL for a cursor commit */
+    int status;          /* refused: why its records could not be written */
     fabric_append_cb append_cb;
     void (*cursor_cb)(void *arg, int status);
     void *arg;
@@ -132,6 +140,8 @@ struct fabric {
 
     struct waiter *waiting, **waiting_tail;
     size_t nwaiting; /* in `waiting` */
+    /* appends whose records could not be written (topic_flush): answered on the next turn */
+    struct waiter *refused, **refused_tail;
     /* After a round, the next one waits (until gather_until at most) for gather_target waiters:
      * those that came during the sync plus the publishers just answered, whose next publishes
      * are on their way (round_held). */
@@ -740,6 +750,7 @@ static void topic_free(struct topic *t)
         buf_free(&t->sealed[i].idx);
     }
     free(t->sealed);
+    buf_free(&t->pending);
     for (size_t i = 0; i < t->nsegs; i++)
         segment_close(&t->segs[i]);
     free(t->segs);
@@ -1251,6 +1262,81 @@ static bool transient_error(int rc)
 
 static void round_start(struct fabric *f);
 static bool round_held(struct fabric *f);
+static void on_round_idle(uv_idle_t *h);
+
+/* Takes back the records of a topic's pending write that failed: the file is cut back, the
+ * offsets are given again, and the appends that made them are refused with rc on the loop's
+ * next turn (their 202 never went out). A full disk or a passing shortage refuses these appends
+ * only; any other error, or a file that cannot be cut back, stops the fabric. */
+static void topic_unappend(struct fabric *f, struct topic *t, int rc)
+{
+    struct segment *s = &t->segs[t->nsegs - 1];
+    uint64_t pos = t->pending_pos, first = t->pending_first;
+    bool passing = rc == -ENOSPC || transient_error(rc);
+    s->alloc = pos;
+    if (ftruncate(s->fd, (off_t)pos) < 0 || !passing) {
+        if (!f->failed) {
+            f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
+            log_error("fabric: write to topic %s failed: %s; refusing appends", t->name,
+                      skiff_strerror(rc));
+        }
+    }
+    s->size = pos;
+    s->end = first;
+    t->next_offset = first;
+    while (s->index_count && s->index[s->index_count - 1].offset >= first)
+        s->index_count--;
+    s->index_last_pos = s->index_count ? s->index[s->index_count - 1].pos : 0;
+    for (struct waiter **p = &f->waiting; *p;) {
+        struct waiter *w = *p;
+        if (w->topic != t || w->first < first) {
+            p = &w->next;
+            continue;
+        }
+        *p = w->next;
+        f->nwaiting--;
+        f->stats.appends--;
+        f->stats.records -= w->count;
+        w->status = rc;
+        w->next = NULL;
+        *f->refused_tail = w;
+        f->refused_tail = &w->next;
+    }
+    f->waiting_tail = &f->waiting;
+    while (*f->waiting_tail)
+        f->waiting_tail = &(*f->waiting_tail)->next;
+    if (!uv_is_active((uv_handle_t *)&f->round_idle))
+        uv_idle_start(&f->round_idle, on_round_idle);
+}
+
+/* Writes a topic's pending records (one pwrite for every append since the last); 0 or the
+ * error, after which they are taken back (topic_unappend). */
+static int topic_flush(struct fabric *f, struct topic *t)
+{
+    if (!t->pending.len)
+        return 0;
+    struct segment *s = &t->segs[t->nsegs - 1];
+    int rc = write_all(s->fd, t->pending.data, t->pending.len, t->pending_pos);
+    buf_reset(&t->pending);
+    if (rc < 0)
+        topic_unappend(f, t, rc);
+    return rc;
+}
+
+/* Answers the appends whose records could not be written. */
+static void refused_answer(struct fabric *f)
+{
+    struct waiter *list = f->refused;
+    f->refused = NULL;
+    f->refused_tail = &f->refused;
+    for (struct waiter *w = list, *next; w; w = next) {
+        next = w->next;
+        f->stats.pending--;
+        if (w->append_cb)
+            w->append_cb(w->arg, w->status, w->first, w->count);
+        free(w);
+    }
+}
 
 static void on_retry_timer(uv_timer_t *h)
 {
@@ -1342,6 +1428,11 @@ static void round_start(struct fabric *f)
         return;
     if (round_held(f))
         return;
+    /* what this round syncs is written first; appends whose write failed leave the waiting */
+    for (size_t i = 0; i < f->ntopics; i++)
+        topic_flush(f, f->topics[i]);
+    if (!f->waiting && !f->sealed_pending)
+        return;
     struct round *r = xcalloc(1, sizeof(*r));
     int rc = round_gather(f, r);
     if (rc < 0 && transient_error(rc) && !f->closing) {
@@ -1402,6 +1493,7 @@ static void on_round_idle(uv_idle_t *h)
 {
     struct fabric *f = h->data;
     uv_idle_stop(h);
+    refused_answer(f);
     round_start(f);
 }
 
@@ -1550,6 +1642,9 @@ static int write_all(int fd, const void *data, size_t len, uint64_t pos)
  * (the records in it that are not durable yet are acknowledged by that round), off the loop. */
 static int topic_roll(struct fabric *f, struct topic *t)
 {
+    int rc = topic_flush(f, t); /* the records of the segment are in it before it is cut */
+    if (rc < 0)
+        return rc;
     struct segment *s = &t->segs[t->nsegs - 1];
     /* a sealed segment ends at its last record: its index describes the whole file (the
      * writer may have fallocated past what the loop knows as zero-filled) */
@@ -1567,7 +1662,7 @@ static int topic_roll(struct fabric *f, struct topic *t)
     }
     /* the new segment first: when it cannot be opened (no descriptor left), nothing changed
      * and the next append tries again */
-    int rc = topic_add_segment(f, t);
+    rc = topic_add_segment(f, t);
     if (rc < 0) {
         if (sealed.fd >= 0)
             close(sealed.fd);
@@ -1605,6 +1700,12 @@ static int embedded_append(struct fabric *f, const char *topic, const struct fab
     int rc = topic_get(f, topic, true, &t);
     if (rc < 0)
         return rc;
+    size_t frames = 0;
+    for (size_t i = 0; i < count; i++)
+        frames += FABRIC_RECORD_HEADER + records[i].len;
+    if (t->pending.len && t->pending.len + frames > PENDING_MAX_BYTES &&
+        (rc = topic_flush(f, t)) < 0)
+        return rc;
     struct segment *s = &t->segs[t->nsegs - 1];
     if (s->size >= (uint64_t)f->cfg.segment_bytes) {
         if ((rc = topic_roll(f, t)) < 0)
@@ -1617,26 +1718,18 @@ static int embedded_append(struct fabric *f, const char *topic, const struct fab
     if (now < t->last_time)
         now = t->last_time;
     uint64_t first = t->next_offset;
-    buf_reset(&f->scratch);
+    if (!t->pending.len) {
+        t->pending_pos = s->size;
+        t->pending_first = first;
+    }
     size_t payload_bytes = 0;
     for (size_t i = 0; i < count; i++) {
-        record_frame(&f->scratch, first + i, now, records[i].data, records[i].len);
+        record_frame(&t->pending, first + i, now, records[i].data, records[i].len);
         payload_bytes += records[i].len;
     }
-    zero_fill_claim(f, s->fd, s->size + f->scratch.len);
-    if ((rc = write_all(s->fd, f->scratch.data, f->scratch.len, s->size)) < 0) {
-        /* Leave no partial record behind; if even that fails, or the disk failed, stop
-         * accepting. A full disk or a passing shortage (memory) refuses this append only. */
-        bool passing = rc == -ENOSPC || transient_error(rc);
-        s->alloc = s->size;
-        if (ftruncate(s->fd, (off_t)s->size) < 0 || !passing) {
-            f->failed = rc == -ENOSPC ? -ENOSPC : -EIO;
-            log_error("fabric: write to topic %s failed: %s; refusing appends", t->name,
-                      skiff_strerror(rc));
-            return f->failed;
-        }
-        return rc;
-    }
+    /* written by topic_flush before the round that syncs them; readers see records only once
+     * a round made them durable, so none reads these before */
+    zero_fill_claim(f, s->fd, s->size + frames);
     uint64_t pos = s->size;
     for (size_t i = 0; i < count; i++) {
         segment_index_add(s, first + i, pos, now);
@@ -1652,6 +1745,7 @@ static int embedded_append(struct fabric *f, const char *topic, const struct fab
     t->dirty = true;
 
     struct waiter *w = xcalloc(1, sizeof(*w));
+    w->topic = t;
     w->append_cb = cb;
     w->arg = arg;
     w->first = first;
@@ -1811,7 +1905,7 @@ static int embedded_seek_time(struct fabric *f, const char *topic, int64_t time_
             at = s->index[lo - 1].offset;
         }
         struct file_reader r = {.fd = s->fd, .limit = s->size};
-        while (at < s->end) {
+        while (at < s->end && at < t->durable_end) { /* records past it may not be written */
             uint32_t len;
             int64_t rt;
             const uint8_t *payload;
@@ -2081,6 +2175,7 @@ static void fabric_finish_close(struct fabric *f)
     if (f->finished)
         return;
     f->finished = true;
+    refused_answer(f);
     if (f->thread_started) {
         pthread_mutex_lock(&f->mu);
         f->thread_quit = true;
@@ -2145,6 +2240,7 @@ int fabric_log_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fab
     f->cursor_fd = -1;
     f->gather_fd = -1;
     f->waiting_tail = &f->waiting;
+    f->refused_tail = &f->refused;
     pthread_mutex_init(&f->mu, NULL);
     pthread_mutex_init(&f->zero_mu, NULL);
     pthread_cond_init(&f->cond, NULL);

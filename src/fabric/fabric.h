@@ -88,12 +88,15 @@ typedef void (*fabric_append_cb)(void *arg, int status, uint64_t first_offset, s
 /* Appends count records to topic (created on its first append) in one piece: they get
  * consecutive offsets and no other append interleaves. The payloads are copied before the
  * call returns. cb (may be NULL) runs once all of them are durable. first_offset (may be
- * NULL) receives the first offset at once; it is final but not yet durable. On JetStream,
+ * NULL) receives the first offset at once; it is not yet durable, and final unless writing
+ * the records fails (then cb has the error and the offsets are given again). On JetStream,
  * which numbers records when it stores them, it receives UINT64_MAX: cb has the offset.
  * Errors: -EINVAL bad topic name or count 0, -EMSGSIZE a record too large, -EIO the disk
  * failed (the fabric then refuses appends until it is reopened), -ENOSPC the disk is full,
  * -EMFILE / -ENFILE / -ENOMEM a passing shortage (a new topic needs a descriptor): only this
- * append is refused. Running out of descriptors while records wait for their fsync makes them
+ * append is refused. The embedded log writes the records of one loop turn together after the
+ * call, so a write error may also come to cb (with -ENOSPC or a shortage, for those appends
+ * only). Running out of descriptors while records wait for their fsync makes them
  * wait longer, never fail: the round is tried again until descriptors are free. */
 int fabric_append(struct fabric *f, const char *topic, const struct fabric_blob *records,
                   size_t count, fabric_append_cb cb, void *arg, uint64_t *first_offset);

@@ -144,7 +144,7 @@ void http_server_close(struct http_server *s, void (*cb)(void *arg), void *arg);
 void http_server_free(struct http_server *s);
 unsigned http_server_connections(const struct http_server *s);
 /* The segments of a path ("/a//b/" is a, b), each percent-decoded when decode is set; NULL
- * when one holds an escaped NUL. The caller frees each and the array. */
+ * when one holds an escaped NUL. One allocation: the caller frees the array alone. */
 char **http_path_split(const char *path, size_t *n, bool decode);
 /* Whether addr is one http_server_listen takes. */
 bool http_server_addr_valid(const char *addr);

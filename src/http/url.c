@@ -20,9 +20,8 @@ bool http_is_unreserved(int c)
            c == '-' || c == '.' || c == '_' || c == '~';
 }
 
-char *http_percent_decode(const char *s, size_t len, unsigned flags)
+long http_percent_decode_into(const char *s, size_t len, unsigned flags, char *out)
 {
-    char *out = xmalloc(len + 1);
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
@@ -33,10 +32,8 @@ char *http_percent_decode(const char *s, size_t len, unsigned flags)
                 i += 2;
                 continue;
             }
-            if (flags & HTTP_DECODE_STRICT) {
-                free(out);
-                return NULL;
-            }
+            if (flags & HTTP_DECODE_STRICT)
+                return -1;
             out[n++] = '%';
         } else if ((flags & HTTP_DECODE_FORM) && s[i] == '+') {
             out[n++] = ' ';
@@ -45,7 +42,13 @@ char *http_percent_decode(const char *s, size_t len, unsigned flags)
         }
     }
     out[n] = '\0';
-    if (memchr(out, '\0', n)) {
+    return memchr(out, '\0', n) ? -1 : (long)n;
+}
+
+char *http_percent_decode(const char *s, size_t len, unsigned flags)
+{
+    char *out = xmalloc(len + 1);
+    if (http_percent_decode_into(s, len, flags, out) < 0) {
         free(out);
         return NULL;
     }

@@ -18,6 +18,9 @@ enum {
  * would hold a NUL byte (it would cut the value short wherever it goes next) or, with
  * HTTP_DECODE_STRICT, when an escape is malformed. */
 char *http_percent_decode(const char *s, size_t len, unsigned flags);
+/* The same into out (len + 1 bytes at least): the decoded length, or -1 where
+ * http_percent_decode gives NULL. */
+long http_percent_decode_into(const char *s, size_t len, unsigned flags, char *out);
 
 /* Encodes as %XX (upper-case digits) every byte of s for which keep is false; keep NULL
  * keeps RFC 3986's unreserved ones (http_is_unreserved). Caller frees. */

@@ -1040,6 +1040,94 @@ static void test_nats_unreachable(void **state)
     assert_non_null(strstr(err, "--nats"));
 }
 
+/* The appends of one loop turn are written together before their round: across segment rolls
+ * (the pending records of a segment are written before it is sealed) and past the size at
+ * which a turn's records are written early, every record is acknowledged once and reads back
+ * in order, after a reopen too. */
+static void test_one_turn_many_appends(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 8192); /* about 20 records a segment */
+    enum { N = 900 };              /* 900 x 396 bytes: past 256 KiB in one turn */
+    static char text[N][380];
+    struct acks a = {0};
+    for (int i = 0; i < N; i++) {
+        snprintf(text[i], sizeof text[i], "%04d %0360d", i, i);
+        uint64_t off = 0;
+        struct fabric_blob b = {text[i], strlen(text[i])};
+        assert_int_equal(fabric_append(fx->f, "turn", &b, 1, on_append, &a, &off), 0);
+        assert_int_equal(off, (uint64_t)i);
+    }
+    wait_until(fx, &a.calls, N);
+    assert_int_equal(a.status, 0);
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t next = 0;
+        while (next < N) {
+            struct fabric_batch b;
+            assert_int_equal(fabric_read(fx->f, "turn", next, 100, 1 << 20, &b), 0);
+            assert_true(b.count > 0);
+            for (size_t k = 0; k < b.count; k++) {
+                assert_int_equal(b.records[k].offset, next + k);
+                assert_int_equal(b.records[k].len, strlen(text[next + k]));
+                assert_memory_equal(b.records[k].data, text[next + k], b.records[k].len);
+            }
+            next = b.next_offset;
+            fabric_batch_free(&b);
+        }
+        close_fabric(fx);
+        fx->f = open_fabric(fx, 8192);
+    }
+}
+
+/* A write that fails refuses the appends whose records it held, and only after the call
+ * returned (no acknowledgement, the callback with the error); the file is cut back, so a
+ * reopen finds the records acknowledged before and nothing of the refused ones. The failure
+ * is made with RLIMIT_FSIZE (EFBIG, a disk error: appends are refused from then on). */
+static void test_failed_write_refuses_its_appends(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    append_text(fx, "full", "kept", &a);
+    run_until(fx, &a.calls, 1);
+    assert_int_equal(a.status, 0);
+    struct fabric_topic_info info;
+    assert_int_equal(fabric_topic_info(fx->f, "full", &info), 0);
+
+    static char big[600];
+    memset(big, 'x', sizeof big - 1);
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = (rlim_t)info.bytes + 100; /* the next record does not fit */
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    struct acks refused = {0};
+    append_text(fx, "full", big, &refused);
+    append_text(fx, "full", big, &refused);
+    assert_int_equal(refused.calls, 0);
+    wait_until(fx, &refused.calls, 2);
+    setrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, prev);
+    assert_int_equal(refused.status, -EFBIG);
+    struct fabric_blob b = {"after", 5};
+    assert_true(fabric_append(fx->f, "full", &b, 1, on_append, &a, NULL) < 0);
+
+    close_fabric(fx);
+    fx->f = open_fabric(fx, 0);
+    assert_int_equal(fabric_topic_info(fx->f, "full", &info), 0);
+    assert_int_equal(info.end_offset, 1);
+    struct fabric_batch batch;
+    assert_int_equal(fabric_read(fx->f, "full", 0, 10, 1 << 20, &batch), 0);
+    assert_int_equal(batch.count, 1);
+    assert_memory_equal(batch.records[0].data, "kept", 4);
+    fabric_batch_free(&batch);
+    append_text(fx, "full", "again", &a);
+    run_until(fx, &a.calls, 2);
+    assert_int_equal(a.status, 0);
+    assert_int_equal(a.last_first, 1);
+}
+
 static bool nats_server_installed(void)
 {
     return system("command -v nats-server >/dev/null 2>&1") == 0;
@@ -1067,6 +1155,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_zero_fill_under_appends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_descriptors_waits_and_recovers, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_one_turn_many_appends, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_write_refuses_its_appends, setup, teardown),
     };
     int failed = cmocka_run_group_tests_name("embedded", tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("embedded contract", contract, NULL, NULL);

@@ -1,4 +1,5 @@
-/* Unit tests for http/url: percent-decoding (lenient, form, strict) and encoding. */
+/* Unit tests for http/url: percent-decoding (lenient, form, strict) and encoding; the
+ * path splitting of http/server built on it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http/server.h"
 #include "http/url.h"
 
 static void expect_decoded(const char *in, unsigned flags, const char *want)
@@ -82,11 +84,42 @@ static void test_encode(void **state)
     assert_false(http_is_unreserved('/'));
 }
 
+/* One allocation holds the pointers and the segments; empty segments are skipped; decoding
+ * happens per segment, so an escaped slash stays inside its segment. */
+static void test_path_split(void **state)
+{
+    (void)state;
+    size_t n = 99;
+    char **segs = http_path_split("//v1/topics/a%2Fb//events/", &n, true);
+    assert_non_null(segs);
+    assert_int_equal(n, 4);
+    assert_string_equal(segs[0], "v1");
+    assert_string_equal(segs[1], "topics");
+    assert_string_equal(segs[2], "a/b");
+    assert_string_equal(segs[3], "events");
+    assert_null(segs[4]);
+    free(segs);
+    segs = http_path_split("/v1/a%2Fb", &n, false);
+    assert_int_equal(n, 2);
+    assert_string_equal(segs[1], "a%2Fb");
+    free(segs);
+    segs = http_path_split("///", &n, true);
+    assert_non_null(segs);
+    assert_int_equal(n, 0);
+    free(segs);
+    assert_null(http_path_split("/v1/a%00b", &n, true)); /* an escaped NUL cuts nothing short */
+    char out[8];
+    assert_int_equal(http_percent_decode_into("x%41y", 5, 0, out), 3);
+    assert_string_equal(out, "xAy");
+    assert_int_equal(http_percent_decode_into("%4", 2, HTTP_DECODE_STRICT, out), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_encode),
+        cmocka_unit_test(test_path_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
