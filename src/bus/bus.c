@@ -735,6 +735,7 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
+    text[len] = '\0'; /* bus__joining_sent reads it as a string */
     struct bus_conn *c = only ? only : bus->conns;
     while (c) {
         struct bus_conn *next = only ? NULL : c->next;
