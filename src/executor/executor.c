@@ -57,9 +57,14 @@
 #define DEFAULT_DISK_MB 1024
 #define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
 #define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
-#define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
+#define WARM_RETRY_MS 100 /* after a warm container failed: the next is made this much later */
+/* the refill waits for the starts under way to be up (making a container beside a start
+ * slowed the start 3-fold: it forks skiffd, and its cgroup join (v1) stalls every fork and
+ * exit on the machine for a grace period), but no longer than this */
+#define WARM_AFTER_STARTS_MS 100
 #define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
 #define WARM_POLL_MS 20     /* while a warm container comes up, the refill looks this often */
+#define WARM_SHRINK_CHECK_MS 5000 /* a pool grown by a burst is looked at this often */
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -155,6 +160,10 @@ struct executor {
     bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
     struct executor__warm *warm;         /* those made */
     uv_timer_t *warm_timer;              /* the refill */
+    /* when warm containers of each kind were last asked for (executor_port_allocate_for),
+     * uv_now ms + 1 (0: never), a ring: the pool's size follows them (executor_warm_target) */
+    uint64_t warm_asked[1 + EXECUTOR_RUNTIMES][EXECUTOR_WARM_POOL_MAX];
+    unsigned warm_asked_next[1 + EXECUTOR_RUNTIMES];
     /* warm containers that ended unused, in a row, by kind: [0] plain, [1 + r] runtime r */
     int warm_failures[1 + EXECUTOR_RUNTIMES];
     struct container_disk_server *disk_server; /* disks mounted ahead, or NULL */
@@ -913,7 +922,9 @@ static int shim__spawn(struct executor__shim *sh, const char *dir, const char *n
     sh->process = xcalloc(1, sizeof(uv_process_t));
     sh->process->data = sh;
     sh->handles++;
+    start_trace("make: executor: shim socket bound");
     rc = uv_spawn(ex->loop, sh->process, &po);
+    start_trace("make: executor: uv_spawn returned");
     close(listen_fd);
     if (rc < 0) {
         uv_close((uv_handle_t *)sh->process, shim__process_closed);
@@ -1111,7 +1122,7 @@ static void warm__ended(struct executor__warm *w, const char *why)
         log_error("%d warm containers (%s) in a row ended unused: no more of them are made; "
                   "instances start without them",
                   WARM_FAILURES_MAX, what);
-    warm__refill_soon(ex, WARM_REFILL_MS);
+    warm__refill_soon(ex, WARM_RETRY_MS);
 }
 
 static void warm__message(struct executor__warm *w, char *line, size_t len)
@@ -1141,6 +1152,7 @@ static bool warm__ready(struct executor__warm *w)
 
 static int warm__add(struct executor *ex, int runtime)
 {
+    start_trace("make: executor: warm container wanted");
     int slot = executor__slot_allocate(ex);
     if (slot < 0)
         return slot;
@@ -1156,14 +1168,17 @@ static int warm__add(struct executor *ex, int runtime)
     int rc = mkdir_p(w->dir, 0700);
     if (rc == 0)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
+    start_trace("make: executor: folder, cgroup");
     if (rc == 0)
         rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
                                               DEFAULT_DISK_MB, w->cg, NULL, 0, NULL, &config);
+    start_trace("make: executor: config written");
     if (rc == 0) {
         const char *cmd[] = {ex->init_path, "--config", config, NULL};
         w->sh = shim__new(ex, NULL);
         w->sh->warm = w;
         rc = shim__spawn(w->sh, w->dir, w->id, cmd, NULL, w->dir);
+        start_trace("make: executor: shim spawned");
         if (rc < 0) {
             w->sh->warm = NULL;
             shim__close_pipe(w->sh);
@@ -1183,6 +1198,50 @@ static int warm__add(struct executor *ex, int runtime)
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes)
 {
     return pool_bytes <= budget_bytes && next_bytes <= budget_bytes - pool_bytes;
+}
+
+int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms)
+{
+    if (prewarm <= 0)
+        return 0;
+    int burst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!asked[i] || asked[i] + EXECUTOR_WARM_DEMAND_MS <= now_ms)
+            continue;
+        int within = 0;
+        for (size_t k = 0; k < n; k++)
+            within += asked[k] >= asked[i] && asked[k] < asked[i] + EXECUTOR_WARM_BURST_MS;
+        burst = within > burst ? within : burst;
+    }
+    int most = prewarm > EXECUTOR_WARM_POOL_MAX ? prewarm : EXECUTOR_WARM_POOL_MAX;
+    return burst < prewarm ? prewarm : burst > most ? most : burst;
+}
+
+/* How many warm containers of a kind the pool keeps now: --prewarm, or more after a burst
+ * of starts asked for them (executor_warm_target). */
+static int warm__target(struct executor *ex, int kind)
+{
+    return executor_warm_target(ex->prewarm, ex->warm_asked[1 + kind], EXECUTOR_WARM_POOL_MAX,
+                                uv_now(ex->loop) + 1);
+}
+
+/* A start asked for a warm container of a kind (taken or not): remembered for the pool's
+ * size; the refill comes once the starts are up (warm__after_starts). */
+static void warm__asked(struct executor *ex, int kind)
+{
+    unsigned *next = &ex->warm_asked_next[1 + kind];
+    ex->warm_asked[1 + kind][*next] = uv_now(ex->loop) + 1;
+    *next = (*next + 1) % EXECUTOR_WARM_POOL_MAX;
+    warm__refill_soon(ex, WARM_AFTER_STARTS_MS);
+}
+
+/* An instance is up (or ended): when no other is starting, the refill runs at once. */
+static void warm__after_starts(struct executor *ex)
+{
+    for (struct instance *i = ex->instances; i; i = i->next)
+        if (i->state == INSTANCE_STARTING && !i->final)
+            return;
+    warm__refill_soon(ex, 0);
 }
 
 static bool warm__ready(struct executor__warm *w);
@@ -1227,24 +1286,41 @@ static uint64_t warm__trim(struct executor *ex)
     return total;
 }
 
+/* A pool grown by a burst of starts shrinks back once the burst is forgotten: the newest of
+ * those not taken go first. Returns how many of the kind are left. */
+static int warm__shrink(struct executor *ex, int kind, int have, int target)
+{
+    for (struct executor__warm *w = ex->warm, *next; w && have > target; w = next) {
+        next = w->next;
+        if (w->runtime != kind || w->reserved)
+            continue;
+        warm__discard(w);
+        have--;
+    }
+    return have;
+}
+
 static void warm__refill(uv_timer_t *t)
 {
     struct executor *ex = t->data;
-    bool again = false, over = false;
+    bool again = false, over = false, above = false;
     warm__trim(ex);
-    /* prewarm plain ones, and prewarm of each runtime an instance has started with */
+    /* prewarm plain ones, and prewarm of each runtime an instance has started with; more
+     * while starts come in bursts (warm__target) */
     for (int kind = -1; kind < EXECUTOR_RUNTIMES; kind++) {
         if (kind >= 0 && !ex->runtime_wanted[kind])
             continue;
-        int have = 0, coming = 0;
+        int have = 0, coming = 0, target = warm__target(ex, kind);
         for (struct executor__warm *w = ex->warm; w; w = w->next)
             if (w->runtime == kind) {
                 have++;
                 coming += !w->reserved && !warm__ready(w);
             }
+        have = warm__shrink(ex, kind, have, target);
+        above |= target > ex->prewarm;
         /* the pool is measured again once those coming are up */
         again |= coming > 0;
-        while (!ex->shutting_down && have < ex->prewarm &&
+        while (!ex->shutting_down && have < target &&
                ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
             /* the first of a kind alone, measured once up before another is made; once its
              * size is known, those missing are made together (starts in quick succession
@@ -1273,12 +1349,19 @@ static void warm__refill(uv_timer_t *t)
     ex->warm_budget_told = over;
     if (again) /* the next is made once this one is up and measured: a few ms */
         warm__refill_soon(ex, WARM_POLL_MS);
+    else if (above) /* a pool grown by a burst: looked at again to shrink back */
+        warm__refill_soon(ex, WARM_SHRINK_CHECK_MS);
 }
 
+/* The refill runs within delay_ms (or sooner, when it was due sooner already). */
 static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
 {
-    if (ex->warm_timer && !ex->shutting_down)
-        uv_timer_start(ex->warm_timer, warm__refill, delay_ms, 0);
+    if (!ex->warm_timer || ex->shutting_down)
+        return;
+    if (uv_is_active((uv_handle_t *)ex->warm_timer) &&
+        uv_timer_get_due_in(ex->warm_timer) <= delay_ms)
+        return;
+    uv_timer_start(ex->warm_timer, warm__refill, delay_ms, 0);
 }
 
 static void warm__discard_all(struct executor *ex)
@@ -1380,7 +1463,7 @@ static int warm__start(struct instance *inst)
     if (rc < 0) {
         log_error("instance %s cannot take its warm container: %s", inst->guid, err);
         warm__discard(w);
-        warm__refill_soon(ex, WARM_REFILL_MS);
+        warm__refill_soon(ex, WARM_RETRY_MS);
         return rc;
     }
     struct executor__shim *sh = w->sh;
@@ -1399,7 +1482,7 @@ static int warm__start(struct instance *inst)
     ex->warm_failures[1 + w->runtime] = 0;
     free(w->dir);
     free(w);
-    warm__refill_soon(ex, WARM_REFILL_MS);
+    warm__refill_soon(ex, WARM_AFTER_STARTS_MS); /* or sooner: warm__after_starts */
     return 0;
 }
 
@@ -1686,6 +1769,7 @@ static void executor__health_result(struct instance *inst, bool healthy)
         uv_timer_stop(&inst->start_timer);
         executor__set_state(inst, INSTANCE_RUNNING);
         executor__checks_start(inst);
+        warm__after_starts(ex);
         ex->on_state(ex->ctx, inst, INSTANCE_RUNNING, NULL);
         return;
     }
@@ -1910,6 +1994,7 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
     uv_timer_stop(&inst->grace_timer);
     uv_timer_stop(&inst->readiness_timer);
     executor__set_state(inst, final);
+    warm__after_starts(ex);
     ex->on_state(ex->ctx, inst, final, &info);
     executor__retire(inst);
     executor__maybe_shutdown_done(ex);
@@ -2306,10 +2391,9 @@ int executor_port_allocate_for(struct executor *ex, int disk_mb, const char *com
     int runtime = command ? executor__runtime_of_command(command) : -1;
     if (runtime >= 0 && !ex->runtime_usable[runtime])
         runtime = -1;
-    if (runtime >= 0 && !ex->runtime_wanted[runtime]) {
+    if (runtime >= 0)
         ex->runtime_wanted[runtime] = true; /* from now on its pool is kept */
-        warm__refill_soon(ex, WARM_REFILL_MS);
-    }
+    warm__asked(ex, runtime);
     /* one that runs the command's runtime ahead, else a plain one (it runs anything) */
     for (int pass = 0; pass < 2; pass++)
         for (struct executor__warm *w = ex->warm; w; w = w->next)

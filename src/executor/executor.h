@@ -85,6 +85,19 @@ struct executor_config {
  * `budget_bytes` (the refill's rule). */
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes);
 
+/* The warm pool follows the starts: after a burst (starts asked for warm containers of one
+ * kind within EXECUTOR_WARM_BURST_MS of each other, the last EXECUTOR_WARM_DEMAND_MS), that
+ * many of the kind are kept, up to EXECUTOR_WARM_POOL_MAX (the memory budget still holds). */
+#define EXECUTOR_WARM_BURST_MS 1000
+#define EXECUTOR_WARM_DEMAND_MS 60000
+#define EXECUTOR_WARM_POOL_MAX 8
+
+/* How many warm containers of a kind to keep: prewarm (0: none, whatever the starts), or the
+ * most of the n times in `asked` (ms, 0: unused) that fall within EXECUTOR_WARM_BURST_MS of
+ * each other, counting from those within EXECUTOR_WARM_DEMAND_MS before now_ms, at most
+ * EXECUTOR_WARM_POOL_MAX (or prewarm, when more). */
+int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms);
+
 /* A sidecar (Cloud Foundry's): a command run beside the instance's, in its container (same
  * network, files, environment, limits, drops), started and ended with it; its end is the
  * instance's (a crash). Containers only, and never in a warm one: an instance with sidecars
