@@ -31,10 +31,10 @@ def mark(step):
         f.write("%.6f %d %s\n" % (time.monotonic(), os.getpid(), step))
 
 
-def one_start(d, app):
+def one_start(d, app, gap):
     d.call("PATCH", "/v1/apps/" + app, {"instances": 0})
     bench.at_zero(d, app)
-    time.sleep(0.3)  # the previous instance's teardown out of the way
+    time.sleep(gap)  # the previous instance's teardown and the refill out of the way
     mark("=== start")
     mark("client: PATCH sent")
     d.call("PATCH", "/v1/apps/" + app, {"instances": 1})
@@ -96,6 +96,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, help="a build made with -DSKIFF_START_TRACE")
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--gap", type=float, default=0.3,
+                    help="seconds between the instance's end and the next start (bench.py: 0)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="skiff-bench-trace-")
     os.chmod(work, 0o755)
@@ -111,7 +113,7 @@ def main():
             bench.push(d, work, "traced", {"hello": (f.read(), 0o755),
                                            "Procfile": ("web: ./hello\n", 0o644)})
         for _ in range(args.runs):
-            one_start(d, "traced")
+            one_start(d, "traced", args.gap)
     finally:
         d.stop()
     runs, cur = [], None

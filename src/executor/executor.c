@@ -19,16 +19,19 @@
 #include <jansson.h>
 #include <poll.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -134,6 +137,9 @@ struct executor {
     const struct executor__driver *driver;
     char *shim_path;
     struct executor__shim *shims; /* connections to shims, until their handles are closed */
+    uv_signal_t *reaper;          /* SIGCHLD: the shims we spawned are waited for */
+    pid_t *spawned;               /* shims spawned and not yet waited for */
+    size_t n_spawned, cap_spawned;
     char *home;
     int port_min, port_max, grace_ms, liveness_ms;
     unsigned char *port_used;
@@ -682,14 +688,13 @@ static const struct executor__driver executor__process_driver = {
 
 /* ---- shim driver: instances that outlive the daemon -------------------------------------- */
 
-/* Our end of one shim's socket (protocol in shim/shim.h), and the shim process when we
- * started it. Lives until both handles are closed; inst is NULL once the instance is gone. */
+/* Our end of one shim's socket (protocol in shim/shim.h). Lives until its handle is closed;
+ * inst is NULL once the instance is gone. A shim we started is waited for by shim__reap. */
 struct executor__shim {
     struct executor__shim *prev, *next;
     struct executor *ex;
     struct instance *inst;
     uv_pipe_t pipe;
-    uv_process_t *process; /* NULL for an adopted shim, or once it exited */
     int handles;
     bool pipe_closed;
     bool connected;
@@ -720,22 +725,6 @@ static void shim__unref(struct executor__shim *sh)
 static void shim__pipe_closed(uv_handle_t *h)
 {
     shim__unref(h->data);
-}
-
-static void shim__process_closed(uv_handle_t *h)
-{
-    struct executor__shim *sh = h->data;
-    free(h);
-    shim__unref(sh);
-}
-
-static void shim__process_exited(uv_process_t *p, int64_t status, int sig)
-{
-    struct executor__shim *sh = p->data;
-    (void)status;
-    (void)sig;
-    sh->process = NULL;
-    uv_close((uv_handle_t *)p, shim__process_closed);
 }
 
 static void shim__close_pipe(struct executor__shim *sh)
@@ -882,6 +871,55 @@ static int shim__listen(const char *path)
     return fd;
 }
 
+/* SIGCHLD: the shims this executor spawned that have ended are waited for (libuv waits only
+ * for its own process handles, and a shim is spawned without one: shim__spawn). */
+static void shim__reap(uv_signal_t *h, int sig)
+{
+    struct executor *ex = h->data;
+    (void)sig;
+    for (size_t i = 0; i < ex->n_spawned;) {
+        if (waitpid(ex->spawned[i], NULL, WNOHANG) != 0) /* ended, or not ours any more */
+            ex->spawned[i] = ex->spawned[--ex->n_spawned];
+        else
+            i++;
+    }
+}
+
+/* Runs the shim in a session of its own with the listening socket as fd 3: posix_spawn, so
+ * that skiffd is not copied (a fork of skiffd held its loop 1.3 to 8 ms per shim, measured
+ * with bench/coldstart/trace.py; posix_spawn shares the memory until the exec). */
+static int shim__exec(struct executor *ex, const char *const *argv, char **env, const char *cwd,
+                      int listen_fd, pid_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&at);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, listen_fd, 3); /* clears close-on-exec, even on 3 */
+    if (cwd)
+        posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at,
+                             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int rc = -posix_spawn(pid, ex->shim_path, &fa, &at, (char *const *)argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    if (rc == 0) {
+        if (ex->n_spawned == ex->cap_spawned) {
+            ex->cap_spawned = ex->cap_spawned ? 2 * ex->cap_spawned : 16;
+            ex->spawned = xrealloc(ex->spawned, ex->cap_spawned * sizeof *ex->spawned);
+        }
+        ex->spawned[ex->n_spawned++] = *pid;
+    }
+    return rc;
+}
+
 /* Starts skiff-shim for what is named `name` (an instance's guid, or a warm container's id)
  * in folder dir, running cmd with env; its socket bound ahead at dir/shim.sock and connected
  * to (sh->pipe). Writes run/shim-NAME.pid. */
@@ -907,35 +945,19 @@ static int shim__spawn(struct executor__shim *sh, const char *dir, const char *n
         argv[argc++] = *cmd;
     argv[argc] = NULL;
     static char *const empty_env[] = {NULL};
-    uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
-                                     {.flags = UV_IGNORE},
-                                     {.flags = UV_INHERIT_FD, .data.fd = 2},
-                                     {.flags = UV_INHERIT_FD, .data.fd = listen_fd}};
-    uv_process_options_t po = {.file = ex->shim_path,
-                               .args = (char **)argv,
-                               .env = env ? env : (char **)empty_env,
-                               .cwd = cwd,
-                               .exit_cb = shim__process_exited,
-                               .flags = UV_PROCESS_DETACHED,
-                               .stdio_count = 4,
-                               .stdio = stdio};
-    sh->process = xcalloc(1, sizeof(uv_process_t));
-    sh->process->data = sh;
-    sh->handles++;
     start_trace("make: executor: shim socket bound");
-    rc = uv_spawn(ex->loop, sh->process, &po);
-    start_trace("make: executor: uv_spawn returned");
+    pid_t pid = 0;
+    rc = shim__exec(ex, argv, env ? env : (char **)empty_env, cwd, listen_fd, &pid);
+    start_trace("make: executor: shim exec'd");
     close(listen_fd);
     if (rc < 0) {
-        uv_close((uv_handle_t *)sh->process, shim__process_closed);
-        sh->process = NULL;
         unlink(sock_path);
         goto out;
     }
     /* what cleanup finds when everything else is gone; removed when the instance ends */
     char *shim_pid_path = shim__pid_path(ex, "shim", name);
     char pid_text[32];
-    int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh->process->pid);
+    int n = snprintf(pid_text, sizeof pid_text, "%d\n", (int)pid);
     file_replace(shim_pid_path, pid_text, (size_t)n, 0644);
     free(shim_pid_path);
     uv_connect_t *req = xcalloc(1, sizeof *req);
@@ -1016,11 +1038,6 @@ static void shim__forget(struct instance *inst, bool ended)
     if (ended)
         shim__send(sh, "A\n"); /* the shim removes its files and exits */
     shim__close_pipe(sh);
-    if (!ended && sh->process) {
-        /* the shim goes on without us: stop watching it */
-        uv_close((uv_handle_t *)sh->process, shim__process_closed);
-        sh->process = NULL;
-    }
 }
 
 static void shim_driver_cleanup(struct instance *inst)
@@ -1235,7 +1252,8 @@ static void warm__asked(struct executor *ex, int kind)
     warm__refill_soon(ex, WARM_AFTER_STARTS_MS);
 }
 
-/* An instance is up (or ended): when no other is starting, the refill runs at once. */
+/* An instance is up: when no other is starting, the refill runs at once. (Not when one ends:
+ * the next start often comes right then.) */
 static void warm__after_starts(struct executor *ex)
 {
     for (struct instance *i = ex->instances; i; i = i->next)
@@ -1994,7 +2012,6 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
     uv_timer_stop(&inst->grace_timer);
     uv_timer_stop(&inst->readiness_timer);
     executor__set_state(inst, final);
-    warm__after_starts(ex);
     ex->on_state(ex->ctx, inst, final, &info);
     executor__retire(inst);
     executor__maybe_shutdown_done(ex);
@@ -2297,6 +2314,11 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     if (cfg->shim_path && *cfg->shim_path) {
         ex->driver = &executor__shim_driver;
         ex->shim_path = xstrdup(cfg->shim_path);
+        ex->reaper = xmalloc(sizeof(uv_signal_t));
+        uv_signal_init(loop, ex->reaper);
+        ex->reaper->data = ex;
+        uv_signal_start(ex->reaper, shim__reap, SIGCHLD);
+        uv_unref((uv_handle_t *)ex->reaper);
     }
     ex->on_output = on_output;
     ex->on_readiness = cfg->on_readiness;
@@ -2994,10 +3016,6 @@ void executor_free(struct executor *ex)
         sh->ex = NULL; /* freed on its own once closed */
         sh->prev = sh->next = NULL;
         shim__close_pipe(sh);
-        if (sh->process) {
-            uv_close((uv_handle_t *)sh->process, shim__process_closed);
-            sh->process = NULL;
-        }
         sh = next;
     }
     free(ex->shim_path);
@@ -3006,6 +3024,9 @@ void executor_free(struct executor *ex)
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
     if (ex->warm_timer)
         uv_close((uv_handle_t *)ex->warm_timer, executor__free_handle);
+    if (ex->reaper)
+        uv_close((uv_handle_t *)ex->reaper, executor__free_handle);
+    free(ex->spawned); /* those still running are init's to wait for once we are gone */
     if (ex->done_timer)
         uv_close((uv_handle_t *)ex->done_timer, executor__free_handle);
     free(ex->port_used);
