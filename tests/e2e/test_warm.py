@@ -114,14 +114,16 @@ def test_a_burst_of_starts_grows_the_pool_to_match():
         guids = {i["guid"] for i in insts}
         for i in insts:
             assert http_get(instance_url(i))[0] == 200
-        # a start from the grown pool takes one of them; the pool makes it up again
+        # a start from the grown pool takes one of them; the pool makes it up again (to four
+        # when this start came within a second of the three)
         r = p.cli("scale", "web", "-i", "4")
         assert r.returncode == 0, out(r)
         fourth = [i for i in started(p, "web", 4) if i["guid"] not in guids]
         assert [i["warm_start"] for i in fourth] == [True], fourth
-        after = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
+        after = p.wait_for(lambda: len(warm_dirs(p, ready=True)) >= 3 and warm_dirs(p),
                            timeout=60, what="the pool to refill to three")
         assert len(set(grown) - set(after)) == 1, (grown, after)
+        assert len(after) <= 4, after
     finally:
         p.close()
 
