@@ -65,6 +65,10 @@
  * slowed the start 3-fold: it forks skiffd, and its cgroup join (v1) stalls every fork and
  * exit on the machine for a grace period), but no longer than this */
 #define WARM_AFTER_STARTS_MS 100
+/* and a moment after the last is up, for its first request or event (the delivery took 6-15
+ * ms p50 in bench/coldstart/bench.py) to run before a container, and for a Python or Node.js
+ * pool its interpreter, is made beside it */
+#define WARM_AFTER_RUNNING_MS 20
 #define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
 #define WARM_POLL_MS 20     /* while a warm container comes up, the refill looks this often */
 #define WARM_SHRINK_CHECK_MS 5000 /* a pool grown by a burst is looked at this often */
@@ -1252,14 +1256,14 @@ static void warm__asked(struct executor *ex, int kind)
     warm__refill_soon(ex, WARM_AFTER_STARTS_MS);
 }
 
-/* An instance is up: when no other is starting, the refill runs at once. (Not when one ends:
- * the next start often comes right then.) */
+/* An instance is up: when no other is starting, the refill runs a moment later. (Not when
+ * one ends: the next start often comes right then.) */
 static void warm__after_starts(struct executor *ex)
 {
     for (struct instance *i = ex->instances; i; i = i->next)
         if (i->state == INSTANCE_STARTING && !i->final)
             return;
-    warm__refill_soon(ex, 0);
+    warm__refill_soon(ex, WARM_AFTER_RUNNING_MS);
 }
 
 static bool warm__ready(struct executor__warm *w);

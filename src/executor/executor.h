@@ -68,7 +68,8 @@ struct executor_config {
     int prewarm; /* warm containers kept ready (container.h; with a shim only): an instance
                     of the default disk size takes one and starts in a few milliseconds
                     instead of having its container made; 0: none. As many again run a
-                    language runtime ahead, for each runtime an instance has started with */
+                    language runtime ahead, for each runtime an instance has started with;
+                    more of a kind after a burst of starts (executor_warm_target) */
     uint64_t prewarm_memory_bytes; /* the warm containers' memory budget: refill stops when
                                       the pool's memory (each container's cgroup, as
                                       measured) and one more of the kind (the most one of its
