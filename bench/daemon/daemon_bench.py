@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,15 +42,25 @@ def push_to_first_request(env, bindir, router_port, name):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     if r.returncode != 0:
         raise SystemExit("push failed: " + r.stderr[-500:])
+    pushed = time.perf_counter() - t0
+    refused = 0  # answers before the first 200 (the router's 503 while its table lacks it)
 
     def first_ok():
+        nonlocal refused
         req = urllib.request.Request(f"http://127.0.0.1:{router_port}/",
                                      headers={"Host": f"{name}.localhost"})
-        with urllib.request.urlopen(req, timeout=2) as resp:
-            return resp.status == 200
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return resp.status == 200
+        except urllib.error.HTTPError:
+            refused += 1
+            raise
 
     wait_for(first_ok, 30, "the first request")
-    return time.perf_counter() - t0
+    first = time.perf_counter() - t0
+    print(f"  {name}: push returned at {pushed:.3f} s, first 200 at {first:.3f} s, "
+          f"{refused} answer(s) before it")
+    return first
 
 
 def direct_start_to_first_request():

@@ -1335,7 +1335,8 @@ json_t *api_core__instances_detail(struct api_core *core, const char *app_guid)
                           "crash_count", info[i].crash_count, "process_type", info[i].process_type);
             json_object_set_new(d, "droplet",
                                 info[i].droplet[0] ? json_string(info[i].droplet) : json_null());
-            json_object_set_new(d, "cell", json_string(core->cfg.cell_id));
+            json_object_set_new(d, "cell",
+                                json_string(info[i].cell[0] ? info[i].cell : core->cfg.cell_id));
             json_object_set_new(d, "address",
                                 info[i].addr[0] ? json_string(info[i].addr) : json_null());
             json_object_set_new(d, "host_uid",

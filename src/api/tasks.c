@@ -302,7 +302,7 @@ static void tasks__create(struct api_request *req, void *ctx)
     stored.name = xstrdup(name);
     stored.command = xstrdup(t.command);
     stored.failure_reason = NULL;
-    if (rc < 0) {
+    if (rc != 0) {
         snprintf(err, sizeof err, "the task could not start: %s (`skiff logs %s --recent`)",
                  skiff_strerror(rc), app->name);
         tasks__set_state(core, &stored, TASK_FAILED, err);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "autoscaler/autoscaler.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "logs/logs.h"
@@ -166,9 +167,9 @@ static int as__scale(struct autoscaler *as, struct as_proc *p, const struct stor
     char line[160];
     snprintf(line, sizeof line, "%d -> %d: %s", from, to, reason);
     int rc = scheduler_scale_because(as->sched, app->guid, process, to, line);
-    if (rc < 0) {
+    if (rc != 0) {
         log_warning("autoscaler: cannot scale %s/%s to %d: %s", app->name, process, to,
-                    strerror(-rc));
+                    skiff_strerror(rc));
         return rc;
     }
     logs_appendf(as->logs, app->guid, "AUTOSCALER", LOGS_OUT, "%s", line);
@@ -253,9 +254,11 @@ static void as__raise_manual(struct autoscaler *as, const struct store_app *app,
     as__scale(as, NULL, app, sp->type, sp->instances, wanted, reason);
 }
 
-int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *process, int wanted)
+int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *process, int wanted,
+                    int *running)
 {
     struct store_app *app = NULL;
+    *running = 0;
     if (store_app_get(as->store, app_guid, &app) < 0)
         return -ENOENT;
     const struct store_process *sp = store_app_process(app, process);
@@ -263,21 +266,23 @@ int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *pro
     if (!sp)
         rc = -ENOENT;
     else if (strcmp(app->state, "STARTED"))
-        rc = -EPERM;
+        rc = SKIFF_E_APP_STOPPED;
     else if (!app->droplet_guid)
-        rc = -ENODATA;
+        rc = SKIFF_E_NOT_STAGED;
     else if (!store_process_autoscaled(sp)) {
         rc = wanted > sp->instances
                  ? as__scale(as, NULL, app, process, sp->instances, wanted, "wanted by event work")
                  : 0;
-        rc = rc < 0 ? rc : wanted > sp->instances ? wanted : sp->instances;
+        if (rc == 0)
+            *running = wanted > sp->instances ? wanted : sp->instances;
     } else {
         struct autoscaler_policy pol;
         as__policy(sp, NULL, &pol);
         /* without a stored policy, the work's own bound (its mappings') is already applied */
         int max = store_process_request_scaled(sp) ? pol.max_instances : wanted;
         int to = wanted > max ? max : wanted;
-        rc = sp->instances;
+        rc = 0;
+        *running = sp->instances;
         if (to > sp->instances) {
             struct as_proc *p = as__proc(as, app->guid, process, true);
             /* the windows remember the demand, so the next tick does not undo it */
@@ -286,7 +291,7 @@ int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *pro
             snprintf(reason, sizeof reason, "%d wanted by waiting work", wanted);
             rc = as__scale(as, p, app, process, sp->instances, to, reason);
             if (rc == 0)
-                rc = to;
+                *running = to;
         }
     }
     store_app_free(app);
@@ -296,7 +301,8 @@ int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *pro
 int autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process)
 {
     as__proc(as, app_guid, process, true)->woken = true;
-    return autoscaler_wake(as, app_guid, process, 1);
+    int running;
+    return autoscaler_wake(as, app_guid, process, 1, &running);
 }
 
 static void as__proc_free(struct as_proc *p)

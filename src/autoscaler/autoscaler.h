@@ -121,7 +121,7 @@ void autoscaler_router_metrics(struct autoscaler *as, int router_id, const char 
                                const char *process, double in_flight, double requests);
 /* A request waits for (app, process) at zero (a router's wake): one instance is asked for at
  * once, and the wake counts as one in flight until the routers' reports say more, so the
- * instance started for it is not scaled away. Returns autoscaler_wake's answer. */
+ * instance started for it is not scaled away. 0, or autoscaler_wake's error. */
 int autoscaler_woken(struct autoscaler *as, const char *app_guid, const char *process);
 /* A router went away: its reports no longer count. */
 void autoscaler_router_gone(struct autoscaler *as, int router_id);
@@ -148,9 +148,10 @@ void autoscaler_set_leading(struct autoscaler *as, bool leading);
 
 /* Work waits for (app_guid, process) and asks for `wanted` instances: decides at once, up
  * only (at most the policy's max), recording the demand as a sample so the windows keep it.
- * Returns the instances it runs now, or a negative errno (-ENOENT: no such app or process;
- * -EPERM: the app is stopped; -ENODATA: no droplet; or the scheduler's). */
-int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *process, int wanted);
+ * 0 with the instances it runs now in *running, or an error of common/err.h (-ENOENT: no
+ * such app or process; SKIFF_E_APP_STOPPED; SKIFF_E_NOT_STAGED; or the scheduler's). */
+int autoscaler_wake(struct autoscaler *as, const char *app_guid, const char *process, int wanted,
+                    int *running);
 
 /* Decides at once for every request-scaled process: what the one-second tick does. */
 void autoscaler_tick_now(struct autoscaler *as);

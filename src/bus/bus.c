@@ -34,6 +34,7 @@ struct bus_conn {
     uint64_t *awaited; /* drain ids this router has not answered yet */
     size_t n_awaited;
     int id; /* this connection's, for the metrics it reports (bus_set_metrics) */
+    int64_t acked; /* the newest table version it said it serves (docs/bus.md "ack") */
     struct bus_conn *next;
 };
 
@@ -47,6 +48,17 @@ struct bus_drain {
     struct bus_drain *next;
 };
 
+/* An instance that became routable, held STARTING by the scheduler (scheduler_route_hold)
+ * until every router acknowledged a table version with it, or BUS_ACK_TIMEOUT_MS passed. */
+struct bus_joining {
+    char instance_guid[37];
+    char app_guid[37];
+    int64_t version;       /* the first table version sent with it; 0: none yet */
+    int64_t ready_mono;    /* when it became routable */
+    int64_t deadline_mono; /* then it is released whoever has not acknowledged */
+    struct bus_joining *next;
+};
+
 struct bus {
     uv_loop_t *loop;
     uv_pipe_t server;
@@ -58,6 +70,8 @@ struct bus {
     struct logs *logs;
     struct bus_conn *conns;
     struct bus_drain *drains;
+    struct bus_joining *joining;
+    uv_timer_t ack_timeout; /* the earliest deadline of joining */
     int64_t version;
     struct hub *hub;
     int sub_id; /* on the hub */
@@ -121,6 +135,7 @@ struct bus_nats_router {
     char id[33];
     int conn_id; /* its slot in the metrics sink */
     int64_t seen_ms;
+    int64_t acked; /* the newest table version it said it serves */
 };
 
 /* A drain sent on NATS: how many live routers have not answered yet. */
@@ -143,6 +158,7 @@ struct bus_nats {
     json_t *cert_domains;  /* domain -> true: the pairs sent last (a removal is told once) */
     struct bus_nats_wait *waits;
     size_t n_waits;
+    const char *speaking; /* the id of the router whose lines are being read, or NULL */
 };
 
 static void bus__nats_publish_json(struct bus *bus, const char *subject, const char *reply,
@@ -169,9 +185,13 @@ static void bus__nats_announce(struct bus *bus, const char *table)
     }
     json_t *msg = json_loads(table, 0, NULL);
     json_t *now = json_object();
+    json_t *routes = json_object_get(msg, "routes");
+    /* a router acknowledges the version once it serves all count routes of it */
+    json_int_t version = json_integer_value(json_object_get(msg, "version"));
+    json_int_t count = (json_int_t)json_array_size(routes);
     size_t i;
     json_t *r;
-    json_array_foreach(json_object_get(msg, "routes"), i, r)
+    json_array_foreach(routes, i, r)
     {
         const char *host = json_string_value(json_object_get(r, "host"));
         const char *path = json_string_value(json_object_get(r, "path"));
@@ -180,9 +200,10 @@ static void bus__nats_announce(struct bus *bus, const char *table)
         char *key = xasprintf("%s %s", host, path);
         json_object_set_new(now, key, json_pack("{s:s,s:s}", "host", host, "path", path));
         free(key);
-        bus__nats_publish_json(
-            bus, BUS_NATS_PREFIX "register", NULL,
-            json_pack("{s:i,s:i,s:O}", "v", BUS_NATS_VERSION, "ttl_ms", n->ttl_ms, "route", r));
+        bus__nats_publish_json(bus, BUS_NATS_PREFIX "register", NULL,
+                               json_pack("{s:i,s:i,s:I,s:I,s:O}", "v", BUS_NATS_VERSION, "ttl_ms",
+                                         n->ttl_ms, "version", version, "count", count, "route",
+                                         r));
     }
     const char *key;
     json_t *gone;
@@ -311,6 +332,7 @@ static void bus__nats_on_msg(void *ctx, const char *subject, const char *reply, 
         return;
     struct bus_nats_router *r = bus__nats_router_seen(bus, id);
     struct bus_conn *c = &bus->nats->routers_conn;
+    bus->nats->speaking = id;
     c->id = r ? r->conn_id : c->id; /* metrics count per router */
     c->router_index = 0;
     static const char hello[] = "{\"type\":\"hello\",";
@@ -323,6 +345,7 @@ static void bus__nats_on_msg(void *ctx, const char *subject, const char *reply, 
             bus__message(c, p, n);
         p += n + 1;
     }
+    bus->nats->speaking = NULL;
 }
 
 static void bus__nats_on_state(void *ctx, bool up)
@@ -375,6 +398,8 @@ static void bus__drain_one_done(struct bus *bus, uint64_t id)
 }
 
 static void bus__send(struct bus_conn *c, const char *data, size_t len);
+static void bus__joining_check(struct bus *bus);
+static void bus__on_ack_timeout(uv_timer_t *t);
 
 static void bus__drain_send(struct bus_conn *c, struct bus_drain *d)
 {
@@ -427,6 +452,7 @@ static void bus__conn_close(struct bus_conn *c)
             *pp = c->next;
             break;
         }
+    bus__joining_check(c->bus); /* nor is it waited for */
     uv_close((uv_handle_t *)&c->pipe, bus__conn_closed);
 }
 
@@ -457,6 +483,160 @@ static void bus__send(struct bus_conn *c, const char *data, size_t len)
         return;
     }
     c->write_pending += len;
+}
+
+/* ---- joining: tables the routers acknowledged (docs/bus.md "ack") ------------------------- */
+
+static void bus__joining_free(struct bus *bus, struct bus_joining *j, bool release)
+{
+    for (struct bus_joining **pp = &bus->joining; *pp; pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    if (release)
+        scheduler_route_release(bus->sched, j->instance_guid);
+    free(j);
+}
+
+static struct bus_nats_router *bus__nats_router(struct bus *bus, const char *id)
+{
+    for (size_t i = 0; bus->nats && id && i < bus->nats->n_routers; i++)
+        if (!strcmp(bus->nats->routers[i].id, id))
+            return &bus->nats->routers[i];
+    return NULL;
+}
+
+/* The routers that do not serve version yet, as "router 0, NATS router 1f2e..." (into out),
+ * and how many there are. */
+static size_t bus__laggards(struct bus *bus, int64_t version, struct buf *out)
+{
+    size_t count = 0;
+    for (struct bus_conn *c = bus->conns; c; c = c->next)
+        if (!c->closing && c->acked < version) {
+            if (out)
+                buf_printf(out, "%srouter %d", count ? ", " : "", c->router_index);
+            count++;
+        }
+    bus__nats_live_routers(bus); /* forgets the silent ones */
+    for (size_t i = 0; bus->nats && i < bus->nats->n_routers; i++)
+        if (bus->nats->routers[i].acked < version) {
+            if (out)
+                buf_printf(out, "%srouter %s on NATS", count ? ", " : "", bus->nats->routers[i].id);
+            count++;
+        }
+    return count;
+}
+
+/* Releases every instance whose table every router serves now. */
+static void bus__joining_check(struct bus *bus)
+{
+    if (bus->closing)
+        return;
+    struct bus_joining *j = bus->joining;
+    while (j) {
+        struct bus_joining *next = j->next;
+        if (j->version > 0 && bus__laggards(bus, j->version, NULL) == 0) {
+            log_debug("bus: every router serves instance %s, %lld ms after it became ready",
+                      j->instance_guid, (long long)(time_mono_ms() - j->ready_mono));
+            bus__joining_free(bus, j, true);
+        }
+        j = next;
+    }
+}
+
+static void bus__ack_timeout_arm(struct bus *bus)
+{
+    int64_t first = 0;
+    for (struct bus_joining *j = bus->joining; j; j = j->next)
+        if (!first || j->deadline_mono < first)
+            first = j->deadline_mono;
+    if (!first) {
+        uv_timer_stop(&bus->ack_timeout);
+        return;
+    }
+    int64_t wait = first - time_mono_ms();
+    uv_timer_start(&bus->ack_timeout, bus__on_ack_timeout, wait > 0 ? (uint64_t)wait : 0, 0);
+}
+
+/* A router that does not acknowledge in time is not waited for (a router that hangs must not
+ * keep apps from showing RUNNING): logged with who it was. */
+static void bus__on_ack_timeout(uv_timer_t *t)
+{
+    struct bus *bus = t->data;
+    int64_t now = time_mono_ms();
+    struct bus_joining *j = bus->joining;
+    while (j) {
+        struct bus_joining *next = j->next;
+        if (j->deadline_mono <= now) {
+            struct buf who = {0};
+            if (bus__laggards(bus, j->version > 0 ? j->version : bus->version + 1, &who))
+                log_warning("bus: %s did not acknowledge a route table with instance %s of app "
+                            "%s within %d ms; it is shown RUNNING without waiting any longer",
+                            who.data, j->instance_guid, j->app_guid, BUS_ACK_TIMEOUT_MS);
+            buf_free(&who);
+            bus__joining_free(bus, j, true);
+        }
+        j = next;
+    }
+    bus__ack_timeout_arm(bus);
+}
+
+/* A web instance became routable: shown STARTING until the routers serve a table with it. */
+static void bus__joining_begin(struct bus *bus, const struct platform_event *ev)
+{
+    if (!ev->instance_guid || !ev->process_type || strcmp(ev->process_type, "web") ||
+        (!bus->conns && !bus__nats_live_routers(bus)))
+        return; /* not routed, or no router to wait for */
+    for (struct bus_joining *j = bus->joining; j; j = j->next)
+        if (!strcmp(j->instance_guid, ev->instance_guid)) {
+            j->version = 0; /* back after a failed readiness check: the next table */
+            return;
+        }
+    struct bus_joining *j = xcalloc(1, sizeof *j);
+    snprintf(j->instance_guid, sizeof j->instance_guid, "%s", ev->instance_guid);
+    snprintf(j->app_guid, sizeof j->app_guid, "%s", ev->app_guid ? ev->app_guid : "");
+    j->ready_mono = time_mono_ms();
+    j->deadline_mono = j->ready_mono + BUS_ACK_TIMEOUT_MS;
+    j->next = bus->joining;
+    bus->joining = j;
+    scheduler_route_hold(bus->sched, j->instance_guid);
+    if (!uv_is_active((uv_handle_t *)&bus->ack_timeout))
+        bus__ack_timeout_arm(bus);
+}
+
+/* A new table version went to every router (text): the instances in it wait for that
+ * version's acknowledgements; one in no route (its app has none) waits for nothing. */
+static void bus__joining_sent(struct bus *bus, const char *text)
+{
+    struct bus_joining *j = bus->joining;
+    while (j) {
+        struct bus_joining *next = j->next;
+        if (j->version == 0) {
+            char needle[64];
+            snprintf(needle, sizeof needle, "\"instance_guid\":\"%s\"", j->instance_guid);
+            if (strstr(text, needle))
+                j->version = bus->version;
+            else
+                bus__joining_free(bus, j, true);
+        }
+        j = next;
+    }
+    bus__joining_check(bus);
+}
+
+/* A router says it serves version (its newest table). */
+static void bus__acked(struct bus_conn *c, int64_t version)
+{
+    struct bus *bus = c->bus;
+    if (bus->nats && c == &bus->nats->routers_conn) {
+        struct bus_nats_router *r = bus__nats_router(bus, bus->nats->speaking);
+        if (r && version > r->acked)
+            r->acked = version;
+    } else if (version > c->acked) {
+        c->acked = version;
+    }
+    bus__joining_check(bus);
 }
 
 /* ---- the route table ------------------------------------------------------------------------ */
@@ -569,6 +749,8 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
                     bus__drain_send(c, d);
         c = next;
     }
+    if (!only)
+        bus__joining_sent(bus, text);
     free(text);
     return true;
 }
@@ -717,6 +899,8 @@ static void bus__on_platform_event(void *ctx, const struct platform_event *ev)
     struct bus *bus = ctx;
     if (ev->type == PLATFORM_INSTANCE_DRAINING && !bus->closing)
         bus__drain_begin(bus, ev);
+    if (ev->type == PLATFORM_INSTANCE_READY && !bus->closing)
+        bus__joining_begin(bus, ev);
     if (ev->type == PLATFORM_INSTANCE_READY || ev->type == PLATFORM_INSTANCE_GONE ||
         ev->type == PLATFORM_APP_STARTED || ev->type == PLATFORM_APP_STOPPED)
         bus_routes_changed(bus);
@@ -890,6 +1074,10 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
         json_t *id = json_object_get(msg, "id");
         if (json_is_integer(id) && json_integer_value(id) > 0)
             bus__drain_answered(c, (uint64_t)json_integer_value(id));
+    } else if (!strcmp(type, "ack")) {
+        json_t *version = json_object_get(msg, "version");
+        if (json_is_integer(version))
+            bus__acked(c, json_integer_value(version));
     } else if (!strcmp(type, "metrics")) {
         bus__metrics(c, msg);
     } else if (!strcmp(type, "wake")) {
@@ -901,12 +1089,10 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
             int rc = bus->metrics && strlen(app) == 36
                          ? bus->metrics->woken(bus->metrics_ctx, app, "web")
                          : -ENOENT;
-            if (rc < 0 && rc != -ENOENT)
+            if (rc != 0 && rc != -ENOENT)
                 logs_appendf(bus->logs, app, "RTR/0", LOGS_ERR,
                              "A request waits for this app but it cannot be started: %s",
-                             rc == -EPERM     ? "it is stopped (`skiff start`)"
-                             : rc == -ENODATA ? "it has no droplet (`skiff push`)"
-                                              : skiff_strerror(rc));
+                             skiff_strerror(rc));
         }
     }
     json_decref(msg);
@@ -1002,6 +1188,9 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     uv_timer_init(loop, &bus->retry);
     bus->retry.data = bus;
     bus->handles++;
+    uv_timer_init(loop, &bus->ack_timeout);
+    bus->ack_timeout.data = bus;
+    bus->handles++;
     uv_pipe_init(loop, &bus->server, 0);
     bus->server.data = bus;
     bus->handles++;
@@ -1075,6 +1264,8 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
         bus__conn_close(bus->conns);
     while (bus->drains) /* the scheduler stops everything itself now */
         bus__drain_free(bus, bus->drains);
+    while (bus->joining)
+        bus__joining_free(bus, bus->joining, false);
     if (bus->nats) {
         natsconn_close(bus->nats->conn);
         bus->nats->conn = NULL;
@@ -1083,6 +1274,7 @@ void bus_close(struct bus *bus, void (*done)(void *arg), void *arg)
     }
     uv_close((uv_handle_t *)&bus->coalesce, bus__handle_closed);
     uv_close((uv_handle_t *)&bus->retry, bus__handle_closed);
+    uv_close((uv_handle_t *)&bus->ack_timeout, bus__handle_closed);
     uv_close((uv_handle_t *)&bus->server, bus__handle_closed);
     unlink(bus->path);
 }
@@ -1091,6 +1283,8 @@ void bus_free(struct bus *bus)
 {
     if (!bus)
         return;
+    while (bus->joining) /* when bus_close was never called */
+        bus__joining_free(bus, bus->joining, false);
     if (bus->nats) {
         natsconn_close(bus->nats->conn); /* when bus_close was never called */
         free(bus->nats->table);

@@ -15,6 +15,12 @@
  * right after it a drain request for its address, and releases the hold once each of those
  * routers has answered "drained" or disconnected (a router connecting meanwhile is asked
  * too). With no router connected it does not hold at all.
+ * Acknowledgements: a router answers each table it applied with {"type":"ack","version":N}
+ * (on NATS, once every route of version N came and is served). A web instance that becomes
+ * routable is held STARTING by the scheduler (scheduler_route_hold) until every connected
+ * router (and every live one on NATS) acknowledged a version with it, or BUS_ACK_TIMEOUT_MS
+ * passed (then who did not answer is logged): the API shows RUNNING only what the routers
+ * route to. With no router connected, or when its app has no route, nothing is waited for.
  * Bad input from a router closes that connection and nothing else. */
 #ifndef SKIFF_BUS_H
 #define SKIFF_BUS_H
@@ -25,6 +31,7 @@
 
 #define BUS_COALESCE_MS 5
 #define BUS_STORE_RETRY_MS 1000
+#define BUS_ACK_TIMEOUT_MS 1000
 
 struct bus;
 struct store;
@@ -48,7 +55,7 @@ struct bus_metrics_sink {
     void (*report)(void *ctx, int router, const char *app_guid, const char *process,
                    double in_flight, double requests);
     void (*router_gone)(void *ctx, int router);
-    /* a wake came: an instance is asked for at once; 0, a count, or a negative errno */
+    /* a wake came: an instance is asked for at once; 0 or an error of common/err.h */
     int (*woken)(void *ctx, const char *app_guid, const char *process);
 };
 void bus_set_metrics(struct bus *bus, const struct bus_metrics_sink *sink, void *ctx);

@@ -12,6 +12,7 @@
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "cell/client.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "scheduler/scheduler.h"
@@ -80,6 +81,16 @@ static bool cells__id_valid(const char *id)
 }
 
 /* HOME/cell-id: made once, so a cell keeps its id across restarts. */
+static int cells__load_id(struct cells *c, const char *home, char *err, size_t errsize);
+
+int cells_load_id(const char *home, char id[CELLS_ID_LEN + 1], char *err, size_t errsize)
+{
+    struct cells c = {0};
+    int rc = cells__load_id(&c, home, err, errsize);
+    snprintf(id, CELLS_ID_LEN + 1, "%s", c.id);
+    return rc;
+}
+
 static int cells__load_id(struct cells *c, const char *home, char *err, size_t errsize)
 {
     char *path = xasprintf("%s/cell-id", home);
@@ -247,6 +258,23 @@ static void cells__list_handler(struct api_request *req, void *ctx)
                           "store; see skiffd's output");
         return;
     }
+    /* the cells that announce themselves on NATS (skiffd --role cell), as this skiffd hears
+     * them: state "up", or "lost" once silent for SKIFF_CELL_LOST_MS */
+    json_t *remote = c->sched ? cellc_remote_cells(scheduler_cells(c->sched)) : json_array();
+    size_t k;
+    json_t *e;
+    json_array_foreach(remote, k, e)
+    {
+        json_int_t age = json_integer_value(json_object_get(e, "heartbeat_age_ms"));
+        char when[40];
+        time_format_rfc3339(l.now - age, when, sizeof when);
+        json_object_set_new(e, "heartbeat_at", json_string(when));
+        json_object_set_new(e, "api_addr", json_string(""));
+        json_object_set_new(e, "leader", json_false());
+        json_object_set_new(e, "role", json_string("cell"));
+        json_array_append(l.cells, e);
+    }
+    json_decref(remote);
     api_respond_json(req, 200,
                      json_pack("{s:o,s:s,s:b}", "cells", l.cells, "this_cell", c->id, "leading",
                                c->leading(c->leading_ctx)));

@@ -8,8 +8,9 @@
  * The store was chosen over NATS: it is what every skiffd sharing desired state already
  * reaches (PostgreSQL), and any of them answers the list from it at once, where a NATS
  * subscriber would know no cell until each had beaten again after its own start; it works
- * with the embedded store alone too. Placement across cells is not done yet: each skiffd
- * that leads runs every instance itself. Runs on the loop; errors are negative errno. */
+ * with the embedded store alone too. The cells that run instances for the leader over NATS
+ * (skiffd --role cell) are heard by the scheduler's cells client (cell/client.h) and listed
+ * beside these. Runs on the loop; errors are negative errno. */
 #ifndef SKIFF_CELLS_H
 #define SKIFF_CELLS_H
 
@@ -21,6 +22,7 @@
 #define CELLS_HEARTBEAT_MS 5000
 #define CELLS_MISSING_INTERVALS 3
 #define CELLS_ZONE_MAX 63
+#define CELLS_ID_LEN 32 /* lowercase hex digits */
 
 struct cells;
 struct store;
@@ -46,6 +48,9 @@ void cells_register(struct cells *c, struct api *api);
 /* Records a heartbeat now (e.g. when leading changed). */
 void cells_beat(struct cells *c);
 const char *cells_id(const struct cells *c);
+/* The cell id kept in HOME/cell-id (32 lowercase hex digits; an operator may write one there
+ * before the first start, e.g. to name it in NATS permissions), made when there is none. */
+int cells_load_id(const char *home, char id[CELLS_ID_LEN + 1], char *err, size_t errsize);
 /* Whether the cell of that id is up and says it leads (its last heartbeat, one store read). */
 bool cells_leads(struct cells *c, const char *id);
 /* Stops the heartbeats (the handle closes on the loop); then cells_free. */

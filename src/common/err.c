@@ -58,6 +58,8 @@ static const struct {
                           "it was changed by someone else meanwhile: read it again and retry"},
     [SKIFF_E_DOMAIN_IN_USE] = {"domain_in_use", 422,
                                "routes use the domain: `skiff unmap-route` them first"},
+    [SKIFF_E_INSUFFICIENT_STORAGE] = {"insufficient_storage", 507,
+                                      "skiffd's disk is full: free space on it"},
 };
 
 /* The errno values the parts below the API return, each with the API error that answers it
@@ -74,7 +76,7 @@ static const struct {
     {EMSGSIZE, SKIFF_E_TOO_LARGE, "it is larger than the limit: make it smaller"},
     {E2BIG, SKIFF_E_TOO_LARGE, NULL},
     {EFBIG, SKIFF_E_TOO_LARGE, NULL},
-    {ENOSPC, SKIFF_E_UNAVAILABLE, "the disk is full: free space on it"},
+    {ENOSPC, SKIFF_E_INSUFFICIENT_STORAGE, "the disk is full: free space on it"},
     {EDQUOT, SKIFF_E_QUOTA, NULL},
     {EIO, SKIFF_E_INTERNAL,
      "a disk or a backend failed (input/output error): skiffd's log says "
@@ -122,6 +124,11 @@ enum skiff_err skiff_err_from(int err)
         return err__known(err) ? (enum skiff_err)err : SKIFF_E_INTERNAL;
     int row = err__errno_row(err);
     return row >= 0 ? err__errno_table[row].err : SKIFF_E_INTERNAL;
+}
+
+enum skiff_err skiff_err_disk(int err)
+{
+    return err == -ENOSPC || err == -EDQUOT ? SKIFF_E_INSUFFICIENT_STORAGE : SKIFF_E_INTERNAL;
 }
 
 const char *skiff_strerror(int err)

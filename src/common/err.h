@@ -55,6 +55,7 @@ enum skiff_err {
     SKIFF_E_STAGING_FAILED,       /* a staging ended without a droplet (told in its stream) */
     SKIFF_E_CONFLICT,             /* another writer changed the thing since it was read */
     SKIFF_E_DOMAIN_IN_USE,        /* routes are mapped on the domain to be deleted */
+    SKIFF_E_INSUFFICIENT_STORAGE, /* skiffd's own disk is full (or its quota used up) */
     SKIFF_ERR_COUNT
 };
 
@@ -67,5 +68,10 @@ int skiff_err_http_status(int err);
 /* The API error that answers err: a negative errno's row in the table (SKIFF_E_INTERNAL for
  * one it does not have), an enum skiff_err as it is. */
 enum skiff_err skiff_err_from(int err);
+/* The API error that answers a failure of skiffd writing its own disk (a negative errno):
+ * full or over its quota (ENOSPC, EDQUOT) is insufficient_storage (507), anything else (EIO,
+ * ...) internal (500). Not for a tenant's own quota (an app's disk: SKIFF_E_QUOTA). The
+ * message, with what failed, is the caller's, worded by skiff_strerror(err). */
+enum skiff_err skiff_err_disk(int err);
 
 #endif

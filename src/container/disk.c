@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -33,7 +34,7 @@ static int disk__mkfs(const char *path, int size_mb, char *err, size_t errlen)
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || ftruncate(fd, (off_t)size_mb * 1024 * 1024) < 0) {
         int rc = -errno;
-        snprintf(err, errlen, "cannot create disk image %s: %s", path, strerror(errno));
+        snprintf(err, errlen, "cannot create disk image %s: %s", path, skiff_strerror(-errno));
         if (fd >= 0)
             close(fd);
         return rc;
@@ -41,7 +42,7 @@ static int disk__mkfs(const char *path, int size_mb, char *err, size_t errlen)
     close(fd);
     pid_t pid = fork();
     if (pid < 0) {
-        snprintf(err, errlen, "cannot run mkfs.ext4: %s", strerror(errno));
+        snprintf(err, errlen, "cannot run mkfs.ext4: %s", skiff_strerror(-errno));
         return -errno;
     }
     if (pid == 0) {
@@ -75,7 +76,7 @@ int container_disk_pool_fill(const char *pool_dir, int size_mb, int keep, char *
 {
     int rc = mkdir_p(pool_dir, 0700);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot create %s: %s", pool_dir, strerror(-rc));
+        snprintf(err, errlen, "cannot create %s: %s", pool_dir, skiff_strerror(rc));
         return rc;
     }
     char *prefix = disk__pool_prefix(size_mb);
@@ -132,13 +133,13 @@ static int disk__loop_attach(const char *image, char *dev, size_t devlen, char *
 {
     int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (ctl < 0) {
-        snprintf(err, errlen, "cannot open /dev/loop-control: %s", strerror(errno));
+        snprintf(err, errlen, "cannot open /dev/loop-control: %s", skiff_strerror(-errno));
         return -errno;
     }
     int img = open(image, O_RDWR | O_CLOEXEC);
     if (img < 0) {
         int rc = -errno;
-        snprintf(err, errlen, "cannot open disk image %s: %s", image, strerror(errno));
+        snprintf(err, errlen, "cannot open disk image %s: %s", image, skiff_strerror(-errno));
         close(ctl);
         return rc;
     }
@@ -165,7 +166,7 @@ static int disk__loop_attach(const char *image, char *dev, size_t devlen, char *
         rc = lfd;
     }
     if (rc < 0)
-        snprintf(err, errlen, "no loop device for the disk image: %s", strerror(-rc));
+        snprintf(err, errlen, "no loop device for the disk image: %s", skiff_strerror(rc));
     close(img);
     close(ctl);
     return rc;
@@ -180,7 +181,7 @@ int container__disk_mount(const char *image, const char *dir, char *err, size_t 
     int rc = mount(dev, dir, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, NULL) < 0 ? -errno : 0;
     close(lfd); /* the mount holds the device; autoclear frees it at the unmount */
     if (rc < 0)
-        snprintf(err, errlen, "cannot mount disk image %s: %s", image, strerror(-rc));
+        snprintf(err, errlen, "cannot mount disk image %s: %s", image, skiff_strerror(rc));
     return rc;
 }
 
@@ -196,7 +197,7 @@ int container__disk_mount_detached(const char *image, char *err, size_t errlen)
         (mfd = fsmount(fs, FSMOUNT_CLOEXEC,
                        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOATIME)) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot mount disk image %s: %s", image, strerror(errno));
+        snprintf(err, errlen, "cannot mount disk image %s: %s", image, skiff_strerror(-errno));
     }
     if (fs >= 0)
         close(fs);

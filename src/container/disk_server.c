@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -247,13 +248,13 @@ static int disk_server__listen(const char *path, char *err, size_t errlen)
     strcpy(sa.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot make a socket: %s", strerror(errno));
+        snprintf(err, errlen, "cannot make a socket: %s", skiff_strerror(-errno));
         return -errno;
     }
     unlink(path); /* a server before us died: its socket answers no one */
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 64) < 0) {
         int rc = -errno;
-        snprintf(err, errlen, "cannot listen on %s: %s", path, strerror(errno));
+        snprintf(err, errlen, "cannot listen on %s: %s", path, skiff_strerror(-errno));
         close(fd);
         return rc;
     }
@@ -266,7 +267,7 @@ int container_disk_server_start(const char *pool_dir, int size_mb,
     *out = NULL;
     int rc = mkdir_p(pool_dir, 0700);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot create %s: %s", pool_dir, strerror(-rc));
+        snprintf(err, errlen, "cannot create %s: %s", pool_dir, skiff_strerror(rc));
         return rc;
     }
     disk_server__remove_stale(pool_dir);
@@ -281,7 +282,7 @@ int container_disk_server_start(const char *pool_dir, int size_mb,
     }
     if (pipe2(s->wake, O_CLOEXEC) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
+        snprintf(err, errlen, "cannot make a pipe: %s", skiff_strerror(-errno));
         goto fail;
     }
     pthread_mutex_init(&s->lock, NULL);
@@ -289,11 +290,11 @@ int container_disk_server_start(const char *pool_dir, int size_mb,
     if (size_mb > 0)
         disk_server__size(s, size_mb)->used = ++s->clock;
     if ((rc = -pthread_create(&s->fill_thread, NULL, disk_server__fill, s)) < 0) {
-        snprintf(err, errlen, "cannot start a thread: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot start a thread: %s", skiff_strerror(rc));
         goto fail_sync;
     }
     if ((rc = -pthread_create(&s->answer_thread, NULL, disk_server__answer, s)) < 0) {
-        snprintf(err, errlen, "cannot start a thread: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot start a thread: %s", skiff_strerror(rc));
         pthread_mutex_lock(&s->lock);
         s->stopping = true;
         pthread_cond_signal(&s->fill_cond);
@@ -414,7 +415,7 @@ int container_disk_open(const char *pool_dir, int size_mb, char *err, size_t err
         return fd;
     int rc = mkdir_p(pool_dir, 0700);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot create %s: %s", pool_dir, strerror(-rc));
+        snprintf(err, errlen, "cannot create %s: %s", pool_dir, skiff_strerror(rc));
         return rc;
     }
     return container__disk_make_detached(pool_dir, size_mb, err, errlen);

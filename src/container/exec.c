@@ -30,6 +30,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -87,7 +88,7 @@ static int enter__find_init(const char *procs, char *err, size_t errlen)
     FILE *f = fopen(procs, "re");
     if (!f)
         return enter__fail(err, errlen, -ESRCH, "the container is gone (cannot read %s: %s)", procs,
-                           strerror(errno));
+                           skiff_strerror(-errno));
     long pid;
     int found = -ESRCH;
     while (fscanf(f, "%ld", &pid) == 1)
@@ -183,7 +184,7 @@ static void enter__command(const struct container_enter *e, int master, char *co
             fchown(slave, e->uid ? e->uid : CONTAINER_VCAP_UID,
                    e->uid ? e->gid : CONTAINER_VCAP_UID) < 0 ||
             dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0) {
-            dprintf(2, "skiff: cannot set up the terminal: %s\n", strerror(errno));
+            dprintf(2, "skiff: cannot set up the terminal: %s\n", skiff_strerror(-errno));
             _exit(126);
         }
         if (slave > 2)
@@ -216,7 +217,7 @@ int container_enter(const struct container_enter *e, char *const argv[], char *c
             close(fd);
         if (n != len)
             return enter__fail(err, errlen, -saved, "cannot join cgroup %s: %s", *f,
-                               strerror(saved));
+                               skiff_strerror(-saved));
     }
     int pid = enter__find_init(e->cgroup_procs, err, errlen);
     if (pid < 0)
@@ -240,11 +241,11 @@ int container_enter(const struct container_enter *e, char *const argv[], char *c
     close(pidfd);
     if (rc < 0)
         return enter__fail(err, errlen, -saved, "cannot enter the container's namespaces: %s",
-                           strerror(saved));
+                           skiff_strerror(-saved));
     /* setns of a mount namespace moved our root and working directory to the container's */
     if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
         return enter__fail(err, errlen, -errno, "cannot take the container's root: %s",
-                           strerror(errno));
+                           skiff_strerror(-errno));
     /* set after the credentials changed (a change clears it): a caller that dies takes the
      * session with it, the command then loses its input and output */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -253,13 +254,13 @@ int container_enter(const struct container_enter *e, char *const argv[], char *c
         master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (master < 0 || unlockpt(master) < 0)
             return enter__fail(err, errlen, -errno, "cannot open a terminal in the container: %s",
-                               strerror(errno));
+                               skiff_strerror(-errno));
         struct winsize ws = {.ws_row = e->rows ? e->rows : 24, .ws_col = e->cols ? e->cols : 80};
         ioctl(master, TIOCSWINSZ, &ws);
     }
     pid_t child = fork();
     if (child < 0)
-        return enter__fail(err, errlen, -errno, "cannot fork: %s", strerror(errno));
+        return enter__fail(err, errlen, -errno, "cannot fork: %s", skiff_strerror(-errno));
     if (child == 0)
         enter__command(e, master, argv, envp);
     if (e->tty) {

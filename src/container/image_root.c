@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -67,7 +68,7 @@ static int image_root__make(int rootfd, const char *inside, bool dir, char *err,
     if (rc == -EINVAL)
         snprintf(err, errlen, "the image's %s has a \".\" or \"..\" component", inside);
     else if (rc < 0)
-        snprintf(err, errlen, "cannot make %s in the image's root: %s", inside, strerror(-rc));
+        snprintf(err, errlen, "cannot make %s in the image's root: %s", inside, skiff_strerror(rc));
     return rc;
 }
 
@@ -80,7 +81,7 @@ int container__image_root(const struct container_config *cfg, const char *root, 
     static const char *const files[] = {"/etc/hosts", "/etc/resolv.conf"};
     int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) {
-        snprintf(err, errlen, "cannot open the root %s: %s", root, strerror(errno));
+        snprintf(err, errlen, "cannot open the root %s: %s", root, skiff_strerror(-errno));
         return -errno;
     }
     int rc = 0;
@@ -97,7 +98,7 @@ int container__image_root(const struct container_config *cfg, const char *root, 
                               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                               NULL) < 0)) {
             rc = -errno;
-            snprintf(err, errlen, "cannot mount %s: %s", files[i], strerror(errno));
+            snprintf(err, errlen, "cannot mount %s: %s", files[i], skiff_strerror(-errno));
         }
         free(src);
         free(dst);

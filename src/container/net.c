@@ -694,7 +694,9 @@ static const char net__nft_declare[] =
     "add set inet " NET_NFT_TABLE " publish { type ipv4_addr . inet_service; }\n"
     "add set inet " NET_NFT_TABLE " egress_pools { type ipv4_addr; flags interval; }\n"
     /* holds ipv4 once a skiffd turned forwarding on: what was not forwarded before is not */
-    "add set inet " NET_NFT_TABLE " forwarding_was_off { type nf_proto; }\n";
+    "add set inet " NET_NFT_TABLE " forwarding_was_off { type nf_proto; }\n"
+    /* the hosts whose routers and controllers may open connections to this host's instances */
+    "add set inet " NET_NFT_TABLE " peer_sources { type ipv4_addr; }\n";
 
 /* Destinations a container never reaches through egress: private, shared, loopback,
  * link-local, documentation, benchmark, multicast and reserved ranges. */
@@ -711,6 +713,21 @@ static int net__read_ip_forward(void)
     int v = atoi(data);
     free(data);
     return v;
+}
+
+/* Turns IPv4 forwarding on (the forwarding_was_off element was added before, in the same
+ * transaction as the rules, when it was off); why names what needs it. */
+static int net__forwarding_on(const char *why, char *err, size_t errlen)
+{
+    if (net__read_ip_forward() == 1)
+        return 0;
+    int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
+    int rc = fd < 0 ? -errno : write(fd, "1", 1) == 1 ? 0 : -errno;
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0)
+        net__err(err, errlen, "cannot turn on IPv4 forwarding for %s: %s", why, strerror(-rc));
+    return rc;
 }
 
 /* The whole pool is unreachable from the host except through a slot's own link (whose /30
@@ -792,6 +809,12 @@ int net_host_setup(const struct net_pool *pool, bool egress, char *err, size_t e
     buf_printf(&s, "add rule inet skiff forward iifname \"skv*\" oifname \"skv*\" drop\n"
                    "add rule inet skiff forward oifname \"skv*\" ct state established,related "
                    "accept\n"
+                   /* replies of an instance to a peer host's router or controller */
+                   "add rule inet skiff forward iifname \"skv*\" ct state established,related "
+                   "accept\n"
+                   /* a peer host's router or invoker opening a connection to an instance */
+                   "add rule inet skiff forward oifname \"skv*\" ip saddr @peer_sources "
+                   "meta l4proto tcp ct state new accept\n"
                    "add rule inet skiff forward oifname \"skv*\" drop\n");
     if (resolvers.len)
         buf_printf(&s,
@@ -810,17 +833,7 @@ int net_host_setup(const struct net_pool *pool, bool egress, char *err, size_t e
     buf_free(&s);
     if (rc < 0)
         return rc;
-    if (egress && net__read_ip_forward() != 1) {
-        int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
-        rc = fd < 0 ? -errno : write(fd, "1", 1) == 1 ? 0 : -errno;
-        if (fd >= 0)
-            close(fd);
-        if (rc < 0) {
-            net__err(err, errlen, "cannot turn on IPv4 forwarding for egress: %s", strerror(-rc));
-            return rc;
-        }
-    }
-    return 0;
+    return egress ? net__forwarding_on("egress", err, errlen) : 0;
 }
 
 static int net__publish_element(const struct net_pool *pool, int port, bool allow, char *err,
@@ -852,4 +865,155 @@ int net_firewall_allow_publish(const struct net_pool *pool, int port, char *err,
 int net_firewall_forget_publish(const struct net_pool *pool, int port)
 {
     return net__publish_element(pool, port, false, NULL, 0);
+}
+
+/* ---- peer hosts: their pools routed, their routers and controllers let in ---------------- */
+
+bool net_pool_overlaps(const struct net_pool *a, const struct net_pool *b)
+{
+    int prefix = a->prefix < b->prefix ? a->prefix : b->prefix;
+    uint32_t mask = ~0u << (32 - prefix);
+    return (ntohl(a->base.s_addr) & mask) == (ntohl(b->base.s_addr) & mask);
+}
+
+void net_pool_format(const struct net_pool *pool, char out[NET_POOL_STRLEN])
+{
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &pool->base, ip, sizeof ip);
+    snprintf(out, NET_POOL_STRLEN, "%s/%d", ip, pool->prefix);
+}
+
+static void net__peer_route_msg(struct net__batch *b, uint16_t type, uint16_t flags,
+                                const struct net_pool *pool, const struct in_addr *via)
+{
+    struct rtmsg rt = {.rtm_family = AF_INET,
+                       .rtm_dst_len = (unsigned char)pool->prefix,
+                       .rtm_table = RT_TABLE_MAIN,
+                       .rtm_protocol = NET_RTPROT_PEER,
+                       .rtm_scope = RT_SCOPE_UNIVERSE,
+                       .rtm_type = RTN_UNICAST};
+    net__msg(b, type, flags, &rt, sizeof(rt));
+    net__attr(b, RTA_DST, &pool->base, sizeof(pool->base));
+    if (via)
+        net__attr(b, RTA_GATEWAY, via, sizeof(*via));
+}
+
+/* The routes of the main table that an earlier net_peer_routes_set made (their protocol is
+ * NET_RTPROT_PEER), in *out (the caller frees). */
+static int net__peer_routes_dump(int fd, struct net_pool **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    struct {
+        struct nlmsghdr h;
+        struct rtmsg rt;
+    } req = {.h = {.nlmsg_len = sizeof(req),
+                   .nlmsg_type = RTM_GETROUTE,
+                   .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP,
+                   .nlmsg_seq = 1},
+             .rt = {.rtm_family = AF_INET}};
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (sendto(fd, &req, sizeof(req), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+        return -errno;
+    _Alignas(struct nlmsghdr) unsigned char reply[16384];
+    size_t cap = 0;
+    for (;;) {
+        ssize_t got = recv(fd, reply, sizeof(reply), 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -errno;
+        int len = (int)got;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, (unsigned)len);
+             h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE)
+                return 0;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = NLMSG_DATA(h);
+                return e->error ? e->error : -EIO;
+            }
+            const struct rtmsg *rt = NLMSG_DATA(h);
+            if (h->nlmsg_type != RTM_NEWROUTE || rt->rtm_protocol != NET_RTPROT_PEER ||
+                rt->rtm_table != RT_TABLE_MAIN)
+                continue;
+            struct net_pool pool = {.prefix = rt->rtm_dst_len};
+            int alen = (int)RTM_PAYLOAD(h);
+            for (struct rtattr *a = RTM_RTA(rt); RTA_OK(a, alen); a = RTA_NEXT(a, alen))
+                if (a->rta_type == RTA_DST && RTA_PAYLOAD(a) == sizeof(pool.base))
+                    memcpy(&pool.base, RTA_DATA(a), sizeof(pool.base));
+            if (*n == cap) {
+                cap = cap ? cap * 2 : 8;
+                *out = xrealloc(*out, cap * sizeof(**out));
+            }
+            (*out)[(*n)++] = pool;
+        }
+    }
+}
+
+int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err, size_t errlen)
+{
+    int fd = net__socket();
+    if (fd < 0) {
+        net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
+        return fd;
+    }
+    struct net_pool *had = NULL;
+    size_t n_had = 0;
+    int rc = net__peer_routes_dump(fd, &had, &n_had);
+    if (rc < 0)
+        net__err(err, errlen, "cannot list the routes to other hosts' pools: %s", strerror(-rc));
+    struct net__batch b = {.first_seq = 2};
+    char why[128], cidr[NET_POOL_STRLEN];
+    for (size_t i = 0; rc == 0 && i < n_had; i++) {
+        bool wanted = false;
+        for (size_t k = 0; k < n && !wanted; k++)
+            wanted = routes[k].pool.prefix == had[i].prefix &&
+                     routes[k].pool.base.s_addr == had[i].base.s_addr;
+        if (wanted)
+            continue;
+        net__peer_route_msg(&b, RTM_DELROUTE, 0, &had[i], NULL);
+        int r = net__send(fd, &b, NULL, why, sizeof(why));
+        if (r < 0 && r != -ESRCH) {
+            net_pool_format(&had[i], cidr);
+            net__err(err, errlen, "cannot remove the route to %s: %s%s%s", cidr, strerror(-r),
+                     why[0] ? ": " : "", why);
+            rc = r;
+        }
+    }
+    /* every call sets every route again: a link that went down took its routes with it */
+    for (size_t i = 0; i < n; i++) {
+        net__peer_route_msg(&b, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &routes[i].pool,
+                            &routes[i].via);
+        int r = net__send(fd, &b, NULL, why, sizeof(why));
+        if (r < 0 && rc == 0) {
+            char via[INET_ADDRSTRLEN];
+            net_pool_format(&routes[i].pool, cidr);
+            inet_ntop(AF_INET, &routes[i].via, via, sizeof via);
+            net__err(err, errlen, "cannot route %s via %s: %s%s%s", cidr, via, strerror(-r),
+                     why[0] ? ": " : "", why);
+            rc = r;
+        }
+    }
+    free(had);
+    close(fd);
+    return rc;
+}
+
+int net_firewall_peer_sources(const struct in_addr *sources, size_t n, char *err, size_t errlen)
+{
+    struct buf s = {0};
+    bool forwarding_off = n > 0 && net__read_ip_forward() == 0;
+    buf_printf(&s, "%sflush set inet skiff peer_sources\n", net__nft_declare);
+    for (size_t i = 0; i < n; i++) {
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sources[i], ip, sizeof ip);
+        buf_printf(&s, "add element inet skiff peer_sources { %s }\n", ip);
+    }
+    if (forwarding_off)
+        buf_printf(&s, "add element inet skiff forwarding_was_off { ipv4 }\n");
+    int rc = net__nft(s.data, err, errlen);
+    buf_free(&s);
+    if (rc == 0 && n > 0)
+        rc = net__forwarding_on("other hosts' routers", err, errlen);
+    return rc;
 }

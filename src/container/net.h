@@ -65,4 +65,35 @@ int net_host_setup(const struct net_pool *pool, bool egress, char *err, size_t e
 int net_firewall_allow_publish(const struct net_pool *pool, int port, char *err, size_t errlen);
 int net_firewall_forget_publish(const struct net_pool *pool, int port);
 
+/* ---- other hosts (src/hosts: who announced what on NATS) ----
+ * Instances of one host are reached from another host's router or invoker through the
+ * network between hosts: each host routes every other host's pool via that host's address,
+ * and lets in, towards its own instances, new TCP connections only from the addresses of
+ * hosts that run a router or a controller. */
+
+#define NET_POOL_STRLEN (INET_ADDRSTRLEN + 4)
+/* The protocol number of the routes net_peer_routes_set makes (`ip route show proto 83`). */
+#define NET_RTPROT_PEER 83
+
+/* Whether two pools share an address. */
+bool net_pool_overlaps(const struct net_pool *a, const struct net_pool *b);
+/* "A.B.C.D/P". */
+void net_pool_format(const struct net_pool *pool, char out[NET_POOL_STRLEN]);
+
+struct net_peer_route {
+    struct net_pool pool; /* another host's instances */
+    struct in_addr via;   /* that host's address on the network between hosts */
+};
+/* Makes the main routing table hold exactly these routes to other hosts' pools: each one is
+ * set again (replaced; a link that went down and up lost it), and a route an earlier call made
+ * that is not in the list is removed. Idempotent: call it with the whole list whenever it may
+ * have changed, and now and then. One caller per network namespace (host). 0, or the first
+ * failure (the others are still tried). */
+int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err, size_t errlen);
+/* Sets the addresses that may open TCP connections to this host's instances through it (the
+ * firewall's peer_sources set, replaced whole in one transaction); turns IPv4 forwarding on
+ * when the list is not empty (recorded as egress does, so that nothing else is forwarded that
+ * was not before). Everything else forwarded towards an instance is dropped. */
+int net_firewall_peer_sources(const struct in_addr *sources, size_t n, char *err, size_t errlen);
+
 #endif

@@ -35,6 +35,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/start_trace.h"
 #include "common/util.h"
 #include "container/container.h"
@@ -108,7 +109,7 @@ static int run__mount(const char *src, const char *dst, const char *type, unsign
 {
     if (mount(src, dst, type, flags, data) < 0)
         return run__fail(err, errlen, -errno, "cannot mount %s on %s: %s", src ? src : type, dst,
-                         strerror(errno));
+                         skiff_strerror(-errno));
     return 0;
 }
 
@@ -165,7 +166,7 @@ static int run__overlay(const char *lower, const char *disk, const char *name, c
     }
     if (rc < 0) {
         rc = run__fail(err, errlen, rc, "cannot prepare the writable layer %s: %s", upper,
-                       strerror(-rc));
+                       skiff_strerror(rc));
     } else {
         char *opts = xasprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
         rc = run__mount("overlay", dst, "overlay", MS_NOSUID | MS_NODEV, opts, err, errlen);
@@ -189,7 +190,7 @@ static int run__dev(const char *root, char *err, size_t errlen)
         if (rc == 0)
             rc = run__mount(src, dst, NULL, MS_BIND, NULL, err, errlen);
         else
-            rc = run__fail(err, errlen, rc, "cannot create %s: %s", dst, strerror(-rc));
+            rc = run__fail(err, errlen, rc, "cannot create %s: %s", dst, skiff_strerror(rc));
         free(src);
         free(dst);
     }
@@ -201,7 +202,8 @@ static int run__dev(const char *root, char *err, size_t errlen)
     for (size_t i = 0; i < ARRAY_SIZE(links) && rc == 0; i++) {
         char *dst = xasprintf("%s/%s", dev, links[i][0]);
         if (symlink(links[i][1], dst) < 0)
-            rc = run__fail(err, errlen, -errno, "cannot create %s: %s", dst, strerror(errno));
+            rc =
+                run__fail(err, errlen, -errno, "cannot create %s: %s", dst, skiff_strerror(-errno));
         free(dst);
     }
     if (rc == 0) {
@@ -231,13 +233,13 @@ static int run__disk(const struct container_config *cfg, const char *image, cons
         int tree = open_tree(AT_FDCWD, cfg->disk_from, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
         if (tree < 0)
             return run__fail(err, errlen, -errno, "cannot take the disk at %s: %s", cfg->disk_from,
-                             strerror(errno));
+                             skiff_strerror(-errno));
         int moved = move_mount(tree, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH);
         int rc = moved < 0 ? -errno : 0;
         close(tree);
         if (rc < 0)
             return run__fail(err, errlen, rc, "cannot mount the disk at %s: %s", cfg->disk_from,
-                             strerror(-rc));
+                             skiff_strerror(rc));
         return 0;
     }
     int fd = container__disk_receive(cfg->disk_pool, cfg->disk_mb);
@@ -262,7 +264,7 @@ static int run__warm_mountpoint(const char *root, char *err, size_t errlen)
     char *app = run__path(root, CONTAINER_APP_DIR);
     int rc = run__mountpoint(app, true);
     if (rc < 0)
-        rc = run__fail(err, errlen, rc, "cannot create %s: %s", app, strerror(-rc));
+        rc = run__fail(err, errlen, rc, "cannot create %s: %s", app, skiff_strerror(rc));
     if (rc == 0)
         rc = run__mount(app, app, NULL, MS_BIND, NULL, err, errlen);
     if (rc == 0)
@@ -281,7 +283,7 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
     if (rc == 0)
         rc = mkdir_p(root, 0755);
     if (rc < 0) {
-        rc = run__fail(err, errlen, rc, "cannot create %s: %s", disk, strerror(-rc));
+        rc = run__fail(err, errlen, rc, "cannot create %s: %s", disk, skiff_strerror(rc));
         goto out;
     }
     rc = run__disk(cfg, image, disk, err, errlen);
@@ -299,7 +301,7 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
     for (size_t i = 0; i < ARRAY_SIZE(homes) && rc == 0; i++) {
         char *p = run__path(root, homes[i]);
         if (chown(p, vcap, vcap) < 0)
-            rc = run__fail(err, errlen, -errno, "cannot chown %s: %s", p, strerror(errno));
+            rc = run__fail(err, errlen, -errno, "cannot chown %s: %s", p, skiff_strerror(-errno));
         free(p);
     }
     char *usr = run__path(root, "/usr");
@@ -325,13 +327,13 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
         struct stat st;
         if (stat(m->source, &st) < 0) {
             rc = run__fail(err, errlen, -errno, "cannot mount %s: %s", m->source,
-                           strerror(errno));
+                           skiff_strerror(-errno));
             break;
         }
         char *dst = run__path(root, m->target);
         rc = run__mountpoint(dst, S_ISDIR(st.st_mode));
         if (rc < 0) {
-            rc = run__fail(err, errlen, rc, "cannot create %s: %s", dst, strerror(-rc));
+            rc = run__fail(err, errlen, rc, "cannot create %s: %s", dst, skiff_strerror(rc));
         } else if (m->kind == CONTAINER_MOUNT_OVERLAY) {
             char name[32];
             snprintf(name, sizeof name, "mount%zu", i);
@@ -390,7 +392,7 @@ static void run__proc(struct run_child *c)
 {
     char *proc = run__path(c->root, "/proc");
     if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        run__child_fail(c, "cannot mount /proc: %s", strerror(errno));
+        run__child_fail(c, "cannot mount /proc: %s", skiff_strerror(-errno));
     static const char *const masked[] = {"kcore",      "keys",        "latency_stats",
                                          "timer_list", "timer_stats", "sched_debug",
                                          "sysrq-trigger"};
@@ -398,7 +400,7 @@ static void run__proc(struct run_child *c)
     for (size_t i = 0; i < ARRAY_SIZE(masked); i++) {
         char *p = xasprintf("%s/%s", proc, masked[i]);
         if (access(p, F_OK) == 0 && mount(null, p, NULL, MS_BIND, NULL) < 0)
-            run__child_fail(c, "cannot mask /proc/%s: %s", masked[i], strerror(errno));
+            run__child_fail(c, "cannot mask /proc/%s: %s", masked[i], skiff_strerror(-errno));
         free(p);
     }
     static const char *const hidden[] = {"acpi", "asound", "scsi"};
@@ -406,7 +408,7 @@ static void run__proc(struct run_child *c)
         char *p = xasprintf("%s/%s", proc, hidden[i]);
         if (access(p, F_OK) == 0 &&
             mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0") < 0)
-            run__child_fail(c, "cannot hide /proc/%s: %s", hidden[i], strerror(errno));
+            run__child_fail(c, "cannot hide /proc/%s: %s", hidden[i], skiff_strerror(-errno));
         free(p);
     }
     static const char *const readonly[] = {"bus", "fs", "irq", "sys"};
@@ -418,7 +420,7 @@ static void run__proc(struct run_child *c)
                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                    NULL) < 0))
             run__child_fail(c, "cannot make /proc/%s read-only: %s", readonly[i],
-                            strerror(errno));
+                            skiff_strerror(-errno));
         free(p);
     }
     free(null);
@@ -441,16 +443,18 @@ int container__drop(unsigned uid, unsigned gid, char *err, size_t errlen)
     gid_t g = uid ? gid : CONTAINER_VCAP_UID;
     if (setgroups(1, &g) < 0 || setresgid(g, g, g) < 0 || setresuid(u, u, u) < 0)
         return run__fail(err, errlen, -errno, "cannot become uid %u: %s", (unsigned)u,
-                         strerror(errno));
+                         skiff_strerror(-errno));
     /* a uid change from 0 clears the permitted and effective sets; the ambient and
      * inheritable ones are cleared too, so no exec can bring a capability back */
     cap_t none_caps = cap_init();
     if (!none_caps || cap_set_proc(none_caps) < 0)
-        return run__fail(err, errlen, -errno, "cannot drop capabilities: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot drop capabilities: %s",
+                         skiff_strerror(-errno));
     cap_free(none_caps);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        return run__fail(err, errlen, -errno, "cannot set no_new_privs: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot set no_new_privs: %s",
+                         skiff_strerror(-errno));
     struct rlimit core = {0, 0}, nofile = {CONTAINER_NOFILE, CONTAINER_NOFILE};
     setrlimit(RLIMIT_CORE, &core);
     setrlimit(RLIMIT_NOFILE, &nofile);
@@ -528,7 +532,7 @@ static int run__exec_dropped(char *const argv[], char *const envp[], char *err, 
     }
     environ = (char **)envp; /* execvp looks PATH up in the program's own environment */
     execvp(argv[0], argv);
-    return run__fail(err, errlen, -errno, "cannot run %s: %s", argv[0], strerror(errno));
+    return run__fail(err, errlen, -errno, "cannot run %s: %s", argv[0], skiff_strerror(-errno));
 }
 
 /* This process as the container's program runs (its sidecars, their output's relay). */
@@ -635,7 +639,7 @@ static void run__sidecar_join(struct run_child *c, size_t i)
         if (fd >= 0 && write(fd, "0", 1) != 1)
             run__child_fail(c, "sidecar %s cannot join its cgroup (%s): %s",
                             c->cfg->sidecars[i].name, c->cfg->sidecars[i].cgroup_procs[k],
-                            strerror(errno));
+                            skiff_strerror(-errno));
     }
 }
 
@@ -656,7 +660,7 @@ static int run__sidecar_cgroups_open(const struct container_config *cfg, struct 
             int fd = open(f, O_WRONLY | O_CLOEXEC);
             if (fd < 0)
                 return run__fail(err, errlen, -errno, "cannot open sidecar %s's cgroup %s: %s",
-                                 cfg->sidecars[i].name, f, strerror(errno));
+                                 cfg->sidecars[i].name, f, skiff_strerror(-errno));
             c->sidecar_cgroups[i * CONTAINER_SIDECAR_CGROUP_FILES + k] = fd;
         }
     return 0;
@@ -681,11 +685,11 @@ static pid_t run__sidecars(struct run_child *c, pid_t *pids)
     for (size_t i = 0; i < n; i++) {
         int out[2], errp[2];
         if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
-            run__child_fail(c, "cannot make a sidecar's pipes: %s", strerror(errno));
+            run__child_fail(c, "cannot make a sidecar's pipes: %s", skiff_strerror(-errno));
         pids[i] = fork();
         if (pids[i] < 0)
             run__child_fail(c, "cannot fork sidecar %s: %s", c->cfg->sidecars[i].name,
-                            strerror(errno));
+                            skiff_strerror(-errno));
         if (pids[i] == 0) {
             run__sidecar_join(c, i);
             if (dup2(out[1], 1) < 0 || dup2(errp[1], 2) < 0)
@@ -703,7 +707,7 @@ static pid_t run__sidecars(struct run_child *c, pid_t *pids)
     }
     pid_t relay = fork();
     if (relay < 0)
-        run__child_fail(c, "cannot fork the sidecars' relay: %s", strerror(errno));
+        run__child_fail(c, "cannot fork the sidecars' relay: %s", skiff_strerror(-errno));
     if (relay == 0)
         run__relay(c, rs, 2 * n);
     for (size_t i = 0; i < 2 * n; i++)
@@ -756,10 +760,10 @@ static pid_t run__warm_program(struct run_child *c, int *start_wr)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
-        run__child_fail(c, "cannot make the warm program's pipe: %s", strerror(errno));
+        run__child_fail(c, "cannot make the warm program's pipe: %s", skiff_strerror(-errno));
     pid_t pid = fork();
     if (pid < 0)
-        run__child_fail(c, "cannot fork: %s", strerror(errno));
+        run__child_fail(c, "cannot fork: %s", skiff_strerror(-errno));
     if (pid == 0) {
         /* fd 3 is the start; what init had there moves out of the way first */
         int start_fd = fcntl(p[0], F_DUPFD_CLOEXEC, 10);
@@ -787,7 +791,7 @@ static void run__warm_wait(struct run_child *c, pid_t program)
     close(c->start_wr);
     int pidfd = program > 0 ? (int)syscall(SYS_pidfd_open, program, 0) : -1;
     if (program > 0 && pidfd < 0)
-        run__child_fail(c, "cannot watch the warm program: %s", strerror(errno));
+        run__child_fail(c, "cannot watch the warm program: %s", skiff_strerror(-errno));
     if (write(c->ready_wr, "r", 1) != 1)
         _exit(125);
     close(c->ready_wr);
@@ -804,7 +808,7 @@ static pid_t run__warm_stem(struct run_child *c)
     close(c->start_wr);
     pid_t pid = fork();
     if (pid < 0)
-        run__child_fail(c, "cannot fork: %s", strerror(errno));
+        run__child_fail(c, "cannot fork: %s", skiff_strerror(-errno));
     if (pid == 0) {
         close(c->ready_wr);
         char err[512];
@@ -814,7 +818,7 @@ static pid_t run__warm_stem(struct run_child *c)
         run__start_read(c, -1);
         start_trace("program: start read, exec");
         if (chdir(c->cfg->cwd) < 0)
-            run__child_fail(c, "cannot enter %s: %s", c->cfg->cwd, strerror(errno));
+            run__child_fail(c, "cannot enter %s: %s", c->cfg->cwd, skiff_strerror(-errno));
         run__exec_dropped(c->argv, c->envp, err, sizeof err);
         run__child_fail(c, "%s", err);
     }
@@ -852,7 +856,7 @@ static void run__start_read(struct run_child *c, int pidfd)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            run__child_fail(c, "cannot read the start: %s", strerror(errno));
+            run__child_fail(c, "cannot read the start: %s", skiff_strerror(-errno));
         if (n == 0)
             break;
         len += (size_t)n;
@@ -909,23 +913,23 @@ static int run__init(void *arg)
      * our file system uid is still the host's root, the owner of the folders on the way
      * (the scratch folder is 0700); from then on every path is relative to the new root. */
     if (mount(c->root, c->root, NULL, MS_BIND | MS_REC, NULL) < 0 || chdir(c->root) < 0)
-        run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
+        run__child_fail(c, "cannot enter the root file system: %s", skiff_strerror(-errno));
     c->root = ".";
     if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
-        run__child_fail(c, "cannot take the container's root: %s", strerror(errno));
+        run__child_fail(c, "cannot take the container's root: %s", skiff_strerror(-errno));
     const struct container_config *cfg = c->cfg;
     if (sethostname(cfg->hostname, strlen(cfg->hostname)) < 0)
-        run__child_fail(c, "cannot set the hostname: %s", strerror(errno));
+        run__child_fail(c, "cannot set the hostname: %s", skiff_strerror(-errno));
     run__proc(c);
     start_trace("make: init: /proc");
     char *pts = run__path(c->root, "/dev/pts");
     if (mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") <
         0)
-        run__child_fail(c, "cannot mount /dev/pts: %s", strerror(errno));
+        run__child_fail(c, "cannot mount /dev/pts: %s", skiff_strerror(-errno));
     free(pts);
     if (syscall(SYS_pivot_root, ".", ".") < 0 ||
         umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
-        run__child_fail(c, "cannot enter the root file system: %s", strerror(errno));
+        run__child_fail(c, "cannot enter the root file system: %s", skiff_strerror(-errno));
     start_trace("make: init: /dev/pts, pivot_root");
     if (!cfg->net_pool)
         run__lo_up();
@@ -939,7 +943,7 @@ static int run__init(void *arg)
     else if (cfg->warm_socket)
         run__warm_wait(c, app);
     if (!forked_ahead && chdir(cfg->cwd) < 0)
-        run__child_fail(c, "cannot enter %s: %s", cfg->cwd, strerror(errno));
+        run__child_fail(c, "cannot enter %s: %s", cfg->cwd, skiff_strerror(-errno));
     if (program_start >= 0 && c->start_afresh) {
         close(program_start);
         program_start = -1;
@@ -971,7 +975,7 @@ static int run__init(void *arg)
     if (!app)
         app = fork();
     if (app < 0)
-        run__child_fail(c, "cannot fork: %s", strerror(errno));
+        run__child_fail(c, "cannot fork: %s", skiff_strerror(-errno));
     if (app == 0)
         run__exec(c);
     size_t n_sidecars = cfg->n_sidecars;
@@ -1041,7 +1045,7 @@ static int run__maps(pid_t pid, unsigned base, char *err, size_t errlen)
     }
     if (rc < 0)
         return run__fail(err, errlen, rc, "cannot write the user namespace's maps: %s",
-                         strerror(-rc));
+                         skiff_strerror(rc));
     return 0;
 }
 
@@ -1060,7 +1064,8 @@ static int run__warm_accept(const struct container_config *cfg, int init_err, ch
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s.new", cfg->warm_socket);
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (lfd < 0)
-        return run__fail(err, errlen, -errno, "cannot make the warm socket: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot make the warm socket: %s",
+                         skiff_strerror(-errno));
     unlink(cfg->warm_socket);
     unlink(addr.sun_path);
     mode_t old = umask(0177); /* 0600 from the start: root alone may start it */
@@ -1090,7 +1095,7 @@ static int run__warm_accept(const struct container_config *cfg, int init_err, ch
     if (rc == RUN_INIT_ENDED)
         return rc;
     if (rc < 0)
-        return run__fail(err, errlen, rc, "cannot wait on the warm socket: %s", strerror(-rc));
+        return run__fail(err, errlen, rc, "cannot wait on the warm socket: %s", skiff_strerror(rc));
     size_t len = 0, cap = 64 * 1024;
     char *buf = xmalloc(cap + 1);
     for (;;) {
@@ -1108,7 +1113,8 @@ static int run__warm_accept(const struct container_config *cfg, int init_err, ch
             continue;
         if (n <= 0) {
             if (n < 0)
-                rc = run__fail(err, errlen, -errno, "cannot read the start: %s", strerror(errno));
+                rc = run__fail(err, errlen, -errno, "cannot read the start: %s",
+                               skiff_strerror(-errno));
             break;
         }
         len += (size_t)n;
@@ -1135,7 +1141,7 @@ static int run__hostname(pid_t init, const char *name, char *err, size_t errlen)
     if (rc == 0 && sethostname(name, strlen(name)) < 0)
         rc = -errno;
     if (rc < 0)
-        run__fail(err, errlen, rc, "cannot set the hostname: %s", strerror(-rc));
+        run__fail(err, errlen, rc, "cannot set the hostname: %s", skiff_strerror(rc));
     if (self >= 0 && setns(self, CLONE_NEWUTS) < 0)
         abort(); /* the keeper must not stay in the container's namespace */
     if (ns >= 0)
@@ -1203,7 +1209,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
         snprintf(pid, sizeof pid, "%d\n", getpid());
         rc = run__write_file(*f, pid);
         if (rc < 0)
-            return run__fail(err, errlen, rc, "cannot join cgroup %s: %s", *f, strerror(-rc));
+            return run__fail(err, errlen, rc, "cannot join cgroup %s: %s", *f, skiff_strerror(rc));
     }
     start_trace("make: keeper: cgroup joined");
     /* The output pipes are the program's: given to vcap, so that it can open /dev/stdout
@@ -1223,7 +1229,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
                                                 "its scratch folder, and no program yet");
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         return run__fail(err, errlen, -errno, "cannot make a mount namespace: %s",
-                         strerror(errno));
+                         skiff_strerror(-errno));
     start_trace("make: keeper: mount namespace");
     char *root = xasprintf("%s/root", cfg->scratch);
     rc = run__rootfs(cfg, root, err, errlen);
@@ -1235,7 +1241,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
     if (pipe2(sync, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(statusp, O_CLOEXEC) < 0 ||
         (warm && (pipe2(ready, O_CLOEXEC) < 0 || pipe2(startp, O_CLOEXEC) < 0))) {
         free(root);
-        return run__fail(err, errlen, -errno, "cannot make pipes: %s", strerror(errno));
+        return run__fail(err, errlen, -errno, "cannot make pipes: %s", skiff_strerror(-errno));
     }
     struct run_child c = {.cfg = cfg,
                           .argv = argv,
@@ -1284,7 +1290,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
     }
     if (pid < 0) {
         rc = run__fail(err, errlen, -errno, "cannot make the container's namespaces: %s",
-                       strerror(errno));
+                       skiff_strerror(-errno));
         close(sync[1]);
         goto out;
     }

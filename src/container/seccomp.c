@@ -26,6 +26,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 
 /* Calls newer than some kernel headers; the numbers are the same on every architecture
@@ -156,7 +157,7 @@ static int seccomp__add(scmp_filter_ctx ctx, uint32_t action, int nr, unsigned c
 {
     int rc = seccomp_rule_add_array(ctx, action, nr, count, cmp);
     if (rc < 0)
-        snprintf(err, errlen, "cannot add the seccomp rule for %s: %s", what, strerror(-rc));
+        snprintf(err, errlen, "cannot add the seccomp rule for %s: %s", what, skiff_strerror(rc));
     return rc;
 }
 
@@ -203,7 +204,7 @@ static int seccomp__build(struct sock_fprog *out, char *err, size_t errlen)
     int rc, fd = -1;
     /* x32 calls on x86-64 and every other architecture the kernel could run */
     if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, deny)) < 0) {
-        snprintf(err, errlen, "cannot set up the seccomp filter: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot set up the seccomp filter: %s", skiff_strerror(rc));
         goto out;
     }
     for (size_t i = 0; i < ARRAY_SIZE(seccomp__denied); i++) {
@@ -236,11 +237,11 @@ static int seccomp__build(struct sock_fprog *out, char *err, size_t errlen)
     fd = memfd_create("skiff-seccomp", MFD_CLOEXEC);
     if (fd < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot export the seccomp filter: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot export the seccomp filter: %s", skiff_strerror(rc));
         goto out;
     }
     if ((rc = seccomp_export_bpf(ctx, fd)) < 0) {
-        snprintf(err, errlen, "cannot export the seccomp filter: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot export the seccomp filter: %s", skiff_strerror(rc));
         goto out;
     }
     off_t size = lseek(fd, 0, SEEK_END);
@@ -298,7 +299,8 @@ int seccomp_export_default(const char *path, char *err, size_t errlen)
     rc = file_write_atomic(path, seccomp__program.filter,
                            seccomp__program.len * sizeof(struct sock_filter), 0600);
     if (rc < 0)
-        snprintf(err, errlen, "cannot write the seccomp filter to %s: %s", path, strerror(-rc));
+        snprintf(err, errlen, "cannot write the seccomp filter to %s: %s", path,
+                 skiff_strerror(rc));
     return rc;
 }
 
@@ -308,7 +310,7 @@ int seccomp_prepare_from(const char *path, char *err, size_t errlen)
     size_t size = 0;
     int rc = file_read(path, &data, &size);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot read the seccomp filter %s: %s", path, strerror(-rc));
+        snprintf(err, errlen, "cannot read the seccomp filter %s: %s", path, skiff_strerror(rc));
         return rc;
     }
     if (size == 0 || size % sizeof(struct sock_filter) ||
@@ -331,14 +333,14 @@ int seccomp_install_default(char *err, size_t errlen)
     /* the filter binds this process's future programs only when they cannot gain privilege */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot set no_new_privs: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot set no_new_privs: %s", skiff_strerror(rc));
         return rc;
     }
     long r =
         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &seccomp__program);
     if (r < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot load the seccomp filter: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot load the seccomp filter: %s", skiff_strerror(rc));
         return rc;
     }
     if (r > 0) { /* the id of a thread that could not take the filter */

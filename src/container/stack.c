@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 
@@ -64,7 +65,7 @@ int container_stack_prepare(const char *home, char **dir_out, char *err, size_t 
         free(p);
     }
     if (rc < 0) {
-        snprintf(err, errlen, "cannot make the stack under %s: %s", dir, strerror(-rc));
+        snprintf(err, errlen, "cannot make the stack under %s: %s", dir, skiff_strerror(rc));
         free(dir);
         return rc;
     }
@@ -124,7 +125,8 @@ int container_stack_prepare(const char *home, char **dir_out, char *err, size_t 
         }
     }
     if (rc < 0) {
-        snprintf(err, errlen, "cannot write the stack's /etc under %s: %s", dir, strerror(-rc));
+        snprintf(err, errlen, "cannot write the stack's /etc under %s: %s", dir,
+                 skiff_strerror(rc));
         free(dir);
         return rc;
     }

@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "container/container_internal.h"
@@ -111,7 +112,8 @@ int container_warm_start(const char *socket_path, const struct container_start *
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "no warm container answers at %s: %s", socket_path, strerror(errno));
+        snprintf(err, errlen, "no warm container answers at %s: %s", socket_path,
+                 skiff_strerror(-errno));
         goto out;
     }
     /* the keeper reads to the end before it does anything: the whole start or nothing */
@@ -123,7 +125,7 @@ int container_warm_start(const char *socket_path, const struct container_start *
         if (n <= 0) {
             rc = n < 0 ? -errno : -EIO;
             snprintf(err, errlen, "cannot hand the start to the warm container: %s",
-                     strerror(-rc));
+                     skiff_strerror(rc));
             goto out;
         }
         off += (size_t)n;

@@ -25,6 +25,9 @@
 #include "common/util.h"
 #include "container/container.h"
 #include "container/net.h"
+#include "cell/cell.h"
+#include "cell/client.h"
+#include "hosts/hosts.h"
 #include "cells/cells.h"
 #include "daemon/builtin_brokers.h"
 #include "daemon/leader.h"
@@ -65,6 +68,7 @@ struct daemon {
     struct invoker *invoker; /* event delivery, on the events API's fabric */
     struct autoscaler *autoscaler; /* request scaling, fed by the routers through the bus */
     struct bus *bus;
+    struct hosts *hosts; /* --host-addr: the other hosts on NATS (src/hosts) */
     struct router_proc *router;
     struct api_events *events; /* the topics' endpoints and the fabric */
     struct services *services; /* service instances, bindings, brokers (records) */
@@ -126,10 +130,23 @@ static void usage(FILE *out)
         "                              SKIFF_NATS_TLS_KEY); docs/bus.md has the permissions\n"
         "  --zone NAME                 this cell's zone, shown by `skiff cells` (SKIFF_ZONE,\n"
         "                              default \"default\")\n"
-        "  --role all|router           all (default, SKIFF_ROLE): the whole platform; router: a\n"
+        "  --role all|controller|cell|router\n"
+        "                              all (default, SKIFF_ROLE): the whole platform; router: a\n"
         "                              lone skiff-router that learns its routes from --nats (no\n"
         "                              API, scheduler or executor), on --router-addr,\n"
-        "                              --router-admin-addr and, when given, --router-tls-addr\n"
+        "                              --router-admin-addr and, when given, --router-tls-addr;\n"
+        "                              cell: an executor that takes start and stop requests\n"
+        "                              from --nats and reports on it (docs/bus.md \"Cells\");\n"
+        "                              controller: API, scheduler and leading, its instances\n"
+        "                              placed on the cells (SKIFF_CELL_LOST_MS, default 5000:\n"
+        "                              a cell silent that long is lost, its instances moved)\n"
+        "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
+        "                              default: the host's RAM)\n"
+        "  --host-addr IP              with --nats: this host's address on the network between\n"
+        "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
+        "                              pool, so routers of other hosts reach its instances (and\n"
+        "                              only they); every other host's pool is routed via its own\n"
+        "                              (README.md \"Several hosts\")\n"
         "  --nats-replicas N           replicas of each JetStream stream (SKIFF_NATS_REPLICAS,\n"
         "                              default 1; a publish is acknowledged once a majority of\n"
         "                              them stored it, JetStream's rule)\n"
@@ -307,9 +324,10 @@ static bool daemon_invoker_work(void *invoker, const char *app_guid, const char 
     return true;
 }
 
-static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted)
+static int daemon_invoker_wake(void *as, const char *app_guid, const char *process, int wanted,
+                               int *running)
 {
-    return autoscaler_wake(as, app_guid, process, wanted);
+    return autoscaler_wake(as, app_guid, process, wanted, running);
 }
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
@@ -335,6 +353,8 @@ static void shutdown_bus_done(void *arg)
 static void shutdown_sched_done(void *arg)
 {
     struct daemon *d = arg;
+    hosts_stop(d->hosts);
+    d->hosts = NULL;
     if (d->bus)
         bus_close(d->bus, shutdown_bus_done, d);
     else
@@ -750,7 +770,7 @@ static void daemon_leading_changed(void *ctx, bool leading)
  * Returns only on error. */
 static int daemon_run_router(const char *home, const char *nats_url,
                              const struct natsconn_security *sec, const char *addr,
-                             const char *admin_addr, const char *tls_addr)
+                             const char *admin_addr, const char *tls_addr, const char *host_addr)
 {
     if (!*nats_url) {
         log_error("--role router learns its routes from NATS: give --nats URL[,URL...] "
@@ -769,11 +789,15 @@ static int daemon_run_router(const char *home, const char *nats_url,
         return 1;
     }
     setenv("SKIFF_ROUTER_NATS", nats_url, 1);
-    const char *argv[20] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
+    const char *argv[24] = {bin, "--home", h, "--addr", addr, "--admin-addr", admin_addr};
     int n = 7;
     if (tls_addr && *tls_addr) {
         argv[n++] = "--tls-addr";
         argv[n++] = tls_addr;
+    }
+    if (*host_addr) {
+        argv[n++] = "--host-addr";
+        argv[n++] = host_addr;
     }
     /* file names only: what they hold stays in the files */
     const struct {
@@ -795,6 +819,86 @@ static int daemon_run_router(const char *home, const char *nats_url,
     free(bin);
     free(dir);
     return 1;
+}
+
+/* ---- skiffd --role cell: an executor that takes its instances from the leader over NATS ---- */
+
+struct daemon_cell {
+    uv_signal_t sigterm, sigint, sigusr2;
+    struct cell_agent *agent;
+    bool stopping;
+};
+
+static void daemon_cell_closed(void *arg)
+{
+    struct daemon_cell *c = arg;
+    uv_close((uv_handle_t *)&c->sigterm, NULL);
+    uv_close((uv_handle_t *)&c->sigint, NULL);
+    uv_close((uv_handle_t *)&c->sigusr2, NULL);
+}
+
+static void daemon_cell_on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon_cell *c = h->data;
+    if (c->stopping)
+        return;
+    c->stopping = true;
+    bool leave = signum == SIGUSR2;
+    log_info("%s: %s, then exiting",
+             leave              ? "SIGUSR2"
+             : signum == SIGINT ? "interrupted"
+                                : "terminated",
+             leave ? "the instances keep running for the next cell on this home"
+                   : "stopping the instances");
+    cell_agent_close(c->agent, leave, daemon_cell_closed, c);
+}
+
+/* Runs until a signal; 0 after a clean stop. */
+static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg_in)
+{
+    struct cell_agent_config cfg = *cfg_in;
+    char *h = path_expand_home(home);
+    char *run = xasprintf("%s/run", h);
+    int rc = mkdir_p(run, 0755);
+    char *lock_path = xasprintf("%s/skiffd.lock", run);
+    int lock_fd = rc < 0 ? -1 : open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (rc < 0 || lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        log_error("cannot use %s as this cell's home (%s): another skiffd runs with it, or it "
+                  "cannot be made; use another --home",
+                  h, rc < 0 ? strerror(-rc) : lock_path);
+        rc = 1;
+        goto out;
+    }
+    cfg.home = h;
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    uv_loop_t *loop = uv_default_loop();
+    struct daemon_cell c = {0};
+    char err[512] = "";
+    rc = cell_agent_start(loop, &cfg, &c.agent, err, sizeof err);
+    if (rc < 0) {
+        log_error("%s", err);
+        rc = 2;
+        goto out;
+    }
+    uv_signal_t *sigs[] = {&c.sigterm, &c.sigint, &c.sigusr2};
+    int nums[] = {SIGTERM, SIGINT, SIGUSR2};
+    for (size_t i = 0; i < ARRAY_SIZE(sigs); i++) {
+        uv_signal_init(loop, sigs[i]);
+        sigs[i]->data = &c;
+        uv_signal_start(sigs[i], daemon_cell_on_signal, nums[i]);
+    }
+    uv_run(loop, UV_RUN_DEFAULT);
+    cell_agent_free(c.agent);
+    uv_loop_close(loop);
+    rc = 0;
+out:
+    if (lock_fd >= 0)
+        close(lock_fd);
+    free(lock_path);
+    free(run);
+    free(h);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -824,12 +928,14 @@ int main(int argc, char **argv)
                                          .tls_cert = getenv("SKIFF_NATS_TLS_CERT"),
                                          .tls_key = getenv("SKIFF_NATS_TLS_KEY")};
     const char *role = env_or("SKIFF_ROLE", "all");
+    const char *host_addr = env_or("SKIFF_HOST_ADDR", "");
     const char *zone = env_or("SKIFF_ZONE", "default");
     bool tls_addr_given = getenv("SKIFF_ROUTER_TLS_ADDR") != NULL;
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
     const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
+    const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     for (int i = 1; i < argc; i++) {
@@ -868,6 +974,8 @@ int main(int argc, char **argv)
             target = &nats_url;
         else if (!strcmp(a, "--zone"))
             target = &zone;
+        else if (!strcmp(a, "--host-addr"))
+            target = &host_addr;
         else if (!strcmp(a, "--nats-replicas"))
             target = &nats_replicas_text;
         else if (!strcmp(a, "--nats-creds"))
@@ -878,6 +986,8 @@ int main(int argc, char **argv)
             target = &nats_sec.tls_cert;
         else if (!strcmp(a, "--nats-tls-key"))
             target = &nats_sec.tls_key;
+        else if (!strcmp(a, "--memory"))
+            target = &cell_memory_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-memory"))
@@ -908,11 +1018,20 @@ int main(int argc, char **argv)
         }
         *target = argv[++i];
     }
+    if (*host_addr && !*nats_url) {
+        log_error("--host-addr is announced to the other hosts on NATS: give --nats too");
+        return 2;
+    }
     if (!strcmp(role, "router"))
         return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
-                                 tls_addr_given ? router_tls_addr : NULL);
-    if (strcmp(role, "all")) {
-        log_error("--role is all or router, not \"%s\"", role);
+                                 tls_addr_given ? router_tls_addr : NULL, host_addr);
+    if (strcmp(role, "all") && strcmp(role, "cell") && strcmp(role, "controller")) {
+        log_error("--role is all, controller, cell or router, not \"%s\"", role);
+        return 2;
+    }
+    if (!strcmp(role, "controller") && !*nats_url) {
+        log_error("--role controller runs no instance itself: it places them on the cells that "
+                  "announce themselves on NATS; give --nats URL[,URL...] (or SKIFF_NATS)");
         return 2;
     }
     char *replicas_end;
@@ -979,6 +1098,48 @@ int main(int argc, char **argv)
         log_warning("--isolation process: every app and buildpack runs as "
                         "skiffd's own user, in the host's namespaces, with no seccomp: any of "
                         "them can take the platform over. Use it for development only.");
+    if (!strcmp(role, "cell")) {
+        uint64_t cell_memory = 0;
+        if (*cell_memory_text && !(cell_memory = daemon_size(cell_memory_text))) {
+            log_error("--memory %s is not a size like 4G or 512M (at least 1M)", cell_memory_text);
+            return 2;
+        }
+        char *bin_dir = self_dir();
+        char *cell_shim = xasprintf("%s/skiff-shim", bin_dir);
+        char *cell_init = xasprintf("%s/skiff-init", bin_dir);
+        char *cell_buildpacks = find_buildpacks(bin_dir);
+        char *cell_home = path_expand_home(home);
+        struct executor_config cell_ex = {
+            .home = cell_home,
+            .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
+            .port_max = (int)env_long("SKIFF_PORT_MAX", 64999, 1),
+            .grace_ms = (int)env_long("SKIFF_GRACE_MS", 10000, 0),
+            .shim_path = cell_shim,
+            .isolation = contained ? EXECUTOR_CONTAINER : EXECUTOR_PROCESS,
+            .init_path = cell_init,
+            .net_pool = network_pool,
+            .uid_base =
+                (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
+            .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
+            .prewarm = (int)prewarm,
+            .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
+            .runtimes_dir = cell_buildpacks};
+        struct cell_agent_config cell_cfg = {
+            .home = cell_home,
+            .zone = zone,
+            .memory_bytes = cell_memory,
+            .heartbeat_ms = (int)env_long("SKIFF_CELL_HEARTBEAT_MS", CELL_HEARTBEAT_MS, 100),
+            .nats_urls = nats_url,
+            .nats_security = nats_sec,
+            .executor = &cell_ex};
+        int cell_rc = daemon_run_cell(home, &cell_cfg);
+        free(cell_home);
+        free(cell_buildpacks);
+        free(cell_init);
+        free(cell_shim);
+        free(bin_dir);
+        return cell_rc;
+    }
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     raise_nofile();
@@ -1046,6 +1207,29 @@ int main(int argc, char **argv)
     rm_rf(tmp); /* uploads and scratch of a previous run */
     mkdir_p(tmp, 0700);
     free(tmp);
+
+    /* before any instance starts: a pool another host announced that overlaps this one's
+     * would send that host's instances' traffic here, and this one's there */
+    if (*host_addr) {
+        if (!contained) {
+            log_error("--host-addr needs --isolation container: instances of other hosts are "
+                      "reached at their container addresses");
+            goto fail;
+        }
+        rc = hosts_start(d.loop,
+                         &(struct hosts_config){.nats_urls = nats_url,
+                                                .security = nats_sec,
+                                                .addr = host_addr,
+                                                .roles = HOSTS_CONTROLLER | HOSTS_CELL,
+                                                .pool = &pool},
+                         &d.hosts, err, sizeof err);
+        if (rc == 0)
+            rc = hosts_settle(d.hosts, 3000, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            goto fail;
+        }
+    }
 
     /* the store's location names its backend: sqlite:PATH (the default, in the home) or
      * postgres://...; a URL's password is never logged (store_open's messages mask it) */
@@ -1124,7 +1308,21 @@ int main(int argc, char **argv)
         log_error("cannot set up the API: %s", strerror(-rc));
         goto fail;
     }
+    char cell_id[CELLS_ID_LEN + 1] = "";
+    if (cells_load_id(d.home, cell_id, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto fail;
+    }
+    bool controller_only = !strcmp(role, "controller");
+    struct cellc_config cellcfg = {.local_cell = !controller_only,
+                                   .local_id = cell_id,
+                                   .local_zone = zone,
+                                   .nats_urls = nats_url,
+                                   .nats_security = nats_sec,
+                                   .lost_ms =
+                                       (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500)};
     struct scheduler_config scfg = {.home = d.home,
+                                    .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,
                                     .drain_timeout_ms = drain_timeout_ms,
                                     .hub = d.hub,
@@ -1394,6 +1592,8 @@ fail:
             scheduler_shutdown(d.sched, NULL, NULL);
         if (d.bus)
             bus_close(d.bus, NULL, NULL);
+        hosts_stop(d.hosts);
+        d.hosts = NULL;
         uv_run(d.loop, UV_RUN_DEFAULT);
     }
 out:

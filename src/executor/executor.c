@@ -12,6 +12,7 @@
  * the spec asks for them, only report ready/not ready and never kill) -> exit of its main process
  * -> DOWN when a stop was asked for, CRASHED otherwise. The final state is reported once the
  * process is gone and its output drained; the instance is freed right after that callback. */
+#include "common/err.h"
 #include "common/start_trace.h"
 #include "executor/executor.h"
 
@@ -396,7 +397,7 @@ static int executor__sidecar_cgroup(struct instance *inst, size_t k)
     if (rc < 0) {
         cgroup_destroy(cg);
         log_warning("instance %s: cannot make sidecar %s's cgroup: %s", inst->guid,
-                    inst->sidecars[k].name, strerror(-rc));
+                    inst->sidecars[k].name, skiff_strerror(rc));
         return rc;
     }
     inst->sidecar_cgs[k] = cg;
@@ -1436,7 +1437,7 @@ static int warm__start(struct instance *inst)
     rm_rf(inst->scratch_dir);
     if (rc == 0 && rename(w->dir, inst->scratch_dir) < 0) {
         rc = -errno;
-        snprintf(err, sizeof err, "cannot rename its folder: %s", strerror(errno));
+        snprintf(err, sizeof err, "cannot rename its folder: %s", skiff_strerror(-errno));
     }
     if (rc == 0) {
         free(w->dir);
@@ -1445,7 +1446,8 @@ static int warm__start(struct instance *inst)
         if (rc == 0)
             rc = cgroup_set_limits(w->cg, inst->memory_mb, inst->pids_max);
         if (rc < 0)
-            snprintf(err, sizeof err, "cannot make its cgroup the instance's: %s", strerror(-rc));
+            snprintf(err, sizeof err, "cannot make its cgroup the instance's: %s",
+                     skiff_strerror(rc));
     }
     char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
     mkdir_p(tmp, 0700);
@@ -2264,7 +2266,7 @@ static int executor__container_setup(struct executor *ex, const struct executor_
     rc = mkdir_p(containers, 0700);
     free(containers);
     if (rc < 0)
-        snprintf(err, sizeof err, "cannot create the folder: %s", strerror(-rc));
+        snprintf(err, sizeof err, "cannot create the folder: %s", skiff_strerror(rc));
     if (rc < 0 || seccomp_export_default(ex->seccomp_bpf, err, sizeof err) < 0) {
         log_error("cannot build the seccomp filter ahead (starts build it): %s",
                 err);

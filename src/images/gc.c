@@ -137,7 +137,7 @@ int image_store_gc(const struct image_store *s, const struct image_keep *keep,
         return image__fail(err, errlen, SKIFF_E_BUSY,
                            "a pull or an import holds the image store: collected after it");
     if (lock < 0)
-        return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot lock the image store: %s",
+        return image__fail(err, errlen, skiff_err_disk(lock), "cannot lock the image store: %s",
                            skiff_strerror(lock));
     out->layers = gc__sweep(s, "layers/sha256", keep);
     out->blobs = gc__sweep(s, "blobs/sha256", keep);

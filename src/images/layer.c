@@ -51,7 +51,7 @@ static int layer__sync(struct layer *l)
     int rc = SKIFF_OK;
     for (size_t i = 0; i < l->n_unsynced; i++) {
         if (rc == SKIFF_OK && fdatasync(l->unsynced[i]) != 0)
-            rc = image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+            rc = image__fail(l->err, l->errlen, skiff_err_disk(-errno),
                              "layer %s: cannot write it to disk: %s", l->digest,
                              skiff_strerror(-errno));
         close(l->unsynced[i]);
@@ -156,8 +156,9 @@ static int layer__open_dir(struct layer *l, const char *dir, const char *entry, 
     *out = fd;
     return SKIFF_OK;
 sys:
-    return image__fail(l->err, l->errlen, SKIFF_E_INTERNAL, "layer %s: cannot unpack '%.200s': %s",
-                       l->digest, entry, skiff_strerror(-errno));
+    return image__fail(l->err, l->errlen, skiff_err_disk(-errno),
+                       "layer %s: cannot unpack '%.200s': %s", l->digest, entry,
+                       skiff_strerror(-errno));
 }
 
 /* Splits a clean path into its folder (written over name's copy) and its last component. */
@@ -209,7 +210,7 @@ static int layer__write_data(struct layer *l, struct archive *a, int fd, const c
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0)
-                return image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+                return image__fail(l->err, l->errlen, skiff_err_disk(-errno),
                                    "layer %s: cannot write '%.200s': %s", l->digest, entry,
                                    skiff_strerror(-errno));
             p += n;
@@ -223,8 +224,9 @@ static int layer__write_data(struct layer *l, struct archive *a, int fd, const c
 
 static int layer__sys(struct layer *l, const char *what, const char *entry)
 {
-    return image__fail(l->err, l->errlen, SKIFF_E_INTERNAL, "layer %s: cannot %s '%.200s': %s",
-                       l->digest, what, entry, skiff_strerror(-errno));
+    return image__fail(l->err, l->errlen, skiff_err_disk(-errno),
+                       "layer %s: cannot %s '%.200s': %s", l->digest, what, entry,
+                       skiff_strerror(-errno));
 }
 
 /* One entry, written under the folder fd dir as name. */
@@ -423,7 +425,7 @@ static int layer__unpack(struct layer *l, struct archive *a)
     layer__drop_unsynced(l);
     if (rc == SKIFF_OK && fsync(l->root) != 0)
         rc =
-            image__fail(l->err, l->errlen, SKIFF_E_INTERNAL,
+            image__fail(l->err, l->errlen, skiff_err_disk(-errno),
                         "layer %s: cannot write it to disk: %s", l->digest, skiff_strerror(-errno));
     return rc;
 }
@@ -437,8 +439,8 @@ static int layer__begin(const struct image_store *s, const char *digest, struct 
     *tmp = image__tmp_path(s, "layer");
     if (mkdir(*tmp, 0755) != 0 || chown(*tmp, s->uid_base, s->uid_base) != 0 ||
         (l->root = open(*tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-        return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
-                           skiff_strerror(-errno));
+        return image__fail(err, errlen, skiff_err_disk(-errno), "cannot unpack layer %s: %s",
+                           digest, skiff_strerror(-errno));
     if (err && errlen)
         err[0] = '\0';
     return SKIFF_OK;
@@ -467,7 +469,7 @@ int image_layer_unpack(const struct image_store *s, const char *digest, char *er
         rc = layer__unpack(&l, a);
     archive_read_free(a);
     if (rc == SKIFF_OK && rename(tmp, final) != 0 && access(final, F_OK) != 0)
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s", digest,
+        rc = image__fail(err, errlen, skiff_err_disk(-errno), "cannot unpack layer %s: %s", digest,
                          skiff_strerror(-errno));
 done:
     if (l.root >= 0)
@@ -540,8 +542,8 @@ int image__layer_stream_begin(const struct image_store *s, const char *digest,
     int rc = layer__begin(s, ls->digest, &ls->l, &ls->tmp, ls->err, sizeof ls->err);
     int fds[2];
     if (rc == SKIFF_OK && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
-        rc = image__fail(ls->err, sizeof ls->err, SKIFF_E_INTERNAL, "cannot unpack layer %s: %s",
-                         digest, skiff_strerror(-errno));
+        rc = image__fail(ls->err, sizeof ls->err, skiff_err_disk(-errno),
+                         "cannot unpack layer %s: %s", digest, skiff_strerror(-errno));
     if (rc == SKIFF_OK) {
         ls->in = fds[0];
         ls->out = fds[1];
@@ -550,7 +552,7 @@ int image__layer_stream_begin(const struct image_store *s, const char *digest,
         setsockopt(ls->in, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
         int e = pthread_create(&ls->thread, NULL, layer__stream_work, ls);
         if (e != 0)
-            rc = image__fail(ls->err, sizeof ls->err, SKIFF_E_INTERNAL,
+            rc = image__fail(ls->err, sizeof ls->err, skiff_err_disk(-e),
                              "cannot unpack layer %s: %s", digest, skiff_strerror(-e));
     }
     if (rc != SKIFF_OK) {

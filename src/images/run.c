@@ -20,13 +20,14 @@ int image_droplet_write(const struct image *img, const char *droplet_dir, char *
     int rc = mkdir_p(app, 0755);
     if (rc == 0)
         rc = file_write_atomic(record, json, strlen(json), 0644);
-    if (rc < 0)
-        image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot write the droplet %s: %s", droplet_dir,
-                    skiff_strerror(rc));
+    int code = rc < 0
+                   ? image__fail(err, errlen, skiff_err_disk(rc), "cannot write the droplet %s: %s",
+                                 droplet_dir, skiff_strerror(rc))
+                   : SKIFF_OK;
     free(app);
     free(record);
     free(json);
-    return rc < 0 ? SKIFF_E_INTERNAL : SKIFF_OK;
+    return code;
 }
 
 bool image_droplet_is_image(const char *droplet_dir)

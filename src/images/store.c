@@ -77,10 +77,11 @@ int image_store_open(struct image_store *s, const char *home, unsigned uid_base,
         int rc = mkdir_p(d, 0700);
         free(d);
         if (rc < 0) {
-            image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot make the image store in %s: %s",
-                        s->root, skiff_strerror(rc));
+            int code =
+                image__fail(err, errlen, skiff_err_disk(rc),
+                            "cannot make the image store in %s: %s", s->root, skiff_strerror(rc));
             image_store_close(s);
-            return SKIFF_E_INTERNAL;
+            return code;
         }
     }
     /* the container's root must reach its layers' folders; blobs and tmp stay private */
@@ -176,7 +177,7 @@ int image__blob_begin(const struct image_store *s, const char *expected, const c
             int e = errno;
             free(w->tmp);
             free(w);
-            return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", what,
+            return image__fail(err, errlen, skiff_err_disk(-e), "cannot store %s: %s", what,
                                skiff_strerror(-e));
         }
     }
@@ -211,7 +212,7 @@ int image_blob_write(struct image_blob_writer *w, const void *data, size_t len, 
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
+            return image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s", w->what,
                                skiff_strerror(-errno));
         p += n;
         len -= (size_t)n;
@@ -261,7 +262,7 @@ int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN]
         goto done;
     if (fsync(w->fd) != 0 || close(w->fd) != 0) {
         w->fd = -1;
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
+        rc = image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s", w->what,
                          skiff_strerror(-errno));
         goto done;
     }
@@ -269,7 +270,7 @@ int image_blob_commit(struct image_blob_writer *w, char digest[IMAGE_DIGEST_LEN]
     char *final = xasprintf("%s/%s", w->final_dir, got + 7);
     /* a blob stored meanwhile by another pull is the same bytes: either copy may win */
     if (rename(w->tmp, final) != 0)
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
+        rc = image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s", w->what,
                          skiff_strerror(-errno));
     free(final);
 done:
@@ -285,7 +286,7 @@ int image__blob_verify(struct image_blob_writer *w, struct image_pending *p, cha
     char got[IMAGE_DIGEST_LEN];
     int rc = blob__check(w, got, err, errlen);
     if (rc == SKIFF_OK && w->fd >= 0 && close(w->fd) != 0)
-        rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", w->what,
+        rc = image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s", w->what,
                          skiff_strerror(-errno));
     w->fd = -1;
     if (rc == SKIFF_OK && w->tmp) {
@@ -342,16 +343,16 @@ int image__pending_commit(const struct image_store *s, struct image_pending *p, 
     for (size_t i = 0; i < p->n && rc == SKIFF_OK; i++) {
         int fd = open(p->tmp[i], O_RDONLY | O_CLOEXEC);
         if (fd < 0 || fsync(fd) != 0)
-            rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
-                             skiff_strerror(-errno));
+            rc = image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s",
+                             p->final[i], skiff_strerror(-errno));
         if (fd >= 0)
             close(fd);
     }
     for (size_t i = 0; i < p->n && rc == SKIFF_OK; i++) {
         /* one stored meanwhile by another pull is the same content: it stays */
         if (rename(p->tmp[i], p->final[i]) != 0 && access(p->final[i], F_OK) != 0)
-            rc = image__fail(err, errlen, SKIFF_E_INTERNAL, "cannot store %s: %s", p->final[i],
-                             skiff_strerror(-errno));
+            rc = image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s",
+                             p->final[i], skiff_strerror(-errno));
     }
     image__pending_abort(p); /* what was not moved */
     return rc;

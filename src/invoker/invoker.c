@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "fabric/fabric.h"
@@ -390,18 +391,17 @@ static void target_scale_up(struct inv_target *t, int wanted)
         return;
     if (!t->app_guid[0])
         target_read_guid(t);
-    int rc =
-        t->app_guid[0] ? t->inv->wake(t->inv->wake_ctx, t->app_guid, t->process, wanted) : -ENOENT;
-    if (rc < 0) {
+    int running = 0;
+    int rc = t->app_guid[0]
+                 ? t->inv->wake(t->inv->wake_ctx, t->app_guid, t->process, wanted, &running)
+                 : -ENOENT;
+    if (rc != 0) {
         snprintf(t->last_error, sizeof(t->last_error), "cannot start %s: %s",
                  invoker_target_name(t),
-                 rc == -EPERM     ? "the app is stopped (skiff start it)"
-                 : rc == -ENODATA ? "the app has no droplet (push it)"
-                 : rc == -ENOENT  ? "no such app or process (see skiff apps)"
-                                  : strerror(-rc));
+                 rc == -ENOENT ? "no such app or process (see skiff apps)" : skiff_strerror(rc));
         return;
     }
-    t->requested = rc;
+    t->requested = running;
     t->last_error[0] = '\0';
 }
 

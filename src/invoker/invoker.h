@@ -189,9 +189,10 @@ struct invoker_work {
 bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
                      struct invoker_work *out);
 /* Called when the work of (app_guid, process) asks for `wanted` instances, more than it has:
- * returns the count it runs now (at most what its policy allows) or a negative errno (-EPERM:
- * the app is stopped; -ENODATA: no droplet; -ENOENT: no such app or process). */
-typedef int (*invoker_wake_fn)(void *ctx, const char *app_guid, const char *process, int wanted);
+ * 0 with the count it runs now (at most what its policy allows) in *running, or an error of
+ * common/err.h (SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, -ENOENT: no such app or process). */
+typedef int (*invoker_wake_fn)(void *ctx, const char *app_guid, const char *process, int wanted,
+                               int *running);
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx);
 /* Whether this skiffd fires schedules (true at start). Several skiffds on one store load the
  * same mappings; only the one that leads (src/daemon/leader.h) publishes their fires, and a

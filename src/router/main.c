@@ -1,4 +1,5 @@
 /* skiff-router: the shared HTTP router. See router.h and src/router/README.md. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <nats/nats.h>
@@ -15,7 +16,7 @@ static void usage(FILE *f)
     fputs(
         "usage: skiff-router [--home DIR] [--addr HOST:PORT] [--admin-addr HOST:PORT]\n"
         "                    [--tls-addr HOST:PORT] [--tls-client-ca FILE] [--nats URL[,URL]]\n"
-        "                    [--nats-creds FILE] [--nats-tls-ca FILE]\n"
+        "                    [--nats-creds FILE] [--nats-tls-ca FILE] [--host-addr IP]\n"
         "                    [--nats-tls-cert FILE --nats-tls-key FILE]\n"
         "                    [--tls-handshake-timeout-ms N] [--tls-max-handshakes N]\n"
         "                    [--tls-ocsp-retry-ms N]\n"
@@ -28,7 +29,8 @@ static void usage(FILE *f)
         "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR,\n"
         "SKIFF_ROUTER_TLS_ADDR, SKIFF_ROUTER_TLS_CLIENT_CA, SKIFF_ROUTER_NATS (the place for a\n"
         "password: nats://USER:PASSWORD@HOST:PORT), SKIFF_ROUTER_NATS_CREDS,\n"
-        "SKIFF_ROUTER_NATS_TLS_CA, SKIFF_ROUTER_NATS_TLS_CERT, SKIFF_ROUTER_NATS_TLS_KEY, and\n"
+        "SKIFF_ROUTER_NATS_TLS_CA, SKIFF_ROUTER_NATS_TLS_CERT, SKIFF_ROUTER_NATS_TLS_KEY,\n"
+        "SKIFF_ROUTER_HOST_ADDR, and\n"
         "SKIFF_ROUTER_<OPTION> for each numeric option (e.g. SKIFF_ROUTER_MAX_BODY_BYTES).\n",
         f);
 }
@@ -113,6 +115,7 @@ int main(int argc, char **argv)
     cfg.tls_client_ca = getenv("SKIFF_ROUTER_TLS_CLIENT_CA");
     cfg.nats_urls = getenv("SKIFF_ROUTER_NATS"); /* where a password may be: not on argv */
     cfg.nats_security.creds = getenv("SKIFF_ROUTER_NATS_CREDS");
+    cfg.host_addr = getenv("SKIFF_ROUTER_HOST_ADDR");
     cfg.nats_security.tls_ca = getenv("SKIFF_ROUTER_NATS_TLS_CA");
     cfg.nats_security.tls_cert = getenv("SKIFF_ROUTER_NATS_TLS_CERT");
     cfg.nats_security.tls_key = getenv("SKIFF_ROUTER_NATS_TLS_KEY");
@@ -147,6 +150,8 @@ int main(int argc, char **argv)
             cfg.tls_client_ca = v;
         else if (strcmp(name, "nats") == 0)
             cfg.nats_urls = v;
+        else if (strcmp(name, "host-addr") == 0)
+            cfg.host_addr = v;
         else if (strcmp(name, "nats-creds") == 0)
             cfg.nats_security.creds = v;
         else if (strcmp(name, "nats-tls-ca") == 0)
@@ -177,6 +182,14 @@ int main(int argc, char **argv)
             return 2;
         }
         natsOptions_Destroy(opts);
+    }
+    struct in_addr host_addr;
+    if (cfg.host_addr && *cfg.host_addr &&
+        (!cfg.nats_urls || !*cfg.nats_urls || inet_pton(AF_INET, cfg.host_addr, &host_addr) != 1)) {
+        log_error("--host-addr \"%s\" needs --nats and an IPv4 address (this host's address on "
+                  "the network between hosts)",
+                  cfg.host_addr);
+        return 2;
     }
     char *home_owned = path_expand_home(home && *home ? home : "~/.skiff");
     cfg.home = home_owned;

@@ -26,6 +26,8 @@ struct router_config {
     int router_index;       /* n in [RTR/n] */
     const char *nats_urls;  /* learn routes from NATS core instead of run/bus.sock; NULL: no */
     struct natsconn_security nats_security; /* credentials and TLS for nats_urls */
+    const char *host_addr; /* with nats_urls: this host's address between hosts, announced so
+                              that cells let this router in; their pools routed (src/hosts) */
 
     uint64_t max_body_bytes; /* 0: unlimited (bodies are streamed, never held) */
     size_t max_header_bytes; /* request line + headers */

@@ -252,15 +252,16 @@ static void on_bus_metrics(uv_timer_t *t)
     free(text);
 }
 
-void router_bus_apply_routes(const char *line, size_t len, bool save)
+int64_t router_bus_apply_routes(const char *line, size_t len, bool save)
 {
     char err[256];
     int skipped = 0;
     struct route_table *t;
     if (route_table_parse(line, len, &t, err, sizeof(err), &skipped) < 0) {
         log_warning("ignoring a routes message: %s", err);
-        return;
+        return -EINVAL;
     }
+    int64_t version = route_table_version(t);
     if (skipped)
         log_warning("%d invalid route(s) or backend(s) skipped in version %lld",
                 skipped, (long long)route_table_version(t));
@@ -270,6 +271,7 @@ void router_bus_apply_routes(const char *line, size_t len, bool save)
         if (r < 0)
             log_error("cannot save %s: %s", bus.saved_path, skiff_strerror(r));
     }
+    return version;
 }
 
 static void bus_handle_line(const char *line, size_t len)
@@ -279,7 +281,11 @@ static void bus_handle_line(const char *line, size_t len)
     const char *type = json_string_value(json_object_get(o, "type"));
     if (type && strcmp(type, "routes") == 0) {
         json_decref(o); /* the table parser reads the line itself */
-        router_bus_apply_routes(line, len, true);
+        int64_t version = router_bus_apply_routes(line, len, true);
+        if (version >= 0) { /* served from now on: skiffd may tell clients so (docs/bus.md) */
+            char *ack = xasprintf("{\"type\":\"ack\",\"version\":%lld}\n", (long long)version);
+            bus_send(ack, strlen(ack));
+        }
         return;
     }
     if (type && strcmp(type, "drain") == 0) {

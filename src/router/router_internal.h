@@ -92,8 +92,9 @@ bool router_bus_connected(void);
 void router_bus_load_saved(const struct router_config *cfg);
 
 /* Replaces the table with a "routes" message (docs/bus.md) and, with save, writes it to
- * run/routes.json. A message that does not parse is logged and changes nothing. Main thread. */
-void router_bus_apply_routes(const char *line, size_t len, bool save);
+ * run/routes.json. Returns the version now served (workers take it at their next request),
+ * or -EINVAL when the message does not parse (logged; nothing changed). Main thread. */
+int64_t router_bus_apply_routes(const char *line, size_t len, bool save);
 /* The bus is up (lines for skiffd are queued) or down (they are dropped, counted). */
 void router_bus_set_connected(bool connected);
 
@@ -111,6 +112,8 @@ struct router_nats_msg {
     enum router_nats_kind kind;
     json_t *route;              /* REGISTER: the route object (a reference; router_nats_msg_free) */
     int64_t ttl_ms;             /* REGISTER: 100..3600000 */
+    int64_t table_version;      /* REGISTER: skiffd's table version (0: not said) */
+    int64_t table_count;        /* REGISTER: how many routes that version has (1..) */
     char host[254], path[1025]; /* UNREGISTER */
     struct sockaddr_storage addr; /* DRAIN */
     socklen_t addr_len;

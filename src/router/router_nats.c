@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hosts/hosts.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -50,12 +51,16 @@ struct rn_drain {
 static struct {
     const struct router_config *cfg;
     struct natsconn *conn;
+    struct hosts *hosts; /* --host-addr: routes to the cells' pools (src/hosts) */
     struct rn_entry *entries;
     size_t n, cap;
     uv_timer_t prune;
     uv_timer_t hello;
     uv_timer_t coalesce;
     int64_t version;
+    /* skiffd's table versions (docs/bus.md "ack"): the newest one announced, how many of its
+     * routes came, the newest one that came whole, and the last one acknowledged */
+    int64_t seen_version, seen_count, whole_version, acked_version;
     bool up;
     char subject[64];     /* skiff.bus.router.<id>: where this router's lines go */
     char *unknown_logged; /* subjects already logged as unknown or malformed, '\n'-separated */
@@ -167,6 +172,12 @@ int router_nats_parse(const char *subject, const char *data, size_t len,
             snprintf(err, errsize, "%s: \"ttl_ms\" is not a number from 100 to 3600000", subject);
             goto bad;
         }
+        json_t *version = json_object_get(o, "version"), *count = json_object_get(o, "count");
+        if (json_is_integer(version) && json_integer_value(version) > 0 && json_is_integer(count) &&
+            json_integer_value(count) > 0) {
+            out->table_version = json_integer_value(version);
+            out->table_count = json_integer_value(count);
+        }
         out->route = json_incref(route);
         out->ttl_ms = json_integer_value(ttl);
     } else if (kind == ROUTER_NATS_UNREGISTER) {
@@ -236,6 +247,37 @@ static void rn__remove(size_t i)
     rn.entries[i] = rn.entries[--rn.n];
 }
 
+static void rn__publish(void);
+
+/* Tells skiffd the newest of its versions this router serves whole. */
+static void rn__ack(void)
+{
+    if (rn.whole_version <= rn.acked_version || !rn.up)
+        return;
+    rn.acked_version = rn.whole_version;
+    char line[64];
+    int n = snprintf(line, sizeof line, "{\"type\":\"ack\",\"version\":%lld}\n",
+                     (long long)rn.acked_version);
+    natsconn_publish(rn.conn, rn.subject, NULL, line, (size_t)n);
+}
+
+/* A register of skiffd's table version (of count routes) came: once all of them have, and
+ * the table with them is served, that version is acknowledged. */
+static void rn__table_seen(int64_t version, int64_t count)
+{
+    if (version <= 0 || version < rn.seen_version)
+        return;
+    if (version > rn.seen_version) {
+        rn.seen_version = version;
+        rn.seen_count = 0;
+    }
+    if (++rn.seen_count != count)
+        return;
+    rn.whole_version = version;
+    if (!uv_is_active((uv_handle_t *)&rn.coalesce))
+        rn__ack(); /* else once the coalesced table is published */
+}
+
 /* Publishes the entries as the current table (and saves it). */
 static void rn__publish(void)
 {
@@ -251,6 +293,7 @@ static void rn__publish(void)
     if (text)
         router_bus_apply_routes(text, strlen(text), true);
     free(text);
+    rn__ack();
 }
 
 /* Whether the table changed (a new route, or one announced differently); an announcement
@@ -365,7 +408,7 @@ static void rn__cert_write(const struct router_nats_msg *m)
             r = chmod(path, 0600) < 0 ? -errno : 0;
         if (r < 0)
             log_error("HTTPS: cannot write %s's certificate to %s: %s", m->domain, path,
-                      strerror(-r));
+                      skiff_strerror(r));
         else
             log_info("HTTPS: %s's certificate came from skiffd", m->domain);
     }
@@ -382,7 +425,8 @@ static void rn__cert_remove(const struct router_nats_msg *m)
     if (unlink(path) == 0)
         log_info("HTTPS: %s's certificate was removed by skiffd", m->domain);
     else if (errno != ENOENT)
-        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path, strerror(errno));
+        log_error("HTTPS: cannot remove %s's certificate %s: %s", m->domain, path,
+                  skiff_strerror(-errno));
     free(path);
 }
 
@@ -399,6 +443,7 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
     case ROUTER_NATS_REGISTER:
         if (rn__upsert(m.route, m.ttl_ms))
             rn__changed();
+        rn__table_seen(m.table_version, m.table_count);
         break;
     case ROUTER_NATS_UNREGISTER:
         for (size_t i = 0; i < rn.n; i++)
@@ -526,6 +571,18 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
             return rc;
         }
     }
+    if (cfg->host_addr && *cfg->host_addr) {
+        rc = hosts_start(loop,
+                         &(struct hosts_config){.nats_urls = cfg->nats_urls,
+                                                .security = cfg->nats_security,
+                                                .addr = cfg->host_addr,
+                                                .roles = HOSTS_ROUTER},
+                         &rn.hosts, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            return rc;
+        }
+    }
     uv_timer_init(loop, &rn.prune);
     uv_timer_start(&rn.prune, rn__on_prune, ROUTER_NATS_PRUNE_MS, ROUTER_NATS_PRUNE_MS);
     uv_timer_init(loop, &rn.hello);
@@ -573,6 +630,8 @@ void router_nats_stop(void)
     uv_close((uv_handle_t *)&rn.hello, NULL);
     natsconn_close(rn.conn);
     rn.conn = NULL;
+    hosts_stop(rn.hosts);
+    rn.hosts = NULL;
     while (rn.n)
         rn__remove(rn.n - 1);
     free(rn.entries);

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
@@ -3399,7 +3400,7 @@ static int listen_on(const struct sockaddr_storage *ss, const char *addr_text, b
                     "another address (--addr, SKIFF_ROUTER_ADDR)",
                     addr_text);
         else if (!v6only)
-            log_error("cannot listen on %s: %s", addr_text, strerror(e));
+            log_error("cannot listen on %s: %s", addr_text, skiff_strerror(-e));
         return -e;
     }
     *out_fd = fd;

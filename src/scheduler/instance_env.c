@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "scheduler/scheduler.h"
+#include "scheduler/scheduler.h" /* the crash backoff; the environment: instance_env.h */
 
 #define SCHEDULER_CRASH_FREE_RESTARTS 3
 #define SCHEDULER_CRASH_BASE_MS (30 * 1000)

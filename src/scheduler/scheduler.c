@@ -25,6 +25,8 @@
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/err.h"
+#include "cell/cell.h"
+#include "cell/client.h"
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -43,7 +45,7 @@ enum sched_inst_phase {
 
 struct sched_inst {
     struct scheduler *s;
-    struct instance *inst;
+    struct cellc_inst *inst; /* on whichever cell runs it (cell/client.h) */
     char app_guid[37];
     char type[64];
     char tag[96]; /* log source, e.g. APP/PROC/WEB/0 */
@@ -53,6 +55,7 @@ struct sched_inst {
     int port;      /* the executor's slot (a port on loopback, or a container's network slot) */
     char addr[64]; /* where the platform reaches it: "IP:PORT" */
     bool ready;    /* its health check passed: RUNNING */
+    int route_holds;   /* routed, but not every router has a table with it yet: STARTING */
     bool readiness;    /* it has a readiness check: routed to only while that passes */
     bool readiness_ok; /* the readiness check's last result */
     enum sched_inst_phase phase;
@@ -73,6 +76,13 @@ struct sched_inst {
 static bool sched__routable(const struct sched_inst *si)
 {
     return si->ready && (!si->readiness || si->readiness_ok);
+}
+
+/* Whether the API shows the instance RUNNING: healthy and, for a routed one, in the table of
+ * every router (scheduler_route_hold), so a request sent at once finds it. */
+static bool sched__shown_running(const struct sched_inst *si)
+{
+    return si->ready && si->route_holds == 0;
 }
 
 struct sched_slot {
@@ -123,7 +133,7 @@ struct scheduler {
     struct scheduler_config cfg;
     struct store *store;
     struct logs *logs;
-    struct executor *ex;
+    struct cellc *cells; /* the cells it runs instances on (local and remote) */
     struct sched_app *apps;
     struct sched_inst *insts; /* every live instance, attached or not */
     scheduler_listens_cb listens;
@@ -132,7 +142,8 @@ struct scheduler {
     void *task_ended_ctx;
     int drain_timeout_ms;
     uint64_t next_drain_id;
-    uv_timer_t timer; /* crash restarts and drain deadlines */
+    uv_timer_t timer;  /* crash restarts and drain deadlines */
+    uv_timer_t settle; /* the first convergence after leading began (cellc_settle_ms) */
     bool shutting_down;
     bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
     void (*shutdown_done)(void *);
@@ -225,7 +236,7 @@ static void sched__arm_timer(struct scheduler *s);
 static void sched__halt(struct sched_inst *si)
 {
     si->phase = SCHED_INST_STOPPING;
-    executor_stop(si->inst); /* reports nothing from inside: si stays valid */
+    cellc_stop(si->inst); /* reports nothing from inside: si stays valid */
 }
 
 static struct sched_inst *sched__draining(struct scheduler *s, uint64_t drain_id)
@@ -250,6 +261,28 @@ void scheduler_drain_release(struct scheduler *s, uint64_t drain_id)
         return;
     sched__halt(si);
     sched__arm_timer(s);
+}
+
+static struct sched_inst *sched__by_guid(struct scheduler *s, const char *instance_guid)
+{
+    for (struct sched_inst *si = s->insts; si; si = si->next)
+        if (!strcmp(si->guid, instance_guid))
+            return si;
+    return NULL;
+}
+
+void scheduler_route_hold(struct scheduler *s, const char *instance_guid)
+{
+    struct sched_inst *si = sched__by_guid(s, instance_guid);
+    if (si)
+        si->route_holds++;
+}
+
+void scheduler_route_release(struct scheduler *s, const char *instance_guid)
+{
+    struct sched_inst *si = sched__by_guid(s, instance_guid);
+    if (si && si->route_holds > 0)
+        si->route_holds--;
 }
 
 /* Detaches and stops an instance on purpose: one that was taking work drains first
@@ -379,11 +412,11 @@ static void sched__arm_timer(struct scheduler *s)
 
 /* ---- executor callbacks --------------------------------------------------------------------- */
 
-static void sched__on_output(void *ctx, struct instance *inst, int stream, const char *line,
+static void sched__on_output(void *ctx, struct cellc_inst *inst, int stream, const char *line,
                              size_t len)
 {
     struct scheduler *s = ctx;
-    struct sched_inst *si = instance_user_data(inst);
+    struct sched_inst *si = cellc_inst_user_data(inst);
     if (!si)
         return;
     if (stream == INSTANCE_STREAM_CELL || stream == INSTANCE_STREAM_LOG) {
@@ -396,7 +429,7 @@ static void sched__on_output(void *ctx, struct instance *inst, int stream, const
     if (stream >= INSTANCE_STREAM_SIDECAR) {
         /* CF's tag: APP/PROC/WEB/SIDECAR/NAME/0 */
         int k = (stream - INSTANCE_STREAM_SIDECAR) / 2;
-        const char *name = instance_sidecar_name(inst, (size_t)k);
+        const char *name = cellc_inst_sidecar_name(inst, (size_t)k);
         const char *index = strrchr(si->tag, '/');
         if (!name || !index)
             return;
@@ -518,11 +551,11 @@ static void sched__task_state(struct scheduler *s, struct sched_inst *si, enum i
     free(si);
 }
 
-static void sched__on_state(void *ctx, struct instance *inst, enum instance_state state,
+static void sched__on_state(void *ctx, struct cellc_inst *inst, enum instance_state state,
                             const struct instance_exit *ex)
 {
     struct scheduler *s = ctx;
-    struct sched_inst *si = instance_user_data(inst);
+    struct sched_inst *si = cellc_inst_user_data(inst);
     if (!si)
         return;
     if (si->task) {
@@ -532,6 +565,10 @@ static void sched__on_state(void *ctx, struct instance *inst, enum instance_stat
     if (state == INSTANCE_RUNNING) {
         si->ready = true;
         start_trace("scheduler: running");
+        struct cellc_inst_info where;
+        cellc_inst_info(inst, &where); /* a remote cell says its address once it has one */
+        if (where.addr[0])
+            snprintf(si->addr, sizeof si->addr, "%s", where.addr);
         logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
                      "Instance %d of %s (%s) is running at %s", si->index, si->type, si->guid,
                      si->addr);
@@ -574,10 +611,10 @@ static void sched__routed(struct scheduler *s, struct sched_inst *si)
 
 /* A RUNNING instance's readiness check changed its result: out of the route table while it
  * fails, back when it passes; never a restart (Cloud Foundry's readiness checks). */
-static void sched__on_readiness(void *ctx, struct instance *inst, bool ready)
+static void sched__on_readiness(void *ctx, struct cellc_inst *inst, bool ready)
 {
     struct scheduler *s = ctx;
-    struct sched_inst *si = instance_user_data(inst);
+    struct sched_inst *si = cellc_inst_user_data(inst);
     if (!si || si->readiness_ok == ready)
         return;
     bool was = sched__routable(si);
@@ -761,18 +798,18 @@ static enum health_check_type sched__health(const char *t)
     return HEALTH_PORT;
 }
 
-/* A process's check and log settings (store.h) into the executor's spec (executor.h). */
-static void sched__spec_checks(struct instance_spec *spec, const struct store_process_checks *c)
+/* A process's check and log settings (store.h) into its launch (cell.h). */
+static void sched__launch_checks(struct cell_launch *l, const struct store_process_checks *c)
 {
-    spec->health_interval_ms = c->health_interval_s * 1000;
-    spec->health_timeout_ms = c->health_timeout_s * 1000;
-    spec->readiness = c->readiness_type != NULL;
-    spec->readiness_type = sched__health(c->readiness_type);
-    spec->readiness_endpoint = c->readiness_endpoint;
-    spec->readiness_interval_ms = c->readiness_interval_s * 1000;
-    spec->readiness_timeout_ms = c->readiness_timeout_s * 1000;
-    spec->log_rate_limited = c->log_rate_limited;
-    spec->log_rate_limit = c->log_rate_limit;
+    l->health_interval_ms = c->health_interval_s * 1000;
+    l->health_timeout_ms = c->health_timeout_s * 1000;
+    l->readiness = c->readiness_type != NULL;
+    l->readiness_type = sched__health(c->readiness_type);
+    l->readiness_endpoint = c->readiness_endpoint;
+    l->readiness_interval_ms = c->readiness_interval_s * 1000;
+    l->readiness_timeout_ms = c->readiness_timeout_s * 1000;
+    l->log_rate_limited = c->log_rate_limited;
+    l->log_rate_limit = c->log_rate_limit;
 }
 
 static void sched__make_token(struct scheduler *s, const char *app_guid, const char *instance_guid,
@@ -808,7 +845,7 @@ static void sched__strv_free(char **v)
  * 0, or a negative errno once the app's log says why, naming si as `what` ("instance 2 of
  * web"), with its process's checks (NULL: none but health) and sidecars: -EAGAIN when the store,
  * the bindings or the slots cannot serve now (then says what follows: "; trying again later"), else
- * executor_start's error. */
+ * the cell's error (cellc_launch). */
 static int sched__launch(struct scheduler *s, const struct store_app *app,
                          const struct store_droplet *drop, struct sched_inst *si,
                          const char *command, int memory, enum health_check_type health,
@@ -838,18 +875,6 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
         store_route_list_free(routes, nr);
         return -EAGAIN;
     }
-    /* a warm container runs no sidecars, nor an image's root (executor.h): an instance with
-     * either has its container made for it */
-    bool image = image_droplet_is_image(drop->path);
-    int port = n_sidecars || image ? executor_port_allocate(s->ex)
-                                   : executor_port_allocate_for(s->ex, app->disk_mb, command);
-    if (port < 0) {
-        free(vcap_services);
-        store_route_list_free(routes, nr);
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: no free port%s",
-                     what, then);
-        return -EAGAIN;
-    }
     char **uris = xcalloc(nr + 1, sizeof *uris);
     for (size_t i = 0; i < nr; i++)
         uris[i] = xasprintf("%s%s", routes[i].host, routes[i].path);
@@ -857,13 +882,6 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     if (!si->guid[0])
         uuid_generate_v4(si->guid);
     snprintf(si->droplet, sizeof si->droplet, "%s", drop->guid);
-    si->port = port;
-    /* an image listens where its config says (its first exposed port), and is told so */
-    int inside_port = image ? image_droplet_port(drop->path) : 0;
-    struct instance_endpoint ep;
-    executor_endpoint_at(s->ex, port, inside_port, &ep);
-    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
-
     const char **user = xcalloc(2 * app->n_env + 1, sizeof *user);
     for (size_t i = 0; i < app->n_env; i++) {
         user[2 * i] = app->env[i].name;
@@ -871,86 +889,54 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     }
     char token[200];
     sched__make_token(s, app->guid, si->guid, token, sizeof token);
-    char *app_dir = xasprintf("%s/app", drop->path);
-    char *home = NULL, *tmpdir = NULL;
-    executor_instance_dirs(s->ex, si->guid, app_dir, &home, &tmpdir);
-    struct scheduler_env_input in = {.app_guid = app->guid,
-                                     .app_name = app->name,
-                                     .instance_guid = si->guid,
-                                     .index = si->index,
-                                     .port = ep.port,
-                                     .addr = ep.addr,
-                                     .memory_mb = memory,
-                                     .disk_mb = app->disk_mb,
-                                     .home = home,
-                                     .tmpdir = tmpdir,
-                                     .uris = (const char *const *)uris,
-                                     .events_url = s->events_url,
-                                     .events_token = token,
-                                     .user_env = user,
-                                     .vcap_services_json = vcap_services};
-    char **env = scheduler_instance_env(&in);
-    free(vcap_services);
-    struct instance_spec spec = {.app_guid = app->guid,
-                                 .app_name = app->name,
-                                 .process_type = si->type,
-                                 .index = si->index,
-                                 .instance_guid = si->guid,
-                                 .app_dir = app_dir,
-                                 .command = command,
-                                 .env = env,
-                                 .port = port,
-                                 .memory_mb = memory,
-                                 .disk_mb = app->disk_mb,
-                                 .health = health,
-                                 .health_endpoint = app->health_check_http_endpoint,
-                                 .start_timeout_s = app->timeout};
-    if (checks)
-        sched__spec_checks(&spec, checks);
-    si->readiness = spec.readiness;
     struct instance_sidecar *spec_sidecars = xcalloc(n_sidecars + 1, sizeof *spec_sidecars);
     for (size_t i = 0; i < n_sidecars; i++)
         spec_sidecars[i] = (struct instance_sidecar){.name = sidecars[i].name,
                                                      .command = sidecars[i].command,
                                                      .memory_mb = sidecars[i].memory_mb};
-    spec.sidecars = spec_sidecars;
-    spec.n_sidecars = n_sidecars;
-    struct image_run run = {0};
-    char image_err[512] = "";
-    if (image && image_run_prepare(s->cfg.home, drop->path, command, env, &run, image_err,
-                                   sizeof image_err) != SKIFF_OK) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
-                     image_err);
-        spec.app_dir = NULL; /* executor_start refuses it, and the start is tried again */
-    }
-    if (run.layers) {
-        spec.inside_port = inside_port;
-        spec.image_layers = run.layers;
-        spec.argv = run.argv;
-        spec.cwd = run.cwd;
-        spec.env = run.env;
-        spec.user_uid = run.uid;
-        spec.user_gid = run.gid;
-    }
-    start_trace("scheduler: executor_start");
-    int rc = executor_start(s->ex, &spec, &si->inst);
-    start_trace("scheduler: executor_start returned");
-    image_run_clear(&run);
+    struct cell_launch l = {.app_guid = app->guid,
+                            .app_name = app->name,
+                            .process_type = si->type,
+                            .index = si->index,
+                            .instance_guid = si->guid,
+                            .droplet_guid = drop->guid,
+                            .droplet_path = drop->path,
+                            .command = command,
+                            .memory_mb = memory,
+                            .disk_mb = app->disk_mb,
+                            .health = health,
+                            .health_endpoint = app->health_check_http_endpoint,
+                            .start_timeout_s = app->timeout,
+                            .sidecars = spec_sidecars,
+                            .n_sidecars = n_sidecars,
+                            .uris = (const char *const *)uris,
+                            .events_url = s->events_url,
+                            .events_token = token,
+                            .user_env = user,
+                            .vcap_services_json = vcap_services};
+    if (checks)
+        sched__launch_checks(&l, checks);
+    si->readiness = l.readiness;
+    char why[512] = "";
+    start_trace("scheduler: cellc_launch");
+    int rc = cellc_launch(s->cells, &l, (uint64_t)(memory > 0 ? memory : 0) << 20, &si->inst,
+                          si->addr, why, sizeof why);
+    start_trace("scheduler: cellc_launch returned");
+    free(vcap_services);
     free(spec_sidecars);
-    scheduler_env_free(env);
     sched__strv_free(uris);
     free(user);
-    free(home);
-    free(tmpdir);
-    free(app_dir);
     if (rc < 0) {
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s", what,
-                     rc == -ENOTSUP && n_sidecars
-                         ? "sidecars need containers (this skiffd runs host processes)"
-                         : skiff_strerror(rc));
+        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s%s", what, why,
+                     rc == -EAGAIN ? then : "");
         return rc;
     }
-    instance_set_user_data(si->inst, si);
+    struct cellc_inst_info where;
+    cellc_inst_info(si->inst, &where);
+    si->port = where.port;
+    if (!si->addr[0])
+        snprintf(si->addr, sizeof si->addr, "cell %.8s", where.cell);
+    cellc_inst_set_user_data(si->inst, si);
     si->next = s->insts;
     s->insts = si;
     return 0;
@@ -1209,15 +1195,25 @@ static void sched__tick(uv_timer_t *t)
 
 /* ---- life ----------------------------------------------------------------------------------- */
 
+static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *f);
+
 int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   const struct executor_config *excfg, struct store *store, struct logs *logs,
                   struct scheduler **out)
 {
     struct scheduler *s = xcalloc(1, sizeof *s);
-    struct executor_config ec = *excfg;
-    ec.on_readiness = sched__on_readiness;
-    int rc = executor_new(loop, &ec, sched__on_output, sched__on_state, s, &s->ex);
+    struct cellc_config cc = cfg->cells ? *cfg->cells : (struct cellc_config){.local_cell = true};
+    cc.executor = excfg;
+    cc.home = cfg->home;
+    struct cellc_callbacks cb = {.on_output = sched__on_output,
+                                 .on_state = sched__on_state,
+                                 .on_readiness = sched__on_readiness,
+                                 .on_found = sched__adopt,
+                                 .ctx = s};
+    char err[512] = "";
+    int rc = cellc_new(loop, &cc, &cb, &s->cells, err, sizeof err);
     if (rc < 0) {
+        log_error("%s", err);
         free(s);
         return rc;
     }
@@ -1237,13 +1233,15 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
         cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : SCHEDULER_DRAIN_TIMEOUT_MS;
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
+    uv_timer_init(loop, &s->settle);
+    s->settle.data = s;
     *out = s;
     return 0;
 }
 
 /* The slot an adopted instance belongs in, when the store still wants it there: same app
  * (STARTED), same droplet, a process type that runs at least index + 1 instances. */
-static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct instance_spec *sp,
+static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct cellc_found *sp,
                                                struct sched_app **app_out, char droplet[37])
 {
     struct store_app *app = NULL;
@@ -1257,7 +1255,8 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
         proc->instances <= sp->index || store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
         goto out;
     char *app_dir = xasprintf("%s/app", drop->path);
-    bool same = !strcmp(app_dir, sp->app_dir);
+    bool same = sp->droplet_guid ? !strcmp(sp->droplet_guid, drop->guid)
+                                 : sp->app_dir && !strcmp(app_dir, sp->app_dir);
     free(app_dir);
     if (!same)
         goto out;
@@ -1288,8 +1287,9 @@ out:
     return slot;
 }
 
-/* executor_adopt: an instance a previous skiffd left running. */
-static void sched__adopt(void *ctx, struct instance *inst, const struct instance_spec *sp)
+/* An instance found running: one a previous skiffd left under its shim here, or one a cell
+ * runs that this scheduler did not start (cell/client.h). */
+static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *sp)
 {
     struct scheduler *s = ctx;
     struct sched_app *a = NULL;
@@ -1299,7 +1299,7 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
         log_warning("stopping instance %s left by a previous skiffd: its app no "
                 "longer wants it",
                 sp->instance_guid);
-        executor_stop(inst); /* no user data: its end concerns nobody */
+        cellc_stop(inst); /* no user data: its end concerns nobody */
         return;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
@@ -1315,20 +1315,28 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     snprintf(si->droplet, sizeof si->droplet, "%s", droplet);
     si->index = sp->index;
     si->port = sp->port;
-    struct instance_endpoint ep;
-    instance_endpoint(inst, &ep);
-    snprintf(si->addr, sizeof si->addr, "%s", ep.addr);
+    struct cellc_inst_info where;
+    cellc_inst_info(inst, &where);
+    snprintf(si->addr, sizeof si->addr, "%s", where.addr);
+    if (!si->port)
+        si->port = where.port;
     si->slot = slot;
     slot->cur = si;
-    instance_set_user_data(inst, si);
+    cellc_inst_set_user_data(inst, si);
     si->next = s->insts;
     s->insts = si;
-    bool running = instance_state(inst) == INSTANCE_RUNNING;
-    logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
-                 "Instance %d of %s (%s) on port %d was kept running across a restart of "
-                 "skiffd%s",
-                 si->index, si->type, si->guid, si->port,
-                 running ? "" : "; checking its health again");
+    bool running = where.state == INSTANCE_RUNNING;
+    if (cellc_inst_local(inst))
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s (%s) on port %d was kept running across a restart of "
+                     "skiffd%s",
+                     si->index, si->type, si->guid, si->port,
+                     running ? "" : "; checking its health again");
+    else
+        logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                     "Instance %d of %s (%s) at %s runs on cell %.8s: taken over as it runs%s",
+                     si->index, si->type, si->guid, si->addr, where.cell,
+                     running ? "" : " (not running yet)");
     si->readiness = sp->readiness; /* its first result comes from the executor, soon */
     if (running) {
         si->ready = true;
@@ -1338,11 +1346,38 @@ static void sched__adopt(void *ctx, struct instance *inst, const struct instance
     }
 }
 
+static int sched__converge_all(struct scheduler *s);
+static void sched__on_settled(uv_timer_t *t);
+
 int scheduler_reconcile_all(struct scheduler *s)
 {
-    executor_adopt(s->ex, sched__adopt, s); /* not leading: each is stopped */
+    cellc_adopt_local(s->cells); /* not leading: each is stopped */
     if (!s->leading)
         return 0;
+    /* the remote cells' instances are offered as their heartbeats come: converging waits for
+     * them, so that what a cell runs is adopted, not started a second time */
+    int settle = cellc_settle_ms(s->cells);
+    if (settle > 0) {
+        uv_timer_start(&s->settle, sched__on_settled, (uint64_t)settle, 0);
+        return 0;
+    }
+    return sched__converge_all(s);
+}
+
+static void sched__on_settled(uv_timer_t *t)
+{
+    struct scheduler *s = t->data;
+    if (!s->leading || s->shutting_down)
+        return;
+    int settle = cellc_settle_ms(s->cells);
+    if (settle > 0)
+        uv_timer_start(&s->settle, sched__on_settled, (uint64_t)settle, 0);
+    else
+        sched__converge_all(s);
+}
+
+static int sched__converge_all(struct scheduler *s)
+{
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = store_app_list(s->store, &apps, &n);
@@ -1365,10 +1400,12 @@ void scheduler_set_leading(struct scheduler *s, bool leading)
     if (s->leading == leading)
         return;
     s->leading = leading;
+    cellc_set_leading(s->cells, leading); /* before anything stops: the cells keep theirs */
     if (leading) {
         scheduler_reconcile_all(s);
         return;
     }
+    uv_timer_stop(&s->settle);
     /* another skiffd converges from now on: nothing runs here (each instance drains first) */
     while (s->apps)
         sched__app_remove(s, s->apps);
@@ -1437,17 +1474,23 @@ int scheduler_resync(struct scheduler *s)
     return 0;
 }
 
+struct cellc *scheduler_cells(struct scheduler *s)
+{
+    return s->cells;
+}
+
 void scheduler_usage(struct scheduler *s, struct scheduler_usage *out)
 {
     memset(out, 0, sizeof *out);
     for (struct sched_inst *si = s->insts; si; si = si->next) {
         if (!si->inst)
             continue;
-        double cpu = 0;
-        uint64_t memory = 0;
-        instance_usage(si->inst, &cpu, &memory);
+        if (!cellc_inst_local(si->inst))
+            continue; /* this skiffd's own use: other cells count theirs */
+        struct cellc_inst_info where;
+        cellc_inst_info(si->inst, &where);
         out->instances++;
-        out->memory_bytes += memory;
+        out->memory_bytes += where.memory_bytes;
     }
 }
 
@@ -1464,6 +1507,7 @@ static void sched__timer_closed(uv_handle_t *h)
 static void sched__executor_down(void *arg)
 {
     struct scheduler *s = arg;
+    uv_close((uv_handle_t *)&s->settle, NULL);
     uv_close((uv_handle_t *)&s->timer, sched__timer_closed);
 }
 
@@ -1473,7 +1517,8 @@ void scheduler_shutdown(struct scheduler *s, void (*done)(void *arg), void *arg)
     s->shutdown_done = done;
     s->shutdown_arg = arg;
     uv_timer_stop(&s->timer);
-    executor_shutdown(s->ex, sched__executor_down, s);
+    uv_timer_stop(&s->settle);
+    cellc_shutdown(s->cells, sched__executor_down, s); /* remote cells keep theirs */
 }
 
 void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg)
@@ -1482,7 +1527,8 @@ void scheduler_detach(struct scheduler *s, void (*done)(void *arg), void *arg)
     s->shutdown_done = done;
     s->shutdown_arg = arg;
     uv_timer_stop(&s->timer);
-    executor_detach(s->ex, sched__executor_down, s);
+    uv_timer_stop(&s->settle);
+    cellc_detach(s->cells, sched__executor_down, s);
 }
 
 void scheduler_free(struct scheduler *s)
@@ -1508,7 +1554,7 @@ void scheduler_free(struct scheduler *s)
         s->insts = si->next;
         free(si);
     }
-    executor_free(s->ex);
+    cellc_free(s->cells);
     free(s->home);
     free((char *)s->cfg.function_servers_dir);
     free(s->api_url);
@@ -1616,14 +1662,20 @@ int scheduler_app_deployment(struct scheduler *s, const char *app, struct schedu
     snprintf(out->from, sizeof out->from, "%s", a->deploy_from);
     snprintf(out->to, sizeof out->to, "%s", a->deploy_to);
     snprintf(out->error, sizeof out->error, "%s", a->deploy_error);
+    bool joining = false;
     for (size_t i = 0; i < a->nprocs; i++)
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_slot *slot = a->procs[i]->slots[j];
             out->total++;
-            if (slot->cur && slot->cur->ready && !slot->cur->shadow &&
+            if (slot->cur && sched__shown_running(slot->cur) && !slot->cur->shadow &&
                 !strcmp(slot->cur->droplet, a->deploy_to))
                 out->updated++;
+            else if (slot->cur && slot->cur->route_holds)
+                joining = true;
         }
+    /* done once its last instance is RUNNING as scheduler_app_instances shows it */
+    if (out->state == SCHED_DEPLOY_DONE && joining)
+        out->state = SCHED_DEPLOY_ACTIVE;
     return 0;
 }
 
@@ -1655,6 +1707,7 @@ struct sched_scale {
     int n;
     bool only_up;
     bool wrote;
+    int refused; /* SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, or SKIFF_OK */
 };
 
 /* The change a scale makes to the app's row: a function of the row alone, so a write that
@@ -1666,10 +1719,11 @@ static int sched__scale_change(void *ctx, struct store_app *sa)
     struct store_process *p = store_app_process(sa, c->type);
     if (!p)
         return -ENOENT;
-    if (strcmp(sa->state, "STARTED"))
-        return -EPERM;
-    if (!sa->droplet_guid)
-        return -ENODATA;
+    c->refused = strcmp(sa->state, "STARTED") ? SKIFF_E_APP_STOPPED
+                 : !sa->droplet_guid          ? SKIFF_E_NOT_STAGED
+                                              : SKIFF_OK;
+    if (c->refused)
+        return 1; /* nothing to write: sched__set_instances answers it */
     if (p->instances == c->n || (c->only_up && p->instances >= c->n))
         return 1;
     p->instances = c->n;
@@ -1694,6 +1748,8 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
     struct sched_scale c = {
         .type = process_type ? process_type : "web", .n = n, .only_up = only_up};
     rc = store_app_modify(s->store, guid, sched__scale_change, &c, &sa);
+    if (rc == 0 && c.refused)
+        rc = c.refused;
     if (rc == 0 && c.wrote) {
         struct sched_app *a = sched__app(s, sa->guid, true);
         sched__converge(s, a);
@@ -1735,19 +1791,18 @@ int scheduler_scale_because(struct scheduler *s, const char *app, const char *pr
 /* Where an instance is and what it may use, for `skiff app`. */
 static void sched__fill_placement(struct scheduler_instance_info *info, const struct sched_inst *si)
 {
-    struct instance_endpoint ep;
-    if (si->inst)
-        instance_endpoint(si->inst, &ep);
-    else
-        executor_endpoint(si->s->ex, si->port, &ep);
+    struct cellc_inst_info where;
+    cellc_inst_info(si->inst, &where);
     snprintf(info->addr, sizeof info->addr, "%s", si->addr);
     snprintf(info->droplet, sizeof info->droplet, "%s", si->droplet);
-    info->port = ep.port;
-    info->host_uid = instance_host_uid(si->inst);
-    info->warm_start = instance_started_warm(si->inst);
-    const char *runtime = instance_warm_runtime(si->inst);
-    snprintf(info->warm_runtime, sizeof info->warm_runtime, "%s", runtime ? runtime : "");
-    info->disk_full = instance_disk_usage(si->inst, &info->disk_bytes, &info->disk_quota_bytes);
+    snprintf(info->cell, sizeof info->cell, "%s", where.cell);
+    info->port = where.port;
+    info->host_uid = where.host_uid;
+    info->warm_start = where.warm_start;
+    snprintf(info->warm_runtime, sizeof info->warm_runtime, "%s", where.warm_runtime);
+    info->disk_full = where.disk_full;
+    info->disk_bytes = where.disk_bytes;
+    info->disk_quota_bytes = where.disk_quota_bytes;
 }
 
 static void sched__fill(struct scheduler_instance_info *info, const struct sched_proc *p,
@@ -1762,11 +1817,16 @@ static void sched__fill(struct scheduler_instance_info *info, const struct sched
     if (si) {
         snprintf(info->guid, sizeof info->guid, "%s", si->guid);
         sched__fill_placement(info, si);
+        struct cellc_inst_info where;
+        cellc_inst_info(si->inst, &where);
+        /* healthy, but a router may not route to it yet */
+        bool joining = where.state == INSTANCE_RUNNING && !sched__shown_running(si);
         snprintf(info->state, sizeof info->state, "%s",
-                 instance_state_name(instance_state(si->inst)));
-        info->since_ms = instance_since_ms(si->inst);
+                 instance_state_name(joining ? INSTANCE_STARTING : where.state));
+        info->since_ms = where.since_ms;
         info->not_ready = si->ready && !sched__routable(si);
-        instance_usage(si->inst, &info->cpu, &info->memory_bytes);
+        info->cpu = where.cpu;
+        info->memory_bytes = where.memory_bytes;
     } else {
         snprintf(info->state, sizeof info->state, "%s", slot->restart_at_mono ? "CRASHED" : "DOWN");
         info->since_ms = slot->crashed_at_ms ? slot->crashed_at_ms : time_now_ms();
@@ -1832,7 +1892,10 @@ static void sched__fill_stopping(struct scheduler_instance_info *info, const str
     sched__fill_placement(info, si);
     snprintf(info->state, sizeof info->state, "STOPPING");
     info->since_ms = si->stopping_since_ms;
-    instance_usage(si->inst, &info->cpu, &info->memory_bytes);
+    struct cellc_inst_info where;
+    cellc_inst_info(si->inst, &where);
+    info->cpu = where.cpu;
+    info->memory_bytes = where.memory_bytes;
 }
 
 int scheduler_app_instances(struct scheduler *s, const char *app,
@@ -1870,7 +1933,7 @@ int scheduler_running_count(struct scheduler *s, const char *app_guid)
             continue;
         for (size_t j = 0; j < a->procs[i]->nslots; j++) {
             struct sched_inst *si = a->procs[i]->slots[j]->cur;
-            if (si && si->ready)
+            if (si && sched__shown_running(si))
                 count++;
         }
     }
@@ -1909,7 +1972,7 @@ void scheduler_each_ready(struct scheduler *s,
 
 struct executor *scheduler_executor(struct scheduler *s)
 {
-    return s->ex;
+    return cellc_executor(s->cells);
 }
 
 /* ---- tasks ---------------------------------------------------------------------------------- */
@@ -1931,8 +1994,9 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
         return rc;
     if (!app->droplet_guid || strcmp(app->droplet_guid, t->droplet_guid) ||
         store_droplet_get(s->store, t->droplet_guid, &drop) < 0) {
+        rc = app->droplet_guid ? SKIFF_E_CONFLICT : SKIFF_E_NOT_STAGED;
         store_app_free(app);
-        return -ENODATA;
+        return rc;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
     si->s = s;

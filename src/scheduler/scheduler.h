@@ -1,7 +1,8 @@
 /* scheduler: keeps the instances that run (actual) equal to what the store says (desired).
  *
- * For every STARTED app with a droplet, each process type gets `instances` instances through
- * the executor (src/executor/executor.h); STOPPED apps get none. The scheduler decides about
+ * For every STARTED app with a droplet, each process type gets `instances` instances on the
+ * cells (src/cell/client.h: its own executor, src/executor/executor.h, and the cells on NATS,
+ * placed by src/cell/cell.h's rule); STOPPED apps get none. The scheduler decides about
  * crashes (Diego's rules, scheduler_crash_delay_ms), builds each instance's environment
  * (scheduler_instance_env) and publishes what happens to instances on the hub
  * (src/hub/hub.h): which are ready (only RUNNING ones take traffic), gone, draining, crashed.
@@ -21,9 +22,10 @@
  * so is every instance when skiffd shuts down.
  *
  * Apps are named by name or guid wherever a `const char *app` is taken. Every call runs on
- * the scheduler's libuv loop and is not thread-safe; callbacks run on that loop. Errors are
- * negative errno values: -ENOENT unknown app or process type, -EPERM app is STOPPED,
- * -ENODATA app has no droplet. */
+ * the scheduler's libuv loop and is not thread-safe; callbacks run on that loop. Errors are the
+ * one error type of common/err.h (0 is success, so test rc != 0): a negative errno (-ENOENT
+ * unknown app or process type, or the store's), or SKIFF_E_APP_STOPPED (the app is STOPPED),
+ * SKIFF_E_NOT_STAGED (it has no droplet), worded by skiff_strerror. */
 #ifndef SKIFF_SCHEDULER_H
 #define SKIFF_SCHEDULER_H
 
@@ -32,11 +34,14 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "scheduler/instance_env.h"
+
 struct scheduler;
 struct store;
 struct logs;
 struct executor;
 struct hub;
+struct cellc_config;
 
 struct scheduler_config {
     const char *home;     /* $SKIFF_HOME: droplets and instance scratch live below */
@@ -55,6 +60,9 @@ struct scheduler_config {
     /* The buildpacks folder: the function servers a function inside an app runs
      * (function-python/lib, function-node/lib). NULL: such functions cannot start. */
     const char *function_servers_dir;
+    /* The cells it runs instances on (cell/client.h): NULL, or local_cell with no NATS, runs
+     * every instance on its own executor, as a single skiffd does. */
+    const struct cellc_config *cells;
 };
 
 /* Whether a process type other than web listens on $PORT and takes requests (a function run
@@ -78,6 +86,18 @@ void scheduler_drain_hold(struct scheduler *s, uint64_t drain_id);
 /* Ends one hold; the instance is stopped when none is left. Safe on a drain that is over. */
 void scheduler_drain_release(struct scheduler *s, uint64_t drain_id);
 
+/* ---- joining the route table -------------------------------------------------------------- */
+
+/* An instance that became routable (PLATFORM_INSTANCE_READY) is shown STARTING, not RUNNING
+ * (scheduler_app_instances, scheduler_running_count, a deployment's "updated", which is
+ * DEPLOYED only then), until every
+ * hold taken on it is released: the bus holds it until every connected router has
+ * acknowledged a route table with it (docs/bus.md "ack"), so that a client told RUNNING is
+ * never answered "no instance" by a router. Traffic is not held back: it is routable from
+ * READY on. A hold on an unknown instance is a no-op; each hold needs exactly one release. */
+void scheduler_route_hold(struct scheduler *s, const char *instance_guid);
+void scheduler_route_release(struct scheduler *s, const char *instance_guid);
+
 /* ---- life ---------------------------------------------------------------------------------- */
 
 /* Creates the scheduler and the executor it drives (configured by excfg). */
@@ -89,7 +109,9 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
  * the store still wants them (same app, droplet, process type and index): those that answer
  * are ready at once, before any route table goes out. Others are stopped, and instances left
  * without a shim are killed (their pids are recorded under home/run). Then starts what the
- * store wants running and is missing. */
+ * store wants running and is missing; with cells on NATS, only once it has heard them for a
+ * while (cellc_settle_ms), their instances being offered for adoption the same way as their
+ * heartbeats come (cell/client.h). */
 int scheduler_reconcile_all(struct scheduler *s);
 /* Stops every instance gracefully; done is called when all are down and the scheduler's
  * handles are closed; then scheduler_free. */
@@ -116,6 +138,9 @@ bool scheduler_leading(const struct scheduler *s);
  * elsewhere once two resyncs in a row saw it. One store_app_list, and one store_app_get and
  * store_droplet_get per started app. A no-op when not leading. */
 int scheduler_resync(struct scheduler *s);
+
+/* The cells it runs instances on (cell/client.h), e.g. for GET /v1/cells. */
+struct cellc *scheduler_cells(struct scheduler *s);
 
 struct scheduler_usage {
     int instances;         /* live instances, tasks and draining ones included */
@@ -191,6 +216,7 @@ struct scheduler_instance_info {
     int64_t since_ms;
     double cpu;
     uint64_t memory_bytes;
+    char cell[33];   /* the id of the cell it runs on ("" for a slot without an instance) */
     int exit_status; /* of the last crash at this index, -1 if none */
     int exit_signal; /* 0 if none */
     int crash_count;
@@ -249,8 +275,9 @@ void scheduler_set_task_ended(struct scheduler *s, scheduler_task_ended_cb cb, v
 /* Starts a task in a container like an instance's (the app's environment, VCAP_SERVICES and
  * VCAP_APPLICATION, the app's disk, memory_mb as its limit), but with no route, no health
  * check and no restart: it runs until its command ends or scheduler_task_stop. 0 (its end
- * comes through the callback, never from inside this call); -ENOENT no such app; -ENODATA
- * the app's droplet is not droplet_guid any more; -EAGAIN or another negative errno when it
+ * comes through the callback, never from inside this call); -ENOENT no such app;
+ * SKIFF_E_NOT_STAGED it has no droplet, SKIFF_E_CONFLICT its droplet is not droplet_guid any
+ * more; -EAGAIN or another negative errno when it
  * cannot start now (the app's log says why). The spec is copied. */
 int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t);
 /* SIGTERM, SIGKILL after the grace period; the callback then says stopped. -ENOENT when no
@@ -266,31 +293,6 @@ int64_t scheduler_crash_delay_ms(int crash_count);
  * last became healthy (0: never): 5 minutes healthy resets it. */
 int scheduler_crash_count_next(int previous, int64_t healthy_since_ms, int64_t now_ms);
 
-struct scheduler_env_input {
-    const char *app_guid;
-    const char *app_name;
-    const char *instance_guid;
-    int index;
-    int port;         /* $PORT */
-    const char *addr; /* CF_INSTANCE_ADDR: "IP:PORT" where the platform reaches it */
-    int memory_mb;
-    int disk_mb;
-    const char *home; /* the instance's HOME (the app dir) */
-    const char *tmpdir;
-    const char *const *uris; /* NULL-terminated routes */
-    const char *events_url;
-    const char *events_token;
-    const char *const *user_env;    /* NULL-terminated KEY, VALUE, KEY, VALUE, ... */
-    const char *vcap_services_json; /* NULL: "{}" */
-};
-
-/* VCAP_APPLICATION as JSON text (caller frees). Without instance_guid, the fields of one
- * instance (instance_id, instance_index, port) are left out: the app's view for the API. */
-char *scheduler_vcap_application(const struct scheduler_env_input *in);
-/* The complete environment of an instance as a NULL-terminated KEY=VALUE array (free with
- * scheduler_env_free). User variables come last and may not override PORT, CF_INSTANCE_*,
- * VCAP_APPLICATION or SKIFF_EVENTS_*. */
-char **scheduler_instance_env(const struct scheduler_env_input *in);
-void scheduler_env_free(char **env);
+/* scheduler_env_input, scheduler_vcap_application, scheduler_instance_env: instance_env.h */
 
 #endif

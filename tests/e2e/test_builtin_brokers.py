@@ -127,17 +127,8 @@ def push_app(p, name):
 
 
 def get(p, app, path):
-    """GET through the router. An instance the API already shows RUNNING reaches the router's
-    table a moment later (the bus coalesces changes): the router's own 503 for a route with no
-    ready instance, which reached no instance, is tried again for a while."""
     host = p.api("GET", f"/v1/apps/{app}")[1]["routes"][0]
-    deadline = time.monotonic() + 20
-    while True:
-        status, text = http_get(p.router_url + path, host=host, timeout=20)
-        if status != 503 or not text.startswith("The app has no instance ready") or \
-                time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    status, text = http_get(p.router_url + path, host=host, timeout=20)
     assert status == 200, (text, p.cli("logs", app, "--recent").stdout[-6000:].replace("\\n", "\n"))
     return text
 

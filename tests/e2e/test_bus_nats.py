@@ -332,9 +332,14 @@ def test_the_router_role_needs_nats_and_a_role_it_knows(tmp_path):
     r = subprocess.run([skiffd, "--role", "router", "--home", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "give --nats" in r.stderr, (r.returncode, r.stderr)
-    r = subprocess.run([skiffd, "--role", "cell", "--home", str(tmp_path)], env=env,
+    for role in ("cell", "controller"):
+        r = subprocess.run([skiffd, "--role", role, "--home", str(tmp_path), "--isolation",
+                            "process"], env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "give --nats" in r.stderr, (role, r.returncode, r.stderr)
+    r = subprocess.run([skiffd, "--role", "hub", "--home", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "--role is all or router" in r.stderr, (r.returncode, r.stderr)
+    assert r.returncode == 2 and "--role is all, controller, cell or router" in r.stderr, \
+        (r.returncode, r.stderr)
     # the announce interval must be under the TTL
     env.update({"SKIFF_BUS_ANNOUNCE_MS": "5000", "SKIFF_BUS_TTL_MS": "4000",
                 "SKIFF_HOME": str(tmp_path), "SKIFF_BUILTIN_BROKERS": "0"})

@@ -219,6 +219,40 @@ def test_instances_keep_serving_while_skiffd_is_away_and_are_adopted(platform, t
     p.wait_for(lambda: "GET /n/after 200" in app_log(p, "keeper"), 10, "a line after adoption")
 
 
+def guid_pids(p, name):
+    """{instance guid: pid} of the web instances of `name` the API shows RUNNING (the pid from
+    the executor's run/instance-GUID.pid)."""
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return {i["guid"]: read_pid_file(os.path.join(p.home, "run", f"instance-{i['guid']}.pid"))
+            for i in app["instances_detail"] if i["state"] == "RUNNING"}
+
+
+def test_sigusr2_adopts_every_instance_with_its_guid_and_pid(platform):
+    """kill -USR2, then a new skiffd: each instance of several apps is adopted (the same guid
+    and the same process), none is started anew, and each is RUNNING and routed at once."""
+    p = platform
+    for name, n in (("pair", 2), ("solo", 1)):
+        r = p.cli("push", name, "-p", PYTHON_WEB, "-i", str(n))
+        assert r.returncode == 0, r.stdout + r.stderr
+    before = {name: guid_pids(p, name) for name in ("pair", "solo")}
+    assert [len(before["pair"]), len(before["solo"])] == [2, 1], before
+
+    p.stop(signal.SIGUSR2)
+    assert p.proc.returncode == 0, p.output()
+    assert all(pid_alive(pid) for pids in before.values() for pid in pids.values())
+
+    p.start()
+    p.wait_for(lambda: all(len(guid_pids(p, name)) == len(before[name]) for name in before), 30,
+               "every instance RUNNING again")
+    for name in before:
+        assert guid_pids(p, name) == before[name], (name, app_log(p, name))
+        # the log skiffd keeps in memory starts empty: nothing was started since
+        assert "Starting instance" not in app_log(p, name), app_log(p, name)
+        assert through_router(p, f"{name}.localhost")[0] == 200
+    assert "kept running across a restart" in app_log(p, "pair")
+
+
 def processes_of(home):
     """Pids of processes whose command line or environment names the home folder."""
     found = []

@@ -548,6 +548,94 @@ static void test_attach_time(void **state)
         assert_true(wait_slot_free(100 + i, 10000));
 }
 
+/* ---- other hosts' pools ------------------------------------------------------------------ */
+
+static void test_pools_overlap(void **state)
+{
+    (void)state;
+    struct net_pool a, b;
+    char err[128];
+    static const struct {
+        const char *a, *b;
+        bool overlap;
+    } cases[] = {
+        {"10.244.0.0/16", "10.244.0.0/16", true},   {"10.244.0.0/16", "10.244.128.0/17", true},
+        {"10.244.128.0/17", "10.244.0.0/16", true}, {"10.244.0.0/16", "10.245.0.0/16", false},
+        {"10.0.0.0/8", "10.250.3.0/24", true},      {"10.244.0.0/24", "10.244.1.0/24", false}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(net_pool_parse(cases[i].a, &a, err, sizeof err), 0);
+        assert_int_equal(net_pool_parse(cases[i].b, &b, err, sizeof err), 0);
+        assert_int_equal(net_pool_overlaps(&a, &b), cases[i].overlap);
+    }
+    char text[NET_POOL_STRLEN];
+    net_pool_format(&a, text);
+    assert_string_equal(text, "10.244.0.0/24");
+}
+
+/* `ip -4 route show proto 83`, the routes net_peer_routes_set made, as one string. */
+static char *peer_routes(void)
+{
+    FILE *f = popen("ip -4 route show proto 83", "r");
+    assert_non_null(f);
+    char *text = xcalloc(1, 4096);
+    size_t n = fread(text, 1, 4095, f);
+    text[n] = '\0';
+    pclose(f);
+    return text;
+}
+
+static void test_peer_routes_are_set_replaced_and_removed(void **state)
+{
+    (void)state;
+    assert_int_equal(
+        system("ip link add peers0 type veth peer name peers1 && ip link set peers1 up && ip addr "
+               "add 10.251.0.1/24 dev peers0 "
+               "&& ip link set peers0 up && ip route add 10.248.0.0/16 via 10.251.0.9"),
+        0);
+    struct net_peer_route routes[2];
+    char err[256];
+    assert_int_equal(net_pool_parse("10.246.0.0/16", &routes[0].pool, err, sizeof err), 0);
+    assert_int_equal(net_pool_parse("10.247.0.0/24", &routes[1].pool, err, sizeof err), 0);
+    inet_pton(AF_INET, "10.251.0.2", &routes[0].via);
+    inet_pton(AF_INET, "10.251.0.3", &routes[1].via);
+    assert_int_equal(net_peer_routes_set(routes, 2, err, sizeof err), 0);
+    char *got = peer_routes();
+    assert_non_null(strstr(got, "10.246.0.0/16 via 10.251.0.2 dev peers0"));
+    assert_non_null(strstr(got, "10.247.0.0/24 via 10.251.0.3 dev peers0"));
+    free(got);
+    /* the same again changes nothing; a host moved is routed via its new address */
+    inet_pton(AF_INET, "10.251.0.4", &routes[0].via);
+    assert_int_equal(net_peer_routes_set(routes, 2, err, sizeof err), 0);
+    got = peer_routes();
+    assert_non_null(strstr(got, "10.246.0.0/16 via 10.251.0.4 dev peers0"));
+    assert_null(strstr(got, "10.251.0.2"));
+    free(got);
+    /* a host gone: its route goes, the other stays, a route of someone else is not touched */
+    assert_int_equal(net_peer_routes_set(routes + 1, 1, err, sizeof err), 0);
+    got = peer_routes();
+    assert_null(strstr(got, "10.246.0.0"));
+    assert_non_null(strstr(got, "10.247.0.0/24 via 10.251.0.3"));
+    free(got);
+    assert_int_equal(system("ip route show 10.248.0.0/16 | grep -q 'via 10.251.0.9'"), 0);
+    /* the link down takes the route; set again once it is up, it is back */
+    assert_int_equal(system("ip link set peers0 down"), 0);
+    got = peer_routes();
+    assert_null(strstr(got, "10.247.0.0"));
+    free(got);
+    assert_int_not_equal(net_peer_routes_set(routes + 1, 1, err, sizeof err), 0);
+    assert_non_null(strstr(err, "cannot route 10.247.0.0/24 via 10.251.0.3"));
+    assert_int_equal(system("ip link set peers0 up"), 0);
+    assert_int_equal(net_peer_routes_set(routes + 1, 1, err, sizeof err), 0);
+    got = peer_routes();
+    assert_non_null(strstr(got, "10.247.0.0/24 via 10.251.0.3"));
+    free(got);
+    assert_int_equal(net_peer_routes_set(NULL, 0, err, sizeof err), 0);
+    got = peer_routes();
+    assert_string_equal(got, "");
+    free(got);
+    assert_int_equal(system("ip link del peers0"), 0);
+}
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -580,6 +668,8 @@ int main(void)
         cmocka_unit_test(test_firewall_isolates_containers),
         cmocka_unit_test(test_egress_reaches_public_addresses_only),
         cmocka_unit_test(test_attach_time),
+        cmocka_unit_test(test_pools_overlap),
+        cmocka_unit_test(test_peer_routes_are_set_replaced_and_removed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,6 +52,15 @@ static void test_errno_values_share_the_table(void **state)
     assert_int_equal(skiff_err_http_status(-EIO), 500);
     /* Skiff's words where it has more to say, the C library's otherwise; never NULL */
     assert_non_null(strstr(skiff_strerror(-ENOSPC), "free space"));
+    /* skiffd's own disk full is insufficient storage (507), whoever wrote it; another failure
+     * to write it is Skiff's (500); a tenant's quota stays quota_exceeded */
+    assert_int_equal(skiff_err_http_status(-ENOSPC), 507);
+    assert_string_equal(skiff_err_name(-ENOSPC), "insufficient_storage");
+    assert_int_equal(skiff_err_disk(-ENOSPC), SKIFF_E_INSUFFICIENT_STORAGE);
+    assert_int_equal(skiff_err_disk(-EDQUOT), SKIFF_E_INSUFFICIENT_STORAGE);
+    assert_int_equal(skiff_err_disk(-EIO), SKIFF_E_INTERNAL);
+    assert_int_equal(skiff_err_disk(-EACCES), SKIFF_E_INTERNAL);
+    assert_int_equal(skiff_err_from(-EDQUOT), SKIFF_E_QUOTA);
     assert_non_null(strstr(skiff_strerror(-ECANCELED), "retry"));
     assert_string_equal(skiff_strerror(-EACCES), strerror(EACCES));
     /* an errno the table does not have is still worded, and answered as Skiff's failure */

@@ -13,8 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -364,6 +367,70 @@ static void test_blob_verified_while_streaming(void **state)
     free(tmp);
     free(other);
     free(path);
+}
+
+/* In a child with a user and mount namespace of its own, the store's tmp/ becomes a 64 KB
+ * tmpfs: a blob larger than that fails with ENOSPC. Exit 0: answered as insufficient storage
+ * with what failed; 1: answered otherwise; 77: the namespace or mount is not allowed here. */
+static int disk_full_child(struct fixture *f)
+{
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+        return 77;
+    char map[64];
+    snprintf(map, sizeof map, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+    FILE *m = fopen("/proc/self/setgroups", "w"); /* before gid_map, as the kernel asks */
+    if (m) {
+        fputs("deny", m);
+        fclose(m);
+    }
+    m = fopen("/proc/self/uid_map", "w");
+    if (!m || fputs(map, m) < 0 || fclose(m) != 0)
+        return 77;
+    snprintf(map, sizeof map, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+    m = fopen("/proc/self/gid_map", "w");
+    if (!m || fputs(map, m) < 0 || fclose(m) != 0)
+        return 77;
+    char *tmp = xasprintf("%s/images/tmp", f->dir);
+    if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount("tmpfs", tmp, "tmpfs", 0, "size=64k") != 0)
+        return 77;
+    struct image_blob_writer *w;
+    if (image_blob_begin(&f->store, NULL, "the layer under test", &w, f->err, sizeof f->err) !=
+        SKIFF_OK) {
+        fprintf(stderr, "cannot begin a blob: %s\n", f->err);
+        return 1;
+    }
+    static char chunk[16384];
+    int rc = SKIFF_OK;
+    for (int i = 0; i < 16 && rc == SKIFF_OK; i++)
+        rc = image_blob_write(w, chunk, sizeof chunk, f->err, sizeof f->err);
+    char digest[IMAGE_DIGEST_LEN];
+    if (rc == SKIFF_OK)
+        rc = image_blob_commit(w, digest, f->err, sizeof f->err);
+    else
+        image_blob_abort(w);
+    fprintf(stderr, "disk full: %d %s\n", rc, f->err);
+    return rc == SKIFF_E_INSUFFICIENT_STORAGE && strstr(f->err, "the layer under test") &&
+                   strstr(f->err, "free space") && skiff_err_http_status(rc) == 507
+               ? 0
+               : 1;
+}
+
+static void test_a_full_disk_is_insufficient_storage_not_internal(void **state)
+{
+    struct fixture *f = *state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(disk_full_child(f));
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip(); /* no user namespaces here: nothing to learn */
+    assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 /* ---- layers -------------------------------------------------------------------------- */
@@ -995,6 +1062,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_blob_verified_while_streaming, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_full_disk_is_insufficient_storage_not_internal,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_unpacks_owned_and_without_setuid, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_layer_whiteouts_in_overlay_format, setup, teardown),

@@ -39,7 +39,30 @@ static void test_what_skiffd_sends_is_read(void **state)
     assert_int_equal(m.kind, ROUTER_NATS_REGISTER);
     assert_int_equal(m.ttl_ms, 30000);
     assert_string_equal(json_string_value(json_object_get(m.route, "host")), "a.localhost");
+    assert_int_equal(m.table_version, 0); /* not said: nothing to acknowledge */
     router_nats_msg_free(&m);
+
+    /* the table version and its route count, which the router acknowledges (docs/bus.md) */
+    assert_int_equal(parse_text("skiff.bus.register",
+                                "{\"v\":1,\"ttl_ms\":30000,\"version\":17,\"count\":2,"
+                                "\"route\":{\"host\":\"a.localhost\",\"path\":\"\"}}",
+                                &m, err),
+                     0);
+    assert_int_equal(m.table_version, 17);
+    assert_int_equal(m.table_count, 2);
+    router_nats_msg_free(&m);
+    /* a version or count that is not a positive integer is no version: the route still counts */
+    const char *odd[] = {"\"version\":-3,\"count\":1", "\"version\":5,\"count\":0",
+                         "\"version\":\"5\",\"count\":1", "\"version\":5,\"count\":1.5"};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        char text[256];
+        snprintf(text, sizeof text,
+                 "{\"v\":1,\"ttl_ms\":1000,%s,\"route\":{\"host\":\"a\",\"path\":\"\"}}", odd[i]);
+        assert_int_equal(parse_text("skiff.bus.register", text, &m, err), 0);
+        assert_int_equal(m.table_version, 0);
+        assert_int_equal(m.table_count, 0);
+        router_nats_msg_free(&m);
+    }
 
     assert_int_equal(parse_text("skiff.bus.unregister",
                                 "{\"v\":1,\"host\":\"a.localhost\",\"path\":\"\"}", &m, err),

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
@@ -279,7 +280,7 @@ static void test_tasks_run_once_and_report_their_end(void **state)
     assert_int_equal(scheduler_task_stop(w->s, guid), -ENOENT);
     /* only from the app's current droplet */
     t.droplet_guid = "not-the-droplet";
-    assert_int_equal(scheduler_task_start(w->s, &t), -ENODATA);
+    assert_int_equal(scheduler_task_start(w->s, &t), SKIFF_E_CONFLICT);
     t.app_guid = "no-such-app";
     assert_int_equal(scheduler_task_start(w->s, &t), -ENOENT);
     store_app_free(app);
@@ -325,6 +326,14 @@ static void test_only_a_leading_scheduler_runs_instances(void **state)
     /* another skiffd scaled it down: the store says so, nobody told this scheduler */
     struct store_app *app = NULL;
     assert_int_equal(store_app_get(w->store, "web-app", &app), 0);
+    /* a stopped app is not scaled: the one table's code and words say why */
+    free(app->state);
+    app->state = xstrdup("STOPPED");
+    assert_int_equal(store_app_update(w->store, app), 0);
+    assert_int_equal(scheduler_ensure_instances(w->s, "web-app", "web", 3), SKIFF_E_APP_STOPPED);
+    assert_non_null(strstr(skiff_strerror(SKIFF_E_APP_STOPPED), "stopped"));
+    free(app->state);
+    app->state = xstrdup("STARTED");
     store_app_process(app, "web")->instances = 1;
     assert_int_equal(store_app_update(w->store, app), 0);
     assert_int_equal(scheduler_resync(w->s), 0);

@@ -1,0 +1,435 @@
+/* cell: the cell agent, skiffd --role cell (cell.h, docs/bus.md "Cells").
+ *
+ * Subjects: requests come on skiff.cell.<id>.req (start, stop), everything the cell says goes
+ * out on skiff.cell.<id>.up (heartbeat, state, readiness, output), so that NATS permissions
+ * can give a cell exactly its own two subjects. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include "cell/cell.h"
+#include "cells/cells.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#define CELL__OUTPUT_BYTES (256 * 1024) /* a batch stays well under NATS's 1 MB payload */
+
+struct cell__inst {
+    char guid[37], app_guid[37], droplet[37];
+    char type[64];
+    char addr[64];
+    int index;
+    struct instance *inst;
+    struct cell__inst *next;
+};
+
+struct cell_agent {
+    uv_loop_t *loop;
+    char id[CELLS_ID_LEN + 1];
+    char host[256];
+    char *zone;
+    char *home;
+    uint64_t capacity;
+    int heartbeat_ms;
+    struct executor *ex;
+    struct natsconn *nc;
+    char *subject_req, *subject_up;
+    uv_timer_t beat, flush;
+    json_t *lines; /* output waiting for the next batch */
+    size_t line_bytes;
+    struct cell__inst *insts;
+    int open_handles;
+    bool leave;
+    void (*done)(void *);
+    void *done_arg;
+};
+
+/* ---- what the cell says ------------------------------------------------------------------ */
+
+static void cell__say(struct cell_agent *a, json_t *msg)
+{
+    json_object_set_new(msg, "v", json_integer(1));
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (text && a->nc)
+        natsconn_publish(a->nc, a->subject_up, NULL, text, strlen(text));
+    free(text);
+}
+
+static void cell__flush_output(struct cell_agent *a)
+{
+    if (!json_array_size(a->lines))
+        return;
+    cell__say(a, json_pack("{s:s,s:O}", "type", "output", "lines", a->lines));
+    json_array_clear(a->lines);
+    a->line_bytes = 0;
+}
+
+static void cell__on_flush(uv_timer_t *t)
+{
+    cell__flush_output(t->data);
+}
+
+static json_t *cell__inst_json(const struct cell__inst *ci)
+{
+    double cpu = 0;
+    uint64_t memory = 0;
+    instance_usage(ci->inst, &cpu, &memory);
+    return json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:I,s:I}", "guid", ci->guid, "app_guid",
+                     ci->app_guid, "process_type", ci->type, "index", ci->index, "droplet_guid",
+                     ci->droplet, "state", instance_state_name(instance_state(ci->inst)), "addr",
+                     ci->addr, "since_ms", (json_int_t)instance_since_ms(ci->inst), "memory_bytes",
+                     (json_int_t)memory);
+}
+
+static void cell__beat(struct cell_agent *a)
+{
+    json_t *insts = json_array();
+    uint64_t used = 0;
+    for (struct cell__inst *ci = a->insts; ci; ci = ci->next) {
+        json_t *j = cell__inst_json(ci);
+        used += (uint64_t)json_integer_value(json_object_get(j, "memory_bytes"));
+        json_array_append_new(insts, j);
+    }
+    cell__say(a, json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:i,s:I,s:o}", "type", "heartbeat", "id",
+                           a->id, "host", a->host, "zone", a->zone, "memory_capacity_bytes",
+                           (json_int_t)a->capacity, "memory_used_bytes", (json_int_t)used,
+                           "interval_ms", a->heartbeat_ms, "at_ms", (json_int_t)time_now_ms(),
+                           "instances", insts));
+}
+
+static void cell__on_beat(uv_timer_t *t)
+{
+    cell__beat(t->data);
+}
+
+static void cell__say_state(struct cell_agent *a, const char *guid, const char *state,
+                            const char *addr, const struct instance_exit *ex, const char *why)
+{
+    json_t *m = json_pack("{s:s,s:s,s:s}", "type", "state", "guid", guid, "state", state);
+    if (addr && *addr)
+        json_object_set_new(m, "addr", json_string(addr));
+    if (ex) {
+        json_object_set_new(m, "exit_status", json_integer(ex->exit_status));
+        json_object_set_new(m, "term_signal", json_integer(ex->term_signal));
+    }
+    if (why || (ex && ex->reason))
+        json_object_set_new(m, "reason", json_string(why ? why : ex->reason));
+    cell__say(a, m);
+}
+
+/* ---- the executor's callbacks ------------------------------------------------------------- */
+
+static struct cell__inst *cell__find(struct cell_agent *a, const char *guid)
+{
+    for (struct cell__inst *ci = a->insts; ci; ci = ci->next)
+        if (!strcmp(ci->guid, guid))
+            return ci;
+    return NULL;
+}
+
+static void cell__forget(struct cell_agent *a, struct cell__inst *gone)
+{
+    for (struct cell__inst **pp = &a->insts; *pp; pp = &(*pp)->next)
+        if (*pp == gone) {
+            *pp = gone->next;
+            break;
+        }
+    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, gone->guid);
+    unlink(meta);
+    free(meta);
+    free(gone);
+}
+
+static void cell__on_output(void *ctx, struct instance *inst, int stream, const char *line,
+                            size_t len)
+{
+    struct cell_agent *a = ctx;
+    struct cell__inst *ci = instance_user_data(inst);
+    if (!ci)
+        return;
+    json_array_append_new(a->lines, json_pack("{s:s,s:i,s:s%}", "guid", ci->guid, "stream", stream,
+                                              "line", line, len));
+    a->line_bytes += len + 64;
+    if (json_array_size(a->lines) >= CELL_OUTPUT_BATCH_LINES || a->line_bytes >= CELL__OUTPUT_BYTES)
+        cell__flush_output(a);
+    else if (!uv_is_active((uv_handle_t *)&a->flush))
+        uv_timer_start(&a->flush, cell__on_flush, CELL_OUTPUT_BATCH_MS, 0);
+}
+
+static void cell__on_state(void *ctx, struct instance *inst, enum instance_state state,
+                           const struct instance_exit *ex)
+{
+    struct cell_agent *a = ctx;
+    struct cell__inst *ci = instance_user_data(inst);
+    if (!ci)
+        return;
+    cell__flush_output(a); /* its last lines before its end */
+    cell__say_state(a, ci->guid, instance_state_name(state), ci->addr, ex, NULL);
+    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
+        cell__forget(a, ci);
+}
+
+static void cell__on_readiness(void *ctx, struct instance *inst, bool ready)
+{
+    struct cell_agent *a = ctx;
+    struct cell__inst *ci = instance_user_data(inst);
+    if (ci)
+        cell__say(
+            a, json_pack("{s:s,s:s,s:b}", "type", "readiness", "guid", ci->guid, "ready", ready));
+}
+
+/* ---- requests ---------------------------------------------------------------------------- */
+
+static struct cell__inst *cell__track(struct cell_agent *a, struct instance *inst, const char *guid,
+                                      const char *app_guid, const char *type, int index,
+                                      const char *droplet)
+{
+    struct cell__inst *ci = xcalloc(1, sizeof *ci);
+    snprintf(ci->guid, sizeof ci->guid, "%s", guid);
+    snprintf(ci->app_guid, sizeof ci->app_guid, "%s", app_guid);
+    snprintf(ci->type, sizeof ci->type, "%s", type);
+    snprintf(ci->droplet, sizeof ci->droplet, "%s", droplet ? droplet : "");
+    ci->index = index;
+    ci->inst = inst;
+    struct instance_endpoint ep;
+    instance_endpoint(inst, &ep);
+    snprintf(ci->addr, sizeof ci->addr, "%s", ep.addr);
+    instance_set_user_data(inst, ci);
+    ci->next = a->insts;
+    a->insts = ci;
+    return ci;
+}
+
+static void cell__start(struct cell_agent *a, json_t *launch)
+{
+    struct cell_launch_doc d;
+    char err[512] = "";
+    if (cell_launch_from_json(launch, &d, err, sizeof err) < 0) {
+        const char *guid = json_string_value(json_object_get(launch, "instance_guid"));
+        log_warning("[CELL] refused a start request: %s", err);
+        if (guid && strlen(guid) == 36)
+            cell__say_state(a, guid, "CRASHED", NULL, NULL, err);
+        return;
+    }
+    struct cell_launch *l = &d.l;
+    struct cell__inst *known = cell__find(a, l->instance_guid);
+    if (known) { /* asked again (a controller that did not hear): say where it stands */
+        cell__say_state(a, known->guid, instance_state_name(instance_state(known->inst)),
+                        known->addr, NULL, NULL);
+        cell_launch_doc_clear(&d);
+        return;
+    }
+    char *dir = NULL;
+    struct instance *inst = NULL;
+    char addr[64] = "";
+    int rc = cell_droplet_path(l->droplet_path, l->droplet_digest, &dir, err, sizeof err);
+    if (rc == 0)
+        rc = cell_launch_start(a->ex, a->home, l, dir, &inst, addr, err, sizeof err);
+    free(dir);
+    if (rc < 0) {
+        log_warning("[CELL] cannot start instance %d of %s (%s): %s", l->index, l->process_type,
+                    l->instance_guid, err);
+        char why[600];
+        snprintf(why, sizeof why, "the cell could not start it: %s", err);
+        cell__say_state(a, l->instance_guid, "CRASHED", NULL, NULL, why);
+        cell_launch_doc_clear(&d);
+        return;
+    }
+    struct cell__inst *ci = cell__track(a, inst, l->instance_guid, l->app_guid, l->process_type,
+                                        l->index, l->droplet_guid);
+    /* what adoption by the next cell agent on this home cannot read from the shim */
+    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, ci->guid);
+    file_write_atomic(meta, ci->droplet, strlen(ci->droplet), 0600);
+    free(meta);
+    log_info("[CELL] starting instance %d of %s (%s) of app %s at %s", l->index, l->process_type,
+             ci->guid, l->app_name, ci->addr);
+    cell__say_state(a, ci->guid, "STARTING", ci->addr, NULL, NULL);
+    cell_launch_doc_clear(&d);
+}
+
+static void cell__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
+                         size_t len)
+{
+    struct cell_agent *a = ctx;
+    json_t *m = json_loadb(data, len, 0, NULL);
+    const char *op = json_string_value(json_object_get(m, "op"));
+    if (!op || json_integer_value(json_object_get(m, "v")) != 1) {
+        log_warning("[CELL] ignored a request on %s that is not {\"v\":1,\"op\":...}", subject);
+    } else if (!strcmp(op, "start")) {
+        cell__start(a, json_object_get(m, "launch"));
+    } else if (!strcmp(op, "stop")) {
+        const char *guid = json_string_value(json_object_get(m, "guid"));
+        struct cell__inst *ci = guid ? cell__find(a, guid) : NULL;
+        if (ci) {
+            log_info("[CELL] stopping instance %d of %s (%s): %s", ci->index, ci->type, ci->guid,
+                     json_string_value(json_object_get(m, "reason"))
+                         ? json_string_value(json_object_get(m, "reason"))
+                         : "asked by the leader");
+            executor_stop(ci->inst);
+        } else if (guid) {
+            cell__say_state(a, guid, "DOWN", NULL, NULL, "not on this cell");
+        }
+    } else {
+        log_warning("[CELL] ignored a request with the unknown op \"%s\"", op);
+    }
+    json_decref(m);
+}
+
+static void cell__on_nats(void *ctx, bool connected)
+{
+    struct cell_agent *a = ctx;
+    if (connected) {
+        log_info("[CELL] connected to NATS: cell %s takes requests on %s", a->id, a->subject_req);
+        cell__beat(a);
+    } else {
+        log_warning("[CELL] lost NATS: instances keep running; reconnecting");
+    }
+}
+
+/* ---- life --------------------------------------------------------------------------------- */
+
+static void cell__adopt(void *ctx, struct instance *inst, const struct instance_spec *sp)
+{
+    struct cell_agent *a = ctx;
+    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, sp->instance_guid);
+    char *droplet = NULL;
+    file_read(meta, &droplet, NULL);
+    free(meta);
+    cell__track(a, inst, sp->instance_guid, sp->app_guid, sp->process_type, sp->index, droplet);
+    free(droplet);
+    log_info("[CELL] kept instance %d of %s (%s) running across a restart of the cell", sp->index,
+             sp->process_type, sp->instance_guid);
+}
+
+static uint64_t cell__host_memory(void)
+{
+    struct sysinfo si;
+    return sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
+}
+
+int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struct cell_agent **out,
+                     char *err, size_t errsize)
+{
+    int rc = cells_zone_check(cfg->zone, err, errsize);
+    if (rc < 0)
+        return rc;
+    if (!cfg->nats_urls || !*cfg->nats_urls) {
+        snprintf(err, errsize,
+                 "--role cell takes its requests from NATS: give --nats "
+                 "URL[,URL...] (or SKIFF_NATS)");
+        return -EINVAL;
+    }
+    struct cell_agent *a = xcalloc(1, sizeof *a);
+    a->loop = loop;
+    rc = cells_load_id(cfg->home, a->id, err, errsize);
+    if (rc < 0) {
+        free(a);
+        return rc;
+    }
+    if (gethostname(a->host, sizeof a->host - 1) < 0)
+        snprintf(a->host, sizeof a->host, "unknown");
+    a->zone = xstrdup(cfg->zone);
+    a->home = xstrdup(cfg->home);
+    a->capacity = cfg->memory_bytes ? cfg->memory_bytes : cell__host_memory();
+    a->heartbeat_ms = cfg->heartbeat_ms > 0 ? cfg->heartbeat_ms : CELL_HEARTBEAT_MS;
+    a->subject_req = xasprintf("skiff.cell.%s.req", a->id);
+    a->subject_up = xasprintf("skiff.cell.%s.up", a->id);
+    a->lines = json_array();
+    struct executor_config ec = *cfg->executor;
+    ec.on_readiness = cell__on_readiness;
+    rc = executor_new(loop, &ec, cell__on_output, cell__on_state, a, &a->ex);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot start the executor: %s", strerror(-rc));
+        goto fail;
+    }
+    int adopted = executor_adopt(a->ex, cell__adopt, a);
+    char *name = xasprintf("skiffd cell %s", a->id);
+    struct natsconn_config nc = {.urls = cfg->nats_urls,
+                                 .name = name,
+                                 .security = cfg->nats_security,
+                                 .on_msg = cell__on_msg,
+                                 .on_state = cell__on_nats,
+                                 .ctx = a};
+    rc = natsconn_open(loop, &nc, &a->nc, err, errsize);
+    free(name);
+    if (rc == 0)
+        rc = natsconn_subscribe(a->nc, a->subject_req);
+    if (rc < 0) {
+        if (!*err)
+            snprintf(err, errsize, "cannot subscribe to %s: %s", a->subject_req, strerror(-rc));
+        goto fail;
+    }
+    uv_timer_init(loop, &a->beat);
+    uv_timer_init(loop, &a->flush);
+    a->beat.data = a->flush.data = a;
+    a->open_handles = 2;
+    uv_timer_start(&a->beat, cell__on_beat, 0, (uint64_t)a->heartbeat_ms);
+    log_info("[CELL] cell %s (zone %s, %llu MB) runs instances; %d kept from before", a->id,
+             a->zone, (unsigned long long)(a->capacity >> 20), adopted);
+    *out = a;
+    return 0;
+fail:
+    if (a->nc)
+        natsconn_close(a->nc);
+    a->nc = NULL;
+    cell_agent_free(a);
+    return rc < 0 ? rc : -EINVAL;
+}
+
+const char *cell_agent_id(const struct cell_agent *a)
+{
+    return a->id;
+}
+
+static void cell__handle_closed(uv_handle_t *h)
+{
+    struct cell_agent *a = h->data;
+    if (--a->open_handles == 0 && a->done)
+        a->done(a->done_arg);
+}
+
+static void cell__executor_down(void *arg)
+{
+    struct cell_agent *a = arg;
+    cell__flush_output(a);
+    if (a->nc)
+        natsconn_close(a->nc);
+    a->nc = NULL;
+    uv_close((uv_handle_t *)&a->beat, cell__handle_closed);
+    uv_close((uv_handle_t *)&a->flush, cell__handle_closed);
+}
+
+void cell_agent_close(struct cell_agent *a, bool leave, void (*done)(void *arg), void *arg)
+{
+    a->done = done;
+    a->done_arg = arg;
+    a->leave = leave;
+    uv_timer_stop(&a->beat);
+    uv_timer_stop(&a->flush);
+    if (leave)
+        executor_detach(a->ex, cell__executor_down, a);
+    else
+        executor_shutdown(a->ex, cell__executor_down, a);
+}
+
+void cell_agent_free(struct cell_agent *a)
+{
+    if (!a)
+        return;
+    executor_free(a->ex);
+    while (a->insts) {
+        struct cell__inst *ci = a->insts;
+        a->insts = ci->next;
+        free(ci);
+    }
+    json_decref(a->lines);
+    free(a->subject_req);
+    free(a->subject_up);
+    free(a->zone);
+    free(a->home);
+    free(a);
+}

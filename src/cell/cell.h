@@ -1,0 +1,144 @@
+/* cell: what a cell does with an instance it is asked to run, and where the platform puts one.
+ *
+ * A launch (struct cell_launch) is everything the platform decides about an instance: its
+ * app, process, index and guid, the droplet (guid, digest, and where the controller keeps it),
+ * the command, limits, checks, sidecars, and the inputs of its environment. What depends on
+ * the cell that runs it (its network slot and address, HOME and TMPDIR, hence PORT,
+ * CF_INSTANCE_ADDR and VCAP_APPLICATION) the cell decides: cell_launch_start is that one
+ * place, used by the scheduler for the instances of this skiffd and by the cell agent
+ * (cell_agent_start, `skiffd --role cell`) for the start requests it takes over NATS.
+ *
+ * The start request's body is cell_launch_to_json / cell_launch_from_json (docs/bus.md,
+ * "Cells"); cell_place is the placement rule (Diego's auction in spirit), pure.
+ *
+ * Runs on one loop; errors are negative errno values with a sentence in err. */
+#ifndef SKIFF_CELL_H
+#define SKIFF_CELL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "executor/executor.h"
+#include "natsconn/natsconn.h"
+
+#define CELL_DIGEST_LEN 72 /* "sha256:" + 64 hex + NUL */
+
+struct cell_launch {
+    const char *app_guid;
+    const char *app_name;
+    const char *process_type;
+    int index;
+    const char *instance_guid;
+    const char *droplet_guid;
+    const char *droplet_digest; /* "sha256:HEX", or NULL when not known */
+    const char *droplet_path;   /* where the controller keeps the droplet's folder */
+    const char *command;
+    int memory_mb;
+    int disk_mb;
+    enum health_check_type health;
+    const char *health_endpoint;
+    int start_timeout_s;
+    int health_interval_ms, health_timeout_ms;
+    bool readiness;
+    enum health_check_type readiness_type;
+    const char *readiness_endpoint;
+    int readiness_interval_ms, readiness_timeout_ms;
+    bool log_rate_limited;
+    int64_t log_rate_limit;
+    const struct instance_sidecar *sidecars;
+    size_t n_sidecars;
+    /* the environment's inputs (scheduler/instance_env.h) */
+    const char *const *uris; /* NULL-terminated */
+    const char *events_url;
+    const char *events_token;
+    const char *const *user_env; /* NULL-terminated KEY, VALUE, ... */
+    const char *vcap_services_json;
+};
+
+/* Starts l on ex from the droplet folder droplet_dir (cell_droplet_path's answer): a slot (a
+ * warm container when one fits and the instance has no sidecars and no image), the address
+ * and environment that go with it, then executor_start. 0 with *out and addr ("IP:PORT",
+ * where routers reach it) set; -EAGAIN when no slot is free; otherwise executor_start's or an
+ * image's error, with the reason in err. home: the cell's $SKIFF_HOME (images' layers). */
+int cell_launch_start(struct executor *ex, const char *home, const struct cell_launch *l,
+                      const char *droplet_dir, struct instance **out, char addr[64], char *err,
+                      size_t errsize);
+
+/* The one place a cell finds a droplet's folder: the controller's path when it exists on
+ * this cell's file system (one host, or a shared file system). Fetching it by its digest from
+ * the controllers' blob service is not there yet: otherwise -ENOENT with "droplet
+ * sha256:... not on this cell" in err. *out is the caller's to free. */
+int cell_droplet_path(const char *path, const char *digest, char **out, char *err, size_t errsize);
+
+/* The droplet folder's digest, "sha256:HEX": SHA-256 over a walk of the folder in name
+ * order (for each entry its kind, path relative to dir, mode, and a file's size and bytes or
+ * a link's target). What a start request carries as droplet_digest; a cell does not check it
+ * yet (cell_droplet_path). Reads every byte: the caller keeps it (one per droplet). */
+int cell_droplet_digest(const char *dir, char out[CELL_DIGEST_LEN], char *err, size_t errsize);
+
+/* ---- the start request (docs/bus.md "Cells") ---------------------------------------------- */
+
+/* l as a JSON object (a new reference). */
+json_t *cell_launch_to_json(const struct cell_launch *l);
+/* A launch read from a start request: every field checked (guids, names, numbers in range,
+ * strings of bounded size), so nothing a sender writes reaches the executor unchecked. */
+struct cell_launch_doc {
+    struct cell_launch l;
+    json_t *json; /* what l's strings point into */
+    const char **uris, **user_env;
+    struct instance_sidecar *sidecars;
+};
+int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, size_t errsize);
+void cell_launch_doc_clear(struct cell_launch_doc *d);
+
+/* ---- placement (pure, unit-tested) -------------------------------------------------------- */
+
+struct cell_candidate {
+    const char *id;
+    const char *zone;
+    bool up;                /* heartbeat recent enough */
+    uint64_t free_bytes;    /* capacity minus use (and what was placed since its last beat) */
+    int process_count;      /* instances of the process being placed already on it */
+    int zone_process_count; /* ... and on every cell of its zone */
+};
+
+/* The cell for one more instance of a process that needs need_bytes, or -1 when no cell is up
+ * with room. Among the cells up with room: those with the fewest instances of the process
+ * (so never two on one cell while another has room and none), then those of the zone with
+ * the fewest instances of the process, then the most free memory, then the smallest id (so
+ * the answer never depends on the order of the list). */
+int cell_place(const struct cell_candidate *cells, size_t n, uint64_t need_bytes);
+
+/* ---- the cell agent: skiffd --role cell ---------------------------------------------------- */
+
+struct cell_agent;
+
+struct cell_agent_config {
+    const char *home;
+    const char *zone;
+    uint64_t memory_bytes; /* capacity announced; 0: the host's RAM */
+    int heartbeat_ms;      /* <= 0: CELL_HEARTBEAT_MS */
+    const char *nats_urls;
+    struct natsconn_security nats_security;
+    const struct executor_config *executor;
+};
+
+#define CELL_HEARTBEAT_MS 1000
+#define CELL_OUTPUT_BATCH_MS 100
+#define CELL_OUTPUT_BATCH_LINES 200
+
+/* Runs an executor (adopting what a predecessor on the home left under its shims), announces
+ * the cell on NATS every heartbeat, takes start and stop requests on its own subject and
+ * reports what happens to its instances (docs/bus.md "Cells"). */
+int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struct cell_agent **out,
+                     char *err, size_t errsize);
+const char *cell_agent_id(const struct cell_agent *a);
+/* Stops every instance (leave false) or lets them run for the next cell agent on this home
+ * (leave true), closes NATS; done when every handle is closed; then cell_agent_free. */
+void cell_agent_close(struct cell_agent *a, bool leave, void (*done)(void *arg), void *arg);
+void cell_agent_free(struct cell_agent *a);
+
+#endif

@@ -1,0 +1,123 @@
+/* cellc: the cells a scheduler runs its instances on, behind one interface: this skiffd's own
+ * executor (the local cell, unless it is a controller only) and the cells that announce
+ * themselves on NATS (skiffd --role cell, docs/bus.md "Cells").
+ *
+ * cellc_launch places an instance with cell_place (cell.h) and starts it there: on the local
+ * cell through cell_launch_start, on a remote one with a start request. What happens to it
+ * comes back through the same callbacks either way (on the loop, never from inside a call
+ * into cellc): RUNNING and the final state (CRASHED or DOWN, after which the cellc_inst is
+ * freed once the callback returns), readiness changes and output lines.
+ *
+ * Convergence: a remote cell whose heartbeat is older than lost_ms is lost; each of its
+ * instances is reported CRASHED ("its cell was lost"), so the scheduler starts it again on
+ * another cell, as after a crash. An instance a cell reports that nobody here knows (a cell
+ * back after it was lost, or every instance when a controller begins to lead) goes to the
+ * adopt callback, which keeps it in a slot or stops it (cellc_stop): that is how a returning
+ * cell's duplicates are stopped and how a new leader takes over the cells' instances instead
+ * of starting them again. Only while leading: a controller that follows asks nothing of a
+ * cell, and one that stops leading or shuts down lets the cells' instances run (cellc_stop
+ * then only forgets them, reported DOWN).
+ *
+ * Not thread-safe; errors are negative errno values. */
+#ifndef SKIFF_CELL_CLIENT_H
+#define SKIFF_CELL_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cell/cell.h"
+#include "executor/executor.h"
+#include "natsconn/natsconn.h"
+
+#define CELLC_LOST_MS 5000
+
+struct cellc;
+struct cellc_inst;
+
+/* What an instance found running (adopted) looks like. */
+struct cellc_found {
+    const char *app_guid;
+    const char *process_type;
+    int index;
+    const char *instance_guid;
+    const char *droplet_guid; /* NULL when not known (the local cell: then app_dir) */
+    const char *app_dir;      /* NULL when not known (a remote cell) */
+    int port;
+    bool readiness;
+};
+
+struct cellc_callbacks {
+    void (*on_output)(void *ctx, struct cellc_inst *i, int stream, const char *line, size_t len);
+    void (*on_state)(void *ctx, struct cellc_inst *i, enum instance_state state,
+                     const struct instance_exit *exit);
+    void (*on_readiness)(void *ctx, struct cellc_inst *i, bool ready);
+    void (*on_found)(void *ctx, struct cellc_inst *i, const struct cellc_found *f);
+    void *ctx;
+};
+
+struct cellc_config {
+    const struct executor_config *executor; /* the local executor (also for stagings) */
+    bool local_cell;      /* instances may be placed on it (false: --role controller) */
+    const char *local_id; /* the local cell's id and zone, for placement and `cell` */
+    const char *local_zone;
+    const char *home;
+    const char *nats_urls; /* NULL or "": no remote cells */
+    struct natsconn_security nats_security;
+    int lost_ms; /* <= 0: CELLC_LOST_MS */
+};
+
+int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,
+              struct cellc **out, char *err, size_t errsize);
+struct executor *cellc_executor(struct cellc *c);
+/* Leading: remote cells are asked, found instances offered. Set false first when leading
+ * stops (then stopping a remote instance only forgets it). */
+void cellc_set_leading(struct cellc *c, bool leading);
+/* How long (ms) to wait before converging after leading began, so that every cell has beaten
+ * once and its instances were offered (0: now). */
+int cellc_settle_ms(const struct cellc *c);
+/* Offers the local cell's leftover instances (executor_adopt) to on_found; the remote cells'
+ * are offered as their heartbeats come. Returns how many were found locally. */
+int cellc_adopt_local(struct cellc *c);
+/* Places and starts l (needing memory_bytes); 0 with *out, and addr when known now ("" for a
+ * remote cell until it reports), or an error with err: -EAGAIN when no cell has room. */
+int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_bytes,
+                 struct cellc_inst **out, char addr[64], char *err, size_t errsize);
+/* SIGTERM, SIGKILL after the grace period, then DOWN; idempotent. */
+void cellc_stop(struct cellc_inst *i);
+
+struct cellc_inst_info {
+    enum instance_state state;
+    int64_t since_ms;
+    double cpu;
+    uint64_t memory_bytes;
+    char addr[64];
+    int port;
+    int64_t host_uid;
+    bool warm_start;
+    char warm_runtime[16];
+    uint64_t disk_bytes, disk_quota_bytes;
+    bool disk_full;
+    char cell[33]; /* the id of the cell it runs on */
+};
+/* i may be NULL: all zero, host_uid -1. */
+void cellc_inst_info(const struct cellc_inst *i, struct cellc_inst_info *out);
+const char *cellc_inst_sidecar_name(const struct cellc_inst *i, size_t k);
+/* Whether it runs on this skiffd's own executor. */
+bool cellc_inst_local(const struct cellc_inst *i);
+void *cellc_inst_user_data(const struct cellc_inst *i);
+void cellc_inst_set_user_data(struct cellc_inst *i, void *data);
+
+/* The cells known from NATS heartbeats (not the local one), for GET /v1/cells: a JSON array
+ * (a new reference) of {id, host, zone, state up|lost, memory_capacity_bytes,
+ * memory_used_bytes, instances, heartbeat_age_ms}. */
+json_t *cellc_remote_cells(const struct cellc *c);
+
+/* Stops every local instance, forgets the remote ones (they keep running), closes NATS. */
+void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg);
+/* Lets every local instance run for the next skiffd (executor_detach), closes NATS. */
+void cellc_detach(struct cellc *c, void (*done)(void *arg), void *arg);
+void cellc_free(struct cellc *c);
+
+#endif
