@@ -10,9 +10,11 @@ container made at its start (--prewarm 0). For a Python function and a Node.js f
 zero instances: one event published, the time until the function has it (its own clock);
 and one request (POST /v1/apps/NAME/invoke) to the first byte of its answer. For a static
 binary app (the binary buildpack) at zero instances: `skiff scale -i 1`'s request to the
-first byte of a GET to the instance. p50/p99 of each, and the share of each step from the
-app's log: arrival -> "Starting instance" (the decision) -> "is running" (container made and
-the process listening, as the health check saw it) -> the function has the event."""
+first byte of a GET to the instance; and, 10 times (runs / 2), one scale from 0 to 4 to the
+first byte of all four, counting those that found a warm container (`--only burst`).
+p50/p99 of each, and the share of each step from the app's log: arrival -> "Starting
+instance" (the decision) -> "is running" (container made and the process listening, as the
+health check saw it) -> the function has the event."""
 import argparse
 import datetime
 import http.client
@@ -197,6 +199,33 @@ def bench_binary(d, app, runs):
     return times, shares, warm
 
 
+def bench_burst(d, app, runs, n):
+    """scale 0 -> n in one request to the first byte of every instance, and how many of the n
+    found a warm container: a pool that does not follow bursts has --prewarm of them"""
+    times, warm = [], 0
+    for _ in range(runs):
+        status, body = d.call("PATCH", "/v1/apps/" + app, {"instances": 0})
+        assert status == 200, body
+        at_zero(d, app)
+        t = time.monotonic()
+        status, body = d.call("PATCH", "/v1/apps/" + app, {"instances": n})
+        assert status == 200, body
+        answered = set()
+        while len(answered) < n and time.monotonic() - t < 60:
+            status, body = d.call("GET", "/v1/apps/" + app)
+            for i in json.loads(body)["instances_detail"]:
+                if i.get("address") and i["guid"] not in answered:
+                    host, port = i["address"].split(":")
+                    if first_byte(host, int(port)):
+                        answered.add(i["guid"])
+        if len(answered) < n:
+            raise SystemExit("%s: %d of %d instances never answered" % (app, n - len(answered), n))
+        times.append((time.monotonic() - t) * 1000)
+        status, body = d.call("GET", "/v1/apps/" + app)
+        warm += sum(1 for i in json.loads(body)["instances_detail"] if i.get("warm_start"))
+    return times, warm
+
+
 def push(d, work, app, files, *args):
     src = os.path.join(work, app)
     os.makedirs(src, exist_ok=True)
@@ -235,16 +264,22 @@ def measure_platform(bindir, prewarm, runs, work, listen, only):
                                   {"app": app, "topic": "cold-" + app, "idle_grace_ms": 1000})
             assert status == 201, body
             rows[runtime] = bench_function(d, app, runs, "%s%d" % (runtime, prewarm))
-        if only and "binary" not in only:
+        if only and "binary" not in only and "burst" not in only:
             return rows
         with open(listen, "rb") as f:
             binary = f.read()
         push(d, work, "coldbin%d" % prewarm, {"hello": (binary, 0o755),
                                              "Procfile": ("web: ./hello\n", 0o644)})
-        rows["binary"] = bench_binary(d, "coldbin%d" % prewarm, runs)
+        if not only or "binary" in only:
+            rows["binary"] = bench_binary(d, "coldbin%d" % prewarm, runs)
+        if not only or "burst" in only:
+            rows["burst"] = bench_burst(d, "coldbin%d" % prewarm, max(1, runs // 2), BURST)
     finally:
         d.stop()
     return rows
+
+
+BURST = 4  # instances started by one scale from zero (bench_burst)
 
 
 def show(label, values, floor, share_names=None, shares=None, warm=None, runs=None):
@@ -261,7 +296,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
-    ap.add_argument("--only", default="", help="comma-separated: python, node, binary "
+    ap.add_argument("--only", default="", help="comma-separated: python, node, binary, burst "
                     "(default all)")
     ap.add_argument("--prewarm", default="2,0", help="the skiffd runs: --prewarm values")
     args = ap.parse_args()
@@ -297,11 +332,14 @@ def main():
             show("%s function: event to invocation" % runtime, event, floor[runtime],
                  ("decision", "container+runtime", "delivery"), shares, warm, len(event))
             show("%s function: request to first byte" % runtime, request, floor[runtime])
-        if "binary" not in rows:
-            continue
-        times, shares, warm = rows["binary"]
-        show("static binary app: scale to first byte", times, floor["binary"],
-             ("decision", "container+process"), shares, warm, len(times))
+        if "binary" in rows:
+            times, shares, warm = rows["binary"]
+            show("static binary app: scale to first byte", times, floor["binary"],
+                 ("decision", "container+process"), shares, warm, len(times))
+        if "burst" in rows:
+            times, warm = rows["burst"]
+            show("static binary app: 0 -> %d, all answer" % BURST, times, floor["binary"],
+                 warm=warm, runs=len(times) * BURST)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ def mark(step):
         f.write("%.6f %d %s\n" % (time.monotonic(), os.getpid(), step))
 
 
-def one_start(d, app):
+def one_start(d, app, gap):
     d.call("PATCH", "/v1/apps/" + app, {"instances": 0})
     bench.at_zero(d, app)
-    time.sleep(0.3)  # the previous instance's teardown out of the way
+    time.sleep(gap)  # the previous instance's teardown and the refill out of the way
     mark("=== start")
     mark("client: PATCH sent")
     d.call("PATCH", "/v1/apps/" + app, {"instances": 1})
@@ -54,9 +54,11 @@ def one_start(d, app):
     raise SystemExit("the instance never answered")
 
 
-def report(runs):
+def report_steps(runs, title):
     since, step_gap, order = {}, {}, []
     for events in runs:
+        if not events:
+            continue
         t0, prev, seen = events[0][0], events[0][0], set()
         for t, step in events:
             if step in seen:
@@ -67,17 +69,35 @@ def report(runs):
             since.setdefault(step, []).append((t - t0) * 1000)
             step_gap.setdefault(step, []).append((t - prev) * 1000)
             prev = t
-    print("%-52s %17s %17s" % ("step (first time in each run)", "since PATCH p50/min",
-                                "since last p50/min"))
+    print("%-52s %17s %17s" % (title, "since first p50/min", "since last p50/min"))
     for step in sorted(order, key=lambda s: bench.pct(since[s], 50)):
         print("%-52s %8.2f %8.2f %8.2f %8.2f" % (step, bench.pct(since[step], 50), min(since[step]),
                                                  bench.pct(step_gap[step], 50), min(step_gap[step])))
+
+
+def report(runs):
+    """The start's steps since the client's PATCH; then the making of the warm container that
+    replaced the one taken (steps named "make: ..."), since the executor wanted it: one is
+    made per run, as one is taken."""
+    report_steps([[e for e in r if not e[1].startswith("make: ")] for r in runs],
+                 "step (first time in each run)")
+    made = []
+    for r in runs:
+        make = [e for e in r if e[1].startswith("make: ")]
+        first = next((k for k, e in enumerate(make) if e[1].endswith("warm container wanted")),
+                     None)
+        if first is not None:
+            made.append(make[first:])
+    print()
+    report_steps(made, "a warm container made, %d times" % len(made))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, help="a build made with -DSKIFF_START_TRACE")
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--gap", type=float, default=0.3,
+                    help="seconds between the instance's end and the next start (bench.py: 0)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="skiff-bench-trace-")
     os.chmod(work, 0o755)
@@ -93,7 +113,7 @@ def main():
             bench.push(d, work, "traced", {"hello": (f.read(), 0o755),
                                            "Procfile": ("web: ./hello\n", 0o644)})
         for _ in range(args.runs):
-            one_start(d, "traced")
+            one_start(d, "traced", args.gap)
     finally:
         d.stop()
     runs, cur = [], None

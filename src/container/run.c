@@ -287,9 +287,11 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
         goto out;
     }
     rc = run__disk(cfg, image, disk, err, errlen);
+    start_trace("make: keeper: disk");
     if (rc == 0)
         rc = run__overlay(cfg->image_layers ? cfg->image_layers : cfg->stack, disk, "root", root,
                           err, errlen);
+    start_trace("make: keeper: root overlay");
     if (rc == 0 && cfg->image_layers)
         rc = container__image_root(cfg, root, err, errlen);
     if (rc < 0)
@@ -343,8 +345,10 @@ static int run__rootfs(const struct container_config *cfg, const char *root, cha
     }
     if (rc == 0 && cfg->warm_socket)
         rc = run__warm_mountpoint(root, err, errlen);
+    start_trace("make: keeper: binds (/usr, /etc, the app's mount point)");
     if (rc == 0)
         rc = run__dev(root, err, errlen);
+    start_trace("make: keeper: /dev");
 out:
     free(disk);
     free(image);
@@ -810,6 +814,7 @@ static pid_t run__warm_stem(struct run_child *c)
         char err[512];
         if (container__drop(c->cfg->user_uid, c->cfg->user_gid, err, sizeof err) < 0)
             run__child_fail(c, "%s", err);
+        start_trace("make: program: dropped");
         run__start_read(c, -1);
         start_trace("program: start read, exec");
         if (chdir(c->cfg->cwd) < 0)
@@ -818,6 +823,7 @@ static pid_t run__warm_stem(struct run_child *c)
         run__child_fail(c, "%s", err);
     }
     close(c->start_rd);
+    start_trace("make: init: stem forked, ready");
     if (write(c->ready_wr, "r", 1) != 1)
         _exit(125);
     close(c->ready_wr);
@@ -899,6 +905,7 @@ static int run__init(void *arg)
     if (read(c->sync_rd, &go, 1) != 1 || go != 'g')
         _exit(125);
     start_trace_keep_open();
+    start_trace("make: init: filter read, go");
     close(c->sync_rd);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* The root's mount came from the host's namespace and is locked there: a bind of it made
@@ -914,6 +921,7 @@ static int run__init(void *arg)
     if (sethostname(cfg->hostname, strlen(cfg->hostname)) < 0)
         run__child_fail(c, "cannot set the hostname: %s", skiff_strerror(-errno));
     run__proc(c);
+    start_trace("make: init: /proc");
     char *pts = run__path(c->root, "/dev/pts");
     if (mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") <
         0)
@@ -922,6 +930,7 @@ static int run__init(void *arg)
     if (syscall(SYS_pivot_root, ".", ".") < 0 ||
         umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
         run__child_fail(c, "cannot enter the root file system: %s", skiff_strerror(-errno));
+    start_trace("make: init: /dev/pts, pivot_root");
     if (!cfg->net_pool)
         run__lo_up();
     pid_t app = 0;
@@ -1065,6 +1074,7 @@ static int run__warm_accept(const struct container_config *cfg, int init_err, ch
                  ? -errno
                  : 0;
     umask(old);
+    start_trace("make: keeper: listening");
     int fd = -1;
     while (rc == 0 && fd < 0) {
         /* init's error pipe says when it ends first (a warm program that died): then this
@@ -1192,6 +1202,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
                   char *err, size_t errlen)
 {
     err[0] = '\0';
+    start_trace("make: keeper: up, config read");
     int rc = 0;
     for (char **f = cfg->cgroup_procs; f && *f && rc == 0; f++) {
         char pid[32];
@@ -1200,6 +1211,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
         if (rc < 0)
             return run__fail(err, errlen, rc, "cannot join cgroup %s: %s", *f, skiff_strerror(rc));
     }
+    start_trace("make: keeper: cgroup joined");
     /* The output pipes are the program's: given to vcap, so that it can open /dev/stdout
      * (a link to /proc/self/fd/1, reopened with the pipe's own permissions), as nginx does */
     for (int fd = 0; fd <= 2; fd++) {
@@ -1218,6 +1230,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         return run__fail(err, errlen, -errno, "cannot make a mount namespace: %s",
                          skiff_strerror(-errno));
+    start_trace("make: keeper: mount namespace");
     char *root = xasprintf("%s/root", cfg->scratch);
     rc = run__rootfs(cfg, root, err, errlen);
     if (rc < 0) {
@@ -1266,6 +1279,7 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
                                NULL, NULL, NULL, 0);
     if (pid == 0)
         _exit(run__init(&c));
+    start_trace("make: keeper: cloned");
     run__sidecar_cgroups_close(cfg, &c);
     close(sync[0]);
     close(errp[1]);
@@ -1281,12 +1295,14 @@ int container_run(const struct container_config *cfg, char *const argv[], char *
         goto out;
     }
     rc = run__maps(pid, cfg->uid_base, err, errlen);
+    start_trace("make: keeper: uid and gid maps");
     if (rc == 0 && cfg->net_pool) {
         struct net_pool pool;
         rc = net_pool_parse(cfg->net_pool, &pool, err, errlen);
         if (rc == 0)
             rc = net_attach(&pool, cfg->net_slot, pid, err, errlen);
     }
+    start_trace("make: keeper: network attached");
     if (rc == 0 && write(sync[1], "g", 1) != 1)
         rc = run__fail(err, errlen, -EIO, "the container's init went away");
     close(sync[1]);

@@ -20,16 +20,19 @@
 #include <jansson.h>
 #include <poll.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -58,9 +61,18 @@
 #define DEFAULT_DISK_MB 1024
 #define DISK_POOL_KEEP 2 /* ready-made disk images kept per size in use */
 #define EXECUTOR_WARM_SOCKET "warm.sock" /* where a warm container waits, in its folder */
-#define WARM_REFILL_MS 100 /* after a start took one: the start goes first, then the refill */
+#define WARM_RETRY_MS 100 /* after a warm container failed: the next is made this much later */
+/* the refill waits for the starts under way to be up (making a container beside a start
+ * slowed the start 3-fold: it forks skiffd, and its cgroup join (v1) stalls every fork and
+ * exit on the machine for a grace period), but no longer than this */
+#define WARM_AFTER_STARTS_MS 100
+/* and a moment after the last is up, for its first request or event (the delivery took 6-15
+ * ms p50 in bench/coldstart/bench.py) to run before a container, and for a Python or Node.js
+ * pool its interpreter, is made beside it */
+#define WARM_AFTER_RUNNING_MS 20
 #define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
 #define WARM_POLL_MS 20     /* while a warm container comes up, the refill looks this often */
+#define WARM_SHRINK_CHECK_MS 5000 /* a pool grown by a burst is looked at this often */
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -130,6 +142,9 @@ struct executor {
     const struct executor__driver *driver;
     char *shim_path;
     struct executor__shim *shims; /* connections to shims, until their handles are closed */
+    uv_signal_t *reaper;          /* SIGCHLD: the shims we spawned are waited for */
+    pid_t *spawned;               /* shims spawned and not yet waited for */
+    size_t n_spawned, cap_spawned;
     char *home;
     int port_min, port_max, grace_ms, liveness_ms;
     unsigned char *port_used;
@@ -156,6 +171,10 @@ struct executor {
     bool runtime_wanted[EXECUTOR_RUNTIMES]; /* an instance of that runtime has started */
     struct executor__warm *warm;         /* those made */
     uv_timer_t *warm_timer;              /* the refill */
+    /* when warm containers of each kind were last asked for (executor_port_allocate_for),
+     * uv_now ms + 1 (0: never), a ring: the pool's size follows them (executor_warm_target) */
+    uint64_t warm_asked[1 + EXECUTOR_RUNTIMES][EXECUTOR_WARM_POOL_MAX];
+    unsigned warm_asked_next[1 + EXECUTOR_RUNTIMES];
     /* warm containers that ended unused, in a row, by kind: [0] plain, [1 + r] runtime r */
     int warm_failures[1 + EXECUTOR_RUNTIMES];
     struct container_disk_server *disk_server; /* disks mounted ahead, or NULL */
@@ -674,14 +693,13 @@ static const struct executor__driver executor__process_driver = {
 
 /* ---- shim driver: instances that outlive the daemon -------------------------------------- */
 
-/* Our end of one shim's socket (protocol in shim/shim.h), and the shim process when we
- * started it. Lives until both handles are closed; inst is NULL once the instance is gone. */
+/* Our end of one shim's socket (protocol in shim/shim.h). Lives until its handle is closed;
+ * inst is NULL once the instance is gone. A shim we started is waited for by shim__reap. */
 struct executor__shim {
     struct executor__shim *prev, *next;
     struct executor *ex;
     struct instance *inst;
     uv_pipe_t pipe;
-    uv_process_t *process; /* NULL for an adopted shim, or once it exited */
     int handles;
     bool pipe_closed;
     bool connected;
@@ -712,22 +730,6 @@ static void shim__unref(struct executor__shim *sh)
 static void shim__pipe_closed(uv_handle_t *h)
 {
     shim__unref(h->data);
-}
-
-static void shim__process_closed(uv_handle_t *h)
-{
-    struct executor__shim *sh = h->data;
-    free(h);
-    shim__unref(sh);
-}
-
-static void shim__process_exited(uv_process_t *p, int64_t status, int sig)
-{
-    struct executor__shim *sh = p->data;
-    (void)status;
-    (void)sig;
-    sh->process = NULL;
-    uv_close((uv_handle_t *)p, shim__process_closed);
 }
 
 static void shim__close_pipe(struct executor__shim *sh)
@@ -874,6 +876,55 @@ static int shim__listen(const char *path)
     return fd;
 }
 
+/* SIGCHLD: the shims this executor spawned that have ended are waited for (libuv waits only
+ * for its own process handles, and a shim is spawned without one: shim__spawn). */
+static void shim__reap(uv_signal_t *h, int sig)
+{
+    struct executor *ex = h->data;
+    (void)sig;
+    for (size_t i = 0; i < ex->n_spawned;) {
+        if (waitpid(ex->spawned[i], NULL, WNOHANG) != 0) /* ended, or not ours any more */
+            ex->spawned[i] = ex->spawned[--ex->n_spawned];
+        else
+            i++;
+    }
+}
+
+/* Runs the shim in a session of its own with the listening socket as fd 3: posix_spawn, so
+ * that skiffd is not copied (a fork of skiffd held its loop 1.3 to 8 ms per shim, measured
+ * with bench/coldstart/trace.py; posix_spawn shares the memory until the exec). */
+static int shim__exec(struct executor *ex, const char *const *argv, char **env, const char *cwd,
+                      int listen_fd, pid_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&at);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, listen_fd, 3); /* clears close-on-exec, even on 3 */
+    if (cwd)
+        posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at,
+                             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int rc = -posix_spawn(pid, ex->shim_path, &fa, &at, (char *const *)argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    if (rc == 0) {
+        if (ex->n_spawned == ex->cap_spawned) {
+            ex->cap_spawned = ex->cap_spawned ? 2 * ex->cap_spawned : 16;
+            ex->spawned = xrealloc(ex->spawned, ex->cap_spawned * sizeof *ex->spawned);
+        }
+        ex->spawned[ex->n_spawned++] = *pid;
+    }
+    return rc;
+}
+
 /* Starts skiff-shim for what is named `name` (an instance's guid, or a warm container's id)
  * in folder dir, running cmd with env; its socket bound ahead at dir/shim.sock and connected
  * to (sh->pipe). Writes run/shim-NAME.pid. */
@@ -899,33 +950,19 @@ static int shim__spawn(struct executor__shim *sh, const char *dir, const char *n
         argv[argc++] = *cmd;
     argv[argc] = NULL;
     static char *const empty_env[] = {NULL};
-    uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
-                                     {.flags = UV_IGNORE},
-                                     {.flags = UV_INHERIT_FD, .data.fd = 2},
-                                     {.flags = UV_INHERIT_FD, .data.fd = listen_fd}};
-    uv_process_options_t po = {.file = ex->shim_path,
-                               .args = (char **)argv,
-                               .env = env ? env : (char **)empty_env,
-                               .cwd = cwd,
-                               .exit_cb = shim__process_exited,
-                               .flags = UV_PROCESS_DETACHED,
-                               .stdio_count = 4,
-                               .stdio = stdio};
-    sh->process = xcalloc(1, sizeof(uv_process_t));
-    sh->process->data = sh;
-    sh->handles++;
-    rc = uv_spawn(ex->loop, sh->process, &po);
+    start_trace("make: executor: shim socket bound");
+    pid_t pid = 0;
+    rc = shim__exec(ex, argv, env ? env : (char **)empty_env, cwd, listen_fd, &pid);
+    start_trace("make: executor: shim exec'd");
     close(listen_fd);
     if (rc < 0) {
-        uv_close((uv_handle_t *)sh->process, shim__process_closed);
-        sh->process = NULL;
         unlink(sock_path);
         goto out;
     }
     /* what cleanup finds when everything else is gone; removed when the instance ends */
     char *shim_pid_path = shim__pid_path(ex, "shim", name);
     char pid_text[32];
-    int n = snprintf(pid_text, sizeof pid_text, "%d\n", sh->process->pid);
+    int n = snprintf(pid_text, sizeof pid_text, "%d\n", (int)pid);
     file_replace(shim_pid_path, pid_text, (size_t)n, 0644);
     free(shim_pid_path);
     uv_connect_t *req = xcalloc(1, sizeof *req);
@@ -1006,11 +1043,6 @@ static void shim__forget(struct instance *inst, bool ended)
     if (ended)
         shim__send(sh, "A\n"); /* the shim removes its files and exits */
     shim__close_pipe(sh);
-    if (!ended && sh->process) {
-        /* the shim goes on without us: stop watching it */
-        uv_close((uv_handle_t *)sh->process, shim__process_closed);
-        sh->process = NULL;
-    }
 }
 
 static void shim_driver_cleanup(struct instance *inst)
@@ -1112,7 +1144,7 @@ static void warm__ended(struct executor__warm *w, const char *why)
         log_error("%d warm containers (%s) in a row ended unused: no more of them are made; "
                   "instances start without them",
                   WARM_FAILURES_MAX, what);
-    warm__refill_soon(ex, WARM_REFILL_MS);
+    warm__refill_soon(ex, WARM_RETRY_MS);
 }
 
 static void warm__message(struct executor__warm *w, char *line, size_t len)
@@ -1142,6 +1174,7 @@ static bool warm__ready(struct executor__warm *w)
 
 static int warm__add(struct executor *ex, int runtime)
 {
+    start_trace("make: executor: warm container wanted");
     int slot = executor__slot_allocate(ex);
     if (slot < 0)
         return slot;
@@ -1157,14 +1190,17 @@ static int warm__add(struct executor *ex, int runtime)
     int rc = mkdir_p(w->dir, 0700);
     if (rc == 0)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
+    start_trace("make: executor: folder, cgroup");
     if (rc == 0)
         rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
                                               DEFAULT_DISK_MB, w->cg, NULL, 0, NULL, &config);
+    start_trace("make: executor: config written");
     if (rc == 0) {
         const char *cmd[] = {ex->init_path, "--config", config, NULL};
         w->sh = shim__new(ex, NULL);
         w->sh->warm = w;
         rc = shim__spawn(w->sh, w->dir, w->id, cmd, NULL, w->dir);
+        start_trace("make: executor: shim spawned");
         if (rc < 0) {
             w->sh->warm = NULL;
             shim__close_pipe(w->sh);
@@ -1184,6 +1220,51 @@ static int warm__add(struct executor *ex, int runtime)
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes)
 {
     return pool_bytes <= budget_bytes && next_bytes <= budget_bytes - pool_bytes;
+}
+
+int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms)
+{
+    if (prewarm <= 0)
+        return 0;
+    int burst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!asked[i] || asked[i] + EXECUTOR_WARM_DEMAND_MS <= now_ms)
+            continue;
+        int within = 0;
+        for (size_t k = 0; k < n; k++)
+            within += asked[k] >= asked[i] && asked[k] < asked[i] + EXECUTOR_WARM_BURST_MS;
+        burst = within > burst ? within : burst;
+    }
+    int most = prewarm > EXECUTOR_WARM_POOL_MAX ? prewarm : EXECUTOR_WARM_POOL_MAX;
+    return burst < prewarm ? prewarm : burst > most ? most : burst;
+}
+
+/* How many warm containers of a kind the pool keeps now: --prewarm, or more after a burst
+ * of starts asked for them (executor_warm_target). */
+static int warm__target(struct executor *ex, int kind)
+{
+    return executor_warm_target(ex->prewarm, ex->warm_asked[1 + kind], EXECUTOR_WARM_POOL_MAX,
+                                uv_now(ex->loop) + 1);
+}
+
+/* A start asked for a warm container of a kind (taken or not): remembered for the pool's
+ * size; the refill comes once the starts are up (warm__after_starts). */
+static void warm__asked(struct executor *ex, int kind)
+{
+    unsigned *next = &ex->warm_asked_next[1 + kind];
+    ex->warm_asked[1 + kind][*next] = uv_now(ex->loop) + 1;
+    *next = (*next + 1) % EXECUTOR_WARM_POOL_MAX;
+    warm__refill_soon(ex, WARM_AFTER_STARTS_MS);
+}
+
+/* An instance is up: when no other is starting, the refill runs a moment later. (Not when
+ * one ends: the next start often comes right then.) */
+static void warm__after_starts(struct executor *ex)
+{
+    for (struct instance *i = ex->instances; i; i = i->next)
+        if (i->state == INSTANCE_STARTING && !i->final)
+            return;
+    warm__refill_soon(ex, WARM_AFTER_RUNNING_MS);
 }
 
 static bool warm__ready(struct executor__warm *w);
@@ -1228,24 +1309,41 @@ static uint64_t warm__trim(struct executor *ex)
     return total;
 }
 
+/* A pool grown by a burst of starts shrinks back once the burst is forgotten: the newest of
+ * those not taken go first. Returns how many of the kind are left. */
+static int warm__shrink(struct executor *ex, int kind, int have, int target)
+{
+    for (struct executor__warm *w = ex->warm, *next; w && have > target; w = next) {
+        next = w->next;
+        if (w->runtime != kind || w->reserved)
+            continue;
+        warm__discard(w);
+        have--;
+    }
+    return have;
+}
+
 static void warm__refill(uv_timer_t *t)
 {
     struct executor *ex = t->data;
-    bool again = false, over = false;
+    bool again = false, over = false, above = false;
     warm__trim(ex);
-    /* prewarm plain ones, and prewarm of each runtime an instance has started with */
+    /* prewarm plain ones, and prewarm of each runtime an instance has started with; more
+     * while starts come in bursts (warm__target) */
     for (int kind = -1; kind < EXECUTOR_RUNTIMES; kind++) {
         if (kind >= 0 && !ex->runtime_wanted[kind])
             continue;
-        int have = 0, coming = 0;
+        int have = 0, coming = 0, target = warm__target(ex, kind);
         for (struct executor__warm *w = ex->warm; w; w = w->next)
             if (w->runtime == kind) {
                 have++;
                 coming += !w->reserved && !warm__ready(w);
             }
+        have = warm__shrink(ex, kind, have, target);
+        above |= target > ex->prewarm;
         /* the pool is measured again once those coming are up */
         again |= coming > 0;
-        while (!ex->shutting_down && have < ex->prewarm &&
+        while (!ex->shutting_down && have < target &&
                ex->warm_failures[1 + kind] < WARM_FAILURES_MAX) {
             /* the first of a kind alone, measured once up before another is made; once its
              * size is known, those missing are made together (starts in quick succession
@@ -1274,12 +1372,19 @@ static void warm__refill(uv_timer_t *t)
     ex->warm_budget_told = over;
     if (again) /* the next is made once this one is up and measured: a few ms */
         warm__refill_soon(ex, WARM_POLL_MS);
+    else if (above) /* a pool grown by a burst: looked at again to shrink back */
+        warm__refill_soon(ex, WARM_SHRINK_CHECK_MS);
 }
 
+/* The refill runs within delay_ms (or sooner, when it was due sooner already). */
 static void warm__refill_soon(struct executor *ex, uint64_t delay_ms)
 {
-    if (ex->warm_timer && !ex->shutting_down)
-        uv_timer_start(ex->warm_timer, warm__refill, delay_ms, 0);
+    if (!ex->warm_timer || ex->shutting_down)
+        return;
+    if (uv_is_active((uv_handle_t *)ex->warm_timer) &&
+        uv_timer_get_due_in(ex->warm_timer) <= delay_ms)
+        return;
+    uv_timer_start(ex->warm_timer, warm__refill, delay_ms, 0);
 }
 
 static void warm__discard_all(struct executor *ex)
@@ -1382,7 +1487,7 @@ static int warm__start(struct instance *inst)
     if (rc < 0) {
         log_error("instance %s cannot take its warm container: %s", inst->guid, err);
         warm__discard(w);
-        warm__refill_soon(ex, WARM_REFILL_MS);
+        warm__refill_soon(ex, WARM_RETRY_MS);
         return rc;
     }
     struct executor__shim *sh = w->sh;
@@ -1401,7 +1506,7 @@ static int warm__start(struct instance *inst)
     ex->warm_failures[1 + w->runtime] = 0;
     free(w->dir);
     free(w);
-    warm__refill_soon(ex, WARM_REFILL_MS);
+    warm__refill_soon(ex, WARM_AFTER_STARTS_MS); /* or sooner: warm__after_starts */
     return 0;
 }
 
@@ -1688,6 +1793,7 @@ static void executor__health_result(struct instance *inst, bool healthy)
         uv_timer_stop(&inst->start_timer);
         executor__set_state(inst, INSTANCE_RUNNING);
         executor__checks_start(inst);
+        warm__after_starts(ex);
         ex->on_state(ex->ctx, inst, INSTANCE_RUNNING, NULL);
         return;
     }
@@ -2214,6 +2320,11 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     if (cfg->shim_path && *cfg->shim_path) {
         ex->driver = &executor__shim_driver;
         ex->shim_path = xstrdup(cfg->shim_path);
+        ex->reaper = xmalloc(sizeof(uv_signal_t));
+        uv_signal_init(loop, ex->reaper);
+        ex->reaper->data = ex;
+        uv_signal_start(ex->reaper, shim__reap, SIGCHLD);
+        uv_unref((uv_handle_t *)ex->reaper);
     }
     ex->on_output = on_output;
     ex->on_readiness = cfg->on_readiness;
@@ -2308,10 +2419,9 @@ int executor_port_allocate_for(struct executor *ex, int disk_mb, const char *com
     int runtime = command ? executor__runtime_of_command(command) : -1;
     if (runtime >= 0 && !ex->runtime_usable[runtime])
         runtime = -1;
-    if (runtime >= 0 && !ex->runtime_wanted[runtime]) {
+    if (runtime >= 0)
         ex->runtime_wanted[runtime] = true; /* from now on its pool is kept */
-        warm__refill_soon(ex, WARM_REFILL_MS);
-    }
+    warm__asked(ex, runtime);
     /* one that runs the command's runtime ahead, else a plain one (it runs anything) */
     for (int pass = 0; pass < 2; pass++)
         for (struct executor__warm *w = ex->warm; w; w = w->next)
@@ -2912,10 +3022,6 @@ void executor_free(struct executor *ex)
         sh->ex = NULL; /* freed on its own once closed */
         sh->prev = sh->next = NULL;
         shim__close_pipe(sh);
-        if (sh->process) {
-            uv_close((uv_handle_t *)sh->process, shim__process_closed);
-            sh->process = NULL;
-        }
         sh = next;
     }
     free(ex->shim_path);
@@ -2924,6 +3030,9 @@ void executor_free(struct executor *ex)
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
     if (ex->warm_timer)
         uv_close((uv_handle_t *)ex->warm_timer, executor__free_handle);
+    if (ex->reaper)
+        uv_close((uv_handle_t *)ex->reaper, executor__free_handle);
+    free(ex->spawned); /* those still running are init's to wait for once we are gone */
     if (ex->done_timer)
         uv_close((uv_handle_t *)ex->done_timer, executor__free_handle);
     free(ex->port_used);

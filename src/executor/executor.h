@@ -68,7 +68,8 @@ struct executor_config {
     int prewarm; /* warm containers kept ready (container.h; with a shim only): an instance
                     of the default disk size takes one and starts in a few milliseconds
                     instead of having its container made; 0: none. As many again run a
-                    language runtime ahead, for each runtime an instance has started with */
+                    language runtime ahead, for each runtime an instance has started with;
+                    more of a kind after a burst of starts (executor_warm_target) */
     uint64_t prewarm_memory_bytes; /* the warm containers' memory budget: refill stops when
                                       the pool's memory (each container's cgroup, as
                                       measured) and one more of the kind (the most one of its
@@ -84,6 +85,19 @@ struct executor_config {
 /* Whether a warm container of `next_bytes` fits beside a pool that uses `pool_bytes` within
  * `budget_bytes` (the refill's rule). */
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes);
+
+/* The warm pool follows the starts: after a burst (starts asked for warm containers of one
+ * kind within EXECUTOR_WARM_BURST_MS of each other, the last EXECUTOR_WARM_DEMAND_MS), that
+ * many of the kind are kept, up to EXECUTOR_WARM_POOL_MAX (the memory budget still holds). */
+#define EXECUTOR_WARM_BURST_MS 1000
+#define EXECUTOR_WARM_DEMAND_MS 60000
+#define EXECUTOR_WARM_POOL_MAX 8
+
+/* How many warm containers of a kind to keep: prewarm (0: none, whatever the starts), or the
+ * most of the n times in `asked` (ms, 0: unused) that fall within EXECUTOR_WARM_BURST_MS of
+ * each other, counting from those within EXECUTOR_WARM_DEMAND_MS before now_ms, at most
+ * EXECUTOR_WARM_POOL_MAX (or prewarm, when more). */
+int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms);
 
 /* A sidecar (Cloud Foundry's): a command run beside the instance's, in its container (same
  * network, files, environment, limits, drops), started and ended with it; its end is the

@@ -76,8 +76,9 @@ def test_instances_take_warm_containers_and_the_pool_refills():
         assert sorted(i["warm_start"] for i in insts) == [False, True, True], insts
         for i in insts:
             assert http_get(instance_url(i))[0] == 200
-        # the two it took are the instances' now (renamed), and two new ones are made
-        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
+        # the two it took are the instances' now (renamed), and new ones are made: three, as
+        # three starts came at once (test_a_burst_of_starts_grows_the_pool_to_match)
+        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3, timeout=30,
                    what="the pool to refill")
         assert not set(first) & set(warm_dirs(p)), (first, warm_dirs(p))
         folders = set(os.listdir(os.path.join(p.home, "instances")))
@@ -91,6 +92,38 @@ def test_instances_take_warm_containers_and_the_pool_refills():
         assert r.returncode == 0, out(r)
         p.wait_for(lambda: not os.path.exists("/proc/%d" % pid), timeout=30,
                    what="the warm-started instance to end")
+    finally:
+        p.close()
+
+
+def test_a_burst_of_starts_grows_the_pool_to_match():
+    # --prewarm 1, then three starts in one pass: the pool keeps three from then on (for a
+    # minute), new ones, none of them an instance's
+    p = Platform(extra_env={"SKIFF_PREWARM": "1"}).start()
+    try:
+        first = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 1 and warm_dirs(p),
+                           timeout=30, what="one warm container")
+        r = p.cli("push", "web", "-p", "examples/static", "-i", "3", timeout=300)
+        assert r.returncode == 0, out(r)
+        insts = started(p, "web", 3)
+        assert sorted(i["warm_start"] for i in insts) == [False, False, True], insts
+        grown = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
+                           timeout=60, what="the pool to grow to three")
+        assert len(warm_dirs(p)) == 3, warm_dirs(p)
+        assert not set(first) & set(grown), (first, grown)
+        guids = {i["guid"] for i in insts}
+        for i in insts:
+            assert http_get(instance_url(i))[0] == 200
+        # a start from the grown pool takes one of them; the pool makes it up again (to four
+        # when this start came within a second of the three)
+        r = p.cli("scale", "web", "-i", "4")
+        assert r.returncode == 0, out(r)
+        fourth = [i for i in started(p, "web", 4) if i["guid"] not in guids]
+        assert [i["warm_start"] for i in fourth] == [True], fourth
+        after = p.wait_for(lambda: len(warm_dirs(p, ready=True)) >= 3 and warm_dirs(p),
+                           timeout=60, what="the pool to refill to three")
+        assert len(set(grown) - set(after)) == 1, (grown, after)
+        assert len(after) <= 4, after
     finally:
         p.close()
 

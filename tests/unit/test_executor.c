@@ -993,6 +993,42 @@ static void test_shim_exit_while_away_is_reported(void **state)
     assert_int_equal(w->exit.exit_status, 7);
 }
 
+/* The warm pool's size: --prewarm, more after a burst of starts, at most the cap, back once
+ * the burst is old; none without prewarm. */
+static void test_warm_target_follows_bursts(void **state)
+{
+    (void)state;
+    uint64_t asked[EXECUTOR_WARM_POOL_MAX] = {0};
+    uint64_t t = 1000000;
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, t), 2);
+    /* starts a second or more apart: no burst */
+    for (int i = 0; i < 4; i++)
+        asked[i] = t + (uint64_t)i * EXECUTOR_WARM_BURST_MS;
+    uint64_t now = t + 4 * EXECUTOR_WARM_BURST_MS;
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now), 2);
+    /* five within a second (the four above are older than one of them) */
+    for (int i = 0; i < 5; i++)
+        asked[3 + i] = now + (uint64_t)i * 100;
+    now += 500;
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now), 5);
+    assert_int_equal(executor_warm_target(1, asked, EXECUTOR_WARM_POOL_MAX, now), 5);
+    /* prewarm above the burst wins; prewarm 0 keeps none, whatever the starts */
+    assert_int_equal(executor_warm_target(6, asked, EXECUTOR_WARM_POOL_MAX, now), 6);
+    assert_int_equal(executor_warm_target(0, asked, EXECUTOR_WARM_POOL_MAX, now), 0);
+    /* a burst past the cap is held to it (a prewarm above the cap still holds) */
+    for (int i = 0; i < EXECUTOR_WARM_POOL_MAX; i++)
+        asked[i] = now + (uint64_t)i;
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now + 10),
+                     EXECUTOR_WARM_POOL_MAX);
+    assert_int_equal(
+        executor_warm_target(EXECUTOR_WARM_POOL_MAX + 3, asked, EXECUTOR_WARM_POOL_MAX, now + 10),
+        EXECUTOR_WARM_POOL_MAX + 3);
+    /* the burst forgotten: back to prewarm */
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX,
+                                          now + EXECUTOR_WARM_DEMAND_MS + EXECUTOR_WARM_POOL_MAX),
+                     2);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1001,6 +1037,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_env_exactly_and_cwd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lines_are_split, setup, teardown),
         cmocka_unit_test(test_exec_form),
+        cmocka_unit_test(test_warm_target_follows_bursts),
         cmocka_unit_test_setup_teardown(test_reports_signal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_simple_command_is_the_main_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_sends_term, setup, teardown),
