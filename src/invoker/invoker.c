@@ -705,10 +705,11 @@ static void mapping_fill(struct inv_mapping *m)
     struct invoker *inv = m->inv;
     while (m->window < m->window_max && m->read_next < m->end_offset) {
         struct fabric_batch batch = {0};
-        int rc = fabric_read(inv->fabric, m->topic, m->read_next, m->window_max - m->window,
-                             4u << 20, &batch);
+        int rc = fabric_cursor_read(inv->fabric, m->topic, m->consumer, m->read_next,
+                                    m->window_max - m->window, 4u << 20, &batch);
         if (rc < 0) {
-            if (rc != -ENOENT)
+            /* -EAGAIN: being fetched, and the subscription says when it is here */
+            if (rc != -ENOENT && rc != -EAGAIN)
                 snprintf(m->last_error, sizeof(m->last_error), "cannot read topic %s: %s", m->topic,
                          fabric_strerror(rc));
             return;
@@ -805,9 +806,16 @@ static void mapping_collect(struct inv_mapping *m)
         mapping_commit(m, to);
 }
 
+/* On a fabric that several skiffds share, one of them consumes: the one that leads, so that
+ * two never read as the same consumer (the fabric's cursor is then theirs together). */
+static bool invoker_consumes(const struct invoker *inv)
+{
+    return !inv->following || !fabric_is_shared(inv->fabric);
+}
+
 static void mapping_pump(struct inv_mapping *m)
 {
-    if (m->deleted || m->inv->stopping)
+    if (m->deleted || m->inv->stopping || !invoker_consumes(m->inv))
         return;
     /* Collect first: settled events at the front still count against the window. */
     mapping_collect(m);
@@ -1322,7 +1330,15 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
 
 void invoker_set_leading(struct invoker *inv, bool leading)
 {
+    bool was = invoker_consumes(inv);
     inv->following = !leading;
+    if (was || !invoker_consumes(inv) || inv->stopping)
+        return;
+    /* taking over a shared fabric: each mapping reads on from where the last leader's cursor
+     * is, which the fabric's first read as the consumer finds */
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (!m->deleted)
+            mapping_pump(m);
 }
 
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx)
