@@ -16,10 +16,10 @@
  * information, listings, reads, consumer creation, fetches, acknowledgements, deletes) is a
  * job run by this fabric's worker thread, one at a time in the order they were asked, and its
  * result comes back to the loop through the same uv_async. What the loop's synchronous calls
- * answer comes from what those jobs brought: topic information from a listing refreshed every
- * LIST_EVERY_MS and from every acknowledgement and watch message; cursors from the consumers
- * listed at open and every commit; reads from records a job fetched, else -EAGAIN: the read
- * is fetched meanwhile and the topic's subscribers are told when it is here. */
+ * answer comes from what those jobs brought: topic information from a listing (asked again when an
+ * answer is older than LIST_EVERY_MS) and from every acknowledgement and watch message; cursors
+ * from the consumers listed at open and every commit; reads from records a job fetched, else
+ * -EAGAIN: the read is fetched meanwhile and the topic's subscribers are told when it is here. */
 #include "fabric/fabric_backend.h"
 
 #include <errno.h>
@@ -40,6 +40,7 @@
 #define REQUEST_WAIT_MS 2000
 #define PUBLISH_WAIT_MS 5000
 #define LIST_EVERY_MS 2000
+#define LIST_MISS_MS 200 /* a topic not known yet: asked again sooner */
 #define FETCH_RECORDS 256
 /* A consumer's records are acknowledged by the cursor, however long the invoker keeps them;
  * the server redelivers unacknowledged ones after this, which a cursor read steps over. */
@@ -196,9 +197,9 @@ struct fabric {
     size_t live_subs; /* subscriptions not yet unsubscribed */
     size_t jobs_out;  /* jobs queued and not yet back */
     bool list_queued;
+    uint64_t listed_at; /* uv_now of the last listing */
     bool closing;
     uv_async_t async;
-    uv_timer_t list_timer;
     int handles;
     void (*close_done)(void *arg);
     void *close_arg;
@@ -597,6 +598,17 @@ static void sub_stop(natsSubscription *sub)
     }
 }
 
+/* The next offset a consumer has not had acknowledged: sequence F acknowledged means offset F
+ * is next. A consumer made to start at sequence S has S - 1 as its floor until something is
+ * acknowledged (the server reports 0 then, on an empty stream at least). */
+static uint64_t consumer_info_floor(const jsConsumerInfo *ci)
+{
+    uint64_t floor = ci->AckFloor.Stream;
+    if (ci->Config && ci->Config->OptStartSeq > 0 && ci->Config->OptStartSeq - 1 > floor)
+        floor = ci->Config->OptStartSeq - 1;
+    return floor;
+}
+
 /* Worker: the consumer's state, or -ENOENT. */
 static int consumer_floor(struct fabric *f, struct cursor *c, uint64_t *floor)
 {
@@ -607,14 +619,17 @@ static int consumer_floor(struct fabric *f, struct cursor *c, uint64_t *floor)
     natsStatus s = js_GetConsumerInfo(&ci, f->js, c->t->stream, c->durable, &o, &jerr);
     int rc = errno_of(s, jerr);
     if (rc == 0)
-        *floor = ci->AckFloor.Stream; /* sequence F acknowledged: offset F is next */
+        *floor = consumer_info_floor(ci);
     jsConsumerInfo_Destroy(ci);
     return rc;
 }
 
-/* Worker: (re)makes the consumer so that it delivers from offset `from` on, and binds a pull
- * subscription to it. Whatever was delivered and not acknowledged is delivered again. */
-static int consumer_make(struct fabric *f, struct cursor *c, uint64_t from)
+static int work_ensure(struct fabric *f, struct job *j);
+
+/* Worker: (re)makes the consumer so that it delivers from offset `from` on (making the stream
+ * first when there is none yet), and binds a pull subscription to it. Whatever was delivered
+ * and not acknowledged is delivered again. */
+static int consumer_make(struct fabric *f, struct job *j, struct cursor *c, uint64_t from)
 {
     sub_stop(c->pull);
     c->pull = NULL;
@@ -637,6 +652,10 @@ static int consumer_make(struct fabric *f, struct cursor *c, uint64_t from)
     cc.FilterSubject = c->t->subject;
     jerr = 0;
     s = js_AddConsumer(NULL, f->js, c->t->stream, &cc, &o, &jerr);
+    if (jerr == JSStreamNotFoundErr && work_ensure(f, j) == 0) {
+        jerr = 0;
+        s = js_AddConsumer(NULL, f->js, c->t->stream, &cc, &o, &jerr);
+    }
     if ((rc = errno_of(s, jerr)) < 0)
         return rc;
     jsSubOptions so;
@@ -663,7 +682,7 @@ static int work_fetch(struct fabric *f, struct job *j)
         if (rc == -ENOENT) /* no consumer: a cursor at the end was never committed */
             rc = 0, floor = j->from;
         if (rc == 0)
-            rc = consumer_make(f, c, floor);
+            rc = consumer_make(f, j, c, floor);
         if (rc < 0)
             return rc;
         j->have_floor = true;
@@ -711,7 +730,7 @@ static int work_ack(struct fabric *f, struct job *j)
 
 static int work_move(struct fabric *f, struct job *j)
 {
-    int rc = consumer_make(f, j->c, j->from);
+    int rc = consumer_make(f, j, j->c, j->from);
     if (rc < 0)
         log_warning("fabric: JetStream refused consumer %s of stream %s at %" PRIu64 ": %s",
                     j->c->durable, j->t->stream, j->from, nats_GetLastError(NULL));
@@ -994,6 +1013,7 @@ static void list_done(struct fabric *f, struct job *j)
     f->list_queued = false;
     if (j->rc < 0)
         return;
+    f->listed_at = uv_now(f->loop);
     /* streams are never deleted by the fabric: a topic missing from a listing made while it
      * was being created is still known */
     for (size_t i = 0; i < j->list_n; i++) {
@@ -1208,18 +1228,17 @@ static void on_async(uv_async_t *h)
     dispatch(h->data);
 }
 
-static void list_refresh(struct fabric *f)
+/* Asks for a listing when the last one is older than max_age_ms: what topic information
+ * answers meanwhile is what the loop knows. One at a time, whoever asks how often. */
+static void list_refresh(struct fabric *f, uint64_t max_age_ms)
 {
     if (f->list_queued || f->closing)
+        return;
+    if (uv_now(f->loop) - f->listed_at < max_age_ms)
         return;
     f->list_queued = true;
     job_queue(f, job_new(JOB_LIST, NULL));
     async_ref_update(f);
-}
-
-static void on_list_timer(uv_timer_t *h)
-{
-    list_refresh(h->data);
 }
 
 /* ---- streams ---------------------------------------------------------------------------- */
@@ -1368,6 +1387,9 @@ static int nats_read(struct fabric *f, const char *topic, uint64_t from, size_t 
         out->next_offset = from;
         return 0;
     }
+    /* what retention removed since the records were fetched is not read from them */
+    if (t->cache.first_seq && from < t->cache.first_seq - 1)
+        from = t->cache.first_seq - 1;
     bool covered = r->n && from >= r->from && from < msg_offset(r->msgs[r->n - 1]) + 1;
     if (covered) {
         batch_fill(out, r->msgs, r->n, from, max_records ? max_records : 1, max_bytes);
@@ -1462,9 +1484,10 @@ static int nats_topic_info(struct fabric *f, const char *topic, struct fabric_to
         return -EINVAL;
     struct topic *t = topic_find(f, topic, false);
     if (!t || !t->cache.known) {
-        list_refresh(f);
+        list_refresh(f, LIST_MISS_MS);
         return -ENOENT;
     }
+    list_refresh(f, LIST_EVERY_MS);
     info_of(t, out);
     return 0;
 }
@@ -1488,7 +1511,7 @@ static int nats_topics(struct fabric *f, struct fabric_topic_info **out, size_t 
     qsort(infos, n, sizeof(*infos), compare_info);
     *out = infos;
     *count = n;
-    list_refresh(f);
+    list_refresh(f, LIST_EVERY_MS);
     return 0;
 }
 
@@ -1853,7 +1876,6 @@ static void nats_close(struct fabric *f, void (*done)(void *arg), void *arg)
     f->js = NULL;
     f->nc = NULL;
     uv_close((uv_handle_t *)&f->async, on_handle_closed);
-    uv_close((uv_handle_t *)&f->list_timer, on_handle_closed);
 }
 
 /* At open (before the loop serves anything): the streams, and the cursors of each, so that
@@ -1880,7 +1902,7 @@ static int load_state(struct fabric *f)
                 continue;
             struct cursor *c = cursor_find(f, t, cc->Description, true);
             c->known = true;
-            c->floor = cl->List[k]->AckFloor.Stream;
+            c->floor = consumer_info_floor(cl->List[k]);
         }
         jsConsumerInfoList_Destroy(cl);
     }
@@ -1963,11 +1985,8 @@ int fabric_nats_open(uv_loop_t *loop, const struct fabric_config *cfg, struct fa
     uv_async_init(loop, &f->async, on_async);
     f->async.data = f;
     uv_unref((uv_handle_t *)&f->async);
-    uv_timer_init(loop, &f->list_timer);
-    f->list_timer.data = f;
-    uv_timer_start(&f->list_timer, on_list_timer, LIST_EVERY_MS, LIST_EVERY_MS);
-    uv_unref((uv_handle_t *)&f->list_timer);
-    f->handles = 2;
+    f->listed_at = uv_now(loop);
+    f->handles = 1;
     *out = f;
     return 0;
 fail:
