@@ -772,9 +772,12 @@ static void cursor_committed(void *arg, int status)
     invoker_maybe_done(inv);
 }
 
-static void mapping_commit(struct inv_mapping *m, uint64_t to)
+/* One commit at a time, the newest position after it; but a replay's goes at once (now): the
+ * fabric applies commits in the order they were made, and on JetStream the reads that follow a
+ * replay come through the consumer it moves. */
+static void mapping_commit(struct inv_mapping *m, uint64_t to, bool now)
 {
-    if (m->commit_in_flight) {
+    if (m->commit_in_flight && !now) {
         m->commit_again = true;
         return;
     }
@@ -803,12 +806,10 @@ static void mapping_collect(struct inv_mapping *m)
     }
     uint64_t to = m->head ? m->head->offset : m->read_next;
     if (to != m->committed)
-        mapping_commit(m, to);
+        mapping_commit(m, to, false);
 }
 
-/* On a fabric that several skiffds share, one of them consumes: the one that leads, so that
- * two never read as the same consumer (the fabric's cursor is then theirs together). */
-static bool invoker_consumes(const struct invoker *inv)
+bool invoker_consumes(const struct invoker *inv)
 {
     return !inv->following || !fabric_is_shared(inv->fabric);
 }
@@ -1036,7 +1037,7 @@ uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
     mapping_drop_window(m);
     m->in_flight = 0; /* those still in flight are orphans now: they do not count */
     m->read_next = offset;
-    mapping_commit(m, offset);
+    mapping_commit(m, offset, true);
     mapping_pump(m);
     return offset;
 }

@@ -406,6 +406,10 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
                  "the leader to deliver some of the events")
         status, body = b.api("GET", "/v1/event-mappings")
         assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
+        # a replay through the follower would move the cursor under the leader's reads
+        mapping_id = body["event_mappings"][0]["id"]
+        status, body = b.api("POST", "/v1/event-mappings/%s/replay" % mapping_id, {"since": "0"})
+        assert status == 503 and "leading skiffd" in body["error"]["message"], (status, body)
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait(10)
         before = replies_by_id(b, "stream-done")
