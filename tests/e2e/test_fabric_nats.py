@@ -386,33 +386,38 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
     one had been given and not acknowledged is delivered again (at-least-once): counted."""
     from test_controllers import cells, leading
     fn = tmp_path / "slow.py"
-    fn.write_text("import time\n\ndef handle(event):\n    time.sleep(0.05)\n"
+    fn.write_text("import time\n\ndef handle(event):\n    time.sleep(0.1)\n"
                   "    return {'seen': event['data']['n']}\n")
     a = shared_skiffd(pg_dir, nats, "zone-a").start()
     made = [a]
     try:
         wait_for(lambda: leading(a), 15, "the first skiffd to lead")
         a.cli("push", "slow", "--function", "%s:handle" % fn, check=True, timeout=300)
-        a.cli("map-event", "slow", "stream", "--reply-topic", "stream-done", check=True)
+        a.cli("map-event", "slow", "stream", "--reply-topic", "stream-done", "--max-instances",
+              "1", check=True)
         b = shared_skiffd(pg_dir, nats, "zone-b").start()
         made.append(b)
         wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
         assert not leading(b)
-        total = 200
-        for n in range(total):  # through the follower: it publishes to the shared streams
-            status, body = publish(b, "stream", {"n": n})
-            assert status == 202, body
-        wait_for(lambda: len(replies_by_id(b, "stream-done")) >= 20, 120,
-                 "the leader to deliver some of the events")
         status, body = b.api("GET", "/v1/event-mappings")
         assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
         # a replay through the follower would move the cursor under the leader's reads
         mapping_id = body["event_mappings"][0]["id"]
         status, body = b.api("POST", "/v1/event-mappings/%s/replay" % mapping_id, {"since": "0"})
         assert status == 503 and "leading skiffd" in body["error"]["message"], (status, body)
+        total = 200
+        for n in range(total):  # through the follower: it publishes to the shared streams
+            status, body = publish(b, "stream", {"n": n})
+            assert status == 202, body
+        wait_for(lambda: len(replies_by_id(b, "stream-done")) >= 20, 120,
+                 "the leader to deliver some of the events")
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait(10)
         before = replies_by_id(b, "stream-done")
+        assert len(before) < total, "the leader was to be killed mid-stream"
+        status, body = b.api("GET", "/v1/event-mappings")
+        assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
+
         wait_for(lambda: leading(b), 10, "the follower to lead after kill -9")
         wait_for(lambda: len(replies_by_id(b, "stream-done")) == total, 180,
                  "every event delivered after the fail-over", interval=0.5)
