@@ -811,7 +811,7 @@ static void mapping_collect(struct inv_mapping *m)
 
 bool invoker_consumes(const struct invoker *inv)
 {
-    return !inv->following || !fabric_is_shared(inv->fabric);
+    return !inv->following || !inv->fabric || !fabric_is_shared(inv->fabric);
 }
 
 static void mapping_pump(struct inv_mapping *m)
