@@ -11,15 +11,17 @@
  * sequence. A subscription is an ordered push consumer (headers only) whose messages carry the
  * stream sequence: their handler, on a libnats thread, hands the new end to the loop.
  *
- * Nothing on the loop waits for NATS. Appends to a known stream are asynchronous publishes
- * (libnats calls on_ack on its own thread); every JetStream API request (stream creation and
- * information, listings, reads, consumer creation, fetches, acknowledgements, deletes) is a
- * job run by this fabric's worker thread, one at a time in the order they were asked, and its
- * result comes back to the loop through the same uv_async. What the loop's synchronous calls
- * answer comes from what those jobs brought: topic information from a listing (asked again when an
- * answer is older than LIST_EVERY_MS) and from every acknowledgement and watch message; cursors
- * from the consumers listed at open and every commit; reads from records a job fetched, else
- * -EAGAIN: the read is fetched meanwhile and the topic's subscribers are told when it is here. */
+ * Nothing on the loop waits for NATS but fabric_seek_time (its binary search is requests on
+ * the loop, each bounded by REQUEST_WAIT_MS). Appends to a known stream are asynchronous
+ * publishes (libnats calls on_ack on its own thread); every other JetStream API request (stream
+ * creation and information, listings, reads, consumer creation, fetches, acknowledgements,
+ * deletes) is a job run by this fabric's worker thread, one at a time in the order they were asked,
+ * and its result comes back to the loop through the same uv_async. What the loop's synchronous
+ * calls answer comes from what those jobs brought: topic information from a listing (asked again
+ * when an answer is older than LIST_EVERY_MS) and from every acknowledgement and watch message;
+ * cursors from the consumers listed at open and every commit; reads from records a job fetched,
+ * else -EAGAIN: the read is fetched meanwhile and the topic's subscribers are told when it is here.
+ */
 #include "fabric/fabric_backend.h"
 
 #include <errno.h>
