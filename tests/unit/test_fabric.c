@@ -448,6 +448,88 @@ static void test_cursors(void **state)
     assert_true(st.st_size < 2 << 20);
 }
 
+/* fabric_cursor_read with the loop run while it is -EAGAIN (JetStream fetches through the
+ * consumer off the loop): 10 s at most. */
+static int cursor_read_now(struct fixture *fx, const char *topic, const char *consumer,
+                           uint64_t from, struct fabric_batch *out)
+{
+    int64_t deadline = time_now_ms() + 10000;
+    int rc;
+    while ((rc = fabric_cursor_read(fx->f, topic, consumer, from, 100, 1 << 20, out)) == -EAGAIN &&
+           time_now_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    return rc;
+}
+
+static void commit_now(struct fixture *fx, const char *topic, const char *consumer, uint64_t to)
+{
+    struct acks a = {0};
+    assert_int_equal(fabric_cursor_commit(fx->f, topic, consumer, to, on_cursor, &a), 0);
+    wait_until(fx, &a.calls, 1);
+    assert_int_equal(a.status, 0);
+}
+
+/* Reading as a consumer: what its cursor has not acknowledged comes (again after a reopen),
+ * and a commit backwards (a replay) makes the records from there come again. On JetStream the
+ * cursor is the consumer's acknowledgement floor. */
+static void test_cursor_reads(void **state)
+{
+    struct fixture *fx = *state;
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    const char *texts[] = {"r0", "r1", "r2", "r3", "r4"};
+    for (size_t i = 0; i < ARRAY_SIZE(texts); i++)
+        append_text(fx, "cr", texts[i], &a);
+    run_until(fx, &a.calls, 5);
+    assert_int_equal(a.status, 0);
+    commit_now(fx, "cr", "m", 0); /* where the consumer starts */
+    struct fabric_batch b;
+    assert_int_equal(cursor_read_now(fx, "cr", "m", 0, &b), 0);
+    assert_int_equal(b.count, 5);
+    assert_int_equal(b.records[0].offset, 0);
+    assert_memory_equal(b.records[4].data, "r4", 2);
+    assert_int_equal(b.next_offset, 5);
+    fabric_batch_free(&b);
+    commit_now(fx, "cr", "m", 3); /* 0, 1, 2 acknowledged */
+    uint64_t next = 0;
+    assert_int_equal(fabric_cursor_get(fx->f, "cr", "m", &next), 0);
+    assert_int_equal(next, 3);
+    close_fabric(fx);
+
+    fx->f = open_fabric(fx, 0);
+    assert_int_equal(fabric_cursor_get(fx->f, "cr", "m", &next), 0);
+    assert_int_equal(next, 3);
+    assert_int_equal(cursor_read_now(fx, "cr", "m", next, &b), 0);
+    assert_int_equal(b.count, 2); /* read before the reopen, never acknowledged */
+    assert_int_equal(b.records[0].offset, 3);
+    assert_memory_equal(b.records[1].data, "r4", 2);
+    fabric_batch_free(&b);
+    commit_now(fx, "cr", "m", 5);
+    commit_now(fx, "cr", "m", 1); /* a replay */
+    assert_int_equal(cursor_read_now(fx, "cr", "m", 1, &b), 0);
+    assert_int_equal(b.count, 4);
+    assert_int_equal(b.records[0].offset, 1);
+    fabric_batch_free(&b);
+    assert_int_equal(fabric_cursor_get(fx->f, "cr", "m", &next), 0);
+    assert_int_equal(next, 1);
+    /* a record appended now comes after them */
+    append_text(fx, "cr", "r5", &a);
+    run_until(fx, &a.calls, 6);
+    int64_t deadline = time_now_ms() + 10000;
+    b = (struct fabric_batch){0};
+    while (b.count == 0 && time_now_ms() < deadline) {
+        fabric_batch_free(&b);
+        assert_int_equal(cursor_read_now(fx, "cr", "m", 5, &b), 0);
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(b.count, 1);
+    assert_int_equal(b.records[0].offset, 5);
+    fabric_batch_free(&b);
+    close_fabric(fx);
+}
+
 static void test_segments_retention_seek(void **state)
 {
     struct fixture *fx = *state;
@@ -1079,6 +1161,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subscribe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cursor_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segments_retention_seek, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seek_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
