@@ -1880,6 +1880,61 @@ static void nats_close(struct fabric *f, void (*done)(void *arg), void *arg)
     uv_close((uv_handle_t *)&f->async, on_handle_closed);
 }
 
+/* Cursors an older build kept as the last message on skiff.cursors.<T>.<C> of the stream
+ * SKIFF_CURSORS: a cursor with no consumer yet takes its value there, and the first read makes
+ * the consumer at it, so a mapping goes on where it was. */
+#define OLD_CURSOR_STREAM "SKIFF_CURSORS"
+#define OLD_CURSOR_PREFIX "skiff.cursors."
+
+static void old_cursor_take(struct fabric *f, const char *subject)
+{
+    char rest[2 * NAME_SIZE];
+    snprintf(rest, sizeof(rest), "%s", subject + strlen(OLD_CURSOR_PREFIX));
+    char *dot = strchr(rest, '.');
+    if (!dot || strchr(dot + 1, '.'))
+        return;
+    *dot = 0;
+    for (char *c = rest; *c; c++)
+        *c = *c == '~' ? '.' : *c;
+    for (char *c = dot + 1; *c; c++)
+        *c = *c == '~' ? '.' : *c;
+    if (!fabric_name_valid(rest) || !fabric_name_valid(dot + 1))
+        return;
+    struct cursor *c = cursor_find(f, topic_find(f, rest, true), dot + 1, true);
+    if (c->known)
+        return; /* a consumer says where it is */
+    jsOptions o;
+    request_options(&o);
+    jsErrCode jerr = 0;
+    natsMsg *m = NULL;
+    if (js_GetLastMsg(&m, f->js, OLD_CURSOR_STREAM, subject, &o, &jerr) == NATS_OK) {
+        char buf[32] = "";
+        int len = natsMsg_GetDataLength(m);
+        if (len > 0 && len < (int)sizeof(buf))
+            memcpy(buf, natsMsg_GetData(m), (size_t)len);
+        char *end = NULL;
+        unsigned long long v = strtoull(buf, &end, 10);
+        if (*buf && !*end) {
+            c->known = true;
+            c->floor = v;
+        }
+    }
+    natsMsg_Destroy(m);
+}
+
+static void old_cursors_load(struct fabric *f)
+{
+    jsOptions o;
+    request_options(&o);
+    o.Stream.Info.SubjectsFilter = OLD_CURSOR_PREFIX ">";
+    jsErrCode jerr = 0;
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, f->js, OLD_CURSOR_STREAM, &o, &jerr) == NATS_OK && si->State.Subjects)
+        for (int i = 0; i < si->State.Subjects->Count; i++)
+            old_cursor_take(f, si->State.Subjects->List[i].Subject);
+    jsStreamInfo_Destroy(si);
+}
+
 /* At open (before the loop serves anything): the streams, and the cursors of each, so that
  * the first calls have answers. */
 static int load_state(struct fabric *f)
@@ -1909,6 +1964,7 @@ static int load_state(struct fabric *f)
         jsConsumerInfoList_Destroy(cl);
     }
     free(list.list);
+    old_cursors_load(f);
     return 0;
 }
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <arpa/inet.h>
+#include <nats/nats.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -526,6 +527,54 @@ static void test_cursor_reads(void **state)
     }
     assert_int_equal(b.count, 1);
     assert_int_equal(b.records[0].offset, 5);
+    fabric_batch_free(&b);
+    close_fabric(fx);
+}
+
+/* A cursor an older build kept as the last message on skiff.cursors.<T>.<C> of the stream
+ * SKIFF_CURSORS (written here as it wrote them) is where the consumer starts: nothing read
+ * again, nothing skipped. */
+static void test_old_cursors_carry_over(void **state)
+{
+    struct fixture *fx = *state;
+    if (!on_jetstream)
+        skip(); /* a JetStream layout */
+    fx->f = open_fabric(fx, 0);
+    struct acks a = {0};
+    const char *texts[] = {"o0", "o1", "o2", "o3", "o4"};
+    for (size_t i = 0; i < ARRAY_SIZE(texts); i++)
+        append_text(fx, "a.old", texts[i], &a);
+    run_until(fx, &a.calls, 5);
+    close_fabric(fx);
+
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    assert_int_equal(natsConnection_ConnectTo(&nc, fx->nats_url), NATS_OK);
+    assert_int_equal(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    const char *subject = "skiff.cursors.>";
+    sc.Name = "SKIFF_CURSORS";
+    sc.Subjects = &subject;
+    sc.SubjectsLen = 1;
+    sc.MaxMsgsPerSubject = 1;
+    assert_int_equal(js_AddStream(NULL, js, &sc, NULL, NULL), NATS_OK);
+    assert_int_equal(js_Publish(NULL, js, "skiff.cursors.a~old.map~1", "1", 1, NULL, NULL),
+                     NATS_OK);
+    assert_int_equal(js_Publish(NULL, js, "skiff.cursors.a~old.map~1", "3", 1, NULL, NULL),
+                     NATS_OK);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+
+    fx->f = open_fabric(fx, 0);
+    uint64_t next = 0;
+    assert_int_equal(fabric_cursor_get(fx->f, "a.old", "map.1", &next), 0);
+    assert_int_equal(next, 3);
+    struct fabric_batch b;
+    assert_int_equal(cursor_read_now(fx, "a.old", "map.1", next, &b), 0);
+    assert_int_equal(b.count, 2);
+    assert_int_equal(b.records[0].offset, 3);
+    assert_memory_equal(b.records[0].data, "o3", 2);
     fabric_batch_free(&b);
     close_fabric(fx);
 }
@@ -1162,6 +1211,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_subscribe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursor_reads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_old_cursors_carry_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segments_retention_seek, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seek_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
