@@ -192,6 +192,10 @@ int fabric_cursor_commit(struct fabric *f, const char *topic, const char *consum
                          uint64_t next_offset, void (*cb)(void *arg, int status), void *arg);
 /* Forgets a cursor (a mapping was deleted). A missing one is fine. */
 int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consumer);
+/* This process stops reading as the consumer (another one takes over): on JetStream what it
+ * read and did not commit is let go, and its next cursor read starts again at the cursor, as
+ * a process that just started would. Nothing to do on the embedded log. */
+int fabric_cursor_release(struct fabric *f, const char *topic, const char *consumer);
 
 /* ---- errors and statistics ----------------------------------------------------------- */
 

@@ -112,6 +112,13 @@ int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consum
     return ops_of(f)->cursor_delete(f, topic, consumer);
 }
 
+int fabric_cursor_release(struct fabric *f, const char *topic, const char *consumer)
+{
+    if (!ops_of(f)->cursor_release)
+        return 0;
+    return ops_of(f)->cursor_release(f, topic, consumer);
+}
+
 void fabric_get_stats(struct fabric *f, struct fabric_stats *out)
 {
     ops_of(f)->get_stats(f, out);

@@ -36,6 +36,8 @@ struct fabric_ops {
     int (*cursor_commit)(struct fabric *f, const char *topic, const char *consumer,
                          uint64_t next_offset, void (*cb)(void *arg, int status), void *arg);
     int (*cursor_delete)(struct fabric *f, const char *topic, const char *consumer);
+    /* NULL: nothing to let go of */
+    int (*cursor_release)(struct fabric *f, const char *topic, const char *consumer);
     void (*get_stats)(struct fabric *f, struct fabric_stats *out);
 };
 

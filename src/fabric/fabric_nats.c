@@ -149,6 +149,7 @@ enum job_kind {
     JOB_ACK,     /* acknowledge up to a record */
     JOB_MOVE,    /* make the consumer again at an offset */
     JOB_DROP,    /* delete the consumer */
+    JOB_UNBIND,  /* let go of the consumer: the next read binds at its floor */
 };
 
 struct list_entry {
@@ -761,6 +762,11 @@ static int work_run(struct fabric *f, struct job *j)
         sub_stop(j->sub);
         return 0;
     }
+    if (j->kind == JOB_UNBIND) {
+        sub_stop(j->c->pull);
+        j->c->pull = NULL;
+        return 0;
+    }
     if (!link_up(f)) {
         if (j->kind == JOB_PUBLISH)
             pending_unsent(f, j->p, j->count, -ENOTCONN);
@@ -788,6 +794,7 @@ static int work_run(struct fabric *f, struct job *j)
     case JOB_DROP:
         return work_drop(f, j);
     case JOB_UNWATCH:
+    case JOB_UNBIND:
         break;
     }
     return -EINVAL;
@@ -1158,6 +1165,7 @@ static void job_done(struct fabric *f, struct job *j)
         break;
     case JOB_UNWATCH:
     case JOB_DROP:
+    case JOB_UNBIND:
         break;
     }
     free(j->records);
@@ -1661,7 +1669,8 @@ static int nats_cursor_read(struct fabric *f, const char *topic, const char *con
         cursor_fetch(f, c);
         return -EAGAIN;
     }
-    size_t took = batch_fill(out, c->buf, c->buf_n, from, max_records ? max_records : 1, max_bytes);
+    /* from the consumer's place on, even below `from`: records are never stepped over */
+    size_t took = batch_fill(out, c->buf, c->buf_n, 0, max_records ? max_records : 1, max_bytes);
     /* what was handed out (and what was stepped over) waits for its acknowledgement */
     c->held = xrealloc(c->held, (c->held_n + took + 1) * sizeof(*c->held));
     memcpy(c->held + c->held_n, c->buf, took * sizeof(*c->buf));
@@ -1734,6 +1743,22 @@ static int nats_cursor_commit(struct fabric *f, const char *topic, const char *c
     }
     j->gen = c->gen;
     job_queue(f, j);
+    return 0;
+}
+
+static int nats_cursor_release(struct fabric *f, const char *topic, const char *consumer)
+{
+    struct cursor *c;
+    int rc = cursor_begin(f, topic, consumer, &c);
+    if (rc < 0)
+        return rc;
+    c->gen++;
+    c->bound = false;
+    cursor_forget_reads(c);
+    struct job *j = job_new(JOB_UNBIND, c->t);
+    j->c = c;
+    job_queue(f, j);
+    async_ref_update(f);
     return 0;
 }
 
@@ -2077,5 +2102,6 @@ const struct fabric_ops fabric_nats_ops = {
     .cursor_get = nats_cursor_get,
     .cursor_commit = nats_cursor_commit,
     .cursor_delete = nats_cursor_delete,
+    .cursor_release = nats_cursor_release,
     .get_stats = nats_get_stats,
 };

@@ -772,11 +772,18 @@ static void cursor_committed(void *arg, int status)
     invoker_maybe_done(inv);
 }
 
+bool invoker_consumes(const struct invoker *inv)
+{
+    return !inv->following || !inv->fabric || !fabric_is_shared(inv->fabric);
+}
+
 /* One commit at a time, the newest position after it; but a replay's goes at once (now): the
  * fabric applies commits in the order they were made, and on JetStream the reads that follow a
  * replay come through the consumer it moves. */
 static void mapping_commit(struct inv_mapping *m, uint64_t to, bool now)
 {
+    if (!invoker_consumes(m->inv))
+        return; /* the consumer is the leader's now: an acknowledgement from here would move it */
     if (m->commit_in_flight && !now) {
         m->commit_again = true;
         return;
@@ -807,11 +814,6 @@ static void mapping_collect(struct inv_mapping *m)
     uint64_t to = m->head ? m->head->offset : m->read_next;
     if (to != m->committed)
         mapping_commit(m, to, false);
-}
-
-bool invoker_consumes(const struct invoker *inv)
-{
-    return !inv->following || !inv->fabric || !fabric_is_shared(inv->fabric);
 }
 
 static void mapping_pump(struct inv_mapping *m)
@@ -1333,8 +1335,19 @@ void invoker_set_leading(struct invoker *inv, bool leading)
 {
     bool was = invoker_consumes(inv);
     inv->following = !leading;
-    if (was || !invoker_consumes(inv) || inv->stopping)
+    if (was == invoker_consumes(inv) || inv->stopping)
         return;
+    if (was) {
+        /* another skiffd consumes now: what this one read goes to it again, unacknowledged
+         * (deliveries in flight finish, their outcome moves no cursor) */
+        for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+            if (!m->deleted) {
+                mapping_drop_window(m);
+                m->in_flight = 0;
+                fabric_cursor_release(inv->fabric, m->topic, m->consumer);
+            }
+        return;
+    }
     /* taking over a shared fabric: each mapping reads on from where the last leader's cursor
      * is, which the fabric's first read as the consumer finds */
     for (struct inv_mapping *m = inv->mappings; m; m = m->next)

@@ -515,6 +515,12 @@ static void test_cursor_reads(void **state)
     fabric_batch_free(&b);
     assert_int_equal(fabric_cursor_get(fx->f, "cr", "m", &next), 0);
     assert_int_equal(next, 1);
+    /* let go (another process was to take over) and read again: from the cursor */
+    assert_int_equal(fabric_cursor_release(fx->f, "cr", "m"), 0);
+    assert_int_equal(cursor_read_now(fx, "cr", "m", 1, &b), 0);
+    assert_int_equal(b.count, 4);
+    assert_int_equal(b.records[0].offset, 1);
+    fabric_batch_free(&b);
     /* a record appended now comes after them */
     append_text(fx, "cr", "r5", &a);
     run_until(fx, &a.calls, 6);
