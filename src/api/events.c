@@ -340,6 +340,8 @@ static void tail_finish(struct tail *t)
     free(t);
 }
 
+static void on_tail_notify(void *arg, const char *topic, uint64_t end);
+
 /* Sends what is durable from t->next_offset on; finishes a non-following read at the end. */
 static void tail_pump(struct tail *t)
 {
@@ -365,6 +367,13 @@ static void tail_pump(struct tail *t)
             fabric_read(t->events->fabric, t->topic, t->next_offset, want, TAIL_READ_BYTES, &b);
         if (rc == -ENOENT && t->follow)
             goto out; /* not created yet: the subscription wakes us */
+        if (rc == -EAGAIN) {
+            /* fetched off the loop (JetStream): the topic's subscribers hear when it is here */
+            if (!t->sub &&
+                fabric_subscribe(t->events->fabric, t->topic, on_tail_notify, t, &t->sub) < 0)
+                tail_finish(t);
+            goto out;
+        }
         if (rc < 0 || b.count == 0) {
             fabric_batch_free(&b);
             if (rc < 0 || !t->follow)

@@ -123,9 +123,18 @@ struct fabric_batch {
  * much more than max_bytes of payload (at least one record is returned if any is there).
  * A `from` older than what retention kept starts at the oldest record kept (the caller sees
  * the gap in the offsets); a `from` at or past the end returns no records.
- * Errors: -ENOENT no such topic, -EINVAL bad name, -EIO. */
+ * Errors: -ENOENT no such topic, -EINVAL bad name, -EIO. On JetStream also -EAGAIN: the
+ * records are being fetched off the loop; the topic's subscribers are told (a notify call)
+ * when they are here, and the same read then answers at once. */
 int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_records,
                 size_t max_bytes, struct fabric_batch *out);
+/* Reads as the named consumer: what fabric_read returns, on the embedded log. On JetStream the
+ * records come through the consumer's durable consumer, from the place its cursor was last
+ * committed (by this process or another one), so the first record may be past `from`; a
+ * record read and not committed is read again by the next process that reads as this
+ * consumer. -EAGAIN as fabric_read. */
+int fabric_cursor_read(struct fabric *f, const char *topic, const char *consumer, uint64_t from,
+                       size_t max_records, size_t max_bytes, struct fabric_batch *out);
 void fabric_batch_free(struct fabric_batch *b);
 
 /* The offset of the first durable record appended at or after time_ms (the end offset when
@@ -173,9 +182,11 @@ void fabric_unsubscribe(struct fabric_sub *sub);
 /* ---- cursors ------------------------------------------------------------------------- */
 
 /* A cursor is the offset a named consumer of a topic will read next: everything before it is
- * acknowledged. It survives restarts. */
+ * acknowledged. It survives restarts. On JetStream it is a durable consumer of the topic's
+ * stream (its acknowledgement floor), shared by every process on the same servers. */
 
-/* Errors: -ENOENT when the consumer has no cursor on this topic yet. */
+/* Errors: -ENOENT when the consumer has no cursor on this topic yet. On JetStream the answer
+ * is what this process last learned (at open, or from its own commits and reads). */
 int fabric_cursor_get(struct fabric *f, const char *topic, const char *consumer,
                       uint64_t *next_offset);
 /* Moves the cursor (backwards too, for replays). Durable with the next group commit; cb (may be
@@ -184,6 +195,10 @@ int fabric_cursor_commit(struct fabric *f, const char *topic, const char *consum
                          uint64_t next_offset, void (*cb)(void *arg, int status), void *arg);
 /* Forgets a cursor (a mapping was deleted). A missing one is fine. */
 int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consumer);
+/* This process stops reading as the consumer (another one takes over): on JetStream what it
+ * read and did not commit is let go, and its next cursor read starts again at the cursor, as
+ * a process that just started would. Nothing to do on the embedded log. */
+int fabric_cursor_release(struct fabric *f, const char *topic, const char *consumer);
 
 /* ---- errors and statistics ----------------------------------------------------------- */
 
@@ -212,5 +227,8 @@ struct fabric_stats {
 void fabric_get_stats(struct fabric *f, struct fabric_stats *out);
 /* "log" (the embedded log) or "jetstream". */
 const char *fabric_backend_name(struct fabric *f);
+/* Whether other processes share this fabric's topics and cursors (JetStream): then only one
+ * of them may consume as a given consumer at a time. */
+bool fabric_is_shared(struct fabric *f);
 
 #endif

@@ -39,6 +39,19 @@ int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_r
     return ops_of(f)->read(f, topic, from, max_records, max_bytes, out);
 }
 
+int fabric_cursor_read(struct fabric *f, const char *topic, const char *consumer, uint64_t from,
+                       size_t max_records, size_t max_bytes, struct fabric_batch *out)
+{
+    if (!ops_of(f)->cursor_read)
+        return ops_of(f)->read(f, topic, from, max_records, max_bytes, out);
+    return ops_of(f)->cursor_read(f, topic, consumer, from, max_records, max_bytes, out);
+}
+
+bool fabric_is_shared(struct fabric *f)
+{
+    return ops_of(f)->shared;
+}
+
 int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset)
 {
     return ops_of(f)->seek_time(f, topic, time_ms, offset);
@@ -97,6 +110,13 @@ int fabric_cursor_commit(struct fabric *f, const char *topic, const char *consum
 int fabric_cursor_delete(struct fabric *f, const char *topic, const char *consumer)
 {
     return ops_of(f)->cursor_delete(f, topic, consumer);
+}
+
+int fabric_cursor_release(struct fabric *f, const char *topic, const char *consumer)
+{
+    if (!ops_of(f)->cursor_release)
+        return 0;
+    return ops_of(f)->cursor_release(f, topic, consumer);
 }
 
 void fabric_get_stats(struct fabric *f, struct fabric_stats *out)

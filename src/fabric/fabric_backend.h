@@ -12,11 +12,15 @@
 
 struct fabric_ops {
     const char *name; /* "log", "jetstream" */
+    bool shared;      /* other processes read and move the same topics and cursors */
     void (*close)(struct fabric *f, void (*done)(void *arg), void *arg);
     int (*append)(struct fabric *f, const char *topic, const struct fabric_blob *records,
                   size_t count, fabric_append_cb cb, void *arg, uint64_t *first_offset);
     int (*read)(struct fabric *f, const char *topic, uint64_t from, size_t max_records,
                 size_t max_bytes, struct fabric_batch *out);
+    /* NULL: fabric_read */
+    int (*cursor_read)(struct fabric *f, const char *topic, const char *consumer, uint64_t from,
+                       size_t max_records, size_t max_bytes, struct fabric_batch *out);
     int (*seek_time)(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset);
     int (*topic_info)(struct fabric *f, const char *topic, struct fabric_topic_info *out);
     int (*topics)(struct fabric *f, struct fabric_topic_info **out, size_t *count);
@@ -32,6 +36,8 @@ struct fabric_ops {
     int (*cursor_commit)(struct fabric *f, const char *topic, const char *consumer,
                          uint64_t next_offset, void (*cb)(void *arg, int status), void *arg);
     int (*cursor_delete)(struct fabric *f, const char *topic, const char *consumer);
+    /* NULL: nothing to let go of */
+    int (*cursor_release)(struct fabric *f, const char *topic, const char *consumer);
     void (*get_stats)(struct fabric *f, struct fabric_stats *out);
 };
 

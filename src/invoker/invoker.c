@@ -705,10 +705,11 @@ static void mapping_fill(struct inv_mapping *m)
     struct invoker *inv = m->inv;
     while (m->window < m->window_max && m->read_next < m->end_offset) {
         struct fabric_batch batch = {0};
-        int rc = fabric_read(inv->fabric, m->topic, m->read_next, m->window_max - m->window,
-                             4u << 20, &batch);
+        int rc = fabric_cursor_read(inv->fabric, m->topic, m->consumer, m->read_next,
+                                    m->window_max - m->window, 4u << 20, &batch);
         if (rc < 0) {
-            if (rc != -ENOENT)
+            /* -EAGAIN: being fetched, and the subscription says when it is here */
+            if (rc != -ENOENT && rc != -EAGAIN)
                 snprintf(m->last_error, sizeof(m->last_error), "cannot read topic %s: %s", m->topic,
                          fabric_strerror(rc));
             return;
@@ -771,9 +772,19 @@ static void cursor_committed(void *arg, int status)
     invoker_maybe_done(inv);
 }
 
-static void mapping_commit(struct inv_mapping *m, uint64_t to)
+bool invoker_consumes(const struct invoker *inv)
 {
-    if (m->commit_in_flight) {
+    return !inv->following || !inv->fabric || !fabric_is_shared(inv->fabric);
+}
+
+/* One commit at a time, the newest position after it; but a replay's goes at once (now): the
+ * fabric applies commits in the order they were made, and on JetStream the reads that follow a
+ * replay come through the consumer it moves. */
+static void mapping_commit(struct inv_mapping *m, uint64_t to, bool now)
+{
+    if (!invoker_consumes(m->inv))
+        return; /* the consumer is the leader's now: an acknowledgement from here would move it */
+    if (m->commit_in_flight && !now) {
         m->commit_again = true;
         return;
     }
@@ -802,12 +813,12 @@ static void mapping_collect(struct inv_mapping *m)
     }
     uint64_t to = m->head ? m->head->offset : m->read_next;
     if (to != m->committed)
-        mapping_commit(m, to);
+        mapping_commit(m, to, false);
 }
 
 static void mapping_pump(struct inv_mapping *m)
 {
-    if (m->deleted || m->inv->stopping)
+    if (m->deleted || m->inv->stopping || !invoker_consumes(m->inv))
         return;
     /* Collect first: settled events at the front still count against the window. */
     mapping_collect(m);
@@ -1028,7 +1039,7 @@ uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
     mapping_drop_window(m);
     m->in_flight = 0; /* those still in flight are orphans now: they do not count */
     m->read_next = offset;
-    mapping_commit(m, offset);
+    mapping_commit(m, offset, true);
     mapping_pump(m);
     return offset;
 }
@@ -1322,7 +1333,26 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
 
 void invoker_set_leading(struct invoker *inv, bool leading)
 {
+    bool was = invoker_consumes(inv);
     inv->following = !leading;
+    if (was == invoker_consumes(inv) || inv->stopping)
+        return;
+    if (was) {
+        /* another skiffd consumes now: what this one read goes to it again, unacknowledged
+         * (deliveries in flight finish, their outcome moves no cursor) */
+        for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+            if (!m->deleted) {
+                mapping_drop_window(m);
+                m->in_flight = 0;
+                fabric_cursor_release(inv->fabric, m->topic, m->consumer);
+            }
+        return;
+    }
+    /* taking over a shared fabric: each mapping reads on from where the last leader's cursor
+     * is, which the fabric's first read as the consumer finds */
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next)
+        if (!m->deleted)
+            mapping_pump(m);
 }
 
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx)

@@ -157,6 +157,10 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
 void invoker_mapping_remove(struct inv_mapping *m);
 /* Moves the mapping's cursor back (or forward) to offset; returns the offset used. */
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);
+/* Whether this skiffd reads and commits the mappings' cursors: always on a fabric of its own;
+ * on one that several skiffds share (JetStream), only while it leads, so that two never read as
+ * one consumer. */
+bool invoker_consumes(const struct invoker *inv);
 json_t *invoker_mapping_json(struct inv_mapping *m);
 uint64_t invoker_mapping_backlog(const struct inv_mapping *m);
 /* The app's name (targets are keyed "SPACE_GUID/NAME"). */

@@ -256,6 +256,13 @@ static void routes_mapping_replay(struct api_request *req, void *ctx)
     struct inv_mapping *m = routes_mapping_or_404(inv, req);
     if (!m)
         return;
+    if (!invoker_consumes(inv)) {
+        /* the leader's reads would not see a cursor moved under them */
+        api_respond_error(req, SKIFF_E_UNAVAILABLE,
+                          "this skiffd does not deliver events now: the leading skiffd does "
+                          "(`skiff cells` marks it); replay through its API");
+        return;
+    }
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
