@@ -800,6 +800,38 @@ static int work_run(struct fabric *f, struct job *j)
     return -EINVAL;
 }
 
+/* The next job (under the lock; the queue is not empty). */
+static struct job *job_take(struct fabric *f)
+{
+    struct job *j = f->queue;
+    f->queue = j->next;
+    if (!f->queue)
+        f->queue_tail = &f->queue;
+    return j;
+}
+
+/* While closing: the next job that finishes what was accepted (an append and the stream it
+ * goes to, a cursor's acknowledgement), so that a close, even from an append's callback,
+ * does not fail appends queued behind it; NULL when none is left or NATS is not there (the
+ * rest is cancelled by jobs_cancel). Each is bounded by REQUEST_WAIT_MS. */
+static struct job *job_take_finishing(struct fabric *f)
+{
+    if (!link_up(f))
+        return NULL;
+    for (struct job **pp = &f->queue; *pp; pp = &(*pp)->next) {
+        struct job *j = *pp;
+        if (j->kind != JOB_ENSURE && j->kind != JOB_PUBLISH && j->kind != JOB_ACK)
+            continue;
+        *pp = j->next;
+        if (!f->queue)
+            f->queue_tail = &f->queue;
+        else if (!j->next)
+            f->queue_tail = pp;
+        return j;
+    }
+    return NULL;
+}
+
 static void *worker_main(void *arg)
 {
     struct fabric *f = arg;
@@ -807,12 +839,9 @@ static void *worker_main(void *arg)
     for (;;) {
         while (!f->queue && !f->worker_stop)
             pthread_cond_wait(&f->wake, &f->lock);
-        if (f->worker_stop)
+        struct job *j = f->worker_stop ? job_take_finishing(f) : job_take(f);
+        if (!j)
             break;
-        struct job *j = f->queue;
-        f->queue = j->next;
-        if (!f->queue)
-            f->queue_tail = &f->queue;
         pthread_mutex_unlock(&f->lock);
         j->rc = work_run(f, j);
         pthread_mutex_lock(&f->lock);
@@ -1870,7 +1899,7 @@ static void nats_close(struct fabric *f, void (*done)(void *arg), void *arg)
     f->close_arg = arg;
     for (struct fabric_sub *s = f->subs; s; s = s->next)
         s->removed = true; /* dropped without a callback */
-    worker_stop(f);        /* after the job it runs, bounded by REQUEST_WAIT_MS */
+    worker_stop(f);        /* after the appends and acknowledgements queued */
     jobs_cancel(f);
     /* the outcome of what is in flight, bounded: then whatever was not acknowledged fails */
     jsPubOptions po;
