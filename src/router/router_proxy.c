@@ -419,6 +419,41 @@ static void outq_printf(struct peer *p, const char *fmt, ...)
 static void on_write(uv_write_t *req, int status);
 static void h2c_conn_drained(struct h2c_conn *conn);
 
+/* Plaintext a TLS record carries at most (RFC 8446 5.1). */
+#define TLS_RECORD_MAX 16384
+
+/* The pieces become TLS records. Small pieces are gathered so that a head and a short body
+ * go in one record (as nginx's ssl_buffer_size does); a piece longer than a record is topped
+ * up to a full record from what was gathered, and its whole records are encrypted from where
+ * the piece lies, not copied first (a 64 KB body was copied whole). */
+static int peer_tls_write(struct peer *p, const uv_buf_t *bufs, unsigned nbufs)
+{
+    struct buf *g = &p->w->tls_out;
+    int rc = 0;
+    g->len = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        const char *d = bufs[i].base;
+        size_t len = bufs[i].len;
+        if (g->len + len <= TLS_RECORD_MAX) {
+            buf_append(g, d, len);
+            continue;
+        }
+        if (g->len) {
+            size_t top = TLS_RECORD_MAX - g->len;
+            buf_append(g, d, top);
+            d += top;
+            len -= top;
+            rc |= tls_conn_write(p->tls, g->data, g->len);
+            g->len = 0;
+        }
+        size_t whole = len - len % TLS_RECORD_MAX;
+        rc |= tls_conn_write(p->tls, d, whole);
+        buf_append(g, d + whole, len - whole);
+    }
+    rc |= tls_conn_write(p->tls, g->data, g->len);
+    return rc < 0 ? -1 : 0;
+}
+
 /* Writes what is queued: as much as the socket takes now without copying, the rest copied
  * into one write request. Errors are kept in p->write_error for the owner to act on. */
 static int peer_flush(struct peer *p)
@@ -450,18 +485,12 @@ static int peer_flush(struct peer *p)
     unsigned nbufs = q->count;
     size_t plain_total = total;
     if (p->tls) { /* the pieces become records: one buffer of ciphertext to write */
-        struct buf *g = &p->w->tls_out;
-        g->len = 0;
-        for (unsigned i = 0; i < q->count; i++)
-            buf_append(g, bufs[i].base, bufs[i].len);
-        if (tls_conn_write(p->tls, g->data, g->len) < 0)
+        if (peer_tls_write(p, bufs, q->count) < 0)
             p->write_error = UV_EPROTO;
         const char *cipher;
         total = tls_conn_output(p->tls, &cipher);
         bufs[0] = uv_buf_init((char *)cipher, (unsigned)total);
         nbufs = 1;
-        if (g->cap > 1024 * 1024)
-            buf_free(g);
     }
     size_t written = 0;
     if (uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) == 0) {
