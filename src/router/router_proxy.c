@@ -119,7 +119,8 @@ enum deadline_kind {
     D_TUNNEL,
     D_CLOSING,
     D_HOLD,
-    D_HANDSHAKE
+    D_HANDSHAKE,
+    D_STREAM_SLOT /* an h2c instance that answers has no stream free for the request yet */
 };
 
 enum pause_reason { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
@@ -261,7 +262,8 @@ struct exchange {
     uint32_t url_off, url_len;
     uint32_t host_off, host_len; /* the host routed on, in req.raw */
     size_t trailer_bytes;
-    struct buf head; /* the request head for the backend, kept for a retry */
+    struct buf head;   /* the request head for the backend, kept for a retry */
+    struct buf replay; /* what a refused h2c stream was given: the next one's request */
     uint64_t body_bytes, content_length;
     uint64_t resp_bytes;
     uint64_t start_us;
@@ -363,6 +365,7 @@ static int h2c_stream_flush(struct upstream *u);
 static void h2c_conn_pull(struct h2c_conn *conn);
 static void h2c_conn_fail(struct h2c_conn *conn, int err);
 static void h2c_pool_serve(struct pool *pool);
+static bool h2c_pool_answering(const struct pool *pool);
 static void h2_want_output(void *ctx);
 static void h2_conn_input(struct client *c, const char *data, size_t len);
 static void h2_conn_flush(struct client *c);
@@ -833,6 +836,7 @@ static void exchange_destroy(struct exchange *x)
     headers_free(&x->resp);
     headers_free(&x->req_trailers);
     buf_free(&x->head);
+    buf_free(&x->replay);
     free(x);
 }
 
@@ -847,6 +851,7 @@ static void exchange_free(struct exchange *x)
     }
     table_hold_release(w, x->hold);
     x->hold = NULL;
+    buf_free(&x->replay); /* rare: not kept with a spare */
     bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192 &&
                  x->req_trailers.raw.cap <= 8192;
     if (small && w->spare_count < ROUTER_SPARE_EXCHANGES && !w->stopping) {
@@ -1203,6 +1208,11 @@ static void on_timer(uv_timer_t *t)
             client_close(c);
         break;
     case D_CONNECT:
+        if (x && x->u && x->u->waiting && h2c_pool_answering(x->pool)) {
+            /* the instance answers; it has no stream free yet: not a connect that failed */
+            client_set_deadline(c, D_STREAM_SLOT, c->p.w->cfg->upstream_timeout_ms);
+            break;
+        }
         if (x && x->u && x->u->state == U_CONNECTING) {
             upstream_failed(x->u, UV_ETIMEDOUT, true);
             break;
@@ -1222,6 +1232,12 @@ static void on_timer(uv_timer_t *t)
     case D_HANDSHAKE: /* a slow or silent handshake holds nothing but its socket, then goes */
         ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
         client_close(c);
+        break;
+    case D_STREAM_SLOT:
+        ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
+        client_respond_error(c, 504, "backend-timeout",
+                             "The app's instance had no stream free for this request in time.",
+                             true);
         break;
     case D_HOLD:
         hold_unlink(c);
@@ -2384,8 +2400,12 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
-    outq_add(&u->p, x->head.data, x->head.len);
+    if (x->replay.len) /* a refused h2c stream's request, its body so far included */
+        outq_add(&u->p, x->replay.data, x->replay.len);
+    else
+        outq_add(&u->p, x->head.data, x->head.len);
     peer_flush(&u->p);
+    x->replay.len = 0;
     upstream_update_reading(u);
     client_set_deadline(c, D_ACTIVE, c->p.w->cfg->upstream_timeout_ms);
     if (x->req_done) {
@@ -2943,6 +2963,18 @@ static void h2c_attach(struct upstream *u, struct h2c_conn *conn)
     upstream_start(u, u->x);
 }
 
+/* Whether the instance answers on one of the pool's connections (connected, its SETTINGS
+ * read, still taking streams): an exchange waiting then waits for one of its streams to end,
+ * which is not a connect timing out, and says nothing against the instance. */
+static bool h2c_pool_answering(const struct pool *pool)
+{
+    for (const struct h2c_conn *conn = pool->conns; conn; conn = conn->next)
+        if (conn->connected && !conn->p.closing && router_h2c_ready(conn->h2c) &&
+            !router_h2c_finished(conn->h2c))
+            return true;
+    return false;
+}
+
 /* Gives waiting exchanges streams where connections can open them; opens a connection when
  * some still wait and none is on its way. */
 static void h2c_pool_serve(struct pool *pool)
@@ -3039,16 +3071,23 @@ static void h2c_stream_begin(struct exchange *x, struct pool *pool)
     else
         pool->waiting = u;
     pool->waiting_last = u;
-    client_set_deadline(x->c, D_CONNECT, w->cfg->connect_timeout_ms);
+    if (h2c_pool_answering(pool)) /* waiting for a stream, not for a connection */
+        client_set_deadline(x->c, D_STREAM_SLOT, w->cfg->upstream_timeout_ms);
+    else
+        client_set_deadline(x->c, D_CONNECT, w->cfg->connect_timeout_ms);
     h2c_pool_serve(pool);
 }
 
-/* The instance did not process the stream (RFC 9113 8.7): a request without a body goes
- * again on a stream of its own, on this instance (a few times at most); else a 502. */
+/* The instance did not process the stream (RFC 9113 8.7): the request goes again on a
+ * stream of its own, on this instance (a few times at most), with what the stream was given
+ * of its body when it kept it all (ROUTER_H2C_REPLAY_MAX); else a 502. */
 static void h2c_stream_refused(struct upstream *u)
 {
     struct exchange *x = u->x;
-    if (x->chunked || x->content_length > 0 || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+    bool body = x->chunked || x->content_length > 0;
+    bool kept = router_h2c_stream_take_request(u->h2s, &x->replay);
+    if ((body && !kept) || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+        x->replay.len = 0;
         upstream_failed(u, UV_EPROTO, false);
         return;
     }
