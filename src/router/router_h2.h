@@ -119,6 +119,9 @@ struct router_h2c_stream;
 /* Response body bytes one stream may receive that its client has not taken yet (the
  * instance's window for the stream); the connection's window is reopened at once. */
 #define ROUTER_H2C_STREAM_WINDOW (256 * 1024)
+/* Request bytes (head and body) a stream keeps until the instance begins to answer it, so
+ * that a stream the instance refused unprocessed can go again on another with its body. */
+#define ROUTER_H2C_REPLAY_MAX (64 * 1024)
 
 enum router_h2c_state {
     ROUTER_H2C_OPEN,    /* the response is still to come, or to end */
@@ -157,6 +160,11 @@ int router_h2c_stream_request(struct router_h2c_stream *s, const char *p, size_t
 enum router_h2c_state router_h2c_stream_state(const struct router_h2c_stream *s);
 /* Moves the HTTP/1.1 response bytes made since the last call into `into` (emptied first). */
 void router_h2c_stream_take_response(struct router_h2c_stream *s, struct buf *into);
+/* A stream that ended ROUTER_H2C_REFUSED gives the request bytes it was given, for another
+ * stream: moves them into `into` (emptied first) and returns true when it kept them all (at
+ * most ROUTER_H2C_REPLAY_MAX, and the instance never began to answer); else false, and `into`
+ * is left empty. */
+bool router_h2c_stream_take_request(struct router_h2c_stream *s, struct buf *into);
 /* Request body bytes waiting for the instance's window. */
 size_t router_h2c_stream_queued(const struct router_h2c_stream *s);
 /* While not reading, response bytes received on the stream are not acknowledged, so the

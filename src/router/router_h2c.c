@@ -34,6 +34,8 @@ struct router_h2c_stream {
     size_t field_count, trailer_count;
     struct buf body; /* request body not yet sent, from body_off */
     size_t body_off;
+    struct buf kept; /* every request byte given, while kept_all (ROUTER_H2C_REPLAY_MAX) */
+    bool kept_all;
     int32_t stream_id;
     bool in_trailers, req_ended, deferred, is_head;
     bool sent;        /* its HEADERS went out */
@@ -257,8 +259,16 @@ static void response_end(struct router_h2c_stream *s)
     buf_puts(&s->resp, "\r\n");
 }
 
+/* Bytes of the request are no longer kept: too many, or the instance has processed it. */
+static void stream_drop_kept(struct router_h2c_stream *s)
+{
+    s->kept_all = false;
+    buf_free(&s->kept);
+}
+
 static void response_head(struct router_h2c_stream *s, bool end)
 {
+    stream_drop_kept(s); /* answered: never to be sent again */
     buf_printf(&s->resp, "HTTP/1.1 %d %s\r\n", s->status, http_status_reason(s->status));
     buf_append(&s->resp, s->resp_fields.data, s->resp_fields.len);
     s->resp_fields.len = 0;
@@ -472,6 +482,7 @@ struct router_h2c_stream *router_h2c_stream_open(struct router_h2c *c)
     s->c = c;
     s->stream_id = -1;
     s->reading = true;
+    s->kept_all = true;
     s->state = ROUTER_H2C_OPEN;
     llhttp_init(&s->parser, HTTP_REQUEST, &request_settings);
     s->parser.data = s;
@@ -485,10 +496,16 @@ struct router_h2c_stream *router_h2c_stream_open(struct router_h2c *c)
 
 int router_h2c_stream_request(struct router_h2c_stream *s, const char *p, size_t n)
 {
-    if (!s->c || s->state == ROUTER_H2C_FAILED || s->state == ROUTER_H2C_REFUSED)
+    if (!s->c || s->state == ROUTER_H2C_FAILED)
         return -1;
-    if (s->req_ended && s->stream_id > 0)
+    if (s->req_ended && s->stream_id > 0 && s->state != ROUTER_H2C_REFUSED)
         return 0; /* nothing belongs to this stream after its request */
+    if (s->kept_all && s->kept.len + n <= ROUTER_H2C_REPLAY_MAX)
+        buf_append(&s->kept, p, n);
+    else if (s->kept_all)
+        stream_drop_kept(s);
+    if (s->state == ROUTER_H2C_REFUSED) /* kept for the next stream, if it can be */
+        return s->kept_all ? 0 : -1;
     llhttp_errno_t err = llhttp_execute(&s->parser, p, n);
     if (err != HPE_OK && !(err == HPE_PAUSED && s->req_ended)) {
         stream_fail(s);
@@ -512,6 +529,17 @@ void router_h2c_stream_take_response(struct router_h2c_stream *s, struct buf *in
     *into = s->resp;
     t.len = 0;
     s->resp = t;
+}
+
+bool router_h2c_stream_take_request(struct router_h2c_stream *s, struct buf *into)
+{
+    into->len = 0;
+    if (!s->kept_all || s->state != ROUTER_H2C_REFUSED)
+        return false;
+    struct buf t = *into;
+    *into = s->kept;
+    s->kept = t;
+    return true;
 }
 
 size_t router_h2c_stream_queued(const struct router_h2c_stream *s)
@@ -542,8 +570,9 @@ void router_h2c_stream_close(struct router_h2c_stream *s)
             s->next->prev = s->prev;
         c->stream_count--;
     }
-    struct buf *bufs[] = {&s->url,      &s->fname, &s->fvalue, &s->authority,   &s->fields,
-                          &s->trailers, &s->body,  &s->resp,   &s->resp_fields, &s->resp_trailers};
+    struct buf *bufs[] = {&s->url,         &s->fname,         &s->fvalue, &s->authority,
+                          &s->fields,      &s->trailers,      &s->body,   &s->resp,
+                          &s->resp_fields, &s->resp_trailers, &s->kept};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         buf_free(bufs[i]);
     free(s);

@@ -120,7 +120,8 @@ enum deadline_kind {
     D_TUNNEL,
     D_CLOSING,
     D_HOLD,
-    D_HANDSHAKE
+    D_HANDSHAKE,
+    D_STREAM_SLOT /* an h2c instance that answers has no stream free for the request yet */
 };
 
 enum pause_reason { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
@@ -262,7 +263,8 @@ struct exchange {
     uint32_t url_off, url_len;
     uint32_t host_off, host_len; /* the host routed on, in req.raw */
     size_t trailer_bytes;
-    struct buf head; /* the request head for the backend, kept for a retry */
+    struct buf head;   /* the request head for the backend, kept for a retry */
+    struct buf replay; /* what a refused h2c stream was given: the next one's request */
     uint64_t body_bytes, content_length;
     uint64_t resp_bytes;
     uint64_t start_us;
@@ -364,6 +366,7 @@ static int h2c_stream_flush(struct upstream *u);
 static void h2c_conn_pull(struct h2c_conn *conn);
 static void h2c_conn_fail(struct h2c_conn *conn, int err);
 static void h2c_pool_serve(struct pool *pool);
+static bool h2c_pool_answering(const struct pool *pool);
 static void h2_want_output(void *ctx);
 static void h2_conn_input(struct client *c, const char *data, size_t len);
 static void h2_conn_flush(struct client *c);
@@ -420,6 +423,41 @@ static void outq_printf(struct peer *p, const char *fmt, ...)
 static void on_write(uv_write_t *req, int status);
 static void h2c_conn_drained(struct h2c_conn *conn);
 
+/* Plaintext a TLS record carries at most (RFC 8446 5.1). */
+#define TLS_RECORD_MAX 16384
+
+/* The pieces become TLS records. Small pieces are gathered so that a head and a short body
+ * go in one record (as nginx's ssl_buffer_size does); a piece longer than a record is topped
+ * up to a full record from what was gathered, and its whole records are encrypted from where
+ * the piece lies, not copied first (a 64 KB body was copied whole). */
+static int peer_tls_write(struct peer *p, const uv_buf_t *bufs, unsigned nbufs)
+{
+    struct buf *g = &p->w->tls_out;
+    int rc = 0;
+    g->len = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        const char *d = bufs[i].base;
+        size_t len = bufs[i].len;
+        if (g->len + len <= TLS_RECORD_MAX) {
+            buf_append(g, d, len);
+            continue;
+        }
+        if (g->len) {
+            size_t top = TLS_RECORD_MAX - g->len;
+            buf_append(g, d, top);
+            d += top;
+            len -= top;
+            rc |= tls_conn_write(p->tls, g->data, g->len);
+            g->len = 0;
+        }
+        size_t whole = len - len % TLS_RECORD_MAX;
+        rc |= tls_conn_write(p->tls, d, whole);
+        buf_append(g, d + whole, len - whole);
+    }
+    rc |= tls_conn_write(p->tls, g->data, g->len);
+    return rc < 0 ? -1 : 0;
+}
+
 /* Writes what is queued: as much as the socket takes now without copying, the rest copied
  * into one write request. Errors are kept in p->write_error for the owner to act on. */
 static int peer_flush(struct peer *p)
@@ -451,18 +489,12 @@ static int peer_flush(struct peer *p)
     unsigned nbufs = q->count;
     size_t plain_total = total;
     if (p->tls) { /* the pieces become records: one buffer of ciphertext to write */
-        struct buf *g = &p->w->tls_out;
-        g->len = 0;
-        for (unsigned i = 0; i < q->count; i++)
-            buf_append(g, bufs[i].base, bufs[i].len);
-        if (tls_conn_write(p->tls, g->data, g->len) < 0)
+        if (peer_tls_write(p, bufs, q->count) < 0)
             p->write_error = UV_EPROTO;
         const char *cipher;
         total = tls_conn_output(p->tls, &cipher);
         bufs[0] = uv_buf_init((char *)cipher, (unsigned)total);
         nbufs = 1;
-        if (g->cap > 1024 * 1024)
-            buf_free(g);
     }
     size_t written = 0;
     if (uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) == 0) {
@@ -805,6 +837,7 @@ static void exchange_destroy(struct exchange *x)
     headers_free(&x->resp);
     headers_free(&x->req_trailers);
     buf_free(&x->head);
+    buf_free(&x->replay);
     free(x);
 }
 
@@ -819,6 +852,7 @@ static void exchange_free(struct exchange *x)
     }
     table_hold_release(w, x->hold);
     x->hold = NULL;
+    buf_free(&x->replay); /* rare: not kept with a spare */
     bool small = x->req.raw.cap <= 8192 && x->resp.raw.cap <= 8192 && x->head.cap <= 8192 &&
                  x->req_trailers.raw.cap <= 8192;
     if (small && w->spare_count < ROUTER_SPARE_EXCHANGES && !w->stopping) {
@@ -1175,6 +1209,11 @@ static void on_timer(uv_timer_t *t)
             client_close(c);
         break;
     case D_CONNECT:
+        if (x && x->u && x->u->waiting && h2c_pool_answering(x->pool)) {
+            /* the instance answers; it has no stream free yet: not a connect that failed */
+            client_set_deadline(c, D_STREAM_SLOT, c->p.w->cfg->upstream_timeout_ms);
+            break;
+        }
         if (x && x->u && x->u->state == U_CONNECTING) {
             upstream_failed(x->u, UV_ETIMEDOUT, true);
             break;
@@ -1194,6 +1233,12 @@ static void on_timer(uv_timer_t *t)
     case D_HANDSHAKE: /* a slow or silent handshake holds nothing but its socket, then goes */
         ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
         client_close(c);
+        break;
+    case D_STREAM_SLOT:
+        ROUTER_METRIC_ADD(c->p.w->m.timeouts, 1);
+        client_respond_error(c, 504, "backend-timeout",
+                             "The app's instance had no stream free for this request in time.",
+                             true);
         break;
     case D_HOLD:
         hold_unlink(c);
@@ -2356,8 +2401,12 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
-    outq_add(&u->p, x->head.data, x->head.len);
+    if (x->replay.len) /* a refused h2c stream's request, its body so far included */
+        outq_add(&u->p, x->replay.data, x->replay.len);
+    else
+        outq_add(&u->p, x->head.data, x->head.len);
     peer_flush(&u->p);
+    x->replay.len = 0;
     upstream_update_reading(u);
     client_set_deadline(c, D_ACTIVE, c->p.w->cfg->upstream_timeout_ms);
     if (x->req_done) {
@@ -2915,6 +2964,18 @@ static void h2c_attach(struct upstream *u, struct h2c_conn *conn)
     upstream_start(u, u->x);
 }
 
+/* Whether the instance answers on one of the pool's connections (connected, its SETTINGS
+ * read, still taking streams): an exchange waiting then waits for one of its streams to end,
+ * which is not a connect timing out, and says nothing against the instance. */
+static bool h2c_pool_answering(const struct pool *pool)
+{
+    for (const struct h2c_conn *conn = pool->conns; conn; conn = conn->next)
+        if (conn->connected && !conn->p.closing && router_h2c_ready(conn->h2c) &&
+            !router_h2c_finished(conn->h2c))
+            return true;
+    return false;
+}
+
 /* Gives waiting exchanges streams where connections can open them; opens a connection when
  * some still wait and none is on its way. */
 static void h2c_pool_serve(struct pool *pool)
@@ -3011,16 +3072,23 @@ static void h2c_stream_begin(struct exchange *x, struct pool *pool)
     else
         pool->waiting = u;
     pool->waiting_last = u;
-    client_set_deadline(x->c, D_CONNECT, w->cfg->connect_timeout_ms);
+    if (h2c_pool_answering(pool)) /* waiting for a stream, not for a connection */
+        client_set_deadline(x->c, D_STREAM_SLOT, w->cfg->upstream_timeout_ms);
+    else
+        client_set_deadline(x->c, D_CONNECT, w->cfg->connect_timeout_ms);
     h2c_pool_serve(pool);
 }
 
-/* The instance did not process the stream (RFC 9113 8.7): a request without a body goes
- * again on a stream of its own, on this instance (a few times at most); else a 502. */
+/* The instance did not process the stream (RFC 9113 8.7): the request goes again on a
+ * stream of its own, on this instance (a few times at most), with what the stream was given
+ * of its body when it kept it all (ROUTER_H2C_REPLAY_MAX); else a 502. */
 static void h2c_stream_refused(struct upstream *u)
 {
     struct exchange *x = u->x;
-    if (x->chunked || x->content_length > 0 || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+    bool body = x->chunked || x->content_length > 0;
+    bool kept = router_h2c_stream_take_request(u->h2s, &x->replay);
+    if ((body && !kept) || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+        x->replay.len = 0;
         upstream_failed(u, UV_EPROTO, false);
         return;
     }

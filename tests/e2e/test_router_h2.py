@@ -900,11 +900,14 @@ class MuxInstance:
     (or 5 s passed): so a test sees whether they were all in flight together. `hook(ctx, sid,
     stream)` may answer a complete request itself (True) with ctx.send(frames)."""
 
-    def __init__(self, settings=None, window_updates=True, hold=1, hook=None):
+    def __init__(self, settings=None, window_updates=True, hold=1, hook=None, on_headers=None):
         self.settings = settings or {}
         self.window_updates = window_updates
         self.hold = hold
         self.hook = hook
+        # on_headers(ctx, sid, fields) when a stream's HEADERS come: True when it answered
+        # (a refusal) and the stream is to be forgotten, its DATA dropped
+        self.on_headers = on_headers
         self.max_open = 0
         self.resets = []
         self.requests = []
@@ -1031,6 +1034,8 @@ class MuxInstance:
                 ready = [r for r in ready if r != sid]
             elif type_ == HEADERS:
                 fields = [(k.decode(), v.decode()) for k, v in dec.decode(payload, raw=True)]
+                if sid not in streams and self.on_headers and self.on_headers(ctx, sid, fields):
+                    continue
                 if sid not in streams:
                     streams[sid] = {"headers": fields, "body": b"", "done": False}
                     with self.lock:
@@ -1040,6 +1045,10 @@ class MuxInstance:
                 if payload and self.window_updates:
                     inc = struct.pack(">I", len(payload))
                     ctx.send(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, sid, inc))
+            elif type_ == DATA and payload and self.window_updates:
+                # a stream reset (or refused) here: its DATA still counts against the
+                # connection's window (RFC 9113 6.9), given back
+                ctx.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
             elif type_ == GOAWAY:
                 return
             if type_ in (HEADERS, DATA) and flags & END_STREAM and sid in streams:
@@ -1212,7 +1221,8 @@ def test_an_instance_that_never_opens_its_window_stalls_only_its_streams(router_
 def test_goaway_mid_flight_retries_what_was_not_processed(router_factory):
     """The instance says GOAWAY with the first stream as its last while a second is in flight:
     the first is answered; the second, a GET, was not processed and goes again on a new
-    connection; a call with a body above the last stream id cannot be replayed: a 502."""
+    connection; so does a call with a small body (kept until the instance answers), whose
+    body arrives whole; one with a body over the 64 KB the router keeps is a 502."""
     state = {"conns": 0}
 
     def hook(ctx, sid, s):
@@ -1228,7 +1238,7 @@ def test_goaway_mid_flight_retries_what_was_not_processed(router_factory):
                 return True
         return False
 
-    r, inst = mux_app(router_factory, hook=hook)
+    r, inst = mux_app(router_factory, "--workers", "1", hook=hook)  # one h2c connection
     c = H2(r.port)
     first = c.request("GET", "/first", authority="grpc.localhost", wait=False)
     wait_for(lambda: len(inst.requests) == 1, 10, "the first stream at the instance")
@@ -1237,14 +1247,142 @@ def test_goaway_mid_flight_retries_what_was_not_processed(router_factory):
     assert first.status == 200 and first.body == b"first"
     assert second.status == 200 and ("grpc-status", "0") in second.trailers
     assert inst.accepted == 2  # the second went again on a new connection
-    # the same with a body: not replayable
+    # the same with a body the router kept: sent again whole on a new connection
     first = c.request("GET", "/first", authority="grpc.localhost", wait=False)
     wait_for(lambda: "first" in state, 10, "the first stream at the instance")
-    posted = c.request("POST", "/posted", authority="grpc.localhost", body=b"data")
+    posted = c.request("POST", "/posted", authority="grpc.localhost", body=b"data" * 1000)
     c.wait(lambda: first.ended, "the first answer")
     assert first.status == 200
-    assert posted.status == 502 and posted.header("x-skiff-router-error") == "backend-failed"
+    assert posted.status == 200 and posted.body == b"data" * 1000
+    assert inst.accepted == 3
+    # over the bound: not kept, so not sent again (from an HTTP/1.1 client: this one's DATA
+    # would not wait for the router's window)
+    from test_router import Client
+    first = c.request("GET", "/first", authority="grpc.localhost", wait=False)
+    wait_for(lambda: "first" in state, 10, "the first stream at the instance")
+    h1 = Client(r.port, timeout=20)
+    big = h1.request("POST", "/posted", "grpc.localhost", body=b"b" * (100 * 1024))
+    assert big.status == 502 and big.headers.get("x-skiff-router-error") == "backend-failed"
+    h1.close()
+    c.wait(lambda: first.ended, "the first answer")
+    assert first.status == 200
     assert c.request("GET", "/after", authority="grpc.localhost").status == 200
+    c.close()
+
+
+def refuse_first(paths):
+    """An on_headers hook: the first stream for each of `paths` is reset REFUSED_STREAM as
+    its HEADERS come (as an instance over its stream limit does); `refused` counts them."""
+    refused = []
+
+    def on_headers(ctx, sid, fields):
+        path = dict(fields).get(":path")
+        if path in paths and path not in refused:
+            refused.append(path)
+            ctx.send(frame(RST_STREAM, 0, sid, struct.pack(">I", REFUSED_STREAM)))
+            return True
+        return False
+    return on_headers, refused
+
+
+def test_a_refused_stream_with_a_body_goes_again_with_its_body(router_factory):
+    """REFUSED_STREAM from the instance on streams whose requests have bodies: with a length
+    and chunked, from an HTTP/2 and an HTTP/1.1 client, and a body still arriving when the
+    refusal comes. Each goes again on a new stream and the instance gets the whole body."""
+    from test_router import Client
+    paths = ["/h2-length", "/h2-chunked", "/h1-length", "/h1-slow"]
+    on_headers, refused = refuse_first(paths)
+    r, inst = mux_app(router_factory, on_headers=on_headers)
+    c = H2(r.port)
+    body = bytes(range(256)) * 100  # 25.6 KB, two DATA frames
+    resp = c.request("POST", "/h2-length", authority="grpc.localhost",
+                     fields=[("content-length", str(len(body)))], body=body)
+    assert resp.status == 200 and resp.body == body
+    resp = c.request("POST", "/h2-chunked", authority="grpc.localhost", body=body)
+    assert resp.status == 200 and resp.body == body
+    h1 = Client(r.port, timeout=20)
+    resp = h1.request("POST", "/h1-length", "grpc.localhost", body=body)
+    assert resp.status == 200 and resp.body == body
+    # the head and part of the body; the rest once the instance has refused the stream
+    h1.send(b"POST /h1-slow HTTP/1.1\r\nHost: grpc.localhost\r\nTransfer-Encoding: chunked"
+            b"\r\n\r\n1000\r\n" + body[:4096] + b"\r\n")
+    wait_for(lambda: "/h1-slow" in refused, 10, "the refusal")
+    h1.send(b"%x\r\n" % (len(body) - 4096) + body[4096:] + b"\r\n0\r\n\r\n")
+    resp = h1.response()
+    assert resp.status == 200 and resp.body == body
+    assert refused == paths
+    bodies = {dict(q["headers"])[":path"]: q["body"] for q in inst.requests}
+    assert all(bodies[p] == body for p in paths), {p: len(bodies[p]) for p in bodies}
+    assert inst.accepted <= 2  # a refused stream cuts no connection
+    h1.close()
+    c.close()
+
+
+def test_a_refused_stream_with_a_body_over_the_bound_is_a_502(router_factory):
+    """A body over the 64 KB the router keeps for a replay, refused once the instance has it
+    all: a 502 (nothing truthful can be sent again), and the next call is answered."""
+    from test_router import Client
+
+    def refuse_big(ctx, sid, s):
+        if dict(s["headers"]).get(":path") != "/big":
+            return False
+        ctx.send(frame(RST_STREAM, 0, sid, struct.pack(">I", REFUSED_STREAM)))
+        return True
+    r, inst = mux_app(router_factory, hook=refuse_big)
+    h1 = Client(r.port, timeout=20)
+    resp = h1.request("POST", "/big", "grpc.localhost", body=b"x" * (100 * 1024))
+    assert resp.status == 502 and resp.headers.get("x-skiff-router-error") == "backend-failed"
+    assert [len(q["body"]) for q in inst.requests] == [100 * 1024]  # sent once, not again
+    h1.close()
+    c = H2(r.port)
+    assert grpc_call(c, b"after", wait=True).status == 200
+    c.close()
+
+
+def test_waiting_for_a_stream_is_no_connect_timeout_and_marks_no_instance_down(router_factory):
+    """Two instances allowing one stream each, answering after 1.5 s, and a connect timeout of
+    300 ms: 12 calls at once from one client take the 4 connections a worker opens to each
+    instance, the others wait for a stream longer than the connect timeout. None fails, and
+    each instance gets its round-robin half: a wait marked neither down."""
+    def slow(ctx, sid, s):
+        threading.Timer(1.5, ctx.answer, (sid, s["body"])).start()
+        return True
+    a = MuxInstance(settings={3: 1}, hook=slow)
+    b = MuxInstance(settings={3: 1}, hook=slow)
+    r = router_factory([dict(route("grpc.localhost", [a, b]), protocol="http2")],
+                       "--connect-timeout-ms", "300")
+    c = H2(r.port)
+    start = time.monotonic()
+    calls = [grpc_call(c, b"call %d" % i) for i in range(12)]
+    sids = sorted(c.streams)
+    c.wait(lambda: all(c.streams[s].ended or c.streams[s].reset is not None for s in sids),
+           "the 12 answers", timeout=30)
+    for i, resp in enumerate(calls):
+        assert resp.status == 200 and resp.body == grpc_message(b"call %d" % i), \
+            (i, resp.status, resp.header("x-skiff-router-error"))
+    assert time.monotonic() - start >= 3  # some waited for a second round of streams
+    assert len(a.requests) == 6 and len(b.requests) == 6, (len(a.requests), len(b.requests))
+    assert a.max_open == 1 and b.max_open == 1
+    assert a.accepted <= 4 and b.accepted <= 4
+    c.close()
+
+
+def test_a_stream_that_never_frees_is_a_504_after_the_upstream_timeout(router_factory):
+    """An instance allowing one stream that never answers: 5 calls from one client, 4 on the
+    4 connections a worker opens, the fifth waits for a stream past the connect timeout. Each
+    ends with the upstream timeout (504), none with a 502."""
+    r, inst = mux_app(router_factory, "--connect-timeout-ms", "200", "--upstream-timeout-ms",
+                      "1500", settings={3: 1}, hook=lambda ctx, sid, s: True)
+    c = H2(r.port)
+    calls = [grpc_call(c, b"%d" % i) for i in range(5)]
+    start = time.monotonic()
+    sids = sorted(c.streams)
+    c.wait(lambda: all(c.streams[s].ended or c.streams[s].reset is not None for s in sids),
+           "the answers", timeout=20)
+    assert time.monotonic() - start >= 1.4
+    assert [resp.status for resp in calls] == [504] * 5, \
+        [(resp.status, resp.header("x-skiff-router-error")) for resp in calls]
+    assert all(resp.header("x-skiff-router-error") == "backend-timeout" for resp in calls)
     c.close()
 
 

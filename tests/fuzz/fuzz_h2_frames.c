@@ -78,7 +78,8 @@ static const struct router_h2_ops ops = {on_open, on_request, on_drained, on_clo
 
 /* The other side: the frames an instance of an http2 route answers with, into router_h2c
  * (after two requests it was given on two streams of the connection), which must turn them
- * into HTTP/1.1 the proxy's own response parser accepts or into failures. */
+ * into HTTP/1.1 the proxy's own response parser accepts or into failures; a stream refused
+ * gives back the request it was given, whole, for another. */
 static void instance_frames(const char *in, size_t n)
 {
     static const char request[] = "POST /pkg.S/M HTTP/1.1\r\nHost: app.localhost\r\n"
@@ -102,7 +103,14 @@ static void instance_frames(const char *in, size_t n)
         if (st[i]) {
             router_h2c_stream_take_response(st[i], &resp);
             router_h2c_stream_set_reading(st[i], i == 0);
-            (void)router_h2c_stream_state(st[i]);
+            /* a refused stream gives back what it was given, byte for byte, or nothing */
+            struct buf kept = {0};
+            if (router_h2c_stream_take_request(st[i], &kept) &&
+                (kept.len != sizeof(request) - 1 || memcmp(kept.data, request, kept.len) != 0))
+                abort();
+            if (router_h2c_stream_state(st[i]) != ROUTER_H2C_REFUSED && kept.len)
+                abort();
+            buf_free(&kept);
         }
     if (st[0])
         router_h2c_stream_close(st[0]); /* one owner goes early: a reset, the other goes on */
