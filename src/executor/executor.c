@@ -2025,13 +2025,25 @@ static void executor__instance_exited(void *ctx, int exit_status, int term_signa
 
 /* ---- usage ------------------------------------------------------------------------------ */
 
+/* Whether something is mounted on dir: until the keeper has mounted the disk, the folder is
+ * on its parent's file system and its figures would be the host's. */
+static bool executor__mounted(const char *dir)
+{
+    char *parent = xasprintf("%s/..", dir);
+    struct stat here, above;
+    bool mounted =
+        stat(dir, &here) == 0 && stat(parent, &above) == 0 && here.st_dev != above.st_dev;
+    free(parent);
+    return mounted;
+}
+
 /* The container's disk is mounted in its keeper's (skiff-init's) mount namespace only:
  * /proc/PID/root walks that namespace. A layer that fills up is told once in [CELL/n]. */
 static void executor__sample_disk(struct instance *inst)
 {
     char *dir = xasprintf("/proc/%d/root%s/disk", inst->pid, inst->scratch_dir);
     unsigned long long used = 0, total = 0;
-    if (container_disk_usage(dir, &used, &total) == 0 && total > 0) {
+    if (executor__mounted(dir) && container_disk_usage(dir, &used, &total) == 0 && total > 0) {
         inst->disk_used = used;
         inst->disk_total = total;
         bool full = container_disk_is_full(used, total);

@@ -69,6 +69,9 @@ class Who:
             # an org one has no role in is not there, even to be refused
             in_org = place in ("org", "org and space")
             return 404 if in_org and (self.limited or not self.org_roles) else 403
+        if place == "platform":
+            # held by no org or space role (the admin's, a cell's): refused, nothing to hide
+            return 403
         granted = perms[perm]
         space_perm = perm.startswith("space.")
         if self.limited:
