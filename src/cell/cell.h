@@ -35,6 +35,9 @@ struct cell_launch {
     const char *droplet_guid;
     const char *droplet_digest; /* "sha256:HEX", or NULL when not known */
     const char *droplet_path;   /* where the controller keeps the droplet's folder */
+    /* the controllers' API URLs the droplet's blob is fetched from by its digest
+     * (NULL-terminated; NULL or empty: read at droplet_path) */
+    const char *const *blob_urls;
     const char *command;
     int memory_mb;
     int disk_mb;
@@ -88,7 +91,7 @@ json_t *cell_launch_to_json(const struct cell_launch *l);
 struct cell_launch_doc {
     struct cell_launch l;
     json_t *json; /* what l's strings point into */
-    const char **uris, **user_env;
+    const char **uris, **user_env, **blob_urls;
     struct instance_sidecar *sidecars;
 };
 int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, size_t errsize);

@@ -826,7 +826,14 @@ static int daemon_run_router(const char *home, const char *nats_url,
 struct daemon_cell {
     uv_signal_t sigterm, sigint, sigusr2;
     struct cell_agent *agent;
+    struct hosts *hosts; /* --host-addr: this cell among the hosts (src/hosts/README.md) */
     bool stopping;
+};
+
+/* What a cell with --host-addr tells the other hosts: its address and its container pool. */
+struct daemon_cell_host {
+    const char *addr; /* "" without --host-addr */
+    const struct net_pool *pool;
 };
 
 static void daemon_cell_closed(void *arg)
@@ -850,11 +857,15 @@ static void daemon_cell_on_signal(uv_signal_t *h, int signum)
                                 : "terminated",
              leave ? "the instances keep running for the next cell on this home"
                    : "stopping the instances");
+    if (c->hosts)
+        hosts_stop(c->hosts);
+    c->hosts = NULL;
     cell_agent_close(c->agent, leave, daemon_cell_closed, c);
 }
 
 /* Runs until a signal; 0 after a clean stop. */
-static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg_in)
+static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg_in,
+                           const struct daemon_cell_host *host)
 {
     struct cell_agent_config cfg = *cfg_in;
     char *h = path_expand_home(home);
@@ -875,9 +886,33 @@ static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg
     uv_loop_t *loop = uv_default_loop();
     struct daemon_cell c = {0};
     char err[512] = "";
+    /* before any instance starts (adopted ones included): a pool another host announced that
+     * overlaps this cell's would send that host's instances' traffic here */
+    if (*host->addr) {
+        rc = hosts_start(loop,
+                         &(struct hosts_config){.nats_urls = cfg.nats_urls,
+                                                .security = cfg.nats_security,
+                                                .addr = host->addr,
+                                                .roles = HOSTS_CELL,
+                                                .pool = host->pool},
+                         &c.hosts, err, sizeof err);
+        if (rc == 0)
+            rc = hosts_settle(c.hosts, 3000, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            if (c.hosts)
+                hosts_stop(c.hosts);
+            uv_run(loop, UV_RUN_DEFAULT);
+            rc = 2;
+            goto out;
+        }
+    }
     rc = cell_agent_start(loop, &cfg, &c.agent, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);
+        if (c.hosts)
+            hosts_stop(c.hosts);
+        uv_run(loop, UV_RUN_DEFAULT);
         rc = 2;
         goto out;
     }
@@ -1132,7 +1167,13 @@ int main(int argc, char **argv)
             .nats_urls = nats_url,
             .nats_security = nats_sec,
             .executor = &cell_ex};
-        int cell_rc = daemon_run_cell(home, &cell_cfg);
+        if (*host_addr && !contained) {
+            log_error("--host-addr needs --isolation container: instances of other hosts are "
+                      "reached at their container addresses");
+            return 2;
+        }
+        int cell_rc = daemon_run_cell(home, &cell_cfg,
+                                      &(struct daemon_cell_host){.addr = host_addr, .pool = &pool});
         free(cell_home);
         free(cell_buildpacks);
         free(cell_init);
