@@ -119,6 +119,8 @@ static void test_ties_do_not_depend_on_the_order(void **state)
 
 static const char *const uris[] = {"shop.localhost", NULL};
 static const char *const user_env[] = {"A", "1", "B", "two", NULL};
+static const char *const blob_urls[] = {"http://10.0.0.1:8090", "https://ctl-2.example:8091", NULL};
+#define SAMPLE_DIGEST "sha256:00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff"
 
 static struct cell_launch sample(void)
 {
@@ -128,8 +130,9 @@ static struct cell_launch sample(void)
                                 .index = 2,
                                 .instance_guid = "9b3a0c0e-1111-4222-8333-444455556666",
                                 .droplet_guid = "7b3a0c0e-1111-4222-8333-444455556666",
-                                .droplet_digest = "sha256:00ff",
+                                .droplet_digest = SAMPLE_DIGEST,
                                 .droplet_path = "/var/skiff/apps/x/droplets/y",
+                                .blob_urls = blob_urls,
                                 .command = "python3 app.py",
                                 .memory_mb = 256,
                                 .health = HEALTH_HTTP,
@@ -151,7 +154,9 @@ static void test_a_launch_reads_back_as_written(void **state)
     char err[256] = "";
     assert_int_equal(cell_launch_from_json(j, &d, err, sizeof err), 0);
     assert_string_equal(d.l.instance_guid, l.instance_guid);
-    assert_string_equal(d.l.droplet_digest, "sha256:00ff");
+    assert_string_equal(d.l.droplet_digest, SAMPLE_DIGEST);
+    assert_string_equal(d.l.blob_urls[1], "https://ctl-2.example:8091");
+    assert_null(d.l.blob_urls[2]);
     assert_int_equal(d.l.index, 2);
     assert_int_equal(d.l.health, HEALTH_HTTP);
     assert_true(d.l.readiness);
@@ -194,6 +199,16 @@ static void test_a_hostile_launch_is_refused_with_the_field_named(void **state)
     refused("user_env", json_pack("[s]", "ODD"), "pairs");
     refused("uris", json_integer(3), "list");
     refused("command", json_string(""), "empty");
+    refused("droplet_digest", json_string("sha256:00ff"), "64 lowercase hex");
+    refused("droplet_digest",
+            json_string("sha256:../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            "64 lowercase hex");
+    refused("blob_urls", json_pack("[s]", "file:///etc/shadow"), "http://");
+    refused("blob_urls", json_pack("[s]", "http://a b"), "printable");
+    refused("blob_urls",
+            json_pack("[s,s,s,s,s,s,s,s,s]", "http://a", "http://a", "http://a", "http://a",
+                      "http://a", "http://a", "http://a", "http://a", "http://a"),
+            "at most 8");
     struct cell_launch_doc d;
     char err[128];
     json_t *one = json_integer(1);

@@ -1,0 +1,192 @@
+"""Cells on hosts of their own (network namespaces on a bridge, tests/e2e/multihost.py): host A
+runs `skiffd --role controller` on PostgreSQL, hosts B and C each run `skiffd --role cell
+--host-addr` (containers, each host its own pool and its own home), host D runs
+`skiffd --role router`.
+
+An app of two instances lands one on B and one on C, and D's router serves both (D routes each
+cell's pool via that cell's address, learnt from the cells' announcements). B's link goes down:
+B is lost, its instance comes back on C within 30 s, and the requests sent through D meanwhile
+are counted; B's link comes back: its duplicate is stopped."""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import BIN_DIR, WEB_APP, deploy_bits, wait_for
+from multihost import Cluster, HostPlatform, HostRouter
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed"),
+    pytest.mark.skipif(os.getuid() != 0, reason="network namespaces need root"),
+]
+
+HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
+POOLS = {"a": "10.244.0.0/18", "b": "10.244.64.0/18", "c": "10.244.128.0/18"}
+LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default
+
+
+class HostCell:
+    """`skiffd --role cell --host-addr` in a host's namespace, with a home of its own."""
+
+    def __init__(self, host, nats_urls, pool):
+        self.host, self.nats_urls, self.pool = host, nats_urls, pool
+        self.home = tempfile.mkdtemp(prefix="skiff-mhcell-")
+        self.id = uuid.uuid4().hex
+        with open(os.path.join(self.home, "cell-id"), "w") as f:
+            f.write(self.id + "\n")
+        self.proc = None
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+        env.update(HOME=self.home, SKIFF_NATS=self.nats_urls, SKIFF_CELL_HEARTBEAT_MS="300",
+                   SKIFF_GRACE_MS="2000", **HOSTS_MS)
+        log = open(os.path.join(self.home, "cell.out"), "ab")
+        self.proc = subprocess.Popen(self.host.cmd(
+            os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
+            "--host-addr", self.host.addr, "--network-pool", self.pool, "--prewarm", "1",
+            "--zone", "zone-" + self.host.name, "--memory", "2G"),
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def output(self):
+        try:
+            with open(os.path.join(self.home, "cell.out"), errors="replace") as f:
+                return f.read()[-40000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture
+def world():
+    c = Cluster(("a", "b", "c", "d"))
+    c.up()
+    started = []
+    try:
+        url = c.create_database("skiff_cells_%d" % os.getpid())
+        A = c.host("a")
+        ctl = HostPlatform(A, extra_args=[
+            "--role", "controller", "--store", url, "--nats", c.nats_urls, "--nats-replicas",
+            "3", "--host-addr", A.addr, "--network-pool", POOLS["a"], "--prewarm", "0",
+            "--zone", "zone-a"], extra_env=dict(HOSTS_MS, SKIFF_CELL_HEARTBEAT_MS="500"))
+        started.append(ctl)
+        ctl.start()
+        cells = {}
+        for name in ("b", "c"):
+            cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
+            started.append(cells[name])
+            cells[name].start()
+        router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
+        started.append(router)
+        router.start()
+        yield c, ctl, cells, router
+        for s in started:
+            s.stop()
+        for text in [ctl.output()] + [x.output() for x in cells.values()]:
+            assert "Sanitizer" not in text and "runtime error" not in text, text
+    finally:
+        for s in reversed(started):
+            try:
+                s.close()
+            except Exception as e:  # close the others still
+                print("closing:", e)
+        c.down()
+
+
+def cells_up(ctl):
+    status, body = ctl.api("GET", "/v1/cells")
+    return {x["id"] for x in body.get("cells", []) if x.get("role") == "cell"
+            and x["state"] == "up"} if status == 200 else set()
+
+
+def running(ctl, name):
+    status, app = ctl.api("GET", "/v1/apps/%s" % name)
+    assert status == 200, app
+    return [i for i in app.get("instances_detail", []) if i.get("guid") and
+            i["state"] == "RUNNING"]
+
+
+def in_pool(addr, pool):
+    """Whether addr (IP:PORT) lies in a /18 pool like 10.244.64.0/18."""
+    base = int(pool.split(".")[2])
+    ip = addr.rsplit(":", 1)[0].split(".")
+    return ip[:2] == ["10", "244"] and base <= int(ip[2]) < base + 64
+
+
+def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_elsewhere(world):
+    cluster, ctl, cells, router = world
+    B, C, D = cluster.host("b"), cluster.host("c"), cluster.host("d")
+    b, c = cells["b"], cells["c"]
+    wait_for(lambda: cells_up(ctl) == {b.id, c.id}, 30, "both cells to be listed up")
+    # D routes each cell's pool via that cell's host
+    wait_for(lambda: all("%s via %s" % (POOLS[n], cluster.host(n).addr) in D.routes(proto=83)
+                         for n in ("b", "c")), 15, "D's routes to the cells' pools")
+
+    deploy_bits(ctl, "two", [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)],
+                {"instances": 2})
+    status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
+    assert status in (200, 201), body
+    wait_for(lambda: len(running(ctl, "two")) == 2, 120, "two instances running")
+    placed = {i["cell"]: i for i in running(ctl, "two")}
+    assert set(placed) == {b.id, c.id}, placed
+    assert in_pool(placed[b.id]["address"], POOLS["b"]), placed
+    assert in_pool(placed[c.id]["address"], POOLS["c"]), placed
+    # the router on D serves both instances
+    wait_for(lambda: {router.get("two.localhost")[1] for _ in range(4)} ==
+             {"instance 0\n", "instance 1\n"}, 30, "D's router to serve both instances")
+
+    # B's link goes down: B is lost, its instance is started on C, the router keeps serving
+    b_index = placed[b.id]["index"]
+    B.link_down()
+    down_at = time.monotonic()
+    sent = failed = 0
+
+    def both_on_c():
+        nonlocal sent, failed
+        sent += 1
+        if router.get("two.localhost", timeout=5)[0] != 200:
+            failed += 1
+        now = running(ctl, "two")
+        return len(now) == 2 and {i["cell"] for i in now} == {c.id}
+    try:
+        wait_for(both_on_c, 30, "B's instance to run on C", interval=0.1)
+        took = time.monotonic() - down_at
+        print("cell B's link down to its instance running on C: %.1f s; %d of %d requests "
+              "through D's router failed meanwhile" % (took, failed, sent))
+        assert took < 30
+        assert "is lost: no heartbeat" in ctl.output(), ctl.output()
+        # once the leader moved it, every request succeeds, and both indexes answer from C
+        for _ in range(20):
+            assert router.get("two.localhost")[0] == 200
+        wait_for(lambda: {router.get("two.localhost")[1] for _ in range(4)} ==
+                 {"instance 0\n", "instance 1\n"}, 20, "both indexes served from C")
+    finally:
+        B.link_up()
+    # B comes back with the instance it kept: the duplicate is stopped there
+    wait_for(lambda: "stopping instance %d" % b_index in b.output(), 30,
+             "B to be told to stop its duplicate")
+    wait_for(lambda: b.id in cells_up(ctl), 20, "B to be listed up again")
+    now = running(ctl, "two")
+    assert len(now) == 2 and {i["cell"] for i in now} == {c.id}, now
+    for _ in range(10):
+        assert router.get("two.localhost")[0] == 200
