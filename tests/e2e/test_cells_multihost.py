@@ -7,12 +7,14 @@ An app of two instances lands one on B and one on C, and D's router serves both 
 cell's pool via that cell's address, learnt from the cells' announcements). B's link goes down:
 B is lost, its instance comes back on C within 30 s, and the requests sent through D meanwhile
 are counted; B's link comes back: its duplicate is stopped."""
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -126,6 +128,16 @@ def running(ctl, name):
             i["state"] == "RUNNING"]
 
 
+def backends(router, host):
+    """The addresses the router sends host's requests to (its admin port's /routes)."""
+    try:
+        with urllib.request.urlopen(router.admin_url + "/routes", timeout=5) as r:
+            table = json.load(r)
+    except OSError:
+        return []
+    return [a for x in table["routes"] if x["host"] == host for a in x["backends"]]
+
+
 def in_pool(addr, pool):
     """Whether addr (IP:PORT) lies in a /18 pool like 10.244.64.0/18."""
     base = int(pool.split(".")[2])
@@ -161,11 +173,18 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
     down_at = time.monotonic()
     sent = failed = 0
 
+    b_addr = placed[b.id]["address"]
+    seen = {}  # when the leader logged B lost, when D's router stopped listing B's instance
+
     def both_on_c():
         nonlocal sent, failed
         sent += 1
         if router.get("two.localhost", timeout=5)[0] != 200:
             failed += 1
+        if "lost" not in seen and "is lost: no heartbeat" in ctl.output():
+            seen["lost"] = time.monotonic()
+        if "dropped" not in seen and b_addr not in backends(router, "two.localhost"):
+            seen["dropped"] = time.monotonic()
         now = running(ctl, "two")
         return len(now) == 2 and {i["cell"] for i in now} == {c.id}
     try:
@@ -175,6 +194,12 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
               "through D's router failed meanwhile" % (took, failed, sent))
         assert took < 30
         assert "is lost: no heartbeat" in ctl.output(), ctl.output()
+        # the router drops the lost cell's instance when the leader marks it lost, not later
+        assert "dropped" in seen, backends(router, "two.localhost")
+        print("B lost %.1f s after its link went down; D's router dropped its instance %.1f s "
+              "after that" % (seen["lost"] - down_at, seen["dropped"] - seen["lost"]))
+        assert LOST_MS / 1000 - 1 <= seen["lost"] - down_at
+        assert seen["dropped"] - seen["lost"] < 2
         # once the leader moved it, every request succeeds, and both indexes answer from C
         for _ in range(20):
             assert router.get("two.localhost")[0] == 200
