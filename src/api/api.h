@@ -150,6 +150,15 @@ void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx)
 typedef bool (*api_binding_check_fn)(void *ctx, const char *token, char topic[64],
                                      char space_guid[37], char *name, size_t size);
 void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx);
+/* Cells' token (AUTH_CELL: it may read blobs, nothing else): one for every controller on a
+ * store, made by the first (a document in the store keeps its BLAKE2b hash; the token itself
+ * is written to that controller's HOME/cell-token, 0600, for the operator to give cells).
+ * 0, or -EIO when the store could not be read or written (err says so). Without it, no cell
+ * token is accepted. */
+struct store;
+#define API_CELL_TOKEN_PREFIX "skiffc_"
+int api_cell_token_setup(struct api *api, struct store *store, char *err, size_t errsize);
+
 /* The one topic the request's token may publish to, or NULL when it is not so limited. */
 const char *api_request_topic_limit(const struct api_request *req);
 

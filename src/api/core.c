@@ -1525,6 +1525,7 @@ static void core__apps_delete(struct api_request *req, void *ctx)
     rm_rf(dir);
     free(dir);
     api_core__images_gc_soon(core); /* its image's layers, when no other app has them */
+    api_core__blobs_gc_soon(core);  /* its packages' and droplets' */
     logs_forget(core->cfg.logs, app->guid);
     api_core__routes_changed(core);
     store_app_free(app);
@@ -2242,6 +2243,7 @@ int api_core_register(struct api *api, const struct api_core_config *cfg, struct
     api_core__tasks_register(core);
     api_core__ssh_register(core);
     api_core__images_gc_init(core);
+    api_core__blobs_register(core);
     core->hub_sub = hub_subscribe(core->cfg.hub, core__on_platform_event, core);
     *out = core;
     return 0;
@@ -2253,6 +2255,7 @@ void api_core_shutdown(struct api_core *core)
     api_core__followers_end(core);
     api_core__ssh_end_all(core);
     api_core__images_gc_close(core);
+    api_core__blobs_close(core);
 }
 
 void api_core_free(struct api_core *core)
@@ -2262,6 +2265,7 @@ void api_core_free(struct api_core *core)
     hub_unsubscribe(core->cfg.hub, core->hub_sub);
     api_core__ssh_free(core);
     api_core__images_gc_close(core);
+    api_core__blobs_close(core);
     free((char *)core->cfg.home);
     free((char *)core->cfg.cell_id);
     free((char *)core->cfg.router_url);

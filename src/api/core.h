@@ -50,6 +50,9 @@ struct api_core_config {
     bool (*cell_leads)(void *ctx, const char *cell_id);
     void *cell_ctx;
     const char *cell_id; /* this skiffd's cell (copied): each instance says where it runs */
+    /* Packages and droplets are put there as they are made, and named by their digest in the
+     * store (src/blobs); GET /v1/blobs/DIGEST serves them. NULL: neither. */
+    struct blob_store *blobs;
 };
 
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out);

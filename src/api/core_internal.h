@@ -28,6 +28,7 @@ struct api_core {
     uint64_t apps_cache_instance_changes;
     struct api_core_ssh *ssh; /* ssh.c: the sessions open */
     struct api_core_images_gc *images_gc; /* images_gc.c; NULL without containers */
+    uv_timer_t *blobs_gc;                 /* blobs.c; NULL without a blob store */
     char (*touched)[37]; /* apps whose instances changed since the last record (guids) */
     size_t ntouched;
 };
@@ -68,6 +69,12 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                          const char *balance, const char *protocol, int https_only);
 void api_core__follow_forget(struct api_core *core, void *follow);
 void api_core__followers_end(struct api_core *core);
+
+/* blobs.c: GET /v1/blobs/DIGEST, and the collection of blobs nothing names, soon (after
+ * packages or droplets were deleted) */
+void api_core__blobs_register(struct api_core *core);
+void api_core__blobs_gc_soon(struct api_core *core);
+void api_core__blobs_close(struct api_core *core);
 
 /* certs.c: a domain's own HTTPS certificate */
 void api_core__certs_register(struct api_core *core);

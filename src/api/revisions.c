@@ -104,6 +104,7 @@ static void revisions__trim(struct api_core *core, const struct store_app *app, 
                 rm_rf(d->path);
             store_droplet_free(d);
             api_core__images_gc_soon(core);
+            api_core__blobs_gc_soon(core);
         }
         char id[24];
         revisions__id(json_integer_value(json_object_get(old, "version")), id);

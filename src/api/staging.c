@@ -12,8 +12,10 @@
 
 #include "api/api.h"
 #include "api/core_internal.h"
+#include "blobs/blobs.h"
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "container/container.h"
 #include "hub/hub.h"
@@ -34,6 +36,13 @@ struct api_core_staging {
     char **buildpacks;
     char **env;
     bool recreate; /* ?strategy=recreate: stop every instance, then start on the new droplet */
+    /* a staging that succeeded, while its droplet is put into the blob store: its result */
+    char *buildpack, *process_types_json;
+    char *package_path;     /* the upload here, or where its blob is fetched to */
+    const char *image_kind; /* a static string: the package is an image's (NULL: code) */
+    char *cache_dir;
+    int disk_mb;
+    bool cancelled; /* while its package is fetched */
     struct api_core_staging *next;
 };
 
@@ -62,6 +71,8 @@ void api_core__staging_cancel(struct api_core *core, const char *app_guid)
         struct api_core_staging *next = s->next;
         if ((!app_guid || !strcmp(s->app_guid, app_guid)) && s->staging)
             stager_cancel(s->staging); /* an image's import ends on its own */
+        else if (!app_guid || !strcmp(s->app_guid, app_guid))
+            s->cancelled = true; /* a package being fetched: nothing starts after it */
         s = next;
     }
 }
@@ -329,6 +340,63 @@ static int staging__set_package(void *ctx, struct store_app *app)
 
 /* ---- bits ---------------------------------------------------------------------------------- */
 
+/* An upload kept under its package's path, while its blob is put. */
+struct staging_bits {
+    struct api_core *core;
+    struct api_request *req;
+    struct store_package pkg; /* app_guid and path are this struct's */
+};
+
+/* Records the package (its digest: the blob's, NULL when it could not be put) on the app,
+ * prunes older ones and answers the upload. */
+static void staging__bits_put(void *ctx, int put_rc, const char *digest)
+{
+    struct staging_bits *bits = ctx;
+    struct api_core *core = bits->core;
+    struct api_request *req = bits->req;
+    struct store_package *pkg = &bits->pkg;
+    struct store_app *app = NULL;
+    char **old = NULL;
+    if (put_rc < 0 && put_rc != -ENOTSUP)
+        log_warning("the package of app %s was not put into the blob store (%s): only this "
+                    "skiffd can stage it",
+                    pkg->app_guid, skiff_strerror(put_rc));
+    pkg->digest = digest ? xstrdup(digest) : NULL;
+    if (store_package_add(core->cfg.store, pkg) < 0) {
+        unlink(pkg->path);
+        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the package");
+        goto done;
+    }
+    int rc =
+        store_app_modify(core->cfg.store, pkg->app_guid, staging__set_package, pkg->guid, &app);
+    if (rc < 0) {
+        api_respond_error(req, skiff_err_from(rc), "cannot record the package on the app: %s",
+                          skiff_strerror(rc));
+        goto done;
+    }
+    /* older packages go; droplets stay with their revisions (revisions.c), except those of an
+     * app that has none yet (made before revisions were kept): all but its current one */
+    store_app_prune_artifacts(core->cfg.store, app->guid, pkg->guid,
+                              api_core__revisions_any(core, app->guid) ? NULL : app->droplet_guid,
+                              &old);
+    for (char **p = old; p && *p; p++)
+        rm_rf(*p);
+    store_strv_free(old);
+    api_core__blobs_gc_soon(core); /* their blobs, when nothing else names them */
+    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
+                 (unsigned long long)pkg->bytes);
+    json_t *body = json_pack("{s:s,s:I}", "package", pkg->guid, "bytes", (json_int_t)pkg->bytes);
+    if (pkg->digest)
+        json_object_set_new(body, "digest", json_string(pkg->digest));
+    api_respond_json(req, 201, body);
+done:
+    store_app_free(app);
+    free(pkg->app_guid);
+    free(pkg->path);
+    free(pkg->digest);
+    free(bits);
+}
+
 static void staging__bits(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -338,7 +406,6 @@ static void staging__bits(struct api_request *req, void *ctx)
     const char *path = api_request_body_path(req);
     char err[512] = "";
     char *dir = NULL, *dest = NULL;
-    char **old = NULL;
     if (api_core__staging_busy(core, app->guid)) {
         /* the staging reads the current package: it must not be replaced under it */
         api_respond_error(req, SKIFF_E_STAGING,
@@ -395,32 +462,17 @@ static void staging__bits(struct api_request *req, void *ctx)
         goto done;
     }
     pkg.path = dest;
-    if (store_package_add(core->cfg.store, &pkg) < 0) {
-        unlink(dest);
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the package");
-        goto done;
-    }
-    struct store_app *updated = NULL;
-    rc = store_app_modify(core->cfg.store, app->guid, staging__set_package, pkg.guid, &updated);
-    if (rc < 0) {
-        api_respond_error(req, skiff_err_from(rc), "cannot record the package on app %s: %s",
-                          app->name, skiff_strerror(rc));
-        goto done;
-    }
-    store_app_free(app);
-    app = updated;
-    /* older packages go; droplets stay with their revisions (revisions.c), except those of an
-     * app that has none yet (made before revisions were kept): all but its current one */
-    store_app_prune_artifacts(core->cfg.store, app->guid, pkg.guid,
-                              api_core__revisions_any(core, app->guid) ? NULL : app->droplet_guid,
-                              &old);
-    for (char **p = old; p && *p; p++)
-        rm_rf(*p);
-    store_strv_free(old);
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
-                 (unsigned long long)pkg.bytes);
-    api_respond_json(req, 201,
-                     json_pack("{s:s,s:I}", "package", pkg.guid, "bytes", (json_int_t)pkg.bytes));
+    struct staging_bits *bits = xcalloc(1, sizeof *bits);
+    bits->core = core;
+    bits->req = req;
+    bits->pkg = pkg;
+    bits->pkg.app_guid = xstrdup(app->guid);
+    bits->pkg.path = dest;
+    dest = NULL;
+    /* its blob first (off the loop), so that the row names it */
+    if (!core->cfg.blobs || blob_put_file_async(core->cfg.blobs, api_loop(core->api),
+                                                bits->pkg.path, staging__bits_put, bits) < 0)
+        staging__bits_put(bits, -ENOTSUP, NULL);
 done:
     free(dir);
     free(dest);
@@ -457,6 +509,10 @@ static void staging__output(void *ctx, const char *line, size_t len)
 
 static void staging__free(struct api_core_staging *s)
 {
+    free(s->package_path);
+    free(s->cache_dir);
+    free(s->buildpack);
+    free(s->process_types_json);
     free(s->app_name);
     free(s->droplet_dir);
     for (char **p = s->buildpacks; p && *p; p++)
@@ -477,8 +533,8 @@ static void staging__abort(void *ctx)
 }
 
 /* Records a successful droplet on the app. 0, or a message in err. */
-static int staging__record(struct api_core_staging *s, const struct stage_result *res, char *err,
-                           size_t errsize)
+static int staging__record(struct api_core_staging *s, const struct stage_result *res,
+                           const char *digest, char *err, size_t errsize)
 {
     struct api_core *core = s->core;
     struct store_app *app = NULL;
@@ -499,7 +555,8 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
                               .path = s->droplet_dir,
                               .buildpack = (char *)res->buildpack,
                               .process_types_json = (char *)res->process_types_json,
-                              .created_at = time_now_ms()};
+                              .created_at = time_now_ms(),
+                              .digest = (char *)digest};
     memcpy(d.guid, s->droplet_guid, sizeof d.guid);
     if (store_droplet_add(core->cfg.store, &d) < 0) {
         store_app_free(app);
@@ -538,13 +595,15 @@ static void staging__send_failure(struct api_core_staging *s, const char *why)
                                skiff_err_name(SKIFF_E_STAGING_FAILED), "message", why));
 }
 
-static void staging__done(void *ctx, const struct stage_result *res)
+/* The staging's end, its droplet (when res->ok) put into the blob store as digest (NULL:
+ * not put). */
+static void staging__finish(struct api_core_staging *s, const struct stage_result *res,
+                            const char *digest)
 {
-    struct api_core_staging *s = ctx;
     struct api_core *core = s->core;
     staging__unlink(core, s);
     char err[512] = "";
-    if (res->ok && staging__record(s, res, err, sizeof err) == 0) {
+    if (res->ok && staging__record(s, res, digest, err, sizeof err) == 0) {
         logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_OUT,
                      "Staging complete: buildpack %s, droplet %s",
                      res->buildpack ? res->buildpack : "?", s->droplet_guid);
@@ -561,12 +620,108 @@ static void staging__done(void *ctx, const struct stage_result *res)
         rm_rf(s->droplet_dir);
     }
     api_core__images_gc_soon(core); /* a droplet replaced, or what a failed pull stored */
+    api_core__blobs_gc_soon(core);  /* the packages pruned */
     if (s->req) {
         api_request_on_abort(s->req, NULL, NULL);
         api_stream_end(s->req);
         s->req = NULL;
     }
     staging__free(s);
+}
+
+static void staging__droplet_put(void *ctx, int rc, const char *digest)
+{
+    struct api_core_staging *s = ctx;
+    if (rc < 0) {
+        char line[256];
+        snprintf(line, sizeof line,
+                 "The droplet was not put into the blob store (%s): only this host can run it",
+                 skiff_strerror(rc));
+        staging__output(s, line, strlen(line));
+    }
+    struct stage_result res = {
+        .ok = true, .buildpack = s->buildpack, .process_types_json = s->process_types_json};
+    staging__finish(s, &res, digest);
+}
+
+static void staging__done(void *ctx, const struct stage_result *res)
+{
+    struct api_core_staging *s = ctx;
+    s->staging = NULL; /* ended: nothing to cancel while its droplet is put */
+    if (res->ok && s->core->cfg.blobs) {
+        s->buildpack = res->buildpack ? xstrdup(res->buildpack) : NULL;
+        s->process_types_json = res->process_types_json ? xstrdup(res->process_types_json) : NULL;
+        if (blob_put_droplet_async(s->core->cfg.blobs, api_loop(s->core->api), s->droplet_dir,
+                                   staging__droplet_put, s) == 0)
+            return;
+    }
+    staging__finish(s, res, NULL);
+}
+
+/* Ends a staging that could not start: its failure line, the stream, s. */
+static void staging__start_failed(struct api_core_staging *s, const char *why)
+{
+    struct api_core *core = s->core;
+    staging__unlink(core, s);
+    logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_ERR, "%s", why);
+    staging__send_failure(s, why);
+    if (s->req) {
+        api_request_on_abort(s->req, NULL, NULL);
+        api_stream_end(s->req);
+        s->req = NULL;
+    }
+    staging__free(s);
+}
+
+/* Runs the buildpacks (or an image's import) on s->package_path. */
+static void staging__run(struct api_core_staging *s)
+{
+    struct api_core *core = s->core;
+    struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
+                                 .home = core->cfg.home,
+                                 .containers = core->cfg.containers};
+    struct stage_request sreq = {.app_name = s->app_name,
+                                 .package_path = s->package_path,
+                                 .buildpacks = (const char *const *)s->buildpacks,
+                                 .cache_dir = s->cache_dir,
+                                 .droplet_dir = s->droplet_dir,
+                                 .env = s->env,
+                                 .timeout_s = core->cfg.staging_timeout_s,
+                                 .disk_mb = s->disk_mb};
+    int rc = s->image_kind ? staging__image_start(s, s->image_kind, s->package_path)
+                           : stager_start(api_loop(core->api), &scfg, &sreq, staging__output,
+                                          staging__done, s, &s->staging);
+    if (rc == 0)
+        return;
+    /* the cases a user can fix: say which and how */
+    char *why =
+        rc == -ENOENT    ? xasprintf("staging could not start: no buildpack found in %s; set "
+                                        "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
+                                        "restart skiffd",
+                                     core->cfg.buildpacks_dir)
+        : rc == -ENOTSUP ? xstrdup("staging could not start: an image runs only in a container, "
+                                   "and this skiffd runs apps as host processes")
+                         : xasprintf("staging could not start: %s", skiff_strerror(rc));
+    staging__start_failed(s, why);
+    free(why);
+}
+
+static void staging__package_fetched(void *ctx, int rc, const char *digest)
+{
+    struct api_core_staging *s = ctx;
+    if (s->cancelled) {
+        staging__start_failed(s, "staging was cancelled");
+        return;
+    }
+    if (rc < 0) {
+        char *why = xasprintf("staging could not start: the package (%s) could not be fetched "
+                              "from the blob store: %s; upload it again",
+                              digest ? digest : "?", skiff_strerror(rc));
+        staging__start_failed(s, why);
+        free(why);
+        return;
+    }
+    staging__run(s);
 }
 
 static void staging__start(struct api_request *req, struct api_core *core, bool restage)
@@ -640,48 +795,37 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
         json_decref(fn);
     }
     s->env[ne] = NULL;
-    struct stager_config scfg = {.buildpacks_dir = core->cfg.buildpacks_dir,
-                                 .home = core->cfg.home,
-                                 .containers = core->cfg.containers};
-    struct stage_request sreq = {
-        .app_name = app->name,
-        .package_path = pkg->path,
-        .buildpacks = (const char *const *)s->buildpacks,
-        .cache_dir = cache,
-        .droplet_dir = s->droplet_dir,
-        .env = s->env,
-        .timeout_s = core->cfg.staging_timeout_s,
-        .disk_mb = core->cfg.staging_disk_mb > 0 ? core->cfg.staging_disk_mb : app->disk_mb};
+    s->package_path = xstrdup(pkg->path);
+    s->image_kind = staging__image_kind_of(pkg->path);
+    s->cache_dir = cache;
+    s->disk_mb = core->cfg.staging_disk_mb > 0 ? core->cfg.staging_disk_mb : app->disk_mb;
+    free(droplets);
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
                  restage ? "Restaging" : "Staging", app->name);
-    const char *kind = staging__image_kind_of(pkg->path);
-    int rc = kind ? staging__image_start(s, kind, pkg->path)
-                  : stager_start(api_loop(core->api), &scfg, &sreq, staging__output, staging__done,
-                                 s, &s->staging);
-    free(droplets);
-    free(cache);
-    if (rc < 0) {
-        /* the cases a user can fix: say which and how */
-        char *why = rc == -ENOENT
-                        ? xasprintf("staging could not start: no buildpack found in %s; set "
-                                    "SKIFF_BUILDPACKS to the folder of Skiff's buildpacks and "
-                                    "restart skiffd",
-                                    core->cfg.buildpacks_dir)
-                    : rc == -ENOTSUP
-                        ? xstrdup("staging could not start: an image runs only in a container, "
-                                  "and this skiffd runs apps as host processes")
-                        : xasprintf("staging could not start: %s", skiff_strerror(rc));
-        logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_ERR, "%s", why);
-        staging__send_failure(s, why);
-        free(why);
-        api_stream_end(req);
-        staging__free(s);
-        goto done;
-    }
     s->next = core->stagings;
     core->stagings = s;
     api_request_on_abort(req, staging__abort, s);
+    if (access(pkg->path, R_OK) == 0 || !blob_digest_valid(pkg->digest) || !core->cfg.blobs) {
+        staging__run(s);
+        goto done;
+    }
+    /* uploaded through another skiffd: its package comes from the blob store */
+    char *dest = xasprintf("%s/blobs/packages/%s%s%s", core->cfg.home, pkg->digest + 7,
+                           s->image_kind ? "." : "", s->image_kind ? s->image_kind : "");
+    free(s->package_path);
+    s->package_path = dest;
+    char line[160];
+    snprintf(line, sizeof line, "Fetching the package (%s) from the blob store", pkg->digest);
+    staging__output(s, line, strlen(line));
+    char *dir = xasprintf("%s/blobs/packages", core->cfg.home);
+    int rc = mkdir_p(dir, 0700);
+    free(dir);
+    if (rc == 0 && access(dest, R_OK) == 0)
+        staging__package_fetched(s, 0, pkg->digest);
+    else if (rc < 0 || (rc = blob_get_file_async(core->cfg.blobs, api_loop(core->api), pkg->digest,
+                                                 dest, staging__package_fetched, s)) < 0)
+        staging__package_fetched(s, rc, NULL);
 done:
     store_package_free(pkg);
     store_app_free(app);

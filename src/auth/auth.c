@@ -108,6 +108,9 @@ static const struct {
     [AUTH_PERM_SPACE_SECRETS] =
         {"space.secrets", AUTH_SCOPE_SPACE, R(SPACE_DEVELOPER),
          "read service credentials: user-provided services' and service keys'"},
+    [AUTH_PERM_BLOBS] = {"blobs.read", AUTH_SCOPE_NONE, 0,
+                         "read packages and droplets by digest (GET /v1/blobs): the platform "
+                         "admin, and cells with their token"},
 };
 
 #undef R
@@ -1433,11 +1436,13 @@ int auth_check(const struct auth *a, const struct auth_principal *p, enum auth_p
             return -EACCES;
         return space_guid && !strcmp(space_guid, p->space_guid) ? 0 : -ENOENT;
     }
+    if (p->kind == AUTH_CELL) /* blobs only */
+        return perm == AUTH_PERM_BLOBS ? 0 : -EACCES;
     if (p->admin || p->kind == AUTH_LOCAL_ADMIN)
         return 0;
     if (perm == AUTH_PERM_USER)
         return 0;
-    if (perm == AUTH_PERM_ADMIN)
+    if (perm == AUTH_PERM_ADMIN || perm == AUTH_PERM_BLOBS)
         /* an org one has no role in is not there, even to be refused */
         return org_guid && !auth__sees(a, p, org_guid, space_guid) ? -ENOENT : -EACCES;
     if (!org_guid)

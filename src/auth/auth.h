@@ -79,6 +79,7 @@ enum auth_perm {
     AUTH_PERM_SPACE_MANAGE,  /* give and take space roles */
     AUTH_PERM_PUBLISH,       /* publish events: SpaceDeveloper, or an instance of the space */
     AUTH_PERM_SPACE_SECRETS, /* read service credentials (user-provided, service keys) */
+    AUTH_PERM_BLOBS,         /* read packages and droplets by digest: the admin and cells */
     AUTH_PERM_COUNT
 };
 
@@ -94,6 +95,7 @@ enum auth_kind {
     AUTH_LOCAL_ADMIN, /* $SKIFF_HOME/api.json's token */
     AUTH_USER,        /* a user's access or API token */
     AUTH_INSTANCE,    /* an instance's publish token */
+    AUTH_CELL,        /* a cell's token (HOME/cell-token): reads blobs, nothing else */
 };
 
 enum auth_token_kind { AUTH_TOKEN_ACCESS, AUTH_TOKEN_REFRESH, AUTH_TOKEN_API };

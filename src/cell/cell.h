@@ -33,8 +33,10 @@ struct cell_launch {
     int index;
     const char *instance_guid;
     const char *droplet_guid;
-    const char *droplet_digest; /* "sha256:HEX", or NULL when not known */
-    const char *droplet_path;   /* where the controller keeps the droplet's folder */
+    /* "sha256:HEX", or NULL when not known: the droplet's blob (src/blobs: blob_fetch gets it
+     * from the controllers' GET /v1/blobs) when it has one, else cell_droplet_digest's */
+    const char *droplet_digest;
+    const char *droplet_path; /* where the controller keeps the droplet's folder */
     /* the controllers' API URLs the droplet's blob is fetched from by its digest
      * (NULL-terminated; NULL or empty: read at droplet_path) */
     const char *const *blob_urls;

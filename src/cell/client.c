@@ -12,9 +12,9 @@
 #include "common/util.h"
 
 #define CELLC__CHECK_MS 250
-#define CELLC__SETTLE_MS 2000  /* a heartbeat (1 s) and a margin, after leading began */
+#define CELLC__SETTLE_MS 2000          /* a heartbeat (1 s) and a margin, after leading began */
 #define CELLC__SETTLE_GIVE_UP_MS 10000 /* NATS still down: converge without the cells' word */
-#define CELLC__MISSING_MS 3000 /* launched this long ago and not in a heartbeat: gone */
+#define CELLC__MISSING_MS 3000         /* launched this long ago and not in a heartbeat: gone */
 
 struct cellc__cell {
     char id[33];
@@ -70,7 +70,7 @@ struct cellc {
     bool leading;
     int64_t leading_since_mono;
     int64_t connected_since_mono; /* 0 while NATS is down */
-    uv_timer_t check; /* lost cells, and forgotten instances' DOWN */
+    uv_timer_t check;             /* lost cells, and forgotten instances' DOWN */
     bool closing;
     void (*done)(void *);
     void *done_arg;

@@ -19,6 +19,7 @@
 #include "api/core.h"
 #include "api/tenancy.h"
 #include "auth/auth.h"
+#include "blobs/blobs.h"
 #include "autoscaler/autoscaler.h"
 #include "bus/bus.h"
 #include "common/log.h"
@@ -44,6 +45,7 @@
 
 struct daemon {
     uv_loop_t *loop;
+    struct blob_store *blobs;    /* packages and droplets (src/blobs), beside the store */
     uv_poll_t *store_feed;       /* the store's change feed (PostgreSQL): other skiffds' writes */
     uv_timer_t store_feed_retry; /* a lost feed's next try */
     char *home;
@@ -409,6 +411,8 @@ static void daemon_stop(struct daemon *d)
     uv_timer_stop(&d->resync);
     uv_timer_stop(&d->catch_up);
     daemon_unwatch_store(d); /* no convergence of other skiffds' changes while stopping */
+    if (d->blobs)            /* droplets being brought here start nothing any more */
+        blob_droplet_forget(d->blobs);
     if (d->core)
         api_core_shutdown(d->core);
     if (d->svc)
@@ -460,6 +464,7 @@ static void daemon_free(struct daemon *d)
     router_proc_free(d->router);
     hub_free(d->hub);
     logs_free(d->logs);
+    blob_store_close(d->blobs);
     store_close(d->store);
     free(d->home);
     free(d->api_addr);
@@ -1280,6 +1285,8 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto fail;
     }
+    /* blobs live where the store is: in its database, or in files under the home */
+    blob_store_open(db, d.home, &d.blobs);
     char *admin_password = NULL;
     rc = auth_open(d.store, &admin_password, &d.auth);
     if (rc < 0) {
@@ -1349,6 +1356,10 @@ int main(int argc, char **argv)
         log_error("cannot set up the API: %s", strerror(-rc));
         goto fail;
     }
+    if (api_cell_token_setup(d.api, d.store, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto fail;
+    }
     char cell_id[CELLS_ID_LEN + 1] = "";
     if (cells_load_id(d.home, cell_id, err, sizeof err) < 0) {
         log_error("%s", err);
@@ -1371,7 +1382,8 @@ int main(int argc, char **argv)
                                     .token_ctx = d.api,
                                     .vcap_services = vcap_services,
                                     .vcap_services_ctx = d.services,
-                                    .function_servers_dir = buildpacks};
+                                    .function_servers_dir = buildpacks,
+                                    .blobs = d.blobs};
     struct executor_config ecfg = {
         .home = d.home,
         .port_min = (int)env_long("SKIFF_PORT_MIN", 61000, 1),
@@ -1502,6 +1514,7 @@ int main(int argc, char **argv)
         .cell_leads = shared_store ? daemon_cell_leads : NULL,
         .cell_ctx = &d,
         .cell_id = cells_id(d.cells),
+        .blobs = d.blobs,
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {

@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
+#include "blobs/blobs.h"
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/err.h"
@@ -900,6 +901,7 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
                             .index = si->index,
                             .instance_guid = si->guid,
                             .droplet_guid = drop->guid,
+                            .droplet_digest = drop->digest,
                             .droplet_path = drop->path,
                             .command = command,
                             .memory_mb = memory,
@@ -1041,6 +1043,42 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     return si;
 }
 
+/* ---- droplets ------------------------------------------------------------------------------- */
+
+static void sched__droplet_ready(void *ctx, const char *app_guid, int rc)
+{
+    struct scheduler *s = ctx;
+    if (!s->shutting_down)
+        scheduler_app_changed(s, app_guid); /* a failure: its start fails and backs off */
+}
+
+/* The droplet, its path the folder on this host (blob_droplet_local: the one answer to
+ * "where is this droplet here?"). 0; -EINPROGRESS while it is being brought here (the app
+ * is converged again once it is); or the store's error. */
+static int sched__droplet(struct scheduler *s, const char *guid, struct store_droplet **out)
+{
+    struct store_droplet *drop = NULL;
+    int rc = store_droplet_get(s->store, guid, &drop);
+    if (rc < 0 || !s->cfg.blobs) {
+        *out = drop;
+        return rc;
+    }
+    char *local = NULL;
+    rc = blob_droplet_local(s->cfg.blobs, s->loop, drop->path, drop->digest, drop->app_guid,
+                            sched__droplet_ready, s, &local);
+    if (rc < 0) {
+        logs_appendf(s->logs, drop->app_guid, "CELL/0", LOGS_OUT,
+                     "Fetching droplet %s (%s) from the blob store", drop->guid,
+                     drop->digest ? drop->digest : "?");
+        store_droplet_free(drop);
+        return rc;
+    }
+    free(drop->path);
+    drop->path = local;
+    *out = drop;
+    return 0;
+}
+
 /* ---- converging ----------------------------------------------------------------------------- */
 
 static void sched__converge_app(struct scheduler *s, struct sched_app *a,
@@ -1049,7 +1087,10 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
     bool started = app && !strcmp(app->state, "STARTED") && app->droplet_guid;
     int starts = 0;
     struct store_droplet *drop = NULL;
-    if (started && store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
+    int drop_rc = started ? sched__droplet(s, app->droplet_guid, &drop) : 0;
+    if (drop_rc == -EINPROGRESS)
+        return; /* what runs goes on; converged again once the droplet is here */
+    if (drop_rc < 0)
         started = false;
     if (app) {
         snprintf(a->space, sizeof a->space, "%s", app->space_guid);
@@ -1252,7 +1293,7 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
         return NULL;
     const struct store_process *proc = store_app_process(app, sp->process_type);
     if (strcmp(app->state, "STARTED") || !app->droplet_guid || !proc ||
-        proc->instances <= sp->index || store_droplet_get(s->store, app->droplet_guid, &drop) < 0)
+        proc->instances <= sp->index || sched__droplet(s, app->droplet_guid, &drop) < 0)
         goto out;
     char *app_dir = xasprintf("%s/app", drop->path);
     bool same = sp->droplet_guid ? !strcmp(sp->droplet_guid, drop->guid)
@@ -1992,11 +2033,16 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
     int rc = sched__resolve(s, t->app_guid, &app);
     if (rc < 0)
         return rc;
-    if (!app->droplet_guid || strcmp(app->droplet_guid, t->droplet_guid) ||
-        store_droplet_get(s->store, t->droplet_guid, &drop) < 0) {
+    if (!app->droplet_guid || strcmp(app->droplet_guid, t->droplet_guid)) {
         rc = app->droplet_guid ? SKIFF_E_CONFLICT : SKIFF_E_NOT_STAGED;
         store_app_free(app);
         return rc;
+    }
+    rc = sched__droplet(s, t->droplet_guid, &drop);
+    if (rc < 0) {
+        store_app_free(app);
+        /* being brought here from its blob: a moment */
+        return rc == -EINPROGRESS ? -EAGAIN : SKIFF_E_CONFLICT;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
     si->s = s;

@@ -41,6 +41,7 @@ struct store;
 struct logs;
 struct executor;
 struct hub;
+struct blob_store;
 struct cellc_config;
 
 struct scheduler_config {
@@ -60,6 +61,10 @@ struct scheduler_config {
     /* The buildpacks folder: the function servers a function inside an app runs
      * (function-python/lib, function-node/lib). NULL: such functions cannot start. */
     const char *function_servers_dir;
+    /* Where droplets made on other hosts come from (src/blobs): a droplet whose folder is not
+     * on this host is materialised from its blob before its instances start, and the app is
+     * converged again once it is here. NULL: the folder the store records, as it is. */
+    struct blob_store *blobs;
     /* The cells it runs instances on (cell/client.h): NULL, or local_cell with no NATS, runs
      * every instance on its own executor, as a single skiffd does. */
     const struct cellc_config *cells;

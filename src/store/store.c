@@ -296,6 +296,11 @@ int store_app_prune_artifacts(struct store *st, const char *app_guid, const char
     return st->ops->app_prune_artifacts(st->backend, app_guid, keep_package, keep_droplet, paths);
 }
 
+int store_blob_refs(struct store *st, char ***digests)
+{
+    return st->ops->blob_refs(st->backend, digests);
+}
+
 int store_audit_add(struct store *st, const struct store_audit_event *ev)
 {
     return st->ops->audit_add(st->backend, ev);
@@ -543,6 +548,7 @@ void store_package_free(struct store_package *pkg)
         return;
     free(pkg->app_guid);
     free(pkg->path);
+    free(pkg->digest);
     free(pkg);
 }
 
@@ -552,6 +558,7 @@ void store_droplet_free(struct store_droplet *drop)
         return;
     free(drop->app_guid);
     free(drop->path);
+    free(drop->digest);
     free(drop->buildpack);
     free(drop->process_types_json);
     free(drop);

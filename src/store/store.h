@@ -168,6 +168,7 @@ struct store_droplet {
     char *buildpack;
     char *process_types_json; /* {"web": "command"} */
     int64_t created_at;
+    char *digest; /* its blob ("sha256:HEX", src/blobs/blobs.h), NULL when made before blobs */
 };
 
 struct store_package {
@@ -176,6 +177,7 @@ struct store_package {
     char *path; /* the archive */
     uint64_t bytes;
     int64_t created_at;
+    char *digest; /* its blob ("sha256:HEX", src/blobs/blobs.h), NULL when made before blobs */
 };
 
 /* Opens (creating when needed) and migrates the store. err gets a message on failure. */
@@ -322,6 +324,9 @@ int store_droplet_delete(struct store *st, const char *guid);
  * their rows are deleted. NULL-terminated (store_strv_free). */
 int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
                               const char *keep_droplet, char ***paths);
+/* The blobs packages and droplets name (distinct, NULL-terminated, store_strv_free): what
+ * blob_gc keeps. */
+int store_blob_refs(struct store *st, char ***digests);
 
 /* ---- audit events: who changed what ------------------------------------------------------- */
 

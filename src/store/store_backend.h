@@ -66,6 +66,7 @@ struct store_ops {
     int (*droplet_delete)(struct store_backend *b, const char *guid);
     int (*app_prune_artifacts)(struct store_backend *b, const char *app_guid,
                                const char *keep_package, const char *keep_droplet, char ***paths);
+    int (*blob_refs)(struct store_backend *b, char ***digests);
 
     int (*audit_add)(struct store_backend *b, const struct store_audit_event *ev);
     int (*audit_list)(struct store_backend *b, const char *space_guid, const char *org_guid,

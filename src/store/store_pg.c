@@ -166,6 +166,19 @@ const char *const store_pg_migrations[] = {
     "  ON domain_certs FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();"
     "CREATE TRIGGER audit_events_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
     "  ON audit_events FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();",
+    /* 18: packages and droplets name their blobs, and the blobs themselves (src/blobs): a row
+     * each, named once all its chunks are written (digest NULL until then), and its content in
+     * chunks kept uncompressed (mostly compressed already). Only the owner reads them. */
+    "ALTER TABLE packages ADD COLUMN digest TEXT;"
+    "ALTER TABLE droplets ADD COLUMN digest TEXT;"
+    "CREATE TABLE blobs ("
+    "  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, digest TEXT UNIQUE,"
+    "  size BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);"
+    "CREATE TABLE blob_chunks ("
+    "  blob_id BIGINT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,"
+    "  data BYTEA NOT NULL, PRIMARY KEY (blob_id, seq));"
+    "ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;"
+    "REVOKE ALL ON blobs, blob_chunks FROM PUBLIC;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -1438,17 +1451,25 @@ static int pg__domain_cert_delete(struct store_backend *b, const char *domain)
 static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
 {
     struct pg_num bytes, at;
-    const char *v[] = {pkg->guid, pkg->app_guid, pkg->path, pg__num(&bytes, (int64_t)pkg->bytes),
-                       pg__num(&at, pkg->created_at)};
-    return pg__write(b, "INSERT INTO packages VALUES ($1, $2, $3, $4::bigint, $5::bigint)", 5, v,
-                     false);
+    const char *v[] = {pkg->guid,
+                       pkg->app_guid,
+                       pkg->path,
+                       pg__num(&bytes, (int64_t)pkg->bytes),
+                       pg__num(&at, pkg->created_at),
+                       pkg->digest};
+    return pg__write(b,
+                     "INSERT INTO packages (guid, app_guid, path, bytes, created_at, digest)"
+                     " VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6)",
+                     6, v, false);
 }
 
 static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
 {
     const char *v[] = {guid};
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT guid, app_guid, path, bytes, created_at FROM packages WHERE guid = $1",
+    if (pg__exec(b,
+                 "SELECT guid, app_guid, path, bytes, created_at, digest FROM packages"
+                 " WHERE guid = $1",
                  1, v, &res) < 0)
         return -EIO;
     int rc = -ENOENT;
@@ -1459,6 +1480,7 @@ static int pg__package_get(struct store_backend *b, const char *guid, struct sto
         p->path = pg__text(res, 0, 2);
         p->bytes = (uint64_t)pg__int(res, 0, 3);
         p->created_at = pg__int(res, 0, 4);
+        p->digest = pg__text(res, 0, 5);
         *out = p;
         rc = 0;
     }
@@ -1474,9 +1496,12 @@ static int pg__droplet_add(struct store_backend *b, const struct store_droplet *
                        drop->path,
                        drop->buildpack,
                        drop->process_types_json ? drop->process_types_json : "{}",
-                       pg__num(&at, drop->created_at)};
-    return pg__write(b, "INSERT INTO droplets VALUES ($1, $2, $3, $4, $5, $6::bigint)", 6, v,
-                     false);
+                       pg__num(&at, drop->created_at),
+                       drop->digest};
+    return pg__write(b,
+                     "INSERT INTO droplets (guid, app_guid, path, buildpack, process_types,"
+                     " created_at, digest) VALUES ($1, $2, $3, $4, $5, $6::bigint, $7)",
+                     7, v, false);
 }
 
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
@@ -1484,8 +1509,8 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     const char *v[] = {guid};
     PGresult *res = NULL;
     if (pg__exec(b,
-                 "SELECT guid, app_guid, path, buildpack, process_types, created_at FROM droplets"
-                 " WHERE guid = $1",
+                 "SELECT guid, app_guid, path, buildpack, process_types, created_at, digest"
+                 " FROM droplets WHERE guid = $1",
                  1, v, &res) < 0)
         return -EIO;
     int rc = -ENOENT;
@@ -1497,6 +1522,7 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
         d->buildpack = pg__text(res, 0, 3);
         d->process_types_json = pg__text(res, 0, 4);
         d->created_at = pg__int(res, 0, 5);
+        d->digest = pg__text(res, 0, 6);
         *out = d;
         rc = 0;
     }
@@ -1547,6 +1573,23 @@ static int pg__app_prune_artifacts(struct store_backend *b, const char *app_guid
         rc = pg__prune(b, true, app_guid, keep_droplet, &v, &n);
     *paths = v;
     return rc;
+}
+
+static int pg__blob_refs(struct store_backend *b, char ***digests)
+{
+    PGresult *res = NULL;
+    if (pg__exec(b,
+                 "SELECT digest FROM packages WHERE digest IS NOT NULL"
+                 " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL",
+                 0, NULL, &res) < 0)
+        return -EIO;
+    int rows = PQntuples(res);
+    char **v = xcalloc((size_t)rows + 1, sizeof *v);
+    for (int r = 0; r < rows; r++)
+        v[r] = pg__text(res, r, 0);
+    PQclear(res);
+    *digests = v;
+    return 0;
 }
 
 /* ---- audit events ------------------------------------------------------------------------- */
@@ -1767,6 +1810,7 @@ const struct store_ops store_pg_ops = {
     .droplet_get = pg__droplet_get,
     .droplet_delete = pg__droplet_delete,
     .app_prune_artifacts = pg__app_prune_artifacts,
+    .blob_refs = pg__blob_refs,
     .audit_add = pg__audit_add,
     .audit_list = pg__audit_list,
     .task_put = pg__task_put,

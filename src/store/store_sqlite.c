@@ -136,6 +136,9 @@ const char *const store_sqlite_migrations[] = {
     "  updated_at INTEGER NOT NULL);",
     /* 17: row versions, for compare-and-swap updates (store.h's store_app.version) */
     "ALTER TABLE apps ADD COLUMN version INTEGER NOT NULL DEFAULT 1;",
+    /* 18: packages and droplets name their blobs (src/blobs: files under HOME/blobs here) */
+    "ALTER TABLE packages ADD COLUMN digest TEXT;"
+    "ALTER TABLE droplets ADD COLUMN digest TEXT;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -1015,7 +1018,8 @@ static int sqlite__domain_list(struct store_backend *st, char ***names, bool **s
 
 static int sqlite__package_add(struct store_backend *st, const struct store_package *pkg)
 {
-    sqlite3_stmt *q = store__prepare(st, "INSERT INTO packages VALUES (?, ?, ?, ?, ?)");
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO packages (guid, app_guid, path, bytes,"
+                                         " created_at, digest) VALUES (?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, pkg->guid);
@@ -1023,6 +1027,7 @@ static int sqlite__package_add(struct store_backend *st, const struct store_pack
     store__bind_text(q, 3, pkg->path);
     sqlite3_bind_int64(q, 4, (sqlite3_int64)pkg->bytes);
     sqlite3_bind_int64(q, 5, pkg->created_at);
+    store__bind_text(q, 6, pkg->digest);
     return store__step_done(st, q);
 }
 
@@ -1030,7 +1035,7 @@ static int sqlite__package_get(struct store_backend *st, const char *guid,
                                struct store_package **out)
 {
     sqlite3_stmt *q = store__prepare(
-        st, "SELECT guid, app_guid, path, bytes, created_at FROM packages WHERE guid = ?");
+        st, "SELECT guid, app_guid, path, bytes, created_at, digest FROM packages WHERE guid = ?");
     if (!q)
         return -EIO;
     sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
@@ -1042,6 +1047,7 @@ static int sqlite__package_get(struct store_backend *st, const char *guid,
         p->path = store__col_text(q, 2);
         p->bytes = (uint64_t)sqlite3_column_int64(q, 3);
         p->created_at = sqlite3_column_int64(q, 4);
+        p->digest = store__col_text(q, 5);
         *out = p;
         rc = 0;
     }
@@ -1051,7 +1057,9 @@ static int sqlite__package_get(struct store_backend *st, const char *guid,
 
 static int sqlite__droplet_add(struct store_backend *st, const struct store_droplet *drop)
 {
-    sqlite3_stmt *q = store__prepare(st, "INSERT INTO droplets VALUES (?, ?, ?, ?, ?, ?)");
+    sqlite3_stmt *q = store__prepare(st, "INSERT INTO droplets (guid, app_guid, path, buildpack,"
+                                         " process_types, created_at, digest)"
+                                         " VALUES (?, ?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, drop->guid);
@@ -1060,6 +1068,7 @@ static int sqlite__droplet_add(struct store_backend *st, const struct store_drop
     store__bind_text(q, 4, drop->buildpack);
     store__bind_text(q, 5, drop->process_types_json ? drop->process_types_json : "{}");
     sqlite3_bind_int64(q, 6, drop->created_at);
+    store__bind_text(q, 7, drop->digest);
     return store__step_done(st, q);
 }
 
@@ -1067,7 +1076,7 @@ static int sqlite__droplet_get(struct store_backend *st, const char *guid,
                                struct store_droplet **out)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT guid, app_guid, path, buildpack, process_types,"
-                                         " created_at FROM droplets WHERE guid = ?");
+                                         " created_at, digest FROM droplets WHERE guid = ?");
     if (!q)
         return -EIO;
     sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
@@ -1080,6 +1089,7 @@ static int sqlite__droplet_get(struct store_backend *st, const char *guid,
         d->buildpack = store__col_text(q, 3);
         d->process_types_json = store__col_text(q, 4);
         d->created_at = sqlite3_column_int64(q, 5);
+        d->digest = store__col_text(q, 6);
         *out = d;
         rc = 0;
     }
@@ -1137,6 +1147,30 @@ static int sqlite__app_prune_artifacts(struct store_backend *st, const char *app
         rc = store__prune(st, "droplets", app_guid, keep_droplet, &v, &n);
     *paths = v;
     return rc;
+}
+
+static int sqlite__blob_refs(struct store_backend *st, char ***digests)
+{
+    sqlite3_stmt *q =
+        store__prepare(st, "SELECT digest FROM packages WHERE digest IS NOT NULL"
+                           " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL");
+    if (!q)
+        return -EIO;
+    char **v = xcalloc(1, sizeof *v);
+    size_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        v = xrealloc(v, (n + 2) * sizeof *v);
+        v[n++] = store__col_text(q, 0);
+        v[n] = NULL;
+    }
+    store__release(st, q);
+    if (rc != SQLITE_DONE) {
+        store_strv_free(v);
+        return -EIO;
+    }
+    *digests = v;
+    return 0;
 }
 
 /* ---- audit events ------------------------------------------------------------------------- */
@@ -1392,6 +1426,7 @@ const struct store_ops store_sqlite_ops = {
     .droplet_get = sqlite__droplet_get,
     .droplet_delete = sqlite__droplet_delete,
     .app_prune_artifacts = sqlite__app_prune_artifacts,
+    .blob_refs = sqlite__blob_refs,
     .audit_add = sqlite__audit_add,
     .audit_list = sqlite__audit_list,
     .task_put = sqlite__task_put,

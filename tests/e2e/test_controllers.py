@@ -3,9 +3,8 @@ the API; the leader's death or the loss of its database session hands leading ov
 LEADER_BOUND_S; `skiff cells` lists every skiffd from its heartbeats.
 
 Each skiffd has its own home and ports. They run instances as host processes (--isolation
-process) so that two of them on one machine do not share a container network; droplets are
-read at the path the store records, which on one machine every skiffd reaches (on several
-hosts that takes a shared file system: src/daemon/README.md)."""
+process) so that two of them on one machine do not share a container network; a droplet
+whose folder is not on a skiffd's host comes from the blob store (tests/e2e/test_blobs.py)."""
 import os
 import signal
 import subprocess

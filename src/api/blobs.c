@@ -1,0 +1,213 @@
+/* Blobs on the API: GET /v1/blobs/sha256:HEX streams a package or droplet as stored (for
+ * cells on other hosts: the platform admin, or a cell's token), and the collection of blobs no
+ * package or droplet names any more.
+ *
+ * The stream reads the blob piece by piece on libuv's thread pool (a file, or the database's
+ * chunks over a connection of its own) and writes each piece on the loop; it reads the next
+ * only while less than BLOBS_PENDING_MAX waits to be sent, so a slow client holds at most
+ * that much of skiffd's memory. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/core_internal.h"
+#include "blobs/blobs.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "store/store.h"
+
+#define BLOBS_PENDING_MAX (4u << 20)
+#define BLOBS_PENDING_WAIT_MS 5
+/* A blob younger than this is never collected: its row may be on its way into the store. */
+#define BLOBS_GC_MIN_AGE_MS (10 * 60 * 1000LL)
+/* Changes that leave blobs unused come in bursts (a push prunes a package, then a droplet). */
+#define BLOBS_GC_DELAY_MS 2000
+
+struct blob_serve {
+    uv_work_t work;
+    uv_timer_t wait; /* the client has not taken what was sent yet */
+    struct api_request *req;
+    struct blob_store *bs;
+    char digest[BLOB_DIGEST_LEN + 1];
+    struct blob_reader *reader;
+    int rc; /* of the last step */
+    char *buf;
+    long len; /* what the last read gave */
+    bool started, aborted;
+};
+
+static void serve__read(struct blob_serve *sv);
+
+static void serve__closed(uv_handle_t *h)
+{
+    struct blob_serve *sv = h->data;
+    free(sv->buf);
+    free(sv);
+}
+
+/* Ends the request (the stream, or an error when nothing was sent) and frees sv. */
+static void serve__end(struct blob_serve *sv)
+{
+    if (sv->started) {
+        api_request_on_abort(sv->req, NULL, NULL);
+        api_stream_end(sv->req);
+    } else if (sv->rc == -ENOENT) {
+        api_respond_error(sv->req, SKIFF_E_NOT_FOUND, "no blob %s", sv->digest);
+    } else {
+        api_respond_error(sv->req, sv->rc, "cannot read blob %s", sv->digest);
+    }
+    blob_reader_close(sv->reader); /* a close may talk to the database: short, once */
+    sv->reader = NULL;
+    uv_close((uv_handle_t *)&sv->wait, serve__closed);
+}
+
+static void serve__read_work(uv_work_t *w)
+{
+    struct blob_serve *sv = w->data;
+    if (!sv->reader) {
+        sv->rc = blob_reader_open(sv->bs, sv->digest, &sv->reader, NULL);
+        sv->len = 0;
+        return;
+    }
+    sv->len = blob_reader_read(sv->reader, sv->buf, BLOB_CHUNK_BYTES);
+    sv->rc = sv->len < 0 ? (int)sv->len : 0;
+}
+
+static void serve__wait_done(uv_timer_t *t)
+{
+    serve__read(t->data);
+}
+
+/* Sends what was read, and reads on (or waits for the client, or ends). */
+static void serve__read_done(uv_work_t *w, int status)
+{
+    struct blob_serve *sv = w->data;
+    if (status < 0)
+        sv->rc = status;
+    if (sv->rc < 0 || sv->aborted) {
+        if (sv->rc < 0 && sv->started)
+            log_error("blob %s: a read failed while it was sent (%s): the stream was cut",
+                      sv->digest, skiff_strerror(sv->rc));
+        serve__end(sv);
+        return;
+    }
+    if (!sv->started) {
+        sv->started = true;
+        api_stream_begin(sv->req, 200, "application/octet-stream");
+    } else if (sv->len == 0) {
+        serve__end(sv);
+        return;
+    } else if (api_stream_write(sv->req, sv->buf, (size_t)sv->len) < 0) {
+        sv->aborted = true;
+        serve__end(sv);
+        return;
+    }
+    serve__read(sv);
+}
+
+static void serve__read(struct blob_serve *sv)
+{
+    if (sv->aborted) {
+        serve__end(sv);
+        return;
+    }
+    if (sv->started && api_stream_pending(sv->req) > BLOBS_PENDING_MAX) {
+        uv_timer_start(&sv->wait, serve__wait_done, BLOBS_PENDING_WAIT_MS, 0);
+        return;
+    }
+    int rc = uv_queue_work(sv->wait.loop, &sv->work, serve__read_work, serve__read_done);
+    if (rc < 0) {
+        sv->rc = rc;
+        serve__end(sv);
+    }
+}
+
+static void serve__abort(void *ctx)
+{
+    struct blob_serve *sv = ctx;
+    sv->aborted = true; /* the read in flight, or the timer, ends it */
+}
+
+static void blobs__get(struct api_request *req, void *ctx)
+{
+    struct api_core *core = ctx;
+    const char *digest = api_request_param(req, 0);
+    if (!blob_digest_valid(digest)) {
+        api_respond_error(req, SKIFF_E_BAD_VALUE,
+                          "a blob is named sha256:HEX, HEX its 64 lowercase hex digits");
+        return;
+    }
+    if (!core->cfg.blobs) {
+        api_respond_error(req, SKIFF_E_NOT_FOUND, "no blob %s", digest);
+        return;
+    }
+    struct blob_serve *sv = xcalloc(1, sizeof *sv);
+    sv->req = req;
+    sv->bs = core->cfg.blobs;
+    snprintf(sv->digest, sizeof sv->digest, "%s", digest);
+    sv->buf = xmalloc(BLOB_CHUNK_BYTES);
+    sv->work.data = sv;
+    sv->wait.data = sv;
+    uv_timer_init(api_loop(core->api), &sv->wait);
+    api_request_on_abort(req, serve__abort, sv);
+    serve__read(sv);
+}
+
+/* ---- collection --------------------------------------------------------------------------- */
+
+static void blobs__gc_done(void *ctx, int rc, size_t deleted)
+{
+    (void)ctx;
+    if (rc < 0)
+        log_warning("blob garbage collection: %s", skiff_strerror(rc));
+    else if (deleted)
+        log_info("blob garbage collection removed %zu blobs no package or droplet names", deleted);
+}
+
+static void blobs__gc_start(uv_timer_t *t)
+{
+    struct api_core *core = t->data;
+    char **keep = NULL;
+    if (store_blob_refs(core->cfg.store, &keep) < 0)
+        return; /* nothing is collected from a list the store could not give */
+    size_t n = 0;
+    while (keep[n])
+        n++;
+    blob_gc_async(core->cfg.blobs, t->loop, (const char *const *)keep, n, BLOBS_GC_MIN_AGE_MS,
+                  blobs__gc_done, NULL);
+    store_strv_free(keep);
+}
+
+void api_core__blobs_gc_soon(struct api_core *core)
+{
+    if (core->blobs_gc)
+        uv_timer_start(core->blobs_gc, blobs__gc_start, BLOBS_GC_DELAY_MS, 0);
+}
+
+static void blobs__gc_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void api_core__blobs_close(struct api_core *core)
+{
+    if (!core->blobs_gc)
+        return;
+    uv_close((uv_handle_t *)core->blobs_gc, blobs__gc_closed);
+    core->blobs_gc = NULL;
+}
+
+void api_core__blobs_register(struct api_core *core)
+{
+    api_route_add(core->api, "GET", "/v1/blobs/*", API_PERM(AUTH_PERM_BLOBS), blobs__get, core);
+    if (!core->cfg.blobs)
+        return;
+    core->blobs_gc = xcalloc(1, sizeof *core->blobs_gc);
+    uv_timer_init(api_loop(core->api), core->blobs_gc);
+    core->blobs_gc->data = core;
+    uv_unref((uv_handle_t *)core->blobs_gc);
+    /* what a skiffd that ended mid-way left goes, once it is old enough */
+    api_core__blobs_gc_soon(core);
+}

@@ -1,0 +1,225 @@
+"""Packages and droplets as content-addressed blobs (src/blobs): two skiffds on one PostgreSQL
+store with separate homes run what was staged through either, with the stager's droplet files
+removed (so nothing is read from a shared path); GET /v1/blobs/DIGEST is for the platform admin
+and the cells' token only; on the embedded store blobs are files under the home."""
+import glob
+import hashlib
+import http.client
+import os
+import shutil
+
+import pytest
+
+from conftest import WEB_APP, tar_gz, throwaway_postgres, wait_for
+from test_controllers import (PG_BIN, cells, leading, psql, running_here, serves,  # noqa: F401
+                              skiffd)
+
+pytestmark = pytest.mark.skipif(
+    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
+    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
+
+
+@pytest.fixture
+def pg_dir():
+    with throwaway_postgres() as d:
+        yield d
+
+
+@pytest.fixture
+def pair(pg_dir):
+    """Two skiffds on the store, each with its own home: a leads, b follows."""
+    a = skiffd(pg_dir, "zone-a").start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        b = skiffd(pg_dir, "zone-b").start()
+        made.append(b)
+        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
+        assert not leading(b), cells(b)
+        assert a.home != b.home
+        yield a, b
+        for p in made:
+            p.stop()
+            text = p.output()
+            assert "Sanitizer" not in text and "runtime error" not in text, text
+    finally:
+        for p in made:
+            p.close()
+
+
+def stage_stopped(p, name):
+    """An app made, uploaded and staged through p, not started."""
+    status, body = p.api("PUT", f"/v1/apps/{name}", {"instances": 1})
+    assert status in (200, 201), body
+    status, body = p.api("PUT", f"/v1/apps/{name}/bits",
+                         raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    assert body["digest"].startswith("sha256:"), body
+    status, text = p.api("POST", f"/v1/apps/{name}/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    status, body = p.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
+    assert status in (200, 201), body
+
+
+def droplet_row(pg_dir, name):
+    row = psql(pg_dir, "SELECT d.path, d.digest FROM droplets d JOIN apps a ON "
+                       f"a.droplet_guid = d.guid WHERE a.name = '{name}'").strip()
+    path, digest = row.split("|")
+    return path, digest
+
+
+def get_raw(p, path, token):
+    """GET with the path sent as it is (no client normalisation); (status, body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", p.api_port, timeout=30)
+    headers = {"Authorization": "Bearer " + token} if token else {}
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body
+
+
+def test_staged_through_the_follower_runs_on_the_leader_from_the_blob_store(pair, pg_dir):
+    a, b = pair
+    stage_stopped(b, "blobby")
+    path, digest = droplet_row(pg_dir, "blobby")
+    assert path.startswith(b.home), path
+    # the package and the droplet are in the database, not as files in either home
+    assert psql(pg_dir, f"SELECT count(*) FROM blobs WHERE digest = '{digest}'").strip() == "1"
+    pkg = psql(pg_dir, "SELECT p.digest FROM packages p JOIN apps a ON a.package_guid = p.guid"
+                       " WHERE a.name = 'blobby'").strip()
+    assert psql(pg_dir, f"SELECT count(*) FROM blobs WHERE digest = '{pkg}'").strip() == "1"
+    assert not glob.glob(os.path.join(a.home, "blobs", "sha256", "*"))
+    assert not glob.glob(os.path.join(b.home, "blobs", "sha256", "*"))
+    # what the follower staged is gone from its home: nothing can be read at that path
+    shutil.rmtree(os.path.join(b.home, "apps"))
+    assert b.api("POST", "/v1/apps/blobby/start")[0] == 200
+    wait_for(lambda: running_here(a, "blobby"), 60,
+             "the leader to run the app from the droplet's blob")
+    wait_for(lambda: serves(a, "blobby"), 20, "the app through the leader's router")
+    cached = os.path.join(a.home, "blobs", "droplets", digest[len("sha256:"):])
+    assert os.path.isfile(os.path.join(cached, "app", "app.py")), os.listdir(a.home)
+    status, logs = a.api("GET", "/v1/apps/blobby/logs")
+    assert status == 200 and "Fetching droplet" in logs and digest in logs, logs
+    assert running_here(b, "blobby") == []
+
+
+def test_the_blob_endpoint_is_for_the_admin_and_cells_only(pair, pg_dir):
+    a, b = pair
+    stage_stopped(a, "perm")
+    _, digest = droplet_row(pg_dir, "perm")
+    absent = "sha256:" + "0" * 64
+    # the admin: the blob streamed whole, and it is what its name says, from either skiffd
+    for p in (a, b):
+        status, body = get_raw(p, f"/v1/blobs/{digest}", p.token)
+        assert status == 200, body[:200]
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+        assert get_raw(p, f"/v1/blobs/{absent}", p.token)[0] == 404
+    # the cells' token: made by the first controller, in its home only; good on every one
+    with open(os.path.join(a.home, "cell-token")) as f:
+        cell = f.read().strip()
+    assert cell.startswith("skiffc_")
+    assert oct(os.stat(os.path.join(a.home, "cell-token")).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(os.path.join(b.home, "cell-token"))
+    for p in (a, b):
+        status, body = get_raw(p, f"/v1/blobs/{digest}", cell)
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
+        # and nothing else
+        status, body = get_raw(p, "/v1/apps", cell)
+        assert status == 403, body
+        assert b"blobby" not in body and b"perm" not in body
+        assert get_raw(p, f"/v1/blobs/{digest}", cell[:-1] + "x")[0] == 401
+        assert get_raw(p, f"/v1/blobs/{digest}", None)[0] == 401
+    # a tenant: refused alike whether the blob exists or not (nothing about it leaks)
+    admin = a.token
+    assert a.api("POST", "/v1/users", {"name": "dev1", "password": "correct horse battery"},
+                 token=admin)[0] == 201
+    assert a.api("PUT", "/v1/orgs/default/spaces/dev/users/dev1/roles/SpaceDeveloper",
+                 token=admin)[0] == 204
+    status, tok = a.api("POST", "/v1/auth/token", {"grant_type": "password", "username": "dev1",
+                                                   "password": "correct horse battery"},
+                        token=False)
+    assert status == 200, tok
+    there = get_raw(a, f"/v1/blobs/{digest}", tok["access_token"])
+    missing = get_raw(a, f"/v1/blobs/{absent}", tok["access_token"])
+    assert there[0] == missing[0] == 403, (there, missing)
+    assert there[1] == missing[1], (there, missing)
+    # what is not a digest names nothing: 400 before anything is looked up
+    for bad in ("sha256:" + digest[7:].upper(), digest[:-1], digest + "0", "sha512:" + digest[7:],
+                "sha256:..%2F..%2F..%2Fetc%2Fpasswd" + "0" * 40, "sha256:..", digest[7:]):
+        status, body = get_raw(a, f"/v1/blobs/{bad}", admin)
+        assert status == 400, (bad, status, body)
+    status, body = get_raw(a, "/v1/blobs/../../etc/passwd", admin)
+    assert status in (400, 404), body
+    assert b"root:" not in body
+
+
+def test_on_the_embedded_store_blobs_are_files_in_the_home(platform):
+    status, body = platform.api("PUT", "/v1/apps/local", {"instances": 1})
+    assert status in (200, 201), body
+    status, body = platform.api(
+        "PUT", "/v1/apps/local/bits",
+        raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]),
+        headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    pkg = body["digest"]
+    blob = os.path.join(platform.home, "blobs", "sha256", pkg[len("sha256:"):])
+    with open(blob, "rb") as f:
+        assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == pkg
+    status, text = platform.api("POST", "/v1/apps/local/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    # the droplet too: two blobs, both whole
+    files = glob.glob(os.path.join(platform.home, "blobs", "sha256", "*"))
+    assert len(files) == 2, files
+    for path in files:
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == os.path.basename(path)
+        status, body = get_raw(platform, "/v1/blobs/sha256:" + os.path.basename(path),
+                               platform.token)
+        assert status == 200 and hashlib.sha256(body).hexdigest() == os.path.basename(path)
+    assert not glob.glob(os.path.join(platform.home, "blobs", "tmp", "*"))
+
+
+def test_bits_uploaded_through_one_skiffd_are_staged_through_the_other(pair, pg_dir):
+    a, b = pair
+    status, body = b.api("PUT", "/v1/apps/carried", {"instances": 1})
+    assert status in (200, 201), body
+    status, body = b.api("PUT", "/v1/apps/carried/bits",
+                         raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    digest = body["digest"]
+    shutil.rmtree(os.path.join(b.home, "apps"))  # the upload is gone from b's home
+    status, text = a.api("POST", "/v1/apps/carried/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    assert f"Fetching the package ({digest}) from the blob store" in text, text
+    fetched = os.path.join(a.home, "blobs", "packages", digest[len("sha256:"):])
+    with open(fetched, "rb") as f:
+        assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == digest
+    # a package whose blob is gone: the staging says so and what to do
+    psql(pg_dir, f"DELETE FROM blobs WHERE digest = '{digest}'")
+    os.unlink(fetched)
+    status, text = b.api("POST", "/v1/apps/carried/stage")
+    assert status == 200 and '"ok":false' in text.replace(" ", ""), text
+    assert "could not be fetched from the blob store" in text and "upload it again" in text, text
+
+
+def test_a_droplet_blob_changed_in_the_database_is_refused_and_nothing_is_cached(pair, pg_dir):
+    a, b = pair
+    stage_stopped(b, "forged")
+    _, digest = droplet_row(pg_dir, "forged")
+    shutil.rmtree(os.path.join(b.home, "apps"))
+    # someone with write access to the database swaps the droplet's first chunk
+    psql(pg_dir, "UPDATE blob_chunks SET data = 'not the droplet'::bytea WHERE seq = 0 AND "
+                 f"blob_id = (SELECT id FROM blobs WHERE digest = '{digest}')")
+    assert b.api("POST", "/v1/apps/forged/start")[0] == 200
+    wait_for(lambda: "has the content of" in a.output(), 30,
+             "the leader to refuse the droplet whose content is not its digest's")
+    assert f"blob {digest} read from the database" in a.output(), a.output()
+    droplets = os.path.join(a.home, "blobs", "droplets")
+    assert not os.path.exists(os.path.join(droplets, digest[len("sha256:"):]))
+    assert not os.path.exists(droplets) or not [
+        n for n in os.listdir(droplets) if digest[len("sha256:"):] in n]
+    assert not glob.glob(os.path.join(a.home, "blobs", "tmp", "*"))
+    assert running_here(a, "forged") == []

@@ -1,0 +1,661 @@
+/* Unit tests for blobs/: digests, put/get/has/delete/gc, a blob whose content no longer
+ * matches its name, droplets packed and unpacked (and hostile tars refused), a droplet
+ * materialised from the blob store, and blob_fetch against a small HTTP server of the test's
+ * (a good blob, a mismatch, one too large, a refusal, the next URL). The store tests run twice:
+ * on files (the embedded store) and on PostgreSQL in a throwaway server
+ * (scripts/pg-throwaway.sh), as tests/unit/test_store.c does. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blobs/blobs.h"
+#include "common/util.h"
+#include "store/store.h"
+
+static char *pg_dir; /* the PostgreSQL server's socket folder while that group runs */
+static int pg_databases;
+
+struct env {
+    char *home;
+    char *location; /* the store's: a SQLite file, or a database on the server */
+    struct store *st;
+    struct blob_store *bs;
+};
+
+static void raw_sql(const char *location, const char *sql)
+{
+    PGconn *c = PQconnectdb(location);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("connect: %s", PQerrorMessage(c));
+    PGresult *res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(res);
+    PQfinish(c);
+}
+
+static char *pg_url(const char *db)
+{
+    return xasprintf("postgres:///%s?host=%s&user=postgres", db, pg_dir);
+}
+
+static int env_setup(void **state)
+{
+    struct env *e = xcalloc(1, sizeof *e);
+    char dir[] = "/tmp/skiff-test-blobs-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    e->home = xstrdup(dir);
+    if (pg_dir) {
+        char *admin = pg_url("postgres");
+        char *sql = xasprintf("CREATE DATABASE b%d", ++pg_databases);
+        raw_sql(admin, sql);
+        free(sql);
+        free(admin);
+        char name[32];
+        snprintf(name, sizeof name, "b%d", pg_databases);
+        e->location = pg_url(name);
+    } else {
+        e->location = xasprintf("%s/skiff.db", e->home);
+    }
+    char err[256];
+    assert_int_equal(store_open(e->location, err, sizeof err, &e->st), 0);
+    assert_int_equal(blob_store_open(e->location, e->home, &e->bs), 0);
+    assert_int_equal(blob_store_in_database(e->bs), pg_dir != NULL);
+    *state = e;
+    return 0;
+}
+
+static int env_teardown(void **state)
+{
+    struct env *e = *state;
+    blob_store_close(e->bs);
+    store_close(e->st);
+    rm_rf(e->home);
+    free(e->home);
+    free(e->location);
+    free(e);
+    return 0;
+}
+
+static char *write_file(const char *dir, const char *name, const void *data, size_t len)
+{
+    char *path = xasprintf("%s/%s", dir, name);
+    assert_int_equal(file_write_atomic(path, data, len, 0600), 0);
+    return path;
+}
+
+static bool file_is(const char *path, const void *data, size_t len)
+{
+    char *got = NULL;
+    size_t n = 0;
+    bool same = file_read(path, &got, &n) == 0 && n == len && memcmp(got, data, len) == 0;
+    free(got);
+    return same;
+}
+
+static size_t dir_entries(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return n;
+}
+
+/* ---- digests ------------------------------------------------------------------------------- */
+
+static void test_digests_are_checked_strictly(void **state)
+{
+    (void)state;
+    const char *good = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert_true(blob_digest_valid(good));
+    assert_false(blob_digest_valid(NULL));
+    assert_false(blob_digest_valid(""));
+    assert_false(blob_digest_valid(
+        "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"));
+    assert_false(blob_digest_valid(
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85"));
+    assert_false(blob_digest_valid(
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b8555"));
+    assert_false(blob_digest_valid(
+        "sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+    assert_false(blob_digest_valid(
+        "sha256:../../../../etc/passwd/0000000000000000000000000000000000000000"));
+    assert_false(blob_digest_valid(
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85/"));
+}
+
+/* ---- the store ----------------------------------------------------------------------------- */
+
+static void test_put_get_has_delete_round_trip(void **state)
+{
+    struct env *e = *state;
+    /* three chunks and a bit: the chunked backend's edges */
+    size_t len = 3 * BLOB_CHUNK_BYTES + 17;
+    char *data = xmalloc(len);
+    for (size_t i = 0; i < len; i++)
+        data[i] = (char)(i * 7 + i / 4096);
+    char *src = write_file(e->home, "src", data, len);
+    char digest[BLOB_DIGEST_LEN + 1], again[BLOB_DIGEST_LEN + 1];
+    uint64_t size = 0;
+    assert_int_equal(blob_put_file(e->bs, src, digest, &size), 0);
+    assert_true(blob_digest_valid(digest));
+    assert_int_equal(size, len);
+    assert_int_equal(blob_put_file(e->bs, src, again, NULL), 0); /* the same content: once */
+    assert_string_equal(digest, again);
+    uint64_t has = 0;
+    assert_int_equal(blob_has(e->bs, digest, &has), 0);
+    assert_int_equal(has, len);
+    char *dest = xasprintf("%s/got", e->home);
+    assert_int_equal(blob_get_file(e->bs, digest, dest, 0), 0);
+    assert_true(file_is(dest, data, len));
+    unlink(dest);
+    assert_int_equal(blob_get_file(e->bs, digest, dest, len - 1), -EFBIG);
+    assert_int_equal(access(dest, F_OK), -1);
+    /* an empty blob is a blob too */
+    char *empty = write_file(e->home, "empty", "", 0);
+    char edigest[BLOB_DIGEST_LEN + 1];
+    assert_int_equal(blob_put_file(e->bs, empty, edigest, NULL), 0);
+    assert_string_equal(edigest,
+                        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_int_equal(blob_get_file(e->bs, edigest, dest, 0), 0);
+    assert_true(file_is(dest, "", 0));
+    assert_int_equal(blob_delete(e->bs, digest), 0);
+    assert_int_equal(blob_delete(e->bs, digest), -ENOENT);
+    assert_int_equal(blob_has(e->bs, digest, NULL), -ENOENT);
+    assert_int_equal(blob_get_file(e->bs, digest, dest, 0), -ENOENT);
+    assert_int_equal(blob_has(e->bs, "sha256:../x", NULL), -EINVAL);
+    free(empty);
+    free(dest);
+    free(src);
+    free(data);
+}
+
+static void test_gc_deletes_only_what_nothing_references(void **state)
+{
+    struct env *e = *state;
+    char *a = write_file(e->home, "a", "kept", 4);
+    char *b = write_file(e->home, "b", "unreferenced", 12);
+    char da[BLOB_DIGEST_LEN + 1], db[BLOB_DIGEST_LEN + 1];
+    assert_int_equal(blob_put_file(e->bs, a, da, NULL), 0);
+    assert_int_equal(blob_put_file(e->bs, b, db, NULL), 0);
+    /* the store names one of them (as a package row would) */
+    struct store_app app = {.name = "gc", .state = "STOPPED", .kind = "app", .memory_mb = 64};
+    uuid_generate_v4(app.guid);
+    assert_int_equal(store_app_create(e->st, &app), 0);
+    struct store_package pkg = {.app_guid = app.guid, .path = a, .bytes = 4, .digest = da};
+    uuid_generate_v4(pkg.guid);
+    assert_int_equal(store_package_add(e->st, &pkg), 0);
+    char **refs = NULL;
+    assert_int_equal(store_blob_refs(e->st, &refs), 0);
+    assert_non_null(refs[0]);
+    assert_string_equal(refs[0], da);
+    assert_null(refs[1]);
+    size_t n = 0;
+    /* young blobs are kept: they may be on their way into a row */
+    assert_int_equal(blob_gc(e->bs, (const char *const *)refs, 1, 60000, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(blob_gc(e->bs, (const char *const *)refs, 1, -1000, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(blob_has(e->bs, da, NULL), 0);
+    assert_int_equal(blob_has(e->bs, db, NULL), -ENOENT);
+    store_strv_free(refs);
+    struct store_package *got = NULL;
+    assert_int_equal(store_package_get(e->st, pkg.guid, &got), 0);
+    assert_string_equal(got->digest, da);
+    store_package_free(got);
+    free(a);
+    free(b);
+}
+
+/* Changes a stored blob's content behind the store's back. */
+static void corrupt(struct env *e, const char *digest)
+{
+    if (pg_dir) {
+        char *sql = xasprintf("UPDATE blob_chunks SET data = 'forged'::bytea WHERE blob_id ="
+                              " (SELECT id FROM blobs WHERE digest = '%s')",
+                              digest);
+        raw_sql(e->location, sql);
+        free(sql);
+        return;
+    }
+    char *file = xasprintf("%s/blobs/sha256/%s", e->home, digest + 7);
+    assert_int_equal(file_replace(file, "forged", 6, 0600), 0);
+    free(file);
+}
+
+static void test_a_blob_that_does_not_match_its_digest_is_refused(void **state)
+{
+    struct env *e = *state;
+    char *src = write_file(e->home, "src", "the real content", 16);
+    char digest[BLOB_DIGEST_LEN + 1];
+    assert_int_equal(blob_put_file(e->bs, src, digest, NULL), 0);
+    corrupt(e, digest);
+    char *dir = xasprintf("%s/out", e->home);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char *dest = xasprintf("%s/blob", dir);
+    assert_int_equal(blob_get_file(e->bs, digest, dest, 0), -EBADMSG);
+    assert_int_equal(dir_entries(dir), 0); /* nothing left, not even the temporary file */
+    free(dest);
+    free(dir);
+    free(src);
+}
+
+/* ---- droplets ------------------------------------------------------------------------------ */
+
+static void make_droplet(const char *dir)
+{
+    char *app = xasprintf("%s/app/bin", dir);
+    assert_int_equal(mkdir_p(app, 0700), 0);
+    char *script = xasprintf("%s/run.sh", app);
+    assert_int_equal(file_write_atomic(script, "#!/bin/sh\necho hi\n", 18, 0755), 0);
+    char *info = xasprintf("%s/staging_info.json", dir);
+    assert_int_equal(file_write_atomic(info, "{}", 2, 0644), 0);
+    char *link = xasprintf("%s/app/python", dir);
+    assert_int_equal(symlink("/usr/bin/python3", link), 0);
+    free(link);
+    free(info);
+    free(script);
+    free(app);
+}
+
+static void test_a_droplet_packs_and_unpacks_with_modes_and_links(void **state)
+{
+    struct env *e = *state;
+    char *drop = xasprintf("%s/droplet", e->home);
+    make_droplet(drop);
+    char *tar = NULL;
+    assert_int_equal(blob_droplet_pack(drop, e->home, &tar), 0);
+    char *out = xasprintf("%s/unpacked", e->home);
+    assert_int_equal(blob_droplet_unpack(tar, out), 0);
+    char *script = xasprintf("%s/app/bin/run.sh", out);
+    assert_true(file_is(script, "#!/bin/sh\necho hi\n", 18));
+    struct stat st;
+    assert_int_equal(stat(script, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0755);
+    char *link = xasprintf("%s/app/python", out);
+    char target[64] = "";
+    assert_true(readlink(link, target, sizeof target - 1) > 0);
+    assert_string_equal(target, "/usr/bin/python3");
+    assert_int_equal(blob_droplet_unpack(tar, out), -EEXIST); /* never into what exists */
+    unlink(tar);
+    free(tar);
+    free(link);
+    free(script);
+    free(out);
+    free(drop);
+}
+
+/* A tar with the entries given: name, then a symlink target or NULL for a file. */
+static char *hostile_tar(const char *dir, const char *const *entries, size_t n)
+{
+    char *path = xasprintf("%s/hostile.tar", dir);
+    struct archive *a = archive_write_new();
+    archive_write_set_format_pax_restricted(a);
+    assert_int_equal(archive_write_open_filename(a, path), ARCHIVE_OK);
+    for (size_t i = 0; i < n; i += 2) {
+        struct archive_entry *en = archive_entry_new();
+        archive_entry_set_pathname(en, entries[i]);
+        if (entries[i + 1]) {
+            archive_entry_set_mode(en, AE_IFLNK | 0777);
+            archive_entry_set_symlink(en, entries[i + 1]);
+        } else {
+            archive_entry_set_mode(en, AE_IFREG | 0644);
+            archive_entry_set_size(en, 4);
+        }
+        archive_write_header(a, en);
+        if (!entries[i + 1])
+            archive_write_data(a, "evil", 4);
+        archive_entry_free(en);
+    }
+    archive_write_close(a);
+    archive_write_free(a);
+    return path;
+}
+
+static void test_a_hostile_droplet_tar_is_refused_leaving_nothing(void **state)
+{
+    struct env *e = *state;
+    char *victim = xasprintf("%s/victim", e->home);
+    assert_int_equal(mkdir(victim, 0700), 0);
+    char *through = xasprintf("%s/victim/", e->home);
+    const char *const up[] = {"app/../../escaped", NULL};
+    const char *const abs[] = {"/tmp/skiff-blobs-absolute", NULL};
+    const char *const via_link[] = {"app", NULL, "link", through, "link/written", NULL};
+    const char *const *cases[] = {up, abs, via_link};
+    size_t sizes[] = {2, 2, 6};
+    for (size_t i = 0; i < 3; i++) {
+        char *tar = hostile_tar(e->home, cases[i], sizes[i]);
+        char *out = xasprintf("%s/out", e->home);
+        assert_int_equal(blob_droplet_unpack(tar, out), -EBADMSG);
+        assert_int_equal(access(out, F_OK), -1);
+        unlink(tar);
+        free(tar);
+        free(out);
+    }
+    assert_int_equal(dir_entries(victim), 0);
+    assert_int_equal(access("/tmp/skiff-blobs-absolute", F_OK), -1);
+    char *escaped = xasprintf("%s/escaped", e->home);
+    assert_int_equal(access(escaped, F_OK), -1);
+    free(escaped);
+    free(through);
+    free(victim);
+}
+
+struct ready {
+    int calls;
+    int rc;
+    char app[37];
+};
+
+static void on_ready(void *ctx, const char *app_guid, int rc)
+{
+    struct ready *r = ctx;
+    r->calls++;
+    r->rc = rc;
+    snprintf(r->app, sizeof r->app, "%s", app_guid);
+}
+
+static void test_a_droplet_missing_here_is_materialised_from_its_blob(void **state)
+{
+    struct env *e = *state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char *drop = xasprintf("%s/made-elsewhere", e->home);
+    make_droplet(drop);
+    char *tar = NULL;
+    assert_int_equal(blob_droplet_pack(drop, e->home, &tar), 0);
+    char digest[BLOB_DIGEST_LEN + 1];
+    assert_int_equal(blob_put_file(e->bs, tar, digest, NULL), 0);
+    unlink(tar);
+    free(tar);
+    /* here, the folder the store names exists: it is used as it is */
+    char *local = NULL;
+    struct ready r = {0};
+    assert_int_equal(blob_droplet_local(e->bs, &loop, drop, digest, "app-1", on_ready, &r, &local),
+                     0);
+    assert_string_equal(local, drop);
+    free(local);
+    /* another host's path: materialised once, whoever asks meanwhile */
+    rm_rf(drop);
+    assert_int_equal(blob_droplet_local(e->bs, &loop, drop, digest, "app-1", on_ready, &r, &local),
+                     -EINPROGRESS);
+    assert_int_equal(blob_droplet_local(e->bs, &loop, drop, digest, "app-1", on_ready, &r, &local),
+                     -EINPROGRESS);
+    while (r.calls == 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.app, "app-1");
+    assert_int_equal(blob_droplet_local(e->bs, &loop, drop, digest, "app-1", on_ready, &r, &local),
+                     0);
+    char *expect = xasprintf("%s/blobs/droplets/%s", e->home, digest + 7);
+    assert_string_equal(local, expect);
+    char *script = xasprintf("%s/app/bin/run.sh", local);
+    assert_true(file_is(script, "#!/bin/sh\necho hi\n", 18));
+    free(script);
+    free(expect);
+    free(local);
+    /* a blob that is not there: the failure is said once, and not tried again at once */
+    const char *absent = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    struct ready r2 = {0};
+    assert_int_equal(blob_droplet_local(e->bs, &loop, drop, absent, "app-2", on_ready, &r2, &local),
+                     -EINPROGRESS);
+    while (r2.calls == 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(r2.rc, -ENOENT);
+    assert_int_equal(blob_droplet_local(e->bs, &loop, drop, absent, "app-2", on_ready, &r2, &local),
+                     0);
+    assert_string_equal(local, drop);
+    free(local);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    free(drop);
+}
+
+/* ---- blob_fetch against a server of the test's ---------------------------------------------- */
+
+struct server {
+    int fd;
+    int port;
+    pthread_t thread;
+    int status;       /* what it answers */
+    const char *body; /* and with */
+    size_t body_len;
+    int requests;
+    char path[256];
+    char auth[256];
+};
+
+static void *server_main(void *arg)
+{
+    struct server *s = arg;
+    for (;;) {
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        char req[4096];
+        size_t n = 0;
+        while (n < sizeof req - 1 && !strstr(req, "\r\n\r\n")) {
+            ssize_t r = read(c, req + n, sizeof req - 1 - n);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            req[n] = '\0';
+        }
+        s->requests++;
+        sscanf(req, "GET %255s", s->path);
+        const char *auth = strstr(req, "Authorization: ");
+        if (auth)
+            sscanf(auth, "Authorization: %255[^\r]", s->auth);
+        char head[256];
+        int hl = snprintf(head, sizeof head,
+                          "HTTP/1.1 %d X\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                          s->status, s->body_len);
+        if (write(c, head, (size_t)hl) < 0 || write(c, s->body, s->body_len) < 0)
+            s->requests += 0;
+        close(c);
+    }
+}
+
+static void server_start(struct server *s, int status, const char *body, size_t len)
+{
+    s->status = status;
+    s->body = body;
+    s->body_len = len;
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(s->fd, (struct sockaddr *)&a, &al);
+    s->port = ntohs(a.sin_port);
+    assert_int_equal(listen(s->fd, 8), 0);
+    pthread_create(&s->thread, NULL, server_main, s);
+}
+
+static void server_stop(struct server *s)
+{
+    shutdown(s->fd, SHUT_RDWR);
+    close(s->fd);
+    pthread_join(s->thread, NULL);
+}
+
+struct fetched {
+    int calls;
+    int rc;
+    char path[512];
+    char why[512];
+};
+
+static void on_fetched(void *ctx, int rc, const char *path, const char *why)
+{
+    struct fetched *f = ctx;
+    f->calls++;
+    f->rc = rc;
+    snprintf(f->path, sizeof f->path, "%s", path ? path : "");
+    snprintf(f->why, sizeof f->why, "%s", why ? why : "");
+}
+
+static int fetch_now(const char *const *urls, const char *digest, const char *cache, uint64_t max,
+                     struct fetched *f)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct blob_fetch_options opt = {.digest = digest,
+                                     .urls = urls,
+                                     .token = "skiffc_t0ken",
+                                     .cache_dir = cache,
+                                     .max_bytes = max};
+    memset(f, 0, sizeof *f);
+    int rc = blob_fetch(&loop, &opt, on_fetched, f);
+    if (rc == 0) {
+        assert_int_equal(f->calls, 0); /* never from inside the call */
+        uv_run(&loop, UV_RUN_DEFAULT);
+        assert_int_equal(f->calls, 1);
+    }
+    uv_loop_close(&loop);
+    return rc;
+}
+
+#define HELLO_DIGEST "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **state)
+{
+    (void)state;
+    char cache[] = "/tmp/skiff-test-fetch-XXXXXX";
+    assert_non_null(mkdtemp(cache));
+    struct server good = {0}, forged = {0}, refusing = {0};
+    server_start(&good, 200, "hello", 5);
+    server_start(&forged, 200, "hellO", 5);
+    server_start(&refusing, 403, "{}", 2);
+    char *good_url = xasprintf("http://127.0.0.1:%d", good.port);
+    char *forged_url = xasprintf("http://127.0.0.1:%d/", forged.port);
+    char *refusing_url = xasprintf("http://127.0.0.1:%d", refusing.port);
+    struct fetched f;
+
+    /* content that does not match: refused, nothing in the cache */
+    const char *only_forged[] = {forged_url, NULL};
+    assert_int_equal(fetch_now(only_forged, HELLO_DIGEST, cache, 0, &f), 0);
+    assert_int_equal(f.rc, -EBADMSG);
+    assert_non_null(strstr(f.why, "does not match its digest"));
+    assert_int_equal(dir_entries(cache), 0);
+    assert_string_equal(forged.path, "/v1/blobs/" HELLO_DIGEST);
+    assert_string_equal(forged.auth, "Bearer skiffc_t0ken");
+
+    /* past the bound: refused, nothing in the cache */
+    const char *only_good[] = {good_url, NULL};
+    assert_int_equal(fetch_now(only_good, HELLO_DIGEST, cache, 4, &f), 0);
+    assert_int_equal(f.rc, -EFBIG);
+    assert_int_equal(dir_entries(cache), 0);
+
+    /* refused by one controller: -EACCES */
+    const char *only_refusing[] = {refusing_url, NULL};
+    assert_int_equal(fetch_now(only_refusing, HELLO_DIGEST, cache, 0, &f), 0);
+    assert_int_equal(f.rc, -EACCES);
+
+    /* the next URL gives it: verified, in the cache by its hex */
+    const char *both[] = {refusing_url, forged_url, good_url, NULL};
+    assert_int_equal(fetch_now(both, HELLO_DIGEST, cache, 0, &f), 0);
+    assert_int_equal(f.rc, 0);
+    char *expect = xasprintf("%s/%s", cache, HELLO_DIGEST + 7);
+    assert_string_equal(f.path, expect);
+    assert_true(file_is(expect, "hello", 5));
+    assert_int_equal(dir_entries(cache), 1);
+    /* there already: not fetched again */
+    int before = good.requests;
+    assert_int_equal(fetch_now(only_good, HELLO_DIGEST, cache, 0, &f), 0);
+    assert_int_equal(f.rc, 0);
+    assert_int_equal(good.requests, before);
+
+    /* what is not a digest is refused before anything is asked */
+    assert_int_equal(fetch_now(only_good, "sha256:../../etc/passwd", cache, 0, &f), -EINVAL);
+    const char *none[] = {NULL};
+    assert_int_equal(fetch_now(none, HELLO_DIGEST, cache, 0, &f), -EINVAL);
+
+    server_stop(&good);
+    server_stop(&forged);
+    server_stop(&refusing);
+    free(expect);
+    free(good_url);
+    free(forged_url);
+    free(refusing_url);
+    rm_rf(cache);
+}
+
+/* ---- groups -------------------------------------------------------------------------------- */
+
+static int pg_stop(void **state)
+{
+    (void)state;
+    char *cmd = xasprintf("scripts/pg-throwaway.sh stop %s", pg_dir);
+    int rc = system(cmd);
+    free(cmd);
+    free(pg_dir);
+    pg_dir = NULL;
+    return rc == 0 ? 0 : -1;
+}
+
+static int pg_start(void **state)
+{
+    char dir[] = "/tmp/skiff-pg-XXXXXX";
+    if (!mkdtemp(dir))
+        return -1;
+    pg_dir = xstrdup(dir);
+    char *cmd = xasprintf("scripts/pg-throwaway.sh start %s >/dev/null", pg_dir);
+    int rc = system(cmd);
+    free(cmd);
+    if (rc != 0) {
+        pg_stop(state);
+        fprintf(stderr, "PostgreSQL did not start (scripts/pg-throwaway.sh, run from the "
+                        "source folder): the PostgreSQL blob tests fail\n");
+        return -1;
+    }
+    return 0;
+}
+
+#define BLOB_STORE_TESTS                                                                           \
+    cmocka_unit_test_setup_teardown(test_put_get_has_delete_round_trip, env_setup, env_teardown),  \
+        cmocka_unit_test_setup_teardown(test_gc_deletes_only_what_nothing_references, env_setup,   \
+                                        env_teardown),                                             \
+        cmocka_unit_test_setup_teardown(test_a_blob_that_does_not_match_its_digest_is_refused,     \
+                                        env_setup, env_teardown),                                  \
+        cmocka_unit_test_setup_teardown(test_a_droplet_missing_here_is_materialised_from_its_blob, \
+                                        env_setup, env_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest file_tests[] = {
+        cmocka_unit_test(test_digests_are_checked_strictly),
+        BLOB_STORE_TESTS,
+        cmocka_unit_test_setup_teardown(test_a_droplet_packs_and_unpacks_with_modes_and_links,
+                                        env_setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_a_hostile_droplet_tar_is_refused_leaving_nothing,
+                                        env_setup, env_teardown),
+        cmocka_unit_test(test_fetch_verifies_bounds_and_falls_over_to_the_next_url),
+    };
+    const struct CMUnitTest pg_tests[] = {BLOB_STORE_TESTS};
+    int failed = cmocka_run_group_tests_name("blobs in files", file_tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("blobs in PostgreSQL", pg_tests, pg_start, pg_stop);
+    return failed;
+}
