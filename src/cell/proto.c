@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blobs/blobs.h"
 #include "cell/cell.h"
 #include "common/util.h"
 
@@ -153,12 +154,6 @@ static enum health_check_type cell__health(struct cell__reader *r, const char *k
     return HEALTH_PORT;
 }
 
-static bool cell__digest_valid(const char *digest)
-{
-    return strlen(digest) == CELL_DIGEST_LEN - 1 && !strncmp(digest, "sha256:", 7) &&
-           strspn(digest + 7, "0123456789abcdef") == CELL_DIGEST_LEN - 8;
-}
-
 /* The controllers' API URLs a droplet is fetched from: where the cell sends its token. */
 static bool cell__urls_valid(const char *const *urls)
 {
@@ -280,7 +275,7 @@ int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, s
             cell__fail(&r, "droplet_path", "must be an absolute path without \"..\"");
         else if (!*l->command)
             cell__fail(&r, "command", "must not be empty");
-        else if (l->droplet_digest && !cell__digest_valid(l->droplet_digest))
+        else if (l->droplet_digest && !blob_digest_valid(l->droplet_digest))
             cell__fail(&r, "droplet_digest", "must be sha256: and 64 lowercase hex digits");
         else if (!cell__urls_valid(out->blob_urls))
             cell__fail(&r, "blob_urls",

@@ -144,6 +144,10 @@ static void usage(FILE *out)
         "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
         "                              default: the host's RAM)\n"
+        "  --cell-token-file PATH      a cell's copy of the cells' token (a controller's\n"
+        "                              HOME/cell-token, mode 0600), sent to the controllers to\n"
+        "                              fetch droplets (SKIFF_CELL_TOKEN_FILE, default\n"
+        "                              HOME/cell-token)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -976,6 +980,7 @@ int main(int argc, char **argv)
     const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
     const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
+    const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     for (int i = 1; i < argc; i++) {
@@ -1028,6 +1033,8 @@ int main(int argc, char **argv)
             target = &nats_sec.tls_key;
         else if (!strcmp(a, "--memory"))
             target = &cell_memory_text;
+        else if (!strcmp(a, "--cell-token-file"))
+            target = &cell_token_file;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-memory"))
@@ -1171,7 +1178,8 @@ int main(int argc, char **argv)
             .heartbeat_ms = (int)env_long("SKIFF_CELL_HEARTBEAT_MS", CELL_HEARTBEAT_MS, 100),
             .nats_urls = nats_url,
             .nats_security = nats_sec,
-            .executor = &cell_ex};
+            .executor = &cell_ex,
+            .token_file = cell_token_file};
         if (*host_addr && !contained) {
             log_error("--host-addr needs --isolation container: instances of other hosts are "
                       "reached at their container addresses");
@@ -1372,7 +1380,8 @@ int main(int argc, char **argv)
                                    .nats_urls = nats_url,
                                    .nats_security = nats_sec,
                                    .lost_ms =
-                                       (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500)};
+                                       (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500),
+                                   .blob_urls = (const char *const[]){api_url, NULL}};
     struct scheduler_config scfg = {.home = d.home,
                                     .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,

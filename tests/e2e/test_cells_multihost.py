@@ -7,8 +7,10 @@ An app of two instances lands one on B and one on C, and D's router serves both 
 cell's pool via that cell's address, learnt from the cells' announcements). B's link goes down:
 B is lost, its instance comes back on C within 30 s, and the requests sent through D meanwhile
 are counted; B's link comes back: its duplicate is stopped."""
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ import pytest
 
 from conftest import BIN_DIR, WEB_APP, deploy_bits, wait_for
 from multihost import Cluster, HostPlatform, HostRouter
+from test_multihost import nats_publish
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed"),
@@ -93,10 +96,15 @@ def world():
             "--zone", "zone-a"], extra_env=dict(HOSTS_MS, SKIFF_CELL_HEARTBEAT_MS="500"))
         started.append(ctl)
         ctl.start()
+        # the operator gives each cell the cells' token the first controller made
+        token_path = os.path.join(ctl.home, "cell-token")
+        wait_for(lambda: os.path.exists(token_path), 10, "the controller's cell-token")
         cells = {}
         for name in ("b", "c"):
             cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
             started.append(cells[name])
+            shutil.copy(token_path, os.path.join(cells[name].home, "cell-token"))
+            os.chmod(os.path.join(cells[name].home, "cell-token"), 0o600)
             cells[name].start()
         router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
         started.append(router)
@@ -130,11 +138,16 @@ def running(ctl, name):
 
 def backends(router, host):
     """The addresses the router sends host's requests to (its admin port's /routes)."""
-    try:
-        with urllib.request.urlopen(router.admin_url + "/routes", timeout=5) as r:
-            table = json.load(r)
-    except OSError:
-        return []
+    path = os.path.join(router.home, "api.json")  # the admin token the router checks against
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump({"token": uuid.uuid4().hex}, f)
+    with open(path) as f:
+        token = json.load(f)["token"]
+    req = urllib.request.Request(router.admin_url + "/routes",
+                                 headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        table = json.load(r)
     return [a for x in table["routes"] if x["host"] == host for a in x["backends"]]
 
 
@@ -159,21 +172,56 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
     status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
     assert status in (200, 201), body
     wait_for(lambda: len(running(ctl, "two")) == 2, 120, "two instances running")
+    status, app = ctl.api("GET", "/v1/apps/two")
+    assert status == 200, app
     placed = {i["cell"]: i for i in running(ctl, "two")}
     assert set(placed) == {b.id, c.id}, placed
     assert in_pool(placed[b.id]["address"], POOLS["b"]), placed
     assert in_pool(placed[c.id]["address"], POOLS["c"]), placed
+    # each cell fetched the droplet by its digest from the controller, into its own home
+    m = re.search(r"fetching droplet (sha256:[0-9a-f]{64}) from (\S+)", b.output())
+    assert m and m.group(2) == ctl.api_url, b.output()
+    digest = m.group(1)
+    # it is the blob the controller serves under that name (its content hashes to it)
+    req = urllib.request.Request(ctl.api_url + "/v1/blobs/" + digest,
+                                 headers={"Authorization": "Bearer " + ctl.token})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert "sha256:" + hashlib.sha256(r.read()).hexdigest() == digest
+    for x in (b, c):
+        assert "fetching droplet %s from %s" % (digest, ctl.api_url) in x.output(), x.output()
+        assert "fetched droplet %s from a controller (verified)" % digest in x.output()
+        with open(os.path.join(x.home, "blobs", "droplets", digest[7:], "app", "app.py"),
+                  "rb") as f:
+            assert f.read() == WEB_APP
     # the router on D serves both instances
     wait_for(lambda: {router.get("two.localhost")[1] for _ in range(4)} ==
              {"instance 0\n", "instance 1\n"}, 30, "D's router to serve both instances")
 
+    # a start whose digest names no blob is refused by the cell, though the controller's path
+    # it carries is on the file system the namespaces share: the cell never reads it
+    forged = "sha256:" + "ab" * 32
+    guid = str(uuid.uuid4())
+    nats_publish(cluster, [("skiff.cell.%s.req" % b.id, {"v": 1, "op": "start", "launch": {
+        "app_guid": app["guid"], "app_name": "two", "process_type": "web", "index": 5,
+        "instance_guid": guid, "droplet_guid": app["droplet"], "droplet_digest": forged,
+        "droplet_path": ctl.home, "blob_urls": [ctl.api_url], "command": "python3 app.py",
+        "memory_mb": 64, "health": "port", "uris": [], "user_env": []}})])
+    wait_for(lambda: "droplet %s could not be fetched" % forged in b.output(), 20,
+             "B to refuse the forged digest")
+    assert "starting instance 5" not in b.output()
+    assert not os.path.exists(os.path.join(b.home, "blobs", "droplets", forged[7:]))
+    assert not [f for f in os.listdir(os.path.join(b.home, "blobs", "cache"))
+                if f.startswith("ab" * 4)]
+    assert len(running(ctl, "two")) == 2
+
     # B's link goes down: B is lost, its instance is started on C, the router keeps serving
     b_index = placed[b.id]["index"]
+    b_addr = placed[b.id]["address"]
+    listed = backends(router, "two.localhost")
+    assert sorted(listed) == sorted(i["address"] for i in placed.values()), listed
     B.link_down()
     down_at = time.monotonic()
     sent = failed = 0
-
-    b_addr = placed[b.id]["address"]
     seen = {}  # when the leader logged B lost, when D's router stopped listing B's instance
 
     def both_on_c():
