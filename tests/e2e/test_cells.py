@@ -6,8 +6,9 @@ reports and batched output. A cell's credentials cannot send another cell a star
 refuses the publish), nor can a client without credentials connect. A cell killed with kill -9
 and started again keeps the instance its shim kept running (adopted, same guid and address).
 
-Placement and convergence by the leader's scheduler are not done yet (src/cell/README.md): the
-leader part is played by this test."""
+The first tests play the leader themselves; the last ones run a controller (`--role
+controller` on PostgreSQL) that places instances on the two cells, which fetch the droplet by
+its digest from the controller's API with the cells' token (src/cell/README.md)."""
 import json
 import os
 import re
@@ -493,9 +494,14 @@ def cluster():
                  Cell(nats, CELL_B, "zone-b", (base + 10, base + 19))]
         ctl = None
         try:
-            for c in cells:
-                c.start()
             ctl = controller(pg_dir, nats).start()
+            # the operator gives each cell the cells' token the first controller made
+            token = os.path.join(ctl.home, "cell-token")
+            wait_for(lambda: os.path.exists(token), 10, "the controller's cell-token")
+            for c in cells:
+                shutil.copy(token, os.path.join(c.home, "cell-token"))
+                os.chmod(os.path.join(c.home, "cell-token"), 0o600)
+                c.start()
             wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller "
                      "to lead")
             yield SimpleNamespace(pg_dir=pg_dir, nats=nats, cells=cells, ctl=ctl)
@@ -548,6 +554,11 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     assert a.id in r.stdout and b.id in r.stdout and "zone-a" in r.stdout, r.stdout
     digest = start["launch"]["droplet_digest"]
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), start
+    # and where to fetch it: each cell did, into its own home, once
+    assert start["launch"]["blob_urls"] == [ctl.api_url], start
+    for c in (a, b):
+        assert c.output().count("fetched droplet %s" % digest) == 1, c.output()
+        assert os.path.isdir(os.path.join(c.home, "blobs", "droplets", digest[7:], "app"))
     assert start["launch"]["droplet_guid"] == placed[a.id]["droplet"], start
 
     # kill -9 cell a with its instance: lost after LOST_MS, its instance started on b
