@@ -255,6 +255,7 @@ def setup():
             c.stop()
             text = c.output()
             assert "Sanitizer" not in text and "runtime error" not in text, text
+            assert "cannot make a warm container" not in text, text  # the warm pool works
     finally:
         if ctl:
             ctl.close()
