@@ -188,6 +188,9 @@ static void cell__on_state(void *ctx, struct instance *inst, enum instance_state
     if (!ci)
         return;
     cell__flush_output(a); /* its last lines before its end */
+    if (state == INSTANCE_RUNNING)
+        log_info("[CELL] instance %d of %s (%s) is running at %s", ci->index, ci->type, ci->guid,
+                 ci->addr);
     cell__say_state(a, ci->guid, instance_state_name(state), ci->addr, ex, NULL);
     if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
         cell__forget(a, ci);

@@ -249,6 +249,11 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
             seen["dropped"] = time.monotonic()
         if "started" not in seen and "starting instance %d of web" % b_index in c.output():
             seen["started"] = time.monotonic()
+        if "healthy" not in seen and "instance %d of web" % b_index in c.output().split(
+                "starting instance %d of web" % b_index, 1)[-1].replace("is running", "@@") and \
+                "@@" in c.output().split("starting instance %d of web" % b_index, 1)[-1].replace(
+                    "is running", "@@"):
+            seen["healthy"] = time.monotonic()
         now = running(ctl, "two")
         return len(now) == 2 and {i["cell"] for i in now} == {c.id}
     try:
@@ -266,9 +271,11 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
         # the router drops the lost cell's instance when the leader marks it lost, not later
         assert "dropped" in seen, backends(router, "two.localhost")
         print("B lost %.1f s after its link went down; D's router dropped its instance %.1f s "
-              "after that; C was asked to start it %.1f s after that" % (
+              "after that; C was asked to start it %.1f s after that, and found it running "
+              "%.1f s after that" % (
                   seen["lost"] - down_at, seen["dropped"] - seen["lost"],
-                  seen.get("started", float("nan")) - seen["lost"]))
+                  seen.get("started", float("nan")) - seen["lost"],
+                  seen.get("healthy", float("nan")) - seen.get("started", float("nan"))))
         assert LOST_MS / 1000 - 1 <= seen["lost"] - down_at
         assert seen["dropped"] - seen["lost"] < 2
         # once the leader moved it, every request succeeds, and both indexes answer from C
