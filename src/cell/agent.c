@@ -26,6 +26,15 @@ struct cell__inst {
     struct cell__inst *next;
 };
 
+/* A start waiting for its droplet to be fetched (cell_droplet_get). */
+struct cell__pending {
+    struct cell_agent *a;
+    struct cell_launch_doc d;
+    bool stopped; /* asked to stop meanwhile: said DOWN, never started */
+    int64_t since_ms;
+    struct cell__pending *next;
+};
+
 struct cell_agent {
     uv_loop_t *loop;
     char id[CELLS_ID_LEN + 1];
@@ -41,8 +50,10 @@ struct cell_agent {
     json_t *lines; /* output waiting for the next batch */
     size_t line_bytes;
     struct cell__inst *insts;
+    struct cell_droplets *droplets;
+    struct cell__pending *pending;
     int open_handles;
-    bool leave;
+    bool leave, closing;
     void (*done)(void *);
     void *done_arg;
 };
@@ -94,6 +105,15 @@ static void cell__beat(struct cell_agent *a)
         used += (uint64_t)json_integer_value(json_object_get(j, "memory_bytes"));
         json_array_append_new(insts, j);
     }
+    /* starts waiting for their droplet: the leader must not take them for gone */
+    for (struct cell__pending *p = a->pending; p; p = p->next)
+        if (!p->stopped)
+            json_array_append_new(
+                insts, json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:I,s:I}", "guid",
+                                 p->d.l.instance_guid, "app_guid", p->d.l.app_guid, "process_type",
+                                 p->d.l.process_type, "index", p->d.l.index, "droplet_guid",
+                                 p->d.l.droplet_guid, "state", "STARTING", "addr", "", "since_ms",
+                                 (json_int_t)p->since_ms, "memory_bytes", (json_int_t)0));
     cell__say(a, json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:i,s:I,s:o}", "type", "heartbeat", "id",
                            a->id, "host", a->host, "zone", a->zone, "memory_capacity_bytes",
                            (json_int_t)a->capacity, "memory_used_bytes", (json_int_t)used,
@@ -168,6 +188,9 @@ static void cell__on_state(void *ctx, struct instance *inst, enum instance_state
     if (!ci)
         return;
     cell__flush_output(a); /* its last lines before its end */
+    if (state == INSTANCE_RUNNING)
+        log_info("[CELL] instance %d of %s (%s) is running at %s", ci->index, ci->type, ci->guid,
+                 ci->addr);
     cell__say_state(a, ci->guid, instance_state_name(state), ci->addr, ex, NULL);
     if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
         cell__forget(a, ci);
@@ -204,6 +227,70 @@ static struct cell__inst *cell__track(struct cell_agent *a, struct instance *ins
     return ci;
 }
 
+static struct cell__pending *cell__pending_find(struct cell_agent *a, const char *guid)
+{
+    for (struct cell__pending *p = a->pending; p; p = p->next)
+        if (!strcmp(p->d.l.instance_guid, guid))
+            return p;
+    return NULL;
+}
+
+static void cell__refuse(struct cell_agent *a, const struct cell_launch *l, const char *what,
+                         const char *err)
+{
+    log_warning("[CELL] cannot start instance %d of %s (%s): %s", l->index, l->process_type,
+                l->instance_guid, err);
+    char why[700];
+    snprintf(why, sizeof why, "the cell could not %s: %s", what, err);
+    cell__say_state(a, l->instance_guid, "CRASHED", NULL, NULL, why);
+}
+
+/* Starts d's instance from the droplet folder dir; d is cleared either way. */
+static void cell__launch(struct cell_agent *a, struct cell_launch_doc *d, const char *dir)
+{
+    struct cell_launch *l = &d->l;
+    struct instance *inst = NULL;
+    char addr[64] = "", err[512] = "";
+    int rc = cell_launch_start(a->ex, a->home, l, dir, &inst, addr, err, sizeof err);
+    if (rc < 0) {
+        cell__refuse(a, l, "start it", err);
+        cell_launch_doc_clear(d);
+        return;
+    }
+    struct cell__inst *ci = cell__track(a, inst, l->instance_guid, l->app_guid, l->process_type,
+                                        l->index, l->droplet_guid);
+    /* what adoption by the next cell agent on this home cannot read from the shim */
+    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, ci->guid);
+    file_write_atomic(meta, ci->droplet, strlen(ci->droplet), 0600);
+    free(meta);
+    log_info("[CELL] starting instance %d of %s (%s) of app %s at %s", l->index, l->process_type,
+             ci->guid, l->app_name, ci->addr);
+    cell__say_state(a, ci->guid, "STARTING", ci->addr, NULL, NULL);
+    cell_launch_doc_clear(d);
+}
+
+static void cell__on_droplet(void *ctx, int rc, const char *dir, const char *why)
+{
+    struct cell__pending *p = ctx;
+    struct cell_agent *a = p->a;
+    for (struct cell__pending **pp = &a->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    if (p->stopped || a->closing) {
+        cell_launch_doc_clear(&p->d);
+    } else if (rc < 0) {
+        char err[600];
+        snprintf(err, sizeof err, "droplet %s: %s", p->d.l.droplet_digest, why);
+        cell__refuse(a, &p->d.l, "fetch its droplet", err);
+        cell_launch_doc_clear(&p->d);
+    } else {
+        cell__launch(a, &p->d, dir);
+    }
+    free(p);
+}
+
 static void cell__start(struct cell_agent *a, json_t *launch)
 {
     struct cell_launch_doc d;
@@ -223,32 +310,30 @@ static void cell__start(struct cell_agent *a, json_t *launch)
         cell_launch_doc_clear(&d);
         return;
     }
-    char *dir = NULL;
-    struct instance *inst = NULL;
-    char addr[64] = "";
-    int rc = cell_droplet_path(l->droplet_path, l->droplet_digest, &dir, err, sizeof err);
-    if (rc == 0)
-        rc = cell_launch_start(a->ex, a->home, l, dir, &inst, addr, err, sizeof err);
-    free(dir);
-    if (rc < 0) {
-        log_warning("[CELL] cannot start instance %d of %s (%s): %s", l->index, l->process_type,
-                    l->instance_guid, err);
-        char why[600];
-        snprintf(why, sizeof why, "the cell could not start it: %s", err);
-        cell__say_state(a, l->instance_guid, "CRASHED", NULL, NULL, why);
+    struct cell__pending *waiting = cell__pending_find(a, l->instance_guid);
+    if (waiting && !waiting->stopped) { /* its droplet is on its way */
         cell_launch_doc_clear(&d);
         return;
     }
-    struct cell__inst *ci = cell__track(a, inst, l->instance_guid, l->app_guid, l->process_type,
-                                        l->index, l->droplet_guid);
-    /* what adoption by the next cell agent on this home cannot read from the shim */
-    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, ci->guid);
-    file_write_atomic(meta, ci->droplet, strlen(ci->droplet), 0600);
-    free(meta);
-    log_info("[CELL] starting instance %d of %s (%s) of app %s at %s", l->index, l->process_type,
-             ci->guid, l->app_name, ci->addr);
-    cell__say_state(a, ci->guid, "STARTING", ci->addr, NULL, NULL);
-    cell_launch_doc_clear(&d);
+    struct cell__pending *p = xcalloc(1, sizeof *p);
+    char *dir = NULL;
+    int rc = cell_droplet_get(a->droplets, l, cell__on_droplet, p, &dir, err, sizeof err);
+    if (rc == -EINPROGRESS) {
+        p->a = a;
+        p->d = d;
+        p->since_ms = time_now_ms();
+        p->next = a->pending;
+        a->pending = p;
+        return;
+    }
+    free(p);
+    if (rc < 0) {
+        cell__refuse(a, l, "start it", err);
+        cell_launch_doc_clear(&d);
+        return;
+    }
+    cell__launch(a, &d, dir);
+    free(dir);
 }
 
 static void cell__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
@@ -264,7 +349,14 @@ static void cell__on_msg(void *ctx, const char *subject, const char *reply, cons
     } else if (!strcmp(op, "stop")) {
         const char *guid = json_string_value(json_object_get(m, "guid"));
         struct cell__inst *ci = guid ? cell__find(a, guid) : NULL;
-        if (ci) {
+        struct cell__pending *p = guid && !ci ? cell__pending_find(a, guid) : NULL;
+        if (p && !p->stopped) {
+            p->stopped = true; /* never started once its droplet is here */
+            log_info("[CELL] instance %d of %s (%s) will not start: asked to stop while its "
+                     "droplet was fetched",
+                     p->d.l.index, p->d.l.process_type, guid);
+            cell__say_state(a, guid, "DOWN", NULL, NULL, "stopped before it started");
+        } else if (ci) {
             log_info("[CELL] stopping instance %d of %s (%s): %s", ci->index, ci->type, ci->guid,
                      json_string_value(json_object_get(m, "reason"))
                          ? json_string_value(json_object_get(m, "reason"))
@@ -339,6 +431,12 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
     a->subject_req = xasprintf("skiff.cell.%s.req", a->id);
     a->subject_up = xasprintf("skiff.cell.%s.up", a->id);
     a->lines = json_array();
+    rc = cell_droplets_new(loop, a->home, cfg->token_file, &a->droplets);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot make the droplet cache under %s/blobs: %s", a->home,
+                 strerror(-rc));
+        goto fail;
+    }
     struct executor_config ec = *cfg->executor;
     ec.on_readiness = cell__on_readiness;
     rc = executor_new(loop, &ec, cell__on_output, cell__on_state, a, &a->ex);
@@ -408,6 +506,7 @@ void cell_agent_close(struct cell_agent *a, bool leave, void (*done)(void *arg),
     a->done = done;
     a->done_arg = arg;
     a->leave = leave;
+    a->closing = true; /* a droplet that arrives from now on starts nothing */
     uv_timer_stop(&a->beat);
     uv_timer_stop(&a->flush);
     if (leave)
@@ -421,6 +520,7 @@ void cell_agent_free(struct cell_agent *a)
     if (!a)
         return;
     executor_free(a->ex);
+    cell_droplets_free(a->droplets);
     while (a->insts) {
         struct cell__inst *ci = a->insts;
         a->insts = ci->next;

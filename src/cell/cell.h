@@ -24,8 +24,6 @@
 #include "executor/executor.h"
 #include "natsconn/natsconn.h"
 
-#define CELL_DIGEST_LEN 72 /* "sha256:" + 64 hex + NUL */
-
 struct cell_launch {
     const char *app_guid;
     const char *app_name;
@@ -33,10 +31,13 @@ struct cell_launch {
     int index;
     const char *instance_guid;
     const char *droplet_guid;
-    /* "sha256:HEX", or NULL when not known: the droplet's blob (src/blobs: blob_fetch gets it
-     * from the controllers' GET /v1/blobs) when it has one, else cell_droplet_digest's */
+    /* "sha256:HEX": the droplet's blob (src/blobs), which a cell fetches from the controllers'
+     * GET /v1/blobs; NULL for a droplet made before blobs (read at droplet_path) */
     const char *droplet_digest;
     const char *droplet_path; /* where the controller keeps the droplet's folder */
+    /* the controllers' API URLs the droplet's blob is fetched from by its digest
+     * (NULL-terminated; NULL or empty: read at droplet_path) */
+    const char *const *blob_urls;
     const char *command;
     int memory_mb;
     int disk_mb;
@@ -69,17 +70,33 @@ int cell_launch_start(struct executor *ex, const char *home, const struct cell_l
                       const char *droplet_dir, struct instance **out, char addr[64], char *err,
                       size_t errsize);
 
-/* The one place a cell finds a droplet's folder: the controller's path when it exists on
- * this cell's file system (one host, or a shared file system). Fetching it by its digest from
- * the controllers' blob service is not there yet: otherwise -ENOENT with "droplet
- * sha256:... not on this cell" in err. *out is the caller's to free. */
-int cell_droplet_path(const char *path, const char *digest, char **out, char *err, size_t errsize);
+/* ---- droplets on a cell (fetch.c) ---------------------------------------------------------- */
 
-/* The droplet folder's digest, "sha256:HEX": SHA-256 over a walk of the folder in name
- * order (for each entry its kind, path relative to dir, mode, and a file's size and bytes or
- * a link's target). What a start request carries as droplet_digest; a cell does not check it
- * yet (cell_droplet_path). Reads every byte: the caller keeps it (one per droplet). */
-int cell_droplet_digest(const char *dir, char out[CELL_DIGEST_LEN], char *err, size_t errsize);
+/* Where a cell keeps the droplets it fetched: HOME/blobs/cache (blobs as fetched, verified)
+ * and HOME/blobs/droplets/HEX (each unpacked once, then used by every start of it). The
+ * cells' token is read from token_file (NULL or "": HOME/cell-token) at each fetch. */
+struct cell_droplets;
+int cell_droplets_new(uv_loop_t *loop, const char *home, const char *token_file,
+                      struct cell_droplets **out);
+/* After the loop ran every fetch to its end (its callbacks called). */
+void cell_droplets_free(struct cell_droplets *cd);
+
+/* rc 0 and dir (the droplet's folder), or rc < 0 and why; both live during the call. */
+typedef void (*cell_droplet_cb)(void *ctx, int rc, const char *dir, const char *why);
+
+/* The one place a cell finds l's droplet folder:
+ *  - a start request that names its blob (droplet_digest) and the controllers to fetch it
+ *    from (blob_urls), on a cell with cd: HOME/blobs/droplets/HEX, at once (0, *dir set) when
+ *    it is there, else -EINPROGRESS and done(ctx, ...) once it was fetched (with the cells'
+ *    token; verified against the digest before anything is unpacked) and unpacked, or could
+ *    not be; one fetch per digest however many starts wait for it;
+ *  - otherwise droplet_path when that folder exists on this cell (one host, or cd NULL: the
+ *    skiffd that staged it or brought it here, src/blobs);
+ *  - otherwise -ENOENT with "droplet sha256:... not on this cell" in err.
+ * *dir is the caller's to free. Other errors (a token file missing or readable by others, a
+ * fetch that cannot begin) are negative with the reason in err, and no call. */
+int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell_droplet_cb done,
+                     void *ctx, char **dir, char *err, size_t errsize);
 
 /* ---- the start request (docs/bus.md "Cells") ---------------------------------------------- */
 
@@ -90,7 +107,7 @@ json_t *cell_launch_to_json(const struct cell_launch *l);
 struct cell_launch_doc {
     struct cell_launch l;
     json_t *json; /* what l's strings point into */
-    const char **uris, **user_env;
+    const char **uris, **user_env, **blob_urls;
     struct instance_sidecar *sidecars;
 };
 int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, size_t errsize);
@@ -126,6 +143,7 @@ struct cell_agent_config {
     const char *nats_urls;
     struct natsconn_security nats_security;
     const struct executor_config *executor;
+    const char *token_file; /* the cells' token for fetching droplets (NULL: HOME/cell-token) */
 };
 
 #define CELL_HEARTBEAT_MS 1000

@@ -28,13 +28,6 @@ struct cellc__cell {
     struct cellc__cell *next;
 };
 
-/* A droplet's digest, made once (cell_droplet_digest reads every byte). */
-struct cellc__digest {
-    char droplet[37];
-    char digest[CELL_DIGEST_LEN];
-    struct cellc__digest *next;
-};
-
 struct cellc_inst {
     struct cellc *c;
     struct cellc__cell *cell; /* NULL: the local cell */
@@ -66,7 +59,7 @@ struct cellc {
     struct natsconn *nc;
     struct cellc__cell *cells;
     struct cellc_inst *insts;
-    struct cellc__digest *digests;
+    char **blob_urls; /* the controllers' API URLs a cell fetches droplets from */
     bool leading;
     int64_t leading_since_mono;
     int64_t connected_since_mono; /* 0 while NATS is down */
@@ -503,25 +496,6 @@ static int cellc__count(const struct cellc *c, const struct cellc__cell *cell, c
     return n;
 }
 
-static const char *cellc__droplet_digest(struct cellc *c, const struct cell_launch *l, char *err,
-                                         size_t errsize)
-{
-    if (l->droplet_digest)
-        return l->droplet_digest;
-    for (struct cellc__digest *d = c->digests; d; d = d->next)
-        if (!strcmp(d->droplet, l->droplet_guid))
-            return d->digest;
-    struct cellc__digest *d = xcalloc(1, sizeof *d);
-    if (cell_droplet_digest(l->droplet_path, d->digest, err, errsize) < 0) {
-        free(d);
-        return NULL;
-    }
-    snprintf(d->droplet, sizeof d->droplet, "%s", l->droplet_guid);
-    d->next = c->digests;
-    c->digests = d;
-    return d->digest;
-}
-
 int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_bytes,
                  struct cellc_inst **out, char addr[64], char *err, size_t errsize)
 {
@@ -567,7 +541,9 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     if (!cell) {
         char *dir = NULL;
         struct instance *inst = NULL;
-        int rc = cell_droplet_path(l->droplet_path, l->droplet_digest, &dir, err, errsize);
+        struct cell_launch here = *l;
+        here.blob_urls = NULL; /* the scheduler brought it here (blob_droplet_local) */
+        int rc = cell_droplet_get(NULL, &here, NULL, NULL, &dir, err, errsize);
         if (rc == 0)
             rc = cell_launch_start(c->ex, c->home, l, dir, &inst, addr, err, errsize);
         free(dir);
@@ -576,11 +552,9 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
         *out = cellc__wrap_local(c, inst, l->app_guid, l->process_type, l->index, l->droplet_guid);
         return 0;
     }
-    const char *digest = cellc__droplet_digest(c, l, err, errsize);
-    if (!digest)
-        return -EIO;
     struct cell_launch sent = *l;
-    sent.droplet_digest = digest;
+    if (sent.droplet_digest) /* a droplet made before blobs has none: read at its path */
+        sent.blob_urls = (const char *const *)c->blob_urls;
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);
     cell->placed += memory_bytes;
@@ -681,6 +655,13 @@ json_t *cellc_remote_cells(const struct cellc *c)
 
 /* ---- life ---------------------------------------------------------------------------------- */
 
+static void cellc__urls_free(char **urls)
+{
+    for (size_t k = 0; urls && urls[k]; k++)
+        free(urls[k]);
+    free(urls);
+}
+
 int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,
               struct cellc **out, char *err, size_t errsize)
 {
@@ -697,6 +678,12 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     c->local_capacity = sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
     c->lost_ms = cfg->lost_ms > 0 ? cfg->lost_ms : CELLC_LOST_MS;
     c->home = xstrdup(cfg->home ? cfg->home : "");
+    size_t n_urls = 0;
+    while (cfg->blob_urls && cfg->blob_urls[n_urls])
+        n_urls++;
+    c->blob_urls = xcalloc(n_urls + 1, sizeof *c->blob_urls);
+    for (size_t k = 0; k < n_urls; k++)
+        c->blob_urls[k] = xstrdup(cfg->blob_urls[k]);
     int rc = 0;
     if (cfg->nats_urls && *cfg->nats_urls) {
         struct natsconn_config nc = {.urls = cfg->nats_urls,
@@ -717,6 +704,7 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     if (rc < 0) {
         if (c->nc)
             natsconn_close(c->nc);
+        cellc__urls_free(c->blob_urls);
         free(c->home);
         free(c);
         return rc;
@@ -805,11 +793,7 @@ void cellc_free(struct cellc *c)
         c->cells = cell->next;
         free(cell);
     }
-    while (c->digests) {
-        struct cellc__digest *d = c->digests;
-        c->digests = d->next;
-        free(d);
-    }
+    cellc__urls_free(c->blob_urls);
     free(c->home);
     free(c);
 }

@@ -66,6 +66,9 @@ struct cellc_config {
     const char *nats_urls; /* NULL or "": no remote cells */
     struct natsconn_security nats_security;
     int lost_ms; /* <= 0: CELLC_LOST_MS */
+    /* the controllers' API URLs a remote cell fetches a droplet's blob from (NULL-terminated,
+     * copied; NULL: none, the cell reads the droplet at its path) */
+    const char *const *blob_urls;
 };
 
 int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,

@@ -1,9 +1,7 @@
-/* cell: starting a launch on a local executor, and finding its droplet (cell.h). */
-#include <dirent.h>
+/* cell: starting a launch on a local executor (cell.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,23 +13,6 @@
 #include "common/util.h"
 #include "images/images.h"
 #include "scheduler/instance_env.h"
-
-int cell_droplet_path(const char *path, const char *digest, char **out, char *err, size_t errsize)
-{
-    struct stat st;
-    if (path && *path && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        *out = xstrdup(path);
-        return 0;
-    }
-    /* the blob service's fetch by digest goes here (GET /v1/blobs/sha256:HEX on a controller,
-     * cached under the cell's home by digest) */
-    snprintf(err, errsize,
-             "droplet %s not on this cell: it is read at the controller's path (%s), which "
-             "must be on a file system this cell shares; fetching droplets by digest is not "
-             "done yet",
-             digest && *digest ? digest : "sha256:(unknown)", path && *path ? path : "none");
-    return -ENOENT;
-}
 
 /* The executor's spec for l, without what depends on the slot (port, env, dirs). */
 static struct instance_spec cell__spec(const struct cell_launch *l, const char *app_dir)
@@ -131,98 +112,4 @@ out:
     free(tmpdir);
     free(app_dir);
     return rc;
-}
-
-/* ---- a droplet folder's digest ------------------------------------------------------------- */
-
-struct cell__hash {
-    EVP_MD_CTX *md;
-    int rc;
-};
-
-static void cell__hash_text(struct cell__hash *h, const char *kind, const char *rel,
-                            const char *rest)
-{
-    EVP_DigestUpdate(h->md, kind, strlen(kind));
-    EVP_DigestUpdate(h->md, rel, strlen(rel) + 1); /* with its NUL: names cannot hold one */
-    EVP_DigestUpdate(h->md, rest, strlen(rest));
-    EVP_DigestUpdate(h->md, "\n", 1);
-}
-
-static void cell__hash_file(struct cell__hash *h, const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        h->rc = -errno;
-        return;
-    }
-    char buf[65536];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof buf)) > 0)
-        EVP_DigestUpdate(h->md, buf, (size_t)n);
-    if (n < 0)
-        h->rc = -errno;
-    close(fd);
-}
-
-/* Every entry under dir/rel, in name order: kind, relative path, mode, size or link target,
- * then a file's bytes. */
-static void cell__hash_tree(struct cell__hash *h, const char *dir, const char *rel)
-{
-    char *path = *rel ? xasprintf("%s/%s", dir, rel) : xstrdup(dir);
-    struct dirent **names = NULL;
-    int n = scandir(path, &names, NULL, alphasort);
-    if (n < 0)
-        h->rc = -errno;
-    for (int k = 0; k < n; k++) {
-        const char *name = names[k]->d_name;
-        if (h->rc == 0 && strcmp(name, ".") && strcmp(name, "..")) {
-            char *sub = *rel ? xasprintf("%s/%s", rel, name) : xstrdup(name);
-            char *full = xasprintf("%s/%s", dir, sub);
-            struct stat st;
-            char rest[PATH_MAX + 64];
-            if (lstat(full, &st) < 0) {
-                h->rc = -errno;
-            } else if (S_ISDIR(st.st_mode)) {
-                snprintf(rest, sizeof rest, "%o", (unsigned)(st.st_mode & 07777));
-                cell__hash_text(h, "D", sub, rest);
-                cell__hash_tree(h, dir, sub);
-            } else if (S_ISLNK(st.st_mode)) {
-                ssize_t len = readlink(full, rest, sizeof rest - 1);
-                rest[len > 0 ? len : 0] = '\0';
-                cell__hash_text(h, "L", sub, rest);
-            } else if (S_ISREG(st.st_mode)) {
-                snprintf(rest, sizeof rest, "%o %llu", (unsigned)(st.st_mode & 07777),
-                         (unsigned long long)st.st_size);
-                cell__hash_text(h, "F", sub, rest);
-                cell__hash_file(h, full);
-            }
-            free(full);
-            free(sub);
-        }
-        free(names[k]);
-    }
-    free(names);
-    free(path);
-}
-
-int cell_droplet_digest(const char *dir, char out[CELL_DIGEST_LEN], char *err, size_t errsize)
-{
-    struct cell__hash h = {EVP_MD_CTX_new(), 0};
-    if (!h.md || !EVP_DigestInit_ex(h.md, EVP_sha256(), NULL))
-        abort(); /* out of memory */
-    cell__hash_tree(&h, dir, "");
-    unsigned char md[32];
-    unsigned len = 0;
-    EVP_DigestFinal_ex(h.md, md, &len);
-    EVP_MD_CTX_free(h.md);
-    if (h.rc < 0) {
-        snprintf(err, errsize, "cannot read droplet %s to make its digest: %s", dir,
-                 strerror(-h.rc));
-        return h.rc;
-    }
-    int n = snprintf(out, CELL_DIGEST_LEN, "sha256:");
-    for (unsigned k = 0; k < len; k++)
-        n += snprintf(out + n, CELL_DIGEST_LEN - (size_t)n, "%02x", md[k]);
-    return 0;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blobs/blobs.h"
 #include "cell/cell.h"
 #include "common/util.h"
 
@@ -39,6 +40,8 @@ json_t *cell_launch_to_json(const struct cell_launch *l)
     cell__set_str(o, "droplet_guid", l->droplet_guid);
     cell__set_str(o, "droplet_digest", l->droplet_digest);
     cell__set_str(o, "droplet_path", l->droplet_path);
+    if (l->blob_urls && l->blob_urls[0])
+        json_object_set_new(o, "blob_urls", cell__strv(l->blob_urls));
     cell__set_str(o, "command", l->command);
     json_object_set_new(o, "memory_mb", json_integer(l->memory_mb));
     json_object_set_new(o, "disk_mb", json_integer(l->disk_mb));
@@ -151,6 +154,21 @@ static enum health_check_type cell__health(struct cell__reader *r, const char *k
     return HEALTH_PORT;
 }
 
+/* The controllers' API URLs a droplet is fetched from: where the cell sends its token. */
+static bool cell__urls_valid(const char *const *urls)
+{
+    size_t n = 0;
+    for (; urls[n]; n++) {
+        const char *u = urls[n];
+        if (n >= 8 || strlen(u) > 1024 || (strncmp(u, "http://", 7) && strncmp(u, "https://", 8)))
+            return false;
+        for (const char *c = u; *c; c++)
+            if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f)
+                return false;
+    }
+    return true;
+}
+
 /* A NULL-terminated list of the array's strings (pointing into it). */
 static const char **cell__strings(struct cell__reader *r, const char *key)
 {
@@ -234,6 +252,8 @@ int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, s
     l->uris = out->uris;
     l->events_url = cell__str(&r, "events_url", false);
     l->events_token = cell__str(&r, "events_token", false);
+    out->blob_urls = cell__strings(&r, "blob_urls");
+    l->blob_urls = out->blob_urls;
     out->user_env = cell__strings(&r, "user_env");
     l->user_env = out->user_env;
     l->vcap_services_json = cell__str(&r, "vcap_services", false);
@@ -255,6 +275,12 @@ int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, s
             cell__fail(&r, "droplet_path", "must be an absolute path without \"..\"");
         else if (!*l->command)
             cell__fail(&r, "command", "must not be empty");
+        else if (l->droplet_digest && !blob_digest_valid(l->droplet_digest))
+            cell__fail(&r, "droplet_digest", "must be sha256: and 64 lowercase hex digits");
+        else if (!cell__urls_valid(out->blob_urls))
+            cell__fail(&r, "blob_urls",
+                       "must be at most 8 http:// or https:// URLs of at most 1024 printable "
+                       "characters each");
     }
     if (r.rc < 0)
         cell_launch_doc_clear(out);
@@ -263,6 +289,7 @@ int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, s
 
 void cell_launch_doc_clear(struct cell_launch_doc *d)
 {
+    free(d->blob_urls);
     free(d->uris);
     free(d->user_env);
     free(d->sidecars);

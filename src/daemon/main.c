@@ -144,6 +144,10 @@ static void usage(FILE *out)
         "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
         "                              default: the host's RAM)\n"
+        "  --cell-token-file PATH      a cell's copy of the cells' token (a controller's\n"
+        "                              HOME/cell-token, mode 0600), sent to the controllers to\n"
+        "                              fetch droplets (SKIFF_CELL_TOKEN_FILE, default\n"
+        "                              HOME/cell-token)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -831,7 +835,14 @@ static int daemon_run_router(const char *home, const char *nats_url,
 struct daemon_cell {
     uv_signal_t sigterm, sigint, sigusr2;
     struct cell_agent *agent;
+    struct hosts *hosts; /* --host-addr: this cell among the hosts (src/hosts/README.md) */
     bool stopping;
+};
+
+/* What a cell with --host-addr tells the other hosts: its address and its container pool. */
+struct daemon_cell_host {
+    const char *addr; /* "" without --host-addr */
+    const struct net_pool *pool;
 };
 
 static void daemon_cell_closed(void *arg)
@@ -855,11 +866,15 @@ static void daemon_cell_on_signal(uv_signal_t *h, int signum)
                                 : "terminated",
              leave ? "the instances keep running for the next cell on this home"
                    : "stopping the instances");
+    if (c->hosts)
+        hosts_stop(c->hosts);
+    c->hosts = NULL;
     cell_agent_close(c->agent, leave, daemon_cell_closed, c);
 }
 
 /* Runs until a signal; 0 after a clean stop. */
-static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg_in)
+static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg_in,
+                           const struct daemon_cell_host *host)
 {
     struct cell_agent_config cfg = *cfg_in;
     char *h = path_expand_home(home);
@@ -880,9 +895,33 @@ static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg
     uv_loop_t *loop = uv_default_loop();
     struct daemon_cell c = {0};
     char err[512] = "";
+    /* before any instance starts (adopted ones included): a pool another host announced that
+     * overlaps this cell's would send that host's instances' traffic here */
+    if (*host->addr) {
+        rc = hosts_start(loop,
+                         &(struct hosts_config){.nats_urls = cfg.nats_urls,
+                                                .security = cfg.nats_security,
+                                                .addr = host->addr,
+                                                .roles = HOSTS_CELL,
+                                                .pool = host->pool},
+                         &c.hosts, err, sizeof err);
+        if (rc == 0)
+            rc = hosts_settle(c.hosts, 3000, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            if (c.hosts)
+                hosts_stop(c.hosts);
+            uv_run(loop, UV_RUN_DEFAULT);
+            rc = 2;
+            goto out;
+        }
+    }
     rc = cell_agent_start(loop, &cfg, &c.agent, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);
+        if (c.hosts)
+            hosts_stop(c.hosts);
+        uv_run(loop, UV_RUN_DEFAULT);
         rc = 2;
         goto out;
     }
@@ -941,6 +980,7 @@ int main(int argc, char **argv)
     const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
     bool no_builtin_brokers = false;
     const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
+    const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     for (int i = 1; i < argc; i++) {
@@ -993,6 +1033,8 @@ int main(int argc, char **argv)
             target = &nats_sec.tls_key;
         else if (!strcmp(a, "--memory"))
             target = &cell_memory_text;
+        else if (!strcmp(a, "--cell-token-file"))
+            target = &cell_token_file;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-memory"))
@@ -1136,8 +1178,15 @@ int main(int argc, char **argv)
             .heartbeat_ms = (int)env_long("SKIFF_CELL_HEARTBEAT_MS", CELL_HEARTBEAT_MS, 100),
             .nats_urls = nats_url,
             .nats_security = nats_sec,
-            .executor = &cell_ex};
-        int cell_rc = daemon_run_cell(home, &cell_cfg);
+            .executor = &cell_ex,
+            .token_file = cell_token_file};
+        if (*host_addr && !contained) {
+            log_error("--host-addr needs --isolation container: instances of other hosts are "
+                      "reached at their container addresses");
+            return 2;
+        }
+        int cell_rc = daemon_run_cell(home, &cell_cfg,
+                                      &(struct daemon_cell_host){.addr = host_addr, .pool = &pool});
         free(cell_home);
         free(cell_buildpacks);
         free(cell_init);
@@ -1331,7 +1380,8 @@ int main(int argc, char **argv)
                                    .nats_urls = nats_url,
                                    .nats_security = nats_sec,
                                    .lost_ms =
-                                       (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500)};
+                                       (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500),
+                                   .blob_urls = (const char *const[]){api_url, NULL}};
     struct scheduler_config scfg = {.home = d.home,
                                     .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,

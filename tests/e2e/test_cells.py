@@ -6,8 +6,9 @@ reports and batched output. A cell's credentials cannot send another cell a star
 refuses the publish), nor can a client without credentials connect. A cell killed with kill -9
 and started again keeps the instance its shim kept running (adopted, same guid and address).
 
-Placement and convergence by the leader's scheduler are not done yet (src/cell/README.md): the
-leader part is played by this test."""
+The first tests play the leader themselves; the last ones run a controller (`--role
+controller` on PostgreSQL) that places instances on the two cells, which fetch the droplet by
+its digest from the controller's API with the cells' token (src/cell/README.md)."""
 import json
 import os
 import re
@@ -184,11 +185,11 @@ class Cell:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
         env.update(HOME=self.home, SKIFF_NATS=self.nats.url_for(self.id),
                    SKIFF_PORT_MIN=str(self.ports[0]), SKIFF_PORT_MAX=str(self.ports[1]),
-                   SKIFF_CELL_HEARTBEAT_MS="300", SKIFF_PREWARM="0", SKIFF_GRACE_MS="2000")
+                   SKIFF_CELL_HEARTBEAT_MS="300", SKIFF_PREWARM="1", SKIFF_GRACE_MS="2000")
         log = open(os.path.join(self.home, "cell.out"), "ab")
         self.proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
-             "--zone", self.zone, "--memory", "2G", "--isolation", "process"],
+             "--zone", self.zone, "--memory", "2G"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
@@ -254,6 +255,7 @@ def setup():
             c.stop()
             text = c.output()
             assert "Sanitizer" not in text and "runtime error" not in text, text
+            assert "cannot make a warm container" not in text, text  # the warm pool works
     finally:
         if ctl:
             ctl.close()
@@ -295,6 +297,12 @@ def answers(addr):
         return 0, ""
 
 
+def in_pool(addr):
+    """A container's address in the default pool (10.244.0.0/16), on the port instances
+    listen on inside it."""
+    return re.fullmatch(r"10\.244\.\d+\.\d+:8080", addr) is not None
+
+
 def serves(addr, index):
     return answers(addr) == (200, "instance %d\n" % index)
 
@@ -316,9 +324,8 @@ def test_cells_announce_themselves_and_run_what_the_leader_asks(setup):
         starting = state_of(ctl, c.id, guids[i], "STARTING")
         running = state_of(ctl, c.id, guids[i], "RUNNING")
         assert running["addr"] == starting["addr"], (starting, running)
-        port = int(running["addr"].rsplit(":", 1)[1])
-        assert c.ports[0] <= port <= c.ports[1], running  # the cell's own slot
         addrs.append(running["addr"])
+        assert in_pool(running["addr"]), running  # a container of the cell's own
         wait_for(lambda: serves(addrs[i], i), 10, "instance %d to answer" % i)
         hb = heartbeat(ctl, c.id, lambda m: [x["state"] for x in m["instances"]] == ["RUNNING"],
                        what="one instance, running")
@@ -326,6 +333,8 @@ def test_cells_announce_themselves_and_run_what_the_leader_asks(setup):
         assert inst["guid"] == guids[i] and inst["state"] == "RUNNING", hb
         assert inst["addr"] == addrs[i] and inst["index"] == i, hb
         assert inst["droplet_guid"] == "7b3a0c0e-1111-4222-8333-444455556666", hb
+    # two executors on one host share the pool: each took a slot the other did not hold
+    assert addrs[0] != addrs[1], addrs
     # its output comes back batched, naming the instance
     _, out = ctl.wait_msg(lambda s, m: m.get("type") == "output" and any(
         ln["guid"] == guids[0] and "listening on" in ln["line"] for ln in m["lines"]),
@@ -453,7 +462,7 @@ def kill_cell_with_everything(cell):
 def controller(pg_dir, nats, home=None):
     url = f"postgresql://postgres@/postgres?host={pg_dir}"
     return Platform(home=home, extra_args=["--role", "controller", "--store", url,
-                                           "--isolation", "process", "--zone", "zone-c"],
+                                           "--zone", "zone-c"],
                     extra_env={"SKIFF_NATS": nats.url_for("skiffd"), "SKIFF_PREWARM": "0",
                                "SKIFF_CELL_HEARTBEAT_MS": "500"})
 
@@ -486,9 +495,14 @@ def cluster():
                  Cell(nats, CELL_B, "zone-b", (base + 10, base + 19))]
         ctl = None
         try:
-            for c in cells:
-                c.start()
             ctl = controller(pg_dir, nats).start()
+            # the operator gives each cell the cells' token the first controller made
+            token = os.path.join(ctl.home, "cell-token")
+            wait_for(lambda: os.path.exists(token), 10, "the controller's cell-token")
+            for c in cells:
+                shutil.copy(token, os.path.join(c.home, "cell-token"))
+                os.chmod(os.path.join(c.home, "cell-token"), 0o600)
+                c.start()
             wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller "
                      "to lead")
             yield SimpleNamespace(pg_dir=pg_dir, nats=nats, cells=cells, ctl=ctl)
@@ -528,8 +542,7 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     assert set(placed) == {a.id, b.id}, placed
     for c in (a, b):
         assert "starting instance" in c.output(), c.output()
-        port = int(placed[c.id]["address"].rsplit(":", 1)[1])
-        assert c.ports[0] <= port <= c.ports[1], placed
+        assert in_pool(placed[c.id]["address"]), placed
     wait_for(lambda: through_router(ctl, "two"), 20, "the route to serve")
     # each cell's own executor runs one (its heartbeat says so)
     for c in (a, b):
@@ -542,6 +555,11 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     assert a.id in r.stdout and b.id in r.stdout and "zone-a" in r.stdout, r.stdout
     digest = start["launch"]["droplet_digest"]
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), start
+    # and where to fetch it: each cell did, into its own home, once
+    assert start["launch"]["blob_urls"] == [ctl.api_url], start
+    for c in (a, b):
+        assert c.output().count("fetched droplet %s" % digest) == 1, c.output()
+        assert os.path.isdir(os.path.join(c.home, "blobs", "droplets", digest[7:], "app"))
     assert start["launch"]["droplet_guid"] == placed[a.id]["droplet"], start
 
     # kill -9 cell a with its instance: lost after LOST_MS, its instance started on b

@@ -1,5 +1,5 @@
-/* cell: the placement rule, and the start request read back as it was written, with what a
- * hostile sender writes refused. */
+/* cell: the placement rule, the start request read back as it was written, with what a
+ * hostile sender writes refused, and where a cell finds a droplet. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -119,6 +119,8 @@ static void test_ties_do_not_depend_on_the_order(void **state)
 
 static const char *const uris[] = {"shop.localhost", NULL};
 static const char *const user_env[] = {"A", "1", "B", "two", NULL};
+static const char *const blob_urls[] = {"http://10.0.0.1:8090", "https://ctl-2.example:8091", NULL};
+#define SAMPLE_DIGEST "sha256:00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff"
 
 static struct cell_launch sample(void)
 {
@@ -128,8 +130,9 @@ static struct cell_launch sample(void)
                                 .index = 2,
                                 .instance_guid = "9b3a0c0e-1111-4222-8333-444455556666",
                                 .droplet_guid = "7b3a0c0e-1111-4222-8333-444455556666",
-                                .droplet_digest = "sha256:00ff",
+                                .droplet_digest = SAMPLE_DIGEST,
                                 .droplet_path = "/var/skiff/apps/x/droplets/y",
+                                .blob_urls = blob_urls,
                                 .command = "python3 app.py",
                                 .memory_mb = 256,
                                 .health = HEALTH_HTTP,
@@ -151,7 +154,9 @@ static void test_a_launch_reads_back_as_written(void **state)
     char err[256] = "";
     assert_int_equal(cell_launch_from_json(j, &d, err, sizeof err), 0);
     assert_string_equal(d.l.instance_guid, l.instance_guid);
-    assert_string_equal(d.l.droplet_digest, "sha256:00ff");
+    assert_string_equal(d.l.droplet_digest, SAMPLE_DIGEST);
+    assert_string_equal(d.l.blob_urls[1], "https://ctl-2.example:8091");
+    assert_null(d.l.blob_urls[2]);
     assert_int_equal(d.l.index, 2);
     assert_int_equal(d.l.health, HEALTH_HTTP);
     assert_true(d.l.readiness);
@@ -194,25 +199,21 @@ static void test_a_hostile_launch_is_refused_with_the_field_named(void **state)
     refused("user_env", json_pack("[s]", "ODD"), "pairs");
     refused("uris", json_integer(3), "list");
     refused("command", json_string(""), "empty");
+    refused("droplet_digest", json_string("sha256:00ff"), "64 lowercase hex");
+    refused("droplet_digest",
+            json_string("sha256:../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            "64 lowercase hex");
+    refused("blob_urls", json_pack("[s]", "file:///etc/shadow"), "http://");
+    refused("blob_urls", json_pack("[s]", "http://a b"), "printable");
+    refused("blob_urls",
+            json_pack("[s,s,s,s,s,s,s,s,s]", "http://a", "http://a", "http://a", "http://a",
+                      "http://a", "http://a", "http://a", "http://a", "http://a"),
+            "at most 8");
     struct cell_launch_doc d;
     char err[128];
     json_t *one = json_integer(1);
     assert_int_equal(cell_launch_from_json(one, &d, err, sizeof err), -EINVAL);
     json_decref(one);
-}
-
-static void test_a_droplet_not_here_names_its_digest(void **state)
-{
-    (void)state;
-    char *path = NULL;
-    char err[512] = "";
-    assert_int_equal(
-        cell_droplet_path("/nonexistent/droplet", "sha256:abcd", &path, err, sizeof err), -ENOENT);
-    assert_null(path);
-    assert_non_null(strstr(err, "droplet sha256:abcd not on this cell"));
-    assert_int_equal(cell_droplet_path("/tmp", "sha256:abcd", &path, err, sizeof err), 0);
-    assert_string_equal(path, "/tmp");
-    free(path);
 }
 
 static void write_file(const char *path, const char *text, mode_t mode)
@@ -224,36 +225,89 @@ static void write_file(const char *path, const char *text, mode_t mode)
     chmod(path, mode);
 }
 
-static void test_a_droplets_digest_follows_its_content(void **state)
+static void test_a_droplet_not_here_names_its_digest(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/skiff-test-digest-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char path[256], err[256] = "", one[CELL_DIGEST_LEN], two[CELL_DIGEST_LEN];
-    snprintf(path, sizeof path, "%s/app", dir);
-    assert_int_equal(mkdir(path, 0755), 0);
-    snprintf(path, sizeof path, "%s/app/a.py", dir);
-    write_file(path, "print(1)\n", 0644);
-    assert_int_equal(cell_droplet_digest(dir, one, err, sizeof err), 0);
-    assert_int_equal(strlen(one), 7 + 64);
-    assert_memory_equal(one, "sha256:", 7);
-    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
-    assert_string_equal(one, two); /* the same tree, the same digest */
-    write_file(path, "print(2)\n", 0644);
-    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
-    assert_string_not_equal(one, two); /* a byte changed */
-    write_file(path, "print(1)\n", 0755);
-    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
-    assert_string_not_equal(one, two); /* a mode changed */
-    write_file(path, "print(1)\n", 0644);
-    assert_int_equal(cell_droplet_digest(dir, two, err, sizeof err), 0);
-    assert_string_equal(one, two);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/app", dir);
-    rmdir(path);
-    rmdir(dir);
-    assert_true(cell_droplet_digest(dir, two, err, sizeof err) < 0);
-    assert_non_null(strstr(err, "cannot read droplet"));
+    struct cell_launch l = sample();
+    l.blob_urls = NULL;
+    l.droplet_path = "/nonexistent/droplet";
+    char *path = NULL;
+    char err[512] = "";
+    assert_int_equal(cell_droplet_get(NULL, &l, NULL, NULL, &path, err, sizeof err), -ENOENT);
+    assert_null(path);
+    assert_non_null(strstr(err, "droplet " SAMPLE_DIGEST " not on this cell"));
+    l.droplet_path = "/tmp";
+    assert_int_equal(cell_droplet_get(NULL, &l, NULL, NULL, &path, err, sizeof err), 0);
+    assert_string_equal(path, "/tmp");
+    free(path);
+}
+
+struct heard {
+    int calls, rc;
+    char why[512];
+};
+
+static void on_droplet(void *ctx, int rc, const char *dir, const char *why)
+{
+    struct heard *h = ctx;
+    h->calls++;
+    h->rc = rc;
+    assert_true(rc < 0 ? dir == NULL && why != NULL : dir != NULL);
+    snprintf(h->why, sizeof h->why, "%s", why ? why : "");
+}
+
+/* A cell with a home of its own: the controller's path is never read when the request names
+ * controllers to fetch from; the cache answers at once; the token file must be the operator's
+ * (there, 0600, a cells' token); a fetch nobody answers fails once for both starts waiting. */
+static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellhome-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    assert_int_equal(cell_droplets_new(&loop, home, NULL, &cd), 0);
+    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    struct cell_launch l = sample();
+    l.droplet_path = "/tmp"; /* there, but not this cell's to read */
+    l.blob_urls = nobody;
+    char *dir = NULL, err[512] = "", path[512];
+    struct heard h = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -ENOENT);
+    assert_non_null(strstr(err, "cell-token"));
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    write_file(path, "skiffc_00ff\n", 0644);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EACCES);
+    assert_non_null(strstr(err, "chmod 600"));
+    write_file(path, "a password\n", 0600);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "does not hold a cells' token"));
+    write_file(path, "skiffc_00ff\n", 0600);
+    struct heard h2 = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
+                     -EINPROGRESS);
+    assert_int_equal(h.calls, 0); /* never from inside the call */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h2.calls, 1);
+    assert_int_equal(h.rc, -EIO);
+    assert_non_null(strstr(h.why, "127.0.0.1:1"));
+    snprintf(path, sizeof path, "%s/blobs/droplets/%s", home, SAMPLE_DIGEST + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), -1); /* nothing unpacked */
+    /* a droplet fetched before: its folder, at once */
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), 0);
+    assert_string_equal(dir, path);
+    free(dir);
+    assert_int_equal(h.calls, 1);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
 }
 
 int main(void)
@@ -267,7 +321,7 @@ int main(void)
         cmocka_unit_test(test_a_launch_reads_back_as_written),
         cmocka_unit_test(test_a_hostile_launch_is_refused_with_the_field_named),
         cmocka_unit_test(test_a_droplet_not_here_names_its_digest),
-        cmocka_unit_test(test_a_droplets_digest_follows_its_content),
+        cmocka_unit_test(test_a_droplet_is_fetched_by_digest_with_the_token_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,319 @@
+"""Cells on hosts of their own (network namespaces on a bridge, tests/e2e/multihost.py): host A
+runs `skiffd --role controller` on PostgreSQL, hosts B and C each run `skiffd --role cell
+--host-addr` (containers, each host its own pool and its own home), host D runs
+`skiffd --role router`.
+
+An app of two instances lands one on B and one on C, and D's router serves both (D routes each
+cell's pool via that cell's address, learnt from the cells' announcements). B's link goes down:
+B is lost, its instance comes back on C within 30 s, and the requests sent through D meanwhile
+are counted; B's link comes back: its duplicate is stopped."""
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import BIN_DIR, deploy_bits, wait_for
+from multihost import Cluster, HostPlatform, HostRouter
+from test_multihost import nats_publish
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed"),
+    pytest.mark.skipif(os.getuid() != 0, reason="network namespaces need root"),
+]
+
+HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
+POOLS = {"a": "10.244.0.0/18", "b": "10.244.64.0/18", "c": "10.244.128.0/18"}
+LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default
+
+
+class HostCell:
+    """`skiffd --role cell --host-addr` in a host's namespace, with a home of its own."""
+
+    def __init__(self, host, nats_urls, pool):
+        self.host, self.nats_urls, self.pool = host, nats_urls, pool
+        self.home = tempfile.mkdtemp(prefix="skiff-mhcell-")
+        self.id = uuid.uuid4().hex
+        with open(os.path.join(self.home, "cell-id"), "w") as f:
+            f.write(self.id + "\n")
+        self.proc = None
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+        env.update(HOME=self.home, SKIFF_NATS=self.nats_urls, SKIFF_CELL_HEARTBEAT_MS="300",
+                   SKIFF_GRACE_MS="2000", **HOSTS_MS)
+        log = open(os.path.join(self.home, "cell.out"), "ab")
+        # only the network namespace is the host's: `ip netns exec` would also mount a sysfs of
+        # its own, without the cgroup file systems under it, which a host has
+        self.proc = subprocess.Popen([
+            "nsenter", "--net=/run/netns/" + self.host.ns,
+            os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
+            "--host-addr", self.host.addr, "--network-pool", self.pool, "--prewarm", "1",
+            "--zone", "zone-" + self.host.name, "--memory", "2G"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def output(self):
+        try:
+            with open(os.path.join(self.home, "cell.out"), errors="replace") as f:
+                return f.read()[-40000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture
+def world():
+    c = Cluster(("a", "b", "c", "d"))
+    c.up()
+    started = []
+    try:
+        url = c.create_database("skiff_cells_%d" % os.getpid())
+        A = c.host("a")
+        ctl = HostPlatform(A, extra_args=[
+            "--role", "controller", "--store", url, "--nats", c.nats_urls, "--nats-replicas",
+            "3", "--host-addr", A.addr, "--network-pool", POOLS["a"], "--prewarm", "0",
+            "--zone", "zone-a"], extra_env=dict(HOSTS_MS, SKIFF_CELL_HEARTBEAT_MS="500"))
+        started.append(ctl)
+        ctl.start()
+        # the operator gives each cell the cells' token the first controller made
+        token_path = os.path.join(ctl.home, "cell-token")
+        wait_for(lambda: os.path.exists(token_path), 10, "the controller's cell-token")
+        cells = {}
+        for name in ("b", "c"):
+            cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
+            started.append(cells[name])
+            shutil.copy(token_path, os.path.join(cells[name].home, "cell-token"))
+            os.chmod(os.path.join(cells[name].home, "cell-token"), 0o600)
+            cells[name].start()
+        router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
+        started.append(router)
+        router.start()
+        yield c, ctl, cells, router
+        for s in started:
+            s.stop()
+        for text in [ctl.output()] + [x.output() for x in cells.values()]:
+            assert "Sanitizer" not in text and "runtime error" not in text, text
+    finally:
+        for s in reversed(started):
+            try:
+                s.close()
+            except Exception as e:  # close the others still
+                print("closing:", e)
+        c.down()
+
+
+# tests/e2e/apps/web.py's answers, without http.server's socket.getfqdn at bind: the namespace
+# hosts reach no DNS server, and that lookup would wait for the resolver's timeout (5 s)
+CELL_APP = b"""import os, socketserver
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("instance %s\\n" % os.environ["CF_INSTANCE_INDEX"]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "instance", self.server_address[1]
+S(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def cells_up(ctl):
+    status, body = ctl.api("GET", "/v1/cells")
+    return {x["id"] for x in body.get("cells", []) if x.get("role") == "cell"
+            and x["state"] == "up"} if status == 200 else set()
+
+
+def running(ctl, name):
+    status, app = ctl.api("GET", "/v1/apps/%s" % name)
+    assert status == 200, app
+    return [i for i in app.get("instances_detail", []) if i.get("guid") and
+            i["state"] == "RUNNING"]
+
+
+def backends(router, host):
+    """The addresses the router sends host's requests to (its admin port's /routes)."""
+    path = os.path.join(router.home, "api.json")  # the admin token the router checks against
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump({"token": uuid.uuid4().hex}, f)
+    with open(path) as f:
+        token = json.load(f)["token"]
+    req = urllib.request.Request(router.admin_url + "/routes",
+                                 headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        table = json.load(r)
+    return [a for x in table["routes"] if x["host"] == host for a in x["backends"]]
+
+
+def in_pool(addr, pool):
+    """Whether addr (IP:PORT) lies in a /18 pool like 10.244.64.0/18."""
+    base = int(pool.split(".")[2])
+    ip = addr.rsplit(":", 1)[0].split(".")
+    return ip[:2] == ["10", "244"] and base <= int(ip[2]) < base + 64
+
+
+def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_elsewhere(world):
+    cluster, ctl, cells, router = world
+    B, C, D = cluster.host("b"), cluster.host("c"), cluster.host("d")
+    b, c = cells["b"], cells["c"]
+    wait_for(lambda: cells_up(ctl) == {b.id, c.id}, 30, "both cells to be listed up")
+    # D routes each cell's pool via that cell's host
+    wait_for(lambda: all("%s via %s" % (POOLS[n], cluster.host(n).addr) in D.routes(proto=83)
+                         for n in ("b", "c")), 15, "D's routes to the cells' pools")
+
+    deploy_bits(ctl, "two", [("Procfile", b"web: python3 app.py\n"), ("app.py", CELL_APP)],
+                {"instances": 2})
+    status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
+    assert status in (200, 201), body
+    wait_for(lambda: len(running(ctl, "two")) == 2, 120, "two instances running")
+    status, app = ctl.api("GET", "/v1/apps/two")
+    assert status == 200, app
+    placed = {i["cell"]: i for i in running(ctl, "two")}
+    assert set(placed) == {b.id, c.id}, placed
+    assert in_pool(placed[b.id]["address"], POOLS["b"]), placed
+    assert in_pool(placed[c.id]["address"], POOLS["c"]), placed
+    # each cell fetched the droplet by its digest from the controller, into its own home
+    m = re.search(r"fetching droplet (sha256:[0-9a-f]{64}) from (\S+)", b.output())
+    assert m and m.group(2) == ctl.api_url, b.output()
+    digest = m.group(1)
+    # it is the blob the controller serves under that name (its content hashes to it)
+    req = urllib.request.Request(ctl.api_url + "/v1/blobs/" + digest,
+                                 headers={"Authorization": "Bearer " + ctl.token})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert "sha256:" + hashlib.sha256(r.read()).hexdigest() == digest
+    for x in (b, c):
+        assert "fetching droplet %s from %s" % (digest, ctl.api_url) in x.output(), x.output()
+        assert "fetched droplet %s from a controller (verified)" % digest in x.output()
+        with open(os.path.join(x.home, "blobs", "droplets", digest[7:], "app", "app.py"),
+                  "rb") as f:
+            assert f.read() == CELL_APP
+    # the router on D serves both instances
+    wait_for(lambda: {router.get("two.localhost")[1] for _ in range(4)} ==
+             {"instance 0\n", "instance 1\n"}, 30, "D's router to serve both instances")
+
+    # a start whose digest names no blob is refused by the cell, though the controller's path
+    # it carries is on the file system the namespaces share: the cell never reads it
+    forged = "sha256:" + "ab" * 32
+    guid = str(uuid.uuid4())
+    nats_publish(cluster, [("skiff.cell.%s.req" % b.id, {"v": 1, "op": "start", "launch": {
+        "app_guid": app["guid"], "app_name": "two", "process_type": "web", "index": 5,
+        "instance_guid": guid, "droplet_guid": app["droplet"], "droplet_digest": forged,
+        "droplet_path": ctl.home, "blob_urls": [ctl.api_url], "command": "python3 app.py",
+        "memory_mb": 64, "health": "port", "uris": [], "user_env": []}})])
+    wait_for(lambda: "droplet %s could not be fetched" % forged in b.output(), 20,
+             "B to refuse the forged digest")
+    assert "starting instance 5" not in b.output()
+    assert not os.path.exists(os.path.join(b.home, "blobs", "droplets", forged[7:]))
+    assert not [f for f in os.listdir(os.path.join(b.home, "blobs", "cache"))
+                if f.startswith("ab" * 4)]
+    assert len(running(ctl, "two")) == 2
+
+    # B's link goes down: B is lost, its instance is started on C, the router keeps serving
+    b_index = placed[b.id]["index"]
+    b_addr = placed[b.id]["address"]
+    listed = backends(router, "two.localhost")
+    assert sorted(listed) == sorted(i["address"] for i in placed.values()), listed
+    B.link_down()
+    down_at = time.monotonic()
+    # requests through D all along, apart from the polls of the leader's view
+    # (the client waits longer than the router's connect timeout, 5 s: a request the router
+    # sent to B's address is tried on another instance when that connect times out)
+    sent, failed, slowest, stop = [0], [0], [0.0], threading.Event()
+
+    lock = threading.Lock()
+
+    def send():  # four of them: one request hanging does not stop the others
+        while not stop.is_set():
+            t0 = time.monotonic()
+            ok = router.get("two.localhost", timeout=15)[0] == 200
+            with lock:
+                sent[0] += 1
+                failed[0] += not ok
+                slowest[0] = max(slowest[0], time.monotonic() - t0)
+            time.sleep(0.05)
+    senders = [threading.Thread(target=send) for _ in range(4)]
+    for t in senders:
+        t.start()
+    seen = {}  # when the leader logged B lost, when D's router stopped listing B's instance
+
+    def both_on_c():
+        if "lost" not in seen and "is lost: no heartbeat" in ctl.output():
+            seen["lost"] = time.monotonic()
+        if "dropped" not in seen and b_addr not in backends(router, "two.localhost"):
+            seen["dropped"] = time.monotonic()
+        if "started" not in seen and "starting instance %d of web" % b_index in c.output():
+            seen["started"] = time.monotonic()
+        if "healthy" not in seen and "instance %d of web" % b_index in c.output().split(
+                "starting instance %d of web" % b_index, 1)[-1].replace("is running", "@@") and \
+                "@@" in c.output().split("starting instance %d of web" % b_index, 1)[-1].replace(
+                    "is running", "@@"):
+            seen["healthy"] = time.monotonic()
+        now = running(ctl, "two")
+        return len(now) == 2 and {i["cell"] for i in now} == {c.id}
+    try:
+        try:
+            wait_for(both_on_c, 30, "B's instance to run on C", interval=0.1)
+            took = time.monotonic() - down_at
+        finally:
+            stop.set()
+            for t in senders:
+                t.join()
+        print("cell B's link down to its instance running on C: %.1f s; %d of %d requests "
+              "through D's router failed meanwhile, the slowest took %.1f s" % (
+                  took, failed[0], sent[0], slowest[0]))
+        assert took < 30
+        assert "is lost: no heartbeat" in ctl.output(), ctl.output()
+        # the router drops the lost cell's instance when the leader marks it lost, not later
+        assert "dropped" in seen, backends(router, "two.localhost")
+        print("B lost %.1f s after its link went down; D's router dropped its instance %.1f s "
+              "after that; C was asked to start it %.1f s after that, and found it running "
+              "%.1f s after that" % (
+                  seen["lost"] - down_at, seen["dropped"] - seen["lost"],
+                  seen.get("started", float("nan")) - seen["lost"],
+                  seen.get("healthy", float("nan")) - seen.get("started", float("nan"))))
+        assert LOST_MS / 1000 - 1 <= seen["lost"] - down_at
+        assert seen["dropped"] - seen["lost"] < 2
+        # once the leader moved it, every request succeeds, and both indexes answer from C
+        for _ in range(20):
+            assert router.get("two.localhost")[0] == 200
+        wait_for(lambda: {router.get("two.localhost")[1] for _ in range(4)} ==
+                 {"instance 0\n", "instance 1\n"}, 20, "both indexes served from C")
+    finally:
+        B.link_up()
+    # B comes back with the instance it kept: the duplicate is stopped there
+    wait_for(lambda: "stopping instance %d" % b_index in b.output(), 30,
+             "B to be told to stop its duplicate")
+    wait_for(lambda: b.id in cells_up(ctl), 20, "B to be listed up again")
+    now = running(ctl, "two")
+    assert len(now) == 2 and {i["cell"] for i in now} == {c.id}, now
+    for _ in range(10):
+        assert router.get("two.localhost")[0] == 200
