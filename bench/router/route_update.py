@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--changes", type=int, default=100)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
     args = ap.parse_args()
+    print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
     d = skiffd.start(args.bin, "skiff-bench-routes-")
     try:
         def call(method, path, body=None):
@@ -70,6 +71,7 @@ def main():
             print(f"  {name:6s} median {statistics.median(v):6.2f}  p99 {pct(v, 0.99):6.2f}  "
                   f"max {max(v):6.2f}   ({statistics.median(v) / peer:.1f}x the API call alone)")
         print(f"  peer: the API call alone, median {peer:.2f} ms")
+        print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
     finally:
         d.stop()
 
