@@ -63,6 +63,8 @@ struct bus {
     uv_loop_t *loop;
     uv_pipe_t server;
     uv_timer_t coalesce;
+    int64_t made_mono; /* when the last table for every router was made; -1: never */
+    char *sent_routes; /* the "routes" array of the last version sent, as sent */
     uv_timer_t retry; /* the store failed: push the table again later */
     char *path;
     struct store *store;
@@ -605,8 +607,9 @@ static void bus__joining_begin(struct bus *bus, const struct platform_event *ev)
         bus__ack_timeout_arm(bus);
 }
 
-/* A new table version went to every router (text): the instances in it wait for that
- * version's acknowledgements; one in no route (its app has none) waits for nothing. */
+/* Every router has the table of bus->version now (text, or its routes: sent just now, or
+ * the same as sent before): the instances in it wait for that version's acknowledgements;
+ * one in no route (its app has none) waits for nothing. */
 static void bus__joining_sent(struct bus *bus, const char *text)
 {
     struct bus_joining *j = bus->joining;
@@ -660,13 +663,14 @@ static void bus__collect(void *ctx, const char *app_guid, const char *process_ty
                                          "instance_guid", inst->guid));
 }
 
-char *bus_route_table_json(struct bus *bus)
+/* The table's "routes" array (docs/bus.md) as compact JSON; NULL when the store fails (a table
+ * without the routes the store failed to give would make every router drop them). */
+static char *bus__routes_text(struct bus *bus)
 {
     struct store_route *routes = NULL;
     size_t n = 0;
     struct store_app **apps = NULL;
     size_t na = 0;
-    /* a table without the routes the store failed to give would make every router drop them */
     int rc = store_route_list(bus->store, NULL, &routes, &n);
     if (rc == 0)
         rc = store_app_list(bus->store, &apps, &na);
@@ -696,27 +700,51 @@ char *bus_route_table_json(struct bus *bus)
                            routes[i].protocol, "backends", list, "scale_from_zero", from_zero,
                            "https_only", routes[i].https_only));
     }
-    json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)bus->version,
-                            "routes", arr);
-    char *text = json_dumps(msg, JSON_COMPACT);
-    json_decref(msg);
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
     json_decref(b.by_app);
     store_route_list_free(routes, n);
     store_app_list_free(apps, na);
     return text;
 }
 
+/* A "routes" message of version with the routes array routes (a line without its newline). */
+static char *bus__table_text(int64_t version, const char *routes)
+{
+    return xasprintf("{\"type\":\"routes\",\"version\":%lld,\"routes\":%s}", (long long)version,
+                     routes);
+}
+
+char *bus_route_table_json(struct bus *bus)
+{
+    char *routes = bus__routes_text(bus);
+    char *text = routes ? bus__table_text(bus->version, routes) : NULL;
+    free(routes);
+    return text;
+}
+
 static void bus__retry(uv_timer_t *t);
 
-/* Sends the table to one router (only) or, with only NULL, as a new version to all. When the
+/* Whether a table with routes would tell every router nothing new: it is what they were sent
+ * last, and each has had a table (one that came while the store failed has not). */
+static bool bus__unchanged(struct bus *bus, const char *routes)
+{
+    if (!bus->sent_routes || strcmp(routes, bus->sent_routes))
+        return false;
+    for (struct bus_conn *c = bus->conns; c; c = c->next)
+        if (!c->closing && !c->has_table)
+            return false;
+    return true;
+}
+
+/* Sends the table to one router (only) or, with only NULL, as a new version to all (unless
+ * its routes are those sent last: then nothing goes, the routers serve it already). When the
  * store cannot give the table nothing is sent: the routers keep serving their last table, and
- * a timer asks the store again. Returns whether the table went out. */
+ * a timer asks the store again. Returns whether every router has the table now. */
 static bool bus__push(struct bus *bus, struct bus_conn *only)
 {
-    if (!only)
-        bus->version++;
-    char *text = bus_route_table_json(bus);
-    if (!text) {
+    char *routes = bus__routes_text(bus);
+    if (!routes) {
         if (!bus->store_failing)
             log_error("bus: cannot read the route table from the store; the routers keep "
                     "their last table, asking the store again every %d ms",
@@ -730,6 +758,18 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         log_info("bus: the store answers again; the routers get the current "
                         "table");
     bus->store_failing = false;
+    if (!only && bus__unchanged(bus, routes)) {
+        bus__joining_sent(bus, routes); /* what joins is in the version they serve, or not */
+        free(routes);
+        return true;
+    }
+    if (!only) {
+        bus->version++;
+        free(bus->sent_routes);
+        bus->sent_routes = xstrdup(routes);
+    }
+    char *text = bus__table_text(bus->version, routes);
+    free(routes);
     if (!only && bus->nats)
         bus__nats_announce(bus, text);
     size_t len = strlen(text);
@@ -759,6 +799,7 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
 /* A new version to every router, then the drains that wait for it. */
 static void bus__push_all(struct bus *bus)
 {
+    bus->made_mono = time_mono_ms();
     if (bus__push(bus, NULL))
         bus__drains_send(bus);
 }
@@ -775,10 +816,13 @@ static void bus__coalesced(uv_timer_t *t)
 
 void bus_routes_changed(struct bus *bus)
 {
-    if (!bus || bus->closing)
+    if (!bus || bus->closing || uv_is_active((uv_handle_t *)&bus->coalesce))
         return;
-    if (!uv_is_active((uv_handle_t *)&bus->coalesce))
-        uv_timer_start(&bus->coalesce, bus__coalesced, BUS_COALESCE_MS, 0);
+    /* a 0 ms timer runs at the next turn of the loop: the changes made by what runs now (an
+     * API request, a hub event and those it causes) go out together, and after its answer */
+    uv_timer_start(&bus->coalesce, bus__coalesced,
+                   (uint64_t)time_pace_delay_ms(time_mono_ms(), bus->made_mono, BUS_COALESCE_MS),
+                   0);
 }
 
 void bus_routes_changed_cb(void *bus)
@@ -1185,6 +1229,7 @@ int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struc
     bus->version = time_now_ms(); /* grows across restarts, so routers take the newer table */
     uv_timer_init(loop, &bus->coalesce);
     bus->coalesce.data = bus;
+    bus->made_mono = -1;
     bus->handles++;
     uv_timer_init(loop, &bus->retry);
     bus->retry.data = bus;
@@ -1295,6 +1340,7 @@ void bus_free(struct bus *bus)
         free(bus->nats->waits);
         free(bus->nats);
     }
+    free(bus->sent_routes);
     free(bus->path);
     free(bus);
 }

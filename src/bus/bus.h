@@ -1,9 +1,12 @@
 /* bus: skiffd's side of the bus to the routers (docs/bus.md).
  *
  * Listens on a Unix socket; every connected router gets the whole route table on connect and
- * after every change (changes within BUS_COALESCE_MS make one message). The table is the
- * store's routes joined with the scheduler's RUNNING instances. From routers it takes access
- * lines (into the app's log as [RTR/n]) and wake requests (scale an app from zero).
+ * after every change: a change goes out at the next turn of the loop, and changes that follow
+ * a table by less than BUS_COALESCE_MS wait until that much has passed, then go as one. A table
+ * whose routes are those of the last one sent is not sent again (no new version: the routers serve
+ * it already). The table is the store's routes joined with the scheduler's RUNNING instances. From
+ * routers it takes access lines (into the app's log as [RTR/n]) and wake requests (scale an app
+ * from zero).
  *
  * When the store cannot give the routes or apps, no table goes out (an empty one would make
  * every router drop every route): the routers keep serving their last table, the failure is
@@ -59,7 +62,8 @@ struct bus_metrics_sink {
     int (*woken)(void *ctx, const char *app_guid, const char *process);
 };
 void bus_set_metrics(struct bus *bus, const struct bus_metrics_sink *sink, void *ctx);
-/* The route table may have changed: push it soon. */
+/* The route table may have changed: push it at the next turn of the loop, or BUS_COALESCE_MS
+ * after the last table when that one went less than BUS_COALESCE_MS ago. */
 void bus_routes_changed(struct bus *bus);
 /* Adapter for callbacks taking a void *ctx. */
 void bus_routes_changed_cb(void *bus);

@@ -356,6 +356,13 @@ int64_t time_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t time_pace_delay_ms(int64_t now_ms, int64_t last_ms, int64_t period_ms)
+{
+    if (last_ms < 0 || now_ms < last_ms || now_ms - last_ms >= period_ms)
+        return 0; /* never, long enough ago, or a clock gone back: never wait on it */
+    return period_ms - (now_ms - last_ms);
+}
+
 void time_format_rfc3339(int64_t ms, char *out, size_t size)
 {
     /* log lines come many a second: the date and time of the last second are kept per thread */

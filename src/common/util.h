@@ -54,6 +54,10 @@ void random_hex(char *out, size_t n);
 int64_t time_now_ms(void);
 int64_t time_now_ns(void);
 int64_t time_mono_ms(void);
+/* How long something paced to once a period_ms (a table sent after changes) waits, at now_ms,
+ * when it last happened at last_ms (negative: never): 0, unless that was less than period_ms
+ * ago, then the rest of it. So a lone change goes at once and a burst goes once a period. */
+int64_t time_pace_delay_ms(int64_t now_ms, int64_t last_ms, int64_t period_ms);
 /* RFC 3339 UTC time with milliseconds, e.g. 2026-11-27T11:09:56.123Z; out >= 32 bytes. */
 void time_format_rfc3339(int64_t ms, char *out, size_t size);
 

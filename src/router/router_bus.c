@@ -266,12 +266,16 @@ int64_t router_bus_apply_routes(const char *line, size_t len, bool save)
         log_warning("%d invalid route(s) or backend(s) skipped in version %lld",
                 skipped, (long long)route_table_version(t));
     route_table_publish(t);
-    if (save) {
-        int r = file_write_atomic(bus.saved_path, line, len, 0600);
-        if (r < 0)
-            log_error("cannot save %s: %s", bus.saved_path, skiff_strerror(r));
-    }
+    if (save)
+        router_bus_save_routes(line, len);
     return version;
+}
+
+void router_bus_save_routes(const char *line, size_t len)
+{
+    int r = file_write_atomic(bus.saved_path, line, len, 0600);
+    if (r < 0)
+        log_error("cannot save %s: %s", bus.saved_path, skiff_strerror(r));
 }
 
 static void bus_handle_line(const char *line, size_t len)
@@ -281,10 +285,13 @@ static void bus_handle_line(const char *line, size_t len)
     const char *type = json_string_value(json_object_get(o, "type"));
     if (type && strcmp(type, "routes") == 0) {
         json_decref(o); /* the table parser reads the line itself */
-        int64_t version = router_bus_apply_routes(line, len, true);
+        int64_t version = router_bus_apply_routes(line, len, false);
         if (version >= 0) { /* served from now on: skiffd may tell clients so (docs/bus.md) */
             char *ack = xasprintf("{\"type\":\"ack\",\"version\":%lld}\n", (long long)version);
             bus_send(ack, strlen(ack));
+            /* saved after the ack: the save's fsync (tens of ms on a busy disk) is for a
+             * restart, and would hold up every instance waiting to be shown RUNNING */
+            router_bus_save_routes(line, len);
         }
         return;
     }

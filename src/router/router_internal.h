@@ -95,6 +95,9 @@ void router_bus_load_saved(const struct router_config *cfg);
  * run/routes.json. Returns the version now served (workers take it at their next request),
  * or -EINVAL when the message does not parse (logged; nothing changed). Main thread. */
 int64_t router_bus_apply_routes(const char *line, size_t len, bool save);
+/* Writes a "routes" message to run/routes.json (served at the next start before skiffd is
+ * reachable); a failure is logged. Main thread. */
+void router_bus_save_routes(const char *line, size_t len);
 /* The bus is up (lines for skiffd are queued) or down (they are dropped, counted). */
 void router_bus_set_connected(bool connected);
 

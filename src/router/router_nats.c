@@ -28,8 +28,9 @@
 #include "tls/tls.h"
 
 #define ROUTER_NATS_PRUNE_MS 250
-/* Announcements within this long make one new table (a re-announcement of N routes is N
- * messages): one parse, swap and save instead of N. */
+/* A change is published at the next turn of the loop; the changes that follow a table by less
+ * than this wait until that much has passed and make one new table (a re-announcement of N
+ * routes is N messages): one parse, swap and save instead of N. */
 #define ROUTER_NATS_COALESCE_MS 5
 #define ROUTER_NATS_HELLO_MS 5000
 #define ROUTER_NATS_DEFAULT_TTL_MS 30000
@@ -57,6 +58,7 @@ static struct {
     uv_timer_t prune;
     uv_timer_t hello;
     uv_timer_t coalesce;
+    int64_t published_mono; /* when the last table was published; -1: never */
     int64_t version;
     /* skiffd's table versions (docs/bus.md "ack"): the newest one announced, how many of its
      * routes came, the newest one that came whole, and the last one acknowledged */
@@ -290,10 +292,12 @@ static void rn__publish(void)
                             "routes", routes);
     char *text = json_dumps(msg, JSON_COMPACT);
     json_decref(msg);
-    if (text)
-        router_bus_apply_routes(text, strlen(text), true);
-    free(text);
+    bool served = text && router_bus_apply_routes(text, strlen(text), false) >= 0;
+    rn.published_mono = time_mono_ms();
     rn__ack();
+    if (served) /* after the ack: only a restart needs the save, and its fsync can take long */
+        router_bus_save_routes(text, strlen(text));
+    free(text);
 }
 
 /* Whether the table changed (a new route, or one announced differently); an announcement
@@ -335,7 +339,10 @@ static void rn__on_coalesced(uv_timer_t *t)
 static void rn__changed(void)
 {
     if (!uv_is_active((uv_handle_t *)&rn.coalesce))
-        uv_timer_start(&rn.coalesce, rn__on_coalesced, ROUTER_NATS_COALESCE_MS, 0);
+        uv_timer_start(&rn.coalesce, rn__on_coalesced,
+                       (uint64_t)time_pace_delay_ms(time_mono_ms(), rn.published_mono,
+                                                    ROUTER_NATS_COALESCE_MS),
+                       0);
 }
 
 static void rn__on_prune(uv_timer_t *t)
@@ -548,6 +555,7 @@ int router_nats_start(uv_loop_t *loop, const struct router_config *cfg)
     snprintf(rn.subject, sizeof rn.subject, ROUTER_NATS_PREFIX "router.%016llx",
              (unsigned long long)id);
     uv_timer_init(loop, &rn.coalesce);
+    rn.published_mono = -1;
     rn__seed();
     char err[256];
     struct natsconn_config ncfg = {.urls = cfg->nats_urls,

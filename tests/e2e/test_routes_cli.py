@@ -128,6 +128,34 @@ def test_balance_is_a_per_route_option_the_router_receives(platform):
                       timeout=10, what="the router to receive the changed balance")
 
 
+def router_version(platform):
+    """The version of the table the router serves (its admin port's /routes)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{platform.router_admin_port}/routes",
+                                 headers={"Authorization": "Bearer " + platform.token})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)["version"]
+
+
+def test_a_change_that_leaves_the_table_as_it_was_sends_no_new_version(platform):
+    """Mapping a route an app has already tells the routers nothing: no new table version goes
+    out (each router would parse it and save it with an fsync), while the next real change
+    still does, as one version."""
+    new_app(platform, "same")
+    platform.cli("map-route", "same", "same-a.localhost", check=True)
+    platform.wait_for(lambda: ("same-a.localhost", "") in router_table(platform), timeout=10,
+                      what="the router to serve same-a.localhost")
+    before = router_version(platform)
+    for _ in range(3):  # each one asks the bus for a table, the same as the one served
+        status, body = platform.api("POST", "/v1/routes", {"app": "same",
+                                                           "host": "same-a.localhost"})
+        assert status in (200, 201), body
+        assert ("same-a.localhost", "") in routes(platform)
+    platform.cli("map-route", "same", "same-b.localhost", check=True)
+    platform.wait_for(lambda: ("same-b.localhost", "") in router_table(platform), timeout=10,
+                      what="the router to serve same-b.localhost")
+    assert router_version(platform) == before + 1
+
+
 def test_protocol_is_a_per_route_option_the_router_receives(platform):
     new_app(platform, "gr")
     r = platform.cli("map-route", "gr", "gr.localhost", "--protocol", "http2")

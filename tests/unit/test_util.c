@@ -312,6 +312,23 @@ static void test_rfc3339_times(void **state)
     }
 }
 
+/* time_pace_delay_ms, as the bus and the routers on NATS pace their route tables: a lone
+ * change goes at once; one that follows the last by less than the period waits out the rest
+ * of it, never less (a burst makes one table a period) and never more. */
+static void test_a_lone_change_goes_at_once_and_a_burst_is_paced(void **state)
+{
+    (void)state;
+    assert_int_equal(time_pace_delay_ms(1000, -1, 5), 0); /* nothing happened yet */
+    assert_int_equal(time_pace_delay_ms(1000, 995, 5), 0);
+    assert_int_equal(time_pace_delay_ms(1000, 500, 5), 0);
+    assert_int_equal(time_pace_delay_ms(1000, 1000, 5), 5);
+    assert_int_equal(time_pace_delay_ms(1000, 996, 5), 1);
+    for (int64_t ago = 0; ago < 5; ago++)
+        assert_int_equal(ago + time_pace_delay_ms(5000, 5000 - ago, 5), 5);
+    /* a clock that went back (a monotonic one cannot): no wait at all, never a long one */
+    assert_int_equal(time_pace_delay_ms(1000, 2000, 5), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -324,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_files_round_trip),
         cmocka_unit_test(test_copy_tree_copies_and_keeps_to_its_budget),
         cmocka_unit_test(test_rfc3339_times),
+        cmocka_unit_test(test_a_lone_change_goes_at_once_and_a_burst_is_paced),
         cmocka_unit_test(test_buf_put_uint_is_llu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
