@@ -190,6 +190,8 @@ static void autoscale__put(struct api_request *req, void *ctx)
     p->target_rps = rps;
     p->window_ms = window;
     p->scale_down_delay_ms = delay;
+    if (!api_core__mappings_admit(core, req, app, p)) /* a mapping asks for more */
+        goto done;
     char what[160];
     snprintf(what, sizeof what, "Autoscaling %s between %d and %d instances", p->type, min, max);
     autoscale__store(core, req, app, p, what);
@@ -206,6 +208,10 @@ static void autoscale__delete(struct api_request *req, void *ctx)
     if (!app)
         return;
     store_process_default_policy(app->kind, p);
+    if (!api_core__mappings_admit(core, req, app, p)) { /* the default's max may be lower */
+        store_app_free(app);
+        return;
+    }
     char what[160];
     if (store_process_request_scaled(p))
         snprintf(what, sizeof what, "Autoscaling of %s back to the default: %d to %d instances",

@@ -2258,6 +2258,25 @@ void api_core_shutdown(struct api_core *core)
     api_core__blobs_close(core);
 }
 
+void api_core_set_mappings_check(struct api_core *core, api_mappings_within_fn fn, void *ctx)
+{
+    core->mappings_within = fn;
+    core->mappings_ctx = ctx;
+}
+
+bool api_core__mappings_admit(struct api_core *core, struct api_request *req,
+                              const struct store_app *app, const struct store_process *p)
+{
+    char why[1024];
+    if (!core->mappings_within || !store_process_request_scaled(p) ||
+        core->mappings_within(core->mappings_ctx,
+                              app->space_guid[0] ? app->space_guid : SKIFF_DEFAULT_SPACE_GUID,
+                              app->name, p->type, p->max_instances, why, sizeof why))
+        return true;
+    api_respond_error(req, SKIFF_E_INVALID_VALUE, "%s", why);
+    return false;
+}
+
 void api_core_free(struct api_core *core)
 {
     if (!core)

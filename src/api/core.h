@@ -66,5 +66,12 @@ void api_core_store_changed(struct api_core *core);
  * call are written to the store as this cell's record (an app with none: its record goes).
  * Not leading: nothing is written, and the changes are forgotten. */
 void api_core_record_instances(struct api_core *core, bool leading);
+/* Lowering a process's autoscale policy (`skiff autoscale`, a function's max_instances, the
+ * default policy back) asks fn whether the event mappings of that process still fit under the
+ * new max; when fn says no (why filled), the change is refused 422 with why. The invoker's
+ * invoker_mappings_within (wired by skiffd). NULL: nothing is checked. */
+typedef bool (*api_mappings_within_fn)(void *ctx, const char *space_guid, const char *app,
+                                       const char *process, int max, char *why, size_t whysize);
+void api_core_set_mappings_check(struct api_core *core, api_mappings_within_fn fn, void *ctx);
 
 #endif

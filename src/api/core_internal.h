@@ -15,6 +15,8 @@ struct api_core_staging;
 struct api_core {
     struct api *api;
     struct api_core_config cfg;
+    api_mappings_within_fn mappings_within; /* api_core_set_mappings_check */
+    void *mappings_ctx;
     struct api_core_staging *stagings; /* in progress */
     void **follows;                    /* log followers (struct core_follow) */
     size_t nfollows;
@@ -47,6 +49,12 @@ void api_core__app_write(struct api_core *core, struct buf *b, const struct stor
  * `quota_exceeded` naming the quota, the limit and the numbers. */
 bool api_core__quota_admits(struct api_core *core, struct api_request *req,
                             const struct store_app *app, int extra_routes);
+/* Whether process p of app may scale to at most max instances with the event mappings aimed
+ * at it: true, or false after answering 422 `invalid_value` naming the mappings that ask for
+ * more and what to do (api_core_set_mappings_check). A policy that is not stored (the process
+ * is not request-scaled) bounds nothing and is admitted. */
+bool api_core__mappings_admit(struct api_core *core, struct api_request *req,
+                              const struct store_app *app, const struct store_process *p);
 /* The space the request is about (its checked space, else the default one). */
 const char *api_core__space(struct api_request *req);
 struct store_app *api_core__app_named(struct api_core *core, struct api_request *req,

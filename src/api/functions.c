@@ -257,6 +257,8 @@ static void functions__put(struct api_request *req, void *ctx)
         p->memory_mb = (int)memory;
     if (created && !api_core__quota_admits(core, req, app, 0))
         goto done;
+    if (!api_core__mappings_admit(core, req, app, p)) /* its mappings may ask for more */
+        goto done;
     app->updated_at = time_now_ms();
     if (!api_core__app_update(core, req, app, "cannot store the function"))
         goto done;

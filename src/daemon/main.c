@@ -398,6 +398,8 @@ static void shutdown_api_done(void *arg)
     }
     if (d->autoscaler) /* no decision once the invoker (its floor) stops */
         autoscaler_close(d->autoscaler, NULL, NULL);
+    if (d->core) /* the invoker is freed when stopped */
+        api_core_set_mappings_check(d->core, NULL, NULL);
     invoker_stop(d->invoker, shutdown_invoker_done, d);
 }
 
@@ -1545,6 +1547,8 @@ int main(int argc, char **argv)
     bus_set_traffic(d.bus, invoker_note_traffic, d.invoker);
     autoscaler_set_work(d.autoscaler, daemon_invoker_work, d.invoker);
     invoker_set_wake(d.invoker, daemon_invoker_wake, d.autoscaler);
+    /* a policy lowered under a mapping's explicit max_instances is refused, as the reverse is */
+    api_core_set_mappings_check(d.core, invoker_mappings_within, d.invoker);
     rc = api_listen(d.api, err, sizeof err);
     if (rc < 0) {
         log_error("%s", err);

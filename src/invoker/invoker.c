@@ -1304,6 +1304,56 @@ static int64_t target_idle_grace(struct inv_target *t)
     return grace < 0 ? t->inv->idle_grace_ms : grace;
 }
 
+/* What a mapping is triggered by, for a message: "topic uploads", "schedule @hourly"... */
+static void mapping_trigger_text(const struct mapping_spec *s, char *out, size_t size)
+{
+    if (s->trigger == MAPPING_SCHEDULE)
+        snprintf(out, size, "schedule %s", s->schedule);
+    else if (s->trigger == MAPPING_APP_EVENT)
+        snprintf(out, size, "app event %s:%s", s->event_app ? s->event_app : "*", s->event_name);
+    else
+        snprintf(out, size, "topic %s", s->topic);
+}
+
+bool invoker_mappings_within(void *invoker, const char *space_guid, const char *app,
+                             const char *process, int max, char *why, size_t whysize)
+{
+    struct invoker *inv = invoker;
+    if (!inv || inv->stopping)
+        return true;
+    bool web = !strcmp(process, "web");
+    char list[512] = "", first[40] = "";
+    size_t n = 0, len = 0;
+    int most = 0;
+    for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
+        const struct mapping_spec *s = &m->spec;
+        const char *sp = s->space ? s->space : SKIFF_DEFAULT_SPACE_GUID;
+        if (!s->max_given || s->max_instances <= max || strcmp(sp, space_guid) ||
+            strcmp(s->app, app) || strcmp(s->process ? s->process : "web", process))
+            continue;
+        if (n++ == 0)
+            snprintf(first, sizeof first, "%.8s", s->id);
+        most = s->max_instances > most ? s->max_instances : most;
+        char trig[160];
+        mapping_trigger_text(s, trig, sizeof trig);
+        if (n <= 3 && len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%.8s (%s, max_instances %d)",
+                                    n > 1 ? ", " : "", s->id, trig, s->max_instances);
+    }
+    if (n == 0)
+        return true;
+    if (n > 3 && len < sizeof list)
+        snprintf(list + len, sizeof list - len, " and %zu more", n - 3);
+    snprintf(why, whysize,
+             "%s event mapping%s of %s%s%s ask%s for more than %d instances: %s; lower %s first "
+             "(`skiff unmap-event %s%s%s --id %s`, then map it again with --max-instances %d or "
+             "fewer), or keep the policy's max at %d or more",
+             n > 1 ? "these" : "the", n > 1 ? "s" : "", app, web ? "" : "/", web ? "" : process,
+             n > 1 ? "" : "s", max, list, n > 1 ? "them" : "it", app, web ? "" : "/",
+             web ? "" : process, first, max, most);
+    return false;
+}
+
 bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
                      struct invoker_work *out)
 {

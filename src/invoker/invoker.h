@@ -117,6 +117,9 @@ struct mapping_spec {
     char *dead_letter_topic; /* NULL: exhausted events are recorded as failed */
     char *reply_topic;       /* NULL: replies are dropped */
     int max_instances;
+    /* max_instances was asked for (the body named it), not the default: only then does it
+     * bound the process's autoscale policy from below (invoker_mappings_within) */
+    bool max_given;
     int64_t idle_grace_ms;
     bool start_at_beginning; /* a new cursor starts at the topic's first event, not its end */
     int64_t created_at;
@@ -193,6 +196,11 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
  * common/err.h (SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, -ENOENT: no such app or process). */
 typedef int (*invoker_wake_fn)(void *ctx, const char *app_guid, const char *process, int wanted,
                                int *running);
+/* Whether a scaling policy of at most max instances for APP's process (in space_guid) leaves
+ * every mapping's explicit max_instances whole. When not, false with why naming the mappings
+ * that ask for more and what to do. A NULL or stopping invoker admits anything. */
+bool invoker_mappings_within(void *invoker, const char *space_guid, const char *app,
+                             const char *process, int max, char *why, size_t whysize);
 void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx);
 /* Whether this skiffd fires schedules (true at start). Several skiffds on one store load the
  * same mappings; only the one that leads (src/daemon/leader.h) publishes their fires, and a

@@ -30,6 +30,7 @@ static const char *const mapping_fields[] = {
     "concurrency",
     "ordered",
     "max_instances",
+    "max_instances_given",
     "idle_grace",
     "idle_grace_ms",
     "from",
@@ -354,6 +355,11 @@ int mapping_spec_from_json(json_t *body, struct mapping_spec *out, enum skiff_er
     if (mapping_get_int(body, "max_instances", 1, 100, &v, code, err, errsize) < 0)
         goto fail;
     out->max_instances = (int)v;
+    /* a stored mapping says whether its max was asked for; a body (or a record from before
+     * that was said) by naming it */
+    json_t *given = json_object_get(body, "max_instances_given");
+    out->max_given = json_is_boolean(given) ? json_is_true(given)
+                                            : json_object_get(body, "max_instances") != NULL;
     json_t *ordered = json_object_get(body, "ordered");
     if (ordered && !json_is_null(ordered)) {
         if (!json_is_boolean(ordered)) {
@@ -445,6 +451,7 @@ json_t *mapping_spec_to_json(const struct mapping_spec *s)
     json_object_set_new(o, "reply_topic",
                         s->reply_topic ? json_string(s->reply_topic) : json_null());
     json_object_set_new(o, "max_instances", json_integer(s->max_instances));
+    json_object_set_new(o, "max_instances_given", json_boolean(s->max_given));
     json_object_set_new(o, "idle_grace_ms", json_integer(s->idle_grace_ms));
     json_object_set_new(o, "from", json_string(s->start_at_beginning ? "beginning" : "end"));
     json_object_set_new(o, "created_at", json_integer(s->created_at));

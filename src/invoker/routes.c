@@ -201,6 +201,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         api_respond_error(req, code, "%s", err);
         return;
     }
+    spec.max_given = max_given; /* what the body asked for, whatever else it claims */
     free(spec.space);
     spec.space = xstrdup(routes_space(req));
     free(spec.topic_space);

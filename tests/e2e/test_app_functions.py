@@ -199,6 +199,18 @@ def test_create_function_without_a_manifest(platform, tmp_path, wheels):
     r = platform.cli("map-event", "shop/thumbs", "pics", "--max-instances", "3")
     assert r.returncode != 0, out(r)
     assert "skiff autoscale shop --process thumbs --max 3" in out(r), out(r)
+    # and the reverse: a mapping asking for 2 keeps the function's max from going under it,
+    # whether by its own PUT or by `skiff autoscale --process`
+    cli_ok(platform, "map-event", "shop/thumbs", "held", "--max-instances", "2")
+    held = [m for m in mappings(platform) if m["topic"] == "held"][0]
+    status, body = platform.api("PUT", "/v1/apps/shop/functions/thumbs",
+                                {"handler": "shop/images.py:resize", "max_instances": 1})
+    assert status == 422 and body["error"]["code"] == "invalid_value", body
+    assert f"skiff unmap-event shop/thumbs --id {held['id'][:8]}" in body["error"]["message"], body
+    assert functions(platform)["thumbs"]["max_instances"] == 2
+    r = platform.cli("autoscale", "shop", "--process", "thumbs", "--max", "1")
+    assert r.returncode != 0 and "topic held" in out(r), out(r)
+    cli_ok(platform, "unmap-event", "shop/thumbs", "--id", held["id"][:8])
     cli_ok(platform, "map-event", "shop/thumbs", "pics", "--idle-grace", "2s")
     r = cli_ok(platform, "event-mappings")
     assert "shop/thumbs" in r.stdout, r.stdout

@@ -376,6 +376,65 @@ def test_event_work_is_a_floor_within_the_policy_max(plat, tmp_path):
              "jobs back to zero once the backlog is done")
 
 
+def test_lowering_the_policy_under_a_mapping_max_is_refused_naming_the_mapping(plat, tmp_path):
+    """The reverse of the refusal above: a policy lowered (`skiff autoscale --max`, or back to
+    the default) under the max_instances a mapping asked for is refused 422, naming the mapping
+    and what to do; a mapping that asked for no max (default 10) is the policy's to bound and
+    never blocks. A body claiming its max was not asked for is not believed, and what a mapping
+    asked for survives a restart."""
+    p = plat
+    (tmp_path / "fn.py").write_text("def handle(event):\n    return None\n")
+    r = p.cli("push", "lowered", "--function", f"{tmp_path / 'fn.py'}:handle", timeout=300)
+    assert r.returncode == 0, out(r)
+    code, asked = p.api("POST", "/v1/event-mappings",
+                        {"app": "lowered", "topic": "work", "max_instances": 8})
+    assert code == 201 and asked["max_instances_given"] is True, asked
+    code, dflt = p.api("POST", "/v1/event-mappings", {"app": "lowered", "topic": "other"})
+    assert code == 201 and dflt["max_instances"] == 10, dflt
+    assert dflt["max_instances_given"] is False, dflt
+    r = p.cli("autoscale", "lowered", "--max", "5")
+    assert r.returncode != 0, out(r)
+    msg = out(r)
+    assert asked["id"][:8] in msg and "topic work" in msg and "max_instances 8" in msg, msg
+    assert f"skiff unmap-event lowered --id {asked['id'][:8]}" in msg, msg
+    assert "--max-instances 5 or fewer" in msg and "8 or more" in msg, msg
+    assert dflt["id"][:8] not in msg, msg  # the default max does not block
+    assert status(p, "lowered")["policy"]["max_instances"] == 10
+    # down to what the mapping asked for: taken (the default mapping's 10 is bounded by it)
+    autoscale(p, "lowered", "--max", "8")
+    assert status(p, "lowered")["policy"]["max_instances"] == 8
+    # a body that says its max was not asked for is not believed
+    code, liar = p.api("POST", "/v1/event-mappings",
+                       {"app": "lowered", "topic": "third", "max_instances": 7,
+                        "max_instances_given": False})
+    assert code == 201 and liar["max_instances_given"] is True, liar
+    # what was asked for is remembered across a restart
+    p.stop()
+    p.start()
+    code, err = p.api("PUT", "/v1/apps/lowered/autoscale", {"max_instances": 6})
+    assert code == 422 and err["error"]["code"] == "invalid_value", err
+    m = err["error"]["message"]
+    assert "these event mappings of lowered ask for more than 6" in m, m
+    assert asked["id"][:8] in m and liar["id"][:8] in m and "8 or more" in m, m
+    assert status(p, "lowered")["policy"]["max_instances"] == 8
+    # raised, then back to the default policy (max 10) under a mapping asking 15: refused too
+    autoscale(p, "lowered", "--max", "20")
+    code, big = p.api("POST", "/v1/event-mappings",
+                      {"app": "lowered", "topic": "big", "max_instances": 15})
+    assert code == 201, big
+    code, err = p.api("DELETE", "/v1/apps/lowered/autoscale")
+    assert code == 422 and big["id"][:8] in err["error"]["message"], err
+    assert status(p, "lowered")["policy"]["max_instances"] == 20
+    # done as the message says: unmapped, the policy goes down
+    for m in (asked, liar, big):
+        r = p.cli("unmap-event", "lowered", "--id", m["id"][:8])
+        assert r.returncode == 0, out(r)
+    autoscale(p, "lowered", "--max", "2")
+    assert status(p, "lowered")["policy"]["max_instances"] == 2
+    code, body = p.api("DELETE", "/v1/apps/lowered/autoscale")
+    assert code == 200 and body["policy"]["max_instances"] == 10, body
+
+
 def test_a_mapping_max_above_the_policy_is_refused_with_the_command_to_raise_it(plat, tmp_path):
     """A mapping asking for more instances than its function's autoscale policy allows (max 10
     by default) would be capped without a word: it is refused, naming `skiff autoscale FN

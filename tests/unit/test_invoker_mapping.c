@@ -105,6 +105,40 @@ static void test_policy_fields_and_round_trip(void **state)
     mapping_spec_free(&back);
 }
 
+/* Whether the max was asked for survives the stored form, which always holds max_instances; a
+ * record from before it was kept counts as asked. */
+static void test_max_given_round_trip(void **state)
+{
+    (void)state;
+    struct mapping_spec s, back;
+    enum skiff_err code;
+    char err[256];
+    parse_ok("{\"app\": \"a\", \"topic\": \"t\"}", &s);
+    assert_false(s.max_given);
+    json_t *j = mapping_spec_to_json(&s);
+    assert_int_equal(json_integer_value(json_object_get(j, "max_instances")),
+                     INVOKER_DEFAULT_MAX_INSTANCES);
+    assert_int_equal(mapping_spec_from_json(j, &back, &code, err, sizeof(err)), 0);
+    assert_false(back.max_given);
+    mapping_spec_free(&back);
+    json_object_del(j, "max_instances_given"); /* an older record */
+    assert_int_equal(mapping_spec_from_json(j, &back, &code, err, sizeof(err)), 0);
+    assert_true(back.max_given);
+    mapping_spec_free(&back);
+    json_decref(j);
+    mapping_spec_free(&s);
+
+    parse_ok("{\"app\": \"a\", \"topic\": \"t\", \"max_instances\": 4}", &s);
+    assert_true(s.max_given);
+    j = mapping_spec_to_json(&s);
+    assert_int_equal(mapping_spec_from_json(j, &back, &code, err, sizeof(err)), 0);
+    assert_true(back.max_given);
+    assert_int_equal(back.max_instances, 4);
+    json_decref(j);
+    mapping_spec_free(&s);
+    mapping_spec_free(&back);
+}
+
 static void test_schedule_and_app_event(void **state)
 {
     (void)state;
@@ -251,6 +285,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topic_mapping_defaults),
         cmocka_unit_test(test_policy_fields_and_round_trip),
+        cmocka_unit_test(test_max_given_round_trip),
         cmocka_unit_test(test_schedule_and_app_event),
         cmocka_unit_test(test_another_spaces_topic),
         cmocka_unit_test(test_refusals_name_the_field),
