@@ -90,6 +90,9 @@ void api_core__staging_register(struct api_core *core);
 bool api_core__staging_busy(struct api_core *core, const char *app_guid);
 /* Cancels the staging of an app, or all of them when app_guid is NULL. */
 void api_core__staging_cancel(struct api_core *core, const char *app_guid);
+/* The package of every staging under way (its path here): NULL-terminated, the caller frees
+ * each and the list. */
+char **api_core__staging_packages(struct api_core *core);
 
 /* metadata.c: labels and annotations of apps */
 void api_core__metadata_register(struct api_core *core);

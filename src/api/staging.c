@@ -63,6 +63,19 @@ bool api_core__staging_busy(struct api_core *core, const char *app_guid)
     return false;
 }
 
+char **api_core__staging_packages(struct api_core *core)
+{
+    size_t n = 0;
+    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+        n++;
+    char **out = xcalloc(n + 1, sizeof *out);
+    n = 0;
+    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+        if (s->package_path)
+            out[n++] = xstrdup(s->package_path);
+    return out;
+}
+
 void api_core__staging_cancel(struct api_core *core, const char *app_guid)
 {
     struct api_core_staging *s = core->stagings;
