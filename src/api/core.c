@@ -2150,6 +2150,12 @@ static void core__domains_delete(struct api_request *req, void *ctx)
 
 /* ---- registration ------------------------------------------------------------------------- */
 
+void api_core_app_deleted_elsewhere(struct api_core *core)
+{
+    api_core__images_gc_soon(core);
+    api_core__blobs_gc_soon(core);
+}
+
 void api_core_store_changed(struct api_core *core)
 {
     free(core->apps_cache);

@@ -223,3 +223,54 @@ def test_a_droplet_blob_changed_in_the_database_is_refused_and_nothing_is_cached
         n for n in os.listdir(droplets) if digest[len("sha256:"):] in n]
     assert not glob.glob(os.path.join(a.home, "blobs", "tmp", "*"))
     assert running_here(a, "forged") == []
+
+
+def stage_through(up, st, name, tag):
+    """An app made and uploaded through `up`, staged through `st`, with a route; not started.
+    tag makes its bits (and so its package and droplet) its own."""
+    status, body = up.api("PUT", f"/v1/apps/{name}", {"instances": 1})
+    assert status in (200, 201), body
+    app_py = WEB_APP + f"\n# {tag}\n".encode()
+    status, body = up.api("PUT", f"/v1/apps/{name}/bits",
+                          raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", app_py)]),
+                          headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    pkg = body["digest"]
+    status, app = up.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    shutil.rmtree(os.path.join(up.home, "apps", app["guid"]))  # staged from the blob store
+    status, text = st.api("POST", f"/v1/apps/{name}/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    status, body = st.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
+    assert status in (200, 201), body
+    return pkg
+
+
+def test_what_was_brought_here_goes_when_nothing_names_it(pair, pg_dir):
+    a, b = pair
+    # uploaded through the leader, staged through the follower (which fetches the package),
+    # run by the leader (which materialises the droplet): two apps, each its own blobs
+    cached = {}
+    for name in ("gone", "stays"):
+        pkg = stage_through(a, b, name, name)
+        _, drop = droplet_row(pg_dir, name)
+        cached[name] = (os.path.join(b.home, "blobs", "packages", pkg[len("sha256:"):]),
+                        os.path.join(a.home, "blobs", "droplets", drop[len("sha256:"):]))
+        assert os.path.isfile(cached[name][0]), os.listdir(os.path.dirname(cached[name][0]))
+        guid = psql(pg_dir, f"SELECT guid FROM apps WHERE name = '{name}'").strip()
+        shutil.rmtree(os.path.join(b.home, "apps", guid))  # run from the blob, not b's files
+        assert b.api("POST", f"/v1/apps/{name}/start")[0] == 200
+        wait_for(lambda: running_here(a, name), 60, f"the leader to run {name} from its blob")
+        assert os.path.isdir(cached[name][1])
+    # deleted through the follower: the follower's fetched package goes (its own delete), and
+    # the leader's materialised droplet goes once its instance has stopped (a delete elsewhere)
+    assert b.api("DELETE", "/v1/apps/gone")[0] in (200, 204)
+    wait_for(lambda: not os.path.exists(cached["gone"][0]), 30,
+             "the follower to remove the package it fetched for the deleted app")
+    wait_for(lambda: not os.path.exists(cached["gone"][1]), 30,
+             "the leader to remove the droplet it materialised for the deleted app")
+    # what the other app still names, and runs from, stays (the same collections looked at
+    # it), and it still serves
+    assert os.path.isfile(cached["stays"][0])
+    assert os.path.isfile(os.path.join(cached["stays"][1], "app", "app.py"))
+    wait_for(lambda: serves(a, "stays"), 20, "the other app through the leader's router")
