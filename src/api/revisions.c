@@ -101,7 +101,7 @@ static void revisions__trim(struct api_core *core, const struct store_app *app, 
             struct store_droplet *d = NULL;
             if (store_droplet_get(core->cfg.store, droplet, &d) == 0 &&
                 store_droplet_delete(core->cfg.store, droplet) == 0)
-                rm_rf(d->path);
+                api_core__artifact_remove(core, app->guid, d->path);
             store_droplet_free(d);
             api_core__images_gc_soon(core);
             api_core__blobs_gc_soon(core);

@@ -274,3 +274,59 @@ def test_what_was_brought_here_goes_when_nothing_names_it(pair, pg_dir):
     assert os.path.isfile(cached["stays"][0])
     assert os.path.isfile(os.path.join(cached["stays"][1], "app", "app.py"))
     wait_for(lambda: serves(a, "stays"), 20, "the other app through the leader's router")
+
+
+def test_a_trimmed_droplet_is_removed_only_from_its_apps_droplets_here(platform, tmp_path):
+    """Revisions past the newest five take their droplets with them; the path the store records
+    for one is removed only when it resolves into this skiffd's HOME/apps/APP/droplets."""
+    p, name = platform, "trimmed"
+    status, body = p.api("PUT", f"/v1/apps/{name}", {"instances": 1})
+    assert status in (200, 201), body
+    status, body = p.api("PUT", f"/v1/apps/{name}/bits",
+                         raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+
+    def stage():
+        status, text = p.api("POST", f"/v1/apps/{name}/restage")
+        assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+
+    for _ in range(3):
+        stage()
+    status, body = p.api("GET", f"/v1/apps/{name}/revisions")
+    assert status == 200, body
+    first = [r["droplet"] for r in reversed(body["revisions"])]
+    assert len(first) == 3 and len(set(first)) == 3, body
+    guid = p.api("GET", f"/v1/apps/{name}")[1]["guid"]
+    droplets = os.path.join(p.home, "apps", guid, "droplets")
+    # what the store names could be anything: a folder outside the home, a path through ".."
+    # out of the app's droplets, and a droplet folder replaced by a link to one outside
+    victims = [tmp_path / "outside", tmp_path / "linked", os.path.join(p.home, "not-a-droplet")]
+    for v in victims:
+        os.makedirs(v)
+        with open(os.path.join(v, "precious"), "w") as f:
+            f.write("keep me")
+    p.stop()
+    import sqlite3
+    db = sqlite3.connect(os.path.join(p.home, "skiff.db"))
+    for drop, path in ((first[0], str(victims[0])),
+                       (first[1], os.path.join(droplets, "..", "..", "..", "not-a-droplet"))):
+        assert db.execute("UPDATE droplets SET path = ? WHERE guid = ?",
+                          (path, drop)).rowcount == 1
+    db.commit()
+    db.close()
+    shutil.rmtree(os.path.join(droplets, first[2]))
+    os.symlink(victims[1], os.path.join(droplets, first[2]))
+    p.start()
+    for _ in range(5):  # revisions 4 to 8: 1 to 3 are trimmed
+        stage()
+    status, body = p.api("GET", f"/v1/apps/{name}/revisions")
+    assert [r["version"] for r in body["revisions"]] == [8, 7, 6, 5, 4], body
+    for v in victims:
+        with open(os.path.join(v, "precious")) as f:
+            assert f.read() == "keep me", v
+    assert not os.path.lexists(os.path.join(droplets, first[2]))  # the link, not its target
+    # the folders the store no longer named stay (what it named instead was not removed)
+    assert set(os.listdir(droplets)) == {r["droplet"] for r in body["revisions"]} | \
+        {first[0], first[1]}
+    assert "it is not in" in p.output() and "so it is left where it is" in p.output()
