@@ -8,7 +8,9 @@
  * They are documents of kind "revisions.APP_GUID" (store_doc_*), ids the zero-padded number,
  * so one app's are read without the others'. The newest API_REVISIONS_KEEP are kept, with
  * their droplets; an older revision's droplet goes with it unless a kept revision, the app or
- * a running instance still uses it. */
+ * a running instance still uses it: its row, its folder when that is in this skiffd's
+ * HOME/apps/APP/droplets (api_core__artifact_remove), and its blob by the blob store's
+ * collection. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
