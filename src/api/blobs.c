@@ -16,6 +16,8 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "executor/executor.h"
+#include "scheduler/scheduler.h"
 #include "store/store.h"
 
 #define BLOBS_PENDING_MAX (4u << 20)
@@ -24,6 +26,9 @@
 #define BLOBS_GC_MIN_AGE_MS (10 * 60 * 1000LL)
 /* Changes that leave blobs unused come in bursts (a push prunes a package, then a droplet). */
 #define BLOBS_GC_DELAY_MS 2000
+/* How soon the droplets and packages brought here are looked at again while one that nothing
+ * names is still run from (an instance stopping). */
+#define BLOBS_CACHE_RETRY_MS 1000
 
 struct blob_serve {
     uv_work_t work;
@@ -166,9 +171,60 @@ static void blobs__gc_done(void *ctx, int rc, size_t deleted)
         log_info("blob garbage collection removed %zu blobs no package or droplet names", deleted);
 }
 
+/* The collection's timer, and what outlives the core while a collection of what is
+ * materialised here runs (its end may start the timer again). */
+struct api_blobs_gc {
+    uv_timer_t timer; /* first: core->blobs_gc points here */
+    bool running;     /* a blob_cache_gc_async in flight */
+    bool closing;     /* the core is closing: nothing starts again */
+    bool closed;      /* the timer's close callback came */
+};
+
+static void blobs__gc_start(uv_timer_t *t);
+
+static void blobs__cache_gc_done(void *ctx, int rc, size_t deleted, size_t busy)
+{
+    struct api_blobs_gc *g = ctx;
+    g->running = false;
+    if (g->closing) {
+        if (g->closed)
+            free(g);
+        return;
+    }
+    if (rc < 0)
+        log_warning("collection of the droplets and packages brought here: %s", skiff_strerror(rc));
+    else if (deleted)
+        log_info("removed %zu droplets and packages brought here that nothing names any more",
+                 deleted);
+    /* one no longer named is still run from by an instance that is stopping: again soon */
+    if (busy)
+        uv_timer_start(&g->timer, blobs__gc_start, BLOBS_CACHE_RETRY_MS, 0);
+}
+
+/* Where a droplet or package brought here may be in use now: instances' app_dirs (the
+ * executor's, stopping ones included) and stagings' packages. NULL-terminated, n its length. */
+static char **blobs__in_use(struct api_core *core, size_t *n)
+{
+    struct scheduler *sched = core->cfg.scheduler;
+    struct executor *ex = sched ? scheduler_executor(sched) : NULL;
+    char **dirs = ex ? executor_app_dirs(ex) : xcalloc(1, sizeof(char *));
+    char **pkgs = api_core__staging_packages(core);
+    size_t nd = 0, np = 0;
+    while (dirs[nd])
+        nd++;
+    while (pkgs[np])
+        np++;
+    dirs = xrealloc(dirs, (nd + np + 1) * sizeof *dirs);
+    memcpy(dirs + nd, pkgs, (np + 1) * sizeof *dirs);
+    free(pkgs);
+    *n = nd + np;
+    return dirs;
+}
+
 static void blobs__gc_start(uv_timer_t *t)
 {
     struct api_core *core = t->data;
+    struct api_blobs_gc *g = (struct api_blobs_gc *)t;
     char **keep = NULL;
     if (store_blob_refs(core->cfg.store, &keep) < 0)
         return; /* nothing is collected from a list the store could not give */
@@ -177,6 +233,14 @@ static void blobs__gc_start(uv_timer_t *t)
         n++;
     blob_gc_async(core->cfg.blobs, t->loop, (const char *const *)keep, n, BLOBS_GC_MIN_AGE_MS,
                   blobs__gc_done, NULL);
+    if (!g->running) {
+        size_t n_in_use = 0;
+        char **in_use = blobs__in_use(core, &n_in_use);
+        g->running = blob_cache_gc_async(core->cfg.blobs, t->loop, (const char *const *)keep, n,
+                                         (const char *const *)in_use, n_in_use,
+                                         blobs__cache_gc_done, g) == 0;
+        store_strv_free(in_use);
+    }
     store_strv_free(keep);
 }
 
@@ -188,14 +252,20 @@ void api_core__blobs_gc_soon(struct api_core *core)
 
 static void blobs__gc_closed(uv_handle_t *h)
 {
-    free(h);
+    struct api_blobs_gc *g = (struct api_blobs_gc *)h;
+    g->closed = true;
+    if (!g->running)
+        free(g);
+    /* else the collection's end frees it */
 }
 
 void api_core__blobs_close(struct api_core *core)
 {
     if (!core->blobs_gc)
         return;
-    uv_close((uv_handle_t *)core->blobs_gc, blobs__gc_closed);
+    struct api_blobs_gc *g = (struct api_blobs_gc *)core->blobs_gc;
+    g->closing = true;
+    uv_close((uv_handle_t *)&g->timer, blobs__gc_closed);
     core->blobs_gc = NULL;
 }
 
@@ -204,7 +274,8 @@ void api_core__blobs_register(struct api_core *core)
     api_route_add(core->api, "GET", "/v1/blobs/*", API_PERM(AUTH_PERM_BLOBS), blobs__get, core);
     if (!core->cfg.blobs)
         return;
-    core->blobs_gc = xcalloc(1, sizeof *core->blobs_gc);
+    struct api_blobs_gc *g = xcalloc(1, sizeof *g);
+    core->blobs_gc = &g->timer;
     uv_timer_init(api_loop(core->api), core->blobs_gc);
     core->blobs_gc->data = core;
     uv_unref((uv_handle_t *)core->blobs_gc);

@@ -2150,6 +2150,50 @@ static void core__domains_delete(struct api_request *req, void *ctx)
 
 /* ---- registration ------------------------------------------------------------------------- */
 
+int api_core__artifact_remove(struct api_core *core, const char *app_guid, const char *path)
+{
+    if (!path || !*path)
+        return 0;
+    const char *slash = strrchr(path, '/');
+    const char *name = slash ? slash + 1 : path;
+    /* the folder it is in, resolved (links and ".." included); the last name is not followed:
+     * a link there is removed, never what it points to */
+    char *parent = slash == path ? xstrdup("/")
+                   : slash       ? xstrndup(path, (size_t)(slash - path))
+                                 : xstrdup("."); /* relative: never under the home */
+    errno = 0;
+    char *real_parent = realpath(parent, NULL);
+    char *app_dir = xasprintf("%s/apps/%s", core->cfg.home, app_guid);
+    char *real_app = realpath(app_dir, NULL);
+    int rc = 0;
+    if (!real_parent && slash) {
+        rc = errno == ENOENT ? 0 : -errno; /* not on this host: another skiffd's, or gone */
+    } else if (!real_parent || !*name || !strcmp(name, ".") || !strcmp(name, "..") || !real_app ||
+               !str_has_prefix(real_parent, real_app) ||
+               (strcmp(real_parent + strlen(real_app), "/droplets") &&
+                strcmp(real_parent + strlen(real_app), "/packages"))) {
+        log_warning("app %s: the store names %s as one of its packages or droplets; it is not "
+                    "in %s/packages or %s/droplets, so it is left where it is",
+                    app_guid, path, app_dir, app_dir);
+        rc = -EPERM;
+    } else {
+        char *real = xasprintf("%s/%s", real_parent, name);
+        rc = rm_rf(real);
+        free(real);
+    }
+    free(parent);
+    free(real_parent);
+    free(app_dir);
+    free(real_app);
+    return rc;
+}
+
+void api_core_app_deleted_elsewhere(struct api_core *core)
+{
+    api_core__images_gc_soon(core);
+    api_core__blobs_gc_soon(core);
+}
+
 void api_core_store_changed(struct api_core *core)
 {
     free(core->apps_cache);

@@ -62,6 +62,10 @@ void api_core_free(struct api_core *core);
 /* The store may have changed under this skiffd (another one on a shared store wrote it): what
  * the core keeps from it (the app list) is read again on its next use. */
 void api_core_store_changed(struct api_core *core);
+/* Another skiffd on the same store deleted an app: what only it used here (image layers, the
+ * droplets and packages brought here from the blob store) is collected soon, as after a
+ * delete through this one. */
+void api_core_app_deleted_elsewhere(struct api_core *core);
 /* The leader, once a tick: the instances of every app whose instances changed since the last
  * call are written to the store as this cell's record (an app with none: its record goes).
  * Not leading: nothing is written, and the changes are forgotten. */

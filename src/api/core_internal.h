@@ -93,11 +93,22 @@ json_t *api_core__domain_cert_json(struct api_core *core, const char *name);
  * 0, -ENOENT when it had none, or the store's error. */
 int api_core__domain_cert_remove(struct api_core *core, const char *name);
 
+/* core.c: the one check before a package or droplet the store records is removed from disk.
+ * The store may name another skiffd's path (a store shared by hosts, or homes on one host),
+ * or one nobody here owns: path goes only when, resolved, it is HOME/apps/APP/packages/NAME or
+ * HOME/apps/APP/droplets/NAME of that app (a link at NAME is removed, not followed). 0 when it
+ * went or is not on this host; -EPERM (logged) when it is elsewhere here and was left. Its
+ * blob is the blob store's collection's to remove. */
+int api_core__artifact_remove(struct api_core *core, const char *app_guid, const char *path);
+
 /* staging.c */
 void api_core__staging_register(struct api_core *core);
 bool api_core__staging_busy(struct api_core *core, const char *app_guid);
 /* Cancels the staging of an app, or all of them when app_guid is NULL. */
 void api_core__staging_cancel(struct api_core *core, const char *app_guid);
+/* The package of every staging under way (its path here): NULL-terminated, the caller frees
+ * each and the list. */
+char **api_core__staging_packages(struct api_core *core);
 
 /* metadata.c: labels and annotations of apps */
 void api_core__metadata_register(struct api_core *core);

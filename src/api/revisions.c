@@ -8,7 +8,9 @@
  * They are documents of kind "revisions.APP_GUID" (store_doc_*), ids the zero-padded number,
  * so one app's are read without the others'. The newest API_REVISIONS_KEEP are kept, with
  * their droplets; an older revision's droplet goes with it unless a kept revision, the app or
- * a running instance still uses it. */
+ * a running instance still uses it: its row, its folder when that is in this skiffd's
+ * HOME/apps/APP/droplets (api_core__artifact_remove), and its blob by the blob store's
+ * collection. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,7 +103,7 @@ static void revisions__trim(struct api_core *core, const struct store_app *app, 
             struct store_droplet *d = NULL;
             if (store_droplet_get(core->cfg.store, droplet, &d) == 0 &&
                 store_droplet_delete(core->cfg.store, droplet) == 0)
-                rm_rf(d->path);
+                api_core__artifact_remove(core, app->guid, d->path);
             store_droplet_free(d);
             api_core__images_gc_soon(core);
             api_core__blobs_gc_soon(core);

@@ -63,6 +63,19 @@ bool api_core__staging_busy(struct api_core *core, const char *app_guid)
     return false;
 }
 
+char **api_core__staging_packages(struct api_core *core)
+{
+    size_t n = 0;
+    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+        n++;
+    char **out = xcalloc(n + 1, sizeof *out);
+    n = 0;
+    for (struct api_core_staging *s = core->stagings; s; s = s->next)
+        if (s->package_path)
+            out[n++] = xstrdup(s->package_path);
+    return out;
+}
+
 void api_core__staging_cancel(struct api_core *core, const char *app_guid)
 {
     struct api_core_staging *s = core->stagings;
@@ -380,7 +393,7 @@ static void staging__bits_put(void *ctx, int put_rc, const char *digest)
                               api_core__revisions_any(core, app->guid) ? NULL : app->droplet_guid,
                               &old);
     for (char **p = old; p && *p; p++)
-        rm_rf(*p);
+        api_core__artifact_remove(core, app->guid, *p);
     store_strv_free(old);
     api_core__blobs_gc_soon(core); /* their blobs, when nothing else names them */
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
@@ -549,7 +562,7 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
     char **old = NULL;
     store_app_prune_artifacts(core->cfg.store, app->guid, app->package_guid, NULL, &old);
     for (char **p = old; p && *p; p++)
-        rm_rf(*p);
+        api_core__artifact_remove(core, app->guid, *p);
     store_strv_free(old);
     struct store_droplet d = {.app_guid = app->guid,
                               .path = s->droplet_dir,

@@ -143,6 +143,7 @@ int blob_store_open(const char *store_location, const char *home, struct blob_st
     bs->files = xasprintf("%s/blobs/sha256", home);
     bs->tmp = xasprintf("%s/blobs/tmp", home);
     bs->droplets = xasprintf("%s/blobs/droplets", home);
+    bs->packages = xasprintf("%s/blobs/packages", home);
     uv_mutex_init(&bs->lock);
     *out = bs;
     return 0;
@@ -170,6 +171,7 @@ void blobs__free(struct blob_store *bs)
     free(bs->files);
     free(bs->tmp);
     free(bs->droplets);
+    free(bs->packages);
     free(bs);
 }
 

@@ -125,6 +125,27 @@ typedef void (*blob_gc_cb)(void *ctx, int rc, size_t deleted);
 int blob_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *keep, size_t n_keep,
                   int64_t min_age_ms, blob_gc_cb done, void *ctx);
 
+/* ---- what is materialised here ------------------------------------------------------------ */
+
+/* (blocking) Removes the droplets materialised here (HOME/blobs/droplets/HEX) and the packages
+ * fetched here (HOME/blobs/packages/HEX, HEX.KIND) whose digest is in none of keep, unless a
+ * path of in_use (an instance's app_dir, a staging's package) lies in them, or they came here
+ * at or after since_ms (wall clock, ms; 0: no bound): a droplet materialised after keep was
+ * read may be one keep does not know yet. *deleted counts what went and *busy (each when not
+ * NULL) what stayed only because it is in use. */
+/* A file system's times lag the clock by up to a tick: what came this close to since_ms stays. */
+#define BLOB_CACHE_CLOCK_SLACK_MS 1000
+int blob_cache_gc(struct blob_store *bs, const char *const *keep, size_t n_keep,
+                  const char *const *in_use, size_t n_in_use, int64_t since_ms, size_t *deleted,
+                  size_t *busy);
+/* blob_cache_gc on the thread pool (keep and in_use copied; the digests being materialised
+ * now are kept too, and since_ms is now); done(ctx, rc, deleted, busy) on the loop (NULL: no
+ * call). 0, or a negative errno and no call. */
+typedef void (*blob_cache_gc_cb)(void *ctx, int rc, size_t deleted, size_t busy);
+int blob_cache_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *keep,
+                        size_t n_keep, const char *const *in_use, size_t n_in_use,
+                        blob_cache_gc_cb done, void *ctx);
+
 /* ---- fetching from controllers (for cells on other hosts) ---------------------------------- */
 
 /* What blob_fetch fetches, and from where. Strings are copied by blob_fetch. */

@@ -15,6 +15,7 @@ struct blob_store {
     char *files;                   /* HOME/blobs/sha256: the blobs, on the embedded store */
     char *tmp;                     /* HOME/blobs/tmp: what is being written */
     char *droplets;                /* HOME/blobs/droplets: droplets materialised here, by HEX */
+    char *packages;                /* HOME/blobs/packages: packages fetched here (HEX[.KIND]) */
     struct blobs_pending *pending; /* on the loop only */
     uv_mutex_t lock;               /* working, closing */
     int working;                   /* thread-pool work in flight that uses the store */

@@ -553,3 +553,145 @@ int blob_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *kee
     }
     return rc;
 }
+
+/* ---- collecting what is materialised here -------------------------------------------------- */
+
+static bool cache__kept(const char *digest, const char *const *keep, size_t n_keep)
+{
+    for (size_t i = 0; i < n_keep; i++)
+        if (keep[i] && !strcmp(keep[i], digest))
+            return true;
+    return false;
+}
+
+/* Whether one of in_use is path or lies below it. */
+static bool cache__in_use(const char *path, const char *const *in_use, size_t n_in_use)
+{
+    size_t len = strlen(path);
+    for (size_t i = 0; i < n_in_use; i++)
+        if (in_use[i] && !strncmp(in_use[i], path, len) &&
+            (in_use[i][len] == '\0' || in_use[i][len] == '/'))
+            return true;
+    return false;
+}
+
+/* One cache folder: every entry named HEX (droplets) or HEX.KIND (packages, dot_ok). Names
+ * that are no digest (a materialising's .HEX-RANDOM, a fetch's temporary file) are left to
+ * whoever writes them. */
+static void cache__collect(const char *dir, bool dot_ok, const char *const *keep, size_t n_keep,
+                           const char *const *in_use, size_t n_in_use, int64_t since_ms,
+                           size_t *deleted, size_t *busy)
+{
+    DIR *d = opendir(dir);
+    int rc;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        char digest[BLOB_DIGEST_LEN + 1];
+        snprintf(digest, sizeof digest, BLOB_DIGEST_PREFIX "%.64s", e->d_name);
+        if (len < 64 || (len > 64 && (!dot_ok || e->d_name[64] != '.')) ||
+            !blob_digest_valid(digest) || cache__kept(digest, keep, n_keep))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        /* the change time: when it was renamed into place */
+        int64_t came = (int64_t)st.st_ctim.tv_sec * 1000 + st.st_ctim.tv_nsec / 1000000;
+        if (since_ms > 0 && came + BLOB_CACHE_CLOCK_SLACK_MS >= since_ms)
+            continue;
+        char *path = xasprintf("%s/%s", dir, e->d_name);
+        if (cache__in_use(path, in_use, n_in_use))
+            (*busy)++;
+        else if ((rc = rm_rf(path)) == 0)
+            (*deleted)++;
+        else
+            log_warning("blobs: cannot remove %s: %s", path, strerror(-rc));
+        free(path);
+    }
+    if (d)
+        closedir(d);
+}
+
+int blob_cache_gc(struct blob_store *bs, const char *const *keep, size_t n_keep,
+                  const char *const *in_use, size_t n_in_use, int64_t since_ms, size_t *deleted,
+                  size_t *busy)
+{
+    size_t del = 0, held = 0;
+    cache__collect(bs->droplets, false, keep, n_keep, in_use, n_in_use, since_ms, &del, &held);
+    cache__collect(bs->packages, true, keep, n_keep, in_use, n_in_use, since_ms, &del, &held);
+    if (deleted)
+        *deleted = del;
+    if (busy)
+        *busy = held;
+    return 0;
+}
+
+struct blobs_cache_gc {
+    uv_work_t work;
+    struct blob_store *bs;
+    char **keep, **in_use;
+    size_t n_keep, n_in_use;
+    int64_t since_ms;
+    blob_cache_gc_cb done;
+    void *ctx;
+    int rc;
+    size_t deleted, busy;
+};
+
+static void cache_gc__work(uv_work_t *w)
+{
+    struct blobs_cache_gc *g = w->data;
+    g->rc = blob_cache_gc(g->bs, (const char *const *)g->keep, g->n_keep,
+                          (const char *const *)g->in_use, g->n_in_use, g->since_ms, &g->deleted,
+                          &g->busy);
+}
+
+static void cache_gc__done(uv_work_t *w, int status)
+{
+    struct blobs_cache_gc *g = w->data;
+    if (g->done)
+        g->done(g->ctx, status < 0 ? status : g->rc, g->deleted, g->busy);
+    blobs__work_end(g->bs);
+    for (size_t i = 0; i < g->n_keep; i++)
+        free(g->keep[i]);
+    for (size_t i = 0; i < g->n_in_use; i++)
+        free(g->in_use[i]);
+    free(g->keep);
+    free(g->in_use);
+    free(g);
+}
+
+static char **cache__copy(const char *const *v, size_t n, size_t extra)
+{
+    char **out = xcalloc(n + extra + 1, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = xstrdup(v[i] ? v[i] : "");
+    return out;
+}
+
+int blob_cache_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *keep,
+                        size_t n_keep, const char *const *in_use, size_t n_in_use,
+                        blob_cache_gc_cb done, void *ctx)
+{
+    struct blobs_cache_gc *g = xcalloc(1, sizeof *g);
+    g->bs = bs;
+    size_t n_pending = 0;
+    for (struct blobs_pending *p = bs->pending; p; p = p->next)
+        n_pending++;
+    g->keep = cache__copy(keep, n_keep, n_pending);
+    g->n_keep = n_keep;
+    for (struct blobs_pending *p = bs->pending; p; p = p->next)
+        g->keep[g->n_keep++] = xstrdup(p->digest); /* being materialised: not named yet */
+    g->in_use = cache__copy(in_use, n_in_use, 0);
+    g->n_in_use = n_in_use;
+    g->since_ms = time_now_ms();
+    g->done = done;
+    g->ctx = ctx;
+    g->work.data = g;
+    blobs__work_begin(bs);
+    int rc = uv_queue_work(loop, &g->work, cache_gc__work, cache_gc__done);
+    if (rc < 0) {
+        g->done = NULL;
+        cache_gc__done(&g->work, rc);
+    }
+    return rc;
+}

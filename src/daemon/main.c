@@ -526,8 +526,11 @@ static void daemon_store_app_changed(void *ctx, const char *app_guid)
 {
     struct daemon *d = ctx;
     if (app_guid) {
-        if (scheduler_app_changed(d->sched, app_guid) == -ENOENT)
+        if (scheduler_app_changed(d->sched, app_guid) == -ENOENT) {
             scheduler_app_deleted(d->sched, app_guid);
+            if (d->core)
+                api_core_app_deleted_elsewhere(d->core);
+        }
         return;
     }
     struct store_app **apps = NULL;

@@ -3135,6 +3135,19 @@ char **executor_image_layers(struct executor *ex)
     return out;
 }
 
+char **executor_app_dirs(struct executor *ex)
+{
+    size_t n = 0;
+    for (struct instance *i = ex->instances; i; i = i->next)
+        n++;
+    char **out = xcalloc(n + 1, sizeof *out);
+    n = 0;
+    for (struct instance *i = ex->instances; i; i = i->next)
+        if (i->app_dir)
+            out[n++] = xstrdup(i->app_dir);
+    return out;
+}
+
 int64_t instance_host_uid(const struct instance *inst)
 {
     if (inst->ex->isolation == EXECUTOR_CONTAINER)

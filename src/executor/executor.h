@@ -200,6 +200,10 @@ struct instance *executor_find(struct executor *ex, const char *instance_guid);
  * and the list. Read from their container configs on disk: what is told here is what they
  * mount. */
 char **executor_image_layers(struct executor *ex);
+/* The app_dir of every instance this executor has not yet retired (starting, running,
+ * stopping, adopted): NULL-terminated, caller frees each and the list. What a droplet's
+ * folder may not be removed under. */
+char **executor_app_dirs(struct executor *ex);
 
 /* A free slot for a new instance, or a negative errno when none is left: a port on
  * 127.0.0.1 for EXECUTOR_PROCESS, a network slot (its own address) for containers. */

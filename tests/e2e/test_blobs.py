@@ -223,3 +223,110 @@ def test_a_droplet_blob_changed_in_the_database_is_refused_and_nothing_is_cached
         n for n in os.listdir(droplets) if digest[len("sha256:"):] in n]
     assert not glob.glob(os.path.join(a.home, "blobs", "tmp", "*"))
     assert running_here(a, "forged") == []
+
+
+def stage_through(up, st, name, tag):
+    """An app made and uploaded through `up`, staged through `st`, with a route; not started.
+    tag makes its bits (and so its package and droplet) its own."""
+    status, body = up.api("PUT", f"/v1/apps/{name}", {"instances": 1})
+    assert status in (200, 201), body
+    app_py = WEB_APP + f"\n# {tag}\n".encode()
+    status, body = up.api("PUT", f"/v1/apps/{name}/bits",
+                          raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", app_py)]),
+                          headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+    pkg = body["digest"]
+    status, app = up.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    shutil.rmtree(os.path.join(up.home, "apps", app["guid"]))  # staged from the blob store
+    status, text = st.api("POST", f"/v1/apps/{name}/stage")
+    assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+    status, body = st.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
+    assert status in (200, 201), body
+    return pkg
+
+
+def test_what_was_brought_here_goes_when_nothing_names_it(pair, pg_dir):
+    a, b = pair
+    # uploaded through the leader, staged through the follower (which fetches the package),
+    # run by the leader (which materialises the droplet): two apps, each its own blobs
+    cached = {}
+    for name in ("gone", "stays"):
+        pkg = stage_through(a, b, name, name)
+        _, drop = droplet_row(pg_dir, name)
+        cached[name] = (os.path.join(b.home, "blobs", "packages", pkg[len("sha256:"):]),
+                        os.path.join(a.home, "blobs", "droplets", drop[len("sha256:"):]))
+        assert os.path.isfile(cached[name][0]), os.listdir(os.path.dirname(cached[name][0]))
+        guid = psql(pg_dir, f"SELECT guid FROM apps WHERE name = '{name}'").strip()
+        shutil.rmtree(os.path.join(b.home, "apps", guid))  # run from the blob, not b's files
+        assert b.api("POST", f"/v1/apps/{name}/start")[0] == 200
+        wait_for(lambda: running_here(a, name), 60, f"the leader to run {name} from its blob")
+        assert os.path.isdir(cached[name][1])
+    # deleted through the follower: the follower's fetched package goes (its own delete), and
+    # the leader's materialised droplet goes once its instance has stopped (a delete elsewhere)
+    assert b.api("DELETE", "/v1/apps/gone")[0] in (200, 204)
+    wait_for(lambda: not os.path.exists(cached["gone"][0]), 30,
+             "the follower to remove the package it fetched for the deleted app")
+    wait_for(lambda: not os.path.exists(cached["gone"][1]), 30,
+             "the leader to remove the droplet it materialised for the deleted app")
+    # what the other app still names, and runs from, stays (the same collections looked at
+    # it), and it still serves
+    assert os.path.isfile(cached["stays"][0])
+    assert os.path.isfile(os.path.join(cached["stays"][1], "app", "app.py"))
+    wait_for(lambda: serves(a, "stays"), 20, "the other app through the leader's router")
+
+
+def test_a_trimmed_droplet_is_removed_only_from_its_apps_droplets_here(platform, tmp_path):
+    """Revisions past the newest five take their droplets with them; the path the store records
+    for one is removed only when it resolves into this skiffd's HOME/apps/APP/droplets."""
+    p, name = platform, "trimmed"
+    status, body = p.api("PUT", f"/v1/apps/{name}", {"instances": 1})
+    assert status in (200, 201), body
+    status, body = p.api("PUT", f"/v1/apps/{name}/bits",
+                         raw=tar_gz([("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert status == 201, body
+
+    def stage():
+        status, text = p.api("POST", f"/v1/apps/{name}/restage")
+        assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+
+    for _ in range(3):
+        stage()
+    status, body = p.api("GET", f"/v1/apps/{name}/revisions")
+    assert status == 200, body
+    first = [r["droplet"] for r in reversed(body["revisions"])]
+    assert len(first) == 3 and len(set(first)) == 3, body
+    guid = p.api("GET", f"/v1/apps/{name}")[1]["guid"]
+    droplets = os.path.join(p.home, "apps", guid, "droplets")
+    # what the store names could be anything: a folder outside the home, a path through ".."
+    # out of the app's droplets, and a droplet folder replaced by a link to one outside
+    victims = [tmp_path / "outside", tmp_path / "linked", os.path.join(p.home, "not-a-droplet")]
+    for v in victims:
+        os.makedirs(v)
+        with open(os.path.join(v, "precious"), "w") as f:
+            f.write("keep me")
+    p.stop()
+    import sqlite3
+    db = sqlite3.connect(os.path.join(p.home, "skiff.db"))
+    for drop, path in ((first[0], str(victims[0])),
+                       (first[1], os.path.join(droplets, "..", "..", "..", "not-a-droplet"))):
+        assert db.execute("UPDATE droplets SET path = ? WHERE guid = ?",
+                          (path, drop)).rowcount == 1
+    db.commit()
+    db.close()
+    shutil.rmtree(os.path.join(droplets, first[2]))
+    os.symlink(victims[1], os.path.join(droplets, first[2]))
+    p.start()
+    for _ in range(5):  # revisions 4 to 8: 1 to 3 are trimmed
+        stage()
+    status, body = p.api("GET", f"/v1/apps/{name}/revisions")
+    assert [r["version"] for r in body["revisions"]] == [8, 7, 6, 5, 4], body
+    for v in victims:
+        with open(os.path.join(v, "precious")) as f:
+            assert f.read() == "keep me", v
+    assert not os.path.lexists(os.path.join(droplets, first[2]))  # the link, not its target
+    # the folders the store no longer named stay (what it named instead was not removed)
+    assert set(os.listdir(droplets)) == {r["droplet"] for r in body["revisions"]} | \
+        {first[0], first[1]}
+    assert "it is not in" in p.output() and "so it is left where it is" in p.output()

@@ -434,6 +434,116 @@ static void test_a_droplet_missing_here_is_materialised_from_its_blob(void **sta
     free(drop);
 }
 
+/* ---- what is materialised here -------------------------------------------------------------- */
+
+static char *cache_entry(const char *dir, char hexdigit, const char *suffix, bool folder)
+{
+    char hex[65];
+    memset(hex, hexdigit, 64);
+    hex[64] = '\0';
+    char *path = xasprintf("%s/%s%s", dir, hex, suffix);
+    if (folder) {
+        char *app = xasprintf("%s/app", path);
+        assert_int_equal(mkdir_p(app, 0700), 0);
+        free(write_file(app, "app.py", "x", 1));
+        free(app);
+    } else {
+        assert_int_equal(mkdir_p(dir, 0700), 0);
+        assert_int_equal(file_write_atomic(path, "pkg", 3, 0600), 0);
+    }
+    return path;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+struct cache_done {
+    int calls, rc;
+    size_t deleted, busy;
+};
+
+static void on_cache_gc(void *ctx, int rc, size_t deleted, size_t busy)
+{
+    struct cache_done *d = ctx;
+    d->calls++;
+    d->rc = rc;
+    d->deleted = deleted;
+    d->busy = busy;
+}
+
+static void test_cache_gc_removes_only_what_nothing_names_or_runs(void **state)
+{
+    struct env *e = *state;
+    char *drops = xasprintf("%s/blobs/droplets", e->home);
+    char *pkgs = xasprintf("%s/blobs/packages", e->home);
+    char *named = cache_entry(drops, 'a', "", true);   /* a row names it */
+    char *running = cache_entry(drops, 'b', "", true); /* an instance runs from it */
+    char *unused = cache_entry(drops, 'c', "", true);
+    char *unpacking = cache_entry(drops, 'd', "-1234", true); /* no digest: left alone */
+    char *hidden = xasprintf("%s/.%s", drops, unused + strlen(drops) + 1);
+    assert_int_equal(mkdir_p(hidden, 0700), 0);
+    char *pkg_named = cache_entry(pkgs, 'a', ".docker", false);
+    char *pkg_unused = cache_entry(pkgs, 'e', "", false);
+    char *pkg_image = cache_entry(pkgs, 'f', ".oci", false);
+    char *staging = cache_entry(pkgs, '1', "", false); /* a staging under way reads it */
+    /* a link named as a digest, to a folder outside: the link goes, never what it points to */
+    char *outside = xasprintf("%s/outside", e->home);
+    assert_int_equal(mkdir_p(outside, 0700), 0);
+    free(write_file(outside, "keep-me", "k", 1));
+    char hex2[65];
+    memset(hex2, '2', 64);
+    hex2[64] = '\0';
+    char *link = xasprintf("%s/%s", drops, hex2);
+    assert_int_equal(symlink(outside, link), 0);
+
+    char *digest_a = xasprintf("sha256:%.64s", named + strlen(drops) + 1);
+    const char *keep[] = {digest_a};
+    char *running_app = xasprintf("%s/app", running);
+    char *near_miss = xasprintf("%s-other/app", unused); /* a prefix of its name is not in it */
+    const char *in_use[] = {running_app, near_miss, staging};
+    /* what came here after the list of names was read stays */
+    size_t deleted = 9, busy = 9;
+    assert_int_equal(
+        blob_cache_gc(e->bs, keep, 1, in_use, 3, time_now_ms() - 60000, &deleted, &busy), 0);
+    assert_int_equal(deleted, 0);
+    assert_true(exists(unused) && exists(pkg_unused) && exists(link));
+
+    assert_int_equal(blob_cache_gc(e->bs, keep, 1, in_use, 3, 0, &deleted, &busy), 0);
+    assert_int_equal(deleted, 4); /* unused, the link, pkg_unused, pkg_image */
+    assert_int_equal(busy, 2);    /* running, staging */
+    assert_true(exists(named) && exists(running) && exists(pkg_named) && exists(staging));
+    assert_false(exists(unused) || exists(pkg_unused) || exists(pkg_image) || exists(link));
+    assert_true(exists(unpacking) && exists(hidden));
+    char *kept = xasprintf("%s/keep-me", outside);
+    assert_true(exists(kept));
+    free(kept);
+
+    /* on the loop: the instance has stopped, the staging ended */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cache_done d = {0};
+    assert_int_equal(blob_cache_gc_async(e->bs, &loop, keep, 1, NULL, 0, on_cache_gc, &d), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    /* renamed into place just now: kept, as one materialised after the names were read */
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.rc, 0);
+    assert_int_equal(d.busy, 0);
+    assert_int_equal(blob_cache_gc(e->bs, keep, 1, NULL, 0, 0, &deleted, &busy), 0);
+    assert_int_equal(deleted + d.deleted, 2);
+    assert_false(exists(running) || exists(staging));
+    assert_true(exists(named) && exists(pkg_named));
+
+    char *s[] = {drops,  pkgs,      named,       running,   unused,  unpacking,
+                 hidden, pkg_named, pkg_unused,  pkg_image, staging, outside,
+                 link,   digest_a,  running_app, near_miss};
+    for (size_t i = 0; i < sizeof s / sizeof *s; i++)
+        free(s[i]);
+}
+
 /* ---- blob_fetch against a server of the test's ---------------------------------------------- */
 
 struct server {
@@ -651,6 +761,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_droplet_packs_and_unpacks_with_modes_and_links,
                                         env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_a_hostile_droplet_tar_is_refused_leaving_nothing,
+                                        env_setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_cache_gc_removes_only_what_nothing_names_or_runs,
                                         env_setup, env_teardown),
         cmocka_unit_test(test_fetch_verifies_bounds_and_falls_over_to_the_next_url),
     };
