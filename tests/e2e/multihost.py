@@ -318,8 +318,41 @@ class HostPlatform(Platform):
         return self
 
 
-class HostRouter:
+class HostProcess:
+    """A skiffd role started in a host's namespace with a home of its own: its output is
+    home/LOG, it is stopped with SIGTERM (SIGKILL after STOP_WAIT s) and its home removed."""
+
+    LOG = "skiffd.out"
+    STOP_WAIT = 15
+    OUTPUT_TAIL = 10000
+
+    def output(self):
+        try:
+            with open(os.path.join(self.home, self.LOG), errors="replace") as f:
+                return f.read()[-self.OUTPUT_TAIL:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+class HostRouter(HostProcess):
     """`skiffd --role router --nats ... --host-addr ...` in a host's namespace."""
+
+    LOG = "router.out"
 
     def __init__(self, host, nats_urls, extra_env=None):
         self.host = host
@@ -363,27 +396,6 @@ class HostRouter:
         except OSError as e:
             return 0, repr(e)
 
-    def output(self):
-        try:
-            with open(os.path.join(self.home, "router.out"), errors="replace") as f:
-                return f.read()[-10000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def close(self):
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def until(cond, timeout, what):

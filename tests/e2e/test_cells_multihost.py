@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -23,7 +22,7 @@ import uuid
 import pytest
 
 from conftest import BIN_DIR, deploy_bits, wait_for
-from multihost import Cluster, HostPlatform, HostRouter
+from multihost import Cluster, HostPlatform, HostProcess, HostRouter
 from test_multihost import nats_publish
 
 pytestmark = [
@@ -36,8 +35,12 @@ POOLS = {"a": "10.244.0.0/18", "b": "10.244.64.0/18", "c": "10.244.128.0/18"}
 LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default
 
 
-class HostCell:
+class HostCell(HostProcess):
     """`skiffd --role cell --host-addr` in a host's namespace, with a home of its own."""
+
+    LOG = "cell.out"
+    STOP_WAIT = 30
+    OUTPUT_TAIL = 40000
 
     def __init__(self, host, nats_urls, pool):
         self.host, self.nats_urls, self.pool = host, nats_urls, pool
@@ -63,27 +66,6 @@ class HostCell:
         log.close()
         return self
 
-    def output(self):
-        try:
-            with open(os.path.join(self.home, "cell.out"), errors="replace") as f:
-                return f.read()[-40000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def close(self):
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.home, ignore_errors=True)
 
 
 @pytest.fixture
