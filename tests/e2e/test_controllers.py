@@ -144,7 +144,14 @@ def test_push_through_a_follower_runs_on_the_leader_and_a_killed_leader_is_repla
     took = time.monotonic() - killed
     print(f"leading went over {took:.2f} s after kill -9")
     wait_for(lambda: running_here(b, "ctl"), 60, "the new leader to run the app")
-    wait_for(lambda: serves(b, "ctl"), 20, "the app through the new leader's router")
+    try:
+        wait_for(lambda: serves(b, "ctl"), 20, "the app through the new leader's router")
+    except AssertionError as e:
+        # what the router answers, what the API shows and what skiffd said, to tell why
+        status, app = b.api("GET", "/v1/apps/ctl")
+        raise AssertionError("%s\nGET: %r\napp: %r\nb's log:\n%s" % (
+            e, http_get(b.router_url + "/", host="ctl.localhost"),
+            app.get("instances_detail"), b.output()[-6000:])) from e
 
     # the killed one is missing after three heartbeat intervals, and leads nothing
     def a_missing():
