@@ -900,6 +900,7 @@ static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg
     uv_loop_t *loop = uv_default_loop();
     struct daemon_cell c = {0};
     char err[512] = "";
+    rc = 0;
     /* before any instance starts (adopted ones included): a pool another host announced that
      * overlaps this cell's would send that host's instances' traffic here */
     if (*host->addr) {
@@ -912,17 +913,10 @@ static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg
                          &c.hosts, err, sizeof err);
         if (rc == 0)
             rc = hosts_settle(c.hosts, 3000, err, sizeof err);
-        if (rc < 0) {
-            log_error("%s", err);
-            if (c.hosts)
-                hosts_stop(c.hosts);
-            uv_run(loop, UV_RUN_DEFAULT);
-            rc = 2;
-            goto out;
-        }
     }
-    rc = cell_agent_start(loop, &cfg, &c.agent, err, sizeof err);
-    if (rc < 0) {
+    if (rc == 0)
+        rc = cell_agent_start(loop, &cfg, &c.agent, err, sizeof err);
+    if (rc < 0) { /* the hosts' announcements stop before the exit */
         log_error("%s", err);
         if (c.hosts)
             hosts_stop(c.hosts);
