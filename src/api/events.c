@@ -437,9 +437,12 @@ static void on_throttle_timer(uv_timer_t *h)
     }
 }
 
-/* Where a read starts: "start", "end", an offset, an RFC 3339 time or a duration ago. */
+/* Where a read starts: "start", "end", an offset, an RFC 3339 time or a duration ago. Returns
+ * 0 with *out set, 1 when it answered the request, 2 when the fabric searches the topic for the
+ * time (fabric_seek_time: cb is called with t as its argument, and starts the read), or a
+ * negative errno. */
 static int parse_from(struct api_events *events, struct api_request *req, const char *topic,
-                      const char *from, bool follow, uint64_t *out)
+                      const char *from, bool follow, uint64_t *out, fabric_seek_cb cb, void *arg)
 {
     struct fabric_topic_info info;
     int rc = fabric_topic_info(events->fabric, topic, &info);
@@ -469,9 +472,44 @@ static int parse_from(struct api_events *events, struct api_request *req, const 
                           from);
         return 1;
     }
-    if (!is_offset)
-        return fabric_seek_time(events->fabric, topic, time_ms, out);
-    return 0;
+    if (is_offset)
+        return 0;
+    rc = fabric_seek_time(events->fabric, topic, time_ms, cb, arg);
+    return rc < 0 ? rc : 2;
+}
+
+/* Starts sending the events of a read whose first offset is known. */
+static void tail_begin(struct tail *t)
+{
+    struct api_events *events = t->events;
+    t->next = events->tails;
+    if (t->next)
+        t->next->prevp = &t->next;
+    t->prevp = &events->tails;
+    events->tails = t;
+    api_stream_begin(t->req, 200, "application/x-ndjson");
+    if (t->follow && fabric_subscribe(events->fabric, t->topic, on_tail_notify, t, &t->sub) < 0) {
+        tail_finish(t);
+        return;
+    }
+    api_request_on_abort(t->req, on_tail_abort, t);
+    tail_pump(t);
+}
+
+/* A read from a time: the fabric found where it starts (on JetStream after the loop went on
+ * with other requests meanwhile; the request stays valid until answered, see api.h). */
+static void on_read_seek(void *arg, int status, uint64_t offset)
+{
+    struct tail *t = arg;
+    if (status == 0 && t->events->stopping)
+        status = -ECANCELED;
+    if (status < 0) {
+        respond_fabric_error(t->req, status);
+        free(t);
+        return;
+    }
+    t->next_offset = offset;
+    tail_begin(t);
 }
 
 static void handle_read(struct api_request *req, void *ctx)
@@ -501,33 +539,23 @@ static void handle_read(struct api_request *req, void *ctx)
                           topic);
         return;
     }
-    uint64_t from = 0;
-    int rc = parse_from(events, req, topic, api_request_query(req, "from"), follow, &from);
-    if (rc == 1)
-        return; /* answered */
-    if (rc < 0) {
-        respond_fabric_error(req, rc);
-        return;
-    }
     struct tail *t = xcalloc(1, sizeof(*t));
     t->events = events;
     t->req = req;
     snprintf(t->topic, sizeof(t->topic), "%s", topic);
-    t->next_offset = from;
     t->limit = limit;
     t->follow = follow;
-    t->next = events->tails;
-    if (t->next)
-        t->next->prevp = &t->next;
-    t->prevp = &events->tails;
-    events->tails = t;
-    api_stream_begin(req, 200, "application/x-ndjson");
-    if (follow && fabric_subscribe(events->fabric, topic, on_tail_notify, t, &t->sub) < 0) {
-        tail_finish(t);
+    int rc = parse_from(events, req, topic, api_request_query(req, "from"), follow, &t->next_offset,
+                        on_read_seek, t);
+    if (rc == 2)
+        return; /* on_read_seek goes on (it may have already) */
+    if (rc == 0) {
+        tail_begin(t);
         return;
     }
-    api_request_on_abort(req, on_tail_abort, t);
-    tail_pump(t);
+    if (rc < 0)
+        respond_fabric_error(req, rc);
+    free(t); /* answered */
 }
 
 /* ---- start and stop ----------------------------------------------------------------------- */

@@ -1879,8 +1879,8 @@ void fabric_batch_free(struct fabric_batch *b)
     memset(b, 0, sizeof(*b));
 }
 
-static int embedded_seek_time(struct fabric *f, const char *topic, int64_t time_ms,
-                              uint64_t *offset)
+static int embedded_seek_offset(struct fabric *f, const char *topic, int64_t time_ms,
+                                uint64_t *offset)
 {
     struct topic *t;
     int rc = topic_get(f, topic, false, &t);
@@ -1924,6 +1924,18 @@ static int embedded_seek_time(struct fabric *f, const char *topic, int64_t time_
         return 0;
     }
     *offset = t->durable_end;
+    return 0;
+}
+
+/* The index and the page cache answer at once: cb runs before this returns. */
+static int embedded_seek_time(struct fabric *f, const char *topic, int64_t time_ms,
+                              fabric_seek_cb cb, void *arg)
+{
+    if (!fabric_name_valid(topic))
+        return -EINVAL;
+    uint64_t offset = 0;
+    int rc = embedded_seek_offset(f, topic, time_ms, &offset);
+    cb(arg, rc, rc == 0 ? offset : 0);
     return 0;
 }
 

@@ -137,9 +137,16 @@ int fabric_cursor_read(struct fabric *f, const char *topic, const char *consumer
                        size_t max_records, size_t max_bytes, struct fabric_batch *out);
 void fabric_batch_free(struct fabric_batch *b);
 
-/* The offset of the first durable record appended at or after time_ms (the end offset when
- * there is none). Errors: -ENOENT no such topic. */
-int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset);
+/* Finds the offset of the first durable record appended at or after time_ms (the end offset
+ * when there is none) and calls cb on the loop with status 0 and it, or a negative errno
+ * (-ENOENT no such topic, -EIO; on JetStream also -ENOTCONN, -ETIMEDOUT, and -ECANCELED when
+ * the fabric closes first). cb runs exactly once: on the embedded log before this returns, on
+ * JetStream later, once the fabric's worker has searched the stream (nothing on the loop waits
+ * for NATS). Returns 0, or a negative errno and then never calls cb (-EINVAL a bad name,
+ * -ENOTCONN, -ECANCELED while closing). */
+typedef void (*fabric_seek_cb)(void *arg, int status, uint64_t offset);
+int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, fabric_seek_cb cb,
+                     void *arg);
 
 struct fabric_topic_info {
     char name[FABRIC_TOPIC_MAX + 1];

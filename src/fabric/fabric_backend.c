@@ -52,9 +52,10 @@ bool fabric_is_shared(struct fabric *f)
     return ops_of(f)->shared;
 }
 
-int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset)
+int fabric_seek_time(struct fabric *f, const char *topic, int64_t time_ms, fabric_seek_cb cb,
+                     void *arg)
 {
-    return ops_of(f)->seek_time(f, topic, time_ms, offset);
+    return ops_of(f)->seek_time(f, topic, time_ms, cb, arg);
 }
 
 int fabric_topic_info(struct fabric *f, const char *topic, struct fabric_topic_info *out)

@@ -21,7 +21,8 @@ struct fabric_ops {
     /* NULL: fabric_read */
     int (*cursor_read)(struct fabric *f, const char *topic, const char *consumer, uint64_t from,
                        size_t max_records, size_t max_bytes, struct fabric_batch *out);
-    int (*seek_time)(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset);
+    int (*seek_time)(struct fabric *f, const char *topic, int64_t time_ms, fabric_seek_cb cb,
+                     void *arg);
     int (*topic_info)(struct fabric *f, const char *topic, struct fabric_topic_info *out);
     int (*topics)(struct fabric *f, struct fabric_topic_info **out, size_t *count);
     int (*topic_create)(struct fabric *f, const char *topic);

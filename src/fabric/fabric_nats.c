@@ -11,16 +11,16 @@
  * sequence. A subscription is an ordered push consumer (headers only) whose messages carry the
  * stream sequence: their handler, on a libnats thread, hands the new end to the loop.
  *
- * Nothing on the loop waits for NATS but fabric_seek_time (its binary search is requests on
- * the loop, each bounded by REQUEST_WAIT_MS). Appends to a known stream are asynchronous
- * publishes (libnats calls on_ack on its own thread); every other JetStream API request (stream
- * creation and information, listings, reads, consumer creation, fetches, acknowledgements,
- * deletes) is a job run by this fabric's worker thread, one at a time in the order they were asked,
- * and its result comes back to the loop through the same uv_async. What the loop's synchronous
- * calls answer comes from what those jobs brought: topic information from a listing (asked again
- * when an answer is older than LIST_EVERY_MS) and from every acknowledgement and watch message;
- * cursors from the consumers listed at open and every commit; reads from records a job fetched,
- * else -EAGAIN: the read is fetched meanwhile and the topic's subscribers are told when it is here.
+ * Nothing on the loop waits for NATS. Appends to a known stream are asynchronous
+ * publishes (libnats calls on_ack on its own thread); every JetStream API request (stream
+ * creation and information, listings, reads, searches by time, consumer creation, fetches,
+ * acknowledgements, deletes) is a job run by this fabric's worker thread, one at a time in the
+ * order they were asked, and its result comes back to the loop through the same uv_async. What the
+ * loop's synchronous calls answer comes from what those jobs brought: topic information from a
+ * listing (asked again when an answer is older than LIST_EVERY_MS) and from every acknowledgement
+ * and watch message; cursors from the consumers listed at open and every commit; reads from records
+ * a job fetched, else -EAGAIN: the read is fetched meanwhile and the topic's subscribers are told
+ * when it is here.
  */
 #include "fabric/fabric_backend.h"
 
@@ -150,6 +150,7 @@ enum job_kind {
     JOB_MOVE,    /* make the consumer again at an offset */
     JOB_DROP,    /* delete the consumer */
     JOB_UNBIND,  /* let go of the consumer: the next read binds at its floor */
+    JOB_SEEK,    /* the offset of the first record at or after a time */
 };
 
 struct list_entry {
@@ -183,6 +184,9 @@ struct job {
     size_t list_n;
     bool have_floor; /* FETCH (a bind), MOVE */
     uint64_t floor;
+    int64_t time_ms; /* SEEK: what it looks for; the offset found goes in `from` */
+    fabric_seek_cb seek_cb;
+    void *seek_arg;
 };
 
 struct fabric {
@@ -756,6 +760,49 @@ static int work_drop(struct fabric *f, struct job *j)
     return rc == -ENOENT ? 0 : rc;
 }
 
+/* Worker: the first sequence in [lo, hi] whose message is there, or hi + 1; *m receives it. */
+static int first_present(struct fabric *f, const char *stream, uint64_t lo, uint64_t hi,
+                         uint64_t *seq, natsMsg **m)
+{
+    for (uint64_t s = lo; s <= hi; s++) {
+        int rc = get_msg(f, stream, s, m);
+        if (rc == 0) {
+            *seq = s;
+            return 0;
+        }
+        if (rc != -ENOENT)
+            return rc;
+    }
+    *seq = hi + 1;
+    *m = NULL;
+    return 0;
+}
+
+/* Worker: a stream's times grow with its sequences, so a binary search over the sequences
+ * (at most one request per step, each bounded by REQUEST_WAIT_MS, the first failure ending
+ * it) finds the first record at or after j->time_ms; its offset goes in j->from. */
+static int work_seek(struct fabric *f, struct job *j)
+{
+    int rc = work_info(f, j);
+    if (rc < 0)
+        return rc;
+    uint64_t lo = j->st.FirstSeq ? j->st.FirstSeq : j->st.LastSeq + 1, hi = j->st.LastSeq + 1;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2, at = 0;
+        natsMsg *m = NULL;
+        rc = first_present(f, j->t->stream, mid, hi - 1, &at, &m);
+        if (rc < 0)
+            return rc;
+        if (!m || msg_time_ms(m) >= j->time_ms)
+            hi = mid;
+        else
+            lo = at + 1;
+        natsMsg_Destroy(m);
+    }
+    j->from = lo - 1;
+    return 0;
+}
+
 static int work_run(struct fabric *f, struct job *j)
 {
     if (j->kind == JOB_UNWATCH) {
@@ -793,6 +840,8 @@ static int work_run(struct fabric *f, struct job *j)
         return work_move(f, j);
     case JOB_DROP:
         return work_drop(f, j);
+    case JOB_SEEK:
+        return work_seek(f, j);
     case JOB_UNWATCH:
     case JOB_UNBIND:
         break;
@@ -1192,6 +1241,11 @@ static void job_done(struct fabric *f, struct job *j)
         }
         pending_settle(f, j->p, j->rc);
         break;
+    case JOB_SEEK:
+        if (j->have_state)
+            cache_state(t, &j->st);
+        j->seek_cb(j->seek_arg, j->rc, j->rc == 0 ? j->from : 0);
+        break;
     case JOB_UNWATCH:
     case JOB_DROP:
     case JOB_UNBIND:
@@ -1451,56 +1505,22 @@ static int nats_read(struct fabric *f, const char *topic, uint64_t from, size_t 
     return -EAGAIN;
 }
 
-/* The first sequence in [lo, hi] whose message is there, or hi + 1; *m receives it. */
-static int first_present(struct fabric *f, const char *stream, uint64_t lo, uint64_t hi,
-                         uint64_t *seq, natsMsg **m)
+/* Asks the worker for the search (work_seek); cb runs on the loop with its outcome. */
+static int nats_seek_time(struct fabric *f, const char *topic, int64_t time_ms, fabric_seek_cb cb,
+                          void *arg)
 {
-    for (uint64_t s = lo; s <= hi; s++) {
-        int rc = get_msg(f, stream, s, m);
-        if (rc == 0) {
-            *seq = s;
-            return 0;
-        }
-        if (rc != -ENOENT)
-            return rc;
-    }
-    *seq = hi + 1;
-    *m = NULL;
-    return 0;
-}
-
-/* A stream's times grow with its sequences: a binary search over the sequences. These are
- * requests made on the loop, each bounded by REQUEST_WAIT_MS (see README.md). */
-static int nats_seek_time(struct fabric *f, const char *topic, int64_t time_ms, uint64_t *offset)
-{
+    if (f->closing)
+        return -ECANCELED;
     if (!fabric_name_valid(topic))
         return -EINVAL;
     if (!connected(f))
         return -ENOTCONN;
-    struct topic *t = topic_find(f, topic, true);
-    struct job info = {.t = t};
-    int rc = work_info(f, &info);
-    if (rc < 0)
-        return rc;
-    cache_state(t, &info.st);
-    uint64_t lo = info.st.FirstSeq ? info.st.FirstSeq : info.st.LastSeq + 1,
-             hi = info.st.LastSeq + 1;
-    while (lo < hi) {
-        uint64_t mid = lo + (hi - lo) / 2, at = 0;
-        natsMsg *m = NULL;
-        rc = first_present(f, t->stream, mid, hi - 1, &at, &m);
-        if (rc < 0)
-            return rc;
-        if (!m) {
-            hi = mid;
-        } else if (msg_time_ms(m) >= time_ms) {
-            hi = mid;
-        } else {
-            lo = at + 1;
-        }
-        natsMsg_Destroy(m);
-    }
-    *offset = lo - 1;
+    struct job *j = job_new(JOB_SEEK, topic_find(f, topic, true));
+    j->time_ms = time_ms;
+    j->seek_cb = cb;
+    j->seek_arg = arg;
+    job_queue(f, j);
+    async_ref_update(f);
     return 0;
 }
 
@@ -1880,6 +1900,8 @@ static void jobs_cancel(struct fabric *f)
             pending_unsent(f, j->p, j->count, -ECANCELED);
         else if (j->kind == JOB_ACK || j->kind == JOB_MOVE)
             pending_settle(f, j->p, -ECANCELED);
+        else if (j->kind == JOB_SEEK)
+            j->seek_cb(j->seek_arg, -ECANCELED, 0);
         if (j->kind == JOB_UNWATCH)
             sub_stop(j->sub);
         free(j->reply);

@@ -21,6 +21,9 @@
 #include "store/store.h"
 
 #define MAPPING_DOC_KIND "event_mapping"
+/* A replay asked through a skiffd that does not consume (a follower on JetStream), for the
+ * leader to carry out: id "MAPPING/TIME-NONCE", {"mapping", "offset"}. */
+#define REPLAY_DOC_KIND "event_mapping.replay"
 
 static void mapping_pump(struct inv_mapping *m);
 static void mapping_collect(struct inv_mapping *m);
@@ -1025,7 +1028,8 @@ void invoker_mapping_remove(struct inv_mapping *m)
     mapping_unref(m);
 }
 
-uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
+/* Where a replay of m from offset starts: within what the topic keeps. */
+static uint64_t replay_clamp(struct inv_mapping *m, uint64_t offset)
 {
     struct fabric_topic_info info;
     if (fabric_topic_info(m->inv->fabric, m->topic, &info) == 0) {
@@ -1035,6 +1039,77 @@ uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
             offset = info.end_offset;
         m->end_offset = info.end_offset;
     }
+    return offset;
+}
+
+int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t offset, uint64_t *from)
+{
+    offset = replay_clamp(m, offset);
+    char nonce[17], id[128];
+    random_hex(nonce, 8);
+    snprintf(id, sizeof(id), "%s/%016lld-%s", m->spec.id, (long long)time_now_ms(), nonce);
+    json_t *doc = json_pack("{s:s, s:I}", "mapping", m->spec.id, "offset", (json_int_t)offset);
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    int rc = text ? store_doc_put(m->inv->store, REPLAY_DOC_KIND, id, text) : -ENOMEM;
+    free(text);
+    *from = offset;
+    return rc < 0 ? rc : 0;
+}
+
+static int replay_collect(void *ctx, const char *id, const char *text)
+{
+    json_array_append_new(ctx, json_pack("{s:s, s:s}", "id", id, "text", text));
+    return 0;
+}
+
+/* The leader, once a second: the replays asked through other skiffds, oldest first per
+ * mapping (their ids sort by time). Each is taken off the store before it is carried out,
+ * so that it is carried out once. */
+static void invoker_take_replays(struct invoker *inv)
+{
+    json_t *asked = json_array();
+    if (store_doc_each(inv->store, REPLAY_DOC_KIND, replay_collect, asked) < 0) {
+        json_decref(asked);
+        return;
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(asked, i, e)
+    {
+        const char *id = json_string_value(json_object_get(e, "id"));
+        json_t *doc = json_loads(json_string_value(json_object_get(e, "text")), 0, NULL);
+        const char *mapping = json_string_value(json_object_get(doc, "mapping"));
+        json_t *offset = json_object_get(doc, "offset");
+        int rc = store_doc_delete(inv->store, REPLAY_DOC_KIND, id);
+        struct inv_mapping *m = mapping ? invoker_mapping_find(inv, mapping) : NULL;
+        if (rc < 0 && rc != -ENOENT) {
+            log_warning("cannot take the replay %s off the store (%s): tried again in a second", id,
+                        skiff_strerror(rc));
+        } else if (rc == 0 && (!m || !json_is_integer(offset) || json_integer_value(offset) < 0)) {
+            log_warning("a replay asked through another skiffd names event mapping %s, which "
+                        "this skiffd does not have (or no offset): dropped",
+                        mapping ? mapping : "(none)");
+        } else if (rc == 0) {
+            uint64_t from = invoker_mapping_replay(m, (uint64_t)json_integer_value(offset));
+            log_info("event mapping %s replays from offset %llu, as asked through another "
+                     "skiffd",
+                     m->spec.id, (unsigned long long)from);
+        }
+        json_decref(doc);
+    }
+    json_decref(asked);
+}
+
+void invoker_op_done(struct invoker *inv)
+{
+    inv->pending_ops--;
+    invoker_maybe_done(inv);
+}
+
+uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
+{
+    offset = replay_clamp(m, offset);
     /* Events in flight finish on their own; their outcome no longer moves the cursor. */
     mapping_drop_window(m);
     m->in_flight = 0; /* those still in flight are orphans now: they do not count */
@@ -1442,6 +1517,8 @@ static void invoker_tick(uv_timer_t *h)
      * deleted by another controller has no hub here to tell */
     if (++inv->ticks % 5 == 0)
         invoker_mappings_prune(inv);
+    if (inv->fabric && fabric_is_shared(inv->fabric) && invoker_consumes(inv))
+        invoker_take_replays(inv);
     for (struct inv_mapping *m = inv->mappings; m; m = m->next) {
         if (m->stats_dirty && !m->deleted)
             mapping_persist(m);

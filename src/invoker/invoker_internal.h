@@ -155,8 +155,14 @@ struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
 int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
                         size_t errsize);
 void invoker_mapping_remove(struct inv_mapping *m);
-/* Moves the mapping's cursor back (or forward) to offset; returns the offset used. */
+/* Moves the mapping's cursor back (or forward) to offset; returns the offset used. Only where
+ * invoker_consumes: the cursor has one writer. */
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);
+/* Where the invoker does not consume: asks the leading skiffd, through the store, to replay m
+ * from offset (it does within a second: invoker_tick). *from gets the offset it will use. */
+int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t offset, uint64_t *from);
+/* An operation counted in pending_ops (the invoker is not freed before it) ended. */
+void invoker_op_done(struct invoker *inv);
 /* Whether this skiffd reads and commits the mappings' cursors: always on a fabric of its own;
  * on one that several skiffds share (JetStream), only while it leads, so that two never read as
  * one consumer. */

@@ -8,6 +8,7 @@
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "common/err.h"
 #include "common/util.h"
 #include "fabric/fabric.h"
 #include "store/store.h"
@@ -251,19 +252,66 @@ static void routes_mapping_delete(struct api_request *req, void *ctx)
     api_respond(req, 204, NULL, NULL, 0);
 }
 
+/* Carries out a replay of the mapping from offset, or, where this skiffd does not consume
+ * (a follower on JetStream), asks the leader to through the store: one writer moves a
+ * mapping's cursor. 200 when done here, 202 when the leader does it within a second. */
+static void replay_answer(struct api_request *req, struct inv_mapping *m, uint64_t offset)
+{
+    uint64_t from = offset;
+    int status = 200;
+    if (invoker_consumes(m->inv)) {
+        from = invoker_mapping_replay(m, offset);
+    } else {
+        int rc = invoker_mapping_replay_ask(m, offset, &from);
+        if (rc < 0) {
+            api_respond_error(req, rc, "cannot ask the leading skiffd to replay %s: %s", m->spec.id,
+                              skiff_strerror(rc));
+            return;
+        }
+        status = 202;
+    }
+    api_respond_json(req, status,
+                     json_pack("{s:s, s:s, s:I, s:I, s:I, s:s}", "id", m->spec.id, "topic",
+                               m->spec.topic, "from_offset", (json_int_t)from, "end_offset",
+                               (json_int_t)m->end_offset, "events",
+                               (json_int_t)(m->end_offset > from ? m->end_offset - from : 0),
+                               "replayed_by", status == 200 ? "this skiffd" : "the leader"));
+}
+
+/* A replay from a time, waiting for the fabric to find its offset (fabric_seek_time); counted
+ * in the invoker's pending_ops, so the invoker outlives it. */
+struct replay_seek {
+    struct invoker *inv;
+    struct api_request *req;
+    char id[64];
+};
+
+static void on_replay_seek(void *arg, int status, uint64_t offset)
+{
+    struct replay_seek *rs = arg;
+    struct invoker *inv = rs->inv;
+    struct inv_mapping *m = invoker_mapping_find(inv, rs->id);
+    if (status < 0)
+        api_respond_error(rs->req, status, "cannot find a position in the topic of %s: %s", rs->id,
+                          fabric_strerror(status));
+    else if (inv->stopping)
+        api_respond_error(rs->req, -ECANCELED, "%s", skiff_strerror(-ECANCELED));
+    else if (!m)
+        api_respond_error(rs->req, SKIFF_E_NOT_FOUND,
+                          "event mapping %s was deleted while its replay was being prepared",
+                          rs->id);
+    else
+        replay_answer(rs->req, m, offset);
+    free(rs);
+    invoker_op_done(inv);
+}
+
 static void routes_mapping_replay(struct api_request *req, void *ctx)
 {
     struct invoker *inv = ctx;
     struct inv_mapping *m = routes_mapping_or_404(inv, req);
     if (!m)
         return;
-    if (!invoker_consumes(inv)) {
-        /* the leader's reads would not see a cursor moved under them */
-        api_respond_error(req, SKIFF_E_UNAVAILABLE,
-                          "this skiffd does not deliver events now: the leading skiffd does "
-                          "(`skiff cells` marks it); replay through its API");
-        return;
-    }
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -295,20 +343,18 @@ static void routes_mapping_replay(struct api_request *req, void *ctx)
         api_respond_error(req, SKIFF_E_INVALID_VALUE, "'since': %s", err);
         return;
     }
-    if (!is_offset) {
-        int rc = fabric_seek_time(inv->fabric, m->topic, time_ms, &offset);
-        if (rc < 0) {
-            api_respond_error(req, SKIFF_E_INTERNAL, "cannot find a position in topic %s: %s",
-                              m->spec.topic, fabric_strerror(rc));
-            return;
-        }
+    if (is_offset) {
+        replay_answer(req, m, offset);
+        return;
     }
-    uint64_t from = invoker_mapping_replay(m, offset);
-    api_respond_json(req, 200,
-                     json_pack("{s:s, s:s, s:I, s:I, s:I}", "id", m->spec.id, "topic",
-                               m->spec.topic, "from_offset", (json_int_t)from, "end_offset",
-                               (json_int_t)m->end_offset, "events",
-                               (json_int_t)(m->end_offset > from ? m->end_offset - from : 0)));
+    struct replay_seek *rs = xcalloc(1, sizeof(*rs));
+    rs->inv = inv;
+    rs->req = req;
+    snprintf(rs->id, sizeof(rs->id), "%s", m->spec.id);
+    inv->pending_ops++;
+    int rc = fabric_seek_time(inv->fabric, m->topic, time_ms, on_replay_seek, rs);
+    if (rc < 0)
+        on_replay_seek(rs, rc, 0);
 }
 
 /* ---- invoke -------------------------------------------------------------------------------- */

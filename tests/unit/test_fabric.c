@@ -221,6 +221,38 @@ static int read_now(struct fixture *fx, const char *topic, uint64_t from, size_t
     return rc;
 }
 
+struct seek_result {
+    int calls, status;
+    uint64_t offset;
+};
+
+static void on_seek(void *arg, int status, uint64_t offset)
+{
+    struct seek_result *r = arg;
+    r->calls++;
+    r->status = status;
+    r->offset = offset;
+}
+
+/* fabric_seek_time, its callback waited for (10 s at most): its status, or the call's error. */
+static int seek_now(struct fixture *fx, const char *topic, int64_t time_ms, uint64_t *offset)
+{
+    struct seek_result r = {0};
+    int rc = fabric_seek_time(fx->f, topic, time_ms, on_seek, &r);
+    if (rc < 0) {
+        assert_int_equal(r.calls, 0); /* an error returned never also calls back */
+        return rc;
+    }
+    int64_t deadline = time_now_ms() + 10000;
+    while (r.calls == 0 && time_now_ms() < deadline) {
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(r.calls, 1);
+    *offset = r.offset;
+    return r.status;
+}
+
 static void append_text(struct fixture *fx, const char *topic, const char *text, struct acks *a)
 {
     struct fabric_blob b = {text, strlen(text)};
@@ -617,9 +649,9 @@ static void test_segments_retention_seek(void **state)
     fabric_batch_free(&b);
 
     uint64_t off = 0;
-    assert_int_equal(fabric_seek_time(fx->f, "logs", 0, &off), 0);
+    assert_int_equal(seek_now(fx, "logs", 0, &off), 0);
     assert_int_equal(off, 0);
-    assert_int_equal(fabric_seek_time(fx->f, "logs", time_now_ms() + 60000, &off), 0);
+    assert_int_equal(seek_now(fx, "logs", time_now_ms() + 60000, &off), 0);
     assert_int_equal(off, 200);
 
     struct fabric_topic_info before, after;
@@ -687,9 +719,18 @@ static void test_seek_time(void **state)
     }
     for (int round = 0; round < 4; round++) {
         uint64_t off = 0;
-        assert_int_equal(fabric_seek_time(fx->f, "timed", marks[round], &off), 0);
+        assert_int_equal(seek_now(fx, "timed", marks[round], &off), 0);
         assert_int_equal(off, 50 * round);
     }
+    uint64_t off = 0;
+    assert_int_equal(seek_now(fx, "no~such", 0, &off), -EINVAL);
+    assert_int_equal(seek_now(fx, "never-made", 0, &off), -ENOENT);
+    /* a search asked for just before the fabric closes is answered once, found or cancelled */
+    struct seek_result r = {0};
+    assert_int_equal(fabric_seek_time(fx->f, "timed", marks[2], on_seek, &r), 0);
+    close_fabric(fx);
+    assert_int_equal(r.calls, 1);
+    assert_true(r.status == -ECANCELED || (r.status == 0 && r.offset == 100));
 }
 
 struct closer {
