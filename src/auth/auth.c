@@ -222,6 +222,13 @@ bool auth_password_verify(const char *hash, const char *password)
  * a token's hash (hex) and a user's name, each to the guid. */
 #define AUTH_DOC_TOKEN_HASH "auth.token.hash"
 #define AUTH_DOC_USER_NAME "auth.user.name"
+/* Claims of names that must be unique among every skiffd on the store (auth__claim): an org's
+ * name, a space's "ORG_GUID/NAME", a quota's name, an API token's "USER_GUID/NAME". A user's
+ * name is claimed by its AUTH_DOC_USER_NAME index. */
+#define AUTH_DOC_ORG_NAME "auth.org.name"
+#define AUTH_DOC_SPACE_NAME "auth.space.name"
+#define AUTH_DOC_QUOTA_NAME "auth.quota.name"
+#define AUTH_DOC_TOKEN_NAME "auth.token.name"
 /* One document, rewritten with a new random value after every change other than a token made
  * (those are found by their hash), so that the others read everything again only then. */
 #define AUTH_DOC_GENERATION "auth.generation"
@@ -261,6 +268,56 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
     if (strcmp(kind, AUTH_DOC_TOKEN) && strcmp(kind, AUTH_DOC_TOKEN_HASH))
         auth__changed(a);
     return 0;
+}
+
+/* Claims a unique name (kind, id) for the record guid: a document {field: guid} created only
+ * when absent (store_doc_create), so that of two skiffds making one name at the same moment,
+ * on one PostgreSQL, one is told -EEXIST; the check against this copy in memory comes first
+ * and answers most. A claim the record already holds (a fixed guid made again) is fine. */
+static int auth__claim(struct auth *a, const char *kind, const char *id, const char *field,
+                       const char *guid)
+{
+    json_t *doc = json_pack("{s:s}", field, guid);
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (!text)
+        return -ENOMEM;
+    int rc = store_doc_create(a->store, kind, id, text);
+    free(text);
+    if (rc == -EEXIST) {
+        char *have = NULL;
+        if (store_doc_get(a->store, kind, id, &have) == 0) {
+            json_t *o = json_loads(have, 0, NULL);
+            const char *owner = json_string_value(json_object_get(o, field));
+            if (owner && !strcmp(owner, guid))
+                rc = 0;
+            json_decref(o);
+            free(have);
+        }
+    }
+    return rc == 0 || rc == -EEXIST ? rc : -EIO;
+}
+
+/* Lets a name go, only while guid holds it: a copy that is behind (another skiffd made the
+ * name again since) must not free the new owner's claim. */
+static void auth__unclaim(struct auth *a, const char *kind, const char *id, const char *field,
+                          const char *guid)
+{
+    char *have = NULL;
+    if (store_doc_get(a->store, kind, id, &have) < 0)
+        return;
+    json_t *o = json_loads(have, 0, NULL);
+    const char *owner = json_string_value(json_object_get(o, field));
+    if (owner && !strcmp(owner, guid))
+        store_doc_delete(a->store, kind, id);
+    json_decref(o);
+    free(have);
+}
+
+/* "A/B": a claim of a name unique within A (a space in its org, a token of its user). */
+static char *auth__pair_id(const char *org_guid, const char *name)
+{
+    return xasprintf("%s/%s", org_guid, name);
 }
 
 static int auth__user_save(struct auth *a, const struct auth_user *u)
@@ -356,6 +413,11 @@ static int auth__token_forget(struct auth *a, const struct auth_token_row *t)
     char hex[2 * AUTH_HASH_BYTES + 1];
     sodium_bin2hex(hex, sizeof hex, t->hash, sizeof t->hash);
     store_doc_delete(a->store, AUTH_DOC_TOKEN_HASH, hex); /* absent for older tokens */
+    if (t->info.kind == AUTH_TOKEN_API) {
+        char *id = auth__pair_id(t->info.user_guid, t->info.name);
+        auth__unclaim(a, AUTH_DOC_TOKEN_NAME, id, "token", t->info.guid);
+        free(id);
+    }
     return auth__delete(a, AUTH_DOC_TOKEN, t->info.guid);
 }
 
@@ -610,7 +672,13 @@ int auth_user_create(struct auth *a, const char *name, const char *password_hash
     u.password_hash = xstrdup(password_hash);
     u.admin = admin;
     u.created_at = time_now_ms();
+    int rc = auth__claim(a, AUTH_DOC_USER_NAME, name, "user", u.guid);
+    if (rc < 0) {
+        free(u.password_hash);
+        return rc;
+    }
     if (auth__user_save(a, &u) < 0) {
+        auth__unclaim(a, AUTH_DOC_USER_NAME, name, "user", u.guid);
         free(u.password_hash);
         return -EIO;
     }
@@ -644,7 +712,7 @@ int auth_user_delete(struct auth *a, const char *guid)
         return -ENOENT;
     if (auth__delete(a, AUTH_DOC_USER, guid) < 0)
         return -EIO;
-    store_doc_delete(a->store, AUTH_DOC_USER_NAME, u->name);
+    auth__unclaim(a, AUTH_DOC_USER_NAME, u->name, "user", u->guid);
     size_t w = 0;
     for (size_t i = 0; i < a->n_roles; i++) {
         if (!strcmp(a->roles[i].user_guid, guid)) {
@@ -716,8 +784,13 @@ static int auth__org_add(struct auth *a, const char *guid, const char *name,
         uuid_generate_v4(o.guid);
     AUTH_COPY(o.name, name);
     o.created_at = time_now_ms();
-    if (auth__org_save(a, &o) < 0)
+    int rc = auth__claim(a, AUTH_DOC_ORG_NAME, name, "org", o.guid);
+    if (rc < 0)
+        return rc;
+    if (auth__org_save(a, &o) < 0) {
+        auth__unclaim(a, AUTH_DOC_ORG_NAME, name, "org", o.guid);
         return -EIO;
+    }
     a->orgs = xrealloc(a->orgs, (a->n_orgs + 1) * sizeof *a->orgs);
     a->orgs[a->n_orgs++] = o;
     qsort(a->orgs, a->n_orgs, sizeof *a->orgs, auth__cmp_org);
@@ -749,8 +822,15 @@ static int auth__space_add(struct auth *a, const char *guid, const char *org_gui
     AUTH_COPY(s.org_guid, org_guid);
     AUTH_COPY(s.name, name);
     s.created_at = time_now_ms();
-    if (auth__space_save(a, &s) < 0)
-        return -EIO;
+    char *claim = auth__pair_id(org_guid, name);
+    int rc = auth__claim(a, AUTH_DOC_SPACE_NAME, claim, "space", s.guid);
+    if (rc == 0 && auth__space_save(a, &s) < 0) {
+        auth__unclaim(a, AUTH_DOC_SPACE_NAME, claim, "space", s.guid);
+        rc = -EIO;
+    }
+    free(claim);
+    if (rc < 0)
+        return rc;
     a->spaces = xrealloc(a->spaces, (a->n_spaces + 1) * sizeof *a->spaces);
     a->spaces[a->n_spaces++] = s;
     qsort(a->spaces, a->n_spaces, sizeof *a->spaces, auth__cmp_space);
@@ -789,6 +869,9 @@ int auth_space_delete(struct auth *a, const char *guid)
         return -ENOENT;
     if (auth__delete(a, AUTH_DOC_SPACE, guid) < 0)
         return -EIO;
+    char *claim = auth__pair_id(s->org_guid, s->name);
+    auth__unclaim(a, AUTH_DOC_SPACE_NAME, claim, "space", s->guid);
+    free(claim);
     auth__roles_drop(a, NULL, guid);
     /* tokens limited to the space are of no use any more */
     size_t w = 0;
@@ -821,6 +904,7 @@ int auth_org_delete(struct auth *a, const char *guid)
         return -EIO;
     auth__roles_drop(a, guid, NULL);
     o = auth_org_find(a, guid);
+    auth__unclaim(a, AUTH_DOC_ORG_NAME, o->name, "org", o->guid);
     size_t idx = (size_t)(o - a->orgs);
     memmove(&a->orgs[idx], &a->orgs[idx + 1], (a->n_orgs - idx - 1) * sizeof *a->orgs);
     a->n_orgs--;
@@ -865,8 +949,17 @@ int auth_quota_put(struct auth *a, const struct auth_quota *q, const struct auth
     struct auth_quota next = *q;
     if (!have)
         uuid_generate_v4(next.guid);
-    if (auth__quota_save(a, &next) < 0)
+    bool renamed = !have || strcmp(have->name, next.name);
+    int rc = renamed ? auth__claim(a, AUTH_DOC_QUOTA_NAME, next.name, "quota", next.guid) : 0;
+    if (rc < 0)
+        return rc;
+    if (auth__quota_save(a, &next) < 0) {
+        if (renamed)
+            auth__unclaim(a, AUTH_DOC_QUOTA_NAME, next.name, "quota", next.guid);
         return -EIO;
+    }
+    if (have && renamed)
+        auth__unclaim(a, AUTH_DOC_QUOTA_NAME, have->name, "quota", have->guid);
     if (!have) {
         a->quotas = xrealloc(a->quotas, (a->n_quotas + 1) * sizeof *a->quotas);
         have = &a->quotas[a->n_quotas++];
@@ -890,6 +983,7 @@ int auth_quota_delete(struct auth *a, const char *guid)
             auth_space_set_quota(a, a->spaces[i].guid, NULL);
     if (auth__delete(a, AUTH_DOC_QUOTA, guid) < 0)
         return -EIO;
+    auth__unclaim(a, AUTH_DOC_QUOTA_NAME, q->name, "quota", q->guid);
     size_t idx = (size_t)(q - a->quotas);
     a->quotas[idx] = a->quotas[--a->n_quotas];
     return 0;
@@ -1171,9 +1265,9 @@ static void auth__token_insert(struct auth *a, const struct auth_token_row *t)
     a->n_tokens++;
 }
 
-static int auth__token_make(struct auth *a, const char *user_guid, enum auth_token_kind kind,
-                            const char *name, const char *space_guid, int role,
-                            int64_t expires_at, char text[AUTH_TOKEN_TEXT_MAX])
+static int auth__token_make(struct auth *a, const char *guid, const char *user_guid,
+                            enum auth_token_kind kind, const char *name, const char *space_guid,
+                            int role, int64_t expires_at, char text[AUTH_TOKEN_TEXT_MAX])
 {
     unsigned char raw[AUTH_TOKEN_BYTES];
     randombytes_buf(raw, sizeof raw);
@@ -1183,7 +1277,10 @@ static int auth__token_make(struct auth *a, const char *user_guid, enum auth_tok
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     sodium_memzero(raw, sizeof raw);
     struct auth_token_row t = {0};
-    uuid_generate_v4(t.info.guid);
+    if (guid)
+        AUTH_COPY(t.info.guid, guid);
+    else
+        uuid_generate_v4(t.info.guid);
     AUTH_COPY(t.info.user_guid, user_guid);
     t.info.kind = kind;
     AUTH_COPY(t.info.name, name);
@@ -1206,11 +1303,11 @@ int auth_login(struct auth *a, const char *user_guid, char access[AUTH_TOKEN_TEX
 {
     auth__tokens_prune(a);
     int64_t now = time_now_ms();
-    int rc = auth__token_make(a, user_guid, AUTH_TOKEN_ACCESS, "", NULL, -1,
+    int rc = auth__token_make(a, NULL, user_guid, AUTH_TOKEN_ACCESS, "", NULL, -1,
                               now + AUTH_ACCESS_TTL_MS, access);
     if (rc < 0)
         return rc;
-    rc = auth__token_make(a, user_guid, AUTH_TOKEN_REFRESH, "", NULL, -1,
+    rc = auth__token_make(a, NULL, user_guid, AUTH_TOKEN_REFRESH, "", NULL, -1,
                           now + AUTH_REFRESH_TTL_MS, refresh);
     if (rc < 0)
         auth_token_revoke_text(a, access);
@@ -1245,8 +1342,17 @@ int auth_token_create(struct auth *a, const char *user_guid, const char *name,
     if (auth_token_find_named(a, user_guid, name))
         return -EEXIST;
     auth__tokens_prune(a);
-    int rc = auth__token_make(a, user_guid, AUTH_TOKEN_API, name, space_guid, role, expires_at,
-                              text);
+    char guid[AUTH_GUID_LEN + 1];
+    uuid_generate_v4(guid);
+    char *claim = auth__pair_id(user_guid, name);
+    int rc = auth__claim(a, AUTH_DOC_TOKEN_NAME, claim, "token", guid);
+    if (rc == 0) {
+        rc = auth__token_make(a, guid, user_guid, AUTH_TOKEN_API, name, space_guid, role,
+                              expires_at, text);
+        if (rc < 0)
+            auth__unclaim(a, AUTH_DOC_TOKEN_NAME, claim, "token", guid);
+    }
+    free(claim);
     if (rc == 0 && out) {
         const struct auth_token_row *made = auth__token_by_text(a, text);
         *out = made ? &made->info : NULL;
@@ -1596,7 +1702,16 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
         if ((rc = auth_password_hash(password, hash)) < 0)
             goto fail;
         const struct auth_user *admin = NULL;
-        if ((rc = auth_user_create(a, "admin", hash, true, &admin)) < 0)
+        rc = auth_user_create(a, "admin", hash, true, &admin);
+        if (rc == -EEXIST) { /* another skiffd starting on the same new store made it */
+            sodium_memzero(password, sizeof password);
+            rc = auth_reload(a);
+            if (rc < 0)
+                goto fail;
+            *out = a;
+            return 0;
+        }
+        if (rc < 0)
             goto fail;
         const struct auth_org *def = auth_org_find(a, AUTH_DEFAULT_ORG_GUID);
         if (def && auth_space_get(a, AUTH_DEFAULT_SPACE_GUID)) {

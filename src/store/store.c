@@ -344,6 +344,11 @@ int store_doc_put(struct store *st, const char *kind, const char *id, const char
     return st->ops->doc_put(st->backend, kind, id, json);
 }
 
+int store_doc_create(struct store *st, const char *kind, const char *id, const char *json)
+{
+    return st->ops->doc_create(st->backend, kind, id, json);
+}
+
 int store_doc_get(struct store *st, const char *kind, const char *id, char **json)
 {
     return st->ops->doc_get(st->backend, kind, id, json);

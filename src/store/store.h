@@ -384,6 +384,10 @@ void store_task_list_free(struct store_task *list, size_t n);
 
 /* Inserts or replaces. json is any text (normally a JSON object). */
 int store_doc_put(struct store *st, const char *kind, const char *id, const char *json);
+/* Inserts only when (kind, id) is absent, in one statement: of two writers (two skiffds on
+ * one PostgreSQL) creating the same id at the same moment, one gets -EEXIST. This is how a
+ * component claims a unique name: a document keyed by the name. */
+int store_doc_create(struct store *st, const char *kind, const char *id, const char *json);
 /* -ENOENT when absent; *json is the caller's. */
 int store_doc_get(struct store *st, const char *kind, const char *id, char **json);
 int store_doc_delete(struct store *st, const char *kind, const char *id);

@@ -78,6 +78,7 @@ struct store_ops {
                      size_t *n);
     int (*task_delete)(struct store_backend *b, const char *guid);
     int (*doc_put)(struct store_backend *b, const char *kind, const char *id, const char *json);
+    int (*doc_create)(struct store_backend *b, const char *kind, const char *id, const char *json);
     int (*doc_get)(struct store_backend *b, const char *kind, const char *id, char **json);
     int (*doc_delete)(struct store_backend *b, const char *kind, const char *id);
     int (*doc_each)(struct store_backend *b, const char *kind,

@@ -1741,6 +1741,19 @@ static int pg__doc_put(struct store_backend *b, const char *kind, const char *id
                      4, v, false);
 }
 
+/* ON CONFLICT DO NOTHING: the unique key (kind, id) decides between writers at once. */
+static int pg__doc_create(struct store_backend *b, const char *kind, const char *id,
+                          const char *json)
+{
+    struct pg_num at;
+    const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
+    int rc = pg__write(b,
+                       "INSERT INTO documents VALUES ($1, $2, $3, $4::bigint)"
+                       " ON CONFLICT (kind, id) DO NOTHING",
+                       4, v, true);
+    return rc == -ENOENT ? -EEXIST : rc;
+}
+
 static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
 {
     const char *v[] = {kind, id};
@@ -1817,6 +1830,7 @@ const struct store_ops store_pg_ops = {
     .task_list = pg__task_list,
     .task_delete = pg__task_delete,
     .doc_put = pg__doc_put,
+    .doc_create = pg__doc_create,
     .doc_get = pg__doc_get,
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,

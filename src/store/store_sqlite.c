@@ -1348,6 +1348,22 @@ static int sqlite__doc_put(struct store_backend *st, const char *kind, const cha
     return store__step_done(st, q);
 }
 
+static int sqlite__doc_create(struct store_backend *st, const char *kind, const char *id,
+                              const char *json)
+{
+    sqlite3_stmt *q = store__prepare(st, "INSERT OR IGNORE INTO documents VALUES (?, ?, ?, ?)");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    store__bind_text(q, 2, id);
+    store__bind_text(q, 3, json);
+    sqlite3_bind_int64(q, 4, time_now_ms());
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -EEXIST;
+    return rc;
+}
+
 static int sqlite__doc_get(struct store_backend *st, const char *kind, const char *id, char **json)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT body FROM documents WHERE kind = ? AND id = ?");
@@ -1433,6 +1449,7 @@ const struct store_ops store_sqlite_ops = {
     .task_list = sqlite__task_list,
     .task_delete = sqlite__task_delete,
     .doc_put = sqlite__doc_put,
+    .doc_create = sqlite__doc_create,
     .doc_get = sqlite__doc_get,
     .doc_delete = sqlite__doc_delete,
     .doc_each = sqlite__doc_each,

@@ -790,6 +790,90 @@ static void test_documents(void **state)
     remove_db(path);
 }
 
+/* A document created only when absent: the second create of an id is -EEXIST and leaves the
+ * first one's body; once deleted, the id may be created again. */
+static void test_doc_create_claims_an_id_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    assert_int_equal(store_doc_create(st, "k.name", "alice", "{\"v\":1}"), 0);
+    assert_int_equal(store_doc_create(st, "k.name", "alice", "{\"v\":2}"), -EEXIST);
+    assert_int_equal(store_doc_create(st, "other", "alice", "{}"), 0); /* kinds are apart */
+    char *json = NULL;
+    assert_int_equal(store_doc_get(st, "k.name", "alice", &json), 0);
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    assert_int_equal(store_doc_delete(st, "k.name", "alice"), 0);
+    assert_int_equal(store_doc_create(st, "k.name", "alice", "{\"v\":3}"), 0);
+    store_close(st);
+    remove_db(path);
+}
+
+#define CLAIM_RACERS 4
+#define CLAIM_NAMES 50
+
+struct claimer {
+    const char *path;
+    pthread_barrier_t *start;
+    int won[CLAIM_NAMES];
+    int failed; /* an error other than -EEXIST */
+};
+
+/* One store handle each (one skiffd each), all claiming the same names at once. */
+static void *claimer_run(void *arg)
+{
+    struct claimer *c = arg;
+    char err[256];
+    struct store *st = NULL;
+    int rc = store_open(c->path, err, sizeof err, &st);
+    pthread_barrier_wait(c->start);
+    if (rc < 0) {
+        c->failed++;
+        return NULL;
+    }
+    for (int i = 0; i < CLAIM_NAMES; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "user-%d", i);
+        rc = store_doc_create(st, "auth.user.name", name, "{}");
+        if (rc == 0)
+            c->won[i] = 1;
+        else if (rc != -EEXIST)
+            c->failed++;
+    }
+    store_close(st);
+    return NULL;
+}
+
+/* Writers on one database creating the same ids at the same moment: each id is won by
+ * exactly one of them, the others told -EEXIST. */
+static void test_racing_creates_of_one_id_have_one_winner(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    store_close(open_ok(path)); /* migrated before the racers open it */
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, CLAIM_RACERS);
+    struct claimer c[CLAIM_RACERS];
+    pthread_t th[CLAIM_RACERS];
+    for (int i = 0; i < CLAIM_RACERS; i++) {
+        c[i] = (struct claimer){.path = path, .start = &start};
+        assert_int_equal(pthread_create(&th[i], NULL, claimer_run, &c[i]), 0);
+    }
+    for (int i = 0; i < CLAIM_RACERS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    for (int i = 0; i < CLAIM_RACERS; i++)
+        assert_int_equal(c[i].failed, 0);
+    for (int n = 0; n < CLAIM_NAMES; n++) {
+        int winners = 0;
+        for (int i = 0; i < CLAIM_RACERS; i++)
+            winners += c[i].won[n];
+        assert_int_equal(winners, 1);
+    }
+    remove_db(path);
+}
+
 /* A task's record keeps what it ran and how it ended; a sequence id is the app's once; the
  * app's deletion takes its tasks. */
 static void test_tasks_round_trip_and_go_with_their_app(void **state)
@@ -1635,6 +1719,8 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_route_and_domain_lists_fail_when_their_query_fails),                 \
         cmocka_unit_test(test_routes_are_unique_and_go_with_their_app),                            \
         cmocka_unit_test(test_artifacts_and_pruning), cmocka_unit_test(test_documents),            \
+        cmocka_unit_test(test_doc_create_claims_an_id_once),                                       \
+        cmocka_unit_test(test_racing_creates_of_one_id_have_one_winner),                           \
         cmocka_unit_test(test_tasks_round_trip_and_go_with_their_app),                             \
         cmocka_unit_test(test_hostile_names_are_only_data),                                        \
         cmocka_unit_test(test_an_update_of_a_version_read_before_another_write_fails),             \
