@@ -8,6 +8,7 @@ whose folder is not on a skiffd's host comes from the blob store (tests/e2e/test
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -418,3 +419,70 @@ def test_a_lost_change_feed_is_reopened_and_carries_changes_again(pair, pg_dir):
     wait_for(lambda: serves(a, "feed", "feed-two.localhost"), 10,
              "the leader to serve the route mapped through the follower")
     assert a.proc.poll() is None and b.proc.poll() is None
+
+
+RACE_ROUNDS = 12
+
+
+def race(a, b, calls):
+    """Sends calls[0] to a and calls[1] to b at the same moment; returns both answers."""
+    out = [None, None]
+    gate = threading.Barrier(2)
+
+    def send(i, p):
+        method, path, body, token = calls[i]
+        gate.wait(10)
+        out[i] = p.api(method, path, body, token=token)
+    threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_one_name_made_through_two_skiffds_at_once_is_made_once(pair):
+    """Two skiffds on one store both checked a new name and then wrote it, so both succeeded;
+    now the store decides (a document created only when absent): of a user, an org, a space,
+    a quota or an API token made through both at the same moment, one is made and the other
+    refused with 409 naming it. Raced RACE_ROUNDS times each."""
+    a, b = pair
+    assert a.api("POST", "/v1/users", {"name": "racer", "password": "racer password ok"})[0] == 201
+    status, tok = login(a, "racer", "racer password ok")
+    assert status == 200, tok
+    racer = tok["access_token"]
+    assert b.api("GET", "/v1/tokens", token=racer)[0] == 200  # b knows the token now
+    kinds = {
+        "user": lambda n: ("POST", "/v1/users", {"name": n, "password": "a password ok"}, True),
+        "org": lambda n: ("POST", "/v1/orgs", {"name": n}, True),
+        "space": lambda n: ("POST", "/v1/orgs/default/spaces", {"name": n}, True),
+        "quota": lambda n: ("POST", "/v1/quotas", {"name": n, "apps": 3}, True),
+        "token": lambda n: ("POST", "/v1/tokens", {"name": n}, racer),
+    }
+    for kind, call in kinds.items():
+        for i in range(RACE_ROUNDS):
+            name = f"race-{kind}-{i}"
+            answers = race(a, b, [call(name), call(name)])
+            statuses = sorted(s for s, _ in answers)
+            assert statuses == [201, 409], (kind, name, answers)
+            refused = next(body for s, body in answers if s == 409)
+            assert f'"{name}" exists already' in refused["error"]["message"], refused
+    # each name is there once, seen through either skiffd once they caught up
+    def listed(p, path, key, token=True):
+        status, body = p.api("GET", path, token=token)
+        assert status == 200, body
+        return sorted(x["name"] for x in body[key] if x["name"].startswith("race-"))
+    for p in (a, b):
+        wait_for(lambda: len(listed(p, "/v1/users", "users")) == RACE_ROUNDS, 5,
+                 "each raced user listed once")
+        wait_for(lambda: len(listed(p, "/v1/orgs", "orgs")) == RACE_ROUNDS, 5,
+                 "each raced org listed once")
+        wait_for(lambda: len(listed(p, "/v1/quotas", "quotas")) == RACE_ROUNDS, 5,
+                 "each raced quota listed once")
+        wait_for(lambda: len(listed(p, "/v1/tokens", "tokens", racer)) == RACE_ROUNDS, 5,
+                 "each raced token listed once")
+    # a name let go (the user deleted) can be made again, through the other skiffd
+    assert a.api("DELETE", "/v1/users/race-user-0")[0] == 204
+    wait_for(lambda: b.api("POST", "/v1/users", {"name": "race-user-0",
+                                                 "password": "a password ok"})[0] == 201, 5,
+             "the name of a deleted user to be free again")

@@ -351,6 +351,80 @@ def test_a_paused_nats_stalls_no_api_call_and_publishes_answer_503(nats, tmp_pat
         p.close()
 
 
+def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp_path):
+    """Seeking a topic by time (a read ?from=TIME, a replay --since TIME) is a binary search
+    of JetStream requests: it runs on the fabric's worker, so with nats-server stopped by
+    SIGSTOP while both are asked, the API answers GET /v1/apps at once all along; the two
+    answer on their own (an error once their request's wait is over), and once NATS goes on
+    both find the place by time again."""
+    fn = tmp_path / "echo.py"
+    fn.write_text("def handle(event):\n    return {'seen': event['data']['n']}\n")
+    p = nats_platform([nats.url]).start()
+    try:
+        p.cli("push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)
+        p.cli("map-event", "echo", "seek", "--reply-topic", "seek-done", check=True)
+        for n in range(20):
+            assert publish(p, "seek", {"n": n})[0] == 202
+        wait_for(lambda: len(read_all(p, "seek-done")) == 20, 60, "the 20 replies")
+        status, body = p.api("GET", "/v1/event-mappings")
+        assert status == 200, body
+        mapping = body["event_mappings"][0]["id"]
+
+        nats.proc.send_signal(signal.SIGSTOP)
+        results = {}
+
+        def call(name, fn_):
+            t0 = time.monotonic()
+            try:
+                results[name] = (fn_(), time.monotonic() - t0)
+            except Exception as e:  # a reset or a timeout of the client is an answer too
+                results[name] = ((repr(e), None), time.monotonic() - t0)
+        seeks = {
+            "read-from-time": lambda: p.api("GET", "/v1/topics/seek/events?from=1h&follow=0"),
+            "replay-since-time": lambda: p.api(
+                "POST", "/v1/event-mappings/%s/replay" % mapping, {"since": "1h"}),
+        }
+        threads = [threading.Thread(target=call, args=(k, f)) for k, f in seeks.items()]
+        for t in threads:
+            t.start()
+        slowest, answered = 0.0, 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            status, body = p.api("GET", "/v1/apps")
+            took = time.monotonic() - t0
+            assert status == 200, body
+            slowest = max(slowest, took)
+            answered += 1
+        nats.proc.send_signal(signal.SIGCONT)
+        for t in threads:
+            t.join(60)
+        print("NATS paused 5 s during two searches by time: GET /v1/apps answered %d times, "
+              "the slowest in %.0f ms; the searches: %s" % (
+                  answered, slowest * 1000,
+                  {k: (v[0][0], round(v[1], 2)) for k, v in results.items()}))
+        assert slowest < 1.0, slowest
+        for name in seeks:  # each answered, whatever it found
+            assert name in results and isinstance(results[name][0][0], int), results
+
+        # NATS goes on: both find the place by time
+        def replayed():
+            status, body = p.api("POST", "/v1/event-mappings/%s/replay" % mapping,
+                                 {"since": "1h"})
+            return status == 200 and body
+        body = wait_for(replayed, 30, "a replay by time once NATS goes on")
+        assert body["from_offset"] == 0 and body["events"] == 20, body
+        status, text = p.api("GET", "/v1/topics/seek/events?from=1h&follow=0")
+        assert status == 200, text
+        lines = [text] if isinstance(text, dict) else [json.loads(x) for x in text.splitlines()]
+        assert [e["data"]["n"] for e in lines] == list(range(20)), lines
+        status, text = p.api("GET", "/v1/topics/seek/events?from=2999-01-01T00:00:00Z&follow=0")
+        assert status == 200 and not (text or "").strip(), text
+    finally:
+        nats.proc.send_signal(signal.SIGCONT)
+        p.close()
+
+
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 needs_postgres = pytest.mark.skipif(
     not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
@@ -401,10 +475,6 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
         assert not leading(b)
         status, body = b.api("GET", "/v1/event-mappings")
         assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
-        # a replay through the follower would move the cursor under the leader's reads
-        mapping_id = body["event_mappings"][0]["id"]
-        status, body = b.api("POST", "/v1/event-mappings/%s/replay" % mapping_id, {"since": "0"})
-        assert status == 503 and "leading skiffd" in body["error"]["message"], (status, body)
         total = 200
         for n in range(total):  # through the follower: it publishes to the shared streams
             status, body = publish(b, "stream", {"n": n})
@@ -430,6 +500,61 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
         assert len(twice) < total // 2, twice
         b.stop()
         assert "Sanitizer" not in b.output() and "runtime error" not in b.output(), b.output()
+    finally:
+        for p in made:
+            p.close()
+
+
+@needs_postgres
+def test_a_replay_asked_through_a_follower_is_carried_out_by_the_leader(pg_dir, nats, tmp_path):
+    """A mapping's cursor has one writer, the leader: a replay asked through a follower is
+    written to the store (202) and the leader replays within a second. By time (the follower
+    searches the stream) and by offset; the follower delivers nothing itself."""
+    from test_controllers import cells, leading
+    fn = tmp_path / "again.py"
+    fn.write_text("def handle(event):\n    return {'seen': event['data']['n']}\n")
+    a = shared_skiffd(pg_dir, nats, "zone-a").start()
+    made = [a]
+    try:
+        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+        a.cli("push", "again", "--function", "%s:handle" % fn, check=True, timeout=300)
+        a.cli("map-event", "again", "replayed", "--reply-topic", "replayed-done", check=True)
+        b = shared_skiffd(pg_dir, nats, "zone-b").start()
+        made.append(b)
+        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
+        assert not leading(b)
+        for n in range(5):
+            assert publish(b, "replayed", {"n": n})[0] == 202
+        wait_for(lambda: replies_by_id(b, "replayed-done") == {n: 1 for n in range(5)}, 60,
+                 "the leader to deliver the 5 events once")
+        status, body = b.api("GET", "/v1/event-mappings")
+        mapping = body["event_mappings"][0]["id"]
+
+        status, body = b.api("POST", "/v1/event-mappings/%s/replay" % mapping, {"since": "1h"})
+        asked = time.monotonic()
+        assert status == 202, (status, body)
+        assert body["from_offset"] == 0 and body["events"] == 5, body
+        assert body["replayed_by"] == "the leader", body
+        wait_for(lambda: replies_by_id(b, "replayed-done") == {n: 2 for n in range(5)}, 30,
+                 "the leader to deliver the 5 events again")
+        print("a replay asked through the follower was delivered by the leader %.2f s later"
+              % (time.monotonic() - asked))
+        assert "as asked through another skiffd" in a.output(), a.output()
+
+        status, body = b.api("POST", "/v1/event-mappings/%s/replay" % mapping, {"since": 3})
+        assert status == 202 and body["from_offset"] == 3 and body["events"] == 2, body
+        wait_for(lambda: replies_by_id(b, "replayed-done") == {0: 2, 1: 2, 2: 2, 3: 3, 4: 3},
+                 30, "the leader to deliver events 3 and 4 a third time")
+        status, body = b.api("GET", "/v1/event-mappings")
+        assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
+        # a replay asked of the leader is its own, as before
+        status, body = a.api("POST", "/v1/event-mappings/%s/replay" % mapping, {"since": 4})
+        assert status == 200 and body["replayed_by"] == "this skiffd", body
+        wait_for(lambda: replies_by_id(b, "replayed-done").get(4) == 4, 30,
+                 "the leader's own replay")
+        for p in made:
+            p.stop()
+            assert "Sanitizer" not in p.output() and "runtime error" not in p.output()
     finally:
         for p in made:
             p.close()
