@@ -1351,6 +1351,8 @@ int auth_token_create(struct auth *a, const char *user_guid, const char *name,
                               expires_at, text);
         if (rc < 0)
             auth__unclaim(a, AUTH_DOC_TOKEN_NAME, claim, "token", guid);
+        else /* named: the others list it (and find it by name) once they caught up */
+            auth__changed(a);
     }
     free(claim);
     if (rc == 0 && out) {
