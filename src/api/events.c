@@ -503,6 +503,8 @@ static void on_read_seek(void *arg, int status, uint64_t offset)
     struct tail *t = arg;
     if (status == 0 && t->events->stopping)
         status = -ECANCELED;
+    if (status == 0 && api_request_aborted(t->req))
+        status = -ECONNRESET; /* the client left while it was searched: nothing to send */
     if (status < 0) {
         respond_fabric_error(t->req, status);
         free(t);
