@@ -598,7 +598,10 @@ static int cmd_replay(const struct cli_command *cmd, int argc, char **argv)
         if (cli_json_output)
             cli_print_json(out);
         else
-            printf("replaying %lld events of %s to %s from offset %lld\n",
+            printf("%s %lld events of %s to %s from offset %lld\n",
+                   !strcmp(cli_json_str(out, "replayed_by"), "the leader")
+                       ? "the leading skiffd replays (within a second)"
+                       : "replaying",
                    cli_json_int(out, "events"), cli_json_str(out, "topic"), app,
                    cli_json_int(out, "from_offset"));
         json_decref(out);

@@ -552,6 +552,10 @@ def test_a_replay_asked_through_a_follower_is_carried_out_by_the_leader(pg_dir, 
         assert status == 200 and body["replayed_by"] == "this skiffd", body
         wait_for(lambda: replies_by_id(b, "replayed-done").get(4) == 4, 30,
                  "the leader's own replay")
+        r = b.cli("replay", "again", "replayed", "--since", "4", check=True)
+        assert "the leading skiffd replays" in r.stdout and "1 events" in r.stdout, r.stdout
+        wait_for(lambda: replies_by_id(b, "replayed-done").get(4) == 5, 30,
+                 "the replay asked with the CLI through the follower")
         for p in made:
             p.stop()
             assert "Sanitizer" not in p.output() and "runtime error" not in p.output()
