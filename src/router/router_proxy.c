@@ -27,6 +27,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "router/route_table.h"
 #include "http/message.h"
@@ -2278,6 +2279,7 @@ static void on_hold_poll(uv_timer_t *t)
                 x->hold = table_hold_take(h);
                 x->route = r;
                 if (r) {
+                    start_trace("router: held request goes on");
                     connect_backend(x);
                 } else {
                     client_answer_and_continue(c, 404, "unknown-route",
@@ -2299,6 +2301,7 @@ static void on_hold_poll(uv_timer_t *t)
 static void hold_request(struct client *c)
 {
     struct worker *w = c->p.w;
+    start_trace("router: request held");
     c->held = true;
     if (c->x->stats)
         __atomic_add_fetch(&c->x->stats->held, 1, __ATOMIC_RELAXED);
