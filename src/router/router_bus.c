@@ -268,6 +268,7 @@ int64_t router_bus_apply_routes(const char *line, size_t len, bool save)
                 skipped, (long long)route_table_version(t));
     route_table_publish(t);
     start_trace("router: table published");
+    router_proxy_table_published();
     if (save)
         router_bus_save_routes(line, len);
     return version;
