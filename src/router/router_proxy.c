@@ -2265,35 +2265,35 @@ static void hold_unlink(struct client *c)
 }
 
 /* Serves the held requests whose route has instances in the newest table (or has gone), and
- * asks again for those whose wake skiffd may have missed. */
+ * asks again for those whose wake skiffd may have missed. Each is looked up again whenever
+ * the newest table is not the one it was held with: the worker may have taken a new table for
+ * another request before this runs, and that table may be the one its instance came in. */
 static void hold_check(struct worker *w)
 {
-    uint64_t seen = w->table_generation;
-    bool had = w->hold != NULL;
     struct table_hold *h = worker_table(w);
-    bool changed = !had || w->table_generation != seen;
     uint64_t now = uv_now(&w->loop);
     struct client *next;
     for (struct client *c = w->held; c; c = next) {
         next = c->hold_next;
         struct exchange *x = c->x;
-        if (changed) {
+        if (x->hold != h) {
             const char *url = x->req.raw.data + x->url_off;
             struct route *r = route_table_lookup(h->table, x->req.raw.data + x->host_off,
                                                  x->host_len, url, x->url_len);
-            if (!r || r->backend_count > 0) {
+            table_hold_release(w, x->hold);
+            x->hold = table_hold_take(h);
+            if (!r) {
                 hold_unlink(c);
-                table_hold_release(w, x->hold);
-                x->hold = table_hold_take(h);
-                x->route = r;
-                if (r) {
-                    start_trace("router: held request goes on");
-                    connect_backend(x);
-                } else {
-                    client_answer_and_continue(c, 404, "unknown-route",
-                                               "The route went away while the app was starting.",
-                                               true);
-                }
+                x->route = NULL;
+                client_answer_and_continue(c, 404, "unknown-route",
+                                           "The route went away while the app was starting.", true);
+                continue;
+            }
+            x->route = r; /* held on with the newest table: older ones can go */
+            if (r->backend_count > 0) {
+                hold_unlink(c);
+                start_trace("router: held request goes on");
+                connect_backend(x);
                 continue;
             }
         }
