@@ -31,7 +31,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,11 +47,6 @@
 #include "shim/shim.h"
 
 #define HEALTH_STARTING_MS 20 /* at most, between probes of a starting instance */
-/* for its first HEALTH_QUICK_MS a starting instance is probed every HEALTH_QUICK_US (a
- * timerfd: libuv's timers count whole ms, and a 1 ms timer fires 1 to 2 ms on): a static
- * binary listens within a ms of its exec, and a route from zero waits on this probe */
-#define HEALTH_QUICK_MS 8
-#define HEALTH_QUICK_US 250
 #define DEFAULT_LIVENESS_MS 3000
 #define HEALTH_PROBE_TIMEOUT_MS 1000
 /* a starting instance's probe connects within this or is tried again: a SYN sent while its
@@ -117,8 +111,6 @@ struct instance {
     int pid;                     /* the main process (its group's id), 0 while not known */
     struct cgroup *cg;
     uv_timer_t start_timer, health_timer, grace_timer, readiness_timer;
-    uint64_t quick_probe_ns; /* uv_hrtime of its next quick probe (executor__quick_probe), 0 */
-    bool quick_probe_due;    /* picked by the quick probes' timer, to be probed now */
     int handles; /* open timers; freed at zero once final */
     struct probe *probe;           /* the liveness probe in flight */
     struct probe *readiness_probe; /* the readiness probe in flight */
@@ -197,10 +189,6 @@ struct executor {
     struct instance *instances;
     uv_timer_t *usage_timer;
     uv_timer_t *done_timer;
-    /* the quick probes of starting instances: a timerfd armed for the earliest one due, or
-     * -1 (then they are probed every ms, with the others) */
-    int quick_fd;
-    uv_poll_t *quick_poll;
     bool shutting_down;
     void (*shutdown_done)(void *arg);
     void *shutdown_arg;
@@ -1763,56 +1751,6 @@ static void executor__readiness_tick(uv_timer_t *t)
     executor__probe_start(inst, true);
 }
 
-/* Arms the quick probes' timer for the earliest instance waiting for one, or disarms it. */
-static void executor__quick_arm(struct executor *ex)
-{
-    uint64_t first = 0;
-    for (struct instance *i = ex->instances; i; i = i->next)
-        if (i->quick_probe_ns && (!first || i->quick_probe_ns < first))
-            first = i->quick_probe_ns;
-    struct itimerspec when = {0}; /* all zero: disarmed */
-    when.it_value.tv_sec = (time_t)(first / 1000000000u);
-    when.it_value.tv_nsec = (long)(first % 1000000000u);
-    timerfd_settime(ex->quick_fd, TFD_TIMER_ABSTIME, &when, NULL); /* uv_hrtime's clock */
-}
-
-/* A starting instance not listening yet, in its first HEALTH_QUICK_MS: probed again
- * HEALTH_QUICK_US on. False when there is no timerfd (the ms timer does it then). */
-static bool executor__quick_probe(struct instance *inst)
-{
-    struct executor *ex = inst->ex;
-    if (ex->quick_fd < 0)
-        return false;
-    inst->quick_probe_ns = uv_hrtime() + HEALTH_QUICK_US * 1000u;
-    executor__quick_arm(ex);
-    return true;
-}
-
-static void executor__quick_fired(uv_poll_t *h, int status, int events)
-{
-    struct executor *ex = h->data;
-    uint64_t expirations;
-    if (read(ex->quick_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
-        log_warning("executor: the quick probes' timer: %s", strerror(errno));
-    uint64_t now = uv_hrtime();
-    for (struct instance *i = ex->instances; i; i = i->next)
-        if (i->quick_probe_ns && i->quick_probe_ns <= now) {
-            i->quick_probe_ns = 0;
-            i->quick_probe_due = true;
-        }
-    /* a probe's result may end instances or start others: each is looked for afresh */
-    for (struct instance *i = ex->instances; i;) {
-        if (!i->quick_probe_due) {
-            i = i->next;
-            continue;
-        }
-        i->quick_probe_due = false;
-        executor__health_tick(&i->health_timer);
-        i = ex->instances;
-    }
-    executor__quick_arm(ex);
-}
-
 static void executor__readiness_result(struct instance *inst, bool ready)
 {
     struct executor *ex = inst->ex;
@@ -1853,8 +1791,6 @@ static void executor__health_result(struct instance *inst, bool healthy)
              * far (1 to HEALTH_STARTING_MS ms), so that a start of a few ms is seen within
              * a ms and a slow one costs few probes */
             int64_t waited = time_now_ms() - inst->since_ms;
-            if (waited < HEALTH_QUICK_MS && executor__quick_probe(inst))
-                return;
             int64_t next = waited / 8 < 1 ? 1 : waited / 8 > HEALTH_STARTING_MS ? HEALTH_STARTING_MS : waited / 8;
             uv_timer_start(&inst->health_timer, executor__health_tick, (uint64_t)next, 0);
             return;
@@ -2416,17 +2352,6 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     ex->usage_timer->data = ex;
     uv_timer_start(ex->usage_timer, executor__usage_tick, USAGE_SAMPLE_MS, USAGE_SAMPLE_MS);
     uv_unref((uv_handle_t *)ex->usage_timer); /* sampling alone keeps nobody waiting */
-    ex->quick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (ex->quick_fd >= 0) {
-        ex->quick_poll = xmalloc(sizeof(uv_poll_t));
-        uv_poll_init(loop, ex->quick_poll, ex->quick_fd);
-        ex->quick_poll->data = ex;
-        uv_poll_start(ex->quick_poll, UV_READABLE, executor__quick_fired);
-        uv_unref((uv_handle_t *)ex->quick_poll); /* a start's own timeout keeps the loop */
-    } else {
-        log_warning("executor: no timerfd (%s): starting instances are probed every ms",
-                    strerror(errno));
-    }
     char *run = xasprintf("%s/run", ex->home);
     mkdir_p(run, 0755);
     free(run);
@@ -3122,10 +3047,6 @@ void executor_free(struct executor *ex)
     free(ex->runtimes_dir);
     executor__free_container(ex);
     uv_close((uv_handle_t *)ex->usage_timer, executor__free_handle);
-    if (ex->quick_poll) {
-        uv_close((uv_handle_t *)ex->quick_poll, executor__free_handle); /* stops polling */
-        close(ex->quick_fd);
-    }
     if (ex->warm_timer)
         uv_close((uv_handle_t *)ex->warm_timer, executor__free_handle);
     if (ex->reaper)
