@@ -11,7 +11,10 @@ zero instances: one event published, the time until the function has it (its own
 and one request (POST /v1/apps/NAME/invoke) to the first byte of its answer. For a static
 binary app (the binary buildpack) at zero instances: `skiff scale -i 1`'s request to the
 first byte of a GET to the instance; and, 10 times (runs / 2), one scale from 0 to 4 to the
-first byte of all four, counting those that found a warm container (`--only burst`).
+first byte of all four, counting those that found a warm container (`--only burst`); and
+the same app scaled by its requests (`skiff autoscale --min 0`), one GET through the router
+while it is at zero to its first byte: the router holds the request and wakes skiffd
+(`--only router`; each run waits for the autoscaler to bring it back to zero, 2 s or more).
 p50/p99 of each, and the share of each step from the app's log: arrival -> "Starting
 instance" (the decision) -> "is running" (container made and the process listening, as the
 health check saw it) -> the function has the event."""
@@ -199,6 +202,36 @@ def bench_binary(d, app, runs):
     return times, shares, warm
 
 
+def router_first_byte(d, app):
+    """One GET through the router to app (at zero: held until an instance is up), to its first
+    byte, in ms; None when the router answered something else than 200."""
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", d.router_port), timeout=60) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: %s.localhost\r\nConnection: close\r\n\r\n"
+                  % app.encode())
+        head = s.recv(12)
+        ms = (time.monotonic() - t) * 1000
+        return ms if head.startswith(b"HTTP/1.1 200") else None
+
+
+def bench_router(d, app, runs):
+    """a GET through the router to the app at zero (it scales itself: the router holds the
+    request and wakes skiffd), to its first byte; the steps from the log"""
+    times, shares, warm = [], [], 0
+    for _ in range(runs):
+        at_zero(d, app)
+        wall = time.time()
+        ms = router_first_byte(d, app)
+        if ms is None:
+            raise SystemExit("%s: the router did not answer 200 from zero" % app)
+        times.append(ms)
+        warm += warm_started(d, app)
+        marks = log_marks(d, app, wall)
+        if marks["start"] and marks["ready"]:
+            shares.append(((marks["start"] - wall) * 1000, (marks["ready"] - marks["start"]) * 1000))
+    return times, shares, warm
+
+
 def bench_burst(d, app, runs, n):
     """scale 0 -> n in one request to the first byte of every instance, and how many of the n
     found a warm container: a pool that does not follow bursts has --prewarm of them"""
@@ -264,7 +297,7 @@ def measure_platform(bindir, prewarm, runs, work, listen, only):
                                   {"app": app, "topic": "cold-" + app, "idle_grace_ms": 1000})
             assert status == 201, body
             rows[runtime] = bench_function(d, app, runs, "%s%d" % (runtime, prewarm))
-        if only and "binary" not in only and "burst" not in only:
+        if only and not {"binary", "burst", "router"} & set(only):
             return rows
         with open(listen, "rb") as f:
             binary = f.read()
@@ -274,6 +307,16 @@ def measure_platform(bindir, prewarm, runs, work, listen, only):
             rows["binary"] = bench_binary(d, "coldbin%d" % prewarm, runs)
         if not only or "burst" in only:
             rows["burst"] = bench_burst(d, "coldbin%d" % prewarm, max(1, runs // 2), BURST)
+        if not only or "router" in only:
+            app = "coldrtr%d" % prewarm
+            push(d, work, app, {"hello": (binary, 0o755), "Procfile": ("web: ./hello\n", 0o644)})
+            # (the push may have mapped it already: the first GET tells whether it is there)
+            d.call("POST", "/v1/routes", {"app": app, "host": app + ".localhost"})
+            r = d.cli("autoscale", app, "--min", "0", "--max", "1", "--target-concurrency", "1",
+                      "--window", "2s")
+            if r.returncode != 0:
+                raise SystemExit("skiff autoscale %s failed:\n%s%s" % (app, r.stdout, r.stderr))
+            rows["router"] = bench_router(d, app, runs)
     finally:
         d.stop()
     return rows
@@ -296,8 +339,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "rel"))
-    ap.add_argument("--only", default="", help="comma-separated: python, node, binary, burst "
-                    "(default all)")
+    ap.add_argument("--only", default="", help="comma-separated: python, node, binary, burst, "
+                    "router (default all)")
     ap.add_argument("--prewarm", default="2,0", help="the skiffd runs: --prewarm values")
     args = ap.parse_args()
     only = [w for w in args.only.split(",") if w]
@@ -335,6 +378,10 @@ def main():
         if "binary" in rows:
             times, shares, warm = rows["binary"]
             show("static binary app: scale to first byte", times, floor["binary"],
+                 ("decision", "container+process"), shares, warm, len(times))
+        if "router" in rows:
+            times, shares, warm = rows["router"]
+            show("static binary app: GET via router from 0", times, floor["binary"],
                  ("decision", "container+process"), shares, warm, len(times))
         if "burst" in rows:
             times, warm = rows["burst"]

@@ -1,17 +1,21 @@
 """Where a static binary app's start from zero goes, step by step, on a traced build.
 
     make BUILD=/tmp/bt REL_CFLAGS='-O2 -DSKIFF_START_TRACE=\\"/tmp/skiff-start-trace.log\\"' build
-    /usr/bin/python3 bench/coldstart/trace.py --bin /tmp/bt/rel [--runs 10]
+    /usr/bin/python3 bench/coldstart/trace.py --bin /tmp/bt/rel [--runs 10] [--via router]
 
 (src/common/start_trace.h). The client does what bench.py does for the static binary app
 (PATCH instances 0 -> 1, GET the app until its instance has an address, connect until the
 first byte) and writes its own steps to the same file; skiffd, the keeper and the container's
-program write theirs. Prints, for each step, the p50 and minimum over the runs of the time
+program write theirs. With `--via router` the app scales itself (`skiff autoscale --min 0`)
+and each start is one GET through the router while it is at zero: the router holds the
+request, wakes skiffd and sends it on once a table brings the instance; the next start waits
+for the autoscaler to bring it back to zero (its shortest window, 2 s). Prints, for each step, the p50 and minimum over the runs of the time
 since the client's PATCH and of the time since the step before (the minimum is nearest the
 work itself: on a loaded machine most of the rest is waiting for a CPU)."""
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +56,21 @@ def one_start(d, app, gap):
         else:
             time.sleep(0.0002)
     raise SystemExit("the instance never answered")
+
+
+def one_request(d, app, gap):
+    """One GET through the router to app at zero, to its first byte."""
+    bench.at_zero(d, app)
+    time.sleep(gap)
+    mark("=== start")
+    mark("client: GET sent to the router")
+    with socket.create_connection(("127.0.0.1", d.router_port), timeout=60) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: %s.localhost\r\nConnection: close\r\n\r\n"
+                  % app.encode())
+        first = s.recv(1)
+    mark("client: first byte")
+    if not first:
+        raise SystemExit("the router closed the connection without an answer")
 
 
 def report_steps(runs, title):
@@ -98,6 +117,9 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--gap", type=float, default=0.3,
                     help="seconds between the instance's end and the next start (bench.py: 0)")
+    ap.add_argument("--via", choices=("api", "router"), default="api",
+                    help="api: PATCH instances 0 -> 1 (bench.py); router: a GET through the "
+                    "router to the app at zero (the activator)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="skiff-bench-trace-")
     os.chmod(work, 0o755)
@@ -112,8 +134,17 @@ def main():
         with open(listen, "rb") as f:
             bench.push(d, work, "traced", {"hello": (f.read(), 0o755),
                                            "Procfile": ("web: ./hello\n", 0o644)})
+        if args.via == "router":
+            r = d.cli("autoscale", "traced", "--min", "0", "--max", "1",
+                      "--target-concurrency", "1", "--window", "2s")
+            if r.returncode != 0:
+                raise SystemExit("skiff autoscale failed:\n%s%s" % (r.stdout, r.stderr))
+            d.call("POST", "/v1/routes", {"app": "traced", "host": "traced.localhost"})
         for _ in range(args.runs):
-            one_start(d, "traced", args.gap)
+            if args.via == "router":
+                one_request(d, "traced", args.gap)
+            else:
+                one_start(d, "traced", args.gap)
     finally:
         d.stop()
     runs, cur = [], None

@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "hub/hub.h"
 #include "logs/logs.h"
@@ -639,6 +640,7 @@ static void bus__acked(struct bus_conn *c, int64_t version)
     } else if (version > c->acked) {
         c->acked = version;
     }
+    start_trace("bus: a router's ack");
     bus__joining_check(bus);
 }
 
@@ -767,6 +769,7 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         bus->version++;
         free(bus->sent_routes);
         bus->sent_routes = xstrdup(routes);
+        start_trace("bus: a new table sent");
     }
     char *text = bus__table_text(bus->version, routes);
     free(routes);
@@ -1126,6 +1129,7 @@ static void bus__message(struct bus_conn *c, const char *line, size_t len)
     } else if (!strcmp(type, "metrics")) {
         bus__metrics(c, msg);
     } else if (!strcmp(type, "wake")) {
+        start_trace("bus: wake");
         const char *app = json_string_value(json_object_get(msg, "app_guid"));
         if (app) {
             /* a request waits: the autoscaler (the one owner of instance counts) asks for

@@ -164,6 +164,9 @@ static void usage(FILE *out)
         "                              ahead but for the droplet and the program, so that an\n"
         "                              instance of the default disk size starts in a few ms;\n"
         "                              each holds a network slot, a disk and ~2 MB; 0: none\n"
+        "  --prewarm-window-ms MS      how long a burst of starts keeps the warm pool grown to\n"
+        "                              its size (SKIFF_PREWARM_WINDOW_MS, default 60000, from\n"
+        "                              1000 to 3600000); then it shrinks back to --prewarm\n"
         "  --prewarm-memory SIZE       the warm containers' memory budget (SKIFF_PREWARM_MEMORY,\n"
         "                              default 256M; K, M or G, M when none): the pool is\n"
         "                              refilled only while its containers' memory, as their\n"
@@ -977,6 +980,7 @@ int main(int argc, char **argv)
     const char *prewarm_text = env_or("SKIFF_PREWARM", "2");
     const char *max_image_text = env_or("SKIFF_MAX_IMAGE_SIZE", "4G");
     const char *prewarm_memory_text = env_or("SKIFF_PREWARM_MEMORY", "256M");
+    const char *prewarm_window_text = env_or("SKIFF_PREWARM_WINDOW_MS", "60000");
     bool no_builtin_brokers = false;
     const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
     const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
@@ -1036,6 +1040,8 @@ int main(int argc, char **argv)
             target = &cell_token_file;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
+        else if (!strcmp(a, "--prewarm-window-ms"))
+            target = &prewarm_window_text;
         else if (!strcmp(a, "--prewarm-memory"))
             target = &prewarm_memory_text;
         else if (!strcmp(a, "--insecure-registry")) {
@@ -1113,6 +1119,14 @@ int main(int argc, char **argv)
         log_error("--prewarm %s is not a number of containers from 0 to 64", prewarm_text);
         return 2;
     }
+    long prewarm_window_ms = strtol(prewarm_window_text, &prewarm_end, 10);
+    if (*prewarm_end || prewarm_end == prewarm_window_text ||
+        prewarm_window_ms < EXECUTOR_WARM_WINDOW_MIN_MS ||
+        prewarm_window_ms > EXECUTOR_WARM_WINDOW_MAX_MS) {
+        log_error("--prewarm-window-ms %s is not a number of milliseconds from %d to %d",
+                  prewarm_window_text, EXECUTOR_WARM_WINDOW_MIN_MS, EXECUTOR_WARM_WINDOW_MAX_MS);
+        return 2;
+    }
     long prewarm_memory = strtol(prewarm_memory_text, &prewarm_end, 10);
     int prewarm_shift = !*prewarm_end || !strcmp(prewarm_end, "M") ? 20
                         : !strcmp(prewarm_end, "K")                ? 10
@@ -1168,6 +1182,7 @@ int main(int argc, char **argv)
                 (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
             .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
             .prewarm = (int)prewarm,
+            .prewarm_window_ms = prewarm_window_ms,
             .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
             .runtimes_dir = cell_buildpacks};
         struct cell_agent_config cell_cfg = {
@@ -1404,6 +1419,7 @@ int main(int argc, char **argv)
         .uid_base = (unsigned)env_long("SKIFF_CONTAINER_UID_BASE", CONTAINER_DEFAULT_UID_BASE, 1),
         .egress = env_long("SKIFF_EGRESS", 1, 0) != 0,
         .prewarm = (int)prewarm,
+        .prewarm_window_ms = prewarm_window_ms,
         .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
         .runtimes_dir = buildpacks};
     if (access(shim_bin, X_OK) != 0)

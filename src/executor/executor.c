@@ -72,7 +72,8 @@
 #define WARM_AFTER_RUNNING_MS 20
 #define EXECUTOR_RUNTIMES 2 /* executor__runtimes */
 #define WARM_POLL_MS 20     /* while a warm container comes up, the refill looks this often */
-#define WARM_SHRINK_CHECK_MS 5000 /* a pool grown by a burst is looked at this often */
+/* a pool grown by a burst is looked at this often (or a quarter of the window, if shorter) */
+#define WARM_SHRINK_CHECK_MS 5000
 #define WARM_FAILURES_MAX 5 /* warm containers ending unused in a row before none are made */
 
 struct probe;
@@ -162,6 +163,7 @@ struct executor {
     int disk_pool_sizes[8];    /* sizes of disk images kept ready */
     struct executor__disk_job *disk_job; /* the refill under way, if any */
     int prewarm;                         /* warm containers kept, of each kind in use */
+    int64_t prewarm_window_ms;           /* how long a burst keeps the pool grown */
     uint64_t prewarm_budget;             /* bytes the pool may use (executor_config) */
     /* the most memory a warm container of each kind has used, as measured: [0] plain */
     uint64_t warm_charge_seen[1 + EXECUTOR_RUNTIMES];
@@ -1222,13 +1224,14 @@ bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budge
     return pool_bytes <= budget_bytes && next_bytes <= budget_bytes - pool_bytes;
 }
 
-int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms)
+int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms,
+                         int64_t window_ms)
 {
     if (prewarm <= 0)
         return 0;
     int burst = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!asked[i] || asked[i] + EXECUTOR_WARM_DEMAND_MS <= now_ms)
+        if (!asked[i] || asked[i] + (uint64_t)window_ms <= now_ms)
             continue;
         int within = 0;
         for (size_t k = 0; k < n; k++)
@@ -1244,7 +1247,7 @@ int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t 
 static int warm__target(struct executor *ex, int kind)
 {
     return executor_warm_target(ex->prewarm, ex->warm_asked[1 + kind], EXECUTOR_WARM_POOL_MAX,
-                                uv_now(ex->loop) + 1);
+                                uv_now(ex->loop) + 1, ex->prewarm_window_ms);
 }
 
 /* A start asked for a warm container of a kind (taken or not): remembered for the pool's
@@ -1373,7 +1376,9 @@ static void warm__refill(uv_timer_t *t)
     if (again) /* the next is made once this one is up and measured: a few ms */
         warm__refill_soon(ex, WARM_POLL_MS);
     else if (above) /* a pool grown by a burst: looked at again to shrink back */
-        warm__refill_soon(ex, WARM_SHRINK_CHECK_MS);
+        warm__refill_soon(ex, ex->prewarm_window_ms / 4 < WARM_SHRINK_CHECK_MS
+                                  ? (uint64_t)ex->prewarm_window_ms / 4
+                                  : WARM_SHRINK_CHECK_MS);
 }
 
 /* The refill runs within delay_ms (or sooner, when it was due sooner already). */
@@ -2353,6 +2358,8 @@ int executor_new(uv_loop_t *loop, const struct executor_config *cfg, instance_ou
     executor__end_leftovers(ex);
     cgroup_remove_stale(CGROUP_STALE_AGE_S);
     ex->prewarm = cfg->prewarm;
+    ex->prewarm_window_ms =
+        cfg->prewarm_window_ms > 0 ? cfg->prewarm_window_ms : EXECUTOR_WARM_DEMAND_MS;
     ex->prewarm_budget = cfg->prewarm_memory_bytes
                              ? cfg->prewarm_memory_bytes
                              : (uint64_t)EXECUTOR_DEFAULT_PREWARM_MEMORY_MB << 20;

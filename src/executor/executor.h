@@ -70,6 +70,8 @@ struct executor_config {
                     instead of having its container made; 0: none. As many again run a
                     language runtime ahead, for each runtime an instance has started with;
                     more of a kind after a burst of starts (executor_warm_target) */
+    int64_t prewarm_window_ms;     /* how long a burst of starts keeps the pool grown (its
+                                      window, executor_warm_target); 0: EXECUTOR_WARM_DEMAND_MS */
     uint64_t prewarm_memory_bytes; /* the warm containers' memory budget: refill stops when
                                       the pool's memory (each container's cgroup, as
                                       measured) and one more of the kind (the most one of its
@@ -87,17 +89,21 @@ struct executor_config {
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes);
 
 /* The warm pool follows the starts: after a burst (starts asked for warm containers of one
- * kind within EXECUTOR_WARM_BURST_MS of each other, the last EXECUTOR_WARM_DEMAND_MS), that
- * many of the kind are kept, up to EXECUTOR_WARM_POOL_MAX (the memory budget still holds). */
+ * kind within EXECUTOR_WARM_BURST_MS of each other, within the window: by default the last
+ * EXECUTOR_WARM_DEMAND_MS, skiffd --prewarm-window-ms), that many of the kind are kept, up to
+ * EXECUTOR_WARM_POOL_MAX (the memory budget still holds). */
 #define EXECUTOR_WARM_BURST_MS 1000
 #define EXECUTOR_WARM_DEMAND_MS 60000
+#define EXECUTOR_WARM_WINDOW_MIN_MS 1000    /* the shortest window --prewarm-window-ms takes */
+#define EXECUTOR_WARM_WINDOW_MAX_MS 3600000 /* and the longest */
 #define EXECUTOR_WARM_POOL_MAX 8
 
 /* How many warm containers of a kind to keep: prewarm (0: none, whatever the starts), or the
  * most of the n times in `asked` (ms, 0: unused) that fall within EXECUTOR_WARM_BURST_MS of
- * each other, counting from those within EXECUTOR_WARM_DEMAND_MS before now_ms, at most
+ * each other, counting from those within window_ms before now_ms, at most
  * EXECUTOR_WARM_POOL_MAX (or prewarm, when more). */
-int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms);
+int executor_warm_target(int prewarm, const uint64_t *asked, size_t n, uint64_t now_ms,
+                         int64_t window_ms);
 
 /* A sidecar (Cloud Foundry's): a command run beside the instance's, in its container (same
  * network, files, environment, limits, drops), started and ended with it; its end is the

@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "router/route_table.h"
 #include "router/router_internal.h"
@@ -266,6 +267,8 @@ int64_t router_bus_apply_routes(const char *line, size_t len, bool save)
         log_warning("%d invalid route(s) or backend(s) skipped in version %lld",
                 skipped, (long long)route_table_version(t));
     route_table_publish(t);
+    start_trace("router: table published");
+    router_proxy_table_published();
     if (save)
         router_bus_save_routes(line, len);
     return version;

@@ -45,6 +45,9 @@ void router_proxy_stop_async(void);
 void router_proxy_stop(void);
 /* Sums the counters of every worker into *out. */
 void router_proxy_metrics(struct router_metrics *out);
+/* A new route table was published (main thread): the workers holding requests for an app at
+ * zero look at it now, so a request goes on as soon as its first instance is in a table. */
+void router_proxy_table_published(void);
 /* A drain request from skiffd (docs/bus.md), main thread only: every worker closes its idle
  * connections to the backend at addr, stops pooling new ones, and reports once no exchange of
  * its own uses that backend (at once when none does); when the last worker has reported,

@@ -27,6 +27,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
+#include "common/start_trace.h"
 #include "common/util.h"
 #include "router/route_table.h"
 #include "http/message.h"
@@ -48,6 +49,9 @@
 #define ROUTER_LISTENERS 4 /* the address, and [::1] beside 127.0.0.1; the same for HTTPS */
 #define ROUTER_TLS_PLAIN (64 * 1024) /* plaintext decrypted per step */
 #define ROUTER_ACCEPT_BATCH 8      /* connections one worker takes per wakeup */
+/* held requests go on when a table is published (router_proxy_table_published); this poll
+ * only sends their wake again and is a backstop */
+#define ROUTER_HOLD_POLL_MS 100
 #define ROUTER_ACCEPT_PAUSE_MS 100 /* after EMFILE and the like */
 #define ROUTER_ACCEPT_SLACK 4      /* clients more than another worker's before yielding */
 #define ROUTER_ACCEPT_YIELD_MS 1
@@ -306,6 +310,8 @@ struct worker {
     int client_cap;
     struct exchange *spare; /* finished exchanges kept for their buffers */
     struct client *held;    /* requests waiting for an app to start */
+    bool holding;           /* held is not empty (atomic: read by the main thread) */
+    uv_async_t table_wakeup; /* a new table was published while requests are held */
     uv_timer_t hold_poll;
     uv_timer_t drain;           /* bounds the wait for requests in flight at stop */
     uv_async_t drain_wakeup;    /* drain requests arrived in drain_inbox */
@@ -334,6 +340,7 @@ struct worker {
 
 static struct worker *workers;
 static int worker_count;
+static bool stop_sent; /* main thread: the workers were asked to stop */
 /* The listening sockets, opened by the main thread and polled by every worker. */
 static int listen_fds[ROUTER_LISTENERS];
 static bool listen_tls[ROUTER_LISTENERS]; /* HTTPS */
@@ -2253,37 +2260,40 @@ static void hold_unlink(struct client *c)
     if (c->hold_next)
         c->hold_next->hold_prev = c->hold_prev;
     c->hold_prev = c->hold_next = NULL;
+    if (!w->held)
+        __atomic_store_n(&w->holding, false, __ATOMIC_SEQ_CST);
 }
 
-/* Every few milliseconds while requests are held: a new table may have brought instances. */
-static void on_hold_poll(uv_timer_t *t)
+/* Serves the held requests whose route has instances in the newest table (or has gone), and
+ * asks again for those whose wake skiffd may have missed. Each is looked up again whenever
+ * the newest table is not the one it was held with: the worker may have taken a new table for
+ * another request before this runs, and that table may be the one its instance came in. */
+static void hold_check(struct worker *w)
 {
-    struct worker *w = t->data;
-    uint64_t seen = w->table_generation;
-    bool had = w->hold != NULL;
     struct table_hold *h = worker_table(w);
-    bool changed = !had || w->table_generation != seen;
     uint64_t now = uv_now(&w->loop);
     struct client *next;
     for (struct client *c = w->held; c; c = next) {
         next = c->hold_next;
         struct exchange *x = c->x;
-        if (changed) {
+        if (x->hold != h) {
             const char *url = x->req.raw.data + x->url_off;
             struct route *r = route_table_lookup(h->table, x->req.raw.data + x->host_off,
                                                  x->host_len, url, x->url_len);
-            if (!r || r->backend_count > 0) {
+            table_hold_release(w, x->hold);
+            x->hold = table_hold_take(h);
+            if (!r) {
                 hold_unlink(c);
-                table_hold_release(w, x->hold);
-                x->hold = table_hold_take(h);
-                x->route = r;
-                if (r) {
-                    connect_backend(x);
-                } else {
-                    client_answer_and_continue(c, 404, "unknown-route",
-                                               "The route went away while the app was starting.",
-                                               true);
-                }
+                x->route = NULL;
+                client_answer_and_continue(c, 404, "unknown-route",
+                                           "The route went away while the app was starting.", true);
+                continue;
+            }
+            x->route = r; /* held on with the newest table: older ones can go */
+            if (r->backend_count > 0) {
+                hold_unlink(c);
+                start_trace("router: held request goes on");
+                connect_backend(x);
                 continue;
             }
         }
@@ -2296,9 +2306,37 @@ static void on_hold_poll(uv_timer_t *t)
         uv_timer_stop(&w->hold_poll);
 }
 
+/* A table published while requests are held (router_proxy_table_published): they go to
+ * their instance now, not at the next poll. */
+static void on_table_wakeup(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    if (w->held)
+        hold_check(w);
+}
+
+/* The backstop while requests are held: the wake sent again every 2 s, a table missed. */
+static void on_hold_poll(uv_timer_t *t)
+{
+    hold_check(t->data);
+}
+
+void router_proxy_table_published(void)
+{
+    if (stop_sent || worker_count == 0)
+        return; /* stopping: held requests end with the workers */
+    /* the table's generation, then each worker's flag; a worker sets its flag, then reads
+     * the generation (hold_request): one of the two sees the other */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int i = 0; i < worker_count; i++)
+        if (__atomic_load_n(&workers[i].holding, __ATOMIC_SEQ_CST))
+            uv_async_send(&workers[i].table_wakeup);
+}
+
 static void hold_request(struct client *c)
 {
     struct worker *w = c->p.w;
+    start_trace("router: request held");
     c->held = true;
     if (c->x->stats)
         __atomic_add_fetch(&c->x->stats->held, 1, __ATOMIC_RELAXED);
@@ -2310,8 +2348,12 @@ static void hold_request(struct client *c)
     c->woken_at = uv_now(&w->loop);
     router_bus_wake(c->x->route->app_guid);
     client_set_deadline(c, D_HOLD, w->cfg->hold_timeout_ms);
+    __atomic_store_n(&w->holding, true, __ATOMIC_SEQ_CST);
+    /* a table published after this request's lookup, before the store above, woke no one */
+    if (route_table_current_generation() != w->table_generation)
+        uv_async_send(&w->table_wakeup);
     if (!uv_is_active((uv_handle_t *)&w->hold_poll))
-        uv_timer_start(&w->hold_poll, on_hold_poll, 10, 10);
+        uv_timer_start(&w->hold_poll, on_hold_poll, ROUTER_HOLD_POLL_MS, ROUTER_HOLD_POLL_MS);
 }
 
 /* ---- backend connections ------------------------------------------------------------------ */
@@ -3286,6 +3328,7 @@ static void worker_maybe_done(struct worker *w)
     w->handles_closed = true;
     close_handle_if_open((uv_handle_t *)&w->sweep);
     close_handle_if_open((uv_handle_t *)&w->hold_poll);
+    close_handle_if_open((uv_handle_t *)&w->table_wakeup);
     close_handle_if_open((uv_handle_t *)&w->wakeup);
     close_handle_if_open((uv_handle_t *)&w->drain);
     close_handle_if_open((uv_handle_t *)&w->drain_wakeup);
@@ -3334,8 +3377,6 @@ static void on_wakeup(uv_async_t *a)
 }
 
 /* ---- drains (docs/bus.md) ---------------------------------------------------------------- */
-
-static bool stop_sent; /* main thread: the workers were asked to stop */
 
 static void drain_report(struct router_drain *d)
 {
@@ -3638,6 +3679,8 @@ int router_proxy_start(const struct router_config *cfg)
         w->wakeup.data = w;
         uv_async_init(&w->loop, &w->drain_wakeup, on_drain_wakeup);
         w->drain_wakeup.data = w;
+        uv_async_init(&w->loop, &w->table_wakeup, on_table_wakeup);
+        w->table_wakeup.data = w;
         pthread_mutex_init(&w->drain_lock, NULL);
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;

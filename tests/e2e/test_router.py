@@ -1331,6 +1331,85 @@ def test_request_for_an_app_at_zero_is_held_until_it_starts(router_factory, bus,
     assert result["resp"].status == 200 and result["resp"].json()["path"] == "/hello"
 
 
+def test_one_table_sends_on_the_requests_held_on_every_worker(router_factory, bus, backends):
+    # requests held on both workers (a held request waits for the table that brings its app an
+    # instance, not for a poll) all go on with that one table; those whose route the table
+    # drops are answered 404 rather than held on
+    a = backends("a")
+    cold = route("fn.localhost", [], app="fn", guid="fn-guid")
+    cold["scale_from_zero"] = True
+    gone = route("gone.localhost", [], app="gone", guid="gone-guid")
+    gone["scale_from_zero"] = True
+    r = router_factory([cold, gone], "--hold-timeout-ms", "20000")
+    wait_for(lambda: bus.messages("hello"), 5, "hello")
+    results = []
+    lock = threading.Lock()
+
+    def call(host):
+        resp = r.get(host, "/hello")
+        with lock:
+            results.append((host, resp.status, resp.headers.get("x-skiff-router-error")))
+
+    threads = [threading.Thread(target=call, args=(h,))
+               for h in ["fn.localhost"] * 8 + ["gone.localhost"] * 2]
+    for t in threads:
+        t.start()
+    wait_for(lambda: {w["app_guid"] for w in bus.messages("wake")} == {"fn-guid", "gone-guid"},
+             5, "both apps to be woken")
+    assert results == []  # held, not refused
+    warm = route("fn.localhost", [a], app="fn", guid="fn-guid")
+    warm["scale_from_zero"] = True
+    bus.set_routes([warm])
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == sorted([("fn.localhost", 200, None)] * 8 +
+                                     [("gone.localhost", 404, "unknown-route")] * 2), results
+
+
+def test_a_held_request_goes_on_when_other_requests_took_the_table_first(router_factory, bus,
+                                                                         backends):
+    # one worker, busy with another app's requests: each of them takes the newest table as it
+    # comes, so the held request must be looked up again in whatever table is newest, not only
+    # when the worker sees a table change itself
+    a, b = backends("a"), backends("b")
+    cold = route("fn.localhost", [], app="fn", guid="fn-guid")
+    cold["scale_from_zero"] = True
+    busy = route("busy.localhost", [b], app="busy", guid="busy-guid")
+    r = router_factory([cold, busy], "--hold-timeout-ms", "20000", "--workers", "1")
+    wait_for(lambda: bus.messages("hello"), 5, "hello")
+    stop = threading.Event()
+    busy_codes = []
+
+    def hammer():
+        while not stop.is_set():
+            busy_codes.append(r.get("busy.localhost").status)
+
+    result = {}
+
+    def call():
+        result["resp"] = r.get("fn.localhost", "/hello")
+
+    hammers = [threading.Thread(target=hammer) for _ in range(3)]
+    held = threading.Thread(target=call)
+    try:
+        for t in hammers:
+            t.start()
+        held.start()
+        wait_for(lambda: bus.messages("wake"), 5, "a wake message")
+        wait_for(lambda: len(busy_codes) > 20, 10, "the busy app's requests under way")
+        warm = route("fn.localhost", [a], app="fn", guid="fn-guid")
+        warm["scale_from_zero"] = True
+        bus.set_routes([warm, busy])
+        held.join(20)
+    finally:
+        stop.set()
+        for t in hammers:
+            t.join(10)
+    assert "resp" in result, "the held request was never answered"
+    assert result["resp"].status == 200 and result["resp"].json()["path"] == "/hello"
+    assert set(busy_codes) == {200}, set(busy_codes)
+
+
 def test_held_request_gives_up_with_503(router_factory, bus):
     cold = route("fn.localhost", [], app="fn", guid="fn-guid")
     cold["scale_from_zero"] = True

@@ -154,6 +154,50 @@ def test_prewarm_zero_makes_none():
         p.close()
 
 
+def test_a_grown_pool_shrinks_back_once_its_window_passes():
+    # --prewarm 1 and a window of 3 s (--prewarm-window-ms, SKIFF_PREWARM_WINDOW_MS): three
+    # starts in one pass grow the pool to three, then, the burst 3 s old, it goes back to one;
+    # those it let go are ended with their cgroups
+    p = Platform(extra_env={"SKIFF_PREWARM": "1", "SKIFF_PREWARM_WINDOW_MS": "3000"}).start()
+    try:
+        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 1, timeout=30,
+                   what="one warm container")
+        r = p.cli("push", "web", "-p", "examples/static", "-i", "3", timeout=300)
+        assert r.returncode == 0, out(r)
+        started(p, "web", 3)
+        grown = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
+                           timeout=60, what="the pool to grow to three")
+        # the window, then a quarter of it between looks, at most
+        left = p.wait_for(lambda: len(warm_dirs(p)) == 1 and warm_dirs(p), timeout=30,
+                          what="the pool to shrink back to one")
+        gone = set(grown) - set(left)
+        assert len(gone) >= 2, (grown, left)
+        p.wait_for(lambda: not cgroups_left(gone), timeout=30,
+                   what="the cgroups of the warm containers let go to be removed")
+        def keepers_of_gone():
+            return [k for k in keepers_of(p.home)
+                    if any(("/" + n + "/").encode() in a for n in gone for a in argv_of(k))]
+        p.wait_for(lambda: not keepers_of_gone(), timeout=30,
+                   what="the keepers of the warm containers let go to end")
+        # and it stays at one: no start came since
+        assert len(warm_dirs(p)) == 1, warm_dirs(p)
+    finally:
+        p.close()
+
+
+def test_prewarm_window_must_be_milliseconds_in_range():
+    p = Platform()
+    try:
+        for bad in ("lots", "0", "999", "3600001", "5s", "-3000"):
+            r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
+                                             "skiffd"), "--home", p.home,
+                                "--prewarm-window-ms", bad],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 2 and "--prewarm-window-ms" in r.stderr, (bad, r.stderr)
+    finally:
+        p.close()
+
+
 def test_prewarm_must_be_a_number():
     p = Platform()
     try:

@@ -1000,32 +1000,39 @@ static void test_warm_target_follows_bursts(void **state)
     (void)state;
     uint64_t asked[EXECUTOR_WARM_POOL_MAX] = {0};
     uint64_t t = 1000000;
-    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, t), 2);
+    const int64_t W = EXECUTOR_WARM_DEMAND_MS; /* the default window */
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, t, W), 2);
     /* starts a second or more apart: no burst */
     for (int i = 0; i < 4; i++)
         asked[i] = t + (uint64_t)i * EXECUTOR_WARM_BURST_MS;
     uint64_t now = t + 4 * EXECUTOR_WARM_BURST_MS;
-    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now), 2);
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now, W), 2);
     /* five within a second (the four above are older than one of them) */
     for (int i = 0; i < 5; i++)
         asked[3 + i] = now + (uint64_t)i * 100;
     now += 500;
-    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now), 5);
-    assert_int_equal(executor_warm_target(1, asked, EXECUTOR_WARM_POOL_MAX, now), 5);
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now, W), 5);
+    assert_int_equal(executor_warm_target(1, asked, EXECUTOR_WARM_POOL_MAX, now, W), 5);
     /* prewarm above the burst wins; prewarm 0 keeps none, whatever the starts */
-    assert_int_equal(executor_warm_target(6, asked, EXECUTOR_WARM_POOL_MAX, now), 6);
-    assert_int_equal(executor_warm_target(0, asked, EXECUTOR_WARM_POOL_MAX, now), 0);
+    assert_int_equal(executor_warm_target(6, asked, EXECUTOR_WARM_POOL_MAX, now, W), 6);
+    assert_int_equal(executor_warm_target(0, asked, EXECUTOR_WARM_POOL_MAX, now, W), 0);
     /* a burst past the cap is held to it (a prewarm above the cap still holds) */
     for (int i = 0; i < EXECUTOR_WARM_POOL_MAX; i++)
         asked[i] = now + (uint64_t)i;
-    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now + 10),
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now + 10, W),
                      EXECUTOR_WARM_POOL_MAX);
-    assert_int_equal(
-        executor_warm_target(EXECUTOR_WARM_POOL_MAX + 3, asked, EXECUTOR_WARM_POOL_MAX, now + 10),
-        EXECUTOR_WARM_POOL_MAX + 3);
+    assert_int_equal(executor_warm_target(EXECUTOR_WARM_POOL_MAX + 3, asked, EXECUTOR_WARM_POOL_MAX,
+                                          now + 10, W),
+                     EXECUTOR_WARM_POOL_MAX + 3);
     /* the burst forgotten: back to prewarm */
+    assert_int_equal(
+        executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now + W + EXECUTOR_WARM_POOL_MAX, W),
+        2);
+    /* a shorter window (--prewarm-window-ms) forgets it sooner, and not before its end */
+    assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX, now + 2999, 3000),
+                     EXECUTOR_WARM_POOL_MAX);
     assert_int_equal(executor_warm_target(2, asked, EXECUTOR_WARM_POOL_MAX,
-                                          now + EXECUTOR_WARM_DEMAND_MS + EXECUTOR_WARM_POOL_MAX),
+                                          now + 3000 + EXECUTOR_WARM_POOL_MAX, 3000),
                      2);
 }
 
