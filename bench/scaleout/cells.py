@@ -30,6 +30,8 @@ DISK_MB = int(os.environ.get("DISK_MB", "64"))
 PREWARM = os.environ.get("PREWARM", "1")  # warm containers of each cell and of the peer
 REQUESTERS = int(os.environ.get("REQUESTERS", "8"))
 CELL_MEMORY = os.environ.get("CELL_MEMORY", "6G")
+# which of the scale row's two runs goes first: "cells,one" or "one,cells"
+SCALE_ORDER = os.environ.get("SCALE_ORDER", "cells,one").split(",")
 TARGET_S = 30.0
 # each host its own pool; a /18 is 4096 slots of a /30
 POOLS = {"k": "10.244.0.0/18", "x": "10.244.64.0/18", "y": "10.244.128.0/18",
@@ -188,43 +190,49 @@ class CellsWorld:
                 print("closing:", ex)
 
 
+def scale_on(p, router_addr, files, label):
+    """One instance of "many" on p, then the scale to SCALE timed (wait_scaled), then back to 0."""
+    deploy(p, "many", files, 1)
+    wait_for(lambda: get_index(router_addr, "many.localhost") == 0, 120,
+             "many's first instance (%s)" % label)
+    print("load average before the scale on %s: %.2f %.2f %.2f" % ((label,) + os.getloadavg()))
+    scale(p, "many", SCALE)
+    figures = wait_scaled(p, "many", SCALE, router_addr, 600)
+    scale(p, "many", 0)
+    wait_for(lambda: not running(p, "many"), 300, "many back to 0 (%s)" % label, interval=0.5)
+    return figures
+
+
 def scale_row(cluster, world, files):
-    """SCALE instances on the three cells, then on one `--role all` skiffd."""
-    ctl, addr = world.ctl, world.router.router_url[7:]
-    deploy(ctl, "many", files, 1)
-    wait_for(lambda: get_index(addr, "many.localhost") == 0, 120, "many's first instance via R")
-    print("load average before the cells' scale: %.2f %.2f %.2f" % os.getloadavg())
-    scale(ctl, "many", SCALE)
-    run_c, serve_c, per_cell, sent_c, failed_c = wait_scaled(ctl, "many", SCALE, addr, 600)
+    """SCALE instances on the three cells and on one `--role all` skiffd, in SCALE_ORDER."""
+    assert sorted(SCALE_ORDER) == ["cells", "one"], \
+        "SCALE_ORDER is cells,one or one,cells, not %s" % ",".join(SCALE_ORDER)
+    got = {}
+    for which in SCALE_ORDER:
+        if which == "cells":
+            got[which] = scale_on(world.ctl, world.router.router_url[7:], files, "the cells")
+            continue
+        peer = HostPlatform(cluster.host("s"), extra_args=["--prewarm", PREWARM],
+                            containers=True)
+        try:
+            peer.start()
+            got[which] = scale_on(peer, peer.router_url[7:], files, "one skiffd")
+        finally:
+            peer.close()
+    run_c, serve_c, per_cell, sent_c, failed_c = got["cells"]
+    run_p, serve_p, _, sent_p, failed_p = got["one"]
     names = world.names()
-    print("%d instances (%d MB each) across 3 cells, from the scale request:" % (SCALE, MEMORY_MB))
-    print("  all RUNNING %.1f s; every index answering through R's router %.1f s "
+    print("%d instances (%d MB each), from the scale request (run %s):" % (
+        SCALE, MEMORY_MB, " then ".join(SCALE_ORDER)))
+    print("  3 cells: all RUNNING %.1f s; every index answering through R's router %.1f s "
           "(%d requests meanwhile, %d failed)" % (run_c, serve_c, sent_c, failed_c))
     for cell, (k, at) in sorted(per_cell.items(), key=lambda kv: names.get(kv[0], kv[0])):
-        if cell != "-":
-            print("  cell %s: %d instances, its last RUNNING at %.1f s" % (
-                names.get(cell, cell[:8]), k, at))
-    scale(ctl, "many", 0)
-    wait_for(lambda: not running(ctl, "many"), 300, "many scaled back to 0", interval=0.5)
-
-    peer = HostPlatform(cluster.host("s"), extra_args=["--prewarm", PREWARM], containers=True)
-    try:
-        peer.start()
-        paddr = peer.router_url[7:]
-        deploy(peer, "many", files, 1)
-        wait_for(lambda: get_index(paddr, "many.localhost") == 0, 120,
-                 "many's first instance on S")
-        print("load average before the single skiffd's scale: %.2f %.2f %.2f" % os.getloadavg())
-        scale(peer, "many", SCALE)
-        run_p, serve_p, _, sent_p, failed_p = wait_scaled(peer, "many", SCALE, paddr, 600)
-        print("  one skiffd (--role all): all RUNNING %.1f s; every index answering through its"
-              " router %.1f s (%d requests, %d failed)" % (run_p, serve_p, sent_p, failed_p))
-        print("  ratio 3 cells / one skiffd: RUNNING %.2fx, serving %.2fx" % (
-            run_c / run_p, serve_c / serve_p))
-        scale(peer, "many", 0)
-        wait_for(lambda: not running(peer, "many"), 300, "S's many back to 0", interval=0.5)
-    finally:
-        peer.close()
+        print("    cell %s: %d instances, its last RUNNING at %.1f s" % (
+            names.get(cell, cell[:8]), k, at))
+    print("  one skiffd (--role all): all RUNNING %.1f s; every index answering through its"
+          " router %.1f s (%d requests, %d failed)" % (run_p, serve_p, sent_p, failed_p))
+    print("  ratio 3 cells / one skiffd: RUNNING %.2fx, serving %.2fx" % (
+        run_c / run_p, serve_c / serve_p))
 
 
 def lose_cell(world, name, how, files):
@@ -245,12 +253,13 @@ def lose_cell(world, name, how, files):
     req = Requests(addr, host).start()
     addresses = [i["address"] for i in running(ctl, name) if i["cell"] == cell.id]
     time.sleep(1)  # requests before the loss, for comparison
+    t0 = time.monotonic()  # every figure counts from the start of the loss
     if how == "link":
         cell.host.link_down()
     else:
         cell.kill9()
-    # from the moment the loss is complete: a request started before may still reach X
-    t0 = time.monotonic()
+    # a request started before the loss was complete may still have reached X
+    done = time.monotonic()
     if how == "kill":
         alive = answering(cell.host, addresses)
         assert not alive, "X's instances at %s still answer after kill -9" % alive
@@ -268,7 +277,7 @@ def lose_cell(world, name, how, files):
                 up = running(ctl, name)
                 if len(up) == 3 * LOSS_N and all(i["cell"] != cell.id for i in up):
                     running_at = now - t0
-            seen = req.seen_since(t0)
+            seen = req.seen_since(done)
             if serving_at is None and on_x <= set(seen):
                 serving_at = max(seen[i] for i in on_x) - t0
             time.sleep(0.1)
@@ -282,7 +291,8 @@ def lose_cell(world, name, how, files):
     last_failed = max((x[1] for x in failed), default=t0) - t0
     slowest = max((x[1] - x[0] for x in after), default=0)
     what = "its link down" if how == "link" else "kill -9 of its agent, shims and instances"
-    print("cell X lost (%s), %d of %d instances on it:" % (what, LOSS_N, 3 * LOSS_N))
+    print("cell X lost (%s, which took %.2f s), %d of %d instances on it:" % (
+        what, done - t0, LOSS_N, 3 * LOSS_N))
     print("  the leader lists X lost after %.1f s; all %d RUNNING on Y and Z after %.1f s;"
           " every one of X's indexes answering through R again after %.1f s" % (
               lost_at, 3 * LOSS_N, running_at, serving_at))
