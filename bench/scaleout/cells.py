@@ -13,13 +13,14 @@ on host R (`skiffd --role router`), all from tests/e2e/multihost.py.
   every index X had answering through R's router again; the requests sent through R meanwhile
   (REQUESTERS threads) and how many failed; the ratio to the 30 s target.
 """
+import http.client
 import os
 import subprocess
 import threading
 import time
 
 from conftest import deploy_bits, wait_for
-from multihost import (HOSTS_MS, HostCell, HostPlatform, HostRouter, cells_listed, cells_up,
+from multihost import (HostCell, HostPlatform, HostRouter, cells_listed, cells_up,
                        running, start_controller)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +34,10 @@ CELL_MEMORY = os.environ.get("CELL_MEMORY", "6G")
 # which of the scale row's two runs goes first: "cells,one" or "one,cells"
 SCALE_ORDER = os.environ.get("SCALE_ORDER", "cells,one").split(",")
 TARGET_S = 30.0
+# the product's defaults, not the tests' quicker ones (HOSTS_MS, a cell's beat every 300 ms): on
+# 2 shared cores starting hundreds of containers, the tests' 3 s TTL forgot hosts that were up
+HOSTS_DEFAULTS = {"SKIFF_HOSTS_ANNOUNCE_MS": "2000", "SKIFF_HOSTS_TTL_MS": "10000"}
+CELL_DEFAULTS = dict(HOSTS_DEFAULTS, SKIFF_CELL_HEARTBEAT_MS="1000")
 # each host its own pool; a /18 is 4096 slots of a /30
 POOLS = {"k": "10.244.0.0/18", "x": "10.244.64.0/18", "y": "10.244.128.0/18",
          "z": "10.244.192.0/18"}
@@ -62,7 +67,13 @@ def scale(p, name, instances):
 
 def get_index(router_addr, host, timeout=15):
     """GET / through the router: the index that answered, or None (any failure)."""
-    import http.client
+    got = get_answer(router_addr, host, timeout)
+    return got if isinstance(got, int) else None
+
+
+def get_answer(router_addr, host, timeout=15):
+    """GET / through the router: the index that answered, or why not (a string: the status and
+    the router's X-Skiff-Router-Error, or the client's error)."""
     c = http.client.HTTPConnection(router_addr, timeout=timeout)
     try:
         c.request("GET", "/", headers={"Host": host})
@@ -70,9 +81,9 @@ def get_index(router_addr, host, timeout=15):
         body = r.read().decode(errors="replace")
         if r.status == 200 and body.startswith("instance "):
             return int(body.split()[1])
-        return None
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
+        return "%d %s" % (r.status, r.getheader("X-Skiff-Router-Error", body[:40].strip()))
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        return type(e).__name__
     finally:
         c.close()
 
@@ -84,16 +95,24 @@ class Requests:
     def __init__(self, router_addr, host, threads=REQUESTERS):
         self.router_addr, self.host = router_addr, host
         self.log, self.lock, self.stop_event = [], threading.Lock(), threading.Event()
+        self.why = {}
         self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self):
         while not self.stop_event.is_set():
             t0 = time.monotonic()
-            index = get_index(self.router_addr, self.host)
+            got = get_answer(self.router_addr, self.host)
+            index = got if isinstance(got, int) else None
             with self.lock:
                 self.log.append((t0, time.monotonic(), index))
+                if index is None:
+                    self.why[got] = self.why.get(got, 0) + 1
             if index is None:
                 time.sleep(0.02)  # a refusal comes back at once: do not spin on it
+
+    def reasons(self):
+        """The failures by reason, as text."""
+        return ", ".join("%d %s" % (n, why) for why, n in sorted(self.why.items())) or "none"
 
     def start(self):
         for t in self.threads:
@@ -122,7 +141,7 @@ def wait_scaled(p, name, n, router_addr, timeout):
     the seconds to its last instance RUNNING."""
     t0 = time.monotonic()
     req = Requests(router_addr, name + ".localhost", threads=2).start()
-    per_cell, run_at, serve_at = {}, None, None
+    per_cell, run_at, serve_at, api_max = {}, None, None, 0.0
     try:
         deadline = t0 + timeout
         while run_at is None or serve_at is None:
@@ -130,7 +149,9 @@ def wait_scaled(p, name, n, router_addr, timeout):
             assert now < deadline, "%s: %d of %d running, %d indexes served after %d s" % (
                 name, len(running(p, name)), n, len(req.seen_since(t0)), timeout)
             if run_at is None:
+                t_api = time.monotonic()
                 up = running(p, name)
+                api_max = max(api_max, time.monotonic() - t_api)
                 counts = {}
                 for i in up:
                     counts[i.get("cell") or "-"] = counts.get(i.get("cell") or "-", 0) + 1
@@ -145,7 +166,8 @@ def wait_scaled(p, name, n, router_addr, timeout):
     finally:
         log = req.stop()
     failed = sum(1 for x in log if x[2] is None)
-    return run_at, serve_at, per_cell, len(log), failed
+    return (run_at, serve_at, per_cell, len(log), "%d (%s)" % (failed, req.reasons()),
+            api_max)
 
 
 class CellsWorld:
@@ -161,15 +183,16 @@ class CellsWorld:
             raise
 
     def _start(self, cluster):
-        self.ctl = start_controller(cluster, cluster.host("k"), POOLS["k"], "bench_cells")
+        self.ctl = start_controller(cluster, cluster.host("k"), POOLS["k"], "bench_cells",
+                                    extra_env=HOSTS_DEFAULTS)
         self.started.append(self.ctl)
         self.cells = {}
         for name in ("x", "y", "z"):
             cell = HostCell(cluster.host(name), cluster.nats_urls, POOLS[name],
-                            memory=CELL_MEMORY, prewarm=PREWARM)
+                            memory=CELL_MEMORY, prewarm=PREWARM, extra_env=CELL_DEFAULTS)
             self.started.append(cell)
             self.cells[name] = cell.join(self.ctl).start()
-        self.router = HostRouter(cluster.host("r"), cluster.nats_urls, extra_env=HOSTS_MS)
+        self.router = HostRouter(cluster.host("r"), cluster.nats_urls, extra_env=HOSTS_DEFAULTS)
         self.started.append(self.router)
         self.router.start()
         ids = {x.id for x in self.cells.values()}
@@ -219,18 +242,20 @@ def scale_row(cluster, world, files):
             got[which] = scale_on(peer, peer.router_url[7:], files, "one skiffd")
         finally:
             peer.close()
-    run_c, serve_c, per_cell, sent_c, failed_c = got["cells"]
-    run_p, serve_p, _, sent_p, failed_p = got["one"]
+    run_c, serve_c, per_cell, sent_c, failed_c, api_c = got["cells"]
+    run_p, serve_p, _, sent_p, failed_p, api_p = got["one"]
     names = world.names()
     print("%d instances (%d MB each), from the scale request (run %s):" % (
         SCALE, MEMORY_MB, " then ".join(SCALE_ORDER)))
     print("  3 cells: all RUNNING %.1f s; every index answering through R's router %.1f s "
-          "(%d requests meanwhile, %d failed)" % (run_c, serve_c, sent_c, failed_c))
+          "(%d requests meanwhile, failed: %s); the slowest GET of the app %.2f s" % (
+              run_c, serve_c, sent_c, failed_c, api_c))
     for cell, (k, at) in sorted(per_cell.items(), key=lambda kv: names.get(kv[0], kv[0])):
         print("    cell %s: %d instances, its last RUNNING at %.1f s" % (
             names.get(cell, cell[:8]), k, at))
     print("  one skiffd (--role all): all RUNNING %.1f s; every index answering through its"
-          " router %.1f s (%d requests, %d failed)" % (run_p, serve_p, sent_p, failed_p))
+          " router %.1f s (%d requests, failed: %s); the slowest GET of the app %.2f s" % (
+              run_p, serve_p, sent_p, failed_p, api_p))
     print("  ratio 3 cells / one skiffd: RUNNING %.2fx, serving %.2fx" % (
         run_c / run_p, serve_c / serve_p))
 
@@ -297,9 +322,10 @@ def lose_cell(world, name, how, files):
           " every one of X's indexes answering through R again after %.1f s" % (
               lost_at, 3 * LOSS_N, running_at, serving_at))
     print("  requests through R: %d in the second before (%d failed); %d from the loss (in flight"
-          " then or sent after) to 3 s after the last index came back, %d failed, the last failure ending at %.1f s,"
+          " then or sent after) to 3 s after the last index came back, %d failed (all: %s),"
+          " the last failure ending at %.1f s,"
           " the slowest %.1f s" % (len(before), sum(1 for x in before if x[2] is None),
-                                   len(after), len(failed), last_failed, slowest))
+                                   len(after), len(failed), req.reasons(), last_failed, slowest))
     print("  ratio to the 30 s target: %.2fx (%s)" % (
         serving_at / TARGET_S, "met" if serving_at <= TARGET_S else "MISSED"))
     return serving_at

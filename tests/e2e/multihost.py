@@ -423,7 +423,7 @@ def start_controller(cluster, host, pool, database, extra_env=None):
         "--role", "controller", "--store", cluster.create_database(database), "--nats",
         cluster.nats_urls, "--nats-replicas", "3", "--host-addr", host.addr, "--network-pool",
         pool, "--prewarm", "0", "--zone", "zone-" + host.name],
-        extra_env=dict(HOSTS_MS, SKIFF_CELL_HEARTBEAT_MS="500", **(extra_env or {})))
+        extra_env={**HOSTS_MS, "SKIFF_CELL_HEARTBEAT_MS": "500", **(extra_env or {})})
     try:
         ctl.start()
     except BaseException:
@@ -441,9 +441,10 @@ class HostCell(HostProcess):
     STOP_WAIT = 30
     OUTPUT_TAIL = 40000
 
-    def __init__(self, host, nats_urls, pool, memory="2G", prewarm=1):
+    def __init__(self, host, nats_urls, pool, memory="2G", prewarm=1, extra_env=None):
         self.host, self.nats_urls, self.pool = host, nats_urls, pool
         self.memory, self.prewarm = memory, prewarm
+        self.extra_env = dict(extra_env or {})
         self.home = tempfile.mkdtemp(prefix="skiff-mhcell-")
         self.id = uuid.uuid4().hex
         with open(os.path.join(self.home, "cell-id"), "w") as f:
@@ -461,6 +462,7 @@ class HostCell(HostProcess):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
         env.update(HOME=self.home, SKIFF_NATS=self.nats_urls, SKIFF_CELL_HEARTBEAT_MS="300",
                    SKIFF_GRACE_MS="2000", **HOSTS_MS)
+        env.update(self.extra_env)
         log = open(os.path.join(self.home, "cell.out"), "ab")
         self.proc = subprocess.Popen(self.host.enter(
             os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
