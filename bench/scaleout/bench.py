@@ -1,5 +1,5 @@
 """Scale-out on the namespace cluster of tests/e2e/multihost.py (hosts as network namespaces,
-a 3-node JetStream cluster, PostgreSQL), in one run:
+a 3-node JetStream cluster, PostgreSQL), in one run (rows: routes, fabric, scale, loss):
 
 1. route convergence across hosts: POST /v1/routes on host A's API until the router on host B
    serves the new host name (A runs skiffd on PostgreSQL + NATS, B runs skiffd --role router);
@@ -7,10 +7,15 @@ a 3-node JetStream cluster, PostgreSQL), in one run:
    ratio is what crossing hosts over NATS costs;
 2. publishes/s and deliveries/s of the event fabric on JetStream R3 (A) vs the embedded log (a
    skiffd on host C with no NATS): HTTP publishes from PUBLISHERS threads on keep-alive
-   connections, then the time until a function mapped to the topic has replied to every event.
+   connections, then the time until a function mapped to the topic has replied to every event;
+3. (scale) 300 instances placed and running across 3 cells, against one `--role all` skiffd;
+4. (loss) a cell lost, by its link and by kill -9, to its instances serving elsewhere
+   (3 and 4: cells.py, on a cluster of their own).
 
-    make build && /usr/bin/python3 bench/scaleout/bench.py          # as root
+    make build && /usr/bin/python3 bench/scaleout/bench.py          # as root, all four rows
+    ... bench.py --only scale,loss                                   # some rows (or --rows)
     ROUTES=20 EVENTS=2000 PUBLISHERS=8 SKIFF_BIN_DIR=/tmp/b/rel ...  # the defaults shown
+    SCALE=300 LOSS_N=20 MEMORY_MB=16 SCALE_ORDER=cells,one ...      # cells.py's, the same
     STORE=sqlite ...   # host A on its embedded store instead of PostgreSQL (NATS all the same)
     GAP_MS=0 ...       # map the routes back to back (default: 10 ms after the last was served)
 """

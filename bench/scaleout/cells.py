@@ -213,14 +213,26 @@ class CellsWorld:
                 print("closing:", ex)
 
 
+def mem_available_mb():
+    """The machine's MemAvailable: what the instances took shows as its drop (other work on
+    the machine moves it too)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
 def scale_on(p, router_addr, files, label):
     """One instance of "many" on p, then the scale to SCALE timed (wait_scaled), then back to 0."""
     deploy(p, "many", files, 1)
     wait_for(lambda: get_index(router_addr, "many.localhost") == 0, 120,
              "many's first instance (%s)" % label)
     print("load average before the scale on %s: %.2f %.2f %.2f" % ((label,) + os.getloadavg()))
+    avail = mem_available_mb()
     scale(p, "many", SCALE)
     figures = wait_scaled(p, "many", SCALE, router_addr, 600)
+    figures += (avail - mem_available_mb(),)
     scale(p, "many", 0)
     wait_for(lambda: not running(p, "many"), 300, "many back to 0 (%s)" % label, interval=0.5)
     return figures
@@ -242,20 +254,20 @@ def scale_row(cluster, world, files):
             got[which] = scale_on(peer, peer.router_url[7:], files, "one skiffd")
         finally:
             peer.close()
-    run_c, serve_c, per_cell, sent_c, failed_c, api_c = got["cells"]
-    run_p, serve_p, _, sent_p, failed_p, api_p = got["one"]
+    run_c, serve_c, per_cell, sent_c, failed_c, api_c, mem_c = got["cells"]
+    run_p, serve_p, _, sent_p, failed_p, api_p, mem_p = got["one"]
     names = world.names()
     print("%d instances (%d MB each), from the scale request (run %s):" % (
         SCALE, MEMORY_MB, " then ".join(SCALE_ORDER)))
     print("  3 cells: all RUNNING %.1f s; every index answering through R's router %.1f s "
-          "(%d requests meanwhile, failed: %s); the slowest GET of the app %.2f s" % (
-              run_c, serve_c, sent_c, failed_c, api_c))
+          "(%d requests meanwhile, failed: %s); the slowest GET of the app %.2f s; the machine's"
+          " available memory %d MB lower" % (run_c, serve_c, sent_c, failed_c, api_c, mem_c))
     for cell, (k, at) in sorted(per_cell.items(), key=lambda kv: names.get(kv[0], kv[0])):
         print("    cell %s: %d instances, its last RUNNING at %.1f s" % (
             names.get(cell, cell[:8]), k, at))
     print("  one skiffd (--role all): all RUNNING %.1f s; every index answering through its"
-          " router %.1f s (%d requests, failed: %s); the slowest GET of the app %.2f s" % (
-              run_p, serve_p, sent_p, failed_p, api_p))
+          " router %.1f s (%d requests, failed: %s); the slowest GET of the app %.2f s; %d MB" % (
+              run_p, serve_p, sent_p, failed_p, api_p, mem_p))
     print("  ratio 3 cells / one skiffd: RUNNING %.2fx, serving %.2fx" % (
         run_c / run_p, serve_c / serve_p))
 
