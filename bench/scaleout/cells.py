@@ -213,14 +213,12 @@ class CellsWorld:
                 print("closing:", ex)
 
 
-def mem_available_mb():
-    """The machine's MemAvailable: what the instances took shows as its drop (other work on
-    the machine moves it too)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    return 0
+def memory_used_mb(p):
+    """The instances' memory as the cells (or one skiffd) last reported it, their cgroups'
+    count, summed, in MB."""
+    status, body = p.api("GET", "/v1/cells")
+    assert status == 200, body
+    return sum(x.get("memory_used_bytes", 0) for x in body.get("cells", [])) // (1 << 20)
 
 
 def scale_on(p, router_addr, files, label):
@@ -229,10 +227,10 @@ def scale_on(p, router_addr, files, label):
     wait_for(lambda: get_index(router_addr, "many.localhost") == 0, 120,
              "many's first instance (%s)" % label)
     print("load average before the scale on %s: %.2f %.2f %.2f" % ((label,) + os.getloadavg()))
-    avail = mem_available_mb()
     scale(p, "many", SCALE)
     figures = wait_scaled(p, "many", SCALE, router_addr, 600)
-    figures += (avail - mem_available_mb(),)
+    time.sleep(6)  # a heartbeat of each after the last start (a skiffd's every 5 s)
+    figures += (memory_used_mb(p),)
     scale(p, "many", 0)
     wait_for(lambda: not running(p, "many"), 300, "many back to 0 (%s)" % label, interval=0.5)
     return figures
@@ -260,8 +258,8 @@ def scale_row(cluster, world, files):
     print("%d instances (%d MB each), from the scale request (run %s):" % (
         SCALE, MEMORY_MB, " then ".join(SCALE_ORDER)))
     print("  3 cells: all RUNNING %.1f s; every index answering through R's router %.1f s "
-          "(%d requests meanwhile, failed: %s); the slowest GET of the app %.2f s; the machine's"
-          " available memory %d MB lower" % (run_c, serve_c, sent_c, failed_c, api_c, mem_c))
+          "(%d requests meanwhile, failed: %s); the slowest GET of the app %.2f s; the"
+          " instances' memory %d MB" % (run_c, serve_c, sent_c, failed_c, api_c, mem_c))
     for cell, (k, at) in sorted(per_cell.items(), key=lambda kv: names.get(kv[0], kv[0])):
         print("    cell %s: %d instances, its last RUNNING at %.1f s" % (
             names.get(cell, cell[:8]), k, at))
