@@ -1,5 +1,5 @@
 """Scale-out on the namespace cluster of tests/e2e/multihost.py (hosts as network namespaces,
-a 3-node JetStream cluster, PostgreSQL), in one run:
+a 3-node JetStream cluster, PostgreSQL), in one run (rows: routes, fabric, scale, loss):
 
 1. route convergence across hosts: POST /v1/routes on host A's API until the router on host B
    serves the new host name (A runs skiffd on PostgreSQL + NATS, B runs skiffd --role router);
@@ -7,13 +7,19 @@ a 3-node JetStream cluster, PostgreSQL), in one run:
    ratio is what crossing hosts over NATS costs;
 2. publishes/s and deliveries/s of the event fabric on JetStream R3 (A) vs the embedded log (a
    skiffd on host C with no NATS): HTTP publishes from PUBLISHERS threads on keep-alive
-   connections, then the time until a function mapped to the topic has replied to every event.
+   connections, then the time until a function mapped to the topic has replied to every event;
+3. (scale) 300 instances placed and running across 3 cells, against one `--role all` skiffd;
+4. (loss) a cell lost, by its link and by kill -9, to its instances serving elsewhere
+   (3 and 4: cells.py, on a cluster of their own).
 
-    make build && /usr/bin/python3 bench/scaleout/bench.py          # as root
+    make build && /usr/bin/python3 bench/scaleout/bench.py          # as root, all four rows
+    ... bench.py --only scale,loss                                   # some rows (or --rows)
     ROUTES=20 EVENTS=2000 PUBLISHERS=8 SKIFF_BIN_DIR=/tmp/b/rel ...  # the defaults shown
+    SCALE=300 LOSS_N=20 MEMORY_MB=16 SCALE_ORDER=cells,one ...      # cells.py's, the same
     STORE=sqlite ...   # host A on its embedded store instead of PostgreSQL (NATS all the same)
     GAP_MS=0 ...       # map the routes back to back (default: 10 ms after the last was served)
 """
+import argparse
 import http.client
 import json
 import os
@@ -28,8 +34,10 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 os.environ.setdefault("SKIFF_BIN_DIR", os.path.join(ROOT, "build", "rel"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
-from conftest import Platform, wait_for  # noqa: E402
-from multihost import Cluster, HostPlatform, HostRouter  # noqa: E402
+from conftest import wait_for  # noqa: E402
+from multihost import HOSTS_MS, Cluster, HostPlatform, HostRouter  # noqa: E402
+
+import cells  # noqa: E402
 
 ROUTES = int(os.environ.get("ROUTES", "20"))
 EVENTS = int(os.environ.get("EVENTS", "2000"))
@@ -39,7 +47,6 @@ STORE = os.environ.get("STORE", "postgres")
 # sends at once. At 0 (back to back) each change follows a table by less than the bus's 5 ms
 # pace (BUS_COALESCE_MS) and waits out the rest of it.
 GAP_MS = float(os.environ.get("GAP_MS", "10"))
-HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
 # The app the routes lead to. Nagle's algorithm is off (TCP_NODELAY): Python's http.server
 # writes a response's headers and its body apart, and on a kept connection (the router's
 # pooled one) the body then waits for the router's delayed ACK, 40 ms on Linux. That is the
@@ -196,11 +203,21 @@ def fabric(p, tmp, label):
     return n / took, n / delivered
 
 
-def main():
-    if os.getuid() != 0:
-        sys.exit("bench/scaleout needs root (network namespaces)")
-    print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
-    tmp = tempfile.mkdtemp(prefix="skiff-scaleout-")
+ROWS = ("routes", "fabric", "scale", "loss")
+
+
+def parse_rows(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", "--rows", dest="rows", default=",".join(ROWS),
+                    help="comma-separated rows to run, of: %s (default: all)" % ", ".join(ROWS))
+    rows = [r for r in ap.parse_args(argv).rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error("no row %s: the rows are %s" % (", ".join(unknown), ", ".join(ROWS)))
+    return rows
+
+
+def routes_and_fabric(rows, tmp):
     c = Cluster(("a", "b", "c")).up()
     started = []
     try:
@@ -211,45 +228,14 @@ def main():
                          extra_env=HOSTS_MS).start()
         print("host A's store: %s" % STORE)
         started.append(a)
-        b = HostRouter(B, c.nats_urls, extra_env=HOSTS_MS).start()
-        started.append(b)
-        e = HostPlatform(C, extra_args=["--prewarm", "0"]).start()  # embedded store and log
-        started.append(e)
-
-        push(a, "conv", tmp)
-        wait_for(lambda: get(b.router_url[7:], "conv.localhost") == 200, 60, "conv through B")
-        remote, api_r, known_r = convergence(a, b.router_url[7:], "r")
-        local, api_l, known_l = convergence(a, a.router_url[7:], "l")
-        api = api_r + api_l
-        req_b = served(b.router_url[7:], "conv.localhost")
-        req_a = served(a.router_url[7:], "conv.localhost")
-        print("route convergence, map-route on A to a 200 (%d routes, each %g ms after the last"
-              " was served):" % (ROUTES, GAP_MS))
-        print("  the API call alone:         p50 %6.1f ms  p99 %6.1f ms" %
-              (statistics.median(api), pct(api, 99)))
-        print("  a request on a route served already (router and app), B: p50 %.1f ms  p99 %.1f"
-              " ms; A: %.1f / %.1f ms" % (statistics.median(req_b), pct(req_b, 99),
-                                           statistics.median(req_a), pct(req_a, 99)))
-        print("  to B's first answer that is not 404 unknown-route: p50 %.1f ms  p99 %.1f ms;"
-              " A's: %.1f / %.1f ms" % (statistics.median(known_r), pct(known_r, 99),
-                                        statistics.median(known_l), pct(known_l, 99)))
-        print("  router on B (NATS):        p50 %6.1f ms  p99 %6.1f ms" %
-              (statistics.median(remote), pct(remote, 99)))
-        print("  router on A (local socket): p50 %6.1f ms  p99 %6.1f ms" %
-              (statistics.median(local), pct(local, 99)))
-        print("  ratio B/A: p50 %.2fx  p99 %.2fx; target p99 <= 100 ms: %s" %
-              (statistics.median(remote) / statistics.median(local),
-               pct(remote, 99) / pct(local, 99), "met" if pct(remote, 99) <= 100 else "MISSED"))
-
-        js_pub, js_del = fabric(a, tmp, "jetstream")
-        em_pub, em_del = fabric(e, tmp, "embedded")
-        print("event fabric, %d events from %d publishers (HTTP keep-alive), one function:" %
-              (EVENTS, PUBLISHERS))
-        print("  JetStream R3:  %8.0f publishes/s  %8.0f deliveries/s" % (js_pub, js_del))
-        print("  embedded log:  %8.0f publishes/s  %8.0f deliveries/s" % (em_pub, em_del))
-        print("  ratio JetStream/embedded: publishes %.2fx  deliveries %.2fx" %
-              (js_pub / em_pub, js_del / em_del))
-        print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
+        if "routes" in rows:
+            b = HostRouter(B, c.nats_urls, extra_env=HOSTS_MS).start()
+            started.append(b)
+            route_convergence(a, b, tmp)
+        if "fabric" in rows:
+            e = HostPlatform(C, extra_args=["--prewarm", "0"]).start()  # embedded store and log
+            started.append(e)
+            fabric_rates(a, e, tmp)
     finally:
         for s in reversed(started):
             try:
@@ -257,6 +243,73 @@ def main():
             except Exception as ex:
                 print("closing:", ex)
         c.down()
+
+
+def route_convergence(a, b, tmp):
+    push(a, "conv", tmp)
+    wait_for(lambda: get(b.router_url[7:], "conv.localhost") == 200, 60, "conv through B")
+    remote, api_r, known_r = convergence(a, b.router_url[7:], "r")
+    local, api_l, known_l = convergence(a, a.router_url[7:], "l")
+    api = api_r + api_l
+    req_b = served(b.router_url[7:], "conv.localhost")
+    req_a = served(a.router_url[7:], "conv.localhost")
+    print("route convergence, map-route on A to a 200 (%d routes, each %g ms after the last"
+          " was served):" % (ROUTES, GAP_MS))
+    print("  the API call alone:         p50 %6.1f ms  p99 %6.1f ms" %
+          (statistics.median(api), pct(api, 99)))
+    print("  a request on a route served already (router and app), B: p50 %.1f ms  p99 %.1f"
+          " ms; A: %.1f / %.1f ms" % (statistics.median(req_b), pct(req_b, 99),
+                                       statistics.median(req_a), pct(req_a, 99)))
+    print("  to B's first answer that is not 404 unknown-route: p50 %.1f ms  p99 %.1f ms;"
+          " A's: %.1f / %.1f ms" % (statistics.median(known_r), pct(known_r, 99),
+                                    statistics.median(known_l), pct(known_l, 99)))
+    print("  router on B (NATS):        p50 %6.1f ms  p99 %6.1f ms" %
+          (statistics.median(remote), pct(remote, 99)))
+    print("  router on A (local socket): p50 %6.1f ms  p99 %6.1f ms" %
+          (statistics.median(local), pct(local, 99)))
+    print("  ratio B/A: p50 %.2fx  p99 %.2fx; target p99 <= 100 ms: %s" %
+          (statistics.median(remote) / statistics.median(local),
+           pct(remote, 99) / pct(local, 99), "met" if pct(remote, 99) <= 100 else "MISSED"))
+
+
+def fabric_rates(a, e, tmp):
+    js_pub, js_del = fabric(a, tmp, "jetstream")
+    em_pub, em_del = fabric(e, tmp, "embedded")
+    print("event fabric, %d events from %d publishers (HTTP keep-alive), one function:" %
+          (EVENTS, PUBLISHERS))
+    print("  JetStream R3:  %8.0f publishes/s  %8.0f deliveries/s" % (js_pub, js_del))
+    print("  embedded log:  %8.0f publishes/s  %8.0f deliveries/s" % (em_pub, em_del))
+    print("  ratio JetStream/embedded: publishes %.2fx  deliveries %.2fx" %
+          (js_pub / em_pub, js_del / em_del))
+
+
+def cell_rows(rows, tmp):
+    c = Cluster(cells.HOSTS).up()
+    world = None
+    try:
+        files = cells.build_instance(tmp)
+        world = cells.CellsWorld(c)
+        if "scale" in rows:
+            cells.scale_row(c, world, files)
+        if "loss" in rows:
+            cells.loss_row(world, files)
+    finally:
+        if world:
+            world.close()
+        c.down()
+
+
+def main():
+    rows = parse_rows(sys.argv[1:])
+    if os.getuid() != 0:
+        sys.exit("bench/scaleout needs root (network namespaces)")
+    print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
+    tmp = tempfile.mkdtemp(prefix="skiff-scaleout-")
+    if "routes" in rows or "fabric" in rows:
+        routes_and_fabric(rows, tmp)
+    if "scale" in rows or "loss" in rows:
+        cell_rows(rows, tmp)
+    print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

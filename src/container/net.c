@@ -883,6 +883,11 @@ void net_pool_format(const struct net_pool *pool, char out[NET_POOL_STRLEN])
     snprintf(out, NET_POOL_STRLEN, "%s/%d", ip, pool->prefix);
 }
 
+static bool net__same_pool(const struct net_pool *a, const struct net_pool *b)
+{
+    return a->prefix == b->prefix && a->base.s_addr == b->base.s_addr;
+}
+
 static void net__peer_route_msg(struct net__batch *b, uint16_t type, uint16_t flags,
                                 const struct net_pool *pool, const struct in_addr *via)
 {
@@ -899,8 +904,8 @@ static void net__peer_route_msg(struct net__batch *b, uint16_t type, uint16_t fl
 }
 
 /* The routes of the main table that an earlier net_peer_routes_set made (their protocol is
- * NET_RTPROT_PEER), in *out (the caller frees). */
-static int net__peer_routes_dump(int fd, struct net_pool **out, size_t *n)
+ * NET_RTPROT_PEER), with their gateway, in *out (the caller frees). */
+static int net__peer_routes_dump(int fd, struct net_peer_route **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
@@ -936,16 +941,19 @@ static int net__peer_routes_dump(int fd, struct net_pool **out, size_t *n)
             if (h->nlmsg_type != RTM_NEWROUTE || rt->rtm_protocol != NET_RTPROT_PEER ||
                 rt->rtm_table != RT_TABLE_MAIN)
                 continue;
-            struct net_pool pool = {.prefix = rt->rtm_dst_len};
+            struct net_peer_route route = {.pool.prefix = rt->rtm_dst_len};
             int alen = (int)RTM_PAYLOAD(h);
-            for (struct rtattr *a = RTM_RTA(rt); RTA_OK(a, alen); a = RTA_NEXT(a, alen))
-                if (a->rta_type == RTA_DST && RTA_PAYLOAD(a) == sizeof(pool.base))
-                    memcpy(&pool.base, RTA_DATA(a), sizeof(pool.base));
+            for (struct rtattr *a = RTM_RTA(rt); RTA_OK(a, alen); a = RTA_NEXT(a, alen)) {
+                if (a->rta_type == RTA_DST && RTA_PAYLOAD(a) == sizeof(route.pool.base))
+                    memcpy(&route.pool.base, RTA_DATA(a), sizeof(route.pool.base));
+                else if (a->rta_type == RTA_GATEWAY && RTA_PAYLOAD(a) == sizeof(route.via))
+                    memcpy(&route.via, RTA_DATA(a), sizeof(route.via));
+            }
             if (*n == cap) {
                 cap = cap ? cap * 2 : 8;
                 *out = xrealloc(*out, cap * sizeof(**out));
             }
-            (*out)[(*n)++] = pool;
+            (*out)[(*n)++] = route;
         }
     }
 }
@@ -957,9 +965,9 @@ int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err
         net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
         return fd;
     }
-    struct net_pool *had = NULL;
+    struct net_peer_route *had = NULL;
     size_t n_had = 0;
-    int rc = net__peer_routes_dump(fd, &had, &n_had);
+    int rc = net__peer_routes_dump(fd, &had, &n_had), changed = 0;
     if (rc < 0)
         net__err(err, errlen, "cannot list the routes to other hosts' pools: %s", strerror(-rc));
     struct net__batch b = {.first_seq = 2};
@@ -967,24 +975,34 @@ int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err
     for (size_t i = 0; rc == 0 && i < n_had; i++) {
         bool wanted = false;
         for (size_t k = 0; k < n && !wanted; k++)
-            wanted = routes[k].pool.prefix == had[i].prefix &&
-                     routes[k].pool.base.s_addr == had[i].base.s_addr;
+            wanted = net__same_pool(&routes[k].pool, &had[i].pool);
         if (wanted)
             continue;
-        net__peer_route_msg(&b, RTM_DELROUTE, 0, &had[i], NULL);
+        net__peer_route_msg(&b, RTM_DELROUTE, 0, &had[i].pool, NULL);
         int r = net__send(fd, &b, NULL, why, sizeof(why));
+        changed += r == 0;
         if (r < 0 && r != -ESRCH) {
-            net_pool_format(&had[i], cidr);
+            net_pool_format(&had[i].pool, cidr);
             net__err(err, errlen, "cannot remove the route to %s: %s%s%s", cidr, strerror(-r),
                      why[0] ? ": " : "", why);
             rc = r;
         }
     }
-    /* every call sets every route again: a link that went down took its routes with it */
+    /* every route missing from the table is set again (a link that went down took its routes
+     * with it); one already there as wanted is left alone: a write waits for the kernel's
+     * routing lock (RTNL), which every container's start takes too, and this runs on the
+     * caller's event loop at each of its announce intervals */
     for (size_t i = 0; i < n; i++) {
+        bool there = false;
+        for (size_t k = 0; k < n_had && rc == 0 && !there; k++)
+            there = net__same_pool(&routes[i].pool, &had[k].pool) &&
+                    routes[i].via.s_addr == had[k].via.s_addr;
+        if (there)
+            continue;
         net__peer_route_msg(&b, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &routes[i].pool,
                             &routes[i].via);
         int r = net__send(fd, &b, NULL, why, sizeof(why));
+        changed += r == 0;
         if (r < 0 && rc == 0) {
             char via[INET_ADDRSTRLEN];
             net_pool_format(&routes[i].pool, cidr);
@@ -996,7 +1014,7 @@ int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err
     }
     free(had);
     close(fd);
-    return rc;
+    return rc < 0 ? rc : changed;
 }
 
 int net_firewall_peer_sources(const struct in_addr *sources, size_t n, char *err, size_t errlen)

@@ -84,11 +84,12 @@ struct net_peer_route {
     struct net_pool pool; /* another host's instances */
     struct in_addr via;   /* that host's address on the network between hosts */
 };
-/* Makes the main routing table hold exactly these routes to other hosts' pools: each one is
- * set again (replaced; a link that went down and up lost it), and a route an earlier call made
- * that is not in the list is removed. Idempotent: call it with the whole list whenever it may
- * have changed, and now and then. One caller per network namespace (host). 0, or the first
- * failure (the others are still tried). */
+/* Makes the main routing table hold exactly these routes to other hosts' pools: each one that
+ * is missing or goes via another address is set (a link that went down and up lost it), one
+ * already there is not written again, and a route an earlier call made that is not in the list
+ * is removed. Idempotent: call it with the whole list whenever it may have changed, and now and
+ * then. One caller per network namespace (host). The number of routes set or removed, or the
+ * first failure (the others are still tried). */
 int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err, size_t errlen);
 /* Sets the addresses that may open TCP connections to this host's instances through it (the
  * firewall's peer_sources set, replaced whole in one transaction); turns IPv4 forwarding on

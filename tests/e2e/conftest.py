@@ -71,6 +71,25 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", "web.
     WEB_APP = _f.read()
 
 
+def kill_all(proc, home):
+    """kill -9 of a skiffd (proc, started in a session of its own) and of what it started in
+    that session or under the shims whose pids it keeps in home/run (instances, routers)."""
+    if proc:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run = os.path.join(home, "run")
+    if os.path.isdir(run):
+        for name in os.listdir(run):
+            if name.endswith(".pid"):
+                try:
+                    pid = read_pid_file(os.path.join(run, name))
+                    os.killpg(pid, signal.SIGKILL)
+                except (ValueError, OSError, IndexError):
+                    pass
+
+
 class Platform:
     def __init__(self, home=None, extra_env=None, extra_args=()):
         self.home = home or tempfile.mkdtemp(prefix="skiff-e2e-")
@@ -174,21 +193,7 @@ class Platform:
 
     def kill_all(self):
         """Last-resort cleanup: whatever skiffd started in its session (router, instances)."""
-        if self.proc:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        # instances and routers may run in sessions of their own; they record pids here
-        run = os.path.join(self.home, "run")
-        if os.path.isdir(run):
-            for name in os.listdir(run):
-                if name.endswith(".pid"):
-                    try:
-                        pid = read_pid_file(os.path.join(run, name))
-                        os.killpg(pid, signal.SIGKILL)
-                    except (ValueError, OSError, IndexError):
-                        pass
+        kill_all(self.proc, self.home)
 
     def close(self):
         """Stops skiffd, kills whatever it left running and removes its home."""

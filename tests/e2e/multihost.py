@@ -27,12 +27,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 
-from conftest import BIN_DIR, Platform, free_port, wait_for
+from conftest import BIN_DIR, Platform, free_port, kill_all, wait_for
 
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 NS_PREFIX = "skmh-"
 LINK_PREFIX = "skm"
+# hosts announce and forget each other quickly, so that a test or a bench waits little for them
+HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
 
 
 def _ip(*args, ns=None, check=True):
@@ -114,6 +117,12 @@ class Host:
     def cmd(self, *args):
         """argv that runs args in this host's namespace."""
         return ["ip", "netns", "exec", self.ns, *args]
+
+    def enter(self, *args):
+        """argv that runs args in this host's network namespace only: `ip netns exec` would
+        also mount a sysfs of its own, without the cgroup file systems under it, which a host
+        that runs containers needs."""
+        return ["nsenter", "--net=/run/netns/" + self.ns, *args]
 
     def run(self, *args, check=True, timeout=60):
         r = subprocess.run(self.cmd(*args), capture_output=True, text=True, timeout=timeout)
@@ -289,11 +298,13 @@ class Cluster:
 
 
 class HostPlatform(Platform):
-    """skiffd (all roles) in a host's namespace, its API and router on the host's address."""
+    """skiffd (all roles) in a host's namespace, its API and router on the host's address.
+    containers=True: entered with Host.enter, so that it can run its instances in containers."""
 
-    def __init__(self, host, extra_args=(), extra_env=None):
+    def __init__(self, host, extra_args=(), extra_env=None, containers=False):
         super().__init__(extra_args=extra_args, extra_env=extra_env)
         self.host = host
+        self.containers = containers
         a = host.addr
         self.api_url = "http://%s:%d" % (a, self.api_port)
         self.router_url = "http://%s:%d" % (a, self.router_port)
@@ -307,8 +318,9 @@ class HostPlatform(Platform):
 
     def start(self, timeout=60):
         out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.host.cmd(os.path.join(BIN_DIR, "skiffd"),
-                                                   *self.extra_args),
+        argv = [os.path.join(BIN_DIR, "skiffd"), *self.extra_args]
+        self.proc = subprocess.Popen(self.host.enter(*argv) if self.containers else
+                                     self.host.cmd(*argv),
                                      env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         out.close()
@@ -397,9 +409,105 @@ class HostRouter(HostProcess):
             return 0, repr(e)
 
 
-
 def until(cond, timeout, what):
     """wait_for with a monotonic start returned: (value, seconds it took)."""
     t0 = time.monotonic()
     v = wait_for(cond, timeout, what)
     return v, time.monotonic() - t0
+
+
+def start_controller(cluster, host, pool, database, extra_env=None):
+    """`skiffd --role controller` on host, on PostgreSQL database and the cluster's JetStream
+    R3, once it has written the cells' token (HostCell.join copies it)."""
+    ctl = HostPlatform(host, extra_args=[
+        "--role", "controller", "--store", cluster.create_database(database), "--nats",
+        cluster.nats_urls, "--nats-replicas", "3", "--host-addr", host.addr, "--network-pool",
+        pool, "--prewarm", "0", "--zone", "zone-" + host.name],
+        extra_env={**HOSTS_MS, "SKIFF_CELL_HEARTBEAT_MS": "500", **(extra_env or {})})
+    try:
+        ctl.start()
+    except BaseException:
+        ctl.close()
+        raise
+    token_path = os.path.join(ctl.home, "cell-token")
+    wait_for(lambda: os.path.exists(token_path), 10, "the controller's cell-token")
+    return ctl
+
+
+class HostCell(HostProcess):
+    """`skiffd --role cell --host-addr` in a host's namespace, with a home of its own."""
+
+    LOG = "cell.out"
+    STOP_WAIT = 30
+    OUTPUT_TAIL = 40000
+
+    def __init__(self, host, nats_urls, pool, memory="2G", prewarm=1, extra_env=None):
+        self.host, self.nats_urls, self.pool = host, nats_urls, pool
+        self.memory, self.prewarm = memory, prewarm
+        self.extra_env = dict(extra_env or {})
+        self.home = tempfile.mkdtemp(prefix="skiff-mhcell-")
+        self.id = uuid.uuid4().hex
+        with open(os.path.join(self.home, "cell-id"), "w") as f:
+            f.write(self.id + "\n")
+        self.proc = None
+
+    def join(self, ctl):
+        """Copies the cells' token the controller made, as the operator does."""
+        dest = os.path.join(self.home, "cell-token")
+        shutil.copy(os.path.join(ctl.home, "cell-token"), dest)
+        os.chmod(dest, 0o600)
+        return self
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+        env.update(HOME=self.home, SKIFF_NATS=self.nats_urls, SKIFF_CELL_HEARTBEAT_MS="300",
+                   SKIFF_GRACE_MS="2000", **HOSTS_MS)
+        env.update(self.extra_env)
+        log = open(os.path.join(self.home, "cell.out"), "ab")
+        self.proc = subprocess.Popen(self.host.enter(
+            os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
+            "--host-addr", self.host.addr, "--network-pool", self.pool, "--prewarm",
+            str(self.prewarm), "--zone", "zone-" + self.host.name, "--memory", self.memory),
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def kill9(self):
+        """The host's crash, as far as the cell goes: kill -9 of the agent, its shims and its
+        instances."""
+        kill_all(self.proc, self.home)
+        self.proc.wait()
+
+
+def cells_up(ctl):
+    """The ids of the cells the controller lists up."""
+    return {x["id"] for x in cells_listed(ctl) if x["state"] == "up"}
+
+
+def cells_listed(ctl):
+    """The cells (`--role cell`) the controller lists, whatever their state."""
+    status, body = ctl.api("GET", "/v1/cells")
+    return [x for x in body.get("cells", []) if x.get("role") == "cell"] if status == 200 else []
+
+
+def running(ctl, name):
+    """The app's instances the controller shows RUNNING."""
+    status, app = ctl.api("GET", "/v1/apps/%s" % name)
+    assert status == 200, app
+    return [i for i in app.get("instances_detail", []) if i.get("guid") and
+            i["state"] == "RUNNING"]
+
+
+def backends(router, host):
+    """The addresses the router sends host's requests to (its admin port's /routes)."""
+    path = os.path.join(router.home, "api.json")  # the admin token the router checks against
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump({"token": uuid.uuid4().hex}, f)
+    with open(path) as f:
+        token = json.load(f)["token"]
+    req = urllib.request.Request(router.admin_url + "/routes",
+                                 headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        table = json.load(r)
+    return [a for x in table["routes"] if x["host"] == host for a in x["backends"]]

@@ -8,12 +8,9 @@ cell's pool via that cell's address, learnt from the cells' announcements). B's 
 B is lost, its instance comes back on C within 30 s, and the requests sent through D meanwhile
 are counted; B's link comes back: its duplicate is stopped."""
 import hashlib
-import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -21,8 +18,9 @@ import uuid
 
 import pytest
 
-from conftest import BIN_DIR, deploy_bits, wait_for
-from multihost import Cluster, HostPlatform, HostProcess, HostRouter
+from conftest import deploy_bits, wait_for
+from multihost import (HOSTS_MS, Cluster, HostCell, HostRouter, backends, cells_up, running,
+                       start_controller)
 from test_multihost import nats_publish
 
 pytestmark = [
@@ -30,42 +28,8 @@ pytestmark = [
     pytest.mark.skipif(os.getuid() != 0, reason="network namespaces need root"),
 ]
 
-HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
 POOLS = {"a": "10.244.0.0/18", "b": "10.244.64.0/18", "c": "10.244.128.0/18"}
 LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default
-
-
-class HostCell(HostProcess):
-    """`skiffd --role cell --host-addr` in a host's namespace, with a home of its own."""
-
-    LOG = "cell.out"
-    STOP_WAIT = 30
-    OUTPUT_TAIL = 40000
-
-    def __init__(self, host, nats_urls, pool):
-        self.host, self.nats_urls, self.pool = host, nats_urls, pool
-        self.home = tempfile.mkdtemp(prefix="skiff-mhcell-")
-        self.id = uuid.uuid4().hex
-        with open(os.path.join(self.home, "cell-id"), "w") as f:
-            f.write(self.id + "\n")
-        self.proc = None
-
-    def start(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
-        env.update(HOME=self.home, SKIFF_NATS=self.nats_urls, SKIFF_CELL_HEARTBEAT_MS="300",
-                   SKIFF_GRACE_MS="2000", **HOSTS_MS)
-        log = open(os.path.join(self.home, "cell.out"), "ab")
-        # only the network namespace is the host's: `ip netns exec` would also mount a sysfs of
-        # its own, without the cgroup file systems under it, which a host has
-        self.proc = subprocess.Popen([
-            "nsenter", "--net=/run/netns/" + self.host.ns,
-            os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
-            "--host-addr", self.host.addr, "--network-pool", self.pool, "--prewarm", "1",
-            "--zone", "zone-" + self.host.name, "--memory", "2G"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        return self
-
 
 
 @pytest.fixture
@@ -74,24 +38,13 @@ def world():
     c.up()
     started = []
     try:
-        url = c.create_database("skiff_cells_%d" % os.getpid())
-        A = c.host("a")
-        ctl = HostPlatform(A, extra_args=[
-            "--role", "controller", "--store", url, "--nats", c.nats_urls, "--nats-replicas",
-            "3", "--host-addr", A.addr, "--network-pool", POOLS["a"], "--prewarm", "0",
-            "--zone", "zone-a"], extra_env=dict(HOSTS_MS, SKIFF_CELL_HEARTBEAT_MS="500"))
+        ctl = start_controller(c, c.host("a"), POOLS["a"], "skiff_cells_%d" % os.getpid())
         started.append(ctl)
-        ctl.start()
-        # the operator gives each cell the cells' token the first controller made
-        token_path = os.path.join(ctl.home, "cell-token")
-        wait_for(lambda: os.path.exists(token_path), 10, "the controller's cell-token")
         cells = {}
         for name in ("b", "c"):
             cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
             started.append(cells[name])
-            shutil.copy(token_path, os.path.join(cells[name].home, "cell-token"))
-            os.chmod(os.path.join(cells[name].home, "cell-token"), 0o600)
-            cells[name].start()
+            cells[name].join(ctl).start()
         router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
         started.append(router)
         router.start()
@@ -126,34 +79,6 @@ class S(ThreadingHTTPServer):
         self.server_name, self.server_port = "instance", self.server_address[1]
 S(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 """
-
-
-def cells_up(ctl):
-    status, body = ctl.api("GET", "/v1/cells")
-    return {x["id"] for x in body.get("cells", []) if x.get("role") == "cell"
-            and x["state"] == "up"} if status == 200 else set()
-
-
-def running(ctl, name):
-    status, app = ctl.api("GET", "/v1/apps/%s" % name)
-    assert status == 200, app
-    return [i for i in app.get("instances_detail", []) if i.get("guid") and
-            i["state"] == "RUNNING"]
-
-
-def backends(router, host):
-    """The addresses the router sends host's requests to (its admin port's /routes)."""
-    path = os.path.join(router.home, "api.json")  # the admin token the router checks against
-    if not os.path.exists(path):
-        with open(path, "w") as f:
-            json.dump({"token": uuid.uuid4().hex}, f)
-    with open(path) as f:
-        token = json.load(f)["token"]
-    req = urllib.request.Request(router.admin_url + "/routes",
-                                 headers={"Authorization": "Bearer " + token})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        table = json.load(r)
-    return [a for x in table["routes"] if x["host"] == host for a in x["backends"]]
 
 
 def in_pool(addr, pool):

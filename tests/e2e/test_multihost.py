@@ -19,7 +19,7 @@ import urllib.parse
 import pytest
 
 from conftest import BIN_DIR, WEB_APP, free_port, out, wait_for
-from multihost import NS_PREFIX, Cluster, HostPlatform, HostRouter, cleanup_leftovers
+from multihost import HOSTS_MS, NS_PREFIX, Cluster, HostPlatform, HostRouter, cleanup_leftovers
 from test_fabric_crash import read_all
 from test_isolation import HOSTILE
 
@@ -28,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(os.getuid() != 0, reason="network namespaces need root"),
 ]
 
-HOSTS_MS = {"SKIFF_HOSTS_ANNOUNCE_MS": "500", "SKIFF_HOSTS_TTL_MS": "3000"}
 
 
 @pytest.fixture(scope="module")
