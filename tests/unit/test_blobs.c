@@ -544,6 +544,35 @@ static void test_cache_gc_removes_only_what_nothing_names_or_runs(void **state)
         free(s[i]);
 }
 
+static void test_a_package_fetched_here_has_one_place_the_cache_sweeps(void **state)
+{
+    struct env *e = *state;
+    char digest[] = "sha256:"
+                    "abababababababababababababababababababababababababababababababab";
+    char *path = NULL;
+    assert_int_equal(blob_package_local(e->bs, digest, "oci", &path), 0);
+    char *want = xasprintf("%s/blobs/packages/%s.oci", e->home, digest + 7);
+    assert_string_equal(path, want);
+    free(path);
+    assert_int_equal(blob_package_local(e->bs, digest, NULL, &path), 0);
+    want[strlen(want) - strlen(".oci")] = '\0';
+    assert_string_equal(path, want);
+    /* the folder is made, and what is put there is what the cache's collection looks at */
+    assert_int_equal(file_write_atomic(path, "p", 1, 0600), 0);
+    size_t deleted = 0;
+    assert_int_equal(blob_cache_gc(e->bs, NULL, 0, NULL, 0, 0, &deleted, NULL), 0);
+    assert_int_equal(deleted, 1);
+    assert_false(exists(path));
+    free(path);
+    free(want);
+
+    /* a digest that would lead out of the folder is refused, and nothing is given */
+    path = NULL;
+    assert_int_equal(blob_package_local(e->bs, "sha256:../../../etc/passwd", NULL, &path), -EINVAL);
+    assert_int_equal(blob_package_local(e->bs, "sha256:", "oci", &path), -EINVAL);
+    assert_null(path);
+}
+
 /* ---- blob_fetch against a server of the test's ---------------------------------------------- */
 
 struct server {
@@ -763,6 +792,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_hostile_droplet_tar_is_refused_leaving_nothing,
                                         env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_cache_gc_removes_only_what_nothing_names_or_runs,
+                                        env_setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_a_package_fetched_here_has_one_place_the_cache_sweeps,
                                         env_setup, env_teardown),
         cmocka_unit_test(test_fetch_verifies_bounds_and_falls_over_to_the_next_url),
     };
