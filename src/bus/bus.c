@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,12 +60,21 @@ struct bus_joining {
     struct bus_joining *next;
 };
 
+/* What tells one "routes" array from another without keeping it: its length and a
+ * collision-resistant hash (BLAKE2b-256, so no route a tenant names can be made to look like
+ * a table the routers have, and a change go unsent). */
+struct bus_mark {
+    bool set; /* a version was sent */
+    size_t len;
+    unsigned char hash[crypto_generichash_BYTES];
+};
+
 struct bus {
     uv_loop_t *loop;
     uv_pipe_t server;
     uv_timer_t coalesce;
     int64_t made_mono; /* when the last table for every router was made; -1: never */
-    char *sent_routes; /* the "routes" array of the last version sent, as sent */
+    struct bus_mark sent; /* of the "routes" array of the last version sent */
     uv_timer_t retry; /* the store failed: push the table again later */
     char *path;
     struct store *store;
@@ -725,11 +735,20 @@ char *bus_route_table_json(struct bus *bus)
 
 static void bus__retry(uv_timer_t *t);
 
-/* Whether a table with routes would tell every router nothing new: it is what they were sent
- * last, and each has had a table (one that came while the store failed has not). */
-static bool bus__unchanged(struct bus *bus, const char *routes)
+static struct bus_mark bus__mark(const char *routes)
 {
-    if (!bus->sent_routes || strcmp(routes, bus->sent_routes))
+    struct bus_mark m = {.set = true, .len = strlen(routes)};
+    crypto_generichash(m.hash, sizeof m.hash, (const unsigned char *)routes, m.len, NULL, 0);
+    return m;
+}
+
+/* Whether a table whose routes have mark m would tell every router nothing new: it is what
+ * they were sent last, and each has had a table (one that came while the store failed has
+ * not). */
+static bool bus__unchanged(struct bus *bus, const struct bus_mark *m)
+{
+    if (!bus->sent.set || m->len != bus->sent.len ||
+        memcmp(m->hash, bus->sent.hash, sizeof m->hash))
         return false;
     for (struct bus_conn *c = bus->conns; c; c = c->next)
         if (!c->closing && !c->has_table)
@@ -758,15 +777,15 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         log_info("bus: the store answers again; the routers get the current "
                         "table");
     bus->store_failing = false;
-    if (!only && bus__unchanged(bus, routes)) {
+    struct bus_mark mark = bus__mark(routes);
+    if (!only && bus__unchanged(bus, &mark)) {
         bus__joining_sent(bus, routes); /* what joins is in the version they serve, or not */
         free(routes);
         return true;
     }
     if (!only) {
         bus->version++;
-        free(bus->sent_routes);
-        bus->sent_routes = xstrdup(routes);
+        bus->sent = mark;
     }
     char *text = bus__table_text(bus->version, routes);
     free(routes);
@@ -1220,6 +1239,10 @@ void bus_set_traffic(struct bus *bus, void (*fn)(void *ctx, const char *app_guid
 int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
             struct hub *hub, struct logs *logs, char *err, size_t errsize, struct bus **out)
 {
+    if (sodium_init() < 0) { /* for crypto_generichash (bus__mark) */
+        snprintf(err, errsize, "cannot initialise libsodium");
+        return -ENOMEM;
+    }
     struct bus *bus = xcalloc(1, sizeof *bus);
     bus->loop = loop;
     bus->path = xstrdup(socket_path);
@@ -1340,7 +1363,6 @@ void bus_free(struct bus *bus)
         free(bus->nats->waits);
         free(bus->nats);
     }
-    free(bus->sent_routes);
     free(bus->path);
     free(bus);
 }
