@@ -60,13 +60,13 @@ struct bus_joining {
     struct bus_joining *next;
 };
 
-/* What tells one "routes" array from another without keeping it: its length and a
- * collision-resistant hash (BLAKE2b-256, so no route a tenant names can be made to look like
- * a table the routers have, and a change go unsent). */
+/* What tells one "routes" array from another without keeping it: its length and a keyed
+ * hash (SipHash-2-4 under a key drawn when the bus starts and never shown, so no route a
+ * tenant names can be chosen to make a changed table look like the one the routers have). */
 struct bus_mark {
     bool set; /* a version was sent */
     size_t len;
-    unsigned char hash[crypto_generichash_BYTES];
+    unsigned char hash[crypto_shorthash_BYTES];
 };
 
 struct bus {
@@ -75,6 +75,7 @@ struct bus {
     uv_timer_t coalesce;
     int64_t made_mono; /* when the last table for every router was made; -1: never */
     struct bus_mark sent; /* of the "routes" array of the last version sent */
+    unsigned char mark_key[crypto_shorthash_KEYBYTES];
     uv_timer_t retry; /* the store failed: push the table again later */
     char *path;
     struct store *store;
@@ -735,10 +736,10 @@ char *bus_route_table_json(struct bus *bus)
 
 static void bus__retry(uv_timer_t *t);
 
-static struct bus_mark bus__mark(const char *routes)
+static struct bus_mark bus__mark(const struct bus *bus, const char *routes)
 {
     struct bus_mark m = {.set = true, .len = strlen(routes)};
-    crypto_generichash(m.hash, sizeof m.hash, (const unsigned char *)routes, m.len, NULL, 0);
+    crypto_shorthash(m.hash, (const unsigned char *)routes, m.len, bus->mark_key);
     return m;
 }
 
@@ -777,7 +778,7 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         log_info("bus: the store answers again; the routers get the current "
                         "table");
     bus->store_failing = false;
-    struct bus_mark mark = bus__mark(routes);
+    struct bus_mark mark = bus__mark(bus, routes);
     if (!only && bus__unchanged(bus, &mark)) {
         bus__joining_sent(bus, routes); /* what joins is in the version they serve, or not */
         free(routes);
@@ -1239,11 +1240,12 @@ void bus_set_traffic(struct bus *bus, void (*fn)(void *ctx, const char *app_guid
 int bus_new(uv_loop_t *loop, const char *socket_path, struct store *store, struct scheduler *sched,
             struct hub *hub, struct logs *logs, char *err, size_t errsize, struct bus **out)
 {
-    if (sodium_init() < 0) { /* for crypto_generichash (bus__mark) */
+    if (sodium_init() < 0) { /* for the key of bus__mark */
         snprintf(err, errsize, "cannot initialise libsodium");
         return -ENOMEM;
     }
     struct bus *bus = xcalloc(1, sizeof *bus);
+    crypto_shorthash_keygen(bus->mark_key);
     bus->loop = loop;
     bus->path = xstrdup(socket_path);
     bus->store = store;
