@@ -743,13 +743,19 @@ static struct bus_mark bus__mark(const struct bus *bus, const char *routes)
     return m;
 }
 
+/* Whether routes with mark m are those of the last version sent. */
+static bool bus__was_sent(const struct bus *bus, const struct bus_mark *m)
+{
+    return bus->sent.set && m->len == bus->sent.len &&
+           !memcmp(m->hash, bus->sent.hash, sizeof m->hash);
+}
+
 /* Whether a table whose routes have mark m would tell every router nothing new: it is what
  * they were sent last, and each has had a table (one that came while the store failed has
  * not). */
 static bool bus__unchanged(struct bus *bus, const struct bus_mark *m)
 {
-    if (!bus->sent.set || m->len != bus->sent.len ||
-        memcmp(m->hash, bus->sent.hash, sizeof m->hash))
+    if (!bus__was_sent(bus, m))
         return false;
     for (struct bus_conn *c = bus->conns; c; c = c->next)
         if (!c->closing && !c->has_table)
@@ -758,7 +764,9 @@ static bool bus__unchanged(struct bus *bus, const struct bus_mark *m)
 }
 
 /* Sends the table to one router (only) or, with only NULL, as a new version to all (unless
- * its routes are those sent last: then nothing goes, the routers serve it already). When the
+ * its routes are those sent last: then nothing goes, the routers serve it already). A version
+ * names one table: when the routes changed since the last version (its push is pending), one
+ * router is not sent them under that version's number, they go to all as the next. When the
  * store cannot give the table nothing is sent: the routers keep serving their last table, and
  * a timer asks the store again. Returns whether every router has the table now. */
 static bool bus__push(struct bus *bus, struct bus_conn *only)
@@ -779,6 +787,8 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
                         "table");
     bus->store_failing = false;
     struct bus_mark mark = bus__mark(bus, routes);
+    if (only && !bus__was_sent(bus, &mark))
+        only = NULL;
     if (!only && bus__unchanged(bus, &mark)) {
         bus__joining_sent(bus, routes); /* what joins is in the version they serve, or not */
         free(routes);
