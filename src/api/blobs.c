@@ -27,7 +27,9 @@
 /* Changes that leave blobs unused come in bursts (a push prunes a package, then a droplet). */
 #define BLOBS_GC_DELAY_MS 2000
 /* How soon the droplets and packages brought here are looked at again while one that nothing
- * names is still run from (an instance stopping). */
+ * names is still run from (an instance stopping): that collection alone, on its own timer,
+ * since the blob store's (which connects to PostgreSQL for a store there) has nothing new to
+ * do. */
 #define BLOBS_CACHE_RETRY_MS 1000
 
 struct blob_serve {
@@ -171,23 +173,24 @@ static void blobs__gc_done(void *ctx, int rc, size_t deleted)
         log_info("blob garbage collection removed %zu blobs no package or droplet names", deleted);
 }
 
-/* The collection's timer, and what outlives the core while a collection of what is
- * materialised here runs (its end may start the timer again). */
+/* The collections' timers, and what outlives the core while a collection of what is
+ * materialised here runs (its end may start the cache's timer again). */
 struct api_blobs_gc {
-    uv_timer_t timer; /* first: core->blobs_gc points here */
-    bool running;     /* a blob_cache_gc_async in flight */
-    bool closing;     /* the core is closing: nothing starts again */
-    bool closed;      /* the timer's close callback came */
+    uv_timer_t timer;       /* first: core->blobs_gc points here; both collections */
+    uv_timer_t cache_retry; /* what is materialised here only, while some is in use */
+    bool running;           /* a blob_cache_gc_async in flight */
+    bool closing;           /* the core is closing: nothing starts again */
+    int open_timers;        /* whose close callback has not come yet */
 };
 
-static void blobs__gc_start(uv_timer_t *t);
+static void blobs__cache_gc_retry(uv_timer_t *t);
 
 static void blobs__cache_gc_done(void *ctx, int rc, size_t deleted, size_t busy)
 {
     struct api_blobs_gc *g = ctx;
     g->running = false;
     if (g->closing) {
-        if (g->closed)
+        if (!g->open_timers)
             free(g);
         return;
     }
@@ -198,7 +201,7 @@ static void blobs__cache_gc_done(void *ctx, int rc, size_t deleted, size_t busy)
                  deleted);
     /* one no longer named is still run from by an instance that is stopping: again soon */
     if (busy)
-        uv_timer_start(&g->timer, blobs__gc_start, BLOBS_CACHE_RETRY_MS, 0);
+        uv_timer_start(&g->cache_retry, blobs__cache_gc_retry, BLOBS_CACHE_RETRY_MS, 0);
 }
 
 /* Where a droplet or package brought here may be in use now: instances' app_dirs (the
@@ -221,26 +224,57 @@ static char **blobs__in_use(struct api_core *core, size_t *n)
     return dirs;
 }
 
+/* The collection of what is materialised here against keep (the names the store gave), unless
+ * one is in flight. */
+static void blobs__cache_gc_run(struct api_core *core, struct api_blobs_gc *g,
+                                const char *const *keep, size_t n_keep)
+{
+    if (g->running)
+        return;
+    size_t n_in_use = 0;
+    char **in_use = blobs__in_use(core, &n_in_use);
+    g->running =
+        blob_cache_gc_async(core->cfg.blobs, g->timer.loop, keep, n_keep,
+                            (const char *const *)in_use, n_in_use, blobs__cache_gc_done, g) == 0;
+    store_strv_free(in_use);
+}
+
+/* The store's names of blobs (NULL-terminated, *n its length), or NULL when it cannot give
+ * them: nothing is collected from a list the store could not give. */
+static char **blobs__refs(struct api_core *core, size_t *n)
+{
+    char **keep = NULL;
+    if (store_blob_refs(core->cfg.store, &keep) < 0)
+        return NULL;
+    for (*n = 0; keep[*n];)
+        (*n)++;
+    return keep;
+}
+
 static void blobs__gc_start(uv_timer_t *t)
 {
     struct api_core *core = t->data;
-    struct api_blobs_gc *g = (struct api_blobs_gc *)t;
-    char **keep = NULL;
-    if (store_blob_refs(core->cfg.store, &keep) < 0)
-        return; /* nothing is collected from a list the store could not give */
     size_t n = 0;
-    while (keep[n])
-        n++;
+    char **keep = blobs__refs(core, &n);
+    if (!keep)
+        return;
     blob_gc_async(core->cfg.blobs, t->loop, (const char *const *)keep, n, BLOBS_GC_MIN_AGE_MS,
                   blobs__gc_done, NULL);
-    if (!g->running) {
-        size_t n_in_use = 0;
-        char **in_use = blobs__in_use(core, &n_in_use);
-        g->running = blob_cache_gc_async(core->cfg.blobs, t->loop, (const char *const *)keep, n,
-                                         (const char *const *)in_use, n_in_use,
-                                         blobs__cache_gc_done, g) == 0;
-        store_strv_free(in_use);
+    blobs__cache_gc_run(core, (struct api_blobs_gc *)t, (const char *const *)keep, n);
+    store_strv_free(keep);
+}
+
+static void blobs__cache_gc_retry(uv_timer_t *t)
+{
+    struct api_core *core = t->data;
+    struct api_blobs_gc *g = (struct api_blobs_gc *)core->blobs_gc;
+    size_t n = 0;
+    char **keep = blobs__refs(core, &n);
+    if (!keep) {
+        uv_timer_start(t, blobs__cache_gc_retry, BLOBS_CACHE_RETRY_MS, 0);
+        return;
     }
+    blobs__cache_gc_run(core, g, (const char *const *)keep, n);
     store_strv_free(keep);
 }
 
@@ -252,9 +286,8 @@ void api_core__blobs_gc_soon(struct api_core *core)
 
 static void blobs__gc_closed(uv_handle_t *h)
 {
-    struct api_blobs_gc *g = (struct api_blobs_gc *)h;
-    g->closed = true;
-    if (!g->running)
+    struct api_blobs_gc *g = h->data;
+    if (!--g->open_timers && !g->running)
         free(g);
     /* else the collection's end frees it */
 }
@@ -265,7 +298,9 @@ void api_core__blobs_close(struct api_core *core)
         return;
     struct api_blobs_gc *g = (struct api_blobs_gc *)core->blobs_gc;
     g->closing = true;
+    g->timer.data = g->cache_retry.data = g; /* for the close callbacks, the core going */
     uv_close((uv_handle_t *)&g->timer, blobs__gc_closed);
+    uv_close((uv_handle_t *)&g->cache_retry, blobs__gc_closed);
     core->blobs_gc = NULL;
 }
 
@@ -276,9 +311,12 @@ void api_core__blobs_register(struct api_core *core)
         return;
     struct api_blobs_gc *g = xcalloc(1, sizeof *g);
     core->blobs_gc = &g->timer;
-    uv_timer_init(api_loop(core->api), core->blobs_gc);
-    core->blobs_gc->data = core;
-    uv_unref((uv_handle_t *)core->blobs_gc);
+    uv_timer_init(api_loop(core->api), &g->timer);
+    uv_timer_init(api_loop(core->api), &g->cache_retry);
+    g->timer.data = g->cache_retry.data = core;
+    g->open_timers = 2;
+    uv_unref((uv_handle_t *)&g->timer);
+    uv_unref((uv_handle_t *)&g->cache_retry);
     /* what a skiffd that ended mid-way left goes, once it is old enough */
     api_core__blobs_gc_soon(core);
 }

@@ -197,7 +197,7 @@ int api_core__domain_cert_remove(struct api_core *core, const char *name)
     char *path = certs__path(core, name);
     if (unlink(path) < 0 && errno != ENOENT)
         log_error("cannot remove %s (%s's certificate, out of the store): %s", path, name,
-                  strerror(errno));
+                  skiff_strerror(-errno));
     free(path);
     if (core->cfg.certs_changed)
         core->cfg.certs_changed(core->cfg.certs_ctx);
@@ -278,7 +278,7 @@ static void certs__sync(struct api_core *core)
             certs__import_file(core, names[i]);
         else if (r == 0 && (r = certs__write_file(core, names[i], cert, key)) < 0)
             log_error("cannot write %s's certificate for this host's router: %s", names[i],
-                      strerror(-r));
+                      skiff_strerror(r));
         free(cert);
         certs__free_key(key);
     }

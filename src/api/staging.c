@@ -824,16 +824,15 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
         goto done;
     }
     /* uploaded through another skiffd: its package comes from the blob store */
-    char *dest = xasprintf("%s/blobs/packages/%s%s%s", core->cfg.home, pkg->digest + 7,
-                           s->image_kind ? "." : "", s->image_kind ? s->image_kind : "");
-    free(s->package_path);
-    s->package_path = dest;
     char line[160];
     snprintf(line, sizeof line, "Fetching the package (%s) from the blob store", pkg->digest);
     staging__output(s, line, strlen(line));
-    char *dir = xasprintf("%s/blobs/packages", core->cfg.home);
-    int rc = mkdir_p(dir, 0700);
-    free(dir);
+    char *dest = NULL;
+    int rc = blob_package_local(core->cfg.blobs, pkg->digest, s->image_kind, &dest);
+    if (rc == 0) {
+        free(s->package_path);
+        s->package_path = dest;
+    }
     if (rc == 0 && access(dest, R_OK) == 0)
         staging__package_fetched(s, 0, pkg->digest);
     else if (rc < 0 || (rc = blob_get_file_async(core->cfg.blobs, api_loop(core->api), pkg->digest,

@@ -180,6 +180,18 @@ bool blob_store_in_database(const struct blob_store *bs)
     return bs->pg_url != NULL;
 }
 
+int blob_package_local(struct blob_store *bs, const char *digest, const char *kind, char **path)
+{
+    if (!blob_digest_valid(digest))
+        return -EINVAL;
+    int rc = mkdir_p(bs->packages, 0700);
+    if (rc < 0)
+        return rc;
+    *path = xasprintf("%s/%s%s%s", bs->packages, digest + strlen("sha256:"), kind ? "." : "",
+                      kind ? kind : "");
+    return 0;
+}
+
 /* ---- files -------------------------------------------------------------------------------- */
 
 static char *blobs__file(const struct blob_store *bs, const char *digest)

@@ -127,6 +127,12 @@ int blob_gc_async(struct blob_store *bs, uv_loop_t *loop, const char *const *kee
 
 /* ---- what is materialised here ------------------------------------------------------------ */
 
+/* The one answer to "where does a package fetched to this host go?": HOME/blobs/packages/HEX,
+ * or HEX.KIND for an image's archive (kind "oci" or "docker", NULL for source), in *path
+ * (the caller frees it). Makes the folder (blocking: one mkdir). 0, or a negative errno
+ * (-EINVAL for a digest that is not valid) and *path untouched. */
+int blob_package_local(struct blob_store *bs, const char *digest, const char *kind, char **path);
+
 /* (blocking) Removes the droplets materialised here (HOME/blobs/droplets/HEX) and the packages
  * fetched here (HOME/blobs/packages/HEX, HEX.KIND) whose digest is in none of keep, unless a
  * path of in_use (an instance's app_dir, a staging's package) lies in them, or they came here

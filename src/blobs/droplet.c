@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "blobs/blobs_internal.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -321,7 +322,7 @@ static void materialise__done(uv_work_t *w, int status)
     if (!p->forgotten) {
         if (rc < 0)
             log_error("blobs: the droplet %s cannot be brought here from the %s: %s", p->digest,
-                      bs->pg_url ? "database" : "blob files", strerror(-rc));
+                      bs->pg_url ? "database" : "blob files", skiff_strerror(rc));
         p->in_flight = false;
         p->failed_at = rc < 0 ? time_mono_ms() : 0;
         struct blobs_waiter *waiters = p->waiters;
@@ -604,7 +605,7 @@ static void cache__collect(const char *dir, bool dot_ok, const char *const *keep
         else if ((rc = rm_rf(path)) == 0)
             (*deleted)++;
         else
-            log_warning("blobs: cannot remove %s: %s", path, strerror(-rc));
+            log_warning("blobs: cannot remove %s: %s", path, skiff_strerror(rc));
         free(path);
     }
     if (d)

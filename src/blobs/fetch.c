@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "blobs/blobs_internal.h"
+#include "common/err.h"
 #include "common/util.h"
 
 #define FETCH_DEFAULT_MAX (4ull << 30)
@@ -73,7 +74,8 @@ static int fetch__one(struct blob_fetch *f, const char *base)
     char *tmp = NULL;
     f->fd = blobs__temp_file(f->cache_dir, &tmp);
     if (f->fd < 0) {
-        snprintf(f->why, sizeof f->why, "cannot write in %s: %s", f->cache_dir, strerror(-f->fd));
+        snprintf(f->why, sizeof f->why, "cannot write in %s: %s", f->cache_dir,
+                 skiff_strerror(f->fd));
         return f->fd;
     }
     f->got = 0;
@@ -136,7 +138,8 @@ static int fetch__one(struct blob_fetch *f, const char *base)
     close(f->fd);
     if (rc == 0 && rename(tmp, f->path) < 0) {
         rc = -errno;
-        snprintf(f->why, sizeof f->why, "cannot keep blob %s: %s", f->digest, strerror(errno));
+        snprintf(f->why, sizeof f->why, "cannot keep blob %s: %s", f->digest,
+                 skiff_strerror(-errno));
     }
     if (rc < 0)
         unlink(tmp);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "brokers/brokers.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -59,7 +60,7 @@ static int brokers__save(struct brokers *b)
     int rc = file_write_atomic(b->state_path, text, strlen(text), 0600);
     free(text);
     if (rc < 0)
-        log_error("cannot write %s: %s", b->state_path, strerror(-rc));
+        log_error("cannot write %s: %s", b->state_path, skiff_strerror(rc));
     return rc;
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "brokers/brokers.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "services/services.h"
@@ -58,7 +59,7 @@ int brokers_events_new(const struct brokers_config *cfg, struct brokers_backend 
     int rc = services_binding_key(cfg->events_key, ev->key);
     if (rc < 0) {
         log_error("cannot read the events key %s: %s (no events offering)", cfg->events_key,
-                  strerror(-rc));
+                  skiff_strerror(rc));
         free(ev);
         return rc;
     }

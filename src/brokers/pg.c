@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "brokers/brokers.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -84,7 +85,8 @@ static int pg__init(struct brokers_pg *pg, char *err, size_t errlen)
     mkdir_p(pg->root, 0700);
     rm_rf(pg->data);
     if (chown(pg->root, pg->uid, pg->gid) < 0 || chmod(pg->root, 0700) < 0) {
-        snprintf(err, errlen, "cannot give %s to the postgres user: %s", pg->root, strerror(errno));
+        snprintf(err, errlen, "cannot give %s to the postgres user: %s", pg->root,
+                 skiff_strerror(-errno));
         return -errno;
     }
     brokers_password(pg->password);
@@ -103,7 +105,7 @@ static int pg__init(struct brokers_pg *pg, char *err, size_t errlen)
             rc = -EIO;
         }
     } else {
-        snprintf(err, errlen, "cannot write %s: %s", pwfile, strerror(-rc));
+        snprintf(err, errlen, "cannot write %s: %s", pwfile, skiff_strerror(rc));
     }
     unlink(pwfile);
     free(pwfile);
@@ -124,7 +126,7 @@ static int pg__init(struct brokers_pg *pg, char *err, size_t errlen)
     if (rc == 0)
         rc = file_write_atomic(pg->pw_path, pg->password, strlen(pg->password), 0600);
     if (rc < 0)
-        snprintf(err, errlen, "cannot write the server's settings: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot write the server's settings: %s", skiff_strerror(rc));
     return rc;
 }
 
@@ -206,7 +208,8 @@ static int pg__start(struct brokers_pg *pg, char *err, size_t errlen)
     }
     mkdir_p(pg->sock, 0700);
     if (chown(pg->sock, pg->uid, pg->gid) < 0) {
-        snprintf(err, errlen, "cannot give %s to the postgres user: %s", pg->sock, strerror(errno));
+        snprintf(err, errlen, "cannot give %s to the postgres user: %s", pg->sock,
+                 skiff_strerror(-errno));
         return -errno;
     }
     char *postgres = xasprintf("%s/postgres", pg->cfg->postgres_bin);

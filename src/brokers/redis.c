@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "brokers/brokers.h"
+#include "common/err.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -177,7 +178,8 @@ static int redis__init(struct brokers_redis *r, char *err, size_t errlen)
 {
     mkdir_p(r->dir, 0700);
     if (chown(r->dir, r->uid, r->gid) < 0 || chmod(r->dir, 0700) < 0) {
-        snprintf(err, errlen, "cannot give %s to the redis user: %s", r->dir, strerror(errno));
+        snprintf(err, errlen, "cannot give %s to the redis user: %s", r->dir,
+                 skiff_strerror(-errno));
         return -errno;
     }
     brokers_password(r->password);
@@ -192,7 +194,7 @@ static int redis__init(struct brokers_redis *r, char *err, size_t errlen)
     if (rc == 0)
         rc = file_write_atomic(r->pw_path, r->password, strlen(r->password), 0600);
     if (rc < 0)
-        snprintf(err, errlen, "cannot write Redis' settings: %s", strerror(-rc));
+        snprintf(err, errlen, "cannot write Redis' settings: %s", skiff_strerror(rc));
     return rc;
 }
 
@@ -298,7 +300,7 @@ static int redis__start(struct brokers_redis *r, char *err, size_t errlen)
         close(fd);
     r->adopted = false;
     if ((rc = redis__write_conf(r)) < 0) {
-        snprintf(err, errlen, "cannot write %s: %s", r->conf, strerror(-rc));
+        snprintf(err, errlen, "cannot write %s: %s", r->conf, skiff_strerror(rc));
         return rc;
     }
     char *argv[] = {r->cfg->redis_server, r->conf, NULL};
@@ -373,7 +375,7 @@ static int redis__admin(struct brokers_redis *r, int count, const char *const *a
         if (r->fd < 0) {
             int fd = redis__dial(r);
             if (fd < 0) {
-                snprintf(err, errlen, "cannot reach Redis: %s", strerror(-fd));
+                snprintf(err, errlen, "cannot reach Redis: %s", skiff_strerror(fd));
                 return fd;
             }
             if ((rc = redis__login(r, fd, err, errlen)) < 0) {

@@ -740,7 +740,9 @@ static bool bus__unchanged(struct bus *bus, const char *routes)
 }
 
 /* Sends the table to one router (only) or, with only NULL, as a new version to all (unless
- * its routes are those sent last: then nothing goes, the routers serve it already). When the
+ * its routes are those sent last: then nothing goes, the routers serve it already). A version
+ * names one table: when the routes changed since the last version (its push is pending), one
+ * router is not sent them under that version's number, they go to all as the next. When the
  * store cannot give the table nothing is sent: the routers keep serving their last table, and
  * a timer asks the store again. Returns whether every router has the table now. */
 static bool bus__push(struct bus *bus, struct bus_conn *only)
@@ -760,6 +762,8 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         log_info("bus: the store answers again; the routers get the current "
                         "table");
     bus->store_failing = false;
+    if (only && (!bus->sent_routes || strcmp(routes, bus->sent_routes)))
+        only = NULL; /* the routes changed since the version sent: all get the next one */
     if (!only && bus__unchanged(bus, routes)) {
         bus__joining_sent(bus, routes); /* what joins is in the version they serve, or not */
         free(routes);

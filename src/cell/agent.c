@@ -12,6 +12,7 @@
 
 #include "cell/cell.h"
 #include "cells/cells.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -434,14 +435,14 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
     rc = cell_droplets_new(loop, a->home, cfg->token_file, &a->droplets);
     if (rc < 0) {
         snprintf(err, errsize, "cannot make the droplet cache under %s/blobs: %s", a->home,
-                 strerror(-rc));
+                 skiff_strerror(rc));
         goto fail;
     }
     struct executor_config ec = *cfg->executor;
     ec.on_readiness = cell__on_readiness;
     rc = executor_new(loop, &ec, cell__on_output, cell__on_state, a, &a->ex);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot start the executor: %s", strerror(-rc));
+        snprintf(err, errsize, "cannot start the executor: %s", skiff_strerror(rc));
         goto fail;
     }
     int adopted = executor_adopt(a->ex, cell__adopt, a);
@@ -458,7 +459,8 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
         rc = natsconn_subscribe(a->nc, a->subject_req);
     if (rc < 0) {
         if (!*err)
-            snprintf(err, errsize, "cannot subscribe to %s: %s", a->subject_req, strerror(-rc));
+            snprintf(err, errsize, "cannot subscribe to %s: %s", a->subject_req,
+                     skiff_strerror(rc));
         goto fail;
     }
     uv_timer_init(loop, &a->beat);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/sysinfo.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -212,7 +213,7 @@ static void cellc__send(struct cellc *c, struct cellc__cell *cell, json_t *msg)
     snprintf(subject, sizeof subject, "skiff.cell.%s.req", cell->id);
     int rc = text && c->nc ? natsconn_publish(c->nc, subject, NULL, text, strlen(text)) : -ENOTCONN;
     if (rc < 0)
-        log_warning("[CELLS] cannot send a request to cell %s: %s", cell->id, strerror(-rc));
+        log_warning("[CELLS] cannot send a request to cell %s: %s", cell->id, skiff_strerror(rc));
     free(text);
 }
 
@@ -694,13 +695,13 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
                                      .ctx = c};
         rc = natsconn_open(loop, &nc, &c->nc, err, errsize);
         if (rc == 0 && (rc = natsconn_subscribe(c->nc, "skiff.cell.*.up")) < 0)
-            snprintf(err, errsize, "cannot subscribe to skiff.cell.*.up: %s", strerror(-rc));
+            snprintf(err, errsize, "cannot subscribe to skiff.cell.*.up: %s", skiff_strerror(rc));
     }
     struct executor_config ec = *cfg->executor;
     ec.on_readiness = cellc__local_readiness;
     if (rc == 0 &&
         (rc = executor_new(loop, &ec, cellc__local_output, cellc__local_state, c, &c->ex)) < 0)
-        snprintf(err, errsize, "cannot start the executor: %s", strerror(-rc));
+        snprintf(err, errsize, "cannot start the executor: %s", skiff_strerror(rc));
     if (rc < 0) {
         if (c->nc)
             natsconn_close(c->nc);

@@ -82,7 +82,7 @@ static int cell__token(const struct cell_droplets *cd, char token[CELL__TOKEN_MA
         snprintf(err, errsize,
                  "the cells' token is not in %s (%s): copy a controller's HOME/cell-token there "
                  "(mode 0600), or give its path with --cell-token-file",
-                 cd->token_file, strerror(errno));
+                 cd->token_file, skiff_strerror(-errno));
         return -ENOENT;
     }
     if (st.st_mode & 077) {
@@ -163,7 +163,8 @@ static void cell__unpack_work(uv_work_t *w)
                  skiff_strerror(f->rc));
     else if (rename(tmp, dest) < 0 && errno != EEXIST && errno != ENOTEMPTY) {
         f->rc = -errno;
-        snprintf(f->why, sizeof f->why, "cannot put it in place at %s: %s", dest, strerror(errno));
+        snprintf(f->why, sizeof f->why, "cannot put it in place at %s: %s", dest,
+                 skiff_strerror(-errno));
     }
     rm_rf(tmp);
     unlink(f->tar); /* the folder is the cache from now on */

@@ -13,6 +13,7 @@
 #include "api/api.h"
 #include "auth/auth.h"
 #include "cell/client.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "scheduler/scheduler.h"
@@ -111,7 +112,7 @@ static int cells__load_id(struct cells *c, const char *home, char *err, size_t e
         snprintf(line, sizeof line, "%s\n", c->id);
         rc = file_write_atomic(path, line, strlen(line), 0644);
         if (rc < 0)
-            snprintf(err, errsize, "cannot write the cell id to %s: %s", path, strerror(-rc));
+            snprintf(err, errsize, "cannot write the cell id to %s: %s", path, skiff_strerror(rc));
     }
     free(path);
     return rc;
@@ -144,7 +145,7 @@ void cells_beat(struct cells *c)
     if (rc < 0 && !c->complained)
         log_warning("cannot record this cell's heartbeat in the store: %s (tried again every "
                     "%d ms)",
-                    strerror(-rc), c->heartbeat_ms);
+                    skiff_strerror(rc), c->heartbeat_ms);
     c->complained = rc < 0;
 }
 

@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
@@ -353,28 +354,29 @@ static int net__enter(int pid, char *err, size_t errlen)
     if (target < 0) {
         int rc = -errno;
         net__err(err, errlen, "cannot open the network namespace of process %d: %s", pid,
-                 strerror(-rc));
+                 skiff_strerror(rc));
         return rc;
     }
     int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (self < 0) {
         int rc = -errno;
         close(target);
-        net__err(err, errlen, "cannot open this thread's network namespace: %s", strerror(-rc));
+        net__err(err, errlen, "cannot open this thread's network namespace: %s",
+                 skiff_strerror(rc));
         return rc;
     }
     int fd;
     if (setns(target, CLONE_NEWNET) < 0) {
         fd = -errno;
         net__err(err, errlen, "cannot enter the network namespace of process %d: %s", pid,
-                 strerror(-fd));
+                 skiff_strerror(fd));
     } else {
         fd = net__socket();
         int rc = fd < 0 ? fd : net__disable_ipv6(NET_CONTAINER_IFNAME);
         if (rc < 0) {
             net__err(err, errlen, "in the network namespace of process %d: %s: %s", pid,
                      fd < 0 ? "cannot open a route socket" : "cannot turn IPv6 off on eth0",
-                     strerror(-rc));
+                     skiff_strerror(rc));
             if (fd >= 0)
                 close(fd);
             fd = rc;
@@ -383,7 +385,7 @@ static int net__enter(int pid, char *err, size_t errlen)
          * there: there is no sane way to carry on. */
         if (setns(self, CLONE_NEWNET) < 0) {
             log_error("net: cannot return to the caller's network namespace: %s",
-                    strerror(errno));
+                      skiff_strerror(-errno));
             abort();
         }
     }
@@ -423,7 +425,7 @@ static int net__attach_inside(int pid, struct in_addr host, struct in_addr conta
     if (ifindex < 0) {
         rc = ifindex;
         net__err(err, errlen, "eth0 is missing in the network namespace of process %d: %s", pid,
-                 strerror(-rc));
+                 skiff_strerror(rc));
         goto out;
     }
     struct net__batch b = {.first_seq = 1};
@@ -441,7 +443,7 @@ static int net__attach_inside(int pid, struct in_addr host, struct in_addr conta
                                            "add the host's neighbour entry"};
         net__err(err, errlen, "cannot %s in the network namespace of process %d: %s%s%s",
                  failed >= 0 && failed < (int)ARRAY_SIZE(step) ? step[failed] : "configure", pid,
-                 strerror(-rc), why[0] ? ": " : "", why);
+                 skiff_strerror(rc), why[0] ? ": " : "", why);
     }
 out:
     close(fd);
@@ -466,7 +468,7 @@ int net_attach(const struct net_pool *pool, int slot, int pid, char *err, size_t
 
     int fd = net__socket();
     if (fd < 0) {
-        net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
+        net__err(err, errlen, "cannot open a route socket: %s", skiff_strerror(fd));
         return fd;
     }
     /* The pair, with the container end created straight in pid's namespace as eth0. */
@@ -501,7 +503,7 @@ int net_attach(const struct net_pool *pool, int slot, int pid, char *err, size_t
     }
     if (rc < 0) {
         net__err(err, errlen, "cannot create the veth pair %s: %s%s%s", host_if,
-                 rc == -ESRCH ? "no such process" : strerror(-rc), why[0] ? ": " : "", why);
+                 rc == -ESRCH ? "no such process" : skiff_strerror(rc), why[0] ? ": " : "", why);
         close(fd);
         return rc;
     }
@@ -510,7 +512,7 @@ int net_attach(const struct net_pool *pool, int slot, int pid, char *err, size_t
     int ifindex = net__ifindex(fd, host_if);
     rc = ifindex < 0 ? ifindex : net__disable_ipv6(host_if);
     if (rc < 0) {
-        net__err(err, errlen, "cannot turn IPv6 off on %s: %s", host_if, strerror(-rc));
+        net__err(err, errlen, "cannot turn IPv6 off on %s: %s", host_if, skiff_strerror(rc));
         goto fail;
     }
     net__addr_add(&b, ifindex, host, 30);
@@ -518,7 +520,7 @@ int net_attach(const struct net_pool *pool, int slot, int pid, char *err, size_t
     net__neigh_add(&b, ifindex, container);
     rc = net__send(fd, &b, NULL, why, sizeof(why));
     if (rc < 0) {
-        net__err(err, errlen, "cannot configure %s: %s%s%s", host_if, strerror(-rc),
+        net__err(err, errlen, "cannot configure %s: %s%s%s", host_if, skiff_strerror(rc),
                  why[0] ? ": " : "", why);
         goto fail;
     }
@@ -550,7 +552,7 @@ static int net__publish_interface(const struct net_pool *pool, char *err, size_t
 {
     int fd = net__socket();
     if (fd < 0) {
-        net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
+        net__err(err, errlen, "cannot open a route socket: %s", skiff_strerror(fd));
         return fd;
     }
     char why[128];
@@ -566,7 +568,7 @@ static int net__publish_interface(const struct net_pool *pool, char *err, size_t
     if (rc == -EOPNOTSUPP)
         ifname = "lo";
     else if (rc < 0 && rc != -EEXIST) {
-        net__err(err, errlen, "cannot create the interface %s: %s%s%s", ifname, strerror(-rc),
+        net__err(err, errlen, "cannot create the interface %s: %s%s%s", ifname, skiff_strerror(rc),
                  why[0] ? ": " : "", why);
         goto out;
     }
@@ -574,7 +576,7 @@ static int net__publish_interface(const struct net_pool *pool, char *err, size_t
     int ifindex = net__ifindex(fd, ifname);
     rc = ifindex < 0 ? ifindex : on_lo ? 0 : net__disable_ipv6(ifname);
     if (rc < 0) {
-        net__err(err, errlen, "cannot turn IPv6 off on %s: %s", ifname, strerror(-rc));
+        net__err(err, errlen, "cannot turn IPv6 off on %s: %s", ifname, skiff_strerror(rc));
         goto out;
     }
     net__addr_add(&b, ifindex, net_publish_address(pool), 32);
@@ -588,7 +590,7 @@ static int net__publish_interface(const struct net_pool *pool, char *err, size_t
         rc = net__send(fd, &b, NULL, why, sizeof(why));
     }
     if (rc < 0)
-        net__err(err, errlen, "cannot configure %s: %s%s%s", ifname, strerror(-rc),
+        net__err(err, errlen, "cannot configure %s: %s%s%s", ifname, skiff_strerror(rc),
                  why[0] ? ": " : "", why);
 out:
     close(fd);
@@ -625,7 +627,8 @@ static int net__nft(const char *script, char *err, size_t errlen)
     if (rc != 0) {
         close(in[1]);
         close(out[0]);
-        net__err(err, errlen, "cannot run nft: %s (install the nftables package)", strerror(rc));
+        net__err(err, errlen, "cannot run nft: %s (install the nftables package)",
+                 skiff_strerror(-rc));
         return -rc;
     }
     /* nft reads its whole input before it writes anything */
@@ -726,7 +729,7 @@ static int net__forwarding_on(const char *why, char *err, size_t errlen)
     if (fd >= 0)
         close(fd);
     if (rc < 0)
-        net__err(err, errlen, "cannot turn on IPv4 forwarding for %s: %s", why, strerror(-rc));
+        net__err(err, errlen, "cannot turn on IPv4 forwarding for %s: %s", why, skiff_strerror(rc));
     return rc;
 }
 
@@ -737,7 +740,7 @@ static int net__pool_unreachable(const struct net_pool *pool, char *err, size_t 
 {
     int fd = net__socket();
     if (fd < 0) {
-        net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
+        net__err(err, errlen, "cannot open a route socket: %s", skiff_strerror(fd));
         return fd;
     }
     struct net__batch b = {.first_seq = 1};
@@ -755,7 +758,7 @@ static int net__pool_unreachable(const struct net_pool *pool, char *err, size_t 
     if (rc == -EEXIST)
         rc = 0; /* another skiffd of this pool made it */
     if (rc < 0)
-        net__err(err, errlen, "cannot add the pool's unreachable route: %s%s%s", strerror(-rc),
+        net__err(err, errlen, "cannot add the pool's unreachable route: %s%s%s", skiff_strerror(rc),
                  why[0] ? ": " : "", why);
     return rc;
 }
@@ -962,14 +965,15 @@ int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err
 {
     int fd = net__socket();
     if (fd < 0) {
-        net__err(err, errlen, "cannot open a route socket: %s", strerror(-fd));
+        net__err(err, errlen, "cannot open a route socket: %s", skiff_strerror(fd));
         return fd;
     }
     struct net_peer_route *had = NULL;
     size_t n_had = 0;
     int rc = net__peer_routes_dump(fd, &had, &n_had), changed = 0;
     if (rc < 0)
-        net__err(err, errlen, "cannot list the routes to other hosts' pools: %s", strerror(-rc));
+        net__err(err, errlen, "cannot list the routes to other hosts' pools: %s",
+                 skiff_strerror(rc));
     struct net__batch b = {.first_seq = 2};
     char why[128], cidr[NET_POOL_STRLEN];
     for (size_t i = 0; rc == 0 && i < n_had; i++) {
@@ -983,7 +987,7 @@ int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err
         changed += r == 0;
         if (r < 0 && r != -ESRCH) {
             net_pool_format(&had[i].pool, cidr);
-            net__err(err, errlen, "cannot remove the route to %s: %s%s%s", cidr, strerror(-r),
+            net__err(err, errlen, "cannot remove the route to %s: %s%s%s", cidr, skiff_strerror(r),
                      why[0] ? ": " : "", why);
             rc = r;
         }
@@ -1007,7 +1011,7 @@ int net_peer_routes_set(const struct net_peer_route *routes, size_t n, char *err
             char via[INET_ADDRSTRLEN];
             net_pool_format(&routes[i].pool, cidr);
             inet_ntop(AF_INET, &routes[i].via, via, sizeof via);
-            net__err(err, errlen, "cannot route %s via %s: %s%s%s", cidr, via, strerror(-r),
+            net__err(err, errlen, "cannot route %s via %s: %s%s%s", cidr, via, skiff_strerror(r),
                      why[0] ? ": " : "", why);
             rc = r;
         }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "container/net.h"
@@ -275,7 +276,7 @@ struct builtin_brokers *builtin_brokers_start(uv_loop_t *loop,
     int rc = bb__config(bb, cfg);
     if (rc < 0) {
         log_error("cannot write %s: %s (no built-in service brokers)", bb->config_path,
-                  strerror(-rc));
+                  skiff_strerror(rc));
         builtin_brokers_free(bb, true);
         return NULL;
     }

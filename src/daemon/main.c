@@ -22,6 +22,7 @@
 #include "blobs/blobs.h"
 #include "autoscaler/autoscaler.h"
 #include "bus/bus.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "container/container.h"
@@ -295,7 +296,7 @@ static int setup_token(struct daemon *d, const char *api_url)
     int rc = file_write_atomic(path, out, len, 0600);
     free(out);
     if (rc < 0)
-        log_error("cannot write %s: %s", path, strerror(-rc));
+        log_error("cannot write %s: %s", path, skiff_strerror(rc));
     free(path);
     return rc;
 }
@@ -668,9 +669,9 @@ static int daemon_api_tls_load(struct daemon *d, char *err, size_t errsize)
     size_t cert_len = 0, key_len = 0;
     int r = file_read(d->api_cert_path, &cert, &cert_len);
     if (r == 0 && (r = file_read(d->api_key_path, &key, &key_len)) < 0)
-        snprintf(err, errsize, "cannot read %s: %s", d->api_key_path, strerror(-r));
+        snprintf(err, errsize, "cannot read %s: %s", d->api_key_path, skiff_strerror(r));
     else if (r < 0)
-        snprintf(err, errsize, "cannot read %s: %s", d->api_cert_path, strerror(-r));
+        snprintf(err, errsize, "cannot read %s: %s", d->api_cert_path, skiff_strerror(r));
     if (r == 0)
         r = tls_pair_check(cert, cert_len, key, key_len, NULL, NULL, err, errsize);
     if (r == -EKEYEXPIRED) { /* served anyway: clients say so; a new one is read on SIGHUP */
@@ -802,7 +803,7 @@ static int daemon_run_router(const char *home, const char *nats_url,
     if (rc == 0)
         rc = mkdir_p(run, 0755);
     if (rc < 0) {
-        log_error("cannot create %s: %s (set SKIFF_HOME or --home)", run, strerror(-rc));
+        log_error("cannot create %s: %s (set SKIFF_HOME or --home)", run, skiff_strerror(rc));
         return 1;
     }
     setenv("SKIFF_ROUTER_NATS", nats_url, 1);
@@ -830,7 +831,7 @@ static int daemon_run_router(const char *home, const char *nats_url,
         }
     argv[n] = NULL;
     execv(bin, (char *const *)argv);
-    log_error("cannot run %s: %s", bin, strerror(errno));
+    log_error("cannot run %s: %s", bin, skiff_strerror(-errno));
     free(run);
     free(h);
     free(bin);
@@ -893,7 +894,7 @@ static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg
     if (rc < 0 || lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
         log_error("cannot use %s as this cell's home (%s): another skiffd runs with it, or it "
                   "cannot be made; use another --home",
-                  h, rc < 0 ? strerror(-rc) : lock_path);
+                  h, rc < 0 ? skiff_strerror(rc) : lock_path);
         rc = 1;
         goto out;
     }
@@ -1245,8 +1246,7 @@ int main(int argc, char **argv)
         rc = mkdir_p(tmp, 0700);
     free(run);
     if (rc < 0) {
-        log_error("cannot create %s: %s (set SKIFF_HOME or --home)", d.home,
-                strerror(-rc));
+        log_error("cannot create %s: %s (set SKIFF_HOME or --home)", d.home, skiff_strerror(rc));
         free(tmp);
         goto fail;
     }
@@ -1312,8 +1312,7 @@ int main(int argc, char **argv)
     char *admin_password = NULL;
     rc = auth_open(d.store, &admin_password, &d.auth);
     if (rc < 0) {
-        log_error("cannot load users and roles from the store: %s",
-                strerror(-rc));
+        log_error("cannot load users and roles from the store: %s", skiff_strerror(rc));
         goto fail;
     }
     if (admin_password) {
@@ -1332,7 +1331,7 @@ int main(int argc, char **argv)
     }
     rc = services_open(d.store, d.home, &d.services);
     if (rc < 0) {
-        log_error("cannot open the services' records: %s", strerror(-rc));
+        log_error("cannot open the services' records: %s", skiff_strerror(rc));
         goto fail;
     }
     d.logs = logs_new(1000);
@@ -1375,7 +1374,7 @@ int main(int argc, char **argv)
     }
     rc = api_new(d.loop, &acfg, &d.api);
     if (rc < 0) {
-        log_error("cannot set up the API: %s", strerror(-rc));
+        log_error("cannot set up the API: %s", skiff_strerror(rc));
         goto fail;
     }
     if (api_cell_token_setup(d.api, d.store, err, sizeof err) < 0) {
@@ -1432,7 +1431,7 @@ int main(int argc, char **argv)
                 buildpacks);
     rc = scheduler_new(d.loop, &scfg, &ecfg, d.store, d.logs, &d.sched);
     if (rc < 0) {
-        log_error("cannot start the executor: %s", strerror(-rc));
+        log_error("cannot start the executor: %s", skiff_strerror(rc));
         goto fail;
     }
     api_set_instance_check(d.api, instance_token_live, &d);
@@ -1601,7 +1600,7 @@ int main(int argc, char **argv)
                           &d.leader);
         free(leader_name);
         if (rc < 0) {
-            log_error("cannot try for the leader's lock: %s", strerror(-rc));
+            log_error("cannot try for the leader's lock: %s", skiff_strerror(rc));
             goto fail;
         }
     }

@@ -1213,7 +1213,7 @@ static int warm__add(struct executor *ex, int runtime)
     w->next = ex->warm;
     ex->warm = w;
     if (rc < 0) {
-        log_error("cannot make a warm container: %s", strerror(-rc));
+        log_error("cannot make a warm container: %s", skiff_strerror(rc));
         warm__discard(w);
     }
     return rc;

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "http/parser.h"
@@ -1281,7 +1282,7 @@ static void http__body_plan(struct http_server *s, struct http_request *req, llh
         req->body_fd = open(req->body_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (req->body_fd < 0)
             http_request_refuse(req, SKIFF_E_INTERNAL, "cannot store the upload: %s",
-                                strerror(errno));
+                                skiff_strerror(-errno));
     }
 }
 
@@ -1381,7 +1382,7 @@ static int http__on_body(llhttp_t *p, const char *at, size_t len)
                 if (errno == EINTR)
                     continue;
                 http_request_refuse(req, SKIFF_E_INTERNAL, "cannot store the upload: %s",
-                                    strerror(errno));
+                                    skiff_strerror(-errno));
                 http__answer_now(c, req, true);
                 return HPE_PAUSED;
             }
@@ -1805,7 +1806,7 @@ static void http__pause_accepting(struct http_server *s, int err)
         s->last_pressure_log_ms = now;
         log_error("%s cannot accept connections now (%s): trying again every %d ms; "
                   "%u connections open",
-                  s->name, strerror(err), HTTP_ACCEPT_PAUSE_MS, s->nconns);
+                  s->name, skiff_strerror(-err), HTTP_ACCEPT_PAUSE_MS, s->nconns);
     }
     if (s->accept_paused || !s->timers_open)
         return;

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "tls/tls.h"
@@ -199,7 +200,7 @@ int tls_relay_start(uv_loop_t *loop, int sock, struct tls_conn *tls)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-        log_warning("https upgrade: socketpair: %s", strerror(errno));
+        log_warning("https upgrade: socketpair: %s", skiff_strerror(-errno));
         close(sock);
         tls_conn_free(tls);
         return -1;

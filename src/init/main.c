@@ -27,6 +27,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/err.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "container/container.h"
 
@@ -102,7 +104,7 @@ static int init_enter(int argc, char **argv)
     char err[512] = "";
     int status = container_enter(&e, argv + i, environ, err, sizeof err);
     if (status < 0) {
-        fprintf(stderr, "skiff: cannot enter the container: %s\n", err);
+        log_error("cannot enter the container: %s", err);
         return INIT_CANNOT_RUN;
     }
     /* _exit: nothing of ours is left to flush, and a leak checker's exit handler cannot
@@ -137,8 +139,7 @@ int main(int argc, char **argv)
     char *text = NULL;
     int rc = file_read(config_path, &text, NULL);
     if (rc < 0) {
-        fprintf(stderr, "skiff: cannot read the container config %s: %s\n", config_path,
-                strerror(-rc));
+        log_error("cannot read the container config %s: %s", config_path, skiff_strerror(rc));
         return INIT_CANNOT_RUN;
     }
     struct container_config cfg;
@@ -146,7 +147,7 @@ int main(int argc, char **argv)
     rc = container_config_from_json(text, &cfg, err, sizeof err);
     free(text);
     if (rc < 0) {
-        fprintf(stderr, "skiff: %s\n", err);
+        log_error("%s", err);
         return INIT_CANNOT_RUN;
     }
     if ((i >= argc) != (cfg.warm_socket != NULL)) {
@@ -162,7 +163,7 @@ int main(int argc, char **argv)
                                cfg.warm_socket ? NULL : environ, err, sizeof err);
     container_config_clear(&cfg);
     if (status < 0) {
-        fprintf(stderr, "skiff: cannot start the container: %s\n", err);
+        log_error("cannot start the container: %s", err);
         return INIT_CANNOT_RUN;
     }
     return init_exit_as(status);

@@ -918,7 +918,7 @@ static void mapping_persist(struct inv_mapping *m)
     json_decref(doc);
     int rc = store_doc_put(m->inv->store, MAPPING_DOC_KIND, m->spec.id, text);
     if (rc < 0)
-        log_error("cannot save event mapping %s: %s", m->spec.id, strerror(-rc));
+        log_error("cannot save event mapping %s: %s", m->spec.id, skiff_strerror(rc));
     free(text);
     m->stats_dirty = false;
 }

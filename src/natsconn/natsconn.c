@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -123,7 +124,7 @@ static int natsconn__readable(const char *flag, const char *path, char *err, siz
 {
     if (access(path, R_OK) == 0)
         return 0;
-    snprintf(err, errsize, "%s %s: cannot read it (%s)", flag, path, strerror(errno));
+    snprintf(err, errsize, "%s %s: cannot read it (%s)", flag, path, skiff_strerror(-errno));
     return -EINVAL;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "services/services.h"
@@ -29,7 +30,7 @@ static int services__load_key(const char *home, unsigned char key[crypto_secretb
         randombytes_buf(key, crypto_secretbox_KEYBYTES);
         rc = file_write_atomic(path, key, crypto_secretbox_KEYBYTES, 0600);
         if (rc < 0)
-            log_error("cannot write %s: %s", path, strerror(-rc));
+            log_error("cannot write %s: %s", path, skiff_strerror(rc));
     } else {
         log_error("%s is not a key of %d bytes: move it away to make a new one (what was sealed "
                   "with it is then lost)",

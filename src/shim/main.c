@@ -9,6 +9,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "common/err.h"
+#include "common/log.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "executor/proc.h"
@@ -299,6 +301,7 @@ static void shim_usage(void)
 
 int main(int argc, char **argv)
 {
+    log_init("skiff-shim");
     int listen_fd = -1;
     const char *pid_file = NULL;
     int i = 1;
@@ -341,7 +344,7 @@ int main(int argc, char **argv)
     sh.sigterm.data = sh.sigint.data = &sh;
     if ((rc = uv_pipe_open(&sh.server, listen_fd)) < 0 ||
         (rc = uv_listen((uv_stream_t *)&sh.server, 8, shim_on_connection)) < 0) {
-        fprintf(stderr, "skiff-shim: cannot listen on fd %d: %s\n", listen_fd, uv_strerror(rc));
+        log_error("cannot listen on fd %d: %s", listen_fd, uv_strerror(rc));
         goto fail;
     }
     static char *const no_env[] = {NULL};
@@ -354,7 +357,7 @@ int main(int argc, char **argv)
                                .ctx = &sh};
     rc = proc_spawn(loop, &opt, &sh.proc);
     if (rc < 0) {
-        fprintf(stderr, "skiff-shim: cannot start %s: %s\n", argv[i], strerror(-rc));
+        log_error("cannot start %s: %s", argv[i], skiff_strerror(rc));
         goto fail;
     }
     sh.pid = proc_pid(sh.proc);

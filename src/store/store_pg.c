@@ -267,6 +267,20 @@ static int pg__exec(struct store_backend *b, const char *sql, int nparams,
     return rc;
 }
 
+/* A read of one row: as pg__exec, and -ENOENT when there is none; on 0 *out holds the
+ * (first) row and is the caller's to PQclear. */
+static int pg__read_row(struct store_backend *b, const char *sql, int nparams,
+                        const char *const *params, PGresult **out)
+{
+    if (pg__exec(b, sql, nparams, params, out) < 0)
+        return -EIO;
+    if (PQntuples(*out) > 0)
+        return 0;
+    PQclear(*out);
+    *out = NULL;
+    return -ENOENT;
+}
+
 /* A write: as pg__exec, and -ENOENT when it changed no row and must_change is set. */
 static int pg__write(struct store_backend *b, const char *sql, int nparams,
                      const char *const *params, bool must_change)
@@ -910,16 +924,13 @@ static int pg__app_get_query(struct store_backend *b, const char *ref, struct st
     const char *name = store_ref_split(ref, space);
     const char *v[] = {ref, space, name};
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 "SELECT " PG_APP_COLUMNS
-                 " FROM apps WHERE guid = $1 UNION ALL SELECT " PG_APP_COLUMNS
-                 " FROM apps WHERE space_guid = $2 AND name = $3 LIMIT 1",
-                 3, v, &res) < 0)
-        return -EIO;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return -ENOENT;
-    }
+    int rc = pg__read_row(b,
+                          "SELECT " PG_APP_COLUMNS
+                          " FROM apps WHERE guid = $1 UNION ALL SELECT " PG_APP_COLUMNS
+                          " FROM apps WHERE space_guid = $2 AND name = $3 LIMIT 1",
+                          3, v, &res);
+    if (rc < 0)
+        return rc;
     struct store_app *app = pg__read_app(res, 0);
     PQclear(res);
     const char *g[] = {app->guid};
@@ -1467,25 +1478,22 @@ static int pg__package_get(struct store_backend *b, const char *guid, struct sto
 {
     const char *v[] = {guid};
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 "SELECT guid, app_guid, path, bytes, created_at, digest FROM packages"
-                 " WHERE guid = $1",
-                 1, v, &res) < 0)
-        return -EIO;
-    int rc = -ENOENT;
-    if (PQntuples(res) > 0) {
-        struct store_package *p = xcalloc(1, sizeof *p);
-        pg__copy_guid(p->guid, res, 0, 0);
-        p->app_guid = pg__text(res, 0, 1);
-        p->path = pg__text(res, 0, 2);
-        p->bytes = (uint64_t)pg__int(res, 0, 3);
-        p->created_at = pg__int(res, 0, 4);
-        p->digest = pg__text(res, 0, 5);
-        *out = p;
-        rc = 0;
-    }
+    int rc = pg__read_row(b,
+                          "SELECT guid, app_guid, path, bytes, created_at, digest FROM packages"
+                          " WHERE guid = $1",
+                          1, v, &res);
+    if (rc < 0)
+        return rc;
+    struct store_package *p = xcalloc(1, sizeof *p);
+    pg__copy_guid(p->guid, res, 0, 0);
+    p->app_guid = pg__text(res, 0, 1);
+    p->path = pg__text(res, 0, 2);
+    p->bytes = (uint64_t)pg__int(res, 0, 3);
+    p->created_at = pg__int(res, 0, 4);
+    p->digest = pg__text(res, 0, 5);
+    *out = p;
     PQclear(res);
-    return rc;
+    return 0;
 }
 
 static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
@@ -1508,26 +1516,23 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
 {
     const char *v[] = {guid};
     PGresult *res = NULL;
-    if (pg__exec(b,
-                 "SELECT guid, app_guid, path, buildpack, process_types, created_at, digest"
-                 " FROM droplets WHERE guid = $1",
-                 1, v, &res) < 0)
-        return -EIO;
-    int rc = -ENOENT;
-    if (PQntuples(res) > 0) {
-        struct store_droplet *d = xcalloc(1, sizeof *d);
-        pg__copy_guid(d->guid, res, 0, 0);
-        d->app_guid = pg__text(res, 0, 1);
-        d->path = pg__text(res, 0, 2);
-        d->buildpack = pg__text(res, 0, 3);
-        d->process_types_json = pg__text(res, 0, 4);
-        d->created_at = pg__int(res, 0, 5);
-        d->digest = pg__text(res, 0, 6);
-        *out = d;
-        rc = 0;
-    }
+    int rc = pg__read_row(b,
+                          "SELECT guid, app_guid, path, buildpack, process_types, created_at,"
+                          " digest FROM droplets WHERE guid = $1",
+                          1, v, &res);
+    if (rc < 0)
+        return rc;
+    struct store_droplet *d = xcalloc(1, sizeof *d);
+    pg__copy_guid(d->guid, res, 0, 0);
+    d->app_guid = pg__text(res, 0, 1);
+    d->path = pg__text(res, 0, 2);
+    d->buildpack = pg__text(res, 0, 3);
+    d->process_types_json = pg__text(res, 0, 4);
+    d->created_at = pg__int(res, 0, 5);
+    d->digest = pg__text(res, 0, 6);
+    *out = d;
     PQclear(res);
-    return rc;
+    return 0;
 }
 
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
@@ -1758,15 +1763,12 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
 {
     const char *v[] = {kind, id};
     PGresult *res = NULL;
-    if (pg__exec(b, "SELECT body FROM documents WHERE kind = $1 AND id = $2", 2, v, &res) < 0)
-        return -EIO;
-    int rc = -ENOENT;
-    if (PQntuples(res) > 0) {
-        *json = pg__text(res, 0, 0);
-        rc = 0;
-    }
+    int rc = pg__read_row(b, "SELECT body FROM documents WHERE kind = $1 AND id = $2", 2, v, &res);
+    if (rc < 0)
+        return rc;
+    *json = pg__text(res, 0, 0);
     PQclear(res);
-    return rc;
+    return 0;
 }
 
 static int pg__doc_delete(struct store_backend *b, const char *kind, const char *id)

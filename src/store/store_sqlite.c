@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/store_backend.h"
@@ -333,7 +334,7 @@ int store_sqlite_open(const char *location, char *err, size_t errsize, struct st
      * shared-memory files take this mode from it */
     if (strcmp(location, ":memory:") != 0 && chmod(location, 0600) < 0)
         log_warning("cannot make the store %s readable by skiffd alone: %s", location,
-                    strerror(errno));
+                    skiff_strerror(-errno));
     sqlite3_busy_timeout(st->db, 5000);
     if (store__exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                         " PRAGMA foreign_keys=ON;") < 0) {

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/buf.h"
 #include "common/util.h"
 #include "tls/tls_internal.h"
@@ -295,7 +296,7 @@ int tls__ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t
     if (r == 0)
         r = file_read(key_path, &k, &klen);
     if (r < 0)
-        tls__set_err(err, errsize, "cannot read the local CA in %s: %s", dir, strerror(-r));
+        tls__set_err(err, errsize, "cannot read the local CA in %s: %s", dir, skiff_strerror(r));
     else
         r = tls__parse_pair(c, clen, k, klen, cert, &chain, key, err, errsize);
     sk_X509_pop_free(chain, X509_free);
@@ -324,7 +325,7 @@ static int write_file(const char *dir, const char *name, const char *data, size_
     if (r == 0)
         r = chmod(path, mode) < 0 ? -errno : 0; /* whatever the umask said */
     if (r < 0)
-        tls__set_err(err, errsize, "cannot write %s: %s", path, strerror(-r));
+        tls__set_err(err, errsize, "cannot write %s: %s", path, skiff_strerror(r));
     free(path);
     return r;
 }
@@ -333,7 +334,7 @@ int tls_local_ca_ensure(const char *dir, bool *created, char *err, size_t errsiz
 {
     *created = false;
     if (mkdir_p(dir, 0700) < 0 || chmod(dir, 0700) < 0) {
-        tls__set_err(err, errsize, "cannot make %s: %s", dir, strerror(errno));
+        tls__set_err(err, errsize, "cannot make %s: %s", dir, skiff_strerror(-errno));
         return -errno;
     }
     char *domains = xasprintf("%s/domains", dir);

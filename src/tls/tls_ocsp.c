@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/err.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -324,7 +325,7 @@ struct tls_ocsp_fetcher *tls__ocsp_fetcher_start(struct tls_store *s, int retry_
     pthread_cond_init(&f->wake, NULL);
     int r = pthread_create(&f->thread, NULL, tls_ocsp__thread, f);
     if (r != 0) {
-        tls__set_err(err, errsize, "cannot start the OCSP thread: %s", strerror(r));
+        tls__set_err(err, errsize, "cannot start the OCSP thread: %s", skiff_strerror(-r));
         pthread_mutex_destroy(&f->lock);
         pthread_cond_destroy(&f->wake);
         free(f);

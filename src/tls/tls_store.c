@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/err.h"
 #include "common/util.h"
 #include "tls/tls.h"
 #include "tls/tls_internal.h"
@@ -491,7 +492,7 @@ static int load_file(struct tls_store *s, struct tls_certs *c, const char *path,
     size_t len = 0;
     int r = file_read(path, &pem, &len);
     if (r < 0) {
-        tls__set_err(err, errsize, "cannot read %s: %s", path, strerror(-r));
+        tls__set_err(err, errsize, "cannot read %s: %s", path, skiff_strerror(r));
         return r;
     }
     char why[400] = "";

@@ -8,43 +8,11 @@ import http.client
 import os
 import shutil
 
-import pytest
+from conftest import WEB_APP, tar_gz, wait_for
+from controllers import (needs_postgres, pair, pg_dir, psql, running_here,  # noqa: F401
+                         serves)
 
-from conftest import WEB_APP, tar_gz, throwaway_postgres, wait_for
-from test_controllers import (PG_BIN, cells, leading, psql, running_here, serves,  # noqa: F401
-                              skiffd)
-
-pytestmark = pytest.mark.skipif(
-    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
-    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
-
-
-@pytest.fixture
-def pg_dir():
-    with throwaway_postgres() as d:
-        yield d
-
-
-@pytest.fixture
-def pair(pg_dir):
-    """Two skiffds on the store, each with its own home: a leads, b follows."""
-    a = skiffd(pg_dir, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        b = skiffd(pg_dir, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
-        assert not leading(b), cells(b)
-        assert a.home != b.home
-        yield a, b
-        for p in made:
-            p.stop()
-            text = p.output()
-            assert "Sanitizer" not in text and "runtime error" not in text, text
-    finally:
-        for p in made:
-            p.close()
+pytestmark = needs_postgres
 
 
 def stage_stopped(p, name):

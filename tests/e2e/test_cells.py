@@ -437,10 +437,7 @@ from types import SimpleNamespace  # noqa: E402
 
 from conftest import Platform, WEB_APP as PLATFORM_WEB_APP, deploy_bits, throwaway_postgres  # noqa
 
-PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
-needs_postgres = pytest.mark.skipif(
-    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
-    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
+from controllers import needs_postgres  # noqa: E402
 
 LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default: a cell silent that long is lost
 
@@ -475,6 +472,17 @@ def instances(p, name):
 
 def running(p, name):
     return [i for i in instances(p, name) if i["state"] == "RUNNING"]
+
+
+def deploy_two_running(ctl, name):
+    """An app of two instances with the route NAME.localhost, pushed through ctl: its
+    instances once both run."""
+    deploy_bits(ctl, name, [("Procfile", b"web: python3 app.py\n"),
+                            ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
+    status, body = ctl.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
+    assert status in (200, 201), body
+    wait_for(lambda: len(running(ctl, name)) == 2, 60, f"two instances of {name} running")
+    return running(ctl, name)
 
 
 def through_router(p, name):
@@ -531,14 +539,8 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     spy = Client(cluster.nats.port, "skiffd", PASSWORDS["skiffd"])
     spy.sub("skiff.cell.*.req")
     spy.sub("skiff.cell.*.up")
-    deploy_bits(ctl, "two", [("Procfile", b"web: python3 app.py\n"),
-                             ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
-    status, body = ctl.api("POST", "/v1/routes", {"app": "two", "host": "two.localhost"})
-    assert status in (200, 201), body
-
     # one instance on each cell (the controller runs none)
-    wait_for(lambda: len(running(ctl, "two")) == 2, 60, "two instances running")
-    placed = {i["cell"]: i for i in running(ctl, "two")}
+    placed = {i["cell"]: i for i in deploy_two_running(ctl, "two")}
     assert set(placed) == {a.id, b.id}, placed
     for c in (a, b):
         assert "starting instance" in c.output(), c.output()
@@ -610,12 +612,7 @@ def test_instances_outlive_the_controller_and_a_new_one_adopts_them(cluster, req
                       extra_env={"SKIFF_NATS": cluster.nats.url_for("router")})
     request.addfinalizer(rr.close)
     rr.start()
-    deploy_bits(ctl, "keep", [("Procfile", b"web: python3 app.py\n"),
-                              ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
-    status, body = ctl.api("POST", "/v1/routes", {"app": "keep", "host": "keep.localhost"})
-    assert status in (200, 201), body
-    wait_for(lambda: len(running(ctl, "keep")) == 2, 60, "two instances running")
-    before = {i["guid"]: i for i in running(ctl, "keep")}
+    before = {i["guid"]: i for i in deploy_two_running(ctl, "keep")}
     assert {i["cell"] for i in before.values()} == {a.id, b.id}, before
     addrs = [i["address"] for i in before.values()]
 

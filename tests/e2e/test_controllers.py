@@ -13,65 +13,11 @@ import time
 
 import pytest
 
-from conftest import (ROOT, WEB_APP, Platform, deploy_bits, http_get, out, throwaway_postgres,
-                      wait_for)
+from conftest import ROOT, WEB_APP, Platform, deploy_bits, http_get, out, wait_for
+from controllers import (LEADER_BOUND_S, cells, leading, needs_postgres,  # noqa: F401
+                         pair, pg_dir, psql, running_here, serves, skiffd)
 
-PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
-HEARTBEAT_MS = 300
-# src/daemon/leader.h: a follower tries for the lock every second; a dead leader's session
-# (kill -9, or ended by the server) frees it at once. Two tries and the time to converge.
-LEADER_BOUND_S = 5.0
-
-pytestmark = pytest.mark.skipif(
-    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
-    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
-
-
-@pytest.fixture
-def pg_dir():
-    with throwaway_postgres() as d:
-        yield d
-
-
-def psql(pg_dir, sql):
-    cmd = [os.path.join(PG_BIN, "psql"), "-h", pg_dir, "-U", "postgres", "-d", "postgres",
-           "-Atc", sql]
-    if os.getuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-def skiffd(pg_dir, zone, heartbeat_ms=HEARTBEAT_MS, more_args=()):
-    url = f"postgresql://postgres@/postgres?host={pg_dir}"
-    return Platform(extra_args=["--store", url, "--isolation", "process", "--zone", zone,
-                                *more_args],
-                    extra_env={"SKIFF_CELL_HEARTBEAT_MS": str(heartbeat_ms),
-                               "SKIFF_PREWARM": "0"})
-
-
-def cells(p):
-    status, body = p.api("GET", "/v1/cells")
-    assert status == 200, body
-    return body
-
-
-def leading(p):
-    return cells(p)["leading"]
-
-
-def running_here(p, name):
-    """The RUNNING web instances this skiffd's scheduler runs for the app (any skiffd shows
-    the leader's: each instance names its cell)."""
-    status, app = p.api("GET", f"/v1/apps/{name}")
-    assert status == 200, app
-    here = cells(p)["this_cell"]
-    return [i for i in app.get("instances_detail", [])
-            if i.get("state") == "RUNNING" and i.get("cell") == here]
-
-
-def serves(p, name, host=None):
-    status, text = http_get(p.router_url + "/", host=host or f"{name}.localhost")
-    return status == 200 and text.startswith("instance")
+pytestmark = needs_postgres
 
 
 def deploy_through(p, name):
@@ -79,27 +25,6 @@ def deploy_through(p, name):
                 {"instances": 1})
     status, body = p.api("POST", "/v1/routes", {"app": name, "host": f"{name}.localhost"})
     assert status in (200, 201), body
-
-
-@pytest.fixture
-def pair(pg_dir):
-    """Two skiffds on the store: a, started first, leads; b follows."""
-    a = skiffd(pg_dir, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        b = skiffd(pg_dir, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
-        assert not leading(b), cells(b)
-        yield a, b
-        for p in made:
-            p.stop()
-            text = p.output()
-            assert "Sanitizer" not in text and "runtime error" not in text, text
-    finally:
-        for p in made:
-            p.close()
 
 
 def test_push_through_a_follower_runs_on_the_leader_and_a_killed_leader_is_replaced(pair):

@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from conftest import Platform, free_port, wait_for
+from controllers import needs_postgres, pg_dir  # noqa: F401
 from test_fabric_crash import crash_rounds, read_all
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
@@ -440,7 +441,7 @@ def pg_dir():
 
 def shared_skiffd(pg_dir, nats, zone):
     """A skiffd on the shared PostgreSQL store and the shared JetStream fabric."""
-    from test_controllers import skiffd
+    from controllers import skiffd
     return skiffd(pg_dir, zone, more_args=("--nats", nats.url))
 
 
@@ -458,7 +459,7 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
     (its cursor is one durable consumer); killed with SIGKILL mid-stream, the other takes the
     consumer over at its acknowledgement floor and every event is delivered. What the killed
     one had been given and not acknowledged is delivered again (at-least-once): counted."""
-    from test_controllers import cells, leading
+    from controllers import cells, leading
     fn = tmp_path / "slow.py"
     fn.write_text("import time\n\ndef handle(event):\n    time.sleep(0.1)\n"
                   "    return {'seen': event['data']['n']}\n")
@@ -569,7 +570,7 @@ def test_a_platform_event_caused_through_one_skiffd_reaches_a_mapping_on_the_oth
         pg_dir, nats, tmp_path):
     """skiff.app.* events go to JetStream like any: an app stopped through the follower is
     delivered to the function the leader runs for a mapping on that platform event."""
-    from test_controllers import cells, leading
+    from controllers import cells, leading
     fn = tmp_path / "watch.py"
     fn.write_text("def handle(event):\n    return {'seen': event['type'] + ' ' + "
                   "event['subject']}\n")

@@ -28,9 +28,7 @@
 #include "blobs/blobs.h"
 #include "common/util.h"
 #include "store/store.h"
-
-static char *pg_dir; /* the PostgreSQL server's socket folder while that group runs */
-static int pg_databases;
+#include "pg_throwaway.h"
 
 struct env {
     char *home;
@@ -39,45 +37,21 @@ struct env {
     struct blob_store *bs;
 };
 
-static void raw_sql(const char *location, const char *sql)
-{
-    PGconn *c = PQconnectdb(location);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *res = PQexec(c, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQerrorMessage(c));
-    PQclear(res);
-    PQfinish(c);
-}
-
-static char *pg_url(const char *db)
-{
-    return xasprintf("postgres:///%s?host=%s&user=postgres", db, pg_dir);
-}
-
 static int env_setup(void **state)
 {
     struct env *e = xcalloc(1, sizeof *e);
     char dir[] = "/tmp/skiff-test-blobs-XXXXXX";
     assert_non_null(mkdtemp(dir));
     e->home = xstrdup(dir);
-    if (pg_dir) {
-        char *admin = pg_url("postgres");
-        char *sql = xasprintf("CREATE DATABASE b%d", ++pg_databases);
-        raw_sql(admin, sql);
-        free(sql);
-        free(admin);
-        char name[32];
-        snprintf(name, sizeof name, "b%d", pg_databases);
-        e->location = pg_url(name);
+    if (pg_throwaway_dir) {
+        e->location = pg_throwaway_database();
     } else {
         e->location = xasprintf("%s/skiff.db", e->home);
     }
     char err[256];
     assert_int_equal(store_open(e->location, err, sizeof err, &e->st), 0);
     assert_int_equal(blob_store_open(e->location, e->home, &e->bs), 0);
-    assert_int_equal(blob_store_in_database(e->bs), pg_dir != NULL);
+    assert_int_equal(blob_store_in_database(e->bs), pg_throwaway_dir != NULL);
     *state = e;
     return 0;
 }
@@ -232,11 +206,11 @@ static void test_gc_deletes_only_what_nothing_references(void **state)
 /* Changes a stored blob's content behind the store's back. */
 static void corrupt(struct env *e, const char *digest)
 {
-    if (pg_dir) {
+    if (pg_throwaway_dir) {
         char *sql = xasprintf("UPDATE blob_chunks SET data = 'forged'::bytea WHERE blob_id ="
                               " (SELECT id FROM blobs WHERE digest = '%s')",
                               digest);
-        raw_sql(e->location, sql);
+        pg_throwaway_sql(e->location, sql);
         free(sql);
         return;
     }
@@ -544,6 +518,35 @@ static void test_cache_gc_removes_only_what_nothing_names_or_runs(void **state)
         free(s[i]);
 }
 
+static void test_a_package_fetched_here_has_one_place_the_cache_sweeps(void **state)
+{
+    struct env *e = *state;
+    char digest[] = "sha256:"
+                    "abababababababababababababababababababababababababababababababab";
+    char *path = NULL;
+    assert_int_equal(blob_package_local(e->bs, digest, "oci", &path), 0);
+    char *want = xasprintf("%s/blobs/packages/%s.oci", e->home, digest + 7);
+    assert_string_equal(path, want);
+    free(path);
+    assert_int_equal(blob_package_local(e->bs, digest, NULL, &path), 0);
+    want[strlen(want) - strlen(".oci")] = '\0';
+    assert_string_equal(path, want);
+    /* the folder is made, and what is put there is what the cache's collection looks at */
+    assert_int_equal(file_write_atomic(path, "p", 1, 0600), 0);
+    size_t deleted = 0;
+    assert_int_equal(blob_cache_gc(e->bs, NULL, 0, NULL, 0, 0, &deleted, NULL), 0);
+    assert_int_equal(deleted, 1);
+    assert_false(exists(path));
+    free(path);
+    free(want);
+
+    /* a digest that would lead out of the folder is refused, and nothing is given */
+    path = NULL;
+    assert_int_equal(blob_package_local(e->bs, "sha256:../../../etc/passwd", NULL, &path), -EINVAL);
+    assert_int_equal(blob_package_local(e->bs, "sha256:", "oci", &path), -EINVAL);
+    assert_null(path);
+}
+
 /* ---- blob_fetch against a server of the test's ---------------------------------------------- */
 
 struct server {
@@ -715,35 +718,6 @@ static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **sta
 
 /* ---- groups -------------------------------------------------------------------------------- */
 
-static int pg_stop(void **state)
-{
-    (void)state;
-    char *cmd = xasprintf("scripts/pg-throwaway.sh stop %s", pg_dir);
-    int rc = system(cmd);
-    free(cmd);
-    free(pg_dir);
-    pg_dir = NULL;
-    return rc == 0 ? 0 : -1;
-}
-
-static int pg_start(void **state)
-{
-    char dir[] = "/tmp/skiff-pg-XXXXXX";
-    if (!mkdtemp(dir))
-        return -1;
-    pg_dir = xstrdup(dir);
-    char *cmd = xasprintf("scripts/pg-throwaway.sh start %s >/dev/null", pg_dir);
-    int rc = system(cmd);
-    free(cmd);
-    if (rc != 0) {
-        pg_stop(state);
-        fprintf(stderr, "PostgreSQL did not start (scripts/pg-throwaway.sh, run from the "
-                        "source folder): the PostgreSQL blob tests fail\n");
-        return -1;
-    }
-    return 0;
-}
-
 #define BLOB_STORE_TESTS                                                                           \
     cmocka_unit_test_setup_teardown(test_put_get_has_delete_round_trip, env_setup, env_teardown),  \
         cmocka_unit_test_setup_teardown(test_gc_deletes_only_what_nothing_references, env_setup,   \
@@ -764,10 +738,13 @@ int main(void)
                                         env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_cache_gc_removes_only_what_nothing_names_or_runs,
                                         env_setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_a_package_fetched_here_has_one_place_the_cache_sweeps,
+                                        env_setup, env_teardown),
         cmocka_unit_test(test_fetch_verifies_bounds_and_falls_over_to_the_next_url),
     };
     const struct CMUnitTest pg_tests[] = {BLOB_STORE_TESTS};
     int failed = cmocka_run_group_tests_name("blobs in files", file_tests, NULL, NULL);
-    failed += cmocka_run_group_tests_name("blobs in PostgreSQL", pg_tests, pg_start, pg_stop);
+    failed += cmocka_run_group_tests_name("blobs in PostgreSQL", pg_tests, pg_throwaway_start,
+                                          pg_throwaway_stop);
     return failed;
 }

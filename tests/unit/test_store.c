@@ -19,16 +19,13 @@
 
 #include "common/util.h"
 #include "store/store.h"
+#include "pg_throwaway.h"
 
 extern const char *const store_sqlite_migrations[];
 extern const size_t store_sqlite_migrations_count;
 extern const char *const store_pg_migrations[];
 extern const size_t store_pg_migrations_count;
 extern int64_t store_pg_feed_retry_ms[2];
-
-/* The PostgreSQL server's socket folder while the PostgreSQL group runs; NULL: SQLite. */
-static char *pg_dir;
-static int pg_databases;
 
 static bool on_pg(const char *location)
 {
@@ -37,26 +34,19 @@ static bool on_pg(const char *location)
 
 static const char *const *migrations(void)
 {
-    return pg_dir ? store_pg_migrations : store_sqlite_migrations;
+    return pg_throwaway_dir ? store_pg_migrations : store_sqlite_migrations;
 }
 
 static size_t migrations_count(void)
 {
-    return pg_dir ? store_pg_migrations_count : store_sqlite_migrations_count;
+    return pg_throwaway_dir ? store_pg_migrations_count : store_sqlite_migrations_count;
 }
 
 /* Runs SQL on the server's maintenance database or on the store at location. */
 static void raw_sql(const char *location, const char *sql)
 {
     if (on_pg(location)) {
-        PGconn *c = PQconnectdb(location);
-        if (PQstatus(c) != CONNECTION_OK)
-            fail_msg("connect %s: %s", location, PQerrorMessage(c));
-        PGresult *res = PQexec(c, sql);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK)
-            fail_msg("%s: %s", sql, PQerrorMessage(c));
-        PQclear(res);
-        PQfinish(c);
+        pg_throwaway_sql(location, sql);
         return;
     }
     sqlite3 *db = NULL;
@@ -67,24 +57,11 @@ static void raw_sql(const char *location, const char *sql)
     sqlite3_close(db);
 }
 
-static char *pg_url(const char *db)
-{
-    return xasprintf("postgres:///%s?host=%s&user=postgres", db, pg_dir);
-}
-
 /* A fresh, empty store: a file in a new folder, or a new database on the server. */
 static char *temp_db(void)
 {
-    if (pg_dir) {
-        char *admin = pg_url("postgres");
-        char *sql = xasprintf("CREATE DATABASE t%d", ++pg_databases);
-        raw_sql(admin, sql);
-        free(sql);
-        free(admin);
-        char name[32];
-        snprintf(name, sizeof name, "t%d", pg_databases);
-        return pg_url(name);
-    }
+    if (pg_throwaway_dir)
+        return pg_throwaway_database();
     char dir[] = "/tmp/skiff-test-store-XXXXXX";
     assert_non_null(mkdtemp(dir));
     return xasprintf("%s/skiff.db", dir);
@@ -95,7 +72,7 @@ static void remove_db(char *path)
     if (on_pg(path)) {
         /* "postgres:///tN?...": the database this test made */
         const char *name = path + strlen("postgres:///");
-        char *admin = pg_url("postgres");
+        char *admin = pg_throwaway_url("postgres");
         char *sql = xasprintf("DROP DATABASE %.*s WITH (FORCE)", (int)strcspn(name, "?"), name);
         raw_sql(admin, sql);
         free(sql);
@@ -108,38 +85,6 @@ static void remove_db(char *path)
     rm_rf(dir);
     free(dir);
     free(path);
-}
-
-static int pg_stop(void **state)
-{
-    (void)state;
-    char *cmd = xasprintf("scripts/pg-throwaway.sh stop %s", pg_dir);
-    int rc = system(cmd);
-    free(cmd);
-    free(pg_dir);
-    pg_dir = NULL;
-    return rc == 0 ? 0 : -1;
-}
-
-static int pg_start(void **state)
-{
-    (void)state;
-    char dir[] = "/tmp/skiff-pg-XXXXXX";
-    if (!mkdtemp(dir)) {
-        fprintf(stderr, "cannot make a folder for PostgreSQL\n");
-        return -1;
-    }
-    pg_dir = xstrdup(dir);
-    char *cmd = xasprintf("scripts/pg-throwaway.sh start %s >/dev/null", pg_dir);
-    int rc = system(cmd);
-    free(cmd);
-    if (rc != 0) {
-        pg_stop(state);
-        fprintf(stderr, "PostgreSQL did not start (scripts/pg-throwaway.sh, run from the "
-                        "source folder): the PostgreSQL store tests fail\n");
-        return -1;
-    }
-    return 0;
 }
 
 static struct store *open_ok(const char *path)
@@ -1526,7 +1471,7 @@ static void admin_sql(const char *path, const char *fmt)
     const char *name = path + strlen("postgres:///");
     char db[64];
     snprintf(db, sizeof db, "%.*s", (int)strcspn(name, "?"), name);
-    char *admin = pg_url("postgres");
+    char *admin = pg_throwaway_url("postgres");
     char *sql = xasprintf(fmt, db);
     raw_sql(admin, sql);
     free(sql);
@@ -1741,6 +1686,7 @@ int main(void)
     };
     const struct CMUnitTest pg_tests[] = {STORE_TESTS};
     int failed = cmocka_run_group_tests_name("store on SQLite", sqlite_tests, NULL, NULL);
-    failed += cmocka_run_group_tests_name("store on PostgreSQL", pg_tests, pg_start, pg_stop);
+    failed += cmocka_run_group_tests_name("store on PostgreSQL", pg_tests, pg_throwaway_start,
+                                          pg_throwaway_stop);
     return failed;
 }
