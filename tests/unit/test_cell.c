@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 #include <string.h>
 
@@ -256,9 +259,26 @@ static void on_droplet(void *ctx, int rc, const char *dir, const char *why)
     snprintf(h->why, sizeof h->why, "%s", why ? why : "");
 }
 
-/* A cell with a home of its own: the controller's path is never read when the request names
+/* A listening socket of the test's on loopback: its port; nothing ever accepts on it. */
+static int stranger_listen(int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(*fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(*fd, (struct sockaddr *)&a, &al);
+    assert_int_equal(listen(*fd, 8), 0);
+    return ntohs(a.sin_port);
+}
+
+#define CELL_ID "0123456789abcdef0123456789abcdef"
+#define SECRET "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+/* A cell with a home of its own: the controller's path is never read when the cell has
  * controllers to fetch from; the cache answers at once; the token file must be the operator's
- * (there, 0600, a cells' token); a fetch nobody answers fails once for both starts waiting. */
+ * (there, 0600, this cell's token); a fetch nobody answers fails once for both starts waiting;
+ * the URL a start request names that is not one of the cell's controllers is never connected
+ * to (whoever wrote the request would get the token). */
 static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state)
 {
     (void)state;
@@ -267,23 +287,38 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct cell_droplets *cd = NULL;
-    assert_int_equal(cell_droplets_new(&loop, home, NULL, &cd), 0);
-    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    static const char *const nobody[] = {"http://127.0.0.1:1/", NULL};
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    int stranger_fd;
+    char stranger[64];
+    snprintf(stranger, sizeof stranger, "http://127.0.0.1:%d", stranger_listen(&stranger_fd));
+    const char *named[] = {stranger, NULL};
     struct cell_launch l = sample();
     l.droplet_path = "/tmp"; /* there, but not this cell's to read */
-    l.blob_urls = nobody;
+    l.blob_urls = named;
     char *dir = NULL, err[512] = "", path[512];
     struct heard h = {0};
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -ENOENT);
     assert_non_null(strstr(err, "cell-token"));
+    assert_non_null(strstr(err, "skiff create-cell-token " CELL_ID));
     snprintf(path, sizeof path, "%s/cell-token", home);
-    write_file(path, "skiffc_00ff\n", 0644);
+    write_file(path, "skiffc_" CELL_ID SECRET "\n", 0644);
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EACCES);
     assert_non_null(strstr(err, "chmod 600"));
     write_file(path, "a password\n", 0600);
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
-    assert_non_null(strstr(err, "does not hold a cells' token"));
-    write_file(path, "skiffc_00ff\n", 0600);
+    assert_non_null(strstr(err, "does not hold a cell's token"));
+    /* the one token all cells shared once: refused with what to do instead */
+    write_file(path, "skiffc_" SECRET "\n", 0600);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "once shared"));
+    /* another cell's token: never sent from here */
+    write_file(path, "skiffc_fedcba9876543210fedcba9876543210" SECRET "\n", 0600);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "cell fedcba9876543210fedcba9876543210's"));
+    write_file(path, "skiffc_" CELL_ID SECRET "\n", 0600);
+    assert_int_equal(cell_droplets_check_token(cd, err, sizeof err), 0);
     struct heard h2 = {0};
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
@@ -294,6 +329,11 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     assert_int_equal(h2.calls, 1);
     assert_int_equal(h.rc, -EIO);
     assert_non_null(strstr(h.why, "127.0.0.1:1"));
+    assert_null(strstr(h.why, stranger));
+    /* the stranger the request named was never connected to */
+    assert_int_equal(accept(stranger_fd, NULL, NULL), -1);
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+    close(stranger_fd);
     snprintf(path, sizeof path, "%s/blobs/droplets/%s", home, SAMPLE_DIGEST + 7);
     struct stat st;
     assert_int_equal(stat(path, &st), -1); /* nothing unpacked */
@@ -303,6 +343,14 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     assert_string_equal(dir, path);
     free(dir);
     assert_int_equal(h.calls, 1);
+    cell_droplets_free(cd);
+    /* a cell with no controller fetches nothing, whatever the request names */
+    cfg.controller_urls = NULL;
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    l.droplet_digest = "sha256:" SECRET;
+    l.droplet_path = "/nonexistent/droplet";
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -ENOENT);
+    assert_non_null(strstr(err, "--controller-url"));
     cell_droplets_free(cd);
     uv_loop_close(&loop);
     char cmd[600];
