@@ -49,6 +49,7 @@ class HostCell(HostProcess):
         with open(os.path.join(self.home, "cell-id"), "w") as f:
             f.write(self.id + "\n")
         self.proc = None
+        self.controllers = []  # --controller-url, in order
 
     def start(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
@@ -61,7 +62,8 @@ class HostCell(HostProcess):
             "nsenter", "--net=/run/netns/" + self.host.ns,
             os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
             "--host-addr", self.host.addr, "--network-pool", self.pool, "--prewarm", "1",
-            "--zone", "zone-" + self.host.name, "--memory", "2G"],
+            "--zone", "zone-" + self.host.name, "--memory", "2G"]
+            + [arg for url in self.controllers for arg in ("--controller-url", url)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
@@ -82,15 +84,19 @@ def world():
             "--zone", "zone-a"], extra_env=dict(HOSTS_MS, SKIFF_CELL_HEARTBEAT_MS="500"))
         started.append(ctl)
         ctl.start()
-        # the operator gives each cell the cells' token the first controller made
-        token_path = os.path.join(ctl.home, "cell-token")
-        wait_for(lambda: os.path.exists(token_path), 10, "the controller's cell-token")
         cells = {}
         for name in ("b", "c"):
             cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
             started.append(cells[name])
-            shutil.copy(token_path, os.path.join(cells[name].home, "cell-token"))
-            os.chmod(os.path.join(cells[name].home, "cell-token"), 0o600)
+            # the operator makes each cell its own token and names the controller it fetches
+            # droplets from (the API's address on A's network)
+            status, made = ctl.api("POST", "/v1/cell_tokens", {"cell": cells[name].id})
+            assert status == 201, made
+            path = os.path.join(cells[name].home, "cell-token")
+            with open(path, "w") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(made["token"] + "\n")
+            cells[name].controllers = [ctl.api_url]
             cells[name].start()
         router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
         started.append(router)
@@ -194,7 +200,7 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
         assert "sha256:" + hashlib.sha256(r.read()).hexdigest() == digest
     for x in (b, c):
         assert "fetching droplet %s from %s" % (digest, ctl.api_url) in x.output(), x.output()
-        assert "fetched droplet %s from a controller (verified)" % digest in x.output()
+        assert "fetched droplet %s from %s (verified)" % (digest, ctl.api_url) in x.output()
         with open(os.path.join(x.home, "blobs", "droplets", digest[7:], "app", "app.py"),
                   "rb") as f:
             assert f.read() == CELL_APP
