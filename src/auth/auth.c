@@ -110,7 +110,7 @@ static const struct {
          "read service credentials: user-provided services' and service keys'"},
     [AUTH_PERM_BLOBS] = {"blobs.read", AUTH_SCOPE_NONE, 0,
                          "read packages and droplets by digest (GET /v1/blobs): the platform "
-                         "admin, and cells with their token"},
+                         "admin, and a cell with its own token for a droplet placed on it"},
 };
 
 #undef R

@@ -760,3 +760,39 @@ def test_a_cells_token_reads_only_what_was_placed_on_it(cluster):
         assert "fetched droplet %s from %s (verified)" % (digest, ctl.api_url) in other.output()
     finally:
         spy.close()
+
+
+@needs_postgres
+def test_a_fetch_goes_to_the_next_controller_when_one_is_down(cluster):
+    """Two controllers on the store, a cell given both: the leader stops, the other leads, and
+    the cell's next fetch, refused by the first (down), comes from the second, under the grant
+    the new leader wrote."""
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    second = controller(cluster.pg_dir, cluster.nats)
+    try:
+        second.start()
+        assert not second.api("GET", "/v1/cells")[1]["leading"]
+        for c in (a, b):
+            c.stop()
+            c.controllers = [ctl.api_url, second.api_url]
+            c.start()
+        deploy_bits(ctl, "first", [("Procfile", b"web: python3 app.py\n"),
+                                   ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
+        wait_for(lambda: len(running(ctl, "first")) == 2, 60, "two instances running")
+        m = re.search(r"fetched droplet (sha256:[0-9a-f]{64}) from (\S+) ", a.output())
+        assert m and m.group(2) == ctl.api_url, a.output()
+
+        ctl.stop()  # down: nothing answers at its address any more
+        wait_for(lambda: second.api("GET", "/v1/cells")[1]["leading"], 30, "the second to lead")
+        deploy_bits(second, "next", [("Procfile", b"web: python3 app.py\n"),
+                                     ("app.py", PLATFORM_WEB_APP + b"\n# another droplet\n")],
+                    {"instances": 2})
+        wait_for(lambda: len(running(second, "next")) == 2, 90, "the new app's instances")
+        for c in (a, b):
+            fetched = re.findall(r"fetched droplet (sha256:[0-9a-f]{64}) from (\S+) ", c.output())
+            assert len(fetched) == 2 and fetched[0][0] != fetched[1][0], c.output()
+            assert fetched[1][1] == second.api_url, c.output()
+            assert "fetching droplet %s from %s, %s (in turn)" % (
+                fetched[1][0], ctl.api_url, second.api_url) in c.output(), c.output()
+    finally:
+        second.close()
