@@ -7,6 +7,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdbool.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -16,7 +19,9 @@
 
 #include <cmocka.h>
 
+#include "blobs/blobs.h"
 #include "cell/cell.h"
+#include "common/util.h"
 
 #define MB (1024ull * 1024)
 
@@ -358,6 +363,136 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- a controller of the test's: 401 unless the request carries the token it expects ---- */
+
+struct controller {
+    int fd, port;
+    pthread_t thread;
+    char good[200]; /* "Authorization: Bearer TOKEN" */
+    const char *body;
+    size_t len;
+    int requests, refused;
+};
+
+static void *controller_main(void *arg)
+{
+    struct controller *s = arg;
+    for (;;) {
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        char req[4096];
+        size_t n = 0;
+        req[0] = '\0';
+        while (n < sizeof req - 1 && !strstr(req, "\r\n\r\n")) {
+            ssize_t r = read(c, req + n, sizeof req - 1 - n);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            req[n] = '\0';
+        }
+        s->requests++;
+        bool ok = strstr(req, s->good) != NULL;
+        if (!ok)
+            s->refused++;
+        char head[256];
+        int hl = snprintf(head, sizeof head,
+                          "HTTP/1.1 %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                          ok ? "200 OK" : "401 Unauthorized", ok ? s->len : 0);
+        if (write(c, head, (size_t)hl) < 0 || (ok && write(c, s->body, s->len) < 0))
+            s->requests += 0;
+        close(c);
+    }
+}
+
+/* A token rotated while a fetch is under way: the controller refuses the one the fetch began
+ * with, the cell reads its file again, finds the new one and fetches with it, no restart. */
+static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellrot-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[600], tmp[600];
+    snprintf(path, sizeof path, "%s/src/app", home);
+    assert_int_equal(mkdir_p(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/src/app/hello.txt", home);
+    write_file(path, "hello\n", 0644);
+    snprintf(path, sizeof path, "%s/src", home);
+    snprintf(tmp, sizeof tmp, "%s", home);
+    char *tar = NULL;
+    assert_int_equal(blob_droplet_pack(path, tmp, &tar), 0);
+    char *body = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(tar, &body, &len), 0);
+    unlink(tar);
+    free(tar);
+    unsigned char sum[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(sum, (const unsigned char *)body, len);
+    char digest[BLOB_DIGEST_LEN + 1] = "sha256:";
+    sodium_bin2hex(digest + 7, sizeof digest - 7, sum, sizeof sum);
+
+    struct controller ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
+    ctl.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(ctl.fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(ctl.fd, (struct sockaddr *)&a, &al);
+    assert_int_equal(listen(ctl.fd, 8), 0);
+    pthread_create(&ctl.thread, NULL, controller_main, &ctl);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
+    const char *urls[] = {url, NULL};
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    char text[200];
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    struct cell_launch l = sample();
+    l.droplet_digest = digest;
+    l.blob_urls = urls;
+    char *dir = NULL, err[512] = "";
+    struct heard h = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
+    /* the fetch took token 1; the operator puts token 2 in place meanwhile */
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 2);
+    write_file(path, text, 0600);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(ctl.refused, 1);
+    assert_int_equal(ctl.requests, 2);
+    snprintf(path, sizeof path, "%s/blobs/droplets/%s/app/hello.txt", home, digest + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* a token the controller refuses that has not changed: refused once, not asked again */
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 3);
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    write_file(path, text, 0600);
+    l.droplet_digest = "sha256:" SECRET;
+    struct heard h2 = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
+                     -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h2.rc, -EACCES);
+    assert_non_null(strstr(h2.why, "401"));
+    assert_int_equal(ctl.requests, 3);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    shutdown(ctl.fd, SHUT_RDWR);
+    close(ctl.fd);
+    pthread_join(ctl.thread, NULL);
+    free(body);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -370,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_a_hostile_launch_is_refused_with_the_field_named),
         cmocka_unit_test(test_a_droplet_not_here_names_its_digest),
         cmocka_unit_test(test_a_droplet_is_fetched_by_digest_with_the_token_file),
+        cmocka_unit_test(test_a_token_refused_is_read_again_and_the_new_one_used),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
