@@ -1208,8 +1208,8 @@ int main(int argc, char **argv)
             .runtimes_dir = cell_buildpacks};
         char *env_controllers = xstrdup(env_or("SKIFF_CONTROLLER_URLS", ""));
         if (!n_controllers)
-            for (char *save = NULL, *u = strtok_r(env_controllers, ",", &save);
-                 u && n_controllers < DAEMON_CONTROLLERS_MAX; u = strtok_r(NULL, ",", &save))
+            for (char *save = NULL, *u = strtok_r(env_controllers, ", \t", &save);
+                 u && n_controllers < DAEMON_CONTROLLERS_MAX; u = strtok_r(NULL, ", \t", &save))
                 controller_urls[n_controllers++] = u;
         for (size_t k = 0; k < n_controllers; k++)
             if (!daemon_url_ok(controller_urls[k])) {
