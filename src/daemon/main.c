@@ -859,6 +859,7 @@ static void daemon_cell_closed(void *arg)
     uv_close((uv_handle_t *)&c->sigterm, NULL);
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigusr2, NULL);
+    uv_close((uv_handle_t *)&c->sighup, NULL);
 }
 
 static void daemon_cell_on_signal(uv_signal_t *h, int signum)

@@ -203,12 +203,15 @@ class Cell:
         with open(os.path.join(self.home, "cell.out"), errors="replace") as f:
             return f.read()[-20000:]
 
+    stuck = False  # a stop it did not obey within 30 s (then killed)
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
+                self.stuck = True
                 self.proc.kill()
                 self.proc.wait()
 
@@ -259,6 +262,7 @@ def setup():
         for c in cells:
             c.stop()
             text = c.output()
+            assert not c.stuck, "the cell did not exit on SIGTERM:\n" + text
             assert "Sanitizer" not in text and "runtime error" not in text, text
             assert "cannot make a warm container" not in text, text  # the warm pool works
     finally:
@@ -541,6 +545,7 @@ def cluster():
             ctl.stop()
             for c in cells:
                 c.stop()
+                assert not c.stuck, "the cell did not exit on SIGTERM:\n" + c.output()
             for text in [ctl.output()] + [c.output() for c in cells]:
                 assert "Sanitizer" not in text and "runtime error" not in text, text
         finally:
