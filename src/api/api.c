@@ -68,8 +68,6 @@ struct api {
     void *binding_check_ctx;
     api_audit_fn audit;
     void *audit_ctx;
-    bool cell_token;                                   /* cell_hash is set */
-    unsigned char cell_hash[crypto_generichash_BYTES]; /* of the cells' token */
     struct auth *auth;
     struct store *store;
 };
@@ -469,8 +467,10 @@ static int api__authenticate(struct api *api, struct api_request *req)
             }
         }
     }
-    if (str_has_prefix(token, API_CELL_TOKEN_PREFIX)) {
-        if (!api->cell_token || sodium_memcmp(hash, api->cell_hash, sizeof hash) != 0)
+    if (str_has_prefix(token, AUTH_CELL_TOKEN_PREFIX)) {
+        /* the store is asked each time: a token deleted or replaced through any controller
+         * is refused by every one at once */
+        if (!api->store || api_cell_token_check(api->store, token, req->caller_name) < 0)
             return -2;
         p->kind = AUTH_CELL;
         return 0;
@@ -793,6 +793,11 @@ const char *api_request_caller_name(const struct api_request *req)
     return req->by_instance ? req->caller_name : NULL;
 }
 
+const char *api_request_cell(const struct api_request *req)
+{
+    return req->principal.kind == AUTH_CELL ? req->caller_name : NULL;
+}
+
 const char *api_request_route(const struct api_request *req)
 {
     return req->route ? req->route->pattern : NULL;
@@ -971,81 +976,4 @@ static void api__on_request(struct http_request *hreq, void *ctx)
     (void)ctx;
     struct api_request *req = (struct api_request *)hreq;
     req->route->fn(req, req->route->ctx);
-}
-
-/* ---- the cells' token --------------------------------------------------------------------- */
-
-#define API_CELL_TOKEN_KIND "cell.token"
-
-static void api__hash_hex(const unsigned char hash[crypto_generichash_BYTES], char *out)
-{
-    sodium_bin2hex(out, 2 * crypto_generichash_BYTES + 1, hash, crypto_generichash_BYTES);
-}
-
-int api_cell_token_setup(struct api *api, struct store *store, char *err, size_t errsize)
-{
-    char *json = NULL;
-    int rc = store_doc_get(store, API_CELL_TOKEN_KIND, "hash", &json);
-    char *path = xasprintf("%s/cell-token", api->home);
-    if (rc == -ENOENT) {
-        /* the first controller on this store: it makes the token */
-        char hex[65], token[80];
-        random_hex(hex, 32);
-        snprintf(token, sizeof token, API_CELL_TOKEN_PREFIX "%.64s", hex);
-        unsigned char hash[crypto_generichash_BYTES];
-        crypto_generichash(hash, sizeof hash, (const unsigned char *)token, strlen(token), NULL, 0);
-        char hash_hex[2 * crypto_generichash_BYTES + 1];
-        api__hash_hex(hash, hash_hex);
-        json_t *doc = json_pack("{s:s}", "blake2b", hash_hex);
-        char *text = json_dumps(doc, JSON_COMPACT);
-        json_decref(doc);
-        rc = store_doc_put(store, API_CELL_TOKEN_KIND, "hash", text);
-        free(text);
-        if (rc == 0)
-            rc = file_write_atomic(path, token, strlen(token), 0600);
-        sodium_memzero(token, sizeof token);
-        if (rc == 0)
-            rc = store_doc_get(store, API_CELL_TOKEN_KIND, "hash", &json);
-    }
-    if (rc < 0) {
-        snprintf(err, errsize, "cannot set up the cells' token: %s", skiff_strerror(rc));
-        free(path);
-        return -EIO;
-    }
-    json_t *doc = json_loads(json, 0, NULL);
-    const char *hex = json_string_value(json_object_get(doc, "blake2b"));
-    size_t bin_len = 0;
-    if (!hex ||
-        sodium_hex2bin(api->cell_hash, sizeof api->cell_hash, hex, strlen(hex), NULL, &bin_len,
-                       NULL) != 0 ||
-        bin_len != sizeof api->cell_hash) {
-        snprintf(err, errsize,
-                 "the store's %s document is not what skiffd writes: delete it "
-                 "to make a new cells' token",
-                 API_CELL_TOKEN_KIND);
-        json_decref(doc);
-        free(json);
-        free(path);
-        return -EIO;
-    }
-    api->cell_token = true;
-    /* a token file of another store's (or of a controller that lost a race to make it) would
-     * mislead whoever gives it to a cell */
-    char *mine = NULL;
-    if (file_read(path, &mine, NULL) == 0) {
-        unsigned char hash[crypto_generichash_BYTES];
-        crypto_generichash(hash, sizeof hash, (const unsigned char *)mine, strlen(mine), NULL, 0);
-        if (sodium_memcmp(hash, api->cell_hash, sizeof hash) != 0) {
-            log_warning("%s is not this store's cells' token: removed (the controller that made "
-                        "the token has it in its home)",
-                        path);
-            unlink(path);
-        }
-        sodium_memzero(mine, strlen(mine));
-        free(mine);
-    }
-    json_decref(doc);
-    free(json);
-    free(path);
-    return 0;
 }

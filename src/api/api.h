@@ -150,14 +150,30 @@ void api_set_instance_check(struct api *api, api_instance_live_fn fn, void *ctx)
 typedef bool (*api_binding_check_fn)(void *ctx, const char *token, char topic[64],
                                      char space_guid[37], char *name, size_t size);
 void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx);
-/* Cells' token (AUTH_CELL: it may read blobs, nothing else): one for every controller on a
- * store, made by the first (a document in the store keeps its BLAKE2b hash; the token itself
- * is written to that controller's HOME/cell-token, 0600, for the operator to give cells).
- * 0, or -EIO when the store could not be read or written (err says so). Without it, no cell
- * token is accepted. */
+/* ---- cells' tokens (cell_tokens.c) --------------------------------------------------------- */
+
+/* Each cell has a token of its own (auth.h's form: it names the cell's id), made by the admin
+ * (POST /v1/cell_tokens, `skiff create-cell-token CELL_ID`) and shown once; the store keeps
+ * its BLAKE2b hash only (document cell.tokens/CELL_ID), so every controller on the store
+ * accepts it, and a new one for the same cell (rotation) or its deletion (DELETE
+ * /v1/cell_tokens/CELL_ID) refuses the old one everywhere at once. A cell's token (AUTH_CELL)
+ * reads the blob of a droplet only while the leader's grant for that cell and digest stands:
+ * made as the leader sends the cell a start request (api_cell_grant), good for
+ * API_CELL_GRANT_MS; nothing else.
+ *
+ * Setup registers the endpoints and removes a HOME/cell-token left by an older skiffd (the one
+ * token every cell shared, no longer accepted: store migration 19 removed its hash). */
 struct store;
-#define API_CELL_TOKEN_PREFIX "skiffc_"
-int api_cell_token_setup(struct api *api, struct store *store, char *err, size_t errsize);
+#define API_CELL_GRANT_MS (15 * 60 * 1000)
+void api_cell_tokens_setup(struct api *api, struct store *store, const char *home);
+/* 0 with the cell's id in cell_id (size >= 33) when token is a cell's token the store holds;
+ * -EACCES when not. Blocks on the store. */
+int api_cell_token_check(struct store *store, const char *token, char *cell_id);
+/* The leader lets cell_id read digest's blob (it is about to start that droplet there): 0, or
+ * a negative errno when the store could not record it (then the start must not be sent). */
+int api_cell_grant(struct store *store, const char *cell_id, const char *digest);
+/* Whether cell_id may read digest's blob now (a grant that stands). */
+bool api_cell_may_read(struct store *store, const char *cell_id, const char *digest);
 
 /* The one topic the request's token may publish to, or NULL when it is not so limited. */
 const char *api_request_topic_limit(const struct api_request *req);
@@ -190,6 +206,8 @@ const char *api_request_caller_app(const struct api_request *req);
  * for the admin. */
 const char *api_request_caller_instance(const struct api_request *req);
 const char *api_request_caller_name(const struct api_request *req);
+/* The id of the cell whose token called (AUTH_CELL), else NULL. */
+const char *api_request_cell(const struct api_request *req);
 /* The pattern of the route the request matched ("/v1/apps/ * /start" without the spaces). */
 const char *api_request_route(const struct api_request *req);
 /* Called once per change that was made: a request other than GET/HEAD, publishing and public

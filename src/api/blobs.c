@@ -146,6 +146,16 @@ static void blobs__get(struct api_request *req, void *ctx)
                           "a blob is named sha256:HEX, HEX its 64 lowercase hex digits");
         return;
     }
+    /* a cell reads only what was placed on it, and learns nothing of other blobs (whether
+     * there or not, the same answer) */
+    const char *cell = api_request_cell(req);
+    if (cell && !api_cell_may_read(core->cfg.store, cell, digest)) {
+        api_respond_error(req, SKIFF_E_FORBIDDEN,
+                          "cell %s was not asked to start droplet %s: a cell's token reads only "
+                          "the droplets the leader places on that cell, until %d minutes after",
+                          cell, digest, API_CELL_GRANT_MS / 60000);
+        return;
+    }
     if (!core->cfg.blobs) {
         api_respond_error(req, SKIFF_E_NOT_FOUND, "no blob %s", digest);
         return;

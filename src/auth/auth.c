@@ -110,7 +110,7 @@ static const struct {
          "read service credentials: user-provided services' and service keys'"},
     [AUTH_PERM_BLOBS] = {"blobs.read", AUTH_SCOPE_NONE, 0,
                          "read packages and droplets by digest (GET /v1/blobs): the platform "
-                         "admin, and cells with their token"},
+                         "admin, and a cell with its own token for a droplet placed on it"},
 };
 
 #undef R
@@ -1750,4 +1750,31 @@ void auth_free(struct auth *a)
     sodium_memzero(a->tokens, a->n_tokens * sizeof *a->tokens);
     free(a->tokens);
     free(a);
+}
+
+/* ---- cells' tokens --------------------------------------------------------------------------- */
+
+static bool auth__lower_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+bool auth_cell_id_valid(const char *id)
+{
+    return id && strlen(id) == AUTH_CELL_ID_LEN && auth__lower_hex(id, AUTH_CELL_ID_LEN);
+}
+
+bool auth_cell_token_parse(const char *token, char cell_id[AUTH_CELL_ID_LEN + 1])
+{
+    size_t prefix = strlen(AUTH_CELL_TOKEN_PREFIX);
+    if (!token || strlen(token) != AUTH_CELL_TOKEN_LEN ||
+        strncmp(token, AUTH_CELL_TOKEN_PREFIX, prefix) ||
+        !auth__lower_hex(token + prefix, AUTH_CELL_ID_LEN + AUTH_CELL_SECRET_LEN))
+        return false;
+    memcpy(cell_id, token + prefix, AUTH_CELL_ID_LEN);
+    cell_id[AUTH_CELL_ID_LEN] = '\0';
+    return true;
 }

@@ -95,8 +95,19 @@ enum auth_kind {
     AUTH_LOCAL_ADMIN, /* $SKIFF_HOME/api.json's token */
     AUTH_USER,        /* a user's access or API token */
     AUTH_INSTANCE,    /* an instance's publish token */
-    AUTH_CELL,        /* a cell's token (HOME/cell-token): reads blobs, nothing else */
+    AUTH_CELL,        /* a cell's own token: reads the blobs placed on it, nothing else */
 };
+
+/* A cell's token: "skiffc_", the cell's id (32 lowercase hex digits, its HOME/cell-id), then
+ * 64 lowercase hex digits of secret. The one check of the form, for the API that accepts one
+ * and the cell that sends it: true with the cell's id in cell_id when token has that form. */
+#define AUTH_CELL_TOKEN_PREFIX "skiffc_"
+#define AUTH_CELL_ID_LEN 32
+#define AUTH_CELL_SECRET_LEN 64
+#define AUTH_CELL_TOKEN_LEN (7 + AUTH_CELL_ID_LEN + AUTH_CELL_SECRET_LEN)
+bool auth_cell_token_parse(const char *token, char cell_id[AUTH_CELL_ID_LEN + 1]);
+/* Whether id is a cell's id: 32 lowercase hex digits. */
+bool auth_cell_id_valid(const char *id);
 
 enum auth_token_kind { AUTH_TOKEN_ACCESS, AUTH_TOKEN_REFRESH, AUTH_TOKEN_API };
 

@@ -165,8 +165,9 @@ struct blob_fetch_options {
     const char *ca_file;     /* for https URLs (NULL: the system's CAs) */
 };
 
-/* done(ctx, 0, PATH, NULL) once cache_dir/HEX holds the blob and it matched its digest (at
- * once, from the loop, when it was there already), or done(ctx, rc, NULL, why) when no URL
+/* done(ctx, 0, PATH, URL) once cache_dir/HEX holds the blob and it matched its digest (URL
+ * the one of urls it came from; at once, from the loop, with URL NULL when it was there
+ * already), or done(ctx, rc, NULL, why) when no URL
  * gave it: rc -EBADMSG (content that does not match: nothing is left in the cache), -EFBIG
  * (larger than max_bytes), -ENOENT (no controller has it), -EACCES (the token was refused),
  * -EIO (none could be reached). PATH and why live during the call. */

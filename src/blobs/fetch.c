@@ -156,6 +156,7 @@ static void fetch__work(uv_work_t *w)
         int rc = fetch__one(f, *u);
         if (rc == 0) {
             f->rc = 0;
+            snprintf(f->why, sizeof f->why, "%s", *u); /* where it came from */
             return;
         }
         if (rc == -EBADMSG || rc == -EFBIG || f->rc == -EIO || (rc == -EACCES && f->rc == -ENOENT))
@@ -167,7 +168,7 @@ static void fetch__after(uv_work_t *w, int status)
 {
     struct blob_fetch *f = w->data;
     int rc = status < 0 ? status : f->rc;
-    f->done(f->ctx, rc, rc == 0 ? f->path : NULL, rc == 0 ? NULL : f->why);
+    f->done(f->ctx, rc, rc == 0 ? f->path : NULL, f->why);
     fetch__free(f);
 }
 

@@ -432,7 +432,11 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
     a->subject_req = xasprintf("skiff.cell.%s.req", a->id);
     a->subject_up = xasprintf("skiff.cell.%s.up", a->id);
     a->lines = json_array();
-    rc = cell_droplets_new(loop, a->home, cfg->token_file, &a->droplets);
+    struct cell_droplets_config dc = {.home = a->home,
+                                      .cell_id = a->id,
+                                      .token_file = cfg->token_file,
+                                      .controller_urls = cfg->controller_urls};
+    rc = cell_droplets_new(loop, &dc, &a->droplets);
     if (rc < 0) {
         snprintf(err, errsize, "cannot make the droplet cache under %s/blobs: %s", a->home,
                  skiff_strerror(rc));
@@ -483,6 +487,13 @@ fail:
 const char *cell_agent_id(const struct cell_agent *a)
 {
     return a->id;
+}
+
+void cell_agent_reload(struct cell_agent *a)
+{
+    char err[512];
+    if (cell_droplets_check_token(a->droplets, err, sizeof err) < 0)
+        log_warning("[CELL] %s", err);
 }
 
 static void cell__handle_closed(uv_handle_t *h)

@@ -73,11 +73,28 @@ int cell_launch_start(struct executor *ex, const char *home, const struct cell_l
 /* ---- droplets on a cell (fetch.c) ---------------------------------------------------------- */
 
 /* Where a cell keeps the droplets it fetched: HOME/blobs/cache (blobs as fetched, verified)
- * and HOME/blobs/droplets/HEX (each unpacked once, then used by every start of it). The
- * cells' token is read from token_file (NULL or "": HOME/cell-token) at each fetch. */
+ * and HOME/blobs/droplets/HEX (each unpacked once, then used by every start of it).
+ *
+ * cfg->controller_urls (NULL-terminated, copied; trailing slashes dropped) are the only
+ * places the cell's token is ever sent: the controllers' API URLs from the cell's own
+ * configuration, tried in turn from the last one that served a droplet, whatever a start
+ * request names (its blob_urls are only compared with them: one not among them is logged and
+ * ignored). The cell's own token is read from token_file (NULL or "": HOME/cell-token) at each
+ * fetch, and read again once when a controller refuses it (it may have been rotated since the
+ * fetch began); it must be for cell_id (auth.h's form). */
 struct cell_droplets;
-int cell_droplets_new(uv_loop_t *loop, const char *home, const char *token_file,
+struct cell_droplets_config {
+    const char *home;
+    const char *cell_id;
+    const char *token_file;
+    const char *const *controller_urls;
+};
+int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
                       struct cell_droplets **out);
+/* Reads the token file now and says (log) whether it holds a token for this cell: 0, or the
+ * error with err set. What SIGHUP asks of a cell, so that an operator who rotated the token
+ * learns at once whether the new file is good. */
+int cell_droplets_check_token(struct cell_droplets *cd, char *err, size_t errsize);
 /* After the loop ran every fetch to its end (its callbacks called). */
 void cell_droplets_free(struct cell_droplets *cd);
 
@@ -85,11 +102,12 @@ void cell_droplets_free(struct cell_droplets *cd);
 typedef void (*cell_droplet_cb)(void *ctx, int rc, const char *dir, const char *why);
 
 /* The one place a cell finds l's droplet folder:
- *  - a start request that names its blob (droplet_digest) and the controllers to fetch it
- *    from (blob_urls), on a cell with cd: HOME/blobs/droplets/HEX, at once (0, *dir set) when
- *    it is there, else -EINPROGRESS and done(ctx, ...) once it was fetched (with the cells'
- *    token; verified against the digest before anything is unpacked) and unpacked, or could
- *    not be; one fetch per digest however many starts wait for it;
+ *  - a start request that names its blob (droplet_digest), on a cell with cd that has
+ *    controllers configured: HOME/blobs/droplets/HEX, at once (0, *dir set) when it is
+ *    there, else -EINPROGRESS and done(ctx, ...) once it was fetched (from those
+ *    controllers, with the cell's token; verified against the digest before anything is
+ *    unpacked) and unpacked, or could not be; one fetch per digest however many starts wait
+ *    for it;
  *  - otherwise droplet_path when that folder exists on this cell (one host, or cd NULL: the
  *    skiffd that staged it or brought it here, src/blobs);
  *  - otherwise -ENOENT with "droplet sha256:... not on this cell" in err.
@@ -143,7 +161,10 @@ struct cell_agent_config {
     const char *nats_urls;
     struct natsconn_security nats_security;
     const struct executor_config *executor;
-    const char *token_file; /* the cells' token for fetching droplets (NULL: HOME/cell-token) */
+    const char *token_file; /* the cell's token for fetching droplets (NULL: HOME/cell-token) */
+    /* the controllers' API URLs it fetches droplets from, and the only ones it sends its
+     * token to (NULL-terminated; --controller-url) */
+    const char *const *controller_urls;
 };
 
 #define CELL_HEARTBEAT_MS 1000
@@ -156,6 +177,9 @@ struct cell_agent_config {
 int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struct cell_agent **out,
                      char *err, size_t errsize);
 const char *cell_agent_id(const struct cell_agent *a);
+/* SIGHUP: reads the cell's token file again and logs whether it is good (the file is read at
+ * each fetch anyway). */
+void cell_agent_reload(struct cell_agent *a);
 /* Stops every instance (leave false) or lets them run for the next cell agent on this home
  * (leave true), closes NATS; done when every handle is closed; then cell_agent_free. */
 void cell_agent_close(struct cell_agent *a, bool leave, void (*done)(void *arg), void *arg);

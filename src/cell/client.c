@@ -61,6 +61,8 @@ struct cellc {
     struct cellc__cell *cells;
     struct cellc_inst *insts;
     char **blob_urls; /* the controllers' API URLs a cell fetches droplets from */
+    int (*grant)(void *ctx, const char *cell_id, const char *digest);
+    void *grant_ctx;
     bool leading;
     int64_t leading_since_mono;
     int64_t connected_since_mono; /* 0 while NATS is down */
@@ -554,8 +556,15 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
         return 0;
     }
     struct cell_launch sent = *l;
-    if (sent.droplet_digest) /* a droplet made before blobs has none: read at its path */
+    if (sent.droplet_digest) { /* a droplet made before blobs has none: read at its path */
         sent.blob_urls = (const char *const *)c->blob_urls;
+        int rc = c->grant ? c->grant(c->grant_ctx, cell->id, sent.droplet_digest) : 0;
+        if (rc < 0) {
+            snprintf(err, errsize, "cannot let cell %s read droplet %s: %s", cell->id,
+                     sent.droplet_digest, strerror(-rc));
+            return rc;
+        }
+    }
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);
     cell->placed += memory_bytes;
@@ -679,6 +688,8 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     c->local_capacity = sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
     c->lost_ms = cfg->lost_ms > 0 ? cfg->lost_ms : CELLC_LOST_MS;
     c->home = xstrdup(cfg->home ? cfg->home : "");
+    c->grant = cfg->grant;
+    c->grant_ctx = cfg->grant_ctx;
     size_t n_urls = 0;
     while (cfg->blob_urls && cfg->blob_urls[n_urls])
         n_urls++;

@@ -69,6 +69,11 @@ struct cellc_config {
     /* the controllers' API URLs a remote cell fetches a droplet's blob from (NULL-terminated,
      * copied; NULL: none, the cell reads the droplet at its path) */
     const char *const *blob_urls;
+    /* Asked before a remote cell is sent a start whose droplet it fetches: 0 lets the start
+     * go (the cell may now read that blob with its token: api_cell_grant); an error fails
+     * the launch with nothing sent. NULL: nothing asked. */
+    int (*grant)(void *ctx, const char *cell_id, const char *digest);
+    void *grant_ctx;
 };
 
 int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,

@@ -4,7 +4,10 @@
  * One fetch per digest however many starts wait for it: the blob goes to HOME/blobs/cache/HEX
  * (blob_fetch: verified against the digest before it is renamed there), is unpacked on the
  * thread pool into HOME/blobs/droplets/.HEX-RANDOM and renamed to HOME/blobs/droplets/HEX,
- * which later starts of that droplet use at once. */
+ * which later starts of that droplet use at once.
+ *
+ * The cell's token goes only to the controllers of its own configuration; a start request
+ * cannot add one (src/cell/README.md "Droplets"). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth/auth.h"
 #include "blobs/blobs.h"
 #include "cell/cell.h"
 #include "common/err.h"
@@ -32,6 +36,8 @@ struct cell__fetch {
     struct cell_droplets *cd;
     char digest[BLOB_DIGEST_LEN + 1];
     char *tar; /* the verified blob, once fetched */
+    char token[CELL__TOKEN_MAX]; /* what was sent, to tell a rotated one when it is refused */
+    bool retried;                /* with a token read again after a refusal */
     uv_work_t work;
     int rc;
     char why[512];
@@ -42,19 +48,33 @@ struct cell__fetch {
 struct cell_droplets {
     uv_loop_t *loop;
     char *cache_dir, *droplets_dir, *token_file;
+    char cell_id[AUTH_CELL_ID_LEN + 1];
+    char **urls; /* the controllers, from the cell's configuration */
+    size_t nurls;
+    size_t first; /* the one that served last: tried first */
     struct cell__fetch *fetches;
     int in_flight;
 };
 
-int cell_droplets_new(uv_loop_t *loop, const char *home, const char *token_file,
+int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
                       struct cell_droplets **out)
 {
     struct cell_droplets *cd = xcalloc(1, sizeof *cd);
     cd->loop = loop;
-    cd->cache_dir = xasprintf("%s/blobs/cache", home);
-    cd->droplets_dir = xasprintf("%s/blobs/droplets", home);
-    cd->token_file =
-        token_file && *token_file ? xstrdup(token_file) : xasprintf("%s/cell-token", home);
+    cd->cache_dir = xasprintf("%s/blobs/cache", cfg->home);
+    cd->droplets_dir = xasprintf("%s/blobs/droplets", cfg->home);
+    cd->token_file = cfg->token_file && *cfg->token_file ? xstrdup(cfg->token_file)
+                                                         : xasprintf("%s/cell-token", cfg->home);
+    snprintf(cd->cell_id, sizeof cd->cell_id, "%s", cfg->cell_id ? cfg->cell_id : "");
+    while (cfg->controller_urls && cfg->controller_urls[cd->nurls])
+        cd->nurls++;
+    cd->urls = xcalloc(cd->nurls + 1, sizeof *cd->urls);
+    for (size_t i = 0; i < cd->nurls; i++) {
+        cd->urls[i] = xstrdup(cfg->controller_urls[i]);
+        size_t len = strlen(cd->urls[i]);
+        while (len > 0 && cd->urls[i][len - 1] == '/')
+            cd->urls[i][--len] = '\0';
+    }
     int rc = mkdir_p(cd->cache_dir, 0700);
     if (rc == 0)
         rc = mkdir_p(cd->droplets_dir, 0700);
@@ -66,28 +86,41 @@ int cell_droplets_new(uv_loop_t *loop, const char *home, const char *token_file,
     return 0;
 }
 
+/* The index of url among the cell's controllers, or -1. */
+static long cell__controller_index(const struct cell_droplets *cd, const char *url)
+{
+    size_t len = url ? strlen(url) : 0;
+    while (len > 0 && url[len - 1] == '/')
+        len--;
+    for (size_t i = 0; i < cd->nurls; i++)
+        if (strlen(cd->urls[i]) == len && !strncmp(cd->urls[i], url, len))
+            return (long)i;
+    return -1;
+}
+
 static bool cell__is_dir(const char *path)
 {
     struct stat st;
     return path && *path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* The cells' token from the operator's file: one line, "skiffc_" and hex; a file others may
- * read is refused (the token reads every droplet). */
+/* The cell's token from the operator's file: one line of auth.h's form, for this cell; a file
+ * others may read is refused (the token reads the droplets placed on this cell). */
 static int cell__token(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX], char *err,
                        size_t errsize)
 {
     struct stat st;
     if (stat(cd->token_file, &st) < 0) {
         snprintf(err, errsize,
-                 "the cells' token is not in %s (%s): copy a controller's HOME/cell-token there "
-                 "(mode 0600), or give its path with --cell-token-file",
-                 cd->token_file, skiff_strerror(-errno));
+                 "this cell's token is not in %s (%s): make one on a controller with `skiff "
+                 "create-cell-token %s` and put it there (mode 0600), or give its path with "
+                 "--cell-token-file",
+                 cd->token_file, skiff_strerror(-errno), cd->cell_id);
         return -ENOENT;
     }
     if (st.st_mode & 077) {
         snprintf(err, errsize,
-                 "the cells' token file %s may be read by others (mode %04o): chmod 600 it",
+                 "the cell's token file %s may be read by others (mode %04o): chmod 600 it",
                  cd->token_file, (unsigned)(st.st_mode & 07777));
         return -EACCES;
     }
@@ -95,25 +128,49 @@ static int cell__token(const struct cell_droplets *cd, char token[CELL__TOKEN_MA
     size_t len = 0;
     int rc = file_read(cd->token_file, &text, &len);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot read the cells' token file %s: %s", cd->token_file,
+        snprintf(err, errsize, "cannot read the cell's token file %s: %s", cd->token_file,
                  skiff_strerror(rc));
         return rc;
     }
     while (len && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' '))
         text[--len] = '\0';
-    bool ok = len > 7 && len < CELL__TOKEN_MAX && !strncmp(text, "skiffc_", 7) &&
-              strspn(text + 7, "0123456789abcdef") == len - 7;
-    if (ok)
+    char id[AUTH_CELL_ID_LEN + 1] = "";
+    bool form = auth_cell_token_parse(text, id);
+    bool mine = form && !strcmp(id, cd->cell_id);
+    if (mine)
         memcpy(token, text, len + 1);
+    bool shared = !form && len == 7 + 64 && !strncmp(text, AUTH_CELL_TOKEN_PREFIX, 7);
+    explicit_bzero(text, len);
     free(text);
-    if (!ok) {
+    if (mine)
+        return 0;
+    if (form)
         snprintf(err, errsize,
-                 "the cells' token file %s does not hold a cells' token (skiffc_ and hex digits, "
-                 "as a controller writes it to its HOME/cell-token)",
-                 cd->token_file);
-        return -EINVAL;
-    }
-    return 0;
+                 "the token in %s is cell %s's, and this cell is %s: make this one its own "
+                 "with `skiff create-cell-token %s`",
+                 cd->token_file, id, cd->cell_id, cd->cell_id);
+    else if (shared)
+        snprintf(err, errsize,
+                 "%s holds the one token all cells once shared, which controllers no longer "
+                 "accept: make this cell its own with `skiff create-cell-token %s`",
+                 cd->token_file, cd->cell_id);
+    else
+        snprintf(err, errsize,
+                 "%s does not hold a cell's token (skiffc_, the cell's id and 64 hex digits, "
+                 "as `skiff create-cell-token %s` prints it)",
+                 cd->token_file, cd->cell_id);
+    return -EINVAL;
+}
+
+int cell_droplets_check_token(struct cell_droplets *cd, char *err, size_t errsize)
+{
+    char token[CELL__TOKEN_MAX];
+    int rc = cell__token(cd, token, err, errsize);
+    explicit_bzero(token, sizeof token);
+    if (rc == 0)
+        log_info("[CELL] %s holds this cell's token (%s); %zu controllers to fetch droplets from",
+                 cd->token_file, cd->cell_id, cd->nurls);
+    return rc;
 }
 
 static char *cell__droplet_dir(const struct cell_droplets *cd, const char *digest)
@@ -163,8 +220,7 @@ static void cell__unpack_work(uv_work_t *w)
                  skiff_strerror(f->rc));
     else if (rename(tmp, dest) < 0 && errno != EEXIST && errno != ENOTEMPTY) {
         f->rc = -errno;
-        snprintf(f->why, sizeof f->why, "cannot put it in place at %s: %s", dest,
-                 skiff_strerror(-errno));
+        snprintf(f->why, sizeof f->why, "cannot put it in place at %s: %s", dest, skiff_strerror(-errno));
     }
     rm_rf(tmp);
     unlink(f->tar); /* the folder is the cache from now on */
@@ -179,14 +235,59 @@ static void cell__unpack_done(uv_work_t *w, int status)
     cell__fetch_end(f, rc, rc < 0 && !f->why[0] ? skiff_strerror(rc) : f->why);
 }
 
+static void cell__fetched(void *ctx, int rc, const char *path, const char *why);
+
+/* Sends the fetch of f->digest to the cell's controllers, from the one that served last, with
+ * f->token. */
+static int cell__fetch_send(struct cell__fetch *f)
+{
+    struct cell_droplets *cd = f->cd;
+    const char **urls = xcalloc(cd->nurls + 1, sizeof *urls);
+    for (size_t i = 0; i < cd->nurls; i++)
+        urls[i] = cd->urls[(cd->first + i) % cd->nurls];
+    struct blob_fetch_options opt = {.digest = f->digest,
+                                     .urls = urls,
+                                     .token = f->token,
+                                     .cache_dir = cd->cache_dir,
+                                     .timeout_ms = CELL__FETCH_TIMEOUT_MS};
+    char list[1024] = "";
+    for (size_t i = 0, n = 0; urls[i] && n < sizeof list; i++)
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", urls[i]);
+    log_info("[CELL] fetching droplet %s from %s%s", f->digest, list,
+             cd->nurls > 1 ? " (in turn)" : "");
+    int rc = blob_fetch(cd->loop, &opt, cell__fetched, f);
+    free(urls);
+    return rc;
+}
+
 static void cell__fetched(void *ctx, int rc, const char *path, const char *why)
 {
     struct cell__fetch *f = ctx;
+    struct cell_droplets *cd = f->cd;
+    if (rc == -EACCES && !f->retried) {
+        /* rotated while this fetch ran: the file may hold the new token already */
+        char token[CELL__TOKEN_MAX], err[512];
+        if (cell__token(cd, token, err, sizeof err) == 0 && strcmp(token, f->token)) {
+            log_info("[CELL] a controller refused this cell's token (%s); %s holds another "
+                     "one now: fetching with it",
+                     why ? why : "", cd->token_file);
+            memcpy(f->token, token, sizeof token);
+            explicit_bzero(token, sizeof token);
+            f->retried = true;
+            if (cell__fetch_send(f) == 0)
+                return;
+        }
+        explicit_bzero(token, sizeof token);
+    }
+    explicit_bzero(f->token, sizeof f->token);
     if (rc < 0) {
         cell__fetch_end(f, rc, why ? why : skiff_strerror(rc));
         return;
     }
-    log_info("[CELL] fetched droplet %s from a controller (verified)", f->digest);
+    long at = why ? cell__controller_index(cd, why) : -1;
+    if (at >= 0)
+        cd->first = (size_t)at;
+    log_info("[CELL] fetched droplet %s from %s (verified)", f->digest, why ? why : "the cache");
     f->tar = xstrdup(path);
     f->work.data = f;
     rc = uv_queue_work(f->cd->loop, &f->work, cell__unpack_work, cell__unpack_done);
@@ -194,32 +295,40 @@ static void cell__fetched(void *ctx, int rc, const char *path, const char *why)
         cell__fetch_end(f, rc, "cannot queue its unpacking");
 }
 
+/* Logs each URL the start request names that is not one of this cell's controllers: it is
+ * never asked anything (the token would go to whoever wrote the request). */
+static void cell__ignore_strangers(const struct cell_droplets *cd, const struct cell_launch *l)
+{
+    for (size_t i = 0; l->blob_urls && l->blob_urls[i]; i++)
+        if (cell__controller_index(cd, l->blob_urls[i]) < 0)
+            log_warning("[CELL] the start of %s names %s to fetch droplet %s from, which is not "
+                        "one of this cell's controllers (--controller-url): ignored",
+                        l->instance_guid ? l->instance_guid : "an instance", l->blob_urls[i],
+                        l->droplet_digest);
+}
+
 /* Joins or begins the fetch of l's droplet. */
 static int cell__fetch(struct cell_droplets *cd, const struct cell_launch *l, cell_droplet_cb done,
                        void *ctx, char *err, size_t errsize)
 {
+    cell__ignore_strangers(cd, l);
     struct cell__fetch *f = cd->fetches;
     while (f && strcmp(f->digest, l->droplet_digest))
         f = f->next;
     if (!f) {
-        char token[CELL__TOKEN_MAX];
-        int rc = cell__token(cd, token, err, errsize);
-        if (rc < 0)
-            return rc;
         f = xcalloc(1, sizeof *f);
+        int rc = cell__token(cd, f->token, err, errsize);
+        if (rc < 0) {
+            free(f);
+            return rc;
+        }
         f->cd = cd;
         snprintf(f->digest, sizeof f->digest, "%s", l->droplet_digest);
-        struct blob_fetch_options opt = {.digest = l->droplet_digest,
-                                         .urls = l->blob_urls,
-                                         .token = token,
-                                         .cache_dir = cd->cache_dir,
-                                         .timeout_ms = CELL__FETCH_TIMEOUT_MS};
-        log_info("[CELL] fetching droplet %s from %s", l->droplet_digest, l->blob_urls[0]);
-        rc = blob_fetch(cd->loop, &opt, cell__fetched, f);
-        explicit_bzero(token, sizeof token);
+        rc = cell__fetch_send(f);
         if (rc < 0) {
             snprintf(err, errsize, "cannot fetch droplet %s: %s", l->droplet_digest,
                      skiff_strerror(rc));
+            explicit_bzero(f->token, sizeof f->token);
             free(f);
             return rc;
         }
@@ -239,7 +348,7 @@ int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell
                      void *ctx, char **dir, char *err, size_t errsize)
 {
     *dir = NULL;
-    bool fetchable = cd && l->droplet_digest && l->blob_urls && l->blob_urls[0];
+    bool fetchable = cd && cd->nurls > 0 && l->droplet_digest && *l->droplet_digest;
     if (fetchable) {
         if (!blob_digest_valid(l->droplet_digest)) {
             snprintf(err, errsize, "droplet digest \"%s\" is not sha256: and 64 hex digits",
@@ -259,10 +368,15 @@ int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell
         *dir = xstrdup(l->droplet_path);
         return 0;
     }
+    if (cd && l->blob_urls && l->blob_urls[0])
+        cell__ignore_strangers(cd, l);
     snprintf(err, errsize,
-             "droplet %s not on this cell: the start request names no controller to fetch it "
-             "from, and the controller's path (%s) is not on this cell's file system",
+             "droplet %s not on this cell: %s, and the controller's path (%s) is not on this "
+             "cell's file system",
              l->droplet_digest && *l->droplet_digest ? l->droplet_digest : "sha256:(unknown)",
+             cd && cd->nurls == 0 ? "this cell has no controller to fetch it from (give "
+                                    "skiffd --role cell --controller-url URL)"
+                                  : "the start request names no blob to fetch",
              l->droplet_path && *l->droplet_path ? l->droplet_path : "none");
     return -ENOENT;
 }
@@ -279,5 +393,8 @@ void cell_droplets_free(struct cell_droplets *cd)
     free(cd->cache_dir);
     free(cd->droplets_dir);
     free(cd->token_file);
+    for (size_t i = 0; i < cd->nurls; i++)
+        free(cd->urls[i]);
+    free(cd->urls);
     free(cd);
 }

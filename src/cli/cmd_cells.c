@@ -1,9 +1,11 @@
 /* skiff cells: the skiffds that run instances, from their heartbeats (GET /v1/cells). */
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "common/util.h"
 
 /* "used / capacity" in MiB. */
 static void cells__memory(const json_t *row, const char *field, char *out, size_t size)
@@ -35,4 +37,61 @@ int cli_cmd_cells(const struct cli_command *cmd, int argc, char **argv)
                                              {"last heartbeat", "heartbeat_at", NULL},
                                              {0}};
     return cli_list("/v1/cells", "cells", cols);
+}
+
+/* skiff create-cell-token CELL_ID: the token alone on stdout (so that `> file` keeps it and
+ * nothing else), what to do with it on stderr. A new token for the same cell replaces the old
+ * one at once. */
+int cli_cmd_create_cell_token(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    json_t *body = json_pack("{s:s}", "cell", args.items[0]);
+    json_t *res = NULL;
+    rc = cli_api("POST", "/v1/cell_tokens", body, &res);
+    json_decref(body);
+    if (rc != 0)
+        return rc;
+    if (cli_json_output) {
+        cli_print_json(res);
+    } else {
+        printf("%s\n", json_string_value(json_object_get(res, "token")));
+        fprintf(stderr,
+                "%sPut it in the cell's HOME/cell-token (mode 0600) or its --cell-token-file; "
+                "the cell reads it at its next fetch.\n",
+                json_is_true(json_object_get(res, "replaced"))
+                    ? "The cell's previous token is refused from now on. "
+                    : "");
+    }
+    json_decref(res);
+    return 0;
+}
+
+int cli_cmd_delete_cell_token(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    char *id = cli_escape(args.items[0]);
+    char *path = xasprintf("/v1/cell_tokens/%s", id);
+    rc = cli_api("DELETE", path, NULL, NULL);
+    if (rc == 0 && !cli_json_output)
+        printf("Cell %s's token is refused from now on.\n", args.items[0]);
+    free(path);
+    free(id);
+    return rc;
+}
+
+int cli_cmd_cell_tokens(const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args args;
+    int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 0, 0);
+    if (rc != CLI_CONTINUE)
+        return rc;
+    static const struct cli_column cols[] = {
+        {"cell", "cell", NULL}, {"created", "created_at", NULL}, {0}};
+    return cli_list("/v1/cell_tokens", "cell_tokens", cols);
 }

@@ -206,6 +206,18 @@ const struct cli_command cli_core_commands[] = {
      "heartbeat for three of its intervals), whether it leads, its memory (used / capacity),\n"
      "its instances and its last heartbeat.\n",
      cli_cmd_cells},
+    {"create-cell-token", "create-cell-token CELL_ID",
+     "Make a cell's own token to fetch droplets (platform admin)",
+     "Prints the token once, alone on stdout; CELL_ID is the cell's id (its HOME/cell-id,\n"
+     "or `skiff cells`). The token reads only the droplets the leader places on that cell.\n"
+     "A new token for the same cell refuses its previous one at once (rotation: put the new\n"
+     "one in the cell's token file; the cell reads it at its next fetch, no restart).\n"
+     "Example:\n  skiff create-cell-token 0123456789abcdef0123456789abcdef > cell-token\n",
+     cli_cmd_create_cell_token},
+    {"delete-cell-token", "delete-cell-token CELL_ID",
+     "Refuse a cell's token from now on (platform admin)", NULL, cli_cmd_delete_cell_token},
+    {"cell-tokens", "cell-tokens", "List the cells that have a token (platform admin)", NULL,
+     cli_cmd_cell_tokens},
     {"create-domain", "create-domain NAME [--cert FILE --key FILE]",
      "Add a shared domain for routes (with its own HTTPS certificate)",
      "  --cert FILE   PEM certificate chain whose names cover NAME or *.NAME\n"

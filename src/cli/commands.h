@@ -85,6 +85,9 @@ int cli_domain_set_cert(const char *domain, const char *org, const char *cert_pa
                         const char *key_path);
 int cli_cmd_stacks(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_cells(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_create_cell_token(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_delete_cell_token(const struct cli_command *cmd, int argc, char **argv);
+int cli_cmd_cell_tokens(const struct cli_command *cmd, int argc, char **argv);
 int cli_cmd_create_domain(const struct cli_command *cmd, int argc, char **argv);
 
 #endif

@@ -145,10 +145,13 @@ static void usage(FILE *out)
         "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
         "                              default: the host's RAM)\n"
-        "  --cell-token-file PATH      a cell's copy of the cells' token (a controller's\n"
-        "                              HOME/cell-token, mode 0600), sent to the controllers to\n"
-        "                              fetch droplets (SKIFF_CELL_TOKEN_FILE, default\n"
-        "                              HOME/cell-token)\n"
+        "  --cell-token-file PATH      a cell's own token (`skiff create-cell-token CELL_ID`,\n"
+        "                              mode 0600), sent to its controllers to fetch droplets\n"
+        "                              (SKIFF_CELL_TOKEN_FILE, default HOME/cell-token); read\n"
+        "                              at each fetch, checked on SIGHUP\n"
+        "  --controller-url URL        a controller's API URL a cell fetches droplets from and\n"
+        "                              sends its token to, and the only ones (repeat it for\n"
+        "                              each controller; SKIFF_CONTROLLER_URLS, comma-separated)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -842,7 +845,7 @@ static int daemon_run_router(const char *home, const char *nats_url,
 /* ---- skiffd --role cell: an executor that takes its instances from the leader over NATS ---- */
 
 struct daemon_cell {
-    uv_signal_t sigterm, sigint, sigusr2;
+    uv_signal_t sigterm, sigint, sigusr2, sighup;
     struct cell_agent *agent;
     struct hosts *hosts; /* --host-addr: this cell among the hosts (src/hosts/README.md) */
     bool stopping;
@@ -860,11 +863,17 @@ static void daemon_cell_closed(void *arg)
     uv_close((uv_handle_t *)&c->sigterm, NULL);
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigusr2, NULL);
+    uv_close((uv_handle_t *)&c->sighup, NULL);
 }
 
 static void daemon_cell_on_signal(uv_signal_t *h, int signum)
 {
     struct daemon_cell *c = h->data;
+    if (signum == SIGHUP) {
+        if (!c->stopping)
+            cell_agent_reload(c->agent);
+        return;
+    }
     if (c->stopping)
         return;
     c->stopping = true;
@@ -879,6 +888,23 @@ static void daemon_cell_on_signal(uv_signal_t *h, int signum)
         hosts_stop(c->hosts);
     c->hosts = NULL;
     cell_agent_close(c->agent, leave, daemon_cell_closed, c);
+}
+
+#define DAEMON_CONTROLLERS_MAX 16
+
+/* A controller's API URL as a cell takes it: http(s)://, a host, no spaces. */
+static bool daemon_url_ok(const char *url)
+{
+    const char *rest = str_has_prefix(url, "http://")    ? url + 7
+                       : str_has_prefix(url, "https://") ? url + 8
+                                                         : NULL;
+    return rest && *rest && *rest != '/' && !strpbrk(url, " \t\r\n") && strlen(url) < 512;
+}
+
+/* The leader lets a cell read the droplet it is about to start there (api.h). */
+static int daemon_cell_grant(void *ctx, const char *cell_id, const char *digest)
+{
+    return api_cell_grant(ctx, cell_id, digest);
 }
 
 /* Runs until a signal; 0 after a clean stop. */
@@ -928,8 +954,8 @@ static int daemon_run_cell(const char *home, const struct cell_agent_config *cfg
         rc = 2;
         goto out;
     }
-    uv_signal_t *sigs[] = {&c.sigterm, &c.sigint, &c.sigusr2};
-    int nums[] = {SIGTERM, SIGINT, SIGUSR2};
+    uv_signal_t *sigs[] = {&c.sigterm, &c.sigint, &c.sigusr2, &c.sighup};
+    int nums[] = {SIGTERM, SIGINT, SIGUSR2, SIGHUP};
     for (size_t i = 0; i < ARRAY_SIZE(sigs); i++) {
         uv_signal_init(loop, sigs[i]);
         sigs[i]->data = &c;
@@ -987,6 +1013,9 @@ int main(int argc, char **argv)
     const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
+    /* --controller-url, each given; else SKIFF_CONTROLLER_URLS split at commas */
+    const char *controller_urls[DAEMON_CONTROLLERS_MAX + 1] = {NULL};
+    size_t n_controllers = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **target = NULL;
@@ -1052,6 +1081,14 @@ int main(int argc, char **argv)
                 return 2;
             }
             insecure_registries[n_insecure++] = argv[++i];
+            continue;
+        } else if (!strcmp(a, "--controller-url")) {
+            if (i + 1 >= argc || n_controllers >= DAEMON_CONTROLLERS_MAX) {
+                log_error("--controller-url needs a controller's API URL (at most %d of them)",
+                          DAEMON_CONTROLLERS_MAX);
+                return 2;
+            }
+            controller_urls[n_controllers++] = argv[++i];
             continue;
         } else if (!strcmp(a, "--no-builtin-brokers")) {
             no_builtin_brokers = true;
@@ -1186,6 +1223,22 @@ int main(int argc, char **argv)
             .prewarm_window_ms = prewarm_window_ms,
             .prewarm_memory_bytes = (uint64_t)prewarm_memory << prewarm_shift,
             .runtimes_dir = cell_buildpacks};
+        char *env_controllers = xstrdup(env_or("SKIFF_CONTROLLER_URLS", ""));
+        if (!n_controllers)
+            for (char *save = NULL, *u = strtok_r(env_controllers, ", \t", &save);
+                 u && n_controllers < DAEMON_CONTROLLERS_MAX; u = strtok_r(NULL, ", \t", &save))
+                controller_urls[n_controllers++] = u;
+        for (size_t k = 0; k < n_controllers; k++)
+            if (!daemon_url_ok(controller_urls[k])) {
+                log_error("--controller-url %s is not a controller's API URL: write "
+                          "http://HOST:PORT or https://HOST:PORT",
+                          controller_urls[k]);
+                free(env_controllers);
+                return 2;
+            }
+        if (!n_controllers)
+            log_warning("no --controller-url: this cell fetches no droplet, it runs only those "
+                        "at the controller's path on its own file system");
         struct cell_agent_config cell_cfg = {
             .home = cell_home,
             .zone = zone,
@@ -1194,14 +1247,17 @@ int main(int argc, char **argv)
             .nats_urls = nats_url,
             .nats_security = nats_sec,
             .executor = &cell_ex,
-            .token_file = cell_token_file};
+            .token_file = cell_token_file,
+            .controller_urls = controller_urls};
         if (*host_addr && !contained) {
             log_error("--host-addr needs --isolation container: instances of other hosts are "
                       "reached at their container addresses");
+            free(env_controllers);
             return 2;
         }
         int cell_rc = daemon_run_cell(home, &cell_cfg,
                                       &(struct daemon_cell_host){.addr = host_addr, .pool = &pool});
+        free(env_controllers);
         free(cell_home);
         free(cell_buildpacks);
         free(cell_init);
@@ -1377,10 +1433,7 @@ int main(int argc, char **argv)
         log_error("cannot set up the API: %s", skiff_strerror(rc));
         goto fail;
     }
-    if (api_cell_token_setup(d.api, d.store, err, sizeof err) < 0) {
-        log_error("%s", err);
-        goto fail;
-    }
+    api_cell_tokens_setup(d.api, d.store, d.home);
     char cell_id[CELLS_ID_LEN + 1] = "";
     if (cells_load_id(d.home, cell_id, err, sizeof err) < 0) {
         log_error("%s", err);
@@ -1394,7 +1447,9 @@ int main(int argc, char **argv)
                                    .nats_security = nats_sec,
                                    .lost_ms =
                                        (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500),
-                                   .blob_urls = (const char *const[]){api_url, NULL}};
+                                   .blob_urls = (const char *const[]){api_url, NULL},
+                                   .grant = daemon_cell_grant,
+                                   .grant_ctx = d.store};
     struct scheduler_config scfg = {.home = d.home,
                                     .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,

@@ -179,6 +179,9 @@ const char *const store_pg_migrations[] = {
     "  data BYTEA NOT NULL, PRIMARY KEY (blob_id, seq));"
     "ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;"
     "REVOKE ALL ON blobs, blob_chunks FROM PUBLIC;",
+    /* 19: the one token every cell shared (document cell.token/hash) is gone: each cell has
+     * its own, scoped to what is placed on it (src/api/cell_tokens.c) */
+    "DELETE FROM documents WHERE kind = 'cell.token';",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 

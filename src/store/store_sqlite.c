@@ -140,6 +140,9 @@ const char *const store_sqlite_migrations[] = {
     /* 18: packages and droplets name their blobs (src/blobs: files under HOME/blobs here) */
     "ALTER TABLE packages ADD COLUMN digest TEXT;"
     "ALTER TABLE droplets ADD COLUMN digest TEXT;",
+    /* 19: the one token every cell shared (document cell.token/hash) is gone: each cell has
+     * its own, scoped to what is placed on it (src/api/cell_tokens.c) */
+    "DELETE FROM documents WHERE kind = 'cell.token';",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];

@@ -418,7 +418,7 @@ def until(cond, timeout, what):
 
 def start_controller(cluster, host, pool, database, extra_env=None):
     """`skiffd --role controller` on host, on PostgreSQL database and the cluster's JetStream
-    R3, once it has written the cells' token (HostCell.join copies it)."""
+    R3 (HostCell.join gives a cell its token and the controller's address)."""
     ctl = HostPlatform(host, extra_args=[
         "--role", "controller", "--store", cluster.create_database(database), "--nats",
         cluster.nats_urls, "--nats-replicas", "3", "--host-addr", host.addr, "--network-pool",
@@ -429,8 +429,6 @@ def start_controller(cluster, host, pool, database, extra_env=None):
     except BaseException:
         ctl.close()
         raise
-    token_path = os.path.join(ctl.home, "cell-token")
-    wait_for(lambda: os.path.exists(token_path), 10, "the controller's cell-token")
     return ctl
 
 
@@ -450,12 +448,18 @@ class HostCell(HostProcess):
         with open(os.path.join(self.home, "cell-id"), "w") as f:
             f.write(self.id + "\n")
         self.proc = None
+        self.controllers = []  # --controller-url, in order
 
     def join(self, ctl):
-        """Copies the cells' token the controller made, as the operator does."""
-        dest = os.path.join(self.home, "cell-token")
-        shutil.copy(os.path.join(ctl.home, "cell-token"), dest)
-        os.chmod(dest, 0o600)
+        """What the operator does: makes the cell its own token on the controller, puts it in
+        the cell's home (mode 0600) and names the controller it fetches droplets from (the
+        API's address on the controller's host)."""
+        status, made = ctl.api("POST", "/v1/cell_tokens", {"cell": self.id})
+        assert status == 201, made
+        with open(os.path.join(self.home, "cell-token"), "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(made["token"] + "\n")
+        self.controllers.append(ctl.api_url)
         return self
 
     def start(self):
@@ -467,7 +471,8 @@ class HostCell(HostProcess):
         self.proc = subprocess.Popen(self.host.enter(
             os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
             "--host-addr", self.host.addr, "--network-pool", self.pool, "--prewarm",
-            str(self.prewarm), "--zone", "zone-" + self.host.name, "--memory", self.memory),
+            str(self.prewarm), "--zone", "zone-" + self.host.name, "--memory", self.memory,
+            *[arg for url in self.controllers for arg in ("--controller-url", url)]),
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self

@@ -1,12 +1,13 @@
 """Packages and droplets as content-addressed blobs (src/blobs): two skiffds on one PostgreSQL
 store with separate homes run what was staged through either, with the stager's droplet files
 removed (so nothing is read from a shared path); GET /v1/blobs/DIGEST is for the platform admin
-and the cells' token only; on the embedded store blobs are files under the home."""
+and a cell's own token for what was placed on it; on the embedded store blobs are files under the home."""
 import glob
 import hashlib
 import http.client
 import os
 import shutil
+import time
 
 from conftest import WEB_APP, tar_gz, wait_for
 from controllers import (needs_postgres, pair, pg_dir, psql, running_here,  # noqa: F401
@@ -84,21 +85,62 @@ def test_the_blob_endpoint_is_for_the_admin_and_cells_only(pair, pg_dir):
         assert status == 200, body[:200]
         assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
         assert get_raw(p, f"/v1/blobs/{absent}", p.token)[0] == 404
-    # the cells' token: made by the first controller, in its home only; good on every one
-    with open(os.path.join(a.home, "cell-token")) as f:
-        cell = f.read().strip()
-    assert cell.startswith("skiffc_")
-    assert oct(os.stat(os.path.join(a.home, "cell-token")).st_mode & 0o777) == "0o600"
-    assert not os.path.exists(os.path.join(b.home, "cell-token"))
+    # a cell's own token: made through one controller, the store keeps its hash, so every
+    # controller accepts it; shown once, kept in no controller's home
+    cell_id = "c" * 32
+    status, made = a.api("POST", "/v1/cell_tokens", {"cell": cell_id})
+    assert status == 201, made
+    cell = made["token"]
+    assert cell.startswith("skiffc_" + cell_id) and len(cell) == 7 + 32 + 64, made
+    assert not os.path.exists(os.path.join(a.home, "cell-token"))
+    assert psql(pg_dir, "SELECT count(*) FROM documents WHERE body LIKE '%%%s%%'" % cell).strip() \
+        == "0"
+    # nothing was placed on that cell: every blob is refused, there or not, alike
+    for p in (a, b):
+        there = get_raw(p, f"/v1/blobs/{digest}", cell)
+        missing = get_raw(p, f"/v1/blobs/{absent}", cell)
+        assert there[0] == missing[0] == 403, (there, missing)
+        assert b"was not asked to start" in there[1], there
+    # the leader's grant (what it writes as it sends the cell a start): that blob, from either
+    psql(pg_dir, "INSERT INTO documents VALUES ('cell.grants', '%s/%s', '{\"until\": %d}', 0)"
+         % (cell_id, digest, (time.time() + 600) * 1000))
     for p in (a, b):
         status, body = get_raw(p, f"/v1/blobs/{digest}", cell)
         assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
+        assert get_raw(p, f"/v1/blobs/{absent}", cell)[0] == 403
         # and nothing else
         status, body = get_raw(p, "/v1/apps", cell)
         assert status == 403, body
         assert b"blobby" not in body and b"perm" not in body
         assert get_raw(p, f"/v1/blobs/{digest}", cell[:-1] + "x")[0] == 401
         assert get_raw(p, f"/v1/blobs/{digest}", None)[0] == 401
+        # another cell's id with this secret: not that cell's token
+        assert get_raw(p, f"/v1/blobs/{digest}", "skiffc_" + "d" * 32 + cell[39:])[0] == 401
+    # an ended grant is no grant
+    psql(pg_dir, "UPDATE documents SET body = '{\"until\": 1}' WHERE kind = 'cell.grants'")
+    assert get_raw(b, f"/v1/blobs/{digest}", cell)[0] == 403
+    psql(pg_dir, "INSERT INTO documents VALUES ('cell.grants', '%s/%s', '{\"until\": %d}', 0) "
+         "ON CONFLICT (kind, id) DO UPDATE SET body = EXCLUDED.body"
+         % (cell_id, digest, (time.time() + 600) * 1000))
+    assert get_raw(b, f"/v1/blobs/{digest}", cell)[0] == 200
+    # rotated through b: the old token is refused by a at once, the new one works on both
+    status, again = b.api("POST", "/v1/cell_tokens", {"cell": cell_id})
+    assert status == 201 and again["replaced"] is True, again
+    assert get_raw(a, f"/v1/blobs/{digest}", cell)[0] == 401
+    for p in (a, b):
+        assert get_raw(p, f"/v1/blobs/{digest}", again["token"])[0] == 200
+    status, listed = a.api("GET", "/v1/cell_tokens")
+    assert status == 200 and [t["cell"] for t in listed["cell_tokens"]] == [cell_id], listed
+    # deleted through a: refused by b at once, its grants gone with it
+    assert a.api("DELETE", f"/v1/cell_tokens/{cell_id}")[0] == 204
+    assert get_raw(b, f"/v1/blobs/{digest}", again["token"])[0] == 401
+    assert psql(pg_dir, "SELECT count(*) FROM documents WHERE kind = 'cell.grants'").strip() == "0"
+    assert a.api("DELETE", f"/v1/cell_tokens/{cell_id}")[0] == 404
+    # what is not a cell's id names no cell
+    for bad in ("C" * 32, "c" * 31, "../" + "c" * 29, "", 5):
+        status, body = a.api("POST", "/v1/cell_tokens", {"cell": bad})
+        assert status == 422 and "32 lowercase hex" in body["error"]["message"], (bad, body)
+    assert a.api("POST", "/v1/cell_tokens", {"cell": cell_id, "admin": True})[0] == 400
     # a tenant: refused alike whether the blob exists or not (nothing about it leaks)
     admin = a.token
     assert a.api("POST", "/v1/users", {"name": "dev1", "password": "correct horse battery"},
@@ -113,6 +155,11 @@ def test_the_blob_endpoint_is_for_the_admin_and_cells_only(pair, pg_dir):
     missing = get_raw(a, f"/v1/blobs/{absent}", tok["access_token"])
     assert there[0] == missing[0] == 403, (there, missing)
     assert there[1] == missing[1], (there, missing)
+    # nor may a tenant make, list or delete a cell's token
+    dev = tok["access_token"]
+    assert a.api("POST", "/v1/cell_tokens", {"cell": "e" * 32}, token=dev)[0] == 403
+    assert a.api("GET", "/v1/cell_tokens", token=dev)[0] == 403
+    assert a.api("DELETE", "/v1/cell_tokens/" + "e" * 32, token=dev)[0] == 403
     # what is not a digest names nothing: 400 before anything is looked up
     for bad in ("sha256:" + digest[7:].upper(), digest[:-1], digest + "0", "sha512:" + digest[7:],
                 "sha256:..%2F..%2F..%2Fetc%2Fpasswd" + "0" * 40, "sha256:..", digest[7:]):

@@ -8,7 +8,10 @@ and started again keeps the instance its shim kept running (adopted, same guid a
 
 The first tests play the leader themselves; the last ones run a controller (`--role
 controller` on PostgreSQL) that places instances on the two cells, which fetch the droplet by
-its digest from the controller's API with the cells' token (src/cell/README.md)."""
+its digest from the controllers they were given (--controller-url), each with its own token,
+which reads only the droplets placed on that cell (src/cell/README.md)."""
+import hashlib
+import http.client
 import json
 import os
 import re
@@ -180,6 +183,7 @@ class Cell:
         with open(os.path.join(self.home, "cell-id"), "w") as f:
             f.write(cell_id + "\n")
         self.proc = None
+        self.controllers = []  # --controller-url, in order
 
     def start(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
@@ -189,7 +193,8 @@ class Cell:
         log = open(os.path.join(self.home, "cell.out"), "ab")
         self.proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "skiffd"), "--role", "cell", "--home", self.home,
-             "--zone", self.zone, "--memory", "2G"],
+             "--zone", self.zone, "--memory", "2G"]
+            + [arg for url in self.controllers for arg in ("--controller-url", url)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
@@ -198,12 +203,15 @@ class Cell:
         with open(os.path.join(self.home, "cell.out"), errors="replace") as f:
             return f.read()[-20000:]
 
+    stuck = False  # a stop it did not obey within 30 s (then killed)
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
+                self.stuck = True
                 self.proc.kill()
                 self.proc.wait()
 
@@ -254,6 +262,7 @@ def setup():
         for c in cells:
             c.stop()
             text = c.output()
+            assert not c.stuck, "the cell did not exit on SIGTERM:\n" + text
             assert "Sanitizer" not in text and "runtime error" not in text, text
             assert "cannot make a warm container" not in text, text  # the warm pool works
     finally:
@@ -493,6 +502,32 @@ def through_router(p, name):
     return status == 200 and text.startswith("instance")
 
 
+def give_token(cell, token):
+    """What an operator does with a cell's token: into the cell's home, mode 0600, at once
+    (written aside and renamed, so the cell never reads half of it)."""
+    assert re.fullmatch(r"skiffc_%s[0-9a-f]{64}" % cell.id, token), token
+    path = os.path.join(cell.home, "cell-token")
+    with open(path + ".new", "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(token + "\n")
+    os.rename(path + ".new", path)
+
+
+def token_of(cell):
+    with open(os.path.join(cell.home, "cell-token")) as f:
+        return f.read().strip()
+
+
+def blob_status(p, digest, token):
+    """GET /v1/blobs/DIGEST from p with a bearer token: (status, body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", p.api_port, timeout=30)
+    c.request("GET", "/v1/blobs/" + digest, headers={"Authorization": "Bearer " + token})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body
+
+
 @pytest.fixture
 def cluster():
     with throwaway_postgres() as pg_dir:
@@ -504,19 +539,21 @@ def cluster():
         ctl = None
         try:
             ctl = controller(pg_dir, nats).start()
-            # the operator gives each cell the cells' token the first controller made
-            token = os.path.join(ctl.home, "cell-token")
-            wait_for(lambda: os.path.exists(token), 10, "the controller's cell-token")
+            # b's first controller is down (nothing listens there): b fetches from the next
+            dead = "http://127.0.0.1:%d" % free_port()
+            cells[0].controllers = [ctl.api_url]
+            cells[1].controllers = [dead, ctl.api_url]
+            # the operator makes each cell its own token and puts it in the cell's home
             for c in cells:
-                shutil.copy(token, os.path.join(c.home, "cell-token"))
-                os.chmod(os.path.join(c.home, "cell-token"), 0o600)
+                give_token(c, ctl.cli("create-cell-token", c.id, check=True).stdout.strip())
                 c.start()
             wait_for(lambda: ctl.api("GET", "/v1/cells")[1]["leading"], 15, "the controller "
                      "to lead")
-            yield SimpleNamespace(pg_dir=pg_dir, nats=nats, cells=cells, ctl=ctl)
+            yield SimpleNamespace(pg_dir=pg_dir, nats=nats, cells=cells, ctl=ctl, dead=dead)
             ctl.stop()
             for c in cells:
                 c.stop()
+                assert not c.stuck, "the cell did not exit on SIGTERM:\n" + c.output()
             for text in [ctl.output()] + [c.output() for c in cells]:
                 assert "Sanitizer" not in text and "runtime error" not in text, text
         finally:
@@ -562,6 +599,10 @@ def test_a_controller_places_instances_on_cells_and_converges(cluster):
     for c in (a, b):
         assert c.output().count("fetched droplet %s" % digest) == 1, c.output()
         assert os.path.isdir(os.path.join(c.home, "blobs", "droplets", digest[7:], "app"))
+    # b's first controller is down: its fetch went on to the next one it was given
+    assert "fetching droplet %s from %s, %s (in turn)" % (digest, cluster.dead, ctl.api_url) \
+        in b.output(), b.output()
+    assert "fetched droplet %s from %s (verified)" % (digest, ctl.api_url) in b.output()
     assert start["launch"]["droplet_guid"] == placed[a.id]["droplet"], start
 
     # kill -9 cell a with its instance: lost after LOST_MS, its instance started on b
@@ -650,3 +691,110 @@ def test_instances_outlive_the_controller_and_a_new_one_adopts_them(cluster, req
     for addr in addrs:
         assert answers(addr)[0] == 200, addr
     assert remote_serves()
+
+
+@needs_postgres
+def test_a_cells_token_reads_only_what_was_placed_on_it(cluster):
+    """A cell's token reads the droplet the leader placed on that cell and nothing else; a
+    start request forged with the controllers' NATS credentials cannot send the token to a URL
+    of its own; a deleted token is refused at once; a rotated one is taken by the cell at its
+    next fetch without a restart."""
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    spy = Client(cluster.nats.port, "skiffd", PASSWORDS["skiffd"])
+    try:
+        spy.sub("skiff.cell.*.req")
+        spy.sub("skiff.cell.*.up")
+        deploy_bits(ctl, "solo", [("Procfile", b"web: python3 app.py\n"),
+                                  ("app.py", PLATFORM_WEB_APP)], {"instances": 1})
+        wait_for(lambda: len(running(ctl, "solo")) == 1, 60, "the instance running")
+        (inst,) = running(ctl, "solo")
+        on, other = (a, b) if inst["cell"] == a.id else (b, a)
+        _, start = spy.wait_msg(lambda s, m: m.get("op") == "start", 5, "the start request")
+        digest = start["launch"]["droplet_digest"]
+
+        # the cell it was placed on reads it; the other cell's token does not
+        status, body = blob_status(ctl, digest, token_of(on))
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
+        status, body = blob_status(ctl, digest, token_of(other))
+        assert status == 403 and b"was not asked to start" in body, body
+
+        # a start forged for the other cell (the controllers' NATS credentials), naming a URL
+        # of the forger's: the cell never connects there, asks only its own controllers, which
+        # refuse it (nothing was placed there), and the start fails
+        trap = socket.socket()
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.setblocking(False)
+        trap_url = "http://127.0.0.1:%d" % trap.getsockname()[1]
+        forged = dict(start["launch"], instance_guid=str(uuid.uuid4()), blob_urls=[trap_url])
+        spy.pub("skiff.cell.%s.req" % other.id, {"v": 1, "op": "start", "launch": forged})
+        m = state_of(spy, other.id, forged["instance_guid"], "CRASHED", timeout=30)
+        assert "answered 403" in m["reason"], m
+        with pytest.raises(BlockingIOError):
+            trap.accept()
+        trap.close()
+        assert "names %s to fetch droplet %s from, which is not one of this cell's " \
+            "controllers (--controller-url): ignored" % (trap_url, digest) in other.output()
+        assert not os.path.isdir(os.path.join(other.home, "blobs", "droplets", digest[7:]))
+
+        # deleted: refused at once
+        old = token_of(on)
+        ctl.cli("delete-cell-token", on.id, check=True)
+        assert blob_status(ctl, digest, old)[0] == 401
+        assert on.id not in ctl.cli("cell-tokens", check=True).stdout
+        assert other.id in ctl.cli("cell-tokens", check=True).stdout
+
+        # rotated: the old one refused at once; the new one in the cell's file, the cell (not
+        # restarted) fetches with it when the leader places the next instance there
+        pid = other.proc.pid
+        old = token_of(other)
+        r = ctl.cli("create-cell-token", other.id, check=True)
+        assert "previous token is refused" in r.stderr, r.stderr
+        assert blob_status(ctl, digest, old)[0] == 401
+        give_token(other, r.stdout.strip())
+        other.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "holds this cell's token (%s)" % other.id in other.output(), 10,
+                 "the cell to check its new token on SIGHUP")
+        assert ctl.api("PUT", "/v1/apps/solo", {"instances": 2})[0] == 200
+        wait_for(lambda: {i["cell"] for i in running(ctl, "solo")} == {a.id, b.id}, 60,
+                 "the second instance running on the other cell")
+        assert other.proc.pid == pid and other.proc.poll() is None
+        assert "fetched droplet %s from %s (verified)" % (digest, ctl.api_url) in other.output()
+    finally:
+        spy.close()
+
+
+@needs_postgres
+def test_a_fetch_goes_to_the_next_controller_when_one_is_down(cluster):
+    """Two controllers on the store, a cell given both: the leader stops, the other leads, and
+    the cell's next fetch, refused by the first (down), comes from the second, under the grant
+    the new leader wrote."""
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    second = controller(cluster.pg_dir, cluster.nats)
+    try:
+        second.start()
+        assert not second.api("GET", "/v1/cells")[1]["leading"]
+        for c in (a, b):
+            c.stop()
+            c.controllers = [ctl.api_url, second.api_url]
+            c.start()
+        deploy_bits(ctl, "first", [("Procfile", b"web: python3 app.py\n"),
+                                   ("app.py", PLATFORM_WEB_APP)], {"instances": 2})
+        wait_for(lambda: len(running(ctl, "first")) == 2, 60, "two instances running")
+        m = re.search(r"fetched droplet (sha256:[0-9a-f]{64}) from (\S+) ", a.output())
+        assert m and m.group(2) == ctl.api_url, a.output()
+
+        ctl.stop()  # down: nothing answers at its address any more
+        wait_for(lambda: second.api("GET", "/v1/cells")[1]["leading"], 30, "the second to lead")
+        deploy_bits(second, "next", [("Procfile", b"web: python3 app.py\n"),
+                                     ("app.py", PLATFORM_WEB_APP + b"\n# another droplet\n")],
+                    {"instances": 2})
+        wait_for(lambda: len(running(second, "next")) == 2, 90, "the new app's instances")
+        for c in (a, b):
+            fetched = re.findall(r"fetched droplet (sha256:[0-9a-f]{64}) from (\S+) ", c.output())
+            assert len(fetched) == 2 and fetched[0][0] != fetched[1][0], c.output()
+            assert fetched[1][1] == second.api_url, c.output()
+            assert "fetching droplet %s from %s, %s (in turn)" % (
+                fetched[1][0], ctl.api_url, second.api_url) in c.output(), c.output()
+    finally:
+        second.close()

@@ -119,7 +119,7 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
         assert "sha256:" + hashlib.sha256(r.read()).hexdigest() == digest
     for x in (b, c):
         assert "fetching droplet %s from %s" % (digest, ctl.api_url) in x.output(), x.output()
-        assert "fetched droplet %s from a controller (verified)" % digest in x.output()
+        assert "fetched droplet %s from %s (verified)" % (digest, ctl.api_url) in x.output()
         with open(os.path.join(x.home, "blobs", "droplets", digest[7:], "app", "app.py"),
                   "rb") as f:
             assert f.read() == CELL_APP

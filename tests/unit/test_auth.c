@@ -335,6 +335,36 @@ static void test_role_names_round_trip(void **state)
         assert_true(*auth_perm_meaning((enum auth_perm)p));
 }
 
+/* A cell's token: skiffc_, the cell's id, 64 hex digits; nothing else passes for one. */
+static void test_a_cells_token_names_its_cell(void **state)
+{
+    (void)state;
+    const char *id = "0123456789abcdef0123456789abcdef";
+    const char *secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    char token[160], cell[AUTH_CELL_ID_LEN + 1] = "";
+    snprintf(token, sizeof token, "skiffc_%s%s", id, secret);
+    assert_true(auth_cell_token_parse(token, cell));
+    assert_string_equal(cell, id);
+    assert_true(auth_cell_id_valid(id));
+    /* the one token cells shared before: no cell in it */
+    snprintf(token, sizeof token, "skiffc_%s", secret);
+    assert_false(auth_cell_token_parse(token, cell));
+    snprintf(token, sizeof token, "skiffc_%s%s0", id, secret); /* too long */
+    assert_false(auth_cell_token_parse(token, cell));
+    snprintf(token, sizeof token, "skiffc_%s%.63s", id, secret); /* too short */
+    assert_false(auth_cell_token_parse(token, cell));
+    snprintf(token, sizeof token, "skiffc_%s%s", "0123456789ABCDEF0123456789abcdef", secret);
+    assert_false(auth_cell_token_parse(token, cell)); /* upper case */
+    snprintf(token, sizeof token, "skiffx_%s%s", id, secret);
+    assert_false(auth_cell_token_parse(token, cell));
+    snprintf(token, sizeof token, "skiffc_../../etc/passwd%s%s", id + 16, secret);
+    assert_false(auth_cell_token_parse(token, cell));
+    assert_false(auth_cell_token_parse(NULL, cell));
+    assert_false(auth_cell_id_valid("0123456789abcdef0123456789abcde"));
+    assert_false(auth_cell_id_valid("0123456789abcdef0123456789abcdeg"));
+    assert_false(auth_cell_id_valid(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -346,6 +376,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_copies_on_one_store_catch_up, setup, teardown),
         cmocka_unit_test(test_role_names_round_trip),
+        cmocka_unit_test(test_a_cells_token_names_its_cell),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,13 +7,21 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdbool.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 #include <string.h>
 
 #include <cmocka.h>
 
+#include "blobs/blobs.h"
 #include "cell/cell.h"
+#include "common/util.h"
 
 #define MB (1024ull * 1024)
 
@@ -256,9 +264,26 @@ static void on_droplet(void *ctx, int rc, const char *dir, const char *why)
     snprintf(h->why, sizeof h->why, "%s", why ? why : "");
 }
 
-/* A cell with a home of its own: the controller's path is never read when the request names
+/* A listening socket of the test's on loopback: its port; nothing ever accepts on it. */
+static int stranger_listen(int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(*fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(*fd, (struct sockaddr *)&a, &al);
+    assert_int_equal(listen(*fd, 8), 0);
+    return ntohs(a.sin_port);
+}
+
+#define CELL_ID "0123456789abcdef0123456789abcdef"
+#define SECRET "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+/* A cell with a home of its own: the controller's path is never read when the cell has
  * controllers to fetch from; the cache answers at once; the token file must be the operator's
- * (there, 0600, a cells' token); a fetch nobody answers fails once for both starts waiting. */
+ * (there, 0600, this cell's token); a fetch nobody answers fails once for both starts waiting;
+ * the URL a start request names that is not one of the cell's controllers is never connected
+ * to (whoever wrote the request would get the token). */
 static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state)
 {
     (void)state;
@@ -267,23 +292,38 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct cell_droplets *cd = NULL;
-    assert_int_equal(cell_droplets_new(&loop, home, NULL, &cd), 0);
-    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    static const char *const nobody[] = {"http://127.0.0.1:1/", NULL};
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    int stranger_fd;
+    char stranger[64];
+    snprintf(stranger, sizeof stranger, "http://127.0.0.1:%d", stranger_listen(&stranger_fd));
+    const char *named[] = {stranger, NULL};
     struct cell_launch l = sample();
     l.droplet_path = "/tmp"; /* there, but not this cell's to read */
-    l.blob_urls = nobody;
+    l.blob_urls = named;
     char *dir = NULL, err[512] = "", path[512];
     struct heard h = {0};
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -ENOENT);
     assert_non_null(strstr(err, "cell-token"));
+    assert_non_null(strstr(err, "skiff create-cell-token " CELL_ID));
     snprintf(path, sizeof path, "%s/cell-token", home);
-    write_file(path, "skiffc_00ff\n", 0644);
+    write_file(path, "skiffc_" CELL_ID SECRET "\n", 0644);
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EACCES);
     assert_non_null(strstr(err, "chmod 600"));
     write_file(path, "a password\n", 0600);
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
-    assert_non_null(strstr(err, "does not hold a cells' token"));
-    write_file(path, "skiffc_00ff\n", 0600);
+    assert_non_null(strstr(err, "does not hold a cell's token"));
+    /* the one token all cells shared once: refused with what to do instead */
+    write_file(path, "skiffc_" SECRET "\n", 0600);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "once shared"));
+    /* another cell's token: never sent from here */
+    write_file(path, "skiffc_fedcba9876543210fedcba9876543210" SECRET "\n", 0600);
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "cell fedcba9876543210fedcba9876543210's"));
+    write_file(path, "skiffc_" CELL_ID SECRET "\n", 0600);
+    assert_int_equal(cell_droplets_check_token(cd, err, sizeof err), 0);
     struct heard h2 = {0};
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
@@ -294,6 +334,11 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     assert_int_equal(h2.calls, 1);
     assert_int_equal(h.rc, -EIO);
     assert_non_null(strstr(h.why, "127.0.0.1:1"));
+    assert_null(strstr(h.why, stranger));
+    /* the stranger the request named was never connected to */
+    assert_int_equal(accept(stranger_fd, NULL, NULL), -1);
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+    close(stranger_fd);
     snprintf(path, sizeof path, "%s/blobs/droplets/%s", home, SAMPLE_DIGEST + 7);
     struct stat st;
     assert_int_equal(stat(path, &st), -1); /* nothing unpacked */
@@ -304,8 +349,146 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     free(dir);
     assert_int_equal(h.calls, 1);
     cell_droplets_free(cd);
+    /* a cell with no controller fetches nothing, whatever the request names */
+    cfg.controller_urls = NULL;
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    l.droplet_digest = "sha256:" SECRET;
+    l.droplet_path = "/nonexistent/droplet";
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -ENOENT);
+    assert_non_null(strstr(err, "--controller-url"));
+    cell_droplets_free(cd);
     uv_loop_close(&loop);
     char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- a controller of the test's: 401 unless the request carries the token it expects ---- */
+
+struct controller {
+    int fd, port;
+    pthread_t thread;
+    char good[200]; /* "Authorization: Bearer TOKEN" */
+    const char *body;
+    size_t len;
+    int requests, refused;
+};
+
+static void *controller_main(void *arg)
+{
+    struct controller *s = arg;
+    for (;;) {
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        char req[4096];
+        size_t n = 0;
+        req[0] = '\0';
+        while (n < sizeof req - 1 && !strstr(req, "\r\n\r\n")) {
+            ssize_t r = read(c, req + n, sizeof req - 1 - n);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            req[n] = '\0';
+        }
+        s->requests++;
+        bool ok = strstr(req, s->good) != NULL;
+        if (!ok)
+            s->refused++;
+        char head[256];
+        int hl = snprintf(head, sizeof head,
+                          "HTTP/1.1 %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                          ok ? "200 OK" : "401 Unauthorized", ok ? s->len : 0);
+        if (write(c, head, (size_t)hl) < 0 || (ok && write(c, s->body, s->len) < 0))
+            s->requests += 0;
+        close(c);
+    }
+}
+
+/* A token rotated while a fetch is under way: the controller refuses the one the fetch began
+ * with, the cell reads its file again, finds the new one and fetches with it, no restart. */
+static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellrot-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[600], tmp[600];
+    snprintf(path, sizeof path, "%s/src/app", home);
+    assert_int_equal(mkdir_p(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/src/app/hello.txt", home);
+    write_file(path, "hello\n", 0644);
+    snprintf(path, sizeof path, "%s/src", home);
+    snprintf(tmp, sizeof tmp, "%s", home);
+    char *tar = NULL;
+    assert_int_equal(blob_droplet_pack(path, tmp, &tar), 0);
+    char *body = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(tar, &body, &len), 0);
+    unlink(tar);
+    free(tar);
+    unsigned char sum[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(sum, (const unsigned char *)body, len);
+    char digest[BLOB_DIGEST_LEN + 1] = "sha256:";
+    sodium_bin2hex(digest + 7, sizeof digest - 7, sum, sizeof sum);
+
+    struct controller ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
+    ctl.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(ctl.fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(ctl.fd, (struct sockaddr *)&a, &al);
+    assert_int_equal(listen(ctl.fd, 8), 0);
+    pthread_create(&ctl.thread, NULL, controller_main, &ctl);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
+    const char *urls[] = {url, NULL};
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    char text[200];
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    struct cell_launch l = sample();
+    l.droplet_digest = digest;
+    l.blob_urls = urls;
+    char *dir = NULL, err[512] = "";
+    struct heard h = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
+    /* the fetch took token 1; the operator puts token 2 in place meanwhile */
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 2);
+    write_file(path, text, 0600);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(ctl.refused, 1);
+    assert_int_equal(ctl.requests, 2);
+    snprintf(path, sizeof path, "%s/blobs/droplets/%s/app/hello.txt", home, digest + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* a token the controller refuses that has not changed: refused once, not asked again */
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 3);
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    write_file(path, text, 0600);
+    l.droplet_digest = "sha256:" SECRET;
+    struct heard h2 = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
+                     -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h2.rc, -EACCES);
+    assert_non_null(strstr(h2.why, "401"));
+    assert_int_equal(ctl.requests, 3);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    shutdown(ctl.fd, SHUT_RDWR);
+    close(ctl.fd);
+    pthread_join(ctl.thread, NULL);
+    free(body);
+    char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", home);
     assert_int_equal(system(cmd), 0);
 }
@@ -322,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_a_hostile_launch_is_refused_with_the_field_named),
         cmocka_unit_test(test_a_droplet_not_here_names_its_digest),
         cmocka_unit_test(test_a_droplet_is_fetched_by_digest_with_the_token_file),
+        cmocka_unit_test(test_a_token_refused_is_read_again_and_the_new_one_used),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
