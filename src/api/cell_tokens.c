@@ -233,7 +233,7 @@ static void cell_tokens__remove_shared(const char *home)
         else
             log_warning("%s held the one token all cells shared, which no controller accepts "
                         "any more; it could not be removed: %s",
-                        path, strerror(errno));
+                        path, skiff_strerror(-errno));
     }
     free(path);
 }

@@ -561,7 +561,7 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
         int rc = c->grant ? c->grant(c->grant_ctx, cell->id, sent.droplet_digest) : 0;
         if (rc < 0) {
             snprintf(err, errsize, "cannot let cell %s read droplet %s: %s", cell->id,
-                     sent.droplet_digest, strerror(-rc));
+                     sent.droplet_digest, skiff_strerror(rc));
             return rc;
         }
     }

@@ -7,7 +7,6 @@ process) so that two of them on one machine do not share a container network; a 
 whose folder is not on a skiffd's host comes from the blob store (tests/e2e/test_blobs.py)."""
 import os
 import signal
-import subprocess
 import threading
 import time
 
