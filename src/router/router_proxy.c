@@ -2752,6 +2752,19 @@ static int on_resp_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* The response goes on after this read: ACK what came now rather than after the delayed-ACK
+ * timer (up to 40 ms). An app that writes its head and its body apart, with Nagle's
+ * algorithm on (most runtimes' default), sends the body only once its head is acknowledged;
+ * the router, having nothing to send back, would hold that ACK (bench/router/split_write.py).
+ * Linux's quick-ACK mode does not stick, so it is asked again after each such read. */
+static void upstream_quickack(struct upstream *u)
+{
+    uv_os_fd_t fd;
+    int on = 1;
+    if (uv_fileno((uv_handle_t *)&u->p.tcp, &fd) == 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+}
+
 /* Bytes from a backend: parse, forward, and finish the exchange at the end of the response. */
 static void upstream_feed(struct upstream *u, const char *data, size_t len)
 {
@@ -2785,6 +2798,8 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
         if (peer_queued(&c->p) > ROUTER_HIGH_WATER) {
             u->p.throttled = true;
             upstream_update_reading(u);
+        } else if (!u->h2c) {
+            upstream_quickack(u);
         }
         return;
     }
