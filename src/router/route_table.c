@@ -483,12 +483,13 @@ static struct route_addr *table_addrs(const struct route_table *t, bool draining
     return all;
 }
 
-/* Whether t has a route of exactly this host and path. */
+/* Whether t has a route of exactly this host and path, to the same app. */
 static bool table_has_route(const struct route_table *t, const struct route *r)
 {
     const struct route_host *s = slot_find(t, r->host, strlen(r->host));
     for (size_t i = 0; s && i < s->count; i++)
-        if (strcmp(s->routes[i]->path, r->path) == 0)
+        if (strcmp(s->routes[i]->path, r->path) == 0 &&
+            strcmp(s->routes[i]->app_guid, r->app_guid) == 0)
             return true;
     return false;
 }

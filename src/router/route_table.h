@@ -161,11 +161,12 @@ struct route_addr {
 };
 
 /* The backend addresses `old` had that `now` has lost, sorted, each once. An address is lost
- * when it was a backend of a route (host and path) that `now` still has, is a backend of no
- * route of `now`, and is not one of `now`'s "draining" addresses (an instance stopped on
- * purpose: its requests in flight finish). A route that went (unmapped, or not announced
- * again) loses nothing: its instances may still run. Returns how many, in *out (malloc'd,
- * freed by the caller; NULL when none). */
+ * when it was a backend of a route (host and path) that `now` still has for the same app, is
+ * a backend of no route of `now`, and is not one of `now`'s "draining" addresses (an
+ * instance stopped on purpose: its requests in flight finish). A route that went (unmapped,
+ * or not announced again), or that now leads to another app (a blue-green switch), loses
+ * nothing: its instances still run. Returns how many, in *out (malloc'd, freed by the
+ * caller; NULL when none). */
 size_t route_table_lost(const struct route_table *old, const struct route_table *now,
                         struct route_addr **out);
 

@@ -218,6 +218,13 @@ static void test_lost_backends_are_those_gone_without_a_drain(void **state)
               "{\"host\":\"y.localhost\",\"backends\":[]}]}",
               got, sizeof got);
     assert_string_equal(got, "10.0.0.5:1");
+    /* a route switched to another app (blue-green): the first app's instances still run */
+    lost_text("{\"routes\":[{\"host\":\"x.localhost\",\"app_guid\":\"blue\",\"backends\":["
+              "{\"addr\":\"10.0.0.5:1\"}]}]}",
+              "{\"routes\":[{\"host\":\"x.localhost\",\"app_guid\":\"green\",\"backends\":["
+              "{\"addr\":\"10.0.0.6:1\"}]}]}",
+              got, sizeof got);
+    assert_string_equal(got, "");
 }
 
 static void test_down_marks_carry_over_to_the_next_table(void **state)
