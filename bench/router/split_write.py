@@ -116,7 +116,7 @@ def main():
             results[name] = measure(port, args.requests)
         direct = results["direct"][0]
         for name, (p50, p90) in results.items():
-            print("%-40s median %7.2f ms  p90 %7.2f ms  %5.2fx direct" % (name, p50, p90,
+            print("%-40s median %7.2f ms  p90 %7.2f ms  %7.4fx direct" % (name, p50, p90,
                                                                        p50 / direct))
     finally:
         for p in procs:

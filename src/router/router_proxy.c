@@ -51,6 +51,7 @@
 #define ROUTER_ACCEPT_PAUSE_MS 100 /* after EMFILE and the like */
 #define ROUTER_ACCEPT_SLACK 4      /* clients more than another worker's before yielding */
 #define ROUTER_ACCEPT_YIELD_MS 1
+#define ROUTER_QUICKACK_READ (16 * 1024) /* a read under this leaves a response unfinished: ACK */
 #define ROUTER_H2C_CONNS 4 /* h2c connections per instance and worker, each of many streams */
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
@@ -2756,7 +2757,9 @@ static int on_resp_message_complete(llhttp_t *p)
  * timer (up to 40 ms). An app that writes its head and its body apart, with Nagle's
  * algorithm on (most runtimes' default), sends the body only once its head is acknowledged;
  * the router, having nothing to send back, would hold that ACK (bench/router/split_write.py).
- * Linux's quick-ACK mode does not stick, so it is asked again after each such read. */
+ * Linux's quick-ACK mode does not stick, so it is asked again after each such read; not
+ * after a large one, which the kernel acknowledges soon anyway (every second full segment),
+ * so that a large body costs no system call per read. */
 static void upstream_quickack(struct upstream *u)
 {
     uv_os_fd_t fd;
@@ -2798,7 +2801,7 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
         if (peer_queued(&c->p) > ROUTER_HIGH_WATER) {
             u->p.throttled = true;
             upstream_update_reading(u);
-        } else if (!u->h2c) {
+        } else if (!u->h2c && len < ROUTER_QUICKACK_READ) {
             upstream_quickack(u);
         }
         return;
