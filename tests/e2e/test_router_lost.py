@@ -222,3 +222,29 @@ def test_drained_or_unmapped_instances_finish_their_requests(router_factory, bus
     finally:
         drained.close()
         unmapped.close()
+
+
+def test_streams_to_a_lost_h2c_instance_go_elsewhere_or_get_a_502(router_factory, bus):
+    from test_router_h2 import MuxInstance
+    silent = MuxInstance(hook=lambda ctx, sid, stream: True)  # takes streams, answers none
+    good = MuxInstance()
+    try:
+        r = router_factory([dict(route("grpc.localhost", [silent]), protocol="http2")],
+                           "--workers", "1")
+        get, post = Client(r.port, timeout=30), Client(r.port, timeout=30)
+        send_request(get, "GET", "/get", "grpc.localhost")
+        send_request(post, "POST", "/post", "grpc.localhost", b"p" * 100)
+        wait_for(lambda: len(silent.requests) == 2, 10, "both streams to reach the instance")
+        t0 = time.monotonic()
+        set_table(bus, [dict(route("grpc.localhost", [good]), protocol="http2")])
+        resp = get.response()
+        assert resp.status == 200 and resp.trailers.get("grpc-status") == "0", resp.status
+        assert [dict(s["headers"])[":path"] for s in good.requests] == ["/get"]
+        resp = post.response()
+        assert resp.status == 502 and resp.headers["x-skiff-router-error"] == "backend-lost"
+        assert time.monotonic() - t0 < ANSWER_WITHIN
+        get.close()
+        post.close()
+    finally:
+        silent.backend.close()
+        good.backend.close()
