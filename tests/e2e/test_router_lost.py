@@ -248,3 +248,22 @@ def test_streams_to_a_lost_h2c_instance_go_elsewhere_or_get_a_502(router_factory
     finally:
         silent.backend.close()
         good.backend.close()
+
+
+def test_a_request_is_sent_again_only_to_its_own_app(router_factory, bus, backends):
+    other = backends("other")
+    hang = Silent("hang")
+    try:
+        r = router_factory([route("app.localhost", [hang], path="/v1")], "--workers", "1")
+        get = Client(r.port, timeout=30)
+        send_request(get, "GET", "/v1/admin/x", "app.localhost")
+        wait_for(lambda: hang.seen == ["/v1/admin/x"], 10, "the request to reach the instance")
+        # the instance is lost, and the same table gives /v1/admin to another app
+        set_table(bus, [route("app.localhost", [], path="/v1"),
+                        route("app.localhost", [other], path="/v1/admin", app="other")])
+        resp = get.response()
+        assert resp.status == 502 and resp.headers["x-skiff-router-error"] == "backend-lost"
+        assert other.hits == 0
+        get.close()
+    finally:
+        hang.close()
