@@ -53,11 +53,11 @@ void router_proxy_metrics(struct router_metrics *out);
 void router_proxy_drain(const struct sockaddr_storage *addr, socklen_t addr_len, uint64_t id);
 /* Backends that left the table without a drain (route_table_lost), main thread only, after
  * the table without them is published: every worker closes its connections to them and ends
- * at once the exchanges that use them. A request the backend has not been sent yet (still
- * connecting), or an idempotent one without a body (or whose h2c stream kept its whole
- * body), that has had nothing of its answer sent yet, goes to another instance of its route
- * in the new table; any other gets a 502 `backend-lost`, or is cut when its answer had begun.
- * Ignored once the workers are stopping. */
+ * at once the exchanges that use them. A request not sent yet (still connecting, or waiting
+ * for an h2c stream), or an idempotent one without a body, that has had nothing of its answer
+ * sent yet, goes to another instance of its app's route in the new table; any other gets a
+ * 502 `backend-lost`, or is cut when its answer had begun. Ignored once the workers are
+ * stopping. */
 void router_proxy_backends_lost(const struct route_addr *addrs, size_t count);
 
 /* ALPN protocols an HTTPS client may choose, in wire format (length-prefixed names), in the
