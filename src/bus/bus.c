@@ -179,6 +179,17 @@ static void bus__nats_publish_json(struct bus *bus, const char *subject, const c
 
 /* Announces every route of a "routes" message (register, with the TTL) and unregisters those
  * announced before that it no longer has. */
+/* One route's register; each carries the table's "draining" list, if any. */
+static json_t *bus__nats_register(int ttl_ms, json_int_t version, json_int_t count, json_t *route,
+                                  json_t *draining)
+{
+    json_t *msg = json_pack("{s:i,s:i,s:I,s:I,s:O}", "v", BUS_NATS_VERSION, "ttl_ms", ttl_ms,
+                            "version", version, "count", count, "route", route);
+    if (msg && draining)
+        json_object_set(msg, "draining", draining);
+    return msg;
+}
+
 static void bus__nats_announce(struct bus *bus, const char *table)
 {
     struct bus_nats *n = bus->nats;
@@ -203,10 +214,9 @@ static void bus__nats_announce(struct bus *bus, const char *table)
         char *key = xasprintf("%s %s", host, path);
         json_object_set_new(now, key, json_pack("{s:s,s:s}", "host", host, "path", path));
         free(key);
-        bus__nats_publish_json(bus, BUS_NATS_PREFIX "register", NULL,
-                               json_pack("{s:i,s:i,s:I,s:I,s:O}", "v", BUS_NATS_VERSION, "ttl_ms",
-                                         n->ttl_ms, "version", version, "count", count, "route",
-                                         r));
+        bus__nats_publish_json(
+            bus, BUS_NATS_PREFIX "register", NULL,
+            bus__nats_register(n->ttl_ms, version, count, r, json_object_get(msg, "draining")));
     }
     const char *key;
     json_t *gone;
@@ -710,17 +720,30 @@ static char *bus__routes_text(struct bus *bus)
     return text;
 }
 
-/* A "routes" message of version with the routes array routes (a line without its newline). */
-static char *bus__table_text(int64_t version, const char *routes)
+/* A "routes" message of version with the routes array routes (a line without its newline).
+ * "draining" lists the instances being drained: a router tells by it that a backend left the
+ * table on purpose (its requests in flight finish), not because it was lost (they go
+ * elsewhere at once; docs/bus.md). */
+static char *bus__table_text(struct bus *bus, int64_t version, const char *routes)
 {
-    return xasprintf("{\"type\":\"routes\",\"version\":%lld,\"routes\":%s}", (long long)version,
-                     routes);
+    if (!bus->drains)
+        return xasprintf("{\"type\":\"routes\",\"version\":%lld,\"routes\":%s}", (long long)version,
+                         routes);
+    json_t *draining = json_array();
+    for (struct bus_drain *d = bus->drains; d; d = d->next)
+        json_array_append_new(draining, json_string(d->addr));
+    char *list = json_dumps(draining, JSON_COMPACT);
+    json_decref(draining);
+    char *text = xasprintf("{\"type\":\"routes\",\"version\":%lld,\"routes\":%s,\"draining\":%s}",
+                           (long long)version, routes, list ? list : "[]");
+    free(list);
+    return text;
 }
 
 char *bus_route_table_json(struct bus *bus)
 {
     char *routes = bus__routes_text(bus);
-    char *text = routes ? bus__table_text(bus->version, routes) : NULL;
+    char *text = routes ? bus__table_text(bus, bus->version, routes) : NULL;
     free(routes);
     return text;
 }
@@ -775,7 +798,7 @@ static bool bus__push(struct bus *bus, struct bus_conn *only)
         bus->sent_routes = xstrdup(routes);
         start_trace("bus: a new table sent");
     }
-    char *text = bus__table_text(bus->version, routes);
+    char *text = bus__table_text(bus, bus->version, routes);
     free(routes);
     if (!only && bus->nats)
         bus__nats_announce(bus, text);

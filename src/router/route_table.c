@@ -26,6 +26,8 @@ struct route_table {
     size_t route_count;
     struct route_host *slots; /* open addressing, power-of-two size, NULL host = empty */
     size_t slot_mask;
+    struct route_addr *draining; /* "draining": instances stopped on purpose */
+    size_t draining_count;
 };
 
 #define ATOMIC_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
@@ -63,6 +65,7 @@ static void table_free(struct route_table *t)
         for (size_t i = 0; i <= t->slot_mask; i++)
             free(t->slots[i].routes);
     free(t->slots);
+    free(t->draining);
     free(t);
 }
 
@@ -317,6 +320,20 @@ int route_table_parse(const char *json, size_t len, struct route_table **out, ch
             t->routes[t->route_count].index = t->route_count;
             t->route_count++;
         }
+    json_t *draining = json_object_get(root, "draining");
+    size_t nd = json_is_array(draining) ? json_array_size(draining) : 0;
+    t->draining = nd ? xcalloc(nd, sizeof(*t->draining)) : NULL;
+    for (size_t i = 0; i < nd; i++) {
+        const char *addr = json_string_value(json_array_get(draining, i));
+        struct route_addr *a = &t->draining[t->draining_count];
+        if (!addr || strlen(addr) >= sizeof(a->text) ||
+            parse_backend_addr(addr, &a->addr, &a->len) < 0) {
+            skipped_local++;
+            continue;
+        }
+        snprintf(a->text, sizeof(a->text), "%s", addr);
+        t->draining_count++;
+    }
     json_decref(root);
     table_index(t);
     if (skipped)
@@ -430,6 +447,131 @@ struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
 void route_backend_mark_down(struct route_backend *b, int ms)
 {
     __atomic_store_n(&b->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);
+}
+
+static int addr_cmp(const void *a, const void *b)
+{
+    const struct route_addr *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return memcmp(&x->addr, &y->addr, x->len);
+}
+
+static void addr_set(struct route_addr *a, const struct route_backend *b)
+{
+    memset(a, 0, sizeof(*a));
+    memcpy(&a->addr, &b->addr, b->addr_len);
+    a->len = b->addr_len;
+    snprintf(a->text, sizeof(a->text), "%s", b->addr_text);
+}
+
+/* Every backend address of t (and its draining ones, with `draining`), sorted; *n of them. */
+static struct route_addr *table_addrs(const struct route_table *t, bool draining, size_t *n)
+{
+    size_t count = draining ? t->draining_count : 0;
+    for (size_t i = 0; i < t->route_count; i++)
+        count += t->routes[i].backend_count;
+    struct route_addr *all = xcalloc(count ? count : 1, sizeof(*all));
+    size_t k = 0;
+    for (size_t i = 0; i < t->route_count; i++)
+        for (size_t j = 0; j < t->routes[i].backend_count; j++)
+            addr_set(&all[k++], &t->routes[i].backends[j]);
+    for (size_t i = 0; draining && i < t->draining_count; i++)
+        all[k++] = t->draining[i];
+    qsort(all, k, sizeof(*all), addr_cmp);
+    *n = k;
+    return all;
+}
+
+/* Whether t has a route of exactly this host and path, to the same app. */
+static bool table_has_route(const struct route_table *t, const struct route *r)
+{
+    const struct route_host *s = slot_find(t, r->host, strlen(r->host));
+    for (size_t i = 0; s && i < s->count; i++)
+        if (strcmp(s->routes[i]->path, r->path) == 0 &&
+            strcmp(s->routes[i]->app_guid, r->app_guid) == 0)
+            return true;
+    return false;
+}
+
+size_t route_table_lost(const struct route_table *old, const struct route_table *now,
+                        struct route_addr **out)
+{
+    *out = NULL;
+    size_t kept_n;
+    struct route_addr *kept = table_addrs(now, true, &kept_n);
+    struct route_addr *lost = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < old->route_count; i++) {
+        const struct route *r = &old->routes[i];
+        if (r->backend_count == 0 || !table_has_route(now, r))
+            continue;
+        for (size_t j = 0; j < r->backend_count; j++) {
+            struct route_addr a;
+            addr_set(&a, &r->backends[j]);
+            if (bsearch(&a, kept, kept_n, sizeof(a), addr_cmp))
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 4;
+                lost = xrealloc(lost, cap * sizeof(*lost));
+            }
+            lost[n++] = a;
+        }
+    }
+    free(kept);
+    if (n == 0)
+        return 0;
+    qsort(lost, n, sizeof(*lost), addr_cmp);
+    size_t u = 1;
+    for (size_t i = 1; i < n; i++)
+        if (addr_cmp(&lost[i], &lost[u - 1]) != 0)
+            lost[u++] = lost[i];
+    *out = lost;
+    return u;
+}
+
+/* An address and the time its backend is passed over until. */
+struct down_mark {
+    struct route_addr a;
+    int64_t until_ms;
+};
+
+static int down_cmp(const void *a, const void *b)
+{
+    return addr_cmp(&((const struct down_mark *)a)->a, &((const struct down_mark *)b)->a);
+}
+
+void route_table_carry_down(struct route_table *now, const struct route_table *old)
+{
+    int64_t now_ms = time_mono_ms();
+    struct down_mark *marks = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < old->route_count; i++)
+        for (size_t j = 0; j < old->routes[i].backend_count; j++) {
+            const struct route_backend *b = &old->routes[i].backends[j];
+            int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
+            if (until <= now_ms)
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 4;
+                marks = xrealloc(marks, cap * sizeof(*marks));
+            }
+            addr_set(&marks[n].a, b);
+            marks[n++].until_ms = until;
+        }
+    if (n == 0)
+        return; /* the usual case: one pass over the old table, nothing else */
+    qsort(marks, n, sizeof(*marks), down_cmp);
+    for (size_t i = 0; i < now->route_count; i++)
+        for (size_t j = 0; j < now->routes[i].backend_count; j++) {
+            struct route_backend *b = &now->routes[i].backends[j];
+            struct down_mark key;
+            addr_set(&key.a, b);
+            const struct down_mark *m = bsearch(&key, marks, n, sizeof(key), down_cmp);
+            if (m && m->until_ms > b->down_until_ms)
+                b->down_until_ms = m->until_ms;
+        }
+    free(marks);
 }
 
 /* ---- the current table ------------------------------------------------------------------ */

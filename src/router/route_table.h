@@ -153,6 +153,28 @@ int route_table_parse_addr(const char *text, struct sockaddr_storage *out, sockl
 /* Marks a backend that refused a connection: other instances take its requests for `ms`. */
 void route_backend_mark_down(struct route_backend *b, int ms);
 
+/* A backend address as route_table_parse_addr makes it (comparable with memcmp), and as sent. */
+struct route_addr {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    char text[64];
+};
+
+/* The backend addresses `old` had that `now` has lost, sorted, each once. An address is lost
+ * when it was a backend of a route (host and path) that `now` still has for the same app, is
+ * a backend of no route of `now`, and is not one of `now`'s "draining" addresses (an
+ * instance stopped on purpose: its requests in flight finish). A route that went (unmapped,
+ * or not announced again), or that now leads to another app (a blue-green switch), loses
+ * nothing: its instances still run. Returns how many, in *out (malloc'd, freed by the
+ * caller; NULL when none). */
+size_t route_table_lost(const struct route_table *old, const struct route_table *now,
+                        struct route_addr **out);
+
+/* Gives the backends of `now` the down marks (route_backend_mark_down) of `old`'s backends at
+ * the same address, so that a new table (any app's change makes one) does not send requests
+ * back to an instance found unreachable a moment ago. Before `now` is published. */
+void route_table_carry_down(struct route_table *now, const struct route_table *old);
+
 /* The process-wide current table. publish takes over the caller's reference. */
 void route_table_publish(struct route_table *t);
 /* A new reference to the current table (never NULL once route_table_publish ran; an empty

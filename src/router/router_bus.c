@@ -266,9 +266,21 @@ int64_t router_bus_apply_routes(const char *line, size_t len, bool save)
     if (skipped)
         log_warning("%d invalid route(s) or backend(s) skipped in version %lld",
                 skipped, (long long)route_table_version(t));
+    struct route_table *old = route_table_current();
+    route_table_carry_down(t, old);
+    struct route_addr *lost = NULL;
+    size_t lost_count = route_table_lost(old, t, &lost);
+    route_table_unref(old);
     route_table_publish(t);
     start_trace("router: table published");
     router_proxy_table_published();
+    for (size_t i = 0; i < lost_count; i++)
+        log_info("backend %s left the table without a drain: its requests in flight go to "
+                 "another instance, or are answered 502 backend-lost",
+                 lost[i].text);
+    if (lost_count) /* after the publish: the workers re-route with the new table */
+        router_proxy_backends_lost(lost, lost_count);
+    free(lost);
     if (save)
         router_bus_save_routes(line, len);
     return version;

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "router/route_table.h"
 #include "router/router.h"
 
 /* Latency histogram bounds in microseconds (Prometheus buckets, seconds in the output). */
@@ -53,6 +54,14 @@ void router_proxy_table_published(void);
  * its own uses that backend (at once when none does); when the last worker has reported,
  * router_bus_drained(id) answers skiffd. Ignored once the workers are stopping. */
 void router_proxy_drain(const struct sockaddr_storage *addr, socklen_t addr_len, uint64_t id);
+/* Backends that left the table without a drain (route_table_lost), main thread only, after
+ * the table without them is published: every worker closes its connections to them and ends
+ * at once the exchanges that use them. A request not sent yet (still connecting, or waiting
+ * for an h2c stream), or an idempotent one without a body, that has had nothing of its answer
+ * sent yet, goes to another instance of its app's route in the new table; any other gets a
+ * 502 `backend-lost`, or is cut when its answer had begun. Ignored once the workers are
+ * stopping. */
+void router_proxy_backends_lost(const struct route_addr *addrs, size_t count);
 
 /* ALPN protocols an HTTPS client may choose, in wire format (length-prefixed names), in the
  * router's order of preference: "http/1.1" only. A protocol added here must be served by
@@ -120,6 +129,7 @@ struct router_nats_msg {
     int64_t ttl_ms;             /* REGISTER: 100..3600000 */
     int64_t table_version;      /* REGISTER: skiffd's table version (0: not said) */
     int64_t table_count;        /* REGISTER: how many routes that version has (1..) */
+    json_t *draining;           /* REGISTER: the table's "draining" addresses (a reference) */
     char host[254], path[1025]; /* UNREGISTER */
     struct sockaddr_storage addr; /* DRAIN */
     socklen_t addr_len;

@@ -55,6 +55,7 @@ static struct {
     struct hosts *hosts; /* --host-addr: routes to the cells' pools (src/hosts) */
     struct rn_entry *entries;
     size_t n, cap;
+    json_t *draining; /* the newest register's "draining": instances stopped on purpose */
     uv_timer_t prune;
     uv_timer_t hello;
     uv_timer_t coalesce;
@@ -182,6 +183,9 @@ int router_nats_parse(const char *subject, const char *data, size_t len,
         }
         out->route = json_incref(route);
         out->ttl_ms = json_integer_value(ttl);
+        json_t *draining = json_object_get(o, "draining");
+        if (json_is_array(draining) && json_array_size(draining) <= ROUTER_NATS_MAX_DRAINS)
+            out->draining = json_incref(draining); /* its items are checked as a table's */
     } else if (kind == ROUTER_NATS_UNREGISTER) {
         if (!rn__text(o, "host", 253) || !rn__text(o, "path", 1024)) {
             snprintf(err, errsize, "%s: needs \"host\" and \"path\" strings", subject);
@@ -210,6 +214,8 @@ void router_nats_msg_free(struct router_nats_msg *m)
 {
     json_decref(m->route);
     m->route = NULL;
+    json_decref(m->draining);
+    m->draining = NULL;
     if (m->pair) { /* the key's text wiped before jansson frees it */
         json_t *k = json_object_get(m->pair, "key");
         OPENSSL_cleanse((char *)json_string_value(k), json_string_length(k));
@@ -290,6 +296,8 @@ static void rn__publish(void)
     rn.version = now > rn.version ? now : rn.version + 1;
     json_t *msg = json_pack("{s:s,s:I,s:o}", "type", "routes", "version", (json_int_t)rn.version,
                             "routes", routes);
+    if (rn.draining) /* what left the table for a drain is not lost (route_table_lost) */
+        json_object_set(msg, "draining", rn.draining);
     char *text = json_dumps(msg, JSON_COMPACT);
     json_decref(msg);
     bool served = text && router_bus_apply_routes(text, strlen(text), false) >= 0;
@@ -448,6 +456,11 @@ static void rn__on_msg(void *ctx, const char *subject, const char *reply, const 
     }
     switch (m.kind) {
     case ROUTER_NATS_REGISTER:
+        if (m.table_version <= 0 || m.table_version >= rn.seen_version) {
+            /* every register of a version carries its drains: the newest one's count */
+            json_decref(rn.draining);
+            rn.draining = json_incref(m.draining);
+        }
         if (rn__upsert(m.route, m.ttl_ms))
             rn__changed();
         rn__table_seen(m.table_version, m.table_count);
@@ -644,6 +657,8 @@ void router_nats_stop(void)
         rn__remove(rn.n - 1);
     free(rn.entries);
     rn.entries = NULL;
+    json_decref(rn.draining);
+    rn.draining = NULL;
     rn.cap = 0;
     free(rn.unknown_logged);
     rn.unknown_logged = NULL;

@@ -55,6 +55,7 @@
 #define ROUTER_ACCEPT_PAUSE_MS 100 /* after EMFILE and the like */
 #define ROUTER_ACCEPT_SLACK 4      /* clients more than another worker's before yielding */
 #define ROUTER_ACCEPT_YIELD_MS 1
+#define ROUTER_QUICKACK_READ (16 * 1024) /* a read under this leaves a response unfinished: ACK */
 #define ROUTER_H2C_CONNS 4 /* h2c connections per instance and worker, each of many streams */
 
 const uint64_t router_latency_bounds_us[ROUTER_LATENCY_BUCKETS] = {
@@ -181,6 +182,15 @@ struct pool {
     struct upstream *waiting, *waiting_last;
     int in_flight; /* exchanges of this worker using this backend (a drain waits for 0) */
     int drains;    /* drain requests waiting for in_flight to reach 0: nothing is pooled */
+    struct exchange *exchanges; /* those in_flight exchanges (pool_prev/pool_next) */
+    bool lost; /* its exchanges are being ended (backend lost): no stream is handed out */
+};
+
+/* Backends that left the table without a drain, for one worker (router_proxy_backends_lost). */
+struct lost_notice {
+    struct route_addr *addrs;
+    size_t count;
+    struct lost_notice *next;
 };
 
 /* One drain request, shared by the workers; the last to report answers skiffd. */
@@ -260,6 +270,7 @@ struct exchange {
     struct route_backend *backend; /* counted in backend->active while set */
     struct route_stats *stats;     /* counted in its worker's in-flight slot while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
+    struct exchange *pool_prev, *pool_next; /* in pool->exchanges while pool is set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
     struct headers req, resp;
@@ -318,6 +329,7 @@ struct worker {
     pthread_mutex_t drain_lock; /* guards drain_inbox (the main thread adds to it) */
     struct drain_wait *drain_inbox;
     struct drain_wait *drain_waits; /* requests waiting for a pool's in_flight to reach 0 */
+    struct lost_notice *lost_inbox; /* backends lost, under drain_lock, woken by drain_wakeup */
     uv_check_t access_flush;
     struct buf access; /* access lines of this loop turn */
     size_t access_lines;
@@ -831,9 +843,17 @@ static void exchange_backend_answered(struct exchange *x)
 static void exchange_release_backend(struct exchange *x)
 {
     if (x->pool) {
-        if (--x->pool->in_flight == 0 && x->pool->drains)
-            worker_drain_pool_idle(x->c->p.w, x->pool);
+        struct pool *p = x->pool;
+        if (x->pool_prev)
+            x->pool_prev->pool_next = x->pool_next;
+        else
+            p->exchanges = x->pool_next;
+        if (x->pool_next)
+            x->pool_next->pool_prev = x->pool_prev;
+        x->pool_prev = x->pool_next = NULL;
         x->pool = NULL;
+        if (--p->in_flight == 0 && p->drains)
+            worker_drain_pool_idle(x->c->p.w, p);
     }
     exchange_backend_answered(x);
 }
@@ -2500,6 +2520,10 @@ static void connect_backend(struct exchange *x)
     struct pool *pool = pool_for(w, b, x->route->protocol == ROUTE_PROTOCOL_HTTP2);
     x->pool = pool;
     pool->in_flight++;
+    x->pool_next = pool->exchanges;
+    if (pool->exchanges)
+        pool->exchanges->pool_prev = x;
+    pool->exchanges = x;
     if (pool->h2c) {
         h2c_stream_begin(x, pool);
         return;
@@ -2771,6 +2795,21 @@ static int on_resp_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* The response goes on after this read: ACK what came now rather than after the delayed-ACK
+ * timer (up to 40 ms). An app that writes its head and its body apart, with Nagle's
+ * algorithm on (most runtimes' default), sends the body only once its head is acknowledged;
+ * the router, having nothing to send back, would hold that ACK (bench/router/split_write.py).
+ * Linux's quick-ACK mode does not stick, so it is asked again after each such read; not
+ * after a large one, which the kernel acknowledges soon anyway (every second full segment),
+ * so that a large body costs no system call per read. */
+static void upstream_quickack(struct upstream *u)
+{
+    uv_os_fd_t fd;
+    int on = 1;
+    if (uv_fileno((uv_handle_t *)&u->p.tcp, &fd) == 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+}
+
 /* Bytes from a backend: parse, forward, and finish the exchange at the end of the response. */
 static void upstream_feed(struct upstream *u, const char *data, size_t len)
 {
@@ -2804,6 +2843,8 @@ static void upstream_feed(struct upstream *u, const char *data, size_t len)
         if (peer_queued(&c->p) > ROUTER_HIGH_WATER) {
             u->p.throttled = true;
             upstream_update_reading(u);
+        } else if (!u->h2c && len < ROUTER_QUICKACK_READ) {
+            upstream_quickack(u);
         }
         return;
     }
@@ -3022,6 +3063,8 @@ static bool h2c_pool_answering(const struct pool *pool)
  * some still wait and none is on its way. */
 static void h2c_pool_serve(struct pool *pool)
 {
+    if (pool->lost)
+        return;
     while (pool->waiting) {
         struct h2c_conn *conn = pool->conns;
         while (conn && !(conn->connected && router_h2c_can_open(conn->h2c)))
@@ -3376,6 +3419,94 @@ static void on_wakeup(uv_async_t *a)
     worker_maybe_done(w);
 }
 
+/* ---- backends lost (left the table without a drain) --------------------------------------- */
+
+/* Why a request whose instance was lost cannot go to another one; NULL when it can: nothing
+ * of it was sent (still connecting), or it is idempotent (RFC 9110 9.2.2) and has no body
+ * (a body streams through the router and is not kept). */
+static const char *lost_replay_refusal(const struct exchange *x, bool sent)
+{
+    if (!sent)
+        return NULL;
+    switch (x->method) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+        break;
+    default:
+        return "The app's instance was lost (its host is unreachable) before it answered; the "
+               "request was not sent again: its method is not idempotent.";
+    }
+    if (x->chunked || x->content_length > 0)
+        return "The app's instance was lost (its host is unreachable) before it answered; the "
+               "request was not sent again: its body was not kept.";
+    return NULL;
+}
+
+/* The exchange's instance left the table without a drain: its connection (or stream) is
+ * dropped, and the request goes to another instance of its route in the newest table, or
+ * is answered 502 (cut when part of the answer went out). */
+static void exchange_backend_lost(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->p.w;
+    struct upstream *u = x->u;
+    bool sent = u && u->state != U_CONNECTING;
+    exchange_release_backend(x);
+    if (u) {
+        u->x = NULL;
+        x->u = NULL;
+        upstream_close(u);
+    }
+    if (x->resp_started) { /* part of the answer went out: nothing truthful can be added */
+        client_close(c);
+        return;
+    }
+    const char *why = lost_replay_refusal(x, sent);
+    struct table_hold *h = worker_table(w);
+    const char *url = x->req.raw.data + x->url_off;
+    struct route *r = why ? NULL
+                          : route_table_lookup(h->table, x->req.raw.data + x->host_off, x->host_len,
+                                               url, x->url_len);
+    /* only to the same app: the table may have given the path to another one meanwhile */
+    if (!why && (!r || r->backend_count == 0 || strcmp(r->app_guid, x->route->app_guid) != 0))
+        why = "The app's instance was lost (its host is unreachable) before it answered, and "
+              "no other instance is there to take the request.";
+    if (why) {
+        client_respond_error(c, 502, "backend-lost", why, true);
+        return;
+    }
+    table_hold_release(w, x->hold);
+    x->hold = table_hold_take(h);
+    x->route = r;
+    x->attempts = 0;
+    x->fresh_connection = false;
+    if (!x->req_done)
+        c->state = C_WAIT_UPSTREAM;
+    client_update_reading(c);
+    ROUTER_METRIC_ADD(w->m.upstream_retries, 1);
+    connect_backend(x);
+}
+
+/* Ends this worker's use of a backend that left the table without a drain: its exchanges
+ * (see exchange_backend_lost), then its idle connections. */
+static void worker_backend_lost(struct worker *w, const struct route_addr *a)
+{
+    for (struct pool *p = w->pools; p; p = p->next) {
+        if (p->addr_len != a->len || memcmp(&p->addr, &a->addr, a->len) != 0)
+            continue;
+        p->lost = true; /* its connections hand no stream to those still waiting */
+        /* each call takes its exchange off the list; bounded all the same, should a newer
+         * table have brought the address back meanwhile */
+        for (int n = p->in_flight; n > 0 && p->exchanges; n--)
+            exchange_backend_lost(p->exchanges);
+        p->lost = false;
+        pool_close_idle(p);
+    }
+}
+
 /* ---- drains (docs/bus.md) ---------------------------------------------------------------- */
 
 static void drain_report(struct router_drain *d)
@@ -3403,13 +3534,25 @@ static void worker_drain_pool_idle(struct worker *w, struct pool *p)
     }
 }
 
+static void worker_backend_lost(struct worker *w, const struct route_addr *a);
+
 static void on_drain_wakeup(uv_async_t *a)
 {
     struct worker *w = a->data;
     pthread_mutex_lock(&w->drain_lock);
     struct drain_wait *inbox = w->drain_inbox;
     w->drain_inbox = NULL;
+    struct lost_notice *lost = w->lost_inbox;
+    w->lost_inbox = NULL;
     pthread_mutex_unlock(&w->drain_lock);
+    while (lost) {
+        struct lost_notice *n = lost;
+        lost = n->next;
+        for (size_t i = 0; i < n->count && !w->stopping; i++)
+            worker_backend_lost(w, &n->addrs[i]);
+        free(n->addrs);
+        free(n);
+    }
     while (inbox) {
         struct drain_wait *dw = inbox;
         inbox = dw->next;
@@ -3449,6 +3592,24 @@ void router_proxy_drain(const struct sockaddr_storage *addr, socklen_t addr_len,
         pthread_mutex_lock(&w->drain_lock);
         dw->next = w->drain_inbox;
         w->drain_inbox = dw;
+        pthread_mutex_unlock(&w->drain_lock);
+        uv_async_send(&w->drain_wakeup);
+    }
+}
+
+void router_proxy_backends_lost(const struct route_addr *addrs, size_t count)
+{
+    if (stop_sent || worker_count == 0 || count == 0)
+        return; /* stopping: requests in flight end with the workers */
+    for (int i = 0; i < worker_count; i++) {
+        struct worker *w = &workers[i];
+        struct lost_notice *n = xcalloc(1, sizeof(*n));
+        n->addrs = xmalloc(count * sizeof(*addrs));
+        memcpy(n->addrs, addrs, count * sizeof(*addrs));
+        n->count = count;
+        pthread_mutex_lock(&w->drain_lock);
+        n->next = w->lost_inbox;
+        w->lost_inbox = n;
         pthread_mutex_unlock(&w->drain_lock);
         uv_async_send(&w->drain_wakeup);
     }
@@ -3729,6 +3890,12 @@ void router_proxy_stop(void)
                 free(dw);
             }
         w->drain_inbox = w->drain_waits = NULL;
+        while (w->lost_inbox) { /* nothing is in flight any more */
+            struct lost_notice *n = w->lost_inbox;
+            w->lost_inbox = n->next;
+            free(n->addrs);
+            free(n);
+        }
         pthread_mutex_destroy(&w->drain_lock);
         while (w->pools) {
             struct pool *p = w->pools;

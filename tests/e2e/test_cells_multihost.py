@@ -209,6 +209,10 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
                   seen.get("healthy", float("nan")) - seen.get("started", float("nan"))))
         assert LOST_MS / 1000 - 1 <= seen["lost"] - down_at
         assert seen["dropped"] - seen["lost"] < 2
+        # D's router took B's instance for lost (not drained): what it had in flight to it
+        # went to C at that table, or got a 502 (src/router/README.md "Lost instances")
+        wait_for(lambda: "backend %s left the table without a drain" % b_addr in
+                 router.output(), 5, "D's router to log B's instance lost")
         # once the leader moved it, every request succeeds, and both indexes answer from C
         for _ in range(20):
             assert router.get("two.localhost")[0] == 200

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "router/route_table.h"
@@ -167,6 +168,88 @@ static void test_backends_marked_down_are_passed_over(void **state)
     route_table_unref(t);
 }
 
+/* The addresses route_table_lost gives, as text, comma-separated. */
+static void lost_text(const char *old_json, const char *now_json, char *out, size_t size)
+{
+    struct route_table *old = parse(old_json), *now = parse(now_json);
+    struct route_addr *lost = NULL;
+    size_t n = route_table_lost(old, now, &lost);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + strlen(out), size - strlen(out), "%s%s", i ? "," : "", lost[i].text);
+    if (n == 0)
+        assert_null(lost);
+    free(lost);
+    route_table_unref(old);
+    route_table_unref(now);
+}
+
+static void test_lost_backends_are_those_gone_without_a_drain(void **state)
+{
+    (void)state;
+    char got[512];
+    const char *old = "{\"routes\":["
+                      "{\"host\":\"a.localhost\",\"backends\":[{\"addr\":\"10.0.0.1:1\"},"
+                      "{\"addr\":\"10.0.0.2:1\"},{\"addr\":\"10.0.0.3:1\"}]},"
+                      "{\"host\":\"a.localhost\",\"path\":\"/v1\",\"backends\":["
+                      "{\"addr\":\"10.0.0.4:1\"},{\"addr\":\"[::1]:5\"}]},"
+                      "{\"host\":\"gone.localhost\",\"backends\":[{\"addr\":\"10.0.0.9:1\"}]},"
+                      "{\"host\":\"*.w.test\",\"backends\":[{\"addr\":\"10.0.0.7:1\"}]}]}";
+    /* 10.0.0.1 moved to another route (not lost), 10.0.0.2 is drained, 10.0.0.3, [::1]:5 and
+     * 10.0.0.7 are gone from routes that stay (lost, each once), 10.0.0.9's route was unmapped
+     * (its instance may still run: not lost), 10.0.0.4 stays */
+    const char *now = "{\"draining\":[\"10.0.0.2:1\",\"bad\"],\"routes\":["
+                      "{\"host\":\"a.localhost\",\"backends\":[]},"
+                      "{\"host\":\"a.localhost\",\"path\":\"/v1\",\"backends\":["
+                      "{\"addr\":\"10.0.0.4:1\"}]},"
+                      "{\"host\":\"*.w.test\",\"backends\":[]},"
+                      "{\"host\":\"b.localhost\",\"backends\":[{\"addr\":\"10.0.0.1:1\"}]}]}";
+    lost_text(old, now, got, sizeof got);
+    assert_string_equal(got, "10.0.0.3:1,10.0.0.7:1,[::1]:5");
+    /* the same table again loses nothing; nor does a first table */
+    lost_text(now, now, got, sizeof got);
+    assert_string_equal(got, "");
+    lost_text("{\"routes\":[]}", old, got, sizeof got);
+    assert_string_equal(got, "");
+    /* one address in two routes is lost once, when it left both */
+    lost_text("{\"routes\":[{\"host\":\"x.localhost\",\"backends\":[{\"addr\":\"10.0.0.5:1\"}]},"
+              "{\"host\":\"y.localhost\",\"backends\":[{\"addr\":\"10.0.0.5:1\"}]}]}",
+              "{\"routes\":[{\"host\":\"x.localhost\",\"backends\":[]},"
+              "{\"host\":\"y.localhost\",\"backends\":[]}]}",
+              got, sizeof got);
+    assert_string_equal(got, "10.0.0.5:1");
+    /* a route switched to another app (blue-green): the first app's instances still run */
+    lost_text("{\"routes\":[{\"host\":\"x.localhost\",\"app_guid\":\"blue\",\"backends\":["
+              "{\"addr\":\"10.0.0.5:1\"}]}]}",
+              "{\"routes\":[{\"host\":\"x.localhost\",\"app_guid\":\"green\",\"backends\":["
+              "{\"addr\":\"10.0.0.6:1\"}]}]}",
+              got, sizeof got);
+    assert_string_equal(got, "");
+}
+
+static void test_down_marks_carry_over_to_the_next_table(void **state)
+{
+    (void)state;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
+    const char *next = "{\"routes\":[{\"host\":\"b.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:3\"}]},{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:2\"},{\"addr\":\"127.0.0.1:1\"}]}]}";
+    struct route_table *old = parse(json), *now = parse(next);
+    struct route *r = route_table_lookup(old, "a.localhost", 11, "/", 1);
+    route_backend_mark_down(&r->backends[0], 60000);
+    route_backend_mark_down(&r->backends[1], -1); /* a mark in the past is not carried */
+    route_table_carry_down(now, old);
+    struct route *a = route_table_lookup(now, "a.localhost", 11, "/", 1);
+    assert_true(a->backends[1].down_until_ms == r->backends[0].down_until_ms);
+    assert_true(a->backends[0].down_until_ms == 0);
+    unsigned cursor = 0;
+    for (int i = 0; i < 4; i++)
+        assert_ptr_equal(route_pick_backend(a, &cursor, NULL, 0), &a->backends[0]);
+    route_table_unref(old);
+    route_table_unref(now);
+}
+
 static void test_each_cursor_goes_round_on_its_own(void **state)
 {
     (void)state;
@@ -227,6 +310,8 @@ int main(void)
         cmocka_unit_test(test_invalid_entries_are_skipped),
         cmocka_unit_test(test_round_robin_skips_tried_backends),
         cmocka_unit_test(test_backends_marked_down_are_passed_over),
+        cmocka_unit_test(test_lost_backends_are_those_gone_without_a_drain),
+        cmocka_unit_test(test_down_marks_carry_over_to_the_next_table),
         cmocka_unit_test(test_each_cursor_goes_round_on_its_own),
         cmocka_unit_test(test_least_connection_prefers_idle),
         cmocka_unit_test(test_current_table_swaps_and_keeps_old_readers),

@@ -51,6 +51,23 @@ static void test_what_skiffd_sends_is_read(void **state)
     assert_int_equal(m.table_version, 17);
     assert_int_equal(m.table_count, 2);
     router_nats_msg_free(&m);
+    /* the instances skiffd drains, carried to the table the registers make */
+    assert_int_equal(parse_text("skiff.bus.register",
+                                "{\"v\":1,\"ttl_ms\":30000,\"draining\":[\"10.0.0.3:8080\"],"
+                                "\"route\":{\"host\":\"a.localhost\",\"path\":\"\"}}",
+                                &m, err),
+                     0);
+    assert_int_equal(json_array_size(m.draining), 1);
+    router_nats_msg_free(&m);
+    assert_null(m.draining);
+    /* anything but a list is no list: the route still counts */
+    assert_int_equal(parse_text("skiff.bus.register",
+                                "{\"v\":1,\"ttl_ms\":30000,\"draining\":\"10.0.0.3:8080\","
+                                "\"route\":{\"host\":\"a.localhost\",\"path\":\"\"}}",
+                                &m, err),
+                     0);
+    assert_null(m.draining);
+    router_nats_msg_free(&m);
     /* a version or count that is not a positive integer is no version: the route still counts */
     const char *odd[] = {"\"version\":-3,\"count\":1", "\"version\":5,\"count\":0",
                          "\"version\":\"5\",\"count\":1", "\"version\":5,\"count\":1.5"};
