@@ -1198,30 +1198,6 @@ static json_t *mapping_doc_spec(const char *text)
     return out;
 }
 
-/* What another skiffd's document says that this one does not know: the counts and the last
- * fire, which only the skiffd that delivers (and fires) keeps moving. */
-static void mapping_take_counts(struct inv_mapping *m, const char *text)
-{
-    json_t *doc = json_loads(text, 0, NULL);
-    json_t *stats = json_object_get(doc, "stats");
-    if (json_is_object(stats)) {
-        m->delivered = (uint64_t)json_integer_value(json_object_get(stats, "delivered"));
-        m->retried = (uint64_t)json_integer_value(json_object_get(stats, "retried"));
-        m->dead_lettered = (uint64_t)json_integer_value(json_object_get(stats, "dead_lettered"));
-        m->failed = (uint64_t)json_integer_value(json_object_get(stats, "failed"));
-        m->filtered = (uint64_t)json_integer_value(json_object_get(stats, "filtered"));
-    }
-    json_t *failures = json_object_get(doc, "failures");
-    if (json_is_array(failures)) {
-        json_decref(m->failures);
-        m->failures = json_incref(failures);
-    }
-    int64_t last_fire_ms = (int64_t)json_integer_value(json_object_get(doc, "last_fire_ms"));
-    if (last_fire_ms > m->last_fire_ms)
-        m->last_fire_ms = last_fire_ms;
-    json_decref(doc);
-}
-
 /* A mapping another skiffd deleted (or made again under its id) stops here. Its cursor goes
  * too: that skiffd deleted the consumer, and what this one knew of it is void. */
 static void mapping_forget(struct inv_mapping *m)
@@ -1231,7 +1207,7 @@ static void mapping_forget(struct inv_mapping *m)
 }
 
 /* One stored mapping: started when new here, started again when its spec changed (deleted and
- * made again under its id), else only its counts taken where another skiffd delivers. */
+ * made again under its id). */
 static void mapping_sync_doc(struct invoker *inv, const char *id, const char *text)
 {
     struct inv_mapping *m = invoker_mapping_find(inv, id);
@@ -1241,11 +1217,8 @@ static void mapping_sync_doc(struct invoker *inv, const char *id, const char *te
         bool same = !stored || json_equal(stored, mine);
         json_decref(stored);
         json_decref(mine);
-        if (same) {
-            if (!invoker_consumes(inv))
-                mapping_take_counts(m, text);
-            return;
-        }
+        if (same)
+            return; /* its counts are the delivering skiffd's to keep */
         log_info("event mapping %s was changed through another skiffd: started again", id);
         mapping_forget(m);
     } else {
