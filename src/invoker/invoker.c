@@ -1038,6 +1038,16 @@ static void mapping_drop_window(struct inv_mapping *m)
     m->pending = 0;
 }
 
+static void mapping_retire(struct inv_mapping *m);
+
+void invoker_mapping_remove(struct inv_mapping *m)
+{
+    struct invoker *inv = m->inv;
+    store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
+    fabric_cursor_delete(inv->fabric, m->topic, m->consumer);
+    mapping_retire(m);
+}
+
 /* The mapping stops here (deliveries in flight finish; their outcome moves nothing) and is
  * freed once its callbacks have come; its document and cursor stay. */
 static void mapping_retire(struct inv_mapping *m)
@@ -1051,14 +1061,6 @@ static void mapping_retire(struct inv_mapping *m)
     uv_close((uv_handle_t *)&m->retry_timer, mapping_handle_closed);
     uv_close((uv_handle_t *)&m->cron_timer, mapping_handle_closed);
     mapping_unref(m);
-}
-
-void invoker_mapping_remove(struct inv_mapping *m)
-{
-    struct invoker *inv = m->inv;
-    store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
-    fabric_cursor_delete(inv->fabric, m->topic, m->consumer);
-    mapping_retire(m);
 }
 
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset)
