@@ -112,6 +112,22 @@ def test_a_mapping_made_and_deleted_through_the_follower_is_delivered_and_stoppe
     # and its document stays deleted: the leader's saved counts do not bring it back
     assert made not in mapping_ids(b) and made not in mapping_ids(a)
     assert control in mapping_ids(a)
+    # news of the other's writes (counts saved each second) restarted no mapping
+    for p in (a, b):
+        assert "changed through another skiffd" not in p.output(), p.output()
+
+
+def test_a_topic_published_through_the_follower_is_listed_by_the_leader(shared_pair):
+    """Topics are JetStream streams, not store records: the leader lists one made through the
+    follower from the fabric's stream list (refreshed every 2 s)."""
+    a, b = shared_pair
+    assert publish(b, "fresh", {"n": 1})[0] == 202
+
+    def listed():
+        status, body = a.api("GET", "/v1/topics")
+        assert status == 200, body
+        return [t for t in body["topics"] if t["name"] == "fresh" and t["events"] == 1]
+    wait_for(listed, SYNC_BOUND_S, "the leader to list the topic published through the follower")
 
 
 def test_a_schedule_made_through_the_follower_fires_on_the_leader(shared_pair):
