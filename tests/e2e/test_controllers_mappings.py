@@ -166,3 +166,30 @@ def test_a_mapping_made_through_the_follower_is_delivered_by_the_next_leader(sha
     assert all(v == 1 for v in seen.values()), "each event once: %s" % seen
     events = read_all(b, "jobs-done")
     print("after kill -9: %d replies for 10 events (%s)" % (len(events), seen))
+
+
+def test_a_mapping_changed_through_the_follower_is_delivered_as_changed_by_the_leader(
+        shared_pair):
+    """A change is the mapping deleted and made again under its id (no update endpoint): the
+    leader delivers by the new spec (here: a new reply topic), each event once."""
+    a, b = shared_pair
+    made = map_event(b, ("app", "echo"), ("topic", "moves"), ("reply_topic", "moves-old"))
+    wait_for(lambda: made in mapping_ids(a), SYNC_BOUND_S, "the leader to list the mapping")
+    assert publish(b, "moves", {"n": 0})[0] == 202
+    wait_for(lambda: replies_by_id(b, "moves-old") == {0: 1}, 60, "the first event delivered")
+    status, body = b.api("DELETE", "/v1/event-mappings/%s" % made)
+    assert status == 204, body
+    again = map_event(b, ("id", made), ("app", "echo"), ("topic", "moves"),
+                      ("reply_topic", "moves-new"))
+    assert again == made
+
+    def changed_on_leader():
+        status, body = a.api("GET", "/v1/event-mappings/%s" % made)
+        return status == 200 and body.get("reply_topic") == "moves-new"
+    wait_for(changed_on_leader, SYNC_BOUND_S, "the leader to take the changed mapping")
+    for n in range(1, 4):
+        assert publish(a, "moves", {"n": n})[0] == 202
+    wait_for(lambda: len(replies_by_id(b, "moves-new")) == 3, 60,
+             "the events after the change delivered by the new spec")
+    assert replies_by_id(b, "moves-new") == {1: 1, 2: 1, 3: 1}, replies_by_id(b, "moves-new")
+    assert replies_by_id(b, "moves-old") == {0: 1}, replies_by_id(b, "moves-old")
