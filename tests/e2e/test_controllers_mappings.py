@@ -187,6 +187,10 @@ def test_a_mapping_changed_through_the_follower_is_delivered_as_changed_by_the_l
         status, body = a.api("GET", "/v1/event-mappings/%s" % made)
         return status == 200 and body.get("reply_topic") == "moves-new"
     wait_for(changed_on_leader, SYNC_BOUND_S, "the leader to take the changed mapping")
+    # its id, once the leader knows it, cannot be taken through the leader to overwrite it
+    status, body = a.api("POST", "/v1/event-mappings", {"id": made, "app": "echo",
+                                                        "topic": "elsewhere"})
+    assert status == 409 and made in body["error"]["message"], (status, body)
     for n in range(1, 4):
         assert publish(a, "moves", {"n": n})[0] == 202
     wait_for(lambda: len(replies_by_id(b, "moves-new")) == 3, 60,
