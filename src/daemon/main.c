@@ -560,6 +560,7 @@ static void daemon_store_feed(uv_poll_t *h, int status, int events)
     store_feed_take(d->store, daemon_store_app_changed, d);
     if (d->bus)
         bus_routes_changed(d->bus);
+    invoker_store_news(d->invoker);
 }
 
 static void daemon_store_feed_poll_closed(uv_handle_t *h)

@@ -132,7 +132,8 @@ int fabric_read(struct fabric *f, const char *topic, uint64_t from, size_t max_r
  * records come through the consumer's durable consumer, from the place its cursor was last
  * committed (by this process or another one), so the first record may be past `from`; a
  * record read and not committed is read again by the next process that reads as this
- * consumer. -EAGAIN as fabric_read. */
+ * consumer. A consumer that has no cursor yet (none committed, by any process) is made at
+ * `from`. -EAGAIN as fabric_read. */
 int fabric_cursor_read(struct fabric *f, const char *topic, const char *consumer, uint64_t from,
                        size_t max_records, size_t max_bytes, struct fabric_batch *out);
 void fabric_batch_free(struct fabric_batch *b);

@@ -126,6 +126,10 @@ struct cursor {
     size_t held_n;
     uint64_t read_end;      /* one past the newest record handed out */
     natsSubscription *pull; /* the worker's */
+    /* where a consumer not known yet starts, when no process has made it meanwhile: the
+     * reader's `from` (the place its owner recorded for it), else the topic's end */
+    bool start_given;
+    uint64_t start;
 };
 
 struct fabric_sub {
@@ -1695,7 +1699,7 @@ static void cursor_fetch(struct fabric *f, struct cursor *c)
     j->c = c;
     j->gen = c->gen;
     j->max = FETCH_RECORDS;
-    j->from = c->known ? c->floor : topic_end(c->t);
+    j->from = c->known ? c->floor : c->start_given ? c->start : topic_end(c->t);
     c->fetch_queued = true;
     c->fetch_end = topic_end(c->t);
     job_queue(f, j);
@@ -1715,6 +1719,10 @@ static int nats_cursor_read(struct fabric *f, const char *topic, const char *con
     if (c->buf_n == 0) {
         if (!connected(f))
             return -ENOTCONN;
+        if (!c->known) {
+            c->start_given = true;
+            c->start = from;
+        }
         cursor_fetch(f, c);
         return -EAGAIN;
     }

@@ -32,6 +32,7 @@ static void mapping_retry_timer(uv_timer_t *h);
 static void invoker_track_function(struct invoker *inv, const char *app_guid_or_name);
 /* Finishes a stop once nothing is pending. Takes no pointer: the invoker may be gone. */
 static void invoker_maybe_done(struct invoker *inv);
+static void invoker_sync_soon(struct invoker *inv);
 
 /* ---- mapping references ------------------------------------------------------------------ */
 
@@ -902,9 +903,13 @@ struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id)
     return NULL;
 }
 
-static void mapping_persist(struct inv_mapping *m)
+/* Saves the mapping's document: made at its creation (create), else only rewritten while it
+ * exists, so that counts saved after another skiffd deleted the mapping do not bring it back
+ * (the next read of the store lets it go here too). */
+static void mapping_save(struct inv_mapping *m, bool create)
 {
     json_t *doc = mapping_spec_to_json(&m->spec);
+    json_object_set_new(doc, "start_offset", json_integer((json_int_t)m->start_offset));
     json_object_set_new(doc, "stats",
                         json_pack("{s:I, s:I, s:I, s:I, s:I}", "delivered",
                                   (json_int_t)m->delivered, "retried", (json_int_t)m->retried,
@@ -916,15 +921,26 @@ static void mapping_persist(struct inv_mapping *m)
         json_object_set_new(doc, "last_fire_ms", json_integer((json_int_t)m->last_fire_ms));
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
-    int rc = store_doc_put(m->inv->store, MAPPING_DOC_KIND, m->spec.id, text);
-    if (rc < 0)
+    struct store *st = m->inv->store;
+    int rc = create ? store_doc_put(st, MAPPING_DOC_KIND, m->spec.id, text)
+                    : store_doc_update(st, MAPPING_DOC_KIND, m->spec.id, text);
+    if (rc == -ENOENT)
+        invoker_sync_soon(m->inv); /* deleted through another skiffd */
+    else if (rc < 0)
         log_error("cannot save event mapping %s: %s", m->spec.id, skiff_strerror(rc));
     free(text);
     m->stats_dirty = false;
 }
 
-int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
-                        size_t errsize)
+static void mapping_persist(struct inv_mapping *m)
+{
+    mapping_save(m, false);
+}
+
+/* invoker_mapping_add, with the place its document recorded (start: NULL for a new mapping,
+ * which starts at the topic's end, or its beginning when asked). */
+static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool persist,
+                          const uint64_t *start, char *err, size_t errsize)
 {
     if (!spec->created_at)
         spec->created_at = time_now_ms();
@@ -960,12 +976,18 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
     if (fabric_topic_info(inv->fabric, m->topic, &info) == 0)
         m->end_offset = info.end_offset;
     uint64_t cursor;
+    m->start_offset = start                        ? *start
+                      : m->spec.start_at_beginning ? info.first_offset
+                                                   : m->end_offset;
     if (fabric_cursor_get(inv->fabric, m->topic, m->consumer, &cursor) == 0) {
         m->read_next = m->committed = cursor;
+    } else if (fabric_is_shared(inv->fabric)) {
+        /* No commit: another skiffd may have made the consumer since this one looked. The
+         * first read as the consumer reads on from its floor, or makes it at start_offset. */
+        m->read_next = m->committed = m->start_offset;
     } else {
-        cursor = m->spec.start_at_beginning ? info.first_offset : m->end_offset;
-        m->read_next = cursor;
-        m->committed = cursor + 1; /* differs: the first collect commits it */
+        m->read_next = m->start_offset;
+        m->committed = m->start_offset + 1; /* differs: the first collect commits it */
     }
     rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
     if (rc < 0) {
@@ -985,7 +1007,7 @@ int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool per
             mapping_arm_cron(m);
     }
     if (persist)
-        mapping_persist(m);
+        mapping_save(m, true);
     mapping_pump(m);
     return 0;
 fail:
@@ -993,6 +1015,12 @@ fail:
     free(m->app_ref);
     free(m);
     return rc;
+}
+
+int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
+                        size_t errsize)
+{
+    return mapping_add_at(inv, spec, persist, NULL, err, errsize);
 }
 
 static void mapping_drop_window(struct inv_mapping *m)
@@ -1013,16 +1041,26 @@ static void mapping_drop_window(struct inv_mapping *m)
     m->pending = 0;
 }
 
+static void mapping_retire(struct inv_mapping *m);
+
 void invoker_mapping_remove(struct inv_mapping *m)
 {
     struct invoker *inv = m->inv;
+    store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
+    fabric_cursor_delete(inv->fabric, m->topic, m->consumer);
+    mapping_retire(m);
+}
+
+/* The mapping stops here (deliveries in flight finish; their outcome moves nothing) and is
+ * freed once its callbacks have come; its document and cursor stay. */
+static void mapping_retire(struct inv_mapping *m)
+{
     m->deleted = true;
     if (m->sub)
         fabric_unsubscribe(m->sub);
     m->sub = NULL;
     mapping_drop_window(m);
-    store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
-    fabric_cursor_delete(inv->fabric, m->topic, m->consumer);
+    m->in_flight = 0;
     uv_close((uv_handle_t *)&m->retry_timer, mapping_handle_closed);
     uv_close((uv_handle_t *)&m->cron_timer, mapping_handle_closed);
     mapping_unref(m);
@@ -1161,15 +1199,20 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     json_t *stats = json_incref(json_object_get(doc, "stats"));
     json_t *failures = json_incref(json_object_get(doc, "failures"));
     int64_t last_fire_ms = (int64_t)json_integer_value(json_object_get(doc, "last_fire_ms"));
+    json_t *start = json_object_get(doc, "start_offset");
+    uint64_t start_offset = (uint64_t)json_integer_value(start);
+    bool start_known = json_is_integer(start) && json_integer_value(start) >= 0;
     json_object_del(doc, "stats");
     json_object_del(doc, "failures");
     json_object_del(doc, "last_fire_ms");
+    json_object_del(doc, "start_offset");
     struct mapping_spec spec;
     enum skiff_err code;
     char err[256];
     if (mapping_spec_from_json(doc, &spec, &code, err, sizeof(err)) < 0) {
         log_error("event mapping %s cannot be read (%s): skipped", id, err);
-    } else if (invoker_mapping_add(inv, &spec, false, err, sizeof(err)) < 0) {
+    } else if (mapping_add_at(inv, &spec, false, start_known ? &start_offset : NULL, err,
+                              sizeof(err)) < 0) {
         log_error("event mapping %s cannot start: %s", id, err);
         mapping_spec_free(&spec);
     } else {
@@ -1195,6 +1238,117 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
     json_decref(failures);
     json_decref(doc);
     return 0;
+}
+
+/* ---- following the store: mappings made, changed or deleted through another skiffd ---------- */
+
+/* How long news of changed documents waits, so that a burst of them (another skiffd saving
+ * its mappings' counts) is read once. */
+#define INVOKER_SYNC_DELAY_MS 20
+
+static int mapping_doc_collect(void *ctx, const char *id, const char *text)
+{
+    json_object_set_new(ctx, id, json_string(text));
+    return 0;
+}
+
+/* The spec a document holds, as this skiffd writes specs (NULL: not a readable spec). */
+static json_t *mapping_doc_spec(const char *text)
+{
+    json_t *doc = json_loads(text, 0, NULL);
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        return NULL;
+    }
+    const char *extras[] = {"stats", "failures", "last_fire_ms", "start_offset"};
+    for (size_t i = 0; i < sizeof extras / sizeof *extras; i++)
+        json_object_del(doc, extras[i]);
+    struct mapping_spec spec;
+    enum skiff_err code;
+    char err[256];
+    int rc = mapping_spec_from_json(doc, &spec, &code, err, sizeof err);
+    json_decref(doc);
+    if (rc < 0)
+        return NULL;
+    json_t *out = mapping_spec_to_json(&spec);
+    mapping_spec_free(&spec);
+    return out;
+}
+
+/* A mapping another skiffd deleted (or made again under its id) stops here. Its cursor goes
+ * too: that skiffd deleted the consumer, and what this one knew of it is void. */
+static void mapping_forget(struct inv_mapping *m)
+{
+    fabric_cursor_delete(m->inv->fabric, m->topic, m->consumer);
+    mapping_retire(m);
+}
+
+/* One stored mapping: started when new here, started again when its spec changed (deleted and
+ * made again under its id). */
+static void mapping_sync_doc(struct invoker *inv, const char *id, const char *text)
+{
+    struct inv_mapping *m = invoker_mapping_find(inv, id);
+    if (m) {
+        json_t *stored = mapping_doc_spec(text);
+        json_t *mine = mapping_spec_to_json(&m->spec);
+        bool same = !stored || json_equal(stored, mine);
+        json_decref(stored);
+        json_decref(mine);
+        if (same)
+            return; /* its counts are the delivering skiffd's to keep */
+        log_info("event mapping %s was changed through another skiffd: started again", id);
+        mapping_forget(m);
+    } else {
+        log_info("event mapping %s was made through another skiffd: started here", id);
+    }
+    mapping_load_doc(inv, id, text);
+}
+
+/* Reads the stored mappings and makes this skiffd's match them: what another skiffd made,
+ * changed or deleted is started, started again or stopped here. */
+static void invoker_mappings_sync(struct invoker *inv)
+{
+    if (inv->stopping)
+        return;
+    uint64_t news = store_doc_news(inv->store); /* news from now on calls for another read */
+    json_t *docs = json_object();
+    if (store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_doc_collect, docs) < 0) {
+        log_warning("cannot read the event mappings from the store: read again in a second");
+        json_decref(docs);
+        return;
+    }
+    inv->doc_news = news;
+    for (struct inv_mapping *m = inv->mappings, *next; m; m = next) {
+        next = m->next;
+        if (!m->deleted && !json_object_get(docs, m->spec.id)) {
+            log_info("event mapping %s was deleted through another skiffd: stopped", m->spec.id);
+            mapping_forget(m);
+        }
+    }
+    const char *id;
+    json_t *text;
+    json_object_foreach(docs, id, text)
+    {
+        mapping_sync_doc(inv, id, json_string_value(text));
+    }
+    json_decref(docs);
+}
+
+static void invoker_on_sync_timer(uv_timer_t *h)
+{
+    invoker_mappings_sync(h->data);
+}
+
+static void invoker_sync_soon(struct invoker *inv)
+{
+    if (!inv->stopping && !uv_is_active((uv_handle_t *)&inv->sync_timer))
+        uv_timer_start(&inv->sync_timer, invoker_on_sync_timer, INVOKER_SYNC_DELAY_MS, 0);
+}
+
+void invoker_store_news(struct invoker *inv)
+{
+    if (inv && !inv->stopping && store_doc_news(inv->store) != inv->doc_news)
+        invoker_sync_soon(inv);
 }
 
 /* ---- platform events ------------------------------------------------------------------------ */
@@ -1501,6 +1655,7 @@ static void invoker_tick(uv_timer_t *h)
 {
     struct invoker *inv = h->data;
     int64_t now = time_now_ms();
+    invoker_store_news(inv); /* should the feed's own watch have missed it */
     for (struct inv_target *t = inv->targets; t; t = t->next) {
         invoker_invokes_expire(t, now);
         /* A scale-up that could not be honoured yet is asked again. */
@@ -1560,13 +1715,16 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, struct 
     }
     uv_timer_init(inv->loop, &inv->tick);
     inv->tick.data = inv;
-    inv->open_handles = 1;
+    uv_timer_init(inv->loop, &inv->sync_timer);
+    inv->sync_timer.data = inv;
+    inv->open_handles = 2;
     uv_timer_start(&inv->tick, invoker_tick, 1000, 1000);
     uv_unref((uv_handle_t *)&inv->tick);
     if (inv->scheduler) {
         inv->sched_sub = hub_subscribe(svc->hub, invoker_on_platform_event, inv);
         scheduler_set_listens(inv->scheduler, invoker_process_listens, inv);
     }
+    inv->doc_news = store_doc_news(inv->store);
     store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
     struct store_app **apps = NULL;
     size_t napps = 0;
@@ -1662,4 +1820,5 @@ void invoker_stop(struct invoker *inv, void (*done)(void *arg), void *arg)
         m = next;
     }
     uv_close((uv_handle_t *)&inv->tick, invoker_tick_closed);
+    uv_close((uv_handle_t *)&inv->sync_timer, invoker_tick_closed);
 }

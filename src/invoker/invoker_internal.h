@@ -98,6 +98,9 @@ struct inv_mapping {
     uint64_t read_next;  /* next offset to read from the topic */
     uint64_t committed;  /* the durable cursor (or the one being committed) */
     uint64_t end_offset; /* one past the newest durable event of the topic */
+    /* where it began to read when made (saved in its document): a skiffd that learns of it
+     * from the store, with no cursor to read on from, starts there too */
+    uint64_t start_offset;
     bool cursor_known;
     bool commit_in_flight, commit_again;
     struct inv_slot *head, *tail;
@@ -137,6 +140,8 @@ struct invoker {
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */
     uint64_t ticks;
     struct inv_mapping *mappings;
+    uint64_t doc_news;     /* store_doc_news when the mappings were last read from the store */
+    uv_timer_t sync_timer; /* reads them again soon after another skiffd's news */
     struct inv_target *targets;
     struct inv_instance *draining; /* instances gone with calls still in flight */
     uv_timer_t tick;               /* scale-down checks and stats persistence, every second */

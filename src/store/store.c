@@ -131,6 +131,11 @@ size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_g
     return st->ops->feed_take(st->backend, fn, ctx);
 }
 
+uint64_t store_doc_news(struct store *st)
+{
+    return st->ops->doc_news ? st->ops->doc_news(st->backend) : 0;
+}
+
 int store_app_create(struct store *st, struct store_app *app)
 {
     int rc = st->ops->app_create(st->backend, app);
@@ -582,4 +587,9 @@ void store_audit_list_free(struct store_audit_event *list, size_t n)
         free(list[i].detail);
     }
     free(list);
+}
+
+int store_doc_update(struct store *st, const char *kind, const char *id, const char *json)
+{
+    return st->ops->doc_update(st->backend, kind, id, json);
 }

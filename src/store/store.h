@@ -217,6 +217,11 @@ int64_t store_feed_retry_ms(struct store *st);
  * NULL means "any app may have changed" (too many to name, or the feed was lost). Returns
  * the number of calls made. */
 size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_guid), void *ctx);
+/* A number that changes whenever another writer may have changed documents (store_doc_*): on
+ * PostgreSQL each of their notifications that names documents (or "all"), and every call while
+ * the feed is lost; always 0 on SQLite, where every write comes through this process. Never
+ * waits. A component that keeps documents in memory reads them again when it changed. */
+uint64_t store_doc_news(struct store *st);
 
 /* ---- apps (with their processes and env, written together) ------------------------------- */
 
@@ -394,5 +399,8 @@ int store_doc_delete(struct store *st, const char *kind, const char *id);
 /* Calls fn for every document of a kind, in id order; fn returning non-zero stops. */
 int store_doc_each(struct store *st, const char *kind,
                    int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
+/* Replaces a document only while it exists: -ENOENT when absent (another writer deleted it),
+ * so that a record rewritten now and then is never brought back after its deletion. */
+int store_doc_update(struct store *st, const char *kind, const char *id, const char *json);
 
 #endif

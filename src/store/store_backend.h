@@ -33,6 +33,7 @@ struct store_ops {
     void (*feed_watch)(struct store_backend *b, void (*fn)(void *ctx, int fd, bool writable),
                        void *ctx);
     int64_t (*feed_retry_ms)(struct store_backend *b);
+    uint64_t (*doc_news)(struct store_backend *b);
 
     int (*app_create)(struct store_backend *b, struct store_app *app);
     int (*app_update)(struct store_backend *b, struct store_app *app);
@@ -83,6 +84,7 @@ struct store_ops {
     int (*doc_delete)(struct store_backend *b, const char *kind, const char *id);
     int (*doc_each)(struct store_backend *b, const char *kind,
                     int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
+    int (*doc_update)(struct store_backend *b, const char *kind, const char *id, const char *json);
 };
 
 /* The PostgreSQL backend (store_pg.c): url is a libpq connection URI. */

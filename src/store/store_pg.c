@@ -225,6 +225,7 @@ struct store_backend {
     int watch_fd;
     bool watch_write;
     uint64_t heard; /* notifications from other writers */
+    uint64_t docs_gen; /* their notifications naming documents (or all), and feed losses */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
     char (*changed)[37];
     size_t n_changed;
@@ -390,6 +391,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->changed_all = true;
     b->apps_gen++;
     b->routes_gen++;
+    b->docs_gen++;
 }
 
 /* The connection (lost, or a try that failed) is closed; the next try is due after the
@@ -531,6 +533,8 @@ static void pg__feed_read(struct store_backend *b)
                 pg__feed_remember(b, n->extra + strlen("app:"));
             } else if (!strcmp(n->extra, "routes")) {
                 b->routes_gen++;
+            } else if (!strcmp(n->extra, "documents")) {
+                b->docs_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
                 pg__feed_outdate_all(b);
@@ -548,6 +552,15 @@ static uint64_t pg__change_count(struct store_backend *b)
     if (b->feed_state != PG_FEED_ON)
         b->lost++;
     return b->writes + b->heard + b->lost;
+}
+
+/* Documents are not cached here: this only tells their owners to read them again. */
+static uint64_t pg__doc_news(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON)
+        b->docs_gen++;
+    return b->docs_gen;
 }
 
 static int pg__feed_fd(struct store_backend *b)
@@ -1780,6 +1793,17 @@ static int pg__doc_delete(struct store_backend *b, const char *kind, const char 
     return pg__write(b, "DELETE FROM documents WHERE kind = $1 AND id = $2", 2, v, true);
 }
 
+static int pg__doc_update(struct store_backend *b, const char *kind, const char *id,
+                          const char *json)
+{
+    struct pg_num at;
+    const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
+    return pg__write(b,
+                     "UPDATE documents SET body = $3, updated_at = $4::bigint"
+                     " WHERE kind = $1 AND id = $2",
+                     4, v, true);
+}
+
 /* The rows are all read before fn is called, so fn may call the store. */
 static int pg__doc_each(struct store_backend *b, const char *kind,
                         int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
@@ -1805,6 +1829,7 @@ const struct store_ops store_pg_ops = {
     .feed_take = pg__feed_take,
     .feed_watch = pg__feed_set_watch,
     .feed_retry_ms = pg__feed_retry_ms,
+    .doc_news = pg__doc_news,
     .app_create = pg__app_create,
     .app_update = pg__app_update,
     .app_get = pg__app_get,
@@ -1839,4 +1864,5 @@ const struct store_ops store_pg_ops = {
     .doc_get = pg__doc_get,
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
+    .doc_update = pg__doc_update,
 };

@@ -1397,6 +1397,23 @@ static int sqlite__doc_delete(struct store_backend *st, const char *kind, const 
     return rc;
 }
 
+static int sqlite__doc_update(struct store_backend *st, const char *kind, const char *id,
+                              const char *json)
+{
+    sqlite3_stmt *q = store__prepare(
+        st, "UPDATE documents SET body = ?, updated_at = ? WHERE kind = ? AND id = ?");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, json);
+    sqlite3_bind_int64(q, 2, time_now_ms());
+    store__bind_text(q, 3, kind);
+    store__bind_text(q, 4, id);
+    int rc = store__step_done(st, q);
+    if (rc == 0 && sqlite3_changes(st->db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
 static int sqlite__doc_each(struct store_backend *st, const char *kind,
                             int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
@@ -1457,4 +1474,5 @@ const struct store_ops store_sqlite_ops = {
     .doc_get = sqlite__doc_get,
     .doc_delete = sqlite__doc_delete,
     .doc_each = sqlite__doc_each,
+    .doc_update = sqlite__doc_update,
 };

@@ -1340,6 +1340,53 @@ static void test_the_change_feed_tells_of_another_writers_changes(void **state)
     remove_db(path);
 }
 
+/* A document is rewritten only while it exists (a record saved now and then does not come
+ * back after another writer deleted it); on PostgreSQL another writer's change of documents is
+ * news (store_doc_news), this store's own is not. */
+static void
+test_documents_are_updated_only_while_they_exist_and_others_changes_are_news(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *a = open_ok(path), *b = open_ok(path);
+    assert_int_equal(store_doc_update(a, "k", "x", "{\"v\":1}"), -ENOENT);
+    char *json = NULL;
+    assert_int_equal(store_doc_get(a, "k", "x", &json), -ENOENT);
+    assert_int_equal(store_doc_put(a, "k", "x", "{\"v\":1}"), 0);
+    assert_int_equal(store_doc_update(a, "k", "x", "{\"v\":2}"), 0);
+    assert_int_equal(store_doc_get(a, "k", "x", &json), 0);
+    assert_string_equal(json, "{\"v\":2}");
+    free(json);
+    assert_int_equal(store_doc_delete(b, "k", "x"), 0);
+    assert_int_equal(store_doc_update(a, "k", "x", "{\"v\":3}"), -ENOENT);
+    assert_int_equal(store_doc_get(a, "k", "x", &json), -ENOENT);
+    if (!on_pg(path)) {
+        assert_int_equal(store_doc_news(a), 0); /* every write comes through one process */
+        goto done;
+    }
+    /* the feed is in order: once a hears of b's app, it has heard of b's delete before it */
+    struct store_app *app = sample_app("docs");
+    assert_int_equal(store_app_create(b, app), 0);
+    struct seen seen = {0};
+    for (int i = 0; i < 1000 && seen.n == 0; i++, usleep(10 * 1000))
+        store_feed_take(a, seen_app, &seen);
+    assert_int_equal(seen.n, 1);
+    uint64_t before = store_doc_news(a);
+    assert_int_equal(store_doc_put(a, "k", "y", "{}"), 0); /* a's own: no news to a */
+    assert_int_equal(store_doc_update(a, "k", "y", "{\"v\":1}"), 0);
+    app->processes[0].instances = 2;
+    assert_int_equal(store_app_update(b, app), 0); /* news of an app, not of documents */
+    assert_int_equal(store_doc_put(b, "k", "z", "{}"), 0);
+    for (int i = 0; i < 1000 && store_doc_news(a) == before; i++)
+        usleep(10 * 1000);
+    assert_int_equal(store_doc_news(a), before + 1);
+    store_app_free(app);
+done:
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
 /* When the feed's connection is lost, the store says so and trusts no cache: reads go to
  * the database (and see what others wrote), the change count moves on every call, and the
  * feed names "any app". */
@@ -1671,6 +1718,8 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_an_update_of_a_version_read_before_another_write_fails),             \
         cmocka_unit_test(test_racing_writers_lose_no_update),                                      \
         cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
+        cmocka_unit_test(                                                                          \
+            test_documents_are_updated_only_while_they_exist_and_others_changes_are_news),         \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
