@@ -238,17 +238,21 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
 
 /* A DATA frame read_body sized goes to the sink as one piece: its head is written over the
  * bytes already sent in front of the payload (stream_out_append keeps that room), so the
- * payload is not copied here. Padding (never asked for) would be given piece by piece. */
+ * payload is not copied here. An empty frame is its head alone; padding (never asked for)
+ * would be given piece by piece. */
 static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
                      size_t length, nghttp2_data_source *src, void *ud)
 {
     struct router_h2_session *s = ud;
     struct router_h2_stream *st = src->ptr;
     size_t before = stream_queued(st);
-    if (!s->sink || length > before || st->out_off < H2_FRAME_HEAD)
+    if (!s->sink || length > before)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    char *payload = st->out.data + st->out_off;
-    if (frame->data.padlen == 0) {
+    /* a queue with room before its payload whenever it has one (not when length is 0) */
+    char *payload = length ? st->out.data + st->out_off : (char *)framehd;
+    if (frame->data.padlen == 0 && length == 0) {
+        sink_write(s, framehd, H2_FRAME_HEAD);
+    } else if (frame->data.padlen == 0) {
         memcpy(payload - H2_FRAME_HEAD, framehd, H2_FRAME_HEAD);
         sink_write(s, payload - H2_FRAME_HEAD, H2_FRAME_HEAD + length);
     } else {

@@ -3129,22 +3129,36 @@ static void h2c_stream_begin(struct exchange *x, struct pool *pool)
 
 /* The instance did not process the stream (RFC 9113 8.7): the request goes again on a
  * stream of its own, on this instance (a few times at most), with what the stream was given
- * of its body when it kept it all (ROUTER_H2C_REPLAY_MAX); else a 502. */
+ * of its body when it kept it all (ROUTER_H2C_REPLAY_MAX). Otherwise the client hears the
+ * truth: a 503 that says nothing was processed, so that it may send the request again
+ * itself (a 502 would say the app failed on it, which a client cannot safely retry). */
 static void h2c_stream_refused(struct upstream *u)
 {
     struct exchange *x = u->x;
     bool body = x->chunked || x->content_length > 0;
     bool kept = router_h2c_stream_take_request(u->h2s, &x->replay);
-    if ((body && !kept) || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+    if (u->got_bytes) {
         x->replay.len = 0;
         upstream_failed(u, UV_EPROTO, false);
         return;
     }
-    x->refusals++;
     u->x = NULL;
     x->u = NULL;
     upstream_close(u);
     struct client *c = x->c;
+    if ((body && !kept) || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+        x->replay.len = 0;
+        client_respond_error(c, 503, "backend-refused",
+                             body && !kept
+                                 ? "The app refused the request without processing it, and its "
+                                   "body was too large for the router to send again (over 64 "
+                                   "KB); nothing was done: send the request again."
+                                 : "The app refused the request without processing it, three "
+                                   "times; nothing was done: send the request again later.",
+                             true);
+        return;
+    }
+    x->refusals++;
     if (!x->req_done)
         c->state = C_WAIT_UPSTREAM;
     client_update_reading(c);
