@@ -426,12 +426,16 @@ static void h2c_conn_drained(struct h2c_conn *conn);
 
 /* Plaintext a TLS record carries at most (RFC 8446 5.1). */
 #define TLS_RECORD_MAX 16384
+/* A piece of plaintext at least this long is encrypted where it lies, as records of its own. */
+#define TLS_IN_PLACE_MIN 4096
 
 /* Plaintext on its way into one connection's TLS records. Small pieces are gathered so that a
- * head and a short body go in one record (as nginx's ssl_buffer_size does); a piece shorter
- * than a record that does not fit tops the gathered bytes up to a full record. A piece of a
- * record or more is encrypted from where it lies, never copied: what was gathered goes first
- * as a record of its own, then the piece's whole records; the rest of it is gathered. */
+ * head and a short body go in one record (as nginx's ssl_buffer_size does); a small piece that
+ * does not fit tops the gathered bytes up to a full record. A piece of TLS_IN_PLACE_MIN or more
+ * (a body read from the backend, an HTTP/2 DATA frame) is encrypted where it lies, never
+ * copied: what was gathered goes first as a record of its own, then the piece (a short rest
+ * of it is gathered). Copying it would cost more than the one record more (callgrind,
+ * bench/router/README.md "HTTP/2 over TLS without the frame copy"). */
 struct tls_records {
     struct tls_conn *tls;
     struct buf *gather;
@@ -441,25 +445,26 @@ struct tls_records {
 static void tls_records_put(struct tls_records *r, const char *d, size_t len)
 {
     struct buf *g = r->gather;
+    if (len >= TLS_IN_PLACE_MIN) {
+        if (g->len) {
+            r->rc |= tls_conn_write(r->tls, g->data, g->len);
+            g->len = 0;
+        }
+        size_t rest = len % TLS_RECORD_MAX;
+        size_t here = rest >= TLS_IN_PLACE_MIN ? len : len - rest;
+        r->rc |= tls_conn_write(r->tls, d, here);
+        buf_append(g, d + here, len - here);
+        return;
+    }
     if (g->len + len <= TLS_RECORD_MAX) {
         buf_append(g, d, len);
         return;
     }
-    if (len < TLS_RECORD_MAX) {
-        size_t top = TLS_RECORD_MAX - g->len;
-        buf_append(g, d, top);
-        r->rc |= tls_conn_write(r->tls, g->data, g->len);
-        g->len = 0;
-        buf_append(g, d + top, len - top);
-        return;
-    }
-    if (g->len) {
-        r->rc |= tls_conn_write(r->tls, g->data, g->len);
-        g->len = 0;
-    }
-    size_t whole = len - len % TLS_RECORD_MAX;
-    r->rc |= tls_conn_write(r->tls, d, whole);
-    buf_append(g, d + whole, len - whole);
+    size_t top = TLS_RECORD_MAX - g->len;
+    buf_append(g, d, top);
+    r->rc |= tls_conn_write(r->tls, g->data, g->len);
+    g->len = 0;
+    buf_append(g, d + top, len - top);
 }
 
 /* Encrypts what is still gathered: 0, or -1 when a write failed. */
