@@ -28,6 +28,7 @@
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_PREFACE_LEN 24
+#define H2_FRAME_HEAD 9 /* bytes of a frame's head (RFC 9113 4.1) */
 
 struct router_h2_stream {
     struct router_h2_session *sess;
@@ -45,7 +46,7 @@ struct router_h2_stream {
     struct buf resp_fields;   /* "name\0value\0" pairs, names in lowercase */
     struct buf resp_trailers; /* likewise */
     size_t resp_field_count, resp_trailer_count;
-    struct buf out; /* body bytes not yet sent, from out_off */
+    struct buf out; /* body bytes not yet sent, from out_off (>= H2_FRAME_HEAD: room for a head) */
     size_t out_off;
     int status;
     bool in_value, in_trailers, submitted, resp_ended, deferred, failed;
@@ -59,7 +60,9 @@ struct router_h2_session {
     struct router_h2_stream *streams;
     size_t stream_count;
     struct buf scratch;
-    struct buf *output; /* where DATA goes during router_h2_session_output (send_data) */
+    const struct router_h2_sink *sink; /* during router_h2_session_output_to (send_data) */
+    size_t sent;                       /* bytes given to the sink in this call */
+    size_t frame_max;                  /* a DATA frame with its head, at most */
     uint64_t window_start_ms;
     uint32_t control_frames;
     const char *error;
@@ -183,11 +186,30 @@ static void stream_reset(struct router_h2_stream *st, uint32_t code)
 
 static size_t stream_queued(const struct router_h2_stream *st)
 {
-    return st->out.len - st->out_off;
+    return st->out.len > st->out_off ? st->out.len - st->out_off : 0;
+}
+
+/* Queues response body bytes. An empty queue starts H2_FRAME_HEAD bytes in, and what was sent
+ * stays in front of what was not: send_data writes each DATA frame's head right before its
+ * payload, so the sink gets the frame as one piece. */
+static void stream_out_append(struct router_h2_stream *st, const char *p, size_t n)
+{
+    if (st->out.len <= st->out_off) {
+        st->out.len = st->out_off = H2_FRAME_HEAD;
+        buf_reserve(&st->out, n);
+    }
+    buf_append(&st->out, p, n);
+}
+
+static void sink_write(struct router_h2_session *s, const void *p, size_t n)
+{
+    s->sink->write(s->sink->ctx, p, n);
+    s->sent += n;
 }
 
 /* Says how much of the stream's body the next DATA frame carries, as the client's window
- * allows; the bytes themselves are copied once, straight into the output, by send_data. */
+ * and the session's frame_max allow; the bytes themselves go to the sink from where they lie,
+ * by send_data. */
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
@@ -197,6 +219,9 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
+    struct router_h2_session *s = ud;
+    if (length > s->frame_max - H2_FRAME_HEAD)
+        length = s->frame_max - H2_FRAME_HEAD;
     size_t n = queued < length ? queued : length;
     *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
     if (queued == n && st->resp_ended) {
@@ -211,21 +236,33 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *dst, size_t l
     return (ssize_t)n;
 }
 
-/* A DATA frame read_body sized: its header, then the body bytes, into the output. */
+/* A DATA frame read_body sized goes to the sink as one piece: its head is written over the
+ * bytes already sent in front of the payload (stream_out_append keeps that room), so the
+ * payload is not copied here. An empty frame is its head alone; padding (never asked for)
+ * would be given piece by piece. */
 static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
                      size_t length, nghttp2_data_source *src, void *ud)
 {
     struct router_h2_session *s = ud;
     struct router_h2_stream *st = src->ptr;
     size_t before = stream_queued(st);
-    if (!s->output || length > before)
+    if (!s->sink || length > before)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    buf_append(s->output, framehd, 9);
-    if (frame->data.padlen > 0)
-        buf_putc(s->output, (char)(frame->data.padlen - 1));
-    buf_append(s->output, st->out.data + st->out_off, length);
-    for (size_t i = 1; i < frame->data.padlen; i++)
-        buf_putc(s->output, 0);
+    /* a queue with room before its payload whenever it has one (not when length is 0) */
+    char *payload = length ? st->out.data + st->out_off : (char *)framehd;
+    if (frame->data.padlen == 0 && length == 0) {
+        sink_write(s, framehd, H2_FRAME_HEAD);
+    } else if (frame->data.padlen == 0) {
+        memcpy(payload - H2_FRAME_HEAD, framehd, H2_FRAME_HEAD);
+        sink_write(s, payload - H2_FRAME_HEAD, H2_FRAME_HEAD + length);
+    } else {
+        static const char zeros[256];
+        char padlen = (char)(frame->data.padlen - 1);
+        sink_write(s, framehd, H2_FRAME_HEAD);
+        sink_write(s, &padlen, 1);
+        sink_write(s, payload, length);
+        sink_write(s, zeros, frame->data.padlen - 1);
+    }
     st->out_off += length;
     if (st->out_off == st->out.len) {
         st->out.len = st->out_off = 0;
@@ -301,8 +338,8 @@ static void stream_local_response(struct router_h2_stream *st, int status, const
     router_h2_fields_push(&st->resp_fields, &st->resp_field_count, "x-skiff-router-error", 20, code,
                           strlen(code));
     st->out.len = st->out_off = 0;
-    buf_puts(&st->out, text);
-    buf_putc(&st->out, '\n');
+    stream_out_append(st, text, strlen(text));
+    stream_out_append(st, "\n", 1);
     st->resp_ended = true;
     stream_submit(st);
 }
@@ -357,7 +394,8 @@ static int on_resp_headers_complete(llhttp_t *p)
     st->in_trailers = true;
     if ((p->flags & F_CONTENT_LENGTH) && !st->is_head) /* one allocation for the body */
         buf_reserve(&st->out,
-                    p->content_length < 256 * 1024 ? (size_t)p->content_length : 256 * 1024);
+                    H2_FRAME_HEAD +
+                        (p->content_length < 256 * 1024 ? (size_t)p->content_length : 256 * 1024));
     if (stream_submit(st) != 0)
         return HPE_USER;
     return st->is_head ? 1 : 0;
@@ -366,7 +404,7 @@ static int on_resp_headers_complete(llhttp_t *p)
 static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 {
     struct router_h2_stream *st = p->data;
-    buf_append(&st->out, at, len);
+    stream_out_append(st, at, len);
     return 0;
 }
 
@@ -696,6 +734,7 @@ struct router_h2_session *router_h2_session_new(const struct router_h2_limits *l
     s->ctx = ctx;
     s->error = "";
     s->window_start_ms = now_ms();
+    s->frame_max = H2_FRAME_HEAD + 16384; /* the initial SETTINGS_MAX_FRAME_SIZE */
     nghttp2_session_callbacks *cb;
     nghttp2_session_callbacks_new(&cb);
     nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
@@ -765,23 +804,40 @@ int router_h2_session_input(struct router_h2_session *s, const char *p, size_t n
     return -1;
 }
 
-size_t router_h2_session_output(struct router_h2_session *s, struct buf *out, size_t max)
+size_t router_h2_session_output_to(struct router_h2_session *s, const struct router_h2_sink *sink,
+                                   size_t max)
 {
-    size_t start = out->len;
-    s->output = out;
-    while (out->len - start < max) {
+    s->sink = sink;
+    s->sent = 0;
+    while (s->sent < max) {
         const uint8_t *data;
-        size_t before = out->len;
+        size_t before = s->sent;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
         if (n < 0 && !s->error[0])
             s->error = nghttp2_strerror((int)n);
         if (n > 0)
-            buf_append(out, data, (size_t)n);
-        else if (n < 0 || out->len == before)
+            sink_write(s, data, (size_t)n);
+        else if (n < 0 || s->sent == before)
             break; /* 0 after send_data wrote a frame: more may follow */
     }
-    s->output = NULL;
-    return out->len - start;
+    s->sink = NULL;
+    return s->sent;
+}
+
+static void buf_sink_write(void *ctx, const char *p, size_t n)
+{
+    buf_append(ctx, p, n);
+}
+
+size_t router_h2_session_output(struct router_h2_session *s, struct buf *out, size_t max)
+{
+    struct router_h2_sink sink = {buf_sink_write, out};
+    return router_h2_session_output_to(s, &sink, max);
+}
+
+void router_h2_session_set_frame_max(struct router_h2_session *s, size_t frame_max)
+{
+    s->frame_max = frame_max > H2_FRAME_HEAD ? frame_max : H2_FRAME_HEAD + 1;
 }
 
 bool router_h2_session_done(const struct router_h2_session *s)

@@ -73,8 +73,23 @@ void router_h2_session_free(struct router_h2_session *s);
 /* Bytes from the client. Returns 0, or -1 when the connection is to end: a protocol error or
  * a limit crossed (the GOAWAY that says why is in the output). */
 int router_h2_session_input(struct router_h2_session *s, const char *p, size_t n);
-/* Appends up to about `max` bytes to send to out; returns how many were appended. */
+/* Where a session's frames go. write() is given bytes valid during the call only: it consumes
+ * them (copies, encrypts or writes them) before it returns. A DATA frame comes as one piece,
+ * its head right before its payload, so a consumer that encrypts frames into TLS records
+ * encrypts the payload where it lies (with frame_max at the record size, one frame is one
+ * record). */
+struct router_h2_sink {
+    void (*write)(void *ctx, const char *p, size_t n);
+    void *ctx;
+};
+/* Gives the sink up to about `max` bytes to send; returns how many it was given. */
+size_t router_h2_session_output_to(struct router_h2_session *s, const struct router_h2_sink *sink,
+                                   size_t max);
+/* router_h2_session_output_to with a sink that appends to out. */
 size_t router_h2_session_output(struct router_h2_session *s, struct buf *out, size_t max);
+/* DATA frames, head included, of at most frame_max bytes (default 16393: the largest payload
+ * every client accepts); the client's SETTINGS_MAX_FRAME_SIZE and windows bound them too. */
+void router_h2_session_set_frame_max(struct router_h2_session *s, size_t frame_max);
 /* Whether the connection should close once its output is written: the session ended (a
  * GOAWAY sent, or the client's received) and nothing is left to send. */
 bool router_h2_session_done(const struct router_h2_session *s);

@@ -345,7 +345,8 @@ struct worker {
     size_t view_cap;
     struct client *hs_first, *hs_last; /* TLS handshakes in flight, oldest first */
     int hs_count;
-    struct buf tls_out; /* plaintext gathered for one TLS write */
+    struct buf tls_out;   /* plaintext gathered for one TLS write (peer_tls_write) */
+    struct buf h2_gather; /* likewise, for HTTP/2 frames on their way into records */
     char tls_plain[ROUTER_TLS_PLAIN];
     char readbuf[ROUTER_READ_BUF];
 };
@@ -444,37 +445,63 @@ static void h2c_conn_drained(struct h2c_conn *conn);
 
 /* Plaintext a TLS record carries at most (RFC 8446 5.1). */
 #define TLS_RECORD_MAX 16384
+/* A piece of plaintext at least this long is encrypted where it lies, as records of its own. */
+#define TLS_IN_PLACE_MIN 4096
 
-/* The pieces become TLS records. Small pieces are gathered so that a head and a short body
- * go in one record (as nginx's ssl_buffer_size does); a piece longer than a record is topped
- * up to a full record from what was gathered, and its whole records are encrypted from where
- * the piece lies, not copied first (a 64 KB body was copied whole). */
-static int peer_tls_write(struct peer *p, const uv_buf_t *bufs, unsigned nbufs)
+/* Plaintext on its way into one connection's TLS records. Small pieces are gathered so that a
+ * head and a short body go in one record (as nginx's ssl_buffer_size does); a small piece that
+ * does not fit tops the gathered bytes up to a full record. A piece of TLS_IN_PLACE_MIN or more
+ * (a body read from the backend, an HTTP/2 DATA frame) is encrypted where it lies, never
+ * copied: what was gathered goes first as a record of its own, then the piece (a short rest
+ * of it is gathered). Copying it would cost more than the one record more (callgrind,
+ * bench/router/README.md "HTTP/2 over TLS without the frame copy"). */
+struct tls_records {
+    struct tls_conn *tls;
+    struct buf *gather;
+    int rc;
+};
+
+static void tls_records_put(struct tls_records *r, const char *d, size_t len)
 {
-    struct buf *g = &p->w->tls_out;
-    int rc = 0;
-    g->len = 0;
-    for (unsigned i = 0; i < nbufs; i++) {
-        const char *d = bufs[i].base;
-        size_t len = bufs[i].len;
-        if (g->len + len <= TLS_RECORD_MAX) {
-            buf_append(g, d, len);
-            continue;
-        }
+    struct buf *g = r->gather;
+    if (len >= TLS_IN_PLACE_MIN) {
         if (g->len) {
-            size_t top = TLS_RECORD_MAX - g->len;
-            buf_append(g, d, top);
-            d += top;
-            len -= top;
-            rc |= tls_conn_write(p->tls, g->data, g->len);
+            r->rc |= tls_conn_write(r->tls, g->data, g->len);
             g->len = 0;
         }
-        size_t whole = len - len % TLS_RECORD_MAX;
-        rc |= tls_conn_write(p->tls, d, whole);
-        buf_append(g, d + whole, len - whole);
+        size_t rest = len % TLS_RECORD_MAX;
+        size_t here = rest >= TLS_IN_PLACE_MIN ? len : len - rest;
+        r->rc |= tls_conn_write(r->tls, d, here);
+        buf_append(g, d + here, len - here);
+        return;
     }
-    rc |= tls_conn_write(p->tls, g->data, g->len);
-    return rc < 0 ? -1 : 0;
+    if (g->len + len <= TLS_RECORD_MAX) {
+        buf_append(g, d, len);
+        return;
+    }
+    size_t top = TLS_RECORD_MAX - g->len;
+    buf_append(g, d, top);
+    r->rc |= tls_conn_write(r->tls, g->data, g->len);
+    g->len = 0;
+    buf_append(g, d + top, len - top);
+}
+
+/* Encrypts what is still gathered: 0, or -1 when a write failed. */
+static int tls_records_end(struct tls_records *r)
+{
+    r->rc |= tls_conn_write(r->tls, r->gather->data, r->gather->len);
+    r->gather->len = 0;
+    return r->rc < 0 ? -1 : 0;
+}
+
+/* The pieces queued for a TLS client become records. */
+static int peer_tls_write(struct peer *p, const uv_buf_t *bufs, unsigned nbufs)
+{
+    struct tls_records r = {p->tls, &p->w->tls_out, 0};
+    r.gather->len = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        tls_records_put(&r, bufs[i].base, bufs[i].len);
+    return tls_records_end(&r);
 }
 
 /* Writes what is queued: as much as the socket takes now without copying, the rest copied
@@ -1652,16 +1679,40 @@ static void client_drained(struct client *c)
     }
 }
 
+static void h2_tls_sink_write(void *ctx, const char *p, size_t n)
+{
+    tls_records_put(ctx, p, n);
+}
+
+/* Up to `max` bytes of the session's frames made ready for the socket: over TLS encrypted at
+ * once, as the session gives them (a DATA frame's payload from the stream's queue, without a
+ * copy: the session's frames are records, router_h2_session_set_frame_max); in cleartext
+ * gathered into h2_out (kept with its capacity) and queued. */
+static size_t h2_conn_output(struct client *c, size_t max)
+{
+    if (!c->p.tls) {
+        c->h2_out.len = 0;
+        size_t n = router_h2_session_output(c->h2, &c->h2_out, max);
+        outq_add(&c->p, c->h2_out.data, n);
+        return n;
+    }
+    struct tls_records r = {c->p.tls, &c->p.w->h2_gather, 0};
+    r.gather->len = 0;
+    struct router_h2_sink sink = {h2_tls_sink_write, &r};
+    size_t n = router_h2_session_output_to(c->h2, &sink, max);
+    if (tls_records_end(&r) < 0 && !c->p.write_error)
+        c->p.write_error = UV_EPROTO;
+    ROUTER_METRIC_ADD(c->p.w->m.bytes_to_clients, n);
+    return n;
+}
+
 /* Sends what the session has, while the socket keeps up; closes once the session is over. */
 static void h2_conn_flush(struct client *c)
 {
     struct worker *w = c->p.w;
     while (!c->p.closing && !c->shutting_down && c->h2 && peer_queued(&c->p) <= ROUTER_HIGH_WATER) {
-        /* the frames go from this buffer (kept with its capacity) to the socket; what the
-         * socket does not take now is copied into a write request by peer_flush */
-        c->h2_out.len = 0;
-        size_t n = router_h2_session_output(c->h2, &c->h2_out, 64 * 1024);
-        outq_add(&c->p, c->h2_out.data, n);
+        /* what the socket does not take now is copied into a write request by peer_flush */
+        size_t n = h2_conn_output(c, 64 * 1024);
         peer_flush(&c->p);
         if (c->p.write_error) {
             client_close(c);
@@ -1767,6 +1818,8 @@ static void h2_conn_input(struct client *c, const char *data, size_t len)
 static void client_h2_start(struct client *c)
 {
     c->h2 = router_h2_session_new(&c->p.w->h2_limits, &h2_ops, c);
+    if (c->p.tls) /* a DATA frame and its head make one record, encrypted where it lies */
+        router_h2_session_set_frame_max(c->h2, TLS_RECORD_MAX);
     client_set_deadline(c, D_TUNNEL, c->p.w->cfg->idle_timeout_ms);
 }
 
@@ -3166,22 +3219,36 @@ static void h2c_stream_begin(struct exchange *x, struct pool *pool)
 
 /* The instance did not process the stream (RFC 9113 8.7): the request goes again on a
  * stream of its own, on this instance (a few times at most), with what the stream was given
- * of its body when it kept it all (ROUTER_H2C_REPLAY_MAX); else a 502. */
+ * of its body when it kept it all (ROUTER_H2C_REPLAY_MAX). Otherwise the client hears the
+ * truth: a 503 that says nothing was processed, so that it may send the request again
+ * itself (a 502 would say the app failed on it, which a client cannot safely retry). */
 static void h2c_stream_refused(struct upstream *u)
 {
     struct exchange *x = u->x;
     bool body = x->chunked || x->content_length > 0;
     bool kept = router_h2c_stream_take_request(u->h2s, &x->replay);
-    if ((body && !kept) || u->got_bytes || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+    if (u->got_bytes) {
         x->replay.len = 0;
         upstream_failed(u, UV_EPROTO, false);
         return;
     }
-    x->refusals++;
     u->x = NULL;
     x->u = NULL;
     upstream_close(u);
     struct client *c = x->c;
+    if ((body && !kept) || x->refusals >= ROUTER_MAX_ATTEMPTS) {
+        x->replay.len = 0;
+        client_respond_error(c, 503, "backend-refused",
+                             body && !kept
+                                 ? "The app refused the request without processing it, and its "
+                                   "body was too large for the router to send again (over 64 "
+                                   "KB); nothing was done: send the request again."
+                                 : "The app refused the request without processing it, three "
+                                   "times; nothing was done: send the request again later.",
+                             true);
+        return;
+    }
+    x->refusals++;
     if (!x->req_done)
         c->state = C_WAIT_UPSTREAM;
     client_update_reading(c);
@@ -3913,6 +3980,7 @@ void router_proxy_stop(void)
         buf_free(&w->access);
         buf_free(&w->h2c_resp);
         buf_free(&w->tls_out);
+        buf_free(&w->h2_gather);
         while (w->spare) {
             struct exchange *x = w->spare;
             w->spare = (struct exchange *)x->u;

@@ -1222,7 +1222,8 @@ def test_goaway_mid_flight_retries_what_was_not_processed(router_factory):
     """The instance says GOAWAY with the first stream as its last while a second is in flight:
     the first is answered; the second, a GET, was not processed and goes again on a new
     connection; so does a call with a small body (kept until the instance answers), whose
-    body arrives whole; one with a body over the 64 KB the router keeps is a 502."""
+    body arrives whole; one with a body over the 64 KB the router keeps is a 503 that says
+    nothing was done."""
     state = {"conns": 0}
 
     def hook(ctx, sid, s):
@@ -1262,7 +1263,7 @@ def test_goaway_mid_flight_retries_what_was_not_processed(router_factory):
     wait_for(lambda: "first" in state, 10, "the first stream at the instance")
     h1 = Client(r.port, timeout=20)
     big = h1.request("POST", "/posted", "grpc.localhost", body=b"b" * (100 * 1024))
-    assert big.status == 502 and big.headers.get("x-skiff-router-error") == "backend-failed"
+    assert big.status == 503 and big.headers.get("x-skiff-router-error") == "backend-refused"
     h1.close()
     c.wait(lambda: first.ended, "the first answer")
     assert first.status == 200
@@ -1318,23 +1319,35 @@ def test_a_refused_stream_with_a_body_goes_again_with_its_body(router_factory):
     c.close()
 
 
-def test_a_refused_stream_with_a_body_over_the_bound_is_a_502(router_factory):
+def test_a_refused_stream_not_sent_again_is_a_503_that_says_nothing_was_done(router_factory):
     """A body over the 64 KB the router keeps for a replay, refused once the instance has it
-    all: a 502 (nothing truthful can be sent again), and the next call is answered."""
+    all, and a request the instance refuses every time: neither can be sent again by the
+    router, and the client hears that nothing was done (503 backend-refused, which it may
+    retry), not that the app failed on it (502). The next call is answered."""
     from test_router import Client
 
-    def refuse_big(ctx, sid, s):
-        if dict(s["headers"]).get(":path") != "/big":
+    def refuse(ctx, sid, s):
+        if dict(s["headers"]).get(":path") not in ("/big", "/always"):
             return False
         ctx.send(frame(RST_STREAM, 0, sid, struct.pack(">I", REFUSED_STREAM)))
         return True
-    r, inst = mux_app(router_factory, hook=refuse_big)
+    r, inst = mux_app(router_factory, hook=refuse)
     h1 = Client(r.port, timeout=20)
     resp = h1.request("POST", "/big", "grpc.localhost", body=b"x" * (100 * 1024))
-    assert resp.status == 502 and resp.headers.get("x-skiff-router-error") == "backend-failed"
+    assert resp.status == 503 and resp.headers.get("x-skiff-router-error") == "backend-refused"
+    assert b"nothing was done" in resp.body and b"64 KB" in resp.body
     assert [len(q["body"]) for q in inst.requests] == [100 * 1024]  # sent once, not again
     h1.close()
+    h1 = Client(r.port, timeout=20)
+    resp = h1.request("POST", "/always", "grpc.localhost", body=b"small")
+    assert resp.status == 503 and resp.headers.get("x-skiff-router-error") == "backend-refused"
+    assert b"nothing was done" in resp.body and b"three times" in resp.body
+    always = [q for q in inst.requests if dict(q["headers"])[":path"] == "/always"]
+    assert [q["body"] for q in always] == [b"small"] * 4  # once, then sent again 3 times
+    h1.close()
     c = H2(r.port)
+    resp = c.request("GET", "/always", authority="grpc.localhost")  # over HTTP/2 alike
+    assert resp.status == 503 and resp.header("x-skiff-router-error") == "backend-refused"
     assert grpc_call(c, b"after", wait=True).status == 200
     c.close()
 

@@ -184,6 +184,71 @@ static void test_a_crlf_in_a_value_never_reaches_an_owner(void **state)
     buf_free(&frames);
 }
 
+/* What a sink is given: each piece, in order. */
+struct pieces {
+    struct buf all;
+    size_t count, lens[64];
+};
+
+static void pieces_write(void *ctx, const char *p, size_t n)
+{
+    struct pieces *ps = ctx;
+    assert_true(ps->count < 64);
+    ps->lens[ps->count++] = n;
+    buf_append(&ps->all, p, n);
+}
+
+static void test_a_data_frame_reaches_the_sink_as_one_piece_of_frame_max(void **state)
+{
+    (void)state;
+    struct buf block = {0}, frames = {0};
+    request_block(&block, "GET", "/big");
+    frame(&frames, 1, 5, 1, block.data, block.len); /* HEADERS, END_HEADERS | END_STREAM */
+    struct router_h2_session *s = session_with(&frames);
+    router_h2_session_set_frame_max(s, 4096);
+    assert_int_equal(owner_count, 1);
+    static char body[20000];
+    for (size_t i = 0; i < sizeof(body); i++)
+        body[i] = (char)('a' + i % 26);
+    struct buf resp = {0};
+    buf_printf(&resp, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", sizeof(body));
+    buf_append(&resp, body, 5000);
+    struct pieces ps = {0};
+    struct router_h2_sink sink = {pieces_write, &ps};
+    /* the body in two parts, the first sent before the second comes: the queue's room for a
+     * frame head is kept after what was sent */
+    assert_int_equal(router_h2_stream_response(owners[0].st, resp.data, resp.len), 0);
+    size_t given = router_h2_session_output_to(s, &sink, 1 << 20);
+    assert_int_equal(given, ps.all.len);
+    assert_int_equal(router_h2_stream_response(owners[0].st, body + 5000, sizeof(body) - 5000), 0);
+    router_h2_session_output_to(s, &sink, 1 << 20);
+    assert_true(owners[0].closed);
+    /* every DATA frame is one piece: its head, then its payload, at most 4096 bytes in all */
+    struct buf got = {0};
+    size_t at = 0, data_frames = 0;
+    for (size_t i = 0; i < ps.count; i++) {
+        const uint8_t *f = (const uint8_t *)ps.all.data + at;
+        size_t len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+        if (f[3] == 0) { /* DATA */
+            assert_int_equal(ps.lens[i], 9 + len);
+            assert_true(ps.lens[i] <= 4096);
+            buf_append(&got, f + 9, len);
+            data_frames++;
+        }
+        at += ps.lens[i];
+    }
+    assert_int_equal(at, ps.all.len);
+    assert_int_equal(got.len, sizeof(body));
+    assert_memory_equal(got.data, body, sizeof(body));
+    assert_true(data_frames >= 6); /* 5000 = 4087 + 913, then 15000 in four and a bit */
+    router_h2_session_free(s);
+    buf_free(&got);
+    buf_free(&ps.all);
+    buf_free(&resp);
+    buf_free(&block);
+    buf_free(&frames);
+}
+
 /* ---- h2c to an instance (router_h2c.c) ---- */
 
 /* The instance's SETTINGS frame, with SETTINGS_MAX_CONCURRENT_STREAMS when max >= 0. */
@@ -295,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_field_checks),
         cmocka_unit_test(test_a_stream_becomes_an_http11_request),
         cmocka_unit_test(test_a_crlf_in_a_value_never_reaches_an_owner),
+        cmocka_unit_test(test_a_data_frame_reaches_the_sink_as_one_piece_of_frame_max),
         cmocka_unit_test(test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11),
         cmocka_unit_test(test_h2c_streams_share_a_connection_and_fail_alone),
     };
