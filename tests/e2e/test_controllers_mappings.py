@@ -12,7 +12,8 @@ import time
 import pytest
 
 from conftest import wait_for
-from test_controllers import LEADER_BOUND_S, PG_BIN, cells, leading, schedule_fires
+from controllers import LEADER_BOUND_S, PG_BIN, cells, leading
+from test_controllers import schedule_fires
 from test_fabric_crash import read_all
 from test_fabric_nats import publish, replies_by_id, shared_skiffd
 
