@@ -285,6 +285,40 @@ def test_spaces_stay_apart_on_jetstream(nats):
         p.close()
 
 
+def apps_answer_while(p, calls, seconds, then=None):
+    """Runs each of calls (name: function) on a thread of its own while asking GET /v1/apps
+    for seconds, each asked as soon as the one before answered (every answer must be 200);
+    then calls then() and waits for the calls (60 s at most). Returns how many times GET
+    /v1/apps answered, its slowest answer in seconds, and each call's name: (what it returned,
+    or (repr of what it raised, None): a reset or a timeout of the client is an answer too;
+    seconds it took)."""
+    results = {}
+
+    def call(name, fn):
+        t0 = time.monotonic()
+        try:
+            results[name] = (fn(), time.monotonic() - t0)
+        except Exception as e:
+            results[name] = ((repr(e), None), time.monotonic() - t0)
+    threads = [threading.Thread(target=call, args=kv) for kv in calls.items()]
+    for t in threads:
+        t.start()
+    slowest, answered = 0.0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        status, body = p.api("GET", "/v1/apps")
+        took = time.monotonic() - t0
+        assert status == 200, body
+        slowest = max(slowest, took)
+        answered += 1
+    if then:
+        then()
+    for t in threads:
+        t.join(60)
+    return answered, slowest, results
+
+
 def test_a_paused_nats_stalls_no_api_call_and_publishes_answer_503(nats, tmp_path):
     """NATS stopped with SIGSTOP keeps its connections open and answers nothing: every
     JetStream request then waits for its timeout. None of them waits on skiffd's loop: the API
@@ -301,38 +335,15 @@ def test_a_paused_nats_stalls_no_api_call_and_publishes_answer_503(nats, tmp_pat
                  "the first event's reply")
 
         nats.proc.send_signal(signal.SIGSTOP)
-        results = {}
-
-        def call(name, fn_):
-            t0 = time.monotonic()
-            try:
-                results[name] = (fn_(), time.monotonic() - t0)
-            except Exception as e:  # a reset or a timeout of the client is an answer too
-                results[name] = (repr(e), time.monotonic() - t0)
         fabric_calls = {
             "publish": lambda: publish(p, "paused", {"n": 1}),
             "publish-new-topic": lambda: publish(p, "paused-fresh", {"n": 1}),
             "topics": lambda: p.api("GET", "/v1/topics")[0],
             "read": lambda: p.api("GET", "/v1/topics/paused/events?from=start&follow=0")[0],
         }
-        threads = [threading.Thread(target=call, args=(k, f)) for k, f in fabric_calls.items()]
-        for t in threads:
-            t.start()
-        slowest, answered = 0.0, 0
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            t0 = time.monotonic()
-            status, body = p.api("GET", "/v1/apps")
-            took = time.monotonic() - t0
-            assert status == 200, body
-            slowest = max(slowest, took)
-            answered += 1
-        for t in threads:
-            t.join(30)
+        answered, slowest, results = apps_answer_while(p, fabric_calls, 8)
         print("NATS paused 8 s: GET /v1/apps answered %d times, the slowest in %.0f ms; "
-              "fabric calls: %s" % (answered, slowest * 1000,
-                                    {k: (v[0] if not isinstance(v[0], tuple) else v[0][0],
-                                         round(v[1], 2)) for k, v in results.items()}))
+              "fabric calls: %s" % (answered, slowest * 1000, results))
         assert slowest < 1.0, slowest
         # publishes wait for their acknowledgement (5 s), then answer 503; nothing hangs
         for name in ("publish", "publish-new-topic"):
@@ -372,38 +383,15 @@ def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp
         mapping = body["event_mappings"][0]["id"]
 
         nats.proc.send_signal(signal.SIGSTOP)
-        results = {}
-
-        def call(name, fn_):
-            t0 = time.monotonic()
-            try:
-                results[name] = (fn_(), time.monotonic() - t0)
-            except Exception as e:  # a reset or a timeout of the client is an answer too
-                results[name] = ((repr(e), None), time.monotonic() - t0)
         seeks = {
             "read-from-time": lambda: p.api("GET", "/v1/topics/seek/events?from=1h&follow=0"),
             "replay-since-time": lambda: p.api(
                 "POST", "/v1/event-mappings/%s/replay" % mapping, {"since": "1h"}),
         }
-        threads = [threading.Thread(target=call, args=(k, f)) for k, f in seeks.items()]
-        for t in threads:
-            t.start()
-        slowest, answered = 0.0, 0
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            t0 = time.monotonic()
-            status, body = p.api("GET", "/v1/apps")
-            took = time.monotonic() - t0
-            assert status == 200, body
-            slowest = max(slowest, took)
-            answered += 1
-        nats.proc.send_signal(signal.SIGCONT)
-        for t in threads:
-            t.join(60)
+        answered, slowest, results = apps_answer_while(
+            p, seeks, 5, then=lambda: nats.proc.send_signal(signal.SIGCONT))
         print("NATS paused 5 s during two searches by time: GET /v1/apps answered %d times, "
-              "the slowest in %.0f ms; the searches: %s" % (
-                  answered, slowest * 1000,
-                  {k: (v[0][0], round(v[1], 2)) for k, v in results.items()}))
+              "the slowest in %.0f ms; the searches: %s" % (answered, slowest * 1000, results))
         assert slowest < 1.0, slowest
         for name in seeks:  # each answered, whatever it found
             assert name in results and isinstance(results[name][0][0], int), results
@@ -424,19 +412,6 @@ def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp
     finally:
         nats.proc.send_signal(signal.SIGCONT)
         p.close()
-
-
-PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
-needs_postgres = pytest.mark.skipif(
-    not os.access(os.path.join(PG_BIN, "initdb"), os.X_OK),
-    reason=f"PostgreSQL's server binaries are not in {PG_BIN} (scripts/deps.sh installs them)")
-
-
-@pytest.fixture
-def pg_dir():
-    from conftest import throwaway_postgres
-    with throwaway_postgres() as d:
-        yield d
 
 
 def shared_skiffd(pg_dir, nats, zone):
