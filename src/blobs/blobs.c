@@ -255,6 +255,33 @@ int blob_put_file(struct blob_store *bs, const char *path, char digest[BLOB_DIGE
     return rc;
 }
 
+int blob_put_immutable(struct blob_store *bs, const char *path, char digest[BLOB_DIGEST_LEN + 1],
+                       uint64_t *size)
+{
+    if (bs->pg_url)
+        return blobs__pg_put(bs, path, digest, size);
+    char *tmp = NULL;
+    int fd = blobs__temp_file(bs->tmp, &tmp);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    unlink(tmp);
+    if (link(path, tmp) < 0) { /* another file system: a copy */
+        free(tmp);
+        return blob_put_file(bs, path, digest, size);
+    }
+    int in = open(tmp, O_RDONLY | O_CLOEXEC);
+    int rc = in < 0 ? -errno : blobs__hash_fd(in, -1, digest, size);
+    if (in >= 0)
+        close(in);
+    if (rc == 0)
+        rc = blobs__file_adopt(bs, tmp, digest);
+    else
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
 int blob_has(struct blob_store *bs, const char *digest, uint64_t *size)
 {
     if (!blob_digest_valid(digest))

@@ -54,6 +54,11 @@ bool blob_store_in_database(const struct blob_store *bs);
  * size (when not NULL) its length. A blob already there is not written again (0). */
 int blob_put_file(struct blob_store *bs, const char *path, char digest[BLOB_DIGEST_LEN + 1],
                   uint64_t *size);
+/* (blocking) blob_put_file of a file that is never written again (an image's layer blob, which
+ * is already on disk): on the files backend it is hard-linked into place, not copied (a copy
+ * when it is on another file system). */
+int blob_put_immutable(struct blob_store *bs, const char *path, char digest[BLOB_DIGEST_LEN + 1],
+                       uint64_t *size);
 /* (blocking) 0 and *size (when not NULL) when the blob is there, -ENOENT when not. */
 int blob_has(struct blob_store *bs, const char *digest, uint64_t *size);
 /* (blocking) Writes the blob to dest (made at a temporary name beside it, renamed into place

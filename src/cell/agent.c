@@ -14,6 +14,8 @@
 #include "cells/cells.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "container/container.h"
+#include "images/images.h"
 
 #define CELL__OUTPUT_BYTES (256 * 1024) /* a batch stays well under NATS's 1 MB payload */
 
@@ -26,10 +28,12 @@ struct cell__inst {
     struct cell__inst *next;
 };
 
-/* A start waiting for its droplet to be fetched (cell_droplet_get). */
+/* A start waiting for its droplet to be fetched (cell_droplet_get), then for an image's layers
+ * (cell_layers_get). */
 struct cell__pending {
     struct cell_agent *a;
     struct cell_launch_doc d;
+    char *dir;    /* the droplet's folder, once here */
     bool stopped; /* asked to stop meanwhile: said DOWN, never started */
     int64_t since_ms;
     struct cell__pending *next;
@@ -51,6 +55,7 @@ struct cell_agent {
     size_t line_bytes;
     struct cell__inst *insts;
     struct cell_droplets *droplets;
+    struct cell_layers *layers;
     struct cell__pending *pending;
     int open_handles;
     bool leave, closing;
@@ -192,8 +197,10 @@ static void cell__on_state(void *ctx, struct instance *inst, enum instance_state
         log_info("[CELL] instance %d of %s (%s) is running at %s", ci->index, ci->type, ci->guid,
                  ci->addr);
     cell__say_state(a, ci->guid, instance_state_name(state), ci->addr, ex, NULL);
-    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
+    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         cell__forget(a, ci);
+        cell_layers_collect(a->layers); /* the layers it alone mounted */
+    }
 }
 
 static void cell__on_readiness(void *ctx, struct instance *inst, bool ready)
@@ -269,26 +276,75 @@ static void cell__launch(struct cell_agent *a, struct cell_launch_doc *d, const 
     cell_launch_doc_clear(d);
 }
 
+static void cell__pending_unlink(struct cell_agent *a, struct cell__pending *p)
+{
+    for (struct cell__pending **pp = &a->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+}
+
+static void cell__pending_free(struct cell__pending *p)
+{
+    cell_launch_doc_clear(&p->d);
+    free(p->dir);
+    free(p);
+}
+
+static void cell__on_layers(void *ctx, int rc, const char *why)
+{
+    struct cell__pending *p = ctx;
+    struct cell_agent *a = p->a;
+    cell__pending_unlink(a, p);
+    if (!p->stopped && !a->closing) {
+        if (rc < 0)
+            cell__refuse(a, &p->d.l, "fetch its image's layers", why);
+        else
+            cell__launch(a, &p->d, p->dir);
+    }
+    cell__pending_free(p);
+}
+
+/* p's droplet is at dir: its instance starts, once an image's layers are here too. p is
+ * consumed; it is on a->pending only while it waits. */
+static void cell__droplet_here(struct cell_agent *a, struct cell__pending *p, const char *dir)
+{
+    if (image_droplet_is_image(dir)) {
+        char err[600] = "";
+        int rc =
+            cell_layers_get(a->layers, dir, p->d.l.blob_urls, cell__on_layers, p, err, sizeof err);
+        if (rc == -EINPROGRESS) {
+            p->dir = xstrdup(dir);
+            p->next = a->pending;
+            a->pending = p;
+            return;
+        }
+        if (rc < 0) {
+            cell__refuse(a, &p->d.l, "find its image's layers", err);
+            cell__pending_free(p);
+            return;
+        }
+    }
+    cell__launch(a, &p->d, dir);
+    cell__pending_free(p);
+}
+
 static void cell__on_droplet(void *ctx, int rc, const char *dir, const char *why)
 {
     struct cell__pending *p = ctx;
     struct cell_agent *a = p->a;
-    for (struct cell__pending **pp = &a->pending; *pp; pp = &(*pp)->next)
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
+    cell__pending_unlink(a, p);
     if (p->stopped || a->closing) {
-        cell_launch_doc_clear(&p->d);
+        cell__pending_free(p);
     } else if (rc < 0) {
         char err[600];
         snprintf(err, sizeof err, "droplet %s: %s", p->d.l.droplet_digest, why);
         cell__refuse(a, &p->d.l, "fetch its droplet", err);
-        cell_launch_doc_clear(&p->d);
+        cell__pending_free(p);
     } else {
-        cell__launch(a, &p->d, dir);
+        cell__droplet_here(a, p, dir);
     }
-    free(p);
 }
 
 static void cell__start(struct cell_agent *a, json_t *launch)
@@ -311,28 +367,27 @@ static void cell__start(struct cell_agent *a, json_t *launch)
         return;
     }
     struct cell__pending *waiting = cell__pending_find(a, l->instance_guid);
-    if (waiting && !waiting->stopped) { /* its droplet is on its way */
+    if (waiting && !waiting->stopped) { /* its droplet or its layers are on their way */
         cell_launch_doc_clear(&d);
         return;
     }
     struct cell__pending *p = xcalloc(1, sizeof *p);
+    p->a = a;
+    p->d = d;
+    p->since_ms = time_now_ms();
     char *dir = NULL;
-    int rc = cell_droplet_get(a->droplets, l, cell__on_droplet, p, &dir, err, sizeof err);
+    int rc = cell_droplet_get(a->droplets, &p->d.l, cell__on_droplet, p, &dir, err, sizeof err);
     if (rc == -EINPROGRESS) {
-        p->a = a;
-        p->d = d;
-        p->since_ms = time_now_ms();
         p->next = a->pending;
         a->pending = p;
         return;
     }
-    free(p);
     if (rc < 0) {
-        cell__refuse(a, l, "start it", err);
-        cell_launch_doc_clear(&d);
+        cell__refuse(a, &p->d.l, "start it", err);
+        cell__pending_free(p);
         return;
     }
-    cell__launch(a, &d, dir);
+    cell__droplet_here(a, p, dir);
     free(dir);
 }
 
@@ -444,6 +499,12 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
         snprintf(err, errsize, "cannot start the executor: %s", strerror(-rc));
         goto fail;
     }
+    rc = cell_layers_new(loop, a->home, ec.uid_base ? ec.uid_base : CONTAINER_DEFAULT_UID_BASE,
+                         a->droplets, a->ex, &a->layers);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot open the image store under %s/images", a->home);
+        goto fail;
+    }
     int adopted = executor_adopt(a->ex, cell__adopt, a);
     char *name = xasprintf("skiffd cell %s", a->id);
     struct natsconn_config nc = {.urls = cfg->nats_urls,
@@ -520,6 +581,7 @@ void cell_agent_free(struct cell_agent *a)
     if (!a)
         return;
     executor_free(a->ex);
+    cell_layers_free(a->layers);
     cell_droplets_free(a->droplets);
     while (a->insts) {
         struct cell__inst *ci = a->insts;

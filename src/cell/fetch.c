@@ -14,12 +14,12 @@
 
 #include "blobs/blobs.h"
 #include "cell/cell.h"
+#include "cell/cell_internal.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
 #define CELL__FETCH_TIMEOUT_MS (5 * 60 * 1000)
-#define CELL__TOKEN_MAX 256
 
 struct cell__waiter {
     cell_droplet_cb done;
@@ -264,6 +264,12 @@ int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell
              l->droplet_digest && *l->droplet_digest ? l->droplet_digest : "sha256:(unknown)",
              l->droplet_path && *l->droplet_path ? l->droplet_path : "none");
     return -ENOENT;
+}
+
+int cell__droplets_token(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX], char *err,
+                         size_t errsize)
+{
+    return cell__token(cd, token, err, errsize);
 }
 
 bool cell_droplets_busy(const struct cell_droplets *cd)

@@ -524,23 +524,23 @@ static int registry__config(struct registry *g, const char *digest, char **out, 
     return rc;
 }
 
-/* A layer stored already (its folder, or its blob from a tarball: unpacked then), or pulled and
- * unpacked in one pass: the blob streams into the unpacking while its digest is computed, and
- * the unpacked folder goes on the pull's pending list only when the digest matched. The blob
- * itself is not kept. declared: its size as the manifest says (what a layer stored already
- * counts to the image's size when its blob is not kept). */
-static int registry__layer(struct registry *g, const char *digest, const char *what,
-                           uint64_t declared)
+/* A layer stored already (its blob: unpacked then, once), or pulled and unpacked in one pass:
+ * the blob streams into the unpacking while its digest is computed and into the store's
+ * blobs/ (what the blob store serves to cells on other hosts, src/blobs), and the unpacked
+ * folder and the blob go on the pull's pending list only when the digest matched. A layer
+ * whose folder is here without its blob (stored before blobs were kept) is pulled for its blob
+ * only. */
+static int registry__layer(struct registry *g, const char *digest, const char *what)
 {
     char *folder = image_store_layer_path(g->s, digest);
     char *blob = image_store_blob_path(g->s, digest);
     struct stat st = {0};
     bool has_blob = blob && stat(blob, &st) == 0;
-    bool stored = has_blob || (folder && access(folder, F_OK) == 0);
+    bool has_folder = folder && access(folder, F_OK) == 0;
     free(folder);
     free(blob);
-    if (stored) {
-        if (!registry__count(g, has_blob ? (uint64_t)st.st_size : declared))
+    if (has_blob) {
+        if (!registry__count(g, (uint64_t)st.st_size))
             return registry__too_large(g);
         if (g->opt->progress)
             g->opt->progress(g->opt->progress_ctx, "%s %.19s: already stored", what, digest);
@@ -550,10 +550,11 @@ static int registry__layer(struct registry *g, const char *digest, const char *w
     snprintf(label, sizeof label, "%s %s", what, digest);
     snprintf(shown, sizeof shown, "%s %.19s", what, digest);
     struct registry_response r = {.max = 64 << 10, .g = g, .label = shown};
-    int rc = image__blob_begin(g->s, digest, label, false, &r.blob, g->err, g->errlen);
+    int rc = image__blob_begin(g->s, digest, label, true, &r.blob, g->err, g->errlen);
     if (rc != SKIFF_OK)
         return rc;
-    if ((rc = image__layer_stream_begin(g->s, digest, &r.layer, g->err, g->errlen))) {
+    if (!has_folder &&
+        (rc = image__layer_stream_begin(g->s, digest, &r.layer, g->err, g->errlen))) {
         image_blob_abort(r.blob);
         return rc;
     }
@@ -567,8 +568,9 @@ static int registry__layer(struct registry *g, const char *digest, const char *w
     else
         image_blob_abort(r.blob);
     /* the digest's verdict first: what a damaged blob unpacked to says nothing */
-    int unpacked =
-        image__layer_stream_end(r.layer, rc == SKIFF_OK, &g->pull->pending, g->err, g->errlen);
+    int unpacked = r.layer ? image__layer_stream_end(r.layer, rc == SKIFF_OK, &g->pull->pending,
+                                                     g->err, g->errlen)
+                           : SKIFF_OK;
     if (rc == SKIFF_OK)
         rc = unpacked;
     if (rc == SKIFF_OK && g->opt->progress)
@@ -606,7 +608,7 @@ static void *registry__layers_work(void *arg)
             continue;
         char what[64];
         snprintf(what, sizeof what, "layer %zu/%zu", i + 1, w->m->n_layers);
-        w->rc = registry__layer(g, w->m->layers[i], what, w->m->sizes ? w->m->sizes[i] : 0);
+        w->rc = registry__layer(g, w->m->layers[i], what);
         if (w->rc != SKIFF_OK) {
             pthread_mutex_lock(&g->pull->lock);
             g->pull->failed = true;

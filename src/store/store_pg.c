@@ -179,6 +179,8 @@ const char *const store_pg_migrations[] = {
     "  data BYTEA NOT NULL, PRIMARY KEY (blob_id, seq));"
     "ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;"
     "REVOKE ALL ON blobs, blob_chunks FROM PUBLIC;",
+    /* 19: the further blobs a droplet needs (an image's config and layers), space-separated */
+    "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -1497,11 +1499,12 @@ static int pg__droplet_add(struct store_backend *b, const struct store_droplet *
                        drop->buildpack,
                        drop->process_types_json ? drop->process_types_json : "{}",
                        pg__num(&at, drop->created_at),
-                       drop->digest};
+                       drop->digest,
+                       drop->blobs};
     return pg__write(b,
                      "INSERT INTO droplets (guid, app_guid, path, buildpack, process_types,"
-                     " created_at, digest) VALUES ($1, $2, $3, $4, $5, $6::bigint, $7)",
-                     7, v, false);
+                     " created_at, digest, blobs) VALUES ($1, $2, $3, $4, $5, $6::bigint, $7, $8)",
+                     8, v, false);
 }
 
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
@@ -1509,8 +1512,8 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     const char *v[] = {guid};
     PGresult *res = NULL;
     if (pg__exec(b,
-                 "SELECT guid, app_guid, path, buildpack, process_types, created_at, digest"
-                 " FROM droplets WHERE guid = $1",
+                 "SELECT guid, app_guid, path, buildpack, process_types, created_at, digest,"
+                 " blobs FROM droplets WHERE guid = $1",
                  1, v, &res) < 0)
         return -EIO;
     int rc = -ENOENT;
@@ -1523,6 +1526,7 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
         d->process_types_json = pg__text(res, 0, 4);
         d->created_at = pg__int(res, 0, 5);
         d->digest = pg__text(res, 0, 6);
+        d->blobs = pg__text(res, 0, 7);
         *out = d;
         rc = 0;
     }
@@ -1580,7 +1584,8 @@ static int pg__blob_refs(struct store_backend *b, char ***digests)
     PGresult *res = NULL;
     if (pg__exec(b,
                  "SELECT digest FROM packages WHERE digest IS NOT NULL"
-                 " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL",
+                 " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL"
+                 " UNION SELECT blobs FROM droplets WHERE blobs IS NOT NULL",
                  0, NULL, &res) < 0)
         return -EIO;
     int rows = PQntuples(res);
