@@ -24,6 +24,7 @@ struct cell__inst {
     char type[64];
     char addr[64];
     int index;
+    bool image; /* it mounts an image's layers */
     struct instance *inst;
     struct cell__inst *next;
 };
@@ -126,9 +127,22 @@ static void cell__beat(struct cell_agent *a)
                            "instances", insts));
 }
 
+/* How many of the tracked instances mount an image's layers. */
+static size_t cell__image_instances(const struct cell_agent *a)
+{
+    size_t n = 0;
+    for (const struct cell__inst *ci = a->insts; ci; ci = ci->next)
+        n += ci->image;
+    return n;
+}
+
 static void cell__on_beat(uv_timer_t *t)
 {
-    cell__beat(t->data);
+    struct cell_agent *a = t->data;
+    cell__beat(a);
+    /* layers a stopping instance still named when they were last collected */
+    if (cell_layers_waiting(a->layers))
+        cell_layers_collect(a->layers, cell__image_instances(a));
 }
 
 static void cell__say_state(struct cell_agent *a, const char *guid, const char *state,
@@ -199,7 +213,7 @@ static void cell__on_state(void *ctx, struct instance *inst, enum instance_state
     cell__say_state(a, ci->guid, instance_state_name(state), ci->addr, ex, NULL);
     if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         cell__forget(a, ci);
-        cell_layers_collect(a->layers); /* the layers it alone mounted */
+        cell_layers_collect(a->layers, cell__image_instances(a)); /* what it alone mounted */
     }
 }
 
@@ -266,6 +280,7 @@ static void cell__launch(struct cell_agent *a, struct cell_launch_doc *d, const 
     }
     struct cell__inst *ci = cell__track(a, inst, l->instance_guid, l->app_guid, l->process_type,
                                         l->index, l->droplet_guid);
+    ci->image = image_droplet_is_image(dir);
     /* what adoption by the next cell agent on this home cannot read from the shim */
     char *meta = xasprintf("%s/run/cell-instance-%s", a->home, ci->guid);
     file_write_atomic(meta, ci->droplet, strlen(ci->droplet), 0600);
@@ -446,7 +461,9 @@ static void cell__adopt(void *ctx, struct instance *inst, const struct instance_
     char *droplet = NULL;
     file_read(meta, &droplet, NULL);
     free(meta);
-    cell__track(a, inst, sp->instance_guid, sp->app_guid, sp->process_type, sp->index, droplet);
+    struct cell__inst *ci =
+        cell__track(a, inst, sp->instance_guid, sp->app_guid, sp->process_type, sp->index, droplet);
+    ci->image = sp->image_layers != NULL;
     free(droplet);
     log_info("[CELL] kept instance %d of %s (%s) running across a restart of the cell", sp->index,
              sp->process_type, sp->instance_guid);

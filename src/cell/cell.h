@@ -124,8 +124,12 @@ typedef void (*cell_layers_cb)(void *ctx, int rc, const char *why);
 int cell_layers_get(struct cell_layers *cl, const char *droplet_dir, const char *const *urls,
                     cell_layers_cb done, void *ctx, char *err, size_t errsize);
 /* Removes the layers (and blobs) no instance of the executor mounts, on the thread pool; put
- * off while a fetch is in flight. Starts that come meanwhile wait for its end. */
-void cell_layers_collect(struct cell_layers *cl);
+ * off while a fetch is in flight. Starts that come meanwhile wait for its end. live: how many
+ * instances that mount layers the caller still runs; when the executor lists more (one
+ * stopping, not yet retired), cell_layers_waiting says so afterwards and the caller collects
+ * again a moment later. */
+void cell_layers_collect(struct cell_layers *cl, size_t live);
+bool cell_layers_waiting(const struct cell_layers *cl);
 
 /* ---- the start request (docs/bus.md "Cells") ---------------------------------------------- */
 

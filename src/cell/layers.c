@@ -63,7 +63,8 @@ struct cell_layers {
     struct image_gc_result gc_result;
     int gc_rc;
     char gc_err[256];
-    bool gc_running, gc_again;
+    size_t gc_live; /* as the last cell_layers_collect was told */
+    bool gc_running, gc_again, gc_waiting;
 };
 
 int cell_layers_new(uv_loop_t *loop, const char *home, unsigned uid_base, struct cell_droplets *cd,
@@ -179,6 +180,11 @@ static void cell__layer_fetch_end(struct cell__layer_fetch *f)
     free(f);
     if (!cl->fetches && cl->gc_again)
         cell__collect_start(cl);
+}
+
+bool cell_layers_waiting(const struct cell_layers *cl)
+{
+    return cl && cl->gc_waiting && !cl->gc_running;
 }
 
 static void cell__layer_unpack_done(uv_work_t *work, int status)
@@ -352,6 +358,8 @@ static void cell__collect_done(uv_work_t *work, int status)
     struct cell_layers *cl = work->data;
     cl->gc_running = false;
     image_keep_clear(&cl->gc_keep);
+    if (status == 0 && cl->gc_rc == SKIFF_E_BUSY)
+        cl->gc_waiting = true;
     if (status == 0 && cl->gc_rc == SKIFF_OK && cl->gc_result.layers + cl->gc_result.blobs)
         log_info("[CELL] collected %zu image layers and %zu blobs no instance uses",
                  cl->gc_result.layers, cl->gc_result.blobs);
@@ -377,8 +385,10 @@ static void cell__collect_start(struct cell_layers *cl)
 {
     cl->gc_again = false;
     char **lowers = executor_image_layers(cl->ex);
-    for (char **p = lowers; p && *p; p++)
+    size_t listed = 0;
+    for (char **p = lowers; p && *p; p++, listed++)
         image_keep_layers(&cl->gc_keep, *p);
+    cl->gc_waiting = listed > cl->gc_live;
     cell__strv_free(lowers);
     cl->gc_work.data = cl;
     cl->gc_running = true;
@@ -388,10 +398,11 @@ static void cell__collect_start(struct cell_layers *cl)
     }
 }
 
-void cell_layers_collect(struct cell_layers *cl)
+void cell_layers_collect(struct cell_layers *cl, size_t live)
 {
     if (!cl)
         return;
+    cl->gc_live = live;
     if (cl->gc_running || cl->fetches) {
         cl->gc_again = true; /* once they end */
         return;
