@@ -229,6 +229,76 @@ static void test_gc_deletes_only_what_nothing_references(void **state)
     free(b);
 }
 
+/* An image droplet's further blobs (its config and layers): put as files that are never written
+ * again (linked, not copied, on the files backend), named by the droplet's row, so kept by the
+ * collection as long as the row is there and no longer. */
+static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **state)
+{
+    struct env *e = *state;
+    char *layer = write_file(e->home, "layer", "a layer's compressed tar", 24);
+    char *config = write_file(e->home, "config", "{\"config\":{}}", 13);
+    char *stray = write_file(e->home, "stray", "another layer", 13);
+    char dl[BLOB_DIGEST_LEN + 1], dc[BLOB_DIGEST_LEN + 1], ds[BLOB_DIGEST_LEN + 1];
+    uint64_t size = 0;
+    assert_int_equal(blob_put_immutable(e->bs, layer, dl, &size), 0);
+    assert_int_equal(size, 24);
+    assert_int_equal(blob_put_immutable(e->bs, config, dc, NULL), 0);
+    assert_int_equal(blob_put_immutable(e->bs, stray, ds, NULL), 0);
+    assert_int_equal(blob_put_immutable(e->bs, layer, dl, NULL), 0); /* there already */
+    if (!pg_dir) {                                                   /* the same file, not a copy */
+        char *blob = xasprintf("%s/blobs/sha256/%s", e->home, dl + 7);
+        struct stat a, b;
+        assert_int_equal(stat(layer, &a), 0);
+        assert_int_equal(stat(blob, &b), 0);
+        assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+        free(blob);
+    }
+    char *dest = xasprintf("%s/got", e->home);
+    assert_int_equal(blob_get_file(e->bs, dl, dest, 0), 0);
+    assert_true(file_is(dest, "a layer's compressed tar", 24));
+    struct store_app app = {.name = "img", .state = "STOPPED", .kind = "app", .memory_mb = 64};
+    uuid_generate_v4(app.guid);
+    assert_int_equal(store_app_create(e->st, &app), 0);
+    char *blobs = xasprintf("%s %s", dc, dl);
+    /* no digest of its own here, so that only its further blobs are named */
+    struct store_droplet d = {.app_guid = app.guid, .path = e->home, .blobs = blobs};
+    uuid_generate_v4(d.guid);
+    assert_int_equal(store_droplet_add(e->st, &d), 0);
+    struct store_droplet *got = NULL;
+    assert_int_equal(store_droplet_get(e->st, d.guid, &got), 0);
+    assert_string_equal(got->blobs, blobs);
+    store_droplet_free(got);
+    char **refs = NULL;
+    assert_int_equal(store_blob_refs(e->st, &refs), 0);
+    size_t n_refs = 0;
+    while (refs[n_refs])
+        n_refs++;
+    assert_int_equal(n_refs, 2); /* one digest an entry */
+    assert_true((!strcmp(refs[0], dc) && !strcmp(refs[1], dl)) ||
+                (!strcmp(refs[0], dl) && !strcmp(refs[1], dc)));
+    size_t n = 0;
+    assert_int_equal(blob_gc(e->bs, (const char *const *)refs, n_refs, -1000, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(blob_has(e->bs, dl, NULL), 0);
+    assert_int_equal(blob_has(e->bs, dc, NULL), 0);
+    assert_int_equal(blob_has(e->bs, ds, NULL), -ENOENT);
+    store_strv_free(refs);
+    /* the row gone, so are they */
+    assert_int_equal(store_droplet_delete(e->st, d.guid), 0);
+    assert_int_equal(store_blob_refs(e->st, &refs), 0);
+    assert_null(refs[0]);
+    assert_int_equal(blob_gc(e->bs, (const char *const *)refs, 0, -1000, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(blob_has(e->bs, dl, NULL), -ENOENT);
+    assert_int_equal(access(layer, F_OK), 0); /* a link removed, not the file it shared */
+    store_strv_free(refs);
+    free(blobs);
+    free(dest);
+    free(layer);
+    free(config);
+    free(stray);
+}
+
 /* Changes a stored blob's content behind the store's back. */
 static void corrupt(struct env *e, const char *digest)
 {
@@ -748,6 +818,9 @@ static int pg_start(void **state)
     cmocka_unit_test_setup_teardown(test_put_get_has_delete_round_trip, env_setup, env_teardown),  \
         cmocka_unit_test_setup_teardown(test_gc_deletes_only_what_nothing_references, env_setup,   \
                                         env_teardown),                                             \
+        cmocka_unit_test_setup_teardown(                                                           \
+            test_an_image_droplets_config_and_layers_are_kept_by_its_row, env_setup,               \
+            env_teardown),                                                                         \
         cmocka_unit_test_setup_teardown(test_a_blob_that_does_not_match_its_digest_is_refused,     \
                                         env_setup, env_teardown),                                  \
         cmocka_unit_test_setup_teardown(test_a_droplet_missing_here_is_materialised_from_its_blob, \
