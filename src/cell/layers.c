@@ -384,7 +384,7 @@ static void cell__collect_done(uv_work_t *work, int status)
 static void cell__collect_start(struct cell_layers *cl)
 {
     cl->gc_again = false;
-    char **lowers = executor_image_layers(cl->ex);
+    char **lowers = cl->ex ? executor_image_layers(cl->ex) : NULL;
     size_t listed = 0;
     for (char **p = lowers; p && *p; p++, listed++)
         image_keep_layers(&cl->gc_keep, *p);
