@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blobs/blobs.h"
@@ -240,6 +242,9 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     char *stray = write_file(e->home, "stray", "another layer", 13);
     char dl[BLOB_DIGEST_LEN + 1], dc[BLOB_DIGEST_LEN + 1], ds[BLOB_DIGEST_LEN + 1];
     uint64_t size = 0;
+    /* a layer pulled long ago: put now, it is young (no row names it yet) */
+    struct timespec old[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
+    assert_int_equal(utimensat(AT_FDCWD, layer, old, 0), 0);
     assert_int_equal(blob_put_immutable(e->bs, layer, dl, &size), 0);
     assert_int_equal(size, 24);
     assert_int_equal(blob_put_immutable(e->bs, config, dc, NULL), 0);
@@ -256,6 +261,9 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     char *dest = xasprintf("%s/got", e->home);
     assert_int_equal(blob_get_file(e->bs, dl, dest, 0), 0);
     assert_true(file_is(dest, "a layer's compressed tar", 24));
+    size_t n = 0;
+    assert_int_equal(blob_gc(e->bs, NULL, 0, 60000, &n), 0);
+    assert_int_equal(n, 0);
     struct store_app app = {.name = "img", .state = "STOPPED", .kind = "app", .memory_mb = 64};
     uuid_generate_v4(app.guid);
     assert_int_equal(store_app_create(e->st, &app), 0);
@@ -276,7 +284,6 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     assert_int_equal(n_refs, 2); /* one digest an entry */
     assert_true((!strcmp(refs[0], dc) && !strcmp(refs[1], dl)) ||
                 (!strcmp(refs[0], dl) && !strcmp(refs[1], dc)));
-    size_t n = 0;
     assert_int_equal(blob_gc(e->bs, (const char *const *)refs, n_refs, -1000, &n), 0);
     assert_int_equal(n, 1);
     assert_int_equal(blob_has(e->bs, dl, NULL), 0);
