@@ -255,28 +255,37 @@ int blob_put_file(struct blob_store *bs, const char *path, char digest[BLOB_DIGE
     return rc;
 }
 
-int blob_put_immutable(struct blob_store *bs, const char *path, char digest[BLOB_DIGEST_LEN + 1],
-                       uint64_t *size)
+int blob_put_immutable(struct blob_store *bs, const char *path, const char *digest)
 {
-    if (bs->pg_url)
-        return blobs__pg_put(bs, path, digest, size);
+    if (!blob_digest_valid(digest))
+        return -EINVAL;
+    if (bs->pg_url) {
+        if (blobs__pg_has(bs, digest, NULL) == 0)
+            return 0;
+        char got[BLOB_DIGEST_LEN + 1];
+        int rc = blobs__pg_put(bs, path, got, NULL);
+        return rc == 0 && strcmp(got, digest) ? -EBADMSG : rc;
+    }
+    char *dest = blobs__file(bs, digest);
+    /* there already, or linked now: its age is the put's, not the file's, so a collection
+     * spares it until the row that names it is written */
+    int rc = utimensat(AT_FDCWD, dest, NULL, 0) == 0 ? 0 : -errno;
+    free(dest);
+    if (rc != -ENOENT)
+        return rc;
     char *tmp = NULL;
     int fd = blobs__temp_file(bs->tmp, &tmp);
     if (fd < 0)
         return fd;
     close(fd);
     unlink(tmp);
-    if (link(path, tmp) < 0) { /* another file system: a copy */
+    if (link(path, tmp) < 0) { /* another file system: a copy, hashed as it is written */
         free(tmp);
-        return blob_put_file(bs, path, digest, size);
+        char got[BLOB_DIGEST_LEN + 1];
+        rc = blob_put_file(bs, path, got, NULL);
+        return rc == 0 && strcmp(got, digest) ? -EBADMSG : rc;
     }
-    int in = open(tmp, O_RDONLY | O_CLOEXEC);
-    int rc = in < 0 ? -errno : blobs__hash_fd(in, -1, digest, size);
-    /* its age is the put's, not the file's: a collection spares it until its row is written */
-    if (rc == 0 && futimens(in, NULL) < 0)
-        rc = -errno;
-    if (in >= 0)
-        close(in);
+    rc = utimensat(AT_FDCWD, tmp, NULL, 0) == 0 ? 0 : -errno;
     if (rc == 0)
         rc = blobs__file_adopt(bs, tmp, digest);
     else

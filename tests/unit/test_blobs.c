@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,6 +232,20 @@ static void test_gc_deletes_only_what_nothing_references(void **state)
     free(b);
 }
 
+/* "sha256:HEX" of a file's content. */
+static void file_digest(const char *path, char out[BLOB_DIGEST_LEN + 1])
+{
+    char *data = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(path, &data, &len), 0);
+    unsigned char sum[32];
+    assert_int_equal(EVP_Digest(data, len, sum, NULL, EVP_sha256(), NULL), 1);
+    free(data);
+    strcpy(out, "sha256:");
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 7 + 2 * i, "%02x", sum[i]);
+}
+
 /* An image droplet's further blobs (its config and layers): put as files that are never written
  * again (linked, not copied, on the files backend), named by the droplet's row, so kept by the
  * collection as long as the row is there and no longer. */
@@ -241,22 +256,38 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     char *config = write_file(e->home, "config", "{\"config\":{}}", 13);
     char *stray = write_file(e->home, "stray", "another layer", 13);
     char dl[BLOB_DIGEST_LEN + 1], dc[BLOB_DIGEST_LEN + 1], ds[BLOB_DIGEST_LEN + 1];
-    uint64_t size = 0;
+    file_digest(layer, dl);
+    file_digest(config, dc);
+    file_digest(stray, ds);
     /* a layer pulled long ago: put now, it is young (no row names it yet) */
     struct timespec old[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
     assert_int_equal(utimensat(AT_FDCWD, layer, old, 0), 0);
-    assert_int_equal(blob_put_immutable(e->bs, layer, dl, &size), 0);
+    assert_int_equal(blob_put_immutable(e->bs, layer, dl), 0);
+    assert_int_equal(blob_put_immutable(e->bs, config, dc), 0);
+    assert_int_equal(blob_put_immutable(e->bs, stray, ds), 0);
+    assert_int_equal(blob_put_immutable(e->bs, layer, dl), 0); /* there already */
+    assert_int_equal(blob_put_immutable(e->bs, layer, "sha256:../x"), -EINVAL);
+    uint64_t size = 0;
+    assert_int_equal(blob_has(e->bs, dl, &size), 0);
     assert_int_equal(size, 24);
-    assert_int_equal(blob_put_immutable(e->bs, config, dc, NULL), 0);
-    assert_int_equal(blob_put_immutable(e->bs, stray, ds, NULL), 0);
-    assert_int_equal(blob_put_immutable(e->bs, layer, dl, NULL), 0); /* there already */
-    if (!pg_dir) {                                                   /* the same file, not a copy */
+    if (!pg_dir) { /* the same file, not a copy */
         char *blob = xasprintf("%s/blobs/sha256/%s", e->home, dl + 7);
         struct stat a, b;
         assert_int_equal(stat(layer, &a), 0);
         assert_int_equal(stat(blob, &b), 0);
         assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
         free(blob);
+    } else { /* content that is not the digest said is refused */
+        char *other = write_file(e->home, "other", "not the layer", 13);
+        assert_int_equal(blob_put_immutable(e->bs, other,
+                                            "sha256:"
+                                            "00000000000000000000000000000000"
+                                            "00000000000000000000000000000000"),
+                         -EBADMSG);
+        char od[BLOB_DIGEST_LEN + 1];
+        file_digest(other, od); /* stored under its own name: nothing names it */
+        assert_int_equal(blob_delete(e->bs, od), 0);
+        free(other);
     }
     char *dest = xasprintf("%s/got", e->home);
     assert_int_equal(blob_get_file(e->bs, dl, dest, 0), 0);
