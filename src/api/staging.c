@@ -202,6 +202,7 @@ static int staging__image_pull(struct staging_image *si, const struct image_stor
     struct image_pull_options opt = {.username = json_string_value(json_object_get(j, "username")),
                                      .password = json_string_value(json_object_get(j, "password")),
                                      .insecure = si->insecure,
+                                     .keep_layer_blobs = si->blobs != NULL,
                                      .progress = staging__image_progress,
                                      .progress_ctx = si};
     const char *ref = json_string_value(json_object_get(j, "ref"));
@@ -327,7 +328,7 @@ static int staging__image_start(struct api_core_staging *s, const char *kind, co
     si->uid_base = site->uid_base ? site->uid_base : CONTAINER_DEFAULT_UID_BASE;
     si->insecure = s->core->cfg.insecure_registries;
     si->max_image = s->core->cfg.max_image_bytes;
-    si->blobs = s->core->cfg.blobs;
+    si->blobs = s->core->cfg.image_blobs ? s->core->cfg.blobs : NULL;
     si->work.data = si;
     si->progress.data = si;
     uv_mutex_init(&si->lock);

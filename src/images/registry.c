@@ -524,14 +524,17 @@ static int registry__config(struct registry *g, const char *digest, char **out, 
     return rc;
 }
 
-/* A layer stored already (its blob: unpacked then, once), or pulled and unpacked in one pass:
- * the blob streams into the unpacking while its digest is computed and into the store's
- * blobs/ (what the blob store serves to cells on other hosts, src/blobs), and the unpacked
- * folder and the blob go on the pull's pending list only when the digest matched. A layer
- * whose folder is here without its blob (stored before blobs were kept) is pulled for its blob
- * only. */
-static int registry__layer(struct registry *g, const char *digest, const char *what)
+/* A layer stored already (its blob: unpacked then, once; or, when blobs are not kept, its
+ * folder), or pulled and unpacked in one pass: the blob streams into the unpacking while its
+ * digest is computed (and, with keep_layer_blobs, into the store's blobs/: what the blob store
+ * serves to cells on other hosts, src/blobs), and what was made goes on the pull's pending
+ * list only when the digest matched. With keep_layer_blobs, a layer whose folder is here
+ * without its blob is pulled for its blob only. declared: its size as the manifest says (what
+ * a layer stored as a folder only counts to the image's size). */
+static int registry__layer(struct registry *g, const char *digest, const char *what,
+                           uint64_t declared)
 {
+    bool keep = g->opt->keep_layer_blobs;
     char *folder = image_store_layer_path(g->s, digest);
     char *blob = image_store_blob_path(g->s, digest);
     struct stat st = {0};
@@ -539,8 +542,8 @@ static int registry__layer(struct registry *g, const char *digest, const char *w
     bool has_folder = folder && access(folder, F_OK) == 0;
     free(folder);
     free(blob);
-    if (has_blob) {
-        if (!registry__count(g, (uint64_t)st.st_size))
+    if (has_blob || (has_folder && !keep)) {
+        if (!registry__count(g, has_blob ? (uint64_t)st.st_size : declared))
             return registry__too_large(g);
         if (g->opt->progress)
             g->opt->progress(g->opt->progress_ctx, "%s %.19s: already stored", what, digest);
@@ -550,7 +553,7 @@ static int registry__layer(struct registry *g, const char *digest, const char *w
     snprintf(label, sizeof label, "%s %s", what, digest);
     snprintf(shown, sizeof shown, "%s %.19s", what, digest);
     struct registry_response r = {.max = 64 << 10, .g = g, .label = shown};
-    int rc = image__blob_begin(g->s, digest, label, true, &r.blob, g->err, g->errlen);
+    int rc = image__blob_begin(g->s, digest, label, keep, &r.blob, g->err, g->errlen);
     if (rc != SKIFF_OK)
         return rc;
     if (!has_folder &&
@@ -608,7 +611,7 @@ static void *registry__layers_work(void *arg)
             continue;
         char what[64];
         snprintf(what, sizeof what, "layer %zu/%zu", i + 1, w->m->n_layers);
-        w->rc = registry__layer(g, w->m->layers[i], what);
+        w->rc = registry__layer(g, w->m->layers[i], what, w->m->sizes ? w->m->sizes[i] : 0);
         if (w->rc != SKIFF_OK) {
             pthread_mutex_lock(&g->pull->lock);
             g->pull->failed = true;
