@@ -53,6 +53,10 @@ struct api_core_config {
     /* Packages and droplets are put there as they are made, and named by their digest in the
      * store (src/blobs); GET /v1/blobs/DIGEST serves them. NULL: neither. */
     struct blob_store *blobs;
+    /* Instances may run on cells of other hosts (NATS): an image's config and layers go into
+     * blobs too at staging (a pull keeps each layer's compressed blob for it). False: a single
+     * host, where a pull keeps only the unpacked layers, as fast as it can. */
+    bool image_blobs;
 };
 
 int api_core_register(struct api *api, const struct api_core_config *cfg, struct api_core **out);

@@ -38,6 +38,7 @@ struct api_core_staging {
     bool recreate; /* ?strategy=recreate: stop every instance, then start on the new droplet */
     /* a staging that succeeded, while its droplet is put into the blob store: its result */
     char *buildpack, *process_types_json;
+    char *image_blobs;      /* an image's config and layers put as blobs, space-separated */
     char *package_path;     /* the upload here, or where its blob is fetched to */
     const char *image_kind; /* a static string: the package is an image's (NULL: code) */
     char *cache_dir;
@@ -155,9 +156,12 @@ struct staging_image {
     const char *const *insecure;
     unsigned uid_base;
     uint64_t max_image;
+    struct blob_store *blobs; /* or NULL */
     int rc;
     char err[512];
     char *command; /* the image's own: the droplet's web process */
+    char *blobs_put;     /* its config and layers in the blob store, space-separated, or NULL */
+    char blobs_err[256]; /* why they are not */
     char summary[256];
 };
 
@@ -198,6 +202,7 @@ static int staging__image_pull(struct staging_image *si, const struct image_stor
     struct image_pull_options opt = {.username = json_string_value(json_object_get(j, "username")),
                                      .password = json_string_value(json_object_get(j, "password")),
                                      .insecure = si->insecure,
+                                     .keep_layer_blobs = si->blobs != NULL,
                                      .progress = staging__image_progress,
                                      .progress_ctx = si};
     const char *ref = json_string_value(json_object_get(j, "ref"));
@@ -206,6 +211,32 @@ static int staging__image_pull(struct staging_image *si, const struct image_stor
             : (snprintf(si->err, sizeof si->err, "the package names no image"), SKIFF_E_BAD_IMAGE);
     json_decref(j);
     return rc;
+}
+
+/* The image's config and layers into the blob store, so that a cell on another host fetches
+ * what it lacks by digest (src/cell). A blob the store has already is not read again; on the
+ * embedded store a layer's blob is linked, not copied (the image store verified it). */
+static void staging__image_blobs_put(struct staging_image *si, const struct image_store *store,
+                                     const struct image *img)
+{
+    struct buf names = {0};
+    const char *config[] = {img->manifest.config, NULL};
+    const char *const *lists[] = {config, (const char *const *)img->manifest.layers};
+    for (size_t k = 0; k < 2; k++)
+        for (const char *const *d = lists[k]; d && *d; d++) {
+            if (!**d)
+                continue;
+            char *path = image_store_blob_path(store, *d);
+            int rc = path ? blob_put_immutable(si->blobs, path, *d) : -EINVAL;
+            free(path);
+            if (rc < 0) {
+                snprintf(si->blobs_err, sizeof si->blobs_err, "%.80s: %s", *d, skiff_strerror(rc));
+                buf_free(&names);
+                return;
+            }
+            buf_printf(&names, "%s%s", names.len ? " " : "", *d);
+        }
+    si->blobs_put = buf_steal(&names);
 }
 
 static void staging__image_work(uv_work_t *w)
@@ -230,6 +261,8 @@ static void staging__image_work(uv_work_t *w)
         image_clear(&img);
     if (si->rc == SKIFF_OK) {
         si->rc = image_droplet_write(&img, si->s->droplet_dir, si->err, sizeof si->err);
+        if (si->rc == SKIFF_OK && si->blobs)
+            staging__image_blobs_put(si, &store, &img);
         si->command = image_default_command(&img.config);
         snprintf(si->summary, sizeof si->summary, "Image %.160s, %zu layers, digest %s", img.ref,
                  img.manifest.n_layers, img.digest);
@@ -258,11 +291,22 @@ static void staging__image_done(uv_work_t *w, int status)
     if (res.ok) {
         staging__output(si->s, si->summary, strlen(si->summary));
         res.process_types_json = types_text;
+        if (si->blobs_err[0]) {
+            char line[400];
+            snprintf(line, sizeof line,
+                     "The image's layers were not put into the blob store (%s): only this host "
+                     "can run it",
+                     si->blobs_err);
+            staging__output(si->s, line, strlen(line));
+        }
+        si->s->image_blobs = si->blobs_put;
+        si->blobs_put = NULL;
     } else {
         res.error = si->err[0] ? si->err : "the image could not be imported";
     }
     staging__done(si->s, &res);
     free(types_text);
+    free(si->blobs_put);
     free(si->command);
     free(si->home);
     free(si->kind);
@@ -284,6 +328,7 @@ static int staging__image_start(struct api_core_staging *s, const char *kind, co
     si->uid_base = site->uid_base ? site->uid_base : CONTAINER_DEFAULT_UID_BASE;
     si->insecure = s->core->cfg.insecure_registries;
     si->max_image = s->core->cfg.max_image_bytes;
+    si->blobs = s->core->cfg.image_blobs ? s->core->cfg.blobs : NULL;
     si->work.data = si;
     si->progress.data = si;
     uv_mutex_init(&si->lock);
@@ -523,6 +568,7 @@ static void staging__output(void *ctx, const char *line, size_t len)
 static void staging__free(struct api_core_staging *s)
 {
     free(s->package_path);
+    free(s->image_blobs);
     free(s->cache_dir);
     free(s->buildpack);
     free(s->process_types_json);
@@ -569,7 +615,8 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
                               .buildpack = (char *)res->buildpack,
                               .process_types_json = (char *)res->process_types_json,
                               .created_at = time_now_ms(),
-                              .digest = (char *)digest};
+                              .digest = (char *)digest,
+                              .blobs = s->image_blobs};
     memcpy(d.guid, s->droplet_guid, sizeof d.guid);
     if (store_droplet_add(core->cfg.store, &d) < 0) {
         store_app_free(app);

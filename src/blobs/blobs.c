@@ -267,6 +267,45 @@ int blob_put_file(struct blob_store *bs, const char *path, char digest[BLOB_DIGE
     return rc;
 }
 
+int blob_put_immutable(struct blob_store *bs, const char *path, const char *digest)
+{
+    if (!blob_digest_valid(digest))
+        return -EINVAL;
+    if (bs->pg_url) {
+        if (blobs__pg_has(bs, digest, NULL) == 0)
+            return 0;
+        char got[BLOB_DIGEST_LEN + 1];
+        int rc = blobs__pg_put(bs, path, got, NULL);
+        return rc == 0 && strcmp(got, digest) ? -EBADMSG : rc;
+    }
+    char *dest = blobs__file(bs, digest);
+    /* there already, or linked now: its age is the put's, not the file's, so a collection
+     * spares it until the row that names it is written */
+    int rc = utimensat(AT_FDCWD, dest, NULL, 0) == 0 ? 0 : -errno;
+    free(dest);
+    if (rc != -ENOENT)
+        return rc;
+    char *tmp = NULL;
+    int fd = blobs__temp_file(bs->tmp, &tmp);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    unlink(tmp);
+    if (link(path, tmp) < 0) { /* another file system: a copy, hashed as it is written */
+        free(tmp);
+        char got[BLOB_DIGEST_LEN + 1];
+        rc = blob_put_file(bs, path, got, NULL);
+        return rc == 0 && strcmp(got, digest) ? -EBADMSG : rc;
+    }
+    rc = utimensat(AT_FDCWD, tmp, NULL, 0) == 0 ? 0 : -errno;
+    if (rc == 0)
+        rc = blobs__file_adopt(bs, tmp, digest);
+    else
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
 int blob_has(struct blob_store *bs, const char *digest, uint64_t *size)
 {
     if (!blob_digest_valid(digest))

@@ -54,6 +54,13 @@ bool blob_store_in_database(const struct blob_store *bs);
  * size (when not NULL) its length. A blob already there is not written again (0). */
 int blob_put_file(struct blob_store *bs, const char *path, char digest[BLOB_DIGEST_LEN + 1],
                   uint64_t *size);
+/* (blocking) Puts a file that is never written again and whose content is known to be digest
+ * (an image's layer or config blob, verified and synced when the image store took it): nothing
+ * is read when the blob is there already; on the files backend it is hard-linked into place,
+ * not copied nor hashed (a copy, hashed, when it is on another file system); on PostgreSQL its
+ * chunks are written and checked against digest (-EBADMSG). Either way its age (what blob_gc's
+ * min_age_ms measures) starts now. */
+int blob_put_immutable(struct blob_store *bs, const char *path, const char *digest);
 /* (blocking) 0 and *size (when not NULL) when the blob is there, -ENOENT when not. */
 int blob_has(struct blob_store *bs, const char *digest, uint64_t *size);
 /* (blocking) Writes the blob to dest (made at a temporary name beside it, renamed into place

@@ -15,6 +15,8 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "container/container.h"
+#include "images/images.h"
 
 #define CELL__OUTPUT_BYTES (256 * 1024) /* a batch stays well under NATS's 1 MB payload */
 
@@ -23,14 +25,17 @@ struct cell__inst {
     char type[64];
     char addr[64];
     int index;
+    bool image; /* it mounts an image's layers */
     struct instance *inst;
     struct cell__inst *next;
 };
 
-/* A start waiting for its droplet to be fetched (cell_droplet_get). */
+/* A start waiting for its droplet to be fetched (cell_droplet_get), then for an image's layers
+ * (cell_layers_get). */
 struct cell__pending {
     struct cell_agent *a;
     struct cell_launch_doc d;
+    char *dir;    /* the droplet's folder, once here */
     bool stopped; /* asked to stop meanwhile: said DOWN, never started */
     int64_t since_ms;
     struct cell__pending *next;
@@ -52,6 +57,7 @@ struct cell_agent {
     size_t line_bytes;
     struct cell__inst *insts;
     struct cell_droplets *droplets;
+    struct cell_layers *layers;
     struct cell__pending *pending;
     int open_handles;
     bool leave, closing;
@@ -122,9 +128,22 @@ static void cell__beat(struct cell_agent *a)
                            "instances", insts));
 }
 
+/* How many of the tracked instances mount an image's layers. */
+static size_t cell__image_instances(const struct cell_agent *a)
+{
+    size_t n = 0;
+    for (const struct cell__inst *ci = a->insts; ci; ci = ci->next)
+        n += ci->image;
+    return n;
+}
+
 static void cell__on_beat(uv_timer_t *t)
 {
-    cell__beat(t->data);
+    struct cell_agent *a = t->data;
+    cell__beat(a);
+    /* layers a stopping instance still named when they were last collected */
+    if (cell_layers_waiting(a->layers))
+        cell_layers_collect(a->layers, cell__image_instances(a));
 }
 
 static void cell__say_state(struct cell_agent *a, const char *guid, const char *state,
@@ -193,8 +212,10 @@ static void cell__on_state(void *ctx, struct instance *inst, enum instance_state
         log_info("[CELL] instance %d of %s (%s) is running at %s", ci->index, ci->type, ci->guid,
                  ci->addr);
     cell__say_state(a, ci->guid, instance_state_name(state), ci->addr, ex, NULL);
-    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
+    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         cell__forget(a, ci);
+        cell_layers_collect(a->layers, cell__image_instances(a)); /* what it alone mounted */
+    }
 }
 
 static void cell__on_readiness(void *ctx, struct instance *inst, bool ready)
@@ -260,6 +281,7 @@ static void cell__launch(struct cell_agent *a, struct cell_launch_doc *d, const 
     }
     struct cell__inst *ci = cell__track(a, inst, l->instance_guid, l->app_guid, l->process_type,
                                         l->index, l->droplet_guid);
+    ci->image = image_droplet_is_image(dir);
     /* what adoption by the next cell agent on this home cannot read from the shim */
     char *meta = xasprintf("%s/run/cell-instance-%s", a->home, ci->guid);
     file_write_atomic(meta, ci->droplet, strlen(ci->droplet), 0600);
@@ -270,26 +292,75 @@ static void cell__launch(struct cell_agent *a, struct cell_launch_doc *d, const 
     cell_launch_doc_clear(d);
 }
 
+static void cell__pending_unlink(struct cell_agent *a, struct cell__pending *p)
+{
+    for (struct cell__pending **pp = &a->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+}
+
+static void cell__pending_free(struct cell__pending *p)
+{
+    cell_launch_doc_clear(&p->d);
+    free(p->dir);
+    free(p);
+}
+
+static void cell__on_layers(void *ctx, int rc, const char *why)
+{
+    struct cell__pending *p = ctx;
+    struct cell_agent *a = p->a;
+    cell__pending_unlink(a, p);
+    if (!p->stopped && !a->closing) {
+        if (rc < 0)
+            cell__refuse(a, &p->d.l, "fetch its image's layers", why);
+        else
+            cell__launch(a, &p->d, p->dir);
+    }
+    cell__pending_free(p);
+}
+
+/* p's droplet is at dir: its instance starts, once an image's layers are here too. p is
+ * consumed; it is on a->pending only while it waits. */
+static void cell__droplet_here(struct cell_agent *a, struct cell__pending *p, const char *dir)
+{
+    if (image_droplet_is_image(dir)) {
+        char err[600] = "";
+        int rc =
+            cell_layers_get(a->layers, dir, cell__on_layers, p, err, sizeof err);
+        if (rc == -EINPROGRESS) {
+            p->dir = xstrdup(dir);
+            p->next = a->pending;
+            a->pending = p;
+            return;
+        }
+        if (rc < 0) {
+            cell__refuse(a, &p->d.l, "find its image's layers", err);
+            cell__pending_free(p);
+            return;
+        }
+    }
+    cell__launch(a, &p->d, dir);
+    cell__pending_free(p);
+}
+
 static void cell__on_droplet(void *ctx, int rc, const char *dir, const char *why)
 {
     struct cell__pending *p = ctx;
     struct cell_agent *a = p->a;
-    for (struct cell__pending **pp = &a->pending; *pp; pp = &(*pp)->next)
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
+    cell__pending_unlink(a, p);
     if (p->stopped || a->closing) {
-        cell_launch_doc_clear(&p->d);
+        cell__pending_free(p);
     } else if (rc < 0) {
         char err[600];
         snprintf(err, sizeof err, "droplet %s: %s", p->d.l.droplet_digest, why);
         cell__refuse(a, &p->d.l, "fetch its droplet", err);
-        cell_launch_doc_clear(&p->d);
+        cell__pending_free(p);
     } else {
-        cell__launch(a, &p->d, dir);
+        cell__droplet_here(a, p, dir);
     }
-    free(p);
 }
 
 static void cell__start(struct cell_agent *a, json_t *launch)
@@ -312,28 +383,27 @@ static void cell__start(struct cell_agent *a, json_t *launch)
         return;
     }
     struct cell__pending *waiting = cell__pending_find(a, l->instance_guid);
-    if (waiting && !waiting->stopped) { /* its droplet is on its way */
+    if (waiting && !waiting->stopped) { /* its droplet or its layers are on their way */
         cell_launch_doc_clear(&d);
         return;
     }
     struct cell__pending *p = xcalloc(1, sizeof *p);
+    p->a = a;
+    p->d = d;
+    p->since_ms = time_now_ms();
     char *dir = NULL;
-    int rc = cell_droplet_get(a->droplets, l, cell__on_droplet, p, &dir, err, sizeof err);
+    int rc = cell_droplet_get(a->droplets, &p->d.l, cell__on_droplet, p, &dir, err, sizeof err);
     if (rc == -EINPROGRESS) {
-        p->a = a;
-        p->d = d;
-        p->since_ms = time_now_ms();
         p->next = a->pending;
         a->pending = p;
         return;
     }
-    free(p);
     if (rc < 0) {
-        cell__refuse(a, l, "start it", err);
-        cell_launch_doc_clear(&d);
+        cell__refuse(a, &p->d.l, "start it", err);
+        cell__pending_free(p);
         return;
     }
-    cell__launch(a, &d, dir);
+    cell__droplet_here(a, p, dir);
     free(dir);
 }
 
@@ -392,7 +462,9 @@ static void cell__adopt(void *ctx, struct instance *inst, const struct instance_
     char *droplet = NULL;
     file_read(meta, &droplet, NULL);
     free(meta);
-    cell__track(a, inst, sp->instance_guid, sp->app_guid, sp->process_type, sp->index, droplet);
+    struct cell__inst *ci =
+        cell__track(a, inst, sp->instance_guid, sp->app_guid, sp->process_type, sp->index, droplet);
+    ci->image = sp->image_layers != NULL;
     free(droplet);
     log_info("[CELL] kept instance %d of %s (%s) running across a restart of the cell", sp->index,
              sp->process_type, sp->instance_guid);
@@ -447,6 +519,12 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
     rc = executor_new(loop, &ec, cell__on_output, cell__on_state, a, &a->ex);
     if (rc < 0) {
         snprintf(err, errsize, "cannot start the executor: %s", skiff_strerror(rc));
+        goto fail;
+    }
+    rc = cell_layers_new(loop, a->home, ec.uid_base ? ec.uid_base : CONTAINER_DEFAULT_UID_BASE,
+                         a->droplets, a->ex, &a->layers);
+    if (rc < 0) {
+        snprintf(err, errsize, "cannot open the image store under %s/images", a->home);
         goto fail;
     }
     int adopted = executor_adopt(a->ex, cell__adopt, a);
@@ -533,6 +611,7 @@ void cell_agent_free(struct cell_agent *a)
     if (!a)
         return;
     executor_free(a->ex);
+    cell_layers_free(a->layers);
     cell_droplets_free(a->droplets);
     while (a->insts) {
         struct cell__inst *ci = a->insts;

@@ -34,6 +34,10 @@ struct cell_launch {
     /* "sha256:HEX": the droplet's blob (src/blobs), which a cell fetches from the controllers'
      * GET /v1/blobs; NULL for a droplet made before blobs (read at droplet_path) */
     const char *droplet_digest;
+    /* the further blobs the droplet needs (an image's config and layers; space-separated
+     * digests, store.h's droplets.blobs): the leader grants them to the cell with the droplet.
+     * Controller side only, never sent to a cell (which reads its layers in image.json) */
+    const char *droplet_blobs;
     const char *droplet_path; /* where the controller keeps the droplet's folder */
     /* the controllers' API URLs the droplet's blob is fetched from by its digest
      * (NULL-terminated; NULL or empty: read at droplet_path) */
@@ -115,6 +119,40 @@ typedef void (*cell_droplet_cb)(void *ctx, int rc, const char *dir, const char *
  * fetch that cannot begin) are negative with the reason in err, and no call. */
 int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell_droplet_cb done,
                      void *ctx, char **dir, char *err, size_t errsize);
+
+/* ---- an image droplet's layers on a cell (layers.c) ---------------------------------------- */
+
+/* A cell's image store (HOME/images, its layers owned from uid_base as the containers' user
+ * namespaces map them), the layers of image droplets fetched into it by their digests from
+ * the controllers' blob service (cd's: the cell's own token, to the controllers of its
+ * configuration only), and its collection. ex: whose
+ * instances' layers a collection keeps. */
+struct cell_layers;
+int cell_layers_new(uv_loop_t *loop, const char *home, unsigned uid_base, struct cell_droplets *cd,
+                    struct executor *ex, struct cell_layers **out);
+/* After the loop ran every fetch and collection to its end. */
+void cell_layers_free(struct cell_layers *cl);
+
+/* rc 0 once every layer is here, or rc < 0 and why (naming the layer); why lives during the
+ * call. */
+typedef void (*cell_layers_cb)(void *ctx, int rc, const char *why);
+/* The one place a cell makes sure an image droplet's layers are here before an instance of it
+ * starts: the layers the droplet's record names (image_from_json's checks: valid digests, at
+ * most IMAGE_MAX_LAYERS) are looked for in HOME/images/layers; 0 when all are (start at once,
+ * from this call: nothing collects them before the instance names them), else -EINPROGRESS
+ * and done(ctx, ...) once the missing ones were fetched from cd's controllers (each verified against its
+ * digest, then unpacked with the hostile-layer checks of src/images; one fetch per digest
+ * however many starts wait for it) or one could not be. Other errors (a record refused, no
+ * controller to fetch a missing layer from, the token file) are negative with err, and no call. */
+int cell_layers_get(struct cell_layers *cl, const char *droplet_dir,
+                    cell_layers_cb done, void *ctx, char *err, size_t errsize);
+/* Removes the layers (and blobs) no instance of the executor mounts, on the thread pool; put
+ * off while a fetch is in flight. Starts that come meanwhile wait for its end. live: how many
+ * instances that mount layers the caller still runs; when the executor lists more (one
+ * stopping, not yet retired), cell_layers_waiting says so afterwards and the caller collects
+ * again a moment later. */
+void cell_layers_collect(struct cell_layers *cl, size_t live);
+bool cell_layers_waiting(const struct cell_layers *cl);
 
 /* ---- the start request (docs/bus.md "Cells") ---------------------------------------------- */
 

@@ -499,6 +499,38 @@ static int cellc__count(const struct cellc *c, const struct cellc__cell *cell, c
     return n;
 }
 
+/* Lets cell_id read the droplet's blob and the further blobs it lists (an image's config and
+ * layers, space-separated), each by a grant written before the start is sent; a cell's token
+ * reads nothing else. */
+static int cellc__grant(struct cellc *c, const char *cell_id, const char *digest,
+                        const char *blobs, char *err, size_t errsize)
+{
+    if (!c->grant)
+        return 0;
+    int rc = c->grant(c->grant_ctx, cell_id, digest);
+    const char *what = digest;
+    char one[80] = ""; /* "sha256:" and 64 hex digits */
+    for (const char *p = blobs; rc == 0 && p && *p;) {
+        size_t n = strcspn(p, " ");
+        if (n >= sizeof one) {
+            snprintf(err, errsize, "droplet %s lists a blob that is no digest: %.80s", digest, p);
+            return -EINVAL;
+        }
+        if (n > 0) {
+            memcpy(one, p, n);
+            one[n] = '\0';
+            what = one;
+            rc = c->grant(c->grant_ctx, cell_id, one);
+        }
+        p += n;
+        p += strspn(p, " ");
+    }
+    if (rc < 0)
+        snprintf(err, errsize, "cannot let cell %s read %s %s: %s", cell_id,
+                 what == digest ? "droplet" : "blob", what, skiff_strerror(rc));
+    return rc;
+}
+
 int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_bytes,
                  struct cellc_inst **out, char addr[64], char *err, size_t errsize)
 {
@@ -558,12 +590,9 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     struct cell_launch sent = *l;
     if (sent.droplet_digest) { /* a droplet made before blobs has none: read at its path */
         sent.blob_urls = (const char *const *)c->blob_urls;
-        int rc = c->grant ? c->grant(c->grant_ctx, cell->id, sent.droplet_digest) : 0;
-        if (rc < 0) {
-            snprintf(err, errsize, "cannot let cell %s read droplet %s: %s", cell->id,
-                     sent.droplet_digest, skiff_strerror(rc));
+        int rc = cellc__grant(c, cell->id, sent.droplet_digest, sent.droplet_blobs, err, errsize);
+        if (rc < 0)
             return rc;
-        }
     }
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);

@@ -18,12 +18,12 @@
 #include "auth/auth.h"
 #include "blobs/blobs.h"
 #include "cell/cell.h"
+#include "cell/cell_internal.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
 #define CELL__FETCH_TIMEOUT_MS (5 * 60 * 1000)
-#define CELL__TOKEN_MAX 256
 
 struct cell__waiter {
     cell_droplet_cb done;
@@ -106,7 +106,7 @@ static bool cell__is_dir(const char *path)
 
 /* The cell's token from the operator's file: one line of auth.h's form, for this cell; a file
  * others may read is refused (the token reads the droplets placed on this cell). */
-static int cell__token(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX], char *err,
+int cell__token(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX], char *err,
                        size_t errsize)
 {
     struct stat st;
@@ -379,6 +379,11 @@ int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell
                                   : "the start request names no blob to fetch",
              l->droplet_path && *l->droplet_path ? l->droplet_path : "none");
     return -ENOENT;
+}
+
+const char *const *cell__controllers(const struct cell_droplets *cd)
+{
+    return (const char *const *)cd->urls;
 }
 
 bool cell_droplets_busy(const struct cell_droplets *cd)

@@ -1594,6 +1594,7 @@ int main(int argc, char **argv)
         .cell_ctx = &d,
         .cell_id = cells_id(d.cells),
         .blobs = d.blobs,
+        .image_blobs = d.blobs && *nats_url,
     };
     api_core_register(d.api, &ccfg, &d.core);
     struct api_tenancy_config tcfg = {

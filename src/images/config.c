@@ -393,7 +393,20 @@ int image_from_json(const char *json, struct image *out, char *err, size_t errle
         out->config.uid = (unsigned)u;
         out->config.gid = (unsigned)g;
     }
+    /* a record may come from another host's droplet blob: its digests name files here */
+    if (out->manifest.config && *out->manifest.config &&
+        !image_digest_valid(out->manifest.config)) {
+        rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
+                         "the image record's config_digest '%.80s' is not a digest",
+                         out->manifest.config);
+        goto done;
+    }
     for (char **l = out->manifest.layers; l && *l; l++) {
+        if (out->manifest.n_layers == IMAGE_MAX_LAYERS) {
+            rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
+                             "the image record names more than %d layers", IMAGE_MAX_LAYERS);
+            goto done;
+        }
         if (!image_digest_valid(*l)) {
             rc = image__fail(err, errlen, SKIFF_E_BAD_IMAGE,
                              "the image record's layer '%.80s' "

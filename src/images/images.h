@@ -178,6 +178,9 @@ void image_ref_clear(struct image_ref *r);
 struct image_pull_options {
     const char *username, *password; /* NULL: anonymous */
     const char *const *insecure;     /* NULL-terminated HOST:PORTs spoken to over http */
+    /* each layer's compressed blob is kept too (blobs/sha256/HEX), for the blob store that
+     * cells on other hosts fetch layers from; false: only its unpacked folder */
+    bool keep_layer_blobs;
     /* a line of progress (what is resolved, each layer pulled or found stored), or NULL */
     void (*progress)(void *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
     void *progress_ctx;

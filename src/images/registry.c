@@ -524,22 +524,25 @@ static int registry__config(struct registry *g, const char *digest, char **out, 
     return rc;
 }
 
-/* A layer stored already (its folder, or its blob from a tarball: unpacked then), or pulled and
- * unpacked in one pass: the blob streams into the unpacking while its digest is computed, and
- * the unpacked folder goes on the pull's pending list only when the digest matched. The blob
- * itself is not kept. declared: its size as the manifest says (what a layer stored already
- * counts to the image's size when its blob is not kept). */
+/* A layer stored already (its blob: unpacked then, once; or, when blobs are not kept, its
+ * folder), or pulled and unpacked in one pass: the blob streams into the unpacking while its
+ * digest is computed (and, with keep_layer_blobs, into the store's blobs/: what the blob store
+ * serves to cells on other hosts, src/blobs), and what was made goes on the pull's pending
+ * list only when the digest matched. With keep_layer_blobs, a layer whose folder is here
+ * without its blob is pulled for its blob only. declared: its size as the manifest says (what
+ * a layer stored as a folder only counts to the image's size). */
 static int registry__layer(struct registry *g, const char *digest, const char *what,
                            uint64_t declared)
 {
+    bool keep = g->opt->keep_layer_blobs;
     char *folder = image_store_layer_path(g->s, digest);
     char *blob = image_store_blob_path(g->s, digest);
     struct stat st = {0};
     bool has_blob = blob && stat(blob, &st) == 0;
-    bool stored = has_blob || (folder && access(folder, F_OK) == 0);
+    bool has_folder = folder && access(folder, F_OK) == 0;
     free(folder);
     free(blob);
-    if (stored) {
+    if (has_blob || (has_folder && !keep)) {
         if (!registry__count(g, has_blob ? (uint64_t)st.st_size : declared))
             return registry__too_large(g);
         if (g->opt->progress)
@@ -550,10 +553,11 @@ static int registry__layer(struct registry *g, const char *digest, const char *w
     snprintf(label, sizeof label, "%s %s", what, digest);
     snprintf(shown, sizeof shown, "%s %.19s", what, digest);
     struct registry_response r = {.max = 64 << 10, .g = g, .label = shown};
-    int rc = image__blob_begin(g->s, digest, label, false, &r.blob, g->err, g->errlen);
+    int rc = image__blob_begin(g->s, digest, label, keep, &r.blob, g->err, g->errlen);
     if (rc != SKIFF_OK)
         return rc;
-    if ((rc = image__layer_stream_begin(g->s, digest, &r.layer, g->err, g->errlen))) {
+    if (!has_folder &&
+        (rc = image__layer_stream_begin(g->s, digest, &r.layer, g->err, g->errlen))) {
         image_blob_abort(r.blob);
         return rc;
     }
@@ -567,8 +571,9 @@ static int registry__layer(struct registry *g, const char *digest, const char *w
     else
         image_blob_abort(r.blob);
     /* the digest's verdict first: what a damaged blob unpacked to says nothing */
-    int unpacked =
-        image__layer_stream_end(r.layer, rc == SKIFF_OK, &g->pull->pending, g->err, g->errlen);
+    int unpacked = r.layer ? image__layer_stream_end(r.layer, rc == SKIFF_OK, &g->pull->pending,
+                                                     g->err, g->errlen)
+                           : SKIFF_OK;
     if (rc == SKIFF_OK)
         rc = unpacked;
     if (rc == SKIFF_OK && g->opt->progress)

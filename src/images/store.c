@@ -214,6 +214,8 @@ int image_blob_write(struct image_blob_writer *w, const void *data, size_t len, 
         if (n < 0)
             return image__fail(err, errlen, skiff_err_disk(-errno), "cannot store %s: %s", w->what,
                                skiff_strerror(-errno));
+        /* its writeback starts now: the fsync before it is named finds little left */
+        sync_file_range(w->fd, (off_t)w->written, n, SYNC_FILE_RANGE_WRITE);
         p += n;
         len -= (size_t)n;
         w->written += (uint64_t)n;

@@ -301,9 +301,25 @@ int store_app_prune_artifacts(struct store *st, const char *app_guid, const char
     return st->ops->app_prune_artifacts(st->backend, app_guid, keep_package, keep_droplet, paths);
 }
 
+/* The backends give each row's digests as stored (a droplet's further blobs space-separated):
+ * one digest an entry here. */
 int store_blob_refs(struct store *st, char ***digests)
 {
-    return st->ops->blob_refs(st->backend, digests);
+    char **rows = NULL;
+    int rc = st->ops->blob_refs(st->backend, &rows);
+    if (rc < 0)
+        return rc;
+    size_t n = 0;
+    char **v = xcalloc(1, sizeof *v);
+    for (char **r = rows; *r; r++)
+        for (char *save = NULL, *d = strtok_r(*r, " ", &save); d; d = strtok_r(NULL, " ", &save)) {
+            v = xrealloc(v, (n + 2) * sizeof *v);
+            v[n++] = xstrdup(d);
+            v[n] = NULL;
+        }
+    store_strv_free(rows);
+    *digests = v;
+    return 0;
 }
 
 int store_audit_add(struct store *st, const struct store_audit_event *ev)
@@ -569,6 +585,7 @@ void store_droplet_free(struct store_droplet *drop)
     free(drop->app_guid);
     free(drop->path);
     free(drop->digest);
+    free(drop->blobs);
     free(drop->buildpack);
     free(drop->process_types_json);
     free(drop);

@@ -169,6 +169,9 @@ struct store_droplet {
     char *process_types_json; /* {"web": "command"} */
     int64_t created_at;
     char *digest; /* its blob ("sha256:HEX", src/blobs/blobs.h), NULL when made before blobs */
+    /* the further blobs it needs, space-separated digests (an image's config and layers, which
+     * cells on other hosts fetch), or NULL */
+    char *blobs;
 };
 
 struct store_package {
@@ -329,8 +332,8 @@ int store_droplet_delete(struct store *st, const char *guid);
  * their rows are deleted. NULL-terminated (store_strv_free). */
 int store_app_prune_artifacts(struct store *st, const char *app_guid, const char *keep_package,
                               const char *keep_droplet, char ***paths);
-/* The blobs packages and droplets name (distinct, NULL-terminated, store_strv_free): what
- * blob_gc keeps. */
+/* The blobs packages and droplets name (a droplet's digest and its further blobs, one an entry,
+ * possibly repeated; NULL-terminated, store_strv_free): what blob_gc keeps. */
 int store_blob_refs(struct store *st, char ***digests);
 
 /* ---- audit events: who changed what ------------------------------------------------------- */

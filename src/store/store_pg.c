@@ -182,6 +182,8 @@ const char *const store_pg_migrations[] = {
     /* 19: the one token every cell shared (document cell.token/hash) is gone: each cell has
      * its own, scoped to what is placed on it (src/api/cell_tokens.c) */
     "DELETE FROM documents WHERE kind = 'cell.token';",
+    /* 20: the further blobs a droplet needs (an image's config and layers), space-separated */
+    "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -1521,11 +1523,12 @@ static int pg__droplet_add(struct store_backend *b, const struct store_droplet *
                        drop->buildpack,
                        drop->process_types_json ? drop->process_types_json : "{}",
                        pg__num(&at, drop->created_at),
-                       drop->digest};
+                       drop->digest,
+                       drop->blobs};
     return pg__write(b,
                      "INSERT INTO droplets (guid, app_guid, path, buildpack, process_types,"
-                     " created_at, digest) VALUES ($1, $2, $3, $4, $5, $6::bigint, $7)",
-                     7, v, false);
+                     " created_at, digest, blobs) VALUES ($1, $2, $3, $4, $5, $6::bigint, $7, $8)",
+                     8, v, false);
 }
 
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
@@ -1534,7 +1537,7 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     PGresult *res = NULL;
     int rc = pg__read_row(b,
                           "SELECT guid, app_guid, path, buildpack, process_types, created_at,"
-                          " digest FROM droplets WHERE guid = $1",
+                          " digest, blobs FROM droplets WHERE guid = $1",
                           1, v, &res);
     if (rc < 0)
         return rc;
@@ -1546,6 +1549,7 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     d->process_types_json = pg__text(res, 0, 4);
     d->created_at = pg__int(res, 0, 5);
     d->digest = pg__text(res, 0, 6);
+    d->blobs = pg__text(res, 0, 7);
     *out = d;
     PQclear(res);
     return 0;
@@ -1601,7 +1605,8 @@ static int pg__blob_refs(struct store_backend *b, char ***digests)
     PGresult *res = NULL;
     if (pg__exec(b,
                  "SELECT digest FROM packages WHERE digest IS NOT NULL"
-                 " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL",
+                 " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL"
+                 " UNION SELECT blobs FROM droplets WHERE blobs IS NOT NULL",
                  0, NULL, &res) < 0)
         return -EIO;
     int rows = PQntuples(res);

@@ -143,6 +143,8 @@ const char *const store_sqlite_migrations[] = {
     /* 19: the one token every cell shared (document cell.token/hash) is gone: each cell has
      * its own, scoped to what is placed on it (src/api/cell_tokens.c) */
     "DELETE FROM documents WHERE kind = 'cell.token';",
+    /* 20: the further blobs a droplet needs (an image's config and layers), space-separated */
+    "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -1062,8 +1064,8 @@ static int sqlite__package_get(struct store_backend *st, const char *guid,
 static int sqlite__droplet_add(struct store_backend *st, const struct store_droplet *drop)
 {
     sqlite3_stmt *q = store__prepare(st, "INSERT INTO droplets (guid, app_guid, path, buildpack,"
-                                         " process_types, created_at, digest)"
-                                         " VALUES (?, ?, ?, ?, ?, ?, ?)");
+                                         " process_types, created_at, digest, blobs)"
+                                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     if (!q)
         return -EIO;
     store__bind_text(q, 1, drop->guid);
@@ -1073,6 +1075,7 @@ static int sqlite__droplet_add(struct store_backend *st, const struct store_drop
     store__bind_text(q, 5, drop->process_types_json ? drop->process_types_json : "{}");
     sqlite3_bind_int64(q, 6, drop->created_at);
     store__bind_text(q, 7, drop->digest);
+    store__bind_text(q, 8, drop->blobs);
     return store__step_done(st, q);
 }
 
@@ -1080,7 +1083,7 @@ static int sqlite__droplet_get(struct store_backend *st, const char *guid,
                                struct store_droplet **out)
 {
     sqlite3_stmt *q = store__prepare(st, "SELECT guid, app_guid, path, buildpack, process_types,"
-                                         " created_at, digest FROM droplets WHERE guid = ?");
+                                         " created_at, digest, blobs FROM droplets WHERE guid = ?");
     if (!q)
         return -EIO;
     sqlite3_bind_text(q, 1, guid, -1, SQLITE_STATIC);
@@ -1094,6 +1097,7 @@ static int sqlite__droplet_get(struct store_backend *st, const char *guid,
         d->process_types_json = store__col_text(q, 4);
         d->created_at = sqlite3_column_int64(q, 5);
         d->digest = store__col_text(q, 6);
+        d->blobs = store__col_text(q, 7);
         *out = d;
         rc = 0;
     }
@@ -1157,7 +1161,8 @@ static int sqlite__blob_refs(struct store_backend *st, char ***digests)
 {
     sqlite3_stmt *q =
         store__prepare(st, "SELECT digest FROM packages WHERE digest IS NOT NULL"
-                           " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL");
+                           " UNION SELECT digest FROM droplets WHERE digest IS NOT NULL"
+                           " UNION SELECT blobs FROM droplets WHERE blobs IS NOT NULL");
     if (!q)
         return -EIO;
     char **v = xcalloc(1, sizeof *v);

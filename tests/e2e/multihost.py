@@ -416,10 +416,10 @@ def until(cond, timeout, what):
     return v, time.monotonic() - t0
 
 
-def start_controller(cluster, host, pool, database, extra_env=None):
+def start_controller(cluster, host, pool, database, extra_env=None, extra_args=()):
     """`skiffd --role controller` on host, on PostgreSQL database and the cluster's JetStream
     R3 (HostCell.join gives a cell its token and the controller's address)."""
-    ctl = HostPlatform(host, extra_args=[
+    ctl = HostPlatform(host, extra_args=[*extra_args,
         "--role", "controller", "--store", cluster.create_database(database), "--nats",
         cluster.nats_urls, "--nats-replicas", "3", "--host-addr", host.addr, "--network-pool",
         pool, "--prewarm", "0", "--zone", "zone-" + host.name],

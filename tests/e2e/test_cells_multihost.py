@@ -18,9 +18,12 @@ import uuid
 
 import pytest
 
-from conftest import deploy_bits, wait_for
-from multihost import (HOSTS_MS, Cluster, HostCell, HostRouter, backends, cells_up, running,
-                       start_controller)
+from conftest import deploy_bits, free_port, wait_for
+from multihost import (HOSTS_MS, PG_BIN, Cluster, HostCell, HostRouter, backends, cells_up,
+                       running, start_controller)
+from test_images import (DEFAULT_CONFIG, HostileRegistry, digest, image_config, image_manifest,
+                         layers_of, oci_archive)
+from test_images import server_binary  # noqa: F401 (a fixture)
 from test_multihost import nats_publish
 
 pytestmark = [
@@ -38,8 +41,12 @@ def world():
     c.up()
     started = []
     try:
-        ctl = start_controller(c, c.host("a"), POOLS["a"], "skiff_cells_%d" % os.getpid())
+        # where a test's registry listens: the bridge's side of the root namespace
+        registry_addr = "%s:%d" % (c.gateway, free_port())
+        ctl = start_controller(c, c.host("a"), POOLS["a"], "skiff_cells_%d" % os.getpid(),
+                               extra_args=["--insecure-registry", registry_addr])
         started.append(ctl)
+        ctl.registry_addr = registry_addr
         cells = {}
         for name in ("b", "c"):
             cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
@@ -228,3 +235,106 @@ def test_cells_on_their_own_hosts_serve_and_a_lost_cells_instance_comes_back_els
     assert len(now) == 2 and {i["cell"] for i in now} == {c.id}, now
     for _ in range(10):
         assert router.get("two.localhost")[0] == 200
+
+
+def layer_files(home):
+    """What a cell's image store holds: unpacked layers and blobs (HEX names)."""
+    def names(*path):
+        d = os.path.join(home, "images", *path)
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return names("layers", "sha256"), names("blobs", "sha256")
+
+
+def psql(cluster, db, sql):
+    return cluster._as_pg(os.path.join(PG_BIN, "psql"), "-h", cluster.pg_dir, "-p",
+                          str(cluster.pg_port), "-U", "postgres", "-d", db, "-At", "-c", sql)
+
+
+def test_an_image_app_runs_on_cells_of_other_hosts_from_its_layers_blobs(
+        world, tmp_path, server_binary):
+    """An image staged on the controller's host runs on cells of their own hosts: each fetches
+    the layers it lacks by digest from the controller's blob service (verified, unpacked once,
+    its compressed blob not kept); a layer whose stored content was changed is refused; once
+    the apps are deleted the cells collect the layers."""
+    cluster, ctl, cells, router = world
+    b, c = cells["b"], cells["c"]
+    wait_for(lambda: cells_up(ctl) == {b.id, c.id}, 30, "both cells to be listed up")
+    wait_for(lambda: all("%s via %s" % (POOLS[n], cluster.host(n).addr) in
+                         cluster.host("d").routes(proto=83) for n in ("b", "c")), 15,
+             "D's routes to the cells' pools")
+    layers = layers_of(server_binary, "on-a-cell")
+    oci_archive(tmp_path / "web.tar", layers, image_config(**DEFAULT_CONFIG))
+    r = ctl.cli("push", "img", "--docker-image", "oci-archive:%s" % (tmp_path / "web.tar"),
+                "-i", "2", timeout=300)
+    # staged; an instance that crashed while the machine stalled (a cell's heartbeats late,
+    # so taken for lost) is restarted, and the wait below is for both running
+    assert r.returncode == 0 or "crashed" in r.stdout + r.stderr, r.stdout + r.stderr
+    wait_for(lambda: len(running(ctl, "img")) == 2, 120, "two image instances running")
+    assert {i["cell"] for i in running(ctl, "img")} == {b.id, c.id}
+    wait_for(lambda: "greeting=on-a-cell" in router.get("img.localhost")[1], 30,
+             "D's router to serve the image app")
+    for x in (b, c):
+        for layer in layers:
+            d = "sha256:" + hashlib.sha256(layer).hexdigest()
+            assert "fetching layer %s from %s" % (d, ctl.api_url) in x.output(), x.output()
+            assert "layer %s is here (verified, unpacked)" % d in x.output(), x.output()
+        unpacked, blobs = layer_files(x.home)
+        assert unpacked == sorted(hashlib.sha256(l).hexdigest() for l in layers), unpacked
+        assert blobs == [], blobs  # the folder is what instances mount
+
+    # from a registry: the controller keeps the pulled layers' blobs (it has --nats), and the
+    # cells fetch the one they lack (the base layer is the first image's, there already)
+    pulled = layers_of(server_binary, "from-a-registry")
+    config = image_config(**DEFAULT_CONFIG)
+    host, port = ctl.registry_addr.split(":")
+    reg = HostileRegistry({digest(x): x for x in pulled + [config]},
+                          image_manifest(pulled, config), at=(host, int(port)))
+    try:
+        r = ctl.cli("push", "pulled", "--docker-image", "%s/app:v1" % ctl.registry_addr,
+                    timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr + ctl.output()
+        wait_for(lambda: len(running(ctl, "pulled")) == 1, 120, "the pulled image running")
+        wait_for(lambda: "greeting=from-a-registry" in router.get("pulled.localhost")[1], 30,
+                 "D's router to serve the pulled image")
+    finally:
+        reg.close()
+    top_pulled = digest(pulled[1])
+    on = [x for x in (b, c) if x.id == running(ctl, "pulled")[0]["cell"]][0]
+    assert "fetching layer %s from %s" % (top_pulled, ctl.api_url) in on.output(), on.output()
+    assert "fetching layer %s" % digest(pulled[0]) not in on.output().split(
+        "fetching layer %s" % top_pulled)[1]  # the base layer was there
+
+    # controller's database before any cell has it: the cell refuses it, unpacks nothing
+    forged_layers = layers_of(server_binary, "forged")
+    assert forged_layers[0] == layers[0]
+    top = "sha256:" + hashlib.sha256(forged_layers[1]).hexdigest()
+    oci_archive(tmp_path / "forged.tar", forged_layers, image_config(**DEFAULT_CONFIG))
+    r = ctl.cli("push", "forged", "--docker-image", "oci-archive:%s" % (tmp_path / "forged.tar"),
+                "--no-start", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    db = "skiff_cells_%d" % os.getpid()
+    changed = psql(cluster, db, "UPDATE blob_chunks SET data = 'forged'::bytea WHERE blob_id = "
+                   "(SELECT id FROM blobs WHERE digest = '%s') AND seq = 0" % top)
+    assert "UPDATE 1" in changed.stdout, changed.stdout + changed.stderr
+    ctl.cli("start", "forged", "--timeout", "5")
+    wait_for(lambda: any("layer %s could not be fetched" % top in x.output() for x in (b, c)),
+             60, "a cell to refuse the forged layer")
+    assert not running(ctl, "forged")
+    for x in (b, c):
+        unpacked, blobs = layer_files(x.home)
+        assert top[7:] not in unpacked and not [f for f in blobs if top[7:] in f], (unpacked,
+                                                                                   blobs)
+    assert "greeting=on-a-cell" in router.get("img.localhost")[1]
+
+    # deleted: the cells' instances stop and the layers no instance mounts are collected
+    for name in ("forged", "img", "pulled"):
+        status, body = ctl.api("DELETE", "/v1/apps/%s" % name)
+        assert status in (200, 202, 204), body
+    try:
+        wait_for(lambda: all(layer_files(x.home) == ([], []) for x in (b, c)), 60,
+                 "the cells to collect the layers")
+    except AssertionError:
+        raise AssertionError("%r\n%s\n%s" % ([layer_files(x.home) for x in (b, c)],
+                                              b.output()[-6000:], c.output()[-6000:]))
+    for x in (b, c):
+        assert "collected" in x.output() and "image layers" in x.output(), x.output()

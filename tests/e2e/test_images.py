@@ -612,7 +612,9 @@ class OwnRegistry:
     """The servers of a registry of our own, each on a thread; host is the first one's."""
 
     def serve(self, handler, addresses=("127.0.0.1",)):
-        self.servers = [http.server.ThreadingHTTPServer((a, 0), handler) for a in addresses]
+        """addresses: each an IP (any port) or (IP, port)."""
+        self.servers = [http.server.ThreadingHTTPServer(a if isinstance(a, tuple) else (a, 0),
+                                                        handler) for a in addresses]
         self.hosts = ["%s:%d" % s.server_address[:2] for s in self.servers]
         self.host = self.hosts[0]
         for s in self.servers:
@@ -967,9 +969,9 @@ class HostileRegistry(OwnRegistry):
     big layer in 64 KiB pieces 50 ms apart; `endless` is "manifest" or "blob" (that document
     never ends); with `token` every /v2/ request needs a Bearer token from a realm on another
     host, 127.0.0.2 (which records what it was sent), and blobs are redirected to storage
-    there."""
+    there. at: (IP, port) to listen on instead of loopback (no token then)."""
 
-    def __init__(self, blobs, manifest, token=False):
+    def __init__(self, blobs, manifest, token=False, at=None):
         self.blobs, self.manifest = blobs, manifest
         self.slow, self.endless = set(), None
         self.token_auth, self.storage_auth = [], []
@@ -1036,7 +1038,7 @@ class HostileRegistry(OwnRegistry):
                     self.wfile.flush()
                     _t.sleep(0.05)
 
-        self.serve(Handler, ("127.0.0.1", "127.0.0.2") if token else ("127.0.0.1",))
+        self.serve(Handler, (at,) if at else ("127.0.0.1", "127.0.0.2") if token else ("127.0.0.1",))
         self.token_host = self.hosts[1] if token else None
 
 

@@ -15,14 +15,17 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blobs/blobs.h"
@@ -201,6 +204,111 @@ static void test_gc_deletes_only_what_nothing_references(void **state)
     store_package_free(got);
     free(a);
     free(b);
+}
+
+/* "sha256:HEX" of a file's content. */
+static void file_digest(const char *path, char out[BLOB_DIGEST_LEN + 1])
+{
+    char *data = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(path, &data, &len), 0);
+    unsigned char sum[32];
+    assert_int_equal(EVP_Digest(data, len, sum, NULL, EVP_sha256(), NULL), 1);
+    free(data);
+    strcpy(out, "sha256:");
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 7 + 2 * i, "%02x", sum[i]);
+}
+
+/* An image droplet's further blobs (its config and layers): put as files that are never written
+ * again (linked, not copied, on the files backend), named by the droplet's row, so kept by the
+ * collection as long as the row is there and no longer. */
+static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **state)
+{
+    struct env *e = *state;
+    char *layer = write_file(e->home, "layer", "a layer's compressed tar", 24);
+    char *config = write_file(e->home, "config", "{\"config\":{}}", 13);
+    char *stray = write_file(e->home, "stray", "another layer", 13);
+    char dl[BLOB_DIGEST_LEN + 1], dc[BLOB_DIGEST_LEN + 1], ds[BLOB_DIGEST_LEN + 1];
+    file_digest(layer, dl);
+    file_digest(config, dc);
+    file_digest(stray, ds);
+    /* a layer pulled long ago: put now, it is young (no row names it yet) */
+    struct timespec old[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
+    assert_int_equal(utimensat(AT_FDCWD, layer, old, 0), 0);
+    assert_int_equal(blob_put_immutable(e->bs, layer, dl), 0);
+    assert_int_equal(blob_put_immutable(e->bs, config, dc), 0);
+    assert_int_equal(blob_put_immutable(e->bs, stray, ds), 0);
+    assert_int_equal(blob_put_immutable(e->bs, layer, dl), 0); /* there already */
+    assert_int_equal(blob_put_immutable(e->bs, layer, "sha256:../x"), -EINVAL);
+    uint64_t size = 0;
+    assert_int_equal(blob_has(e->bs, dl, &size), 0);
+    assert_int_equal(size, 24);
+    if (!pg_dir) { /* the same file, not a copy */
+        char *blob = xasprintf("%s/blobs/sha256/%s", e->home, dl + 7);
+        struct stat a, b;
+        assert_int_equal(stat(layer, &a), 0);
+        assert_int_equal(stat(blob, &b), 0);
+        assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+        free(blob);
+    } else { /* content that is not the digest said is refused */
+        char *other = write_file(e->home, "other", "not the layer", 13);
+        assert_int_equal(blob_put_immutable(e->bs, other,
+                                            "sha256:"
+                                            "00000000000000000000000000000000"
+                                            "00000000000000000000000000000000"),
+                         -EBADMSG);
+        char od[BLOB_DIGEST_LEN + 1];
+        file_digest(other, od); /* stored under its own name: nothing names it */
+        assert_int_equal(blob_delete(e->bs, od), 0);
+        free(other);
+    }
+    char *dest = xasprintf("%s/got", e->home);
+    assert_int_equal(blob_get_file(e->bs, dl, dest, 0), 0);
+    assert_true(file_is(dest, "a layer's compressed tar", 24));
+    size_t n = 0;
+    assert_int_equal(blob_gc(e->bs, NULL, 0, 60000, &n), 0);
+    assert_int_equal(n, 0);
+    struct store_app app = {.name = "img", .state = "STOPPED", .kind = "app", .memory_mb = 64};
+    uuid_generate_v4(app.guid);
+    assert_int_equal(store_app_create(e->st, &app), 0);
+    char *blobs = xasprintf("%s %s", dc, dl);
+    /* no digest of its own here, so that only its further blobs are named */
+    struct store_droplet d = {.app_guid = app.guid, .path = e->home, .blobs = blobs};
+    uuid_generate_v4(d.guid);
+    assert_int_equal(store_droplet_add(e->st, &d), 0);
+    struct store_droplet *got = NULL;
+    assert_int_equal(store_droplet_get(e->st, d.guid, &got), 0);
+    assert_string_equal(got->blobs, blobs);
+    store_droplet_free(got);
+    char **refs = NULL;
+    assert_int_equal(store_blob_refs(e->st, &refs), 0);
+    size_t n_refs = 0;
+    while (refs[n_refs])
+        n_refs++;
+    assert_int_equal(n_refs, 2); /* one digest an entry */
+    assert_true((!strcmp(refs[0], dc) && !strcmp(refs[1], dl)) ||
+                (!strcmp(refs[0], dl) && !strcmp(refs[1], dc)));
+    assert_int_equal(blob_gc(e->bs, (const char *const *)refs, n_refs, -1000, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(blob_has(e->bs, dl, NULL), 0);
+    assert_int_equal(blob_has(e->bs, dc, NULL), 0);
+    assert_int_equal(blob_has(e->bs, ds, NULL), -ENOENT);
+    store_strv_free(refs);
+    /* the row gone, so are they */
+    assert_int_equal(store_droplet_delete(e->st, d.guid), 0);
+    assert_int_equal(store_blob_refs(e->st, &refs), 0);
+    assert_null(refs[0]);
+    assert_int_equal(blob_gc(e->bs, (const char *const *)refs, 0, -1000, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(blob_has(e->bs, dl, NULL), -ENOENT);
+    assert_int_equal(access(layer, F_OK), 0); /* a link removed, not the file it shared */
+    store_strv_free(refs);
+    free(blobs);
+    free(dest);
+    free(layer);
+    free(config);
+    free(stray);
 }
 
 /* Changes a stored blob's content behind the store's back. */
@@ -722,6 +830,9 @@ static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **sta
     cmocka_unit_test_setup_teardown(test_put_get_has_delete_round_trip, env_setup, env_teardown),  \
         cmocka_unit_test_setup_teardown(test_gc_deletes_only_what_nothing_references, env_setup,   \
                                         env_teardown),                                             \
+        cmocka_unit_test_setup_teardown(                                                           \
+            test_an_image_droplets_config_and_layers_are_kept_by_its_row, env_setup,               \
+            env_teardown),                                                                         \
         cmocka_unit_test_setup_teardown(test_a_blob_that_does_not_match_its_digest_is_refused,     \
                                         env_setup, env_teardown),                                  \
         cmocka_unit_test_setup_teardown(test_a_droplet_missing_here_is_materialised_from_its_blob, \

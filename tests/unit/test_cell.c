@@ -493,6 +493,116 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     assert_int_equal(system(cmd), 0);
 }
 
+struct layers_heard {
+    int calls, rc;
+    char why[512];
+};
+
+static void on_layers(void *ctx, int rc, const char *why)
+{
+    struct layers_heard *h = ctx;
+    h->calls++;
+    h->rc = rc;
+    snprintf(h->why, sizeof h->why, "%s", why ? why : "");
+}
+
+#define LAYER_A "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define LAYER_B "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+/* An image droplet's layers on a cell: those here start it at once; one missing is fetched
+ * from the cell's own controllers (once for two starts) or, on a cell with none, refused
+ * naming it; a record whose
+ * layers are no digests (a path out of the store) or too many is refused before anything is
+ * looked up; a collection is put off while a fetch is in flight, then removes what no
+ * instance mounts. */
+static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellhome-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_layers *cl = NULL;
+    struct cell_droplets_config none = {.home = home, .cell_id = CELL_ID};
+    assert_int_equal(cell_droplets_new(&loop, &none, &cd), 0);
+    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    char path[600], drop[512], err[700] = "";
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    char text[200];
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    snprintf(drop, sizeof drop, "%s/droplet", home);
+    assert_int_equal(mkdir(drop, 0700), 0);
+    snprintf(path, sizeof path, "%s/image.json", drop);
+    write_file(path, "{\"layers\":[\"" LAYER_A "\",\"" LAYER_B "\"]}", 0600);
+    char a_dir[600], b_dir[600];
+    snprintf(a_dir, sizeof a_dir, "%s/images/layers/sha256/%s", home, LAYER_A + 7);
+    snprintf(b_dir, sizeof b_dir, "%s/images/layers/sha256/%s", home, LAYER_B + 7);
+    assert_int_equal(mkdir(a_dir, 0755), 0);
+    struct layers_heard h = {0}, h2 = {0};
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -ENOENT);
+    assert_non_null(strstr(err, "layer " LAYER_B " is not on this cell"));
+    assert_non_null(strstr(err, "no controller to fetch it from"));
+    assert_int_equal(mkdir(b_dir, 0755), 0);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), 0);
+    assert_int_equal(h.calls, 0);
+    cell_layers_free(cl);
+    cell_droplets_free(cd);
+
+    /* B missing, the cell's one controller answers nobody: one fetch for both starts */
+    assert_int_equal(rmdir(b_dir), 0);
+    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    struct cell_droplets_config one = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
+    assert_int_equal(cell_droplets_new(&loop, &one, &cd), 0);
+    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err),
+                     -EINPROGRESS);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h2, err, sizeof err),
+                     -EINPROGRESS);
+    cell_layers_collect(cl, 0); /* put off: a fetch is in flight */
+    struct stat st;
+    assert_int_equal(stat(a_dir, &st), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h2.calls, 1);
+    assert_int_equal(h.rc, -EIO);
+    assert_non_null(strstr(h.why, "layer " LAYER_B));
+    assert_int_equal(stat(b_dir, &st), -1); /* nothing unpacked */
+    /* the collection ran once the fetch ended: no instance mounts A */
+    assert_int_equal(stat(a_dir, &st), -1);
+    assert_false(cell_layers_waiting(cl));
+
+    /* hostile records */
+    const char *hostile[] = {
+        "{\"layers\":[\"sha256:../../../../etc\"]}",
+        "{\"layers\":[\"../../blobs/droplets\"]}",
+        "{\"layers\":\"" LAYER_A "\"}",
+    };
+    for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
+        write_file(path, hostile[i], 0600);
+        assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err),
+                         -EBADMSG);
+        assert_non_null(strstr(err, "image record is refused"));
+    }
+    FILE *f = fopen(path, "w");
+    fputs("{\"layers\":[", f);
+    for (int i = 0; i < 3000; i++)
+        fprintf(f, "%s\"sha256:%064x\"", i ? "," : "", i);
+    fputs("]}", f);
+    fclose(f);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EBADMSG);
+    assert_non_null(strstr(err, "more than 127 layers"));
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1); /* no fetch began */
+    cell_layers_free(cl);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -506,6 +616,7 @@ int main(void)
         cmocka_unit_test(test_a_droplet_not_here_names_its_digest),
         cmocka_unit_test(test_a_droplet_is_fetched_by_digest_with_the_token_file),
         cmocka_unit_test(test_a_token_refused_is_read_again_and_the_new_one_used),
+        cmocka_unit_test(test_an_image_droplets_layers_are_found_fetched_or_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

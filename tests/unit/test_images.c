@@ -21,6 +21,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/util.h"
 #include "images/images.h"
 #include "images/images_internal.h"
@@ -880,6 +881,45 @@ static void test_record_round_trip(void **state)
     free(json);
 }
 
+/* A record may come from another host (a droplet's blob a cell fetched): its digests name files
+ * in the image store, and its layers are what the cell fetches. */
+static void test_a_hostile_record_is_refused(void **state)
+{
+    (void)state;
+    struct image back;
+    char err[256];
+    const char *escaping[] = {
+        "{\"layers\":[\"sha256:../../../../etc\"]}",
+        "{\"layers\":[\"../../etc/passwd\"]}",
+        "{\"config_digest\":\"sha256:../x\",\"layers\":[]}",
+        "{\"layers\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222/"
+        "..\"]}",
+    };
+    for (size_t i = 0; i < sizeof escaping / sizeof *escaping; i++) {
+        assert_int_equal(image_from_json(escaping[i], &back, err, sizeof err), SKIFF_E_BAD_IMAGE);
+        assert_non_null(strstr(err, "is not a digest"));
+    }
+    /* a manifest naming thousands of layers (the limit is Docker's, 127) */
+    struct buf b = {0};
+    buf_printf(&b, "{\"layers\":[");
+    for (int i = 0; i < 5000; i++)
+        buf_printf(&b, "%s\"sha256:%064x\"", i ? "," : "", i);
+    buf_printf(&b, "]}");
+    char *many = buf_steal(&b);
+    assert_int_equal(image_from_json(many, &back, err, sizeof err), SKIFF_E_BAD_IMAGE);
+    assert_non_null(strstr(err, "more than 127 layers"));
+    free(many);
+    buf_printf(&b, "{\"layers\":[");
+    for (int i = 0; i < 127; i++)
+        buf_printf(&b, "%s\"sha256:%064x\"", i ? "," : "", i);
+    buf_printf(&b, "]}");
+    char *most = buf_steal(&b);
+    assert_int_equal(image_from_json(most, &back, err, sizeof err), SKIFF_OK);
+    assert_int_equal(back.manifest.n_layers, 127);
+    image_clear(&back);
+    free(most);
+}
+
 /* ---- tarballs ------------------------------------------------------------------------ */
 
 struct blob {
@@ -1083,6 +1123,7 @@ int main(void)
         cmocka_unit_test(test_config_decides_the_process),
         cmocka_unit_test(test_manifest_and_index),
         cmocka_unit_test(test_record_round_trip),
+        cmocka_unit_test(test_a_hostile_record_is_refused),
         cmocka_unit_test_setup_teardown(test_import_oci_archive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_import_docker_archive, setup, teardown),
     };

@@ -244,7 +244,7 @@ static void test_migrates_a_store_with_https_only_routes_to_protocols(void **sta
                   " 'least-connection', TRUE);");
     struct store *st = open_ok(path);
     assert_int_equal(store_schema_version(st), (int)migrations_count());
-    assert_int_equal(migrations_count(), 19);
+    assert_int_equal(migrations_count(), 20);
     struct store_route *routes = NULL;
     size_t n = 0;
     assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
