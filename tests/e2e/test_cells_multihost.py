@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -245,6 +246,23 @@ def layer_files(home):
     return names("layers", "sha256"), names("blobs", "sha256")
 
 
+def cell_token(cell):
+    """The token the operator put in the cell's home (HostCell.join)."""
+    with open(os.path.join(cell.home, "cell-token")) as f:
+        return f.read().strip()
+
+
+def blob_get(ctl, d, token):
+    """GET /v1/blobs/DIGEST from the controller with token: (status, body bytes)."""
+    req = urllib.request.Request(ctl.api_url + "/v1/blobs/" + d,
+                                 headers={"Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def psql(cluster, db, sql):
     return cluster._as_pg(os.path.join(PG_BIN, "psql"), "-h", cluster.pg_dir, "-p",
                           str(cluster.pg_port), "-U", "postgres", "-d", db, "-At", "-c", sql)
@@ -303,6 +321,19 @@ def test_an_image_app_runs_on_cells_of_other_hosts_from_its_layers_blobs(
     assert "fetching layer %s from %s" % (top_pulled, ctl.api_url) in on.output(), on.output()
     assert "fetching layer %s" % digest(pulled[0]) not in on.output().split(
         "fetching layer %s" % top_pulled)[1]  # the base layer was there
+
+    # a cell's token reads a layer only while the leader's grant for that cell stands: the
+    # cell the pulled image runs on reads its top layer with its own token; the other cell's
+    # token is refused it, and a cell given nothing is refused the layer and the config
+    off = [x for x in (b, c) if x is not on][0]
+    status, body = blob_get(ctl, top_pulled, cell_token(on))
+    assert status == 200 and digest(body) == top_pulled, status
+    status, body = blob_get(ctl, top_pulled, cell_token(off))
+    assert status == 403 and b"was not asked to start" in body, (status, body)
+    status, made = ctl.api("POST", "/v1/cell_tokens", {"cell": "e" * 32})
+    assert status == 201, made
+    for d in (top_pulled, digest(config), digest(layers[0])):
+        assert blob_get(ctl, d, made["token"])[0] == 403, d
 
     # controller's database before any cell has it: the cell refuses it, unpacks nothing
     forged_layers = layers_of(server_binary, "forged")

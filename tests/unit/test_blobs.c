@@ -244,7 +244,7 @@ static void test_an_image_droplets_config_and_layers_are_kept_by_its_row(void **
     uint64_t size = 0;
     assert_int_equal(blob_has(e->bs, dl, &size), 0);
     assert_int_equal(size, 24);
-    if (!pg_dir) { /* the same file, not a copy */
+    if (!pg_throwaway_dir) { /* the same file, not a copy */
         char *blob = xasprintf("%s/blobs/sha256/%s", e->home, dl + 7);
         struct stat a, b;
         assert_int_equal(stat(layer, &a), 0);
