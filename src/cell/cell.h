@@ -140,12 +140,12 @@ typedef void (*cell_layers_cb)(void *ctx, int rc, const char *why);
  * starts: the layers the droplet's record names (image_from_json's checks: valid digests, at
  * most IMAGE_MAX_LAYERS) are looked for in HOME/images/layers; 0 when all are (start at once,
  * from this call: nothing collects them before the instance names them), else -EINPROGRESS
- * and done(ctx, ...) once the missing ones were fetched from cd's controllers (each verified against its
- * digest, then unpacked with the hostile-layer checks of src/images; one fetch per digest
- * however many starts wait for it) or one could not be. Other errors (a record refused, no
+ * and done(ctx, ...) once the missing ones were fetched from cd's controllers (each verified
+ * against its digest, then unpacked with the hostile-layer checks of src/images; one fetch per
+ * digest however many starts wait for it) or one could not be. Other errors (a record refused, no
  * controller to fetch a missing layer from, the token file) are negative with err, and no call. */
-int cell_layers_get(struct cell_layers *cl, const char *droplet_dir,
-                    cell_layers_cb done, void *ctx, char *err, size_t errsize);
+int cell_layers_get(struct cell_layers *cl, const char *droplet_dir, cell_layers_cb done, void *ctx,
+                    char *err, size_t errsize);
 /* Removes the layers (and blobs) no instance of the executor mounts, on the thread pool; put
  * off while a fetch is in flight. Starts that come meanwhile wait for its end. live: how many
  * instances that mount layers the caller still runs; when the executor lists more (one

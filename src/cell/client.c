@@ -502,8 +502,8 @@ static int cellc__count(const struct cellc *c, const struct cellc__cell *cell, c
 /* Lets cell_id read the droplet's blob and the further blobs it lists (an image's config and
  * layers, space-separated), each by a grant written before the start is sent; a cell's token
  * reads nothing else. */
-static int cellc__grant(struct cellc *c, const char *cell_id, const char *digest,
-                        const char *blobs, char *err, size_t errsize)
+static int cellc__grant(struct cellc *c, const char *cell_id, const char *digest, const char *blobs,
+                        char *err, size_t errsize)
 {
     if (!c->grant)
         return 0;

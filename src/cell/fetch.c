@@ -107,7 +107,7 @@ static bool cell__is_dir(const char *path)
 /* The cell's token from the operator's file: one line of auth.h's form, for this cell; a file
  * others may read is refused (the token reads the droplets placed on this cell). */
 int cell__token(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX], char *err,
-                       size_t errsize)
+                size_t errsize)
 {
     struct stat st;
     if (stat(cd->token_file, &st) < 0) {

@@ -213,8 +213,7 @@ static void cell__layer_fetched(void *ctx, int rc, const char *path, const char 
 
 /* Joins or begins the fetch of digest from the controllers of this cell's configuration, with
  * its own token (never from a URL a start request names: the token would go to its writer). */
-static int cell__layer_fetch(struct cell_layers *cl, const char *digest, char *err,
-                             size_t errsize)
+static int cell__layer_fetch(struct cell_layers *cl, const char *digest, char *err, size_t errsize)
 {
     for (struct cell__layer_fetch *f = cl->fetches; f; f = f->next)
         if (!strcmp(f->digest, digest))
@@ -316,7 +315,8 @@ static int cell__record_layers(const char *droplet_dir, char ***layers, char *er
     return 0;
 }
 
-int cell_layers_get(struct cell_layers *cl, const char *droplet_dir, cell_layers_cb done, void *ctx, char *err, size_t errsize)
+int cell_layers_get(struct cell_layers *cl, const char *droplet_dir, cell_layers_cb done, void *ctx,
+                    char *err, size_t errsize)
 {
     char **layers = NULL;
     int rc = cell__record_layers(droplet_dir, &layers, err, errsize);

@@ -556,10 +556,8 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     struct cell_droplets_config one = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
     assert_int_equal(cell_droplets_new(&loop, &one, &cd), 0);
     assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
-    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err),
-                     -EINPROGRESS);
-    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h2, err, sizeof err),
-                     -EINPROGRESS);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EINPROGRESS);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h2, err, sizeof err), -EINPROGRESS);
     cell_layers_collect(cl, 0); /* put off: a fetch is in flight */
     struct stat st;
     assert_int_equal(stat(a_dir, &st), 0);
@@ -581,8 +579,7 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     };
     for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
         write_file(path, hostile[i], 0600);
-        assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err),
-                         -EBADMSG);
+        assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EBADMSG);
         assert_non_null(strstr(err, "image record is refused"));
     }
     FILE *f = fopen(path, "w");
