@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -124,6 +125,61 @@ bool net_slot_in_use(int slot)
     char name[IFNAMSIZ];
     net__host_ifname(slot, name);
     return if_nametoindex(name) != 0;
+}
+
+/* The file whose byte N is locked by the process holding slot N, one per network namespace
+ * (whose interface names the slots share), opened once; -1 when there can be none (not root):
+ * the interface check alone then stands, as it did. Open file description locks: another
+ * skiffd's open conflicts, and the kernel lets go of them when their holder dies. */
+static int net__claims_fd(void)
+{
+    static int fd = -2;
+    if (fd != -2)
+        return fd;
+    fd = -1;
+    struct stat st;
+    if (stat("/proc/self/ns/net", &st) < 0 || mkdir_p(NET_SLOT_CLAIMS_DIR, 0700) < 0)
+        return fd;
+    char path[sizeof NET_SLOT_CLAIMS_DIR + 48];
+    snprintf(path, sizeof path, NET_SLOT_CLAIMS_DIR "/net-slots-%llu.lock",
+             (unsigned long long)st.st_ino);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        log_warning("cannot open %s (%s): network slots are claimed by their interface alone", path,
+                    skiff_strerror(-errno));
+    return fd;
+}
+
+static int net__claim_lock(int fd, int slot, short type)
+{
+    struct flock l = {.l_type = type, .l_whence = SEEK_SET, .l_start = slot, .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &l) < 0 ? -errno : 0;
+}
+
+int net_slot_claim(int slot)
+{
+    if (slot < 0 || net_slot_in_use(slot))
+        return -EBUSY;
+    int fd = net__claims_fd();
+    if (fd < 0)
+        return 0;
+    int rc = net__claim_lock(fd, slot, F_WRLCK);
+    if (rc == -EAGAIN || rc == -EACCES)
+        return -EBUSY; /* another skiffd took it and has not made its interface yet */
+    if (rc < 0)
+        return 0;                /* locks unsupported here: the interface check stands */
+    if (net_slot_in_use(slot)) { /* its holder made the interface, then let go */
+        net__claim_lock(fd, slot, F_UNLCK);
+        return -EBUSY;
+    }
+    return 0;
+}
+
+void net_slot_release(int slot)
+{
+    int fd = net__claims_fd();
+    if (slot >= 0 && fd >= 0)
+        net__claim_lock(fd, slot, F_UNLCK);
 }
 
 /* ---- rtnetlink requests --------------------------------------------------------------- */

@@ -44,6 +44,13 @@ void net_slot_addresses(const struct net_pool *pool, int slot, struct in_addr *h
 struct in_addr net_publish_address(const struct net_pool *pool);
 /* Whether the host interface of that slot exists (someone holds the slot). */
 bool net_slot_in_use(int slot);
+/* Claims a slot on this machine (its network namespace) until net_slot_release or the
+ * process's end: 0, or -EBUSY when its interface exists or another process claimed it and has
+ * not made the interface yet (two skiffds on one machine never pick the same free slot).
+ * Claims live in NET_SLOT_CLAIMS_DIR; without it (not root) the interface check alone. */
+#define NET_SLOT_CLAIMS_DIR "/run/skiff"
+int net_slot_claim(int slot);
+void net_slot_release(int slot);
 
 /* Claims the slot and wires the container's network namespace (the one of process pid):
  * creates the pair, host end "skv<slot>" with host/30 up (IPv6 off on it), the other end

@@ -1081,6 +1081,13 @@ static const struct executor__driver executor__shim_driver = {
 
 static int executor__slot_allocate(struct executor *ex);
 
+/* A slot of ours goes back: to us and to the other daemons on the machine. */
+static void executor__slot_free(struct executor *ex, int slot)
+{
+    ex->slot_used[slot] = 0;
+    net_slot_release(slot);
+}
+
 /* One warm container (container.h) kept for the next instance of the default disk size: its
  * folder home/instances/warm-ID, its cgroup warm-ID, its network slot and its own shim. The
  * slot is handed out for a start (executor_port_allocate_for), executor_start finds it by the
@@ -1129,7 +1136,7 @@ static void warm__discard(struct executor__warm *w)
     unlink(shim_pid);
     free(shim_pid);
     if (w->slot >= 0 && w->slot < ex->slots)
-        ex->slot_used[w->slot] = 0;
+        executor__slot_free(ex, w->slot);
     free(w->dir);
     free(w);
 }
@@ -1898,7 +1905,7 @@ static void executor__port_release(struct executor *ex, int port)
                 return;
             }
         if (port >= 0 && port < ex->slots)
-            ex->slot_used[port] = 0;
+            executor__slot_free(ex, port);
     } else if (port >= ex->port_min && port <= ex->port_max) {
         ex->port_used[port - ex->port_min] = 0;
     }
@@ -2395,13 +2402,13 @@ static bool executor__port_is_free(int port)
     return free_port;
 }
 
-/* A network slot neither we nor another daemon on the machine holds (creating its interface
- * claims it for good: a race with another daemon fails that start, which is tried again). */
+/* A network slot neither we nor another daemon on the machine holds (net_slot_claim: its
+ * interface, or another's claim while it makes it; ours ends in executor__slot_free). */
 static int executor__slot_allocate(struct executor *ex)
 {
     for (int i = 0; i < ex->slots; i++) {
         int slot = (ex->slot_cursor + i) % ex->slots;
-        if (ex->slot_used[slot] || net_slot_in_use(slot))
+        if (ex->slot_used[slot] || net_slot_claim(slot) < 0)
             continue;
         ex->slot_used[slot] = 1;
         ex->slot_cursor = (slot + 1) % ex->slots;

@@ -23,6 +23,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -584,6 +585,48 @@ static char *peer_routes(void)
     return text;
 }
 
+/* A slot claimed by one process is refused to another until released (another skiffd on the
+ * machine sees the claim before the interface exists), and a slot whose interface exists is
+ * refused to all. */
+static int claims_child_locks(int slot)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct stat st;
+        char path[128];
+        if (stat("/proc/self/ns/net", &st) < 0)
+            _exit(2);
+        snprintf(path, sizeof path, NET_SLOT_CLAIMS_DIR "/net-slots-%llu.lock",
+                 (unsigned long long)st.st_ino);
+        int fd = open(path, O_RDWR | O_CLOEXEC); /* a description of its own, as a skiffd's */
+        struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot, .l_len = 1};
+        _exit(fd >= 0 && fcntl(fd, F_OFD_SETLK, &l) == 0 ? 0 : 1);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void test_a_slot_claimed_here_is_refused_elsewhere_until_released(void **state)
+{
+    (void)state;
+    const int slot = 4093, named = 4094;
+    assert_false(net_slot_in_use(slot));
+    assert_int_equal(net_slot_claim(slot), 0);
+    assert_int_equal(claims_child_locks(slot), 1); /* another process cannot take it */
+    net_slot_release(slot);
+    assert_int_equal(claims_child_locks(slot), 0); /* released: another can */
+    assert_int_equal(net_slot_claim(slot), 0);
+    net_slot_release(slot);
+
+    assert_int_equal(system("ip link add skv4094 type veth peer name skv4094p"), 0);
+    assert_true(net_slot_in_use(named));
+    assert_int_equal(net_slot_claim(named), -EBUSY); /* its interface exists: taken */
+    assert_int_equal(system("ip link del skv4094"), 0);
+    assert_int_equal(net_slot_claim(named), 0);
+    net_slot_release(named);
+}
+
 static void test_peer_routes_are_set_replaced_and_removed(void **state)
 {
     (void)state;
@@ -678,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_attach_time),
         cmocka_unit_test(test_pools_overlap),
         cmocka_unit_test(test_peer_routes_are_set_replaced_and_removed),
+        cmocka_unit_test(test_a_slot_claimed_here_is_refused_elsewhere_until_released),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
