@@ -1344,23 +1344,12 @@ static int sqlite__task_delete(struct store_backend *st, const char *guid)
 
 /* ---- documents --------------------------------------------------------------------------- */
 
-static int sqlite__doc_put(struct store_backend *st, const char *kind, const char *id,
-                           const char *json)
+/* One document written by sql, whose parameters are ?1 kind, ?2 id, ?3 body, ?4 the time: 0,
+ * or missing (-ENOENT, -EEXIST as the caller words it) when it changed no row. */
+static int sqlite__doc_write(struct store_backend *st, const char *sql, const char *kind,
+                             const char *id, const char *json, int missing)
 {
-    sqlite3_stmt *q = store__prepare(st, "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)");
-    if (!q)
-        return -EIO;
-    store__bind_text(q, 1, kind);
-    store__bind_text(q, 2, id);
-    store__bind_text(q, 3, json);
-    sqlite3_bind_int64(q, 4, time_now_ms());
-    return store__step_done(st, q);
-}
-
-static int sqlite__doc_create(struct store_backend *st, const char *kind, const char *id,
-                              const char *json)
-{
-    sqlite3_stmt *q = store__prepare(st, "INSERT OR IGNORE INTO documents VALUES (?, ?, ?, ?)");
+    sqlite3_stmt *q = store__prepare(st, sql);
     if (!q)
         return -EIO;
     store__bind_text(q, 1, kind);
@@ -1368,9 +1357,23 @@ static int sqlite__doc_create(struct store_backend *st, const char *kind, const 
     store__bind_text(q, 3, json);
     sqlite3_bind_int64(q, 4, time_now_ms());
     int rc = store__step_done(st, q);
-    if (rc == 0 && sqlite3_changes(st->db) == 0)
-        return -EEXIST;
+    if (rc == 0 && missing && sqlite3_changes(st->db) == 0)
+        return missing;
     return rc;
+}
+
+static int sqlite__doc_put(struct store_backend *st, const char *kind, const char *id,
+                           const char *json)
+{
+    return sqlite__doc_write(st, "INSERT OR REPLACE INTO documents VALUES (?1, ?2, ?3, ?4)", kind,
+                             id, json, 0);
+}
+
+static int sqlite__doc_create(struct store_backend *st, const char *kind, const char *id,
+                              const char *json)
+{
+    return sqlite__doc_write(st, "INSERT OR IGNORE INTO documents VALUES (?1, ?2, ?3, ?4)", kind,
+                             id, json, -EEXIST);
 }
 
 static int sqlite__doc_get(struct store_backend *st, const char *kind, const char *id, char **json)
@@ -1405,18 +1408,9 @@ static int sqlite__doc_delete(struct store_backend *st, const char *kind, const 
 static int sqlite__doc_update(struct store_backend *st, const char *kind, const char *id,
                               const char *json)
 {
-    sqlite3_stmt *q = store__prepare(
-        st, "UPDATE documents SET body = ?, updated_at = ? WHERE kind = ? AND id = ?");
-    if (!q)
-        return -EIO;
-    store__bind_text(q, 1, json);
-    sqlite3_bind_int64(q, 2, time_now_ms());
-    store__bind_text(q, 3, kind);
-    store__bind_text(q, 4, id);
-    int rc = store__step_done(st, q);
-    if (rc == 0 && sqlite3_changes(st->db) == 0)
-        return -ENOENT;
-    return rc;
+    return sqlite__doc_write(
+        st, "UPDATE documents SET body = ?3, updated_at = ?4 WHERE kind = ?1 AND id = ?2", kind, id,
+        json, -ENOENT);
 }
 
 static int sqlite__doc_each(struct store_backend *st, const char *kind,
