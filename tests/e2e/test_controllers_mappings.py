@@ -12,10 +12,10 @@ import time
 import pytest
 
 from conftest import wait_for
-from controllers import LEADER_BOUND_S, PG_BIN, leader_and_follower, leading
+from controllers import LEADER_BOUND_S, PG_BIN, leading
 from test_controllers import schedule_fires
 from test_fabric_crash import read_all
-from test_fabric_nats import publish, replies_by_id, shared_skiffd
+from test_fabric_nats import publish, replies_by_id, shared_leader_and_follower
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nats-server") is None,
@@ -39,11 +39,8 @@ def shared_pair(pg_dir, nats, tmp_path):  # noqa: F811
     """a leads, b follows; a function `echo` pushed through a."""
     fn = tmp_path / "echo.py"
     fn.write_text(ECHO)
-    with leader_and_follower(
-            lambda zone: shared_skiffd(pg_dir, nats, zone),
-            lambda a: a.cli("push", "echo", "--function", "%s:handle" % fn, check=True,
-                            timeout=300),
-            heartbeats_s=15) as ab:
+    with shared_leader_and_follower(pg_dir, nats, lambda a: a.cli(
+            "push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)) as ab:
         yield ab
 
 

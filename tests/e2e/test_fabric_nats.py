@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from conftest import Platform, free_port, wait_for
-from controllers import needs_postgres, pg_dir  # noqa: F401
+from controllers import leader_and_follower, leading, needs_postgres, pg_dir  # noqa: F401
 from test_fabric_crash import crash_rounds, read_all
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
@@ -429,6 +429,12 @@ def shared_skiffd(pg_dir, nats, zone):
     return skiffd(pg_dir, zone, more_args=("--nats", nats.url))
 
 
+def shared_leader_and_follower(pg_dir, nats, then):
+    """Two shared skiffds: a leads (then(a) run before b starts), b follows."""
+    return leader_and_follower(lambda zone: shared_skiffd(pg_dir, nats, zone), then,
+                               heartbeats_s=15)
+
+
 
 @needs_postgres
 def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats, tmp_path):
@@ -436,21 +442,15 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
     (its cursor is one durable consumer); killed with SIGKILL mid-stream, the other takes the
     consumer over at its acknowledgement floor and every event is delivered. What the killed
     one had been given and not acknowledged is delivered again (at-least-once): counted."""
-    from controllers import cells, leading
     fn = tmp_path / "slow.py"
     fn.write_text("import time\n\ndef handle(event):\n    time.sleep(0.1)\n"
                   "    return {'seen': event['data']['n']}\n")
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+
+    def mapped(a):
         a.cli("push", "slow", "--function", "%s:handle" % fn, check=True, timeout=300)
         a.cli("map-event", "slow", "stream", "--reply-topic", "stream-done", "--max-instances",
               "1", check=True)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
-        assert not leading(b)
+    with shared_leader_and_follower(pg_dir, nats, mapped) as (a, b):
         status, body = b.api("GET", "/v1/event-mappings")
         assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
         total = 200
@@ -476,11 +476,6 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
               "%d more than once (%s)" % (total, len(before), total, len(twice), twice[:20]))
         # only what was in flight at the kill comes again, never the whole topic
         assert len(twice) < total // 2, twice
-        b.stop()
-        assert "Sanitizer" not in b.output() and "runtime error" not in b.output(), b.output()
-    finally:
-        for p in made:
-            p.close()
 
 
 @needs_postgres
@@ -488,19 +483,13 @@ def test_a_replay_asked_through_a_follower_is_carried_out_by_the_leader(pg_dir, 
     """A mapping's cursor has one writer, the leader: a replay asked through a follower is
     written to the store (202) and the leader replays within a second. By time (the follower
     searches the stream) and by offset; the follower delivers nothing itself."""
-    from test_controllers import cells, leading
     fn = tmp_path / "again.py"
     fn.write_text(ECHO_N)
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+
+    def mapped(a):
         a.cli("push", "again", "--function", "%s:handle" % fn, check=True, timeout=300)
         a.cli("map-event", "again", "replayed", "--reply-topic", "replayed-done", check=True)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
-        assert not leading(b)
+    with shared_leader_and_follower(pg_dir, nats, mapped) as (a, b):
         publish_and_wait(b, "replayed", range(5))
         assert replies_by_id(b, "replayed-done") == {n: 1 for n in range(5)}
         status, body = b.api("GET", "/v1/event-mappings")
@@ -532,12 +521,6 @@ def test_a_replay_asked_through_a_follower_is_carried_out_by_the_leader(pg_dir, 
         assert "the leading skiffd replays" in r.stdout and "1 events" in r.stdout, r.stdout
         wait_for(lambda: replies_by_id(b, "replayed-done").get(4) == 5, 30,
                  "the replay asked with the CLI through the follower")
-        for p in made:
-            p.stop()
-            assert "Sanitizer" not in p.output() and "runtime error" not in p.output()
-    finally:
-        for p in made:
-            p.close()
 
 
 @needs_postgres
@@ -545,23 +528,18 @@ def test_a_platform_event_caused_through_one_skiffd_reaches_a_mapping_on_the_oth
         pg_dir, nats, tmp_path):
     """skiff.app.* events go to JetStream like any: an app stopped through the follower is
     delivered to the function the leader runs for a mapping on that platform event."""
-    from controllers import cells, leading
     fn = tmp_path / "watch.py"
     fn.write_text("def handle(event):\n    return {'seen': event['type'] + ' ' + "
                   "event['subject']}\n")
     app = tmp_path / "other.py"
     app.write_text("def handle(event):\n    return None\n")
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+
+    def mapped(a):
         a.cli("push", "watch", "--function", "%s:handle" % fn, check=True, timeout=300)
         a.cli("push", "other", "--function", "%s:handle" % app, check=True, timeout=300)
         a.cli("map-event", "watch", "--on-app-event", "other:stopped", "--reply-topic",
               "watch-done", check=True)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
+    with shared_leader_and_follower(pg_dir, nats, mapped) as (a, b):
         b.cli("stop", "other", check=True)
         wait_for(lambda: "skiff.app.stopped other" in replies_by_id(a, "watch-done"), 60,
                  "the stopped event, caused through the follower, delivered by the leader")
@@ -569,6 +547,3 @@ def test_a_platform_event_caused_through_one_skiffd_reaches_a_mapping_on_the_oth
         print("platform event through the follower: %d skiff.app.stopped event(s) for it on "
               "JetStream" % len(events))
         assert events
-    finally:
-        for p in made:
-            p.close()
