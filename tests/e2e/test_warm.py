@@ -187,41 +187,30 @@ def test_a_grown_pool_shrinks_back_once_its_window_passes():
         p.close()
 
 
-def test_prewarm_window_must_be_milliseconds_in_range():
-    p = Platform()
-    try:
-        for bad in ("lots", "0", "999", "3600001", "5s", "-3000"):
-            r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
-                                             "skiffd"), "--home", p.home,
-                                "--prewarm-window-ms", bad],
-                               capture_output=True, text=True, timeout=30)
-            assert r.returncode == 2 and "--prewarm-window-ms" in r.stderr, (bad, r.stderr)
-    finally:
-        p.close()
-
-
-def test_prewarm_must_be_a_number():
+def refused_at_start(args, flag):
+    """skiffd started with args exits 2 and names flag on stderr."""
     p = Platform()
     try:
         r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
-                                         "skiffd"), "--home", p.home, "--prewarm", "lots"],
+                                         "skiffd"), "--home", p.home, *args],
                            capture_output=True, text=True, timeout=30)
-        assert r.returncode == 2 and "--prewarm" in r.stderr, r.stderr
+        assert r.returncode == 2 and flag in r.stderr, (args, r.stderr)
     finally:
         p.close()
+
+
+def test_prewarm_window_must_be_milliseconds_in_range():
+    for bad in ("lots", "0", "999", "3600001", "5s", "-3000"):
+        refused_at_start(["--prewarm-window-ms", bad], "--prewarm-window-ms")
+
+
+def test_prewarm_must_be_a_number():
+    refused_at_start(["--prewarm", "lots"], "--prewarm")
 
 
 def test_prewarm_memory_must_be_a_size():
-    p = Platform()
-    try:
-        for bad in ("lots", "0", "12T", "-5M", "99999999G"):
-            r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
-                                             "skiffd"), "--home", p.home,
-                                "--prewarm-memory", bad],
-                               capture_output=True, text=True, timeout=30)
-            assert r.returncode == 2 and "--prewarm-memory" in r.stderr, (bad, r.stderr)
-    finally:
-        p.close()
+    for bad in ("lots", "0", "12T", "-5M", "99999999G"):
+        refused_at_start(["--prewarm-memory", bad], "--prewarm-memory")
 
 
 def warm_memory(name):
