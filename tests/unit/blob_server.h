@@ -27,15 +27,16 @@ static inline int blob_server_listen(int type, int *port)
     return fd;
 }
 
+/* Set body, len and, when wanted, status (200 unless set) and good before blob_server_start. */
 struct blob_server {
     int fd, port;
     pthread_t thread;
     int status;       /* what it answers */
-    const char *body; /* and with */
-    size_t body_len;
+    const char *body; /* and with (the caller's until blob_server_stop) */
+    size_t len;
     /* when set, a request without this text (e.g. "Authorization: Bearer T") is answered 401
      * with no body, and counted in refused */
-    char want[200];
+    char good[200];
     int requests, refused;
     char path[256]; /* the last request's */
     char auth[256]; /* its Authorization header's value, when it had one */
@@ -63,29 +64,27 @@ static inline void *blob_server_main(void *arg)
         const char *auth = strstr(req, "Authorization: ");
         if (auth)
             sscanf(auth, "Authorization: %255[^\r]", s->auth);
-        bool ok = !s->want[0] || strstr(req, s->want) != NULL;
+        bool ok = !s->good[0] || strstr(req, s->good) != NULL;
         if (!ok)
             s->refused++;
         char head[256];
         int hl = snprintf(head, sizeof head,
                           "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                          ok ? s->status : 401, ok ? "X" : "Unauthorized", ok ? s->body_len : 0);
-        if (write(c, head, (size_t)hl) < 0 || (ok && write(c, s->body, s->body_len) < 0))
+                          ok ? s->status : 401, ok ? "X" : "Unauthorized", ok ? s->len : 0);
+        if (write(c, head, (size_t)hl) < 0 || (ok && write(c, s->body, s->len) < 0))
             s->requests += 0;
         close(c);
     }
 }
 
-/* Starts s answering status and body (len bytes, the caller's until blob_server_stop); s->want
- * is read from s as the caller set it. */
-static inline void blob_server_start(struct blob_server *s, int status, const char *body,
-                                     size_t len)
+/* Starts s on loopback: its URL ("http://127.0.0.1:PORT", no slash) in url. */
+static inline void blob_server_start(struct blob_server *s, char url[64])
 {
-    s->status = status;
-    s->body = body;
-    s->body_len = len;
+    if (!s->status)
+        s->status = 200;
     s->fd = blob_server_listen(SOCK_STREAM, &s->port);
     pthread_create(&s->thread, NULL, blob_server_main, s);
+    snprintf(url, 64, "http://127.0.0.1:%d", s->port);
 }
 
 static inline void blob_server_stop(struct blob_server *s)

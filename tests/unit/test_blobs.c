@@ -702,13 +702,13 @@ static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **sta
     (void)state;
     char cache[] = "/tmp/skiff-test-fetch-XXXXXX";
     assert_non_null(mkdtemp(cache));
-    struct blob_server good = {0}, forged = {0}, refusing = {0};
-    blob_server_start(&good, 200, "hello", 5);
-    blob_server_start(&forged, 200, "hellO", 5);
-    blob_server_start(&refusing, 403, "{}", 2);
-    char *good_url = xasprintf("http://127.0.0.1:%d", good.port);
-    char *forged_url = xasprintf("http://127.0.0.1:%d/", forged.port);
-    char *refusing_url = xasprintf("http://127.0.0.1:%d", refusing.port);
+    struct blob_server good = {.body = "hello", .len = 5}, forged = {.body = "hellO", .len = 5};
+    struct blob_server refusing = {.status = 403, .body = "{}", .len = 2};
+    char good_url[64], forged_at[64], refusing_url[64];
+    blob_server_start(&good, good_url);
+    blob_server_start(&forged, forged_at);
+    blob_server_start(&refusing, refusing_url);
+    char *forged_url = xasprintf("%s/", forged_at); /* a URL ending in a slash works as well */
     struct fetched f;
 
     /* content that does not match: refused, nothing in the cache */
@@ -754,9 +754,7 @@ static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **sta
     blob_server_stop(&forged);
     blob_server_stop(&refusing);
     free(expect);
-    free(good_url);
     free(forged_url);
-    free(refusing_url);
     rm_rf(cache);
 }
 

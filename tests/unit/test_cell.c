@@ -270,6 +270,14 @@ static void on_droplet(void *ctx, int rc, const char *dir, const char *why)
     heard_note(ctx, rc, why);
 }
 
+/* A listening socket of the test's on loopback: its port; nothing ever accepts on it. */
+static int stranger_listen(int *fd)
+{
+    int port;
+    *fd = blob_server_listen(SOCK_STREAM | SOCK_NONBLOCK, &port);
+    return port;
+}
+
 #define CELL_ID "0123456789abcdef0123456789abcdef"
 #define SECRET "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
@@ -290,19 +298,12 @@ static void cell_home_close(const char *home, uv_loop_t *loop)
     assert_int_equal(system(cmd), 0);
 }
 
-/* This cell's token number n, as its token file holds it (without the newline). */
-static void cell_token(char *out, size_t size, int n)
-{
-    snprintf(out, size, "skiffc_" CELL_ID "%064d", n);
-}
-
 /* Puts this cell's token number n in the home's token file, the operator's (0600). */
 static void cell_token_write(const char *home, int n)
 {
     char path[CELL_HOME_SIZE + 16], text[200];
     snprintf(path, sizeof path, "%s/cell-token", home);
-    cell_token(text, sizeof text - 1, n);
-    strcat(text, "\n");
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", n);
     write_file(path, text, 0600);
 }
 
@@ -321,10 +322,9 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     static const char *const nobody[] = {"http://127.0.0.1:1/", NULL};
     struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
     assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
-    int stranger_port; /* nothing ever accepts on it */
-    int stranger_fd = blob_server_listen(SOCK_STREAM | SOCK_NONBLOCK, &stranger_port);
+    int stranger_fd;
     char stranger[64];
-    snprintf(stranger, sizeof stranger, "http://127.0.0.1:%d", stranger_port);
+    snprintf(stranger, sizeof stranger, "http://127.0.0.1:%d", stranger_listen(&stranger_fd));
     const char *named[] = {stranger, NULL};
     struct cell_launch l = sample();
     l.droplet_path = "/tmp"; /* there, but not this cell's to read */
@@ -415,13 +415,10 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     sodium_bin2hex(digest + 7, sizeof digest - 7, sum, sizeof sum);
 
     /* the controller: 401 unless the request carries token 2 */
-    struct blob_server ctl = {0};
-    char token[120];
-    cell_token(token, sizeof token, 2);
-    snprintf(ctl.want, sizeof ctl.want, "Authorization: Bearer %s", token);
-    blob_server_start(&ctl, 200, body, len);
+    struct blob_server ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", ctl.port);
+    blob_server_start(&ctl, url);
     const char *urls[] = {url, NULL};
 
     struct cell_droplets *cd = NULL;
