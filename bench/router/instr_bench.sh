@@ -20,9 +20,7 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && com
   command -v nginx >/dev/null || { echo "needs valgrind, h2load and nginx" >&2; exit 1; }
 . "$here/lib.sh"
 bench_workdir instr
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=$host" -addext "subjectAltName=DNS:$host,IP:127.0.0.1" \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+bench_cert
 bench_backend
 wait_port "$backend_port"
 
@@ -30,10 +28,7 @@ wait_port "$backend_port"
 count() {
   local bin=$1 proto=$2 path=$3 reqs=$4 home port vpid h1="" m=8 out ok total f
   home=$(mktemp -d "$work/r.XXXXXX")
-  mkdir -p "$home/run" "$home/tls"
-  cat "$work/cert.pem" "$work/key.pem" >"$home/tls/default.pem"
-  chmod 600 "$home/tls/default.pem"
-  printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"127.0.0.1:%s","index":0}]}]}\n' "$host" "$backend_port" >"$home/run/routes.json"
+  router_home "$home" "127.0.0.1:$backend_port" tls
   port=$(free_port)
   valgrind --tool=callgrind --callgrind-out-file="$home/cg.out" "$bin" --home "$home" \
     --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$port" \

@@ -1,7 +1,8 @@
-# What the router benchmarks share (sourced by bench.sh, h2_bench.sh, tls_bench.sh and platform_bench.sh): ports, nginx
-# configs, a standalone router, wrk runs with the CPU each process spent on them, medians. Uses
-# $work (a temporary folder), $secs (seconds per wrk run), $threads (wrk threads), $host (the
-# Host header) and $router_bin.
+# What the router benchmarks share (sourced by bench.sh, h2_bench.sh, h2c_bench.sh,
+# instr_bench.sh, tls_bench.sh and platform_bench.sh): ports, nginx configs, a certificate, a
+# router's home, a standalone router, wrk runs with the CPU each process spent on them,
+# medians. Uses $work (a temporary folder), $secs (seconds per wrk run), $threads (wrk
+# threads), $host (the Host header) and $router_bin.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -87,13 +88,32 @@ tls_proxy_conf() {
     ssl_session_tickets on; ssl_session_cache off;|"
 }
 
+# bench_cert: a self-signed P-256 certificate for $host and 127.0.0.1 in $work/cert.pem, its
+# key in $work/key.pem
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=$host" -addext "subjectAltName=DNS:$host,IP:127.0.0.1" \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+}
+
+# router_home HOME BACKEND [tls]: a router's home with a saved table of one route, $host to
+# BACKEND (HOST:PORT); with tls, bench_cert's certificate as its default one
+router_home() {
+  mkdir -p "$1/run"
+  printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"%s","index":0}]}]}\n' "$host" "$2" >"$1/run/routes.json"
+  if [ "${3:-}" = tls ]; then
+    mkdir -p "$1/tls"
+    cat "$work/cert.pem" "$work/key.pem" >"$1/tls/default.pem"
+    chmod 600 "$1/tls/default.pem"
+  fi
+}
+
 # start_router NAME WORKERS BACKEND -> "PORT PID": $router_bin on a free loopback port with a
 # saved table of one route, $host to BACKEND (HOST:PORT); no skiffd, so no bus
 start_router() {
   local home="$work/$1" port
   port=$(free_port)
-  mkdir -p "$home/run"
-  printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"%s","index":0}]}]}\n' "$host" "$3" >"$home/run/routes.json"
+  router_home "$home" "$3"
   "$router_bin" --home "$home" --addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "$2" 2>"$home/router.err" &
   echo "$port $!"
 }

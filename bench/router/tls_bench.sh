@@ -25,9 +25,7 @@ ulimit -n 65536 2>/dev/null || true
 bench_workdir tls
 
 # one certificate for both
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=$host" -addext "subjectAltName=DNS:$host,IP:127.0.0.1" \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+bench_cert
 
 bench_backend
 
@@ -39,10 +37,7 @@ nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
 
 skiff_home="$work/skiff"
-mkdir -p "$skiff_home/run" "$skiff_home/tls"
-cat "$work/cert.pem" "$work/key.pem" >"$skiff_home/tls/default.pem"
-chmod 600 "$skiff_home/tls/default.pem"
-printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"127.0.0.1:%s","index":0}]}]}\n' "$host" "$backend_port" >"$skiff_home/run/routes.json"
+router_home "$skiff_home" "127.0.0.1:$backend_port" tls
 skiff_port=$(free_port)
 "$router_bin" --home "$skiff_home" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$skiff_port" \
   --admin-addr "127.0.0.1:$(free_port)" --workers 1 2>"$skiff_home/router.err" & pids+=($!)

@@ -721,6 +721,18 @@ char *cli_escape(const char *s)
     return buf_steal(&b);
 }
 
+char *cli_path(const char *fmt, const char *a, const char *b, const char *c, const char *d)
+{
+    char *ea = a ? cli_escape(a) : NULL, *eb = b ? cli_escape(b) : NULL;
+    char *ec = c ? cli_escape(c) : NULL, *ed = d ? cli_escape(d) : NULL;
+    char *p = xasprintf(fmt, ea, eb, ec, ed);
+    free(ea);
+    free(eb);
+    free(ec);
+    free(ed);
+    return p;
+}
+
 struct cli_transfer {
     CURL *curl;
     const struct cli_request *req;

@@ -238,6 +238,9 @@ int cli_api(const char *method, const char *path, json_t *body, json_t **out);
 
 /* Percent-escapes s for use in a URL path or query. Caller frees. */
 char *cli_escape(const char *s);
+/* fmt ("/v1/orgs/%s/spaces/%s") with each of a..d that is given percent-escaped in place of its
+ * %s, in order (NULL for those fmt does not use). Caller frees. */
+char *cli_path(const char *fmt, const char *a, const char *b, const char *c, const char *d);
 /* "30d", "12h", "90m", "3600s" or "3600" -> seconds (more than 0); -1 when it is none of
  * these or too long to count. */
 long long cli_duration_seconds(const char *text);

@@ -75,13 +75,11 @@ int cli_cmd_delete_cell_token(const struct cli_command *cmd, int argc, char **ar
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
     if (rc != CLI_CONTINUE)
         return rc;
-    char *id = cli_escape(args.items[0]);
-    char *path = xasprintf("/v1/cell_tokens/%s", id);
+    char *path = cli_path("/v1/cell_tokens/%s", args.items[0], NULL, NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
+    free(path);
     if (rc == 0 && !cli_json_output)
         printf("Cell %s's token is refused from now on.\n", args.items[0]);
-    free(path);
-    free(id);
     return rc;
 }
 

@@ -69,12 +69,10 @@ static int quota__put(const struct cli_command *cmd, int argc, char **argv, bool
                                    quota__limits[i].option, values[i],
                                    i < 2 ? " of megabytes (or 2G, 512M)" : "");
         }
-    char *name = cli_escape(args.items[0]);
-    char *path = create ? xstrdup("/v1/quotas") : xasprintf("/v1/quotas/%s", name);
+    char *path = cli_path(create ? "/v1/quotas" : "/v1/quotas/%s", args.items[0], NULL, NULL, NULL);
     json_t *res = NULL;
     rc = cli_api(create ? "POST" : "PUT", path, body, &res);
     free(path);
-    free(name);
     json_decref(body);
     if (rc == 0 && !cli_json_printed(res)) {
         printf("%s the quota %s.\n", create ? "Created" : "Updated", args.items[0]);
@@ -136,14 +134,12 @@ static int cmd_delete_quota(const struct cli_command *cmd, int argc, char **argv
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, 1, 1);
     if (rc != CLI_CONTINUE)
         return rc;
-    char *name = cli_escape(args.items[0]);
-    char *path = xasprintf("/v1/quotas/%s", name);
+    char *path = cli_path("/v1/quotas/%s", args.items[0], NULL, NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
+    free(path);
     if (rc == 0 && !cli_json_output)
         printf("Deleted the quota %s (and took it off every org and space that had it).\n",
                args.items[0]);
-    free(path);
-    free(name);
     return rc;
 }
 

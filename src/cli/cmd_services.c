@@ -815,9 +815,8 @@ static int cli_broker_send(const struct cli_command *cmd, int argc, char **argv,
     }
     if (!cli_json_output)
         printf("%s service broker %s...\n", create ? "Creating" : "Updating", args.items[0]);
-    char *q = cli_escape(args.items[0]);
-    char *path = create ? xstrdup("/v1/service_brokers") : xasprintf("/v1/service_brokers/%s", q);
-    free(q);
+    char *path = cli_path(create ? "/v1/service_brokers" : "/v1/service_brokers/%s", args.items[0],
+                          NULL, NULL, NULL);
     json_t *res = NULL;
     rc = cli_api(create ? "POST" : "PATCH", path, body, &res);
     free(path);
@@ -866,9 +865,7 @@ static int cli_cmd_delete_service_broker(const struct cli_command *cmd, int argc
     free(question);
     if (rc != CLI_CONTINUE)
         return rc;
-    char *q = cli_escape(args.items[0]);
-    char *path = xasprintf("/v1/service_brokers/%s", q);
-    free(q);
+    char *path = cli_path("/v1/service_brokers/%s", args.items[0], NULL, NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
     free(path);
     if (rc == 0 && !cli_json_output)

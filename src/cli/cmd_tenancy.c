@@ -66,20 +66,6 @@ static void tenancy__zero_free(char *s)
     free(s);
 }
 
-/* "%s/%s" escaped path pieces, for building URLs. Caller frees. */
-static char *tenancy__path(const char *fmt, const char *a, const char *b, const char *c,
-                           const char *d)
-{
-    char *ea = a ? cli_escape(a) : NULL, *eb = b ? cli_escape(b) : NULL;
-    char *ec = c ? cli_escape(c) : NULL, *ed = d ? cli_escape(d) : NULL;
-    char *p = xasprintf(fmt, ea, eb, ec, ed);
-    free(ea);
-    free(eb);
-    free(ec);
-    free(ed);
-    return p;
-}
-
 /* ---- login, logout, target --------------------------------------------------------------- */
 
 /* The only space of the only org, when the list has exactly one; org is set for one org. */
@@ -91,7 +77,7 @@ static void tenancy__single_listed(char **org, char **space)
     json_t *list = json_object_get(orgs, "orgs");
     if (json_array_size(list) == 1) {
         const char *name = cli_json_str(json_array_get(list, 0), "name");
-        char *path = tenancy__path("/v1/orgs/%s/spaces", name, NULL, NULL, NULL);
+        char *path = cli_path("/v1/orgs/%s/spaces", name, NULL, NULL, NULL);
         json_t *spaces = NULL;
         if (cli_api("GET", path, NULL, &spaces) == 0) {
             *org = xstrdup(name);
@@ -337,7 +323,7 @@ static int cmd_login(const struct cli_command *cmd, int argc, char **argv)
     if (!org_name && !space_name)
         tenancy__single_space(me, &org_name, &space_name);
     if (org_name && space_name) {
-        char *path = tenancy__path("/v1/orgs/%s/spaces", org_name, NULL, NULL, NULL);
+        char *path = cli_path("/v1/orgs/%s/spaces", org_name, NULL, NULL, NULL);
         json_t *spaces = NULL;
         int r = cli_api("GET", path, NULL, &spaces);
         free(path);
@@ -432,7 +418,7 @@ static int cmd_target(const struct cli_command *cmd, int argc, char **argv)
         const char *o = org ? org : t->org;
         if (!o || !space)
             return cli_usage_error(cmd, "say the space too: -o ORG -s SPACE");
-        char *path = tenancy__path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
+        char *path = cli_path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
         json_t *spaces = NULL;
         rc = cli_api("GET", path, NULL, &spaces);
         free(path);
@@ -527,7 +513,7 @@ static int cmd_delete_user(const struct cli_command *cmd, int argc, char **argv)
         if (!yes)
             return cli_error("not deleted (-f deletes without asking)");
     }
-    char *path = tenancy__path("/v1/users/%s", args.items[0], NULL, NULL, NULL);
+    char *path = cli_path("/v1/users/%s", args.items[0], NULL, NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
     free(path);
     if (rc == 0 && !cli_json_output)
@@ -582,7 +568,7 @@ static int cmd_passwd(const struct cli_command *cmd, int argc, char **argv)
     json_t *body = json_pack("{s:s}", "password", fresh);
     if (old)
         json_object_set_new(body, "old_password", json_string(old));
-    char *path = tenancy__path("/v1/users/%s/password", name, NULL, NULL, NULL);
+    char *path = cli_path("/v1/users/%s/password", name, NULL, NULL, NULL);
     rc = cli_api("PUT", path, body, NULL);
     free(path);
     json_decref(body);
@@ -664,8 +650,8 @@ static int cmd_revoke_token(const struct cli_command *cmd, int argc, char **argv
     int rc = cli_parse_options(cmd, argc, argv, opts, &args, 1, 1);
     if (rc != CLI_CONTINUE)
         return rc;
-    char *path = user ? tenancy__path("/v1/tokens/%s?user=%s", args.items[0], user, NULL, NULL)
-                      : tenancy__path("/v1/tokens/%s", args.items[0], NULL, NULL, NULL);
+    char *path = user ? cli_path("/v1/tokens/%s?user=%s", args.items[0], user, NULL, NULL)
+                      : cli_path("/v1/tokens/%s", args.items[0], NULL, NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
     free(path);
     if (rc == 0 && !cli_json_output)
@@ -700,7 +686,7 @@ static int tenancy__list(const struct cli_command *cmd, int argc, char **argv, b
         const char *o = tenancy__org(cmd, org);
         if (!o)
             return CLI_EXIT_USAGE;
-        path = tenancy__path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
+        path = cli_path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
     }
     static const struct cli_column cols[] = {
         {"name", "name", NULL}, {"quota", "quota", NULL}, {"created", "created_at", NULL}, {0}};
@@ -748,7 +734,7 @@ static int cmd_create_space(const struct cli_command *cmd, int argc, char **argv
     const char *o = tenancy__org(cmd, org);
     if (!o)
         return CLI_EXIT_USAGE;
-    char *path = tenancy__path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
+    char *path = cli_path("/v1/orgs/%s/spaces", o, NULL, NULL, NULL);
     json_t *body = json_pack("{s:s}", "name", args.items[0]);
     json_t *res = NULL;
     rc = cli_api("POST", path, body, &res);
@@ -787,7 +773,7 @@ static int cmd_delete_org(const struct cli_command *cmd, int argc, char **argv)
         return rc;
     if (!tenancy__confirm(force, args.items[0]))
         return CLI_EXIT_ERROR;
-    char *path = tenancy__path("/v1/orgs/%s", args.items[0], NULL, NULL, NULL);
+    char *path = cli_path("/v1/orgs/%s", args.items[0], NULL, NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
     free(path);
     if (rc == 0 && !cli_json_output)
@@ -811,7 +797,7 @@ static int cmd_delete_space(const struct cli_command *cmd, int argc, char **argv
         return CLI_EXIT_USAGE;
     if (!tenancy__confirm(force, args.items[0]))
         return CLI_EXIT_ERROR;
-    char *path = tenancy__path("/v1/orgs/%s/spaces/%s", o, args.items[0], NULL, NULL);
+    char *path = cli_path("/v1/orgs/%s/spaces/%s", o, args.items[0], NULL, NULL);
     rc = cli_api("DELETE", path, NULL, NULL);
     free(path);
     if (rc == 0 && !cli_json_output)
@@ -830,10 +816,10 @@ static int tenancy__role(const struct cli_command *cmd, int argc, char **argv, b
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, n, n);
     if (rc != CLI_CONTINUE)
         return rc;
-    char *path = space ? tenancy__path("/v1/orgs/%s/spaces/%s/users/%s/roles/%s", args.items[1],
-                                       args.items[2], args.items[0], args.items[3])
-                       : tenancy__path("/v1/orgs/%s/users/%s/roles/%s", args.items[1],
-                                       args.items[0], args.items[2], NULL);
+    char *path = space ? cli_path("/v1/orgs/%s/spaces/%s/users/%s/roles/%s", args.items[1],
+                                  args.items[2], args.items[0], args.items[3])
+                       : cli_path("/v1/orgs/%s/users/%s/roles/%s", args.items[1], args.items[0],
+                                  args.items[2], NULL);
     rc = cli_api(set ? "PUT" : "DELETE", path, NULL, NULL);
     free(path);
     if (rc == 0 && !cli_json_output)
@@ -869,9 +855,9 @@ static int tenancy__members(const struct cli_command *cmd, int argc, char **argv
     int rc = cli_parse_options(cmd, argc, argv, NULL, &args, n, n);
     if (rc != CLI_CONTINUE)
         return rc;
-    char *path = space ? tenancy__path("/v1/orgs/%s/spaces/%s/users", args.items[0], args.items[1],
-                                       NULL, NULL)
-                       : tenancy__path("/v1/orgs/%s/users", args.items[0], NULL, NULL, NULL);
+    char *path =
+        space ? cli_path("/v1/orgs/%s/spaces/%s/users", args.items[0], args.items[1], NULL, NULL)
+              : cli_path("/v1/orgs/%s/users", args.items[0], NULL, NULL, NULL);
     json_t *res = NULL;
     rc = cli_api("GET", path, NULL, &res);
     free(path);

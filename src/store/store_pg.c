@@ -1492,26 +1492,47 @@ static int pg__package_add(struct store_backend *b, const struct store_package *
                      6, v, false);
 }
 
-static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+/* Fills a fresh object from the one row of res. */
+typedef void (*pg_row_fill_fn)(const PGresult *res, void *obj);
+
+/* Reads the row sql selects for guid ($1) into a fresh zeroed object of size bytes, filled by
+ * fill; *out is the caller's on 0. -ENOENT when there is no such row, -EIO on failure. */
+static int pg__get_by_guid(struct store_backend *b, const char *sql, const char *guid, size_t size,
+                           pg_row_fill_fn fill, void **out)
 {
     const char *v[] = {guid};
     PGresult *res = NULL;
-    int rc = pg__read_row(b,
-                          "SELECT guid, app_guid, path, bytes, created_at, digest FROM packages"
-                          " WHERE guid = $1",
-                          1, v, &res);
+    int rc = pg__read_row(b, sql, 1, v, &res);
     if (rc < 0)
         return rc;
-    struct store_package *p = xcalloc(1, sizeof *p);
+    void *obj = xcalloc(1, size);
+    fill(res, obj);
+    PQclear(res);
+    *out = obj;
+    return 0;
+}
+
+static void pg__package_fill(const PGresult *res, void *obj)
+{
+    struct store_package *p = obj;
     pg__copy_guid(p->guid, res, 0, 0);
     p->app_guid = pg__text(res, 0, 1);
     p->path = pg__text(res, 0, 2);
     p->bytes = (uint64_t)pg__int(res, 0, 3);
     p->created_at = pg__int(res, 0, 4);
     p->digest = pg__text(res, 0, 5);
-    *out = p;
-    PQclear(res);
-    return 0;
+}
+
+static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+{
+    void *p = NULL;
+    int rc = pg__get_by_guid(b,
+                             "SELECT guid, app_guid, path, bytes, created_at, digest FROM packages"
+                             " WHERE guid = $1",
+                             guid, sizeof(struct store_package), pg__package_fill, &p);
+    if (rc == 0)
+        *out = p;
+    return rc;
 }
 
 static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
@@ -1531,17 +1552,9 @@ static int pg__droplet_add(struct store_backend *b, const struct store_droplet *
                      8, v, false);
 }
 
-static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+static void pg__droplet_fill(const PGresult *res, void *obj)
 {
-    const char *v[] = {guid};
-    PGresult *res = NULL;
-    int rc = pg__read_row(b,
-                          "SELECT guid, app_guid, path, buildpack, process_types, created_at,"
-                          " digest, blobs FROM droplets WHERE guid = $1",
-                          1, v, &res);
-    if (rc < 0)
-        return rc;
-    struct store_droplet *d = xcalloc(1, sizeof *d);
+    struct store_droplet *d = obj;
     pg__copy_guid(d->guid, res, 0, 0);
     d->app_guid = pg__text(res, 0, 1);
     d->path = pg__text(res, 0, 2);
@@ -1550,9 +1563,18 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     d->created_at = pg__int(res, 0, 5);
     d->digest = pg__text(res, 0, 6);
     d->blobs = pg__text(res, 0, 7);
-    *out = d;
-    PQclear(res);
-    return 0;
+}
+
+static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
+    void *d = NULL;
+    int rc = pg__get_by_guid(b,
+                             "SELECT guid, app_guid, path, buildpack, process_types, created_at,"
+                             " digest, blobs FROM droplets WHERE guid = $1",
+                             guid, sizeof(struct store_droplet), pg__droplet_fill, &d);
+    if (rc == 0)
+        *out = d;
+    return rc;
 }
 
 static int pg__droplet_delete(struct store_backend *b, const char *guid)

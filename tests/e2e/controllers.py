@@ -1,6 +1,7 @@
 """Several skiffds on one PostgreSQL store, for the tests of controllers (test_controllers.py)
 and of blobs (test_blobs.py): a throwaway server (pg_dir), a skiffd on it (skiffd), a pair of
 them (a leads, b follows) and what the API says of them (cells, leading, running_here)."""
+import contextlib
 import os
 import subprocess
 
@@ -66,23 +67,39 @@ def serves(p, name, host=None):
     return status == 200 and text.startswith("instance")
 
 
-@pytest.fixture
-def pair(pg_dir):
-    """Two skiffds on the store, each with its own home: a, started first, leads; b follows."""
-    a = skiffd(pg_dir, "zone-a").start()
+def stop_clean(made):
+    """Stops each skiffd still running and fails on a sanitizer report in any one's output."""
+    for p in made:
+        p.stop()
+        text = p.output()
+        assert "Sanitizer" not in text and "runtime error" not in text, text
+
+
+@contextlib.contextmanager
+def leader_and_follower(make, then=None, heartbeats_s=10):
+    """a = make("zone-a") started first and leading, then(a) if given, b = make("zone-b")
+    following once both cells' heartbeats show: yields (a, b). After the block, both stopped
+    and their output free of sanitizer reports; closed (homes removed) whatever happened."""
+    a = make("zone-a").start()
     made = [a]
     try:
         wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        b = skiffd(pg_dir, "zone-b").start()
+        if then:
+            then(a)
+        b = make("zone-b").start()
         made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
+        wait_for(lambda: len(cells(b)["cells"]) == 2, heartbeats_s, "both cells' heartbeats")
         assert not leading(b), cells(b)
         assert a.home != b.home
         yield a, b
-        for p in made:
-            p.stop()
-            text = p.output()
-            assert "Sanitizer" not in text and "runtime error" not in text, text
+        stop_clean(made)
     finally:
         for p in made:
             p.close()
+
+
+@pytest.fixture
+def pair(pg_dir):
+    """Two skiffds on the store, each with its own home: a, started first, leads; b follows."""
+    with leader_and_follower(lambda zone: skiffd(pg_dir, zone)) as ab:
+        yield ab

@@ -13,8 +13,9 @@ import time
 import pytest
 
 from conftest import ROOT, WEB_APP, Platform, deploy_bits, http_get, out, wait_for
-from controllers import (LEADER_BOUND_S, cells, leading, needs_postgres,  # noqa: F401
-                         pair, pg_dir, psql, running_here, serves, skiffd)
+from controllers import (LEADER_BOUND_S, cells, leader_and_follower, leading,  # noqa: F401
+                         needs_postgres, pair, pg_dir, psql, running_here, serves, skiffd,
+                         stop_clean)
 
 pytestmark = needs_postgres
 
@@ -279,9 +280,7 @@ def test_an_app_made_through_one_skiffd_is_listed_by_the_other(pg_dir):
               f"{time.monotonic() - made_at:.2f} s")
         assert b.api("DELETE", "/v1/apps/listed")[0] in (200, 204)
         wait_for(lambda: "listed" not in app_names(a), 3, "a to drop the app deleted through b")
-        for p in made:
-            p.stop()
-            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), p.output()
+        stop_clean(made)
     finally:
         for p in made:
             p.close()
@@ -294,21 +293,16 @@ def schedule_fires(p):
     return int(line.split()[1])
 
 
+def a_ticking_schedule(a):
+    assert a.api("PUT", "/v1/apps/tick", {"no_route": True})[0] in (200, 201)
+    status, body = a.api("POST", "/v1/event-mappings", {"app": "tick", "schedule": "@every 1s"})
+    assert status == 201, body
+    wait_for(lambda: schedule_fires(a) >= 1, 10, "the leader's first fire")
+
+
 def test_only_the_leader_fires_schedules_and_the_next_one_takes_them_over(pg_dir):
-    a = skiffd(pg_dir, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        assert a.api("PUT", "/v1/apps/tick", {"no_route": True})[0] in (200, 201)
-        status, body = a.api("POST", "/v1/event-mappings", {"app": "tick",
-                                                            "schedule": "@every 1s"})
-        assert status == 201, body
-        wait_for(lambda: schedule_fires(a) >= 1, 10, "the leader's first fire")
-        # b loads the same mapping from the store at its start, and follows
-        b = skiffd(pg_dir, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 10, "both cells' heartbeats")
-        assert not leading(b)
+    # b loads the same mapping from the store at its start, and follows
+    with leader_and_follower(lambda zone: skiffd(pg_dir, zone), a_ticking_schedule) as (a, b):
         base = schedule_fires(a)
         wait_for(lambda: schedule_fires(a) >= base + 3, 10, "three more fires on the leader")
         assert schedule_fires(b) == 0, "a follower fires no schedule"
@@ -316,11 +310,6 @@ def test_only_the_leader_fires_schedules_and_the_next_one_takes_them_over(pg_dir
         a.proc.wait(10)
         wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after kill -9")
         wait_for(lambda: schedule_fires(b) >= 2, 10, "the new leader to fire the schedule")
-        b.stop()
-        assert "Sanitizer" not in b.output() and "runtime error" not in b.output(), b.output()
-    finally:
-        for p in made:
-            p.close()
 
 
 def test_a_lost_change_feed_is_reopened_and_carries_changes_again(pair, pg_dir):

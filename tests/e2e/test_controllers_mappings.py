@@ -12,10 +12,10 @@ import time
 import pytest
 
 from conftest import wait_for
-from controllers import LEADER_BOUND_S, PG_BIN, cells, leading
+from controllers import LEADER_BOUND_S, PG_BIN, leading
 from test_controllers import schedule_fires
 from test_fabric_crash import read_all
-from test_fabric_nats import publish, replies_by_id, shared_skiffd
+from test_fabric_nats import publish, replies_by_id, shared_leader_and_follower
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nats-server") is None,
@@ -39,24 +39,9 @@ def shared_pair(pg_dir, nats, tmp_path):  # noqa: F811
     """a leads, b follows; a function `echo` pushed through a."""
     fn = tmp_path / "echo.py"
     fn.write_text(ECHO)
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        a.cli("push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
-        assert not leading(b), cells(b)
-        yield a, b
-        for p in made:
-            if p.proc.poll() is None:
-                p.stop()
-            text = p.output()
-            assert "Sanitizer" not in text and "runtime error" not in text, text
-    finally:
-        for p in made:
-            p.close()
+    with shared_leader_and_follower(pg_dir, nats, lambda a: a.cli(
+            "push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)) as ab:
+        yield ab
 
 
 def mapping_ids(p):

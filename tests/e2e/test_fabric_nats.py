@@ -5,6 +5,7 @@ publish -> map-event -> function invoked (the invoker unchanged); skiffd killed 
 restarted: no acknowledged event lost, the mapping's cursor resumes; one node of the R3
 cluster killed: publishes still acknowledged; NATS down: publishing answers a clear 503 at
 once; topic names with NATS separators or wildcards never reach a subject."""
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import urllib.request
 import pytest
 
 from conftest import Platform, free_port, wait_for
-from controllers import needs_postgres, pg_dir  # noqa: F401
+from controllers import leader_and_follower, leading, needs_postgres, pg_dir  # noqa: F401
 from test_fabric_crash import crash_rounds, read_all
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
@@ -127,19 +128,57 @@ def publish(p, topic, data, timeout=30):
                  headers={"Content-Type": "application/json"})
 
 
-def test_publish_map_event_invokes_function_and_nats_down_is_503(nats, tmp_path):
-    fn = tmp_path / "echo.py"
-    fn.write_text("def handle(event):\n    return {'seen': event['data']['n']}\n")
+def replies_by_id(p, topic):
+    seen = {}
+    for ev in read_all(p, topic):
+        k = (ev.get("data") or {}).get("seen")
+        seen[k] = seen.get(k, 0) + 1
+    return seen
+
+
+def publish_and_wait(p, topic, ns, within=60, retry_s=0):
+    """Publishes {"n": n} to topic for each n of ns, each accepted at once (or, with retry_s,
+    published again while refused, for up to retry_s seconds), then waits up to within seconds
+    for the replies in topic + "-done" of a function answering {"seen": n} to name every one.
+    Returns the acceptances' bodies."""
+    bodies = []
+    for n in ns:
+        if retry_s:
+            status, body = wait_for(lambda: (lambda r: r if r[0] == 202 else None)(
+                publish(p, topic, {"n": n})), retry_s, "publishing to %s to be accepted" % topic)
+        else:
+            status, body = publish(p, topic, {"n": n})
+        assert status == 202, body
+        bodies.append(body)
+    done = topic + "-done"
+    wait_for(lambda: set(ns) <= set(replies_by_id(p, done)), within,
+             "the replies in %s to name %s" % (done, list(ns)))
+    return bodies
+
+
+ECHO_N = "def handle(event):\n    return {'seen': event['data']['n']}\n"
+
+
+@contextlib.contextmanager
+def mapped_platform(nats, tmp_path, app, topic, source=ECHO_N):
+    """A skiffd on nats with a function app (source's handle) mapped to topic, its replies in
+    topic + "-done"; closed after the block."""
+    fn = tmp_path / ("%s.py" % app)
+    fn.write_text(source)
     p = nats_platform([nats.url]).start()
     try:
-        p.cli("push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)
-        p.cli("map-event", "echo", "orders", "--reply-topic", "orders-done", check=True)
-        for n in range(5):
-            status, body = publish(p, "orders", {"n": n})
-            assert status == 202, body
-            assert body["offset"] == n
-        wait_for(lambda: sorted(e["data"]["seen"] for e in read_all(p, "orders-done")) ==
-                 list(range(5)), 120, "the function's replies to all five events")
+        p.cli("push", app, "--function", "%s:handle" % fn, check=True, timeout=300)
+        p.cli("map-event", app, topic, "--reply-topic", topic + "-done", check=True)
+        yield p
+    finally:
+        p.close()
+
+
+def test_publish_map_event_invokes_function_and_nats_down_is_503(nats, tmp_path):
+    with mapped_platform(nats, tmp_path, "echo", "orders") as p:
+        bodies = publish_and_wait(p, "orders", range(5), 120)
+        assert [b["offset"] for b in bodies] == list(range(5)), bodies
+        assert replies_by_id(p, "orders-done") == {n: 1 for n in range(5)}
         # the events are in JetStream, not in the embedded log
         names = {st["name"]: st for st in nats.streams()}
         assert "SKIFF_EV_orders" in names and "SKIFF_EV_orders-done" in names, names
@@ -172,40 +211,22 @@ def test_publish_map_event_invokes_function_and_nats_down_is_503(nats, tmp_path)
         print("NATS down: first refusal after %.2f s, then at once" % (t1 - t0))
 
         nats.start()  # same port and store: skiffd reconnects by itself
-        wait_for(lambda: publish(p, "orders", {"n": 5})[0] == 202, 30,
-                 "publishing to work again once NATS is back")
-        wait_for(lambda: 5 in [e["data"]["seen"] for e in read_all(p, "orders-done")], 120,
-                 "delivery to resume once NATS is back")
-    finally:
-        p.close()
+        publish_and_wait(p, "orders", [5], 120, retry_s=30)
 
 
 def test_kill_9_loses_no_acknowledged_event_and_cursor_resumes(nats, tmp_path):
-    fn = tmp_path / "echo_id.py"
-    fn.write_text("def handle(event):\n    return {'seen': event['id']}\n")
-    p = nats_platform([nats.url]).start()
-    try:
-        p.cli("push", "echoid", "--function", "%s:handle" % fn, check=True, timeout=300)
-        p.cli("map-event", "echoid", "crash", "--reply-topic", "crash-replies", check=True)
+    with mapped_platform(nats, tmp_path, "echoid", "crash",
+                         "def handle(event):\n    return {'seen': event['id']}\n") as p:
         acked = {}
         crash_rounds(p, acked, rounds=2)
-
-        def replies():
-            seen = {}
-            for ev in read_all(p, "crash-replies"):
-                k = (ev.get("data") or {}).get("seen")
-                seen[k] = seen.get(k, 0) + 1
-            return seen
-        wait_for(lambda: all(i in replies() for i in acked), 180,
+        wait_for(lambda: all(i in replies_by_id(p, "crash-done") for i in acked), 180,
                  "every acknowledged event to be delivered", interval=0.5)
-        seen = replies()
+        seen = replies_by_id(p, "crash-done")
         twice = sum(1 for i in seen if seen[i] > 1)
         print("delivery: %d acknowledged, all delivered, %d more than once" % (len(acked), twice))
         # the cursor resumed: redeliveries are bounded by what was in flight at each kill,
         # not the whole topic again
         assert twice < len(acked) // 2, (twice, len(acked))
-    finally:
-        p.close()
 
 
 def test_r3_cluster_keeps_acknowledging_with_a_node_down(nats_cluster):
@@ -285,6 +306,15 @@ def test_spaces_stay_apart_on_jetstream(nats):
         p.close()
 
 
+@contextlib.contextmanager
+def sigcont_after(nats):
+    """nats-server goes on after the block, whatever happened in it (a test stops it)."""
+    try:
+        yield
+    finally:
+        nats.proc.send_signal(signal.SIGCONT)
+
+
 def apps_answer_while(p, calls, seconds, then=None):
     """Runs each of calls (name: function) on a thread of its own while asking GET /v1/apps
     for seconds, each asked as soon as the one before answered (every answer must be 200);
@@ -324,15 +354,9 @@ def test_a_paused_nats_stalls_no_api_call_and_publishes_answer_503(nats, tmp_pat
     JetStream request then waits for its timeout. None of them waits on skiffd's loop: the API
     answers GET /v1/apps at once all along, while listings, reads and publishes of the fabric
     are in the air; a publish answers 503 once its acknowledgement's wait is over."""
-    fn = tmp_path / "echo.py"
-    fn.write_text("def handle(event):\n    return {'seen': event['data']['n']}\n")
-    p = nats_platform([nats.url]).start()
-    try:
-        p.cli("push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)
-        p.cli("map-event", "echo", "paused", "--reply-topic", "paused-done", check=True)
-        assert publish(p, "paused", {"n": 0})[0] == 202
-        wait_for(lambda: [e["data"]["seen"] for e in read_all(p, "paused-done")] == [0], 60,
-                 "the first event's reply")
+    with mapped_platform(nats, tmp_path, "echo", "paused") as p, sigcont_after(nats):
+        publish_and_wait(p, "paused", [0])
+        assert replies_by_id(p, "paused-done") == {0: 1}
 
         nats.proc.send_signal(signal.SIGSTOP)
         fabric_calls = {
@@ -354,13 +378,7 @@ def test_a_paused_nats_stalls_no_api_call_and_publishes_answer_503(nats, tmp_pat
         assert p.proc.poll() is None
 
         nats.proc.send_signal(signal.SIGCONT)
-        wait_for(lambda: publish(p, "paused", {"n": 2})[0] == 202, 30,
-                 "publishing to work again once NATS goes on")
-        wait_for(lambda: 2 in [e["data"]["seen"] for e in read_all(p, "paused-done")], 60,
-                 "delivery to go on once NATS goes on")
-    finally:
-        nats.proc.send_signal(signal.SIGCONT)
-        p.close()
+        publish_and_wait(p, "paused", [2], retry_s=30)
 
 
 def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp_path):
@@ -369,15 +387,9 @@ def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp
     SIGSTOP while both are asked, the API answers GET /v1/apps at once all along; the two
     answer on their own (an error once their request's wait is over), and once NATS goes on
     both find the place by time again."""
-    fn = tmp_path / "echo.py"
-    fn.write_text("def handle(event):\n    return {'seen': event['data']['n']}\n")
-    p = nats_platform([nats.url]).start()
-    try:
-        p.cli("push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)
-        p.cli("map-event", "echo", "seek", "--reply-topic", "seek-done", check=True)
-        for n in range(20):
-            assert publish(p, "seek", {"n": n})[0] == 202
-        wait_for(lambda: len(read_all(p, "seek-done")) == 20, 60, "the 20 replies")
+    with mapped_platform(nats, tmp_path, "echo", "seek") as p, sigcont_after(nats):
+        publish_and_wait(p, "seek", range(20))
+        assert len(read_all(p, "seek-done")) == 20
         status, body = p.api("GET", "/v1/event-mappings")
         assert status == 200, body
         mapping = body["event_mappings"][0]["id"]
@@ -409,9 +421,6 @@ def test_a_paused_nats_stalls_no_api_call_while_a_replay_seeks_by_time(nats, tmp
         assert [e["data"]["n"] for e in lines] == list(range(20)), lines
         status, text = p.api("GET", "/v1/topics/seek/events?from=2999-01-01T00:00:00Z&follow=0")
         assert status == 200 and not (text or "").strip(), text
-    finally:
-        nats.proc.send_signal(signal.SIGCONT)
-        p.close()
 
 
 def shared_skiffd(pg_dir, nats, zone):
@@ -420,12 +429,11 @@ def shared_skiffd(pg_dir, nats, zone):
     return skiffd(pg_dir, zone, more_args=("--nats", nats.url))
 
 
-def replies_by_id(p, topic):
-    seen = {}
-    for ev in read_all(p, topic):
-        k = (ev.get("data") or {}).get("seen")
-        seen[k] = seen.get(k, 0) + 1
-    return seen
+def shared_leader_and_follower(pg_dir, nats, then):
+    """Two shared skiffds: a leads (then(a) run before b starts), b follows."""
+    return leader_and_follower(lambda zone: shared_skiffd(pg_dir, nats, zone), then,
+                               heartbeats_s=15)
+
 
 
 @needs_postgres
@@ -434,21 +442,15 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
     (its cursor is one durable consumer); killed with SIGKILL mid-stream, the other takes the
     consumer over at its acknowledgement floor and every event is delivered. What the killed
     one had been given and not acknowledged is delivered again (at-least-once): counted."""
-    from controllers import cells, leading
     fn = tmp_path / "slow.py"
     fn.write_text("import time\n\ndef handle(event):\n    time.sleep(0.1)\n"
                   "    return {'seen': event['data']['n']}\n")
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+
+    def mapped(a):
         a.cli("push", "slow", "--function", "%s:handle" % fn, check=True, timeout=300)
         a.cli("map-event", "slow", "stream", "--reply-topic", "stream-done", "--max-instances",
               "1", check=True)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
-        assert not leading(b)
+    with shared_leader_and_follower(pg_dir, nats, mapped) as (a, b):
         status, body = b.api("GET", "/v1/event-mappings")
         assert body["event_mappings"][0]["delivered"] == 0, "a follower consumes nothing"
         total = 200
@@ -474,11 +476,6 @@ def test_a_killed_leader_hands_its_cursors_over_and_loses_no_event(pg_dir, nats,
               "%d more than once (%s)" % (total, len(before), total, len(twice), twice[:20]))
         # only what was in flight at the kill comes again, never the whole topic
         assert len(twice) < total // 2, twice
-        b.stop()
-        assert "Sanitizer" not in b.output() and "runtime error" not in b.output(), b.output()
-    finally:
-        for p in made:
-            p.close()
 
 
 @needs_postgres
@@ -486,23 +483,15 @@ def test_a_replay_asked_through_a_follower_is_carried_out_by_the_leader(pg_dir, 
     """A mapping's cursor has one writer, the leader: a replay asked through a follower is
     written to the store (202) and the leader replays within a second. By time (the follower
     searches the stream) and by offset; the follower delivers nothing itself."""
-    from test_controllers import cells, leading
     fn = tmp_path / "again.py"
-    fn.write_text("def handle(event):\n    return {'seen': event['data']['n']}\n")
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+    fn.write_text(ECHO_N)
+
+    def mapped(a):
         a.cli("push", "again", "--function", "%s:handle" % fn, check=True, timeout=300)
         a.cli("map-event", "again", "replayed", "--reply-topic", "replayed-done", check=True)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
-        assert not leading(b)
-        for n in range(5):
-            assert publish(b, "replayed", {"n": n})[0] == 202
-        wait_for(lambda: replies_by_id(b, "replayed-done") == {n: 1 for n in range(5)}, 60,
-                 "the leader to deliver the 5 events once")
+    with shared_leader_and_follower(pg_dir, nats, mapped) as (a, b):
+        publish_and_wait(b, "replayed", range(5))
+        assert replies_by_id(b, "replayed-done") == {n: 1 for n in range(5)}
         status, body = b.api("GET", "/v1/event-mappings")
         mapping = body["event_mappings"][0]["id"]
 
@@ -532,12 +521,6 @@ def test_a_replay_asked_through_a_follower_is_carried_out_by_the_leader(pg_dir, 
         assert "the leading skiffd replays" in r.stdout and "1 events" in r.stdout, r.stdout
         wait_for(lambda: replies_by_id(b, "replayed-done").get(4) == 5, 30,
                  "the replay asked with the CLI through the follower")
-        for p in made:
-            p.stop()
-            assert "Sanitizer" not in p.output() and "runtime error" not in p.output()
-    finally:
-        for p in made:
-            p.close()
 
 
 @needs_postgres
@@ -545,23 +528,18 @@ def test_a_platform_event_caused_through_one_skiffd_reaches_a_mapping_on_the_oth
         pg_dir, nats, tmp_path):
     """skiff.app.* events go to JetStream like any: an app stopped through the follower is
     delivered to the function the leader runs for a mapping on that platform event."""
-    from controllers import cells, leading
     fn = tmp_path / "watch.py"
     fn.write_text("def handle(event):\n    return {'seen': event['type'] + ' ' + "
                   "event['subject']}\n")
     app = tmp_path / "other.py"
     app.write_text("def handle(event):\n    return None\n")
-    a = shared_skiffd(pg_dir, nats, "zone-a").start()
-    made = [a]
-    try:
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+
+    def mapped(a):
         a.cli("push", "watch", "--function", "%s:handle" % fn, check=True, timeout=300)
         a.cli("push", "other", "--function", "%s:handle" % app, check=True, timeout=300)
         a.cli("map-event", "watch", "--on-app-event", "other:stopped", "--reply-topic",
               "watch-done", check=True)
-        b = shared_skiffd(pg_dir, nats, "zone-b").start()
-        made.append(b)
-        wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both cells' heartbeats")
+    with shared_leader_and_follower(pg_dir, nats, mapped) as (a, b):
         b.cli("stop", "other", check=True)
         wait_for(lambda: "skiff.app.stopped other" in replies_by_id(a, "watch-done"), 60,
                  "the stopped event, caused through the follower, delivered by the leader")
@@ -569,6 +547,3 @@ def test_a_platform_event_caused_through_one_skiffd_reaches_a_mapping_on_the_oth
         print("platform event through the follower: %d skiff.app.stopped event(s) for it on "
               "JetStream" % len(events))
         assert events
-    finally:
-        for p in made:
-            p.close()

@@ -21,6 +21,15 @@ def warm_dirs(p, ready=False):
     return sorted(names)
 
 
+def warm_pool(p, n, what, timeout=30, at_least=False):
+    """Waits for n ready warm containers (n or more with at_least); returns the names of all
+    the warm containers then."""
+    def sized():
+        ready = len(warm_dirs(p, ready=True))
+        return (ready >= n if at_least else ready == n) and warm_dirs(p)
+    return p.wait_for(sized, timeout=timeout, what=what)
+
+
 def argv_of(pid):
     try:
         with open("/proc/%s/cmdline" % pid, "rb") as f:
@@ -66,8 +75,7 @@ def started(p, name, n):
 def test_instances_take_warm_containers_and_the_pool_refills():
     p = Platform(extra_env={"SKIFF_PREWARM": "2"}).start()
     try:
-        first = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2 and warm_dirs(p),
-                           timeout=30, what="two warm containers")
+        first = warm_pool(p, 2, what="two warm containers")
         r = p.cli("push", "web", "-p", "examples/static", "-i", "3", timeout=300)
         assert r.returncode == 0, out(r)
         insts = started(p, "web", 3)
@@ -78,8 +86,7 @@ def test_instances_take_warm_containers_and_the_pool_refills():
             assert http_get(instance_url(i))[0] == 200
         # the two it took are the instances' now (renamed), and new ones are made: three, as
         # three starts came at once (test_a_burst_of_starts_grows_the_pool_to_match)
-        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3, timeout=30,
-                   what="the pool to refill")
+        warm_pool(p, 3, what="the pool to refill")
         assert not set(first) & set(warm_dirs(p)), (first, warm_dirs(p))
         folders = set(os.listdir(os.path.join(p.home, "instances")))
         assert {i["guid"] for i in insts} <= folders
@@ -101,14 +108,12 @@ def test_a_burst_of_starts_grows_the_pool_to_match():
     # minute), new ones, none of them an instance's
     p = Platform(extra_env={"SKIFF_PREWARM": "1"}).start()
     try:
-        first = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 1 and warm_dirs(p),
-                           timeout=30, what="one warm container")
+        first = warm_pool(p, 1, what="one warm container")
         r = p.cli("push", "web", "-p", "examples/static", "-i", "3", timeout=300)
         assert r.returncode == 0, out(r)
         insts = started(p, "web", 3)
         assert sorted(i["warm_start"] for i in insts) == [False, False, True], insts
-        grown = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
-                           timeout=60, what="the pool to grow to three")
+        grown = warm_pool(p, 3, timeout=60, what="the pool to grow to three")
         assert len(warm_dirs(p)) == 3, warm_dirs(p)
         assert not set(first) & set(grown), (first, grown)
         guids = {i["guid"] for i in insts}
@@ -120,8 +125,7 @@ def test_a_burst_of_starts_grows_the_pool_to_match():
         assert r.returncode == 0, out(r)
         fourth = [i for i in started(p, "web", 4) if i["guid"] not in guids]
         assert [i["warm_start"] for i in fourth] == [True], fourth
-        after = p.wait_for(lambda: len(warm_dirs(p, ready=True)) >= 3 and warm_dirs(p),
-                           timeout=60, what="the pool to refill to three")
+        after = warm_pool(p, 3, at_least=True, timeout=60, what="the pool to refill to three")
         assert len(set(grown) - set(after)) == 1, (grown, after)
         assert len(after) <= 4, after
     finally:
@@ -160,13 +164,11 @@ def test_a_grown_pool_shrinks_back_once_its_window_passes():
     # those it let go are ended with their cgroups
     p = Platform(extra_env={"SKIFF_PREWARM": "1", "SKIFF_PREWARM_WINDOW_MS": "3000"}).start()
     try:
-        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 1, timeout=30,
-                   what="one warm container")
+        warm_pool(p, 1, what="one warm container")
         r = p.cli("push", "web", "-p", "examples/static", "-i", "3", timeout=300)
         assert r.returncode == 0, out(r)
         started(p, "web", 3)
-        grown = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
-                           timeout=60, what="the pool to grow to three")
+        grown = warm_pool(p, 3, timeout=60, what="the pool to grow to three")
         # the window, then a quarter of it between looks, at most
         left = p.wait_for(lambda: len(warm_dirs(p)) == 1 and warm_dirs(p), timeout=30,
                           what="the pool to shrink back to one")
@@ -185,41 +187,30 @@ def test_a_grown_pool_shrinks_back_once_its_window_passes():
         p.close()
 
 
-def test_prewarm_window_must_be_milliseconds_in_range():
-    p = Platform()
-    try:
-        for bad in ("lots", "0", "999", "3600001", "5s", "-3000"):
-            r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
-                                             "skiffd"), "--home", p.home,
-                                "--prewarm-window-ms", bad],
-                               capture_output=True, text=True, timeout=30)
-            assert r.returncode == 2 and "--prewarm-window-ms" in r.stderr, (bad, r.stderr)
-    finally:
-        p.close()
-
-
-def test_prewarm_must_be_a_number():
+def refused_at_start(args, flag):
+    """skiffd started with args exits 2 and names flag on stderr."""
     p = Platform()
     try:
         r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
-                                         "skiffd"), "--home", p.home, "--prewarm", "lots"],
+                                         "skiffd"), "--home", p.home, *args],
                            capture_output=True, text=True, timeout=30)
-        assert r.returncode == 2 and "--prewarm" in r.stderr, r.stderr
+        assert r.returncode == 2 and flag in r.stderr, (args, r.stderr)
     finally:
         p.close()
+
+
+def test_prewarm_window_must_be_milliseconds_in_range():
+    for bad in ("lots", "0", "999", "3600001", "5s", "-3000"):
+        refused_at_start(["--prewarm-window-ms", bad], "--prewarm-window-ms")
+
+
+def test_prewarm_must_be_a_number():
+    refused_at_start(["--prewarm", "lots"], "--prewarm")
 
 
 def test_prewarm_memory_must_be_a_size():
-    p = Platform()
-    try:
-        for bad in ("lots", "0", "12T", "-5M", "99999999G"):
-            r = subprocess.run([os.path.join(os.environ.get("SKIFF_BIN_DIR", "build/asan"),
-                                             "skiffd"), "--home", p.home,
-                                "--prewarm-memory", bad],
-                               capture_output=True, text=True, timeout=30)
-            assert r.returncode == 2 and "--prewarm-memory" in r.stderr, (bad, r.stderr)
-    finally:
-        p.close()
+    for bad in ("lots", "0", "12T", "-5M", "99999999G"):
+        refused_at_start(["--prewarm-memory", bad], "--prewarm-memory")
 
 
 def warm_memory(name):
@@ -244,8 +235,7 @@ def test_the_pool_stays_within_its_memory_budget():
     # with room to spare: 4 containers, and how much one takes
     p = Platform(extra_env={"SKIFF_PREWARM": "4"}).start()
     try:
-        names = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 4 and warm_dirs(p),
-                           timeout=60, what="four warm containers")
+        names = warm_pool(p, 4, timeout=60, what="four warm containers")
         sizes = p.wait_for(lambda: (lambda m: m if all(m) else None)(
             [warm_memory(n) for n in names]), timeout=30, what="their memory counted")
     except AssertionError:
@@ -271,8 +261,7 @@ def test_the_pool_stays_within_its_memory_budget():
         assert r.returncode == 0, out(r)
         (inst,) = started(p, "web", 1)
         assert inst["warm_start"] is True
-        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
-                   what="the pool to refill to two")
+        warm_pool(p, 2, what="the pool to refill to two")
         assert len(warm_dirs(p)) == 2
     finally:
         p.close()
@@ -293,8 +282,7 @@ def test_the_pool_stays_within_its_memory_budget():
 def test_a_stopped_skiffd_leaves_no_warm_container():
     p = Platform(extra_env={"SKIFF_PREWARM": "3"}).start()
     try:
-        names = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 3 and warm_dirs(p),
-                           timeout=30, what="three warm containers")
+        names = warm_pool(p, 3, what="three warm containers")
         assert len(keepers_of(p.home)) == 3
         assert cgroups_left(names) == set(names)
         p.stop()
@@ -308,8 +296,7 @@ def test_a_stopped_skiffd_leaves_no_warm_container():
 def test_warm_containers_of_a_killed_skiffd_are_ended_by_the_next():
     p = Platform(extra_env={"SKIFF_PREWARM": "2"}).start()
     try:
-        old = p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2 and warm_dirs(p),
-                         timeout=30, what="two warm containers")
+        old = warm_pool(p, 2, what="two warm containers")
         old_keepers = keepers_of(p.home)
         assert len(old_keepers) == 2
         p.proc.send_signal(signal.SIGKILL)
@@ -319,8 +306,7 @@ def test_warm_containers_of_a_killed_skiffd_are_ended_by_the_next():
         p.start()
         p.wait_for(lambda: not any(os.path.exists("/proc/%d" % k) for k in old_keepers),
                    timeout=30, what="the old warm containers to end")
-        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
-                   what="two new warm containers")
+        warm_pool(p, 2, what="two new warm containers")
         assert not set(old) & set(warm_dirs(p))
     finally:
         p.close()
@@ -355,8 +341,7 @@ def restart_and_invoke(p, name, handler_file, runtime, warm, extra_env=None):
     (first,) = started(p, name, 1)
     assert first["warm_runtime"] is None  # the runtime's pool is made from now on
     if warm:
-        p.wait_for(lambda: len(warm_dirs(p, ready=True)) == 2, timeout=30,
-                   what=f"a plain and a {runtime} warm container")
+        warm_pool(p, 2, what=f"a plain and a {runtime} warm container")
     for var, value in {"COLOR": "teal", **(extra_env or {})}.items():
         r = p.cli("set-env", name, var, value)
         assert r.returncode == 0, out(r)

@@ -31,6 +31,7 @@
 #include "blobs/blobs.h"
 #include "common/util.h"
 #include "store/store.h"
+#include "blob_server.h"
 #include "pg_throwaway.h"
 
 struct env {
@@ -657,71 +658,6 @@ static void test_a_package_fetched_here_has_one_place_the_cache_sweeps(void **st
 
 /* ---- blob_fetch against a server of the test's ---------------------------------------------- */
 
-struct server {
-    int fd;
-    int port;
-    pthread_t thread;
-    int status;       /* what it answers */
-    const char *body; /* and with */
-    size_t body_len;
-    int requests;
-    char path[256];
-    char auth[256];
-};
-
-static void *server_main(void *arg)
-{
-    struct server *s = arg;
-    for (;;) {
-        int c = accept(s->fd, NULL, NULL);
-        if (c < 0)
-            return NULL;
-        char req[4096];
-        size_t n = 0;
-        while (n < sizeof req - 1 && !strstr(req, "\r\n\r\n")) {
-            ssize_t r = read(c, req + n, sizeof req - 1 - n);
-            if (r <= 0)
-                break;
-            n += (size_t)r;
-            req[n] = '\0';
-        }
-        s->requests++;
-        sscanf(req, "GET %255s", s->path);
-        const char *auth = strstr(req, "Authorization: ");
-        if (auth)
-            sscanf(auth, "Authorization: %255[^\r]", s->auth);
-        char head[256];
-        int hl = snprintf(head, sizeof head,
-                          "HTTP/1.1 %d X\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                          s->status, s->body_len);
-        if (write(c, head, (size_t)hl) < 0 || write(c, s->body, s->body_len) < 0)
-            s->requests += 0;
-        close(c);
-    }
-}
-
-static void server_start(struct server *s, int status, const char *body, size_t len)
-{
-    s->status = status;
-    s->body = body;
-    s->body_len = len;
-    s->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    getsockname(s->fd, (struct sockaddr *)&a, &al);
-    s->port = ntohs(a.sin_port);
-    assert_int_equal(listen(s->fd, 8), 0);
-    pthread_create(&s->thread, NULL, server_main, s);
-}
-
-static void server_stop(struct server *s)
-{
-    shutdown(s->fd, SHUT_RDWR);
-    close(s->fd);
-    pthread_join(s->thread, NULL);
-}
-
 struct fetched {
     int calls;
     int rc;
@@ -766,13 +702,13 @@ static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **sta
     (void)state;
     char cache[] = "/tmp/skiff-test-fetch-XXXXXX";
     assert_non_null(mkdtemp(cache));
-    struct server good = {0}, forged = {0}, refusing = {0};
-    server_start(&good, 200, "hello", 5);
-    server_start(&forged, 200, "hellO", 5);
-    server_start(&refusing, 403, "{}", 2);
-    char *good_url = xasprintf("http://127.0.0.1:%d", good.port);
-    char *forged_url = xasprintf("http://127.0.0.1:%d/", forged.port);
-    char *refusing_url = xasprintf("http://127.0.0.1:%d", refusing.port);
+    struct blob_server good = {.body = "hello", .len = 5}, forged = {.body = "hellO", .len = 5};
+    struct blob_server refusing = {.status = 403, .body = "{}", .len = 2};
+    char good_url[64], forged_at[64], refusing_url[64];
+    blob_server_start(&good, good_url);
+    blob_server_start(&forged, forged_at);
+    blob_server_start(&refusing, refusing_url);
+    char *forged_url = xasprintf("%s/", forged_at); /* a URL ending in a slash works as well */
     struct fetched f;
 
     /* content that does not match: refused, nothing in the cache */
@@ -814,13 +750,11 @@ static void test_fetch_verifies_bounds_and_falls_over_to_the_next_url(void **sta
     const char *none[] = {NULL};
     assert_int_equal(fetch_now(none, HELLO_DIGEST, cache, 0, &f), -EINVAL);
 
-    server_stop(&good);
-    server_stop(&forged);
-    server_stop(&refusing);
+    blob_server_stop(&good);
+    blob_server_stop(&forged);
+    blob_server_stop(&refusing);
     free(expect);
-    free(good_url);
     free(forged_url);
-    free(refusing_url);
     rm_rf(cache);
 }
 

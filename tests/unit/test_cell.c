@@ -23,6 +23,8 @@
 #include "cell/cell.h"
 #include "common/util.h"
 
+#include "blob_server.h"
+
 #define MB (1024ull * 1024)
 
 /* Places `count` instances of one process needing need_bytes each on cells, counting them as
@@ -255,29 +257,55 @@ struct heard {
     char why[512];
 };
 
-static void on_droplet(void *ctx, int rc, const char *dir, const char *why)
+static void heard_note(struct heard *h, int rc, const char *why)
 {
-    struct heard *h = ctx;
     h->calls++;
     h->rc = rc;
-    assert_true(rc < 0 ? dir == NULL && why != NULL : dir != NULL);
     snprintf(h->why, sizeof h->why, "%s", why ? why : "");
+}
+
+static void on_droplet(void *ctx, int rc, const char *dir, const char *why)
+{
+    assert_true(rc < 0 ? dir == NULL && why != NULL : dir != NULL);
+    heard_note(ctx, rc, why);
 }
 
 /* A listening socket of the test's on loopback: its port; nothing ever accepts on it. */
 static int stranger_listen(int *fd)
 {
-    *fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(*fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    getsockname(*fd, (struct sockaddr *)&a, &al);
-    assert_int_equal(listen(*fd, 8), 0);
-    return ntohs(a.sin_port);
+    int port;
+    *fd = blob_server_listen(SOCK_STREAM | SOCK_NONBLOCK, &port);
+    return port;
 }
 
 #define CELL_ID "0123456789abcdef0123456789abcdef"
 #define SECRET "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+/* A cell's home (a fresh folder of CELL_HOME_SIZE bytes' name) and the loop it runs on. */
+#define CELL_HOME_SIZE 64
+static void cell_home_open(char home[CELL_HOME_SIZE], uv_loop_t *loop)
+{
+    snprintf(home, CELL_HOME_SIZE, "/tmp/skiff-test-cellhome-XXXXXX");
+    assert_non_null(mkdtemp(home));
+    uv_loop_init(loop);
+}
+
+static void cell_home_close(const char *home, uv_loop_t *loop)
+{
+    uv_loop_close(loop);
+    char cmd[CELL_HOME_SIZE + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Puts this cell's token number n in the home's token file, the operator's (0600). */
+static void cell_token_write(const char *home, int n)
+{
+    char path[CELL_HOME_SIZE + 16], text[200];
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", n);
+    write_file(path, text, 0600);
+}
 
 /* A cell with a home of its own: the controller's path is never read when the cell has
  * controllers to fetch from; the cache answers at once; the token file must be the operator's
@@ -287,10 +315,9 @@ static int stranger_listen(int *fd)
 static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellhome-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
     uv_loop_t loop;
-    uv_loop_init(&loop);
+    cell_home_open(home, &loop);
     struct cell_droplets *cd = NULL;
     static const char *const nobody[] = {"http://127.0.0.1:1/", NULL};
     struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
@@ -357,52 +384,7 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -ENOENT);
     assert_non_null(strstr(err, "--controller-url"));
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
-}
-
-/* ---- a controller of the test's: 401 unless the request carries the token it expects ---- */
-
-struct controller {
-    int fd, port;
-    pthread_t thread;
-    char good[200]; /* "Authorization: Bearer TOKEN" */
-    const char *body;
-    size_t len;
-    int requests, refused;
-};
-
-static void *controller_main(void *arg)
-{
-    struct controller *s = arg;
-    for (;;) {
-        int c = accept(s->fd, NULL, NULL);
-        if (c < 0)
-            return NULL;
-        char req[4096];
-        size_t n = 0;
-        req[0] = '\0';
-        while (n < sizeof req - 1 && !strstr(req, "\r\n\r\n")) {
-            ssize_t r = read(c, req + n, sizeof req - 1 - n);
-            if (r <= 0)
-                break;
-            n += (size_t)r;
-            req[n] = '\0';
-        }
-        s->requests++;
-        bool ok = strstr(req, s->good) != NULL;
-        if (!ok)
-            s->refused++;
-        char head[256];
-        int hl = snprintf(head, sizeof head,
-                          "HTTP/1.1 %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                          ok ? "200 OK" : "401 Unauthorized", ok ? s->len : 0);
-        if (write(c, head, (size_t)hl) < 0 || (ok && write(c, s->body, s->len) < 0))
-            s->requests += 0;
-        close(c);
-    }
+    cell_home_close(home, &loop);
 }
 
 /* A token rotated while a fetch is under way: the controller refuses the one the fetch began
@@ -410,8 +392,9 @@ static void *controller_main(void *arg)
 static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellrot-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
+    uv_loop_t loop;
+    cell_home_open(home, &loop);
     char path[600], tmp[600];
     snprintf(path, sizeof path, "%s/src/app", home);
     assert_int_equal(mkdir_p(path, 0700), 0);
@@ -431,28 +414,17 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     char digest[BLOB_DIGEST_LEN + 1] = "sha256:";
     sodium_bin2hex(digest + 7, sizeof digest - 7, sum, sizeof sum);
 
-    struct controller ctl = {.body = body, .len = len};
+    /* the controller: 401 unless the request carries token 2 */
+    struct blob_server ctl = {.body = body, .len = len};
     snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
-    ctl.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(ctl.fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    getsockname(ctl.fd, (struct sockaddr *)&a, &al);
-    assert_int_equal(listen(ctl.fd, 8), 0);
-    pthread_create(&ctl.thread, NULL, controller_main, &ctl);
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
+    blob_server_start(&ctl, url);
     const char *urls[] = {url, NULL};
 
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     struct cell_droplets *cd = NULL;
     struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
     assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
-    snprintf(path, sizeof path, "%s/cell-token", home);
-    char text[200];
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
-    write_file(path, text, 0600);
+    cell_token_write(home, 1);
     struct cell_launch l = sample();
     l.droplet_digest = digest;
     l.blob_urls = urls;
@@ -460,8 +432,7 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     struct heard h = {0};
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
     /* the fetch took token 1; the operator puts token 2 in place meanwhile */
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 2);
-    write_file(path, text, 0600);
+    cell_token_write(home, 2);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(h.calls, 1);
     assert_int_equal(h.rc, 0);
@@ -471,9 +442,7 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
     /* a token the controller refuses that has not changed: refused once, not asked again */
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 3);
-    snprintf(path, sizeof path, "%s/cell-token", home);
-    write_file(path, text, 0600);
+    cell_token_write(home, 3);
     l.droplet_digest = "sha256:" SECRET;
     struct heard h2 = {0};
     assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
@@ -483,27 +452,14 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     assert_non_null(strstr(h2.why, "401"));
     assert_int_equal(ctl.requests, 3);
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
-    shutdown(ctl.fd, SHUT_RDWR);
-    close(ctl.fd);
-    pthread_join(ctl.thread, NULL);
+    blob_server_stop(&ctl);
     free(body);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
-
-struct layers_heard {
-    int calls, rc;
-    char why[512];
-};
 
 static void on_layers(void *ctx, int rc, const char *why)
 {
-    struct layers_heard *h = ctx;
-    h->calls++;
-    h->rc = rc;
-    snprintf(h->why, sizeof h->why, "%s", why ? why : "");
+    heard_note(ctx, rc, why);
 }
 
 #define LAYER_A "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -518,20 +474,16 @@ static void on_layers(void *ctx, int rc, const char *why)
 static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellhome-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
     uv_loop_t loop;
-    uv_loop_init(&loop);
+    cell_home_open(home, &loop);
     struct cell_droplets *cd = NULL;
     struct cell_layers *cl = NULL;
     struct cell_droplets_config none = {.home = home, .cell_id = CELL_ID};
     assert_int_equal(cell_droplets_new(&loop, &none, &cd), 0);
     assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
     char path[600], drop[512], err[700] = "";
-    snprintf(path, sizeof path, "%s/cell-token", home);
-    char text[200];
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
-    write_file(path, text, 0600);
+    cell_token_write(home, 1);
     snprintf(drop, sizeof drop, "%s/droplet", home);
     assert_int_equal(mkdir(drop, 0700), 0);
     snprintf(path, sizeof path, "%s/image.json", drop);
@@ -540,7 +492,7 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     snprintf(a_dir, sizeof a_dir, "%s/images/layers/sha256/%s", home, LAYER_A + 7);
     snprintf(b_dir, sizeof b_dir, "%s/images/layers/sha256/%s", home, LAYER_B + 7);
     assert_int_equal(mkdir(a_dir, 0755), 0);
-    struct layers_heard h = {0}, h2 = {0};
+    struct heard h = {0}, h2 = {0};
     assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -ENOENT);
     assert_non_null(strstr(err, "layer " LAYER_B " is not on this cell"));
     assert_non_null(strstr(err, "no controller to fetch it from"));
@@ -594,10 +546,7 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     assert_int_equal(h.calls, 1); /* no fetch began */
     cell_layers_free(cl);
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
 
 int main(void)

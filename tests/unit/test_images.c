@@ -881,6 +881,17 @@ static void test_record_round_trip(void **state)
     free(json);
 }
 
+/* An image record naming n layers (digests 0, 1, ...). Caller frees. */
+static char *layers_record(int n)
+{
+    struct buf b = {0};
+    buf_printf(&b, "{\"layers\":[");
+    for (int i = 0; i < n; i++)
+        buf_printf(&b, "%s\"sha256:%064x\"", i ? "," : "", i);
+    buf_printf(&b, "]}");
+    return buf_steal(&b);
+}
+
 /* A record may come from another host (a droplet's blob a cell fetched): its digests name files
  * in the image store, and its layers are what the cell fetches. */
 static void test_a_hostile_record_is_refused(void **state)
@@ -900,20 +911,11 @@ static void test_a_hostile_record_is_refused(void **state)
         assert_non_null(strstr(err, "is not a digest"));
     }
     /* a manifest naming thousands of layers (the limit is Docker's, 127) */
-    struct buf b = {0};
-    buf_printf(&b, "{\"layers\":[");
-    for (int i = 0; i < 5000; i++)
-        buf_printf(&b, "%s\"sha256:%064x\"", i ? "," : "", i);
-    buf_printf(&b, "]}");
-    char *many = buf_steal(&b);
+    char *many = layers_record(5000);
     assert_int_equal(image_from_json(many, &back, err, sizeof err), SKIFF_E_BAD_IMAGE);
     assert_non_null(strstr(err, "more than 127 layers"));
     free(many);
-    buf_printf(&b, "{\"layers\":[");
-    for (int i = 0; i < 127; i++)
-        buf_printf(&b, "%s\"sha256:%064x\"", i ? "," : "", i);
-    buf_printf(&b, "]}");
-    char *most = buf_steal(&b);
+    char *most = layers_record(127);
     assert_int_equal(image_from_json(most, &back, err, sizeof err), SKIFF_OK);
     assert_int_equal(back.manifest.n_layers, 127);
     image_clear(&back);
