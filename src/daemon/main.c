@@ -903,9 +903,15 @@ static bool daemon_url_ok(const char *url)
 }
 
 /* The leader lets a cell read the droplet it is about to start there (api.h). */
-static int daemon_cell_grant(void *ctx, const char *cell_id, const char *digest)
+static int daemon_cell_grant(void *ctx, const char *cell_id, const char *digest, const char *blobs)
 {
-    return api_cell_grant(ctx, cell_id, digest);
+    return api_cell_grant(ctx, cell_id, digest, blobs);
+}
+
+/* ... and no longer once nothing of it runs there. */
+static void daemon_cell_withdraw(void *ctx, const char *cell_id, const char *digest)
+{
+    api_cell_withdraw(ctx, cell_id, digest);
 }
 
 /* Runs until a signal; 0 after a clean stop. */
@@ -1450,7 +1456,8 @@ int main(int argc, char **argv)
                                        (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500),
                                    .blob_urls = (const char *const[]){api_url, NULL},
                                    .grant = daemon_cell_grant,
-                                   .grant_ctx = d.store};
+                                   .withdraw = daemon_cell_withdraw,
+                                   .grant_ctx = d.api};
     struct scheduler_config scfg = {.home = d.home,
                                     .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,
