@@ -507,7 +507,8 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
     struct cell_droplets_config dc = {.home = a->home,
                                       .cell_id = a->id,
                                       .token_file = cfg->token_file,
-                                      .controller_urls = cfg->controller_urls};
+                                      .controller_urls = cfg->controller_urls,
+                                      .fetch_stall_ms = cfg->fetch_stall_ms};
     rc = cell_droplets_new(loop, &dc, &a->droplets);
     if (rc < 0) {
         snprintf(err, errsize, "cannot make the droplet cache under %s/blobs: %s", a->home,

@@ -92,6 +92,7 @@ struct cell_droplets_config {
     const char *cell_id;
     const char *token_file;
     const char *const *controller_urls;
+    long fetch_stall_ms; /* a controller silent this long: the next one (<= 0: 10 s) */
 };
 int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
                       struct cell_droplets **out);
@@ -203,9 +204,14 @@ struct cell_agent_config {
     /* the controllers' API URLs it fetches droplets from, and the only ones it sends its
      * token to (NULL-terminated; --controller-url) */
     const char *const *controller_urls;
+    long fetch_stall_ms; /* a controller that sends nothing this long: the next (<= 0: 10 s) */
+    uint64_t droplet_cache_bytes; /* fetched droplets kept up to this size (0: no bound) */
+    int64_t layer_grace_ms;       /* unused layers kept this long (<= 0: collected at once) */
 };
 
 #define CELL_HEARTBEAT_MS 1000
+#define CELL_FETCH_STALL_MS 10000 /* a controller silent this long while a fetch waits: the next   \
+                                   */
 #define CELL_OUTPUT_BATCH_MS 100
 #define CELL_OUTPUT_BATCH_LINES 200
 

@@ -52,6 +52,7 @@ struct cell_droplets {
     char **urls; /* the controllers, from the cell's configuration */
     size_t nurls;
     size_t first; /* the one that served last: tried first */
+    long stall_ms;
     struct cell__fetch *fetches;
     int in_flight;
 };
@@ -66,6 +67,7 @@ int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
     cd->token_file = cfg->token_file && *cfg->token_file ? xstrdup(cfg->token_file)
                                                          : xasprintf("%s/cell-token", cfg->home);
     snprintf(cd->cell_id, sizeof cd->cell_id, "%s", cfg->cell_id ? cfg->cell_id : "");
+    cd->stall_ms = cfg->fetch_stall_ms > 0 ? cfg->fetch_stall_ms : CELL_FETCH_STALL_MS;
     while (cfg->controller_urls && cfg->controller_urls[cd->nurls])
         cd->nurls++;
     cd->urls = xcalloc(cd->nurls + 1, sizeof *cd->urls);
@@ -249,7 +251,8 @@ static int cell__fetch_send(struct cell__fetch *f)
                                      .urls = urls,
                                      .token = f->token,
                                      .cache_dir = cd->cache_dir,
-                                     .timeout_ms = CELL__FETCH_TIMEOUT_MS};
+                                     .timeout_ms = CELL__FETCH_TIMEOUT_MS,
+                                     .stall_ms = cd->stall_ms};
     char list[1024] = "";
     for (size_t i = 0, n = 0; urls[i] && n < sizeof list; i++)
         n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", urls[i]);
@@ -264,20 +267,10 @@ static void cell__fetched(void *ctx, int rc, const char *path, const char *why)
 {
     struct cell__fetch *f = ctx;
     struct cell_droplets *cd = f->cd;
-    if (rc == -EACCES && !f->retried) {
-        /* rotated while this fetch ran: the file may hold the new token already */
-        char token[CELL__TOKEN_MAX], err[512];
-        if (cell__token(cd, token, err, sizeof err) == 0 && strcmp(token, f->token)) {
-            log_info("[CELL] a controller refused this cell's token (%s); %s holds another "
-                     "one now: fetching with it",
-                     why ? why : "", cd->token_file);
-            memcpy(f->token, token, sizeof token);
-            explicit_bzero(token, sizeof token);
-            f->retried = true;
-            if (cell__fetch_send(f) == 0)
-                return;
-        }
-        explicit_bzero(token, sizeof token);
+    if (rc == -EACCES && !f->retried && cell__token_rotated(cd, f->token, f->digest, why)) {
+        f->retried = true;
+        if (cell__fetch_send(f) == 0)
+            return;
     }
     explicit_bzero(f->token, sizeof f->token);
     if (rc < 0) {
@@ -384,6 +377,26 @@ int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell
 const char *const *cell__controllers(const struct cell_droplets *cd)
 {
     return (const char *const *)cd->urls;
+}
+
+long cell__stall_ms(const struct cell_droplets *cd)
+{
+    return cd ? cd->stall_ms : CELL_FETCH_STALL_MS;
+}
+
+bool cell__token_rotated(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX],
+                         const char *what, const char *why)
+{
+    char now[CELL__TOKEN_MAX], err[512];
+    bool other = cell__token(cd, now, err, sizeof err) == 0 && strcmp(now, token);
+    if (other) {
+        log_info("[CELL] a controller refused this cell's token for %s (%s); %s holds another "
+                 "one now: fetching with it",
+                 what, why ? why : "", cd->token_file);
+        memcpy(token, now, sizeof now);
+    }
+    explicit_bzero(now, sizeof now);
+    return other;
 }
 
 bool cell_droplets_busy(const struct cell_droplets *cd)

@@ -32,6 +32,8 @@
 struct cell__layer_fetch {
     struct cell_layers *cl;
     char digest[BLOB_DIGEST_LEN + 1];
+    char token[CELL__TOKEN_MAX]; /* what was sent, to tell a rotated one when it is refused */
+    bool retried;                /* with a token read again after a refusal */
     uv_work_t work;
     int rc;
     char why[512];
@@ -195,9 +197,39 @@ static void cell__layer_unpack_done(uv_work_t *work, int status)
     cell__layer_fetch_end(f);
 }
 
+static void cell__layer_fetched(void *ctx, int rc, const char *path, const char *why);
+
+/* Sends the fetch of f's layer to the cell's controllers with f->token. */
+static int cell__layer_send(struct cell__layer_fetch *f)
+{
+    struct cell_layers *cl = f->cl;
+    char *dir = xasprintf("%s/blobs/sha256", cl->store.root);
+    int rc = mkdir_p(dir, 0700);
+    const char *const *urls = cell__controllers(cl->cd);
+    struct blob_fetch_options opt = {.digest = f->digest,
+                                     .urls = urls,
+                                     .token = f->token,
+                                     .cache_dir = dir,
+                                     .max_bytes = IMAGE_DEFAULT_MAX_IMAGE,
+                                     .timeout_ms = CELL__LAYER_FETCH_TIMEOUT_MS,
+                                     .stall_ms = cell__stall_ms(cl->cd)};
+    if (rc == 0) {
+        log_info("[CELL] fetching layer %s from %s", f->digest, urls[0]);
+        rc = blob_fetch(cl->loop, &opt, cell__layer_fetched, f);
+    }
+    free(dir);
+    return rc;
+}
+
 static void cell__layer_fetched(void *ctx, int rc, const char *path, const char *why)
 {
     struct cell__layer_fetch *f = ctx;
+    if (rc == -EACCES && !f->retried && cell__token_rotated(f->cl->cd, f->token, f->digest, why)) {
+        f->retried = true;
+        if (cell__layer_send(f) == 0)
+            return;
+    }
+    explicit_bzero(f->token, sizeof f->token);
     if (rc == 0) {
         log_info("[CELL] fetched layer %s from a controller (verified)", f->digest);
         f->work.data = f;
@@ -226,29 +258,17 @@ static int cell__layer_fetch(struct cell_layers *cl, const char *digest, char *e
                  digest);
         return -ENOENT;
     }
-    char token[CELL__TOKEN_MAX];
-    int rc = cell__token(cl->cd, token, err, errsize);
-    if (rc < 0)
-        return rc;
-    char *dir = xasprintf("%s/blobs/sha256", cl->store.root);
-    rc = mkdir_p(dir, 0700);
     struct cell__layer_fetch *f = xcalloc(1, sizeof *f);
     f->cl = cl;
     snprintf(f->digest, sizeof f->digest, "%s", digest);
-    struct blob_fetch_options opt = {.digest = digest,
-                                     .urls = urls,
-                                     .token = token,
-                                     .cache_dir = dir,
-                                     .max_bytes = IMAGE_DEFAULT_MAX_IMAGE,
-                                     .timeout_ms = CELL__LAYER_FETCH_TIMEOUT_MS};
+    int rc = cell__token(cl->cd, f->token, err, errsize);
     if (rc == 0) {
-        log_info("[CELL] fetching layer %s from %s", digest, urls[0]);
-        rc = blob_fetch(cl->loop, &opt, cell__layer_fetched, f);
+        rc = cell__layer_send(f);
+        if (rc < 0)
+            snprintf(err, errsize, "cannot fetch layer %s: %s", digest, skiff_strerror(rc));
     }
-    explicit_bzero(token, sizeof token);
-    free(dir);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot fetch layer %s: %s", digest, skiff_strerror(rc));
+        explicit_bzero(f->token, sizeof f->token);
         free(f);
         return rc;
     }

@@ -152,6 +152,9 @@ static void usage(FILE *out)
         "  --controller-url URL        a controller's API URL a cell fetches droplets from and\n"
         "                              sends its token to, and the only ones (repeat it for\n"
         "                              each controller; SKIFF_CONTROLLER_URLS, comma-separated)\n"
+        "  --fetch-stall-ms MS         a controller that sends a cell nothing that long while it\n"
+        "                              fetches a droplet or layer is left for the next one\n"
+        "                              (SKIFF_CELL_FETCH_STALL_MS, default 10000)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -1018,6 +1021,7 @@ int main(int argc, char **argv)
     bool no_builtin_brokers = false;
     const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
     const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
+    const char *fetch_stall_text = env_or("SKIFF_CELL_FETCH_STALL_MS", "10000");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     /* --controller-url, each given; else SKIFF_CONTROLLER_URLS split at commas */
@@ -1075,6 +1079,8 @@ int main(int argc, char **argv)
             target = &cell_memory_text;
         else if (!strcmp(a, "--cell-token-file"))
             target = &cell_token_file;
+        else if (!strcmp(a, "--fetch-stall-ms"))
+            target = &fetch_stall_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-window-ms"))
@@ -1243,6 +1249,14 @@ int main(int argc, char **argv)
                 free(env_controllers);
                 return 2;
             }
+        char *stall_end = NULL;
+        long fetch_stall_ms = strtol(fetch_stall_text, &stall_end, 10);
+        if (!*fetch_stall_text || *stall_end || fetch_stall_ms < 100 || fetch_stall_ms > 3600000) {
+            log_error("--fetch-stall-ms \"%s\" must be milliseconds, from 100 to 3600000",
+                      fetch_stall_text);
+            free(env_controllers);
+            return 2;
+        }
         if (!n_controllers)
             log_warning("no --controller-url: this cell fetches no droplet, it runs only those "
                         "at the controller's path on its own file system");
@@ -1255,7 +1269,8 @@ int main(int argc, char **argv)
             .nats_security = nats_sec,
             .executor = &cell_ex,
             .token_file = cell_token_file,
-            .controller_urls = controller_urls};
+            .controller_urls = controller_urls,
+            .fetch_stall_ms = fetch_stall_ms};
         if (*host_addr && !contained) {
             log_error("--host-addr needs --isolation container: instances of other hosts are "
                       "reached at their container addresses");
