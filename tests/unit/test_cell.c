@@ -405,13 +405,38 @@ static void *controller_main(void *arg)
     }
 }
 
-/* A token rotated while a fetch is under way: the controller refuses the one the fetch began
- * with, the cell reads its file again, finds the new one and fetches with it, no restart. */
-static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
+/* Starts ctl on loopback (ctl->good, body, len set): its URL in url. */
+static void controller_start(struct controller *ctl, char url[64])
 {
-    (void)state;
-    char home[] = "/tmp/skiff-test-cellrot-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    ctl->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(ctl->fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    getsockname(ctl->fd, (struct sockaddr *)&a, &al);
+    assert_int_equal(listen(ctl->fd, 8), 0);
+    pthread_create(&ctl->thread, NULL, controller_main, ctl);
+    snprintf(url, 64, "http://127.0.0.1:%d", ntohs(a.sin_port));
+}
+
+static void controller_stop(struct controller *ctl)
+{
+    shutdown(ctl->fd, SHUT_RDWR);
+    close(ctl->fd);
+    pthread_join(ctl->thread, NULL);
+}
+
+/* The sha256: digest of len bytes. */
+static void digest_of(const char *body, size_t len, char digest[BLOB_DIGEST_LEN + 1])
+{
+    unsigned char sum[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(sum, (const unsigned char *)body, len);
+    snprintf(digest, BLOB_DIGEST_LEN + 1, "sha256:");
+    sodium_bin2hex(digest + 7, BLOB_DIGEST_LEN + 1 - 7, sum, sizeof sum);
+}
+
+/* A droplet's blob (a folder with app/hello.txt) made under home: its bytes. */
+static char *droplet_blob(const char *home, size_t *len)
+{
     char path[600], tmp[600];
     snprintf(path, sizeof path, "%s/src/app", home);
     assert_int_equal(mkdir_p(path, 0700), 0);
@@ -422,26 +447,29 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     char *tar = NULL;
     assert_int_equal(blob_droplet_pack(path, tmp, &tar), 0);
     char *body = NULL;
-    size_t len = 0;
-    assert_int_equal(file_read(tar, &body, &len), 0);
+    assert_int_equal(file_read(tar, &body, len), 0);
     unlink(tar);
     free(tar);
-    unsigned char sum[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(sum, (const unsigned char *)body, len);
-    char digest[BLOB_DIGEST_LEN + 1] = "sha256:";
-    sodium_bin2hex(digest + 7, sizeof digest - 7, sum, sizeof sum);
+    return body;
+}
+
+/* A token rotated while a fetch is under way: the controller refuses the one the fetch began
+ * with, the cell reads its file again, finds the new one and fetches with it, no restart. */
+static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellrot-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[600];
+    size_t len = 0;
+    char *body = droplet_blob(home, &len);
+    char digest[BLOB_DIGEST_LEN + 1];
+    digest_of(body, len, digest);
 
     struct controller ctl = {.body = body, .len = len};
     snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
-    ctl.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(ctl.fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    getsockname(ctl.fd, (struct sockaddr *)&a, &al);
-    assert_int_equal(listen(ctl.fd, 8), 0);
-    pthread_create(&ctl.thread, NULL, controller_main, &ctl);
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
+    controller_start(&ctl, url);
     const char *urls[] = {url, NULL};
 
     uv_loop_t loop;
@@ -484,9 +512,7 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     assert_int_equal(ctl.requests, 3);
     cell_droplets_free(cd);
     uv_loop_close(&loop);
-    shutdown(ctl.fd, SHUT_RDWR);
-    close(ctl.fd);
-    pthread_join(ctl.thread, NULL);
+    controller_stop(&ctl);
     free(body);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", home);
@@ -600,6 +626,144 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     assert_int_equal(system(cmd), 0);
 }
 
+/* A controller that accepts the connection and never answers (a listening socket nobody
+ * reads: the kernel accepts for it) is left once nothing came for the stall bound, and the
+ * next controller gives the droplet, long before the transfer's 5 minutes. */
+static void test_a_silent_controller_is_left_for_the_next(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellstall-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    size_t len = 0;
+    char *body = droplet_blob(home, &len);
+    char digest[BLOB_DIGEST_LEN + 1];
+    digest_of(body, len, digest);
+    struct controller ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 1);
+    char url[64], silent[64];
+    controller_start(&ctl, url);
+    int silent_fd;
+    snprintf(silent, sizeof silent, "http://127.0.0.1:%d", stranger_listen(&silent_fd));
+    const char *urls[] = {silent, url, NULL};
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {
+        .home = home, .cell_id = CELL_ID, .controller_urls = urls, .fetch_stall_ms = 1000};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    char path[600], text[200];
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    struct cell_launch l = sample();
+    l.droplet_digest = digest;
+    l.blob_urls = NULL;
+    char *dir = NULL, err[512] = "";
+    struct heard h = {0};
+    int64_t began = time_mono_ms();
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    int64_t took = time_mono_ms() - began;
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(ctl.requests, 1);
+    /* the silent one was connected to, and given up after about the bound (libcurl looks at
+     * its progress once a second) */
+    int held = accept(silent_fd, NULL, NULL);
+    assert_true(held >= 0);
+    close(held);
+    assert_true(took >= 1000);
+    assert_true(took < 60000);
+    snprintf(path, sizeof path, "%s/blobs/droplets/%s/app/hello.txt", home, digest + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* the silent one alone: the fetch fails naming it and the bound */
+    l.droplet_digest = "sha256:" SECRET;
+    const char *alone[] = {silent, NULL};
+    cell_droplets_free(cd);
+    cfg.controller_urls = alone;
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    struct heard h2 = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
+                     -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h2.rc, -EIO);
+    assert_non_null(strstr(h2.why, "sent nothing for 1000 ms"));
+    assert_non_null(strstr(h2.why, silent));
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    close(silent_fd);
+    controller_stop(&ctl);
+    free(body);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A layer's fetch refused because the token was rotated meanwhile: the token file is read
+ * again and the layer fetched with the new one (as a droplet's is). */
+static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellayrot-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[600], cmd[900];
+    snprintf(path, sizeof path, "%s/layer", home);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(cmd, sizeof cmd,
+             "echo layered > %s/layer/hello.txt && tar -C %s/layer -cf %s/layer.tar hello.txt",
+             home, home, home);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/layer.tar", home);
+    char *body = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(path, &body, &len), 0);
+    char digest[BLOB_DIGEST_LEN + 1];
+    digest_of(body, len, digest);
+    struct controller ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
+    char url[64];
+    controller_start(&ctl, url);
+    const char *urls[] = {url, NULL};
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_layers *cl = NULL;
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    char text[200], drop[512], record[800];
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    snprintf(drop, sizeof drop, "%s/droplet", home);
+    assert_int_equal(mkdir(drop, 0700), 0);
+    snprintf(path, sizeof path, "%s/image.json", drop);
+    snprintf(record, sizeof record, "{\"layers\":[\"%s\"]}", digest);
+    write_file(path, record, 0600);
+    struct layers_heard h = {0};
+    char err[700] = "";
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EINPROGRESS);
+    snprintf(path, sizeof path, "%s/cell-token", home); /* rotated while the fetch runs */
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 2);
+    write_file(path, text, 0600);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(ctl.refused, 1);
+    assert_int_equal(ctl.requests, 2);
+    snprintf(path, sizeof path, "%s/images/layers/sha256/%s/hello.txt", home, digest + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    cell_layers_free(cl);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    controller_stop(&ctl);
+    free(body);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -614,6 +778,8 @@ int main(void)
         cmocka_unit_test(test_a_droplet_is_fetched_by_digest_with_the_token_file),
         cmocka_unit_test(test_a_token_refused_is_read_again_and_the_new_one_used),
         cmocka_unit_test(test_an_image_droplets_layers_are_found_fetched_or_refused),
+        cmocka_unit_test(test_a_silent_controller_is_left_for_the_next),
+        cmocka_unit_test(test_a_refused_layer_fetch_reads_a_rotated_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
