@@ -66,6 +66,8 @@ struct cell_layers {
     char gc_err[256];
     size_t gc_live; /* as the last cell_layers_collect was told */
     bool gc_running, gc_again, gc_waiting;
+    int64_t grace_ms;
+    int64_t gc_due_mono; /* a collection put off for the grace: when it is due (0: none) */
 };
 
 int cell_layers_new(uv_loop_t *loop, const char *home, unsigned uid_base, struct cell_droplets *cd,
@@ -184,7 +186,14 @@ static void cell__layer_fetch_end(struct cell__layer_fetch *f)
 
 bool cell_layers_waiting(const struct cell_layers *cl)
 {
-    return cl && cl->gc_waiting && !cl->gc_running;
+    return cl && ((cl->gc_waiting && !cl->gc_running) ||
+                  (cl->gc_due_mono && time_mono_ms() >= cl->gc_due_mono));
+}
+
+void cell_layers_set_grace(struct cell_layers *cl, int64_t grace_ms)
+{
+    if (cl)
+        cl->grace_ms = grace_ms > 0 ? grace_ms : 0;
 }
 
 static void cell__layer_unpack_done(uv_work_t *work, int status)
@@ -420,6 +429,16 @@ void cell_layers_collect(struct cell_layers *cl, size_t live)
     if (!cl)
         return;
     cl->gc_live = live;
+    if (cl->grace_ms > 0 && !cl->gc_waiting) {
+        /* unused layers stay for the grace after the last ask (an instance's end); once it
+         * has passed, the caller's next ask (cell_layers_waiting) runs it */
+        int64_t now = time_mono_ms();
+        if (!cl->gc_due_mono || now < cl->gc_due_mono) {
+            cl->gc_due_mono = now + cl->grace_ms;
+            return;
+        }
+    }
+    cl->gc_due_mono = 0;
     if (cl->gc_running || cl->fetches) {
         cl->gc_again = true; /* once they end */
         return;

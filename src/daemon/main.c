@@ -155,6 +155,12 @@ static void usage(FILE *out)
         "  --fetch-stall-ms MS         a controller that sends a cell nothing that long while it\n"
         "                              fetches a droplet or layer is left for the next one\n"
         "                              (SKIFF_CELL_FETCH_STALL_MS, default 10000)\n"
+        "  --droplet-cache-mb N        the droplets a cell fetched are kept up to N MB in all,\n"
+        "                              the least recently used removed first, never one in use\n"
+        "                              (SKIFF_CELL_DROPLET_CACHE_MB, default 4096; 0: no bound)\n"
+        "  --layer-grace-ms MS         image layers no instance of a cell mounts any more are\n"
+        "                              kept that long after its last instance ended\n"
+        "                              (SKIFF_CELL_LAYER_GRACE_MS, default 600000; 0: at once)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -896,6 +902,18 @@ static void daemon_cell_on_signal(uv_signal_t *h, int signum)
 
 #define DAEMON_CONTROLLERS_MAX 16
 
+/* Whether text is a whole decimal number in [min, max] (then in *out). */
+static bool daemon_long_in(const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (!*text || *end || errno || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
 /* A controller's API URL as a cell takes it: http(s)://, a host, no spaces. */
 static bool daemon_url_ok(const char *url)
 {
@@ -1022,6 +1040,8 @@ int main(int argc, char **argv)
     const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
     const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
     const char *fetch_stall_text = env_or("SKIFF_CELL_FETCH_STALL_MS", "10000");
+    const char *droplet_cache_text = env_or("SKIFF_CELL_DROPLET_CACHE_MB", "4096");
+    const char *layer_grace_text = env_or("SKIFF_CELL_LAYER_GRACE_MS", "600000");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     /* --controller-url, each given; else SKIFF_CONTROLLER_URLS split at commas */
@@ -1081,6 +1101,10 @@ int main(int argc, char **argv)
             target = &cell_token_file;
         else if (!strcmp(a, "--fetch-stall-ms"))
             target = &fetch_stall_text;
+        else if (!strcmp(a, "--droplet-cache-mb"))
+            target = &droplet_cache_text;
+        else if (!strcmp(a, "--layer-grace-ms"))
+            target = &layer_grace_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-window-ms"))
@@ -1270,7 +1294,9 @@ int main(int argc, char **argv)
             .executor = &cell_ex,
             .token_file = cell_token_file,
             .controller_urls = controller_urls,
-            .fetch_stall_ms = fetch_stall_ms};
+            .fetch_stall_ms = fetch_stall_ms,
+            .droplet_cache_bytes = (uint64_t)droplet_cache_mb << 20,
+            .layer_grace_ms = layer_grace_ms};
         if (*host_addr && !contained) {
             log_error("--host-addr needs --isolation container: instances of other hosts are "
                       "reached at their container addresses");
