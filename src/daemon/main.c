@@ -1273,11 +1273,14 @@ int main(int argc, char **argv)
                 free(env_controllers);
                 return 2;
             }
-        char *stall_end = NULL;
-        long fetch_stall_ms = strtol(fetch_stall_text, &stall_end, 10);
-        if (!*fetch_stall_text || *stall_end || fetch_stall_ms < 100 || fetch_stall_ms > 3600000) {
-            log_error("--fetch-stall-ms \"%s\" must be milliseconds, from 100 to 3600000",
-                      fetch_stall_text);
+        long fetch_stall_ms = 0, droplet_cache_mb = 0, layer_grace_ms = 0;
+        if (!daemon_long_in(fetch_stall_text, 100, 3600000, &fetch_stall_ms) ||
+            !daemon_long_in(droplet_cache_text, 0, 1L << 30, &droplet_cache_mb) ||
+            !daemon_long_in(layer_grace_text, 0, 7L * 86400000, &layer_grace_ms)) {
+            log_error("--fetch-stall-ms \"%s\" must be milliseconds from 100 to 3600000, "
+                      "--droplet-cache-mb \"%s\" megabytes (0: no bound), --layer-grace-ms "
+                      "\"%s\" milliseconds up to a week",
+                      fetch_stall_text, droplet_cache_text, layer_grace_text);
             free(env_controllers);
             return 2;
         }
