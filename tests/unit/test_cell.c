@@ -11,6 +11,8 @@
 #include <sodium.h>
 #include <stdbool.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -764,6 +766,142 @@ static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+static char *held_dir;
+
+static char **held_in_use(void *ctx)
+{
+    (void)ctx;
+    char **v = calloc(2, sizeof *v);
+    v[0] = strdup(held_dir); /* an instance's app_dir in droplet 1 */
+    return v;
+}
+
+/* A droplet folder HOME/blobs/droplets/HEX of about 100 KiB, last used at `at` (s). */
+static void cached_droplet(const char *home, char c, time_t at)
+{
+    char dir[600], path[700];
+    snprintf(dir, sizeof dir, "%s/blobs/droplets/%064d", home, 0);
+    memset(dir + strlen(dir) - 64, c, 64);
+    snprintf(path, sizeof path, "%s/app", dir);
+    assert_int_equal(mkdir_p(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/app/data", dir);
+    char *data = calloc(1, 100 * 1024);
+    memset(data, 'x', 100 * 1024 - 1);
+    write_file(path, data, 0600);
+    free(data);
+    struct timespec ts[2] = {{.tv_sec = at}, {.tv_sec = at}};
+    assert_int_equal(utimensat(AT_FDCWD, dir, ts, 0), 0);
+}
+
+static bool cached_here(const char *home, char c)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/blobs/droplets/%064d", home, 0);
+    memset(dir + strlen(dir) - 64, c, 64);
+    struct stat st;
+    return stat(dir, &st) == 0;
+}
+
+/* The fetched droplets are kept within the bound: the least recently used goes first (a start
+ * from a cached droplet makes it the most recent), never one an instance uses, even when the
+ * rest stays over the bound; nothing is left aside. */
+static void test_the_droplet_cache_keeps_its_bound_and_what_is_in_use(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellcache-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {.home = home,
+                                       .cell_id = CELL_ID,
+                                       .controller_urls = nobody,
+                                       .cache_bytes = 250 * 1024,
+                                       .in_use = held_in_use};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    cached_droplet(home, '1', 1000); /* the oldest, in use */
+    cached_droplet(home, '2', 2000);
+    cached_droplet(home, '3', 3000);
+    char held[700];
+    snprintf(held, sizeof held, "%s/blobs/droplets/%064d", home, 0);
+    memset(held + strlen(held) - 64, '1', 64);
+    strcat(held, "/app");
+    held_dir = held;
+    /* a start from droplet 2, cached: it is the most recently used now */
+    struct cell_launch l = sample();
+    char digest[80] = "sha256:";
+    memset(digest + 7, '2', 64);
+    digest[71] = '\0';
+    l.droplet_digest = digest;
+    char *dir = NULL, err[512];
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, NULL, &dir, err, sizeof err), 0);
+    free(dir);
+    cell_droplets_collect(cd);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(cached_here(home, '1'));
+    assert_true(cached_here(home, '2'));
+    assert_false(cached_here(home, '3'));
+    /* a bound below what is in use: all but the droplet in use go */
+    cell_droplets_free(cd);
+    cfg.cache_bytes = 1;
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    cell_droplets_collect(cd);
+    cell_droplets_collect(cd); /* asked again meanwhile: runs once more after */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(cached_here(home, '1'));
+    assert_false(cached_here(home, '2'));
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "ls -A %s/blobs/droplets | grep -q gone", home);
+    assert_int_not_equal(system(cmd), 0); /* nothing left aside */
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* With a grace, a layer no instance mounts stays after the collection is asked for, until the
+ * grace has passed; then it goes. */
+static void test_unused_layers_stay_for_the_grace(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellgrace-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_layers *cl = NULL;
+    struct cell_droplets_config none = {.home = home, .cell_id = CELL_ID};
+    assert_int_equal(cell_droplets_new(&loop, &none, &cd), 0);
+    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    cell_layers_set_grace(cl, 300);
+    char a_dir[600];
+    snprintf(a_dir, sizeof a_dir, "%s/images/layers/sha256/%s", home, LAYER_A + 7);
+    assert_int_equal(mkdir(a_dir, 0755), 0);
+    int64_t asked = time_mono_ms();
+    cell_layers_collect(cl, 0); /* its last instance ended */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    struct stat st;
+    assert_int_equal(stat(a_dir, &st), 0);
+    assert_false(cell_layers_waiting(cl));
+    while (!cell_layers_waiting(cl)) { /* what the cell's heartbeat asks */
+        assert_true(time_mono_ms() - asked < 10000);
+        usleep(20 * 1000);
+    }
+    assert_true(time_mono_ms() - asked >= 300);
+    assert_int_equal(stat(a_dir, &st), 0);
+    cell_layers_collect(cl, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(stat(a_dir, &st), -1);
+    assert_false(cell_layers_waiting(cl));
+    cell_layers_free(cl);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -780,6 +918,8 @@ int main(void)
         cmocka_unit_test(test_an_image_droplets_layers_are_found_fetched_or_refused),
         cmocka_unit_test(test_a_silent_controller_is_left_for_the_next),
         cmocka_unit_test(test_a_refused_layer_fetch_reads_a_rotated_token),
+        cmocka_unit_test(test_the_droplet_cache_keeps_its_bound_and_what_is_in_use),
+        cmocka_unit_test(test_unused_layers_stay_for_the_grace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
