@@ -537,7 +537,8 @@ static void cell__scan_decide(struct cell_droplets *cd)
     uint64_t total = 0;
     for (size_t i = 0; i < cd->nfound; i++)
         total += cd->found[i].bytes;
-    qsort(cd->found, cd->nfound, sizeof *cd->found, cell__by_use);
+    if (cd->nfound > 1)
+        qsort(cd->found, cd->nfound, sizeof *cd->found, cell__by_use);
     char **in_use = total > cd->cache_bytes && cd->in_use ? cd->in_use(cd->in_use_ctx) : NULL;
     for (size_t i = 0; i < cd->nfound && total > cd->cache_bytes; i++) {
         const struct cell__cached *c = &cd->found[i];
