@@ -283,7 +283,6 @@ static void cell_tokens__create(struct api_request *req, void *ctx)
     char *text = json_dumps(doc, JSON_COMPACT);
     int rc = store_doc_put(store, CELL_TOKENS_KIND, cell, text);
     free(text);
-
     if (rc == 0)
         json_object_set(cc->tokens, cell, doc);
     json_decref(doc);
