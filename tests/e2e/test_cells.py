@@ -780,8 +780,8 @@ def grants(pg_dir, cell_id):
 def test_a_grant_stands_while_its_droplet_runs_on_the_cell_and_goes_with_it(cluster):
     """One grant per droplet placed on a cell, written once while it stands (a second instance
     of the droplet on the same cell writes nothing), and withdrawn as soon as nothing of that
-    droplet runs there: the app stopped, then started again and deleted. The cell's token reads
-    the droplet only meanwhile."""
+    droplet runs there: the app stopped; started again, then a cell lost (its instances moved
+    to the other); the app deleted. The cell's token reads the droplet only meanwhile."""
     ctl, (a, b) = cluster.ctl, cluster.cells
     deploy_bits(ctl, "granted", [("Procfile", b"web: python3 app.py\n"),
                                  ("app.py", PLATFORM_WEB_APP)], {"instances": 1})
@@ -809,13 +809,25 @@ def test_a_grant_stands_while_its_droplet_runs_on_the_cell_and_goes_with_it(clus
         status, body = blob_status(ctl, digest, token_of(c))
         assert status == 403 and b"was not asked to start" in body, body
 
-    # started again: granted again; deleted: withdrawn again
+    # started again: granted again
     assert ctl.api("POST", "/v1/apps/granted/start")[0] == 200
     wait_for(lambda: len(running(ctl, "granted")) == 3, 60, "three instances running again")
     assert all(digest in grants(cluster.pg_dir, c.id) for c in (a, b))
+
+    # a cell lost (killed with its instances): they move to the other cell, the lost cell's
+    # grant goes, the other's stands
+    kill_cell_with_everything(other)
+    wait_for(lambda: grants(cluster.pg_dir, other.id) == {}, LOST_MS / 1000 + 30,
+             "the lost cell's grant withdrawn")
+    wait_for(lambda: len(running(ctl, "granted")) == 3, 90, "the instances running again")
+    assert {i["cell"] for i in running(ctl, "granted")} == {on.id}
+    assert digest in grants(cluster.pg_dir, on.id)
+    assert blob_status(ctl, digest, token_of(other))[0] == 403
+
+    # deleted: withdrawn again
     assert ctl.api("DELETE", "/v1/apps/granted")[0] in (200, 202, 204)
-    wait_for(lambda: grants(cluster.pg_dir, a.id) == {} and grants(cluster.pg_dir, b.id) == {},
-             30, "the grants withdrawn after the app's deletion")
+    wait_for(lambda: grants(cluster.pg_dir, on.id) == {}, 30,
+             "the grants withdrawn after the app's deletion")
     for c in (a, b):
         assert blob_status(ctl, digest, token_of(c))[0] == 403
 
