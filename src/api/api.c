@@ -70,6 +70,7 @@ struct api {
     void *audit_ctx;
     struct auth *auth;
     struct store *store;
+    struct api_cells *cells; /* cells' tokens and grants (cell_tokens.c) */
 };
 
 /* An HTTP request (first, so the server's request is the API's) with what the API learns of it
@@ -265,6 +266,17 @@ int api_listen(struct api *api, char *err, size_t errsize)
     return 0;
 }
 
+void api_cells_attach(struct api *api, struct api_cells *cells)
+{
+    api_cells_free(api->cells);
+    api->cells = cells;
+}
+
+struct api_cells *api_cells_of(struct api *api)
+{
+    return api ? api->cells : NULL;
+}
+
 void api_close(struct api *api, void (*close_cb)(void *arg), void *arg)
 {
     http_server_close(api->server, close_cb, arg);
@@ -274,6 +286,7 @@ void api_free(struct api *api)
 {
     if (!api)
         return;
+    api_cells_free(api->cells);
     struct api_route *r = api->routes;
     while (r) {
         struct api_route *next = r->next;
@@ -468,9 +481,9 @@ static int api__authenticate(struct api *api, struct api_request *req)
         }
     }
     if (str_has_prefix(token, AUTH_CELL_TOKEN_PREFIX)) {
-        /* the store is asked each time: a token deleted or replaced through any controller
-         * is refused by every one at once */
-        if (!api->store || api_cell_token_check(api->store, token, req->caller_name) < 0)
+        /* against the copy the change feed keeps current: a token deleted or replaced
+         * through any controller is refused by every one at once */
+        if (api_cell_token_check(api, token, req->caller_name) < 0)
             return -2;
         p->kind = AUTH_CELL;
         return 0;

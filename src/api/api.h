@@ -157,23 +157,41 @@ void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx);
  * its BLAKE2b hash only (document cell.tokens/CELL_ID), so every controller on the store
  * accepts it, and a new one for the same cell (rotation) or its deletion (DELETE
  * /v1/cell_tokens/CELL_ID) refuses the old one everywhere at once. A cell's token (AUTH_CELL)
- * reads the blob of a droplet only while the leader's grant for that cell and digest stands:
- * made as the leader sends the cell a start request (api_cell_grant), good for
- * API_CELL_GRANT_MS; nothing else.
+ * reads the blob of a droplet, and the blobs that droplet lists (an image's config and
+ * layers), only while the leader's grant for that cell and droplet stands: written as the leader
+ * sends the cell a start request (api_cell_grant; not written again while one stands with more
+ * than half of API_CELL_GRANT_MS left), withdrawn when nothing of that droplet runs or is
+ * starting on that cell any more (api_cell_withdraw), else ended after API_CELL_GRANT_MS;
+ * nothing else. Tokens and grants are checked against a copy in memory, read again whenever
+ * the store's change feed says another writer changed documents (cell_tokens.c).
  *
- * Setup registers the endpoints and removes a HOME/cell-token left by an older skiffd (the one
- * token every cell shared, no longer accepted: store migration 19 removed its hash). */
+ * Setup registers the endpoints, makes the API's copy (api_cells_attach: the API frees it),
+ * and removes a HOME/cell-token left by an older skiffd (the one token every cell shared, no
+ * longer accepted: store migration 19 removed its hash). */
 struct store;
+struct api_cells;
 #define API_CELL_GRANT_MS (15 * 60 * 1000)
 void api_cell_tokens_setup(struct api *api, struct store *store, const char *home);
+struct api_cells *api_cells_new(struct store *store);
+void api_cells_free(struct api_cells *cells);
+/* The API owns cells from now on (NULL before setup: every cell's token is refused). */
+void api_cells_attach(struct api *api, struct api_cells *cells);
+struct api_cells *api_cells_of(struct api *api);
 /* 0 with the cell's id in cell_id (size >= 33) when token is a cell's token the store holds;
- * -EACCES when not. Blocks on the store. */
-int api_cell_token_check(struct store *store, const char *token, char *cell_id);
-/* The leader lets cell_id read digest's blob (it is about to start that droplet there): 0, or
- * a negative errno when the store could not record it (then the start must not be sent). */
-int api_cell_grant(struct store *store, const char *cell_id, const char *digest);
-/* Whether cell_id may read digest's blob now (a grant that stands). */
-bool api_cell_may_read(struct store *store, const char *cell_id, const char *digest);
+ * -EACCES when not. Reads the store only when the copy is outdated. */
+int api_cell_token_check(struct api *api, const char *token, char *cell_id);
+/* The leader lets cell_id read the droplet digest and the blobs it lists (blobs: digests,
+ * space-separated; NULL or "": none): one grant (it is about to start that droplet there). 0,
+ * also when a grant for the same blobs stands with more than half its time left (nothing
+ * written); -EINVAL for a digest that is not one; another negative errno when the store could
+ * not record it (then the start must not be sent). */
+int api_cell_grant(struct api *api, const char *cell_id, const char *digest, const char *blobs);
+/* Nothing of droplet digest runs or is starting on cell_id any more: its grant goes (logged
+ * when the store cannot delete it; it then ends at its time). */
+void api_cell_withdraw(struct api *api, const char *cell_id, const char *digest);
+/* Whether cell_id may read digest's blob now (a standing grant of that droplet, or of one
+ * that lists it). Ended grants met on the way are deleted. */
+bool api_cell_may_read(struct api *api, const char *cell_id, const char *digest);
 
 /* The one topic the request's token may publish to, or NULL when it is not so limited. */
 const char *api_request_topic_limit(const struct api_request *req);

@@ -149,10 +149,12 @@ static void blobs__get(struct api_request *req, void *ctx)
     /* a cell reads only what was placed on it, and learns nothing of other blobs (whether
      * there or not, the same answer) */
     const char *cell = api_request_cell(req);
-    if (cell && !api_cell_may_read(core->cfg.store, cell, digest)) {
+    if (cell && !api_cell_may_read(core->api, cell, digest)) {
         api_respond_error(req, SKIFF_E_FORBIDDEN,
                           "cell %s was not asked to start droplet %s: a cell's token reads only "
-                          "the droplets the leader places on that cell, until %d minutes after",
+                          "the droplets the leader places on that cell (and the blobs they "
+                          "list) while something of them runs or starts there, at most %d "
+                          "minutes after",
                           cell, digest, API_CELL_GRANT_MS / 60000);
         return;
     }

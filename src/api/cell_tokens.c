@@ -1,11 +1,15 @@
 /* Cells' tokens and what each may read (api.h "cells' tokens").
  *
- * Documents in the store, so that every controller on it decides alike and at once:
+ * Documents in the store, so that every controller on it decides alike:
  *   cell.tokens/CELL_ID          {"blake2b": HEX of the token, "created_at": ms}
- *   cell.grants/CELL_ID/DIGEST   {"until": ms}: the leader started DIGEST's droplet there
- * A token is checked against its cell's document on every request that carries one (no copy
- * kept in a controller's memory to go stale), and a cell's token reads a blob only under a
- * grant that stands. */
+ *   cell.grants/CELL_ID/DIGEST   {"until": ms, "blobs": [DIGEST, ...]}: the leader started
+ *                                DIGEST's droplet there; the cell may read it and the blobs it
+ *                                lists (an image's config and layers) until then
+ * Each controller keeps a copy of both kinds in memory, read again whole whenever the store's
+ * change feed says another writer changed documents (store_doc_news: every call while the feed
+ * is lost), so a blob request reads nothing from the store, and a token deleted or replaced, or
+ * a grant withdrawn, through any controller is refused by every one as soon as its
+ * notification has arrived. Writes made here change the copy as they are made. */
 #include <errno.h>
 #include <jansson.h>
 #include <sodium.h>
@@ -25,6 +29,14 @@
 #define CELL_TOKENS_KIND "cell.tokens"
 #define CELL_GRANTS_KIND "cell.grants"
 
+struct api_cells {
+    struct store *store;
+    bool loaded;
+    uint64_t news;  /* store_doc_news when the copy was read */
+    json_t *tokens; /* cell id -> its document */
+    json_t *grants; /* "CELL/DIGEST" -> its document */
+};
+
 static void cell_tokens__hash_hex(const char *token, char out[2 * crypto_generichash_BYTES + 1])
 {
     unsigned char hash[crypto_generichash_BYTES];
@@ -32,21 +44,75 @@ static void cell_tokens__hash_hex(const char *token, char out[2 * crypto_generic
     sodium_bin2hex(out, 2 * crypto_generichash_BYTES + 1, hash, sizeof hash);
 }
 
-int api_cell_token_check(struct store *store, const char *token, char *cell_id)
+static int cells__keep(void *ctx, const char *id, const char *json)
+{
+    json_t *doc = json_loads(json, 0, NULL);
+    if (json_is_object(doc))
+        json_object_set_new(ctx, id, doc);
+    else
+        json_decref(doc);
+    return 0;
+}
+
+/* The copy, read again when another writer may have changed documents; NULL when the store
+ * cannot be read (then nothing is accepted). */
+static struct api_cells *cells__current(struct api_cells *cc)
+{
+    if (!cc)
+        return NULL;
+    uint64_t news = store_doc_news(cc->store); /* news from now on calls for another read */
+    if (cc->loaded && news == cc->news)
+        return cc;
+    json_t *tokens = json_object(), *grants = json_object();
+    if (store_doc_each(cc->store, CELL_TOKENS_KIND, cells__keep, tokens) < 0 ||
+        store_doc_each(cc->store, CELL_GRANTS_KIND, cells__keep, grants) < 0) {
+        json_decref(tokens);
+        json_decref(grants);
+        cc->loaded = false;
+        log_warning("[API] cannot read the cells' tokens and grants: cells' requests are "
+                    "refused until the store answers");
+        return NULL;
+    }
+    json_decref(cc->tokens);
+    json_decref(cc->grants);
+    cc->tokens = tokens;
+    cc->grants = grants;
+    cc->news = news;
+    cc->loaded = true;
+    return cc;
+}
+
+struct api_cells *api_cells_new(struct store *store)
+{
+    struct api_cells *cc = xcalloc(1, sizeof *cc);
+    cc->store = store;
+    cc->tokens = json_object();
+    cc->grants = json_object();
+    return cc;
+}
+
+void api_cells_free(struct api_cells *cc)
+{
+    if (!cc)
+        return;
+    json_decref(cc->tokens);
+    json_decref(cc->grants);
+    free(cc);
+}
+
+int api_cell_token_check(struct api *api, const char *token, char *cell_id)
 {
     char cell[AUTH_CELL_ID_LEN + 1];
     if (!auth_cell_token_parse(token, cell))
         return -EACCES;
-    char *json = NULL;
-    if (store_doc_get(store, CELL_TOKENS_KIND, cell, &json) < 0)
+    struct api_cells *cc = cells__current(api_cells_of(api));
+    if (!cc)
         return -EACCES;
-    json_t *doc = json_loads(json, 0, NULL);
-    free(json);
-    const char *want = json_string_value(json_object_get(doc, "blake2b"));
+    const char *want =
+        json_string_value(json_object_get(json_object_get(cc->tokens, cell), "blake2b"));
     char got[2 * crypto_generichash_BYTES + 1];
     cell_tokens__hash_hex(token, got);
     bool ok = want && strlen(want) == strlen(got) && sodium_memcmp(want, got, strlen(got)) == 0;
-    json_decref(doc);
     if (!ok)
         return -EACCES;
     memcpy(cell_id, cell, sizeof cell);
@@ -58,36 +124,125 @@ static char *cell_tokens__grant_id(const char *cell_id, const char *digest)
     return xasprintf("%s/%s", cell_id, digest);
 }
 
-int api_cell_grant(struct store *store, const char *cell_id, const char *digest)
+/* blobs (space-separated digests) as a JSON array; NULL when one is no digest. */
+static json_t *cells__blob_list(const char *blobs)
+{
+    json_t *list = json_array();
+    char one[80];
+    for (const char *p = blobs; p && *p;) {
+        size_t n = strcspn(p, " ");
+        if (n > 0) {
+            if (n >= sizeof one) {
+                json_decref(list);
+                return NULL;
+            }
+            memcpy(one, p, n);
+            one[n] = '\0';
+            if (!blob_digest_valid(one)) {
+                json_decref(list);
+                return NULL;
+            }
+            json_array_append_new(list, json_string(one));
+        }
+        p += n;
+        p += strspn(p, " ");
+    }
+    return list;
+}
+
+int api_cell_grant(struct api *api, const char *cell_id, const char *digest, const char *blobs)
 {
     if (!auth_cell_id_valid(cell_id) || !blob_digest_valid(digest))
         return -EINVAL;
+    json_t *list = cells__blob_list(blobs);
+    if (!list)
+        return -EINVAL;
+    struct api_cells *cc = cells__current(api_cells_of(api));
     char *id = cell_tokens__grant_id(cell_id, digest);
-    json_t *doc = json_pack("{s:I}", "until", (json_int_t)(time_now_ms() + API_CELL_GRANT_MS));
+    int64_t now = time_now_ms();
+    json_t *had = cc ? json_object_get(cc->grants, id) : NULL;
+    if (had && json_integer_value(json_object_get(had, "until")) - now > API_CELL_GRANT_MS / 2 &&
+        json_equal(json_object_get(had, "blobs"), list)) {
+        json_decref(list); /* it stands long enough: no write */
+        free(id);
+        return 0;
+    }
+    json_t *doc =
+        json_pack("{s:I,s:o}", "until", (json_int_t)(now + API_CELL_GRANT_MS), "blobs", list);
     char *text = json_dumps(doc, JSON_COMPACT);
+    int rc = api_cells_of(api) ? store_doc_put(api_cells_of(api)->store, CELL_GRANTS_KIND, id, text)
+                               : -ENODEV;
+    if (rc == 0 && cc)
+        json_object_set(cc->grants, id, doc);
     json_decref(doc);
-    int rc = store_doc_put(store, CELL_GRANTS_KIND, id, text);
     free(text);
     free(id);
     return rc;
 }
 
-bool api_cell_may_read(struct store *store, const char *cell_id, const char *digest)
+void api_cell_withdraw(struct api *api, const char *cell_id, const char *digest)
+{
+    struct api_cells *cc = api_cells_of(api);
+    if (!cc || !auth_cell_id_valid(cell_id) || !blob_digest_valid(digest))
+        return;
+    char *id = cell_tokens__grant_id(cell_id, digest);
+    int rc = store_doc_delete(cc->store, CELL_GRANTS_KIND, id);
+    if (rc == 0 || rc == -ENOENT) {
+        json_object_del(cc->grants, id);
+        log_debug("[API] cell %s may no longer read droplet %s: nothing of it runs there", cell_id,
+                  digest);
+    } else {
+        log_warning("[API] cannot withdraw cell %s's grant for droplet %s (it ends by itself "
+                    "within %d minutes): %s",
+                    cell_id, digest, API_CELL_GRANT_MS / 60000, skiff_strerror(rc));
+    }
+    free(id);
+}
+
+static bool cells__lists(json_t *grant, const char *digest)
+{
+    size_t k;
+    json_t *e;
+    json_array_foreach(json_object_get(grant, "blobs"), k, e)
+    {
+        if (json_is_string(e) && !strcmp(json_string_value(e), digest))
+            return true;
+    }
+    return false;
+}
+
+bool api_cell_may_read(struct api *api, const char *cell_id, const char *digest)
 {
     if (!auth_cell_id_valid(cell_id) || !blob_digest_valid(digest))
         return false;
-    char *id = cell_tokens__grant_id(cell_id, digest);
-    char *json = NULL;
+    struct api_cells *cc = cells__current(api_cells_of(api));
+    if (!cc)
+        return false;
+    char prefix[AUTH_CELL_ID_LEN + 2];
+    snprintf(prefix, sizeof prefix, "%s/", cell_id);
+    int64_t now = time_now_ms();
     bool ok = false;
-    if (store_doc_get(store, CELL_GRANTS_KIND, id, &json) == 0) {
-        json_t *doc = json_loads(json, 0, NULL);
-        ok = json_integer_value(json_object_get(doc, "until")) > time_now_ms();
-        json_decref(doc);
-        free(json);
-        if (!ok) /* ended: it would only ever be refused again */
-            store_doc_delete(store, CELL_GRANTS_KIND, id);
+    char **ended = NULL;
+    size_t nended = 0;
+    const char *id;
+    json_t *grant;
+    json_object_foreach(cc->grants, id, grant)
+    {
+        if (!str_has_prefix(id, prefix))
+            continue;
+        if (json_integer_value(json_object_get(grant, "until")) <= now) {
+            ended = xrealloc(ended, (nended + 1) * sizeof *ended);
+            ended[nended++] = xstrdup(id);
+        } else if (!strcmp(id + strlen(prefix), digest) || cells__lists(grant, digest)) {
+            ok = true;
+        }
     }
-    free(id);
+    for (size_t i = 0; i < nended; i++) { /* ended: they would only ever be refused again */
+        if (store_doc_delete(cc->store, CELL_GRANTS_KIND, ended[i]) == 0)
+            json_object_del(cc->grants, ended[i]);
+        free(ended[i]);
+    }
+    free(ended);
     return ok;
 }
 
@@ -98,7 +253,8 @@ bool api_cell_may_read(struct store *store, const char *cell_id, const char *dig
  * refused from now on. */
 static void cell_tokens__create(struct api_request *req, void *ctx)
 {
-    struct store *store = ctx;
+    struct api_cells *cc = ctx;
+    struct store *store = cc->store;
     json_t *body = api_request_json_object(req);
     if (!body)
         return;
@@ -125,9 +281,11 @@ static void cell_tokens__create(struct api_request *req, void *ctx)
     free(old);
     json_t *doc = json_pack("{s:s,s:I}", "blake2b", hash, "created_at", (json_int_t)time_now_ms());
     char *text = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
     int rc = store_doc_put(store, CELL_TOKENS_KIND, cell, text);
     free(text);
+    if (rc == 0)
+        json_object_set(cc->tokens, cell, doc);
+    json_decref(doc);
     if (rc < 0) {
         api_respond_error(req, rc, "cannot keep the token of cell %s", cell);
     } else {
@@ -164,7 +322,8 @@ static int cell_tokens__row(void *ctx, const char *id, const char *json)
 
 static void cell_tokens__list(struct api_request *req, void *ctx)
 {
-    struct store *store = ctx;
+    struct api_cells *cc = ctx;
+    struct store *store = cc->store;
     struct cell_tokens__list l = {.rows = json_array()};
     int rc = store_doc_each(store, CELL_TOKENS_KIND, cell_tokens__row, &l);
     if (rc < 0) {
@@ -190,7 +349,8 @@ static int cell_tokens__grant_of(void *ctx, const char *id, const char *json)
  * the grants it had go with it. */
 static void cell_tokens__delete(struct api_request *req, void *ctx)
 {
-    struct store *store = ctx;
+    struct api_cells *cc = ctx;
+    struct store *store = cc->store;
     const char *cell = api_request_param(req, 0);
     if (!auth_cell_id_valid(cell)) {
         api_respond_error(req, SKIFF_E_BAD_NAME,
@@ -210,9 +370,11 @@ static void cell_tokens__delete(struct api_request *req, void *ctx)
     }
     char *prefix = xasprintf("%s/", cell);
     struct cell_tokens__list l = {.prefix = prefix};
+    json_object_del(cc->tokens, cell);
     if (store_doc_each(store, CELL_GRANTS_KIND, cell_tokens__grant_of, &l) == 0)
         for (size_t i = 0; i < l.n; i++)
-            store_doc_delete(store, CELL_GRANTS_KIND, l.ids[i]);
+            if (store_doc_delete(store, CELL_GRANTS_KIND, l.ids[i]) == 0)
+                json_object_del(cc->grants, l.ids[i]);
     for (size_t i = 0; i < l.n; i++)
         free(l.ids[i]);
     free(l.ids);
@@ -241,10 +403,11 @@ static void cell_tokens__remove_shared(const char *home)
 void api_cell_tokens_setup(struct api *api, struct store *store, const char *home)
 {
     cell_tokens__remove_shared(home);
+    struct api_cells *cc = api_cells_new(store);
+    api_cells_attach(api, cc);
     api_route_add(api, "POST", "/v1/cell_tokens", API_PERM(AUTH_PERM_ADMIN), cell_tokens__create,
-                  store);
-    api_route_add(api, "GET", "/v1/cell_tokens", API_PERM(AUTH_PERM_ADMIN), cell_tokens__list,
-                  store);
+                  cc);
+    api_route_add(api, "GET", "/v1/cell_tokens", API_PERM(AUTH_PERM_ADMIN), cell_tokens__list, cc);
     api_route_add(api, "DELETE", "/v1/cell_tokens/*", API_PERM(AUTH_PERM_ADMIN),
-                  cell_tokens__delete, store);
+                  cell_tokens__delete, cc);
 }

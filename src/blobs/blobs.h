@@ -169,6 +169,9 @@ struct blob_fetch_options {
     const char *cache_dir;   /* the blob goes to cache_dir/HEX (mode 0600) */
     uint64_t max_bytes;      /* larger blobs are refused (0: 4 GiB) */
     long timeout_ms;         /* each URL's whole transfer (0: 10 minutes) */
+    /* a URL that sends no byte for this long (a server that accepts the connection and
+     * never answers, or stops midway) is given up and the next one tried (0: 10 s) */
+    long stall_ms;
     const char *ca_file;     /* for https URLs (NULL: the system's CAs) */
 };
 

@@ -21,6 +21,7 @@
 
 #define FETCH_DEFAULT_MAX (4ull << 30)
 #define FETCH_DEFAULT_TIMEOUT_MS (10 * 60 * 1000L)
+#define FETCH_DEFAULT_STALL_MS (10 * 1000L)
 
 struct blob_fetch {
     uv_work_t work;
@@ -29,7 +30,7 @@ struct blob_fetch {
     char **urls;
     char *token, *cache_dir, *ca_file, *path;
     uint64_t max_bytes;
-    long timeout_ms;
+    long timeout_ms, stall_ms;
     blob_fetch_cb done;
     void *ctx;
     int rc;
@@ -38,6 +39,8 @@ struct blob_fetch {
     int fd;
     uint64_t got;
     bool too_big;
+    bool stalled;
+    int64_t progress_mono; /* when the last byte came (or the transfer began) */
     struct blobs_hash hash;
 };
 
@@ -60,12 +63,26 @@ static size_t fetch__write(char *data, size_t size, size_t n, void *arg)
     struct blob_fetch *f = arg;
     size_t len = size * n;
     f->got += len;
+    f->progress_mono = time_mono_ms();
     if (f->got > f->max_bytes) {
         f->too_big = true;
         return 0; /* stops the transfer */
     }
     blobs__hash_update(&f->hash, data, len);
     return blobs__write_all(f->fd, data, len) == 0 ? len : 0;
+}
+
+/* libcurl calls this about once a second, bytes coming or not: a transfer with none for
+ * stall_ms is given up (non-zero stops it). */
+static int fetch__progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                           curl_off_t ulnow)
+{
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    struct blob_fetch *f = arg;
+    if (time_mono_ms() - f->progress_mono < f->stall_ms)
+        return 0;
+    f->stalled = true;
+    return 1;
 }
 
 /* One URL: 0 with the verified blob at f->path, or an error with f->why. */
@@ -80,6 +97,8 @@ static int fetch__one(struct blob_fetch *f, const char *base)
     }
     f->got = 0;
     f->too_big = false;
+    f->stalled = false;
+    f->progress_mono = time_mono_ms();
     int rc = blobs__hash_init(&f->hash);
     char *url = xasprintf("%s/v1/blobs/%s", base, f->digest);
     char *auth = xasprintf("Authorization: Bearer %s", f->token ? f->token : "");
@@ -97,6 +116,9 @@ static int fetch__one(struct blob_fetch *f, const char *base)
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fetch__write);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
         curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fetch__progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, f);
         if (f->ca_file)
             curl_easy_setopt(c, CURLOPT_CAINFO, f->ca_file);
         CURLcode cc = curl_easy_perform(c);
@@ -105,6 +127,12 @@ static int fetch__one(struct blob_fetch *f, const char *base)
             snprintf(f->why, sizeof f->why, "blob %s from %s is larger than the %llu bytes allowed",
                      f->digest, base, (unsigned long long)f->max_bytes);
             rc = -EFBIG;
+        } else if (f->stalled) {
+            snprintf(f->why, sizeof f->why,
+                     "%s sent nothing for %ld ms while blob %s was fetched (%llu bytes come): "
+                     "given up",
+                     base, f->stall_ms, f->digest, (unsigned long long)f->got);
+            rc = -EIO;
         } else if (cc == CURLE_HTTP_RETURNED_ERROR) {
             snprintf(f->why, sizeof f->why, "%s answered %ld for blob %s", base, status, f->digest);
             rc = status == 404 ? -ENOENT : status == 401 || status == 403 ? -EACCES : -EIO;
@@ -216,6 +244,7 @@ int blob_fetch(uv_loop_t *loop, const struct blob_fetch_options *opt, blob_fetch
     f->path = xasprintf("%s/%s", opt->cache_dir, blobs__hex(opt->digest));
     f->max_bytes = opt->max_bytes ? opt->max_bytes : FETCH_DEFAULT_MAX;
     f->timeout_ms = opt->timeout_ms > 0 ? opt->timeout_ms : FETCH_DEFAULT_TIMEOUT_MS;
+    f->stall_ms = opt->stall_ms > 0 ? opt->stall_ms : FETCH_DEFAULT_STALL_MS;
     f->done = done;
     f->ctx = ctx;
     struct stat st;

@@ -215,6 +215,7 @@ static void cell__on_state(void *ctx, struct instance *inst, enum instance_state
     if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         cell__forget(a, ci);
         cell_layers_collect(a->layers, cell__image_instances(a)); /* what it alone mounted */
+        cell_droplets_collect(a->droplets); /* its droplet may be over the cache's bound */
     }
 }
 
@@ -455,6 +456,24 @@ static void cell__on_nats(void *ctx, bool connected)
 
 /* ---- life --------------------------------------------------------------------------------- */
 
+/* What a droplet's folder may not be removed under: the executor's instances' app_dirs and
+ * the folders of starts waiting for their layers. */
+static char **cell__droplets_in_use(void *ctx)
+{
+    struct cell_agent *a = ctx;
+    char **dirs = a->ex ? executor_app_dirs(a->ex) : NULL;
+    size_t n = 0;
+    while (dirs && dirs[n])
+        n++;
+    for (const struct cell__pending *p = a->pending; p; p = p->next)
+        if (p->dir) {
+            dirs = xrealloc(dirs, (n + 2) * sizeof *dirs);
+            dirs[n++] = xstrdup(p->dir);
+            dirs[n] = NULL;
+        }
+    return dirs;
+}
+
 static void cell__adopt(void *ctx, struct instance *inst, const struct instance_spec *sp)
 {
     struct cell_agent *a = ctx;
@@ -507,7 +526,11 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
     struct cell_droplets_config dc = {.home = a->home,
                                       .cell_id = a->id,
                                       .token_file = cfg->token_file,
-                                      .controller_urls = cfg->controller_urls};
+                                      .controller_urls = cfg->controller_urls,
+                                      .fetch_stall_ms = cfg->fetch_stall_ms,
+                                      .cache_bytes = cfg->droplet_cache_bytes,
+                                      .in_use = cell__droplets_in_use,
+                                      .in_use_ctx = a};
     rc = cell_droplets_new(loop, &dc, &a->droplets);
     if (rc < 0) {
         snprintf(err, errsize, "cannot make the droplet cache under %s/blobs: %s", a->home,
@@ -527,6 +550,7 @@ int cell_agent_start(uv_loop_t *loop, const struct cell_agent_config *cfg, struc
         snprintf(err, errsize, "cannot open the image store under %s/images", a->home);
         goto fail;
     }
+    cell_layers_set_grace(a->layers, cfg->layer_grace_ms);
     int adopted = executor_adopt(a->ex, cell__adopt, a);
     char *name = xasprintf("skiffd cell %s", a->id);
     struct natsconn_config nc = {.urls = cfg->nats_urls,

@@ -92,6 +92,14 @@ struct cell_droplets_config {
     const char *cell_id;
     const char *token_file;
     const char *const *controller_urls;
+    long fetch_stall_ms; /* a controller silent this long: the next one (<= 0: 10 s) */
+    /* the fetched droplets' folders are kept up to this many bytes in all (0: no bound) */
+    uint64_t cache_bytes;
+    /* the paths in use now (NULL-terminated, each and the list the caller's to free): an
+     * instance's app_dir, a start's droplet folder; a folder one of them is in is never
+     * removed. NULL: none. */
+    char **(*in_use)(void *ctx);
+    void *in_use_ctx;
 };
 int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
                       struct cell_droplets **out);
@@ -99,7 +107,13 @@ int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
  * error with err set. What SIGHUP asks of a cell, so that an operator who rotated the token
  * learns at once whether the new file is good. */
 int cell_droplets_check_token(struct cell_droplets *cd, char *err, size_t errsize);
-/* After the loop ran every fetch to its end (its callbacks called). */
+/* Keeps the fetched droplets within cache_bytes: the least recently used first (a droplet's
+ * folder is touched at each start from it), never one in_use names nor one on its way. The
+ * sizes are read and the folders removed on the thread pool; which to remove is decided on the
+ * loop, with in_use asked then. Called after a fetch and when an instance ends; one at a time
+ * (a call meanwhile runs once it ends). */
+void cell_droplets_collect(struct cell_droplets *cd);
+/* After the loop ran every fetch and collection to its end (its callbacks called). */
 void cell_droplets_free(struct cell_droplets *cd);
 
 /* rc 0 and dir (the droplet's folder), or rc < 0 and why; both live during the call. */
@@ -153,6 +167,12 @@ int cell_layers_get(struct cell_layers *cl, const char *droplet_dir, cell_layers
  * again a moment later. */
 void cell_layers_collect(struct cell_layers *cl, size_t live);
 bool cell_layers_waiting(const struct cell_layers *cl);
+/* Layers no instance mounts are kept grace_ms after the last collection asked for (an
+ * instance's end), so that an instance that crashes and starts again, or the next start of
+ * the image, finds them here: cell_layers_collect then only marks the time, and
+ * cell_layers_waiting says when it has passed (the caller collects then). <= 0 (the default):
+ * collected at once. */
+void cell_layers_set_grace(struct cell_layers *cl, int64_t grace_ms);
 
 /* ---- the start request (docs/bus.md "Cells") ---------------------------------------------- */
 
@@ -203,9 +223,15 @@ struct cell_agent_config {
     /* the controllers' API URLs it fetches droplets from, and the only ones it sends its
      * token to (NULL-terminated; --controller-url) */
     const char *const *controller_urls;
+    long fetch_stall_ms; /* a controller that sends nothing this long: the next (<= 0: 10 s) */
+    uint64_t droplet_cache_bytes; /* fetched droplets kept up to this size (0: no bound) */
+    int64_t layer_grace_ms;       /* unused layers kept this long (<= 0: collected at once) */
 };
 
 #define CELL_HEARTBEAT_MS 1000
+#define CELL_FETCH_STALL_MS                                                                        \
+    10000 /* a controller silent this long while a fetch waits: the next                           \
+           */
 #define CELL_OUTPUT_BATCH_MS 100
 #define CELL_OUTPUT_BATCH_LINES 200
 

@@ -34,6 +34,7 @@ struct cellc_inst {
     struct cellc__cell *cell; /* NULL: the local cell */
     struct instance *local;
     char guid[37], app_guid[37], droplet[37];
+    char digest[72]; /* the droplet's blob the cell was granted ("": none) */
     char type[64];
     char addr[64];
     int index;
@@ -61,7 +62,8 @@ struct cellc {
     struct cellc__cell *cells;
     struct cellc_inst *insts;
     char **blob_urls; /* the controllers' API URLs a cell fetches droplets from */
-    int (*grant)(void *ctx, const char *cell_id, const char *digest);
+    int (*grant)(void *ctx, const char *cell_id, const char *digest, const char *blobs);
+    void (*withdraw)(void *ctx, const char *cell_id, const char *digest);
     void *grant_ctx;
     bool leading;
     int64_t leading_since_mono;
@@ -94,8 +96,22 @@ static struct cellc_inst *cellc__inst_new(struct cellc *c, struct cellc__cell *c
     return i;
 }
 
+/* The cell's grant for gone's droplet is withdrawn when gone was the last instance of that
+ * droplet there (running, starting or stopping); a leader that steps down leaves the grants
+ * to the next one. */
+static void cellc__withdraw_if_last(struct cellc *c, const struct cellc_inst *gone)
+{
+    if (!gone->cell || !gone->digest[0] || !c->withdraw || !c->leading || c->closing)
+        return;
+    for (const struct cellc_inst *i = c->insts; i; i = i->next)
+        if (i != gone && i->cell == gone->cell && !strcmp(i->digest, gone->digest))
+            return;
+    c->withdraw(c->grant_ctx, gone->cell->id, gone->digest);
+}
+
 static void cellc__inst_free(struct cellc *c, struct cellc_inst *gone)
 {
+    cellc__withdraw_if_last(c, gone);
     for (struct cellc_inst **pp = &c->insts; *pp; pp = &(*pp)->next)
         if (*pp == gone) {
             *pp = gone->next;
@@ -500,34 +516,17 @@ static int cellc__count(const struct cellc *c, const struct cellc__cell *cell, c
 }
 
 /* Lets cell_id read the droplet's blob and the further blobs it lists (an image's config and
- * layers, space-separated), each by a grant written before the start is sent; a cell's token
+ * layers, space-separated), by one grant written before the start is sent; a cell's token
  * reads nothing else. */
 static int cellc__grant(struct cellc *c, const char *cell_id, const char *digest, const char *blobs,
                         char *err, size_t errsize)
 {
     if (!c->grant)
         return 0;
-    int rc = c->grant(c->grant_ctx, cell_id, digest);
-    const char *what = digest;
-    char one[80] = ""; /* "sha256:" and 64 hex digits */
-    for (const char *p = blobs; rc == 0 && p && *p;) {
-        size_t n = strcspn(p, " ");
-        if (n >= sizeof one) {
-            snprintf(err, errsize, "droplet %s lists a blob that is no digest: %.80s", digest, p);
-            return -EINVAL;
-        }
-        if (n > 0) {
-            memcpy(one, p, n);
-            one[n] = '\0';
-            what = one;
-            rc = c->grant(c->grant_ctx, cell_id, one);
-        }
-        p += n;
-        p += strspn(p, " ");
-    }
+    int rc = c->grant(c->grant_ctx, cell_id, digest, blobs);
     if (rc < 0)
-        snprintf(err, errsize, "cannot let cell %s read %s %s: %s", cell_id,
-                 what == digest ? "droplet" : "blob", what, skiff_strerror(rc));
+        snprintf(err, errsize, "cannot let cell %s read droplet %s%s: %s", cell_id, digest,
+                 rc == -EINVAL ? " (it lists a blob that is no digest)" : "", skiff_strerror(rc));
     return rc;
 }
 
@@ -596,6 +595,8 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     }
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);
+    if (sent.droplet_digest)
+        snprintf(i->digest, sizeof i->digest, "%s", sent.droplet_digest);
     cell->placed += memory_bytes;
     cellc__send(c, cell,
                 json_pack("{s:s,s:o}", "op", "start", "launch", cell_launch_to_json(&sent)));
@@ -718,6 +719,7 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     c->lost_ms = cfg->lost_ms > 0 ? cfg->lost_ms : CELLC_LOST_MS;
     c->home = xstrdup(cfg->home ? cfg->home : "");
     c->grant = cfg->grant;
+    c->withdraw = cfg->withdraw;
     c->grant_ctx = cfg->grant_ctx;
     size_t n_urls = 0;
     while (cfg->blob_urls && cfg->blob_urls[n_urls])

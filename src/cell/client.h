@@ -70,9 +70,14 @@ struct cellc_config {
      * copied; NULL: none, the cell reads the droplet at its path) */
     const char *const *blob_urls;
     /* Asked before a remote cell is sent a start whose droplet it fetches: 0 lets the start
-     * go (the cell may now read that blob with its token: api_cell_grant); an error fails
-     * the launch with nothing sent. NULL: nothing asked. */
-    int (*grant)(void *ctx, const char *cell_id, const char *digest);
+     * go (the cell may now read the droplet's blob and the blobs it lists, space-separated
+     * in blobs, NULL for none, with its token: api_cell_grant); an error fails the launch
+     * with nothing sent. NULL: nothing asked. */
+    int (*grant)(void *ctx, const char *cell_id, const char *digest, const char *blobs);
+    /* Told, while leading, when nothing of that droplet runs or is starting on that cell any
+     * more (its last instance there stopped, crashed, moved or the cell was lost): the cell
+     * may read it no longer (api_cell_withdraw). NULL: nothing told. */
+    void (*withdraw)(void *ctx, const char *cell_id, const char *digest);
     void *grant_ctx;
 };
 

@@ -8,7 +8,9 @@
  *
  * The cell's token goes only to the controllers of its own configuration; a start request
  * cannot add one (src/cell/README.md "Droplets"). */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,13 +47,30 @@ struct cell__fetch {
     struct cell__fetch *next;
 };
 
+/* A droplet's folder found by a collection. */
+struct cell__cached {
+    char hex[BLOB_DIGEST_LEN + 1];
+    uint64_t bytes;
+    int64_t used_ns; /* its mtime: touched at each start from it */
+};
+
 struct cell_droplets {
     uv_loop_t *loop;
+    uint64_t cache_bytes;
+    char **(*in_use)(void *ctx);
+    void *in_use_ctx;
+    uv_work_t gc_work;
+    bool gc_running, gc_again;
+    struct cell__cached *found;
+    size_t nfound;
+    char **trash; /* folders renamed aside, removed on the pool */
+    size_t ntrash;
     char *cache_dir, *droplets_dir, *token_file;
     char cell_id[AUTH_CELL_ID_LEN + 1];
     char **urls; /* the controllers, from the cell's configuration */
     size_t nurls;
     size_t first; /* the one that served last: tried first */
+    long stall_ms;
     struct cell__fetch *fetches;
     int in_flight;
 };
@@ -66,6 +85,10 @@ int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
     cd->token_file = cfg->token_file && *cfg->token_file ? xstrdup(cfg->token_file)
                                                          : xasprintf("%s/cell-token", cfg->home);
     snprintf(cd->cell_id, sizeof cd->cell_id, "%s", cfg->cell_id ? cfg->cell_id : "");
+    cd->stall_ms = cfg->fetch_stall_ms > 0 ? cfg->fetch_stall_ms : CELL_FETCH_STALL_MS;
+    cd->cache_bytes = cfg->cache_bytes;
+    cd->in_use = cfg->in_use;
+    cd->in_use_ctx = cfg->in_use_ctx;
     while (cfg->controller_urls && cfg->controller_urls[cd->nurls])
         cd->nurls++;
     cd->urls = xcalloc(cd->nurls + 1, sizeof *cd->urls);
@@ -206,6 +229,8 @@ static void cell__fetch_end(struct cell__fetch *f, int rc, const char *why)
     free(f->tar);
     free(f);
     cd->in_flight--;
+    if (rc == 0)
+        cell_droplets_collect(cd);
 }
 
 static void cell__unpack_work(uv_work_t *w)
@@ -221,6 +246,8 @@ static void cell__unpack_work(uv_work_t *w)
     else if (rename(tmp, dest) < 0 && errno != EEXIST && errno != ENOTEMPTY) {
         f->rc = -errno;
         snprintf(f->why, sizeof f->why, "cannot put it in place at %s: %s", dest, skiff_strerror(-errno));
+    } else {
+        utimensat(AT_FDCWD, dest, NULL, 0); /* used now, for the cache's order */
     }
     rm_rf(tmp);
     unlink(f->tar); /* the folder is the cache from now on */
@@ -249,7 +276,8 @@ static int cell__fetch_send(struct cell__fetch *f)
                                      .urls = urls,
                                      .token = f->token,
                                      .cache_dir = cd->cache_dir,
-                                     .timeout_ms = CELL__FETCH_TIMEOUT_MS};
+                                     .timeout_ms = CELL__FETCH_TIMEOUT_MS,
+                                     .stall_ms = cd->stall_ms};
     char list[1024] = "";
     for (size_t i = 0, n = 0; urls[i] && n < sizeof list; i++)
         n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", urls[i]);
@@ -264,20 +292,10 @@ static void cell__fetched(void *ctx, int rc, const char *path, const char *why)
 {
     struct cell__fetch *f = ctx;
     struct cell_droplets *cd = f->cd;
-    if (rc == -EACCES && !f->retried) {
-        /* rotated while this fetch ran: the file may hold the new token already */
-        char token[CELL__TOKEN_MAX], err[512];
-        if (cell__token(cd, token, err, sizeof err) == 0 && strcmp(token, f->token)) {
-            log_info("[CELL] a controller refused this cell's token (%s); %s holds another "
-                     "one now: fetching with it",
-                     why ? why : "", cd->token_file);
-            memcpy(f->token, token, sizeof token);
-            explicit_bzero(token, sizeof token);
-            f->retried = true;
-            if (cell__fetch_send(f) == 0)
-                return;
-        }
-        explicit_bzero(token, sizeof token);
+    if (rc == -EACCES && !f->retried && cell__token_rotated(cd, f->token, f->digest, why)) {
+        f->retried = true;
+        if (cell__fetch_send(f) == 0)
+            return;
     }
     explicit_bzero(f->token, sizeof f->token);
     if (rc < 0) {
@@ -357,6 +375,7 @@ int cell_droplet_get(struct cell_droplets *cd, const struct cell_launch *l, cell
         }
         char *cached = cell__droplet_dir(cd, l->droplet_digest);
         if (cell__is_dir(cached)) {
+            utimensat(AT_FDCWD, cached, NULL, 0); /* used now, for the cache's order */
             *dir = cached;
             return 0;
         }
@@ -386,6 +405,201 @@ const char *const *cell__controllers(const struct cell_droplets *cd)
     return (const char *const *)cd->urls;
 }
 
+long cell__stall_ms(const struct cell_droplets *cd)
+{
+    return cd ? cd->stall_ms : CELL_FETCH_STALL_MS;
+}
+
+bool cell__token_rotated(const struct cell_droplets *cd, char token[CELL__TOKEN_MAX],
+                         const char *what, const char *why)
+{
+    char now[CELL__TOKEN_MAX], err[512];
+    bool other = cell__token(cd, now, err, sizeof err) == 0 && strcmp(now, token);
+    if (other) {
+        log_info("[CELL] a controller refused this cell's token for %s (%s); %s holds another "
+                 "one now: fetching with it",
+                 what, why ? why : "", cd->token_file);
+        memcpy(token, now, sizeof now);
+    }
+    explicit_bzero(now, sizeof now);
+    return other;
+}
+
+/* ---- the cache's bound ------------------------------------------------------------------- */
+
+#define CELL__GONE_PREFIX ".gone-"
+
+/* Bytes of the files under the folder fd (closed), not following links. */
+static uint64_t cell__tree_bytes(int fd)
+{
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return 0;
+    }
+    uint64_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        n += (uint64_t)st.st_blocks * 512;
+        if (S_ISDIR(st.st_mode)) {
+            int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0)
+                n += cell__tree_bytes(sub);
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static bool cell__hex64(const char *name)
+{
+    size_t n = strspn(name, "0123456789abcdef");
+    return n == 64 && !name[n];
+}
+
+/* On the pool: what an earlier collection set aside goes; every droplet's size and last use. */
+static void cell__scan_work(uv_work_t *w)
+{
+    struct cell_droplets *cd = w->data;
+    for (size_t i = 0; i < cd->ntrash; i++)
+        rm_rf(cd->trash[i]);
+    DIR *d = opendir(cd->droplets_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strncmp(e->d_name, CELL__GONE_PREFIX, strlen(CELL__GONE_PREFIX))) {
+            char *gone = xasprintf("%s/%s", cd->droplets_dir, e->d_name);
+            rm_rf(gone); /* left by a cell stopped while it removed it */
+            free(gone);
+            continue;
+        }
+        struct stat st;
+        if (!cell__hex64(e->d_name) || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            !S_ISDIR(st.st_mode))
+            continue;
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        cd->found = xrealloc(cd->found, (cd->nfound + 1) * sizeof *cd->found);
+        struct cell__cached *c = &cd->found[cd->nfound++];
+        memcpy(c->hex, e->d_name, 65);
+        c->bytes = cell__tree_bytes(fd) + (uint64_t)st.st_blocks * 512;
+        c->used_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    }
+    if (d)
+        closedir(d);
+}
+
+static int cell__by_use(const void *x, const void *y)
+{
+    const struct cell__cached *a = x, *b = y;
+    return a->used_ns < b->used_ns ? -1 : a->used_ns > b->used_ns;
+}
+
+/* Whether dir is one of the paths in use or holds one. */
+static bool cell__held(char **in_use, const char *dir)
+{
+    size_t n = strlen(dir);
+    for (char **p = in_use; p && *p; p++)
+        if (!strncmp(*p, dir, n) && ((*p)[n] == '\0' || (*p)[n] == '/'))
+            return true;
+    return false;
+}
+
+static bool cell__on_its_way(const struct cell_droplets *cd, const char *hex)
+{
+    for (const struct cell__fetch *f = cd->fetches; f; f = f->next)
+        if (!strcmp(f->digest + strlen(BLOB_DIGEST_PREFIX), hex))
+            return true;
+    return false;
+}
+
+static void cell__trash_clear(struct cell_droplets *cd)
+{
+    for (size_t i = 0; i < cd->ntrash; i++)
+        free(cd->trash[i]);
+    free(cd->trash);
+    cd->trash = NULL;
+    cd->ntrash = 0;
+}
+
+static void cell__scan_done(uv_work_t *w, int status);
+
+/* On the loop: the least recently used that nothing holds are renamed aside until the rest
+ * fit, and removed on the pool by the next scan (queued at once). */
+static void cell__scan_decide(struct cell_droplets *cd)
+{
+    cell__trash_clear(cd);
+    uint64_t total = 0;
+    for (size_t i = 0; i < cd->nfound; i++)
+        total += cd->found[i].bytes;
+    if (cd->nfound > 1)
+        qsort(cd->found, cd->nfound, sizeof *cd->found, cell__by_use);
+    char **in_use = total > cd->cache_bytes && cd->in_use ? cd->in_use(cd->in_use_ctx) : NULL;
+    for (size_t i = 0; i < cd->nfound && total > cd->cache_bytes; i++) {
+        const struct cell__cached *c = &cd->found[i];
+        char *dir = xasprintf("%s/%s", cd->droplets_dir, c->hex);
+        char *gone = xasprintf("%s/" CELL__GONE_PREFIX "%s", cd->droplets_dir, c->hex);
+        if (!cell__held(in_use, dir) && !cell__on_its_way(cd, c->hex) && rename(dir, gone) == 0) {
+            total -= c->bytes;
+            log_info("[CELL] droplet sha256:%s (%llu KiB) left this cell's cache, the least "
+                     "recently used that no instance uses: the cache now holds %llu KiB of its "
+                     "%llu",
+                     c->hex, (unsigned long long)(c->bytes >> 10),
+                     (unsigned long long)(total >> 10),
+                     (unsigned long long)(cd->cache_bytes >> 10));
+            cd->trash = xrealloc(cd->trash, (cd->ntrash + 1) * sizeof *cd->trash);
+            cd->trash[cd->ntrash++] = gone;
+            gone = NULL;
+        }
+        free(gone);
+        free(dir);
+    }
+    for (char **p = in_use; p && *p; p++)
+        free(*p);
+    free(in_use);
+    if (total > cd->cache_bytes)
+        log_info("[CELL] the droplet cache holds %llu KiB, over its %llu: what is over is in "
+                 "use",
+                 (unsigned long long)(total >> 10), (unsigned long long)(cd->cache_bytes >> 10));
+}
+
+static void cell__scan_done(uv_work_t *w, int status)
+{
+    struct cell_droplets *cd = w->data;
+    if (status == 0) /* (the scan removed what the last decision set aside first) */
+        cell__scan_decide(cd);
+    else
+        cell__trash_clear(cd);
+    free(cd->found);
+    cd->found = NULL;
+    cd->nfound = 0;
+    if (cd->ntrash > 0 ||
+        cd->gc_again) { /* remove what was set aside; or what was asked meanwhile */
+        cd->gc_again = false;
+        if (uv_queue_work(cd->loop, &cd->gc_work, cell__scan_work, cell__scan_done) == 0)
+            return;
+        cell__trash_clear(cd);
+    }
+    cd->gc_running = false;
+}
+
+void cell_droplets_collect(struct cell_droplets *cd)
+{
+    if (!cd || !cd->cache_bytes)
+        return;
+    if (cd->gc_running) {
+        cd->gc_again = true;
+        return;
+    }
+    cd->gc_work.data = cd;
+    cd->gc_running = uv_queue_work(cd->loop, &cd->gc_work, cell__scan_work, cell__scan_done) == 0;
+}
+
 bool cell_droplets_busy(const struct cell_droplets *cd)
 {
     return cd && cd->in_flight > 0;
@@ -395,6 +609,8 @@ void cell_droplets_free(struct cell_droplets *cd)
 {
     if (!cd)
         return;
+    cell__trash_clear(cd);
+    free(cd->found);
     free(cd->cache_dir);
     free(cd->droplets_dir);
     free(cd->token_file);

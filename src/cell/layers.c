@@ -32,6 +32,8 @@
 struct cell__layer_fetch {
     struct cell_layers *cl;
     char digest[BLOB_DIGEST_LEN + 1];
+    char token[CELL__TOKEN_MAX]; /* what was sent, to tell a rotated one when it is refused */
+    bool retried;                /* with a token read again after a refusal */
     uv_work_t work;
     int rc;
     char why[512];
@@ -64,6 +66,8 @@ struct cell_layers {
     char gc_err[256];
     size_t gc_live; /* as the last cell_layers_collect was told */
     bool gc_running, gc_again, gc_waiting;
+    int64_t grace_ms;
+    int64_t gc_due_mono; /* a collection put off for the grace: when it is due (0: none) */
 };
 
 int cell_layers_new(uv_loop_t *loop, const char *home, unsigned uid_base, struct cell_droplets *cd,
@@ -182,7 +186,14 @@ static void cell__layer_fetch_end(struct cell__layer_fetch *f)
 
 bool cell_layers_waiting(const struct cell_layers *cl)
 {
-    return cl && cl->gc_waiting && !cl->gc_running;
+    return cl && ((cl->gc_waiting && !cl->gc_running) ||
+                  (cl->gc_due_mono && time_mono_ms() >= cl->gc_due_mono));
+}
+
+void cell_layers_set_grace(struct cell_layers *cl, int64_t grace_ms)
+{
+    if (cl)
+        cl->grace_ms = grace_ms > 0 ? grace_ms : 0;
 }
 
 static void cell__layer_unpack_done(uv_work_t *work, int status)
@@ -195,9 +206,39 @@ static void cell__layer_unpack_done(uv_work_t *work, int status)
     cell__layer_fetch_end(f);
 }
 
+static void cell__layer_fetched(void *ctx, int rc, const char *path, const char *why);
+
+/* Sends the fetch of f's layer to the cell's controllers with f->token. */
+static int cell__layer_send(struct cell__layer_fetch *f)
+{
+    struct cell_layers *cl = f->cl;
+    char *dir = xasprintf("%s/blobs/sha256", cl->store.root);
+    int rc = mkdir_p(dir, 0700);
+    const char *const *urls = cell__controllers(cl->cd);
+    struct blob_fetch_options opt = {.digest = f->digest,
+                                     .urls = urls,
+                                     .token = f->token,
+                                     .cache_dir = dir,
+                                     .max_bytes = IMAGE_DEFAULT_MAX_IMAGE,
+                                     .timeout_ms = CELL__LAYER_FETCH_TIMEOUT_MS,
+                                     .stall_ms = cell__stall_ms(cl->cd)};
+    if (rc == 0) {
+        log_info("[CELL] fetching layer %s from %s", f->digest, urls[0]);
+        rc = blob_fetch(cl->loop, &opt, cell__layer_fetched, f);
+    }
+    free(dir);
+    return rc;
+}
+
 static void cell__layer_fetched(void *ctx, int rc, const char *path, const char *why)
 {
     struct cell__layer_fetch *f = ctx;
+    if (rc == -EACCES && !f->retried && cell__token_rotated(f->cl->cd, f->token, f->digest, why)) {
+        f->retried = true;
+        if (cell__layer_send(f) == 0)
+            return;
+    }
+    explicit_bzero(f->token, sizeof f->token);
     if (rc == 0) {
         log_info("[CELL] fetched layer %s from a controller (verified)", f->digest);
         f->work.data = f;
@@ -226,29 +267,17 @@ static int cell__layer_fetch(struct cell_layers *cl, const char *digest, char *e
                  digest);
         return -ENOENT;
     }
-    char token[CELL__TOKEN_MAX];
-    int rc = cell__token(cl->cd, token, err, errsize);
-    if (rc < 0)
-        return rc;
-    char *dir = xasprintf("%s/blobs/sha256", cl->store.root);
-    rc = mkdir_p(dir, 0700);
     struct cell__layer_fetch *f = xcalloc(1, sizeof *f);
     f->cl = cl;
     snprintf(f->digest, sizeof f->digest, "%s", digest);
-    struct blob_fetch_options opt = {.digest = digest,
-                                     .urls = urls,
-                                     .token = token,
-                                     .cache_dir = dir,
-                                     .max_bytes = IMAGE_DEFAULT_MAX_IMAGE,
-                                     .timeout_ms = CELL__LAYER_FETCH_TIMEOUT_MS};
+    int rc = cell__token(cl->cd, f->token, err, errsize);
     if (rc == 0) {
-        log_info("[CELL] fetching layer %s from %s", digest, urls[0]);
-        rc = blob_fetch(cl->loop, &opt, cell__layer_fetched, f);
+        rc = cell__layer_send(f);
+        if (rc < 0)
+            snprintf(err, errsize, "cannot fetch layer %s: %s", digest, skiff_strerror(rc));
     }
-    explicit_bzero(token, sizeof token);
-    free(dir);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot fetch layer %s: %s", digest, skiff_strerror(rc));
+        explicit_bzero(f->token, sizeof f->token);
         free(f);
         return rc;
     }
@@ -400,6 +429,16 @@ void cell_layers_collect(struct cell_layers *cl, size_t live)
     if (!cl)
         return;
     cl->gc_live = live;
+    if (cl->grace_ms > 0 && !cl->gc_waiting) {
+        /* unused layers stay for the grace after the last ask (an instance's end); once it
+         * has passed, the caller's next ask (cell_layers_waiting) runs it */
+        int64_t now = time_mono_ms();
+        if (!cl->gc_due_mono || now < cl->gc_due_mono) {
+            cl->gc_due_mono = now + cl->grace_ms;
+            return;
+        }
+    }
+    cl->gc_due_mono = 0;
     if (cl->gc_running || cl->fetches) {
         cl->gc_again = true; /* once they end */
         return;

@@ -152,6 +152,15 @@ static void usage(FILE *out)
         "  --controller-url URL        a controller's API URL a cell fetches droplets from and\n"
         "                              sends its token to, and the only ones (repeat it for\n"
         "                              each controller; SKIFF_CONTROLLER_URLS, comma-separated)\n"
+        "  --fetch-stall-ms MS         a controller that sends a cell nothing that long while it\n"
+        "                              fetches a droplet or layer is left for the next one\n"
+        "                              (SKIFF_CELL_FETCH_STALL_MS, default 10000)\n"
+        "  --droplet-cache-mb N        the droplets a cell fetched are kept up to N MB in all,\n"
+        "                              the least recently used removed first, never one in use\n"
+        "                              (SKIFF_CELL_DROPLET_CACHE_MB, default 4096; 0: no bound)\n"
+        "  --layer-grace-ms MS         image layers no instance of a cell mounts any more are\n"
+        "                              kept that long after its last instance ended\n"
+        "                              (SKIFF_CELL_LAYER_GRACE_MS, default 600000; 0: at once)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -893,6 +902,18 @@ static void daemon_cell_on_signal(uv_signal_t *h, int signum)
 
 #define DAEMON_CONTROLLERS_MAX 16
 
+/* Whether text is a whole decimal number in [min, max] (then in *out). */
+static bool daemon_long_in(const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (!*text || *end || errno || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
 /* A controller's API URL as a cell takes it: http(s)://, a host, no spaces. */
 static bool daemon_url_ok(const char *url)
 {
@@ -903,9 +924,15 @@ static bool daemon_url_ok(const char *url)
 }
 
 /* The leader lets a cell read the droplet it is about to start there (api.h). */
-static int daemon_cell_grant(void *ctx, const char *cell_id, const char *digest)
+static int daemon_cell_grant(void *ctx, const char *cell_id, const char *digest, const char *blobs)
 {
-    return api_cell_grant(ctx, cell_id, digest);
+    return api_cell_grant(ctx, cell_id, digest, blobs);
+}
+
+/* ... and no longer once nothing of it runs there. */
+static void daemon_cell_withdraw(void *ctx, const char *cell_id, const char *digest)
+{
+    api_cell_withdraw(ctx, cell_id, digest);
 }
 
 /* Runs until a signal; 0 after a clean stop. */
@@ -1012,6 +1039,9 @@ int main(int argc, char **argv)
     bool no_builtin_brokers = false;
     const char *cell_memory_text = env_or("SKIFF_CELL_MEMORY", "");
     const char *cell_token_file = env_or("SKIFF_CELL_TOKEN_FILE", "");
+    const char *fetch_stall_text = env_or("SKIFF_CELL_FETCH_STALL_MS", "10000");
+    const char *droplet_cache_text = env_or("SKIFF_CELL_DROPLET_CACHE_MB", "4096");
+    const char *layer_grace_text = env_or("SKIFF_CELL_LAYER_GRACE_MS", "600000");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     /* --controller-url, each given; else SKIFF_CONTROLLER_URLS split at commas */
@@ -1069,6 +1099,12 @@ int main(int argc, char **argv)
             target = &cell_memory_text;
         else if (!strcmp(a, "--cell-token-file"))
             target = &cell_token_file;
+        else if (!strcmp(a, "--fetch-stall-ms"))
+            target = &fetch_stall_text;
+        else if (!strcmp(a, "--droplet-cache-mb"))
+            target = &droplet_cache_text;
+        else if (!strcmp(a, "--layer-grace-ms"))
+            target = &layer_grace_text;
         else if (!strcmp(a, "--max-image-size"))
             target = &max_image_text;
         else if (!strcmp(a, "--prewarm-window-ms"))
@@ -1237,6 +1273,17 @@ int main(int argc, char **argv)
                 free(env_controllers);
                 return 2;
             }
+        long fetch_stall_ms = 0, droplet_cache_mb = 0, layer_grace_ms = 0;
+        if (!daemon_long_in(fetch_stall_text, 100, 3600000, &fetch_stall_ms) ||
+            !daemon_long_in(droplet_cache_text, 0, 1L << 30, &droplet_cache_mb) ||
+            !daemon_long_in(layer_grace_text, 0, 7L * 86400000, &layer_grace_ms)) {
+            log_error("--fetch-stall-ms \"%s\" must be milliseconds from 100 to 3600000, "
+                      "--droplet-cache-mb \"%s\" megabytes (0: no bound), --layer-grace-ms "
+                      "\"%s\" milliseconds up to a week",
+                      fetch_stall_text, droplet_cache_text, layer_grace_text);
+            free(env_controllers);
+            return 2;
+        }
         if (!n_controllers)
             log_warning("no --controller-url: this cell fetches no droplet, it runs only those "
                         "at the controller's path on its own file system");
@@ -1249,7 +1296,10 @@ int main(int argc, char **argv)
             .nats_security = nats_sec,
             .executor = &cell_ex,
             .token_file = cell_token_file,
-            .controller_urls = controller_urls};
+            .controller_urls = controller_urls,
+            .fetch_stall_ms = fetch_stall_ms,
+            .droplet_cache_bytes = (uint64_t)droplet_cache_mb << 20,
+            .layer_grace_ms = layer_grace_ms};
         if (*host_addr && !contained) {
             log_error("--host-addr needs --isolation container: instances of other hosts are "
                       "reached at their container addresses");
@@ -1450,7 +1500,8 @@ int main(int argc, char **argv)
                                        (int)env_long("SKIFF_CELL_LOST_MS", CELLC_LOST_MS, 500),
                                    .blob_urls = (const char *const[]){api_url, NULL},
                                    .grant = daemon_cell_grant,
-                                   .grant_ctx = d.store};
+                                   .withdraw = daemon_cell_withdraw,
+                                   .grant_ctx = d.api};
     struct scheduler_config scfg = {.home = d.home,
                                     .cells = &cellcfg,
                                     .api_url = events_url ? events_url : api_url,

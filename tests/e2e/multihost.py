@@ -464,8 +464,9 @@ class HostCell(HostProcess):
 
     def start(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKIFF_")}
+        # unused image layers kept 2 s (not the default 10 minutes): the tests see them collected
         env.update(HOME=self.home, SKIFF_NATS=self.nats_urls, SKIFF_CELL_HEARTBEAT_MS="300",
-                   SKIFF_GRACE_MS="2000", **HOSTS_MS)
+                   SKIFF_GRACE_MS="2000", SKIFF_CELL_LAYER_GRACE_MS="2000", **HOSTS_MS)
         env.update(self.extra_env)
         log = open(os.path.join(self.home, "cell.out"), "ab")
         self.proc = subprocess.Popen(self.host.enter(

@@ -116,6 +116,33 @@ def test_the_blob_endpoint_is_for_the_admin_and_cells_only(pair, pg_dir):
         assert get_raw(p, f"/v1/blobs/{digest}", None)[0] == 401
         # another cell's id with this secret: not that cell's token
         assert get_raw(p, f"/v1/blobs/{digest}", "skiffc_" + "d" * 32 + cell[39:])[0] == 401
+    # a droplet's grant covers the blobs it lists (an image's config and layers): the package's
+    # blob stands for a layer here; another cell's token reads neither, and a blob the droplet
+    # does not list is refused with the same answer whether it exists or not
+    pkg = psql(pg_dir, "SELECT p.digest FROM packages p JOIN apps a ON a.guid = p.app_guid"
+               " WHERE a.name = 'perm'").strip()
+    assert pkg.startswith("sha256:") and pkg != digest, pkg
+    other_id = "d" * 32
+    status, made = a.api("POST", "/v1/cell_tokens", {"cell": other_id})
+    assert status == 201, made
+    other = made["token"]
+    for p in (a, b):
+        assert get_raw(p, f"/v1/blobs/{pkg}", cell)[0] == 403
+    psql(pg_dir, "UPDATE documents SET body = '{\"until\": %d, \"blobs\": [\"%s\"]}'"
+         " WHERE kind = 'cell.grants'" % ((time.time() + 600) * 1000, pkg))
+    for p in (a, b):
+        status, body = get_raw(p, f"/v1/blobs/{pkg}", cell)
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == pkg
+        assert get_raw(p, f"/v1/blobs/{digest}", cell)[0] == 200
+        for blob in (digest, pkg):
+            refused = get_raw(p, f"/v1/blobs/{blob}", other)
+            assert refused[0] == 403, refused
+        there = get_raw(p, f"/v1/blobs/{pkg}", other)
+        missing = get_raw(p, f"/v1/blobs/{absent}", other)
+        assert there[1].replace(pkg.encode(), b"X") == missing[1].replace(absent.encode(), b"X")
+        unlisted = get_raw(p, f"/v1/blobs/{absent}", cell)
+        assert unlisted[0] == 403, unlisted
+    assert a.api("DELETE", f"/v1/cell_tokens/{other_id}")[0] == 204
     # an ended grant is no grant
     psql(pg_dir, "UPDATE documents SET body = '{\"until\": 1}' WHERE kind = 'cell.grants'")
     assert get_raw(b, f"/v1/blobs/{digest}", cell)[0] == 403

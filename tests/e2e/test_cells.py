@@ -26,6 +26,7 @@ import uuid
 import pytest
 
 from conftest import BIN_DIR, free_port, http_get, wait_for
+from controllers import psql
 from test_bus_nats import ROUTER_PERMISSIONS, RemoteRouter
 from test_fabric_nats import NatsServer
 
@@ -762,6 +763,73 @@ def test_a_cells_token_reads_only_what_was_placed_on_it(cluster):
         assert "fetched droplet %s from %s (verified)" % (digest, ctl.api_url) in other.output()
     finally:
         spy.close()
+
+
+def grants(pg_dir, cell_id):
+    """The grants the store holds for a cell: {droplet digest: document}."""
+    rows = psql(pg_dir, "SELECT id, body FROM documents WHERE kind = 'cell.grants' AND id LIKE "
+                "'%s/%%' ORDER BY id" % cell_id)
+    out = {}
+    for line in rows.splitlines():
+        gid, body = line.split("|", 1)
+        out[gid.split("/", 1)[1]] = json.loads(body)
+    return out
+
+
+@needs_postgres
+def test_a_grant_stands_while_its_droplet_runs_on_the_cell_and_goes_with_it(cluster):
+    """One grant per droplet placed on a cell, written once while it stands (a second instance
+    of the droplet on the same cell writes nothing), and withdrawn as soon as nothing of that
+    droplet runs there: the app stopped; started again, then a cell lost (its instances moved
+    to the other); the app deleted. The cell's token reads the droplet only meanwhile."""
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    deploy_bits(ctl, "granted", [("Procfile", b"web: python3 app.py\n"),
+                                 ("app.py", PLATFORM_WEB_APP)], {"instances": 1})
+    wait_for(lambda: len(running(ctl, "granted")) == 1, 60, "the instance running")
+    (inst,) = running(ctl, "granted")
+    on, other = (a, b) if inst["cell"] == a.id else (b, a)
+    (digest,) = grants(cluster.pg_dir, on.id).keys()
+    first = grants(cluster.pg_dir, on.id)[digest]
+    assert first["blobs"] == [] and first["until"] > time.time() * 1000, first
+    assert grants(cluster.pg_dir, other.id) == {}
+    assert blob_status(ctl, digest, token_of(on))[0] == 200
+    assert blob_status(ctl, digest, token_of(other))[0] == 403
+
+    # three instances on two cells: one cell runs two; the standing grant is not written again
+    assert ctl.api("PUT", "/v1/apps/granted", {"instances": 3})[0] == 200
+    wait_for(lambda: len(running(ctl, "granted")) == 3, 60, "three instances running")
+    assert grants(cluster.pg_dir, on.id)[digest] == first, "the standing grant was rewritten"
+    assert digest in grants(cluster.pg_dir, other.id)
+
+    # stopped: nothing of it runs on either cell, both grants go, the tokens read it no more
+    assert ctl.api("POST", "/v1/apps/granted/stop")[0] == 200
+    wait_for(lambda: grants(cluster.pg_dir, on.id) == {} and
+             grants(cluster.pg_dir, other.id) == {}, 30, "the grants withdrawn")
+    for c in (on, other):
+        status, body = blob_status(ctl, digest, token_of(c))
+        assert status == 403 and b"was not asked to start" in body, body
+
+    # started again: granted again
+    assert ctl.api("POST", "/v1/apps/granted/start")[0] == 200
+    wait_for(lambda: len(running(ctl, "granted")) == 3, 60, "three instances running again")
+    assert all(digest in grants(cluster.pg_dir, c.id) for c in (a, b))
+
+    # a cell lost (killed with its instances): they move to the other cell, the lost cell's
+    # grant goes, the other's stands
+    kill_cell_with_everything(other)
+    wait_for(lambda: grants(cluster.pg_dir, other.id) == {}, LOST_MS / 1000 + 30,
+             "the lost cell's grant withdrawn")
+    wait_for(lambda: len(running(ctl, "granted")) == 3, 90, "the instances running again")
+    assert {i["cell"] for i in running(ctl, "granted")} == {on.id}
+    assert digest in grants(cluster.pg_dir, on.id)
+    assert blob_status(ctl, digest, token_of(other))[0] == 403
+
+    # deleted: withdrawn again
+    assert ctl.api("DELETE", "/v1/apps/granted")[0] in (200, 202, 204)
+    wait_for(lambda: grants(cluster.pg_dir, on.id) == {}, 30,
+             "the grants withdrawn after the app's deletion")
+    for c in (a, b):
+        assert blob_status(ctl, digest, token_of(c))[0] == 403
 
 
 @needs_postgres

@@ -357,7 +357,8 @@ def test_an_image_app_runs_on_cells_of_other_hosts_from_its_layers_blobs(
                                                                                    blobs)
     assert "greeting=on-a-cell" in router.get("img.localhost")[1]
 
-    # deleted: the cells' instances stop and the layers no instance mounts are collected
+    # deleted: the cells' instances stop and the layers no instance mounts are collected once
+    # the cells' grace for unused layers (2 s here) has passed
     for name in ("forged", "img", "pulled"):
         status, body = ctl.api("DELETE", "/v1/apps/%s" % name)
         assert status in (200, 202, 204), body

@@ -11,6 +11,8 @@
 #include <sodium.h>
 #include <stdbool.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -387,14 +389,18 @@ static void test_a_droplet_is_fetched_by_digest_with_the_token_file(void **state
     cell_home_close(home, &loop);
 }
 
-/* A token rotated while a fetch is under way: the controller refuses the one the fetch began
- * with, the cell reads its file again, finds the new one and fetches with it, no restart. */
-static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
+/* The sha256: digest of len bytes. */
+static void digest_of(const char *body, size_t len, char digest[BLOB_DIGEST_LEN + 1])
 {
-    (void)state;
-    char home[CELL_HOME_SIZE];
-    uv_loop_t loop;
-    cell_home_open(home, &loop);
+    unsigned char sum[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(sum, (const unsigned char *)body, len);
+    snprintf(digest, BLOB_DIGEST_LEN + 1, "sha256:");
+    sodium_bin2hex(digest + 7, BLOB_DIGEST_LEN + 1 - 7, sum, sizeof sum);
+}
+
+/* A droplet's blob (a folder with app/hello.txt) made under home: its bytes. */
+static char *droplet_blob(const char *home, size_t *len)
+{
     char path[600], tmp[600];
     snprintf(path, sizeof path, "%s/src/app", home);
     assert_int_equal(mkdir_p(path, 0700), 0);
@@ -405,14 +411,25 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     char *tar = NULL;
     assert_int_equal(blob_droplet_pack(path, tmp, &tar), 0);
     char *body = NULL;
-    size_t len = 0;
-    assert_int_equal(file_read(tar, &body, &len), 0);
+    assert_int_equal(file_read(tar, &body, len), 0);
     unlink(tar);
     free(tar);
-    unsigned char sum[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(sum, (const unsigned char *)body, len);
-    char digest[BLOB_DIGEST_LEN + 1] = "sha256:";
-    sodium_bin2hex(digest + 7, sizeof digest - 7, sum, sizeof sum);
+    return body;
+}
+
+/* A token rotated while a fetch is under way: the controller refuses the one the fetch began
+ * with, the cell reads its file again, finds the new one and fetches with it, no restart. */
+static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state)
+{
+    (void)state;
+    char home[CELL_HOME_SIZE];
+    uv_loop_t loop;
+    cell_home_open(home, &loop);
+    char path[600];
+    size_t len = 0;
+    char *body = droplet_blob(home, &len);
+    char digest[BLOB_DIGEST_LEN + 1];
+    digest_of(body, len, digest);
 
     /* the controller: 401 unless the request carries token 2 */
     struct blob_server ctl = {.body = body, .len = len};
@@ -549,6 +566,280 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     cell_home_close(home, &loop);
 }
 
+/* A controller that accepts the connection and never answers (a listening socket nobody
+ * reads: the kernel accepts for it) is left once nothing came for the stall bound, and the
+ * next controller gives the droplet, long before the transfer's 5 minutes. */
+static void test_a_silent_controller_is_left_for_the_next(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellstall-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    size_t len = 0;
+    char *body = droplet_blob(home, &len);
+    char digest[BLOB_DIGEST_LEN + 1];
+    digest_of(body, len, digest);
+    struct blob_server ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 1);
+    char url[64], silent[64];
+    blob_server_start(&ctl, url);
+    int silent_fd;
+    snprintf(silent, sizeof silent, "http://127.0.0.1:%d", stranger_listen(&silent_fd));
+    const char *urls[] = {silent, url, NULL};
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {
+        .home = home, .cell_id = CELL_ID, .controller_urls = urls, .fetch_stall_ms = 1000};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    char path[600], text[200];
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    struct cell_launch l = sample();
+    l.droplet_digest = digest;
+    l.blob_urls = NULL;
+    char *dir = NULL, err[512] = "";
+    struct heard h = {0};
+    int64_t began = time_mono_ms();
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h, &dir, err, sizeof err), -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    int64_t took = time_mono_ms() - began;
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(ctl.requests, 1);
+    /* the silent one was connected to, and given up after about the bound (libcurl looks at
+     * its progress once a second) */
+    int held = accept(silent_fd, NULL, NULL);
+    assert_true(held >= 0);
+    close(held);
+    assert_true(took >= 1000);
+    assert_true(took < 60000);
+    snprintf(path, sizeof path, "%s/blobs/droplets/%s/app/hello.txt", home, digest + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* the silent one alone: the fetch fails naming it and the bound */
+    l.droplet_digest = "sha256:" SECRET;
+    const char *alone[] = {silent, NULL};
+    cell_droplets_free(cd);
+    cfg.controller_urls = alone;
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    struct heard h2 = {0};
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, &h2, &dir, err, sizeof err),
+                     -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h2.rc, -EIO);
+    assert_non_null(strstr(h2.why, "sent nothing for 1000 ms"));
+    assert_non_null(strstr(h2.why, silent));
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    close(silent_fd);
+    blob_server_stop(&ctl);
+    free(body);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A layer's fetch refused because the token was rotated meanwhile: the token file is read
+ * again and the layer fetched with the new one (as a droplet's is). */
+static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellayrot-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[600], cmd[900];
+    snprintf(path, sizeof path, "%s/layer", home);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(cmd, sizeof cmd,
+             "echo layered > %s/layer/hello.txt && tar -C %s/layer -cf %s/layer.tar hello.txt",
+             home, home, home);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/layer.tar", home);
+    char *body = NULL;
+    size_t len = 0;
+    assert_int_equal(file_read(path, &body, &len), 0);
+    char digest[BLOB_DIGEST_LEN + 1];
+    digest_of(body, len, digest);
+    struct blob_server ctl = {.body = body, .len = len};
+    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
+    char url[64];
+    blob_server_start(&ctl, url);
+    const char *urls[] = {url, NULL};
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_layers *cl = NULL;
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    char text[200], drop[512], record[800];
+    snprintf(path, sizeof path, "%s/cell-token", home);
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
+    write_file(path, text, 0600);
+    snprintf(drop, sizeof drop, "%s/droplet", home);
+    assert_int_equal(mkdir(drop, 0700), 0);
+    snprintf(path, sizeof path, "%s/image.json", drop);
+    snprintf(record, sizeof record, "{\"layers\":[\"%s\"]}", digest);
+    write_file(path, record, 0600);
+    struct heard h = {0};
+    char err[700] = "";
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EINPROGRESS);
+    snprintf(path, sizeof path, "%s/cell-token", home); /* rotated while the fetch runs */
+    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 2);
+    write_file(path, text, 0600);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(ctl.refused, 1);
+    assert_int_equal(ctl.requests, 2);
+    snprintf(path, sizeof path, "%s/images/layers/sha256/%s/hello.txt", home, digest + 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    cell_layers_free(cl);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    blob_server_stop(&ctl);
+    free(body);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+static char *held_dir;
+
+static char **held_in_use(void *ctx)
+{
+    (void)ctx;
+    char **v = calloc(2, sizeof *v);
+    v[0] = strdup(held_dir); /* an instance's app_dir in droplet 1 */
+    return v;
+}
+
+/* A droplet folder HOME/blobs/droplets/HEX of about 100 KiB, last used at `at` (s). */
+static void cached_droplet(const char *home, char c, time_t at)
+{
+    char dir[600], path[700];
+    snprintf(dir, sizeof dir, "%s/blobs/droplets/%064d", home, 0);
+    memset(dir + strlen(dir) - 64, c, 64);
+    snprintf(path, sizeof path, "%s/app", dir);
+    assert_int_equal(mkdir_p(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/app/data", dir);
+    char *data = calloc(1, 100 * 1024);
+    memset(data, 'x', 100 * 1024 - 1);
+    write_file(path, data, 0600);
+    free(data);
+    struct timespec ts[2] = {{.tv_sec = at}, {.tv_sec = at}};
+    assert_int_equal(utimensat(AT_FDCWD, dir, ts, 0), 0);
+}
+
+static bool cached_here(const char *home, char c)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/blobs/droplets/%064d", home, 0);
+    memset(dir + strlen(dir) - 64, c, 64);
+    struct stat st;
+    return stat(dir, &st) == 0;
+}
+
+/* The fetched droplets are kept within the bound: the least recently used goes first (a start
+ * from a cached droplet makes it the most recent), never one an instance uses, even when the
+ * rest stays over the bound; nothing is left aside. */
+static void test_the_droplet_cache_keeps_its_bound_and_what_is_in_use(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellcache-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {.home = home,
+                                       .cell_id = CELL_ID,
+                                       .controller_urls = nobody,
+                                       .cache_bytes = 250 * 1024,
+                                       .in_use = held_in_use};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    cached_droplet(home, '1', 1000); /* the oldest, in use */
+    cached_droplet(home, '2', 2000);
+    cached_droplet(home, '3', 3000);
+    char held[700];
+    snprintf(held, sizeof held, "%s/blobs/droplets/%064d", home, 0);
+    memset(held + strlen(held) - 64, '1', 64);
+    strcat(held, "/app");
+    held_dir = held;
+    /* a start from droplet 2, cached: it is the most recently used now */
+    struct cell_launch l = sample();
+    char digest[80] = "sha256:";
+    memset(digest + 7, '2', 64);
+    digest[71] = '\0';
+    l.droplet_digest = digest;
+    char *dir = NULL, err[512];
+    assert_int_equal(cell_droplet_get(cd, &l, on_droplet, NULL, &dir, err, sizeof err), 0);
+    free(dir);
+    cell_droplets_collect(cd);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(cached_here(home, '1'));
+    assert_true(cached_here(home, '2'));
+    assert_false(cached_here(home, '3'));
+    /* a bound below what is in use: all but the droplet in use go */
+    cell_droplets_free(cd);
+    cfg.cache_bytes = 1;
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    cell_droplets_collect(cd);
+    cell_droplets_collect(cd); /* asked again meanwhile: runs once more after */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(cached_here(home, '1'));
+    assert_false(cached_here(home, '2'));
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "ls -A %s/blobs/droplets | grep -q gone", home);
+    assert_int_not_equal(system(cmd), 0); /* nothing left aside */
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* With a grace, a layer no instance mounts stays after the collection is asked for, until the
+ * grace has passed; then it goes. */
+static void test_unused_layers_stay_for_the_grace(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellgrace-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_layers *cl = NULL;
+    struct cell_droplets_config none = {.home = home, .cell_id = CELL_ID};
+    assert_int_equal(cell_droplets_new(&loop, &none, &cd), 0);
+    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    cell_layers_set_grace(cl, 300);
+    char a_dir[600];
+    snprintf(a_dir, sizeof a_dir, "%s/images/layers/sha256/%s", home, LAYER_A + 7);
+    assert_int_equal(mkdir(a_dir, 0755), 0);
+    int64_t asked = time_mono_ms();
+    cell_layers_collect(cl, 0); /* its last instance ended */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    struct stat st;
+    assert_int_equal(stat(a_dir, &st), 0);
+    assert_false(cell_layers_waiting(cl));
+    while (!cell_layers_waiting(cl)) { /* what the cell's heartbeat asks */
+        assert_true(time_mono_ms() - asked < 10000);
+        usleep(20 * 1000);
+    }
+    assert_true(time_mono_ms() - asked >= 300);
+    assert_int_equal(stat(a_dir, &st), 0);
+    cell_layers_collect(cl, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(stat(a_dir, &st), -1);
+    assert_false(cell_layers_waiting(cl));
+    cell_layers_free(cl);
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -563,6 +854,10 @@ int main(void)
         cmocka_unit_test(test_a_droplet_is_fetched_by_digest_with_the_token_file),
         cmocka_unit_test(test_a_token_refused_is_read_again_and_the_new_one_used),
         cmocka_unit_test(test_an_image_droplets_layers_are_found_fetched_or_refused),
+        cmocka_unit_test(test_a_silent_controller_is_left_for_the_next),
+        cmocka_unit_test(test_a_refused_layer_fetch_reads_a_rotated_token),
+        cmocka_unit_test(test_the_droplet_cache_keeps_its_bound_and_what_is_in_use),
+        cmocka_unit_test(test_unused_layers_stay_for_the_grace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
