@@ -1125,6 +1125,20 @@ int main(int argc, char **argv)
                   "announce themselves on NATS; give --nats URL[,URL...] (or SKIFF_NATS)");
         return 2;
     }
+    /* a skiffd with a store reads droplets and image layers from the blob store beside it,
+     * which every skiffd on that store shares: it has no controller to fetch them from */
+    if (strcmp(role, "cell") && n_controllers) {
+        log_error("--controller-url is where a --role cell fetches droplets and image layers; "
+                  "a --role %s skiffd reads them from the blob store of its --store: drop "
+                  "--controller-url",
+                  role);
+        return 2;
+    }
+    if (strcmp(role, "cell") && *env_or("SKIFF_CONTROLLER_URLS", ""))
+        log_warning("SKIFF_CONTROLLER_URLS is ignored: it is where a --role cell fetches "
+                    "droplets and image layers, and a --role %s skiffd reads them from the "
+                    "blob store of its --store",
+                    role);
     char *replicas_end;
     long nats_replicas = strtol(nats_replicas_text, &replicas_end, 10);
     if (*replicas_end || replicas_end == nats_replicas_text || nats_replicas < 1 ||
