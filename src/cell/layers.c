@@ -216,7 +216,11 @@ static void cell__layer_fetched(void *ctx, int rc, const char *path, const char 
 static void cell__layer_read(void *ctx, int rc, const char *digest)
 {
     (void)digest;
-    cell__layer_fetched(ctx, rc, NULL, rc < 0 ? skiff_strerror(rc) : NULL);
+    const char *why = rc == -ENOENT    ? "it is not in the blob store"
+                      : rc == -EBADMSG ? "its content in the blob store does not match its digest"
+                      : rc < 0         ? skiff_strerror(rc)
+                                       : NULL;
+    cell__layer_fetched(ctx, rc, NULL, why);
 }
 
 void cell_layers_read_from(struct cell_layers *cl, struct blob_store *bs)
