@@ -12,12 +12,13 @@ The killed one restarted on its home follows, and no app runs more instances tha
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import BIN_DIR, http_get, wait_for
+from conftest import BIN_DIR, http_get, read_pid_file, wait_for
 from multihost import HOSTS_MS, Cluster, HostPlatform, running
 from test_fabric_crash import read_all
 from test_images import DEFAULT_CONFIG, image_config, layers_of, oci_archive
@@ -218,6 +219,54 @@ def test_a_killed_leaders_instances_routes_and_events_come_back_on_the_other_and
         assert a_runs() == 0, cells(b)
         time.sleep(0.5)
     assert greets(b, "img.localhost", "before-the-kill")
+
+
+def alive(p, guids):
+    """Those of guids whose process skiffd p's executor started (run/instance-GUID.pid) lives."""
+    live = set()
+    for g in guids:
+        try:
+            pid = read_pid_file(os.path.join(p.home, "run", "instance-%s.pid" % g))
+        except (OSError, ValueError, IndexError):
+            continue
+        if os.path.exists("/proc/%d" % pid):
+            live.add(g)
+    return live
+
+
+def test_a_leader_killed_alone_leaves_instances_that_its_restart_stops(
+        pair, tmp_path, server_binary):
+    """kill -9 of the leading skiffd only: its instances go on under their shims while the
+    other leads and starts them again (so the image app runs twice as many as asked), until
+    the killed one, restarted on its home, follows and stops them."""
+    a = pair("a")
+    wait_for(lambda: leading(a), 15, "A to lead")
+    b = pair("b")
+    wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both skiffds' heartbeats")
+    r, _ = push_image(a, tmp_path, server_binary, "img", "left-over", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: len(on(a, a, "img")) == 2, 120, "A to run the image app")
+    on_a = {i["guid"] for i in running(a, "img")}
+    assert alive(a, on_a) == on_a
+
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    wait_for(lambda: leading(b), 10, "B to lead after A's kill")
+    wait_for(lambda: len(on(b, b, "img")) == 2, RUNNING_BOUND_S, "B to run the image app")
+    assert alive(a, on_a) == on_a, "A's instances outlive its skiffd (their shims)"
+
+    a.start(timeout=120)
+    restarted = time.monotonic()
+    wait_for(lambda: not alive(a, on_a), 30, "A, following, to stop what it left running")
+    print("A restarted: its 2 leftover instances stopped %.1f s later" % (
+        time.monotonic() - restarted))
+    assert "[LEADER] another skiffd leads" in a.output(), a.output()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = running(b, "img")
+        assert len(now) == 2 and {i["cell"] for i in now} == {this_cell(b)}, now
+        time.sleep(0.5)
+    assert greets(b, "img.localhost", "left-over")
 
 
 def test_controller_urls_are_for_cells_only(tmp_path):
