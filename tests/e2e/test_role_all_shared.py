@@ -209,7 +209,7 @@ def test_a_killed_leaders_instances_routes_and_events_come_back_on_the_other_and
         return app["instances"]
 
     def a_runs():
-        return {c["id"]: c for c in cells(b)["cells"]}[a_id].get("instances", 0)
+        return {c["id"]: c for c in cells(b)["cells"]}[a_id]["instances"]
     wait_for(lambda: a_runs() == 0 and len(running(b, "img")) == asked("img"), 30,
              "A to run nothing and the image app to run as asked")
     deadline = time.monotonic() + 10  # and it stays so
