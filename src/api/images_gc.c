@@ -35,7 +35,24 @@ struct api_core_images_gc {
     bool waiting; /* a layer only a running instance names, or the store was held */
 };
 
-/* home/apps/APP/droplets/DROPLET: every droplet's record. */
+/* Every droplet record in the folders of folder (its entries being droplets). */
+static void gc__keep_records_in(const char *folder, struct image_keep *keep)
+{
+    DIR *d = opendir(folder);
+    for (struct dirent *drop; d && (drop = readdir(d));) {
+        if (drop->d_name[0] == '.')
+            continue;
+        char *dir = xasprintf("%s/%s", folder, drop->d_name);
+        image_keep_record(keep, dir);
+        free(dir);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* home/apps/APP/droplets/DROPLET: every droplet's record; and those of the droplets staged
+ * elsewhere and brought here from the blob store (home/blobs/droplets/HEX), whose layers this
+ * skiffd read from the blob store to run them. */
 static void gc__keep_droplets(const char *home, struct image_keep *keep)
 {
     char *apps = xasprintf("%s/apps", home);
@@ -44,21 +61,15 @@ static void gc__keep_droplets(const char *home, struct image_keep *keep)
         if (app->d_name[0] == '.')
             continue;
         char *droplets = xasprintf("%s/%s/droplets", apps, app->d_name);
-        DIR *d = opendir(droplets);
-        for (struct dirent *drop; d && (drop = readdir(d));) {
-            if (drop->d_name[0] == '.')
-                continue;
-            char *dir = xasprintf("%s/%s", droplets, drop->d_name);
-            image_keep_record(keep, dir);
-            free(dir);
-        }
-        if (d)
-            closedir(d);
+        gc__keep_records_in(droplets, keep);
         free(droplets);
     }
     if (a)
         closedir(a);
     free(apps);
+    char *fetched = xasprintf("%s/blobs/droplets", home);
+    gc__keep_records_in(fetched, keep);
+    free(fetched);
 }
 
 static void gc__work(uv_work_t *w)

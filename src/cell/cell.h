@@ -146,6 +146,11 @@ int cell_layers_new(uv_loop_t *loop, const char *home, unsigned uid_base, struct
                     struct executor *ex, struct cell_layers **out);
 /* After the loop ran every fetch and collection to its end. */
 void cell_layers_free(struct cell_layers *cl);
+/* Missing layers are read from bs (blob_get_file: verified against the digest) instead of
+ * fetched from controllers: a --role all skiffd, which reads droplets from the blob store it
+ * shares with the others, reads layers from it too. bs outlives cl. */
+struct blob_store;
+void cell_layers_read_from(struct cell_layers *cl, struct blob_store *bs);
 
 /* rc 0 once every layer is here, or rc < 0 and why (naming the layer); why lives during the
  * call. */

@@ -56,6 +56,7 @@ struct cell_layers {
     uv_loop_t *loop;
     struct image_store store;
     struct cell_droplets *cd; /* this cell's token and controllers */
+    struct blob_store *bs;    /* or the blob store itself (cell_layers_read_from) */
     struct executor *ex;
     struct cell__layer_fetch *fetches;
     struct cell__layers_wait *waits;
@@ -240,7 +241,8 @@ static void cell__layer_fetched(void *ctx, int rc, const char *path, const char 
     }
     explicit_bzero(f->token, sizeof f->token);
     if (rc == 0) {
-        log_info("[CELL] fetched layer %s from a controller (verified)", f->digest);
+        log_info("[CELL] fetched layer %s from %s (verified)", f->digest,
+                 f->cl->bs ? "the blob store" : "a controller");
         f->work.data = f;
         rc = uv_queue_work(f->cl->loop, &f->work, cell__layer_unpack_work, cell__layer_unpack_done);
         if (rc == 0)
@@ -252,13 +254,63 @@ static void cell__layer_fetched(void *ctx, int rc, const char *path, const char 
     cell__layer_fetch_end(f);
 }
 
-/* Joins or begins the fetch of digest from the controllers of this cell's configuration, with
- * its own token (never from a URL a start request names: the token would go to its writer). */
+static void cell__layer_read(void *ctx, int rc, const char *digest)
+{
+    (void)digest;
+    const char *why = rc == -ENOENT    ? "it is not in the blob store"
+                      : rc == -EBADMSG ? "its content in the blob store does not match its digest"
+                      : rc < 0         ? skiff_strerror(rc)
+                                       : NULL;
+    cell__layer_fetched(ctx, rc, NULL, why);
+}
+
+void cell_layers_read_from(struct cell_layers *cl, struct blob_store *bs)
+{
+    cl->bs = bs;
+}
+
+/* Begins reading digest's blob from the blob store (a --role all skiffd's) into the image
+ * store's blobs, where its unpacking takes it. */
+static int cell__layer_read_start(struct cell_layers *cl, const char *digest,
+                                  struct cell__layer_fetch *f)
+{
+    char *dir = xasprintf("%s/blobs/sha256", cl->store.root);
+    char *dest = image_store_blob_path(&cl->store, digest);
+    int rc = mkdir_p(dir, 0700);
+    if (rc == 0 && !dest)
+        rc = -EINVAL;
+    if (rc == 0) {
+        log_info("[CELL] reading layer %s from the blob store", digest);
+        rc = blob_get_file_async(cl->bs, cl->loop, digest, dest, cell__layer_read, f);
+    }
+    free(dest);
+    free(dir);
+    return rc;
+}
+
+/* Joins or begins the fetch of digest: from the blob store when the cell reads it directly,
+ * else from the controllers of this cell's configuration, with its own token (never from a
+ * URL a start request names: the token would go to its writer). */
 static int cell__layer_fetch(struct cell_layers *cl, const char *digest, char *err, size_t errsize)
 {
     for (struct cell__layer_fetch *f = cl->fetches; f; f = f->next)
         if (!strcmp(f->digest, digest))
             return 0;
+    if (cl->bs) {
+        struct cell__layer_fetch *f = xcalloc(1, sizeof *f);
+        f->cl = cl;
+        snprintf(f->digest, sizeof f->digest, "%s", digest);
+        int rc = cell__layer_read_start(cl, digest, f);
+        if (rc < 0) {
+            snprintf(err, errsize, "cannot read layer %s from the blob store: %s", digest,
+                     skiff_strerror(rc));
+            free(f);
+            return rc;
+        }
+        f->next = cl->fetches;
+        cl->fetches = f;
+        return 0;
+    }
     const char *const *urls = cl->cd ? cell__controllers(cl->cd) : NULL;
     if (!urls || !urls[0]) {
         snprintf(err, errsize,

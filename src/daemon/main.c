@@ -1149,6 +1149,18 @@ int main(int argc, char **argv)
         log_error("--host-addr is announced to the other hosts on NATS: give --nats too");
         return 2;
     }
+    /* a skiffd with a store reads droplets and image layers from the blob store beside it,
+     * which every skiffd on that store shares: it has no controller to fetch them from */
+    if (strcmp(role, "cell") && n_controllers) {
+        log_error("--controller-url is where a --role cell fetches droplets and image layers; "
+                  "--role all and controller read them from the blob store of their --store, "
+                  "and a router needs none: drop --controller-url");
+        return 2;
+    }
+    if (strcmp(role, "cell") && *env_or("SKIFF_CONTROLLER_URLS", ""))
+        log_warning("SKIFF_CONTROLLER_URLS is ignored: it is where a --role cell fetches "
+                    "droplets and image layers, and a --role %s skiffd needs none",
+                    role);
     if (!strcmp(role, "router"))
         return daemon_run_router(home, nats_url, &nats_sec, router_addr, admin_addr,
                                  tls_addr_given ? router_tls_addr : NULL, host_addr);

@@ -29,6 +29,7 @@
 #include "cell/cell.h"
 #include "cell/client.h"
 #include "common/util.h"
+#include "container/container.h"
 #include "executor/executor.h"
 #include "hub/hub.h"
 #include "images/images.h"
@@ -135,6 +136,11 @@ struct scheduler {
     struct store *store;
     struct logs *logs;
     struct cellc *cells; /* the cells it runs instances on (local and remote) */
+    /* an image droplet's layers on this host, read from the blob store when missing (NULL
+     * without a blob store or a local cell) */
+    struct cell_layers *layers;
+    struct sched_layers_wait *layer_waits;   /* apps whose layers are on their way */
+    struct sched_layers_wait *layers_failed; /* ... and those that failed lately */
     struct sched_app *apps;
     struct sched_inst *insts; /* every live instance, attached or not */
     scheduler_listens_cb listens;
@@ -1046,6 +1052,91 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
 
 /* ---- droplets ------------------------------------------------------------------------------- */
 
+/* An app waiting for its droplet's layers (cell_layers_get), or whose layers could not be had
+ * lately (SCHED_LAYERS_RETRY_MS: its starts fail meanwhile, naming the layer, and back off). */
+struct sched_layers_wait {
+    struct scheduler *s;
+    char app_guid[37];
+    char *droplet_dir;
+    uint64_t failed_ms;
+    struct sched_layers_wait *next;
+};
+#define SCHED_LAYERS_RETRY_MS 5000
+
+static bool sched__layers_failed_lately(struct scheduler *s, const char *droplet_dir)
+{
+    uint64_t now = uv_now(s->loop);
+    for (struct sched_layers_wait **pp = &s->layers_failed, *w; (w = *pp);) {
+        if (now - w->failed_ms >= SCHED_LAYERS_RETRY_MS) {
+            *pp = w->next;
+            free(w->droplet_dir);
+            free(w);
+            continue;
+        }
+        if (!strcmp(w->droplet_dir, droplet_dir))
+            return true;
+        pp = &w->next;
+    }
+    return false;
+}
+
+static void sched__layers_ready(void *ctx, int rc, const char *why)
+{
+    struct sched_layers_wait *w = ctx;
+    struct scheduler *s = w->s;
+    for (struct sched_layers_wait **pp = &s->layer_waits; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    if (rc < 0) {
+        logs_appendf(s->logs, w->app_guid, "CELL/0", LOGS_OUT,
+                     "The droplet's image layers could not be read from the blob store: %s",
+                     why ? why : skiff_strerror(rc));
+        w->failed_ms = uv_now(s->loop);
+        w->next = s->layers_failed;
+        s->layers_failed = w;
+    }
+    if (!s->shutting_down)
+        scheduler_app_changed(s, w->app_guid); /* a failure: its start fails and backs off */
+    if (rc == 0) {
+        free(w->droplet_dir);
+        free(w);
+    }
+}
+
+/* An image droplet's layers on this host (cell_layers_get: the one place they are made sure
+ * of): 0 when they are here (or nothing can be done now: the start fails, naming the layer,
+ * and backs off), -EINPROGRESS while they are being read from the blob store (the app is
+ * converged again once they are). */
+static int sched__layers(struct scheduler *s, const char *app_guid, const char *droplet_dir)
+{
+    if (!s->layers || !image_droplet_is_image(droplet_dir) ||
+        sched__layers_failed_lately(s, droplet_dir))
+        return 0;
+    for (struct sched_layers_wait *w = s->layer_waits; w; w = w->next)
+        if (!strcmp(w->app_guid, app_guid) && !strcmp(w->droplet_dir, droplet_dir))
+            return -EINPROGRESS;
+    struct sched_layers_wait *w = xcalloc(1, sizeof *w);
+    w->s = s;
+    snprintf(w->app_guid, sizeof w->app_guid, "%s", app_guid);
+    w->droplet_dir = xstrdup(droplet_dir);
+    char err[600] = "";
+    int rc = cell_layers_get(s->layers, droplet_dir, sched__layers_ready, w, err, sizeof err);
+    if (rc == -EINPROGRESS) {
+        logs_appendf(s->logs, app_guid, "CELL/0", LOGS_OUT,
+                     "Reading the image's layers from the blob store");
+        w->next = s->layer_waits;
+        s->layer_waits = w;
+        return rc;
+    }
+    if (rc < 0)
+        logs_appendf(s->logs, app_guid, "CELL/0", LOGS_OUT, "The droplet's image layers: %s", err);
+    free(w->droplet_dir);
+    free(w);
+    return 0;
+}
+
 static void sched__droplet_ready(void *ctx, const char *app_guid, int rc)
 {
     struct scheduler *s = ctx;
@@ -1076,6 +1167,11 @@ static int sched__droplet(struct scheduler *s, const char *guid, struct store_dr
     }
     free(drop->path);
     drop->path = local;
+    rc = sched__layers(s, drop->app_guid, local);
+    if (rc < 0) {
+        store_droplet_free(drop);
+        return rc;
+    }
     *out = drop;
     return 0;
 }
@@ -1261,6 +1357,15 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
     }
     s->loop = loop;
     s->cfg = *cfg;
+    if (cfg->blobs && cc.local_cell) {
+        if (cell_layers_new(loop, cfg->home,
+                            excfg->uid_base ? excfg->uid_base : CONTAINER_DEFAULT_UID_BASE, NULL,
+                            cellc_executor(s->cells), &s->layers) == 0)
+            cell_layers_read_from(s->layers, cfg->blobs);
+        else
+            log_warning("image droplets staged on other hosts cannot run here: this skiffd's "
+                        "image store could not be opened");
+    }
     s->home = xstrdup(cfg->home);
     s->api_url = xstrdup(cfg->api_url ? cfg->api_url : "");
     s->events_url = xasprintf("%s/v1", s->api_url);
@@ -1597,6 +1702,12 @@ void scheduler_free(struct scheduler *s)
         free(si);
     }
     cellc_free(s->cells);
+    cell_layers_free(s->layers);
+    for (struct sched_layers_wait *w = s->layers_failed, *next; w; w = next) {
+        next = w->next;
+        free(w->droplet_dir);
+        free(w);
+    }
     free(s->home);
     free((char *)s->cfg.function_servers_dir);
     free(s->api_url);

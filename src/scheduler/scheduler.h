@@ -62,8 +62,10 @@ struct scheduler_config {
      * (function-python/lib, function-node/lib). NULL: such functions cannot start. */
     const char *function_servers_dir;
     /* Where droplets made on other hosts come from (src/blobs): a droplet whose folder is not
-     * on this host is materialised from its blob before its instances start, and the app is
-     * converged again once it is here. NULL: the folder the store records, as it is. */
+     * on this host is materialised from its blob before its instances start, and so are the
+     * layers an image droplet names that this host's image store lacks (on a skiffd that
+     * runs instances itself: cell_layers_read_from); the app is converged again once they are
+     * here. NULL: the folder the store records, as it is. */
     struct blob_store *blobs;
     /* The cells it runs instances on (cell/client.h): NULL, or local_cell with no NATS, runs
      * every instance on its own executor, as a single skiffd does. */

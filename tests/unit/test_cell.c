@@ -840,6 +840,90 @@ static void test_unused_layers_stay_for_the_grace(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A --role all skiffd's layers come from the blob store it shares (cell_layers_read_from), not
+ * from controllers: one missing is read (once for two starts), verified and unpacked, its blob
+ * not kept; one the store lacks, or whose stored content does not match its digest, is refused
+ * naming the layer, with nothing unpacked. */
+static void test_layers_are_read_from_the_blob_store_when_the_cell_reads_it(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellhome-XXXXXX", cmd[1400];
+    assert_non_null(mkdtemp(home));
+    /* a layer: a gzipped tar of one file, put into the blob store (files under home/store) */
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/src/srv && echo from-the-store > %s/src/srv/greeting && "
+             "tar -czf %s/layer.tgz -C %s/src srv",
+             home, home, home, home);
+    assert_int_equal(system(cmd), 0);
+    char store_home[600], tgz[600], layer[BLOB_DIGEST_LEN + 1];
+    snprintf(store_home, sizeof store_home, "%s/store", home);
+    assert_int_equal(mkdir(store_home, 0700), 0);
+    struct blob_store *bs = NULL;
+    assert_int_equal(blob_store_open("skiff.db", store_home, &bs), 0);
+    snprintf(tgz, sizeof tgz, "%s/layer.tgz", home);
+    assert_int_equal(blob_put_file(bs, tgz, layer, NULL), 0);
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_layers *cl = NULL;
+    assert_int_equal(cell_layers_new(&loop, home, 200000, NULL, NULL, &cl), 0);
+    cell_layers_read_from(cl, bs);
+    char path[700], drop[600], err[700] = "", text[300];
+    snprintf(drop, sizeof drop, "%s/droplet", home);
+    assert_int_equal(mkdir(drop, 0700), 0);
+    snprintf(path, sizeof path, "%s/image.json", drop);
+    snprintf(text, sizeof text, "{\"layers\":[\"%s\"]}", layer);
+    write_file(path, text, 0600);
+    struct heard h = {0}, h2 = {0};
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EINPROGRESS);
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h2, err, sizeof err), -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h2.calls, 1);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(h2.rc, 0);
+    struct stat st;
+    snprintf(path, sizeof path, "%s/images/layers/sha256/%s/srv/greeting", home, layer + 7);
+    assert_int_equal(stat(path, &st), 0);
+    snprintf(path, sizeof path, "%s/images/blobs/sha256/%s", home, layer + 7);
+    assert_int_equal(stat(path, &st), -1); /* the folder is what instances mount */
+    /* here now: found at once */
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), 0);
+
+    /* a layer the store lacks */
+    snprintf(path, sizeof path, "%s/image.json", drop);
+    write_file(path, "{\"layers\":[\"" LAYER_B "\"]}", 0600);
+    struct heard h3 = {0};
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h3, err, sizeof err), -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h3.calls, 1);
+    assert_int_equal(h3.rc, -ENOENT);
+    assert_non_null(strstr(h3.why, "layer " LAYER_B ": it is not in the blob store"));
+
+    /* the stored content changed under its name: refused, nothing unpacked */
+    snprintf(cmd, sizeof cmd, "rm -rf %s/images/layers/sha256/%s", home, layer + 7);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/blobs/sha256/%s", store_home, layer + 7);
+    assert_int_equal(chmod(path, 0600), 0);
+    write_file(path, "forged", 0600);
+    snprintf(path, sizeof path, "%s/image.json", drop);
+    write_file(path, text, 0600);
+    struct heard h4 = {0};
+    assert_int_equal(cell_layers_get(cl, drop, on_layers, &h4, err, sizeof err), -EINPROGRESS);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(h4.rc, -EBADMSG);
+    assert_non_null(strstr(h4.why, layer));
+    assert_non_null(strstr(h4.why, "does not match its digest"));
+    snprintf(path, sizeof path, "%s/images/layers/sha256/%s", home, layer + 7);
+    assert_int_equal(stat(path, &st), -1);
+
+    cell_layers_free(cl);
+    blob_store_close(bs);
+    uv_loop_close(&loop);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -858,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_a_refused_layer_fetch_reads_a_rotated_token),
         cmocka_unit_test(test_the_droplet_cache_keeps_its_bound_and_what_is_in_use),
         cmocka_unit_test(test_unused_layers_stay_for_the_grace),
+        cmocka_unit_test(test_layers_are_read_from_the_blob_store_when_the_cell_reads_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
