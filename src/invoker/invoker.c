@@ -1310,8 +1310,10 @@ static void invoker_mappings_sync(struct invoker *inv)
 {
     if (inv->stopping)
         return;
-    uint64_t news = store_doc_news(inv->store); /* news from now on calls for another read */
+    uint64_t news = store_doc_news_kind(
+        inv->store, MAPPING_DOC_KIND); /* news from now on calls for another read */
     json_t *docs = json_object();
+    inv->mapping_reads++;
     if (store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_doc_collect, docs) < 0) {
         log_warning("cannot read the event mappings from the store: read again in a second");
         json_decref(docs);
@@ -1347,7 +1349,7 @@ static void invoker_sync_soon(struct invoker *inv)
 
 void invoker_store_news(struct invoker *inv)
 {
-    if (inv && !inv->stopping && store_doc_news(inv->store) != inv->doc_news)
+    if (inv && !inv->stopping && store_doc_news_kind(inv->store, MAPPING_DOC_KIND) != inv->doc_news)
         invoker_sync_soon(inv);
 }
 
@@ -1724,7 +1726,7 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, struct 
         inv->sched_sub = hub_subscribe(svc->hub, invoker_on_platform_event, inv);
         scheduler_set_listens(inv->scheduler, invoker_process_listens, inv);
     }
-    inv->doc_news = store_doc_news(inv->store);
+    inv->doc_news = store_doc_news_kind(inv->store, MAPPING_DOC_KIND);
     store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
     struct store_app **apps = NULL;
     size_t napps = 0;

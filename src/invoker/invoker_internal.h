@@ -140,7 +140,8 @@ struct invoker {
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */
     uint64_t ticks;
     struct inv_mapping *mappings;
-    uint64_t doc_news;     /* store_doc_news when the mappings were last read from the store */
+    uint64_t doc_news; /* store_doc_news_kind when the mappings were last read from the store */
+    uint64_t mapping_reads; /* reads of all the mappings from the store (invoker_mappings_sync) */
     uv_timer_t sync_timer; /* reads them again soon after another skiffd's news */
     struct inv_target *targets;
     struct inv_instance *draining; /* instances gone with calls still in flight */

@@ -580,6 +580,10 @@ static void routes_metrics(struct api_request *req, void *ctx)
     buf_printf(&b, "skiff_invokes_total %llu\n", (unsigned long long)inv->invokes);
     metric_help(&b, "skiff_platform_events_total", "counter", "Platform events published.");
     buf_printf(&b, "skiff_platform_events_total %llu\n", (unsigned long long)inv->platform_events);
+    metric_help(&b, "skiff_event_mapping_store_reads_total", "counter",
+                "Reads of every event mapping from the store (another skiffd changed one).");
+    buf_printf(&b, "skiff_event_mapping_store_reads_total %llu\n",
+               (unsigned long long)inv->mapping_reads);
     metric_help(&b, "skiff_schedule_fires_total", "counter", "Schedule fires published.");
     buf_printf(&b, "skiff_schedule_fires_total %llu\n", (unsigned long long)inv->schedule_fires);
     struct fabric_stats fs;

@@ -136,6 +136,11 @@ uint64_t store_doc_news(struct store *st)
     return st->ops->doc_news ? st->ops->doc_news(st->backend) : 0;
 }
 
+uint64_t store_doc_news_kind(struct store *st, const char *family)
+{
+    return st->ops->doc_news_kind ? st->ops->doc_news_kind(st->backend, family) : 0;
+}
+
 int store_app_create(struct store *st, struct store_app *app)
 {
     int rc = st->ops->app_create(st->backend, app);

@@ -225,6 +225,11 @@ size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_g
  * the feed is lost; always 0 on SQLite, where every write comes through this process. Never
  * waits. A component that keeps documents in memory reads them again when it changed. */
 uint64_t store_doc_news(struct store *st);
+/* The same for the documents of one family of kinds: the kind named, and the kinds under it
+ * after a dot ("auth" holds "auth.user" and "auth.token.hash"). On PostgreSQL the feed names
+ * the kind of each document written, so another family's writes are no news here; "all", a
+ * kind too long to name and a lost feed are news for every family. */
+uint64_t store_doc_news_kind(struct store *st, const char *family);
 
 /* ---- apps (with their processes and env, written together) ------------------------------- */
 

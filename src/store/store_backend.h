@@ -34,6 +34,7 @@ struct store_ops {
                        void *ctx);
     int64_t (*feed_retry_ms)(struct store_backend *b);
     uint64_t (*doc_news)(struct store_backend *b);
+    uint64_t (*doc_news_kind)(struct store_backend *b, const char *family);
 
     int (*app_create)(struct store_backend *b, struct store_app *app);
     int (*app_update)(struct store_backend *b, struct store_app *app);

@@ -145,6 +145,8 @@ const char *const store_sqlite_migrations[] = {
     "DELETE FROM documents WHERE kind = 'cell.token';",
     /* 20: the further blobs a droplet needs (an image's config and layers), space-separated */
     "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
+    /* 21: on PostgreSQL the change feed names each document's kind; SQLite has no feed */
+    "SELECT 1;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
