@@ -109,6 +109,9 @@ struct inv_mapping {
     size_t in_flight;
     size_t window_max;
     uint64_t delivered, retried, dead_lettered, failed, filtered;
+    /* the counts' place in the stored sequence: each save by the consuming skiffd adds one;
+     * a follower takes stored counts with it, a save finding a greater one stored writes nothing */
+    uint64_t stats_seq;
     json_t *failures; /* [{offset, id, reason, at}] newest last */
     bool stats_dirty;
     char last_error[512];

@@ -228,9 +228,10 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     }
     char id[37];
     snprintf(id, sizeof(id), "%s", spec.id);
-    if (invoker_mapping_add(inv, &spec, true, err, sizeof(err)) < 0) {
+    int rc = invoker_mapping_add(inv, &spec, true, err, sizeof(err));
+    if (rc < 0) {
         mapping_spec_free(&spec);
-        api_respond_error(req, SKIFF_E_INTERNAL, "%s", err);
+        api_respond_error(req, rc == -EEXIST ? SKIFF_E_CONFLICT : SKIFF_E_INTERNAL, "%s", err);
         return;
     }
     api_respond_json(req, 201, invoker_mapping_json(invoker_mapping_find(inv, id)));
