@@ -228,7 +228,7 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     }
     char id[37];
     snprintf(id, sizeof(id), "%s", spec.id);
-    int rc = invoker_mapping_add(inv, &spec, true, err, sizeof(err));
+    rc = invoker_mapping_add(inv, &spec, true, err, sizeof(err));
     if (rc < 0) {
         mapping_spec_free(&spec);
         api_respond_error(req, rc == -EEXIST ? SKIFF_E_CONFLICT : SKIFF_E_INTERNAL, "%s", err);
