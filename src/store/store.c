@@ -615,3 +615,9 @@ int store_doc_update(struct store *st, const char *kind, const char *id, const c
 {
     return st->ops->doc_update(st->backend, kind, id, json);
 }
+
+int store_doc_replace(struct store *st, const char *kind, const char *id, const char *expected,
+                      const char *json)
+{
+    return st->ops->doc_replace(st->backend, kind, id, expected, json);
+}

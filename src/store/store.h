@@ -410,5 +410,10 @@ int store_doc_each(struct store *st, const char *kind,
 /* Replaces a document only while it exists: -ENOENT when absent (another writer deleted it),
  * so that a record rewritten now and then is never brought back after its deletion. */
 int store_doc_update(struct store *st, const char *kind, const char *id, const char *json);
+/* Replaces a document only while its body is still exactly expected (what the caller read):
+ * -ESTALE when another writer changed or deleted it meanwhile. Of writers replacing one body
+ * at once, exactly one succeeds: how a stale record is taken over. */
+int store_doc_replace(struct store *st, const char *kind, const char *id, const char *expected,
+                      const char *json);
 
 #endif

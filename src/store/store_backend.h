@@ -86,6 +86,8 @@ struct store_ops {
     int (*doc_each)(struct store_backend *b, const char *kind,
                     int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
     int (*doc_update)(struct store_backend *b, const char *kind, const char *id, const char *json);
+    int (*doc_replace)(struct store_backend *b, const char *kind, const char *id,
+                       const char *expected, const char *json);
 };
 
 /* The PostgreSQL backend (store_pg.c): url is a libpq connection URI. */

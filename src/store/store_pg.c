@@ -1883,6 +1883,18 @@ static int pg__doc_update(struct store_backend *b, const char *kind, const char 
                      4, v, true);
 }
 
+static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
+                           const char *expected, const char *json)
+{
+    struct pg_num at;
+    const char *v[] = {kind, id, json, pg__num(&at, time_now_ms()), expected};
+    int rc = pg__write(b,
+                       "UPDATE documents SET body = $3, updated_at = $4::bigint"
+                       " WHERE kind = $1 AND id = $2 AND body = $5",
+                       5, v, true);
+    return rc == -ENOENT ? -ESTALE : rc;
+}
+
 /* The rows are all read before fn is called, so fn may call the store. */
 static int pg__doc_each(struct store_backend *b, const char *kind,
                         int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
@@ -1945,4 +1957,5 @@ const struct store_ops store_pg_ops = {
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
     .doc_update = pg__doc_update,
+    .doc_replace = pg__doc_replace,
 };

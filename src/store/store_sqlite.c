@@ -1415,6 +1415,22 @@ static int sqlite__doc_update(struct store_backend *st, const char *kind, const 
         json, -ENOENT);
 }
 
+static int sqlite__doc_replace(struct store_backend *st, const char *kind, const char *id,
+                               const char *expected, const char *json)
+{
+    sqlite3_stmt *q = store__prepare(st, "UPDATE documents SET body = ?3, updated_at = ?4"
+                                         " WHERE kind = ?1 AND id = ?2 AND body = ?5");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    store__bind_text(q, 2, id);
+    store__bind_text(q, 3, json);
+    sqlite3_bind_int64(q, 4, time_now_ms());
+    store__bind_text(q, 5, expected);
+    int rc = store__step_done(st, q);
+    return rc == 0 && sqlite3_changes(st->db) == 0 ? -ESTALE : rc;
+}
+
 static int sqlite__doc_each(struct store_backend *st, const char *kind,
                             int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
@@ -1476,4 +1492,5 @@ const struct store_ops store_sqlite_ops = {
     .doc_delete = sqlite__doc_delete,
     .doc_each = sqlite__doc_each,
     .doc_update = sqlite__doc_update,
+    .doc_replace = sqlite__doc_replace,
 };

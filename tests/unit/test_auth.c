@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +325,74 @@ static void test_two_copies_on_one_store_catch_up(void **state)
     store_close(st2);
 }
 
+/* Writes a claim of a name as a skiffd that died before writing its record would leave it
+ * (claimed_at < 0: a claim from before claims carried their time). */
+static void put_claim(struct fixture *fx, const char *kind, const char *name, const char *field,
+                      const char *guid, int64_t claimed_at)
+{
+    char *text = claimed_at < 0 ? xasprintf("{\"%s\":\"%s\"}", field, guid)
+                                : xasprintf("{\"%s\":\"%s\",\"claimed_at\":%lld}", field, guid,
+                                            (long long)claimed_at);
+    assert_int_equal(store_doc_put(fx->st, kind, name, text), 0);
+    free(text);
+}
+
+static const char *claim_owner(struct fixture *fx, const char *kind, const char *name,
+                               const char *field, char *out, size_t size)
+{
+    char *text = NULL;
+    assert_int_equal(store_doc_get(fx->st, kind, name, &text), 0);
+    json_t *o = json_loads(text, 0, NULL);
+    snprintf(out, size, "%s", json_string_value(json_object_get(o, field)));
+    json_decref(o);
+    free(text);
+    return out;
+}
+
+/* A claim whose record was never written is the name's only after the grace period; then a
+ * new create takes it over. A claim whose record exists is never taken over, however old. */
+static void test_an_orphaned_claim_is_taken_over_after_its_grace(void **state)
+{
+    struct fixture *fx = *state;
+    struct auth *a = fx->auth;
+    const char *ghost = "0b7c1a52-57a5-4c2e-9a31-3f6a4c0d9e11";
+    int64_t now = time_now_ms();
+    char owner[64];
+
+    put_claim(fx, "auth.org.name", "acme", "org", ghost, now);
+    assert_int_equal(auth_org_create(a, "acme", NULL), -EEXIST); /* within the grace */
+    put_claim(fx, "auth.org.name", "acme", "org", ghost, now - auth_claim_grace_ms - 1000);
+    const struct auth_org *o = NULL;
+    assert_int_equal(auth_org_create(a, "acme", &o), 0);
+    assert_string_equal(claim_owner(fx, "auth.org.name", "acme", "org", owner, sizeof owner),
+                        o->guid);
+
+    /* a claim from before claims carried their time, its record missing */
+    put_claim(fx, "auth.quota.name", "small", "quota", ghost, -1);
+    struct auth_quota q = {0};
+    snprintf(q.name, sizeof q.name, "small");
+    assert_int_equal(auth_quota_put(a, &q, NULL), 0);
+
+    /* a user's name, whose claim is also the index of users by name */
+    put_claim(fx, "auth.user.name", "ghost", "user", ghost, now - auth_claim_grace_ms - 1);
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(a, "ghost", hash, false, &u), 0);
+    assert_string_equal(claim_owner(fx, "auth.user.name", "ghost", "user", owner, sizeof owner),
+                        u->guid);
+
+    /* an old claim naming a record that exists stays: "acme" names an org */
+    o = auth_org_find(a, "acme");
+    assert_non_null(o);
+    char acme[64];
+    snprintf(acme, sizeof acme, "%s", o->guid);
+    put_claim(fx, "auth.org.name", "gamma", "org", acme, 0);
+    assert_int_equal(auth_org_create(a, "gamma", NULL), -EEXIST);
+    assert_string_equal(claim_owner(fx, "auth.org.name", "gamma", "org", owner, sizeof owner),
+                        acme);
+}
+
 static void test_role_names_round_trip(void **state)
 {
     (void)state;
@@ -375,6 +444,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roles_decide_with_404_for_strangers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_copies_on_one_store_catch_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_orphaned_claim_is_taken_over_after_its_grace, setup,
+                                        teardown),
         cmocka_unit_test(test_role_names_round_trip),
         cmocka_unit_test(test_a_cells_token_names_its_cell),
     };

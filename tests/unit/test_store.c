@@ -1387,6 +1387,29 @@ done:
     remove_db(path);
 }
 
+/* A replace lands only over the body the caller read: of two writers that read one body, the
+ * second is told -ESTALE; a deleted document is not made again. */
+static void test_doc_replace_lands_only_over_what_was_read(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *a = open_ok(path), *b = open_ok(path);
+    assert_int_equal(store_doc_replace(a, "claim", "x", "{}", "{\"v\":1}"), -ESTALE);
+    assert_int_equal(store_doc_put(a, "claim", "x", "{\"v\":0}"), 0);
+    assert_int_equal(store_doc_replace(a, "claim", "x", "{\"v\":0}", "{\"v\":1}"), 0);
+    assert_int_equal(store_doc_replace(b, "claim", "x", "{\"v\":0}", "{\"v\":2}"), -ESTALE);
+    char *json = NULL;
+    assert_int_equal(store_doc_get(b, "claim", "x", &json), 0);
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    assert_int_equal(store_doc_delete(b, "claim", "x"), 0);
+    assert_int_equal(store_doc_replace(a, "claim", "x", "{\"v\":1}", "{\"v\":3}"), -ESTALE);
+    assert_int_equal(store_doc_get(a, "claim", "x", &json), -ENOENT);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
 /* Waits until a has heard of b's write of a "fence" document: the feed is in order, so a has
  * heard of b's writes before it too. */
 static void fence(struct store *a, struct store *b)
@@ -1807,6 +1830,7 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(                                                                          \
             test_documents_are_updated_only_while_they_exist_and_others_changes_are_news),         \
         cmocka_unit_test(test_document_news_is_per_kind),                                          \
+        cmocka_unit_test(test_doc_replace_lands_only_over_what_was_read),                          \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
