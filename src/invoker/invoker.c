@@ -1056,6 +1056,8 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
     rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
     if (rc < 0) {
         snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->topic, fabric_strerror(rc));
+        if (persist) /* its document was made above: a mapping that did not start is none */
+            store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
         goto fail;
     }
     uv_timer_init(inv->loop, &m->retry_timer);
