@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/log.h"
 #include "common/util.h"
 #include "store/store.h"
 
@@ -45,6 +46,7 @@ struct auth {
     size_t n_quotas;
     bool shared;      /* other skiffds write the same store (auth_set_shared) */
     char *generation; /* the AUTH_DOC_GENERATION read at the last auth_catch_up */
+    uint64_t generation_news; /* store_doc_news_kind of that record before that read */
 };
 
 static void auth__copy(char *dst, size_t size, const char *src)
@@ -270,31 +272,62 @@ static int auth__put(struct auth *a, const char *kind, const char *id, json_t *d
     return 0;
 }
 
-/* Claims a unique name (kind, id) for the record guid: a document {field: guid} created only
- * when absent (store_doc_create), so that of two skiffds making one name at the same moment,
- * on one PostgreSQL, one is told -EEXIST; the check against this copy in memory comes first
- * and answers most. A claim the record already holds (a fixed guid made again) is fine. */
+int64_t auth_claim_grace_ms = 30 * 1000;
+
+/* Whether the claim (its document's text) is an orphan: older than auth_claim_grace_ms (a
+ * claim from before claims carried their time counts as old) and naming a record that does
+ * not exist (its skiffd died between the claim and the record's write, or between the record's
+ * delete and the claim's). A claim whose record exists is never one. */
+static bool auth__claim_orphaned(struct auth *a, const char *field, const char *have)
+{
+    json_t *o = json_loads(have, 0, NULL);
+    const char *owner = json_string_value(json_object_get(o, field));
+    int64_t at = (int64_t)json_integer_value(json_object_get(o, "claimed_at"));
+    bool orphan = false;
+    if (owner && time_now_ms() - at >= auth_claim_grace_ms) {
+        char *record_kind = xasprintf("auth.%s", field), *record = NULL;
+        orphan = store_doc_get(a->store, record_kind, owner, &record) == -ENOENT;
+        free(record);
+        free(record_kind);
+    }
+    json_decref(o);
+    return orphan;
+}
+
+/* Claims a unique name (kind, id) for the record guid: a document {field: guid, claimed_at}
+ * created only when absent (store_doc_create), so that of two skiffds making one name at the
+ * same moment, on one PostgreSQL, one is told -EEXIST; the check against this copy in memory
+ * comes first and answers most. A claim the record already holds (a fixed guid made again) is
+ * fine. An orphaned claim (auth__claim_orphaned) is taken over by replacing exactly the body
+ * read (store_doc_replace), so of two skiffds taking it over at once one wins. */
 static int auth__claim(struct auth *a, const char *kind, const char *id, const char *field,
                        const char *guid)
 {
-    json_t *doc = json_pack("{s:s}", field, guid);
+    json_t *doc = json_pack("{s:s, s:I}", field, guid, "claimed_at", (json_int_t)time_now_ms());
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     if (!text)
         return -ENOMEM;
     int rc = store_doc_create(a->store, kind, id, text);
-    free(text);
     if (rc == -EEXIST) {
         char *have = NULL;
         if (store_doc_get(a->store, kind, id, &have) == 0) {
             json_t *o = json_loads(have, 0, NULL);
             const char *owner = json_string_value(json_object_get(o, field));
-            if (owner && !strcmp(owner, guid))
+            if (owner && !strcmp(owner, guid)) {
                 rc = 0;
+            } else if (auth__claim_orphaned(a, field, have) &&
+                       store_doc_replace(a->store, kind, id, have, text) == 0) {
+                log_warning("the name %s (%s) was claimed by a record that was never written"
+                            " or is gone: taken over",
+                            id, kind);
+                rc = 0;
+            }
             json_decref(o);
             free(have);
         }
     }
+    free(text);
     return rc == 0 || rc == -EEXIST ? rc : -EIO;
 }
 
@@ -1642,6 +1675,7 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->store = t.store;
     a->shared = t.shared;
     a->generation = t.generation;
+    a->generation_news = t.generation_news;
     b->generation = NULL;
 }
 
@@ -1657,6 +1691,11 @@ int auth_reload(struct auth *a)
 
 int auth_catch_up(struct auth *a)
 {
+    /* With a change feed, the record is read only once another skiffd wrote it: their
+     * tokens, heartbeats and counts are no reason to. Without one (SQLite) it is read. */
+    uint64_t news = store_doc_news_kind(a->store, AUTH_DOC_GENERATION);
+    if (a->generation && news == a->generation_news && store_feed_fd(a->store) >= 0)
+        return 0;
     char *text = NULL;
     int rc = store_doc_get(a->store, AUTH_DOC_GENERATION, "auth", &text);
     if (rc == -ENOENT)
@@ -1665,12 +1704,14 @@ int auth_catch_up(struct auth *a)
         return -EIO;
     if (a->generation && !strcmp(a->generation, text)) {
         free(text);
+        a->generation_news = news;
         return 0;
     }
     rc = auth_reload(a); /* what changes after the read above is seen at the next call */
     if (rc == 0) {
         free(a->generation);
         a->generation = text;
+        a->generation_news = news;
         return 1;
     }
     free(text);

@@ -205,7 +205,14 @@ void auth_free(struct auth *a);
  * auth_refresh) or a user name (auth_catch_up_user, auth_user_create) that another skiffd
  * made is found at once, and a made-up one costs that one read. */
 int auth_reload(struct auth *a);
+/* On a store with a change feed (PostgreSQL), the record is read only when the feed told of
+ * another writer's write of it (store_doc_news_kind), so a second with nothing new reads
+ * nothing. */
 int auth_catch_up(struct auth *a);
+/* How old a name's claim must be before it may be taken over when the record it names does
+ * not exist (its skiffd died between the two writes): 30 s; tests may change it. A claim whose
+ * record exists is never taken over. */
+extern int64_t auth_claim_grace_ms;
 void auth_set_shared(struct auth *a, bool shared);
 /* Whether the store holds a user of that name this skiffd did not know; it has reloaded
  * then (look again). */

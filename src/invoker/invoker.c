@@ -903,18 +903,20 @@ struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id)
     return NULL;
 }
 
-/* Saves the mapping's document: made at its creation (create), else only rewritten while it
+/* Saves the mapping's document: made at its creation (create) only while no document has its
+ * id (-EEXIST: another skiffd made one with that id a moment ago), else only rewritten while it
  * exists, so that counts saved after another skiffd deleted the mapping do not bring it back
  * (the next read of the store lets it go here too). */
-static void mapping_save(struct inv_mapping *m, bool create)
+static int mapping_save(struct inv_mapping *m, bool create)
 {
     json_t *doc = mapping_spec_to_json(&m->spec);
     json_object_set_new(doc, "start_offset", json_integer((json_int_t)m->start_offset));
     json_object_set_new(doc, "stats",
-                        json_pack("{s:I, s:I, s:I, s:I, s:I}", "delivered",
+                        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "delivered",
                                   (json_int_t)m->delivered, "retried", (json_int_t)m->retried,
                                   "dead_lettered", (json_int_t)m->dead_lettered, "failed",
-                                  (json_int_t)m->failed, "filtered", (json_int_t)m->filtered));
+                                  (json_int_t)m->failed, "filtered", (json_int_t)m->filtered, "seq",
+                                  (json_int_t)m->stats_seq));
     if (m->failures)
         json_object_set(doc, "failures", m->failures);
     if (m->last_fire_ms)
@@ -922,18 +924,68 @@ static void mapping_save(struct inv_mapping *m, bool create)
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     struct store *st = m->inv->store;
-    int rc = create ? store_doc_put(st, MAPPING_DOC_KIND, m->spec.id, text)
+    int rc = create ? store_doc_create(st, MAPPING_DOC_KIND, m->spec.id, text)
                     : store_doc_update(st, MAPPING_DOC_KIND, m->spec.id, text);
     if (rc == -ENOENT)
         invoker_sync_soon(m->inv); /* deleted through another skiffd */
-    else if (rc < 0)
+    else if (rc < 0 && rc != -EEXIST)
         log_error("cannot save event mapping %s: %s", m->spec.id, skiff_strerror(rc));
     free(text);
     m->stats_dirty = false;
+    return rc;
 }
 
+/* The sequence number of a stored mapping's counts (0: none, or saved before they had one). */
+static uint64_t mapping_stats_seq(json_t *stats)
+{
+    json_int_t seq = json_integer_value(json_object_get(stats, "seq"));
+    return seq > 0 ? (uint64_t)seq : 0;
+}
+
+/* Takes a stored mapping's counts and last failures (its document, parsed) as this skiffd's. */
+static void mapping_take_counts(struct inv_mapping *m, json_t *doc)
+{
+    json_t *stats = json_object_get(doc, "stats");
+    if (json_is_object(stats)) {
+        m->delivered = (uint64_t)json_integer_value(json_object_get(stats, "delivered"));
+        m->retried = (uint64_t)json_integer_value(json_object_get(stats, "retried"));
+        m->dead_lettered = (uint64_t)json_integer_value(json_object_get(stats, "dead_lettered"));
+        m->failed = (uint64_t)json_integer_value(json_object_get(stats, "failed"));
+        m->filtered = (uint64_t)json_integer_value(json_object_get(stats, "filtered"));
+        m->stats_seq = mapping_stats_seq(stats);
+    }
+    json_t *failures = json_object_get(doc, "failures");
+    if (json_is_array(failures)) {
+        json_decref(m->failures);
+        m->failures = json_incref(failures);
+    }
+}
+
+/* The counts are the consuming skiffd's to save: a follower saves none (what it delivered
+ * before it stopped leading moved no cursor and is delivered again by the leader), and a save
+ * never goes back: counts stored by another leader since this one last saved or took them
+ * (a greater sequence number) are taken instead of written over. */
 static void mapping_persist(struct inv_mapping *m)
 {
+    m->stats_dirty = false;
+    if (!invoker_consumes(m->inv))
+        return;
+    char *text = NULL;
+    if (store_doc_get(m->inv->store, MAPPING_DOC_KIND, m->spec.id, &text) == 0) {
+        json_t *doc = json_loads(text, 0, NULL);
+        free(text);
+        uint64_t stored = mapping_stats_seq(json_object_get(doc, "stats"));
+        if (stored > m->stats_seq) {
+            log_warning("event mapping %s: counts saved by another skiffd (sequence %llu, this"
+                        " one's %llu) are taken, not written over",
+                        m->spec.id, (unsigned long long)stored, (unsigned long long)m->stats_seq);
+            mapping_take_counts(m, doc);
+            json_decref(doc);
+            return;
+        }
+        json_decref(doc);
+    }
+    m->stats_seq++;
     mapping_save(m, false);
 }
 
@@ -979,6 +1031,18 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
     m->start_offset = start                        ? *start
                       : m->spec.start_at_beginning ? info.first_offset
                                                    : m->end_offset;
+    /* the store decides between skiffds making one id at once, before anything is started */
+    if (persist && (rc = mapping_save(m, true)) < 0) {
+        if (rc == -EEXIST)
+            snprintf(err, errsize,
+                     "an event mapping with id '%s' was made a moment ago through another"
+                     " skiffd: leave out 'id' for a new one",
+                     m->spec.id);
+        else
+            snprintf(err, errsize, "cannot save event mapping %s: %s", m->spec.id,
+                     skiff_strerror(rc));
+        goto fail;
+    }
     if (fabric_cursor_get(inv->fabric, m->topic, m->consumer, &cursor) == 0) {
         m->read_next = m->committed = cursor;
     } else if (fabric_is_shared(inv->fabric)) {
@@ -992,6 +1056,8 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
     rc = fabric_subscribe(inv->fabric, m->topic, mapping_on_append, m, &m->sub);
     if (rc < 0) {
         snprintf(err, errsize, "cannot subscribe to topic %s: %s", m->topic, fabric_strerror(rc));
+        if (persist) /* its document was made above: a mapping that did not start is none */
+            store_doc_delete(inv->store, MAPPING_DOC_KIND, m->spec.id);
         goto fail;
     }
     uv_timer_init(inv->loop, &m->retry_timer);
@@ -1006,8 +1072,6 @@ static int mapping_add_at(struct invoker *inv, struct mapping_spec *spec, bool p
         if (cron_parse(m->spec.schedule, &m->cron, cerr, sizeof(cerr)) == 0)
             mapping_arm_cron(m);
     }
-    if (persist)
-        mapping_save(m, true);
     mapping_pump(m);
     return 0;
 fail:
@@ -1196,8 +1260,8 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
         log_warning("event mapping %s is not valid JSON (%s): skipped", id, jerr.text);
         return 0;
     }
-    json_t *stats = json_incref(json_object_get(doc, "stats"));
-    json_t *failures = json_incref(json_object_get(doc, "failures"));
+    json_t *counts = json_pack("{s:O?, s:O?}", "stats", json_object_get(doc, "stats"), "failures",
+                               json_object_get(doc, "failures"));
     int64_t last_fire_ms = (int64_t)json_integer_value(json_object_get(doc, "last_fire_ms"));
     json_t *start = json_object_get(doc, "start_offset");
     uint64_t start_offset = (uint64_t)json_integer_value(start);
@@ -1217,25 +1281,14 @@ static int mapping_load_doc(void *ctx, const char *id, const char *text)
         mapping_spec_free(&spec);
     } else {
         struct inv_mapping *m = invoker_mapping_find(inv, id);
-        if (m && json_is_object(stats)) {
-            m->delivered += (uint64_t)json_integer_value(json_object_get(stats, "delivered"));
-            m->retried += (uint64_t)json_integer_value(json_object_get(stats, "retried"));
-            m->dead_lettered +=
-                (uint64_t)json_integer_value(json_object_get(stats, "dead_lettered"));
-            m->failed += (uint64_t)json_integer_value(json_object_get(stats, "failed"));
-            m->filtered += (uint64_t)json_integer_value(json_object_get(stats, "filtered"));
-        }
-        if (m && json_is_array(failures)) {
-            json_decref(m->failures);
-            m->failures = json_incref(failures);
-        }
+        if (m)
+            mapping_take_counts(m, counts);
         if (m && last_fire_ms > 0 && m->spec.trigger == MAPPING_SCHEDULE) {
             m->last_fire_ms = last_fire_ms;
             mapping_arm_cron(m); /* again, now from its last fire: it may have missed one */
         }
     }
-    json_decref(stats);
-    json_decref(failures);
+    json_decref(counts);
     json_decref(doc);
     return 0;
 }
@@ -1283,6 +1336,15 @@ static void mapping_forget(struct inv_mapping *m)
     mapping_retire(m);
 }
 
+/* A follower's copy of the counts the leader saved, newer than what it holds. */
+static void mapping_follow_counts(struct inv_mapping *m, const char *text)
+{
+    json_t *doc = json_loads(text, 0, NULL);
+    if (json_is_object(doc) && mapping_stats_seq(json_object_get(doc, "stats")) >= m->stats_seq)
+        mapping_take_counts(m, doc);
+    json_decref(doc);
+}
+
 /* One stored mapping: started when new here, started again when its spec changed (deleted and
  * made again under its id). */
 static void mapping_sync_doc(struct invoker *inv, const char *id, const char *text)
@@ -1294,8 +1356,11 @@ static void mapping_sync_doc(struct invoker *inv, const char *id, const char *te
         bool same = !stored || json_equal(stored, mine);
         json_decref(stored);
         json_decref(mine);
-        if (same)
-            return; /* its counts are the delivering skiffd's to keep */
+        if (same) {
+            if (!invoker_consumes(inv)) /* a follower shows the counts the leader saved */
+                mapping_follow_counts(m, text);
+            return;
+        }
         log_info("event mapping %s was changed through another skiffd: started again", id);
         mapping_forget(m);
     } else {
@@ -1310,8 +1375,10 @@ static void invoker_mappings_sync(struct invoker *inv)
 {
     if (inv->stopping)
         return;
-    uint64_t news = store_doc_news(inv->store); /* news from now on calls for another read */
+    uint64_t news = store_doc_news_kind(
+        inv->store, MAPPING_DOC_KIND); /* news from now on calls for another read */
     json_t *docs = json_object();
+    inv->mapping_reads++;
     if (store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_doc_collect, docs) < 0) {
         log_warning("cannot read the event mappings from the store: read again in a second");
         json_decref(docs);
@@ -1347,7 +1414,7 @@ static void invoker_sync_soon(struct invoker *inv)
 
 void invoker_store_news(struct invoker *inv)
 {
-    if (inv && !inv->stopping && store_doc_news(inv->store) != inv->doc_news)
+    if (inv && !inv->stopping && store_doc_news_kind(inv->store, MAPPING_DOC_KIND) != inv->doc_news)
         invoker_sync_soon(inv);
 }
 
@@ -1612,6 +1679,8 @@ bool invoker_work_of(void *invoker, const char *app_guid, const char *process,
 
 void invoker_set_leading(struct invoker *inv, bool leading)
 {
+    if (leading && !invoker_consumes(inv) && !inv->stopping)
+        invoker_mappings_sync(inv); /* counts from the last leader's last save, then on */
     bool was = invoker_consumes(inv);
     inv->following = !leading;
     if (was == invoker_consumes(inv) || inv->stopping)
@@ -1724,7 +1793,7 @@ int invoker_start(const struct api_services *svc, struct fabric *fabric, struct 
         inv->sched_sub = hub_subscribe(svc->hub, invoker_on_platform_event, inv);
         scheduler_set_listens(inv->scheduler, invoker_process_listens, inv);
     }
-    inv->doc_news = store_doc_news(inv->store);
+    inv->doc_news = store_doc_news_kind(inv->store, MAPPING_DOC_KIND);
     store_doc_each(inv->store, MAPPING_DOC_KIND, mapping_load_doc, inv);
     struct store_app **apps = NULL;
     size_t napps = 0;

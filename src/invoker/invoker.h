@@ -207,7 +207,7 @@ void invoker_set_wake(struct invoker *inv, invoker_wake_fn fn, void *ctx);
  * fire that comes due while no skiffd leads is not made up. */
 void invoker_set_leading(struct invoker *inv, bool leading);
 /* Another writer may have changed the store (skiffd's watch of its change feed): when the
- * store says documents changed (store_doc_news), the mappings are read again within
+ * store says mapping documents changed (store_doc_news_kind), the mappings are read again within
  * milliseconds, and those made, changed or deleted through another skiffd are started,
  * started again or stopped here. The invoker also checks once a second by itself. NULL and a
  * stopping invoker are fine. */

@@ -109,6 +109,9 @@ struct inv_mapping {
     size_t in_flight;
     size_t window_max;
     uint64_t delivered, retried, dead_lettered, failed, filtered;
+    /* the counts' place in the stored sequence: each save by the consuming skiffd adds one;
+     * a follower takes stored counts with it, a save finding a greater one stored writes nothing */
+    uint64_t stats_seq;
     json_t *failures; /* [{offset, id, reason, at}] newest last */
     bool stats_dirty;
     char last_error[512];
@@ -140,7 +143,8 @@ struct invoker {
     json_t *app_kinds;     /* app guid -> true when it is a function (looked up once) */
     uint64_t ticks;
     struct inv_mapping *mappings;
-    uint64_t doc_news;     /* store_doc_news when the mappings were last read from the store */
+    uint64_t doc_news; /* store_doc_news_kind when the mappings were last read from the store */
+    uint64_t mapping_reads; /* reads of all the mappings from the store (invoker_mappings_sync) */
     uv_timer_t sync_timer; /* reads them again soon after another skiffd's news */
     struct inv_target *targets;
     struct inv_instance *draining; /* instances gone with calls still in flight */

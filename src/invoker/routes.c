@@ -228,9 +228,10 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
     }
     char id[37];
     snprintf(id, sizeof(id), "%s", spec.id);
-    if (invoker_mapping_add(inv, &spec, true, err, sizeof(err)) < 0) {
+    rc = invoker_mapping_add(inv, &spec, true, err, sizeof(err));
+    if (rc < 0) {
         mapping_spec_free(&spec);
-        api_respond_error(req, SKIFF_E_INTERNAL, "%s", err);
+        api_respond_error(req, rc == -EEXIST ? SKIFF_E_CONFLICT : SKIFF_E_INTERNAL, "%s", err);
         return;
     }
     api_respond_json(req, 201, invoker_mapping_json(invoker_mapping_find(inv, id)));
@@ -580,6 +581,10 @@ static void routes_metrics(struct api_request *req, void *ctx)
     buf_printf(&b, "skiff_invokes_total %llu\n", (unsigned long long)inv->invokes);
     metric_help(&b, "skiff_platform_events_total", "counter", "Platform events published.");
     buf_printf(&b, "skiff_platform_events_total %llu\n", (unsigned long long)inv->platform_events);
+    metric_help(&b, "skiff_event_mapping_store_reads_total", "counter",
+                "Reads of every event mapping from the store (another skiffd changed one).");
+    buf_printf(&b, "skiff_event_mapping_store_reads_total %llu\n",
+               (unsigned long long)inv->mapping_reads);
     metric_help(&b, "skiff_schedule_fires_total", "counter", "Schedule fires published.");
     buf_printf(&b, "skiff_schedule_fires_total %llu\n", (unsigned long long)inv->schedule_fires);
     struct fabric_stats fs;

@@ -136,6 +136,11 @@ uint64_t store_doc_news(struct store *st)
     return st->ops->doc_news ? st->ops->doc_news(st->backend) : 0;
 }
 
+uint64_t store_doc_news_kind(struct store *st, const char *family)
+{
+    return st->ops->doc_news_kind ? st->ops->doc_news_kind(st->backend, family) : 0;
+}
+
 int store_app_create(struct store *st, struct store_app *app)
 {
     int rc = st->ops->app_create(st->backend, app);
@@ -609,4 +614,10 @@ void store_audit_list_free(struct store_audit_event *list, size_t n)
 int store_doc_update(struct store *st, const char *kind, const char *id, const char *json)
 {
     return st->ops->doc_update(st->backend, kind, id, json);
+}
+
+int store_doc_replace(struct store *st, const char *kind, const char *id, const char *expected,
+                      const char *json)
+{
+    return st->ops->doc_replace(st->backend, kind, id, expected, json);
 }

@@ -225,6 +225,11 @@ size_t store_feed_take(struct store *st, void (*fn)(void *ctx, const char *app_g
  * the feed is lost; always 0 on SQLite, where every write comes through this process. Never
  * waits. A component that keeps documents in memory reads them again when it changed. */
 uint64_t store_doc_news(struct store *st);
+/* The same for the documents of one family of kinds: the kind named, and the kinds under it
+ * after a dot ("auth" holds "auth.user" and "auth.token.hash"). On PostgreSQL the feed names
+ * the kind of each document written, so another family's writes are no news here; "all", a
+ * kind too long to name and a lost feed are news for every family. */
+uint64_t store_doc_news_kind(struct store *st, const char *family);
 
 /* ---- apps (with their processes and env, written together) ------------------------------- */
 
@@ -405,5 +410,10 @@ int store_doc_each(struct store *st, const char *kind,
 /* Replaces a document only while it exists: -ENOENT when absent (another writer deleted it),
  * so that a record rewritten now and then is never brought back after its deletion. */
 int store_doc_update(struct store *st, const char *kind, const char *id, const char *json);
+/* Replaces a document only while its body is still exactly expected (what the caller read):
+ * -ESTALE when another writer changed or deleted it meanwhile. Of writers replacing one body
+ * at once, exactly one succeeds: how a stale record is taken over. */
+int store_doc_replace(struct store *st, const char *kind, const char *id, const char *expected,
+                      const char *json);
 
 #endif

@@ -34,6 +34,7 @@ struct store_ops {
                        void *ctx);
     int64_t (*feed_retry_ms)(struct store_backend *b);
     uint64_t (*doc_news)(struct store_backend *b);
+    uint64_t (*doc_news_kind)(struct store_backend *b, const char *family);
 
     int (*app_create)(struct store_backend *b, struct store_app *app);
     int (*app_update)(struct store_backend *b, struct store_app *app);
@@ -85,6 +86,8 @@ struct store_ops {
     int (*doc_each)(struct store_backend *b, const char *kind,
                     int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
     int (*doc_update)(struct store_backend *b, const char *kind, const char *id, const char *json);
+    int (*doc_replace)(struct store_backend *b, const char *kind, const char *id,
+                       const char *expected, const char *json);
 };
 
 /* The PostgreSQL backend (store_pg.c): url is a libpq connection URI. */

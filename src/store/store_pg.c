@@ -184,6 +184,28 @@ const char *const store_pg_migrations[] = {
     "DELETE FROM documents WHERE kind = 'cell.token';",
     /* 20: the further blobs a droplet needs (an image's config and layers), space-separated */
     "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
+    /* 21: the feed names the kind of each document written ("documents:KIND", once per
+     * kind and transaction: PostgreSQL folds equal notifications), so a reader of one kind
+     * is not woken by every other; a kind too long for a short payload (NOTIFY takes under
+     * 8000 bytes) and a TRUNCATE say "documents", any kind. A row trigger: on a one-row write,
+     * which every store_doc_* call is, it costs less than a statement trigger reading
+     * transition tables, though more on a 1,000-row write (bench/store/doc_trigger.sh) */
+    "DROP TRIGGER documents_notify ON documents;"
+    "CREATE FUNCTION skiff_notify_document() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " DECLARE k TEXT;"
+    " BEGIN"
+    "  IF TG_OP = 'DELETE' THEN k := OLD.kind; ELSE k := NEW.kind; END IF;"
+    "  IF octet_length(k) > 200 THEN PERFORM pg_notify('skiff_store', 'documents');"
+    "  ELSE PERFORM pg_notify('skiff_store', 'documents:' || k); END IF;"
+    "  IF TG_OP = 'UPDATE' AND OLD.kind <> NEW.kind THEN"
+    "   PERFORM pg_notify('skiff_store', CASE WHEN octet_length(OLD.kind) > 200 THEN 'documents'"
+    "    ELSE 'documents:' || OLD.kind END);"
+    "  END IF;"
+    "  RETURN NULL; END $$;"
+    "CREATE TRIGGER documents_notify AFTER INSERT OR UPDATE OR DELETE ON documents"
+    "  FOR EACH ROW EXECUTE FUNCTION skiff_notify_document();"
+    "CREATE TRIGGER documents_truncate_notify AFTER TRUNCATE ON documents"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION skiff_notify_table();",
 };
 const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof store_pg_migrations[0];
 
@@ -193,6 +215,8 @@ const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof sto
 
 /* The channel every write transaction NOTIFYs (migration 17's triggers). */
 #define PG_FEED_CHANNEL "skiff_store"
+/* Document kinds whose news is counted apart (store_doc_news_kind); the feed names few. */
+#define PG_FEED_KINDS 64
 /* App guids kept for store_feed_take; more than this between two takes is "any app". */
 #define PG_FEED_KEEP 256
 
@@ -227,7 +251,15 @@ struct store_backend {
     int watch_fd;
     bool watch_write;
     uint64_t heard; /* notifications from other writers */
-    uint64_t docs_gen; /* their notifications naming documents (or all), and feed losses */
+    uint64_t docs_gen; /* news of documents of any kind: "documents", "all", feed losses */
+    /* news of one kind ("documents:KIND"), counted per kind; past PG_FEED_KINDS kinds,
+     * another kind's news counts as any kind's (docs_gen) */
+    struct pg_kind_news {
+        char *kind;
+        uint64_t gen;
+    } * kinds;
+    size_t n_kinds;
+    uint64_t kinds_heard; /* all of their news together */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
     char (*changed)[37];
     size_t n_changed;
@@ -513,6 +545,25 @@ static void pg__feed_reopen(struct store_backend *b)
         pg__feed_listen_step(b);
 }
 
+/* Counts news of documents of one kind, in its own counter. */
+static void pg__kind_news(struct store_backend *b, const char *kind)
+{
+    b->kinds_heard++;
+    for (size_t i = 0; i < b->n_kinds; i++)
+        if (!strcmp(b->kinds[i].kind, kind)) {
+            b->kinds[i].gen++;
+            return;
+        }
+    if (b->n_kinds == PG_FEED_KINDS) {
+        b->docs_gen++; /* news for every kind, rather than a table without bound */
+        return;
+    }
+    if (!b->kinds)
+        b->kinds = xcalloc(PG_FEED_KINDS, sizeof *b->kinds);
+    b->kinds[b->n_kinds].kind = xstrdup(kind);
+    b->kinds[b->n_kinds++].gen = 1;
+}
+
 /* Reads what has come on the feed without waiting (the socket is non-blocking) and
  * outdates what it names: "app:GUID" the apps, "routes" the routes, "all" both; any news
  * counts. A lost feed is reopened instead (pg__feed_reopen). */
@@ -535,6 +586,8 @@ static void pg__feed_read(struct store_backend *b)
                 pg__feed_remember(b, n->extra + strlen("app:"));
             } else if (!strcmp(n->extra, "routes")) {
                 b->routes_gen++;
+            } else if (str_has_prefix(n->extra, "documents:")) {
+                pg__kind_news(b, n->extra + strlen("documents:"));
             } else if (!strcmp(n->extra, "documents")) {
                 b->docs_gen++;
             } else if (!strcmp(n->extra, "all")) {
@@ -562,7 +615,25 @@ static uint64_t pg__doc_news(struct store_backend *b)
     pg__feed_read(b);
     if (b->feed_state != PG_FEED_ON)
         b->docs_gen++;
-    return b->docs_gen;
+    return b->docs_gen + b->kinds_heard;
+}
+
+/* Whether kind is of the family: the family itself or a kind under it ("auth" holds
+ * "auth.user" and "auth.token.hash", not "authx"). */
+static bool pg__kind_in(const char *kind, const char *family)
+{
+    size_t n = strlen(family);
+    return !strncmp(kind, family, n) && (kind[n] == '\0' || kind[n] == '.');
+}
+
+/* A sum of counters that only grow: it moves whenever one of them does. */
+static uint64_t pg__doc_news_kind(struct store_backend *b, const char *family)
+{
+    uint64_t news = pg__doc_news(b) - b->kinds_heard;
+    for (size_t i = 0; i < b->n_kinds; i++)
+        if (pg__kind_in(b->kinds[i].kind, family))
+            news += b->kinds[i].gen;
+    return news;
 }
 
 static int pg__feed_fd(struct store_backend *b)
@@ -694,6 +765,9 @@ static void pg__close(struct store_backend *b)
     store_route_list_free(b->routes, b->n_routes);
     free(b->changed);
     free(b->stale);
+    for (size_t i = 0; i < b->n_kinds; i++)
+        free(b->kinds[i].kind);
+    free(b->kinds);
     PQfinish(b->feed);
     PQfinish(b->kept);
     PQfinish(b->conn);
@@ -1831,6 +1905,18 @@ static int pg__doc_update(struct store_backend *b, const char *kind, const char 
                      4, v, true);
 }
 
+static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
+                           const char *expected, const char *json)
+{
+    struct pg_num at;
+    const char *v[] = {kind, id, json, pg__num(&at, time_now_ms()), expected};
+    int rc = pg__write(b,
+                       "UPDATE documents SET body = $3, updated_at = $4::bigint"
+                       " WHERE kind = $1 AND id = $2 AND body = $5",
+                       5, v, true);
+    return rc == -ENOENT ? -ESTALE : rc;
+}
+
 /* The rows are all read before fn is called, so fn may call the store. */
 static int pg__doc_each(struct store_backend *b, const char *kind,
                         int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
@@ -1857,6 +1943,7 @@ const struct store_ops store_pg_ops = {
     .feed_watch = pg__feed_set_watch,
     .feed_retry_ms = pg__feed_retry_ms,
     .doc_news = pg__doc_news,
+    .doc_news_kind = pg__doc_news_kind,
     .app_create = pg__app_create,
     .app_update = pg__app_update,
     .app_get = pg__app_get,
@@ -1892,4 +1979,5 @@ const struct store_ops store_pg_ops = {
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
     .doc_update = pg__doc_update,
+    .doc_replace = pg__doc_replace,
 };

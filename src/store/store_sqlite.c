@@ -145,6 +145,8 @@ const char *const store_sqlite_migrations[] = {
     "DELETE FROM documents WHERE kind = 'cell.token';",
     /* 20: the further blobs a droplet needs (an image's config and layers), space-separated */
     "ALTER TABLE droplets ADD COLUMN blobs TEXT;",
+    /* 21: on PostgreSQL the change feed names each document's kind; SQLite has no feed */
+    "SELECT 1;",
 };
 const size_t store_sqlite_migrations_count =
     sizeof store_sqlite_migrations / sizeof store_sqlite_migrations[0];
@@ -1413,6 +1415,22 @@ static int sqlite__doc_update(struct store_backend *st, const char *kind, const 
         json, -ENOENT);
 }
 
+static int sqlite__doc_replace(struct store_backend *st, const char *kind, const char *id,
+                               const char *expected, const char *json)
+{
+    sqlite3_stmt *q = store__prepare(st, "UPDATE documents SET body = ?3, updated_at = ?4"
+                                         " WHERE kind = ?1 AND id = ?2 AND body = ?5");
+    if (!q)
+        return -EIO;
+    store__bind_text(q, 1, kind);
+    store__bind_text(q, 2, id);
+    store__bind_text(q, 3, json);
+    sqlite3_bind_int64(q, 4, time_now_ms());
+    store__bind_text(q, 5, expected);
+    int rc = store__step_done(st, q);
+    return rc == 0 && sqlite3_changes(st->db) == 0 ? -ESTALE : rc;
+}
+
 static int sqlite__doc_each(struct store_backend *st, const char *kind,
                             int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
@@ -1474,4 +1492,5 @@ const struct store_ops store_sqlite_ops = {
     .doc_delete = sqlite__doc_delete,
     .doc_each = sqlite__doc_each,
     .doc_update = sqlite__doc_update,
+    .doc_replace = sqlite__doc_replace,
 };

@@ -4,15 +4,17 @@ leader within SYNC_BOUND_S, every event once, and by the next leader after kill 
 
 The leader learns of them from the store's change feed (src/invoker/README.md, "Several
 skiffds on one fabric"); without that it read the mappings only at its start."""
+import json
 import os
 import shutil
 import signal
+import threading
 import time
 
 import pytest
 
 from conftest import wait_for
-from controllers import LEADER_BOUND_S, PG_BIN, leading
+from controllers import LEADER_BOUND_S, PG_BIN, leading, psql
 from test_controllers import schedule_fires
 from test_fabric_crash import read_all
 from test_fabric_nats import publish, replies_by_id, shared_leader_and_follower
@@ -42,6 +44,16 @@ def shared_pair(pg_dir, nats, tmp_path):  # noqa: F811
     with shared_leader_and_follower(pg_dir, nats, lambda a: a.cli(
             "push", "echo", "--function", "%s:handle" % fn, check=True, timeout=300)) as ab:
         yield ab
+
+
+# the leader saves counts once a second; the follower reads them 20 ms after the feed's news
+COUNTS_BOUND_S = 1.0 + SYNC_BOUND_S
+
+
+def delivered(p, mapping_id):
+    status, body = p.api("GET", "/v1/event-mappings/%s" % mapping_id)
+    assert status == 200, body
+    return body["delivered"]
 
 
 def mapping_ids(p):
@@ -79,8 +91,9 @@ def test_a_mapping_made_and_deleted_through_the_follower_is_delivered_and_stoppe
     assert all(v == 1 for v in seen.values()), "each event once: %s" % seen
     status, body = a.api("GET", "/v1/event-mappings/%s" % made)
     assert status == 200 and body["delivered"] == total, body
-    status, body = b.api("GET", "/v1/event-mappings/%s" % made)
-    assert body["delivered"] == 0, "the follower delivers nothing itself: %s" % body
+    # the follower delivers nothing itself, and shows the counts the leader saved
+    wait_for(lambda: delivered(b, made) == total, COUNTS_BOUND_S,
+             "the follower to show the leader's counts")
 
     # deleted through the follower: the leader stops delivering to it
     status, body = b.api("DELETE", "/v1/event-mappings/%s" % made)
@@ -183,3 +196,76 @@ def test_a_mapping_changed_through_the_follower_is_delivered_as_changed_by_the_l
              "the events after the change delivered by the new spec")
     assert replies_by_id(b, "moves-new") == {1: 1, 2: 1, 3: 1}, replies_by_id(b, "moves-new")
     assert replies_by_id(b, "moves-old") == {0: 1}, replies_by_id(b, "moves-old")
+
+
+def stored_counts(pg_dir, mapping_id):
+    text = psql(pg_dir, "SELECT body FROM documents WHERE kind = 'event_mapping' AND id = '%s'"
+                % mapping_id).strip()
+    return json.loads(text)["stats"]
+
+
+def test_the_follower_shows_the_leaders_counts_and_the_next_leader_continues_them(
+        shared_pair, pg_dir):  # noqa: F811
+    a, b = shared_pair
+    made = map_event(a, ("app", "echo"), ("topic", "counted"), ("reply_topic", "counted-done"))
+    wait_for(lambda: made in mapping_ids(b), SYNC_BOUND_S, "the follower to list the mapping")
+    for n in range(6):
+        assert publish(a, "counted", {"n": n})[0] == 202
+    wait_for(lambda: len(replies_by_id(b, "counted-done")) == 6, 60, "the leader to deliver")
+    wait_for(lambda: delivered(b, made) == 6, COUNTS_BOUND_S,
+             "the follower to show the counts the leader saved")
+    # `skiff event-mappings` through the follower shows them too
+    listed = json.loads(b.cli("event-mappings", "--json", check=True, timeout=30).stdout)
+    row = [m for m in listed["event_mappings"] if m["id"] == made]
+    assert row and row[0]["delivered"] == 6, listed
+    seq = stored_counts(pg_dir, made)["seq"]
+    assert seq >= 1, stored_counts(pg_dir, made)
+
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    wait_for(lambda: leading(b), LEADER_BOUND_S, "the follower to lead after kill -9")
+    assert delivered(b, made) == 6, "the new leader starts from the saved counts"
+    for n in range(6, 10):
+        assert publish(b, "counted", {"n": n})[0] == 202
+    wait_for(lambda: len(replies_by_id(b, "counted-done")) == 10, 120,
+             "the new leader to deliver the events published after the kill", interval=0.5)
+    wait_for(lambda: delivered(b, made) == 10, 10, "the new leader's counts to go on")
+    # and what it saves goes on from the stored counts, never back to its own from zero
+    wait_for(lambda: stored_counts(pg_dir, made)["delivered"] == 10, COUNTS_BOUND_S,
+             "the new leader to save its counts")
+    assert stored_counts(pg_dir, made)["seq"] > seq, stored_counts(pg_dir, made)
+
+
+def test_one_explicit_mapping_id_made_through_two_skiffds_at_once_is_made_once(shared_pair):
+    """Of two skiffds making an event mapping with one explicit id at the same moment, one
+    answers 201 and the other 409 naming the id; the mapping both list is the winner's."""
+    a, b = shared_pair
+    ids = ["same-id-%d" % i for i in range(8)]
+    results = {}
+
+    def make(p, tag, mapping_id):
+        results[(tag, mapping_id)] = p.api("POST", "/v1/event-mappings", {
+            "id": mapping_id, "app": "echo", "topic": "raced", "reply_topic": "from-" + tag})
+
+    for mapping_id in ids:
+        threads = [threading.Thread(target=make, args=(p, tag, mapping_id))
+                   for p, tag in ((a, "a"), (b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    for mapping_id in ids:
+        got = {tag: results[(tag, mapping_id)] for tag in ("a", "b")}
+        made = [tag for tag, (status, _) in got.items() if status == 201]
+        assert len(made) == 1, got
+        loser = "b" if made == ["a"] else "a"
+        status, body = got[loser]
+        assert status == 409, got
+        assert body["error"]["code"] in ("conflict", "name_taken"), body
+        assert mapping_id in body["error"]["message"], body
+        # both skiffds come to list the winner's mapping, not the loser's
+        for p in (a, b):
+            def winners(p=p):
+                status, m = p.api("GET", "/v1/event-mappings/%s" % mapping_id)
+                return status == 200 and m.get("reply_topic") == "from-" + made[0]
+            wait_for(winners, SYNC_BOUND_S, "the winner's mapping listed")

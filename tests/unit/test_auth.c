@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "auth/auth.h"
 #include "common/util.h"
 #include "store/store.h"
+#include "pg_throwaway.h"
 
 struct fixture {
     char *dir;
@@ -324,6 +326,133 @@ static void test_two_copies_on_one_store_catch_up(void **state)
     store_close(st2);
 }
 
+/* Writes a claim of a name as a skiffd that died before writing its record would leave it
+ * (claimed_at < 0: a claim from before claims carried their time). */
+static void put_claim(struct fixture *fx, const char *kind, const char *name, const char *field,
+                      const char *guid, int64_t claimed_at)
+{
+    char *text = claimed_at < 0 ? xasprintf("{\"%s\":\"%s\"}", field, guid)
+                                : xasprintf("{\"%s\":\"%s\",\"claimed_at\":%lld}", field, guid,
+                                            (long long)claimed_at);
+    assert_int_equal(store_doc_put(fx->st, kind, name, text), 0);
+    free(text);
+}
+
+static const char *claim_owner(struct fixture *fx, const char *kind, const char *name,
+                               const char *field, char *out, size_t size)
+{
+    char *text = NULL;
+    assert_int_equal(store_doc_get(fx->st, kind, name, &text), 0);
+    json_t *o = json_loads(text, 0, NULL);
+    snprintf(out, size, "%s", json_string_value(json_object_get(o, field)));
+    json_decref(o);
+    free(text);
+    return out;
+}
+
+/* A claim whose record was never written is the name's only after the grace period; then a
+ * new create takes it over. A claim whose record exists is never taken over, however old. */
+static void test_an_orphaned_claim_is_taken_over_after_its_grace(void **state)
+{
+    struct fixture *fx = *state;
+    struct auth *a = fx->auth;
+    const char *ghost = "0b7c1a52-57a5-4c2e-9a31-3f6a4c0d9e11";
+    int64_t now = time_now_ms();
+    char owner[64];
+
+    put_claim(fx, "auth.org.name", "acme", "org", ghost, now);
+    assert_int_equal(auth_org_create(a, "acme", NULL), -EEXIST); /* within the grace */
+    put_claim(fx, "auth.org.name", "acme", "org", ghost, now - auth_claim_grace_ms - 1000);
+    const struct auth_org *o = NULL;
+    assert_int_equal(auth_org_create(a, "acme", &o), 0);
+    assert_string_equal(claim_owner(fx, "auth.org.name", "acme", "org", owner, sizeof owner),
+                        o->guid);
+
+    /* a claim from before claims carried their time, its record missing */
+    put_claim(fx, "auth.quota.name", "small", "quota", ghost, -1);
+    struct auth_quota q = {0};
+    snprintf(q.name, sizeof q.name, "small");
+    assert_int_equal(auth_quota_put(a, &q, NULL), 0);
+
+    /* a user's name, whose claim is also the index of users by name */
+    put_claim(fx, "auth.user.name", "ghost", "user", ghost, now - auth_claim_grace_ms - 1);
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    const struct auth_user *u = NULL;
+    assert_int_equal(auth_user_create(a, "ghost", hash, false, &u), 0);
+    assert_string_equal(claim_owner(fx, "auth.user.name", "ghost", "user", owner, sizeof owner),
+                        u->guid);
+
+    /* an old claim naming a record that exists stays: "acme" names an org */
+    o = auth_org_find(a, "acme");
+    assert_non_null(o);
+    char acme[64];
+    snprintf(acme, sizeof acme, "%s", o->guid);
+    put_claim(fx, "auth.org.name", "gamma", "org", acme, 0);
+    assert_int_equal(auth_org_create(a, "gamma", NULL), -EEXIST);
+    assert_string_equal(claim_owner(fx, "auth.org.name", "gamma", "org", owner, sizeof owner),
+                        acme);
+}
+
+/* Waits until st has heard of every write made before this one of a "fence" document. */
+static void fence(struct store *writer, struct store *st)
+{
+    uint64_t before = store_doc_news_kind(st, "fence");
+    assert_int_equal(store_doc_put(writer, "fence", "x", "{}"), 0);
+    for (int i = 0; i < 1000 && store_doc_news_kind(st, "fence") == before; i++)
+        usleep(10 * 1000);
+    assert_true(store_doc_news_kind(st, "fence") != before);
+}
+
+/* On PostgreSQL the change feed names each document's kind: with tokens made and other
+ * documents written through another skiffd, but no change of users, roles, orgs, spaces or
+ * quotas, a catch-up reads nothing (here it could not: the table is away); a password
+ * changed there is read and reloaded. */
+static void test_catch_up_reads_the_generation_only_on_its_news(void **state)
+{
+    (void)state;
+    char *url = pg_throwaway_database();
+    char err[256] = "";
+    struct store *s1 = NULL, *s2 = NULL;
+    assert_int_equal(store_open(url, err, sizeof err, &s1), 0);
+    assert_int_equal(store_open(url, err, sizeof err, &s2), 0);
+    struct auth *a = NULL, *b = NULL;
+    char *pw = NULL;
+    assert_int_equal(auth_open(s1, &pw, &a), 0);
+    free(pw);
+    assert_int_equal(auth_open(s2, &pw, &b), 0);
+    assert_null(pw);
+    auth_set_shared(a, true);
+    auth_set_shared(b, true);
+    assert_int_equal(auth_catch_up(b), 1); /* the first call reads */
+
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", auth_user_find(a, "admin")->guid);
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    assert_int_equal(auth_login(a, guid, access, refresh), 0);
+    assert_int_equal(store_doc_put(s1, "cell", "c1", "{}"), 0);
+    fence(s1, s2);
+    pg_throwaway_sql(url, "ALTER TABLE documents RENAME TO documents_away");
+    assert_int_equal(auth_catch_up(b), 0);
+    pg_throwaway_sql(url, "ALTER TABLE documents_away RENAME TO documents");
+
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("another long password", hash), 0);
+    assert_int_equal(auth_user_set_password(a, guid, hash, NULL), 0);
+    int rc = 0;
+    for (int i = 0; i < 1000 && (rc = auth_catch_up(b)) == 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(rc, 1);
+    struct auth_principal p;
+    assert_int_equal(auth_authenticate(b, access, &p), -ENOENT); /* ended by the password */
+
+    auth_free(b);
+    auth_free(a);
+    store_close(s2);
+    store_close(s1);
+    free(url);
+}
+
 static void test_role_names_round_trip(void **state)
 {
     (void)state;
@@ -375,8 +504,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roles_decide_with_404_for_strangers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_copies_on_one_store_catch_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_an_orphaned_claim_is_taken_over_after_its_grace, setup,
+                                        teardown),
         cmocka_unit_test(test_role_names_round_trip),
         cmocka_unit_test(test_a_cells_token_names_its_cell),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test(test_catch_up_reads_the_generation_only_on_its_news),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("auth on PostgreSQL", pg_tests, pg_throwaway_start,
+                                          pg_throwaway_stop);
+    return failed;
 }

@@ -244,7 +244,7 @@ static void test_migrates_a_store_with_https_only_routes_to_protocols(void **sta
                   " 'least-connection', TRUE);");
     struct store *st = open_ok(path);
     assert_int_equal(store_schema_version(st), (int)migrations_count());
-    assert_int_equal(migrations_count(), 20);
+    assert_int_equal(migrations_count(), 21);
     struct store_route *routes = NULL;
     size_t n = 0;
     assert_int_equal(store_route_list(st, "g-tls", &routes, &n), 0);
@@ -1387,6 +1387,115 @@ done:
     remove_db(path);
 }
 
+/* A replace lands only over the body the caller read: of two writers that read one body, the
+ * second is told -ESTALE; a deleted document is not made again. */
+static void test_doc_replace_lands_only_over_what_was_read(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *a = open_ok(path), *b = open_ok(path);
+    assert_int_equal(store_doc_replace(a, "claim", "x", "{}", "{\"v\":1}"), -ESTALE);
+    assert_int_equal(store_doc_put(a, "claim", "x", "{\"v\":0}"), 0);
+    assert_int_equal(store_doc_replace(a, "claim", "x", "{\"v\":0}", "{\"v\":1}"), 0);
+    assert_int_equal(store_doc_replace(b, "claim", "x", "{\"v\":0}", "{\"v\":2}"), -ESTALE);
+    char *json = NULL;
+    assert_int_equal(store_doc_get(b, "claim", "x", &json), 0);
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
+    assert_int_equal(store_doc_delete(b, "claim", "x"), 0);
+    assert_int_equal(store_doc_replace(a, "claim", "x", "{\"v\":1}", "{\"v\":3}"), -ESTALE);
+    assert_int_equal(store_doc_get(a, "claim", "x", &json), -ENOENT);
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
+/* Waits until a has heard of b's write of a "fence" document: the feed is in order, so a has
+ * heard of b's writes before it too. */
+static void fence(struct store *a, struct store *b)
+{
+    uint64_t before = store_doc_news_kind(a, "fence");
+    assert_int_equal(store_doc_put(b, "fence", "x", "{}"), 0);
+    for (int i = 0; i < 1000 && store_doc_news_kind(a, "fence") == before; i++)
+        usleep(10 * 1000);
+    assert_true(store_doc_news_kind(a, "fence") != before);
+}
+
+/* The feed names each document's kind: a reader of one family of kinds hears of its own
+ * kinds only, and of anything that names no kind (a long kind, "all"). */
+static void test_document_news_is_per_kind(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *a = open_ok(path), *b = open_ok(path);
+    if (!on_pg(path)) {
+        assert_int_equal(store_doc_put(b, "auth.user", "u", "{}"), 0);
+        assert_int_equal(store_doc_news_kind(a, "auth"), 0); /* one process writes */
+        goto done;
+    }
+    uint64_t maps = store_doc_news_kind(a, "event_mapping"), auth = store_doc_news_kind(a, "auth");
+    uint64_t any = store_doc_news(a);
+    for (int i = 0; i < 1000; i++) { /* heartbeats of a thousand cells in one go */
+        char id[16];
+        snprintf(id, sizeof id, "c%d", i);
+        assert_int_equal(store_doc_put(b, "cell", id, "{}"), 0);
+    }
+    assert_int_equal(store_doc_put(b, "authx", "y", "{}"), 0); /* not of the "auth" family */
+    assert_int_equal(store_doc_put(b, "event_mappingx", "y", "{}"), 0);
+    fence(a, b);
+    assert_int_equal(store_doc_news_kind(a, "event_mapping"), maps);
+    assert_int_equal(store_doc_news_kind(a, "auth"), auth);
+    assert_true(store_doc_news(a) != any); /* every kind is still news to store_doc_news */
+
+    assert_int_equal(store_doc_put(b, "auth.token.hash", "h", "{}"), 0);
+    fence(a, b);
+    assert_true(store_doc_news_kind(a, "auth") != auth);
+    assert_int_equal(store_doc_news_kind(a, "event_mapping"), maps);
+    auth = store_doc_news_kind(a, "auth");
+    assert_int_equal(store_doc_put(a, "event_mapping", "m", "{}"), 0); /* a's own: no news */
+    assert_int_equal(store_doc_put(b, "event_mapping", "n", "{}"), 0);
+    fence(a, b);
+    assert_true(store_doc_news_kind(a, "event_mapping") != maps);
+    assert_int_equal(store_doc_news_kind(a, "auth"), auth);
+
+    /* a kind longer than a notification may carry is written, and is news of every kind */
+    maps = store_doc_news_kind(a, "event_mapping");
+    char *huge = xcalloc(1, 9001);
+    memset(huge, 'k', 9000);
+    assert_int_equal(store_doc_put(b, huge, "x", "{}"), 0);
+    char *json = NULL;
+    assert_int_equal(store_doc_get(a, huge, "x", &json), 0);
+    free(json);
+    fence(a, b);
+    assert_true(store_doc_news_kind(a, "event_mapping") != maps);
+    free(huge);
+
+    /* kinds past what is counted apart are news of every kind, never lost */
+    for (int i = 0; i < 80; i++) {
+        char kind[16];
+        snprintf(kind, sizeof kind, "many%d", i);
+        assert_int_equal(store_doc_put(b, kind, "x", "{}"), 0);
+    }
+    fence(a, b);
+    maps = store_doc_news_kind(a, "event_mapping");
+    assert_int_equal(store_doc_put(b, "many79", "y", "{}"), 0);
+    fence(a, b);
+    assert_true(store_doc_news_kind(a, "event_mapping") != maps);
+
+    /* NOTIFY skiff_store, 'all' is news of every kind */
+    maps = store_doc_news_kind(a, "event_mapping");
+    auth = store_doc_news_kind(a, "auth");
+    raw_sql(path, "NOTIFY skiff_store, 'all';");
+    for (int i = 0; i < 1000 && store_doc_news_kind(a, "auth") == auth; i++)
+        usleep(10 * 1000);
+    assert_true(store_doc_news_kind(a, "auth") != auth);
+    assert_true(store_doc_news_kind(a, "event_mapping") != maps);
+done:
+    store_close(b);
+    store_close(a);
+    remove_db(path);
+}
+
 /* When the feed's connection is lost, the store says so and trusts no cache: reads go to
  * the database (and see what others wrote), the change count moves on every call, and the
  * feed names "any app". */
@@ -1720,6 +1829,8 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_the_change_feed_tells_of_another_writers_changes),                   \
         cmocka_unit_test(                                                                          \
             test_documents_are_updated_only_while_they_exist_and_others_changes_are_news),         \
+        cmocka_unit_test(test_document_news_is_per_kind),                                          \
+        cmocka_unit_test(test_doc_replace_lands_only_over_what_was_read),                          \
         cmocka_unit_test(test_a_lost_feed_turns_the_cache_off),                                    \
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
