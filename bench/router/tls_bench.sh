@@ -35,7 +35,7 @@ nginx_port=$(free_port)
 # nginx's proxy_conf, listening with TLS on the same certificate, h2 and http/1.1 by ALPN (as
 # the router's listener: lib.sh's tls_proxy_conf)
 nginx_conf nginx 1 "$(tls_proxy_conf "$nginx_port" "127.0.0.1:$backend_port" "$work/cert.pem" "$work/key.pem")"
-nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+own_session nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
 
 skiff_home="$work/skiff"
