@@ -24,11 +24,11 @@ direct_pid=$backend_pid
 
 nginx1_port=$(free_port)
 nginx_conf nginx1 1 "$(proxy_conf "$nginx1_port" "127.0.0.1:$backend_port")"
-nginx -c "$work/nginx1/nginx.conf" -e "$work/nginx1/error.log" & pids+=($!)
+own_session nginx -c "$work/nginx1/nginx.conf" -e "$work/nginx1/error.log" & pids+=($!)
 nginx1_pid=$!
 nginxn_port=$(free_port)
 nginx_conf nginxn auto "$(proxy_conf "$nginxn_port" "127.0.0.1:$backend_port")"
-nginx -c "$work/nginxn/nginx.conf" -e "$work/nginxn/error.log" & pids+=($!)
+own_session nginx -c "$work/nginxn/nginx.conf" -e "$work/nginxn/error.log" & pids+=($!)
 nginxn_pid=$!
 
 read -r skiff1_port skiff1_pid < <(start_router skiff1 1 "127.0.0.1:$backend_port")

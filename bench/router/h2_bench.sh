@@ -25,11 +25,11 @@ bench_backend
 h2_proxy_conf() { proxy_conf "$1" "$2" | sed "s/listen 127.0.0.1:$1;/listen 127.0.0.1:$1 http2;/"; }
 nginx1_port=$(free_port)
 nginx_conf nginx1 1 "$(h2_proxy_conf "$nginx1_port" "127.0.0.1:$backend_port")"
-nginx -c "$work/nginx1/nginx.conf" -e "$work/nginx1/error.log" & pids+=($!)
+own_session nginx -c "$work/nginx1/nginx.conf" -e "$work/nginx1/error.log" & pids+=($!)
 nginx1_pid=$!
 nginxn_port=$(free_port)
 nginx_conf nginxn auto "$(h2_proxy_conf "$nginxn_port" "127.0.0.1:$backend_port")"
-nginx -c "$work/nginxn/nginx.conf" -e "$work/nginxn/error.log" & pids+=($!)
+own_session nginx -c "$work/nginxn/nginx.conf" -e "$work/nginxn/error.log" & pids+=($!)
 nginxn_pid=$!
 read -r skiff1_port skiff1_pid < <(start_router skiff1 1 "127.0.0.1:$backend_port")
 read -r skiffn_port skiffn_pid < <(start_router skiffn 0 "127.0.0.1:$backend_port")

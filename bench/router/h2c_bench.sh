@@ -30,7 +30,7 @@ nghttpd --no-tls -d "$work/www" -n 1 "$backend_port" >/dev/null 2>&1 & pids+=($!
 nginx_port=$(free_port)
 nginx_conf nginx 1 "upstream app { server 127.0.0.1:$backend_port; keepalive 256; }
   server { listen 127.0.0.1:$nginx_port http2; location / { grpc_pass grpc://app; } }"
-nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+own_session nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
 
 skiff_home="$work/skiff"

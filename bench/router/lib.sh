@@ -4,6 +4,14 @@
 # medians. Uses $work (a temporary folder), $secs (seconds per wrk run), $threads (wrk
 # threads), $host (the Host header) and $router_bin.
 
+# own_session CMD...: CMD in a session of its own, as skiffd starts the platform's router and
+# instances and as nginx puts itself when it daemonizes. Run with & from a script (no job
+# control, so not a group leader) setsid execs in place and $! is CMD's pid. Without it a
+# server shares the script's session, hence wrk's CFS autogroup, while the platform's router
+# has one of its own: the kernel then shares the CPU between the groups, not the threads, and
+# the two sides of a comparison are not scheduled alike (bench/router/README.md, "Sessions").
+own_session() { exec setsid "$@"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # bench_workdir NAME: $work (a temporary folder, removed at exit with every process in $pids)
@@ -29,7 +37,7 @@ bench_cleanup() {
 bench_backend() {
   backend_port=$(free_port)
   nginx_conf backend 1 "server { listen 127.0.0.1:$backend_port; root $work/www; }"
-  nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" &
+  own_session nginx -c "$work/backend/nginx.conf" -e "$work/backend/error.log" &
   backend_pid=$!
   pids+=("$backend_pid")
 }
@@ -114,7 +122,7 @@ start_router() {
   local home="$work/$1" port
   port=$(free_port)
   router_home "$home" "$3"
-  "$router_bin" --home "$home" --addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "$2" 2>"$home/router.err" &
+  own_session "$router_bin" --home "$home" --addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "$2" 2>"$home/router.err" &
   echo "$port $!"
 }
 

@@ -14,6 +14,8 @@
 # $H2_STREAMS streams per connection), taking turns.
 # Root only (containers). BUILD=DIR for binaries elsewhere (default build, i.e. build/rel).
 #   bench/router/platform_bench.sh       (REPEAT=3, SECONDS_PER_RUN=3: about three minutes)
+# SIZES ("small 64k"), CONNS ("32 256") and PROTOS ("https1 h2") choose the rows; PROTOS=none
+# skips HTTPS: CONNS=256 PROTOS=https1 SIZES=small for the 256-connection rows alone.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -31,6 +33,9 @@ done
 command -v wrk >/dev/null && command -v nginx >/dev/null && command -v h2load >/dev/null ||
   { echo "needs wrk, nginx and h2load (scripts/deps.sh)" >&2; exit 1; }
 streams=${H2_STREAMS:-8}
+sizes=${SIZES:-small 64k}
+conn_counts=${CONNS:-32 256}
+protos=${PROTOS:-https1 h2}
 ulimit -n 65536 2>/dev/null || true
 
 work=$(mktemp -d /tmp/skiff-bench-platform.XXXXXX)
@@ -60,7 +65,7 @@ platform_home=$home
 # loopback: the same program bare, behind the same router binary alone (workers: one per core,
 # as skiffd starts it)
 bare_port=$(free_port)
-PORT=$bare_port "$work/app/bench_server" & pids+=($!)
+PORT=$bare_port own_session "$work/app/bench_server" & pids+=($!)
 bare_pid=$!
 read -r alone_port alone_pid < <(start_router alone 0 "127.0.0.1:$bare_port")
 pids+=("$alone_pid") # started in a subshell: remember it here
@@ -71,7 +76,7 @@ nginx_port=$(free_port)
 # to skiffd, which writes it to the app's log): buffered, as a tuned nginx would
 nginx_conf nginx 1 "$(proxy_conf "$nginx_port" "$instance_addr")" \
   "$work/nginx/access.log combined buffer=64k flush=1s"
-nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+own_session nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
 # nginx terminating TLS on the platform's own default certificate, to the container's address,
 # logging as the plain one does
@@ -79,7 +84,7 @@ tls_pem=$platform_home/tls/default.pem
 nginx_tls_port=$(free_port)
 nginx_conf nginx_tls 1 "$(tls_proxy_conf "$nginx_tls_port" "$instance_addr" "$tls_pem" "$tls_pem")" \
   "$work/nginx_tls/access.log combined buffer=64k flush=1s"
-nginx -c "$work/nginx_tls/nginx.conf" -e "$work/nginx_tls/error.log" & pids+=($!)
+own_session nginx -c "$work/nginx_tls/nginx.conf" -e "$work/nginx_tls/error.log" & pids+=($!)
 nginx_tls_pid=$!
 for p in $bare_port $alone_port $nginx_port $nginx_tls_port $router_tls_port; do wait_port "$p"; done
 
@@ -99,8 +104,8 @@ printf '\n%-6s %-5s | %-25s | %-25s | %-25s | %-15s | %-15s | %6s %6s\n' "" "" \
   "plat/" "veth/"
 printf '%-6s %-5s | %8s %6s %4s %4s | %8s %6s %4s %4s | %8s %6s %4s %4s | %8s %6s | %8s %6s | %6s %6s\n' \
   size conns req/s p99ms cpu skfd req/s p99ms cpu "" req/s p99ms cpu "" req/s p99ms req/s p99ms nginx lo
-for size in small 64k; do
-  for conns in 32 256; do
+for size in $sizes; do
+  for conns in $conn_counts; do
     for name in "${cases[@]}"; do runs[$name]=""; done
     for _ in $(seq "$repeat"); do
       for name in "${cases[@]}"; do
@@ -134,13 +139,14 @@ for name in platform nginx; do
 done
 declare -A tls_addr_of=([platform]="$router_tls_port" [nginx]="$nginx_tls_port")
 declare -A tls_pids_of=([platform]="$router_pid self:$skiffd_pid" [nginx]="$nginx_tls_pid")
-for proto in https1 h2; do
+for proto in $protos; do
+  [ "$proto" = none ] && continue
   printf '\n%-6s %-6s %-5s | %8s %7s %5s %5s | %8s %7s %5s | %6s %6s\n' "" "" "" \
     "platform" "" "" "" "nginx" "" "" "plat/" "p99"
   printf '%-6s %-6s %-5s | %8s %7s %5s %5s | %8s %7s %5s | %6s %6s\n' proto size conns \
     req/s p99ms cpu skfd req/s p99ms cpu nginx "plat/n"
-  for size in small 64k; do
-    for conns in 32 256; do
+  for size in $sizes; do
+    for conns in $conn_counts; do
       for name in platform nginx; do runs[$name]=""; done
       for _ in $(seq "$repeat"); do
         for name in platform nginx; do
