@@ -146,6 +146,11 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
 struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
                                          struct route_backend *const *skip, size_t skip_count);
 
+/* As route_pick_backend, but never a backend marked down: NULL when every one left is. What a
+ * second connect (a hedge) is made to, where a down instance is no better than waiting. */
+struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
+                                            struct route_backend *const *skip, size_t skip_count);
+
 /* Parses a backend address ("1.2.3.4:80", "[::1]:80") exactly as backends are parsed, so the
  * result compares equal (memcmp) to a backend's addr. -EINVAL when it is not one. */
 int route_table_parse_addr(const char *text, struct sockaddr_storage *out, socklen_t *len);
