@@ -168,6 +168,27 @@ static void test_backends_marked_down_are_passed_over(void **state)
     route_table_unref(t);
 }
 
+/* A hedge goes only to an instance not tried and not marked down: none when only down ones
+ * are left (route_pick_backend would try those anyway). */
+static void test_a_hedge_is_picked_among_instances_up_only(void **state)
+{
+    (void)state;
+    unsigned cursor = 0;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
+                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
+    struct route_table *t = parse(json);
+    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_backend *tried = &r->backends[0];
+    route_backend_mark_down(&r->backends[1], 60000);
+    for (int i = 0; i < 6; i++)
+        assert_ptr_equal(route_pick_backend_up(r, &cursor, &tried, 1), &r->backends[2]);
+    route_backend_mark_down(&r->backends[2], 60000);
+    assert_null(route_pick_backend_up(r, &cursor, &tried, 1));
+    assert_non_null(route_pick_backend(r, &cursor, &tried, 1));
+    route_table_unref(t);
+}
+
 /* The addresses route_table_lost gives, as text, comma-separated. */
 static void lost_text(const char *old_json, const char *now_json, char *out, size_t size)
 {
@@ -357,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_invalid_entries_are_skipped),
         cmocka_unit_test(test_round_robin_skips_tried_backends),
         cmocka_unit_test(test_backends_marked_down_are_passed_over),
+        cmocka_unit_test(test_a_hedge_is_picked_among_instances_up_only),
         cmocka_unit_test(test_lost_backends_are_those_gone_without_a_drain),
         cmocka_unit_test(test_lost_backends_of_a_big_table_each_once_in_order),
         cmocka_unit_test(test_down_marks_carry_over_to_the_next_table),
