@@ -459,6 +459,19 @@ void route_backend_mark_down(struct route_backend *b, int ms)
     __atomic_store_n(&b->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);
 }
 
+bool route_backend_suspect(const struct route_backend *b)
+{
+    return __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) != 0;
+}
+
+void route_backend_connected(struct route_backend *b)
+{
+    int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
+    if (until != 0 && until <= time_mono_ms()) /* lost to a new mark meanwhile: that one stays */
+        __atomic_compare_exchange_n(&b->down_until_ms, &until, 0, false, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED);
+}
+
 static int addr_cmp(const void *a, const void *b)
 {
     const struct route_addr *x = a, *y = b;

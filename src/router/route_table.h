@@ -158,6 +158,14 @@ int route_table_parse_addr(const char *text, struct sockaddr_storage *out, sockl
 /* Marks a backend that refused a connection: other instances take its requests for `ms`. */
 void route_backend_mark_down(struct route_backend *b, int ms);
 
+/* Whether b was marked down and no connection to it has succeeded since (the mark may have
+ * expired): its pooled connections may be dead ones to a vanished host, where a request would
+ * wait for the table to drop it, so a new connection (hedged, bounded by the connect timeout)
+ * is made instead. */
+bool route_backend_suspect(const struct route_backend *b);
+/* A new connection to b succeeded: an expired mark is cleared (a live one stays). */
+void route_backend_connected(struct route_backend *b);
+
 /* A backend address as route_table_parse_addr makes it (comparable with memcmp), and as sent. */
 struct route_addr {
     struct sockaddr_storage addr;

@@ -2574,6 +2574,8 @@ static void on_upstream_connect(uv_connect_t *req, int status)
         hedge_won(x);
     else
         exchange_drop_hedge(x); /* the first connect made it after all */
+    if (x->backend)
+        route_backend_connected(x->backend);
     upstream_start(u, x);
 }
 
@@ -2678,7 +2680,7 @@ static void connect_backend(struct exchange *x)
         h2c_stream_begin(x, pool);
         return;
     }
-    while (pool->idle && !x->fresh_connection) {
+    while (pool->idle && !x->fresh_connection && !route_backend_suspect(b)) {
         struct upstream *u = pool->idle;
         pool_remove(u);
         u->reused = true;
@@ -2713,7 +2715,7 @@ static void hedge_start(struct exchange *x)
     x->tried[x->attempts++] = b;
     ROUTER_METRIC_ADD(w->m.upstream_hedges, 1);
     struct pool *pool = pool_for(w, b, false);
-    if (pool->idle && !x->fresh_connection) {
+    if (pool->idle && !x->fresh_connection && !route_backend_suspect(b)) {
         struct upstream *u = pool->idle;
         pool_remove(u);
         u->reused = true;

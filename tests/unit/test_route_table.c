@@ -186,6 +186,16 @@ static void test_a_hedge_is_picked_among_instances_up_only(void **state)
     route_backend_mark_down(&r->backends[2], 60000);
     assert_null(route_pick_backend_up(r, &cursor, &tried, 1));
     assert_non_null(route_pick_backend(r, &cursor, &tried, 1));
+    /* a backend marked down is suspect until a connection to it succeeds after its mark */
+    assert_false(route_backend_suspect(&r->backends[0]));
+    assert_true(route_backend_suspect(&r->backends[1]));
+    route_backend_connected(&r->backends[1]); /* its mark is live: it stays */
+    assert_true(route_backend_suspect(&r->backends[1]));
+    route_backend_mark_down(&r->backends[1], -1); /* expired */
+    assert_ptr_equal(route_pick_backend_up(r, &cursor, &tried, 1), &r->backends[1]);
+    assert_true(route_backend_suspect(&r->backends[1]));
+    route_backend_connected(&r->backends[1]);
+    assert_false(route_backend_suspect(&r->backends[1]));
     route_table_unref(t);
 }
 
