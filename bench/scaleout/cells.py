@@ -325,6 +325,9 @@ def lose_cell(world, name, how, files):
     failed = [x for x in after if x[2] is None]
     last_failed = max((x[1] for x in failed), default=t0) - t0
     slowest = max((x[1] - x[0] for x in after), default=0)
+    # what waited: a connect to a lost instance, or an answer on a connection to one
+    slow = [x for x in after if x[1] - x[0] > 1.0]
+    slow_sent_after = [x for x in slow if x[0] >= t0]
     what = "its link down" if how == "link" else "kill -9 of its agent, shims and instances"
     print("cell X lost (%s, which took %.2f s), %d of %d instances on it:" % (
         what, done - t0, LOSS_N, 3 * LOSS_N))
@@ -336,6 +339,9 @@ def lose_cell(world, name, how, files):
           " the last failure ending at %.1f s,"
           " the slowest %.1f s" % (len(before), sum(1 for x in before if x[2] is None),
                                    len(after), len(failed), req.reasons(), last_failed, slowest))
+    print("  %d of them took over 1 s, %d of those sent after the loss began (the slowest of"
+          " those %.1f s)" % (len(slow), len(slow_sent_after),
+                              max((x[1] - x[0] for x in slow_sent_after), default=0)))
     print("  ratio to the 30 s target: %.2fx (%s)" % (
         serving_at / TARGET_S, "met" if serving_at <= TARGET_S else "MISSED"))
     return serving_at

@@ -25,6 +25,7 @@ static void usage(FILE *f)
         "                    [--max-header-bytes N] [--max-headers N] [--max-url-bytes N]\n"
         "                    [--header-timeout-ms N] [--idle-timeout-ms N]\n"
         "                    [--upstream-timeout-ms N] [--connect-timeout-ms N]\n"
+        "                    [--connect-hedge-ms N]\n"
         "                    [--max-connections N] [--upstream-idle-max N]\n"
         "                    [--upstream-idle-timeout-ms N] [--hold-timeout-ms N] [--hold-max N]\n"
         "Environment: SKIFF_HOME, SKIFF_ROUTER_ADDR, SKIFF_ROUTER_ADMIN_ADDR,\n"
@@ -72,6 +73,7 @@ static const struct numeric_option numeric_options[] = {
     OPT("idle-timeout-ms", "SKIFF_ROUTER_IDLE_TIMEOUT_MS", 0, idle_timeout_ms),
     OPT("upstream-timeout-ms", "SKIFF_ROUTER_UPSTREAM_TIMEOUT_MS", 0, upstream_timeout_ms),
     OPT("connect-timeout-ms", "SKIFF_ROUTER_CONNECT_TIMEOUT_MS", 0, connect_timeout_ms),
+    OPT("connect-hedge-ms", "SKIFF_ROUTER_CONNECT_HEDGE_MS", 0, connect_hedge_ms),
     OPT("max-connections", "SKIFF_ROUTER_MAX_CONNECTIONS", 0, max_connections),
     OPT("hold-timeout-ms", "SKIFF_ROUTER_HOLD_TIMEOUT_MS", 0, hold_timeout_ms),
     OPT("hold-max", "SKIFF_ROUTER_HOLD_MAX", 0, hold_max),

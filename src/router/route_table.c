@@ -444,9 +444,32 @@ struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
     return b ? b : pick(r, skip, skip_count, start, false);
 }
 
+struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
+                                            struct route_backend *const *skip, size_t skip_count)
+{
+    size_t n = r->backend_count;
+    if (n == 0)
+        return NULL;
+    size_t start = r->balance == ROUTE_BALANCE_ROUND_ROBIN ? (*cursor)++ % n : 0;
+    return pick(r, skip, skip_count, start, true);
+}
+
 void route_backend_mark_down(struct route_backend *b, int ms)
 {
     __atomic_store_n(&b->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);
+}
+
+bool route_backend_suspect(const struct route_backend *b)
+{
+    return __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) != 0;
+}
+
+void route_backend_connected(struct route_backend *b)
+{
+    int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
+    if (until != 0 && until <= time_mono_ms()) /* lost to a new mark meanwhile: that one stays */
+        __atomic_compare_exchange_n(&b->down_until_ms, &until, 0, false, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED);
 }
 
 static int addr_cmp(const void *a, const void *b)
@@ -465,22 +488,81 @@ static void addr_set(struct route_addr *a, const struct route_backend *b)
     snprintf(a->text, sizeof(a->text), "%s", b->addr_text);
 }
 
-/* Every backend address of t (and its draining ones, with `draining`), sorted; *n of them. */
-static struct route_addr *table_addrs(const struct route_table *t, bool draining, size_t *n)
+/* A set of backend addresses, open addressing on their bytes: what route_table_lost looks
+ * addresses up in, built in one pass over a table (no copy, no sort). The entries point into
+ * the table, which outlives the set. */
+struct addr_key {
+    const void *addr; /* NULL: an empty slot */
+    socklen_t len;
+};
+
+struct addr_set {
+    struct addr_key *slots;
+    size_t mask;
+};
+
+static uint64_t addr_hash(const void *addr, socklen_t len)
 {
-    size_t count = draining ? t->draining_count : 0;
+    const unsigned char *p = addr;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (socklen_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+/* Adds addr unless it is there; returns whether it was there already. */
+static bool addr_set_add(struct addr_set *s, const void *addr, socklen_t len)
+{
+    for (size_t i = addr_hash(addr, len) & s->mask;; i = (i + 1) & s->mask) {
+        struct addr_key *k = &s->slots[i];
+        if (!k->addr) {
+            k->addr = addr;
+            k->len = len;
+            return false;
+        }
+        if (k->len == len && memcmp(k->addr, addr, len) == 0)
+            return true;
+    }
+}
+
+static bool addr_set_has(const struct addr_set *s, const void *addr, socklen_t len)
+{
+    for (size_t i = addr_hash(addr, len) & s->mask;; i = (i + 1) & s->mask) {
+        const struct addr_key *k = &s->slots[i];
+        if (!k->addr)
+            return false;
+        if (k->len == len && memcmp(k->addr, addr, len) == 0)
+            return true;
+    }
+}
+
+/* A set with room for `count` addresses at most half full. */
+static void addr_set_init(struct addr_set *s, size_t count)
+{
+    size_t cap = 16;
+    while (cap < count * 2)
+        cap *= 2;
+    s->slots = xcalloc(cap, sizeof(*s->slots));
+    s->mask = cap - 1;
+}
+
+static size_t table_backend_count(const struct route_table *t)
+{
+    size_t count = 0;
     for (size_t i = 0; i < t->route_count; i++)
         count += t->routes[i].backend_count;
-    struct route_addr *all = xcalloc(count ? count : 1, sizeof(*all));
-    size_t k = 0;
+    return count;
+}
+
+/* Every backend address of t and its draining ones. */
+static void addr_set_of_table(struct addr_set *s, const struct route_table *t)
+{
+    addr_set_init(s, table_backend_count(t) + t->draining_count);
     for (size_t i = 0; i < t->route_count; i++)
         for (size_t j = 0; j < t->routes[i].backend_count; j++)
-            addr_set(&all[k++], &t->routes[i].backends[j]);
-    for (size_t i = 0; draining && i < t->draining_count; i++)
-        all[k++] = t->draining[i];
-    qsort(all, k, sizeof(*all), addr_cmp);
-    *n = k;
-    return all;
+            addr_set_add(s, &t->routes[i].backends[j].addr, t->routes[i].backends[j].addr_len);
+    for (size_t i = 0; i < t->draining_count; i++)
+        addr_set_add(s, &t->draining[i].addr, t->draining[i].len);
 }
 
 /* Whether t has a route of exactly this host and path, to the same app. */
@@ -498,8 +580,8 @@ size_t route_table_lost(const struct route_table *old, const struct route_table 
                         struct route_addr **out)
 {
     *out = NULL;
-    size_t kept_n;
-    struct route_addr *kept = table_addrs(now, true, &kept_n);
+    struct addr_set kept, seen = {0};
+    addr_set_of_table(&kept, now);
     struct route_addr *lost = NULL;
     size_t n = 0, cap = 0;
     for (size_t i = 0; i < old->route_count; i++) {
@@ -507,27 +589,26 @@ size_t route_table_lost(const struct route_table *old, const struct route_table 
         if (r->backend_count == 0 || !table_has_route(now, r))
             continue;
         for (size_t j = 0; j < r->backend_count; j++) {
-            struct route_addr a;
-            addr_set(&a, &r->backends[j]);
-            if (bsearch(&a, kept, kept_n, sizeof(a), addr_cmp))
+            const struct route_backend *b = &r->backends[j];
+            if (addr_set_has(&kept, &b->addr, b->addr_len))
                 continue;
+            if (!seen.slots) /* room for every address of old: the set never fills */
+                addr_set_init(&seen, table_backend_count(old));
+            if (addr_set_add(&seen, &b->addr, b->addr_len))
+                continue; /* lost from another route already */
             if (n == cap) {
                 cap = cap ? cap * 2 : 4;
                 lost = xrealloc(lost, cap * sizeof(*lost));
             }
-            lost[n++] = a;
+            addr_set(&lost[n++], b);
         }
     }
-    free(kept);
-    if (n == 0)
-        return 0;
-    qsort(lost, n, sizeof(*lost), addr_cmp);
-    size_t u = 1;
-    for (size_t i = 1; i < n; i++)
-        if (addr_cmp(&lost[i], &lost[u - 1]) != 0)
-            lost[u++] = lost[i];
+    free(kept.slots);
+    free(seen.slots);
+    if (n > 1) /* few, usually: the instances of one lost host */
+        qsort(lost, n, sizeof(*lost), addr_cmp);
     *out = lost;
-    return u;
+    return n;
 }
 
 /* An address and the time its backend is passed over until. */

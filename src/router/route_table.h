@@ -146,12 +146,25 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
 struct route_backend *route_pick_backend(struct route *r, unsigned *cursor,
                                          struct route_backend *const *skip, size_t skip_count);
 
+/* As route_pick_backend, but never a backend marked down: NULL when every one left is. What a
+ * second connect (a hedge) is made to, where a down instance is no better than waiting. */
+struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
+                                            struct route_backend *const *skip, size_t skip_count);
+
 /* Parses a backend address ("1.2.3.4:80", "[::1]:80") exactly as backends are parsed, so the
  * result compares equal (memcmp) to a backend's addr. -EINVAL when it is not one. */
 int route_table_parse_addr(const char *text, struct sockaddr_storage *out, socklen_t *len);
 
 /* Marks a backend that refused a connection: other instances take its requests for `ms`. */
 void route_backend_mark_down(struct route_backend *b, int ms);
+
+/* Whether b was marked down and no connection to it has succeeded since (the mark may have
+ * expired): its pooled connections may be dead ones to a vanished host, where a request would
+ * wait for the table to drop it, so a new connection (hedged, bounded by the connect timeout)
+ * is made instead. */
+bool route_backend_suspect(const struct route_backend *b);
+/* A new connection to b succeeded: an expired mark is cleared (a live one stays). */
+void route_backend_connected(struct route_backend *b);
 
 /* A backend address as route_table_parse_addr makes it (comparable with memcmp), and as sent. */
 struct route_addr {

@@ -26,6 +26,7 @@ void router_config_defaults(struct router_config *cfg)
     cfg->idle_timeout_ms = 75 * 1000;
     cfg->upstream_timeout_ms = 60 * 1000;
     cfg->connect_timeout_ms = 5 * 1000;
+    cfg->connect_hedge_ms = 200;
     cfg->hold_timeout_ms = 60 * 1000;
     cfg->hold_max = 1000;
     cfg->max_connections = 50000;

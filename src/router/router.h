@@ -37,6 +37,8 @@ struct router_config {
     int idle_timeout_ms;     /* keep-alive idle, and silence in a tunnel */
     int upstream_timeout_ms; /* silence on both sides while a request is in progress */
     int connect_timeout_ms;  /* TCP connect to a backend */
+    int connect_hedge_ms;    /* a connect not done by then: another instance is tried beside it
+                                (0: never) */
     int hold_timeout_ms;     /* a request for an app starting from zero waits this long */
     int hold_max;            /* requests held per app process at zero (the activator's queue) */
     int max_connections;     /* client connections, all workers together */

@@ -106,6 +106,8 @@ void router_admin_format_metrics(struct buf *out)
         "skiff_router_upstream_connect_failures_total %llu\n"
         "# TYPE skiff_router_upstream_retries_total counter\n"
         "skiff_router_upstream_retries_total %llu\n"
+        "# TYPE skiff_router_upstream_hedges_total counter\n"
+        "skiff_router_upstream_hedges_total %llu\n"
         "# TYPE skiff_router_bad_requests_total counter\nskiff_router_bad_requests_total %llu\n"
         "# TYPE skiff_router_timeouts_total counter\nskiff_router_timeouts_total %llu\n"
         "# TYPE skiff_router_response_bytes_total counter\n"
@@ -118,10 +120,11 @@ void router_admin_format_metrics(struct buf *out)
         (long long)m.connections_open, (unsigned long long)m.connections_total,
         (unsigned long long)m.connections_refused, (unsigned long long)m.upstream_connects,
         (unsigned long long)m.upstream_reused, (unsigned long long)m.upstream_connect_failures,
-        (unsigned long long)m.upstream_retries, (unsigned long long)m.bad_requests,
-        (unsigned long long)m.timeouts, (unsigned long long)m.bytes_to_clients,
-        (unsigned long long)router_bus_access_dropped(), router_bus_connected() ? 1 : 0,
-        route_table_route_count(t), (long long)route_table_version(t));
+        (unsigned long long)m.upstream_retries, (unsigned long long)m.upstream_hedges,
+        (unsigned long long)m.bad_requests, (unsigned long long)m.timeouts,
+        (unsigned long long)m.bytes_to_clients, (unsigned long long)router_bus_access_dropped(),
+        router_bus_connected() ? 1 : 0, route_table_route_count(t),
+        (long long)route_table_version(t));
     route_table_unref(t);
 }
 

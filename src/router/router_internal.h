@@ -28,6 +28,7 @@ struct router_metrics {
     uint64_t upstream_reused;
     uint64_t upstream_connect_failures;
     uint64_t upstream_retries;
+    uint64_t upstream_hedges; /* second connects beside one not done in --connect-hedge-ms */
     uint64_t bad_requests; /* rejected by the parser or the limits */
     uint64_t timeouts;
     uint64_t bytes_to_clients;

@@ -126,7 +126,8 @@ enum deadline_kind {
     D_CLOSING,
     D_HOLD,
     D_HANDSHAKE,
-    D_STREAM_SLOT /* an h2c instance that answers has no stream free for the request yet */
+    D_STREAM_SLOT, /* an h2c instance that answers has no stream free for the request yet */
+    D_HEDGE        /* a connect under way: time to try another instance beside it */
 };
 
 enum pause_reason { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
@@ -273,6 +274,12 @@ struct exchange {
     struct exchange *pool_prev, *pool_next; /* in pool->exchanges while pool is set */
     struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
     int attempts;
+    /* A second connect beside x->u while that one has not completed (a hedge): the first to
+     * complete carries the request, the other is closed. Only ever one of them is sent to. */
+    struct upstream *hedge;
+    struct route_backend *hedge_backend; /* its instance (in tried, not counted in active) */
+    uint64_t connect_due;                /* loop time the connect under way (x->u) times out */
+    uint64_t hedge_due;                  /* and the hedge's */
     struct headers req, resp;
     struct headers req_trailers; /* the response's trailers reuse resp, free after its head */
     uint32_t url_off, url_len;
@@ -375,6 +382,10 @@ static void exchange_finish(struct exchange *x);
 static bool exchange_end(struct exchange *x);
 static void upstream_close(struct upstream *u);
 static void upstream_failed(struct upstream *u, int err, bool connect_phase);
+static void exchange_drop_hedge(struct exchange *x);
+static void hedge_start(struct exchange *x);
+static void hedge_won(struct exchange *x);
+static void hedge_connect_failed(struct exchange *x, struct upstream *u);
 static void upstream_update_reading(struct upstream *u);
 static void route_and_connect(struct client *c);
 static void hold_request(struct client *c);
@@ -1134,6 +1145,7 @@ static void client_close(struct client *c)
     handshake_unlink(c);
     if (x) {
         c->x = NULL;
+        exchange_drop_hedge(x);
         if (x->u) {
             x->u->x = NULL;
             upstream_close(x->u);
@@ -1270,6 +1282,15 @@ static void on_timer(uv_timer_t *t)
         }
         if (x && x->u && x->u->state == U_CONNECTING) {
             upstream_failed(x->u, UV_ETIMEDOUT, true);
+            break;
+        }
+        client_close(c);
+        break;
+    case D_HEDGE:
+        if (x && x->u && x->u->state == U_CONNECTING && !x->u->h2c) {
+            client_set_deadline(c, D_CONNECT,
+                                x->connect_due > now ? (int)(x->connect_due - now) : 0);
+            hedge_start(x);
             break;
         }
         client_close(c);
@@ -2544,51 +2565,68 @@ static void on_upstream_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&u->p.tcp, 1);
-    if (!u->x) { /* the client went away meanwhile */
+    struct exchange *x = u->x;
+    if (!x) { /* the client went away meanwhile */
         upstream_close(u);
         return;
     }
-    upstream_start(u, u->x);
+    if (x->hedge == u)
+        hedge_won(x);
+    else
+        exchange_drop_hedge(x); /* the first connect made it after all */
+    if (x->backend)
+        route_backend_connected(x->backend);
+    upstream_start(u, x);
 }
 
 static void h2c_stream_begin(struct exchange *x, struct pool *pool);
 
-static void connect_backend(struct exchange *x)
+/* The exchange is to be sent to b: counted in its active requests and its pool's in-flight
+ * exchanges (what a drain waits for). Returns that pool. */
+static struct pool *exchange_take_backend(struct exchange *x, struct route_backend *b)
 {
-    struct client *c = x->c;
-    struct worker *w = c->p.w;
-    exchange_release_backend(x);
-    struct route_backend *b = route_pick_backend(x->route, &x->hold->cursors[x->route->index],
-                                                 x->tried, (size_t)x->attempts);
-    if (!b || x->attempts >= ROUTER_MAX_ATTEMPTS) {
-        client_respond_error(c, 502, "backend-unreachable",
-                             "No instance of the app accepted the connection.", true);
-        return;
-    }
-    x->tried[x->attempts++] = b;
     x->backend = b;
     /* counted only where it decides: a shared counter costs every core a cache miss */
     if (x->route->balance == ROUTE_BALANCE_LEAST_CONNECTION)
         __atomic_add_fetch(&b->active, 1, __ATOMIC_RELAXED);
-    struct pool *pool = pool_for(w, b, x->route->protocol == ROUTE_PROTOCOL_HTTP2);
+    struct pool *pool = pool_for(x->c->p.w, b, x->route->protocol == ROUTE_PROTOCOL_HTTP2);
     x->pool = pool;
     pool->in_flight++;
     x->pool_next = pool->exchanges;
     if (pool->exchanges)
         pool->exchanges->pool_prev = x;
     pool->exchanges = x;
-    if (pool->h2c) {
-        h2c_stream_begin(x, pool);
+    return pool;
+}
+
+/* Passes over an instance for ROUTER_BACKEND_DOWN_MS, in the table the exchange routed with
+ * and in this worker's newest one, when a table came since: each worker takes the newest table
+ * at its next request, and a mark made in an older one (by a connect that began before the
+ * table changed) would reach no one. Every worker reads the marks of the table it routes
+ * with; the main thread carries them to each new table (route_table_carry_down). */
+static void exchange_mark_down(struct exchange *x, struct route_backend *b)
+{
+    route_backend_mark_down(b, ROUTER_BACKEND_DOWN_MS);
+    struct worker *w = x->c->p.w;
+    struct table_hold *h = worker_table(w);
+    if (h == x->hold)
         return;
+    const char *url = x->req.raw.data + x->url_off;
+    struct route *r =
+        route_table_lookup(h->table, x->req.raw.data + x->host_off, x->host_len, url, x->url_len);
+    for (size_t i = 0; r && i < r->backend_count; i++) {
+        struct route_backend *o = &r->backends[i];
+        if (o->addr_len == b->addr_len && memcmp(&o->addr, &b->addr, b->addr_len) == 0)
+            route_backend_mark_down(o, ROUTER_BACKEND_DOWN_MS);
     }
-    while (pool->idle && !x->fresh_connection) {
-        struct upstream *u = pool->idle;
-        pool_remove(u);
-        u->reused = true;
-        ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
-        upstream_start(u, x);
-        return;
-    }
+}
+
+/* A new connection to b for x, connecting. NULL when no socket could be made or the address
+ * refused at once (b is then marked down). */
+static struct upstream *upstream_connect(struct exchange *x, struct pool *pool,
+                                         struct route_backend *b)
+{
+    struct worker *w = x->c->p.w;
     struct upstream *u = xcalloc(1, sizeof(*u));
     u->p.w = w;
     u->p.kind = PEER_UPSTREAM;
@@ -2598,25 +2636,167 @@ static void connect_backend(struct exchange *x)
     u->p.tcp.data = u;
     u->connect_req.data = u;
     u->x = x;
-    x->u = u;
     ROUTER_METRIC_ADD(w->m.upstream_connects, 1);
-    client_set_deadline(c, D_CONNECT, w->cfg->connect_timeout_ms);
     int r = uv_tcp_connect(&u->connect_req, &u->p.tcp, (struct sockaddr *)&b->addr,
                            on_upstream_connect);
-    if (r < 0) { /* no socket, or the address refused at once: the next instance (3 at most) */
+    if (r < 0) {
         u->p.closing = true;
         uv_close((uv_handle_t *)&u->p.tcp, on_upstream_closed);
-        x->u = NULL;
         ROUTER_METRIC_ADD(w->m.upstream_connect_failures, 1);
-        route_backend_mark_down(b, ROUTER_BACKEND_DOWN_MS);
-        connect_backend(x);
+        exchange_mark_down(x, b);
+        return NULL;
     }
+    return u;
+}
+
+/* Whether a connect to x's instance may get a hedge: enabled, shorter than the connect
+ * timeout, an attempt left (a hedge counts as one), HTTP/1.1 (an h2c connection is shared by
+ * many exchanges and has its own wait). Whether another instance is up is asked when it is
+ * due. */
+static bool hedge_possible(const struct exchange *x)
+{
+    const struct router_config *cfg = x->c->p.w->cfg;
+    return cfg->connect_hedge_ms > 0 && cfg->connect_hedge_ms < cfg->connect_timeout_ms &&
+           x->attempts < ROUTER_MAX_ATTEMPTS && x->route->protocol == ROUTE_PROTOCOL_HTTP1 &&
+           x->route->backend_count > 1;
+}
+
+static void connect_backend(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->p.w;
+    exchange_drop_hedge(x);
+    exchange_release_backend(x);
+    struct route_backend *b = route_pick_backend(x->route, &x->hold->cursors[x->route->index],
+                                                 x->tried, (size_t)x->attempts);
+    if (!b || x->attempts >= ROUTER_MAX_ATTEMPTS) {
+        client_respond_error(c, 502, "backend-unreachable",
+                             "No instance of the app accepted the connection.", true);
+        return;
+    }
+    x->tried[x->attempts++] = b;
+    struct pool *pool = exchange_take_backend(x, b);
+    if (pool->h2c) {
+        h2c_stream_begin(x, pool);
+        return;
+    }
+    while (pool->idle && !x->fresh_connection && !route_backend_suspect(b)) {
+        struct upstream *u = pool->idle;
+        pool_remove(u);
+        u->reused = true;
+        ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
+        upstream_start(u, x);
+        return;
+    }
+    struct upstream *u = upstream_connect(x, pool, b);
+    if (!u) { /* no socket, or the address refused at once: the next instance (3 at most) */
+        connect_backend(x);
+        return;
+    }
+    x->u = u;
+    x->connect_due = uv_now(&w->loop) + (uint64_t)w->cfg->connect_timeout_ms;
+    if (hedge_possible(x))
+        client_set_deadline(c, D_HEDGE, w->cfg->connect_hedge_ms);
+    else
+        client_set_deadline(c, D_CONNECT, w->cfg->connect_timeout_ms);
+}
+
+/* The connect under way has not completed within --connect-hedge-ms: another instance that
+ * is not marked down gets a connect too (or gives a pooled connection at once). Nothing has
+ * been sent on either; the first to complete carries the request (hedge_won, or
+ * on_upstream_connect dropping the hedge). */
+static void hedge_start(struct exchange *x)
+{
+    struct worker *w = x->c->p.w;
+    struct route_backend *b = route_pick_backend_up(x->route, &x->hold->cursors[x->route->index],
+                                                    x->tried, (size_t)x->attempts);
+    if (!b)
+        return; /* every other instance is tried or down: the connect under way goes on */
+    x->tried[x->attempts++] = b;
+    ROUTER_METRIC_ADD(w->m.upstream_hedges, 1);
+    struct pool *pool = pool_for(w, b, false);
+    if (pool->idle && !x->fresh_connection && !route_backend_suspect(b)) {
+        struct upstream *u = pool->idle;
+        pool_remove(u);
+        u->reused = true;
+        ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
+        x->hedge = u;
+        x->hedge_backend = b;
+        hedge_won(x);
+        upstream_start(u, x);
+        return;
+    }
+    struct upstream *u = upstream_connect(x, pool, b);
+    if (!u)
+        return;
+    x->hedge = u;
+    x->hedge_backend = b;
+    x->hedge_due = uv_now(&w->loop) + (uint64_t)w->cfg->connect_timeout_ms;
+}
+
+/* The hedge completed first: the first connect is closed and its instance passed over for a
+ * while (it did not connect in --connect-hedge-ms while another did: lost or overloaded);
+ * the exchange goes to the hedge's instance. The caller starts the request on x->hedge's
+ * connection (taken from here). */
+static void hedge_won(struct exchange *x)
+{
+    struct upstream *first = x->u;
+    struct route_backend *slow = x->backend;
+    if (first) {
+        first->x = NULL;
+        upstream_close(first);
+    }
+    if (slow)
+        exchange_mark_down(x, slow);
+    exchange_release_backend(x);
+    exchange_take_backend(x, x->hedge_backend);
+    x->u = NULL;
+    x->hedge = NULL;
+    x->hedge_backend = NULL;
+}
+
+/* Closes the hedge, if any, unsent to. */
+static void exchange_drop_hedge(struct exchange *x)
+{
+    if (!x->hedge)
+        return;
+    x->hedge->x = NULL;
+    upstream_close(x->hedge);
+    x->hedge = NULL;
+    x->hedge_backend = NULL;
+}
+
+/* One of two connects under way failed (refused, or the first timed out): its instance is
+ * marked down and the other connect goes on alone, with its own connect timeout. */
+static void hedge_connect_failed(struct exchange *x, struct upstream *u)
+{
+    struct worker *w = x->c->p.w;
+    u->x = NULL;
+    upstream_close(u);
+    ROUTER_METRIC_ADD(w->m.upstream_retries, 1);
+    if (u == x->hedge) {
+        exchange_mark_down(x, x->hedge_backend);
+        x->hedge = NULL;
+        x->hedge_backend = NULL;
+    } else { /* the first one failed: the hedge becomes the exchange's connect */
+        x->u = NULL;
+        struct upstream *hedge = x->hedge;
+        hedge_won(x);
+        x->u = hedge;
+        x->connect_due = x->hedge_due;
+    }
+    uint64_t now = uv_now(&w->loop);
+    client_set_deadline(x->c, D_CONNECT, x->connect_due > now ? (int)(x->connect_due - now) : 0);
 }
 
 /* A backend connection failed (connect, read, write, or closed early). */
 static void upstream_failed(struct upstream *u, int err, bool connect_phase)
 {
     struct exchange *x = u->x;
+    if (x && connect_phase && x->hedge) {
+        hedge_connect_failed(x, u);
+        return;
+    }
     bool was_reused = u->reused;
     bool got_bytes = u->got_bytes;
     bool h2c_stream = u->h2c;
@@ -2634,7 +2814,7 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
     if (connect_phase) {
         /* other instances take this one's requests for a while: it may be starting or gone */
         if (x->backend)
-            route_backend_mark_down(x->backend, ROUTER_BACKEND_DOWN_MS);
+            exchange_mark_down(x, x->backend);
         ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
         connect_backend(x);
         return;
@@ -2686,6 +2866,7 @@ static bool exchange_end(struct exchange *x)
     struct client *c = x->c;
     struct worker *w = c->p.w;
     struct upstream *u = x->u;
+    exchange_drop_hedge(x);
     if (u) {
         u->x = NULL;
         x->u = NULL;
@@ -3521,6 +3702,7 @@ static void exchange_backend_lost(struct exchange *x)
     struct worker *w = c->p.w;
     struct upstream *u = x->u;
     bool sent = u && u->state != U_CONNECTING;
+    exchange_drop_hedge(x);
     exchange_release_backend(x);
     if (u) {
         u->x = NULL;

@@ -292,6 +292,25 @@ void scheduler_route_release(struct scheduler *s, const char *instance_guid)
         si->route_holds--;
 }
 
+/* The instance left the route table on purpose (GONE came first) and still runs: routers let
+ * its requests in flight finish (the table lists it as "draining") instead of taking it for
+ * lost. drain_id is what holds and releases name: a draining instance's, or a fresh one that
+ * names no draining instance, for one that stays live (its readiness check failed), where
+ * holds and releases change nothing. */
+static void sched__draining_event(struct scheduler *s, struct sched_inst *si, uint64_t drain_id)
+{
+    struct platform_event ev = {.type = PLATFORM_INSTANCE_DRAINING,
+                                .app_guid = si->app_guid,
+                                .app_name = sched__app_name(s, si->app_guid),
+                                .process_type = si->type,
+                                .index = si->index,
+                                .instance_guid = si->guid,
+                                .addr = si->addr,
+                                .exit_status = -1,
+                                .drain_id = drain_id};
+    sched__emit(s, &ev);
+}
+
 /* Detaches and stops an instance on purpose: one that was taking work drains first
  * (scheduler.h), others stop at once. */
 static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
@@ -322,17 +341,7 @@ static void sched__stop_inst(struct scheduler *s, struct sched_inst *si)
     si->drain_id = ++s->next_drain_id;
     si->drain_holds = 0;
     si->drain_until_mono = time_mono_ms() + s->drain_timeout_ms;
-    const char *addr = si->addr;
-    struct platform_event ev = {.type = PLATFORM_INSTANCE_DRAINING,
-                                 .app_guid = si->app_guid,
-                                 .app_name = sched__app_name(s, si->app_guid),
-                                 .process_type = si->type,
-                                 .index = si->index,
-                                 .instance_guid = si->guid,
-                                 .addr = addr,
-                                 .exit_status = -1,
-                                 .drain_id = si->drain_id};
-    sched__emit(s, &ev);
+    sched__draining_event(s, si, si->drain_id);
     if (si->phase != SCHED_INST_DRAINING)
         return; /* every hold was released during the event */
     if (si->drain_holds == 0) {
@@ -638,6 +647,8 @@ static void sched__on_readiness(void *ctx, struct cellc_inst *inst, bool ready)
                      "requests until the check passes again; it is not restarted",
                      si->index, si->type);
         sched__ready_event(s, si, false);
+        /* its process runs on: the requests in flight to it finish, as for a drain */
+        sched__draining_event(s, si, ++s->next_drain_id);
     }
 }
 

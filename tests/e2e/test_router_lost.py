@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 
 from conftest import wait_for
 from test_router import Backend, Client, RawBackend, requests_on, route
@@ -267,3 +268,97 @@ def test_a_request_is_sent_again_only_to_its_own_app(router_factory, bus, backen
         get.close()
     finally:
         hang.close()
+
+
+# An instance for the readiness case below: /readyz answers 200 or 503 as GET /unready and
+# /ready (sent to the instance itself) set it; a POST is read whole, then answered only once
+# GET /release came (30 s at most), with the bytes it got; GET /posts counts the POSTs read.
+HELD_APP = b"""
+import os, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+state = {"ready": True, "posts": 0}
+release = threading.Event()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, code, text):
+        body = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/unready":
+            state["ready"] = False
+        elif self.path == "/release":
+            release.set()
+        if self.path == "/readyz":
+            return self.answer(200 if state["ready"] else 503, "ready")
+        if self.path == "/posts":
+            return self.answer(200, "%d" % state["posts"])
+        self.answer(200, "instance %s\\n" % os.environ.get("CF_INSTANCE_INDEX"))
+
+    def do_POST(self):
+        n = len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        state["posts"] += 1
+        release.wait(30)
+        self.answer(200, "got %d\\n" % n)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_an_instance_failing_readiness_finishes_its_requests_in_flight(platform):
+    """An instance whose readiness check fails leaves the table as a drained one does: its
+    process still runs, so a POST in flight to it (which the router cannot send again) gets
+    its answer, not a 502 `backend-lost`."""
+    from conftest import deploy_bits, instance_url
+
+    p = platform
+    deploy_bits(p, "held", [("Procfile", b"web: python3 app.py\n"), ("app.py", HELD_APP)],
+                {"instances": 1, "readiness_health_check_type": "http",
+                 "readiness_health_check_http_endpoint": "/readyz",
+                 "readiness_health_check_interval": 1})
+    def routed():
+        c = Client(p.router_port, timeout=30)
+        ok = c.request(host="held.localhost").status == 200
+        c.close()
+        return ok
+
+    p.wait_for(routed, 60, "the instance routed")
+    status, app = p.api("GET", "/v1/apps/held")
+    inst = app["instances_detail"][0]
+
+    def on_instance(path):
+        with urllib.request.urlopen(instance_url(inst, path), timeout=10) as r:
+            assert r.status == 200
+            return r.read().decode()
+
+    post = Client(p.router_port, timeout=60)
+    send_request(post, "POST", "/work", "held.localhost", b"z" * 3000)
+    p.wait_for(lambda: on_instance("/posts") == "1", 10, "the POST to reach the instance")
+    on_instance("/unready")
+    p.wait_for(lambda: p.api("GET", "/v1/apps/held")[1]["instances_detail"][0]["ready"] is False,
+               30, "the instance not ready")
+
+    def out_of_table():
+        c2 = Client(p.router_port, timeout=30)
+        resp = c2.request(host="held.localhost")
+        c2.close()
+        return resp.status == 503
+
+    p.wait_for(out_of_table, 30, "the instance out of the route table")
+    on_instance("/release")
+    resp = post.response()
+    assert resp.status == 200, (resp.status, resp.headers, resp.body)
+    assert resp.body == b"got 3000\n"
+    post.close()

@@ -168,6 +168,37 @@ static void test_backends_marked_down_are_passed_over(void **state)
     route_table_unref(t);
 }
 
+/* A hedge goes only to an instance not tried and not marked down: none when only down ones
+ * are left (route_pick_backend would try those anyway). */
+static void test_a_hedge_is_picked_among_instances_up_only(void **state)
+{
+    (void)state;
+    unsigned cursor = 0;
+    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
+                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
+    struct route_table *t = parse(json);
+    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_backend *tried = &r->backends[0];
+    route_backend_mark_down(&r->backends[1], 60000);
+    for (int i = 0; i < 6; i++)
+        assert_ptr_equal(route_pick_backend_up(r, &cursor, &tried, 1), &r->backends[2]);
+    route_backend_mark_down(&r->backends[2], 60000);
+    assert_null(route_pick_backend_up(r, &cursor, &tried, 1));
+    assert_non_null(route_pick_backend(r, &cursor, &tried, 1));
+    /* a backend marked down is suspect until a connection to it succeeds after its mark */
+    assert_false(route_backend_suspect(&r->backends[0]));
+    assert_true(route_backend_suspect(&r->backends[1]));
+    route_backend_connected(&r->backends[1]); /* its mark is live: it stays */
+    assert_true(route_backend_suspect(&r->backends[1]));
+    route_backend_mark_down(&r->backends[1], -1); /* expired */
+    assert_ptr_equal(route_pick_backend_up(r, &cursor, &tried, 1), &r->backends[1]);
+    assert_true(route_backend_suspect(&r->backends[1]));
+    route_backend_connected(&r->backends[1]);
+    assert_false(route_backend_suspect(&r->backends[1]));
+    route_table_unref(t);
+}
+
 /* The addresses route_table_lost gives, as text, comma-separated. */
 static void lost_text(const char *old_json, const char *now_json, char *out, size_t size)
 {
@@ -225,6 +256,53 @@ static void test_lost_backends_are_those_gone_without_a_drain(void **state)
               "{\"addr\":\"10.0.0.6:1\"}]}]}",
               got, sizeof got);
     assert_string_equal(got, "");
+}
+
+/* A routes message of `routes` routes of 10 backends each; route r of `now` (lose set) has lost
+ * its backend 9 when r is even, and every route also lists backend 0 of route 0 (one address
+ * in every route, kept). */
+static char *many_routes(int routes, bool lose)
+{
+    size_t cap = (size_t)routes * 400 + 64, len = 0;
+    char *s = malloc(cap);
+    len += (size_t)snprintf(s, cap, "{\"routes\":[");
+    for (int r = 0; r < routes; r++) {
+        len += (size_t)snprintf(s + len, cap - len,
+                                "%s{\"host\":\"h%d.localhost\",\"backends\":[{\"addr\":"
+                                "\"10.9.0.0:1\"}",
+                                r ? "," : "", r);
+        for (int b = 1; b < (lose && r % 2 == 0 ? 9 : 10); b++)
+            len += (size_t)snprintf(s + len, cap - len, ",{\"addr\":\"10.%d.%d.%d:2\"}", r >> 8,
+                                    r & 255, b);
+        len += (size_t)snprintf(s + len, cap - len, "]}");
+    }
+    snprintf(s + len, cap - len, "]}");
+    return s;
+}
+
+static void test_lost_backends_of_a_big_table_each_once_in_order(void **state)
+{
+    (void)state;
+    int routes = 1000; /* 10,000 backends */
+    char *old_json = many_routes(routes, false), *now_json = many_routes(routes, true);
+    struct route_table *old = parse(old_json), *now = parse(now_json);
+    struct route_addr *lost = NULL;
+    size_t n = route_table_lost(old, now, &lost);
+    assert_int_equal(n, (size_t)routes / 2);
+    for (size_t i = 0; i < n; i++) {
+        char want[64];
+        int r = (int)i * 2; /* sorted by address: route 0's first, then 2, 4... */
+        snprintf(want, sizeof want, "10.%d.%d.9:2", r >> 8, r & 255);
+        assert_string_equal(lost[i].text, want);
+    }
+    free(lost);
+    /* nothing is lost the other way round, where every address of now was in old */
+    assert_int_equal(route_table_lost(now, old, &lost), 0);
+    assert_null(lost);
+    route_table_unref(old);
+    route_table_unref(now);
+    free(old_json);
+    free(now_json);
 }
 
 static void test_down_marks_carry_over_to_the_next_table(void **state)
@@ -310,7 +388,9 @@ int main(void)
         cmocka_unit_test(test_invalid_entries_are_skipped),
         cmocka_unit_test(test_round_robin_skips_tried_backends),
         cmocka_unit_test(test_backends_marked_down_are_passed_over),
+        cmocka_unit_test(test_a_hedge_is_picked_among_instances_up_only),
         cmocka_unit_test(test_lost_backends_are_those_gone_without_a_drain),
+        cmocka_unit_test(test_lost_backends_of_a_big_table_each_once_in_order),
         cmocka_unit_test(test_down_marks_carry_over_to_the_next_table),
         cmocka_unit_test(test_each_cursor_goes_round_on_its_own),
         cmocka_unit_test(test_least_connection_prefers_idle),
