@@ -497,34 +497,14 @@ static int tls_records_end(struct tls_records *r)
     return r->rc < 0 ? -1 : 0;
 }
 
-/* Records made until peer_tls_direct_end go straight from OpenSSL's buffer to the socket
- * while the socket takes them and nothing waits before them (tls_conn_set_direct), instead of
- * being copied into the connection's output first and written from there. */
-static void peer_tls_direct_begin(struct peer *p)
-{
-    uv_os_fd_t fd;
-    const char *unused;
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&p->tcp) == 0 &&
-        tls_conn_output(p->tls, &unused) == 0 && uv_fileno((uv_handle_t *)&p->tcp, &fd) == 0)
-        tls_conn_set_direct(p->tls, fd);
-}
-
-static void peer_tls_direct_end(struct peer *p)
-{
-    tls_conn_set_direct(p->tls, -1);
-}
-
 /* The pieces queued for a TLS client become records. */
 static int peer_tls_write(struct peer *p, const uv_buf_t *bufs, unsigned nbufs)
 {
     struct tls_records r = {p->tls, &p->w->tls_out, 0};
     r.gather->len = 0;
-    peer_tls_direct_begin(p);
     for (unsigned i = 0; i < nbufs; i++)
         tls_records_put(&r, bufs[i].base, bufs[i].len);
-    int rc = tls_records_end(&r);
-    peer_tls_direct_end(p);
-    return rc;
+    return tls_records_end(&r);
 }
 
 /* Writes what is queued: as much as the socket takes now without copying, the rest copied
@@ -1727,11 +1707,9 @@ static size_t h2_conn_output(struct client *c, size_t max)
     struct tls_records r = {c->p.tls, &c->p.w->h2_gather, 0};
     r.gather->len = 0;
     struct router_h2_sink sink = {h2_tls_sink_write, &r};
-    peer_tls_direct_begin(&c->p);
     size_t n = router_h2_session_output_to(c->h2, &sink, max);
     if (tls_records_end(&r) < 0 && !c->p.write_error)
         c->p.write_error = UV_EPROTO;
-    peer_tls_direct_end(&c->p);
     ROUTER_METRIC_ADD(c->p.w->m.bytes_to_clients, n);
     return n;
 }

@@ -121,12 +121,6 @@ int tls_conn_write(struct tls_conn *c, const char *data, size_t len);
 /* Queues close_notify. */
 void tls_conn_close_notify(struct tls_conn *c);
 
-/* Records made from now on are sent to the socket fd (non-blocking, from OpenSSL's buffer:
- * no copy) as long as nothing waits in the output; once the socket takes less than a record,
- * or fails, this stops and they wait in the output as without it. fd -1 stops it. Only for a
- * caller with nothing of its own queued on fd, which sends the output after these bytes. */
-void tls_conn_set_direct(struct tls_conn *c, int fd);
-
 /* Ciphertext waiting for the socket: *data and the returned length stay valid until the
  * next call on the connection; tls_conn_output_consumed(n) drops the first n bytes. */
 size_t tls_conn_output(struct tls_conn *c, const char **data);

@@ -1,11 +1,9 @@
 /* A TLS connection over in-memory BIOs: the caller owns the socket. See tls.h. */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "common/util.h"
 #include "tls/tls_internal.h"
@@ -22,7 +20,6 @@ struct tls_bytes {
 struct tls_conn {
     SSL *ssl;
     struct tls_bytes in, out; /* ciphertext fed and not yet read; records not yet sent */
-    int direct_fd;            /* records go straight to it while out is empty (-1: never) */
     bool established;
 };
 
@@ -66,27 +63,12 @@ static int bio_create(BIO *b)
     return 1;
 }
 
-/* A record is sent from OpenSSL's buffer when nothing waits before it (tls_conn_set_direct);
- * what the socket does not take, and every record after it, is kept in out. A failed send
- * keeps the record too: the caller's own write meets the error and acts on it. */
 static int bio_write(BIO *b, const char *data, int len)
 {
     struct tls_conn *c = BIO_get_data(b);
     if (len <= 0)
         return 0;
-    size_t sent = 0;
-    if (c->direct_fd >= 0 && c->out.len == c->out.off) {
-        ssize_t n;
-        do
-            n = send(c->direct_fd, data, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        while (n < 0 && errno == EINTR);
-        if (n > 0)
-            sent = (size_t)n;
-        else
-            c->direct_fd = -1; /* full (EAGAIN) or failed: the rest goes through out */
-    }
-    if (sent < (size_t)len)
-        bytes_append(&c->out, data + sent, (size_t)len - sent);
+    bytes_append(&c->out, data, (size_t)len);
     return len;
 }
 
@@ -149,7 +131,6 @@ struct tls_conn *tls_conn_new(struct tls_store *s)
     }
     struct tls_conn *c = xcalloc(1, sizeof *c);
     c->ssl = ssl;
-    c->direct_fd = -1;
     BIO_set_data(bio, c);
     SSL_set_bio(ssl, bio, bio);
     SSL_set_accept_state(ssl);
@@ -226,11 +207,6 @@ void tls_conn_close_notify(struct tls_conn *c)
         SSL_shutdown(c->ssl);
         ERR_clear_error();
     }
-}
-
-void tls_conn_set_direct(struct tls_conn *c, int fd)
-{
-    c->direct_fd = fd;
 }
 
 size_t tls_conn_output(struct tls_conn *c, const char **data)

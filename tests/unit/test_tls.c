@@ -13,9 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/util.h"
 #include "tls/tls.h"
@@ -424,73 +422,6 @@ static void test_handshake_versions_alpn_and_data(void **state)
     tls_store_free(s);
 }
 
-/* Records sent straight to a socket while it takes them, then kept in the output in order
- * once it is full: the client decrypts the socket's bytes, then the output's, to the very
- * plaintext written. A closed socket keeps every record in the output. */
-static void test_records_go_to_the_socket_then_wait_in_the_output(void **state)
-{
-    struct tls_store *s;
-    char err[256] = "";
-    struct tls_store_options opts = {0};
-    assert_int_equal(tls_store_new(&opts, &s, err, sizeof err), 0);
-    assert_int_equal(tls_store_set_issuer(s, ca_dir, "localhost", err, sizeof err), 0);
-    assert_int_equal(tls_store_load_dir(s, ca_dir, err, sizeof err), 0);
-    struct client cl;
-    struct tls_conn *sc = tls_conn_new(s);
-    client_open(&cl, 0, "web.localhost", NULL);
-    assert_int_equal(pump(&cl, sc), 1);
-    assert_int_equal(SSL_do_handshake(cl.ssl), 1);
-
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    int small = 4096;
-    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-    static char plain[1 << 20];
-    for (size_t i = 0; i < sizeof plain; i++)
-        plain[i] = (char)(i * 7 + i / 4096);
-    tls_conn_set_direct(sc, sv[0]);
-    assert_int_equal(tls_conn_write(sc, plain, sizeof plain), 0);
-    tls_conn_set_direct(sc, -1);
-    /* the socket took some records, far from all of them */
-    static char wire[2 << 20];
-    size_t got = 0;
-    ssize_t r;
-    while ((r = recv(sv[1], wire + got, sizeof wire - got, MSG_DONTWAIT)) > 0)
-        got += (size_t)r;
-    const char *q;
-    size_t m = tls_conn_output(sc, &q);
-    assert_true(got > 0);
-    assert_true(m > sizeof plain / 2);
-    memcpy(wire + got, q, m);
-    tls_conn_output_consumed(sc, m);
-    BIO_write(cl.in, wire, (int)(got + m));
-    static char back[1 << 20];
-    size_t have = 0;
-    int k;
-    while (have < sizeof back && (k = SSL_read(cl.ssl, back + have, (int)(sizeof back - have))) > 0)
-        have += (size_t)k;
-    assert_int_equal(have, sizeof plain);
-    assert_memory_equal(back, plain, sizeof plain);
-
-    /* a socket that fails takes nothing: every record waits in the output */
-    close(sv[1]);
-    tls_conn_set_direct(sc, sv[0]);
-    assert_int_equal(tls_conn_write(sc, plain, 100000), 0);
-    tls_conn_set_direct(sc, -1);
-    m = tls_conn_output(sc, &q);
-    BIO_write(cl.in, q, (int)m);
-    tls_conn_output_consumed(sc, m);
-    have = 0;
-    while (have < 100000 && (k = SSL_read(cl.ssl, back + have, (int)(100000 - have))) > 0)
-        have += (size_t)k;
-    assert_int_equal(have, 100000);
-    assert_memory_equal(back, plain, 100000);
-    close(sv[0]);
-    tls_conn_free(sc);
-    client_close(&cl);
-    tls_store_free(s);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -502,7 +433,6 @@ int main(void)
         cmocka_unit_test(test_pair_split_and_info_from_memory),
         cmocka_unit_test(test_local_ca_files_and_modes),
         cmocka_unit_test(test_handshake_versions_alpn_and_data),
-        cmocka_unit_test(test_records_go_to_the_socket_then_wait_in_the_output),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
