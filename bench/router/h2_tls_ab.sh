@@ -7,7 +7,8 @@
 #   ROUTER_A=/tmp/old/rel/skiff-router ROUTER_B=build/rel/skiff-router \
 #     [WORKERS=0] [NGINX_WORKERS=1] [REPEAT=3] [SECONDS_PER_RUN=3] [CASES="small 32,64k 32"] \
 #     [ORDER="nginx a b"] bash bench/router/h2_tls_ab.sh
-# WORKERS is the routers' --workers (0: one per core, as skiffd starts it).
+# WORKERS is the routers' --workers (0: one per core, as skiffd starts it); WORKERS_A and
+# WORKERS_B set one router's alone (the same binary twice compares worker counts).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${SECONDS_PER_RUN:-3}; threads=${H2LOAD_THREADS:-2}; streams=${H2_STREAMS:-8}; host=bench.localhost
@@ -31,16 +32,16 @@ nginx_port=$(free_port)
 nginx_conf nginx ${NGINX_WORKERS:-1} "$(tls_proxy_conf "$nginx_port" "127.0.0.1:$backend_port" "$work/cert.pem" "$work/key.pem")"
 nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
 nginx_pid=$!
-start() { # name bin
+start() { # name bin workers
   local h="$work/$1"; mkdir -p "$h/run" "$h/tls"; cat "$work/cert.pem" "$work/key.pem" >"$h/tls/default.pem"; chmod 600 "$h/tls/default.pem"
   printf '{"type":"routes","version":1,"routes":[{"host":"%s","path":"","app_guid":"","app_name":"bench","backends":[{"addr":"127.0.0.1:%s","index":0}]}]}\n' "$host" "$backend_port" >"$h/run/routes.json"
   local port=$(free_port)
-  "$2" --home "$h" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "$workers" 2>"$h/router.err" &
+  "$2" --home "$h" --addr "127.0.0.1:$(free_port)" --tls-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers "${3:-$workers}" 2>"$h/router.err" &
   echo "$port $!"
 }
 [ -x "${ROUTER_A:-}" ] && [ -x "${ROUTER_B:-}" ] || { echo "ROUTER_A and ROUTER_B: two skiff-router binaries" >&2; exit 1; }
-read -r a_port a_pid < <(start a "$ROUTER_A"); pids+=("$a_pid")
-read -r b_port b_pid < <(start b "$ROUTER_B"); pids+=("$b_pid")
+read -r a_port a_pid < <(start a "$ROUTER_A" "${WORKERS_A:-}"); pids+=("$a_pid")
+read -r b_port b_pid < <(start b "$ROUTER_B" "${WORKERS_B:-}"); pids+=("$b_pid")
 for p in $backend_port $nginx_port $a_port $b_port; do wait_port "$p"; done
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 IFS=, read -ra cases <<<"${CASES:-small 32,64k 32}"
