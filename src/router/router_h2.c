@@ -762,6 +762,12 @@ struct router_h2_session *router_h2_session_new(const struct router_h2_limits *l
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits->stream_window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)limits->max_header_bytes},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        /* RFC 9218 scheduling: a stream without a `priority` field (urgency 3, not incremental)
+         * is sent whole before the next one of its urgency, in the order they became ready,
+         * instead of RFC 7540's weighted round robin of 16 KB frames, under which eight 64 KB
+         * responses on a connection all ended when the last did. A stream waits only on what
+         * it has queued (at most the high water), so a long one does not hold the others. */
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
     /* the connection's window holds every stream's: one stalled stream starves no other */

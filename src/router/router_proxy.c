@@ -345,7 +345,10 @@ struct worker {
     bool stopping;
     uint64_t id_prefix, id_counter;
     struct router_metrics m;
-    struct client *h2_dirty;           /* HTTP/2 connections with output to send */
+    /* HTTP/2 connections with output to send, in the order they came to have it: the one whose
+     * response came first in a turn is written first (pushed in front, it was written last,
+     * after every other connection's frames had been encrypted) */
+    struct client *h2_dirty, *h2_dirty_last;
     struct buf h2c_resp;               /* HTTP/1.1 bytes made from an h2c backend's frames */
     struct router_h2_limits h2_limits; /* from cfg */
     struct router_header *view; /* scratch for one head's headers */
@@ -997,6 +1000,8 @@ static void on_access_flush(uv_check_t *h)
     while (w->h2_dirty) { /* HTTP/2 output made during this turn */
         struct client *c = w->h2_dirty;
         w->h2_dirty = c->h2_dirty_next;
+        if (!w->h2_dirty)
+            w->h2_dirty_last = NULL;
         c->h2_dirty = false;
         h2_conn_flush(c);
     }
@@ -1168,9 +1173,12 @@ static void client_close(struct client *c)
     if (c->h2) {
         router_h2_session_free(c->h2); /* closes its streams' clients */
         c->h2 = NULL;
-        for (struct client **pp = &w->h2_dirty; *pp; pp = &(*pp)->h2_dirty_next)
+        struct client *before = NULL;
+        for (struct client **pp = &w->h2_dirty; *pp; before = *pp, pp = &(*pp)->h2_dirty_next)
             if (*pp == c) {
                 *pp = c->h2_dirty_next;
+                if (w->h2_dirty_last == c)
+                    w->h2_dirty_last = before;
                 break;
             }
     }
@@ -1760,8 +1768,12 @@ static void h2_want_output(void *ctx)
     if (conn->h2_dirty || conn->p.closing)
         return;
     conn->h2_dirty = true;
-    conn->h2_dirty_next = w->h2_dirty;
-    w->h2_dirty = conn;
+    conn->h2_dirty_next = NULL;
+    if (w->h2_dirty_last)
+        w->h2_dirty_last->h2_dirty_next = conn;
+    else
+        w->h2_dirty = conn;
+    w->h2_dirty_last = conn;
 }
 
 /* A stream's request head is complete: it becomes a client of its own, without a socket. */

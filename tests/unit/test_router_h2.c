@@ -117,6 +117,8 @@ static void request_block(struct buf *b, const char *method, const char *path)
 
 static struct router_h2_session *session_with(const struct buf *frames)
 {
+    for (size_t i = 0; i < sizeof(owners) / sizeof(owners[0]); i++)
+        buf_free(&owners[i].req); /* what an earlier test left */
     memset(owners, 0, sizeof(owners));
     owner_count = 0;
     struct router_h2_limits l;
@@ -249,6 +251,87 @@ static void test_a_data_frame_reaches_the_sink_as_one_piece_of_frame_max(void **
     buf_free(&frames);
 }
 
+/* The stream ids of the DATA frames in what a session wrote, in order, and their bytes. */
+static size_t data_frame_streams(const struct buf *out, int *ids, size_t max, size_t *bytes)
+{
+    size_t n = 0, at = 0;
+    while (at + 9 <= out->len) {
+        const uint8_t *f = (const uint8_t *)out->data + at;
+        size_t len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+        if (f[3] == 0 && len > 0 && n < max) {
+            ids[n++] = (int)((f[5] & 0x7f) << 24 | f[6] << 16 | f[7] << 8 | f[8]);
+            *bytes += len;
+        }
+        at += 9 + len;
+    }
+    assert_int_equal(at, out->len);
+    return n;
+}
+
+/* RFC 9218 scheduling: a response is sent whole before the next (not 16 KB of each in turn,
+ * which ends every response of a connection when its last one ends), and a stream waiting
+ * for its body holds no other. */
+static void test_responses_go_one_after_another_and_a_waiting_one_holds_none(void **state)
+{
+    (void)state;
+    struct buf block = {0}, frames = {0};
+    request_block(&block, "GET", "/a");
+    frame(&frames, 1, 5, 1, block.data, block.len);
+    block.len = 0;
+    request_block(&block, "GET", "/b");
+    frame(&frames, 1, 5, 3, block.data, block.len);
+    block.len = 0;
+    request_block(&block, "GET", "/c");
+    frame(&frames, 1, 5, 5, block.data, block.len);
+    struct router_h2_session *s = session_with(&frames);
+    assert_int_equal(owner_count, 3);
+    static char body[20000]; /* three fit the client's initial 65535-byte window */
+    memset(body, 'x', sizeof(body));
+    struct buf head = {0};
+    buf_printf(&head, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", sizeof(body));
+    for (int i = 0; i < 2; i++) { /* /a and /b whole, /a first */
+        assert_int_equal(router_h2_stream_response(owners[i].st, head.data, head.len), 0);
+        assert_int_equal(router_h2_stream_response(owners[i].st, body, sizeof(body)), 0);
+    }
+    /* /c has its head and a part of its body, the rest still to come */
+    assert_int_equal(router_h2_stream_response(owners[2].st, head.data, head.len), 0);
+    assert_int_equal(router_h2_stream_response(owners[2].st, body, 1000), 0);
+    struct buf out = {0};
+    router_h2_session_output(s, &out, 1 << 20);
+    int ids[32];
+    size_t bytes = 0, n = data_frame_streams(&out, ids, 32, &bytes);
+    assert_int_equal(bytes, 2 * sizeof(body) + 1000);
+    assert_true(owners[0].closed && owners[1].closed && !owners[2].closed);
+    /* /a's frames, then /b's, never mixed; /c's first part wherever it came */
+    size_t i = 0;
+    while (i < n && ids[i] != 1)
+        assert_int_equal(ids[i++], 5);
+    while (i < n && ids[i] == 1)
+        i++;
+    while (i < n && ids[i] == 5)
+        i++;
+    while (i < n && ids[i] == 3)
+        i++;
+    while (i < n && ids[i] == 5)
+        i++;
+    assert_int_equal(i, n);
+    /* the rest of /c follows once it comes */
+    out.len = 0;
+    assert_int_equal(router_h2_stream_response(owners[2].st, body, sizeof(body) - 1000), 0);
+    router_h2_session_output(s, &out, 1 << 20);
+    bytes = 0;
+    n = data_frame_streams(&out, ids, 32, &bytes);
+    assert_int_equal(bytes, sizeof(body) - 1000);
+    assert_true(owners[2].closed);
+    router_h2_session_free(s);
+    for (int k = 0; k < 3; k++)
+        buf_free(&owners[k].req);
+    buf_free(&out);
+    buf_free(&head);
+    buf_free(&block);
+    buf_free(&frames);
+}
+
 /* ---- h2c to an instance (router_h2c.c) ---- */
 
 /* The instance's SETTINGS frame, with SETTINGS_MAX_CONCURRENT_STREAMS when max >= 0. */
@@ -361,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_a_stream_becomes_an_http11_request),
         cmocka_unit_test(test_a_crlf_in_a_value_never_reaches_an_owner),
         cmocka_unit_test(test_a_data_frame_reaches_the_sink_as_one_piece_of_frame_max),
+        cmocka_unit_test(test_responses_go_one_after_another_and_a_waiting_one_holds_none),
         cmocka_unit_test(test_h2c_turns_a_request_into_a_stream_and_a_stream_into_http11),
         cmocka_unit_test(test_h2c_streams_share_a_connection_and_fail_alone),
     };
