@@ -19,6 +19,10 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,9 +208,13 @@ int64_t store_pg_feed_retry_ms[2] = {100, 30000};
  * reopened (connecting, then its LISTEN sent and awaited), never blocking. */
 enum pg_feed_state { PG_FEED_ON, PG_FEED_WAIT, PG_FEED_CONNECTING, PG_FEED_LISTENING };
 
+struct pg_writer;
+
 struct store_backend {
     PGconn *conn;
     int pid; /* conn's server process: the feed's notifications from it are this store's own */
+    struct pg_writer *writer; /* documents and audit events are written by its thread */
+    int writer_pid;           /* its connection's server process: its notifications too */
     int version;
     uint64_t writes; /* this process's writes that changed something */
     /* The change feed: a connection of its own that LISTENs, non-blocking, read whenever
@@ -528,7 +536,7 @@ static void pg__feed_read(struct store_backend *b)
     }
     PGnotify *n;
     while ((n = PQnotifies(b->feed))) {
-        if (n->be_pid != b->pid) {
+        if (n->be_pid != b->pid && n->be_pid != b->writer_pid) {
             b->heard++;
             if (str_has_prefix(n->extra, "app:")) {
                 pg__stale_app(b, n->extra + strlen("app:"));
@@ -546,6 +554,8 @@ static void pg__feed_read(struct store_backend *b)
     }
 }
 
+static uint64_t pg__writer_writes(struct store_backend *b);
+
 /* The rows this process changed, and every change another writer made (the feed). With the
  * feed lost, a new number on every call: a caller's view can never be known current. */
 static uint64_t pg__change_count(struct store_backend *b)
@@ -553,7 +563,7 @@ static uint64_t pg__change_count(struct store_backend *b)
     pg__feed_read(b);
     if (b->feed_state != PG_FEED_ON)
         b->lost++;
-    return b->writes + b->heard + b->lost;
+    return b->writes + pg__writer_writes(b) + b->heard + b->lost;
 }
 
 /* Documents are not cached here: this only tells their owners to read them again. */
@@ -685,10 +695,14 @@ fail:
     return -EIO;
 }
 
+static void pg__writer_close(struct store_backend *b);
+static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize);
+
 static void pg__close(struct store_backend *b)
 {
     if (!b)
         return;
+    pg__writer_close(b);
     store_app_list_free(b->apps, b->n_apps);
     free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
@@ -723,6 +737,8 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
     int rc = pg__migrate(b, err, errsize);
     if (rc == 0)
         rc = pg__feed_open(b, url, err, errsize);
+    if (rc == 0)
+        rc = pg__writer_open(b, url, err, errsize);
     if (rc < 0) {
         pg__close(b);
         return rc;
@@ -1620,7 +1636,7 @@ static int pg__blob_refs(struct store_backend *b, char ***digests)
 
 /* ---- audit events ------------------------------------------------------------------------- */
 
-static int pg__audit_add(struct store_backend *b, const struct store_audit_event *ev)
+static int pg__audit_add_now(struct store_backend *b, const struct store_audit_event *ev)
 {
     struct pg_num at;
     const char *v[] = {pg__num(&at, ev->at), ev->type,       ev->actor,
@@ -1757,7 +1773,8 @@ static int pg__task_delete(struct store_backend *b, const char *guid)
 
 /* ---- documents --------------------------------------------------------------------------- */
 
-static int pg__doc_put(struct store_backend *b, const char *kind, const char *id, const char *json)
+static int pg__doc_put_now(struct store_backend *b, const char *kind, const char *id,
+                           const char *json)
 {
     struct pg_num at;
     const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
@@ -1768,8 +1785,8 @@ static int pg__doc_put(struct store_backend *b, const char *kind, const char *id
 }
 
 /* ON CONFLICT DO NOTHING: the unique key (kind, id) decides between writers at once. */
-static int pg__doc_create(struct store_backend *b, const char *kind, const char *id,
-                          const char *json)
+static int pg__doc_create_now(struct store_backend *b, const char *kind, const char *id,
+                              const char *json)
 {
     struct pg_num at;
     const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
@@ -1780,7 +1797,7 @@ static int pg__doc_create(struct store_backend *b, const char *kind, const char 
     return rc == -ENOENT ? -EEXIST : rc;
 }
 
-static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
+static int pg__doc_get_query(struct store_backend *b, const char *kind, const char *id, char **json)
 {
     const char *v[] = {kind, id};
     PGresult *res = NULL;
@@ -1792,14 +1809,14 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
     return 0;
 }
 
-static int pg__doc_delete(struct store_backend *b, const char *kind, const char *id)
+static int pg__doc_delete_now(struct store_backend *b, const char *kind, const char *id)
 {
     const char *v[] = {kind, id};
     return pg__write(b, "DELETE FROM documents WHERE kind = $1 AND id = $2", 2, v, true);
 }
 
-static int pg__doc_update(struct store_backend *b, const char *kind, const char *id,
-                          const char *json)
+static int pg__doc_update_now(struct store_backend *b, const char *kind, const char *id,
+                              const char *json)
 {
     struct pg_num at;
     const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
@@ -1810,8 +1827,8 @@ static int pg__doc_update(struct store_backend *b, const char *kind, const char 
 }
 
 /* The rows are all read before fn is called, so fn may call the store. */
-static int pg__doc_each(struct store_backend *b, const char *kind,
-                        int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+static int pg__doc_each_query(struct store_backend *b, const char *kind,
+                              int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
     const char *v[] = {kind};
     PGresult *res = NULL;
@@ -1823,6 +1840,490 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
             break;
     PQclear(res);
     return 0;
+}
+
+/* ---- the writer: documents and audit events off the caller's thread ---------------------- */
+
+/* One thread with a connection of its own applies the queued writes in order (the head of
+ * the queue is the one it works on) and moves each finished one to the done list, which the
+ * owner's thread empties (pg__async_reap, told by the eventfd). Synchronous document writes
+ * wait in the same queue for their turn. */
+struct pg_writer {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;      /* the thread: a write queued, or stop */
+    pthread_cond_t moved;     /* waiters: a write finished, or the thread left */
+    struct store_backend *wb; /* the thread's own: its connection and its count of writes */
+    struct store_write *head, *tail;
+    struct store_write *done_head, *done_tail;
+    size_t queued;
+    uint64_t writes;
+    int efd;
+    bool stop, exited, given_up;
+    struct pg_writer *next_given_up;
+};
+
+/* Writers whose thread was still waiting for the server when the store was closed: kept (the
+ * thread may still finish its write and then touches only this) until the process exits. */
+static struct pg_writer *pg_given_up;
+static pthread_mutex_t pg_given_up_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int pg__apply(struct store_backend *wb, struct store_write *w)
+{
+    switch (w->op) {
+    case STORE_WRITE_DOC_PUT:
+        return pg__doc_put_now(wb, w->kind, w->id, w->json);
+    case STORE_WRITE_DOC_DELETE:
+        return pg__doc_delete_now(wb, w->kind, w->id);
+    case STORE_WRITE_DOC_CREATE:
+        return pg__doc_create_now(wb, w->kind, w->id, w->json);
+    case STORE_WRITE_DOC_UPDATE:
+        return pg__doc_update_now(wb, w->kind, w->id, w->json);
+    case STORE_WRITE_AUDIT:
+        return pg__audit_add_now(wb, &w->ev);
+    }
+    return -EINVAL;
+}
+
+/* A write that failed with the connection lost is made once more on a new one (the server
+ * restarted); -EEXIST and -ENOENT are answers, not failures. */
+static int pg__apply_retrying(struct store_backend *wb, struct store_write *w)
+{
+    int rc = pg__apply(wb, w);
+    if (rc == -EIO && PQstatus(wb->conn) == CONNECTION_BAD) {
+        PQreset(wb->conn);
+        if (PQstatus(wb->conn) == CONNECTION_OK)
+            rc = pg__apply(wb, w);
+    }
+    return rc;
+}
+
+static void pg__writer_signal(struct pg_writer *pw)
+{
+    uint64_t one = 1;
+    if (write(pw->efd, &one, sizeof one) < 0) {
+        /* the counter is full: it is readable already */
+    }
+}
+
+static void *pg__writer_main(void *arg)
+{
+    struct pg_writer *pw = arg;
+    pthread_mutex_lock(&pw->mu);
+    for (;;) {
+        while (!pw->head && !pw->stop)
+            pthread_cond_wait(&pw->wake, &pw->mu);
+        if (!pw->head || pw->given_up)
+            break;
+        struct store_write *w = pw->head;
+        pthread_mutex_unlock(&pw->mu);
+        int rc = pg__apply_retrying(pw->wb, w);
+        pthread_mutex_lock(&pw->mu);
+        if (pw->given_up)
+            break; /* w was reported lost; the store is gone */
+        pw->head = w->next;
+        if (!pw->head)
+            pw->tail = NULL;
+        pw->queued--;
+        pw->writes = pw->wb->writes;
+        w->rc = rc;
+        w->finished = true;
+        w->next = NULL;
+        if (!w->sync) {
+            if (pw->done_tail)
+                pw->done_tail->next = w;
+            else
+                pw->done_head = w;
+            pw->done_tail = w;
+            pg__writer_signal(pw);
+        }
+        pthread_cond_broadcast(&pw->moved);
+    }
+    pw->exited = true;
+    pthread_cond_broadcast(&pw->moved);
+    pthread_mutex_unlock(&pw->mu);
+    return NULL;
+}
+
+static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize)
+{
+    struct store_backend *wb = xcalloc(1, sizeof *wb);
+    wb->conn = PQconnectdb(url);
+    PGresult *res = NULL;
+    if (wb->conn && PQstatus(wb->conn) == CONNECTION_OK) {
+        PQsetNoticeProcessor(wb->conn, NULL, NULL);
+        res = PQexec(wb->conn, "SET client_min_messages = warning");
+    }
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    int efd = ok ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
+    if (!ok || efd < 0) {
+        char *masked = store_location_masked(url);
+        snprintf(err, errsize, "cannot open the store's writer connection to %s: %s", masked,
+                 wb->conn ? PQerrorMessage(wb->conn) : "out of memory");
+        free(masked);
+        PQfinish(wb->conn);
+        free(wb);
+        return -EIO;
+    }
+    struct pg_writer *pw = xcalloc(1, sizeof *pw);
+    pw->wb = wb;
+    pw->efd = efd;
+    pthread_mutex_init(&pw->mu, NULL);
+    pthread_cond_init(&pw->wake, NULL);
+    pthread_cond_init(&pw->moved, NULL);
+    if (pthread_create(&pw->thread, NULL, pg__writer_main, pw) != 0) {
+        snprintf(err, errsize, "cannot start the store's writer thread");
+        close(efd);
+        PQfinish(wb->conn);
+        free(wb);
+        free(pw);
+        return -EAGAIN;
+    }
+    b->writer = pw;
+    b->writer_pid = PQbackendPID(wb->conn);
+    return 0;
+}
+
+static int pg__submit(struct store_backend *b, struct store_write *w)
+{
+    struct pg_writer *pw = b->writer;
+    pthread_mutex_lock(&pw->mu);
+    if (pw->stop) {
+        pthread_mutex_unlock(&pw->mu);
+        char what[256];
+        store_write_name(w, what, sizeof what);
+        log_error("store: %s not written: the store's writer has stopped", what);
+        store_write_free(w);
+        return -ECANCELED;
+    }
+    w->next = NULL;
+    if (pw->tail)
+        pw->tail->next = w;
+    else
+        pw->head = w;
+    pw->tail = w;
+    pw->queued++;
+    pthread_cond_signal(&pw->wake);
+    pthread_mutex_unlock(&pw->mu);
+    return 0;
+}
+
+/* A synchronous document write: queued behind the others, awaited. */
+static int pg__sync(struct store_backend *b, struct store_write *w)
+{
+    w->sync = true;
+    int rc = pg__submit(b, w);
+    if (rc < 0)
+        return rc;
+    struct pg_writer *pw = b->writer;
+    pthread_mutex_lock(&pw->mu);
+    while (!w->finished && !pw->exited)
+        pthread_cond_wait(&pw->moved, &pw->mu);
+    rc = w->finished ? w->rc : -ECANCELED;
+    pthread_mutex_unlock(&pw->mu);
+    if (w->finished)
+        store_write_free(w);
+    return rc;
+}
+
+static int pg__async_fd(struct store_backend *b)
+{
+    return b->writer ? b->writer->efd : -1;
+}
+
+static size_t pg__async_reap(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return 0;
+    pthread_mutex_lock(&pw->mu);
+    uint64_t n;
+    if (read(pw->efd, &n, sizeof n) < 0) {
+        /* nothing signalled: the list may still hold writes a drain left */
+    }
+    struct store_write *w = pw->done_head;
+    pw->done_head = pw->done_tail = NULL;
+    pthread_mutex_unlock(&pw->mu);
+    size_t calls = 0;
+    while (w) {
+        struct store_write *next = w->next;
+        if (w->done)
+            w->done(w->ctx, w->rc);
+        store_write_free(w);
+        w = next;
+        calls++;
+    }
+    return calls;
+}
+
+static size_t pg__async_queued(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return 0;
+    pthread_mutex_lock(&pw->mu);
+    size_t n = pw->queued;
+    pthread_mutex_unlock(&pw->mu);
+    return n;
+}
+
+static uint64_t pg__writer_writes(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return 0;
+    pthread_mutex_lock(&pw->mu);
+    uint64_t n = pw->writes;
+    pthread_mutex_unlock(&pw->mu);
+    return n;
+}
+
+/* Waits (at most store_drain_ms) for the queue to empty; true when it did. */
+static bool pg__writer_wait_empty(struct pg_writer *pw)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + (store_drain_ms % 1000) * 1000000;
+    until.tv_sec += store_drain_ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    while (pw->head && !pw->exited)
+        if (pthread_cond_timedwait(&pw->moved, &pw->mu, &until) == ETIMEDOUT)
+            break;
+    return !pw->head;
+}
+
+/* Gives up the writes still queued: each is logged; those not begun are failed with
+ * -ECANCELED (done on the done list), the one under way stays with the thread. */
+static void pg__writer_give_up(struct pg_writer *pw)
+{
+    pw->given_up = true;
+    struct store_write *w = pw->head;
+    for (bool first = true; w; first = false) {
+        struct store_write *next = w->next;
+        char what[256];
+        store_write_name(w, what, sizeof what);
+        log_error("store: lost a queued write: %s (the server did not finish it within %lld "
+                  "ms of stopping)",
+                  what, (long long)store_drain_ms);
+        if (!first) { /* never begun: answered */
+            w->rc = -ECANCELED;
+            w->finished = true;
+            w->next = NULL;
+            if (w->sync) {
+                /* no one waits for it any more: pg__sync returns when the thread left */
+            } else {
+                if (pw->done_tail)
+                    pw->done_tail->next = w;
+                else
+                    pw->done_head = w;
+                pw->done_tail = w;
+            }
+        }
+        w = next;
+    }
+    if (pw->head)
+        pw->head->next = NULL;
+    pw->tail = pw->head;
+    pthread_cond_broadcast(&pw->moved);
+}
+
+static void pg__async_drain(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return;
+    pthread_mutex_lock(&pw->mu);
+    bool empty = pw->stop || pg__writer_wait_empty(pw);
+    pw->stop = true;
+    pthread_cond_signal(&pw->wake);
+    if (!empty)
+        pg__writer_give_up(pw);
+    pthread_mutex_unlock(&pw->mu);
+    pg__async_reap(b);
+}
+
+static void pg__writer_close(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return;
+    pg__async_drain(b);
+    b->writer = NULL;
+    pthread_mutex_lock(&pw->mu);
+    bool given_up = pw->given_up;
+    pthread_mutex_unlock(&pw->mu);
+    if (given_up) { /* its thread may still be waiting for the server: it keeps pw */
+        pthread_detach(pw->thread);
+        pthread_mutex_lock(&pg_given_up_mu);
+        pw->next_given_up = pg_given_up;
+        pg_given_up = pw;
+        pthread_mutex_unlock(&pg_given_up_mu);
+        return;
+    }
+    pthread_join(pw->thread, NULL);
+    PQfinish(pw->wb->conn);
+    free(pw->wb);
+    close(pw->efd);
+    pthread_mutex_destroy(&pw->mu);
+    pthread_cond_destroy(&pw->wake);
+    pthread_cond_destroy(&pw->moved);
+    free(pw);
+}
+
+static int pg__doc_put(struct store_backend *b, const char *kind, const char *id, const char *json)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_PUT, kind, id, json, NULL, NULL));
+}
+
+static int pg__doc_create(struct store_backend *b, const char *kind, const char *id,
+                          const char *json)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_CREATE, kind, id, json, NULL, NULL));
+}
+
+static int pg__doc_delete(struct store_backend *b, const char *kind, const char *id)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_DELETE, kind, id, NULL, NULL, NULL));
+}
+
+static int pg__doc_update(struct store_backend *b, const char *kind, const char *id,
+                          const char *json)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_UPDATE, kind, id, json, NULL, NULL));
+}
+
+static int pg__audit_add(struct store_backend *b, const struct store_audit_event *ev)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_AUDIT, NULL, NULL, NULL, NULL, NULL);
+    w->ev = *ev; /* borrowed: taken back before the free */
+    w->sync = true;
+    int rc = pg__submit(b, w);
+    if (rc < 0)
+        return rc;
+    struct pg_writer *pw = b->writer;
+    pthread_mutex_lock(&pw->mu);
+    while (!w->finished && !pw->exited)
+        pthread_cond_wait(&pw->moved, &pw->mu);
+    bool finished = w->finished;
+    rc = finished ? w->rc : -ECANCELED;
+    pthread_mutex_unlock(&pw->mu);
+    if (finished) {
+        memset(&w->ev, 0, sizeof w->ev);
+        store_write_free(w);
+    }
+    return rc;
+}
+
+/* Queued document writes as a reader must see them: the newest put or delete of each id of
+ * kind (id NULL: every id), oldest first; copies, the caller's to free. */
+struct pg_pending {
+    char *id;
+    char *json; /* NULL: deleted */
+};
+
+static size_t pg__pending(struct store_backend *b, const char *kind, const char *id,
+                          struct pg_pending **out)
+{
+    struct pg_writer *pw = b->writer;
+    struct pg_pending *v = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&pw->mu);
+    for (struct store_write *w = pw->head; w; w = w->next) {
+        if ((w->op != STORE_WRITE_DOC_PUT && w->op != STORE_WRITE_DOC_DELETE) ||
+            strcmp(w->kind, kind) || (id && strcmp(w->id, id)))
+            continue;
+        size_t i = 0;
+        while (i < n && strcmp(v[i].id, w->id))
+            i++;
+        if (i == n) {
+            v = xrealloc(v, (n + 1) * sizeof *v);
+            v[n].id = xstrdup(w->id);
+            v[n++].json = NULL;
+        }
+        free(v[i].json);
+        v[i].json = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+    }
+    pthread_mutex_unlock(&pw->mu);
+    *out = v;
+    return n;
+}
+
+static void pg__pending_free(struct pg_pending *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].id);
+        free(v[i].json);
+    }
+    free(v);
+}
+
+/* The queue is read before the server: a write that finishes in between is then seen both
+ * ways, the same. */
+static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
+{
+    struct pg_pending *p = NULL;
+    size_t n = pg__pending(b, kind, id, &p);
+    if (n) {
+        int rc = p[0].json ? 0 : -ENOENT;
+        *json = p[0].json;
+        p[0].json = NULL;
+        pg__pending_free(p, n);
+        return rc;
+    }
+    return pg__doc_get_query(b, kind, id, json);
+}
+
+struct pg_doc_rows {
+    struct pg_pending *v;
+    size_t n;
+};
+
+static int pg__doc_row(void *ctx, const char *id, const char *json)
+{
+    struct pg_doc_rows *r = ctx;
+    r->v = xrealloc(r->v, (r->n + 1) * sizeof *r->v);
+    r->v[r->n].id = xstrdup(id);
+    r->v[r->n++].json = xstrdup(json);
+    return 0;
+}
+
+static int pg__pending_cmp(const void *x, const void *y)
+{
+    return strcmp(((const struct pg_pending *)x)->id, ((const struct pg_pending *)y)->id);
+}
+
+static int pg__doc_each(struct store_backend *b, const char *kind,
+                        int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+{
+    struct pg_pending *p = NULL;
+    size_t np = pg__pending(b, kind, NULL, &p);
+    if (!np) {
+        return pg__doc_each_query(b, kind, fn, ctx);
+    }
+    struct pg_doc_rows r = {0};
+    int rc = pg__doc_each_query(b, kind, pg__doc_row, &r);
+    for (size_t i = 0; rc == 0 && i < np; i++) {
+        size_t k = 0;
+        while (k < r.n && strcmp(r.v[k].id, p[i].id))
+            k++;
+        if (k == r.n) {
+            r.v = xrealloc(r.v, (r.n + 1) * sizeof *r.v);
+            r.v[r.n].id = xstrdup(p[i].id);
+            r.v[r.n++].json = NULL;
+        }
+        free(r.v[k].json);
+        r.v[k].json = p[i].json ? xstrdup(p[i].json) : NULL;
+    }
+    if (rc == 0) {
+        qsort(r.v, r.n, sizeof *r.v, pg__pending_cmp); /* byte order, as COLLATE "C" */
+        for (size_t i = 0; i < r.n; i++)
+            if (r.v[i].json && fn(ctx, r.v[i].id, r.v[i].json))
+                break;
+    }
+    pg__pending_free(r.v, r.n);
+    pg__pending_free(p, np);
+    return rc;
 }
 
 const struct store_ops store_pg_ops = {
@@ -1870,4 +2371,9 @@ const struct store_ops store_pg_ops = {
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
     .doc_update = pg__doc_update,
+    .submit = pg__submit,
+    .async_fd = pg__async_fd,
+    .async_reap = pg__async_reap,
+    .async_queued = pg__async_queued,
+    .async_drain = pg__async_drain,
 };
