@@ -210,6 +210,10 @@ enum pg_feed_state { PG_FEED_ON, PG_FEED_WAIT, PG_FEED_CONNECTING, PG_FEED_LISTE
 
 struct pg_writer;
 
+struct pg_doc {
+    char *kind, *id, *json;
+};
+
 struct store_backend {
     PGconn *conn;
     int pid; /* conn's server process: the feed's notifications from it are this store's own */
@@ -254,6 +258,13 @@ struct store_backend {
     struct store_route *routes;
     size_t n_routes;
     uint64_t routes_gen, routes_at;
+    /* The documents read (json NULL: known absent), and the kinds read whole (doc_each), kept
+     * while docs_gen stays at docs_at; this store's own writes change them when queued. */
+    struct pg_doc *docs;
+    size_t n_docs;
+    char **full_kinds;
+    size_t n_full_kinds;
+    uint64_t docs_at;
 };
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
@@ -698,11 +709,14 @@ fail:
 static void pg__writer_close(struct store_backend *b);
 static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize);
 
+static void pg__doc_cache_clear(struct store_backend *b);
+
 static void pg__close(struct store_backend *b)
 {
     if (!b)
         return;
     pg__writer_close(b);
+    pg__doc_cache_clear(b);
     store_app_list_free(b->apps, b->n_apps);
     free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
@@ -1985,6 +1999,112 @@ static int pg__writer_open(struct store_backend *b, const char *url, char *err, 
     return 0;
 }
 
+/* ---- the document cache -------------------------------------------------------------- */
+
+static void pg__doc_cache_clear(struct store_backend *b)
+{
+    for (size_t i = 0; i < b->n_docs; i++) {
+        free(b->docs[i].kind);
+        free(b->docs[i].id);
+        free(b->docs[i].json);
+    }
+    free(b->docs);
+    b->docs = NULL;
+    b->n_docs = 0;
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        free(b->full_kinds[i]);
+    free(b->full_kinds);
+    b->full_kinds = NULL;
+    b->n_full_kinds = 0;
+}
+
+/* Whether the cache may answer: the feed is on and told of no other writer's document
+ * since it was filled (else it is emptied, to be filled again). */
+static bool pg__doc_cache_on(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON) {
+        pg__doc_cache_clear(b);
+        return false;
+    }
+    if (b->docs_at != b->docs_gen) {
+        pg__doc_cache_clear(b);
+        b->docs_at = b->docs_gen;
+    }
+    return true;
+}
+
+static struct pg_doc *pg__doc_cached(struct store_backend *b, const char *kind, const char *id)
+{
+    for (size_t i = 0; i < b->n_docs; i++)
+        if (!strcmp(b->docs[i].id, id) && !strcmp(b->docs[i].kind, kind))
+            return &b->docs[i];
+    return NULL;
+}
+
+static bool pg__doc_kind_full(struct store_backend *b, const char *kind)
+{
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        if (!strcmp(b->full_kinds[i], kind))
+            return true;
+    return false;
+}
+
+/* json NULL: known absent */
+static void pg__doc_cache_set(struct store_backend *b, const char *kind, const char *id,
+                              const char *json)
+{
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    if (!d) {
+        b->docs = xrealloc(b->docs, (b->n_docs + 1) * sizeof *b->docs);
+        d = &b->docs[b->n_docs++];
+        d->kind = xstrdup(kind);
+        d->id = xstrdup(id);
+        d->json = NULL;
+    }
+    free(d->json);
+    d->json = json ? xstrdup(json) : NULL;
+}
+
+/* Its state is not known (a conditional write, a failure): read from the server next. */
+static void pg__doc_cache_forget(struct store_backend *b, const char *kind, const char *id)
+{
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    if (d) {
+        free(d->kind);
+        free(d->id);
+        free(d->json);
+        *d = b->docs[--b->n_docs];
+    }
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        if (!strcmp(b->full_kinds[i], kind)) {
+            free(b->full_kinds[i]);
+            b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
+            break;
+        }
+}
+
+/* A write as it is queued: the cache holds what it will make (put, delete) or forgets. */
+static void pg__doc_cache_queued(struct store_backend *b, const struct store_write *w)
+{
+    if (w->op == STORE_WRITE_DOC_PUT)
+        pg__doc_cache_set(b, w->kind, w->id, w->json);
+    else if (w->op == STORE_WRITE_DOC_DELETE)
+        pg__doc_cache_set(b, w->kind, w->id, NULL);
+    else if (w->op != STORE_WRITE_AUDIT)
+        pg__doc_cache_forget(b, w->kind, w->id);
+}
+
+/* A write as it finished: one that failed leaves the row as it was, unknown here. */
+static void pg__doc_cache_finished(struct store_backend *b, const struct store_write *w)
+{
+    if (w->op == STORE_WRITE_AUDIT)
+        return;
+    if (w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
+        (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)))
+        pg__doc_cache_forget(b, w->kind, w->id);
+}
+
 static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
@@ -2006,6 +2126,7 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     pw->queued++;
     pthread_cond_signal(&pw->wake);
     pthread_mutex_unlock(&pw->mu);
+    pg__doc_cache_queued(b, w);
     return 0;
 }
 
@@ -2020,10 +2141,13 @@ static int pg__sync(struct store_backend *b, struct store_write *w)
     pthread_mutex_lock(&pw->mu);
     while (!w->finished && !pw->exited)
         pthread_cond_wait(&pw->moved, &pw->mu);
-    rc = w->finished ? w->rc : -ECANCELED;
+    bool finished = w->finished;
+    rc = finished ? w->rc : -ECANCELED;
     pthread_mutex_unlock(&pw->mu);
-    if (w->finished)
+    if (finished) {
+        pg__doc_cache_finished(b, w);
         store_write_free(w);
+    }
     return rc;
 }
 
@@ -2048,6 +2172,7 @@ static size_t pg__async_reap(struct store_backend *b)
     size_t calls = 0;
     while (w) {
         struct store_write *next = w->next;
+        pg__doc_cache_finished(b, w);
         if (w->done)
             w->done(w->ctx, w->rc);
         store_write_free(w);
@@ -2271,7 +2396,17 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
         pg__pending_free(p, n);
         return rc;
     }
-    return pg__doc_get_query(b, kind, id, json);
+    if (!pg__doc_cache_on(b))
+        return pg__doc_get_query(b, kind, id, json);
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    if (d || pg__doc_kind_full(b, kind)) {
+        *json = d && d->json ? xstrdup(d->json) : NULL;
+        return *json ? 0 : -ENOENT;
+    }
+    int rc = pg__doc_get_query(b, kind, id, json);
+    if (rc == 0 || rc == -ENOENT)
+        pg__doc_cache_set(b, kind, id, rc == 0 ? *json : NULL);
+    return rc;
 }
 
 struct pg_doc_rows {
@@ -2293,16 +2428,43 @@ static int pg__pending_cmp(const void *x, const void *y)
     return strcmp(((const struct pg_pending *)x)->id, ((const struct pg_pending *)y)->id);
 }
 
+/* The documents of kind: from the cache when it holds the kind whole, else read (and the
+ * cache then holds it whole). */
+static int pg__doc_rows(struct store_backend *b, const char *kind, struct pg_doc_rows *r,
+                        const struct pg_pending *p, size_t np)
+{
+    bool cache = pg__doc_cache_on(b);
+    if (cache && pg__doc_kind_full(b, kind)) {
+        for (size_t i = 0; i < b->n_docs; i++)
+            if (b->docs[i].json && !strcmp(b->docs[i].kind, kind))
+                pg__doc_row(r, b->docs[i].id, b->docs[i].json);
+        return 0;
+    }
+    int rc = pg__doc_each_query(b, kind, pg__doc_row, r);
+    if (rc < 0 || !cache)
+        return rc;
+    for (size_t i = 0; i < b->n_docs;) { /* the kind as read, nothing else */
+        if (!strcmp(b->docs[i].kind, kind))
+            pg__doc_cache_forget(b, kind, b->docs[i].id);
+        else
+            i++;
+    }
+    for (size_t i = 0; i < r->n; i++)
+        pg__doc_cache_set(b, kind, r->v[i].id, r->v[i].json);
+    for (size_t i = 0; i < np; i++) /* queued: what they will make, not what was read */
+        pg__doc_cache_set(b, kind, p[i].id, p[i].json);
+    b->full_kinds = xrealloc(b->full_kinds, (b->n_full_kinds + 1) * sizeof *b->full_kinds);
+    b->full_kinds[b->n_full_kinds++] = xstrdup(kind);
+    return 0;
+}
+
 static int pg__doc_each(struct store_backend *b, const char *kind,
                         int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
     struct pg_pending *p = NULL;
     size_t np = pg__pending(b, kind, NULL, &p);
-    if (!np) {
-        return pg__doc_each_query(b, kind, fn, ctx);
-    }
     struct pg_doc_rows r = {0};
-    int rc = pg__doc_each_query(b, kind, pg__doc_row, &r);
+    int rc = pg__doc_rows(b, kind, &r, p, np);
     for (size_t i = 0; rc == 0 && i < np; i++) {
         size_t k = 0;
         while (k < r.n && strcmp(r.v[k].id, p[i].id))
@@ -2316,7 +2478,8 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
         r.v[k].json = p[i].json ? xstrdup(p[i].json) : NULL;
     }
     if (rc == 0) {
-        qsort(r.v, r.n, sizeof *r.v, pg__pending_cmp); /* byte order, as COLLATE "C" */
+        if (r.n)
+            qsort(r.v, r.n, sizeof *r.v, pg__pending_cmp); /* byte order, as COLLATE "C" */
         for (size_t i = 0; i < r.n; i++)
             if (r.v[i].json && fn(ctx, r.v[i].id, r.v[i].json))
                 break;

@@ -1949,6 +1949,59 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
     remove_db(path);
 }
 
+/* Documents read once (by id, or a kind whole) are answered without the server until another
+ * writer changes documents (its notification), this store's own writes included at once. */
+static void test_documents_come_from_the_cache_until_another_writer_changes_one(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":1}"), 0);
+    assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
+    char *json = doc_body(st, "k", "a");
+    free(json);
+    assert_null(doc_body(st, "k", "missing"));
+    struct doc_ids ids = {""};
+    assert_int_equal(store_doc_each(st, "other", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "");
+    raw_sql(path, "ALTER TABLE documents RENAME TO documents_away");
+    for (int i = 0; i < 50; i++) {
+        json = doc_body(st, "k", "a");
+        assert_string_equal(json, "{\"v\":1}");
+        free(json);
+        assert_null(doc_body(st, "k", "missing"));
+        assert_int_equal(store_doc_each(st, "other", collect_doc_ids, &ids), 0);
+        assert_string_equal(ids.ids, "");
+    }
+    raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
+    /* a kind read whole answers for its ids, with this store's own writes */
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "a,b");
+    assert_int_equal(store_doc_put(st, "k", "c", "{}"), 0);
+    assert_int_equal(store_doc_delete(st, "k", "a"), 0);
+    raw_sql(path, "ALTER TABLE documents RENAME TO documents_away");
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "b,c");
+    assert_null(doc_body(st, "k", "a"));
+    raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
+    /* another writer's change is news: read again */
+    uint64_t news = store_doc_news(st);
+    assert_int_equal(store_doc_put(other, "k", "b", "{\"by\":\"other\"}"), 0);
+    for (int i = 0; i < 1000 && store_doc_news(st) == news; i++)
+        usleep(10 * 1000);
+    json = doc_body(st, "k", "b");
+    assert_string_equal(json, "{\"by\":\"other\"}");
+    free(json);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -1982,7 +2035,8 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
         cmocka_unit_test(test_a_synchronous_write_never_overtakes_a_queued_one),                   \
         cmocka_unit_test(test_a_failed_queued_write_is_reported_and_the_next_ones_land),           \
         cmocka_unit_test(test_close_makes_the_queued_writes),                                      \
-        cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes)
+        cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes),    \
+        cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one)
 
 int main(void)
 {
