@@ -648,6 +648,7 @@ void store_write_free(struct store_write *w)
     free(w->ev.space_guid);
     free(w->ev.org_guid);
     free(w->ev.detail);
+    store_strv_free(w->refs);
     free(w);
 }
 
@@ -657,12 +658,30 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
                                         [STORE_WRITE_DOC_DELETE] = "delete",
                                         [STORE_WRITE_DOC_CREATE] = "create",
                                         [STORE_WRITE_DOC_UPDATE] = "update",
-                                        [STORE_WRITE_AUDIT] = "add"};
-    if (w->op == STORE_WRITE_AUDIT)
+                                        [STORE_WRITE_AUDIT] = "add",         [STORE_READ_BLOB_REFS] = "read"};
+    if (w->op == STORE_READ_BLOB_REFS)
+        snprintf(buf, size, "read of the blobs packages and droplets name");
+    else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
     else
         snprintf(buf, size, "%s of document %s/%s", verbs[w->op], w->kind, w->id);
+}
+
+void store_write_report(struct store_write *w)
+{
+    if (w->op == STORE_READ_BLOB_REFS) {
+        char **refs = w->rc < 0 ? NULL : w->refs;
+        if (w->rc < 0)
+            store_strv_free(w->refs);
+        w->refs = NULL;
+        if (w->done_refs)
+            w->done_refs(w->ctx, w->rc, refs);
+        else
+            store_strv_free(refs);
+    } else if (w->done) {
+        w->done(w->ctx, w->rc);
+    }
 }
 
 /* A backend without a writer: the write is made now, done called before returning. */
@@ -685,9 +704,12 @@ static int store__write_now(struct store *st, struct store_write *w)
     case STORE_WRITE_AUDIT:
         rc = st->ops->audit_add(st->backend, &w->ev);
         break;
+    case STORE_READ_BLOB_REFS:
+        rc = st->ops->blob_refs(st->backend, &w->refs);
+        break;
     }
-    if (w->done)
-        w->done(w->ctx, rc);
+    w->rc = rc;
+    store_write_report(w);
     store_write_free(w);
     return 0;
 }
@@ -724,6 +746,13 @@ int store_audit_add_async(struct store *st, const struct store_audit_event *ev, 
     w->ev.space_guid = store__dup(ev->space_guid);
     w->ev.org_guid = store__dup(ev->org_guid);
     w->ev.detail = store__dup(ev->detail);
+    return store__queue(st, w);
+}
+
+int store_blob_refs_async(struct store *st, store_refs_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_BLOB_REFS, NULL, NULL, NULL, NULL, ctx);
+    w->done_refs = done;
     return store__queue(st, w);
 }
 

@@ -427,6 +427,11 @@ int store_doc_delete_async(struct store *st, const char *kind, const char *id, s
                            void *ctx);
 int store_audit_add_async(struct store *st, const struct store_audit_event *ev, store_done_fn *done,
                           void *ctx);
+/* store_blob_refs off the caller's thread (after the writes queued before it): done gets
+ * its return value and the list (NULL-terminated, the callback's to store_strv_free; NULL on
+ * a failure). */
+typedef void store_refs_fn(void *ctx, int rc, char **digests);
+int store_blob_refs_async(struct store *st, store_refs_fn *done, void *ctx);
 /* Readable (an eventfd) while finished writes wait for store_async_reap; -1 on SQLite. */
 int store_async_fd(struct store *st);
 /* Calls done for every write finished since the last call; returns how many. */

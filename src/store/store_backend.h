@@ -29,12 +29,15 @@ enum store_write_op {
     STORE_WRITE_DOC_CREATE,
     STORE_WRITE_DOC_UPDATE,
     STORE_WRITE_AUDIT,
+    STORE_READ_BLOB_REFS, /* a read, in turn with the writes: store_blob_refs_async */
 };
 struct store_write {
     enum store_write_op op;
     char *kind, *id, *json;      /* documents */
     struct store_audit_event ev; /* STORE_WRITE_AUDIT: a copy */
     store_done_fn *done;
+    store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
+    char **refs;              /* what it read, the callback's */
     void *ctx;
     int rc;
     bool sync;     /* a caller waits for it: it frees it */
@@ -44,6 +47,8 @@ struct store_write {
 struct store_write *store_write_new(enum store_write_op op, const char *kind, const char *id,
                                     const char *json, store_done_fn *done, void *ctx);
 void store_write_free(struct store_write *w);
+/* Calls w's callback with its outcome (a read's list passed on). */
+void store_write_report(struct store_write *w);
 /* "document KIND/ID", "audit event TYPE", for messages */
 void store_write_name(const struct store_write *w, char *buf, size_t size);
 

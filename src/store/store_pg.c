@@ -1895,6 +1895,10 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__doc_update_now(wb, w->kind, w->id, w->json);
     case STORE_WRITE_AUDIT:
         return pg__audit_add_now(wb, &w->ev);
+    case STORE_READ_BLOB_REFS:
+        store_strv_free(w->refs); /* a try before a lost connection */
+        w->refs = NULL;
+        return pg__blob_refs(wb, &w->refs);
     }
     return -EINVAL;
 }
@@ -2091,14 +2095,14 @@ static void pg__doc_cache_queued(struct store_backend *b, const struct store_wri
         pg__doc_cache_set(b, w->kind, w->id, w->json);
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
-    else if (w->op != STORE_WRITE_AUDIT)
+    else if (w->op != STORE_WRITE_AUDIT && w->op != STORE_READ_BLOB_REFS)
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
 static void pg__doc_cache_finished(struct store_backend *b, const struct store_write *w)
 {
-    if (w->op == STORE_WRITE_AUDIT)
+    if (w->op == STORE_WRITE_AUDIT || w->op == STORE_READ_BLOB_REFS)
         return;
     if (w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
         (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)))
@@ -2173,8 +2177,7 @@ static size_t pg__async_reap(struct store_backend *b)
     while (w) {
         struct store_write *next = w->next;
         pg__doc_cache_finished(b, w);
-        if (w->done)
-            w->done(w->ctx, w->rc);
+        store_write_report(w);
         store_write_free(w);
         w = next;
         calls++;
