@@ -630,6 +630,7 @@ static void daemon_watch_store_writes(struct daemon *d)
     }
     d->store_writes.data = d;
     uv_poll_start(&d->store_writes, UV_READABLE, daemon_store_writes);
+    uv_unref((uv_handle_t *)&d->store_writes); /* the loop ends without it: drained at exit */
 }
 
 /* Watches the store's change feed on the loop, when it has one (PostgreSQL). */
