@@ -265,6 +265,12 @@ struct store_backend {
     char **full_kinds;
     size_t n_full_kinds;
     uint64_t docs_at;
+    /* Droplets read (never changed once written), kept while drops_gen stays at drops_at:
+     * another writer's "droplets" notification, "all", a lost feed and this store's own
+     * deletions move it. */
+    struct store_droplet **drops;
+    size_t n_drops;
+    uint64_t drops_gen, drops_at;
 };
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
@@ -413,6 +419,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->apps_gen++;
     b->routes_gen++;
     b->docs_gen++;
+    b->drops_gen++;
 }
 
 /* The connection (lost, or a try that failed) is closed; the next try is due after the
@@ -556,6 +563,8 @@ static void pg__feed_read(struct store_backend *b)
                 b->routes_gen++;
             } else if (!strcmp(n->extra, "documents")) {
                 b->docs_gen++;
+            } else if (!strcmp(n->extra, "droplets")) {
+                b->drops_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
                 pg__feed_outdate_all(b);
@@ -710,6 +719,7 @@ static void pg__writer_close(struct store_backend *b);
 static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize);
 
 static void pg__doc_cache_clear(struct store_backend *b);
+static void pg__drops_clear(struct store_backend *b);
 
 static void pg__close(struct store_backend *b)
 {
@@ -717,6 +727,7 @@ static void pg__close(struct store_backend *b)
         return;
     pg__writer_close(b);
     pg__doc_cache_clear(b);
+    pg__drops_clear(b);
     store_app_list_free(b->apps, b->n_apps);
     free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
@@ -1275,6 +1286,7 @@ static int pg__app_delete(struct store_backend *b, const char *guid)
 {
     const char *v[] = {guid};
     pg__stale_app(b, guid);
+    b->drops_gen++;  /* its droplets go with it */
     b->routes_gen++; /* the app's routes go with it */
     return pg__write(b, "DELETE FROM apps WHERE guid = $1", 1, v, true);
 }
@@ -1561,7 +1573,8 @@ static int pg__droplet_add(struct store_backend *b, const struct store_droplet *
                      8, v, false);
 }
 
-static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+static int pg__droplet_get_query(struct store_backend *b, const char *guid,
+                                 struct store_droplet **out)
 {
     const char *v[] = {guid};
     PGresult *res = NULL;
@@ -1585,8 +1598,55 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     return 0;
 }
 
+static struct store_droplet *pg__droplet_dup(const struct store_droplet *d)
+{
+    struct store_droplet *c = xcalloc(1, sizeof *c);
+    memcpy(c->guid, d->guid, sizeof c->guid);
+    c->app_guid = d->app_guid ? xstrdup(d->app_guid) : NULL;
+    c->path = d->path ? xstrdup(d->path) : NULL;
+    c->buildpack = d->buildpack ? xstrdup(d->buildpack) : NULL;
+    c->process_types_json = d->process_types_json ? xstrdup(d->process_types_json) : NULL;
+    c->created_at = d->created_at;
+    c->digest = d->digest ? xstrdup(d->digest) : NULL;
+    c->blobs = d->blobs ? xstrdup(d->blobs) : NULL;
+    return c;
+}
+
+static void pg__drops_clear(struct store_backend *b)
+{
+    for (size_t i = 0; i < b->n_drops; i++)
+        store_droplet_free(b->drops[i]);
+    free(b->drops);
+    b->drops = NULL;
+    b->n_drops = 0;
+}
+
+/* From the copy while nothing announced a change of droplets: the scheduler reads an app's
+ * droplet at every converge turn, which must not wait for the server each time. */
+static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
+    pg__feed_read(b);
+    bool cache = b->feed_state == PG_FEED_ON;
+    if (!cache || b->drops_at != b->drops_gen) {
+        pg__drops_clear(b);
+        b->drops_at = b->drops_gen;
+    }
+    for (size_t i = 0; cache && i < b->n_drops; i++)
+        if (!strcmp(b->drops[i]->guid, guid)) {
+            *out = pg__droplet_dup(b->drops[i]);
+            return 0;
+        }
+    int rc = pg__droplet_get_query(b, guid, out);
+    if (rc == 0 && cache) {
+        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+        b->drops[b->n_drops++] = pg__droplet_dup(*out);
+    }
+    return rc;
+}
+
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
 {
+    b->drops_gen++;
     const char *v[] = {guid};
     return pg__write(b, "DELETE FROM droplets WHERE guid = $1", 1, v, true);
 }
@@ -1596,6 +1656,7 @@ static int pg__droplet_delete(struct store_backend *b, const char *guid)
 static int pg__prune(struct store_backend *b, bool droplets, const char *app_guid, const char *keep,
                      char ***paths, size_t *n)
 {
+    b->drops_gen++;
     const char *v[] = {app_guid, keep};
     PGresult *res = NULL;
     if (pg__exec(b,

@@ -2002,6 +2002,46 @@ static void test_documents_come_from_the_cache_until_another_writer_changes_one(
     remove_db(path);
 }
 
+/* A droplet read once is answered without the server (the scheduler reads it at every
+ * converge turn) until a deletion, here or announced by another writer. */
+static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_droplet d1 = {.app_guid = app->guid, .path = "/dr/1", .digest = "sha256:ab"};
+    uuid_generate_v4(d1.guid);
+    assert_int_equal(store_droplet_add(st, &d1), 0);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), 0);
+    store_droplet_free(d);
+    raw_sql(path, "ALTER TABLE droplets RENAME TO droplets_away");
+    for (int i = 0; i < 20; i++) {
+        d = NULL;
+        assert_int_equal(store_droplet_get(st, d1.guid, &d), 0);
+        assert_string_equal(d->path, "/dr/1");
+        assert_string_equal(d->digest, "sha256:ab");
+        store_droplet_free(d);
+    }
+    raw_sql(path, "ALTER TABLE droplets_away RENAME TO droplets");
+    uint64_t before = store_change_count(st);
+    assert_int_equal(store_droplet_delete(other, d1.guid), 0);
+    wait_for_change(st, before);
+    d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), -ENOENT);
+    assert_null(d);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -2036,7 +2076,8 @@ static void test_documents_come_from_the_cache_until_another_writer_changes_one(
         cmocka_unit_test(test_a_failed_queued_write_is_reported_and_the_next_ones_land),           \
         cmocka_unit_test(test_close_makes_the_queued_writes),                                      \
         cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes),    \
-        cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one)
+        cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one),     \
+        cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted)
 
 int main(void)
 {
