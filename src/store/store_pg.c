@@ -14,8 +14,10 @@
  * connection LISTENs, and what it hears keeps a read cache of apps and routes current, so
  * app_get, app_list and route_list do not go to the server while nothing changed.
  *
- * Not yet: writes are synchronous round trips, so they block the caller's event loop for as
- * long as the server takes (see README.md beside this file). */
+ * Documents and audit events are written by a thread with a connection of its own, in order
+ * (the writer, below); documents and droplets read are cached while the feed announces no
+ * change. Not yet: the other writes are synchronous round trips, so they block the caller's
+ * event loop for as long as the server takes (see README.md beside this file). */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
