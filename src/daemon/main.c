@@ -1529,6 +1529,9 @@ int main(int argc, char **argv)
     d.catch_up.data = &d;
     if (shared_store) {
         auth_set_shared(d.auth, true);
+        /* the generation is read now, while starting: the store keeps it in its copy of
+         * documents, so the catch-up's read finds it there and does not wait on the server */
+        auth_catch_up(d.auth);
         uv_timer_start(&d.catch_up, daemon_on_catch_up, DAEMON_RESYNC_MS, DAEMON_RESYNC_MS);
     }
     rc = cells_start(
