@@ -111,6 +111,14 @@ static char *audit__target(struct api_request *req)
     return target;
 }
 
+static void audit__recorded(void *ctx, int rc)
+{
+    char *what = ctx;
+    if (rc < 0)
+        log_error("audit: cannot record %s: %s", what ? what : "an event", skiff_strerror(rc));
+    free(what);
+}
+
 static void audit__record(void *ctx, struct api_request *req, int status)
 {
     struct api_audit *au = ctx;
@@ -133,8 +141,12 @@ static void audit__record(void *ctx, struct api_request *req, int status)
         .org_guid = (char *)api_request_org(req),
         .detail = detail_text,
     };
-    if (store_audit_add(au->store, &ev) < 0)
-        log_error("audit: cannot record %s by %s", type, ev.actor);
+    /* off the loop: the outcome comes back in audit__recorded */
+    char *what = NULL;
+    if (asprintf(&what, "%s by %s", type, ev.actor) < 0)
+        what = NULL;
+    if (store_audit_add_async(au->store, &ev, audit__recorded, what) < 0)
+        free(what);
     free(target);
     free(detail_text);
 }

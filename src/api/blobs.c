@@ -191,6 +191,8 @@ struct api_blobs_gc {
     uv_timer_t timer;       /* first: core->blobs_gc points here; both collections */
     uv_timer_t cache_retry; /* what is materialised here only, while some is in use */
     bool running;           /* a blob_cache_gc_async in flight */
+    bool reading;           /* the store's list of blobs being read (off the loop) */
+    bool want_full;         /* what that read is for: both collections, or the cache's */
     bool closing;           /* the core is closing: nothing starts again */
     int open_timers;        /* whose close callback has not come yet */
 };
@@ -202,7 +204,7 @@ static void blobs__cache_gc_done(void *ctx, int rc, size_t deleted, size_t busy)
     struct api_blobs_gc *g = ctx;
     g->running = false;
     if (g->closing) {
-        if (!g->open_timers)
+        if (!g->open_timers && !g->reading)
             free(g);
         return;
     }
@@ -251,43 +253,56 @@ static void blobs__cache_gc_run(struct api_core *core, struct api_blobs_gc *g,
     store_strv_free(in_use);
 }
 
-/* The store's names of blobs (NULL-terminated, *n its length), or NULL when it cannot give
- * them: nothing is collected from a list the store could not give. */
-static char **blobs__refs(struct api_core *core, size_t *n)
+/* The store's names of blobs came (NULL: it could not give them, and nothing is collected
+ * from a list the store could not give). */
+static void blobs__refs_read(void *ctx, int rc, char **keep)
 {
-    char **keep = NULL;
-    if (store_blob_refs(core->cfg.store, &keep) < 0)
-        return NULL;
-    for (*n = 0; keep[*n];)
-        (*n)++;
-    return keep;
+    struct api_blobs_gc *g = ctx;
+    g->reading = false;
+    if (g->closing) {
+        store_strv_free(keep);
+        if (!g->open_timers && !g->running)
+            free(g);
+        return;
+    }
+    struct api_core *core = g->timer.data;
+    if (!keep) {
+        if (!g->want_full) /* the cache's collection waits for a list: again later */
+            uv_timer_start(&g->cache_retry, blobs__cache_gc_retry, BLOBS_CACHE_RETRY_MS, 0);
+        return;
+    }
+    size_t n = 0;
+    while (keep[n])
+        n++;
+    if (g->want_full)
+        blob_gc_async(core->cfg.blobs, g->timer.loop, (const char *const *)keep, n,
+                      BLOBS_GC_MIN_AGE_MS, blobs__gc_done, NULL);
+    blobs__cache_gc_run(core, g, (const char *const *)keep, n);
+    store_strv_free(keep);
+}
+
+/* Asks the store for its names of blobs, off the loop; full: for both collections. */
+static void blobs__refs(struct api_core *core, struct api_blobs_gc *g, bool full)
+{
+    if (g->reading) {
+        g->want_full |= full;
+        return;
+    }
+    g->want_full = full;
+    g->reading = true; /* before: on SQLite the answer comes during the call */
+    if (store_blob_refs_async(core->cfg.store, blobs__refs_read, g) < 0)
+        g->reading = false;
 }
 
 static void blobs__gc_start(uv_timer_t *t)
 {
-    struct api_core *core = t->data;
-    size_t n = 0;
-    char **keep = blobs__refs(core, &n);
-    if (!keep)
-        return;
-    blob_gc_async(core->cfg.blobs, t->loop, (const char *const *)keep, n, BLOBS_GC_MIN_AGE_MS,
-                  blobs__gc_done, NULL);
-    blobs__cache_gc_run(core, (struct api_blobs_gc *)t, (const char *const *)keep, n);
-    store_strv_free(keep);
+    blobs__refs(t->data, (struct api_blobs_gc *)t, true);
 }
 
 static void blobs__cache_gc_retry(uv_timer_t *t)
 {
     struct api_core *core = t->data;
-    struct api_blobs_gc *g = (struct api_blobs_gc *)core->blobs_gc;
-    size_t n = 0;
-    char **keep = blobs__refs(core, &n);
-    if (!keep) {
-        uv_timer_start(t, blobs__cache_gc_retry, BLOBS_CACHE_RETRY_MS, 0);
-        return;
-    }
-    blobs__cache_gc_run(core, g, (const char *const *)keep, n);
-    store_strv_free(keep);
+    blobs__refs(core, (struct api_blobs_gc *)core->blobs_gc, false);
 }
 
 void api_core__blobs_gc_soon(struct api_core *core)
@@ -299,7 +314,7 @@ void api_core__blobs_gc_soon(struct api_core *core)
 static void blobs__gc_closed(uv_handle_t *h)
 {
     struct api_blobs_gc *g = h->data;
-    if (!--g->open_timers && !g->running)
+    if (!--g->open_timers && !g->running && !g->reading)
         free(g);
     /* else the collection's end frees it */
 }

@@ -1404,35 +1404,56 @@ static void core__instances_touched(struct api_core *core, const char *app_guid)
     snprintf(core->touched[core->ntouched++], sizeof *core->touched, "%s", app_guid);
 }
 
+struct core__record {
+    struct api_core *core;
+    char guid[37];
+};
+
+/* A record that did not land is written again at the next tick. */
+static void core__recorded(void *ctx, int rc)
+{
+    struct core__record *r = ctx;
+    if (rc < 0 && rc != -ENOENT)
+        core__instances_touched(r->core, r->guid);
+    free(r);
+}
+
+/* The records are written off the loop (store_*_async); the list is emptied first, as a write
+ * that fails puts its app back on it (at once on SQLite). */
 void api_core_record_instances(struct api_core *core, bool leading)
 {
-    if (!leading) {
-        core->ntouched = 0;
+    size_t n = core->ntouched;
+    core->ntouched = 0;
+    if (!leading || !n)
         return;
-    }
-    for (size_t i = 0; i < core->ntouched; i++) {
-        const char *guid = core->touched[i];
-        json_t *detail = api_core__instances_detail(core, guid);
+    char(*touched)[37] = xmalloc(n * sizeof *touched);
+    memcpy(touched, core->touched, n * sizeof *touched);
+    for (size_t i = 0; i < n; i++) {
+        struct core__record *r = xcalloc(1, sizeof *r);
+        r->core = core;
+        snprintf(r->guid, sizeof r->guid, "%s", touched[i]);
+        json_t *detail = api_core__instances_detail(core, r->guid);
         int rc;
         if (json_array_size(detail) == 0) {
-            rc = store_doc_delete(core->cfg.store, CORE_INSTANCES_KIND, guid);
-            rc = rc == -ENOENT ? 0 : rc;
+            rc = store_doc_delete_async(core->cfg.store, CORE_INSTANCES_KIND, r->guid,
+                                        core__recorded, r);
         } else {
             json_t *doc = json_pack("{s:s, s:I, s:O}", "cell", core->cfg.cell_id, "at_ms",
                                     (json_int_t)time_now_ms(), "instances", detail);
             char *text = json_dumps(doc, JSON_COMPACT);
             json_decref(doc);
-            rc = text ? store_doc_put(core->cfg.store, CORE_INSTANCES_KIND, guid, text) : -ENOMEM;
+            rc = text ? store_doc_put_async(core->cfg.store, CORE_INSTANCES_KIND, r->guid, text,
+                                            core__recorded, r)
+                      : -ENOMEM;
             free(text);
         }
         json_decref(detail);
-        if (rc < 0) { /* kept for the next tick, with those after it */
-            memmove(core->touched, core->touched + i, (core->ntouched - i) * sizeof *core->touched);
-            core->ntouched -= i;
-            return;
+        if (rc < 0) { /* not queued: kept for the next tick */
+            core__instances_touched(core, r->guid);
+            free(r);
         }
     }
-    core->ntouched = 0;
+    free(touched);
 }
 
 static void core__apps_get(struct api_request *req, void *ctx)

@@ -126,6 +126,16 @@ static uint64_t cells__memory_capacity(void)
     return (uint64_t)si.totalram * si.mem_unit;
 }
 
+static void cells__beat_done(void *ctx, int rc)
+{
+    struct cells *c = ctx;
+    if (rc < 0 && !c->complained)
+        log_warning("cannot record this cell's heartbeat in the store: %s (tried again every "
+                    "%d ms)",
+                    skiff_strerror(rc), c->heartbeat_ms);
+    c->complained = rc < 0;
+}
+
 void cells_beat(struct cells *c)
 {
     if (!c)
@@ -140,13 +150,9 @@ void cells_beat(struct cells *c)
                             (json_int_t)time_now_ms(), "interval_ms", c->heartbeat_ms);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
-    int rc = store_doc_put(c->store, CELLS_KIND, c->id, text);
+    /* off the loop: the outcome comes back in cells__beat_done */
+    store_doc_put_async(c->store, CELLS_KIND, c->id, text, cells__beat_done, c);
     free(text);
-    if (rc < 0 && !c->complained)
-        log_warning("cannot record this cell's heartbeat in the store: %s (tried again every "
-                    "%d ms)",
-                    skiff_strerror(rc), c->heartbeat_ms);
-    c->complained = rc < 0;
 }
 
 static void cells__on_timer(uv_timer_t *t)

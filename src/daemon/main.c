@@ -49,6 +49,7 @@ struct daemon {
     struct blob_store *blobs;    /* packages and droplets (src/blobs), beside the store */
     uv_poll_t *store_feed;       /* the store's change feed (PostgreSQL): other skiffds' writes */
     uv_timer_t store_feed_retry; /* a lost feed's next try */
+    uv_poll_t store_writes;      /* the store's finished writes (PostgreSQL's writer thread) */
     char *home;
     char *api_addr;
     char *router_addr;
@@ -471,6 +472,8 @@ static char *vcap_services(void *ctx, const char *app_guid)
 
 static void daemon_free(struct daemon *d)
 {
+    /* the queued writes land (or are reported lost) while their owners are still here */
+    store_async_drain(d->store);
     leader_free(d->leader);
     cells_free(d->cells);
     api_core_free(d->core);
@@ -617,9 +620,32 @@ static void daemon_store_feed_moved(void *ctx, int fd, bool writable)
     uv_poll_start(h, UV_READABLE | (writable ? UV_WRITABLE : 0), daemon_store_feed);
 }
 
+static void daemon_store_writes(uv_poll_t *h, int status, int events)
+{
+    struct daemon *d = h->data;
+    store_async_reap(d->store);
+}
+
+/* The store's writes made off the loop report back here (PostgreSQL); kept until the end,
+ * for the writes made while stopping. */
+static void daemon_watch_store_writes(struct daemon *d)
+{
+    int fd = store_async_fd(d->store);
+    if (fd < 0)
+        return; /* SQLite: every write is made during its call */
+    if (uv_poll_init(d->loop, &d->store_writes, fd) < 0) {
+        log_error("cannot watch the store's finished writes: their outcome is seen at exit");
+        return;
+    }
+    d->store_writes.data = d;
+    uv_poll_start(&d->store_writes, UV_READABLE, daemon_store_writes);
+    uv_unref((uv_handle_t *)&d->store_writes); /* the loop ends without it: drained at exit */
+}
+
 /* Watches the store's change feed on the loop, when it has one (PostgreSQL). */
 static void daemon_watch_store(struct daemon *d)
 {
+    daemon_watch_store_writes(d);
     int fd = store_feed_fd(d->store);
     if (fd < 0)
         return; /* SQLite: every change comes through this skiffd */
@@ -1566,6 +1592,9 @@ int main(int argc, char **argv)
     d.catch_up.data = &d;
     if (shared_store) {
         auth_set_shared(d.auth, true);
+        /* the generation is read now, while starting: the store keeps it in its copy of
+         * documents, so the catch-up's read finds it there and does not wait on the server */
+        auth_catch_up(d.auth);
         uv_timer_start(&d.catch_up, daemon_on_catch_up, DAEMON_RESYNC_MS, DAEMON_RESYNC_MS);
     }
     rc = cells_start(

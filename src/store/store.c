@@ -621,3 +621,168 @@ int store_doc_replace(struct store *st, const char *kind, const char *id, const 
 {
     return st->ops->doc_replace(st->backend, kind, id, expected, json);
 }
+
+/* ---- writes off the caller's thread ------------------------------------------------------- */
+
+int64_t store_drain_ms = 5000;
+
+struct store_write *store_write_new(enum store_write_op op, const char *kind, const char *id,
+                                    const char *json, store_done_fn *done, void *ctx)
+{
+    struct store_write *w = xcalloc(1, sizeof *w);
+    w->op = op;
+    w->kind = kind ? xstrdup(kind) : NULL;
+    w->id = id ? xstrdup(id) : NULL;
+    w->json = json ? xstrdup(json) : NULL;
+    w->done = done;
+    w->ctx = ctx;
+    return w;
+}
+
+static char *store__dup(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+void store_write_free(struct store_write *w)
+{
+    if (!w)
+        return;
+    free(w->kind);
+    free(w->id);
+    free(w->json);
+    free(w->ev.type);
+    free(w->ev.actor);
+    free(w->ev.actor_guid);
+    free(w->ev.token_guid);
+    free(w->ev.target);
+    free(w->ev.space_guid);
+    free(w->ev.org_guid);
+    free(w->ev.detail);
+    store_strv_free(w->refs);
+    free(w);
+}
+
+void store_write_name(const struct store_write *w, char *buf, size_t size)
+{
+    static const char *const verbs[] = {
+        [STORE_WRITE_DOC_PUT] = "put",       [STORE_WRITE_DOC_DELETE] = "delete",
+        [STORE_WRITE_DOC_CREATE] = "create", [STORE_WRITE_DOC_UPDATE] = "update",
+        [STORE_WRITE_AUDIT] = "add",         [STORE_READ_BLOB_REFS] = "read"};
+    if (w->op == STORE_READ_BLOB_REFS)
+        snprintf(buf, size, "read of the blobs packages and droplets name");
+    else if (w->op == STORE_WRITE_AUDIT)
+        snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
+                 w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
+    else
+        snprintf(buf, size, "%s of document %s/%s", verbs[w->op], w->kind, w->id);
+}
+
+void store_write_report(struct store_write *w)
+{
+    if (w->op == STORE_READ_BLOB_REFS) {
+        char **refs = w->rc < 0 ? NULL : w->refs;
+        if (w->rc < 0)
+            store_strv_free(w->refs);
+        w->refs = NULL;
+        if (w->done_refs)
+            w->done_refs(w->ctx, w->rc, refs);
+        else
+            store_strv_free(refs);
+    } else if (w->done) {
+        w->done(w->ctx, w->rc);
+    }
+}
+
+/* A backend without a writer: the write is made now, done called before returning. */
+static int store__write_now(struct store *st, struct store_write *w)
+{
+    int rc = -EINVAL;
+    switch (w->op) {
+    case STORE_WRITE_DOC_PUT:
+        rc = st->ops->doc_put(st->backend, w->kind, w->id, w->json);
+        break;
+    case STORE_WRITE_DOC_DELETE:
+        rc = st->ops->doc_delete(st->backend, w->kind, w->id);
+        break;
+    case STORE_WRITE_DOC_CREATE:
+        rc = st->ops->doc_create(st->backend, w->kind, w->id, w->json);
+        break;
+    case STORE_WRITE_DOC_UPDATE:
+        rc = st->ops->doc_update(st->backend, w->kind, w->id, w->json);
+        break;
+    case STORE_WRITE_AUDIT:
+        rc = st->ops->audit_add(st->backend, &w->ev);
+        break;
+    case STORE_READ_BLOB_REFS:
+        rc = st->ops->blob_refs(st->backend, &w->refs);
+        break;
+    }
+    w->rc = rc;
+    store_write_report(w);
+    store_write_free(w);
+    return 0;
+}
+
+static int store__queue(struct store *st, struct store_write *w)
+{
+    if (!st->ops->submit)
+        return store__write_now(st, w);
+    return st->ops->submit(st->backend, w);
+}
+
+int store_doc_put_async(struct store *st, const char *kind, const char *id, const char *json,
+                        store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_DOC_PUT, kind, id, json, done, ctx));
+}
+
+int store_doc_delete_async(struct store *st, const char *kind, const char *id, store_done_fn *done,
+                           void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_DOC_DELETE, kind, id, NULL, done, ctx));
+}
+
+int store_audit_add_async(struct store *st, const struct store_audit_event *ev, store_done_fn *done,
+                          void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_AUDIT, NULL, NULL, NULL, done, ctx);
+    w->ev.at = ev->at;
+    w->ev.type = store__dup(ev->type);
+    w->ev.actor = store__dup(ev->actor);
+    w->ev.actor_guid = store__dup(ev->actor_guid);
+    w->ev.token_guid = store__dup(ev->token_guid);
+    w->ev.target = store__dup(ev->target);
+    w->ev.space_guid = store__dup(ev->space_guid);
+    w->ev.org_guid = store__dup(ev->org_guid);
+    w->ev.detail = store__dup(ev->detail);
+    return store__queue(st, w);
+}
+
+int store_blob_refs_async(struct store *st, store_refs_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_BLOB_REFS, NULL, NULL, NULL, NULL, ctx);
+    w->done_refs = done;
+    return store__queue(st, w);
+}
+
+int store_async_fd(struct store *st)
+{
+    return st->ops->async_fd ? st->ops->async_fd(st->backend) : -1;
+}
+
+size_t store_async_reap(struct store *st)
+{
+    return st->ops->async_reap ? st->ops->async_reap(st->backend) : 0;
+}
+
+size_t store_async_queued(struct store *st)
+{
+    return st->ops->async_queued ? st->ops->async_queued(st->backend) : 0;
+}
+
+void store_async_drain(struct store *st)
+{
+    if (st && st->ops->async_drain)
+        st->ops->async_drain(st->backend);
+}

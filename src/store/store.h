@@ -416,4 +416,46 @@ int store_doc_update(struct store *st, const char *kind, const char *id, const c
 int store_doc_replace(struct store *st, const char *kind, const char *id, const char *expected,
                       const char *json);
 
+/* ---- writes off the caller's thread ----------------------------------------------------------
+ *
+ * On PostgreSQL every document write and audit event goes through one writer thread with a
+ * connection of its own, in the order they were asked for. An *_async call queues the write
+ * and returns at once; done(ctx, rc) is called later on the caller's thread, from
+ * store_async_reap, with what the synchronous call would have returned. The synchronous
+ * document writes go through the same queue and wait for their turn, so they never overtake
+ * a queued write. store_doc_get and store_doc_each see a queued write at once (as if it were
+ * done); store_audit_list shows an event once it is written.
+ *
+ * On SQLite (a local file) the write is made during the call and done is called before it
+ * returns. done may be NULL. A write that cannot be queued (the store is closing after its
+ * writer was given up) returns a negative errno and done is not called. */
+typedef void store_done_fn(void *ctx, int rc);
+
+int store_doc_put_async(struct store *st, const char *kind, const char *id, const char *json,
+                        store_done_fn *done, void *ctx);
+int store_doc_delete_async(struct store *st, const char *kind, const char *id, store_done_fn *done,
+                           void *ctx);
+int store_audit_add_async(struct store *st, const struct store_audit_event *ev, store_done_fn *done,
+                          void *ctx);
+/* store_blob_refs off the caller's thread (after the writes queued before it): done gets
+ * its return value and the list (NULL-terminated, the callback's to store_strv_free; NULL on
+ * a failure). */
+typedef void store_refs_fn(void *ctx, int rc, char **digests);
+int store_blob_refs_async(struct store *st, store_refs_fn *done, void *ctx);
+/* Readable (an eventfd) while finished writes wait for store_async_reap; -1 on SQLite. */
+int store_async_fd(struct store *st);
+/* Calls done for every write finished since the last call; returns how many. */
+size_t store_async_reap(struct store *st);
+/* Writes queued and not finished yet. */
+size_t store_async_queued(struct store *st);
+/* Waits at most store_drain_ms for the queued writes, then reaps. A write not finished by
+ * then is logged as lost (naming it); those not yet begun get done(ctx, -ECANCELED), the one
+ * the server is still working on is left to its thread and never reported back. After that
+ * the store writes nothing more (every write fails with -ECANCELED at once). store_close
+ * does the same first; a program calls this earlier, while the owners of its done
+ * callbacks are still there. */
+void store_async_drain(struct store *st);
+/* The bound of store_async_drain, in milliseconds (5000); tests may change it. */
+extern int64_t store_drain_ms;
+
 #endif

@@ -21,6 +21,37 @@ struct store_backend;
     ", health_check_interval, health_check_invocation_timeout, readiness_type,"                    \
     " readiness_endpoint, readiness_interval, readiness_invocation_timeout, log_rate_limit"
 
+/* A write queued by store.c for a backend's writer (the store_*_async calls, and the
+ * synchronous document writes on a backend that has one). */
+enum store_write_op {
+    STORE_WRITE_DOC_PUT,
+    STORE_WRITE_DOC_DELETE,
+    STORE_WRITE_DOC_CREATE,
+    STORE_WRITE_DOC_UPDATE,
+    STORE_WRITE_AUDIT,
+    STORE_READ_BLOB_REFS, /* a read, in turn with the writes: store_blob_refs_async */
+};
+struct store_write {
+    enum store_write_op op;
+    char *kind, *id, *json;      /* documents */
+    struct store_audit_event ev; /* STORE_WRITE_AUDIT: a copy */
+    store_done_fn *done;
+    store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
+    char **refs;              /* what it read, the callback's */
+    void *ctx;
+    int rc;
+    bool sync;     /* a caller waits for it: it frees it */
+    bool finished; /* rc is set */
+    struct store_write *next;
+};
+struct store_write *store_write_new(enum store_write_op op, const char *kind, const char *id,
+                                    const char *json, store_done_fn *done, void *ctx);
+void store_write_free(struct store_write *w);
+/* Calls w's callback with its outcome (a read's list passed on). */
+void store_write_report(struct store_write *w);
+/* "document KIND/ID", "audit event TYPE", for messages */
+void store_write_name(const struct store_write *w, char *buf, size_t size);
+
 struct store_ops {
     const char *name; /* "sqlite" */
     void (*close)(struct store_backend *b);
@@ -88,6 +119,12 @@ struct store_ops {
     int (*doc_update)(struct store_backend *b, const char *kind, const char *id, const char *json);
     int (*doc_replace)(struct store_backend *b, const char *kind, const char *id,
                        const char *expected, const char *json);
+    /* NULL on a backend that writes during the call (store.c then does) */
+    int (*submit)(struct store_backend *b, struct store_write *w); /* takes w */
+    int (*async_fd)(struct store_backend *b);
+    size_t (*async_reap)(struct store_backend *b);
+    size_t (*async_queued)(struct store_backend *b);
+    void (*async_drain)(struct store_backend *b);
 };
 
 /* The PostgreSQL backend (store_pg.c): url is a libpq connection URI. */

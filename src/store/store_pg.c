@@ -14,11 +14,17 @@
  * connection LISTENs, and what it hears keeps a read cache of apps and routes current, so
  * app_get, app_list and route_list do not go to the server while nothing changed.
  *
- * Not yet: writes are synchronous round trips, so they block the caller's event loop for as
- * long as the server takes (see README.md beside this file). */
+ * Documents and audit events are written by a thread with a connection of its own, in order
+ * (the writer, below); documents and droplets read are cached while the feed announces no
+ * change. Not yet: the other writes are synchronous round trips, so they block the caller's
+ * event loop for as long as the server takes (see README.md beside this file). */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,9 +234,17 @@ int64_t store_pg_feed_retry_ms[2] = {100, 30000};
  * reopened (connecting, then its LISTEN sent and awaited), never blocking. */
 enum pg_feed_state { PG_FEED_ON, PG_FEED_WAIT, PG_FEED_CONNECTING, PG_FEED_LISTENING };
 
+struct pg_writer;
+
+struct pg_doc {
+    char *kind, *id, *json;
+};
+
 struct store_backend {
     PGconn *conn;
     int pid; /* conn's server process: the feed's notifications from it are this store's own */
+    struct pg_writer *writer; /* documents and audit events are written by its thread */
+    int writer_pid;           /* its connection's server process: its notifications too */
     int version;
     uint64_t writes; /* this process's writes that changed something */
     /* The change feed: a connection of its own that LISTENs, non-blocking, read whenever
@@ -278,6 +292,20 @@ struct store_backend {
     struct store_route *routes;
     size_t n_routes;
     uint64_t routes_gen, routes_at;
+    /* The documents read (json NULL: known absent), and the kinds read whole (doc_each), kept
+     * while the news of documents (docs_gen + kinds_heard) stays at docs_at; this store's own
+     * writes change them when queued. */
+    struct pg_doc *docs;
+    size_t n_docs;
+    char **full_kinds;
+    size_t n_full_kinds;
+    uint64_t docs_at;
+    /* Droplets read (never changed once written), kept while drops_gen stays at drops_at:
+     * another writer's "droplets" notification, "all", a lost feed and this store's own
+     * deletions move it. */
+    struct store_droplet **drops;
+    size_t n_drops;
+    uint64_t drops_gen, drops_at;
 };
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
@@ -426,6 +454,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->apps_gen++;
     b->routes_gen++;
     b->docs_gen++;
+    b->drops_gen++;
 }
 
 /* The connection (lost, or a try that failed) is closed; the next try is due after the
@@ -579,7 +608,7 @@ static void pg__feed_read(struct store_backend *b)
     }
     PGnotify *n;
     while ((n = PQnotifies(b->feed))) {
-        if (n->be_pid != b->pid) {
+        if (n->be_pid != b->pid && n->be_pid != b->writer_pid) {
             b->heard++;
             if (str_has_prefix(n->extra, "app:")) {
                 pg__stale_app(b, n->extra + strlen("app:"));
@@ -590,6 +619,8 @@ static void pg__feed_read(struct store_backend *b)
                 pg__kind_news(b, n->extra + strlen("documents:"));
             } else if (!strcmp(n->extra, "documents")) {
                 b->docs_gen++;
+            } else if (!strcmp(n->extra, "droplets")) {
+                b->drops_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
                 pg__feed_outdate_all(b);
@@ -599,6 +630,8 @@ static void pg__feed_read(struct store_backend *b)
     }
 }
 
+static uint64_t pg__writer_writes(struct store_backend *b);
+
 /* The rows this process changed, and every change another writer made (the feed). With the
  * feed lost, a new number on every call: a caller's view can never be known current. */
 static uint64_t pg__change_count(struct store_backend *b)
@@ -606,7 +639,7 @@ static uint64_t pg__change_count(struct store_backend *b)
     pg__feed_read(b);
     if (b->feed_state != PG_FEED_ON)
         b->lost++;
-    return b->writes + b->heard + b->lost;
+    return b->writes + pg__writer_writes(b) + b->heard + b->lost;
 }
 
 /* Documents are not cached here: this only tells their owners to read them again. */
@@ -756,10 +789,19 @@ fail:
     return -EIO;
 }
 
+static void pg__writer_close(struct store_backend *b);
+static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize);
+
+static void pg__doc_cache_clear(struct store_backend *b);
+static void pg__drops_clear(struct store_backend *b);
+
 static void pg__close(struct store_backend *b)
 {
     if (!b)
         return;
+    pg__writer_close(b);
+    pg__doc_cache_clear(b);
+    pg__drops_clear(b);
     store_app_list_free(b->apps, b->n_apps);
     free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
@@ -797,6 +839,8 @@ int store_pg_open(const char *url, char *err, size_t errsize, struct store_backe
     int rc = pg__migrate(b, err, errsize);
     if (rc == 0)
         rc = pg__feed_open(b, url, err, errsize);
+    if (rc == 0)
+        rc = pg__writer_open(b, url, err, errsize);
     if (rc < 0) {
         pg__close(b);
         return rc;
@@ -1319,6 +1363,7 @@ static int pg__app_delete(struct store_backend *b, const char *guid)
 {
     const char *v[] = {guid};
     pg__stale_app(b, guid);
+    b->drops_gen++;  /* its droplets go with it */
     b->routes_gen++; /* the app's routes go with it */
     return pg__write(b, "DELETE FROM apps WHERE guid = $1", 1, v, true);
 }
@@ -1639,7 +1684,8 @@ static void pg__droplet_fill(const PGresult *res, void *obj)
     d->blobs = pg__text(res, 0, 7);
 }
 
-static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+static int pg__droplet_get_query(struct store_backend *b, const char *guid,
+                                 struct store_droplet **out)
 {
     void *d = NULL;
     int rc = pg__get_by_guid(b,
@@ -1651,8 +1697,55 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     return rc;
 }
 
+static struct store_droplet *pg__droplet_dup(const struct store_droplet *d)
+{
+    struct store_droplet *c = xcalloc(1, sizeof *c);
+    memcpy(c->guid, d->guid, sizeof c->guid);
+    c->app_guid = d->app_guid ? xstrdup(d->app_guid) : NULL;
+    c->path = d->path ? xstrdup(d->path) : NULL;
+    c->buildpack = d->buildpack ? xstrdup(d->buildpack) : NULL;
+    c->process_types_json = d->process_types_json ? xstrdup(d->process_types_json) : NULL;
+    c->created_at = d->created_at;
+    c->digest = d->digest ? xstrdup(d->digest) : NULL;
+    c->blobs = d->blobs ? xstrdup(d->blobs) : NULL;
+    return c;
+}
+
+static void pg__drops_clear(struct store_backend *b)
+{
+    for (size_t i = 0; i < b->n_drops; i++)
+        store_droplet_free(b->drops[i]);
+    free(b->drops);
+    b->drops = NULL;
+    b->n_drops = 0;
+}
+
+/* From the copy while nothing announced a change of droplets: the scheduler reads an app's
+ * droplet at every converge turn, which must not wait for the server each time. */
+static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
+    pg__feed_read(b);
+    bool cache = b->feed_state == PG_FEED_ON;
+    if (!cache || b->drops_at != b->drops_gen) {
+        pg__drops_clear(b);
+        b->drops_at = b->drops_gen;
+    }
+    for (size_t i = 0; cache && i < b->n_drops; i++)
+        if (!strcmp(b->drops[i]->guid, guid)) {
+            *out = pg__droplet_dup(b->drops[i]);
+            return 0;
+        }
+    int rc = pg__droplet_get_query(b, guid, out);
+    if (rc == 0 && cache) {
+        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+        b->drops[b->n_drops++] = pg__droplet_dup(*out);
+    }
+    return rc;
+}
+
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
 {
+    b->drops_gen++;
     const char *v[] = {guid};
     return pg__write(b, "DELETE FROM droplets WHERE guid = $1", 1, v, true);
 }
@@ -1662,6 +1755,7 @@ static int pg__droplet_delete(struct store_backend *b, const char *guid)
 static int pg__prune(struct store_backend *b, bool droplets, const char *app_guid, const char *keep,
                      char ***paths, size_t *n)
 {
+    b->drops_gen++;
     const char *v[] = {app_guid, keep};
     PGresult *res = NULL;
     if (pg__exec(b,
@@ -1716,7 +1810,7 @@ static int pg__blob_refs(struct store_backend *b, char ***digests)
 
 /* ---- audit events ------------------------------------------------------------------------- */
 
-static int pg__audit_add(struct store_backend *b, const struct store_audit_event *ev)
+static int pg__audit_add_now(struct store_backend *b, const struct store_audit_event *ev)
 {
     struct pg_num at;
     const char *v[] = {pg__num(&at, ev->at), ev->type,       ev->actor,
@@ -1853,7 +1947,8 @@ static int pg__task_delete(struct store_backend *b, const char *guid)
 
 /* ---- documents --------------------------------------------------------------------------- */
 
-static int pg__doc_put(struct store_backend *b, const char *kind, const char *id, const char *json)
+static int pg__doc_put_now(struct store_backend *b, const char *kind, const char *id,
+                           const char *json)
 {
     struct pg_num at;
     const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
@@ -1864,8 +1959,8 @@ static int pg__doc_put(struct store_backend *b, const char *kind, const char *id
 }
 
 /* ON CONFLICT DO NOTHING: the unique key (kind, id) decides between writers at once. */
-static int pg__doc_create(struct store_backend *b, const char *kind, const char *id,
-                          const char *json)
+static int pg__doc_create_now(struct store_backend *b, const char *kind, const char *id,
+                              const char *json)
 {
     struct pg_num at;
     const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
@@ -1876,7 +1971,7 @@ static int pg__doc_create(struct store_backend *b, const char *kind, const char 
     return rc == -ENOENT ? -EEXIST : rc;
 }
 
-static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
+static int pg__doc_get_query(struct store_backend *b, const char *kind, const char *id, char **json)
 {
     const char *v[] = {kind, id};
     PGresult *res = NULL;
@@ -1888,14 +1983,14 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
     return 0;
 }
 
-static int pg__doc_delete(struct store_backend *b, const char *kind, const char *id)
+static int pg__doc_delete_now(struct store_backend *b, const char *kind, const char *id)
 {
     const char *v[] = {kind, id};
     return pg__write(b, "DELETE FROM documents WHERE kind = $1 AND id = $2", 2, v, true);
 }
 
-static int pg__doc_update(struct store_backend *b, const char *kind, const char *id,
-                          const char *json)
+static int pg__doc_update_now(struct store_backend *b, const char *kind, const char *id,
+                              const char *json)
 {
     struct pg_num at;
     const char *v[] = {kind, id, json, pg__num(&at, time_now_ms())};
@@ -1904,6 +1999,8 @@ static int pg__doc_update(struct store_backend *b, const char *kind, const char 
                      " WHERE kind = $1 AND id = $2",
                      4, v, true);
 }
+
+static void pg__doc_cache_forget(struct store_backend *b, const char *kind, const char *id);
 
 static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
                            const char *expected, const char *json)
@@ -1914,12 +2011,14 @@ static int pg__doc_replace(struct store_backend *b, const char *kind, const char
                        "UPDATE documents SET body = $3, updated_at = $4::bigint"
                        " WHERE kind = $1 AND id = $2 AND body = $5",
                        5, v, true);
+    /* written past the queue: the copy, whichever the outcome, is read again next */
+    pg__doc_cache_forget(b, kind, id);
     return rc == -ENOENT ? -ESTALE : rc;
 }
 
 /* The rows are all read before fn is called, so fn may call the store. */
-static int pg__doc_each(struct store_backend *b, const char *kind,
-                        int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+static int pg__doc_each_query(struct store_backend *b, const char *kind,
+                              int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
 {
     const char *v[] = {kind};
     PGresult *res = NULL;
@@ -1931,6 +2030,644 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
             break;
     PQclear(res);
     return 0;
+}
+
+/* ---- the writer: documents and audit events off the caller's thread ---------------------- */
+
+/* One thread with a connection of its own applies the queued writes in order (the head of
+ * the queue is the one it works on) and moves each finished one to the done list, which the
+ * owner's thread empties (pg__async_reap, told by the eventfd). Synchronous document writes
+ * wait in the same queue for their turn. */
+struct pg_writer {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;      /* the thread: a write queued, or stop */
+    pthread_cond_t moved;     /* waiters: a write finished, or the thread left */
+    struct store_backend *wb; /* the thread's own: its connection and its count of writes */
+    struct store_write *head, *tail;
+    struct store_write *done_head, *done_tail;
+    size_t queued;
+    uint64_t writes;
+    int efd;
+    bool stop, exited, given_up;
+    struct pg_writer *next_given_up;
+};
+
+/* Writers whose thread was still waiting for the server when the store was closed: kept (the
+ * thread may still finish its write and then touches only this) until the process exits. */
+static struct pg_writer *pg_given_up;
+static pthread_mutex_t pg_given_up_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int pg__apply(struct store_backend *wb, struct store_write *w)
+{
+    switch (w->op) {
+    case STORE_WRITE_DOC_PUT:
+        return pg__doc_put_now(wb, w->kind, w->id, w->json);
+    case STORE_WRITE_DOC_DELETE:
+        return pg__doc_delete_now(wb, w->kind, w->id);
+    case STORE_WRITE_DOC_CREATE:
+        return pg__doc_create_now(wb, w->kind, w->id, w->json);
+    case STORE_WRITE_DOC_UPDATE:
+        return pg__doc_update_now(wb, w->kind, w->id, w->json);
+    case STORE_WRITE_AUDIT:
+        return pg__audit_add_now(wb, &w->ev);
+    case STORE_READ_BLOB_REFS:
+        store_strv_free(w->refs); /* a try before a lost connection */
+        w->refs = NULL;
+        return pg__blob_refs(wb, &w->refs);
+    }
+    return -EINVAL;
+}
+
+/* A write that failed with the connection lost is made once more on a new one (the server
+ * restarted); -EEXIST and -ENOENT are answers, not failures. */
+static int pg__apply_retrying(struct store_backend *wb, struct store_write *w)
+{
+    int rc = pg__apply(wb, w);
+    if (rc == -EIO && PQstatus(wb->conn) == CONNECTION_BAD) {
+        PQreset(wb->conn);
+        if (PQstatus(wb->conn) == CONNECTION_OK)
+            rc = pg__apply(wb, w);
+    }
+    return rc;
+}
+
+static void pg__writer_signal(struct pg_writer *pw)
+{
+    uint64_t one = 1;
+    if (write(pw->efd, &one, sizeof one) < 0) {
+        /* the counter is full: it is readable already */
+    }
+}
+
+static void *pg__writer_main(void *arg)
+{
+    struct pg_writer *pw = arg;
+    pthread_mutex_lock(&pw->mu);
+    for (;;) {
+        while (!pw->head && !pw->stop)
+            pthread_cond_wait(&pw->wake, &pw->mu);
+        if (!pw->head || pw->given_up)
+            break;
+        struct store_write *w = pw->head;
+        pthread_mutex_unlock(&pw->mu);
+        int rc = pg__apply_retrying(pw->wb, w);
+        pthread_mutex_lock(&pw->mu);
+        if (pw->given_up)
+            break; /* w was reported lost; the store is gone */
+        pw->head = w->next;
+        if (!pw->head)
+            pw->tail = NULL;
+        pw->queued--;
+        pw->writes = pw->wb->writes;
+        w->rc = rc;
+        w->finished = true;
+        w->next = NULL;
+        if (!w->sync) {
+            if (pw->done_tail)
+                pw->done_tail->next = w;
+            else
+                pw->done_head = w;
+            pw->done_tail = w;
+            pg__writer_signal(pw);
+        }
+        pthread_cond_broadcast(&pw->moved);
+    }
+    pw->exited = true;
+    pthread_cond_broadcast(&pw->moved);
+    pthread_mutex_unlock(&pw->mu);
+    return NULL;
+}
+
+static int pg__writer_open(struct store_backend *b, const char *url, char *err, size_t errsize)
+{
+    struct store_backend *wb = xcalloc(1, sizeof *wb);
+    wb->conn = PQconnectdb(url);
+    PGresult *res = NULL;
+    if (wb->conn && PQstatus(wb->conn) == CONNECTION_OK) {
+        PQsetNoticeProcessor(wb->conn, NULL, NULL);
+        res = PQexec(wb->conn, "SET client_min_messages = warning");
+    }
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    int efd = ok ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
+    if (!ok || efd < 0) {
+        char *masked = store_location_masked(url);
+        snprintf(err, errsize, "cannot open the store's writer connection to %s: %s", masked,
+                 wb->conn ? PQerrorMessage(wb->conn) : "out of memory");
+        free(masked);
+        PQfinish(wb->conn);
+        free(wb);
+        return -EIO;
+    }
+    struct pg_writer *pw = xcalloc(1, sizeof *pw);
+    pw->wb = wb;
+    pw->efd = efd;
+    pthread_mutex_init(&pw->mu, NULL);
+    pthread_cond_init(&pw->wake, NULL);
+    pthread_cond_init(&pw->moved, NULL);
+    if (pthread_create(&pw->thread, NULL, pg__writer_main, pw) != 0) {
+        snprintf(err, errsize, "cannot start the store's writer thread");
+        close(efd);
+        PQfinish(wb->conn);
+        free(wb);
+        free(pw);
+        return -EAGAIN;
+    }
+    b->writer = pw;
+    b->writer_pid = PQbackendPID(wb->conn);
+    return 0;
+}
+
+/* ---- the document cache -------------------------------------------------------------- */
+
+static void pg__doc_cache_clear(struct store_backend *b)
+{
+    for (size_t i = 0; i < b->n_docs; i++) {
+        free(b->docs[i].kind);
+        free(b->docs[i].id);
+        free(b->docs[i].json);
+    }
+    free(b->docs);
+    b->docs = NULL;
+    b->n_docs = 0;
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        free(b->full_kinds[i]);
+    free(b->full_kinds);
+    b->full_kinds = NULL;
+    b->n_full_kinds = 0;
+}
+
+/* Whether the cache may answer: the feed is on and told of no other writer's document
+ * since it was filled (else it is emptied, to be filled again). */
+static bool pg__doc_cache_on(struct store_backend *b)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON) {
+        pg__doc_cache_clear(b);
+        return false;
+    }
+    /* news of any document, whichever its kind, empties the whole copy */
+    uint64_t news = b->docs_gen + b->kinds_heard;
+    if (b->docs_at != news) {
+        pg__doc_cache_clear(b);
+        b->docs_at = news;
+    }
+    return true;
+}
+
+static struct pg_doc *pg__doc_cached(struct store_backend *b, const char *kind, const char *id)
+{
+    for (size_t i = 0; i < b->n_docs; i++)
+        if (!strcmp(b->docs[i].id, id) && !strcmp(b->docs[i].kind, kind))
+            return &b->docs[i];
+    return NULL;
+}
+
+static bool pg__doc_kind_full(struct store_backend *b, const char *kind)
+{
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        if (!strcmp(b->full_kinds[i], kind))
+            return true;
+    return false;
+}
+
+/* json NULL: known absent */
+static void pg__doc_cache_set(struct store_backend *b, const char *kind, const char *id,
+                              const char *json)
+{
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    if (!d) {
+        b->docs = xrealloc(b->docs, (b->n_docs + 1) * sizeof *b->docs);
+        d = &b->docs[b->n_docs++];
+        d->kind = xstrdup(kind);
+        d->id = xstrdup(id);
+        d->json = NULL;
+    }
+    free(d->json);
+    d->json = json ? xstrdup(json) : NULL;
+}
+
+/* Its state is not known (a conditional write, a failure): read from the server next. */
+static void pg__doc_cache_forget(struct store_backend *b, const char *kind, const char *id)
+{
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    if (d) {
+        free(d->kind);
+        free(d->id);
+        free(d->json);
+        *d = b->docs[--b->n_docs];
+    }
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        if (!strcmp(b->full_kinds[i], kind)) {
+            free(b->full_kinds[i]);
+            b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
+            break;
+        }
+}
+
+/* A write as it is queued: the cache holds what it will make (put, delete) or forgets. */
+static void pg__doc_cache_queued(struct store_backend *b, const struct store_write *w)
+{
+    if (w->op == STORE_WRITE_DOC_PUT)
+        pg__doc_cache_set(b, w->kind, w->id, w->json);
+    else if (w->op == STORE_WRITE_DOC_DELETE)
+        pg__doc_cache_set(b, w->kind, w->id, NULL);
+    else if (w->op != STORE_WRITE_AUDIT && w->op != STORE_READ_BLOB_REFS)
+        pg__doc_cache_forget(b, w->kind, w->id);
+}
+
+/* A write as it finished: one that failed leaves the row as it was, unknown here. */
+static void pg__doc_cache_finished(struct store_backend *b, const struct store_write *w)
+{
+    if (w->op == STORE_WRITE_AUDIT || w->op == STORE_READ_BLOB_REFS)
+        return;
+    if (w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
+        (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)))
+        pg__doc_cache_forget(b, w->kind, w->id);
+}
+
+static int pg__submit(struct store_backend *b, struct store_write *w)
+{
+    struct pg_writer *pw = b->writer;
+    pthread_mutex_lock(&pw->mu);
+    if (pw->stop) {
+        pthread_mutex_unlock(&pw->mu);
+        char what[256];
+        store_write_name(w, what, sizeof what);
+        log_error("store: %s not written: the store's writer has stopped", what);
+        store_write_free(w);
+        return -ECANCELED;
+    }
+    w->next = NULL;
+    if (pw->tail)
+        pw->tail->next = w;
+    else
+        pw->head = w;
+    pw->tail = w;
+    pw->queued++;
+    pthread_cond_signal(&pw->wake);
+    pthread_mutex_unlock(&pw->mu);
+    pg__doc_cache_queued(b, w);
+    return 0;
+}
+
+/* A synchronous document write: queued behind the others, awaited. */
+static int pg__sync(struct store_backend *b, struct store_write *w)
+{
+    w->sync = true;
+    int rc = pg__submit(b, w);
+    if (rc < 0)
+        return rc;
+    struct pg_writer *pw = b->writer;
+    pthread_mutex_lock(&pw->mu);
+    while (!w->finished && !pw->exited)
+        pthread_cond_wait(&pw->moved, &pw->mu);
+    bool finished = w->finished;
+    rc = finished ? w->rc : -ECANCELED;
+    pthread_mutex_unlock(&pw->mu);
+    if (finished) {
+        pg__doc_cache_finished(b, w);
+        store_write_free(w);
+    }
+    return rc;
+}
+
+static int pg__async_fd(struct store_backend *b)
+{
+    return b->writer ? b->writer->efd : -1;
+}
+
+static size_t pg__async_reap(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return 0;
+    pthread_mutex_lock(&pw->mu);
+    uint64_t n;
+    if (read(pw->efd, &n, sizeof n) < 0) {
+        /* nothing signalled: the list may still hold writes a drain left */
+    }
+    struct store_write *w = pw->done_head;
+    pw->done_head = pw->done_tail = NULL;
+    pthread_mutex_unlock(&pw->mu);
+    size_t calls = 0;
+    while (w) {
+        struct store_write *next = w->next;
+        pg__doc_cache_finished(b, w);
+        store_write_report(w);
+        store_write_free(w);
+        w = next;
+        calls++;
+    }
+    return calls;
+}
+
+static size_t pg__async_queued(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return 0;
+    pthread_mutex_lock(&pw->mu);
+    size_t n = pw->queued;
+    pthread_mutex_unlock(&pw->mu);
+    return n;
+}
+
+static uint64_t pg__writer_writes(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return 0;
+    pthread_mutex_lock(&pw->mu);
+    uint64_t n = pw->writes;
+    pthread_mutex_unlock(&pw->mu);
+    return n;
+}
+
+/* Waits (at most store_drain_ms) for the queue to empty; true when it did. */
+static bool pg__writer_wait_empty(struct pg_writer *pw)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + (store_drain_ms % 1000) * 1000000;
+    until.tv_sec += store_drain_ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    while (pw->head && !pw->exited)
+        if (pthread_cond_timedwait(&pw->moved, &pw->mu, &until) == ETIMEDOUT)
+            break;
+    return !pw->head;
+}
+
+/* Gives up the writes still queued: each is logged; those not begun are failed with
+ * -ECANCELED (done on the done list), the one under way stays with the thread. */
+static void pg__writer_give_up(struct pg_writer *pw)
+{
+    pw->given_up = true;
+    struct store_write *w = pw->head;
+    for (bool first = true; w; first = false) {
+        struct store_write *next = w->next;
+        char what[256];
+        store_write_name(w, what, sizeof what);
+        log_error("store: lost a queued write: %s (the server did not finish it within %lld "
+                  "ms of stopping)",
+                  what, (long long)store_drain_ms);
+        if (!first) { /* never begun: answered */
+            w->rc = -ECANCELED;
+            w->finished = true;
+            w->next = NULL;
+            if (w->sync) {
+                /* no one waits for it any more: pg__sync returns when the thread left */
+            } else {
+                if (pw->done_tail)
+                    pw->done_tail->next = w;
+                else
+                    pw->done_head = w;
+                pw->done_tail = w;
+            }
+        }
+        w = next;
+    }
+    if (pw->head)
+        pw->head->next = NULL;
+    pw->tail = pw->head;
+    pthread_cond_broadcast(&pw->moved);
+}
+
+static void pg__async_drain(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return;
+    pthread_mutex_lock(&pw->mu);
+    bool empty = pw->stop || pg__writer_wait_empty(pw);
+    pw->stop = true;
+    pthread_cond_signal(&pw->wake);
+    if (!empty)
+        pg__writer_give_up(pw);
+    pthread_mutex_unlock(&pw->mu);
+    pg__async_reap(b);
+}
+
+static void pg__writer_close(struct store_backend *b)
+{
+    struct pg_writer *pw = b->writer;
+    if (!pw)
+        return;
+    pg__async_drain(b);
+    b->writer = NULL;
+    pthread_mutex_lock(&pw->mu);
+    bool given_up = pw->given_up;
+    pthread_mutex_unlock(&pw->mu);
+    if (given_up) { /* its thread may still be waiting for the server: it keeps pw */
+        pthread_detach(pw->thread);
+        pthread_mutex_lock(&pg_given_up_mu);
+        pw->next_given_up = pg_given_up;
+        pg_given_up = pw;
+        pthread_mutex_unlock(&pg_given_up_mu);
+        return;
+    }
+    pthread_join(pw->thread, NULL);
+    PQfinish(pw->wb->conn);
+    free(pw->wb);
+    close(pw->efd);
+    pthread_mutex_destroy(&pw->mu);
+    pthread_cond_destroy(&pw->wake);
+    pthread_cond_destroy(&pw->moved);
+    free(pw);
+}
+
+static int pg__doc_put(struct store_backend *b, const char *kind, const char *id, const char *json)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_PUT, kind, id, json, NULL, NULL));
+}
+
+static int pg__doc_create(struct store_backend *b, const char *kind, const char *id,
+                          const char *json)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_CREATE, kind, id, json, NULL, NULL));
+}
+
+static int pg__doc_delete(struct store_backend *b, const char *kind, const char *id)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_DELETE, kind, id, NULL, NULL, NULL));
+}
+
+static int pg__doc_update(struct store_backend *b, const char *kind, const char *id,
+                          const char *json)
+{
+    return pg__sync(b, store_write_new(STORE_WRITE_DOC_UPDATE, kind, id, json, NULL, NULL));
+}
+
+static int pg__audit_add(struct store_backend *b, const struct store_audit_event *ev)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_AUDIT, NULL, NULL, NULL, NULL, NULL);
+    w->ev = *ev; /* borrowed: taken back before the free */
+    w->sync = true;
+    int rc = pg__submit(b, w);
+    if (rc < 0)
+        return rc;
+    struct pg_writer *pw = b->writer;
+    pthread_mutex_lock(&pw->mu);
+    while (!w->finished && !pw->exited)
+        pthread_cond_wait(&pw->moved, &pw->mu);
+    bool finished = w->finished;
+    rc = finished ? w->rc : -ECANCELED;
+    pthread_mutex_unlock(&pw->mu);
+    if (finished) {
+        memset(&w->ev, 0, sizeof w->ev);
+        store_write_free(w);
+    }
+    return rc;
+}
+
+/* Queued document writes as a reader must see them: the newest put or delete of each id of
+ * kind (id NULL: every id), oldest first; copies, the caller's to free. */
+struct pg_pending {
+    char *id;
+    char *json; /* NULL: deleted */
+};
+
+static size_t pg__pending(struct store_backend *b, const char *kind, const char *id,
+                          struct pg_pending **out)
+{
+    struct pg_writer *pw = b->writer;
+    struct pg_pending *v = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&pw->mu);
+    for (struct store_write *w = pw->head; w; w = w->next) {
+        if ((w->op != STORE_WRITE_DOC_PUT && w->op != STORE_WRITE_DOC_DELETE) ||
+            strcmp(w->kind, kind) || (id && strcmp(w->id, id)))
+            continue;
+        size_t i = 0;
+        while (i < n && strcmp(v[i].id, w->id))
+            i++;
+        if (i == n) {
+            v = xrealloc(v, (n + 1) * sizeof *v);
+            v[n].id = xstrdup(w->id);
+            v[n++].json = NULL;
+        }
+        free(v[i].json);
+        v[i].json = w->op == STORE_WRITE_DOC_PUT ? xstrdup(w->json) : NULL;
+    }
+    pthread_mutex_unlock(&pw->mu);
+    *out = v;
+    return n;
+}
+
+static void pg__pending_free(struct pg_pending *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].id);
+        free(v[i].json);
+    }
+    free(v);
+}
+
+/* The queue is read before the server: a write that finishes in between is then seen both
+ * ways, the same. */
+static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
+{
+    struct pg_pending *p = NULL;
+    size_t n = pg__pending(b, kind, id, &p);
+    if (n) {
+        int rc = p[0].json ? 0 : -ENOENT;
+        *json = p[0].json;
+        p[0].json = NULL;
+        pg__pending_free(p, n);
+        return rc;
+    }
+    if (!pg__doc_cache_on(b))
+        return pg__doc_get_query(b, kind, id, json);
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    if (d || pg__doc_kind_full(b, kind)) {
+        *json = d && d->json ? xstrdup(d->json) : NULL;
+        return *json ? 0 : -ENOENT;
+    }
+    int rc = pg__doc_get_query(b, kind, id, json);
+    if (rc == 0 || rc == -ENOENT)
+        pg__doc_cache_set(b, kind, id, rc == 0 ? *json : NULL);
+    return rc;
+}
+
+struct pg_doc_rows {
+    struct pg_pending *v;
+    size_t n;
+};
+
+static int pg__doc_row(void *ctx, const char *id, const char *json)
+{
+    struct pg_doc_rows *r = ctx;
+    r->v = xrealloc(r->v, (r->n + 1) * sizeof *r->v);
+    r->v[r->n].id = xstrdup(id);
+    r->v[r->n++].json = xstrdup(json);
+    return 0;
+}
+
+static int pg__pending_cmp(const void *x, const void *y)
+{
+    return strcmp(((const struct pg_pending *)x)->id, ((const struct pg_pending *)y)->id);
+}
+
+/* The documents of kind: from the cache when it holds the kind whole, else read (and the
+ * cache then holds it whole). */
+static int pg__doc_rows(struct store_backend *b, const char *kind, struct pg_doc_rows *r,
+                        const struct pg_pending *p, size_t np)
+{
+    bool cache = pg__doc_cache_on(b);
+    if (cache && pg__doc_kind_full(b, kind)) {
+        for (size_t i = 0; i < b->n_docs; i++)
+            if (b->docs[i].json && !strcmp(b->docs[i].kind, kind))
+                pg__doc_row(r, b->docs[i].id, b->docs[i].json);
+        return 0;
+    }
+    int rc = pg__doc_each_query(b, kind, pg__doc_row, r);
+    if (rc < 0 || !cache)
+        return rc;
+    for (size_t i = 0; i < b->n_docs;) { /* the kind as read, nothing else */
+        if (!strcmp(b->docs[i].kind, kind))
+            pg__doc_cache_forget(b, kind, b->docs[i].id);
+        else
+            i++;
+    }
+    for (size_t i = 0; i < r->n; i++)
+        pg__doc_cache_set(b, kind, r->v[i].id, r->v[i].json);
+    for (size_t i = 0; i < np; i++) /* queued: what they will make, not what was read */
+        pg__doc_cache_set(b, kind, p[i].id, p[i].json);
+    b->full_kinds = xrealloc(b->full_kinds, (b->n_full_kinds + 1) * sizeof *b->full_kinds);
+    b->full_kinds[b->n_full_kinds++] = xstrdup(kind);
+    return 0;
+}
+
+static int pg__doc_each(struct store_backend *b, const char *kind,
+                        int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+{
+    struct pg_pending *p = NULL;
+    size_t np = pg__pending(b, kind, NULL, &p);
+    struct pg_doc_rows r = {0};
+    int rc = pg__doc_rows(b, kind, &r, p, np);
+    for (size_t i = 0; rc == 0 && i < np; i++) {
+        size_t k = 0;
+        while (k < r.n && strcmp(r.v[k].id, p[i].id))
+            k++;
+        if (k == r.n) {
+            r.v = xrealloc(r.v, (r.n + 1) * sizeof *r.v);
+            r.v[r.n].id = xstrdup(p[i].id);
+            r.v[r.n++].json = NULL;
+        }
+        free(r.v[k].json);
+        r.v[k].json = p[i].json ? xstrdup(p[i].json) : NULL;
+    }
+    if (rc == 0) {
+        if (r.n)
+            qsort(r.v, r.n, sizeof *r.v, pg__pending_cmp); /* byte order, as COLLATE "C" */
+        for (size_t i = 0; i < r.n; i++)
+            if (r.v[i].json && fn(ctx, r.v[i].id, r.v[i].json))
+                break;
+    }
+    pg__pending_free(r.v, r.n);
+    pg__pending_free(p, np);
+    return rc;
 }
 
 const struct store_ops store_pg_ops = {
@@ -1980,4 +2717,9 @@ const struct store_ops store_pg_ops = {
     .doc_each = pg__doc_each,
     .doc_update = pg__doc_update,
     .doc_replace = pg__doc_replace,
+    .submit = pg__submit,
+    .async_fd = pg__async_fd,
+    .async_reap = pg__async_reap,
+    .async_queued = pg__async_queued,
+    .async_drain = pg__async_drain,
 };

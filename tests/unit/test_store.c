@@ -1805,6 +1805,352 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
     remove_db(path);
 }
 
+/* ---- writes off the caller's thread ---------------------------------------------------- */
+
+struct done_log {
+    int order[16]; /* the tags of the finished writes, in the order they were reported */
+    int rc[16];
+    int n;
+};
+
+struct done_tag {
+    struct done_log *log;
+    int tag;
+};
+
+static void note_done(void *ctx, int rc)
+{
+    struct done_tag *t = ctx;
+    assert_true(t->log->n < 16);
+    t->log->order[t->log->n] = t->tag;
+    t->log->rc[t->log->n++] = rc;
+}
+
+/* Reaps until n writes were reported, for at most 20 s. */
+static void reap_until(struct store *st, struct done_log *log, int n)
+{
+    for (int i = 0; i < 2000 && log->n < n; i++) {
+        store_async_reap(st);
+        if (log->n < n)
+            usleep(10 * 1000);
+    }
+    assert_int_equal(log->n, n);
+}
+
+static char *doc_body(struct store *st, const char *kind, const char *id)
+{
+    char *json = NULL;
+    return store_doc_get(st, kind, id, &json) == 0 ? json : NULL;
+}
+
+struct doc_ids {
+    char ids[256];
+};
+
+static int collect_doc_ids(void *ctx, const char *id, const char *json)
+{
+    (void)json;
+    struct doc_ids *d = ctx;
+    size_t len = strlen(d->ids);
+    snprintf(d->ids + len, sizeof d->ids - len, "%s%s", len ? "," : "", id);
+    return 0;
+}
+
+/* A PostgreSQL connection holding row (kind, id) of documents locked in an open transaction:
+ * a writer of that row waits until it is let go (hold_release), readers do not. */
+static PGconn *hold_row(const char *path, const char *kind, const char *id)
+{
+    PGconn *c = PQconnectdb(path);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    char *sql = xasprintf("BEGIN; SELECT 1 FROM documents WHERE kind = '%s' AND id = '%s'"
+                          " FOR UPDATE",
+                          kind, id);
+    PGresult *res = PQexec(c, sql);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), 1);
+    PQclear(res);
+    free(sql);
+    return c;
+}
+
+static void hold_release(PGconn *c)
+{
+    PQclear(PQexec(c, "ROLLBACK"));
+    PQfinish(c);
+}
+
+/* Queued writes are made in the order asked for and reported in that order, on both
+ * backends; until they are made (a row held by another transaction on PostgreSQL), reads
+ * already see them, and a synchronous write waits behind them rather than overtaking. */
+static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
+    assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    struct done_tag tags[5];
+    for (int i = 0; i < 5; i++)
+        tags[i] = (struct done_tag){&log, i};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, &tags[1]), 0);
+    assert_int_equal(store_doc_delete_async(st, "k", "b", note_done, &tags[2]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, &tags[3]), 0);
+    assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, &tags[4]), 0);
+    if (hold) /* all five wait behind the held row */
+        assert_int_equal(store_async_queued(st), 5);
+    char *json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":2}");
+    free(json);
+    assert_null(doc_body(st, "k", "b"));
+    json = doc_body(st, "k", "c");
+    assert_string_equal(json, "{\"v\":3}");
+    free(json);
+    struct doc_ids ids = {""};
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "a,c");
+    if (hold)
+        hold_release(hold);
+    reap_until(st, &log, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(log.order[i], i);
+    assert_int_equal(log.rc[0], 0);
+    assert_int_equal(log.rc[3], 0);
+    assert_int_equal(log.rc[4], -ENOENT); /* the answer of the synchronous call */
+    assert_int_equal(store_async_queued(st), 0);
+    store_close(st);
+    /* what another store reads from the database afterwards */
+    st = open_ok(path);
+    json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":2}");
+    free(json);
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "a,c");
+    store_close(st);
+    remove_db(path);
+}
+
+/* A synchronous write of a row queued for an asynchronous one waits its turn: the queued
+ * value never lands over the newer one. */
+static void test_a_synchronous_write_never_overtakes_a_queued_one(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct done_log log = {0};
+    struct done_tag tags[10];
+    for (int i = 0; i < 10; i++) {
+        tags[i] = (struct done_tag){&log, i};
+        char body[32];
+        snprintf(body, sizeof body, "{\"v\":%d}", i);
+        assert_int_equal(store_doc_put_async(st, "k", "a", body, note_done, &tags[i]), 0);
+    }
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":\"last\"}"), 0);
+    assert_int_equal(store_async_queued(st), 0);
+    reap_until(st, &log, 10);
+    store_close(st);
+    st = open_ok(path);
+    char *json = doc_body(st, "k", "a");
+    assert_string_equal(json, "{\"v\":\"last\"}");
+    free(json);
+    store_close(st);
+    remove_db(path);
+}
+
+/* A write the server refuses (text that is not UTF-8 on PostgreSQL) is reported to its
+ * caller as a failure, and the writes queued after it are still made. */
+static void test_a_failed_queued_write_is_reported_and_the_next_ones_land(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct done_log log = {0};
+    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
+    struct store_audit_event ev = {
+        .at = 5, .type = "audit.app.update", .actor = "alice", .detail = "{}"};
+    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, &tags[0]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "good", "{}", note_done, &tags[1]), 0);
+    assert_int_equal(store_audit_add_async(st, &ev, note_done, &tags[2]), 0);
+    reap_until(st, &log, 3);
+    assert_int_equal(log.rc[0], on_pg(path) ? -EIO : 0); /* SQLite keeps any bytes */
+    assert_int_equal(log.rc[1], 0);
+    assert_int_equal(log.rc[2], 0);
+    char *json = doc_body(st, "k", "good");
+    assert_non_null(json);
+    free(json);
+    struct store_audit_event *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_audit_list(st, NULL, NULL, NULL, 0, 10, &list, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].actor, "alice");
+    store_audit_list_free(list, n);
+    store_close(st);
+    remove_db(path);
+}
+
+/* Closing waits for the queue while the server answers: every queued write is made. */
+static void test_close_makes_the_queued_writes(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    for (int i = 0; i < 200; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "d%03d", i);
+        assert_int_equal(store_doc_put_async(st, "k", id, "{}", NULL, NULL), 0);
+    }
+    store_close(st);
+    st = open_ok(path);
+    int n = 0;
+    assert_int_equal(store_doc_each(st, "k", count_docs, &n), 0);
+    assert_int_equal(n, 200);
+    store_close(st);
+    remove_db(path);
+}
+
+/* A server that does not answer (a row held by another transaction) holds a close up for
+ * store_drain_ms at most: the writes not begun are failed with -ECANCELED, the store takes
+ * no more, and the write under way stays with its thread, which may finish it later. */
+static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
+    PGconn *hold = hold_row(path, "k", "a");
+    struct done_log log = {0};
+    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, &tags[1]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{}", note_done, &tags[2]), 0);
+    int64_t bound = store_drain_ms;
+    store_drain_ms = 300;
+    int64_t t0 = time_now_ms();
+    store_async_drain(st);
+    int64_t took = time_now_ms() - t0;
+    assert_true(took >= 300);
+    assert_true(took < 3000);
+    assert_int_equal(log.n, 2); /* b and c, never begun; a is under way */
+    assert_int_equal(log.order[0], 1);
+    assert_int_equal(log.rc[0], -ECANCELED);
+    assert_int_equal(log.order[1], 2);
+    assert_int_equal(log.rc[1], -ECANCELED);
+    assert_int_equal(store_doc_put_async(st, "k", "d", "{}", note_done, &tags[0]), -ECANCELED);
+    assert_int_equal(store_doc_put(st, "k", "d", "{}"), -ECANCELED);
+    t0 = time_now_ms();
+    store_close(st);
+    assert_true(time_now_ms() - t0 < 1000);
+    store_drain_ms = bound;
+    assert_int_equal(log.n, 2); /* a is never reported: its owner may be gone */
+    hold_release(hold);
+    st = open_ok(path);
+    char *json = doc_body(st, "k", "b");
+    assert_null(json);
+    assert_null(doc_body(st, "k", "c"));
+    store_close(st);
+    remove_db(path);
+}
+
+/* Documents read once (by id, or a kind whole) are answered without the server until another
+ * writer changes documents (its notification), this store's own writes included at once. */
+static void test_documents_come_from_the_cache_until_another_writer_changes_one(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":1}"), 0);
+    assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
+    char *json = doc_body(st, "k", "a");
+    free(json);
+    assert_null(doc_body(st, "k", "missing"));
+    struct doc_ids ids = {""};
+    assert_int_equal(store_doc_each(st, "other", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "");
+    raw_sql(path, "ALTER TABLE documents RENAME TO documents_away");
+    for (int i = 0; i < 50; i++) {
+        json = doc_body(st, "k", "a");
+        assert_string_equal(json, "{\"v\":1}");
+        free(json);
+        assert_null(doc_body(st, "k", "missing"));
+        assert_int_equal(store_doc_each(st, "other", collect_doc_ids, &ids), 0);
+        assert_string_equal(ids.ids, "");
+    }
+    raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
+    /* a kind read whole answers for its ids, with this store's own writes */
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "a,b");
+    assert_int_equal(store_doc_put(st, "k", "c", "{}"), 0);
+    assert_int_equal(store_doc_delete(st, "k", "a"), 0);
+    raw_sql(path, "ALTER TABLE documents RENAME TO documents_away");
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "b,c");
+    assert_null(doc_body(st, "k", "a"));
+    raw_sql(path, "ALTER TABLE documents_away RENAME TO documents");
+    /* another writer's change is news: read again */
+    uint64_t news = store_doc_news(st);
+    assert_int_equal(store_doc_put(other, "k", "b", "{\"by\":\"other\"}"), 0);
+    for (int i = 0; i < 1000 && store_doc_news(st) == news; i++)
+        usleep(10 * 1000);
+    json = doc_body(st, "k", "b");
+    assert_string_equal(json, "{\"by\":\"other\"}");
+    free(json);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* A droplet read once is answered without the server (the scheduler reads it at every
+ * converge turn) until a deletion, here or announced by another writer. */
+static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    if (!on_pg(path)) {
+        remove_db(path);
+        return;
+    }
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_droplet d1 = {.app_guid = app->guid, .path = "/dr/1", .digest = "sha256:ab"};
+    uuid_generate_v4(d1.guid);
+    assert_int_equal(store_droplet_add(st, &d1), 0);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), 0);
+    store_droplet_free(d);
+    raw_sql(path, "ALTER TABLE droplets RENAME TO droplets_away");
+    for (int i = 0; i < 20; i++) {
+        d = NULL;
+        assert_int_equal(store_droplet_get(st, d1.guid, &d), 0);
+        assert_string_equal(d->path, "/dr/1");
+        assert_string_equal(d->digest, "sha256:ab");
+        store_droplet_free(d);
+    }
+    raw_sql(path, "ALTER TABLE droplets_away RENAME TO droplets");
+    uint64_t before = store_change_count(st);
+    assert_int_equal(store_droplet_delete(other, d1.guid), 0);
+    wait_for_change(st, before);
+    d = NULL;
+    assert_int_equal(store_droplet_get(st, d1.guid, &d), -ENOENT);
+    assert_null(d);
+    store_app_free(app);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -1835,7 +2181,14 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
         cmocka_unit_test(test_a_lost_feed_is_reopened_and_the_cache_reloaded),                     \
         cmocka_unit_test(test_app_get_finds_each_of_many_apps_by_guid_and_by_name),                \
         cmocka_unit_test(test_a_feed_that_cannot_be_reopened_is_tried_again_later),                \
-        cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced)
+        cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced),              \
+        cmocka_unit_test(test_queued_writes_land_in_order_and_are_read_at_once),                   \
+        cmocka_unit_test(test_a_synchronous_write_never_overtakes_a_queued_one),                   \
+        cmocka_unit_test(test_a_failed_queued_write_is_reported_and_the_next_ones_land),           \
+        cmocka_unit_test(test_close_makes_the_queued_writes),                                      \
+        cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes),    \
+        cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one),     \
+        cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted)
 
 int main(void)
 {

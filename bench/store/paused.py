@@ -1,0 +1,100 @@
+"""skiffd on PostgreSQL while its server stops answering (SIGSTOP of the throwaway server):
+the slowest GET /v1/info and GET /v1/apps during PAUSE_S seconds, whether skiffd exited within
+EXIT_S of SIGTERM with the server still silent, and the statements each of its connections
+sent during IDLE_S seconds before (log_statement on the server, by backend pid).
+
+    SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+
+Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "e2e"))
+from conftest import Platform, throwaway_postgres  # noqa: E402
+
+PAUSE_S = float(os.environ.get("PAUSE_S", "5"))
+IDLE_S = float(os.environ.get("IDLE_S", "10"))
+EXIT_S = float(os.environ.get("EXIT_S", "30"))
+
+
+def server_pids(pg_dir):
+    with open(os.path.join(pg_dir, "data", "postmaster.pid")) as f:
+        master = int(f.readline())
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True,
+                         text=True).stdout
+    return [master] + [int(p) for p in out.split()]
+
+
+def signal_all(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def psql(url, sql):
+    subprocess.run(["psql", "-Atq", url, "-c", sql], check=True, capture_output=True)
+
+
+def timed(call):
+    t0 = time.monotonic()
+    try:
+        call()
+    except Exception:  # a timeout counts as its time
+        pass
+    return time.monotonic() - t0
+
+
+def main():
+    with throwaway_postgres() as d:
+        url = f"postgresql:///postgres?host={d}&user=postgres"
+        psql(url, "ALTER SYSTEM SET log_statement = 'all'")
+        psql(url, "ALTER SYSTEM SET log_line_prefix = '%p '")
+        psql(url, "SELECT pg_reload_conf()")
+        p = Platform(extra_args=["--store", url]).start()
+        pids = []
+        try:
+            status, body = p.api("POST", "/v1/apps", {"name": "bench-app"})
+            assert status == 201, body
+            log = os.path.join(d, "server.log")
+            start = os.path.getsize(log)
+            time.sleep(IDLE_S)
+            with open(log, errors="replace") as f:
+                f.seek(start)
+                lines = f.read().splitlines()
+            per_pid = collections.Counter()
+            for line in lines:
+                m = re.match(r"(\d+) LOG:  (statement|execute)", line)
+                if m:
+                    per_pid[m.group(1)] += 1
+            pids = server_pids(d)
+            signal_all(pids, signal.SIGSTOP)
+            slowest, calls = 0.0, 0
+            deadline = time.monotonic() + PAUSE_S
+            while time.monotonic() < deadline:
+                slowest = max(slowest, timed(p.info),
+                              timed(lambda: p.api("GET", "/v1/apps")))
+                calls += 2
+            t0 = time.monotonic()
+            p.proc.send_signal(signal.SIGTERM)
+            try:
+                p.proc.wait(EXIT_S)
+                exit_s = f"{time.monotonic() - t0:.1f} s"
+            except subprocess.TimeoutExpired:
+                exit_s = f"not within {EXIT_S:.0f} s"
+            print(f"{os.environ.get('SKIFF_BIN_DIR')}: idle {IDLE_S:.0f} s: statements per "
+                  f"connection {sorted(per_pid.values(), reverse=True)}; server paused "
+                  f"{PAUSE_S:.0f} s: {calls} API calls, slowest {slowest:.3f} s; exit after "
+                  f"SIGTERM while paused: {exit_s}")
+        finally:
+            signal_all(pids, signal.SIGCONT)
+            p.close()
+
+
+main()
