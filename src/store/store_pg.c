@@ -293,7 +293,8 @@ struct store_backend {
     size_t n_routes;
     uint64_t routes_gen, routes_at;
     /* The documents read (json NULL: known absent), and the kinds read whole (doc_each), kept
-     * while the news of documents (docs_gen + kinds_heard) stays at docs_at; this store's own
+     * while docs_gen stays at docs_at, less the kinds news named since (forgotten as it
+     * comes); this store's own
      * writes change them when queued. */
     struct pg_doc *docs;
     size_t n_docs;
@@ -575,9 +576,12 @@ static void pg__feed_reopen(struct store_backend *b)
 }
 
 /* Counts news of documents of one kind, in its own counter. */
+static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind);
+
 static void pg__kind_news(struct store_backend *b, const char *kind)
 {
     b->kinds_heard++;
+    pg__doc_cache_forget_kind(b, kind);
     for (size_t i = 0; i < b->n_kinds; i++)
         if (!strcmp(b->kinds[i].kind, kind)) {
             b->kinds[i].gen++;
@@ -2207,11 +2211,11 @@ static bool pg__doc_cache_on(struct store_backend *b)
         pg__doc_cache_clear(b);
         return false;
     }
-    /* news of any document, whichever its kind, empties the whole copy */
-    uint64_t news = b->docs_gen + b->kinds_heard;
-    if (b->docs_at != news) {
+    /* news of one kind forgot that kind's documents as it came (pg__kind_news); news of any
+     * kind empties the whole copy */
+    if (b->docs_at != b->docs_gen) {
         pg__doc_cache_clear(b);
-        b->docs_at = news;
+        b->docs_at = b->docs_gen;
     }
     return true;
 }
@@ -2257,6 +2261,27 @@ static void pg__doc_cache_forget(struct store_backend *b, const char *kind, cons
         free(d->id);
         free(d->json);
         *d = b->docs[--b->n_docs];
+    }
+    for (size_t i = 0; i < b->n_full_kinds; i++)
+        if (!strcmp(b->full_kinds[i], kind)) {
+            free(b->full_kinds[i]);
+            b->full_kinds[i] = b->full_kinds[--b->n_full_kinds];
+            break;
+        }
+}
+
+/* Another writer wrote documents of kind: none of that kind is known any more. */
+static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind)
+{
+    for (size_t i = 0; i < b->n_docs;) {
+        if (strcmp(b->docs[i].kind, kind)) {
+            i++;
+            continue;
+        }
+        free(b->docs[i].kind);
+        free(b->docs[i].id);
+        free(b->docs[i].json);
+        b->docs[i] = b->docs[--b->n_docs];
     }
     for (size_t i = 0; i < b->n_full_kinds; i++)
         if (!strcmp(b->full_kinds[i], kind)) {
@@ -2363,26 +2388,26 @@ static size_t pg__async_reap(struct store_backend *b)
     return calls;
 }
 
-static size_t pg__async_queued(struct store_backend *b)
+/* The writer's count of queued writes (or, with writes, of those made), read under its lock. */
+static uint64_t pg__writer_count(struct store_backend *b, bool writes)
 {
     struct pg_writer *pw = b->writer;
     if (!pw)
         return 0;
     pthread_mutex_lock(&pw->mu);
-    size_t n = pw->queued;
+    uint64_t n = writes ? pw->writes : (uint64_t)pw->queued;
     pthread_mutex_unlock(&pw->mu);
     return n;
 }
 
+static size_t pg__async_queued(struct store_backend *b)
+{
+    return (size_t)pg__writer_count(b, false);
+}
+
 static uint64_t pg__writer_writes(struct store_backend *b)
 {
-    struct pg_writer *pw = b->writer;
-    if (!pw)
-        return 0;
-    pthread_mutex_lock(&pw->mu);
-    uint64_t n = pw->writes;
-    pthread_mutex_unlock(&pw->mu);
-    return n;
+    return pg__writer_count(b, true);
 }
 
 /* Waits (at most store_drain_ms) for the queue to empty; true when it did. */

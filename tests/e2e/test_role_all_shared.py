@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import BIN_DIR, http_get, read_pid_file, wait_for
+from controllers import cells, leading
 from multihost import HOSTS_MS, Cluster, HostPlatform, running
 from test_fabric_crash import read_all
 from test_images import DEFAULT_CONFIG, image_config, layers_of, oci_archive
@@ -82,16 +83,6 @@ def pair(cluster):
                 print("closing:", e)
 
 
-def cells(p):
-    status, body = p.api("GET", "/v1/cells")
-    assert status == 200, body
-    return body
-
-
-def leading(p):
-    return cells(p)["leading"]
-
-
 def this_cell(p):
     return cells(p)["this_cell"]
 
@@ -116,13 +107,19 @@ def push_image(p, tmp_path, server, name, greeting, instances):
     return r, ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
 
 
+def leader_then_follower(pair, first, second):
+    """skiffd `first` started and leading, then `second` started, heard and following."""
+    lead = pair(first)
+    wait_for(lambda: leading(lead), 15, "%s to lead" % first.upper())
+    follow = pair(second)
+    wait_for(lambda: len(cells(follow)["cells"]) == 2, 15, "both skiffds' heartbeats")
+    assert not leading(follow)
+    return lead, follow
+
+
 def test_an_image_staged_through_the_follower_runs_on_the_leader_from_the_blob_store(
         pair, tmp_path, server_binary):
-    b = pair("b")
-    wait_for(lambda: leading(b), 15, "B to lead")
-    a = pair("a")
-    wait_for(lambda: len(cells(a)["cells"]) == 2, 15, "both skiffds' heartbeats")
-    assert not leading(a)
+    b, a = leader_then_follower(pair, "b", "a")
     r, layers = push_image(a, tmp_path, server_binary, "img", "staged-on-a", 2)
     # staged on A (its API was asked); the push waits for the leader's instances
     assert r.returncode == 0, r.stdout + r.stderr
@@ -145,11 +142,7 @@ def test_an_image_staged_through_the_follower_runs_on_the_leader_from_the_blob_s
 
 def test_a_killed_leaders_instances_routes_and_events_come_back_on_the_other_and_its_restart_adds_no_duplicate(
         pair, tmp_path, server_binary):
-    a = pair("a")
-    wait_for(lambda: leading(a), 15, "A to lead")
-    b = pair("b")
-    wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both skiffds' heartbeats")
-    assert not leading(b)
+    a, b = leader_then_follower(pair, "a", "b")
     a_id, b_id = this_cell(a), this_cell(b)
 
     # on A: an image app of two instances and a function mapped to a topic, slow enough
@@ -239,10 +232,7 @@ def test_a_leader_killed_alone_leaves_instances_that_its_restart_stops(
     """kill -9 of the leading skiffd only: its instances go on under their shims while the
     other leads and starts them again (so the image app runs twice as many as asked), until
     the killed one, restarted on its home, follows and stops them."""
-    a = pair("a")
-    wait_for(lambda: leading(a), 15, "A to lead")
-    b = pair("b")
-    wait_for(lambda: len(cells(b)["cells"]) == 2, 15, "both skiffds' heartbeats")
+    a, b = leader_then_follower(pair, "a", "b")
     r, _ = push_image(a, tmp_path, server_binary, "img", "left-over", 2)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: len(on(a, a, "img")) == 2, 120, "A to run the image app")
