@@ -278,6 +278,9 @@ struct exchange {
      * complete carries the request, the other is closed. Only ever one of them is sent to. */
     struct upstream *hedge;
     struct route_backend *hedge_backend; /* its instance (in tried, not counted in active) */
+    /* the hedge's pool while it connects, counted in its in_flight: a drain of its instance
+     * waits for it as for a request sent (it may yet carry this one) */
+    struct pool *hedge_pool;
     uint64_t connect_due;                /* loop time the connect under way (x->u) times out */
     uint64_t hedge_due;                  /* and the hedge's */
     struct headers req, resp;
@@ -2717,6 +2720,18 @@ static void connect_backend(struct exchange *x)
  * is not marked down gets a connect too (or gives a pooled connection at once). Nothing has
  * been sent on either; the first to complete carries the request (hedge_won, or
  * on_upstream_connect dropping the hedge). */
+/* The hedge no longer counts in its pool (it won and the exchange is counted there itself,
+ * or it was dropped): a drain waiting only for it is done. */
+static void exchange_hedge_uncount(struct exchange *x)
+{
+    struct pool *p = x->hedge_pool;
+    if (!p)
+        return;
+    x->hedge_pool = NULL;
+    if (--p->in_flight == 0 && p->drains)
+        worker_drain_pool_idle(x->c->p.w, p);
+}
+
 static void hedge_start(struct exchange *x)
 {
     struct worker *w = x->c->p.w;
@@ -2743,6 +2758,8 @@ static void hedge_start(struct exchange *x)
         return;
     x->hedge = u;
     x->hedge_backend = b;
+    x->hedge_pool = pool;
+    pool->in_flight++;
     x->hedge_due = uv_now(&w->loop) + (uint64_t)w->cfg->connect_timeout_ms;
 }
 
@@ -2762,6 +2779,7 @@ static void hedge_won(struct exchange *x)
         exchange_mark_down(x, slow);
     exchange_release_backend(x);
     exchange_take_backend(x, x->hedge_backend);
+    exchange_hedge_uncount(x);
     x->u = NULL;
     x->hedge = NULL;
     x->hedge_backend = NULL;
@@ -2774,6 +2792,7 @@ static void exchange_drop_hedge(struct exchange *x)
         return;
     x->hedge->x = NULL;
     upstream_close(x->hedge);
+    exchange_hedge_uncount(x);
     x->hedge = NULL;
     x->hedge_backend = NULL;
 }
@@ -2788,6 +2807,7 @@ static void hedge_connect_failed(struct exchange *x, struct upstream *u)
     ROUTER_METRIC_ADD(w->m.upstream_retries, 1);
     if (u == x->hedge) {
         exchange_mark_down(x, x->hedge_backend);
+        exchange_hedge_uncount(x);
         x->hedge = NULL;
         x->hedge_backend = NULL;
     } else { /* the first one failed: the hedge becomes the exchange's connect */
