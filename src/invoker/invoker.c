@@ -50,13 +50,17 @@ static void mapping_free(struct inv_mapping *m)
     free(m);
 }
 
-static void mapping_unref(struct inv_mapping *m)
+/* True when that was the last reference: m is freed and the invoker asked whether it is done
+ * (it may be freed too: the caller must not touch it again). */
+static bool mapping_unref(struct inv_mapping *m)
 {
     if (--m->refs == 0 && m->open_handles == 0) {
         struct invoker *inv = m->inv;
         mapping_free(m);
         invoker_maybe_done(inv);
+        return true;
     }
+    return false;
 }
 
 static void mapping_handle_closed(uv_handle_t *h)
@@ -553,8 +557,8 @@ out:
     if (!m->deleted && !m->inv->stopping)
         mapping_pump(m); /* reads on: the window may have room now */
     struct invoker *inv = m->inv;
-    mapping_unref(m);
-    invoker_maybe_done(inv);
+    if (!mapping_unref(m))
+        invoker_maybe_done(inv);
 }
 
 static void slot_send(struct inv_slot *s, struct inv_instance *inst)
@@ -772,8 +776,8 @@ static void cursor_committed(void *arg, int status)
         m->commit_again = false;
         mapping_collect(m);
     }
-    mapping_unref(m);
-    invoker_maybe_done(inv);
+    if (!mapping_unref(m))
+        invoker_maybe_done(inv);
 }
 
 bool invoker_consumes(const struct invoker *inv)
