@@ -1469,7 +1469,7 @@ static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
     if (!a->shared)
         return false;
     char *json = NULL;
-    if (store_doc_get(a->store, kind, id, &json) < 0)
+    if (store_doc_get_fresh(a->store, kind, id, &json) < 0)
         return false;
     free(json);
     return auth_reload(a) == 0;
@@ -1495,7 +1495,7 @@ int auth_user_reread(struct auth *a, const char *guid)
     if (!a->shared || !u)
         return 0;
     char *json = NULL;
-    int rc = store_doc_get(a->store, AUTH_DOC_USER, guid, &json);
+    int rc = store_doc_get_fresh(a->store, AUTH_DOC_USER, guid, &json);
     if (rc == -ENOENT)
         return auth_reload(a); /* deleted through another skiffd */
     if (rc < 0)
