@@ -1807,16 +1807,29 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
 
 /* ---- writes off the caller's thread ---------------------------------------------------- */
 
-struct done_log {
-    int order[16]; /* the tags of the finished writes, in the order they were reported */
-    int rc[16];
-    int n;
-};
+struct done_log;
 
 struct done_tag {
     struct done_log *log;
     int tag;
 };
+
+/* What the queued writes of a test reported, each write with note_done and done_tag(log, i)
+ * as its callback: the tags in the order reported, and their results. Starts zeroed. */
+struct done_log {
+    struct done_tag tags[16];
+    int order[16]; /* the tags of the finished writes, in the order they were reported */
+    int rc[16];
+    int n;
+};
+
+/* The callback argument of a write tagged tag (0 to 15), reported into log. */
+static struct done_tag *done_tag(struct done_log *log, int tag)
+{
+    assert_true(tag >= 0 && tag < 16);
+    log->tags[tag] = (struct done_tag){log, tag};
+    return &log->tags[tag];
+}
 
 static void note_done(void *ctx, int rc)
 {
@@ -1891,14 +1904,11 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
     PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
     struct done_log log = {0};
-    struct done_tag tags[5];
-    for (int i = 0; i < 5; i++)
-        tags[i] = (struct done_tag){&log, i};
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, &tags[1]), 0);
-    assert_int_equal(store_doc_delete_async(st, "k", "b", note_done, &tags[2]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, &tags[3]), 0);
-    assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, &tags[4]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_doc_delete_async(st, "k", "b", note_done, done_tag(&log, 2)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, done_tag(&log, 3)), 0);
+    assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, done_tag(&log, 4)), 0);
     if (hold) /* all five wait behind the held row */
         assert_int_equal(store_async_queued(st), 5);
     char *json = doc_body(st, "k", "a");
@@ -1941,12 +1951,10 @@ static void test_a_synchronous_write_never_overtakes_a_queued_one(void **state)
     char *path = temp_db();
     struct store *st = open_ok(path);
     struct done_log log = {0};
-    struct done_tag tags[10];
     for (int i = 0; i < 10; i++) {
-        tags[i] = (struct done_tag){&log, i};
         char body[32];
         snprintf(body, sizeof body, "{\"v\":%d}", i);
-        assert_int_equal(store_doc_put_async(st, "k", "a", body, note_done, &tags[i]), 0);
+        assert_int_equal(store_doc_put_async(st, "k", "a", body, note_done, done_tag(&log, i)), 0);
     }
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":\"last\"}"), 0);
     assert_int_equal(store_async_queued(st), 0);
@@ -1968,12 +1976,11 @@ static void test_a_failed_queued_write_is_reported_and_the_next_ones_land(void *
     char *path = temp_db();
     struct store *st = open_ok(path);
     struct done_log log = {0};
-    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
     struct store_audit_event ev = {
         .at = 5, .type = "audit.app.update", .actor = "alice", .detail = "{}"};
-    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, &tags[0]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "good", "{}", note_done, &tags[1]), 0);
-    assert_int_equal(store_audit_add_async(st, &ev, note_done, &tags[2]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "good", "{}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_audit_add_async(st, &ev, note_done, done_tag(&log, 2)), 0);
     reap_until(st, &log, 3);
     assert_int_equal(log.rc[0], on_pg(path) ? -EIO : 0); /* SQLite keeps any bytes */
     assert_int_equal(log.rc[1], 0);
@@ -2026,10 +2033,9 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
     PGconn *hold = hold_row(path, "k", "a");
     struct done_log log = {0};
-    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, &tags[1]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "c", "{}", note_done, &tags[2]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{}", note_done, done_tag(&log, 2)), 0);
     int64_t bound = store_drain_ms;
     store_drain_ms = 300;
     int64_t t0 = time_now_ms();
@@ -2042,7 +2048,8 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
     assert_int_equal(log.rc[0], -ECANCELED);
     assert_int_equal(log.order[1], 2);
     assert_int_equal(log.rc[1], -ECANCELED);
-    assert_int_equal(store_doc_put_async(st, "k", "d", "{}", note_done, &tags[0]), -ECANCELED);
+    assert_int_equal(store_doc_put_async(st, "k", "d", "{}", note_done, done_tag(&log, 3)),
+                     -ECANCELED);
     assert_int_equal(store_doc_put(st, "k", "d", "{}"), -ECANCELED);
     t0 = time_now_ms();
     store_close(st);
