@@ -1904,10 +1904,13 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
     PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
     struct done_log log = {0};
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, done_tag(&log, 1)),
+                     0);
     assert_int_equal(store_doc_delete_async(st, "k", "b", note_done, done_tag(&log, 2)), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, done_tag(&log, 3)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, done_tag(&log, 3)),
+                     0);
     assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, done_tag(&log, 4)), 0);
     if (hold) /* all five wait behind the held row */
         assert_int_equal(store_async_queued(st), 5);
@@ -1978,7 +1981,8 @@ static void test_a_failed_queued_write_is_reported_and_the_next_ones_land(void *
     struct done_log log = {0};
     struct store_audit_event ev = {
         .at = 5, .type = "audit.app.update", .actor = "alice", .detail = "{}"};
-    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, done_tag(&log, 0)),
+                     0);
     assert_int_equal(store_doc_put_async(st, "k", "good", "{}", note_done, done_tag(&log, 1)), 0);
     assert_int_equal(store_audit_add_async(st, &ev, note_done, done_tag(&log, 2)), 0);
     reap_until(st, &log, 3);
@@ -2033,7 +2037,8 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
     PGconn *hold = hold_row(path, "k", "a");
     struct done_log log = {0};
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
     assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, done_tag(&log, 1)), 0);
     assert_int_equal(store_doc_put_async(st, "k", "c", "{}", note_done, done_tag(&log, 2)), 0);
     int64_t bound = store_drain_ms;
