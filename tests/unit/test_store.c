@@ -67,6 +67,13 @@ static char *temp_db(void)
     return xasprintf("%s/skiff.db", dir);
 }
 
+/* A fresh database on the server, for a test of what only the PostgreSQL store does (its feed,
+ * its cache, a server that stops answering); NULL on SQLite, where the test has nothing to do. */
+static char *temp_pg_db(void)
+{
+    return pg_throwaway_dir ? temp_db() : NULL;
+}
+
 static void remove_db(char *path)
 {
     if (on_pg(path)) {
@@ -1502,11 +1509,9 @@ done:
 static void test_a_lost_feed_turns_the_cache_off(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     int64_t first_try = store_pg_feed_retry_ms[0];
     store_pg_feed_retry_ms[0] = 600 * 1000; /* not reopened during this test */
     struct store *st = open_ok(path), *other = open_ok(path);
@@ -1565,11 +1570,9 @@ static void watch_feed(void *ctx, int fd, bool writable)
 static void test_a_lost_feed_is_reopened_and_the_cache_reloaded(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path), *other = open_ok(path);
     struct watched w = {0, store_feed_fd(st)};
     store_feed_watch(st, watch_feed, &w);
@@ -1640,11 +1643,9 @@ static void admin_sql(const char *path, const char *fmt)
 static void test_a_feed_that_cannot_be_reopened_is_tried_again_later(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path);
     struct store_app *app = sample_app("shop"), *got = NULL;
     assert_int_equal(store_app_create(st, app), 0);
@@ -1761,11 +1762,9 @@ static void test_app_get_finds_each_of_many_apps_by_guid_and_by_name(void **stat
 static void test_reads_come_from_the_cache_until_a_change_is_announced(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path);
     struct store_app *app = sample_app("shop"), *got = NULL;
     assert_int_equal(store_app_create(st, app), 0);
@@ -2028,11 +2027,9 @@ static void test_close_makes_the_queued_writes(void **state)
 static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path);
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
     PGconn *hold = hold_row(path, "k", "a");
@@ -2075,11 +2072,9 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
 static void test_documents_come_from_the_cache_until_another_writer_changes_one(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path), *other = open_ok(path);
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":1}"), 0);
     assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
@@ -2194,11 +2189,9 @@ static void test_fresh_reads_see_a_write_the_feed_has_not_told_of(void **state)
 static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path), *other = open_ok(path);
     struct store_app *app = sample_app("shop");
     assert_int_equal(store_app_create(st, app), 0);
