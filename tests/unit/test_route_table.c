@@ -12,6 +12,8 @@
 
 #include "router/route_table.h"
 
+#include "routes_message.h"
+
 static struct route_table *parse(const char *json)
 {
     struct route_table *t = NULL;
@@ -258,41 +260,22 @@ static void test_lost_backends_are_those_gone_without_a_drain(void **state)
     assert_string_equal(got, "");
 }
 
-/* A routes message of `routes` routes of 10 backends each; route r of `now` (lose set) has lost
- * its backend 9 when r is even, and every route also lists backend 0 of route 0 (one address
- * in every route, kept). */
-static char *many_routes(int routes, bool lose)
-{
-    size_t cap = (size_t)routes * 400 + 64, len = 0;
-    char *s = malloc(cap);
-    len += (size_t)snprintf(s, cap, "{\"routes\":[");
-    for (int r = 0; r < routes; r++) {
-        len += (size_t)snprintf(s + len, cap - len,
-                                "%s{\"host\":\"h%d.localhost\",\"backends\":[{\"addr\":"
-                                "\"10.9.0.0:1\"}",
-                                r ? "," : "", r);
-        for (int b = 1; b < (lose && r % 2 == 0 ? 9 : 10); b++)
-            len += (size_t)snprintf(s + len, cap - len, ",{\"addr\":\"10.%d.%d.%d:2\"}", r >> 8,
-                                    r & 255, b);
-        len += (size_t)snprintf(s + len, cap - len, "]}");
-    }
-    snprintf(s + len, cap - len, "]}");
-    return s;
-}
-
 static void test_lost_backends_of_a_big_table_each_once_in_order(void **state)
 {
     (void)state;
-    int routes = 1000; /* 10,000 backends */
-    char *old_json = many_routes(routes, false), *now_json = many_routes(routes, true);
+    /* 10,000 backends; route r of now has lost its last backend (9) when r is even, and every
+     * route lists route 0's first backend (one address in every route, kept) */
+    int routes = 1000;
+    char *old_json = routes_message(routes, 10, 0, true),
+         *now_json = routes_message(routes, 10, 2, true);
     struct route_table *old = parse(old_json), *now = parse(now_json);
     struct route_addr *lost = NULL;
     size_t n = route_table_lost(old, now, &lost);
     assert_int_equal(n, (size_t)routes / 2);
     for (size_t i = 0; i < n; i++) {
         char want[64];
-        int r = (int)i * 2; /* sorted by address: route 0's first, then 2, 4... */
-        snprintf(want, sizeof want, "10.%d.%d.9:2", r >> 8, r & 255);
+        int k = (int)i * 2 * 10 + 9; /* sorted by address: route 0's first, then 2, 4... */
+        snprintf(want, sizeof want, "10.%d.%d.%d:61009", k >> 16, (k >> 8) & 255, k & 255);
         assert_string_equal(lost[i].text, want);
     }
     free(lost);
