@@ -31,6 +31,24 @@ static const char *app_of(struct route_table *t, const char *host, const char *p
     return r ? r->app_name : NULL;
 }
 
+/* The route of a table of one, a.localhost, with backends 127.0.0.1:1 to 127.0.0.1:n (n < 10);
+ * *t, the table (the caller unrefs it). */
+static struct route *a_route(int n, struct route_table **t)
+{
+    char json[512];
+    size_t len = (size_t)snprintf(json, sizeof json,
+                                  "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":[");
+    for (int i = 1; i <= n; i++)
+        len += (size_t)snprintf(json + len, sizeof json - len, "%s{\"addr\":\"127.0.0.1:%d\"}",
+                                i > 1 ? "," : "", i);
+    snprintf(json + len, sizeof json - len, "]}]}");
+    *t = parse(json);
+    struct route *r = route_table_lookup(*t, "a.localhost", 11, "/", 1);
+    assert_non_null(r);
+    assert_int_equal(r->backend_count, n);
+    return r;
+}
+
 static const char TABLE[] =
     "{\"type\":\"routes\",\"version\":7,\"routes\":["
     "{\"host\":\"api.localhost\",\"path\":\"\",\"app_name\":\"root\",\"backends\":[{\"addr\":"
@@ -122,11 +140,8 @@ static void test_round_robin_skips_tried_backends(void **state)
 {
     (void)state;
     unsigned cursor = 0;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
-                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(3, &t);
     int seen[3] = {0};
     for (int i = 0; i < 30; i++)
         seen[route_pick_backend(r, &cursor, NULL, 0) - r->backends]++;
@@ -148,10 +163,8 @@ static void test_backends_marked_down_are_passed_over(void **state)
 {
     (void)state;
     unsigned cursor = 0;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(2, &t);
     route_backend_mark_down(&r->backends[0], 60000);
     for (int i = 0; i < 10; i++)
         assert_ptr_equal(route_pick_backend(r, &cursor, NULL, 0), &r->backends[1]);
@@ -176,11 +189,8 @@ static void test_a_hedge_is_picked_among_instances_up_only(void **state)
 {
     (void)state;
     unsigned cursor = 0;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
-                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(3, &t);
     struct route_backend *tried = &r->backends[0];
     route_backend_mark_down(&r->backends[1], 60000);
     for (int i = 0; i < 6; i++)
@@ -314,10 +324,8 @@ static void test_down_marks_carry_over_to_the_next_table(void **state)
 static void test_each_cursor_goes_round_on_its_own(void **state)
 {
     (void)state;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(2, &t);
     assert_int_equal(r->index, 0);
     unsigned one = 0, other = 1; /* workers start at different places */
     assert_ptr_equal(route_pick_backend(r, &one, NULL, 0), &r->backends[0]);
