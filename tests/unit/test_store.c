@@ -19,6 +19,7 @@
 
 #include "common/util.h"
 #include "store/store.h"
+#include "feed_fence.h"
 #include "pg_throwaway.h"
 
 extern const char *const store_sqlite_migrations[];
@@ -1417,17 +1418,6 @@ static void test_doc_replace_lands_only_over_what_was_read(void **state)
     remove_db(path);
 }
 
-/* Waits until a has heard of b's write of a "fence" document: the feed is in order, so a has
- * heard of b's writes before it too. */
-static void fence(struct store *a, struct store *b)
-{
-    uint64_t before = store_doc_news_kind(a, "fence");
-    assert_int_equal(store_doc_put(b, "fence", "x", "{}"), 0);
-    for (int i = 0; i < 1000 && store_doc_news_kind(a, "fence") == before; i++)
-        usleep(10 * 1000);
-    assert_true(store_doc_news_kind(a, "fence") != before);
-}
-
 /* The feed names each document's kind: a reader of one family of kinds hears of its own
  * kinds only, and of anything that names no kind (a long kind, "all"). */
 static void test_document_news_is_per_kind(void **state)
@@ -1449,19 +1439,19 @@ static void test_document_news_is_per_kind(void **state)
     }
     assert_int_equal(store_doc_put(b, "authx", "y", "{}"), 0); /* not of the "auth" family */
     assert_int_equal(store_doc_put(b, "event_mappingx", "y", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_int_equal(store_doc_news_kind(a, "event_mapping"), maps);
     assert_int_equal(store_doc_news_kind(a, "auth"), auth);
     assert_true(store_doc_news(a) != any); /* every kind is still news to store_doc_news */
 
     assert_int_equal(store_doc_put(b, "auth.token.hash", "h", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "auth") != auth);
     assert_int_equal(store_doc_news_kind(a, "event_mapping"), maps);
     auth = store_doc_news_kind(a, "auth");
     assert_int_equal(store_doc_put(a, "event_mapping", "m", "{}"), 0); /* a's own: no news */
     assert_int_equal(store_doc_put(b, "event_mapping", "n", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "event_mapping") != maps);
     assert_int_equal(store_doc_news_kind(a, "auth"), auth);
 
@@ -1473,7 +1463,7 @@ static void test_document_news_is_per_kind(void **state)
     char *json = NULL;
     assert_int_equal(store_doc_get(a, huge, "x", &json), 0);
     free(json);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "event_mapping") != maps);
     free(huge);
 
@@ -1483,10 +1473,10 @@ static void test_document_news_is_per_kind(void **state)
         snprintf(kind, sizeof kind, "many%d", i);
         assert_int_equal(store_doc_put(b, kind, "x", "{}"), 0);
     }
-    fence(a, b);
+    feed_fence(a, b);
     maps = store_doc_news_kind(a, "event_mapping");
     assert_int_equal(store_doc_put(b, "many79", "y", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "event_mapping") != maps);
 
     /* NOTIFY skiff_store, 'all' is news of every kind */
