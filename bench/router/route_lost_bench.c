@@ -15,35 +15,13 @@
 #include "common/util.h"
 #include "router/route_table.h"
 
+#include "../../tests/unit/routes_message.h"
+
 static double now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-/* A routes message; `drop` leaves out the last backend of every tenth route. */
-static char *routes_json(int routes, int backends, int drop)
-{
-    size_t cap = (size_t)routes * (size_t)backends * 48 + 1024, len = 0;
-    char *s = xmalloc(cap);
-    len += (size_t)snprintf(s + len, cap - len, "{\"type\":\"routes\",\"version\":1,\"routes\":[");
-    for (int r = 0; r < routes; r++) {
-        len +=
-            (size_t)snprintf(s + len, cap - len,
-                             "%s{\"host\":\"app%d.localhost\",\"app_guid\":\"g%d\",\"backends\":[",
-                             r ? "," : "", r, r);
-        int n = backends - (drop && r % 10 == 0 ? 1 : 0);
-        for (int b = 0; b < n; b++) {
-            int k = r * backends + b;
-            len +=
-                (size_t)snprintf(s + len, cap - len, "%s{\"addr\":\"10.%d.%d.%d:%d\"}",
-                                 b ? "," : "", (k >> 16) & 255, (k >> 8) & 255, k & 255, 61000 + b);
-        }
-        len += (size_t)snprintf(s + len, cap - len, "]}");
-    }
-    snprintf(s + len, cap - len, "]}");
-    return s;
 }
 
 static struct route_table *parse(const char *json)
@@ -62,7 +40,8 @@ int main(void)
     int routes = getenv("ROUTES") ? atoi(getenv("ROUTES")) : 1000;
     int backends = getenv("BACKENDS") ? atoi(getenv("BACKENDS")) : 10;
     int runs = getenv("RUNS") ? atoi(getenv("RUNS")) : 50;
-    char *old_json = routes_json(routes, backends, 0), *now_json = routes_json(routes, backends, 1);
+    char *old_json = routes_message(routes, backends, 0, false),
+         *now_json = routes_message(routes, backends, 10, false);
     struct route_table *old = parse(old_json), *now = parse(now_json);
     size_t lost_n = 0;
     double t0 = now_ms();

@@ -66,9 +66,14 @@ def wait_for(cond, timeout=10.0, what="condition", interval=0.02):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-# tests/e2e/apps/web.py: the web app of the deploy, drain and autoscaling tests, as bytes
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", "web.py"), "rb") as _f:
-    WEB_APP = _f.read()
+def app_source(name):
+    """tests/e2e/apps/NAME as bytes: the source of an app a test pushes."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", name), "rb") as f:
+        return f.read()
+
+
+# the web app of the deploy, drain and autoscaling tests
+WEB_APP = app_source("web.py")
 
 
 def kill_all(proc, home):

@@ -67,12 +67,31 @@ def serves(p, name, host=None):
     return status == 200 and text.startswith("instance")
 
 
-def stop_clean(made):
-    """Stops each skiffd still running and fails on a sanitizer report in any one's output."""
+def stop_clean(made, **stop_args):
+    """Stops each skiffd still running (p.stop(**stop_args)) and fails on a sanitizer report in
+    any one's output."""
     for p in made:
-        p.stop()
+        p.stop(**stop_args)
         text = p.output()
         assert "Sanitizer" not in text and "runtime error" not in text, text
+
+
+@contextlib.contextmanager
+def stopped_clean(**stop_args):
+    """Yields a list for the block to add each skiffd it starts to, of any role and on any host
+    (Platform, multihost's HostPlatform, HostCell, HostRouter). After the block, each is stopped
+    and its output checked (stop_clean); whatever happened, each is closed (its home removed),
+    the last added first, the others still when one fails to close."""
+    made = []
+    try:
+        yield made
+        stop_clean(made, **stop_args)
+    finally:
+        for p in reversed(made):
+            try:
+                p.close()
+            except Exception as e:  # close the others still
+                print("closing:", e)
 
 
 @contextlib.contextmanager
@@ -80,22 +99,20 @@ def leader_and_follower(make, then=None, heartbeats_s=10):
     """a = make("zone-a") started first and leading, then(a) if given, b = make("zone-b")
     following once both cells' heartbeats show: yields (a, b). After the block, both stopped
     and their output free of sanitizer reports; closed (homes removed) whatever happened."""
-    a = make("zone-a").start()
-    made = [a]
-    try:
+    with stopped_clean() as made:
+        a = make("zone-a")
+        made.append(a)
+        a.start()
         wait_for(lambda: leading(a), 15, "the first skiffd to lead")
         if then:
             then(a)
-        b = make("zone-b").start()
+        b = make("zone-b")
         made.append(b)
+        b.start()
         wait_for(lambda: len(cells(b)["cells"]) == 2, heartbeats_s, "both cells' heartbeats")
         assert not leading(b), cells(b)
         assert a.home != b.home
         yield a, b
-        stop_clean(made)
-    finally:
-        for p in made:
-            p.close()
 
 
 @pytest.fixture

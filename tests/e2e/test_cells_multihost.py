@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from conftest import deploy_bits, free_port, wait_for
+from controllers import stopped_clean
 from multihost import (HOSTS_MS, PG_BIN, Cluster, HostCell, HostRouter, backends, cells_up,
                        running, start_controller)
 from test_images import (DEFAULT_CONFIG, HostileRegistry, digest, image_config, image_manifest,
@@ -40,33 +41,24 @@ LOST_MS = 5000  # SKIFF_CELL_LOST_MS's default
 def world():
     c = Cluster(("a", "b", "c", "d"))
     c.up()
-    started = []
     try:
-        # where a test's registry listens: the bridge's side of the root namespace
-        registry_addr = "%s:%d" % (c.gateway, free_port())
-        ctl = start_controller(c, c.host("a"), POOLS["a"], "skiff_cells_%d" % os.getpid(),
-                               extra_args=["--insecure-registry", registry_addr])
-        started.append(ctl)
-        ctl.registry_addr = registry_addr
-        cells = {}
-        for name in ("b", "c"):
-            cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
-            started.append(cells[name])
-            cells[name].join(ctl).start()
-        router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
-        started.append(router)
-        router.start()
-        yield c, ctl, cells, router
-        for s in started:
-            s.stop()
-        for text in [ctl.output()] + [x.output() for x in cells.values()]:
-            assert "Sanitizer" not in text and "runtime error" not in text, text
+        with stopped_clean() as started:
+            # where a test's registry listens: the bridge's side of the root namespace
+            registry_addr = "%s:%d" % (c.gateway, free_port())
+            ctl = start_controller(c, c.host("a"), POOLS["a"], "skiff_cells_%d" % os.getpid(),
+                                   extra_args=["--insecure-registry", registry_addr])
+            started.append(ctl)
+            ctl.registry_addr = registry_addr
+            cells = {}
+            for name in ("b", "c"):
+                cells[name] = HostCell(c.host(name), c.nats_urls, POOLS[name])
+                started.append(cells[name])
+                cells[name].join(ctl).start()
+            router = HostRouter(c.host("d"), c.nats_urls, extra_env=HOSTS_MS)
+            started.append(router)
+            router.start()
+            yield c, ctl, cells, router
     finally:
-        for s in reversed(started):
-            try:
-                s.close()
-            except Exception as e:  # close the others still
-                print("closing:", e)
         c.down()
 
 

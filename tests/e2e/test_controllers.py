@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, WEB_APP, Platform, deploy_bits, http_get, out, wait_for
 from controllers import (LEADER_BOUND_S, cells, leader_and_follower, leading,  # noqa: F401
                          needs_postgres, pair, pg_dir, psql, running_here, serves, skiffd,
-                         stop_clean)
+                         stopped_clean)
 
 pytestmark = needs_postgres
 
@@ -265,12 +265,14 @@ def test_an_app_made_through_one_skiffd_is_listed_by_the_other(pg_dir):
     # heartbeats far apart and no brokers to register, so that the follower writes nothing of
     # its own that would drop its cached app list by chance: only catching up with the store
     # (once a second) does
-    a = skiffd(pg_dir, "zone-a", 60000, ["--no-builtin-brokers"]).start()
-    made = [a]
-    try:
+    with stopped_clean() as made:
+        a = skiffd(pg_dir, "zone-a", 60000, ["--no-builtin-brokers"])
+        made.append(a)
+        a.start()
         wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        b = skiffd(pg_dir, "zone-b", 60000, ["--no-builtin-brokers"]).start()
+        b = skiffd(pg_dir, "zone-b", 60000, ["--no-builtin-brokers"])
         made.append(b)
+        b.start()
         assert "listed" not in app_names(b)  # b's list is cached now
         assert app_names(b) == app_names(b)
         assert a.api("PUT", "/v1/apps/listed", {"no_route": True})[0] in (200, 201)
@@ -280,10 +282,6 @@ def test_an_app_made_through_one_skiffd_is_listed_by_the_other(pg_dir):
               f"{time.monotonic() - made_at:.2f} s")
         assert b.api("DELETE", "/v1/apps/listed")[0] in (200, 204)
         wait_for(lambda: "listed" not in app_names(a), 3, "a to drop the app deleted through b")
-        stop_clean(made)
-    finally:
-        for p in made:
-            p.close()
 
 
 def schedule_fires(p):

@@ -9,72 +9,12 @@ import signal
 import urllib.error
 import urllib.request
 
-from conftest import deploy_bits, instance_url, out, write
+from conftest import app_source, deploy_bits, instance_url, out, write
 
-# A web app whose readiness the test flips per instance: GET /unready and /ready (sent to the
-# instance itself, not through the router) set it; /readyz answers 200 or 503 accordingly.
-# /health answers after HEALTH_DELAY seconds once /slow was asked (0 before), and prints a line
-# for each check it answered; /probe answers at once and prints a line too. LINES_PER_TICK lines of LINE_BYTES are printed every 0.1 s.
-APP = b"""
-import os, sys, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-INDEX = os.environ.get("CF_INSTANCE_INDEX", "?")
-state = {"ready": True, "slow": False}
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def answer(self, code, text):
-        body = text.encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/unready":
-            state["ready"] = False
-        elif self.path == "/ready":
-            state["ready"] = True
-        elif self.path == "/slow":
-            state["slow"] = True
-        if self.path == "/readyz":
-            return self.answer(200 if state["ready"] else 503, "ready" if state["ready"] else "no")
-        if self.path == "/probe":
-            print("PROBE-ANSWERED %s" % INDEX, flush=True)
-            return self.answer(200, "ok")
-        if self.path == "/health":
-            if state["slow"]:
-                time.sleep(float(os.environ.get("HEALTH_DELAY", "0")))
-                print("SLOW-HEALTH-ANSWERED %s" % INDEX, flush=True)
-            return self.answer(200, "ok")
-        self.answer(200, "instance %s pid %d\\n" % (INDEX, os.getpid()))
-
-    def log_message(self, *args):
-        pass
-
-
-def chatter():
-    n = int(os.environ.get("LINES_PER_TICK", "0"))
-    size = int(os.environ.get("LINE_BYTES", "100"))
-    seq = 0
-    while n:
-        for _ in range(n):
-            seq += 1
-            line = "SEQ %09d " % seq
-            sys.stdout.write(line + "x" * max(0, size - len(line) - 1) + "\\n")
-        sys.stdout.flush()
-        time.sleep(0.1)
-
-
-threading.Thread(target=chatter, daemon=True).start()
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"""
-
-FILES = [("Procfile", b"web: python3 app.py\n"), ("app.py", APP)]
+# tests/e2e/apps/readiness.py: readiness flipped per instance (GET /unready, /ready on the
+# instance itself), /health slowed by HEALTH_DELAY after /slow, /probe, and LINES_PER_TICK lines
+# of LINE_BYTES printed every 0.1 s
+FILES = [("Procfile", b"web: python3 app.py\n"), ("app.py", app_source("readiness.py"))]
 
 
 def get(p, host, path="/"):

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import BIN_DIR, http_get, read_pid_file, wait_for
-from controllers import cells, leading
+from controllers import cells, leading, stopped_clean
 from multihost import HOSTS_MS, Cluster, HostPlatform, running
 from test_fabric_crash import read_all
 from test_images import DEFAULT_CONFIG, image_config, layers_of, oci_archive
@@ -63,24 +63,12 @@ def pair(cluster):
     stopped and its home removed at the end, its log checked for sanitizer reports."""
     database = "skiff_roleall_%d" % os.getpid()
     cluster.create_database(database)
-    started = []
-
-    def start(name):
-        p = start_all(cluster, name, database)
-        started.append(p)
-        return p
-    try:
+    with stopped_clean(timeout=60) as started:
+        def start(name):
+            p = start_all(cluster, name, database)
+            started.append(p)
+            return p
         yield start
-        for p in started:
-            p.stop(timeout=60)
-            assert "Sanitizer" not in p.output() and "runtime error" not in p.output(), \
-                p.output()
-    finally:
-        for p in reversed(started):
-            try:
-                p.close()
-            except Exception as e:  # close the others still
-                print("closing:", e)
 
 
 def this_cell(p):

@@ -270,61 +270,17 @@ def test_a_request_is_sent_again_only_to_its_own_app(router_factory, bus, backen
         hang.close()
 
 
-# An instance for the readiness case below: /readyz answers 200 or 503 as GET /unready and
-# /ready (sent to the instance itself) set it; a POST is read whole, then answered only once
-# GET /release came (30 s at most), with the bytes it got; GET /posts counts the POSTs read.
-HELD_APP = b"""
-import os, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-state = {"ready": True, "posts": 0}
-release = threading.Event()
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def answer(self, code, text):
-        body = text.encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/unready":
-            state["ready"] = False
-        elif self.path == "/release":
-            release.set()
-        if self.path == "/readyz":
-            return self.answer(200 if state["ready"] else 503, "ready")
-        if self.path == "/posts":
-            return self.answer(200, "%d" % state["posts"])
-        self.answer(200, "instance %s\\n" % os.environ.get("CF_INSTANCE_INDEX"))
-
-    def do_POST(self):
-        n = len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        state["posts"] += 1
-        release.wait(30)
-        self.answer(200, "got %d\\n" % n)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"""
-
-
 def test_an_instance_failing_readiness_finishes_its_requests_in_flight(platform):
     """An instance whose readiness check fails leaves the table as a drained one does: its
     process still runs, so a POST in flight to it (which the router cannot send again) gets
     its answer, not a 502 `backend-lost`."""
-    from conftest import deploy_bits, instance_url
+    from conftest import app_source, deploy_bits, instance_url
 
+    # tests/e2e/apps/readiness.py: /readyz follows GET /unready (sent to the instance itself); a
+    # POST is read whole, then answered once GET /release came; GET /posts counts the POSTs read
     p = platform
-    deploy_bits(p, "held", [("Procfile", b"web: python3 app.py\n"), ("app.py", HELD_APP)],
+    deploy_bits(p, "held", [("Procfile", b"web: python3 app.py\n"),
+                            ("app.py", app_source("readiness.py"))],
                 {"instances": 1, "readiness_health_check_type": "http",
                  "readiness_health_check_http_endpoint": "/readyz",
                  "readiness_health_check_interval": 1})

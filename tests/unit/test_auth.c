@@ -16,6 +16,7 @@
 #include "auth/auth.h"
 #include "common/util.h"
 #include "store/store.h"
+#include "feed_fence.h"
 #include "pg_throwaway.h"
 
 struct fixture {
@@ -405,16 +406,6 @@ static void test_an_orphaned_claim_is_taken_over_after_its_grace(void **state)
                         acme);
 }
 
-/* Waits until st has heard of every write made before this one of a "fence" document. */
-static void fence(struct store *writer, struct store *st)
-{
-    uint64_t before = store_doc_news_kind(st, "fence");
-    assert_int_equal(store_doc_put(writer, "fence", "x", "{}"), 0);
-    for (int i = 0; i < 1000 && store_doc_news_kind(st, "fence") == before; i++)
-        usleep(10 * 1000);
-    assert_true(store_doc_news_kind(st, "fence") != before);
-}
-
 /* On PostgreSQL the change feed names each document's kind: with tokens made and other
  * documents written through another skiffd, but no change of users, roles, orgs, spaces or
  * quotas, a catch-up reads nothing (here it could not: the table is away); a password
@@ -442,7 +433,7 @@ static void test_catch_up_reads_the_generation_only_on_its_news(void **state)
     char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
     assert_int_equal(auth_login(a, guid, access, refresh), 0);
     assert_int_equal(store_doc_put(s1, "cell", "c1", "{}"), 0);
-    fence(s1, s2);
+    feed_fence(s2, s1);
     pg_throwaway_sql(url, "ALTER TABLE documents RENAME TO documents_away");
     assert_int_equal(auth_catch_up(b), 0);
     pg_throwaway_sql(url, "ALTER TABLE documents_away RENAME TO documents");

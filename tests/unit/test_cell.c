@@ -300,13 +300,35 @@ static void cell_home_close(const char *home, uv_loop_t *loop)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The format of this cell's token number n. */
+#define CELL_TOKEN_FORMAT "skiffc_" CELL_ID "%064d"
+
 /* Puts this cell's token number n in the home's token file, the operator's (0600). */
 static void cell_token_write(const char *home, int n)
 {
     char path[CELL_HOME_SIZE + 16], text[200];
     snprintf(path, sizeof path, "%s/cell-token", home);
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", n);
+    snprintf(text, sizeof text, CELL_TOKEN_FORMAT "\n", n);
     write_file(path, text, 0600);
+}
+
+/* A controller of the test's (a blob server) that answers body, len bytes, to a request with
+ * this cell's token number n and 401 to any other; its URL in url. */
+static void controller_start(struct blob_server *ctl, const char *body, size_t len, int n,
+                             char url[64])
+{
+    *ctl = (struct blob_server){.body = body, .len = len};
+    snprintf(ctl->good, sizeof ctl->good, "Authorization: Bearer " CELL_TOKEN_FORMAT, n);
+    blob_server_start(ctl, url);
+}
+
+/* A cell's droplets and layers in home, fetched from the controllers at urls (NULL: none). */
+static void cell_fetchers_new(uv_loop_t *loop, const char *home, const char *const *urls,
+                              struct cell_droplets **cd, struct cell_layers **cl)
+{
+    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
+    assert_int_equal(cell_droplets_new(loop, &cfg, cd), 0);
+    assert_int_equal(cell_layers_new(loop, home, 200000, *cd, NULL, cl), 0);
 }
 
 /* A cell with a home of its own: the controller's path is never read when the cell has
@@ -432,10 +454,9 @@ static void test_a_token_refused_is_read_again_and_the_new_one_used(void **state
     digest_of(body, len, digest);
 
     /* the controller: 401 unless the request carries token 2 */
-    struct blob_server ctl = {.body = body, .len = len};
-    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
+    struct blob_server ctl;
     char url[64];
-    blob_server_start(&ctl, url);
+    controller_start(&ctl, body, len, 2, url);
     const char *urls[] = {url, NULL};
 
     struct cell_droplets *cd = NULL;
@@ -496,9 +517,7 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     cell_home_open(home, &loop);
     struct cell_droplets *cd = NULL;
     struct cell_layers *cl = NULL;
-    struct cell_droplets_config none = {.home = home, .cell_id = CELL_ID};
-    assert_int_equal(cell_droplets_new(&loop, &none, &cd), 0);
-    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    cell_fetchers_new(&loop, home, NULL, &cd, &cl);
     char path[600], drop[512], err[700] = "";
     cell_token_write(home, 1);
     snprintf(drop, sizeof drop, "%s/droplet", home);
@@ -522,9 +541,7 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
     /* B missing, the cell's one controller answers nobody: one fetch for both starts */
     assert_int_equal(rmdir(b_dir), 0);
     static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
-    struct cell_droplets_config one = {.home = home, .cell_id = CELL_ID, .controller_urls = nobody};
-    assert_int_equal(cell_droplets_new(&loop, &one, &cd), 0);
-    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    cell_fetchers_new(&loop, home, nobody, &cd, &cl);
     assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EINPROGRESS);
     assert_int_equal(cell_layers_get(cl, drop, on_layers, &h2, err, sizeof err), -EINPROGRESS);
     cell_layers_collect(cl, 0); /* put off: a fetch is in flight */
@@ -572,29 +589,24 @@ static void test_an_image_droplets_layers_are_found_fetched_or_refused(void **st
 static void test_a_silent_controller_is_left_for_the_next(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellstall-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
+    uv_loop_t loop;
+    cell_home_open(home, &loop);
     size_t len = 0;
     char *body = droplet_blob(home, &len);
     char digest[BLOB_DIGEST_LEN + 1];
     digest_of(body, len, digest);
-    struct blob_server ctl = {.body = body, .len = len};
-    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 1);
+    struct blob_server ctl;
     char url[64], silent[64];
-    blob_server_start(&ctl, url);
+    controller_start(&ctl, body, len, 1, url);
     int silent_fd;
     snprintf(silent, sizeof silent, "http://127.0.0.1:%d", stranger_listen(&silent_fd));
     const char *urls[] = {silent, url, NULL};
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     struct cell_droplets *cd = NULL;
     struct cell_droplets_config cfg = {
         .home = home, .cell_id = CELL_ID, .controller_urls = urls, .fetch_stall_ms = 1000};
     assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
-    char path[600], text[200];
-    snprintf(path, sizeof path, "%s/cell-token", home);
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
-    write_file(path, text, 0600);
+    cell_token_write(home, 1);
     struct cell_launch l = sample();
     l.droplet_digest = digest;
     l.blob_urls = NULL;
@@ -614,6 +626,7 @@ static void test_a_silent_controller_is_left_for_the_next(void **state)
     close(held);
     assert_true(took >= 1000);
     assert_true(took < 60000);
+    char path[600];
     snprintf(path, sizeof path, "%s/blobs/droplets/%s/app/hello.txt", home, digest + 7);
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
@@ -631,13 +644,10 @@ static void test_a_silent_controller_is_left_for_the_next(void **state)
     assert_non_null(strstr(h2.why, "sent nothing for 1000 ms"));
     assert_non_null(strstr(h2.why, silent));
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
     close(silent_fd);
     blob_server_stop(&ctl);
     free(body);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
 
 /* A layer's fetch refused because the token was rotated meanwhile: the token file is read
@@ -645,8 +655,9 @@ static void test_a_silent_controller_is_left_for_the_next(void **state)
 static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellayrot-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
+    uv_loop_t loop;
+    cell_home_open(home, &loop);
     char path[600], cmd[900];
     snprintf(path, sizeof path, "%s/layer", home);
     assert_int_equal(mkdir(path, 0700), 0);
@@ -660,22 +671,15 @@ static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
     assert_int_equal(file_read(path, &body, &len), 0);
     char digest[BLOB_DIGEST_LEN + 1];
     digest_of(body, len, digest);
-    struct blob_server ctl = {.body = body, .len = len};
-    snprintf(ctl.good, sizeof ctl.good, "Authorization: Bearer skiffc_" CELL_ID "%064d", 2);
+    struct blob_server ctl;
     char url[64];
-    blob_server_start(&ctl, url);
+    controller_start(&ctl, body, len, 2, url);
     const char *urls[] = {url, NULL};
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     struct cell_droplets *cd = NULL;
     struct cell_layers *cl = NULL;
-    struct cell_droplets_config cfg = {.home = home, .cell_id = CELL_ID, .controller_urls = urls};
-    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
-    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
-    char text[200], drop[512], record[800];
-    snprintf(path, sizeof path, "%s/cell-token", home);
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 1);
-    write_file(path, text, 0600);
+    cell_fetchers_new(&loop, home, urls, &cd, &cl);
+    char drop[512], record[800];
+    cell_token_write(home, 1);
     snprintf(drop, sizeof drop, "%s/droplet", home);
     assert_int_equal(mkdir(drop, 0700), 0);
     snprintf(path, sizeof path, "%s/image.json", drop);
@@ -684,9 +688,7 @@ static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
     struct heard h = {0};
     char err[700] = "";
     assert_int_equal(cell_layers_get(cl, drop, on_layers, &h, err, sizeof err), -EINPROGRESS);
-    snprintf(path, sizeof path, "%s/cell-token", home); /* rotated while the fetch runs */
-    snprintf(text, sizeof text, "skiffc_" CELL_ID "%064d\n", 2);
-    write_file(path, text, 0600);
+    cell_token_write(home, 2); /* rotated while the fetch runs */
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(h.calls, 1);
     assert_int_equal(h.rc, 0);
@@ -697,11 +699,9 @@ static void test_a_refused_layer_fetch_reads_a_rotated_token(void **state)
     assert_int_equal(stat(path, &st), 0);
     cell_layers_free(cl);
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
     blob_server_stop(&ctl);
     free(body);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
 
 static char *held_dir;
@@ -746,11 +746,10 @@ static bool cached_here(const char *home, char c)
 static void test_the_droplet_cache_keeps_its_bound_and_what_is_in_use(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellcache-XXXXXX";
-    assert_non_null(mkdtemp(home));
-    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
+    char home[CELL_HOME_SIZE];
     uv_loop_t loop;
-    uv_loop_init(&loop);
+    cell_home_open(home, &loop);
+    static const char *const nobody[] = {"http://127.0.0.1:1", NULL};
     struct cell_droplets *cd = NULL;
     struct cell_droplets_config cfg = {.home = home,
                                        .cell_id = CELL_ID,
@@ -793,9 +792,7 @@ static void test_the_droplet_cache_keeps_its_bound_and_what_is_in_use(void **sta
     snprintf(cmd, sizeof cmd, "ls -A %s/blobs/droplets | grep -q gone", home);
     assert_int_not_equal(system(cmd), 0); /* nothing left aside */
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
 
 /* With a grace, a layer no instance mounts stays after the collection is asked for, until the
@@ -803,15 +800,12 @@ static void test_the_droplet_cache_keeps_its_bound_and_what_is_in_use(void **sta
 static void test_unused_layers_stay_for_the_grace(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellgrace-XXXXXX";
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
     uv_loop_t loop;
-    uv_loop_init(&loop);
+    cell_home_open(home, &loop);
     struct cell_droplets *cd = NULL;
     struct cell_layers *cl = NULL;
-    struct cell_droplets_config none = {.home = home, .cell_id = CELL_ID};
-    assert_int_equal(cell_droplets_new(&loop, &none, &cd), 0);
-    assert_int_equal(cell_layers_new(&loop, home, 200000, cd, NULL, &cl), 0);
+    cell_fetchers_new(&loop, home, NULL, &cd, &cl);
     cell_layers_set_grace(cl, 300);
     char a_dir[600];
     snprintf(a_dir, sizeof a_dir, "%s/images/layers/sha256/%s", home, LAYER_A + 7);
@@ -834,10 +828,7 @@ static void test_unused_layers_stay_for_the_grace(void **state)
     assert_false(cell_layers_waiting(cl));
     cell_layers_free(cl);
     cell_droplets_free(cd);
-    uv_loop_close(&loop);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
 
 /* A --role all skiffd's layers come from the blob store it shares (cell_layers_read_from), not
@@ -847,8 +838,10 @@ static void test_unused_layers_stay_for_the_grace(void **state)
 static void test_layers_are_read_from_the_blob_store_when_the_cell_reads_it(void **state)
 {
     (void)state;
-    char home[] = "/tmp/skiff-test-cellhome-XXXXXX", cmd[1400];
-    assert_non_null(mkdtemp(home));
+    char home[CELL_HOME_SIZE];
+    uv_loop_t loop;
+    cell_home_open(home, &loop);
+    char cmd[1400];
     /* a layer: a gzipped tar of one file, put into the blob store (files under home/store) */
     snprintf(cmd, sizeof cmd,
              "mkdir -p %s/src/srv && echo from-the-store > %s/src/srv/greeting && "
@@ -863,8 +856,6 @@ static void test_layers_are_read_from_the_blob_store_when_the_cell_reads_it(void
     snprintf(tgz, sizeof tgz, "%s/layer.tgz", home);
     assert_int_equal(blob_put_file(bs, tgz, layer, NULL), 0);
 
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     struct cell_layers *cl = NULL;
     assert_int_equal(cell_layers_new(&loop, home, 200000, NULL, NULL, &cl), 0);
     cell_layers_read_from(cl, bs);
@@ -919,9 +910,7 @@ static void test_layers_are_read_from_the_blob_store_when_the_cell_reads_it(void
 
     cell_layers_free(cl);
     blob_store_close(bs);
-    uv_loop_close(&loop);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    cell_home_close(home, &loop);
 }
 
 int main(void)

@@ -12,6 +12,8 @@
 
 #include "router/route_table.h"
 
+#include "routes_message.h"
+
 static struct route_table *parse(const char *json)
 {
     struct route_table *t = NULL;
@@ -27,6 +29,24 @@ static const char *app_of(struct route_table *t, const char *host, const char *p
 {
     struct route *r = route_table_lookup(t, host, strlen(host), path, strlen(path));
     return r ? r->app_name : NULL;
+}
+
+/* The route of a table of one, a.localhost, with backends 127.0.0.1:1 to 127.0.0.1:n (n < 10);
+ * *t, the table (the caller unrefs it). */
+static struct route *a_route(int n, struct route_table **t)
+{
+    char json[512];
+    size_t len = (size_t)snprintf(json, sizeof json,
+                                  "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":[");
+    for (int i = 1; i <= n; i++)
+        len += (size_t)snprintf(json + len, sizeof json - len, "%s{\"addr\":\"127.0.0.1:%d\"}",
+                                i > 1 ? "," : "", i);
+    snprintf(json + len, sizeof json - len, "]}]}");
+    *t = parse(json);
+    struct route *r = route_table_lookup(*t, "a.localhost", 11, "/", 1);
+    assert_non_null(r);
+    assert_int_equal(r->backend_count, n);
+    return r;
 }
 
 static const char TABLE[] =
@@ -120,11 +140,8 @@ static void test_round_robin_skips_tried_backends(void **state)
 {
     (void)state;
     unsigned cursor = 0;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
-                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(3, &t);
     int seen[3] = {0};
     for (int i = 0; i < 30; i++)
         seen[route_pick_backend(r, &cursor, NULL, 0) - r->backends]++;
@@ -146,10 +163,8 @@ static void test_backends_marked_down_are_passed_over(void **state)
 {
     (void)state;
     unsigned cursor = 0;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(2, &t);
     route_backend_mark_down(&r->backends[0], 60000);
     for (int i = 0; i < 10; i++)
         assert_ptr_equal(route_pick_backend(r, &cursor, NULL, 0), &r->backends[1]);
@@ -174,11 +189,8 @@ static void test_a_hedge_is_picked_among_instances_up_only(void **state)
 {
     (void)state;
     unsigned cursor = 0;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"},"
-                       "{\"addr\":\"127.0.0.1:3\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(3, &t);
     struct route_backend *tried = &r->backends[0];
     route_backend_mark_down(&r->backends[1], 60000);
     for (int i = 0; i < 6; i++)
@@ -258,41 +270,22 @@ static void test_lost_backends_are_those_gone_without_a_drain(void **state)
     assert_string_equal(got, "");
 }
 
-/* A routes message of `routes` routes of 10 backends each; route r of `now` (lose set) has lost
- * its backend 9 when r is even, and every route also lists backend 0 of route 0 (one address
- * in every route, kept). */
-static char *many_routes(int routes, bool lose)
-{
-    size_t cap = (size_t)routes * 400 + 64, len = 0;
-    char *s = malloc(cap);
-    len += (size_t)snprintf(s, cap, "{\"routes\":[");
-    for (int r = 0; r < routes; r++) {
-        len += (size_t)snprintf(s + len, cap - len,
-                                "%s{\"host\":\"h%d.localhost\",\"backends\":[{\"addr\":"
-                                "\"10.9.0.0:1\"}",
-                                r ? "," : "", r);
-        for (int b = 1; b < (lose && r % 2 == 0 ? 9 : 10); b++)
-            len += (size_t)snprintf(s + len, cap - len, ",{\"addr\":\"10.%d.%d.%d:2\"}", r >> 8,
-                                    r & 255, b);
-        len += (size_t)snprintf(s + len, cap - len, "]}");
-    }
-    snprintf(s + len, cap - len, "]}");
-    return s;
-}
-
 static void test_lost_backends_of_a_big_table_each_once_in_order(void **state)
 {
     (void)state;
-    int routes = 1000; /* 10,000 backends */
-    char *old_json = many_routes(routes, false), *now_json = many_routes(routes, true);
+    /* 10,000 backends; route r of now has lost its last backend (9) when r is even, and every
+     * route lists route 0's first backend (one address in every route, kept) */
+    int routes = 1000;
+    char *old_json = routes_message(routes, 10, 0, true),
+         *now_json = routes_message(routes, 10, 2, true);
     struct route_table *old = parse(old_json), *now = parse(now_json);
     struct route_addr *lost = NULL;
     size_t n = route_table_lost(old, now, &lost);
     assert_int_equal(n, (size_t)routes / 2);
     for (size_t i = 0; i < n; i++) {
         char want[64];
-        int r = (int)i * 2; /* sorted by address: route 0's first, then 2, 4... */
-        snprintf(want, sizeof want, "10.%d.%d.9:2", r >> 8, r & 255);
+        int k = (int)i * 2 * 10 + 9; /* sorted by address: route 0's first, then 2, 4... */
+        snprintf(want, sizeof want, "10.%d.%d.%d:61009", k >> 16, (k >> 8) & 255, k & 255);
         assert_string_equal(lost[i].text, want);
     }
     free(lost);
@@ -331,10 +324,8 @@ static void test_down_marks_carry_over_to_the_next_table(void **state)
 static void test_each_cursor_goes_round_on_its_own(void **state)
 {
     (void)state;
-    const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
-    struct route_table *t = parse(json);
-    struct route *r = route_table_lookup(t, "a.localhost", 11, "/", 1);
+    struct route_table *t = NULL;
+    struct route *r = a_route(2, &t);
     assert_int_equal(r->index, 0);
     unsigned one = 0, other = 1; /* workers start at different places */
     assert_ptr_equal(route_pick_backend(r, &one, NULL, 0), &r->backends[0]);

@@ -19,6 +19,7 @@
 
 #include "common/util.h"
 #include "store/store.h"
+#include "feed_fence.h"
 #include "pg_throwaway.h"
 
 extern const char *const store_sqlite_migrations[];
@@ -65,6 +66,13 @@ static char *temp_db(void)
     char dir[] = "/tmp/skiff-test-store-XXXXXX";
     assert_non_null(mkdtemp(dir));
     return xasprintf("%s/skiff.db", dir);
+}
+
+/* A fresh database on the server, for a test of what only the PostgreSQL store does (its feed,
+ * its cache, a server that stops answering); NULL on SQLite, where the test has nothing to do. */
+static char *temp_pg_db(void)
+{
+    return pg_throwaway_dir ? temp_db() : NULL;
 }
 
 static void remove_db(char *path)
@@ -1410,17 +1418,6 @@ static void test_doc_replace_lands_only_over_what_was_read(void **state)
     remove_db(path);
 }
 
-/* Waits until a has heard of b's write of a "fence" document: the feed is in order, so a has
- * heard of b's writes before it too. */
-static void fence(struct store *a, struct store *b)
-{
-    uint64_t before = store_doc_news_kind(a, "fence");
-    assert_int_equal(store_doc_put(b, "fence", "x", "{}"), 0);
-    for (int i = 0; i < 1000 && store_doc_news_kind(a, "fence") == before; i++)
-        usleep(10 * 1000);
-    assert_true(store_doc_news_kind(a, "fence") != before);
-}
-
 /* The feed names each document's kind: a reader of one family of kinds hears of its own
  * kinds only, and of anything that names no kind (a long kind, "all"). */
 static void test_document_news_is_per_kind(void **state)
@@ -1442,19 +1439,19 @@ static void test_document_news_is_per_kind(void **state)
     }
     assert_int_equal(store_doc_put(b, "authx", "y", "{}"), 0); /* not of the "auth" family */
     assert_int_equal(store_doc_put(b, "event_mappingx", "y", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_int_equal(store_doc_news_kind(a, "event_mapping"), maps);
     assert_int_equal(store_doc_news_kind(a, "auth"), auth);
     assert_true(store_doc_news(a) != any); /* every kind is still news to store_doc_news */
 
     assert_int_equal(store_doc_put(b, "auth.token.hash", "h", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "auth") != auth);
     assert_int_equal(store_doc_news_kind(a, "event_mapping"), maps);
     auth = store_doc_news_kind(a, "auth");
     assert_int_equal(store_doc_put(a, "event_mapping", "m", "{}"), 0); /* a's own: no news */
     assert_int_equal(store_doc_put(b, "event_mapping", "n", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "event_mapping") != maps);
     assert_int_equal(store_doc_news_kind(a, "auth"), auth);
 
@@ -1466,7 +1463,7 @@ static void test_document_news_is_per_kind(void **state)
     char *json = NULL;
     assert_int_equal(store_doc_get(a, huge, "x", &json), 0);
     free(json);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "event_mapping") != maps);
     free(huge);
 
@@ -1476,10 +1473,10 @@ static void test_document_news_is_per_kind(void **state)
         snprintf(kind, sizeof kind, "many%d", i);
         assert_int_equal(store_doc_put(b, kind, "x", "{}"), 0);
     }
-    fence(a, b);
+    feed_fence(a, b);
     maps = store_doc_news_kind(a, "event_mapping");
     assert_int_equal(store_doc_put(b, "many79", "y", "{}"), 0);
-    fence(a, b);
+    feed_fence(a, b);
     assert_true(store_doc_news_kind(a, "event_mapping") != maps);
 
     /* NOTIFY skiff_store, 'all' is news of every kind */
@@ -1502,11 +1499,9 @@ done:
 static void test_a_lost_feed_turns_the_cache_off(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     int64_t first_try = store_pg_feed_retry_ms[0];
     store_pg_feed_retry_ms[0] = 600 * 1000; /* not reopened during this test */
     struct store *st = open_ok(path), *other = open_ok(path);
@@ -1565,11 +1560,9 @@ static void watch_feed(void *ctx, int fd, bool writable)
 static void test_a_lost_feed_is_reopened_and_the_cache_reloaded(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path), *other = open_ok(path);
     struct watched w = {0, store_feed_fd(st)};
     store_feed_watch(st, watch_feed, &w);
@@ -1640,11 +1633,9 @@ static void admin_sql(const char *path, const char *fmt)
 static void test_a_feed_that_cannot_be_reopened_is_tried_again_later(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path);
     struct store_app *app = sample_app("shop"), *got = NULL;
     assert_int_equal(store_app_create(st, app), 0);
@@ -1761,11 +1752,9 @@ static void test_app_get_finds_each_of_many_apps_by_guid_and_by_name(void **stat
 static void test_reads_come_from_the_cache_until_a_change_is_announced(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path);
     struct store_app *app = sample_app("shop"), *got = NULL;
     assert_int_equal(store_app_create(st, app), 0);
@@ -1807,16 +1796,29 @@ static void test_reads_come_from_the_cache_until_a_change_is_announced(void **st
 
 /* ---- writes off the caller's thread ---------------------------------------------------- */
 
-struct done_log {
-    int order[16]; /* the tags of the finished writes, in the order they were reported */
-    int rc[16];
-    int n;
-};
+struct done_log;
 
 struct done_tag {
     struct done_log *log;
     int tag;
 };
+
+/* What the queued writes of a test reported, each write with note_done and done_tag(log, i)
+ * as its callback: the tags in the order reported, and their results. Starts zeroed. */
+struct done_log {
+    struct done_tag tags[16];
+    int order[16]; /* the tags of the finished writes, in the order they were reported */
+    int rc[16];
+    int n;
+};
+
+/* The callback argument of a write tagged tag (0 to 15), reported into log. */
+static struct done_tag *done_tag(struct done_log *log, int tag)
+{
+    assert_true(tag >= 0 && tag < 16);
+    log->tags[tag] = (struct done_tag){log, tag};
+    return &log->tags[tag];
+}
 
 static void note_done(void *ctx, int rc)
 {
@@ -1891,14 +1893,14 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
     PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
     struct done_log log = {0};
-    struct done_tag tags[5];
-    for (int i = 0; i < 5; i++)
-        tags[i] = (struct done_tag){&log, i};
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, &tags[1]), 0);
-    assert_int_equal(store_doc_delete_async(st, "k", "b", note_done, &tags[2]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, &tags[3]), 0);
-    assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, &tags[4]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", note_done, done_tag(&log, 1)),
+                     0);
+    assert_int_equal(store_doc_delete_async(st, "k", "b", note_done, done_tag(&log, 2)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{\"v\":3}", note_done, done_tag(&log, 3)),
+                     0);
+    assert_int_equal(store_doc_delete_async(st, "k", "nothing", note_done, done_tag(&log, 4)), 0);
     if (hold) /* all five wait behind the held row */
         assert_int_equal(store_async_queued(st), 5);
     char *json = doc_body(st, "k", "a");
@@ -1941,12 +1943,10 @@ static void test_a_synchronous_write_never_overtakes_a_queued_one(void **state)
     char *path = temp_db();
     struct store *st = open_ok(path);
     struct done_log log = {0};
-    struct done_tag tags[10];
     for (int i = 0; i < 10; i++) {
-        tags[i] = (struct done_tag){&log, i};
         char body[32];
         snprintf(body, sizeof body, "{\"v\":%d}", i);
-        assert_int_equal(store_doc_put_async(st, "k", "a", body, note_done, &tags[i]), 0);
+        assert_int_equal(store_doc_put_async(st, "k", "a", body, note_done, done_tag(&log, i)), 0);
     }
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":\"last\"}"), 0);
     assert_int_equal(store_async_queued(st), 0);
@@ -1968,12 +1968,12 @@ static void test_a_failed_queued_write_is_reported_and_the_next_ones_land(void *
     char *path = temp_db();
     struct store *st = open_ok(path);
     struct done_log log = {0};
-    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
     struct store_audit_event ev = {
         .at = 5, .type = "audit.app.update", .actor = "alice", .detail = "{}"};
-    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, &tags[0]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "good", "{}", note_done, &tags[1]), 0);
-    assert_int_equal(store_audit_add_async(st, &ev, note_done, &tags[2]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "bad", "\xff\xfe", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(store_doc_put_async(st, "k", "good", "{}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_audit_add_async(st, &ev, note_done, done_tag(&log, 2)), 0);
     reap_until(st, &log, 3);
     assert_int_equal(log.rc[0], on_pg(path) ? -EIO : 0); /* SQLite keeps any bytes */
     assert_int_equal(log.rc[1], 0);
@@ -2017,19 +2017,17 @@ static void test_close_makes_the_queued_writes(void **state)
 static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path);
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":0}"), 0);
     PGconn *hold = hold_row(path, "k", "a");
     struct done_log log = {0};
-    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
-    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, &tags[1]), 0);
-    assert_int_equal(store_doc_put_async(st, "k", "c", "{}", note_done, &tags[2]), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_doc_put_async(st, "k", "c", "{}", note_done, done_tag(&log, 2)), 0);
     int64_t bound = store_drain_ms;
     store_drain_ms = 300;
     int64_t t0 = time_now_ms();
@@ -2042,7 +2040,8 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
     assert_int_equal(log.rc[0], -ECANCELED);
     assert_int_equal(log.order[1], 2);
     assert_int_equal(log.rc[1], -ECANCELED);
-    assert_int_equal(store_doc_put_async(st, "k", "d", "{}", note_done, &tags[0]), -ECANCELED);
+    assert_int_equal(store_doc_put_async(st, "k", "d", "{}", note_done, done_tag(&log, 3)),
+                     -ECANCELED);
     assert_int_equal(store_doc_put(st, "k", "d", "{}"), -ECANCELED);
     t0 = time_now_ms();
     store_close(st);
@@ -2063,11 +2062,9 @@ static void test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes
 static void test_documents_come_from_the_cache_until_another_writer_changes_one(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path), *other = open_ok(path);
     assert_int_equal(store_doc_put(st, "k", "a", "{\"v\":1}"), 0);
     assert_int_equal(store_doc_put(st, "k", "b", "{}"), 0);
@@ -2182,11 +2179,9 @@ static void test_fresh_reads_see_a_write_the_feed_has_not_told_of(void **state)
 static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
 {
     (void)state;
-    char *path = temp_db();
-    if (!on_pg(path)) {
-        remove_db(path);
+    char *path = temp_pg_db();
+    if (!path)
         return;
-    }
     struct store *st = open_ok(path), *other = open_ok(path);
     struct store_app *app = sample_app("shop");
     assert_int_equal(store_app_create(st, app), 0);
