@@ -15,19 +15,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "e2e"))
-from conftest import Platform, throwaway_postgres  # noqa: E402
+from conftest import Platform, postgres_server_pids, throwaway_postgres  # noqa: E402
 
 PAUSE_S = float(os.environ.get("PAUSE_S", "5"))
 IDLE_S = float(os.environ.get("IDLE_S", "10"))
 EXIT_S = float(os.environ.get("EXIT_S", "30"))
-
-
-def server_pids(pg_dir):
-    with open(os.path.join(pg_dir, "data", "postmaster.pid")) as f:
-        master = int(f.readline())
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True,
-                         text=True).stdout
-    return [master] + [int(p) for p in out.split()]
 
 
 def signal_all(pids, sig):
@@ -73,7 +65,7 @@ def main():
                 m = re.match(r"(\d+) LOG:  (statement|execute)", line)
                 if m:
                     per_pid[m.group(1)] += 1
-            pids = server_pids(d)
+            pids = postgres_server_pids(d)
             signal_all(pids, signal.SIGSTOP)
             slowest, calls = 0.0, 0
             deadline = time.monotonic() + PAUSE_S

@@ -6,10 +6,11 @@
  *                                DIGEST's droplet there; the cell may read it and the blobs it
  *                                lists (an image's config and layers) until then
  * Each controller keeps a copy of both kinds in memory, read again whole whenever the store's
- * change feed says another writer changed documents (store_doc_news: every call while the feed
- * is lost), so a blob request reads nothing from the store, and a token deleted or replaced, or
- * a grant withdrawn, through any controller is refused by every one as soon as its
- * notification has arrived. Writes made here change the copy as they are made. */
+ * change feed says another writer changed documents of either kind (store_doc_news_kind of
+ * each: every call while the feed is lost; the cells' heartbeats, kind "cell", and every other
+ * kind are no news here), so a blob request reads nothing from the store, and a token deleted
+ * or replaced, or a grant withdrawn, through any controller is refused by every one as soon as
+ * its notification has arrived. Writes made here change the copy as they are made. */
 #include <errno.h>
 #include <jansson.h>
 #include <sodium.h>
@@ -32,7 +33,8 @@
 struct api_cells {
     struct store *store;
     bool loaded;
-    uint64_t news;  /* store_doc_news when the copy was read */
+    uint64_t news;  /* cells__news when the copy was read */
+    uint64_t reads; /* times the copy was read from the store */
     json_t *tokens; /* cell id -> its document */
     json_t *grants; /* "CELL/DIGEST" -> its document */
 };
@@ -54,13 +56,21 @@ static int cells__keep(void *ctx, const char *id, const char *json)
     return 0;
 }
 
-/* The copy, read again when another writer may have changed documents; NULL when the store
- * cannot be read (then nothing is accepted). */
+/* A number that moves whenever another writer may have changed a token or a grant: the sum
+ * of the two kinds' news, each of which only grows. */
+static uint64_t cells__news(struct store *store)
+{
+    return store_doc_news_kind(store, CELL_TOKENS_KIND) +
+           store_doc_news_kind(store, CELL_GRANTS_KIND);
+}
+
+/* The copy, read again when another writer may have changed tokens or grants; NULL when the
+ * store cannot be read (then nothing is accepted). */
 static struct api_cells *cells__current(struct api_cells *cc)
 {
     if (!cc)
         return NULL;
-    uint64_t news = store_doc_news(cc->store); /* news from now on calls for another read */
+    uint64_t news = cells__news(cc->store); /* news from now on calls for another read */
     if (cc->loaded && news == cc->news)
         return cc;
     json_t *tokens = json_object(), *grants = json_object();
@@ -79,7 +89,13 @@ static struct api_cells *cells__current(struct api_cells *cc)
     cc->grants = grants;
     cc->news = news;
     cc->loaded = true;
+    cc->reads++;
     return cc;
+}
+
+uint64_t api_cells_reads(const struct api_cells *cc)
+{
+    return cc ? cc->reads : 0;
 }
 
 struct api_cells *api_cells_new(struct store *store)

@@ -679,6 +679,12 @@ void cellc_inst_set_user_data(struct cellc_inst *i, void *data)
     i->user = data;
 }
 
+void cellc_inst_set_digest(struct cellc_inst *i, const char *digest)
+{
+    if (i->cell && digest && strlen(digest) < sizeof i->digest)
+        snprintf(i->digest, sizeof i->digest, "%s", digest);
+}
+
 json_t *cellc_remote_cells(const struct cellc *c)
 {
     json_t *a = json_array();

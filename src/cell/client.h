@@ -121,6 +121,11 @@ const char *cellc_inst_sidecar_name(const struct cellc_inst *i, size_t k);
 bool cellc_inst_local(const struct cellc_inst *i);
 void *cellc_inst_user_data(const struct cellc_inst *i);
 void cellc_inst_set_user_data(struct cellc_inst *i, void *data);
+/* The droplet blob a remote cell was granted for an instance it ran before this controller
+ * led (one offered to on_found): its grant is then withdrawn when the last instance of that
+ * droplet there ends, as for one started here. Ignored for the local cell and a digest that
+ * does not fit. */
+void cellc_inst_set_digest(struct cellc_inst *i, const char *digest);
 
 /* The cells known from NATS heartbeats (not the local one), for GET /v1/cells: a JSON array
  * (a new reference) of {id, host, zone, state up|lost, memory_capacity_bytes,

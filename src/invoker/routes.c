@@ -593,6 +593,10 @@ static void routes_metrics(struct api_request *req, void *ctx)
     buf_printf(&b, "skiff_fabric_records_total %llu\n", (unsigned long long)fs.records);
     metric_help(&b, "skiff_fabric_syncs_total", "counter", "Group commits (fsync rounds).");
     buf_printf(&b, "skiff_fabric_syncs_total %llu\n", (unsigned long long)fs.syncs);
+    metric_help(&b, "skiff_store_queued_writes", "gauge",
+                "Writes queued for the store and not finished yet (PostgreSQL; 0 on SQLite).");
+    buf_printf(&b, "skiff_store_queued_writes %zu\n",
+               inv->store ? store_async_queued(inv->store) : (size_t)0);
     api_respond(req, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
     buf_free(&b);
 }

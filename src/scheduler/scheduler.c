@@ -1445,6 +1445,20 @@ out:
     return slot;
 }
 
+/* A remote cell's instance carries the blob digest of the droplet it says it runs (the
+ * store's record of that droplet), so that the grant the leader that started it wrote is
+ * withdrawn when it ends, whether it is kept or stopped now. */
+static void sched__adopted_digest(struct scheduler *s, struct cellc_inst *inst,
+                                  const struct cellc_found *sp)
+{
+    struct store_droplet *drop = NULL;
+    if (cellc_inst_local(inst) || !sp->droplet_guid)
+        return;
+    if (store_droplet_get(s->store, sp->droplet_guid, &drop) == 0 && drop && drop->digest)
+        cellc_inst_set_digest(inst, drop->digest);
+    store_droplet_free(drop);
+}
+
 /* An instance found running: one a previous skiffd left under its shim here, or one a cell
  * runs that this scheduler did not start (cell/client.h). */
 static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *sp)
@@ -1452,6 +1466,7 @@ static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_
     struct scheduler *s = ctx;
     struct sched_app *a = NULL;
     char droplet[37] = "";
+    sched__adopted_digest(s, inst, sp);
     struct sched_slot *slot = sched__adoption_slot(s, sp, &a, droplet);
     if (!slot) {
         log_warning("stopping instance %s left by a previous skiffd: its app no "

@@ -40,6 +40,16 @@ def throwaway_postgres():
         subprocess.run([script, "stop", d], check=True, timeout=120)
 
 
+def postgres_server_pids(pg_dir):
+    """The postmaster of a throwaway_postgres server and its children (to pause it with
+    SIGSTOP, say)."""
+    with open(os.path.join(pg_dir, "data", "postmaster.pid")) as f:
+        master = int(f.readline())
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True,
+                         text=True).stdout
+    return [master] + [int(p) for p in out.split()]
+
+
 def read_pid_file(path):
     """The pid in a pid file of skiffd's run/ ("PID" or, for instances, "PID STARTTIME")."""
     with open(path) as f:

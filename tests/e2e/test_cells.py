@@ -866,3 +866,46 @@ def test_a_fetch_goes_to_the_next_controller_when_one_is_down(cluster):
                 fetched[1][0], ctl.api_url, second.api_url) in c.output(), c.output()
     finally:
         second.close()
+
+
+@needs_postgres
+def test_a_grant_of_an_instance_a_new_leader_adopted_is_withdrawn_when_it_stops(cluster):
+    """The leader places an instance on a cell and is killed; the other controller leads and
+    takes the instance over as it runs (not started again). When the app is stopped through the
+    new leader, the grant the killed one wrote goes with the instance, as for one the new leader
+    started: the cell's token reads the droplet no more (before, it stood its 15 minutes)."""
+    ctl, (a, b) = cluster.ctl, cluster.cells
+    second = controller(cluster.pg_dir, cluster.nats)
+    try:
+        second.start()
+        assert not second.api("GET", "/v1/cells")[1]["leading"]
+        deploy_bits(ctl, "adopted", [("Procfile", b"web: python3 app.py\n"),
+                                     ("app.py", PLATFORM_WEB_APP)], {"instances": 1})
+        wait_for(lambda: len(running(ctl, "adopted")) == 1, 60, "the instance running")
+        (inst,) = running(ctl, "adopted")
+        on, other = (a, b) if inst["cell"] == a.id else (b, a)
+        (digest,) = grants(cluster.pg_dir, on.id).keys()
+        # the follower's copy heard of the leader's grant
+        wait_for(lambda: blob_status(second, digest, token_of(on))[0] == 200, 10,
+                 "the follower to let the cell read its droplet")
+        assert blob_status(second, digest, token_of(other))[0] == 403
+
+        ctl.proc.send_signal(signal.SIGKILL)
+        ctl.proc.wait(10)
+        wait_for(lambda: second.api("GET", "/v1/cells")[1]["leading"], 30, "the second to lead")
+        wait_for(lambda: [i["guid"] for i in running(second, "adopted")] == [inst["guid"]], 30,
+                 "the new leader to show the instance it took over")
+        assert on.output().count("starting instance") == 1, on.output()  # adopted, not restarted
+        assert digest in grants(cluster.pg_dir, on.id)
+
+        assert second.api("POST", "/v1/apps/adopted/stop")[0] == 200
+        wait_for(lambda: re.search(r"stopping instance \d+ of web \(%s\)" % inst["guid"],
+                                   on.output()), 30, "the cell to stop the instance")
+        wait_for(lambda: grants(cluster.pg_dir, on.id) == {}, 30,
+                 "the adopted instance's grant withdrawn")
+        status, body = blob_status(second, digest, token_of(on))
+        assert status == 403 and b"was not asked to start" in body, body
+        out = second.output()
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        second.close()

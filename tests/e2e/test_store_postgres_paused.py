@@ -10,22 +10,13 @@ import time
 
 import pytest
 
-from conftest import Platform, throwaway_postgres
+from conftest import Platform, postgres_server_pids, throwaway_postgres
 
 
 @pytest.fixture
 def pg_dir():
     with throwaway_postgres() as d:
         yield d
-
-
-def server_pids(pg_dir):
-    """The postmaster of the test's own server and its children."""
-    with open(os.path.join(pg_dir, "data", "postmaster.pid")) as f:
-        master = int(f.readline())
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True,
-                         text=True).stdout
-    return [master] + [int(p) for p in out.split()]
 
 
 def pause(pids):
@@ -49,6 +40,14 @@ def heartbeat_at(url):
     return max((json.loads(l)["heartbeat_at_ms"] for l in out.splitlines()), default=0)
 
 
+def queued_writes(p):
+    """The writes skiffd has queued for its store and not finished (GET /metrics)."""
+    status, text = p.api("GET", "/metrics")
+    assert status == 200, text
+    line = next(ln for ln in text.splitlines() if ln.startswith("skiff_store_queued_writes "))
+    return int(line.split()[1])
+
+
 def timed(call):
     t0 = time.monotonic()
     got = call()
@@ -67,7 +66,7 @@ def test_a_silent_server_neither_stalls_the_api_nor_holds_up_the_exit(pg_dir):
         assert status == 200, listed
         p.wait_for(lambda: heartbeat_at(url) > 0, timeout=10, what="a first heartbeat")
 
-        pids = server_pids(pg_dir)
+        pids = postgres_server_pids(pg_dir)
         pause(pids)
         paused_at = time.time() * 1000
         # 3 s: heartbeats (every 200 ms) and the once-a-second catch-up of users and tokens
@@ -83,15 +82,18 @@ def test_a_silent_server_neither_stalls_the_api_nor_holds_up_the_exit(pg_dir):
             assert "paused-app" in [a["name"] for a in listed["apps"]], listed
             slowest = max(slowest, took)
         assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
+        assert queued_writes(p) > 0  # the heartbeats of those 3 s wait
         resume(pids)
         # the heartbeats queued meanwhile land (and the next ones after them)
         p.wait_for(lambda: heartbeat_at(url) > paused_at, timeout=15,
                    what="the heartbeats queued while paused to land")
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
         assert "lost a queued write" not in p.output(), p.output()
 
         # paused again, then SIGTERM: skiffd gives up the queue after its bound and exits
         pause(pids)
-        time.sleep(0.5)  # a few heartbeats queue behind the silent server
+        p.wait_for(lambda: queued_writes(p) > 0, timeout=10,
+                   what="a heartbeat to queue behind the silent server")
         t0 = time.monotonic()
         p.proc.send_signal(signal.SIGTERM)
         try:

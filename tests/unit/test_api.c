@@ -3,8 +3,9 @@
  * (401, 413 for a declared huge body, 431 for too many headers) sent before the body, the
  * per-client connection cap closing the longest idle first, answers larger than the socket
  * takes at once arriving whole and in order, pipelined requests answered in their order
- * when a handler answers later, and a handler's error answered with the one table's status and
- * code whether it is an enum skiff_err or a part's negative errno. */
+ * when a handler answers later, a handler's error answered with the one table's status and
+ * code whether it is an enum skiff_err or a part's negative errno, and (on PostgreSQL) the
+ * copy of the cells' tokens and grants read again on news of those kinds only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,11 +13,13 @@
 #include <cmocka.h>
 
 #include "loop_socket.h"
+#include "pg_throwaway.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -602,6 +605,111 @@ static void test_errors_are_answered_from_the_one_table(void **state)
     check_error_answer(fx, 9999, false, 500, "internal", "unknown error");
 }
 
+/* An API on the store with its copy of the cells' tokens and grants attached. */
+static struct api *cells_api(struct fixture *fx, struct store *st)
+{
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", loop_socket_free_port());
+    struct api_config cfg = {.home = fx->home, .addr = addr, .admin_token = "admin-token"};
+    struct api *api = NULL;
+    assert_int_equal(api_new(&fx->loop, &cfg, &api), 0);
+    api_cells_attach(api, api_cells_new(st));
+    return api;
+}
+
+static void cells_api_free(struct fixture *fx, struct api *api)
+{
+    bool closed = false;
+    api_close(api, on_api_closed, &closed);
+    while (!closed)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    api_free(api);
+}
+
+/* Waits (10 s at most) until the store has heard another writer's news of the family. */
+static void wait_news(struct store *st, const char *family, uint64_t before)
+{
+    for (int i = 0; i < 1000 && store_doc_news_kind(st, family) == before; i++)
+        usleep(10 * 1000);
+    assert_true(store_doc_news_kind(st, family) != before);
+}
+
+/* Waits (10 s at most) until the API's copy says whether cell may read digest as wanted. */
+static void wait_may_read(struct api *api, const char *cell, const char *digest, bool want)
+{
+    for (int i = 0; i < 1000 && api_cell_may_read(api, cell, digest) != want; i++)
+        usleep(10 * 1000);
+    assert_true(api_cell_may_read(api, cell, digest) == want);
+}
+
+/* Two controllers on one PostgreSQL store: one's copy of the cells' tokens and grants is read
+ * again when the other writes a grant or a token (its own kinds), never for the other's
+ * heartbeats (kind "cell", written every second by every skiffd) nor its mappings' counts. */
+static void test_the_cells_copy_is_read_again_on_its_own_kinds_only(void **state)
+{
+    struct fixture *fx = *state;
+    char *url = pg_throwaway_database(), err[256];
+    struct store *mine = NULL, *other = NULL;
+    assert_int_equal(store_open(url, err, sizeof err, &mine), 0);
+    assert_int_equal(store_open(url, err, sizeof err, &other), 0);
+    struct api *api = cells_api(fx, mine), *peer = cells_api(fx, other);
+    struct api_cells *copy = api_cells_of(api);
+    const char *cell = "0123456789abcdef0123456789abcdef";
+    const char *digest = "sha256:"
+                         "d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0";
+
+    assert_false(api_cell_may_read(api, cell, digest));
+    assert_int_equal(api_cells_reads(copy), 1);
+    assert_false(api_cell_may_read(api, cell, digest)); /* nothing new: not read again */
+    assert_int_equal(api_cells_reads(copy), 1);
+
+    /* the other controller grants: read again once, and the grant is seen */
+    assert_int_equal(api_cell_grant(peer, cell, digest, NULL), 0);
+    wait_may_read(api, cell, digest, true);
+    assert_int_equal(api_cells_reads(copy), 2);
+
+    /* heartbeats and counts of the other's: heard, and no reason to read the copy again */
+    uint64_t beats = store_doc_news_kind(mine, "cell");
+    uint64_t counts = store_doc_news_kind(mine, "event_mapping");
+    for (int i = 0; i < 20; i++) {
+        char beat[128];
+        snprintf(beat, sizeof beat, "{\"id\":\"%s\",\"heartbeat_at_ms\":%d}", cell, i);
+        assert_int_equal(store_doc_put(other, "cell", cell, beat), 0);
+        assert_int_equal(store_doc_put(other, "event_mapping", "m", "{\"stats\":{}}"), 0);
+    }
+    wait_news(mine, "cell", beats);
+    wait_news(mine, "event_mapping", counts);
+    assert_true(api_cell_may_read(api, cell, digest));
+    char token[AUTH_CELL_TOKEN_LEN + 1], named[AUTH_CELL_ID_LEN + 1];
+    snprintf(token, sizeof token, AUTH_CELL_TOKEN_PREFIX "%s%064d", cell, 7);
+    assert_int_equal(api_cell_token_check(api, token, named), -EACCES);
+    assert_int_equal(api_cells_reads(copy), 2);
+
+    /* the other withdraws: read again, refused */
+    api_cell_withdraw(peer, cell, digest);
+    wait_may_read(api, cell, digest, false);
+    assert_int_equal(api_cells_reads(copy), 3);
+
+    /* a token the other recorded (its hash, as POST /v1/cell_tokens keeps it) is accepted */
+    unsigned char hash[crypto_generichash_BYTES];
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)token, strlen(token), NULL, 0);
+    char hex[2 * crypto_generichash_BYTES + 1], doc[256];
+    sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
+    snprintf(doc, sizeof doc, "{\"blake2b\":\"%s\",\"created_at\":1}", hex);
+    assert_int_equal(store_doc_put(other, "cell.tokens", cell, doc), 0);
+    for (int i = 0; i < 1000 && api_cell_token_check(api, token, named) < 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(api_cell_token_check(api, token, named), 0);
+    assert_string_equal(named, cell);
+    assert_int_equal(api_cells_reads(copy), 4);
+
+    cells_api_free(fx, peer);
+    cells_api_free(fx, api);
+    store_close(other);
+    store_close(mine);
+    free(url);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -619,5 +727,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_errors_are_answered_from_the_one_table, setup,
                                         teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test_setup_teardown(test_the_cells_copy_is_read_again_on_its_own_kinds_only,
+                                        setup, teardown),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("the API on PostgreSQL", pg_tests, pg_throwaway_start,
+                                          pg_throwaway_stop);
+    return failed;
 }
