@@ -36,7 +36,18 @@ struct world {
     bool shutdown_done;
     int readiness[8]; /* the readiness results reported, in order */
     int readiness_count;
+    char guid[64]; /* the last from instance_guid_for */
 };
+
+/* An instance guid of this test process: an instance's cgroup is named by its guid under the
+ * machine's one skiff/ cgroup, and a start kills what a cgroup of that name holds (a dead
+ * daemon's leftover), so a fixed guid would kill the same test run at the same time from
+ * another build tree. */
+static const char *instance_guid_for(struct world *w, const char *name)
+{
+    snprintf(w->guid, sizeof(w->guid), "%s-%d", name, (int)getpid());
+    return w->guid;
+}
 
 static void on_output(void *ctx, struct instance *inst, int stream, const char *line, size_t len)
 {
@@ -159,8 +170,9 @@ static struct instance *start(struct world *w, const char *command, char *const 
                               enum health_check_type health, int port)
 {
     static int counter;
-    char guid[64];
-    snprintf(guid, sizeof(guid), "test-%d-%d", (int)getpid(), ++counter);
+    char name[32];
+    snprintf(name, sizeof(name), "test-%d", ++counter);
+    const char *guid = instance_guid_for(w, name);
     struct instance_spec spec = {
         .app_guid = "app-guid",
         .app_name = "app",
@@ -343,7 +355,7 @@ static void test_health_port_and_http_pass(void **state)
         snprintf(portvar, sizeof(portvar), "PORT=%d", port);
         char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
         struct instance_spec spec = {
-            .instance_guid = round ? "health-http" : "health-port",
+            .instance_guid = instance_guid_for(w, round ? "health-http" : "health-port"),
             .app_dir = w->home,
             .command = http_server,
             .env = env,
@@ -374,7 +386,7 @@ static void test_health_http_fail_hits_start_timeout(void **state)
     snprintf(portvar, sizeof(portvar), "PORT=%d", port);
     char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "health-404",
+        .instance_guid = instance_guid_for(w, "health-404"),
         .app_dir = w->home,
         .command = http_server,
         .env = env,
@@ -399,7 +411,7 @@ static void test_sidecars_need_containers(void **state)
     int port = executor_port_allocate(w->ex);
     const struct instance_sidecar sidecar = {.name = "proxy", .command = "sleep 60"};
     struct instance_spec spec = {
-        .instance_guid = "with-sidecar",
+        .instance_guid = instance_guid_for(w, "with-sidecar"),
         .app_dir = w->home,
         .command = "sleep 60",
         .port = port,
@@ -420,7 +432,7 @@ static void test_liveness_failure_crashes(void **state)
     snprintf(portvar, sizeof(portvar), "PORT=%d", port);
     char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "gets-sick",
+        .instance_guid = instance_guid_for(w, "gets-sick"),
         .app_dir = w->home,
         .command = http_server,
         .env = env,
@@ -470,7 +482,7 @@ static void test_readiness_reports_and_never_kills(void **state)
     snprintf(portvar, sizeof(portvar), "PORT=%d", port);
     char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "readiness-flips",
+        .instance_guid = instance_guid_for(w, "readiness-flips"),
         .app_dir = w->home,
         .command = http_server,
         .env = env,
@@ -510,7 +522,7 @@ static void test_log_rate_limit_drops_lines_with_one_notice(void **state)
 {
     struct world *w = *state;
     struct instance_spec spec = {
-        .instance_guid = "chatty",
+        .instance_guid = instance_guid_for(w, "chatty"),
         .app_dir = w->home,
         /* 200 lines of 20 bytes (with the newline) at once, against 100 bytes a second */
         .command = "i=100; while [ $i -lt 300 ]; do echo line-$i-xxxxxxxxxx; i=$((i+1)); done;"
@@ -538,7 +550,7 @@ static void test_start_timeout_port_never_opens(void **state)
     struct world *w = *state;
     int port = executor_port_allocate(w->ex);
     struct instance_spec spec = {
-        .instance_guid = "never-listens",
+        .instance_guid = instance_guid_for(w, "never-listens"),
         .app_dir = w->home,
         .command = "sleep 30",
         .port = port,
@@ -566,7 +578,7 @@ static void test_port_check_ignores_other_listeners(void **state)
     socklen_t alen = sizeof(addr);
     getsockname(fd, (struct sockaddr *)&addr, &alen);
     struct instance_spec spec = {
-        .instance_guid = "squatted-port",
+        .instance_guid = instance_guid_for(w, "squatted-port"),
         .app_dir = w->home,
         .command = "sleep 30",
         .port = ntohs(addr.sin_port),
@@ -662,8 +674,9 @@ static void test_start_errors(void **state)
 {
     struct world *w = *state;
     struct instance *inst = NULL;
-    struct instance_spec spec = {
-        .instance_guid = "bad", .app_dir = "/nonexistent/skiff", .command = "true"};
+    struct instance_spec spec = {.instance_guid = instance_guid_for(w, "bad"),
+                                 .app_dir = "/nonexistent/skiff",
+                                 .command = "true"};
     assert_int_equal(executor_start(w->ex, &spec, &inst), -ENOENT);
     spec.app_dir = w->home;
     spec.command = "";
@@ -767,7 +780,7 @@ static void test_memory_limit_kills_a_hog(void **state)
         skip(); /* no usable cgroups on this machine: nothing enforces memory_mb */
     char *env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "memory-hog",
+        .instance_guid = instance_guid_for(w, "memory-hog"),
         .app_dir = w->home,
         .command = "exec python3 -c 'x = []\nwhile True: x.append(bytearray(8 << 20))'",
         .env = env,
@@ -788,7 +801,7 @@ static void test_pids_limit_contains_forks(void **state)
     if (strcmp(cgroup_mode(), "none") == 0)
         skip();
     struct instance_spec spec = {
-        .instance_guid = "fork-loop",
+        .instance_guid = instance_guid_for(w, "fork-loop"),
         .app_dir = w->home,
         .command = "i=0; while [ $i -lt 300 ]; do sleep 37.5 & i=$((i+1)); done; wait",
         .pids_max = 16,
