@@ -61,13 +61,13 @@ def _ephemeral_low():
 
 
 def _bindable(family, host, port):
-    with socket.socket(family) as s:
-        try:
+    try:
+        with socket.socket(family) as s:
             s.bind((host, port))
             return True
-        except OSError as e:
-            # no IPv6 on this machine: nothing can hold [::1]:port either
-            return family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL
+    except OSError as e:
+        # no IPv6 on this machine: nothing can hold [::1]:port either
+        return family == socket.AF_INET6 and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
 
 
 def free_port():
