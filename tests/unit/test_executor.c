@@ -23,6 +23,13 @@
 #include "executor/executor.h"
 #include "executor/proc.h"
 
+/* Instances' ports: below the kernel's ephemeral range (32768 up by default), which any
+ * process's outgoing connection or bind to port 0 may take between the allocation and the
+ * instance's own bind, and below the ports the e2e tests hand out (tests/e2e/conftest.py
+ * free_port: 16384-32767), so that a run beside them takes none of theirs. */
+#define TEST_PORT_MIN 10000
+#define TEST_PORT_MAX 16383
+
 struct world {
     uv_loop_t loop;
     struct executor *ex;
@@ -90,8 +97,8 @@ static int setup(void **state)
     if (!mkdtemp(w->home))
         return -1;
     struct executor_config cfg = {.home = w->home,
-                                  .port_min = 20000,
-                                  .port_max = 60000,
+                                  .port_min = TEST_PORT_MIN,
+                                  .port_max = TEST_PORT_MAX,
                                   .grace_ms = 500,
                                   .liveness_ms = 100,
                                   .on_readiness = on_readiness};
@@ -601,7 +608,8 @@ static void test_leftovers_of_a_dead_daemon_are_ended(void **state)
     /* a new executor on the same home, as when a daemon restarts after being killed: what
      * the old one left running is ended (the old executor here sees it die) */
     struct executor *ex2;
-    struct executor_config cfg = {.home = w->home, .port_min = 20000, .port_max = 20100};
+    struct executor_config cfg = {
+        .home = w->home, .port_min = TEST_PORT_MIN, .port_max = TEST_PORT_MIN + 100};
     assert_int_equal(executor_new(&w->loop, &cfg, on_output, on_state, w, &ex2), 0);
     run_until(w, has_final, 5000, "the leftover instance to be ended");
     assert_int_equal(w->final_state, INSTANCE_CRASHED);
@@ -843,8 +851,8 @@ static int setup_shim(void **state)
         return -1;
     }
     struct executor_config cfg = {.home = w->home,
-                                  .port_min = 20000,
-                                  .port_max = 60000,
+                                  .port_min = TEST_PORT_MIN,
+                                  .port_max = TEST_PORT_MAX,
                                   .grace_ms = 500,
                                   .liveness_ms = 100,
                                   .shim_path = shim};
@@ -867,8 +875,8 @@ static void replace_executor(struct world *w)
     executor_free(w->ex); /* lets the instances go: they run on under their shims */
     uv_run(&w->loop, UV_RUN_NOWAIT);
     struct executor_config cfg = {.home = w->home,
-                                  .port_min = 20000,
-                                  .port_max = 60000,
+                                  .port_min = TEST_PORT_MIN,
+                                  .port_max = TEST_PORT_MAX,
                                   .grace_ms = 500,
                                   .liveness_ms = 100,
                                   .shim_path = shim};
