@@ -48,6 +48,7 @@ def read_pid_file(path):
     with open(path) as f:
         return int(f.read().split()[0])
 
+
 PORT_RESERVATIONS = os.path.join(tempfile.gettempdir(), "skiff-e2e-ports")
 PORT_RESERVED_S = 900  # longer than a test may take (--timeout 600) to bind what it was given
 
@@ -81,7 +82,10 @@ def free_port():
     answers, and requests to it are refused). Here the port is below the ephemeral range,
     which the kernel never gives out by itself, and a file per port, written under a lock
     shared by all test processes, keeps other tests from choosing it again meanwhile."""
-    os.makedirs(PORT_RESERVATIONS, exist_ok=True)
+    if not os.path.isdir(PORT_RESERVATIONS):
+        os.makedirs(PORT_RESERVATIONS, exist_ok=True)
+        with contextlib.suppress(OSError):  # shared by the test runs of every user, as /tmp
+            os.chmod(PORT_RESERVATIONS, 0o1777)
     high = min(_ephemeral_low(), 65536) - 1
     low = max(1024, high - 16383)
     with open(os.path.join(PORT_RESERVATIONS, "lock"), "a") as lock:
@@ -98,9 +102,12 @@ def free_port():
             if not (_bindable(socket.AF_INET, "127.0.0.1", port)
                     and _bindable(socket.AF_INET6, "::1", port)):
                 continue
-            with open(path, "w"):
-                pass
-            os.utime(path, (now, now))
+            try:
+                with open(path, "w"):
+                    pass
+                os.utime(path, (now, now))
+            except PermissionError:  # another user's reservation, expired: theirs to renew
+                continue
             return port
     raise AssertionError(f"no free port in {low}-{high} after 1000 tries")
 
@@ -250,7 +257,7 @@ class Platform:
         kill_all(self.proc, self.home)
 
     def report(self):
-        """Prints the end of skiffd's output (its router's and instances' lines included) before
+        """Prints the end of skiffd's output (its router's lines included) before
         its home goes: pytest shows what a test printed only when it fails, so a failure that
         does not come back when run again still leaves the logs that explain it."""
         print(f"--- skiffd output ({self.log_path}, last 20000 characters)\n{self.output()}")
