@@ -3932,7 +3932,7 @@ static void init_settings(void)
  * of the same uid, or root). SO_REUSEADDR only lets a restart bind while connections of the
  * previous router are in TIME_WAIT; it never admits a second listener. */
 static int listen_on(const struct sockaddr_storage *ss, const char *addr_text, bool v6only,
-                     int *out_fd)
+                     bool tls, int *out_fd)
 {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -3948,8 +3948,9 @@ static int listen_on(const struct sockaddr_storage *ss, const char *addr_text, b
         close(fd);
         if (e == EADDRINUSE)
             log_error("%s is in use by another process; stop it or choose "
-                    "another address (--addr, SKIFF_ROUTER_ADDR)",
-                    addr_text);
+                      "another address (%s)",
+                      addr_text,
+                      tls ? "--tls-addr, SKIFF_ROUTER_TLS_ADDR" : "--addr, SKIFF_ROUTER_ADDR");
         else if (!v6only)
             log_error("cannot listen on %s: %s", addr_text, skiff_strerror(-e));
         return -e;
@@ -3990,7 +3991,7 @@ static int router_listen(const char *addr_text, bool tls)
         log_error("%s is not an IP address and port", addr_text);
         return -EINVAL;
     }
-    int r = listen_on(&ss, addr_text, false, &listen_fds[first]);
+    int r = listen_on(&ss, addr_text, false, tls, &listen_fds[first]);
     if (r < 0)
         return r;
     listen_tls[first] = tls;
@@ -4001,7 +4002,7 @@ static int router_listen(const char *addr_text, bool tls)
     uv_ip6_addr("::1", port, (struct sockaddr_in6 *)&ss6);
     char text6[64];
     snprintf(text6, sizeof(text6), "[::1]:%d", port);
-    r = listen_on(&ss6, text6, true, &listen_fds[first + 1]);
+    r = listen_on(&ss6, text6, true, tls, &listen_fds[first + 1]);
     if (r == 0) {
         listen_tls[first + 1] = tls;
         listen_count = first + 2;

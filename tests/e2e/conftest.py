@@ -7,9 +7,12 @@ and the real skiff CLI pointed at it. Tests use the platform as a user does.
         platform.wait_for(lambda: ..., timeout=10, what="app running")
 """
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,10 +58,68 @@ def read_pid_file(path):
     with open(path) as f:
         return int(f.read().split()[0])
 
+
+PORT_RESERVATIONS = os.path.join(tempfile.gettempdir(), "skiff-e2e-ports")
+PORT_RESERVED_S = 900  # longer than a test may take (--timeout 600) to bind what it was given
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(family, host, port):
+    try:
+        with socket.socket(family) as s:
+            s.bind((host, port))
+            return True
+    except OSError as e:
+        # no IPv6 on this machine: nothing can hold [::1]:port either
+        return family == socket.AF_INET6 and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server of the test to listen on (127.0.0.1 and [::1] both free), reserved
+    for this caller among every test process on the machine for PORT_RESERVED_S.
+
+    Not the kernel's choice (a bind to port 0): that port is free again once the probe socket
+    closes, and the kernel hands out the same range to any process's bind to port 0 and to
+    outgoing connections, so in the seconds before skiffd or its router bound it another
+    process could take it (the router then exits and is restarted each second while skiffd
+    answers, and requests to it are refused). Here the port is below the ephemeral range,
+    which the kernel never gives out by itself, and a file per port, written under a lock
+    shared by all test processes, keeps other tests from choosing it again meanwhile."""
+    if not os.path.isdir(PORT_RESERVATIONS):
+        os.makedirs(PORT_RESERVATIONS, exist_ok=True)
+        with contextlib.suppress(OSError):  # shared by the test runs of every user, as /tmp
+            os.chmod(PORT_RESERVATIONS, 0o1777)
+    high = min(_ephemeral_low(), 65536) - 1
+    low = max(1024, high - 16383)
+    with open(os.path.join(PORT_RESERVATIONS, "lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = time.time()
+        for _ in range(1000):
+            port = random.randint(low, high)
+            path = os.path.join(PORT_RESERVATIONS, str(port))
+            try:
+                if now - os.stat(path).st_mtime < PORT_RESERVED_S:
+                    continue
+            except FileNotFoundError:
+                pass
+            if not (_bindable(socket.AF_INET, "127.0.0.1", port)
+                    and _bindable(socket.AF_INET6, "::1", port)):
+                continue
+            try:
+                with open(path, "w"):
+                    pass
+                os.utime(path, (now, now))
+            except PermissionError:  # another user's reservation, expired: theirs to renew
+                continue
+            return port
+    raise AssertionError(f"no free port in {low}-{high} after 1000 tries")
 
 
 def wait_for(cond, timeout=10.0, what="condition", interval=0.02):
@@ -210,12 +271,19 @@ class Platform:
         """Last-resort cleanup: whatever skiffd started in its session (router, instances)."""
         kill_all(self.proc, self.home)
 
+    def report(self):
+        """Prints the end of skiffd's output (its router's lines included) before
+        its home goes: pytest shows what a test printed only when it fails, so a failure that
+        does not come back when run again still leaves the logs that explain it."""
+        print(f"--- skiffd output ({self.log_path}, last 20000 characters)\n{self.output()}")
+
     def close(self):
-        """Stops skiffd, kills whatever it left running and removes its home."""
+        """Stops skiffd, kills whatever it left running, reports its output and removes its home."""
         try:
             self.stop()
         finally:
             self.kill_all()
+            self.report()
             shutil.rmtree(self.home, ignore_errors=True)
 
     wait_for = staticmethod(wait_for)
@@ -317,8 +385,7 @@ def platform():
             p.stop()
         finally:
             p.kill_all()
-            if p.proc and p.proc.returncode not in (0, None):
-                print(p.output())
+            p.report()
             shutil.rmtree(p.home, ignore_errors=True)
 
 

@@ -615,6 +615,28 @@ def test_a_taken_api_port_stops_the_start_cleanly(taken):
         p.close()
 
 
+@pytest.mark.parametrize("taken,setting", [("router_port", "SKIFF_ROUTER_ADDR"),
+                                           ("router_tls_port", "SKIFF_ROUTER_TLS_ADDR")])
+def test_a_taken_router_port_is_named_with_its_setting(taken, setting):
+    """skiffd answers while its router cannot listen (it restarts it each second): the router
+    says which address is taken and which setting chooses it."""
+    p = Platform(extra_env={"SKIFF_ISOLATION": "process"})
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", getattr(p, taken)))  # bound, not listening: as a client's port
+        p.start()
+        line = wait_for(lambda: [l for l in p.output().splitlines()
+                                 if "is in use by another process" in l], 20,
+                        "the router to say its port is taken")[0]
+        assert f"127.0.0.1:{getattr(p, taken)} " in line and setting in line, line
+        other = {"SKIFF_ROUTER_ADDR": "SKIFF_ROUTER_TLS_ADDR",
+                 "SKIFF_ROUTER_TLS_ADDR": "SKIFF_ROUTER_ADDR)"}[setting]
+        assert other not in line, line
+    finally:
+        holder.close()
+        p.close()
+
+
 def test_empty_https_addresses_in_the_environment_mean_no_https():
     p = Platform(extra_env={"SKIFF_ROUTER_TLS_ADDR": "", "SKIFF_API_TLS_ADDR": "",
                             "SKIFF_ISOLATION": "process"})

@@ -23,6 +23,13 @@
 #include "executor/executor.h"
 #include "executor/proc.h"
 
+/* Instances' ports: below the kernel's ephemeral range (32768 up by default), which any
+ * process's outgoing connection or bind to port 0 may take between the allocation and the
+ * instance's own bind, and below the ports the e2e tests hand out (tests/e2e/conftest.py
+ * free_port: 16384-32767), so that a run beside them takes none of theirs. */
+#define TEST_PORT_MIN 10000
+#define TEST_PORT_MAX 16383
+
 struct world {
     uv_loop_t loop;
     struct executor *ex;
@@ -36,7 +43,18 @@ struct world {
     bool shutdown_done;
     int readiness[8]; /* the readiness results reported, in order */
     int readiness_count;
+    char guid[64]; /* the last from instance_guid_for */
 };
+
+/* An instance guid of this test process: an instance's cgroup is named by its guid under the
+ * machine's one skiff/ cgroup, and a start kills what a cgroup of that name holds (a dead
+ * daemon's leftover), so a fixed guid would kill the same test run at the same time from
+ * another build tree. */
+static const char *instance_guid_for(struct world *w, const char *name)
+{
+    snprintf(w->guid, sizeof(w->guid), "%s-%d", name, (int)getpid());
+    return w->guid;
+}
 
 static void on_output(void *ctx, struct instance *inst, int stream, const char *line, size_t len)
 {
@@ -79,8 +97,8 @@ static int setup(void **state)
     if (!mkdtemp(w->home))
         return -1;
     struct executor_config cfg = {.home = w->home,
-                                  .port_min = 20000,
-                                  .port_max = 60000,
+                                  .port_min = TEST_PORT_MIN,
+                                  .port_max = TEST_PORT_MAX,
                                   .grace_ms = 500,
                                   .liveness_ms = 100,
                                   .on_readiness = on_readiness};
@@ -159,8 +177,9 @@ static struct instance *start(struct world *w, const char *command, char *const 
                               enum health_check_type health, int port)
 {
     static int counter;
-    char guid[64];
-    snprintf(guid, sizeof(guid), "test-%d-%d", (int)getpid(), ++counter);
+    char name[32];
+    snprintf(name, sizeof(name), "test-%d", ++counter);
+    const char *guid = instance_guid_for(w, name);
     struct instance_spec spec = {
         .app_guid = "app-guid",
         .app_name = "app",
@@ -343,7 +362,7 @@ static void test_health_port_and_http_pass(void **state)
         snprintf(portvar, sizeof(portvar), "PORT=%d", port);
         char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
         struct instance_spec spec = {
-            .instance_guid = round ? "health-http" : "health-port",
+            .instance_guid = instance_guid_for(w, round ? "health-http" : "health-port"),
             .app_dir = w->home,
             .command = http_server,
             .env = env,
@@ -374,7 +393,7 @@ static void test_health_http_fail_hits_start_timeout(void **state)
     snprintf(portvar, sizeof(portvar), "PORT=%d", port);
     char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "health-404",
+        .instance_guid = instance_guid_for(w, "health-404"),
         .app_dir = w->home,
         .command = http_server,
         .env = env,
@@ -399,7 +418,7 @@ static void test_sidecars_need_containers(void **state)
     int port = executor_port_allocate(w->ex);
     const struct instance_sidecar sidecar = {.name = "proxy", .command = "sleep 60"};
     struct instance_spec spec = {
-        .instance_guid = "with-sidecar",
+        .instance_guid = instance_guid_for(w, "with-sidecar"),
         .app_dir = w->home,
         .command = "sleep 60",
         .port = port,
@@ -420,7 +439,7 @@ static void test_liveness_failure_crashes(void **state)
     snprintf(portvar, sizeof(portvar), "PORT=%d", port);
     char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "gets-sick",
+        .instance_guid = instance_guid_for(w, "gets-sick"),
         .app_dir = w->home,
         .command = http_server,
         .env = env,
@@ -470,7 +489,7 @@ static void test_readiness_reports_and_never_kills(void **state)
     snprintf(portvar, sizeof(portvar), "PORT=%d", port);
     char *env[] = {portvar, "PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "readiness-flips",
+        .instance_guid = instance_guid_for(w, "readiness-flips"),
         .app_dir = w->home,
         .command = http_server,
         .env = env,
@@ -510,7 +529,7 @@ static void test_log_rate_limit_drops_lines_with_one_notice(void **state)
 {
     struct world *w = *state;
     struct instance_spec spec = {
-        .instance_guid = "chatty",
+        .instance_guid = instance_guid_for(w, "chatty"),
         .app_dir = w->home,
         /* 200 lines of 20 bytes (with the newline) at once, against 100 bytes a second */
         .command = "i=100; while [ $i -lt 300 ]; do echo line-$i-xxxxxxxxxx; i=$((i+1)); done;"
@@ -538,7 +557,7 @@ static void test_start_timeout_port_never_opens(void **state)
     struct world *w = *state;
     int port = executor_port_allocate(w->ex);
     struct instance_spec spec = {
-        .instance_guid = "never-listens",
+        .instance_guid = instance_guid_for(w, "never-listens"),
         .app_dir = w->home,
         .command = "sleep 30",
         .port = port,
@@ -566,7 +585,7 @@ static void test_port_check_ignores_other_listeners(void **state)
     socklen_t alen = sizeof(addr);
     getsockname(fd, (struct sockaddr *)&addr, &alen);
     struct instance_spec spec = {
-        .instance_guid = "squatted-port",
+        .instance_guid = instance_guid_for(w, "squatted-port"),
         .app_dir = w->home,
         .command = "sleep 30",
         .port = ntohs(addr.sin_port),
@@ -589,7 +608,8 @@ static void test_leftovers_of_a_dead_daemon_are_ended(void **state)
     /* a new executor on the same home, as when a daemon restarts after being killed: what
      * the old one left running is ended (the old executor here sees it die) */
     struct executor *ex2;
-    struct executor_config cfg = {.home = w->home, .port_min = 20000, .port_max = 20100};
+    struct executor_config cfg = {
+        .home = w->home, .port_min = TEST_PORT_MIN, .port_max = TEST_PORT_MIN + 100};
     assert_int_equal(executor_new(&w->loop, &cfg, on_output, on_state, w, &ex2), 0);
     run_until(w, has_final, 5000, "the leftover instance to be ended");
     assert_int_equal(w->final_state, INSTANCE_CRASHED);
@@ -662,8 +682,9 @@ static void test_start_errors(void **state)
 {
     struct world *w = *state;
     struct instance *inst = NULL;
-    struct instance_spec spec = {
-        .instance_guid = "bad", .app_dir = "/nonexistent/skiff", .command = "true"};
+    struct instance_spec spec = {.instance_guid = instance_guid_for(w, "bad"),
+                                 .app_dir = "/nonexistent/skiff",
+                                 .command = "true"};
     assert_int_equal(executor_start(w->ex, &spec, &inst), -ENOENT);
     spec.app_dir = w->home;
     spec.command = "";
@@ -767,7 +788,7 @@ static void test_memory_limit_kills_a_hog(void **state)
         skip(); /* no usable cgroups on this machine: nothing enforces memory_mb */
     char *env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", NULL};
     struct instance_spec spec = {
-        .instance_guid = "memory-hog",
+        .instance_guid = instance_guid_for(w, "memory-hog"),
         .app_dir = w->home,
         .command = "exec python3 -c 'x = []\nwhile True: x.append(bytearray(8 << 20))'",
         .env = env,
@@ -788,7 +809,7 @@ static void test_pids_limit_contains_forks(void **state)
     if (strcmp(cgroup_mode(), "none") == 0)
         skip();
     struct instance_spec spec = {
-        .instance_guid = "fork-loop",
+        .instance_guid = instance_guid_for(w, "fork-loop"),
         .app_dir = w->home,
         .command = "i=0; while [ $i -lt 300 ]; do sleep 37.5 & i=$((i+1)); done; wait",
         .pids_max = 16,
@@ -830,8 +851,8 @@ static int setup_shim(void **state)
         return -1;
     }
     struct executor_config cfg = {.home = w->home,
-                                  .port_min = 20000,
-                                  .port_max = 60000,
+                                  .port_min = TEST_PORT_MIN,
+                                  .port_max = TEST_PORT_MAX,
                                   .grace_ms = 500,
                                   .liveness_ms = 100,
                                   .shim_path = shim};
@@ -854,8 +875,8 @@ static void replace_executor(struct world *w)
     executor_free(w->ex); /* lets the instances go: they run on under their shims */
     uv_run(&w->loop, UV_RUN_NOWAIT);
     struct executor_config cfg = {.home = w->home,
-                                  .port_min = 20000,
-                                  .port_max = 60000,
+                                  .port_min = TEST_PORT_MIN,
+                                  .port_max = TEST_PORT_MAX,
                                   .grace_ms = 500,
                                   .liveness_ms = 100,
                                   .shim_path = shim};
