@@ -54,6 +54,8 @@
  * is doing. Checked every ROUTER_ACK_CHECK_MS while such a request waits for its answer. */
 #define ROUTER_UNACKED_MS 400
 #define ROUTER_ACK_CHECK_MS 100
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 #define ROUTER_LISTENERS 4 /* the address, and [::1] beside 127.0.0.1; the same for HTTPS */
 #define ROUTER_TLS_PLAIN (64 * 1024) /* plaintext decrypted per step */
 #define ROUTER_ACCEPT_BATCH 8      /* connections one worker takes per wakeup */
@@ -238,6 +240,7 @@ struct upstream {
     bool reused, got_bytes, pause_done, reusable;
     bool waiting; /* in the pool's waiting: no stream yet */
     bool acked;   /* the instance's host acknowledged the whole request: no more checks */
+    bool keepalive; /* TCP keepalive probes on (upstream_probe) */
 };
 
 /* An h2c connection to an instance (router_h2c.c): its socket and session, shared by the
@@ -415,6 +418,7 @@ static void connect_wait_arm(struct exchange *x);
 static void hedge_connect_failed(struct exchange *x, struct upstream *u);
 static void upstream_update_reading(struct upstream *u);
 static void ack_check_arm(struct worker *w);
+static void exchange_unacknowledged(struct exchange *x, const char *what);
 static void route_and_connect(struct client *c);
 static void hold_request(struct client *c);
 static void hold_unlink(struct client *c);
@@ -3252,6 +3256,11 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             }
         }
     }
+    if (nread == UV_ETIMEDOUT && !u->got_bytes && !x->resp_started) {
+        /* a keepalive probe went unanswered (upstream_probe): the host is gone */
+        exchange_unacknowledged(x, "answered no keepalive probe while a request waited");
+        return;
+    }
     upstream_failed(u, (int)nread, false);
 }
 
@@ -3884,19 +3893,18 @@ static enum ack_state upstream_ack_state(struct upstream *u)
     return ACK_WAITING;
 }
 
-/* x's request went to a host that acknowledges nothing: its address is passed over by every
- * route and worker, this worker's idle connections to it close, and the request goes to
- * another instance over a new connection (idempotent and without a body) or gets a 502
- * backend-lost, as when a table drops the instance. */
-static void exchange_unacknowledged(struct exchange *x)
+/* x's request went to a host that acknowledges nothing (`what` says how that was seen): its
+ * address is passed over by every route and worker, this worker's idle connections to it
+ * close, and the request goes to another instance over a new connection (idempotent and
+ * without a body) or gets a 502 backend-lost, as when a table drops the instance. */
+static void exchange_unacknowledged(struct exchange *x, const char *what)
 {
     struct route_backend *b = x->backend;
     struct pool *p = x->pool;
     if (b && !route_backend_down(b))
-        log_warning("backend %s acknowledged nothing of a request for %d ms: its host is "
-                    "unreachable; passed over for %d ms, its requests go to another instance "
-                    "or are answered 502 backend-lost",
-                    b->addr_text, ROUTER_UNACKED_MS, ROUTER_BACKEND_DOWN_MS);
+        log_warning("backend %s %s: its host is unreachable; passed over for %d ms, its "
+                    "requests go to another instance or are answered 502 backend-lost",
+                    b->addr_text, what, ROUTER_BACKEND_DOWN_MS);
     if (b)
         backend_mark_down(b);
     if (p)
@@ -3909,6 +3917,25 @@ static bool exchange_ack_watched(const struct exchange *x)
 {
     const struct upstream *u = x->u;
     return u && !u->h2c && u->state == U_ACTIVE && !u->got_bytes && !u->acked && !x->resp_started;
+}
+
+/* u's request is acknowledged and its answer slow to come: from now on the kernel probes
+ * the instance's host after a second without a packet from it, and a probe unanswered for a
+ * second ends the connection (UV_ETIMEDOUT, on_upstream_read): a host that vanished while its
+ * app worked on the request is found without waiting for the table. The probes go on while
+ * the connection waits in the pool (the instance's kernel answers them; its app sees none). */
+static void upstream_probe(struct upstream *u)
+{
+    uv_os_fd_t fd;
+    int on = 1, one = 1;
+    if (u->keepalive || uv_fileno((uv_handle_t *)&u->p.tcp, &fd) < 0)
+        return;
+    u->keepalive = true;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0)
+        log_debug("TCP keepalive on a backend connection: %s", strerror(errno));
 }
 
 static void on_ack_check(uv_timer_t *t)
@@ -3927,12 +3954,15 @@ static void on_ack_check(uv_timer_t *t)
             if (now - x->u->sent_at < ROUTER_UNACKED_MS)
                 continue;
             enum ack_state st = upstream_ack_state(x->u);
-            if (st == ACK_DONE)
+            if (st == ACK_DONE) {
                 x->u->acked = true;
+                upstream_probe(x->u);
+            }
             if (st != ACK_SILENT)
                 continue;
             /* x leaves this list (its replay goes over a new connection, not yet sent) */
-            exchange_unacknowledged(x);
+            exchange_unacknowledged(
+                x, "acknowledged nothing of a request for " STRINGIFY(ROUTER_UNACKED_MS) " ms");
             goto again;
         }
     }

@@ -28,9 +28,11 @@ CONNECT_TIMEOUT_MS = 2000  # far below the 4-5 s a table without the instance ta
 HEDGE_MS = 100
 
 # The instance in the namespace: answers every request 200 with "far METHOD PATH", and writes
-# "METHOD PATH" to its log for each request it reads whole (its count of requests).
+# "METHOD PATH" to its log for each request it reads whole (its count of requests); /slow
+# answers after 20 s.
 FAR_APP = r"""
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -43,6 +45,8 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.read(n)
         with open(sys.argv[2], "a") as f:
             f.write("%s %s\n" % (self.command, self.path))
+        if self.path == "/slow":
+            time.sleep(20)
         body = ("far %s %s" % (self.command, self.path)).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -171,6 +175,40 @@ def test_a_post_on_a_kept_alive_connection_to_a_lost_host_is_a_502_sent_once(
     # never sent to another instance, and the lost one never read it
     assert good.hits == 0
     assert far_host.requests() == ["GET /warm"]
+
+
+def test_a_get_its_lost_host_had_acknowledged_is_answered_by_another(router_factory, bus,
+                                                                      backends, far_host):
+    """The host had the whole request and its app was working on it when the host vanished:
+    the router, which had seen the request acknowledged and no answer for 400 ms, has the
+    kernel probe the host (TCP keepalive, after a second without a packet); an unanswered
+    probe ends the connection a second later and the GET goes to the other instance."""
+    good = backends("good")
+    r = start(router_factory, far_host, good)
+    c = Client(r.port, timeout=30)
+    c.send(b"GET /slow HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+    wait_for(lambda: far_host.requests() == ["GET /slow"], 10, "the request to reach far")
+    ip, port = far_host.addr.rsplit(":", 1)
+
+    def probing():  # the router's connection to far, as the kernel shows it
+        return "keepalive" in subprocess.run(
+            ["ss", "-tno", "state", "established", "dst", ip, "dport", "= :" + port],
+            capture_output=True, text=True, timeout=30).stdout
+
+    wait_for(probing, 10, "the router to have the kernel probe far")
+    far_host.lose()
+    t0 = time.monotonic()
+    resp = c.response()
+    took = time.monotonic() - t0
+    assert resp.status == 200, (resp.status, resp.headers, resp.body, r.log()[-2000:])
+    assert resp.json()["name"] == "good" and resp.json()["path"] == "/slow"
+    assert "backend %s answered no keepalive probe" % far_host.addr in r.log()
+    # a second without a packet, a second for the probe: well before a table without far
+    # (4-5 s), and within the default connect timeout (5 s)
+    assert took < 3.5, took
+    print("answered %.2f s after the loss" % took)
+    c.close()
+    assert good.hits == 1
 
 
 def test_a_mark_covers_every_route_with_the_address(router_factory, bus, backends, black_hole):
