@@ -41,6 +41,9 @@
 #define ROUTER_LOW_WATER (64 * 1024)
 #define ROUTER_READ_BUF (256 * 1024)
 #define ROUTER_MAX_ATTEMPTS 3
+/* Connects to different instances one request may have under way at once (its own and its
+ * hedges): a lost host's instances may be many, and one after another in a route's order. */
+#define ROUTER_MAX_CONNECTS 8
 #define ROUTER_RESPONSE_HEADER_BYTES (64 * 1024)
 #define ROUTER_RESPONSE_HEADERS 256
 #define OUTQ_PIECES 48
@@ -295,12 +298,12 @@ struct exchange {
     struct route_stats *stats;     /* counted in its worker's in-flight slot while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct exchange *pool_prev, *pool_next; /* in pool->exchanges while pool is set */
-    struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
+    struct route_backend *tried[ROUTER_MAX_CONNECTS];
     int attempts;
     /* Connects beside x->u while none has completed (hedges, one more each --connect-hedge-ms):
      * the first to complete carries the request, the others are closed. Only ever one of them
      * is sent to. */
-    struct hedge hedges[ROUTER_MAX_ATTEMPTS - 1];
+    struct hedge hedges[ROUTER_MAX_CONNECTS - 1];
     uint8_t hedge_count;
     uint64_t connect_started; /* loop time the connect under way (x->u) began */
     uint64_t connect_due;     /* and times out; a hedge, begun later, times out later */
@@ -370,6 +373,7 @@ struct worker {
     int spare_count;
     bool stopping;
     uint64_t id_prefix, id_counter;
+    unsigned hedge_seed; /* where in a route hedges are picked from (hedge_start) */
     struct router_metrics m;
     /* HTTP/2 connections with output to send, in the order they came to have it: the one whose
      * response came first in a turn is written first (pushed in front, it was written last,
@@ -2685,14 +2689,14 @@ static struct upstream *upstream_connect(struct exchange *x, struct pool *pool,
 }
 
 /* Whether a connect to x's instance may get a hedge: enabled, shorter than the connect
- * timeout, an attempt left (each hedge counts as one), HTTP/1.1 (an h2c connection is shared
- * by many exchanges and has its own wait). Whether another instance is up is asked when it is
- * due. */
+ * timeout, fewer than ROUTER_MAX_CONNECTS instances tried and another one in the route,
+ * HTTP/1.1 (an h2c connection is shared by many exchanges and has its own wait). Whether
+ * another instance is up is asked when it is due. */
 static bool hedge_possible(const struct exchange *x)
 {
     const struct router_config *cfg = x->c->p.w->cfg;
     return cfg->connect_hedge_ms > 0 && cfg->connect_hedge_ms < cfg->connect_timeout_ms &&
-           x->attempts < ROUTER_MAX_ATTEMPTS && x->route->protocol == ROUTE_PROTOCOL_HTTP1 &&
+           x->attempts < ROUTER_MAX_CONNECTS && x->route->protocol == ROUTE_PROTOCOL_HTTP1 &&
            x->route->backend_count > (size_t)x->attempts;
 }
 
@@ -2777,10 +2781,14 @@ static void hedge_remove(struct exchange *x, int i)
 static void hedge_start(struct exchange *x)
 {
     struct worker *w = x->c->p.w;
-    if (x->hedge_count >= ROUTER_MAX_ATTEMPTS - 1)
+    if (x->hedge_count >= ROUTER_MAX_CONNECTS - 1)
         return;
-    struct route_backend *b = route_pick_backend_up(x->route, &x->hold->cursors[x->route->index],
-                                                    x->tried, (size_t)x->attempts);
+    /* from anywhere in the route, not the round robin's next: the instances of a lost host
+     * may come one after another in its order */
+    w->hedge_seed = w->hedge_seed * 1103515245u + 12345u;
+    unsigned spread = w->hedge_seed >> 8;
+    struct route_backend *b =
+        route_pick_backend_up(x->route, &spread, x->tried, (size_t)x->attempts);
     if (!b)
         return; /* every other instance is tried or down: asked again at the next hedge time */
     x->tried[x->attempts++] = b;
@@ -4298,6 +4306,7 @@ int router_proxy_start(const struct router_config *cfg)
         w->h2_limits.max_header_bytes = cfg->max_header_bytes;
         w->h2_limits.max_headers = cfg->max_headers;
         w->id_prefix = prefix + (uint64_t)i;
+        w->hedge_seed = (unsigned)w->id_prefix;
         uv_loop_init(&w->loop);
         for (int k = 0; k < listen_count; k++) {
             uv_poll_init(&w->loop, &w->accepts[k], listen_fds[k]);
