@@ -258,3 +258,43 @@ def test_two_lost_of_three_cost_no_request_a_connect_timeout(router_factory, bus
     assert max(took) < CONNECT_TIMEOUT_MS / 1000, took
     assert r.metric("skiff_router_upstream_hedges_total") >= 2
     assert good.hits == 12
+
+
+def test_a_live_instance_that_is_slow_or_shuts_its_window_is_not_taken_for_lost(
+        router_factory, bus, backends):
+    """What an app can do without its host vanishing: answer after 3 s (its kernel answers the
+    keepalive probes meanwhile), or read nothing of an 8 MB body for 3 s (its window shut: the
+    router's bytes wait unsent, and the window probes are answered). Neither is a lost
+    instance: both answer 200, nothing is sent twice, no address is marked down."""
+    from test_router import RawBackend, requests_on
+    seen = []
+
+    def slow_reader(conn):
+        for first, headers, f in requests_on(conn):
+            seen.append(first.split()[1])
+            time.sleep(3)  # the app's own pace, not the test's wait
+            n = int(headers.get("content-length", "0"))
+            got = len(f.read(n)) if n else 0
+            body = b"read %d" % got
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    reader = RawBackend(slow_reader)
+    slow = backends("slow")
+    try:
+        r = router_factory([route("read.localhost", [reader]), route("slow.localhost", [slow])],
+                           "--workers", "1")
+        c = Client(r.port, timeout=30)
+        body = b"b" * (8 << 20)
+        t0 = time.monotonic()
+        resp = c.request("POST", path="/upload", host="read.localhost", body=body)
+        assert resp.status == 200 and resp.body == b"read %d" % len(body), (resp.status,
+                                                                         resp.body)
+        assert time.monotonic() - t0 >= 3
+        resp = c.request(path="/delay/3000", host="slow.localhost")
+        assert resp.status == 200 and resp.json()["name"] == "slow", (resp.status, resp.body)
+        c.close()
+        assert seen == ["/upload"] and slow.hits == 1
+        log = r.log()
+        assert "acknowledged nothing" not in log and "keepalive probe" not in log, log[-2000:]
+    finally:
+        reader.close()
