@@ -3264,8 +3264,11 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             }
         }
     }
-    if (nread == UV_ETIMEDOUT && !u->got_bytes && !x->resp_started) {
-        /* a keepalive probe went unanswered (upstream_probe): the host is gone */
+    if ((nread == UV_ETIMEDOUT || nread == UV_EHOSTUNREACH || nread == UV_ENETUNREACH) &&
+        !u->got_bytes && !x->resp_started) {
+        /* a keepalive probe went unanswered (upstream_probe): the host is gone; the kernel
+         * reports the last ICMP error it had for the connection, if any, instead of the
+         * timeout (a host whose neighbour entry failed) */
         exchange_unacknowledged(x, "answered no keepalive probe while a request waited");
         return;
     }
