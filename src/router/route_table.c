@@ -56,8 +56,110 @@ static void route_free_fields(struct route *r)
     free(r->backends);
 }
 
+/* ---- down marks, one per backend address -------------------------------------------------- */
+
+struct route_addr_mark {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    size_t refs;           /* backends of the tables alive that point here (under marks_lock) */
+    int64_t down_until_ms; /* passed over until then (atomic); 0: never marked, or cleared */
+    struct route_addr_mark *next; /* in its bucket */
+};
+
+/* Taken when a table is parsed or freed (main thread, or a worker dropping the last hold of
+ * an old table), never while routing: marks are read and written through the backends. */
+static pthread_mutex_t marks_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct route_addr_mark **marks; /* buckets, a power of two */
+static size_t marks_mask, marks_count;
+
+static uint64_t addr_hash(const void *addr, socklen_t len);
+
+static void marks_grow(void)
+{
+    size_t size = marks ? (marks_mask + 1) * 2 : 256;
+    struct route_addr_mark **next = xcalloc(size, sizeof(*next));
+    for (size_t i = 0; marks && i <= marks_mask; i++)
+        for (struct route_addr_mark *m = marks[i], *after; m; m = after) {
+            after = m->next;
+            size_t k = addr_hash(&m->addr, m->len) & (size - 1);
+            m->next = next[k];
+            next[k] = m;
+        }
+    free(marks);
+    marks = next;
+    marks_mask = size - 1;
+}
+
+/* The mark of b's address, made on first use; one more reference to it. Under marks_lock. */
+static struct route_addr_mark *mark_take(const struct route_backend *b)
+{
+    if (!marks || marks_count >= (marks_mask + 1) * 2)
+        marks_grow();
+    struct route_addr_mark **head = &marks[addr_hash(&b->addr, b->addr_len) & marks_mask];
+    for (struct route_addr_mark *m = *head; m; m = m->next)
+        if (m->len == b->addr_len && memcmp(&m->addr, &b->addr, m->len) == 0) {
+            m->refs++;
+            return m;
+        }
+    struct route_addr_mark *m = xcalloc(1, sizeof(*m));
+    memcpy(&m->addr, &b->addr, b->addr_len);
+    m->len = b->addr_len;
+    m->refs = 1;
+    m->next = *head;
+    *head = m;
+    marks_count++;
+    return m;
+}
+
+/* Drops a reference; the last one frees the mark. Under marks_lock. */
+static void mark_drop(struct route_addr_mark *m)
+{
+    if (--m->refs > 0)
+        return;
+    struct route_addr_mark **pp = &marks[addr_hash(&m->addr, m->len) & marks_mask];
+    while (*pp != m)
+        pp = &(*pp)->next;
+    *pp = m->next;
+    marks_count--;
+    free(m);
+    if (marks_count == 0) { /* the last table went (at exit): nothing left allocated */
+        free(marks);
+        marks = NULL;
+        marks_mask = 0;
+    }
+}
+
+/* Every backend of t points to its address's mark (t is being made: no one else reads it). */
+static void table_take_marks(struct route_table *t)
+{
+    pthread_mutex_lock(&marks_lock);
+    for (size_t i = 0; i < t->route_count; i++)
+        for (size_t j = 0; j < t->routes[i].backend_count; j++)
+            t->routes[i].backends[j].mark = mark_take(&t->routes[i].backends[j]);
+    pthread_mutex_unlock(&marks_lock);
+}
+
+static void table_drop_marks(struct route_table *t)
+{
+    pthread_mutex_lock(&marks_lock);
+    for (size_t i = 0; i < t->route_count; i++)
+        for (size_t j = 0; j < t->routes[i].backend_count; j++)
+            if (t->routes[i].backends[j].mark)
+                mark_drop(t->routes[i].backends[j].mark);
+    pthread_mutex_unlock(&marks_lock);
+}
+
+size_t route_addr_marks_count(void)
+{
+    pthread_mutex_lock(&marks_lock);
+    size_t n = marks_count;
+    pthread_mutex_unlock(&marks_lock);
+    return n;
+}
+
 static void table_free(struct route_table *t)
 {
+    table_drop_marks(t);
     for (size_t i = 0; i < t->route_count; i++)
         route_free_fields(&t->routes[i]);
     free(t->routes);
@@ -336,6 +438,7 @@ int route_table_parse(const char *json, size_t len, struct route_table **out, ch
     }
     json_decref(root);
     table_index(t);
+    table_take_marks(t);
     if (skipped)
         *skipped = skipped_local;
     *out = t;
@@ -403,7 +506,7 @@ struct route *route_table_lookup(const struct route_table *t, const char *host, 
 
 static bool is_down(const struct route_backend *b, int64_t *now)
 {
-    int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
+    int64_t until = __atomic_load_n(&b->mark->down_until_ms, __ATOMIC_RELAXED);
     if (until == 0)
         return false;
     if (*now == 0)
@@ -456,20 +559,26 @@ struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
 
 void route_backend_mark_down(struct route_backend *b, int ms)
 {
-    __atomic_store_n(&b->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->mark->down_until_ms, time_mono_ms() + ms, __ATOMIC_RELAXED);
+}
+
+bool route_backend_down(const struct route_backend *b)
+{
+    int64_t now = 0;
+    return is_down(b, &now);
 }
 
 bool route_backend_suspect(const struct route_backend *b)
 {
-    return __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED) != 0;
+    return __atomic_load_n(&b->mark->down_until_ms, __ATOMIC_RELAXED) != 0;
 }
 
 void route_backend_connected(struct route_backend *b)
 {
-    int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
+    int64_t *mark = &b->mark->down_until_ms;
+    int64_t until = __atomic_load_n(mark, __ATOMIC_RELAXED);
     if (until != 0 && until <= time_mono_ms()) /* lost to a new mark meanwhile: that one stays */
-        __atomic_compare_exchange_n(&b->down_until_ms, &until, 0, false, __ATOMIC_RELAXED,
-                                    __ATOMIC_RELAXED);
+        __atomic_compare_exchange_n(mark, &until, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
 static int addr_cmp(const void *a, const void *b)
@@ -609,50 +718,6 @@ size_t route_table_lost(const struct route_table *old, const struct route_table 
         qsort(lost, n, sizeof(*lost), addr_cmp);
     *out = lost;
     return n;
-}
-
-/* An address and the time its backend is passed over until. */
-struct down_mark {
-    struct route_addr a;
-    int64_t until_ms;
-};
-
-static int down_cmp(const void *a, const void *b)
-{
-    return addr_cmp(&((const struct down_mark *)a)->a, &((const struct down_mark *)b)->a);
-}
-
-void route_table_carry_down(struct route_table *now, const struct route_table *old)
-{
-    int64_t now_ms = time_mono_ms();
-    struct down_mark *marks = NULL;
-    size_t n = 0, cap = 0;
-    for (size_t i = 0; i < old->route_count; i++)
-        for (size_t j = 0; j < old->routes[i].backend_count; j++) {
-            const struct route_backend *b = &old->routes[i].backends[j];
-            int64_t until = __atomic_load_n(&b->down_until_ms, __ATOMIC_RELAXED);
-            if (until <= now_ms)
-                continue;
-            if (n == cap) {
-                cap = cap ? cap * 2 : 4;
-                marks = xrealloc(marks, cap * sizeof(*marks));
-            }
-            addr_set(&marks[n].a, b);
-            marks[n++].until_ms = until;
-        }
-    if (n == 0)
-        return; /* the usual case: one pass over the old table, nothing else */
-    qsort(marks, n, sizeof(*marks), down_cmp);
-    for (size_t i = 0; i < now->route_count; i++)
-        for (size_t j = 0; j < now->routes[i].backend_count; j++) {
-            struct route_backend *b = &now->routes[i].backends[j];
-            struct down_mark key;
-            addr_set(&key.a, b);
-            const struct down_mark *m = bsearch(&key, marks, n, sizeof(key), down_cmp);
-            if (m && m->until_ms > b->down_until_ms)
-                b->down_until_ms = m->until_ms;
-        }
-    free(marks);
 }
 
 /* ---- the current table ------------------------------------------------------------------ */

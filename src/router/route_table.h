@@ -34,14 +34,20 @@ enum route_protocol {
     ROUTE_PROTOCOL_HTTP2,
 };
 
+/* The down mark of one backend address, shared by every backend at that address in every
+ * table alive (route_table.c keeps one per address): a mark made through any route covers every
+ * route with the address, in every worker whatever table it routes with, and lasts as long as
+ * some table has the address. */
+struct route_addr_mark;
+
 struct route_backend {
     struct sockaddr_storage addr;
     socklen_t addr_len;
     char *addr_text;     /* "127.0.0.1:61001" as sent by skiffd */
     char *instance_guid; /* may be "" */
     int index;
-    int active;            /* requests in flight, all workers (atomic); used by least-connection */
-    int64_t down_until_ms; /* refused a connection: passed over until then (atomic) */
+    int active; /* requests in flight, all workers (atomic); used by least-connection */
+    struct route_addr_mark *mark; /* its address's down mark */
 };
 
 /* The router's workers are at most this many (router_proxy_start clamps --workers). */
@@ -155,8 +161,12 @@ struct route_backend *route_pick_backend_up(struct route *r, unsigned *cursor,
  * result compares equal (memcmp) to a backend's addr. -EINVAL when it is not one. */
 int route_table_parse_addr(const char *text, struct sockaddr_storage *out, socklen_t *len);
 
-/* Marks a backend that refused a connection: other instances take its requests for `ms`. */
+/* Marks a backend's address that refused a connection (or did not answer one, or left a
+ * request unacknowledged): other instances take its requests for `ms`, on every route of every
+ * table that has the address. Any thread. */
 void route_backend_mark_down(struct route_backend *b, int ms);
+/* Whether b's address is marked down now. */
+bool route_backend_down(const struct route_backend *b);
 
 /* Whether b was marked down and no connection to it has succeeded since (the mark may have
  * expired): its pooled connections may be dead ones to a vanished host, where a request would
@@ -183,11 +193,6 @@ struct route_addr {
 size_t route_table_lost(const struct route_table *old, const struct route_table *now,
                         struct route_addr **out);
 
-/* Gives the backends of `now` the down marks (route_backend_mark_down) of `old`'s backends at
- * the same address, so that a new table (any app's change makes one) does not send requests
- * back to an instance found unreachable a moment ago. Before `now` is published. */
-void route_table_carry_down(struct route_table *now, const struct route_table *old);
-
 /* The process-wide current table. publish takes over the caller's reference. */
 void route_table_publish(struct route_table *t);
 /* A new reference to the current table (never NULL once route_table_publish ran; an empty
@@ -197,5 +202,7 @@ struct route_table *route_table_current(void);
 uint64_t route_table_current_generation(void);
 /* Drops the current table (at exit, so the process ends leak-free). */
 void route_table_clear_current(void);
+/* How many addresses have a down mark object (one per address of the tables alive). */
+size_t route_addr_marks_count(void);
 
 #endif

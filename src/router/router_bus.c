@@ -267,7 +267,6 @@ int64_t router_bus_apply_routes(const char *line, size_t len, bool save)
         log_warning("%d invalid route(s) or backend(s) skipped in version %lld",
                 skipped, (long long)route_table_version(t));
     struct route_table *old = route_table_current();
-    route_table_carry_down(t, old);
     struct route_addr *lost = NULL;
     size_t lost_count = route_table_lost(old, t, &lost);
     route_table_unref(old);

@@ -14,6 +14,7 @@
  * drains, so a body of any size streams in bounded memory. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/sockios.h>
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -39,6 +41,9 @@
 #define ROUTER_LOW_WATER (64 * 1024)
 #define ROUTER_READ_BUF (256 * 1024)
 #define ROUTER_MAX_ATTEMPTS 3
+/* Connects to different instances one request may have under way at once (its own and its
+ * hedges): a lost host's instances may be many, and one after another in a route's order. */
+#define ROUTER_MAX_CONNECTS 8
 #define ROUTER_RESPONSE_HEADER_BYTES (64 * 1024)
 #define ROUTER_RESPONSE_HEADERS 256
 #define OUTQ_PIECES 48
@@ -46,6 +51,14 @@
 #define ROUTER_SPARE_EXCHANGES 64
 #define ROUTER_DRAIN_MS 5000
 #define ROUTER_BACKEND_DOWN_MS 2000
+/* A request whose bytes the instance's host has not acknowledged for this long, with a
+ * retransmission timeout passed (the kernel's RTO: 200 ms at least, after a tail loss probe),
+ * went to a host that is gone: a live one acknowledges within a round trip, whatever its app
+ * is doing. Checked every ROUTER_ACK_CHECK_MS while such a request waits for its answer. */
+#define ROUTER_UNACKED_MS 400
+#define ROUTER_ACK_CHECK_MS 100
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 #define ROUTER_LISTENERS 4 /* the address, and [::1] beside 127.0.0.1; the same for HTTPS */
 #define ROUTER_TLS_PLAIN (64 * 1024) /* plaintext decrypted per step */
 #define ROUTER_ACCEPT_BATCH 8      /* connections one worker takes per wakeup */
@@ -225,9 +238,12 @@ struct upstream {
     struct router_h2c_stream *h2s; /* its stream (router_h2c.c) */
     struct upstream *conn_prev, *conn_next; /* in conn's streams, or in the pool's waiting */
     uint64_t idle_since;
+    uint64_t sent_at; /* loop time its exchange's request began to go out */
     uint8_t state;
     bool reused, got_bytes, pause_done, reusable;
     bool waiting; /* in the pool's waiting: no stream yet */
+    bool acked;   /* the instance's host acknowledged the whole request: no more checks */
+    bool keepalive; /* TCP keepalive probes on (upstream_probe) */
 };
 
 /* An h2c connection to an instance (router_h2c.c): its socket and session, shared by the
@@ -263,6 +279,16 @@ struct chunk_guard {
     uint8_t crlf;  /* bytes of the CRLF after them still to check: 2, 1 or 0 */
 };
 
+/* A connect beside an exchange's own (struct exchange, hedges). */
+struct hedge {
+    struct upstream *u;
+    struct route_backend *b; /* its instance (in tried, not counted in active) */
+    /* its pool while it connects, counted in its in_flight: a drain of its instance waits for
+     * it as for a request sent (it may yet carry this one) */
+    struct pool *pool;
+    uint64_t started, due; /* loop times */
+};
+
 struct exchange {
     struct client *c;
     struct upstream *u;
@@ -272,17 +298,16 @@ struct exchange {
     struct route_stats *stats;     /* counted in its worker's in-flight slot while set */
     struct pool *pool;             /* backend's pool, counted in pool->in_flight while set */
     struct exchange *pool_prev, *pool_next; /* in pool->exchanges while pool is set */
-    struct route_backend *tried[ROUTER_MAX_ATTEMPTS];
+    struct route_backend *tried[ROUTER_MAX_CONNECTS];
     int attempts;
-    /* A second connect beside x->u while that one has not completed (a hedge): the first to
-     * complete carries the request, the other is closed. Only ever one of them is sent to. */
-    struct upstream *hedge;
-    struct route_backend *hedge_backend; /* its instance (in tried, not counted in active) */
-    /* the hedge's pool while it connects, counted in its in_flight: a drain of its instance
-     * waits for it as for a request sent (it may yet carry this one) */
-    struct pool *hedge_pool;
-    uint64_t connect_due;                /* loop time the connect under way (x->u) times out */
-    uint64_t hedge_due;                  /* and the hedge's */
+    /* Connects beside x->u while none has completed (hedges, one more each --connect-hedge-ms):
+     * the first to complete carries the request, the others are closed. Only ever one of them
+     * is sent to. */
+    struct hedge hedges[ROUTER_MAX_CONNECTS - 1];
+    uint8_t hedge_count;
+    uint64_t connect_started; /* loop time the connect under way (x->u) began */
+    uint64_t connect_due;     /* and times out; a hedge, begun later, times out later */
+    uint64_t hedge_next;      /* loop time the next hedge is due */
     struct headers req, resp;
     struct headers req_trailers; /* the response's trailers reuse resp, free after its head */
     uint32_t url_off, url_len;
@@ -319,6 +344,7 @@ struct worker {
     bool accept_blocked; /* out of descriptors, or stopping (read by the others: atomics) */
     uv_async_t wakeup;
     uv_timer_t sweep;
+    uv_timer_t ack_check; /* while requests wait for an answer: are they acknowledged? */
     pthread_t thread;
     int index;
     const struct router_config *cfg;
@@ -347,6 +373,7 @@ struct worker {
     int spare_count;
     bool stopping;
     uint64_t id_prefix, id_counter;
+    unsigned hedge_seed; /* where in a route hedges are picked from (hedge_start) */
     struct router_metrics m;
     /* HTTP/2 connections with output to send, in the order they came to have it: the one whose
      * response came first in a turn is written first (pushed in front, it was written last,
@@ -388,11 +415,14 @@ static void exchange_finish(struct exchange *x);
 static bool exchange_end(struct exchange *x);
 static void upstream_close(struct upstream *u);
 static void upstream_failed(struct upstream *u, int err, bool connect_phase);
-static void exchange_drop_hedge(struct exchange *x);
+static void exchange_drop_hedges(struct exchange *x);
 static void hedge_start(struct exchange *x);
-static void hedge_won(struct exchange *x);
+static void hedge_won(struct exchange *x, int i);
+static void connect_wait_arm(struct exchange *x);
 static void hedge_connect_failed(struct exchange *x, struct upstream *u);
 static void upstream_update_reading(struct upstream *u);
+static void ack_check_arm(struct worker *w);
+static void exchange_unacknowledged(struct exchange *x, const char *what);
 static void route_and_connect(struct client *c);
 static void hold_request(struct client *c);
 static void hold_unlink(struct client *c);
@@ -1153,7 +1183,7 @@ static void client_close(struct client *c)
     handshake_unlink(c);
     if (x) {
         c->x = NULL;
-        exchange_drop_hedge(x);
+        exchange_drop_hedges(x);
         if (x->u) {
             x->u->x = NULL;
             upstream_close(x->u);
@@ -1299,9 +1329,9 @@ static void on_timer(uv_timer_t *t)
         break;
     case D_HEDGE:
         if (x && x->u && x->u->state == U_CONNECTING && !x->u->h2c) {
-            client_set_deadline(c, D_CONNECT,
-                                x->connect_due > now ? (int)(x->connect_due - now) : 0);
             hedge_start(x);
+            x->hedge_next = now + (uint64_t)c->p.w->cfg->connect_hedge_ms;
+            connect_wait_arm(x);
             break;
         }
         client_close(c);
@@ -2549,6 +2579,10 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     u->got_bytes = false;
     u->pause_done = false;
     u->reusable = false; /* until this exchange's response ends cleanly */
+    u->acked = false;
+    u->sent_at = uv_now(&c->p.w->loop);
+    if (!u->h2c)
+        ack_check_arm(c->p.w);
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
@@ -2585,10 +2619,14 @@ static void on_upstream_connect(uv_connect_t *req, int status)
         upstream_close(u);
         return;
     }
-    if (x->hedge == u)
-        hedge_won(x);
+    int hedge = -1;
+    for (int i = 0; i < x->hedge_count; i++)
+        if (x->hedges[i].u == u)
+            hedge = i;
+    if (hedge >= 0)
+        hedge_won(x, hedge);
     else
-        exchange_drop_hedge(x); /* the first connect made it after all */
+        exchange_drop_hedges(x); /* the first connect made it after all */
     if (x->backend)
         route_backend_connected(x->backend);
     upstream_start(u, x);
@@ -2614,26 +2652,12 @@ static struct pool *exchange_take_backend(struct exchange *x, struct route_backe
     return pool;
 }
 
-/* Passes over an instance for ROUTER_BACKEND_DOWN_MS, in the table the exchange routed with
- * and in this worker's newest one, when a table came since: each worker takes the newest table
- * at its next request, and a mark made in an older one (by a connect that began before the
- * table changed) would reach no one. Every worker reads the marks of the table it routes
- * with; the main thread carries them to each new table (route_table_carry_down). */
-static void exchange_mark_down(struct exchange *x, struct route_backend *b)
+/* Passes over an instance for ROUTER_BACKEND_DOWN_MS: its address's mark, which every route
+ * with that address reads in every table (route_table.h, struct route_addr_mark), so every
+ * worker's requests go elsewhere whatever route and table they were routed with. */
+static void backend_mark_down(struct route_backend *b)
 {
     route_backend_mark_down(b, ROUTER_BACKEND_DOWN_MS);
-    struct worker *w = x->c->p.w;
-    struct table_hold *h = worker_table(w);
-    if (h == x->hold)
-        return;
-    const char *url = x->req.raw.data + x->url_off;
-    struct route *r =
-        route_table_lookup(h->table, x->req.raw.data + x->host_off, x->host_len, url, x->url_len);
-    for (size_t i = 0; r && i < r->backend_count; i++) {
-        struct route_backend *o = &r->backends[i];
-        if (o->addr_len == b->addr_len && memcmp(&o->addr, &b->addr, b->addr_len) == 0)
-            route_backend_mark_down(o, ROUTER_BACKEND_DOWN_MS);
-    }
 }
 
 /* A new connection to b for x, connecting. NULL when no socket could be made or the address
@@ -2658,29 +2682,43 @@ static struct upstream *upstream_connect(struct exchange *x, struct pool *pool,
         u->p.closing = true;
         uv_close((uv_handle_t *)&u->p.tcp, on_upstream_closed);
         ROUTER_METRIC_ADD(w->m.upstream_connect_failures, 1);
-        exchange_mark_down(x, b);
+        backend_mark_down(b);
         return NULL;
     }
     return u;
 }
 
 /* Whether a connect to x's instance may get a hedge: enabled, shorter than the connect
- * timeout, an attempt left (a hedge counts as one), HTTP/1.1 (an h2c connection is shared by
- * many exchanges and has its own wait). Whether another instance is up is asked when it is
- * due. */
+ * timeout, fewer than ROUTER_MAX_CONNECTS instances tried and another one in the route,
+ * HTTP/1.1 (an h2c connection is shared by many exchanges and has its own wait). Whether
+ * another instance is up is asked when it is due. */
 static bool hedge_possible(const struct exchange *x)
 {
     const struct router_config *cfg = x->c->p.w->cfg;
     return cfg->connect_hedge_ms > 0 && cfg->connect_hedge_ms < cfg->connect_timeout_ms &&
-           x->attempts < ROUTER_MAX_ATTEMPTS && x->route->protocol == ROUTE_PROTOCOL_HTTP1 &&
-           x->route->backend_count > 1;
+           x->attempts < ROUTER_MAX_CONNECTS && x->route->protocol == ROUTE_PROTOCOL_HTTP1 &&
+           x->route->backend_count > (size_t)x->attempts;
+}
+
+/* The client's deadline while x's connects are under way: the next hedge, if one may come
+ * before the first connect times out, else that timeout (hedges, begun later, time out
+ * later). */
+static void connect_wait_arm(struct exchange *x)
+{
+    struct worker *w = x->c->p.w;
+    uint64_t now = uv_now(&w->loop);
+    if (hedge_possible(x) && x->hedge_next < x->connect_due) {
+        client_set_deadline(x->c, D_HEDGE, x->hedge_next > now ? (int)(x->hedge_next - now) : 0);
+        return;
+    }
+    client_set_deadline(x->c, D_CONNECT, x->connect_due > now ? (int)(x->connect_due - now) : 0);
 }
 
 static void connect_backend(struct exchange *x)
 {
     struct client *c = x->c;
     struct worker *w = c->p.w;
-    exchange_drop_hedge(x);
+    exchange_drop_hedges(x);
     exchange_release_backend(x);
     struct route_backend *b = route_pick_backend(x->route, &x->hold->cursors[x->route->index],
                                                  x->tried, (size_t)x->attempts);
@@ -2709,123 +2747,163 @@ static void connect_backend(struct exchange *x)
         return;
     }
     x->u = u;
-    x->connect_due = uv_now(&w->loop) + (uint64_t)w->cfg->connect_timeout_ms;
-    if (hedge_possible(x))
-        client_set_deadline(c, D_HEDGE, w->cfg->connect_hedge_ms);
-    else
-        client_set_deadline(c, D_CONNECT, w->cfg->connect_timeout_ms);
+    x->connect_started = uv_now(&w->loop);
+    x->connect_due = x->connect_started + (uint64_t)w->cfg->connect_timeout_ms;
+    x->hedge_next = x->connect_started + (uint64_t)w->cfg->connect_hedge_ms;
+    connect_wait_arm(x);
 }
 
-/* The connect under way has not completed within --connect-hedge-ms: another instance that
- * is not marked down gets a connect too (or gives a pooled connection at once). Nothing has
- * been sent on either; the first to complete carries the request (hedge_won, or
- * on_upstream_connect dropping the hedge). */
 /* The hedge no longer counts in its pool (it won and the exchange is counted there itself,
  * or it was dropped): a drain waiting only for it is done. */
-static void exchange_hedge_uncount(struct exchange *x)
+static void hedge_uncount(struct exchange *x, struct hedge *h)
 {
-    struct pool *p = x->hedge_pool;
+    struct pool *p = h->pool;
     if (!p)
         return;
-    x->hedge_pool = NULL;
+    h->pool = NULL;
     if (--p->in_flight == 0 && p->drains)
         worker_drain_pool_idle(x->c->p.w, p);
 }
 
+/* Takes hedge i out of x's list (its connection and count are the caller's business). */
+static void hedge_remove(struct exchange *x, int i)
+{
+    for (int k = i + 1; k < x->hedge_count; k++)
+        x->hedges[k - 1] = x->hedges[k];
+    x->hedge_count--;
+    memset(&x->hedges[x->hedge_count], 0, sizeof(x->hedges[0]));
+}
+
+/* The connects under way have not completed within --connect-hedge-ms of the last one
+ * begun: another instance that is not marked down gets a connect too (or gives a pooled
+ * connection at once). Nothing has been sent on any; the first to complete carries the
+ * request (hedge_won, or on_upstream_connect dropping the hedges). */
 static void hedge_start(struct exchange *x)
 {
     struct worker *w = x->c->p.w;
-    struct route_backend *b = route_pick_backend_up(x->route, &x->hold->cursors[x->route->index],
-                                                    x->tried, (size_t)x->attempts);
+    if (x->hedge_count >= ROUTER_MAX_CONNECTS - 1)
+        return;
+    /* from anywhere in the route, not the round robin's next: the instances of a lost host
+     * may come one after another in its order */
+    w->hedge_seed = w->hedge_seed * 1103515245u + 12345u;
+    unsigned spread = w->hedge_seed >> 8;
+    struct route_backend *b =
+        route_pick_backend_up(x->route, &spread, x->tried, (size_t)x->attempts);
     if (!b)
-        return; /* every other instance is tried or down: the connect under way goes on */
+        return; /* every other instance is tried or down: asked again at the next hedge time */
     x->tried[x->attempts++] = b;
     ROUTER_METRIC_ADD(w->m.upstream_hedges, 1);
     struct pool *pool = pool_for(w, b, false);
+    struct hedge *h = &x->hedges[x->hedge_count];
+    memset(h, 0, sizeof(*h));
+    h->b = b;
+    h->started = uv_now(&w->loop);
     if (pool->idle && !x->fresh_connection && !route_backend_suspect(b)) {
         struct upstream *u = pool->idle;
         pool_remove(u);
         u->reused = true;
         ROUTER_METRIC_ADD(w->m.upstream_reused, 1);
-        x->hedge = u;
-        x->hedge_backend = b;
-        hedge_won(x);
+        h->u = u;
+        x->hedge_count++;
+        hedge_won(x, x->hedge_count - 1);
         upstream_start(u, x);
         return;
     }
     struct upstream *u = upstream_connect(x, pool, b);
     if (!u)
         return;
-    x->hedge = u;
-    x->hedge_backend = b;
-    x->hedge_pool = pool;
+    h->u = u;
+    h->pool = pool;
     pool->in_flight++;
-    x->hedge_due = uv_now(&w->loop) + (uint64_t)w->cfg->connect_timeout_ms;
+    h->due = h->started + (uint64_t)w->cfg->connect_timeout_ms;
+    x->hedge_count++;
 }
 
-/* The hedge completed first: the first connect is closed and its instance passed over for a
- * while (it did not connect in --connect-hedge-ms while another did: lost or overloaded);
- * the exchange goes to the hedge's instance. The caller starts the request on x->hedge's
- * connection (taken from here). */
-static void hedge_won(struct exchange *x)
+/* Closes a connect that lost the race, unsent to; its instance is marked down when it had had
+ * --connect-hedge-ms to complete (it did not while another did: its host is gone or
+ * overloaded). */
+static void connect_lost_race(struct exchange *x, struct upstream *u, struct route_backend *b,
+                              uint64_t started)
 {
-    struct upstream *first = x->u;
-    struct route_backend *slow = x->backend;
-    if (first) {
-        first->x = NULL;
-        upstream_close(first);
+    struct worker *w = x->c->p.w;
+    if (u) {
+        u->x = NULL;
+        upstream_close(u);
     }
-    if (slow)
-        exchange_mark_down(x, slow);
-    exchange_release_backend(x);
-    exchange_take_backend(x, x->hedge_backend);
-    exchange_hedge_uncount(x);
-    x->u = NULL;
-    x->hedge = NULL;
-    x->hedge_backend = NULL;
+    if (b && uv_now(&w->loop) - started >= (uint64_t)w->cfg->connect_hedge_ms)
+        backend_mark_down(b);
 }
 
-/* Closes the hedge, if any, unsent to. */
-static void exchange_drop_hedge(struct exchange *x)
+/* Hedge i completed first: the other connects are closed and the exchange goes to the
+ * hedge's instance. The caller starts the request on the hedge's connection (taken from
+ * here). */
+static void hedge_won(struct exchange *x, int i)
 {
-    if (!x->hedge)
-        return;
-    x->hedge->x = NULL;
-    upstream_close(x->hedge);
-    exchange_hedge_uncount(x);
-    x->hedge = NULL;
-    x->hedge_backend = NULL;
+    struct hedge won = x->hedges[i];
+    hedge_remove(x, i);
+    connect_lost_race(x, x->u, x->backend, x->connect_started);
+    x->u = NULL;
+    while (x->hedge_count > 0) {
+        struct hedge *h = &x->hedges[0];
+        connect_lost_race(x, h->u, h->b, h->started);
+        hedge_uncount(x, h);
+        hedge_remove(x, 0);
+    }
+    exchange_release_backend(x);
+    exchange_take_backend(x, won.b);
+    hedge_uncount(x, &won);
 }
 
-/* One of two connects under way failed (refused, or the first timed out): its instance is
- * marked down and the other connect goes on alone, with its own connect timeout. */
+/* Closes the hedges, if any, unsent to. */
+static void exchange_drop_hedges(struct exchange *x)
+{
+    while (x->hedge_count > 0) {
+        struct hedge *h = &x->hedges[0];
+        h->u->x = NULL;
+        upstream_close(h->u);
+        hedge_uncount(x, h);
+        hedge_remove(x, 0);
+    }
+}
+
+/* One of the connects under way failed (refused, or the first timed out): its instance is
+ * marked down and the others go on, each with its own connect timeout; the earliest hedge
+ * becomes the exchange's own connect when the first one failed. */
 static void hedge_connect_failed(struct exchange *x, struct upstream *u)
 {
     struct worker *w = x->c->p.w;
     u->x = NULL;
     upstream_close(u);
     ROUTER_METRIC_ADD(w->m.upstream_retries, 1);
-    if (u == x->hedge) {
-        exchange_mark_down(x, x->hedge_backend);
-        exchange_hedge_uncount(x);
-        x->hedge = NULL;
-        x->hedge_backend = NULL;
-    } else { /* the first one failed: the hedge becomes the exchange's connect */
-        x->u = NULL;
-        struct upstream *hedge = x->hedge;
-        hedge_won(x);
-        x->u = hedge;
-        x->connect_due = x->hedge_due;
+    for (int i = 0; i < x->hedge_count; i++) {
+        struct hedge *h = &x->hedges[i];
+        if (h->u != u)
+            continue;
+        backend_mark_down(h->b);
+        hedge_uncount(x, h);
+        hedge_remove(x, i);
+        connect_wait_arm(x);
+        return;
     }
-    uint64_t now = uv_now(&w->loop);
-    client_set_deadline(x->c, D_CONNECT, x->connect_due > now ? (int)(x->connect_due - now) : 0);
+    /* the first one failed: the earliest hedge becomes the exchange's connect */
+    if (x->backend)
+        backend_mark_down(x->backend);
+    struct hedge next = x->hedges[0];
+    hedge_remove(x, 0);
+    exchange_release_backend(x);
+    exchange_take_backend(x, next.b);
+    hedge_uncount(x, &next);
+    x->u = next.u;
+    x->connect_started = next.started;
+    x->connect_due = next.due;
+    connect_wait_arm(x);
 }
 
 /* A backend connection failed (connect, read, write, or closed early). */
 static void upstream_failed(struct upstream *u, int err, bool connect_phase)
 {
     struct exchange *x = u->x;
-    if (x && connect_phase && x->hedge) {
+    if (x && connect_phase && x->hedge_count > 0) {
         hedge_connect_failed(x, u);
         return;
     }
@@ -2846,7 +2924,7 @@ static void upstream_failed(struct upstream *u, int err, bool connect_phase)
     if (connect_phase) {
         /* other instances take this one's requests for a while: it may be starting or gone */
         if (x->backend)
-            exchange_mark_down(x, x->backend);
+            backend_mark_down(x->backend);
         ROUTER_METRIC_ADD(c->p.w->m.upstream_retries, 1);
         connect_backend(x);
         return;
@@ -2898,7 +2976,7 @@ static bool exchange_end(struct exchange *x)
     struct client *c = x->c;
     struct worker *w = c->p.w;
     struct upstream *u = x->u;
-    exchange_drop_hedge(x);
+    exchange_drop_hedges(x);
     if (u) {
         u->x = NULL;
         x->u = NULL;
@@ -3185,6 +3263,14 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
                 return;
             }
         }
+    }
+    if ((nread == UV_ETIMEDOUT || nread == UV_EHOSTUNREACH || nread == UV_ENETUNREACH) &&
+        !u->got_bytes && !x->resp_started) {
+        /* a keepalive probe went unanswered (upstream_probe): the host is gone; the kernel
+         * reports the last ICMP error it had for the connection, if any, instead of the
+         * timeout (a host whose neighbour entry failed) */
+        exchange_unacknowledged(x, "answered no keepalive probe while a request waited");
+        return;
     }
     upstream_failed(u, (int)nread, false);
 }
@@ -3650,6 +3736,7 @@ static void worker_maybe_done(struct worker *w)
         return;
     w->handles_closed = true;
     close_handle_if_open((uv_handle_t *)&w->sweep);
+    close_handle_if_open((uv_handle_t *)&w->ack_check);
     close_handle_if_open((uv_handle_t *)&w->hold_poll);
     close_handle_if_open((uv_handle_t *)&w->table_wakeup);
     close_handle_if_open((uv_handle_t *)&w->wakeup);
@@ -3725,16 +3812,17 @@ static const char *lost_replay_refusal(const struct exchange *x, bool sent)
     return NULL;
 }
 
-/* The exchange's instance left the table without a drain: its connection (or stream) is
- * dropped, and the request goes to another instance of its route in the newest table, or
- * is answered 502 (cut when part of the answer went out). */
-static void exchange_backend_lost(struct exchange *x)
+/* The exchange's instance left the table without a drain, or its host stopped acknowledging
+ * the request: its connection (or stream) is dropped, and the request goes to another
+ * instance of its route in the newest table (over new connections only, with fresh), or is
+ * answered 502 (cut when part of the answer went out). */
+static void exchange_backend_lost(struct exchange *x, bool fresh)
 {
     struct client *c = x->c;
     struct worker *w = c->p.w;
     struct upstream *u = x->u;
     bool sent = u && u->state != U_CONNECTING;
-    exchange_drop_hedge(x);
+    exchange_drop_hedges(x);
     exchange_release_backend(x);
     if (u) {
         u->x = NULL;
@@ -3763,7 +3851,7 @@ static void exchange_backend_lost(struct exchange *x)
     x->hold = table_hold_take(h);
     x->route = r;
     x->attempts = 0;
-    x->fresh_connection = false;
+    x->fresh_connection = fresh;
     if (!x->req_done)
         c->state = C_WAIT_UPSTREAM;
     client_update_reading(c);
@@ -3782,10 +3870,122 @@ static void worker_backend_lost(struct worker *w, const struct route_addr *a)
         /* each call takes its exchange off the list; bounded all the same, should a newer
          * table have brought the address back meanwhile */
         for (int n = p->in_flight; n > 0 && p->exchanges; n--)
-            exchange_backend_lost(p->exchanges);
+            exchange_backend_lost(p->exchanges, false);
         p->lost = false;
         pool_close_idle(p);
     }
+}
+
+/* ---- requests the instance's host never acknowledged -------------------------------------- */
+
+enum ack_state { ACK_WAITING, ACK_DONE, ACK_SILENT };
+
+/* What the kernel knows of u's request: all acknowledged (and all of it sent), still on its
+ * way, or unacknowledged for ROUTER_UNACKED_MS with a retransmission timeout passed (no ACK
+ * at all meanwhile: a live host's kernel acknowledges within a round trip, even when its
+ * app is busy or its window shut). */
+static enum ack_state upstream_ack_state(struct upstream *u)
+{
+    uv_os_fd_t fd;
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    memset(&ti, 0, sizeof(ti));
+    if (uv_fileno((uv_handle_t *)&u->p.tcp, &fd) < 0 ||
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return ACK_WAITING;
+    int queued = 0; /* bytes in the socket not yet sent or not yet acknowledged */
+    if (ti.tcpi_unacked == 0)
+        return u->x && u->x->req_done && peer_queued(&u->p) == 0 &&
+                       ioctl(fd, SIOCOUTQ, &queued) == 0 && queued == 0
+                   ? ACK_DONE
+                   : ACK_WAITING;
+    if (ti.tcpi_retransmits > 0 && ti.tcpi_last_ack_recv >= ROUTER_UNACKED_MS)
+        return ACK_SILENT;
+    return ACK_WAITING;
+}
+
+/* x's request went to a host that acknowledges nothing (`what` says how that was seen): its
+ * address is passed over by every route and worker, this worker's idle connections to it
+ * close, and the request goes to another instance over a new connection (idempotent and
+ * without a body) or gets a 502 backend-lost, as when a table drops the instance. */
+static void exchange_unacknowledged(struct exchange *x, const char *what)
+{
+    struct route_backend *b = x->backend;
+    struct pool *p = x->pool;
+    if (b && !route_backend_down(b))
+        log_warning("backend %s %s: its host is unreachable; passed over for %d ms, its "
+                    "requests go to another instance or are answered 502 backend-lost",
+                    b->addr_text, what, ROUTER_BACKEND_DOWN_MS);
+    if (b)
+        backend_mark_down(b);
+    if (p)
+        pool_close_idle(p);
+    exchange_backend_lost(x, true);
+}
+
+/* Whether x waits for an answer to a request whose acknowledgement is still to be seen. */
+static bool exchange_ack_watched(const struct exchange *x)
+{
+    const struct upstream *u = x->u;
+    return u && !u->h2c && u->state == U_ACTIVE && !u->got_bytes && !u->acked && !x->resp_started;
+}
+
+/* u's request is acknowledged and its answer slow to come: from now on the kernel probes
+ * the instance's host after a second without a packet from it, and a probe unanswered for a
+ * second ends the connection (UV_ETIMEDOUT, on_upstream_read): a host that vanished while its
+ * app worked on the request is found without waiting for the table. The probes go on while
+ * the connection waits in the pool (the instance's kernel answers them; its app sees none). */
+static void upstream_probe(struct upstream *u)
+{
+    uv_os_fd_t fd;
+    int on = 1, one = 1;
+    if (u->keepalive || uv_fileno((uv_handle_t *)&u->p.tcp, &fd) < 0)
+        return;
+    u->keepalive = true;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0)
+        log_debug("TCP keepalive on a backend connection: %s", strerror(errno));
+}
+
+static void on_ack_check(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    bool watching = false;
+    for (struct pool *p = w->pools; p; p = p->next) {
+        if (p->h2c)
+            continue;
+    again:
+        for (struct exchange *x = p->exchanges; x; x = x->pool_next) {
+            if (!exchange_ack_watched(x))
+                continue;
+            watching = true;
+            if (now - x->u->sent_at < ROUTER_UNACKED_MS)
+                continue;
+            enum ack_state st = upstream_ack_state(x->u);
+            if (st == ACK_DONE) {
+                x->u->acked = true;
+                upstream_probe(x->u);
+            }
+            if (st != ACK_SILENT)
+                continue;
+            /* x leaves this list (its replay goes over a new connection, not yet sent) */
+            exchange_unacknowledged(
+                x, "acknowledged nothing of a request for " STRINGIFY(ROUTER_UNACKED_MS) " ms");
+            goto again;
+        }
+    }
+    if (!watching || w->stopping)
+        uv_timer_stop(t);
+}
+
+/* A request was sent: the check runs while any request waits for its answer. */
+static void ack_check_arm(struct worker *w)
+{
+    if (!uv_is_active((uv_handle_t *)&w->ack_check) && !w->stopping)
+        uv_timer_start(&w->ack_check, on_ack_check, ROUTER_ACK_CHECK_MS, ROUTER_ACK_CHECK_MS);
 }
 
 /* ---- drains (docs/bus.md) ---------------------------------------------------------------- */
@@ -4110,6 +4310,7 @@ int router_proxy_start(const struct router_config *cfg)
         w->h2_limits.max_header_bytes = cfg->max_header_bytes;
         w->h2_limits.max_headers = cfg->max_headers;
         w->id_prefix = prefix + (uint64_t)i;
+        w->hedge_seed = (unsigned)w->id_prefix;
         uv_loop_init(&w->loop);
         for (int k = 0; k < listen_count; k++) {
             uv_poll_init(&w->loop, &w->accepts[k], listen_fds[k]);
@@ -4127,6 +4328,8 @@ int router_proxy_start(const struct router_config *cfg)
         pthread_mutex_init(&w->drain_lock, NULL);
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;
+        uv_timer_init(&w->loop, &w->ack_check);
+        w->ack_check.data = w;
         uv_timer_init(&w->loop, &w->hold_poll);
         w->hold_poll.data = w;
         uv_timer_init(&w->loop, &w->drain);

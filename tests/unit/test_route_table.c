@@ -298,27 +298,47 @@ static void test_lost_backends_of_a_big_table_each_once_in_order(void **state)
     free(now_json);
 }
 
-static void test_down_marks_carry_over_to_the_next_table(void **state)
+/* A mark is its address's: it covers every route with that address, in the table it was made
+ * in and in every other one alive (each worker may route with another), and a table made
+ * later while one of them lives; it goes with the last table that has the address. */
+static void test_a_down_mark_covers_every_route_and_table_with_its_address(void **state)
 {
     (void)state;
+    size_t before = route_addr_marks_count();
     const char *json = "{\"routes\":[{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
-    const char *next = "{\"routes\":[{\"host\":\"b.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:3\"}]},{\"host\":\"a.localhost\",\"backends\":["
-                       "{\"addr\":\"127.0.0.1:2\"},{\"addr\":\"127.0.0.1:1\"}]}]}";
+                       "{\"addr\":\"127.0.0.1:1\"},{\"addr\":\"127.0.0.1:2\"}]},"
+                       "{\"host\":\"b.localhost\",\"path\":\"/x\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:2\"},{\"addr\":\"127.0.0.1:3\"}]}]}";
+    const char *next = "{\"routes\":[{\"host\":\"c.localhost\",\"backends\":["
+                       "{\"addr\":\"127.0.0.1:3\"},{\"addr\":\"127.0.0.1:2\"}]}]}";
     struct route_table *old = parse(json), *now = parse(next);
-    struct route *r = route_table_lookup(old, "a.localhost", 11, "/", 1);
-    route_backend_mark_down(&r->backends[0], 60000);
-    route_backend_mark_down(&r->backends[1], -1); /* a mark in the past is not carried */
-    route_table_carry_down(now, old);
-    struct route *a = route_table_lookup(now, "a.localhost", 11, "/", 1);
-    assert_true(a->backends[1].down_until_ms == r->backends[0].down_until_ms);
-    assert_true(a->backends[0].down_until_ms == 0);
+    assert_int_equal(route_addr_marks_count(), before + 3); /* one per address */
+    struct route *a = route_table_lookup(old, "a.localhost", 11, "/", 1);
+    struct route *b = route_table_lookup(old, "b.localhost", 11, "/x", 2);
+    struct route *c = route_table_lookup(now, "c.localhost", 11, "/", 1);
+    route_backend_mark_down(&a->backends[1], 60000); /* 127.0.0.1:2, through route a */
+    assert_true(route_backend_down(&b->backends[0]));
+    assert_true(route_backend_down(&c->backends[1]));
+    assert_false(route_backend_down(&b->backends[1]));
+    assert_true(route_backend_suspect(&c->backends[1]));
     unsigned cursor = 0;
-    for (int i = 0; i < 4; i++)
-        assert_ptr_equal(route_pick_backend(a, &cursor, NULL, 0), &a->backends[0]);
+    for (int i = 0; i < 4; i++) {
+        assert_ptr_equal(route_pick_backend(b, &cursor, NULL, 0), &b->backends[1]);
+        assert_ptr_equal(route_pick_backend(c, &cursor, NULL, 0), &c->backends[0]);
+    }
+    /* a table parsed while the others live has the mark too */
     route_table_unref(old);
+    struct route_table *later = parse(json);
+    struct route *a2 = route_table_lookup(later, "a.localhost", 11, "/", 1);
+    assert_true(route_backend_down(&a2->backends[1]));
+    assert_false(route_backend_down(&a2->backends[0]));
+    /* an expired mark, cleared by a connection that succeeds, is cleared for all */
+    route_backend_mark_down(&c->backends[1], -1);
+    route_backend_connected(&a2->backends[1]);
+    assert_false(route_backend_suspect(&c->backends[1]));
     route_table_unref(now);
+    route_table_unref(later);
+    assert_int_equal(route_addr_marks_count(), before);
 }
 
 static void test_each_cursor_goes_round_on_its_own(void **state)
@@ -382,7 +402,7 @@ int main(void)
         cmocka_unit_test(test_a_hedge_is_picked_among_instances_up_only),
         cmocka_unit_test(test_lost_backends_are_those_gone_without_a_drain),
         cmocka_unit_test(test_lost_backends_of_a_big_table_each_once_in_order),
-        cmocka_unit_test(test_down_marks_carry_over_to_the_next_table),
+        cmocka_unit_test(test_a_down_mark_covers_every_route_and_table_with_its_address),
         cmocka_unit_test(test_each_cursor_goes_round_on_its_own),
         cmocka_unit_test(test_least_connection_prefers_idle),
         cmocka_unit_test(test_current_table_swaps_and_keeps_old_readers),
