@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysinfo.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -26,6 +27,8 @@ struct cellc__cell {
     int interval_ms;
     int instances;
     bool lost;
+    bool led;         /* its last heartbeat said it leads (a skiffd --role all) */
+    bool reads_store; /* it reads droplets from the blob store it shares: no grant */
     struct cellc__cell *next;
 };
 
@@ -44,6 +47,8 @@ struct cellc_inst {
     int64_t launched_mono;
     uint64_t memory;
     bool forgotten; /* a final DOWN is queued */
+    bool served;    /* started on a leader's request (serve): reported on NATS */
+    bool readiness, ready_ok; /* served: it has a readiness check, and its last result */
     void *user;
     struct cellc_inst *next;
 };
@@ -72,7 +77,32 @@ struct cellc {
     bool closing;
     void (*done)(void *);
     void *done_arg;
+    /* serve: the local cell as a cell for whoever leads */
+    bool serve;
+    int beat_ms;
+    char host[64];
+    uv_timer_t beat, flush;
+    json_t *lines; /* served instances' output waiting for the next batch */
+    size_t line_bytes;
+    struct cellc__pending *pending; /* starts asked whose droplet is on its way */
+    int (*local_droplet)(void *ctx, const struct cell_launch *l, char **dir, char *err,
+                         size_t errsize);
+    void *local_droplet_ctx;
 };
+
+/* A start a leader asked of the local cell, waiting for its droplet (local_droplet). */
+struct cellc__pending {
+    struct cell_launch_doc d;
+    int64_t since_ms;
+    struct cellc__pending *next;
+};
+
+static void cellc__serve_state(struct cellc *c, struct cellc_inst *i, enum instance_state state,
+                               const struct instance_exit *ex);
+static void cellc__beat(struct cellc *c);
+static void cellc__serve_output(struct cellc *c, struct cellc_inst *i, int stream, const char *line,
+                                size_t len);
+static void cellc__serve_readiness(struct cellc *c, struct cellc_inst *i, bool ready);
 
 /* ---- instances ---------------------------------------------------------------------------- */
 
@@ -145,7 +175,9 @@ static void cellc__local_output(void *ctx, struct instance *inst, int stream, co
 {
     struct cellc *c = ctx;
     struct cellc_inst *i = instance_user_data(inst);
-    if (i && c->cb.on_output)
+    if (i && i->served)
+        cellc__serve_output(c, i, stream, line, len);
+    else if (i && c->cb.on_output)
         c->cb.on_output(c->cb.ctx, i, stream, line, len);
 }
 
@@ -156,6 +188,16 @@ static void cellc__local_state(void *ctx, struct instance *inst, enum instance_s
     struct cellc_inst *i = instance_user_data(inst);
     if (!i)
         return;
+    if (i->served) {
+        cellc__serve_state(c, i, state, ex);
+        if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
+            instance_set_user_data(inst, NULL);
+            cellc__inst_free(c, i);
+        } else {
+            i->state = state;
+        }
+        return;
+    }
     if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         instance_set_user_data(inst, NULL);
         i->local = NULL; /* the executor frees it when we return */
@@ -171,7 +213,9 @@ static void cellc__local_readiness(void *ctx, struct instance *inst, bool ready)
 {
     struct cellc *c = ctx;
     struct cellc_inst *i = instance_user_data(inst);
-    if (i && c->cb.on_readiness)
+    if (i && i->served)
+        cellc__serve_readiness(c, i, ready);
+    else if (i && c->cb.on_readiness)
         c->cb.on_readiness(c->cb.ctx, i, ready);
 }
 
@@ -213,10 +257,37 @@ static void cellc__local_found(void *ctx, struct instance *inst, const struct in
     a->c->cb.on_found(a->c->cb.ctx, i, &f);
 }
 
+/* The instances started here for the skiffd that led before: this one's now (leading). */
+static int cellc__adopt_served(struct cellc *c)
+{
+    int n = 0;
+    for (struct cellc_inst *i = c->insts, *next; i; i = next) {
+        next = i->next;
+        if (!i->served || !i->local || i->user)
+            continue;
+        i->served = false;
+        n++;
+        struct cellc_found f = {.app_guid = i->app_guid,
+                                .process_type = i->type,
+                                .index = i->index,
+                                .instance_guid = i->guid,
+                                .droplet_guid = i->droplet[0] ? i->droplet : NULL,
+                                .port = i->port,
+                                .readiness = i->readiness};
+        c->cb.on_found(c->cb.ctx, i, &f);
+        /* its readiness was told to the leader before: tell it again to this one */
+        if (i->readiness && i->ready_ok && i->user && c->cb.on_readiness)
+            c->cb.on_readiness(c->cb.ctx, i, true);
+    }
+    return n;
+}
+
 int cellc_adopt_local(struct cellc *c)
 {
     struct cellc__adopting a = {c, 0};
     executor_adopt(c->ex, cellc__local_found, &a);
+    if (c->leading)
+        a.n += cellc__adopt_served(c);
     return a.n;
 }
 
@@ -329,6 +400,9 @@ static void cellc__heartbeat(struct cellc *c, struct cellc__cell *cell, json_t *
     cell->interval_ms = (int)json_integer_value(json_object_get(m, "interval_ms"));
     cell->placed = 0;
     cell->beat_mono = time_mono_ms();
+    cell->led = json_is_true(json_object_get(m, "leading"));
+    const char *blobs = json_string_value(json_object_get(m, "blobs"));
+    cell->reads_store = blobs && !strcmp(blobs, "store");
     if (cell->lost)
         log_info("[CELLS] cell %s (%s, zone %s) is back: the instances it runs that were "
                  "started elsewhere meanwhile are stopped there",
@@ -426,7 +500,11 @@ static void cellc__on_nats(void *ctx, bool connected)
 {
     struct cellc *c = ctx;
     c->connected_since_mono = connected ? time_mono_ms() : 0;
+    if (connected && c->serve && !c->closing)
+        cellc__beat(c); /* heard at once, not a heartbeat later */
 }
+
+static void cellc__serve_request(struct cellc *c, const char *data, size_t len);
 
 static void cellc__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
                           size_t len)
@@ -434,9 +512,16 @@ static void cellc__on_msg(void *ctx, const char *subject, const char *reply, con
     struct cellc *c = ctx;
     char id[33];
     /* skiff.cell.<id>.up */
-    if (sscanf(subject, "skiff.cell.%32[0-9a-f].up", id) != 1 || strlen(id) != 32 ||
-        strcmp(subject + strlen("skiff.cell.") + 32, ".up"))
+    if (sscanf(subject, "skiff.cell.%32[0-9a-f]", id) != 1 || strlen(id) != 32)
         return;
+    const char *kind = subject + strlen("skiff.cell.") + 32;
+    if (!strcmp(kind, ".req")) {
+        if (c->serve && !strcmp(id, c->local_id))
+            cellc__serve_request(c, data, len);
+        return;
+    }
+    if (strcmp(kind, ".up") || !strcmp(id, c->local_id))
+        return; /* the local cell's own heartbeat comes back too */
     json_t *m = json_loadb(data, len, 0, NULL);
     const char *type = json_string_value(json_object_get(m, "type"));
     if (type && json_integer_value(json_object_get(m, "v")) == 1) {
@@ -457,6 +542,26 @@ static void cellc__on_msg(void *ctx, const char *subject, const char *reply, con
     json_decref(m);
 }
 
+/* The cell is lost: its instances are crashed (started elsewhere). */
+static void cellc__lose(struct cellc *c, struct cellc__cell *cell, const char *because)
+{
+    cell->lost = true;
+    int n = 0;
+    char why[160];
+    snprintf(why, sizeof why, "its cell %.8s was lost (%s)", cell->id, because);
+    for (struct cellc_inst *i = c->insts, *next; i; i = next) {
+        next = i->next;
+        if (i->cell != cell)
+            continue;
+        n++;
+        struct instance_exit ex = {.exit_status = -1, .reason = why};
+        cellc__final(c, i, i->forgotten ? INSTANCE_DOWN : INSTANCE_CRASHED, &ex);
+    }
+    log_warning("[CELLS] cell %s (%s, zone %s) is lost: %s; its %d instances are started "
+                "elsewhere",
+                cell->id, cell->host, cell->zone, because, n);
+}
+
 /* Lost cells' instances are crashed (started elsewhere); forgotten ones reported DOWN. */
 static void cellc__on_check(uv_timer_t *t)
 {
@@ -465,22 +570,9 @@ static void cellc__on_check(uv_timer_t *t)
     for (struct cellc__cell *cell = c->cells; cell; cell = cell->next) {
         if (cell->lost || now - cell->beat_mono <= c->lost_ms)
             continue;
-        cell->lost = true;
-        int n = 0;
-        char why[96];
-        snprintf(why, sizeof why, "its cell %.8s was lost (no heartbeat for %d ms)", cell->id,
-                 c->lost_ms);
-        for (struct cellc_inst *i = c->insts, *next; i; i = next) {
-            next = i->next;
-            if (i->cell != cell)
-                continue;
-            n++;
-            struct instance_exit ex = {.exit_status = -1, .reason = why};
-            cellc__final(c, i, i->forgotten ? INSTANCE_DOWN : INSTANCE_CRASHED, &ex);
-        }
-        log_warning("[CELLS] cell %s (%s, zone %s) is lost: no heartbeat for %d ms; its %d "
-                    "instances are started elsewhere",
-                    cell->id, cell->host, cell->zone, c->lost_ms, n);
+        char because[64];
+        snprintf(because, sizeof because, "no heartbeat for %d ms", c->lost_ms);
+        cellc__lose(c, cell, because);
     }
     for (struct cellc_inst *i = c->insts, *next; i; i = next) {
         next = i->next;
@@ -491,8 +583,9 @@ static void cellc__on_check(uv_timer_t *t)
 
 /* ---- placing and starting ------------------------------------------------------------------ */
 
-static uint64_t cellc__local_used(const struct cellc *c)
+void cellc_local_usage(const struct cellc *c, int *instances, uint64_t *memory_bytes)
 {
+    int n = 0;
     uint64_t used = 0;
     for (const struct cellc_inst *i = c->insts; i; i = i->next)
         if (!i->cell && i->local) {
@@ -500,8 +593,31 @@ static uint64_t cellc__local_used(const struct cellc *c)
             uint64_t mem = 0;
             instance_usage(i->local, &cpu, &mem);
             used += mem;
+            n++;
         }
+    if (instances)
+        *instances = n;
+    if (memory_bytes)
+        *memory_bytes = used;
+}
+
+static uint64_t cellc__local_used(const struct cellc *c)
+{
+    uint64_t used = 0;
+    cellc_local_usage(c, NULL, &used);
     return used;
+}
+
+/* The one place the local cell finds a launch's droplet folder: local_droplet (brought here
+ * from the blob store, an image's layers with it), else the launch's own path. */
+static int cellc__local_dir(struct cellc *c, const struct cell_launch *l, char **dir, char *err,
+                            size_t errsize)
+{
+    if (c->local_droplet)
+        return c->local_droplet(c->local_droplet_ctx, l, dir, err, errsize);
+    struct cell_launch here = *l;
+    here.blob_urls = NULL;
+    return cell_droplet_get(NULL, &here, NULL, NULL, dir, err, errsize);
 }
 
 /* How many instances of app/type run on the cell (NULL: the local one). */
@@ -575,9 +691,7 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     if (!cell) {
         char *dir = NULL;
         struct instance *inst = NULL;
-        struct cell_launch here = *l;
-        here.blob_urls = NULL; /* the scheduler brought it here (blob_droplet_local) */
-        int rc = cell_droplet_get(NULL, &here, NULL, NULL, &dir, err, errsize);
+        int rc = cellc__local_dir(c, l, &dir, err, errsize);
         if (rc == 0)
             rc = cell_launch_start(c->ex, c->home, l, dir, &inst, addr, err, errsize);
         free(dir);
@@ -587,7 +701,8 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
         return 0;
     }
     struct cell_launch sent = *l;
-    if (sent.droplet_digest) { /* a droplet made before blobs has none: read at its path */
+    /* a skiffd --role all reads it from the blob store it shares: no token, no grant */
+    if (sent.droplet_digest && !cell->reads_store) { /* made before blobs: read at its path */
         sent.blob_urls = (const char *const *)c->blob_urls;
         int rc = cellc__grant(c, cell->id, sent.droplet_digest, sent.droplet_blobs, err, errsize);
         if (rc < 0)
@@ -595,7 +710,7 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     }
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);
-    if (sent.droplet_digest)
+    if (sent.droplet_digest && !cell->reads_store)
         snprintf(i->digest, sizeof i->digest, "%s", sent.droplet_digest);
     cell->placed += memory_bytes;
     cellc__send(c, cell,
@@ -625,6 +740,277 @@ void cellc_stop(struct cellc_inst *i)
     if (i->state != INSTANCE_STOPPING)
         cellc__send_stop(c, i->cell, i->guid, "the leader no longer wants it here");
     i->state = INSTANCE_STOPPING;
+}
+
+/* ---- serve: the local cell as a cell for whoever leads ------------------------------------ */
+
+#define CELLC__OUTPUT_BYTES (256 * 1024) /* a batch stays well under NATS's 1 MB payload */
+
+static void cellc__say(struct cellc *c, json_t *msg)
+{
+    json_object_set_new(msg, "v", json_integer(1));
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    char subject[64];
+    snprintf(subject, sizeof subject, "skiff.cell.%s.up", c->local_id);
+    if (text && c->nc)
+        natsconn_publish(c->nc, subject, NULL, text, strlen(text));
+    free(text);
+}
+
+static void cellc__flush_output(struct cellc *c)
+{
+    if (!json_array_size(c->lines))
+        return;
+    cellc__say(c, json_pack("{s:s,s:O}", "type", "output", "lines", c->lines));
+    json_array_clear(c->lines);
+    c->line_bytes = 0;
+}
+
+static void cellc__on_flush(uv_timer_t *t)
+{
+    cellc__flush_output(t->data);
+}
+
+static void cellc__say_state(struct cellc *c, const char *guid, const char *state, const char *addr,
+                             const struct instance_exit *ex, const char *why)
+{
+    json_t *m = json_pack("{s:s,s:s,s:s}", "type", "state", "guid", guid, "state", state);
+    if (addr && *addr)
+        json_object_set_new(m, "addr", json_string(addr));
+    if (ex) {
+        json_object_set_new(m, "exit_status", json_integer(ex->exit_status));
+        json_object_set_new(m, "term_signal", json_integer(ex->term_signal));
+    }
+    if (why || (ex && ex->reason))
+        json_object_set_new(m, "reason", json_string(why ? why : ex->reason));
+    cellc__say(c, m);
+}
+
+static void cellc__serve_state(struct cellc *c, struct cellc_inst *i, enum instance_state state,
+                               const struct instance_exit *ex)
+{
+    cellc__flush_output(c); /* its last lines before its end */
+    if (state == INSTANCE_RUNNING)
+        log_info("[CELL] instance %d of %s (%s) is running at %s", i->index, i->type, i->guid,
+                 i->addr);
+    cellc__say_state(c, i->guid, instance_state_name(state), i->addr, ex, NULL);
+}
+
+static void cellc__serve_output(struct cellc *c, struct cellc_inst *i, int stream, const char *line,
+                                size_t len)
+{
+    json_array_append_new(c->lines, json_pack("{s:s,s:i,s:s%}", "guid", i->guid, "stream", stream,
+                                              "line", line, len));
+    c->line_bytes += len + 64;
+    if (json_array_size(c->lines) >= CELL_OUTPUT_BATCH_LINES ||
+        c->line_bytes >= CELLC__OUTPUT_BYTES)
+        cellc__flush_output(c);
+    else if (!uv_is_active((uv_handle_t *)&c->flush))
+        uv_timer_start(&c->flush, cellc__on_flush, CELL_OUTPUT_BATCH_MS, 0);
+}
+
+static void cellc__serve_readiness(struct cellc *c, struct cellc_inst *i, bool ready)
+{
+    i->ready_ok = ready;
+    cellc__say(c, json_pack("{s:s,s:s,s:b}", "type", "readiness", "guid", i->guid, "ready", ready));
+}
+
+/* The heartbeat of the local cell: what a --role cell announces (docs/bus.md "Cells"), and
+ * whether it leads and reads droplets from the blob store. */
+static void cellc__beat(struct cellc *c)
+{
+    json_t *insts = json_array();
+    uint64_t used = 0;
+    for (const struct cellc_inst *i = c->insts; i; i = i->next) {
+        if (i->cell || !i->local || i->forgotten)
+            continue;
+        double cpu = 0;
+        uint64_t memory = 0;
+        instance_usage(i->local, &cpu, &memory);
+        used += memory;
+        json_array_append_new(
+            insts,
+            json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:I,s:I}", "guid", i->guid, "app_guid",
+                      i->app_guid, "process_type", i->type, "index", i->index, "droplet_guid",
+                      i->droplet, "state", instance_state_name(instance_state(i->local)), "addr",
+                      i->addr, "since_ms", (json_int_t)instance_since_ms(i->local), "memory_bytes",
+                      (json_int_t)memory));
+    }
+    /* starts waiting for their droplet: the leader must not take them for gone */
+    for (const struct cellc__pending *p = c->pending; p; p = p->next)
+        json_array_append_new(
+            insts, json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:I,s:I}", "guid", p->d.l.instance_guid,
+                             "app_guid", p->d.l.app_guid, "process_type", p->d.l.process_type,
+                             "index", p->d.l.index, "droplet_guid", p->d.l.droplet_guid, "state",
+                             "STARTING", "addr", "", "since_ms", (json_int_t)p->since_ms,
+                             "memory_bytes", (json_int_t)0));
+    cellc__say(c, json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:i,s:I,s:o,s:b,s:s}", "type", "heartbeat",
+                            "id", c->local_id, "host", c->host, "zone", c->local_zone,
+                            "memory_capacity_bytes", (json_int_t)c->local_capacity,
+                            "memory_used_bytes", (json_int_t)used, "interval_ms", c->beat_ms,
+                            "at_ms", (json_int_t)time_now_ms(), "instances", insts, "leading",
+                            c->leading, "blobs", "store"));
+}
+
+static void cellc__on_beat(uv_timer_t *t)
+{
+    cellc__beat(t->data);
+}
+
+static void cellc__pending_unlink(struct cellc *c, struct cellc__pending *p)
+{
+    for (struct cellc__pending **pp = &c->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+}
+
+static void cellc__pending_free(struct cellc__pending *p)
+{
+    cell_launch_doc_clear(&p->d);
+    free(p);
+}
+
+static struct cellc__pending *cellc__pending_find(struct cellc *c, const char *guid)
+{
+    for (struct cellc__pending *p = c->pending; p; p = p->next)
+        if (!strcmp(p->d.l.instance_guid, guid))
+            return p;
+    return NULL;
+}
+
+static void cellc__refuse(struct cellc *c, const struct cell_launch *l, const char *err)
+{
+    log_warning("[CELL] cannot start instance %d of %s (%s): %s", l->index, l->process_type,
+                l->instance_guid, err);
+    char why[700];
+    snprintf(why, sizeof why, "the cell could not start it: %s", err);
+    cellc__say_state(c, l->instance_guid, "CRASHED", NULL, NULL, why);
+}
+
+/* Starts p's instance once its droplet is here; p stays pending while it is on its way, and
+ * is consumed otherwise. */
+static void cellc__serve_try(struct cellc *c, struct cellc__pending *p, bool linked)
+{
+    const struct cell_launch *l = &p->d.l;
+    char *dir = NULL;
+    char err[600] = "", addr[64] = "";
+    int rc = cellc__local_dir(c, l, &dir, err, sizeof err);
+    if (rc == -EINPROGRESS) {
+        if (!linked) {
+            p->next = c->pending;
+            c->pending = p;
+        }
+        return;
+    }
+    if (linked)
+        cellc__pending_unlink(c, p);
+    struct instance *inst = NULL;
+    if (rc == 0)
+        rc = cell_launch_start(c->ex, c->home, l, dir, &inst, addr, err, sizeof err);
+    free(dir);
+    if (rc < 0) {
+        cellc__refuse(c, l, err);
+        cellc__pending_free(p);
+        return;
+    }
+    struct cellc_inst *i =
+        cellc__wrap_local(c, inst, l->app_guid, l->process_type, l->index, l->droplet_guid);
+    i->served = true;
+    i->readiness = l->readiness;
+    log_info("[CELL] starting instance %d of %s (%s) of app %s at %s for the leader", l->index,
+             l->process_type, i->guid, l->app_name, i->addr);
+    cellc__say_state(c, i->guid, "STARTING", i->addr, NULL, NULL);
+    cellc__pending_free(p);
+}
+
+void cellc_local_droplet_ready(struct cellc *c, const char *app_guid)
+{
+    if (c->closing)
+        return;
+    struct cellc__pending *ready = NULL;
+    for (struct cellc__pending **pp = &c->pending, *p; (p = *pp);) {
+        if (strcmp(p->d.l.app_guid, app_guid)) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        p->next = ready;
+        ready = p;
+    }
+    while (ready) {
+        struct cellc__pending *p = ready;
+        ready = p->next;
+        cellc__serve_try(c, p, false);
+    }
+}
+
+static void cellc__serve_start(struct cellc *c, json_t *launch)
+{
+    struct cell_launch_doc d;
+    char err[512] = "";
+    if (cell_launch_from_json(launch, &d, err, sizeof err) < 0) {
+        const char *guid = json_string_value(json_object_get(launch, "instance_guid"));
+        log_warning("[CELL] refused a start request: %s", err);
+        if (guid && strlen(guid) == 36)
+            cellc__say_state(c, guid, "CRASHED", NULL, NULL, err);
+        return;
+    }
+    struct cellc_inst *known = cellc__find(c, d.l.instance_guid);
+    if (known || cellc__pending_find(c, d.l.instance_guid)) {
+        /* asked again (a leader that did not hear): say where it stands */
+        if (known && !known->cell && known->local)
+            cellc__say_state(c, known->guid, instance_state_name(instance_state(known->local)),
+                             known->addr, NULL, NULL);
+        cell_launch_doc_clear(&d);
+        return;
+    }
+    struct cellc__pending *p = xcalloc(1, sizeof *p);
+    p->d = d;
+    p->since_ms = time_now_ms();
+    cellc__serve_try(c, p, false);
+}
+
+static void cellc__serve_stop(struct cellc *c, const char *guid, const char *reason)
+{
+    struct cellc_inst *i = cellc__find(c, guid);
+    struct cellc__pending *p = cellc__pending_find(c, guid);
+    if (p) {
+        cellc__pending_unlink(c, p);
+        log_info("[CELL] instance %d of %s (%s) will not start: asked to stop while its droplet "
+                 "was on its way",
+                 p->d.l.index, p->d.l.process_type, guid);
+        cellc__pending_free(p);
+        cellc__say_state(c, guid, "DOWN", NULL, NULL, "stopped before it started");
+    } else if (i && i->served && i->local) {
+        log_info("[CELL] stopping instance %d of %s (%s): %s", i->index, i->type, i->guid,
+                 reason ? reason : "asked by the leader");
+        executor_stop(i->local);
+    } else if (!i) {
+        cellc__say_state(c, guid, "DOWN", NULL, NULL, "not on this cell");
+    }
+}
+
+/* A request on skiff.cell.<local_id>.req: only from another skiffd that leads; a skiffd that
+ * leads itself takes none (one that still thinks it leads is answered by nothing). */
+static void cellc__serve_request(struct cellc *c, const char *data, size_t len)
+{
+    if (c->leading || c->closing)
+        return;
+    json_t *m = json_loadb(data, len, 0, NULL);
+    const char *op = json_string_value(json_object_get(m, "op"));
+    const char *guid = json_string_value(json_object_get(m, "guid"));
+    if (!op || json_integer_value(json_object_get(m, "v")) != 1)
+        log_warning("[CELL] ignored a request that is not {\"v\":1,\"op\":...}");
+    else if (!strcmp(op, "start"))
+        cellc__serve_start(c, json_object_get(m, "launch"));
+    else if (!strcmp(op, "stop") && guid && strlen(guid) == 36)
+        cellc__serve_stop(c, guid, json_string_value(json_object_get(m, "reason")));
+    else
+        log_warning("[CELL] ignored a request with the unknown op \"%s\"", op);
+    json_decref(m);
 }
 
 /* ---- reading ------------------------------------------------------------------------------- */
@@ -715,7 +1101,16 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     snprintf(c->local_zone, sizeof c->local_zone, "%s",
              cfg->local_zone ? cfg->local_zone : "default");
     struct sysinfo si;
-    c->local_capacity = sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
+    c->local_capacity = cfg->local_memory_bytes ? cfg->local_memory_bytes
+                        : sysinfo(&si) == 0     ? (uint64_t)si.totalram * si.mem_unit
+                                                : 0;
+    c->serve = cfg->serve && cfg->local_cell && cfg->nats_urls && *cfg->nats_urls;
+    c->beat_ms = cfg->heartbeat_ms > 0 ? cfg->heartbeat_ms : CELL_HEARTBEAT_MS;
+    c->local_droplet = cfg->local_droplet;
+    c->local_droplet_ctx = cfg->local_droplet_ctx;
+    c->lines = json_array();
+    if (gethostname(c->host, sizeof c->host - 1) < 0)
+        snprintf(c->host, sizeof c->host, "unknown");
     c->lost_ms = cfg->lost_ms > 0 ? cfg->lost_ms : CELLC_LOST_MS;
     c->home = xstrdup(cfg->home ? cfg->home : "");
     c->grant = cfg->grant;
@@ -738,6 +1133,10 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
         rc = natsconn_open(loop, &nc, &c->nc, err, errsize);
         if (rc == 0 && (rc = natsconn_subscribe(c->nc, "skiff.cell.*.up")) < 0)
             snprintf(err, errsize, "cannot subscribe to skiff.cell.*.up: %s", skiff_strerror(rc));
+        char req[64];
+        snprintf(req, sizeof req, "skiff.cell.%s.req", c->local_id);
+        if (rc == 0 && c->serve && (rc = natsconn_subscribe(c->nc, req)) < 0)
+            snprintf(err, errsize, "cannot subscribe to %s: %s", req, skiff_strerror(rc));
     }
     struct executor_config ec = *cfg->executor;
     ec.on_readiness = cellc__local_readiness;
@@ -748,14 +1147,19 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
         if (c->nc)
             natsconn_close(c->nc);
         cellc__urls_free(c->blob_urls);
+        json_decref(c->lines);
         free(c->home);
         free(c);
         return rc;
     }
     uv_timer_init(loop, &c->check);
-    c->check.data = c;
+    uv_timer_init(loop, &c->beat);
+    uv_timer_init(loop, &c->flush);
+    c->check.data = c->beat.data = c->flush.data = c;
     if (c->nc)
         uv_timer_start(&c->check, cellc__on_check, CELLC__CHECK_MS, CELLC__CHECK_MS);
+    if (c->serve)
+        uv_timer_start(&c->beat, cellc__on_beat, 0, (uint64_t)c->beat_ms);
     *out = c;
     return 0;
 }
@@ -767,9 +1171,27 @@ struct executor *cellc_executor(struct cellc *c)
 
 void cellc_set_leading(struct cellc *c, bool leading)
 {
-    if (leading && !c->leading)
+    bool began = leading && !c->leading;
+    if (began)
         c->leading_since_mono = time_mono_ms();
     c->leading = leading;
+    if (!began)
+        return;
+    /* starts the last leader asked for and that wait for their droplet: this one decides */
+    while (c->pending) {
+        struct cellc__pending *p = c->pending;
+        c->pending = p->next;
+        cellc__say_state(c, p->d.l.instance_guid, "DOWN", NULL, NULL, "its leader changed");
+        cellc__pending_free(p);
+    }
+    /* The lock came here because the last leader's session ended: dead, or stepping down
+     * (then it stops its instances). Either way nothing more is placed there before it
+     * beats again as a follower. */
+    for (struct cellc__cell *cell = c->cells; cell; cell = cell->next)
+        if (cell->led && !cell->lost)
+            cellc__lose(c, cell, "it led, and this skiffd leads now");
+    if (c->serve)
+        cellc__beat(c); /* the others hear at once who leads */
 }
 
 int cellc_settle_ms(const struct cellc *c)
@@ -797,9 +1219,12 @@ static void cellc__check_closed(uv_handle_t *h)
 static void cellc__executor_down(void *arg)
 {
     struct cellc *c = arg;
+    cellc__flush_output(c);
     if (c->nc)
         natsconn_close(c->nc);
     c->nc = NULL;
+    uv_close((uv_handle_t *)&c->beat, NULL);
+    uv_close((uv_handle_t *)&c->flush, NULL);
     uv_close((uv_handle_t *)&c->check, cellc__check_closed);
 }
 
@@ -809,6 +1234,7 @@ void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg)
     c->done = done;
     c->done_arg = arg;
     uv_timer_stop(&c->check);
+    uv_timer_stop(&c->beat);
     executor_shutdown(c->ex, cellc__executor_down, c);
 }
 
@@ -818,6 +1244,7 @@ void cellc_detach(struct cellc *c, void (*done)(void *arg), void *arg)
     c->done = done;
     c->done_arg = arg;
     uv_timer_stop(&c->check);
+    uv_timer_stop(&c->beat);
     executor_detach(c->ex, cellc__executor_down, c);
 }
 
@@ -836,6 +1263,12 @@ void cellc_free(struct cellc *c)
         c->cells = cell->next;
         free(cell);
     }
+    while (c->pending) {
+        struct cellc__pending *p = c->pending;
+        c->pending = p->next;
+        cellc__pending_free(p);
+    }
+    json_decref(c->lines);
     cellc__urls_free(c->blob_urls);
     free(c->home);
     free(c);

@@ -145,7 +145,8 @@ static void usage(FILE *out)
         "                              placed on the cells (SKIFF_CELL_LOST_MS, default 5000:\n"
         "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
-        "                              default: the host's RAM)\n"
+        "                              default: the host's RAM); for --role all, what the leader\n"
+        "                              places on this skiffd's own executor at most\n"
         "  --cell-token-file PATH      a cell's own token (`skiff create-cell-token CELL_ID`,\n"
         "                              mode 0600), sent to its controllers to fetch droplets\n"
         "                              (SKIFF_CELL_TOKEN_FILE, default HOME/cell-token); read\n"
@@ -1529,7 +1530,16 @@ int main(int argc, char **argv)
         goto fail;
     }
     bool controller_only = !strcmp(role, "controller");
+    uint64_t local_memory = 0;
+    if (*cell_memory_text && !(local_memory = daemon_size(cell_memory_text))) {
+        log_error("--memory %s is not a size like 4G or 512M (at least 1M)", cell_memory_text);
+        goto fail;
+    }
     struct cellc_config cellcfg = {.local_cell = !controller_only,
+                                   /* on a shared store, whoever leads places instances here
+                                    * too: this skiffd is a cell on NATS (src/cell/client.h) */
+                                   .serve = store_location_is_postgres(db),
+                                   .local_memory_bytes = local_memory,
                                    .local_id = cell_id,
                                    .local_zone = zone,
                                    .nats_urls = nats_url,
