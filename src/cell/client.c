@@ -1069,13 +1069,16 @@ json_t *cellc_remote_cells(const struct cellc *c)
 {
     json_t *a = json_array();
     int64_t now = time_mono_ms();
-    for (const struct cellc__cell *cell = c->cells; cell; cell = cell->next)
+    for (const struct cellc__cell *cell = c->cells; cell; cell = cell->next) {
+        if (cell->reads_store)
+            continue; /* a skiffd on the store: listed by its heartbeat there (src/cells) */
         json_array_append_new(
             a, json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:i,s:I}", "id", cell->id, "host", cell->host,
                          "zone", cell->zone, "state", cell->lost ? "lost" : "up",
                          "memory_capacity_bytes", (json_int_t)cell->capacity, "memory_used_bytes",
                          (json_int_t)cell->used, "instances", cell->instances, "heartbeat_age_ms",
                          (json_int_t)(now - cell->beat_mono)));
+    }
     return a;
 }
 

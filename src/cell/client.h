@@ -145,7 +145,8 @@ bool cellc_inst_local(const struct cellc_inst *i);
 void *cellc_inst_user_data(const struct cellc_inst *i);
 void cellc_inst_set_user_data(struct cellc_inst *i, void *data);
 
-/* The cells known from NATS heartbeats (not the local one), for GET /v1/cells: a JSON array
+/* The cells known from NATS heartbeats (not the local one, nor the skiffds on the shared store,
+ * which src/cells lists from their heartbeats there), for GET /v1/cells: a JSON array
  * (a new reference) of {id, host, zone, state up|lost, memory_capacity_bytes,
  * memory_used_bytes, instances, heartbeat_age_ms}. */
 json_t *cellc_remote_cells(const struct cellc *c);
