@@ -135,13 +135,15 @@ def alive(p, guids):
 
 def instance_pids(p):
     """guid -> pid of every instance whose process skiffd p's executor started and still lives
-    (its run/instance-GUID.pid)."""
+    (its run/instance-GUID.pid; warm containers aside)."""
     run = os.path.join(p.home, "run")
     out = {}
     for name in os.listdir(run) if os.path.isdir(run) else []:
         if not (name.startswith("instance-") and name.endswith(".pid")):
             continue
         guid = name[len("instance-"):-len(".pid")]
+        if guid.startswith("warm-"):
+            continue  # a warm container waiting for an instance
         try:
             pid = read_pid_file(os.path.join(run, name))
         except (OSError, ValueError, IndexError):
