@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
@@ -49,6 +51,7 @@ struct cellc_inst {
     bool forgotten; /* a final DOWN is queued */
     bool served;    /* started on a leader's request (serve): reported on NATS */
     bool readiness, ready_ok; /* served: it has a readiness check, and its last result */
+    char *dir;                /* local: the droplet's folder it runs from (NULL: not known) */
     void *user;
     struct cellc_inst *next;
 };
@@ -88,6 +91,9 @@ struct cellc {
     int (*local_droplet)(void *ctx, const struct cell_launch *l, char **dir, char *err,
                          size_t errsize);
     void *local_droplet_ctx;
+    struct cell_droplets *droplets; /* collect_droplets: what was brought here, collected */
+    int64_t droplet_grace_ms;
+    uv_timer_t collect;
 };
 
 /* A start a leader asked of the local cell, waiting for its droplet (local_droplet). */
@@ -147,7 +153,32 @@ static void cellc__inst_free(struct cellc *c, struct cellc_inst *gone)
             *pp = gone->next;
             break;
         }
+    free(gone->dir);
     free(gone);
+}
+
+static void cellc__on_collect(uv_timer_t *t)
+{
+    struct cellc *c = t->data;
+    cell_droplets_collect(c->droplets);
+}
+
+/* A local instance ended: its droplet was used until now, and goes once unused for the grace
+ * (checked then: another instance may have started from it meanwhile). */
+static void cellc__droplet_released(struct cellc *c, const struct cellc_inst *i)
+{
+    if (!c->droplets || c->closing)
+        return;
+    if (i->dir)
+        utimensat(AT_FDCWD, i->dir, NULL, 0);
+    uv_timer_start(&c->collect, cellc__on_collect, (uint64_t)c->droplet_grace_ms + 100, 0);
+}
+
+/* What a collection never removes: the folders the local executor's instances run from. */
+static char **cellc__droplets_in_use(void *ctx)
+{
+    struct cellc *c = ctx;
+    return executor_app_dirs(c->ex);
 }
 
 /* Its final state told, then it is freed. */
@@ -188,6 +219,8 @@ static void cellc__local_state(void *ctx, struct instance *inst, enum instance_s
     struct cellc_inst *i = instance_user_data(inst);
     if (!i)
         return;
+    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
+        cellc__droplet_released(c, i);
     if (i->served) {
         cellc__serve_state(c, i, state, ex);
         if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
@@ -246,6 +279,9 @@ static void cellc__local_found(void *ctx, struct instance *inst, const struct in
         cellc__wrap_local(a->c, inst, sp->app_guid, sp->process_type, sp->index, NULL);
     i->state = instance_state(inst);
     i->port = sp->port;
+    size_t n = sp->app_dir ? strlen(sp->app_dir) : 0;
+    if (n > 4 && !strcmp(sp->app_dir + n - 4, "/app"))
+        i->dir = xstrndup(sp->app_dir, n - 4);
     a->n++;
     struct cellc_found f = {.app_guid = sp->app_guid,
                             .process_type = sp->process_type,
@@ -613,11 +649,17 @@ static uint64_t cellc__local_used(const struct cellc *c)
 static int cellc__local_dir(struct cellc *c, const struct cell_launch *l, char **dir, char *err,
                             size_t errsize)
 {
-    if (c->local_droplet)
-        return c->local_droplet(c->local_droplet_ctx, l, dir, err, errsize);
-    struct cell_launch here = *l;
-    here.blob_urls = NULL;
-    return cell_droplet_get(NULL, &here, NULL, NULL, dir, err, errsize);
+    int rc;
+    if (c->local_droplet) {
+        rc = c->local_droplet(c->local_droplet_ctx, l, dir, err, errsize);
+    } else {
+        struct cell_launch here = *l;
+        here.blob_urls = NULL;
+        rc = cell_droplet_get(NULL, &here, NULL, NULL, dir, err, errsize);
+    }
+    if (rc == 0)
+        utimensat(AT_FDCWD, *dir, NULL, 0); /* used now: a collection counts its grace from here */
+    return rc;
 }
 
 /* How many instances of app/type run on the cell (NULL: the local one). */
@@ -694,10 +736,12 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
         int rc = cellc__local_dir(c, l, &dir, err, errsize);
         if (rc == 0)
             rc = cell_launch_start(c->ex, c->home, l, dir, &inst, addr, err, errsize);
-        free(dir);
-        if (rc < 0)
+        if (rc < 0) {
+            free(dir);
             return rc;
+        }
         *out = cellc__wrap_local(c, inst, l->app_guid, l->process_type, l->index, l->droplet_guid);
+        (*out)->dir = dir;
         return 0;
     }
     struct cell_launch sent = *l;
@@ -910,14 +954,15 @@ static void cellc__serve_try(struct cellc *c, struct cellc__pending *p, bool lin
     struct instance *inst = NULL;
     if (rc == 0)
         rc = cell_launch_start(c->ex, c->home, l, dir, &inst, addr, err, sizeof err);
-    free(dir);
     if (rc < 0) {
+        free(dir);
         cellc__refuse(c, l, err);
         cellc__pending_free(p);
         return;
     }
     struct cellc_inst *i =
         cellc__wrap_local(c, inst, l->app_guid, l->process_type, l->index, l->droplet_guid);
+    i->dir = dir;
     i->served = true;
     i->readiness = l->readiness;
     log_info("[CELL] starting instance %d of %s (%s) of app %s at %s for the leader", l->index,
@@ -1158,7 +1203,23 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     uv_timer_init(loop, &c->check);
     uv_timer_init(loop, &c->beat);
     uv_timer_init(loop, &c->flush);
-    c->check.data = c->beat.data = c->flush.data = c;
+    uv_timer_init(loop, &c->collect);
+    c->check.data = c->beat.data = c->flush.data = c->collect.data = c;
+    if (cfg->collect_droplets && cfg->local_cell) {
+        c->droplet_grace_ms = cfg->droplet_grace_ms > 0 ? cfg->droplet_grace_ms : 0;
+        struct cell_droplets_config dc = {.home = c->home,
+                                          .cell_id = c->local_id,
+                                          .collect_unused = true,
+                                          .unused_grace_ms = c->droplet_grace_ms,
+                                          .in_use = cellc__droplets_in_use,
+                                          .in_use_ctx = c};
+        if (cell_droplets_new(loop, &dc, &c->droplets) < 0)
+            log_warning("the droplets brought to %s/blobs/droplets cannot be collected: the "
+                        "folder cannot be made",
+                        c->home);
+        else /* what a previous skiffd on this home left unused */
+            uv_timer_start(&c->collect, cellc__on_collect, (uint64_t)c->droplet_grace_ms, 0);
+    }
     if (c->nc)
         uv_timer_start(&c->check, cellc__on_check, CELLC__CHECK_MS, CELLC__CHECK_MS);
     if (c->serve)
@@ -1228,6 +1289,7 @@ static void cellc__executor_down(void *arg)
     c->nc = NULL;
     uv_close((uv_handle_t *)&c->beat, NULL);
     uv_close((uv_handle_t *)&c->flush, NULL);
+    uv_close((uv_handle_t *)&c->collect, NULL);
     uv_close((uv_handle_t *)&c->check, cellc__check_closed);
 }
 
@@ -1238,6 +1300,7 @@ void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg)
     c->done_arg = arg;
     uv_timer_stop(&c->check);
     uv_timer_stop(&c->beat);
+    uv_timer_stop(&c->collect);
     executor_shutdown(c->ex, cellc__executor_down, c);
 }
 
@@ -1248,6 +1311,7 @@ void cellc_detach(struct cellc *c, void (*done)(void *arg), void *arg)
     c->done_arg = arg;
     uv_timer_stop(&c->check);
     uv_timer_stop(&c->beat);
+    uv_timer_stop(&c->collect);
     executor_detach(c->ex, cellc__executor_down, c);
 }
 
@@ -1259,6 +1323,7 @@ void cellc_free(struct cellc *c)
     while (c->insts) {
         struct cellc_inst *i = c->insts;
         c->insts = i->next;
+        free(i->dir);
         free(i);
     }
     while (c->cells) {
@@ -1272,6 +1337,7 @@ void cellc_free(struct cellc *c)
         cellc__pending_free(p);
     }
     json_decref(c->lines);
+    cell_droplets_free(c->droplets);
     cellc__urls_free(c->blob_urls);
     free(c->home);
     free(c);

@@ -94,6 +94,11 @@ struct cellc_config {
     int (*local_droplet)(void *ctx, const struct cell_launch *l, char **dir, char *err,
                          size_t errsize);
     void *local_droplet_ctx;
+    /* The droplets brought to the local cell (HOME/blobs/droplets) that no local instance runs
+     * any more are removed droplet_grace_ms after the last one ended (0: at once), never one
+     * in use (collect_droplets; cell_droplets_collect's collect_unused). */
+    bool collect_droplets;
+    int64_t droplet_grace_ms;
 };
 
 int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,

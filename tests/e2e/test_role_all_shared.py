@@ -110,11 +110,11 @@ def push_image(p, tmp_path, server, name, greeting, instances):
     return r, ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
 
 
-def leader_then_follower(pair, first, second, leader_args=()):
+def leader_then_follower(pair, first, second, leader_args=(), follower_args=()):
     """skiffd `first` started and leading, then `second` started, heard and following."""
     lead = pair(first, leader_args)
     wait_for(lambda: leading(lead), 15, "%s to lead" % first.upper())
-    follow = pair(second)
+    follow = pair(second, follower_args)
     wait_for(lambda: len(cells(follow)["cells"]) == 2, 15, "both skiffds' heartbeats")
     assert not leading(follow)
     return lead, follow
@@ -202,6 +202,44 @@ def test_a_leader_that_runs_none_of_an_image_copies_none_of_its_layers(
         assert not os.path.exists(os.path.join(b.home, "images", "layers", "sha256", d[7:]))
     drops = os.path.join(b.home, "blobs", "droplets")
     assert not os.path.isdir(drops) or os.listdir(drops) == [], os.listdir(drops)
+
+
+def droplets_here(p):
+    """The droplets brought to skiffd p from the blob store (HOME/blobs/droplets/HEX)."""
+    d = os.path.join(p.home, "blobs", "droplets")
+    return {n for n in os.listdir(d) if len(n) == 64} if os.path.isdir(d) else set()
+
+
+def test_droplets_brought_to_a_skiffd_go_once_nothing_there_runs_them(
+        pair, tmp_path, server_binary):
+    """Two image apps staged through the leader B, each with an instance on A, which brings
+    their droplets from the blob store; once one app stops, A removes its droplet after the
+    grace, and keeps the other's, which an instance runs from."""
+    grace = ("--droplet-grace-ms", "1000")
+    b, a = leader_then_follower(pair, "b", "a", leader_args=grace, follower_args=grace)
+    r, _ = push_image(b, tmp_path, server_binary, "one", "first", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: spread(b, a, b, "one"), 120, "one instance of the first app on each")
+    first = droplets_here(a)
+    assert len(first) == 1, first
+    r, _ = push_image(b, tmp_path, server_binary, "two", "second", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: spread(b, a, b, "two"), 120, "one instance of the second app on each")
+    both = droplets_here(a)
+    assert len(both) == 2 and first < both, both
+    assert droplets_here(b) == set(), "B staged both: it runs them from its own apps/"
+
+    b.cli("stop", "two", check=True)
+    stopped = time.monotonic()
+    wait_for(lambda: droplets_here(a) == first, 30, "A to remove the stopped app's droplet")
+    print("the stopped app's droplet left A %.1f s after the stop (grace 1 s)" % (
+        time.monotonic() - stopped))
+    assert time.monotonic() - stopped >= 1.0, "not before the grace"
+    gone = (both - first).pop()
+    assert "droplet sha256:%s" % gone in a.output() and "was removed from" in a.output()
+    # the one an instance runs from stayed through that collection, and still serves
+    assert spread(b, a, b, "one")
+    assert greets(b, "one.localhost", "first")
 
 
 def test_a_killed_leaders_instances_routes_and_events_come_back_on_the_other_and_its_restart_adds_no_duplicate(
