@@ -212,22 +212,32 @@ def droplets_here(p):
 
 def test_droplets_brought_to_a_skiffd_go_once_nothing_there_runs_them(
         pair, tmp_path, server_binary):
-    """Two image apps staged through the leader B, each with an instance on A, which brings
-    their droplets from the blob store; once one app stops, A removes its droplet after the
-    grace, and keeps the other's, which an instance runs from."""
+    """Two image apps staged through the leader B, which has no room for them (--memory):
+    their instances run on A, which brings their droplets from the blob store (B's apps/
+    folder is removed after each staging: the hosts share no file system). Once one app
+    stops, A removes its droplet after the grace, and keeps the other's, which an instance
+    runs from."""
     grace = ("--droplet-grace-ms", "1000")
-    b, a = leader_then_follower(pair, "b", "a", leader_args=grace, follower_args=grace)
-    r, _ = push_image(b, tmp_path, server_binary, "one", "first", 2)
-    assert r.returncode == 0, r.stdout + r.stderr
-    wait_for(lambda: spread(b, a, b, "one"), 120, "one instance of the first app on each")
+    b, a = leader_then_follower(pair, "b", "a", leader_args=("--memory", "64M", *grace),
+                                follower_args=grace)
+
+    def push(name, greeting):
+        layers = layers_of(server_binary, greeting)
+        archive = tmp_path / (name + ".tar")
+        oci_archive(archive, layers, image_config(**DEFAULT_CONFIG))
+        b.cli("push", name, "--docker-image", "oci-archive:%s" % archive, "--no-start",
+              check=True, timeout=300)
+        shutil.rmtree(os.path.join(b.home, "apps"))  # A finds the droplet in the blob store
+        b.cli("start", name, check=True, timeout=300)
+        wait_for(lambda: len(on(a, b, name)) == 1, 120, "%s's instance on A" % name)
+
+    push("one", "first")
     first = droplets_here(a)
     assert len(first) == 1, first
-    r, _ = push_image(b, tmp_path, server_binary, "two", "second", 2)
-    assert r.returncode == 0, r.stdout + r.stderr
-    wait_for(lambda: spread(b, a, b, "two"), 120, "one instance of the second app on each")
+    push("two", "second")
     both = droplets_here(a)
     assert len(both) == 2 and first < both, both
-    assert droplets_here(b) == set(), "B staged both: it runs them from its own apps/"
+    assert droplets_here(b) == set(), "B runs none of them: it brought none here"
 
     b.cli("stop", "two", check=True)
     stopped = time.monotonic()
@@ -238,7 +248,7 @@ def test_droplets_brought_to_a_skiffd_go_once_nothing_there_runs_them(
     gone = (both - first).pop()
     assert "droplet sha256:%s" % gone in a.output() and "was removed from" in a.output()
     # the one an instance runs from stayed through that collection, and still serves
-    assert spread(b, a, b, "one")
+    assert len(on(a, b, "one")) == 1
     assert greets(b, "one.localhost", "first")
 
 
