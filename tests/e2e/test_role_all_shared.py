@@ -27,6 +27,7 @@ from multihost import HOSTS_MS, Cluster, HostPlatform, running
 from test_fabric_crash import read_all
 from test_images import DEFAULT_CONFIG, image_config, layers_of, oci_archive
 from test_images import server_binary  # noqa: F401 (a fixture)
+from test_cells import Client
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed"),
@@ -366,6 +367,54 @@ def test_a_leader_killed_alone_leaves_an_instance_that_its_restart_stops(
         assert len(now) == 2 and {i["cell"] for i in now} == {this_cell(b)}, now
         time.sleep(0.5)
     assert greets(b, "img.localhost", "left-over")
+
+
+def test_a_leader_takes_no_start_request_and_a_follower_refuses_a_malformed_one(
+        cluster, pair, tmp_path):
+    """Whoever reaches NATS and sends start requests to the skiffds' subjects: the leader
+    ignores them (it places, it is not placed on), a follower refuses a malformed one naming
+    the field, and neither starts anything."""
+    b, a = leader_then_follower(pair, "b", "a")
+    a_id, b_id = this_cell(a), this_cell(b)
+    node = cluster.nats[0]
+    spy = Client(node.port, host=cluster.gateway)
+    spy.sub("skiff.cell.*.up")
+    # both announce themselves as cells: the follower says it does not lead
+    heard = {}
+    spy.wait_msg(lambda s, m: m.get("type") == "heartbeat" and
+                 heard.update({m["id"]: m}) is None and {a_id, b_id} <= set(heard),
+                 15, "both skiffds' heartbeats on NATS")
+    assert heard[b_id]["leading"] is True and heard[a_id]["leading"] is False, heard
+    assert heard[a_id]["blobs"] == "store"
+
+    droplet = tmp_path / "droplet"
+    (droplet / "app").mkdir(parents=True)
+    (droplet / "app" / "app.py").write_text("print('forged')\n")
+    forged = {"app_guid": "0b3a0c0e-1111-4222-8333-444455556666", "app_name": "forged",
+              "process_type": "web", "index": 0,
+              "instance_guid": "1b3a0c0e-1111-4222-8333-444455556666",
+              "droplet_guid": "7b3a0c0e-1111-4222-8333-444455556666",
+              "droplet_path": str(droplet), "command": "python3 app.py", "memory_mb": 64,
+              "health": "process", "uris": [], "user_env": []}
+    spy.pub("skiff.cell.%s.req" % b_id, {"v": 1, "op": "start", "launch": forged})
+    bad = dict(forged, instance_guid="2b3a0c0e-1111-4222-8333-444455556666",
+               process_type="../web")
+    spy.pub("skiff.cell.%s.req" % a_id, {"v": 1, "op": "start", "launch": bad})
+    _, m = spy.wait_msg(lambda s, m: s == "skiff.cell.%s.up" % a_id and
+                        m.get("type") == "state" and m.get("guid") == bad["instance_guid"],
+                        15, "the follower's refusal")
+    assert m["state"] == "CRASHED" and "process_type" in m.get("reason", ""), m
+    # two heartbeats of each later: nothing runs, nothing was started for the forger
+    for _ in range(2):
+        for cid in (a_id, b_id):
+            _, hb = spy.wait_msg(lambda s, m, cid=cid: s == "skiff.cell.%s.up" % cid and
+                                 m.get("type") == "heartbeat" and m.get("at_ms", 0) >
+                                 heard[cid]["at_ms"], 15, "a later heartbeat")
+            heard[cid] = hb
+            assert hb["instances"] == [], hb
+    assert instance_pids(a) == {} and instance_pids(b) == {}
+    assert "for the leader" not in b.output() + a.output()
+    spy.close()
 
 
 def test_controller_urls_are_for_cells_only(tmp_path):
