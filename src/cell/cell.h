@@ -95,6 +95,11 @@ struct cell_droplets_config {
     long fetch_stall_ms; /* a controller silent this long: the next one (<= 0: 10 s) */
     /* the fetched droplets' folders are kept up to this many bytes in all (0: no bound) */
     uint64_t cache_bytes;
+    /* and, collect_unused: each folder nothing uses goes once unused_grace_ms passed since its
+     * last use (its mtime: touched at each start from it and at each instance's end); what a
+     * skiffd --role all brought from the blob store (src/blobs) is kept so */
+    bool collect_unused;
+    int64_t unused_grace_ms;
     /* the paths in use now (NULL-terminated, each and the list the caller's to free): an
      * instance's app_dir, a start's droplet folder; a folder one of them is in is never
      * removed. NULL: none. */
@@ -108,7 +113,8 @@ int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
  * learns at once whether the new file is good. */
 int cell_droplets_check_token(struct cell_droplets *cd, char *err, size_t errsize);
 /* Keeps the fetched droplets within cache_bytes: the least recently used first (a droplet's
- * folder is touched at each start from it), never one in_use names nor one on its way. The
+ * folder is touched at each start from it), and removes those unused for unused_grace_ms
+ * (collect_unused); never one in_use names nor one on its way. The
  * sizes are read and the folders removed on the thread pool; which to remove is decided on the
  * loop, with in_use asked then. Called after a fetch and when an instance ends; one at a time
  * (a call meanwhile runs once it ends). */

@@ -1,12 +1,16 @@
 /* cellc: the local cell and the remote ones behind one interface (client.h). */
 #include "cell/client.h"
+#include "cell/client_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/sysinfo.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -16,63 +20,6 @@
 #define CELLC__SETTLE_MS 2000          /* a heartbeat (1 s) and a margin, after leading began */
 #define CELLC__SETTLE_GIVE_UP_MS 10000 /* NATS still down: converge without the cells' word */
 #define CELLC__MISSING_MS 3000         /* launched this long ago and not in a heartbeat: gone */
-
-struct cellc__cell {
-    char id[33];
-    char host[64];
-    char zone[64];
-    uint64_t capacity, used, placed; /* placed: memory of starts sent since its last beat */
-    int64_t beat_mono;
-    int interval_ms;
-    int instances;
-    bool lost;
-    struct cellc__cell *next;
-};
-
-struct cellc_inst {
-    struct cellc *c;
-    struct cellc__cell *cell; /* NULL: the local cell */
-    struct instance *local;
-    char guid[37], app_guid[37], droplet[37];
-    char digest[72]; /* the droplet's blob the cell was granted ("": none) */
-    char type[64];
-    char addr[64];
-    int index;
-    int port;
-    enum instance_state state;
-    int64_t since_ms;
-    int64_t launched_mono;
-    uint64_t memory;
-    bool forgotten; /* a final DOWN is queued */
-    void *user;
-    struct cellc_inst *next;
-};
-
-struct cellc {
-    uv_loop_t *loop;
-    struct cellc_callbacks cb;
-    struct executor *ex;
-    bool local_cell;
-    char local_id[33];
-    char local_zone[64];
-    uint64_t local_capacity;
-    int lost_ms;
-    char *home;
-    struct natsconn *nc;
-    struct cellc__cell *cells;
-    struct cellc_inst *insts;
-    char **blob_urls; /* the controllers' API URLs a cell fetches droplets from */
-    int (*grant)(void *ctx, const char *cell_id, const char *digest, const char *blobs);
-    void (*withdraw)(void *ctx, const char *cell_id, const char *digest);
-    void *grant_ctx;
-    bool leading;
-    int64_t leading_since_mono;
-    int64_t connected_since_mono; /* 0 while NATS is down */
-    uv_timer_t check;             /* lost cells, and forgotten instances' DOWN */
-    bool closing;
-    void (*done)(void *);
-    void *done_arg;
-};
 
 /* ---- instances ---------------------------------------------------------------------------- */
 
@@ -109,7 +56,7 @@ static void cellc__withdraw_if_last(struct cellc *c, const struct cellc_inst *go
     c->withdraw(c->grant_ctx, gone->cell->id, gone->digest);
 }
 
-static void cellc__inst_free(struct cellc *c, struct cellc_inst *gone)
+void cellc__inst_free(struct cellc *c, struct cellc_inst *gone)
 {
     cellc__withdraw_if_last(c, gone);
     for (struct cellc_inst **pp = &c->insts; *pp; pp = &(*pp)->next)
@@ -117,7 +64,32 @@ static void cellc__inst_free(struct cellc *c, struct cellc_inst *gone)
             *pp = gone->next;
             break;
         }
+    free(gone->dir);
     free(gone);
+}
+
+static void cellc__on_collect(uv_timer_t *t)
+{
+    struct cellc *c = t->data;
+    cell_droplets_collect(c->droplets);
+}
+
+/* A local instance ended: its droplet was used until now, and goes once unused for the grace
+ * (checked then: another instance may have started from it meanwhile). */
+static void cellc__droplet_released(struct cellc *c, const struct cellc_inst *i)
+{
+    if (!c->droplets || c->closing)
+        return;
+    if (i->dir)
+        utimensat(AT_FDCWD, i->dir, NULL, 0);
+    uv_timer_start(&c->collect, cellc__on_collect, (uint64_t)c->droplet_grace_ms + 100, 0);
+}
+
+/* What a collection never removes: the folders the local executor's instances run from. */
+static char **cellc__droplets_in_use(void *ctx)
+{
+    struct cellc *c = ctx;
+    return executor_app_dirs(c->ex);
 }
 
 /* Its final state told, then it is freed. */
@@ -130,7 +102,7 @@ static void cellc__final(struct cellc *c, struct cellc_inst *i, enum instance_st
     cellc__inst_free(c, i);
 }
 
-static struct cellc_inst *cellc__find(struct cellc *c, const char *guid)
+struct cellc_inst *cellc__find(struct cellc *c, const char *guid)
 {
     for (struct cellc_inst *i = c->insts; i; i = i->next)
         if (!strcmp(i->guid, guid))
@@ -145,7 +117,9 @@ static void cellc__local_output(void *ctx, struct instance *inst, int stream, co
 {
     struct cellc *c = ctx;
     struct cellc_inst *i = instance_user_data(inst);
-    if (i && c->cb.on_output)
+    if (i && i->served)
+        cellc__serve_output(c, i, stream, line, len);
+    else if (i && c->cb.on_output)
         c->cb.on_output(c->cb.ctx, i, stream, line, len);
 }
 
@@ -156,6 +130,18 @@ static void cellc__local_state(void *ctx, struct instance *inst, enum instance_s
     struct cellc_inst *i = instance_user_data(inst);
     if (!i)
         return;
+    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
+        cellc__droplet_released(c, i);
+    if (i->served) {
+        cellc__serve_state(c, i, state, ex);
+        if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
+            instance_set_user_data(inst, NULL);
+            cellc__inst_free(c, i);
+        } else {
+            i->state = state;
+        }
+        return;
+    }
     if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         instance_set_user_data(inst, NULL);
         i->local = NULL; /* the executor frees it when we return */
@@ -171,13 +157,14 @@ static void cellc__local_readiness(void *ctx, struct instance *inst, bool ready)
 {
     struct cellc *c = ctx;
     struct cellc_inst *i = instance_user_data(inst);
-    if (i && c->cb.on_readiness)
+    if (i && i->served)
+        cellc__serve_readiness(c, i, ready);
+    else if (i && c->cb.on_readiness)
         c->cb.on_readiness(c->cb.ctx, i, ready);
 }
 
-static struct cellc_inst *cellc__wrap_local(struct cellc *c, struct instance *inst,
-                                            const char *app_guid, const char *type, int index,
-                                            const char *droplet)
+struct cellc_inst *cellc__wrap_local(struct cellc *c, struct instance *inst, const char *app_guid,
+                                     const char *type, int index, const char *droplet)
 {
     struct cellc_inst *i =
         cellc__inst_new(c, NULL, instance_guid(inst), app_guid, type, index, droplet);
@@ -202,6 +189,9 @@ static void cellc__local_found(void *ctx, struct instance *inst, const struct in
         cellc__wrap_local(a->c, inst, sp->app_guid, sp->process_type, sp->index, NULL);
     i->state = instance_state(inst);
     i->port = sp->port;
+    size_t n = sp->app_dir ? strlen(sp->app_dir) : 0;
+    if (n > 4 && !strcmp(sp->app_dir + n - 4, "/app"))
+        i->dir = xstrndup(sp->app_dir, n - 4);
     a->n++;
     struct cellc_found f = {.app_guid = sp->app_guid,
                             .process_type = sp->process_type,
@@ -213,10 +203,37 @@ static void cellc__local_found(void *ctx, struct instance *inst, const struct in
     a->c->cb.on_found(a->c->cb.ctx, i, &f);
 }
 
+/* The instances started here for the skiffd that led before: this one's now (leading). */
+static int cellc__adopt_served(struct cellc *c)
+{
+    int n = 0;
+    for (struct cellc_inst *i = c->insts, *next; i; i = next) {
+        next = i->next;
+        if (!i->served || !i->local || i->user)
+            continue;
+        i->served = false;
+        n++;
+        struct cellc_found f = {.app_guid = i->app_guid,
+                                .process_type = i->type,
+                                .index = i->index,
+                                .instance_guid = i->guid,
+                                .droplet_guid = i->droplet[0] ? i->droplet : NULL,
+                                .port = i->port,
+                                .readiness = i->readiness};
+        c->cb.on_found(c->cb.ctx, i, &f);
+        /* its readiness was told to the leader before: tell it again to this one */
+        if (i->readiness && i->ready_ok && i->user && c->cb.on_readiness)
+            c->cb.on_readiness(c->cb.ctx, i, true);
+    }
+    return n;
+}
+
 int cellc_adopt_local(struct cellc *c)
 {
     struct cellc__adopting a = {c, 0};
     executor_adopt(c->ex, cellc__local_found, &a);
+    if (c->leading)
+        a.n += cellc__adopt_served(c);
     return a.n;
 }
 
@@ -329,6 +346,9 @@ static void cellc__heartbeat(struct cellc *c, struct cellc__cell *cell, json_t *
     cell->interval_ms = (int)json_integer_value(json_object_get(m, "interval_ms"));
     cell->placed = 0;
     cell->beat_mono = time_mono_ms();
+    cell->led = json_is_true(json_object_get(m, "leading"));
+    const char *blobs = json_string_value(json_object_get(m, "blobs"));
+    cell->reads_store = blobs && !strcmp(blobs, "store");
     if (cell->lost)
         log_info("[CELLS] cell %s (%s, zone %s) is back: the instances it runs that were "
                  "started elsewhere meanwhile are stopped there",
@@ -426,6 +446,8 @@ static void cellc__on_nats(void *ctx, bool connected)
 {
     struct cellc *c = ctx;
     c->connected_since_mono = connected ? time_mono_ms() : 0;
+    if (connected && c->serve && !c->closing)
+        cellc__beat(c); /* heard at once, not a heartbeat later */
 }
 
 static void cellc__on_msg(void *ctx, const char *subject, const char *reply, const char *data,
@@ -434,9 +456,16 @@ static void cellc__on_msg(void *ctx, const char *subject, const char *reply, con
     struct cellc *c = ctx;
     char id[33];
     /* skiff.cell.<id>.up */
-    if (sscanf(subject, "skiff.cell.%32[0-9a-f].up", id) != 1 || strlen(id) != 32 ||
-        strcmp(subject + strlen("skiff.cell.") + 32, ".up"))
+    if (sscanf(subject, "skiff.cell.%32[0-9a-f]", id) != 1 || strlen(id) != 32)
         return;
+    const char *kind = subject + strlen("skiff.cell.") + 32;
+    if (!strcmp(kind, ".req")) {
+        if (c->serve && !strcmp(id, c->local_id))
+            cellc__serve_request(c, data, len);
+        return;
+    }
+    if (strcmp(kind, ".up") || !strcmp(id, c->local_id))
+        return; /* the local cell's own heartbeat comes back too */
     json_t *m = json_loadb(data, len, 0, NULL);
     const char *type = json_string_value(json_object_get(m, "type"));
     if (type && json_integer_value(json_object_get(m, "v")) == 1) {
@@ -457,6 +486,26 @@ static void cellc__on_msg(void *ctx, const char *subject, const char *reply, con
     json_decref(m);
 }
 
+/* The cell is lost: its instances are crashed (started elsewhere). */
+static void cellc__lose(struct cellc *c, struct cellc__cell *cell, const char *because)
+{
+    cell->lost = true;
+    int n = 0;
+    char why[160];
+    snprintf(why, sizeof why, "its cell %.8s was lost (%s)", cell->id, because);
+    for (struct cellc_inst *i = c->insts, *next; i; i = next) {
+        next = i->next;
+        if (i->cell != cell)
+            continue;
+        n++;
+        struct instance_exit ex = {.exit_status = -1, .reason = why};
+        cellc__final(c, i, i->forgotten ? INSTANCE_DOWN : INSTANCE_CRASHED, &ex);
+    }
+    log_warning("[CELLS] cell %s (%s, zone %s) is lost: %s; its %d instances are started "
+                "elsewhere",
+                cell->id, cell->host, cell->zone, because, n);
+}
+
 /* Lost cells' instances are crashed (started elsewhere); forgotten ones reported DOWN. */
 static void cellc__on_check(uv_timer_t *t)
 {
@@ -465,22 +514,9 @@ static void cellc__on_check(uv_timer_t *t)
     for (struct cellc__cell *cell = c->cells; cell; cell = cell->next) {
         if (cell->lost || now - cell->beat_mono <= c->lost_ms)
             continue;
-        cell->lost = true;
-        int n = 0;
-        char why[96];
-        snprintf(why, sizeof why, "its cell %.8s was lost (no heartbeat for %d ms)", cell->id,
-                 c->lost_ms);
-        for (struct cellc_inst *i = c->insts, *next; i; i = next) {
-            next = i->next;
-            if (i->cell != cell)
-                continue;
-            n++;
-            struct instance_exit ex = {.exit_status = -1, .reason = why};
-            cellc__final(c, i, i->forgotten ? INSTANCE_DOWN : INSTANCE_CRASHED, &ex);
-        }
-        log_warning("[CELLS] cell %s (%s, zone %s) is lost: no heartbeat for %d ms; its %d "
-                    "instances are started elsewhere",
-                    cell->id, cell->host, cell->zone, c->lost_ms, n);
+        char because[64];
+        snprintf(because, sizeof because, "no heartbeat for %d ms", c->lost_ms);
+        cellc__lose(c, cell, because);
     }
     for (struct cellc_inst *i = c->insts, *next; i; i = next) {
         next = i->next;
@@ -491,8 +527,9 @@ static void cellc__on_check(uv_timer_t *t)
 
 /* ---- placing and starting ------------------------------------------------------------------ */
 
-static uint64_t cellc__local_used(const struct cellc *c)
+void cellc_local_usage(const struct cellc *c, int *instances, uint64_t *memory_bytes)
 {
+    int n = 0;
     uint64_t used = 0;
     for (const struct cellc_inst *i = c->insts; i; i = i->next)
         if (!i->cell && i->local) {
@@ -500,8 +537,37 @@ static uint64_t cellc__local_used(const struct cellc *c)
             uint64_t mem = 0;
             instance_usage(i->local, &cpu, &mem);
             used += mem;
+            n++;
         }
+    if (instances)
+        *instances = n;
+    if (memory_bytes)
+        *memory_bytes = used;
+}
+
+static uint64_t cellc__local_used(const struct cellc *c)
+{
+    uint64_t used = 0;
+    cellc_local_usage(c, NULL, &used);
     return used;
+}
+
+/* The one place the local cell finds a launch's droplet folder: local_droplet (brought here
+ * from the blob store, an image's layers with it), else the launch's own path. */
+int cellc__local_dir(struct cellc *c, const struct cell_launch *l, char **dir, char *err,
+                     size_t errsize)
+{
+    int rc;
+    if (c->local_droplet) {
+        rc = c->local_droplet(c->local_droplet_ctx, l, dir, err, errsize);
+    } else {
+        struct cell_launch here = *l;
+        here.blob_urls = NULL;
+        rc = cell_droplet_get(NULL, &here, NULL, NULL, dir, err, errsize);
+    }
+    if (rc == 0)
+        utimensat(AT_FDCWD, *dir, NULL, 0); /* used now: a collection counts its grace from here */
+    return rc;
 }
 
 /* How many instances of app/type run on the cell (NULL: the local one). */
@@ -575,19 +641,20 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     if (!cell) {
         char *dir = NULL;
         struct instance *inst = NULL;
-        struct cell_launch here = *l;
-        here.blob_urls = NULL; /* the scheduler brought it here (blob_droplet_local) */
-        int rc = cell_droplet_get(NULL, &here, NULL, NULL, &dir, err, errsize);
+        int rc = cellc__local_dir(c, l, &dir, err, errsize);
         if (rc == 0)
             rc = cell_launch_start(c->ex, c->home, l, dir, &inst, addr, err, errsize);
-        free(dir);
-        if (rc < 0)
+        if (rc < 0) {
+            free(dir);
             return rc;
+        }
         *out = cellc__wrap_local(c, inst, l->app_guid, l->process_type, l->index, l->droplet_guid);
+        (*out)->dir = dir;
         return 0;
     }
     struct cell_launch sent = *l;
-    if (sent.droplet_digest) { /* a droplet made before blobs has none: read at its path */
+    /* a skiffd --role all reads it from the blob store it shares: no token, no grant */
+    if (sent.droplet_digest && !cell->reads_store) { /* made before blobs: read at its path */
         sent.blob_urls = (const char *const *)c->blob_urls;
         int rc = cellc__grant(c, cell->id, sent.droplet_digest, sent.droplet_blobs, err, errsize);
         if (rc < 0)
@@ -595,7 +662,7 @@ int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_b
     }
     struct cellc_inst *i = cellc__inst_new(c, cell, l->instance_guid, l->app_guid, l->process_type,
                                            l->index, l->droplet_guid);
-    if (sent.droplet_digest)
+    if (sent.droplet_digest && !cell->reads_store)
         snprintf(i->digest, sizeof i->digest, "%s", sent.droplet_digest);
     cell->placed += memory_bytes;
     cellc__send(c, cell,
@@ -689,13 +756,16 @@ json_t *cellc_remote_cells(const struct cellc *c)
 {
     json_t *a = json_array();
     int64_t now = time_mono_ms();
-    for (const struct cellc__cell *cell = c->cells; cell; cell = cell->next)
+    for (const struct cellc__cell *cell = c->cells; cell; cell = cell->next) {
+        if (cell->reads_store)
+            continue; /* a skiffd on the store: listed by its heartbeat there (src/cells) */
         json_array_append_new(
             a, json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:i,s:I}", "id", cell->id, "host", cell->host,
                          "zone", cell->zone, "state", cell->lost ? "lost" : "up",
                          "memory_capacity_bytes", (json_int_t)cell->capacity, "memory_used_bytes",
                          (json_int_t)cell->used, "instances", cell->instances, "heartbeat_age_ms",
                          (json_int_t)(now - cell->beat_mono)));
+    }
     return a;
 }
 
@@ -721,7 +791,16 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     snprintf(c->local_zone, sizeof c->local_zone, "%s",
              cfg->local_zone ? cfg->local_zone : "default");
     struct sysinfo si;
-    c->local_capacity = sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
+    c->local_capacity = cfg->local_memory_bytes ? cfg->local_memory_bytes
+                        : sysinfo(&si) == 0     ? (uint64_t)si.totalram * si.mem_unit
+                                                : 0;
+    c->serve = cfg->serve && cfg->local_cell && cfg->nats_urls && *cfg->nats_urls;
+    c->beat_ms = cfg->heartbeat_ms > 0 ? cfg->heartbeat_ms : CELL_HEARTBEAT_MS;
+    c->local_droplet = cfg->local_droplet;
+    c->local_droplet_ctx = cfg->local_droplet_ctx;
+    c->lines = json_array();
+    if (gethostname(c->host, sizeof c->host - 1) < 0)
+        snprintf(c->host, sizeof c->host, "unknown");
     c->lost_ms = cfg->lost_ms > 0 ? cfg->lost_ms : CELLC_LOST_MS;
     c->home = xstrdup(cfg->home ? cfg->home : "");
     c->grant = cfg->grant;
@@ -744,6 +823,10 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
         rc = natsconn_open(loop, &nc, &c->nc, err, errsize);
         if (rc == 0 && (rc = natsconn_subscribe(c->nc, "skiff.cell.*.up")) < 0)
             snprintf(err, errsize, "cannot subscribe to skiff.cell.*.up: %s", skiff_strerror(rc));
+        char req[64];
+        snprintf(req, sizeof req, "skiff.cell.%s.req", c->local_id);
+        if (rc == 0 && c->serve && (rc = natsconn_subscribe(c->nc, req)) < 0)
+            snprintf(err, errsize, "cannot subscribe to %s: %s", req, skiff_strerror(rc));
     }
     struct executor_config ec = *cfg->executor;
     ec.on_readiness = cellc__local_readiness;
@@ -754,14 +837,35 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
         if (c->nc)
             natsconn_close(c->nc);
         cellc__urls_free(c->blob_urls);
+        json_decref(c->lines);
         free(c->home);
         free(c);
         return rc;
     }
     uv_timer_init(loop, &c->check);
-    c->check.data = c;
+    uv_timer_init(loop, &c->beat);
+    uv_timer_init(loop, &c->flush);
+    uv_timer_init(loop, &c->collect);
+    c->check.data = c->beat.data = c->flush.data = c->collect.data = c;
+    if (cfg->collect_droplets && cfg->local_cell) {
+        c->droplet_grace_ms = cfg->droplet_grace_ms > 0 ? cfg->droplet_grace_ms : 0;
+        struct cell_droplets_config dc = {.home = c->home,
+                                          .cell_id = c->local_id,
+                                          .collect_unused = true,
+                                          .unused_grace_ms = c->droplet_grace_ms,
+                                          .in_use = cellc__droplets_in_use,
+                                          .in_use_ctx = c};
+        if (cell_droplets_new(loop, &dc, &c->droplets) < 0)
+            log_warning("the droplets brought to %s/blobs/droplets cannot be collected: the "
+                        "folder cannot be made",
+                        c->home);
+        else /* what a previous skiffd on this home left unused */
+            uv_timer_start(&c->collect, cellc__on_collect, (uint64_t)c->droplet_grace_ms, 0);
+    }
     if (c->nc)
         uv_timer_start(&c->check, cellc__on_check, CELLC__CHECK_MS, CELLC__CHECK_MS);
+    if (c->serve)
+        uv_timer_start(&c->beat, cellc__on_beat, 0, (uint64_t)c->beat_ms);
     *out = c;
     return 0;
 }
@@ -773,9 +877,27 @@ struct executor *cellc_executor(struct cellc *c)
 
 void cellc_set_leading(struct cellc *c, bool leading)
 {
-    if (leading && !c->leading)
+    bool began = leading && !c->leading;
+    if (began)
         c->leading_since_mono = time_mono_ms();
     c->leading = leading;
+    if (!began)
+        return;
+    /* starts the last leader asked for and that wait for their droplet: this one decides */
+    while (c->pending) {
+        struct cellc__pending *p = c->pending;
+        c->pending = p->next;
+        cellc__say_state(c, p->d.l.instance_guid, "DOWN", NULL, NULL, "its leader changed");
+        cellc__pending_free(p);
+    }
+    /* The lock came here because the last leader's session ended: dead, or stepping down
+     * (then it stops its instances). Either way nothing more is placed there before it
+     * beats again as a follower. */
+    for (struct cellc__cell *cell = c->cells; cell; cell = cell->next)
+        if (cell->led && !cell->lost)
+            cellc__lose(c, cell, "it led, and this skiffd leads now");
+    if (c->serve)
+        cellc__beat(c); /* the others hear at once who leads */
 }
 
 int cellc_settle_ms(const struct cellc *c)
@@ -803,9 +925,13 @@ static void cellc__check_closed(uv_handle_t *h)
 static void cellc__executor_down(void *arg)
 {
     struct cellc *c = arg;
+    cellc__flush_output(c);
     if (c->nc)
         natsconn_close(c->nc);
     c->nc = NULL;
+    uv_close((uv_handle_t *)&c->beat, NULL);
+    uv_close((uv_handle_t *)&c->flush, NULL);
+    uv_close((uv_handle_t *)&c->collect, NULL);
     uv_close((uv_handle_t *)&c->check, cellc__check_closed);
 }
 
@@ -815,6 +941,8 @@ void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg)
     c->done = done;
     c->done_arg = arg;
     uv_timer_stop(&c->check);
+    uv_timer_stop(&c->beat);
+    uv_timer_stop(&c->collect);
     executor_shutdown(c->ex, cellc__executor_down, c);
 }
 
@@ -824,6 +952,8 @@ void cellc_detach(struct cellc *c, void (*done)(void *arg), void *arg)
     c->done = done;
     c->done_arg = arg;
     uv_timer_stop(&c->check);
+    uv_timer_stop(&c->beat);
+    uv_timer_stop(&c->collect);
     executor_detach(c->ex, cellc__executor_down, c);
 }
 
@@ -835,6 +965,7 @@ void cellc_free(struct cellc *c)
     while (c->insts) {
         struct cellc_inst *i = c->insts;
         c->insts = i->next;
+        free(i->dir);
         free(i);
     }
     while (c->cells) {
@@ -842,6 +973,13 @@ void cellc_free(struct cellc *c)
         c->cells = cell->next;
         free(cell);
     }
+    while (c->pending) {
+        struct cellc__pending *p = c->pending;
+        c->pending = p->next;
+        cellc__pending_free(p);
+    }
+    json_decref(c->lines);
+    cell_droplets_free(c->droplets);
     cellc__urls_free(c->blob_urls);
     free(c->home);
     free(c);

@@ -79,6 +79,26 @@ struct cellc_config {
      * may read it no longer (api_cell_withdraw). NULL: nothing told. */
     void (*withdraw)(void *ctx, const char *cell_id, const char *digest);
     void *grant_ctx;
+    /* The local cell is a cell for whoever leads too (skiffd --role all on a shared store):
+     * it announces itself and its instances on skiff.cell.<local_id>.up every heartbeat_ms,
+     * and while another skiffd leads it takes that leader's start and stop requests on
+     * skiff.cell.<local_id>.req and reports on them as a --role cell does (docs/bus.md
+     * "Cells"). Needs nats_urls and local_cell. */
+    bool serve;
+    int heartbeat_ms;            /* <= 0: CELL_HEARTBEAT_MS */
+    uint64_t local_memory_bytes; /* the local cell's capacity; 0: the host's RAM */
+    /* Brings a launch's droplet (and an image's layers) onto this host before a local start:
+     * 0 with *dir (the caller's to free), -EINPROGRESS while on its way (then
+     * cellc_local_droplet_ready names the app once it is here, or could not be), or an error
+     * with err. NULL: the droplet is read at its droplet_path. */
+    int (*local_droplet)(void *ctx, const struct cell_launch *l, char **dir, char *err,
+                         size_t errsize);
+    void *local_droplet_ctx;
+    /* The droplets brought to the local cell (HOME/blobs/droplets) that no local instance runs
+     * any more are removed droplet_grace_ms after the last one ended (0: at once), never one
+     * in use (collect_droplets; cell_droplets_collect's collect_unused). */
+    bool collect_droplets;
+    int64_t droplet_grace_ms;
 };
 
 int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cellc_callbacks *cb,
@@ -90,13 +110,21 @@ void cellc_set_leading(struct cellc *c, bool leading);
 /* How long (ms) to wait before converging after leading began, so that every cell has beaten
  * once and its instances were offered (0: now). */
 int cellc_settle_ms(const struct cellc *c);
-/* Offers the local cell's leftover instances (executor_adopt) to on_found; the remote cells'
- * are offered as their heartbeats come. Returns how many were found locally. */
+/* Offers the local cell's leftover instances (executor_adopt) to on_found, and, while
+ * leading, those it started for the skiffd that led before (serve); the remote cells' are
+ * offered as their heartbeats come. Returns how many were found locally. */
 int cellc_adopt_local(struct cellc *c);
 /* Places and starts l (needing memory_bytes); 0 with *out, and addr when known now ("" for a
- * remote cell until it reports), or an error with err: -EAGAIN when no cell has room. */
+ * remote cell until it reports), or an error with err: -EAGAIN when no cell has room,
+ * -EINPROGRESS when it was placed on the local cell and its droplet is on its way there
+ * (local_droplet: nothing started; cellc_local_droplet_ready tells when to try again). */
 int cellc_launch(struct cellc *c, const struct cell_launch *l, uint64_t memory_bytes,
                  struct cellc_inst **out, char addr[64], char *err, size_t errsize);
+/* The droplet or layers local_droplet was bringing for app_guid are here, or could not be:
+ * the starts a leader asked of the local cell for that app are tried again. */
+void cellc_local_droplet_ready(struct cellc *c, const char *app_guid);
+/* The local cell's instances (whoever asked for them) and their memory use. */
+void cellc_local_usage(const struct cellc *c, int *instances, uint64_t *memory_bytes);
 /* SIGTERM, SIGKILL after the grace period, then DOWN; idempotent. */
 void cellc_stop(struct cellc_inst *i);
 
@@ -127,7 +155,8 @@ void cellc_inst_set_user_data(struct cellc_inst *i, void *data);
  * does not fit. */
 void cellc_inst_set_digest(struct cellc_inst *i, const char *digest);
 
-/* The cells known from NATS heartbeats (not the local one), for GET /v1/cells: a JSON array
+/* The cells known from NATS heartbeats (not the local one, nor the skiffds on the shared store,
+ * which src/cells lists from their heartbeats there), for GET /v1/cells: a JSON array
  * (a new reference) of {id, host, zone, state up|lost, memory_capacity_bytes,
  * memory_used_bytes, instances, heartbeat_age_ms}. */
 json_t *cellc_remote_cells(const struct cellc *c);

@@ -57,6 +57,8 @@ struct cell__cached {
 struct cell_droplets {
     uv_loop_t *loop;
     uint64_t cache_bytes;
+    bool collect_unused;
+    int64_t unused_grace_ms;
     char **(*in_use)(void *ctx);
     void *in_use_ctx;
     uv_work_t gc_work;
@@ -87,6 +89,8 @@ int cell_droplets_new(uv_loop_t *loop, const struct cell_droplets_config *cfg,
     snprintf(cd->cell_id, sizeof cd->cell_id, "%s", cfg->cell_id ? cfg->cell_id : "");
     cd->stall_ms = cfg->fetch_stall_ms > 0 ? cfg->fetch_stall_ms : CELL_FETCH_STALL_MS;
     cd->cache_bytes = cfg->cache_bytes;
+    cd->collect_unused = cfg->collect_unused;
+    cd->unused_grace_ms = cfg->unused_grace_ms > 0 ? cfg->unused_grace_ms : 0;
     cd->in_use = cfg->in_use;
     cd->in_use_ctx = cfg->in_use_ctx;
     while (cfg->controller_urls && cfg->controller_urls[cd->nurls])
@@ -529,8 +533,15 @@ static void cell__trash_clear(struct cell_droplets *cd)
 
 static void cell__scan_done(uv_work_t *w, int status);
 
+/* Whether a droplet last used at used_ns (wall clock) is past the grace for unused ones. */
+static bool cell__unused_long(const struct cell_droplets *cd, int64_t used_ns, int64_t now_ns)
+{
+    return cd->collect_unused && now_ns - used_ns >= cd->unused_grace_ms * 1000000;
+}
+
 /* On the loop: the least recently used that nothing holds are renamed aside until the rest
- * fit, and removed on the pool by the next scan (queued at once). */
+ * fit, and those unused past the grace (collect_unused), and removed on the pool by the next
+ * scan (queued at once). */
 static void cell__scan_decide(struct cell_droplets *cd)
 {
     cell__trash_clear(cd);
@@ -539,19 +550,36 @@ static void cell__scan_decide(struct cell_droplets *cd)
         total += cd->found[i].bytes;
     if (cd->nfound > 1)
         qsort(cd->found, cd->nfound, sizeof *cd->found, cell__by_use);
-    char **in_use = total > cd->cache_bytes && cd->in_use ? cd->in_use(cd->in_use_ctx) : NULL;
-    for (size_t i = 0; i < cd->nfound && total > cd->cache_bytes; i++) {
+    bool bounded = cd->cache_bytes > 0;
+    int64_t now_ns = time_now_ms() * 1000000;
+    bool any_unused = false;
+    for (size_t i = 0; i < cd->nfound; i++)
+        any_unused |= cell__unused_long(cd, cd->found[i].used_ns, now_ns);
+    char **in_use = ((bounded && total > cd->cache_bytes) || any_unused) && cd->in_use
+                        ? cd->in_use(cd->in_use_ctx)
+                        : NULL;
+    for (size_t i = 0; i < cd->nfound; i++) {
         const struct cell__cached *c = &cd->found[i];
+        bool over = bounded && total > cd->cache_bytes;
+        bool unused = cell__unused_long(cd, c->used_ns, now_ns);
+        if (!over && !unused)
+            continue;
         char *dir = xasprintf("%s/%s", cd->droplets_dir, c->hex);
         char *gone = xasprintf("%s/" CELL__GONE_PREFIX "%s", cd->droplets_dir, c->hex);
         if (!cell__held(in_use, dir) && !cell__on_its_way(cd, c->hex) && rename(dir, gone) == 0) {
             total -= c->bytes;
-            log_info("[CELL] droplet sha256:%s (%llu KiB) left this cell's cache, the least "
-                     "recently used that no instance uses: the cache now holds %llu KiB of its "
-                     "%llu",
-                     c->hex, (unsigned long long)(c->bytes >> 10),
-                     (unsigned long long)(total >> 10),
-                     (unsigned long long)(cd->cache_bytes >> 10));
+            if (over)
+                log_info("[CELL] droplet sha256:%s (%llu KiB) left this cell's cache, the least "
+                         "recently used that no instance uses: the cache now holds %llu KiB of "
+                         "its %llu",
+                         c->hex, (unsigned long long)(c->bytes >> 10),
+                         (unsigned long long)(total >> 10),
+                         (unsigned long long)(cd->cache_bytes >> 10));
+            else
+                log_info("[CELL] droplet sha256:%s (%llu KiB) was removed from %s: nothing here "
+                         "has run it for %lld ms",
+                         c->hex, (unsigned long long)(c->bytes >> 10), cd->droplets_dir,
+                         (long long)((now_ns - c->used_ns) / 1000000));
             cd->trash = xrealloc(cd->trash, (cd->ntrash + 1) * sizeof *cd->trash);
             cd->trash[cd->ntrash++] = gone;
             gone = NULL;
@@ -562,7 +590,7 @@ static void cell__scan_decide(struct cell_droplets *cd)
     for (char **p = in_use; p && *p; p++)
         free(*p);
     free(in_use);
-    if (total > cd->cache_bytes)
+    if (bounded && total > cd->cache_bytes)
         log_info("[CELL] the droplet cache holds %llu KiB, over its %llu: what is over is in "
                  "use",
                  (unsigned long long)(total >> 10), (unsigned long long)(cd->cache_bytes >> 10));
@@ -590,7 +618,7 @@ static void cell__scan_done(uv_work_t *w, int status)
 
 void cell_droplets_collect(struct cell_droplets *cd)
 {
-    if (!cd || !cd->cache_bytes)
+    if (!cd || (!cd->cache_bytes && !cd->collect_unused))
         return;
     if (cd->gc_running) {
         cd->gc_again = true;

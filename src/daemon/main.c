@@ -145,7 +145,8 @@ static void usage(FILE *out)
         "                              placed on the cells (SKIFF_CELL_LOST_MS, default 5000:\n"
         "                              a cell silent that long is lost, its instances moved)\n"
         "  --memory SIZE               a cell's memory capacity it announces (SKIFF_CELL_MEMORY,\n"
-        "                              default: the host's RAM)\n"
+        "                              default: the host's RAM); for --role all, what the leader\n"
+        "                              places on this skiffd's own executor at most\n"
         "  --cell-token-file PATH      a cell's own token (`skiff create-cell-token CELL_ID`,\n"
         "                              mode 0600), sent to its controllers to fetch droplets\n"
         "                              (SKIFF_CELL_TOKEN_FILE, default HOME/cell-token); read\n"
@@ -162,6 +163,11 @@ static void usage(FILE *out)
         "  --layer-grace-ms MS         image layers no instance of a cell mounts any more are\n"
         "                              kept that long after its last instance ended\n"
         "                              (SKIFF_CELL_LAYER_GRACE_MS, default 600000; 0: at once)\n"
+        "  --droplet-grace-ms MS       --role all: droplets brought here from the blob store\n"
+        "                              (HOME/blobs/droplets) that no instance here runs any more\n"
+        "                              are removed that long after the last one ended, never one\n"
+        "                              in use (SKIFF_DROPLET_GRACE_MS, default 600000; 0: at "
+        "once)\n"
         "  --host-addr IP              with --nats: this host's address on the network between\n"
         "                              hosts (SKIFF_HOST_ADDR): announced with the container\n"
         "                              pool, so routers of other hosts reach its instances (and\n"
@@ -1068,6 +1074,7 @@ int main(int argc, char **argv)
     const char *fetch_stall_text = env_or("SKIFF_CELL_FETCH_STALL_MS", "10000");
     const char *droplet_cache_text = env_or("SKIFF_CELL_DROPLET_CACHE_MB", "4096");
     const char *layer_grace_text = env_or("SKIFF_CELL_LAYER_GRACE_MS", "600000");
+    const char *droplet_grace_text = env_or("SKIFF_DROPLET_GRACE_MS", "600000");
     const char *insecure_registries[17] = {NULL};
     size_t n_insecure = 0;
     /* --controller-url, each given; else SKIFF_CONTROLLER_URLS split at commas */
@@ -1129,6 +1136,8 @@ int main(int argc, char **argv)
             target = &fetch_stall_text;
         else if (!strcmp(a, "--droplet-cache-mb"))
             target = &droplet_cache_text;
+        else if (!strcmp(a, "--droplet-grace-ms"))
+            target = &droplet_grace_text;
         else if (!strcmp(a, "--layer-grace-ms"))
             target = &layer_grace_text;
         else if (!strcmp(a, "--max-image-size"))
@@ -1529,7 +1538,24 @@ int main(int argc, char **argv)
         goto fail;
     }
     bool controller_only = !strcmp(role, "controller");
+    uint64_t local_memory = 0;
+    if (*cell_memory_text && !(local_memory = daemon_size(cell_memory_text))) {
+        log_error("--memory %s is not a size like 4G or 512M (at least 1M)", cell_memory_text);
+        goto fail;
+    }
+    long droplet_grace_ms = 0;
+    if (!daemon_long_in(droplet_grace_text, 0, 7L * 86400000, &droplet_grace_ms)) {
+        log_error("--droplet-grace-ms \"%s\" must be milliseconds up to a week (0: at once)",
+                  droplet_grace_text);
+        goto fail;
+    }
     struct cellc_config cellcfg = {.local_cell = !controller_only,
+                                   /* on a shared store, whoever leads places instances here
+                                    * too: this skiffd is a cell on NATS (src/cell/client.h) */
+                                   .serve = store_location_is_postgres(db),
+                                   .local_memory_bytes = local_memory,
+                                   .collect_droplets = true,
+                                   .droplet_grace_ms = droplet_grace_ms,
                                    .local_id = cell_id,
                                    .local_zone = zone,
                                    .nats_urls = nats_url,

@@ -946,6 +946,8 @@ static int sched__launch(struct scheduler *s, const struct store_app *app,
     free(spec_sidecars);
     sched__strv_free(uris);
     free(user);
+    if (rc == -EINPROGRESS)
+        return rc; /* its droplet is on its way to this host: the app's log says so */
     if (rc < 0) {
         logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR, "Cannot start %s: %s%s", what, why,
                      rc == -EAGAIN ? then : "");
@@ -1000,19 +1002,6 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         return NULL;
     }
     bool function = store_process_is_function(proc);
-    char *function_dir = function ? xasprintf("%s/app", drop->path) : NULL;
-    int servers = function ? sched__function_servers(s, function_dir) : 0;
-    free(function_dir);
-    if (servers < 0) {
-        store_sidecars_free(sidecars, n_sidecars);
-        logs_appendf(s->logs, app->guid, "CELL/0", LOGS_ERR,
-                     "Cannot start function %s: cannot put the function server into the "
-                     "droplet (see skiffd's output); trying again later",
-                     proc->type);
-        free(command_copy);
-        sched__retry_later(s, slot);
-        return NULL;
-    }
     bool web = !strcmp(proc->type, "web");
     /* only web processes must listen; others are checked alive */
     enum health_check_type health = web ? sched__health(app->health_check_type) : HEALTH_PROCESS;
@@ -1050,7 +1039,8 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
         free(with);
         free(si);
         free(command_copy);
-        sched__retry_later(s, slot);
+        if (rc != -EINPROGRESS) /* else started once its droplet is here (converged again) */
+            sched__retry_later(s, slot);
         return NULL;
     }
     logs_appendf(s->logs, app->guid, "CELL/0", LOGS_OUT,
@@ -1073,6 +1063,8 @@ struct sched_layers_wait {
     struct sched_layers_wait *next;
 };
 #define SCHED_LAYERS_RETRY_MS 5000
+
+static void sched__local_ready(struct scheduler *s, const char *app_guid);
 
 static bool sched__layers_failed_lately(struct scheduler *s, const char *droplet_dir)
 {
@@ -1108,8 +1100,7 @@ static void sched__layers_ready(void *ctx, int rc, const char *why)
         w->next = s->layers_failed;
         s->layers_failed = w;
     }
-    if (!s->shutting_down)
-        scheduler_app_changed(s, w->app_guid); /* a failure: its start fails and backs off */
+    sched__local_ready(s, w->app_guid);
     if (rc == 0) {
         free(w->droplet_dir);
         free(w);
@@ -1148,42 +1139,91 @@ static int sched__layers(struct scheduler *s, const char *app_guid, const char *
     return 0;
 }
 
-static void sched__droplet_ready(void *ctx, const char *app_guid, int rc)
+/* What local starts of app_guid waited for (its droplet, its layers) is here, or could not
+ * be had: they are tried again (a failure: the start fails naming it, and backs off). */
+static void sched__local_ready(struct scheduler *s, const char *app_guid)
 {
-    struct scheduler *s = ctx;
-    if (!s->shutting_down)
-        scheduler_app_changed(s, app_guid); /* a failure: its start fails and backs off */
+    if (s->shutting_down)
+        return;
+    if (s->leading)
+        scheduler_app_changed(s, app_guid);
+    cellc_local_droplet_ready(s->cells, app_guid); /* the starts another leader asked */
 }
 
-/* The droplet, its path the folder on this host (blob_droplet_local: the one answer to
- * "where is this droplet here?"). 0; -EINPROGRESS while it is being brought here (the app
- * is converged again once it is); or the store's error. */
+static void sched__droplet_ready(void *ctx, const char *app_guid, int rc)
+{
+    (void)rc;
+    sched__local_ready(ctx, app_guid);
+}
+
+/* The droplet's record. Its folder is brought to this host only for an instance placed here
+ * (sched__local_droplet): a leader that places it on other cells copies nothing. */
 static int sched__droplet(struct scheduler *s, const char *guid, struct store_droplet **out)
 {
-    struct store_droplet *drop = NULL;
-    int rc = store_droplet_get(s->store, guid, &drop);
-    if (rc < 0 || !s->cfg.blobs) {
-        *out = drop;
-        return rc;
-    }
+    return store_droplet_get(s->store, guid, out);
+}
+
+/* Whether the launch is of a function inside an app (its droplet needs the function
+ * servers), as the store says. */
+static bool sched__launch_is_function(struct scheduler *s, const struct cell_launch *l)
+{
+    struct store_app *app = NULL;
+    if (store_app_get(s->store, l->app_guid, &app) < 0)
+        return false;
+    const struct store_process *p = store_app_process(app, l->process_type);
+    bool function = p && store_process_is_function(p);
+    store_app_free(app);
+    return function;
+}
+
+/* cellc's local_droplet: the one place a local start finds its droplet's folder. It is
+ * brought here from the blob store when another host made it (blob_droplet_local: the one
+ * answer to "where is this droplet here?"), then an image's layers (sched__layers) and a
+ * function's servers. -EINPROGRESS while on its way: sched__local_ready follows. */
+static int sched__local_droplet(void *ctx, const struct cell_launch *l, char **dir, char *err,
+                                size_t errsize)
+{
+    struct scheduler *s = ctx;
     char *local = NULL;
-    rc = blob_droplet_local(s->cfg.blobs, s->loop, drop->path, drop->digest, drop->app_guid,
-                            sched__droplet_ready, s, &local);
-    if (rc < 0) {
-        logs_appendf(s->logs, drop->app_guid, "CELL/0", LOGS_OUT,
-                     "Fetching droplet %s (%s) from the blob store", drop->guid,
-                     drop->digest ? drop->digest : "?");
-        store_droplet_free(drop);
+    int rc = 0;
+    if (s->cfg.blobs)
+        rc = blob_droplet_local(s->cfg.blobs, s->loop, l->droplet_path, l->droplet_digest,
+                                l->app_guid, sched__droplet_ready, s, &local);
+    else
+        local = xstrdup(l->droplet_path ? l->droplet_path : "");
+    if (rc == -EINPROGRESS) {
+        logs_appendf(s->logs, l->app_guid, "CELL/0", LOGS_OUT,
+                     "Fetching droplet %s (%s) from the blob store", l->droplet_guid,
+                     l->droplet_digest ? l->droplet_digest : "?");
+        snprintf(err, errsize, "droplet %s is on its way from the blob store", l->droplet_guid);
         return rc;
     }
-    free(drop->path);
-    drop->path = local;
-    rc = sched__layers(s, drop->app_guid, local);
-    if (rc < 0) {
-        store_droplet_free(drop);
+    struct cell_launch here = *l;
+    here.droplet_path = local;
+    here.blob_urls = NULL;
+    rc = cell_droplet_get(NULL, &here, NULL, NULL, dir, err, errsize);
+    free(local);
+    if (rc < 0)
         return rc;
+    if (sched__layers(s, l->app_guid, *dir) == -EINPROGRESS) {
+        snprintf(err, errsize, "the image's layers are on their way from the blob store");
+        free(*dir);
+        *dir = NULL;
+        return -EINPROGRESS;
     }
-    *out = drop;
+    if (sched__launch_is_function(s, l)) {
+        char *app_dir = xasprintf("%s/app", *dir);
+        rc = sched__function_servers(s, app_dir);
+        free(app_dir);
+        if (rc < 0) {
+            snprintf(err, errsize,
+                     "cannot put the function server into the droplet (see "
+                     "skiffd's output)");
+            free(*dir);
+            *dir = NULL;
+            return rc;
+        }
+    }
     return 0;
 }
 
@@ -1196,8 +1236,6 @@ static void sched__converge_app(struct scheduler *s, struct sched_app *a,
     int starts = 0;
     struct store_droplet *drop = NULL;
     int drop_rc = started ? sched__droplet(s, app->droplet_guid, &drop) : 0;
-    if (drop_rc == -EINPROGRESS)
-        return; /* what runs goes on; converged again once the droplet is here */
     if (drop_rc < 0)
         started = false;
     if (app) {
@@ -1354,6 +1392,8 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
     struct cellc_config cc = cfg->cells ? *cfg->cells : (struct cellc_config){.local_cell = true};
     cc.executor = excfg;
     cc.home = cfg->home;
+    cc.local_droplet = sched__local_droplet;
+    cc.local_droplet_ctx = s;
     struct cellc_callbacks cb = {.on_output = sched__on_output,
                                  .on_state = sched__on_state,
                                  .on_readiness = sched__on_readiness,
@@ -1412,10 +1452,16 @@ static struct sched_slot *sched__adoption_slot(struct scheduler *s, const struct
     if (strcmp(app->state, "STARTED") || !app->droplet_guid || !proc ||
         proc->instances <= sp->index || sched__droplet(s, app->droplet_guid, &drop) < 0)
         goto out;
-    char *app_dir = xasprintf("%s/app", drop->path);
+    /* a local leftover names its folder: the droplet's here (as it runs from it, it is here) */
+    char *local = NULL;
+    if (!sp->droplet_guid && s->cfg.blobs)
+        blob_droplet_local(s->cfg.blobs, s->loop, drop->path, drop->digest, drop->app_guid, NULL,
+                           NULL, &local);
+    char *app_dir = xasprintf("%s/app", local ? local : drop->path);
     bool same = sp->droplet_guid ? !strcmp(sp->droplet_guid, drop->guid)
                                  : sp->app_dir && !strcmp(app_dir, sp->app_dir);
     free(app_dir);
+    free(local);
     if (!same)
         goto out;
     struct sched_app *a = sched__app(s, app->guid, true);
@@ -1655,16 +1701,8 @@ struct cellc *scheduler_cells(struct scheduler *s)
 void scheduler_usage(struct scheduler *s, struct scheduler_usage *out)
 {
     memset(out, 0, sizeof *out);
-    for (struct sched_inst *si = s->insts; si; si = si->next) {
-        if (!si->inst)
-            continue;
-        if (!cellc_inst_local(si->inst))
-            continue; /* this skiffd's own use: other cells count theirs */
-        struct cellc_inst_info where;
-        cellc_inst_info(si->inst, &where);
-        out->instances++;
-        out->memory_bytes += where.memory_bytes;
-    }
+    /* this skiffd's own executor's, whoever asked for them: other cells count theirs */
+    cellc_local_usage(s->cells, &out->instances, &out->memory_bytes);
 }
 
 static void sched__timer_closed(uv_handle_t *h)
@@ -2179,8 +2217,7 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
     rc = sched__droplet(s, t->droplet_guid, &drop);
     if (rc < 0) {
         store_app_free(app);
-        /* being brought here from its blob: a moment */
-        return rc == -EINPROGRESS ? -EAGAIN : SKIFF_E_CONFLICT;
+        return SKIFF_E_CONFLICT;
     }
     struct sched_inst *si = xcalloc(1, sizeof *si);
     si->s = s;
@@ -2194,6 +2231,8 @@ int scheduler_task_start(struct scheduler *s, const struct scheduler_task *t)
     snprintf(what, sizeof what, "task %s", t->name);
     rc = sched__launch(s, app, drop, si, t->command, t->memory_mb, HEALTH_PROCESS, NULL, NULL, 0,
                        what, "; the task failed to start (run it again)");
+    if (rc == -EINPROGRESS)
+        rc = -EAGAIN; /* its droplet is being brought here from its blob: a moment */
     if (rc < 0)
         free(si);
     else

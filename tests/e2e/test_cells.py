@@ -84,8 +84,8 @@ class UsersNats(NatsServer):
 class Client:
     """NATS's text protocol, enough for a test: CONNECT, SUB, PUB, and reading MSGs."""
 
-    def __init__(self, port, user=None, password=None):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def __init__(self, port, user=None, password=None, host="127.0.0.1"):
+        self.s = socket.create_connection((host, port), timeout=5)
         self.buf = b""
         self._line()  # INFO
         connect = {"verbose": False, "pedantic": False}

@@ -795,6 +795,52 @@ static void test_the_droplet_cache_keeps_its_bound_and_what_is_in_use(void **sta
     cell_home_close(home, &loop);
 }
 
+/* What a skiffd --role all brought from the blob store (collect_unused, no bound): a droplet
+ * unused for longer than the grace goes, one used within it stays, and one an instance runs
+ * from stays however long ago it was last started. */
+static void test_unused_droplets_go_after_the_grace_never_one_in_use(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/skiff-test-cellunused-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct cell_droplets *cd = NULL;
+    struct cell_droplets_config cfg = {.home = home,
+                                       .cell_id = CELL_ID,
+                                       .collect_unused = true,
+                                       .unused_grace_ms = 60000,
+                                       .in_use = held_in_use};
+    assert_int_equal(cell_droplets_new(&loop, &cfg, &cd), 0);
+    time_t now = time(NULL);
+    cached_droplet(home, '1', 1000);     /* long unused, but an instance runs from it */
+    cached_droplet(home, '2', 2000);     /* long unused */
+    cached_droplet(home, '3', now - 10); /* used 10 s ago: within the grace */
+    char held[700];
+    snprintf(held, sizeof held, "%s/blobs/droplets/%064d", home, 0);
+    memset(held + strlen(held) - 64, '1', 64);
+    strcat(held, "/app");
+    held_dir = held;
+    cell_droplets_collect(cd);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(cached_here(home, '1'));
+    assert_false(cached_here(home, '2'));
+    assert_true(cached_here(home, '3'));
+    cell_droplets_free(cd);
+    /* without collect_unused and without a bound, nothing is collected */
+    struct cell_droplets_config keep = {.home = home, .cell_id = CELL_ID};
+    assert_int_equal(cell_droplets_new(&loop, &keep, &cd), 0);
+    cached_droplet(home, '4', 1000);
+    cell_droplets_collect(cd);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(cached_here(home, '4'));
+    cell_droplets_free(cd);
+    uv_loop_close(&loop);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* With a grace, a layer no instance mounts stays after the collection is asked for, until the
  * grace has passed; then it goes. */
 static void test_unused_layers_stay_for_the_grace(void **state)
@@ -930,6 +976,7 @@ int main(void)
         cmocka_unit_test(test_a_silent_controller_is_left_for_the_next),
         cmocka_unit_test(test_a_refused_layer_fetch_reads_a_rotated_token),
         cmocka_unit_test(test_the_droplet_cache_keeps_its_bound_and_what_is_in_use),
+        cmocka_unit_test(test_unused_droplets_go_after_the_grace_never_one_in_use),
         cmocka_unit_test(test_unused_layers_stay_for_the_grace),
         cmocka_unit_test(test_layers_are_read_from_the_blob_store_when_the_cell_reads_it),
     };

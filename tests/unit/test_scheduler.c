@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "cell/client.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "executor/executor.h"
@@ -60,7 +61,7 @@ static void on_event(void *ctx, const struct platform_event *ev)
         w->last_scaled = ev->instances;
 }
 
-static int setup(void **state)
+static int setup_with(void **state, const struct cellc_config *cells)
 {
     struct world *w = xcalloc(1, sizeof *w);
     uv_loop_init(&w->loop);
@@ -76,7 +77,8 @@ static int setup(void **state)
     w->logs = logs_new(100);
     w->hub = hub_new();
     w->sub = hub_subscribe(w->hub, on_event, w);
-    struct scheduler_config cfg = {.home = w->home, .api_url = "http://127.0.0.1:9", .hub = w->hub};
+    struct scheduler_config cfg = {
+        .home = w->home, .api_url = "http://127.0.0.1:9", .hub = w->hub, .cells = cells};
     struct executor_config ecfg = {.home = w->home,
                                    .port_min = 41000,
                                    .port_max = 41999,
@@ -86,6 +88,18 @@ static int setup(void **state)
         return -1;
     *state = w;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, NULL);
+}
+
+/* A skiffd whose own executor takes 48 MB at most (skiffd --memory 48M). */
+static int setup_small_cell(void **state)
+{
+    struct cellc_config cc = {.local_cell = true, .local_memory_bytes = 48ull << 20};
+    return setup_with(state, &cc);
 }
 
 static void shut_down(void *arg)
@@ -111,15 +125,17 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A STARTED app with a droplet whose web process runs command, instances of it. */
-static void add_app(struct world *w, const char *name, const char *command, int instances)
+/* A STARTED app with a droplet whose web process runs command, instances of it, memory_mb
+ * each. */
+static void add_app_of(struct world *w, const char *name, const char *command, int instances,
+                       int memory_mb)
 {
     struct store_app app = {0};
     uuid_generate_v4(app.guid);
     app.name = (char *)name;
     app.state = "STARTED";
     app.kind = "app";
-    app.memory_mb = 64;
+    app.memory_mb = memory_mb;
     app.disk_mb = 64;
     app.timeout = 10;
     app.buildpacks_json = "[]";
@@ -143,6 +159,11 @@ static void add_app(struct world *w, const char *name, const char *command, int 
     free(app_dir);
     free(drop.path);
     assert_int_equal(scheduler_app_changed(w->s, name), 0);
+}
+
+static void add_app(struct world *w, const char *name, const char *command, int instances)
+{
+    add_app_of(w, name, command, instances, 64);
 }
 
 static void run_until(struct world *w, bool (*done)(struct world *), const char *what)
@@ -375,6 +396,34 @@ static void test_only_a_leading_scheduler_runs_instances(void **state)
     assert_int_equal(scheduler_running_count(w->s, "web-app"), 0);
 }
 
+static bool small_running(struct world *w)
+{
+    return scheduler_running_count(w->s, "small") == 2;
+}
+
+/* Placement on the local cell counts its capacity (--memory): an instance that does not fit
+ * is not started (its slot waits, CRASHED, and the app's log says no cell has room), while
+ * smaller ones are. */
+static void test_the_local_cell_takes_only_what_fits_its_memory(void **state)
+{
+    struct world *w = *state;
+    add_app_of(w, "big", "sleep 30", 1, 64);
+    struct scheduler_instance_info info[2];
+    assert_int_equal(scheduler_app_instances(w->s, "big", info, 2), 1);
+    assert_string_equal(info[0].state, "CRASHED");
+    assert_string_equal(info[0].guid, "");
+    struct store_app *big = NULL;
+    assert_int_equal(store_app_get(w->store, "big", &big), 0);
+    size_t len = 0;
+    char *log = logs_recent(w->logs, big->guid, 20, &len);
+    store_app_free(big);
+    assert_non_null(strstr(log, "no cell has 64 MB free (1 cells known)"));
+    free(log);
+    add_app_of(w, "small", "sleep 30", 2, 16);
+    run_until(w, small_running, "both small instances running");
+    assert_int_equal(scheduler_running_count(w->s, "big"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -385,6 +434,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_crashes_restart_at_once_three_times_then_wait, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_the_local_cell_takes_only_what_fits_its_memory,
+                                        setup_small_cell, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
