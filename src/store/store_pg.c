@@ -2495,6 +2495,52 @@ static bool pg__is_app_write(const struct store_write *w)
     return w->op == STORE_WRITE_APP_CREATE || w->op == STORE_WRITE_APP_UPDATE;
 }
 
+static char *pg__or(char *v, const char *dflt)
+{
+    return v ? v : xstrdup(dflt);
+}
+
+static int pg__cmp_process(const void *x, const void *y)
+{
+    const struct store_process *a = x, *c = y;
+    bool aw = !strcmp(a->type, "web"), cw = !strcmp(c->type, "web");
+    return aw != cw ? (aw ? -1 : 1) : strcmp(a->type, c->type);
+}
+
+static int pg__cmp_env(const void *x, const void *y)
+{
+    return strcmp(((const struct store_env_var *)x)->name, ((const struct store_env_var *)y)->name);
+}
+
+/* The app as a read of it after pg__app_write returns it: its defaults filled in (the same
+ * as pg__app_write's), web first then the other processes by type, env by name. A queued
+ * copy answers reads in its place, and the written one goes into the cache. */
+static void pg__app_as_stored(struct store_app *app)
+{
+    app->state = pg__or(app->state, "STOPPED");
+    app->kind = pg__or(app->kind, "app");
+    app->buildpacks_json = pg__or(app->buildpacks_json, "[]");
+    app->health_check_type = pg__or(app->health_check_type, "port");
+    app->health_check_http_endpoint = pg__or(app->health_check_http_endpoint, "/");
+    if (!app->space_guid[0])
+        snprintf(app->space_guid, sizeof app->space_guid, "%s", STORE_DEFAULT_SPACE_GUID);
+    for (size_t i = 0; i < app->n_processes; i++) {
+        struct store_process *p = &app->processes[i];
+        if (p->min_instances < 0)
+            p->min_instances = STORE_SCALE_MANUAL;
+        if (!p->checks.log_rate_limited || p->checks.log_rate_limit < 0) {
+            p->checks.log_rate_limited = false;
+            p->checks.log_rate_limit = -1;
+        }
+    }
+    for (size_t i = 0; i < app->n_env; i++)
+        app->env[i].value = pg__or(app->env[i].value, "");
+    if (app->n_processes)
+        qsort(app->processes, app->n_processes, sizeof *app->processes, pg__cmp_process);
+    if (app->n_env)
+        qsort(app->env, app->n_env, sizeof *app->env, pg__cmp_env);
+}
+
 /* An app write as it is queued: reads answer with its copy until it is made. */
 static void pg__app_queued(struct store_backend *b, const struct store_write *w)
 {
@@ -2569,6 +2615,8 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
+    if (w->app) /* before the writer's thread may see it */
+        pg__app_as_stored(w->app);
     pthread_mutex_lock(&pw->mu);
     if (pw->stop) {
         pthread_mutex_unlock(&pw->mu);
