@@ -1021,8 +1021,7 @@ static int pg__app_write(struct store_backend *b, struct store_app *app, bool cr
         pg__cmd(b, "ROLLBACK");
         return rc;
     }
-    if (!create)
-        app->version++;
+    app->version = create ? 1 : app->version + 1;
     return 0;
 }
 

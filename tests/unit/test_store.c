@@ -2019,6 +2019,14 @@ static void test_queued_app_writes_land_in_order_and_are_read_at_once(void **sta
         assert_int_equal(log.rc[i], 0);
     }
     assert_int_equal(store_async_queued(st), 0);
+    /* as written, in this store's copy: the created app at version 1, updated at once */
+    read = NULL;
+    assert_int_equal(store_app_get(st, "cart", &read), 0);
+    assert_int_equal(read->version, 1);
+    read->memory_mb = 64;
+    assert_int_equal(store_app_update(st, read), 0);
+    assert_int_equal(read->version, 2);
+    store_app_free(read);
     store_close(st);
     /* what another store reads from the database afterwards */
     st = open_ok(path);
