@@ -2540,14 +2540,18 @@ static void pg__app_as_stored(struct store_app *app)
         qsort(app->env, app->n_env, sizeof *app->env, pg__cmp_env);
 }
 
-/* An app write as it is queued: reads answer with its copy until it is made. */
-static void pg__app_queued(struct store_backend *b, const struct store_write *w)
+/* The copy reads answer with while an app write is queued, made before the writer's thread
+ * may touch the write's own. */
+static struct store_app *pg__app_copy(const struct store_write *w)
 {
     struct store_app *copy = store_app_dup(w->app);
-    if (w->op == STORE_WRITE_APP_CREATE)
-        copy->version = 1;
-    else
-        copy->version++;
+    copy->version = w->op == STORE_WRITE_APP_CREATE ? 1 : copy->version + 1;
+    return copy;
+}
+
+/* An app write as it is queued: reads answer with its copy until it is made. */
+static void pg__app_queued(struct store_backend *b, struct store_app *copy)
+{
     for (size_t i = 0; i < b->n_queued_apps; i++)
         if (!strcmp(b->queued_apps[i].app->guid, copy->guid)) {
             store_app_free(b->queued_apps[i].app);
@@ -2584,12 +2588,11 @@ static void pg__app_finished(struct store_backend *b, struct store_write *w)
     }
 }
 
-/* A write as it is queued: the cache holds what it will make (put, delete) or forgets. */
+/* A write as it is queued: the cache holds what it will make (put, delete) or forgets (an
+ * app write's copy is taken before, pg__app_copy). */
 static void pg__cache_queued(struct store_backend *b, const struct store_write *w)
 {
-    if (pg__is_app_write(w))
-        pg__app_queued(b, w);
-    else if (w->op == STORE_WRITE_DOC_PUT)
+    if (w->op == STORE_WRITE_DOC_PUT)
         pg__doc_cache_set(b, w->kind, w->id, w->json);
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
@@ -2614,11 +2617,15 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
-    if (w->app) /* before the writer's thread may see it */
+    struct store_app *copy = NULL;
+    if (pg__is_app_write(w)) { /* before the writer's thread may see it */
         pg__app_as_stored(w->app);
+        copy = pg__app_copy(w);
+    }
     pthread_mutex_lock(&pw->mu);
     if (pw->stop) {
         pthread_mutex_unlock(&pw->mu);
+        store_app_free(copy);
         char what[256];
         store_write_name(w, what, sizeof what);
         log_error("store: %s not written: the store's writer has stopped", what);
@@ -2634,7 +2641,10 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     pw->queued++;
     pthread_cond_signal(&pw->wake);
     pthread_mutex_unlock(&pw->mu);
-    pg__cache_queued(b, w);
+    if (copy)
+        pg__app_queued(b, copy);
+    else
+        pg__cache_queued(b, w);
     return 0;
 }
 
