@@ -1448,6 +1448,9 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
     return 0;
 }
 
+static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                             const char *guid);
+
 static int pg__app_delete_now(struct store_backend *wb, void *arg)
 {
     const char *v[] = {arg};
@@ -1458,7 +1461,7 @@ static int pg__app_delete(struct store_backend *b, const char *guid)
 {
     int rc = pg__call(b, "delete of an app", pg__app_delete_now, (void *)guid);
     pg__stale_app(b, guid);
-    b->drops_gen++;  /* its droplets go with it */
+    pg__drops_forget(b, guid, NULL, NULL); /* its droplets go with it */
     b->routes_gen++; /* the app's routes go with it */
     return rc;
 }
@@ -1813,9 +1816,22 @@ static int pg__droplet_add_now(struct store_backend *b, void *arg)
                      8, v, false);
 }
 
+static bool pg__drops_on(struct store_backend *b);
+static struct store_droplet *pg__droplet_dup(const struct store_droplet *d);
+
+/* A droplet written is cached as it is (never changed once written): the scheduler's first
+ * converge turn on it then reads nothing from the server. */
 static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
 {
-    return pg__call(b, "add of a droplet", pg__droplet_add_now, (void *)drop);
+    int rc = pg__call(b, "add of a droplet", pg__droplet_add_now, (void *)drop);
+    if (rc == 0 && pg__drops_on(b)) {
+        struct store_droplet *d = pg__droplet_dup(drop);
+        if (!d->process_types_json)
+            d->process_types_json = xstrdup("{}");
+        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+        b->drops[b->n_drops++] = d;
+    }
+    return rc;
 }
 
 static void pg__droplet_fill(const PGresult *res, void *obj)
@@ -1867,9 +1883,9 @@ static void pg__drops_clear(struct store_backend *b)
     b->n_drops = 0;
 }
 
-/* From the copy while nothing announced a change of droplets: the scheduler reads an app's
- * droplet at every converge turn, which must not wait for the server each time. */
-static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+/* Whether the copy of droplets may answer (the feed on, and no news of droplets since it
+ * was filled; else it is emptied, to be filled again). */
+static bool pg__drops_on(struct store_backend *b)
 {
     pg__feed_read(b);
     bool cache = b->feed_state == PG_FEED_ON;
@@ -1877,6 +1893,32 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
         pg__drops_clear(b);
         b->drops_at = b->drops_gen;
     }
+    return cache;
+}
+
+/* This store deleted droplets: those of app_guid but keep (guid NULL), or the one of guid. */
+static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                             const char *guid)
+{
+    for (size_t i = 0; i < b->n_drops;) {
+        struct store_droplet *d = b->drops[i];
+        bool gone = guid ? !strcmp(d->guid, guid)
+                         : d->app_guid && !strcmp(d->app_guid, app_guid) &&
+                               (!keep || strcmp(d->guid, keep));
+        if (!gone) {
+            i++;
+            continue;
+        }
+        store_droplet_free(d);
+        b->drops[i] = b->drops[--b->n_drops];
+    }
+}
+
+/* From the copy while nothing announced a change of droplets: the scheduler reads an app's
+ * droplet at every converge turn, which must not wait for the server each time. */
+static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
+    bool cache = pg__drops_on(b);
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
             *out = pg__droplet_dup(b->drops[i]);
@@ -1899,7 +1941,7 @@ static int pg__droplet_delete_now(struct store_backend *b, void *arg)
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
 {
     int rc = pg__call(b, "delete of a droplet", pg__droplet_delete_now, (void *)guid);
-    b->drops_gen++;
+    pg__drops_forget(b, NULL, NULL, guid);
     return rc;
 }
 
@@ -1953,7 +1995,8 @@ static int pg__app_prune_artifacts(struct store_backend *b, const char *app_guid
     struct pg_prune_args a = {
         .app_guid = app_guid, .keep_package = keep_package, .keep_droplet = keep_droplet};
     int rc = pg__call(b, "prune of an app's packages and droplets", pg__prune_now, &a);
-    b->drops_gen++;
+    if (keep_droplet) /* its other droplets are gone */
+        pg__drops_forget(b, app_guid, keep_droplet, NULL);
     *paths = a.paths ? a.paths : xcalloc(1, sizeof **paths);
     return rc;
 }
