@@ -806,6 +806,15 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
         goto done;
     }
     if (!app->package_guid || store_package_get(core->cfg.store, app->package_guid, &pkg) < 0) {
+        /* uploaded through another skiffd a moment ago, before the feed told this one? */
+        struct store_app *fresh = NULL;
+        if (store_app_get_fresh(core->cfg.store, app->guid, &fresh) == 0) {
+            store_app_free(app);
+            app = fresh;
+        }
+    }
+    if (!pkg &&
+        (!app->package_guid || store_package_get(core->cfg.store, app->package_guid, &pkg) < 0)) {
         api_respond_error(req, SKIFF_E_NO_PACKAGE,
                           "app \"%s\" has no uploaded code: upload it first (`skiff push`)",
                           app->name);

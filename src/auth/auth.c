@@ -47,7 +47,18 @@ struct auth {
     bool shared;      /* other skiffds write the same store (auth_set_shared) */
     char *generation; /* the AUTH_DOC_GENERATION read at the last auth_catch_up */
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
+    uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
+    /* keyed reads for what the copy lacks (auth__catch_up), counted per second */
+    int64_t catch_up_second;
+    unsigned catch_up_reads, catch_up_refused;
+    uint64_t catch_up_refused_total;
 };
+
+/* Keyed reads of the store for a token or user name the copy lacks, at most this many a
+ * second: a client sending made-up tokens or names cannot make each request a database read
+ * on the event loop. One made through another skiffd is found without such a read once the
+ * change feed told of auth's documents (the copy is then read again). */
+#define AUTH_CATCH_UP_READS_PER_S 50
 
 static void auth__copy(char *dst, size_t size, const char *src)
 {
@@ -1462,17 +1473,51 @@ void auth_token_each(const struct auth *a, const char *user_guid,
     free(mine);
 }
 
-/* Whether the store holds what this skiffd missed (one keyed read): then it reads
- * everything again, so a miss costs a reload only when something new is there. */
+/* Whether a keyed read may be made now (AUTH_CATCH_UP_READS_PER_S); those refused in a
+ * second are logged once it is over. */
+static bool auth__catch_up_allowed(struct auth *a)
+{
+    int64_t second = time_mono_ms() / 1000;
+    if (second != a->catch_up_second) {
+        if (a->catch_up_refused)
+            log_warning("auth: %u reads for unknown tokens or user names refused within a "
+                        "second (at most %d a second are made): a client sending made-up "
+                        "credentials?",
+                        a->catch_up_refused, AUTH_CATCH_UP_READS_PER_S);
+        a->catch_up_second = second;
+        a->catch_up_reads = a->catch_up_refused = 0;
+    }
+    if (a->catch_up_reads >= AUTH_CATCH_UP_READS_PER_S) {
+        a->catch_up_refused++;
+        a->catch_up_refused_total++;
+        return false;
+    }
+    a->catch_up_reads++;
+    return true;
+}
+
+/* Whether the store holds what this skiffd missed: then it reads everything again, so a miss
+ * costs a reload only when something new is there. With a change feed that told of auth's
+ * documents since the copy was read, that is the reload; else one keyed read, fresh from the
+ * database (the feed may not have told yet), within AUTH_CATCH_UP_READS_PER_S. */
 static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
 {
     if (!a->shared)
         return false;
+    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news)
+        return auth_reload(a) == 0;
+    if (!auth__catch_up_allowed(a))
+        return false;
     char *json = NULL;
-    if (store_doc_get(a->store, kind, id, &json) < 0)
+    if (store_doc_get_fresh(a->store, kind, id, &json) < 0)
         return false;
     free(json);
     return auth_reload(a) == 0;
+}
+
+uint64_t auth_catch_up_refused(const struct auth *a)
+{
+    return a->catch_up_refused_total;
 }
 
 static bool auth__catch_up_token(struct auth *a, const char *text)
@@ -1495,7 +1540,7 @@ int auth_user_reread(struct auth *a, const char *guid)
     if (!a->shared || !u)
         return 0;
     char *json = NULL;
-    int rc = store_doc_get(a->store, AUTH_DOC_USER, guid, &json);
+    int rc = store_doc_get_fresh(a->store, AUTH_DOC_USER, guid, &json);
     if (rc == -ENOENT)
         return auth_reload(a); /* deleted through another skiffd */
     if (rc < 0)
@@ -1644,6 +1689,7 @@ static struct auth *auth__load(struct store *st)
 {
     struct auth *a = xcalloc(1, sizeof *a);
     a->store = st;
+    a->loaded_news = store_doc_news_kind(st, "auth"); /* news during the reads: read again */
     if (store_doc_each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
         store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
         store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
@@ -1676,6 +1722,10 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->shared = t.shared;
     a->generation = t.generation;
     a->generation_news = t.generation_news;
+    a->catch_up_second = t.catch_up_second;
+    a->catch_up_reads = t.catch_up_reads;
+    a->catch_up_refused = t.catch_up_refused;
+    a->catch_up_refused_total = t.catch_up_refused_total;
     b->generation = NULL;
 }
 

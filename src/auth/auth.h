@@ -217,6 +217,9 @@ void auth_set_shared(struct auth *a, bool shared);
 /* Whether the store holds a user of that name this skiffd did not know; it has reloaded
  * then (look again). */
 bool auth_catch_up_user(struct auth *a, const char *name);
+/* How many keyed reads for unknown tokens or user names were refused so far (at most 50 are
+ * made a second; a client sending made-up credentials gets its 401 without one). */
+uint64_t auth_catch_up_refused(const struct auth *a);
 /* Before a login: the user's record is read again (one read), and everything reloaded when its
  * password changed or it was deleted through another skiffd. 0, or -EIO. */
 int auth_user_reread(struct auth *a, const char *guid);

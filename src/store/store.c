@@ -163,7 +163,8 @@ int store_app_modify(struct store *st, const char *guid,
     int rc = -ESTALE;
     for (int try = 0; try < STORE_MODIFY_TRIES && rc == -ESTALE; try++) {
         struct store_app *app = NULL;
-        rc = store_app_get(st, guid, &app);
+        /* a conflict: another writer changed it, and the copy may not know yet */
+        rc = try ? store_app_get_fresh(st, guid, &app) : store_app_get(st, guid, &app);
         if (rc == 0 && strcmp(app->guid, guid))
             rc = -ENOENT; /* a name that happens to look like the guid asked for */
         if (rc == 0)
@@ -184,15 +185,28 @@ int store_app_get(struct store *st, const char *ref, struct store_app **out)
     return st->ops->app_get(st->backend, ref, out);
 }
 
+int store_app_get_fresh(struct store *st, const char *ref, struct store_app **out)
+{
+    if (st->ops->app_get_fresh)
+        return st->ops->app_get_fresh(st->backend, ref, out);
+    return st->ops->app_get(st->backend, ref, out);
+}
+
 int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
                    struct store_app **out)
 {
     char *ref = xasprintf("%s/%s", space_guid, name_or_guid);
     struct store_app *app = NULL;
     int rc = store_app_get(st, ref, &app);
-    free(ref);
     if (rc == -ENOENT)
         rc = store_app_get(st, name_or_guid, &app);
+    /* not in the copy: made through another skiffd a moment ago, before the feed said so? */
+    if (rc == -ENOENT && st->ops->app_get_fresh) {
+        rc = store_app_get_fresh(st, ref, &app);
+        if (rc == -ENOENT)
+            rc = store_app_get_fresh(st, name_or_guid, &app);
+    }
+    free(ref);
     if (rc == 0 && strcmp(app->space_guid, space_guid)) {
         /* a guid of another space's app, or a name of the default space's */
         store_app_free(app);
@@ -377,6 +391,13 @@ int store_doc_create(struct store *st, const char *kind, const char *id, const c
 
 int store_doc_get(struct store *st, const char *kind, const char *id, char **json)
 {
+    return st->ops->doc_get(st->backend, kind, id, json);
+}
+
+int store_doc_get_fresh(struct store *st, const char *kind, const char *id, char **json)
+{
+    if (st->ops->doc_get_fresh)
+        return st->ops->doc_get_fresh(st->backend, kind, id, json);
     return st->ops->doc_get(st->backend, kind, id, json);
 }
 
@@ -856,7 +877,9 @@ static void store__modify_landed(void *ctx, int rc);
 static int store__modify_try(struct store_modify *m, struct store_app **out)
 {
     struct store_app *app = NULL;
-    int rc = store_app_get(m->st, m->guid, &app);
+    /* after a conflict the copy may not know the other writer's change yet */
+    int rc =
+        m->tries ? store_app_get_fresh(m->st, m->guid, &app) : store_app_get(m->st, m->guid, &app);
     if (rc == 0 && strcmp(app->guid, m->guid))
         rc = -ENOENT; /* a name that happens to look like the guid asked for */
     if (rc == 0)

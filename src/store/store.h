@@ -252,6 +252,11 @@ int store_app_modify(struct store *st, const char *guid,
                      struct store_app **out);
 /* By guid, by "SPACE_GUID/NAME", or by a bare name in the default space. */
 int store_app_get(struct store *st, const char *ref, struct store_app **out);
+/* As store_app_get, read from the database rather than this store's copy (PostgreSQL): for a
+ * request that needs what another skiffd may have written a moment ago, before the change
+ * feed told this one (an upload's package made through another controller). The copy then
+ * holds what was read. */
+int store_app_get_fresh(struct store *st, const char *ref, struct store_app **out);
 /* By name or guid, only in that space (-ENOENT for another space's app). */
 int store_app_find(struct store *st, const char *space_guid, const char *name_or_guid,
                    struct store_app **out);
@@ -403,6 +408,13 @@ int store_doc_put(struct store *st, const char *kind, const char *id, const char
 int store_doc_create(struct store *st, const char *kind, const char *id, const char *json);
 /* -ENOENT when absent; *json is the caller's. */
 int store_doc_get(struct store *st, const char *kind, const char *id, char **json);
+/* As store_doc_get, read from the database rather than this store's copy (PostgreSQL): how a
+ * skiffd catches up with a document another skiffd wrote a moment ago, before the change
+ * feed told it (a token made through another controller). When the copy did not hold what
+ * was read, the whole copy of documents is dropped: another writer's news is on its way, and
+ * the reads that follow go to the database. A document read so is not kept (a hostile client
+ * sending made-up keys cannot fill the copy). */
+int store_doc_get_fresh(struct store *st, const char *kind, const char *id, char **json);
 int store_doc_delete(struct store *st, const char *kind, const char *id);
 /* Calls fn for every document of a kind, in id order; fn returning non-zero stops. */
 int store_doc_each(struct store *st, const char *kind,

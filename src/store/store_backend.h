@@ -82,6 +82,8 @@ struct store_ops {
     int (*app_create)(struct store_backend *b, struct store_app *app);
     int (*app_update)(struct store_backend *b, struct store_app *app);
     int (*app_get)(struct store_backend *b, const char *ref, struct store_app **out);
+    /* NULL where app_get reads the database itself */
+    int (*app_get_fresh)(struct store_backend *b, const char *ref, struct store_app **out);
     int (*app_list_in)(struct store_backend *b, const char *space_guid, struct store_app ***out,
                        size_t *n);
     int (*app_delete)(struct store_backend *b, const char *guid);
@@ -125,6 +127,8 @@ struct store_ops {
     int (*doc_put)(struct store_backend *b, const char *kind, const char *id, const char *json);
     int (*doc_create)(struct store_backend *b, const char *kind, const char *id, const char *json);
     int (*doc_get)(struct store_backend *b, const char *kind, const char *id, char **json);
+    /* NULL where doc_get reads the database itself */
+    int (*doc_get_fresh)(struct store_backend *b, const char *kind, const char *id, char **json);
     int (*doc_delete)(struct store_backend *b, const char *kind, const char *id);
     int (*doc_each)(struct store_backend *b, const char *kind,
                     int (*fn)(void *ctx, const char *id, const char *json), void *ctx);

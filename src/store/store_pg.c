@@ -225,6 +225,9 @@ const size_t store_pg_migrations_count = sizeof store_pg_migrations / sizeof sto
 #define PG_FEED_KINDS 64
 /* App guids kept for store_feed_take; more than this between two takes is "any app". */
 #define PG_FEED_KEEP 256
+/* Documents the copy holds at most (read one by one, or kinds read whole): more, and it is
+ * emptied to start again, so keys a client makes up cannot grow it without end. */
+#define PG_DOC_CACHE_MAX 8192
 
 /* A lost feed is reopened after the first delay, doubled after each failed try up to the
  * last (milliseconds); tests may change them. */
@@ -1360,6 +1363,31 @@ static const struct store_app *pg__queued_app(const struct store_backend *b, con
             return a;
     }
     return NULL;
+}
+
+/* store_app_get_fresh: the database's row; a current copy then holds it (or loses the app). */
+static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
+{
+    const struct store_app *queued = pg__queued_app(b, ref); /* what it will be */
+    if (queued) {
+        *out = store_app_dup(queued);
+        return 0;
+    }
+    int rc = pg__app_get_query(b, ref, out);
+    if (rc < 0 && rc != -ENOENT)
+        return rc;
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON || !b->apps || b->apps_at != b->apps_gen)
+        return rc; /* no copy, or one read whole again at the next read */
+    if (rc == 0) {
+        pg__cache_put(b, (*out)->guid, store_app_dup(*out));
+    } else {
+        bool found;
+        size_t at = pg__guid_at(b, ref, &found);
+        if (found)
+            pg__cache_remove(b, at);
+    }
+    return rc;
 }
 
 /* By guid first, then by space and name, as the query's UNION ALL. */
@@ -2936,19 +2964,29 @@ static void pg__pending_free(struct pg_pending *v, size_t n)
     free(v);
 }
 
+/* Whether this store's queue holds a write of (kind, id): *rc and *json are then what it
+ * will make. */
+static bool pg__doc_queued(struct store_backend *b, const char *kind, const char *id, char **json,
+                           int *rc)
+{
+    struct pg_pending *p = NULL;
+    size_t n = pg__pending(b, kind, id, &p);
+    if (!n)
+        return false;
+    *rc = p[0].json ? 0 : -ENOENT;
+    *json = p[0].json;
+    p[0].json = NULL;
+    pg__pending_free(p, n);
+    return true;
+}
+
 /* The queue is read before the server: a write that finishes in between is then seen both
  * ways, the same. */
 static int pg__doc_get(struct store_backend *b, const char *kind, const char *id, char **json)
 {
-    struct pg_pending *p = NULL;
-    size_t n = pg__pending(b, kind, id, &p);
-    if (n) {
-        int rc = p[0].json ? 0 : -ENOENT;
-        *json = p[0].json;
-        p[0].json = NULL;
-        pg__pending_free(p, n);
+    int rc;
+    if (pg__doc_queued(b, kind, id, json, &rc))
         return rc;
-    }
     if (!pg__doc_cache_on(b))
         return pg__doc_get_query(b, kind, id, json);
     struct pg_doc *d = pg__doc_cached(b, kind, id);
@@ -2956,9 +2994,31 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
         *json = d && d->json ? xstrdup(d->json) : NULL;
         return *json ? 0 : -ENOENT;
     }
-    int rc = pg__doc_get_query(b, kind, id, json);
-    if (rc == 0 || rc == -ENOENT)
+    rc = pg__doc_get_query(b, kind, id, json);
+    if (rc == 0 || rc == -ENOENT) {
+        if (b->n_docs >= PG_DOC_CACHE_MAX)
+            pg__doc_cache_clear(b); /* many keys read once each: the copy starts again */
         pg__doc_cache_set(b, kind, id, rc == 0 ? *json : NULL);
+    }
+    return rc;
+}
+
+/* store_doc_get_fresh: the queue, then the server. A copy that did not hold what the server
+ * holds is dropped whole (another writer's news is on its way); what is read is not kept. */
+static int pg__doc_get_fresh(struct store_backend *b, const char *kind, const char *id, char **json)
+{
+    int rc;
+    if (pg__doc_queued(b, kind, id, json, &rc))
+        return rc;
+    rc = pg__doc_get_query(b, kind, id, json);
+    if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
+        return rc;
+    struct pg_doc *d = pg__doc_cached(b, kind, id);
+    bool known = d || pg__doc_kind_full(b, kind);
+    const char *had = d ? d->json : NULL;
+    bool same = rc == 0 ? had && !strcmp(had, *json) : !had;
+    if (!same && (rc == 0 || known))
+        pg__doc_cache_clear(b);
     return rc;
 }
 
@@ -3056,6 +3116,7 @@ const struct store_ops store_pg_ops = {
     .app_create = pg__app_create,
     .app_update = pg__app_update,
     .app_get = pg__app_get,
+    .app_get_fresh = pg__app_get_fresh,
     .app_list_in = pg__app_list_in,
     .app_delete = pg__app_delete,
     .route_add = pg__route_add,
@@ -3085,6 +3146,7 @@ const struct store_ops store_pg_ops = {
     .doc_put = pg__doc_put,
     .doc_create = pg__doc_create,
     .doc_get = pg__doc_get,
+    .doc_get_fresh = pg__doc_get_fresh,
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
     .doc_update = pg__doc_update,

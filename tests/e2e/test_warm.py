@@ -252,17 +252,22 @@ def test_the_pool_stays_within_its_memory_budget():
     try:
         p.wait_for(lambda: skiffd_said(p, "the pool's memory budget holds no more"), timeout=60,
                    what="the refill to stop at the budget")
-        kept = warm_dirs(p)
-        assert len(kept) == 2, kept
-        used = sum(warm_memory(n) or 0 for n in kept)
-        assert used <= budget_k << 10, (used, budget_k)
-        # an instance takes one; the refill makes one again, and still no more than two
+
+        # two fit, or three when each is measured a little smaller than the first run's
+        # largest; never the four asked for, and once measured, within the budget (one
+        # that grew past it goes)
+        def within_budget():
+            kept = warm_dirs(p)
+            used = sum(warm_memory(n) or 0 for n in kept)
+            return kept if 1 <= len(kept) < 4 and used <= budget_k << 10 else None
+        p.wait_for(within_budget, timeout=30, what="the pool within its budget")
+        # an instance takes one; the refill makes one again, and still within the budget
         r = p.cli("push", "web", "-p", "examples/static", timeout=300)
         assert r.returncode == 0, out(r)
         (inst,) = started(p, "web", 1)
         assert inst["warm_start"] is True
-        warm_pool(p, 2, what="the pool to refill to two")
-        assert len(warm_dirs(p)) == 2
+        warm_pool(p, 1, at_least=True, what="the pool to refill")
+        p.wait_for(within_budget, timeout=30, what="the refilled pool within its budget")
     finally:
         p.close()
     # a budget below one container: the one made to learn the size goes, none is made again
