@@ -4,6 +4,10 @@ EXIT_S of SIGTERM with the server still silent, and the statements each of its c
 sent during IDLE_S seconds before (log_statement on the server, by backend pid).
 
     SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    SCALE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+
+With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
+the server stops (an app write): the line then also gives when that PATCH was answered.
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -12,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "e2e"))
@@ -20,6 +25,7 @@ from conftest import Platform, postgres_server_pids, throwaway_postgres  # noqa:
 PAUSE_S = float(os.environ.get("PAUSE_S", "5"))
 IDLE_S = float(os.environ.get("IDLE_S", "10"))
 EXIT_S = float(os.environ.get("EXIT_S", "30"))
+SCALE = os.environ.get("SCALE_WHILE_PAUSED", "0") == "1"
 
 
 def signal_all(pids, sig):
@@ -67,12 +73,24 @@ def main():
                     per_pid[m.group(1)] += 1
             pids = postgres_server_pids(d)
             signal_all(pids, signal.SIGSTOP)
+            scale = {}
+            if SCALE:
+                def patch():
+                    scale["took"] = timed(lambda: p.api("PATCH", "/v1/apps/bench-app",
+                                                        {"instances": 2}))
+                threading.Thread(target=patch, daemon=True).start()
             slowest, calls = 0.0, 0
             deadline = time.monotonic() + PAUSE_S
             while time.monotonic() < deadline:
                 slowest = max(slowest, timed(p.info),
                               timed(lambda: p.api("GET", "/v1/apps")))
                 calls += 2
+            if SCALE:
+                scaled = ("; the PATCH of instances: answered after "
+                          f"{scale['took']:.3f} s" if "took" in scale
+                          else "; the PATCH of instances: not answered while paused")
+            else:
+                scaled = ""
             t0 = time.monotonic()
             p.proc.send_signal(signal.SIGTERM)
             try:
@@ -82,8 +100,8 @@ def main():
                 exit_s = f"not within {EXIT_S:.0f} s"
             print(f"{os.environ.get('SKIFF_BIN_DIR')}: idle {IDLE_S:.0f} s: statements per "
                   f"connection {sorted(per_pid.values(), reverse=True)}; server paused "
-                  f"{PAUSE_S:.0f} s: {calls} API calls, slowest {slowest:.3f} s; exit after "
-                  f"SIGTERM while paused: {exit_s}")
+                  f"{PAUSE_S:.0f} s: {calls} API calls, slowest {slowest:.3f} s{scaled}; exit "
+                  f"after SIGTERM while paused: {exit_s}")
         finally:
             signal_all(pids, signal.SIGCONT)
             p.close()

@@ -186,7 +186,9 @@ int api_cell_grant(struct api *api, const char *cell_id, const char *digest, con
     json_t *doc =
         json_pack("{s:I,s:o}", "until", (json_int_t)(now + API_CELL_GRANT_MS), "blobs", list);
     char *text = json_dumps(doc, JSON_COMPACT);
-    int rc = api_cells_of(api) ? store_doc_put(api_cells_of(api)->store, CELL_GRANTS_KIND, id, text)
+    /* queued: the start goes on while the writer writes it, and this skiffd's reads see it */
+    int rc = api_cells_of(api) ? store_doc_put_async(api_cells_of(api)->store, CELL_GRANTS_KIND, id,
+                                                     text, NULL, NULL)
                                : -ENODEV;
     if (rc == 0 && cc)
         json_object_set(cc->grants, id, doc);

@@ -280,6 +280,59 @@ bool api_core__app_update(struct api_core *core, struct api_request *req, struct
     return rc == 0;
 }
 
+static void core__name_taken(struct api_request *req, const char *name);
+
+/* The answer to a refused app write (-EEXIST: the name taken; -ESTALE: another writer
+ * came first), what naming the write in a 500's message. */
+static void core__store_refused(struct api_request *req, const struct store_app *app, int rc,
+                                const char *what)
+{
+    if (rc == -EEXIST)
+        core__name_taken(req, app->name);
+    else if (rc == -ESTALE)
+        api_respond_error(req, SKIFF_E_CONFLICT,
+                          "app %s was changed by someone else meanwhile: read it again and retry",
+                          app->name);
+    else
+        api_respond_error(req, rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
+                          "%s (see skiffd's output)", what);
+}
+
+/* An app write of a request's, queued: the request waits for it, the loop does not. */
+struct core_app_write {
+    struct api_core *core;
+    struct api_request *req;
+    struct store_app *app;
+    const char *what;
+    api_core_stored_fn *then;
+    void *ctx;
+};
+
+static void core__app_written(void *ctx, int rc)
+{
+    struct core_app_write *w = ctx;
+    if (rc < 0) {
+        core__store_refused(w->req, w->app, rc, w->what);
+        w->then(w->core, NULL, w->app, w->ctx); /* to free what it holds */
+    } else {
+        w->then(w->core, w->req, w->app, w->ctx);
+    }
+    store_app_free(w->app);
+    free(w);
+}
+
+void api_core__app_store_then(struct api_core *core, struct api_request *req, struct store_app *app,
+                              bool create, const char *what, api_core_stored_fn *then, void *ctx)
+{
+    struct core_app_write *w = xcalloc(1, sizeof *w);
+    *w = (struct core_app_write){
+        .core = core, .req = req, .app = app, .what = what, .then = then, .ctx = ctx};
+    int rc = create ? store_app_create_async(core->cfg.store, app, core__app_written, w)
+                    : store_app_update_async(core->cfg.store, app, core__app_written, w);
+    if (rc < 0)
+        core__app_written(w, rc);
+}
+
 /* NULL when the store cannot list the app's routes: an app shown without them would look
  * unmapped. */
 static json_t *core__app_json_with_routes(struct api_core *core, const struct store_app *app)
@@ -1224,6 +1277,34 @@ static void core__name_taken(struct api_request *req, const char *name)
                       name, name);
 }
 
+/* A create, update or PATCH of an app once its write is made: its routes, the log line,
+ * the scheduler, the answer (201 for a new app). */
+struct core_upsert {
+    json_t *body;
+    int before; /* the web instances before; -1 for a new app */
+    bool patch;
+};
+
+static void core__upserted(struct api_core *core, struct api_request *req, struct store_app *app,
+                           void *ctx)
+{
+    struct core_upsert *u = ctx;
+    bool creating = u->before < 0;
+    if (req && core__map_routes(core, req, app, u->body, creating)) {
+        if (u->patch)
+            start_trace("api: stored");
+        else
+            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "%s app %s",
+                         creating ? "Created" : "Updated", app->name);
+        core__changed(core, app, u->before);
+        api_core__respond_app(core, req, creating ? 201 : 200, app);
+        if (u->patch)
+            start_trace("api: answered");
+    }
+    json_decref(u->body);
+    free(u);
+}
+
 /* POST /v1/apps and PUT /v1/apps/NAME (create or update). */
 static void core__app_upsert(struct api_core *core, struct api_request *req, const char *name,
                              json_t *body, bool allow_update)
@@ -1260,29 +1341,10 @@ static void core__app_upsert(struct api_core *core, struct api_request *req, con
     if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, creating)))
         goto done;
     app->updated_at = time_now_ms();
-    rc = creating ? store_app_create(core->cfg.store, app) : store_app_update(core->cfg.store, app);
-    if (rc == -EEXIST) {
-        core__name_taken(req, name);
-        goto done;
-    }
-    if (rc == -ESTALE) {
-        api_respond_error(req, SKIFF_E_CONFLICT,
-                          "app %s was changed by someone else meanwhile: read it again and retry",
-                          app->name);
-        goto done;
-    }
-    if (rc < 0) {
-        api_respond_error(req, rc, "cannot store the app (see skiffd's output)");
-        goto done;
-    }
-    if (!core__map_routes(core, req, app, body, creating))
-        goto done;
-    if (creating)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created app %s", app->name);
-    else
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Updated app %s", app->name);
-    core__changed(core, app, creating ? -1 : before);
-    api_core__respond_app(core, req, creating ? 201 : 200, app);
+    struct core_upsert *u = xcalloc(1, sizeof *u);
+    *u = (struct core_upsert){.body = json_incref(body), .before = creating ? -1 : before};
+    api_core__app_store_then(core, req, app, creating, "cannot store the app", core__upserted, u);
+    return;
 done:
     store_app_free(app);
 }
@@ -1509,14 +1571,10 @@ static void core__apps_patch(struct api_request *req, void *ctx)
     if (!api_core__quota_admits(core, req, app, core__routes_wanted(body, false)))
         goto done;
     app->updated_at = time_now_ms();
-    if (!api_core__app_update(core, req, app, "cannot store the app"))
-        goto done;
-    if (!core__map_routes(core, req, app, body, false))
-        goto done;
-    start_trace("api: stored");
-    core__changed(core, app, before);
-    api_core__respond_app(core, req, 200, app);
-    start_trace("api: answered");
+    struct core_upsert *u = xcalloc(1, sizeof *u);
+    *u = (struct core_upsert){.body = json_incref(body), .before = before, .patch = true};
+    api_core__app_store_then(core, req, app, false, "cannot store the app", core__upserted, u);
+    app = NULL;
 done:
     store_app_free(app);
     json_decref(body);
@@ -1564,25 +1622,50 @@ static bool core__not_staged(struct api_request *req, const struct store_app *ap
     return true;
 }
 
-/* Stores STARTED or STOPPED and tells the scheduler (and, when it changed, the app's event
- * subscribers). False after answering 500. */
-static bool core__app_put_state(struct api_core *core, struct api_request *req,
-                                struct store_app *app, const char *state)
+static void core__log_revision(struct api_core *core, const struct store_app *app,
+                               const char *verb);
+
+/* A start, stop or restart once its state is stored. */
+struct core_state {
+    bool changed;
+    const char *verb; /* "Restarted", or NULL: "Started" or "Stopped" when it changed */
+};
+
+/* Tells the scheduler (and, when it changed, the app's event subscribers), logs and answers. */
+static void core__state_stored(struct api_core *core, struct api_request *req,
+                               struct store_app *app, void *ctx)
 {
-    bool changed = strcmp(app->state, state) != 0;
+    struct core_state *c = ctx;
+    if (req) {
+        bool started = !strcmp(app->state, "STARTED");
+        if (core->cfg.scheduler)
+            scheduler_app_changed(core->cfg.scheduler, app->guid);
+        if (c->changed)
+            hub_publish(core->cfg.hub,
+                        &PLATFORM_APP_EVENT(started ? PLATFORM_APP_STARTED : PLATFORM_APP_STOPPED,
+                                            app->guid, app->name));
+        if (c->verb)
+            core__log_revision(core, app, c->verb);
+        else if (c->changed && started)
+            core__log_revision(core, app, "Started");
+        else if (c->changed)
+            logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Stopped app %s", app->name);
+        api_core__respond_app(core, req, 200, app);
+    }
+    free(c);
+}
+
+/* Stores STARTED or STOPPED (takes app); core__state_stored answers once it is written. */
+static void core__app_put_state(struct api_core *core, struct api_request *req,
+                                struct store_app *app, const char *state, const char *verb)
+{
+    struct core_state *c = xcalloc(1, sizeof *c);
+    c->changed = strcmp(app->state, state) != 0;
+    c->verb = verb;
     free(app->state);
     app->state = xstrdup(state);
     app->updated_at = time_now_ms();
-    if (!api_core__app_update(core, req, app, "cannot store the app"))
-        return false;
-    if (core->cfg.scheduler)
-        scheduler_app_changed(core->cfg.scheduler, app->guid);
-    if (changed)
-        hub_publish(core->cfg.hub,
-                    &PLATFORM_APP_EVENT(strcmp(state, "STARTED") ? PLATFORM_APP_STOPPED
-                                                                 : PLATFORM_APP_STARTED,
-                                        app->guid, app->name));
-    return true;
+    api_core__app_store_then(core, req, app, false, "cannot store the app", core__state_stored, c);
 }
 
 /* A start or restart applies what changed since the last revision (a set-env, a command):
@@ -1602,18 +1685,11 @@ static void core__app_set_state(struct api_request *req, struct api_core *core, 
     struct store_app *app = api_core__find_app(core, req);
     if (!app)
         return;
-    if (!strcmp(state, "STARTED") && core__not_staged(req, app))
-        goto done;
-    bool changed = strcmp(app->state, state) != 0;
-    if (!core__app_put_state(core, req, app, state))
-        goto done;
-    if (changed && !strcmp(state, "STARTED"))
-        core__log_revision(core, app, "Started");
-    else if (changed)
-        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Stopped app %s", app->name);
-    api_core__respond_app(core, req, 200, app);
-done:
-    store_app_free(app);
+    if (!strcmp(state, "STARTED") && core__not_staged(req, app)) {
+        store_app_free(app);
+        return;
+    }
+    core__app_put_state(core, req, app, state, NULL);
 }
 
 static void core__app_start(struct api_request *req, void *ctx)
@@ -1636,9 +1712,10 @@ static void core__app_restart(struct api_request *req, void *ctx)
         goto done;
     if (strcmp(app->state, "STARTED")) {
         /* a stopped app restarts by starting */
-        if (!core__app_put_state(core, req, app, "STARTED"))
-            goto done;
-    } else if (core->cfg.scheduler) {
+        core__app_put_state(core, req, app, "STARTED", "Restarted");
+        return;
+    }
+    if (core->cfg.scheduler) {
         const char *rolling = api_request_query(req, "rolling");
         scheduler_app_restart(core->cfg.scheduler, app->guid,
                               rolling && strcmp(rolling, "0") && strcmp(rolling, "false"));

@@ -64,6 +64,16 @@ struct store_app *api_core__find_app(struct api_core *core, struct api_request *
 /* store_app_update of an app the request read; false after answering: 409 naming the app
  * when another writer changed it since (compare-and-swap, store.h), else 500 with what
  * could not be stored. */
+/* Called once a request's app write is made: req NULL when it was refused (the request is
+ * answered already: 409, or 500 naming what), then only to free ctx. app is the app as
+ * written (the write's; copy what must outlive the call). */
+typedef void api_core_stored_fn(struct api_core *core, struct api_request *req,
+                                struct store_app *app, void *ctx);
+/* Queues the app's create or (compare-and-swap) update and returns; then is called when it is
+ * made or refused (before this returns on SQLite). Takes app. The loop goes on meanwhile: a
+ * response that depends on the write is sent from then. */
+void api_core__app_store_then(struct api_core *core, struct api_request *req, struct store_app *app,
+                              bool create, const char *what, api_core_stored_fn *then, void *ctx);
 bool api_core__app_update(struct api_core *core, struct api_request *req, struct store_app *app,
                           const char *what);
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,

@@ -151,6 +151,7 @@ struct scheduler {
     uint64_t next_drain_id;
     uv_timer_t timer;  /* crash restarts and drain deadlines */
     uv_timer_t settle; /* the first convergence after leading began (cellc_settle_ms) */
+    struct sched_write *writes; /* its app writes in the store's queue */
     bool shutting_down;
     bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
     void (*shutdown_done)(void *);
@@ -480,15 +481,105 @@ static void sched__ready_event(struct scheduler *s, struct sched_inst *si, bool 
  * app keeps serving), the store's current droplet with them, and the crash is the
  * deployment's error (GET /v1/apps/NAME shows it; `skiff push` exits 1 with it). False when
  * no deployment goes on (a rolling restart retries instead). */
+struct sched_scale {
+    char *type;
+    int n;
+    bool only_up;
+    bool wrote;
+    int refused; /* SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, or SKIFF_OK */
+};
+
+/* An app write of the scheduler's in the store's queue (store_app_modify_async): the context
+ * of its change, which runs again when another writer came first, kept until its outcome is
+ * reported; s is NULL once the scheduler is freed (the store reports at its drain, later). */
+struct sched_write {
+    struct scheduler *s;
+    char guid[37];
+    const char *what;                    /* "scale", for the message when it fails */
+    struct sched_scale scale;            /* sched__scale_change's */
+    char deploy_from[37], deploy_to[37]; /* sched__droplet_back's */
+    /* within the call that queues it: an outcome reported then (SQLite writes during the
+     * call) is the caller's to act on */
+    bool calling, reported;
+    int rc;
+    struct sched_write *next;
+};
+
+static struct sched_write *sched__write_new(struct scheduler *s, const char *guid, const char *what)
+{
+    struct sched_write *w = xcalloc(1, sizeof *w);
+    w->s = s;
+    snprintf(w->guid, sizeof w->guid, "%s", guid);
+    w->what = what;
+    w->next = s->writes;
+    s->writes = w;
+    return w;
+}
+
+static void sched__write_free(struct sched_write *w)
+{
+    if (w->s)
+        for (struct sched_write **p = &w->s->writes; *p; p = &(*p)->next)
+            if (*p == w) {
+                *p = w->next;
+                break;
+            }
+    free(w->scale.type);
+    free(w);
+}
+
+/* The write's outcome. The scheduler went on from the app as queued; a write the store
+ * refused leaves the app as stored, so it converges on that again. */
+static void sched__written(void *ctx, int rc)
+{
+    struct sched_write *w = ctx;
+    if (w->calling) {
+        w->reported = true;
+        w->rc = rc;
+        return;
+    }
+    if (rc < 0 && w->s) {
+        log_error("scheduler: the %s of app %s was not stored: %s", w->what, w->guid,
+                  skiff_strerror(rc));
+        if (rc != -ECANCELED && !w->s->shutting_down)
+            scheduler_app_changed(w->s, w->guid);
+    }
+    sched__write_free(w);
+}
+
+/* Queues the write of store_app_modify_async(change, ctx): what the synchronous
+ * store_app_modify would have returned when the outcome came within the call (SQLite), else
+ * 0 (queued, or nothing to write) or the read's or change's error. w is freed unless an
+ * outcome is still to come (*pending); the caller reads what it needs from w first and then
+ * calls sched__write_settle. *out as store_app_modify_async's. */
+static int sched__modify(struct scheduler *s, struct sched_write *w,
+                         int (*change)(void *ctx, struct store_app *app), void *ctx,
+                         struct store_app **out, bool *pending)
+{
+    w->calling = true;
+    int rc = store_app_modify_async(s->store, w->guid, change, ctx, sched__written, w, out);
+    w->calling = false;
+    if (rc == 0 && w->reported)
+        rc = w->rc;
+    *pending = rc == 0 && !w->reported;
+    return rc > 0 ? 0 : rc;
+}
+
+static void sched__write_settle(struct sched_write *w, bool pending)
+{
+    if (!pending)
+        sched__write_free(w); /* nothing more to come */
+}
+
 /* A failed deployment's app back on the droplet it came from, unless someone has put it on
  * another since (a function of the row: retried on the new row when another writer wins). */
 static int sched__droplet_back(void *ctx, struct store_app *app)
 {
-    struct sched_app *a = ctx;
-    if (!app->droplet_guid || strcmp(app->droplet_guid, a->deploy_to))
+    struct sched_write *w = ctx;
+    if (!app->droplet_guid || strcmp(app->droplet_guid, w->deploy_to))
         return 1;
     free(app->droplet_guid);
-    app->droplet_guid = xstrdup(a->deploy_from);
+    app->droplet_guid = xstrdup(w->deploy_from);
     app->updated_at = time_now_ms();
     return 0;
 }
@@ -511,7 +602,12 @@ static bool sched__deploy_failed(struct scheduler *s, struct sched_inst *si, con
     logs_appendf(s->logs, a->guid, "CELL/0", LOGS_ERR,
                  "Deployment failed: %s; the app stays on droplet %s", a->deploy_error,
                  a->deploy_from);
-    int rc = store_app_modify(s->store, a->guid, sched__droplet_back, a, NULL);
+    struct sched_write *w = sched__write_new(s, a->guid, "return to its droplet");
+    memcpy(w->deploy_from, a->deploy_from, sizeof w->deploy_from);
+    memcpy(w->deploy_to, a->deploy_to, sizeof w->deploy_to);
+    bool pending;
+    int rc = sched__modify(s, w, sched__droplet_back, w, NULL, &pending);
+    sched__write_settle(w, pending);
     if (rc < 0)
         log_error("scheduler: cannot put app %s back on droplet %s: %s", a->guid, a->deploy_from,
                   skiff_strerror(rc));
@@ -1746,6 +1842,8 @@ void scheduler_free(struct scheduler *s)
 {
     if (!s)
         return;
+    for (struct sched_write *w = s->writes; w; w = w->next)
+        w->s = NULL; /* reported later, at the store's drain, to no one */
     while (s->apps) {
         struct sched_app *a = s->apps;
         s->apps = a->next;
@@ -1919,14 +2017,6 @@ void scheduler_app_deleted(struct scheduler *s, const char *app_guid)
     free(name);
 }
 
-struct sched_scale {
-    const char *type;
-    int n;
-    bool only_up;
-    bool wrote;
-    int refused; /* SKIFF_E_APP_STOPPED, SKIFF_E_NOT_STAGED, or SKIFF_OK */
-};
-
 /* The change a scale makes to the app's row: a function of the row alone, so a write that
  * loses to another writer's is made again on the new row (store_app_modify). */
 static int sched__scale_change(void *ctx, struct store_app *sa)
@@ -1962,9 +2052,16 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
     snprintf(guid, sizeof guid, "%s", sa->guid);
     store_app_free(sa);
     sa = NULL;
-    struct sched_scale c = {
-        .type = process_type ? process_type : "web", .n = n, .only_up = only_up};
-    rc = store_app_modify(s->store, guid, sched__scale_change, &c, &sa);
+    /* queued: the app is read as changed at once, and converged on it; its outcome comes
+     * later (sched__written) */
+    struct sched_write *w = sched__write_new(s, guid, "scale");
+    w->scale = (struct sched_scale){
+        .type = xstrdup(process_type ? process_type : "web"), .n = n, .only_up = only_up};
+    bool pending;
+    rc = sched__modify(s, w, sched__scale_change, &w->scale, &sa, &pending);
+    struct sched_scale c = w->scale; /* what the change made of the app */
+    c.type = NULL;
+    sched__write_settle(w, pending);
     if (rc == 0 && c.refused)
         rc = c.refused;
     if (rc == 0 && c.wrote) {
@@ -1973,7 +2070,7 @@ static int sched__set_instances(struct scheduler *s, const char *app, const char
         struct platform_event ev = {.type = PLATFORM_APP_SCALED,
                                     .app_guid = sa->guid,
                                     .app_name = sa->name,
-                                    .process_type = c.type,
+                                    .process_type = process_type ? process_type : "web",
                                     .index = -1,
                                     .instances = n,
                                     .exit_status = -1,

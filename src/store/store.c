@@ -681,6 +681,7 @@ void store_write_free(struct store_write *w)
     free(w->ev.org_guid);
     free(w->ev.detail);
     store_strv_free(w->refs);
+    store_app_free(w->app);
     free(w);
 }
 
@@ -692,6 +693,12 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         [STORE_WRITE_AUDIT] = "add",         [STORE_READ_BLOB_REFS] = "read"};
     if (w->op == STORE_READ_BLOB_REFS)
         snprintf(buf, size, "read of the blobs packages and droplets name");
+    else if (w->op == STORE_WRITE_APP_CREATE || w->op == STORE_WRITE_APP_UPDATE)
+        snprintf(buf, size, "%s of app %s (%s)",
+                 w->op == STORE_WRITE_APP_CREATE ? "create" : "update",
+                 w->app->name ? w->app->name : "?", w->app->guid);
+    else if (w->op == STORE_WRITE_CALL)
+        snprintf(buf, size, "%s", w->what ? w->what : "a write");
     else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
@@ -738,6 +745,15 @@ static int store__write_now(struct store *st, struct store_write *w)
     case STORE_READ_BLOB_REFS:
         rc = st->ops->blob_refs(st->backend, &w->refs);
         break;
+    case STORE_WRITE_APP_CREATE:
+        rc = st->ops->app_create(st->backend, w->app);
+        break;
+    case STORE_WRITE_APP_UPDATE:
+        rc = st->ops->app_update(st->backend, w->app);
+        break;
+    case STORE_WRITE_CALL:
+        rc = w->call(st->backend, w->arg);
+        break;
     }
     w->rc = rc;
     store_write_report(w);
@@ -764,8 +780,8 @@ int store_doc_delete_async(struct store *st, const char *kind, const char *id, s
     return store__queue(st, store_write_new(STORE_WRITE_DOC_DELETE, kind, id, NULL, done, ctx));
 }
 
-int store_audit_add_async(struct store *st, const struct store_audit_event *ev, store_done_fn *done,
-                          void *ctx)
+struct store_write *store_write_audit(const struct store_audit_event *ev, store_done_fn *done,
+                                      void *ctx)
 {
     struct store_write *w = store_write_new(STORE_WRITE_AUDIT, NULL, NULL, NULL, done, ctx);
     w->ev.at = ev->at;
@@ -777,7 +793,13 @@ int store_audit_add_async(struct store *st, const struct store_audit_event *ev, 
     w->ev.space_guid = store__dup(ev->space_guid);
     w->ev.org_guid = store__dup(ev->org_guid);
     w->ev.detail = store__dup(ev->detail);
-    return store__queue(st, w);
+    return w;
+}
+
+int store_audit_add_async(struct store *st, const struct store_audit_event *ev, store_done_fn *done,
+                          void *ctx)
+{
+    return store__queue(st, store_write_audit(ev, done, ctx));
 }
 
 int store_blob_refs_async(struct store *st, store_refs_fn *done, void *ctx)
@@ -806,4 +828,105 @@ void store_async_drain(struct store *st)
 {
     if (st && st->ops->async_drain)
         st->ops->async_drain(st->backend);
+}
+
+/* ---- app writes off the caller's thread ---------------------------------------------------- */
+
+static int store__app_queue(struct store *st, enum store_write_op op, struct store_app *app,
+                            store_done_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(op, NULL, NULL, NULL, done, ctx);
+    w->app = store_app_dup(app);
+    int64_t version = app->version;
+    /* done may run within the call (SQLite): the caller's app is set first */
+    app->version = op == STORE_WRITE_APP_CREATE ? 1 : version + 1;
+    int rc = store__queue(st, w);
+    if (rc < 0)
+        app->version = op == STORE_WRITE_APP_CREATE ? 0 : version;
+    return rc;
+}
+
+int store_app_create_async(struct store *st, struct store_app *app, store_done_fn *done, void *ctx)
+{
+    return store__app_queue(st, STORE_WRITE_APP_CREATE, app, done, ctx);
+}
+
+int store_app_update_async(struct store *st, struct store_app *app, store_done_fn *done, void *ctx)
+{
+    if (app->version <= 0)
+        return -EINVAL;
+    return store__app_queue(st, STORE_WRITE_APP_UPDATE, app, done, ctx);
+}
+
+/* One store_app_modify_async: alive until its done is called. */
+struct store_modify {
+    struct store *st;
+    char guid[37];
+    int (*change)(void *ctx, struct store_app *app);
+    void *ctx;
+    store_done_fn *done;
+    void *done_ctx;
+    int tries;
+};
+
+static void store__modify_landed(void *ctx, int rc);
+
+/* Reads the app, changes it and queues its update: < 0 an error, > 0 nothing to write, 0
+ * queued (m is then the write's, and may be gone already when the write was made during the
+ * call). */
+static int store__modify_try(struct store_modify *m, struct store_app **out)
+{
+    struct store_app *app = NULL;
+    /* after a conflict the copy may not know the other writer's change yet */
+    int rc =
+        m->tries ? store_app_get_fresh(m->st, m->guid, &app) : store_app_get(m->st, m->guid, &app);
+    if (rc == 0 && strcmp(app->guid, m->guid))
+        rc = -ENOENT; /* a name that happens to look like the guid asked for */
+    if (rc == 0)
+        rc = m->change(m->ctx, app);
+    struct store_app *copy = NULL;
+    if (rc >= 0 && out) {
+        copy = store_app_dup(app);
+        if (rc == 0)
+            copy->version++; /* as it will be once written */
+    }
+    if (rc == 0)
+        rc = store_app_update_async(m->st, app, store__modify_landed, m);
+    store_app_free(app);
+    if (rc >= 0 && out)
+        *out = copy;
+    else
+        store_app_free(copy);
+    return rc;
+}
+
+static void store__modify_landed(void *ctx, int rc)
+{
+    struct store_modify *m = ctx;
+    if (rc == -ESTALE && ++m->tries < STORE_MODIFY_TRIES) {
+        int again = store__modify_try(m, NULL);
+        if (again == 0)
+            return;
+        rc = again > 0 ? 0 : again;
+    }
+    if (m->done)
+        m->done(m->done_ctx, rc);
+    free(m);
+}
+
+int store_app_modify_async(struct store *st, const char *guid,
+                           int (*change)(void *ctx, struct store_app *app), void *ctx,
+                           store_done_fn *done, void *done_ctx, struct store_app **out)
+{
+    struct store_modify *m = xcalloc(1, sizeof *m);
+    m->st = st;
+    snprintf(m->guid, sizeof m->guid, "%s", guid);
+    m->change = change;
+    m->ctx = ctx;
+    m->done = done;
+    m->done_ctx = done_ctx;
+    int rc = store__modify_try(m, out);
+    if (rc != 0)
+        free(m);
+    return rc;
 }

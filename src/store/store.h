@@ -470,4 +470,26 @@ void store_async_drain(struct store *st);
 /* The bound of store_async_drain, in milliseconds (5000); tests may change it. */
 extern int64_t store_drain_ms;
 
+/* App writes through the same writer, in turn with the others. store_app_create_async and
+ * store_app_update_async queue a copy of the app and return at once; app->version is set at
+ * once to the version the app has once written (1 for a create), and store_app_get and
+ * store_app_list show the app as queued from then on (read-your-writes), until the write is
+ * made (then as written) or fails (then as the server has it). done(ctx, rc) gets what
+ * store_app_create or store_app_update would have returned (-EEXIST a name taken, -ESTALE
+ * another writer came first, -ENOENT gone). The synchronous app writes, and every other write
+ * of apps, routes, tasks, packages and droplets, wait for the queued writes before them. */
+int store_app_create_async(struct store *st, struct store_app *app, store_done_fn *done, void *ctx);
+int store_app_update_async(struct store *st, struct store_app *app, store_done_fn *done, void *ctx);
+/* store_app_modify with its write queued: change runs during the call on the app as read
+ * (as queued writes leave it), and when the write loses to another writer (-ESTALE) again,
+ * from store_async_reap, on the app read again (at most STORE_MODIFY_TRIES times in all), so
+ * ctx must live until done is called. Returns < 0 for an error of the read or of change
+ * (done is not called), > 0 when change had nothing to write (done is not called), 0 when
+ * the write was queued: done(done_ctx, rc) then gets its outcome (on SQLite before the call
+ * returns). *out (when not NULL, on a return >= 0) gets the app as changed, at the version it
+ * has once written (the caller's). */
+int store_app_modify_async(struct store *st, const char *guid,
+                           int (*change)(void *ctx, struct store_app *app), void *ctx,
+                           store_done_fn *done, void *done_ctx, struct store_app **out);
+
 #endif

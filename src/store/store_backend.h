@@ -29,7 +29,12 @@ enum store_write_op {
     STORE_WRITE_DOC_CREATE,
     STORE_WRITE_DOC_UPDATE,
     STORE_WRITE_AUDIT,
-    STORE_READ_BLOB_REFS, /* a read, in turn with the writes: store_blob_refs_async */
+    STORE_READ_BLOB_REFS,   /* a read, in turn with the writes: store_blob_refs_async */
+    STORE_WRITE_APP_CREATE, /* store_app_create(_async): app */
+    STORE_WRITE_APP_UPDATE, /* store_app_update(_async): app, at the version read */
+    /* any other write of a backend's (routes, tasks, packages, droplets, a document's
+     * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
+    STORE_WRITE_CALL,
 };
 struct store_write {
     enum store_write_op op;
@@ -38,6 +43,10 @@ struct store_write {
     store_done_fn *done;
     store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
     char **refs;              /* what it read, the callback's */
+    struct store_app *app;    /* STORE_WRITE_APP_*: the write's own copy, as written */
+    int (*call)(struct store_backend *wb, void *arg); /* STORE_WRITE_CALL */
+    void *arg;
+    const char *what; /* STORE_WRITE_CALL: "add of a route", for messages */
     void *ctx;
     int rc;
     bool sync;     /* a caller waits for it: it frees it */
@@ -46,6 +55,9 @@ struct store_write {
 };
 struct store_write *store_write_new(enum store_write_op op, const char *kind, const char *id,
                                     const char *json, store_done_fn *done, void *ctx);
+/* An audit event's write, with a copy of ev. */
+struct store_write *store_write_audit(const struct store_audit_event *ev, store_done_fn *done,
+                                      void *ctx);
 void store_write_free(struct store_write *w);
 /* Calls w's callback with its outcome (a read's list passed on). */
 void store_write_report(struct store_write *w);

@@ -310,7 +310,20 @@ struct store_backend {
     struct store_droplet **drops;
     size_t n_drops;
     uint64_t drops_gen, drops_at;
+    /* Apps with writes queued (the newest queued copy of each, and how many writes of it are
+     * queued): reads answer from here first, so a queued write is seen at once. */
+    struct pg_queued_app {
+        struct store_app *app;
+        int writes;
+    } * queued_apps;
+    size_t n_queued_apps;
 };
+
+/* A write made by the writer's thread in turn with the queued ones (fn on the writer's own
+ * backend, arg the caller's), awaited: what fn returned, or -ECANCELED when the writer has
+ * stopped. what names it in messages ("add of a route"). */
+typedef int pg_call_fn(struct store_backend *wb, void *arg);
+static int pg__call(struct store_backend *b, const char *what, pg_call_fn *fn, void *arg);
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
  * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
@@ -807,6 +820,9 @@ static void pg__close(struct store_backend *b)
     if (!b)
         return;
     pg__writer_close(b);
+    for (size_t i = 0; i < b->n_queued_apps; i++)
+        store_app_free(b->queued_apps[i].app);
+    free(b->queued_apps);
     pg__doc_cache_clear(b);
     pg__drops_clear(b);
     store_app_list_free(b->apps, b->n_apps);
@@ -983,8 +999,6 @@ static int pg__app_write(struct store_backend *b, struct store_app *app, bool cr
         app->ssh_disabled ? "1" : "0",
         pg__num(&version, app->version),
     };
-    /* whatever happens, the app's cached copy is no longer known current */
-    pg__stale_app(b, app->guid);
     if (pg__cmd(b, "BEGIN") < 0)
         return -EIO;
     int rc = pg__write(
@@ -1010,19 +1024,32 @@ static int pg__app_write(struct store_backend *b, struct store_app *app, bool cr
         pg__cmd(b, "ROLLBACK");
         return rc;
     }
-    if (!create)
-        app->version++;
+    app->version = create ? 1 : app->version + 1;
     return 0;
+}
+
+static int pg__await(struct store_backend *b, struct store_write *w);
+
+/* A synchronous app write: queued as the asynchronous ones are (a copy), awaited. */
+static int pg__app_queue_sync(struct store_backend *b, struct store_app *app, bool create)
+{
+    struct store_write *w = store_write_new(
+        create ? STORE_WRITE_APP_CREATE : STORE_WRITE_APP_UPDATE, NULL, NULL, NULL, NULL, NULL);
+    w->app = store_app_dup(app);
+    int rc = pg__await(b, w);
+    if (rc == 0 && !create)
+        app->version++;
+    return rc;
 }
 
 static int pg__app_create(struct store_backend *b, struct store_app *app)
 {
-    return pg__app_write(b, app, true);
+    return pg__app_queue_sync(b, app, true);
 }
 
 static int pg__app_update(struct store_backend *b, struct store_app *app)
 {
-    return pg__app_write(b, app, false);
+    return pg__app_queue_sync(b, app, false);
 }
 
 static void pg__add_process(struct store_app *app, const PGresult *res, int row, int col)
@@ -1322,9 +1349,30 @@ static int pg__apps_cached(struct store_backend *b)
     return 0;
 }
 
+/* The queued copy of the app ref names (by guid, else by space and name), or NULL. */
+static const struct store_app *pg__queued_app(const struct store_backend *b, const char *ref)
+{
+    for (size_t i = 0; i < b->n_queued_apps; i++)
+        if (!strcmp(b->queued_apps[i].app->guid, ref))
+            return b->queued_apps[i].app;
+    char space[37];
+    const char *name = store_ref_split(ref, space);
+    for (size_t i = 0; i < b->n_queued_apps; i++) {
+        const struct store_app *a = b->queued_apps[i].app;
+        if (!strcmp(a->name, name) && !strcmp(a->space_guid, space))
+            return a;
+    }
+    return NULL;
+}
+
 /* store_app_get_fresh: the database's row; a current copy then holds it (or loses the app). */
 static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
 {
+    const struct store_app *queued = pg__queued_app(b, ref); /* what it will be */
+    if (queued) {
+        *out = store_app_dup(queued);
+        return 0;
+    }
     int rc = pg__app_get_query(b, ref, out);
     if (rc < 0 && rc != -ENOENT)
         return rc;
@@ -1345,6 +1393,11 @@ static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct st
 /* By guid first, then by space and name, as the query's UNION ALL. */
 static int pg__app_get(struct store_backend *b, const char *ref, struct store_app **out)
 {
+    const struct store_app *queued = pg__queued_app(b, ref);
+    if (queued) {
+        *out = store_app_dup(queued);
+        return 0;
+    }
     int rc = pg__apps_cached(b);
     if (rc < 0)
         return rc;
@@ -1367,6 +1420,38 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     return -ENOENT;
 }
 
+static int pg__cmp_name(const void *x, const void *y)
+{
+    const struct store_app *a = *(struct store_app *const *)x, *c = *(struct store_app *const *)y;
+    int r = strcmp(a->name, c->name);
+    return r ? r : strcmp(a->space_guid, c->space_guid);
+}
+
+/* A list as read, with the queued copies in place of (or besides) the apps they write. */
+static void pg__list_queued(const struct store_backend *b, const char *space_guid,
+                            struct store_app ***list, size_t *n)
+{
+    if (!b->n_queued_apps)
+        return;
+    struct store_app **v = xrealloc(*list, (*n + b->n_queued_apps + 1) * sizeof *v);
+    size_t count = *n;
+    for (size_t q = 0; q < b->n_queued_apps; q++) {
+        const struct store_app *a = b->queued_apps[q].app;
+        for (size_t i = 0; i < count; i++)
+            if (!strcmp(v[i]->guid, a->guid)) {
+                store_app_free(v[i]);
+                v[i] = v[--count];
+                break;
+            }
+        if (!space_guid || !strcmp(a->space_guid, space_guid))
+            v[count++] = store_app_dup(a);
+    }
+    qsort(v, count, sizeof *v, pg__cmp_name);
+    v[count] = NULL;
+    *list = v;
+    *n = count;
+}
+
 /* The cache is in name then space order; one space's apps keep their name order. */
 static int pg__app_list_in(struct store_backend *b, const char *space_guid, struct store_app ***out,
                            size_t *n)
@@ -1374,8 +1459,12 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
     int rc = pg__apps_cached(b);
     if (rc < 0)
         return rc;
-    if (rc > 0)
-        return pg__app_list_query(b, space_guid, out, n);
+    if (rc > 0) {
+        rc = pg__app_list_query(b, space_guid, out, n);
+        if (rc == 0)
+            pg__list_queued(b, space_guid, out, n);
+        return rc;
+    }
     struct store_app **apps = xcalloc(b->n_apps + 1, sizeof *apps);
     size_t count = 0;
     for (size_t i = 0; i < b->n_apps; i++)
@@ -1383,23 +1472,49 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
             apps[count++] = store_app_dup(b->apps[i]);
     *out = apps;
     *n = count;
+    pg__list_queued(b, space_guid, out, n);
     return 0;
+}
+
+static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                             const char *guid);
+
+static int pg__app_delete_now(struct store_backend *wb, void *arg)
+{
+    const char *v[] = {arg};
+    return pg__write(wb, "DELETE FROM apps WHERE guid = $1", 1, v, true);
 }
 
 static int pg__app_delete(struct store_backend *b, const char *guid)
 {
-    const char *v[] = {guid};
+    int rc = pg__call(b, "delete of an app", pg__app_delete_now, (void *)guid);
     pg__stale_app(b, guid);
-    b->drops_gen++;  /* its droplets go with it */
+    pg__drops_forget(b, guid, NULL, NULL); /* its droplets go with it */
     b->routes_gen++; /* the app's routes go with it */
-    return pg__write(b, "DELETE FROM apps WHERE guid = $1", 1, v, true);
+    return rc;
 }
 
 /* ---- routes and domains ------------------------------------------------------------------ */
 
-static int pg__route_add(struct store_backend *b, const struct store_route *route)
+/* A route write's arguments, for the writer's thread. */
+struct pg_route_args {
+    const struct store_route *route;
+    const char *host, *path, *balance, *protocol;
+    bool on;
+};
+
+/* A route write, made in turn by the writer; the routes are loaded again after it. */
+static int pg__route_call(struct store_backend *b, const char *what, pg_call_fn *fn,
+                          struct pg_route_args *a)
 {
+    int rc = pg__call(b, what, fn, a);
     b->routes_gen++;
+    return rc;
+}
+
+static int pg__route_add_now(struct store_backend *b, void *arg)
+{
+    const struct store_route *route = ((struct pg_route_args *)arg)->route;
     const char *v[] = {route->guid,
                        route->host,
                        route->path ? route->path : "",
@@ -1414,31 +1529,55 @@ static int pg__route_add(struct store_backend *b, const struct store_route *rout
                      8, v, false);
 }
 
-static int pg__route_set_https_only(struct store_backend *b, const char *host, const char *path,
-                                    bool on)
+static int pg__route_add(struct store_backend *b, const struct store_route *route)
 {
-    b->routes_gen++;
-    const char *v[] = {on ? "true" : "false", host, path ? path : ""};
+    struct pg_route_args a = {.route = route};
+    return pg__route_call(b, "add of a route", pg__route_add_now, &a);
+}
+
+static int pg__route_set_https_only_now(struct store_backend *b, void *arg)
+{
+    const struct pg_route_args *a = arg;
+    const char *v[] = {a->on ? "true" : "false", a->host, a->path ? a->path : ""};
     return pg__write(b, "UPDATE routes SET https_only = $1 WHERE host = $2 AND path = $3", 3, v,
                      true);
 }
 
-static int pg__route_update(struct store_backend *b, const char *host, const char *path,
-                            const char *balance, const char *protocol)
+static int pg__route_set_https_only(struct store_backend *b, const char *host, const char *path,
+                                    bool on)
 {
-    b->routes_gen++;
-    const char *v[] = {balance, protocol, host, path ? path : ""};
+    struct pg_route_args a = {.host = host, .path = path, .on = on};
+    return pg__route_call(b, "update of a route", pg__route_set_https_only_now, &a);
+}
+
+static int pg__route_update_now(struct store_backend *b, void *arg)
+{
+    const struct pg_route_args *a = arg;
+    const char *v[] = {a->balance, a->protocol, a->host, a->path ? a->path : ""};
     return pg__write(b,
                      "UPDATE routes SET balance = COALESCE($1, balance),"
                      " protocol = COALESCE($2, protocol) WHERE host = $3 AND path = $4",
                      4, v, true);
 }
 
+static int pg__route_update(struct store_backend *b, const char *host, const char *path,
+                            const char *balance, const char *protocol)
+{
+    struct pg_route_args a = {.host = host, .path = path, .balance = balance, .protocol = protocol};
+    return pg__route_call(b, "update of a route", pg__route_update_now, &a);
+}
+
+static int pg__route_delete_now(struct store_backend *b, void *arg)
+{
+    const struct pg_route_args *a = arg;
+    const char *v[] = {a->host, a->path ? a->path : ""};
+    return pg__write(b, "DELETE FROM routes WHERE host = $1 AND path = $2", 2, v, true);
+}
+
 static int pg__route_delete(struct store_backend *b, const char *host, const char *path)
 {
-    b->routes_gen++;
-    const char *v[] = {host, path ? path : ""};
-    return pg__write(b, "DELETE FROM routes WHERE host = $1 AND path = $2", 2, v, true);
+    struct pg_route_args a = {.host = host, .path = path};
+    return pg__route_call(b, "delete of a route", pg__route_delete_now, &a);
 }
 
 static int pg__route_list_query(struct store_backend *b, const char *app_guid,
@@ -1623,8 +1762,9 @@ static int pg__domain_cert_delete(struct store_backend *b, const char *domain)
 
 /* ---- packages and droplets --------------------------------------------------------------- */
 
-static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
+static int pg__package_add_now(struct store_backend *b, void *arg)
 {
+    const struct store_package *pkg = arg;
     struct pg_num bytes, at;
     const char *v[] = {pkg->guid,
                        pkg->app_guid,
@@ -1636,6 +1776,11 @@ static int pg__package_add(struct store_backend *b, const struct store_package *
                      "INSERT INTO packages (guid, app_guid, path, bytes, created_at, digest)"
                      " VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6)",
                      6, v, false);
+}
+
+static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
+{
+    return pg__call(b, "add of a package", pg__package_add_now, (void *)pkg);
 }
 
 /* Fills a fresh object from the one row of res. */
@@ -1681,8 +1826,9 @@ static int pg__package_get(struct store_backend *b, const char *guid, struct sto
     return rc;
 }
 
-static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
+static int pg__droplet_add_now(struct store_backend *b, void *arg)
 {
+    const struct store_droplet *drop = arg;
     struct pg_num at;
     const char *v[] = {drop->guid,
                        drop->app_guid,
@@ -1696,6 +1842,24 @@ static int pg__droplet_add(struct store_backend *b, const struct store_droplet *
                      "INSERT INTO droplets (guid, app_guid, path, buildpack, process_types,"
                      " created_at, digest, blobs) VALUES ($1, $2, $3, $4, $5, $6::bigint, $7, $8)",
                      8, v, false);
+}
+
+static bool pg__drops_on(struct store_backend *b);
+static struct store_droplet *pg__droplet_dup(const struct store_droplet *d);
+
+/* A droplet written is cached as it is (never changed once written): the scheduler's first
+ * converge turn on it then reads nothing from the server. */
+static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
+{
+    int rc = pg__call(b, "add of a droplet", pg__droplet_add_now, (void *)drop);
+    if (rc == 0 && pg__drops_on(b)) {
+        struct store_droplet *d = pg__droplet_dup(drop);
+        if (!d->process_types_json)
+            d->process_types_json = xstrdup("{}");
+        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+        b->drops[b->n_drops++] = d;
+    }
+    return rc;
 }
 
 static void pg__droplet_fill(const PGresult *res, void *obj)
@@ -1747,9 +1911,9 @@ static void pg__drops_clear(struct store_backend *b)
     b->n_drops = 0;
 }
 
-/* From the copy while nothing announced a change of droplets: the scheduler reads an app's
- * droplet at every converge turn, which must not wait for the server each time. */
-static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+/* Whether the copy of droplets may answer (the feed on, and no news of droplets since it
+ * was filled; else it is emptied, to be filled again). */
+static bool pg__drops_on(struct store_backend *b)
 {
     pg__feed_read(b);
     bool cache = b->feed_state == PG_FEED_ON;
@@ -1757,6 +1921,32 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
         pg__drops_clear(b);
         b->drops_at = b->drops_gen;
     }
+    return cache;
+}
+
+/* This store deleted droplets: those of app_guid but keep (guid NULL), or the one of guid. */
+static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
+                             const char *guid)
+{
+    for (size_t i = 0; i < b->n_drops;) {
+        struct store_droplet *d = b->drops[i];
+        bool gone = guid ? !strcmp(d->guid, guid)
+                         : d->app_guid && !strcmp(d->app_guid, app_guid) &&
+                               (!keep || strcmp(d->guid, keep));
+        if (!gone) {
+            i++;
+            continue;
+        }
+        store_droplet_free(d);
+        b->drops[i] = b->drops[--b->n_drops];
+    }
+}
+
+/* From the copy while nothing announced a change of droplets: the scheduler reads an app's
+ * droplet at every converge turn, which must not wait for the server each time. */
+static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
+    bool cache = pg__drops_on(b);
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
             *out = pg__droplet_dup(b->drops[i]);
@@ -1770,11 +1960,17 @@ static int pg__droplet_get(struct store_backend *b, const char *guid, struct sto
     return rc;
 }
 
+static int pg__droplet_delete_now(struct store_backend *b, void *arg)
+{
+    const char *v[] = {arg};
+    return pg__write(b, "DELETE FROM droplets WHERE guid = $1", 1, v, true);
+}
+
 static int pg__droplet_delete(struct store_backend *b, const char *guid)
 {
-    b->drops_gen++;
-    const char *v[] = {guid};
-    return pg__write(b, "DELETE FROM droplets WHERE guid = $1", 1, v, true);
+    int rc = pg__call(b, "delete of a droplet", pg__droplet_delete_now, (void *)guid);
+    pg__drops_forget(b, NULL, NULL, guid);
+    return rc;
 }
 
 /* Deletes the app's rows of one table other than keep, appending their paths. The table is
@@ -1782,7 +1978,6 @@ static int pg__droplet_delete(struct store_backend *b, const char *guid)
 static int pg__prune(struct store_backend *b, bool droplets, const char *app_guid, const char *keep,
                      char ***paths, size_t *n)
 {
-    b->drops_gen++;
     const char *v[] = {app_guid, keep};
     PGresult *res = NULL;
     if (pg__exec(b,
@@ -1804,16 +1999,33 @@ static int pg__prune(struct store_backend *b, bool droplets, const char *app_gui
     return 0;
 }
 
+struct pg_prune_args {
+    const char *app_guid, *keep_package, *keep_droplet;
+    char **paths;
+};
+
+static int pg__prune_now(struct store_backend *b, void *arg)
+{
+    struct pg_prune_args *a = arg;
+    store_strv_free(a->paths); /* a try before a lost connection */
+    a->paths = xcalloc(1, sizeof *a->paths);
+    size_t n = 0;
+    int rc = pg__prune(b, false, a->app_guid, a->keep_package, &a->paths, &n);
+    if (rc == 0 && a->keep_droplet)
+        rc = pg__prune(b, true, a->app_guid, a->keep_droplet, &a->paths, &n);
+    return rc;
+}
+
 static int pg__app_prune_artifacts(struct store_backend *b, const char *app_guid,
                                    const char *keep_package, const char *keep_droplet,
                                    char ***paths)
 {
-    char **v = xcalloc(1, sizeof *v);
-    size_t n = 0;
-    int rc = pg__prune(b, false, app_guid, keep_package, &v, &n);
-    if (rc == 0 && keep_droplet)
-        rc = pg__prune(b, true, app_guid, keep_droplet, &v, &n);
-    *paths = v;
+    struct pg_prune_args a = {
+        .app_guid = app_guid, .keep_package = keep_package, .keep_droplet = keep_droplet};
+    int rc = pg__call(b, "prune of an app's packages and droplets", pg__prune_now, &a);
+    if (keep_droplet) /* its other droplets are gone */
+        pg__drops_forget(b, app_guid, keep_droplet, NULL);
+    *paths = a.paths ? a.paths : xcalloc(1, sizeof **paths);
     return rc;
 }
 
@@ -1902,8 +2114,9 @@ static int pg__audit_list(struct store_backend *b, const char *space_guid, const
 
 /* ---- tasks ------------------------------------------------------------------------------- */
 
-static int pg__task_put(struct store_backend *b, const struct store_task *t)
+static int pg__task_put_now(struct store_backend *b, void *arg)
 {
+    const struct store_task *t = arg;
     struct pg_num seq, status, mem, disk, created, updated;
     const char *v[] = {t->guid,
                        t->app_guid,
@@ -1927,6 +2140,11 @@ static int pg__task_put(struct store_backend *b, const struct store_task *t)
         " SET state = EXCLUDED.state, failure_reason = EXCLUDED.failure_reason,"
         " exit_status = EXCLUDED.exit_status, updated_at = EXCLUDED.updated_at",
         13, v, false);
+}
+
+static int pg__task_put(struct store_backend *b, const struct store_task *t)
+{
+    return pg__call(b, "put of a task", pg__task_put_now, (void *)t);
 }
 
 static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
@@ -1966,10 +2184,15 @@ static int pg__task_list(struct store_backend *b, const char *app_guid, struct s
     return 0;
 }
 
+static int pg__task_delete_now(struct store_backend *b, void *arg)
+{
+    const char *v[] = {arg};
+    return pg__write(b, "DELETE FROM tasks WHERE guid = $1", 1, v, true);
+}
+
 static int pg__task_delete(struct store_backend *b, const char *guid)
 {
-    const char *v[] = {guid};
-    return pg__write(b, "DELETE FROM tasks WHERE guid = $1", 1, v, true);
+    return pg__call(b, "delete of a task", pg__task_delete_now, (void *)guid);
 }
 
 /* ---- documents --------------------------------------------------------------------------- */
@@ -2029,18 +2252,30 @@ static int pg__doc_update_now(struct store_backend *b, const char *kind, const c
 
 static void pg__doc_cache_forget(struct store_backend *b, const char *kind, const char *id);
 
-static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
-                           const char *expected, const char *json)
+struct pg_replace_args {
+    const char *kind, *id, *expected, *json;
+};
+
+static int pg__doc_replace_now(struct store_backend *b, void *arg)
 {
+    const struct pg_replace_args *a = arg;
     struct pg_num at;
-    const char *v[] = {kind, id, json, pg__num(&at, time_now_ms()), expected};
+    const char *v[] = {a->kind, a->id, a->json, pg__num(&at, time_now_ms()), a->expected};
     int rc = pg__write(b,
                        "UPDATE documents SET body = $3, updated_at = $4::bigint"
                        " WHERE kind = $1 AND id = $2 AND body = $5",
                        5, v, true);
-    /* written past the queue: the copy, whichever the outcome, is read again next */
-    pg__doc_cache_forget(b, kind, id);
     return rc == -ENOENT ? -ESTALE : rc;
+}
+
+static int pg__doc_replace(struct store_backend *b, const char *kind, const char *id,
+                           const char *expected, const char *json)
+{
+    struct pg_replace_args a = {.kind = kind, .id = id, .expected = expected, .json = json};
+    int rc = pg__call(b, "replace of a document", pg__doc_replace_now, &a);
+    /* conditional: the copy, whichever the outcome, is read again next */
+    pg__doc_cache_forget(b, kind, id);
+    return rc;
 }
 
 /* The rows are all read before fn is called, so fn may call the store. */
@@ -2102,6 +2337,11 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         store_strv_free(w->refs); /* a try before a lost connection */
         w->refs = NULL;
         return pg__blob_refs(wb, &w->refs);
+    case STORE_WRITE_APP_CREATE:
+    case STORE_WRITE_APP_UPDATE:
+        return pg__app_write(wb, w->app, w->op == STORE_WRITE_APP_CREATE);
+    case STORE_WRITE_CALL:
+        return w->call(wb, w->arg);
     }
     return -EINVAL;
 }
@@ -2314,21 +2554,131 @@ static void pg__doc_cache_forget_kind(struct store_backend *b, const char *kind)
         }
 }
 
-/* A write as it is queued: the cache holds what it will make (put, delete) or forgets. */
-static void pg__doc_cache_queued(struct store_backend *b, const struct store_write *w)
+static bool pg__is_doc_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_DOC_PUT || w->op == STORE_WRITE_DOC_DELETE ||
+           w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE;
+}
+
+static bool pg__is_app_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_APP_CREATE || w->op == STORE_WRITE_APP_UPDATE;
+}
+
+static char *pg__or(char *v, const char *dflt)
+{
+    return v ? v : xstrdup(dflt);
+}
+
+static int pg__cmp_process(const void *x, const void *y)
+{
+    const struct store_process *a = x, *c = y;
+    bool aw = !strcmp(a->type, "web"), cw = !strcmp(c->type, "web");
+    return aw != cw ? (aw ? -1 : 1) : strcmp(a->type, c->type);
+}
+
+static int pg__cmp_env(const void *x, const void *y)
+{
+    return strcmp(((const struct store_env_var *)x)->name, ((const struct store_env_var *)y)->name);
+}
+
+/* The app as a read of it after pg__app_write returns it: its defaults filled in (the same
+ * as pg__app_write's), web first then the other processes by type, env by name. A queued
+ * copy answers reads in its place, and the written one goes into the cache. */
+static void pg__app_as_stored(struct store_app *app)
+{
+    app->state = pg__or(app->state, "STOPPED");
+    app->kind = pg__or(app->kind, "app");
+    app->buildpacks_json = pg__or(app->buildpacks_json, "[]");
+    app->health_check_type = pg__or(app->health_check_type, "port");
+    app->health_check_http_endpoint = pg__or(app->health_check_http_endpoint, "/");
+    if (!app->space_guid[0])
+        snprintf(app->space_guid, sizeof app->space_guid, "%s", STORE_DEFAULT_SPACE_GUID);
+    for (size_t i = 0; i < app->n_processes; i++) {
+        struct store_process *p = &app->processes[i];
+        if (p->min_instances < 0)
+            p->min_instances = STORE_SCALE_MANUAL;
+        if (!p->checks.log_rate_limited || p->checks.log_rate_limit < 0) {
+            p->checks.log_rate_limited = false;
+            p->checks.log_rate_limit = -1;
+        }
+    }
+    for (size_t i = 0; i < app->n_env; i++)
+        app->env[i].value = pg__or(app->env[i].value, "");
+    if (app->n_processes)
+        qsort(app->processes, app->n_processes, sizeof *app->processes, pg__cmp_process);
+    if (app->n_env)
+        qsort(app->env, app->n_env, sizeof *app->env, pg__cmp_env);
+}
+
+/* The copy reads answer with while an app write is queued, made before the writer's thread
+ * may touch the write's own. */
+static struct store_app *pg__app_copy(const struct store_write *w)
+{
+    struct store_app *copy = store_app_dup(w->app);
+    copy->version = w->op == STORE_WRITE_APP_CREATE ? 1 : copy->version + 1;
+    return copy;
+}
+
+/* An app write as it is queued: reads answer with its copy until it is made. */
+static void pg__app_queued(struct store_backend *b, struct store_app *copy)
+{
+    for (size_t i = 0; i < b->n_queued_apps; i++)
+        if (!strcmp(b->queued_apps[i].app->guid, copy->guid)) {
+            store_app_free(b->queued_apps[i].app);
+            b->queued_apps[i].app = copy;
+            b->queued_apps[i].writes++;
+            return;
+        }
+    b->queued_apps = xrealloc(b->queued_apps, (b->n_queued_apps + 1) * sizeof *b->queued_apps);
+    b->queued_apps[b->n_queued_apps++] = (struct pg_queued_app){.app = copy, .writes = 1};
+}
+
+/* An app write as it finished: once the app has no more writes queued, reads answer from the
+ * cache again. A write made puts the app as written in the cache, unless news from another
+ * writer outdated it meanwhile (then it is read again); one that failed leaves the row as the
+ * server has it, read again. */
+static void pg__app_finished(struct store_backend *b, struct store_write *w)
+{
+    for (size_t i = 0; i < b->n_queued_apps; i++) {
+        struct pg_queued_app *q = &b->queued_apps[i];
+        if (strcmp(q->app->guid, w->app->guid) || --q->writes > 0)
+            continue;
+        store_app_free(q->app);
+        *q = b->queued_apps[--b->n_queued_apps];
+        break;
+    }
+    bool stale = false;
+    for (size_t i = 0; i < b->n_stale && !stale; i++)
+        stale = !strcmp(b->stale[i], w->app->guid);
+    if (w->rc == 0 && b->apps && b->apps_at == b->apps_gen && !stale) {
+        pg__cache_put(b, w->app->guid, w->app);
+        w->app = NULL; /* the cache's now */
+    } else {
+        pg__stale_app(b, w->app->guid);
+    }
+}
+
+/* A write as it is queued: the cache holds what it will make (put, delete) or forgets (an
+ * app write's copy is taken before, pg__app_copy). */
+static void pg__cache_queued(struct store_backend *b, const struct store_write *w)
 {
     if (w->op == STORE_WRITE_DOC_PUT)
         pg__doc_cache_set(b, w->kind, w->id, w->json);
     else if (w->op == STORE_WRITE_DOC_DELETE)
         pg__doc_cache_set(b, w->kind, w->id, NULL);
-    else if (w->op != STORE_WRITE_AUDIT && w->op != STORE_READ_BLOB_REFS)
+    else if (pg__is_doc_write(w))
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
-static void pg__doc_cache_finished(struct store_backend *b, const struct store_write *w)
+static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
-    if (w->op == STORE_WRITE_AUDIT || w->op == STORE_READ_BLOB_REFS)
+    if (pg__is_app_write(w)) {
+        pg__app_finished(b, w);
+        return;
+    }
+    if (!pg__is_doc_write(w))
         return;
     if (w->op == STORE_WRITE_DOC_CREATE || w->op == STORE_WRITE_DOC_UPDATE ||
         (w->rc < 0 && !(w->op == STORE_WRITE_DOC_DELETE && w->rc == -ENOENT)))
@@ -2338,9 +2688,15 @@ static void pg__doc_cache_finished(struct store_backend *b, const struct store_w
 static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
+    struct store_app *copy = NULL;
+    if (pg__is_app_write(w)) { /* before the writer's thread may see it */
+        pg__app_as_stored(w->app);
+        copy = pg__app_copy(w);
+    }
     pthread_mutex_lock(&pw->mu);
     if (pw->stop) {
         pthread_mutex_unlock(&pw->mu);
+        store_app_free(copy);
         char what[256];
         store_write_name(w, what, sizeof what);
         log_error("store: %s not written: the store's writer has stopped", what);
@@ -2356,12 +2712,16 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     pw->queued++;
     pthread_cond_signal(&pw->wake);
     pthread_mutex_unlock(&pw->mu);
-    pg__doc_cache_queued(b, w);
+    if (copy)
+        pg__app_queued(b, copy);
+    else
+        pg__cache_queued(b, w);
     return 0;
 }
 
-/* A synchronous document write: queued behind the others, awaited. */
-static int pg__sync(struct store_backend *b, struct store_write *w)
+/* A synchronous write: queued behind the others and awaited (w is taken). The write's rc,
+ * or -ECANCELED when the writer exited first (the write then stays with its thread). */
+static int pg__await(struct store_backend *b, struct store_write *w)
 {
     w->sync = true;
     int rc = pg__submit(b, w);
@@ -2375,10 +2735,19 @@ static int pg__sync(struct store_backend *b, struct store_write *w)
     rc = finished ? w->rc : -ECANCELED;
     pthread_mutex_unlock(&pw->mu);
     if (finished) {
-        pg__doc_cache_finished(b, w);
+        pg__cache_finished(b, w);
         store_write_free(w);
     }
     return rc;
+}
+
+static int pg__call(struct store_backend *b, const char *what, pg_call_fn *fn, void *arg)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_CALL, NULL, NULL, NULL, NULL, NULL);
+    w->call = fn;
+    w->arg = arg;
+    w->what = what;
+    return pg__await(b, w);
 }
 
 static int pg__async_fd(struct store_backend *b)
@@ -2402,7 +2771,7 @@ static size_t pg__async_reap(struct store_backend *b)
     size_t calls = 0;
     while (w) {
         struct store_write *next = w->next;
-        pg__doc_cache_finished(b, w);
+        pg__cache_finished(b, w);
         store_write_report(w);
         store_write_free(w);
         w = next;
@@ -2527,46 +2896,29 @@ static void pg__writer_close(struct store_backend *b)
 
 static int pg__doc_put(struct store_backend *b, const char *kind, const char *id, const char *json)
 {
-    return pg__sync(b, store_write_new(STORE_WRITE_DOC_PUT, kind, id, json, NULL, NULL));
+    return pg__await(b, store_write_new(STORE_WRITE_DOC_PUT, kind, id, json, NULL, NULL));
 }
 
 static int pg__doc_create(struct store_backend *b, const char *kind, const char *id,
                           const char *json)
 {
-    return pg__sync(b, store_write_new(STORE_WRITE_DOC_CREATE, kind, id, json, NULL, NULL));
+    return pg__await(b, store_write_new(STORE_WRITE_DOC_CREATE, kind, id, json, NULL, NULL));
 }
 
 static int pg__doc_delete(struct store_backend *b, const char *kind, const char *id)
 {
-    return pg__sync(b, store_write_new(STORE_WRITE_DOC_DELETE, kind, id, NULL, NULL, NULL));
+    return pg__await(b, store_write_new(STORE_WRITE_DOC_DELETE, kind, id, NULL, NULL, NULL));
 }
 
 static int pg__doc_update(struct store_backend *b, const char *kind, const char *id,
                           const char *json)
 {
-    return pg__sync(b, store_write_new(STORE_WRITE_DOC_UPDATE, kind, id, json, NULL, NULL));
+    return pg__await(b, store_write_new(STORE_WRITE_DOC_UPDATE, kind, id, json, NULL, NULL));
 }
 
 static int pg__audit_add(struct store_backend *b, const struct store_audit_event *ev)
 {
-    struct store_write *w = store_write_new(STORE_WRITE_AUDIT, NULL, NULL, NULL, NULL, NULL);
-    w->ev = *ev; /* borrowed: taken back before the free */
-    w->sync = true;
-    int rc = pg__submit(b, w);
-    if (rc < 0)
-        return rc;
-    struct pg_writer *pw = b->writer;
-    pthread_mutex_lock(&pw->mu);
-    while (!w->finished && !pw->exited)
-        pthread_cond_wait(&pw->moved, &pw->mu);
-    bool finished = w->finished;
-    rc = finished ? w->rc : -ECANCELED;
-    pthread_mutex_unlock(&pw->mu);
-    if (finished) {
-        memset(&w->ev, 0, sizeof w->ev);
-        store_write_free(w);
-    }
-    return rc;
+    return pg__await(b, store_write_audit(ev, NULL, NULL));
 }
 
 /* Queued document writes as a reader must see them: the newest put or delete of each id of

@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
-from conftest import Platform, postgres_server_pids, throwaway_postgres
+from conftest import WEB_APP, Platform, deploy_bits, postgres_server_pids, throwaway_postgres
 
 
 @pytest.fixture
@@ -105,6 +106,79 @@ def test_a_silent_server_neither_stalls_the_api_nor_holds_up_the_exit(pg_dir):
         assert took < 20, f"skiffd took {took:.1f} s to exit"
         out = p.output()
         assert "lost a queued write" in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
+
+
+def app_field(p, name, field):
+    status, app = p.api("GET", f"/v1/apps/{name}")
+    assert status == 200, app
+    return app[field]
+
+
+def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
+    """A scale (PATCH instances) and a pushed app's start made while the server is stopped:
+    each request waits for its app write, which the store's writer makes once the server
+    answers again; the other API calls are answered meanwhile, and already show both
+    changes."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        files = [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)]
+        deploy_bits(p, "scaled", files, {"instances": 1, "memory_mb": 32})
+        deploy_bits(p, "pushed", files, {"instances": 1, "memory_mb": 32})
+        assert p.api("POST", "/v1/apps/pushed/stop")[0] == 200
+        p.wait_for(lambda: app_field(p, "scaled", "running") == 1, timeout=60,
+                   what="the first instance of scaled")
+        p.wait_for(lambda: app_field(p, "pushed", "running") == 0, timeout=30,
+                   what="pushed to stop")
+
+        pids = postgres_server_pids(pg_dir)
+        pause(pids)
+        answers = {}
+
+        def call(key, method, path, body=None):
+            answers[key] = timed(lambda: p.api(method, path, body))
+
+        calls = [threading.Thread(target=call, args=("scale", "PATCH", "/v1/apps/scaled",
+                                                     {"instances": 3})),
+                 threading.Thread(target=call, args=("start", "POST", "/v1/apps/pushed/start"))]
+        for t in calls:
+            t.start()
+        slowest = 0.0
+        seen = False
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                info, took = timed(p.info)
+            except OSError as e:  # its 2 s timeout
+                raise AssertionError(f"GET /v1/info while the server was paused: {e}")
+            assert info, info
+            slowest = max(slowest, took)
+            (status, listed), took = timed(lambda: p.api("GET", "/v1/apps"))
+            assert status == 200, listed
+            slowest = max(slowest, took)
+            apps = {a["name"]: a for a in listed["apps"]}
+            seen = seen or (apps["scaled"]["instances"] == 3 and
+                            apps["pushed"]["state"] == "STARTED")
+        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
+        assert seen, "the queued scale and start were not read back while the server was paused"
+        assert answers == {}, f"answered before their writes were made: {answers}"
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["scale"][0][0] == 200, answers
+        assert answers["start"][0][0] == 200, answers
+        p.wait_for(lambda: app_field(p, "scaled", "running") == 3, timeout=60,
+                   what="three instances of scaled")
+        p.wait_for(lambda: app_field(p, "pushed", "running") == 1, timeout=60,
+                   what="pushed to run again")
+        out = p.output()
+        assert "was not stored" not in out and "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
     finally:
         resume(pids)

@@ -1935,6 +1935,217 @@ static void test_queued_writes_land_in_order_and_are_read_at_once(void **state)
     remove_db(path);
 }
 
+static int web_instances(const struct store_app *app)
+{
+    const struct store_process *p = store_app_process(app, "web");
+    return p ? p->instances : -1;
+}
+
+/* A change for store_app_modify_async: web to ctx's count, counting its calls. */
+struct scale_to {
+    int n;
+    int calls;
+};
+
+static int scale_web(void *ctx, struct store_app *app)
+{
+    struct scale_to *c = ctx;
+    c->calls++;
+    struct store_process *p = store_app_process(app, "web");
+    if (!p)
+        return -ENOENT;
+    if (p->instances == c->n)
+        return 1;
+    p->instances = c->n;
+    return 0;
+}
+
+/* Queued app writes (update, create, modify) are made in turn with the queued documents and
+ * reported in order; until they are made (on PostgreSQL, the writer held by a document row
+ * another transaction locks), reads show them, versions included; a synchronous write made
+ * after them (a route of the app being created) waits for them rather than overtaking. */
+static void test_queued_app_writes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    struct done_tag tags[4] = {{&log, 0}, {&log, 1}, {&log, 2}, {&log, 3}};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
+    app->processes[0].instances = 5;
+    assert_int_equal(store_app_update_async(st, app, note_done, &tags[1]), 0);
+    assert_int_equal(app->version, 2); /* as it will be once written */
+    struct store_app *other = sample_app("cart");
+    assert_int_equal(store_app_create_async(st, other, note_done, &tags[2]), 0);
+    assert_int_equal(other->version, 1);
+    struct scale_to to7 = {.n = 7};
+    struct store_app *changed = NULL;
+    assert_int_equal(
+        store_app_modify_async(st, app->guid, scale_web, &to7, note_done, &tags[3], &changed), 0);
+    assert_int_equal(web_instances(changed), 7);
+    assert_int_equal(changed->version, 3);
+    store_app_free(changed);
+    if (hold) /* all four wait behind the held row */
+        assert_int_equal(store_async_queued(st), 4);
+    struct store_app *read = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &read), 0);
+    assert_int_equal(web_instances(read), 7);
+    assert_int_equal(read->version, 3);
+    store_app_free(read);
+    read = NULL;
+    assert_int_equal(store_app_get(st, "cart", &read), 0); /* by name, in the default space */
+    assert_string_equal(read->guid, other->guid);
+    store_app_free(read);
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &apps, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(apps[0]->name, "cart"); /* by name */
+    assert_string_equal(apps[1]->name, "shop");
+    assert_int_equal(web_instances(apps[1]), 7);
+    store_app_list_free(apps, n);
+    if (hold)
+        hold_release(hold);
+    /* the route's app is created by the queued write: the route waits for it */
+    struct store_route r = {
+        .host = "cart.localhost", .path = "", .app_guid = other->guid, .domain = "localhost"};
+    uuid_generate_v4(r.guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    reap_until(st, &log, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(log.order[i], i);
+        assert_int_equal(log.rc[i], 0);
+    }
+    assert_int_equal(store_async_queued(st), 0);
+    /* as written, in this store's copy: the created app at version 1, updated at once */
+    read = NULL;
+    assert_int_equal(store_app_get(st, "cart", &read), 0);
+    assert_int_equal(read->version, 1);
+    read->memory_mb = 64;
+    assert_int_equal(store_app_update(st, read), 0);
+    assert_int_equal(read->version, 2);
+    store_app_free(read);
+    store_close(st);
+    /* what another store reads from the database afterwards */
+    st = open_ok(path);
+    read = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &read), 0);
+    assert_int_equal(web_instances(read), 7);
+    assert_int_equal(read->version, 3);
+    store_app_free(read);
+    struct store_route *routes = NULL;
+    assert_int_equal(store_route_list(st, other->guid, &routes, &n), 0);
+    assert_int_equal(n, 1);
+    store_route_list_free(routes, n);
+    store_close(st);
+    store_app_free(app);
+    store_app_free(other);
+    remove_db(path);
+}
+
+/* A queued app write the store refuses (a name taken, a version another write passed) is
+ * reported through its callback with the synchronous call's error, reads show the app as
+ * stored again, and the writes queued after it are made. */
+static void test_a_refused_queued_app_write_is_reported_through_its_callback(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_app *stale = store_app_dup(app);
+    app->processes[0].instances = 4;
+    assert_int_equal(store_app_update(st, app), 0); /* version 2 */
+    struct done_log log = {0};
+    struct done_tag tags[3] = {{&log, 0}, {&log, 1}, {&log, 2}};
+    struct store_app *twin = sample_app("shop"); /* another guid, the same name */
+    assert_int_equal(store_app_create_async(st, twin, note_done, &tags[0]), 0);
+    stale->processes[0].instances = 9;
+    assert_int_equal(store_app_update_async(st, stale, note_done, &tags[1]), 0);
+    app->memory_mb = 256;
+    assert_int_equal(store_app_update_async(st, app, note_done, &tags[2]), 0);
+    reap_until(st, &log, 3);
+    assert_int_equal(log.rc[0], -EEXIST);
+    assert_int_equal(log.rc[1], -ESTALE);
+    assert_int_equal(log.rc[2], 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(log.order[i], i);
+    struct store_app *read = NULL;
+    assert_int_equal(store_app_get(st, twin->guid, &read), -ENOENT);
+    assert_int_equal(store_app_get(st, app->guid, &read), 0);
+    assert_int_equal(web_instances(read), 4); /* not the refused 9 */
+    assert_int_equal(read->memory_mb, 256);
+    assert_int_equal(read->version, 3);
+    store_app_free(read);
+    struct store_app **apps = NULL;
+    size_t n = 0;
+    assert_int_equal(store_app_list(st, &apps, &n), 0);
+    assert_int_equal(n, 1);
+    store_app_list_free(apps, n);
+    /* an update of a version never read is refused at once, with no callback */
+    stale->version = 0;
+    assert_int_equal(store_app_update_async(st, stale, note_done, &tags[0]), -EINVAL);
+    assert_int_equal(store_async_reap(st), 0);
+    assert_int_equal(log.n, 3);
+    store_close(st);
+    store_app_free(app);
+    store_app_free(stale);
+    store_app_free(twin);
+    remove_db(path);
+}
+
+/* A queued modify whose write loses to another writer's (another store on the same
+ * database changed the app after it was read) is made again on the new row: both changes
+ * land, and its callback is told once, of the write that was made. */
+static void test_a_queued_modify_is_made_again_after_another_writer(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store *st2 = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_app *read = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &read), 0); /* st's copy, at version 1 */
+    store_app_free(read);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    struct done_tag tags[2] = {{&log, 0}, {&log, 1}};
+    if (hold) /* st's writer waits on the row while the modify is queued from version 1 */
+        assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, &tags[0]), 0);
+    struct scale_to to6 = {.n = 6};
+    assert_int_equal(
+        store_app_modify_async(st, app->guid, scale_web, &to6, note_done, &tags[1], NULL), 0);
+    /* the other writer changes the app meanwhile (on SQLite, after the modify was made) */
+    struct store_app *theirs = NULL;
+    assert_int_equal(store_app_get(st2, app->guid, &theirs), 0);
+    theirs->memory_mb = 512;
+    assert_int_equal(store_app_update(st2, theirs), 0);
+    store_app_free(theirs);
+    if (hold)
+        hold_release(hold);
+    reap_until(st, &log, hold ? 2 : 1);
+    assert_int_equal(log.rc[log.n - 1], 0);
+    assert_int_equal(log.order[log.n - 1], 1);
+    assert_int_equal(to6.calls, hold ? 2 : 1); /* made again once on PostgreSQL */
+    store_close(st);
+    store_close(st2);
+    st = open_ok(path);
+    assert_int_equal(store_app_get(st, app->guid, &read), 0);
+    assert_int_equal(web_instances(read), 6);
+    assert_int_equal(read->memory_mb, 512);
+    assert_int_equal(read->version, 3);
+    store_app_free(read);
+    store_close(st);
+    store_app_free(app);
+    remove_db(path);
+}
+
 /* A synchronous write of a row queued for an asynchronous one waits its turn: the queued
  * value never lands over the newer one. */
 static void test_a_synchronous_write_never_overtakes_a_queued_one(void **state)
@@ -2245,6 +2456,9 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
         cmocka_unit_test(test_reads_come_from_the_cache_until_a_change_is_announced),              \
         cmocka_unit_test(test_queued_writes_land_in_order_and_are_read_at_once),                   \
         cmocka_unit_test(test_a_synchronous_write_never_overtakes_a_queued_one),                   \
+        cmocka_unit_test(test_queued_app_writes_land_in_order_and_are_read_at_once),               \
+        cmocka_unit_test(test_a_refused_queued_app_write_is_reported_through_its_callback),        \
+        cmocka_unit_test(test_a_queued_modify_is_made_again_after_another_writer),                 \
         cmocka_unit_test(test_a_failed_queued_write_is_reported_and_the_next_ones_land),           \
         cmocka_unit_test(test_close_makes_the_queued_writes),                                      \
         cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes),    \
