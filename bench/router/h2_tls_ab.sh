@@ -9,6 +9,8 @@
 #     [ORDER="nginx a b"] bash bench/router/h2_tls_ab.sh
 # WORKERS is the routers' --workers (0: one per core, as skiffd starts it); WORKERS_A and
 # WORKERS_B set one router's alone (the same binary twice compares worker counts).
+# PROTO=https1: keep-alive HTTPS/1.1 with wrk (-t2) instead, the same columns (wrk's mean and
+# percentiles).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${SECONDS_PER_RUN:-3}; threads=${H2LOAD_THREADS:-2}; streams=${H2_STREAMS:-8}; host=bench.localhost
@@ -17,6 +19,7 @@ workers=${WORKERS:-0}
 # run_once PORT CONNS PATH PID -> "rps mean M p50 M p90 M p99 M cpu US" (ms; µs per request)
 run_once() {
   local port=$1 conns=$2 path=$3 pid=$4 out reqs t0 t1
+  [ "${PROTO:-h2}" = https1 ] && { run_wrk_ab "$@"; return; }
   t0=$(cpu_ticks "$pid")
   out=$(timeout $((secs + 60)) h2load -t"$threads" -c"$conns" -m"$streams" -D"$secs" --warm-up-time=1 -N10 --log-file="$work/h2load.log" -H ":authority: $host" "https://127.0.0.1:$port/$path" 2>&1) || true
   t1=$(cpu_ticks "$pid")
@@ -24,6 +27,18 @@ run_once() {
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
   sort -n -k3,3 "$work/h2load.log" | awk -v rps="$rps" -v t=$((t1 - t0)) -v n="$reqs" -v hz=$(getconf CLK_TCK) '{v[NR]=$3; s+=$3} END {printf "%.0f mean %.2f p50 %.2f p90 %.2f p99 %.2f cpu %.1f", rps, s/NR/1000, v[int(NR*0.5)]/1000, v[int(NR*0.9)]/1000, v[int(NR*0.99)]/1000, (n>0 ? t*1e6/hz/n : 0)}'
   rm -f "$work/h2load.log"
+}
+# run_wrk_ab PORT CONNS PATH PID: as run_once, HTTPS/1.1 with wrk
+run_wrk_ab() {
+  local port=$1 conns=$2 path=$3 pid=$4 out t0 t1
+  t0=$(cpu_ticks "$pid")
+  out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $host" "https://127.0.0.1:$port/$path" 2>&1)
+  t1=$(cpu_ticks "$pid")
+  awk -v t=$((t1 - t0)) -v hz=$(getconf CLK_TCK) '
+    function ms(v) { if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000; if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0; return substr(v, 1, length(v) - 1) * 1000 }
+    $1 == "Latency" && !mean { mean = ms($2) } $1 == "50%" { p50 = ms($2) } $1 == "90%" { p90 = ms($2) }
+    $1 == "99%" { p99 = ms($2) } /requests in/ { n = $1 } /^Requests\/sec:/ { rps = $2 }
+    END { printf "%.0f mean %.2f p50 %.2f p90 %.2f p99 %.2f cpu %.1f", rps, mean, p50, p90, p99, (n > 0 ? t * 1e6 / hz / n : 0) }' <<<"$out"
 }
 bench_workdir h2tlsab
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$host" -addext "subjectAltName=DNS:$host,IP:127.0.0.1" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null

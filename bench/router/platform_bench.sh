@@ -16,6 +16,7 @@
 #   bench/router/platform_bench.sh       (REPEAT=3, SECONDS_PER_RUN=3: about three minutes)
 # SIZES ("small 64k"), CONNS ("32 256") and PROTOS ("https1 h2") choose the rows; PROTOS=none
 # skips HTTPS: CONNS=256 PROTOS=https1 SIZES=small for the 256-connection rows alone.
+# HTTP_ROWS=no skips the plain HTTP table (HTTP_ROWS=no PROTOS="https1 h2": the TLS rows alone).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -36,6 +37,7 @@ streams=${H2_STREAMS:-8}
 sizes=${SIZES:-small 64k}
 conn_counts=${CONNS:-32 256}
 protos=${PROTOS:-https1 h2}
+http_rows=${HTTP_ROWS:-yes}
 ulimit -n 65536 2>/dev/null || true
 
 work=$(mktemp -d /tmp/skiff-bench-platform.XXXXXX)
@@ -99,12 +101,13 @@ declare -A runs
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$http_rows" = no ] && sizes_http="" || sizes_http=$sizes
 printf '\n%-6s %-5s | %-25s | %-25s | %-25s | %-15s | %-15s | %6s %6s\n' "" "" \
   "platform router->veth" "router alone->loopback" "nginx->veth" "direct veth" "direct loopback" \
   "plat/" "veth/"
 printf '%-6s %-5s | %8s %6s %4s %4s | %8s %6s %4s %4s | %8s %6s %4s %4s | %8s %6s | %8s %6s | %6s %6s\n' \
   size conns req/s p99ms cpu skfd req/s p99ms cpu "" req/s p99ms cpu "" req/s p99ms req/s p99ms nginx lo
-for size in $sizes; do
+for size in $sizes_http; do
   for conns in $conn_counts; do
     for name in "${cases[@]}"; do runs[$name]=""; done
     for _ in $(seq "$repeat"); do

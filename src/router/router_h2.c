@@ -724,6 +724,11 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 
 /* ---- the session -------------------------------------------------------------------------- */
 
+bool router_h2_write_now(size_t n)
+{
+    return n >= 16384;
+}
+
 struct router_h2_session *router_h2_session_new(const struct router_h2_limits *limits,
                                                 const struct router_h2_ops *ops, void *ctx)
 {

@@ -65,6 +65,14 @@ struct router_h2_ops {
  * high water, may read again. */
 #define ROUTER_H2_LOW_WATER (64 * 1024)
 
+/* Whether `n` response bytes just read from a backend for a stream make its connection worth
+ * writing at once, from the read's callback, rather than with the other connections' output
+ * at the end of the loop turn: n is a full TLS record's worth (16 KB) or more. A large
+ * response so leaves as soon as it is read, instead of waiting for every other event of the
+ * turn to be handled; small ones still wait, so that several go out in one write and one
+ * record. */
+bool router_h2_write_now(size_t n);
+
 /* A new server session. The client preface is expected first in the input. */
 struct router_h2_session *router_h2_session_new(const struct router_h2_limits *limits,
                                                 const struct router_h2_ops *ops, void *ctx);

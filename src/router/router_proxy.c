@@ -1027,10 +1027,10 @@ static void access_log(struct exchange *x)
 
 static void h2_conn_flush(struct client *c);
 
-static void on_access_flush(uv_check_t *h)
+/* Writes the HTTP/2 connections that have output, first come first written. */
+static void h2_flush_dirty(struct worker *w)
 {
-    struct worker *w = h->data;
-    while (w->h2_dirty) { /* HTTP/2 output made during this turn */
+    while (w->h2_dirty) {
         struct client *c = w->h2_dirty;
         w->h2_dirty = c->h2_dirty_next;
         if (!w->h2_dirty)
@@ -1038,6 +1038,12 @@ static void on_access_flush(uv_check_t *h)
         c->h2_dirty = false;
         h2_conn_flush(c);
     }
+}
+
+static void on_access_flush(uv_check_t *h)
+{
+    struct worker *w = h->data;
+    h2_flush_dirty(w); /* HTTP/2 output made during this turn */
     if (w->access.len == 0)
         return;
     router_bus_send_lines(w->access.data, w->access.len, w->access_lines);
@@ -3230,8 +3236,12 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     struct exchange *x = u->x;
     if (nread > 0) {
+        struct worker *w = u->p.w;
+        bool h2_now = x->c->h2_conn && router_h2_write_now((size_t)nread);
         client_touch(x->c);
         upstream_feed(u, buf->base, (size_t)nread);
+        if (h2_now) /* not at the end of the turn: router_h2_write_now says why */
+            h2_flush_dirty(w);
         return;
     }
     if (x->c->state == C_TUNNEL) {

@@ -313,6 +313,48 @@ def test_real_clients_speak_h2_over_tls(tls_app):
     assert r.proc.poll() is None
 
 
+def test_responses_written_from_the_backend_read_arrive_whole_over_tls(home, router_factory):
+    """A read of 16 KB or more of a response writes its HTTP/2 connection at once, inside the
+    backend's read callback (router_h2_write_now): streams end and close there, and small
+    responses still wait for the end of the turn. Three connections of eight streams each,
+    sizes around the record size and past the 256 KB high water, every body checked."""
+    sizes = [1, 100, 16383, 16384, 16385, 65536, 100000, 300000]
+
+    def body_for(path):
+        n = int(path.rsplit("/", 1)[1].split("-")[0])
+        return (path.encode() * (n // len(path) + 1))[:n]
+
+    def serve(conn):
+        for first, headers, f in requests_on(conn):
+            body = body_for(first.split()[1])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 40000):  # in pieces, as an app writes a long body
+                conn.sendall(body[i:i + 40000])
+
+    backend = RawBackend(serve)
+    r = tls_router(home, router_factory, [route("app.localhost", [backend])])
+    out_dir = os.path.join(home, "bodies")
+    os.makedirs(out_dir)
+    resolve = ["--cacert", r.ca, "--resolve", f"app.localhost:{r.tls_port}:127.0.0.1"]
+    procs, paths = [], []
+    for conn in range(3):
+        args = ["curl", "-s", "--max-time", "30", "--http2", "--parallel", "--parallel-max", "8",
+                *resolve]
+        for size in sizes:
+            path = f"/{size}-{conn}"
+            paths.append(path)
+            args += ["-o", os.path.join(out_dir, path[1:]), f"https://app.localhost:{r.tls_port}{path}"]
+        procs.append(subprocess.Popen(args, stderr=subprocess.PIPE))
+    for p in procs:
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+    for path in paths:
+        with open(os.path.join(out_dir, path[1:]), "rb") as f:
+            got = f.read()
+        want = body_for(path)
+        assert len(got) == len(want) and hashlib.sha256(got).digest() == hashlib.sha256(want).digest(), path
+    assert r.proc.poll() is None
+
+
 def test_h2_over_tls_is_by_alpn_only_and_https_only_routes_are_served(home, router_factory,
                                                                       backends):
     b = backends("a")

@@ -422,6 +422,74 @@ static void test_handshake_versions_alpn_and_data(void **state)
     tls_store_free(s);
 }
 
+/* Reads n bytes the client receives from sc's output, which is consumed; they must be `want`. */
+static void client_receives(struct client *cl, struct tls_conn *sc, const char *want, size_t n)
+{
+    const char *q;
+    size_t m = tls_conn_output(sc, &q);
+    BIO_write(cl->in, q, (int)m);
+    tls_conn_output_consumed(sc, m);
+    char *got = malloc(n);
+    size_t have = 0;
+    while (have < n) {
+        int r = SSL_read(cl->ssl, got + have, (int)(n - have));
+        assert_true(r > 0);
+        have += (size_t)r;
+    }
+    assert_memory_equal(got, want, n);
+    free(got);
+}
+
+/* Connections of one thread encrypt into the same output buffer once each one's output is
+ * consumed; one whose output waits keeps its bytes while another writes. */
+static void test_connections_share_the_output_buffer_and_keep_what_waits(void **state)
+{
+    struct tls_store *s;
+    char err[256] = "";
+    struct tls_store_options opts = {0};
+    assert_int_equal(tls_store_new(&opts, &s, err, sizeof err), 0);
+    assert_int_equal(tls_store_set_issuer(s, ca_dir, "localhost", err, sizeof err), 0);
+    assert_int_equal(tls_store_load_dir(s, ca_dir, err, sizeof err), 0);
+    struct client ca, cb;
+    struct tls_conn *a = tls_conn_new(s), *b = tls_conn_new(s);
+    client_open(&ca, 0, "web.localhost", NULL);
+    client_open(&cb, 0, "web.localhost", NULL);
+    assert_int_equal(pump(&ca, a), 1);
+    assert_int_equal(pump(&cb, b), 1);
+    size_t big = 40000;
+    char *xs = malloc(big), *ys = malloc(big);
+    memset(xs, 'x', big);
+    memset(ys, 'y', big);
+
+    assert_int_equal(tls_conn_write(a, xs, big), 0);
+    const char *pa, *pb;
+    assert_true(tls_conn_output(a, &pa) > big);
+    client_receives(&ca, a, xs, big);
+    assert_int_equal(tls_conn_write(b, ys, big), 0);
+    assert_true(tls_conn_output(b, &pb) > big);
+    assert_ptr_equal(pa, pb); /* a's buffer, given back, now b's */
+    client_receives(&cb, b, ys, big);
+
+    /* a's output is not consumed: b writes elsewhere, and a's bytes are still a's */
+    assert_int_equal(tls_conn_write(a, xs, big), 0);
+    assert_int_equal(tls_conn_write(b, ys, 100), 0);
+    assert_true(tls_conn_output(a, &pa) > big);
+    assert_true(tls_conn_output(b, &pb) > 100);
+    assert_ptr_not_equal(pa, pb);
+    client_receives(&cb, b, ys, 100);
+    client_receives(&ca, a, xs, big);
+
+    /* a connection freed with output unsent leaves nothing behind (LSan) */
+    assert_int_equal(tls_conn_write(a, xs, 1000), 0);
+    tls_conn_free(a);
+    tls_conn_free(b);
+    client_close(&ca);
+    client_close(&cb);
+    free(xs);
+    free(ys);
+    tls_store_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_pair_split_and_info_from_memory),
         cmocka_unit_test(test_local_ca_files_and_modes),
         cmocka_unit_test(test_handshake_versions_alpn_and_data),
+        cmocka_unit_test(test_connections_share_the_output_buffer_and_keep_what_waits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
