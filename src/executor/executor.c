@@ -1107,6 +1107,32 @@ struct executor__warm {
     char last_line[160]; /* what it said last: why it ended, when it ends unused */
 };
 
+/* An instance's cgroup is named after it, but for one that took a warm container: that
+ * keeps the name it was made with (warm__start), written in the container's folder, which
+ * becomes the instance's. */
+#define EXECUTOR_CGROUP_NAME_FILE "cgroup"
+
+static int executor__cgroup_name_keep(const char *scratch, const char *name)
+{
+    char *path = xasprintf("%s/%s", scratch, EXECUTOR_CGROUP_NAME_FILE);
+    int rc = file_replace(path, name, strlen(name), 0600);
+    free(path);
+    return rc;
+}
+
+/* The name of the cgroup of the instance whose folder is scratch (caller frees). */
+static char *executor__cgroup_name(const char *scratch, const char *guid)
+{
+    char *path = xasprintf("%s/%s", scratch, EXECUTOR_CGROUP_NAME_FILE);
+    char *name = NULL;
+    if (file_read(path, &name, NULL) < 0 || !name[0] || strlen(name) > 64) {
+        free(name);
+        name = xstrdup(guid);
+    }
+    free(path);
+    return name;
+}
+
 static void warm__unlink(struct executor__warm *w)
 {
     for (struct executor__warm **p = &w->ex->warm; *p; p = &(*p)->next)
@@ -1199,6 +1225,8 @@ static int warm__add(struct executor *ex, int runtime)
     int rc = mkdir_p(w->dir, 0700);
     if (rc == 0)
         rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
+    if (rc == 0)
+        rc = executor__cgroup_name_keep(w->dir, w->id);
     start_trace("make: executor: folder, cgroup");
     if (rc == 0)
         rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
@@ -1454,12 +1482,12 @@ static int warm__start(struct instance *inst)
     if (rc == 0) {
         free(w->dir);
         w->dir = xstrdup(inst->scratch_dir);
-        rc = cgroup_rename(w->cg, inst->guid);
-        if (rc == 0)
-            rc = cgroup_set_limits(w->cg, inst->memory_mb, inst->pids_max);
+        /* the cgroup keeps its name (the folder says it: executor__cgroup_name); a rename
+         * would wait for the kernel's cgroup lock, which a warm container being made holds
+         * for milliseconds while it joins its cgroups */
+        rc = cgroup_set_limits(w->cg, inst->memory_mb, inst->pids_max);
         if (rc < 0)
-            snprintf(err, sizeof err, "cannot make its cgroup the instance's: %s",
-                     skiff_strerror(rc));
+            snprintf(err, sizeof err, "cannot set its cgroup's limits: %s", skiff_strerror(rc));
     }
     char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
     mkdir_p(tmp, 0700);
@@ -2130,12 +2158,14 @@ static void executor__end_leftover(struct executor *ex, const char *guid)
         kill(pid, SIGKILL);
         log_info("stopped instance %s (pid %d) left by a previous skiffd", guid, pid);
     }
+    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
+    char *cg_name = executor__cgroup_name(scratch, guid);
     struct cgroup *cg = NULL;
-    if (cgroup_create(guid, 0, 0, &cg) == 0)
+    if (cgroup_create(cg_name, 0, 0, &cg) == 0)
         cgroup_destroy(cg); /* kills whatever is still in it */
+    free(cg_name);
     unlink(path);
     free(path);
-    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
     rm_rf(scratch);
     free(scratch);
 }
@@ -2802,9 +2832,11 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
          * instance's pid file; a shim that still runs ends once its instance has */
         if (fd >= 0 && write(fd, "S 9\nA\n", 6) < 0)
             perror("skiffd: ending an instance nobody can adopt");
+        char *cg_name = executor__cgroup_name(scratch, guid);
         struct cgroup *cg = NULL;
-        if (cgroup_create(guid, 0, 0, &cg) == 0)
+        if (cgroup_create(cg_name, 0, 0, &cg) == 0)
             cgroup_destroy(cg);
+        free(cg_name);
         rm_rf(scratch);
         char *shim_pid = shim__pid_path(ex, "shim", guid);
         unlink(shim_pid);
@@ -2860,8 +2892,10 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->scratch_dir = scratch;
     scratch = NULL;
     inst->pid = pid;
-    if (cgroup_open(inst->guid, &inst->cg) < 0)
+    char *cg_name = executor__cgroup_name(inst->scratch_dir, inst->guid);
+    if (cgroup_open(cg_name, &inst->cg) < 0)
         inst->cg = NULL;
+    free(cg_name);
     if (inst->port >= ex->port_min && inst->port <= ex->port_max)
         ex->port_used[inst->port - ex->port_min] = 1;
     struct executor__shim *sh = shim__new(inst->ex, inst);
