@@ -676,9 +676,11 @@ static bool process_driver_listens_on(struct instance *inst, int port)
     return false;
 }
 
+static void executor__cgroup_destroy(struct executor *ex, struct cgroup *cg);
+
 static void process_driver_cleanup(struct instance *inst)
 {
-    cgroup_destroy(inst->cg);
+    executor__cgroup_destroy(inst->ex, inst->cg);
     inst->cg = NULL;
 }
 
@@ -1053,7 +1055,7 @@ static void shim_driver_cleanup(struct instance *inst)
     char *path = shim__pid_path(inst->ex, "shim", inst->guid);
     unlink(path);
     free(path);
-    cgroup_destroy(inst->cg);
+    executor__cgroup_destroy(inst->ex, inst->cg);
     inst->cg = NULL;
 }
 
@@ -1091,8 +1093,9 @@ static void executor__slot_free(struct executor *ex, int slot)
 /* One warm container (container.h) kept for the next instance of the default disk size: its
  * folder home/instances/warm-ID, its cgroup warm-ID, its network slot and its own shim. The
  * slot is handed out for a start (executor_port_allocate_for), executor_start finds it by the
- * slot and the instance takes it whole: folder, cgroup and pid files renamed to the
- * instance's guid. A warm container is never given to a second instance. */
+ * slot and the instance takes it whole: folder and pid files renamed to the instance's guid,
+ * the cgroup keeping its name. A warm container is never given to a second instance. */
+struct warm__job;
 struct executor__warm {
     struct executor__warm *next;
     struct executor *ex;
@@ -1102,10 +1105,58 @@ struct executor__warm {
     int slot;
     int pid;       /* its keeper (skiff-init), once the shim said */
     bool reserved; /* its slot was handed out for a start */
-    struct cgroup *cg;
+    struct cgroup *cg;     /* NULL while job makes it */
+    struct warm__job *job; /* its folder and cgroup being made on the thread pool */
     struct executor__shim *sh;
     char last_line[160]; /* what it said last: why it ended, when it ends unused */
 };
+
+/* A warm container's folder and cgroup, made on the thread pool (executor__cgroup_job). */
+struct warm__job {
+    uv_work_t work;
+    struct executor__warm *w; /* NULL once it was discarded meanwhile */
+    char id[48];
+    char *dir;
+    struct cgroup *cg;
+    int rc;
+};
+
+/* Making or removing a cgroup takes the kernel's cgroup lock, which any process joining a
+ * cgroup on the machine holds for an RCU grace period (10-15 ms here, v1): skiffd's loop does
+ * neither, the thread pool does, so that a start, a probe or a request never waits behind
+ * a warm container being made (bench/coldstart/cgroup_lock.py). While the executor stops, a
+ * removal is done at once: it is over before the executor is gone. */
+struct executor__cgroup_job {
+    uv_work_t work;
+    struct cgroup *cg;
+};
+
+static void executor__cgroup_destroy_work(uv_work_t *work)
+{
+    struct executor__cgroup_job *job = work->data;
+    cgroup_destroy(job->cg);
+}
+
+static void executor__cgroup_destroyed(uv_work_t *work, int status)
+{
+    (void)status;
+    free(work->data);
+}
+
+/* cgroup_destroy, on the thread pool: cg is the job's from now on. */
+static void executor__cgroup_destroy(struct executor *ex, struct cgroup *cg)
+{
+    if (!cg)
+        return;
+    struct executor__cgroup_job *job = xcalloc(1, sizeof *job);
+    job->cg = cg;
+    job->work.data = job;
+    if (ex->shutting_down || uv_queue_work(ex->loop, &job->work, executor__cgroup_destroy_work,
+                                           executor__cgroup_destroyed) < 0) {
+        cgroup_destroy(cg);
+        free(job);
+    }
+}
 
 /* An instance's cgroup is named after it, but for one that took a warm container: that
  * keeps the name it was made with (warm__start), written in the container's folder, which
@@ -1156,7 +1207,9 @@ static void warm__discard(struct executor__warm *w)
     }
     if (w->pid > 0)
         kill(-w->pid, SIGKILL);
-    cgroup_destroy(w->cg);
+    if (w->job)
+        w->job->w = NULL; /* it removes what it made once done */
+    executor__cgroup_destroy(ex, w->cg);
     rm_rf(w->dir);
     char *shim_pid = shim__pid_path(ex, "shim", w->id);
     unlink(shim_pid);
@@ -1207,29 +1260,38 @@ static bool warm__ready(struct executor__warm *w)
     return ready;
 }
 
-static int warm__add(struct executor *ex, int runtime)
+static void warm__make_work(uv_work_t *work)
 {
-    start_trace("make: executor: warm container wanted");
-    int slot = executor__slot_allocate(ex);
-    if (slot < 0)
-        return slot;
-    struct executor__warm *w = xcalloc(1, sizeof *w);
-    w->ex = ex;
-    w->slot = slot;
-    w->runtime = runtime;
-    char guid[37];
-    uuid_generate_v4(guid);
-    snprintf(w->id, sizeof w->id, "warm-%s", guid);
-    w->dir = xasprintf("%s/instances/%s", ex->home, w->id);
-    char *config = NULL;
-    int rc = mkdir_p(w->dir, 0700);
-    if (rc == 0)
-        rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
-    if (rc == 0)
-        rc = executor__cgroup_name_keep(w->dir, w->id);
+    struct warm__job *job = work->data;
+    job->rc = mkdir_p(job->dir, 0700);
+    if (job->rc == 0)
+        job->rc = cgroup_create(job->id, 0, DEFAULT_PIDS_MAX, &job->cg);
+    if (job->rc == 0)
+        job->rc = executor__cgroup_name_keep(job->dir, job->id);
     start_trace("make: executor: folder, cgroup");
+}
+
+/* Its folder and cgroup are there: its config, then its shim, which makes the rest. */
+static void warm__made(uv_work_t *work, int status)
+{
+    struct warm__job *job = work->data;
+    struct executor__warm *w = job->w;
+    if (!w) { /* discarded meanwhile */
+        cgroup_destroy(job->cg);
+        rm_rf(job->dir);
+        free(job->dir);
+        free(job);
+        return;
+    }
+    struct executor *ex = w->ex;
+    w->job = NULL;
+    w->cg = job->cg;
+    int rc = status < 0 ? status : job->rc;
+    free(job->dir);
+    free(job);
+    char *config = NULL;
     if (rc == 0)
-        rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
+        rc = executor__write_container_config(ex, w->dir, "warm", NULL, w->runtime, w->slot,
                                               DEFAULT_DISK_MB, w->cg, NULL, 0, NULL, &config);
     start_trace("make: executor: config written");
     if (rc == 0) {
@@ -1245,13 +1307,41 @@ static int warm__add(struct executor *ex, int runtime)
         }
     }
     free(config);
+    if (rc < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "cannot make it: %s", skiff_strerror(rc));
+        warm__ended(w, why);
+    }
+}
+
+/* One more warm container of that kind, in the pool at once, ready once made. */
+static int warm__add(struct executor *ex, int runtime)
+{
+    start_trace("make: executor: warm container wanted");
+    int slot = executor__slot_allocate(ex);
+    if (slot < 0)
+        return slot;
+    struct executor__warm *w = xcalloc(1, sizeof *w);
+    w->ex = ex;
+    w->slot = slot;
+    w->runtime = runtime;
+    char guid[37];
+    uuid_generate_v4(guid);
+    snprintf(w->id, sizeof w->id, "warm-%s", guid);
+    w->dir = xasprintf("%s/instances/%s", ex->home, w->id);
     w->next = ex->warm;
     ex->warm = w;
-    if (rc < 0) {
-        log_error("cannot make a warm container: %s", skiff_strerror(rc));
-        warm__discard(w);
+    struct warm__job *job = xcalloc(1, sizeof *job);
+    job->w = w;
+    snprintf(job->id, sizeof job->id, "%s", w->id);
+    job->dir = xstrdup(w->dir);
+    job->work.data = job;
+    w->job = job;
+    if (uv_queue_work(ex->loop, &job->work, warm__make_work, warm__made) < 0) {
+        warm__make_work(&job->work);
+        warm__made(&job->work, 0);
     }
-    return rc;
+    return 0;
 }
 
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes)
@@ -1479,6 +1569,7 @@ static int warm__start(struct instance *inst)
         rc = -errno;
         snprintf(err, sizeof err, "cannot rename its folder: %s", skiff_strerror(-errno));
     }
+    start_trace("executor: folder renamed");
     if (rc == 0) {
         free(w->dir);
         w->dir = xstrdup(inst->scratch_dir);
@@ -1489,6 +1580,7 @@ static int warm__start(struct instance *inst)
         if (rc < 0)
             snprintf(err, sizeof err, "cannot set its cgroup's limits: %s", skiff_strerror(rc));
     }
+    start_trace("executor: limits set");
     char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
     mkdir_p(tmp, 0700);
     free(tmp);
@@ -3062,6 +3154,7 @@ void executor_free(struct executor *ex)
 {
     if (!ex)
         return;
+    ex->shutting_down = true; /* what is removed from here on is removed at once */
     /* instances still here were not shut down: under a shim they keep running for the
      * next executor; else they are ended without telling anyone */
     while (ex->instances) {
