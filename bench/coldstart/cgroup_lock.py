@@ -6,9 +6,11 @@
 warm container's keeper does, over and over (a cgroup made, a child moved into it by writing
 its pid to cgroup.procs, the cgroup removed once it has ended), it times, in turns, the two
 things a start from a warm container could do to its cgroup: rename it (what an instance
-took the warm container's cgroup by, before) and write its memory limit (what it still does).
-With --joins off, the same without the process beside: the peer. Prints p50 / p99 / max in
-ms for each, and the ratio of the rename's p99 to the limit's."""
+took the warm container's cgroup by, before) and write its memory limit (what it still does);
+and what skiffd's loop did before for the pool and for ended instances: make a cgroup and
+remove it (mkdir, rmdir). With --joins off, the same without the process beside: the peer
+(other processes on the machine may join cgroups all the same). Prints p50 / p99 / max in ms
+for each, and the ratio of the rename's p99 to the limit's."""
 import argparse
 import multiprocessing
 import os
@@ -53,7 +55,7 @@ def measure(base, rounds, joins):
     if p:
         p.start()
         time.sleep(0.2)
-    rename, limit = [], []
+    rename, limit, mkdir, rmdir = [], [], [], []
     try:
         cur = 0
         for k in range(rounds):
@@ -65,13 +67,20 @@ def measure(base, rounds, joins):
             with open(os.path.join(names[cur], "memory.limit_in_bytes"), "w") as f:
                 f.write(str((64 + k % 2) << 20))
             limit.append((time.monotonic() - t) * 1000)
+            fresh = os.path.join(base, "made-%d" % k)
+            t = time.monotonic()
+            os.mkdir(fresh)
+            mkdir.append((time.monotonic() - t) * 1000)
+            t = time.monotonic()
+            os.rmdir(fresh)
+            rmdir.append((time.monotonic() - t) * 1000)
             time.sleep(0.002)
     finally:
         if p:
             stop.set()
             p.join()
         os.rmdir(names[cur])
-    return rename, limit
+    return rename, limit, mkdir, rmdir
 
 
 def main():
@@ -87,12 +96,12 @@ def main():
         print("bench/coldstart/cgroup_lock.py: %d rounds, %d cores, load %.1f; p50 / p99 / max ms"
               % (args.rounds, os.cpu_count(), os.getloadavg()[0]))
         for joins in {"on": [True], "off": [False], "both": [False, True]}[args.joins]:
-            rename, limit = measure(base, args.rounds, joins)
-            print("  %-34s rename %6.3f / %6.3f / %6.3f   limit %6.3f / %6.3f / %6.3f   "
-                  "rename p99 / limit p99 %5.1fx" %
-                  ("a keeper joining beside" if joins else "nothing beside (the peer)",
-                   pct(rename, 50), pct(rename, 99), max(rename),
-                   pct(limit, 50), pct(limit, 99), max(limit), pct(rename, 99) / pct(limit, 99)))
+            rename, limit, mkdir, rmdir = measure(base, args.rounds, joins)
+            print("  %s:" % ("a keeper joining beside" if joins else "nothing beside (the peer)"))
+            for name, v in (("rename", rename), ("limit write", limit), ("mkdir", mkdir),
+                            ("rmdir", rmdir)):
+                print("    %-12s %7.3f / %7.3f / %7.3f   p99 / the limit's p99 %6.1fx" %
+                      (name, pct(v, 50), pct(v, 99), max(v), pct(v, 99) / pct(limit, 99)))
     finally:
         for d in os.listdir(base):
             if os.path.isdir(os.path.join(base, d)):

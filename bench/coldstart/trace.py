@@ -74,7 +74,7 @@ def one_request(d, app, gap):
 
 
 def report_steps(runs, title):
-    """p50, p90, the maximum and the minimum of each step over the runs: the time since the
+    """p50, p99, the maximum and the minimum of each step over the runs: the time since the
     first step and since the step before"""
     since, step_gap, order = {}, {}, []
     for events in runs:
@@ -90,11 +90,11 @@ def report_steps(runs, title):
             since.setdefault(step, []).append((t - t0) * 1000)
             step_gap.setdefault(step, []).append((t - prev) * 1000)
             prev = t
-    print("%-52s %33s %33s" % (title, "since first p50/p90/max/min", "since last p50/p90/max/min"))
+    print("%-52s %33s %33s" % (title, "since first p50/p99/max/min", "since last p50/p99/max/min"))
     for step in sorted(order, key=lambda s: bench.pct(since[s], 50)):
         row = []
         for v in (since[step], step_gap[step]):
-            row += [bench.pct(v, 50), bench.pct(v, 90), max(v), min(v)]
+            row += [bench.pct(v, 50), bench.pct(v, 99), max(v), min(v)]
         print("%-52s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f" % tuple([step] + row))
 
 
