@@ -676,11 +676,9 @@ static bool process_driver_listens_on(struct instance *inst, int port)
     return false;
 }
 
-static void executor__cgroup_destroy(struct executor *ex, struct cgroup *cg);
-
 static void process_driver_cleanup(struct instance *inst)
 {
-    executor__cgroup_destroy(inst->ex, inst->cg);
+    cgroup_destroy(inst->cg);
     inst->cg = NULL;
 }
 
@@ -1055,7 +1053,7 @@ static void shim_driver_cleanup(struct instance *inst)
     char *path = shim__pid_path(inst->ex, "shim", inst->guid);
     unlink(path);
     free(path);
-    executor__cgroup_destroy(inst->ex, inst->cg);
+    cgroup_destroy(inst->cg);
     inst->cg = NULL;
 }
 
@@ -1111,7 +1109,12 @@ struct executor__warm {
     char last_line[160]; /* what it said last: why it ended, when it ends unused */
 };
 
-/* A warm container's folder and cgroup, made on the thread pool (executor__cgroup_job). */
+/* Making a cgroup takes the kernel's cgroup mutex, which any process joining a cgroup on the
+ * machine holds for an RCU grace period (10-15 ms here, v1): skiffd's loop does not make a
+ * warm container's, the thread pool does (this job), so that a start, a probe or a request
+ * never waits behind a warm container being made (bench/coldstart/cgroup_lock.py). Removing
+ * one stays on the loop: done on the thread pool, an ended instance's removal ran beside the
+ * next start and made the slowest starts slower (bench/coldstart/README.md). */
 struct warm__job {
     uv_work_t work;
     struct executor__warm *w; /* NULL once it was discarded meanwhile */
@@ -1120,43 +1123,6 @@ struct warm__job {
     struct cgroup *cg;
     int rc;
 };
-
-/* Making or removing a cgroup takes the kernel's cgroup lock, which any process joining a
- * cgroup on the machine holds for an RCU grace period (10-15 ms here, v1): skiffd's loop does
- * neither, the thread pool does, so that a start, a probe or a request never waits behind
- * a warm container being made (bench/coldstart/cgroup_lock.py). While the executor stops, a
- * removal is done at once: it is over before the executor is gone. */
-struct executor__cgroup_job {
-    uv_work_t work;
-    struct cgroup *cg;
-};
-
-static void executor__cgroup_destroy_work(uv_work_t *work)
-{
-    struct executor__cgroup_job *job = work->data;
-    cgroup_destroy(job->cg);
-}
-
-static void executor__cgroup_destroyed(uv_work_t *work, int status)
-{
-    (void)status;
-    free(work->data);
-}
-
-/* cgroup_destroy, on the thread pool: cg is the job's from now on. */
-static void executor__cgroup_destroy(struct executor *ex, struct cgroup *cg)
-{
-    if (!cg)
-        return;
-    struct executor__cgroup_job *job = xcalloc(1, sizeof *job);
-    job->cg = cg;
-    job->work.data = job;
-    if (ex->shutting_down || uv_queue_work(ex->loop, &job->work, executor__cgroup_destroy_work,
-                                           executor__cgroup_destroyed) < 0) {
-        cgroup_destroy(cg);
-        free(job);
-    }
-}
 
 /* An instance's cgroup is named after it, but for one that took a warm container: that
  * keeps the name it was made with (warm__start), written in the container's folder, which
@@ -1209,7 +1175,7 @@ static void warm__discard(struct executor__warm *w)
         kill(-w->pid, SIGKILL);
     if (w->job)
         w->job->w = NULL; /* it removes what it made once done */
-    executor__cgroup_destroy(ex, w->cg);
+    cgroup_destroy(w->cg);
     rm_rf(w->dir);
     char *shim_pid = shim__pid_path(ex, "shim", w->id);
     unlink(shim_pid);
@@ -3154,7 +3120,6 @@ void executor_free(struct executor *ex)
 {
     if (!ex)
         return;
-    ex->shutting_down = true; /* what is removed from here on is removed at once */
     /* instances still here were not shut down: under a shim they keep running for the
      * next executor; else they are ended without telling anyone */
     while (ex->instances) {
