@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 import bench  # noqa: E402
 import skiffd  # noqa: E402
 
-TRACE = "/tmp/skiff-start-trace.log"
+TRACE = "/tmp/skiff-start-trace.log"  # the build's SKIFF_START_TRACE (--trace)
 
 
 def mark(step):
@@ -74,6 +74,8 @@ def one_request(d, app, gap):
 
 
 def report_steps(runs, title):
+    """p50, p99, the maximum and the minimum of each step over the runs: the time since the
+    first step and since the step before"""
     since, step_gap, order = {}, {}, []
     for events in runs:
         if not events:
@@ -88,18 +90,40 @@ def report_steps(runs, title):
             since.setdefault(step, []).append((t - t0) * 1000)
             step_gap.setdefault(step, []).append((t - prev) * 1000)
             prev = t
-    print("%-52s %17s %17s" % (title, "since first p50/min", "since last p50/min"))
+    print("%-52s %33s %33s" % (title, "since first p50/p99/max/min", "since last p50/p99/max/min"))
     for step in sorted(order, key=lambda s: bench.pct(since[s], 50)):
-        print("%-52s %8.2f %8.2f %8.2f %8.2f" % (step, bench.pct(since[step], 50), min(since[step]),
-                                                 bench.pct(step_gap[step], 50), min(step_gap[step])))
+        row = []
+        for v in (since[step], step_gap[step]):
+            row += [bench.pct(v, 50), bench.pct(v, 99), max(v), min(v)]
+        print("%-52s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f" % tuple([step] + row))
 
 
-def report(runs):
+def report_slowest(runs, count):
+    """The slowest starts (to the client's first byte), each with its steps' own times: where
+    the p99's milliseconds go"""
+    done = []
+    for r in runs:
+        end = next((k for k, e in enumerate(r) if e[1] == "client: first byte"), None)
+        if end is not None:
+            done.append((r[end][0] - r[0][0], r[:end + 1]))
+    done.sort(key=lambda x: -x[0])
+    for total, r in done[:count]:
+        print("a slow start: %.2f ms to the first byte" % (total * 1000))
+        prev = r[0][0]
+        for t, step in r:
+            if (t - prev) * 1000 >= 0.5:
+                print("    %8.2f ms  %s" % ((t - prev) * 1000, step))
+            prev = t
+
+
+def report(runs, slowest):
     """The start's steps since the client's PATCH; then the making of the warm container that
     replaced the one taken (steps named "make: ..."), since the executor wanted it: one is
     made per run, as one is taken."""
     report_steps([[e for e in r if not e[1].startswith("make: ")] for r in runs],
                  "step (first time in each run)")
+    print()
+    report_slowest(runs, slowest)
     made = []
     for r in runs:
         make = [e for e in r if e[1].startswith("make: ")]
@@ -112,15 +136,44 @@ def report(runs):
 
 
 def main():
+    global TRACE
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True, help="a build made with -DSKIFF_START_TRACE")
+    ap.add_argument("--bin", help="a build made with -DSKIFF_START_TRACE")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--gap", type=float, default=0.3,
                     help="seconds between the instance's end and the next start (bench.py: 0)")
     ap.add_argument("--via", choices=("api", "router"), default="api",
                     help="api: PATCH instances 0 -> 1 (bench.py); router: a GET through the "
                     "router to the app at zero (the activator)")
+    ap.add_argument("--trace", help="the file the build writes to (its SKIFF_START_TRACE; "
+                    "default " + TRACE + ")")
+    ap.add_argument("--slowest", type=int, default=3,
+                    help="how many of the slowest starts to show step by step (steps of 0.5 ms "
+                    "or more, every process's, the warm container made meanwhile included)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no starts: the report of what the trace file holds (a run before)")
     args = ap.parse_args()
+    if args.trace:
+        TRACE = args.trace
+    if not args.report_only:
+        if not args.bin:
+            ap.error("--bin is needed to run starts")
+        run_starts(args)
+    runs, cur = [], None
+    with open(TRACE) as f:
+        for line in f:
+            t, _pid, step = line.rstrip("\n").split(" ", 2)
+            if step == "=== start":
+                cur = []
+                runs.append(cur)
+            elif cur is not None:
+                cur.append((float(t), step))
+    runs = [r for r in runs if any(s == "client: first byte" for _, s in r)]
+    print("bench/coldstart/trace.py: %d starts, load %.1f" % (len(runs), os.getloadavg()[0]))
+    report(runs, args.slowest)
+
+
+def run_starts(args):
     work = tempfile.mkdtemp(prefix="skiff-bench-trace-")
     os.chmod(work, 0o755)
     listen = os.path.join(work, "hello")
@@ -147,18 +200,6 @@ def main():
                 one_start(d, "traced", args.gap)
     finally:
         d.stop()
-    runs, cur = [], None
-    with open(TRACE) as f:
-        for line in f:
-            t, _pid, step = line.rstrip("\n").split(" ", 2)
-            if step == "=== start":
-                cur = []
-                runs.append(cur)
-            elif cur is not None:
-                cur.append((float(t), step))
-    runs = [r for r in runs if any(s == "client: first byte" for _, s in r)]
-    print("bench/coldstart/trace.py: %d starts, load %.1f" % (len(runs), os.getloadavg()[0]))
-    report(runs)
 
 
 if __name__ == "__main__":

@@ -243,41 +243,6 @@ int cgroup_set_limits(struct cgroup *cg, int memory_mb, int pids_max)
     return rc;
 }
 
-int cgroup_rename(struct cgroup *cg, const char *name)
-{
-    if (!cgroup__name_ok(name))
-        return -EINVAL;
-    int count = cg->mode == CGROUP_V2 ? 1 : CG_COUNT;
-    for (int i = 0; i < count; i++) {
-        if (!cg->dirs[i])
-            continue;
-        char *to = xasprintf("%s/%s", cgroup__base[i], name);
-        if (rename(cg->dirs[i], to) < 0) {
-            int rc = -errno;
-            free(to);
-            /* what moved goes back: the cgroup keeps one name in every hierarchy */
-            for (int k = 0; k < i; k++) {
-                if (!cg->dirs[k])
-                    continue;
-                char *back = xasprintf("%s/%s", cgroup__base[k], name);
-                (void)!rename(back, cg->dirs[k]);
-                free(back);
-            }
-            return rc;
-        }
-        free(cg->dirs[i]);
-        cg->dirs[i] = to;
-    }
-    for (int i = 0; i < count; i++) {
-        if (!cg->dirs[i])
-            continue;
-        free(cg->procs_storage[i]);
-        cg->procs_storage[i] = xasprintf("%s/cgroup.procs", cg->dirs[i]);
-        cg->procs[i] = cg->procs_storage[i];
-    }
-    return 0;
-}
-
 const char *const *cgroup_join_files(const struct cgroup *cg)
 {
     return cg->procs;

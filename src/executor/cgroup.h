@@ -4,7 +4,9 @@
  * cgroup v2 is used when /sys/fs/cgroup (or SKIFF_CGROUP_ROOT) is a unified hierarchy with the
  * memory and pids controllers; otherwise the v1 memory, pids and cpuacct hierarchies are used
  * (and cpu, when mounted, for CPU weights in proportion to memory, as Cloud Foundry gives)
- * when they are mounted and writable. Every instance gets <root>/skiff/<name>. With neither,
+ * when they are mounted and writable. Every instance gets <root>/skiff/<name>: its guid, or
+ * the warm container's name it took (never renamed: a rename waits for the kernel's cgroup
+ * lock, held for milliseconds by any process joining a cgroup on the machine). With neither,
  * cgroup_create returns -ENOTSUP and the executor runs plain process groups.
  *
  * A process joins its cgroup by writing its own pid to the files cgroup_join_files lists
@@ -24,9 +26,6 @@ int cgroup_create(const char *name, int memory_mb, int pids_max, struct cgroup *
 int cgroup_open(const char *name, struct cgroup **out);
 /* Sets the limits (as cgroup_create does; 0 leaves one as it is). */
 int cgroup_set_limits(struct cgroup *cg, int memory_mb, int pids_max);
-/* Gives the cgroup another name, its processes staying in it (a warm container becomes an
- * instance). All or nothing across v1's hierarchies. */
-int cgroup_rename(struct cgroup *cg, const char *name);
 /* A cgroup of its own under parent (a command run inside an instance's container: the
  * instance's limits hold for it, and destroying it ends every process it has). No limits of
  * its own. -EEXIST when there is one of that name. cgroup_destroy removes it; destroying the

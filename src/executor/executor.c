@@ -1091,8 +1091,9 @@ static void executor__slot_free(struct executor *ex, int slot)
 /* One warm container (container.h) kept for the next instance of the default disk size: its
  * folder home/instances/warm-ID, its cgroup warm-ID, its network slot and its own shim. The
  * slot is handed out for a start (executor_port_allocate_for), executor_start finds it by the
- * slot and the instance takes it whole: folder, cgroup and pid files renamed to the
- * instance's guid. A warm container is never given to a second instance. */
+ * slot and the instance takes it whole: folder and pid files renamed to the instance's guid,
+ * the cgroup keeping its name. A warm container is never given to a second instance. */
+struct warm__job;
 struct executor__warm {
     struct executor__warm *next;
     struct executor *ex;
@@ -1102,10 +1103,52 @@ struct executor__warm {
     int slot;
     int pid;       /* its keeper (skiff-init), once the shim said */
     bool reserved; /* its slot was handed out for a start */
-    struct cgroup *cg;
+    struct cgroup *cg;     /* NULL while job makes it */
+    struct warm__job *job; /* its folder and cgroup being made on the thread pool */
     struct executor__shim *sh;
     char last_line[160]; /* what it said last: why it ended, when it ends unused */
 };
+
+/* Making a cgroup takes the kernel's cgroup mutex, which any process joining a cgroup on the
+ * machine holds for an RCU grace period (10-15 ms here, v1): skiffd's loop does not make a
+ * warm container's, the thread pool does (this job), so that a start, a probe or a request
+ * never waits behind a warm container being made (bench/coldstart/cgroup_lock.py). Removing
+ * one stays on the loop: done on the thread pool, an ended instance's removal ran beside the
+ * next start and made the slowest starts slower (bench/coldstart/README.md). */
+struct warm__job {
+    uv_work_t work;
+    struct executor__warm *w; /* NULL once it was discarded meanwhile */
+    char id[48];
+    char *dir;
+    struct cgroup *cg;
+    int rc;
+};
+
+/* An instance's cgroup is named after it, but for one that took a warm container: that
+ * keeps the name it was made with (warm__start), written in the container's folder, which
+ * becomes the instance's. */
+#define EXECUTOR_CGROUP_NAME_FILE "cgroup"
+
+static int executor__cgroup_name_keep(const char *scratch, const char *name)
+{
+    char *path = xasprintf("%s/%s", scratch, EXECUTOR_CGROUP_NAME_FILE);
+    int rc = file_replace(path, name, strlen(name), 0600);
+    free(path);
+    return rc;
+}
+
+/* The name of the cgroup of the instance whose folder is scratch (caller frees). */
+static char *executor__cgroup_name(const char *scratch, const char *guid)
+{
+    char *path = xasprintf("%s/%s", scratch, EXECUTOR_CGROUP_NAME_FILE);
+    char *name = NULL;
+    if (file_read(path, &name, NULL) < 0 || !name[0] || strlen(name) > 64) {
+        free(name);
+        name = xstrdup(guid);
+    }
+    free(path);
+    return name;
+}
 
 static void warm__unlink(struct executor__warm *w)
 {
@@ -1130,6 +1173,8 @@ static void warm__discard(struct executor__warm *w)
     }
     if (w->pid > 0)
         kill(-w->pid, SIGKILL);
+    if (w->job)
+        w->job->w = NULL; /* it removes what it made once done */
     cgroup_destroy(w->cg);
     rm_rf(w->dir);
     char *shim_pid = shim__pid_path(ex, "shim", w->id);
@@ -1181,27 +1226,38 @@ static bool warm__ready(struct executor__warm *w)
     return ready;
 }
 
-static int warm__add(struct executor *ex, int runtime)
+static void warm__make_work(uv_work_t *work)
 {
-    start_trace("make: executor: warm container wanted");
-    int slot = executor__slot_allocate(ex);
-    if (slot < 0)
-        return slot;
-    struct executor__warm *w = xcalloc(1, sizeof *w);
-    w->ex = ex;
-    w->slot = slot;
-    w->runtime = runtime;
-    char guid[37];
-    uuid_generate_v4(guid);
-    snprintf(w->id, sizeof w->id, "warm-%s", guid);
-    w->dir = xasprintf("%s/instances/%s", ex->home, w->id);
-    char *config = NULL;
-    int rc = mkdir_p(w->dir, 0700);
-    if (rc == 0)
-        rc = cgroup_create(w->id, 0, DEFAULT_PIDS_MAX, &w->cg);
+    struct warm__job *job = work->data;
+    job->rc = mkdir_p(job->dir, 0700);
+    if (job->rc == 0)
+        job->rc = cgroup_create(job->id, 0, DEFAULT_PIDS_MAX, &job->cg);
+    if (job->rc == 0)
+        job->rc = executor__cgroup_name_keep(job->dir, job->id);
     start_trace("make: executor: folder, cgroup");
+}
+
+/* Its folder and cgroup are there: its config, then its shim, which makes the rest. */
+static void warm__made(uv_work_t *work, int status)
+{
+    struct warm__job *job = work->data;
+    struct executor__warm *w = job->w;
+    if (!w) { /* discarded meanwhile */
+        cgroup_destroy(job->cg);
+        rm_rf(job->dir);
+        free(job->dir);
+        free(job);
+        return;
+    }
+    struct executor *ex = w->ex;
+    w->job = NULL;
+    w->cg = job->cg;
+    int rc = status < 0 ? status : job->rc;
+    free(job->dir);
+    free(job);
+    char *config = NULL;
     if (rc == 0)
-        rc = executor__write_container_config(ex, w->dir, "warm", NULL, runtime, slot,
+        rc = executor__write_container_config(ex, w->dir, "warm", NULL, w->runtime, w->slot,
                                               DEFAULT_DISK_MB, w->cg, NULL, 0, NULL, &config);
     start_trace("make: executor: config written");
     if (rc == 0) {
@@ -1217,13 +1273,41 @@ static int warm__add(struct executor *ex, int runtime)
         }
     }
     free(config);
+    if (rc < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "cannot make it: %s", skiff_strerror(rc));
+        warm__ended(w, why);
+    }
+}
+
+/* One more warm container of that kind, in the pool at once, ready once made. */
+static int warm__add(struct executor *ex, int runtime)
+{
+    start_trace("make: executor: warm container wanted");
+    int slot = executor__slot_allocate(ex);
+    if (slot < 0)
+        return slot;
+    struct executor__warm *w = xcalloc(1, sizeof *w);
+    w->ex = ex;
+    w->slot = slot;
+    w->runtime = runtime;
+    char guid[37];
+    uuid_generate_v4(guid);
+    snprintf(w->id, sizeof w->id, "warm-%s", guid);
+    w->dir = xasprintf("%s/instances/%s", ex->home, w->id);
     w->next = ex->warm;
     ex->warm = w;
-    if (rc < 0) {
-        log_error("cannot make a warm container: %s", skiff_strerror(rc));
-        warm__discard(w);
+    struct warm__job *job = xcalloc(1, sizeof *job);
+    job->w = w;
+    snprintf(job->id, sizeof job->id, "%s", w->id);
+    job->dir = xstrdup(w->dir);
+    job->work.data = job;
+    w->job = job;
+    if (uv_queue_work(ex->loop, &job->work, warm__make_work, warm__made) < 0) {
+        warm__make_work(&job->work);
+        warm__made(&job->work, 0);
     }
-    return rc;
+    return 0;
 }
 
 bool executor_warm_fits(uint64_t pool_bytes, uint64_t next_bytes, uint64_t budget_bytes)
@@ -1451,16 +1535,18 @@ static int warm__start(struct instance *inst)
         rc = -errno;
         snprintf(err, sizeof err, "cannot rename its folder: %s", skiff_strerror(-errno));
     }
+    start_trace("executor: folder renamed");
     if (rc == 0) {
         free(w->dir);
         w->dir = xstrdup(inst->scratch_dir);
-        rc = cgroup_rename(w->cg, inst->guid);
-        if (rc == 0)
-            rc = cgroup_set_limits(w->cg, inst->memory_mb, inst->pids_max);
+        /* the cgroup keeps its name (the folder says it: executor__cgroup_name); a rename
+         * would wait for the kernel's cgroup lock, which a warm container being made holds
+         * for milliseconds while it joins its cgroups */
+        rc = cgroup_set_limits(w->cg, inst->memory_mb, inst->pids_max);
         if (rc < 0)
-            snprintf(err, sizeof err, "cannot make its cgroup the instance's: %s",
-                     skiff_strerror(rc));
+            snprintf(err, sizeof err, "cannot set its cgroup's limits: %s", skiff_strerror(rc));
     }
+    start_trace("executor: limits set");
     char *tmp = xasprintf("%s/tmp", inst->scratch_dir);
     mkdir_p(tmp, 0700);
     free(tmp);
@@ -2130,12 +2216,14 @@ static void executor__end_leftover(struct executor *ex, const char *guid)
         kill(pid, SIGKILL);
         log_info("stopped instance %s (pid %d) left by a previous skiffd", guid, pid);
     }
+    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
+    char *cg_name = executor__cgroup_name(scratch, guid);
     struct cgroup *cg = NULL;
-    if (cgroup_create(guid, 0, 0, &cg) == 0)
+    if (cgroup_create(cg_name, 0, 0, &cg) == 0)
         cgroup_destroy(cg); /* kills whatever is still in it */
+    free(cg_name);
     unlink(path);
     free(path);
-    char *scratch = xasprintf("%s/instances/%s", ex->home, guid);
     rm_rf(scratch);
     free(scratch);
 }
@@ -2802,9 +2890,11 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
          * instance's pid file; a shim that still runs ends once its instance has */
         if (fd >= 0 && write(fd, "S 9\nA\n", 6) < 0)
             perror("skiffd: ending an instance nobody can adopt");
+        char *cg_name = executor__cgroup_name(scratch, guid);
         struct cgroup *cg = NULL;
-        if (cgroup_create(guid, 0, 0, &cg) == 0)
+        if (cgroup_create(cg_name, 0, 0, &cg) == 0)
             cgroup_destroy(cg);
+        free(cg_name);
         rm_rf(scratch);
         char *shim_pid = shim__pid_path(ex, "shim", guid);
         unlink(shim_pid);
@@ -2860,8 +2950,10 @@ static struct instance *executor__adopt_one(struct executor *ex, const char *gui
     inst->scratch_dir = scratch;
     scratch = NULL;
     inst->pid = pid;
-    if (cgroup_open(inst->guid, &inst->cg) < 0)
+    char *cg_name = executor__cgroup_name(inst->scratch_dir, inst->guid);
+    if (cgroup_open(cg_name, &inst->cg) < 0)
         inst->cg = NULL;
+    free(cg_name);
     if (inst->port >= ex->port_min && inst->port <= ex->port_max)
         ex->port_used[inst->port - ex->port_min] = 1;
     struct executor__shim *sh = shim__new(inst->ex, inst);

@@ -317,6 +317,39 @@ def test_warm_containers_of_a_killed_skiffd_are_ended_by_the_next():
         p.close()
 
 
+def test_an_instance_in_a_warm_container_keeps_its_cgroup_across_skiffds():
+    """An instance that took a warm container stays in the cgroup the container was made with
+    (a start renames no cgroup); a skiffd killed and started again adopts it with that cgroup,
+    and stopping it then removes the cgroup: nothing of it is left running or behind."""
+    p = Platform(extra_env={"SKIFF_PREWARM": "1"}).start()
+    try:
+        p.wait_for(lambda: warm_dirs(p, ready=True), timeout=30, what="a warm container")
+        r = p.cli("push", "web", "-p", "examples/static", "-m", "64M", timeout=300)
+        assert r.returncode == 0, out(r)
+        (inst,) = started(p, "web", 1)
+        assert inst["warm_start"] is True, inst
+        pid = read_pid_file(os.path.join(p.home, "run", "instance-%s.pid" % inst["guid"]))
+        cgroup = memory_cgroup(pid)
+        if not cgroup or "/skiff/" not in cgroup:
+            pytest.skip("no memory cgroup here")
+        assert os.path.basename(cgroup).startswith("warm-"), cgroup
+        assert memory_limit(cgroup) == 64 << 20
+        p.proc.send_signal(signal.SIGKILL)
+        p.proc.wait(timeout=10)
+        p.start()
+        (adopted,) = started(p, "web", 1)
+        assert adopted["guid"] == inst["guid"], adopted
+        assert http_get(instance_url(adopted))[0] == 200
+        assert memory_cgroup(pid) == cgroup
+        r = p.cli("stop", "web")
+        assert r.returncode == 0, out(r)
+        p.wait_for(lambda: not os.path.exists("/proc/%d" % pid), timeout=30,
+                   what="the instance to end")
+        p.wait_for(lambda: not os.path.isdir(cgroup), timeout=30, what="its cgroup to go")
+    finally:
+        p.close()
+
+
 RUNTIME_PROBE = '''
 import json, os, socket, sys
 
@@ -424,12 +457,25 @@ def test_a_node_function_starts_from_a_warm_node_runtime(tmp_path, prewarm):
         p.close()
 
 
-def memory_limit(guid):
-    """The memory limit of an instance's cgroup in bytes (v2 or v1), or None without one."""
-    for path in ("/sys/fs/cgroup/skiff/%s/memory.max" % guid,
-                 "/sys/fs/cgroup/memory/skiff/%s/memory.limit_in_bytes" % guid):
+def memory_cgroup(pid):
+    """The folder of the memory cgroup process pid is in (v1, else v2), or None without one:
+    an instance's cgroup is named after it or after the warm container it took."""
+    v2 = None
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "memory" in controllers.split(","):
+                return "/sys/fs/cgroup/memory" + path
+            if controllers == "" and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+                v2 = "/sys/fs/cgroup" + path
+    return v2
+
+
+def memory_limit(cgroup):
+    """The memory limit of a cgroup folder in bytes (v2 or v1), or None when it is not there."""
+    for name in ("memory.max", "memory.limit_in_bytes"):
         try:
-            with open(path) as f:
+            with open(os.path.join(cgroup, name)) as f:
                 return int(f.read())
         except (OSError, ValueError):
             continue
@@ -452,6 +498,7 @@ def test_a_warm_container_never_carries_one_app_into_the_next():
         assert wrote["escaped"] is True, "A cannot write its own files: %s" % wrote["detail"]
         assert iso.attack(p, "tenant-a", "read", **marks)["escaped"] is True
         a_pid = read_pid_file(os.path.join(p.home, "run", "instance-%s.pid" % a["guid"]))
+        a_cgroup = memory_cgroup(a_pid)
         r = p.cli("stop", "tenant-a")
         assert r.returncode == 0, out(r)
         p.wait_for(lambda: not os.path.exists("/proc/%d" % a_pid), timeout=30,
@@ -465,9 +512,11 @@ def test_a_warm_container_never_carries_one_app_into_the_next():
         assert seen["escaped"] is False, "B sees what A left: %s" % seen["detail"]
         status, body = http_get(instance_url(b, "/whoami"))
         assert status == 200 and json.loads(body) == {"app": "tenant-b", "guid": b["guid"]}, body
-        limit = memory_limit(b["guid"])
-        if limit is not None:
-            assert limit == 64 << 20, limit
-        assert memory_limit(a["guid"]) is None  # A's cgroup went with A
+        b_pid = read_pid_file(os.path.join(p.home, "run", "instance-%s.pid" % b["guid"]))
+        b_cgroup = memory_cgroup(b_pid)
+        if a_cgroup and "/skiff/" in a_cgroup:
+            assert b_cgroup != a_cgroup, b_cgroup
+            assert memory_limit(b_cgroup) == 64 << 20, b_cgroup
+            assert memory_limit(a_cgroup) is None, a_cgroup  # A's cgroup went with A
     finally:
         p.close()
