@@ -1116,7 +1116,10 @@ static struct sched_inst *sched__start(struct scheduler *s, struct sched_app *a,
     free(tag);
     si->index = slot->index;
     char what[128];
-    snprintf(what, sizeof what, "instance %d of %s", slot->index, proc->type);
+    if (function)
+        snprintf(what, sizeof what, "function %s", proc->type);
+    else
+        snprintf(what, sizeof what, "instance %d of %s", slot->index, proc->type);
     int memory = proc->memory_mb ? proc->memory_mb : app->memory_mb;
     char *with = NULL; /* "" or " with sidecars a, b" for the start's log line */
     for (size_t i = 0; i < n_sidecars; i++) {
