@@ -149,16 +149,7 @@ static void cell__on_beat(uv_timer_t *t)
 static void cell__say_state(struct cell_agent *a, const char *guid, const char *state,
                             const char *addr, const struct instance_exit *ex, const char *why)
 {
-    json_t *m = json_pack("{s:s,s:s,s:s}", "type", "state", "guid", guid, "state", state);
-    if (addr && *addr)
-        json_object_set_new(m, "addr", json_string(addr));
-    if (ex) {
-        json_object_set_new(m, "exit_status", json_integer(ex->exit_status));
-        json_object_set_new(m, "term_signal", json_integer(ex->term_signal));
-    }
-    if (why || (ex && ex->reason))
-        json_object_set_new(m, "reason", json_string(why ? why : ex->reason));
-    cell__say(a, m);
+    cell__say(a, cell_state_message(guid, state, addr, ex, why));
 }
 
 /* ---- the executor's callbacks ------------------------------------------------------------- */
@@ -368,11 +359,10 @@ static void cell__start(struct cell_agent *a, json_t *launch)
 {
     struct cell_launch_doc d;
     char err[512] = "";
-    if (cell_launch_from_json(launch, &d, err, sizeof err) < 0) {
-        const char *guid = json_string_value(json_object_get(launch, "instance_guid"));
-        log_warning("[CELL] refused a start request: %s", err);
-        if (guid && strlen(guid) == 36)
-            cell__say_state(a, guid, "CRASHED", NULL, NULL, err);
+    const char *refuse;
+    if (cell_start_request(launch, &d, err, sizeof err, &refuse) < 0) {
+        if (refuse)
+            cell__say_state(a, refuse, "CRASHED", NULL, NULL, err);
         return;
     }
     struct cell_launch *l = &d.l;

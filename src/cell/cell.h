@@ -199,6 +199,14 @@ struct cell_launch_doc {
 };
 int cell_launch_from_json(json_t *obj, struct cell_launch_doc *out, char *err, size_t errsize);
 void cell_launch_doc_clear(struct cell_launch_doc *d);
+/* Reads a start request as a cell does: a refused one is logged, and *refuse is then the
+ * instance guid to say CRASHED of (with err), or NULL when it names none. */
+int cell_start_request(json_t *launch, struct cell_launch_doc *d, char *err, size_t errsize,
+                       const char **refuse);
+/* A cell's message of an instance's state (docs/bus.md): its address, its exit and a reason
+ * (why, else the exit's) where there are any. */
+json_t *cell_state_message(const char *guid, const char *state, const char *addr,
+                           const struct instance_exit *ex, const char *why);
 
 /* ---- placement (pure, unit-tested) -------------------------------------------------------- */
 

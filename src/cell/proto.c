@@ -7,6 +7,7 @@
 
 #include "blobs/blobs.h"
 #include "cell/cell.h"
+#include "common/log.h"
 #include "common/util.h"
 
 #define CELL__TEXT_MAX (64 * 1024)
@@ -295,4 +296,32 @@ void cell_launch_doc_clear(struct cell_launch_doc *d)
     free(d->sidecars);
     json_decref(d->json);
     memset(d, 0, sizeof *d);
+}
+
+int cell_start_request(json_t *launch, struct cell_launch_doc *d, char *err, size_t errsize,
+                       const char **refuse)
+{
+    *refuse = NULL;
+    if (cell_launch_from_json(launch, d, err, errsize) == 0)
+        return 0;
+    const char *guid = json_string_value(json_object_get(launch, "instance_guid"));
+    log_warning("[CELL] refused a start request: %s", err);
+    if (guid && strlen(guid) == 36)
+        *refuse = guid;
+    return -EINVAL;
+}
+
+json_t *cell_state_message(const char *guid, const char *state, const char *addr,
+                           const struct instance_exit *ex, const char *why)
+{
+    json_t *m = json_pack("{s:s,s:s,s:s}", "type", "state", "guid", guid, "state", state);
+    if (addr && *addr)
+        json_object_set_new(m, "addr", json_string(addr));
+    if (ex) {
+        json_object_set_new(m, "exit_status", json_integer(ex->exit_status));
+        json_object_set_new(m, "term_signal", json_integer(ex->term_signal));
+    }
+    if (why || (ex && ex->reason))
+        json_object_set_new(m, "reason", json_string(why ? why : ex->reason));
+    return m;
 }

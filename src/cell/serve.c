@@ -43,16 +43,7 @@ void cellc__on_flush(uv_timer_t *t)
 void cellc__say_state(struct cellc *c, const char *guid, const char *state, const char *addr,
                       const struct instance_exit *ex, const char *why)
 {
-    json_t *m = json_pack("{s:s,s:s,s:s}", "type", "state", "guid", guid, "state", state);
-    if (addr && *addr)
-        json_object_set_new(m, "addr", json_string(addr));
-    if (ex) {
-        json_object_set_new(m, "exit_status", json_integer(ex->exit_status));
-        json_object_set_new(m, "term_signal", json_integer(ex->term_signal));
-    }
-    if (why || (ex && ex->reason))
-        json_object_set_new(m, "reason", json_string(why ? why : ex->reason));
-    cellc__say(c, m);
+    cellc__say(c, cell_state_message(guid, state, addr, ex, why));
 }
 
 void cellc__serve_state(struct cellc *c, struct cellc_inst *i, enum instance_state state,
@@ -220,11 +211,10 @@ static void cellc__serve_start(struct cellc *c, json_t *launch)
 {
     struct cell_launch_doc d;
     char err[512] = "";
-    if (cell_launch_from_json(launch, &d, err, sizeof err) < 0) {
-        const char *guid = json_string_value(json_object_get(launch, "instance_guid"));
-        log_warning("[CELL] refused a start request: %s", err);
-        if (guid && strlen(guid) == 36)
-            cellc__say_state(c, guid, "CRASHED", NULL, NULL, err);
+    const char *refuse;
+    if (cell_start_request(launch, &d, err, sizeof err, &refuse) < 0) {
+        if (refuse)
+            cellc__say_state(c, refuse, "CRASHED", NULL, NULL, err);
         return;
     }
     struct cellc_inst *known = cellc__find(c, d.l.instance_guid);

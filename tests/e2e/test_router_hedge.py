@@ -6,6 +6,7 @@ The lost instance is an address in a network namespace the test creates (a veth 
 own), where an iptables rule drops every TCP segment: a connect to it never completes and
 never fails, as to a host that vanished. Needs root, iproute2 and iptables; skipped without.
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -36,14 +37,14 @@ def _free_subnet():
     pytest.skip("no free /24 in 10.251.0.0/16")
 
 
-@pytest.fixture
-def black_hole():
-    """An address (IP:PORT) that swallows every connect: in a namespace of the test's own,
-    reached over a veth pair of its own, with TCP dropped there."""
+@contextlib.contextmanager
+def veth_namespace(prefix):
+    """A network namespace of the test's own, reached over a veth pair of its own: yields
+    (namespace, NET) with NET.1 this side and NET.2 inside; both go at the end."""
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"):
         pytest.skip("needs root, iproute2 and iptables")
-    ns = "skhedge-%d" % os.getpid()
-    link = "skh%d" % (os.getpid() % 100000)
+    ns = "%s-%d" % (prefix, os.getpid())
+    link = "%s%d" % (prefix[:3], os.getpid() % 100000)
     net = _free_subnet()
     _run("ip", "netns", "add", ns)
     try:
@@ -52,11 +53,19 @@ def black_hole():
         _run("ip", "link", "set", link, "up")
         _run("ip", "-n", ns, "addr", "add", net + ".2/30", "dev", "lan0")
         _run("ip", "-n", ns, "link", "set", "lan0", "up")
-        _run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "tcp", "-j", "DROP")
-        yield net + ".2:8080"
+        yield ns, net
     finally:
         subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def black_hole():
+    """An address (IP:PORT) that swallows every connect: in a namespace of the test's own,
+    reached over a veth pair of its own, with TCP dropped there."""
+    with veth_namespace("skhedge") as (ns, net):
+        _run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "tcp", "-j", "DROP")
+        yield net + ".2:8080"
 
 
 def metric(r, name):

@@ -11,8 +11,6 @@ iptables rule there drops every TCP segment once the router has a kept-alive con
 No route table is sent after the loss: only the router's own checks end these requests in
 time. Needs root, iproute2 and iptables; skipped without.
 """
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ import pytest
 from conftest import wait_for
 from test_router import Client, route
 from test_router import backends, bus, home, router_factory  # noqa: F401
-from test_router_hedge import _free_subnet, _run, black_hole  # noqa: F401
+from test_router_hedge import _run, black_hole, veth_namespace  # noqa: F401
 
 CONNECT_TIMEOUT_MS = 2000  # far below the 4-5 s a table without the instance takes to come
 HEDGE_MS = 100
@@ -81,39 +79,25 @@ class FarHost:
 
 @pytest.fixture
 def far_host(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"):
-        pytest.skip("needs root, iproute2 and iptables")
-    ns = "skfar-%d" % os.getpid()
-    link = "skf%d" % (os.getpid() % 100000)
-    net = _free_subnet()
     app, log = tmp_path / "far.py", tmp_path / "far.log"
     app.write_text(FAR_APP)
     log.write_text("")
-    proc = None
-    _run("ip", "netns", "add", ns)
-    try:
-        _run("ip", "link", "add", link, "type", "veth", "peer", "name", "lan0", "netns", ns)
-        _run("ip", "addr", "add", net + ".1/30", "dev", link)
-        _run("ip", "link", "set", link, "up")
-        _run("ip", "-n", ns, "addr", "add", net + ".2/30", "dev", "lan0")
-        _run("ip", "-n", ns, "link", "set", "lan0", "up")
+    with veth_namespace("skfar") as (ns, net):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(app), "8080",
                                  str(log)])
-        host = FarHost(ns, net + ".2:8080", str(log))
+        try:
+            host = FarHost(ns, net + ".2:8080", str(log))
 
-        def listening():
-            out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"], capture_output=True,
-                                 text=True, timeout=30).stdout
-            return ":8080 " in out
+            def listening():
+                out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"],
+                                     capture_output=True, text=True, timeout=30).stdout
+                return ":8080 " in out
 
-        wait_for(listening, 30, "the instance in the namespace to listen")
-        yield host
-    finally:
-        if proc:
+            wait_for(listening, 30, "the instance in the namespace to listen")
+            yield host
+        finally:
             proc.kill()
             proc.wait(timeout=30)
-        subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 def kept_alive_to(r, far):
