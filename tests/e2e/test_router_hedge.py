@@ -68,6 +68,17 @@ def black_hole():
         yield net + ".2:8080"
 
 
+def timed_request(path, port=None, client=None, **kw):
+    """One request, on client or a new connection to port (closed after): (response, seconds)."""
+    c = client or Client(port, timeout=30)
+    t0 = time.monotonic()
+    resp = c.request(path=path, **kw)
+    took = time.monotonic() - t0
+    if not client:
+        c.close()
+    return resp, took
+
+
 def metric(r, name):
     return r.metric(name) or 0
 
@@ -86,11 +97,9 @@ def test_a_black_holed_instance_costs_no_request_a_connect_timeout(router_factor
                        "--connect-hedge-ms", str(HEDGE_MS))
     took = []
     for i in range(50):
-        c = Client(r.port, timeout=30)  # a new connection each: both workers take some
-        t0 = time.monotonic()
-        resp = c.request(path="/r%d" % i)
-        took.append(time.monotonic() - t0)
-        c.close()
+        # a new connection each: both workers take some
+        resp, t = timed_request("/r%d" % i, r.port)
+        took.append(t)
         assert resp.status == 200, (i, resp.status, resp.body)
         assert resp.json()["name"] == "good" and resp.json()["path"] == "/r%d" % i
     # none waited for the connect timeout (speed beyond that bound is not asserted)
@@ -110,11 +119,8 @@ def test_without_hedging_a_black_holed_instance_costs_a_connect_timeout(router_f
                        "--connect-timeout-ms", str(CONNECT_TIMEOUT_MS), "--connect-hedge-ms", "0")
     took = []
     for i in range(4):
-        c = Client(r.port, timeout=30)
-        t0 = time.monotonic()
-        resp = c.request(path="/r%d" % i)
-        took.append(time.monotonic() - t0)
-        c.close()
+        resp, t = timed_request("/r%d" % i, r.port)
+        took.append(t)
         # the request that met the lost instance first is answered by the other one once the
         # connect timeout has passed; every later one goes to the other instance at once. A
         # failure says what the router answered (X-Skiff-Router-Error), counted and logged.

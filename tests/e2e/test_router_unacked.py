@@ -20,7 +20,7 @@ import pytest
 from conftest import wait_for
 from test_router import Client, route
 from test_router import backends, bus, home, router_factory  # noqa: F401
-from test_router_hedge import _run, black_hole, veth_namespace  # noqa: F401
+from test_router_hedge import _run, black_hole, timed_request, veth_namespace  # noqa: F401
 
 CONNECT_TIMEOUT_MS = 2000  # far below the 4-5 s a table without the instance takes to come
 HEDGE_MS = 100
@@ -125,9 +125,7 @@ def test_a_get_on_a_kept_alive_connection_to_a_lost_host_is_answered_by_another(
     far_host.lose()
     reused = r.metric('skiff_router_upstream_connections_total{reused="true"}')
     c = Client(r.port, timeout=30)
-    t0 = time.monotonic()
-    resp = c.request(path="/get")
-    took = time.monotonic() - t0
+    resp, took = timed_request("/get", client=c)
     assert resp.status == 200, (resp.status, resp.headers, resp.body, r.log()[-2000:])
     assert resp.json()["name"] == "good" and resp.json()["path"] == "/get"
     # it went to far on the kept-alive connection first (no table came: the router saw it)
@@ -148,9 +146,7 @@ def test_a_post_on_a_kept_alive_connection_to_a_lost_host_is_a_502_sent_once(
     kept_alive_to(r, far_host)
     far_host.lose()
     c = Client(r.port, timeout=30)
-    t0 = time.monotonic()
-    resp = c.request("POST", path="/post", body=b"p" * 1000)
-    took = time.monotonic() - t0
+    resp, took = timed_request("/post", client=c, method="POST", body=b"p" * 1000)
     assert resp.status == 502, (resp.status, resp.body)
     assert resp.headers["x-skiff-router-error"] == "backend-lost"
     assert b"not idempotent" in resp.body
@@ -231,11 +227,8 @@ def test_two_lost_of_three_cost_no_request_a_connect_timeout(router_factory, bus
                        "--connect-hedge-ms", str(HEDGE_MS))
     took = []
     for i in range(12):
-        c = Client(r.port, timeout=30)
-        t0 = time.monotonic()
-        resp = c.request(path="/r%d" % i)
-        took.append(time.monotonic() - t0)
-        c.close()
+        resp, t = timed_request("/r%d" % i, r.port)
+        took.append(t)
         assert resp.status == 200, (i, resp.status, resp.body, r.log()[-2000:])
         assert resp.json()["name"] == "good"
     # the first connect and its first hedge both went to lost instances: a second hedge went
