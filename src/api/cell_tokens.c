@@ -37,8 +37,7 @@ struct api_cells {
     bool loaded;
     uint64_t news;  /* cells__news when the copy was read */
     uint64_t reads; /* times the copy was read from the store on news */
-    int64_t caught_up_at;       /* ms of the last refusal's cells__catch_up */
-    double catch_up_credit;     /* reads it may make now */
+    struct rate_limit catch_up_rate; /* of reads before refusals (cells__catch_up) */
     uint64_t catch_ups;         /* reads before a refusal */
     uint64_t catch_ups_refused; /* refusals with no read: one was made too recently */
     json_t *tokens; /* cell id -> its document */
@@ -117,19 +116,11 @@ static struct api_cells *cells__current(struct api_cells *cc)
  * cost the database a bounded load; true when it was read. */
 static bool cells__catch_up(struct api_cells *cc)
 {
-    int64_t now = time_now_ms();
-    if (!cc->caught_up_at)
-        cc->catch_up_credit = CELLS_CATCH_UP_BURST;
-    else
-        cc->catch_up_credit += (double)(now - cc->caught_up_at) * CELLS_CATCH_UP_PER_S / 1000;
-    if (cc->catch_up_credit > CELLS_CATCH_UP_BURST)
-        cc->catch_up_credit = CELLS_CATCH_UP_BURST;
-    cc->caught_up_at = now;
-    if (cc->catch_up_credit < 1) {
+    if (!rate_take(&cc->catch_up_rate, time_mono_ms(), CELLS_CATCH_UP_PER_S,
+                   CELLS_CATCH_UP_BURST)) {
         cc->catch_ups_refused++;
         return false;
     }
-    cc->catch_up_credit -= 1;
     cc->catch_ups++;
     return cells__read(cc, true);
 }
