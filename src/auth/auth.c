@@ -1500,14 +1500,18 @@ static bool auth__catch_up_allowed(struct auth *a)
 
 /* Whether the store holds what this skiffd missed: then it reads everything again, so a miss
  * costs a reload only when something new is there. With a change feed that told of auth's
- * documents since the copy was read, that is the reload; else one keyed read, fresh from the
- * database (the feed may not have told yet), within AUTH_CATCH_UP_READS_PER_S. */
+ * documents since the copy was read, that is the reload, from the database (the news of one
+ * kind can be here while another's, written just after, is not yet: the store's copy of that
+ * kind is still the old one); else one keyed read, fresh from the database (the feed may not
+ * have told yet), within AUTH_CATCH_UP_READS_PER_S. */
+static int auth__reload(struct auth *a, bool fresh);
+
 static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
 {
     if (!a->shared)
         return false;
     if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news)
-        return auth_reload(a) == 0;
+        return auth__reload(a, true) == 0;
     if (!auth__catch_up_allowed(a))
         return false;
     char *json = NULL;
@@ -1686,18 +1690,21 @@ bool auth_can_see_org(const struct auth *a, const struct auth_principal *p,
 
 /* ---- opening ------------------------------------------------------------------------------- */
 
-/* Everything auth keeps, read from the store and indexed; NULL when the store failed. */
-static struct auth *auth__load(struct store *st)
+/* Everything auth keeps, read from the store (fresh: from the database, not the store's copy)
+ * and indexed; NULL when the store failed. */
+static struct auth *auth__load(struct store *st, bool fresh)
 {
+    int (*each)(struct store *, const char *, int (*)(void *, const char *, const char *), void *) =
+        fresh ? store_doc_each_fresh : store_doc_each;
     struct auth *a = xcalloc(1, sizeof *a);
     a->store = st;
     a->loaded_news = store_doc_news_kind(st, "auth"); /* news during the reads: read again */
-    if (store_doc_each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
-        store_doc_each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
+    if (each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
+        each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
+        each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
+        each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
+        each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
+        each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
         auth_free(a);
         return NULL;
     }
@@ -1731,14 +1738,20 @@ static void auth__swap(struct auth *a, struct auth *b)
     b->generation = NULL;
 }
 
+/* Reads everything again (fresh: from the database) in place of what a holds. */
+static int auth__reload(struct auth *a, bool fresh)
+{
+    struct auth *read = auth__load(a->store, fresh);
+    if (!read)
+        return -EIO;
+    auth__swap(a, read);
+    auth_free(read); /* what was in memory before */
+    return 0;
+}
+
 int auth_reload(struct auth *a)
 {
-    struct auth *fresh = auth__load(a->store);
-    if (!fresh)
-        return -EIO;
-    auth__swap(a, fresh);
-    auth_free(fresh); /* what was in memory before */
-    return 0;
+    return auth__reload(a, false);
 }
 
 int auth_catch_up(struct auth *a)
@@ -1780,7 +1793,7 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
     if (sodium_init() < 0)
         return -ENOMEM;
     *new_admin_password = NULL;
-    struct auth *a = auth__load(st);
+    struct auth *a = auth__load(st, false);
     if (!a)
         return -EIO;
     int rc = 0;

@@ -457,6 +457,49 @@ static void test_catch_up_reads_the_generation_only_on_its_news(void **state)
     free(url);
 }
 
+/* A token made through another skiffd whose news has not come (written with the feed's
+ * triggers off), after news of another of auth's documents has (a user made there since):
+ * the miss reads everything again from the database, not from the store's copy of tokens,
+ * which the user's news left as it was. */
+static void test_a_token_whose_news_lags_anothers_is_found(void **state)
+{
+    (void)state;
+    char *url = pg_throwaway_database();
+    char err[256] = "";
+    struct store *s1 = NULL, *s2 = NULL;
+    assert_int_equal(store_open(url, err, sizeof err, &s1), 0);
+    assert_int_equal(store_open(url, err, sizeof err, &s2), 0);
+    struct auth *a = NULL, *b = NULL;
+    char *pw = NULL;
+    assert_int_equal(auth_open(s1, &pw, &a), 0);
+    free(pw);
+    assert_int_equal(auth_open(s2, &pw, &b), 0);
+    assert_null(pw);
+    auth_set_shared(a, true);
+    auth_set_shared(b, true);
+    assert_int_equal(auth_catch_up(b), 1); /* the first call reads */
+
+    char guid[AUTH_GUID_LEN + 1];
+    snprintf(guid, sizeof guid, "%s", auth_user_find(a, "admin")->guid);
+    char access[AUTH_TOKEN_TEXT_MAX], refresh[AUTH_TOKEN_TEXT_MAX];
+    pg_throwaway_sql(url, "ALTER TABLE documents DISABLE TRIGGER USER");
+    assert_int_equal(auth_login(a, guid, access, refresh), 0);
+    pg_throwaway_sql(url, "ALTER TABLE documents ENABLE TRIGGER USER");
+    char hash[AUTH_PASSWORD_HASH_MAX];
+    assert_int_equal(auth_password_hash("a long password", hash), 0);
+    assert_int_equal(auth_user_create(a, "dev", hash, false, NULL), 0);
+    feed_fence(s2, s1); /* b has heard of the user */
+    struct auth_principal p;
+    assert_int_equal(auth_authenticate(b, access, &p), 0);
+    assert_string_equal(p.user_guid, guid);
+
+    auth_free(b);
+    auth_free(a);
+    store_close(s2);
+    store_close(s1);
+    free(url);
+}
+
 static void test_role_names_round_trip(void **state)
 {
     (void)state;
@@ -515,6 +558,7 @@ int main(void)
     };
     const struct CMUnitTest pg_tests[] = {
         cmocka_unit_test(test_catch_up_reads_the_generation_only_on_its_news),
+        cmocka_unit_test(test_a_token_whose_news_lags_anothers_is_found),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("auth on PostgreSQL", pg_tests, pg_throwaway_start,
