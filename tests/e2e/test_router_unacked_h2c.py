@@ -12,6 +12,7 @@ creates; an iptables rule there drops every TCP segment once the router has a co
 it. No route table is sent after the loss. Needs root, iproute2 and iptables; skipped without.
 """
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -287,3 +288,38 @@ def test_a_slow_live_h2c_instance_is_not_taken_for_lost(router_factory, bus, far
     assert far_h2c.requests() == ["GET /pause", "GET /a"]
     assert paths(good_h2c) == ["/b"]
     c.close()
+
+
+def test_an_h2c_instance_that_shuts_its_window_is_not_taken_for_lost(router_factory, bus):
+    """An h2c app that opens its HTTP/2 windows wide, then reads nothing of its socket for
+    3 s while an 8 MB body comes: its TCP window shuts, the router's bytes wait unsent and its
+    kernel's window probes are answered. Not a lost instance: 200 with the whole body read,
+    nothing marked down (a POST taken for lost would be a 502)."""
+    from test_router import RawBackend
+    from apps import h2frames
+    from apps.h2frames import SETTINGS, WINDOW_UPDATE, frame
+
+    def shut_reader(conn):
+        wide = 2 ** 31 - 1
+        conn.sendall(frame(SETTINGS, 0, 0, struct.pack(">HI", 4, wide)) +
+                     frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", wide - 65535)))
+        time.sleep(3)  # the app's own pace, not the test's wait
+        h2frames.serve(conn, lambda c, enc, sid, stream: c.sendall(h2frames.grpc_answer(
+            enc, sid, b"read %d" % len(stream["body"]))))
+
+    reader = RawBackend(shut_reader)
+    try:
+        r = router_factory([h2(route("read.localhost", [reader]))], "--workers", "1")
+        c = Client(r.port, timeout=30)
+        body = b"b" * (8 << 20)
+        t0 = time.monotonic()
+        resp = c.request("POST", path="/upload", host="read.localhost", body=body)
+        took = time.monotonic() - t0
+        log = r.log()
+        assert resp.status == 200 and resp.body == b"read %d" % len(body), (resp.status,
+                                                                         resp.body, log[-2000:])
+        assert took >= 3, took
+        assert "acknowledged nothing" not in log and "keepalive probe" not in log, log[-2000:]
+        c.close()
+    finally:
+        reader.close()
