@@ -11,6 +11,7 @@ The lost instance is an h2c server (tests/e2e/apps/h2frames.py) in a network nam
 creates; an iptables rule there drops every TCP segment once the router has a connection to
 it. No route table is sent after the loss. Needs root, iproute2 and iptables; skipped without.
 """
+import contextlib
 import shutil
 import struct
 import subprocess
@@ -34,8 +35,10 @@ HEDGE_MS = 100
 # The h2c instance in the namespace: answers every stream 200 with "far METHOD PATH" (and
 # gRPC trailers), and writes "METHOD PATH" to its log for each request it reads whole; /slow
 # answers after 20 s, /pause after 3 s, each from a thread of its own (the connection reads on).
+# A third argument is its SETTINGS_MAX_CONCURRENT_STREAMS.
 FAR_H2C_APP = r"""
 import socket
+import struct
 import sys
 import threading
 import time
@@ -74,6 +77,9 @@ def serve(sock):
         threading.Thread(target=send, daemon=True).start()
 
     try:
+        if len(sys.argv) > 3:  # before serve()'s own SETTINGS, which change nothing
+            conn.sendall(h2frames.frame(h2frames.SETTINGS, 0, 0,
+                                        struct.pack(">HI", 3, int(sys.argv[3]))))
         h2frames.serve(conn, answer)
     except OSError:
         pass
@@ -91,13 +97,25 @@ while True:
 
 @pytest.fixture
 def far_h2c(tmp_path):
+    with far_h2c_host(tmp_path) as host:
+        yield host
+
+
+@pytest.fixture
+def far_h2c_one_stream(tmp_path):
+    with far_h2c_host(tmp_path, "1") as host:
+        yield host
+
+
+@contextlib.contextmanager
+def far_h2c_host(tmp_path, *args):
     app, log = tmp_path / "far_h2c.py", tmp_path / "far.log"
     app.write_text(FAR_H2C_APP)
     shutil.copy(Path(__file__).parent / "apps" / "h2frames.py", tmp_path / "h2frames.py")
     log.write_text("")
     with veth_namespace("sk2far") as (ns, net):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(app), "8080",
-                                 str(log)])
+                                 str(log), *args])
         try:
             host = FarHost(ns, net + ".2:8080", str(log))
 
@@ -227,6 +245,38 @@ def test_streams_sent_on_a_kept_connection_to_a_lost_host_go_to_another_or_get_a
         assert resp.status == 200, (resp.status, resp.body)
     assert paths(good_h2c) == ["/get", "/later0", "/later1", "/later2"]
     assert r.metric('skiff_router_upstream_connections_total{reused="false"}') == connects
+    get.close()
+    post.close()
+
+
+def test_a_request_waiting_for_a_stream_to_the_lost_host_goes_to_another_with_its_body(
+        router_factory, bus, far_h2c_one_stream, good_h2c):
+    """far allows one stream at a time: a GET holds it on the connection the router kept, and
+    a POST with a body waits in the pool for a stream to far (one more connection to it on its
+    way, which the lost host never answers). When the GET's connection is found lost, the GET
+    goes to the other instance, and so does the POST, whose request was never sent: with its
+    body, whatever its method. Before, it waited for a stream for the upstream timeout (60 s)."""
+    far = far_h2c_one_stream
+    r = router_factory([h2(route("app.localhost", [far.addr, good_h2c])),
+                        h2(route("post.localhost", [far.addr, good_h2c])),
+                        h2(route("far.localhost", [far.addr]))],
+                       "--workers", "1", "--connect-timeout-ms", str(CONNECT_TIMEOUT_MS),
+                       "--connect-hedge-ms", str(HEDGE_MS))
+    kept_alive_to(r, far)
+    far.lose()
+    get, post = Client(r.port, timeout=30), Client(r.port, timeout=30)
+    send(get, "GET", "/get", "app.localhost")  # each route's round robin starts at far
+    wait_for(lambda: r.metric('skiff_router_upstream_connections_total{reused="true"}') == 1,
+             10, "the GET to take far's one stream")
+    send(post, "POST", "/post", "post.localhost", b"p" * 1000)
+    (got, get_took), (posted, post_took) = answers([get, post])
+    log = r.log()
+    assert getattr(got, "status", None) == 200, (got, get_took, log[-2000:])
+    assert getattr(posted, "status", None) == 200, (posted, post_took, log[-2000:])
+    assert posted.body == b"p" * 1000  # good echoes the body it read
+    assert max(get_took, post_took) < CONNECT_TIMEOUT_MS / 1000, (get_took, post_took)
+    assert sorted(paths(good_h2c)) == ["/get", "/post"]
+    assert far.requests() == ["GET /warm"]
     get.close()
     post.close()
 
