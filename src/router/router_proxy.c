@@ -243,7 +243,7 @@ struct upstream {
     bool reused, got_bytes, pause_done, reusable;
     bool waiting; /* in the pool's waiting: no stream yet */
     bool acked;   /* the instance's host acknowledged the whole request: no more checks */
-    bool keepalive; /* TCP keepalive probes on (upstream_probe) */
+    bool keepalive; /* TCP keepalive probes on (connection_probe) */
 };
 
 /* An h2c connection to an instance (router_h2c.c): its socket and session, shared by the
@@ -258,6 +258,7 @@ struct h2c_conn {
     uint64_t idle_since; /* when its last stream ended */
     unsigned served;     /* streams it has carried */
     bool connected, dispatching;
+    bool keepalive; /* TCP keepalive probes on (connection_probe) */
 };
 
 /* A worker's hold on a route table: the exchanges that route with it count themselves here
@@ -423,6 +424,7 @@ static void hedge_connect_failed(struct exchange *x, struct upstream *u);
 static void upstream_update_reading(struct upstream *u);
 static void ack_check_arm(struct worker *w);
 static void exchange_unacknowledged(struct exchange *x, const char *what);
+static bool h2c_conn_probe_failed(struct h2c_conn *conn, ssize_t err);
 static void route_and_connect(struct client *c);
 static void hold_request(struct client *c);
 static void hold_unlink(struct client *c);
@@ -2587,8 +2589,7 @@ static void upstream_start(struct upstream *u, struct exchange *x)
     u->reusable = false; /* until this exchange's response ends cleanly */
     u->acked = false;
     u->sent_at = uv_now(&c->p.w->loop);
-    if (!u->h2c)
-        ack_check_arm(c->p.w);
+    ack_check_arm(c->p.w);
     llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
     u->parser.data = u;
     headers_reset(&x->resp);
@@ -3276,7 +3277,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if ((nread == UV_ETIMEDOUT || nread == UV_EHOSTUNREACH || nread == UV_ENETUNREACH) &&
         !u->got_bytes && !x->resp_started) {
-        /* a keepalive probe went unanswered (upstream_probe): the host is gone; the kernel
+        /* a keepalive probe went unanswered (connection_probe): the host is gone; the kernel
          * reports the last ICMP error it had for the connection, if any, instead of the
          * timeout (a host whose neighbour entry failed) */
         exchange_unacknowledged(x, "answered no keepalive probe while a request waited");
@@ -3641,7 +3642,8 @@ static void on_h2c_conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || conn->p.closing)
         return;
     if (nread < 0) {
-        h2c_conn_fail(conn, (int)nread);
+        if (!h2c_conn_probe_failed(conn, nread))
+            h2c_conn_fail(conn, (int)nread);
         return;
     }
     if (router_h2c_input(conn->h2c, buf->base, (size_t)nread) < 0) {
@@ -3890,23 +3892,24 @@ static void worker_backend_lost(struct worker *w, const struct route_addr *a)
 
 enum ack_state { ACK_WAITING, ACK_DONE, ACK_SILENT };
 
-/* What the kernel knows of u's request: all acknowledged (and all of it sent), still on its
- * way, or unacknowledged for ROUTER_UNACKED_MS with a retransmission timeout passed (no ACK
- * at all meanwhile: a live host's kernel acknowledges within a round trip, even when its
- * app is busy or its window shut). */
-static enum ack_state upstream_ack_state(struct upstream *u)
+/* What the kernel knows of the requests written to p's socket (an HTTP/1.1 connection's one,
+ * or an h2c connection's streams; whole when nothing of them is still to come from their
+ * clients): all acknowledged (and all of it sent), still on its way, or unacknowledged for
+ * ROUTER_UNACKED_MS with a retransmission timeout passed (no ACK at all meanwhile: a live
+ * host's kernel acknowledges within a round trip, even when its app is busy or its window
+ * shut). */
+static enum ack_state peer_ack_state(struct peer *p, bool whole)
 {
     uv_os_fd_t fd;
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
     memset(&ti, 0, sizeof(ti));
-    if (uv_fileno((uv_handle_t *)&u->p.tcp, &fd) < 0 ||
+    if (uv_fileno((uv_handle_t *)&p->tcp, &fd) < 0 ||
         getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
         return ACK_WAITING;
     int queued = 0; /* bytes in the socket not yet sent or not yet acknowledged */
     if (ti.tcpi_unacked == 0)
-        return u->x && u->x->req_done && peer_queued(&u->p) == 0 &&
-                       ioctl(fd, SIOCOUTQ, &queued) == 0 && queued == 0
+        return whole && peer_queued(p) == 0 && ioctl(fd, SIOCOUTQ, &queued) == 0 && queued == 0
                    ? ACK_DONE
                    : ACK_WAITING;
     if (ti.tcpi_retransmits > 0 && ti.tcpi_last_ack_recv >= ROUTER_UNACKED_MS)
@@ -3940,23 +3943,102 @@ static bool exchange_ack_watched(const struct exchange *x)
     return u && !u->h2c && u->state == U_ACTIVE && !u->got_bytes && !u->acked && !x->resp_started;
 }
 
-/* u's request is acknowledged and its answer slow to come: from now on the kernel probes
+/* p's requests are acknowledged and an answer slow to come: from now on the kernel probes
  * the instance's host after a second without a packet from it, and a probe unanswered for a
- * second ends the connection (UV_ETIMEDOUT, on_upstream_read): a host that vanished while its
- * app worked on the request is found without waiting for the table. The probes go on while
- * the connection waits in the pool (the instance's kernel answers them; its app sees none). */
-static void upstream_probe(struct upstream *u)
+ * second ends the connection (UV_ETIMEDOUT, on_upstream_read, h2c_conn_probe_failed): a host
+ * that vanished while its app worked on a request is found without waiting for the table.
+ * The probes go on while the connection waits in the pool (the instance's kernel answers
+ * them; its app sees none). *keepalive says they are on. */
+static void connection_probe(struct peer *p, bool *keepalive)
 {
     uv_os_fd_t fd;
     int on = 1, one = 1;
-    if (u->keepalive || uv_fileno((uv_handle_t *)&u->p.tcp, &fd) < 0)
+    if (*keepalive || uv_fileno((uv_handle_t *)&p->tcp, &fd) < 0)
         return;
-    u->keepalive = true;
+    *keepalive = true;
     if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one)) < 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one)) < 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0)
         log_debug("TCP keepalive on a backend connection: %s", strerror(errno));
+}
+
+/* Whether u, a stream of an h2c connection, waits for the answer to its request. */
+static bool h2c_stream_waits(const struct upstream *u)
+{
+    return u->x && !u->p.closing && u->state == U_ACTIVE && !u->got_bytes && !u->x->resp_started;
+}
+
+/* conn's instance's host acknowledges nothing (`what` says how that was seen): the connection
+ * closes, and each exchange it carried ends as exchange_unacknowledged ends one (the address
+ * passed over, the request sent to another instance over a new connection when idempotent
+ * and without a body, else a 502 backend-lost; an answer begun is cut). The exchanges
+ * waiting for a stream of the pool sent nothing: they go to another instance. */
+static void h2c_conn_lost(struct h2c_conn *conn, const char *what)
+{
+    struct pool *pool = conn->pool;
+    struct upstream *list[ROUTER_H2C_MAX_STREAMS];
+    size_t n = 0;
+    for (struct upstream *u = conn->streams; u && n < ROUTER_H2C_MAX_STREAMS; u = u->conn_next)
+        list[n++] = u;
+    h2c_conn_close(conn);            /* its streams let go of it; their upstreams stay allocated */
+    for (size_t i = 0; i < n; i++) { /* ending one exchange may end others of its client */
+        if (list[i]->p.closing)
+            continue;
+        if (list[i]->x)
+            exchange_unacknowledged(list[i]->x, what);
+        else
+            upstream_close(list[i]);
+    }
+    pool->lost = true; /* no connection opens to the address for those still waiting */
+    for (int left = pool->in_flight; left > 0 && pool->waiting && pool->waiting->x; left--)
+        exchange_backend_lost(pool->waiting->x, true);
+    pool->lost = false;
+    pool_close_idle(pool);
+    h2c_pool_serve(pool); /* should the only instances left be on this address */
+}
+
+/* A read error on conn that says a keepalive probe went unanswered (connection_probe) while
+ * a stream waited for its answer: the host is gone (h2c_conn_lost). The kernel reports the
+ * last ICMP error it had for the connection, if any, instead of the timeout. */
+static bool h2c_conn_probe_failed(struct h2c_conn *conn, ssize_t err)
+{
+    if (err != UV_ETIMEDOUT && err != UV_EHOSTUNREACH && err != UV_ENETUNREACH)
+        return false;
+    for (struct upstream *u = conn->streams; u; u = u->conn_next)
+        if (h2c_stream_waits(u)) {
+            h2c_conn_lost(conn, "answered no keepalive probe while a request waited");
+            return true;
+        }
+    return false;
+}
+
+/* The streams of an h2c connection share its socket: while one waits for its answer and was
+ * sent ROUTER_UNACKED_MS ago, the socket is checked as an HTTP/1.1 request's is, at every
+ * tick (streams come and go: acknowledged once is not acknowledged for good). Returns whether
+ * a stream waits (the check goes on) and sets *lost when the connection was found lost. */
+static bool h2c_conn_ack_check(struct h2c_conn *conn, uint64_t now, bool *lost)
+{
+    bool waits = false, due = false, whole = true;
+    *lost = false;
+    for (struct upstream *u = conn->streams; u; u = u->conn_next) {
+        if (!h2c_stream_waits(u))
+            continue;
+        waits = true;
+        whole = whole && u->x->req_done;
+        due = due || now - u->sent_at >= ROUTER_UNACKED_MS;
+    }
+    if (!due || conn->p.closing)
+        return waits;
+    enum ack_state st = peer_ack_state(&conn->p, whole);
+    if (st == ACK_DONE)
+        connection_probe(&conn->p, &conn->keepalive);
+    if (st != ACK_SILENT)
+        return true;
+    h2c_conn_lost(conn,
+                  "acknowledged nothing of a request for " STRINGIFY(ROUTER_UNACKED_MS) " ms");
+    *lost = true;
+    return true;
 }
 
 static void on_ack_check(uv_timer_t *t)
@@ -3965,8 +4047,16 @@ static void on_ack_check(uv_timer_t *t)
     uint64_t now = uv_now(&w->loop);
     bool watching = false;
     for (struct pool *p = w->pools; p; p = p->next) {
-        if (p->h2c)
+        if (p->h2c) {
+        again_h2c: /* a lost connection left the list, and its exchanges went elsewhere */
+            for (struct h2c_conn *conn = p->conns; conn; conn = conn->next) {
+                bool lost;
+                watching = h2c_conn_ack_check(conn, now, &lost) || watching;
+                if (lost)
+                    goto again_h2c;
+            }
             continue;
+        }
     again:
         for (struct exchange *x = p->exchanges; x; x = x->pool_next) {
             if (!exchange_ack_watched(x))
@@ -3974,10 +4064,10 @@ static void on_ack_check(uv_timer_t *t)
             watching = true;
             if (now - x->u->sent_at < ROUTER_UNACKED_MS)
                 continue;
-            enum ack_state st = upstream_ack_state(x->u);
+            enum ack_state st = peer_ack_state(&x->u->p, x->req_done);
             if (st == ACK_DONE) {
                 x->u->acked = true;
-                upstream_probe(x->u);
+                connection_probe(&x->u->p, &x->u->keepalive);
             }
             if (st != ACK_SILENT)
                 continue;
