@@ -989,7 +989,8 @@ void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg)
     /* what runs for another leader is its: the next skiffd on this home takes it over */
     int kept = 0;
     for (struct cellc_inst *i = c->insts; i; i = i->next)
-        if (i->served && i->local && !c->leading) {
+        if (i->served && i->local && !c->leading &&
+            instance_state(i->local) != INSTANCE_STOPPING) { /* one asked to stop ends */
             executor_let_go(i->local);
             i->local = NULL;
             kept++;
