@@ -169,9 +169,7 @@ static void cell__forget(struct cell_agent *a, struct cell__inst *gone)
             *pp = gone->next;
             break;
         }
-    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, gone->guid);
-    unlink(meta);
-    free(meta);
+    cell_launch_droplet_forget(a->home, gone->guid);
     free(gone);
 }
 
@@ -274,10 +272,6 @@ static void cell__launch(struct cell_agent *a, struct cell_launch_doc *d, const 
     struct cell__inst *ci = cell__track(a, inst, l->instance_guid, l->app_guid, l->process_type,
                                         l->index, l->droplet_guid);
     ci->image = image_droplet_is_image(dir);
-    /* what adoption by the next cell agent on this home cannot read from the shim */
-    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, ci->guid);
-    file_write_atomic(meta, ci->droplet, strlen(ci->droplet), 0600);
-    free(meta);
     log_info("[CELL] starting instance %d of %s (%s) of app %s at %s", l->index, l->process_type,
              ci->guid, l->app_name, ci->addr);
     cell__say_state(a, ci->guid, "STARTING", ci->addr, NULL, NULL);
@@ -467,10 +461,7 @@ static char **cell__droplets_in_use(void *ctx)
 static void cell__adopt(void *ctx, struct instance *inst, const struct instance_spec *sp)
 {
     struct cell_agent *a = ctx;
-    char *meta = xasprintf("%s/run/cell-instance-%s", a->home, sp->instance_guid);
-    char *droplet = NULL;
-    file_read(meta, &droplet, NULL);
-    free(meta);
+    char *droplet = cell_launch_droplet_read(a->home, sp->instance_guid);
     struct cell__inst *ci =
         cell__track(a, inst, sp->instance_guid, sp->app_guid, sp->process_type, sp->index, droplet);
     ci->image = sp->image_layers != NULL;

@@ -73,6 +73,13 @@ struct cell_launch {
 int cell_launch_start(struct executor *ex, const char *home, const struct cell_launch *l,
                       const char *droplet_dir, struct instance **out, char addr[64], char *err,
                       size_t errsize);
+/* The droplet guid of an instance started from a launch, which the executor's record of it
+ * lacks: cell_launch_start writes it to HOME/run/cell-instance-GUID, so that whoever adopts
+ * the instance on that home later (a cell agent, a skiffd) can say which droplet it runs.
+ * cell_launch_droplet_read returns it (the caller frees it) or NULL; _forget removes it once
+ * the instance ended. */
+char *cell_launch_droplet_read(const char *home, const char *instance_guid);
+void cell_launch_droplet_forget(const char *home, const char *instance_guid);
 
 /* ---- droplets on a cell (fetch.c) ---------------------------------------------------------- */
 

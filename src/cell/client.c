@@ -130,8 +130,10 @@ static void cellc__local_state(void *ctx, struct instance *inst, enum instance_s
     struct cellc_inst *i = instance_user_data(inst);
     if (!i)
         return;
-    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED)
+    if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
         cellc__droplet_released(c, i);
+        cell_launch_droplet_forget(c->home, i->guid);
+    }
     if (i->served) {
         cellc__serve_state(c, i, state, ex);
         if (state == INSTANCE_DOWN || state == INSTANCE_CRASHED) {
@@ -185,8 +187,10 @@ struct cellc__adopting {
 static void cellc__local_found(void *ctx, struct instance *inst, const struct instance_spec *sp)
 {
     struct cellc__adopting *a = ctx;
+    char *droplet = cell_launch_droplet_read(a->c->home, sp->instance_guid);
     struct cellc_inst *i =
-        cellc__wrap_local(a->c, inst, sp->app_guid, sp->process_type, sp->index, NULL);
+        cellc__wrap_local(a->c, inst, sp->app_guid, sp->process_type, sp->index, droplet);
+    free(droplet);
     i->state = instance_state(inst);
     i->port = sp->port;
     size_t n = sp->app_dir ? strlen(sp->app_dir) : 0;
@@ -197,6 +201,7 @@ static void cellc__local_found(void *ctx, struct instance *inst, const struct in
                             .process_type = sp->process_type,
                             .index = sp->index,
                             .instance_guid = sp->instance_guid,
+                            .droplet_guid = i->droplet[0] ? i->droplet : NULL,
                             .app_dir = sp->app_dir,
                             .port = sp->port,
                             .readiness = sp->readiness};
@@ -213,14 +218,18 @@ static int cellc__adopt_served(struct cellc *c)
             continue;
         i->served = false;
         n++;
+        /* one left by a skiffd that wrote no droplet note is known by its folder */
+        char *app_dir = i->dir ? xasprintf("%s/app", i->dir) : NULL;
         struct cellc_found f = {.app_guid = i->app_guid,
                                 .process_type = i->type,
                                 .index = i->index,
                                 .instance_guid = i->guid,
                                 .droplet_guid = i->droplet[0] ? i->droplet : NULL,
+                                .app_dir = app_dir,
                                 .port = i->port,
                                 .readiness = i->readiness};
         c->cb.on_found(c->cb.ctx, i, &f);
+        free(app_dir);
         /* its readiness was told to the leader before: tell it again to this one */
         if (i->readiness && i->ready_ok && i->user && c->cb.on_readiness)
             c->cb.on_readiness(c->cb.ctx, i, true);
@@ -231,7 +240,9 @@ static int cellc__adopt_served(struct cellc *c)
 int cellc_adopt_local(struct cellc *c)
 {
     struct cellc__adopting a = {c, 0};
-    executor_adopt(c->ex, cellc__local_found, &a);
+    if (!c->adopted)
+        executor_adopt(c->ex, cellc__local_found, &a);
+    c->adopted = true;
     if (c->leading)
         a.n += cellc__adopt_served(c);
     return a.n;
@@ -356,8 +367,11 @@ static void cellc__heartbeat(struct cellc *c, struct cellc__cell *cell, json_t *
     cell->lost = false;
     json_t *list = json_object_get(m, "instances");
     cell->instances = (int)json_array_size(list);
-    if (!c->leading)
+    if (!c->leading) {
+        if (cell->led)
+            cellc__led_elsewhere(c);
         return;
+    }
     size_t k;
     json_t *e;
     json_array_foreach(list, k, e)
@@ -694,6 +708,25 @@ void cellc_stop(struct cellc_inst *i)
     i->state = INSTANCE_STOPPING;
 }
 
+bool cellc_hand_over(struct cellc_inst *i, bool readiness, bool ready)
+{
+    struct cellc *c = i->c;
+    if (i->cell || !i->local || !c->serve || c->leading || c->closing)
+        return false;
+    i->served = true;
+    i->user = NULL;
+    i->readiness = readiness;
+    i->ready_ok = ready;
+    uv_timer_start(&c->beat, cellc__on_beat, 0, (uint64_t)c->beat_ms); /* heard at once */
+    return true;
+}
+
+void cellc__led_elsewhere(struct cellc *c)
+{
+    if (!c->leading && !c->closing && c->cb.on_led_elsewhere)
+        c->cb.on_led_elsewhere(c->cb.ctx);
+}
+
 /* ---- reading ------------------------------------------------------------------------------- */
 
 void cellc_inst_info(const struct cellc_inst *i, struct cellc_inst_info *out)
@@ -864,8 +897,15 @@ int cellc_new(uv_loop_t *loop, const struct cellc_config *cfg, const struct cell
     }
     if (c->nc)
         uv_timer_start(&c->check, cellc__on_check, CELLC__CHECK_MS, CELLC__CHECK_MS);
-    if (c->serve)
+    if (c->serve) {
+        /* before the first heartbeat, so that the leader never hears of a cell without them */
+        int kept = cellc__serve_adopt(c);
+        if (kept)
+            log_info("[CELL] %d instances left running by the last skiffd on this home are kept "
+                     "for whoever leads",
+                     kept);
         uv_timer_start(&c->beat, cellc__on_beat, 0, (uint64_t)c->beat_ms);
+    }
     *out = c;
     return 0;
 }
@@ -880,7 +920,10 @@ void cellc_set_leading(struct cellc *c, bool leading)
     bool began = leading && !c->leading;
     if (began)
         c->leading_since_mono = time_mono_ms();
+    bool ended = !leading && c->leading;
     c->leading = leading;
+    if (ended && c->serve && !c->closing)
+        uv_timer_start(&c->beat, cellc__on_beat, 0, (uint64_t)c->beat_ms); /* heard at once */
     if (!began)
         return;
     /* starts the last leader asked for and that wait for their droplet: this one decides */
@@ -943,6 +986,19 @@ void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg)
     uv_timer_stop(&c->check);
     uv_timer_stop(&c->beat);
     uv_timer_stop(&c->collect);
+    /* what runs for another leader is its: the next skiffd on this home takes it over */
+    int kept = 0;
+    for (struct cellc_inst *i = c->insts; i; i = i->next)
+        if (i->served && i->local && !c->leading &&
+            instance_state(i->local) != INSTANCE_STOPPING) { /* one asked to stop ends */
+            executor_let_go(i->local);
+            i->local = NULL;
+            kept++;
+        }
+    if (kept)
+        log_info("[CELL] %d instances run for the leader keep running for the next skiffd on "
+                 "this home",
+                 kept);
     executor_shutdown(c->ex, cellc__executor_down, c);
 }
 

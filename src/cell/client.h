@@ -54,6 +54,9 @@ struct cellc_callbacks {
                      const struct instance_exit *exit);
     void (*on_readiness)(void *ctx, struct cellc_inst *i, bool ready);
     void (*on_found)(void *ctx, struct cellc_inst *i, const struct cellc_found *f);
+    /* While not leading: another skiffd leads (its heartbeat said so, or a request came from
+     * it to the local cell). May be NULL. */
+    void (*on_led_elsewhere)(void *ctx);
     void *ctx;
 };
 
@@ -112,7 +115,10 @@ void cellc_set_leading(struct cellc *c, bool leading);
 int cellc_settle_ms(const struct cellc *c);
 /* Offers the local cell's leftover instances (executor_adopt) to on_found, and, while
  * leading, those it started for the skiffd that led before (serve); the remote cells' are
- * offered as their heartbeats come. Returns how many were found locally. */
+ * offered as their heartbeats come. Returns how many were found locally. With serve, the
+ * leftovers were taken over by cellc_new already, as instances run for whoever leads (a
+ * skiffd restarted on its home keeps what it ran for the leader): they are offered here only
+ * while leading. */
 int cellc_adopt_local(struct cellc *c);
 /* Places and starts l (needing memory_bytes); 0 with *out, and addr when known now ("" for a
  * remote cell until it reports), or an error with err: -EAGAIN when no cell has room,
@@ -127,6 +133,13 @@ void cellc_local_droplet_ready(struct cellc *c, const char *app_guid);
 void cellc_local_usage(const struct cellc *c, int *instances, uint64_t *memory_bytes);
 /* SIGTERM, SIGKILL after the grace period, then DOWN; idempotent. */
 void cellc_stop(struct cellc_inst *i);
+/* While not leading, with serve: the local instance i goes on running for whoever leads, as
+ * one it started on a leader's request (reported on NATS, listed in the heartbeat, which goes
+ * out at once; offered to on_found again if this skiffd leads next). Its user data is
+ * cleared and nothing more of it is reported through the callbacks. readiness: it has a
+ * readiness check, ready its last result. false, and nothing done, for a remote instance, or
+ * without serve or while leading: then the caller stops it. */
+bool cellc_hand_over(struct cellc_inst *i, bool readiness, bool ready);
 
 struct cellc_inst_info {
     enum instance_state state;
@@ -161,7 +174,9 @@ void cellc_inst_set_digest(struct cellc_inst *i, const char *digest);
  * memory_used_bytes, instances, heartbeat_age_ms}. */
 json_t *cellc_remote_cells(const struct cellc *c);
 
-/* Stops every local instance, forgets the remote ones (they keep running), closes NATS. */
+/* Stops every local instance, forgets the remote ones (they keep running), closes NATS. With
+ * serve and not leading, the local instances run for the leader are let go instead of
+ * stopped (executor_let_go): the next skiffd on this home takes them over. */
 void cellc_shutdown(struct cellc *c, void (*done)(void *arg), void *arg);
 /* Lets every local instance run for the next skiffd (executor_detach), closes NATS. */
 void cellc_detach(struct cellc *c, void (*done)(void *arg), void *arg);

@@ -65,6 +65,7 @@ struct cellc {
     void (*withdraw)(void *ctx, const char *cell_id, const char *digest);
     void *grant_ctx;
     bool leading;
+    bool adopted; /* the local executor's leftovers were taken over (cellc_adopt_local) */
     int64_t leading_since_mono;
     int64_t connected_since_mono; /* 0 while NATS is down */
     uv_timer_t check;             /* lost cells, and forgotten instances' DOWN */
@@ -125,5 +126,11 @@ void cellc__flush_output(struct cellc *c);
 void cellc__pending_free(struct cellc__pending *p);
 /* A request on the local cell's skiff.cell.<id>.req. */
 void cellc__serve_request(struct cellc *c, const char *data, size_t len);
+/* What a predecessor on this home left running, taken over as served instances (not leading:
+ * for whoever leads); returns how many. */
+int cellc__serve_adopt(struct cellc *c);
+/* Another skiffd leads (its heartbeat or its request says so) while this one does not: the
+ * scheduler gives up what it still holds (on_led_elsewhere). */
+void cellc__led_elsewhere(struct cellc *c);
 
 #endif

@@ -42,6 +42,27 @@ static struct instance_spec cell__spec(const struct cell_launch *l, const char *
                                   .n_sidecars = l->n_sidecars};
 }
 
+static char *cell__droplet_note(const char *home, const char *instance_guid)
+{
+    return xasprintf("%s/run/cell-instance-%s", home, instance_guid);
+}
+
+char *cell_launch_droplet_read(const char *home, const char *instance_guid)
+{
+    char *note = cell__droplet_note(home, instance_guid), *droplet = NULL;
+    if (file_read(note, &droplet, NULL) < 0)
+        droplet = NULL;
+    free(note);
+    return droplet;
+}
+
+void cell_launch_droplet_forget(const char *home, const char *instance_guid)
+{
+    char *note = cell__droplet_note(home, instance_guid);
+    unlink(note);
+    free(note);
+}
+
 int cell_launch_start(struct executor *ex, const char *home, const struct cell_launch *l,
                       const char *droplet_dir, struct instance **out, char addr[64], char *err,
                       size_t errsize)
@@ -100,6 +121,11 @@ int cell_launch_start(struct executor *ex, const char *home, const struct cell_l
         spec.user_gid = run.gid;
     }
     rc = executor_start(ex, &spec, out);
+    if (rc == 0 && l->droplet_guid) {
+        char *note = cell__droplet_note(home, l->instance_guid);
+        file_write_atomic(note, l->droplet_guid, strlen(l->droplet_guid), 0600);
+        free(note);
+    }
     if (rc < 0)
         snprintf(err, errsize, "%s",
                  rc == -ENOTSUP && l->n_sidecars

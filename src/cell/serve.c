@@ -258,6 +258,7 @@ void cellc__serve_request(struct cellc *c, const char *data, size_t len)
 {
     if (c->leading || c->closing)
         return;
+    cellc__led_elsewhere(c); /* what this skiffd held since it stopped leading is the sender's */
     json_t *m = json_loadb(data, len, 0, NULL);
     const char *op = json_string_value(json_object_get(m, "op"));
     const char *guid = json_string_value(json_object_get(m, "guid"));
@@ -270,4 +271,32 @@ void cellc__serve_request(struct cellc *c, const char *data, size_t len)
     else
         log_warning("[CELL] ignored a request with the unknown op \"%s\"", op);
     json_decref(m);
+}
+
+/* A leftover of the last skiffd on this home, run for whoever leads from now on. */
+static void cellc__serve_found(void *ctx, struct instance *inst, const struct instance_spec *sp)
+{
+    struct cellc *c = ctx;
+    char *droplet = cell_launch_droplet_read(c->home, sp->instance_guid);
+    struct cellc_inst *i =
+        cellc__wrap_local(c, inst, sp->app_guid, sp->process_type, sp->index, droplet);
+    free(droplet);
+    i->served = true;
+    i->port = sp->port;
+    i->readiness = sp->readiness;
+    /* a ready instance that answers at once is RUNNING with no report: ready until its first
+     * readiness check says otherwise */
+    i->ready_ok = instance_state(inst) == INSTANCE_RUNNING;
+    size_t n = sp->app_dir ? strlen(sp->app_dir) : 0;
+    if (n > 4 && !strcmp(sp->app_dir + n - 4, "/app"))
+        i->dir = xstrndup(sp->app_dir, n - 4);
+    log_info("[CELL] kept instance %d of %s (%s) running across a restart of skiffd, for "
+             "whoever leads",
+             sp->index, sp->process_type, sp->instance_guid);
+}
+
+int cellc__serve_adopt(struct cellc *c)
+{
+    c->adopted = true;
+    return executor_adopt(c->ex, cellc__serve_found, c);
 }

@@ -808,13 +808,17 @@ static bool daemon_cell_leads(void *ctx, const char *cell_id)
     return cells_leads(d->cells, cell_id);
 }
 
-/* The one place that says what leading changes: the scheduler first (it stops or starts
- * instances at once), then the autoscaler and the schedules, then the heartbeat. */
+/* The one place that says what leading changes: the scheduler first (it starts instances at
+ * once, or holds them), then the autoscaler and the schedules, then the heartbeat. Leading
+ * lost (false while leading) holds the instances: they run on while nobody is known to lead;
+ * false again (the lock is another's) gives them up to that leader (scheduler_hand_over). */
 static void daemon_leading_changed(void *ctx, bool leading)
 {
     struct daemon *d = ctx;
     if (d->stopping)
         return;
+    if (!leading && !scheduler_leading(d->sched))
+        scheduler_hand_over(d->sched);
     scheduler_set_leading(d->sched, leading);
     if (!leading && !d->leading_decided)
         scheduler_reconcile_all(d->sched); /* what a predecessor left here stops */

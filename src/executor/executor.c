@@ -3104,21 +3104,31 @@ struct instance *executor_find(struct executor *ex, const char *instance_guid)
     return NULL;
 }
 
+/* inst is let go, telling nobody: under a shim it keeps running for a later executor,
+ * without one it is ended. */
+static void executor__let_go(struct instance *inst)
+{
+    inst->final = true;
+    if (inst->ex->driver->release)
+        inst->detached = true;
+    else
+        inst->ex->driver->signal(inst, SIGKILL);
+    executor__retire(inst);
+}
+
+void executor_let_go(struct instance *inst)
+{
+    executor__let_go(inst);
+}
+
 void executor_detach(struct executor *ex, void (*done)(void *arg), void *arg)
 {
     ex->shutting_down = true;
     warm__discard_all(ex); /* the next executor makes its own */
     ex->shutdown_done = done;
     ex->shutdown_arg = arg;
-    while (ex->instances) {
-        struct instance *inst = ex->instances;
-        inst->final = true;
-        if (ex->driver->release)
-            inst->detached = true;
-        else
-            ex->driver->signal(inst, SIGKILL);
-        executor__retire(inst);
-    }
+    while (ex->instances)
+        executor__let_go(ex->instances);
     if (!ex->done_timer) {
         ex->done_timer = xmalloc(sizeof(uv_timer_t));
         uv_timer_init(ex->loop, ex->done_timer);
@@ -3138,15 +3148,8 @@ void executor_free(struct executor *ex)
         return;
     /* instances still here were not shut down: under a shim they keep running for the
      * next executor; else they are ended without telling anyone */
-    while (ex->instances) {
-        struct instance *inst = ex->instances;
-        inst->final = true;
-        if (ex->driver->release)
-            inst->detached = true;
-        else
-            inst->ex->driver->signal(inst, SIGKILL);
-        executor__retire(inst);
-    }
+    while (ex->instances)
+        executor__let_go(ex->instances);
     warm__discard_all(ex);
     /* shims that ended or were let go: their handles close, what is left is freed there */
     struct executor__shim *sh = ex->shims;

@@ -181,6 +181,9 @@ void executor_shutdown(struct executor *ex, void (*done)(void *arg), void *arg);
  * without any callback, then calls done from the loop: for a daemon that exits so that its
  * successor adopts the instances. No instance can be started afterwards. */
 void executor_detach(struct executor *ex, void (*done)(void *arg), void *arg);
+/* Lets go of one instance as executor_detach does (no callback; inst is freed): for an
+ * instance that outlives this daemon while executor_shutdown, called after, stops the others. */
+void executor_let_go(struct instance *inst);
 /* Frees the executor. Instances still here are let go as by executor_detach. */
 void executor_free(struct executor *ex);
 

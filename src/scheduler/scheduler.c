@@ -1482,6 +1482,7 @@ static void sched__tick(uv_timer_t *t)
 /* ---- life ----------------------------------------------------------------------------------- */
 
 static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *f);
+static void sched__led_elsewhere(void *ctx);
 
 int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   const struct executor_config *excfg, struct store *store, struct logs *logs,
@@ -1497,6 +1498,7 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                                  .on_state = sched__on_state,
                                  .on_readiness = sched__on_readiness,
                                  .on_found = sched__adopt,
+                                 .on_led_elsewhere = sched__led_elsewhere,
                                  .ctx = s};
     char err[512] = "";
     int rc = cellc_new(loop, &cc, &cb, &s->cells, err, sizeof err);
@@ -1724,9 +1726,54 @@ void scheduler_set_leading(struct scheduler *s, bool leading)
         return;
     }
     uv_timer_stop(&s->settle);
-    /* another skiffd converges from now on: nothing runs here (each instance drains first) */
+    /* held: what runs keeps running and routed until another skiffd is known to lead
+     * (scheduler_hand_over) or this one leads again */
+    if (s->apps)
+        log_warning("this skiffd no longer leads: its instances keep running, and are given "
+                    "to the next leader, or kept if this skiffd leads again");
+}
+
+/* The slot's instance goes on for the leader on the local cell (cellc_hand_over): out of
+ * this scheduler's route table (as a draining one, so that routers let its requests in
+ * flight finish) and forgotten here. */
+static void sched__hand_over_inst(struct scheduler *s, struct sched_inst *si)
+{
+    if (!si || si->phase != SCHED_INST_LIVE ||
+        !cellc_hand_over(si->inst, si->readiness, si->readiness_ok))
+        return;
+    if (sched__routable(si)) {
+        sched__ready_event(s, si, false);
+        sched__draining_event(s, si, ++s->next_drain_id);
+    }
+    if (si->slot && si->slot->cur == si)
+        si->slot->cur = NULL;
+    if (si->slot && si->slot->replacement == si)
+        si->slot->replacement = NULL;
+    logs_appendf(s->logs, si->app_guid, "CELL/0", LOGS_OUT,
+                 "Instance %d of %s (%s) keeps running for the skiffd that leads now", si->index,
+                 si->type, si->guid);
+    sched__inst_unlink(s, si);
+    free(si);
+}
+
+void scheduler_hand_over(struct scheduler *s)
+{
+    if (s->leading || s->shutting_down || !s->apps)
+        return;
+    for (struct sched_app *a = s->apps; a; a = a->next)
+        for (size_t i = 0; i < a->nprocs; i++)
+            for (size_t j = 0; j < a->procs[i]->nslots; j++) {
+                sched__hand_over_inst(s, a->procs[i]->slots[j]->cur);
+                sched__hand_over_inst(s, a->procs[i]->slots[j]->replacement);
+            }
+    /* what could not be handed over stops (each drains first); remote cells keep theirs */
     while (s->apps)
         sched__app_remove(s, s->apps);
+}
+
+static void sched__led_elsewhere(void *ctx)
+{
+    scheduler_hand_over(ctx);
 }
 
 bool scheduler_leading(const struct scheduler *s)

@@ -133,13 +133,21 @@ struct executor *scheduler_executor(struct scheduler *s);
 
 /* ---- leading: several skiffds on one shared store (src/daemon/leader.h) ------------------ */
 
-/* Whether this scheduler converges (true from scheduler_new). Set false, it stops every
- * instance it runs (each drains as on a stop) and, until set true again, starts nothing,
- * adopts nothing (scheduler_reconcile_all stops what a predecessor left) and never restarts:
- * the API's calls still write the store, and the scheduler that leads acts on them. Set true,
- * it adopts and converges every app (scheduler_reconcile_all). Tasks are not concerned. */
+/* Whether this scheduler converges (true from scheduler_new). Set false, it holds what it
+ * runs: the instances keep running in their slots and in the route table, but until set true
+ * again it starts nothing, stops nothing on its own, adopts nothing (scheduler_reconcile_all
+ * stops what a predecessor left, or with cells on NATS leaves it to whoever leads) and never
+ * restarts: the API's calls still write the store, and the scheduler that leads acts on
+ * them. Set true again, it adopts and converges every app (scheduler_reconcile_all): what it
+ * held is in its slots already. Tasks are not concerned. */
 void scheduler_set_leading(struct scheduler *s, bool leading);
 bool scheduler_leading(const struct scheduler *s);
+/* Another skiffd leads: while not leading, what this scheduler holds is given up. The local
+ * executor's instances go on running for the leader when the local cell serves one
+ * (cellc_hand_over: the leader adopts them from its heartbeat), else they are stopped (each
+ * drains as on a stop); the remote cells' are forgotten (they keep running). Also called by
+ * the cells when they hear that another leads. Nothing while leading or holding nothing. */
+void scheduler_hand_over(struct scheduler *s);
 /* For a store other skiffds write too: converges every app the store lists and every app it
  * runs (a deleted one's instances stop), and rolls out (rolling) a droplet put into service
  * elsewhere once two resyncs in a row saw it. One store_app_list, and one store_app_get and

@@ -97,7 +97,8 @@ def test_a_leader_whose_session_ends_stops_at_once_and_the_other_takes_over(pair
     ended = psql(pg_dir, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                          f"WHERE application_name = 'skiffd leader {a_id}'")
     assert ended.strip() == "1", ended
-    # a stops leading at once: no instance of it stays routable, nothing restarts it
+    # a stops leading at once and holds its instance (it starts and stops nothing) until it
+    # learns that another leads: without NATS, at its next try, when it stops it
     wait_for(lambda: not leading(a), 2, "the leader to stop leading when its session ends")
     wait_for(lambda: not running_here(a, "sess"), 15, "the old leader's instance to stop")
     assert "[LEADER] this skiffd stopped leading" in a.output(), a.output()

@@ -329,7 +329,8 @@ def test_a_leader_killed_alone_leaves_an_instance_that_its_restart_stops(
         pair, tmp_path, server_binary):
     """kill -9 of the leading skiffd only: its instance goes on under its shim while the
     other leads and starts it again (so the image app runs one more than asked), until the
-    killed one, restarted on its home, follows and stops it."""
+    killed one, restarted on its home, follows and lists it in its heartbeat, and the leader,
+    its slot taken, has it stopped (the surplus of a lost cell that came back)."""
     a, b = leader_then_follower(pair, "a", "b")
     r, _ = push_image(a, tmp_path, server_binary, "img", "left-over", 2)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -326,7 +326,8 @@ static bool all_on_expected_droplet(struct world *w)
 /* Several skiffds on one store (src/daemon/leader.h): a scheduler that does not lead starts
  * nothing however it is asked; leading, it converges what the store says, resyncs writes
  * made without telling it (scale, a new droplet: rolled out on the second resync that sees
- * it), and stops everything at once when it stops leading. */
+ * it); when it stops leading it holds what runs (kept if it leads again) until another
+ * leads, and then stops everything at once. */
 static void test_only_a_leading_scheduler_runs_instances(void **state)
 {
     struct world *w = *state;
@@ -385,11 +386,30 @@ static void test_only_a_leading_scheduler_runs_instances(void **state)
     assert_int_equal(scheduler_resync(w->s), 0);
     run_until(w, all_on_expected_droplet, "the new droplet rolled out");
 
-    /* no longer leading: everything stops, and nothing restarts it */
+    /* leading lost: held, the instance runs on and stays routed, and leading again keeps it */
+    struct scheduler_instance_info held[2];
+    assert_int_equal(scheduler_app_instances(w->s, "web-app", held, 2), 1);
     int gone = w->counts[PLATFORM_INSTANCE_GONE];
+    int ready_before = w->counts[PLATFORM_INSTANCE_READY];
     scheduler_set_leading(w->s, false);
+    until = time_mono_ms() + 300;
+    while (time_mono_ms() < until)
+        uv_run(&w->loop, UV_RUN_NOWAIT);
+    assert_int_equal(w->counts[PLATFORM_INSTANCE_GONE], gone);
+    assert_int_equal(scheduler_running_count(w->s, "web-app"), 1);
+    scheduler_set_leading(w->s, true);
+    run_until(w, one_running_only, "the held instance, leading again");
+    struct scheduler_instance_info kept[2];
+    assert_int_equal(scheduler_app_instances(w->s, "web-app", kept, 2), 1);
+    assert_string_equal(kept[0].guid, held[0].guid);
+    assert_int_equal(w->counts[PLATFORM_INSTANCE_READY], ready_before);
+
+    /* another leads: with no cell serving here (no NATS), everything stops, and nothing
+     * restarts it */
+    scheduler_set_leading(w->s, false);
+    scheduler_hand_over(w->s);
     assert_true(w->counts[PLATFORM_INSTANCE_GONE] > gone); /* out of the route table at once */
-    run_until(w, none_running, "nothing running after stepping down");
+    run_until(w, none_running, "nothing running after another leads");
     until = time_mono_ms() + 300;
     while (time_mono_ms() < until)
         uv_run(&w->loop, UV_RUN_NOWAIT);
