@@ -183,3 +183,80 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
     finally:
         resume(pids)
         p.close()
+
+
+def db_rows(url, sql):
+    """What the database itself holds (psql), one row a line."""
+    r = subprocess.run(["psql", "-At", url, "-c", sql], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
+    """A route mapped and an app deleted while the server is stopped: each request waits for
+    its write, which the store's writer makes once the server answers again; the other API
+    calls are answered meanwhile, and already show the route mapped and the app gone."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        for name in ("mapped", "doomed"):
+            status, body = p.api("POST", "/v1/apps", {"name": name})
+            assert status == 201, body
+        status, routes = p.api("GET", "/v1/routes")
+        assert status == 200, routes
+
+        pids = postgres_server_pids(pg_dir)
+        pause(pids)
+        answers = {}
+
+        def call(key, method, path, body=None):
+            answers[key] = timed(lambda: p.api(method, path, body))
+
+        calls = [threading.Thread(target=call, args=("map", "POST", "/v1/routes",
+                                                     {"app": "mapped",
+                                                      "host": "extra.localhost"})),
+                 threading.Thread(target=call, args=("delete", "DELETE", "/v1/apps/doomed"))]
+        for t in calls:
+            t.start()
+        slowest = 0.0
+        seen = False
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                info, took = timed(p.info)
+            except OSError as e:  # its 2 s timeout
+                raise AssertionError(f"GET /v1/info while the server was paused: {e}")
+            assert info, info
+            slowest = max(slowest, took)
+            (status, listed), took = timed(lambda: p.api("GET", "/v1/apps"))
+            assert status == 200, listed
+            slowest = max(slowest, took)
+            (status, routes), took = timed(lambda: p.api("GET", "/v1/routes"))
+            assert status == 200, routes
+            slowest = max(slowest, took)
+            names = {a["name"] for a in listed["apps"]}
+            hosts = {(r["host"], r["app"]) for r in routes["routes"]}
+            seen = seen or (names == {"mapped"} and ("extra.localhost", "mapped") in hosts and
+                            not any(app == "doomed" for _, app in hosts))
+        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
+        assert seen, "the queued route and deletion were not read back while the server was paused"
+        assert answers == {}, f"answered before their writes were made: {answers}"
+        assert queued_writes(p) >= 2
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["map"][0][0] == 201, answers
+        assert answers["delete"][0][0] == 204, answers
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT name FROM apps ORDER BY name") == ["mapped"]
+        assert "extra.localhost" in db_rows(url, "SELECT host FROM routes")
+        assert not any(h.startswith("doomed") for h in db_rows(url, "SELECT host FROM routes"))
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
