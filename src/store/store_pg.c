@@ -1713,6 +1713,16 @@ static void pg__route_copy(struct store_route *c, const struct store_route *r)
     c->protocol = pg__dup(r->protocol);
 }
 
+static void pg__route_fields_free(struct store_route *r)
+{
+    free(r->host);
+    free(r->path);
+    free(r->app_guid);
+    free(r->domain);
+    free(r->balance);
+    free(r->protocol);
+}
+
 static int pg__cmp_route(const void *x, const void *y)
 {
     const struct store_route *a = x, *c = y;
@@ -1720,15 +1730,13 @@ static int pg__cmp_route(const void *x, const void *y)
     return r ? r : strcmp(a->path, c->path);
 }
 
-/* Makes w's change to a list of routes (those of app_guid, when not NULL) as the server will
- * make it: an add of a host and path taken, an update or delete of none, change nothing. The
- * list stays in host then path order. */
-static void pg__routes_apply(struct store_route **list, size_t *n, const struct store_write *w,
-                             const char *app_guid)
+/* Makes w's change to the list of all routes as the server will make it: an add of a host
+ * and path taken, an update or delete of none, change nothing. The list stays in host then
+ * path order. */
+static void pg__routes_apply(struct store_route **list, size_t *n, const struct store_write *w)
 {
     struct store_route *v = *list;
     size_t count = *n;
-    bool add = w->op == STORE_WRITE_ROUTE_ADD;
     bool found = false;
     for (size_t i = 0; i < count;) {
         struct store_route *r = &v[i];
@@ -1752,16 +1760,11 @@ static void pg__routes_apply(struct store_route **list, size_t *n, const struct 
             i++;
             continue;
         }
-        free(r->host);
-        free(r->path);
-        free(r->app_guid);
-        free(r->domain);
-        free(r->balance);
-        free(r->protocol);
+        pg__route_fields_free(r);
         memmove(r, r + 1, (count - i - 1) * sizeof *r);
         count--;
     }
-    if (add && !found && (!app_guid || !strcmp(app_guid, w->route.app_guid))) {
+    if (w->op == STORE_WRITE_ROUTE_ADD && !found) {
         v = xrealloc(v, (count + 2) * sizeof *v);
         pg__route_copy(&v[count++], &w->route);
         qsort(v, count, sizeof *v, pg__cmp_route);
@@ -1772,30 +1775,51 @@ static void pg__routes_apply(struct store_route **list, size_t *n, const struct 
     *n = count;
 }
 
-/* The cache is in host then path order, as each app's routes are; the queued route writes
- * (and app deletions) are made over it. */
+static bool pg__is_route_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_APP_DELETE || w->op == STORE_WRITE_ROUTE_ADD ||
+           w->op == STORE_WRITE_ROUTE_DELETE || w->op == STORE_WRITE_ROUTE_UPDATE;
+}
+
+/* The cache is in host then path order, as each app's routes are. The queued route writes
+ * (and app deletions) are made over all routes, then those of app_guid kept: whether an add
+ * will be refused depends on every app's routes. */
 static int pg__route_list(struct store_backend *b, const char *app_guid, struct store_route **out,
                           size_t *n)
 {
     int rc = pg__routes_cached(b);
     if (rc < 0)
         return rc;
+    bool queued = false;
+    for (size_t i = 0; i < b->n_pending && !queued; i++)
+        queued = pg__is_route_write(b->pending[i]);
+    const char *only = queued ? NULL : app_guid; /* filtered below when queued */
     struct store_route *routes = NULL;
     size_t count = 0;
     if (rc > 0) {
-        rc = pg__route_list_query(b, app_guid, &routes, &count);
+        rc = pg__route_list_query(b, only, &routes, &count);
         if (rc < 0)
             return rc;
     } else {
         routes = xcalloc(b->n_routes + 1, sizeof *routes);
         for (size_t i = 0; i < b->n_routes; i++)
-            if (!app_guid || !strcmp(b->routes[i].app_guid, app_guid))
+            if (!only || !strcmp(b->routes[i].app_guid, only))
                 pg__route_copy(&routes[count++], &b->routes[i]);
     }
     for (size_t i = 0; i < b->n_pending; i++)
-        if (b->pending[i]->op != STORE_WRITE_TASK_PUT &&
-            b->pending[i]->op != STORE_WRITE_TASK_DELETE)
-            pg__routes_apply(&routes, &count, b->pending[i], app_guid);
+        if (pg__is_route_write(b->pending[i]))
+            pg__routes_apply(&routes, &count, b->pending[i]);
+    if (queued && app_guid) {
+        size_t kept = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (!strcmp(routes[i].app_guid, app_guid))
+                routes[kept++] = routes[i];
+            else
+                pg__route_fields_free(&routes[i]);
+        }
+        memset(&routes[kept], 0, sizeof *routes);
+        count = kept;
+    }
     *out = routes;
     *n = count;
     return 0;
@@ -2962,7 +2986,7 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         pg__drops_forget(b, w->id, NULL, NULL); /* its droplets went with it */
     }
     if (made && b->routes && b->routes_at == b->routes_gen)
-        pg__routes_apply(&b->routes, &b->n_routes, w, NULL);
+        pg__routes_apply(&b->routes, &b->n_routes, w);
     else
         b->routes_gen++;
 }

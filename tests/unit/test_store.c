@@ -2570,6 +2570,8 @@ static void test_a_refused_queued_route_or_task_write_is_reported_through_its_ca
         routes_text(st, NULL, shop, cart, text, sizeof text);
         assert_string_equal(text, "cart.localhost:cart:round-robin:0,"
                                   "shop.localhost:shop:round-robin:0");
+        routes_text(st, cart->guid, shop, cart, text, sizeof text); /* not shop's host */
+        assert_string_equal(text, "cart.localhost:cart:round-robin:0");
         tasks_text(st, shop, text, sizeof text);
         assert_string_equal(text, "shop-1:PENDING");
         if (pass == 0) {
