@@ -936,7 +936,8 @@ static void core__route_refused(struct api_request *req, int rc, const char *rou
                           "another host",
                           route);
     else if (rc == -ENOENT)
-        api_respond_error(req, rc, "the route %s was unmapped meanwhile: map it again", route);
+        api_respond_error(req, rc, "the route %s was unmapped meanwhile: `skiff routes` lists them",
+                          route);
     else
         api_respond_error(req, rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
                           "cannot store the route %s (see skiffd's output)", route);
