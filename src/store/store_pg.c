@@ -1495,8 +1495,16 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
     return pg__app_unless_deleting(b, pg__app_get_read(b, ref, out), out);
 }
 
+/* An app queued for deletion is gone without asking the server (which may not answer). */
 static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
 {
+    struct store_app *seen = NULL;
+    if (b->n_pending && pg__app_get_read(b, ref, &seen) == 0) {
+        bool gone = pg__app_deleting(b, seen->guid);
+        store_app_free(seen);
+        if (gone)
+            return -ENOENT;
+    }
     return pg__app_unless_deleting(b, pg__app_get_fresh_read(b, ref, out), out);
 }
 
