@@ -327,6 +327,12 @@ struct store_backend {
     char **doms, **dom_orgs;
     bool *dom_shared;
     uint64_t doms_gen, doms_at;
+    /* All tasks, read whole, kept while tasks_gen stays at tasks_at: another writer's "tasks"
+     * notification, "all", a lost feed and a write of this store's the server refused move
+     * it; this store's writes made change it in place. */
+    struct store_task *tasks;
+    size_t n_tasks;
+    uint64_t tasks_gen, tasks_at;
 };
 
 /* A write made by the writer's thread in turn with the queued ones (fn on the writer's own
@@ -483,6 +489,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->docs_gen++;
     b->drops_gen++;
     b->doms_gen++;
+    b->tasks_gen++;
 }
 
 /* The connection (lost, or a try that failed) is closed; the next try is due after the
@@ -654,6 +661,8 @@ static void pg__feed_read(struct store_backend *b)
                 b->drops_gen++;
             } else if (!strcmp(n->extra, "domains")) {
                 b->doms_gen++;
+            } else if (!strcmp(n->extra, "tasks")) {
+                b->tasks_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
                 pg__feed_outdate_all(b);
@@ -840,6 +849,7 @@ static void pg__close(struct store_backend *b)
     store_strv_free(b->doms);
     store_strv_free(b->dom_orgs);
     free(b->dom_shared);
+    store_task_list_free(b->tasks, b->n_tasks);
     pg__doc_cache_clear(b);
     pg__drops_clear(b);
     store_app_list_free(b->apps, b->n_apps);
@@ -2394,6 +2404,15 @@ static int pg__task_list_query(struct store_backend *b, const char *app_guid,
     return 0;
 }
 
+static void pg__task_copy(struct store_task *c, const struct store_task *t)
+{
+    *c = *t;
+    c->name = pg__dup(t->name);
+    c->command = pg__dup(t->command);
+    c->state = pg__dup(t->state);
+    c->failure_reason = pg__dup(t->failure_reason);
+}
+
 static int pg__cmp_task(const void *x, const void *y)
 {
     const struct store_task *a = x, *c = y;
@@ -2445,12 +2464,7 @@ static void pg__tasks_apply(struct store_task **list, size_t *n, const struct st
     if (w->op == STORE_WRITE_TASK_PUT && !taken &&
         (!app_guid || !strcmp(app_guid, w->task.app_guid))) {
         v = xrealloc(v, (count + 2) * sizeof *v);
-        struct store_task *t = &v[count++];
-        *t = w->task;
-        t->name = pg__dup(w->task.name);
-        t->command = pg__dup(w->task.command);
-        t->state = pg__dup(w->task.state);
-        t->failure_reason = pg__dup(w->task.failure_reason);
+        pg__task_copy(&v[count++], &w->task);
         qsort(v, count, sizeof *v, pg__cmp_task);
     }
     if (v)
@@ -2460,10 +2474,40 @@ static void pg__tasks_apply(struct store_task **list, size_t *n, const struct st
 }
 
 /* The server's tasks with the queued task writes (and app deletions) made over them. */
+/* From the copy of all tasks while nothing announced a change of them (a task's create, list
+ * and cancel read them on the loop), else read (and, with the feed on, kept). */
+static int pg__tasks_read(struct store_backend *b, const char *app_guid, struct store_task **out,
+                          size_t *n)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON)
+        return pg__task_list_query(b, app_guid, out, n);
+    if (!b->tasks || b->tasks_at != b->tasks_gen) {
+        uint64_t at = b->tasks_gen;
+        struct store_task *all = NULL;
+        size_t count = 0;
+        int rc = pg__task_list_query(b, NULL, &all, &count);
+        if (rc < 0)
+            return rc;
+        store_task_list_free(b->tasks, b->n_tasks);
+        b->tasks = all;
+        b->n_tasks = count;
+        b->tasks_at = at;
+    }
+    struct store_task *list = xcalloc(b->n_tasks + 1, sizeof *list);
+    size_t count = 0;
+    for (size_t i = 0; i < b->n_tasks; i++)
+        if (!app_guid || !strcmp(b->tasks[i].app_guid, app_guid))
+            pg__task_copy(&list[count++], &b->tasks[i]);
+    *out = list;
+    *n = count;
+    return 0;
+}
+
 static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
                          size_t *n)
 {
-    int rc = pg__task_list_query(b, app_guid, out, n);
+    int rc = pg__tasks_read(b, app_guid, out, n);
     for (size_t i = 0; rc == 0 && i < b->n_pending; i++) {
         enum store_write_op op = b->pending[i]->op;
         if (op == STORE_WRITE_APP_DELETE || op == STORE_WRITE_TASK_PUT ||
@@ -2983,9 +3027,18 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
             b->n_pending--;
             break;
         }
-    if (!w->finished || w->op == STORE_WRITE_TASK_PUT || w->op == STORE_WRITE_TASK_DELETE)
+    if (!w->finished)
         return;
     bool made = w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT);
+    if (w->op != STORE_WRITE_ROUTE_ADD && w->op != STORE_WRITE_ROUTE_DELETE &&
+        w->op != STORE_WRITE_ROUTE_UPDATE) {
+        if (made && b->tasks && b->tasks_at == b->tasks_gen)
+            pg__tasks_apply(&b->tasks, &b->n_tasks, w, NULL);
+        else
+            b->tasks_gen++;
+    }
+    if (w->op == STORE_WRITE_TASK_PUT || w->op == STORE_WRITE_TASK_DELETE)
+        return;
     if (w->op == STORE_WRITE_APP_DELETE) {
         if (made && b->apps && b->apps_at == b->apps_gen)
             pg__cache_put(b, w->id, NULL);

@@ -22,7 +22,10 @@ def pg_dir():
 
 def pause(pids):
     for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # a backend that ended since it was listed (psql's)
+            pass
 
 
 def resume(pids):
@@ -119,8 +122,8 @@ def app_field(p, name, field):
 
 
 def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
-    """A scale (PATCH instances) and a pushed app's start made while the server is stopped:
-    each request waits for its app write, which the store's writer makes once the server
+    """A scale (PATCH instances), a pushed app's start and a task made while the server is
+    stopped: each request waits for its write, which the store's writer makes once the server
     answers again; the other API calls are answered meanwhile, and already show both
     changes."""
     url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
@@ -145,7 +148,9 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
 
         calls = [threading.Thread(target=call, args=("scale", "PATCH", "/v1/apps/scaled",
                                                      {"instances": 3})),
-                 threading.Thread(target=call, args=("start", "POST", "/v1/apps/pushed/start"))]
+                 threading.Thread(target=call, args=("start", "POST", "/v1/apps/pushed/start")),
+                 threading.Thread(target=call, args=("task", "POST", "/v1/apps/scaled/tasks",
+                                                     {"command": "true", "name": "paused"}))]
         for t in calls:
             t.start()
         slowest = 0.0
@@ -162,8 +167,12 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
             assert status == 200, listed
             slowest = max(slowest, took)
             apps = {a["name"]: a for a in listed["apps"]}
+            (status, tasks), took = timed(lambda: p.api("GET", "/v1/apps/scaled/tasks"))
+            assert status == 200, tasks
+            slowest = max(slowest, took)
             seen = seen or (apps["scaled"]["instances"] == 3 and
-                            apps["pushed"]["state"] == "STARTED")
+                            apps["pushed"]["state"] == "STARTED" and
+                            [t["name"] for t in tasks["tasks"]] == ["paused"])
         assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
         assert seen, "the queued scale and start were not read back while the server was paused"
         assert answers == {}, f"answered before their writes were made: {answers}"
@@ -173,6 +182,7 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
             t.join(30)
         assert answers["scale"][0][0] == 200, answers
         assert answers["start"][0][0] == 200, answers
+        assert answers["task"][0][0] == 202, answers
         p.wait_for(lambda: app_field(p, "scaled", "running") == 3, timeout=60,
                    what="three instances of scaled")
         p.wait_for(lambda: app_field(p, "pushed", "running") == 1, timeout=60,

@@ -2646,6 +2646,45 @@ static void test_domains_come_from_the_cache_until_a_change_is_announced(void **
     remove_db(path);
 }
 
+/* The tasks are read from a copy (a task's create, list and cancel read them on the loop)
+ * until a change is announced: this store's own writes change it, another writer's come
+ * through the feed (PostgreSQL). */
+static void test_tasks_come_from_the_cache_until_another_writer_changes_one(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *shop = sample_app("shop");
+    assert_int_equal(store_app_create(st, shop), 0);
+    struct store_task t1 = task_of(shop->guid, 1);
+    assert_int_equal(store_task_put(st, &t1), 0);
+    char text[256];
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:PENDING");
+    struct done_log log = {0};
+    t1.state = "RUNNING";
+    assert_int_equal(store_task_put_async(st, &t1, note_done, done_tag(&log, 0)), 0);
+    reap_until(st, &log, 1);
+    raw_sql(path, "ALTER TABLE tasks RENAME TO tasks_away");
+    for (int i = 0; i < 5; i++) {
+        tasks_text(st, shop, text, sizeof text);
+        assert_string_equal(text, "shop-1:RUNNING");
+    }
+    raw_sql(path, "ALTER TABLE tasks_away RENAME TO tasks");
+    uint64_t before = store_change_count(st);
+    struct store_task t2 = task_of(shop->guid, 2);
+    assert_int_equal(store_task_put(other, &t2), 0);
+    wait_for_change(st, before);
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:RUNNING,shop-2:PENDING");
+    store_app_free(shop);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 /* A droplet read once is answered without the server (the scheduler reads it at every
  * converge turn) until a deletion, here or announced by another writer. */
 static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
@@ -2730,7 +2769,8 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
             test_queued_route_task_and_app_delete_writes_land_in_order_and_are_read_at_once),      \
         cmocka_unit_test(                                                                          \
             test_a_refused_queued_route_or_task_write_is_reported_through_its_callback),           \
-        cmocka_unit_test(test_domains_come_from_the_cache_until_a_change_is_announced)
+        cmocka_unit_test(test_domains_come_from_the_cache_until_a_change_is_announced),            \
+        cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one)
 
 int main(void)
 {
