@@ -5,9 +5,12 @@ sent during IDLE_S seconds before (log_statement on the server, by backend pid).
 
     SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
     SCALE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
+    MAP_DELETE_WHILE_PAUSED=1 SKIFF_BIN_DIR=BUILD/rel /usr/bin/python3 bench/store/paused.py
 
 With SCALE_WHILE_PAUSED=1, a PATCH of the app's instances is sent from a thread of its own as
-the server stops (an app write): the line then also gives when that PATCH was answered.
+the server stops (an app write): the line then also gives when that PATCH was answered. With
+MAP_DELETE_WHILE_PAUSED=1, likewise a route's map (POST /v1/routes) and another app's
+deletion (DELETE /v1/apps/NAME), each from a thread of its own.
 
 Run it with two builds (SKIFF_BIN_DIR) to compare: it prints one line of figures per run."""
 import collections
@@ -26,6 +29,7 @@ PAUSE_S = float(os.environ.get("PAUSE_S", "5"))
 IDLE_S = float(os.environ.get("IDLE_S", "10"))
 EXIT_S = float(os.environ.get("EXIT_S", "30"))
 SCALE = os.environ.get("SCALE_WHILE_PAUSED", "0") == "1"
+MAP_DELETE = os.environ.get("MAP_DELETE_WHILE_PAUSED", "0") == "1"
 
 
 def signal_all(pids, sig):
@@ -58,8 +62,9 @@ def main():
         p = Platform(extra_args=["--store", url]).start()
         pids = []
         try:
-            status, body = p.api("POST", "/v1/apps", {"name": "bench-app"})
-            assert status == 201, body
+            for name in ("bench-app", "bench-doomed") if MAP_DELETE else ("bench-app",):
+                status, body = p.api("POST", "/v1/apps", {"name": name})
+                assert status == 201, body
             log = os.path.join(d, "server.log")
             start = os.path.getsize(log)
             time.sleep(IDLE_S)
@@ -73,24 +78,28 @@ def main():
                     per_pid[m.group(1)] += 1
             pids = postgres_server_pids(d)
             signal_all(pids, signal.SIGSTOP)
-            scale = {}
+            writes = {}  # what the request is called: its call
             if SCALE:
-                def patch():
-                    scale["took"] = timed(lambda: p.api("PATCH", "/v1/apps/bench-app",
-                                                        {"instances": 2}))
-                threading.Thread(target=patch, daemon=True).start()
+                writes["the PATCH of instances"] = lambda: p.api(
+                    "PATCH", "/v1/apps/bench-app", {"instances": 2})
+            if MAP_DELETE:
+                writes["the map of a route"] = lambda: p.api(
+                    "POST", "/v1/routes", {"app": "bench-app", "host": "bench-extra.localhost"})
+                writes["the app's deletion"] = lambda: p.api("DELETE", "/v1/apps/bench-doomed")
+            took = {}
+
+            def send(what, call):
+                took[what] = timed(call)
+            for what, call in writes.items():
+                threading.Thread(target=send, args=(what, call), daemon=True).start()
             slowest, calls = 0.0, 0
             deadline = time.monotonic() + PAUSE_S
             while time.monotonic() < deadline:
                 slowest = max(slowest, timed(p.info),
                               timed(lambda: p.api("GET", "/v1/apps")))
                 calls += 2
-            if SCALE:
-                scaled = ("; the PATCH of instances: answered after "
-                          f"{scale['took']:.3f} s" if "took" in scale
-                          else "; the PATCH of instances: not answered while paused")
-            else:
-                scaled = ""
+            scaled = "".join(f"; {what}: answered after {took[what]:.3f} s" if what in took
+                             else f"; {what}: not answered while paused" for what in writes)
             t0 = time.monotonic()
             p.proc.send_signal(signal.SIGTERM)
             try:

@@ -901,15 +901,111 @@ static bool core__parse_route(struct api_core *core, struct api_request *req, co
     return true;
 }
 
+struct api_core_routes {
+    struct api_core *core;
+    struct api_request *req; /* NULL once answered */
+    int pending;             /* writes not finished, and 1 more until the end is known */
+    int rc;                  /* the first refusal, of route */
+    char *route;
+    bool wrote; /* a route changed: the routers are told */
+    api_core_routed_fn *then;
+    void *ctx;
+};
+
+/* One queued route write of rw's, naming its route for an answer. */
+struct core_route_write {
+    struct api_core_routes *rw;
+    char *route;
+};
+
+struct api_core_routes *api_core__routes_begin(struct api_core *core, struct api_request *req,
+                                               api_core_routed_fn *then, void *ctx)
+{
+    struct api_core_routes *rw = xcalloc(1, sizeof *rw);
+    *rw =
+        (struct api_core_routes){.core = core, .req = req, .pending = 1, .then = then, .ctx = ctx};
+    return rw;
+}
+
+/* The answer to a refused route write. */
+static void core__route_refused(struct api_request *req, int rc, const char *route)
+{
+    if (rc == -EEXIST)
+        api_respond_error(req, SKIFF_E_ROUTE_TAKEN,
+                          "the route %s is mapped to another app: unmap it there first or pick "
+                          "another host",
+                          route);
+    else if (rc == -ENOENT)
+        api_respond_error(req, rc, "the route %s was unmapped meanwhile: `skiff routes` lists them",
+                          route);
+    else
+        api_respond_error(req, rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
+                          "cannot store the route %s (see skiffd's output)", route);
+}
+
+static void core__routes_done(struct api_core_routes *rw)
+{
+    if (--rw->pending > 0)
+        return;
+    if (rw->wrote)
+        api_core__routes_changed(rw->core);
+    if (rw->req && rw->rc < 0) {
+        core__route_refused(rw->req, rw->rc, rw->route);
+        rw->req = NULL;
+    }
+    rw->then(rw->core, rw->req, rw->ctx);
+    free(rw->route);
+    free(rw);
+}
+
+void api_core__routes_end(struct api_core_routes *rw)
+{
+    core__routes_done(rw);
+}
+
+static void core__route_written(void *ctx, int rc)
+{
+    struct core_route_write *w = ctx;
+    struct api_core_routes *rw = w->rw;
+    if (rc < 0 && rw->rc == 0) {
+        rw->rc = rc;
+        rw->route = w->route;
+        w->route = NULL;
+    }
+    rw->wrote |= rc == 0;
+    free(w->route);
+    free(w);
+    core__routes_done(rw);
+}
+
+/* Queues one of rw's writes (add: route; else the update of host+path). */
+static void core__route_queue(struct api_core_routes *rw, const struct store_route *route, bool add,
+                              int https_only)
+{
+    struct core_route_write *w = xcalloc(1, sizeof *w);
+    w->rw = rw;
+    w->route = xasprintf("%s%s", route->host, route->path);
+    rw->pending++;
+    struct store *st = rw->core->cfg.store;
+    int rc = add ? store_route_add_async(st, route, core__route_written, w)
+                 : store_route_update_async(st, route->host, route->path, route->balance,
+                                            route->protocol, https_only, core__route_written, w);
+    if (rc < 0)
+        core__route_written(w, rc);
+}
+
 /* A route already the app's is fine (and takes the balance and protocol given); another
- * app's is route_taken. */
-bool api_core__map_route(struct api_core *core, struct api_request *req,
+ * app's is route_taken. Decided on the routes as queued writes leave them. */
+bool api_core__map_route(struct api_core *core, struct api_core_routes *rw,
                          const struct store_app *app, const char *spec, const char *path_in,
                          const char *balance, const char *protocol, int https_only)
 {
+    struct api_request *req = rw->req;
     char *host = NULL, *path = NULL, *domain = NULL;
-    if (!core__parse_route(core, req, spec, path_in, &host, &path, &domain))
+    if (!req || !core__parse_route(core, req, spec, path_in, &host, &path, &domain)) {
+        rw->req = NULL;
         return false;
+    }
     struct store_route r = {.host = host,
                             .path = path,
                             .app_guid = (char *)app->guid,
@@ -918,39 +1014,36 @@ bool api_core__map_route(struct api_core *core, struct api_request *req,
                             .protocol = (char *)protocol,
                             .https_only = https_only == 1};
     uuid_generate_v4(r.guid);
-    int rc = store_route_add(core->cfg.store, &r);
-    bool ok = true;
-    if (rc == -EEXIST) {
-        struct store_route *all = NULL;
-        size_t n = 0;
-        if (store_route_list(core->cfg.store, NULL, &all, &n) < 0) {
-            api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
-            ok = false;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (strcmp(all[i].host, host) || strcmp(all[i].path, path))
-                continue;
-            if (strcmp(all[i].app_guid, app->guid)) {
-                api_respond_error(req, SKIFF_E_ROUTE_TAKEN,
-                                  "the route %s%s is mapped to another app: unmap it there "
-                                  "first or pick another host",
-                                  host, path);
-                ok = false;
-            } else if ((((balance && strcmp(all[i].balance, balance)) ||
-                         (protocol && strcmp(all[i].protocol, protocol))) &&
-                        store_route_update(core->cfg.store, host, path, balance, protocol) < 0) ||
-                       (https_only >= 0 && all[i].https_only != (https_only == 1) &&
-                        store_route_set_https_only(core->cfg.store, host, path, https_only == 1) <
-                            0)) {
-                api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the route");
-                ok = false;
-            }
-        }
-        store_route_list_free(all, n);
-    } else if (rc < 0) {
-        api_respond_error(req, rc, "cannot store the route");
+    struct store_route *all = NULL;
+    size_t n = 0;
+    const struct store_route *had = NULL;
+    bool ok = store_route_list(core->cfg.store, NULL, &all, &n) == 0;
+    if (!ok)
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(all[i].host, host) && !strcmp(all[i].path, path))
+            had = &all[i];
+    if (ok && had && strcmp(had->app_guid, app->guid)) {
+        api_respond_error(req, SKIFF_E_ROUTE_TAKEN,
+                          "the route %s%s is mapped to another app: unmap it there first or "
+                          "pick another host",
+                          host, path);
         ok = false;
+    } else if (ok && !had) {
+        core__route_queue(rw, &r, true, -1);
+    } else if (ok) {
+        bool change = (balance && strcmp(had->balance, balance)) ||
+                      (protocol && strcmp(had->protocol, protocol));
+        int https = https_only >= 0 && had->https_only != (https_only == 1) ? https_only : -1;
+        if (!change) {
+            r.balance = r.protocol = NULL;
+        }
+        if (change || https >= 0)
+            core__route_queue(rw, &r, false, https);
     }
+    if (!ok)
+        rw->req = NULL;
+    store_route_list_free(all, n);
     free(host);
     free(path);
     free(domain);
@@ -981,9 +1074,11 @@ static int core__routes_wanted(json_t *body, bool creating)
     return creating && !json_is_true(json_object_get(body, "no_route")) ? 1 : 0;
 }
 
-static bool core__map_routes(struct api_core *core, struct api_request *req,
+/* Queues the routes a create or update body asks for in rw; false after answering. */
+static bool core__map_routes(struct api_core *core, struct api_core_routes *rw,
                              const struct store_app *app, json_t *body, bool creating)
 {
+    struct api_request *req = rw->req;
     json_t *routes = json_object_get(body, "routes");
     json_t *no_route = json_object_get(body, "no_route");
     if (no_route && !json_is_boolean(no_route))
@@ -1000,10 +1095,9 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
         }
         json_array_foreach(routes, i, r)
         {
-            if (!api_core__map_route(core, req, app, json_string_value(r), NULL, NULL, NULL, -1))
+            if (!api_core__map_route(core, rw, app, json_string_value(r), NULL, NULL, NULL, -1))
                 return false;
         }
-        api_core__routes_changed(core);
         return true;
     }
     if (creating && !json_is_true(no_route)) {
@@ -1019,9 +1113,8 @@ static bool core__map_routes(struct api_core *core, struct api_request *req,
                 spec = xasprintf("%s-%s-%s.localhost", app->name, space->name, org->name);
             }
         }
-        bool ok = api_core__map_route(core, req, app, spec, NULL, NULL, NULL, -1);
+        bool ok = api_core__map_route(core, rw, app, spec, NULL, NULL, NULL, -1);
         free(spec);
-        api_core__routes_changed(core);
         return ok;
     }
     return true;
@@ -1283,14 +1376,16 @@ struct core_upsert {
     json_t *body;
     int before; /* the web instances before; -1 for a new app */
     bool patch;
+    struct store_app *app; /* as written, once it is */
 };
 
-static void core__upserted(struct api_core *core, struct api_request *req, struct store_app *app,
-                           void *ctx)
+/* Once the app's routes are written too. */
+static void core__upsert_routed(struct api_core *core, struct api_request *req, void *ctx)
 {
     struct core_upsert *u = ctx;
     bool creating = u->before < 0;
-    if (req && core__map_routes(core, req, app, u->body, creating)) {
+    struct store_app *app = u->app;
+    if (req) {
         if (u->patch)
             start_trace("api: stored");
         else
@@ -1301,8 +1396,25 @@ static void core__upserted(struct api_core *core, struct api_request *req, struc
         if (u->patch)
             start_trace("api: answered");
     }
+    store_app_free(app);
     json_decref(u->body);
     free(u);
+}
+
+static void core__upserted(struct api_core *core, struct api_request *req, struct store_app *app,
+                           void *ctx)
+{
+    struct core_upsert *u = ctx;
+    if (!req) {
+        json_decref(u->body);
+        free(u);
+        return;
+    }
+    u->app = store_app_dup(app);
+    struct api_core_routes *rw = api_core__routes_begin(core, req, core__upsert_routed, u);
+    if (!core__map_routes(core, rw, app, u->body, u->before < 0))
+        rw->req = NULL; /* answered */
+    api_core__routes_end(rw);
 }
 
 /* POST /v1/apps and PUT /v1/apps/NAME (create or update). */
@@ -1580,6 +1692,16 @@ done:
     json_decref(body);
 }
 
+/* An app's deletion, queued: the request is answered (and what the app leaves cleaned up)
+ * once it is made. */
+struct core_app_delete {
+    struct api_core *core;
+    struct api_request *req;
+    struct store_app *app;
+};
+
+static void core__app_deleted(void *ctx, int rc);
+
 static void core__apps_delete(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -1592,9 +1714,27 @@ static void core__apps_delete(struct api_request *req, void *ctx)
         scheduler_app_deleted(core->cfg.scheduler, app->guid);
     if (core->cfg.app_deleted)
         core->cfg.app_deleted(core->cfg.app_deleted_ctx, app->guid);
-    if (store_app_delete(core->cfg.store, app->guid) < 0) {
+    struct core_app_delete *d = xcalloc(1, sizeof *d);
+    *d = (struct core_app_delete){.core = core, .req = req, .app = app};
+    int rc = store_app_delete_async(core->cfg.store, app->guid, core__app_deleted, d);
+    if (rc < 0)
+        core__app_deleted(d, rc);
+}
+
+static void core__app_deleted(void *ctx, int rc)
+{
+    struct core_app_delete *d = ctx;
+    struct api_core *core = d->core;
+    struct api_request *req = d->req;
+    struct store_app *app = d->app;
+    free(d);
+    if (rc < 0) {
+        if (rc == -ENOENT)
+            api_respond_error(req, rc, "app %s was deleted meanwhile", app->name);
+        else
+            api_respond_error(req, rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
+                              "cannot delete the app (see skiffd's output)");
         store_app_free(app);
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot delete the app (see skiffd's output)");
         return;
     }
     api_core__revisions_forget(core, app->guid);
@@ -1933,6 +2073,44 @@ static void core__routes_list(struct api_request *req, void *ctx)
     api_respond_json(req, 200, json_pack("{s:o}", "routes", arr));
 }
 
+/* A map-route request's route, to answer once it is written. */
+struct core_route_map {
+    struct store_app *app;
+    char *host, *path;
+};
+
+static void core__route_mapped(struct api_core *core, struct api_request *req, void *ctx)
+{
+    struct core_route_map *m = ctx;
+    const char *host = m->host, *path = m->path;
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    if (!req) {
+        /* answered */
+    } else if (store_route_list(core->cfg.store, m->app->guid, &routes, &n) < 0) {
+        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
+    } else {
+        logs_appendf(core->cfg.logs, m->app->guid, "API", LOGS_OUT, "Mapped route %s%s", host,
+                     path);
+        json_t *out = NULL;
+        char *h = xstrdup(host);
+        for (char *q = h; *q; q++)
+            *q = (char)tolower((unsigned char)*q);
+        for (size_t i = 0; i < n && !out; i++)
+            if (!strcmp(routes[i].host, h) &&
+                (!strcmp(routes[i].path, path) || (!strcmp(path, "/") && !*routes[i].path) ||
+                 (*path && str_has_prefix(path, routes[i].path) && *routes[i].path)))
+                out = core__route_json(core, &routes[i], m->app->name);
+        free(h);
+        api_respond_json(req, 201, out ? out : json_object());
+    }
+    store_route_list_free(routes, n);
+    store_app_free(m->app);
+    free(m->host);
+    free(m->path);
+    free(m);
+}
+
 static void core__routes_create(struct api_request *req, void *ctx)
 {
     struct api_core *core = ctx;
@@ -1986,34 +2164,13 @@ static void core__routes_create(struct api_request *req, void *ctx)
                           "\"host\" is a host name only; give the path in \"path\"");
         goto done;
     }
-    char *spec = xstrdup(host);
-    bool ok =
-        api_core__map_route(core, req, app, spec, path ? path : "", balance, protocol, https_only);
-    free(spec);
-    if (!ok)
-        goto done;
-    api_core__routes_changed(core);
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Mapped route %s%s", host,
-                 path ? path : "");
-    struct store_route *routes = NULL;
-    size_t n = 0;
-    if (store_route_list(core->cfg.store, app->guid, &routes, &n) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, CORE_STORE_READ_FAILED);
-        goto done;
-    }
-    json_t *out = NULL;
-    char *h = xstrdup(host);
-    for (char *q = h; *q; q++)
-        *q = (char)tolower((unsigned char)*q);
-    for (size_t i = 0; i < n && !out; i++)
-        if (!strcmp(routes[i].host, h) &&
-            (!strcmp(routes[i].path, path ? path : "") ||
-             (path && !strcmp(path, "/") && !*routes[i].path) ||
-             (path && str_has_prefix(path, routes[i].path) && *routes[i].path)))
-            out = core__route_json(core, &routes[i], app->name);
-    free(h);
-    store_route_list_free(routes, n);
-    api_respond_json(req, 201, out ? out : json_object());
+    struct core_route_map *m = xcalloc(1, sizeof *m);
+    *m = (struct core_route_map){
+        .app = app, .host = xstrdup(host), .path = xstrdup(path ? path : "")};
+    app = NULL;
+    struct api_core_routes *rw = api_core__routes_begin(core, req, core__route_mapped, m);
+    api_core__map_route(core, rw, m->app, m->host, m->path, balance, protocol, https_only);
+    api_core__routes_end(rw);
 done:
     store_app_free(app);
     json_decref(body);
@@ -2028,6 +2185,29 @@ static bool core__route_in_space(struct api_core *core, const struct store_route
               !strcmp(owner->space_guid, space);
     store_app_free(owner);
     return in;
+}
+
+/* An unmap request's route, to answer once its deletion is made. */
+struct core_route_unmap {
+    struct api_core *core;
+    struct api_request *req;
+    char *route;
+    char app_guid[37];
+};
+
+static void core__route_unmapped(void *ctx, int rc)
+{
+    struct core_route_unmap *u = ctx;
+    if (rc < 0) {
+        core__route_refused(u->req, rc, u->route);
+    } else {
+        logs_appendf(u->core->cfg.logs, u->app_guid, "API", LOGS_OUT, "Unmapped route %s",
+                     u->route);
+        api_core__routes_changed(u->core);
+        api_respond(u->req, 204, NULL, NULL, 0);
+    }
+    free(u->route);
+    free(u);
 }
 
 static void core__routes_delete(struct api_request *req, void *ctx)
@@ -2062,12 +2242,13 @@ static void core__routes_delete(struct api_request *req, void *ctx)
                !core__route_in_space(core, found, api_core__space(req))) {
         api_respond_error(req, SKIFF_E_NOT_FOUND, "no route %s%s%s%s: `skiff routes` lists them", h,
                           p, app ? " mapped to " : "", app ? app->name : "");
-    } else if (store_route_delete(core->cfg.store, h, p) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot delete the route (see skiffd's output)");
     } else {
-        logs_appendf(core->cfg.logs, found->app_guid, "API", LOGS_OUT, "Unmapped route %s%s", h, p);
-        api_core__routes_changed(core);
-        api_respond(req, 204, NULL, NULL, 0);
+        struct core_route_unmap *u = xcalloc(1, sizeof *u);
+        *u = (struct core_route_unmap){.core = core, .req = req, .route = xasprintf("%s%s", h, p)};
+        snprintf(u->app_guid, sizeof u->app_guid, "%s", found->app_guid);
+        rc = store_route_delete_async(core->cfg.store, h, p, core__route_unmapped, u);
+        if (rc < 0)
+            core__route_unmapped(u, rc);
     }
     store_app_free(app);
     store_route_list_free(routes, n);

@@ -79,10 +79,21 @@ bool api_core__app_update(struct api_core *core, struct api_request *req, struct
 void api_core__respond_app(struct api_core *core, struct api_request *req, int status,
                            const struct store_app *app);
 bool api_core__merge_env(struct api_request *req, struct store_app *app, json_t *env);
-/* Maps host/path to app; balance NULL: round-robin for a new route, unchanged for one the
- * app has; protocol likewise (NULL: http1, or unchanged); https_only 0 or 1 sets it, -1 keeps
- * it (off for a new route). Answers and returns false on error. */
-bool api_core__map_route(struct api_core *core, struct api_request *req,
+/* A request's route writes, queued: begun, given any number of routes to map, ended; then
+ * is called once every write queued is made or refused (before api_core__routes_end returns
+ * on SQLite), with req NULL when the request was answered already (an error: a route that
+ * could not be mapped, or a write the store refused, answered from its callback), then only
+ * to free ctx. The routers are told of the routes written. */
+struct api_core_routes;
+typedef void api_core_routed_fn(struct api_core *core, struct api_request *req, void *ctx);
+struct api_core_routes *api_core__routes_begin(struct api_core *core, struct api_request *req,
+                                               api_core_routed_fn *then, void *ctx);
+void api_core__routes_end(struct api_core_routes *rw);
+/* Maps host/path to app (queues its write in rw); balance NULL: round-robin for a new route,
+ * unchanged for one the app has; protocol likewise (NULL: http1, or unchanged); https_only 0
+ * or 1 sets it, -1 keeps it (off for a new route). Answers and returns false on an error
+ * known now (a bad route, another app's); one the store finds is answered at the end. */
+bool api_core__map_route(struct api_core *core, struct api_core_routes *rw,
                          const struct store_app *app, const char *spec, const char *path_in,
                          const char *balance, const char *protocol, int https_only);
 void api_core__follow_forget(struct api_core *core, void *follow);

@@ -208,7 +208,7 @@ json_t *api_core__metadata_get(struct api_core *core, const char *app_guid)
 
 void api_core__metadata_forget(struct api_core *core, const char *app_guid)
 {
-    store_doc_delete(core->cfg.store, METADATA_KIND, app_guid);
+    store_doc_delete_async(core->cfg.store, METADATA_KIND, app_guid, NULL, NULL);
 }
 
 /* Applies one part of a PATCH ({"K": "V" | null}) to have; false after answering 422. */

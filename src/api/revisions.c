@@ -307,7 +307,7 @@ void api_core__revisions_forget(struct api_core *core, const char *app_guid)
     {
         char id[24];
         revisions__id(json_integer_value(json_object_get(r, "version")), id);
-        store_doc_delete(core->cfg.store, kind, id);
+        store_doc_delete_async(core->cfg.store, kind, id, NULL, NULL);
     }
     free(kind);
     json_decref(all);

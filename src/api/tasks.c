@@ -121,20 +121,107 @@ static void tasks__respond(struct api_request *req, int status, const struct sto
     buf_free(&b);
 }
 
-/* Writes t's new state (and reason) to the store; false when the store failed (logged). */
-static bool tasks__set_state(struct api_core *core, struct store_task *t, const char *state,
-                             const char *reason)
+/* A request's task writes, queued: answered once the last is made (202 with task, as its
+ * writes leave it; 500 when the store refused one). req NULL: nobody waits (a task's end). */
+struct tasks_answer {
+    struct api_request *req;
+    int pending; /* writes not finished, and 1 more until the last is queued */
+    int rc;      /* the first refusal */
+    struct store_task task;
+};
+
+static struct tasks_answer *tasks__answer_new(struct api_request *req)
+{
+    struct tasks_answer *a = xcalloc(1, sizeof *a);
+    a->req = req;
+    a->pending = 1;
+    return a;
+}
+
+static void tasks__fields_free(struct store_task *t)
+{
+    free(t->name);
+    free(t->command);
+    free(t->state);
+    free(t->failure_reason);
+}
+
+/* One of a's writes finished (or, from tasks__answer_end, all are queued). */
+static void tasks__answer_done(struct tasks_answer *a, int rc)
+{
+    if (rc < 0 && a->rc == 0)
+        a->rc = rc;
+    if (--a->pending > 0)
+        return;
+    if (a->req && a->rc < 0)
+        api_respond_error(a->req, a->rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
+                          "cannot record the task in the store (see skiffd's output)");
+    else if (a->req)
+        tasks__respond(a->req, 202, &a->task);
+    tasks__fields_free(&a->task);
+    free(a);
+}
+
+static void tasks__answer_end(struct tasks_answer *a)
+{
+    tasks__answer_done(a, 0);
+}
+
+/* One task write of a's (or of nobody's), logged when the store refuses it. */
+struct tasks_write {
+    struct tasks_answer *answer;
+    char guid[37];
+    char *state;
+};
+
+static void tasks__written(void *ctx, int rc)
+{
+    struct tasks_write *w = ctx;
+    if (rc < 0)
+        log_error("tasks: cannot record task %s as %s: %s", w->guid, w->state ? w->state : "gone",
+                  skiff_strerror(rc));
+    if (w->answer)
+        tasks__answer_done(w->answer, rc);
+    free(w->state);
+    free(w);
+}
+
+/* Queues t's put (state NULL: its deletion) for answer (NULL: nobody waits); answer's task is
+ * then t as written. */
+static void tasks__queue(struct api_core *core, const struct store_task *t, bool put,
+                         struct tasks_answer *answer)
+{
+    struct tasks_write *w = xcalloc(1, sizeof *w);
+    w->answer = answer;
+    snprintf(w->guid, sizeof w->guid, "%s", t->guid);
+    w->state = put ? xstrdup(t->state) : NULL;
+    if (answer) {
+        answer->pending++;
+        if (put) {
+            tasks__fields_free(&answer->task);
+            answer->task = *t;
+            answer->task.name = t->name ? xstrdup(t->name) : NULL;
+            answer->task.command = t->command ? xstrdup(t->command) : NULL;
+            answer->task.state = t->state ? xstrdup(t->state) : NULL;
+            answer->task.failure_reason = t->failure_reason ? xstrdup(t->failure_reason) : NULL;
+        }
+    }
+    int rc = put ? store_task_put_async(core->cfg.store, t, tasks__written, w)
+                 : store_task_delete_async(core->cfg.store, t->guid, tasks__written, w);
+    if (rc < 0)
+        tasks__written(w, rc);
+}
+
+/* Sets t's new state (and reason) and queues its write for answer (NULL: nobody waits). */
+static void tasks__set_state(struct api_core *core, struct store_task *t, const char *state,
+                             const char *reason, struct tasks_answer *answer)
 {
     free(t->state);
     t->state = xstrdup(state);
     free(t->failure_reason);
     t->failure_reason = reason ? xstrdup(reason) : NULL;
     t->updated_at = time_now_ms();
-    if (store_task_put(core->cfg.store, t) < 0) {
-        log_error("tasks: cannot record task %s as %s", t->guid, state);
-        return false;
-    }
-    return true;
+    tasks__queue(core, t, true, answer);
 }
 
 /* The task of the app with that guid (index into list), or -1. */
@@ -165,14 +252,14 @@ static void tasks__ended(void *ctx, const char *app_guid, const char *task_guid,
     bool cancelled = !strcmp(t->state, TASK_CANCELING);
     t->exit_status = end->stopped ? -1 : end->exit_status;
     if (cancelled)
-        tasks__set_state(core, t, TASK_FAILED, TASK_REASON_CANCELLED);
+        tasks__set_state(core, t, TASK_FAILED, TASK_REASON_CANCELLED, NULL);
     else if (end->stopped)
-        tasks__set_state(core, t, TASK_FAILED, TASK_REASON_RESTARTED);
+        tasks__set_state(core, t, TASK_FAILED, TASK_REASON_RESTARTED, NULL);
     else if (!end->term_signal && end->exit_status == 0)
-        tasks__set_state(core, t, TASK_SUCCEEDED, NULL);
+        tasks__set_state(core, t, TASK_SUCCEEDED, NULL, NULL);
     else {
         api_task_failure_reason(end, t->memory_mb, reason, sizeof reason);
-        tasks__set_state(core, t, TASK_FAILED, reason);
+        tasks__set_state(core, t, TASK_FAILED, reason, NULL);
     }
     store_task_list_free(list, n);
 }
@@ -208,9 +295,63 @@ static void tasks__trim(struct api_core *core, const struct store_task *list, si
     size_t over = n + 1 > API_TASKS_KEEP ? n + 1 - API_TASKS_KEEP : 0;
     for (size_t i = 0; i < n && over > 0; i++)
         if (!api_task_active(&list[i])) {
-            store_task_delete(core->cfg.store, list[i].guid);
+            tasks__queue(core, &list[i], false, NULL);
             over--;
         }
+}
+
+/* A task being created: its record queued, the request waiting for it. */
+struct tasks_create {
+    struct api_core *core;
+    struct api_request *req; /* NULL once answered (the quota refused it) */
+    struct store_app *app;
+    struct store_task task; /* as recorded (a copy) */
+    int pending;            /* its write, and the checks made once it is queued */
+    int rc;                 /* its write's */
+};
+
+/* The task's record is written (and the request's checks made): it starts, and the request
+ * is answered once its new state is written too. */
+static void tasks__recorded(void *ctx, int rc)
+{
+    struct tasks_create *c = ctx;
+    if (rc < 0 && c->rc == 0)
+        c->rc = rc;
+    if (--c->pending > 0)
+        return;
+    struct api_core *core = c->core;
+    struct store_app *app = c->app;
+    struct store_task *t = &c->task;
+    if (!c->req) {
+        /* answered */
+    } else if (c->rc < 0) {
+        api_respond_error(c->req, c->rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
+                          "cannot record the task in the store (see skiffd's output)");
+    } else {
+        struct scheduler_task run = {.app_guid = app->guid,
+                                     .droplet_guid = t->droplet_guid,
+                                     .task_guid = t->guid,
+                                     .name = t->name,
+                                     .command = t->command,
+                                     .memory_mb = t->memory_mb};
+        int started =
+            core->cfg.scheduler ? scheduler_task_start(core->cfg.scheduler, &run) : -ENOSYS;
+        struct tasks_answer *a = tasks__answer_new(c->req);
+        if (started != 0) {
+            char err[200];
+            snprintf(err, sizeof err, "the task could not start: %s (`skiff logs %s --recent`)",
+                     skiff_strerror(started), app->name);
+            tasks__set_state(core, t, TASK_FAILED, err, a);
+        } else {
+            tasks__set_state(core, t, TASK_RUNNING, NULL, a);
+        }
+        logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created task %lld (%s) of app %s",
+                     (long long)t->sequence_id, t->name, app->name);
+        tasks__answer_end(a);
+    }
+    tasks__fields_free(t);
+    store_app_free(app);
+    free(c);
 }
 
 /* POST /v1/apps/APP/tasks */
@@ -281,42 +422,29 @@ static void tasks__create(struct api_request *req, void *ctx)
     uuid_generate_v4(t.guid);
     snprintf(t.app_guid, sizeof t.app_guid, "%s", app->guid);
     snprintf(t.droplet_guid, sizeof t.droplet_guid, "%s", app->droplet_guid);
-    /* recorded first, so that the quota counts it as it would run */
-    if (store_task_put(core->cfg.store, &t) < 0) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot record the task in the store");
-        goto done;
-    }
-    if (!api_core__quota_admits(core, req, app, 0)) {
-        store_task_delete(core->cfg.store, t.guid);
-        goto done;
-    }
-    struct scheduler_task run = {.app_guid = app->guid,
-                                 .droplet_guid = app->droplet_guid,
-                                 .task_guid = t.guid,
-                                 .name = name,
-                                 .command = t.command,
-                                 .memory_mb = memory};
-    int rc = core->cfg.scheduler ? scheduler_task_start(core->cfg.scheduler, &run) : -ENOSYS;
-    struct store_task stored = t;
-    stored.state = xstrdup(rc == 0 ? TASK_RUNNING : TASK_FAILED);
-    stored.name = xstrdup(name);
-    stored.command = xstrdup(t.command);
-    stored.failure_reason = NULL;
-    if (rc != 0) {
-        snprintf(err, sizeof err, "the task could not start: %s (`skiff logs %s --recent`)",
-                 skiff_strerror(rc), app->name);
-        tasks__set_state(core, &stored, TASK_FAILED, err);
+    /* recorded first, so that the quota counts it as it would run (reads see it queued) */
+    struct tasks_create *c = xcalloc(1, sizeof *c);
+    c->core = core;
+    c->req = req;
+    c->app = app;
+    app = NULL;
+    c->task = t;
+    c->task.name = xstrdup(t.name);
+    c->task.command = xstrdup(t.command);
+    c->task.state = xstrdup(t.state);
+    c->pending = 2; /* its write, and the checks below */
+    int rc = store_task_put_async(core->cfg.store, &t, tasks__recorded, c);
+    if (rc < 0) {
+        tasks__recorded(c, rc);
+    } else if (c->rc < 0) {
+        /* refused during the call (SQLite): answered below */
+    } else if (!api_core__quota_admits(core, req, c->app, 0)) {
+        c->req = NULL; /* answered: its record goes again */
+        tasks__queue(core, &t, false, NULL);
     } else {
-        tasks__set_state(core, &stored, TASK_RUNNING, NULL);
+        tasks__trim(core, list, n);
     }
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created task %lld (%s) of app %s",
-                 (long long)stored.sequence_id, name, app->name);
-    tasks__trim(core, list, n);
-    tasks__respond(req, 202, &stored);
-    free(stored.state);
-    free(stored.name);
-    free(stored.command);
-    free(stored.failure_reason);
+    tasks__recorded(c, 0);
 done:
     store_task_list_free(list, n);
     store_app_free(app);
@@ -378,16 +506,14 @@ static void tasks__one(struct api_request *req, void *ctx, bool cancel)
                           (long long)t->sequence_id, app->name, t->state);
         goto done;
     }
-    if (!tasks__set_state(core, t, TASK_CANCELING, NULL)) {
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot record the task in the store");
-        goto done;
-    }
+    struct tasks_answer *a = tasks__answer_new(req);
+    tasks__set_state(core, t, TASK_CANCELING, NULL, a);
     logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Cancelling task %lld (%s) of app %s",
                  (long long)t->sequence_id, t->name, app->name);
     /* nothing runs for it (it never started, or its skiffd is gone): it ends here */
     if (!core->cfg.scheduler || scheduler_task_stop(core->cfg.scheduler, t->guid) < 0)
-        tasks__set_state(core, t, TASK_FAILED, TASK_REASON_CANCELLED);
-    tasks__respond(req, 202, t);
+        tasks__set_state(core, t, TASK_FAILED, TASK_REASON_CANCELLED, a);
+    tasks__answer_end(a);
 done:
     store_task_list_free(list, n);
     store_app_free(app);
@@ -421,10 +547,11 @@ static void tasks__end_leftovers(struct api_core *core)
     if (store_task_list(core->cfg.store, NULL, &list, &n) < 0)
         return;
     for (size_t i = 0; i < n; i++)
-        if (api_task_active(&list[i]) &&
-            tasks__set_state(core, &list[i], TASK_FAILED, TASK_REASON_RESTARTED))
+        if (api_task_active(&list[i])) {
+            tasks__set_state(core, &list[i], TASK_FAILED, TASK_REASON_RESTARTED, NULL);
             log_info("task %s of app %s was running when skiffd stopped: marked FAILED",
                      list[i].name, list[i].app_guid);
+        }
     store_task_list_free(list, n);
 }
 

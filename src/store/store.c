@@ -690,7 +690,43 @@ void store_write_free(struct store_write *w)
     free(w->ev.detail);
     store_strv_free(w->refs);
     store_app_free(w->app);
+    free(w->route.host);
+    free(w->route.path);
+    free(w->route.app_guid);
+    free(w->route.domain);
+    free(w->route.balance);
+    free(w->route.protocol);
+    free(w->task.name);
+    free(w->task.command);
+    free(w->task.state);
+    free(w->task.failure_reason);
     free(w);
+}
+
+struct store_write *store_write_route(enum store_write_op op, const struct store_route *route,
+                                      store_done_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(op, NULL, NULL, NULL, done, ctx);
+    w->route = *route;
+    w->route.host = store__dup(route->host);
+    w->route.path = xstrdup(route->path ? route->path : "");
+    w->route.app_guid = store__dup(route->app_guid);
+    w->route.domain = store__dup(route->domain);
+    w->route.balance = store__dup(route->balance);
+    w->route.protocol = store__dup(route->protocol);
+    w->https_only = -1;
+    return w;
+}
+
+struct store_write *store_write_task(const struct store_task *task, store_done_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_TASK_PUT, NULL, NULL, NULL, done, ctx);
+    w->task = *task;
+    w->task.name = store__dup(task->name);
+    w->task.command = store__dup(task->command);
+    w->task.state = store__dup(task->state);
+    w->task.failure_reason = store__dup(task->failure_reason);
+    return w;
 }
 
 void store_write_name(const struct store_write *w, char *buf, size_t size)
@@ -707,6 +743,19 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
                  w->app->name ? w->app->name : "?", w->app->guid);
     else if (w->op == STORE_WRITE_CALL)
         snprintf(buf, size, "%s", w->what ? w->what : "a write");
+    else if (w->op == STORE_WRITE_APP_DELETE)
+        snprintf(buf, size, "delete of app %s", w->id);
+    else if (w->op == STORE_WRITE_ROUTE_ADD || w->op == STORE_WRITE_ROUTE_DELETE ||
+             w->op == STORE_WRITE_ROUTE_UPDATE)
+        snprintf(buf, size, "%s of route %s%s",
+                 w->op == STORE_WRITE_ROUTE_ADD      ? "add"
+                 : w->op == STORE_WRITE_ROUTE_DELETE ? "delete"
+                                                     : "update",
+                 w->route.host ? w->route.host : "?", w->route.path);
+    else if (w->op == STORE_WRITE_TASK_PUT)
+        snprintf(buf, size, "put of task %s", w->task.guid);
+    else if (w->op == STORE_WRITE_TASK_DELETE)
+        snprintf(buf, size, "delete of task %s", w->id);
     else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
@@ -758,6 +807,30 @@ static int store__write_now(struct store *st, struct store_write *w)
         break;
     case STORE_WRITE_APP_UPDATE:
         rc = st->ops->app_update(st->backend, w->app);
+        break;
+    case STORE_WRITE_APP_DELETE:
+        rc = st->ops->app_delete(st->backend, w->id);
+        break;
+    case STORE_WRITE_ROUTE_ADD:
+        rc = st->ops->route_add(st->backend, &w->route);
+        break;
+    case STORE_WRITE_ROUTE_DELETE:
+        rc = st->ops->route_delete(st->backend, w->route.host, w->route.path);
+        break;
+    case STORE_WRITE_ROUTE_UPDATE:
+        rc = 0;
+        if (w->route.balance || w->route.protocol)
+            rc = st->ops->route_update(st->backend, w->route.host, w->route.path, w->route.balance,
+                                       w->route.protocol);
+        if (rc == 0 && w->https_only >= 0)
+            rc = st->ops->route_set_https_only(st->backend, w->route.host, w->route.path,
+                                               w->https_only == 1);
+        break;
+    case STORE_WRITE_TASK_PUT:
+        rc = st->ops->task_put(st->backend, &w->task);
+        break;
+    case STORE_WRITE_TASK_DELETE:
+        rc = st->ops->task_delete(st->backend, w->id);
         break;
     case STORE_WRITE_CALL:
         rc = w->call(st->backend, w->arg);
@@ -937,4 +1010,48 @@ int store_app_modify_async(struct store *st, const char *guid,
     if (rc != 0)
         free(m);
     return rc;
+}
+
+/* ---- app deletions, routes and tasks off the caller's thread -------------------------------- */
+
+int store_app_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_APP_DELETE, NULL, guid, NULL, done, ctx));
+}
+
+int store_route_add_async(struct store *st, const struct store_route *route, store_done_fn *done,
+                          void *ctx)
+{
+    return store__queue(st, store_write_route(STORE_WRITE_ROUTE_ADD, route, done, ctx));
+}
+
+int store_route_delete_async(struct store *st, const char *host, const char *path,
+                             store_done_fn *done, void *ctx)
+{
+    struct store_route r = {.host = (char *)host, .path = (char *)path};
+    return store__queue(st, store_write_route(STORE_WRITE_ROUTE_DELETE, &r, done, ctx));
+}
+
+int store_route_update_async(struct store *st, const char *host, const char *path,
+                             const char *balance, const char *protocol, int https_only,
+                             store_done_fn *done, void *ctx)
+{
+    struct store_route r = {.host = (char *)host,
+                            .path = (char *)path,
+                            .balance = (char *)balance,
+                            .protocol = (char *)protocol};
+    struct store_write *w = store_write_route(STORE_WRITE_ROUTE_UPDATE, &r, done, ctx);
+    w->https_only = https_only < 0 ? -1 : https_only != 0;
+    return store__queue(st, w);
+}
+
+int store_task_put_async(struct store *st, const struct store_task *task, store_done_fn *done,
+                         void *ctx)
+{
+    return store__queue(st, store_write_task(task, done, ctx));
+}
+
+int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_TASK_DELETE, NULL, guid, NULL, done, ctx));
 }

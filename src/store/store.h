@@ -498,4 +498,25 @@ int store_app_modify_async(struct store *st, const char *guid,
                            int (*change)(void *ctx, struct store_app *app), void *ctx,
                            store_done_fn *done, void *done_ctx, struct store_app **out);
 
+/* Deletions of apps, writes of routes and of tasks through the same writer, in turn with the
+ * others: queued, returning at once, done(ctx, rc) getting what the synchronous call would
+ * have returned (-EEXIST a route's host and path taken or a task's sequence_id, -ENOENT
+ * nothing to delete or update). Reads see them at once: an app queued for deletion is gone
+ * from store_app_get and store_app_list, and with it its routes and tasks; store_route_list
+ * and store_task_list show the queued writes as made. A route write refused by the server is
+ * then read from it again; no write is ever half seen. On SQLite, made during the call. */
+int store_app_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
+int store_route_add_async(struct store *st, const struct store_route *route, store_done_fn *done,
+                          void *ctx);
+int store_route_delete_async(struct store *st, const char *host, const char *path,
+                             store_done_fn *done, void *ctx);
+/* store_route_update and store_route_set_https_only in one write: balance, protocol (NULL: as
+ * they are), https_only (-1: as it is, else 0 or 1). */
+int store_route_update_async(struct store *st, const char *host, const char *path,
+                             const char *balance, const char *protocol, int https_only,
+                             store_done_fn *done, void *ctx);
+int store_task_put_async(struct store *st, const struct store_task *task, store_done_fn *done,
+                         void *ctx);
+int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
+
 #endif

@@ -29,9 +29,17 @@ enum store_write_op {
     STORE_WRITE_DOC_CREATE,
     STORE_WRITE_DOC_UPDATE,
     STORE_WRITE_AUDIT,
-    STORE_READ_BLOB_REFS,   /* a read, in turn with the writes: store_blob_refs_async */
-    STORE_WRITE_APP_CREATE, /* store_app_create(_async): app */
-    STORE_WRITE_APP_UPDATE, /* store_app_update(_async): app, at the version read */
+    STORE_READ_BLOB_REFS,     /* a read, in turn with the writes: store_blob_refs_async */
+    STORE_WRITE_APP_CREATE,   /* store_app_create(_async): app */
+    STORE_WRITE_APP_UPDATE,   /* store_app_update(_async): app, at the version read */
+    STORE_WRITE_APP_DELETE,   /* store_app_delete(_async): id, the app's guid */
+    STORE_WRITE_ROUTE_ADD,    /* store_route_add(_async): route */
+    STORE_WRITE_ROUTE_DELETE, /* store_route_delete(_async): route's host and path */
+    /* store_route_update(_async) and store_route_set_https_only: route's host and path, its
+     * balance and protocol (NULL: as they are), https_only (-1: as it is) */
+    STORE_WRITE_ROUTE_UPDATE,
+    STORE_WRITE_TASK_PUT,    /* store_task_put(_async): task */
+    STORE_WRITE_TASK_DELETE, /* store_task_delete(_async): id, the task's guid */
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,
@@ -44,6 +52,9 @@ struct store_write {
     store_refs_fn *done_refs; /* STORE_READ_BLOB_REFS */
     char **refs;              /* what it read, the callback's */
     struct store_app *app;    /* STORE_WRITE_APP_*: the write's own copy, as written */
+    struct store_route route; /* STORE_WRITE_ROUTE_*: the write's own copy */
+    int https_only;           /* STORE_WRITE_ROUTE_UPDATE */
+    struct store_task task;   /* STORE_WRITE_TASK_PUT: the write's own copy */
     int (*call)(struct store_backend *wb, void *arg); /* STORE_WRITE_CALL */
     void *arg;
     const char *what; /* STORE_WRITE_CALL: "add of a route", for messages */
@@ -58,6 +69,11 @@ struct store_write *store_write_new(enum store_write_op op, const char *kind, co
 /* An audit event's write, with a copy of ev. */
 struct store_write *store_write_audit(const struct store_audit_event *ev, store_done_fn *done,
                                       void *ctx);
+/* The writes of routes (route is copied: for a delete or an update only its host and path
+ * matter) and of tasks, with their copies. */
+struct store_write *store_write_route(enum store_write_op op, const struct store_route *route,
+                                      store_done_fn *done, void *ctx);
+struct store_write *store_write_task(const struct store_task *task, store_done_fn *done, void *ctx);
 void store_write_free(struct store_write *w);
 /* Calls w's callback with its outcome (a read's list passed on). */
 void store_write_report(struct store_write *w);

@@ -317,6 +317,22 @@ struct store_backend {
         int writes;
     } * queued_apps;
     size_t n_queued_apps;
+    /* Queued deletions of apps and writes of routes and tasks, in the queue's order: reads
+     * make their changes over what they read (or the cache holds) until each is finished. */
+    struct store_write **pending;
+    size_t n_pending;
+    /* The domains (names, shared, owners' org guids), read whole, kept while doms_gen stays
+     * at doms_at: another writer's "domains" notification, "all", a lost feed and this
+     * store's own domain writes move it. */
+    char **doms, **dom_orgs;
+    bool *dom_shared;
+    uint64_t doms_gen, doms_at;
+    /* All tasks, read whole, kept while tasks_gen stays at tasks_at: another writer's "tasks"
+     * notification, "all", a lost feed and a write of this store's the server refused move
+     * it; this store's writes made change it in place. */
+    struct store_task *tasks;
+    size_t n_tasks;
+    uint64_t tasks_gen, tasks_at;
 };
 
 /* A write made by the writer's thread in turn with the queued ones (fn on the writer's own
@@ -472,6 +488,8 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->routes_gen++;
     b->docs_gen++;
     b->drops_gen++;
+    b->doms_gen++;
+    b->tasks_gen++;
 }
 
 /* The connection (lost, or a try that failed) is closed; the next try is due after the
@@ -641,6 +659,10 @@ static void pg__feed_read(struct store_backend *b)
                 b->docs_gen++;
             } else if (!strcmp(n->extra, "droplets")) {
                 b->drops_gen++;
+            } else if (!strcmp(n->extra, "domains")) {
+                b->doms_gen++;
+            } else if (!strcmp(n->extra, "tasks")) {
+                b->tasks_gen++;
             } else if (!strcmp(n->extra, "all")) {
                 /* NOTIFY skiff_store, 'all': after changing the database by other means */
                 pg__feed_outdate_all(b);
@@ -823,6 +845,11 @@ static void pg__close(struct store_backend *b)
     for (size_t i = 0; i < b->n_queued_apps; i++)
         store_app_free(b->queued_apps[i].app);
     free(b->queued_apps);
+    free(b->pending);
+    store_strv_free(b->doms);
+    store_strv_free(b->dom_orgs);
+    free(b->dom_shared);
+    store_task_list_free(b->tasks, b->n_tasks);
     pg__doc_cache_clear(b);
     pg__drops_clear(b);
     store_app_list_free(b->apps, b->n_apps);
@@ -1349,6 +1376,47 @@ static int pg__apps_cached(struct store_backend *b)
     return 0;
 }
 
+/* Whether the write is one reads see made over what they read until it is finished (in
+ * pending): an app's deletion, a route's or a task's write. */
+static bool pg__is_pending_write(const struct store_write *w)
+{
+    switch (w->op) {
+    case STORE_WRITE_APP_DELETE:
+    case STORE_WRITE_ROUTE_ADD:
+    case STORE_WRITE_ROUTE_DELETE:
+    case STORE_WRITE_ROUTE_UPDATE:
+    case STORE_WRITE_TASK_PUT:
+    case STORE_WRITE_TASK_DELETE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Whether a deletion of the app is queued: reads no longer find it. */
+static bool pg__app_deleting(const struct store_backend *b, const char *guid)
+{
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (b->pending[i]->op == STORE_WRITE_APP_DELETE && !strcmp(b->pending[i]->id, guid))
+            return true;
+    return false;
+}
+
+/* Takes the apps queued for deletion out of a list. */
+static void pg__list_deleting(const struct store_backend *b, struct store_app **list, size_t *n)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < *n; i++) {
+        if (pg__app_deleting(b, list[i]->guid))
+            store_app_free(list[i]);
+        else
+            list[kept++] = list[i];
+    }
+    if (list)
+        list[kept] = NULL;
+    *n = kept;
+}
+
 /* The queued copy of the app ref names (by guid, else by space and name), or NULL. */
 static const struct store_app *pg__queued_app(const struct store_backend *b, const char *ref)
 {
@@ -1359,14 +1427,15 @@ static const struct store_app *pg__queued_app(const struct store_backend *b, con
     const char *name = store_ref_split(ref, space);
     for (size_t i = 0; i < b->n_queued_apps; i++) {
         const struct store_app *a = b->queued_apps[i].app;
-        if (!strcmp(a->name, name) && !strcmp(a->space_guid, space))
+        if (!strcmp(a->name, name) && !strcmp(a->space_guid, space) &&
+            !pg__app_deleting(b, a->guid))
             return a;
     }
     return NULL;
 }
 
 /* store_app_get_fresh: the database's row; a current copy then holds it (or loses the app). */
-static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
+static int pg__app_get_fresh_read(struct store_backend *b, const char *ref, struct store_app **out)
 {
     const struct store_app *queued = pg__queued_app(b, ref); /* what it will be */
     if (queued) {
@@ -1391,7 +1460,7 @@ static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct st
 }
 
 /* By guid first, then by space and name, as the query's UNION ALL. */
-static int pg__app_get(struct store_backend *b, const char *ref, struct store_app **out)
+static int pg__app_get_read(struct store_backend *b, const char *ref, struct store_app **out)
 {
     const struct store_app *queued = pg__queued_app(b, ref);
     if (queued) {
@@ -1418,6 +1487,35 @@ static int pg__app_get(struct store_backend *b, const char *ref, struct store_ap
         return 0;
     }
     return -ENOENT;
+}
+
+/* An app read, gone when its deletion is queued. */
+static int pg__app_unless_deleting(struct store_backend *b, int rc, struct store_app **out)
+{
+    if (rc == 0 && pg__app_deleting(b, (*out)->guid)) {
+        store_app_free(*out);
+        *out = NULL;
+        return -ENOENT;
+    }
+    return rc;
+}
+
+static int pg__app_get(struct store_backend *b, const char *ref, struct store_app **out)
+{
+    return pg__app_unless_deleting(b, pg__app_get_read(b, ref, out), out);
+}
+
+/* An app queued for deletion is gone without asking the server (which may not answer). */
+static int pg__app_get_fresh(struct store_backend *b, const char *ref, struct store_app **out)
+{
+    struct store_app *seen = NULL;
+    if (b->n_pending && pg__app_get_read(b, ref, &seen) == 0) {
+        bool gone = pg__app_deleting(b, seen->guid);
+        store_app_free(seen);
+        if (gone)
+            return -ENOENT;
+    }
+    return pg__app_unless_deleting(b, pg__app_get_fresh_read(b, ref, out), out);
 }
 
 static int pg__cmp_name(const void *x, const void *y)
@@ -1461,8 +1559,10 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
         return rc;
     if (rc > 0) {
         rc = pg__app_list_query(b, space_guid, out, n);
-        if (rc == 0)
+        if (rc == 0) {
             pg__list_queued(b, space_guid, out, n);
+            pg__list_deleting(b, *out, n);
+        }
         return rc;
     }
     struct store_app **apps = xcalloc(b->n_apps + 1, sizeof *apps);
@@ -1473,48 +1573,28 @@ static int pg__app_list_in(struct store_backend *b, const char *space_guid, stru
     *out = apps;
     *n = count;
     pg__list_queued(b, space_guid, out, n);
+    pg__list_deleting(b, *out, n);
     return 0;
 }
 
 static void pg__drops_forget(struct store_backend *b, const char *app_guid, const char *keep,
                              const char *guid);
 
-static int pg__app_delete_now(struct store_backend *wb, void *arg)
+static int pg__app_delete_now(struct store_backend *wb, const char *guid)
 {
-    const char *v[] = {arg};
+    const char *v[] = {guid};
     return pg__write(wb, "DELETE FROM apps WHERE guid = $1", 1, v, true);
 }
 
 static int pg__app_delete(struct store_backend *b, const char *guid)
 {
-    int rc = pg__call(b, "delete of an app", pg__app_delete_now, (void *)guid);
-    pg__stale_app(b, guid);
-    pg__drops_forget(b, guid, NULL, NULL); /* its droplets go with it */
-    b->routes_gen++; /* the app's routes go with it */
-    return rc;
+    return pg__await(b, store_write_new(STORE_WRITE_APP_DELETE, NULL, guid, NULL, NULL, NULL));
 }
 
 /* ---- routes and domains ------------------------------------------------------------------ */
 
-/* A route write's arguments, for the writer's thread. */
-struct pg_route_args {
-    const struct store_route *route;
-    const char *host, *path, *balance, *protocol;
-    bool on;
-};
-
-/* A route write, made in turn by the writer; the routes are loaded again after it. */
-static int pg__route_call(struct store_backend *b, const char *what, pg_call_fn *fn,
-                          struct pg_route_args *a)
+static int pg__route_add_now(struct store_backend *b, const struct store_route *route)
 {
-    int rc = pg__call(b, what, fn, a);
-    b->routes_gen++;
-    return rc;
-}
-
-static int pg__route_add_now(struct store_backend *b, void *arg)
-{
-    const struct store_route *route = ((struct pg_route_args *)arg)->route;
     const char *v[] = {route->guid,
                        route->host,
                        route->path ? route->path : "",
@@ -1529,55 +1609,57 @@ static int pg__route_add_now(struct store_backend *b, void *arg)
                      8, v, false);
 }
 
-static int pg__route_add(struct store_backend *b, const struct store_route *route)
+/* balance and protocol (each NULL: as it is), then https_only (-1: as it is), in one
+ * transaction: -ENOENT when there is no such route. */
+static int pg__route_update_now(struct store_backend *b, const struct store_write *w)
 {
-    struct pg_route_args a = {.route = route};
-    return pg__route_call(b, "add of a route", pg__route_add_now, &a);
+    const char *v[] = {w->route.balance, w->route.protocol,
+                       w->https_only < 0 ? NULL
+                       : w->https_only   ? "true"
+                                         : "false",
+                       w->route.host, w->route.path};
+    return pg__write(b,
+                     "UPDATE routes SET balance = COALESCE($1, balance),"
+                     " protocol = COALESCE($2, protocol),"
+                     " https_only = COALESCE($3::boolean, https_only)"
+                     " WHERE host = $4 AND path = $5",
+                     5, v, true);
 }
 
-static int pg__route_set_https_only_now(struct store_backend *b, void *arg)
+static int pg__route_delete_now(struct store_backend *b, const char *host, const char *path)
 {
-    const struct pg_route_args *a = arg;
-    const char *v[] = {a->on ? "true" : "false", a->host, a->path ? a->path : ""};
-    return pg__write(b, "UPDATE routes SET https_only = $1 WHERE host = $2 AND path = $3", 3, v,
-                     true);
+    const char *v[] = {host, path ? path : ""};
+    return pg__write(b, "DELETE FROM routes WHERE host = $1 AND path = $2", 2, v, true);
+}
+
+static int pg__route_add(struct store_backend *b, const struct store_route *route)
+{
+    return pg__await(b, store_write_route(STORE_WRITE_ROUTE_ADD, route, NULL, NULL));
 }
 
 static int pg__route_set_https_only(struct store_backend *b, const char *host, const char *path,
                                     bool on)
 {
-    struct pg_route_args a = {.host = host, .path = path, .on = on};
-    return pg__route_call(b, "update of a route", pg__route_set_https_only_now, &a);
-}
-
-static int pg__route_update_now(struct store_backend *b, void *arg)
-{
-    const struct pg_route_args *a = arg;
-    const char *v[] = {a->balance, a->protocol, a->host, a->path ? a->path : ""};
-    return pg__write(b,
-                     "UPDATE routes SET balance = COALESCE($1, balance),"
-                     " protocol = COALESCE($2, protocol) WHERE host = $3 AND path = $4",
-                     4, v, true);
+    struct store_route r = {.host = (char *)host, .path = (char *)path};
+    struct store_write *w = store_write_route(STORE_WRITE_ROUTE_UPDATE, &r, NULL, NULL);
+    w->https_only = on;
+    return pg__await(b, w);
 }
 
 static int pg__route_update(struct store_backend *b, const char *host, const char *path,
                             const char *balance, const char *protocol)
 {
-    struct pg_route_args a = {.host = host, .path = path, .balance = balance, .protocol = protocol};
-    return pg__route_call(b, "update of a route", pg__route_update_now, &a);
-}
-
-static int pg__route_delete_now(struct store_backend *b, void *arg)
-{
-    const struct pg_route_args *a = arg;
-    const char *v[] = {a->host, a->path ? a->path : ""};
-    return pg__write(b, "DELETE FROM routes WHERE host = $1 AND path = $2", 2, v, true);
+    struct store_route r = {.host = (char *)host,
+                            .path = (char *)path,
+                            .balance = (char *)balance,
+                            .protocol = (char *)protocol};
+    return pg__await(b, store_write_route(STORE_WRITE_ROUTE_UPDATE, &r, NULL, NULL));
 }
 
 static int pg__route_delete(struct store_backend *b, const char *host, const char *path)
 {
-    struct pg_route_args a = {.host = host, .path = path};
-    return pg__route_call(b, "delete of a route", pg__route_delete_now, &a);
+    struct store_route r = {.host = (char *)host, .path = (char *)path};
+    return pg__await(b, store_write_route(STORE_WRITE_ROUTE_DELETE, &r, NULL, NULL));
 }
 
 static int pg__route_list_query(struct store_backend *b, const char *app_guid,
@@ -1638,29 +1720,123 @@ static int pg__routes_cached(struct store_backend *b)
     return 0;
 }
 
-/* The cache is in host then path order, as each app's routes are. */
+static void pg__route_copy(struct store_route *c, const struct store_route *r)
+{
+    *c = *r;
+    c->host = pg__dup(r->host);
+    c->path = pg__dup(r->path);
+    c->app_guid = pg__dup(r->app_guid);
+    c->domain = pg__dup(r->domain);
+    c->balance = pg__dup(r->balance);
+    c->protocol = pg__dup(r->protocol);
+}
+
+static void pg__route_fields_free(struct store_route *r)
+{
+    free(r->host);
+    free(r->path);
+    free(r->app_guid);
+    free(r->domain);
+    free(r->balance);
+    free(r->protocol);
+}
+
+static int pg__cmp_route(const void *x, const void *y)
+{
+    const struct store_route *a = x, *c = y;
+    int r = strcmp(a->host, c->host);
+    return r ? r : strcmp(a->path, c->path);
+}
+
+/* Makes w's change to the list of all routes as the server will make it: an add of a host
+ * and path taken, an update or delete of none, change nothing. The list stays in host then
+ * path order. */
+static void pg__routes_apply(struct store_route **list, size_t *n, const struct store_write *w)
+{
+    struct store_route *v = *list;
+    size_t count = *n;
+    bool found = false;
+    for (size_t i = 0; i < count;) {
+        struct store_route *r = &v[i];
+        bool gone = w->op == STORE_WRITE_APP_DELETE && !strcmp(r->app_guid, w->id);
+        if (w->op != STORE_WRITE_APP_DELETE && !strcmp(r->host, w->route.host) &&
+            !strcmp(r->path, w->route.path)) {
+            found = true;
+            gone = w->op == STORE_WRITE_ROUTE_DELETE;
+            if (w->op == STORE_WRITE_ROUTE_UPDATE && w->route.balance) {
+                free(r->balance);
+                r->balance = xstrdup(w->route.balance);
+            }
+            if (w->op == STORE_WRITE_ROUTE_UPDATE && w->route.protocol) {
+                free(r->protocol);
+                r->protocol = xstrdup(w->route.protocol);
+            }
+            if (w->op == STORE_WRITE_ROUTE_UPDATE && w->https_only >= 0)
+                r->https_only = w->https_only == 1;
+        }
+        if (!gone) {
+            i++;
+            continue;
+        }
+        pg__route_fields_free(r);
+        memmove(r, r + 1, (count - i - 1) * sizeof *r);
+        count--;
+    }
+    if (w->op == STORE_WRITE_ROUTE_ADD && !found) {
+        v = xrealloc(v, (count + 2) * sizeof *v);
+        pg__route_copy(&v[count++], &w->route);
+        qsort(v, count, sizeof *v, pg__cmp_route);
+    }
+    if (v)
+        memset(&v[count], 0, sizeof *v);
+    *list = v;
+    *n = count;
+}
+
+static bool pg__is_route_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_APP_DELETE || w->op == STORE_WRITE_ROUTE_ADD ||
+           w->op == STORE_WRITE_ROUTE_DELETE || w->op == STORE_WRITE_ROUTE_UPDATE;
+}
+
+/* The cache is in host then path order, as each app's routes are. The queued route writes
+ * (and app deletions) are made over all routes, then those of app_guid kept: whether an add
+ * will be refused depends on every app's routes. */
 static int pg__route_list(struct store_backend *b, const char *app_guid, struct store_route **out,
                           size_t *n)
 {
     int rc = pg__routes_cached(b);
     if (rc < 0)
         return rc;
-    if (rc > 0)
-        return pg__route_list_query(b, app_guid, out, n);
-    struct store_route *routes = xcalloc(b->n_routes + 1, sizeof *routes);
+    bool queued = false;
+    for (size_t i = 0; i < b->n_pending && !queued; i++)
+        queued = pg__is_route_write(b->pending[i]);
+    const char *only = queued ? NULL : app_guid; /* filtered below when queued */
+    struct store_route *routes = NULL;
     size_t count = 0;
-    for (size_t i = 0; i < b->n_routes; i++) {
-        const struct store_route *r = &b->routes[i];
-        if (app_guid && strcmp(r->app_guid, app_guid))
-            continue;
-        struct store_route *c = &routes[count++];
-        *c = *r;
-        c->host = pg__dup(r->host);
-        c->path = pg__dup(r->path);
-        c->app_guid = pg__dup(r->app_guid);
-        c->domain = pg__dup(r->domain);
-        c->balance = pg__dup(r->balance);
-        c->protocol = pg__dup(r->protocol);
+    if (rc > 0) {
+        rc = pg__route_list_query(b, only, &routes, &count);
+        if (rc < 0)
+            return rc;
+    } else {
+        routes = xcalloc(b->n_routes + 1, sizeof *routes);
+        for (size_t i = 0; i < b->n_routes; i++)
+            if (!only || !strcmp(b->routes[i].app_guid, only))
+                pg__route_copy(&routes[count++], &b->routes[i]);
+    }
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (pg__is_route_write(b->pending[i]))
+            pg__routes_apply(&routes, &count, b->pending[i]);
+    if (queued && app_guid) {
+        size_t kept = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (!strcmp(routes[i].app_guid, app_guid))
+                routes[kept++] = routes[i];
+            else
+                pg__route_fields_free(&routes[i]);
+        }
+        memset(&routes[kept], 0, sizeof *routes);
+        count = kept;
     }
     *out = routes;
     *n = count;
@@ -1670,11 +1846,15 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
 static int pg__domain_add(struct store_backend *b, const char *name, const char *org_guid)
 {
     const char *v[] = {name, org_guid ? "0" : "1", org_guid};
-    return pg__write(b, "INSERT INTO domains (name, shared, org_guid) VALUES ($1, $2::integer, $3)",
-                     3, v, false);
+    int rc =
+        pg__write(b, "INSERT INTO domains (name, shared, org_guid) VALUES ($1, $2::integer, $3)", 3,
+                  v, false);
+    b->doms_gen++;
+    return rc;
 }
 
-static int pg__domain_list(struct store_backend *b, char ***names, bool **shared, char ***org_guids)
+static int pg__domain_list_query(struct store_backend *b, char ***names, bool **shared,
+                                 char ***org_guids)
 {
     PGresult *res = NULL;
     if (pg__exec(b, "SELECT name, shared, org_guid FROM domains ORDER BY name COLLATE \"C\"", 0,
@@ -1693,21 +1873,62 @@ static int pg__domain_list(struct store_backend *b, char ***names, bool **shared
     }
     PQclear(res);
     *names = v;
-    if (shared)
-        *shared = s;
-    else
-        free(s);
+    *shared = s;
+    *org_guids = o;
+    return 0;
+}
+
+static char **pg__strv_dup(char **v)
+{
+    size_t n = 0;
+    while (v[n])
+        n++;
+    char **c = xcalloc(n + 1, sizeof *c);
+    for (size_t i = 0; i < n; i++)
+        c[i] = xstrdup(v[i]);
+    return c;
+}
+
+/* From the copy while nothing announced a change of domains: a route's mapping reads them,
+ * and must not wait for the server. With the feed lost, read each time. */
+static int pg__domain_list(struct store_backend *b, char ***names, bool **shared, char ***org_guids)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON || !b->doms || b->doms_at != b->doms_gen) {
+        uint64_t at = b->doms_gen;
+        char **v = NULL, **o = NULL;
+        bool *sh = NULL;
+        if (pg__domain_list_query(b, &v, &sh, &o) < 0)
+            return -EIO;
+        store_strv_free(b->doms);
+        store_strv_free(b->dom_orgs);
+        free(b->dom_shared);
+        b->doms = v;
+        b->dom_orgs = o;
+        b->dom_shared = sh;
+        b->doms_at = at;
+        if (b->feed_state != PG_FEED_ON)
+            b->doms_gen++; /* nothing can be known current: read again next time */
+    }
+    size_t n = 0;
+    while (b->doms[n])
+        n++;
+    *names = pg__strv_dup(b->doms);
+    if (shared) {
+        *shared = xcalloc(n + 1, sizeof **shared);
+        memcpy(*shared, b->dom_shared, n * sizeof **shared);
+    }
     if (org_guids)
-        *org_guids = o;
-    else
-        store_strv_free(o);
+        *org_guids = pg__strv_dup(b->dom_orgs);
     return 0;
 }
 
 static int pg__domain_delete(struct store_backend *b, const char *name)
 {
     const char *v[] = {name};
-    return pg__write(b, "DELETE FROM domains WHERE name = $1", 1, v, true);
+    int rc = pg__write(b, "DELETE FROM domains WHERE name = $1", 1, v, true);
+    b->doms_gen++;
+    return rc;
 }
 
 static int pg__domain_cert_set(struct store_backend *b, const char *domain, const char *cert_pem,
@@ -2114,9 +2335,8 @@ static int pg__audit_list(struct store_backend *b, const char *space_guid, const
 
 /* ---- tasks ------------------------------------------------------------------------------- */
 
-static int pg__task_put_now(struct store_backend *b, void *arg)
+static int pg__task_put_now(struct store_backend *b, const struct store_task *t)
 {
-    const struct store_task *t = arg;
     struct pg_num seq, status, mem, disk, created, updated;
     const char *v[] = {t->guid,
                        t->app_guid,
@@ -2144,11 +2364,11 @@ static int pg__task_put_now(struct store_backend *b, void *arg)
 
 static int pg__task_put(struct store_backend *b, const struct store_task *t)
 {
-    return pg__call(b, "put of a task", pg__task_put_now, (void *)t);
+    return pg__await(b, store_write_task(t, NULL, NULL));
 }
 
-static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
-                         size_t *n)
+static int pg__task_list_query(struct store_backend *b, const char *app_guid,
+                               struct store_task **out, size_t *n)
 {
     const char *v[] = {app_guid};
     PGresult *res = NULL;
@@ -2184,15 +2404,128 @@ static int pg__task_list(struct store_backend *b, const char *app_guid, struct s
     return 0;
 }
 
-static int pg__task_delete_now(struct store_backend *b, void *arg)
+static void pg__task_copy(struct store_task *c, const struct store_task *t)
 {
-    const char *v[] = {arg};
+    *c = *t;
+    c->name = pg__dup(t->name);
+    c->command = pg__dup(t->command);
+    c->state = pg__dup(t->state);
+    c->failure_reason = pg__dup(t->failure_reason);
+}
+
+static int pg__cmp_task(const void *x, const void *y)
+{
+    const struct store_task *a = x, *c = y;
+    int r = strcmp(a->app_guid, c->app_guid);
+    return r ? r : (a->sequence_id > c->sequence_id) - (a->sequence_id < c->sequence_id);
+}
+
+static void pg__task_fields_free(struct store_task *t)
+{
+    free(t->name);
+    free(t->command);
+    free(t->state);
+    free(t->failure_reason);
+}
+
+/* Makes w's change to a list of tasks (those of app_guid, when not NULL) as the server will
+ * make it: a put of a task that exists changes its state, reason, exit status and time; of a
+ * new one, adds it unless its app has a task of that sequence_id. */
+static void pg__tasks_apply(struct store_task **list, size_t *n, const struct store_write *w,
+                            const char *app_guid)
+{
+    struct store_task *v = *list;
+    size_t count = *n;
+    bool taken = false;
+    for (size_t i = 0; i < count;) {
+        struct store_task *t = &v[i];
+        bool gone = (w->op == STORE_WRITE_APP_DELETE && !strcmp(t->app_guid, w->id)) ||
+                    (w->op == STORE_WRITE_TASK_DELETE && !strcmp(t->guid, w->id));
+        if (w->op == STORE_WRITE_TASK_PUT && !strcmp(t->guid, w->task.guid)) {
+            taken = true;
+            free(t->state);
+            t->state = pg__dup(w->task.state);
+            free(t->failure_reason);
+            t->failure_reason = pg__dup(w->task.failure_reason);
+            t->exit_status = w->task.exit_status;
+            t->updated_at = w->task.updated_at;
+        } else if (w->op == STORE_WRITE_TASK_PUT && !strcmp(t->app_guid, w->task.app_guid) &&
+                   t->sequence_id == w->task.sequence_id) {
+            taken = true; /* refused: (app_guid, sequence_id) is unique */
+        }
+        if (!gone) {
+            i++;
+            continue;
+        }
+        pg__task_fields_free(t);
+        memmove(t, t + 1, (count - i - 1) * sizeof *t);
+        count--;
+    }
+    if (w->op == STORE_WRITE_TASK_PUT && !taken &&
+        (!app_guid || !strcmp(app_guid, w->task.app_guid))) {
+        v = xrealloc(v, (count + 2) * sizeof *v);
+        pg__task_copy(&v[count++], &w->task);
+        qsort(v, count, sizeof *v, pg__cmp_task);
+    }
+    if (v)
+        memset(&v[count], 0, sizeof *v);
+    *list = v;
+    *n = count;
+}
+
+/* The server's tasks with the queued task writes (and app deletions) made over them. */
+/* From the copy of all tasks while nothing announced a change of them (a task's create, list
+ * and cancel read them on the loop), else read (and, with the feed on, kept). */
+static int pg__tasks_read(struct store_backend *b, const char *app_guid, struct store_task **out,
+                          size_t *n)
+{
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON)
+        return pg__task_list_query(b, app_guid, out, n);
+    if (!b->tasks || b->tasks_at != b->tasks_gen) {
+        uint64_t at = b->tasks_gen;
+        struct store_task *all = NULL;
+        size_t count = 0;
+        int rc = pg__task_list_query(b, NULL, &all, &count);
+        if (rc < 0)
+            return rc;
+        store_task_list_free(b->tasks, b->n_tasks);
+        b->tasks = all;
+        b->n_tasks = count;
+        b->tasks_at = at;
+    }
+    struct store_task *list = xcalloc(b->n_tasks + 1, sizeof *list);
+    size_t count = 0;
+    for (size_t i = 0; i < b->n_tasks; i++)
+        if (!app_guid || !strcmp(b->tasks[i].app_guid, app_guid))
+            pg__task_copy(&list[count++], &b->tasks[i]);
+    *out = list;
+    *n = count;
+    return 0;
+}
+
+static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
+                         size_t *n)
+{
+    int rc = pg__tasks_read(b, app_guid, out, n);
+    for (size_t i = 0; rc == 0 && i < b->n_pending; i++) {
+        enum store_write_op op = b->pending[i]->op;
+        if (op == STORE_WRITE_APP_DELETE || op == STORE_WRITE_TASK_PUT ||
+            op == STORE_WRITE_TASK_DELETE)
+            pg__tasks_apply(out, n, b->pending[i], app_guid);
+    }
+    return rc;
+}
+
+static int pg__task_delete_now(struct store_backend *b, const char *guid)
+{
+    const char *v[] = {guid};
     return pg__write(b, "DELETE FROM tasks WHERE guid = $1", 1, v, true);
 }
 
 static int pg__task_delete(struct store_backend *b, const char *guid)
 {
-    return pg__call(b, "delete of a task", pg__task_delete_now, (void *)guid);
+    return pg__await(b, store_write_new(STORE_WRITE_TASK_DELETE, NULL, guid, NULL, NULL, NULL));
 }
 
 /* ---- documents --------------------------------------------------------------------------- */
@@ -2340,6 +2673,18 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
     case STORE_WRITE_APP_CREATE:
     case STORE_WRITE_APP_UPDATE:
         return pg__app_write(wb, w->app, w->op == STORE_WRITE_APP_CREATE);
+    case STORE_WRITE_APP_DELETE:
+        return pg__app_delete_now(wb, w->id);
+    case STORE_WRITE_ROUTE_ADD:
+        return pg__route_add_now(wb, &w->route);
+    case STORE_WRITE_ROUTE_DELETE:
+        return pg__route_delete_now(wb, w->route.host, w->route.path);
+    case STORE_WRITE_ROUTE_UPDATE:
+        return pg__route_update_now(wb, w);
+    case STORE_WRITE_TASK_PUT:
+        return pg__task_put_now(wb, &w->task);
+    case STORE_WRITE_TASK_DELETE:
+        return pg__task_delete_now(wb, w->id);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
     }
@@ -2671,9 +3016,49 @@ static void pg__cache_queued(struct store_backend *b, const struct store_write *
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
+/* An app's deletion, a route's or a task's write as it finished: reads no longer make it over
+ * what they read. Made, its change goes into the caches (the app leaves the copy, the routes
+ * are changed in place: no read from the server); refused, what it touched is read again. */
+static void pg__pending_finished(struct store_backend *b, struct store_write *w)
+{
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (b->pending[i] == w) {
+            memmove(&b->pending[i], &b->pending[i + 1], (b->n_pending - i - 1) * sizeof w);
+            b->n_pending--;
+            break;
+        }
+    if (!w->finished)
+        return;
+    bool made = w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT);
+    if (w->op != STORE_WRITE_ROUTE_ADD && w->op != STORE_WRITE_ROUTE_DELETE &&
+        w->op != STORE_WRITE_ROUTE_UPDATE) {
+        if (made && b->tasks && b->tasks_at == b->tasks_gen)
+            pg__tasks_apply(&b->tasks, &b->n_tasks, w, NULL);
+        else
+            b->tasks_gen++;
+    }
+    if (w->op == STORE_WRITE_TASK_PUT || w->op == STORE_WRITE_TASK_DELETE)
+        return;
+    if (w->op == STORE_WRITE_APP_DELETE) {
+        if (made && b->apps && b->apps_at == b->apps_gen)
+            pg__cache_put(b, w->id, NULL);
+        else
+            pg__stale_app(b, w->id);
+        pg__drops_forget(b, w->id, NULL, NULL); /* its droplets went with it */
+    }
+    if (made && b->routes && b->routes_at == b->routes_gen)
+        pg__routes_apply(&b->routes, &b->n_routes, w);
+    else
+        b->routes_gen++;
+}
+
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (pg__is_pending_write(w)) {
+        pg__pending_finished(b, w);
+        return;
+    }
     if (pg__is_app_write(w)) {
         pg__app_finished(b, w);
         return;
@@ -2692,6 +3077,10 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     if (pg__is_app_write(w)) { /* before the writer's thread may see it */
         pg__app_as_stored(w->app);
         copy = pg__app_copy(w);
+    }
+    if (w->op == STORE_WRITE_ROUTE_ADD) { /* as a read of it gives it back */
+        w->route.balance = pg__or(w->route.balance, "round-robin");
+        w->route.protocol = pg__or(w->route.protocol, "http1");
     }
     pthread_mutex_lock(&pw->mu);
     if (pw->stop) {
@@ -2716,6 +3105,10 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         pg__app_queued(b, copy);
     else
         pg__cache_queued(b, w);
+    if (pg__is_pending_write(w)) {
+        b->pending = xrealloc(b->pending, (b->n_pending + 1) * sizeof *b->pending);
+        b->pending[b->n_pending++] = w;
+    }
     return 0;
 }
 
@@ -2737,6 +3130,8 @@ static int pg__await(struct store_backend *b, struct store_write *w)
     if (finished) {
         pg__cache_finished(b, w);
         store_write_free(w);
+    } else if (pg__is_pending_write(w)) {
+        pg__pending_finished(b, w); /* no longer the owner's to read */
     }
     return rc;
 }

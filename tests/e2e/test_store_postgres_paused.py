@@ -22,7 +22,10 @@ def pg_dir():
 
 def pause(pids):
     for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # a backend that ended since it was listed (psql's)
+            pass
 
 
 def resume(pids):
@@ -119,8 +122,8 @@ def app_field(p, name, field):
 
 
 def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
-    """A scale (PATCH instances) and a pushed app's start made while the server is stopped:
-    each request waits for its app write, which the store's writer makes once the server
+    """A scale (PATCH instances), a pushed app's start and a task made while the server is
+    stopped: each request waits for its write, which the store's writer makes once the server
     answers again; the other API calls are answered meanwhile, and already show both
     changes."""
     url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
@@ -145,7 +148,9 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
 
         calls = [threading.Thread(target=call, args=("scale", "PATCH", "/v1/apps/scaled",
                                                      {"instances": 3})),
-                 threading.Thread(target=call, args=("start", "POST", "/v1/apps/pushed/start"))]
+                 threading.Thread(target=call, args=("start", "POST", "/v1/apps/pushed/start")),
+                 threading.Thread(target=call, args=("task", "POST", "/v1/apps/scaled/tasks",
+                                                     {"command": "true", "name": "paused"}))]
         for t in calls:
             t.start()
         slowest = 0.0
@@ -162,8 +167,12 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
             assert status == 200, listed
             slowest = max(slowest, took)
             apps = {a["name"]: a for a in listed["apps"]}
+            (status, tasks), took = timed(lambda: p.api("GET", "/v1/apps/scaled/tasks"))
+            assert status == 200, tasks
+            slowest = max(slowest, took)
             seen = seen or (apps["scaled"]["instances"] == 3 and
-                            apps["pushed"]["state"] == "STARTED")
+                            apps["pushed"]["state"] == "STARTED" and
+                            [t["name"] for t in tasks["tasks"]] == ["paused"])
         assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
         assert seen, "the queued scale and start were not read back while the server was paused"
         assert answers == {}, f"answered before their writes were made: {answers}"
@@ -173,12 +182,97 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
             t.join(30)
         assert answers["scale"][0][0] == 200, answers
         assert answers["start"][0][0] == 200, answers
+        assert answers["task"][0][0] == 202, answers
         p.wait_for(lambda: app_field(p, "scaled", "running") == 3, timeout=60,
                    what="three instances of scaled")
         p.wait_for(lambda: app_field(p, "pushed", "running") == 1, timeout=60,
                    what="pushed to run again")
         out = p.output()
         assert "was not stored" not in out and "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
+
+
+def db_rows(url, sql):
+    """What the database itself holds (psql), one row a line."""
+    r = subprocess.run(["psql", "-At", url, "-c", sql], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
+    """A route mapped, another unmapped and an app deleted while the server is stopped: each
+    request waits for its write, which the store's writer makes once the server answers again;
+    the other API calls are answered meanwhile, and already show the routes as mapped and
+    unmapped and the app gone (with its route)."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        for name in ("mapped", "doomed"):
+            status, body = p.api("POST", "/v1/apps", {"name": name})
+            assert status == 201, body
+        status, routes = p.api("GET", "/v1/routes")
+        assert status == 200, routes
+
+        pids = postgres_server_pids(pg_dir)
+        pause(pids)
+        answers = {}
+
+        def call(key, method, path, body=None):
+            answers[key] = timed(lambda: p.api(method, path, body))
+
+        calls = [threading.Thread(target=call, args=("map", "POST", "/v1/routes",
+                                                     {"app": "mapped",
+                                                      "host": "extra.localhost"})),
+                 threading.Thread(target=call, args=("delete", "DELETE", "/v1/apps/doomed")),
+                 threading.Thread(target=call, args=("unmap", "DELETE",
+                                                     "/v1/routes?app=mapped&host=mapped.localhost"))]
+        for t in calls:
+            t.start()
+        slowest = 0.0
+        seen = False
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                info, took = timed(p.info)
+            except OSError as e:  # its 2 s timeout
+                raise AssertionError(f"GET /v1/info while the server was paused: {e}")
+            assert info, info
+            slowest = max(slowest, took)
+            (status, listed), took = timed(lambda: p.api("GET", "/v1/apps"))
+            assert status == 200, listed
+            slowest = max(slowest, took)
+            (status, routes), took = timed(lambda: p.api("GET", "/v1/routes"))
+            assert status == 200, routes
+            slowest = max(slowest, took)
+            # 404 once its deletion is queued, without asking the server
+            (doomed_status, doomed), took = timed(lambda: p.api("GET", "/v1/apps/doomed"))
+            assert doomed_status in (200, 404), doomed
+            slowest = max(slowest, took)
+            names = {a["name"] for a in listed["apps"]}
+            hosts = {(r["host"], r["app"]) for r in routes["routes"]}
+            seen = seen or (names == {"mapped"} and hosts == {("extra.localhost", "mapped")} and
+                            doomed_status == 404)
+        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
+        assert seen, "the queued route and deletion were not read back while the server was paused"
+        assert answers == {}, f"answered before their writes were made: {answers}"
+        assert queued_writes(p) >= 3
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        assert answers["map"][0][0] == 201, answers
+        assert answers["delete"][0][0] == 204, answers
+        assert answers["unmap"][0][0] == 204, answers
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT name FROM apps ORDER BY name") == ["mapped"]
+        assert db_rows(url, "SELECT host FROM routes") == ["extra.localhost"]
+        out = p.output()
+        assert "lost a queued write" not in out, out
         assert "Sanitizer" not in out and "runtime error" not in out, out
     finally:
         resume(pids)

@@ -2397,6 +2397,306 @@ static void test_fresh_reads_see_a_write_the_feed_has_not_told_of(void **state)
     remove_db(path);
 }
 
+static struct store_route route_of(const char *host, const char *app_guid)
+{
+    struct store_route r = {
+        .host = (char *)host, .path = "", .app_guid = (char *)app_guid, .domain = "localhost"};
+    uuid_generate_v4(r.guid);
+    return r;
+}
+
+static struct store_task task_of(const char *app_guid, int64_t seq)
+{
+    struct store_task t = {.sequence_id = seq,
+                           .name = "t",
+                           .command = "true",
+                           .state = "PENDING",
+                           .exit_status = -1,
+                           .memory_mb = 32,
+                           .disk_mb = 64,
+                           .created_at = 1000,
+                           .updated_at = 1000};
+    uuid_generate_v4(t.guid);
+    snprintf(t.app_guid, sizeof t.app_guid, "%s", app_guid);
+    snprintf(t.droplet_guid, sizeof t.droplet_guid, "d-1");
+    return t;
+}
+
+/* "host:app-name:balance:https" for each route, in the list's order */
+static void routes_text(struct store *st, const char *app_guid, const struct store_app *a,
+                        const struct store_app *b, char *out, size_t size)
+{
+    struct store_route *routes = NULL;
+    size_t n = 0;
+    assert_int_equal(store_route_list(st, app_guid, &routes, &n), 0);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(out);
+        const char *owner = !strcmp(routes[i].app_guid, a->guid)   ? a->name
+                            : !strcmp(routes[i].app_guid, b->guid) ? b->name
+                                                                   : "?";
+        snprintf(out + len, size - len, "%s%s:%s:%s:%d", len ? "," : "", routes[i].host, owner,
+                 routes[i].balance, routes[i].https_only);
+    }
+    store_route_list_free(routes, n);
+}
+
+/* "app-seq:state" for each task, in the list's order */
+static void tasks_text(struct store *st, const struct store_app *a, char *out, size_t size)
+{
+    struct store_task *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_task_list(st, NULL, &list, &n), 0);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, size - len, "%s%s-%lld:%s", len ? "," : "",
+                 strcmp(list[i].app_guid, a->guid) ? "other" : a->name,
+                 (long long)list[i].sequence_id, list[i].state);
+    }
+    store_task_list_free(list, n);
+}
+
+/* Queued route writes, task writes and an app's deletion are made in turn with a queued
+ * document and reported in order; until they are made (on PostgreSQL, the writer held by a
+ * document row another transaction locks) reads show them as made: the routes added, changed
+ * and deleted, the task recorded, the deleted app gone with its routes and tasks. Once made,
+ * this store's reads show the same without a queue, and so does another store's. */
+static void
+test_queued_route_task_and_app_delete_writes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *shop = sample_app("shop"), *cart = sample_app("cart");
+    assert_int_equal(store_app_create(st, shop), 0);
+    assert_int_equal(store_app_create(st, cart), 0);
+    struct store_route r = route_of("shop.localhost", shop->guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    r = route_of("cart.localhost", cart->guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    r = route_of("old.localhost", shop->guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_task t1 = task_of(cart->guid, 1), t2 = task_of(shop->guid, 1);
+    assert_int_equal(store_task_put(st, &t1), 0);
+    assert_int_equal(store_task_put(st, &t2), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    char text[512];
+    routes_text(st, NULL, shop, cart, text, sizeof text); /* the caches loaded */
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    r = route_of("new.localhost", shop->guid);
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(store_route_update_async(st, "shop.localhost", "", "least-connection", NULL, 1,
+                                              note_done, done_tag(&log, 2)),
+                     0);
+    assert_int_equal(
+        store_route_delete_async(st, "old.localhost", "", note_done, done_tag(&log, 3)), 0);
+    t2.state = "RUNNING";
+    t2.updated_at = 2000;
+    assert_int_equal(store_task_put_async(st, &t2, note_done, done_tag(&log, 4)), 0);
+    struct store_task t3 = task_of(shop->guid, 2);
+    assert_int_equal(store_task_put_async(st, &t3, note_done, done_tag(&log, 5)), 0);
+    assert_int_equal(store_app_delete_async(st, cart->guid, note_done, done_tag(&log, 6)), 0);
+    if (hold) /* all seven wait behind the held row */
+        assert_int_equal(store_async_queued(st), 7);
+    for (int pass = 0; pass < 3; pass++) {
+        /* queued (PostgreSQL), made and reaped, and as another store reads the database */
+        routes_text(st, NULL, shop, cart, text, sizeof text);
+        assert_string_equal(text, "new.localhost:shop:round-robin:0,"
+                                  "shop.localhost:shop:least-connection:1");
+        routes_text(st, cart->guid, shop, cart, text, sizeof text);
+        assert_string_equal(text, "");
+        tasks_text(st, shop, text, sizeof text);
+        assert_string_equal(text, "shop-1:RUNNING,shop-2:PENDING");
+        struct store_app *read = NULL;
+        assert_int_equal(store_app_get(st, cart->guid, &read), -ENOENT);
+        assert_int_equal(store_app_get(st, "cart", &read), -ENOENT);
+        assert_null(read);
+        struct store_app **apps = NULL;
+        size_t n = 0;
+        assert_int_equal(store_app_list(st, &apps, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(apps[0]->name, "shop");
+        store_app_list_free(apps, n);
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, &log, 7);
+            for (int i = 0; i < 7; i++) {
+                assert_int_equal(log.order[i], i);
+                assert_int_equal(log.rc[i], 0);
+            }
+            assert_int_equal(store_async_queued(st), 0);
+        } else if (pass == 1) {
+            store_close(st);
+            st = open_ok(path);
+        }
+    }
+    store_close(st);
+    store_app_free(shop);
+    store_app_free(cart);
+    remove_db(path);
+}
+
+/* Route and task writes and an app's deletion the store refuses (a host and path taken, a
+ * task's number taken, nothing to delete or change) are reported through their callbacks with
+ * the synchronous calls' errors; reads never showed them made, and the writes queued after
+ * them are made. */
+static void test_a_refused_queued_route_or_task_write_is_reported_through_its_callback(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *shop = sample_app("shop"), *cart = sample_app("cart");
+    assert_int_equal(store_app_create(st, shop), 0);
+    assert_int_equal(store_app_create(st, cart), 0);
+    struct store_route r = route_of("shop.localhost", shop->guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_task t1 = task_of(shop->guid, 1);
+    assert_int_equal(store_task_put(st, &t1), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    char text[512];
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    r = route_of("shop.localhost", cart->guid); /* another app's */
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 1)), 0);
+    assert_int_equal(
+        store_route_delete_async(st, "none.localhost", "", note_done, done_tag(&log, 2)), 0);
+    assert_int_equal(store_route_update_async(st, "none.localhost", "", "least-connection", NULL,
+                                              -1, note_done, done_tag(&log, 3)),
+                     0);
+    struct store_task twin = task_of(shop->guid, 1); /* number 1 is taken */
+    assert_int_equal(store_task_put_async(st, &twin, note_done, done_tag(&log, 4)), 0);
+    char nobody[37];
+    uuid_generate_v4(nobody);
+    assert_int_equal(store_app_delete_async(st, nobody, note_done, done_tag(&log, 5)), 0);
+    r = route_of("cart.localhost", cart->guid);
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 6)), 0);
+    for (int pass = 0; pass < 2; pass++) {
+        routes_text(st, NULL, shop, cart, text, sizeof text);
+        assert_string_equal(text, "cart.localhost:cart:round-robin:0,"
+                                  "shop.localhost:shop:round-robin:0");
+        routes_text(st, cart->guid, shop, cart, text, sizeof text); /* not shop's host */
+        assert_string_equal(text, "cart.localhost:cart:round-robin:0");
+        tasks_text(st, shop, text, sizeof text);
+        assert_string_equal(text, "shop-1:PENDING");
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, &log, 7);
+        }
+    }
+    int want[7] = {0, -EEXIST, -ENOENT, -ENOENT, -EEXIST, -ENOENT, 0};
+    for (int i = 0; i < 7; i++) {
+        assert_int_equal(log.order[i], i);
+        assert_int_equal(log.rc[i], want[i]);
+    }
+    struct store_task *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_task_list(st, shop->guid, &list, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].guid, t1.guid);
+    store_task_list_free(list, n);
+    store_close(st);
+    store_app_free(shop);
+    store_app_free(cart);
+    remove_db(path);
+}
+
+/* The domains are read from a copy until a change is announced: this store's own, or
+ * another writer's through the feed (PostgreSQL; a mapping reads them on the loop). */
+/* "name:org" for each domain ("" for a shared one), in the list's order */
+static void domains_text(struct store *st, char *out, size_t size)
+{
+    char **names = NULL, **orgs = NULL;
+    bool *shared = NULL;
+    assert_int_equal(store_domain_list(st, &names, &shared, &orgs), 0);
+    out[0] = '\0';
+    for (size_t i = 0; names[i]; i++) {
+        size_t len = strlen(out);
+        assert_int_equal(shared[i], !*orgs[i]);
+        snprintf(out + len, size - len, "%s%s:%s", len ? "," : "", names[i], orgs[i]);
+    }
+    store_strv_free(names);
+    store_strv_free(orgs);
+    free(shared);
+}
+
+static void test_domains_come_from_the_cache_until_a_change_is_announced(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *st = open_ok(path), *other = open_ok(path);
+    char text[256];
+    assert_int_equal(store_domain_add(st, "a.example", NULL), 0);
+    domains_text(st, text, sizeof text);
+    assert_string_equal(text, "a.example:,localhost:");
+    raw_sql(path, "ALTER TABLE domains RENAME TO domains_away");
+    for (int i = 0; i < 5; i++) {
+        domains_text(st, text, sizeof text);
+        assert_string_equal(text, "a.example:,localhost:");
+    }
+    raw_sql(path, "ALTER TABLE domains_away RENAME TO domains");
+    uint64_t before = store_change_count(st);
+    assert_int_equal(store_domain_add(other, "b.example", "org-1"), 0);
+    wait_for_change(st, before);
+    domains_text(st, text, sizeof text);
+    assert_string_equal(text, "a.example:,b.example:org-1,localhost:");
+    assert_int_equal(store_domain_delete(st, "b.example"), 0);
+    domains_text(st, text, sizeof text);
+    assert_string_equal(text, "a.example:,localhost:");
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* The tasks are read from a copy (a task's create, list and cancel read them on the loop)
+ * until a change is announced: this store's own writes change it, another writer's come
+ * through the feed (PostgreSQL). */
+static void test_tasks_come_from_the_cache_until_another_writer_changes_one(void **state)
+{
+    (void)state;
+    char *path = temp_pg_db();
+    if (!path)
+        return;
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *shop = sample_app("shop");
+    assert_int_equal(store_app_create(st, shop), 0);
+    struct store_task t1 = task_of(shop->guid, 1);
+    assert_int_equal(store_task_put(st, &t1), 0);
+    char text[256];
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:PENDING");
+    struct done_log log = {0};
+    t1.state = "RUNNING";
+    assert_int_equal(store_task_put_async(st, &t1, note_done, done_tag(&log, 0)), 0);
+    reap_until(st, &log, 1);
+    raw_sql(path, "ALTER TABLE tasks RENAME TO tasks_away");
+    for (int i = 0; i < 5; i++) {
+        tasks_text(st, shop, text, sizeof text);
+        assert_string_equal(text, "shop-1:RUNNING");
+    }
+    raw_sql(path, "ALTER TABLE tasks_away RENAME TO tasks");
+    uint64_t before = store_change_count(st);
+    struct store_task t2 = task_of(shop->guid, 2);
+    assert_int_equal(store_task_put(other, &t2), 0);
+    wait_for_change(st, before);
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:RUNNING,shop-2:PENDING");
+    store_app_free(shop);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
 /* A droplet read once is answered without the server (the scheduler reads it at every
  * converge turn) until a deletion, here or announced by another writer. */
 static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
@@ -2476,7 +2776,13 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
         cmocka_unit_test(test_close_with_a_stuck_queue_is_bounded_and_reports_the_lost_writes),    \
         cmocka_unit_test(test_documents_come_from_the_cache_until_another_writer_changes_one),     \
         cmocka_unit_test(test_fresh_reads_see_a_write_the_feed_has_not_told_of),                   \
-        cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted)
+        cmocka_unit_test(test_droplets_come_from_the_cache_until_one_is_deleted),                  \
+        cmocka_unit_test(                                                                          \
+            test_queued_route_task_and_app_delete_writes_land_in_order_and_are_read_at_once),      \
+        cmocka_unit_test(                                                                          \
+            test_a_refused_queued_route_or_task_write_is_reported_through_its_callback),           \
+        cmocka_unit_test(test_domains_come_from_the_cache_until_a_change_is_announced),            \
+        cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one)
 
 int main(void)
 {
