@@ -1496,16 +1496,24 @@ static bool auth__catch_up_allowed(struct auth *a)
     return true;
 }
 
-/* Whether the store holds what this skiffd missed: then it reads everything again, so a miss
- * costs a reload only when something new is there. With a change feed that told of auth's
- * documents since the copy was read, that is the reload; else one keyed read, fresh from the
- * database (the feed may not have told yet), within AUTH_CATCH_UP_READS_PER_S. */
-static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
+/* Whether the store holds what this skiffd missed (known(a, what) is false now): then it reads
+ * everything again, so a miss costs a reload only when something new is there. With a change
+ * feed that told of auth's documents since the copy was read, that is the reload first; what
+ * the reload still lacks, or every miss without such news, is one keyed read, fresh from the
+ * database, within AUTH_CATCH_UP_READS_PER_S: the feed may have told of earlier writes and
+ * not yet of this one (its notification is a few ms behind the commit), and the copy it
+ * reloaded from is then behind too. */
+static bool auth__catch_up(struct auth *a, const char *kind, const char *id,
+                           bool (*known)(const struct auth *, const char *), const char *what)
 {
     if (!a->shared)
         return false;
-    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news)
-        return auth_reload(a) == 0;
+    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news) {
+        if (auth_reload(a) < 0)
+            return false;
+        if (known(a, what))
+            return true;
+    }
     if (!auth__catch_up_allowed(a))
         return false;
     char *json = NULL;
@@ -1520,18 +1528,29 @@ uint64_t auth_catch_up_refused(const struct auth *a)
     return a->catch_up_refused_total;
 }
 
+static bool auth__token_known(const struct auth *a, const char *text)
+{
+    return auth__token_by_text(a, text) != NULL;
+}
+
+static bool auth__user_known(const struct auth *a, const char *name)
+{
+    return auth_user_find(a, name) != NULL;
+}
+
 static bool auth__catch_up_token(struct auth *a, const char *text)
 {
     unsigned char hash[AUTH_HASH_BYTES];
     char hex[2 * AUTH_HASH_BYTES + 1];
     auth__hash(text, hash);
     sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
-    return auth__catch_up(a, AUTH_DOC_TOKEN_HASH, hex);
+    return auth__catch_up(a, AUTH_DOC_TOKEN_HASH, hex, auth__token_known, text);
 }
 
 bool auth_catch_up_user(struct auth *a, const char *name)
 {
-    return auth_user_name_valid(name) && auth__catch_up(a, AUTH_DOC_USER_NAME, name);
+    return auth_user_name_valid(name) &&
+           auth__catch_up(a, AUTH_DOC_USER_NAME, name, auth__user_known, name);
 }
 
 int auth_user_reread(struct auth *a, const char *guid)
