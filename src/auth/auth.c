@@ -1368,11 +1368,19 @@ int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_
         (t->info.expires_at && t->info.expires_at <= time_now_ms()) ||
         !auth_user_find(a, t->info.user_guid))
         return -ENOENT;
-    char user[AUTH_GUID_LEN + 1];
+    char user[AUTH_GUID_LEN + 1], guid[AUTH_GUID_LEN + 1];
     AUTH_COPY(user, t->info.user_guid);
-    int rc = auth_token_revoke(a, t->info.guid);
+    AUTH_COPY(guid, t->info.guid);
+    /* Good once, whichever skiffd it is sent to: another one that took it first (this copy not
+     * told yet, or both at the same moment) left no record to delete, and the store says so. */
+    int taken = store_doc_delete(a->store, AUTH_DOC_TOKEN, guid);
+    if (taken < 0 && taken != -ENOENT)
+        return -EIO;
+    int rc = auth_token_revoke(a, guid);
     if (rc < 0)
         return rc;
+    if (taken == -ENOENT)
+        return -ENOENT;
     memcpy(user_guid, user, sizeof user);
     return auth_login(a, user, access, refresh);
 }
