@@ -1531,6 +1531,25 @@ static bool auth__catch_up(struct auth *a, const char *kind, const char *id,
     return auth_reload(a) == 0;
 }
 
+bool auth_catch_up_denied(struct auth *a)
+{
+    if (!a->shared || !auth__catch_up_allowed(a))
+        return false;
+    char *text = NULL;
+    int rc = store_doc_get_fresh(a->store, AUTH_DOC_GENERATION, "auth", &text);
+    if (rc == -ENOENT)
+        text = xstrdup("");
+    else if (rc < 0)
+        return false;
+    if ((a->generation && !strcmp(a->generation, text)) || auth_reload(a) < 0) {
+        free(text);
+        return false;
+    }
+    free(a->generation);
+    a->generation = text;
+    return true;
+}
+
 uint64_t auth_catch_up_refused(const struct auth *a)
 {
     return a->catch_up_refused_total;
