@@ -192,6 +192,13 @@ def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
     assert status == 409, body
     # a role given through b for a user made through a
     assert b.api("PUT", "/v1/orgs/default/spaces/dev/users/dev2/roles/SpaceAuditor")[0] == 204
+    # used through a at once: a refusal is decided again on the roles the store holds (a's
+    # copy may not have heard of the role yet), as is a space made through b a moment ago
+    status, body = a.api("GET", "/v1/apps?space=default/dev", token=access)
+    assert status == 200, body
+    assert b.api("POST", "/v1/orgs/default/spaces", {"name": "made-on-b"})[0] == 201
+    status, body = a.api("GET", "/v1/apps?space=default/made-on-b")
+    assert status == 200, body
     # an API token made through a works through b, and a refresh token made through b on a
     status, made = a.api("POST", "/v1/tokens", {"name": "ci"}, token=access)
     assert status == 201, made
