@@ -233,6 +233,14 @@ def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
     assert login(a, "dev2", "first password ok")[0] == 401
     assert time.monotonic() - changed < REVOKE_BOUND_S + 1
     assert login(a, "dev2", "second password ok")[0] == 200
+    # a refresh token is good once, whichever skiffd takes it: b made it and still holds it
+    # when a takes it, and refuses it at once after
+    status, fresh = login(b, "dev2", "second password ok")
+    assert status == 200, fresh
+    grant = {"grant_type": "refresh_token", "refresh_token": fresh["refresh_token"]}
+    assert a.api("POST", "/v1/auth/token", grant, token=False)[0] == 200
+    status, body = b.api("POST", "/v1/auth/token", grant, token=False)
+    assert status == 401, body
     # a user deleted through a is gone on b, and its tokens with it
     status, tok3 = login(b, "dev2", "second password ok")
     assert status == 200, tok3
