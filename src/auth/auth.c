@@ -48,6 +48,7 @@ struct auth {
     char *generation; /* the AUTH_DOC_GENERATION read at the last auth_catch_up */
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
+    char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
     /* keyed reads for what the copy lacks (auth__catch_up), counted per second */
     int64_t catch_up_second;
     unsigned catch_up_reads, catch_up_refused;
@@ -254,7 +255,8 @@ static void auth__changed(struct auth *a)
     char value[33];
     random_hex(value, 16);
     char *text = xasprintf("{\"generation\":\"%s\"}", value);
-    store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text);
+    if (store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text) == 0)
+        memcpy(a->own_generation, value, sizeof value);
     free(text);
 }
 
@@ -1541,7 +1543,13 @@ bool auth_catch_up_denied(struct auth *a)
         text = xstrdup("");
     else if (rc < 0)
         return false;
-    if ((a->generation && !strcmp(a->generation, text)) || auth_reload(a) < 0) {
+    /* unchanged since read, or last written here (a user alternating changes of their own
+     * with refused requests would otherwise make each refusal a reload) */
+    json_t *o = json_loads(text, 0, NULL);
+    const char *value = json_string_value(json_object_get(o, "generation"));
+    bool own = value && !strcmp(value, a->own_generation);
+    json_decref(o);
+    if (own || (a->generation && !strcmp(a->generation, text)) || auth_reload(a) < 0) {
         free(text);
         return false;
     }
@@ -1768,6 +1776,7 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->shared = t.shared;
     a->generation = t.generation;
     a->generation_news = t.generation_news;
+    memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
     a->catch_up_second = t.catch_up_second;
     a->catch_up_reads = t.catch_up_reads;
     a->catch_up_refused = t.catch_up_refused;

@@ -559,6 +559,13 @@ static void test_a_refusal_catches_up_with_a_change_the_feed_has_not_told_of(voi
     assert_non_null(auth_space_find(b, org, "prod"));
     assert_int_equal(auth_check(b, &p, AUTH_PERM_SPACE_DEVELOP, org, space), 0);
     assert_false(auth_catch_up_denied(b));
+    /* b's own change moved the record: no reason to read everything again */
+    assert_int_equal(auth_org_create(b, "mine", NULL), 0);
+    assert_false(auth_catch_up_denied(b));
+    /* another's after it is */
+    assert_int_equal(auth_org_create(a, "theirs", NULL), 0);
+    assert_true(auth_catch_up_denied(b));
+    assert_non_null(auth_org_find(b, "theirs"));
 
     auth_free(b);
     auth_free(a);
