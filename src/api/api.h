@@ -163,7 +163,8 @@ void api_set_binding_check(struct api *api, api_binding_check_fn fn, void *ctx);
  * than half of API_CELL_GRANT_MS left), withdrawn when nothing of that droplet runs or is
  * starting on that cell any more (api_cell_withdraw), else ended after API_CELL_GRANT_MS;
  * nothing else. Tokens and grants are checked against a copy in memory, read again whenever
- * the store's change feed says another writer changed tokens or grants (cell_tokens.c).
+ * the store's change feed says another writer changed tokens or grants, and from the
+ * database before a refusal, at most 50 times a second after a burst of 20 (cell_tokens.c).
  *
  * Setup registers the endpoints, makes the API's copy (api_cells_attach: the API frees it),
  * and removes a HOME/cell-token left by an older skiffd (the one token every cell shared, no
@@ -177,8 +178,14 @@ void api_cells_free(struct api_cells *cells);
 /* The API owns cells from now on (NULL before setup: every cell's token is refused). */
 void api_cells_attach(struct api *api, struct api_cells *cells);
 struct api_cells *api_cells_of(struct api *api);
-/* How many times the copy was read from the store (the first read included). */
+/* How many times the copy was read from the store on another writer's news (the first read
+ * included). */
 uint64_t api_cells_reads(const struct api_cells *cells);
+/* How many times it was read from the database before a refusal (a token or a grant another
+ * controller wrote a moment ago, its news not yet here), and in *refused (may be NULL) how
+ * many refusals were answered with no such read: at most 50 are made a second, after a burst
+ * of 20. */
+uint64_t api_cells_catch_ups(const struct api_cells *cells, uint64_t *refused);
 /* 0 with the cell's id in cell_id (size >= 33) when token is a cell's token the store holds;
  * -EACCES when not. Reads the store only when the copy is outdated. */
 int api_cell_token_check(struct api *api, const char *token, char *cell_id);

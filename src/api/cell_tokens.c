@@ -29,12 +29,17 @@
 
 #define CELL_TOKENS_KIND "cell.tokens"
 #define CELL_GRANTS_KIND "cell.grants"
+#define CELLS_CATCH_UP_PER_S 50 /* reads before refusals, a second */
+#define CELLS_CATCH_UP_BURST 20
 
 struct api_cells {
     struct store *store;
     bool loaded;
     uint64_t news;  /* cells__news when the copy was read */
-    uint64_t reads; /* times the copy was read from the store */
+    uint64_t reads; /* times the copy was read from the store on news */
+    struct rate_limit catch_up_rate; /* of reads before refusals (cells__catch_up) */
+    uint64_t catch_ups;         /* reads before a refusal */
+    uint64_t catch_ups_refused; /* refusals with no read: one was made too recently */
     json_t *tokens; /* cell id -> its document */
     json_t *grants; /* "CELL/DIGEST" -> its document */
 };
@@ -64,6 +69,30 @@ static uint64_t cells__news(struct store *store)
            store_doc_news_kind(store, CELL_GRANTS_KIND);
 }
 
+/* Reads the copy whole from the store (fresh: from the database, not the store's own copy of
+ * documents); false when the store cannot be read (then nothing is accepted). */
+static bool cells__read(struct api_cells *cc, bool fresh)
+{
+    int (*each)(struct store *, const char *, int (*)(void *, const char *, const char *), void *) =
+        fresh ? store_doc_each_fresh : store_doc_each;
+    json_t *tokens = json_object(), *grants = json_object();
+    if (each(cc->store, CELL_TOKENS_KIND, cells__keep, tokens) < 0 ||
+        each(cc->store, CELL_GRANTS_KIND, cells__keep, grants) < 0) {
+        json_decref(tokens);
+        json_decref(grants);
+        cc->loaded = false;
+        log_warning("[API] cannot read the cells' tokens and grants: cells' requests are "
+                    "refused until the store answers");
+        return false;
+    }
+    json_decref(cc->tokens);
+    json_decref(cc->grants);
+    cc->tokens = tokens;
+    cc->grants = grants;
+    cc->loaded = true;
+    return true;
+}
+
 /* The copy, read again when another writer may have changed tokens or grants; NULL when the
  * store cannot be read (then nothing is accepted). */
 static struct api_cells *cells__current(struct api_cells *cc)
@@ -73,29 +102,39 @@ static struct api_cells *cells__current(struct api_cells *cc)
     uint64_t news = cells__news(cc->store); /* news from now on calls for another read */
     if (cc->loaded && news == cc->news)
         return cc;
-    json_t *tokens = json_object(), *grants = json_object();
-    if (store_doc_each(cc->store, CELL_TOKENS_KIND, cells__keep, tokens) < 0 ||
-        store_doc_each(cc->store, CELL_GRANTS_KIND, cells__keep, grants) < 0) {
-        json_decref(tokens);
-        json_decref(grants);
-        cc->loaded = false;
-        log_warning("[API] cannot read the cells' tokens and grants: cells' requests are "
-                    "refused until the store answers");
+    if (!cells__read(cc, false))
         return NULL;
-    }
-    json_decref(cc->tokens);
-    json_decref(cc->grants);
-    cc->tokens = tokens;
-    cc->grants = grants;
     cc->news = news;
-    cc->loaded = true;
     cc->reads++;
     return cc;
+}
+
+/* Before a refusal: another controller may have written the token or the grant a moment ago,
+ * its news not yet here (a cell fetches from any controller as soon as the leader placed
+ * it). The copy is read again from the database, at most CELLS_CATCH_UP_PER_S times a second
+ * after a burst of CELLS_CATCH_UP_BURST, so that refused requests, made-up tokens included,
+ * cost the database a bounded load; true when it was read. */
+static bool cells__catch_up(struct api_cells *cc)
+{
+    if (!rate_take(&cc->catch_up_rate, time_mono_ms(), CELLS_CATCH_UP_PER_S,
+                   CELLS_CATCH_UP_BURST)) {
+        cc->catch_ups_refused++;
+        return false;
+    }
+    cc->catch_ups++;
+    return cells__read(cc, true);
 }
 
 uint64_t api_cells_reads(const struct api_cells *cc)
 {
     return cc ? cc->reads : 0;
+}
+
+uint64_t api_cells_catch_ups(const struct api_cells *cc, uint64_t *refused)
+{
+    if (refused)
+        *refused = cc ? cc->catch_ups_refused : 0;
+    return cc ? cc->catch_ups : 0;
 }
 
 struct api_cells *api_cells_new(struct store *store)
@@ -116,6 +155,14 @@ void api_cells_free(struct api_cells *cc)
     free(cc);
 }
 
+/* Whether the copy holds hash (hex) as cell's token. */
+static bool cells__token_is(struct api_cells *cc, const char *cell, const char *hash)
+{
+    const char *want =
+        json_string_value(json_object_get(json_object_get(cc->tokens, cell), "blake2b"));
+    return want && strlen(want) == strlen(hash) && sodium_memcmp(want, hash, strlen(hash)) == 0;
+}
+
 int api_cell_token_check(struct api *api, const char *token, char *cell_id)
 {
     char cell[AUTH_CELL_ID_LEN + 1];
@@ -124,11 +171,10 @@ int api_cell_token_check(struct api *api, const char *token, char *cell_id)
     struct api_cells *cc = cells__current(api_cells_of(api));
     if (!cc)
         return -EACCES;
-    const char *want =
-        json_string_value(json_object_get(json_object_get(cc->tokens, cell), "blake2b"));
     char got[2 * crypto_generichash_BYTES + 1];
     cell_tokens__hash_hex(token, got);
-    bool ok = want && strlen(want) == strlen(got) && sodium_memcmp(want, got, strlen(got)) == 0;
+    bool ok =
+        cells__token_is(cc, cell, got) || (cells__catch_up(cc) && cells__token_is(cc, cell, got));
     if (!ok)
         return -EACCES;
     memcpy(cell_id, cell, sizeof cell);
@@ -198,23 +244,30 @@ int api_cell_grant(struct api *api, const char *cell_id, const char *digest, con
     return rc;
 }
 
+/* A withdrawal's write is over: only a failure is told (the grant then ends by itself). */
+static void cells__withdrawn(void *ctx, int rc)
+{
+    char *id = ctx;
+    if (rc < 0 && rc != -ENOENT)
+        log_warning("[API] cannot withdraw the grant %s (cell/droplet; it ends by itself within "
+                    "%d minutes): %s",
+                    id, API_CELL_GRANT_MS / 60000, skiff_strerror(rc));
+    free(id);
+}
+
 void api_cell_withdraw(struct api *api, const char *cell_id, const char *digest)
 {
     struct api_cells *cc = api_cells_of(api);
     if (!cc || !auth_cell_id_valid(cell_id) || !blob_digest_valid(digest))
         return;
     char *id = cell_tokens__grant_id(cell_id, digest);
-    int rc = store_doc_delete(cc->store, CELL_GRANTS_KIND, id);
-    if (rc == 0 || rc == -ENOENT) {
-        json_object_del(cc->grants, id);
-        log_debug("[API] cell %s may no longer read droplet %s: nothing of it runs there", cell_id,
-                  digest);
-    } else {
-        log_warning("[API] cannot withdraw cell %s's grant for droplet %s (it ends by itself "
-                    "within %d minutes): %s",
-                    cell_id, digest, API_CELL_GRANT_MS / 60000, skiff_strerror(rc));
-    }
-    free(id);
+    json_object_del(cc->grants, id);
+    /* queued, as the grant was: the scheduler's turn goes on while the writer deletes it (on
+     * the embedded store, done is called, and id freed, before the call returns) */
+    if (store_doc_delete_async(cc->store, CELL_GRANTS_KIND, id, cells__withdrawn, id) < 0)
+        cells__withdrawn(id, -ECANCELED);
+    log_debug("[API] cell %s may no longer read droplet %s: nothing of it runs there", cell_id,
+              digest);
 }
 
 static bool cells__lists(json_t *grant, const char *digest)
@@ -229,13 +282,9 @@ static bool cells__lists(json_t *grant, const char *digest)
     return false;
 }
 
-bool api_cell_may_read(struct api *api, const char *cell_id, const char *digest)
+/* Whether the copy lets cell_id read digest; ended grants met on the way are removed. */
+static bool cells__grants(struct api_cells *cc, const char *cell_id, const char *digest)
 {
-    if (!auth_cell_id_valid(cell_id) || !blob_digest_valid(digest))
-        return false;
-    struct api_cells *cc = cells__current(api_cells_of(api));
-    if (!cc)
-        return false;
     char prefix[AUTH_CELL_ID_LEN + 2];
     snprintf(prefix, sizeof prefix, "%s/", cell_id);
     int64_t now = time_now_ms();
@@ -256,12 +305,23 @@ bool api_cell_may_read(struct api *api, const char *cell_id, const char *digest)
         }
     }
     for (size_t i = 0; i < nended; i++) { /* ended: they would only ever be refused again */
-        if (store_doc_delete(cc->store, CELL_GRANTS_KIND, ended[i]) == 0)
+        if (store_doc_delete_async(cc->store, CELL_GRANTS_KIND, ended[i], NULL, NULL) == 0)
             json_object_del(cc->grants, ended[i]);
         free(ended[i]);
     }
     free(ended);
     return ok;
+}
+
+bool api_cell_may_read(struct api *api, const char *cell_id, const char *digest)
+{
+    if (!auth_cell_id_valid(cell_id) || !blob_digest_valid(digest))
+        return false;
+    struct api_cells *cc = cells__current(api_cells_of(api));
+    if (!cc)
+        return false;
+    return cells__grants(cc, cell_id, digest) ||
+           (cells__catch_up(cc) && cells__grants(cc, cell_id, digest));
 }
 
 /* ---- endpoints (platform admin) ---------------------------------------------------------------

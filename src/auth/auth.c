@@ -49,9 +49,11 @@ struct auth {
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
     char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
-    /* keyed reads for what the copy lacks (auth__catch_up), counted per second */
+    /* keyed reads for what the copy lacks (auth__catch_up); those refused are counted per
+     * second for the log */
+    struct rate_limit catch_up_rate;
     int64_t catch_up_second;
-    unsigned catch_up_reads, catch_up_refused;
+    unsigned catch_up_refused;
     uint64_t catch_up_refused_total;
 };
 
@@ -60,6 +62,7 @@ struct auth {
  * on the event loop. One made through another skiffd is found without such a read once the
  * change feed told of auth's documents (the copy is then read again). */
 #define AUTH_CATCH_UP_READS_PER_S 50
+#define AUTH_CATCH_UP_BURST 20
 
 static void auth__copy(char *dst, size_t size, const char *src)
 {
@@ -1483,26 +1486,25 @@ void auth_token_each(const struct auth *a, const char *user_guid,
     free(mine);
 }
 
-/* Whether a keyed read may be made now (AUTH_CATCH_UP_READS_PER_S); those refused in a
- * second are logged once it is over. */
+/* Whether a keyed read may be made now (AUTH_CATCH_UP_READS_PER_S on average, after a burst
+ * of AUTH_CATCH_UP_BURST); those refused in a second are logged once it is over. */
 static bool auth__catch_up_allowed(struct auth *a)
 {
-    int64_t second = time_mono_ms() / 1000;
-    if (second != a->catch_up_second) {
+    int64_t now = time_mono_ms();
+    if (now / 1000 != a->catch_up_second) {
         if (a->catch_up_refused)
             log_warning("auth: %u reads for unknown tokens or user names refused within a "
                         "second (at most %d a second are made): a client sending made-up "
                         "credentials?",
                         a->catch_up_refused, AUTH_CATCH_UP_READS_PER_S);
-        a->catch_up_second = second;
-        a->catch_up_reads = a->catch_up_refused = 0;
+        a->catch_up_second = now / 1000;
+        a->catch_up_refused = 0;
     }
-    if (a->catch_up_reads >= AUTH_CATCH_UP_READS_PER_S) {
+    if (!rate_take(&a->catch_up_rate, now, AUTH_CATCH_UP_READS_PER_S, AUTH_CATCH_UP_BURST)) {
         a->catch_up_refused++;
         a->catch_up_refused_total++;
         return false;
     }
-    a->catch_up_reads++;
     return true;
 }
 
@@ -1777,8 +1779,8 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->generation = t.generation;
     a->generation_news = t.generation_news;
     memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
+    a->catch_up_rate = t.catch_up_rate;
     a->catch_up_second = t.catch_up_second;
-    a->catch_up_reads = t.catch_up_reads;
     a->catch_up_refused = t.catch_up_refused;
     a->catch_up_refused_total = t.catch_up_refused_total;
     b->generation = NULL;

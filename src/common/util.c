@@ -424,3 +424,20 @@ bool name_valid(const char *name)
     }
     return true;
 }
+
+bool rate_take(struct rate_limit *r, int64_t now_ms, double per_s, double burst)
+{
+    if (!r->started) {
+        r->started = true;
+        r->credit = burst;
+    } else if (now_ms > r->at_ms) {
+        r->credit += (double)(now_ms - r->at_ms) * per_s / 1000;
+    }
+    if (r->credit > burst)
+        r->credit = burst;
+    r->at_ms = now_ms;
+    if (r->credit < 1)
+        return false;
+    r->credit -= 1;
+    return true;
+}

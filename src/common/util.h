@@ -54,6 +54,16 @@ void random_hex(char *out, size_t n);
 int64_t time_now_ms(void);
 int64_t time_now_ns(void);
 int64_t time_mono_ms(void);
+
+/* A rate limit with a burst (a token bucket): rate_take says whether one more may be done at
+ * now_ms (a monotonic time), at most per_s a second on average after burst at once. Zeroed is
+ * full. */
+struct rate_limit {
+    double credit;
+    int64_t at_ms;
+    bool started;
+};
+bool rate_take(struct rate_limit *r, int64_t now_ms, double per_s, double burst);
 /* How long something paced to once a period_ms (a table sent after changes) waits, at now_ms,
  * when it last happened at last_ms (negative: never): 0, unless that was less than period_ms
  * ago, then the rest of it. So a lone change goes at once and a burst goes once a period. */

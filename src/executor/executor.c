@@ -1137,12 +1137,28 @@ static int executor__cgroup_name_keep(const char *scratch, const char *name)
     return rc;
 }
 
-/* The name of the cgroup of the instance whose folder is scratch (caller frees). */
+/* Whether name is what warm__start names a warm container's cgroup: "warm-" and a guid. */
+static bool executor__warm_name(const char *name)
+{
+    static const char prefix[] = "warm-";
+    if (strncmp(name, prefix, sizeof prefix - 1))
+        return false;
+    const char *g = name + sizeof prefix - 1;
+    return strlen(g) == 36 && strspn(g, "0123456789abcdef-") == 36;
+}
+
+/* The name of the cgroup of the instance whose folder is scratch (caller frees): its guid,
+ * or the warm container's name the folder keeps. Anything else found there is not taken (the
+ * cgroup named is ended with the instance: it must be the instance's own, never another's). */
 static char *executor__cgroup_name(const char *scratch, const char *guid)
 {
     char *path = xasprintf("%s/%s", scratch, EXECUTOR_CGROUP_NAME_FILE);
     char *name = NULL;
-    if (file_read(path, &name, NULL) < 0 || !name[0] || strlen(name) > 64) {
+    if (file_read(path, &name, NULL) < 0 || !executor__warm_name(name)) {
+        if (name)
+            log_warning("instance %s: the cgroup its folder names is no warm container's: "
+                        "its own is used",
+                        guid);
         free(name);
         name = xstrdup(guid);
     }

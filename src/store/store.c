@@ -412,6 +412,14 @@ int store_doc_each(struct store *st, const char *kind,
     return st->ops->doc_each(st->backend, kind, fn, ctx);
 }
 
+int store_doc_each_fresh(struct store *st, const char *kind,
+                         int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+{
+    if (st->ops->doc_each_fresh)
+        return st->ops->doc_each_fresh(st->backend, kind, fn, ctx);
+    return st->ops->doc_each(st->backend, kind, fn, ctx);
+}
+
 /* ---- what callers own ---------------------------------------------------------------- */
 
 void store_app_free(struct store_app *app)

@@ -419,6 +419,12 @@ int store_doc_delete(struct store *st, const char *kind, const char *id);
 /* Calls fn for every document of a kind, in id order; fn returning non-zero stops. */
 int store_doc_each(struct store *st, const char *kind,
                    int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
+/* As store_doc_each, the kind read again from the database (PostgreSQL), and the copy of
+ * that kind replaced by what was read: how a skiffd catches up with a kind another skiffd
+ * changed a moment ago, before the change feed told it. What is kept is the kind whole, as
+ * the database holds it, so no caller can fill the copy with made-up keys. */
+int store_doc_each_fresh(struct store *st, const char *kind,
+                         int (*fn)(void *ctx, const char *id, const char *json), void *ctx);
 /* Replaces a document only while it exists: -ENOENT when absent (another writer deleted it),
  * so that a record rewritten now and then is never brought back after its deletion. */
 int store_doc_update(struct store *st, const char *kind, const char *id, const char *json);

@@ -3102,6 +3102,13 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
     return rc;
 }
 
+static int pg__doc_each_fresh(struct store_backend *b, const char *kind,
+                              int (*fn)(void *ctx, const char *id, const char *json), void *ctx)
+{
+    pg__doc_cache_forget_kind(b, kind); /* pg__doc_each reads it whole, and keeps it */
+    return pg__doc_each(b, kind, fn, ctx);
+}
+
 const struct store_ops store_pg_ops = {
     .name = "postgresql",
     .close = pg__close,
@@ -3149,6 +3156,7 @@ const struct store_ops store_pg_ops = {
     .doc_get_fresh = pg__doc_get_fresh,
     .doc_delete = pg__doc_delete,
     .doc_each = pg__doc_each,
+    .doc_each_fresh = pg__doc_each_fresh,
     .doc_update = pg__doc_update,
     .doc_replace = pg__doc_replace,
     .submit = pg__submit,

@@ -617,6 +617,56 @@ static void test_leftovers_of_a_dead_daemon_are_ended(void **state)
     executor_free(ex2);
 }
 
+/* The cgroup an instance's folder names (a warm container's, kept in its "cgroup" file) is
+ * ended with the instance: a file naming another cgroup (another instance's) is not taken, so
+ * ending a leftover never kills what another cgroup holds. */
+static void test_a_folder_naming_another_cgroup_ends_only_its_own(void **state)
+{
+    struct world *w = *state;
+    char victim_name[64];
+    snprintf(victim_name, sizeof victim_name, "victim-%d", (int)getpid());
+    struct cgroup *victim = NULL;
+    if (cgroup_create(victim_name, 0, 0, &victim) < 0)
+        skip(); /* no cgroups here: nothing to end either way */
+    int joined[2];
+    assert_int_equal(pipe(joined), 0);
+    pid_t kid = fork();
+    assert_true(kid >= 0);
+    if (kid == 0) {
+        close(joined[0]);
+        for (const char *const *f = cgroup_join_files(victim); *f; f++) {
+            FILE *fp = fopen(*f, "w");
+            if (fp) {
+                fprintf(fp, "%d\n", (int)getpid());
+                fclose(fp);
+            }
+        }
+        if (write(joined[1], "j", 1) != 1)
+            _exit(126);
+        close(joined[1]);
+        execlp("sleep", "sleep", "30", (char *)NULL);
+        _exit(127);
+    }
+    close(joined[1]);
+    char c;
+    assert_int_equal(read(joined[0], &c, 1), 1); /* in the victim's cgroup from now on */
+    close(joined[0]);
+    start(w, "sleep 30", NULL, HEALTH_PROCESS, 0);
+    run_until(w, has_running, 5000, "running");
+    char *file = xasprintf("%s/instances/%s/cgroup", w->home, w->guid);
+    assert_int_equal(file_replace(file, victim_name, strlen(victim_name), 0600), 0);
+    free(file);
+    struct executor *ex2;
+    struct executor_config cfg = {
+        .home = w->home, .port_min = TEST_PORT_MIN, .port_max = TEST_PORT_MIN + 100};
+    assert_int_equal(executor_new(&w->loop, &cfg, on_output, on_state, w, &ex2), 0);
+    run_until(w, has_final, 5000, "the leftover instance to be ended");
+    assert_int_equal(waitpid(kid, NULL, WNOHANG), 0); /* the other cgroup's process lives */
+    executor_free(ex2);
+    cgroup_destroy(victim);
+    assert_int_equal(waitpid(kid, NULL, 0), kid);
+}
+
 static void noop_adopt(void *ctx, struct instance *inst, const struct instance_spec *spec)
 {
     (void)ctx, (void)inst, (void)spec;
@@ -1080,6 +1130,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_start_timeout_port_never_opens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_check_ignores_other_listeners, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leftovers_of_a_dead_daemon_are_ended, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_folder_naming_another_cgroup_ends_only_its_own,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_instances_without_a_shim_are_ended_by_adopt, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, setup, teardown),

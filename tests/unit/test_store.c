@@ -2331,8 +2331,8 @@ static void test_documents_come_from_the_cache_until_another_writer_changes_one(
 
 /* A write whose news has not come yet (on PostgreSQL: made with the feed's triggers off) is
  * found by a fresh read. A document read fresh drops a copy that did not hold it, so the kind
- * read whole next shows it too; an app read fresh replaces the copy's; an app the copy lacks
- * is found by store_app_find. */
+ * read whole next shows it too; a kind read fresh replaces the copy's; an app read fresh replaces
+ * the copy's; an app the copy lacks is found by store_app_find. */
 static void test_fresh_reads_see_a_write_the_feed_has_not_told_of(void **state)
 {
     (void)state;
@@ -2365,6 +2365,18 @@ static void test_fresh_reads_see_a_write_the_feed_has_not_told_of(void **state)
     assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
     assert_string_equal(ids.ids, "a,b");
     assert_int_equal(store_doc_get_fresh(st, "k", "none", &json), -ENOENT);
+    /* a kind read whole: the copy stands until the kind is read fresh, which replaces it */
+    assert_int_equal(store_doc_put(other, "k", "c", "{}"), 0);
+    assert_int_equal(store_doc_delete(other, "k", "a"), 0);
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, on_pg(path) ? "a,b" : "b,c");
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each_fresh(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "b,c");
+    memset(&ids, 0, sizeof ids);
+    assert_int_equal(store_doc_each(st, "k", collect_doc_ids, &ids), 0);
+    assert_string_equal(ids.ids, "b,c");
 
     assert_int_equal(store_app_find(st, STORE_DEFAULT_SPACE_GUID, "cart", &got), 0);
     assert_string_equal(got->guid, cart->guid);

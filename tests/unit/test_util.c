@@ -329,6 +329,28 @@ static void test_a_lone_change_goes_at_once_and_a_burst_is_paced(void **state)
     assert_int_equal(time_pace_delay_ms(1000, 2000, 5), 0);
 }
 
+/* A rate limit lets a burst through at once, then per_s a second, whatever is asked. */
+static void test_a_rate_limit_lets_a_burst_then_its_rate(void **state)
+{
+    (void)state;
+    struct rate_limit r = {0};
+    int took = 0;
+    for (int i = 0; i < 100; i++)
+        took += rate_take(&r, 1000, 50, 20);
+    assert_int_equal(took, 20);                /* the burst, all at one moment */
+    assert_false(rate_take(&r, 1019, 50, 20)); /* 19 ms: not yet one back */
+    assert_true(rate_take(&r, 1020, 50, 20));  /* 20 ms at 50/s: one */
+    took = 0;
+    for (int64_t t = 1021; t <= 2020; t++) /* a second asked every ms: 50 more */
+        took += rate_take(&r, t, 50, 20);
+    assert_int_equal(took, 50);
+    took = 0;
+    for (int i = 0; i < 100; i++) /* an hour idle fills the burst, no more */
+        took += rate_take(&r, 3600 * 1000, 50, 20);
+    assert_int_equal(took, 20);
+    assert_false(rate_take(&r, 10, 50, 20)); /* a clock going back gives nothing */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -343,6 +365,7 @@ int main(void)
         cmocka_unit_test(test_rfc3339_times),
         cmocka_unit_test(test_a_lone_change_goes_at_once_and_a_burst_is_paced),
         cmocka_unit_test(test_buf_put_uint_is_llu),
+        cmocka_unit_test(test_a_rate_limit_lets_a_burst_then_its_rate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
