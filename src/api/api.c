@@ -585,9 +585,10 @@ static enum skiff_err api__scope(struct api *api, struct api_request *req, int s
     return SKIFF_OK;
 }
 
-/* Whether the caller may use the route: SKIFF_OK, or why not with msg set. */
-static enum skiff_err api__authorize(struct api *api, struct api_request *req, char *msg,
-                                     size_t msgsize)
+/* Whether the caller may use the route: SKIFF_OK, or why not with msg set, as this copy of
+ * users, roles, orgs and spaces says. */
+static enum skiff_err api__authorize_now(struct api *api, struct api_request *req, char *msg,
+                                         size_t msgsize)
 {
     int perm = req->route->flags & API_PERM_MASK;
     int scope = req->route->flags & API_SCOPE_MASK;
@@ -645,6 +646,19 @@ static enum skiff_err api__authorize(struct api *api, struct api_request *req, c
                  space ? space->name : "", auth_perm_name((enum auth_perm)perm), roles);
     }
     return SKIFF_E_FORBIDDEN;
+}
+
+/* Whether the caller may use the route. A refusal is decided again once when the copy was
+ * behind another skiffd's change on a shared store (a role given, a space made a moment ago
+ * through another controller behind the same address): auth_catch_up_denied. */
+static enum skiff_err api__authorize(struct api *api, struct api_request *req, char *msg,
+                                     size_t msgsize)
+{
+    enum skiff_err err = api__authorize_now(api, req, msg, msgsize);
+    if ((err == SKIFF_E_FORBIDDEN || err == SKIFF_E_NOT_FOUND) && api->auth &&
+        auth_catch_up_denied(api->auth))
+        err = api__authorize_now(api, req, msg, msgsize);
+    return err;
 }
 
 /* ---- writing ------------------------------------------------------------------------------ */

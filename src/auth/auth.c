@@ -48,6 +48,7 @@ struct auth {
     char *generation; /* the AUTH_DOC_GENERATION read at the last auth_catch_up */
     uint64_t generation_news; /* store_doc_news_kind of that record before that read */
     uint64_t loaded_news;     /* store_doc_news_kind of "auth" before this copy was read */
+    char own_generation[33];  /* the AUTH_DOC_GENERATION this skiffd wrote last */
     /* keyed reads for what the copy lacks (auth__catch_up); those refused are counted per
      * second for the log */
     struct rate_limit catch_up_rate;
@@ -257,7 +258,8 @@ static void auth__changed(struct auth *a)
     char value[33];
     random_hex(value, 16);
     char *text = xasprintf("{\"generation\":\"%s\"}", value);
-    store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text);
+    if (store_doc_put(a->store, AUTH_DOC_GENERATION, "auth", text) == 0)
+        memcpy(a->own_generation, value, sizeof value);
     free(text);
 }
 
@@ -1371,11 +1373,19 @@ int auth_refresh(struct auth *a, const char *refresh_token, char user_guid[AUTH_
         (t->info.expires_at && t->info.expires_at <= time_now_ms()) ||
         !auth_user_find(a, t->info.user_guid))
         return -ENOENT;
-    char user[AUTH_GUID_LEN + 1];
+    char user[AUTH_GUID_LEN + 1], guid[AUTH_GUID_LEN + 1];
     AUTH_COPY(user, t->info.user_guid);
-    int rc = auth_token_revoke(a, t->info.guid);
+    AUTH_COPY(guid, t->info.guid);
+    /* Good once, whichever skiffd it is sent to: another one that took it first (this copy not
+     * told yet, or both at the same moment) left no record to delete, and the store says so. */
+    int taken = store_doc_delete(a->store, AUTH_DOC_TOKEN, guid);
+    if (taken < 0 && taken != -ENOENT)
+        return -EIO;
+    int rc = auth_token_revoke(a, guid);
     if (rc < 0)
         return rc;
+    if (taken == -ENOENT)
+        return -ENOENT;
     memcpy(user_guid, user, sizeof user);
     return auth_login(a, user, access, refresh);
 }
@@ -1498,20 +1508,24 @@ static bool auth__catch_up_allowed(struct auth *a)
     return true;
 }
 
-/* Whether the store holds what this skiffd missed: then it reads everything again, so a miss
- * costs a reload only when something new is there. With a change feed that told of auth's
- * documents since the copy was read, that is the reload, from the database (the news of one
- * kind can be here while another's, written just after, is not yet: the store's copy of that
- * kind is still the old one); else one keyed read, fresh from the database (the feed may not
- * have told yet), within AUTH_CATCH_UP_READS_PER_S. */
-static int auth__reload(struct auth *a, bool fresh);
-
-static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
+/* Whether the store holds what this skiffd missed (known(a, what) is false now): then it reads
+ * everything again, so a miss costs a reload only when something new is there. With a change
+ * feed that told of auth's documents since the copy was read, that is the reload first; what
+ * the reload still lacks, or every miss without such news, is one keyed read, fresh from the
+ * database, within AUTH_CATCH_UP_READS_PER_S: the feed may have told of earlier writes and
+ * not yet of this one (its notification is a few ms behind the commit), and the copy it
+ * reloaded from is then behind too. */
+static bool auth__catch_up(struct auth *a, const char *kind, const char *id,
+                           bool (*known)(const struct auth *, const char *), const char *what)
 {
     if (!a->shared)
         return false;
-    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news)
-        return auth__reload(a, true) == 0;
+    if (store_feed_fd(a->store) >= 0 && store_doc_news_kind(a->store, "auth") != a->loaded_news) {
+        if (auth_reload(a) < 0)
+            return false;
+        if (known(a, what))
+            return true;
+    }
     if (!auth__catch_up_allowed(a))
         return false;
     char *json = NULL;
@@ -1521,9 +1535,44 @@ static bool auth__catch_up(struct auth *a, const char *kind, const char *id)
     return auth_reload(a) == 0;
 }
 
+bool auth_catch_up_denied(struct auth *a)
+{
+    if (!a->shared || !auth__catch_up_allowed(a))
+        return false;
+    char *text = NULL;
+    int rc = store_doc_get_fresh(a->store, AUTH_DOC_GENERATION, "auth", &text);
+    if (rc == -ENOENT)
+        text = xstrdup("");
+    else if (rc < 0)
+        return false;
+    /* unchanged since read, or last written here (a user alternating changes of their own
+     * with refused requests would otherwise make each refusal a reload) */
+    json_t *o = json_loads(text, 0, NULL);
+    const char *value = json_string_value(json_object_get(o, "generation"));
+    bool own = value && !strcmp(value, a->own_generation);
+    json_decref(o);
+    if (own || (a->generation && !strcmp(a->generation, text)) || auth_reload(a) < 0) {
+        free(text);
+        return false;
+    }
+    free(a->generation);
+    a->generation = text;
+    return true;
+}
+
 uint64_t auth_catch_up_refused(const struct auth *a)
 {
     return a->catch_up_refused_total;
+}
+
+static bool auth__token_known(const struct auth *a, const char *text)
+{
+    return auth__token_by_text(a, text) != NULL;
+}
+
+static bool auth__user_known(const struct auth *a, const char *name)
+{
+    return auth_user_find(a, name) != NULL;
 }
 
 static bool auth__catch_up_token(struct auth *a, const char *text)
@@ -1532,12 +1581,13 @@ static bool auth__catch_up_token(struct auth *a, const char *text)
     char hex[2 * AUTH_HASH_BYTES + 1];
     auth__hash(text, hash);
     sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
-    return auth__catch_up(a, AUTH_DOC_TOKEN_HASH, hex);
+    return auth__catch_up(a, AUTH_DOC_TOKEN_HASH, hex, auth__token_known, text);
 }
 
 bool auth_catch_up_user(struct auth *a, const char *name)
 {
-    return auth_user_name_valid(name) && auth__catch_up(a, AUTH_DOC_USER_NAME, name);
+    return auth_user_name_valid(name) &&
+           auth__catch_up(a, AUTH_DOC_USER_NAME, name, auth__user_known, name);
 }
 
 int auth_user_reread(struct auth *a, const char *guid)
@@ -1690,21 +1740,18 @@ bool auth_can_see_org(const struct auth *a, const struct auth_principal *p,
 
 /* ---- opening ------------------------------------------------------------------------------- */
 
-/* Everything auth keeps, read from the store (fresh: from the database, not the store's copy)
- * and indexed; NULL when the store failed. */
-static struct auth *auth__load(struct store *st, bool fresh)
+/* Everything auth keeps, read from the store and indexed; NULL when the store failed. */
+static struct auth *auth__load(struct store *st)
 {
-    int (*each)(struct store *, const char *, int (*)(void *, const char *, const char *), void *) =
-        fresh ? store_doc_each_fresh : store_doc_each;
     struct auth *a = xcalloc(1, sizeof *a);
     a->store = st;
     a->loaded_news = store_doc_news_kind(st, "auth"); /* news during the reads: read again */
-    if (each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
-        each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
-        each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
-        each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
-        each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
-        each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
+    if (store_doc_each(st, AUTH_DOC_USER, auth__load_user, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_ORG, auth__load_org, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_SPACE, auth__load_space, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_ROLE, auth__load_role, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_TOKEN, auth__load_token, a) < 0 ||
+        store_doc_each(st, AUTH_DOC_QUOTA, auth__load_quota, a) < 0) {
         auth_free(a);
         return NULL;
     }
@@ -1731,6 +1778,7 @@ static void auth__swap(struct auth *a, struct auth *b)
     a->shared = t.shared;
     a->generation = t.generation;
     a->generation_news = t.generation_news;
+    memcpy(a->own_generation, t.own_generation, sizeof a->own_generation);
     a->catch_up_rate = t.catch_up_rate;
     a->catch_up_second = t.catch_up_second;
     a->catch_up_refused = t.catch_up_refused;
@@ -1738,20 +1786,14 @@ static void auth__swap(struct auth *a, struct auth *b)
     b->generation = NULL;
 }
 
-/* Reads everything again (fresh: from the database) in place of what a holds. */
-static int auth__reload(struct auth *a, bool fresh)
-{
-    struct auth *read = auth__load(a->store, fresh);
-    if (!read)
-        return -EIO;
-    auth__swap(a, read);
-    auth_free(read); /* what was in memory before */
-    return 0;
-}
-
 int auth_reload(struct auth *a)
 {
-    return auth__reload(a, false);
+    struct auth *fresh = auth__load(a->store);
+    if (!fresh)
+        return -EIO;
+    auth__swap(a, fresh);
+    auth_free(fresh); /* what was in memory before */
+    return 0;
 }
 
 int auth_catch_up(struct auth *a)
@@ -1793,7 +1835,7 @@ int auth_open(struct store *st, char **new_admin_password, struct auth **out)
     if (sodium_init() < 0)
         return -ENOMEM;
     *new_admin_password = NULL;
-    struct auth *a = auth__load(st, false);
+    struct auth *a = auth__load(st);
     if (!a)
         return -EIO;
     int rc = 0;

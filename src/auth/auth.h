@@ -217,6 +217,12 @@ void auth_set_shared(struct auth *a, bool shared);
 /* Whether the store holds a user of that name this skiffd did not know; it has reloaded
  * then (look again). */
 bool auth_catch_up_user(struct auth *a, const char *name);
+/* Before a request is refused (403, or 404 for an org or space this copy does not hold) on a
+ * shared store: whether users, roles, orgs, spaces or quotas changed through another skiffd
+ * since this copy was read, which the change feed may not have told yet (a few ms). The
+ * generation record is read fresh from the database (one keyed read, counted with the
+ * misses' below), and everything reloaded when it changed: true, reloaded (decide again). */
+bool auth_catch_up_denied(struct auth *a);
 /* How many keyed reads for unknown tokens or user names were refused so far (at most 50 are
  * made a second; a client sending made-up credentials gets its 401 without one). */
 uint64_t auth_catch_up_refused(const struct auth *a);

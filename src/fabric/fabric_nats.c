@@ -220,6 +220,8 @@ struct fabric {
     bool worker_started;
     pthread_mutex_t lock; /* the rest */
     pthread_cond_t wake;
+    int64_t refused_logged_s;  /* the second of the last "not stored" line (pending_fail_locked) */
+    unsigned refused_unlogged; /* records refused since that line, not logged one by one */
     bool worker_stop;
     struct job *queue, **queue_tail, *done, **done_tail_jobs;
     struct pending *inflight, *done_p, **done_tail;
@@ -536,12 +538,42 @@ static int publish(struct fabric *f, struct pending *p, const char *subject, con
 
 static void pending_finish_locked(struct fabric *f, struct pending *p);
 
+/* A record published on topic was not stored (rc, why; code: JetStream's error, or 0): the
+ * publisher is answered with rc (a 503 for most). Logged at most once a second, with how many
+ * more were refused meanwhile, so that such an answer's cause (the link down, no stream
+ * leader answering, a JetStream error) can be told afterwards. */
+static void refusal_log_locked(struct fabric *f, const char *topic, int rc, const char *why,
+                               int code)
+{
+    if (rc == -ECANCELED)
+        return; /* closing */
+    int64_t second = time_mono_ms() / 1000;
+    if (second == f->refused_logged_s) {
+        f->refused_unlogged++;
+        return;
+    }
+    log_warning("fabric: a record published on %s was not stored: %s (JetStream error %d, "
+                "answered: %s); %u more refused since the last such line",
+                topic, why, code, fabric_strerror(rc), f->refused_unlogged);
+    f->refused_logged_s = second;
+    f->refused_unlogged = 0;
+}
+
+/* A record of p was not stored: the append fails with its first failure's rc. */
+static void pending_fail_locked(struct fabric *f, struct pending *p, int rc, const char *why,
+                                int code)
+{
+    if (p->status == 0)
+        p->status = rc;
+    refusal_log_locked(f, p->topic ? p->topic->name : "a topic", rc, why, code);
+}
+
 /* Records of p that were never sent count as failed with rc. */
 static void pending_unsent(struct fabric *f, struct pending *p, size_t unsent, int rc)
 {
     pthread_mutex_lock(&f->lock);
-    if (p->status == 0)
-        p->status = rc;
+    pending_fail_locked(
+        f, p, rc, rc == -ENOTCONN ? "not sent: the connection to NATS is not up" : "not sent", 0);
     p->remaining -= unsent;
     if (p->remaining == 0)
         pending_finish_locked(f, p);
@@ -936,8 +968,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         if (pa) {
             if (pa->Sequence < p->first_seq)
                 p->first_seq = pa->Sequence;
-        } else if (p->status == 0) {
-            p->status = pae ? errno_of(pae->Err, pae->ErrCode) : -EIO;
+        } else {
+            pending_fail_locked(f, p, pae ? errno_of(pae->Err, pae->ErrCode) : -EIO,
+                                pae ? natsStatus_GetText(pae->Err) : "no acknowledgement",
+                                pae ? (int)pae->ErrCode : 0);
         }
         if (p->remaining > 0 && --p->remaining == 0)
             pending_finish_locked(f, p);
@@ -1407,8 +1441,12 @@ static int nats_append(struct fabric *f, const char *topic, const struct fabric_
         if (records[i].len > f->cfg.max_record_bytes ||
             (limit > 256 && records[i].len > limit - 256))
             return -EMSGSIZE;
-    if (!connected(f))
+    if (!connected(f)) {
+        pthread_mutex_lock(&f->lock);
+        refusal_log_locked(f, topic, -ENOTCONN, "the connection to NATS is not up", 0);
+        pthread_mutex_unlock(&f->lock);
         return -ENOTCONN;
+    }
     struct topic *t = topic_find(f, topic, true);
     struct pending *p = pending_new(f, PENDING_APPEND, count);
     p->append_cb = cb;

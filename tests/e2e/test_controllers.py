@@ -193,6 +193,13 @@ def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
     assert status == 409, body
     # a role given through b for a user made through a
     assert b.api("PUT", "/v1/orgs/default/spaces/dev/users/dev2/roles/SpaceAuditor")[0] == 204
+    # used through a at once: a refusal is decided again on the roles the store holds (a's
+    # copy may not have heard of the role yet), as is a space made through b a moment ago
+    status, body = a.api("GET", "/v1/apps?space=default/dev", token=access)
+    assert status == 200, body
+    assert b.api("POST", "/v1/orgs/default/spaces", {"name": "made-on-b"})[0] == 201
+    status, body = a.api("GET", "/v1/apps?space=default/made-on-b")
+    assert status == 200, body
     # an API token made through a works through b, and a refresh token made through b on a
     status, made = a.api("POST", "/v1/tokens", {"name": "ci"}, token=access)
     assert status == 201, made
@@ -227,6 +234,14 @@ def test_users_and_tokens_made_through_one_skiffd_work_through_the_other(pair):
     assert login(a, "dev2", "first password ok")[0] == 401
     assert time.monotonic() - changed < REVOKE_BOUND_S + 1
     assert login(a, "dev2", "second password ok")[0] == 200
+    # a refresh token is good once, whichever skiffd takes it: b made it and still holds it
+    # when a takes it, and refuses it at once after
+    status, fresh = login(b, "dev2", "second password ok")
+    assert status == 200, fresh
+    grant = {"grant_type": "refresh_token", "refresh_token": fresh["refresh_token"]}
+    assert a.api("POST", "/v1/auth/token", grant, token=False)[0] == 200
+    status, body = b.api("POST", "/v1/auth/token", grant, token=False)
+    assert status == 401, body
     # a user deleted through a is gone on b, and its tokens with it
     status, tok3 = login(b, "dev2", "second password ok")
     assert status == 200, tok3

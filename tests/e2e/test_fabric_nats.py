@@ -208,6 +208,8 @@ def test_publish_map_event_invokes_function_and_nats_down_is_503(nats, tmp_path)
         status, body = publish(p, "orders", {"n": 100})
         assert status == 503 and time.monotonic() - t1 < 1.0, (status, body)
         assert p.proc.poll() is None, "skiffd died with NATS down"
+        # the refusal's cause is in skiffd's log, once a second at most
+        assert "fabric: a record published on orders was not stored" in p.output(), p.output()
         print("NATS down: first refusal after %.2f s, then at once" % (t1 - t0))
 
         nats.start()  # same port and store: skiffd reconnects by itself
