@@ -11,6 +11,7 @@ iptables rule there drops every TCP segment once the router has a kept-alive con
 No route table is sent after the loss: only the router's own checks end these requests in
 time. Needs root, iproute2 and iptables; skipped without.
 """
+import contextlib
 import subprocess
 import sys
 import time
@@ -77,14 +78,16 @@ class FarHost:
              "DROP")
 
 
-@pytest.fixture
-def far_host(tmp_path):
+@contextlib.contextmanager
+def far_instance(tmp_path, source, ns_prefix, *args):
+    """An instance on a host of its own: the app in source (a Python program run with its
+    port, its log and args) in a network namespace the test creates, listening; a FarHost."""
     app, log = tmp_path / "far.py", tmp_path / "far.log"
-    app.write_text(FAR_APP)
+    app.write_text(source)
     log.write_text("")
-    with veth_namespace("skfar") as (ns, net):
+    with veth_namespace(ns_prefix) as (ns, net):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(app), "8080",
-                                 str(log)])
+                                 str(log), *args])
         try:
             host = FarHost(ns, net + ".2:8080", str(log))
 
@@ -98,6 +101,12 @@ def far_host(tmp_path):
         finally:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def far_host(tmp_path):
+    with far_instance(tmp_path, FAR_APP, "skfar") as host:
+        yield host
 
 
 def kept_alive_to(r, far):

@@ -15,7 +15,6 @@ import contextlib
 import shutil
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +25,7 @@ from conftest import wait_for
 from test_router import Client, route
 from test_router import backends, bus, home, router_factory  # noqa: F401
 from test_router_h2 import H2cInstance
-from test_router_hedge import veth_namespace
-from test_router_unacked import FarHost
+from test_router_unacked import far_instance
 
 CONNECT_TIMEOUT_MS = 2000  # far below the 4-5 s a table without the instance takes to come
 # What a request answered through the router's own loss check must come within: far below the
@@ -113,26 +111,9 @@ def far_h2c_one_stream(tmp_path):
 
 @contextlib.contextmanager
 def far_h2c_host(tmp_path, *args):
-    app, log = tmp_path / "far_h2c.py", tmp_path / "far.log"
-    app.write_text(FAR_H2C_APP)
     shutil.copy(Path(__file__).parent / "apps" / "h2frames.py", tmp_path / "h2frames.py")
-    log.write_text("")
-    with veth_namespace("sk2far") as (ns, net):
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(app), "8080",
-                                 str(log), *args])
-        try:
-            host = FarHost(ns, net + ".2:8080", str(log))
-
-            def listening():
-                out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"],
-                                     capture_output=True, text=True, timeout=30).stdout
-                return ":8080 " in out
-
-            wait_for(listening, 30, "the h2c instance in the namespace to listen")
-            yield host
-        finally:
-            proc.kill()
-            proc.wait(timeout=30)
+    with far_instance(tmp_path, FAR_H2C_APP, "sk2far", *args) as host:
+        yield host
 
 
 @pytest.fixture

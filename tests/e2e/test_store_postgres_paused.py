@@ -121,6 +121,45 @@ def app_field(p, name, field):
     return app[field]
 
 
+def writes_while_paused(p, pids, calls, seen_in):
+    """Stops the server (pids), sends calls, each (key, method, path, body) from a thread of
+    its own, and reads through the API for 3 s: GET /v1/info and what seen_in(get) reads with
+    get(path) -> (status, body) are each answered within 1 s, and seen_in says the queued
+    changes are read back at least once, while no call is answered. Returns the answers (filled
+    in once the server is continued) and the threads."""
+    pause(pids)
+    answers = {}
+
+    def call(key, method, path, body=None):
+        answers[key] = timed(lambda: p.api(method, path, body))
+
+    threads = [threading.Thread(target=call, args=c) for c in calls]
+    for t in threads:
+        t.start()
+    slowest = 0.0
+
+    def get(path):
+        nonlocal slowest
+        answer, took = timed(lambda: p.api("GET", path))
+        slowest = max(slowest, took)
+        return answer
+
+    seen = False
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            info, took = timed(p.info)
+        except OSError as e:  # its 2 s timeout
+            raise AssertionError(f"GET /v1/info while the server was paused: {e}")
+        assert info, info
+        slowest = max(slowest, took)
+        seen = seen_in(get) or seen
+    assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
+    assert seen, "the queued writes were not read back while the server was paused"
+    assert answers == {}, f"answered before their writes were made: {answers}"
+    return answers, threads
+
+
 def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_dir):
     """A scale (PATCH instances), a pushed app's start and a task made while the server is
     stopped: each request waits for its write, which the store's writer makes once the server
@@ -140,42 +179,21 @@ def test_a_scale_and_a_start_wait_for_the_silent_server_and_the_api_does_not(pg_
                    what="pushed to stop")
 
         pids = postgres_server_pids(pg_dir)
-        pause(pids)
-        answers = {}
 
-        def call(key, method, path, body=None):
-            answers[key] = timed(lambda: p.api(method, path, body))
-
-        calls = [threading.Thread(target=call, args=("scale", "PATCH", "/v1/apps/scaled",
-                                                     {"instances": 3})),
-                 threading.Thread(target=call, args=("start", "POST", "/v1/apps/pushed/start")),
-                 threading.Thread(target=call, args=("task", "POST", "/v1/apps/scaled/tasks",
-                                                     {"command": "true", "name": "paused"}))]
-        for t in calls:
-            t.start()
-        slowest = 0.0
-        seen = False
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                info, took = timed(p.info)
-            except OSError as e:  # its 2 s timeout
-                raise AssertionError(f"GET /v1/info while the server was paused: {e}")
-            assert info, info
-            slowest = max(slowest, took)
-            (status, listed), took = timed(lambda: p.api("GET", "/v1/apps"))
+        def seen_in(get):
+            status, listed = get("/v1/apps")
             assert status == 200, listed
-            slowest = max(slowest, took)
             apps = {a["name"]: a for a in listed["apps"]}
-            (status, tasks), took = timed(lambda: p.api("GET", "/v1/apps/scaled/tasks"))
+            status, tasks = get("/v1/apps/scaled/tasks")
             assert status == 200, tasks
-            slowest = max(slowest, took)
-            seen = seen or (apps["scaled"]["instances"] == 3 and
-                            apps["pushed"]["state"] == "STARTED" and
-                            [t["name"] for t in tasks["tasks"]] == ["paused"])
-        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
-        assert seen, "the queued scale and start were not read back while the server was paused"
-        assert answers == {}, f"answered before their writes were made: {answers}"
+            return (apps["scaled"]["instances"] == 3 and apps["pushed"]["state"] == "STARTED"
+                    and [t["name"] for t in tasks["tasks"]] == ["paused"])
+
+        answers, calls = writes_while_paused(
+            p, pids, [("scale", "PATCH", "/v1/apps/scaled", {"instances": 3}),
+                      ("start", "POST", "/v1/apps/pushed/start"),
+                      ("task", "POST", "/v1/apps/scaled/tasks",
+                       {"command": "true", "name": "paused"})], seen_in)
 
         resume(pids)
         for t in calls:
@@ -219,47 +237,25 @@ def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_do
         assert status == 200, routes
 
         pids = postgres_server_pids(pg_dir)
-        pause(pids)
-        answers = {}
 
-        def call(key, method, path, body=None):
-            answers[key] = timed(lambda: p.api(method, path, body))
-
-        calls = [threading.Thread(target=call, args=("map", "POST", "/v1/routes",
-                                                     {"app": "mapped",
-                                                      "host": "extra.localhost"})),
-                 threading.Thread(target=call, args=("delete", "DELETE", "/v1/apps/doomed")),
-                 threading.Thread(target=call, args=("unmap", "DELETE",
-                                                     "/v1/routes?app=mapped&host=mapped.localhost"))]
-        for t in calls:
-            t.start()
-        slowest = 0.0
-        seen = False
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                info, took = timed(p.info)
-            except OSError as e:  # its 2 s timeout
-                raise AssertionError(f"GET /v1/info while the server was paused: {e}")
-            assert info, info
-            slowest = max(slowest, took)
-            (status, listed), took = timed(lambda: p.api("GET", "/v1/apps"))
+        def seen_in(get):
+            status, listed = get("/v1/apps")
             assert status == 200, listed
-            slowest = max(slowest, took)
-            (status, routes), took = timed(lambda: p.api("GET", "/v1/routes"))
+            status, routes = get("/v1/routes")
             assert status == 200, routes
-            slowest = max(slowest, took)
             # 404 once its deletion is queued, without asking the server
-            (doomed_status, doomed), took = timed(lambda: p.api("GET", "/v1/apps/doomed"))
+            doomed_status, doomed = get("/v1/apps/doomed")
             assert doomed_status in (200, 404), doomed
-            slowest = max(slowest, took)
             names = {a["name"] for a in listed["apps"]}
             hosts = {(r["host"], r["app"]) for r in routes["routes"]}
-            seen = seen or (names == {"mapped"} and hosts == {("extra.localhost", "mapped")} and
-                            doomed_status == 404)
-        assert slowest < 1.0, f"an answer took {slowest:.2f} s while the server was paused"
-        assert seen, "the queued route and deletion were not read back while the server was paused"
-        assert answers == {}, f"answered before their writes were made: {answers}"
+            return (names == {"mapped"} and hosts == {("extra.localhost", "mapped")} and
+                    doomed_status == 404)
+
+        answers, calls = writes_while_paused(
+            p, pids, [("map", "POST", "/v1/routes", {"app": "mapped", "host": "extra.localhost"}),
+                      ("delete", "DELETE", "/v1/apps/doomed"),
+                      ("unmap", "DELETE", "/v1/routes?app=mapped&host=mapped.localhost")],
+            seen_in)
         assert queued_writes(p) >= 3
 
         resume(pids)
