@@ -1405,6 +1405,19 @@ static void invoker_mappings_sync(struct invoker *inv)
     json_decref(docs);
 }
 
+bool invoker_mapping_catch_up(struct invoker *inv, const char *id)
+{
+    if (!inv || inv->stopping || store_feed_fd(inv->store) < 0 ||
+        !rate_take(&inv->catch_up_rate, time_mono_ms(), 50, 20))
+        return false;
+    char *text = NULL;
+    if (store_doc_get_fresh(inv->store, MAPPING_DOC_KIND, id, &text) < 0)
+        return false; /* not there either (or the store did not answer) */
+    free(text);
+    invoker_mappings_sync(inv); /* the read dropped the store's copy that lacked it */
+    return invoker_mapping_find(inv, id) != NULL;
+}
+
 static void invoker_on_sync_timer(uv_timer_t *h)
 {
     invoker_mappings_sync(h->data);

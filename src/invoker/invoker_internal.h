@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "common/buf.h"
+#include "common/util.h"
 #include "fabric/cloudevents.h"
 #include "fabric/fabric.h"
 #include "http/client.h"
@@ -145,6 +146,7 @@ struct invoker {
     struct inv_mapping *mappings;
     uint64_t doc_news; /* store_doc_news_kind when the mappings were last read from the store */
     uint64_t mapping_reads; /* reads of all the mappings from the store (invoker_mappings_sync) */
+    struct rate_limit catch_up_rate; /* of database reads for ids not held (catch-up) */
     uv_timer_t sync_timer; /* reads them again soon after another skiffd's news */
     struct inv_target *targets;
     struct inv_instance *draining; /* instances gone with calls still in flight */
@@ -160,6 +162,11 @@ struct invoker {
 
 /* invoker.c */
 struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
+/* An id this skiffd does not hold, which another skiffd on the store may have made a moment
+ * ago (its change feed's news not here yet): read from the database, at most 50 times a second
+ * after a burst of 20, and when it is there the mappings are read again now. Whether it is
+ * held afterwards. */
+bool invoker_mapping_catch_up(struct invoker *inv, const char *id);
 /* Creates and starts a mapping from a validated spec (takes it over). -ENOENT: no such app. */
 int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
                         size_t errsize);

@@ -119,6 +119,8 @@ static struct inv_mapping *routes_mapping_or_404(struct invoker *inv, struct api
 {
     const char *id = api_request_param(req, 0);
     struct inv_mapping *m = id ? invoker_mapping_find(inv, id) : NULL;
+    if (!m && id && invoker_mapping_catch_up(inv, id))
+        m = invoker_mapping_find(inv, id);
     /* another space's mapping is not there */
     if (m && !routes_mapping_in_space(m, routes_space(req)))
         m = NULL;

@@ -271,3 +271,28 @@ def test_one_explicit_mapping_id_made_through_two_skiffds_at_once_is_made_once(s
                 status, m = p.api("GET", "/v1/event-mappings/%s" % mapping_id)
                 return status == 200 and m.get("reply_topic") == "from-" + made[0]
             wait_for(winners, SYNC_BOUND_S, "the winner's mapping listed")
+
+
+def test_a_mapping_made_through_one_skiffd_is_found_through_the_other_at_once(shared_pair,
+                                                                              pg_dir):  # noqa: F811
+    """A mapping made through the follower a moment ago, whose change-feed news has not reached
+    the leader (here: made with the feed's triggers off, so none ever comes), is read from the
+    database when the leader is asked for it by id, and from then on delivered there."""
+    a, b = shared_pair
+    psql(pg_dir, "ALTER TABLE documents DISABLE TRIGGER USER")
+    try:
+        made = map_event(b, ("app", "echo"), ("topic", "quiet"), ("reply_topic", "quiet-done"))
+    finally:
+        psql(pg_dir, "ALTER TABLE documents ENABLE TRIGGER USER")
+    status, body = a.api("GET", "/v1/event-mappings/%s" % made)
+    assert status == 200, body
+    assert body["topic"] == "quiet", body
+    assert made in mapping_ids(a)
+    # an id no skiffd made is still a 404, through either
+    for p in (a, b):
+        status, body = p.api("GET", "/v1/event-mappings/%s" % ("0" * 32))
+        assert status == 404, body
+    status, body = publish(b, "quiet", {"n": 1})
+    assert status == 202, body
+    wait_for(lambda: len(replies_by_id(b, "quiet-done")) == 1, 60,
+             "the event delivered by the leader for the mapping it read")
