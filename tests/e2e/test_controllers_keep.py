@@ -44,6 +44,20 @@ def keeper(pg_dir, nats, zone, lost_ms=5000):
                                "SKIFF_PORT_MIN": str(low), "SKIFF_PORT_MAX": str(high)})
 
 
+def leader_and_follower(made, pg_dir, nats, lost_ms=5000):
+    """Two keepers started in turn (recorded in made): a leads, b follows; both have sent
+    their heartbeats."""
+    a = keeper(pg_dir, nats, "zone-a", lost_ms=lost_ms)
+    made.append(a)
+    a.start()
+    wait_for(lambda: leading(a), 15, "the first skiffd to lead")
+    b = keeper(pg_dir, nats, "zone-b")
+    made.append(b)
+    b.start()
+    wait_for(lambda: len(cells(a)["cells"]) == 2, 15, "both skiffds' heartbeats")
+    return a, b
+
+
 def deploy(p, name, instances):
     deploy_bits(p, name, [("Procfile", b"web: python3 app.py\n"), ("app.py", WEB_APP)],
                 {"instances": instances})
@@ -128,14 +142,7 @@ def test_a_follower_restarted_with_sigterm_keeps_what_it_runs_and_the_leader_sta
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
         # the leader's lost-cell window is wide enough for a restart under the sanitizers
-        a = keeper(pg_dir, nats, "zone-a", lost_ms=30000)
-        made.append(a)
-        a.start()
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        b = keeper(pg_dir, nats, "zone-b")
-        made.append(b)
-        b.start()
-        wait_for(lambda: len(cells(a)["cells"]) == 2, 15, "both skiffds' heartbeats")
+        a, b = leader_and_follower(made, pg_dir, nats, lost_ms=30000)
         b_id = this_cell(b)
         deploy(a, "keep", 2)
         wait_for(lambda: len(running(a, "keep")) == 2 and
@@ -206,14 +213,7 @@ def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
 def test_a_leader_that_loses_its_session_hands_its_instances_to_the_next_leader(
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
-        a = keeper(pg_dir, nats, "zone-a")
-        made.append(a)
-        a.start()
-        wait_for(lambda: leading(a), 15, "the first skiffd to lead")
-        b = keeper(pg_dir, nats, "zone-b")
-        made.append(b)
-        b.start()
-        wait_for(lambda: len(cells(a)["cells"]) == 2, 15, "both skiffds' heartbeats")
+        a, b = leader_and_follower(made, pg_dir, nats)
         a_id, b_id = this_cell(a), this_cell(b)
         deploy(a, "moved", 2)
         wait_for(lambda: {i["cell"] for i in running(a, "moved")} == {a_id, b_id}, 60,
