@@ -179,7 +179,8 @@ run_h2load_once() {
     --warm-up-time=1 -N10 --log-file="$work/h2load.log" -H ":authority: $host" \
     "$scheme://$addr/$path" 2>&1) || true
   if ! grep -q " 0 failed, 0 errored" <<<"$out" || grep -q "status codes: [0-9]* 2xx.* [1-9][0-9]* [45]xx" <<<"$out"; then
-    echo "failures from $addr:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2
+    echo "failures from $addr:" >&2
+    grep -E "requests:|status codes:" <<<"$out" >&2 || tail -n 5 <<<"$out" >&2
   fi
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
   reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
