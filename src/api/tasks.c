@@ -122,11 +122,14 @@ static void tasks__respond(struct api_request *req, int status, const struct sto
 }
 
 /* A request's task writes, queued: answered once the last is made (202 with task, as its
- * writes leave it; 500 when the store refused one). req NULL: nobody waits (a task's end). */
+ * writes leave it; 500 when the store refused one, unless the task runs). req NULL: nobody
+ * waits (a task's end). */
 struct tasks_answer {
     struct api_request *req;
-    int pending; /* writes not finished, and 1 more until the last is queued */
-    int rc;      /* the first refusal */
+    int pending;  /* writes not finished, and 1 more until the last is queued */
+    int rc;       /* the first refusal */
+    bool running; /* the task was started: a refused write leaves its record behind, but an
+                     error would tell the client to run it again */
     struct store_task task;
 };
 
@@ -153,7 +156,7 @@ static void tasks__answer_done(struct tasks_answer *a, int rc)
         a->rc = rc;
     if (--a->pending > 0)
         return;
-    if (a->req && a->rc < 0)
+    if (a->req && a->rc < 0 && !a->running)
         api_respond_error(a->req, a->rc == -ECANCELED ? SKIFF_E_UNAVAILABLE : SKIFF_E_INTERNAL,
                           "cannot record the task in the store (see skiffd's output)");
     else if (a->req)
@@ -343,6 +346,7 @@ static void tasks__recorded(void *ctx, int rc)
                      skiff_strerror(started), app->name);
             tasks__set_state(core, t, TASK_FAILED, err, a);
         } else {
+            a->running = true;
             tasks__set_state(core, t, TASK_RUNNING, NULL, a);
         }
         logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Created task %lld (%s) of app %s",

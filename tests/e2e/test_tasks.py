@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import urllib.parse
 
 import pytest
@@ -108,6 +109,33 @@ def test_exit_status_env_and_logs(plat):
     assert serves(p)
     status, one = p.api("GET", f"/v1/apps/shop/tasks/{three}")
     assert status == 200 and one["name"] == "three", one
+
+
+def test_a_started_task_is_answered_202_when_its_running_state_cannot_be_recorded(plat):
+    """The task's record is written, it starts, and then the store refuses the write of its
+    RUNNING state (a trigger in skiff.db here; an unreachable database in a cluster): the
+    answer is still 202, since an error would have the client run it a second time. Its end
+    is recorded as usual."""
+    p = plat
+    db = sqlite3.connect(os.path.join(p.home, "skiff.db"))
+    db.execute("CREATE TRIGGER refuse_running BEFORE UPDATE ON tasks WHEN NEW.state = 'RUNNING'"
+               " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    db.commit()
+    try:
+        status, body = p.api("POST", "/v1/apps/shop/tasks", {"command": "echo ran once",
+                                                             "name": "unrecorded"})
+        assert status == 202, (status, body)
+        assert body["state"] == "RUNNING", body
+        wait_for(lambda: "cannot record task %s as RUNNING" % body["guid"] in p.output(), 30,
+                 "skiffd to log the refused write")
+    finally:
+        db.execute("DROP TRIGGER refuse_running")
+        db.commit()
+        db.close()
+    t = wait_ended(p, body["sequence_id"])
+    assert t["state"] == "SUCCEEDED", t
+    wait_for(lambda: "[APP/TASK/unrecorded/0] OUT ran once" in recent_logs(p), 30,
+             "the task's line in the app's logs")
 
 
 def test_terminate_task(plat):
