@@ -278,6 +278,7 @@ struct store_backend {
     size_t n_kinds;
     uint64_t kinds_heard; /* all of their news together */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
+    bool full_logged; /* the writer's queue is full, and a refusal was logged */
     char (*changed)[37];
     size_t n_changed;
     bool changed_all;
@@ -321,6 +322,9 @@ struct store_backend {
      * make their changes over what they read (or the cache holds) until each is finished. */
     struct store_write **pending;
     size_t n_pending;
+    /* those of them that packages' and droplets' reads look at (their adds, prunes, app
+     * deletions): none, and those reads skip the queue */
+    size_t n_pending_artifacts;
     /* The domains (names, shared, owners' org guids), read whole, kept while doms_gen stays
      * at doms_at: another writer's "domains" notification, "all", a lost feed and this
      * store's own domain writes move it. */
@@ -340,6 +344,8 @@ struct store_backend {
  * stopped. what names it in messages ("add of a route"). */
 typedef int pg_call_fn(struct store_backend *wb, void *arg);
 static int pg__call(struct store_backend *b, const char *what, pg_call_fn *fn, void *arg);
+/* As pg__call for a queued write w (taken); *refs (when not NULL) gets what it read. */
+static int pg__await_refs(struct store_backend *b, struct store_write *w, char ***refs);
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
  * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
@@ -1387,6 +1393,9 @@ static bool pg__is_pending_write(const struct store_write *w)
     case STORE_WRITE_ROUTE_UPDATE:
     case STORE_WRITE_TASK_PUT:
     case STORE_WRITE_TASK_DELETE:
+    case STORE_WRITE_PACKAGE_ADD:
+    case STORE_WRITE_DROPLET_ADD:
+    case STORE_WRITE_PRUNE:
         return true;
     default:
         return false;
@@ -1434,6 +1443,25 @@ static const struct store_app *pg__queued_app(const struct store_backend *b, con
     return NULL;
 }
 
+/* What a fresh read of ref gave (rc, app): a current copy then holds it (or loses the app). */
+static void pg__app_fresh_keep(struct store_backend *b, const char *ref, int rc,
+                               const struct store_app *app)
+{
+    if (rc < 0 && rc != -ENOENT)
+        return;
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON || !b->apps || b->apps_at != b->apps_gen)
+        return; /* no copy, or one read whole again at the next read */
+    if (rc == 0) {
+        pg__cache_put(b, app->guid, store_app_dup(app));
+    } else {
+        bool found;
+        size_t at = pg__guid_at(b, ref, &found);
+        if (found)
+            pg__cache_remove(b, at);
+    }
+}
+
 /* store_app_get_fresh: the database's row; a current copy then holds it (or loses the app). */
 static int pg__app_get_fresh_read(struct store_backend *b, const char *ref, struct store_app **out)
 {
@@ -1443,19 +1471,7 @@ static int pg__app_get_fresh_read(struct store_backend *b, const char *ref, stru
         return 0;
     }
     int rc = pg__app_get_query(b, ref, out);
-    if (rc < 0 && rc != -ENOENT)
-        return rc;
-    pg__feed_read(b);
-    if (b->feed_state != PG_FEED_ON || !b->apps || b->apps_at != b->apps_gen)
-        return rc; /* no copy, or one read whole again at the next read */
-    if (rc == 0) {
-        pg__cache_put(b, (*out)->guid, store_app_dup(*out));
-    } else {
-        bool found;
-        size_t at = pg__guid_at(b, ref, &found);
-        if (found)
-            pg__cache_remove(b, at);
-    }
+    pg__app_fresh_keep(b, ref, rc, rc == 0 ? *out : NULL);
     return rc;
 }
 
@@ -1983,6 +1999,87 @@ static int pg__domain_cert_delete(struct store_backend *b, const char *domain)
 
 /* ---- packages and droplets --------------------------------------------------------------- */
 
+/* Whether the write is one packages' and droplets' reads look at while it is queued. */
+static bool pg__is_artifact_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_PACKAGE_ADD || w->op == STORE_WRITE_DROPLET_ADD ||
+           w->op == STORE_WRITE_PRUNE || w->op == STORE_WRITE_APP_DELETE;
+}
+
+/* Whether a write queued at pending[from] or after deletes the package (droplet) guid of
+ * app_guid: a prune that does not keep it, or its app's deletion. */
+static bool pg__artifact_gone(const struct store_backend *b, size_t from, bool droplet,
+                              const char *guid, const char *app_guid)
+{
+    if (!b->n_pending_artifacts || !app_guid)
+        return false;
+    for (size_t i = from; i < b->n_pending; i++) {
+        const struct store_write *w = b->pending[i];
+        if (!w->id || strcmp(w->id, app_guid))
+            continue;
+        if (w->op == STORE_WRITE_APP_DELETE)
+            return true;
+        if (w->op != STORE_WRITE_PRUNE || (droplet && !w->json))
+            continue; /* a prune that leaves the droplets to revisions */
+        const char *keep = droplet ? w->json : w->kind;
+        if (!keep || strcmp(keep, guid))
+            return true;
+    }
+    return false;
+}
+
+/* The newest queued add of the package (droplet) guid in *add (NULL: none); -ENOENT when a
+ * write queued after it deletes it again. */
+static int pg__artifact_queued(const struct store_backend *b, bool droplet, const char *guid,
+                               const struct store_write **add)
+{
+    *add = NULL;
+    enum store_write_op op = droplet ? STORE_WRITE_DROPLET_ADD : STORE_WRITE_PACKAGE_ADD;
+    for (size_t i = b->n_pending_artifacts ? b->n_pending : 0; i-- > 0;) {
+        const struct store_write *w = b->pending[i];
+        if (w->op != op || strcmp(droplet ? w->drop.guid : w->pkg.guid, guid))
+            continue;
+        *add = w;
+        return pg__artifact_gone(b, i + 1, droplet, guid,
+                                 droplet ? w->drop.app_guid : w->pkg.app_guid)
+                   ? -ENOENT
+                   : 0;
+    }
+    return 0;
+}
+
+static struct store_package *pg__package_dup(const struct store_package *p)
+{
+    struct store_package *c = xcalloc(1, sizeof *c);
+    *c = *p;
+    c->app_guid = pg__dup(p->app_guid);
+    c->path = pg__dup(p->path);
+    c->digest = pg__dup(p->digest);
+    return c;
+}
+
+static int pg__package_get_query(struct store_backend *b, const char *guid,
+                                 struct store_package **out);
+
+/* A package queued is read at once; one a queued prune deletes is gone. */
+static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+{
+    const struct store_write *add = NULL;
+    int rc = pg__artifact_queued(b, false, guid, &add);
+    if (rc < 0 || add) {
+        if (add)
+            *out = pg__package_dup(&add->pkg);
+        return rc;
+    }
+    rc = pg__package_get_query(b, guid, out);
+    if (rc == 0 && pg__artifact_gone(b, 0, false, guid, (*out)->app_guid)) {
+        store_package_free(*out);
+        *out = NULL;
+        return -ENOENT;
+    }
+    return rc;
+}
+
 static int pg__package_add_now(struct store_backend *b, void *arg)
 {
     const struct store_package *pkg = arg;
@@ -2001,7 +2098,7 @@ static int pg__package_add_now(struct store_backend *b, void *arg)
 
 static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
 {
-    return pg__call(b, "add of a package", pg__package_add_now, (void *)pkg);
+    return pg__await(b, store_write_package(pkg, NULL, NULL));
 }
 
 /* Fills a fresh object from the one row of res. */
@@ -2035,7 +2132,8 @@ static void pg__package_fill(const PGresult *res, void *obj)
     p->digest = pg__text(res, 0, 5);
 }
 
-static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+static int pg__package_get_query(struct store_backend *b, const char *guid,
+                                 struct store_package **out)
 {
     void *p = NULL;
     int rc = pg__get_by_guid(b,
@@ -2067,20 +2165,13 @@ static int pg__droplet_add_now(struct store_backend *b, void *arg)
 
 static bool pg__drops_on(struct store_backend *b);
 static struct store_droplet *pg__droplet_dup(const struct store_droplet *d);
+static int pg__droplet_read(struct store_backend *b, const char *guid, struct store_droplet **out);
 
 /* A droplet written is cached as it is (never changed once written): the scheduler's first
  * converge turn on it then reads nothing from the server. */
 static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
 {
-    int rc = pg__call(b, "add of a droplet", pg__droplet_add_now, (void *)drop);
-    if (rc == 0 && pg__drops_on(b)) {
-        struct store_droplet *d = pg__droplet_dup(drop);
-        if (!d->process_types_json)
-            d->process_types_json = xstrdup("{}");
-        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
-        b->drops[b->n_drops++] = d;
-    }
-    return rc;
+    return pg__await(b, store_write_droplet(drop, NULL, NULL));
 }
 
 static void pg__droplet_fill(const PGresult *res, void *obj)
@@ -2167,6 +2258,24 @@ static void pg__drops_forget(struct store_backend *b, const char *app_guid, cons
  * droplet at every converge turn, which must not wait for the server each time. */
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
 {
+    const struct store_write *add = NULL;
+    int queued = pg__artifact_queued(b, true, guid, &add);
+    if (queued < 0 || add) {
+        if (add)
+            *out = pg__droplet_dup(&add->drop);
+        return queued;
+    }
+    int rc = pg__droplet_read(b, guid, out);
+    if (rc == 0 && pg__artifact_gone(b, 0, true, guid, (*out)->app_guid)) {
+        store_droplet_free(*out);
+        *out = NULL;
+        return -ENOENT;
+    }
+    return rc;
+}
+
+static int pg__droplet_read(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
     bool cache = pg__drops_on(b);
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
@@ -2220,20 +2329,16 @@ static int pg__prune(struct store_backend *b, bool droplets, const char *app_gui
     return 0;
 }
 
-struct pg_prune_args {
-    const char *app_guid, *keep_package, *keep_droplet;
-    char **paths;
-};
-
-static int pg__prune_now(struct store_backend *b, void *arg)
+/* w: STORE_WRITE_PRUNE (the app's guid in id, the package kept in kind, the droplet kept in
+ * json); the paths go to w->refs. */
+static int pg__prune_now(struct store_backend *b, struct store_write *w)
 {
-    struct pg_prune_args *a = arg;
-    store_strv_free(a->paths); /* a try before a lost connection */
-    a->paths = xcalloc(1, sizeof *a->paths);
+    store_strv_free(w->refs); /* a try before a lost connection */
+    w->refs = xcalloc(1, sizeof *w->refs);
     size_t n = 0;
-    int rc = pg__prune(b, false, a->app_guid, a->keep_package, &a->paths, &n);
-    if (rc == 0 && a->keep_droplet)
-        rc = pg__prune(b, true, a->app_guid, a->keep_droplet, &a->paths, &n);
+    int rc = pg__prune(b, false, w->id, w->kind, &w->refs, &n);
+    if (rc == 0 && w->json)
+        rc = pg__prune(b, true, w->id, w->json, &w->refs, &n);
     return rc;
 }
 
@@ -2241,12 +2346,10 @@ static int pg__app_prune_artifacts(struct store_backend *b, const char *app_guid
                                    const char *keep_package, const char *keep_droplet,
                                    char ***paths)
 {
-    struct pg_prune_args a = {
-        .app_guid = app_guid, .keep_package = keep_package, .keep_droplet = keep_droplet};
-    int rc = pg__call(b, "prune of an app's packages and droplets", pg__prune_now, &a);
-    if (keep_droplet) /* its other droplets are gone */
-        pg__drops_forget(b, app_guid, keep_droplet, NULL);
-    *paths = a.paths ? a.paths : xcalloc(1, sizeof **paths);
+    char **got = NULL;
+    struct store_write *w = store_write_prune(app_guid, keep_package, keep_droplet, NULL, NULL);
+    int rc = pg__await_refs(b, w, &got);
+    *paths = got ? got : xcalloc(1, sizeof **paths);
     return rc;
 }
 
@@ -2685,6 +2788,25 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__task_put_now(wb, &w->task);
     case STORE_WRITE_TASK_DELETE:
         return pg__task_delete_now(wb, w->id);
+    case STORE_WRITE_PACKAGE_ADD:
+        return pg__package_add_now(wb, &w->pkg);
+    case STORE_WRITE_DROPLET_ADD:
+        return pg__droplet_add_now(wb, &w->drop);
+    case STORE_WRITE_PRUNE:
+        return pg__prune_now(wb, w);
+    case STORE_READ_PACKAGE: {
+        struct store_package *p = NULL;
+        int rc = pg__package_get_query(wb, w->id, &p);
+        if (rc == 0) {
+            w->pkg = *p;
+            free(p);
+        }
+        return rc;
+    }
+    case STORE_READ_APP_FRESH:
+        store_app_free(w->app); /* a try before a lost connection */
+        w->app = NULL;
+        return pg__app_get_query(wb, w->id, &w->app);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
     }
@@ -3016,6 +3138,47 @@ static void pg__cache_queued(struct store_backend *b, const struct store_write *
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
+/* A droplet's add made puts it in the copy of droplets (never changed once written: the
+ * scheduler's first converge turn on it then reads nothing from the server); a prune takes the
+ * droplets it deleted out of it. */
+static void pg__artifact_finished(struct store_backend *b, const struct store_write *w)
+{
+    if (w->op == STORE_WRITE_DROPLET_ADD && w->rc == 0 && pg__drops_on(b)) {
+        struct store_droplet *d = pg__droplet_dup(&w->drop);
+        if (!d->process_types_json)
+            d->process_types_json = xstrdup("{}");
+        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+        b->drops[b->n_drops++] = d;
+    } else if (w->op == STORE_WRITE_PRUNE && w->json) {
+        pg__drops_forget(b, w->id, w->json, NULL);
+    }
+}
+
+/* A fresh read of an app as it finished: a write of the app queued meanwhile answers in its
+ * place (what it will be), a deletion queued makes it gone; else the copy keeps what was
+ * read, as store_app_get_fresh does. */
+static void pg__app_fresh_finished(struct store_backend *b, struct store_write *w)
+{
+    if (w->rc == 0 && strcmp(w->app->guid, w->id))
+        w->rc = -ENOENT; /* a name that happens to look like the guid asked for */
+    if (w->rc < 0) {
+        store_app_free(w->app);
+        w->app = NULL;
+    }
+    pg__app_fresh_keep(b, w->id, w->rc, w->app);
+    const struct store_app *queued = pg__queued_app(b, w->id);
+    if (queued && !strcmp(queued->guid, w->id)) {
+        store_app_free(w->app);
+        w->app = store_app_dup(queued);
+        w->rc = 0;
+    }
+    if (w->rc == 0 && pg__app_deleting(b, w->id)) {
+        store_app_free(w->app);
+        w->app = NULL;
+        w->rc = -ENOENT;
+    }
+}
+
 /* An app's deletion, a route's or a task's write as it finished: reads no longer make it over
  * what they read. Made, its change goes into the caches (the app leaves the copy, the routes
  * are changed in place: no read from the server); refused, what it touched is read again. */
@@ -3027,8 +3190,15 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
             b->n_pending--;
             break;
         }
+    if (pg__is_artifact_write(w))
+        b->n_pending_artifacts--;
     if (!w->finished)
         return;
+    if (w->op == STORE_WRITE_PACKAGE_ADD || w->op == STORE_WRITE_DROPLET_ADD ||
+        w->op == STORE_WRITE_PRUNE) {
+        pg__artifact_finished(b, w);
+        return;
+    }
     bool made = w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT);
     if (w->op != STORE_WRITE_ROUTE_ADD && w->op != STORE_WRITE_ROUTE_DELETE &&
         w->op != STORE_WRITE_ROUTE_UPDATE) {
@@ -3055,6 +3225,10 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_APP_FRESH) {
+        pg__app_fresh_finished(b, w);
+        return;
+    }
     if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w);
         return;
@@ -3070,10 +3244,42 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
+/* A read the queue answers without the server (a package queued; an app with a write queued,
+ * or queued for deletion): made now, true. Else false, and the server is asked. */
+static bool pg__answered_now(struct store_backend *b, struct store_write *w)
+{
+    if (w->op == STORE_READ_PACKAGE) {
+        const struct store_write *add = NULL;
+        w->rc = pg__artifact_queued(b, false, w->id, &add);
+        if (w->rc == 0 && add) {
+            struct store_package *p = pg__package_dup(&add->pkg);
+            w->pkg = *p;
+            free(p);
+        }
+        return w->rc < 0 || add;
+    }
+    if (w->op != STORE_READ_APP_FRESH)
+        return false;
+    const struct store_app *queued = pg__queued_app(b, w->id);
+    if (pg__app_deleting(b, w->id))
+        w->rc = -ENOENT;
+    else if (queued && !strcmp(queued->guid, w->id))
+        w->app = store_app_dup(queued);
+    else
+        return false;
+    return true;
+}
+
 static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
     struct store_app *copy = NULL;
+    if (!w->sync && pg__answered_now(b, w)) {
+        w->finished = true;
+        store_write_report(w);
+        store_write_free(w);
+        return 0;
+    }
     if (pg__is_app_write(w)) { /* before the writer's thread may see it */
         pg__app_as_stored(w->app);
         copy = pg__app_copy(w);
@@ -3083,15 +3289,24 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         w->route.protocol = pg__or(w->route.protocol, "http1");
     }
     pthread_mutex_lock(&pw->mu);
-    if (pw->stop) {
+    size_t queued = pw->queued;
+    if (pw->stop || queued >= store_queue_max) {
+        bool stopped = pw->stop;
         pthread_mutex_unlock(&pw->mu);
         store_app_free(copy);
         char what[256];
         store_write_name(w, what, sizeof what);
-        log_error("store: %s not written: the store's writer has stopped", what);
+        if (stopped)
+            log_error("store: %s not written: the store's writer has stopped", what);
+        else if (!b->full_logged)
+            log_error("store: %s refused: %zu writes wait for the database, which is not "
+                      "answering (at most %zu are queued; more are refused until it answers)",
+                      what, queued, store_queue_max);
+        b->full_logged = !stopped;
         store_write_free(w);
-        return -ECANCELED;
+        return stopped ? -ECANCELED : -EBUSY;
     }
+    b->full_logged = false;
     w->next = NULL;
     if (pw->tail)
         pw->tail->next = w;
@@ -3108,6 +3323,7 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     if (pg__is_pending_write(w)) {
         b->pending = xrealloc(b->pending, (b->n_pending + 1) * sizeof *b->pending);
         b->pending[b->n_pending++] = w;
+        b->n_pending_artifacts += pg__is_artifact_write(w);
     }
     return 0;
 }
@@ -3115,6 +3331,11 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
 /* A synchronous write: queued behind the others and awaited (w is taken). The write's rc,
  * or -ECANCELED when the writer exited first (the write then stays with its thread). */
 static int pg__await(struct store_backend *b, struct store_write *w)
+{
+    return pg__await_refs(b, w, NULL);
+}
+
+static int pg__await_refs(struct store_backend *b, struct store_write *w, char ***refs)
 {
     w->sync = true;
     int rc = pg__submit(b, w);
@@ -3129,6 +3350,10 @@ static int pg__await(struct store_backend *b, struct store_write *w)
     pthread_mutex_unlock(&pw->mu);
     if (finished) {
         pg__cache_finished(b, w);
+        if (refs && rc == 0) {
+            *refs = w->refs;
+            w->refs = NULL;
+        }
         store_write_free(w);
     } else if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w); /* no longer the owner's to read */
