@@ -311,6 +311,11 @@ struct store_backend {
     struct store_droplet **drops;
     size_t n_drops;
     uint64_t drops_gen, drops_at;
+    /* Packages added or read here (never changed once written either), kept the same way:
+     * staging reads the one an upload through this store just added without the server. */
+    struct store_package **pkgs;
+    size_t n_pkgs;
+    uint64_t pkgs_gen, pkgs_at;
     /* Apps with writes queued (the newest queued copy of each, and how many writes of it are
      * queued): reads answer from here first, so a queued write is seen at once. */
     struct pg_queued_app {
@@ -494,6 +499,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->routes_gen++;
     b->docs_gen++;
     b->drops_gen++;
+    b->pkgs_gen++;
     b->doms_gen++;
     b->tasks_gen++;
 }
@@ -665,6 +671,8 @@ static void pg__feed_read(struct store_backend *b)
                 b->docs_gen++;
             } else if (!strcmp(n->extra, "droplets")) {
                 b->drops_gen++;
+            } else if (!strcmp(n->extra, "packages")) {
+                b->pkgs_gen++;
             } else if (!strcmp(n->extra, "domains")) {
                 b->doms_gen++;
             } else if (!strcmp(n->extra, "tasks")) {
@@ -842,6 +850,7 @@ static int pg__writer_open(struct store_backend *b, const char *url, char *err, 
 
 static void pg__doc_cache_clear(struct store_backend *b);
 static void pg__drops_clear(struct store_backend *b);
+static void pg__pkgs_clear(struct store_backend *b);
 
 static void pg__close(struct store_backend *b)
 {
@@ -858,6 +867,7 @@ static void pg__close(struct store_backend *b)
     store_task_list_free(b->tasks, b->n_tasks);
     pg__doc_cache_clear(b);
     pg__drops_clear(b);
+    pg__pkgs_clear(b);
     store_app_list_free(b->apps, b->n_apps);
     free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
@@ -2061,17 +2071,81 @@ static struct store_package *pg__package_dup(const struct store_package *p)
 static int pg__package_get_query(struct store_backend *b, const char *guid,
                                  struct store_package **out);
 
-/* A package queued is read at once; one a queued prune deletes is gone. */
-static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+static void pg__pkgs_clear(struct store_backend *b)
+{
+    for (size_t i = 0; i < b->n_pkgs; i++)
+        store_package_free(b->pkgs[i]);
+    free(b->pkgs);
+    b->pkgs = NULL;
+    b->n_pkgs = 0;
+}
+
+/* As pg__drops_on, for the copy of packages. */
+static bool pg__pkgs_on(struct store_backend *b)
+{
+    pg__feed_read(b);
+    bool cache = b->feed_state == PG_FEED_ON;
+    if (!cache || b->pkgs_at != b->pkgs_gen) {
+        pg__pkgs_clear(b);
+        b->pkgs_at = b->pkgs_gen;
+    }
+    return cache;
+}
+
+static void pg__pkgs_keep(struct store_backend *b, const struct store_package *p)
+{
+    if (!pg__pkgs_on(b))
+        return;
+    b->pkgs = xrealloc(b->pkgs, (b->n_pkgs + 1) * sizeof *b->pkgs);
+    b->pkgs[b->n_pkgs++] = pg__package_dup(p);
+}
+
+/* This store deleted the packages of app_guid but keep (NULL: all of them). */
+static void pg__pkgs_forget(struct store_backend *b, const char *app_guid, const char *keep)
+{
+    for (size_t i = 0; i < b->n_pkgs;) {
+        struct store_package *p = b->pkgs[i];
+        if (!p->app_guid || strcmp(p->app_guid, app_guid) || (keep && !strcmp(p->guid, keep))) {
+            i++;
+            continue;
+        }
+        store_package_free(p);
+        b->pkgs[i] = b->pkgs[--b->n_pkgs];
+    }
+}
+
+/* What is known of the package guid without the server: 1 and *out a package queued or in
+ * the copy, -ENOENT one a write queued deletes, 0 nothing. */
+static int pg__package_known(struct store_backend *b, const char *guid, struct store_package **out)
 {
     const struct store_write *add = NULL;
     int rc = pg__artifact_queued(b, false, guid, &add);
     if (rc < 0 || add) {
         if (add)
             *out = pg__package_dup(&add->pkg);
-        return rc;
+        return rc < 0 ? rc : 1;
     }
+    bool cache = pg__pkgs_on(b);
+    for (size_t i = 0; cache && i < b->n_pkgs; i++)
+        if (!strcmp(b->pkgs[i]->guid, guid)) {
+            if (pg__artifact_gone(b, 0, false, guid, b->pkgs[i]->app_guid))
+                return -ENOENT;
+            *out = pg__package_dup(b->pkgs[i]);
+            return 1;
+        }
+    return 0;
+}
+
+/* A package queued is read at once; one a queued prune deletes is gone; then the copy of
+ * packages, then the server. */
+static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+{
+    int rc = pg__package_known(b, guid, out);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
     rc = pg__package_get_query(b, guid, out);
+    if (rc == 0)
+        pg__pkgs_keep(b, *out);
     if (rc == 0 && pg__artifact_gone(b, 0, false, guid, (*out)->app_guid)) {
         store_package_free(*out);
         *out = NULL;
@@ -3149,8 +3223,12 @@ static void pg__artifact_finished(struct store_backend *b, const struct store_wr
             d->process_types_json = xstrdup("{}");
         b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
         b->drops[b->n_drops++] = d;
-    } else if (w->op == STORE_WRITE_PRUNE && w->json) {
-        pg__drops_forget(b, w->id, w->json, NULL);
+    } else if (w->op == STORE_WRITE_PACKAGE_ADD && w->rc == 0) {
+        pg__pkgs_keep(b, &w->pkg);
+    } else if (w->op == STORE_WRITE_PRUNE) {
+        pg__pkgs_forget(b, w->id, w->kind);
+        if (w->json)
+            pg__drops_forget(b, w->id, w->json, NULL);
     }
 }
 
@@ -3215,6 +3293,7 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         else
             pg__stale_app(b, w->id);
         pg__drops_forget(b, w->id, NULL, NULL); /* its droplets went with it */
+        pg__pkgs_forget(b, w->id, NULL);
     }
     if (made && b->routes && b->routes_at == b->routes_gen)
         pg__routes_apply(&b->routes, &b->n_routes, w);
@@ -3249,14 +3328,14 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 static bool pg__answered_now(struct store_backend *b, struct store_write *w)
 {
     if (w->op == STORE_READ_PACKAGE) {
-        const struct store_write *add = NULL;
-        w->rc = pg__artifact_queued(b, false, w->id, &add);
-        if (w->rc == 0 && add) {
-            struct store_package *p = pg__package_dup(&add->pkg);
+        struct store_package *p = NULL;
+        int known = pg__package_known(b, w->id, &p);
+        if (p) {
             w->pkg = *p;
             free(p);
         }
-        return w->rc < 0 || add;
+        w->rc = known < 0 ? known : 0;
+        return known != 0;
     }
     if (w->op != STORE_READ_APP_FRESH)
         return false;
