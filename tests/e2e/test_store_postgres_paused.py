@@ -273,3 +273,51 @@ def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_do
     finally:
         resume(pids)
         p.close()
+
+
+def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_dir):
+    """A pushed app staged again while the server is stopped: the package its push uploaded
+    through this skiffd is read from memory, so the buildpack runs and its lines reach the
+    app's log meanwhile; the stage's answer waits for its writes (the droplet's blob, row and
+    the app's record of it, queued off the event loop), the other API calls are answered
+    meanwhile, and the stage ends with its droplet recorded once the server answers."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        r = p.cli("push", "site", "-p", "examples/static", "--no-route", "--no-start")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        before = db_rows(url, "SELECT droplet_guid FROM apps WHERE name = 'site'")
+        assert len(before) == 1, before
+
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, app = get("/v1/apps/site")
+            assert status == 200, app
+            status, log = get("/v1/apps/site/logs")
+            assert status == 200, log
+            # the stage began and its buildpack ran, though the server does not answer
+            return "Restaging app site" in log and "Serving" in log.split("Restaging")[-1]
+
+        answers, calls = writes_while_paused(
+            p, pids, [("stage", "POST", "/v1/apps/site/restage")], seen_in)
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        (status, text), _ = answers["stage"]
+        assert status == 200, text
+        last = json.loads(text.strip().splitlines()[-1])
+        assert last["done"] and last["ok"], text
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT droplet_guid FROM apps WHERE name = 'site'") == \
+            [last["droplet"]]
+        assert last["droplet"] in db_rows(url, "SELECT guid FROM droplets"), text
+        assert before != [last["droplet"]]
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
