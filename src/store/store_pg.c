@@ -330,6 +330,21 @@ struct store_backend {
     /* those of them that packages' and droplets' reads look at (their adds, prunes, app
      * deletions): none, and those reads skip the queue */
     size_t n_pending_artifacts;
+    /* and those that routes' reads (route writes, app deletions), tasks' reads (task writes,
+     * app deletions) and apps' reads (app deletions) look at */
+    size_t n_pending_routes, n_pending_tasks, n_pending_deletes;
+    /* All routes and all tasks as the queued writes leave them (the copy with the pending
+     * writes made over it), kept while valid: a queued write is made over them as it is
+     * queued, so a read copies them rather than making every queued write again. Valid
+     * while *view_ok and the copy is the one they were made from (*view_at). */
+    struct store_route *rview;
+    size_t n_rview;
+    bool rview_ok;
+    uint64_t rview_at;
+    struct store_task *tview;
+    size_t n_tview;
+    bool tview_ok;
+    uint64_t tview_at;
     /* The domains (names, shared, owners' org guids), read whole, kept while doms_gen stays
      * at doms_at: another writer's "domains" notification, "all", a lost feed and this
      * store's own domain writes move it. */
@@ -865,6 +880,8 @@ static void pg__close(struct store_backend *b)
     store_strv_free(b->dom_orgs);
     free(b->dom_shared);
     store_task_list_free(b->tasks, b->n_tasks);
+    store_task_list_free(b->tview, b->n_tview);
+    store_route_list_free(b->rview, b->n_rview);
     pg__doc_cache_clear(b);
     pg__drops_clear(b);
     pg__pkgs_clear(b);
@@ -1415,6 +1432,8 @@ static bool pg__is_pending_write(const struct store_write *w)
 /* Whether a deletion of the app is queued: reads no longer find it. */
 static bool pg__app_deleting(const struct store_backend *b, const char *guid)
 {
+    if (!b->n_pending_deletes)
+        return false;
     for (size_t i = 0; i < b->n_pending; i++)
         if (b->pending[i]->op == STORE_WRITE_APP_DELETE && !strcmp(b->pending[i]->id, guid))
             return true;
@@ -1825,6 +1844,29 @@ static bool pg__is_route_write(const struct store_write *w)
            w->op == STORE_WRITE_ROUTE_DELETE || w->op == STORE_WRITE_ROUTE_UPDATE;
 }
 
+/* Whether the routes as queued writes leave them (rview) are those of the current copy. */
+static bool pg__rview_valid(const struct store_backend *b)
+{
+    return b->rview_ok && b->routes && b->routes_at == b->routes_gen && b->rview_at == b->routes_at;
+}
+
+/* Makes them again: the copy, with every pending route write made over it. */
+static void pg__rview_build(struct store_backend *b)
+{
+    store_route_list_free(b->rview, b->n_rview);
+    struct store_route *v = xcalloc(b->n_routes + 1, sizeof *v);
+    for (size_t i = 0; i < b->n_routes; i++)
+        pg__route_copy(&v[i], &b->routes[i]);
+    size_t n = b->n_routes;
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (pg__is_route_write(b->pending[i]))
+            pg__routes_apply(&v, &n, b->pending[i]);
+    b->rview = v;
+    b->n_rview = n;
+    b->rview_ok = true;
+    b->rview_at = b->routes_at;
+}
+
 /* The cache is in host then path order, as each app's routes are. The queued route writes
  * (and app deletions) are made over all routes, then those of app_guid kept: whether an add
  * will be refused depends on every app's routes. */
@@ -1834,9 +1876,19 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
     int rc = pg__routes_cached(b);
     if (rc < 0)
         return rc;
-    bool queued = false;
-    for (size_t i = 0; i < b->n_pending && !queued; i++)
-        queued = pg__is_route_write(b->pending[i]);
+    bool queued = b->n_pending_routes > 0;
+    if (rc == 0 && queued) { /* the routes as queued writes leave them, made once */
+        if (!pg__rview_valid(b))
+            pg__rview_build(b);
+        struct store_route *routes = xcalloc(b->n_rview + 1, sizeof *routes);
+        size_t count = 0;
+        for (size_t i = 0; i < b->n_rview; i++)
+            if (!app_guid || !strcmp(b->rview[i].app_guid, app_guid))
+                pg__route_copy(&routes[count++], &b->rview[i]);
+        *out = routes;
+        *n = count;
+        return 0;
+    }
     const char *only = queued ? NULL : app_guid; /* filtered below when queued */
     struct store_route *routes = NULL;
     size_t count = 0;
@@ -2681,16 +2733,55 @@ static int pg__tasks_read(struct store_backend *b, const char *app_guid, struct 
     return 0;
 }
 
+static bool pg__is_task_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_APP_DELETE || w->op == STORE_WRITE_TASK_PUT ||
+           w->op == STORE_WRITE_TASK_DELETE;
+}
+
+/* As pg__rview_valid, for the tasks. */
+static bool pg__tview_valid(const struct store_backend *b)
+{
+    return b->tview_ok && b->tasks && b->tasks_at == b->tasks_gen && b->tview_at == b->tasks_at;
+}
+
+static void pg__tview_build(struct store_backend *b)
+{
+    store_task_list_free(b->tview, b->n_tview);
+    struct store_task *v = xcalloc(b->n_tasks + 1, sizeof *v);
+    for (size_t i = 0; i < b->n_tasks; i++)
+        pg__task_copy(&v[i], &b->tasks[i]);
+    size_t n = b->n_tasks;
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (pg__is_task_write(b->pending[i]))
+            pg__tasks_apply(&v, &n, b->pending[i], NULL);
+    b->tview = v;
+    b->n_tview = n;
+    b->tview_ok = true;
+    b->tview_at = b->tasks_at;
+}
+
 static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
                          size_t *n)
 {
     int rc = pg__tasks_read(b, app_guid, out, n);
-    for (size_t i = 0; rc == 0 && i < b->n_pending; i++) {
-        enum store_write_op op = b->pending[i]->op;
-        if (op == STORE_WRITE_APP_DELETE || op == STORE_WRITE_TASK_PUT ||
-            op == STORE_WRITE_TASK_DELETE)
-            pg__tasks_apply(out, n, b->pending[i], app_guid);
+    if (rc == 0 && b->n_pending_tasks && b->feed_state == PG_FEED_ON && b->tasks &&
+        b->tasks_at == b->tasks_gen) { /* the tasks as queued writes leave them, made once */
+        store_task_list_free(*out, *n);
+        if (!pg__tview_valid(b))
+            pg__tview_build(b);
+        struct store_task *list = xcalloc(b->n_tview + 1, sizeof *list);
+        size_t count = 0;
+        for (size_t i = 0; i < b->n_tview; i++)
+            if (!app_guid || !strcmp(b->tview[i].app_guid, app_guid))
+                pg__task_copy(&list[count++], &b->tview[i]);
+        *out = list;
+        *n = count;
+        return 0;
     }
+    for (size_t i = 0; rc == 0 && b->n_pending_tasks && i < b->n_pending; i++)
+        if (pg__is_task_write(b->pending[i]))
+            pg__tasks_apply(out, n, b->pending[i], app_guid);
     return rc;
 }
 
@@ -3262,14 +3353,31 @@ static void pg__app_fresh_finished(struct store_backend *b, struct store_write *
  * are changed in place: no read from the server); refused, what it touched is read again. */
 static void pg__pending_finished(struct store_backend *b, struct store_write *w)
 {
-    for (size_t i = 0; i < b->n_pending; i++)
+    /* the views of routes and tasks hold w made; they stay right when the copy takes it as
+     * made too, in the queue's order (the oldest pending write of its kind) */
+    bool route = pg__is_route_write(w), task = pg__is_task_write(w);
+    bool first_route = route, first_task = task;
+    for (size_t i = 0; i < b->n_pending; i++) {
         if (b->pending[i] == w) {
             memmove(&b->pending[i], &b->pending[i + 1], (b->n_pending - i - 1) * sizeof w);
             b->n_pending--;
             break;
         }
-    if (pg__is_artifact_write(w))
-        b->n_pending_artifacts--;
+        first_route = first_route && !pg__is_route_write(b->pending[i]);
+        first_task = first_task && !pg__is_task_write(b->pending[i]);
+    }
+    b->n_pending_artifacts -= pg__is_artifact_write(w);
+    b->n_pending_deletes -= w->op == STORE_WRITE_APP_DELETE;
+    b->n_pending_routes -= route;
+    b->n_pending_tasks -= task;
+    bool made =
+        w->finished && (w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT));
+    bool tasks_took = task && made && b->tasks && b->tasks_at == b->tasks_gen;
+    bool routes_took = route && made && b->routes && b->routes_at == b->routes_gen;
+    if (task && !(tasks_took && first_task))
+        b->tview_ok = false;
+    if (route && !(routes_took && first_route))
+        b->rview_ok = false;
     if (!w->finished)
         return;
     if (w->op == STORE_WRITE_PACKAGE_ADD || w->op == STORE_WRITE_DROPLET_ADD ||
@@ -3277,10 +3385,8 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         pg__artifact_finished(b, w);
         return;
     }
-    bool made = w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT);
-    if (w->op != STORE_WRITE_ROUTE_ADD && w->op != STORE_WRITE_ROUTE_DELETE &&
-        w->op != STORE_WRITE_ROUTE_UPDATE) {
-        if (made && b->tasks && b->tasks_at == b->tasks_gen)
+    if (task) {
+        if (tasks_took)
             pg__tasks_apply(&b->tasks, &b->n_tasks, w, NULL);
         else
             b->tasks_gen++;
@@ -3295,7 +3401,7 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         pg__drops_forget(b, w->id, NULL, NULL); /* its droplets went with it */
         pg__pkgs_forget(b, w->id, NULL);
     }
-    if (made && b->routes && b->routes_at == b->routes_gen)
+    if (routes_took)
         pg__routes_apply(&b->routes, &b->n_routes, w);
     else
         b->routes_gen++;
@@ -3403,6 +3509,21 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         b->pending = xrealloc(b->pending, (b->n_pending + 1) * sizeof *b->pending);
         b->pending[b->n_pending++] = w;
         b->n_pending_artifacts += pg__is_artifact_write(w);
+        b->n_pending_deletes += w->op == STORE_WRITE_APP_DELETE;
+        if (pg__is_route_write(w)) { /* made over the routes as queued, once */
+            b->n_pending_routes++;
+            if (pg__rview_valid(b))
+                pg__routes_apply(&b->rview, &b->n_rview, w);
+            else
+                b->rview_ok = false;
+        }
+        if (pg__is_task_write(w)) {
+            b->n_pending_tasks++;
+            if (pg__tview_valid(b))
+                pg__tasks_apply(&b->tview, &b->n_tview, w, NULL);
+            else
+                b->tview_ok = false;
+        }
     }
     return 0;
 }

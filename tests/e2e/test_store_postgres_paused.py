@@ -293,8 +293,9 @@ def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_
         pids = postgres_server_pids(pg_dir)
 
         def seen_in(get):
-            status, app = get("/v1/apps/site")
-            assert status == 200, app
+            status, listed = get("/v1/apps")
+            assert status == 200, listed
+            assert "site" in [a["name"] for a in listed["apps"]], listed
             status, log = get("/v1/apps/site/logs")
             assert status == 200, log
             # the stage began and its buildpack ran, though the server does not answer
