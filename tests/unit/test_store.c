@@ -3024,6 +3024,77 @@ static void test_writes_past_the_queue_bound_are_refused_at_once(void **state)
     remove_db(path);
 }
 
+/* Reads of routes and tasks between queued writes show each one made as it is queued (the
+ * routes and tasks as the queue leaves them are kept and each write made over them once): an
+ * add, an update, a delete, an add of a host taken (not shown: the server refuses it), a
+ * task's put and delete; once made, the same, and so does another store. */
+static void test_route_and_task_reads_follow_each_queued_write(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *shop = sample_app("shop"), *cart = sample_app("cart");
+    assert_int_equal(store_app_create(st, shop), 0);
+    assert_int_equal(store_app_create(st, cart), 0);
+    struct store_route r = route_of("a.localhost", shop->guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_task t1 = task_of(shop->guid, 1), t2 = task_of(shop->guid, 2);
+    assert_int_equal(store_task_put(st, &t1), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    char text[512];
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:round-robin:0");
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    r = route_of("b.localhost", cart->guid);
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 1)), 0);
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:round-robin:0,b.localhost:cart:round-robin:0");
+    assert_int_equal(store_route_update_async(st, "a.localhost", "", "least-connection", NULL, -1,
+                                              note_done, done_tag(&log, 2)),
+                     0);
+    routes_text(st, shop->guid, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:least-connection:0");
+    r = route_of("b.localhost", shop->guid); /* taken by cart: refused */
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 3)), 0);
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:least-connection:0,b.localhost:cart:round-robin:0");
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:PENDING");
+    assert_int_equal(store_task_put_async(st, &t2, note_done, done_tag(&log, 4)), 0);
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:PENDING,shop-2:PENDING");
+    assert_int_equal(store_route_delete_async(st, "b.localhost", "", note_done, done_tag(&log, 5)),
+                     0);
+    assert_int_equal(store_task_delete_async(st, t1.guid, note_done, done_tag(&log, 6)), 0);
+    for (int pass = 0; pass < 3; pass++) {
+        routes_text(st, NULL, shop, cart, text, sizeof text);
+        assert_string_equal(text, "a.localhost:shop:least-connection:0");
+        routes_text(st, cart->guid, shop, cart, text, sizeof text);
+        assert_string_equal(text, "");
+        tasks_text(st, shop, text, sizeof text);
+        assert_string_equal(text, "shop-2:PENDING");
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, &log, 7);
+            for (int i = 0; i < 7; i++) {
+                assert_int_equal(log.order[i], i);
+                assert_int_equal(log.rc[i], i == 3 ? -EEXIST : 0);
+            }
+        } else if (pass == 1) {
+            store_close(st);
+            st = open_ok(path);
+        }
+    }
+    store_close(st);
+    store_app_free(shop);
+    store_app_free(cart);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -3075,7 +3146,8 @@ static void test_writes_past_the_queue_bound_are_refused_at_once(void **state)
         cmocka_unit_test(                                                                          \
             test_queued_package_droplet_and_prune_writes_land_in_order_and_are_read_at_once),      \
         cmocka_unit_test(test_queued_reads_of_packages_and_apps_answer_in_turn),                   \
-        cmocka_unit_test(test_writes_past_the_queue_bound_are_refused_at_once)
+        cmocka_unit_test(test_writes_past_the_queue_bound_are_refused_at_once),                    \
+        cmocka_unit_test(test_route_and_task_reads_follow_each_queued_write)
 
 int main(void)
 {
