@@ -36,6 +36,7 @@ struct api_core_staging {
     char **buildpacks;
     char **env;
     bool recreate; /* ?strategy=recreate: stop every instance, then start on the new droplet */
+    bool restage;
     /* a staging that succeeded, while its droplet is put into the blob store: its result */
     char *buildpack, *process_types_json;
     char *image_blobs;      /* an image's config and layers put as blobs, space-separated */
@@ -43,9 +44,22 @@ struct api_core_staging {
     const char *image_kind; /* a static string: the package is an image's (NULL: code) */
     char *cache_dir;
     int disk_mb;
-    bool cancelled; /* while its package is fetched */
+    bool cancelled;             /* while its package is read or fetched */
+    bool fresh_tried;           /* the app was read from the database for its package */
+    struct store_app *app;      /* while its package is read */
+    struct store_app *recorded; /* the app as the droplet's record changed it */
     struct api_core_staging *next;
 };
+
+/* Why the store failed a write or read (rc): a full queue says how full, in the store's
+ * words; anything else its errno's. */
+static void staging__store_why(struct api_core *core, int rc, char *buf, size_t size)
+{
+    if (rc == -EBUSY)
+        store_busy_message(core->cfg.store, buf, size);
+    else
+        snprintf(buf, size, "%s", skiff_strerror(rc));
+}
 
 static void staging__unlink(struct api_core *core, struct api_core_staging *s)
 {
@@ -350,24 +364,18 @@ static int staging__image_start(struct api_core_staging *s, const char *kind, co
     return rc;
 }
 
-struct staging_record {
-    struct api_core_staging *s;
-    const struct stage_result *res;
-};
-
-/* The droplet, its buildpack and the process types it declares, on the app's row: a function
- * of the row, made again on the new row when another writer came first (store_app_modify). */
+/* The droplet, its buildpack and the process types it declares (s's result), on the app's
+ * row: a function of the row, made again on the new row when another writer came first
+ * (store_app_modify_async). The app as changed is kept in s->recorded. */
 static int staging__record_change(void *ctx, struct store_app *app)
 {
-    struct staging_record *rec = ctx;
-    struct api_core_staging *s = rec->s;
-    const struct stage_result *res = rec->res;
+    struct api_core_staging *s = ctx;
     free(app->droplet_guid);
     app->droplet_guid = xstrdup(s->droplet_guid);
     free(app->detected_buildpack);
-    app->detected_buildpack = res->buildpack ? xstrdup(res->buildpack) : NULL;
+    app->detected_buildpack = s->buildpack ? xstrdup(s->buildpack) : NULL;
     /* process types the droplet declares become processes (web exists already) */
-    json_t *types = res->process_types_json ? json_loads(res->process_types_json, 0, NULL) : NULL;
+    json_t *types = s->process_types_json ? json_loads(s->process_types_json, 0, NULL) : NULL;
     const char *type;
     json_t *cmd;
     json_object_foreach(types, type, cmd)
@@ -384,75 +392,121 @@ static int staging__record_change(void *ctx, struct store_app *app)
     }
     json_decref(types);
     app->updated_at = time_now_ms();
-    return 0;
-}
-
-/* The uploaded package on the app's row (store_app_modify, as above). */
-static int staging__set_package(void *ctx, struct store_app *app)
-{
-    free(app->package_guid);
-    app->package_guid = xstrdup(ctx);
-    app->updated_at = time_now_ms();
+    store_app_free(s->recorded);
+    s->recorded = store_app_dup(app);
     return 0;
 }
 
 /* ---- bits ---------------------------------------------------------------------------------- */
 
-/* An upload kept under its package's path, while its blob is put. */
+/* An upload kept under its package's path, while its blob is put and its rows written. */
 struct staging_bits {
     struct api_core *core;
     struct api_request *req;
     struct store_package pkg; /* app_guid and path are this struct's */
+    char *droplet_guid;       /* the app's, as the package's record found it */
 };
 
-/* Records the package (its digest: the blob's, NULL when it could not be put) on the app,
- * prunes older ones and answers the upload. */
-static void staging__bits_put(void *ctx, int put_rc, const char *digest)
+static void staging__bits_free(struct staging_bits *bits)
+{
+    free(bits->pkg.app_guid);
+    free(bits->pkg.path);
+    free(bits->pkg.digest);
+    free(bits->droplet_guid);
+    free(bits);
+}
+
+/* The uploaded package on the app's row (store_app_modify_async, as above). */
+static int staging__set_package(void *ctx, struct store_app *app)
+{
+    struct staging_bits *bits = ctx;
+    free(app->package_guid);
+    app->package_guid = xstrdup(bits->pkg.guid);
+    app->updated_at = time_now_ms();
+    free(bits->droplet_guid);
+    bits->droplet_guid = app->droplet_guid ? xstrdup(app->droplet_guid) : NULL;
+    return 0;
+}
+
+/* The older packages gone (and their files): the upload is answered. */
+static void staging__bits_pruned(void *ctx, int rc, char **old)
 {
     struct staging_bits *bits = ctx;
     struct api_core *core = bits->core;
-    struct api_request *req = bits->req;
     struct store_package *pkg = &bits->pkg;
-    struct store_app *app = NULL;
-    char **old = NULL;
+    if (rc < 0)
+        log_warning("the older packages of app %s were not pruned (%s): the next upload does",
+                    pkg->app_guid, skiff_strerror(rc));
+    for (char **p = old; p && *p; p++)
+        api_core__artifact_remove(core, pkg->app_guid, *p);
+    store_strv_free(old);
+    api_core__blobs_gc_soon(core); /* their blobs, when nothing else names them */
+    logs_appendf(core->cfg.logs, pkg->app_guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
+                 (unsigned long long)pkg->bytes);
+    json_t *body = json_pack("{s:s,s:I}", "package", pkg->guid, "bytes", (json_int_t)pkg->bytes);
+    if (pkg->digest)
+        json_object_set_new(body, "digest", json_string(pkg->digest));
+    api_respond_json(bits->req, 201, body);
+    staging__bits_free(bits);
+}
+
+/* The package on the app's row: older packages go; droplets stay with their revisions
+ * (revisions.c), except those of an app that has none yet (made before revisions were kept):
+ * all but its current one. */
+static void staging__bits_recorded(void *ctx, int rc)
+{
+    struct staging_bits *bits = ctx;
+    struct api_core *core = bits->core;
+    char why[256];
+    if (rc < 0) {
+        staging__store_why(core, rc, why, sizeof why);
+        api_respond_error(bits->req, rc, "cannot record the package on the app: %s", why);
+        staging__bits_free(bits);
+        return;
+    }
+    const char *app_guid = bits->pkg.app_guid;
+    rc = store_app_prune_artifacts_async(
+        core->cfg.store, app_guid, bits->pkg.guid,
+        api_core__revisions_any(core, app_guid) ? NULL : bits->droplet_guid, staging__bits_pruned,
+        bits);
+    if (rc < 0)
+        staging__bits_pruned(bits, rc, NULL);
+}
+
+static void staging__bits_added(void *ctx, int rc)
+{
+    struct staging_bits *bits = ctx;
+    struct api_core *core = bits->core;
+    char why[256];
+    if (rc == 0) {
+        rc = store_app_modify_async(core->cfg.store, bits->pkg.app_guid, staging__set_package, bits,
+                                    staging__bits_recorded, bits, NULL);
+        if (rc != 0) /* else it is called when the write lands */
+            staging__bits_recorded(bits, rc > 0 ? 0 : rc);
+        return;
+    }
+    unlink(bits->pkg.path);
+    staging__store_why(core, rc, why, sizeof why);
+    api_respond_error(bits->req, rc == -EBUSY ? rc : SKIFF_E_INTERNAL,
+                      "cannot store the package: %s", why);
+    staging__bits_free(bits);
+}
+
+/* Records the package (its digest: the blob's, NULL when it could not be put) on the app,
+ * prunes older ones and answers the upload: each write queued once the one before landed
+ * (a row naming a package never written would point at nothing). */
+static void staging__bits_put(void *ctx, int put_rc, const char *digest)
+{
+    struct staging_bits *bits = ctx;
+    struct store_package *pkg = &bits->pkg;
     if (put_rc < 0 && put_rc != -ENOTSUP)
         log_warning("the package of app %s was not put into the blob store (%s): only this "
                     "skiffd can stage it",
                     pkg->app_guid, skiff_strerror(put_rc));
     pkg->digest = digest ? xstrdup(digest) : NULL;
-    if (store_package_add(core->cfg.store, pkg) < 0) {
-        unlink(pkg->path);
-        api_respond_error(req, SKIFF_E_INTERNAL, "cannot store the package");
-        goto done;
-    }
-    int rc =
-        store_app_modify(core->cfg.store, pkg->app_guid, staging__set_package, pkg->guid, &app);
-    if (rc < 0) {
-        api_respond_error(req, skiff_err_from(rc), "cannot record the package on the app: %s",
-                          skiff_strerror(rc));
-        goto done;
-    }
-    /* older packages go; droplets stay with their revisions (revisions.c), except those of an
-     * app that has none yet (made before revisions were kept): all but its current one */
-    store_app_prune_artifacts(core->cfg.store, app->guid, pkg->guid,
-                              api_core__revisions_any(core, app->guid) ? NULL : app->droplet_guid,
-                              &old);
-    for (char **p = old; p && *p; p++)
-        api_core__artifact_remove(core, app->guid, *p);
-    store_strv_free(old);
-    api_core__blobs_gc_soon(core); /* their blobs, when nothing else names them */
-    logs_appendf(core->cfg.logs, app->guid, "API", LOGS_OUT, "Uploaded bits (%llu bytes)",
-                 (unsigned long long)pkg->bytes);
-    json_t *body = json_pack("{s:s,s:I}", "package", pkg->guid, "bytes", (json_int_t)pkg->bytes);
-    if (pkg->digest)
-        json_object_set_new(body, "digest", json_string(pkg->digest));
-    api_respond_json(req, 201, body);
-done:
-    store_app_free(app);
-    free(pkg->app_guid);
-    free(pkg->path);
-    free(pkg->digest);
-    free(bits);
+    int rc = store_package_add_async(bits->core->cfg.store, pkg, staging__bits_added, bits);
+    if (rc < 0)
+        staging__bits_added(bits, rc);
 }
 
 static void staging__bits(struct api_request *req, void *ctx)
@@ -567,6 +621,8 @@ static void staging__output(void *ctx, const char *line, size_t len)
 
 static void staging__free(struct api_core_staging *s)
 {
+    store_app_free(s->app);
+    store_app_free(s->recorded);
     free(s->package_path);
     free(s->image_blobs);
     free(s->cache_dir);
@@ -591,9 +647,75 @@ static void staging__abort(void *ctx)
     s->req = NULL;
 }
 
-/* Records a successful droplet on the app. 0, or a message in err. */
-static int staging__record(struct api_core_staging *s, const struct stage_result *res,
-                           const char *digest, char *err, size_t errsize)
+/* The files of the packages and droplets a prune deleted, removed once it landed. */
+struct staging_prune {
+    struct api_core *core;
+    char app_guid[37];
+};
+
+static void staging__pruned(void *ctx, int rc, char **old)
+{
+    struct staging_prune *p = ctx;
+    for (char **path = old; path && *path; path++)
+        api_core__artifact_remove(p->core, p->app_guid, *path);
+    store_strv_free(old);
+    api_core__blobs_gc_soon(p->core); /* the packages pruned */
+    free(p);
+}
+
+static void staging__end(struct api_core_staging *s, const char *why);
+
+/* The app's row names the droplet: the staging is done. */
+static void staging__recorded(void *ctx, int rc)
+{
+    struct api_core_staging *s = ctx;
+    struct api_core *core = s->core;
+    char why[400], err[256];
+    if (rc < 0 || !s->recorded) {
+        staging__store_why(core, rc < 0 ? rc : -EIO, err, sizeof err);
+        snprintf(why, sizeof why, "cannot record the droplet on the app: %s", err);
+        staging__end(s, why);
+        return;
+    }
+    const struct store_app *app = s->recorded;
+    char description[160];
+    snprintf(description, sizeof description, "staged%s%s", s->buildpack ? " with " : "",
+             s->buildpack ? s->buildpack : "");
+    api_core__revision_add(core, app, description, NULL);
+    bool started = !strcmp(app->state, "STARTED");
+    hub_publish(core->cfg.hub, &PLATFORM_APP_EVENT(PLATFORM_APP_STAGED, app->guid, app->name));
+    if (core->cfg.scheduler) {
+        if (started)
+            scheduler_app_deploy(core->cfg.scheduler, s->app_guid, !s->recreate);
+        else
+            scheduler_app_changed(core->cfg.scheduler, s->app_guid);
+    }
+    staging__end(s, NULL);
+}
+
+/* The droplet's row is written: the app's row names it next. */
+static void staging__droplet_added(void *ctx, int rc)
+{
+    struct api_core_staging *s = ctx;
+    char why[400], err[256];
+    if (rc == 0) {
+        rc = store_app_modify_async(s->core->cfg.store, s->app_guid, staging__record_change, s,
+                                    staging__recorded, s, NULL);
+        if (rc != 0) /* else it is called when the write lands */
+            staging__recorded(s, rc > 0 ? 0 : rc);
+        return;
+    }
+    staging__store_why(s->core, rc, err, sizeof err);
+    snprintf(why, sizeof why, "cannot store the droplet: %s", err);
+    staging__end(s, why);
+}
+
+/* Records a successful droplet (s's result) on the app: the older packages pruned, the
+ * droplet's row, then the app's, each queued in turn; staging__end is called once they
+ * landed. 0 when queued (s may be gone already: on SQLite the writes are made during the
+ * call), or a message in err. */
+static int staging__record(struct api_core_staging *s, const char *digest, char *err,
+                           size_t errsize)
 {
     struct api_core *core = s->core;
     struct store_app *app = NULL;
@@ -605,46 +727,28 @@ static int staging__record(struct api_core_staging *s, const struct stage_result
      * revisions were kept becomes one first, so that it is trimmed with them */
     if (app->droplet_guid && !api_core__revisions_any(core, app->guid))
         api_core__revision_add(core, app, "earlier droplet", NULL);
-    char **old = NULL;
-    store_app_prune_artifacts(core->cfg.store, app->guid, app->package_guid, NULL, &old);
-    for (char **p = old; p && *p; p++)
-        api_core__artifact_remove(core, app->guid, *p);
-    store_strv_free(old);
+    struct staging_prune *p = xcalloc(1, sizeof *p);
+    p->core = core;
+    memcpy(p->app_guid, app->guid, sizeof p->app_guid);
+    if (store_app_prune_artifacts_async(core->cfg.store, app->guid, app->package_guid, NULL,
+                                        staging__pruned, p) < 0)
+        free(p); /* the next staging prunes them */
     struct store_droplet d = {.app_guid = app->guid,
                               .path = s->droplet_dir,
-                              .buildpack = (char *)res->buildpack,
-                              .process_types_json = (char *)res->process_types_json,
+                              .buildpack = s->buildpack,
+                              .process_types_json = s->process_types_json,
                               .created_at = time_now_ms(),
                               .digest = (char *)digest,
                               .blobs = s->image_blobs};
     memcpy(d.guid, s->droplet_guid, sizeof d.guid);
-    if (store_droplet_add(core->cfg.store, &d) < 0) {
-        store_app_free(app);
-        snprintf(err, errsize, "cannot store the droplet");
-        return -EIO;
-    }
+    int rc = store_droplet_add_async(core->cfg.store, &d, staging__droplet_added, s);
     store_app_free(app);
-    app = NULL;
-    struct staging_record rec = {.s = s, .res = res};
-    int rc = store_app_modify(core->cfg.store, s->app_guid, staging__record_change, &rec, &app);
     if (rc < 0) {
-        snprintf(err, errsize, "cannot record the droplet on the app: %s", skiff_strerror(rc));
-        return rc;
+        char why[256];
+        staging__store_why(core, rc, why, sizeof why);
+        snprintf(err, errsize, "cannot store the droplet: %s", why);
     }
-    char description[160];
-    snprintf(description, sizeof description, "staged%s%s", res->buildpack ? " with " : "",
-             res->buildpack ? res->buildpack : "");
-    api_core__revision_add(core, app, description, NULL);
-    bool started = !strcmp(app->state, "STARTED");
-    hub_publish(core->cfg.hub, &PLATFORM_APP_EVENT(PLATFORM_APP_STAGED, app->guid, app->name));
-    store_app_free(app);
-    if (core->cfg.scheduler) {
-        if (started)
-            scheduler_app_deploy(core->cfg.scheduler, s->app_guid, !s->recreate);
-        else
-            scheduler_app_changed(core->cfg.scheduler, s->app_guid);
-    }
-    return 0;
+    return rc;
 }
 
 /* The stream's last line for a staging that ended without a droplet: done, not ok, and the
@@ -655,38 +759,56 @@ static void staging__send_failure(struct api_core_staging *s, const char *why)
                                skiff_err_name(SKIFF_E_STAGING_FAILED), "message", why));
 }
 
-/* The staging's end, its droplet (when res->ok) put into the blob store as digest (NULL:
- * not put). */
-static void staging__finish(struct api_core_staging *s, const struct stage_result *res,
-                            const char *digest)
+/* The staging's end: its stream's last line, its log, and s freed; why is NULL for a
+ * droplet recorded, else what failed (the droplet's folder is then removed). */
+static void staging__end(struct api_core_staging *s, const char *why)
 {
     struct api_core *core = s->core;
     staging__unlink(core, s);
-    char err[512] = "";
-    if (res->ok && staging__record(s, res, digest, err, sizeof err) == 0) {
+    if (!why) {
         logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_OUT,
                      "Staging complete: buildpack %s, droplet %s",
-                     res->buildpack ? res->buildpack : "?", s->droplet_guid);
-        json_t *types =
-            res->process_types_json ? json_loads(res->process_types_json, 0, NULL) : NULL;
+                     s->buildpack ? s->buildpack : "?", s->droplet_guid);
+        json_t *types = s->process_types_json ? json_loads(s->process_types_json, 0, NULL) : NULL;
         staging__send(s, json_pack("{s:b,s:b,s:s,s:s?,s:o}", "done", 1, "ok", 1, "droplet",
-                                   s->droplet_guid, "buildpack", res->buildpack, "process_types",
+                                   s->droplet_guid, "buildpack", s->buildpack, "process_types",
                                    types ? types : json_object()));
     } else {
-        const char *why = res->ok ? err : (res->error ? res->error : "staging failed");
         logs_appendf(core->cfg.logs, s->app_guid, "STG/0", LOGS_ERR,
                      "Staging failed: %s (the previous droplet, if any, keeps running)", why);
         staging__send_failure(s, why);
         rm_rf(s->droplet_dir);
     }
     api_core__images_gc_soon(core); /* a droplet replaced, or what a failed pull stored */
-    api_core__blobs_gc_soon(core);  /* the packages pruned */
+    api_core__blobs_gc_soon(core);
     if (s->req) {
         api_request_on_abort(s->req, NULL, NULL);
         api_stream_end(s->req);
         s->req = NULL;
     }
     staging__free(s);
+}
+
+/* The staging's end, its droplet (when res->ok) put into the blob store as digest (NULL:
+ * not put): recorded, then ended. */
+static void staging__finish(struct api_core_staging *s, const struct stage_result *res,
+                            const char *digest)
+{
+    if (!res->ok) {
+        staging__end(s, res->error ? res->error : "staging failed");
+        return;
+    }
+    if (res->buildpack != s->buildpack) { /* kept for the record, which comes later */
+        free(s->buildpack);
+        s->buildpack = res->buildpack ? xstrdup(res->buildpack) : NULL;
+    }
+    if (res->process_types_json != s->process_types_json) {
+        free(s->process_types_json);
+        s->process_types_json = res->process_types_json ? xstrdup(res->process_types_json) : NULL;
+    }
+    char err[512] = "";
+    if (staging__record(s, digest, err, sizeof err) < 0)
+        staging__end(s, err);
 }
 
 static void staging__droplet_put(void *ctx, int rc, const char *digest)
@@ -784,48 +906,22 @@ static void staging__package_fetched(void *ctx, int rc, const char *digest)
     staging__run(s);
 }
 
-static void staging__start(struct api_request *req, struct api_core *core, bool restage)
+/* Ends a staging whose package could not be read, before its stream began: the request is
+ * answered with the error. */
+static void staging__refuse(struct api_core_staging *s, int code, const char *why)
 {
-    struct store_app *app = api_core__find_app(core, req);
-    if (!app)
-        return;
-    struct store_package *pkg = NULL;
-    struct api_core_staging *s = NULL;
-    const char *strategy = api_request_query(req, "strategy");
-    if (strategy && strcmp(strategy, "rolling") && strcmp(strategy, "recreate")) {
-        api_respond_error(req, SKIFF_E_INVALID_VALUE,
-                          "strategy \"%s\" is not one: rolling (the default: each instance is "
-                          "replaced once its successor runs) or recreate (all stop, then start)",
-                          strategy);
-        goto done;
-    }
-    if (api_core__staging_busy(core, app->guid)) {
-        api_respond_error(req, SKIFF_E_STAGING,
-                          "app \"%s\" is being staged already: wait for that staging to end",
-                          app->name);
-        goto done;
-    }
-    if (!app->package_guid || store_package_get(core->cfg.store, app->package_guid, &pkg) < 0) {
-        /* uploaded through another skiffd a moment ago, before the feed told this one? */
-        struct store_app *fresh = NULL;
-        if (store_app_get_fresh(core->cfg.store, app->guid, &fresh) == 0) {
-            store_app_free(app);
-            app = fresh;
-        }
-    }
-    if (!pkg &&
-        (!app->package_guid || store_package_get(core->cfg.store, app->package_guid, &pkg) < 0)) {
-        api_respond_error(req, SKIFF_E_NO_PACKAGE,
-                          "app \"%s\" has no uploaded code: upload it first (`skiff push`)",
-                          app->name);
-        goto done;
-    }
-    s = xcalloc(1, sizeof *s);
-    s->core = core;
-    s->req = req;
-    s->recreate = strategy && !strcmp(strategy, "recreate");
-    memcpy(s->app_guid, app->guid, sizeof s->app_guid);
-    s->app_name = xstrdup(app->name);
+    staging__unlink(s->core, s);
+    api_respond_error(s->req, code, "%s", why);
+    staging__free(s);
+}
+
+/* The package read: the staging's stream begins, and its buildpacks (or an image's import) run
+ * on the package, fetched from the blob store first when it was uploaded elsewhere. */
+static void staging__begin(struct api_core_staging *s, const struct store_app *app,
+                           const struct store_package *pkg)
+{
+    struct api_core *core = s->core;
+    struct api_request *req = s->req;
     uuid_generate_v4(s->droplet_guid);
     s->droplet_dir =
         xasprintf("%s/apps/%s/droplets/%s", core->cfg.home, app->guid, s->droplet_guid);
@@ -871,13 +967,11 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     free(droplets);
     api_stream_begin(req, 200, "application/x-ndjson");
     logs_appendf(core->cfg.logs, app->guid, "STG/0", LOGS_OUT, "%s app %s",
-                 restage ? "Restaging" : "Staging", app->name);
-    s->next = core->stagings;
-    core->stagings = s;
+                 s->restage ? "Restaging" : "Staging", app->name);
     api_request_on_abort(req, staging__abort, s);
     if (access(pkg->path, R_OK) == 0 || !blob_digest_valid(pkg->digest) || !core->cfg.blobs) {
         staging__run(s);
-        goto done;
+        return;
     }
     /* uploaded through another skiffd: its package comes from the blob store */
     char line[160];
@@ -894,9 +988,97 @@ static void staging__start(struct api_request *req, struct api_core *core, bool 
     else if (rc < 0 || (rc = blob_get_file_async(core->cfg.blobs, api_loop(core->api), pkg->digest,
                                                  dest, staging__package_fetched, s)) < 0)
         staging__package_fetched(s, rc, NULL);
-done:
+}
+
+static void staging__app_read(void *ctx, int rc, struct store_app *fresh);
+
+/* The app's package as read (rc, pkg): else the app is read from the database once, as it
+ * may have been uploaded through another skiffd a moment ago, before the feed told this one. */
+static void staging__package_read(void *ctx, int rc, struct store_package *pkg)
+{
+    struct api_core_staging *s = ctx;
+    struct api_core *core = s->core;
+    char why[256];
+    if (s->cancelled) {
+        staging__refuse(s, SKIFF_E_STAGING, "staging was cancelled (the app was deleted)");
+    } else if (rc == 0) {
+        struct store_app *app = s->app; /* s may end within */
+        s->app = NULL;
+        staging__begin(s, app, pkg);
+        store_app_free(app);
+    } else if (rc == -EBUSY) {
+        staging__store_why(core, rc, why, sizeof why);
+        staging__refuse(s, rc, why);
+    } else if (!s->fresh_tried) {
+        s->fresh_tried = true;
+        rc = store_app_get_fresh_async(core->cfg.store, s->app_guid, staging__app_read, s);
+        if (rc < 0)
+            staging__app_read(s, rc, NULL);
+    } else {
+        snprintf(why, sizeof why, "app \"%s\" has no uploaded code: upload it first (`skiff push`)",
+                 s->app_name);
+        staging__refuse(s, SKIFF_E_NO_PACKAGE, why);
+    }
     store_package_free(pkg);
-    store_app_free(app);
+}
+
+static void staging__app_read(void *ctx, int rc, struct store_app *fresh)
+{
+    struct api_core_staging *s = ctx;
+    if (rc == 0) {
+        store_app_free(s->app);
+        s->app = fresh;
+    }
+    if (rc == -EBUSY || rc == 0) {
+        if (rc == 0 && s->app->package_guid)
+            rc = store_package_get_async(s->core->cfg.store, s->app->package_guid,
+                                         staging__package_read, s);
+        else if (rc == 0)
+            rc = -ENOENT;
+        if (rc < 0)
+            staging__package_read(s, rc, NULL);
+        return;
+    }
+    staging__package_read(s, -ENOENT, NULL);
+}
+
+static void staging__start(struct api_request *req, struct api_core *core, bool restage)
+{
+    struct store_app *app = api_core__find_app(core, req);
+    if (!app)
+        return;
+    const char *strategy = api_request_query(req, "strategy");
+    if (strategy && strcmp(strategy, "rolling") && strcmp(strategy, "recreate")) {
+        api_respond_error(req, SKIFF_E_INVALID_VALUE,
+                          "strategy \"%s\" is not one: rolling (the default: each instance is "
+                          "replaced once its successor runs) or recreate (all stop, then start)",
+                          strategy);
+        store_app_free(app);
+        return;
+    }
+    if (api_core__staging_busy(core, app->guid)) {
+        api_respond_error(req, SKIFF_E_STAGING,
+                          "app \"%s\" is being staged already: wait for that staging to end",
+                          app->name);
+        store_app_free(app);
+        return;
+    }
+    /* busy from now on: a second stage or an upload waits for this one's end */
+    struct api_core_staging *s = xcalloc(1, sizeof *s);
+    s->core = core;
+    s->req = req;
+    s->restage = restage;
+    s->recreate = strategy && !strcmp(strategy, "recreate");
+    memcpy(s->app_guid, app->guid, sizeof s->app_guid);
+    s->app_name = xstrdup(app->name);
+    s->app = app;
+    s->next = core->stagings;
+    core->stagings = s;
+    int rc = app->package_guid ? store_package_get_async(core->cfg.store, app->package_guid,
+                                                         staging__package_read, s)
+                               : -ENOENT;
+    if (rc < 0)
+        staging__package_read(s, rc, NULL);
 }
 
 static void staging__stage(struct api_request *req, void *ctx)

@@ -119,6 +119,9 @@ static void usage(FILE *out)
         "                              user with no isolation at all: UNSAFE, for development\n"
         "  --store URL                 the store (SKIFF_STORE, default sqlite:HOME/skiff.db);\n"
         "                              postgres://USER[:PASSWORD]@HOST/DB for PostgreSQL\n"
+        "  --store-queue-max N         writes waiting for PostgreSQL past which new ones are\n"
+        "                              refused (503) until it answers (SKIFF_STORE_QUEUE_MAX,\n"
+        "                              default 10000)\n"
         "  --nats URL[,URL...]         keep events in NATS JetStream instead of the embedded log\n"
         "                              (SKIFF_NATS), e.g. nats://h1:4222,nats://h2:4222, and\n"
         "                              announce the route table on NATS core for routers on\n"
@@ -1055,6 +1058,7 @@ int main(int argc, char **argv)
         api_tls_addr = "127.0.0.1:8091";
     const char *tls_cert = env_or("SKIFF_TLS_CERT", ""), *tls_key = env_or("SKIFF_TLS_KEY", "");
     const char *drain_timeout = NULL;
+    const char *store_queue_text = NULL;
     const char *isolation = env_or("SKIFF_ISOLATION", "container");
     const char *network_pool = env_or("SKIFF_NETWORK_POOL", NET_DEFAULT_POOL);
     const char *store_location = env_or("SKIFF_STORE", "");
@@ -1114,6 +1118,8 @@ int main(int argc, char **argv)
             target = &network_pool;
         else if (!strcmp(a, "--store"))
             target = &store_location;
+        else if (!strcmp(a, "--store-queue-max"))
+            target = &store_queue_text;
         else if (!strcmp(a, "--prewarm"))
             target = &prewarm_text;
         else if (!strcmp(a, "--nats"))
@@ -1232,6 +1238,17 @@ int main(int argc, char **argv)
             return 2;
         }
         drain_timeout_ms = (int)ms;
+    }
+    store_queue_max = (size_t)env_long("SKIFF_STORE_QUEUE_MAX", STORE_QUEUE_MAX_DEFAULT, 1);
+    if (store_queue_text) {
+        char *end;
+        long n = strtol(store_queue_text, &end, 10);
+        if (*end || end == store_queue_text || n < 1 || n > 100000000) {
+            log_error("--store-queue-max %s is not a number of writes from 1 to 100000000",
+                      store_queue_text);
+            return 2;
+        }
+        store_queue_max = (size_t)n;
     }
     char *prewarm_end;
     uint64_t max_image_bytes = daemon_size(max_image_text);

@@ -654,6 +654,7 @@ int store_doc_replace(struct store *st, const char *kind, const char *id, const 
 /* ---- writes off the caller's thread ------------------------------------------------------- */
 
 int64_t store_drain_ms = 5000;
+size_t store_queue_max = STORE_QUEUE_MAX_DEFAULT;
 
 struct store_write *store_write_new(enum store_write_op op, const char *kind, const char *id,
                                     const char *json, store_done_fn *done, void *ctx)
@@ -700,6 +701,15 @@ void store_write_free(struct store_write *w)
     free(w->task.command);
     free(w->task.state);
     free(w->task.failure_reason);
+    free(w->pkg.app_guid);
+    free(w->pkg.path);
+    free(w->pkg.digest);
+    free(w->drop.app_guid);
+    free(w->drop.path);
+    free(w->drop.buildpack);
+    free(w->drop.process_types_json);
+    free(w->drop.digest);
+    free(w->drop.blobs);
     free(w);
 }
 
@@ -726,6 +736,40 @@ struct store_write *store_write_task(const struct store_task *task, store_done_f
     w->task.command = store__dup(task->command);
     w->task.state = store__dup(task->state);
     w->task.failure_reason = store__dup(task->failure_reason);
+    return w;
+}
+
+struct store_write *store_write_package(const struct store_package *pkg, store_done_fn *done,
+                                        void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_PACKAGE_ADD, NULL, NULL, NULL, done, ctx);
+    w->pkg = *pkg;
+    w->pkg.app_guid = store__dup(pkg->app_guid);
+    w->pkg.path = store__dup(pkg->path);
+    w->pkg.digest = store__dup(pkg->digest);
+    return w;
+}
+
+struct store_write *store_write_droplet(const struct store_droplet *drop, store_done_fn *done,
+                                        void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_WRITE_DROPLET_ADD, NULL, NULL, NULL, done, ctx);
+    w->drop = *drop;
+    w->drop.app_guid = store__dup(drop->app_guid);
+    w->drop.path = store__dup(drop->path);
+    w->drop.buildpack = store__dup(drop->buildpack);
+    w->drop.process_types_json = store__dup(drop->process_types_json);
+    w->drop.digest = store__dup(drop->digest);
+    w->drop.blobs = store__dup(drop->blobs);
+    return w;
+}
+
+struct store_write *store_write_prune(const char *app_guid, const char *keep_package,
+                                      const char *keep_droplet, store_refs_fn *done, void *ctx)
+{
+    struct store_write *w =
+        store_write_new(STORE_WRITE_PRUNE, keep_package, app_guid, keep_droplet, NULL, ctx);
+    w->done_refs = done;
     return w;
 }
 
@@ -756,6 +800,18 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         snprintf(buf, size, "put of task %s", w->task.guid);
     else if (w->op == STORE_WRITE_TASK_DELETE)
         snprintf(buf, size, "delete of task %s", w->id);
+    else if (w->op == STORE_WRITE_PACKAGE_ADD)
+        snprintf(buf, size, "add of package %s of app %s", w->pkg.guid,
+                 w->pkg.app_guid ? w->pkg.app_guid : "?");
+    else if (w->op == STORE_WRITE_DROPLET_ADD)
+        snprintf(buf, size, "add of droplet %s of app %s", w->drop.guid,
+                 w->drop.app_guid ? w->drop.app_guid : "?");
+    else if (w->op == STORE_WRITE_PRUNE)
+        snprintf(buf, size, "prune of the packages and droplets of app %s", w->id);
+    else if (w->op == STORE_READ_PACKAGE)
+        snprintf(buf, size, "read of package %s", w->id);
+    else if (w->op == STORE_READ_APP_FRESH)
+        snprintf(buf, size, "read of app %s", w->id);
     else if (w->op == STORE_WRITE_AUDIT)
         snprintf(buf, size, "%s of audit event %s by %s", verbs[w->op],
                  w->ev.type ? w->ev.type : "?", w->ev.actor ? w->ev.actor : "?");
@@ -763,9 +819,32 @@ void store_write_name(const struct store_write *w, char *buf, size_t size)
         snprintf(buf, size, "%s of document %s/%s", verbs[w->op], w->kind, w->id);
 }
 
+/* A read package handed over: the write's own fields move to a fresh object. */
+static struct store_package *store__package_take(struct store_package *p)
+{
+    struct store_package *out = xcalloc(1, sizeof *out);
+    *out = *p;
+    memset(p, 0, sizeof *p);
+    return out;
+}
+
 void store_write_report(struct store_write *w)
 {
-    if (w->op == STORE_READ_BLOB_REFS) {
+    if (w->op == STORE_READ_PACKAGE) {
+        struct store_package *pkg = w->rc < 0 ? NULL : store__package_take(&w->pkg);
+        if (w->done_package)
+            w->done_package(w->ctx, w->rc, pkg);
+        else
+            store_package_free(pkg);
+    } else if (w->op == STORE_READ_APP_FRESH) {
+        struct store_app *app = w->rc < 0 ? NULL : w->app;
+        if (w->rc >= 0)
+            w->app = NULL;
+        if (w->done_app)
+            w->done_app(w->ctx, w->rc, app);
+        else
+            store_app_free(app);
+    } else if (w->op == STORE_READ_BLOB_REFS || w->op == STORE_WRITE_PRUNE) {
         char **refs = w->rc < 0 ? NULL : w->refs;
         if (w->rc < 0)
             store_strv_free(w->refs);
@@ -831,6 +910,29 @@ static int store__write_now(struct store *st, struct store_write *w)
         break;
     case STORE_WRITE_TASK_DELETE:
         rc = st->ops->task_delete(st->backend, w->id);
+        break;
+    case STORE_WRITE_PACKAGE_ADD:
+        rc = st->ops->package_add(st->backend, &w->pkg);
+        break;
+    case STORE_WRITE_DROPLET_ADD:
+        rc = st->ops->droplet_add(st->backend, &w->drop);
+        break;
+    case STORE_WRITE_PRUNE:
+        rc = st->ops->app_prune_artifacts(st->backend, w->id, w->kind, w->json, &w->refs);
+        break;
+    case STORE_READ_PACKAGE: {
+        struct store_package *pkg = NULL;
+        rc = st->ops->package_get(st->backend, w->id, &pkg);
+        if (rc == 0) {
+            w->pkg = *pkg;
+            free(pkg);
+        }
+        break;
+    }
+    case STORE_READ_APP_FRESH:
+        rc = store_app_get_fresh(st, w->id, &w->app);
+        if (rc == 0 && strcmp(w->app->guid, w->id))
+            rc = -ENOENT; /* a name that happens to look like the guid asked for */
         break;
     case STORE_WRITE_CALL:
         rc = w->call(st->backend, w->arg);
@@ -1054,4 +1156,47 @@ int store_task_put_async(struct store *st, const struct store_task *task, store_
 int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx)
 {
     return store__queue(st, store_write_new(STORE_WRITE_TASK_DELETE, NULL, guid, NULL, done, ctx));
+}
+
+/* ---- packages, droplets and prunes off the caller's thread ------------------------------- */
+
+int store_package_add_async(struct store *st, const struct store_package *pkg, store_done_fn *done,
+                            void *ctx)
+{
+    return store__queue(st, store_write_package(pkg, done, ctx));
+}
+
+int store_droplet_add_async(struct store *st, const struct store_droplet *drop, store_done_fn *done,
+                            void *ctx)
+{
+    return store__queue(st, store_write_droplet(drop, done, ctx));
+}
+
+int store_app_prune_artifacts_async(struct store *st, const char *app_guid,
+                                    const char *keep_package, const char *keep_droplet,
+                                    store_refs_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_prune(app_guid, keep_package, keep_droplet, done, ctx));
+}
+
+int store_package_get_async(struct store *st, const char *guid, store_package_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_PACKAGE, NULL, guid, NULL, NULL, ctx);
+    w->done_package = done;
+    return store__queue(st, w);
+}
+
+int store_app_get_fresh_async(struct store *st, const char *guid, store_app_fn *done, void *ctx)
+{
+    struct store_write *w = store_write_new(STORE_READ_APP_FRESH, NULL, guid, NULL, NULL, ctx);
+    w->done_app = done;
+    return store__queue(st, w);
+}
+
+void store_busy_message(struct store *st, char *buf, size_t size)
+{
+    snprintf(buf, size,
+             "the database is not answering; %zu writes wait (at most %zu are queued): retry "
+             "once it answers",
+             store_async_queued(st), store_queue_max);
 }

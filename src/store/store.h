@@ -519,4 +519,41 @@ int store_task_put_async(struct store *st, const struct store_task *task, store_
                          void *ctx);
 int store_task_delete_async(struct store *st, const char *guid, store_done_fn *done, void *ctx);
 
+/* Packages, droplets and pruning */
+
+/* Writes of packages and droplets and prunes of an app's, through the same writer, in turn
+ * with the others: queued, returning at once, done(ctx, rc) getting what the synchronous call
+ * would have returned (-EEXIST a guid taken or an app that is gone). Reads see them at once:
+ * store_package_get and store_droplet_get find a package or droplet queued (until a prune or
+ * the app's deletion queued after it). On SQLite, made during the call. */
+int store_package_add_async(struct store *st, const struct store_package *pkg, store_done_fn *done,
+                            void *ctx);
+int store_droplet_add_async(struct store *st, const struct store_droplet *drop, store_done_fn *done,
+                            void *ctx);
+/* store_app_prune_artifacts queued: done gets its return value and the paths of the rows
+ * deleted (NULL-terminated, the callback's to store_strv_free; NULL on a failure). */
+int store_app_prune_artifacts_async(struct store *st, const char *app_guid,
+                                    const char *keep_package, const char *keep_droplet,
+                                    store_refs_fn *done, void *ctx);
+/* Reads that may have to ask the server, made by the writer in turn with the writes (after
+ * those queued before them), so the caller's thread never waits: done gets what
+ * store_package_get or store_app_get_fresh would have returned, and the package or app (the
+ * callback's to free; NULL on a failure). What is known without the server (a package
+ * queued, an app with a write queued, an app queued for deletion) is answered before the
+ * call returns, as on SQLite. */
+typedef void store_package_fn(void *ctx, int rc, struct store_package *pkg);
+typedef void store_app_fn(void *ctx, int rc, struct store_app *app);
+int store_package_get_async(struct store *st, const char *guid, store_package_fn *done, void *ctx);
+int store_app_get_fresh_async(struct store *st, const char *guid, store_app_fn *done, void *ctx);
+
+/* The bound on queued writes: with this many queued and not finished (store_async_queued; a
+ * server that stopped answering makes them pile up), a new write or queued read is refused
+ * at once with -EBUSY, its done never called, until the queue shrinks (on SQLite nothing is
+ * ever queued). 10,000 unless changed (skiffd's --store-queue-max; tests). */
+#define STORE_QUEUE_MAX_DEFAULT 10000
+extern size_t store_queue_max;
+/* What to tell a client whose write was refused so: "the database is not answering; N
+ * writes wait ...". */
+void store_busy_message(struct store *st, char *buf, size_t size);
+
 #endif

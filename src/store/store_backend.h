@@ -40,6 +40,13 @@ enum store_write_op {
     STORE_WRITE_ROUTE_UPDATE,
     STORE_WRITE_TASK_PUT,    /* store_task_put(_async): task */
     STORE_WRITE_TASK_DELETE, /* store_task_delete(_async): id, the task's guid */
+    STORE_WRITE_PACKAGE_ADD, /* store_package_add(_async): pkg */
+    STORE_WRITE_DROPLET_ADD, /* store_droplet_add(_async): drop */
+    /* store_app_prune_artifacts(_async): id, the app's guid; kind, the package kept; json,
+     * the droplet kept (NULL: none pruned); refs, the paths of the rows deleted */
+    STORE_WRITE_PRUNE,
+    STORE_READ_PACKAGE,   /* store_package_get_async: id, the package's guid; pkg, what it read */
+    STORE_READ_APP_FRESH, /* store_app_get_fresh_async: id, the app's guid; app, what it read */
     /* any other write of a backend's (routes, tasks, packages, droplets, a document's
      * replace), made in turn with the queued ones: call(wb, arg) on the writer's backend */
     STORE_WRITE_CALL,
@@ -55,6 +62,10 @@ struct store_write {
     struct store_route route; /* STORE_WRITE_ROUTE_*: the write's own copy */
     int https_only;           /* STORE_WRITE_ROUTE_UPDATE */
     struct store_task task;   /* STORE_WRITE_TASK_PUT: the write's own copy */
+    struct store_package pkg; /* STORE_WRITE_PACKAGE_ADD, STORE_READ_PACKAGE: the write's own */
+    struct store_droplet drop;      /* STORE_WRITE_DROPLET_ADD: the write's own copy */
+    store_package_fn *done_package; /* STORE_READ_PACKAGE */
+    store_app_fn *done_app;         /* STORE_READ_APP_FRESH */
     int (*call)(struct store_backend *wb, void *arg); /* STORE_WRITE_CALL */
     void *arg;
     const char *what; /* STORE_WRITE_CALL: "add of a route", for messages */
@@ -74,8 +85,16 @@ struct store_write *store_write_audit(const struct store_audit_event *ev, store_
 struct store_write *store_write_route(enum store_write_op op, const struct store_route *route,
                                       store_done_fn *done, void *ctx);
 struct store_write *store_write_task(const struct store_task *task, store_done_fn *done, void *ctx);
+/* The writes of packages and droplets, with their copies. */
+struct store_write *store_write_package(const struct store_package *pkg, store_done_fn *done,
+                                        void *ctx);
+struct store_write *store_write_droplet(const struct store_droplet *drop, store_done_fn *done,
+                                        void *ctx);
+/* A prune of an app's packages and droplets (done gets the paths of the rows deleted). */
+struct store_write *store_write_prune(const char *app_guid, const char *keep_package,
+                                      const char *keep_droplet, store_refs_fn *done, void *ctx);
 void store_write_free(struct store_write *w);
-/* Calls w's callback with its outcome (a read's list passed on). */
+/* Calls w's callback with its outcome (a read's list, package or app passed on). */
 void store_write_report(struct store_write *w);
 /* "document KIND/ID", "audit event TYPE", for messages */
 void store_write_name(const struct store_write *w, char *buf, size_t size);

@@ -278,6 +278,7 @@ struct store_backend {
     size_t n_kinds;
     uint64_t kinds_heard; /* all of their news together */
     uint64_t lost;  /* change_count calls since the feed was lost: every one is news */
+    bool full_logged; /* the writer's queue is full, and a refusal was logged */
     char (*changed)[37];
     size_t n_changed;
     bool changed_all;
@@ -310,6 +311,11 @@ struct store_backend {
     struct store_droplet **drops;
     size_t n_drops;
     uint64_t drops_gen, drops_at;
+    /* Packages added or read here (never changed once written either), kept the same way:
+     * staging reads the one an upload through this store just added without the server. */
+    struct store_package **pkgs;
+    size_t n_pkgs;
+    uint64_t pkgs_gen, pkgs_at;
     /* Apps with writes queued (the newest queued copy of each, and how many writes of it are
      * queued): reads answer from here first, so a queued write is seen at once. */
     struct pg_queued_app {
@@ -321,6 +327,24 @@ struct store_backend {
      * make their changes over what they read (or the cache holds) until each is finished. */
     struct store_write **pending;
     size_t n_pending;
+    /* those of them that packages' and droplets' reads look at (their adds, prunes, app
+     * deletions): none, and those reads skip the queue */
+    size_t n_pending_artifacts;
+    /* and those that routes' reads (route writes, app deletions), tasks' reads (task writes,
+     * app deletions) and apps' reads (app deletions) look at */
+    size_t n_pending_routes, n_pending_tasks, n_pending_deletes;
+    /* All routes and all tasks as the queued writes leave them (the copy with the pending
+     * writes made over it), kept while valid: a queued write is made over them as it is
+     * queued, so a read copies them rather than making every queued write again. Valid
+     * while *view_ok and the copy is the one they were made from (*view_at). */
+    struct store_route *rview;
+    size_t n_rview;
+    bool rview_ok;
+    uint64_t rview_at;
+    struct store_task *tview;
+    size_t n_tview;
+    bool tview_ok;
+    uint64_t tview_at;
     /* The domains (names, shared, owners' org guids), read whole, kept while doms_gen stays
      * at doms_at: another writer's "domains" notification, "all", a lost feed and this
      * store's own domain writes move it. */
@@ -340,6 +364,8 @@ struct store_backend {
  * stopped. what names it in messages ("add of a route"). */
 typedef int pg_call_fn(struct store_backend *wb, void *arg);
 static int pg__call(struct store_backend *b, const char *what, pg_call_fn *fn, void *arg);
+/* As pg__call for a queued write w (taken); *refs (when not NULL) gets what it read. */
+static int pg__await_refs(struct store_backend *b, struct store_write *w, char ***refs);
 
 /* Runs sql with its parameters (text, NULL for SQL NULL). 0 and *out (when out is not NULL;
  * the caller's to PQclear) on success; -EEXIST for an integrity violation; -EIO (logged)
@@ -488,6 +514,7 @@ static void pg__feed_outdate_all(struct store_backend *b)
     b->routes_gen++;
     b->docs_gen++;
     b->drops_gen++;
+    b->pkgs_gen++;
     b->doms_gen++;
     b->tasks_gen++;
 }
@@ -659,6 +686,8 @@ static void pg__feed_read(struct store_backend *b)
                 b->docs_gen++;
             } else if (!strcmp(n->extra, "droplets")) {
                 b->drops_gen++;
+            } else if (!strcmp(n->extra, "packages")) {
+                b->pkgs_gen++;
             } else if (!strcmp(n->extra, "domains")) {
                 b->doms_gen++;
             } else if (!strcmp(n->extra, "tasks")) {
@@ -836,6 +865,7 @@ static int pg__writer_open(struct store_backend *b, const char *url, char *err, 
 
 static void pg__doc_cache_clear(struct store_backend *b);
 static void pg__drops_clear(struct store_backend *b);
+static void pg__pkgs_clear(struct store_backend *b);
 
 static void pg__close(struct store_backend *b)
 {
@@ -850,8 +880,11 @@ static void pg__close(struct store_backend *b)
     store_strv_free(b->dom_orgs);
     free(b->dom_shared);
     store_task_list_free(b->tasks, b->n_tasks);
+    store_task_list_free(b->tview, b->n_tview);
+    store_route_list_free(b->rview, b->n_rview);
     pg__doc_cache_clear(b);
     pg__drops_clear(b);
+    pg__pkgs_clear(b);
     store_app_list_free(b->apps, b->n_apps);
     free(b->by_guid);
     store_route_list_free(b->routes, b->n_routes);
@@ -1387,6 +1420,9 @@ static bool pg__is_pending_write(const struct store_write *w)
     case STORE_WRITE_ROUTE_UPDATE:
     case STORE_WRITE_TASK_PUT:
     case STORE_WRITE_TASK_DELETE:
+    case STORE_WRITE_PACKAGE_ADD:
+    case STORE_WRITE_DROPLET_ADD:
+    case STORE_WRITE_PRUNE:
         return true;
     default:
         return false;
@@ -1396,6 +1432,8 @@ static bool pg__is_pending_write(const struct store_write *w)
 /* Whether a deletion of the app is queued: reads no longer find it. */
 static bool pg__app_deleting(const struct store_backend *b, const char *guid)
 {
+    if (!b->n_pending_deletes)
+        return false;
     for (size_t i = 0; i < b->n_pending; i++)
         if (b->pending[i]->op == STORE_WRITE_APP_DELETE && !strcmp(b->pending[i]->id, guid))
             return true;
@@ -1434,6 +1472,25 @@ static const struct store_app *pg__queued_app(const struct store_backend *b, con
     return NULL;
 }
 
+/* What a fresh read of ref gave (rc, app): a current copy then holds it (or loses the app). */
+static void pg__app_fresh_keep(struct store_backend *b, const char *ref, int rc,
+                               const struct store_app *app)
+{
+    if (rc < 0 && rc != -ENOENT)
+        return;
+    pg__feed_read(b);
+    if (b->feed_state != PG_FEED_ON || !b->apps || b->apps_at != b->apps_gen)
+        return; /* no copy, or one read whole again at the next read */
+    if (rc == 0) {
+        pg__cache_put(b, app->guid, store_app_dup(app));
+    } else {
+        bool found;
+        size_t at = pg__guid_at(b, ref, &found);
+        if (found)
+            pg__cache_remove(b, at);
+    }
+}
+
 /* store_app_get_fresh: the database's row; a current copy then holds it (or loses the app). */
 static int pg__app_get_fresh_read(struct store_backend *b, const char *ref, struct store_app **out)
 {
@@ -1443,19 +1500,7 @@ static int pg__app_get_fresh_read(struct store_backend *b, const char *ref, stru
         return 0;
     }
     int rc = pg__app_get_query(b, ref, out);
-    if (rc < 0 && rc != -ENOENT)
-        return rc;
-    pg__feed_read(b);
-    if (b->feed_state != PG_FEED_ON || !b->apps || b->apps_at != b->apps_gen)
-        return rc; /* no copy, or one read whole again at the next read */
-    if (rc == 0) {
-        pg__cache_put(b, (*out)->guid, store_app_dup(*out));
-    } else {
-        bool found;
-        size_t at = pg__guid_at(b, ref, &found);
-        if (found)
-            pg__cache_remove(b, at);
-    }
+    pg__app_fresh_keep(b, ref, rc, rc == 0 ? *out : NULL);
     return rc;
 }
 
@@ -1799,6 +1844,29 @@ static bool pg__is_route_write(const struct store_write *w)
            w->op == STORE_WRITE_ROUTE_DELETE || w->op == STORE_WRITE_ROUTE_UPDATE;
 }
 
+/* Whether the routes as queued writes leave them (rview) are those of the current copy. */
+static bool pg__rview_valid(const struct store_backend *b)
+{
+    return b->rview_ok && b->routes && b->routes_at == b->routes_gen && b->rview_at == b->routes_at;
+}
+
+/* Makes them again: the copy, with every pending route write made over it. */
+static void pg__rview_build(struct store_backend *b)
+{
+    store_route_list_free(b->rview, b->n_rview);
+    struct store_route *v = xcalloc(b->n_routes + 1, sizeof *v);
+    for (size_t i = 0; i < b->n_routes; i++)
+        pg__route_copy(&v[i], &b->routes[i]);
+    size_t n = b->n_routes;
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (pg__is_route_write(b->pending[i]))
+            pg__routes_apply(&v, &n, b->pending[i]);
+    b->rview = v;
+    b->n_rview = n;
+    b->rview_ok = true;
+    b->rview_at = b->routes_at;
+}
+
 /* The cache is in host then path order, as each app's routes are. The queued route writes
  * (and app deletions) are made over all routes, then those of app_guid kept: whether an add
  * will be refused depends on every app's routes. */
@@ -1808,9 +1876,19 @@ static int pg__route_list(struct store_backend *b, const char *app_guid, struct 
     int rc = pg__routes_cached(b);
     if (rc < 0)
         return rc;
-    bool queued = false;
-    for (size_t i = 0; i < b->n_pending && !queued; i++)
-        queued = pg__is_route_write(b->pending[i]);
+    bool queued = b->n_pending_routes > 0;
+    if (rc == 0 && queued) { /* the routes as queued writes leave them, made once */
+        if (!pg__rview_valid(b))
+            pg__rview_build(b);
+        struct store_route *routes = xcalloc(b->n_rview + 1, sizeof *routes);
+        size_t count = 0;
+        for (size_t i = 0; i < b->n_rview; i++)
+            if (!app_guid || !strcmp(b->rview[i].app_guid, app_guid))
+                pg__route_copy(&routes[count++], &b->rview[i]);
+        *out = routes;
+        *n = count;
+        return 0;
+    }
     const char *only = queued ? NULL : app_guid; /* filtered below when queued */
     struct store_route *routes = NULL;
     size_t count = 0;
@@ -1983,6 +2061,151 @@ static int pg__domain_cert_delete(struct store_backend *b, const char *domain)
 
 /* ---- packages and droplets --------------------------------------------------------------- */
 
+/* Whether the write is one packages' and droplets' reads look at while it is queued. */
+static bool pg__is_artifact_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_PACKAGE_ADD || w->op == STORE_WRITE_DROPLET_ADD ||
+           w->op == STORE_WRITE_PRUNE || w->op == STORE_WRITE_APP_DELETE;
+}
+
+/* Whether a write queued at pending[from] or after deletes the package (droplet) guid of
+ * app_guid: a prune that does not keep it, or its app's deletion. */
+static bool pg__artifact_gone(const struct store_backend *b, size_t from, bool droplet,
+                              const char *guid, const char *app_guid)
+{
+    if (!b->n_pending_artifacts || !app_guid)
+        return false;
+    for (size_t i = from; i < b->n_pending; i++) {
+        const struct store_write *w = b->pending[i];
+        if (!w->id || strcmp(w->id, app_guid))
+            continue;
+        if (w->op == STORE_WRITE_APP_DELETE)
+            return true;
+        if (w->op != STORE_WRITE_PRUNE || (droplet && !w->json))
+            continue; /* a prune that leaves the droplets to revisions */
+        const char *keep = droplet ? w->json : w->kind;
+        if (!keep || strcmp(keep, guid))
+            return true;
+    }
+    return false;
+}
+
+/* The newest queued add of the package (droplet) guid in *add (NULL: none); -ENOENT when a
+ * write queued after it deletes it again. */
+static int pg__artifact_queued(const struct store_backend *b, bool droplet, const char *guid,
+                               const struct store_write **add)
+{
+    *add = NULL;
+    enum store_write_op op = droplet ? STORE_WRITE_DROPLET_ADD : STORE_WRITE_PACKAGE_ADD;
+    for (size_t i = b->n_pending_artifacts ? b->n_pending : 0; i-- > 0;) {
+        const struct store_write *w = b->pending[i];
+        if (w->op != op || strcmp(droplet ? w->drop.guid : w->pkg.guid, guid))
+            continue;
+        *add = w;
+        return pg__artifact_gone(b, i + 1, droplet, guid,
+                                 droplet ? w->drop.app_guid : w->pkg.app_guid)
+                   ? -ENOENT
+                   : 0;
+    }
+    return 0;
+}
+
+static struct store_package *pg__package_dup(const struct store_package *p)
+{
+    struct store_package *c = xcalloc(1, sizeof *c);
+    *c = *p;
+    c->app_guid = pg__dup(p->app_guid);
+    c->path = pg__dup(p->path);
+    c->digest = pg__dup(p->digest);
+    return c;
+}
+
+static int pg__package_get_query(struct store_backend *b, const char *guid,
+                                 struct store_package **out);
+
+static void pg__pkgs_clear(struct store_backend *b)
+{
+    for (size_t i = 0; i < b->n_pkgs; i++)
+        store_package_free(b->pkgs[i]);
+    free(b->pkgs);
+    b->pkgs = NULL;
+    b->n_pkgs = 0;
+}
+
+/* As pg__drops_on, for the copy of packages. */
+static bool pg__pkgs_on(struct store_backend *b)
+{
+    pg__feed_read(b);
+    bool cache = b->feed_state == PG_FEED_ON;
+    if (!cache || b->pkgs_at != b->pkgs_gen) {
+        pg__pkgs_clear(b);
+        b->pkgs_at = b->pkgs_gen;
+    }
+    return cache;
+}
+
+static void pg__pkgs_keep(struct store_backend *b, const struct store_package *p)
+{
+    if (!pg__pkgs_on(b))
+        return;
+    b->pkgs = xrealloc(b->pkgs, (b->n_pkgs + 1) * sizeof *b->pkgs);
+    b->pkgs[b->n_pkgs++] = pg__package_dup(p);
+}
+
+/* This store deleted the packages of app_guid but keep (NULL: all of them). */
+static void pg__pkgs_forget(struct store_backend *b, const char *app_guid, const char *keep)
+{
+    for (size_t i = 0; i < b->n_pkgs;) {
+        struct store_package *p = b->pkgs[i];
+        if (!p->app_guid || strcmp(p->app_guid, app_guid) || (keep && !strcmp(p->guid, keep))) {
+            i++;
+            continue;
+        }
+        store_package_free(p);
+        b->pkgs[i] = b->pkgs[--b->n_pkgs];
+    }
+}
+
+/* What is known of the package guid without the server: 1 and *out a package queued or in
+ * the copy, -ENOENT one a write queued deletes, 0 nothing. */
+static int pg__package_known(struct store_backend *b, const char *guid, struct store_package **out)
+{
+    const struct store_write *add = NULL;
+    int rc = pg__artifact_queued(b, false, guid, &add);
+    if (rc < 0 || add) {
+        if (add)
+            *out = pg__package_dup(&add->pkg);
+        return rc < 0 ? rc : 1;
+    }
+    bool cache = pg__pkgs_on(b);
+    for (size_t i = 0; cache && i < b->n_pkgs; i++)
+        if (!strcmp(b->pkgs[i]->guid, guid)) {
+            if (pg__artifact_gone(b, 0, false, guid, b->pkgs[i]->app_guid))
+                return -ENOENT;
+            *out = pg__package_dup(b->pkgs[i]);
+            return 1;
+        }
+    return 0;
+}
+
+/* A package queued is read at once; one a queued prune deletes is gone; then the copy of
+ * packages, then the server. */
+static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+{
+    int rc = pg__package_known(b, guid, out);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    rc = pg__package_get_query(b, guid, out);
+    if (rc == 0)
+        pg__pkgs_keep(b, *out);
+    if (rc == 0 && pg__artifact_gone(b, 0, false, guid, (*out)->app_guid)) {
+        store_package_free(*out);
+        *out = NULL;
+        return -ENOENT;
+    }
+    return rc;
+}
+
 static int pg__package_add_now(struct store_backend *b, void *arg)
 {
     const struct store_package *pkg = arg;
@@ -2001,7 +2224,7 @@ static int pg__package_add_now(struct store_backend *b, void *arg)
 
 static int pg__package_add(struct store_backend *b, const struct store_package *pkg)
 {
-    return pg__call(b, "add of a package", pg__package_add_now, (void *)pkg);
+    return pg__await(b, store_write_package(pkg, NULL, NULL));
 }
 
 /* Fills a fresh object from the one row of res. */
@@ -2035,7 +2258,8 @@ static void pg__package_fill(const PGresult *res, void *obj)
     p->digest = pg__text(res, 0, 5);
 }
 
-static int pg__package_get(struct store_backend *b, const char *guid, struct store_package **out)
+static int pg__package_get_query(struct store_backend *b, const char *guid,
+                                 struct store_package **out)
 {
     void *p = NULL;
     int rc = pg__get_by_guid(b,
@@ -2067,20 +2291,13 @@ static int pg__droplet_add_now(struct store_backend *b, void *arg)
 
 static bool pg__drops_on(struct store_backend *b);
 static struct store_droplet *pg__droplet_dup(const struct store_droplet *d);
+static int pg__droplet_read(struct store_backend *b, const char *guid, struct store_droplet **out);
 
 /* A droplet written is cached as it is (never changed once written): the scheduler's first
  * converge turn on it then reads nothing from the server. */
 static int pg__droplet_add(struct store_backend *b, const struct store_droplet *drop)
 {
-    int rc = pg__call(b, "add of a droplet", pg__droplet_add_now, (void *)drop);
-    if (rc == 0 && pg__drops_on(b)) {
-        struct store_droplet *d = pg__droplet_dup(drop);
-        if (!d->process_types_json)
-            d->process_types_json = xstrdup("{}");
-        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
-        b->drops[b->n_drops++] = d;
-    }
-    return rc;
+    return pg__await(b, store_write_droplet(drop, NULL, NULL));
 }
 
 static void pg__droplet_fill(const PGresult *res, void *obj)
@@ -2167,6 +2384,24 @@ static void pg__drops_forget(struct store_backend *b, const char *app_guid, cons
  * droplet at every converge turn, which must not wait for the server each time. */
 static int pg__droplet_get(struct store_backend *b, const char *guid, struct store_droplet **out)
 {
+    const struct store_write *add = NULL;
+    int queued = pg__artifact_queued(b, true, guid, &add);
+    if (queued < 0 || add) {
+        if (add)
+            *out = pg__droplet_dup(&add->drop);
+        return queued;
+    }
+    int rc = pg__droplet_read(b, guid, out);
+    if (rc == 0 && pg__artifact_gone(b, 0, true, guid, (*out)->app_guid)) {
+        store_droplet_free(*out);
+        *out = NULL;
+        return -ENOENT;
+    }
+    return rc;
+}
+
+static int pg__droplet_read(struct store_backend *b, const char *guid, struct store_droplet **out)
+{
     bool cache = pg__drops_on(b);
     for (size_t i = 0; cache && i < b->n_drops; i++)
         if (!strcmp(b->drops[i]->guid, guid)) {
@@ -2220,20 +2455,16 @@ static int pg__prune(struct store_backend *b, bool droplets, const char *app_gui
     return 0;
 }
 
-struct pg_prune_args {
-    const char *app_guid, *keep_package, *keep_droplet;
-    char **paths;
-};
-
-static int pg__prune_now(struct store_backend *b, void *arg)
+/* w: STORE_WRITE_PRUNE (the app's guid in id, the package kept in kind, the droplet kept in
+ * json); the paths go to w->refs. */
+static int pg__prune_now(struct store_backend *b, struct store_write *w)
 {
-    struct pg_prune_args *a = arg;
-    store_strv_free(a->paths); /* a try before a lost connection */
-    a->paths = xcalloc(1, sizeof *a->paths);
+    store_strv_free(w->refs); /* a try before a lost connection */
+    w->refs = xcalloc(1, sizeof *w->refs);
     size_t n = 0;
-    int rc = pg__prune(b, false, a->app_guid, a->keep_package, &a->paths, &n);
-    if (rc == 0 && a->keep_droplet)
-        rc = pg__prune(b, true, a->app_guid, a->keep_droplet, &a->paths, &n);
+    int rc = pg__prune(b, false, w->id, w->kind, &w->refs, &n);
+    if (rc == 0 && w->json)
+        rc = pg__prune(b, true, w->id, w->json, &w->refs, &n);
     return rc;
 }
 
@@ -2241,12 +2472,10 @@ static int pg__app_prune_artifacts(struct store_backend *b, const char *app_guid
                                    const char *keep_package, const char *keep_droplet,
                                    char ***paths)
 {
-    struct pg_prune_args a = {
-        .app_guid = app_guid, .keep_package = keep_package, .keep_droplet = keep_droplet};
-    int rc = pg__call(b, "prune of an app's packages and droplets", pg__prune_now, &a);
-    if (keep_droplet) /* its other droplets are gone */
-        pg__drops_forget(b, app_guid, keep_droplet, NULL);
-    *paths = a.paths ? a.paths : xcalloc(1, sizeof **paths);
+    char **got = NULL;
+    struct store_write *w = store_write_prune(app_guid, keep_package, keep_droplet, NULL, NULL);
+    int rc = pg__await_refs(b, w, &got);
+    *paths = got ? got : xcalloc(1, sizeof **paths);
     return rc;
 }
 
@@ -2504,16 +2733,55 @@ static int pg__tasks_read(struct store_backend *b, const char *app_guid, struct 
     return 0;
 }
 
+static bool pg__is_task_write(const struct store_write *w)
+{
+    return w->op == STORE_WRITE_APP_DELETE || w->op == STORE_WRITE_TASK_PUT ||
+           w->op == STORE_WRITE_TASK_DELETE;
+}
+
+/* As pg__rview_valid, for the tasks. */
+static bool pg__tview_valid(const struct store_backend *b)
+{
+    return b->tview_ok && b->tasks && b->tasks_at == b->tasks_gen && b->tview_at == b->tasks_at;
+}
+
+static void pg__tview_build(struct store_backend *b)
+{
+    store_task_list_free(b->tview, b->n_tview);
+    struct store_task *v = xcalloc(b->n_tasks + 1, sizeof *v);
+    for (size_t i = 0; i < b->n_tasks; i++)
+        pg__task_copy(&v[i], &b->tasks[i]);
+    size_t n = b->n_tasks;
+    for (size_t i = 0; i < b->n_pending; i++)
+        if (pg__is_task_write(b->pending[i]))
+            pg__tasks_apply(&v, &n, b->pending[i], NULL);
+    b->tview = v;
+    b->n_tview = n;
+    b->tview_ok = true;
+    b->tview_at = b->tasks_at;
+}
+
 static int pg__task_list(struct store_backend *b, const char *app_guid, struct store_task **out,
                          size_t *n)
 {
     int rc = pg__tasks_read(b, app_guid, out, n);
-    for (size_t i = 0; rc == 0 && i < b->n_pending; i++) {
-        enum store_write_op op = b->pending[i]->op;
-        if (op == STORE_WRITE_APP_DELETE || op == STORE_WRITE_TASK_PUT ||
-            op == STORE_WRITE_TASK_DELETE)
-            pg__tasks_apply(out, n, b->pending[i], app_guid);
+    if (rc == 0 && b->n_pending_tasks && b->feed_state == PG_FEED_ON && b->tasks &&
+        b->tasks_at == b->tasks_gen) { /* the tasks as queued writes leave them, made once */
+        store_task_list_free(*out, *n);
+        if (!pg__tview_valid(b))
+            pg__tview_build(b);
+        struct store_task *list = xcalloc(b->n_tview + 1, sizeof *list);
+        size_t count = 0;
+        for (size_t i = 0; i < b->n_tview; i++)
+            if (!app_guid || !strcmp(b->tview[i].app_guid, app_guid))
+                pg__task_copy(&list[count++], &b->tview[i]);
+        *out = list;
+        *n = count;
+        return 0;
     }
+    for (size_t i = 0; rc == 0 && b->n_pending_tasks && i < b->n_pending; i++)
+        if (pg__is_task_write(b->pending[i]))
+            pg__tasks_apply(out, n, b->pending[i], app_guid);
     return rc;
 }
 
@@ -2685,6 +2953,25 @@ static int pg__apply(struct store_backend *wb, struct store_write *w)
         return pg__task_put_now(wb, &w->task);
     case STORE_WRITE_TASK_DELETE:
         return pg__task_delete_now(wb, w->id);
+    case STORE_WRITE_PACKAGE_ADD:
+        return pg__package_add_now(wb, &w->pkg);
+    case STORE_WRITE_DROPLET_ADD:
+        return pg__droplet_add_now(wb, &w->drop);
+    case STORE_WRITE_PRUNE:
+        return pg__prune_now(wb, w);
+    case STORE_READ_PACKAGE: {
+        struct store_package *p = NULL;
+        int rc = pg__package_get_query(wb, w->id, &p);
+        if (rc == 0) {
+            w->pkg = *p;
+            free(p);
+        }
+        return rc;
+    }
+    case STORE_READ_APP_FRESH:
+        store_app_free(w->app); /* a try before a lost connection */
+        w->app = NULL;
+        return pg__app_get_query(wb, w->id, &w->app);
     case STORE_WRITE_CALL:
         return w->call(wb, w->arg);
     }
@@ -3016,23 +3303,90 @@ static void pg__cache_queued(struct store_backend *b, const struct store_write *
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
+/* A droplet's add made puts it in the copy of droplets (never changed once written: the
+ * scheduler's first converge turn on it then reads nothing from the server); a prune takes the
+ * droplets it deleted out of it. */
+static void pg__artifact_finished(struct store_backend *b, const struct store_write *w)
+{
+    if (w->op == STORE_WRITE_DROPLET_ADD && w->rc == 0 && pg__drops_on(b)) {
+        struct store_droplet *d = pg__droplet_dup(&w->drop);
+        if (!d->process_types_json)
+            d->process_types_json = xstrdup("{}");
+        b->drops = xrealloc(b->drops, (b->n_drops + 1) * sizeof *b->drops);
+        b->drops[b->n_drops++] = d;
+    } else if (w->op == STORE_WRITE_PACKAGE_ADD && w->rc == 0) {
+        pg__pkgs_keep(b, &w->pkg);
+    } else if (w->op == STORE_WRITE_PRUNE) {
+        pg__pkgs_forget(b, w->id, w->kind);
+        if (w->json)
+            pg__drops_forget(b, w->id, w->json, NULL);
+    }
+}
+
+/* A fresh read of an app as it finished: a write of the app queued meanwhile answers in its
+ * place (what it will be), a deletion queued makes it gone; else the copy keeps what was
+ * read, as store_app_get_fresh does. */
+static void pg__app_fresh_finished(struct store_backend *b, struct store_write *w)
+{
+    if (w->rc == 0 && strcmp(w->app->guid, w->id))
+        w->rc = -ENOENT; /* a name that happens to look like the guid asked for */
+    if (w->rc < 0) {
+        store_app_free(w->app);
+        w->app = NULL;
+    }
+    pg__app_fresh_keep(b, w->id, w->rc, w->app);
+    const struct store_app *queued = pg__queued_app(b, w->id);
+    if (queued && !strcmp(queued->guid, w->id)) {
+        store_app_free(w->app);
+        w->app = store_app_dup(queued);
+        w->rc = 0;
+    }
+    if (w->rc == 0 && pg__app_deleting(b, w->id)) {
+        store_app_free(w->app);
+        w->app = NULL;
+        w->rc = -ENOENT;
+    }
+}
+
 /* An app's deletion, a route's or a task's write as it finished: reads no longer make it over
  * what they read. Made, its change goes into the caches (the app leaves the copy, the routes
  * are changed in place: no read from the server); refused, what it touched is read again. */
 static void pg__pending_finished(struct store_backend *b, struct store_write *w)
 {
-    for (size_t i = 0; i < b->n_pending; i++)
+    /* the views of routes and tasks hold w made; they stay right when the copy takes it as
+     * made too, in the queue's order (the oldest pending write of its kind) */
+    bool route = pg__is_route_write(w), task = pg__is_task_write(w);
+    bool first_route = route, first_task = task;
+    for (size_t i = 0; i < b->n_pending; i++) {
         if (b->pending[i] == w) {
             memmove(&b->pending[i], &b->pending[i + 1], (b->n_pending - i - 1) * sizeof w);
             b->n_pending--;
             break;
         }
+        first_route = first_route && !pg__is_route_write(b->pending[i]);
+        first_task = first_task && !pg__is_task_write(b->pending[i]);
+    }
+    b->n_pending_artifacts -= pg__is_artifact_write(w);
+    b->n_pending_deletes -= w->op == STORE_WRITE_APP_DELETE;
+    b->n_pending_routes -= route;
+    b->n_pending_tasks -= task;
+    bool made =
+        w->finished && (w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT));
+    bool tasks_took = task && made && b->tasks && b->tasks_at == b->tasks_gen;
+    bool routes_took = route && made && b->routes && b->routes_at == b->routes_gen;
+    if (task && !(tasks_took && first_task))
+        b->tview_ok = false;
+    if (route && !(routes_took && first_route))
+        b->rview_ok = false;
     if (!w->finished)
         return;
-    bool made = w->rc == 0 || (w->op == STORE_WRITE_APP_DELETE && w->rc == -ENOENT);
-    if (w->op != STORE_WRITE_ROUTE_ADD && w->op != STORE_WRITE_ROUTE_DELETE &&
-        w->op != STORE_WRITE_ROUTE_UPDATE) {
-        if (made && b->tasks && b->tasks_at == b->tasks_gen)
+    if (w->op == STORE_WRITE_PACKAGE_ADD || w->op == STORE_WRITE_DROPLET_ADD ||
+        w->op == STORE_WRITE_PRUNE) {
+        pg__artifact_finished(b, w);
+        return;
+    }
+    if (task) {
+        if (tasks_took)
             pg__tasks_apply(&b->tasks, &b->n_tasks, w, NULL);
         else
             b->tasks_gen++;
@@ -3045,8 +3399,9 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
         else
             pg__stale_app(b, w->id);
         pg__drops_forget(b, w->id, NULL, NULL); /* its droplets went with it */
+        pg__pkgs_forget(b, w->id, NULL);
     }
-    if (made && b->routes && b->routes_at == b->routes_gen)
+    if (routes_took)
         pg__routes_apply(&b->routes, &b->n_routes, w);
     else
         b->routes_gen++;
@@ -3055,6 +3410,10 @@ static void pg__pending_finished(struct store_backend *b, struct store_write *w)
 /* A write as it finished: one that failed leaves the row as it was, unknown here. */
 static void pg__cache_finished(struct store_backend *b, struct store_write *w)
 {
+    if (w->op == STORE_READ_APP_FRESH) {
+        pg__app_fresh_finished(b, w);
+        return;
+    }
     if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w);
         return;
@@ -3070,10 +3429,42 @@ static void pg__cache_finished(struct store_backend *b, struct store_write *w)
         pg__doc_cache_forget(b, w->kind, w->id);
 }
 
+/* A read the queue answers without the server (a package queued; an app with a write queued,
+ * or queued for deletion): made now, true. Else false, and the server is asked. */
+static bool pg__answered_now(struct store_backend *b, struct store_write *w)
+{
+    if (w->op == STORE_READ_PACKAGE) {
+        struct store_package *p = NULL;
+        int known = pg__package_known(b, w->id, &p);
+        if (p) {
+            w->pkg = *p;
+            free(p);
+        }
+        w->rc = known < 0 ? known : 0;
+        return known != 0;
+    }
+    if (w->op != STORE_READ_APP_FRESH)
+        return false;
+    const struct store_app *queued = pg__queued_app(b, w->id);
+    if (pg__app_deleting(b, w->id))
+        w->rc = -ENOENT;
+    else if (queued && !strcmp(queued->guid, w->id))
+        w->app = store_app_dup(queued);
+    else
+        return false;
+    return true;
+}
+
 static int pg__submit(struct store_backend *b, struct store_write *w)
 {
     struct pg_writer *pw = b->writer;
     struct store_app *copy = NULL;
+    if (!w->sync && pg__answered_now(b, w)) {
+        w->finished = true;
+        store_write_report(w);
+        store_write_free(w);
+        return 0;
+    }
     if (pg__is_app_write(w)) { /* before the writer's thread may see it */
         pg__app_as_stored(w->app);
         copy = pg__app_copy(w);
@@ -3083,15 +3474,24 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
         w->route.protocol = pg__or(w->route.protocol, "http1");
     }
     pthread_mutex_lock(&pw->mu);
-    if (pw->stop) {
+    size_t queued = pw->queued;
+    if (pw->stop || queued >= store_queue_max) {
+        bool stopped = pw->stop;
         pthread_mutex_unlock(&pw->mu);
         store_app_free(copy);
         char what[256];
         store_write_name(w, what, sizeof what);
-        log_error("store: %s not written: the store's writer has stopped", what);
+        if (stopped)
+            log_error("store: %s not written: the store's writer has stopped", what);
+        else if (!b->full_logged)
+            log_error("store: %s refused: %zu writes wait for the database, which is not "
+                      "answering (at most %zu are queued; more are refused until it answers)",
+                      what, queued, store_queue_max);
+        b->full_logged = !stopped;
         store_write_free(w);
-        return -ECANCELED;
+        return stopped ? -ECANCELED : -EBUSY;
     }
+    b->full_logged = false;
     w->next = NULL;
     if (pw->tail)
         pw->tail->next = w;
@@ -3108,6 +3508,22 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
     if (pg__is_pending_write(w)) {
         b->pending = xrealloc(b->pending, (b->n_pending + 1) * sizeof *b->pending);
         b->pending[b->n_pending++] = w;
+        b->n_pending_artifacts += pg__is_artifact_write(w);
+        b->n_pending_deletes += w->op == STORE_WRITE_APP_DELETE;
+        if (pg__is_route_write(w)) { /* made over the routes as queued, once */
+            b->n_pending_routes++;
+            if (pg__rview_valid(b))
+                pg__routes_apply(&b->rview, &b->n_rview, w);
+            else
+                b->rview_ok = false;
+        }
+        if (pg__is_task_write(w)) {
+            b->n_pending_tasks++;
+            if (pg__tview_valid(b))
+                pg__tasks_apply(&b->tview, &b->n_tview, w, NULL);
+            else
+                b->tview_ok = false;
+        }
     }
     return 0;
 }
@@ -3115,6 +3531,11 @@ static int pg__submit(struct store_backend *b, struct store_write *w)
 /* A synchronous write: queued behind the others and awaited (w is taken). The write's rc,
  * or -ECANCELED when the writer exited first (the write then stays with its thread). */
 static int pg__await(struct store_backend *b, struct store_write *w)
+{
+    return pg__await_refs(b, w, NULL);
+}
+
+static int pg__await_refs(struct store_backend *b, struct store_write *w, char ***refs)
 {
     w->sync = true;
     int rc = pg__submit(b, w);
@@ -3129,6 +3550,10 @@ static int pg__await(struct store_backend *b, struct store_write *w)
     pthread_mutex_unlock(&pw->mu);
     if (finished) {
         pg__cache_finished(b, w);
+        if (refs && rc == 0) {
+            *refs = w->refs;
+            w->refs = NULL;
+        }
         store_write_free(w);
     } else if (pg__is_pending_write(w)) {
         pg__pending_finished(b, w); /* no longer the owner's to read */

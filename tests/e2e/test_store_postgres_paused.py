@@ -273,3 +273,92 @@ def test_a_map_route_and_an_app_delete_wait_for_the_silent_server_and_the_api_do
     finally:
         resume(pids)
         p.close()
+
+
+def test_a_push_staged_while_the_server_is_stopped_waits_only_for_its_writes(pg_dir):
+    """A pushed app staged again while the server is stopped: the package its push uploaded
+    through this skiffd is read from memory, so the buildpack runs and its lines reach the
+    app's log meanwhile; the stage's answer waits for its writes (the droplet's blob, row and
+    the app's record of it, queued off the event loop), the other API calls are answered
+    meanwhile, and the stage ends with its droplet recorded once the server answers."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url]).start()
+    pids = []
+    try:
+        r = p.cli("push", "site", "-p", "examples/static", "--no-route", "--no-start")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        before = db_rows(url, "SELECT droplet_guid FROM apps WHERE name = 'site'")
+        assert len(before) == 1, before
+
+        pids = postgres_server_pids(pg_dir)
+
+        def seen_in(get):
+            status, listed = get("/v1/apps")
+            assert status == 200, listed
+            assert "site" in [a["name"] for a in listed["apps"]], listed
+            status, log = get("/v1/apps/site/logs")
+            assert status == 200, log
+            # the stage began and its buildpack ran, though the server does not answer
+            return "Restaging app site" in log and "Serving" in log.split("Restaging")[-1]
+
+        answers, calls = writes_while_paused(
+            p, pids, [("stage", "POST", "/v1/apps/site/restage")], seen_in)
+
+        resume(pids)
+        for t in calls:
+            t.join(30)
+        (status, text), _ = answers["stage"]
+        assert status == 200, text
+        last = json.loads(text.strip().splitlines()[-1])
+        assert last["done"] and last["ok"], text
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        assert db_rows(url, "SELECT droplet_guid FROM apps WHERE name = 'site'") == \
+            [last["droplet"]]
+        assert last["droplet"] in db_rows(url, "SELECT guid FROM droplets"), text
+        assert before != [last["droplet"]]
+        out = p.output()
+        assert "lost a queued write" not in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()
+
+
+def test_a_stage_past_the_queue_bound_is_refused_at_once_naming_the_cause(pg_dir):
+    """With --store-queue-max 3 and the server stopped, heartbeats fill the store's queue; a
+    stage whose package must be read from the server (a skiffd started since the upload) is
+    then refused at once with 503 saying the database is not answering and how many writes
+    wait, rather than waiting; once the server answers it stages."""
+    url = f"postgresql:///postgres?host={pg_dir}&user=postgres"
+    p = Platform(extra_args=["--store", url, "--store-queue-max", "3"],
+                 extra_env={"SKIFF_CELL_HEARTBEAT_MS": "100"}).start()
+    pids = []
+    try:
+        r = p.cli("push", "site", "-p", "examples/static", "--no-route", "--no-start")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        p.stop()
+        p.start()  # knows the package only from the database now
+        status, listed = p.api("GET", "/v1/apps")
+        assert status == 200 and [a["name"] for a in listed["apps"]] == ["site"], listed
+
+        pids = postgres_server_pids(pg_dir)
+        pause(pids)
+        p.wait_for(lambda: queued_writes(p) >= 3, timeout=10,
+                   what="heartbeats to fill the store's queue")
+        (status, body), took = timed(lambda: p.api("POST", "/v1/apps/site/restage"))
+        assert status == 503, body
+        assert took < 1.0, f"the refusal took {took:.2f} s"
+        assert "the database is not answering; 3 writes wait" in body["error"]["message"], body
+        info, took = timed(p.info)
+        assert info and took < 1.0, took
+
+        resume(pids)
+        p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
+        status, text = p.api("POST", "/v1/apps/site/restage")
+        assert status == 200 and '"ok":true' in text.replace(" ", ""), text
+        out = p.output()
+        assert "writes wait for the database, which is not answering" in out, out
+        assert "Sanitizer" not in out and "runtime error" not in out, out
+    finally:
+        resume(pids)
+        p.close()

@@ -2735,6 +2735,366 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
     remove_db(path);
 }
 
+/* A prune's or a queued read's callback, reported into a done_log as note_done does; what it
+ * got is kept in the log's owner below. */
+struct artifact_log {
+    struct done_log log;
+    char **paths;                 /* the prune's */
+    struct store_package *pkg[4]; /* by tag - 8 */
+    struct store_app *app[4];     /* by tag - 12 */
+};
+
+static void note_pruned(void *ctx, int rc, char **paths)
+{
+    struct done_tag *t = ctx;
+    struct artifact_log *al = (struct artifact_log *)t->log;
+    al->paths = paths;
+    note_done(ctx, rc);
+}
+
+static void note_package(void *ctx, int rc, struct store_package *pkg)
+{
+    struct done_tag *t = ctx;
+    struct artifact_log *al = (struct artifact_log *)t->log;
+    assert_true((rc == 0) == (pkg != NULL));
+    al->pkg[t->tag - 8] = pkg;
+    note_done(ctx, rc);
+}
+
+static void note_app(void *ctx, int rc, struct store_app *app)
+{
+    struct done_tag *t = ctx;
+    struct artifact_log *al = (struct artifact_log *)t->log;
+    assert_true((rc == 0) == (app != NULL));
+    al->app[t->tag - 12] = app;
+    note_done(ctx, rc);
+}
+
+/* "pkgs:A,B drops:C" of the ones of names that are read (by guid) as there */
+static void artifacts_text(struct store *st, const struct store_package *pk, size_t npk,
+                           const struct store_droplet *dr, size_t ndr, char *out, size_t size)
+{
+    snprintf(out, size, "pkgs:");
+    for (size_t i = 0; i < npk; i++) {
+        struct store_package *got = NULL;
+        if (store_package_get(st, pk[i].guid, &got) == 0) {
+            assert_string_equal(got->path, pk[i].path);
+            size_t len = strlen(out);
+            snprintf(out + len, size - len, "%s%s", out[len - 1] == ':' ? "" : ",", got->path);
+        }
+        store_package_free(got);
+    }
+    size_t len = strlen(out);
+    snprintf(out + len, size - len, " drops:");
+    for (size_t i = 0; i < ndr; i++) {
+        struct store_droplet *got = NULL;
+        if (store_droplet_get(st, dr[i].guid, &got) == 0) {
+            assert_string_equal(got->path, dr[i].path);
+            len = strlen(out);
+            snprintf(out + len, size - len, "%s%s", out[len - 1] == ':' ? "" : ",", got->path);
+        }
+        store_droplet_free(got);
+    }
+}
+
+/* Queued adds of a package and a droplet and a prune are made in turn with a queued document
+ * and reported in order (the prune with the paths of the rows it deleted); until they are
+ * made (the writer held by a locked document row on PostgreSQL) reads show them as made: the
+ * package and droplet added are found, those the prune deletes are gone. A queued read of a
+ * package this store knows is answered during the call. Once made, this store's reads show
+ * the same, and so does another store's. */
+static void
+test_queued_package_droplet_and_prune_writes_land_in_order_and_are_read_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    struct store_package pk[2] = {{.app_guid = app->guid, .path = "/pk/1", .bytes = 1},
+                                  {.app_guid = app->guid, .path = "/pk/2", .bytes = 2}};
+    struct store_droplet dr[2] = {
+        {.app_guid = app->guid, .path = "/dr/1", .process_types_json = "{}"},
+        {.app_guid = app->guid, .path = "/dr/2", .buildpack = "staticfile", .digest = "sha256:x"}};
+    for (int i = 0; i < 2; i++) {
+        uuid_generate_v4(pk[i].guid);
+        uuid_generate_v4(dr[i].guid);
+    }
+    assert_int_equal(store_package_add(st, &pk[0]), 0);
+    assert_int_equal(store_droplet_add(st, &dr[0]), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    char text[256];
+    artifacts_text(st, pk, 2, dr, 2, text, sizeof text);
+    assert_string_equal(text, "pkgs:/pk/1 drops:/dr/1");
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct artifact_log al = {0};
+    struct done_log *log = &al.log;
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(log, 0)),
+                     0);
+    assert_int_equal(store_package_add_async(st, &pk[1], note_done, done_tag(log, 1)), 0);
+    assert_int_equal(store_droplet_add_async(st, &dr[1], note_done, done_tag(log, 2)), 0);
+    assert_int_equal(store_app_prune_artifacts_async(st, app->guid, pk[1].guid, dr[1].guid,
+                                                     note_pruned, done_tag(log, 3)),
+                     0);
+    if (hold) /* all four wait behind the held row */
+        assert_int_equal(store_async_queued(st), 4);
+    for (int pass = 0; pass < 3; pass++) {
+        /* queued (PostgreSQL), made and reaped, and as another store reads the database */
+        artifacts_text(st, pk, 2, dr, 2, text, sizeof text);
+        assert_string_equal(text, "pkgs:/pk/2 drops:/dr/2");
+        struct store_droplet *d = NULL;
+        assert_int_equal(store_droplet_get(st, dr[1].guid, &d), 0);
+        assert_string_equal(d->buildpack, "staticfile");
+        assert_string_equal(d->digest, "sha256:x");
+        store_droplet_free(d);
+        /* known here: answered before the call returns, on both backends */
+        int before = log->n;
+        assert_int_equal(store_package_get_async(st, pk[1].guid, note_package, done_tag(log, 8)),
+                         0);
+        assert_int_equal(log->n, before + 1);
+        assert_int_equal(log->rc[before], 0);
+        assert_int_equal(al.pkg[0]->bytes, 2);
+        assert_string_equal(al.pkg[0]->app_guid, app->guid);
+        store_package_free(al.pkg[0]);
+        al.pkg[0] = NULL;
+        log->n--; /* not one of the four */
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, log, 4);
+            for (int i = 0; i < 4; i++) {
+                assert_int_equal(log->order[i], i);
+                assert_int_equal(log->rc[i], 0);
+            }
+            assert_non_null(al.paths);
+            assert_string_equal(al.paths[0], "/pk/1");
+            assert_string_equal(al.paths[1], "/dr/1");
+            assert_null(al.paths[2]);
+            store_strv_free(al.paths);
+            assert_int_equal(store_async_queued(st), 0);
+        } else if (pass == 1) {
+            store_close(st);
+            st = open_ok(path);
+        }
+    }
+    /* refused: a droplet of an app that does not exist, reported through its callback */
+    struct store_droplet orphan = {.app_guid = "no-such-app", .path = "/dr/x"};
+    uuid_generate_v4(orphan.guid);
+    struct done_log refused = {0};
+    assert_int_equal(store_droplet_add_async(st, &orphan, note_done, done_tag(&refused, 0)), 0);
+    reap_until(st, &refused, 1);
+    assert_int_equal(refused.rc[0], -EEXIST);
+    struct store_droplet *d = NULL;
+    assert_int_equal(store_droplet_get(st, orphan.guid, &d), -ENOENT);
+    store_close(st);
+    store_app_free(app);
+    remove_db(path);
+}
+
+/* The reads staging makes on the event loop, queued: a package this store has not seen (added
+ * through another store) and an app read from the database come back through their callbacks
+ * after the writes queued before them; an app with a write queued here is answered at once
+ * with that write's copy, and one queued for deletion as gone. */
+static void test_queued_reads_of_packages_and_apps_answer_in_turn(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path), *other = open_ok(path);
+    struct store_app *app = sample_app("shop"), *gone = sample_app("gone");
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_app_create(st, gone), 0);
+    struct store_package pk = {.app_guid = app->guid, .path = "/pk/o", .bytes = 7};
+    uuid_generate_v4(pk.guid);
+    assert_int_equal(store_package_add(other, &pk), 0);
+    struct store_app *changed = NULL;
+    assert_int_equal(store_app_get(other, app->guid, &changed), 0);
+    free(changed->package_guid);
+    changed->package_guid = xstrdup(pk.guid);
+    assert_int_equal(store_app_update(other, changed), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct artifact_log al = {0};
+    struct done_log *log = &al.log;
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(log, 0)),
+                     0);
+    assert_int_equal(store_package_get_async(st, pk.guid, note_package, done_tag(log, 8)), 0);
+    assert_int_equal(store_package_get_async(st, "no-such-package", note_package, done_tag(log, 9)),
+                     0);
+    assert_int_equal(store_app_get_fresh_async(st, app->guid, note_app, done_tag(log, 12)), 0);
+    if (hold) {
+        assert_int_equal(store_async_queued(st), 4);
+        assert_int_equal(log->n, 0);
+    }
+    assert_int_equal(store_app_delete_async(st, gone->guid, note_done, done_tag(log, 1)), 0);
+    assert_int_equal(store_app_get_fresh_async(st, gone->guid, note_app, done_tag(log, 13)), 0);
+    if (hold) { /* answered without the server */
+        assert_int_equal(log->n, 1);
+        assert_int_equal(log->order[0], 13);
+        assert_int_equal(log->rc[0], -ENOENT);
+        hold_release(hold);
+    }
+    reap_until(st, log, 6);
+    int seen = 0;
+    for (int i = 0; i < 6; i++) {
+        int tag = log->order[i];
+        seen |= 1 << (tag % 16);
+        assert_int_equal(log->rc[i], tag == 9 || tag == 13 ? -ENOENT : 0);
+    }
+    assert_int_equal(seen, (1 << 0) | (1 << 1) | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13));
+    assert_int_equal(al.pkg[0]->bytes, 7);
+    assert_string_equal(al.pkg[0]->path, "/pk/o");
+    assert_null(al.pkg[1]);
+    assert_string_equal(al.app[0]->package_guid, pk.guid);
+    assert_null(al.app[1]);
+    store_package_free(al.pkg[0]);
+    store_app_free(al.app[0]);
+    /* an app with an update queued is answered with it, before the call returns */
+    struct store_app *mine = NULL;
+    assert_int_equal(store_app_get(st, app->guid, &mine), 0);
+    hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":2}", NULL, NULL), 0);
+    mine->memory_mb = 333;
+    assert_int_equal(store_app_update_async(st, mine, NULL, NULL), 0);
+    memset(&al, 0, sizeof al);
+    assert_int_equal(store_app_get_fresh_async(st, app->guid, note_app, done_tag(log, 12)), 0);
+    assert_int_equal(log->n, 1);
+    assert_int_equal(al.app[0]->memory_mb, 333);
+    assert_int_equal(al.app[0]->version, mine->version);
+    store_app_free(al.app[0]);
+    if (hold)
+        hold_release(hold);
+    store_async_drain(st);
+    store_app_free(mine);
+    store_app_free(changed);
+    store_app_free(app);
+    store_app_free(gone);
+    store_close(other);
+    store_close(st);
+    remove_db(path);
+}
+
+/* Past store_queue_max queued writes (a server that stopped answering: here a locked row), a
+ * write or a queued read is refused at once with -EBUSY and its callback is never called,
+ * the synchronous ones too (they would wait behind the queue); the message says why and how
+ * many wait. Once the queue moves, writes are taken again. On SQLite nothing is ever queued,
+ * and nothing is refused. */
+static void test_writes_past_the_queue_bound_are_refused_at_once(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *app = sample_app("shop");
+    assert_int_equal(store_app_create(st, app), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    store_queue_max = 3;
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(store_doc_put_async(st, "k", "a", "{}", note_done, done_tag(&log, i)), 0);
+    int busy = hold ? -EBUSY : 0;
+    assert_int_equal(store_doc_put_async(st, "k", "b", "{}", note_done, done_tag(&log, 3)), busy);
+    struct store_package pk = {.app_guid = app->guid, .path = "/pk/1"};
+    uuid_generate_v4(pk.guid);
+    assert_int_equal(store_package_add_async(st, &pk, note_done, done_tag(&log, 4)), busy);
+    struct store_droplet dr = {.app_guid = app->guid, .path = "/dr/1"};
+    uuid_generate_v4(dr.guid);
+    assert_int_equal(store_droplet_add(st, &dr), busy); /* at once, not behind the queue */
+    assert_int_equal(store_package_get_async(st, "p", NULL, NULL), busy);
+    if (hold) {
+        assert_int_equal(store_async_queued(st), 3);
+        char msg[256];
+        store_busy_message(st, msg, sizeof msg);
+        assert_non_null(strstr(msg, "the database is not answering; 3 writes wait"));
+        assert_int_equal(log.n, 0);
+        char *json = NULL; /* refused: never seen */
+        assert_int_equal(store_doc_get(st, "k", "b", &json), -ENOENT);
+        struct store_package *got = NULL;
+        assert_int_equal(store_package_get(st, pk.guid, &got), -ENOENT);
+        hold_release(hold);
+        reap_until(st, &log, 3);
+        assert_int_equal(store_package_add_async(st, &pk, note_done, done_tag(&log, 4)), 0);
+        reap_until(st, &log, 4);
+        assert_int_equal(log.rc[3], 0);
+    } else {
+        assert_int_equal(log.n, 5);
+    }
+    store_queue_max = STORE_QUEUE_MAX_DEFAULT;
+    store_close(st);
+    store_app_free(app);
+    remove_db(path);
+}
+
+/* Reads of routes and tasks between queued writes show each one made as it is queued (the
+ * routes and tasks as the queue leaves them are kept and each write made over them once): an
+ * add, an update, a delete, an add of a host taken (not shown: the server refuses it), a
+ * task's put and delete; once made, the same, and so does another store. */
+static void test_route_and_task_reads_follow_each_queued_write(void **state)
+{
+    (void)state;
+    char *path = temp_db();
+    struct store *st = open_ok(path);
+    struct store_app *shop = sample_app("shop"), *cart = sample_app("cart");
+    assert_int_equal(store_app_create(st, shop), 0);
+    assert_int_equal(store_app_create(st, cart), 0);
+    struct store_route r = route_of("a.localhost", shop->guid);
+    assert_int_equal(store_route_add(st, &r), 0);
+    struct store_task t1 = task_of(shop->guid, 1), t2 = task_of(shop->guid, 2);
+    assert_int_equal(store_task_put(st, &t1), 0);
+    assert_int_equal(store_doc_put(st, "k", "a", "{}"), 0);
+    char text[512];
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:round-robin:0");
+    PGconn *hold = on_pg(path) ? hold_row(path, "k", "a") : NULL;
+    struct done_log log = {0};
+    assert_int_equal(store_doc_put_async(st, "k", "a", "{\"v\":1}", note_done, done_tag(&log, 0)),
+                     0);
+    r = route_of("b.localhost", cart->guid);
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 1)), 0);
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:round-robin:0,b.localhost:cart:round-robin:0");
+    assert_int_equal(store_route_update_async(st, "a.localhost", "", "least-connection", NULL, -1,
+                                              note_done, done_tag(&log, 2)),
+                     0);
+    routes_text(st, shop->guid, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:least-connection:0");
+    r = route_of("b.localhost", shop->guid); /* taken by cart: refused */
+    assert_int_equal(store_route_add_async(st, &r, note_done, done_tag(&log, 3)), 0);
+    routes_text(st, NULL, shop, cart, text, sizeof text);
+    assert_string_equal(text, "a.localhost:shop:least-connection:0,b.localhost:cart:round-robin:0");
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:PENDING");
+    assert_int_equal(store_task_put_async(st, &t2, note_done, done_tag(&log, 4)), 0);
+    tasks_text(st, shop, text, sizeof text);
+    assert_string_equal(text, "shop-1:PENDING,shop-2:PENDING");
+    assert_int_equal(store_route_delete_async(st, "b.localhost", "", note_done, done_tag(&log, 5)),
+                     0);
+    assert_int_equal(store_task_delete_async(st, t1.guid, note_done, done_tag(&log, 6)), 0);
+    for (int pass = 0; pass < 3; pass++) {
+        routes_text(st, NULL, shop, cart, text, sizeof text);
+        assert_string_equal(text, "a.localhost:shop:least-connection:0");
+        routes_text(st, cart->guid, shop, cart, text, sizeof text);
+        assert_string_equal(text, "");
+        tasks_text(st, shop, text, sizeof text);
+        assert_string_equal(text, "shop-2:PENDING");
+        if (pass == 0) {
+            if (hold)
+                hold_release(hold);
+            reap_until(st, &log, 7);
+            for (int i = 0; i < 7; i++) {
+                assert_int_equal(log.order[i], i);
+                assert_int_equal(log.rc[i], i == 3 ? -EEXIST : 0);
+            }
+        } else if (pass == 1) {
+            store_close(st);
+            st = open_ok(path);
+        }
+    }
+    store_close(st);
+    store_app_free(shop);
+    store_app_free(cart);
+    remove_db(path);
+}
+
 #define STORE_TESTS                                                                                \
     cmocka_unit_test(test_migrates_an_empty_store),                                                \
         cmocka_unit_test(test_domain_certificates_round_trip),                                     \
@@ -2782,7 +3142,12 @@ static void test_droplets_come_from_the_cache_until_one_is_deleted(void **state)
         cmocka_unit_test(                                                                          \
             test_a_refused_queued_route_or_task_write_is_reported_through_its_callback),           \
         cmocka_unit_test(test_domains_come_from_the_cache_until_a_change_is_announced),            \
-        cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one)
+        cmocka_unit_test(test_tasks_come_from_the_cache_until_another_writer_changes_one),         \
+        cmocka_unit_test(                                                                          \
+            test_queued_package_droplet_and_prune_writes_land_in_order_and_are_read_at_once),      \
+        cmocka_unit_test(test_queued_reads_of_packages_and_apps_answer_in_turn),                   \
+        cmocka_unit_test(test_writes_past_the_queue_bound_are_refused_at_once),                    \
+        cmocka_unit_test(test_route_and_task_reads_follow_each_queued_write)
 
 int main(void)
 {
