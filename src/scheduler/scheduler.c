@@ -1482,7 +1482,6 @@ static void sched__tick(uv_timer_t *t)
 /* ---- life ----------------------------------------------------------------------------------- */
 
 static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *f);
-static void sched__led_elsewhere(void *ctx);
 
 int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   const struct executor_config *excfg, struct store *store, struct logs *logs,
@@ -1498,7 +1497,6 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                                  .on_state = sched__on_state,
                                  .on_readiness = sched__on_readiness,
                                  .on_found = sched__adopt,
-                                 .on_led_elsewhere = sched__led_elsewhere,
                                  .ctx = s};
     char err[512] = "";
     int rc = cellc_new(loop, &cc, &cb, &s->cells, err, sizeof err);
@@ -1769,11 +1767,6 @@ void scheduler_hand_over(struct scheduler *s)
     /* what could not be handed over stops (each drains first); remote cells keep theirs */
     while (s->apps)
         sched__app_remove(s, s->apps);
-}
-
-static void sched__led_elsewhere(void *ctx)
-{
-    scheduler_hand_over(ctx);
 }
 
 bool scheduler_leading(const struct scheduler *s)
