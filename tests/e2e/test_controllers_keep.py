@@ -184,6 +184,68 @@ def test_a_follower_restarted_with_sigterm_keeps_what_it_runs_and_the_leader_sta
         wait_for(lambda: pid_of(b, on_b) is None, 20, "the kept instance to stop when asked")
 
 
+def test_a_restart_asked_of_a_follower_that_keeps_instances_is_carried_out_by_the_leader(
+        pg_dir, nats):  # noqa: F811
+    with stopped_clean() as made:
+        a, b = leader_and_follower(made, pg_dir, nats, lost_ms=30000)
+        b_id = this_cell(b)
+        deploy(a, "again", 2)
+        wait_for(lambda: {i["cell"] for i in running(a, "again")} == {this_cell(a), b_id}, 60,
+                 "one instance on each skiffd")
+        before = {i["guid"] for i in running(a, "again")}
+        on_b = next(i["guid"] for i in running(a, "again") if i["cell"] == b_id)
+        pid = pid_of(b, on_b)
+        assert pid
+        # b restarted keeps the instance it runs for the leader
+        b.stop(signal.SIGTERM)
+        b.start()
+        wait_for(lambda: "[LEADER] another skiffd leads" in b.output().split(
+            "skiffd stopped")[-1], 15, "the restarted follower to follow")
+        assert pid_of(b, on_b) == pid
+        # a restart asked of b: the leader restarts both instances (new guids), wherever
+        # they run, and two run again
+        status, body = b.api("POST", "/v1/apps/again/restart")
+        assert status == 200, body
+        wait_for(lambda: len(running(a, "again")) == 2 and
+                 not {i["guid"] for i in running(a, "again")} & before, 60,
+                 "the leader to restart both instances")
+        wait_for(lambda: pid_of(b, on_b) is None, 20, "the old instance on b to stop")
+        wait_for(lambda: serves(a, "again"), 20, "the leader's router to serve the app")
+        assert "restarting app" in a.output(), a.output()
+        assert instance_processes(a, b) == 2
+
+
+def test_a_restart_asked_of_a_skiffd_that_holds_its_instances_waits_for_a_leader(
+        pg_dir, nats):  # noqa: F811
+    with stopped_clean() as made:
+        a = keeper(pg_dir, nats, "zone-a")
+        made.append(a)
+        a.start()
+        wait_for(lambda: leading(a), 15, "the skiffd to lead")
+        deploy(a, "held", 1)
+        wait_for(lambda: len(running(a, "held")) == 1, 60, "the instance to run")
+        wait_for(lambda: serves(a, "held"), 20, "the router to serve the app")
+        guid = running(a, "held")[0]["guid"]
+        pid = pid_of(a, guid)
+        end_leader_session(pg_dir, a)
+        wait_for(lambda: "[LEADER] this skiffd stopped leading" in a.output(), 5,
+                 "the skiffd to see its session end")
+        # asked while it holds its instance and nobody leads: it stops nothing ...
+        status, body = a.api("POST", "/v1/apps/held/restart")
+        assert status == 200, body
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and not leading(a):
+            assert pid_of(a, guid) == pid and serves(a, "held"), a.output()
+            time.sleep(0.1)
+        # ... and once it leads again, the restart is carried out (a new instance)
+        wait_for(lambda: leading(a), 15, "the skiffd to lead again")
+        wait_for(lambda: [i["guid"] for i in running(a, "held")] not in ([], [guid]), 60,
+                 "the restart to be carried out")
+        wait_for(lambda: pid_of(a, guid) is None, 20, "the old instance to stop")
+        wait_for(lambda: serves(a, "held"), 20, "the router to serve the new instance")
+        assert instance_processes(a) == 1
+
+
 def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
