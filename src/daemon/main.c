@@ -85,6 +85,10 @@ struct daemon {
     struct cells *cells;  /* this skiffd's heartbeats, GET /v1/cells */
     uv_signal_t sigterm, sigint, sigusr2, sighup;
     bool stopping;
+    /* while stopping: the step waited for, said every DAEMON_STOP_WATCH_MS (unreferenced) */
+    const char *stop_step;
+    int64_t stop_began;
+    uv_timer_t stop_watch;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
     int exit_code;
 };
@@ -361,9 +365,50 @@ static int daemon_invoker_wake(void *as, const char *app_guid, const char *proce
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
 
+/* A stop that takes this long says which step it waits for, and again as often, so that a
+ * skiffd slow to exit leaves in its log why. */
+#define DAEMON_STOP_WATCH_MS 5000
+
+static void daemon__count_handle(uv_handle_t *h, void *arg)
+{
+    int *counts = arg;
+    /* what keeps uv_run going: active and referenced (the watch itself is not) */
+    if (uv_is_active(h) && uv_has_ref(h) && !uv_is_closing(h) && h->type > 0 &&
+        h->type < UV_HANDLE_TYPE_MAX)
+        counts[h->type]++;
+}
+
+static void daemon_stop_watch(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    long long s = (long long)((time_mono_ms() - d->stop_began) / 1000);
+    if (d->stop_step) {
+        log_warning("still stopping after %lld s: waiting for %s", s, d->stop_step);
+        return;
+    }
+    /* every step is done: what keeps the loop from ending */
+    int counts[UV_HANDLE_TYPE_MAX] = {0};
+    uv_walk(d->loop, daemon__count_handle, counts);
+    char what[256] = "";
+    size_t n = 0;
+    for (int i = 1; i < UV_HANDLE_TYPE_MAX && n < sizeof what; i++)
+        if (counts[i] && i != UV_SIGNAL)
+            n += (size_t)snprintf(what + n, sizeof what - n, "%s%d %s", n ? ", " : "", counts[i],
+                                  uv_handle_type_name((uv_handle_type)i));
+    log_warning("still stopping after %lld s: every step is done; the loop still has %s (and "
+                "work in its threads, if none)",
+                s, n ? what : "no active handle");
+}
+
+static void daemon_stop_step(struct daemon *d, const char *step)
+{
+    d->stop_step = step;
+}
+
 static void shutdown_router_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigusr2, NULL);
@@ -373,6 +418,7 @@ static void shutdown_router_done(void *arg)
 static void shutdown_bus_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the router to exit (SIGKILL 5 s after its SIGTERM)");
     if (d->router)
         router_proc_close(d->router, !d->detach, shutdown_router_done, d);
     else
@@ -382,6 +428,7 @@ static void shutdown_bus_done(void *arg)
 static void shutdown_sched_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the bus to close");
     hosts_stop(d->hosts);
     d->hosts = NULL;
     if (d->bus)
@@ -393,6 +440,8 @@ static void shutdown_sched_done(void *arg)
 static void shutdown_events_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the instances to stop, each within its grace period, or be let go "
+                        "(the scheduler and the cells)");
     if (d->sched && d->detach)
         scheduler_detach(d->sched, shutdown_sched_done, d);
     else if (d->sched)
@@ -404,6 +453,7 @@ static void shutdown_events_done(void *arg)
 static void shutdown_invoker_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the fabric to close (the events API)");
     d->invoker = NULL; /* freed by invoker_stop */
     struct api_events *events = d->events;
     d->events = NULL; /* freed by api_events_stop */
@@ -413,6 +463,7 @@ static void shutdown_invoker_done(void *arg)
 static void shutdown_api_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "event delivery to stop (the invoker)");
     /* the routers' access lines go on arriving until the bus closes: none reaches the
      * invoker once it stops (it is freed when stopped) */
     if (d->bus) {
@@ -433,6 +484,12 @@ static void daemon_stop(struct daemon *d)
     if (d->stopping)
         return;
     d->stopping = true;
+    d->stop_began = time_mono_ms();
+    daemon_stop_step(d, "the API to close (its requests in flight aborted)");
+    uv_timer_init(d->loop, &d->stop_watch);
+    d->stop_watch.data = d;
+    uv_timer_start(&d->stop_watch, daemon_stop_watch, DAEMON_STOP_WATCH_MS, DAEMON_STOP_WATCH_MS);
+    uv_unref((uv_handle_t *)&d->stop_watch); /* it keeps nothing running */
     /* the lock goes at once, so another skiffd takes over while this one stops */
     if (d->leader)
         leader_close(d->leader, NULL, NULL);
