@@ -8,7 +8,10 @@ cell for the leader):
 - a leader whose session the server ends keeps its instances: alone, its router serves them
   all along and it leads again with the same processes, even while heartbeats forged on NATS
   say that another leads (only the store's word gives them up); beside another skiffd, that
-  one leads and adopts them (the same guids and processes) instead of starting them again.
+  one leads and adopts them (the same guids and processes) instead of starting them again;
+- a restart asked of a skiffd that does not lead (a follower that kept instances across its
+  own restart, or a leader that lost its session and holds its own) stops nothing there and
+  is carried out by whoever leads.
 
 Each skiffd has its own home and its own range of instance ports; instances run as host
 processes (--isolation process)."""
