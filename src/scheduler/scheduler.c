@@ -2061,7 +2061,10 @@ static void sched__take_restarts(struct scheduler *s)
     s->restarts_news = news;
     for (size_t i = 0; i < l.n; i++) {
         store_doc_delete_async(s->store, SCHED_RESTART_KIND, l.v[i].id, NULL, NULL);
-        if (!l.v[i].app[0])
+        bool again = false; /* asked more than once since the last read: restarted once */
+        for (size_t j = 0; j < i && !again; j++)
+            again = !strcmp(l.v[j].app, l.v[i].app);
+        if (!l.v[i].app[0] || again)
             continue;
         log_info("restarting app %s as another skiffd was asked to", l.v[i].app);
         if (sched__restart(s, l.v[i].app, l.v[i].rolling) == 0)
