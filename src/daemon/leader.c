@@ -279,7 +279,7 @@ static void leader__answered(struct leader *l)
     case LEADER__ASK_WATCH:
         if (l->got_lock) {
             leader__follow(l, true);
-        } else {
+        } else if (l->holding) {
             l->answered_mono = l->sent_mono; /* nobody else leads: held a while longer */
             leader__lease_arm(l);
         }
