@@ -64,17 +64,13 @@ struct leader {
     bool fresh;              /* the connection is new: its first query sets its keepalives */
     bool query_ok;           /* every result of the query in flight was a success */
     bool got_lock;           /* ... and its one value was true (the lock; another holds it) */
-    int64_t sent_mono;       /* when the query in flight was sent */
     bool leading;
     int lock_pid; /* the server's pid of the session that holds the lock, while
                    * leading and after (the server may not have ended it yet) */
     /* After leading was lost and until another is known to lead (the server says another
-     * session holds the lock) or the lease lapses: the caller holds what it ran. */
+     * session holds the lock): the caller holds what it ran. */
     bool holding;
-    int hold_ms;
-    int64_t answered_mono; /* when the last query the server answered was sent */
-    int64_t retry_mono;    /* no try for the lock before (LEADER_LOST_BACKOFF after a loss) */
-    uv_timer_t lease;      /* holding: fires hold_ms after answered_mono */
+    int64_t retry_mono; /* no try for the lock before (LEADER_LOST_BACKOFF after a loss) */
     bool decided;    /* on_change was called for the first try since the start or a loss */
     bool complained; /* a connection failure was logged since the last success */
     bool closing;
@@ -85,7 +81,6 @@ struct leader {
 
 static void leader__on_poll(uv_poll_t *h, int status, int events);
 static void leader__arm(struct leader *l, int ms);
-static void leader__lease_arm(struct leader *l);
 
 /* How often a skiffd that holds what it ran asks whether another took the lock. */
 static int leader__watch_ms(const struct leader *l)
@@ -142,9 +137,8 @@ static void leader__lost(struct leader *l, const char *why)
     l->leading = false;
     if (was) {
         l->decided = false; /* its next answer says again who leads */
-        l->holding = true;  /* until the server says another leads, or the lease lapses */
+        l->holding = true;  /* until the server says another leads */
         l->retry_mono = time_mono_ms() + (int64_t)LEADER_LOST_BACKOFF * l->try_ms;
-        leader__lease_arm(l);
     }
     uv_timer_stop(&l->deadline);
     leader__poll_release(l); /* before libpq closes the socket under it */
@@ -153,12 +147,11 @@ static void leader__lost(struct leader *l, const char *why)
     l->conn = NULL;
     l->phase = LEADER__IDLE;
     if (was) {
-        log_warning("[LEADER] this skiffd stopped leading: %s (%s); it holds what it ran while "
-                    "the store says every %d ms that no other skiffd took the lock (at most %d "
-                    "ms without an answer), and tries for the lock again in %d ms, then every "
-                    "%d ms",
-                    why, l->masked, leader__watch_ms(l), l->hold_ms,
-                    LEADER_LOST_BACKOFF * l->try_ms, l->try_ms);
+        log_warning("[LEADER] this skiffd stopped leading: %s (%s); it holds what it ran until "
+                    "the store says another skiffd took the lock (asked every %d ms), and "
+                    "tries for the lock again in %d ms, then every %d ms",
+                    why, l->masked, leader__watch_ms(l), LEADER_LOST_BACKOFF * l->try_ms,
+                    l->try_ms);
         l->complained = true;
         l->on_change(l->ctx, false);
     } else if (!l->complained) {
@@ -212,7 +205,6 @@ static void leader__send(struct leader *l, const char *sql)
         leader__lost_pq(l);
         return;
     }
-    l->sent_mono = time_mono_ms();
     l->phase = LEADER__QUERY;
     l->query_ok = true;
     l->got_lock = false;
@@ -247,22 +239,21 @@ static void leader__ask(struct leader *l)
     leader__send(l, sql);
 }
 
-/* Another skiffd leads (the server says so), or what was held can be held no longer: the
- * caller is told once since the start or the last loss. */
-static void leader__follow(struct leader *l, bool another)
+/* Another skiffd leads (the server says so): the caller is told once since the start or the
+ * last loss. */
+static void leader__follow(struct leader *l)
 {
     bool held = l->holding;
     l->holding = false;
-    uv_timer_stop(&l->lease);
     if (l->decided)
         return;
     l->decided = true;
-    if (another && held)
+    if (held)
         log_info(
             "[LEADER] another skiffd leads: the store says another session holds the lock; "
             "this one gives up what it held and tries for the lock from %lld ms on",
             (long long)(l->retry_mono - time_mono_ms() > 0 ? l->retry_mono - time_mono_ms() : 0));
-    else if (another)
+    else
         log_info("[LEADER] another skiffd leads: this one serves the API and tries for "
                  "the lock every %d ms",
                  l->try_ms);
@@ -274,27 +265,20 @@ static void leader__answered(struct leader *l)
 {
     switch (l->asking) {
     case LEADER__ASK_CHECK:
-        l->answered_mono = l->sent_mono;
         break;
     case LEADER__ASK_WATCH:
-        if (l->got_lock) {
-            leader__follow(l, true);
-        } else if (l->holding) {
-            l->answered_mono = l->sent_mono; /* nobody else leads: held a while longer */
-            leader__lease_arm(l);
-        }
+        if (l->got_lock)
+            leader__follow(l);
         break;
     case LEADER__ASK_TRY:
         if (!l->got_lock) {
-            leader__follow(l, true);
+            leader__follow(l);
             break;
         }
         l->holding = false;
-        uv_timer_stop(&l->lease);
         l->decided = true;
         l->leading = true;
         l->lock_pid = PQbackendPID(l->conn);
-        l->answered_mono = l->sent_mono;
         log_info("[LEADER] this skiffd leads: it holds the lock on %s, and runs the "
                  "instances, the autoscaler and schedules",
                  l->masked);
@@ -322,27 +306,6 @@ static void leader__query_done(struct leader *l)
     }
     if (l->phase == LEADER__READY && !l->closing)
         leader__arm(l, l->holding ? leader__watch_ms(l) : l->try_ms);
-}
-
-/* Holding, the server has not answered for hold_ms: another skiffd may take the lock once the
- * server ends the old session (8 s after its last word at the soonest, by its keepalives), so
- * what was held is given up before that. */
-static void leader__on_lease(uv_timer_t *t)
-{
-    struct leader *l = t->data;
-    if (!l->holding || l->leading || l->closing)
-        return;
-    log_warning("[LEADER] the store has not answered for %lld ms: this skiffd cannot tell "
-                "that no other skiffd leads, and gives up what it held (it tries for the "
-                "lock again every %d ms)",
-                (long long)(time_mono_ms() - l->answered_mono), l->try_ms);
-    leader__follow(l, false);
-}
-
-static void leader__lease_arm(struct leader *l)
-{
-    int64_t due = l->answered_mono + l->hold_ms - time_mono_ms();
-    uv_timer_start(&l->lease, leader__on_lease, due > 0 ? (uint64_t)due : 0, 0);
 }
 
 static void leader__read_results(struct leader *l)
@@ -483,14 +446,12 @@ int leader_start(uv_loop_t *loop, const struct leader_config *cfg, struct leader
     l->name = xstrdup(cfg->name ? cfg->name : "skiffd leader");
     l->try_ms = cfg->try_interval_ms > 0 ? cfg->try_interval_ms : LEADER_TRY_INTERVAL_MS;
     l->check_ms = cfg->check_timeout_ms > 0 ? cfg->check_timeout_ms : LEADER_CHECK_TIMEOUT_MS;
-    l->hold_ms = cfg->hold_ms > 0 ? cfg->hold_ms : LEADER_HOLD_MS;
     l->on_change = cfg->on_change;
     l->ctx = cfg->ctx;
     uv_timer_init(loop, &l->timer);
     uv_timer_init(loop, &l->deadline);
-    uv_timer_init(loop, &l->lease);
-    l->timer.data = l->deadline.data = l->lease.data = l;
-    l->open_handles = 3;
+    l->timer.data = l->deadline.data = l;
+    l->open_handles = 2;
     leader__arm(l, 0);
     *out = l;
     return 0;
@@ -510,7 +471,6 @@ void leader_close(struct leader *l, void (*done)(void *arg), void *arg)
     l->holding = false;
     uv_timer_stop(&l->timer);
     uv_timer_stop(&l->deadline);
-    uv_timer_stop(&l->lease);
     leader__poll_release(l);
     if (l->conn)
         PQfinish(l->conn);
@@ -518,7 +478,6 @@ void leader_close(struct leader *l, void (*done)(void *arg), void *arg)
     l->phase = LEADER__IDLE;
     uv_close((uv_handle_t *)&l->timer, leader__handle_closed);
     uv_close((uv_handle_t *)&l->deadline, leader__handle_closed);
-    uv_close((uv_handle_t *)&l->lease, leader__handle_closed);
 }
 
 void leader_free(struct leader *l)

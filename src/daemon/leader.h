@@ -18,11 +18,11 @@
  * After a loss the caller holds what it ran (it may lead again, alone, with the same
  * instances) only while the server says no other session holds the lock: it is asked every
  * try_interval_ms / 4 (pg_locks, without taking the lock), and the first answer that names
- * another holder ends the hold. With no answer for hold_ms since the last one (sent while
- * leading or holding), the hold ends too: a server that cannot be reached may still free the
- * lock to another once it ends the old session, which its keepalives do 8 s after the old
- * leader's last word at the soonest, later than hold_ms. Nothing heard from another skiffd
- * (a message on NATS) ends a hold: only the server's word or the lease.
+ * another holder ends the hold. A server that cannot be reached ends nothing: the instances of
+ * stateless code run on (a database restart costs no app its instances), though a server that
+ * the old leader cannot reach may free the lock to another skiffd, which then runs the app's
+ * instances too until the old one hears of it. Nothing heard from another skiffd (a message on
+ * NATS, which any client on the bus could forge) ends a hold: only the server's word.
  *
  * on_change is called on the loop whenever leading changes, and with false when the first try
  * after the start finds the lock taken, or once after losing the lead when the hold ends
@@ -42,10 +42,6 @@
 /* A skiffd that stopped leading waits this many try intervals before trying again, so that a
  * follower whose session is sound takes over rather than the one whose session just failed. */
 #define LEADER_LOST_BACKOFF 3
-/* How long a skiffd that lost the lead holds what it ran with no answer from the server (from
- * when the last answered query was sent): under the 8 s after which the server's keepalives
- * end a silent session and free its lock to another. */
-#define LEADER_HOLD_MS 5000
 
 struct leader;
 
@@ -56,7 +52,6 @@ struct leader_config {
     const char *name;     /* application_name of its session, for pg_stat_activity */
     int try_interval_ms;  /* <= 0: LEADER_TRY_INTERVAL_MS */
     int check_timeout_ms; /* <= 0: LEADER_CHECK_TIMEOUT_MS */
-    int hold_ms;          /* <= 0: LEADER_HOLD_MS */
     leader_change_cb on_change;
     void *ctx;
 };

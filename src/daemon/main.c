@@ -868,8 +868,8 @@ static bool daemon_cell_leads(void *ctx, const char *cell_id)
 /* The one place that says what leading changes: the scheduler first (it starts instances at
  * once, or holds them), then the autoscaler and the schedules, then the heartbeat. Leading
  * lost (false while leading) holds the instances: they run on while the store says nobody
- * else leads; false again (the store says the lock is another's, or could not say so for the
- * hold's lease: leader.h) gives them up (scheduler_hand_over). */
+ * else leads; false again (the store says the lock is another's: leader.h) gives them up
+ * (scheduler_hand_over). */
 static void daemon_leading_changed(void *ctx, bool leading)
 {
     struct daemon *d = ctx;
