@@ -367,11 +367,10 @@ static void cellc__heartbeat(struct cellc *c, struct cellc__cell *cell, json_t *
     cell->lost = false;
     json_t *list = json_object_get(m, "instances");
     cell->instances = (int)json_array_size(list);
-    if (!c->leading) {
-        if (cell->led)
-            cellc__led_elsewhere(c);
+    /* not leading: a heartbeat's "leading" decides nothing here (anyone on the bus can send
+     * one); whether another skiffd leads is the store's word (daemon/leader.h) */
+    if (!c->leading)
         return;
-    }
     size_t k;
     json_t *e;
     json_array_foreach(list, k, e)
@@ -719,12 +718,6 @@ bool cellc_hand_over(struct cellc_inst *i, bool readiness, bool ready)
     i->ready_ok = ready;
     uv_timer_start(&c->beat, cellc__on_beat, 0, (uint64_t)c->beat_ms); /* heard at once */
     return true;
-}
-
-void cellc__led_elsewhere(struct cellc *c)
-{
-    if (!c->leading && !c->closing && c->cb.on_led_elsewhere)
-        c->cb.on_led_elsewhere(c->cb.ctx);
 }
 
 /* ---- reading ------------------------------------------------------------------------------- */

@@ -54,9 +54,6 @@ struct cellc_callbacks {
                      const struct instance_exit *exit);
     void (*on_readiness)(void *ctx, struct cellc_inst *i, bool ready);
     void (*on_found)(void *ctx, struct cellc_inst *i, const struct cellc_found *f);
-    /* While not leading: another skiffd leads (its heartbeat said so, or a request came from
-     * it to the local cell). May be NULL. */
-    void (*on_led_elsewhere)(void *ctx);
     void *ctx;
 };
 

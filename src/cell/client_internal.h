@@ -129,8 +129,5 @@ void cellc__serve_request(struct cellc *c, const char *data, size_t len);
 /* What a predecessor on this home left running, taken over as served instances (not leading:
  * for whoever leads); returns how many. */
 int cellc__serve_adopt(struct cellc *c);
-/* Another skiffd leads (its heartbeat or its request says so) while this one does not: the
- * scheduler gives up what it still holds (on_led_elsewhere). */
-void cellc__led_elsewhere(struct cellc *c);
 
 #endif

@@ -258,7 +258,6 @@ void cellc__serve_request(struct cellc *c, const char *data, size_t len)
 {
     if (c->leading || c->closing)
         return;
-    cellc__led_elsewhere(c); /* what this skiffd held since it stopped leading is the sender's */
     json_t *m = json_loadb(data, len, 0, NULL);
     const char *op = json_string_value(json_object_get(m, "op"));
     const char *guid = json_string_value(json_object_get(m, "guid"));

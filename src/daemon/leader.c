@@ -14,14 +14,23 @@
 #define LEADER__STR2(x) #x
 #define LEADER__STR(x) LEADER__STR2(x)
 
-/* The first try also asks the server to probe the connection, so that the session (and the
- * lock) of a client that vanished without a word ends in 8 s (ignored on a Unix socket,
- * where such a session ends at once). */
-static const char leader__first_try[] =
-    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; "
-    "SET tcp_keepalives_count = 3; SELECT pg_try_advisory_lock(" LEADER__STR(LEADER_LOCK_KEY) ")";
+#define LEADER__KEEPALIVES                                                                         \
+    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; "                               \
+    "SET tcp_keepalives_count = 3; "
 static const char leader__try[] = "SELECT pg_try_advisory_lock(" LEADER__STR(LEADER_LOCK_KEY) ")";
 static const char leader__check[] = "SELECT 1";
+/* Whether a session other than this skiffd's (nor the one it led on, which the server may not
+ * have ended yet) holds the lock: the server's word on who leads, asked without taking it. A
+ * bigint key is in pg_locks as its high half (classid), low half (objid) and objsubid 1. */
+#define LEADER__WATCH_FMT                                                                          \
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %llu AND "    \
+    "objid = %llu AND objsubid = 1 AND granted AND pid <> pg_backend_pid() AND pid <> %d)"
+
+enum leader__ask {
+    LEADER__ASK_TRY,   /* pg_try_advisory_lock: a follower's try */
+    LEADER__ASK_CHECK, /* SELECT 1: the leader's session answers */
+    LEADER__ASK_WATCH, /* does another session hold the lock (holding only) */
+};
 
 enum leader__phase {
     LEADER__IDLE,       /* no connection; the timer makes one */
@@ -51,9 +60,17 @@ struct leader {
     uv_timer_t timer;    /* the next connection, try or check */
     uv_timer_t deadline; /* the answer (or the connection) in flight must come before it */
     enum leader__phase phase;
-    bool query_ok; /* every result of the query in flight was a success */
-    bool got_lock; /* ... and pg_try_advisory_lock said true */
+    enum leader__ask asking; /* the query in flight */
+    bool fresh;              /* the connection is new: its first query sets its keepalives */
+    bool query_ok;           /* every result of the query in flight was a success */
+    bool got_lock;           /* ... and its one value was true (the lock; another holds it) */
     bool leading;
+    int lock_pid; /* the server's pid of the session that holds the lock, while
+                   * leading and after (the server may not have ended it yet) */
+    /* After leading was lost and until another is known to lead (the server says another
+     * session holds the lock): the caller holds what it ran. */
+    bool holding;
+    int64_t retry_mono; /* no try for the lock before (LEADER_LOST_BACKOFF after a loss) */
     bool decided;    /* on_change was called for the first try since the start or a loss */
     bool complained; /* a connection failure was logged since the last success */
     bool closing;
@@ -64,6 +81,12 @@ struct leader {
 
 static void leader__on_poll(uv_poll_t *h, int status, int events);
 static void leader__arm(struct leader *l, int ms);
+
+/* How often a skiffd that holds what it ran asks whether another took the lock. */
+static int leader__watch_ms(const struct leader *l)
+{
+    return l->try_ms / 4 > 0 ? l->try_ms / 4 : 1;
+}
 
 static void leader__handle_closed(uv_handle_t *h)
 {
@@ -112,8 +135,11 @@ static void leader__lost(struct leader *l, const char *why)
 {
     bool was = l->leading;
     l->leading = false;
-    if (was)
+    if (was) {
         l->decided = false; /* its next answer says again who leads */
+        l->holding = true;  /* until the server says another leads */
+        l->retry_mono = time_mono_ms() + (int64_t)LEADER_LOST_BACKOFF * l->try_ms;
+    }
     uv_timer_stop(&l->deadline);
     leader__poll_release(l); /* before libpq closes the socket under it */
     if (l->conn)
@@ -121,9 +147,11 @@ static void leader__lost(struct leader *l, const char *why)
     l->conn = NULL;
     l->phase = LEADER__IDLE;
     if (was) {
-        log_warning("[LEADER] this skiffd stopped leading: %s (%s); it tries for the lock again "
-                    "in %d ms, then every %d ms",
-                    why, l->masked, LEADER_LOST_BACKOFF * l->try_ms, l->try_ms);
+        log_warning("[LEADER] this skiffd stopped leading: %s (%s); it holds what it ran until "
+                    "the store says another skiffd took the lock (asked every %d ms), and "
+                    "tries for the lock again in %d ms, then every %d ms",
+                    why, l->masked, leader__watch_ms(l), LEADER_LOST_BACKOFF * l->try_ms,
+                    l->try_ms);
         l->complained = true;
         l->on_change(l->ctx, false);
     } else if (!l->complained) {
@@ -133,7 +161,7 @@ static void leader__lost(struct leader *l, const char *why)
         l->complained = true;
     }
     if (!l->closing)
-        leader__arm(l, (was ? LEADER_LOST_BACKOFF : 1) * l->try_ms);
+        leader__arm(l, l->holding ? leader__watch_ms(l) : l->try_ms);
 }
 
 /* libpq's last error, on one line. */
@@ -186,7 +214,80 @@ static void leader__send(struct leader *l, const char *sql)
         leader__lost_pq(l);
 }
 
-/* The query's last result came: the try or check is judged, and the next one armed. */
+/* Asks what this skiffd needs to know now: the leader whether its session answers; one that
+ * holds what it ran (before its next try is due) whether another holds the lock; anyone else
+ * for the lock. A new connection's first query also asks the server to probe it, so that the
+ * session (and the lock) of a client that vanished without a word ends in 8 s (ignored on a
+ * Unix socket, where such a session ends at once). */
+static void leader__ask(struct leader *l)
+{
+    char watch[512], sql[768];
+    const char *q = leader__check;
+    l->asking = LEADER__ASK_CHECK;
+    if (!l->leading && l->holding && time_mono_ms() < l->retry_mono) {
+        unsigned long long key = LEADER_LOCK_KEY;
+        snprintf(watch, sizeof watch, LEADER__WATCH_FMT, key >> 32, key & 0xffffffffULL,
+                 l->lock_pid);
+        q = watch;
+        l->asking = LEADER__ASK_WATCH;
+    } else if (!l->leading) {
+        q = leader__try;
+        l->asking = LEADER__ASK_TRY;
+    }
+    snprintf(sql, sizeof sql, "%s%s", l->fresh ? LEADER__KEEPALIVES : "", q);
+    l->fresh = false;
+    leader__send(l, sql);
+}
+
+/* Another skiffd leads (the server says so): the caller is told once since the start or the
+ * last loss. */
+static void leader__follow(struct leader *l)
+{
+    bool held = l->holding;
+    l->holding = false;
+    if (l->decided)
+        return;
+    l->decided = true;
+    if (held)
+        log_info(
+            "[LEADER] another skiffd leads: the store says another session holds the lock; "
+            "this one gives up what it held and tries for the lock from %lld ms on",
+            (long long)(l->retry_mono - time_mono_ms() > 0 ? l->retry_mono - time_mono_ms() : 0));
+    else
+        log_info("[LEADER] another skiffd leads: this one serves the API and tries for "
+                 "the lock every %d ms",
+                 l->try_ms);
+    l->on_change(l->ctx, false);
+}
+
+/* A successful answer: judged by what was asked. */
+static void leader__answered(struct leader *l)
+{
+    switch (l->asking) {
+    case LEADER__ASK_CHECK:
+        break;
+    case LEADER__ASK_WATCH:
+        if (l->got_lock)
+            leader__follow(l);
+        break;
+    case LEADER__ASK_TRY:
+        if (!l->got_lock) {
+            leader__follow(l);
+            break;
+        }
+        l->holding = false;
+        l->decided = true;
+        l->leading = true;
+        l->lock_pid = PQbackendPID(l->conn);
+        log_info("[LEADER] this skiffd leads: it holds the lock on %s, and runs the "
+                 "instances, the autoscaler and schedules",
+                 l->masked);
+        l->on_change(l->ctx, true);
+        break;
+    }
+}
+
+/* The query's last result came: it is judged, and the next one armed. */
 static void leader__query_done(struct leader *l)
 {
     uv_timer_stop(&l->deadline);
@@ -197,27 +298,14 @@ static void leader__query_done(struct leader *l)
             return;
         }
         char why[256];
-        log_warning("[LEADER] trying for the lock failed: %s",
+        log_warning("[LEADER] asking the store who leads failed: %s",
                     leader__pq_error(l, why, sizeof why));
     } else {
         l->complained = false;
-        if (!l->leading && !l->got_lock && !l->decided) {
-            l->decided = true;
-            log_info("[LEADER] another skiffd leads: this one serves the API and tries for "
-                     "the lock every %d ms",
-                     l->try_ms);
-            l->on_change(l->ctx, false);
-        } else if (!l->leading && l->got_lock) {
-            l->decided = true;
-            l->leading = true;
-            log_info("[LEADER] this skiffd leads: it holds the lock on %s, and runs the "
-                     "instances, the autoscaler and schedules",
-                     l->masked);
-            l->on_change(l->ctx, true);
-        }
+        leader__answered(l);
     }
     if (l->phase == LEADER__READY && !l->closing)
-        leader__arm(l, l->try_ms);
+        leader__arm(l, l->holding ? leader__watch_ms(l) : l->try_ms);
 }
 
 static void leader__read_results(struct leader *l)
@@ -252,7 +340,7 @@ static void leader__connect_step(struct leader *l, PostgresPollingStatusType st)
     case PGRES_POLLING_OK:
         uv_timer_stop(&l->deadline);
         l->phase = LEADER__READY;
-        leader__send(l, l->leading ? leader__check : leader__first_try);
+        leader__ask(l);
         return;
     default:
         leader__lost_pq(l);
@@ -323,6 +411,7 @@ static void leader__connect(struct leader *l)
     }
     PQsetNoticeProcessor(l->conn, leader__notice, NULL);
     l->phase = LEADER__CONNECTING;
+    l->fresh = true;
     uv_timer_start(&l->deadline, leader__on_deadline, (uint64_t)l->check_ms, 0);
     leader__connect_step(l, PGRES_POLLING_WRITING);
 }
@@ -330,10 +419,15 @@ static void leader__connect(struct leader *l)
 static void leader__on_timer(uv_timer_t *t)
 {
     struct leader *l = t->data;
+    int64_t wait = l->retry_mono - time_mono_ms();
+    if (!l->leading && !l->holding && wait > 0) {
+        leader__arm(l, (int)wait); /* lost the lead lately: a sound follower takes it first */
+        return;
+    }
     if (l->phase == LEADER__IDLE)
         leader__connect(l);
     else if (l->phase == LEADER__READY)
-        leader__send(l, l->leading ? leader__check : leader__try);
+        leader__ask(l);
 }
 
 static void leader__arm(struct leader *l, int ms)
@@ -374,6 +468,7 @@ void leader_close(struct leader *l, void (*done)(void *arg), void *arg)
     l->done = done;
     l->done_arg = arg;
     l->leading = false;
+    l->holding = false;
     uv_timer_stop(&l->timer);
     uv_timer_stop(&l->deadline);
     leader__poll_release(l);

@@ -15,9 +15,18 @@
  * ends at once. A session the server ends is the exception: it frees the lock before the
  * old leader reads that its session is over (src/daemon/README.md, "No split brain").
  *
+ * After a loss the caller holds what it ran (it may lead again, alone, with the same
+ * instances) only while the server says no other session holds the lock: it is asked every
+ * try_interval_ms / 4 (pg_locks, without taking the lock), and the first answer that names
+ * another holder ends the hold. A server that cannot be reached ends nothing: the instances of
+ * stateless code run on (a database restart costs no app its instances), though a server that
+ * the old leader cannot reach may free the lock to another skiffd, which then runs the app's
+ * instances too until the old one hears of it. Nothing heard from another skiffd (a message on
+ * NATS, which any client on the bus could forge) ends a hold: only the server's word.
+ *
  * on_change is called on the loop whenever leading changes, and with false when the first try
- * after the start or after losing the lead finds the lock taken (never from inside
- * leader_start or leader_close). Errors are negative errno values. */
+ * after the start finds the lock taken, or once after losing the lead when the hold ends
+ * (never from inside leader_start or leader_close). Errors are negative errno values. */
 #ifndef SKIFF_LEADER_H
 #define SKIFF_LEADER_H
 

@@ -85,6 +85,10 @@ struct daemon {
     struct cells *cells;  /* this skiffd's heartbeats, GET /v1/cells */
     uv_signal_t sigterm, sigint, sigusr2, sighup;
     bool stopping;
+    /* while stopping: the step waited for, said every DAEMON_STOP_WATCH_MS (unreferenced) */
+    const char *stop_step;
+    int64_t stop_began;
+    uv_timer_t stop_watch;
     bool detach; /* SIGUSR2: leave the router and the instances serving for the next skiffd */
     int exit_code;
 };
@@ -364,9 +368,50 @@ static int daemon_invoker_wake(void *as, const char *app_guid, const char *proce
 
 /* ---- shutdown: each step's callback starts the next ------------------------------------------ */
 
+/* A stop that takes this long says which step it waits for, and again as often, so that a
+ * skiffd slow to exit leaves in its log why. */
+#define DAEMON_STOP_WATCH_MS 5000
+
+static void daemon__count_handle(uv_handle_t *h, void *arg)
+{
+    int *counts = arg;
+    /* what keeps uv_run going: active and referenced (the watch itself is not) */
+    if (uv_is_active(h) && uv_has_ref(h) && !uv_is_closing(h) && h->type > 0 &&
+        h->type < UV_HANDLE_TYPE_MAX)
+        counts[h->type]++;
+}
+
+static void daemon_stop_watch(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    long long s = (long long)((time_mono_ms() - d->stop_began) / 1000);
+    if (d->stop_step) {
+        log_warning("still stopping after %lld s: waiting for %s", s, d->stop_step);
+        return;
+    }
+    /* every step is done: what keeps the loop from ending */
+    int counts[UV_HANDLE_TYPE_MAX] = {0};
+    uv_walk(d->loop, daemon__count_handle, counts);
+    char what[256] = "";
+    size_t n = 0;
+    for (int i = 1; i < UV_HANDLE_TYPE_MAX && n < sizeof what; i++)
+        if (counts[i] && i != UV_SIGNAL)
+            n += (size_t)snprintf(what + n, sizeof what - n, "%s%d %s", n ? ", " : "", counts[i],
+                                  uv_handle_type_name((uv_handle_type)i));
+    log_warning("still stopping after %lld s: every step is done; the loop still has %s (and "
+                "work in its threads, if none)",
+                s, n ? what : "no active handle");
+}
+
+static void daemon_stop_step(struct daemon *d, const char *step)
+{
+    d->stop_step = step;
+}
+
 static void shutdown_router_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigusr2, NULL);
@@ -376,6 +421,7 @@ static void shutdown_router_done(void *arg)
 static void shutdown_bus_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the router to exit (SIGKILL 5 s after its SIGTERM)");
     if (d->router)
         router_proc_close(d->router, !d->detach, shutdown_router_done, d);
     else
@@ -385,6 +431,7 @@ static void shutdown_bus_done(void *arg)
 static void shutdown_sched_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the bus to close");
     hosts_stop(d->hosts);
     d->hosts = NULL;
     if (d->bus)
@@ -396,6 +443,8 @@ static void shutdown_sched_done(void *arg)
 static void shutdown_events_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the instances to stop, each within its grace period, or be let go "
+                        "(the scheduler and the cells)");
     if (d->sched && d->detach)
         scheduler_detach(d->sched, shutdown_sched_done, d);
     else if (d->sched)
@@ -407,6 +456,7 @@ static void shutdown_events_done(void *arg)
 static void shutdown_invoker_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "the fabric to close (the events API)");
     d->invoker = NULL; /* freed by invoker_stop */
     struct api_events *events = d->events;
     d->events = NULL; /* freed by api_events_stop */
@@ -416,6 +466,7 @@ static void shutdown_invoker_done(void *arg)
 static void shutdown_api_done(void *arg)
 {
     struct daemon *d = arg;
+    daemon_stop_step(d, "event delivery to stop (the invoker)");
     /* the routers' access lines go on arriving until the bus closes: none reaches the
      * invoker once it stops (it is freed when stopped) */
     if (d->bus) {
@@ -436,6 +487,12 @@ static void daemon_stop(struct daemon *d)
     if (d->stopping)
         return;
     d->stopping = true;
+    d->stop_began = time_mono_ms();
+    daemon_stop_step(d, "the API to close (its requests in flight aborted)");
+    uv_timer_init(d->loop, &d->stop_watch);
+    d->stop_watch.data = d;
+    uv_timer_start(&d->stop_watch, daemon_stop_watch, DAEMON_STOP_WATCH_MS, DAEMON_STOP_WATCH_MS);
+    uv_unref((uv_handle_t *)&d->stop_watch); /* it keeps nothing running */
     /* the lock goes at once, so another skiffd takes over while this one stops */
     if (d->leader)
         leader_close(d->leader, NULL, NULL);
@@ -813,8 +870,9 @@ static bool daemon_cell_leads(void *ctx, const char *cell_id)
 
 /* The one place that says what leading changes: the scheduler first (it starts instances at
  * once, or holds them), then the autoscaler and the schedules, then the heartbeat. Leading
- * lost (false while leading) holds the instances: they run on while nobody is known to lead;
- * false again (the lock is another's) gives them up to that leader (scheduler_hand_over). */
+ * lost (false while leading) holds the instances: they run on while the store says nobody
+ * else leads; false again (the store says the lock is another's: leader.h) gives them up
+ * (scheduler_hand_over). */
 static void daemon_leading_changed(void *ctx, bool leading)
 {
     struct daemon *d = ctx;

@@ -154,6 +154,8 @@ struct scheduler {
     struct sched_write *writes; /* its app writes in the store's queue */
     bool shutting_down;
     bool leading; /* scheduler_set_leading: false, it starts nothing and runs nothing */
+    uint64_t restarts_news; /* store_doc_news_kind of SCHED_RESTART_KIND when last read */
+    bool restarts_read;     /* ... since leading began */
     void (*shutdown_done)(void *);
     void *shutdown_arg;
 };
@@ -1482,7 +1484,6 @@ static void sched__tick(uv_timer_t *t)
 /* ---- life ----------------------------------------------------------------------------------- */
 
 static void sched__adopt(void *ctx, struct cellc_inst *inst, const struct cellc_found *f);
-static void sched__led_elsewhere(void *ctx);
 
 int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                   const struct executor_config *excfg, struct store *store, struct logs *logs,
@@ -1498,7 +1499,6 @@ int scheduler_new(uv_loop_t *loop, const struct scheduler_config *cfg,
                                  .on_state = sched__on_state,
                                  .on_readiness = sched__on_readiness,
                                  .on_found = sched__adopt,
-                                 .on_led_elsewhere = sched__led_elsewhere,
                                  .ctx = s};
     char err[512] = "";
     int rc = cellc_new(loop, &cc, &cb, &s->cells, err, sizeof err);
@@ -1720,6 +1720,7 @@ void scheduler_set_leading(struct scheduler *s, bool leading)
     if (s->leading == leading)
         return;
     s->leading = leading;
+    s->restarts_read = false;
     cellc_set_leading(s->cells, leading); /* before anything stops: the cells keep theirs */
     if (leading) {
         scheduler_reconcile_all(s);
@@ -1771,11 +1772,6 @@ void scheduler_hand_over(struct scheduler *s)
         sched__app_remove(s, s->apps);
 }
 
-static void sched__led_elsewhere(void *ctx)
-{
-    scheduler_hand_over(ctx);
-}
-
 bool scheduler_leading(const struct scheduler *s)
 {
     return s->leading;
@@ -1814,10 +1810,13 @@ static bool sched__listed(struct store_app **apps, size_t n, const char *guid)
     return false;
 }
 
+static void sched__take_restarts(struct scheduler *s);
+
 int scheduler_resync(struct scheduler *s)
 {
     if (!s->leading || s->shutting_down)
         return 0;
+    sched__take_restarts(s);
     struct store_app **apps = NULL;
     size_t n = 0;
     int rc = store_app_list(s->store, &apps, &n);
@@ -1956,7 +1955,126 @@ int scheduler_app_changed(struct scheduler *s, const char *app)
     return 0;
 }
 
+/* Restart requests of skiffds that do not lead, for the one that does: one document each,
+ * "APP_GUID.HEX", {"app": APP_GUID, "rolling": bool, "at_ms": when asked}. */
+#define SCHED_RESTART_KIND "app.restart"
+
+static void sched__restart_asked(void *ctx, int rc)
+{
+    char *app = ctx;
+    if (rc < 0)
+        log_warning("the restart of app %s could not be recorded for the skiffd that leads: %s; "
+                    "ask again",
+                    app, skiff_strerror(rc));
+    free(app);
+}
+
+/* Not leading: the leader carries the restart out (sched__take_restarts), on whatever runs
+ * the app, held here meanwhile or not. */
+static int sched__ask_restart(struct scheduler *s, const char *app_guid, bool rolling)
+{
+    char hex[17], id[64];
+    random_hex(hex, (sizeof hex - 1) / 2);
+    snprintf(id, sizeof id, "%s.%s", app_guid, hex);
+    json_t *doc = json_pack("{s:s, s:b, s:I}", "app", app_guid, "rolling", rolling, "at_ms",
+                            (json_int_t)time_now_ms());
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    char *ctx = xstrdup(app_guid);
+    int rc = text ? store_doc_put_async(s->store, SCHED_RESTART_KIND, id, text,
+                                        sched__restart_asked, ctx)
+                  : -ENOMEM;
+    free(text);
+    if (rc < 0) {
+        log_warning("the restart of app %s could not be recorded for the skiffd that leads: %s",
+                    app_guid, skiff_strerror(rc));
+        free(ctx);
+        return rc;
+    }
+    logs_appendf(s->logs, app_guid, "API", LOGS_OUT,
+                 "The restart goes to the skiffd that leads (this one does not)");
+    return 0;
+}
+
+static int sched__restart(struct scheduler *s, const char *app, bool rolling);
+
 int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling)
+{
+    if (s->shutting_down)
+        return -ECANCELED;
+    if (s->leading)
+        return sched__restart(s, app, rolling);
+    struct store_app *sa = NULL;
+    int rc = sched__resolve(s, app, &sa);
+    if (rc < 0)
+        return rc;
+    rc = sched__ask_restart(s, sa->guid, rolling);
+    store_app_free(sa);
+    return rc;
+}
+
+struct sched__restart_req {
+    char id[64];
+    char app[37];
+    bool rolling;
+};
+
+struct sched__restart_list {
+    struct sched__restart_req *v;
+    size_t n, cap;
+};
+
+static int sched__restart_collect(void *ctx, const char *id, const char *json)
+{
+    struct sched__restart_list *l = ctx;
+    json_t *doc = json_loads(json, 0, NULL);
+    const char *app = json_string_value(json_object_get(doc, "app"));
+    if (strlen(id) < sizeof l->v->id) {
+        if (l->n == l->cap) {
+            l->cap = l->cap ? 2 * l->cap : 8;
+            l->v = xrealloc(l->v, l->cap * sizeof *l->v);
+        }
+        struct sched__restart_req *r = &l->v[l->n++];
+        snprintf(r->id, sizeof r->id, "%s", id);
+        /* a malformed one is only deleted */
+        snprintf(r->app, sizeof r->app, "%s", app && strlen(app) == 36 ? app : "");
+        r->rolling = json_is_true(json_object_get(doc, "rolling"));
+    }
+    json_decref(doc);
+    return 0;
+}
+
+/* Leading: the restarts other skiffds asked for (sched__ask_restart) are carried out, each
+ * once, and their documents deleted. Read when the store says that kind changed, and once
+ * when leading begins (what was asked while nobody, or this one holding, led). */
+static void sched__take_restarts(struct scheduler *s)
+{
+    uint64_t news = store_doc_news_kind(s->store, SCHED_RESTART_KIND);
+    if (s->restarts_read && news == s->restarts_news)
+        return;
+    struct sched__restart_list l = {0};
+    if (store_doc_each_fresh(s->store, SCHED_RESTART_KIND, sched__restart_collect, &l) < 0) {
+        free(l.v);
+        return; /* read again on the next resync */
+    }
+    s->restarts_read = true;
+    s->restarts_news = news;
+    for (size_t i = 0; i < l.n; i++) {
+        store_doc_delete_async(s->store, SCHED_RESTART_KIND, l.v[i].id, NULL, NULL);
+        bool again = false; /* asked more than once since the last read: restarted once */
+        for (size_t j = 0; j < i && !again; j++)
+            again = !strcmp(l.v[j].app, l.v[i].app);
+        if (!l.v[i].app[0] || again)
+            continue;
+        log_info("restarting app %s as another skiffd was asked to", l.v[i].app);
+        if (sched__restart(s, l.v[i].app, l.v[i].rolling) == 0)
+            logs_appendf(s->logs, l.v[i].app, "API", LOGS_OUT,
+                         "Restarted by the skiffd that leads, as another skiffd was asked");
+    }
+    free(l.v);
+}
+
+static int sched__restart(struct scheduler *s, const char *app, bool rolling)
 {
     struct store_app *sa = NULL;
     int rc = sched__resolve(s, app, &sa);
@@ -1989,6 +2107,8 @@ int scheduler_app_restart(struct scheduler *s, const char *app, bool rolling)
 
 int scheduler_app_deploy(struct scheduler *s, const char *app, bool rolling)
 {
+    if (!s->leading)
+        return 0; /* the leader rolls it out once its resyncs see the droplet (scheduler_resync) */
     struct store_app *sa = NULL;
     int rc = sched__resolve(s, app, &sa);
     if (rc < 0)
@@ -2012,7 +2132,7 @@ int scheduler_app_deploy(struct scheduler *s, const char *app, bool rolling)
                          a->deploy_to);
     }
     store_app_free(sa);
-    return scheduler_app_restart(s, app, rolling);
+    return sched__restart(s, app, rolling);
 }
 
 static struct sched_app *sched__find(struct scheduler *s, const char *app);

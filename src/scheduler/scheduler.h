@@ -145,8 +145,9 @@ bool scheduler_leading(const struct scheduler *s);
 /* Another skiffd leads: while not leading, what this scheduler holds is given up. The local
  * executor's instances go on running for the leader when the local cell serves one
  * (cellc_hand_over: the leader adopts them from its heartbeat), else they are stopped (each
- * drains as on a stop); the remote cells' are forgotten (they keep running). Also called by
- * the cells when they hear that another leads. Nothing while leading or holding nothing. */
+ * drains as on a stop); the remote cells' are forgotten (they keep running). Called when
+ * the store says another leads or the hold's lease lapsed (daemon/leader.h), never on a
+ * message from the bus. Nothing while leading or holding nothing. */
 void scheduler_hand_over(struct scheduler *s);
 /* For a store other skiffds write too: converges every app the store lists and every app it
  * runs (a deleted one's instances stop), and rolls out (rolling) a droplet put into service

@@ -6,8 +6,12 @@ cell for the leader):
   leader (the same processes, taken over again), and the leader, hearing it back within its
   lost-cell window, starts nothing elsewhere;
 - a leader whose session the server ends keeps its instances: alone, its router serves them
-  all along and it leads again with the same processes; beside another skiffd, that one leads
-  and adopts them (the same guids and processes) instead of starting them again.
+  all along and it leads again with the same processes, even while heartbeats forged on NATS
+  say that another leads (only the store's word gives them up); beside another skiffd, that
+  one leads and adopts them (the same guids and processes) instead of starting them again;
+- a restart asked of a skiffd that does not lead (a follower that kept instances across its
+  own restart, or a leader that lost its session and holds its own) stops nothing there and
+  is carried out by whoever leads.
 
 Each skiffd has its own home and its own range of instance ports; instances run as host
 processes (--isolation process)."""
@@ -15,12 +19,14 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import pytest
 
 from conftest import WEB_APP, Platform, deploy_bits, http_get, read_pid_file, wait_for
 from controllers import (LEADER_BOUND_S, cells, leading, needs_postgres, pg_dir,  # noqa: F401
                          psql, stopped_clean)
+from test_cells import Client
 from test_fabric_nats import nats  # noqa: F401  (a fixture)
 
 pytestmark = [
@@ -181,6 +187,68 @@ def test_a_follower_restarted_with_sigterm_keeps_what_it_runs_and_the_leader_sta
         wait_for(lambda: pid_of(b, on_b) is None, 20, "the kept instance to stop when asked")
 
 
+def test_a_restart_asked_of_a_follower_that_keeps_instances_is_carried_out_by_the_leader(
+        pg_dir, nats):  # noqa: F811
+    with stopped_clean() as made:
+        a, b = leader_and_follower(made, pg_dir, nats, lost_ms=30000)
+        b_id = this_cell(b)
+        deploy(a, "again", 2)
+        wait_for(lambda: {i["cell"] for i in running(a, "again")} == {this_cell(a), b_id}, 60,
+                 "one instance on each skiffd")
+        before = {i["guid"] for i in running(a, "again")}
+        on_b = next(i["guid"] for i in running(a, "again") if i["cell"] == b_id)
+        pid = pid_of(b, on_b)
+        assert pid
+        # b restarted keeps the instance it runs for the leader
+        b.stop(signal.SIGTERM)
+        b.start()
+        wait_for(lambda: "[LEADER] another skiffd leads" in b.output().split(
+            "skiffd stopped")[-1], 15, "the restarted follower to follow")
+        assert pid_of(b, on_b) == pid
+        # a restart asked of b: the leader restarts both instances (new guids), wherever
+        # they run, and two run again
+        status, body = b.api("POST", "/v1/apps/again/restart")
+        assert status == 200, body
+        wait_for(lambda: len(running(a, "again")) == 2 and
+                 not {i["guid"] for i in running(a, "again")} & before, 60,
+                 "the leader to restart both instances")
+        wait_for(lambda: pid_of(b, on_b) is None, 20, "the old instance on b to stop")
+        wait_for(lambda: serves(a, "again"), 20, "the leader's router to serve the app")
+        assert "restarting app" in a.output(), a.output()
+        assert instance_processes(a, b) == 2
+
+
+def test_a_restart_asked_of_a_skiffd_that_holds_its_instances_waits_for_a_leader(
+        pg_dir, nats):  # noqa: F811
+    with stopped_clean() as made:
+        a = keeper(pg_dir, nats, "zone-a")
+        made.append(a)
+        a.start()
+        wait_for(lambda: leading(a), 15, "the skiffd to lead")
+        deploy(a, "held", 1)
+        wait_for(lambda: len(running(a, "held")) == 1, 60, "the instance to run")
+        wait_for(lambda: serves(a, "held"), 20, "the router to serve the app")
+        guid = running(a, "held")[0]["guid"]
+        pid = pid_of(a, guid)
+        end_leader_session(pg_dir, a)
+        wait_for(lambda: "[LEADER] this skiffd stopped leading" in a.output(), 5,
+                 "the skiffd to see its session end")
+        # asked while it holds its instance and nobody leads: it stops nothing ...
+        status, body = a.api("POST", "/v1/apps/held/restart")
+        assert status == 200, body
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and not leading(a):
+            assert pid_of(a, guid) == pid and serves(a, "held"), a.output()
+            time.sleep(0.1)
+        # ... and once it leads again, the restart is carried out (a new instance)
+        wait_for(lambda: leading(a), 15, "the skiffd to lead again")
+        wait_for(lambda: [i["guid"] for i in running(a, "held")] not in ([], [guid]), 60,
+                 "the restart to be carried out")
+        wait_for(lambda: pid_of(a, guid) is None, 20, "the old instance to stop")
+        wait_for(lambda: serves(a, "held"), 20, "the router to serve the new instance")
+        assert instance_processes(a) == 1
+
+
 def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
         pg_dir, nats):  # noqa: F811
     with stopped_clean() as made:
@@ -206,6 +274,73 @@ def test_a_leader_alone_that_loses_its_session_keeps_serving_and_leads_again(
               "failed" % (again, probe.failed, probe.sent))
         assert probe.failed == 0, probe.failures
         assert [i["guid"] for i in running(a, "alone")] == [guid]
+        assert pid_of(a, guid) == pid, "the same process, kept"
+        assert instance_processes(a) == 1
+
+
+class Forger:
+    """From a thread until stopped, any client on the bus (a cell's credentials would do)
+    saying every 100 ms that another skiffd leads: a heartbeat with "leading": true from a
+    made-up cell, and a request on the target's own req subject, as a leader would send."""
+
+    def __init__(self, nats, target_id):  # noqa: F811
+        self.client = Client(nats.port)
+        self.target_id = target_id
+        self.fake_id = uuid.uuid4().hex
+        self.sent = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.done.is_set():
+            self.client.pub("skiff.cell.%s.up" % self.fake_id, {
+                "v": 1, "type": "heartbeat", "id": self.fake_id, "host": "forged",
+                "zone": "zone-a", "memory_capacity_bytes": 1 << 30, "memory_used_bytes": 0,
+                "interval_ms": 100, "at_ms": int(time.time() * 1000), "instances": [],
+                "leading": True, "blobs": "store"})
+            self.client.pub("skiff.cell.%s.req" % self.target_id,
+                            {"v": 1, "op": "stop", "guid": str(uuid.uuid4())})
+            self.sent += 1
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(10)
+        self.client.s.close()
+
+
+def test_a_leader_that_lost_its_session_keeps_its_instances_despite_forged_heartbeats(
+        pg_dir, nats):  # noqa: F811
+    with stopped_clean() as made:
+        a = keeper(pg_dir, nats, "zone-a")
+        made.append(a)
+        a.start()
+        wait_for(lambda: leading(a), 15, "the skiffd to lead")
+        deploy(a, "forged", 1)
+        wait_for(lambda: len(running(a, "forged")) == 1, 60, "the instance to run")
+        wait_for(lambda: serves(a, "forged"), 20, "the router to serve the app")
+        guid = running(a, "forged")[0]["guid"]
+        pid = pid_of(a, guid)
+        assert pid
+        with Prober(a, "forged") as probe:
+            end_leader_session(pg_dir, a)
+            wait_for(lambda: "[LEADER] this skiffd stopped leading" in a.output(), 5,
+                     "the skiffd to see its session end")
+            # until it leads again, the bus says every 100 ms that another skiffd leads
+            with Forger(nats, this_cell(a)) as forger:
+                wait_for(lambda: leading(a), 15, "the skiffd to lead again")
+            time.sleep(1)  # a second of requests after it leads again
+        print("%d forged heartbeats and requests; %d of %d requests through its router failed"
+              % (forger.sent, probe.failed, probe.sent))
+        assert forger.sent >= 5, forger.sent
+        assert probe.failed == 0, probe.failures
+        after = a.output().split("[LEADER] this skiffd stopped leading")[-1]
+        assert "another skiffd leads" not in after, after
+        assert [i["guid"] for i in running(a, "forged")] == [guid]
         assert pid_of(a, guid) == pid, "the same process, kept"
         assert instance_processes(a) == 1
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN_DIR, ROOT, Platform, read_pid_file
+from conftest import BIN_DIR, ROOT, WEB_APP, Platform, deploy_bits, read_pid_file
 
 PYTHON_WEB = os.path.join(ROOT, "examples", "python-web")
 
@@ -77,6 +77,23 @@ def test_sigterm_exits_zero_and_stops_instances(platform):
         platform.wait_for(lambda: not pid_alive(pid), 5, f"instance {pid} to be stopped")
     assert "ERROR: AddressSanitizer" not in platform.output()
     assert "LeakSanitizer" not in platform.output()
+
+
+def test_a_slow_stop_says_what_it_waits_for():
+    """An instance that ignores SIGTERM holds skiffd's stop for its grace period: the log says
+    every 5 s which step is waited for, so a skiffd slow to exit leaves the reason behind."""
+    p = Platform(extra_env={"SKIFF_GRACE_MS": "8000"}).start()
+    try:
+        stubborn = b"import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + WEB_APP
+        deploy_bits(p, "stubborn", [("Procfile", b"web: python3 app.py\n"),
+                                    ("app.py", stubborn)], {"instances": 1})
+        p.wait_for(lambda: running(p, "stubborn"), 60, "the instance to run")
+        p.stop(signal.SIGTERM)
+        assert p.proc.returncode == 0, p.output()
+        assert "still stopping after 5 s: waiting for the instances to stop" in p.output(), \
+            p.output()
+    finally:
+        p.close()
 
 
 def test_restart_keeps_apps_routes_and_settings(platform):

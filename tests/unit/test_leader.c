@@ -1,13 +1,15 @@
 /* Unit tests for daemon/leader.c against a throwaway PostgreSQL (scripts/pg-throwaway.sh):
  * one of two leads, the other takes over when the first closes, a session the server ends
- * stops leading at once, and an unreachable store never leads. Skipped only when PostgreSQL's
- * server binaries are absent. */
+ * stops leading at once and its holder gives up within a watch of another taking the lock,
+ * one that cannot reach the server holds on until it leads again, and an unreachable store
+ * never leads. Skipped only when PostgreSQL's server binaries are absent. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,7 @@ struct watcher {
     struct watcher *other;
     int became, stopped, follower;
     bool leading;
+    int64_t became_mono, follower_mono;
 };
 
 static void on_change(void *ctx, bool leading)
@@ -44,10 +47,12 @@ static void on_change(void *ctx, bool leading)
         if (!overlap_allowed)
             assert_false(w->other && w->other->leading);
         w->became++;
+        w->became_mono = time_mono_ms();
     } else if (w->leading) {
         w->stopped++;
     } else {
         w->follower++;
+        w->follower_mono = time_mono_ms();
     }
     w->leading = leading;
 }
@@ -80,6 +85,11 @@ static bool is_leading(void *ctx)
 static bool not_leading(void *ctx)
 {
     return !((struct watcher *)ctx)->leading;
+}
+
+static bool followed(void *ctx)
+{
+    return ((struct watcher *)ctx)->follower > 0;
 }
 
 static bool either_leads(void *ctx)
@@ -200,13 +210,82 @@ static void test_a_session_the_server_ends_stops_leading_at_once(void **state)
     /* the other takes over, and the one that lost waits (LEADER_LOST_BACKOFF) */
     assert_true(run_until(&loop, either_leads, w, 5000));
     assert_true(w[1].leading);
+    /* it gives up what it held within a watch (TRY_MS / 4) or two of the other leading, long
+     * before its own next try (LEADER_LOST_BACKOFF tries after the loss) would find the lock
+     * taken */
+    assert_true(run_until(&loop, followed, &w[0], 5000));
+    assert_true(w[0].follower_mono - w[1].became_mono <= TRY_MS);
+    assert_true(w[0].follower_mono - t0 < LEADER_LOST_BACKOFF * TRY_MS);
     run_until(&loop, NULL, NULL, 5 * TRY_MS);
     assert_false(w[0].leading);
     assert_int_equal(w[0].became, 1);
-    assert_int_equal(w[0].follower, 1); /* its first try after the loss found the lock taken */
+    assert_int_equal(w[0].follower, 1);
     finish(&loop, &w[0]);
     finish(&loop, &w[1]);
     overlap_allowed = false;
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* The pid in the first line of a file, or -1. */
+static int pid_in(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int pid = -1;
+    if (f) {
+        if (fscanf(f, "%d", &pid) != 1)
+            pid = -1;
+        fclose(f);
+    }
+    return pid;
+}
+
+static int psql_int(const char *sql)
+{
+    char cmd[768];
+    snprintf(cmd, sizeof cmd, "%s" PG_BIN "/psql -h %s -U postgres -d postgres -Atc \"%s\"",
+             getuid() == 0 ? "runuser -u postgres -- " : "", pg_dir, sql);
+    FILE *p = popen(cmd, "r");
+    int v = -1;
+    if (p) {
+        if (fscanf(p, "%d", &v) != 1)
+            v = -1;
+        pclose(p);
+    }
+    return v;
+}
+
+/* The session ends while the server takes no new connection (its postmaster stopped): the
+ * one that led cannot learn who leads, and holds what it ran for as long as that lasts (a
+ * database restart costs no app its instances); it leads again once the server is back,
+ * never having given them up. */
+static void test_a_holder_the_server_does_not_answer_keeps_holding(void **state)
+{
+    (void)state;
+    if (!have_pg)
+        skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct watcher w = {0};
+    start(&loop, &w, "unit leader cut off", url);
+    assert_true(run_until(&loop, is_leading, &w, 5000));
+    run_until(&loop, NULL, NULL, 2 * TRY_MS);
+    int backend = psql_int("SELECT pid FROM pg_stat_activity WHERE application_name = 'unit "
+                           "leader cut off'");
+    assert_true(backend > 0);
+    char pidfile[128];
+    snprintf(pidfile, sizeof pidfile, "%s/data/postmaster.pid", pg_dir);
+    int postmaster = pid_in(pidfile);
+    assert_true(postmaster > 0);
+    assert_int_equal(kill(postmaster, SIGSTOP), 0);
+    assert_int_equal(kill(backend, SIGTERM), 0); /* what pg_terminate_backend sends */
+    assert_true(run_until(&loop, not_leading, &w, 2000));
+    bool gave_up = run_until(&loop, followed, &w, 15 * TRY_MS);
+    assert_int_equal(kill(postmaster, SIGCONT), 0);
+    assert_false(gave_up); /* held: nobody is known to lead */
+    assert_true(run_until(&loop, is_leading, &w, 10000));
+    assert_int_equal(w.became, 2);
+    assert_int_equal(w.follower, 0);
+    finish(&loop, &w);
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
@@ -229,6 +308,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_of_two_leads_and_the_other_takes_over),
         cmocka_unit_test(test_a_session_the_server_ends_stops_leading_at_once),
+        cmocka_unit_test(test_a_holder_the_server_does_not_answer_keeps_holding),
         cmocka_unit_test(test_an_unreachable_store_never_leads),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
