@@ -153,6 +153,7 @@ struct invoker {
     uv_timer_t tick;               /* scale-down checks and stats persistence, every second */
     bool stopping;
     int pending_ops; /* appends and commits whose callbacks are still to come */
+    struct inv_store_op *store_ops; /* store writes whose callbacks are still to come */
     int open_handles;
     void (*stop_done)(void *arg);
     void *stop_arg;
@@ -167,10 +168,17 @@ struct inv_mapping *invoker_mapping_find(struct invoker *inv, const char *id);
  * after a burst of 20, and when it is there the mappings are read again now. Whether it is
  * held afterwards. */
 bool invoker_mapping_catch_up(struct invoker *inv, const char *id);
-/* Creates and starts a mapping from a validated spec (takes it over). -ENOENT: no such app. */
-int invoker_mapping_add(struct invoker *inv, struct mapping_spec *spec, bool persist, char *err,
-                        size_t errsize);
-void invoker_mapping_remove(struct inv_mapping *m);
+/* How a mapping's create or delete ended: rc 0, or < 0 with err saying why (-EEXIST: its id
+ * was taken meanwhile). */
+typedef void invoker_mapping_fn(void *ctx, int rc, const char *err);
+/* Makes a mapping from a validated spec (takes it over): its document is created in the store
+ * (only while no document has its id: -EEXIST otherwise), the write queued, and once made the
+ * mapping starts and done hears (on SQLite during the call). */
+void invoker_mapping_create(struct invoker *inv, struct mapping_spec *spec,
+                            invoker_mapping_fn *done, void *ctx);
+/* Stops the mapping at once and deletes its document and cursor; done (when not NULL) hears
+ * once the document's delete is made (0 also when it was gone already). */
+void invoker_mapping_remove(struct inv_mapping *m, invoker_mapping_fn *done, void *ctx);
 /* Moves the mapping's cursor back (or forward) to offset; returns the offset used. Only where
  * invoker_consumes: the cursor has one writer. */
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);

@@ -188,6 +188,41 @@ static bool routes_topic_space(struct api_request *req, struct mapping_spec *spe
     return true;
 }
 
+/* A mapping's create or delete, answered once the store made its document's write. */
+struct routes_mapping_write {
+    struct invoker *inv;
+    struct api_request *req;
+    char id[128];
+};
+
+static void routes_mapping_created(void *ctx, int rc, const char *err)
+{
+    struct routes_mapping_write *w = ctx;
+    struct inv_mapping *m = rc < 0 ? NULL : invoker_mapping_find(w->inv, w->id);
+    if (rc < 0)
+        api_respond_error(w->req,
+                          rc == -EEXIST      ? SKIFF_E_CONFLICT
+                          : rc == -ECANCELED ? SKIFF_E_UNAVAILABLE
+                                             : SKIFF_E_INTERNAL,
+                          "%s", err);
+    else if (!m) /* stopped meanwhile */
+        api_respond_error(w->req, SKIFF_E_CONFLICT,
+                          "event mapping %s was deleted as it was made: make it again", w->id);
+    else
+        api_respond_json(w->req, 201, invoker_mapping_json(m));
+    free(w);
+}
+
+static void routes_mapping_deleted(void *ctx, int rc, const char *err)
+{
+    struct routes_mapping_write *w = ctx;
+    if (rc < 0)
+        api_respond_error(w->req, rc, "%s: %s", err, skiff_strerror(rc));
+    else
+        api_respond(w->req, 204, NULL, NULL, 0);
+    free(w);
+}
+
 static void routes_mapping_create(struct api_request *req, void *ctx)
 {
     struct invoker *inv = ctx;
@@ -228,15 +263,11 @@ static void routes_mapping_create(struct api_request *req, void *ctx)
         mapping_spec_free(&spec);
         return;
     }
-    char id[37];
-    snprintf(id, sizeof(id), "%s", spec.id);
-    rc = invoker_mapping_add(inv, &spec, true, err, sizeof(err));
-    if (rc < 0) {
-        mapping_spec_free(&spec);
-        api_respond_error(req, rc == -EEXIST ? SKIFF_E_CONFLICT : SKIFF_E_INTERNAL, "%s", err);
-        return;
-    }
-    api_respond_json(req, 201, invoker_mapping_json(invoker_mapping_find(inv, id)));
+    struct routes_mapping_write *w = xcalloc(1, sizeof *w);
+    *w = (struct routes_mapping_write){.inv = inv, .req = req};
+    snprintf(w->id, sizeof w->id, "%s", spec.id);
+    invoker_mapping_create(inv, &spec, routes_mapping_created, w);
+    mapping_spec_free(&spec); /* what the invoker did not take */
 }
 
 static void routes_mapping_get(struct api_request *req, void *ctx)
@@ -251,8 +282,9 @@ static void routes_mapping_delete(struct api_request *req, void *ctx)
     struct inv_mapping *m = routes_mapping_or_404(ctx, req);
     if (!m)
         return;
-    invoker_mapping_remove(m);
-    api_respond(req, 204, NULL, NULL, 0);
+    struct routes_mapping_write *w = xcalloc(1, sizeof *w);
+    *w = (struct routes_mapping_write){.inv = m->inv, .req = req};
+    invoker_mapping_remove(m, routes_mapping_deleted, w);
 }
 
 /* Carries out a replay of the mapping from offset, or, where this skiffd does not consume

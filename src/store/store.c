@@ -1238,6 +1238,12 @@ int store_domain_cert_delete_async(struct store *st, const char *domain, store_d
         st, store_write_domain(STORE_WRITE_CERT_DELETE, domain, NULL, NULL, NULL, done, ctx));
 }
 
+int store_doc_create_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx)
+{
+    return store__queue(st, store_write_new(STORE_WRITE_DOC_CREATE, kind, id, json, done, ctx));
+}
+
 int store_doc_update_async(struct store *st, const char *kind, const char *id, const char *json,
                            store_done_fn *done, void *ctx)
 {

@@ -537,8 +537,11 @@ int store_domain_cert_set_async(struct store *st, const char *domain, const char
                                 const char *key_pem, store_done_fn *done, void *ctx);
 int store_domain_cert_delete_async(struct store *st, const char *domain, store_done_fn *done,
                                    void *ctx);
-/* store_doc_update queued: done gets -ENOENT when the document is gone by its turn. Reads see
- * it at once wherever they know the document is there (this store's copy or its queue). */
+/* store_doc_create and store_doc_update queued: done gets -EEXIST (a create of an id taken
+ * by its turn) or -ENOENT (an update of a document gone by then). Reads see them at once
+ * wherever they know whether the document is there (this store's copy or its queue). */
+int store_doc_create_async(struct store *st, const char *kind, const char *id, const char *json,
+                           store_done_fn *done, void *ctx);
 int store_doc_update_async(struct store *st, const char *kind, const char *id, const char *json,
                            store_done_fn *done, void *ctx);
 /* Reads made by the writer in turn with the writes queued before them (so they see those),
