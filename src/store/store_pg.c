@@ -3726,8 +3726,7 @@ static int pg__doc_row(void *ctx, const char *id, const char *json)
 {
     struct pg_doc_rows *r = ctx;
     r->v = xrealloc(r->v, (r->n + 1) * sizeof *r->v);
-    r->v[r->n].id = xstrdup(id);
-    r->v[r->n++].json = xstrdup(json);
+    r->v[r->n++] = (struct pg_pending){.id = xstrdup(id), .json = xstrdup(json), .there = PG_SET};
     return 0;
 }
 
@@ -3795,8 +3794,7 @@ static int pg__doc_each(struct store_backend *b, const char *kind,
             k++;
         if (k == r.n) {
             r.v = xrealloc(r.v, (r.n + 1) * sizeof *r.v);
-            r.v[r.n].id = xstrdup(p[i].id);
-            r.v[r.n++].json = NULL;
+            r.v[r.n++] = (struct pg_pending){.id = xstrdup(p[i].id), .there = PG_DEL};
         }
         free(r.v[k].json);
         r.v[k].json = p[i].json ? xstrdup(p[i].json) : NULL;
