@@ -939,6 +939,8 @@ struct inv_store_op {
     struct inv_mapping *m;    /* a create: the mapping to start once its document is made */
     invoker_mapping_fn *done; /* a create's or a delete's caller, or NULL */
     void *ctx;
+    char mapping[128]; /* a replay's ask taken off the store: its mapping and offset */
+    int64_t offset;
 };
 
 static struct inv_store_op *inv_store_op_new(struct invoker *inv, const char *id)
@@ -1287,19 +1289,23 @@ static uint64_t replay_clamp(struct inv_mapping *m, uint64_t offset)
     return offset;
 }
 
-int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t offset, uint64_t *from)
+uint64_t invoker_mapping_replay_from(struct inv_mapping *m, uint64_t offset)
 {
-    offset = replay_clamp(m, offset);
+    return replay_clamp(m, offset);
+}
+
+int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t from, store_done_fn *done, void *ctx)
+{
     char nonce[17], id[128];
     random_hex(nonce, 8);
     snprintf(id, sizeof(id), "%s/%016lld-%s", m->spec.id, (long long)time_now_ms(), nonce);
-    json_t *doc = json_pack("{s:s, s:I}", "mapping", m->spec.id, "offset", (json_int_t)offset);
+    json_t *doc = json_pack("{s:s, s:I}", "mapping", m->spec.id, "offset", (json_int_t)from);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
-    int rc = text ? store_doc_put(m->inv->store, REPLAY_DOC_KIND, id, text) : -ENOMEM;
+    int rc =
+        text ? store_doc_put_async(m->inv->store, REPLAY_DOC_KIND, id, text, done, ctx) : -ENOMEM;
     free(text);
-    *from = offset;
-    return rc < 0 ? rc : 0;
+    return rc;
 }
 
 static int replay_collect(void *ctx, const char *id, const char *text)
@@ -1308,9 +1314,33 @@ static int replay_collect(void *ctx, const char *id, const char *text)
     return 0;
 }
 
+/* A replay asked through another skiffd is off the store (op->id): carried out here. */
+static void replay_taken(void *ctx, int rc)
+{
+    struct inv_store_op *op = ctx;
+    struct invoker *inv = inv_store_op_take(op);
+    struct inv_mapping *m =
+        inv && !inv->stopping && op->mapping[0] ? invoker_mapping_find(inv, op->mapping) : NULL;
+    if (rc < 0 && rc != -ENOENT) {
+        log_warning("cannot take the replay %s off the store (%s): tried again in a second", op->id,
+                    skiff_strerror(rc));
+    } else if (rc == 0 && inv && (!m || op->offset < 0)) {
+        log_warning("a replay asked through another skiffd names event mapping %s, which "
+                    "this skiffd does not have (or no offset): dropped",
+                    op->mapping[0] ? op->mapping : "(none)");
+    } else if (rc == 0 && m) {
+        uint64_t from = invoker_mapping_replay(m, (uint64_t)op->offset);
+        log_info("event mapping %s replays from offset %llu, as asked through another "
+                 "skiffd",
+                 m->spec.id, (unsigned long long)from);
+    }
+    free(op);
+}
+
 /* The leader, once a second: the replays asked through other skiffds, oldest first per
- * mapping (their ids sort by time). Each is taken off the store before it is carried out,
- * so that it is carried out once. */
+ * mapping (their ids sort by time). Each is taken off the store (the delete queued) before it
+ * is carried out, so that it is carried out once; a delete still queued hides it from the
+ * next read. */
 static void invoker_take_replays(struct invoker *inv)
 {
     json_t *asked = json_array();
@@ -1326,21 +1356,11 @@ static void invoker_take_replays(struct invoker *inv)
         json_t *doc = json_loads(json_string_value(json_object_get(e, "text")), 0, NULL);
         const char *mapping = json_string_value(json_object_get(doc, "mapping"));
         json_t *offset = json_object_get(doc, "offset");
-        int rc = store_doc_delete(inv->store, REPLAY_DOC_KIND, id);
-        struct inv_mapping *m = mapping ? invoker_mapping_find(inv, mapping) : NULL;
-        if (rc < 0 && rc != -ENOENT) {
-            log_warning("cannot take the replay %s off the store (%s): tried again in a second", id,
-                        skiff_strerror(rc));
-        } else if (rc == 0 && (!m || !json_is_integer(offset) || json_integer_value(offset) < 0)) {
-            log_warning("a replay asked through another skiffd names event mapping %s, which "
-                        "this skiffd does not have (or no offset): dropped",
-                        mapping ? mapping : "(none)");
-        } else if (rc == 0) {
-            uint64_t from = invoker_mapping_replay(m, (uint64_t)json_integer_value(offset));
-            log_info("event mapping %s replays from offset %llu, as asked through another "
-                     "skiffd",
-                     m->spec.id, (unsigned long long)from);
-        }
+        struct inv_store_op *op = inv_store_op_new(inv, id);
+        snprintf(op->mapping, sizeof op->mapping, "%s", mapping ? mapping : "");
+        op->offset = json_is_integer(offset) ? json_integer_value(offset) : -1;
+        if (store_doc_delete_async(inv->store, REPLAY_DOC_KIND, id, replay_taken, op) < 0)
+            replay_taken(op, -ECANCELED);
         json_decref(doc);
     }
     json_decref(asked);

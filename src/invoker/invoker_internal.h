@@ -12,6 +12,7 @@
 #include "fabric/fabric.h"
 #include "http/client.h"
 #include "invoker/invoker.h"
+#include "store/store.h"
 
 struct api;
 struct api_request;
@@ -182,9 +183,14 @@ void invoker_mapping_remove(struct inv_mapping *m, invoker_mapping_fn *done, voi
 /* Moves the mapping's cursor back (or forward) to offset; returns the offset used. Only where
  * invoker_consumes: the cursor has one writer. */
 uint64_t invoker_mapping_replay(struct inv_mapping *m, uint64_t offset);
+/* Where a replay of m from offset starts: within what the topic keeps. */
+uint64_t invoker_mapping_replay_from(struct inv_mapping *m, uint64_t offset);
 /* Where the invoker does not consume: asks the leading skiffd, through the store, to replay m
- * from offset (it does within a second: invoker_tick). *from gets the offset it will use. */
-int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t offset, uint64_t *from);
+ * from `from` (invoker_mapping_replay_from's; it does within a second of the ask's write:
+ * invoker_tick). The write is queued and done(ctx, rc) hears of it (on SQLite during the
+ * call); < 0 when it could not be queued (done is then not called). */
+int invoker_mapping_replay_ask(struct inv_mapping *m, uint64_t from, store_done_fn *done,
+                               void *ctx);
 /* An operation counted in pending_ops (the invoker is not freed before it) ended. */
 void invoker_op_done(struct invoker *inv);
 /* Whether this skiffd reads and commits the mappings' cursors: always on a fabric of its own;

@@ -290,27 +290,47 @@ static void routes_mapping_delete(struct api_request *req, void *ctx)
 /* Carries out a replay of the mapping from offset, or, where this skiffd does not consume
  * (a follower on JetStream), asks the leader to through the store: one writer moves a
  * mapping's cursor. 200 when done here, 202 when the leader does it within a second. */
+static json_t *replay_json(struct inv_mapping *m, uint64_t from, bool here)
+{
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:s}", "id", m->spec.id, "topic", m->spec.topic,
+                     "from_offset", (json_int_t)from, "end_offset", (json_int_t)m->end_offset,
+                     "events", (json_int_t)(m->end_offset > from ? m->end_offset - from : 0),
+                     "replayed_by", here ? "this skiffd" : "the leader");
+}
+
+/* A replay asked of the leader, its ask's write queued: answered once it is made. */
+struct replay_ask {
+    struct api_request *req;
+    json_t *answer;
+};
+
+static void replay_asked(void *ctx, int rc)
+{
+    struct replay_ask *a = ctx;
+    if (rc < 0)
+        api_respond_error(a->req, rc, "cannot ask the leading skiffd to replay %s: %s",
+                          json_string_value(json_object_get(a->answer, "id")), skiff_strerror(rc));
+    else
+        api_respond_json(a->req, 202, json_incref(a->answer));
+    json_decref(a->answer);
+    free(a);
+}
+
 static void replay_answer(struct api_request *req, struct inv_mapping *m, uint64_t offset)
 {
-    uint64_t from = offset;
-    int status = 200;
     if (invoker_consumes(m->inv)) {
-        from = invoker_mapping_replay(m, offset);
-    } else {
-        int rc = invoker_mapping_replay_ask(m, offset, &from);
-        if (rc < 0) {
-            api_respond_error(req, rc, "cannot ask the leading skiffd to replay %s: %s", m->spec.id,
-                              skiff_strerror(rc));
-            return;
-        }
-        status = 202;
+        uint64_t from = invoker_mapping_replay(m, offset);
+        api_respond_json(req, 200, replay_json(m, from, true));
+        return;
     }
-    api_respond_json(req, status,
-                     json_pack("{s:s, s:s, s:I, s:I, s:I, s:s}", "id", m->spec.id, "topic",
-                               m->spec.topic, "from_offset", (json_int_t)from, "end_offset",
-                               (json_int_t)m->end_offset, "events",
-                               (json_int_t)(m->end_offset > from ? m->end_offset - from : 0),
-                               "replayed_by", status == 200 ? "this skiffd" : "the leader"));
+    struct replay_ask *a = xcalloc(1, sizeof *a);
+    a->req = req;
+    uint64_t from = invoker_mapping_replay_from(m, offset);
+    /* what the answer says is read now: the mapping may go before the ask is written */
+    a->answer = replay_json(m, from, false);
+    int rc = invoker_mapping_replay_ask(m, from, replay_asked, a);
+    if (rc < 0)
+        replay_asked(a, rc);
 }
 
 /* A replay from a time, waiting for the fabric to find its offset (fabric_seek_time); counted
