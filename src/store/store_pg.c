@@ -3691,20 +3691,17 @@ static int pg__doc_get(struct store_backend *b, const char *kind, const char *id
     return rc;
 }
 
-/* store_doc_get_fresh: the queue, then the server. A copy that did not hold what the server
- * holds is dropped whole (another writer's news is on its way); what is read is not kept. */
+/* store_doc_get_fresh: the queue (a document with writes queued here is read as
+ * store_doc_get reads it: from the copy where it knows whether the document was there), then
+ * the server. A copy that did not hold what the server holds is dropped whole (another
+ * writer's news is on its way); what is read is not kept. */
 static int pg__doc_get_fresh(struct store_backend *b, const char *kind, const char *id, char **json)
 {
     struct pg_pending *p = NULL;
     size_t np = pg__pending(b, kind, id, &p);
-    *json = NULL;
-    if (np) {
-        int rc = pg__pending_known(p)
-                     ? pg__pending_answer(p, -ENOENT, json)
-                     : pg__pending_answer(p, pg__doc_get_query(b, kind, id, json), json);
-        pg__pending_free(p, np);
-        return rc;
-    }
+    pg__pending_free(p, np);
+    if (np) /* writes of it are queued here: read as store_doc_get reads it */
+        return pg__doc_get(b, kind, id, json);
     int rc = pg__doc_get_query(b, kind, id, json);
     if ((rc != 0 && rc != -ENOENT) || !pg__doc_cache_on(b))
         return rc;
