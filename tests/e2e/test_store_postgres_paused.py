@@ -338,6 +338,9 @@ def test_domains_certificates_mappings_and_the_audit_list_wait_for_the_silent_se
         by_name = {d["name"]: d for d in domains["domains"]}
         assert "paused.test" in by_name, domains
         assert by_name["certified.test"]["certificate"]["subject"].endswith("certified.test")
+        # the certificates come from a read of their chains: never a key in an answer
+        for answer in (answers["cert"][0][1], answers["domains"][0][1], domains):
+            assert "PRIVATE KEY" not in json.dumps(answer) and pair["key"] not in json.dumps(answer)
         p.wait_for(lambda: queued_writes(p) == 0, timeout=15, what="the store's queue to empty")
         assert "paused.test" in db_rows(url, "SELECT name FROM domains")
         assert db_rows(url, "SELECT domain FROM domain_certs") == ["certified.test"]
