@@ -2788,6 +2788,10 @@ test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once(voi
     assert_int_equal(store_doc_put(st, "k", "upd", "{\"v\":0}"), 0);
     char *json = doc_body(st, "k", "fresh"); /* known absent */
     assert_null(json);
+    /* written by another store: this one's copy does not know it */
+    struct store *other = open_ok(path);
+    assert_int_equal(store_doc_put(other, "k", "elsewhere", "{\"v\":0}"), 0);
+    store_close(other);
     PGconn *hold = on_pg(path) ? hold_row(path, "k", "held") : NULL;
     struct done_log log = {0};
     struct store_audit_event ev = {
@@ -2807,12 +2811,15 @@ test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once(voi
         store_doc_update_async(st, "k", "upd", "{\"v\":1}", note_done, done_tag(&log, 6)), 0);
     assert_int_equal(
         store_doc_create_async(st, "k", "fresh", "{\"new\":1}", note_done, done_tag(&log, 7)), 0);
+    assert_int_equal(
+        store_doc_update_async(st, "k", "elsewhere", "{\"v\":1}", note_done, done_tag(&log, 11)),
+        0);
     assert_int_equal(store_domain_cert_chains_async(st, note_chains, &chains), 0);
     assert_int_equal(store_audit_add_async(st, &ev, note_done, done_tag(&log, 9)), 0);
     assert_int_equal(store_audit_list_async(st, NULL, NULL, "q.test", 0, 10, note_audit, &audit),
                      0);
     if (hold) /* all of them wait behind the held row */
-        assert_int_equal(store_async_queued(st), 11);
+        assert_int_equal(store_async_queued(st), 12);
 
     char **names = NULL, **orgs = NULL;
     bool *shared = NULL;
@@ -2853,12 +2860,16 @@ test_queued_domain_and_certificate_writes_land_in_order_and_are_read_at_once(voi
     json = doc_body(st, "k", "fresh");
     assert_string_equal(json, "{\"new\":1}");
     free(json);
+    json = doc_body(st, "k", "elsewhere"); /* the server's row, the queued update over it */
+    assert_string_equal(json, "{\"v\":1}");
+    free(json);
     assert_int_equal(log.n, 0);
     hold_release(hold);
 landed:
-    reap_until(st, &log, 11);
-    for (int i = 0; i < 11; i++) {
-        assert_int_equal(log.order[i], i);
+    reap_until(st, &log, 12);
+    int order[] = {0, 1, 2, 3, 4, 5, 6, 7, 11, 8, 9, 10}; /* in the order queued */
+    for (int i = 0; i < 12; i++) {
+        assert_int_equal(log.order[i], order[i]);
         assert_int_equal(log.rc[i], 0);
     }
     /* the reads saw the writes queued before them */
@@ -2888,6 +2899,9 @@ landed:
     free(json);
     json = doc_body(st, "k", "fresh");
     assert_string_equal(json, "{\"new\":1}");
+    free(json);
+    json = doc_body(st, "k", "elsewhere");
+    assert_string_equal(json, "{\"v\":1}");
     free(json);
     store_close(st);
     remove_db(path);
